@@ -1,0 +1,37 @@
+/** Strict IPv4 `a.b.c.d:port` parsing: dotted quad, each octet 0–255 without leading zeros, port 1–65535. */
+
+export interface Endpoint {
+  ip: string;
+  port: number;
+}
+
+const OCTET = /^(0|[1-9][0-9]{0,2})$/;
+const PORT = /^[1-9][0-9]{0,4}$/;
+
+/** Returns null when `text` is a valid dotted-quad IPv4 address, else the reason it is not. */
+export function ipv4Problem(text: string): string | null {
+  const parts = text.split('.');
+  if (parts.length !== 4) return 'is not a dotted-quad IPv4 address';
+  for (const p of parts) {
+    if (!OCTET.test(p) || Number(p) > 255) return 'is not a dotted-quad IPv4 address (each octet 0-255)';
+  }
+  return null;
+}
+
+/** Parses `ip:port`. Returns the endpoint or a reason string. */
+export function parseEndpoint(text: string): Endpoint | string {
+  if (text.length > 21) return 'is not an ipv4:port address';
+  const colon = text.lastIndexOf(':');
+  if (colon < 0) return 'is not an ipv4:port address (no port)';
+  const ip = text.slice(0, colon);
+  const portText = text.slice(colon + 1);
+  if (ip.includes(':') || ip.startsWith('[')) return 'is IPv6; only IPv4 ipv4:port addresses are supported';
+  const ipErr = ipv4Problem(ip);
+  if (ipErr) return ipErr;
+  if (!PORT.test(portText) || Number(portText) > 65535) return 'has a port outside 1-65535';
+  return { ip, port: Number(portText) };
+}
+
+export function formatEndpoint(e: Endpoint): string {
+  return `${e.ip}:${e.port}`;
+}

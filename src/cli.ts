@@ -1,0 +1,344 @@
+/**
+ * The `iptlb` command line. Keeps the original Go iptlb's flags (one or two dashes, `=` or a space)
+ * and adds subcommands. Exit codes: 0 done, 1 refused (conflict, kernel, state), 2 usage/bad input.
+ */
+import { Command, CommanderError, Option } from 'commander';
+import { readFileSync } from 'node:fs';
+import { IptlbError } from './errors.js';
+import { Core, deleteChange, upsertChange, type Change, type TransactionResult } from './lb.js';
+import { parseExecutorChoice } from './executors/index.js';
+import { DEFAULTS, chainName, show, splitDestinations, validateName } from './profile.js';
+import { planTransaction } from './plan.js';
+import { renderRule } from './restore.js';
+import { parseState } from './state.js';
+import type { KernelView, Profile, ProfileInput } from './types.js';
+import { doctor } from './doctor.js';
+
+type Out = { out: (s: string) => void; err: (s: string) => void };
+
+/** Flags of the original, with their kind, accepted with one dash and `=value` (Go `flag` style). */
+const VALUE_FLAGS = new Set(['src-addr', 'dest-addr', 'rules-backend', 'profile', 'state-file', 'log-level', 'protocol', 'executor', 'file']);
+const BOOL_FLAGS = new Set(['reset', 'delete', 'log-custom-chain', 'run', 'use-state', 'masquerade', 'json', 'quiet', 'verbose', 'all', 'help', 'version']);
+
+/** Rewrites Go-style flags (`-src-addr=x`, `-run=true`) into the `--src-addr=x` form commander parses. */
+export function normalizeArgv(argv: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--') {
+      out.push(...argv.slice(i));
+      break;
+    }
+    const m = /^--?([a-z][a-z-]*)(?:=([\s\S]*))?$/.exec(a);
+    if (!m || (!VALUE_FLAGS.has(m[1]) && !BOOL_FLAGS.has(m[1]))) {
+      out.push(a);
+      continue;
+    }
+    const [, name, value] = m;
+    if (BOOL_FLAGS.has(name) && value !== undefined) {
+      const v = value.toLowerCase();
+      if (v === 'true' || v === '1' || v === 't') out.push(`--${name}`);
+      else if (v === 'false' || v === '0' || v === 'f') continue;
+      else throw new IptlbError('EUSAGE', `-${name}: ${show(value)} is not a boolean (true or false)`, { field: name });
+    } else {
+      out.push(value === undefined ? `--${name}` : `--${name}=${value}`);
+    }
+  }
+  return out;
+}
+
+interface GlobalOpts {
+  stateFile?: string;
+  executor?: string;
+  json?: boolean;
+  quiet?: boolean;
+  verbose?: boolean;
+}
+interface ProfileOpts extends GlobalOpts {
+  profile: string;
+  srcAddr?: string;
+  destAddr?: string;
+  rulesBackend: string;
+  protocol: string;
+  logCustomChain?: boolean;
+  logLevel: string;
+  masquerade?: boolean;
+}
+interface LegacyOpts extends ProfileOpts {
+  reset?: boolean;
+  delete?: boolean;
+  run?: boolean;
+  useState?: boolean;
+}
+
+function addGlobal(cmd: Command): Command {
+  return cmd
+    .option('--state-file <path>', 'state file (env IPTLB_STATE_FILE; default ./local/state.db)')
+    .addOption(new Option('--executor <kind>', 'native, spawn or auto (env IPTLB_EXECUTOR; default auto)'))
+    .option('--json', 'print the result as JSON on stdout')
+    .option('--quiet', 'print no log lines')
+    .option('--verbose', 'also log every rule written');
+}
+
+const GLOBAL_KEYS = ['stateFile', 'executor', 'json', 'quiet', 'verbose'] as const;
+/** A subcommand's options, with global flags given before the subcommand filled in from the parent. */
+function withGlobals<T extends GlobalOpts>(o: T, cmd: Command): T {
+  const parent = (cmd.parent?.opts() ?? {}) as GlobalOpts;
+  const merged = { ...o } as T & Record<string, unknown>;
+  for (const k of GLOBAL_KEYS) if (merged[k] === undefined && parent[k] !== undefined) merged[k] = parent[k] as never;
+  return merged;
+}
+
+function addProfileFlags(cmd: Command): Command {
+  return cmd
+    .option('--profile <name>', 'profile name, [A-Za-z0-9_-]{1,18}', 'default')
+    .option('--src-addr <ip:port>', 'virtual IPv4 address and port that is balanced')
+    .option('--dest-addr <list>', 'comma-separated destination ip:port list')
+    .option('--rules-backend <mode>', 'client (nat OUTPUT), proxy (nat PREROUTING) or server (PREROUTING, local addresses)', DEFAULTS.rulesBackend)
+    .option('--protocol <proto>', 'tcp, udp or sctp', DEFAULTS.protocol)
+    .option('--log-custom-chain', 'log packets that enter the profile (kernel log, see dmesg)')
+    .option('--log-level <level>', 'syslog level of those logs: 0-7 or emerg..debug', DEFAULTS.logLevel)
+    .option('--masquerade', 'proxy mode: masquerade balanced flows so replies return through this host');
+}
+
+function profileInput(o: ProfileOpts): ProfileInput {
+  if (o.srcAddr === undefined) throw new IptlbError('EUSAGE', 'source: -src-addr is required (the virtual ip:port)', { field: 'source' });
+  if (o.destAddr === undefined) throw new IptlbError('EUSAGE', 'destination: -dest-addr is required (comma-separated ip:port list)', { field: 'destination' });
+  const input: ProfileInput = {
+    name: o.profile,
+    source: o.srcAddr,
+    destination: o.destAddr === '' ? [] : splitDestinations(o.destAddr),
+    protocol: o.protocol,
+    rulesBackend: o.rulesBackend,
+    logEnabled: !!o.logCustomChain,
+    logLevel: o.logLevel,
+  };
+  if (o.masquerade) input.masquerade = true;
+  return input;
+}
+
+function makeCore(o: GlobalOpts, io: Out): Core {
+  const quiet = o.quiet;
+  return new Core({
+    stateFile: o.stateFile,
+    executor: parseExecutorChoice(o.executor ?? process.env.IPTLB_EXECUTOR),
+    log: quiet ? () => {} : (line) => io.err(`iptlb: ${line}`),
+  });
+}
+
+function report(result: TransactionResult, o: GlobalOpts, io: Out, verbose?: () => void): void {
+  if (o.verbose) verbose?.();
+  if (o.json) io.out(JSON.stringify(result));
+}
+
+function verboseRules(change: Change, io: Out): () => void {
+  return () => {
+    const tx = planTransaction(change.upsert, change.remove);
+    for (const c of tx.chains) for (const r of c.rules) io.err(`iptlb:   [append] nat/${c.name}: ${renderRule(r)}`);
+    for (const h of tx.hookRules) io.err(`iptlb:   [insert] nat/${h.chain}: ${renderRule(h.rule)}`);
+  };
+}
+
+/** The original's behaviour: flags decide create / reset / delete / use-state, `-run` touches the kernel. */
+async function legacyAction(o: LegacyOpts, io: Out): Promise<void> {
+  if (o.useState && (o.srcAddr !== undefined || o.destAddr !== undefined)) {
+    throw new IptlbError('EUSAGE', '-use-state cannot be combined with -src-addr or -dest-addr');
+  }
+  if (o.delete && o.reset) throw new IptlbError('EUSAGE', '-delete and -reset cannot be used together');
+  if (o.delete && !o.run) throw new IptlbError('EUSAGE', '-delete needs -run (it removes rules from the kernel)');
+  if (o.useState && !o.run) throw new IptlbError('EUSAGE', '-use-state needs -run (it applies the state file to the kernel)');
+  const core = makeCore(o, io);
+  let last: Change = { upsert: [], remove: [] };
+  const result = await core.transact(
+    (state) => {
+      if (o.useState) {
+        last = o.delete ? { upsert: [], remove: [...state.keys()] } : { upsert: [...state.values()], remove: [] };
+        return last;
+      }
+      const name = validateName(o.profile, 'profile');
+      if (o.delete) return (last = deleteChange(state, [name]));
+      const existing = state.get(name);
+      if (o.srcAddr === undefined && o.destAddr === undefined && existing && o.run && !o.reset) {
+        return (last = { upsert: [existing], remove: [] }); // re-apply a profile recorded earlier without -run
+      }
+      const change = upsertChange(state, [profileInput(o)]);
+      const p = change.upsert[0];
+      if (existing && !o.reset && !sameAs(existing, p)) {
+        throw new IptlbError('ECONFLICT', `profile: ${show(name)} already exists with other settings; add -reset to replace it`, { field: 'profile' });
+      }
+      return (last = change);
+    },
+    { run: !!o.run },
+  );
+  if (!o.run && !o.quiet) io.err(`iptlb: state only (no -run): the kernel was not changed`);
+  report(result, o, io, verboseRules(last, io));
+}
+
+function sameAs(a: Profile, b: Profile): boolean {
+  return serializeOne(a) === serializeOne(b);
+}
+function serializeOne(p: Profile): string {
+  return JSON.stringify([p.name, p.source, p.destination, p.protocol, p.rulesBackend, p.logEnabled, p.logLevel, !!p.masquerade]);
+}
+
+async function applyCommand(o: ProfileOpts & { file?: string }, io: Out): Promise<void> {
+  const core = makeCore(o, io);
+  let inputs: ProfileInput[];
+  if (o.file !== undefined) {
+    if (o.srcAddr !== undefined || o.destAddr !== undefined) throw new IptlbError('EUSAGE', 'apply: --file cannot be combined with -src-addr/-dest-addr');
+    let text: string;
+    try {
+      text = readFileSync(o.file, 'utf8');
+    } catch (e) {
+      throw new IptlbError('EUSAGE', `file: cannot read ${show(o.file)} (${(e as NodeJS.ErrnoException).code})`, { field: 'file' });
+    }
+    inputs = [...(await parseState(text, o.file)).values()];
+  } else {
+    inputs = [profileInput(o)];
+  }
+  let last: Change = { upsert: [], remove: [] };
+  const result = await core.transact((state) => (last = upsertChange(state, inputs)), { run: true });
+  report(result, o, io, verboseRules(last, io));
+}
+
+async function deleteCommand(names: string[], o: GlobalOpts & { all?: boolean }, io: Out): Promise<void> {
+  if (o.all && names.length) throw new IptlbError('EUSAGE', 'delete: give profile names or --all, not both');
+  if (!o.all && !names.length) throw new IptlbError('EUSAGE', 'delete: name the profiles to delete (or --all)');
+  const core = makeCore(o, io);
+  const result = await core.transact((state) => (o.all ? { upsert: [], remove: [...state.keys()] } : deleteChange(state, names)), { run: true });
+  report(result, o, io);
+}
+
+function describeProfile(p: Profile): string {
+  return `${p.name}\t${p.source}/${p.protocol}\t${p.rulesBackend}${p.masquerade ? '+masquerade' : ''}\t${p.destination.join(',')}${p.logEnabled ? `\tlog:${p.logLevel}` : ''}`;
+}
+
+async function listCommand(o: GlobalOpts, io: Out): Promise<void> {
+  const core = makeCore(o, io);
+  const profiles = [...(await core.readState()).values()].sort((a, b) => (a.name < b.name ? -1 : 1));
+  if (o.json) return io.out(JSON.stringify(profiles));
+  if (!profiles.length) return io.out(`no profiles in ${core.statePath}`);
+  io.out('NAME\tSOURCE\tMODE\tDESTINATIONS');
+  for (const p of profiles) io.out(describeProfile(p));
+}
+
+function jsonSafe(v: unknown): unknown {
+  return JSON.parse(JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? Number(x) : x)));
+}
+
+async function showCommand(name: string, o: GlobalOpts, io: Out): Promise<void> {
+  validateName(name, 'name');
+  const core = makeCore(o, io);
+  const state = await core.readState();
+  const profile = state.get(name);
+  const view: KernelView = await core.readKernel();
+  const chain = view.chains.find((c) => c.name === chainName(name));
+  const hooks = view.hookRules.filter((h) => h.owner === name);
+  if (!profile && !chain && !hooks.length) throw new IptlbError('ENOTFOUND', `name: profile ${show(name)} is neither in the state file nor in the kernel`, { field: 'name' });
+  if (o.json) return io.out(JSON.stringify(jsonSafe({ profile: profile ?? null, kernel: { chain: chain ?? null, hookRules: hooks } })));
+  io.out(profile ? `profile ${describeProfile(profile)}` : `profile ${name}: not in the state file ${core.statePath}`);
+  io.out(`kernel (nat, ${core.executor.engine}/${core.executor.kind}):`);
+  if (!chain && !hooks.length) io.out('  no rules in the kernel');
+  for (const h of hooks) io.out(`  ${h.chain} #${h.position}\t${h.packets} pkts ${h.bytes} bytes\t${h.raw ?? renderRule(h.rule)}`);
+  if (chain) for (const r of chain.rules) io.out(`  ${chain.name}\t${r.packets} pkts ${r.bytes} bytes\t${renderRule(r.rule)}`);
+}
+
+async function planCommand(o: LegacyOpts, io: Out): Promise<void> {
+  const core = makeCore({ ...o, quiet: true }, io);
+  const state = await core.readState();
+  let change: Change;
+  if (o.useState) change = o.delete ? { upsert: [], remove: [...state.keys()] } : { upsert: [...state.values()], remove: [] };
+  else if (o.delete) change = deleteChange(state, [validateName(o.profile, 'profile')]);
+  else change = upsertChange(state, [profileInput(o)]);
+  const tx = planTransaction(change.upsert, change.remove);
+  const text = await core.executor.render(tx);
+  if (o.json) io.out(JSON.stringify({ restore: text, transaction: tx }));
+  else io.out(text.trimEnd());
+}
+
+function buildProgram(io: Out, version: string): Command {
+  const program = new Command('iptlb');
+  program
+    .description('Linux NAT load balancer: balances a virtual ip:port over destinations with iptables nat rules, committed atomically')
+    .version(version, '--version')
+    .helpOption('-h, --help', 'show help')
+    .configureOutput({ writeOut: (s) => io.out(s.trimEnd()), writeErr: (s) => io.err(s.startsWith('error:') ? `iptlb: ${s.trimEnd()}` : s.trimEnd()) })
+    .exitOverride()
+    .allowExcessArguments(false)
+    .addHelpText(
+      'after',
+      `
+Original flags (one or two dashes, -flag=value or -flag value):
+  iptlb -run -profile=web -src-addr=127.100.0.10:8081 -dest-addr=127.0.0.1:9001,127.0.0.1:9002
+  iptlb -run -reset -profile=web -src-addr=127.100.0.10:8081 -dest-addr=127.0.0.1:9003
+  iptlb -run -delete -profile=web
+  iptlb -use-state -run            apply every profile of the state file in one transaction
+Without -run only the state file is written.
+Exit status: 0 done, 1 refused (conflict, kernel, state, lock), 2 bad input or usage.`,
+    );
+  addGlobal(addProfileFlags(program))
+    .option('--reset', 'replace an existing profile (old and new rules swap in one commit)')
+    .option('--delete', 'delete the profile (needs -run)')
+    .option('--run', 'apply to the kernel; without it only the state file is written')
+    .option('--use-state', 'apply (or with -delete remove) every profile of the state file')
+    .action(async (o: LegacyOpts) => legacyAction(o, io));
+
+  addGlobal(addProfileFlags(program.command('apply').description('create or replace a profile (or every profile of --file) and apply it to the kernel')))
+    .option('--file <path>', 'apply every profile of a YAML file in the state file format, in one transaction')
+    .action(async (o: ProfileOpts & { file?: string }, cmd: Command) => applyCommand(withGlobals(o, cmd), io));
+  addGlobal(program.command('delete').description('delete profiles from the kernel and the state file, in one transaction').argument('[names...]'))
+    .option('--all', 'delete every profile of the state file')
+    .action(async (names: string[], o: GlobalOpts & { all?: boolean }, cmd: Command) => deleteCommand(names, withGlobals(o, cmd), io));
+  addGlobal(program.command('list').description('list the profiles of the state file')).action(async (o: GlobalOpts, cmd: Command) => listCommand(withGlobals(o, cmd), io));
+  addGlobal(program.command('show').description("show a profile and its rules in the kernel, with counters").argument('<name>')).action(async (name: string, o: GlobalOpts, cmd: Command) =>
+    showCommand(name, withGlobals(o, cmd), io),
+  );
+  addGlobal(addProfileFlags(program.command('plan').description('print the exact iptables-restore text a change would commit; changes nothing')))
+    .option('--delete', 'plan the deletion of -profile')
+    .option('--use-state', 'plan applying (or with --delete removing) every profile of the state file')
+    .action(async (o: LegacyOpts, cmd: Command) => planCommand(withGlobals(o, cmd), io));
+  addGlobal(program.command('doctor').description('say which engine and executor would be used and why, what is missing and how to fix it')).action(
+    async (o: GlobalOpts, cmd: Command) => {
+      const code = await doctor(withGlobals(o, cmd), io);
+      if (code !== 0) throw new ExitCode(code);
+    },
+  );
+  return program;
+}
+
+class ExitCode extends Error {
+  constructor(readonly code: number) {
+    super(`exit ${code}`);
+  }
+}
+
+function packageVersion(): string {
+  try {
+    return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+  } catch {
+    return '0.0.0';
+  }
+}
+
+/** Runs the CLI; resolves with the exit code. */
+export async function main(argv: string[], io: Out = { out: (s) => process.stdout.write(s + '\n'), err: (s) => process.stderr.write(s + '\n') }): Promise<number> {
+  try {
+    const program = buildProgram(io, packageVersion());
+    await program.parseAsync(normalizeArgv(argv), { from: 'user' });
+    return 0;
+  } catch (e) {
+    if (e instanceof ExitCode) return e.code;
+    if (e instanceof CommanderError) {
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.exitCode === 0) return 0;
+      return 2; // commander already printed its one-line message
+    }
+    if (e instanceof IptlbError) {
+      io.err(`iptlb: error: ${e.message}`);
+      return e.exitCode;
+    }
+    const err = e as Error;
+    io.err(`iptlb: internal error: ${err?.message ?? String(e)}`);
+    if (process.env.IPTLB_DEBUG) io.err(String(err?.stack));
+    return 1;
+  }
+}

@@ -1,0 +1,35 @@
+/**
+ * Typed errors. Every error iptlb raises is an {@link IptlbError} with a stable `code`, the offending
+ * `field` where there is one, and a one-line message.
+ */
+export type ErrorCode =
+  | 'EINVAL_PROFILE' // a profile field is invalid
+  | 'EUSAGE' // flags or arguments that contradict each other
+  | 'ECONFLICT' // the change conflicts with an existing profile
+  | 'ENOTFOUND' // the named profile does not exist
+  | 'ESTATE' // the state file is unreadable, malformed or unsafe
+  | 'ELOCK' // a lock could not be taken in time
+  | 'EKERNEL' // the kernel (or iptables-restore) refused the change
+  | 'EPERM' // missing CAP_NET_ADMIN or file permission
+  | 'ENATIVE' // the native addon cannot be used
+  | 'EEXECUTOR'; // no executor can run on this machine
+
+export class IptlbError extends Error {
+  readonly code: ErrorCode;
+  readonly field?: string;
+  readonly errno?: number;
+  /** Exit status for the CLI: 2 for usage errors (bad input), 1 for refusals. */
+  readonly exitCode: 1 | 2;
+  constructor(code: ErrorCode, message: string, opts: { field?: string; errno?: number; cause?: unknown } = {}) {
+    super(message, opts.cause !== undefined ? { cause: opts.cause } : undefined);
+    this.name = 'IptlbError';
+    this.code = code;
+    if (opts.field !== undefined) this.field = opts.field;
+    if (opts.errno !== undefined) this.errno = opts.errno;
+    this.exitCode = code === 'EINVAL_PROFILE' || code === 'EUSAGE' ? 2 : 1;
+  }
+}
+
+export function invalid(field: string, message: string): IptlbError {
+  return new IptlbError('EINVAL_PROFILE', `${field}: ${message}`, { field });
+}

@@ -1,0 +1,100 @@
+/**
+ * The fallback executor: reads with `iptables-legacy-save` and commits with one
+ * `iptables-legacy-restore --noflush` process fed on stdin (never a shell string).
+ */
+import { spawn } from 'node:child_process';
+import { accessSync, constants as C } from 'node:fs';
+import * as path from 'node:path';
+import { IptlbError } from '../errors.js';
+import { parseSave, renderRestore } from '../restore.js';
+import type { CommitResult, Executor, KernelView, Transaction } from '../types.js';
+
+const SBIN = ['/usr/sbin', '/sbin', '/usr/local/sbin'];
+
+/** Absolute path of an executable, looked up in PATH and the sbin directories; null when absent. */
+export function findBinary(name: string): string | null {
+  const dirs = [...(process.env.PATH ?? '').split(':').filter(Boolean), ...SBIN];
+  for (const d of dirs) {
+    const p = path.join(d, name);
+    try {
+      accessSync(p, C.X_OK);
+      return p;
+    } catch {
+      /* keep looking */
+    }
+  }
+  return null;
+}
+
+interface RunResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function run(file: string, args: string[], input?: string): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+    child.stdin.on('error', () => {}); // EPIPE when the child died early; its stderr says why
+    child.stdin.end(input ?? '');
+  });
+}
+
+/** Turns iptables' own error text into a typed error, naming the failing restore line. */
+export function restoreError(stderr: string, input: string, tool: string): IptlbError {
+  const text = stderr.trim().split('\n').filter(Boolean);
+  const first = text[0] ?? `${tool} failed`;
+  if (/Permission denied|must be root|Operation not permitted/i.test(stderr)) {
+    return new IptlbError('EPERM', `${tool}: permission denied: changing netfilter rules needs root (CAP_NET_ADMIN)`);
+  }
+  if (/xtables lock|holding the xtables/i.test(stderr)) {
+    return new IptlbError('ELOCK', `${tool}: ${first}`);
+  }
+  const m = /line (\d+) failed/.exec(stderr);
+  const lines = input.split('\n');
+  const detail = m ? ` at line ${m[1]}: ${lines[Number(m[1]) - 1] ?? ''}` : '';
+  return new IptlbError('EKERNEL', `${tool}: ${text.join('; ')}${detail}`);
+}
+
+export class SpawnExecutor implements Executor {
+  readonly kind = 'spawn' as const;
+  readonly engine = 'legacy' as const;
+  private readonly save: string;
+  private readonly restore: string;
+  private readonly lockWaitSeconds: number;
+
+  constructor(opts: { lockWaitMs?: number } = {}) {
+    const save = findBinary('iptables-legacy-save');
+    const restore = findBinary('iptables-legacy-restore');
+    if (!save || !restore) {
+      throw new IptlbError('EEXECUTOR', 'iptables-legacy-save/-restore not found; install them with: apt-get install -y iptables');
+    }
+    this.save = save;
+    this.restore = restore;
+    this.lockWaitSeconds = Math.max(1, Math.ceil((opts.lockWaitMs ?? 10_000) / 1000));
+  }
+
+  async read(): Promise<KernelView> {
+    const r = await run(this.save, ['-t', 'nat', '-c']);
+    if (r.code !== 0) throw restoreError(r.stderr || r.stdout, '', 'iptables-legacy-save');
+    return parseSave(r.stdout);
+  }
+
+  async render(tx: Transaction): Promise<string> {
+    return renderRestore(tx, await this.read());
+  }
+
+  async commit(tx: Transaction): Promise<CommitResult> {
+    const t0 = performance.now();
+    const text = await this.render(tx);
+    const r = await run(this.restore, ['--noflush', `--wait=${this.lockWaitSeconds}`], text);
+    if (r.code !== 0) throw restoreError(r.stderr, text, 'iptables-legacy-restore');
+    return { durationMs: performance.now() - t0 };
+  }
+}

@@ -1,0 +1,184 @@
+/**
+ * The transaction core shared by the library API and the CLI: under the state-file lock, read the
+ * state, decide the change, commit it to the kernel in one transaction, and only then write the state.
+ */
+import { IptlbError } from './errors.js';
+import { selectExecutor, parseExecutorChoice } from './executors/index.js';
+import { DEFAULT_LOCK_WAIT_MS, lockStateFile } from './lock.js';
+import { chainName, checkConflicts, sameProfile, show, validateName, validateProfile } from './profile.js';
+import { hookChainOf, isEmptyTransaction, planTransaction } from './plan.js';
+import { readState, resolveStatePath, serializeState, writeState } from './state.js';
+import type { Executor, ExecutorChoice, KernelView, Profile, ProfileInput, Transaction } from './types.js';
+
+/** Options of {@link open}. */
+export interface OpenOptions {
+  /** State file path. Default: env `IPTLB_STATE_FILE`, else `local/state.db` relative to the working directory. */
+  stateFile?: string;
+  /** Executor: `native` (the addon), `spawn` (iptables-legacy-restore) or `auto`. Default: env `IPTLB_EXECUTOR`, else `auto`. */
+  executor?: ExecutorChoice;
+  /** How long to wait for the state-file lock and the xtables lock, ms. Default 10000. */
+  lockWaitMs?: number;
+  /** Receives one line per action taken. Default: none. */
+  log?: (line: string) => void;
+}
+
+/** What one transaction did. */
+export interface TransactionResult {
+  /** Profiles created or replaced. */
+  applied: Profile[];
+  /** Names of profiles deleted. */
+  deleted: string[];
+  /** Whether the kernel was changed (false when not running, or nothing to do). */
+  committed: boolean;
+  /** Whether the state file was rewritten. */
+  stateWritten: boolean;
+  /** Kernel commit time in ms (0 when nothing was committed). */
+  commitMs: number;
+  executor: 'native' | 'spawn';
+  engine: 'legacy';
+}
+
+/** A change decided against the current state. */
+export interface Change {
+  upsert: Profile[];
+  remove: string[];
+}
+
+export class Core {
+  readonly statePath: string;
+  readonly executorChoice: ExecutorChoice;
+  readonly lockWaitMs: number;
+  private selected?: { executor: Executor; reason: string };
+  private readonly log: (line: string) => void;
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(opts: OpenOptions = {}) {
+    this.statePath = resolveStatePath(opts.stateFile);
+    this.executorChoice = opts.executor ?? parseExecutorChoice(process.env.IPTLB_EXECUTOR);
+    this.lockWaitMs = opts.lockWaitMs ?? DEFAULT_LOCK_WAIT_MS;
+    this.log = opts.log ?? (() => {});
+  }
+
+  /** The executor, chosen on first use. */
+  get executor(): Executor {
+    return this.selection.executor;
+  }
+  get selection(): { executor: Executor; reason: string } {
+    this.selected ??= selectExecutor(this.executorChoice, { lockWaitMs: this.lockWaitMs });
+    return this.selected;
+  }
+
+  /** Runs `fn` after every earlier call on this instance has finished. */
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.queue.then(fn, fn);
+    this.queue = p.catch(() => {});
+    return p;
+  }
+
+  readState(): Promise<Map<string, Profile>> {
+    return readState(this.statePath);
+  }
+
+  /**
+   * The transaction: lock → read state → decide → (kernel commit when `run`) → write state → unlock.
+   * Nothing changes anywhere when `decide` throws or the kernel refuses.
+   */
+  transact(decide: (state: Map<string, Profile>) => Change, opts: { run: boolean }): Promise<TransactionResult> {
+    return this.serial(async () => {
+      const executor = opts.run ? this.executor : undefined;
+      const lock = await lockStateFile(this.statePath, this.lockWaitMs);
+      try {
+        const state = await readState(this.statePath);
+        const change = decide(state);
+        const next = new Map(state);
+        for (const n of change.remove) next.delete(n);
+        for (const p of change.upsert) next.set(p.name, p);
+        let committed = false;
+        let commitMs = 0;
+        if (executor) {
+          const tx = planTransaction(change.upsert, change.remove);
+          if (!isEmptyTransaction(tx)) {
+            this.describe(change, tx);
+            commitMs = (await executor.commit(tx)).durationMs;
+            committed = true;
+            this.log(
+              `committed ${change.upsert.length + change.remove.length} profile change(s) in one transaction ` +
+                `(nat table, ${executor.engine}/${executor.kind}, ${commitMs.toFixed(2)} ms)`,
+            );
+          }
+        }
+        const before = serializeState(state.values());
+        const after = serializeState(next.values());
+        let stateWritten = false;
+        if (before !== after) {
+          await writeState(this.statePath, next.values());
+          stateWritten = true;
+          this.log(`state written to ${this.statePath} (${next.size} profile(s))`);
+        }
+        return {
+          applied: change.upsert,
+          deleted: change.remove,
+          committed,
+          stateWritten,
+          commitMs,
+          executor: executor?.kind ?? this.executorKindGuess(),
+          engine: 'legacy',
+        };
+      } finally {
+        lock.release();
+      }
+    });
+  }
+
+  private executorKindGuess(): 'native' | 'spawn' {
+    try {
+      return this.executor.kind;
+    } catch {
+      return 'spawn';
+    }
+  }
+
+  private describe(change: Change, tx: Transaction): void {
+    for (const p of change.upsert) {
+      const chain = tx.chains.find((c) => c.name === chainName(p.name));
+      this.log(
+        `apply profile ${p.name}: ${p.source}/${p.protocol} -> ${p.destination.join(',')} ` +
+          `(${p.rulesBackend}: jump in nat ${hookChainOf(p)}, chain ${chainName(p.name)} with ${chain?.rules.length ?? 0} rules` +
+          `${p.logEnabled ? `, logging at level ${p.logLevel}` : ''}${p.masquerade ? ', masquerade in POSTROUTING' : ''})`,
+      );
+    }
+    for (const n of change.remove) {
+      if (!change.upsert.some((p) => p.name === n)) this.log(`delete profile ${n}: jump rules and chain ${chainName(n)} removed`);
+    }
+  }
+
+  /** Kernel objects owned by iptlb. */
+  readKernel(): Promise<KernelView> {
+    return this.executor.read();
+  }
+}
+
+/** Decides an upsert of `inputs` (create or replace) against `state`. */
+export function upsertChange(state: Map<string, Profile>, inputs: (ProfileInput | Profile)[]): Change {
+  const upsert = inputs.map((i) => validateProfile(i));
+  const names = new Set<string>();
+  for (const p of upsert) {
+    if (names.has(p.name)) throw new IptlbError('EUSAGE', `name: ${show(p.name)} is given twice in one change`, { field: 'name' });
+    names.add(p.name);
+  }
+  const others = [...state.values()].filter((o) => !names.has(o.name));
+  upsert.forEach((p, i) => checkConflicts(p, [...others, ...upsert.slice(0, i)]));
+  // Replacement needs no explicit removal: every upserted profile's old objects are owned by its name.
+  return { upsert, remove: [] };
+}
+
+/** Decides the deletion of `names` against `state`; unknown names are ENOTFOUND. */
+export function deleteChange(state: Map<string, Profile>, names: string[]): Change {
+  const remove = [...new Set(names.map((n) => validateName(n)))];
+  for (const n of remove) {
+    if (!state.has(n)) throw new IptlbError('ENOTFOUND', `name: profile ${show(n)} does not exist in the state file`, { field: 'name' });
+  }
+  return { upsert: [], remove };
+}
+
+export { sameProfile };

@@ -1,0 +1,96 @@
+/**
+ * The rule planner: pure functions from profiles to a {@link Transaction}. No I/O.
+ */
+import { parseEndpoint } from './address.js';
+import { chainName, chainSuffix } from './profile.js';
+import type { ChainPlan, HookChain, HookRulePlan, Match, Profile, Rule, Transaction } from './types.js';
+
+export const OWNER_PREFIX = 'iptlb:';
+export const CHAIN_PREFIX = 'IPTLB_';
+
+/** The built-in chain that holds a profile's jump. */
+export function hookChainOf(p: Profile): HookChain {
+  return p.rulesBackend === 'client' ? 'OUTPUT' : 'PREROUTING';
+}
+
+/** Probability of the i-th of n cascaded rules (0-based): 1/(n-i), written with 10 decimals. */
+export function cascadeProbability(i: number, n: number): string {
+  return (1 / (n - i)).toFixed(10);
+}
+
+export interface ProfilePlan {
+  chain: ChainPlan;
+  hookRules: HookRulePlan[];
+}
+
+export function planProfile(p: Profile): ProfilePlan {
+  const vip = parseEndpoint(p.source);
+  if (typeof vip === 'string') throw new Error(`planProfile: unvalidated source ${p.source}`);
+  const dst = `${vip.ip}/32`;
+  const proto = p.protocol;
+  const level = Number(p.logLevel);
+  const chain = chainName(p.name);
+  const suffix = chainSuffix(p.name);
+  const portMatch: Match = { name: proto, dport: vip.port };
+
+  const rules: Rule[] = [];
+  if (p.logEnabled) rules.push({ matches: [], target: { name: 'LOG', prefix: `IPTLB:${suffix}:`, level } });
+  const n = p.destination.length;
+  p.destination.forEach((d, i) => {
+    const matches: Match[] = [{ ...portMatch }];
+    if (i < n - 1) matches.push({ name: 'statistic', mode: 'random', probability: cascadeProbability(i, n) });
+    rules.push({ dst, proto, matches, target: { name: 'DNAT', toDestination: d } });
+  });
+  rules.push({ matches: [], target: { name: 'RETURN' } });
+
+  const hook = hookChainOf(p);
+  const owner = p.name;
+  const selector = (): Match[] => {
+    const m: Match[] = [{ name: 'comment', comment: OWNER_PREFIX + owner }];
+    if (p.rulesBackend === 'server') m.push({ name: 'addrtype', dstType: 'LOCAL' });
+    m.push({ ...portMatch });
+    return m;
+  };
+  const hookRules: HookRulePlan[] = [];
+  if (p.logEnabled) {
+    hookRules.push({ chain: hook, owner, rule: { dst, proto, matches: selector(), target: { name: 'LOG', prefix: `IPTLB:VIP:${suffix}:`, level } } });
+  }
+  hookRules.push({ chain: hook, owner, rule: { dst, proto, matches: selector(), target: { name: 'jump', chain } } });
+  if (p.masquerade) {
+    hookRules.push({
+      chain: 'POSTROUTING',
+      owner,
+      rule: {
+        proto,
+        matches: [
+          { name: 'comment', comment: OWNER_PREFIX + owner },
+          { name: 'conntrack', ctstate: 'DNAT', ctorigdst: dst, ctorigdstport: vip.port },
+        ],
+        target: { name: 'MASQUERADE' },
+      },
+    });
+  }
+  return { chain: { name: chain, rules }, hookRules };
+}
+
+/**
+ * One transaction that installs (creating or replacing) `upsert` and removes the profiles named in
+ * `remove`. Every profile touched has its hook rules removed first, so a replacement is exact.
+ */
+export function planTransaction(upsert: Profile[], remove: string[]): Transaction {
+  const owners = [...new Set([...upsert.map((p) => p.name), ...remove])];
+  const kept = new Set(upsert.map((p) => chainName(p.name)));
+  const deleteChains = [...new Set(remove.map(chainName))].filter((c) => !kept.has(c));
+  const chains: ChainPlan[] = [];
+  const hookRules: HookRulePlan[] = [];
+  for (const p of upsert) {
+    const plan = planProfile(p);
+    chains.push(plan.chain);
+    hookRules.push(...plan.hookRules);
+  }
+  return { family: 'ipv4', table: 'nat', owners, deleteChains, chains, hookRules };
+}
+
+export function isEmptyTransaction(tx: Transaction): boolean {
+  return tx.owners.length === 0 && tx.deleteChains.length === 0 && tx.chains.length === 0 && tx.hookRules.length === 0;
+}

@@ -1,0 +1,171 @@
+/**
+ * Profile validation and normalisation. Every check names the field and the value in one line
+ * (`IptlbError` with code EINVAL_PROFILE, or ECONFLICT for clashes with other profiles).
+ */
+import { parseEndpoint, type Endpoint } from './address.js';
+import { IptlbError, invalid } from './errors.js';
+import { PROTOCOLS, RULES_BACKENDS, type Profile, type ProfileInput, type Protocol, type RulesBackend } from './types.js';
+
+export const NAME_PATTERN = /^[A-Za-z0-9_-]{1,18}$/;
+export const MAX_DESTINATIONS = 1024;
+export const DEFAULTS = { protocol: 'tcp', rulesBackend: 'client', logEnabled: false, logLevel: '4' } as const;
+
+const LEVEL_NAMES: Record<string, number> = {
+  emerg: 0, alert: 1, crit: 2, error: 3, err: 3, warning: 4, warn: 4, notice: 5, info: 6, debug: 7,
+};
+
+/** Quotes a value for an error message: JSON-escaped (so always one line) and shortened. */
+export function show(value: unknown): string {
+  let s: string;
+  try {
+    s = typeof value === 'string' ? JSON.stringify(value) : typeof value === 'bigint' ? `${value}` : JSON.stringify(value) ?? String(value);
+  } catch {
+    s = Object.prototype.toString.call(value);
+  }
+  return s.length > 64 ? `${s.slice(0, 60)}...${s.slice(-1)}` : s;
+}
+
+/** Chain name of a profile: `IPTLB_NAT_` + upper-cased name with `-` turned into `_`. */
+export function chainName(name: string): string {
+  return `IPTLB_NAT_${chainSuffix(name)}`;
+}
+export function chainSuffix(name: string): string {
+  return name.toUpperCase().replace(/-/g, '_');
+}
+
+export function validateName(name: unknown, field = 'name'): string {
+  if (typeof name !== 'string') throw invalid(field, `must be a string, got ${show(name)}`);
+  if (!NAME_PATTERN.test(name)) throw invalid(field, `${show(name)} must be 1-18 characters of A-Z a-z 0-9 _ -`);
+  return name;
+}
+
+function unicast(field: string, text: string, e: Endpoint): void {
+  const first = Number(e.ip.split('.')[0]);
+  if (e.ip === '0.0.0.0' || e.ip === '255.255.255.255' || (first >= 224 && first <= 239)) {
+    throw invalid(field, `${show(text)} is not a unicast address`);
+  }
+}
+
+function endpoint(field: string, value: unknown): Endpoint {
+  if (typeof value !== 'string') throw invalid(field, `must be an "ipv4:port" string, got ${show(value)}`);
+  const parsed = parseEndpoint(value);
+  if (typeof parsed === 'string') throw invalid(field, `${show(value)} ${parsed}`);
+  unicast(field, value, parsed);
+  return parsed;
+}
+
+export function normalizeLogLevel(value: unknown, field = 'logLevel'): string {
+  if (typeof value === 'number' && Number.isInteger(value) && value >= 0 && value <= 7) return String(value);
+  if (typeof value === 'string') {
+    const v = value.trim().toLowerCase();
+    if (/^[0-7]$/.test(v)) return v;
+    if (v in LEVEL_NAMES) return String(LEVEL_NAMES[v]);
+  }
+  throw invalid(field, `${show(value)} is not a syslog level (0-7 or emerg, alert, crit, error, warning, notice, info, debug)`);
+}
+
+export function normalizeProtocol(value: unknown, field = 'protocol'): Protocol {
+  const v = typeof value === 'string' ? value.toLowerCase() : value;
+  if (typeof v === 'string' && (PROTOCOLS as readonly string[]).includes(v)) return v as Protocol;
+  throw invalid(field, `${show(value)} is not one of ${PROTOCOLS.join(', ')}`);
+}
+
+export function normalizeRulesBackend(value: unknown, field = 'rulesBackend'): RulesBackend {
+  const v = typeof value === 'string' ? value.toLowerCase() : value;
+  if (typeof v === 'string' && (RULES_BACKENDS as readonly string[]).includes(v)) return v as RulesBackend;
+  throw invalid(field, `${show(value)} is not one of ${RULES_BACKENDS.join(', ')}`);
+}
+
+/** Splits the CLI's comma-separated destination list; empty items are kept so they are reported. */
+export function splitDestinations(text: string): string[] {
+  return text.split(',').map((s) => s.trim());
+}
+
+const KNOWN_KEYS = new Set(['name', 'source', 'destination', 'protocol', 'rulesBackend', 'logEnabled', 'logLevel', 'masquerade']);
+
+/** Validates one profile on its own (no knowledge of other profiles) and fills in defaults. */
+export function validateProfile(input: ProfileInput | unknown): Profile {
+  if (input === null || typeof input !== 'object' || Array.isArray(input)) {
+    throw invalid('profile', `must be an object, got ${show(input)}`);
+  }
+  const p = input as Record<string, unknown>;
+  for (const key of Object.keys(p)) {
+    if (!KNOWN_KEYS.has(key)) throw invalid(key, `is not a profile field (known: ${[...KNOWN_KEYS].join(', ')})`);
+  }
+  const name = validateName(p.name);
+  if (p.source === undefined || p.source === '') throw invalid('source', 'is required (the virtual ipv4:port)');
+  const src = endpoint('source', p.source);
+
+  let dests: unknown = p.destination;
+  if (typeof dests === 'string') dests = dests === '' ? [] : splitDestinations(dests);
+  if (dests === undefined) throw invalid('destination', 'is required (one or more ipv4:port)');
+  if (!Array.isArray(dests)) throw invalid('destination', `must be a list of "ipv4:port", got ${show(dests)}`);
+  if (dests.length === 0) throw invalid('destination', 'must list at least one ipv4:port');
+  if (dests.length > MAX_DESTINATIONS) throw invalid('destination', `has ${dests.length} entries; at most ${MAX_DESTINATIONS} are allowed`);
+  const seen = new Set<string>();
+  const destination: string[] = [];
+  dests.forEach((d, i) => {
+    const field = `destination[${i}]`;
+    const e = endpoint(field, d);
+    const key = `${e.ip}:${e.port}`;
+    if (seen.has(key)) throw invalid(field, `${show(d)} is listed twice`);
+    if (e.ip === src.ip && e.port === src.port) throw invalid(field, `${show(d)} is the virtual address itself`);
+    seen.add(key);
+    destination.push(key);
+  });
+
+  const protocol = normalizeProtocol(p.protocol ?? DEFAULTS.protocol);
+  const rulesBackend = normalizeRulesBackend(p.rulesBackend ?? DEFAULTS.rulesBackend);
+  const logEnabled = p.logEnabled ?? DEFAULTS.logEnabled;
+  if (typeof logEnabled !== 'boolean') throw invalid('logEnabled', `must be true or false, got ${show(logEnabled)}`);
+  const logLevel = normalizeLogLevel(p.logLevel ?? DEFAULTS.logLevel);
+  const masquerade = p.masquerade ?? false;
+  if (typeof masquerade !== 'boolean') throw invalid('masquerade', `must be true or false, got ${show(masquerade)}`);
+  if (masquerade && rulesBackend !== 'proxy') {
+    throw invalid('masquerade', `only applies to rulesBackend "proxy", not ${show(rulesBackend)}`);
+  }
+  const profile: Profile = { name, source: `${src.ip}:${src.port}`, destination, protocol, rulesBackend, logEnabled, logLevel };
+  if (masquerade) profile.masquerade = true;
+  return profile;
+}
+
+/**
+ * Checks that `candidate` can live beside `others` (profiles it does not replace): its chain name
+ * and its source+protocol must be its own. Throws ECONFLICT naming the other profile.
+ */
+export function checkConflicts(candidate: Profile, others: Iterable<Profile>): void {
+  const chain = chainName(candidate.name);
+  for (const o of others) {
+    if (o.name === candidate.name) continue;
+    if (chainName(o.name) === chain) {
+      throw new IptlbError('ECONFLICT', `name: ${show(candidate.name)} maps to chain ${chain}, already used by profile ${show(o.name)}`, { field: 'name' });
+    }
+    if (o.source === candidate.source && o.protocol === candidate.protocol) {
+      throw new IptlbError('ECONFLICT', `source: ${show(candidate.source)}/${candidate.protocol} already belongs to profile ${show(o.name)}`, { field: 'source' });
+    }
+  }
+}
+
+/** Validates a whole set (e.g. a state file): each profile alone, then pairwise conflicts. */
+export function checkSet(profiles: Profile[]): void {
+  const byChain = new Map<string, Profile>();
+  const bySource = new Map<string, Profile>();
+  for (const p of profiles) {
+    const chain = chainName(p.name);
+    const prev = byChain.get(chain);
+    if (prev) checkConflicts(p, [prev]);
+    const key = `${p.source}/${p.protocol}`;
+    const prevSrc = bySource.get(key);
+    if (prevSrc) checkConflicts(p, [prevSrc]);
+    byChain.set(chain, p);
+    bySource.set(key, p);
+  }
+}
+
+export function sameProfile(a: Profile, b: Profile): boolean {
+  return (
+    a.name === b.name && a.source === b.source && a.protocol === b.protocol && a.rulesBackend === b.rulesBackend &&
+    a.logEnabled === b.logEnabled && a.logLevel === b.logLevel && !!a.masquerade === !!b.masquerade &&
+    a.destination.length === b.destination.length && a.destination.every((d, i) => d === b.destination[i])
+  );
+}

@@ -1,0 +1,262 @@
+/**
+ * The iptables-restore dialect: rendering rules and transactions as restore text, and parsing
+ * `iptables-save` output back into rules. Pure functions.
+ */
+import type { HookChain, KernelView, Match, Rule, Target, Transaction } from './types.js';
+import { CHAIN_PREFIX, OWNER_PREFIX } from './plan.js';
+
+const HOOKS: readonly string[] = ['PREROUTING', 'INPUT', 'OUTPUT', 'POSTROUTING'];
+
+function quote(s: string): string {
+  return `"${s.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`;
+}
+
+function renderMatch(m: Match): string {
+  switch (m.name) {
+    case 'tcp':
+    case 'udp':
+    case 'sctp':
+      return `-m ${m.name} --dport ${m.dport}`;
+    case 'statistic':
+      return `-m statistic --mode random --probability ${m.probability}`;
+    case 'comment':
+      return `-m comment --comment ${quote(m.comment)}`;
+    case 'addrtype':
+      return `-m addrtype --dst-type ${m.dstType}`;
+    case 'conntrack':
+      return `-m conntrack --ctstate ${m.ctstate} --ctorigdst ${m.ctorigdst} --ctorigdstport ${m.ctorigdstport}`;
+  }
+}
+
+function renderTarget(t: Target): string {
+  switch (t.name) {
+    case 'DNAT':
+      return `-j DNAT --to-destination ${t.toDestination}`;
+    case 'LOG':
+      return `-j LOG --log-prefix ${quote(t.prefix)} --log-level ${t.level}`;
+    case 'RETURN':
+      return '-j RETURN';
+    case 'MASQUERADE':
+      return '-j MASQUERADE';
+    case 'jump':
+      return `-j ${t.chain}`;
+  }
+}
+
+/** The rule's arguments as iptables takes them (after `-A CHAIN`). */
+export function renderRule(r: Rule): string {
+  const parts: string[] = [];
+  if (r.dst) parts.push(`-d ${r.dst}`);
+  if (r.proto) parts.push(`-p ${r.proto}`);
+  for (const m of r.matches) parts.push(renderMatch(m));
+  parts.push(renderTarget(r.target));
+  return parts.join(' ');
+}
+
+/**
+ * Restore text (for `iptables-restore --noflush`) that performs `tx` against the kernel state `view`:
+ * chains are declared (created, or flushed when they exist), the owners' hook rules are deleted by
+ * their exact text, stale chains deleted, chains filled, hook rules inserted at the top.
+ */
+export function renderRestore(tx: Transaction, view: KernelView): string {
+  const existing = new Set(view.chains.map((c) => c.name));
+  const owners = new Set(tx.owners);
+  const out: string[] = ['*nat'];
+  for (const c of tx.chains) out.push(`:${c.name} - [0:0]`);
+  const dropping = tx.deleteChains.filter((c) => existing.has(c));
+  for (const c of dropping) out.push(`:${c} - [0:0]`);
+  for (const h of view.hookRules) {
+    if (owners.has(h.owner)) out.push(`-D ${h.chain} ${h.raw ?? renderRule(h.rule)}`);
+  }
+  for (const c of dropping) out.push(`-X ${c}`);
+  for (const c of tx.chains) for (const r of c.rules) out.push(`-A ${c.name} ${renderRule(r)}`);
+  const position = new Map<HookChain, number>();
+  for (const h of tx.hookRules) {
+    const pos = (position.get(h.chain) ?? 0) + 1;
+    position.set(h.chain, pos);
+    out.push(`-I ${h.chain} ${pos} ${renderRule(h.rule)}`);
+  }
+  out.push('COMMIT', '');
+  return out.join('\n');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing iptables-save output
+
+/** Splits an iptables-save rule line into words, honouring double quotes and backslash escapes. */
+export function splitWords(line: string): string[] {
+  const words: string[] = [];
+  let i = 0;
+  while (i < line.length) {
+    while (line[i] === ' ') i++;
+    if (i >= line.length) break;
+    let w = '';
+    if (line[i] === '"') {
+      i++;
+      while (i < line.length && line[i] !== '"') {
+        if (line[i] === '\\' && i + 1 < line.length) i++;
+        w += line[i++];
+      }
+      i++;
+    } else {
+      while (i < line.length && line[i] !== ' ') w += line[i++];
+    }
+    words.push(w);
+  }
+  return words;
+}
+
+/** Canonical probability text as iptables-save prints it (11 decimals of the kernel's 31-bit value). */
+export function canonicalProbability(p: string): string {
+  const v = Math.round(0x80000000 * Number(p));
+  return (v / 0x80000000).toFixed(11);
+}
+
+/**
+ * Parses the arguments of one rule (`-d … -j …`) in the dialect iptables-save prints. Returns null
+ * when the rule uses anything iptlb does not write (so it can only be handled by its raw text).
+ */
+export function parseRule(words: string[]): Rule | null {
+  const rule: Rule = { matches: [], target: { name: 'RETURN' } };
+  let target: Target | null = null;
+  let i = 0;
+  const next = (): string | undefined => words[++i];
+  while (i < words.length) {
+    const w = words[i];
+    if (w === '-d') {
+      const v = next();
+      if (!v) return null;
+      rule.dst = v.includes('/') ? v : `${v}/32`;
+    } else if (w === '-p') {
+      const v = next();
+      if (v !== 'tcp' && v !== 'udp' && v !== 'sctp') return null;
+      rule.proto = v;
+    } else if (w === '-m') {
+      const name = next();
+      if (name === 'tcp' || name === 'udp' || name === 'sctp') {
+        if (next() !== '--dport') return null;
+        const port = Number(next());
+        if (!Number.isInteger(port)) return null;
+        rule.matches.push({ name, dport: port });
+      } else if (name === 'statistic') {
+        if (next() !== '--mode' || next() !== 'random' || next() !== '--probability') return null;
+        const v = next();
+        if (!v) return null;
+        rule.matches.push({ name: 'statistic', mode: 'random', probability: v });
+      } else if (name === 'comment') {
+        if (next() !== '--comment') return null;
+        const v = next();
+        if (v === undefined) return null;
+        rule.matches.push({ name: 'comment', comment: v });
+      } else if (name === 'addrtype') {
+        if (next() !== '--dst-type' || next() !== 'LOCAL') return null;
+        rule.matches.push({ name: 'addrtype', dstType: 'LOCAL' });
+      } else if (name === 'conntrack') {
+        if (next() !== '--ctstate' || next() !== 'DNAT' || next() !== '--ctorigdst') return null;
+        const a = next();
+        if (!a || next() !== '--ctorigdstport') return null;
+        const port = Number(next());
+        if (!Number.isInteger(port)) return null;
+        rule.matches.push({ name: 'conntrack', ctstate: 'DNAT', ctorigdst: a.includes('/') ? a : `${a}/32`, ctorigdstport: port });
+      } else {
+        return null;
+      }
+    } else if (w === '-j') {
+      const t = next();
+      if (t === 'DNAT') {
+        if (next() !== '--to-destination') return null;
+        const v = next();
+        if (!v) return null;
+        target = { name: 'DNAT', toDestination: v };
+      } else if (t === 'LOG') {
+        let prefix = '';
+        let level = 4;
+        while (words[i + 1]?.startsWith('--')) {
+          const opt = next();
+          const v = next();
+          if (v === undefined) return null;
+          if (opt === '--log-prefix') prefix = v;
+          else if (opt === '--log-level') level = Number(v);
+          else return null;
+        }
+        target = { name: 'LOG', prefix, level };
+      } else if (t === 'RETURN') target = { name: 'RETURN' };
+      else if (t === 'MASQUERADE') target = { name: 'MASQUERADE' };
+      else if (t && t.startsWith(CHAIN_PREFIX)) target = { name: 'jump', chain: t };
+      else return null;
+      if (i !== words.length - 1) return null;
+    } else {
+      return null;
+    }
+    i++;
+  }
+  if (!target) return null;
+  rule.target = target;
+  return rule;
+}
+
+function ownerOf(words: string[]): string | null {
+  const k = words.indexOf('--comment');
+  if (k < 0 || words[k - 1] !== 'comment') return null;
+  const c = words[k + 1];
+  return c !== undefined && c.startsWith(OWNER_PREFIX) ? c.slice(OWNER_PREFIX.length) : null;
+}
+
+/** A kernel view whose hook rules also carry their raw save text (what `-D` needs). */
+export type SavedView = KernelView;
+
+/**
+ * Extracts iptlb's objects from `iptables-save -t nat [-c]` output: chains named IPTLB_* with their
+ * rules, and hook-chain rules whose comment starts with `iptlb:`. Unknown rule shapes inside iptlb
+ * chains are kept with an `unknown` target so drift is visible.
+ */
+export function parseSave(text: string): KernelView {
+  const view: KernelView = { chains: [], hookRules: [] };
+  const chains = new Map<string, KernelView['chains'][number]>();
+  const positions = new Map<string, number>();
+  let inNat = false;
+  for (const rawLine of text.split('\n')) {
+    const line = rawLine.trimEnd();
+    if (line.startsWith('*')) {
+      inNat = line === '*nat';
+      continue;
+    }
+    if (!inNat) continue;
+    if (line.startsWith(':')) {
+      const name = line.slice(1).split(' ')[0];
+      if (name.startsWith(CHAIN_PREFIX)) {
+        const c = { name, rules: [] };
+        chains.set(name, c);
+        view.chains.push(c);
+      }
+      continue;
+    }
+    let rest = line;
+    let packets = 0n;
+    let bytes = 0n;
+    const counters = /^\[(\d+):(\d+)\] /.exec(rest);
+    if (counters) {
+      packets = BigInt(counters[1]);
+      bytes = BigInt(counters[2]);
+      rest = rest.slice(counters[0].length);
+    }
+    if (!rest.startsWith('-A ')) continue;
+    const sp = rest.indexOf(' ', 3);
+    const chain = rest.slice(3, sp);
+    const args = rest.slice(sp + 1);
+    const pos = (positions.get(chain) ?? 0) + 1;
+    positions.set(chain, pos);
+    const words = splitWords(args);
+    const c = chains.get(chain);
+    if (c) {
+      const rule = parseRule(words) ?? { matches: [], target: { name: 'unknown', raw: args } as unknown as Target };
+      c.rules.push({ rule, packets, bytes });
+    } else if (HOOKS.includes(chain)) {
+      const owner = ownerOf(words);
+      if (owner === null) continue;
+      const rule = parseRule(words) ?? { matches: [], target: { name: 'unknown', raw: args } as unknown as Target };
+      view.hookRules.push({ chain: chain as HookChain, owner, position: pos, rule, packets, bytes, raw: args });
+    }
+  }
+  return view;
+}

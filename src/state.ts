@@ -1,0 +1,184 @@
+/**
+ * The state file: the original iptlb's YAML (one top-level key per profile, keys sorted), read and
+ * written byte-compatibly. Reading refuses symlinks, non-regular files, aliases and wrong types;
+ * writing goes through a 0600 temp file + fsync + rename + directory fsync.
+ */
+import { constants as C, promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { IptlbError } from './errors.js';
+import { checkSet, show, validateProfile } from './profile.js';
+import type { Profile } from './types.js';
+
+export const DEFAULT_STATE_FILE = 'local/state.db';
+export const MAX_STATE_BYTES = 64 * 1024 * 1024;
+
+/** `IPTLB_STATE_FILE`, else `local/state.db` relative to the working directory (as the original). */
+export function resolveStatePath(explicit?: string): string {
+  const p = explicit || process.env.IPTLB_STATE_FILE || DEFAULT_STATE_FILE;
+  return path.resolve(p);
+}
+
+// Plain scalars that YAML 1.1 (Go's yaml.v2) would read as something other than a string.
+const YAML11_NON_STRING = [
+  /^(y|Y|yes|Yes|YES|n|N|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF|null|Null|NULL|~)$/,
+  /^[-+]?(0|[1-9][0-9_]*)$/,
+  /^[-+]?0b[01_]+$/,
+  /^[-+]?0[0-7_]+$/,
+  /^[-+]?0x[0-9a-fA-F_]+$/,
+  /^[-+]?(\.[0-9]+|[0-9][0-9_]*(\.[0-9_]*)?)([eE][-+]?[0-9]+)?$/,
+];
+/** Writes a scalar the way Go's yaml.v2 does for the values iptlb stores: plain unless it would not read back as a string. */
+function scalar(s: string): string {
+  if (s === '' || s === '-' || /[^A-Za-z0-9_.:-]/.test(s) || YAML11_NON_STRING.some((re) => re.test(s))) return JSON.stringify(s);
+  return s;
+}
+
+/** Serialises profiles exactly as the original (Go yaml.v2) writes them. */
+export function serializeState(profiles: Iterable<Profile>): string {
+  const list = [...profiles].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  if (list.length === 0) return '{}\n';
+  const out: string[] = [];
+  for (const p of list) {
+    out.push(`${scalar(p.name)}:`);
+    out.push('  destination:');
+    for (const d of p.destination) out.push(`  - ${scalar(d)}`);
+    out.push(`  logEnabled: ${p.logEnabled ? 'true' : 'false'}`);
+    out.push(`  logLevel: ${JSON.stringify(p.logLevel)}`);
+    if (p.masquerade) out.push('  masquerade: true');
+    out.push(`  protocol: ${p.protocol}`);
+    out.push(`  rulesBackend: ${p.rulesBackend}`);
+    out.push(`  source: ${scalar(p.source)}`);
+  }
+  return out.join('\n') + '\n';
+}
+
+function stateError(file: string, message: string, field?: string): IptlbError {
+  return new IptlbError('ESTATE', `state file ${file}: ${message}`, field !== undefined ? { field } : {});
+}
+
+const STATE_KEYS = ['destination', 'logEnabled', 'logLevel', 'masquerade', 'protocol', 'rulesBackend', 'source'];
+
+/**
+ * Parses state-file text into validated profiles (a map by name). Types must be the original's:
+ * `logLevel` a string, `logEnabled` a boolean, `destination` a list of strings.
+ */
+export async function parseState(text: string, file = '<state>'): Promise<Map<string, Profile>> {
+  const YAML = await import('yaml');
+  let doc;
+  try {
+    doc = YAML.parseDocument(text, { version: '1.1', uniqueKeys: true, prettyErrors: false });
+  } catch (e) {
+    throw stateError(file, `is not valid YAML (${oneLine((e as Error).message)})`);
+  }
+  if (doc.errors.length > 0) throw stateError(file, `is not valid YAML (${oneLine(doc.errors[0].message)})`);
+  let data: unknown;
+  try {
+    data = doc.toJS({ maxAliasCount: 0 });
+  } catch (e) {
+    throw stateError(file, `is not usable YAML (${oneLine((e as Error).message)})`);
+  }
+  const result = new Map<string, Profile>();
+  if (data === null || data === undefined) return result;
+  if (typeof data !== 'object' || Array.isArray(data)) throw stateError(file, `must be a mapping of profile names, got ${show(data)}`);
+  for (const [name, body] of Object.entries(data as Record<string, unknown>)) {
+    if (body === null || typeof body !== 'object' || Array.isArray(body)) {
+      throw stateError(file, `profile ${show(name)}: must be a mapping, got ${show(body)}`, name);
+    }
+    const b = body as Record<string, unknown>;
+    for (const k of Object.keys(b)) {
+      if (!STATE_KEYS.includes(k)) throw stateError(file, `profile ${show(name)}: unknown key ${show(k)}`, k);
+    }
+    if (b.logLevel !== undefined && typeof b.logLevel !== 'string') {
+      throw stateError(file, `profile ${show(name)}: logLevel must be a quoted string such as "4", got ${show(b.logLevel)}`, 'logLevel');
+    }
+    if (b.destination !== undefined && (!Array.isArray(b.destination) || b.destination.some((d) => typeof d !== 'string'))) {
+      throw stateError(file, `profile ${show(name)}: destination must be a list of "ipv4:port" strings, got ${show(b.destination)}`, 'destination');
+    }
+    for (const k of ['source', 'protocol', 'rulesBackend']) {
+      if (b[k] !== undefined && typeof b[k] !== 'string') {
+        throw stateError(file, `profile ${show(name)}: ${k} must be a string, got ${show(b[k])}`, k);
+      }
+    }
+    try {
+      result.set(name, validateProfile({ ...b, name }));
+    } catch (e) {
+      if (e instanceof IptlbError) throw stateError(file, `profile ${show(name)}: ${e.message}`, e.field);
+      throw e;
+    }
+  }
+  try {
+    checkSet([...result.values()]);
+  } catch (e) {
+    if (e instanceof IptlbError) throw stateError(file, e.message, e.field);
+    throw e;
+  }
+  return result;
+}
+
+function oneLine(s: string): string {
+  return s.split('\n')[0].slice(0, 160);
+}
+
+/** Reads the state file. A missing file is an empty state; anything unsafe or malformed is an error. */
+export async function readState(file: string): Promise<Map<string, Profile>> {
+  let fh: fsp.FileHandle;
+  try {
+    fh = await fsp.open(file, C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK);
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    if (err.code === 'ENOENT') return new Map();
+    if (err.code === 'ELOOP') throw stateError(file, 'is a symbolic link; refusing to follow it');
+    if (err.code === 'EACCES' || err.code === 'EPERM') throw new IptlbError('EPERM', `state file ${file}: permission denied`);
+    throw stateError(file, `cannot be opened (${err.code ?? err.message})`);
+  }
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw stateError(file, st.isDirectory() ? 'is a directory' : 'is not a regular file');
+    if (st.size > MAX_STATE_BYTES) throw stateError(file, `is ${st.size} bytes; larger than ${MAX_STATE_BYTES}`);
+    const text = await fh.readFile('utf8');
+    return await parseState(text, file);
+  } catch (e) {
+    if (e instanceof IptlbError) throw e;
+    const err = e as NodeJS.ErrnoException;
+    throw stateError(file, `cannot be read (${err.code ?? err.message})`);
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Creates the state file's directory (0700) when missing. */
+export async function ensureStateDir(file: string): Promise<void> {
+  await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+}
+
+/** Writes the whole state atomically: temp file (0600, O_EXCL) + fsync + rename + directory fsync. */
+export async function writeState(file: string, profiles: Iterable<Profile>): Promise<void> {
+  const text = serializeState(profiles);
+  await ensureStateDir(file);
+  const dir = path.dirname(file);
+  const tmp = path.join(dir, `.${path.basename(file)}.tmp-${process.pid}-${Math.random().toString(36).slice(2, 10)}`);
+  const fh = await fsp.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
+  try {
+    await fh.writeFile(text, 'utf8');
+    await fh.sync();
+  } catch (e) {
+    await fh.close().catch(() => {});
+    await fsp.unlink(tmp).catch(() => {});
+    throw e;
+  }
+  await fh.close();
+  try {
+    const st = await fsp.lstat(file).catch(() => null);
+    if (st && !st.isFile()) throw stateError(file, st.isSymbolicLink() ? 'is a symbolic link; refusing to replace it' : 'is not a regular file');
+    await fsp.rename(tmp, file);
+  } catch (e) {
+    await fsp.unlink(tmp).catch(() => {});
+    throw e;
+  }
+  const dh = await fsp.open(dir, C.O_RDONLY | C.O_DIRECTORY);
+  try {
+    await dh.sync();
+  } finally {
+    await dh.close();
+  }
+}

@@ -1,0 +1,146 @@
+/**
+ * Shared vocabulary of iptlb. The field names of {@link Profile} are the state file's keys, the
+ * API's field names and the CLI's concepts. The rule-plan types ({@link Rule}, {@link Transaction})
+ * are the contract between the pure planner and every executor (native addon and spawn).
+ */
+
+/** Transport protocol a profile balances. */
+export type Protocol = 'tcp' | 'udp' | 'sctp';
+/** Where the rules sit: client → nat OUTPUT; proxy → nat PREROUTING; server → nat PREROUTING, local destinations only. */
+export type RulesBackend = 'client' | 'proxy' | 'server';
+
+export const PROTOCOLS: readonly Protocol[] = ['tcp', 'udp', 'sctp'];
+export const RULES_BACKENDS: readonly RulesBackend[] = ['client', 'proxy', 'server'];
+
+/** A validated, normalised profile: exactly what the state file stores. */
+export interface Profile {
+  /** Profile name, `[A-Za-z0-9_-]{1,18}`. */
+  name: string;
+  /** Virtual address, `ipv4:port`. */
+  source: string;
+  /** Destinations, `ipv4:port` each, at least one, no duplicates. */
+  destination: string[];
+  /** Default `tcp`. */
+  protocol: Protocol;
+  /** Default `client`. */
+  rulesBackend: RulesBackend;
+  /** Default `false`. */
+  logEnabled: boolean;
+  /** Syslog level as a decimal string `"0"`…`"7"`. Default `"4"`. */
+  logLevel: string;
+  /** Proxy mode only: masquerade the balanced flows so replies return through the proxy. Default `false`; omitted from the state file when false. */
+  masquerade?: boolean;
+}
+
+/** What a caller may pass for a profile: optional fields take their defaults. */
+export interface ProfileInput {
+  name: string;
+  source: string;
+  destination: string[] | string;
+  protocol?: string;
+  rulesBackend?: string;
+  logEnabled?: boolean;
+  logLevel?: string | number;
+  masquerade?: boolean;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rule plan: pure data. Everything an executor needs, nothing it has to interpret.
+
+/** Match extensions the planner uses, in the order they are written in a rule. */
+export type Match =
+  | { name: 'tcp' | 'udp' | 'sctp'; dport: number }
+  | { name: 'statistic'; mode: 'random'; /** decimal string as written, e.g. "0.3333333333" */ probability: string }
+  | { name: 'comment'; comment: string }
+  | { name: 'addrtype'; dstType: 'LOCAL' }
+  | { name: 'conntrack'; ctstate: 'DNAT'; ctorigdst: string; ctorigdstport: number };
+
+/** Targets the planner uses. `jump` is a jump to a user chain. */
+export type Target =
+  | { name: 'DNAT'; toDestination: string }
+  | { name: 'LOG'; prefix: string; level: number }
+  | { name: 'RETURN' }
+  | { name: 'MASQUERADE' }
+  | { name: 'jump'; chain: string };
+
+/** One rule. `dst` is `a.b.c.d/32` when present; `proto` is the `-p` of the IP header. */
+export interface Rule {
+  dst?: string;
+  proto?: Protocol;
+  matches: Match[];
+  target: Target;
+}
+
+/** Built-in chains iptlb writes into. */
+export type HookChain = 'OUTPUT' | 'PREROUTING' | 'POSTROUTING';
+
+/** A user chain owned by iptlb, with its complete rule list. */
+export interface ChainPlan {
+  name: string;
+  rules: Rule[];
+}
+
+/** A rule that lives in a built-in chain; it carries the comment `iptlb:<owner>`. */
+export interface HookRulePlan {
+  chain: HookChain;
+  owner: string;
+  rule: Rule;
+}
+
+/**
+ * One atomic change of the nat table, declarative:
+ *  1. every hook rule (OUTPUT/PREROUTING/POSTROUTING) whose comment is `iptlb:<n>` for n in `owners` is deleted;
+ *  2. every chain in `deleteChains` that exists is flushed and deleted;
+ *  3. every chain in `chains` is created, or flushed if it exists, and filled with its rules in order;
+ *  4. the rules of `hookRules` are inserted at the top of their chain, keeping their order
+ *     (the first listed ends up first).
+ * All of it is one kernel commit: it lands whole or not at all.
+ */
+export interface Transaction {
+  family: 'ipv4';
+  table: 'nat';
+  owners: string[];
+  deleteChains: string[];
+  chains: ChainPlan[];
+  hookRules: HookRulePlan[];
+}
+
+/** A rule as read back from the kernel, with its counters. */
+export interface KernelRule {
+  rule: Rule;
+  packets: bigint;
+  bytes: bigint;
+}
+
+/** iptlb's objects as they are in the kernel: chains named IPTLB_* and hook rules whose comment starts with `iptlb:`. */
+export interface KernelView {
+  chains: { name: string; rules: KernelRule[] }[];
+  hookRules: {
+    chain: HookChain | 'INPUT';
+    owner: string;
+    /** 1-based position in its chain. */
+    position: number;
+    rule: Rule;
+    packets: bigint;
+    bytes: bigint;
+    /** The rule's text as iptables-save printed it (spawn executor only); used to delete it exactly. */
+    raw?: string;
+  }[];
+}
+
+export interface CommitResult {
+  /** Wall time of the kernel commit path (lock + read + modify + commit), milliseconds. */
+  durationMs: number;
+}
+
+/** How rules reach the kernel. Both implementations give the same kernel result for the same transaction. */
+export interface Executor {
+  readonly kind: 'native' | 'spawn';
+  readonly engine: 'legacy';
+  commit(tx: Transaction): Promise<CommitResult>;
+  read(): Promise<KernelView>;
+  /** The exact text an iptables-restore would be fed for this transaction against the current kernel (read-only). */
+  render(tx: Transaction): Promise<string>;
+}
+
+export type ExecutorChoice = 'native' | 'spawn' | 'auto';

@@ -1,0 +1,244 @@
+/**
+ * Kernel tests of the core: every case runs in a fresh network namespace, with real backends and
+ * real traffic through the virtual address, for each executor.
+ */
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { assertSplit } from '../harness/stats.js';
+import { BACKENDS, DEST, EXECUTORS, VIP, cli, ok, runSteps, type Proc } from './common.js';
+
+const ORIGINAL_STATE = `test:
+  destination:
+  - 127.0.0.1:9001
+  - 127.0.0.1:9002
+  logEnabled: true
+  logLevel: "4"
+  protocol: tcp
+  rulesBackend: client
+  source: 127.100.0.10:8081
+`;
+
+function counts(split: { counts: Record<string, number> }, ports: number[]): number[] {
+  return ports.map((p) => Object.entries(split.counts).find(([k]) => k.includes(String(p)))?.[1] ?? 0);
+}
+
+for (const { name: ex, skip } of EXECUTORS) {
+  describe(`core over the ${ex} executor`, { skip }, () => {
+    test('tcp: 300 connections split over 3 backends, none fails; delete restores the table exactly', async () => {
+      const r = await runSteps([
+        { op: 'save' },
+        { op: 'backends', tcp: BACKENDS },
+        cli(ex, '-run', '-profile=web', `-src-addr=${VIP}:8081`, `-dest-addr=${DEST}`),
+        { op: 'tcp', vip: VIP, port: 8081, count: 300 },
+        cli(ex, '-run', '-delete', '-profile=web'),
+        { op: 'save' },
+        { op: 'read', file: '$WORK/state.db' },
+      ]);
+      ok(r[2]);
+      assert.equal(r[3].failures, 0, JSON.stringify(r[3].errors));
+      assertSplit(counts(r[3], BACKENDS), [1, 1, 1]);
+      ok(r[4]);
+      assert.equal(r[5], r[0], 'nat table after delete equals the table before the profile existed');
+      assert.equal(r[6], '{}\n');
+    });
+
+    test('udp: 300 datagrams from fresh sockets split over 3 backends (the original sent udp into tcp rules)', async () => {
+      const r = await runSteps([
+        { op: 'backends', udp: BACKENDS },
+        cli(ex, '-run', '-profile=dns', '-protocol=udp', `-src-addr=${VIP}:5353`, `-dest-addr=${DEST}`),
+        { op: 'udp', vip: VIP, port: 5353, count: 300 },
+      ]);
+      ok(r[1]);
+      assert.equal(r[2].failures, 0, JSON.stringify(r[2].errors));
+      assertSplit(counts(r[2], BACKENDS), [1, 1, 1]);
+    });
+
+    test('reset swaps the destinations in one commit; traffic only reaches the new ones', async () => {
+      const r = await runSteps([
+        { op: 'backends', tcp: [...BACKENDS, 9004] },
+        cli(ex, '-run', '-profile=web', `-src-addr=${VIP}:8081`, `-dest-addr=${DEST}`),
+        cli(ex, '-run', '-profile=web', `-src-addr=${VIP}:8081`, '-dest-addr=127.0.0.1:9004'),
+        cli(ex, '-run', '-reset', '-profile=web', `-src-addr=${VIP}:8081`, '-dest-addr=127.0.0.1:9003,127.0.0.1:9004'),
+        { op: 'tcp', vip: VIP, port: 8081, count: 200 },
+        { op: 'save' },
+      ]);
+      ok(r[1]);
+      assert.equal(r[2].code, 1, 'changing an existing profile without -reset is refused');
+      assert.match(r[2].stderr, /-reset/);
+      ok(r[3]);
+      assert.equal(r[4].failures, 0);
+      assert.deepEqual(counts(r[4], [9001, 9002]), [0, 0]);
+      assertSplit(counts(r[4], [9003, 9004]), [1, 1]);
+      assert.equal((r[5].match(/iptlb:web/g) ?? []).length, 1, 'exactly one jump after the reset');
+    });
+
+    test('logging: LOG rules carry the port; deleting one profile keeps the other profile\'s LOG rule', async () => {
+      const r = await runSteps([
+        cli(ex, '-run', '-log-custom-chain', '-log-level=6', '-profile=a', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001'),
+        cli(ex, '-run', '-log-custom-chain', '-profile=b', `-src-addr=${VIP}:81`, '-dest-addr=127.0.0.1:9002'),
+        cli(ex, '-run', '-delete', '-profile=a'),
+        { op: 'save' },
+      ]);
+      for (const i of [0, 1, 2]) ok(r[i]);
+      const save: string = r[3];
+      assert.match(save, /-A OUTPUT -d 127\.100\.0\.10\/32 -p tcp -m comment --comment "iptlb:b" -m tcp --dport 81 -j LOG --log-prefix "IPTLB:VIP:B:"/);
+      assert.doesNotMatch(save, /iptlb:a/);
+      assert.match(save, /-A IPTLB_NAT_B -j LOG --log-prefix "IPTLB:B:"/);
+    });
+
+    test('"test" and "test2" are separate profiles (the original matched names by prefix)', async () => {
+      const r = await runSteps([
+        cli(ex, '-run', '-profile=test2', `-src-addr=${VIP}:82`, '-dest-addr=127.0.0.1:9002'),
+        cli(ex, '-run', '-profile=test', `-src-addr=${VIP}:81`, '-dest-addr=127.0.0.1:9001'),
+        cli(ex, '-run', '-delete', '-profile=test'),
+        { op: 'save' },
+        cli(ex, 'list', '--json'),
+      ]);
+      for (const i of [0, 1, 2]) ok(r[i]);
+      assert.match(r[3], /iptlb:test2/);
+      assert.match(r[3], /IPTLB_NAT_TEST2/);
+      assert.doesNotMatch(r[3], /IPTLB_NAT_TEST /);
+      assert.deepEqual(JSON.parse(r[4].stdout).map((p: { name: string }) => p.name), ['test2']);
+    });
+
+    test('an 18-character name applies and deletes; a 19-character one is refused with nothing changed', async () => {
+      const long = 'a-very-long-name18';
+      const r = await runSteps([
+        cli(ex, '-run', `-profile=${long}`, `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001'),
+        { op: 'save' },
+        cli(ex, '-run', `-profile=${long}x`, `-src-addr=${VIP}:81`, '-dest-addr=127.0.0.1:9001'),
+        cli(ex, '-run', '-delete', `-profile=${long}`),
+        { op: 'save' },
+      ]);
+      ok(r[0]);
+      assert.match(r[1], /IPTLB_NAT_A_VERY_LONG_NAME18/);
+      assert.equal(r[2].code, 2);
+      assert.match(r[2].stderr, /^iptlb: error: name: .*1-18 characters/m);
+      ok(r[3]);
+      assert.doesNotMatch(r[4], /IPTLB/);
+    });
+
+    test('server mode is accepted by the kernel (PREROUTING + addrtype LOCAL, not INPUT)', async () => {
+      const r = await runSteps([
+        cli(ex, '-run', '-rules-backend=server', '-profile=srv', `-src-addr=${VIP}:80`, `-dest-addr=${DEST}`),
+        { op: 'save' },
+      ]);
+      ok(r[0]);
+      assert.match(r[1], /-A PREROUTING -d 127\.100\.0\.10\/32 -p tcp -m comment --comment "iptlb:srv" -m addrtype --dst-type LOCAL -m tcp --dport 80 -j IPTLB_NAT_SRV/);
+      assert.doesNotMatch(r[1], /-A INPUT/);
+    });
+
+    test('bad input: one-line error naming the field, exit 2, kernel and state file unchanged', async () => {
+      const bad: [string[], RegExp][] = [
+        [['-rules-backend=bogus'], /rulesBackend/],
+        [['-src-addr=1.2.3:80'], /^iptlb: error: source/m],
+        [['-src-addr=127.100.0.10:99999'], /source/],
+        [['-dest-addr=example.com:80'], /destination\[0\]/],
+        [['-dest-addr=127.0.0.1:1,127.0.0.1:1'], /destination\[1\]/],
+        [['-dest-addr='], /destination/],
+        [['-protocol=icmp'], /protocol/],
+        [['-log-level=9'], /logLevel/],
+        [['-profile=a b'], /name/],
+        [['-profile=x;reboot'], /name/],
+        [['-masquerade'], /masquerade/],
+        [['-run=maybe'], /run/],
+        [['-use-state'], /use-state/],
+      ];
+      const steps = [cli(ex, '-run', '-profile=keep', `-src-addr=${VIP}:90`, '-dest-addr=127.0.0.1:9001'), { op: 'save' as const }, { op: 'read' as const, file: '$WORK/state.db' }];
+      for (const [args] of bad) {
+        const base: Record<string, string> = { '-profile': '-profile=p', '-src-addr': `-src-addr=${VIP}:8081`, '-dest-addr': `-dest-addr=${DEST}` };
+        for (const a of args) delete base[a.split('=')[0]];
+        steps.push(cli(ex, '-run', ...Object.values(base), ...args));
+      }
+      steps.push({ op: 'save' }, { op: 'read', file: '$WORK/state.db' });
+      const r = await runSteps(steps);
+      ok(r[0]);
+      bad.forEach(([args, re], i) => {
+        const p: Proc = r[3 + i];
+        assert.equal(p.code, 2, `${args.join(' ')} exited ${p.code}: ${p.stderr}`);
+        assert.equal(p.stderr.trim().split('\n').length, 1, `one line for ${args.join(' ')}: ${p.stderr}`);
+        assert.match(p.stderr, re);
+      });
+      assert.equal(r[r.length - 2], r[1], 'kernel unchanged');
+      assert.equal(r[r.length - 1], r[2], 'state file unchanged');
+    });
+
+    test('kernel refusal: EKERNEL error, exit 1, nothing changed in the kernel or the state file', async () => {
+      // A foreign jump from nat INPUT into the chain the profile will use makes its DNAT rules illegal.
+      const r = await runSteps([
+        { op: 'sh', argv: ['iptables-legacy', '-t', 'nat', '-N', 'IPTLB_NAT_WEB'] },
+        { op: 'sh', argv: ['iptables-legacy', '-t', 'nat', '-A', 'INPUT', '-j', 'IPTLB_NAT_WEB'] },
+        { op: 'save' },
+        cli(ex, '-run', '-profile=web', `-src-addr=${VIP}:8081`, `-dest-addr=${DEST}`),
+        { op: 'save' },
+        { op: 'read', file: '$WORK/state.db' },
+      ]);
+      assert.equal(r[3].code, 1, r[3].stderr);
+      assert.match(r[3].stderr, /^iptlb: error: .+/m);
+      assert.equal(r[4], r[2], 'kernel unchanged');
+      assert.equal(r[5], null, 'state file not written');
+    });
+
+    test('a state file written by the original applies with -use-state -run; a hand-edited number logLevel is refused', async () => {
+      const r = await runSteps([
+        { op: 'backends', tcp: [9001, 9002] },
+        { op: 'write', file: '$WORK/state.db', text: ORIGINAL_STATE },
+        cli(ex, '-use-state', '-run'),
+        { op: 'tcp', vip: VIP, port: 8081, count: 100 },
+        { op: 'read', file: '$WORK/state.db' },
+        { op: 'write', file: '$WORK/state.db', text: ORIGINAL_STATE.replace('logLevel: "4"', 'logLevel: 4') },
+        { op: 'save' },
+        cli(ex, '-run', '-profile=other', `-src-addr=${VIP}:9999`, '-dest-addr=127.0.0.1:9001'),
+        { op: 'save' },
+        { op: 'read', file: '$WORK/state.db' },
+        cli(ex, '-use-state', '-run', '-delete'),
+      ]);
+      ok(r[2]);
+      assert.equal(r[3].failures, 0);
+      assertSplit(counts(r[3], [9001, 9002]), [1, 1]);
+      assert.equal(r[4], ORIGINAL_STATE, 'state bytes unchanged by re-applying');
+      assert.equal(r[7].code, 1);
+      assert.match(r[7].stderr, /logLevel must be a quoted string/);
+      assert.equal(r[8], r[6]);
+      assert.equal(r[9], ORIGINAL_STATE.replace('logLevel: "4"', 'logLevel: 4'), 'a malformed state file is never overwritten');
+      assert.equal(r[10].code, 1);
+    });
+
+    test('32 concurrent invocations on one state file lose no profile', async () => {
+      const runs = Array.from({ length: 32 }, (_, i) => [`--executor=${ex}`, '-state-file=$WORK/state.db', '-run', `-profile=p${i}`, `-src-addr=${VIP}:${1000 + i}`, '-dest-addr=127.0.0.1:9001']);
+      const r = await runSteps([{ op: 'parallel-cli', runs }, { op: 'save' }, cli(ex, 'list', '--json')]);
+      r[0].forEach((p: Proc) => ok(p));
+      const names = JSON.parse(r[2].stdout).map((p: { name: string }) => p.name).sort();
+      assert.deepEqual(names, Array.from({ length: 32 }, (_, i) => `p${i}`).sort());
+      for (let i = 0; i < 32; i++) assert.match(r[1], new RegExp(`--comment "iptlb:p${i}" -m tcp --dport ${1000 + i} -j IPTLB_NAT_P${i}\\n`));
+    });
+
+    test('-use-state -run -delete removes every profile in one transaction and leaves foreign rules alone', async () => {
+      const foreign = [
+        ['-N', 'DOCKER'], ['-A', 'DOCKER', '-i', 'docker0', '-j', 'RETURN'],
+        ['-A', 'PREROUTING', '-m', 'addrtype', '--dst-type', 'LOCAL', '-j', 'DOCKER'],
+        ['-A', 'OUTPUT', '!', '-d', '127.0.0.0/8', '-m', 'addrtype', '--dst-type', 'LOCAL', '-j', 'DOCKER'],
+        ['-A', 'POSTROUTING', '-s', '172.17.0.0/16', '!', '-o', 'docker0', '-j', 'MASQUERADE'],
+        ['-N', 'KUBE-SERVICES'], ['-A', 'OUTPUT', '-m', 'comment', '--comment', 'kubernetes service portals', '-j', 'KUBE-SERVICES'],
+      ].map((a) => ({ op: 'sh' as const, argv: ['iptables-legacy', '-t', 'nat', ...a] }));
+      const r = await runSteps([
+        ...foreign,
+        { op: 'save' },
+        cli(ex, '-run', '-profile=a', `-src-addr=${VIP}:80`, `-dest-addr=${DEST}`),
+        cli(ex, '-run', '-profile=b', '-rules-backend=proxy', '-masquerade', `-src-addr=${VIP}:81`, `-dest-addr=${DEST}`),
+        cli(ex, '-run', '-reset', '-profile=a', '-log-custom-chain', `-src-addr=${VIP}:82`, '-dest-addr=127.0.0.1:9001'),
+        { op: 'save' },
+        cli(ex, '-use-state', '-run', '-delete'),
+        { op: 'save' },
+        { op: 'read', file: '$WORK/state.db' },
+      ]);
+      const n = foreign.length;
+      for (const i of [n + 1, n + 2, n + 3, n + 5]) ok(r[i]);
+      assert.match(r[n + 4], /iptlb:b.*MASQUERADE/);
+      assert.match(r[n + 5].stderr, /in one transaction/);
+      assert.equal((r[n + 5].stderr.match(/committed/g) ?? []).length, 1);
+      assert.equal(r[n + 6], r[n], 'foreign rules byte-identical; all of iptlb gone');
+      assert.equal(r[n + 7], '{}\n');
+    });
+  });
+}

@@ -1,0 +1,92 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync, readFileSync, symlinkSync, mkdirSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { parseState, serializeState, readState, writeState } from '../../src/state.js';
+import { IptlbError } from '../../src/errors.js';
+
+// Written by the original Go iptlb (its README).
+const ORIGINAL = `test:
+  destination:
+  - 10.0.1.4:8080
+  logEnabled: true
+  logLevel: "4"
+  protocol: tcp
+  rulesBackend: client
+  source: 10.100.0.10:8081
+`;
+
+test('a file the original wrote reads here and is written back byte for byte', async () => {
+  const state = await parseState(ORIGINAL);
+  assert.deepEqual([...state.keys()], ['test']);
+  assert.deepEqual(state.get('test'), {
+    name: 'test', source: '10.100.0.10:8081', destination: ['10.0.1.4:8080'], protocol: 'tcp', rulesBackend: 'client', logEnabled: true, logLevel: '4',
+  });
+  assert.equal(serializeState(state.values()), ORIGINAL);
+});
+
+test('keys sorted, profiles sorted, empty state is {}', async () => {
+  const text = `b:\n  destination:\n  - 127.0.0.1:1\n  - 127.0.0.1:2\n  logEnabled: false\n  logLevel: "7"\n  protocol: udp\n  rulesBackend: proxy\n  source: 127.100.0.1:53\na:\n  destination:\n  - 127.0.0.1:3\n  logEnabled: false\n  logLevel: "4"\n  masquerade: true\n  protocol: tcp\n  rulesBackend: proxy\n  source: 127.100.0.2:80\n`;
+  const out = serializeState((await parseState(text)).values());
+  assert.ok(out.startsWith('a:\n'));
+  assert.deepEqual(await parseState(out), await parseState(text));
+  assert.equal(serializeState([]), '{}\n');
+  assert.equal((await parseState('{}\n')).size, 0);
+  assert.equal((await parseState('')).size, 0);
+});
+
+test('names that YAML 1.1 would read as numbers or booleans are quoted', async () => {
+  for (const name of ['123', 'yes', 'No', 'on', 'null', '1e5', '0x1F', '-']) {
+    const text = serializeState([{ name, source: '127.0.0.1:80', destination: ['127.0.0.1:81'], protocol: 'tcp', rulesBackend: 'client', logEnabled: false, logLevel: '4' }]);
+    assert.ok(text.startsWith(`"${name}":`), text);
+    if (name !== '-') assert.deepEqual([...(await parseState(text)).keys()], [name]);
+  }
+});
+
+async function refused(text: string, re: RegExp): Promise<void> {
+  await assert.rejects(parseState(text, 'f'), (e: unknown) => {
+    assert.ok(e instanceof IptlbError);
+    assert.equal(e.code, 'ESTATE');
+    assert.ok(!e.message.includes('\n'));
+    assert.match(e.message, re);
+    return true;
+  });
+}
+
+test('wrong types, unknown keys, aliases, garbage are refused with one line', async () => {
+  await refused(ORIGINAL.replace('logLevel: "4"', 'logLevel: 4'), /logLevel must be a quoted string/);
+  await refused(ORIGINAL.replace('logEnabled: true', 'logEnabled: "true"'), /logEnabled/);
+  await refused(ORIGINAL.replace('protocol: tcp', 'protocol: icmp'), /protocol/);
+  await refused(ORIGINAL.replace('protocol: tcp', 'weight: 3'), /unknown key "weight"/);
+  await refused(ORIGINAL.replace('- 10.0.1.4:8080', '- 1.2.3:80'), /destination\[0\]/);
+  await refused('- a\n- b\n', /mapping/);
+  await refused('test: [1\n', /not valid YAML/);
+  await refused('a: &x [1,2]\nb: *x\n', /alias|YAML/i);
+  const bomb = 'a: &a ["x","x","x","x","x","x","x","x","x"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n';
+  await refused(bomb, /alias|YAML/i);
+  await refused(ORIGINAL + ORIGINAL, /YAML/);
+  const two = ORIGINAL + ORIGINAL.replace('test:', 'test2:');
+  await refused(two, /already belongs to profile/);
+});
+
+test('files: missing is empty, symlink/directory refused, written 0600 in a 0700 directory', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-state-'));
+  const file = path.join(dir, 'sub', 'state.db');
+  assert.equal((await readState(file)).size, 0);
+  await writeState(file, (await parseState(ORIGINAL)).values());
+  assert.equal(readFileSync(file, 'utf8'), ORIGINAL);
+  assert.equal(statSync(file).mode & 0o777, 0o600);
+  assert.equal(statSync(path.dirname(file)).mode & 0o777, 0o700);
+  const link = path.join(dir, 'link.db');
+  symlinkSync(file, link);
+  await assert.rejects(readState(link), /symbolic link/);
+  await assert.rejects(writeState(link, []), /symbolic link/);
+  assert.equal(readFileSync(file, 'utf8'), ORIGINAL, 'target of the symlink untouched');
+  const d = path.join(dir, 'adir');
+  mkdirSync(d);
+  await assert.rejects(readState(d), /directory/);
+  const trunc = path.join(dir, 'trunc.db');
+  writeFileSync(trunc, ORIGINAL.slice(0, 40));
+  await assert.rejects(readState(trunc), (e: IptlbError) => e.code === 'ESTATE');
+});
