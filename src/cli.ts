@@ -76,7 +76,7 @@ function addGlobal(cmd: Command): Command {
     .option('--state-file <path>', 'state file (env IPTLB_STATE_FILE; default ./local/state.db)')
     .addOption(new Option('--executor <kind>', 'native, spawn or auto (env IPTLB_EXECUTOR; default auto)'))
     .option('--json', 'print the result as JSON on stdout')
-    .option('--quiet', 'print no log lines')
+    .option('-q, --quiet', 'print no log lines')
     .option('--verbose', 'also log every rule written');
 }
 
@@ -256,6 +256,24 @@ async function planCommand(o: LegacyOpts, io: Out): Promise<void> {
   else io.out(text.trimEnd());
 }
 
+async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
+  const core = makeCore(o, io);
+  const reports = await core.status();
+  const drifted = reports.some((r) => r.status !== 'in-sync');
+  if (o.json) {
+    io.out(JSON.stringify({ inSync: !drifted, profiles: reports }));
+  } else if (!reports.length) {
+    io.out(`no profiles in ${core.statePath} and no iptlb rules in the kernel`);
+  } else {
+    io.out('PROFILE\tSTATUS\tPACKETS\tDESTINATION\tCONNECTIONS\tBYTES');
+    for (const r of reports) {
+      io.out(`${r.name}\t${r.status}${r.detail ? ` (${r.detail})` : ''}\t${r.packets}`);
+      for (const d of r.destinations) io.out(`\t\t\t${d.destination}\t${d.packets}\t${d.bytes}`);
+    }
+  }
+  return drifted ? 3 : 0;
+}
+
 function buildProgram(io: Out, version: string): Command {
   const program = new Command('iptlb');
   program
@@ -274,7 +292,7 @@ Original flags (one or two dashes, -flag=value or -flag value):
   iptlb -run -delete -profile=web
   iptlb -use-state -run            apply every profile of the state file in one transaction
 Without -run only the state file is written.
-Exit status: 0 done, 1 refused (conflict, kernel, state, lock), 2 bad input or usage.`,
+Exit status: 0 done, 1 refused (conflict, kernel, state, lock), 2 bad input or usage, 3 drift found by status.`,
     );
   addGlobal(addProfileFlags(program))
     .option('--reset', 'replace an existing profile (old and new rules swap in one commit)')
@@ -297,6 +315,17 @@ Exit status: 0 done, 1 refused (conflict, kernel, state, lock), 2 bad input or u
     .option('--delete', 'plan the deletion of -profile')
     .option('--use-state', 'plan applying (or with --delete removing) every profile of the state file')
     .action(async (o: LegacyOpts, cmd: Command) => planCommand(withGlobals(o, cmd), io));
+  addGlobal(program.command('status').description('compare the state file with the kernel: in-sync, missing, modified or orphaned, with counters (exit 3 when anything drifted)')).action(
+    async (o: GlobalOpts, cmd: Command) => {
+      const code = await statusCommand(withGlobals(o, cmd), io);
+      if (code !== 0) throw new ExitCode(code);
+    },
+  );
+  addGlobal(program.command('sync').description('make the kernel match the state file, in one transaction')).action(async (o: GlobalOpts, cmd: Command) => {
+    const g = withGlobals(o, cmd);
+    const r = await makeCore(g, io).sync();
+    if (g.json) io.out(JSON.stringify(r));
+  });
   addGlobal(program.command('doctor').description('say which engine and executor would be used and why, what is missing and how to fix it')).action(
     async (o: GlobalOpts, cmd: Command) => {
       const code = await doctor(withGlobals(o, cmd), io);

@@ -12,6 +12,8 @@
 import { Core, deleteChange, upsertChange, type OpenOptions, type TransactionResult } from './lb.js';
 import { IptlbError } from './errors.js';
 import type { KernelView, Profile, ProfileInput } from './types.js';
+import type { ProfileReport } from './drift.js';
+export type { ProfileReport, ProfileStatus, DestinationCounters } from './drift.js';
 
 export { IptlbError } from './errors.js';
 export type { ErrorCode } from './errors.js';
@@ -69,6 +71,21 @@ export class Iptlb {
     this.check();
     const state = await this.core.readState();
     return [...state.values()].sort((a, b) => (a.name < b.name ? -1 : 1));
+  }
+
+  /**
+   * Each profile of the state file compared with the kernel (`in-sync`, `missing`, `modified`, or
+   * `orphaned` for kernel rules no profile owns), with per-destination packet and byte counters.
+   */
+  async status(): Promise<ProfileReport[]> {
+    this.check();
+    return this.core.status();
+  }
+
+  /** Makes the kernel match the state file in one transaction. */
+  async sync(): Promise<{ before: ProfileReport[]; committed: boolean; commitMs: number }> {
+    this.check();
+    return this.core.sync();
   }
 
   /** iptlb's rules as they are in the kernel, with counters. */

@@ -8,6 +8,7 @@ import { DEFAULT_LOCK_WAIT_MS, lockStateFile } from './lock.js';
 import { chainName, checkConflicts, sameProfile, show, validateName, validateProfile } from './profile.js';
 import { hookChainOf, isEmptyTransaction, planTransaction } from './plan.js';
 import { readState, resolveStatePath, serializeState, writeState } from './state.js';
+import { compare, syncTransaction, type ProfileReport } from './drift.js';
 import type { Executor, ExecutorChoice, KernelView, Profile, ProfileInput, Transaction } from './types.js';
 
 /** Options of {@link open}. */
@@ -150,6 +151,36 @@ export class Core {
     for (const n of change.remove) {
       if (!change.upsert.some((p) => p.name === n)) this.log(`delete profile ${n}: jump rules and chain ${chainName(n)} removed`);
     }
+  }
+
+  /** Each profile of the state file compared with the kernel, plus the kernel's orphans, with counters. */
+  async status(): Promise<ProfileReport[]> {
+    const state = await readState(this.statePath);
+    return compare(state, await this.executor.read());
+  }
+
+  /** Makes the kernel match the state file in one transaction; returns what was out of step before. */
+  sync(): Promise<{ before: ProfileReport[]; committed: boolean; commitMs: number }> {
+    return this.serial(async () => {
+      const executor = this.executor;
+      const lock = await lockStateFile(this.statePath, this.lockWaitMs);
+      try {
+        const state = await readState(this.statePath);
+        const view = await executor.read();
+        const before = compare(state, view);
+        const drifted = before.filter((r) => r.status !== 'in-sync');
+        if (drifted.length === 0) {
+          this.log('kernel already matches the state file; nothing to do');
+          return { before, committed: false, commitMs: 0 };
+        }
+        for (const r of drifted) this.log(`sync ${r.name}: ${r.status}${r.detail ? ` (${r.detail})` : ''}`);
+        const { durationMs } = await executor.commit(syncTransaction(state, view));
+        this.log(`committed the sync of ${drifted.length} profile(s) in one transaction (nat table, ${executor.engine}/${executor.kind}, ${durationMs.toFixed(2)} ms)`);
+        return { before, committed: true, commitMs: durationMs };
+      } finally {
+        lock.release();
+      }
+    });
   }
 
   /** Kernel objects owned by iptlb. */

@@ -59,10 +59,65 @@ function stateError(file: string, message: string, field?: string): IptlbError {
 const STATE_KEYS = ['destination', 'logEnabled', 'logLevel', 'masquerade', 'protocol', 'rulesBackend', 'source'];
 
 /**
+ * Fast path for the canonical layout this module (and the original) writes: returns the raw
+ * mappings, or null as soon as a line is not in that exact layout, so the full YAML parser (with all
+ * its checks and messages) takes over. Keeps the `yaml` module off the CLI's start-up path.
+ */
+export function parseCanonical(text: string): Record<string, Record<string, unknown>> | null {
+  if (text === '{}\n' || text === '') return {};
+  if (!text.endsWith('\n')) return null;
+  const out: Record<string, Record<string, unknown>> = Object.create(null);
+  let cur: Record<string, unknown> | null = null;
+  let list: string[] | null = null;
+  const lines = text.split('\n');
+  lines.pop();
+  for (const line of lines) {
+    let m: RegExpExecArray | null;
+    if ((m = /^(?:([A-Za-z0-9_-]+)|"([A-Za-z0-9_-]+)"):$/.exec(line))) {
+      const name = m[1] ?? m[2];
+      if (m[1] !== undefined && (name === '-' || YAML11_NON_STRING.some((re) => re.test(name)))) return null;
+      if (name in out) return null;
+      cur = out[name] = {};
+      list = null;
+    } else if (cur && list && (m = /^  - ([0-9.:]+)$/.exec(line))) {
+      list.push(m[1]);
+    } else if (cur && (m = /^  (destination|logEnabled|logLevel|masquerade|protocol|rulesBackend|source):(?: (.*))?$/.exec(line))) {
+      const [, key, value] = m;
+      if (key in cur) return null;
+      list = null;
+      if (key === 'destination') {
+        if (value !== undefined) return null;
+        cur[key] = list = [];
+      } else if (value === undefined) {
+        return null;
+      } else if (key === 'logEnabled' || key === 'masquerade') {
+        if (value !== 'true' && value !== 'false') return null;
+        cur[key] = value === 'true';
+      } else if (key === 'logLevel') {
+        const q = /^"([a-z0-9]+)"$/.exec(value);
+        if (!q) return null;
+        cur[key] = q[1];
+      } else {
+        if (!/^[a-z0-9.:]+$/.test(value) || YAML11_NON_STRING.some((re) => re.test(value))) return null;
+        cur[key] = value;
+      }
+    } else {
+      return null;
+    }
+  }
+  return out;
+}
+
+/**
  * Parses state-file text into validated profiles (a map by name). Types must be the original's:
  * `logLevel` a string, `logEnabled` a boolean, `destination` a list of strings.
  */
 export async function parseState(text: string, file = '<state>'): Promise<Map<string, Profile>> {
+  const data: unknown = parseCanonical(text) ?? (await parseYaml(text, file));
+  return toProfiles(data, file);
+}
+
+async function parseYaml(text: string, file: string): Promise<unknown> {
   const YAML = await import('yaml');
   let doc;
   try {
@@ -71,12 +126,14 @@ export async function parseState(text: string, file = '<state>'): Promise<Map<st
     throw stateError(file, `is not valid YAML (${oneLine((e as Error).message)})`);
   }
   if (doc.errors.length > 0) throw stateError(file, `is not valid YAML (${oneLine(doc.errors[0].message)})`);
-  let data: unknown;
   try {
-    data = doc.toJS({ maxAliasCount: 0 });
+    return doc.toJS({ maxAliasCount: 0 });
   } catch (e) {
     throw stateError(file, `is not usable YAML (${oneLine((e as Error).message)})`);
   }
+}
+
+function toProfiles(data: unknown, file: string): Map<string, Profile> {
   const result = new Map<string, Profile>();
   if (data === null || data === undefined) return result;
   if (typeof data !== 'object' || Array.isArray(data)) throw stateError(file, `must be a mapping of profile names, got ${show(data)}`);

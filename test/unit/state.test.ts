@@ -90,3 +90,35 @@ test('files: missing is empty, symlink/directory refused, written 0600 in a 0700
   writeFileSync(trunc, ORIGINAL.slice(0, 40));
   await assert.rejects(readState(trunc), (e: IptlbError) => e.code === 'ESTATE');
 });
+
+test('fast canonical parser agrees with the full YAML parser on what the serializer writes', async () => {
+  const { parseCanonical } = await import('../../src/state.js');
+  const YAML = await import('yaml');
+  let seed = 7;
+  const rnd = (n: number): number => ((seed = (seed * 1103515245 + 12345) % 2147483648), seed % n);
+  const names = ['a', 'web', 'yes', '123', 'x-y', 'A_B1', 'null', 'on', '1e3', 'test2', 'n'];
+  for (let round = 0; round < 200; round++) {
+    const profiles = [];
+    const used = new Set<string>();
+    for (let i = 0; i < 1 + rnd(4); i++) {
+      const name = names[rnd(names.length)];
+      if (used.has(name)) continue;
+      used.add(name);
+      const backend = (['client', 'proxy', 'server'] as const)[rnd(3)];
+      profiles.push({
+        name, source: `127.100.${i}.${rnd(255)}:${1 + rnd(65535)}`,
+        destination: Array.from({ length: 1 + rnd(5) }, (_, k) => `127.0.${k}.${rnd(256)}:${1 + rnd(65535)}`).filter((d, k, a) => a.indexOf(d) === k),
+        protocol: (['tcp', 'udp', 'sctp'] as const)[rnd(3)], rulesBackend: backend,
+        logEnabled: rnd(2) === 1, logLevel: String(rnd(8)), ...(backend === 'proxy' && rnd(2) ? { masquerade: true } : {}),
+      });
+    }
+    const text = serializeState(profiles);
+    const fast = parseCanonical(text);
+    assert.ok(fast, `fast path refused canonical text:\n${text}`);
+    assert.deepEqual({ ...fast }, JSON.parse(JSON.stringify(YAML.parse(text, { version: '1.1' }))));
+  }
+  // anything outside the canonical layout goes to the full parser
+  for (const t of ['test: {}\n', '# comment\n{}\n', 'a:\n  logLevel: 4\n', 'a:\n  destination: [1]\n', 'yes:\n  source: 1.2.3.4:5\n', 'a:\n  protocol: "tcp"\n']) {
+    assert.equal(parseCanonical(t), null, t);
+  }
+});

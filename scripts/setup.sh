@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what iptlb needs and is missing, then builds it. Sourced by demo.sh and test.sh; safe to
+# run again (it only acts on what is missing or stale). Needs root for apt-get.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+if [ "$(id -u)" != 0 ]; then
+  echo "iptlb: this needs root (it installs packages and creates network namespaces); run it with sudo" >&2
+  exit 1
+fi
+
+PKGS=(iptables libiptc-dev libxtables-dev pkg-config iproute2 util-linux conntrack make g++ python3)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ! command -v node >/dev/null 2>&1 || ! node -e 'process.exit(+process.versions.node.split(".")[0] >= 18 ? 0 : 1)'; then
+  missing+=(nodejs npm)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "iptlb: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  if [ -z "${IPTLB_APT_UPDATED:-}" ]; then apt-get update -qq; export IPTLB_APT_UPDATED=1; fi
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "iptlb: npm ci" >&2
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+if [ ! -f build/Release/iptlb.node ]; then
+  npm run --silent build:addon
+fi
+npm run --silent build

@@ -1,0 +1,91 @@
+/**
+ * Drift: comparing the state file with the kernel. Pure functions over a {@link KernelView}.
+ */
+import { chainName } from './profile.js';
+import { planProfile, planTransaction, CHAIN_PREFIX } from './plan.js';
+import { canonicalProbability, renderRule } from './restore.js';
+import type { KernelView, Profile, Rule, Transaction } from './types.js';
+
+export type ProfileStatus = 'in-sync' | 'missing' | 'modified' | 'orphaned';
+
+export interface DestinationCounters {
+  destination: string;
+  packets: number;
+  bytes: number;
+}
+
+export interface ProfileReport {
+  name: string;
+  status: ProfileStatus;
+  /** Why it is not in sync, one line. */
+  detail?: string;
+  /** New connections balanced per destination (nat rules count the first packet of each flow). */
+  destinations: DestinationCounters[];
+  /** Packets that hit the profile's jump rule. */
+  packets: number;
+  bytes: number;
+}
+
+/** Canonical text of a rule, as the kernel keeps it: probabilities at the kernel's precision, /32 explicit. */
+export function canonicalRule(r: Rule): string {
+  const c: Rule = {
+    ...r,
+    matches: r.matches.map((m) => (m.name === 'statistic' ? { ...m, probability: canonicalProbability(m.probability) } : m)),
+  };
+  return renderRule(c);
+}
+
+/** Compares every profile of the state with the kernel, and lists the kernel's iptlb objects no profile owns. */
+export function compare(state: Map<string, Profile>, view: KernelView): ProfileReport[] {
+  const reports: ProfileReport[] = [];
+  const chainsByName = new Map(view.chains.map((c) => [c.name, c]));
+  const claimedChains = new Set<string>();
+  for (const p of [...state.values()].sort((a, b) => (a.name < b.name ? -1 : 1))) {
+    const plan = planProfile(p);
+    const chain = chainsByName.get(plan.chain.name);
+    claimedChains.add(plan.chain.name);
+    const hooks = view.hookRules.filter((h) => h.owner === p.name);
+    const jump = hooks.find((h) => h.rule.target.name === 'jump');
+    const destinations: DestinationCounters[] = p.destination.map((d) => {
+      const r = chain?.rules.find((k) => k.rule.target.name === 'DNAT' && k.rule.target.toDestination === d);
+      return { destination: d, packets: Number(r?.packets ?? 0n), bytes: Number(r?.bytes ?? 0n) };
+    });
+    const base = { name: p.name, destinations, packets: Number(jump?.packets ?? 0n), bytes: Number(jump?.bytes ?? 0n) };
+    if (!chain && hooks.length === 0) {
+      reports.push({ ...base, status: 'missing', detail: 'no rules in the kernel' });
+      continue;
+    }
+    const want = plan.chain.rules.map(canonicalRule);
+    const have = chain?.rules.map((k) => canonicalRule(k.rule)) ?? [];
+    const wantHooks = plan.hookRules.map((h) => `${h.chain} ${canonicalRule(h.rule)}`).sort();
+    const haveHooks = hooks.map((h) => `${h.chain} ${canonicalRule(h.rule)}`).sort();
+    let detail: string | undefined;
+    if (!chain) detail = `chain ${plan.chain.name} is missing`;
+    else if (want.join('\n') !== have.join('\n')) detail = `chain ${plan.chain.name} has ${have.length} rules that differ from the ${want.length} planned`;
+    else if (wantHooks.join('\n') !== haveHooks.join('\n')) detail = `its rules in the built-in chains differ (${haveHooks.length} found, ${wantHooks.length} planned)`;
+    reports.push(detail ? { ...base, status: 'modified', detail } : { ...base, status: 'in-sync' });
+  }
+  const orphanOwners = new Set(view.hookRules.map((h) => h.owner).filter((o) => !state.has(o)));
+  const orphanChains = view.chains.map((c) => c.name).filter((c) => !claimedChains.has(c));
+  for (const o of [...orphanOwners].sort()) {
+    const chain = chainName(o);
+    reports.push({ name: o, status: 'orphaned', detail: `rules in the kernel but no profile in the state file`, destinations: [], packets: 0, bytes: 0 });
+    const i = orphanChains.indexOf(chain);
+    if (i >= 0) orphanChains.splice(i, 1);
+  }
+  for (const c of orphanChains.sort()) {
+    reports.push({ name: c, status: 'orphaned', detail: `chain ${c} has no profile in the state file`, destinations: [], packets: 0, bytes: 0 });
+  }
+  return reports;
+}
+
+/** One transaction that makes the kernel match the state: every profile re-installed, every orphan removed. */
+export function syncTransaction(state: Map<string, Profile>, view: KernelView): Transaction {
+  const profiles = [...state.values()];
+  const orphanOwners = [...new Set(view.hookRules.map((h) => h.owner).filter((o) => !state.has(o)))];
+  const tx = planTransaction(profiles, orphanOwners);
+  const claimed = new Set(profiles.map((p) => chainName(p.name)));
+  const extra = view.chains.map((c) => c.name).filter((c) => c.startsWith(CHAIN_PREFIX) && !claimed.has(c) && !tx.deleteChains.includes(c));
+  tx.deleteChains.push(...extra);
+  return tx;
+}
