@@ -9,29 +9,63 @@
  * await lb.close();
  * ```
  */
-import { Core, deleteChange, upsertChange, type OpenOptions, type TransactionResult } from './lb.js';
+import { EventEmitter } from 'node:events';
+import { Core, type OpenOptions, type TransactionResult } from './lb.js';
+import { CommitQueue, type CommitEvent } from './batch.js';
+import { validateName, validateProfile } from './profile.js';
 import { IptlbError } from './errors.js';
-import type { KernelView, Profile, ProfileInput } from './types.js';
+import type { Executor, KernelView, Profile, ProfileInput } from './types.js';
 import type { ProfileReport } from './drift.js';
 export type { ProfileReport, ProfileStatus, DestinationCounters } from './drift.js';
 
 export { IptlbError } from './errors.js';
 export type { ErrorCode } from './errors.js';
 export type { OpenOptions, TransactionResult } from './lb.js';
-export type { Profile, ProfileInput, Protocol, RulesBackend, KernelView, Rule, Match, Target, Transaction, ExecutorChoice } from './types.js';
+export type { CommitEvent } from './batch.js';
+
+/** Options of {@link open}: those of the core plus group commit. */
+export interface IptlbOptions extends OpenOptions {
+  /**
+   * Group commit: calls made while a commit is in flight are carried together by the next one.
+   * Default `true`. With `false`, every call is its own kernel transaction.
+   */
+  coalesce?: boolean;
+}
+
+/** Events of an {@link Iptlb} handle. */
+export interface IptlbEvents {
+  /** After every kernel transaction. */
+  commit: [CommitEvent];
+  /** A call failed (also delivered through that call's promise). Emitted only when listened to. */
+  error: [Error];
+}
+export type { Profile, ProfileInput, Protocol, RulesBackend, KernelView, Rule, Match, Target, Transaction, ExecutorChoice, Executor, CommitResult } from './types.js';
 export { validateProfile, chainName } from './profile.js';
 export { planTransaction, planProfile } from './plan.js';
 export { renderRestore, renderRule } from './restore.js';
 export { serializeState, parseState } from './state.js';
 
-/** A handle on one state file and one executor. Calls on one handle run one at a time, in order. */
-export class Iptlb {
+/**
+ * A handle on one state file and one executor. Calls made while a commit is in flight are coalesced
+ * into the next commit (see {@link IptlbOptions.coalesce}); each call's promise settles on its own.
+ */
+export class Iptlb extends EventEmitter<IptlbEvents> {
   private readonly core: Core;
+  private readonly queue: CommitQueue;
   private closed = false;
 
   /** @internal use {@link open} */
-  constructor(core: Core) {
+  constructor(core: Core, coalesce = true) {
+    super();
     this.core = core;
+    this.queue = new CommitQueue(core, { coalesce, onCommit: (e) => this.emit('commit', e) });
+  }
+
+  private track<T>(p: Promise<T>): Promise<T> {
+    return p.catch((e: Error) => {
+      if (this.listenerCount('error') > 0) this.emit('error', e);
+      throw e;
+    });
   }
 
   /** Absolute path of the state file this handle uses. */
@@ -56,14 +90,30 @@ export class Iptlb {
   async apply(profiles: ProfileInput | ProfileInput[]): Promise<TransactionResult> {
     this.check();
     const list = Array.isArray(profiles) ? profiles : [profiles];
-    return this.core.transact((state) => upsertChange(state, list), { run: true });
+    let valid;
+    try {
+      valid = list.map((p) => validateProfile(p));
+      const names = new Set<string>();
+      for (const p of valid) {
+        if (names.has(p.name)) throw new IptlbError('EUSAGE', `name: ${JSON.stringify(p.name)} is given twice in one call`, { field: 'name' });
+        names.add(p.name);
+      }
+    } catch (e) {
+      return this.track(Promise.reject(e));
+    }
+    return this.track(this.queue.submit({ kind: 'apply', profiles: valid }));
   }
 
   /** Deletes profiles by name in one kernel transaction. Unknown names reject with ENOTFOUND. */
   async delete(names: string | string[]): Promise<TransactionResult> {
     this.check();
     const list = Array.isArray(names) ? names : [names];
-    return this.core.transact((state) => deleteChange(state, list), { run: true });
+    try {
+      list.forEach((n) => validateName(n));
+    } catch (e) {
+      return this.track(Promise.reject(e));
+    }
+    return this.track(this.queue.submit({ kind: 'delete', names: [...new Set(list)] }));
   }
 
   /** The profiles recorded in the state file, sorted by name. */
@@ -94,15 +144,19 @@ export class Iptlb {
     return this.core.readKernel();
   }
 
-  /** Ends the handle. Rules stay in the kernel. */
+  /** Waits for queued calls, then ends the handle. Rules stay in the kernel. */
   async close(): Promise<void> {
     this.closed = true;
+    await this.queue.idle();
   }
 }
 
-/** Opens a handle. The executor is chosen now (`auto`: native addon when it loads, else spawn). */
-export async function open(options: OpenOptions = {}): Promise<Iptlb> {
-  const core = new Core(options);
+/**
+ * Opens a handle. The executor is chosen now (`auto`: native addon when it loads, else spawn), unless
+ * an {@link Executor} is supplied.
+ */
+export async function open(options: IptlbOptions = {}, executor?: Executor): Promise<Iptlb> {
+  const core = new Core(options, executor);
   void core.selection; // choose (and validate) the executor now, so a forced `native` fails here
-  return new Iptlb(core);
+  return new Iptlb(core, options.coalesce ?? true);
 }

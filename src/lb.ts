@@ -53,7 +53,9 @@ export class Core {
   private readonly log: (line: string) => void;
   private queue: Promise<unknown> = Promise.resolve();
 
-  constructor(opts: OpenOptions = {}) {
+  /** @param injected an executor to use instead of choosing one (tests, embedders with their own). */
+  constructor(opts: OpenOptions = {}, injected?: Executor) {
+    if (injected) this.selected = { executor: injected, reason: 'executor supplied by the caller' };
     this.statePath = resolveStatePath(opts.stateFile);
     this.executorChoice = opts.executor ?? parseExecutorChoice(process.env.IPTLB_EXECUTOR);
     this.lockWaitMs = opts.lockWaitMs ?? DEFAULT_LOCK_WAIT_MS;

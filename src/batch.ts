@@ -1,0 +1,139 @@
+/**
+ * Group commit. Calls queue while a commit is in flight; the next commit carries everything queued.
+ * Calls are applied in order onto the state (so the last call for a profile wins); a call that does
+ * not fit (conflict, unknown name) is rejected alone; when the kernel refuses a batch, the batch is
+ * split in halves until the culprit is alone, so every other call still lands.
+ */
+import { IptlbError } from './errors.js';
+import { checkConflicts, show } from './profile.js';
+import type { Core, TransactionResult } from './lb.js';
+import type { Profile } from './types.js';
+
+export type Op = { kind: 'apply'; profiles: Profile[] } | { kind: 'delete'; names: string[] };
+
+interface Call {
+  op: Op;
+  resolve: (r: TransactionResult) => void;
+  reject: (e: unknown) => void;
+}
+
+export interface CommitEvent {
+  /** Kernel commit time, ms (0 when nothing reached the kernel). */
+  durationMs: number;
+  /** Profiles created, replaced or deleted by this commit. */
+  size: number;
+  /** API calls carried by this commit. */
+  calls: number;
+  engine: 'legacy';
+  executor: 'native' | 'spawn';
+}
+
+/** Applies one call onto `working`, or throws why it cannot be applied. */
+function applyOp(working: Map<string, Profile>, op: Op): void {
+  if (op.kind === 'apply') {
+    const names = new Set(op.profiles.map((p) => p.name));
+    const others = [...working.values()].filter((o) => !names.has(o.name));
+    op.profiles.forEach((p, i) => checkConflicts(p, [...others, ...op.profiles.slice(0, i)]));
+    for (const p of op.profiles) working.set(p.name, p);
+  } else {
+    for (const n of op.names) {
+      if (!working.has(n)) throw new IptlbError('ENOTFOUND', `name: profile ${show(n)} does not exist in the state file`, { field: 'name' });
+    }
+    for (const n of op.names) working.delete(n);
+  }
+}
+
+export class CommitQueue {
+  private pending: Call[] = [];
+  private running = false;
+
+  constructor(
+    private readonly core: Core,
+    private readonly opts: { coalesce: boolean; onCommit: (e: CommitEvent) => void },
+  ) {}
+
+  submit(op: Op): Promise<TransactionResult> {
+    return new Promise((resolve, reject) => {
+      this.pending.push({ op, resolve, reject });
+      if (!this.running) void this.drain();
+    });
+  }
+
+  /** Resolves when everything submitted so far has settled. */
+  async idle(): Promise<void> {
+    while (this.running || this.pending.length) await new Promise((r) => setTimeout(r, 1));
+  }
+
+  private async drain(): Promise<void> {
+    this.running = true;
+    try {
+      while (this.pending.length) {
+        const batch = this.opts.coalesce ? this.pending.splice(0) : this.pending.splice(0, 1);
+        await this.commit(batch);
+      }
+    } finally {
+      this.running = false;
+    }
+  }
+
+  private async commit(batch: Call[]): Promise<void> {
+    const accepted: Call[] = [];
+    const refused: [Call, unknown][] = [];
+    const touched = new Map<Call, { applied: Profile[]; deleted: string[] }>();
+    let result: TransactionResult;
+    try {
+      result = await this.core.transact(
+        (state) => {
+          accepted.length = 0;
+          refused.length = 0;
+          const working = new Map(state);
+          for (const call of batch) {
+            const trial = new Map(working);
+            try {
+              applyOp(trial, call.op);
+            } catch (e) {
+              refused.push([call, e]);
+              continue;
+            }
+            for (const [k, v] of trial) working.set(k, v);
+            for (const k of [...working.keys()]) if (!trial.has(k)) working.delete(k);
+            accepted.push(call);
+            touched.set(call, call.op.kind === 'apply' ? { applied: call.op.profiles, deleted: [] } : { applied: [], deleted: call.op.names });
+          }
+          const upsert: Profile[] = [];
+          const names = new Set<string>();
+          for (const call of accepted) {
+            if (call.op.kind === 'apply') for (const p of call.op.profiles) names.add(p.name);
+            else for (const n of call.op.names) names.add(n);
+          }
+          const remove: string[] = [];
+          for (const n of names) {
+            const p = working.get(n);
+            if (p) upsert.push(p);
+            else if (state.has(n)) remove.push(n);
+          }
+          return { upsert, remove };
+        },
+        { run: true },
+      );
+    } catch (e) {
+      if (e instanceof IptlbError && e.code === 'EKERNEL' && batch.length > 1) {
+        const half = Math.ceil(batch.length / 2);
+        await this.commit(batch.slice(0, half));
+        await this.commit(batch.slice(half));
+        return;
+      }
+      for (const call of batch) call.reject(e);
+      return;
+    }
+    for (const [call, e] of refused) call.reject(e);
+    this.opts.onCommit({
+      durationMs: result.commitMs,
+      size: result.applied.length + result.deleted.length,
+      calls: accepted.length,
+      engine: result.engine,
+      executor: result.executor,
+    });
+    for (const call of accepted) call.resolve({ ...result, ...touched.get(call)! });
+  }
+}
