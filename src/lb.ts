@@ -7,7 +7,8 @@ import { selectExecutor, parseExecutorChoice } from './executors/index.js';
 import { DEFAULT_LOCK_WAIT_MS, lockStateFile } from './lock.js';
 import { chainName, checkConflicts, sameProfile, show, validateName, validateProfile } from './profile.js';
 import { hookChainOf, isEmptyTransaction, planTransaction } from './plan.js';
-import { readState, resolveStatePath, serializeState, writeState } from './state.js';
+import { readState, resolveStatePath, stateVersion, writeState } from './state.js';
+import { sameProfile as same } from './profile.js';
 import { compare, syncTransaction, type ProfileReport } from './drift.js';
 import type { Executor, ExecutorChoice, KernelView, Profile, ProfileInput, Transaction } from './types.js';
 
@@ -78,8 +79,18 @@ export class Core {
     return p;
   }
 
-  readState(): Promise<Map<string, Profile>> {
-    return readState(this.statePath);
+  private cached?: { version: string | null; state: Map<string, Profile> };
+
+  /**
+   * The state file's profiles. Parsed once and cached by the file's identity (device, inode, size,
+   * times): it is read again only when another process has replaced or edited it.
+   */
+  async readState(): Promise<Map<string, Profile>> {
+    const version = await stateVersion(this.statePath).catch(() => undefined);
+    if (version !== undefined && this.cached && this.cached.version === version) return new Map(this.cached.state);
+    const state = await readState(this.statePath);
+    if (version !== undefined) this.cached = { version, state };
+    return new Map(state);
   }
 
   /**
@@ -91,7 +102,7 @@ export class Core {
       const executor = opts.run ? this.executor : undefined;
       const lock = await lockStateFile(this.statePath, this.lockWaitMs);
       try {
-        const state = await readState(this.statePath);
+        const state = await this.readState();
         const change = decide(state);
         const next = new Map(state);
         for (const n of change.remove) next.delete(n);
@@ -110,11 +121,13 @@ export class Core {
             );
           }
         }
-        const before = serializeState(state.values());
-        const after = serializeState(next.values());
+        const changed =
+          change.remove.some((n) => state.has(n)) || change.upsert.some((p) => !state.has(p.name) || !same(state.get(p.name)!, p));
         let stateWritten = false;
-        if (before !== after) {
+        if (changed) {
+          this.cached = undefined;
           await writeState(this.statePath, next.values());
+          this.cached = { version: await stateVersion(this.statePath), state: next };
           stateWritten = true;
           this.log(`state written to ${this.statePath} (${next.size} profile(s))`);
         }
@@ -157,7 +170,7 @@ export class Core {
 
   /** Each profile of the state file compared with the kernel, plus the kernel's orphans, with counters. */
   async status(): Promise<ProfileReport[]> {
-    const state = await readState(this.statePath);
+    const state = await this.readState();
     return compare(state, await this.executor.read());
   }
 
@@ -167,7 +180,7 @@ export class Core {
       const executor = this.executor;
       const lock = await lockStateFile(this.statePath, this.lockWaitMs);
       try {
-        const state = await readState(this.statePath);
+        const state = await this.readState();
         const view = await executor.read();
         const before = compare(state, view);
         const drifted = before.filter((r) => r.status !== 'in-sync');

@@ -33,12 +33,27 @@ function scalar(s: string): string {
   return s;
 }
 
-/** Serialises profiles exactly as the original (Go yaml.v2) writes them. */
+const chunks = new WeakMap<Profile, string>();
+
+/** Serialises profiles exactly as the original (Go yaml.v2) writes them. Profiles are treated as immutable: each one's text is cached. */
 export function serializeState(profiles: Iterable<Profile>): string {
   const list = [...profiles].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   if (list.length === 0) return '{}\n';
-  const out: string[] = [];
+  let text = '';
   for (const p of list) {
+    let c = chunks.get(p);
+    if (c === undefined) {
+      c = serializeOne(p);
+      chunks.set(p, c);
+    }
+    text += c;
+  }
+  return text;
+}
+
+function serializeOne(p: Profile): string {
+  const out: string[] = [];
+  {
     out.push(`${scalar(p.name)}:`);
     out.push('  destination:');
     for (const d of p.destination) out.push(`  - ${scalar(d)}`);
@@ -50,6 +65,17 @@ export function serializeState(profiles: Iterable<Profile>): string {
     out.push(`  source: ${scalar(p.source)}`);
   }
   return out.join('\n') + '\n';
+}
+
+/** Identity of the file's current version: changes whenever it is replaced or edited. Null when absent. */
+export async function stateVersion(file: string): Promise<string | null> {
+  try {
+    const st = await fsp.lstat(file, { bigint: true });
+    return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}:${st.mode}`;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw e;
+  }
 }
 
 function stateError(file: string, message: string, field?: string): IptlbError {

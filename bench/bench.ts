@@ -1,0 +1,251 @@
+/**
+ * `npm run bench [-- apply|churn|cli] [--json] [--sizes 0,1000,10000] [--runs N]`
+ * Every scenario runs inside a throwaway network namespace (the program re-executes itself under
+ * `unshare -n`). Figures are medians measured side by side in one run; read the ratios.
+ */
+import { spawn, spawnSync, execFileSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
+import { tmpdir, cpus } from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { open } from '../src/index.js';
+import { loadAddon } from '../src/native/addon.js';
+import { planTransaction } from '../src/plan.js';
+import { renderRestore, renderRule } from '../src/restore.js';
+import { validateProfile } from '../src/profile.js';
+import { serializeState } from '../src/state.js';
+import type { Profile } from '../src/types.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const CLI = path.join(ROOT, 'bin', 'iptlb.js');
+
+const args = process.argv.slice(2);
+const flag = (name: string): string | undefined => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : undefined;
+};
+const JSON_OUT = args.includes('--json');
+const SIZES = (flag('--sizes') ?? '0,1000,10000').split(',').map(Number);
+const RUNS = Number(flag('--runs') ?? 20);
+const scenarios = args.filter((a) => ['apply', 'churn', 'cli'].includes(a));
+const wanted = (s: string): boolean => scenarios.length === 0 || scenarios.includes(s);
+
+if (!process.env.IPTLB_BENCH_IN_NETNS) {
+  const r = spawnSync('unshare', ['-n', '--', process.execPath, ...process.execArgv, fileURLToPath(import.meta.url), ...args], {
+    stdio: 'inherit',
+    env: { ...process.env, IPTLB_BENCH_IN_NETNS: '1' },
+  });
+  process.exit(r.status ?? 1);
+}
+execFileSync('ip', ['link', 'set', 'lo', 'up']);
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+const log = (s: string): void => {
+  if (!JSON_OUT) process.stdout.write(s + '\n');
+};
+const results: Record<string, unknown> = { machine: { cpus: cpus().length, model: cpus()[0]?.model, node: process.version } };
+
+function profile(i: number, dests = 3): Profile {
+  return validateProfile({
+    name: `p${i}`,
+    source: `127.${100 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}:8081`,
+    destination: Array.from({ length: dests }, (_, k) => `127.0.0.1:${9001 + k}`),
+  });
+}
+
+function flushNat(): void {
+  execFileSync('iptables-legacy', ['-t', 'nat', '-F']);
+  execFileSync('iptables-legacy', ['-t', 'nat', '-X']);
+}
+
+/** Loads n profiles into the kernel with one iptables-legacy-restore (the preload is not measured). */
+function preload(n: number, stateFile: string): void {
+  flushNat();
+  const profiles = Array.from({ length: n }, (_, i) => profile(i + 1));
+  const text = renderRestore(planTransaction(profiles, []), { chains: [], hookRules: [] });
+  execFileSync('iptables-legacy-restore', ['--noflush'], { input: text, maxBuffer: 1 << 30 });
+  writeFileSync(stateFile, serializeState(profiles), { mode: 0o600 });
+}
+
+/** The original's way: one iptables process per step, each checked first with -C. */
+function perRuleApply(p: Profile): void {
+  const tx = planTransaction([p], []);
+  const chain = tx.chains[0];
+  const ipt = (...a: string[]): number => spawnSync('iptables-legacy', ['-w', '-t', 'nat', ...a]).status ?? 1;
+  if (ipt('-L', chain.name, '-n') !== 0) ipt('-N', chain.name);
+  for (const r of chain.rules) {
+    const spec = splitSpec(renderRule(r));
+    if (ipt('-C', chain.name, ...spec) !== 0) ipt('-A', chain.name, ...spec);
+  }
+  tx.hookRules.forEach((h, i) => {
+    const spec = splitSpec(renderRule(h.rule));
+    if (ipt('-C', h.chain, ...spec) !== 0) ipt('-I', h.chain, String(i + 1), ...spec);
+  });
+}
+function perRuleDelete(p: Profile): void {
+  const tx = planTransaction([p], []);
+  const ipt = (...a: string[]): number => spawnSync('iptables-legacy', ['-w', '-t', 'nat', ...a]).status ?? 1;
+  for (const h of tx.hookRules) ipt('-D', h.chain, ...splitSpec(renderRule(h.rule)));
+  ipt('-F', tx.chains[0].name);
+  ipt('-X', tx.chains[0].name);
+}
+function splitSpec(s: string): string[] {
+  return (s.match(/"[^"]*"|\S+/g) ?? []).map((w) => (w.startsWith('"') ? w.slice(1, -1) : w));
+}
+
+async function benchApply(): Promise<void> {
+  const addon = loadAddon();
+  const executors = [...(addon.ok ? (['native'] as const) : []), 'spawn' as const];
+  if (!addon.ok) log(`native addon unavailable (${addon.reason}): native figures skipped`);
+  const table: Record<string, Record<string, number>> = {};
+  for (const n of SIZES) {
+    const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-bench-'));
+    const stateFile = path.join(dir, 'state.db');
+    preload(n, stateFile);
+    const row: Record<string, number> = {};
+    for (const ex of executors) {
+      const lb = await open({ stateFile, executor: ex });
+      const times: number[] = [];
+      const runs = ex === 'spawn' && n >= 10000 ? Math.min(RUNS, 7) : RUNS;
+      for (let r = 0; r < runs; r++) {
+        const p = validateProfile({ ...profile(0), destination: [`127.0.0.1:${9001 + (r % 5)}`, '127.0.0.1:9010', '127.0.0.1:9011'] });
+        const t0 = performance.now();
+        await lb.apply(p);
+        times.push(performance.now() - t0);
+      }
+      await lb.delete('p0');
+      await lb.close();
+      row[ex] = median(times);
+    }
+    const times: number[] = [];
+    const runs = n >= 10000 ? Math.min(RUNS, 5) : Math.min(RUNS, 10);
+    for (let r = 0; r < runs; r++) {
+      const p = profile(0);
+      const t0 = performance.now();
+      perRuleApply(p);
+      times.push(performance.now() - t0);
+      perRuleDelete(p);
+    }
+    row['per-rule'] = median(times);
+    table[String(n)] = row;
+    rmSync(dir, { recursive: true, force: true });
+    log(
+      `profiles=${String(n).padStart(5)}  ` +
+        Object.entries(row).map(([k, v]) => `${k} ${v.toFixed(3)} ms`).join('  ') +
+        (row.native ? `  spawn/native ${(row.spawn / row.native).toFixed(1)}x  per-rule/native ${(row['per-rule'] / row.native).toFixed(1)}x` : ''),
+    );
+  }
+  flushNat();
+  results.apply = table;
+}
+
+async function benchChurn(): Promise<void> {
+  const addon = loadAddon();
+  const ex = addon.ok ? 'native' : 'spawn';
+  const PROFILES = 200;
+  const UPDATES = Number(flag('--updates') ?? (ex === 'native' ? 20000 : 2000));
+  const INFLIGHT = 64;
+  const out: Record<string, unknown> = {};
+  for (const coalesce of [true, false]) {
+    flushNat();
+    const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-churn-'));
+    const lb = await open({ stateFile: path.join(dir, 'state.db'), executor: ex, coalesce });
+    await lb.apply(Array.from({ length: PROFILES }, (_, i) => profile(i)));
+    let commits = 0;
+    lb.on('commit', () => commits++);
+    const last = new Map<string, string>();
+    const h = monitorEventLoopDelay({ resolution: 1 });
+    h.enable();
+    const t0 = performance.now();
+    let issued = 0;
+    const worker = async (): Promise<void> => {
+      while (issued < UPDATES) {
+        const i = issued++;
+        const p = validateProfile({ ...profile(i % PROFILES), destination: [`127.0.0.1:${10000 + (i % 5000)}`, `127.0.0.1:${20000 + (i % 7)}`] });
+        last.set(p.name, p.destination[0]);
+        await lb.apply(p);
+      }
+    };
+    await Promise.all(Array.from({ length: INFLIGHT }, worker));
+    const secs = (performance.now() - t0) / 1000;
+    h.disable();
+    const status = await lb.status();
+    const exact = status.every((s) => s.status === 'in-sync' && s.destinations[0]?.destination === last.get(s.name));
+    await lb.close();
+    rmSync(dir, { recursive: true, force: true });
+    const row = {
+      executor: ex,
+      updates: UPDATES,
+      updatesPerSec: Math.round(UPDATES / secs),
+      commitsPerSec: Math.round(commits / secs),
+      loopDelayP99Ms: Number((h.percentile(99) / 1e6).toFixed(2)),
+      finalStateExact: exact,
+    };
+    out[coalesce ? 'coalesced' : 'uncoalesced'] = row;
+    log(`churn ${coalesce ? 'coalesced  ' : 'uncoalesced'} ${ex}: ${row.updatesPerSec} updates/s, ${row.commitsPerSec} commits/s, event-loop p99 ${row.loopDelayP99Ms} ms, final kernel state exact: ${exact}`);
+  }
+  flushNat();
+  results.churn = out;
+}
+
+function timeProcess(argv: string[]): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const c = spawn(argv[0], argv.slice(1), { stdio: 'ignore' });
+    c.on('error', reject);
+    c.on('close', (code) => (code === 0 ? resolve(performance.now() - t0) : reject(new Error(`${argv.join(' ')} exited ${code}`))));
+  });
+}
+
+async function benchCli(): Promise<void> {
+  flushNat();
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-cli-'));
+  const state = path.join(dir, 'state.db');
+  const node = process.execPath;
+  const cases: Record<string, string[]> = {
+    'node -e 0': [node, '-e', '0'],
+    'iptlb -run (apply)': [node, CLI, `-state-file=${state}`, '-run', '-reset', '-profile=x', '-src-addr=127.100.0.10:8081', '-dest-addr=127.0.0.1:9001,127.0.0.1:9002,127.0.0.1:9003'],
+    'iptlb list': [node, CLI, 'list', `--state-file=${state}`],
+    'iptlb doctor': [node, CLI, 'doctor', `--state-file=${state}`],
+    'iptlb --help': [node, CLI, '--help'],
+  };
+  const times: Record<string, number[]> = Object.fromEntries(Object.keys(cases).map((k) => [k, []]));
+  for (let r = 0; r < RUNS; r++) for (const [k, argv] of Object.entries(cases)) times[k].push(await timeProcess(argv));
+  const base = median(times['node -e 0']);
+  const cli: Record<string, { medianMs: number; ratio: number }> = {};
+  for (const [k, t] of Object.entries(times)) {
+    cli[k] = { medianMs: Number(median(t).toFixed(1)), ratio: Number((median(t) / base).toFixed(2)) };
+    log(`cli ${k.padEnd(20)} ${median(t).toFixed(1).padStart(6)} ms  ${(median(t) / base).toFixed(2)}x node`);
+  }
+  // Bulk: 1,000 profiles applied and deleted with one transaction each.
+  const single = median(times['iptlb -run (apply)']);
+  const bulkState = path.join(dir, 'bulk.db');
+  writeFileSync(bulkState, serializeState(Array.from({ length: 1000 }, (_, i) => profile(i + 1))), { mode: 0o600 });
+  flushNat();
+  const up: number[] = [];
+  const down: number[] = [];
+  for (let r = 0; r < Math.min(RUNS, 7); r++) {
+    up.push(await timeProcess([node, CLI, `-state-file=${bulkState}`, '-use-state', '-run', '-q']));
+    down.push(await timeProcess([node, CLI, `-state-file=${bulkState}`, '-use-state', '-run', '-delete', '-q']));
+    writeFileSync(bulkState, serializeState(Array.from({ length: 1000 }, (_, i) => profile(i + 1))), { mode: 0o600 });
+  }
+  const bulk = {
+    applyMs: Number(median(up).toFixed(1)),
+    deleteMs: Number(median(down).toFixed(1)),
+    applyRatio: Number((median(up) / single).toFixed(2)),
+    deleteRatio: Number((median(down) / single).toFixed(2)),
+  };
+  log(`cli -use-state -run, 1,000 profiles: ${bulk.applyMs} ms (${bulk.applyRatio}x single apply); -delete: ${bulk.deleteMs} ms (${bulk.deleteRatio}x)`);
+  results.cli = { ...cli, bulk1000: bulk };
+  flushNat();
+  rmSync(dir, { recursive: true, force: true });
+}
+
+if (wanted('apply')) await benchApply();
+if (wanted('churn')) await benchChurn();
+if (wanted('cli')) await benchCli();
+if (JSON_OUT) process.stdout.write(JSON.stringify(results, null, 2) + '\n');
