@@ -1,7 +1,8 @@
 /**
  * `iptlb doctor`: which engine and executor would be used and why, what is missing, how to fix it.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
+import { hasNetAdmin } from './caps.js';
 import { loadAddon } from './native/addon.js';
 import { findBinary } from './executors/spawn.js';
 import { parseExecutorChoice, selectExecutor } from './executors/index.js';
@@ -15,16 +16,6 @@ interface Check {
   ok: boolean;
   detail: string;
   fix?: string;
-}
-
-/** True when this process has CAP_NET_ADMIN in its effective set. */
-export function hasNetAdmin(): boolean {
-  try {
-    const m = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'));
-    return m !== null && (BigInt(`0x${m[1]}`) & (1n << 12n)) !== 0n;
-  } catch {
-    return false;
-  }
 }
 
 export async function doctor(o: { stateFile?: string; executor?: string; json?: boolean }, io: Out): Promise<number> {

@@ -9,6 +9,7 @@ import { chainName, checkConflicts, sameProfile, show, validateName, validatePro
 import { hookChainOf, isEmptyTransaction, planTransaction } from './plan.js';
 import { readState, resolveStatePath, stateVersion, writeState } from './state.js';
 import { sameProfile as same } from './profile.js';
+import { hasNetAdmin } from './caps.js';
 import { compare, syncTransaction, type ProfileReport } from './drift.js';
 import type { Executor, ExecutorChoice, KernelView, Profile, ProfileInput, Transaction } from './types.js';
 
@@ -51,12 +52,14 @@ export class Core {
   readonly executorChoice: ExecutorChoice;
   readonly lockWaitMs: number;
   private selected?: { executor: Executor; reason: string };
+  private readonly injected: boolean;
   private readonly log: (line: string) => void;
   private queue: Promise<unknown> = Promise.resolve();
 
   /** @param injected an executor to use instead of choosing one (tests, embedders with their own). */
   constructor(opts: OpenOptions = {}, injected?: Executor) {
     if (injected) this.selected = { executor: injected, reason: 'executor supplied by the caller' };
+    this.injected = !!injected;
     this.statePath = resolveStatePath(opts.stateFile);
     this.executorChoice = opts.executor ?? parseExecutorChoice(process.env.IPTLB_EXECUTOR);
     this.lockWaitMs = opts.lockWaitMs ?? DEFAULT_LOCK_WAIT_MS;
@@ -100,6 +103,7 @@ export class Core {
   transact(decide: (state: Map<string, Profile>) => Change, opts: { run: boolean }): Promise<TransactionResult> {
     return this.serial(async () => {
       const executor = opts.run ? this.executor : undefined;
+      if (executor) this.checkPrivileges();
       const lock = await lockStateFile(this.statePath, this.lockWaitMs);
       try {
         const state = await this.readState();
@@ -112,9 +116,9 @@ export class Core {
         if (executor) {
           const tx = planTransaction(change.upsert, change.remove);
           if (!isEmptyTransaction(tx)) {
-            this.describe(change, tx);
             commitMs = (await executor.commit(tx)).durationMs;
             committed = true;
+            this.describe(change, tx);
             this.log(
               `committed ${change.upsert.length + change.remove.length} profile change(s) in one transaction ` +
                 `(nat table, ${executor.engine}/${executor.kind}, ${commitMs.toFixed(2)} ms)`,
@@ -144,6 +148,13 @@ export class Core {
         lock.release();
       }
     });
+  }
+
+  /** Fails early, with one line and nothing touched, when the kernel would refuse us anyway. */
+  private checkPrivileges(): void {
+    if (!this.injected && !hasNetAdmin()) {
+      throw new IptlbError('EPERM', 'permission denied: changing netfilter rules needs CAP_NET_ADMIN (run iptlb as root)');
+    }
   }
 
   private executorKindGuess(): 'native' | 'spawn' {
@@ -178,6 +189,7 @@ export class Core {
   sync(): Promise<{ before: ProfileReport[]; committed: boolean; commitMs: number }> {
     return this.serial(async () => {
       const executor = this.executor;
+      this.checkPrivileges();
       const lock = await lockStateFile(this.statePath, this.lockWaitMs);
       try {
         const state = await this.readState();
