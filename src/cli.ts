@@ -326,6 +326,21 @@ Exit status: 0 done, 1 refused (conflict, kernel, state, lock), 2 bad input or u
     const r = await makeCore(g, io).sync();
     if (g.json) io.out(JSON.stringify(r));
   });
+  addGlobal(program.command('watch').description('keep the kernel in step with the state file (for a systemd unit); SIGHUP checks at once, SIGTERM stops and leaves the rules'))
+    .option('--interval <ms>', 'periodic drift check', '5000')
+    .action(async (o: GlobalOpts & { interval: string }, cmd: Command) => {
+      const g = withGlobals(o, cmd);
+      const interval = Number(o.interval);
+      if (!Number.isInteger(interval) || interval < 100) throw new IptlbError('EUSAGE', `interval: ${show(o.interval)} must be a whole number of ms, at least 100`, { field: 'interval' });
+      const core = makeCore(g, io);
+      const { startWatch } = await import('./watch.js');
+      const w = startWatch(core, { intervalMs: interval, log: g.quiet ? () => {} : (l) => io.err(`iptlb: ${l}`) });
+      io.err(`iptlb: watch: watching ${core.statePath} (check every ${interval} ms)`);
+      const stop = (): void => void w.stop();
+      process.once('SIGTERM', stop);
+      process.once('SIGINT', stop);
+      await w.done;
+    });
   addGlobal(program.command('doctor').description('say which engine and executor would be used and why, what is missing and how to fix it')).action(
     async (o: GlobalOpts, cmd: Command) => {
       const code = await doctor(withGlobals(o, cmd), io);

@@ -186,7 +186,7 @@ export class Core {
   }
 
   /** Makes the kernel match the state file in one transaction; returns what was out of step before. */
-  sync(): Promise<{ before: ProfileReport[]; committed: boolean; commitMs: number }> {
+  sync(opts: { quietWhenInSync?: boolean } = {}): Promise<{ before: ProfileReport[]; committed: boolean; commitMs: number }> {
     return this.serial(async () => {
       const executor = this.executor;
       this.checkPrivileges();
@@ -197,7 +197,7 @@ export class Core {
         const before = compare(state, view);
         const drifted = before.filter((r) => r.status !== 'in-sync');
         if (drifted.length === 0) {
-          this.log('kernel already matches the state file; nothing to do');
+          if (!opts.quietWhenInSync) this.log('kernel already matches the state file; nothing to do');
           return { before, committed: false, commitMs: 0 };
         }
         for (const r of drifted) this.log(`sync ${r.name}: ${r.status}${r.detail ? ` (${r.detail})` : ''}`);
