@@ -13,6 +13,7 @@ import { renderRule } from './restore.js';
 import { parseState } from './state.js';
 import type { KernelView, Profile, ProfileInput } from './types.js';
 import { doctor } from './doctor.js';
+import { packageVersion } from './paths.js';
 
 type Out = { out: (s: string) => void; err: (s: string) => void };
 
@@ -356,13 +357,6 @@ class ExitCode extends Error {
   }
 }
 
-function packageVersion(): string {
-  try {
-    return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
-  } catch {
-    return '0.0.0';
-  }
-}
 
 /** Runs the CLI; resolves with the exit code. */
 export async function main(argv: string[], io: Out = { out: (s) => process.stdout.write(s + '\n'), err: (s) => process.stderr.write(s + '\n') }): Promise<number> {

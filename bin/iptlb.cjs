@@ -1,0 +1,8 @@
+#!/usr/bin/env node
+'use strict';
+// The CLI bundle (dist/iptlb.cjs, made by `npm run build`): one file, so start-up costs about as much as Node itself.
+require('../dist/iptlb.cjs')
+  .main(process.argv.slice(2))
+  .then((code) => {
+    process.exitCode = code;
+  });
