@@ -218,7 +218,7 @@ for (const { name: ex, skip } of EXECUTORS) {
         ['-N', 'DOCKER'], ['-A', 'DOCKER', '-i', 'docker0', '-j', 'RETURN'],
         ['-A', 'PREROUTING', '-m', 'addrtype', '--dst-type', 'LOCAL', '-j', 'DOCKER'],
         ['-A', 'OUTPUT', '!', '-d', '127.0.0.0/8', '-m', 'addrtype', '--dst-type', 'LOCAL', '-j', 'DOCKER'],
-        ['-A', 'POSTROUTING', '-s', '172.17.0.0/16', '!', '-o', 'docker0', '-j', 'MASQUERADE'],
+        ['-A', 'POSTROUTING', '-s', '203.0.113.0/24', '!', '-o', 'docker0', '-j', 'MASQUERADE'],
         ['-N', 'KUBE-SERVICES'], ['-A', 'OUTPUT', '-m', 'comment', '--comment', 'kubernetes service portals', '-j', 'KUBE-SERVICES'],
       ].map((a) => ({ op: 'sh' as const, argv: ['iptables-legacy', '-t', 'nat', ...a] }));
       const r = await runSteps([

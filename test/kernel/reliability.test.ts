@@ -1,0 +1,63 @@
+/**
+ * Issue 5's promises, each a test that can fail: no gap during changes, crash safety, concurrent
+ * resets, privileges. Long variants: IPTLB_SOAK=1 (npm run soak) uses the full counts.
+ */
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { runJsonInFreshNetns } from '../harness/netns.js';
+import { EXECUTORS, KERNEL_SKIP, VIP, cli, ok, runSteps, type Proc } from './common.js';
+
+const SOAK = !!process.env.IPTLB_SOAK;
+const fixture = (f: string): string => new URL(`./fixtures/${f}`, import.meta.url).pathname;
+
+for (const { name: ex, skip } of EXECUTORS) {
+  describe(`reliability over the ${ex} executor`, { skip }, () => {
+    test('no gap: 500 consecutive resets that change the destinations while a client connects without pause: zero failures', async () => {
+      const resets = SOAK || ex === 'native' ? 500 : 200;
+      const r = (await runJsonInFreshNetns(fixture('nogap.js'), [ex, String(resets)], { timeoutMs: 300_000 })) as {
+        resets: number;
+        ok: number;
+        failures: number;
+        errorsSample: string[];
+      };
+      assert.equal(r.resets, resets);
+      assert.ok(r.ok > 100, `only ${r.ok} connections were made during the resets`);
+      assert.equal(r.failures, 0, `failed connections: ${JSON.stringify(r.errorsSample)}`);
+    });
+
+    test('crash safety: SIGKILL at random moments of apply/reset/delete never leaves half a profile, a broken state file or a held lock', async () => {
+      const kills = SOAK ? 200 : 60;
+      const r = (await runJsonInFreshNetns(fixture('crash.js'), [ex, String(kills)], { timeoutMs: 600_000 })) as {
+        killed: number;
+        problems: string[];
+        problemCount: number;
+      };
+      assert.equal(r.problemCount, 0, r.problems.join('\n'));
+      assert.ok(r.killed > kills / 4, `only ${r.killed} of ${kills} runs were killed mid-way`);
+    });
+
+    test('concurrent resets of one profile: the kernel and the state file agree at the end', async () => {
+      const runs = Array.from({ length: 16 }, (_, i) => [`--executor=${ex}`, '-state-file=$WORK/state.db', '-q', '-run', '-reset', '-profile=web', `-src-addr=${VIP}:80`, `-dest-addr=127.0.0.1:${9000 + i}`]);
+      const r = await runSteps([{ op: 'parallel-cli', runs }, cli(ex, 'status', '--json')]);
+      r[0].forEach((p: Proc) => ok(p));
+      const status = JSON.parse(r[1].stdout);
+      assert.equal(r[1].code, 0, r[1].stdout);
+      assert.equal(status.inSync, true);
+    });
+
+    test('without CAP_NET_ADMIN: one line that says so, exit 1, nothing created', async () => {
+      const r = await runSteps([
+        { op: 'sh', argv: ['setpriv', '--inh-caps=-net_admin', '--bounding-set=-net_admin', '--', process.execPath, '$CLI', `--executor=${ex}`, '-state-file=$WORK/x/state.db', '-run', '-profile=web', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001'] },
+        { op: 'sh', argv: ['ls', '$WORK'] },
+      ]);
+      assert.equal(r[0].code, 1, r[0].stderr);
+      assert.equal(r[0].stderr.trim().split('\n').length, 1);
+      assert.match(r[0].stderr, /CAP_NET_ADMIN/);
+      assert.doesNotMatch(r[1].stdout, /\bx\b/, 'no state directory created');
+    });
+  });
+}
+
+test('kernel tests skip only with a reason', { skip: KERNEL_SKIP === false }, () => {
+  assert.ok(typeof KERNEL_SKIP === 'string' && KERNEL_SKIP.length > 0);
+});
