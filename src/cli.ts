@@ -39,7 +39,11 @@ export function normalizeArgv(argv: string[]): string[] {
     if (BOOL_FLAGS.has(name) && value !== undefined) {
       const v = value.toLowerCase();
       if (v === 'true' || v === '1' || v === 't') out.push(`--${name}`);
-      else if (v === 'false' || v === '0' || v === 'f') continue;
+      else if (v === 'false' || v === '0' || v === 'f') {
+        // Go semantics: the last occurrence wins, so a later -flag=false cancels an earlier -flag.
+        for (let k = out.length - 1; k >= 0; k--) if (out[k] === `--${name}`) out.splice(k, 1);
+        continue;
+      }
       else throw new IptlbError('EUSAGE', `-${name}: ${show(value)} is not a boolean (true or false)`, { field: name });
     } else {
       out.push(value === undefined ? `--${name}` : `--${name}=${value}`);
@@ -156,7 +160,7 @@ async function legacyAction(o: LegacyOpts, io: Out): Promise<void> {
         last = o.delete ? { upsert: [], remove: [...state.keys()] } : { upsert: [...state.values()], remove: [] };
         return last;
       }
-      const name = validateName(o.profile, 'profile');
+      const name = validateName(o.profile, 'name');
       if (o.delete) return (last = deleteChange(state, [name]));
       const existing = state.get(name);
       if (o.srcAddr === undefined && o.destAddr === undefined && existing && o.run && !o.reset) {
@@ -165,7 +169,7 @@ async function legacyAction(o: LegacyOpts, io: Out): Promise<void> {
       const change = upsertChange(state, [profileInput(o)]);
       const p = change.upsert[0];
       if (existing && !o.reset && !sameAs(existing, p)) {
-        throw new IptlbError('ECONFLICT', `profile: ${show(name)} already exists with other settings; add -reset to replace it`, { field: 'profile' });
+        throw new IptlbError('ECONFLICT', `name: profile ${show(name)} already exists with other settings; add -reset to replace it`, { field: 'name' });
       }
       return (last = change);
     },
@@ -249,7 +253,7 @@ async function planCommand(o: LegacyOpts, io: Out): Promise<void> {
   const state = await core.readState();
   let change: Change;
   if (o.useState) change = o.delete ? { upsert: [], remove: [...state.keys()] } : { upsert: [...state.values()], remove: [] };
-  else if (o.delete) change = deleteChange(state, [validateName(o.profile, 'profile')]);
+  else if (o.delete) change = deleteChange(state, [validateName(o.profile, 'name')]);
   else change = upsertChange(state, [profileInput(o)]);
   const tx = planTransaction(change.upsert, change.remove);
   const text = await core.executor.render(tx);

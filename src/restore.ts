@@ -66,7 +66,10 @@ export function renderRestore(tx: Transaction, view: KernelView): string {
   const dropping = tx.deleteChains.filter((c) => existing.has(c));
   for (const c of dropping) out.push(`:${c} - [0:0]`);
   for (const h of view.hookRules) {
-    if (owners.has(h.owner)) out.push(`-D ${h.chain} ${h.raw ?? renderRule(h.rule)}`);
+    // Our own rendering of a parsed rule, not the saved text: iptables-save prints `--ctorigdst a.b.c.d`
+    // for a /32, which iptables parses back with another mask, so `-D` with the saved text misses.
+    const parsed = (h.rule.target.name as string) !== 'unknown';
+    if (owners.has(h.owner)) out.push(`-D ${h.chain} ${parsed || !h.raw ? renderRule(h.rule) : h.raw}`);
   }
   for (const c of dropping) out.push(`-X ${c}`);
   for (const c of tx.chains) for (const r of c.rules) out.push(`-A ${c.name} ${renderRule(r)}`);

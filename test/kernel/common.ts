@@ -25,7 +25,7 @@ const STEPS = new URL('./fixtures/steps.js', import.meta.url).pathname;
 
 /** Runs steps in a fresh network namespace; returns one result per step. */
 export async function runSteps(steps: Step[], timeoutMs = 180_000): Promise<any[]> {
-  return (await runJsonInFreshNetns(STEPS, [JSON.stringify(steps)], { timeoutMs })) as any[];
+  return (await runJsonInFreshNetns(STEPS, [], { timeoutMs, input: JSON.stringify(steps) })) as any[];
 }
 
 /** CLI args with the executor and a private state file. */

@@ -94,7 +94,7 @@ test('delete: hook rules removed, chain flushed and deleted; absent chains are s
     hookRules: [{ chain: 'OUTPUT', owner: 'web', position: 1, rule: planProfile(web).hookRules[0].rule, packets: 0n, bytes: 0n, raw: '-d 127.100.0.10/32 -j X' }],
   };
   const text = renderRestore(planTransaction([], ['web', 'gone']), view);
-  assert.equal(text, ['*nat', ':IPTLB_NAT_WEB - [0:0]', '-D OUTPUT -d 127.100.0.10/32 -j X', '-X IPTLB_NAT_WEB', 'COMMIT', ''].join('\n'));
+  assert.equal(text, ['*nat', ':IPTLB_NAT_WEB - [0:0]', '-D OUTPUT -d 127.100.0.10/32 -p tcp -m comment --comment "iptlb:web" -m tcp --dport 8081 -j IPTLB_NAT_WEB', '-X IPTLB_NAT_WEB', 'COMMIT', ''].join('\n'));
 });
 
 test('iptables-save output parses back into the rules that were planned', () => {
