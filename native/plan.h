@@ -1,0 +1,62 @@
+// The rule plan as plain C++ data (mirrors src/types.ts), and its conversion from JavaScript values.
+// Conversion happens on the JS thread and throws a TypeError naming the field for bad input.
+#pragma once
+#include <napi.h>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace iptlb {
+
+struct Match {
+  enum Kind { kTcp, kUdp, kSctp, kStatistic, kComment, kAddrtypeLocal, kConntrackDnat } kind;
+  uint16_t port = 0;          // tcp/udp/sctp dport, conntrack ctorigdstport
+  uint32_t probability = 0;   // statistic: lround(0x80000000 * p)
+  std::string text;           // comment
+  uint32_t addr = 0;          // conntrack ctorigdst (network order)
+  uint32_t mask = 0;          // conntrack mask (network order)
+};
+
+struct Target {
+  enum Kind { kDnat, kLog, kReturn, kMasquerade, kJump } kind;
+  uint32_t addr = 0;   // DNAT address (network order)
+  uint16_t port = 0;   // DNAT port (host order)
+  std::string prefix;  // LOG prefix
+  uint8_t level = 4;   // LOG level
+  std::string chain;   // jump target
+};
+
+struct Rule {
+  bool has_dst = false;
+  uint32_t dst = 0;   // network order
+  uint32_t dmsk = 0;  // network order
+  uint8_t proto = 0;  // IPPROTO_*
+  std::vector<Match> matches;
+  Target target{Target::kReturn};
+};
+
+struct Chain {
+  std::string name;
+  std::vector<Rule> rules;
+};
+
+struct HookRule {
+  std::string chain;
+  std::string owner;
+  Rule rule;
+};
+
+struct Transaction {
+  std::vector<std::string> owners;
+  std::vector<std::string> delete_chains;
+  std::vector<Chain> chains;
+  std::vector<HookRule> hook_rules;
+};
+
+// Throws Napi::TypeError (as a C++ exception) naming the offending field.
+Transaction TransactionFromJs(const Napi::Value &value);
+
+// Parses "a.b.c.d" or "a.b.c.d/n"; false when malformed.
+bool ParseCidr(const std::string &text, uint32_t *addr, uint32_t *mask);
+
+}  // namespace iptlb

@@ -1,0 +1,187 @@
+#include "rule_encoder.h"
+
+#include <arpa/inet.h>
+#include <libiptc/libiptc.h>
+#include <linux/netfilter/nf_conntrack_common.h>
+#include <linux/netfilter/nf_nat.h>
+#include <linux/netfilter/x_tables.h>
+#include <linux/netfilter/xt_LOG.h>
+#include <linux/netfilter/xt_addrtype.h>
+#include <linux/netfilter/xt_comment.h>
+#include <linux/netfilter/xt_conntrack.h>
+#include <linux/netfilter/xt_sctp.h>
+#include <linux/netfilter/xt_statistic.h>
+#include <linux/netfilter/xt_tcpudp.h>
+#include <netinet/in.h>
+
+#include <cstddef>
+#include <cstring>
+
+#include "revisions.h"
+
+namespace iptlb {
+namespace {
+
+constexpr size_t Align(size_t n) { return XT_ALIGN(n); }
+
+// Appends a match or target header + payload to `out`, padded to its aligned size.
+template <typename Payload>
+void Append(std::vector<uint8_t> *out, const char *name, uint8_t revision, const Payload &payload) {
+  const size_t size = Align(sizeof(struct xt_entry_match)) + Align(sizeof(Payload));
+  const size_t at = out->size();
+  out->resize(at + size, 0);
+  auto *m = reinterpret_cast<struct xt_entry_match *>(out->data() + at);  // same layout as xt_entry_target
+  m->u.user.match_size = static_cast<__u16>(size);
+  std::strncpy(m->u.user.name, name, sizeof(m->u.user.name) - 1);
+  m->u.user.revision = revision;
+  std::memcpy(m->data, &payload, sizeof(Payload));
+}
+
+void EncodeMatch(const Match &m, std::vector<uint8_t> *out) {
+  switch (m.kind) {
+    case Match::kTcp: {
+      struct xt_tcp t;
+      std::memset(&t, 0, sizeof(t));
+      t.spts[1] = 0xffff;
+      t.dpts[0] = t.dpts[1] = m.port;
+      Append(out, "tcp", 0, t);
+      break;
+    }
+    case Match::kUdp: {
+      struct xt_udp u;
+      std::memset(&u, 0, sizeof(u));
+      u.spts[1] = 0xffff;
+      u.dpts[0] = u.dpts[1] = m.port;
+      Append(out, "udp", 0, u);
+      break;
+    }
+    case Match::kSctp: {
+      struct xt_sctp_info s;
+      std::memset(&s, 0, sizeof(s));
+      s.dpts[0] = s.dpts[1] = m.port;
+      for (auto &f : s.flag_info) f.chunktype = 0xff;  // as libxt_sctp leaves unused flag slots
+      s.flags = XT_SCTP_DEST_PORTS;
+      Append(out, "sctp", 0, s);
+      break;
+    }
+    case Match::kStatistic: {
+      struct xt_statistic_info s;
+      std::memset(&s, 0, sizeof(s));
+      s.mode = XT_STATISTIC_MODE_RANDOM;
+      s.u.random.probability = m.probability;
+      s.u.nth.count = m.probability;  // libxt_statistic's final check sets count = every - packet, which aliases it
+      Append(out, "statistic", 0, s);
+      break;
+    }
+    case Match::kComment: {
+      struct xt_comment_info c;
+      std::memset(&c, 0, sizeof(c));
+      std::strncpy(c.comment, m.text.c_str(), sizeof(c.comment) - 1);
+      Append(out, "comment", 0, c);
+      break;
+    }
+    case Match::kAddrtypeLocal: {
+      struct xt_addrtype_info_v1 a;
+      std::memset(&a, 0, sizeof(a));
+      a.dest = XT_ADDRTYPE_LOCAL;
+      Append(out, "addrtype", 1, a);
+      break;
+    }
+    case Match::kConntrackDnat: {
+      struct xt_conntrack_mtinfo3 c;
+      std::memset(&c, 0, sizeof(c));
+      c.origdst_addr.ip = m.addr;
+      c.origdst_mask.ip = m.mask;
+      c.origdst_port = c.origdst_port_high = m.port;  // revision 3 keeps ports in host order
+      c.state_mask = XT_CONNTRACK_STATE_DNAT;
+      c.match_flags = XT_CONNTRACK_STATE | XT_CONNTRACK_ORIGDST | XT_CONNTRACK_ORIGDST_PORT;
+      Append(out, "conntrack", 3, c);
+      break;
+    }
+  }
+}
+
+bool EncodeTarget(const Target &t, std::vector<uint8_t> *out, std::string *error) {
+  switch (t.kind) {
+    case Target::kDnat: {
+      const int rev = TargetRevision("DNAT", 2);
+      if (rev == 2) {
+        struct nf_nat_range2 r;
+        std::memset(&r, 0, sizeof(r));
+        r.flags = NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED;
+        r.min_addr.ip = r.max_addr.ip = t.addr;
+        r.min_proto.all = r.max_proto.all = htons(t.port);
+        Append(out, "DNAT", 2, r);
+      } else if (rev == 1) {
+        struct nf_nat_range r;
+        std::memset(&r, 0, sizeof(r));
+        r.flags = NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED;
+        r.min_addr.ip = r.max_addr.ip = t.addr;
+        r.min_proto.all = r.max_proto.all = htons(t.port);
+        Append(out, "DNAT", 1, r);
+      } else if (rev == 0) {
+        struct nf_nat_ipv4_multi_range_compat r;
+        std::memset(&r, 0, sizeof(r));
+        r.rangesize = 1;
+        r.range[0].flags = NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED;
+        r.range[0].min_ip = r.range[0].max_ip = t.addr;
+        r.range[0].min.all = r.range[0].max.all = htons(t.port);
+        Append(out, "DNAT", 0, r);
+      } else {
+        *error = "the kernel supports no revision of the DNAT target (is iptable_nat available?)";
+        return false;
+      }
+      return true;
+    }
+    case Target::kLog: {
+      struct xt_log_info l;
+      std::memset(&l, 0, sizeof(l));
+      l.level = t.level;
+      std::strncpy(l.prefix, t.prefix.c_str(), sizeof(l.prefix) - 1);
+      Append(out, "LOG", 0, l);
+      return true;
+    }
+    case Target::kMasquerade: {
+      struct nf_nat_ipv4_multi_range_compat r;
+      std::memset(&r, 0, sizeof(r));
+      r.rangesize = 1;
+      Append(out, "MASQUERADE", 0, r);
+      return true;
+    }
+    case Target::kReturn:
+    case Target::kJump: {
+      // A standard target named by its verdict or chain; libiptc resolves the name at commit.
+      struct xt_standard_target s;
+      std::memset(&s, 0, sizeof(s));
+      const std::string name = t.kind == Target::kReturn ? std::string(IPTC_LABEL_RETURN) : t.chain;
+      const size_t at = out->size();
+      out->resize(at + Align(sizeof(s)), 0);
+      auto *st = reinterpret_cast<struct xt_standard_target *>(out->data() + at);
+      st->target.u.user.target_size = static_cast<__u16>(Align(sizeof(s)));
+      std::strncpy(st->target.u.user.name, name.c_str(), sizeof(st->target.u.user.name) - 1);
+      return true;
+    }
+  }
+  *error = "unknown target";
+  return false;
+}
+
+}  // namespace
+
+std::vector<uint8_t> EncodeRule(const Rule &rule, std::string *error) {
+  std::vector<uint8_t> buf(sizeof(struct ipt_entry), 0);
+  for (const Match &m : rule.matches) EncodeMatch(m, &buf);
+  const size_t target_offset = buf.size();
+  if (!EncodeTarget(rule.target, &buf, error)) return {};
+  auto *e = reinterpret_cast<struct ipt_entry *>(buf.data());
+  if (rule.has_dst) {
+    e->ip.dst.s_addr = rule.dst;
+    e->ip.dmsk.s_addr = rule.dmsk;
+  }
+  e->ip.proto = rule.proto;
+  e->target_offset = static_cast<__u16>(target_offset);
+  e->next_offset = static_cast<__u16>(buf.size());
+  return buf;
+}
+
+}  // namespace iptlb
