@@ -68,8 +68,8 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
     });
   }
 
-  /** Absolute path of the state file this handle uses. */
-  get stateFile(): string {
+  /** Absolute path of the state file this handle uses; `null` when profiles are kept in memory. */
+  get stateFile(): string | null {
     return this.core.statePath;
   }
 

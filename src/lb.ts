@@ -15,8 +15,12 @@ import type { Executor, ExecutorChoice, KernelView, Profile, ProfileInput, Trans
 
 /** Options of {@link open}. */
 export interface OpenOptions {
-  /** State file path. Default: env `IPTLB_STATE_FILE`, else `local/state.db` relative to the working directory. */
-  stateFile?: string;
+  /**
+   * State file path. Default: env `IPTLB_STATE_FILE`, else `local/state.db` relative to the working
+   * directory. `false`: no file at all; profiles are kept in memory by this handle (for agents whose
+   * source of truth is elsewhere: no fsync and no file lock per change).
+   */
+  stateFile?: string | false;
   /** Executor: `native` (the addon), `spawn` (iptables-legacy-restore) or `auto`. Default: env `IPTLB_EXECUTOR`, else `auto`. */
   executor?: ExecutorChoice;
   /** How long to wait for the state-file lock and the xtables lock, ms. Default 10000. */
@@ -48,7 +52,9 @@ export interface Change {
 }
 
 export class Core {
-  readonly statePath: string;
+  /** Absolute path of the state file, or `null` when profiles are kept in memory. */
+  readonly statePath: string | null;
+  private memory = new Map<string, Profile>();
   readonly executorChoice: ExecutorChoice;
   readonly lockWaitMs: number;
   private selected?: { executor: Executor; reason: string };
@@ -60,7 +66,7 @@ export class Core {
   constructor(opts: OpenOptions = {}, injected?: Executor) {
     if (injected) this.selected = { executor: injected, reason: 'executor supplied by the caller' };
     this.injected = !!injected;
-    this.statePath = resolveStatePath(opts.stateFile);
+    this.statePath = opts.stateFile === false ? null : resolveStatePath(opts.stateFile);
     this.executorChoice = opts.executor ?? parseExecutorChoice(process.env.IPTLB_EXECUTOR);
     this.lockWaitMs = opts.lockWaitMs ?? DEFAULT_LOCK_WAIT_MS;
     this.log = opts.log ?? (() => {});
@@ -89,6 +95,7 @@ export class Core {
    * times): it is read again only when another process has replaced or edited it.
    */
   async readState(): Promise<Map<string, Profile>> {
+    if (this.statePath === null) return new Map(this.memory);
     const version = await stateVersion(this.statePath).catch(() => undefined);
     if (version !== undefined && this.cached && this.cached.version === version) return new Map(this.cached.state);
     const state = await readState(this.statePath);
@@ -104,7 +111,7 @@ export class Core {
     return this.serial(async () => {
       const executor = opts.run ? this.executor : undefined;
       if (executor) this.checkPrivileges();
-      const lock = await lockStateFile(this.statePath, this.lockWaitMs);
+      const lock = await this.lock();
       try {
         const state = await this.readState();
         const change = decide(state);
@@ -128,7 +135,9 @@ export class Core {
         const changed =
           change.remove.some((n) => state.has(n)) || change.upsert.some((p) => !state.has(p.name) || !same(state.get(p.name)!, p));
         let stateWritten = false;
-        if (changed) {
+        if (changed && this.statePath === null) {
+          this.memory = next;
+        } else if (changed && this.statePath !== null) {
           this.cached = undefined;
           await writeState(this.statePath, next.values());
           this.cached = { version: await stateVersion(this.statePath), state: next };
@@ -148,6 +157,12 @@ export class Core {
         lock.release();
       }
     });
+  }
+
+  /** The state-file lock; nothing to lock when profiles live in memory (calls are serialised in-process). */
+  private async lock(): Promise<{ release(): void }> {
+    if (this.statePath === null) return { release() {} };
+    return lockStateFile(this.statePath, this.lockWaitMs);
   }
 
   /** Fails early, with one line and nothing touched, when the kernel would refuse us anyway. */
@@ -190,7 +205,7 @@ export class Core {
     return this.serial(async () => {
       const executor = this.executor;
       this.checkPrivileges();
-      const lock = await lockStateFile(this.statePath, this.lockWaitMs);
+      const lock = await this.lock();
       try {
         const state = await this.readState();
         const view = await executor.read();

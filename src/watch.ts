@@ -28,7 +28,8 @@ export interface Watcher {
 export function startWatch(core: Core, opts: WatchOptions): Watcher {
   const intervalMs = opts.intervalMs ?? 5000;
   const debounceMs = opts.debounceMs ?? 20;
-  const file = core.statePath;
+  if (core.statePath === null) throw new Error('watch needs a state file');
+  const file: string = core.statePath;
   const base = path.basename(file);
   let running: Promise<void> | null = null;
   let again = false;

@@ -80,3 +80,16 @@ test('validation errors reject synchronously-checked calls without reaching the 
   await lb.close();
   await assert.rejects(lb.list(), /closed/);
 });
+
+test('stateFile: false keeps profiles in memory: no file, same semantics', async () => {
+  const ex = new FakeExecutor(undefined, 0);
+  const lb = await open({ stateFile: false }, ex);
+  assert.equal(lb.stateFile, null);
+  await lb.apply([prof('a', 4001), prof('b', 4002)]);
+  await lb.apply(prof('a', 4001, 9999));
+  await assert.rejects(lb.apply(prof('c', 4002)), (e: IptlbError) => e.code === 'ECONFLICT');
+  await lb.delete('b');
+  assert.deepEqual((await lb.list()).map((p) => [p.name, p.destination[0]]), [['a', '127.0.0.1:9999']]);
+  assert.equal(ex.txs.length, 3);
+  await lb.close();
+});
