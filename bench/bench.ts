@@ -18,7 +18,7 @@ import { serializeState } from '../src/state.js';
 import type { Profile } from '../src/types.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const CLI = path.join(ROOT, 'bin', 'iptlb.js');
+const CLI = path.join(ROOT, 'bin', 'iptlb.cjs');
 
 const args = process.argv.slice(2);
 const flag = (name: string): string | undefined => {
@@ -27,7 +27,7 @@ const flag = (name: string): string | undefined => {
 };
 const JSON_OUT = args.includes('--json');
 const SIZES = (flag('--sizes') ?? '0,1000,10000').split(',').map(Number);
-const RUNS = Number(flag('--runs') ?? 20);
+const RUNS = Number(flag('--runs') ?? 31);
 const scenarios = args.filter((a) => ['apply', 'churn', 'cli'].includes(a));
 const wanted = (s: string): boolean => scenarios.length === 0 || scenarios.includes(s);
 
@@ -99,27 +99,37 @@ function splitSpec(s: string): string[] {
 
 async function benchApply(): Promise<void> {
   const addon = loadAddon();
-  const executors = [...(addon.ok ? (['native'] as const) : []), 'spawn' as const];
   if (!addon.ok) log(`native addon unavailable (${addon.reason}): native figures skipped`);
+  const variants: { key: string; executor: 'native' | 'spawn'; file: boolean }[] = [
+    ...(addon.ok ? [{ key: 'native', executor: 'native' as const, file: false }, { key: 'native+file', executor: 'native' as const, file: true }] : []),
+    { key: 'spawn', executor: 'spawn', file: false },
+    { key: 'spawn+file', executor: 'spawn', file: true },
+  ];
   const table: Record<string, Record<string, number>> = {};
+  log('median ms to apply (create or reset) one 3-destination profile through the library API; +file = with the state file (fsync)');
   for (const n of SIZES) {
     const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-bench-'));
     const stateFile = path.join(dir, 'state.db');
     preload(n, stateFile);
     const row: Record<string, number> = {};
-    for (const ex of executors) {
-      const lb = await open({ stateFile, executor: ex });
+    for (const v of variants) {
+      const lb = await open({ stateFile: v.file ? stateFile : false, executor: v.executor, coalesce: false });
       const times: number[] = [];
-      const runs = ex === 'spawn' && n >= 10000 ? Math.min(RUNS, 7) : RUNS;
+      const kernel: number[] = [];
+      const runs = v.executor === 'spawn' && n >= 10000 ? Math.min(RUNS, 7) : RUNS;
+      const warmup = v.executor === 'native' && n < 10000 ? 20 : 2;
+      for (let r = 0; r < warmup; r++) await lb.apply(validateProfile({ ...profile(0), destination: [`127.0.0.1:${9100 + r}`] }));
       for (let r = 0; r < runs; r++) {
         const p = validateProfile({ ...profile(0), destination: [`127.0.0.1:${9001 + (r % 5)}`, '127.0.0.1:9010', '127.0.0.1:9011'] });
         const t0 = performance.now();
-        await lb.apply(p);
+        const res = await lb.apply(p);
         times.push(performance.now() - t0);
+        kernel.push(res.commitMs);
       }
       await lb.delete('p0');
       await lb.close();
-      row[ex] = median(times);
+      row[v.key] = median(times);
+      if (v.key === 'native') row.libiptc = median(kernel);
     }
     const times: number[] = [];
     const runs = n >= 10000 ? Math.min(RUNS, 5) : Math.min(RUNS, 10);
@@ -133,10 +143,13 @@ async function benchApply(): Promise<void> {
     row['per-rule'] = median(times);
     table[String(n)] = row;
     rmSync(dir, { recursive: true, force: true });
+    const fmt = (k: string): string => (row[k] === undefined ? '' : `${k} ${row[k].toFixed(3)}`);
     log(
       `profiles=${String(n).padStart(5)}  ` +
-        Object.entries(row).map(([k, v]) => `${k} ${v.toFixed(3)} ms`).join('  ') +
-        (row.native ? `  spawn/native ${(row.spawn / row.native).toFixed(1)}x  per-rule/native ${(row['per-rule'] / row.native).toFixed(1)}x` : ''),
+        ['libiptc', 'native', 'native+file', 'spawn', 'spawn+file', 'per-rule'].map(fmt).filter(Boolean).join('  ') +
+        (row.native
+          ? `  | spawn/native ${(row.spawn / row.native).toFixed(1)}x  per-rule/native ${(row['per-rule'] / row.native).toFixed(1)}x  native/libiptc ${(row.native / row.libiptc).toFixed(2)}x`
+          : ''),
     );
   }
   flushNat();
@@ -150,10 +163,15 @@ async function benchChurn(): Promise<void> {
   const UPDATES = Number(flag('--updates') ?? (ex === 'native' ? 20000 : 2000));
   const INFLIGHT = 64;
   const out: Record<string, unknown> = {};
-  for (const coalesce of [true, false]) {
+  const modes = [
+    { key: 'coalesced', coalesce: true, file: false },
+    { key: 'coalesced+file', coalesce: true, file: true },
+    { key: 'uncoalesced', coalesce: false, file: false },
+  ];
+  for (const { key, coalesce, file } of modes) {
     flushNat();
     const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-churn-'));
-    const lb = await open({ stateFile: path.join(dir, 'state.db'), executor: ex, coalesce });
+    const lb = await open({ stateFile: file ? path.join(dir, 'state.db') : false, executor: ex, coalesce });
     await lb.apply(Array.from({ length: PROFILES }, (_, i) => profile(i)));
     let commits = 0;
     lb.on('commit', () => commits++);
@@ -185,8 +203,8 @@ async function benchChurn(): Promise<void> {
       loopDelayP99Ms: Number((h.percentile(99) / 1e6).toFixed(2)),
       finalStateExact: exact,
     };
-    out[coalesce ? 'coalesced' : 'uncoalesced'] = row;
-    log(`churn ${coalesce ? 'coalesced  ' : 'uncoalesced'} ${ex}: ${row.updatesPerSec} updates/s, ${row.commitsPerSec} commits/s, event-loop p99 ${row.loopDelayP99Ms} ms, final kernel state exact: ${exact}`);
+    out[key] = row;
+    log(`churn ${key.padEnd(14)} ${ex}: ${row.updatesPerSec} updates/s, ${row.commitsPerSec} commits/s, event-loop p99 ${row.loopDelayP99Ms} ms, final kernel state exact: ${exact}`);
   }
   flushNat();
   results.churn = out;

@@ -127,7 +127,7 @@ function makeCore(o: GlobalOpts, io: Out): Core {
   return new Core({
     stateFile: o.stateFile,
     executor: parseExecutorChoice(o.executor ?? process.env.IPTLB_EXECUTOR),
-    log: quiet ? () => {} : (line) => io.err(`iptlb: ${line}`),
+    ...(quiet ? {} : { log: (line: string) => io.err(`iptlb: ${line}`) }),
   });
 }
 

@@ -60,6 +60,7 @@ export class Core {
   private selected?: { executor: Executor; reason: string };
   private readonly injected: boolean;
   private readonly log: (line: string) => void;
+  private readonly logging: boolean;
   private queue: Promise<unknown> = Promise.resolve();
 
   /** @param injected an executor to use instead of choosing one (tests, embedders with their own). */
@@ -70,6 +71,7 @@ export class Core {
     this.executorChoice = opts.executor ?? parseExecutorChoice(process.env.IPTLB_EXECUTOR);
     this.lockWaitMs = opts.lockWaitMs ?? DEFAULT_LOCK_WAIT_MS;
     this.log = opts.log ?? (() => {});
+    this.logging = opts.log !== undefined;
   }
 
   /** The executor, chosen on first use. */
@@ -181,8 +183,10 @@ export class Core {
   }
 
   private describe(change: Change, tx: Transaction): void {
+    if (!this.logging) return;
+    const rulesOf = new Map(tx.chains.map((c) => [c.name, c.rules.length]));
     for (const p of change.upsert) {
-      const chain = tx.chains.find((c) => c.name === chainName(p.name));
+      const chain = { rules: { length: rulesOf.get(chainName(p.name)) } };
       this.log(
         `apply profile ${p.name}: ${p.source}/${p.protocol} -> ${p.destination.join(',')} ` +
           `(${p.rulesBackend}: jump in nat ${hookChainOf(p)}, chain ${chainName(p.name)} with ${chain?.rules.length ?? 0} rules` +
