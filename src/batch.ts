@@ -28,7 +28,7 @@ export interface CommitEvent {
   executor: 'native' | 'spawn';
 }
 
-/** Applies one call onto `working`, or throws why it cannot be applied. */
+/** Applies one call onto `working`, or throws why it cannot be applied (before changing anything). */
 function applyOp(working: Map<string, Profile>, op: Op): void {
   if (op.kind === 'apply') {
     const names = new Set(op.profiles.map((p) => p.name));
@@ -88,15 +88,12 @@ export class CommitQueue {
           refused.length = 0;
           const working = new Map(state);
           for (const call of batch) {
-            const trial = new Map(working);
             try {
-              applyOp(trial, call.op);
+              applyOp(working, call.op); // checks everything before it changes anything
             } catch (e) {
               refused.push([call, e]);
               continue;
             }
-            for (const [k, v] of trial) working.set(k, v);
-            for (const k of [...working.keys()]) if (!trial.has(k)) working.delete(k);
             accepted.push(call);
             touched.set(call, call.op.kind === 'apply' ? { applied: call.op.profiles, deleted: [] } : { applied: [], deleted: call.op.names });
           }

@@ -26,8 +26,15 @@ export function show(value: unknown): string {
 }
 
 /** Chain name of a profile: `IPTLB_NAT_` + upper-cased name with `-` turned into `_`. */
+const chainNames = new Map<string, string>();
 export function chainName(name: string): string {
-  return `IPTLB_NAT_${chainSuffix(name)}`;
+  let c = chainNames.get(name);
+  if (c === undefined) {
+    c = `IPTLB_NAT_${chainSuffix(name)}`;
+    if (chainNames.size > 100_000) chainNames.clear();
+    chainNames.set(name, c);
+  }
+  return c;
 }
 export function chainSuffix(name: string): string {
   return name.toUpperCase().replace(/-/g, '_');

@@ -1,36 +1,78 @@
 /** What the kernel tests need, and where things are. */
-import { accessSync, constants } from 'node:fs';
+import { accessSync, constants, existsSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-/** Absolute path of the project root (works from test/harness and dist/test/harness). */
-export const PROJECT_ROOT = (() => {
-  let dir = path.dirname(fileURLToPath(import.meta.url));
-  while (path.basename(dir) !== 'test') dir = path.dirname(dir);
-  dir = path.dirname(dir);
-  return path.basename(dir) === 'dist' ? path.dirname(dir) : dir;
+/**
+ * Absolute path of the project root: the nearest ancestor of this file holding package.json, found
+ * the same way from test/harness/ (ts-node style runs) and from dist/test/harness/ (compiled).
+ */
+export const PROJECT_ROOT: string = (() => {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  for (let dir = here, i = 0; i < 8; i++, dir = path.dirname(dir)) {
+    if (path.basename(dir) !== 'dist' && existsSync(path.join(dir, 'package.json')) && existsSync(path.join(dir, 'test'))) return dir;
+    if (path.dirname(dir) === dir) break;
+  }
+  // Layout fallback: <root>/[dist/]test/harness.
+  const up2 = path.resolve(here, '..', '..');
+  return path.basename(up2) === 'dist' ? path.dirname(up2) : up2;
 })();
 
-/** The CLI entry point, as users run it. */
-export const CLI_PATH = path.join(PROJECT_ROOT, 'bin', 'iptlb.cjs');
+/**
+ * The CLI entry point, as users run it (`node CLI_PATH …`). The package's bin is `bin/iptlb.cjs`
+ * (a CommonJS shim over the `dist/iptlb.cjs` bundle made by `npm run build`).
+ */
+export const CLI_PATH: string = path.join(PROJECT_ROOT, 'bin', 'iptlb.cjs');
 
-function which(name: string): boolean {
-  for (const d of [...(process.env.PATH ?? '').split(':'), '/usr/sbin', '/sbin', '/usr/bin']) {
+/** Whether `name` is an executable on PATH (or in the sbin directories, which sudo may drop from PATH). */
+export function which(name: string): string | null {
+  for (const d of [...(process.env.PATH ?? '').split(':').filter(Boolean), '/usr/sbin', '/sbin', '/usr/bin', '/bin']) {
+    const p = path.join(d, name);
     try {
-      accessSync(path.join(d, name), constants.X_OK);
-      return true;
+      accessSync(p, constants.X_OK);
+      return p;
     } catch {
       /* next */
     }
   }
-  return false;
+  return null;
 }
 
-/** Whether kernel tests can run here; the reason when they cannot. */
-export function kernelTestSupport(): { ok: true } | { ok: false; reason: string } {
+export type Support = { ok: true } | { ok: false; reason: string };
+
+let cached: Support | undefined;
+
+/**
+ * Whether kernel tests can run here; the reason when they cannot. Checks root, the tools, and then
+ * actually tries once (cached) to create a network namespace and list its nat table with
+ * iptables-legacy — root inside a container without CAP_SYS_ADMIN, or a kernel without the legacy
+ * x_tables nat table, is reported as a reason instead of failing every test.
+ * Use as `test('x', { skip: skipReason() }, …)`.
+ */
+export function kernelTestSupport(): Support {
+  if (cached) return cached;
+  cached = probe();
+  return cached;
+}
+
+/** `false` when kernel tests can run, else the reason (for `{ skip }`). */
+export function skipReason(): string | false {
+  const s = kernelTestSupport();
+  return s.ok ? false : s.reason;
+}
+
+function probe(): Support {
+  if (process.platform !== 'linux') return { ok: false, reason: `kernel tests need Linux (this is ${process.platform})` };
   if (process.getuid?.() !== 0) return { ok: false, reason: 'kernel tests need root (they create network namespaces)' };
   for (const tool of ['unshare', 'ip', 'iptables-legacy', 'iptables-legacy-save', 'iptables-legacy-restore']) {
     if (!which(tool)) return { ok: false, reason: `${tool} is not installed (apt-get install -y iptables iproute2 util-linux)` };
+  }
+  // A real try, in a namespace of its own (it dies with the command): never the host's tables.
+  const r = spawnSync('unshare', ['-n', '--', 'iptables-legacy', '-w', '5', '-t', 'nat', '-S'], { encoding: 'utf8', timeout: 15_000 });
+  if (r.error || r.status !== 0) {
+    const why = (r.error?.message ?? r.stderr ?? '').trim().split('\n')[0];
+    return { ok: false, reason: `cannot create a network namespace with a legacy nat table here (unshare -n iptables-legacy -t nat -S: ${why || `exit ${r.status}`})` };
   }
   return { ok: true };
 }

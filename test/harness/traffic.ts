@@ -1,108 +1,178 @@
 /**
  * Real traffic through a virtual address: which backend answered each TCP connection or UDP
- * datagram. Every loop is bounded in count and time.
+ * datagram. Every loop is bounded in count and time: each probe has its own time limit, and a
+ * probe that gets no answer, an empty answer or an error counts as a failure (no retries).
  */
 import { connect } from 'node:net';
 import { createSocket } from 'node:dgram';
 
 export interface Split {
-  /** Answers per backend id (`backend:<port>`). */
+  /** Answers per backend id (`backend:<port>`, as backends.ts answers). */
   counts: Record<string, number>;
+  /** Probes that failed (refused, reset, timed out, empty answer). */
   failures: number;
+  /** The first few failure messages. */
   errors: string[];
 }
 
-function oneTcp(host: string, port: number, timeoutMs: number, localAddress?: string): Promise<string> {
+export interface SplitOptions {
+  /** Probes in flight at once (default 16). */
+  concurrency?: number;
+  /** Time limit of one probe in ms (default 2000). */
+  timeoutMs?: number;
+  /** Local address to send from (e.g. a client host's veth address). */
+  sourceAddress?: string;
+}
+
+const MAX_ERRORS = 10;
+const MAX_ANSWER = 4096;
+
+/** One TCP connection: resolves with the trimmed answer (the backend id) once the server closes. */
+export function tcpProbe(host: string, port: number, timeoutMs = 2000, localAddress?: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const c = connect({ host, port, ...(localAddress ? { localAddress } : {}) });
     let data = '';
+    let done = false;
+    const finish = (e: Error | null, v?: string): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      c.destroy();
+      if (e) reject(e);
+      else resolve(v!);
+    };
+    // A wall-clock limit for the whole exchange (setTimeout on the socket only measures idleness).
+    const timer = setTimeout(() => finish(new Error(`tcp ${host}:${port}: no complete answer within ${timeoutMs} ms`)), timeoutMs);
     c.setEncoding('utf8');
-    c.setTimeout(timeoutMs, () => c.destroy(new Error(`timeout after ${timeoutMs} ms`)));
-    c.on('data', (d: string) => (data += d));
-    c.on('end', () => resolve(data.trim()));
-    c.on('error', reject);
+    c.on('data', (d: string) => {
+      data += d;
+      if (data.length > MAX_ANSWER) finish(new Error(`tcp ${host}:${port}: answer longer than ${MAX_ANSWER} bytes`));
+    });
+    c.on('end', () => {
+      const id = data.trim();
+      finish(id ? null : new Error(`tcp ${host}:${port}: connection closed without an answer`), id);
+    });
+    c.on('error', (e: NodeJS.ErrnoException) => finish(new Error(`tcp ${host}:${port}: ${e.code ?? e.message}`)));
+  });
+}
+
+/** One datagram from a fresh socket (new source port, so a new conntrack entry); resolves with the reply. */
+export function udpProbe(host: string, port: number, timeoutMs = 2000, localAddress?: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = createSocket('udp4');
+    let done = false;
+    const finish = (e: Error | null, v?: string): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      try {
+        s.close();
+      } catch {
+        /* closed */
+      }
+      if (e) reject(e);
+      else resolve(v!);
+    };
+    const timer = setTimeout(() => finish(new Error(`udp ${host}:${port}: no reply within ${timeoutMs} ms`)), timeoutMs);
+    s.on('message', (msg) => {
+      const id = msg.toString('utf8').trim();
+      finish(id ? null : new Error(`udp ${host}:${port}: empty reply`), id);
+    });
+    s.on('error', (e: NodeJS.ErrnoException) => finish(new Error(`udp ${host}:${port}: ${e.code ?? e.message}`)));
+    const send = (): void =>
+      s.send('probe\n', port, host, (e) => {
+        if (e) finish(new Error(`udp ${host}:${port}: send: ${(e as NodeJS.ErrnoException).code ?? e.message}`));
+      });
+    if (localAddress) s.bind(0, localAddress, send);
+    else send();
   });
 }
 
 async function pool(count: number, concurrency: number, fn: () => Promise<string>): Promise<Split> {
+  if (!Number.isInteger(count) || count < 0) throw new Error(`count must be a non-negative integer, got ${count}`);
   const out: Split = { counts: {}, failures: 0, errors: [] };
-  let next = 0;
+  let started = 0;
   const worker = async (): Promise<void> => {
-    while (next < count) {
-      next++;
+    while (started < count) {
+      started++;
       try {
         const id = await fn();
         out.counts[id] = (out.counts[id] ?? 0) + 1;
       } catch (e) {
         out.failures++;
-        if (out.errors.length < 10) out.errors.push((e as Error).message);
+        if (out.errors.length < MAX_ERRORS) out.errors.push((e as Error).message);
       }
     }
   };
-  await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker));
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(concurrency, count)) }, worker));
   return out;
 }
 
-export function tcpSplit(vip: string, port: number, count: number, opts: { concurrency?: number; timeoutMs?: number; sourceAddress?: string } = {}): Promise<Split> {
-  return pool(count, opts.concurrency ?? 16, () => oneTcp(vip, port, opts.timeoutMs ?? 2000, opts.sourceAddress));
+/** Opens `count` real TCP connections to vip:port and counts which backend answered each. */
+export function tcpSplit(vip: string, port: number, count: number, opts: SplitOptions = {}): Promise<Split> {
+  return pool(count, opts.concurrency ?? 16, () => tcpProbe(vip, port, opts.timeoutMs ?? 2000, opts.sourceAddress));
 }
 
-function oneUdp(host: string, port: number, timeoutMs: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const s = createSocket('udp4');
-    const timer = setTimeout(() => {
-      s.close();
-      reject(new Error(`no udp reply within ${timeoutMs} ms`));
-    }, timeoutMs);
-    s.on('message', (msg) => {
-      clearTimeout(timer);
-      s.close();
-      resolve(msg.toString().trim());
-    });
-    s.on('error', (e) => {
-      clearTimeout(timer);
-      s.close();
-      reject(e);
-    });
-    s.send('probe', port, host);
-  });
+/** Sends `count` datagrams, each from a fresh socket, and counts which backend replied to each. */
+export function udpSplit(vip: string, port: number, count: number, opts: SplitOptions = {}): Promise<Split> {
+  return pool(count, opts.concurrency ?? 16, () => udpProbe(vip, port, opts.timeoutMs ?? 2000, opts.sourceAddress));
 }
 
-/** One datagram per probe, each from a fresh socket (a new source port, so a new conntrack entry). */
-export function udpSplit(vip: string, port: number, count: number, opts: { concurrency?: number; timeoutMs?: number } = {}): Promise<Split> {
-  return pool(count, opts.concurrency ?? 16, () => oneUdp(vip, port, opts.timeoutMs ?? 2000));
+/** Counts in the order of `ports` (0 for a backend that never answered), for stats.assertSplit. */
+export function countsFor(split: Pick<Split, 'counts'>, ports: number[]): number[] {
+  return ports.map((p) => split.counts[`backend:${p}`] ?? 0);
+}
+
+export interface ContinuousResult {
+  ok: number;
+  failures: number;
+  /** The first few failures, each prefixed with the ms since start (`+123ms …`). */
+  errorsSample: string[];
+  /** Answers per backend id. */
+  counts: Record<string, number>;
+  /** Wall time from start to stop, ms. */
+  elapsedMs: number;
 }
 
 export interface Continuous {
-  /** Stops after the connection in flight; returns what happened. */
-  stop(): Promise<{ ok: number; failures: number; errorsSample: string[] }>;
+  /** Stops once the connections in flight finish (each is bounded by timeoutMs); returns what happened. */
+  stop(): Promise<ContinuousResult>;
+  /** What happened so far, without stopping. */
+  snapshot(): ContinuousResult;
 }
 
-/** Opens connections one after another, without pause, until stopped (at most 10 minutes). */
-export function continuousTcp(vip: string, port: number, opts: { intervalMs?: number; timeoutMs?: number; concurrency?: number } = {}): Continuous {
+/**
+ * Keeps opening connections to vip:port one after another (in `concurrency` loops, default 2),
+ * without pause unless `intervalMs`, until `stop()` — used to prove there is no gap while rules
+ * change. Stops by itself after `maxDurationMs` (default 10 minutes).
+ */
+export function continuousTcp(vip: string, port: number, opts: { intervalMs?: number; timeoutMs?: number; concurrency?: number; maxDurationMs?: number; sourceAddress?: string } = {}): Continuous {
   let stopped = false;
-  let ok = 0;
-  let failures = 0;
-  const errorsSample: string[] = [];
-  const deadline = Date.now() + 600_000;
+  const t0 = Date.now();
+  const r: ContinuousResult = { ok: 0, failures: 0, errorsSample: [], counts: {}, elapsedMs: 0 };
+  const deadline = t0 + (opts.maxDurationMs ?? 600_000);
   const loop = async (): Promise<void> => {
     while (!stopped && Date.now() < deadline) {
       try {
-        await oneTcp(vip, port, opts.timeoutMs ?? 2000);
-        ok++;
+        const id = await tcpProbe(vip, port, opts.timeoutMs ?? 2000, opts.sourceAddress);
+        r.ok++;
+        r.counts[id] = (r.counts[id] ?? 0) + 1;
       } catch (e) {
-        failures++;
-        if (errorsSample.length < 10) errorsSample.push((e as Error).message);
+        r.failures++;
+        if (r.errorsSample.length < MAX_ERRORS) r.errorsSample.push(`+${Date.now() - t0}ms ${(e as Error).message}`);
       }
-      if (opts.intervalMs) await new Promise((r) => setTimeout(r, opts.intervalMs));
+      if (opts.intervalMs) await new Promise((res) => setTimeout(res, opts.intervalMs));
+      else await new Promise((res) => setImmediate(res)); // let the code under test run between connections
     }
   };
   const loops = Array.from({ length: opts.concurrency ?? 2 }, loop);
+  const snapshot = (): ContinuousResult => ({ ...r, errorsSample: [...r.errorsSample], counts: { ...r.counts }, elapsedMs: Date.now() - t0 });
   return {
+    snapshot,
     stop: async () => {
       stopped = true;
       await Promise.all(loops);
-      return { ok, failures, errorsSample };
+      return snapshot();
     },
   };
 }

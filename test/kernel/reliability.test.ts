@@ -61,3 +61,19 @@ for (const { name: ex, skip } of EXECUTORS) {
 test('kernel tests skip only with a reason', { skip: KERNEL_SKIP === false }, () => {
   assert.ok(typeof KERNEL_SKIP === 'string' && KERNEL_SKIP.length > 0);
 });
+
+for (const { name: ex, skip } of EXECUTORS) {
+  test(`foreign rules untouched (${ex}): 1,000 random operations and the deletion of every profile leave iptables-save byte-identical`, { skip }, async () => {
+    const ops = ex === 'native' || SOAK ? 1000 : 300;
+    const r = (await runJsonInFreshNetns(fixture('foreign.js'), [ex, String(ops)], { timeoutMs: 300_000 })) as {
+      applied: number;
+      deleted: number;
+      changedMidway: boolean;
+      identical: boolean;
+      diff: string;
+    };
+    assert.ok(r.applied > ops / 2 && r.deleted > 10, JSON.stringify(r));
+    assert.ok(r.changedMidway, 'iptlb did write rules in between');
+    assert.ok(r.identical, r.diff);
+  });
+}
