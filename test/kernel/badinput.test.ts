@@ -40,6 +40,8 @@ add('missing -src-addr', { 'src-addr': null }, [], 2, /source/);
 add('missing -dest-addr', { 'dest-addr': null }, [], 2, /destination/);
 add('executor typo', {}, ['--executor=fast'], 2, /executor/);
 add('changing an existing profile without -reset', { profile: 'keep' }, [], 1, /-reset/);
+add('-reset of an existing profile with bad input keeps the old rules', { profile: 'keep', 'src-addr': '1.2.3:90' }, ['-reset'], 2, /source/);
+add('-reset with an unknown rules-backend keeps the old rules', { profile: 'keep', 'src-addr': `${VIP}:90`, 'rules-backend': 'INPUT' }, ['-reset'], 2, /rulesBackend/);
 add('source owned by another profile', { 'src-addr': `${VIP}:90` }, [], 1, /source.*already belongs/);
 add('chain-name collision', { profile: 'KEEP', 'src-addr': `${VIP}:91` }, [], 1, /name.*IPTLB_NAT_KEEP/);
 
