@@ -19,7 +19,7 @@ type Out = { out: (s: string) => void; err: (s: string) => void };
 
 /** Flags of the original, with their kind, accepted with one dash and `=value` (Go `flag` style). */
 const VALUE_FLAGS = new Set(['src-addr', 'dest-addr', 'rules-backend', 'profile', 'state-file', 'log-level', 'protocol', 'executor', 'file']);
-const BOOL_FLAGS = new Set(['reset', 'delete', 'log-custom-chain', 'run', 'use-state', 'masquerade', 'json', 'quiet', 'verbose', 'all', 'help', 'version']);
+const BOOL_FLAGS = new Set(['reset', 'delete', 'log-custom-chain', 'run', 'use-state', 'masquerade', 'json', 'quiet', 'verbose', 'all', 'help', 'version', 'keep-conntrack']);
 
 /** Rewrites Go-style flags (`-src-addr=x`, `-run=true`) into the `--src-addr=x` form commander parses. */
 export function normalizeArgv(argv: string[]): string[] {
@@ -53,6 +53,7 @@ export function normalizeArgv(argv: string[]): string[] {
 }
 
 interface GlobalOpts {
+  keepConntrack?: boolean;
   stateFile?: string;
   executor?: string;
   json?: boolean;
@@ -82,10 +83,11 @@ function addGlobal(cmd: Command): Command {
     .addOption(new Option('--executor <kind>', 'native, spawn or auto (env IPTLB_EXECUTOR; default auto)'))
     .option('--json', 'print the result as JSON on stdout')
     .option('-q, --quiet', 'print no log lines')
+    .option('--keep-conntrack', 'keep conntrack entries of flows to destinations a change removes (default: delete them)')
     .option('--verbose', 'also log every rule written');
 }
 
-const GLOBAL_KEYS = ['stateFile', 'executor', 'json', 'quiet', 'verbose'] as const;
+const GLOBAL_KEYS = ['stateFile', 'executor', 'json', 'quiet', 'verbose', 'keepConntrack'] as const;
 /** A subcommand's options, with global flags given before the subcommand filled in from the parent. */
 function withGlobals<T extends GlobalOpts>(o: T, cmd: Command): T {
   const parent = (cmd.parent?.opts() ?? {}) as GlobalOpts;
@@ -127,6 +129,7 @@ function makeCore(o: GlobalOpts, io: Out): Core {
   return new Core({
     stateFile: o.stateFile,
     executor: parseExecutorChoice(o.executor ?? process.env.IPTLB_EXECUTOR),
+    keepConntrack: !!o.keepConntrack,
     ...(quiet ? {} : { log: (line: string) => io.err(`iptlb: ${line}`) }),
   });
 }

@@ -10,6 +10,7 @@ import { hookChainOf, isEmptyTransaction, planTransaction } from './plan.js';
 import { readState, resolveStatePath, stateVersion, writeState } from './state.js';
 import { sameProfile as same } from './profile.js';
 import { hasNetAdmin } from './caps.js';
+import { flushStaleFlows, staleFlows } from './conntrack.js';
 import { compare, syncTransaction, type ProfileReport } from './drift.js';
 import type { Executor, ExecutorChoice, KernelView, Profile, ProfileInput, Transaction } from './types.js';
 
@@ -27,6 +28,11 @@ export interface OpenOptions {
   lockWaitMs?: number;
   /** Receives one line per action taken. Default: none. */
   log?: (line: string) => void;
+  /**
+   * Keep the conntrack entries of flows balanced to destinations a change removed. Default `false`:
+   * they are deleted after the commit, so UDP flows and half-open TCP move to a live destination.
+   */
+  keepConntrack?: boolean;
 }
 
 /** What one transaction did. */
@@ -57,6 +63,7 @@ export class Core {
   private memory = new Map<string, Profile>();
   readonly executorChoice: ExecutorChoice;
   readonly lockWaitMs: number;
+  private readonly keepConntrack: boolean;
   private selected?: { executor: Executor; reason: string };
   private readonly injected: boolean;
   private readonly log: (line: string) => void;
@@ -70,6 +77,7 @@ export class Core {
     this.statePath = opts.stateFile === false ? null : resolveStatePath(opts.stateFile);
     this.executorChoice = opts.executor ?? parseExecutorChoice(process.env.IPTLB_EXECUTOR);
     this.lockWaitMs = opts.lockWaitMs ?? DEFAULT_LOCK_WAIT_MS;
+    this.keepConntrack = opts.keepConntrack ?? false;
     this.log = opts.log ?? (() => {});
     this.logging = opts.log !== undefined;
   }
@@ -145,6 +153,13 @@ export class Core {
           this.cached = { version: await stateVersion(this.statePath), state: next };
           stateWritten = true;
           this.log(`state written to ${this.statePath} (${next.size} profile(s))`);
+        }
+        if (committed && !this.keepConntrack && !this.injected) {
+          const stale = [
+            ...change.upsert.flatMap((p) => (state.has(p.name) ? staleFlows(state.get(p.name)!, p) : [])),
+            ...change.remove.flatMap((n) => (state.has(n) ? staleFlows(state.get(n)!, next.get(n)) : [])),
+          ];
+          for (const line of await flushStaleFlows(stale)) this.log(line);
         }
         return {
           applied: change.upsert,

@@ -242,3 +242,16 @@ for (const { name: ex, skip } of EXECUTORS) {
     });
   });
 }
+
+for (const { name: ex, skip } of EXECUTORS) {
+  test(`conntrack (${ex}): after a reset removes a destination, its UDP flow moves to a live one; --keep-conntrack keeps it`, { skip }, async () => {
+    const { runJsonInFreshNetns } = await import('../harness/netns.js');
+    const fx = new URL('./fixtures/conntrack.js', import.meta.url).pathname;
+    const flushed = (await runJsonInFreshNetns(fx, [ex, 'flush'])) as { first: string; second: string };
+    assert.equal(flushed.first, 'backend:9001');
+    assert.equal(flushed.second, 'backend:9002', 'no packet reaches the removed destination');
+    const kept = (await runJsonInFreshNetns(fx, [ex, 'keep'])) as { first: string; second: string };
+    assert.equal(kept.first, 'backend:9001');
+    assert.equal(kept.second, 'backend:9001', 'the existing flow lives on with --keep-conntrack');
+  });
+}
