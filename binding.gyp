@@ -1,4 +1,7 @@
 {
+  # The native executor (build/Release/iptlb.node). scripts/build-addon.js checks
+  # `pkg-config --exists libiptc xtables` before node-gyp runs; the `|| echo` fallbacks only keep gyp
+  # itself from failing when pkg-config is absent.
   "targets": [
     {
       "target_name": "iptlb",
@@ -7,19 +10,21 @@
         "native/commit_worker.cc",
         "native/errors.cc",
         "native/file_lock.cc",
+        "native/iptc_handle.cc",
         "native/plan.cc",
         "native/read_worker.cc",
         "native/revisions.cc",
         "native/rule_decoder.cc",
         "native/rule_encoder.cc",
+        "native/table_queue.cc",
         "native/transaction.cc",
         "native/xtables_lock.cc"
       ],
-      "include_dirs": [
-        "<!(node -p \"require('node-addon-api').include_dir\")"
-      ],
+      "include_dirs": ["<!@(node -p \"require('node-addon-api').include\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
-      "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra", "-Wno-missing-field-initializers", "<!@(pkg-config --cflags libiptc xtables 2>/dev/null || true)"],
+      "cflags": ["-Wall", "-Wextra", "<!@(pkg-config --cflags libiptc xtables 2>/dev/null || echo)"],
+      "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra"],
+      "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++14", "-std=gnu++17"],
       "libraries": ["<!@(pkg-config --libs libiptc xtables 2>/dev/null || echo -lip4tc -lxtables)"]
     }

@@ -1,5 +1,5 @@
-// Module init: the addon's exports. Arguments are checked here, on the JS thread; kernel work runs
-// in AsyncWorkers and comes back as promises.
+// Module init: the addon's exports. Arguments are checked here, on the JS thread (synchronous
+// TypeErrors naming the field); kernel work runs in AsyncWorkers and comes back as promises.
 #include <napi.h>
 
 #include "commit_worker.h"
@@ -11,49 +11,58 @@
 namespace iptlb {
 namespace {
 
+// Bumped whenever the JS-visible interface changes; src/native/addon.ts checks it.
 constexpr int kAbiVersion = 1;
+constexpr int kDefaultLockWaitMs = 10000;
+constexpr double kMaxWaitMs = 3600000;
 
-int LockWait(const Napi::CallbackInfo &info, size_t index) {
-  if (info.Length() <= index || info[index].IsUndefined()) return 10000;
-  if (!info[index].IsObject()) throw Napi::TypeError::New(info.Env(), "options: must be an object");
-  Napi::Value v = info[index].As<Napi::Object>().Get("lockWaitMs");
-  if (v.IsUndefined()) return 10000;
-  if (!v.IsNumber()) throw Napi::TypeError::New(info.Env(), "options.lockWaitMs: must be a number");
-  double d = v.As<Napi::Number>().DoubleValue();
-  if (!(d >= 0 && d <= 3600000)) throw Napi::TypeError::New(info.Env(), "options.lockWaitMs: must be from 0 to 3600000");
+int WaitMs(const Napi::Value &v, const std::string &field) {
+  if (!v.IsNumber()) throw Napi::TypeError::New(v.Env(), field + ": must be a number");
+  const double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= 0 && d <= kMaxWaitMs)) throw Napi::TypeError::New(v.Env(), field + ": must be from 0 to 3600000");
   return static_cast<int>(d);
 }
 
+int LockWait(const Napi::CallbackInfo &info, size_t index) {
+  if (info.Length() <= index || info[index].IsUndefined()) return kDefaultLockWaitMs;
+  if (!info[index].IsObject()) throw Napi::TypeError::New(info.Env(), "options: must be an object");
+  Napi::Value v = info[index].As<Napi::Object>().Get("lockWaitMs");
+  return v.IsUndefined() ? kDefaultLockWaitMs : WaitMs(v, "options.lockWaitMs");
+}
+
+// commit(tx: Transaction, opts?: { lockWaitMs?: number }): Promise<{ durationMs, attempts }>
 Napi::Value Commit(const Napi::CallbackInfo &info) {
-  if (info.Length() < 1) throw Napi::TypeError::New(info.Env(), "commit(transaction, options?): transaction missing");
+  if (info.Length() < 1) throw Napi::TypeError::New(info.Env(), "transaction: missing");
   Transaction tx = TransactionFromJs(info[0]);
-  auto *w = new CommitWorker(info.Env(), std::move(tx), LockWait(info, 1));
+  const int wait = LockWait(info, 1);
+  auto *w = new CommitWorker(info.Env(), std::move(tx), wait);
   Napi::Promise p = w->Promise();
-  w->Queue();
+  w->QueueInOrder();
   return p;
 }
 
+// read(): Promise<KernelView>
 Napi::Value Read(const Napi::CallbackInfo &info) {
   auto *w = new ReadWorker(info.Env());
   Napi::Promise p = w->Promise();
-  w->Queue();
+  w->QueueInOrder();
   return p;
 }
 
+// flock(path: string, waitMs: number): Promise<FileLock>
 Napi::Value Flock(const Napi::CallbackInfo &info) {
-  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsNumber()) {
-    throw Napi::TypeError::New(info.Env(), "flock(path: string, waitMs: number)");
-  }
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "path: must be a string");
   std::string path = info[0].As<Napi::String>().Utf8Value();
-  if (path.empty() || path.size() > 4095 || path.find('\0') != std::string::npos) throw Napi::TypeError::New(info.Env(), "path: must be a file path");
-  double wait = info[1].As<Napi::Number>().DoubleValue();
-  if (!(wait >= 0 && wait <= 3600000)) throw Napi::TypeError::New(info.Env(), "waitMs: must be from 0 to 3600000");
-  auto *w = new FlockWorker(info.Env(), path, static_cast<int>(wait));
+  if (path.empty() || path.size() > 4095 || path.find('\0') != std::string::npos) throw Napi::TypeError::New(env, "path: must be a file path");
+  const int wait = WaitMs(info.Length() < 2 ? env.Undefined() : info[1], "waitMs");
+  auto *w = new FlockWorker(env, std::move(path), wait);
   Napi::Promise p = w->Promise();
   w->Queue();
   return p;
 }
 
+// info(): { libiptc: true, xtablesLockPath: string }
 Napi::Value Info(const Napi::CallbackInfo &info) {
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("libiptc", true);
@@ -64,12 +73,12 @@ Napi::Value Info(const Napi::CallbackInfo &info) {
 }  // namespace
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  FileLock::Define(env);
   exports.Set("abiVersion", Napi::Number::New(env, kAbiVersion));
   exports.Set("commit", Napi::Function::New(env, Commit, "commit"));
   exports.Set("read", Napi::Function::New(env, Read, "read"));
   exports.Set("flock", Napi::Function::New(env, Flock, "flock"));
   exports.Set("info", Napi::Function::New(env, Info, "info"));
-  exports.Set("FileLock", FileLock::Define(env));
   return exports;
 }
 

@@ -1,27 +1,32 @@
-// AsyncWorker that commits one Transaction: under the process's table mutex and the xtables lock,
+// AsyncWorker that commits one Transaction: under the process's libiptc mutex and the xtables lock,
 // a fresh libiptc handle, the changes, one iptc_commit; retried from a fresh handle on EAGAIN.
 #pragma once
 #include <napi.h>
 
-#include "errors.h"
+#include <string>
+
 #include "plan.h"
+#include "promise_worker.h"
+#include "table_queue.h"
 
 namespace iptlb {
 
-class CommitWorker : public Napi::AsyncWorker {
+class CommitWorker : public PromiseWorker {
  public:
+  // `tx` is already validated plain data (TransactionFromJs, on the JS thread).
   CommitWorker(Napi::Env env, Transaction tx, int lock_wait_ms);
-  Napi::Promise Promise() { return deferred_.Promise(); }
+  // Queues the worker behind every commit/read called before it (see table_queue.h).
+  void QueueInOrder() { turn_.Queue(this); }
 
  protected:
   void Execute() override;  // no N-API in here
   void OnOK() override;
 
  private:
-  Napi::Promise::Deferred deferred_;
+  TableTurn turn_;
   Transaction tx_;
+  std::string lock_path_;  // read from the environment on the JS thread
   int lock_wait_ms_;
-  NativeError error_;
   double duration_ms_ = 0;
   int attempts_ = 0;
 };

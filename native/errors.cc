@@ -4,12 +4,12 @@
 
 namespace iptlb {
 
-NativeError NativeError::FromErrno(const std::string &code, int err, const std::string &message) {
+NativeError NativeError::FromErrno(const std::string &code, int err, const std::string &message, const char *permission_hint) {
   NativeError e;
   e.err = err;
   if (err == EPERM || err == EACCES) {
     e.code = "EPERM";
-    e.message = message + " (permission denied: changing netfilter rules needs CAP_NET_ADMIN)";
+    e.message = message + " (" + permission_hint + ")";
   } else {
     e.code = code;
     e.message = message;

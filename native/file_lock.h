@@ -1,17 +1,20 @@
 // The state-file lock for JavaScript: flock(path, waitMs) resolves to a FileLock whose release()
-// closes the descriptor (idempotent; the finalizer and process death release it too).
+// closes the descriptor (idempotent; the finalizer and process death release it too). FileLock
+// objects can only be made by FlockWorker (the constructor wants a private token, not an fd).
 #pragma once
 #include <napi.h>
 
 #include <string>
 
-#include "errors.h"
+#include "promise_worker.h"
 
 namespace iptlb {
 
 class FileLock : public Napi::ObjectWrap<FileLock> {
  public:
-  static Napi::Function Define(Napi::Env env);
+  // Registers the class with the addon instance (not exported to JavaScript).
+  static void Define(Napi::Env env);
+  // Wraps a locked descriptor; the FileLock owns it from here on.
   static Napi::Object NewInstance(Napi::Env env, int fd);
   explicit FileLock(const Napi::CallbackInfo &info);
   ~FileLock() override;
@@ -21,21 +24,19 @@ class FileLock : public Napi::ObjectWrap<FileLock> {
   int fd_ = -1;
 };
 
-class FlockWorker : public Napi::AsyncWorker {
+class FlockWorker : public PromiseWorker {
  public:
   FlockWorker(Napi::Env env, std::string path, int wait_ms);
-  Napi::Promise Promise() { return deferred_.Promise(); }
+  ~FlockWorker() override;
 
  protected:
   void Execute() override;  // no N-API in here
   void OnOK() override;
 
  private:
-  Napi::Promise::Deferred deferred_;
   std::string path_;
   int wait_ms_;
-  int fd_ = -1;
-  NativeError error_;
+  int fd_ = -1;  // owned until handed to a FileLock
 };
 
 }  // namespace iptlb

@@ -44,10 +44,37 @@ uint32_t Uint(const Napi::Value &v, const std::string &field, uint32_t min, uint
   return static_cast<uint32_t>(d);
 }
 
+// A user chain name as iptables accepts it: 1-28 bytes, printable, no blank, not starting with '-'
+// or '!', and not a built-in chain or verdict name.
 std::string ChainName(const Napi::Value &v, const std::string &field) {
   std::string s = Str(v, field, kMaxChainName);
   if (s.empty()) Fail(v.Env(), field, "must not be empty");
+  for (unsigned char c : s) {
+    if (c <= ' ' || c >= 0x7f) Fail(v.Env(), field, "must be printable ASCII without blanks");
+  }
+  if (s[0] == '-' || s[0] == '!') Fail(v.Env(), field, "must not start with '-' or '!'");
+  static const char *const kReserved[] = {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING", "FORWARD", "ACCEPT", "DROP", "QUEUE", "RETURN"};
+  for (const char *r : kReserved) {
+    if (s == r) Fail(v.Env(), field, "must not be the built-in name " + s);
+  }
   return s;
+}
+
+// An owner name: the `<n>` of the comment "iptlb:<n>" (which must fit xt_comment's 255 bytes).
+std::string Owner(const Napi::Value &v, const std::string &field) {
+  std::string s = Str(v, field, kMaxComment - 6);
+  if (s.empty()) Fail(v.Env(), field, "must not be empty");
+  return s;
+}
+
+bool IsDecimal(const std::string &s) {
+  size_t digits = 0, dots = 0;
+  for (char c : s) {
+    if (c >= '0' && c <= '9') digits++;
+    else if (c == '.') dots++;
+    else return false;
+  }
+  return digits > 0 && dots <= 1;
 }
 
 void Endpoint(const Napi::Value &v, const std::string &field, uint32_t *addr, uint16_t *port) {
@@ -76,8 +103,8 @@ Match MatchFromJs(const Napi::Value &value, const std::string &field) {
     if (Str(o.Get("mode"), field + ".mode", 16) != "random") Fail(env, field + ".mode", "must be \"random\"");
     std::string p = Str(o.Get("probability"), field + ".probability", 32);
     char *end = nullptr;
-    double d = std::strtod(p.c_str(), &end);
-    if (p.empty() || *end != '\0' || !(d >= 0.0 && d <= 1.0)) Fail(env, field + ".probability", "must be a decimal from 0 to 1");
+    double d = IsDecimal(p) ? std::strtod(p.c_str(), &end) : -1.0;
+    if (!end || *end != '\0' || !(d >= 0.0 && d <= 1.0)) Fail(env, field + ".probability", "must be a decimal from 0 to 1");
     m.kind = Match::kStatistic;
     m.probability = static_cast<uint32_t>(std::lround(0x80000000 * d));
   } else if (name == "comment") {
@@ -175,10 +202,11 @@ bool ParseCidr(const std::string &text, uint32_t *addr, uint32_t *mask) {
 Transaction TransactionFromJs(const Napi::Value &value) {
   Napi::Env env = value.Env();
   Napi::Object o = Obj(value, "transaction");
+  if (!o.Get("family").IsString() || o.Get("family").As<Napi::String>().Utf8Value() != "ipv4") Fail(env, "transaction.family", "must be \"ipv4\"");
   if (!o.Get("table").IsString() || o.Get("table").As<Napi::String>().Utf8Value() != "nat") Fail(env, "transaction.table", "must be \"nat\"");
   Transaction tx;
   Napi::Array owners = Arr(o.Get("owners"), "transaction.owners");
-  for (uint32_t i = 0; i < owners.Length(); i++) tx.owners.push_back(Str(owners.Get(i), "transaction.owners[" + std::to_string(i) + "]", kMaxComment - 6));
+  for (uint32_t i = 0; i < owners.Length(); i++) tx.owners.push_back(Owner(owners.Get(i), "transaction.owners[" + std::to_string(i) + "]"));
   Napi::Array del = Arr(o.Get("deleteChains"), "transaction.deleteChains");
   for (uint32_t i = 0; i < del.Length(); i++) tx.delete_chains.push_back(ChainName(del.Get(i), "transaction.deleteChains[" + std::to_string(i) + "]"));
   Napi::Array chains = Arr(o.Get("chains"), "transaction.chains");
@@ -198,8 +226,12 @@ Transaction TransactionFromJs(const Napi::Value &value) {
     HookRule hr;
     hr.chain = Str(h.Get("chain"), f + ".chain", kMaxChainName);
     if (hr.chain != "OUTPUT" && hr.chain != "PREROUTING" && hr.chain != "POSTROUTING") Fail(env, f + ".chain", "must be OUTPUT, PREROUTING or POSTROUTING");
-    hr.owner = Str(h.Get("owner"), f + ".owner", kMaxComment - 6);
+    hr.owner = Owner(h.Get("owner"), f + ".owner");
     hr.rule = RuleFromJs(h.Get("rule"), f + ".rule");
+    // The comment is what later transactions find the rule by: it must be there, and be the owner's.
+    bool tagged = false;
+    for (const Match &m : hr.rule.matches) tagged = tagged || (m.kind == Match::kComment && m.text == "iptlb:" + hr.owner);
+    if (!tagged) Fail(env, f + ".rule.matches", "must include the comment \"iptlb:" + hr.owner + "\"");
     tx.hook_rules.push_back(std::move(hr));
   }
   return tx;

@@ -9,21 +9,27 @@
 namespace iptlb {
 
 struct Match {
-  enum Kind { kTcp, kUdp, kSctp, kStatistic, kComment, kAddrtypeLocal, kConntrackDnat } kind;
+  // kUnknown only comes out of the decoder (an extension iptlb does not write; `text` is its name).
+  enum Kind { kTcp, kUdp, kSctp, kStatistic, kComment, kAddrtypeLocal, kConntrackDnat, kUnknown };
+  explicit Match(Kind k = kUnknown) : kind(k) {}
+  Kind kind;
   uint16_t port = 0;          // tcp/udp/sctp dport, conntrack ctorigdstport
   uint32_t probability = 0;   // statistic: lround(0x80000000 * p)
-  std::string text;           // comment
+  std::string text;           // comment; extension name of kUnknown
   uint32_t addr = 0;          // conntrack ctorigdst (network order)
   uint32_t mask = 0;          // conntrack mask (network order)
 };
 
 struct Target {
-  enum Kind { kDnat, kLog, kReturn, kMasquerade, kJump } kind;
+  // kUnknown only comes out of the decoder (`chain` then holds the extension or verdict name).
+  enum Kind { kDnat, kLog, kReturn, kMasquerade, kJump, kUnknown };
+  explicit Target(Kind k = kReturn) : kind(k) {}
+  Kind kind;
   uint32_t addr = 0;   // DNAT address (network order)
   uint16_t port = 0;   // DNAT port (host order)
   std::string prefix;  // LOG prefix
   uint8_t level = 4;   // LOG level
-  std::string chain;   // jump target
+  std::string chain;   // jump target; name of kUnknown
 };
 
 struct Rule {

@@ -6,99 +6,108 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
 
 #include "iptc_handle.h"
-#include "transaction.h"
 
 namespace iptlb {
 namespace {
 
-const char *const kHooks[] = {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"};
+// xt_chainlabel-sized (zero-padded), as libiptc reads them.
+const xt_chainlabel kHooks[] = {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"};
 
 std::string Cidr(uint32_t addr, uint32_t mask) {
   char buf[INET_ADDRSTRLEN];
   struct in_addr a;
   a.s_addr = addr;
   inet_ntop(AF_INET, &a, buf, sizeof(buf));
+  const uint32_t host = ntohl(mask);
+  if (host != 0 && (~host & (~host + 1)) != 0) {  // not a prefix: dotted mask, as iptables prints it
+    char m[INET_ADDRSTRLEN];
+    a.s_addr = mask;
+    inet_ntop(AF_INET, &a, m, sizeof(m));
+    return std::string(buf) + "/" + m;
+  }
   return std::string(buf) + "/" + std::to_string(__builtin_popcount(mask));
 }
 
-Napi::Value RuleToJs(Napi::Env env, const DecodedRule &d) {
+Napi::Value MatchToJs(Napi::Env env, const Match &m) {
+  Napi::Object o = Napi::Object::New(env);
+  switch (m.kind) {
+    case Match::kTcp: o.Set("name", "tcp"); o.Set("dport", m.port); break;
+    case Match::kUdp: o.Set("name", "udp"); o.Set("dport", m.port); break;
+    case Match::kSctp: o.Set("name", "sctp"); o.Set("dport", m.port); break;
+    case Match::kStatistic: {
+      // As iptables-save prints it (libxt_statistic: "%.11f"), so both executors read the same text.
+      char buf[32];
+      std::snprintf(buf, sizeof(buf), "%.11f", 1.0 * m.probability / 0x80000000);
+      o.Set("name", "statistic");
+      o.Set("mode", "random");
+      o.Set("probability", buf);
+      break;
+    }
+    case Match::kComment: o.Set("name", "comment"); o.Set("comment", m.text); break;
+    case Match::kAddrtypeLocal: o.Set("name", "addrtype"); o.Set("dstType", "LOCAL"); break;
+    case Match::kConntrackDnat:
+      o.Set("name", "conntrack");
+      o.Set("ctstate", "DNAT");
+      o.Set("ctorigdst", Cidr(m.addr, m.mask));
+      o.Set("ctorigdstport", m.port);
+      break;
+    case Match::kUnknown: o.Set("name", "unknown"); o.Set("ext", m.text); break;
+  }
+  return o;
+}
+
+Napi::Value TargetToJs(Napi::Env env, const Target &t) {
+  Napi::Object o = Napi::Object::New(env);
+  switch (t.kind) {
+    case Target::kDnat: {
+      char buf[INET_ADDRSTRLEN];
+      struct in_addr a;
+      a.s_addr = t.addr;
+      inet_ntop(AF_INET, &a, buf, sizeof(buf));
+      o.Set("name", "DNAT");
+      o.Set("toDestination", std::string(buf) + ":" + std::to_string(t.port));
+      break;
+    }
+    case Target::kLog: o.Set("name", "LOG"); o.Set("prefix", t.prefix); o.Set("level", t.level); break;
+    case Target::kReturn: o.Set("name", "RETURN"); break;
+    case Target::kMasquerade: o.Set("name", "MASQUERADE"); break;
+    case Target::kJump: o.Set("name", "jump"); o.Set("chain", t.chain); break;
+    case Target::kUnknown: o.Set("name", "unknown"); o.Set("ext", t.chain); break;
+  }
+  return o;
+}
+
+// The Rule shape of src/types.ts (optional fields absent, not undefined, so deepEqual holds).
+Napi::Value RuleToJs(Napi::Env env, const Rule &rule) {
   Napi::Object r = Napi::Object::New(env);
-  if (d.rule.has_dst) r.Set("dst", Cidr(d.rule.dst, d.rule.dmsk));
-  if (d.rule.proto == IPPROTO_TCP) r.Set("proto", "tcp");
-  else if (d.rule.proto == IPPROTO_UDP) r.Set("proto", "udp");
-  else if (d.rule.proto == IPPROTO_SCTP) r.Set("proto", "sctp");
-  Napi::Array ms = Napi::Array::New(env);
-  uint32_t i = 0;
-  for (const Match &m : d.rule.matches) {
-    Napi::Object o = Napi::Object::New(env);
-    switch (m.kind) {
-      case Match::kTcp: o.Set("name", "tcp"); o.Set("dport", m.port); break;
-      case Match::kUdp: o.Set("name", "udp"); o.Set("dport", m.port); break;
-      case Match::kSctp: o.Set("name", "sctp"); o.Set("dport", m.port); break;
-      case Match::kStatistic: {
-        char buf[32];
-        std::snprintf(buf, sizeof(buf), "%.11f", 1.0 * m.probability / 0x80000000);  // as iptables-save prints it
-        o.Set("name", "statistic");
-        o.Set("mode", "random");
-        o.Set("probability", buf);
-        break;
-      }
-      case Match::kComment: o.Set("name", "comment"); o.Set("comment", m.text); break;
-      case Match::kAddrtypeLocal: o.Set("name", "addrtype"); o.Set("dstType", "LOCAL"); break;
-      case Match::kConntrackDnat:
-        o.Set("name", "conntrack");
-        o.Set("ctstate", "DNAT");
-        o.Set("ctorigdst", Cidr(m.addr, m.mask));
-        o.Set("ctorigdstport", m.port);
-        break;
-    }
-    ms.Set(i++, o);
-  }
-  for (const std::string &u : d.unknown_matches) {
-    Napi::Object o = Napi::Object::New(env);
-    o.Set("name", "unknown");
-    o.Set("ext", u);
-    ms.Set(i++, o);
-  }
+  if (rule.has_dst) r.Set("dst", Cidr(rule.dst, rule.dmsk));
+  if (rule.proto == IPPROTO_TCP) r.Set("proto", "tcp");
+  else if (rule.proto == IPPROTO_UDP) r.Set("proto", "udp");
+  else if (rule.proto == IPPROTO_SCTP) r.Set("proto", "sctp");
+  Napi::Array ms = Napi::Array::New(env, rule.matches.size());
+  for (uint32_t i = 0; i < rule.matches.size(); i++) ms.Set(i, MatchToJs(env, rule.matches[i]));
   r.Set("matches", ms);
-  Napi::Object t = Napi::Object::New(env);
-  if (!d.unknown_target.empty()) {
-    t.Set("name", "unknown");
-    t.Set("ext", d.unknown_target);
-  } else {
-    switch (d.rule.target.kind) {
-      case Target::kDnat: {
-        char buf[INET_ADDRSTRLEN];
-        struct in_addr a;
-        a.s_addr = d.rule.target.addr;
-        inet_ntop(AF_INET, &a, buf, sizeof(buf));
-        t.Set("name", "DNAT");
-        t.Set("toDestination", std::string(buf) + ":" + std::to_string(d.rule.target.port));
-        break;
-      }
-      case Target::kLog: t.Set("name", "LOG"); t.Set("prefix", d.rule.target.prefix); t.Set("level", d.rule.target.level); break;
-      case Target::kReturn: t.Set("name", "RETURN"); break;
-      case Target::kMasquerade: t.Set("name", "MASQUERADE"); break;
-      case Target::kJump: t.Set("name", "jump"); t.Set("chain", d.rule.target.chain); break;
-    }
-  }
-  r.Set("target", t);
+  r.Set("target", TargetToJs(env, rule.target));
   return r;
+}
+
+void SetCounters(Napi::Env env, Napi::Object o, const DecodedRule &d) {
+  o.Set("packets", Napi::BigInt::New(env, static_cast<uint64_t>(d.packets)));
+  o.Set("bytes", Napi::BigInt::New(env, static_cast<uint64_t>(d.bytes)));
 }
 
 }  // namespace
 
-ReadWorker::ReadWorker(Napi::Env env) : Napi::AsyncWorker(env, "iptlb.read"), deferred_(Napi::Promise::Deferred::New(env)) {}
+ReadWorker::ReadWorker(Napi::Env env) : PromiseWorker(env, "iptlb.read") {}
 
 void ReadWorker::Execute() {
+  auto turn = turn_.Enter();
+  std::lock_guard<std::mutex> serial(LibiptcMutex());
   IptcHandle h("nat");
-  if (!h.ok()) {
-    int err = errno;
-    error_ = NativeError::FromErrno("EKERNEL", err, std::string("iptc_init: ") + iptc_strerror(err) + " (errno " + std::to_string(err) + ") while reading table nat");
-    return;
-  }
+  if (!h.ok()) return Fail(h.error());
   for (const char *c = iptc_first_chain(h.get()); c; c = iptc_next_chain(h.get())) {
     if (std::strncmp(c, "IPTLB_", 6) != 0) continue;
     ChainView view{c, {}};
@@ -109,7 +118,7 @@ void ReadWorker::Execute() {
     unsigned pos = 0;
     for (const struct ipt_entry *e = iptc_first_rule(hook, h.get()); e; e = iptc_next_rule(e, h.get())) {
       pos++;
-      std::string comment = CommentOf(e);
+      const std::string comment = CommentOf(e);
       if (comment.compare(0, 6, "iptlb:") != 0) continue;
       hooks_.push_back({hook, comment.substr(6), pos, DecodeRule(e, h.get())});
     }
@@ -118,40 +127,34 @@ void ReadWorker::Execute() {
 
 void ReadWorker::OnOK() {
   Napi::Env env = Env();
-  if (!error_.empty()) {
-    deferred_.Reject(ToJsError(env, error_).Value());
-    return;
-  }
   Napi::Object view = Napi::Object::New(env);
   Napi::Array chains = Napi::Array::New(env, chains_.size());
-  for (size_t i = 0; i < chains_.size(); i++) {
+  for (uint32_t i = 0; i < chains_.size(); i++) {
     Napi::Object c = Napi::Object::New(env);
     c.Set("name", chains_[i].name);
     Napi::Array rules = Napi::Array::New(env, chains_[i].rules.size());
-    for (size_t k = 0; k < chains_[i].rules.size(); k++) {
+    for (uint32_t k = 0; k < chains_[i].rules.size(); k++) {
       Napi::Object kr = Napi::Object::New(env);
-      kr.Set("rule", RuleToJs(env, chains_[i].rules[k]));
-      kr.Set("packets", Napi::BigInt::New(env, static_cast<uint64_t>(chains_[i].rules[k].packets)));
-      kr.Set("bytes", Napi::BigInt::New(env, static_cast<uint64_t>(chains_[i].rules[k].bytes)));
+      kr.Set("rule", RuleToJs(env, chains_[i].rules[k].rule));
+      SetCounters(env, kr, chains_[i].rules[k]);
       rules.Set(k, kr);
     }
     c.Set("rules", rules);
     chains.Set(i, c);
   }
   Napi::Array hooks = Napi::Array::New(env, hooks_.size());
-  for (size_t i = 0; i < hooks_.size(); i++) {
-    Napi::Object h = Napi::Object::New(env);
-    h.Set("chain", hooks_[i].chain);
-    h.Set("owner", hooks_[i].owner);
-    h.Set("position", hooks_[i].position);
-    h.Set("rule", RuleToJs(env, hooks_[i].rule));
-    h.Set("packets", Napi::BigInt::New(env, static_cast<uint64_t>(hooks_[i].rule.packets)));
-    h.Set("bytes", Napi::BigInt::New(env, static_cast<uint64_t>(hooks_[i].rule.bytes)));
-    hooks.Set(i, h);
+  for (uint32_t i = 0; i < hooks_.size(); i++) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("chain", hooks_[i].chain);
+    o.Set("owner", hooks_[i].owner);
+    o.Set("position", hooks_[i].position);
+    o.Set("rule", RuleToJs(env, hooks_[i].rule.rule));
+    SetCounters(env, o, hooks_[i].rule);
+    hooks.Set(i, o);
   }
   view.Set("chains", chains);
   view.Set("hookRules", hooks);
-  deferred_.Resolve(view);
+  Resolve(view);
 }
 
 }  // namespace iptlb

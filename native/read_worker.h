@@ -1,26 +1,30 @@
 // AsyncWorker that reads iptlb's objects from the nat table: chains named IPTLB_* and rules of the
-// built-in chains whose comment starts with "iptlb:", decoded, with their counters.
+// built-in chains whose comment starts with "iptlb:", decoded, with their counters. Like
+// iptables-save it takes no xtables lock (the kernel hands out a consistent copy of the table).
 #pragma once
 #include <napi.h>
 
 #include <string>
 #include <vector>
 
-#include "errors.h"
+#include "promise_worker.h"
+#include "table_queue.h"
 #include "rule_decoder.h"
 
 namespace iptlb {
 
-class ReadWorker : public Napi::AsyncWorker {
+class ReadWorker : public PromiseWorker {
  public:
   explicit ReadWorker(Napi::Env env);
-  Napi::Promise Promise() { return deferred_.Promise(); }
+  // Queues the worker behind every commit/read called before it (see table_queue.h).
+  void QueueInOrder() { turn_.Queue(this); }
 
  protected:
   void Execute() override;  // no N-API in here
   void OnOK() override;
 
  private:
+  TableTurn turn_;
   struct ChainView {
     std::string name;
     std::vector<DecodedRule> rules;
@@ -31,8 +35,6 @@ class ReadWorker : public Napi::AsyncWorker {
     unsigned position;
     DecodedRule rule;
   };
-  Napi::Promise::Deferred deferred_;
-  NativeError error_;
   std::vector<ChainView> chains_;
   std::vector<HookView> hooks_;
 };

@@ -15,40 +15,48 @@ namespace iptlb {
 namespace {
 
 std::mutex cache_mutex;
-std::map<std::string, int> cache;
+std::map<std::string, int> cache;  // "m:name" / "t:name" → revision
 
-// True when the kernel supports `revision` of target `name`; errors other than "no such revision"
-// (e.g. no permission) are treated as supported, so the commit itself reports them.
-bool Supports(int fd, const char *name, int revision) {
+enum class Answer { kYes, kNo, kUnknown };
+
+// As libxtables: ENOENT/EPROTONOSUPPORT = no such revision; ENOPROTOOPT = a kernel too old to be
+// asked (only revision 0 then); anything else (e.g. EPERM) = cannot tell, and the commit will judge.
+Answer Supports(int fd, int opt, const char *name, int revision) {
   struct xt_get_revision rev;
   std::memset(&rev, 0, sizeof(rev));
   std::strncpy(rev.name, name, sizeof(rev.name) - 1);
   rev.revision = static_cast<__u8>(revision);
   socklen_t len = sizeof(rev);
-  if (getsockopt(fd, IPPROTO_IP, IPT_SO_GET_REVISION_TARGET, &rev, &len) == 0) return true;
-  return errno != EPROTONOSUPPORT && errno != ENOENT;
+  if (getsockopt(fd, IPPROTO_IP, opt, &rev, &len) == 0) return Answer::kYes;
+  if (errno == ENOENT || errno == EPROTONOSUPPORT) return Answer::kNo;
+  if (errno == ENOPROTOOPT) return revision == 0 ? Answer::kYes : Answer::kNo;
+  return Answer::kUnknown;
+}
+
+int Revision(int opt, const char *name, int max) {
+  const std::string key = std::string(opt == IPT_SO_GET_REVISION_MATCH ? "m:" : "t:") + name;
+  std::lock_guard<std::mutex> guard(cache_mutex);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  int fd = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
+  if (fd < 0) return max;  // cannot ask (no permission?): assume the newest, let the kernel judge; not cached
+  int found = -1;
+  bool certain = true;
+  for (int r = max; r >= 0; r--) {
+    Answer a = Supports(fd, opt, name, r);
+    if (a == Answer::kNo) continue;
+    certain = a == Answer::kYes;
+    found = r;
+    break;
+  }
+  close(fd);
+  if (certain) cache[key] = found;
+  return found;
 }
 
 }  // namespace
 
-int TargetRevision(const char *name, int max) {
-  std::lock_guard<std::mutex> guard(cache_mutex);
-  auto it = cache.find(name);
-  if (it != cache.end()) return it->second;
-  int fd = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
-  int found = max;  // without a socket, assume the newest and let the kernel judge
-  if (fd >= 0) {
-    found = -1;
-    for (int r = max; r >= 0; r--) {
-      if (Supports(fd, name, r)) {
-        found = r;
-        break;
-      }
-    }
-    close(fd);
-    cache[name] = found;
-  }
-  return found;
-}
+int MatchRevision(const char *name, int max) { return Revision(IPT_SO_GET_REVISION_MATCH, name, max); }
+int TargetRevision(const char *name, int max) { return Revision(IPT_SO_GET_REVISION_TARGET, name, max); }
 
 }  // namespace iptlb

@@ -18,123 +18,180 @@
 namespace iptlb {
 namespace {
 
+// The payload of a match or target, or null when it is too short to hold a T.
 template <typename T>
 const T *Payload(const struct xt_entry_match *m) {
   return m->u.match_size >= XT_ALIGN(sizeof(*m)) + sizeof(T) ? reinterpret_cast<const T *>(m->data) : nullptr;
 }
+template <typename T>
+const T *Payload(const struct xt_entry_target *t) {
+  return t->u.target_size >= XT_ALIGN(sizeof(*t)) + sizeof(T) ? reinterpret_cast<const T *>(t->data) : nullptr;
+}
 
-bool DecodeMatch(const struct xt_entry_match *m, DecodedRule *out) {
-  const std::string name = m->u.user.name;
-  Match d{Match::kTcp};
-  if (name == "tcp") {
-    const auto *t = Payload<struct xt_tcp>(m);
-    if (!t || t->dpts[0] != t->dpts[1] || t->spts[0] != 0 || t->spts[1] != 0xffff || t->invflags || t->flg_mask || t->option) return false;
-    d.kind = Match::kTcp;
-    d.port = t->dpts[0];
-  } else if (name == "udp") {
-    const auto *u = Payload<struct xt_udp>(m);
-    if (!u || u->dpts[0] != u->dpts[1] || u->spts[0] != 0 || u->spts[1] != 0xffff || u->invflags) return false;
-    d.kind = Match::kUdp;
-    d.port = u->dpts[0];
-  } else if (name == "sctp") {
-    const auto *s = Payload<struct xt_sctp_info>(m);
-    if (!s || s->flags != XT_SCTP_DEST_PORTS || s->dpts[0] != s->dpts[1] || s->invflags) return false;
-    d.kind = Match::kSctp;
-    d.port = s->dpts[0];
-  } else if (name == "statistic") {
-    const auto *s = Payload<struct xt_statistic_info>(m);
-    if (!s || s->mode != XT_STATISTIC_MODE_RANDOM || s->flags) return false;
-    d.kind = Match::kStatistic;
-    d.probability = s->u.random.probability;
-  } else if (name == "comment") {
-    const auto *c = Payload<struct xt_comment_info>(m);
-    if (!c) return false;
-    d.kind = Match::kComment;
-    d.text.assign(c->comment, strnlen(c->comment, sizeof(c->comment)));
-    out->comment = d.text;
-  } else if (name == "addrtype" && m->u.user.revision == 1) {
-    const auto *a = Payload<struct xt_addrtype_info_v1>(m);
-    if (!a || a->dest != XT_ADDRTYPE_LOCAL || a->source || a->flags) return false;
-    d.kind = Match::kAddrtypeLocal;
-  } else if (name == "conntrack" && m->u.user.revision == 3) {
-    const auto *c = Payload<struct xt_conntrack_mtinfo3>(m);
-    const unsigned want = XT_CONNTRACK_STATE | XT_CONNTRACK_ORIGDST | XT_CONNTRACK_ORIGDST_PORT;
-    if (!c || c->match_flags != want || c->invert_flags || c->state_mask != XT_CONNTRACK_STATE_DNAT || c->origdst_port != c->origdst_port_high) return false;
-    d.kind = Match::kConntrackDnat;
-    d.addr = c->origdst_addr.ip;
-    d.mask = c->origdst_mask.ip;
-    d.port = c->origdst_port;
-  } else {
-    return false;
-  }
-  out->rule.matches.push_back(std::move(d));
+std::string NameOf(const char *name, size_t max) { return std::string(name, strnlen(name, max)); }
+
+template <typename Info>
+bool ConntrackDnat(const Info *c, Match *d) {
+  const unsigned want = XT_CONNTRACK_STATE | XT_CONNTRACK_ORIGDST | XT_CONNTRACK_ORIGDST_PORT;
+  if (!c || c->match_flags != want || c->invert_flags || c->state_mask != XT_CONNTRACK_STATE_DNAT) return false;
+  d->kind = Match::kConntrackDnat;
+  d->addr = c->origdst_addr.ip;
+  d->mask = c->origdst_mask.ip;
   return true;
 }
 
-bool DecodeTarget(const struct ipt_entry *e, struct xtc_handle *h, DecodedRule *out) {
-  const char *name = iptc_get_target(e, h);
-  if (!name) return false;
-  const std::string n = name;
-  const auto *t = reinterpret_cast<const struct xt_entry_target *>(reinterpret_cast<const char *>(e) + e->target_offset);
-  Target d{Target::kReturn};
-  if (n == IPTC_LABEL_RETURN) {
-    d.kind = Target::kReturn;
-  } else if (n == "DNAT") {
-    d.kind = Target::kDnat;
-    const unsigned rev = t->u.user.revision;
-    if (rev == 2 || rev == 1) {
-      const auto *r = reinterpret_cast<const struct nf_nat_range *>(t->data);  // range2 starts like range
-      if (r->min_addr.ip != r->max_addr.ip || r->min_proto.all != r->max_proto.all) return false;
-      d.addr = r->min_addr.ip;
-      d.port = ntohs(r->min_proto.all);
-    } else {
-      const auto *r = reinterpret_cast<const struct nf_nat_ipv4_multi_range_compat *>(t->data);
-      if (r->rangesize != 1 || r->range[0].min_ip != r->range[0].max_ip) return false;
-      d.addr = r->range[0].min_ip;
-      d.port = ntohs(r->range[0].min.all);
-    }
-  } else if (n == "LOG") {
-    const auto *l = reinterpret_cast<const struct xt_log_info *>(t->data);
-    if (l->logflags) return false;
-    d.kind = Target::kLog;
-    d.level = l->level;
-    d.prefix.assign(l->prefix, strnlen(l->prefix, sizeof(l->prefix)));
-  } else if (n == "MASQUERADE") {
-    d.kind = Target::kMasquerade;
-  } else if (iptc_is_chain(name, h) && !iptc_builtin(name, h)) {
-    d.kind = Target::kJump;
-    d.chain = n;
+// True when `m` is exactly something iptlb writes; fills `d`.
+bool DecodeMatch(const struct xt_entry_match *m, Match *d) {
+  const std::string name = NameOf(m->u.user.name, sizeof(m->u.user.name));
+  const unsigned rev = m->u.user.revision;
+  if (name == "tcp" && rev == 0) {
+    const auto *t = Payload<struct xt_tcp>(m);
+    if (!t || t->dpts[0] != t->dpts[1] || t->spts[0] != 0 || t->spts[1] != 0xffff || t->invflags || t->flg_mask || t->flg_cmp || t->option) return false;
+    d->kind = Match::kTcp;
+    d->port = t->dpts[0];
+  } else if (name == "udp" && rev == 0) {
+    const auto *u = Payload<struct xt_udp>(m);
+    if (!u || u->dpts[0] != u->dpts[1] || u->spts[0] != 0 || u->spts[1] != 0xffff || u->invflags) return false;
+    d->kind = Match::kUdp;
+    d->port = u->dpts[0];
+  } else if (name == "sctp" && rev == 0) {
+    const auto *s = Payload<struct xt_sctp_info>(m);
+    if (!s || s->flags != XT_SCTP_DEST_PORTS || s->dpts[0] != s->dpts[1] || s->invflags) return false;
+    d->kind = Match::kSctp;
+    d->port = s->dpts[0];
+  } else if (name == "statistic" && rev == 0) {
+    const auto *s = Payload<struct xt_statistic_info>(m);
+    if (!s || s->mode != XT_STATISTIC_MODE_RANDOM || s->flags) return false;
+    d->kind = Match::kStatistic;
+    d->probability = s->u.random.probability;
+  } else if (name == "comment" && rev == 0) {
+    const auto *c = Payload<struct xt_comment_info>(m);
+    if (!c) return false;
+    d->kind = Match::kComment;
+    d->text = NameOf(c->comment, sizeof(c->comment));
+  } else if (name == "addrtype" && rev == 1) {
+    const auto *a = Payload<struct xt_addrtype_info_v1>(m);
+    if (!a || a->dest != XT_ADDRTYPE_LOCAL || a->source || a->flags) return false;
+    d->kind = Match::kAddrtypeLocal;
+  } else if (name == "addrtype" && rev == 0) {
+    const auto *a = Payload<struct xt_addrtype_info>(m);
+    if (!a || a->dest != XT_ADDRTYPE_LOCAL || a->source || a->invert_source || a->invert_dest) return false;
+    d->kind = Match::kAddrtypeLocal;
+  } else if (name == "conntrack" && rev == 3) {
+    const auto *c = Payload<struct xt_conntrack_mtinfo3>(m);
+    if (!ConntrackDnat(c, d) || c->origdst_port != c->origdst_port_high) return false;
+    d->port = c->origdst_port;
+  } else if (name == "conntrack" && rev == 2) {
+    const auto *c = Payload<struct xt_conntrack_mtinfo2>(m);
+    if (!ConntrackDnat(c, d)) return false;
+    d->port = ntohs(c->origdst_port);
+  } else if (name == "conntrack" && rev == 1) {
+    const auto *c = Payload<struct xt_conntrack_mtinfo1>(m);
+    if (!ConntrackDnat(c, d)) return false;
+    d->port = ntohs(c->origdst_port);
   } else {
     return false;
   }
-  out->rule.target = d;
+  return true;
+}
+
+// The DNAT range iptlb writes: one address, one port.
+template <typename Range>
+bool SingleDestination(const Range *r, Target *d) {
+  if (!r || r->flags != (NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED) || r->min_addr.ip != r->max_addr.ip || r->min_proto.all != r->max_proto.all) return false;
+  d->addr = r->min_addr.ip;
+  d->port = ntohs(r->min_proto.all);
+  return true;
+}
+
+bool DecodeTarget(const struct ipt_entry *e, struct xtc_handle *h, Target *d) {
+  const char *label = iptc_get_target(e, h);
+  if (!label) return false;
+  const std::string n = label;
+  const auto *t = reinterpret_cast<const struct xt_entry_target *>(reinterpret_cast<const char *>(e) + e->target_offset);
+  const unsigned rev = t->u.user.revision;
+  if (n == IPTC_LABEL_RETURN) {
+    d->kind = Target::kReturn;
+  } else if (n == "DNAT") {
+    d->kind = Target::kDnat;
+    if (rev == 2) return SingleDestination(Payload<struct nf_nat_range2>(t), d);
+    if (rev == 1) return SingleDestination(Payload<struct nf_nat_range>(t), d);
+    const auto *r = Payload<struct nf_nat_ipv4_multi_range_compat>(t);
+    if (rev != 0 || !r || r->rangesize != 1) return false;
+    const auto &x = r->range[0];
+    if (x.flags != (NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED) || x.min_ip != x.max_ip || x.min.all != x.max.all) return false;
+    d->addr = x.min_ip;
+    d->port = ntohs(x.min.all);
+  } else if (n == "LOG") {
+    const auto *l = Payload<struct xt_log_info>(t);
+    if (rev != 0 || !l || l->logflags) return false;
+    d->kind = Target::kLog;
+    d->level = l->level;
+    d->prefix = NameOf(l->prefix, sizeof(l->prefix));
+  } else if (n == "MASQUERADE") {
+    const auto *r = Payload<struct nf_nat_ipv4_multi_range_compat>(t);
+    if (rev != 0 || !r || r->rangesize != 1 || r->range[0].flags) return false;
+    d->kind = Target::kMasquerade;
+  } else if (iptc_is_chain(label, h) && !iptc_builtin(label, h)) {
+    d->kind = Target::kJump;
+    d->chain = n;
+  } else {
+    return false;
+  }
   return true;
 }
 
 }  // namespace
 
+std::string CommentOf(const struct ipt_entry *e) {
+  for (size_t off = sizeof(struct ipt_entry); off + sizeof(struct xt_entry_match) <= e->target_offset;) {
+    const auto *m = reinterpret_cast<const struct xt_entry_match *>(reinterpret_cast<const char *>(e) + off);
+    if (m->u.match_size == 0) break;
+    if (std::strcmp(m->u.user.name, "comment") == 0) {
+      if (const auto *c = Payload<struct xt_comment_info>(m)) return NameOf(c->comment, sizeof(c->comment));
+    }
+    off += m->u.match_size;
+  }
+  return "";
+}
+
 DecodedRule DecodeRule(const struct ipt_entry *e, struct xtc_handle *h) {
   DecodedRule out;
   out.packets = e->counters.pcnt;
   out.bytes = e->counters.bcnt;
+  Rule &r = out.rule;
   if (e->ip.dmsk.s_addr || e->ip.dst.s_addr) {
-    out.rule.has_dst = true;
-    out.rule.dst = e->ip.dst.s_addr;
-    out.rule.dmsk = e->ip.dmsk.s_addr;
+    r.has_dst = true;
+    r.dst = e->ip.dst.s_addr;
+    r.dmsk = e->ip.dmsk.s_addr;
   }
-  out.rule.proto = static_cast<uint8_t>(e->ip.proto);
-  bool foreign_header = e->ip.src.s_addr || e->ip.smsk.s_addr || e->ip.iniface[0] || e->ip.outiface[0] || e->ip.invflags || e->ip.flags;
-  if (foreign_header) out.unknown_matches.push_back("(ip header)");
-  for (size_t off = sizeof(struct ipt_entry); off < e->target_offset;) {
+  const bool known_proto = e->ip.proto == 0 || e->ip.proto == IPPROTO_TCP || e->ip.proto == IPPROTO_UDP || e->ip.proto == IPPROTO_SCTP;
+  if (known_proto) r.proto = static_cast<uint8_t>(e->ip.proto);
+  // Header fields iptlb never sets (source, interfaces, inversions, fragments, other protocols).
+  if (!known_proto || e->ip.src.s_addr || e->ip.smsk.s_addr || e->ip.iniface[0] || e->ip.outiface[0] || e->ip.invflags || e->ip.flags) {
+    Match u{Match::kUnknown};
+    u.text = "(ip header)";
+    r.matches.push_back(std::move(u));
+  }
+  for (size_t off = sizeof(struct ipt_entry); off + sizeof(struct xt_entry_match) <= e->target_offset;) {
     const auto *m = reinterpret_cast<const struct xt_entry_match *>(reinterpret_cast<const char *>(e) + off);
-    if (m->u.match_size == 0) break;
-    if (!DecodeMatch(m, &out)) out.unknown_matches.push_back(m->u.user.name);
+    if (m->u.match_size < sizeof(struct xt_entry_match)) break;  // malformed: stop rather than loop
+    Match d{Match::kUnknown};
+    if (!DecodeMatch(m, &d)) {
+      d = Match{Match::kUnknown};
+      d.text = NameOf(m->u.user.name, sizeof(m->u.user.name));
+    }
+    if (d.kind == Match::kComment && out.comment.empty()) out.comment = d.text;
+    r.matches.push_back(std::move(d));
     off += m->u.match_size;
   }
-  if (!DecodeTarget(e, h, &out)) {
-    const char *name = iptc_get_target(e, h);
-    out.unknown_target = name && *name ? name : "(standard)";
+  Target t{Target::kReturn};
+  if (!DecodeTarget(e, h, &t)) {
+    const char *label = iptc_get_target(e, h);
+    t = Target{Target::kUnknown};
+    t.chain = label && *label ? label : "(standard)";
   }
+  r.target = std::move(t);
   return out;
 }
 

@@ -1,11 +1,11 @@
-// Decodes an ipt_entry back into the plan's vocabulary (matches and targets iptlb writes); anything
-// else is kept by name as "unknown" so drift is visible.
+// Decodes an ipt_entry back into the Rule shape of the plan. Anything iptlb does not write — an
+// extension, a revision, an option, an IP-header field — decodes as Match/Target kUnknown carrying
+// the extension's name, in its place, so a foreign rule is never mistaken for one of ours.
 #pragma once
 #include <libiptc/libiptc.h>
 
 #include <cstdint>
 #include <string>
-#include <vector>
 
 #include "plan.h"
 
@@ -13,13 +13,15 @@ namespace iptlb {
 
 struct DecodedRule {
   Rule rule;
-  std::vector<std::string> unknown_matches;  // extension names not understood, in order
-  std::string unknown_target;                // set when the target is not understood
-  std::string comment;                       // the comment match's text, if any
+  std::string comment;  // the comment match's text, if any
   uint64_t packets = 0;
   uint64_t bytes = 0;
 };
 
+// `h` resolves the target (standard verdicts and jumps are stored as offsets).
 DecodedRule DecodeRule(const struct ipt_entry *e, struct xtc_handle *h);
+
+// The text of an entry's comment match, or "" when it has none.
+std::string CommentOf(const struct ipt_entry *e);
 
 }  // namespace iptlb

@@ -37,7 +37,19 @@ void Append(std::vector<uint8_t> *out, const char *name, uint8_t revision, const
   std::memcpy(m->data, &payload, sizeof(Payload));
 }
 
-void EncodeMatch(const Match &m, std::vector<uint8_t> *out) {
+// The conntrack fields iptlb uses, common to revisions 1-3 (`--ctstate DNAT --ctorigdst A --ctorigdstport P`).
+template <typename Info>
+Info ConntrackDnat(const Match &m) {
+  Info c;
+  std::memset(&c, 0, sizeof(c));
+  c.origdst_addr.ip = m.addr;
+  c.origdst_mask.ip = m.mask;
+  c.state_mask = XT_CONNTRACK_STATE_DNAT;
+  c.match_flags = XT_CONNTRACK_STATE | XT_CONNTRACK_ORIGDST | XT_CONNTRACK_ORIGDST_PORT;
+  return c;
+}
+
+bool EncodeMatch(const Match &m, std::vector<uint8_t> *out, std::string *error) {
   switch (m.kind) {
     case Match::kTcp: {
       struct xt_tcp t;
@@ -45,7 +57,7 @@ void EncodeMatch(const Match &m, std::vector<uint8_t> *out) {
       t.spts[1] = 0xffff;
       t.dpts[0] = t.dpts[1] = m.port;
       Append(out, "tcp", 0, t);
-      break;
+      return true;
     }
     case Match::kUdp: {
       struct xt_udp u;
@@ -53,52 +65,79 @@ void EncodeMatch(const Match &m, std::vector<uint8_t> *out) {
       u.spts[1] = 0xffff;
       u.dpts[0] = u.dpts[1] = m.port;
       Append(out, "udp", 0, u);
-      break;
+      return true;
     }
     case Match::kSctp: {
       struct xt_sctp_info s;
       std::memset(&s, 0, sizeof(s));
+      // As libxt_sctp: its init marks every chunk-flag slot unused (0xff); the source ports stay 0-0
+      // (unlike tcp/udp), the kernel ignores them without XT_SCTP_SRC_PORTS.
+      for (auto &f : s.flag_info) f.chunktype = 0xff;
       s.dpts[0] = s.dpts[1] = m.port;
-      for (auto &f : s.flag_info) f.chunktype = 0xff;  // as libxt_sctp leaves unused flag slots
       s.flags = XT_SCTP_DEST_PORTS;
       Append(out, "sctp", 0, s);
-      break;
+      return true;
     }
     case Match::kStatistic: {
       struct xt_statistic_info s;
       std::memset(&s, 0, sizeof(s));
       s.mode = XT_STATISTIC_MODE_RANDOM;
       s.u.random.probability = m.probability;
-      s.u.nth.count = m.probability;  // libxt_statistic's final check sets count = every - packet, which aliases it
+      // libxt_statistic's final check sets count = every - packet; `every` aliases the probability.
+      s.u.nth.count = m.probability;
       Append(out, "statistic", 0, s);
-      break;
+      return true;
     }
     case Match::kComment: {
       struct xt_comment_info c;
       std::memset(&c, 0, sizeof(c));
       std::strncpy(c.comment, m.text.c_str(), sizeof(c.comment) - 1);
       Append(out, "comment", 0, c);
-      break;
+      return true;
     }
     case Match::kAddrtypeLocal: {
-      struct xt_addrtype_info_v1 a;
-      std::memset(&a, 0, sizeof(a));
-      a.dest = XT_ADDRTYPE_LOCAL;
-      Append(out, "addrtype", 1, a);
-      break;
+      const int rev = MatchRevision("addrtype", 1);
+      if (rev == 1) {
+        struct xt_addrtype_info_v1 a;
+        std::memset(&a, 0, sizeof(a));
+        a.dest = XT_ADDRTYPE_LOCAL;
+        Append(out, "addrtype", 1, a);
+      } else if (rev == 0) {
+        struct xt_addrtype_info a;
+        std::memset(&a, 0, sizeof(a));
+        a.dest = XT_ADDRTYPE_LOCAL;
+        Append(out, "addrtype", 0, a);
+      } else {
+        *error = "the kernel supports no revision of the addrtype match (is xt_addrtype available?)";
+        return false;
+      }
+      return true;
     }
     case Match::kConntrackDnat: {
-      struct xt_conntrack_mtinfo3 c;
-      std::memset(&c, 0, sizeof(c));
-      c.origdst_addr.ip = m.addr;
-      c.origdst_mask.ip = m.mask;
-      c.origdst_port = c.origdst_port_high = m.port;  // revision 3 keeps ports in host order
-      c.state_mask = XT_CONNTRACK_STATE_DNAT;
-      c.match_flags = XT_CONNTRACK_STATE | XT_CONNTRACK_ORIGDST | XT_CONNTRACK_ORIGDST_PORT;
-      Append(out, "conntrack", 3, c);
-      break;
+      const int rev = MatchRevision("conntrack", 3);
+      if (rev == 3) {
+        auto c = ConntrackDnat<struct xt_conntrack_mtinfo3>(m);
+        c.origdst_port = c.origdst_port_high = m.port;  // revision 3 keeps a port range, in host order
+        Append(out, "conntrack", 3, c);
+      } else if (rev == 2) {
+        auto c = ConntrackDnat<struct xt_conntrack_mtinfo2>(m);
+        c.origdst_port = htons(m.port);  // revisions 1-2: one port, network order
+        Append(out, "conntrack", 2, c);
+      } else if (rev == 1) {
+        auto c = ConntrackDnat<struct xt_conntrack_mtinfo1>(m);
+        c.origdst_port = htons(m.port);
+        Append(out, "conntrack", 1, c);
+      } else {
+        *error = "the kernel supports no revision 1-3 of the conntrack match (is xt_conntrack available?)";
+        return false;
+      }
+      return true;
     }
+    case Match::kUnknown:
+      break;
   }
+  *error = "cannot encode an unknown match";
+  return false;
 }
 
 bool EncodeTarget(const Target &t, std::vector<uint8_t> *out, std::string *error) {
@@ -161,8 +200,10 @@ bool EncodeTarget(const Target &t, std::vector<uint8_t> *out, std::string *error
       std::strncpy(st->target.u.user.name, name.c_str(), sizeof(st->target.u.user.name) - 1);
       return true;
     }
+    case Target::kUnknown:
+      break;
   }
-  *error = "unknown target";
+  *error = "cannot encode an unknown target";
   return false;
 }
 
@@ -170,7 +211,9 @@ bool EncodeTarget(const Target &t, std::vector<uint8_t> *out, std::string *error
 
 std::vector<uint8_t> EncodeRule(const Rule &rule, std::string *error) {
   std::vector<uint8_t> buf(sizeof(struct ipt_entry), 0);
-  for (const Match &m : rule.matches) EncodeMatch(m, &buf);
+  for (const Match &m : rule.matches) {
+    if (!EncodeMatch(m, &buf, error)) return {};
+  }
   const size_t target_offset = buf.size();
   if (!EncodeTarget(rule.target, &buf, error)) return {};
   auto *e = reinterpret_cast<struct ipt_entry *>(buf.data());

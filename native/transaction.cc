@@ -1,40 +1,25 @@
 #include "transaction.h"
 
-#include <linux/netfilter/x_tables.h>
-#include <linux/netfilter/xt_comment.h>
-
 #include <cerrno>
-#include <cstring>
 #include <map>
 #include <set>
 
+#include "iptc_handle.h"
+#include "rule_decoder.h"
 #include "rule_encoder.h"
 
 namespace iptlb {
 namespace {
 
-const char *const kHooks[] = {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"};
+// xt_chainlabel-sized (zero-padded), as libiptc reads them.
+const xt_chainlabel kHooks[] = {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"};
 
 bool Fail(NativeError *error, const std::string &what) {
-  int err = errno;
-  *error = NativeError::FromErrno("EKERNEL", err, what + ": " + iptc_strerror(err) + " (errno " + std::to_string(err) + ")");
+  *error = IptcError(what, errno);
   return false;
 }
 
 }  // namespace
-
-std::string CommentOf(const struct ipt_entry *e) {
-  for (size_t off = sizeof(struct ipt_entry); off < e->target_offset;) {
-    const auto *m = reinterpret_cast<const struct xt_entry_match *>(reinterpret_cast<const char *>(e) + off);
-    if (m->u.match_size == 0) break;
-    if (std::strcmp(m->u.user.name, "comment") == 0 && m->u.match_size >= XT_ALIGN(sizeof(*m)) + sizeof(struct xt_comment_info)) {
-      const auto *c = reinterpret_cast<const struct xt_comment_info *>(m->data);
-      return std::string(c->comment, strnlen(c->comment, sizeof(c->comment)));
-    }
-    off += m->u.match_size;
-  }
-  return "";
-}
 
 bool ApplyTransaction(struct xtc_handle *h, const Transaction &tx, NativeError *error) {
   // 1. The owners' rules in the built-in chains, deleted from the bottom up so numbers stay valid.
@@ -54,19 +39,22 @@ bool ApplyTransaction(struct xtc_handle *h, const Transaction &tx, NativeError *
   }
   // 2. Chains of deleted profiles.
   for (const std::string &c : tx.delete_chains) {
-    if (!iptc_is_chain(c.c_str(), h)) continue;
-    if (!iptc_flush_entries(c.c_str(), h)) return Fail(error, "flushing chain " + c);
-    if (!iptc_delete_chain(c.c_str(), h)) return Fail(error, "deleting chain " + c);
+    const Label label(c);
+    if (!iptc_is_chain(label.get(), h)) continue;
+    if (!iptc_flush_entries(label.get(), h)) return Fail(error, "flushing chain " + c);
+    if (!iptc_delete_chain(label.get(), h)) return Fail(error, "deleting chain " + c);
   }
   // 3. Chains created, or flushed and refilled.
   for (const Chain &c : tx.chains) {
-    if (iptc_is_chain(c.name.c_str(), h)) {
-      if (!iptc_flush_entries(c.name.c_str(), h)) return Fail(error, "flushing chain " + c.name);
-    } else if (!iptc_create_chain(c.name.c_str(), h)) {
+    const Label label(c.name);
+    if (iptc_is_chain(label.get(), h)) {
+      if (!iptc_flush_entries(label.get(), h)) return Fail(error, "flushing chain " + c.name);
+    } else if (!iptc_create_chain(label.get(), h)) {
       return Fail(error, "creating chain " + c.name);
     }
   }
   for (const Chain &c : tx.chains) {
+    const Label label(c.name);
     for (size_t i = 0; i < c.rules.size(); i++) {
       std::string why;
       std::vector<uint8_t> entry = EncodeRule(c.rules[i], &why);
@@ -74,7 +62,7 @@ bool ApplyTransaction(struct xtc_handle *h, const Transaction &tx, NativeError *
         *error = NativeError{"EKERNEL", EINVAL, "rule " + std::to_string(i + 1) + " of " + c.name + ": " + why};
         return false;
       }
-      if (!iptc_append_entry(c.name.c_str(), reinterpret_cast<const struct ipt_entry *>(entry.data()), h)) {
+      if (!iptc_append_entry(label.get(), reinterpret_cast<const struct ipt_entry *>(entry.data()), h)) {
         return Fail(error, "appending rule " + std::to_string(i + 1) + " to " + c.name);
       }
     }
@@ -89,7 +77,7 @@ bool ApplyTransaction(struct xtc_handle *h, const Transaction &tx, NativeError *
       return false;
     }
     unsigned &pos = position[hr.chain];
-    if (!iptc_insert_entry(hr.chain.c_str(), reinterpret_cast<const struct ipt_entry *>(entry.data()), pos, h)) {
+    if (!iptc_insert_entry(Label(hr.chain).get(), reinterpret_cast<const struct ipt_entry *>(entry.data()), pos, h)) {
       return Fail(error, "inserting the rule of " + hr.owner + " at " + std::to_string(pos + 1) + " of " + hr.chain);
     }
     pos++;

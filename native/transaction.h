@@ -13,7 +13,4 @@ namespace iptlb {
 
 bool ApplyTransaction(struct xtc_handle *h, const Transaction &tx, NativeError *error);
 
-// The text of an entry's comment match, or "" when it has none.
-std::string CommentOf(const struct ipt_entry *e);
-
 }  // namespace iptlb

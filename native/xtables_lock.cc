@@ -1,6 +1,5 @@
 #include "xtables_lock.h"
 
-#include <fcntl.h>
 #include <sys/file.h>
 #include <unistd.h>
 
@@ -11,19 +10,23 @@
 #include <thread>
 
 namespace iptlb {
+namespace {
+constexpr const char *kNoAccess = "permission denied: no access to the lock file";
+}  // namespace
 
 std::string XtablesLockPath() {
   const char *env = std::getenv("XTABLES_LOCKFILE");
   return env && *env ? env : "/run/xtables.lock";
 }
 
-bool FlockGuard::Acquire(const std::string &path, int wait_ms, bool no_follow, NativeError *error) {
+bool FlockGuard::Acquire(const std::string &path, int open_flags, int wait_ms, NativeError *error) {
   Release();
-  int flags = O_RDWR | O_CREAT | O_CLOEXEC | (no_follow ? O_NOFOLLOW : 0);
-  int fd = open(path.c_str(), flags, 0600);
-  if (fd < 0 && errno == EISDIR) fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  int fd;
+  do fd = open(path.c_str(), open_flags, 0600);
+  while (fd < 0 && errno == EINTR);
   if (fd < 0) {
-    *error = NativeError::FromErrno("ELOCK", errno, "cannot open lock file " + path + ": " + std::strerror(errno));
+    const int err = errno;
+    *error = NativeError::FromErrno("ELOCK", err, "cannot open lock file " + path + ": " + std::strerror(err) + " (errno " + std::to_string(err) + ")", kNoAccess);
     return false;
   }
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
@@ -33,21 +36,19 @@ bool FlockGuard::Acquire(const std::string &path, int wait_ms, bool no_follow, N
       fd_ = fd;
       return true;
     }
-    if (errno != EWOULDBLOCK && errno != EINTR) {
-      int err = errno;
+    const int err = errno;
+    if (err != EWOULDBLOCK && err != EINTR) {
       close(fd);
-      *error = NativeError::FromErrno("ELOCK", err, "cannot lock " + path + ": " + std::strerror(err));
+      *error = NativeError::FromErrno("ELOCK", err, "cannot lock " + path + ": " + std::strerror(err) + " (errno " + std::to_string(err) + ")", kNoAccess);
       return false;
     }
     if (std::chrono::steady_clock::now() >= deadline) {
       close(fd);
-      error->code = "ELOCK";
-      error->err = EWOULDBLOCK;
-      error->message = "another process holds " + path + "; gave up after " + std::to_string(wait_ms) + " ms";
+      *error = NativeError{"ELOCK", EWOULDBLOCK, "another process holds the lock " + path + "; gave up after " + std::to_string(wait_ms) + " ms"};
       return false;
     }
     std::this_thread::sleep_for(pause);
-    if (pause < std::chrono::milliseconds(10)) pause *= 2;
+    if (pause < std::chrono::milliseconds(5)) pause *= 2;
   }
 }
 
@@ -59,7 +60,7 @@ void FlockGuard::Release() {
 }
 
 int FlockGuard::Detach() {
-  int fd = fd_;
+  const int fd = fd_;
   fd_ = -1;
   return fd;
 }

@@ -1,12 +1,19 @@
-// An exclusive flock(2) on a file, taken with a bounded wait and released by the destructor (and by
-// the kernel when the process dies). Used for the xtables lock (as `iptables -w` takes it) and for
-// iptlb's state-file lock.
+// An exclusive flock(2) on a file, taken with a bounded wait (LOCK_NB polled with short sleeps, on
+// the calling — worker — thread) and released by the destructor (and by the kernel when the process
+// dies). Used for the xtables lock (as `iptables -w` takes it) and for iptlb's state-file lock.
 #pragma once
+#include <fcntl.h>
+
 #include <string>
 
 #include "errors.h"
 
 namespace iptlb {
+
+// How iptables 1.8.9 (xshared.c) opens its lock file: open(XT_LOCK_NAME, O_CREAT, 0600).
+constexpr int kXtablesLockOpen = O_RDONLY | O_CREAT | O_CLOEXEC;
+// The state-file lock: never through a symlink.
+constexpr int kStateFileLockOpen = O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC;
 
 class FlockGuard {
  public:
@@ -15,8 +22,9 @@ class FlockGuard {
   FlockGuard(const FlockGuard &) = delete;
   FlockGuard &operator=(const FlockGuard &) = delete;
 
-  // Opens `path` (O_CREAT, 0600; O_NOFOLLOW when `no_follow`) and waits up to `wait_ms` for the lock.
-  bool Acquire(const std::string &path, int wait_ms, bool no_follow, NativeError *error);
+  // Opens `path` (`open_flags`, mode 0600) and waits up to `wait_ms` for LOCK_EX. On failure fills
+  // *error: ELOCK on timeout or an unusable file, EPERM when permission is denied.
+  bool Acquire(const std::string &path, int open_flags, int wait_ms, NativeError *error);
   void Release();
   // Gives the locked descriptor to the caller, who must close it.
   int Detach();

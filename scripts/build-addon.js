@@ -21,7 +21,7 @@ const pc = spawnSync('pkg-config', ['--exists', 'libiptc', 'xtables']);
 if (pc.error) skip('pkg-config is not installed');
 if (pc.status !== 0) skip('libiptc/libxtables development files are missing');
 const localGyp = path.join(root, 'node_modules', '.bin', 'node-gyp');
-const gypArgs = ['rebuild'];
+const gypArgs = ['rebuild', '--jobs=max'];
 // Build against the headers of the node that runs us (no download): npm passes them as
 // npm_config_nodedir; otherwise they sit in <prefix>/include/node beside the binary.
 const prefix = path.resolve(path.dirname(process.execPath), '..');

@@ -20,5 +20,5 @@ if (!files.length) {
   console.error(`no test files under ${dir}${filters.length ? ` matching ${filters.join(', ')}` : ''}; run npm run build first`);
   process.exit(1);
 }
-const r = spawnSync(process.execPath, ['--test', ...files], { stdio: 'inherit', cwd: root });
+const r = spawnSync(process.execPath, ['--expose-gc', '--test', ...files], { stdio: 'inherit', cwd: root });
 process.exit(r.status ?? 1);

@@ -7,12 +7,19 @@ import { renderRestore } from '../restore.js';
 import type { NativeAddon } from '../native/addon.js';
 import type { CommitResult, Executor, KernelView, Transaction } from '../types.js';
 
-function mapError(e: unknown): IptlbError {
-  const err = e as { code?: string; errno?: number; message?: string };
-  if (e instanceof TypeError) return new IptlbError('EKERNEL', `native addon refused its input: ${err.message}`);
+/** Maps what the addon throws or rejects with to an {@link IptlbError}, keeping the code, errno and message. */
+export function mapNativeError(e: unknown): IptlbError {
+  if (e instanceof IptlbError) return e;
+  const err = (e ?? {}) as { code?: unknown; errno?: unknown; message?: unknown };
+  const message = typeof err.message === 'string' ? err.message : String(e);
+  if (e instanceof TypeError) {
+    // The addon refused the plan itself (a planner bug, never the user's input): name the field.
+    const field = /^([\w.[\]]+): /.exec(message)?.[1];
+    return new IptlbError('ENATIVE', `native addon refused the transaction: ${message}`, field ? { field, cause: e } : { cause: e });
+  }
   const code: ErrorCode = err.code === 'ELOCK' ? 'ELOCK' : err.code === 'EPERM' ? 'EPERM' : 'EKERNEL';
-  const opts = err.errno !== undefined ? { errno: err.errno, cause: e } : { cause: e };
-  return new IptlbError(code, String(err.message ?? e), opts);
+  const opts = typeof err.errno === 'number' ? { errno: err.errno, cause: e } : { cause: e };
+  return new IptlbError(code, message, opts);
 }
 
 export class NativeExecutor implements Executor {
@@ -32,18 +39,19 @@ export class NativeExecutor implements Executor {
       const r = await this.addon.commit(tx, { lockWaitMs: this.lockWaitMs });
       return { durationMs: r.durationMs };
     } catch (e) {
-      throw mapError(e);
+      throw mapNativeError(e);
     }
   }
 
   async read(): Promise<KernelView> {
     try {
-      return await this.addon.read({ lockWaitMs: this.lockWaitMs });
+      return await this.addon.read();
     } catch (e) {
-      throw mapError(e);
+      throw mapNativeError(e);
     }
   }
 
+  /** What iptables-legacy-restore would be fed for `tx` against the kernel as it is now (read-only). */
   async render(tx: Transaction): Promise<string> {
     return renderRestore(tx, await this.read());
   }

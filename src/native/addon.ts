@@ -11,35 +11,70 @@ import { packageRoot } from '../paths.js';
 /** ABI of the addon this TypeScript expects (native/addon.cc exports the same number). */
 export const EXPECTED_ABI = 1;
 
-/** A held flock; `release()` is idempotent, and the lock also goes when the process dies. */
+/** A held flock; `release()` is idempotent, and the lock also goes with the object (finalizer) or the process. */
 export interface FileLock {
   release(): void;
 }
 
-/** The addon's exports. */
+/**
+ * The addon's exports. Every method checks its arguments synchronously (a TypeError naming the
+ * field) and does its kernel or file work on a worker thread. Rejections are Errors with `code`
+ * ('EKERNEL' | 'ELOCK' | 'EPERM') and a numeric `errno`.
+ */
 export interface NativeAddon {
   readonly abiVersion: number;
-  /** Commits a transaction in one libiptc handle under the xtables lock, on a worker thread. */
+  /** Commits a transaction in one libiptc handle and one iptc_commit, under the xtables lock (waiting at most `lockWaitMs`, default 10,000). */
   commit(tx: Transaction, opts?: { lockWaitMs?: number }): Promise<{ durationMs: number; attempts: number }>;
-  /** iptlb's chains and comment-owned hook rules of the nat table, with counters, read on a worker thread. */
-  read(opts?: { lockWaitMs?: number }): Promise<KernelView>;
-  /** An exclusive flock(2) on `path` (created 0600, symlinks refused), waiting at most `waitMs` on a worker thread. */
+  /** iptlb's chains (IPTLB_*) and comment-owned hook rules of the nat table, decoded, with counters. */
+  read(): Promise<KernelView>;
+  /** An exclusive flock(2) on `path` (created 0600, symlinks refused), waiting at most `waitMs`. */
   flock(path: string, waitMs: number): Promise<FileLock>;
-  info(): { libiptc: boolean; xtablesLockPath: string };
+  info(): { libiptc: true; xtablesLockPath: string };
 }
+
+export type LoadFailureReason = 'not-built' | 'library-missing' | 'abi-mismatch' | 'load-failed';
 
 export type LoadResult =
   | { ok: true; addon: NativeAddon; path: string }
-  | { ok: false; reason: 'not-built' | 'library-missing' | 'abi-mismatch' | 'load-failed'; detail: string; fix: string };
+  | { ok: false; reason: LoadFailureReason; detail: string; fix: string };
 
-const BUILD_FIX = 'apt-get install -y libiptc-dev libxtables-dev pkg-config g++ make python3 && npm run build:addon';
+export const BUILD_FIX = 'apt-get install -y libiptc-dev libxtables-dev pkg-config g++ make python3 && npm run build:addon';
+const LIBRARY_FIX = 'apt-get install -y libip4tc2 libxtables12 (or rebuild: npm run build:addon)';
+const REBUILD_FIX = 'npm run build:addon';
+
 let loaded: LoadResult | undefined;
 
 export function addonPath(): string {
   return path.join(packageRoot(), 'build', 'Release', 'iptlb.node');
 }
 
-/** Loads the addon once and remembers the outcome. */
+/** Sorts a dlopen/require failure of the addon into a reason and the command that fixes it. */
+export function classifyLoadError(message: string): { reason: Exclude<LoadFailureReason, 'not-built'>; fix: string } {
+  if (/cannot open shared object file/i.test(message)) return { reason: 'library-missing', fix: LIBRARY_FIX };
+  if (/NODE_MODULE_VERSION|compiled against a different Node\.js version|invalid ELF header|wrong ELF class|undefined symbol: napi_/.test(message)) {
+    return { reason: 'abi-mismatch', fix: REBUILD_FIX };
+  }
+  return { reason: 'load-failed', fix: BUILD_FIX };
+}
+
+/** Loads the addon at `file` (not memoised; for tests and diagnostics). Never throws. */
+export function loadAddonFrom(file: string): LoadResult {
+  if (!existsSync(file)) return { ok: false, reason: 'not-built', detail: `${file} does not exist`, fix: BUILD_FIX };
+  let addon: NativeAddon;
+  try {
+    addon = createRequire(import.meta.url)(file) as NativeAddon;
+  } catch (e) {
+    const detail = String((e as Error)?.message ?? e).split('\n')[0];
+    return { ok: false, detail, ...classifyLoadError(detail) };
+  }
+  if (!addon || typeof addon !== 'object' || addon.abiVersion !== EXPECTED_ABI) {
+    const got = addon && typeof addon === 'object' ? String(addon.abiVersion) : typeof addon;
+    return { ok: false, reason: 'abi-mismatch', detail: `${file} has addon ABI ${got}, this iptlb expects ${EXPECTED_ABI}`, fix: REBUILD_FIX };
+  }
+  return { ok: true, addon, path: file };
+}
+
+/** Loads the addon once and remembers the outcome. `IPTLB_NO_NATIVE=1` pretends it is not built. */
 export function loadAddon(): LoadResult {
   if (loaded) return loaded;
   if (process.env.IPTLB_NO_NATIVE === '1') {
@@ -51,23 +86,5 @@ export function loadAddon(): LoadResult {
   } catch (e) {
     return (loaded = { ok: false, reason: 'load-failed', detail: (e as Error).message, fix: 'reinstall iptlb' });
   }
-  if (!existsSync(file)) {
-    return (loaded = { ok: false, reason: 'not-built', detail: `${file} does not exist`, fix: BUILD_FIX });
-  }
-  try {
-    const addon = createRequire(file)(file) as NativeAddon;
-    if (addon.abiVersion !== EXPECTED_ABI) {
-      return (loaded = { ok: false, reason: 'abi-mismatch', detail: `addon ABI ${addon.abiVersion}, expected ${EXPECTED_ABI}`, fix: 'npm run build:addon' });
-    }
-    return (loaded = { ok: true, addon, path: file });
-  } catch (e) {
-    const msg = (e as Error).message.split('\n')[0];
-    if (/cannot open shared object file/.test(msg)) {
-      return (loaded = { ok: false, reason: 'library-missing', detail: msg, fix: 'apt-get install -y libip4tc2 libxtables12 (or rebuild: npm run build:addon)' });
-    }
-    if (/NODE_MODULE_VERSION|compiled against a different Node\.js version|invalid ELF|wrong ELF class/.test(msg)) {
-      return (loaded = { ok: false, reason: 'abi-mismatch', detail: msg, fix: 'npm run build:addon' });
-    }
-    return (loaded = { ok: false, reason: 'load-failed', detail: msg, fix: BUILD_FIX });
-  }
+  return (loaded = loadAddonFrom(file));
 }

@@ -1,0 +1,236 @@
+/**
+ * The native addon without the kernel (no root needed): the loader's classification, synchronous
+ * TypeErrors for bad input, the file lock, and the executor's error mapping.
+ */
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, symlinkSync, writeFileSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { BUILD_FIX, EXPECTED_ABI, classifyLoadError, loadAddon, loadAddonFrom } from '../../src/native/addon.js';
+import { mapNativeError, NativeExecutor } from '../../src/executors/native.js';
+import { IptlbError } from '../../src/errors.js';
+
+const loaded = loadAddon();
+const NO_ADDON = loaded.ok ? false : `native addon unavailable: ${loaded.reason}: ${loaded.detail}`;
+
+describe('loader', () => {
+  test('a missing file is not-built, with the build command as the fix', () => {
+    const r = loadAddonFrom('/nonexistent/iptlb.node');
+    assert.equal(r.ok, false);
+    if (!r.ok) {
+      assert.equal(r.reason, 'not-built');
+      assert.equal(r.fix, BUILD_FIX);
+      assert.match(r.fix, /apt-get install -y libiptc-dev libxtables-dev pkg-config.*npm run build:addon/);
+    }
+  });
+  test('a file that is not a shared object is load-failed, never a throw', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-loader-'));
+    try {
+      const f = path.join(dir, 'iptlb.node');
+      writeFileSync(f, 'not an ELF file');
+      const r = loadAddonFrom(f);
+      assert.equal(r.ok, false);
+      if (!r.ok) assert.ok(['load-failed', 'abi-mismatch'].includes(r.reason), r.reason);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+  test('dlopen messages are classified', () => {
+    assert.equal(classifyLoadError('libip4tc.so.2: cannot open shared object file: No such file or directory').reason, 'library-missing');
+    assert.match(classifyLoadError('libxtables.so.12: cannot open shared object file').fix, /libip4tc2 libxtables12/);
+    assert.equal(classifyLoadError("The module '/x/iptlb.node' was compiled against a different Node.js version using NODE_MODULE_VERSION 108.").reason, 'abi-mismatch');
+    assert.equal(classifyLoadError('The module was compiled against a different Node.js version').fix, 'npm run build:addon');
+    assert.equal(classifyLoadError('/x/iptlb.node: undefined symbol: iptc_frobnicate').reason, 'load-failed');
+  });
+  test('loadAddon is memoised', () => {
+    assert.equal(loadAddon(), loadAddon());
+  });
+});
+
+describe('addon exports and input checking', { skip: NO_ADDON }, () => {
+  const addon = loaded.ok ? loaded.addon : (null as never);
+  const tx = { family: 'ipv4', table: 'nat', owners: [], deleteChains: [], chains: [], hookRules: [] };
+  const rule = { matches: [], target: { name: 'RETURN' } };
+  const inChain = (r: unknown) => ({ ...tx, chains: [{ name: 'IPTLB_C', rules: [r] }] });
+  const hook = (r: unknown, owner = 'o') => ({ ...tx, hookRules: [{ chain: 'OUTPUT', owner, rule: r }] });
+  const tagged = (extra: unknown[] = []) => ({ matches: [{ name: 'comment', comment: 'iptlb:o' }, ...extra], target: { name: 'RETURN' } });
+
+  test('abiVersion and info()', () => {
+    assert.equal(addon.abiVersion, EXPECTED_ABI);
+    const info = addon.info();
+    assert.equal(info.libiptc, true);
+    assert.equal(info.xtablesLockPath, process.env.XTABLES_LOCKFILE || '/run/xtables.lock');
+  });
+
+  const cases: [string, unknown, RegExp][] = [
+    ['no transaction', undefined, /^transaction: must be an object/],
+    ['not an object', 42, /^transaction: must be an object/],
+    ['an array', [], /^transaction: must be an object/],
+    ['wrong family', { ...tx, family: 'ipv6' }, /^transaction\.family/],
+    ['wrong table', { ...tx, table: 'filter' }, /^transaction\.table/],
+    ['owners not an array', { ...tx, owners: 'x' }, /^transaction\.owners: must be an array/],
+    ['owner not a string', { ...tx, owners: [1] }, /^transaction\.owners\[0\]: must be a string/],
+    ['empty owner', { ...tx, owners: [''] }, /^transaction\.owners\[0\]: must not be empty/],
+    ['owner too long for a comment', { ...tx, owners: ['o'.repeat(250)] }, /^transaction\.owners\[0\]: is longer than 249/],
+    ['chains missing', { ...tx, chains: undefined }, /^transaction\.chains: must be an array/],
+    ['chain name too long', { ...tx, chains: [{ name: 'X'.repeat(29), rules: [] }] }, /^transaction\.chains\[0\]\.name: is longer than 28/],
+    ['chain name of 28 is fine but blank inside is not', { ...tx, chains: [{ name: 'A B', rules: [] }] }, /^transaction\.chains\[0\]\.name: must be printable/],
+    ['built-in chain name', { ...tx, chains: [{ name: 'OUTPUT', rules: [] }] }, /built-in/],
+    ['empty chain name', { ...tx, deleteChains: [''] }, /^transaction\.deleteChains\[0\]: must not be empty/],
+    ['rules not an array', { ...tx, chains: [{ name: 'C', rules: {} }] }, /^transaction\.chains\[0\]\.rules: must be an array/],
+    ['rule not an object', inChain(null), /^transaction\.chains\[0\]\.rules\[0\]: must be an object/],
+    ['matches missing', inChain({ target: { name: 'RETURN' } }), /rules\[0\]\.matches: must be an array/],
+    ['target missing', inChain({ matches: [] }), /rules\[0\]\.target: must be an object/],
+    ['unknown target', inChain({ ...rule, target: { name: 'ACCEPT' } }), /rules\[0\]\.target\.name: unknown target/],
+    ['unknown match', inChain({ ...rule, matches: [{ name: 'mark' }] }), /matches\[0\]\.name: unknown match/],
+    ['port out of range', inChain({ proto: 'tcp', matches: [{ name: 'tcp', dport: 70000 }], target: { name: 'RETURN' } }), /matches\[0\]\.dport: must be a whole number from 1 to 65535/],
+    ['port zero', inChain({ proto: 'udp', matches: [{ name: 'udp', dport: 0 }], target: { name: 'RETURN' } }), /dport/],
+    ['port fractional', inChain({ proto: 'udp', matches: [{ name: 'udp', dport: 80.5 }], target: { name: 'RETURN' } }), /dport/],
+    ['port a string', inChain({ proto: 'udp', matches: [{ name: 'udp', dport: '80' }], target: { name: 'RETURN' } }), /dport: must be a number/],
+    ['port without its protocol', inChain({ matches: [{ name: 'tcp', dport: 80 }], target: { name: 'RETURN' } }), /rules\[0\]\.proto/],
+    ['unknown protocol', inChain({ ...rule, proto: 'icmp' }), /rules\[0\]\.proto: must be tcp, udp or sctp/],
+    ['bad DNAT address', inChain({ ...rule, target: { name: 'DNAT', toDestination: '1.2.3:4' } }), /target\.toDestination/],
+    ['DNAT without port', inChain({ ...rule, target: { name: 'DNAT', toDestination: '1.2.3.4' } }), /target\.toDestination/],
+    ['DNAT port out of range', inChain({ ...rule, target: { name: 'DNAT', toDestination: '1.2.3.4:65536' } }), /target\.toDestination/],
+    ['LOG prefix too long', inChain({ ...rule, target: { name: 'LOG', prefix: 'x'.repeat(30), level: 4 } }), /target\.prefix: is longer than 29/],
+    ['LOG level out of range', inChain({ ...rule, target: { name: 'LOG', prefix: 'x', level: 9 } }), /target\.level/],
+    ['jump without chain', inChain({ ...rule, target: { name: 'jump' } }), /target\.chain: must be a string/],
+    ['jump to a verdict', inChain({ ...rule, target: { name: 'jump', chain: 'ACCEPT' } }), /target\.chain: must not be the built-in name/],
+    ['comment too long', hook(tagged([{ name: 'comment', comment: 'c'.repeat(256) }])), /matches\[1\]\.comment: is longer than 255/],
+    ['hook chain INPUT', { ...tx, hookRules: [{ chain: 'INPUT', owner: 'o', rule: tagged() }] }, /hookRules\[0\]\.chain: must be OUTPUT, PREROUTING or POSTROUTING/],
+    ['hook rule without its owner comment', hook(rule), /hookRules\[0\]\.rule\.matches: must include the comment "iptlb:o"/],
+    ['hook rule with another owner comment', hook(tagged(), 'p'), /must include the comment "iptlb:p"/],
+    ['probability not a number', inChain({ ...rule, matches: [{ name: 'statistic', mode: 'random', probability: 'half' }] }), /matches\[0\]\.probability/],
+    ['probability above 1', inChain({ ...rule, matches: [{ name: 'statistic', mode: 'random', probability: '1.5' }] }), /probability/],
+    ['probability as a number', inChain({ ...rule, matches: [{ name: 'statistic', mode: 'random', probability: 0.5 }] }), /probability: must be a string/],
+    ['statistic mode nth', inChain({ ...rule, matches: [{ name: 'statistic', mode: 'nth', probability: '0.5' }] }), /matches\[0\]\.mode/],
+    ['dst garbage', inChain({ ...rule, dst: '300.1.1.1/32' }), /rules\[0\]\.dst/],
+    ['dst bad prefix', inChain({ ...rule, dst: '1.1.1.1/33' }), /rules\[0\]\.dst/],
+    ['addrtype other than LOCAL', hook(tagged([{ name: 'addrtype', dstType: 'UNICAST' }])), /dstType/],
+    ['conntrack state other than DNAT', hook(tagged([{ name: 'conntrack', ctstate: 'NEW', ctorigdst: '1.2.3.4', ctorigdstport: 80 }])), /ctstate/],
+    ['conntrack bad address', hook(tagged([{ name: 'conntrack', ctstate: 'DNAT', ctorigdst: '1.2.3', ctorigdstport: 80 }])), /ctorigdst/],
+    ['conntrack bad port', hook(tagged([{ name: 'conntrack', ctstate: 'DNAT', ctorigdst: '1.2.3.4', ctorigdstport: -1 }])), /ctorigdstport/],
+    ['string with NUL', { ...tx, owners: ['a\u0000b'] }, /NUL/],
+  ];
+  const optionCases: [string, unknown, RegExp][] = [
+    ['options not an object', 5, /^options: must be an object/],
+    ['lockWaitMs not a number', { lockWaitMs: 'soon' }, /^options\.lockWaitMs: must be a number/],
+    ['lockWaitMs negative', { lockWaitMs: -1 }, /^options\.lockWaitMs/],
+  ];
+  const all: [string, unknown[], RegExp][] = [...cases.map(([l, v, re]): [string, unknown[], RegExp] => [l, [v], re]), ...optionCases.map(([l, o, re]): [string, unknown[], RegExp] => [l, [tx, o], re])];
+  for (const [label, args, re] of all) {
+    test(`TypeError: ${label}`, () => {
+      assert.throws(
+        () => (addon.commit as (...a: unknown[]) => unknown)(...args),
+        (e: Error) => {
+          assert.ok(e instanceof TypeError, `${e.name}: ${e.message}`);
+          assert.match(e.message, re);
+          return true;
+        },
+      );
+    });
+  }
+
+  test('flock() arguments are checked synchronously', () => {
+    assert.throws(() => addon.flock(1 as never, 10), /^TypeError: path: must be a string/);
+    assert.throws(() => addon.flock('', 10), /path: must be a file path/);
+    assert.throws(() => addon.flock('/tmp/x', -1), /waitMs: must be from 0/);
+    assert.throws(() => addon.flock('/tmp/x', 'x' as never), /waitMs: must be a number/);
+  });
+
+  test('FileLock cannot be forged from JavaScript', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-lock-'));
+    try {
+      const lock = await addon.flock(path.join(dir, 'a'), 0);
+      const Ctor = (lock as object).constructor as new (...a: unknown[]) => unknown;
+      assert.throws(() => new Ctor(0), /made by flock/);
+      assert.throws(() => new Ctor({}, 0), /made by flock/);
+      lock.release();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('flock(): exclusive, bounded wait (ELOCK), idempotent release, event loop free while waiting', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-lock-'));
+    try {
+      const file = path.join(dir, 'state.lock');
+      const a = await addon.flock(file, 0);
+      let ticks = 0;
+      const timer = setInterval(() => ticks++, 5);
+      const t0 = performance.now();
+      await assert.rejects(addon.flock(file, 150), (e: Error & { code?: string; errno?: number }) => {
+        assert.equal(e.code, 'ELOCK');
+        assert.equal(typeof e.errno, 'number');
+        assert.match(e.message, /gave up after 150 ms/);
+        return true;
+      });
+      clearInterval(timer);
+      assert.ok(performance.now() - t0 >= 140, 'waited about waitMs');
+      assert.ok(ticks >= 5, `event loop ran while waiting (${ticks} ticks)`);
+      const waiting = addon.flock(file, 5000);
+      setTimeout(() => a.release(), 50);
+      const b = await waiting;
+      a.release();
+      a.release(); // idempotent, and does not release b
+      await assert.rejects(addon.flock(file, 0), /gave up/);
+      b.release();
+      (await addon.flock(file, 0)).release();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('flock() refuses a symlink and reports a directory', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-lock-'));
+    try {
+      symlinkSync(path.join(dir, 'target'), path.join(dir, 'link'));
+      await assert.rejects(addon.flock(path.join(dir, 'link'), 0), (e: Error & { errno?: number }) => e.errno === 40 /* ELOOP */);
+      mkdirSync(path.join(dir, 'd'));
+      await assert.rejects(addon.flock(path.join(dir, 'd'), 0), (e: Error & { errno?: number }) => e.errno === 21 /* EISDIR */);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('a lock nobody released goes with its object (finalizer)', { skip: typeof global.gc !== 'function' ? 'run node with --expose-gc' : false }, async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-lock-'));
+    try {
+      const file = path.join(dir, 'f');
+      await addon.flock(file, 0); // dropped unreleased
+      for (let i = 0; i < 10; i++) {
+        global.gc!();
+        await new Promise((r) => setImmediate(r));
+      }
+      (await addon.flock(file, 1000)).release();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('native executor error mapping', () => {
+  test('kernel, lock and permission errors keep code, errno and message', () => {
+    const k = mapNativeError(Object.assign(new Error('iptc_commit: Invalid argument (errno 22) while committing table nat'), { code: 'EKERNEL', errno: 22 }));
+    assert.ok(k instanceof IptlbError);
+    assert.equal(k.code, 'EKERNEL');
+    assert.equal(k.errno, 22);
+    assert.match(k.message, /errno 22/);
+    assert.equal(mapNativeError(Object.assign(new Error('held'), { code: 'ELOCK', errno: 11 })).code, 'ELOCK');
+    const p = mapNativeError(Object.assign(new Error('iptc_init: Permission denied (you must be root) (errno 1) (… CAP_NET_ADMIN …)'), { code: 'EPERM', errno: 1 }));
+    assert.equal(p.code, 'EPERM');
+    assert.equal(p.errno, 1);
+  });
+  test('a TypeError from the addon names the field', () => {
+    const e = mapNativeError(new TypeError('transaction.chains[0].name: is longer than 28 bytes'));
+    assert.equal(e.code, 'ENATIVE');
+    assert.equal(e.field, 'transaction.chains[0].name');
+  });
+  test('the executor maps a synchronous TypeError to a rejected IptlbError', { skip: NO_ADDON }, async () => {
+    const ex = new NativeExecutor(loaded.ok ? loaded.addon : (null as never));
+    assert.equal(ex.kind, 'native');
+    assert.equal(ex.engine, 'legacy');
+    await assert.rejects(ex.commit({ family: 'ipv4', table: 'filter' } as never), (e: IptlbError) => e instanceof IptlbError && e.code === 'ENATIVE');
+  });
+});

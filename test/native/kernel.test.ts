@@ -1,0 +1,86 @@
+/**
+ * The native addon against the kernel. Every case runs in a child process in a fresh network
+ * namespace (`unshare -n -- node fixture.js`, see netns-child.ts); the test process itself never
+ * touches netfilter. Skipped, with the reason, when not root or the addon is not built.
+ * IPTLB_SOAK=1 runs the long versions (10,000 contended commits, 100,000 memory cycles).
+ */
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { fixture, kernelSkip, runInNetns } from './netns-child.js';
+
+const SKIP = kernelSkip();
+const SOAK = !!process.env.IPTLB_SOAK;
+const lockFile = (): string => `/tmp/iptlb-test-xtables-${process.pid}-${Math.random().toString(36).slice(2)}.lock`;
+
+describe('native addon in the kernel (fresh network namespaces)', { skip: SKIP }, () => {
+  test('fixed plan: save identical to iptables-legacy-restore, read() round trip, reset in place, delete by owner, foreign rules untouched', async () => {
+    const r = await runInNetns<{ failures: string[] }>(fixture('fixed-set'), [], { timeoutMs: 120_000 });
+    assert.deepEqual(r.failures, []);
+  });
+
+  test('200 random profile sets from the planner: save identical to iptables-legacy-restore of the rendered plan; read() decodes them', async () => {
+    const r = await runInNetns<{ sets: number; rules: number; mismatches: string[]; mismatchCount: number }>(fixture('equivalence'), ['200'], { timeoutMs: 300_000 });
+    assert.equal(r.sets, 200);
+    assert.ok(r.rules > 2000, `only ${r.rules} rules compared`);
+    assert.equal(r.mismatchCount, 0, r.mismatches.join('\n'));
+  });
+
+  test(`while iptables-legacy -w hammers a foreign chain, ${SOAK ? '10,000' : '2,000'} commits lose no foreign rule and none of their own`, async () => {
+    const n = SOAK ? 10_000 : 2_000;
+    const r = await runInNetns<{ commits: number; foreignFixed: number; foreignJump: boolean; foreignPost: boolean; wrong: string[]; hammerRounds: number }>(fixture('contention'), [String(n)], { timeoutMs: 600_000 });
+    assert.equal(r.commits, n);
+    assert.ok(r.hammerRounds >= 10, `the other writer ran concurrently (${r.hammerRounds} rounds)`);
+    assert.equal(r.foreignFixed, 20, 'all 20 fixed foreign rules survive');
+    assert.ok(r.foreignJump, 'the foreign jump in OUTPUT survives');
+    assert.ok(r.foreignPost, 'the foreign rule in POSTROUTING survives');
+    assert.deepEqual(r.wrong, [], 'every profile is as its last commit left it');
+  });
+
+  test('500 commits and 50 reads in flight at once: all succeed, serialised in call order', async () => {
+    const r = await runInNetns<{ rejected: string[]; present: string[]; expected: string[] }>(fixture('inflight'), ['500'], { timeoutMs: 120_000 });
+    assert.deepEqual(r.rejected, []);
+    assert.deepEqual(r.present, r.expected);
+  });
+
+  test('refusals: EKERNEL with errno and libiptc\'s message, nothing changed; held xtables lock: ELOCK in time, event loop free', async () => {
+    const r = await runInNetns<Record<string, any>>(fixture('errors'), [], { env: { XTABLES_LOCKFILE: lockFile() }, timeoutMs: 60_000 });
+    const d = r.dnatFromInput;
+    assert.equal(d.ok, false);
+    assert.equal(d.code, 'EKERNEL');
+    assert.equal(d.errno, 22);
+    assert.match(d.message, /^iptc_commit: .+ \(errno 22\) while committing table nat$/);
+    assert.ok(d.unchanged, 'the table is unchanged after a refused commit');
+    assert.equal(r.deleteReferenced.code, 'EKERNEL');
+    assert.match(r.deleteReferenced.message, /deleting chain IPTLB_WEB: .*\(errno \d+\)/);
+    assert.ok(r.deleteReferenced.unchanged);
+    assert.equal(r.jumpMissing.code, 'EKERNEL');
+    assert.equal(typeof r.jumpMissing.errno, 'number');
+    assert.ok(r.jumpMissing.unchanged);
+    assert.equal(r.lockTimeout.code, 'ELOCK');
+    assert.ok(r.lockWaitedMs >= 290 && r.lockWaitedMs < 3000, `waited ${r.lockWaitedMs} ms for lockWaitMs 300`);
+    assert.ok(r.ticksWhileWaiting >= 10, `event loop turned ${r.ticksWhileWaiting} times while the commit waited`);
+    assert.equal(r.lockThenRelease.ok, true, JSON.stringify(r.lockThenRelease));
+    assert.ok(r.lockReleaseWaitedMs >= 150, 'the commit waited for the holder');
+    assert.ok(r.finalHasWeb);
+  });
+
+  test('without CAP_NET_ADMIN: EPERM, saying so', async () => {
+    const r = await runInNetns<{ uid: number; commit: any; read: any }>(fixture('eperm'), [], {
+      env: { XTABLES_LOCKFILE: lockFile() },
+      wrapper: ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--inh-caps=-all', '--bounding-set=-all'],
+    });
+    assert.equal(r.uid, 65534);
+    for (const o of [r.commit, r.read]) {
+      assert.equal(o.ok, false);
+      assert.equal(o.code, 'EPERM');
+      assert.equal(o.errno, 1);
+      assert.match(o.message, /CAP_NET_ADMIN/);
+    }
+  });
+
+  test(`memory: ${SOAK ? '100,000' : '10,000'} apply/read/delete cycles grow RSS by less than 5 MB`, async () => {
+    const n = SOAK ? 100_000 : 10_000;
+    const r = await runInNetns<{ rssGrowthMB: number; msPerCycle: number }>(fixture('rss'), [String(n)], { timeoutMs: 1_800_000, nodeArgs: ['--expose-gc'] });
+    assert.ok(r.rssGrowthMB < 5, `RSS grew ${r.rssGrowthMB.toFixed(2)} MB over ${n} cycles`);
+  });
+});

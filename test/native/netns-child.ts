@@ -1,0 +1,62 @@
+/**
+ * Runs a compiled fixture script in a throwaway network namespace — `unshare -n -- node <script>` —
+ * and returns the JSON object it prints on its last stdout line. Nothing that touches netfilter runs
+ * in the test process itself, and the namespace (with every rule in it) dies with the child.
+ */
+import { spawn } from 'node:child_process';
+import { readlinkSync } from 'node:fs';
+import { loadAddon } from '../../src/native/addon.js';
+
+export interface NetnsChildOptions {
+  /** Kill the child after this long (default 120 s). */
+  timeoutMs?: number;
+  /** Added to the child's environment. */
+  env?: Record<string, string>;
+  /** Prefix the command, e.g. ['setpriv', '--reuid=65534', …] to drop privileges inside the namespace. */
+  wrapper?: string[];
+  /** Node options before the script, e.g. ['--expose-gc']. */
+  nodeArgs?: string[];
+}
+
+/** Absolute path of a compiled fixture next to this file (dist/test/native/fixtures/<name>.js). */
+export function fixture(name: string): string {
+  return new URL(`./fixtures/${name}.js`, import.meta.url).pathname;
+}
+
+/** `false` when kernel tests can run here, else why not (for `{ skip }`). */
+export function kernelSkip(): string | false {
+  if (process.platform !== 'linux') return 'not Linux';
+  if (typeof process.getuid === 'function' && process.getuid() !== 0) return 'needs root (unshare -n and CAP_NET_ADMIN)';
+  const loaded = loadAddon();
+  if (!loaded.ok) return `native addon unavailable: ${loaded.reason}: ${loaded.detail}`;
+  return false;
+}
+
+/** Runs `unshare -n -- [wrapper…] node script args…`; resolves with the parsed last stdout line. */
+export function runInNetns<T = any>(script: string, args: string[] = [], opts: NetnsChildOptions = {}): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const argv = ['-n', '--', ...(opts.wrapper ?? []), process.execPath, ...(opts.nodeArgs ?? []), script, ...args];
+    const child = spawn('unshare', argv, { env: { ...process.env, ...opts.env, IPTLB_TEST_HOST_NETNS: readlinkSync('/proc/self/ns/net') }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+    const limit = opts.timeoutMs ?? 120_000;
+    const timer = setTimeout(() => child.kill('SIGKILL'), limit);
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      const tails = `\n--- stderr:\n${err.slice(-4000)}\n--- stdout:\n${out.slice(-2000)}`;
+      if (code !== 0) return reject(new Error(`${script} ${args.join(' ')} exited ${code ?? signal}${signal === 'SIGKILL' ? ` (killed after ${limit} ms)` : ''}${tails}`));
+      const last = out.trimEnd().split('\n').pop() ?? '';
+      try {
+        resolve(JSON.parse(last) as T);
+      } catch {
+        reject(new Error(`${script} printed no JSON on its last stdout line${tails}`));
+      }
+    });
+  });
+}
