@@ -1,7 +1,7 @@
 /**
  * After a change removes destinations, the kernel's conntrack table still holds flows of the virtual
- * address that were DNATed to them (UDP flows and half-open TCP keep going there). This removes them
- * with one `conntrack -D` per removed destination, after the kernel accepted the change.
+ * address that were DNATed to them (a UDP flow keeps going there for as long as it is active). This
+ * removes them with one `conntrack -D` per removed destination, after the kernel accepted the change.
  */
 import { spawn } from 'node:child_process';
 import { parseEndpoint } from './address.js';
@@ -14,8 +14,13 @@ export interface StaleFlows {
   destination: string;
 }
 
-/** Destinations that `next` no longer sends the virtual address of `old` to. */
+/**
+ * Destinations that `next` no longer sends the virtual address of `old` to — for udp and sctp only,
+ * as kube-proxy does: their flows have no end, while an established TCP connection to a drained
+ * destination is left to finish (and costs no process spawn on the hot path).
+ */
 export function staleFlows(old: Profile, next: Profile | undefined): StaleFlows[] {
+  if (old.protocol === 'tcp') return [];
   const kept = next && next.source === old.source && next.protocol === old.protocol ? new Set(next.destination) : new Set<string>();
   return old.destination.filter((d) => !kept.has(d)).map((destination) => ({ protocol: old.protocol, source: old.source, destination }));
 }
