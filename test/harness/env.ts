@@ -1,8 +1,9 @@
 /** What the kernel tests need, and where things are. */
-import { accessSync, constants, existsSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { findBinary } from '../../src/executors/spawn.js';
 
 /**
  * Absolute path of the project root: the nearest ancestor of this file holding package.json, found
@@ -25,19 +26,8 @@ export const PROJECT_ROOT: string = (() => {
  */
 export const CLI_PATH: string = path.join(PROJECT_ROOT, 'bin', 'iptlb.cjs');
 
-/** Whether `name` is an executable on PATH (or in the sbin directories, which sudo may drop from PATH). */
-export function which(name: string): string | null {
-  for (const d of [...(process.env.PATH ?? '').split(':').filter(Boolean), '/usr/sbin', '/sbin', '/usr/bin', '/bin']) {
-    const p = path.join(d, name);
-    try {
-      accessSync(p, constants.X_OK);
-      return p;
-    } catch {
-      /* next */
-    }
-  }
-  return null;
-}
+/** Whether `name` is an executable on PATH or in the sbin directories (the product's own lookup). */
+export const which = findBinary;
 
 export type Support = { ok: true } | { ok: false; reason: string };
 

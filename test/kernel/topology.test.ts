@@ -17,16 +17,27 @@ import { EXECUTORS } from './common.js';
 const fixture = (f: string): string => new URL(`./fixtures/${f}`, import.meta.url).pathname;
 const BACKEND_PORTS = [8080, 8081, 8082];
 
+/** client (192.0.2.2) → proxy (192.0.2.1 | 198.51.100.1, forwarding) → backend (198.51.100.2); no route back from the backend. */
+async function proxyTopology(): Promise<NetnsTopology> {
+  const t = await NetnsTopology.create(['client', 'proxy', 'backend']);
+  try {
+    await t.link('client', 'proxy', { aAddr: '192.0.2.2/24', bAddr: '192.0.2.1/24' });
+    await t.link('proxy', 'backend', { aAddr: '198.51.100.1/24', bAddr: '198.51.100.2/24' });
+    await t.sysctl('proxy', 'net.ipv4.ip_forward', '1');
+    await t.route('client', '203.0.113.0/24', '192.0.2.1');
+  } catch (e) {
+    await t.destroy();
+    throw e;
+  }
+  return t;
+}
+
 for (const { name: ex, skip } of EXECUTORS) {
   describe(`topologies over the ${ex} executor`, { skip }, () => {
     for (const masquerade of [false, true]) {
       test(`proxy mode ${masquerade ? 'with' : 'without'} -masquerade: every backend answers; the backend sees ${masquerade ? "the proxy's" : "the client's"} address`, async () => {
-        const t = await NetnsTopology.create(['client', 'proxy', 'backend']);
+        const t = await proxyTopology();
         try {
-          await t.link('client', 'proxy', { aAddr: '192.0.2.2/24', bAddr: '192.0.2.1/24' });
-          await t.link('proxy', 'backend', { aAddr: '198.51.100.1/24', bAddr: '198.51.100.2/24' });
-          await t.sysctl('proxy', 'net.ipv4.ip_forward', '1');
-          await t.route('client', '203.0.113.0/24', '192.0.2.1');
           // Without masquerade the backend must route replies back through the proxy itself.
           if (!masquerade) await t.route('backend', '192.0.2.0/24', '198.51.100.1');
           const backends = t.spawn('backend', [process.execPath, fixture('backend-host.js'), '198.51.100.2', BACKEND_PORTS.join(',')]);
@@ -49,12 +60,8 @@ for (const { name: ex, skip } of EXECUTORS) {
     }
 
     test('proxy mode without -masquerade and no return route: the backend cannot answer (why -masquerade exists)', async () => {
-      const t = await NetnsTopology.create(['client', 'proxy', 'backend']);
+      const t = await proxyTopology();
       try {
-        await t.link('client', 'proxy', { aAddr: '192.0.2.2/24', bAddr: '192.0.2.1/24' });
-        await t.link('proxy', 'backend', { aAddr: '198.51.100.1/24', bAddr: '198.51.100.2/24' });
-        await t.sysctl('proxy', 'net.ipv4.ip_forward', '1');
-        await t.route('client', '203.0.113.0/24', '192.0.2.1');
         const backends = t.spawn('backend', [process.execPath, fixture('backend-host.js'), '198.51.100.2', '8080']);
         await backends.waitFor(/ready/);
         const applied = await t.exec('proxy', [process.execPath, CLI_PATH, `--executor=${ex}`, `-state-file=${mkdtempSync(path.join(tmpdir(), 'iptlb-topo-'))}/state.db`, '-run', '-profile=px', '-rules-backend=proxy', '-src-addr=203.0.113.10:80', '-dest-addr=198.51.100.2:8080']);
