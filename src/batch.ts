@@ -79,7 +79,6 @@ export class CommitQueue {
   private async commit(batch: Call[]): Promise<void> {
     const accepted: Call[] = [];
     const refused: [Call, unknown][] = [];
-    const touched = new Map<Call, { applied: Profile[]; deleted: string[] }>();
     let result: TransactionResult;
     try {
       result = await this.core.transact(
@@ -95,7 +94,6 @@ export class CommitQueue {
               continue;
             }
             accepted.push(call);
-            touched.set(call, call.op.kind === 'apply' ? { applied: call.op.profiles, deleted: [] } : { applied: [], deleted: call.op.names });
           }
           const upsert: Profile[] = [];
           const names = new Set<string>();
@@ -129,8 +127,11 @@ export class CommitQueue {
       size: result.applied.length + result.deleted.length,
       calls: accepted.length,
       engine: result.engine,
-      executor: result.executor,
+      executor: result.executor!, // set: the queue always commits with run: true
     });
-    for (const call of accepted) call.resolve({ ...result, ...touched.get(call)! });
+    for (const call of accepted) {
+      const own = call.op.kind === 'apply' ? { applied: call.op.profiles, deleted: [] } : { applied: [], deleted: call.op.names };
+      call.resolve({ ...result, ...own });
+    }
   }
 }

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { IptlbError } from './errors.js';
 import { Core, deleteChange, upsertChange, type Change, type TransactionResult } from './lb.js';
 import { parseExecutorChoice } from './executors/index.js';
-import { DEFAULTS, chainName, show, splitDestinations, validateName } from './profile.js';
+import { DEFAULTS, chainName, sameProfile, show, splitDestinations, validateName } from './profile.js';
 import { planTransaction } from './plan.js';
 import { renderRule } from './restore.js';
 import { parseState } from './state.js';
@@ -171,7 +171,7 @@ async function legacyAction(o: LegacyOpts, io: Out): Promise<void> {
       }
       const change = upsertChange(state, [profileInput(o)]);
       const p = change.upsert[0];
-      if (existing && !o.reset && !sameAs(existing, p)) {
+      if (existing && !o.reset && !sameProfile(existing, p)) {
         throw new IptlbError('ECONFLICT', `name: profile ${show(name)} already exists with other settings; add -reset to replace it`, { field: 'name' });
       }
       return (last = change);
@@ -182,12 +182,6 @@ async function legacyAction(o: LegacyOpts, io: Out): Promise<void> {
   report(result, o, io, verboseRules(last, io));
 }
 
-function sameAs(a: Profile, b: Profile): boolean {
-  return serializeOne(a) === serializeOne(b);
-}
-function serializeOne(p: Profile): string {
-  return JSON.stringify([p.name, p.source, p.destination, p.protocol, p.rulesBackend, p.logEnabled, p.logLevel, !!p.masquerade]);
-}
 
 async function applyCommand(o: ProfileOpts & { file?: string }, io: Out): Promise<void> {
   const core = makeCore(o, io);

@@ -8,7 +8,6 @@ import { DEFAULT_LOCK_WAIT_MS, lockStateFile } from './lock.js';
 import { chainName, checkConflicts, sameProfile, show, validateName, validateProfile } from './profile.js';
 import { hookChainOf, isEmptyTransaction, planTransaction } from './plan.js';
 import { readState, resolveStatePath, stateVersion, writeState } from './state.js';
-import { sameProfile as same } from './profile.js';
 import { hasNetAdmin } from './caps.js';
 import { flushStaleFlows, staleFlows } from './conntrack.js';
 import { compare, syncTransaction, type ProfileReport } from './drift.js';
@@ -47,7 +46,8 @@ export interface TransactionResult {
   stateWritten: boolean;
   /** Kernel commit time in ms (0 when nothing was committed). */
   commitMs: number;
-  executor: 'native' | 'spawn';
+  /** The executor that committed; `null` when the kernel was not touched (a state-only change). */
+  executor: 'native' | 'spawn' | null;
   engine: 'legacy';
 }
 
@@ -143,7 +143,7 @@ export class Core {
           }
         }
         const changed =
-          change.remove.some((n) => state.has(n)) || change.upsert.some((p) => !state.has(p.name) || !same(state.get(p.name)!, p));
+          change.remove.some((n) => state.has(n)) || change.upsert.some((p) => !state.has(p.name) || !sameProfile(state.get(p.name)!, p));
         let stateWritten = false;
         if (changed && this.statePath === null) {
           this.memory = next;
@@ -167,7 +167,7 @@ export class Core {
           committed,
           stateWritten,
           commitMs,
-          executor: executor?.kind ?? this.executorKindGuess(),
+          executor: executor?.kind ?? null,
           engine: 'legacy',
         };
       } finally {
@@ -186,14 +186,6 @@ export class Core {
   private checkPrivileges(): void {
     if (!this.injected && !hasNetAdmin()) {
       throw new IptlbError('EPERM', 'permission denied: changing netfilter rules needs CAP_NET_ADMIN (run iptlb as root)');
-    }
-  }
-
-  private executorKindGuess(): 'native' | 'spawn' {
-    try {
-      return this.executor.kind;
-    } catch {
-      return 'spawn';
     }
   }
 
@@ -273,4 +265,3 @@ export function deleteChange(state: Map<string, Profile>, names: string[]): Chan
   return { upsert: [], remove };
 }
 
-export { sameProfile };

@@ -5,7 +5,7 @@
  * stdin is our pipe: when we exit, it sees EOF and lets go.
  */
 import { spawn } from 'node:child_process';
-import { constants as C, promises as fsp } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import { IptlbError } from './errors.js';
 import { loadAddon } from './native/addon.js';
 import { ensureStateDir } from './state.js';
@@ -16,17 +16,11 @@ export interface HeldLock {
 
 export const DEFAULT_LOCK_WAIT_MS = 10_000;
 
+/** Refuses a lock path that is a symlink or not a regular file; the locker creates it when absent. */
 async function checkLockPath(lockPath: string): Promise<void> {
   const st = await fsp.lstat(lockPath).catch(() => null);
   if (st && !st.isFile()) {
     throw new IptlbError('ESTATE', `lock file ${lockPath} is ${st.isSymbolicLink() ? 'a symbolic link' : 'not a regular file'}; refusing to use it`);
-  }
-  if (!st) {
-    const fh = await fsp.open(lockPath, C.O_WRONLY | C.O_CREAT | C.O_NOFOLLOW, 0o600).catch((e: NodeJS.ErrnoException) => {
-      if (e.code === 'EEXIST') return null;
-      throw e;
-    });
-    await fh?.close();
   }
 }
 
