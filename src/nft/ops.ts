@@ -1,0 +1,217 @@
+/**
+ * The nft engine's plan vocabulary: a transaction is an ordered list of {@link NftOp}s on the table
+ * `ip iptlb`, pure data. Both nft executors carry out the same list in one netlink batch (native:
+ * the addon builds the messages; spawn: {@link renderNft} writes the text fed to `nft -f -`), so the
+ * kernel ends up with the same objects either way.
+ *
+ * Layout of the table (see the README, "Engines"):
+ *  - dispatch sets `<hook>_<proto>_<n>` (hook `out` = client/output, `pre` = proxy/prerouting,
+ *    `loc` = server/prerouting to local addresses), elements `vip . port`, one counter each;
+ *  - backend maps `be_<proto>`, elements `vip . port . i : dest-ip . dest-port`, one counter each;
+ *  - base chains `output`, `prerouting` (dstnat, -100) and `postrouting` (srcnat, 100) whose rules are
+ *    a pure function of all profiles: logging rules first, then one dispatch rule per set in use:
+ *    `ip daddr . tcp dport @out_tcp_3 dnat to ip daddr . tcp dport . numgen random mod 3 map @be_tcp`.
+ * A profile change is element changes only; base chains are rewritten only when the set of rules
+ * changes (a new destination count, logging or masquerade switched).
+ */
+import type { Protocol } from '../types.js';
+
+export const NFT_TABLE = 'iptlb';
+export const NFT_FAMILY = 'ip';
+export type NftHook = 'out' | 'pre' | 'loc';
+export type NftBaseChain = 'output' | 'prerouting' | 'postrouting';
+export const NFT_BASE_CHAINS: readonly NftBaseChain[] = ['output', 'prerouting', 'postrouting'];
+/** Hook and priority of each base chain (all type nat, policy accept). */
+export const NFT_CHAIN_HOOKS: Record<NftBaseChain, { hook: NftBaseChain; priority: number }> = {
+  output: { hook: 'output', priority: -100 },
+  prerouting: { hook: 'prerouting', priority: -100 },
+  postrouting: { hook: 'postrouting', priority: 100 },
+};
+
+/** An IPv4 address and a port. */
+export interface NftEndpoint {
+  ip: string;
+  port: number;
+}
+
+/** Name of the dispatch set of hook `h`, protocol `proto` and `n` destinations. */
+export function dispatchSetName(h: NftHook, proto: Protocol, n: number): string {
+  return `${h}_${proto}_${n}`;
+}
+export const DISPATCH_SET_PATTERN = /^(out|pre|loc)_(tcp|udp|sctp)_([1-9][0-9]*)$/;
+export function parseDispatchSetName(name: string): { hook: NftHook; proto: Protocol; n: number } | null {
+  const m = DISPATCH_SET_PATTERN.exec(name);
+  return m ? { hook: m[1] as NftHook, proto: m[2] as Protocol, n: Number(m[3]) } : null;
+}
+export function backendMapName(proto: Protocol): string {
+  return `be_${proto}`;
+}
+
+/** The rules iptlb writes, structured (never text) so both executors encode them identically. */
+export type NftRule =
+  | {
+      /** `[fib daddr type local] ip daddr . P dport @set dnat to ip daddr . P dport . numgen random mod n map @be_P` */
+      kind: 'dispatch';
+      hook: NftHook;
+      proto: Protocol;
+      n: number;
+    }
+  | {
+      /** `ip daddr V P dport port [fib daddr type local] log prefix "…" level L comment "iptlb:<owner>"` */
+      kind: 'log';
+      owner: string;
+      vip: NftEndpoint;
+      proto: Protocol;
+      local: boolean;
+      prefix: string;
+      /** syslog level 0-7 */
+      level: number;
+    }
+  | {
+      /** `ct status dnat ct original ip daddr V ct original protocol P ct original proto-dst port masquerade comment "iptlb:<owner>"` */
+      kind: 'masq';
+      owner: string;
+      vip: NftEndpoint;
+      proto: Protocol;
+    };
+
+export interface NftBackendElement {
+  vip: NftEndpoint;
+  index: number;
+  to: NftEndpoint;
+}
+
+export type NftOp =
+  /** `add table ip iptlb` (no-op when it exists). */
+  | { op: 'addTable' }
+  /** `delete table ip iptlb`; planned only right after an addTable, so it never fails. */
+  | { op: 'deleteTable' }
+  /** `add map ip iptlb be_P { typeof ip daddr . P dport . numgen random mod 1 : ip daddr . P dport; counter; }` */
+  | { op: 'addBackendMap'; proto: Protocol }
+  /** `add set ip iptlb <name> { type ipv4_addr . inet_service; counter; }` */
+  | { op: 'addDispatchSet'; name: string }
+  | { op: 'deleteSet'; name: string }
+  /** `add chain ip iptlb <name> { type nat hook <hook> priority <prio>; policy accept; }` */
+  | { op: 'addBaseChain'; name: NftBaseChain }
+  | { op: 'flushChain'; name: NftBaseChain }
+  /** `add rule ip iptlb <chain> …` (appended). */
+  | { op: 'addRule'; chain: NftBaseChain; rule: NftRule }
+  /** `add element ip iptlb <set> { v . p, … }` */
+  | { op: 'addDispatchElements'; set: string; elements: NftEndpoint[] }
+  | { op: 'deleteDispatchElements'; set: string; elements: NftEndpoint[] }
+  /** `add element ip iptlb be_P { v . p . i : d . q, … }` */
+  | { op: 'addBackendElements'; proto: Protocol; elements: NftBackendElement[] }
+  /** deletes by key `v . p . i`; `to` is ignored. */
+  | { op: 'deleteBackendElements'; proto: Protocol; elements: NftBackendElement[] };
+
+/** One atomic change of table ip iptlb: lands whole or not at all. */
+export interface NftTransaction {
+  family: 'ip';
+  table: 'iptlb';
+  ops: NftOp[];
+  /** When set, the commit fails with ERESTART (code `ERESTART`) if the ruleset generation differs. */
+  expectGenid?: number;
+}
+
+/** What the kernel holds in table ip iptlb, with counters. */
+export interface NftView {
+  /** Ruleset generation id at the time of the read. */
+  genid: number;
+  exists: boolean;
+  /** Every set of the table whose name matches DISPATCH_SET_PATTERN. */
+  dispatchSets: { name: string; elements: { key: NftEndpoint; packets: bigint; bytes: bigint }[] }[];
+  backendMaps: { proto: Protocol; elements: (NftBackendElement & { packets: bigint; bytes: bigint })[] }[];
+  /** The base chains that exist, with their rules in order. A rule iptlb did not write is `{ kind: 'foreign', text }`. */
+  chains: { name: NftBaseChain; rules: (NftRule | { kind: 'foreign'; text: string })[] }[];
+  /** Names of the table's objects iptlb does not know (other sets or chains): drift. */
+  foreign: string[];
+}
+
+const LEVELS = ['emerg', 'alert', 'crit', 'err', 'warn', 'notice', 'info', 'debug'];
+
+/** nft's text for a rule (what `nft list` prints back, modulo spacing). */
+export function renderNftRule(r: NftRule): string {
+  switch (r.kind) {
+    case 'dispatch': {
+      const fib = r.hook === 'loc' ? 'fib daddr type local ' : '';
+      const set = dispatchSetName(r.hook, r.proto, r.n);
+      return `${fib}ip daddr . ${r.proto} dport @${set} dnat to ip daddr . ${r.proto} dport . numgen random mod ${r.n} map @${backendMapName(r.proto)}`;
+    }
+    case 'log': {
+      const fib = r.local ? ' fib daddr type local' : '';
+      return `ip daddr ${r.vip.ip} ${r.proto} dport ${r.vip.port}${fib} log prefix "${r.prefix}" level ${LEVELS[r.level]} comment "iptlb:${r.owner}"`;
+    }
+    case 'masq':
+      return (
+        `ct status dnat ct original ip daddr ${r.vip.ip} ct original protocol ${r.proto} ` +
+        `ct original proto-dst ${r.vip.port} masquerade comment "iptlb:${r.owner}"`
+      );
+  }
+}
+
+const T = `${NFT_FAMILY} ${NFT_TABLE}`;
+const ep = (e: NftEndpoint): string => `${e.ip} . ${e.port}`;
+/** Elements per `add element` line, so no single netlink message grows past the socket buffer. */
+const CHUNK = 512;
+
+function chunked<E>(elements: E[], line: (part: E[]) => string): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < elements.length; i += CHUNK) out.push(line(elements.slice(i, i + CHUNK)));
+  return out;
+}
+
+/** The `nft -f` text of a transaction (one batch: nft commits a file as one transaction). */
+export function renderNft(tx: NftTransaction): string {
+  const lines: string[] = [];
+  for (const o of tx.ops) {
+    switch (o.op) {
+      case 'addTable':
+        lines.push(`add table ${T}`);
+        break;
+      case 'deleteTable':
+        lines.push(`delete table ${T}`);
+        break;
+      case 'addBackendMap':
+        lines.push(
+          `add map ${T} ${backendMapName(o.proto)} { typeof ip daddr . ${o.proto} dport . numgen random mod 1 : ip daddr . ${o.proto} dport; counter; }`,
+        );
+        break;
+      case 'addDispatchSet':
+        lines.push(`add set ${T} ${o.name} { type ipv4_addr . inet_service; counter; }`);
+        break;
+      case 'deleteSet':
+        lines.push(`delete set ${T} ${o.name}`);
+        break;
+      case 'addBaseChain': {
+        const h = NFT_CHAIN_HOOKS[o.name];
+        lines.push(`add chain ${T} ${o.name} { type nat hook ${h.hook} priority ${h.priority}; policy accept; }`);
+        break;
+      }
+      case 'flushChain':
+        lines.push(`flush chain ${T} ${o.name}`);
+        break;
+      case 'addRule':
+        lines.push(`add rule ${T} ${o.chain} ${renderNftRule(o.rule)}`);
+        break;
+      case 'addDispatchElements':
+        if (o.elements.length) lines.push(...chunked(o.elements, (p) => `add element ${T} ${o.set} { ${p.map(ep).join(', ')} }`));
+        break;
+      case 'deleteDispatchElements':
+        if (o.elements.length) lines.push(...chunked(o.elements, (p) => `delete element ${T} ${o.set} { ${p.map(ep).join(', ')} }`));
+        break;
+      case 'addBackendElements':
+        if (o.elements.length) {
+          lines.push(
+            ...chunked(o.elements, (p) => `add element ${T} ${backendMapName(o.proto)} { ${p.map((e) => `${ep(e.vip)} . ${e.index} : ${ep(e.to)}`).join(', ')} }`),
+          );
+        }
+        break;
+      case 'deleteBackendElements':
+        if (o.elements.length) {
+          lines.push(...chunked(o.elements, (p) => `delete element ${T} ${backendMapName(o.proto)} { ${p.map((e) => `${ep(e.vip)} . ${e.index}`).join(', ')} }`));
+        }
+        break;
+    }
+  }
+  return lines.join('\n') + '\n';
+}
