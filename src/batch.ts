@@ -7,7 +7,7 @@
 import { IptlbError } from './errors.js';
 import { checkConflicts, show } from './profile.js';
 import type { Core, TransactionResult } from './lb.js';
-import type { Profile } from './types.js';
+import type { EngineName, Profile } from './types.js';
 
 export type Op = { kind: 'apply'; profiles: Profile[] } | { kind: 'delete'; names: string[] };
 
@@ -24,7 +24,7 @@ export interface CommitEvent {
   size: number;
   /** API calls carried by this commit. */
   calls: number;
-  engine: 'legacy';
+  engine: EngineName;
   executor: 'native' | 'spawn';
 }
 
@@ -126,7 +126,7 @@ export class CommitQueue {
       durationMs: result.commitMs,
       size: result.applied.length + result.deleted.length,
       calls: accepted.length,
-      engine: result.engine,
+      engine: result.engine!, // set: the queue always commits with run: true
       executor: result.executor!, // set: the queue always commits with run: true
     });
     for (const call of accepted) {

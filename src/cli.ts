@@ -7,9 +7,12 @@ import { readFileSync } from 'node:fs';
 import { IptlbError } from './errors.js';
 import { Core, deleteChange, upsertChange, type Change, type TransactionResult } from './lb.js';
 import { parseExecutorChoice } from './executors/index.js';
+import { parseEngineChoice } from './engine.js';
 import { DEFAULTS, chainName, sameProfile, show, splitDestinations, validateName } from './profile.js';
 import { planTransaction } from './plan.js';
 import { renderRule } from './restore.js';
+import { planNftChange, planNftProfile } from './nft/plan.js';
+import { renderNft, renderNftRule, type NftRule, type NftView } from './nft/ops.js';
 import { parseState } from './state.js';
 import type { KernelView, Profile, ProfileInput } from './types.js';
 import { doctor } from './doctor.js';
@@ -18,7 +21,7 @@ import { packageVersion } from './paths.js';
 type Out = { out: (s: string) => void; err: (s: string) => void };
 
 /** Flags of the original, with their kind, accepted with one dash and `=value` (Go `flag` style). */
-const VALUE_FLAGS = new Set(['src-addr', 'dest-addr', 'rules-backend', 'profile', 'state-file', 'log-level', 'protocol', 'executor', 'file']);
+const VALUE_FLAGS = new Set(['src-addr', 'dest-addr', 'rules-backend', 'profile', 'state-file', 'log-level', 'protocol', 'executor', 'engine', 'to', 'file']);
 const BOOL_FLAGS = new Set(['reset', 'delete', 'log-custom-chain', 'run', 'use-state', 'masquerade', 'json', 'quiet', 'verbose', 'all', 'help', 'version', 'keep-conntrack']);
 
 /** Rewrites Go-style flags (`-src-addr=x`, `-run=true`) into the `--src-addr=x` form commander parses. */
@@ -56,6 +59,7 @@ interface GlobalOpts {
   keepConntrack?: boolean;
   stateFile?: string;
   executor?: string;
+  engine?: string;
   json?: boolean;
   quiet?: boolean;
   verbose?: boolean;
@@ -81,13 +85,14 @@ function addGlobal(cmd: Command): Command {
   return cmd
     .option('--state-file <path>', 'state file (env IPTLB_STATE_FILE; default ./local/state.db)')
     .addOption(new Option('--executor <kind>', 'native, spawn or auto (env IPTLB_EXECUTOR; default auto)'))
+    .addOption(new Option('--engine <engine>', 'legacy (x_tables nat table), nft (table ip iptlb) or auto (env IPTLB_ENGINE; default auto)'))
     .option('--json', 'print the result as JSON on stdout')
     .option('-q, --quiet', 'print no log lines')
     .option('--keep-conntrack', 'keep conntrack entries of flows to destinations a change removes (default: delete them)')
     .option('--verbose', 'also log every rule written');
 }
 
-const GLOBAL_KEYS = ['stateFile', 'executor', 'json', 'quiet', 'verbose', 'keepConntrack'] as const;
+const GLOBAL_KEYS = ['stateFile', 'executor', 'engine', 'json', 'quiet', 'verbose', 'keepConntrack'] as const;
 /** A subcommand's options, with global flags given before the subcommand filled in from the parent. */
 function withGlobals<T extends GlobalOpts>(o: T, cmd: Command): T {
   const parent = (cmd.parent?.opts() ?? {}) as GlobalOpts;
@@ -129,6 +134,7 @@ function makeCore(o: GlobalOpts, io: Out): Core {
   return new Core({
     stateFile: o.stateFile,
     executor: parseExecutorChoice(o.executor ?? process.env.IPTLB_EXECUTOR),
+    engine: parseEngineChoice(o.engine ?? process.env.IPTLB_ENGINE),
     keepConntrack: !!o.keepConntrack,
     ...(quiet ? {} : { log: (line: string) => io.err(`iptlb: ${line}`) }),
   });
@@ -139,9 +145,15 @@ function report(result: TransactionResult, o: GlobalOpts, io: Out, verbose?: () 
   if (o.json) io.out(JSON.stringify(result));
 }
 
-function verboseRules(change: Change, io: Out): () => void {
+/** Prints what the last commit wrote: restore rules (legacy) or nft lines (nft). */
+function verboseRules(core: Core, io: Out): () => void {
   return () => {
-    const tx = planTransaction(change.upsert, change.remove);
+    const tx = core.lastTransaction;
+    if (!tx) return;
+    if ('ops' in tx) {
+      for (const line of renderNft(tx).trimEnd().split('\n')) io.err(`iptlb:   [nft] ${line}`);
+      return;
+    }
     for (const c of tx.chains) for (const r of c.rules) io.err(`iptlb:   [append] nat/${c.name}: ${renderRule(r)}`);
     for (const h of tx.hookRules) io.err(`iptlb:   [insert] nat/${h.chain}: ${renderRule(h.rule)}`);
   };
@@ -156,30 +168,28 @@ async function legacyAction(o: LegacyOpts, io: Out): Promise<void> {
   if (o.delete && !o.run) throw new IptlbError('EUSAGE', '-delete needs -run (it removes rules from the kernel)');
   if (o.useState && !o.run) throw new IptlbError('EUSAGE', '-use-state needs -run (it applies the state file to the kernel)');
   const core = makeCore(o, io);
-  let last: Change = { upsert: [], remove: [] };
   const result = await core.transact(
     (state) => {
       if (o.useState) {
-        last = o.delete ? { upsert: [], remove: [...state.keys()] } : { upsert: [...state.values()], remove: [] };
-        return last;
+        return o.delete ? { upsert: [], remove: [...state.keys()] } : { upsert: [...state.values()], remove: [] };
       }
       const name = validateName(o.profile, 'name');
-      if (o.delete) return (last = deleteChange(state, [name]));
+      if (o.delete) return deleteChange(state, [name]);
       const existing = state.get(name);
       if (o.srcAddr === undefined && o.destAddr === undefined && existing && o.run && !o.reset) {
-        return (last = { upsert: [existing], remove: [] }); // re-apply a profile recorded earlier without -run
+        return { upsert: [existing], remove: [] }; // re-apply a profile recorded earlier without -run
       }
       const change = upsertChange(state, [profileInput(o)]);
       const p = change.upsert[0];
       if (existing && !o.reset && !sameProfile(existing, p)) {
         throw new IptlbError('ECONFLICT', `name: profile ${show(name)} already exists with other settings; add -reset to replace it`, { field: 'name' });
       }
-      return (last = change);
+      return change;
     },
     { run: !!o.run },
   );
   if (!o.run && !o.quiet) io.err(`iptlb: state only (no -run): the kernel was not changed`);
-  report(result, o, io, verboseRules(last, io));
+  report(result, o, io, verboseRules(core, io));
 }
 
 
@@ -198,9 +208,8 @@ async function applyCommand(o: ProfileOpts & { file?: string }, io: Out): Promis
   } else {
     inputs = [profileInput(o)];
   }
-  let last: Change = { upsert: [], remove: [] };
-  const result = await core.transact((state) => (last = upsertChange(state, inputs)), { run: true });
-  report(result, o, io, verboseRules(last, io));
+  const result = await core.transact((state) => upsertChange(state, inputs), { run: true });
+  report(result, o, io, verboseRules(core, io));
 }
 
 async function deleteCommand(names: string[], o: GlobalOpts & { all?: boolean }, io: Out): Promise<void> {
@@ -233,16 +242,35 @@ async function showCommand(name: string, o: GlobalOpts, io: Out): Promise<void> 
   const core = makeCore(o, io);
   const state = await core.readState();
   const profile = state.get(name);
-  const view: KernelView = await core.readKernel();
+  const { executor } = await core.select();
+  if (executor.engine === 'nft') return showNft(name, profile, await executor.read(), o, io, `${executor.engine}/${executor.kind}`, core.statePath);
+  const view: KernelView = await executor.read();
   const chain = view.chains.find((c) => c.name === chainName(name));
   const hooks = view.hookRules.filter((h) => h.owner === name);
   if (!profile && !chain && !hooks.length) throw new IptlbError('ENOTFOUND', `name: profile ${show(name)} is neither in the state file nor in the kernel`, { field: 'name' });
   if (o.json) return io.out(JSON.stringify(jsonSafe({ profile: profile ?? null, kernel: { chain: chain ?? null, hookRules: hooks } })));
   io.out(profile ? `profile ${describeProfile(profile)}` : `profile ${name}: not in the state file ${core.statePath}`);
-  io.out(`kernel (nat, ${core.executor.engine}/${core.executor.kind}):`);
+  io.out(`kernel (nat, ${executor.engine}/${executor.kind}):`);
   if (!chain && !hooks.length) io.out('  no rules in the kernel');
   for (const h of hooks) io.out(`  ${h.chain} #${h.position}\t${h.packets} pkts ${h.bytes} bytes\t${h.raw ?? renderRule(h.rule)}`);
   if (chain) for (const r of chain.rules) io.out(`  ${chain.name}\t${r.packets} pkts ${r.bytes} bytes\t${renderRule(r.rule)}`);
+}
+
+/** `show` on the nft engine: the profile's elements and rules in table ip iptlb, with counters. */
+function showNft(name: string, profile: Profile | undefined, view: NftView, o: GlobalOpts, io: Out, how: string, statePath: string | null): void {
+  const vip = profile ? planNftProfile(profile).vip : undefined;
+  const same = (e: { ip: string; port: number }): boolean => !!vip && e.ip === vip.ip && e.port === vip.port;
+  const dispatch = view.dispatchSets.flatMap((s) => s.elements.filter((e) => same(e.key)).map((e) => ({ set: s.name, ...e })));
+  const backends = view.backendMaps.flatMap((m) => (m.proto === profile?.protocol ? m.elements.filter((e) => same(e.vip)) : []));
+  const rules = view.chains.flatMap((c) => c.rules.filter((r) => (r.kind === 'log' || r.kind === 'masq') && r.owner === name).map((r) => ({ chain: c.name, rule: r })));
+  if (!profile && !rules.length) throw new IptlbError('ENOTFOUND', `name: profile ${show(name)} is neither in the state file nor in the kernel`, { field: 'name' });
+  if (o.json) return io.out(JSON.stringify(jsonSafe({ profile: profile ?? null, kernel: { dispatch, backends, rules } })));
+  io.out(profile ? `profile ${describeProfile(profile)}` : `profile ${name}: not in the state file ${statePath}`);
+  io.out(`kernel (table ip iptlb, ${how}):`);
+  if (!dispatch.length && !backends.length && !rules.length) io.out('  nothing in the kernel');
+  for (const d of dispatch) io.out(`  set ${d.set}\t${d.packets} pkts ${d.bytes} bytes\t${d.key.ip} . ${d.key.port}`);
+  for (const b of backends) io.out(`  map be_${profile!.protocol}\t${b.packets} pkts ${b.bytes} bytes\t${b.vip.ip} . ${b.vip.port} . ${b.index} : ${b.to.ip} . ${b.to.port}`);
+  for (const r of rules) io.out(`  chain ${r.chain}\t${renderNftRule(r.rule as NftRule)}`);
 }
 
 async function planCommand(o: LegacyOpts, io: Out): Promise<void> {
@@ -252,9 +280,20 @@ async function planCommand(o: LegacyOpts, io: Out): Promise<void> {
   if (o.useState) change = o.delete ? { upsert: [], remove: [...state.keys()] } : { upsert: [...state.values()], remove: [] };
   else if (o.delete) change = deleteChange(state, [validateName(o.profile, 'name')]);
   else change = upsertChange(state, [profileInput(o)]);
+  const { executor } = await core.select();
+  if (executor.engine === 'nft') {
+    const next = new Map(state);
+    for (const n of change.remove) next.delete(n);
+    for (const p of change.upsert) next.set(p.name, p);
+    const tx = planNftChange(state, next, [...change.upsert.map((p) => p.name), ...change.remove]);
+    const text = await executor.render(tx);
+    if (o.json) io.out(JSON.stringify({ engine: 'nft', nft: text, transaction: tx }));
+    else io.out(text.trimEnd());
+    return;
+  }
   const tx = planTransaction(change.upsert, change.remove);
-  const text = await core.executor.render(tx);
-  if (o.json) io.out(JSON.stringify({ restore: text, transaction: tx }));
+  const text = await executor.render(tx);
+  if (o.json) io.out(JSON.stringify({ engine: 'legacy', restore: text, transaction: tx }));
   else io.out(text.trimEnd());
 }
 
@@ -342,6 +381,15 @@ Exit status: 0 done, 1 refused (conflict, kernel, state, lock), 2 bad input or u
       process.once('SIGTERM', stop);
       process.once('SIGINT', stop);
       await w.done;
+    });
+  addGlobal(program.command('migrate').description('move every profile to the other engine: one transaction to install them there, one to remove them here; no virtual address is ever without rules'))
+    .requiredOption('--to <engine>', 'legacy or nft')
+    .action(async (o: GlobalOpts & { to: string }, cmd: Command) => {
+      const g = withGlobals(o, cmd);
+      const to = parseEngineChoice(o.to);
+      if (to === 'auto') throw new IptlbError('EUSAGE', 'to: migrate needs --to legacy or --to nft', { field: 'to' });
+      const r = await makeCore(g, io).migrate(to);
+      if (g.json) io.out(JSON.stringify({ to, ...r }));
     });
   addGlobal(program.command('doctor').description('say which engine and executor would be used and why, what is missing and how to fix it')).action(
     async (o: GlobalOpts, cmd: Command) => {

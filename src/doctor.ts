@@ -5,7 +5,9 @@ import { existsSync } from 'node:fs';
 import { hasNetAdmin } from './caps.js';
 import { loadAddon } from './native/addon.js';
 import { findBinary } from './executors/spawn.js';
-import { parseExecutorChoice, selectExecutor } from './executors/index.js';
+import { parseExecutorChoice } from './executors/index.js';
+import { iptablesFlavour, parseEngineChoice, xtablesAvailable } from './engine.js';
+import { Core } from './lb.js';
 import { readState, resolveStatePath } from './state.js';
 import { IptlbError } from './errors.js';
 
@@ -18,20 +20,24 @@ interface Check {
   fix?: string;
 }
 
-export async function doctor(o: { stateFile?: string; executor?: string; json?: boolean }, io: Out): Promise<number> {
+export async function doctor(o: { stateFile?: string; executor?: string; engine?: string; json?: boolean }, io: Out): Promise<number> {
   const checks: Check[] = [];
   const cap = hasNetAdmin();
   checks.push({ name: 'privileges', ok: cap, detail: cap ? 'CAP_NET_ADMIN present' : 'CAP_NET_ADMIN missing', fix: cap ? undefined : 'run iptlb as root (sudo) or grant CAP_NET_ADMIN' });
-  const xt = existsSync('/proc/net/ip_tables_names') || existsSync('/sys/module/ip_tables');
-  checks.push({ name: 'x_tables', ok: xt, detail: xt ? 'legacy x_tables available in this kernel' : 'no ip_tables support visible', fix: xt ? undefined : 'modprobe ip_tables iptable_nat' });
+  const xt = xtablesAvailable();
+  checks.push({ name: 'x_tables', ok: true, detail: xt ? 'available in this kernel (legacy engine possible)' : 'not available in this kernel (legacy engine impossible)' });
+  const flavour = iptablesFlavour();
+  checks.push({ name: 'host iptables', ok: true, detail: flavour === 'none' ? 'not installed' : `the ${flavour === 'nft' ? 'nf_tables' : 'legacy'} flavour` });
   const addon = loadAddon();
   checks.push(
     addon.ok
-      ? { name: 'native addon', ok: true, detail: 'loaded (libiptc)' }
+      ? { name: 'native addon', ok: true, detail: 'loaded (libiptc for legacy, netlink for nft)' }
       : { name: 'native addon', ok: false, detail: `${addon.reason}: ${addon.detail}`, fix: addon.fix },
   );
   const restore = findBinary('iptables-legacy-restore');
-  checks.push({ name: 'iptables-legacy-restore', ok: !!restore, detail: restore ?? 'not found', fix: restore ? undefined : 'apt-get install -y iptables' });
+  checks.push({ name: 'iptables-legacy-restore', ok: !!restore, detail: restore ?? 'not found (spawn executor of the legacy engine)', fix: restore ? undefined : 'apt-get install -y iptables' });
+  const nft = findBinary('nft');
+  checks.push({ name: 'nft', ok: !!nft, detail: nft ?? 'not found (spawn executor of the nft engine)', fix: nft ? undefined : 'apt-get install -y nftables' });
   const statePath = resolveStatePath(o.stateFile);
   try {
     const state = await readState(statePath);
@@ -39,25 +45,30 @@ export async function doctor(o: { stateFile?: string; executor?: string; json?: 
   } catch (e) {
     checks.push({ name: 'state file', ok: false, detail: (e as Error).message, fix: 'repair or move the file aside' });
   }
-  let executor = '';
+  let executor = 'none';
   let reason = '';
+  let engine = 'none';
+  let engineReason = '';
+  let warning: string | undefined;
   let usable = true;
   try {
-    const sel = selectExecutor(parseExecutorChoice(o.executor ?? process.env.IPTLB_EXECUTOR));
+    const core = new Core({ stateFile: statePath, executor: parseExecutorChoice(o.executor ?? process.env.IPTLB_EXECUTOR), engine: parseEngineChoice(o.engine ?? process.env.IPTLB_ENGINE) });
+    const sel = await core.select();
     executor = sel.executor.kind;
     reason = sel.reason;
+    engine = sel.engine;
+    engineReason = sel.engineReason;
+    warning = sel.engineWarning;
   } catch (e) {
     usable = false;
-    executor = 'none';
     reason = e instanceof IptlbError ? e.message : String(e);
   }
-  const engine = 'legacy';
-  const engineReason = 'x_tables nat table through libiptc / iptables-legacy-restore (the only engine in this version)';
-  const ok = usable && cap;
+  if (warning) checks.push({ name: 'engines', ok: false, detail: warning, fix: 'iptlb migrate --to nft (or --to legacy)' });
+  const ok = usable && cap && !warning;
   if (o.json) {
     io.out(JSON.stringify({ ok, engine, engineReason, executor, executorReason: reason, checks }));
   } else {
-    io.out(`engine:   ${engine} — ${engineReason}`);
+    io.out(`engine:   ${engine} — ${engineReason || reason}`);
     io.out(`executor: ${executor} — ${reason}`);
     for (const c of checks) io.out(`  [${c.ok ? 'ok' : '!!'}] ${c.name}: ${c.detail}${c.fix ? `\n       fix: ${c.fix}` : ''}`);
     io.out(ok ? 'ready' : 'not ready: see the fixes above');

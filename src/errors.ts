@@ -9,7 +9,8 @@ export type ErrorCode =
   | 'ENOTFOUND' // the named profile does not exist
   | 'ESTATE' // the state file is unreadable, malformed or unsafe
   | 'ELOCK' // a lock could not be taken in time
-  | 'EKERNEL' // the kernel (or iptables-restore) refused the change
+  | 'EKERNEL' // the kernel (or iptables-restore / nft) refused the change
+  | 'ERESTART' // the nf_tables ruleset changed under a read-modify-write commit; retried, then reported
   | 'EPERM' // missing CAP_NET_ADMIN or file permission
   | 'ENATIVE' // the native addon cannot be used
   | 'EEXECUTOR'; // no executor can run on this machine

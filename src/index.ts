@@ -14,7 +14,8 @@ import { Core, type OpenOptions, type TransactionResult } from './lb.js';
 import { CommitQueue, type CommitEvent } from './batch.js';
 import { validateName, validateProfile } from './profile.js';
 import { IptlbError } from './errors.js';
-import type { Executor, KernelView, Profile, ProfileInput } from './types.js';
+import type { EngineName, Executor, KernelView, Profile, ProfileInput } from './types.js';
+import type { NftView } from './nft/ops.js';
 import type { ProfileReport } from './drift.js';
 export type { ProfileReport, ProfileStatus, DestinationCounters } from './drift.js';
 
@@ -39,7 +40,10 @@ export interface IptlbEvents {
   /** A call failed (also delivered through that call's promise). Emitted only when listened to. */
   error: [Error];
 }
-export type { Profile, ProfileInput, Protocol, RulesBackend, KernelView, Rule, Match, Target, Transaction, ExecutorChoice, Executor, CommitResult } from './types.js';
+export type { Profile, ProfileInput, Protocol, RulesBackend, KernelView, Rule, Match, Target, Transaction, ExecutorChoice, Executor, LegacyExecutor, NftExecutor, CommitResult, EngineName, EngineChoice } from './types.js';
+export type { NftOp, NftRule, NftTransaction, NftView } from './nft/ops.js';
+export { planNftChange, planNftRebuild } from './nft/plan.js';
+export { renderNft } from './nft/ops.js';
 export { validateProfile, chainName } from './profile.js';
 export { planTransaction, planProfile } from './plan.js';
 export { renderRestore, renderRule } from './restore.js';
@@ -74,9 +78,9 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
   }
 
   /** Which executor commits (`native` or `spawn`) and why it was chosen. */
-  get executor(): { kind: 'native' | 'spawn'; engine: 'legacy'; reason: string } {
+  get executor(): { kind: 'native' | 'spawn'; engine: EngineName; reason: string; engineReason: string } {
     const s = this.core.selection;
-    return { kind: s.executor.kind, engine: s.executor.engine, reason: s.reason };
+    return { kind: s.executor.kind, engine: s.engine, reason: s.reason, engineReason: s.engineReason };
   }
 
   private check(): void {
@@ -139,7 +143,7 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
   }
 
   /** iptlb's rules as they are in the kernel, with counters. */
-  async kernel(): Promise<KernelView> {
+  async kernel(): Promise<KernelView | NftView> {
     this.check();
     return this.core.readKernel();
   }
@@ -157,6 +161,6 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
  */
 export async function open(options: IptlbOptions = {}, executor?: Executor): Promise<Iptlb> {
   const core = new Core(options, executor);
-  void core.selection; // choose (and validate) the executor now, so a forced `native` fails here
+  await core.select(); // choose (and validate) the engine and executor now, so a forced `native` fails here
   return new Iptlb(core, options.coalesce ?? true);
 }

@@ -4,6 +4,12 @@
  */
 import { IptlbError } from './errors.js';
 import { selectExecutor, parseExecutorChoice } from './executors/index.js';
+import { nftTableExistsViaCli, parseEngineChoice, selectEngine, xtablesTables } from './engine.js';
+import { loadAddon } from './native/addon.js';
+import { findBinary } from './executors/spawn.js';
+import { planNftChange, planNftRebuild, planNftRemoveAll, nftHookOf } from './nft/plan.js';
+import { dispatchSetName } from './nft/ops.js';
+import { compareNft } from './nft/view.js';
 import { DEFAULT_LOCK_WAIT_MS, lockStateFile } from './lock.js';
 import { chainName, checkConflicts, sameProfile, show, validateName, validateProfile } from './profile.js';
 import { hookChainOf, isEmptyTransaction, planTransaction } from './plan.js';
@@ -11,7 +17,9 @@ import { readState, resolveStatePath, stateVersion, writeState } from './state.j
 import { hasNetAdmin } from './caps.js';
 import { flushStaleFlows, staleFlows } from './conntrack.js';
 import { compare, syncTransaction, type ProfileReport } from './drift.js';
-import type { Executor, ExecutorChoice, KernelView, Profile, ProfileInput, Transaction } from './types.js';
+import type { EngineChoice, EngineName, Executor, ExecutorChoice, KernelView, NftExecutor, Profile, ProfileInput } from './types.js';
+import type { NftTransaction, NftView } from './nft/ops.js';
+import type { Transaction } from './types.js';
 
 /** Options of {@link open}. */
 export interface OpenOptions {
@@ -21,8 +29,14 @@ export interface OpenOptions {
    * source of truth is elsewhere: no fsync and no file lock per change).
    */
   stateFile?: string | false;
-  /** Executor: `native` (the addon), `spawn` (iptables-legacy-restore) or `auto`. Default: env `IPTLB_EXECUTOR`, else `auto`. */
+  /** Executor: `native` (the addon), `spawn` (iptables-legacy-restore / nft -f) or `auto`. Default: env `IPTLB_EXECUTOR`, else `auto`. */
   executor?: ExecutorChoice;
+  /**
+   * Engine: `legacy` (the x_tables nat table), `nft` (the nf_tables table `ip iptlb`) or `auto` (the
+   * engine that already holds iptlb's rules; else nft when the host's iptables is the nf_tables
+   * flavour or x_tables is missing; else legacy). Default: env `IPTLB_ENGINE`, else `auto`.
+   */
+  engine?: EngineChoice;
   /** How long to wait for the state-file lock and the xtables lock, ms. Default 10000. */
   lockWaitMs?: number;
   /** Receives one line per action taken. Default: none. */
@@ -48,7 +62,24 @@ export interface TransactionResult {
   commitMs: number;
   /** The executor that committed; `null` when the kernel was not touched (a state-only change). */
   executor: 'native' | 'spawn' | null;
-  engine: 'legacy';
+  /** The engine that committed; `null` when the kernel was not touched. */
+  engine: EngineName | null;
+}
+
+/** The engine and executor in use, and why. */
+export interface Selection {
+  executor: Executor;
+  reason: string;
+  engine: EngineName;
+  engineReason: string;
+  /** Set when both engines hold iptlb objects. */
+  engineWarning?: string;
+}
+
+/** True when a commit failed because the kernel does not hold what the plan assumed (nft: element or set missing or different). */
+function outOfStep(e: unknown): boolean {
+  const err = e as IptlbError;
+  return err instanceof IptlbError && err.code === 'EKERNEL' && (err.errno === 2 || err.errno === 17 || err.errno === 16);
 }
 
 /** A change decided against the current state. */
@@ -62,32 +93,63 @@ export class Core {
   readonly statePath: string | null;
   private memory = new Map<string, Profile>();
   readonly executorChoice: ExecutorChoice;
+  readonly engineChoice: EngineChoice;
   readonly lockWaitMs: number;
   private readonly keepConntrack: boolean;
-  private selected?: { executor: Executor; reason: string };
+  private selected?: Selection;
+  private selecting?: Promise<Selection>;
   private readonly injected: boolean;
   private readonly log: (line: string) => void;
   private readonly logging: boolean;
   private queue: Promise<unknown> = Promise.resolve();
+  /** The last transaction committed by this instance (for `--verbose`). */
+  lastTransaction?: Transaction | NftTransaction;
 
   /** @param injected an executor to use instead of choosing one (tests, embedders with their own). */
   constructor(opts: OpenOptions = {}, injected?: Executor) {
-    if (injected) this.selected = { executor: injected, reason: 'executor supplied by the caller' };
+    if (injected) {
+      this.selected = { executor: injected, reason: 'executor supplied by the caller', engine: injected.engine, engineReason: 'executor supplied by the caller' };
+    }
     this.injected = !!injected;
     this.statePath = opts.stateFile === false ? null : resolveStatePath(opts.stateFile);
     this.executorChoice = opts.executor ?? parseExecutorChoice(process.env.IPTLB_EXECUTOR);
+    this.engineChoice = opts.engine ?? parseEngineChoice(process.env.IPTLB_ENGINE);
     this.lockWaitMs = opts.lockWaitMs ?? DEFAULT_LOCK_WAIT_MS;
     this.keepConntrack = opts.keepConntrack ?? false;
     this.log = opts.log ?? (() => {});
     this.logging = opts.log !== undefined;
   }
 
-  /** The executor, chosen on first use. */
-  get executor(): Executor {
-    return this.selection.executor;
+  /** The engine and executor, chosen on first use (see {@link selectEngine}). */
+  select(): Promise<Selection> {
+    if (this.selected) return Promise.resolve(this.selected);
+    this.selecting ??= (async () => {
+      const opts = { lockWaitMs: this.lockWaitMs };
+      const e = await selectEngine(this.engineChoice, {
+        legacyHasRules: async () => {
+          try {
+            const view = await selectExecutor(this.executorChoice, opts, 'legacy').executor.read();
+            return 'hookRules' in view && (view.hookRules.length > 0 || view.chains.length > 0);
+          } catch {
+            return false;
+          }
+        },
+        nftHasTable: async () => {
+          if (findBinary('nft')) return nftTableExistsViaCli();
+          const addon = loadAddon();
+          return addon.ok ? (await addon.addon.nftRead()).exists : false;
+        },
+      });
+      const sel = selectExecutor(this.executorChoice, opts, e.engine);
+      this.selected = { ...sel, engine: e.engine, engineReason: e.reason, ...(e.warning ? { engineWarning: e.warning } : {}) };
+      return this.selected;
+    })();
+    this.selecting.catch(() => (this.selecting = undefined));
+    return this.selecting;
   }
-  get selection(): { executor: Executor; reason: string } {
-    this.selected ??= selectExecutor(this.executorChoice, { lockWaitMs: this.lockWaitMs });
+  /** The selection made by {@link select}; throws when it has not run yet. */
+  get selection(): Selection {
+    if (!this.selected) throw new Error('Core.selection read before select()');
     return this.selected;
   }
 
@@ -119,7 +181,7 @@ export class Core {
    */
   transact(decide: (state: Map<string, Profile>) => Change, opts: { run: boolean }): Promise<TransactionResult> {
     return this.serial(async () => {
-      const executor = opts.run ? this.executor : undefined;
+      const executor = opts.run ? (await this.select()).executor : undefined;
       if (executor) this.checkPrivileges();
       const lock = await this.lock();
       try {
@@ -130,17 +192,26 @@ export class Core {
         for (const p of change.upsert) next.set(p.name, p);
         let committed = false;
         let commitMs = 0;
-        if (executor) {
+        if (executor?.engine === 'legacy') {
           const tx = planTransaction(change.upsert, change.remove);
           if (!isEmptyTransaction(tx)) {
             commitMs = (await executor.commit(tx)).durationMs;
             committed = true;
-            this.describe(change, tx);
-            this.log(
-              `committed ${change.upsert.length + change.remove.length} profile change(s) in one transaction ` +
-                `(nat table, ${executor.engine}/${executor.kind}, ${commitMs.toFixed(2)} ms)`,
-            );
+            this.lastTransaction = tx;
           }
+        } else if (executor?.engine === 'nft') {
+          const tx = planNftChange(state, next, [...change.upsert.map((p) => p.name), ...change.remove]);
+          if (tx.ops.length) {
+            commitMs = await this.commitNft(executor, () => tx, next);
+            committed = true;
+          }
+        }
+        if (committed && executor) {
+          this.describe(change, executor.engine);
+          this.log(
+            `committed ${change.upsert.length + change.remove.length} profile change(s) in one transaction ` +
+              `(${executor.engine === 'nft' ? 'table ip iptlb' : 'nat table'}, ${executor.engine}/${executor.kind}, ${commitMs.toFixed(2)} ms)`,
+          );
         }
         const changed =
           change.remove.some((n) => state.has(n)) || change.upsert.some((p) => !state.has(p.name) || !sameProfile(state.get(p.name)!, p));
@@ -167,8 +238,8 @@ export class Core {
           committed,
           stateWritten,
           commitMs,
-          executor: executor?.kind ?? null,
-          engine: 'legacy',
+          executor: committed ? executor!.kind : null,
+          engine: committed ? executor!.engine : null,
         };
       } finally {
         lock.release();
@@ -189,56 +260,140 @@ export class Core {
     }
   }
 
-  private describe(change: Change, tx: Transaction): void {
-    if (!this.logging) return;
-    const rulesOf = new Map(tx.chains.map((c) => [c.name, c.rules.length]));
-    for (const p of change.upsert) {
-      const chain = { rules: { length: rulesOf.get(chainName(p.name)) } };
-      this.log(
-        `apply profile ${p.name}: ${p.source}/${p.protocol} -> ${p.destination.join(',')} ` +
-          `(${p.rulesBackend}: jump in nat ${hookChainOf(p)}, chain ${chainName(p.name)} with ${chain?.rules.length ?? 0} rules` +
-          `${p.logEnabled ? `, logging at level ${p.logLevel}` : ''}${p.masquerade ? ', masquerade in POSTROUTING' : ''})`,
-      );
+  /**
+   * Commits an nft change; when the table is not as the state says (a missing or different element,
+   * e.g. after a reboot or someone's flush), replaces the whole table with `next` in one transaction.
+   */
+  private async commitNft(executor: NftExecutor, plan: () => ReturnType<typeof planNftChange>, next: Map<string, Profile>): Promise<number> {
+    const tx = plan();
+    try {
+      const ms = (await executor.commit(tx)).durationMs;
+      this.lastTransaction = tx;
+      return ms;
+    } catch (e) {
+      if (!outOfStep(e)) throw e;
+      this.log(`table ip iptlb is not as the state says (${(e as Error).message}); replacing it with all ${next.size} profile(s) in one transaction`);
+      const rebuild = planNftRebuild(next.values());
+      const ms = (await executor.commit(rebuild)).durationMs;
+      this.lastTransaction = rebuild;
+      return ms;
     }
-    for (const n of change.remove) {
-      if (!change.upsert.some((p) => p.name === n)) this.log(`delete profile ${n}: jump rules and chain ${chainName(n)} removed`);
+  }
+
+  private describe(change: Change, engine: EngineName): void {
+    if (!this.logging) return;
+    const n = (p: Profile): number => p.destination.length;
+    for (const p of change.upsert) {
+      const where =
+        engine === 'nft'
+          ? `${p.rulesBackend}: element of set ${dispatchSetName(nftHookOf(p), p.protocol, n(p))} and ${n(p)} of map be_${p.protocol} in table ip iptlb` +
+            `${p.logEnabled ? `, logging at level ${p.logLevel}` : ''}${p.masquerade ? ', masquerade in postrouting' : ''}`
+          : `${p.rulesBackend}: jump in nat ${hookChainOf(p)}, chain ${chainName(p.name)} with ${n(p) + 1 + (p.logEnabled ? 1 : 0)} rules` +
+            `${p.logEnabled ? `, logging at level ${p.logLevel}` : ''}${p.masquerade ? ', masquerade in POSTROUTING' : ''}`;
+      this.log(`apply profile ${p.name}: ${p.source}/${p.protocol} -> ${p.destination.join(',')} (${where})`);
+    }
+    for (const name of change.remove) {
+      if (change.upsert.some((p) => p.name === name)) continue;
+      this.log(engine === 'nft' ? `delete profile ${name}: its elements and rules removed from table ip iptlb` : `delete profile ${name}: jump rules and chain ${chainName(name)} removed`);
     }
   }
 
   /** Each profile of the state file compared with the kernel, plus the kernel's orphans, with counters. */
   async status(): Promise<ProfileReport[]> {
+    const { executor } = await this.select();
     const state = await this.readState();
-    return compare(state, await this.executor.read());
+    return executor.engine === 'nft' ? compareNft(state, await executor.read()) : compare(state, await executor.read());
   }
 
   /** Makes the kernel match the state file in one transaction; returns what was out of step before. */
   sync(opts: { quietWhenInSync?: boolean } = {}): Promise<{ before: ProfileReport[]; committed: boolean; commitMs: number }> {
     return this.serial(async () => {
-      const executor = this.executor;
+      const { executor } = await this.select();
       this.checkPrivileges();
       const lock = await this.lock();
       try {
         const state = await this.readState();
-        const view = await executor.read();
-        const before = compare(state, view);
-        const drifted = before.filter((r) => r.status !== 'in-sync');
-        if (drifted.length === 0) {
-          if (!opts.quietWhenInSync) this.log('kernel already matches the state file; nothing to do');
-          return { before, committed: false, commitMs: 0 };
+        for (let attempt = 1; ; attempt++) {
+          const view = await executor.read();
+          const before = executor.engine === 'nft' ? compareNft(state, view as NftView) : compare(state, view as KernelView);
+          const drifted = before.filter((r) => r.status !== 'in-sync');
+          if (drifted.length === 0) {
+            if (!opts.quietWhenInSync) this.log('kernel already matches the state file; nothing to do');
+            return { before, committed: false, commitMs: 0 };
+          }
+          if (attempt === 1) for (const r of drifted) this.log(`sync ${r.name}: ${r.status}${r.detail ? ` (${r.detail})` : ''}`);
+          let durationMs: number;
+          try {
+            durationMs =
+              executor.engine === 'nft'
+                ? (await executor.commit(planNftRebuild(state.values(), (view as NftView).genid || undefined))).durationMs
+                : (await executor.commit(syncTransaction(state, view as KernelView))).durationMs;
+          } catch (e) {
+            // Someone else changed the ruleset between our read and our commit: read again.
+            if (e instanceof IptlbError && e.code === 'ERESTART' && attempt < 5) continue;
+            throw e;
+          }
+          const where = executor.engine === 'nft' ? 'table ip iptlb' : 'nat table';
+          this.log(`committed the sync of ${drifted.length} profile(s) in one transaction (${where}, ${executor.engine}/${executor.kind}, ${durationMs.toFixed(2)} ms)`);
+          return { before, committed: true, commitMs: durationMs };
         }
-        for (const r of drifted) this.log(`sync ${r.name}: ${r.status}${r.detail ? ` (${r.detail})` : ''}`);
-        const { durationMs } = await executor.commit(syncTransaction(state, view));
-        this.log(`committed the sync of ${drifted.length} profile(s) in one transaction (nat table, ${executor.engine}/${executor.kind}, ${durationMs.toFixed(2)} ms)`);
-        return { before, committed: true, commitMs: durationMs };
       } finally {
         lock.release();
       }
     });
   }
 
-  /** Kernel objects owned by iptlb. */
-  readKernel(): Promise<KernelView> {
-    return this.executor.read();
+  /**
+   * Moves every profile of the state to engine `to`, one transaction per engine: first all of them
+   * are installed in `to` (while the other engine still balances: the first NAT hook a flow meets
+   * binds it, so no virtual address is ever without rules), then iptlb's objects are removed from
+   * the other engine. The next selection (`auto`) finds them in `to`.
+   */
+  migrate(to: EngineName): Promise<{ moved: number; installMs: number; removeMs: number; removedFrom: boolean }> {
+    return this.serial(async () => {
+      if (this.injected) throw new IptlbError('EUSAGE', 'migrate needs iptlb to choose its executors (none may be injected)');
+      this.checkPrivileges();
+      const lock = await this.lock();
+      try {
+        const state = await this.readState();
+        const opts = { lockWaitMs: this.lockWaitMs };
+        const target = selectExecutor(this.executorChoice, opts, to).executor;
+        const from = to === 'nft' ? 'legacy' : 'nft';
+        let installMs: number;
+        if (target.engine === 'nft') {
+          installMs = (await target.commit(planNftRebuild(state.values()))).durationMs;
+        } else {
+          installMs = (await target.commit(syncTransaction(state, await target.read()))).durationMs;
+        }
+        this.log(`installed ${state.size} profile(s) in the ${to} engine in one transaction (${target.kind}, ${installMs.toFixed(2)} ms)`);
+        let removeMs = 0;
+        let removedFrom = false;
+        const source = selectExecutor(this.executorChoice, opts, from).executor;
+        if (source.engine === 'nft') {
+          if ((await source.read()).exists) {
+            removeMs = (await source.commit(planNftRemoveAll())).durationMs;
+            removedFrom = true;
+          }
+        } else if (xtablesTables()?.includes('nat')) {
+          const view = await source.read();
+          if (view.chains.length || view.hookRules.length) {
+            removeMs = (await source.commit(syncTransaction(new Map(), view))).durationMs;
+            removedFrom = true;
+          }
+        }
+        this.log(removedFrom ? `removed iptlb's objects from the ${from} engine in one transaction (${source.kind}, ${removeMs.toFixed(2)} ms)` : `the ${from} engine held nothing of iptlb's`);
+        this.selected = undefined;
+        this.selecting = undefined;
+        return { moved: state.size, installMs, removeMs, removedFrom };
+      } finally {
+        lock.release();
+      }
+    });
+  }
+
+  /** Kernel objects owned by iptlb: the nat table's (legacy) or table ip iptlb (nft). */
+  async readKernel(): Promise<KernelView | NftView> {
+    return (await this.select()).executor.read();
   }
 }
 

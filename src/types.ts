@@ -3,6 +3,7 @@
  * API's field names and the CLI's concepts. The rule-plan types ({@link Rule}, {@link Transaction})
  * are the contract between the pure planner and every executor (native addon and spawn).
  */
+import type { NftTransaction, NftView } from './nft/ops.js';
 
 /** Transport protocol a profile balances. */
 export type Protocol = 'tcp' | 'udp' | 'sctp';
@@ -133,8 +134,13 @@ export interface CommitResult {
   durationMs: number;
 }
 
-/** How rules reach the kernel. Both implementations give the same kernel result for the same transaction. */
-export interface Executor {
+/** The two ways of holding iptlb's rules: the x_tables nat table (`legacy`) or the nf_tables table `ip iptlb` (`nft`). */
+export type EngineName = 'legacy' | 'nft';
+export type EngineChoice = EngineName | 'auto';
+export const ENGINES: readonly EngineName[] = ['legacy', 'nft'];
+
+/** How rules reach the x_tables nat table. Both implementations give the same kernel result for the same transaction. */
+export interface LegacyExecutor {
   readonly kind: 'native' | 'spawn';
   readonly engine: 'legacy';
   commit(tx: Transaction): Promise<CommitResult>;
@@ -142,5 +148,19 @@ export interface Executor {
   /** The exact text an iptables-restore would be fed for this transaction against the current kernel (read-only). */
   render(tx: Transaction): Promise<string>;
 }
+
+/** How ops reach table ip iptlb: one netlink batch (native) or one `nft -f -` (spawn); same kernel result. */
+export interface NftExecutor {
+  readonly kind: 'native' | 'spawn';
+  readonly engine: 'nft';
+  /** Fails with code `EKERNEL` and the kernel's errno (ENOENT, EEXIST, EBUSY when the table is not as planned), or `ERESTART` when `expectGenid` is stale. */
+  commit(tx: NftTransaction): Promise<CommitResult>;
+  read(): Promise<NftView>;
+  /** The `nft -f` text of the transaction. */
+  render(tx: NftTransaction): Promise<string>;
+}
+
+/** An executor of either engine. */
+export type Executor = LegacyExecutor | NftExecutor;
 
 export type ExecutorChoice = 'native' | 'spawn' | 'auto';

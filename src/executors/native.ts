@@ -5,7 +5,7 @@
 import { IptlbError, type ErrorCode } from '../errors.js';
 import { renderRestore } from '../restore.js';
 import type { NativeAddon } from '../native/addon.js';
-import type { CommitResult, Executor, KernelView, Transaction } from '../types.js';
+import type { CommitResult, LegacyExecutor, KernelView, Transaction } from '../types.js';
 
 /** Maps what the addon throws or rejects with to an {@link IptlbError}, keeping the code, errno and message. */
 export function mapNativeError(e: unknown): IptlbError {
@@ -17,12 +17,12 @@ export function mapNativeError(e: unknown): IptlbError {
     const field = /^([\w.[\]]+): /.exec(message)?.[1];
     return new IptlbError('ENATIVE', `native addon refused the transaction: ${message}`, field ? { field, cause: e } : { cause: e });
   }
-  const code: ErrorCode = err.code === 'ELOCK' ? 'ELOCK' : err.code === 'EPERM' ? 'EPERM' : 'EKERNEL';
+  const code: ErrorCode = err.code === 'ELOCK' || err.code === 'EPERM' || err.code === 'ERESTART' ? err.code : 'EKERNEL';
   const opts = typeof err.errno === 'number' ? { errno: err.errno, cause: e } : { cause: e };
   return new IptlbError(code, message, opts);
 }
 
-export class NativeExecutor implements Executor {
+export class NativeExecutor implements LegacyExecutor {
   readonly kind = 'native' as const;
   readonly engine = 'legacy' as const;
   private readonly lockWaitMs: number;

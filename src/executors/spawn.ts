@@ -7,7 +7,7 @@ import { accessSync, constants as C } from 'node:fs';
 import * as path from 'node:path';
 import { IptlbError } from '../errors.js';
 import { parseSave, renderRestore } from '../restore.js';
-import type { CommitResult, Executor, KernelView, Transaction } from '../types.js';
+import type { CommitResult, LegacyExecutor, KernelView, Transaction } from '../types.js';
 
 const SBIN = ['/usr/sbin', '/sbin', '/usr/local/sbin'];
 
@@ -32,7 +32,7 @@ interface RunResult {
   stderr: string;
 }
 
-function run(file: string, args: string[], input?: string): Promise<RunResult> {
+export function run(file: string, args: string[], input?: string): Promise<RunResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
@@ -62,7 +62,7 @@ export function restoreError(stderr: string, input: string, tool: string): Iptlb
   return new IptlbError('EKERNEL', `${tool}: ${text.join('; ')}${detail}`);
 }
 
-export class SpawnExecutor implements Executor {
+export class SpawnExecutor implements LegacyExecutor {
   readonly kind = 'spawn' as const;
   readonly engine = 'legacy' as const;
   private readonly save: string;

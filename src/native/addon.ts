@@ -6,6 +6,7 @@ import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
 import * as path from 'node:path';
 import type { KernelView, Transaction } from '../types.js';
+import type { NftTransaction, NftView } from '../nft/ops.js';
 import { packageRoot } from '../paths.js';
 
 /** ABI of the addon this TypeScript expects (native/addon.cc exports the same number). */
@@ -30,6 +31,10 @@ export interface NativeAddon {
   /** An exclusive flock(2) on `path` (created 0600, symlinks refused), waiting at most `waitMs`. */
   flock(path: string, waitMs: number): Promise<FileLock>;
   info(): { libiptc: true; xtablesLockPath: string };
+  /** Commits the ops of table ip iptlb as one nf_tables netlink batch; `genid` is the ruleset generation after it. */
+  nftCommit(tx: NftTransaction): Promise<{ durationMs: number; genid: number }>;
+  /** Table ip iptlb as it is, with counters; `exists: false` when there is no such table. */
+  nftRead(): Promise<NftView>;
 }
 
 export type LoadFailureReason = 'not-built' | 'library-missing' | 'abi-mismatch' | 'load-failed';

@@ -1,0 +1,36 @@
+/**
+ * The nft engine's native executor: the addon builds the netlink messages of the ops and sends them
+ * as one batch, on a worker thread; reads table ip iptlb back with its counters.
+ */
+import { renderNft, type NftTransaction, type NftView } from '../nft/ops.js';
+import type { NativeAddon } from '../native/addon.js';
+import type { CommitResult, NftExecutor } from '../types.js';
+import { mapNativeError } from './native.js';
+
+export class NftNativeExecutor implements NftExecutor {
+  readonly kind = 'native' as const;
+  readonly engine = 'nft' as const;
+
+  constructor(private readonly addon: NativeAddon) {}
+
+  async commit(tx: NftTransaction): Promise<CommitResult> {
+    try {
+      const r = await this.addon.nftCommit(tx);
+      return { durationMs: r.durationMs };
+    } catch (e) {
+      throw mapNativeError(e);
+    }
+  }
+
+  async read(): Promise<NftView> {
+    try {
+      return await this.addon.nftRead();
+    } catch (e) {
+      throw mapNativeError(e);
+    }
+  }
+
+  async render(tx: NftTransaction): Promise<string> {
+    return renderNft(tx);
+  }
+}

@@ -1,0 +1,233 @@
+/**
+ * Reading table ip iptlb back: `nft -j list table ip iptlb` parsed into an {@link NftView} (the spawn
+ * executor's read; the native executor's read returns the same shape), and the drift comparison of
+ * a view with the state file. Pure functions.
+ */
+import type { DestinationCounters, ProfileReport } from '../drift.js';
+import type { Profile, Protocol } from '../types.js';
+import { NFT_BASE_CHAINS, parseDispatchSetName, renderNftRule, type NftBaseChain, type NftEndpoint, type NftRule, type NftView } from './ops.js';
+import { baseContent, planNftProfile } from './plan.js';
+
+const LEVELS = ['emerg', 'alert', 'crit', 'err', 'warn', 'notice', 'info', 'debug'];
+type J = Record<string, unknown>;
+const obj = (v: unknown): J | undefined => (v && typeof v === 'object' && !Array.isArray(v) ? (v as J) : undefined);
+const PROTOS: readonly string[] = ['tcp', 'udp', 'sctp'];
+
+export function emptyNftView(genid = 0): NftView {
+  return { genid, exists: false, dispatchSets: [], backendMaps: [], chains: [], foreign: [] };
+}
+
+function counters(e: J | undefined): { packets: bigint; bytes: bigint } {
+  const c = obj(e?.counter);
+  return { packets: BigInt(Number(c?.packets ?? 0)), bytes: BigInt(Number(c?.bytes ?? 0)) };
+}
+
+/** `{match:{op,left,right}}` → [left, right] when op is == (or `in` for flags). */
+function match(e: unknown, op = '=='): [J, unknown] | null {
+  const m = obj(obj(e)?.match);
+  if (!m || m.op !== op) return null;
+  const left = obj(m.left);
+  return left ? [left, m.right] : null;
+}
+const payload = (l: J | undefined, protocol: string, field: string): boolean => {
+  const p = obj(l?.payload);
+  return p?.protocol === protocol && p?.field === field;
+};
+const isFibLocal = (e: unknown): boolean => {
+  const m = match(e);
+  const fib = obj(m?.[0].fib);
+  return !!m && fib?.result === 'type' && Array.isArray(fib.flags) && fib.flags.length === 1 && fib.flags[0] === 'daddr' && m[1] === 'local';
+};
+
+/** Recognises the three rule shapes iptlb writes; anything else is foreign. */
+export function decodeRuleJson(rule: J): NftRule | { kind: 'foreign'; text: string } {
+  const foreign = { kind: 'foreign' as const, text: `handle ${String(rule.handle)}: ${JSON.stringify(rule.expr).slice(0, 160)}` };
+  const expr = Array.isArray(rule.expr) ? [...rule.expr] : [];
+  const comment = typeof rule.comment === 'string' ? rule.comment : undefined;
+  const owner = comment?.startsWith('iptlb:') ? comment.slice(6) : undefined;
+  // dispatch: [fib local] (ip daddr . P dport) @set, dnat to (ip daddr . P dport . numgen random mod n) map @be_P
+  {
+    const e = [...expr];
+    const local = e.length === 3 && isFibLocal(e[0]) ? (e.shift(), true) : false;
+    const m = e.length === 2 ? match(e[0]) : null;
+    const concat = m && Array.isArray(obj(m[0])?.concat) ? (obj(m[0])!.concat as J[]) : null;
+    const set = typeof m?.[1] === 'string' && m[1].startsWith('@') ? parseDispatchSetName(m[1].slice(1)) : null;
+    const dnat = obj(obj(e[1])?.dnat);
+    const map = obj(obj(dnat?.addr)?.map);
+    const key = obj(map?.key)?.concat as J[] | undefined;
+    const ng = obj(key?.[2]?.numgen);
+    if (
+      set && !comment && concat?.length === 2 && payload(concat[0], 'ip', 'daddr') && payload(concat[1], set.proto, 'dport') &&
+      (set.hook === 'loc') === local && dnat?.family === 'ip' && map?.data === `@be_${set.proto}` && key?.length === 3 &&
+      payload(key[0], 'ip', 'daddr') && payload(key[1], set.proto, 'dport') && ng?.mode === 'random' && ng.mod === set.n && (ng.offset ?? 0) === 0
+    ) {
+      return { kind: 'dispatch', hook: set.hook, proto: set.proto, n: set.n };
+    }
+  }
+  // log: ip daddr V, P dport port, [fib local], log prefix level
+  if (owner !== undefined && (expr.length === 3 || expr.length === 4)) {
+    const ip = match(expr[0]);
+    const port = match(expr[1]);
+    const proto = obj(port?.[0].payload)?.protocol;
+    const local = expr.length === 4 && isFibLocal(expr[2]);
+    const log = obj(obj(expr[expr.length - 1])?.log);
+    if (
+      ip && payload(ip[0], 'ip', 'daddr') && typeof ip[1] === 'string' && typeof proto === 'string' && PROTOS.includes(proto) &&
+      payload(port![0], proto, 'dport') && typeof port![1] === 'number' && log && typeof log.prefix === 'string' && (expr.length === 3 || local)
+    ) {
+      const level = log.level === undefined ? 4 : LEVELS.indexOf(String(log.level));
+      if (level >= 0 && Object.keys(log).every((k) => k === 'prefix' || k === 'level')) {
+        return { kind: 'log', owner, vip: { ip: ip[1], port: port![1] }, proto: proto as Protocol, local, prefix: log.prefix, level };
+      }
+    }
+  }
+  // masq: ct status dnat, ct original ip daddr V, ct protocol P, ct original proto-dst port, masquerade
+  if (owner !== undefined && expr.length === 5 && obj(expr[4])?.masquerade === null) {
+    const st = match(expr[0], 'in');
+    const ip = match(expr[1]);
+    const pr = match(expr[2]);
+    const pd = match(expr[3]);
+    const ct = (m: [J, unknown] | null): J | undefined => obj(m?.[0].ct);
+    if (
+      ct(st)?.key === 'status' && st![1] === 'dnat' && ct(ip)?.key === 'ip daddr' && ct(ip)?.dir === 'original' && typeof ip![1] === 'string' &&
+      ct(pr)?.key === 'protocol' && typeof pr![1] === 'string' && PROTOS.includes(pr![1]) &&
+      ct(pd)?.key === 'proto-dst' && ct(pd)?.dir === 'original' && typeof pd![1] === 'number'
+    ) {
+      return { kind: 'masq', owner, vip: { ip: ip![1], port: pd![1] }, proto: pr![1] as Protocol };
+    }
+  }
+  return foreign;
+}
+
+/** Parses `nft -j list table ip iptlb`. An empty input means the table does not exist. */
+export function parseNftJson(text: string, genid = 0): NftView {
+  const view = emptyNftView(genid);
+  if (!text.trim()) return view;
+  const doc = JSON.parse(text) as { nftables?: unknown[] };
+  const chains = new Map<string, NftView['chains'][number]>();
+  for (const item of doc.nftables ?? []) {
+    const o = obj(item);
+    if (!o) continue;
+    if (o.table) view.exists = true;
+    const set = obj(o.set);
+    const map = obj(o.map);
+    const chain = obj(o.chain);
+    const rule = obj(o.rule);
+    if (set) {
+      if (!parseDispatchSetName(String(set.name))) {
+        view.foreign.push(`set ${String(set.name)}`);
+        continue;
+      }
+      const elements = ((set.elem as unknown[]) ?? []).map((x) => {
+        const el = obj(obj(x)?.elem);
+        const val = (obj(el?.val)?.concat ?? []) as unknown[];
+        return { key: { ip: String(val[0]), port: Number(val[1]) }, ...counters(el) };
+      });
+      view.dispatchSets.push({ name: String(set.name), elements });
+    } else if (map) {
+      const proto = /^be_(tcp|udp|sctp)$/.exec(String(map.name))?.[1] as Protocol | undefined;
+      if (!proto) {
+        view.foreign.push(`map ${String(map.name)}`);
+        continue;
+      }
+      const elements = ((map.elem as unknown[]) ?? []).map((x) => {
+        const [k, v] = x as [unknown, unknown];
+        const el = obj(obj(k)?.elem);
+        const key = (obj(el?.val)?.concat ?? []) as unknown[];
+        const to = (obj(v)?.concat ?? []) as unknown[];
+        return {
+          vip: { ip: String(key[0]), port: Number(key[1]) },
+          index: Number(key[2]),
+          to: { ip: String(to[0]), port: Number(to[1]) },
+          ...counters(el),
+        };
+      });
+      view.backendMaps.push({ proto, elements });
+    } else if (chain) {
+      const name = String(chain.name);
+      if ((NFT_BASE_CHAINS as readonly string[]).includes(name)) {
+        const c = { name: name as NftBaseChain, rules: [] };
+        chains.set(name, c);
+        view.chains.push(c);
+      } else {
+        view.foreign.push(`chain ${name}`);
+      }
+    } else if (rule) {
+      chains.get(String(rule.chain))?.rules.push(decodeRuleJson(rule));
+    } else if (!o.table && !o.metainfo) {
+      view.foreign.push(Object.keys(o)[0] ?? 'object');
+    }
+  }
+  return view;
+}
+
+const key = (e: NftEndpoint): string => `${e.ip}:${e.port}`;
+
+/** Each profile of the state compared with table ip iptlb, plus what no profile owns, with counters. */
+export function compareNft(state: Map<string, Profile>, view: NftView): ProfileReport[] {
+  const dispatch = new Map<string, { set: string; packets: bigint; bytes: bigint }[]>();
+  for (const s of view.dispatchSets) {
+    for (const e of s.elements) {
+      const k = key(e.key);
+      dispatch.set(k, [...(dispatch.get(k) ?? []), { set: s.name, packets: e.packets, bytes: e.bytes }]);
+    }
+  }
+  const backends = new Map<string, { to: string; packets: bigint; bytes: bigint }>();
+  for (const m of view.backendMaps) for (const e of m.elements) backends.set(`${m.proto}/${key(e.vip)}/${e.index}`, { to: key(e.to), packets: e.packets, bytes: e.bytes });
+  const ruleKey = (chain: string, r: NftRule | { kind: 'foreign'; text: string }): string => `${chain} ${r.kind === 'foreign' ? r.text : renderNftRule(r)}`;
+  const haveRules = new Set(view.chains.flatMap((c) => c.rules.map((r) => ruleKey(c.name, r))));
+  const dispatchRules = new Set(view.chains.flatMap((c) => c.rules.filter((r) => r.kind === 'dispatch').map((r) => ruleKey(c.name, r))));
+
+  const reports: ProfileReport[] = [];
+  const claimedDispatch = new Set<string>();
+  const claimedBackends = new Set<string>();
+  for (const p of [...state.values()].sort((a, b) => (a.name < b.name ? -1 : 1))) {
+    const plan = planNftProfile(p);
+    const vip = key(plan.vip);
+    const found = dispatch.get(vip) ?? [];
+    const mine = found.find((f) => f.set === plan.set);
+    claimedDispatch.add(vip);
+    const destinations: DestinationCounters[] = plan.backends.map((b) => {
+      const k = `${plan.proto}/${vip}/${b.index}`;
+      claimedBackends.add(k);
+      const have = backends.get(k);
+      return { destination: key(b.to), packets: Number(have?.packets ?? 0n), bytes: Number(have?.bytes ?? 0n) };
+    });
+    const base = { name: p.name, destinations, packets: Number(mine?.packets ?? 0n), bytes: Number(mine?.bytes ?? 0n) };
+    const haveBackends = plan.backends.filter((b) => backends.get(`${plan.proto}/${vip}/${b.index}`)?.to === key(b.to)).length;
+    const haveOwnRules = plan.rules.filter((r) => haveRules.has(ruleKey(r.chain, r.rule))).length;
+    const ownRulesInKernel = view.chains.some((c) => c.rules.some((r) => (r.kind === 'log' || r.kind === 'masq') && r.owner === p.name));
+    if (found.length === 0 && haveBackends === 0 && !ownRulesInKernel) {
+      reports.push({ ...base, status: 'missing', detail: view.exists ? 'no elements in table ip iptlb' : 'table ip iptlb does not exist' });
+      continue;
+    }
+    const hook = baseContent([p]).chains;
+    const dispatchRule = NFT_BASE_CHAINS.flatMap((c) => hook[c].filter((r) => r.kind === 'dispatch').map((r) => ruleKey(c, r)))[0];
+    let detail: string | undefined;
+    if (!mine) detail = found.length ? `its address is in set ${found[0].set}, not ${plan.set}` : `its address is missing from set ${plan.set}`;
+    else if (found.length > 1) detail = `its address is in ${found.length} dispatch sets`;
+    else if (haveBackends !== plan.backends.length) detail = `${haveBackends} of its ${plan.backends.length} destinations are in map be_${plan.proto}`;
+    else if (!dispatchRules.has(dispatchRule)) detail = `the dispatch rule for set ${plan.set} is missing`;
+    else if (haveOwnRules !== plan.rules.length) detail = `${haveOwnRules} of its ${plan.rules.length} logging/masquerade rules are in the base chains`;
+    reports.push(detail ? { ...base, status: 'modified', detail } : { ...base, status: 'in-sync' });
+  }
+  const orphans = new Map<string, string>();
+  for (const [vip, sets] of dispatch) if (!claimedDispatch.has(vip)) orphans.set(vip, `element ${vip} of set ${sets[0].set}`);
+  for (const m of view.backendMaps) {
+    for (const e of m.elements) {
+      const vip = key(e.vip);
+      if (!claimedBackends.has(`${m.proto}/${vip}/${e.index}`) && !orphans.has(vip)) orphans.set(vip, `element ${vip} . ${e.index} of map be_${m.proto}`);
+    }
+  }
+  for (const c of view.chains) {
+    for (const r of c.rules) {
+      if ((r.kind === 'log' || r.kind === 'masq') && !state.has(r.owner)) orphans.set(`rule:${r.owner}`, `a ${r.kind} rule of ${r.owner} in chain ${c.name}`);
+      if (r.kind === 'foreign') orphans.set(`foreign:${c.name}:${r.text}`, `a rule iptlb did not write in chain ${c.name}`);
+    }
+  }
+  for (const f of view.foreign) orphans.set(`foreign:${f}`, `${f} is not iptlb's`);
+  for (const [name, what] of [...orphans].sort()) {
+    reports.push({ name, status: 'orphaned', detail: `${what}, and no profile in the state file owns it`, destinations: [], packets: 0, bytes: 0 });
+  }
+  return reports;
+}
