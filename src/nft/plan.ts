@@ -128,6 +128,8 @@ function skeleton(ops: NftOp[]): void {
  * the base chains.
  */
 export function planNftChange(prev: Map<string, Profile>, next: Map<string, Profile>, touched: Iterable<string>): NftTransaction {
+  // The last profile gone: the table goes too, so the ruleset is exactly as before iptlb.
+  if (next.size === 0) return prev.size === 0 ? { family: 'ip', table: 'iptlb', ops: [] } : planNftRemoveAll();
   const ops: NftOp[] = [];
   const before = baseContent(prev.values());
   const after = baseContent(next.values());

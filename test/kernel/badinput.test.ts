@@ -6,7 +6,8 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { runJsonInFreshNetns } from '../harness/netns.js';
-import { EXECUTORS, VIP, cli, ok, runSteps, type Proc } from './common.js';
+import { PAIRS, VIP, cli, ok, runSteps, type Proc } from './common.js';
+import { pairOf } from '../harness/pair.js';
 import type { Step } from './fixtures/steps.js';
 
 const BASE = { profile: 'p', 'src-addr': `${VIP}:8081`, 'dest-addr': '127.0.0.1:9001,127.0.0.1:9002' };
@@ -66,8 +67,8 @@ const STATE_CASES: [string, string, RegExp][] = [
   ['empty source', GOOD_STATE.replace('source: 127.100.0.10:90', 'source: ""'), /source/],
 ];
 
-for (const { name: ex, skip } of EXECUTORS) {
-  describe(`bad input over the ${ex} executor`, { skip }, () => {
+for (const { name: ex, skip } of PAIRS) {
+  describe(`bad input over ${ex}`, { skip }, () => {
     test(`${CLI_CASES.length} bad command lines: exit 2 or 1, one line naming the field, nothing changed`, async () => {
       const steps: Step[] = [cli(ex, '-run', '-profile=keep', `-src-addr=${VIP}:90`, '-dest-addr=127.0.0.1:9001'), { op: 'save' }, { op: 'read', file: '$WORK/state.db' }];
       for (const [, over, extra] of CLI_CASES) {
@@ -102,7 +103,7 @@ for (const { name: ex, skip } of EXECUTORS) {
       }
       steps.push({ op: 'sh', argv: ['mkdir', '-p', '$WORK/dir.db'] }, cli(ex, '-run', '-profile=new', `-src-addr=${VIP}:95`, '-dest-addr=127.0.0.1:9005', '-state-file=$WORK/dir.db'));
       steps.push({ op: 'write', file: '$WORK/real.db', text: GOOD_STATE }, { op: 'sh', argv: ['ln', '-s', '$WORK/real.db', '$WORK/link.db'] });
-      steps.push({ op: 'cli', args: [`--executor=${ex}`, '-state-file=$WORK/link.db', '-run', '-profile=new', `-src-addr=${VIP}:95`, '-dest-addr=127.0.0.1:9005'] }, { op: 'read', file: '$WORK/real.db' }, { op: 'save' });
+      steps.push({ op: 'cli', args: [...pairOf(ex).flags, '-state-file=$WORK/link.db', '-run', '-profile=new', `-src-addr=${VIP}:95`, '-dest-addr=127.0.0.1:9005'] }, { op: 'read', file: '$WORK/real.db' }, { op: 'save' });
       const r = await runSteps(steps, 300_000);
       ok(r[0]);
       STATE_CASES.forEach(([label, text, re], i) => {

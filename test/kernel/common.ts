@@ -2,6 +2,8 @@
 import { kernelTestSupport } from '../harness/env.js';
 import { runJsonInFreshNetns } from '../harness/netns.js';
 import { loadAddon } from '../../src/native/addon.js';
+import { findBinary } from '../../src/executors/spawn.js';
+import { pairOf } from '../harness/pair.js';
 import type { Step } from './fixtures/steps.js';
 
 export interface Proc {
@@ -15,11 +17,31 @@ const support = kernelTestSupport();
 export const KERNEL_SKIP: string | false = support.ok ? false : support.reason;
 
 const addon = loadAddon();
-/** Each executor with the reason it is skipped here (false = runs). */
-export const EXECUTORS: { name: 'native' | 'spawn'; skip: string | false }[] = [
-  { name: 'native', skip: KERNEL_SKIP || (addon.ok ? false : `native addon unavailable: ${addon.reason}: ${addon.detail}`) },
-  { name: 'spawn', skip: KERNEL_SKIP },
+const nativeSkip = addon.ok ? false : `native addon unavailable: ${addon.reason}: ${addon.detail}`;
+const nftNativeSkip = nativeSkip || (typeof (addon.ok && addon.addon.nftCommit) === 'function' ? false : 'this build of the addon has no nft support');
+const nftSkip = findBinary('nft') ? false : 'nft is not installed (apt-get install nftables)';
+
+/** An engine × executor pair the contract suite runs against, with the reason it is skipped here (false = runs). */
+export interface Pair {
+  engine: 'legacy' | 'nft';
+  executor: 'native' | 'spawn';
+  /** e.g. `nft/native` */
+  name: string;
+  skip: string | false;
+}
+export const PAIRS: Pair[] = [
+  { engine: 'legacy', executor: 'native', name: 'legacy/native', skip: KERNEL_SKIP || nativeSkip },
+  { engine: 'legacy', executor: 'spawn', name: 'legacy/spawn', skip: KERNEL_SKIP },
+  { engine: 'nft', executor: 'native', name: 'nft/native', skip: KERNEL_SKIP || nftNativeSkip },
+  { engine: 'nft', executor: 'spawn', name: 'nft/spawn', skip: KERNEL_SKIP || nftSkip },
 ];
+/** The legacy pairs only (tests of x_tables specifics). */
+export const EXECUTORS = PAIRS.filter((p) => p.engine === 'legacy').map((p) => ({ name: p.executor, skip: p.skip }));
+
+/** The flags that select a pair. */
+export function pairFlags(p: Pair): string[] {
+  return [`--engine=${p.engine}`, `--executor=${p.executor}`];
+}
 
 const STEPS = new URL('./fixtures/steps.js', import.meta.url).pathname;
 
@@ -28,9 +50,10 @@ export async function runSteps(steps: Step[], timeoutMs = 180_000): Promise<any[
   return (await runJsonInFreshNetns(STEPS, [], { timeoutMs, input: JSON.stringify(steps) })) as any[];
 }
 
-/** CLI args with the executor and a private state file. */
-export function cli(executor: string, ...args: string[]): Step {
-  return { op: 'cli', args: [`--executor=${executor}`, '-state-file=$WORK/state.db', ...args] };
+/** CLI args with the engine and executor (a pair, or an executor name for the legacy engine) and a private state file. */
+export function cli(pair: Pair | string, ...args: string[]): Step {
+  const flags = typeof pair === 'string' ? pairOf(pair).flags : pairFlags(pair);
+  return { op: 'cli', args: [...flags, '-state-file=$WORK/state.db', ...args] };
 }
 
 export const VIP = '127.100.0.10';

@@ -5,13 +5,14 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { runJsonInFreshNetns } from '../harness/netns.js';
-import { EXECUTORS, KERNEL_SKIP, VIP, cli, ok, runSteps, type Proc } from './common.js';
+import { PAIRS, KERNEL_SKIP, VIP, cli, ok, runSteps, type Proc } from './common.js';
+import { pairOf } from '../harness/pair.js';
 
 const SOAK = !!process.env.IPTLB_SOAK;
 const fixture = (f: string): string => new URL(`./fixtures/${f}`, import.meta.url).pathname;
 
-for (const { name: ex, skip } of EXECUTORS) {
-  describe(`reliability over the ${ex} executor`, { skip }, () => {
+for (const { name: ex, skip } of PAIRS) {
+  describe(`reliability over ${ex}`, { skip }, () => {
     test('no gap: 500 consecutive resets that change the destinations while a client connects without pause: zero failures', async () => {
       const resets = SOAK || ex === 'native' ? 500 : 200;
       const r = (await runJsonInFreshNetns(fixture('nogap.js'), [ex, String(resets)], { timeoutMs: 300_000 })) as {
@@ -37,7 +38,7 @@ for (const { name: ex, skip } of EXECUTORS) {
     });
 
     test('concurrent resets of one profile: the kernel and the state file agree at the end', async () => {
-      const runs = Array.from({ length: 16 }, (_, i) => [`--executor=${ex}`, '-state-file=$WORK/state.db', '-q', '-run', '-reset', '-profile=web', `-src-addr=${VIP}:80`, `-dest-addr=127.0.0.1:${9000 + i}`]);
+      const runs = Array.from({ length: 16 }, (_, i) => [...pairOf(ex).flags, '-state-file=$WORK/state.db', '-q', '-run', '-reset', '-profile=web', `-src-addr=${VIP}:80`, `-dest-addr=127.0.0.1:${9000 + i}`]);
       const r = await runSteps([{ op: 'parallel-cli', runs }, cli(ex, 'status', '--json')]);
       r[0].forEach((p: Proc) => ok(p));
       const status = JSON.parse(r[1].stdout);
@@ -47,7 +48,7 @@ for (const { name: ex, skip } of EXECUTORS) {
 
     test('without CAP_NET_ADMIN: one line that says so, exit 1, nothing created', async () => {
       const r = await runSteps([
-        { op: 'sh', argv: ['setpriv', '--inh-caps=-net_admin', '--bounding-set=-net_admin', '--', process.execPath, '$CLI', `--executor=${ex}`, '-state-file=$WORK/x/state.db', '-run', '-profile=web', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001'] },
+        { op: 'sh', argv: ['setpriv', '--inh-caps=-net_admin', '--bounding-set=-net_admin', '--', process.execPath, '$CLI', ...pairOf(ex).flags, '-state-file=$WORK/x/state.db', '-run', '-profile=web', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001'] },
         { op: 'sh', argv: ['ls', '$WORK'] },
       ]);
       assert.equal(r[0].code, 1, r[0].stderr);
@@ -62,7 +63,7 @@ test('kernel tests skip only with a reason', { skip: KERNEL_SKIP === false }, ()
   assert.ok(typeof KERNEL_SKIP === 'string' && KERNEL_SKIP.length > 0);
 });
 
-for (const { name: ex, skip } of EXECUTORS) {
+for (const { name: ex, skip } of PAIRS) {
   test(`foreign rules untouched (${ex}): 1,000 random operations and the deletion of every profile leave iptables-save byte-identical`, { skip }, async () => {
     const ops = ex === 'native' || SOAK ? 1000 : 300;
     const r = (await runJsonInFreshNetns(fixture('foreign.js'), [ex, String(ops)], { timeoutMs: 300_000 })) as {

@@ -12,7 +12,8 @@ import * as path from 'node:path';
 import { NetnsTopology } from '../harness/netns.js';
 import { CLI_PATH } from '../harness/env.js';
 import { assertSplit } from '../harness/stats.js';
-import { EXECUTORS } from './common.js';
+import { PAIRS } from './common.js';
+import { pairOf } from '../harness/pair.js';
 
 const fixture = (f: string): string => new URL(`./fixtures/${f}`, import.meta.url).pathname;
 const BACKEND_PORTS = [8080, 8081, 8082];
@@ -32,8 +33,8 @@ async function proxyTopology(): Promise<NetnsTopology> {
   return t;
 }
 
-for (const { name: ex, skip } of EXECUTORS) {
-  describe(`topologies over the ${ex} executor`, { skip }, () => {
+for (const { name: ex, skip } of PAIRS) {
+  describe(`topologies over ${ex}`, { skip }, () => {
     for (const masquerade of [false, true]) {
       test(`proxy mode ${masquerade ? 'with' : 'without'} -masquerade: every backend answers; the backend sees ${masquerade ? "the proxy's" : "the client's"} address`, async () => {
         const t = await proxyTopology();
@@ -43,7 +44,7 @@ for (const { name: ex, skip } of EXECUTORS) {
           const backends = t.spawn('backend', [process.execPath, fixture('backend-host.js'), '198.51.100.2', BACKEND_PORTS.join(',')]);
           await backends.waitFor(/ready/);
           const dest = BACKEND_PORTS.map((p) => `198.51.100.2:${p}`).join(',');
-          const applied = await t.exec('proxy', [process.execPath, CLI_PATH, `--executor=${ex}`, `-state-file=${mkdtempSync(path.join(tmpdir(), 'iptlb-topo-'))}/state.db`, '-run', '-profile=px', '-rules-backend=proxy', ...(masquerade ? ['-masquerade'] : []), '-src-addr=203.0.113.10:80', `-dest-addr=${dest}`]);
+          const applied = await t.exec('proxy', [process.execPath, CLI_PATH, ...pairOf(ex).flags, `-state-file=${mkdtempSync(path.join(tmpdir(), 'iptlb-topo-'))}/state.db`, '-run', '-profile=px', '-rules-backend=proxy', ...(masquerade ? ['-masquerade'] : []), '-src-addr=203.0.113.10:80', `-dest-addr=${dest}`]);
           assert.equal(applied.code, 0, applied.stderr);
           const r = await t.exec('client', [process.execPath, fixture('client-host.js'), '203.0.113.10', '80', '300']);
           const split = JSON.parse(r.stdout.trim());
@@ -64,7 +65,7 @@ for (const { name: ex, skip } of EXECUTORS) {
       try {
         const backends = t.spawn('backend', [process.execPath, fixture('backend-host.js'), '198.51.100.2', '8080']);
         await backends.waitFor(/ready/);
-        const applied = await t.exec('proxy', [process.execPath, CLI_PATH, `--executor=${ex}`, `-state-file=${mkdtempSync(path.join(tmpdir(), 'iptlb-topo-'))}/state.db`, '-run', '-profile=px', '-rules-backend=proxy', '-src-addr=203.0.113.10:80', '-dest-addr=198.51.100.2:8080']);
+        const applied = await t.exec('proxy', [process.execPath, CLI_PATH, ...pairOf(ex).flags, `-state-file=${mkdtempSync(path.join(tmpdir(), 'iptlb-topo-'))}/state.db`, '-run', '-profile=px', '-rules-backend=proxy', '-src-addr=203.0.113.10:80', '-dest-addr=198.51.100.2:8080']);
         assert.equal(applied.code, 0, applied.stderr);
         const r = await t.exec('client', [process.execPath, fixture('client-host.js'), '203.0.113.10', '80', '5']);
         assert.equal(JSON.parse(r.stdout.trim()).failures, 5);
@@ -79,7 +80,7 @@ for (const { name: ex, skip } of EXECUTORS) {
         await t.link('client', 'server', { aAddr: '192.0.2.2/24', bAddr: '192.0.2.1/24' });
         const backends = t.spawn('server', [process.execPath, fixture('backend-host.js'), '192.0.2.1', '9001,9002,9003']);
         await backends.waitFor(/ready/);
-        const applied = await t.exec('server', [process.execPath, CLI_PATH, `--executor=${ex}`, `-state-file=${mkdtempSync(path.join(tmpdir(), 'iptlb-topo-'))}/state.db`, '-run', '-profile=srv', '-rules-backend=server', '-src-addr=192.0.2.1:80', '-dest-addr=192.0.2.1:9001,192.0.2.1:9002,192.0.2.1:9003']);
+        const applied = await t.exec('server', [process.execPath, CLI_PATH, ...pairOf(ex).flags, `-state-file=${mkdtempSync(path.join(tmpdir(), 'iptlb-topo-'))}/state.db`, '-run', '-profile=srv', '-rules-backend=server', '-src-addr=192.0.2.1:80', '-dest-addr=192.0.2.1:9001,192.0.2.1:9002,192.0.2.1:9003']);
         assert.equal(applied.code, 0, applied.stderr);
         const r = await t.exec('client', [process.execPath, fixture('client-host.js'), '192.0.2.1', '80', '300']);
         const split = JSON.parse(r.stdout.trim());

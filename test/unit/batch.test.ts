@@ -3,10 +3,10 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { open, IptlbError, type Executor, type Transaction, type KernelView } from '../../src/index.js';
+import { open, IptlbError, type LegacyExecutor, type Transaction, type KernelView } from '../../src/index.js';
 
 /** An executor that records transactions instead of touching a kernel. */
-class FakeExecutor implements Executor {
+class FakeExecutor implements LegacyExecutor {
   readonly kind = 'spawn' as const;
   readonly engine = 'legacy' as const;
   txs: Transaction[] = [];

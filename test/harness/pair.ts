@@ -1,0 +1,60 @@
+/**
+ * Fixtures receive the engine × executor pair as one argument (`nft/native`, or a bare executor name
+ * for the legacy engine) and read both engines' rules the same way.
+ */
+import { execFileSync } from 'node:child_process';
+import { normalizeNft, normalizeSave } from './iptables.js';
+import { parseNftJson } from '../../src/nft/view.js';
+import { parseDispatchSetName } from '../../src/nft/ops.js';
+
+export interface PairArg {
+  engine: 'legacy' | 'nft';
+  executor: 'native' | 'spawn';
+  /** CLI flags selecting the pair. */
+  flags: string[];
+}
+
+export function pairOf(arg: string | undefined): PairArg {
+  const [a, b] = (arg ?? 'native').split('/');
+  const engine = (b === undefined ? 'legacy' : a) as PairArg['engine'];
+  const executor = (b === undefined ? a : b) as PairArg['executor'];
+  return { engine, executor, flags: [`--engine=${engine}`, `--executor=${executor}`] };
+}
+
+/** The x_tables nat table and the whole nf_tables ruleset, counters zeroed: equal snapshots mean nothing changed. */
+export function snapshot(): string {
+  const legacy = normalizeSave(execFileSync('iptables-legacy-save', ['-t', 'nat']).toString());
+  const nft = normalizeNft(execFileSync('nft', ['list', 'ruleset']).toString());
+  return `${legacy}\n# nft ruleset\n${nft}`;
+}
+
+/** Table ip iptlb as the nft executors read it (nft -j), or an empty view. */
+export function nftView(): ReturnType<typeof parseNftJson> {
+  try {
+    return parseNftJson(execFileSync('nft', ['-j', 'list', 'table', 'ip', 'iptlb'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString());
+  } catch {
+    return parseNftJson('');
+  }
+}
+
+/** Structural problems of table ip iptlb: a dispatch element without all its backends, backends without a dispatch element, a set in use without its rule. */
+export function nftHalfProfiles(): string[] {
+  const v = nftView();
+  const problems: string[] = [];
+  const backends = new Map<string, number[]>();
+  for (const m of v.backendMaps) for (const e of m.elements) backends.set(`${m.proto} ${e.vip.ip}:${e.vip.port}`, [...(backends.get(`${m.proto} ${e.vip.ip}:${e.vip.port}`) ?? []), e.index]);
+  const claimed = new Set<string>();
+  const rules = new Set(v.chains.flatMap((c) => c.rules.filter((r) => r.kind === 'dispatch').map((r) => `${r.hook}_${r.proto}_${r.n}`)));
+  for (const s of v.dispatchSets) {
+    const set = parseDispatchSetName(s.name)!;
+    if (s.elements.length && !rules.has(s.name)) problems.push(`set ${s.name} has elements but no dispatch rule`);
+    for (const e of s.elements) {
+      const k = `${set.proto} ${e.key.ip}:${e.key.port}`;
+      claimed.add(k);
+      const have = (backends.get(k) ?? []).sort((a, b) => a - b);
+      if (have.join() !== Array.from({ length: set.n }, (_, i) => i).join()) problems.push(`${k} in ${s.name} has backends ${have.join(',') || 'none'}`);
+    }
+  }
+  for (const k of backends.keys()) if (!claimed.has(k)) problems.push(`backends of ${k} without a dispatch element`);
+  return problems;
+}

@@ -1,0 +1,138 @@
+/** The nft engine's pure layers: planner, rendering, reading back (nft -j) and drift. No root. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { planNftChange, planNftRebuild, baseContent } from '../../src/nft/plan.js';
+import { renderNft, renderNftRule, type NftOp, type NftView } from '../../src/nft/ops.js';
+import { compareNft, decodeRuleJson, parseNftJson } from '../../src/nft/view.js';
+import { validateProfile } from '../../src/profile.js';
+import { parseEngineChoice, selectEngine } from '../../src/engine.js';
+import type { Profile } from '../../src/types.js';
+
+const web = validateProfile({ name: 'web', source: '127.100.0.10:8080', destination: ['127.0.0.1:9001', '127.0.0.1:9002', '127.0.0.1:9003'] });
+const dns = validateProfile({ name: 'dns', source: '127.100.0.11:53', protocol: 'udp', rulesBackend: 'server', logEnabled: true, destination: ['127.0.0.1:9001', '127.0.0.1:9002'] });
+const px = validateProfile({ name: 'px', source: '127.100.0.12:80', rulesBackend: 'proxy', masquerade: true, destination: ['127.0.0.1:9001'] });
+const m = (...ps: Profile[]): Map<string, Profile> => new Map(ps.map((p) => [p.name, p]));
+const kinds = (ops: NftOp[]): string[] => ops.map((o) => o.op);
+
+test('first profile: skeleton, its set, backends before the dispatch element, then the dispatch rule', () => {
+  const tx = planNftChange(new Map(), m(web), ['web']);
+  assert.deepEqual(kinds(tx.ops), [
+    'addTable', 'addBackendMap', 'addBackendMap', 'addBackendMap', 'addBaseChain', 'addBaseChain', 'addBaseChain',
+    'addDispatchSet', 'addBackendElements', 'addDispatchElements', 'flushChain', 'addRule',
+  ]);
+  const text = renderNft(tx);
+  assert.match(text, /add set ip iptlb out_tcp_3 \{ type ipv4_addr \. inet_service; counter; \}/);
+  assert.match(text, /add element ip iptlb be_tcp \{ 127\.100\.0\.10 \. 8080 \. 0 : 127\.0\.0\.1 \. 9001, .* \. 2 : 127\.0\.0\.1 \. 9003 \}/);
+  assert.match(text, /add rule ip iptlb output ip daddr \. tcp dport @out_tcp_3 dnat to ip daddr \. tcp dport \. numgen random mod 3 map @be_tcp/);
+});
+
+test('replacing destinations with the same count touches elements only, whatever else exists', () => {
+  const others = Array.from({ length: 1000 }, (_, i) =>
+    validateProfile({ name: `p${i}`, source: `127.101.${i >> 8}.${i & 255}:80`, destination: ['127.0.0.1:1', '127.0.0.1:2', '127.0.0.1:3'] }),
+  );
+  const moved = { ...web, destination: ['127.0.0.1:9004', '127.0.0.1:9005', '127.0.0.1:9006'] };
+  const tx = planNftChange(m(web, ...others), m(moved, ...others), ['web']);
+  assert.deepEqual(kinds(tx.ops), ['deleteDispatchElements', 'deleteBackendElements', 'addBackendElements', 'addDispatchElements']);
+  assert.equal(renderNft(tx).split('\n').filter(Boolean).length, 4);
+});
+
+test('a new destination count rewrites the base chain and drops the set no longer used', () => {
+  const tx = planNftChange(m(web), m({ ...web, destination: ['127.0.0.1:9001'] }), ['web']);
+  assert.ok(kinds(tx.ops).includes('addDispatchSet'));
+  const text = renderNft(tx);
+  assert.match(text, /flush chain ip iptlb output\nadd rule ip iptlb output ip daddr \. tcp dport @out_tcp_1 /);
+  assert.match(text, /delete set ip iptlb out_tcp_3\n$/);
+});
+
+test('logging and masquerade are rules of their own, with the comment iptlb:<name>', () => {
+  const text = renderNft(planNftChange(new Map(), m(dns, px), ['dns', 'px']));
+  assert.match(text, /add rule ip iptlb prerouting ip daddr 127\.100\.0\.11 udp dport 53 fib daddr type local log prefix "IPTLB:VIP:DNS:" level warn comment "iptlb:dns"/);
+  assert.match(text, /log prefix "IPTLB:DNS:" level warn comment "iptlb:dns"/);
+  assert.match(text, /add rule ip iptlb postrouting ct status dnat ct original ip daddr 127\.100\.0\.12 ct original protocol tcp ct original proto-dst 80 masquerade comment "iptlb:px"/);
+  assert.match(text, /fib daddr type local ip daddr \. udp dport @loc_udp_2 dnat to/);
+  assert.match(text, /add rule ip iptlb prerouting ip daddr \. tcp dport @pre_tcp_1 dnat to/);
+  // logging rules come before the dispatch rules of their chain
+  const pre = text.split('\n').filter((l) => l.startsWith('add rule ip iptlb prerouting'));
+  assert.ok(pre.findIndex((l) => l.includes('log prefix')) < pre.findIndex((l) => l.includes('dnat to')));
+});
+
+test('the last profile deleted removes the table; a rebuild replaces it in one transaction', () => {
+  assert.deepEqual(kinds(planNftChange(m(web), new Map(), ['web']).ops), ['addTable', 'deleteTable']);
+  assert.deepEqual(planNftChange(new Map(), new Map(), []).ops, []);
+  const rebuild = planNftRebuild([web, dns], 7);
+  assert.deepEqual(kinds(rebuild.ops).slice(0, 3), ['addTable', 'deleteTable', 'addTable']);
+  assert.equal(rebuild.expectGenid, 7);
+});
+
+test('elements are written 512 to a line, so no netlink message outgrows the socket buffer', () => {
+  const many = Array.from({ length: 1200 }, (_, i) => validateProfile({ name: `p${i}`, source: `127.101.${i >> 8}.${i & 255}:80`, destination: ['127.0.0.1:1'] }));
+  const lines = renderNft(planNftRebuild(many)).split('\n').filter((l) => l.startsWith('add element ip iptlb out_tcp_1'));
+  assert.deepEqual(lines.map((l) => l.split(' . 80').length - 1), [512, 512, 176]);
+});
+
+test('base content depends on modes, protocols and counts, not on addresses', () => {
+  const a = baseContent([web, { ...web, name: 'w2', source: '127.100.0.20:1' }]);
+  assert.equal(a.chains.output.length, 1);
+  assert.deepEqual(a.sets, ['out_tcp_3']);
+});
+
+// What `nft -j list table ip iptlb` printed on this machine (nft 1.0.6) for three of the shapes.
+const RULES = {
+  dispatch: { handle: 17, expr: [{ match: { op: '==', left: { fib: { result: 'type', flags: ['daddr'] } }, right: 'local' } }, { match: { op: '==', left: { concat: [{ payload: { protocol: 'ip', field: 'daddr' } }, { payload: { protocol: 'udp', field: 'dport' } }] }, right: '@loc_udp_2' } }, { dnat: { family: 'ip', addr: { map: { key: { concat: [{ payload: { protocol: 'ip', field: 'daddr' } }, { payload: { protocol: 'udp', field: 'dport' } }, { numgen: { mode: 'random', mod: 2, offset: 0 } }] }, data: '@be_udp' } } } }] },
+  log: { handle: 19, comment: 'iptlb:dns', expr: [{ match: { op: '==', left: { payload: { protocol: 'ip', field: 'daddr' } }, right: '127.100.0.11' } }, { match: { op: '==', left: { payload: { protocol: 'udp', field: 'dport' } }, right: 53 } }, { match: { op: '==', left: { fib: { result: 'type', flags: ['daddr'] } }, right: 'local' } }, { log: { prefix: 'IPTLB:VIP:DNS:' } }] },
+  masq: { handle: 18, comment: 'iptlb:px', expr: [{ match: { op: 'in', left: { ct: { key: 'status' } }, right: 'dnat' } }, { match: { op: '==', left: { ct: { key: 'ip daddr', dir: 'original' } }, right: '127.100.0.12' } }, { match: { op: '==', left: { ct: { key: 'protocol' } }, right: 'tcp' } }, { match: { op: '==', left: { ct: { key: 'proto-dst', dir: 'original' } }, right: 80 } }, { masquerade: null }] },
+};
+
+test('rules read back with nft -j decode to what was planned; anything else is foreign', () => {
+  const planned = baseContent([dns, px]).chains;
+  assert.equal(renderNftRule(decodeRuleJson(RULES.dispatch) as never), renderNftRule(planned.prerouting.find((r) => r.kind === 'dispatch' && r.proto === 'udp')!));
+  assert.equal(renderNftRule(decodeRuleJson(RULES.log) as never), renderNftRule(planned.prerouting[0]));
+  assert.equal(renderNftRule(decodeRuleJson(RULES.masq) as never), renderNftRule(planned.postrouting[0]));
+  assert.equal(decodeRuleJson({ handle: 3, expr: [{ accept: null }] }).kind, 'foreign');
+  assert.equal(decodeRuleJson({ ...RULES.log, comment: 'someone else' }).kind, 'foreign');
+});
+
+function viewOf(profiles: Profile[]): NftView {
+  const json = {
+    nftables: [
+      { table: { family: 'ip', name: 'iptlb' } },
+      { set: { name: 'out_tcp_3', elem: [{ elem: { val: { concat: ['127.100.0.10', 8080] }, counter: { packets: 30, bytes: 1800 } } }] } },
+      {
+        map: {
+          name: 'be_tcp',
+          elem: profiles[0].destination.map((d, i) => [
+            { elem: { val: { concat: ['127.100.0.10', 8080, i] }, counter: { packets: 10 + i, bytes: 600 } } },
+            { concat: [d.split(':')[0], Number(d.split(':')[1])] },
+          ]),
+        },
+      },
+      { chain: { name: 'output' } },
+      { rule: { chain: 'output', expr: [{ match: { op: '==', left: { concat: [{ payload: { protocol: 'ip', field: 'daddr' } }, { payload: { protocol: 'tcp', field: 'dport' } }] }, right: '@out_tcp_3' } }, { dnat: { family: 'ip', addr: { map: { key: { concat: [{ payload: { protocol: 'ip', field: 'daddr' } }, { payload: { protocol: 'tcp', field: 'dport' } }, { numgen: { mode: 'random', mod: 3, offset: 0 } }] }, data: '@be_tcp' } } } }] } },
+      { chain: { name: 'zombie' } },
+    ],
+  };
+  return parseNftJson(JSON.stringify(json));
+}
+
+test('drift: in-sync with counters, modified, missing, and what nobody owns', () => {
+  const view = viewOf([web]);
+  assert.equal(view.exists, true);
+  const [r, zombie] = compareNft(m(web), view);
+  assert.equal(r.status, 'in-sync');
+  assert.equal(r.packets, 30);
+  assert.deepEqual(r.destinations.map((d) => d.packets), [10, 11, 12]);
+  assert.equal(zombie.status, 'orphaned');
+  const moved = compareNft(m({ ...web, destination: ['127.0.0.1:9001', '127.0.0.1:9002', '127.0.0.1:9009'] }), view)[0];
+  assert.equal(moved.status, 'modified');
+  assert.match(moved.detail!, /2 of its 3 destinations/);
+  assert.equal(compareNft(m(dns), view)[0].status, 'missing');
+  assert.equal(compareNft(m(web), parseNftJson(''))[0].detail, 'table ip iptlb does not exist');
+});
+
+test('engine choice: legacy, nft or auto, anything else names the field', async () => {
+  assert.equal(parseEngineChoice(undefined), 'auto');
+  assert.equal(parseEngineChoice('NFT'), 'nft');
+  assert.throws(() => parseEngineChoice('iptables'), /^IptlbError: engine: "iptables" is not one of legacy, nft, auto$/);
+  const never = { legacyHasRules: async () => assert.fail('probed'), nftHasTable: async () => assert.fail('probed') };
+  assert.deepEqual(await selectEngine('legacy', never), { engine: 'legacy', reason: 'legacy engine requested' });
+});
