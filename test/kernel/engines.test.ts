@@ -1,0 +1,75 @@
+/**
+ * The two engines side by side, in fresh namespaces: `auto` follows the rules already there,
+ * `migrate` moves every profile with no moment without rules, and the nft engine repairs a table
+ * someone else changed by replacing it whole.
+ */
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { runJsonInFreshNetns } from '../harness/netns.js';
+import { iptablesFlavour } from '../../src/engine.js';
+import { PAIRS, VIP, cli, ok, runSteps } from './common.js';
+
+const fixture = (f: string): string => new URL(`./fixtures/${f}`, import.meta.url).pathname;
+const nftSpawn = PAIRS.find((p) => p.name === 'nft/spawn')!;
+const nftNative = PAIRS.find((p) => p.name === 'nft/native')!;
+const legacySpawn = PAIRS.find((p) => p.name === 'legacy/spawn')!;
+
+for (const ex of ['spawn', 'native'] as const) {
+  const skip = ex === 'spawn' ? nftSpawn.skip || legacySpawn.skip : nftNative.skip;
+  test(`migrate (${ex}): legacy → nft → legacy → nft while a client connects without pause: no failed connection, rules in one engine only`, { skip }, async () => {
+    const r = (await runJsonInFreshNetns(fixture('migrate.js'), [ex], { timeoutMs: 120_000 })) as {
+      steps: { to: string; code: number; log: string; where: { legacy: boolean; nft: boolean }; auto: string; inSync: boolean }[];
+      traffic: { ok: number; failures: number; errorsSample: string[] };
+    };
+    for (const s of r.steps) {
+      assert.equal(s.code, 0, s.log);
+      assert.match(s.log, /installed 3 profile\(s\) in the \w+ engine in one transaction/);
+      assert.match(s.log, /removed iptlb's objects from the \w+ engine in one transaction/);
+      assert.deepEqual(s.where, { legacy: s.to === 'legacy', nft: s.to === 'nft' }, JSON.stringify(s));
+      assert.equal(s.auto, s.to, 'auto picks the engine that holds the rules');
+      assert.equal(s.inSync, true);
+    }
+    assert.equal(r.traffic.failures, 0, JSON.stringify(r.traffic.errorsSample));
+    assert.ok(r.traffic.ok > 20, `only ${r.traffic.ok} connections`);
+  });
+}
+
+describe('engine selection and nft repair', { skip: nftSpawn.skip || legacySpawn.skip }, () => {
+  test('auto: a fresh host follows its iptables flavour; iptlb rules already in one engine keep every profile there', async () => {
+    const auto = (...a: string[]) => ({ op: 'cli' as const, args: ['--executor=spawn', '-state-file=$WORK/state.db', ...a] });
+    const r = await runSteps([
+      auto('doctor', '--json'),
+      cli(legacySpawn, '-q', '-run', '-profile=a', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001'),
+      auto('doctor', '--json'),
+      auto('-run', '-profile=b', `-src-addr=${VIP}:81`, '-dest-addr=127.0.0.1:9002'),
+      { op: 'save' },
+    ]);
+    const flavour = iptablesFlavour();
+    assert.equal(JSON.parse(r[0].stdout).engine, flavour === 'nft' ? 'nft' : 'legacy', r[0].stdout);
+    ok(r[1]);
+    const after = JSON.parse(r[2].stdout);
+    assert.equal(after.engine, 'legacy');
+    assert.match(after.engineReason, /already holds iptlb rules/);
+    ok(r[3]);
+    assert.match(r[4], /iptlb:b/, 'the second profile joined the first in the legacy engine');
+    assert.doesNotMatch(r[4], /table ip iptlb/);
+  });
+
+  test('nft: after someone deletes table ip iptlb, the next change replaces it whole from the state, in one transaction', async () => {
+    const r = await runSteps([
+      { op: 'backends', tcp: [9001, 9002] },
+      cli(nftSpawn, '-run', '-profile=a', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001'),
+      { op: 'sh', argv: ['nft', 'delete table ip iptlb'] },
+      cli(nftSpawn, '-run', '-profile=b', `-src-addr=${VIP}:81`, '-dest-addr=127.0.0.1:9002'),
+      cli(nftSpawn, 'status', '--json'),
+      { op: 'tcp', vip: VIP, port: 80, count: 20 },
+      { op: 'tcp', vip: VIP, port: 81, count: 20 },
+    ]);
+    ok(r[1]);
+    ok(r[3]);
+    assert.match(r[3].stderr, /table ip iptlb is not as the state says .*replacing it with all 2 profile\(s\) in one transaction/);
+    assert.equal(JSON.parse(r[4].stdout).inSync, true, r[4].stdout);
+    assert.equal(r[5].failures, 0);
+    assert.equal(r[6].failures, 0);
+  });
+});
