@@ -26,8 +26,9 @@ void CommitWorker::Execute() {
   if (!json_.empty()) {
     // Decoded before waiting for our turn: it needs neither the table nor the lock.
     std::string why;
-    if (!TransactionFromJson(json_, &tx_, &why)) return Fail(NativeError{"EPLAN", EINVAL, why});
-    std::string().swap(json_);
+    const bool ok = TransactionFromJson(std::move(json_), &tx_, &why);
+    json_.clear();
+    if (!ok) return Fail(NativeError{"EPLAN", EINVAL, why});
   }
   auto turn = turn_.Enter();  // commits and reads reach the table one at a time, in call order
   std::lock_guard<std::mutex> serial(LibiptcMutex());

@@ -5,21 +5,28 @@
 
 namespace iptlb {
 
-const Json *Json::Find(const char *key) const {
-  for (auto it = members.rbegin(); it != members.rend(); ++it) {
-    if (it->first == key) return &it->second;
-  }
-  return nullptr;
+bool JsonDoc::StringEquals(uint32_t n, const char *s, size_t len) const {
+  return nodes_[n].b == len && std::memcmp(Chars(n), s, len) == 0;
 }
 
-namespace {
+uint32_t JsonDoc::Find(uint32_t n, const char *key) const {
+  const size_t klen = std::strlen(key);
+  uint32_t found = kNone;
+  uint32_t k = n + 1;
+  for (uint32_t i = 0; i < nodes_[n].b; i++) {
+    if (StringEquals(k, key, klen)) found = k + 1;
+    k = nodes_[k + 1].end;  // the key is one node; its value's subtree follows
+  }
+  return found;
+}
 
-class Parser {
+class JsonParser {
  public:
-  explicit Parser(const std::string &text) : p_(text.data()), begin_(text.data()), end_(text.data() + text.size()) {}
+  explicit JsonParser(JsonDoc *doc) : doc_(doc), p_(doc->text_.data()), begin_(p_), end_(p_ + doc->text_.size()) {}
 
-  bool Parse(Json *out, std::string *error) {
-    if (!Value(out, 0)) {
+  bool Parse(std::string *error) {
+    doc_->nodes_.reserve(doc_->text_.size() / 10 + 16);
+    if (!Value(0)) {
       *error = why_ + " at offset " + std::to_string(p_ - begin_);
       return false;
     }
@@ -32,10 +39,13 @@ class Parser {
   }
 
  private:
+  using Node = JsonDoc::Node;
+  JsonDoc *doc_;
   const char *p_;
   const char *begin_;
   const char *end_;
   std::string why_;
+  std::vector<uint32_t> stack_;  // elements of the arrays being parsed, innermost last
 
   bool Fail(const char *why) {
     why_ = why;
@@ -50,40 +60,49 @@ class Parser {
     p_ += n;
     return true;
   }
+  uint32_t NewNode(JsonDoc::Type t) {
+    doc_->nodes_.emplace_back();
+    doc_->nodes_.back().type = t;
+    return static_cast<uint32_t>(doc_->nodes_.size() - 1);
+  }
+  void Close(uint32_t n) { doc_->nodes_[n].end = static_cast<uint32_t>(doc_->nodes_.size()); }
 
-  bool Value(Json *out, int depth) {
+  bool Value(int depth) {
     if (depth > kMaxJsonDepth) return Fail("nested too deeply");
     Space();
     if (p_ == end_) return Fail("unexpected end of text");
     switch (*p_) {
-      case '{': return Object(out, depth);
-      case '[': return Array(out, depth);
-      case '"': out->type = Json::kString; return String(&out->string);
-      case 't': out->type = Json::kBool; out->boolean = true; return Literal("true");
-      case 'f': out->type = Json::kBool; out->boolean = false; return Literal("false");
-      case 'n': out->type = Json::kNull; return Literal("null");
-      default: return Number(out);
+      case '{': return Object(depth);
+      case '[': return Array(depth);
+      case '"': return String();
+      case 't': case 'f': {
+        const uint32_t n = NewNode(JsonDoc::kBool);
+        doc_->nodes_[n].a = *p_ == 't';
+        Close(n);
+        return Literal(*p_ == 't' ? "true" : "false");
+      }
+      case 'n': Close(NewNode(JsonDoc::kNull)); return Literal("null");
+      default: return Number();
     }
   }
 
-  bool Object(Json *out, int depth) {
-    out->type = Json::kObject;
+  bool Object(int depth) {
+    const uint32_t n = NewNode(JsonDoc::kObject);
     p_++;  // {
     Space();
     if (p_ != end_ && *p_ == '}') {
       p_++;
+      Close(n);
       return true;
     }
-    for (;;) {
+    for (uint32_t count = 1;; count++) {
       Space();
       if (p_ == end_ || *p_ != '"') return Fail("expected a member name");
-      out->members.emplace_back();
-      auto &m = out->members.back();
-      if (!String(&m.first)) return false;
+      if (!String()) return false;
       Space();
       if (p_ == end_ || *p_ != ':') return Fail("expected ':'");
       p_++;
-      if (!Value(&m.second, depth + 1)) return false;
+      if (!Value(depth + 1)) return false;
       Space();
       if (p_ == end_) return Fail("unexpected end of text");
       if (*p_ == ',') {
@@ -92,35 +111,45 @@ class Parser {
       }
       if (*p_ == '}') {
         p_++;
+        doc_->nodes_[n].b = count;
+        Close(n);
         return true;
       }
       return Fail("expected ',' or '}'");
     }
   }
 
-  bool Array(Json *out, int depth) {
-    out->type = Json::kArray;
+  bool Array(int depth) {
+    const uint32_t n = NewNode(JsonDoc::kArray);
     p_++;  // [
     Space();
+    const size_t mark = stack_.size();
     if (p_ != end_ && *p_ == ']') {
       p_++;
-      return true;
-    }
-    for (;;) {
-      out->items.emplace_back();
-      if (!Value(&out->items.back(), depth + 1)) return false;
-      Space();
-      if (p_ == end_) return Fail("unexpected end of text");
-      if (*p_ == ',') {
-        p_++;
-        continue;
+    } else {
+      for (;;) {
+        stack_.push_back(static_cast<uint32_t>(doc_->nodes_.size()));
+        if (!Value(depth + 1)) return false;
+        Space();
+        if (p_ == end_) return Fail("unexpected end of text");
+        if (*p_ == ',') {
+          p_++;
+          continue;
+        }
+        if (*p_ == ']') {
+          p_++;
+          break;
+        }
+        return Fail("expected ',' or ']'");
       }
-      if (*p_ == ']') {
-        p_++;
-        return true;
-      }
-      return Fail("expected ',' or ']'");
     }
+    Node &node = doc_->nodes_[n];
+    node.a = static_cast<uint32_t>(doc_->children_.size());
+    node.b = static_cast<uint32_t>(stack_.size() - mark);
+    doc_->children_.insert(doc_->children_.end(), stack_.begin() + mark, stack_.end());
+    stack_.resize(mark);
+    Close(n);
+    return true;
   }
 
   bool Hex4(unsigned *out) {
@@ -157,28 +186,40 @@ class Parser {
     }
   }
 
-  // A string; escapes decoded to UTF-8. A lone surrogate becomes U+FFFD, as V8's Utf8Value does.
-  bool String(std::string *s) {
+  // A string node (also a member name). Without escapes it points into the text; with escapes it
+  // is decoded to UTF-8, a lone surrogate becoming U+FFFD as V8's Utf8Value does.
+  bool String() {
+    const uint32_t n = NewNode(JsonDoc::kString);
     p_++;  // "
+    const char *start = p_;
+    while (p_ != end_ && *p_ != '"' && *p_ != '\\' && static_cast<unsigned char>(*p_) >= 0x20) p_++;
+    if (p_ != end_ && *p_ == '"') {
+      doc_->nodes_[n].a = static_cast<uint32_t>(start - begin_);
+      doc_->nodes_[n].b = static_cast<uint32_t>(p_ - start);
+      p_++;
+      Close(n);
+      return true;
+    }
+    std::string s(start, p_);
     for (;;) {
       const char *run = p_;
       while (p_ != end_ && *p_ != '"' && *p_ != '\\' && static_cast<unsigned char>(*p_) >= 0x20) p_++;
-      s->append(run, p_);
+      s.append(run, p_);
       if (p_ == end_) return Fail("unterminated string");
       const char c = *p_++;
-      if (c == '"') return true;
+      if (c == '"') break;
       if (c != '\\') return Fail("control character in a string");
       if (p_ == end_) return Fail("unterminated string");
       const char e = *p_++;
       switch (e) {
-        case '"': s->push_back('"'); break;
-        case '\\': s->push_back('\\'); break;
-        case '/': s->push_back('/'); break;
-        case 'b': s->push_back('\b'); break;
-        case 'f': s->push_back('\f'); break;
-        case 'n': s->push_back('\n'); break;
-        case 'r': s->push_back('\r'); break;
-        case 't': s->push_back('\t'); break;
+        case '"': s.push_back('"'); break;
+        case '\\': s.push_back('\\'); break;
+        case '/': s.push_back('/'); break;
+        case 'b': s.push_back('\b'); break;
+        case 'f': s.push_back('\f'); break;
+        case 'n': s.push_back('\n'); break;
+        case 'r': s.push_back('\r'); break;
+        case 't': s.push_back('\t'); break;
         case 'u': {
           unsigned cp;
           if (!Hex4(&cp)) return false;
@@ -196,16 +237,22 @@ class Parser {
           } else if (cp >= 0xd800 && cp <= 0xdfff) {
             cp = 0xfffd;
           }
-          Utf8(cp, s);
+          Utf8(cp, &s);
           break;
         }
         default:
           return Fail("bad escape in a string");
       }
     }
+    doc_->nodes_[n].a = static_cast<uint32_t>(doc_->unescaped_.size());
+    doc_->nodes_[n].b = static_cast<uint32_t>(s.size());
+    doc_->nodes_[n].pooled = true;
+    doc_->unescaped_ += s;
+    Close(n);
+    return true;
   }
 
-  bool Number(Json *out) {
+  bool Number() {
     const char *start = p_;
     if (p_ != end_ && *p_ == '-') p_++;
     if (p_ == end_ || *p_ < '0' || *p_ > '9') return Fail("unexpected character");
@@ -222,18 +269,21 @@ class Parser {
       if (p_ == end_ || *p_ < '0' || *p_ > '9') return Fail("bad number");
       while (p_ != end_ && *p_ >= '0' && *p_ <= '9') p_++;
     }
-    const std::string text(start, p_);
-    out->type = Json::kNumber;
-    out->number = std::strtod(text.c_str(), nullptr);
+    const uint32_t n = NewNode(JsonDoc::kNumber);
+    doc_->nodes_[n].a = static_cast<uint32_t>(doc_->numbers_.size());
+    doc_->numbers_.push_back(std::strtod(std::string(start, p_).c_str(), nullptr));
+    Close(n);
     return true;
   }
 };
 
-}  // namespace
-
-bool ParseJson(const std::string &text, Json *out, std::string *error) {
-  *out = Json();
-  return Parser(text).Parse(out, error);
+bool JsonDoc::Parse(std::string text, std::string *error) {
+  text_ = std::move(text);
+  nodes_.clear();
+  children_.clear();
+  numbers_.clear();
+  unescaped_.clear();
+  return JsonParser(this).Parse(error);
 }
 
 }  // namespace iptlb

@@ -66,20 +66,22 @@ class JsValue {
 
 class JsonValue {
  public:
-  explicit JsonValue(const Json *j) : j_(j) {}
-  bool IsUndefined() const { return j_ == nullptr; }
-  bool IsString() const { return j_ && j_->type == Json::kString; }
-  bool IsNumber() const { return j_ && j_->type == Json::kNumber; }
-  bool IsArray() const { return j_ && j_->type == Json::kArray; }
-  bool IsObject() const { return j_ && j_->type == Json::kObject; }
-  const std::string &String() const { return j_->string; }
-  double Number() const { return j_->number; }
-  JsonValue Get(const char *key) const { return JsonValue(j_->Find(key)); }
-  uint32_t Length() const { return static_cast<uint32_t>(j_->items.size()); }
-  JsonValue At(uint32_t i) const { return JsonValue(&j_->items[i]); }
+  JsonValue(const JsonDoc *doc, uint32_t n) : doc_(doc), n_(n) {}
+  bool IsUndefined() const { return n_ == JsonDoc::kNone; }
+  bool IsString() const { return Is(JsonDoc::kString); }
+  bool IsNumber() const { return Is(JsonDoc::kNumber); }
+  bool IsArray() const { return Is(JsonDoc::kArray); }
+  bool IsObject() const { return Is(JsonDoc::kObject); }
+  std::string String() const { return doc_->string(n_); }
+  double Number() const { return doc_->number(n_); }
+  JsonValue Get(const char *key) const { return JsonValue(doc_, doc_->Find(n_, key)); }
+  uint32_t Length() const { return doc_->length(n_); }
+  JsonValue At(uint32_t i) const { return JsonValue(doc_, doc_->at(n_, i)); }
 
  private:
-  const Json *j_;
+  bool Is(JsonDoc::Type t) const { return n_ != JsonDoc::kNone && doc_->type(n_) == t; }
+  const JsonDoc *doc_;
+  uint32_t n_;
 };
 
 template <typename V>
@@ -332,15 +334,15 @@ Transaction TransactionFromJs(const Napi::Value &value) {
   }
 }
 
-bool TransactionFromJson(const std::string &text, Transaction *tx, std::string *error) {
-  Json doc;
+bool TransactionFromJson(std::string text, Transaction *tx, std::string *error) {
+  JsonDoc doc;
   std::string why;
-  if (!ParseJson(text, &doc, &why)) {
+  if (!doc.Parse(std::move(text), &why)) {
     *error = "transaction: is not valid JSON (" + why + ")";
     return false;
   }
   try {
-    *tx = TransactionFrom(JsonValue(&doc));
+    *tx = TransactionFrom(JsonValue(&doc, 0));
   } catch (const PlanError &e) {
     *error = e.message;
     return false;

@@ -65,7 +65,7 @@ Transaction TransactionFromJs(const Napi::Value &value);
 
 // JSON.stringify of a transaction → *tx; false with *error ("<field>: <what>") when the text is not
 // JSON or the plan fails a check. No N-API: safe in AsyncWorker::Execute().
-bool TransactionFromJson(const std::string &text, Transaction *tx, std::string *error);
+bool TransactionFromJson(std::string text, Transaction *tx, std::string *error);
 
 // Parses "a.b.c.d" or "a.b.c.d/n"; false when malformed.
 bool ParseCidr(const std::string &text, uint32_t *addr, uint32_t *mask);
