@@ -11,6 +11,7 @@
         "native/errors.cc",
         "native/file_lock.cc",
         "native/iptc_handle.cc",
+        "native/json.cc",
         "native/plan.cc",
         "native/read_worker.cc",
         "native/revisions.cc",

@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- apply|churn|cli] [--json] [--sizes 0,1000,10000] [--runs N]`
+ * `npm run bench [-- apply|churn|cli|nft] [--json] [--sizes 0,1000,10000] [--runs N]`
  * Every scenario runs inside a throwaway network namespace (the program re-executes itself under
  * `unshare -n`). Figures are medians measured side by side in one run; read the ratios.
  */
@@ -15,6 +15,9 @@ import { planTransaction } from '../src/plan.js';
 import { renderRestore, renderRule } from '../src/restore.js';
 import { validateProfile } from '../src/profile.js';
 import { serializeState } from '../src/state.js';
+import { planNftRebuild } from '../src/nft/plan.js';
+import { renderNft } from '../src/nft/ops.js';
+import { connect, createServer, type Server } from 'node:net';
 import type { Profile } from '../src/types.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -28,7 +31,7 @@ const flag = (name: string): string | undefined => {
 const JSON_OUT = args.includes('--json');
 const SIZES = (flag('--sizes') ?? '0,1000,10000').split(',').map(Number);
 const RUNS = Number(flag('--runs') ?? 31);
-const scenarios = args.filter((a) => ['apply', 'churn', 'cli'].includes(a));
+const scenarios = args.filter((a) => ['apply', 'churn', 'cli', 'nft'].includes(a));
 const wanted = (s: string): boolean => scenarios.length === 0 || scenarios.includes(s);
 
 if (!process.env.IPTLB_BENCH_IN_NETNS) {
@@ -60,6 +63,16 @@ function profile(i: number, dests = 3): Profile {
 function flushNat(): void {
   execFileSync('iptables-legacy', ['-t', 'nat', '-F']);
   execFileSync('iptables-legacy', ['-t', 'nat', '-X']);
+  flushNft();
+}
+function flushNft(): void {
+  execFileSync('nft', ['-f', '-'], { input: 'add table ip iptlb\ndelete table ip iptlb\n' });
+}
+
+/** Loads n profiles into table ip iptlb with one nft -f (not measured). */
+function preloadNft(profiles: Profile[]): void {
+  flushNft();
+  if (profiles.length) execFileSync('nft', ['-f', '-'], { input: renderNft(planNftRebuild(profiles)), maxBuffer: 1 << 30 });
 }
 
 /** Loads n profiles into the kernel with one iptables-legacy-restore (the preload is not measured). */
@@ -113,7 +126,7 @@ async function benchApply(): Promise<void> {
     preload(n, stateFile);
     const row: Record<string, number> = {};
     for (const v of variants) {
-      const lb = await open({ stateFile: v.file ? stateFile : false, executor: v.executor, coalesce: false });
+      const lb = await open({ stateFile: v.file ? stateFile : false, engine: 'legacy', executor: v.executor, coalesce: false });
       const times: number[] = [];
       const kernel: number[] = [];
       const runs = v.executor === 'spawn' && n >= 10000 ? Math.min(RUNS, 7) : RUNS;
@@ -171,7 +184,7 @@ async function benchChurn(): Promise<void> {
   for (const { key, coalesce, file } of modes) {
     flushNat();
     const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-churn-'));
-    const lb = await open({ stateFile: file ? path.join(dir, 'state.db') : false, executor: ex, coalesce });
+    const lb = await open({ stateFile: file ? path.join(dir, 'state.db') : false, engine: 'legacy', executor: ex, coalesce });
     await lb.apply(Array.from({ length: PROFILES }, (_, i) => profile(i)));
     let commits = 0;
     lb.on('commit', () => commits++);
@@ -226,7 +239,9 @@ async function benchCli(): Promise<void> {
   const node = process.execPath;
   const cases: Record<string, string[]> = {
     'node -e 0': [node, '-e', '0'],
-    'iptlb -run (apply)': [node, CLI, `-state-file=${state}`, '-run', '-reset', '-profile=x', '-src-addr=127.100.0.10:8081', '-dest-addr=127.0.0.1:9001,127.0.0.1:9002,127.0.0.1:9003'],
+    'iptlb -run (apply)': [node, CLI, '--engine=legacy', `-state-file=${state}`, '-run', '-reset', '-profile=x', '-src-addr=127.100.0.10:8081', '-dest-addr=127.0.0.1:9001,127.0.0.1:9002,127.0.0.1:9003'],
+    'iptlb -run (nft)': [node, CLI, '--engine=nft', `-state-file=${state}.nft`, '-run', '-reset', '-profile=x', '-src-addr=127.100.0.10:8081', '-dest-addr=127.0.0.1:9001,127.0.0.1:9002,127.0.0.1:9003'],
+    'iptlb -run (auto)': [node, CLI, `-state-file=${state}.auto`, '-run', '-reset', '-profile=y', '-src-addr=127.100.0.10:8082', '-dest-addr=127.0.0.1:9001,127.0.0.1:9002,127.0.0.1:9003'],
     'iptlb list': [node, CLI, 'list', `--state-file=${state}`],
     'iptlb doctor': [node, CLI, 'doctor', `--state-file=${state}`],
     'iptlb --help': [node, CLI, '--help'],
@@ -247,8 +262,8 @@ async function benchCli(): Promise<void> {
   const up: number[] = [];
   const down: number[] = [];
   for (let r = 0; r < Math.min(RUNS, 7); r++) {
-    up.push(await timeProcess([node, CLI, `-state-file=${bulkState}`, '-use-state', '-run', '-q']));
-    down.push(await timeProcess([node, CLI, `-state-file=${bulkState}`, '-use-state', '-run', '-delete', '-q']));
+    up.push(await timeProcess([node, CLI, '--engine=legacy', `-state-file=${bulkState}`, '-use-state', '-run', '-q']));
+    down.push(await timeProcess([node, CLI, '--engine=legacy', `-state-file=${bulkState}`, '-use-state', '-run', '-delete', '-q']));
     writeFileSync(bulkState, serializeState(Array.from({ length: 1000 }, (_, i) => profile(i + 1))), { mode: 0o600 });
   }
   const bulk = {
@@ -263,7 +278,128 @@ async function benchCli(): Promise<void> {
   rmSync(dir, { recursive: true, force: true });
 }
 
+/** Control plane of the nft engine next to legacy, data plane of both, and a 10,000-profile load from the state file. */
+async function benchNft(): Promise<void> {
+  const addon = loadAddon();
+  const nftNative = addon.ok && typeof addon.addon.nftCommit === 'function';
+  if (!nftNative) log('nft native executor unavailable (addon without nft support): nft/native figures skipped');
+  const pairs = [
+    ...(addon.ok ? [{ key: 'legacy/native', engine: 'legacy' as const, executor: 'native' as const }] : []),
+    { key: 'legacy/spawn', engine: 'legacy' as const, executor: 'spawn' as const },
+    ...(nftNative ? [{ key: 'nft/native', engine: 'nft' as const, executor: 'native' as const }] : []),
+    { key: 'nft/spawn', engine: 'nft' as const, executor: 'spawn' as const },
+  ];
+  log('median ms to apply one 3-destination profile (API, profiles in memory), N other profiles present; kernel = commit time inside the executor');
+  const table: Record<string, Record<string, number>> = {};
+  for (const n of SIZES) {
+    const profiles = Array.from({ length: n }, (_, i) => profile(i + 1));
+    const row: Record<string, number> = {};
+    for (const pair of pairs) {
+      if (pair.engine === 'legacy') {
+        preload(n, path.join(mkdtempSync(path.join(tmpdir(), 'iptlb-nftb-')), 'state.db'));
+        flushNft();
+      } else {
+        flushNat();
+        preloadNft(profiles);
+      }
+      const lb = await open({ stateFile: false, engine: pair.engine, executor: pair.executor, coalesce: false });
+      const runs = pair.executor === 'spawn' ? Math.min(RUNS, n >= 10000 ? 5 : 11) : RUNS;
+      for (let r = 0; r < 3; r++) await lb.apply(validateProfile({ ...profile(0), destination: [`127.0.0.1:${9100 + r}`, '127.0.0.1:9010', '127.0.0.1:9011'] }));
+      const times: number[] = [];
+      const kernel: number[] = [];
+      for (let r = 0; r < runs; r++) {
+        const p = validateProfile({ ...profile(0), destination: [`127.0.0.1:${9001 + (r % 5)}`, '127.0.0.1:9010', '127.0.0.1:9011'] });
+        const t0 = performance.now();
+        const res = await lb.apply(p);
+        times.push(performance.now() - t0);
+        kernel.push(res.commitMs);
+      }
+      await lb.close();
+      row[pair.key] = median(times);
+      row[`${pair.key} kernel`] = median(kernel);
+    }
+    table[String(n)] = row;
+    log(`profiles=${String(n).padStart(5)}  ` + pairs.map((p) => `${p.key} ${row[p.key].toFixed(3)} (kernel ${row[`${p.key} kernel`].toFixed(3)})`).join('  '));
+  }
+  const first = table[String(SIZES[0])];
+  const lastSize = SIZES[SIZES.length - 1];
+  const last = table[String(lastSize)];
+  for (const p of pairs) log(`  ${p.key}: ${lastSize}/${SIZES[0]} ratio ${(last[p.key] / first[p.key]).toFixed(2)}x`);
+  results.nftApply = table;
+
+  // Data plane: new TCP connections per second through one virtual address, with 10,000 other profiles.
+  const servers: Server[] = [];
+  for (const port of [9001, 9002, 9003]) {
+    const srv = createServer((c) => c.end());
+    await new Promise<void>((r) => srv.listen(port, '127.0.0.1', () => r()));
+    servers.push(srv);
+  }
+  const vipProfile = validateProfile({ name: 'vip', source: '127.99.0.1:8081', destination: ['127.0.0.1:9001', '127.0.0.1:9002', '127.0.0.1:9003'] });
+  const connRate = async (count: number): Promise<number> => {
+    const one = (): Promise<void> =>
+      new Promise((resolve, reject) => {
+        const c = connect(8081, '127.99.0.1');
+        c.on('error', reject);
+        c.on('close', () => resolve());
+        c.resume();
+      });
+    const t0 = performance.now();
+    let next = 0;
+    await Promise.all(Array.from({ length: 16 }, async () => {
+      while (next++ < count) await one();
+    }));
+    return count / ((performance.now() - t0) / 1000);
+  };
+  const others = Array.from({ length: 10000 }, (_, i) => profile(i + 1));
+  const data: Record<string, number> = {};
+  const CONNS = Number(flag('--conns') ?? 4000);
+  for (const engine of ['legacy', 'nft'] as const) {
+    for (const n of [0, 10000]) {
+      flushNat();
+      if (engine === 'legacy') {
+        // The measured profile first, so its jump ends up after every other profile's (iptlb inserts at the top).
+        const text = renderRestore(planTransaction([vipProfile], []), { chains: [], hookRules: [] });
+        execFileSync('iptables-legacy-restore', ['--noflush'], { input: text });
+        if (n) execFileSync('iptables-legacy-restore', ['--noflush'], { input: renderRestore(planTransaction(others.slice(0, n), []), { chains: [], hookRules: [] }), maxBuffer: 1 << 30 });
+      } else {
+        preloadNft([vipProfile, ...others.slice(0, n)]);
+      }
+      await connRate(500); // warm up
+      const rates: number[] = [];
+      for (let r = 0; r < 3; r++) rates.push(await connRate(CONNS));
+      data[`${engine} @${n}`] = Math.round(median(rates));
+    }
+  }
+  for (const s of servers) s.close();
+  log(
+    `data plane, new TCP connections/s through one virtual address (16 concurrent clients): ` +
+      Object.entries(data).map(([k, v]) => `${k} ${v}`).join('  ') +
+      `  | legacy 10000/0 ${(data['legacy @10000'] / data['legacy @0']).toFixed(2)}x  nft 10000/0 ${(data['nft @10000'] / data['nft @0']).toFixed(2)}x`,
+  );
+  results.dataPlane = data;
+
+  // 10,000 profiles from the state file with -use-state -run: one transaction per engine.
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-load-'));
+  const load: Record<string, number> = {};
+  for (const pair of pairs) {
+    flushNat();
+    const state = path.join(dir, `${pair.key.replace('/', '-')}.db`);
+    writeFileSync(state, serializeState(others), { mode: 0o600 });
+    const t: number[] = [];
+    for (let r = 0; r < 3; r++) {
+      flushNat();
+      t.push(await timeProcess([process.execPath, CLI, `--engine=${pair.engine}`, `--executor=${pair.executor}`, `-state-file=${state}`, '-use-state', '-run', '-q']));
+    }
+    load[pair.key] = Math.round(median(t));
+  }
+  flushNat();
+  rmSync(dir, { recursive: true, force: true });
+  log(`load 10,000 profiles from the state file (iptlb -use-state -run, whole process): ` + Object.entries(load).map(([k, v]) => `${k} ${v} ms`).join('  '));
+  results.load10k = load;
+}
+
 if (wanted('apply')) await benchApply();
+if (wanted('nft')) await benchNft();
 if (wanted('churn')) await benchChurn();
 if (wanted('cli')) await benchCli();
 if (JSON_OUT) process.stdout.write(JSON.stringify(results, null, 2) + '\n');

@@ -4,5 +4,7 @@
 require('../dist/iptlb.cjs')
   .main(process.argv.slice(2))
   .then((code) => {
-    process.exitCode = code;
+    // Everything main() started has finished (and stdout/stderr writes are synchronous on Linux for
+    // files, pipes and terminals): exit now rather than tear the whole runtime down first.
+    process.exit(code);
   });

@@ -18,8 +18,18 @@ constexpr int kMaxAttempts = 8;
 CommitWorker::CommitWorker(Napi::Env env, Transaction tx, int lock_wait_ms)
     : PromiseWorker(env, "iptlb.commit"), tx_(std::move(tx)), lock_path_(XtablesLockPath()), lock_wait_ms_(lock_wait_ms) {}
 
+CommitWorker::CommitWorker(Napi::Env env, std::string json, int lock_wait_ms)
+    : PromiseWorker(env, "iptlb.commit"), json_(std::move(json)), lock_path_(XtablesLockPath()), lock_wait_ms_(lock_wait_ms) {}
+
 void CommitWorker::Execute() {
   const auto t0 = std::chrono::steady_clock::now();
+  if (!json_.empty()) {
+    // Decoded before waiting for our turn: it needs neither the table nor the lock.
+    std::string why;
+    const bool ok = TransactionFromJson(std::move(json_), &tx_, &why);
+    json_.clear();
+    if (!ok) return Fail(NativeError{"EPLAN", EINVAL, why});
+  }
   auto turn = turn_.Enter();  // commits and reads reach the table one at a time, in call order
   std::lock_guard<std::mutex> serial(LibiptcMutex());
   FlockGuard lock;

@@ -15,6 +15,9 @@ class CommitWorker : public PromiseWorker {
  public:
   // `tx` is already validated plain data (TransactionFromJs, on the JS thread).
   CommitWorker(Napi::Env env, Transaction tx, int lock_wait_ms);
+  // `json` is the transaction as JSON text, decoded and checked in Execute() (TransactionFromJson);
+  // a plan that fails a check rejects with code EPLAN and the field in the message.
+  CommitWorker(Napi::Env env, std::string json, int lock_wait_ms);
   // Queues the worker behind every commit/read called before it (see table_queue.h).
   void QueueInOrder() { turn_.Queue(this); }
 
@@ -25,6 +28,7 @@ class CommitWorker : public PromiseWorker {
  private:
   TableTurn turn_;
   Transaction tx_;
+  std::string json_;  // non-empty: decode into tx_ first (worker thread)
   std::string lock_path_;  // read from the environment on the JS thread
   int lock_wait_ms_;
   double duration_ms_ = 0;

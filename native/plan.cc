@@ -6,6 +6,8 @@
 #include <cmath>
 #include <cstdlib>
 
+#include "json.h"
+
 namespace iptlb {
 namespace {
 
@@ -13,57 +15,128 @@ constexpr size_t kMaxChainName = 28;   // XT_EXTENSION_MAXNAMELEN - 1
 constexpr size_t kMaxComment = 255;    // XT_MAX_COMMENT_LEN - 1
 constexpr size_t kMaxLogPrefix = 29;   // sizeof(xt_log_info.prefix) - 1
 
-[[noreturn]] void Fail(const Napi::Env &env, const std::string &field, const std::string &what) {
-  throw Napi::TypeError::New(env, field + ": " + what);
+// Where a value sits in the transaction ("transaction.chains[0].rules[2].target"), kept as a chain
+// of stack frames and spelled out only when a check fails: the plan is read without building a
+// string per field.
+struct Path {
+  const Path *parent;
+  const char *key;  // nullptr: an array index
+  uint32_t index;
+
+  Path Key(const char *k) const { return Path{this, k, 0}; }
+  Path Index(uint32_t i) const { return Path{this, nullptr, i}; }
+  std::string Render() const {
+    std::string s = parent ? parent->Render() : std::string();
+    if (key) {
+      if (parent) s += '.';
+      s += key;
+    } else {
+      s += '[' + std::to_string(index) + ']';
+    }
+    return s;
+  }
+};
+
+// A failed check: "<field>: <what>". Turned into a TypeError (JS thread) or an error result (worker).
+struct PlanError {
+  std::string message;
+};
+
+[[noreturn]] void Fail(const Path &field, const std::string &what) { throw PlanError{field.Render() + ": " + what}; }
+
+// The two sources of a plan, read through one interface: JavaScript values (N-API, JS thread only)
+// and parsed JSON text (plain data, any thread).
+class JsValue {
+ public:
+  explicit JsValue(Napi::Value v) : v_(v) {}
+  bool IsUndefined() const { return v_.IsUndefined(); }
+  bool IsString() const { return v_.IsString(); }
+  bool IsNumber() const { return v_.IsNumber(); }
+  bool IsArray() const { return v_.IsArray(); }
+  bool IsObject() const { return v_.IsObject() && !v_.IsArray(); }
+  std::string String() const { return v_.As<Napi::String>().Utf8Value(); }
+  double Number() const { return v_.As<Napi::Number>().DoubleValue(); }
+  JsValue Get(const char *key) const { return JsValue(v_.As<Napi::Object>().Get(key)); }
+  uint32_t Length() const { return v_.As<Napi::Array>().Length(); }
+  JsValue At(uint32_t i) const { return JsValue(v_.As<Napi::Array>().Get(i)); }
+
+ private:
+  Napi::Value v_;
+};
+
+class JsonValue {
+ public:
+  JsonValue(const JsonDoc *doc, uint32_t n) : doc_(doc), n_(n) {}
+  bool IsUndefined() const { return n_ == JsonDoc::kNone; }
+  bool IsString() const { return Is(JsonDoc::kString); }
+  bool IsNumber() const { return Is(JsonDoc::kNumber); }
+  bool IsArray() const { return Is(JsonDoc::kArray); }
+  bool IsObject() const { return Is(JsonDoc::kObject); }
+  std::string String() const { return doc_->string(n_); }
+  double Number() const { return doc_->number(n_); }
+  JsonValue Get(const char *key) const { return JsonValue(doc_, doc_->Find(n_, key)); }
+  uint32_t Length() const { return doc_->length(n_); }
+  JsonValue At(uint32_t i) const { return JsonValue(doc_, doc_->at(n_, i)); }
+
+ private:
+  bool Is(JsonDoc::Type t) const { return n_ != JsonDoc::kNone && doc_->type(n_) == t; }
+  const JsonDoc *doc_;
+  uint32_t n_;
+};
+
+template <typename V>
+V Obj(const V &v, const Path &field) {
+  if (!v.IsObject()) Fail(field, "must be an object");
+  return v;
 }
 
-Napi::Object Obj(const Napi::Value &v, const std::string &field) {
-  if (!v.IsObject() || v.IsArray()) Fail(v.Env(), field, "must be an object");
-  return v.As<Napi::Object>();
+template <typename V>
+V Arr(const V &v, const Path &field) {
+  if (!v.IsArray()) Fail(field, "must be an array");
+  return v;
 }
 
-Napi::Array Arr(const Napi::Value &v, const std::string &field) {
-  if (!v.IsArray()) Fail(v.Env(), field, "must be an array");
-  return v.As<Napi::Array>();
-}
-
-std::string Str(const Napi::Value &v, const std::string &field, size_t max) {
-  if (!v.IsString()) Fail(v.Env(), field, "must be a string");
-  std::string s = v.As<Napi::String>().Utf8Value();
-  if (s.size() > max) Fail(v.Env(), field, "is longer than " + std::to_string(max) + " bytes");
-  if (s.find('\0') != std::string::npos) Fail(v.Env(), field, "contains a NUL byte");
+template <typename V>
+std::string Str(const V &v, const Path &field, size_t max) {
+  if (!v.IsString()) Fail(field, "must be a string");
+  std::string s = v.String();
+  if (s.size() > max) Fail(field, "is longer than " + std::to_string(max) + " bytes");
+  if (s.find('\0') != std::string::npos) Fail(field, "contains a NUL byte");
   return s;
 }
 
-uint32_t Uint(const Napi::Value &v, const std::string &field, uint32_t min, uint32_t max) {
-  if (!v.IsNumber()) Fail(v.Env(), field, "must be a number");
-  double d = v.As<Napi::Number>().DoubleValue();
+template <typename V>
+uint32_t Uint(const V &v, const Path &field, uint32_t min, uint32_t max) {
+  if (!v.IsNumber()) Fail(field, "must be a number");
+  double d = v.Number();
   if (!(d >= min && d <= max) || std::floor(d) != d) {
-    Fail(v.Env(), field, "must be a whole number from " + std::to_string(min) + " to " + std::to_string(max));
+    Fail(field, "must be a whole number from " + std::to_string(min) + " to " + std::to_string(max));
   }
   return static_cast<uint32_t>(d);
 }
 
 // A user chain name as iptables accepts it: 1-28 bytes, printable, no blank, not starting with '-'
 // or '!', and not a built-in chain or verdict name.
-std::string ChainName(const Napi::Value &v, const std::string &field) {
+template <typename V>
+std::string ChainName(const V &v, const Path &field) {
   std::string s = Str(v, field, kMaxChainName);
-  if (s.empty()) Fail(v.Env(), field, "must not be empty");
+  if (s.empty()) Fail(field, "must not be empty");
   for (unsigned char c : s) {
-    if (c <= ' ' || c >= 0x7f) Fail(v.Env(), field, "must be printable ASCII without blanks");
+    if (c <= ' ' || c >= 0x7f) Fail(field, "must be printable ASCII without blanks");
   }
-  if (s[0] == '-' || s[0] == '!') Fail(v.Env(), field, "must not start with '-' or '!'");
+  if (s[0] == '-' || s[0] == '!') Fail(field, "must not start with '-' or '!'");
   static const char *const kReserved[] = {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING", "FORWARD", "ACCEPT", "DROP", "QUEUE", "RETURN"};
   for (const char *r : kReserved) {
-    if (s == r) Fail(v.Env(), field, "must not be the built-in name " + s);
+    if (s == r) Fail(field, "must not be the built-in name " + s);
   }
   return s;
 }
 
 // An owner name: the `<n>` of the comment "iptlb:<n>" (which must fit xt_comment's 255 bytes).
-std::string Owner(const Napi::Value &v, const std::string &field) {
+template <typename V>
+std::string Owner(const V &v, const Path &field) {
   std::string s = Str(v, field, kMaxComment - 6);
-  if (s.empty()) Fail(v.Env(), field, "must not be empty");
+  if (s.empty()) Fail(field, "must not be empty");
   return s;
 }
 
@@ -77,104 +150,158 @@ bool IsDecimal(const std::string &s) {
   return digits > 0 && dots <= 1;
 }
 
-void Endpoint(const Napi::Value &v, const std::string &field, uint32_t *addr, uint16_t *port) {
+template <typename V>
+void Endpoint(const V &v, const Path &field, uint32_t *addr, uint16_t *port) {
   std::string s = Str(v, field, 21);
   size_t colon = s.rfind(':');
   uint32_t mask = 0;
   if (colon == std::string::npos || !ParseCidr(s.substr(0, colon), addr, &mask) || mask != 0xffffffffu) {
-    Fail(v.Env(), field, "must be \"a.b.c.d:port\"");
+    Fail(field, "must be \"a.b.c.d:port\"");
   }
   char *end = nullptr;
   std::string p = s.substr(colon + 1);
   long n = std::strtol(p.c_str(), &end, 10);
-  if (p.empty() || *end != '\0' || n < 1 || n > 65535) Fail(v.Env(), field, "has no valid port");
+  if (p.empty() || *end != '\0' || n < 1 || n > 65535) Fail(field, "has no valid port");
   *port = static_cast<uint16_t>(n);
 }
 
-Match MatchFromJs(const Napi::Value &value, const std::string &field) {
-  Napi::Env env = value.Env();
-  Napi::Object o = Obj(value, field);
-  std::string name = Str(o.Get("name"), field + ".name", 32);
+template <typename V>
+Match MatchFrom(const V &value, const Path &field) {
+  V o = Obj(value, field);
+  std::string name = Str(o.Get("name"), field.Key("name"), 32);
   Match m{Match::kTcp};
   if (name == "tcp" || name == "udp" || name == "sctp") {
     m.kind = name == "tcp" ? Match::kTcp : name == "udp" ? Match::kUdp : Match::kSctp;
-    m.port = static_cast<uint16_t>(Uint(o.Get("dport"), field + ".dport", 1, 65535));
+    m.port = static_cast<uint16_t>(Uint(o.Get("dport"), field.Key("dport"), 1, 65535));
   } else if (name == "statistic") {
-    if (Str(o.Get("mode"), field + ".mode", 16) != "random") Fail(env, field + ".mode", "must be \"random\"");
-    std::string p = Str(o.Get("probability"), field + ".probability", 32);
+    if (Str(o.Get("mode"), field.Key("mode"), 16) != "random") Fail(field.Key("mode"), "must be \"random\"");
+    std::string p = Str(o.Get("probability"), field.Key("probability"), 32);
     char *end = nullptr;
     double d = IsDecimal(p) ? std::strtod(p.c_str(), &end) : -1.0;
-    if (!end || *end != '\0' || !(d >= 0.0 && d <= 1.0)) Fail(env, field + ".probability", "must be a decimal from 0 to 1");
+    if (!end || *end != '\0' || !(d >= 0.0 && d <= 1.0)) Fail(field.Key("probability"), "must be a decimal from 0 to 1");
     m.kind = Match::kStatistic;
     m.probability = static_cast<uint32_t>(std::lround(0x80000000 * d));
   } else if (name == "comment") {
     m.kind = Match::kComment;
-    m.text = Str(o.Get("comment"), field + ".comment", kMaxComment);
+    m.text = Str(o.Get("comment"), field.Key("comment"), kMaxComment);
   } else if (name == "addrtype") {
-    if (Str(o.Get("dstType"), field + ".dstType", 16) != "LOCAL") Fail(env, field + ".dstType", "must be \"LOCAL\"");
+    if (Str(o.Get("dstType"), field.Key("dstType"), 16) != "LOCAL") Fail(field.Key("dstType"), "must be \"LOCAL\"");
     m.kind = Match::kAddrtypeLocal;
   } else if (name == "conntrack") {
-    if (Str(o.Get("ctstate"), field + ".ctstate", 16) != "DNAT") Fail(env, field + ".ctstate", "must be \"DNAT\"");
+    if (Str(o.Get("ctstate"), field.Key("ctstate"), 16) != "DNAT") Fail(field.Key("ctstate"), "must be \"DNAT\"");
     m.kind = Match::kConntrackDnat;
-    if (!ParseCidr(Str(o.Get("ctorigdst"), field + ".ctorigdst", 18), &m.addr, &m.mask)) Fail(env, field + ".ctorigdst", "must be an IPv4 address");
-    m.port = static_cast<uint16_t>(Uint(o.Get("ctorigdstport"), field + ".ctorigdstport", 1, 65535));
+    if (!ParseCidr(Str(o.Get("ctorigdst"), field.Key("ctorigdst"), 18), &m.addr, &m.mask)) Fail(field.Key("ctorigdst"), "must be an IPv4 address");
+    m.port = static_cast<uint16_t>(Uint(o.Get("ctorigdstport"), field.Key("ctorigdstport"), 1, 65535));
   } else {
-    Fail(env, field + ".name", "unknown match \"" + name + "\"");
+    Fail(field.Key("name"), "unknown match \"" + name + "\"");
   }
   return m;
 }
 
-Target TargetFromJs(const Napi::Value &value, const std::string &field) {
-  Napi::Env env = value.Env();
-  Napi::Object o = Obj(value, field);
-  std::string name = Str(o.Get("name"), field + ".name", 32);
+template <typename V>
+Target TargetFrom(const V &value, const Path &field) {
+  V o = Obj(value, field);
+  std::string name = Str(o.Get("name"), field.Key("name"), 32);
   Target t{Target::kReturn};
   if (name == "DNAT") {
     t.kind = Target::kDnat;
-    Endpoint(o.Get("toDestination"), field + ".toDestination", &t.addr, &t.port);
+    Endpoint(o.Get("toDestination"), field.Key("toDestination"), &t.addr, &t.port);
   } else if (name == "LOG") {
     t.kind = Target::kLog;
-    t.prefix = Str(o.Get("prefix"), field + ".prefix", kMaxLogPrefix);
-    t.level = static_cast<uint8_t>(Uint(o.Get("level"), field + ".level", 0, 7));
+    t.prefix = Str(o.Get("prefix"), field.Key("prefix"), kMaxLogPrefix);
+    t.level = static_cast<uint8_t>(Uint(o.Get("level"), field.Key("level"), 0, 7));
   } else if (name == "RETURN") {
     t.kind = Target::kReturn;
   } else if (name == "MASQUERADE") {
     t.kind = Target::kMasquerade;
   } else if (name == "jump") {
     t.kind = Target::kJump;
-    t.chain = ChainName(o.Get("chain"), field + ".chain");
+    t.chain = ChainName(o.Get("chain"), field.Key("chain"));
   } else {
-    Fail(env, field + ".name", "unknown target \"" + name + "\"");
+    Fail(field.Key("name"), "unknown target \"" + name + "\"");
   }
   return t;
 }
 
-Rule RuleFromJs(const Napi::Value &value, const std::string &field) {
-  Napi::Env env = value.Env();
-  Napi::Object o = Obj(value, field);
+template <typename V>
+Rule RuleFrom(const V &value, const Path &field) {
+  V o = Obj(value, field);
   Rule r;
-  Napi::Value dst = o.Get("dst");
+  V dst = o.Get("dst");
   if (!dst.IsUndefined()) {
-    if (!ParseCidr(Str(dst, field + ".dst", 18), &r.dst, &r.dmsk)) Fail(env, field + ".dst", "must be an IPv4 address or a.b.c.d/n");
+    if (!ParseCidr(Str(dst, field.Key("dst"), 18), &r.dst, &r.dmsk)) Fail(field.Key("dst"), "must be an IPv4 address or a.b.c.d/n");
     r.has_dst = true;
   }
-  Napi::Value proto = o.Get("proto");
+  V proto = o.Get("proto");
   if (!proto.IsUndefined()) {
-    std::string p = Str(proto, field + ".proto", 8);
+    std::string p = Str(proto, field.Key("proto"), 8);
     if (p == "tcp") r.proto = IPPROTO_TCP;
     else if (p == "udp") r.proto = IPPROTO_UDP;
     else if (p == "sctp") r.proto = IPPROTO_SCTP;
-    else Fail(env, field + ".proto", "must be tcp, udp or sctp");
+    else Fail(field.Key("proto"), "must be tcp, udp or sctp");
   }
-  Napi::Array ms = Arr(o.Get("matches"), field + ".matches");
-  if (ms.Length() > 16) Fail(env, field + ".matches", "has more than 16 matches");
-  for (uint32_t i = 0; i < ms.Length(); i++) r.matches.push_back(MatchFromJs(ms.Get(i), field + ".matches[" + std::to_string(i) + "]"));
+  const Path mf = field.Key("matches");
+  V ms = Arr(o.Get("matches"), mf);
+  const uint32_t count = ms.Length();
+  if (count > 16) Fail(mf, "has more than 16 matches");
+  r.matches.reserve(count);
+  for (uint32_t i = 0; i < count; i++) r.matches.push_back(MatchFrom(ms.At(i), mf.Index(i)));
   for (const Match &m : r.matches) {
     uint8_t need = m.kind == Match::kTcp ? IPPROTO_TCP : m.kind == Match::kUdp ? IPPROTO_UDP : m.kind == Match::kSctp ? IPPROTO_SCTP : 0;
-    if (need && r.proto != need) Fail(env, field + ".proto", "must name the protocol of its port match");
+    if (need && r.proto != need) Fail(field.Key("proto"), "must name the protocol of its port match");
   }
-  r.target = TargetFromJs(o.Get("target"), field + ".target");
+  r.target = TargetFrom(o.Get("target"), field.Key("target"));
   return r;
+}
+
+template <typename V>
+Transaction TransactionFrom(const V &value) {
+  const Path root{nullptr, "transaction", 0};
+  V o = Obj(value, root);
+  V family = o.Get("family");
+  if (!family.IsString() || family.String() != "ipv4") Fail(root.Key("family"), "must be \"ipv4\"");
+  V table = o.Get("table");
+  if (!table.IsString() || table.String() != "nat") Fail(root.Key("table"), "must be \"nat\"");
+  Transaction tx;
+  const Path of = root.Key("owners");
+  V owners = Arr(o.Get("owners"), of);
+  for (uint32_t i = 0; i < owners.Length(); i++) tx.owners.push_back(Owner(owners.At(i), of.Index(i)));
+  const Path df = root.Key("deleteChains");
+  V del = Arr(o.Get("deleteChains"), df);
+  for (uint32_t i = 0; i < del.Length(); i++) tx.delete_chains.push_back(ChainName(del.At(i), df.Index(i)));
+  const Path cf = root.Key("chains");
+  V chains = Arr(o.Get("chains"), cf);
+  tx.chains.reserve(chains.Length());
+  for (uint32_t i = 0; i < chains.Length(); i++) {
+    const Path f = cf.Index(i);
+    V c = Obj(chains.At(i), f);
+    Chain chain;
+    chain.name = ChainName(c.Get("name"), f.Key("name"));
+    const Path rf = f.Key("rules");
+    V rules = Arr(c.Get("rules"), rf);
+    chain.rules.reserve(rules.Length());
+    for (uint32_t k = 0; k < rules.Length(); k++) chain.rules.push_back(RuleFrom(rules.At(k), rf.Index(k)));
+    tx.chains.push_back(std::move(chain));
+  }
+  const Path hf = root.Key("hookRules");
+  V hooks = Arr(o.Get("hookRules"), hf);
+  tx.hook_rules.reserve(hooks.Length());
+  for (uint32_t i = 0; i < hooks.Length(); i++) {
+    const Path f = hf.Index(i);
+    V h = Obj(hooks.At(i), f);
+    HookRule hr;
+    hr.chain = Str(h.Get("chain"), f.Key("chain"), kMaxChainName);
+    if (hr.chain != "OUTPUT" && hr.chain != "PREROUTING" && hr.chain != "POSTROUTING") Fail(f.Key("chain"), "must be OUTPUT, PREROUTING or POSTROUTING");
+    hr.owner = Owner(h.Get("owner"), f.Key("owner"));
+    const Path rf = f.Key("rule");
+    hr.rule = RuleFrom(h.Get("rule"), rf);
+    // The comment is what later transactions find the rule by: it must be there, and be the owner's.
+    bool tagged = false;
+    for (const Match &m : hr.rule.matches) tagged = tagged || (m.kind == Match::kComment && m.text.size() == hr.owner.size() + 6 && m.text.compare(0, 6, "iptlb:") == 0 && m.text.compare(6, std::string::npos, hr.owner) == 0);
+    if (!tagged) Fail(rf.Key("matches"), "must include the comment \"iptlb:" + hr.owner + "\"");
+    tx.hook_rules.push_back(std::move(hr));
+  }
+  return tx;
 }
 
 }  // namespace
@@ -200,41 +327,27 @@ bool ParseCidr(const std::string &text, uint32_t *addr, uint32_t *mask) {
 }
 
 Transaction TransactionFromJs(const Napi::Value &value) {
-  Napi::Env env = value.Env();
-  Napi::Object o = Obj(value, "transaction");
-  if (!o.Get("family").IsString() || o.Get("family").As<Napi::String>().Utf8Value() != "ipv4") Fail(env, "transaction.family", "must be \"ipv4\"");
-  if (!o.Get("table").IsString() || o.Get("table").As<Napi::String>().Utf8Value() != "nat") Fail(env, "transaction.table", "must be \"nat\"");
-  Transaction tx;
-  Napi::Array owners = Arr(o.Get("owners"), "transaction.owners");
-  for (uint32_t i = 0; i < owners.Length(); i++) tx.owners.push_back(Owner(owners.Get(i), "transaction.owners[" + std::to_string(i) + "]"));
-  Napi::Array del = Arr(o.Get("deleteChains"), "transaction.deleteChains");
-  for (uint32_t i = 0; i < del.Length(); i++) tx.delete_chains.push_back(ChainName(del.Get(i), "transaction.deleteChains[" + std::to_string(i) + "]"));
-  Napi::Array chains = Arr(o.Get("chains"), "transaction.chains");
-  for (uint32_t i = 0; i < chains.Length(); i++) {
-    std::string f = "transaction.chains[" + std::to_string(i) + "]";
-    Napi::Object c = Obj(chains.Get(i), f);
-    Chain chain;
-    chain.name = ChainName(c.Get("name"), f + ".name");
-    Napi::Array rules = Arr(c.Get("rules"), f + ".rules");
-    for (uint32_t k = 0; k < rules.Length(); k++) chain.rules.push_back(RuleFromJs(rules.Get(k), f + ".rules[" + std::to_string(k) + "]"));
-    tx.chains.push_back(std::move(chain));
+  try {
+    return TransactionFrom(JsValue(value));
+  } catch (const PlanError &e) {
+    throw Napi::TypeError::New(value.Env(), e.message);
   }
-  Napi::Array hooks = Arr(o.Get("hookRules"), "transaction.hookRules");
-  for (uint32_t i = 0; i < hooks.Length(); i++) {
-    std::string f = "transaction.hookRules[" + std::to_string(i) + "]";
-    Napi::Object h = Obj(hooks.Get(i), f);
-    HookRule hr;
-    hr.chain = Str(h.Get("chain"), f + ".chain", kMaxChainName);
-    if (hr.chain != "OUTPUT" && hr.chain != "PREROUTING" && hr.chain != "POSTROUTING") Fail(env, f + ".chain", "must be OUTPUT, PREROUTING or POSTROUTING");
-    hr.owner = Owner(h.Get("owner"), f + ".owner");
-    hr.rule = RuleFromJs(h.Get("rule"), f + ".rule");
-    // The comment is what later transactions find the rule by: it must be there, and be the owner's.
-    bool tagged = false;
-    for (const Match &m : hr.rule.matches) tagged = tagged || (m.kind == Match::kComment && m.text == "iptlb:" + hr.owner);
-    if (!tagged) Fail(env, f + ".rule.matches", "must include the comment \"iptlb:" + hr.owner + "\"");
-    tx.hook_rules.push_back(std::move(hr));
+}
+
+bool TransactionFromJson(std::string text, Transaction *tx, std::string *error) {
+  JsonDoc doc;
+  std::string why;
+  if (!doc.Parse(std::move(text), &why)) {
+    *error = "transaction: is not valid JSON (" + why + ")";
+    return false;
   }
-  return tx;
+  try {
+    *tx = TransactionFrom(JsonValue(&doc, 0));
+  } catch (const PlanError &e) {
+    *error = e.message;
+    return false;
+  }
+  return true;
 }
 
 }  // namespace iptlb

@@ -1,5 +1,6 @@
-// The rule plan as plain C++ data (mirrors src/types.ts), and its conversion from JavaScript values.
-// Conversion happens on the JS thread and throws a TypeError naming the field for bad input.
+// The rule plan as plain C++ data (mirrors src/types.ts), and its conversion from JavaScript values
+// (JS thread: a TypeError naming the field for bad input) or from the same plan as JSON text (any
+// thread: an error result naming the field). Both apply the same checks with the same messages.
 #pragma once
 #include <napi.h>
 #include <cstdint>
@@ -61,6 +62,10 @@ struct Transaction {
 
 // Throws Napi::TypeError (as a C++ exception) naming the offending field.
 Transaction TransactionFromJs(const Napi::Value &value);
+
+// JSON.stringify of a transaction → *tx; false with *error ("<field>: <what>") when the text is not
+// JSON or the plan fails a check. No N-API: safe in AsyncWorker::Execute().
+bool TransactionFromJson(std::string text, Transaction *tx, std::string *error);
 
 // Parses "a.b.c.d" or "a.b.c.d/n"; false when malformed.
 bool ParseCidr(const std::string &text, uint32_t *addr, uint32_t *mask);

@@ -3,8 +3,30 @@
 // Node itself (one file to read and compile, no ESM graph to resolve). `yaml` stays external: it is
 // loaded only for state files outside the canonical layout.
 import { build } from 'esbuild';
+import { createRequire } from 'node:module';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+
+// node:child_process (with net, stream, dgram… behind it) costs a start-up ~10% of Node's own, and
+// is needed only to spawn a process (commander's executable subcommands, the flock fallback,
+// conntrack, the spawn executor). In the bundle it is a stand-in whose properties load the real
+// module on first use.
+const childProcessKeys = Object.keys(createRequire(import.meta.url)('node:child_process'));
+const lazyChildProcess = {
+  name: 'lazy-child-process',
+  setup(b) {
+    b.onResolve({ filter: /^(node:)?child_process$/ }, (a) =>
+      a.namespace === 'lazy-child-process' ? { path: 'node:child_process', external: true } : { path: 'child_process', namespace: 'lazy-child-process' },
+    );
+    b.onLoad({ filter: /.*/, namespace: 'lazy-child-process' }, () => ({
+      loader: 'js',
+      contents: `let m;
+for (const k of ${JSON.stringify(childProcessKeys)}) {
+  Object.defineProperty(module.exports, k, { enumerable: true, get: () => (m || (m = require('node:child_process')))[k] });
+}`,
+    }));
+  },
+};
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 await build({
@@ -19,4 +41,5 @@ await build({
   define: { __IPTLB_BUNDLE_FILE__: '__filename', 'import.meta.url': '__IPTLB_IMPORT_META_URL__' },
   banner: { js: 'const __IPTLB_IMPORT_META_URL__ = require("node:url").pathToFileURL(__filename).href;' },
   logLevel: 'warning',
+  plugins: [lazyChildProcess],
 });

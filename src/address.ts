@@ -18,8 +18,18 @@ export function ipv4Problem(text: string): string | null {
   return null;
 }
 
+// Exactly the endpoints the checks below accept (octets 0-255 without leading zeros, port 1-65535
+// without leading zeros; the range of the port is checked after): one match in the common case.
+const OCTET_RE = '(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])';
+const VALID = new RegExp(`^(${OCTET_RE}\\.${OCTET_RE}\\.${OCTET_RE}\\.${OCTET_RE}):([1-9][0-9]{0,4})$`);
+
 /** Parses `ip:port`. Returns the endpoint or a reason string. */
 export function parseEndpoint(text: string): Endpoint | string {
+  const m = VALID.exec(text);
+  if (m !== null) {
+    const port = Number(m[6]);
+    if (port <= 65535) return { ip: m[1], port };
+  }
   if (text.length > 21) return 'is not an ipv4:port address';
   const colon = text.lastIndexOf(':');
   if (colon < 0) return 'is not an ipv4:port address (no port)';

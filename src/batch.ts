@@ -5,7 +5,7 @@
  * split in halves until the culprit is alone, so every other call still lands.
  */
 import { IptlbError } from './errors.js';
-import { checkConflicts, show } from './profile.js';
+import { chainName, checkConflicts, show } from './profile.js';
 import type { Core, TransactionResult } from './lb.js';
 import type { EngineName, Profile } from './types.js';
 
@@ -28,16 +28,88 @@ export interface CommitEvent {
   executor: 'native' | 'spawn';
 }
 
+/**
+ * The profiles a batch builds on, with an index of the chain names and source/protocol pairs in use,
+ * so that a call is checked against the others in O(its profiles), not O(all profiles).
+ */
+class Working {
+  readonly profiles: Map<string, Profile>;
+  private readonly byChain = new Map<string, Profile>();
+  private readonly bySource = new Map<string, Profile>();
+  /** False when the state itself has a clash (then the index cannot vouch for anything). */
+  private readonly exact: boolean = true;
+
+  constructor(state: Map<string, Profile>) {
+    this.profiles = new Map(state);
+    for (const p of state.values()) {
+      if (this.byChain.has(chainName(p.name)) || this.bySource.has(sourceKey(p))) this.exact = false;
+      this.index(p);
+    }
+  }
+
+  private index(p: Profile): void {
+    this.byChain.set(chainName(p.name), p);
+    this.bySource.set(sourceKey(p), p);
+  }
+  private unindex(p: Profile): void {
+    const chain = chainName(p.name);
+    if (this.byChain.get(chain) === p) this.byChain.delete(chain);
+    const src = sourceKey(p);
+    if (this.bySource.get(src) === p) this.bySource.delete(src);
+  }
+  set(p: Profile): void {
+    const old = this.profiles.get(p.name);
+    if (old) this.unindex(old);
+    this.profiles.set(p.name, p);
+    this.index(p);
+  }
+  delete(name: string): void {
+    const old = this.profiles.get(name);
+    if (!old) return;
+    this.unindex(old);
+    this.profiles.delete(name);
+  }
+
+  /**
+   * Whether `profiles` (one call's, names distinct) fit: none shares a chain or a source/protocol
+   * with a profile it does not replace, nor with an earlier one of the call — exactly what
+   * {@link checkConflicts} checks against those others.
+   */
+  fits(profiles: Profile[], names: Set<string>): boolean {
+    if (!this.exact) return false;
+    const chains = new Set<string>();
+    const sources = new Set<string>();
+    for (const p of profiles) {
+      const chain = chainName(p.name);
+      const src = sourceKey(p);
+      const c = this.byChain.get(chain);
+      if ((c && c.name !== p.name && !names.has(c.name)) || chains.has(chain)) return false;
+      const o = this.bySource.get(src);
+      if ((o && o.name !== p.name && !names.has(o.name)) || sources.has(src)) return false;
+      chains.add(chain);
+      sources.add(src);
+    }
+    return true;
+  }
+}
+
+function sourceKey(p: Profile): string {
+  return `${p.source}/${p.protocol}`;
+}
+
 /** Applies one call onto `working`, or throws why it cannot be applied (before changing anything). */
-function applyOp(working: Map<string, Profile>, op: Op): void {
+function applyOp(working: Working, op: Op): void {
   if (op.kind === 'apply') {
     const names = new Set(op.profiles.map((p) => p.name));
-    const others = [...working.values()].filter((o) => !names.has(o.name));
-    op.profiles.forEach((p, i) => checkConflicts(p, [...others, ...op.profiles.slice(0, i)]));
-    for (const p of op.profiles) working.set(p.name, p);
+    if (!working.fits(op.profiles, names)) {
+      // Some profile conflicts: find and report the first, exactly as checked one by one.
+      const others = [...working.profiles.values()].filter((o) => !names.has(o.name));
+      op.profiles.forEach((p, i) => checkConflicts(p, [...others, ...op.profiles.slice(0, i)]));
+    }
+    for (const p of op.profiles) working.set(p);
   } else {
     for (const n of op.names) {
-      if (!working.has(n)) throw new IptlbError('ENOTFOUND', `name: profile ${show(n)} does not exist in the state file`, { field: 'name' });
+      if (!working.profiles.has(n)) throw new IptlbError('ENOTFOUND', `name: profile ${show(n)} does not exist in the state file`, { field: 'name' });
     }
     for (const n of op.names) working.delete(n);
   }
@@ -85,7 +157,7 @@ export class CommitQueue {
         (state) => {
           accepted.length = 0;
           refused.length = 0;
-          const working = new Map(state);
+          const working = new Working(state);
           for (const call of batch) {
             try {
               applyOp(working, call.op); // checks everything before it changes anything
@@ -103,7 +175,7 @@ export class CommitQueue {
           }
           const remove: string[] = [];
           for (const n of names) {
-            const p = working.get(n);
+            const p = working.profiles.get(n);
             if (p) upsert.push(p);
             else if (state.has(n)) remove.push(n);
           }

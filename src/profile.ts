@@ -47,7 +47,7 @@ export function validateName(name: unknown, field = 'name'): string {
 }
 
 function unicast(field: string, text: string, e: Endpoint): void {
-  const first = Number(e.ip.split('.')[0]);
+  const first = Number(e.ip.slice(0, e.ip.indexOf('.')));
   if (e.ip === '0.0.0.0' || e.ip === '255.255.255.255' || (first >= 224 && first <= 239)) {
     throw invalid(field, `${show(text)} is not a unicast address`);
   }

@@ -82,6 +82,10 @@ function stateError(file: string, message: string, field?: string): IptlbError {
   return new IptlbError('ESTATE', `state file ${file}: ${message}`, field !== undefined ? { field } : {});
 }
 
+const HEADER = /^(?:([A-Za-z0-9_-]+)|"([A-Za-z0-9_-]+)"):$/;
+const ITEM = /^  - ([0-9.:]+)$/;
+const KEY = /^  (destination|logEnabled|logLevel|masquerade|protocol|rulesBackend|source):(?: (.*))?$/;
+
 const STATE_KEYS = ['destination', 'logEnabled', 'logLevel', 'masquerade', 'protocol', 'rulesBackend', 'source'];
 
 /**
@@ -95,19 +99,24 @@ export function parseCanonical(text: string): Record<string, Record<string, unkn
   const out: Record<string, Record<string, unknown>> = Object.create(null);
   let cur: Record<string, unknown> | null = null;
   let list: string[] | null = null;
-  const lines = text.split('\n');
-  lines.pop();
-  for (const line of lines) {
+  // Lines are told apart by how they start (a name, "  - " or "  key:"), so each is matched against
+  // one pattern only.
+  for (let at = 0; at < text.length; ) {
+    const nl = text.indexOf('\n', at);
+    const line = text.slice(at, nl);
+    at = nl + 1;
     let m: RegExpExecArray | null;
-    if ((m = /^(?:([A-Za-z0-9_-]+)|"([A-Za-z0-9_-]+)"):$/.exec(line))) {
+    if (line.charCodeAt(0) !== 32) {
+      if (!(m = HEADER.exec(line))) return null;
       const name = m[1] ?? m[2];
       if (m[1] !== undefined && (name === '-' || YAML11_NON_STRING.some((re) => re.test(name)))) return null;
       if (name in out) return null;
       cur = out[name] = {};
       list = null;
-    } else if (cur && list && (m = /^  - ([0-9.:]+)$/.exec(line))) {
+    } else if (line.startsWith('  - ')) {
+      if (!cur || !list || !(m = ITEM.exec(line))) return null;
       list.push(m[1]);
-    } else if (cur && (m = /^  (destination|logEnabled|logLevel|masquerade|protocol|rulesBackend|source):(?: (.*))?$/.exec(line))) {
+    } else if (cur && (m = KEY.exec(line))) {
       const [, key, value] = m;
       if (key in cur) return null;
       list = null;
@@ -124,7 +133,8 @@ export function parseCanonical(text: string): Record<string, Record<string, unkn
         if (!q) return null;
         cur[key] = q[1];
       } else {
-        if (!/^[a-z0-9.:]+$/.test(value) || YAML11_NON_STRING.some((re) => re.test(value))) return null;
+        // No YAML 1.1 non-string form has a ':' (the common case: an address), so those skip the list.
+        if (!/^[a-z0-9.:]+$/.test(value) || (!value.includes(':') && YAML11_NON_STRING.some((re) => re.test(value)))) return null;
         cur[key] = value;
       }
     } else {

@@ -12,7 +12,7 @@ export function mapNativeError(e: unknown): IptlbError {
   if (e instanceof IptlbError) return e;
   const err = (e ?? {}) as { code?: unknown; errno?: unknown; message?: unknown };
   const message = typeof err.message === 'string' ? err.message : String(e);
-  if (e instanceof TypeError) {
+  if (e instanceof TypeError || err.code === 'EPLAN') {
     // The addon refused the plan itself (a planner bug, never the user's input): name the field.
     const field = /^([\w.[\]]+): /.exec(message)?.[1];
     return new IptlbError('ENATIVE', `native addon refused the transaction: ${message}`, field ? { field, cause: e } : { cause: e });
@@ -20,6 +20,16 @@ export function mapNativeError(e: unknown): IptlbError {
   const code: ErrorCode = err.code === 'ELOCK' || err.code === 'EPERM' || err.code === 'ERESTART' ? err.code : 'EKERNEL';
   const opts = typeof err.errno === 'number' ? { errno: err.errno, cause: e } : { cause: e };
   return new IptlbError(code, message, opts);
+}
+
+/** `JSON.stringify(tx)`, or undefined when it cannot stand for `tx` (then the object itself is passed). */
+function planJson(tx: Transaction): string | undefined {
+  try {
+    const json: unknown = JSON.stringify(tx);
+    return typeof json === 'string' ? json : undefined;
+  } catch {
+    return undefined; // e.g. a BigInt or a cycle: commit() reports what is wrong with the object
+  }
 }
 
 export class NativeExecutor implements LegacyExecutor {
@@ -36,7 +46,10 @@ export class NativeExecutor implements LegacyExecutor {
 
   async commit(tx: Transaction): Promise<CommitResult> {
     try {
-      const r = await this.addon.commit(tx, { lockWaitMs: this.lockWaitMs });
+      // As JSON text the plan is decoded on the addon's worker thread, not read field by field here.
+      const json = planJson(tx);
+      const opts = { lockWaitMs: this.lockWaitMs };
+      const r = await (json !== undefined ? this.addon.commitJson(json, opts) : this.addon.commit(tx, opts));
       return { durationMs: r.durationMs };
     } catch (e) {
       throw mapNativeError(e);

@@ -10,7 +10,7 @@ import type { NftTransaction, NftView } from '../nft/ops.js';
 import { packageRoot } from '../paths.js';
 
 /** ABI of the addon this TypeScript expects (native/addon.cc exports the same number). */
-export const EXPECTED_ABI = 1;
+export const EXPECTED_ABI = 2;
 
 /** A held flock; `release()` is idempotent, and the lock also goes with the object (finalizer) or the process. */
 export interface FileLock {
@@ -20,12 +20,18 @@ export interface FileLock {
 /**
  * The addon's exports. Every method checks its arguments synchronously (a TypeError naming the
  * field) and does its kernel or file work on a worker thread. Rejections are Errors with `code`
- * ('EKERNEL' | 'ELOCK' | 'EPERM') and a numeric `errno`.
+ * ('EKERNEL' | 'ELOCK' | 'EPERM', or 'EPLAN' from commitJson) and a numeric `errno`.
  */
 export interface NativeAddon {
   readonly abiVersion: number;
   /** Commits a transaction in one libiptc handle and one iptc_commit, under the xtables lock (waiting at most `lockWaitMs`, default 10,000). */
   commit(tx: Transaction, opts?: { lockWaitMs?: number }): Promise<{ durationMs: number; attempts: number }>;
+  /**
+   * The same commit with the transaction as `JSON.stringify(tx)`: decoded and checked on the worker
+   * thread (the JS thread only copies one string). A plan that fails a check rejects with code
+   * 'EPLAN', the message naming the field as commit()'s TypeErrors do.
+   */
+  commitJson(json: string, opts?: { lockWaitMs?: number }): Promise<{ durationMs: number; attempts: number }>;
   /** iptlb's chains (IPTLB_*) and comment-owned hook rules of the nat table, decoded, with counters. */
   read(): Promise<KernelView>;
   /** An exclusive flock(2) on `path` (created 0600, symlinks refused), waiting at most `waitMs`. */

@@ -132,6 +132,32 @@ describe('addon exports and input checking', { skip: NO_ADDON }, () => {
     });
   }
 
+  // The same plans as JSON text: decoded on the worker thread, refused with code EPLAN and the same
+  // message (the field first), before any lock or table is touched.
+  for (const [label, v, re] of cases) {
+    const json = JSON.stringify(v);
+    if (json === undefined) continue;
+    test(`commitJson EPLAN: ${label}`, async () => {
+      await assert.rejects(addon.commitJson(json), (e: Error & { code?: string; errno?: number }) => {
+        assert.ok(!(e instanceof TypeError), 'rejected, not thrown');
+        assert.equal(e.code, 'EPLAN');
+        assert.equal(e.errno, 22);
+        assert.match(e.message, re);
+        return true;
+      });
+    });
+  }
+  test('commitJson: text that is not JSON, and its own arguments', async () => {
+    await assert.rejects(addon.commitJson('{"family":'), (e: Error & { code?: string }) => e.code === 'EPLAN' && /^transaction: is not valid JSON \(unexpected end of text/.test(e.message));
+    await assert.rejects(addon.commitJson('[' .repeat(100) + ']'.repeat(100)), /nested too deeply/);
+    await assert.rejects(addon.commitJson('{} x'), /unexpected text after the value/);
+    await assert.rejects(addon.commitJson(String.raw`{"a":"\u0001\ud800"}`), /Error: transaction\.family: must be "ipv4"/);
+    assert.throws(() => (addon.commitJson as (...a: unknown[]) => unknown)(), /^TypeError: json: must be a string/);
+    assert.throws(() => (addon.commitJson as (...a: unknown[]) => unknown)(tx), /^TypeError: json: must be a string/);
+    assert.throws(() => addon.commitJson(''), /^TypeError: json: must not be empty/);
+    assert.throws(() => addon.commitJson('{}', { lockWaitMs: -1 }), /^TypeError: options\.lockWaitMs/);
+  });
+
   test('flock() arguments are checked synchronously', () => {
     assert.throws(() => addon.flock(1 as never, 10), /^TypeError: path: must be a string/);
     assert.throws(() => addon.flock('', 10), /path: must be a file path/);
@@ -227,10 +253,22 @@ describe('native executor error mapping', () => {
     assert.equal(e.code, 'ENATIVE');
     assert.equal(e.field, 'transaction.chains[0].name');
   });
+  test('a plan refused on the worker thread (EPLAN) names the field too', () => {
+    const e = mapNativeError(Object.assign(new Error('transaction.hookRules[0].chain: must be OUTPUT, PREROUTING or POSTROUTING'), { code: 'EPLAN', errno: 22 }));
+    assert.equal(e.code, 'ENATIVE');
+    assert.equal(e.field, 'transaction.hookRules[0].chain');
+    assert.match(e.message, /^native addon refused the transaction: transaction\.hookRules/);
+  });
   test('the executor maps a synchronous TypeError to a rejected IptlbError', { skip: NO_ADDON }, async () => {
     const ex = new NativeExecutor(loaded.ok ? loaded.addon : (null as never));
     assert.equal(ex.kind, 'native');
     assert.equal(ex.engine, 'legacy');
     await assert.rejects(ex.commit({ family: 'ipv4', table: 'filter' } as never), (e: IptlbError) => e instanceof IptlbError && e.code === 'ENATIVE');
+    // A plan JSON cannot carry goes to commit() as an object, and is refused there by field.
+    const bad = { family: 'ipv4', table: 'nat', owners: [1n], deleteChains: [], chains: [], hookRules: [] };
+    await assert.rejects(ex.commit(bad as never), (e: IptlbError) => e.code === 'ENATIVE' && e.field === 'transaction.owners[0]');
+    // Through JSON, a bad field is refused on the worker thread and named the same way.
+    const hook = { family: 'ipv4', table: 'nat', owners: [], deleteChains: [], chains: [], hookRules: [{ chain: 'INPUT', owner: 'o', rule: { matches: [], target: { name: 'RETURN' } } }] };
+    await assert.rejects(ex.commit(hook as never), (e: IptlbError) => e.code === 'ENATIVE' && e.field === 'transaction.hookRules[0].chain');
   });
 });

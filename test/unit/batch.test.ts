@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
+import fc from 'fast-check';
 import { open, IptlbError, type LegacyExecutor, type Transaction, type KernelView } from '../../src/index.js';
 
 /** An executor that records transactions instead of touching a kernel. */
@@ -92,4 +93,51 @@ test('stateFile: false keeps profiles in memory: no file, same semantics', async
   assert.deepEqual((await lb.list()).map((p) => [p.name, p.destination[0]]), [['a', '127.0.0.1:9999']]);
   assert.equal(ex.txs.length, 3);
   await lb.close();
+});
+
+test('a coalesced batch accepts and refuses exactly what the calls one at a time would (conflict index)', async () => {
+  const { checkConflicts, validateProfile } = await import('../../src/profile.js');
+  type Call = { kind: 'apply'; profiles: ReturnType<typeof prof>[] } | { kind: 'delete'; names: string[] };
+  const names = ['a', 'A', 'b', 'c-d', 'c_d', 'e'];
+  const op = fc.oneof(
+    fc
+      .uniqueArray(fc.record({ name: fc.constantFrom(...names), port: fc.integer({ min: 5000, max: 5003 }) }), { minLength: 1, maxLength: 3, selector: (x) => x.name })
+      .map((ps): Call => ({ kind: 'apply', profiles: ps.map((x) => prof(x.name, x.port)) })),
+    fc.constantFrom(...names).map((n): Call => ({ kind: 'delete', names: [n] })),
+  );
+  await fc.assert(
+    fc.asyncProperty(fc.array(op, { minLength: 1, maxLength: 25 }), async (calls) => {
+      // The reference: each call checked alone against the profiles before it, by checkConflicts.
+      const model = new Map<string, ReturnType<typeof validateProfile>>();
+      const expected = calls.map((c) => {
+        try {
+          if (c.kind === 'apply') {
+            const ps = c.profiles.map((p) => validateProfile(p));
+            const own = new Set(ps.map((p) => p.name));
+            const others = [...model.values()].filter((o) => !own.has(o.name));
+            ps.forEach((p, i) => checkConflicts(p, [...others, ...ps.slice(0, i)]));
+            for (const p of ps) model.set(p.name, p);
+          } else {
+            if (!model.has(c.names[0])) throw new IptlbError('ENOTFOUND', 'x');
+            model.delete(c.names[0]);
+          }
+          return 'ok';
+        } catch (e) {
+          return `${(e as IptlbError).code} ${(e as IptlbError).code === 'ECONFLICT' ? (e as IptlbError).message : ''}`;
+        }
+      });
+      const lb = await open({ stateFile: false }, new FakeExecutor(undefined, 0));
+      const settled = await Promise.allSettled(calls.map((c) => (c.kind === 'apply' ? lb.apply(c.profiles) : lb.delete(c.names))));
+      const got = settled.map((s) =>
+        s.status === 'fulfilled' ? 'ok' : `${(s.reason as IptlbError).code} ${(s.reason as IptlbError).code === 'ECONFLICT' ? (s.reason as IptlbError).message : ''}`,
+      );
+      assert.deepEqual(got, expected);
+      assert.deepEqual(
+        (await lb.list()).map((p) => `${p.name} ${p.source}`),
+        [...model.values()].sort((x, y) => (x.name < y.name ? -1 : 1)).map((p) => `${p.name} ${p.source}`),
+      );
+      await lb.close();
+    }),
+    { numRuns: 200 },
+  );
 });
