@@ -21,7 +21,7 @@ import { packageVersion } from './paths.js';
 type Out = { out: (s: string) => void; err: (s: string) => void };
 
 /** Flags of the original, with their kind, accepted with one dash and `=value` (Go `flag` style). */
-const VALUE_FLAGS = new Set(['src-addr', 'dest-addr', 'rules-backend', 'profile', 'state-file', 'log-level', 'protocol', 'executor', 'engine', 'to', 'file']);
+const VALUE_FLAGS = new Set(['src-addr', 'dest-addr', 'rules-backend', 'profile', 'state-file', 'log-level', 'protocol', 'executor', 'engine', 'to', 'file', 'interval', 'count']);
 const BOOL_FLAGS = new Set(['reset', 'delete', 'log-custom-chain', 'run', 'use-state', 'masquerade', 'json', 'quiet', 'verbose', 'all', 'help', 'version', 'keep-conntrack']);
 
 /** Rewrites Go-style flags (`-src-addr=x`, `-run=true`) into the `--src-addr=x` form commander parses. */
@@ -315,6 +315,63 @@ async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
   return drifted ? 3 : 0;
 }
 
+/**
+ * `iptlb top` / `iptlb status --watch`: per-destination new connections per second, refreshed every
+ * interval, as one would watch a rollout. `--count N` stops after N refreshes; `--json` prints one
+ * line per refresh.
+ */
+async function topCommand(o: GlobalOpts & { interval?: string; count?: string }, io: Out): Promise<void> {
+  const interval = Number(o.interval ?? 1000);
+  if (!Number.isInteger(interval) || interval < 100) throw new IptlbError('EUSAGE', `interval: ${show(o.interval)} must be a whole number of ms, at least 100`, { field: 'interval' });
+  const count = o.count === undefined ? Infinity : Number(o.count);
+  if (!(count === Infinity || (Number.isInteger(count) && count > 0))) throw new IptlbError('EUSAGE', `count: ${show(o.count)} must be a positive whole number`, { field: 'count' });
+  const core = makeCore({ ...o, quiet: true }, io);
+  const tty = !o.json && process.stdout.isTTY;
+  let stop = false;
+  const onSignal = (): void => void (stop = true);
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const prev = new Map<string, number>();
+  let prevAt = 0;
+  try {
+    for (let i = 0; i < count && !stop; i++) {
+      if (i > 0) await new Promise((r) => setTimeout(r, interval));
+      if (stop) break;
+      const reports = await core.status();
+      const at = performance.now();
+      const secs = prevAt ? (at - prevAt) / 1000 : 0;
+      const rate = (key: string, packets: number): number | null => {
+        const before = prev.get(key);
+        prev.set(key, packets);
+        return secs > 0 && before !== undefined ? Math.max(0, (packets - before) / secs) : null;
+      };
+      const rows = reports.map((r) => ({
+        name: r.name,
+        status: r.status,
+        packets: r.packets,
+        rate: rate(r.name, r.packets),
+        destinations: r.destinations.map((d) => ({ destination: d.destination, packets: d.packets, rate: rate(`${r.name} ${d.destination}`, d.packets) })),
+      }));
+      prevAt = at;
+      if (o.json) {
+        io.out(JSON.stringify({ at: new Date().toISOString(), intervalMs: interval, profiles: rows }));
+        continue;
+      }
+      const fmt = (x: number | null): string => (x === null ? '-' : x.toFixed(1));
+      const lines = [`iptlb top  ${new Date().toISOString()}  new connections per second over ${(secs || interval / 1000).toFixed(1)} s (Ctrl-C stops)`, 'PROFILE\tSTATUS\tDESTINATION\tCONN/S\tTOTAL'];
+      for (const r of rows) {
+        lines.push(`${r.name}\t${r.status}\t*\t${fmt(r.rate)}\t${r.packets}`);
+        for (const d of r.destinations) lines.push(`\t\t${d.destination}\t${fmt(d.rate)}\t${d.packets}`);
+      }
+      if (!rows.length) lines.push('(no profiles and no iptlb rules)');
+      io.out((tty ? '\x1b[H\x1b[2J' : i > 0 ? '\n' : '') + lines.join('\n'));
+    }
+  } finally {
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
+  }
+}
+
 function buildProgram(io: Out, version: string): Command {
   const program = new Command('iptlb');
   program
@@ -356,12 +413,19 @@ Exit status: 0 done, 1 refused (conflict, kernel, state, lock), 2 bad input or u
     .option('--delete', 'plan the deletion of -profile')
     .option('--use-state', 'plan applying (or with --delete removing) every profile of the state file')
     .action(async (o: LegacyOpts, cmd: Command) => planCommand(withGlobals(o, cmd), io));
-  addGlobal(program.command('status').description('compare the state file with the kernel: in-sync, missing, modified or orphaned, with counters (exit 3 when anything drifted)')).action(
-    async (o: GlobalOpts, cmd: Command) => {
+  addGlobal(program.command('status').description('compare the state file with the kernel: in-sync, missing, modified or orphaned, with counters (exit 3 when anything drifted)'))
+    .option('--watch', 'refresh per-destination connection rates every --interval ms (the same as iptlb top)')
+    .option('--interval <ms>', 'with --watch: refresh period', '1000')
+    .option('--count <n>', 'with --watch: stop after n refreshes')
+    .action(async (o: GlobalOpts & { watch?: boolean; interval?: string; count?: string }, cmd: Command) => {
+      if (o.watch) return topCommand(withGlobals(o, cmd), io);
       const code = await statusCommand(withGlobals(o, cmd), io);
       if (code !== 0) throw new ExitCode(code);
-    },
-  );
+    });
+  addGlobal(program.command('top').description('per-destination new connections per second, refreshed every second, as you would watch a rollout'))
+    .option('--interval <ms>', 'refresh period', '1000')
+    .option('--count <n>', 'stop after n refreshes')
+    .action(async (o: GlobalOpts & { interval?: string; count?: string }, cmd: Command) => topCommand(withGlobals(o, cmd), io));
   addGlobal(program.command('sync').description('make the kernel match the state file, in one transaction')).action(async (o: GlobalOpts, cmd: Command) => {
     const g = withGlobals(o, cmd);
     const r = await makeCore(g, io).sync();

@@ -31,6 +31,11 @@ export interface IptlbOptions extends OpenOptions {
    * Default `true`. With `false`, every call is its own kernel transaction.
    */
   coalesce?: boolean;
+  /**
+   * Compare the kernel with the profiles every this many ms and emit `drift` when they differ (for
+   * example after someone flushed the rules). Default: off. The timer does not keep the process alive.
+   */
+  driftCheckMs?: number;
 }
 
 /** Events of an {@link Iptlb} handle. */
@@ -39,6 +44,12 @@ export interface IptlbEvents {
   commit: [CommitEvent];
   /** A call failed (also delivered through that call's promise). Emitted only when listened to. */
   error: [Error];
+  /**
+   * The kernel does not hold what the profiles say: the reports that are not `in-sync`. Emitted by
+   * {@link Iptlb.status} and {@link Iptlb.sync} when they find drift, and by the periodic check of
+   * {@link IptlbOptions.driftCheckMs}. `sync()` repairs it.
+   */
+  drift: [ProfileReport[]];
 }
 export type { Profile, ProfileInput, Protocol, RulesBackend, KernelView, Rule, Match, Target, Transaction, ExecutorChoice, Executor, LegacyExecutor, NftExecutor, CommitResult, EngineName, EngineChoice } from './types.js';
 export type { NftOp, NftRule, NftTransaction, NftView } from './nft/ops.js';
@@ -58,11 +69,34 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
   private readonly queue: CommitQueue;
   private closed = false;
 
+  private driftTimer?: NodeJS.Timeout;
+
   /** @internal use {@link open} */
-  constructor(core: Core, coalesce = true) {
+  constructor(core: Core, coalesce = true, driftCheckMs?: number) {
     super();
     this.core = core;
     this.queue = new CommitQueue(core, { coalesce, onCommit: (e) => this.emit('commit', e) });
+    if (driftCheckMs !== undefined) {
+      if (!Number.isInteger(driftCheckMs) || driftCheckMs < 10) {
+        throw new IptlbError('EUSAGE', `driftCheckMs: ${JSON.stringify(driftCheckMs)} must be a whole number of ms, at least 10`, { field: 'driftCheckMs' });
+      }
+      let running = false;
+      this.driftTimer = setInterval(() => {
+        if (running || this.closed) return;
+        running = true;
+        this.status()
+          .catch((e: Error) => {
+            if (this.listenerCount('error') > 0) this.emit('error', e);
+          })
+          .finally(() => (running = false));
+      }, driftCheckMs);
+      this.driftTimer.unref();
+    }
+  }
+
+  private reportDrift(reports: ProfileReport[]): void {
+    const drifted = reports.filter((r) => r.status !== 'in-sync');
+    if (drifted.length) this.emit('drift', drifted);
   }
 
   private track<T>(p: Promise<T>): Promise<T> {
@@ -133,13 +167,17 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
    */
   async status(): Promise<ProfileReport[]> {
     this.check();
-    return this.core.status();
+    const reports = await this.core.status();
+    this.reportDrift(reports);
+    return reports;
   }
 
   /** Makes the kernel match the state file in one transaction. */
   async sync(): Promise<{ before: ProfileReport[]; committed: boolean; commitMs: number }> {
     this.check();
-    return this.core.sync();
+    const r = await this.core.sync();
+    this.reportDrift(r.before);
+    return r;
   }
 
   /** iptlb's rules as they are in the kernel, with counters. */
@@ -151,6 +189,7 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
   /** Waits for queued calls, then ends the handle. Rules stay in the kernel. */
   async close(): Promise<void> {
     this.closed = true;
+    if (this.driftTimer) clearInterval(this.driftTimer);
     await this.queue.idle();
   }
 }
@@ -162,5 +201,5 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
 export async function open(options: IptlbOptions = {}, executor?: Executor): Promise<Iptlb> {
   const core = new Core(options, executor);
   await core.select(); // choose (and validate) the engine and executor now, so a forced `native` fails here
-  return new Iptlb(core, options.coalesce ?? true);
+  return new Iptlb(core, options.coalesce ?? true, options.driftCheckMs);
 }

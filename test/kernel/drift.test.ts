@@ -69,6 +69,28 @@ for (const { name: ex, skip } of PAIRS) {
       }
     });
 
+    test('top: per-destination connection rates while traffic flows, refreshed every interval', async () => {
+      const top = `${process.execPath} $CLI ${pairOf(ex).flags.join(' ')} -state-file=$WORK/state.db top --json --count 4 --interval 300 > $WORK/top.json`;
+      const traffic = `for i in $(seq 300); do (exec 3<>/dev/tcp/${VIP}/8081) 2>/dev/null; sleep 0.003; done`;
+      const r = await runSteps([
+        { op: 'backends', tcp: [9001, 9002] },
+        cli(ex, '-q', '-run', '-profile=web', `-src-addr=${VIP}:8081`, '-dest-addr=127.0.0.1:9001,127.0.0.1:9002'),
+        { op: 'sh', argv: ['bash', '-c', `${top} & ${traffic}; wait`] },
+        { op: 'read', file: '$WORK/top.json' },
+      ]);
+      ok(r[1]);
+      assert.equal(r[2].code, 0, r[2].stderr);
+      const frames = (r[3] as string).trim().split('\n').map((l) => JSON.parse(l) as { profiles: { name: string; rate: number | null; destinations: { rate: number | null }[] }[] });
+      assert.equal(frames.length, 4);
+      assert.equal(frames[0].profiles[0].rate, null, 'no rate before the second sample');
+      const busy = frames.slice(1).map((f) => f.profiles[0]).filter((p) => (p.rate ?? 0) > 0);
+      assert.ok(busy.length >= 1, JSON.stringify(frames));
+      for (const p of busy) {
+        const sum = p.destinations.reduce((a, d) => a + (d.rate ?? 0), 0);
+        assert.ok(Math.abs(sum - p.rate!) < 0.01 * p.rate! + 0.5, `destination rates ${sum} add up to the profile's ${p.rate}`);
+      }
+    });
+
     test('watch: applies a change of the state file, re-applies after an external flush, and SIGTERM leaves everything in place', async () => {
       const r = (await runJsonInFreshNetns(fixture('watch.js'), [ex], { timeoutMs: 60_000 })) as Record<string, unknown>;
       assert.equal(r.appliedAfterFileChange, true, JSON.stringify(r));

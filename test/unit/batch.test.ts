@@ -141,3 +141,19 @@ test('a coalesced batch accepts and refuses exactly what the calls one at a time
     { numRuns: 200 },
   );
 });
+
+test('drift: status() and the periodic check emit the reports that are not in sync', async () => {
+  const ex = new FakeExecutor();
+  const lb = await open({ stateFile: stateFile(), driftCheckMs: 20 }, ex); // the fake kernel never holds anything
+  await lb.apply(prof('web', 80));
+  const alive = setTimeout(() => {}, 5000); // the check's timer is unref'd: keep this test's loop alive
+  const seen = new Promise<string[]>((resolve) => lb.once('drift', (reports) => resolve(reports.map((r) => `${r.name}:${r.status}`))));
+  assert.deepEqual(await seen, ['web:missing']);
+  clearTimeout(alive);
+  let viaStatus: string[] = [];
+  lb.once('drift', (reports) => (viaStatus = reports.map((r) => r.name)));
+  await lb.status();
+  assert.deepEqual(viaStatus, ['web']);
+  await lb.close();
+  await assert.rejects(open({ stateFile: stateFile(), driftCheckMs: 0 }, ex), /driftCheckMs/);
+});
