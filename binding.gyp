@@ -1,6 +1,6 @@
 {
   # The native executor (build/Release/iptlb.node). scripts/build-addon.js checks
-  # `pkg-config --exists libiptc xtables` before node-gyp runs; the `|| echo` fallbacks only keep gyp
+  # `pkg-config --exists libiptc xtables libnftnl libmnl` before node-gyp runs; the `|| echo` fallbacks only keep gyp
   # itself from failing when pkg-config is absent.
   "targets": [
     {
@@ -12,6 +12,11 @@
         "native/file_lock.cc",
         "native/iptc_handle.cc",
         "native/json.cc",
+        "native/nft_netlink.cc",
+        "native/nft_ops.cc",
+        "native/nft_read.cc",
+        "native/nft_rules.cc",
+        "native/nft_workers.cc",
         "native/plan.cc",
         "native/read_worker.cc",
         "native/revisions.cc",
@@ -23,11 +28,11 @@
       ],
       "include_dirs": ["<!@(node -p \"require('node-addon-api').include\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
-      "cflags": ["-Wall", "-Wextra", "<!@(pkg-config --cflags libiptc xtables 2>/dev/null || echo)"],
+      "cflags": ["-Wall", "-Wextra", "<!@(pkg-config --cflags libiptc xtables libnftnl libmnl 2>/dev/null || echo)"],
       "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra"],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++14", "-std=gnu++17"],
-      "libraries": ["<!@(pkg-config --libs libiptc xtables 2>/dev/null || echo -lip4tc -lxtables)"]
+      "libraries": ["<!@(pkg-config --libs libiptc xtables libnftnl libmnl 2>/dev/null || echo -lip4tc -lxtables -lnftnl -lmnl)"]
     }
   ]
 }

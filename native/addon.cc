@@ -4,6 +4,7 @@
 
 #include "commit_worker.h"
 #include "file_lock.h"
+#include "nft_workers.h"
 #include "plan.h"
 #include "read_worker.h"
 #include "xtables_lock.h"
@@ -12,7 +13,7 @@ namespace iptlb {
 namespace {
 
 // Bumped whenever the JS-visible interface changes; src/native/addon.ts checks it.
-constexpr int kAbiVersion = 2;
+constexpr int kAbiVersion = 3;
 constexpr int kDefaultLockWaitMs = 10000;
 constexpr double kMaxWaitMs = 3600000;
 
@@ -95,6 +96,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("read", Napi::Function::New(env, Read, "read"));
   exports.Set("flock", Napi::Function::New(env, Flock, "flock"));
   exports.Set("info", Napi::Function::New(env, Info, "info"));
+  exports.Set("nftCommit", Napi::Function::New(env, NftCommit, "nftCommit"));
+  exports.Set("nftRead", Napi::Function::New(env, NftRead, "nftRead"));
   return exports;
 }
 

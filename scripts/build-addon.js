@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const verbose = process.argv.includes('--verbose');
-const FIX = 'apt-get install -y libiptc-dev libxtables-dev pkg-config g++ make python3 && npm run build:addon';
+const FIX = 'apt-get install -y libiptc-dev libxtables-dev libnftnl-dev libmnl-dev pkg-config g++ make python3 && npm run build:addon';
 
 function skip(reason) {
   console.error(`iptlb: native addon not built (${reason}); the spawn executor (iptables-legacy-restore) will be used. Fix: ${FIX}`);
@@ -17,9 +17,9 @@ function skip(reason) {
 }
 
 if (process.platform !== 'linux') skip(`${process.platform} has no netfilter`);
-const pc = spawnSync('pkg-config', ['--exists', 'libiptc', 'xtables']);
+const pc = spawnSync('pkg-config', ['--exists', 'libiptc', 'xtables', 'libnftnl', 'libmnl']);
 if (pc.error) skip('pkg-config is not installed');
-if (pc.status !== 0) skip('libiptc/libxtables development files are missing');
+if (pc.status !== 0) skip('libiptc/libxtables/libnftnl/libmnl development files are missing');
 const localGyp = path.join(root, 'node_modules', '.bin', 'node-gyp');
 const gypArgs = ['rebuild', '--jobs=max'];
 // Build against the headers of the node that runs us (no download): npm passes them as

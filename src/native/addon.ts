@@ -10,7 +10,7 @@ import type { NftTransaction, NftView } from '../nft/ops.js';
 import { packageRoot } from '../paths.js';
 
 /** ABI of the addon this TypeScript expects (native/addon.cc exports the same number). */
-export const EXPECTED_ABI = 2;
+export const EXPECTED_ABI = 3;
 
 /** A held flock; `release()` is idempotent, and the lock also goes with the object (finalizer) or the process. */
 export interface FileLock {
@@ -37,9 +37,14 @@ export interface NativeAddon {
   /** An exclusive flock(2) on `path` (created 0600, symlinks refused), waiting at most `waitMs`. */
   flock(path: string, waitMs: number): Promise<FileLock>;
   info(): { libiptc: true; xtablesLockPath: string };
-  /** Commits the ops of table ip iptlb as one nf_tables netlink batch; `genid` is the ruleset generation after it. */
+  /**
+   * Commits all ops of `tx` on table ip iptlb in one nf_tables netlink batch (all or nothing).
+   * Rejects with code 'EKERNEL' (message `nft op <i> (<kind> <object>): <error>`), 'EPERM', or
+   * 'ERESTART' when `tx.expectGenid` is set and the ruleset generation differs. Bad input is a
+   * synchronous TypeError naming the field. `genid` is the generation right after the commit.
+   */
   nftCommit(tx: NftTransaction): Promise<{ durationMs: number; genid: number }>;
-  /** Table ip iptlb as it is, with counters; `exists: false` when there is no such table. */
+  /** Table ip iptlb as the kernel holds it, with counters (a missing table is `exists: false`). */
   nftRead(): Promise<NftView>;
 }
 
@@ -49,8 +54,8 @@ export type LoadResult =
   | { ok: true; addon: NativeAddon; path: string }
   | { ok: false; reason: LoadFailureReason; detail: string; fix: string };
 
-export const BUILD_FIX = 'apt-get install -y libiptc-dev libxtables-dev pkg-config g++ make python3 && npm run build:addon';
-const LIBRARY_FIX = 'apt-get install -y libip4tc2 libxtables12 (or rebuild: npm run build:addon)';
+export const BUILD_FIX = 'apt-get install -y libiptc-dev libxtables-dev libnftnl-dev libmnl-dev pkg-config g++ make python3 && npm run build:addon';
+const LIBRARY_FIX = 'apt-get install -y libip4tc2 libxtables12 libnftnl11 libmnl0 (or rebuild: npm run build:addon)';
 const REBUILD_FIX = 'npm run build:addon';
 
 let loaded: LoadResult | undefined;

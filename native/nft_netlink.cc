@@ -1,0 +1,227 @@
+#include "nft_netlink.h"
+
+#include <arpa/inet.h>
+#include <libnftnl/common.h>
+#include <linux/netfilter/nf_tables.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+
+namespace iptlb {
+namespace nft {
+namespace {
+
+constexpr int kReplyTimeoutMs = 10000;
+// Our own receive buffer: a dump part is at most a page-ish, but a socket may hand over 32 KiB+.
+constexpr size_t kReceiveBuffer = 1 << 20;
+constexpr int kMinSocketBuffer = 1 << 20;
+
+// The text of an errno, like strerror but thread-safe.
+std::string ErrnoText(int err) {
+  char buf[256];
+  const char *s = strerror_r(err, buf, sizeof buf);
+  return s;
+}
+
+}  // namespace
+
+void ThrowErrno(const std::string &code, int err, const std::string &message) {
+  throw NftFailure{NativeError::FromErrno(code, err, message + ": " + ErrnoText(err))};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batch
+
+struct nlmsghdr *Batch::Start(size_t max_payload, int op) {
+  // Room for the header, nfgenmsg and attributes; libnftnl writes attributes without bounds checks,
+  // so the caller states an upper bound.
+  const size_t need = used_ + MNL_ALIGN(sizeof(struct nlmsghdr)) + MNL_ALIGN(sizeof(struct nfgenmsg)) + max_payload + 64;
+  if (buf_.size() < need) buf_.resize(std::max(need, buf_.size() * 2));
+  std::memset(buf_.data() + used_, 0, need - used_);
+  start_ = used_;
+  if (op >= 0) {
+    if (ops_.empty()) first_op_seq_ = next_seq_;
+    ops_.push_back(op);
+    acked_++;
+  }
+  return reinterpret_cast<struct nlmsghdr *>(buf_.data() + used_);
+}
+
+void Batch::Finish(struct nlmsghdr *nlh) {
+  used_ = start_ + MNL_ALIGN(nlh->nlmsg_len);
+  next_seq_++;
+}
+
+void Batch::Begin(int64_t genid) {
+  struct nlmsghdr *nlh = Start(16, -1);
+  begin_seq_ = next_seq_;
+  nlh = nftnl_batch_begin(reinterpret_cast<char *>(nlh), next_seq_);
+  if (genid >= 0) mnl_attr_put_u32(nlh, NFNL_BATCH_GENID, htonl(static_cast<uint32_t>(genid)));
+  Finish(nlh);
+}
+
+void Batch::End() {
+  struct nlmsghdr *nlh = Start(0, -1);
+  nlh = nftnl_batch_end(reinterpret_cast<char *>(nlh), next_seq_);
+  Finish(nlh);
+}
+
+int Batch::OpOfSeq(uint32_t seq) const {
+  if (ops_.empty()) return -1;
+  const uint32_t i = seq - first_op_seq_;
+  return i < ops_.size() ? ops_[i] : -1;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Socket
+
+Socket::Socket() : rbuf_(kReceiveBuffer) {
+  nl_ = mnl_socket_open(NETLINK_NETFILTER);
+  if (!nl_) ThrowErrno("EKERNEL", errno, "opening a netfilter netlink socket");
+  if (mnl_socket_bind(nl_, 0, MNL_SOCKET_AUTOPID) < 0) {
+    const int err = errno;
+    mnl_socket_close(nl_);
+    nl_ = nullptr;
+    ThrowErrno("EKERNEL", err, "binding the netfilter netlink socket");
+  }
+  portid_ = mnl_socket_get_portid(nl_);
+  int on = 1;
+  // Extended acks carry the kernel's own error text; capped acks do not echo our (possibly large)
+  // messages back, so a refused batch of 50,000 elements does not overflow the receive buffer.
+  mnl_socket_setsockopt(nl_, NETLINK_EXT_ACK, &on, sizeof on);
+  mnl_socket_setsockopt(nl_, NETLINK_CAP_ACK, &on, sizeof on);
+  seq_ = static_cast<uint32_t>(time(nullptr));
+}
+
+Socket::~Socket() {
+  if (nl_) mnl_socket_close(nl_);
+}
+
+void Socket::SizeBuffers(size_t send_bytes) {
+  // The whole batch goes in one datagram, which must fit the send buffer (nft does the same with
+  // SO_SNDBUFFORCE). The receive side gets one small ack per message.
+  const int want = static_cast<int>(std::min<size_t>(std::max<size_t>(send_bytes + 65536, kMinSocketBuffer), 1u << 30));
+  if (want <= sndbuf_) return;
+  const int fd = mnl_socket_get_fd(nl_);
+  if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &want, sizeof want) < 0) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &want, sizeof want);
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &want, sizeof want) < 0) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &want, sizeof want);
+  sndbuf_ = want;
+}
+
+size_t Socket::Receive(int timeout_ms) {
+  struct pollfd p = {mnl_socket_get_fd(nl_), POLLIN, 0};
+  for (;;) {
+    const int r = poll(&p, 1, timeout_ms);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) ThrowErrno("EKERNEL", errno, "waiting for netlink replies");
+    if (r == 0) ThrowErrno("EKERNEL", ETIMEDOUT, "waiting for netlink replies");
+    break;
+  }
+  const ssize_t n = mnl_socket_recvfrom(nl_, rbuf_.data(), rbuf_.size());
+  if (n < 0) ThrowErrno("EKERNEL", errno, "reading netlink replies");
+  return static_cast<size_t>(n);
+}
+
+namespace {
+
+// Reads an NLMSG_ERROR message (ack when err == 0), with the extended-ack text if any.
+NlAck ParseAck(const struct nlmsghdr *nlh) {
+  NlAck a;
+  const auto *e = static_cast<const struct nlmsgerr *>(mnl_nlmsg_get_payload(nlh));
+  a.seq = e->msg.nlmsg_seq;
+  a.err = -e->error;
+  if (!(nlh->nlmsg_flags & NLM_F_ACK_TLVS)) return a;
+  // With NETLINK_CAP_ACK the original message is not echoed, only its header (NLM_F_CAPPED).
+  size_t off = MNL_ALIGN(sizeof(struct nlmsgerr));
+  if (!(nlh->nlmsg_flags & NLM_F_CAPPED)) off += MNL_ALIGN(e->msg.nlmsg_len - sizeof(struct nlmsghdr));
+  const size_t payload = mnl_nlmsg_get_payload_len(nlh);
+  if (off >= payload) return a;
+  int left = static_cast<int>(payload - off);
+  const auto *attr = reinterpret_cast<const struct nlattr *>(static_cast<const char *>(mnl_nlmsg_get_payload(nlh)) + off);
+  for (; mnl_attr_ok(attr, left); left -= MNL_ALIGN(attr->nla_len), attr = mnl_attr_next(attr)) {
+    if (mnl_attr_get_type(attr) == NLMSGERR_ATTR_MSG && mnl_attr_validate(attr, MNL_TYPE_NUL_STRING) >= 0) a.extack = mnl_attr_get_str(attr);
+  }
+  return a;
+}
+
+}  // namespace
+
+std::vector<NlAck> Socket::SendBatch(const Batch &b) {
+  SizeBuffers(b.size());
+  const ssize_t sent = mnl_socket_sendto(nl_, b.data(), b.size());
+  if (sent < 0) ThrowErrno("EKERNEL", errno, "sending the nftables batch");
+  std::vector<NlAck> errors;
+  size_t answered = 0;
+  bool batch_refused = false;
+  // The kernel processes the batch inside sendmsg and queues one reply per acked message (errors
+  // are reported even for messages after the first failure; the transaction is aborted as a whole).
+  while (answered < b.acked_messages() && !batch_refused) {
+    const size_t n = Receive(kReplyTimeoutMs);
+    const auto *nlh = reinterpret_cast<const struct nlmsghdr *>(rbuf_.data());
+    int len = static_cast<int>(n);
+    for (; mnl_nlmsg_ok(nlh, len); nlh = mnl_nlmsg_next(nlh, &len)) {
+      if (nlh->nlmsg_pid != portid_ && nlh->nlmsg_pid != 0) continue;
+      if (nlh->nlmsg_type != NLMSG_ERROR) continue;
+      NlAck a = ParseAck(nlh);
+      if (a.seq == b.begin_seq()) {
+        // A refusal of the batch as such: stale generation id, no permission, out of memory.
+        batch_refused = true;
+        if (a.err) errors.push_back(a);
+        continue;
+      }
+      if (b.OpOfSeq(a.seq) < 0) continue;  // not ours (a stale reply)
+      answered++;
+      if (a.err) errors.push_back(std::move(a));
+    }
+  }
+  std::sort(errors.begin(), errors.end(), [](const NlAck &x, const NlAck &y) { return x.seq < y.seq; });
+  return errors;
+}
+
+int Socket::Request(struct nlmsghdr *req, const std::function<void(const struct nlmsghdr *)> &on_msg, bool *interrupted) {
+  const bool dump = (req->nlmsg_flags & NLM_F_DUMP) == NLM_F_DUMP;
+  if (!dump) req->nlmsg_flags |= NLM_F_ACK;
+  const uint32_t seq = req->nlmsg_seq;
+  if (mnl_socket_sendto(nl_, req, req->nlmsg_len) < 0) ThrowErrno("EKERNEL", errno, "sending a netlink request");
+  for (;;) {
+    const size_t n = Receive(kReplyTimeoutMs);
+    const auto *nlh = reinterpret_cast<const struct nlmsghdr *>(rbuf_.data());
+    int len = static_cast<int>(n);
+    for (; mnl_nlmsg_ok(nlh, len); nlh = mnl_nlmsg_next(nlh, &len)) {
+      if (nlh->nlmsg_seq != seq) continue;
+      if (interrupted && (nlh->nlmsg_flags & NLM_F_DUMP_INTR)) *interrupted = true;
+      if (nlh->nlmsg_type == NLMSG_DONE) return 0;
+      if (nlh->nlmsg_type == NLMSG_ERROR) return ParseAck(nlh).err;
+      if (nlh->nlmsg_type == NLMSG_NOOP) continue;
+      on_msg(nlh);
+    }
+  }
+}
+
+uint32_t Socket::GetGenid() {
+  alignas(struct nlmsghdr) char buf[MNL_SOCKET_BUFFER_SIZE];
+  struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETGEN, AF_UNSPEC, 0, NextSeq());
+  uint32_t genid = 0;
+  bool got = false;
+  const int err = Request(nlh, [&](const struct nlmsghdr *m) {
+    const auto *attr = static_cast<const struct nlattr *>(mnl_nlmsg_get_payload_offset(m, sizeof(struct nfgenmsg)));
+    for (; mnl_attr_ok(attr, static_cast<const char *>(mnl_nlmsg_get_payload_tail(m)) - reinterpret_cast<const char *>(attr)); attr = mnl_attr_next(attr)) {
+      if (mnl_attr_get_type(attr) == NFTA_GEN_ID && mnl_attr_validate(attr, MNL_TYPE_U32) >= 0) {
+        genid = ntohl(mnl_attr_get_u32(attr));
+        got = true;
+      }
+    }
+  });
+  if (err) ThrowErrno("EKERNEL", err, "reading the nftables generation id");
+  if (!got) ThrowErrno("EKERNEL", EPROTO, "reading the nftables generation id");
+  return genid;
+}
+
+}  // namespace nft
+}  // namespace iptlb

@@ -1,0 +1,99 @@
+// The ops of an NftTransaction (src/nft/ops.ts) as plain C++ data, checked and converted on the JS
+// thread (TypeErrors name the field), and their encoding into one netlink batch on a worker thread.
+#pragma once
+#include <napi.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "nft_netlink.h"
+
+namespace iptlb {
+namespace nft {
+
+enum class Proto : uint8_t { kTcp, kUdp, kSctp };
+enum class Hook : uint8_t { kOut, kPre, kLoc };
+enum class BaseChain : uint8_t { kOutput, kPrerouting, kPostrouting };
+
+const char *ProtoName(Proto p);
+uint8_t ProtoNumber(Proto p);  // IPPROTO_*
+const char *HookName(Hook h);
+const char *ChainName(BaseChain c);
+std::string DispatchSetName(Hook h, Proto p, uint32_t n);
+std::string BackendMapName(Proto p);
+// Parses a name matching DISPATCH_SET_PATTERN (^(out|pre|loc)_(tcp|udp|sctp)_[1-9][0-9]*$).
+bool ParseDispatchSetName(const std::string &name, Hook *h, Proto *p, uint32_t *n);
+bool ParseBackendMapName(const std::string &name, Proto *p);
+bool ParseProto(const std::string &s, Proto *p);
+
+// Addresses and ports in network byte order, as the kernel stores them.
+struct Endpoint {
+  uint32_t ip = 0;
+  uint16_t port = 0;
+  bool operator==(const Endpoint &o) const { return ip == o.ip && port == o.port; }
+};
+std::string IpText(uint32_t ip_be);
+uint16_t HostPort(const Endpoint &e);
+
+struct Rule {
+  enum class Kind : uint8_t { kDispatch, kLog, kMasq, kForeign };
+  Kind kind = Kind::kForeign;
+  Hook hook = Hook::kOut;  // dispatch
+  Proto proto = Proto::kTcp;
+  uint32_t n = 0;          // dispatch
+  std::string owner;       // log, masq
+  Endpoint vip;            // log, masq
+  bool local = false;      // log
+  std::string prefix;      // log
+  uint32_t level = 0;      // log
+  std::string text;        // foreign
+};
+
+struct BackendElement {
+  Endpoint vip;
+  uint32_t index = 0;
+  Endpoint to;
+};
+
+struct Op {
+  enum class Kind : uint8_t {
+    kAddTable,
+    kDeleteTable,
+    kAddBackendMap,
+    kAddDispatchSet,
+    kDeleteSet,
+    kAddBaseChain,
+    kFlushChain,
+    kAddRule,
+    kAddDispatchElements,
+    kDeleteDispatchElements,
+    kAddBackendElements,
+    kDeleteBackendElements,
+  };
+  Kind kind = Kind::kAddTable;
+  Proto proto = Proto::kTcp;
+  std::string name;  // set name (dispatch sets, deleteSet, element ops on dispatch sets)
+  BaseChain chain = BaseChain::kOutput;
+  Rule rule;
+  std::vector<Endpoint> dispatch;
+  std::vector<BackendElement> backend;
+};
+
+const char *OpKindName(Op::Kind k);
+// "deleteDispatchElements out_tcp_3", "addRule output", "addTable": how error messages name an op.
+std::string DescribeOp(const Op &op);
+
+struct Transaction {
+  std::vector<Op> ops;
+  int64_t expect_genid = -1;  // -1: none
+};
+
+// JS thread: checks and converts; throws Napi::TypeError naming the field.
+Transaction TransactionFromJs(const Napi::Value &v);
+
+// Worker thread: appends the messages of all ops (not the batch framing) to `b`.
+void EncodeOps(const Transaction &tx, Batch *b);
+
+}  // namespace nft
+}  // namespace iptlb

@@ -1,0 +1,227 @@
+#include "nft_read.h"
+
+#include <arpa/inet.h>
+#include <libnftnl/common.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "nft_objects.h"
+#include "nft_rules.h"
+
+namespace iptlb {
+namespace nft {
+namespace {
+
+constexpr const char *kTable = "iptlb";
+constexpr int kMaxAttempts = 20;
+// Requests are small; the buffer only has to hold the header and a few names.
+constexpr size_t kRequestBuffer = 4096;
+
+struct RequestBuf {
+  alignas(struct nlmsghdr) char data[kRequestBuffer];
+};
+
+void Check(int err, const std::string &what) {
+  if (err) ThrowErrno("EKERNEL", err, what);
+}
+
+struct SetInfo {
+  std::string name;
+  uint32_t flags = 0;
+};
+
+std::vector<SetInfo> DumpSets(Socket *s, bool *intr) {
+  RequestBuf b;
+  struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(b.data, NFT_MSG_GETSET, NFPROTO_IPV4, NLM_F_DUMP, s->NextSeq());
+  SetPtr q = Own<SetPtr>(nftnl_set_alloc());
+  nftnl_set_set_str(q.get(), NFTNL_SET_TABLE, kTable);
+  nftnl_set_nlmsg_build_payload(nlh, q.get());
+  std::vector<SetInfo> out;
+  Check(s->Request(
+            nlh,
+            [&](const struct nlmsghdr *m) {
+              SetPtr set = Own<SetPtr>(nftnl_set_alloc());
+              if (nftnl_set_nlmsg_parse(m, set.get()) < 0) return;
+              const char *t = nftnl_set_get_str(set.get(), NFTNL_SET_TABLE);
+              const char *n = nftnl_set_get_str(set.get(), NFTNL_SET_NAME);
+              if (!t || !n || std::strcmp(t, kTable) != 0) return;
+              out.push_back({n, nftnl_set_is_set(set.get(), NFTNL_SET_FLAGS) ? nftnl_set_get_u32(set.get(), NFTNL_SET_FLAGS) : 0});
+            },
+            intr),
+        "listing the sets of table ip iptlb");
+  return out;
+}
+
+Counted ElemCounter(nftnl_set_elem *e) {
+  Counted c;
+  nftnl_set_elem_expr_foreach(
+      e,
+      [](struct nftnl_expr *x, void *data) -> int {
+        const char *name = nftnl_expr_get_str(x, NFTNL_EXPR_NAME);
+        if (name && std::strcmp(name, "counter") == 0) {
+          auto *c = static_cast<Counted *>(data);
+          c->packets = nftnl_expr_get_u64(x, NFTNL_EXPR_CTR_PACKETS);
+          c->bytes = nftnl_expr_get_u64(x, NFTNL_EXPR_CTR_BYTES);
+        }
+        return 0;
+      },
+      &c);
+  return c;
+}
+
+// Calls on_elem(key, key_len, data, data_len, counter) for every element of set `name`.
+template <typename F>
+void DumpElements(Socket *s, const std::string &name, bool *intr, F on_elem) {
+  RequestBuf b;
+  struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(b.data, NFT_MSG_GETSETELEM, NFPROTO_IPV4, NLM_F_DUMP, s->NextSeq());
+  SetPtr q = Own<SetPtr>(nftnl_set_alloc());
+  nftnl_set_set_str(q.get(), NFTNL_SET_TABLE, kTable);
+  nftnl_set_set_str(q.get(), NFTNL_SET_NAME, name.c_str());
+  nftnl_set_elems_nlmsg_build_payload(nlh, q.get());
+  Check(s->Request(
+            nlh,
+            [&](const struct nlmsghdr *m) {
+              SetPtr set = Own<SetPtr>(nftnl_set_alloc());
+              if (nftnl_set_elems_nlmsg_parse(m, set.get()) < 0) return;
+              struct Ctx {
+                F *f;
+              } ctx{&on_elem};
+              nftnl_set_elem_foreach(
+                  set.get(),
+                  [](struct nftnl_set_elem *e, void *data) -> int {
+                    uint32_t klen = 0, dlen = 0;
+                    const void *k = nftnl_set_elem_get(e, NFTNL_SET_ELEM_KEY, &klen);
+                    const void *d = nftnl_set_elem_get(e, NFTNL_SET_ELEM_DATA, &dlen);
+                    (*static_cast<Ctx *>(data)->f)(static_cast<const uint8_t *>(k), k ? klen : 0, static_cast<const uint8_t *>(d), d ? dlen : 0, ElemCounter(e));
+                    return 0;
+                  },
+                  &ctx);
+            },
+            intr),
+        "listing the elements of set " + name);
+}
+
+Endpoint EndpointAt(const uint8_t *p) {
+  Endpoint e;
+  std::memcpy(&e.ip, p, 4);
+  std::memcpy(&e.port, p + 4, 2);
+  return e;
+}
+
+std::vector<std::string> DumpChains(Socket *s, bool *intr) {
+  RequestBuf b;
+  struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(b.data, NFT_MSG_GETCHAIN, NFPROTO_IPV4, NLM_F_DUMP, s->NextSeq());
+  ChainPtr q = Own<ChainPtr>(nftnl_chain_alloc());
+  nftnl_chain_set_str(q.get(), NFTNL_CHAIN_TABLE, kTable);
+  nftnl_chain_nlmsg_build_payload(nlh, q.get());
+  std::vector<std::string> out;
+  Check(s->Request(
+            nlh,
+            [&](const struct nlmsghdr *m) {
+              ChainPtr c = Own<ChainPtr>(nftnl_chain_alloc());
+              if (nftnl_chain_nlmsg_parse(m, c.get()) < 0) return;
+              const char *t = nftnl_chain_get_str(c.get(), NFTNL_CHAIN_TABLE);
+              const char *n = nftnl_chain_get_str(c.get(), NFTNL_CHAIN_NAME);
+              if (t && n && std::strcmp(t, kTable) == 0) out.push_back(n);
+            },
+            intr),
+        "listing the chains of table ip iptlb");
+  return out;
+}
+
+std::vector<Rule> DumpRules(Socket *s, const char *chain, bool *intr) {
+  RequestBuf b;
+  struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(b.data, NFT_MSG_GETRULE, NFPROTO_IPV4, NLM_F_DUMP, s->NextSeq());
+  RulePtr q = Own<RulePtr>(nftnl_rule_alloc());
+  nftnl_rule_set_str(q.get(), NFTNL_RULE_TABLE, kTable);
+  nftnl_rule_set_str(q.get(), NFTNL_RULE_CHAIN, chain);
+  nftnl_rule_nlmsg_build_payload(nlh, q.get());
+  std::vector<Rule> out;
+  Check(s->Request(
+            nlh,
+            [&](const struct nlmsghdr *m) {
+              RulePtr r = Own<RulePtr>(nftnl_rule_alloc());
+              if (nftnl_rule_nlmsg_parse(m, r.get()) < 0) return;
+              const char *t = nftnl_rule_get_str(r.get(), NFTNL_RULE_TABLE);
+              const char *c = nftnl_rule_get_str(r.get(), NFTNL_RULE_CHAIN);
+              if (!t || !c || std::strcmp(t, kTable) != 0 || std::strcmp(c, chain) != 0) return;
+              out.push_back(DecodeRule(r.get()));
+            },
+            intr),
+        std::string("listing the rules of chain ") + chain);
+  return out;
+}
+
+// true when table ip iptlb exists.
+bool TableExists(Socket *s) {
+  RequestBuf b;
+  struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(b.data, NFT_MSG_GETTABLE, NFPROTO_IPV4, 0, s->NextSeq());
+  TablePtr q = Own<TablePtr>(nftnl_table_alloc());
+  nftnl_table_set_str(q.get(), NFTNL_TABLE_NAME, kTable);
+  nftnl_table_nlmsg_build_payload(nlh, q.get());
+  const int err = s->Request(nlh, [](const struct nlmsghdr *) {});
+  if (err == ENOENT) return false;
+  Check(err, "looking up table ip iptlb");
+  return true;
+}
+
+bool ReadOnce(Socket *s, View *v) {
+  bool intr = false;
+  v->genid = s->GetGenid();
+  v->exists = TableExists(s);
+  if (v->exists) {
+    for (const SetInfo &set : DumpSets(s, &intr)) {
+      Hook h;
+      Proto p;
+      uint32_t n;
+      if (ParseDispatchSetName(set.name, &h, &p, &n) && !(set.flags & NFT_SET_MAP)) {
+        View::DispatchSet d;
+        d.name = set.name;
+        DumpElements(s, set.name, &intr, [&](const uint8_t *k, uint32_t klen, const uint8_t *, uint32_t, Counted c) {
+          if (klen == 8) d.elements.emplace_back(EndpointAt(k), c);
+        });
+        v->dispatch_sets.push_back(std::move(d));
+      } else if (ParseBackendMapName(set.name, &p) && (set.flags & NFT_SET_MAP)) {
+        View::BackendMap m;
+        m.proto = p;
+        DumpElements(s, set.name, &intr, [&](const uint8_t *k, uint32_t klen, const uint8_t *d, uint32_t dlen, Counted c) {
+          if (klen != 12 || dlen != 8) return;
+          BackendElement e;
+          e.vip = EndpointAt(k);
+          std::memcpy(&e.index, k + 8, 4);
+          e.to = EndpointAt(d);
+          m.elements.emplace_back(e, c);
+        });
+        v->backend_maps.push_back(std::move(m));
+      } else {
+        v->foreign.push_back(set.name);
+      }
+    }
+    const std::vector<std::string> chains = DumpChains(s, &intr);
+    for (BaseChain c : {BaseChain::kOutput, BaseChain::kPrerouting, BaseChain::kPostrouting}) {
+      for (const std::string &n : chains) {
+        if (n == ChainName(c)) v->chains.push_back({c, DumpRules(s, ChainName(c), &intr)});
+      }
+    }
+    for (const std::string &n : chains) {
+      if (n != "output" && n != "prerouting" && n != "postrouting") v->foreign.push_back(n);
+    }
+  }
+  return !intr && s->GetGenid() == v->genid;
+}
+
+}  // namespace
+
+View ReadView(Socket *s) {
+  for (int attempt = 0; attempt < kMaxAttempts; attempt++) {
+    View v;
+    if (ReadOnce(s, &v)) return v;
+  }
+  ThrowErrno("EKERNEL", EAGAIN, "reading table ip iptlb (the ruleset kept changing)");
+}
+
+}  // namespace nft
+}  // namespace iptlb

@@ -1,0 +1,45 @@
+// Reads table ip iptlb back (NftView in src/nft/ops.ts): dispatch sets and backend maps with their
+// elements and counters, the base chains with their rules decoded, and the names of everything
+// else in the table. Consistent: the dumps are retried when the generation changed meanwhile.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "nft_netlink.h"
+#include "nft_ops.h"
+
+namespace iptlb {
+namespace nft {
+
+struct Counted {
+  uint64_t packets = 0;
+  uint64_t bytes = 0;
+};
+
+struct View {
+  uint32_t genid = 0;
+  bool exists = false;
+  struct DispatchSet {
+    std::string name;
+    std::vector<std::pair<Endpoint, Counted>> elements;
+  };
+  struct BackendMap {
+    Proto proto = Proto::kTcp;
+    std::vector<std::pair<BackendElement, Counted>> elements;
+  };
+  struct Chain {
+    BaseChain name = BaseChain::kOutput;
+    std::vector<Rule> rules;
+  };
+  std::vector<DispatchSet> dispatch_sets;
+  std::vector<BackendMap> backend_maps;
+  std::vector<Chain> chains;
+  std::vector<std::string> foreign;
+};
+
+// Worker thread; throws NftFailure.
+View ReadView(Socket *s);
+
+}  // namespace nft
+}  // namespace iptlb

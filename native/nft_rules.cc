@@ -1,0 +1,459 @@
+#include "nft_rules.h"
+
+#include <arpa/inet.h>
+#include <libnftnl/common.h>
+#include <linux/netfilter/nf_conntrack_common.h>
+#include <linux/netfilter/nf_nat.h>
+#include <linux/netfilter/nf_tables.h>
+#include <linux/rtnetlink.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace iptlb {
+namespace nft {
+namespace {
+
+// NFTNL_UDATA_RULE_COMMENT: nft keeps a rule's comment as this TLV in the rule userdata.
+constexpr uint8_t kUdataRuleComment = 0;
+constexpr size_t kCommentMax = 128;
+constexpr uint32_t kIpDaddrOffset = 16;  // offsetof(struct iphdr, daddr)
+constexpr uint32_t kDportOffset = 2;     // same for tcp, udp and sctp
+
+// ---- encoding ---------------------------------------------------------------------------------
+
+class RuleBuilder {
+ public:
+  explicit RuleBuilder(nftnl_rule *r) : r_(r) {}
+
+  void Payload(uint32_t base, uint32_t offset, uint32_t len, uint32_t dreg) {
+    ExprPtr e = New("payload");
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_PAYLOAD_DREG, dreg);
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_PAYLOAD_BASE, base);
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_PAYLOAD_OFFSET, offset);
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_PAYLOAD_LEN, len);
+    Add(std::move(e));
+  }
+  void Cmp(uint32_t op, const void *data, uint32_t len) {
+    ExprPtr e = New("cmp");
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_CMP_SREG, NFT_REG_1);
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_CMP_OP, op);
+    nftnl_expr_set(e.get(), NFTNL_EXPR_CMP_DATA, data, len);
+    Add(std::move(e));
+  }
+  void Meta(uint32_t key) {
+    ExprPtr e = New("meta");
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_META_KEY, key);
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_META_DREG, NFT_REG_1);
+    Add(std::move(e));
+  }
+  // `meta l4proto P` (nft's implicit dependency of `tcp dport`).
+  void L4Proto(Proto p) {
+    Meta(NFT_META_L4PROTO);
+    const uint8_t n = ProtoNumber(p);
+    Cmp(NFT_CMP_EQ, &n, 1);
+  }
+  // `fib daddr type local`
+  void FibLocal() {
+    ExprPtr e = New("fib");
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_FIB_DREG, NFT_REG_1);
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE);
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_FIB_FLAGS, NFTA_FIB_F_DADDR);
+    Add(std::move(e));
+    const uint32_t local = RTN_LOCAL;  // host byte order, as the fib expression stores it
+    Cmp(NFT_CMP_EQ, &local, sizeof local);
+  }
+  void Ct(uint32_t key, int dir) {
+    ExprPtr e = New("ct");
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_CT_DREG, NFT_REG_1);
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_CT_KEY, key);
+    if (dir >= 0) nftnl_expr_set_u8(e.get(), NFTNL_EXPR_CT_DIR, static_cast<uint8_t>(dir));
+    Add(std::move(e));
+  }
+  void Lookup(const std::string &set, uint32_t set_id, int dreg) {
+    ExprPtr e = New("lookup");
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LOOKUP_SREG, NFT_REG_1);
+    if (dreg >= 0) nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LOOKUP_DREG, static_cast<uint32_t>(dreg));
+    nftnl_expr_set_str(e.get(), NFTNL_EXPR_LOOKUP_SET, set.c_str());
+    if (set_id) nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LOOKUP_SET_ID, set_id);
+    Add(std::move(e));
+  }
+  void Numgen(uint32_t mod) {
+    ExprPtr e = New("numgen");
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NG_DREG, NFT_REG32_02);
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NG_MODULUS, mod);
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NG_TYPE, NFT_NG_RANDOM);
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NG_OFFSET, 0);
+    Add(std::move(e));
+  }
+  void Raw(ExprPtr e) { Add(std::move(e)); }
+  ExprPtr New(const char *name) { return Own<ExprPtr>(nftnl_expr_alloc(name)); }
+
+ private:
+  void Add(ExprPtr e) { nftnl_rule_add_expr(r_, e.release()); }
+  nftnl_rule *r_;
+};
+
+void SetComment(nftnl_rule *r, const std::string &comment) {
+  UdataPtr ud = Own<UdataPtr>(nftnl_udata_buf_alloc(NFT_USERDATA_MAXLEN));
+  if (!nftnl_udata_put_strz(ud.get(), kUdataRuleComment, comment.c_str())) throw std::bad_alloc();
+  nftnl_rule_set_data(r, NFTNL_RULE_USERDATA, nftnl_udata_buf_data(ud.get()), nftnl_udata_buf_len(ud.get()));
+}
+
+// ---- decoding ---------------------------------------------------------------------------------
+
+using Exprs = std::vector<const nftnl_expr *>;
+
+std::string Name(const nftnl_expr *e) {
+  const char *n = nftnl_expr_get_str(e, NFTNL_EXPR_NAME);
+  return n ? n : "";
+}
+bool U32Is(const nftnl_expr *e, uint16_t attr, uint32_t v) { return nftnl_expr_is_set(e, attr) && nftnl_expr_get_u32(e, attr) == v; }
+
+// Reads expressions from position `i` on; each matcher advances `i` only on success.
+class Cursor {
+ public:
+  explicit Cursor(const Exprs &x) : x_(x) {}
+  bool done() const { return i_ == x_.size(); }
+  size_t pos() const { return i_; }
+  void seek(size_t i) { i_ = i; }
+
+  bool Payload(uint32_t base, uint32_t offset, uint32_t len, uint32_t dreg) {
+    const nftnl_expr *e = Next("payload");
+    if (!e || nftnl_expr_is_set(e, NFTNL_EXPR_PAYLOAD_SREG)) return false;
+    return Ok(U32Is(e, NFTNL_EXPR_PAYLOAD_BASE, base) && U32Is(e, NFTNL_EXPR_PAYLOAD_OFFSET, offset) && U32Is(e, NFTNL_EXPR_PAYLOAD_LEN, len) &&
+              U32Is(e, NFTNL_EXPR_PAYLOAD_DREG, dreg));
+  }
+  // cmp on reg 1 with `op`; copies the operand (length `len`) into `out`.
+  bool Cmp(uint32_t op, void *out, uint32_t len) {
+    const nftnl_expr *e = Next("cmp");
+    if (!e || !U32Is(e, NFTNL_EXPR_CMP_SREG, NFT_REG_1) || !U32Is(e, NFTNL_EXPR_CMP_OP, op)) return false;
+    uint32_t got = 0;
+    const void *d = nftnl_expr_get(e, NFTNL_EXPR_CMP_DATA, &got);
+    if (!d || got != len) return false;
+    std::memcpy(out, d, len);
+    return Ok(true);
+  }
+  bool L4Proto(Proto *p) {
+    const nftnl_expr *e = Next("meta");
+    if (!e || !U32Is(e, NFTNL_EXPR_META_KEY, NFT_META_L4PROTO) || !U32Is(e, NFTNL_EXPR_META_DREG, NFT_REG_1)) return false;
+    Ok(true);
+    uint8_t n = 0;
+    return Cmp(NFT_CMP_EQ, &n, 1) && ProtoOf(n, p);
+  }
+  bool FibLocal() {
+    const nftnl_expr *e = Next("fib");
+    if (!e || !U32Is(e, NFTNL_EXPR_FIB_DREG, NFT_REG_1) || !U32Is(e, NFTNL_EXPR_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE) ||
+        !U32Is(e, NFTNL_EXPR_FIB_FLAGS, NFTA_FIB_F_DADDR))
+      return false;
+    Ok(true);
+    uint32_t t = 0;
+    return Cmp(NFT_CMP_EQ, &t, 4) && t == RTN_LOCAL;
+  }
+  // ct KEY [original] => reg 1; `dir` -1: the kernel reports no direction for this key.
+  bool Ct(uint32_t key, bool want_dir) {
+    const nftnl_expr *e = Next("ct");
+    if (!e || !U32Is(e, NFTNL_EXPR_CT_KEY, key) || !U32Is(e, NFTNL_EXPR_CT_DREG, NFT_REG_1)) return false;
+    if (want_dir && !(nftnl_expr_is_set(e, NFTNL_EXPR_CT_DIR) && nftnl_expr_get_u8(e, NFTNL_EXPR_CT_DIR) == IP_CT_DIR_ORIGINAL)) return false;
+    if (!want_dir && nftnl_expr_is_set(e, NFTNL_EXPR_CT_DIR) && nftnl_expr_get_u8(e, NFTNL_EXPR_CT_DIR) != IP_CT_DIR_ORIGINAL) return false;
+    return Ok(true);
+  }
+  bool Lookup(std::string *set, int dreg) {
+    const nftnl_expr *e = Next("lookup");
+    if (!e || !U32Is(e, NFTNL_EXPR_LOOKUP_SREG, NFT_REG_1)) return false;
+    if (nftnl_expr_is_set(e, NFTNL_EXPR_LOOKUP_FLAGS) && nftnl_expr_get_u32(e, NFTNL_EXPR_LOOKUP_FLAGS) != 0) return false;
+    if (dreg < 0 ? nftnl_expr_is_set(e, NFTNL_EXPR_LOOKUP_DREG) : !U32Is(e, NFTNL_EXPR_LOOKUP_DREG, static_cast<uint32_t>(dreg))) return false;
+    const char *s = nftnl_expr_get_str(e, NFTNL_EXPR_LOOKUP_SET);
+    if (!s) return false;
+    *set = s;
+    return Ok(true);
+  }
+  bool Numgen(uint32_t *mod) {
+    const nftnl_expr *e = Next("numgen");
+    if (!e || !U32Is(e, NFTNL_EXPR_NG_DREG, NFT_REG32_02) || !U32Is(e, NFTNL_EXPR_NG_TYPE, NFT_NG_RANDOM)) return false;
+    if (nftnl_expr_is_set(e, NFTNL_EXPR_NG_OFFSET) && nftnl_expr_get_u32(e, NFTNL_EXPR_NG_OFFSET) != 0) return false;
+    if (!nftnl_expr_is_set(e, NFTNL_EXPR_NG_MODULUS)) return false;
+    *mod = nftnl_expr_get_u32(e, NFTNL_EXPR_NG_MODULUS);
+    return Ok(true);
+  }
+  // dnat ip to reg 1 (address) and reg 9 (port): the kernel fills in max = min and the range flags.
+  bool Dnat() {
+    const nftnl_expr *e = Next("nat");
+    if (!e || !U32Is(e, NFTNL_EXPR_NAT_TYPE, NFT_NAT_DNAT) || !U32Is(e, NFTNL_EXPR_NAT_FAMILY, NFPROTO_IPV4) ||
+        !U32Is(e, NFTNL_EXPR_NAT_REG_ADDR_MIN, NFT_REG_1) || !U32Is(e, NFTNL_EXPR_NAT_REG_PROTO_MIN, NFT_REG32_01))
+      return false;
+    if (nftnl_expr_is_set(e, NFTNL_EXPR_NAT_REG_ADDR_MAX) && !U32Is(e, NFTNL_EXPR_NAT_REG_ADDR_MAX, NFT_REG_1)) return false;
+    if (nftnl_expr_is_set(e, NFTNL_EXPR_NAT_REG_PROTO_MAX) && !U32Is(e, NFTNL_EXPR_NAT_REG_PROTO_MAX, NFT_REG32_01)) return false;
+    const uint32_t range = NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED;
+    if (nftnl_expr_is_set(e, NFTNL_EXPR_NAT_FLAGS) && (nftnl_expr_get_u32(e, NFTNL_EXPR_NAT_FLAGS) & ~range)) return false;
+    return Ok(true);
+  }
+  bool Log(std::string *prefix, uint32_t *level) {
+    const nftnl_expr *e = Next("log");
+    if (!e) return false;
+    for (uint16_t a : {NFTNL_EXPR_LOG_GROUP, NFTNL_EXPR_LOG_SNAPLEN, NFTNL_EXPR_LOG_QTHRESHOLD}) {
+      if (nftnl_expr_is_set(e, a)) return false;
+    }
+    if (nftnl_expr_is_set(e, NFTNL_EXPR_LOG_FLAGS) && nftnl_expr_get_u32(e, NFTNL_EXPR_LOG_FLAGS) != 0) return false;
+    const char *p = nftnl_expr_is_set(e, NFTNL_EXPR_LOG_PREFIX) ? nftnl_expr_get_str(e, NFTNL_EXPR_LOG_PREFIX) : nullptr;
+    if (!p || !nftnl_expr_is_set(e, NFTNL_EXPR_LOG_LEVEL)) return false;
+    *prefix = p;
+    *level = nftnl_expr_get_u32(e, NFTNL_EXPR_LOG_LEVEL);
+    return Ok(*level <= 7);
+  }
+  bool Masq() {
+    const nftnl_expr *e = Next("masq");
+    if (!e) return false;
+    for (uint16_t a = NFTNL_EXPR_BASE; a < NFTNL_EXPR_BASE + 8; a++) {
+      if (nftnl_expr_is_set(e, a) && !(a == NFTNL_EXPR_MASQ_FLAGS && nftnl_expr_get_u32(e, a) == 0)) return false;
+    }
+    return Ok(true);
+  }
+  // ct status dnat: ct status => reg 1; reg 1 = (reg 1 & IPS_DST_NAT) ^ 0; reg 1 != 0
+  bool CtStatusDnat() {
+    if (!Ct(NFT_CT_STATUS, false)) return false;
+    const nftnl_expr *e = Next("bitwise");
+    if (!e || !U32Is(e, NFTNL_EXPR_BITWISE_SREG, NFT_REG_1) || !U32Is(e, NFTNL_EXPR_BITWISE_DREG, NFT_REG_1) || !U32Is(e, NFTNL_EXPR_BITWISE_LEN, 4))
+      return false;
+    if (nftnl_expr_is_set(e, NFTNL_EXPR_BITWISE_OP) && nftnl_expr_get_u32(e, NFTNL_EXPR_BITWISE_OP) != NFT_BITWISE_BOOL) return false;
+    uint32_t ml = 0, xl = 0;
+    const void *m = nftnl_expr_get(e, NFTNL_EXPR_BITWISE_MASK, &ml);
+    const void *x = nftnl_expr_get(e, NFTNL_EXPR_BITWISE_XOR, &xl);
+    if (!m || !x || ml != 4 || xl != 4) return false;
+    uint32_t mask, xr;
+    std::memcpy(&mask, m, 4);
+    std::memcpy(&xr, x, 4);
+    if (mask != IPS_DST_NAT || xr != 0) return false;
+    Ok(true);
+    uint32_t zero = 1;
+    return Cmp(NFT_CMP_NEQ, &zero, 4) && zero == 0;
+  }
+
+  static bool ProtoOf(uint8_t n, Proto *p) {
+    for (Proto q : {Proto::kTcp, Proto::kUdp, Proto::kSctp}) {
+      if (ProtoNumber(q) == n) {
+        *p = q;
+        return true;
+      }
+    }
+    return false;
+  }
+
+ private:
+  const nftnl_expr *Next(const char *name) {
+    if (i_ >= x_.size() || Name(x_[i_]) != name) return nullptr;
+    return x_[i_];
+  }
+  bool Ok(bool ok) {
+    if (ok) i_++;
+    return ok;
+  }
+  const Exprs &x_;
+  size_t i_ = 0;
+};
+
+bool DecodeDispatch(const Exprs &x, bool has_comment, Rule *out) {
+  if (has_comment) return false;
+  Cursor c(x);
+  const bool fib = c.FibLocal();
+  if (!fib) c.seek(0);
+  Proto p;
+  std::string set, map;
+  uint32_t mod = 0;
+  if (!(c.L4Proto(&p) && c.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1) &&
+        c.Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG32_01) && c.Lookup(&set, -1) &&
+        c.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1) && c.Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG32_01) &&
+        c.Numgen(&mod) && c.Lookup(&map, NFT_REG_1) && c.Dnat() && c.done()))
+    return false;
+  Hook h;
+  Proto sp;
+  uint32_t n;
+  if (!ParseDispatchSetName(set, &h, &sp, &n) || sp != p || n != mod || map != BackendMapName(p) || (h == Hook::kLoc) != fib) return false;
+  out->kind = Rule::Kind::kDispatch;
+  out->hook = h;
+  out->proto = p;
+  out->n = n;
+  return true;
+}
+
+bool DecodeLog(const Exprs &x, const std::string &owner, Rule *out) {
+  Cursor c(x);
+  Rule r;
+  uint32_t ip = 0;
+  uint16_t port = 0;
+  if (!(c.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1) && c.Cmp(NFT_CMP_EQ, &ip, 4) && c.L4Proto(&r.proto) &&
+        c.Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG_1) && c.Cmp(NFT_CMP_EQ, &port, 2)))
+    return false;
+  const size_t at = c.pos();
+  r.local = c.FibLocal();
+  if (!r.local) c.seek(at);
+  if (!(c.Log(&r.prefix, &r.level) && c.done())) return false;
+  r.kind = Rule::Kind::kLog;
+  r.owner = owner;
+  r.vip.ip = ip;
+  r.vip.port = port;
+  *out = std::move(r);
+  return true;
+}
+
+bool DecodeMasq(const Exprs &x, const std::string &owner, Rule *out) {
+  Cursor c(x);
+  Rule r;
+  uint32_t ip = 0;
+  uint8_t proto = 0;
+  uint16_t port = 0;
+  if (!(c.CtStatusDnat() && c.Ct(NFT_CT_DST_IP, true) && c.Cmp(NFT_CMP_EQ, &ip, 4) && c.Ct(NFT_CT_PROTOCOL, false) && c.Cmp(NFT_CMP_EQ, &proto, 1) &&
+        Cursor::ProtoOf(proto, &r.proto) && c.Ct(NFT_CT_PROTO_DST, true) && c.Cmp(NFT_CMP_EQ, &port, 2) && c.Masq() && c.done()))
+    return false;
+  r.kind = Rule::Kind::kMasq;
+  r.owner = owner;
+  r.vip.ip = ip;
+  r.vip.port = port;
+  *out = std::move(r);
+  return true;
+}
+
+// The comment of a rule (NFTNL_UDATA_RULE_COMMENT), if any.
+bool RuleComment(const nftnl_rule *r, std::string *comment) {
+  if (!nftnl_rule_is_set(r, NFTNL_RULE_USERDATA)) return false;
+  uint32_t len = 0;
+  const void *d = nftnl_rule_get_data(r, NFTNL_RULE_USERDATA, &len);
+  if (!d) return false;
+  struct Found {
+    std::string text;
+    bool found = false;
+  } f;
+  nftnl_udata_parse(
+      d, len,
+      [](const struct nftnl_udata *a, void *data) -> int {
+        auto *f = static_cast<Found *>(data);
+        if (nftnl_udata_type(a) != kUdataRuleComment) return 0;
+        const char *s = static_cast<const char *>(nftnl_udata_get(a));
+        const uint8_t l = nftnl_udata_len(a);
+        if (l == 0 || s[l - 1] != '\0') return 0;
+        f->text.assign(s, l - 1);
+        f->found = true;
+        return 0;
+      },
+      &f);
+  if (f.found) *comment = f.text;
+  return f.found;
+}
+
+std::string Describe(const Exprs &x, bool has_comment, const std::string &comment) {
+  std::string s;
+  char buf[512];
+  for (const nftnl_expr *e : x) {
+    if (!s.empty()) s += ' ';
+    const int n = nftnl_expr_snprintf(buf, sizeof buf, e, NFTNL_OUTPUT_DEFAULT, 0);
+    s += '[';
+    s += n > 0 ? std::string(buf, std::min<size_t>(n, sizeof buf - 1)) : Name(e);
+    s += ']';
+    if (s.size() > 400) {
+      s += " …";
+      break;
+    }
+  }
+  if (has_comment) s += " comment \"" + comment + "\"";
+  return s;
+}
+
+}  // namespace
+
+RulePtr BuildRule(BaseChain chain, const Rule &r, const LookupIds &ids) {
+  RulePtr rule = Own<RulePtr>(nftnl_rule_alloc());
+  nftnl_rule_set_u32(rule.get(), NFTNL_RULE_FAMILY, NFPROTO_IPV4);
+  nftnl_rule_set_str(rule.get(), NFTNL_RULE_TABLE, "iptlb");
+  nftnl_rule_set_str(rule.get(), NFTNL_RULE_CHAIN, ChainName(chain));
+  RuleBuilder b(rule.get());
+  switch (r.kind) {
+    case Rule::Kind::kDispatch:
+      // [fib daddr type local] ip daddr . P dport @set dnat to ip daddr . P dport . numgen random mod n map @be_P
+      if (r.hook == Hook::kLoc) b.FibLocal();
+      b.L4Proto(r.proto);
+      b.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1);
+      b.Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG32_01);
+      b.Lookup(DispatchSetName(r.hook, r.proto, r.n), ids.dispatch_set, -1);
+      b.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1);
+      b.Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG32_01);
+      b.Numgen(r.n);
+      b.Lookup(BackendMapName(r.proto), ids.backend_map, NFT_REG_1);
+      {
+        ExprPtr e = b.New("nat");
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_TYPE, NFT_NAT_DNAT);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_FAMILY, NFPROTO_IPV4);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_REG_ADDR_MIN, NFT_REG_1);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_REG_PROTO_MIN, NFT_REG32_01);
+        b.Raw(std::move(e));
+      }
+      break;
+    case Rule::Kind::kLog: {
+      // ip daddr V P dport port [fib daddr type local] log prefix "…" level L comment "iptlb:<owner>"
+      b.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1);
+      b.Cmp(NFT_CMP_EQ, &r.vip.ip, 4);
+      b.L4Proto(r.proto);
+      b.Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG_1);
+      b.Cmp(NFT_CMP_EQ, &r.vip.port, 2);
+      if (r.local) b.FibLocal();
+      ExprPtr e = b.New("log");
+      nftnl_expr_set_str(e.get(), NFTNL_EXPR_LOG_PREFIX, r.prefix.c_str());
+      nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LOG_LEVEL, r.level);
+      b.Raw(std::move(e));
+      SetComment(rule.get(), "iptlb:" + r.owner);
+      break;
+    }
+    case Rule::Kind::kMasq: {
+      // ct status dnat ct original ip daddr V ct original protocol P ct original proto-dst port masquerade
+      b.Ct(NFT_CT_STATUS, -1);
+      ExprPtr bw = b.New("bitwise");
+      const uint32_t mask = IPS_DST_NAT, zero = 0;
+      nftnl_expr_set_u32(bw.get(), NFTNL_EXPR_BITWISE_SREG, NFT_REG_1);
+      nftnl_expr_set_u32(bw.get(), NFTNL_EXPR_BITWISE_DREG, NFT_REG_1);
+      nftnl_expr_set_u32(bw.get(), NFTNL_EXPR_BITWISE_LEN, 4);
+      nftnl_expr_set(bw.get(), NFTNL_EXPR_BITWISE_MASK, &mask, 4);
+      nftnl_expr_set(bw.get(), NFTNL_EXPR_BITWISE_XOR, &zero, 4);
+      b.Raw(std::move(bw));
+      b.Cmp(NFT_CMP_NEQ, &zero, 4);
+      b.Ct(NFT_CT_DST_IP, IP_CT_DIR_ORIGINAL);
+      b.Cmp(NFT_CMP_EQ, &r.vip.ip, 4);
+      b.Ct(NFT_CT_PROTOCOL, IP_CT_DIR_ORIGINAL);
+      const uint8_t n = ProtoNumber(r.proto);
+      b.Cmp(NFT_CMP_EQ, &n, 1);
+      b.Ct(NFT_CT_PROTO_DST, IP_CT_DIR_ORIGINAL);
+      b.Cmp(NFT_CMP_EQ, &r.vip.port, 2);
+      b.Raw(b.New("masq"));
+      SetComment(rule.get(), "iptlb:" + r.owner);
+      break;
+    }
+    case Rule::Kind::kForeign:
+      break;  // never encoded (the JS conversion refuses it)
+  }
+  return rule;
+}
+
+Rule DecodeRule(const nftnl_rule *r) {
+  Exprs x;
+  struct nftnl_expr_iter *it = nftnl_expr_iter_create(r);
+  if (it) {
+    for (const nftnl_expr *e = nftnl_expr_iter_next(it); e; e = nftnl_expr_iter_next(it)) x.push_back(e);
+    nftnl_expr_iter_destroy(it);
+  }
+  std::string comment;
+  const bool has_comment = RuleComment(r, &comment);
+  Rule out;
+  if (DecodeDispatch(x, has_comment, &out)) return out;
+  if (has_comment && comment.rfind("iptlb:", 0) == 0 && comment.size() > 6) {
+    const std::string owner = comment.substr(6);
+    if (DecodeLog(x, owner, &out) || DecodeMasq(x, owner, &out)) return out;
+  }
+  out = Rule();
+  out.kind = Rule::Kind::kForeign;
+  out.text = Describe(x, has_comment, comment);
+  return out;
+}
+
+}  // namespace nft
+}  // namespace iptlb

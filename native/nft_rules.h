@@ -1,0 +1,26 @@
+// The three rule shapes iptlb writes (NftRule in src/nft/ops.ts), as libnftnl expressions exactly as
+// nft 1.0.6 encodes the rendered text, and the decoder that recognises them in a dump (anything
+// else is a foreign rule with a one-line description).
+#pragma once
+#include <cstdint>
+
+#include "nft_objects.h"
+#include "nft_ops.h"
+
+namespace iptlb {
+namespace nft {
+
+// Set ids of sets created earlier in the same batch (0: refer by name only, as nft does).
+struct LookupIds {
+  uint32_t dispatch_set = 0;
+  uint32_t backend_map = 0;
+};
+
+// A rule for `add rule ip iptlb <chain> …` (expressions and the comment userdata).
+RulePtr BuildRule(BaseChain chain, const Rule &r, const LookupIds &ids);
+
+// Decodes a dumped rule; never fails (unknown shapes come back as Rule::Kind::kForeign).
+Rule DecodeRule(const nftnl_rule *r);
+
+}  // namespace nft
+}  // namespace iptlb

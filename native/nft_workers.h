@@ -1,0 +1,47 @@
+// The AsyncWorkers of the nftables executor: nftCommit(tx) and nftRead(). Arguments are converted
+// to plain C++ data on the JS thread; Execute() only talks netlink; OnOK() builds the JS result.
+#pragma once
+#include <napi.h>
+
+#include "nft_ops.h"
+#include "nft_read.h"
+#include "promise_worker.h"
+#include "table_queue.h"
+
+namespace iptlb {
+
+class NftCommitWorker : public PromiseWorker {
+ public:
+  NftCommitWorker(Napi::Env env, nft::Transaction tx);
+  void QueueInOrder() { turn_.Queue(this); }
+
+ protected:
+  void Execute() override;
+  void OnOK() override;
+
+ private:
+  TableTurn turn_;
+  nft::Transaction tx_;
+  double duration_ms_ = 0;
+  uint32_t genid_ = 0;
+};
+
+class NftReadWorker : public PromiseWorker {
+ public:
+  explicit NftReadWorker(Napi::Env env);
+  void QueueInOrder() { turn_.Queue(this); }
+
+ protected:
+  void Execute() override;
+  void OnOK() override;
+
+ private:
+  TableTurn turn_;
+  nft::View view_;
+};
+
+// nftCommit(tx) / nftRead(): argument checks (TypeErrors) and queueing.
+Napi::Value NftCommit(const Napi::CallbackInfo &info);
+Napi::Value NftRead(const Napi::CallbackInfo &info);
+
+}  // namespace iptlb
