@@ -70,9 +70,10 @@ export function baseContent(profiles: Iterable<Profile>): { chains: Record<NftBa
   const chains: Record<NftBaseChain, NftRule[]> = { output: [], prerouting: [], postrouting: [] };
   const dispatch = new Map<string, NftRule>();
   for (const p of sorted) {
-    const plan = planNftProfile(p);
-    for (const r of plan.rules) chains[r.chain].push(r.rule);
-    if (!dispatch.has(plan.set)) dispatch.set(plan.set, { kind: 'dispatch', hook: nftHookOf(p), proto: p.protocol, n: p.destination.length });
+    if (p.logEnabled || p.masquerade) for (const r of planNftProfile(p).rules) chains[r.chain].push(r.rule);
+    const hook = nftHookOf(p);
+    const set = dispatchSetName(hook, p.protocol, p.destination.length);
+    if (!dispatch.has(set)) dispatch.set(set, { kind: 'dispatch', hook, proto: p.protocol, n: p.destination.length });
   }
   const order: Record<NftHook, number> = { out: 0, pre: 1, loc: 2 };
   const rules = [...dispatch.values()].sort((a, b) => {
@@ -130,6 +131,10 @@ function skeleton(ops: NftOp[]): void {
 export function planNftChange(prev: Map<string, Profile>, next: Map<string, Profile>, touched: Iterable<string>): NftTransaction {
   // The last profile gone: the table goes too, so the ruleset is exactly as before iptlb.
   if (next.size === 0) return prev.size === 0 ? { family: 'ip', table: 'iptlb', ops: [] } : planNftRemoveAll();
+  const names = new Set(touched);
+  // Every profile touched (e.g. `-use-state -run` at boot): the whole table, replaced in one
+  // transaction, is the same result, costs less, and does not depend on what the kernel holds.
+  if (prev.size > 0 && [...prev.keys()].every((n) => names.has(n))) return planNftRebuild(next.values());
   const ops: NftOp[] = [];
   const before = baseContent(prev.values());
   const after = baseContent(next.values());
@@ -142,7 +147,7 @@ export function planNftChange(prev: Map<string, Profile>, next: Map<string, Prof
   }
   const dels = new ElementOps();
   const adds = new ElementOps();
-  for (const name of new Set(touched)) {
+  for (const name of names) {
     const old = prev.get(name);
     const now = next.get(name);
     if (old) dels.add(planNftProfile(old));

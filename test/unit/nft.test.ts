@@ -37,7 +37,7 @@ test('replacing destinations with the same count touches elements only, whatever
 });
 
 test('a new destination count rewrites the base chain and drops the set no longer used', () => {
-  const tx = planNftChange(m(web), m({ ...web, destination: ['127.0.0.1:9001'] }), ['web']);
+  const tx = planNftChange(m(web, dns), m({ ...web, destination: ['127.0.0.1:9001'] }, dns), ['web']);
   assert.ok(kinds(tx.ops).includes('addDispatchSet'));
   const text = renderNft(tx);
   assert.match(text, /flush chain ip iptlb output\nadd rule ip iptlb output ip daddr \. tcp dport @out_tcp_1 /);
@@ -56,7 +56,8 @@ test('logging and masquerade are rules of their own, with the comment iptlb:<nam
   assert.ok(pre.findIndex((l) => l.includes('log prefix')) < pre.findIndex((l) => l.includes('dnat to')));
 });
 
-test('the last profile deleted removes the table; a rebuild replaces it in one transaction', () => {
+test('every profile touched (as -use-state -run does) is a rebuild; the last profile deleted removes the table', () => {
+  assert.deepEqual(kinds(planNftChange(m(web, dns), m(web, dns), ['web', 'dns']).ops).slice(0, 3), ['addTable', 'deleteTable', 'addTable']);
   assert.deepEqual(kinds(planNftChange(m(web), new Map(), ['web']).ops), ['addTable', 'deleteTable']);
   assert.deepEqual(planNftChange(new Map(), new Map(), []).ops, []);
   const rebuild = planNftRebuild([web, dns], 7);
