@@ -17,6 +17,10 @@ namespace iptlb {
 namespace nft {
 namespace {
 
+/** First backend index of a profile with `mod` destinations (src/nft/ops.ts backendOffset). */
+uint32_t BackendOffset(uint32_t mod) { return mod * (mod - 1) / 2; }
+
+
 // NFTNL_UDATA_RULE_COMMENT: nft keeps a rule's comment as this TLV in the rule userdata.
 constexpr uint8_t kUdataRuleComment = 0;
 constexpr size_t kCommentMax = 128;
@@ -86,7 +90,8 @@ class RuleBuilder {
     nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NG_DREG, NFT_REG32_02);
     nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NG_MODULUS, mod);
     nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NG_TYPE, NFT_NG_RANDOM);
-    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NG_OFFSET, 0);
+    // Each destination count has its own index range in the backend map: [n(n-1)/2, n(n-1)/2 + n).
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NG_OFFSET, BackendOffset(mod));
     Add(std::move(e));
   }
   void Raw(ExprPtr e) { Add(std::move(e)); }
@@ -174,9 +179,10 @@ class Cursor {
   bool Numgen(uint32_t *mod) {
     const nftnl_expr *e = Next("numgen");
     if (!e || !U32Is(e, NFTNL_EXPR_NG_DREG, NFT_REG32_02) || !U32Is(e, NFTNL_EXPR_NG_TYPE, NFT_NG_RANDOM)) return false;
-    if (nftnl_expr_is_set(e, NFTNL_EXPR_NG_OFFSET) && nftnl_expr_get_u32(e, NFTNL_EXPR_NG_OFFSET) != 0) return false;
     if (!nftnl_expr_is_set(e, NFTNL_EXPR_NG_MODULUS)) return false;
     *mod = nftnl_expr_get_u32(e, NFTNL_EXPR_NG_MODULUS);
+    const uint32_t offset = nftnl_expr_is_set(e, NFTNL_EXPR_NG_OFFSET) ? nftnl_expr_get_u32(e, NFTNL_EXPR_NG_OFFSET) : 0;
+    if (offset != BackendOffset(*mod)) return false;
     return Ok(true);
   }
   // dnat ip to reg 1 (address) and reg 9 (port): the kernel fills in max = min and the range flags.
@@ -371,7 +377,7 @@ RulePtr BuildRule(BaseChain chain, const Rule &r, const LookupIds &ids) {
   RuleBuilder b(rule.get());
   switch (r.kind) {
     case Rule::Kind::kDispatch:
-      // [fib daddr type local] ip daddr . P dport @set dnat to ip daddr . P dport . numgen random mod n map @be_P
+      // [fib daddr type local] ip daddr . P dport @set dnat to ip daddr . P dport . numgen random mod n offset T(n) map @be_P
       if (r.hook == Hook::kLoc) b.FibLocal();
       b.L4Proto(r.proto);
       b.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1);

@@ -23,8 +23,21 @@ export function ipv4Problem(text: string): string | null {
 const OCTET_RE = '(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])';
 const VALID = new RegExp(`^(${OCTET_RE}\\.${OCTET_RE}\\.${OCTET_RE}\\.${OCTET_RE}):([1-9][0-9]{0,4})$`);
 
-/** Parses `ip:port`. Returns the endpoint or a reason string. */
-export function parseEndpoint(text: string): Endpoint | string {
+/** Results of {@link parseEndpoint}: agents send the same addresses over and over. */
+const parsed = new Map<string, Readonly<Endpoint> | string>();
+
+/** Parses `ip:port`. Returns the endpoint (frozen: share it, do not change it) or a reason string. */
+export function parseEndpoint(text: string): Readonly<Endpoint> | string {
+  let r = parsed.get(text);
+  if (r === undefined) {
+    if (parsed.size >= 65536) parsed.clear();
+    r = parseEndpointUncached(text);
+    parsed.set(text, typeof r === 'string' ? r : Object.freeze(r));
+  }
+  return r;
+}
+
+function parseEndpointUncached(text: string): Endpoint | string {
   const m = VALID.exec(text);
   if (m !== null) {
     const port = Number(m[6]);

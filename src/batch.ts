@@ -118,6 +118,11 @@ function applyOp(working: Working, op: Op): void {
 export class CommitQueue {
   private pending: Call[] = [];
   private running = false;
+  /**
+   * Memory mode: the working set (profiles and index) left by the last successful commit, valid while
+   * the core's profiles are still the ones that commit produced; saves rebuilding the index per batch.
+   */
+  private cached?: { generation: number; working: Working };
 
   constructor(
     private readonly core: Core,
@@ -139,13 +144,13 @@ export class CommitQueue {
   private async drain(): Promise<void> {
     this.running = true;
     try {
-      for (let first = true; this.pending.length; first = false) {
-        // After a commit, let the callers it settled queue their next calls first (their
-        // continuations are a few microtask hops away): batches fill up instead of halving. The
-        // first batch of a drain goes at once, so a lone call pays no extra turn of the loop.
-        if (this.opts.coalesce && !first) await new Promise<void>((r) => setImmediate(r));
+      while (this.pending.length) {
         const batch = this.opts.coalesce ? this.pending.splice(0) : this.pending.splice(0, 1);
         await this.commit(batch);
+        // Let the callers this commit settled queue their next calls before the next batch is cut
+        // (their continuations are a few microtask hops away): batches fill up instead of halving.
+        // A lone call pays nothing: the first batch of a drain goes at once.
+        if (this.opts.coalesce) await new Promise<void>((r) => setImmediate(r));
       }
     } finally {
       this.running = false;
@@ -156,12 +161,16 @@ export class CommitQueue {
     const accepted: Call[] = [];
     const refused: [Call, unknown][] = [];
     let result: TransactionResult;
+    let used: Working | undefined;
     try {
       result = await this.core.transact(
         (state) => {
           accepted.length = 0;
           refused.length = 0;
-          const working = new Working(state);
+          const reuse = this.core.statePath === null && this.cached?.generation === this.core.memoryGeneration;
+          const working = reuse ? this.cached!.working : new Working(state);
+          this.cached = undefined;
+          used = working;
           for (const call of batch) {
             try {
               applyOp(working, call.op); // checks everything before it changes anything
@@ -196,6 +205,9 @@ export class CommitQueue {
       }
       for (const call of batch) call.reject(e);
       return;
+    }
+    if (this.core.statePath === null && used) {
+      this.cached = { generation: this.core.memoryGeneration, working: used };
     }
     for (const [call, e] of refused) call.reject(e);
     this.opts.onCommit({

@@ -285,10 +285,10 @@ async function planCommand(o: LegacyOpts, io: Out): Promise<void> {
     const next = new Map(state);
     for (const n of change.remove) next.delete(n);
     for (const p of change.upsert) next.set(p.name, p);
-    const tx = planNftChange(state, next, [...change.upsert.map((p) => p.name), ...change.remove]);
-    const text = await executor.render(tx);
-    if (o.json) io.out(JSON.stringify({ engine: 'nft', nft: text, transaction: tx }));
-    else io.out(text.trimEnd());
+    const steps = planNftChange(state, next, [...change.upsert.map((p) => p.name), ...change.remove]);
+    const texts = await Promise.all(steps.map((t) => executor.render(t)));
+    if (o.json) io.out(JSON.stringify({ engine: 'nft', nft: texts, transactions: steps }));
+    else io.out(texts.map((t, i) => (steps.length > 1 ? `# transaction ${i + 1} of ${steps.length}\n` : '') + t.trimEnd()).join('\n'));
     return;
   }
   const tx = planTransaction(change.upsert, change.remove);

@@ -92,6 +92,8 @@ export class Core {
   /** Absolute path of the state file, or `null` when profiles are kept in memory. */
   readonly statePath: string | null;
   private memory = new Map<string, Profile>();
+  /** Counts replacements of the in-memory profiles (memory mode), so callers can cache what they derive from them. */
+  memoryGeneration = 0;
   readonly executorChoice: ExecutorChoice;
   readonly engineChoice: EngineChoice;
   readonly lockWaitMs: number;
@@ -185,7 +187,8 @@ export class Core {
       if (executor) this.checkPrivileges();
       const lock = await this.lock();
       try {
-        const state = await this.readState();
+        // In memory mode the map itself (decide never changes it; `next` is a copy): no copy per batch.
+        const state = this.statePath === null ? this.memory : await this.readState();
         const change = decide(state);
         const next = new Map(state);
         for (const n of change.remove) next.delete(n);
@@ -200,9 +203,15 @@ export class Core {
             this.lastTransaction = tx;
           }
         } else if (executor?.engine === 'nft') {
-          const tx = planNftChange(state, next, [...change.upsert.map((p) => p.name), ...change.remove]);
-          if (tx.ops.length) {
-            commitMs = await this.commitNft(executor, () => tx, next);
+          const touched = [...change.upsert.map((p) => p.name), ...change.remove];
+          // A change of every profile (`-use-state -run` at boot): if the table is not there at all,
+          // plan from nothing instead of failing on the first missing element.
+          const touchedSet = new Set(touched);
+          const all = state.size > 0 && [...state.keys()].every((n) => touchedSet.has(n));
+          const base = all && !(await executor.read()).exists ? new Map<string, Profile>() : state;
+          const steps = planNftChange(base, next, touched);
+          if (steps.length) {
+            commitMs = await this.commitNft(executor, steps, next);
             committed = true;
           }
         }
@@ -218,6 +227,7 @@ export class Core {
         let stateWritten = false;
         if (changed && this.statePath === null) {
           this.memory = next;
+          this.memoryGeneration++;
         } else if (changed && this.statePath !== null) {
           this.cached = undefined;
           await writeState(this.statePath, next.values());
@@ -264,17 +274,19 @@ export class Core {
    * Commits an nft change; when the table is not as the state says (a missing or different element,
    * e.g. after a reboot or someone's flush), replaces the whole table with `next` in one transaction.
    */
-  private async commitNft(executor: NftExecutor, plan: () => ReturnType<typeof planNftChange>, next: Map<string, Profile>): Promise<number> {
-    const tx = plan();
+  private async commitNft(executor: NftExecutor, steps: NftTransaction[], next: Map<string, Profile>): Promise<number> {
+    let ms = 0;
     try {
-      const ms = (await executor.commit(tx)).durationMs;
-      this.lastTransaction = tx;
+      // A second step only removes what the first one superseded; if it fails, the rebuild below
+      // (or, for another error, the next change or `sync`) removes the leftovers.
+      for (const step of steps) ms += (await executor.commit(step)).durationMs;
+      this.lastTransaction = steps.length === 1 ? steps[0] : { family: 'ip', table: 'iptlb', ops: steps.flatMap((s) => s.ops) };
       return ms;
     } catch (e) {
       if (!outOfStep(e)) throw e;
       this.log(`table ip iptlb is not as the state says (${(e as Error).message}); replacing it with all ${next.size} profile(s) in one transaction`);
       const rebuild = planNftRebuild(next.values());
-      const ms = (await executor.commit(rebuild)).durationMs;
+      ms += (await executor.commit(rebuild)).durationMs;
       this.lastTransaction = rebuild;
       return ms;
     }

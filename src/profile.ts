@@ -90,8 +90,15 @@ export function splitDestinations(text: string): string[] {
 
 const KNOWN_KEYS = new Set(['name', 'source', 'destination', 'protocol', 'rulesBackend', 'logEnabled', 'logLevel', 'masquerade']);
 
-/** Validates one profile on its own (no knowledge of other profiles) and fills in defaults. */
+/** Profiles this module returned: frozen, so they are still valid when they come back. */
+const VALIDATED = new WeakSet<object>();
+
+/**
+ * Validates one profile on its own (no knowledge of other profiles) and fills in defaults. The
+ * result is frozen; passing it again (e.g. to `apply`) costs nothing.
+ */
 export function validateProfile(input: ProfileInput | unknown): Profile {
+  if (typeof input === 'object' && input !== null && VALIDATED.has(input)) return input as Profile;
   if (input === null || typeof input !== 'object' || Array.isArray(input)) {
     throw invalid('profile', `must be an object, got ${show(input)}`);
   }
@@ -133,6 +140,8 @@ export function validateProfile(input: ProfileInput | unknown): Profile {
   }
   const profile: Profile = { name, source: `${src.ip}:${src.port}`, destination, protocol, rulesBackend, logEnabled, logLevel };
   if (masquerade) profile.masquerade = true;
+  Object.freeze(destination);
+  VALIDATED.add(Object.freeze(profile));
   return profile;
 }
 

@@ -10,7 +10,8 @@
  *  - backend maps `be_<proto>`, elements `vip . port . i : dest-ip . dest-port`, one counter each;
  *  - base chains `output`, `prerouting` (dstnat, -100) and `postrouting` (srcnat, 100) whose rules are
  *    a pure function of all profiles: logging rules first, then one dispatch rule per set in use:
- *    `ip daddr . tcp dport @out_tcp_3 dnat to ip daddr . tcp dport . numgen random mod 3 map @be_tcp`.
+ *    `ip daddr . tcp dport @out_tcp_3 dnat to ip daddr . tcp dport . numgen random mod 3 offset 3 map @be_tcp`
+ *    (each destination count has its own index range in the backend map, see {@link backendOffset}).
  * A profile change is element changes only; base chains are rewritten only when the set of rules
  * changes (a new destination count, logging or masquerade switched).
  */
@@ -43,6 +44,15 @@ export function parseDispatchSetName(name: string): { hook: NftHook; proto: Prot
   const m = DISPATCH_SET_PATTERN.exec(name);
   return m ? { hook: m[1] as NftHook, proto: m[2] as Protocol, n: Number(m[3]) } : null;
 }
+/**
+ * First backend index of a profile with `n` destinations: each destination count uses its own index
+ * range of `be_<proto>`, [T(n), T(n)+n) with T(n) = n(n-1)/2, so a profile can hold elements for its
+ * old and its new count at once while it moves between dispatch sets.
+ */
+export function backendOffset(n: number): number {
+  return (n * (n - 1)) / 2;
+}
+
 export function backendMapName(proto: Protocol): string {
   return `be_${proto}`;
 }
@@ -50,7 +60,7 @@ export function backendMapName(proto: Protocol): string {
 /** The rules iptlb writes, structured (never text) so both executors encode them identically. */
 export type NftRule =
   | {
-      /** `[fib daddr type local] ip daddr . P dport @set dnat to ip daddr . P dport . numgen random mod n map @be_P` */
+      /** `[fib daddr type local] ip daddr . P dport @set dnat to ip daddr . P dport . numgen random mod n offset T(n) map @be_P` (see {@link backendOffset}) */
       kind: 'dispatch';
       hook: NftHook;
       proto: Protocol;
@@ -129,13 +139,17 @@ export interface NftView {
 
 const LEVELS = ['emerg', 'alert', 'crit', 'err', 'warn', 'notice', 'info', 'debug'];
 
-/** nft's text for a rule (what `nft list` prints back, modulo spacing). */
+/**
+ * nft's input text for a rule. (`nft list` prints it back slightly differently: `dnat ip to`, and
+ * `ct protocol` without `original`, since the kernel keeps no direction for it.) Owners and prefixes
+ * need no quoting: profile names are `[A-Za-z0-9_-]`.
+ */
 export function renderNftRule(r: NftRule): string {
   switch (r.kind) {
     case 'dispatch': {
       const fib = r.hook === 'loc' ? 'fib daddr type local ' : '';
       const set = dispatchSetName(r.hook, r.proto, r.n);
-      return `${fib}ip daddr . ${r.proto} dport @${set} dnat to ip daddr . ${r.proto} dport . numgen random mod ${r.n} map @${backendMapName(r.proto)}`;
+      return `${fib}ip daddr . ${r.proto} dport @${set} dnat to ip daddr . ${r.proto} dport . numgen random mod ${r.n} offset ${backendOffset(r.n)} map @${backendMapName(r.proto)}`;
     }
     case 'log': {
       const fib = r.local ? ' fib daddr type local' : '';

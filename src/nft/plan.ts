@@ -10,7 +10,9 @@
 import { parseEndpoint } from '../address.js';
 import { chainSuffix } from '../profile.js';
 import type { Profile, Protocol } from '../types.js';
+export { backendOffset } from './ops.js';
 import {
+  backendOffset,
   dispatchSetName,
   NFT_BASE_CHAINS,
   type NftBackendElement,
@@ -51,7 +53,8 @@ export function planNftProfile(p: Profile): NftProfilePlan {
   const vip = endpoint(p.source);
   const hook = nftHookOf(p);
   const proto = p.protocol;
-  const backends = p.destination.map((d, index) => ({ vip, index, to: endpoint(d) }));
+  const offset = backendOffset(p.destination.length);
+  const backends = p.destination.map((d, i) => ({ vip, index: offset + i, to: endpoint(d) }));
   const rules: NftProfilePlan['rules'] = [];
   if (p.logEnabled) {
     const suffix = chainSuffix(p.name);
@@ -64,40 +67,56 @@ export function planNftProfile(p: Profile): NftProfilePlan {
   return { set: dispatchSetName(hook, proto, p.destination.length), vip, proto, backends, rules };
 }
 
-/** The rules of each base chain for a set of profiles: logging rules by profile name, then one dispatch rule per set in use. */
-export function baseContent(profiles: Iterable<Profile>): { chains: Record<NftBaseChain, NftRule[]>; sets: string[] } {
+type DispatchRule = Extract<NftRule, { kind: 'dispatch' }>;
+
+/**
+ * The rules of each base chain for a set of profiles: logging rules by profile name, then one
+ * dispatch rule per set in use (plus the sets of `alsoDispatch`, profiles on their way out).
+ */
+export function baseContent(profiles: Iterable<Profile>, alsoDispatch: Iterable<Profile> = []): { chains: Record<NftBaseChain, NftRule[]>; sets: string[] } {
   const sorted = [...profiles].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   const chains: Record<NftBaseChain, NftRule[]> = { output: [], prerouting: [], postrouting: [] };
-  const dispatch = new Map<string, NftRule>();
-  for (const p of sorted) {
-    if (p.logEnabled || p.masquerade) for (const r of planNftProfile(p).rules) chains[r.chain].push(r.rule);
+  const dispatch = new Map<string, DispatchRule>();
+  const use = (p: Profile): void => {
     const hook = nftHookOf(p);
     const set = dispatchSetName(hook, p.protocol, p.destination.length);
     if (!dispatch.has(set)) dispatch.set(set, { kind: 'dispatch', hook, proto: p.protocol, n: p.destination.length });
+  };
+  for (const p of sorted) {
+    if (p.logEnabled || p.masquerade) for (const r of planNftProfile(p).rules) chains[r.chain].push(r.rule);
+    use(p);
   }
+  for (const p of alsoDispatch) use(p);
   const order: Record<NftHook, number> = { out: 0, pre: 1, loc: 2 };
-  const rules = [...dispatch.values()].sort((a, b) => {
-    const x = a as Extract<NftRule, { kind: 'dispatch' }>;
-    const y = b as Extract<NftRule, { kind: 'dispatch' }>;
-    return order[x.hook] - order[y.hook] || NFT_PROTOCOLS.indexOf(x.proto) - NFT_PROTOCOLS.indexOf(y.proto) || x.n - y.n;
-  });
-  for (const r of rules) chains[baseChainOf((r as Extract<NftRule, { kind: 'dispatch' }>).hook)].push(r);
+  const rules = [...dispatch.values()].sort(
+    (a, b) => order[a.hook] - order[b.hook] || NFT_PROTOCOLS.indexOf(a.proto) - NFT_PROTOCOLS.indexOf(b.proto) || a.n - b.n,
+  );
+  for (const r of rules) chains[baseChainOf(r.hook)].push(r);
   return { chains, sets: [...dispatch.keys()].sort() };
 }
 
 const sameRules = (a: NftRule[], b: NftRule[]): boolean => JSON.stringify(a) === JSON.stringify(b);
 
-/** Adds the element ops of `plans`, one op per set and kind. */
+/** Collects element ops, one op per set and kind. */
 class ElementOps {
   private dispatch = new Map<string, NftEndpoint[]>();
   private backends = new Map<Protocol, NftBackendElement[]>();
+  get empty(): boolean {
+    return this.dispatch.size === 0 && this.backends.size === 0;
+  }
+  addDispatch(set: string, vip: NftEndpoint): void {
+    let d = this.dispatch.get(set);
+    if (!d) this.dispatch.set(set, (d = []));
+    d.push(vip);
+  }
+  addBackends(proto: Protocol, elements: NftBackendElement[]): void {
+    let b = this.backends.get(proto);
+    if (!b) this.backends.set(proto, (b = []));
+    b.push(...elements);
+  }
   add(plan: NftProfilePlan): void {
-    let d = this.dispatch.get(plan.set);
-    if (!d) this.dispatch.set(plan.set, (d = []));
-    d.push(plan.vip);
-    let b = this.backends.get(plan.proto);
-    if (!b) this.backends.set(plan.proto, (b = []));
-    b.push(...plan.backends);
+    this.addDispatch(plan.set, plan.vip);
+    this.addBackends(plan.proto, plan.backends);
   }
   emit(kind: 'add' | 'delete', ops: NftOp[]): void {
     // Deletes: dispatch first (the profile stops matching), then its backends; adds the other way round.
@@ -123,44 +142,72 @@ function skeleton(ops: NftOp[]): void {
   for (const name of NFT_BASE_CHAINS) ops.push({ op: 'addBaseChain', name });
 }
 
+/** Ops that turn base chains holding `from` into holding `to`: only the chains that differ are rewritten. */
+function rewrite(from: ReturnType<typeof baseContent>, to: ReturnType<typeof baseContent>, ops: NftOp[]): void {
+  for (const chain of NFT_BASE_CHAINS) {
+    if (sameRules(from.chains[chain], to.chains[chain])) continue;
+    ops.push({ op: 'flushChain', name: chain });
+    for (const rule of to.chains[chain]) ops.push({ op: 'addRule', chain, rule });
+  }
+}
+
+const tx = (ops: NftOp[]): NftTransaction => ({ family: 'ip', table: 'iptlb', ops });
+const sameEndpoint = (a: NftEndpoint, b: NftEndpoint): boolean => a.ip === b.ip && a.port === b.port;
+
 /**
- * The transaction that turns a kernel holding `prev` into one holding `next`, touching only the
+ * The transactions that turn a kernel holding `prev` into one holding `next`, touching only the
  * profiles named in `touched` (created, replaced or deleted) plus, when their content changes,
- * the base chains.
+ * the base chains. Usually one transaction. Two when a profile moves to another dispatch set (its
+ * number of destinations, mode or protocol changes): the first adds it to the new set (its old
+ * elements stay, and its backends for the new count live at other indices), the second removes the
+ * old elements. A packet is matched by a rule of the generation it started in, but looks elements up
+ * in the newest one; moving a profile between sets in one transaction could let a packet miss both,
+ * in two steps it always finds one of them.
  */
-export function planNftChange(prev: Map<string, Profile>, next: Map<string, Profile>, touched: Iterable<string>): NftTransaction {
+export function planNftChange(prev: Map<string, Profile>, next: Map<string, Profile>, touched: Iterable<string>): NftTransaction[] {
   // The last profile gone: the table goes too, so the ruleset is exactly as before iptlb.
-  if (next.size === 0) return prev.size === 0 ? { family: 'ip', table: 'iptlb', ops: [] } : planNftRemoveAll();
-  const names = new Set(touched);
-  // Every profile touched (e.g. `-use-state -run` at boot): the whole table, replaced in one
-  // transaction, is the same result, costs less, and does not depend on what the kernel holds.
-  if (prev.size > 0 && [...prev.keys()].every((n) => names.has(n))) return planNftRebuild(next.values());
-  const ops: NftOp[] = [];
+  if (next.size === 0) return prev.size === 0 ? [] : [planNftRemoveAll()];
   const before = baseContent(prev.values());
   const after = baseContent(next.values());
-  const changedChains = NFT_BASE_CHAINS.filter((c) => !sameRules(before.chains[c], after.chains[c]));
-  const newSets = after.sets.filter((s) => !before.sets.includes(s));
-  const goneSets = before.sets.filter((s) => !after.sets.includes(s));
-  if (prev.size === 0 || changedChains.length || newSets.length) {
-    skeleton(ops);
-    for (const name of newSets) ops.push({ op: 'addDispatchSet', name });
-  }
+  const moving: Profile[] = [];
   const dels = new ElementOps();
   const adds = new ElementOps();
-  for (const name of names) {
+  const later = new ElementOps();
+  for (const name of new Set(touched)) {
     const old = prev.get(name);
     const now = next.get(name);
-    if (old) dels.add(planNftProfile(old));
-    if (now) adds.add(planNftProfile(now));
+    const o = old && planNftProfile(old);
+    const n = now && planNftProfile(now);
+    if (o && n && (o.set !== n.set || !sameEndpoint(o.vip, n.vip))) {
+      // Moves: the new elements now, the old ones in the second step. Backends that share keys
+      // (same address, protocol and count: only the mode changed) are replaced in place.
+      moving.push(old!);
+      adds.add(n);
+      later.addDispatch(o.set, o.vip);
+      if (o.proto === n.proto && sameEndpoint(o.vip, n.vip) && old!.destination.length === now!.destination.length) dels.addBackends(o.proto, o.backends);
+      else later.addBackends(o.proto, o.backends);
+      continue;
+    }
+    if (o) dels.add(o);
+    if (n) adds.add(n);
   }
-  dels.emit('delete', ops);
-  adds.emit('add', ops);
-  for (const chain of changedChains) {
-    ops.push({ op: 'flushChain', name: chain });
-    for (const rule of after.chains[chain]) ops.push({ op: 'addRule', chain, rule });
+  const middle = moving.length ? baseContent(next.values(), moving) : after;
+  const first: NftOp[] = [];
+  const newSets = middle.sets.filter((s) => !before.sets.includes(s));
+  if (prev.size === 0 || newSets.length || NFT_BASE_CHAINS.some((c) => !sameRules(before.chains[c], middle.chains[c]))) {
+    skeleton(first);
+    for (const name of newSets) first.push({ op: 'addDispatchSet', name });
   }
-  for (const name of goneSets) ops.push({ op: 'deleteSet', name });
-  return { family: 'ip', table: 'iptlb', ops };
+  dels.emit('delete', first);
+  adds.emit('add', first);
+  rewrite(before, middle, first);
+  for (const name of before.sets.filter((s) => !middle.sets.includes(s))) first.push({ op: 'deleteSet', name });
+  if (!moving.length) return [tx(first)];
+  const second: NftOp[] = [];
+  later.emit('delete', second);
+  rewrite(middle, after, second);
+  for (const name of middle.sets.filter((s) => !after.sets.includes(s))) second.push({ op: 'deleteSet', name });
+  return [tx(first), tx(second)];
 }
 
 /** The whole table for `profiles`, replacing whatever table ip iptlb holds, in one transaction. */

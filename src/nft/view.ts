@@ -5,7 +5,7 @@
  */
 import type { DestinationCounters, ProfileReport } from '../drift.js';
 import type { Profile, Protocol } from '../types.js';
-import { NFT_BASE_CHAINS, parseDispatchSetName, renderNftRule, type NftBaseChain, type NftEndpoint, type NftRule, type NftView } from './ops.js';
+import { NFT_BASE_CHAINS, backendOffset, parseDispatchSetName, renderNftRule, type NftBaseChain, type NftEndpoint, type NftRule, type NftView } from './ops.js';
 import { baseContent, planNftProfile } from './plan.js';
 
 const LEVELS = ['emerg', 'alert', 'crit', 'err', 'warn', 'notice', 'info', 'debug'];
@@ -59,7 +59,7 @@ export function decodeRuleJson(rule: J): NftRule | { kind: 'foreign'; text: stri
     if (
       set && !comment && concat?.length === 2 && payload(concat[0], 'ip', 'daddr') && payload(concat[1], set.proto, 'dport') &&
       (set.hook === 'loc') === local && dnat?.family === 'ip' && map?.data === `@be_${set.proto}` && key?.length === 3 &&
-      payload(key[0], 'ip', 'daddr') && payload(key[1], set.proto, 'dport') && ng?.mode === 'random' && ng.mod === set.n && (ng.offset ?? 0) === 0
+      payload(key[0], 'ip', 'daddr') && payload(key[1], set.proto, 'dport') && ng?.mode === 'random' && ng.mod === set.n && (ng.offset ?? 0) === backendOffset(set.n)
     ) {
       return { kind: 'dispatch', hook: set.hook, proto: set.proto, n: set.n };
     }
@@ -115,7 +115,7 @@ export function parseNftJson(text: string, genid = 0): NftView {
     const rule = obj(o.rule);
     if (set) {
       if (!parseDispatchSetName(String(set.name))) {
-        view.foreign.push(`set ${String(set.name)}`);
+        view.foreign.push(String(set.name));
         continue;
       }
       const elements = ((set.elem as unknown[]) ?? []).map((x) => {
@@ -127,7 +127,7 @@ export function parseNftJson(text: string, genid = 0): NftView {
     } else if (map) {
       const proto = /^be_(tcp|udp|sctp)$/.exec(String(map.name))?.[1] as Protocol | undefined;
       if (!proto) {
-        view.foreign.push(`map ${String(map.name)}`);
+        view.foreign.push(String(map.name));
         continue;
       }
       const elements = ((map.elem as unknown[]) ?? []).map((x) => {
@@ -150,7 +150,7 @@ export function parseNftJson(text: string, genid = 0): NftView {
         chains.set(name, c);
         view.chains.push(c);
       } else {
-        view.foreign.push(`chain ${name}`);
+        view.foreign.push(name);
       }
     } else if (rule) {
       chains.get(String(rule.chain))?.rules.push(decodeRuleJson(rule));
@@ -225,9 +225,10 @@ export function compareNft(state: Map<string, Profile>, view: NftView): ProfileR
       if (r.kind === 'foreign') orphans.set(`foreign:${c.name}:${r.text}`, `a rule iptlb did not write in chain ${c.name}`);
     }
   }
-  for (const f of view.foreign) orphans.set(`foreign:${f}`, `${f} is not iptlb's`);
+  for (const f of view.foreign) orphans.set(`foreign:${f}`, `${f}, a set or chain in table ip iptlb that iptlb did not make`);
   for (const [name, what] of [...orphans].sort()) {
-    reports.push({ name, status: 'orphaned', detail: `${what}, and no profile in the state file owns it`, destinations: [], packets: 0, bytes: 0 });
+    const detail = name.startsWith('foreign:') ? what : `${what}, and no profile in the state file owns it`;
+    reports.push({ name, status: 'orphaned', detail, destinations: [], packets: 0, bytes: 0 });
   }
   return reports;
 }

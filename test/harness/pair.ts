@@ -5,7 +5,7 @@
 import { execFileSync } from 'node:child_process';
 import { normalizeNft, normalizeSave } from './iptables.js';
 import { parseNftJson } from '../../src/nft/view.js';
-import { parseDispatchSetName } from '../../src/nft/ops.js';
+import { backendOffset, parseDispatchSetName } from '../../src/nft/ops.js';
 
 export interface PairArg {
   engine: 'legacy' | 'nft';
@@ -51,8 +51,9 @@ export function nftHalfProfiles(): string[] {
     for (const e of s.elements) {
       const k = `${set.proto} ${e.key.ip}:${e.key.port}`;
       claimed.add(k);
-      const have = (backends.get(k) ?? []).sort((a, b) => a - b);
-      if (have.join() !== Array.from({ length: set.n }, (_, i) => i).join()) problems.push(`${k} in ${s.name} has backends ${have.join(',') || 'none'}`);
+      const want = Array.from({ length: set.n }, (_, i) => backendOffset(set.n) + i);
+      const have = new Set(backends.get(k) ?? []);
+      if (!want.every((i) => have.has(i))) problems.push(`${k} in ${s.name} lacks some of backends ${want.join(',')} (has ${[...have].join(',') || 'none'})`);
     }
   }
   for (const k of backends.keys()) if (!claimed.has(k)) problems.push(`backends of ${k} without a dispatch element`);

@@ -147,7 +147,7 @@ for (const ex of PAIRS) {
       ]);
       ok(r[0]);
       if (nft) {
-        assert.match(r[1], /chain prerouting \{[^}]*fib daddr type local ip daddr \. tcp dport @loc_tcp_3 dnat ip to ip daddr \. tcp dport \. numgen random mod 3 map @be_tcp/);
+        assert.match(r[1], /chain prerouting \{[^}]*fib daddr type local ip daddr \. tcp dport @loc_tcp_3 dnat ip to ip daddr \. tcp dport \. numgen random mod 3 offset 3 map @be_tcp/);
       } else {
         assert.match(r[1], /-A PREROUTING -d 127\.100\.0\.10\/32 -p tcp -m comment --comment "iptlb:srv" -m addrtype --dst-type LOCAL -m tcp --dport 80 -j IPTLB_NAT_SRV/);
         assert.doesNotMatch(r[1], /-A INPUT/);

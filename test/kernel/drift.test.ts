@@ -52,7 +52,7 @@ for (const { name: ex, skip } of PAIRS) {
       assert.equal(JSON.parse(r[3].stdout).inSync, true);
       assert.equal(r[11].code, 3, 'exit 3 on drift');
       const by = Object.fromEntries(JSON.parse(r[11].stdout).profiles.map((p: { name: string; status: string }) => [p.name, p.status]));
-      const orphans = nft ? { [`${VIP}:99`]: 'orphaned', 'foreign:chain zombie': 'orphaned' } : { ghost: 'orphaned', IPTLB_NAT_ZOMBIE: 'orphaned' };
+      const orphans = nft ? { [`${VIP}:99`]: 'orphaned', 'foreign:zombie': 'orphaned' } : { ghost: 'orphaned', IPTLB_NAT_ZOMBIE: 'orphaned' };
       assert.deepEqual(by, { a: 'modified', b: 'missing', c: 'in-sync', ...orphans }, r[10].stdout);
       assert.match(r[12].stdout, /a\tmodified/);
       ok(r[13]);

@@ -15,15 +15,17 @@ const m = (...ps: Profile[]): Map<string, Profile> => new Map(ps.map((p) => [p.n
 const kinds = (ops: NftOp[]): string[] => ops.map((o) => o.op);
 
 test('first profile: skeleton, its set, backends before the dispatch element, then the dispatch rule', () => {
-  const tx = planNftChange(new Map(), m(web), ['web']);
+  const [tx, ...more] = planNftChange(new Map(), m(web), ['web']);
+  assert.equal(more.length, 0);
   assert.deepEqual(kinds(tx.ops), [
     'addTable', 'addBackendMap', 'addBackendMap', 'addBackendMap', 'addBaseChain', 'addBaseChain', 'addBaseChain',
     'addDispatchSet', 'addBackendElements', 'addDispatchElements', 'flushChain', 'addRule',
   ]);
   const text = renderNft(tx);
   assert.match(text, /add set ip iptlb out_tcp_3 \{ type ipv4_addr \. inet_service; counter; \}/);
-  assert.match(text, /add element ip iptlb be_tcp \{ 127\.100\.0\.10 \. 8080 \. 0 : 127\.0\.0\.1 \. 9001, .* \. 2 : 127\.0\.0\.1 \. 9003 \}/);
-  assert.match(text, /add rule ip iptlb output ip daddr \. tcp dport @out_tcp_3 dnat to ip daddr \. tcp dport \. numgen random mod 3 map @be_tcp/);
+  // three destinations use indices 3, 4, 5 (T(3) = 3): each count has its own range
+  assert.match(text, /add element ip iptlb be_tcp \{ 127\.100\.0\.10 \. 8080 \. 3 : 127\.0\.0\.1 \. 9001, .* \. 5 : 127\.0\.0\.1 \. 9003 \}/);
+  assert.match(text, /add rule ip iptlb output ip daddr \. tcp dport @out_tcp_3 dnat to ip daddr \. tcp dport \. numgen random mod 3 offset 3 map @be_tcp/);
 });
 
 test('replacing destinations with the same count touches elements only, whatever else exists', () => {
@@ -31,21 +33,32 @@ test('replacing destinations with the same count touches elements only, whatever
     validateProfile({ name: `p${i}`, source: `127.101.${i >> 8}.${i & 255}:80`, destination: ['127.0.0.1:1', '127.0.0.1:2', '127.0.0.1:3'] }),
   );
   const moved = { ...web, destination: ['127.0.0.1:9004', '127.0.0.1:9005', '127.0.0.1:9006'] };
-  const tx = planNftChange(m(web, ...others), m(moved, ...others), ['web']);
+  const [tx, ...more] = planNftChange(m(web, ...others), m(moved, ...others), ['web']);
+  assert.equal(more.length, 0, 'one transaction');
   assert.deepEqual(kinds(tx.ops), ['deleteDispatchElements', 'deleteBackendElements', 'addBackendElements', 'addDispatchElements']);
   assert.equal(renderNft(tx).split('\n').filter(Boolean).length, 4);
 });
 
-test('a new destination count rewrites the base chain and drops the set no longer used', () => {
-  const tx = planNftChange(m(web, dns), m({ ...web, destination: ['127.0.0.1:9001'] }, dns), ['web']);
-  assert.ok(kinds(tx.ops).includes('addDispatchSet'));
-  const text = renderNft(tx);
-  assert.match(text, /flush chain ip iptlb output\nadd rule ip iptlb output ip daddr \. tcp dport @out_tcp_1 /);
-  assert.match(text, /delete set ip iptlb out_tcp_3\n$/);
+test('a new destination count moves the profile in two steps: into the new set, then out of the old one', () => {
+  const steps = planNftChange(m(web, dns), m({ ...web, destination: ['127.0.0.1:9001'] }, dns), ['web']);
+  assert.equal(steps.length, 2);
+  const [first, second] = steps.map(renderNft);
+  // step 1: the new set and its rule beside the old one; the new backend (index T(1) = 0) beside the old ones (3..5)
+  assert.match(first, /add set ip iptlb out_tcp_1 /);
+  assert.match(first, /add element ip iptlb be_tcp \{ 127\.100\.0\.10 \. 8080 \. 0 : 127\.0\.0\.1 \. 9001 \}/);
+  assert.match(first, /add element ip iptlb out_tcp_1 \{ 127\.100\.0\.10 \. 8080 \}/);
+  assert.match(first, /flush chain ip iptlb output\nadd rule ip iptlb output ip daddr \. tcp dport @out_tcp_1 .*\nadd rule ip iptlb output ip daddr \. tcp dport @out_tcp_3 /);
+  assert.doesNotMatch(first, /delete/);
+  // step 2: the old elements, rule and set go
+  assert.match(second, /^delete element ip iptlb out_tcp_3 \{ 127\.100\.0\.10 \. 8080 \}\ndelete element ip iptlb be_tcp \{ 127\.100\.0\.10 \. 8080 \. 3, 127\.100\.0\.10 \. 8080 \. 4, 127\.100\.0\.10 \. 8080 \. 5 \}\nflush chain ip iptlb output\nadd rule ip iptlb output ip daddr \. tcp dport @out_tcp_1 [^\n]*\ndelete set ip iptlb out_tcp_3\n$/);
+  // a change of mode only (same address, protocol and count) replaces the backends in place in step 1
+  const [m1, m2] = planNftChange(m(web, dns), m({ ...web, rulesBackend: 'proxy' }, dns), ['web']).map(renderNft);
+  assert.match(m1, /delete element ip iptlb be_tcp /);
+  assert.doesNotMatch(m2, /be_tcp/);
 });
 
 test('logging and masquerade are rules of their own, with the comment iptlb:<name>', () => {
-  const text = renderNft(planNftChange(new Map(), m(dns, px), ['dns', 'px']));
+  const text = renderNft(planNftChange(new Map(), m(dns, px), ['dns', 'px'])[0]);
   assert.match(text, /add rule ip iptlb prerouting ip daddr 127\.100\.0\.11 udp dport 53 fib daddr type local log prefix "IPTLB:VIP:DNS:" level warn comment "iptlb:dns"/);
   assert.match(text, /log prefix "IPTLB:DNS:" level warn comment "iptlb:dns"/);
   assert.match(text, /add rule ip iptlb postrouting ct status dnat ct original ip daddr 127\.100\.0\.12 ct original protocol tcp ct original proto-dst 80 masquerade comment "iptlb:px"/);
@@ -56,10 +69,9 @@ test('logging and masquerade are rules of their own, with the comment iptlb:<nam
   assert.ok(pre.findIndex((l) => l.includes('log prefix')) < pre.findIndex((l) => l.includes('dnat to')));
 });
 
-test('every profile touched (as -use-state -run does) is a rebuild; the last profile deleted removes the table', () => {
-  assert.deepEqual(kinds(planNftChange(m(web, dns), m(web, dns), ['web', 'dns']).ops).slice(0, 3), ['addTable', 'deleteTable', 'addTable']);
-  assert.deepEqual(kinds(planNftChange(m(web), new Map(), ['web']).ops), ['addTable', 'deleteTable']);
-  assert.deepEqual(planNftChange(new Map(), new Map(), []).ops, []);
+test('the last profile deleted removes the table; a rebuild replaces it in one transaction', () => {
+  assert.deepEqual(kinds(planNftChange(m(web), new Map(), ['web'])[0].ops), ['addTable', 'deleteTable']);
+  assert.deepEqual(planNftChange(new Map(), new Map(), []), []);
   const rebuild = planNftRebuild([web, dns], 7);
   assert.deepEqual(kinds(rebuild.ops).slice(0, 3), ['addTable', 'deleteTable', 'addTable']);
   assert.equal(rebuild.expectGenid, 7);
@@ -77,9 +89,9 @@ test('base content depends on modes, protocols and counts, not on addresses', ()
   assert.deepEqual(a.sets, ['out_tcp_3']);
 });
 
-// What `nft -j list table ip iptlb` printed on this machine (nft 1.0.6) for three of the shapes.
+// What `nft -j list table ip iptlb` prints on this machine (nft 1.0.6) for the three shapes.
 const RULES = {
-  dispatch: { handle: 17, expr: [{ match: { op: '==', left: { fib: { result: 'type', flags: ['daddr'] } }, right: 'local' } }, { match: { op: '==', left: { concat: [{ payload: { protocol: 'ip', field: 'daddr' } }, { payload: { protocol: 'udp', field: 'dport' } }] }, right: '@loc_udp_2' } }, { dnat: { family: 'ip', addr: { map: { key: { concat: [{ payload: { protocol: 'ip', field: 'daddr' } }, { payload: { protocol: 'udp', field: 'dport' } }, { numgen: { mode: 'random', mod: 2, offset: 0 } }] }, data: '@be_udp' } } } }] },
+  dispatch: { handle: 17, expr: [{ match: { op: '==', left: { fib: { result: 'type', flags: ['daddr'] } }, right: 'local' } }, { match: { op: '==', left: { concat: [{ payload: { protocol: 'ip', field: 'daddr' } }, { payload: { protocol: 'udp', field: 'dport' } }] }, right: '@loc_udp_2' } }, { dnat: { family: 'ip', addr: { map: { key: { concat: [{ payload: { protocol: 'ip', field: 'daddr' } }, { payload: { protocol: 'udp', field: 'dport' } }, { numgen: { mode: 'random', mod: 2, offset: 1 } }] }, data: '@be_udp' } } } }] },
   log: { handle: 19, comment: 'iptlb:dns', expr: [{ match: { op: '==', left: { payload: { protocol: 'ip', field: 'daddr' } }, right: '127.100.0.11' } }, { match: { op: '==', left: { payload: { protocol: 'udp', field: 'dport' } }, right: 53 } }, { match: { op: '==', left: { fib: { result: 'type', flags: ['daddr'] } }, right: 'local' } }, { log: { prefix: 'IPTLB:VIP:DNS:' } }] },
   masq: { handle: 18, comment: 'iptlb:px', expr: [{ match: { op: 'in', left: { ct: { key: 'status' } }, right: 'dnat' } }, { match: { op: '==', left: { ct: { key: 'ip daddr', dir: 'original' } }, right: '127.100.0.12' } }, { match: { op: '==', left: { ct: { key: 'protocol' } }, right: 'tcp' } }, { match: { op: '==', left: { ct: { key: 'proto-dst', dir: 'original' } }, right: 80 } }, { masquerade: null }] },
 };
@@ -102,13 +114,13 @@ function viewOf(profiles: Profile[]): NftView {
         map: {
           name: 'be_tcp',
           elem: profiles[0].destination.map((d, i) => [
-            { elem: { val: { concat: ['127.100.0.10', 8080, i] }, counter: { packets: 10 + i, bytes: 600 } } },
+            { elem: { val: { concat: ['127.100.0.10', 8080, 3 + i] }, counter: { packets: 10 + i, bytes: 600 } } },
             { concat: [d.split(':')[0], Number(d.split(':')[1])] },
           ]),
         },
       },
       { chain: { name: 'output' } },
-      { rule: { chain: 'output', expr: [{ match: { op: '==', left: { concat: [{ payload: { protocol: 'ip', field: 'daddr' } }, { payload: { protocol: 'tcp', field: 'dport' } }] }, right: '@out_tcp_3' } }, { dnat: { family: 'ip', addr: { map: { key: { concat: [{ payload: { protocol: 'ip', field: 'daddr' } }, { payload: { protocol: 'tcp', field: 'dport' } }, { numgen: { mode: 'random', mod: 3, offset: 0 } }] }, data: '@be_tcp' } } } }] } },
+      { rule: { chain: 'output', expr: [{ match: { op: '==', left: { concat: [{ payload: { protocol: 'ip', field: 'daddr' } }, { payload: { protocol: 'tcp', field: 'dport' } }] }, right: '@out_tcp_3' } }, { dnat: { family: 'ip', addr: { map: { key: { concat: [{ payload: { protocol: 'ip', field: 'daddr' } }, { payload: { protocol: 'tcp', field: 'dport' } }, { numgen: { mode: 'random', mod: 3, offset: 3 } }] }, data: '@be_tcp' } } } }] } },
       { chain: { name: 'zombie' } },
     ],
   };
