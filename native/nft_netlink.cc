@@ -48,7 +48,7 @@ struct nlmsghdr *Batch::Start(size_t max_payload, int op) {
   if (op >= 0) {
     if (ops_.empty()) first_op_seq_ = next_seq_;
     ops_.push_back(op);
-    acked_++;
+    last_op_start_ = used_;
   }
   return reinterpret_cast<struct nlmsghdr *>(buf_.data() + used_);
 }
@@ -67,6 +67,9 @@ void Batch::Begin(int64_t genid) {
 }
 
 void Batch::End() {
+  // Only the last op message asks for an ack: errors of the others are reported anyway (in order,
+  // before it), and one ack per message could overflow the receive buffer for big transactions.
+  if (!ops_.empty()) reinterpret_cast<struct nlmsghdr *>(buf_.data() + last_op_start_)->nlmsg_flags |= NLM_F_ACK;
   struct nlmsghdr *nlh = Start(0, -1);
   nlh = nftnl_batch_end(reinterpret_cast<char *>(nlh), next_seq_);
   Finish(nlh);
@@ -157,11 +160,11 @@ std::vector<NlAck> Socket::SendBatch(const Batch &b) {
   const ssize_t sent = mnl_socket_sendto(nl_, b.data(), b.size());
   if (sent < 0) ThrowErrno("EKERNEL", errno, "sending the nftables batch");
   std::vector<NlAck> errors;
-  size_t answered = 0;
-  bool batch_refused = false;
-  // The kernel processes the batch inside sendmsg and queues one reply per acked message (errors
-  // are reported even for messages after the first failure; the transaction is aborted as a whole).
-  while (answered < b.acked_messages() && !batch_refused) {
+  bool done = false;
+  // The kernel processes the batch inside sendmsg and queues its replies: an error for every
+  // message that failed (it goes on after a failure, then aborts the transaction as a whole) and the
+  // ack of the last message, or a single error for the batch-begin message.
+  while (!done) {
     const size_t n = Receive(kReplyTimeoutMs);
     const auto *nlh = reinterpret_cast<const struct nlmsghdr *>(rbuf_.data());
     int len = static_cast<int>(n);
@@ -171,12 +174,12 @@ std::vector<NlAck> Socket::SendBatch(const Batch &b) {
       NlAck a = ParseAck(nlh);
       if (a.seq == b.begin_seq()) {
         // A refusal of the batch as such: stale generation id, no permission, out of memory.
-        batch_refused = true;
+        done = true;
         if (a.err) errors.push_back(a);
         continue;
       }
       if (b.OpOfSeq(a.seq) < 0) continue;  // not ours (a stale reply)
-      answered++;
+      if (a.seq == b.last_op_seq()) done = true;
       if (a.err) errors.push_back(std::move(a));
     }
   }

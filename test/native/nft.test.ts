@@ -78,6 +78,21 @@ describe('nftables executor in the kernel (fresh network namespaces)', { skip: S
     assert.ok(r.badInputUnchanged, 'nothing was sent for bad input');
   });
 
+  test('without CAP_NET_ADMIN: EPERM, saying so; an empty transaction sends nothing but still checks expectGenid', async () => {
+    const r = await runInNetns<Record<string, any>>(fixture('nft'), ['eperm'], {
+      wrapper: ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--inh-caps=-all', '--bounding-set=-all'],
+    });
+    assert.equal(r.uid, 65534);
+    for (const o of [r.commit, r.read]) {
+      assert.equal(o.ok, false);
+      assert.equal(o.code, 'EPERM');
+      assert.equal(o.errno, 1);
+      assert.match(o.message, /CAP_NET_ADMIN/);
+    }
+    const e = await runInNetns<Record<string, any>>(fixture('nft'), ['empty']);
+    assert.deepEqual(e, { sameGenid: true, stale: 'ERESTART' });
+  });
+
   test('10,000 profiles (10,000 dispatch + 30,000 backend elements) in one commit, read back', async () => {
     const r = await runInNetns<Record<string, any>>(fixture('nft'), ['load', '10000'], { timeoutMs: 120_000 });
     assert.equal(r.dispatch, 10_000);
