@@ -117,18 +117,20 @@ void Socket::SizeBuffers(size_t send_bytes) {
   sndbuf_ = want;
 }
 
-size_t Socket::Receive(int timeout_ms) {
+ssize_t Socket::Receive(int timeout_ms) {
   struct pollfd p = {mnl_socket_get_fd(nl_), POLLIN, 0};
   for (;;) {
     const int r = poll(&p, 1, timeout_ms);
     if (r < 0 && errno == EINTR) continue;
     if (r < 0) ThrowErrno("EKERNEL", errno, "waiting for netlink replies");
+    if (r == 0 && timeout_ms == 0) return -ETIMEDOUT;
     if (r == 0) ThrowErrno("EKERNEL", ETIMEDOUT, "waiting for netlink replies");
     break;
   }
   const ssize_t n = mnl_socket_recvfrom(nl_, rbuf_.data(), rbuf_.size());
+  if (n < 0 && errno == ENOBUFS) return -ENOBUFS;
   if (n < 0) ThrowErrno("EKERNEL", errno, "reading netlink replies");
-  return static_cast<size_t>(n);
+  return n;
 }
 
 namespace {
@@ -164,8 +166,21 @@ std::vector<NlAck> Socket::SendBatch(const Batch &b) {
   // The kernel processes the batch inside sendmsg and queues its replies: an error for every
   // message that failed (it goes on after a failure, then aborts the transaction as a whole) and the
   // ack of the last message, or a single error for the batch-begin message.
+  bool overrun = false;
   while (!done) {
-    const size_t n = Receive(kReplyTimeoutMs);
+    // The kernel queued every reply inside sendmsg; after an overrun nothing more will come, so we
+    // only drain what is queued.
+    const ssize_t n = Receive(overrun ? 0 : kReplyTimeoutMs);
+    if (n == -ENOBUFS || (n == -ETIMEDOUT && overrun)) {
+      // Replies were dropped: only a refused batch has many (one error per failing message), and
+      // the queue keeps the first ones, so the cause is among those still queued.
+      if (n == -ENOBUFS && !overrun) {
+        overrun = true;
+        continue;
+      }
+      if (!errors.empty()) break;
+      ThrowErrno("EKERNEL", ENOBUFS, "reading the replies to the nftables batch (outcome unknown)");
+    }
     const auto *nlh = reinterpret_cast<const struct nlmsghdr *>(rbuf_.data());
     int len = static_cast<int>(n);
     for (; mnl_nlmsg_ok(nlh, len); nlh = mnl_nlmsg_next(nlh, &len)) {
@@ -193,7 +208,8 @@ int Socket::Request(struct nlmsghdr *req, const std::function<void(const struct 
   const uint32_t seq = req->nlmsg_seq;
   if (mnl_socket_sendto(nl_, req, req->nlmsg_len) < 0) ThrowErrno("EKERNEL", errno, "sending a netlink request");
   for (;;) {
-    const size_t n = Receive(kReplyTimeoutMs);
+    const ssize_t n = Receive(kReplyTimeoutMs);
+    if (n == -ENOBUFS) ThrowErrno("EKERNEL", ENOBUFS, "reading netlink replies (dump)");
     const auto *nlh = reinterpret_cast<const struct nlmsghdr *>(rbuf_.data());
     int len = static_cast<int>(n);
     for (; mnl_nlmsg_ok(nlh, len); nlh = mnl_nlmsg_next(nlh, &len)) {

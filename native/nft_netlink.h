@@ -97,8 +97,9 @@ class Socket {
 
  private:
   void SizeBuffers(size_t send_bytes);
-  // Waits (poll) at most `timeout_ms` and reads one datagram into rbuf_; returns its length.
-  size_t Receive(int timeout_ms);
+  // Waits (poll) at most `timeout_ms` and reads one datagram into rbuf_; returns its length, or
+  // -ENOBUFS when the kernel had to drop replies (other failures throw).
+  ssize_t Receive(int timeout_ms);
 
   struct mnl_socket *nl_ = nullptr;
   uint32_t portid_ = 0;

@@ -48,6 +48,9 @@ describe('nftables executor in the kernel (fresh network namespaces)', { skip: S
     assert.equal(r.missingSet.code, 'EKERNEL');
     assert.equal(r.missingSet.errno, ENOENT);
     assert.match(r.missingSet.message, /^nft op 0 \(deleteSet pre_udp_9\): /);
+    assert.equal(r.manyFailing.errno, ENOENT);
+    assert.match(r.manyFailing.message, /^nft op 1 \(deleteSet nope0\): /);
+    assert.ok(r.manyFailing.unchanged);
     assert.equal(r.referencedSet.code, 'EKERNEL');
     assert.match(r.referencedSet.message, /^nft op 0 \(deleteSet out_tcp_3\): /);
     assert.ok(r.referencedSet.unchanged);
