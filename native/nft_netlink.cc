@@ -162,22 +162,21 @@ std::vector<NlAck> Socket::SendBatch(const Batch &b) {
   const ssize_t sent = mnl_socket_sendto(nl_, b.data(), b.size());
   if (sent < 0) ThrowErrno("EKERNEL", errno, "sending the nftables batch");
   std::vector<NlAck> errors;
-  bool done = false;
-  // The kernel processes the batch inside sendmsg and queues its replies: an error for every
+  // The kernel processes the batch inside sendmsg and queues its replies there: an error for every
   // message that failed (it goes on after a failure, then aborts the transaction as a whole) and the
   // ack of the last message, or a single error for the batch-begin message.
+  bool done = false;
   bool overrun = false;
   while (!done) {
-    // The kernel queued every reply inside sendmsg; after an overrun nothing more will come, so we
-    // only drain what is queued.
+    // After an overrun the last ack may be lost; nothing more will come, so only drain the queue.
     const ssize_t n = Receive(overrun ? 0 : kReplyTimeoutMs);
-    if (n == -ENOBUFS || (n == -ETIMEDOUT && overrun)) {
-      // Replies were dropped: only a refused batch has many (one error per failing message), and
-      // the queue keeps the first ones, so the cause is among those still queued.
-      if (n == -ENOBUFS && !overrun) {
-        overrun = true;
-        continue;
-      }
+    if (n == -ENOBUFS) {
+      overrun = true;
+      continue;
+    }
+    if (n == -ETIMEDOUT) {
+      // Drained after an overrun. Only a refused batch has many replies (one per failing message)
+      // and the queue keeps the first ones, so the cause is among those read.
       if (!errors.empty()) break;
       ThrowErrno("EKERNEL", ENOBUFS, "reading the replies to the nftables batch (outcome unknown)");
     }
