@@ -48,7 +48,7 @@ struct nlmsghdr *Batch::Start(size_t max_payload, int op) {
   if (op >= 0) {
     if (ops_.empty()) first_op_seq_ = next_seq_;
     ops_.push_back(op);
-    acked_++;
+    last_op_start_ = used_;
   }
   return reinterpret_cast<struct nlmsghdr *>(buf_.data() + used_);
 }
@@ -67,6 +67,9 @@ void Batch::Begin(int64_t genid) {
 }
 
 void Batch::End() {
+  // Only the last op message asks for an ack: errors of the others are reported anyway (in order,
+  // before it), and one ack per message could overflow the receive buffer for big transactions.
+  if (!ops_.empty()) reinterpret_cast<struct nlmsghdr *>(buf_.data() + last_op_start_)->nlmsg_flags |= NLM_F_ACK;
   struct nlmsghdr *nlh = Start(0, -1);
   nlh = nftnl_batch_end(reinterpret_cast<char *>(nlh), next_seq_);
   Finish(nlh);
@@ -114,18 +117,20 @@ void Socket::SizeBuffers(size_t send_bytes) {
   sndbuf_ = want;
 }
 
-size_t Socket::Receive(int timeout_ms) {
+ssize_t Socket::Receive(int timeout_ms) {
   struct pollfd p = {mnl_socket_get_fd(nl_), POLLIN, 0};
   for (;;) {
     const int r = poll(&p, 1, timeout_ms);
     if (r < 0 && errno == EINTR) continue;
     if (r < 0) ThrowErrno("EKERNEL", errno, "waiting for netlink replies");
+    if (r == 0 && timeout_ms == 0) return -ETIMEDOUT;
     if (r == 0) ThrowErrno("EKERNEL", ETIMEDOUT, "waiting for netlink replies");
     break;
   }
   const ssize_t n = mnl_socket_recvfrom(nl_, rbuf_.data(), rbuf_.size());
+  if (n < 0 && errno == ENOBUFS) return -ENOBUFS;
   if (n < 0) ThrowErrno("EKERNEL", errno, "reading netlink replies");
-  return static_cast<size_t>(n);
+  return n;
 }
 
 namespace {
@@ -157,12 +162,24 @@ std::vector<NlAck> Socket::SendBatch(const Batch &b) {
   const ssize_t sent = mnl_socket_sendto(nl_, b.data(), b.size());
   if (sent < 0) ThrowErrno("EKERNEL", errno, "sending the nftables batch");
   std::vector<NlAck> errors;
-  size_t answered = 0;
-  bool batch_refused = false;
-  // The kernel processes the batch inside sendmsg and queues one reply per acked message (errors
-  // are reported even for messages after the first failure; the transaction is aborted as a whole).
-  while (answered < b.acked_messages() && !batch_refused) {
-    const size_t n = Receive(kReplyTimeoutMs);
+  // The kernel processes the batch inside sendmsg and queues its replies there: an error for every
+  // message that failed (it goes on after a failure, then aborts the transaction as a whole) and the
+  // ack of the last message, or a single error for the batch-begin message.
+  bool done = false;
+  bool overrun = false;
+  while (!done) {
+    // After an overrun the last ack may be lost; nothing more will come, so only drain the queue.
+    const ssize_t n = Receive(overrun ? 0 : kReplyTimeoutMs);
+    if (n == -ENOBUFS) {
+      overrun = true;
+      continue;
+    }
+    if (n == -ETIMEDOUT) {
+      // Drained after an overrun. Only a refused batch has many replies (one per failing message)
+      // and the queue keeps the first ones, so the cause is among those read.
+      if (!errors.empty()) break;
+      ThrowErrno("EKERNEL", ENOBUFS, "reading the replies to the nftables batch (outcome unknown)");
+    }
     const auto *nlh = reinterpret_cast<const struct nlmsghdr *>(rbuf_.data());
     int len = static_cast<int>(n);
     for (; mnl_nlmsg_ok(nlh, len); nlh = mnl_nlmsg_next(nlh, &len)) {
@@ -171,12 +188,12 @@ std::vector<NlAck> Socket::SendBatch(const Batch &b) {
       NlAck a = ParseAck(nlh);
       if (a.seq == b.begin_seq()) {
         // A refusal of the batch as such: stale generation id, no permission, out of memory.
-        batch_refused = true;
+        done = true;
         if (a.err) errors.push_back(a);
         continue;
       }
       if (b.OpOfSeq(a.seq) < 0) continue;  // not ours (a stale reply)
-      answered++;
+      if (a.seq == b.last_op_seq()) done = true;
       if (a.err) errors.push_back(std::move(a));
     }
   }
@@ -190,7 +207,8 @@ int Socket::Request(struct nlmsghdr *req, const std::function<void(const struct 
   const uint32_t seq = req->nlmsg_seq;
   if (mnl_socket_sendto(nl_, req, req->nlmsg_len) < 0) ThrowErrno("EKERNEL", errno, "sending a netlink request");
   for (;;) {
-    const size_t n = Receive(kReplyTimeoutMs);
+    const ssize_t n = Receive(kReplyTimeoutMs);
+    if (n == -ENOBUFS) ThrowErrno("EKERNEL", ENOBUFS, "reading netlink replies (dump)");
     const auto *nlh = reinterpret_cast<const struct nlmsghdr *>(rbuf_.data());
     int len = static_cast<int>(n);
     for (; mnl_nlmsg_ok(nlh, len); nlh = mnl_nlmsg_next(nlh, &len)) {

@@ -53,8 +53,10 @@ class Batch {
   uint32_t begin_seq() const { return begin_seq_; }
   // The op of the message with sequence number `seq`, -1 when none (framing or unknown).
   int OpOfSeq(uint32_t seq) const;
-  // Number of messages that ask for an ack (every message but the framing).
-  size_t acked_messages() const { return acked_; }
+  // Number of op messages (not counting the framing).
+  size_t op_messages() const { return ops_.size(); }
+  // Sequence number of the last op message: the only one that asks for an ack (see SendBatch).
+  uint32_t last_op_seq() const { return first_op_seq_ + static_cast<uint32_t>(ops_.size()) - 1; }
   uint32_t next_seq() const { return next_seq_; }
 
  private:
@@ -65,7 +67,7 @@ class Batch {
   uint32_t begin_seq_ = 0;
   uint32_t first_op_seq_ = 0;
   std::vector<int> ops_;  // op of message first_op_seq_ + i
-  size_t acked_ = 0;
+  size_t last_op_start_ = 0;
 };
 
 // A bound NETLINK_NETFILTER socket. Closed by the destructor.
@@ -80,8 +82,9 @@ class Socket {
   // After a batch built from NextSeq(): continue numbering after its last message.
   void ContinueSeqAt(uint32_t next) { seq_ = next; }
 
-  // Sends a whole batch and collects one ack/error per acked message. Returns every non-zero error
-  // in sequence order; an error on the batch-begin message (ERESTART, EPERM, ENOMEM) ends the wait.
+  // Sends a whole batch and collects the kernel's errors, in sequence order, until the reply to the
+  // last op message (which asks for an ack); an error on the batch-begin message (ERESTART, EPERM,
+  // ENOMEM) ends the wait instead.
   std::vector<NlAck> SendBatch(const Batch &b);
 
   // The ruleset generation (NFT_MSG_GETGEN).
@@ -94,8 +97,9 @@ class Socket {
 
  private:
   void SizeBuffers(size_t send_bytes);
-  // Waits (poll) at most `timeout_ms` and reads one datagram into rbuf_; returns its length.
-  size_t Receive(int timeout_ms);
+  // Waits (poll) at most `timeout_ms` and reads one datagram into rbuf_; returns its length, or
+  // -ENOBUFS when the kernel had to drop replies (other failures throw).
+  ssize_t Receive(int timeout_ms);
 
   struct mnl_socket *nl_ = nullptr;
   uint32_t portid_ = 0;

@@ -404,7 +404,7 @@ class Encoder {
 
   struct nlmsghdr *Msg(uint16_t type, uint16_t flags, size_t max_payload, int op) {
     char *p = reinterpret_cast<char *>(b_->Start(max_payload, op));
-    return nftnl_nlmsg_build_hdr(p, type, NFPROTO_IPV4, flags | NLM_F_ACK, b_->next_seq());
+    return nftnl_nlmsg_build_hdr(p, type, NFPROTO_IPV4, flags, b_->next_seq());
   }
 
   void Encode(const Op &op, int i) {

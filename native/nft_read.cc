@@ -31,7 +31,11 @@ void Check(int err, const std::string &what) {
 struct SetInfo {
   std::string name;
   uint32_t flags = 0;
+  uint32_t key_len = 0;
+  uint32_t data_len = 0;
 };
+
+uint32_t SetU32(nftnl_set *s, uint16_t attr) { return nftnl_set_is_set(s, attr) ? nftnl_set_get_u32(s, attr) : 0; }
 
 std::vector<SetInfo> DumpSets(Socket *s, bool *intr) {
   RequestBuf b;
@@ -48,7 +52,7 @@ std::vector<SetInfo> DumpSets(Socket *s, bool *intr) {
               const char *t = nftnl_set_get_str(set.get(), NFTNL_SET_TABLE);
               const char *n = nftnl_set_get_str(set.get(), NFTNL_SET_NAME);
               if (!t || !n || std::strcmp(t, kTable) != 0) return;
-              out.push_back({n, nftnl_set_is_set(set.get(), NFTNL_SET_FLAGS) ? nftnl_set_get_u32(set.get(), NFTNL_SET_FLAGS) : 0});
+              out.push_back({n, SetU32(set.get(), NFTNL_SET_FLAGS), SetU32(set.get(), NFTNL_SET_KEY_LEN), SetU32(set.get(), NFTNL_SET_DATA_LEN)});
             },
             intr),
         "listing the sets of table ip iptlb");
@@ -111,13 +115,18 @@ Endpoint EndpointAt(const uint8_t *p) {
   return e;
 }
 
-std::vector<std::string> DumpChains(Socket *s, bool *intr) {
+struct ChainInfo {
+  std::string name;
+  bool base = false;  // has a hook
+};
+
+std::vector<ChainInfo> DumpChains(Socket *s, bool *intr) {
   RequestBuf b;
   struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(b.data, NFT_MSG_GETCHAIN, NFPROTO_IPV4, NLM_F_DUMP, s->NextSeq());
   ChainPtr q = Own<ChainPtr>(nftnl_chain_alloc());
   nftnl_chain_set_str(q.get(), NFTNL_CHAIN_TABLE, kTable);
   nftnl_chain_nlmsg_build_payload(nlh, q.get());
-  std::vector<std::string> out;
+  std::vector<ChainInfo> out;
   Check(s->Request(
             nlh,
             [&](const struct nlmsghdr *m) {
@@ -125,7 +134,7 @@ std::vector<std::string> DumpChains(Socket *s, bool *intr) {
               if (nftnl_chain_nlmsg_parse(m, c.get()) < 0) return;
               const char *t = nftnl_chain_get_str(c.get(), NFTNL_CHAIN_TABLE);
               const char *n = nftnl_chain_get_str(c.get(), NFTNL_CHAIN_NAME);
-              if (t && n && std::strcmp(t, kTable) == 0) out.push_back(n);
+              if (t && n && std::strcmp(t, kTable) == 0) out.push_back({n, nftnl_chain_is_set(c.get(), NFTNL_CHAIN_HOOKNUM)});
             },
             intr),
         "listing the chains of table ip iptlb");
@@ -177,14 +186,16 @@ bool ReadOnce(Socket *s, View *v) {
       Hook h;
       Proto p;
       uint32_t n;
-      if (ParseDispatchSetName(set.name, &h, &p, &n) && !(set.flags & NFT_SET_MAP)) {
+      // Only sets of iptlb's own shape count as dispatch sets / backend maps; anything else by
+      // those names (other key sizes, a map where a set belongs) is foreign.
+      if (ParseDispatchSetName(set.name, &h, &p, &n) && !(set.flags & NFT_SET_MAP) && set.key_len == 8) {
         View::DispatchSet d;
         d.name = set.name;
         DumpElements(s, set.name, &intr, [&](const uint8_t *k, uint32_t klen, const uint8_t *, uint32_t, Counted c) {
           if (klen == 8) d.elements.emplace_back(EndpointAt(k), c);
         });
         v->dispatch_sets.push_back(std::move(d));
-      } else if (ParseBackendMapName(set.name, &p) && (set.flags & NFT_SET_MAP)) {
+      } else if (ParseBackendMapName(set.name, &p) && (set.flags & NFT_SET_MAP) && set.key_len == 12 && set.data_len == 8) {
         View::BackendMap m;
         m.proto = p;
         DumpElements(s, set.name, &intr, [&](const uint8_t *k, uint32_t klen, const uint8_t *d, uint32_t dlen, Counted c) {
@@ -200,14 +211,15 @@ bool ReadOnce(Socket *s, View *v) {
         v->foreign.push_back(set.name);
       }
     }
-    const std::vector<std::string> chains = DumpChains(s, &intr);
+    const std::vector<ChainInfo> chains = DumpChains(s, &intr);
+    auto known = [](const ChainInfo &c) { return c.base && (c.name == "output" || c.name == "prerouting" || c.name == "postrouting"); };
     for (BaseChain c : {BaseChain::kOutput, BaseChain::kPrerouting, BaseChain::kPostrouting}) {
-      for (const std::string &n : chains) {
-        if (n == ChainName(c)) v->chains.push_back({c, DumpRules(s, ChainName(c), &intr)});
+      for (const ChainInfo &ci : chains) {
+        if (known(ci) && ci.name == ChainName(c)) v->chains.push_back({c, DumpRules(s, ChainName(c), &intr)});
       }
     }
-    for (const std::string &n : chains) {
-      if (n != "output" && n != "prerouting" && n != "postrouting") v->foreign.push_back(n);
+    for (const ChainInfo &ci : chains) {
+      if (!known(ci)) v->foreign.push_back(ci.name);
     }
   }
   return !intr && s->GetGenid() == v->genid;

@@ -356,7 +356,8 @@ std::string Describe(const Exprs &x, bool has_comment, const std::string &commen
     if (!s.empty()) s += ' ';
     const int n = nftnl_expr_snprintf(buf, sizeof buf, e, NFTNL_OUTPUT_DEFAULT, 0);
     s += '[';
-    s += n > 0 ? std::string(buf, std::min<size_t>(n, sizeof buf - 1)) : Name(e);
+    s += Name(e);
+    if (n > 0) s += ' ' + std::string(buf, std::min<size_t>(n, sizeof buf - 1));
     s += ']';
     if (s.size() > 400) {
       s += " …";

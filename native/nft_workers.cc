@@ -92,15 +92,21 @@ void NftCommitWorker::Execute() {
     nft::EncodeOps(tx_, &b);
     b.End();
     s.ContinueSeqAt(b.next_seq());
-    if (b.acked_messages() > 0) {
+    if (b.op_messages() > 0) {
       const std::vector<nft::NlAck> errors = s.SendBatch(b);
       if (!errors.empty()) return Fail(BatchError(b, tx_, errors.front()));
     }
     genid_ = s.GetGenid();
+    if (b.op_messages() == 0 && tx_.expect_genid >= 0 && genid_ != tx_.expect_genid) {
+      // Nothing to send (only empty element lists); the generation check still applies.
+      return Fail(BatchError(b, tx_, nft::NlAck{b.begin_seq(), ERESTART, ""}));
+    }
   } catch (const nft::NftFailure &f) {
     return Fail(f.error);
   } catch (const std::bad_alloc &) {
     return Fail(NativeError::FromErrno("EKERNEL", ENOMEM, "nftCommit: out of memory"));
+  } catch (const std::exception &e) {
+    return Fail(NativeError::FromErrno("EKERNEL", EINVAL, std::string("nftCommit: ") + e.what()));
   }
   duration_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -126,6 +132,8 @@ void NftReadWorker::Execute() {
     return Fail(f.error);
   } catch (const std::bad_alloc &) {
     return Fail(NativeError::FromErrno("EKERNEL", ENOMEM, "nftRead: out of memory"));
+  } catch (const std::exception &e) {
+    return Fail(NativeError::FromErrno("EKERNEL", EINVAL, std::string("nftRead: ") + e.what()));
   }
 }
 

@@ -21,7 +21,7 @@ describe('loader', () => {
     if (!r.ok) {
       assert.equal(r.reason, 'not-built');
       assert.equal(r.fix, BUILD_FIX);
-      assert.match(r.fix, /apt-get install -y libiptc-dev libxtables-dev pkg-config.*npm run build:addon/);
+      assert.match(r.fix, /apt-get install -y libiptc-dev libxtables-dev libnftnl-dev libmnl-dev pkg-config.*npm run build:addon/);
     }
   });
   test('a file that is not a shared object is load-failed, never a throw', () => {

@@ -1,0 +1,115 @@
+/**
+ * The addon's nftables executor (nftCommit / nftRead) against the kernel. Every case runs in a
+ * child process in a fresh network namespace (fixtures/nft.ts under `unshare -n`, see
+ * netns-child.ts). Skipped, with the reason, when not root, the addon is not built or nft (used as
+ * the reference: `nft -f` of renderNft's text) is missing.
+ */
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { fixture, kernelSkip, runInNetns } from './netns-child.js';
+
+function skip(): string | false {
+  const k = kernelSkip();
+  if (k) return k;
+  const r = spawnSync('nft', ['--version']);
+  return r.status === 0 ? false : 'nft (nftables) is not installed';
+}
+const SKIP = skip();
+const ENOENT = 2;
+const ERESTART = 85;
+
+describe('nftables executor in the kernel (fresh network namespaces)', { skip: SKIP }, () => {
+  test('op lists committed natively and via nft -f give the same table; nftRead round-trips; missing table; foreign objects', async () => {
+    const r = await runInNetns<Record<string, any>>(fixture('nft'), ['equivalence'], { timeoutMs: 120_000 });
+    assert.deepEqual(r.failures, []);
+    assert.equal(r.steps, 7);
+    assert.ok(r.genidsIncrease, 'each commit returns a newer generation');
+    assert.deepEqual(r.missing, { genid: 'number', exists: false, dispatchSets: [], backendMaps: [], chains: [], foreign: [] });
+    assert.deepEqual(r.foreign.names, ['mine', 'other']);
+    assert.equal(r.foreign.output.length, 2);
+    for (const rule of r.foreign.output) {
+      assert.equal(rule.kind, 'foreign');
+      assert.equal(typeof rule.text, 'string');
+      assert.ok(rule.text.length > 0);
+    }
+    assert.match(r.foreign.output[1].text, /comment "not-ours"/);
+  });
+
+  test('refusals: failing op named by index (EKERNEL, errno), nothing applied; stale expectGenid is ERESTART; bad input is a TypeError', async () => {
+    const r = await runInNetns<Record<string, any>>(fixture('nft'), ['errors'], { timeoutMs: 60_000 });
+    const m = r.missingElement;
+    assert.equal(m.ok, false);
+    assert.equal(m.code, 'EKERNEL');
+    assert.equal(m.errno, ENOENT);
+    assert.match(m.message, /^nft op 3 \(deleteDispatchElements out_tcp_3\): No such file or directory/);
+    assert.ok(m.unchanged, 'table unchanged');
+    assert.ok(m.genidUnchanged, 'no new generation');
+    assert.equal(r.missingSet.code, 'EKERNEL');
+    assert.equal(r.missingSet.errno, ENOENT);
+    assert.match(r.missingSet.message, /^nft op 0 \(deleteSet pre_udp_9\): /);
+    assert.equal(r.manyFailing.errno, ENOENT);
+    assert.match(r.manyFailing.message, /^nft op 1 \(deleteSet nope0\): /);
+    assert.ok(r.manyFailing.unchanged);
+    assert.equal(r.referencedSet.code, 'EKERNEL');
+    assert.match(r.referencedSet.message, /^nft op 0 \(deleteSet out_tcp_3\): /);
+    assert.ok(r.referencedSet.unchanged);
+
+    assert.equal(r.stale.ok, false);
+    assert.equal(r.stale.code, 'ERESTART');
+    assert.equal(r.stale.errno, ERESTART);
+    assert.ok(r.stale.unchanged);
+    assert.equal(r.fresh.ok, true, JSON.stringify(r.fresh));
+    assert.ok(r.fresh.genid > r.freshGenid);
+
+    const t = r.typeErrors;
+    for (const [name, e] of Object.entries<any>(t)) {
+      assert.equal(e.name, 'TypeError', `${name}: ${JSON.stringify(e)}`);
+      assert.ok(e.sync, `${name}: thrown synchronously`);
+    }
+    assert.match(t.unknownOp.message, /^ops\[0\]\.op: unknown op/);
+    assert.match(t.badIp.message, /^ops\[3\]\.elements\[0\]\.ip: /);
+    assert.match(t.badVipIp.message, /^ops\[3\]\.elements\[0\]\.vip\.ip: /);
+    assert.match(t.portRange.message, /^ops\[0\]\.elements\[1\]\.port: /);
+    assert.match(t.nZero.message, /^ops\[0\]\.rule\.n: /);
+    assert.match(t.badProto.message, /^ops\[0\]\.proto: /);
+    assert.match(t.badSetName.message, /^ops\[0\]\.name: /);
+    assert.match(t.badChain.message, /^ops\[0\]\.name: /);
+    assert.match(t.badLevel.message, /^ops\[0\]\.rule\.level: /);
+    assert.match(t.badGenid.message, /^transaction\.expectGenid: /);
+    assert.match(t.notObject.message, /^transaction: /);
+    assert.ok(r.badInputUnchanged, 'nothing was sent for bad input');
+  });
+
+  test('without CAP_NET_ADMIN: EPERM, saying so; an empty transaction sends nothing but still checks expectGenid', async () => {
+    const r = await runInNetns<Record<string, any>>(fixture('nft'), ['eperm'], {
+      wrapper: ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--inh-caps=-all', '--bounding-set=-all'],
+    });
+    assert.equal(r.uid, 65534);
+    for (const o of [r.commit, r.read]) {
+      assert.equal(o.ok, false);
+      assert.equal(o.code, 'EPERM');
+      assert.equal(o.errno, 1);
+      assert.match(o.message, /CAP_NET_ADMIN/);
+    }
+    const e = await runInNetns<Record<string, any>>(fixture('nft'), ['empty']);
+    assert.deepEqual(e, { sameGenid: true, stale: 'ERESTART' });
+  });
+
+  test('10,000 profiles (10,000 dispatch + 30,000 backend elements) in one commit, read back', async () => {
+    const r = await runInNetns<Record<string, any>>(fixture('nft'), ['load', '10000'], { timeoutMs: 120_000 });
+    assert.equal(r.dispatch, 10_000);
+    assert.equal(r.backend, 30_000);
+    assert.ok(r.same, 'read back equals what was committed');
+    assert.ok(r.wallMs < 2000, `commit took ${r.wallMs} ms`);
+  });
+
+  test('traffic: TCP to 127.100.0.10:8080 reaches all three backends through the output chain; counters count', async () => {
+    const r = await runInNetns<Record<string, any>>(fixture('nft'), ['traffic'], { timeoutMs: 60_000 });
+    assert.deepEqual(r.failures, []);
+    assert.deepEqual(Object.keys(r.seen).sort(), ['9001', '9002', '9003']);
+    assert.equal(Object.values<number>(r.seen).reduce((a, b) => a + b, 0), 60);
+    assert.ok(r.dispatchPackets >= 60, `dispatch element counted ${r.dispatchPackets} packets`);
+    assert.ok(r.backendPackets.every((p: number) => p > 0));
+  });
+});
