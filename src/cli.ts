@@ -375,7 +375,7 @@ async function topCommand(o: GlobalOpts & { interval?: string; count?: string },
 function buildProgram(io: Out, version: string): Command {
   const program = new Command('iptlb');
   program
-    .description('Linux NAT load balancer: balances a virtual ip:port over destinations with iptables nat rules, committed atomically')
+    .description('Linux NAT load balancer: balances a virtual ip:port over destinations with NAT rules committed atomically, in the x_tables nat table (--engine legacy) or the nf_tables table ip iptlb (--engine nft)')
     .version(version, '--version')
     .helpOption('-h, --help', 'show help')
     .configureOutput({ writeOut: (s) => io.out(s.trimEnd()), writeErr: (s) => io.err(s.startsWith('error:') ? `iptlb: ${s.trimEnd()}` : s.trimEnd()) })
@@ -389,7 +389,10 @@ Original flags (one or two dashes, -flag=value or -flag value):
   iptlb -run -reset -profile=web -src-addr=127.100.0.10:8081 -dest-addr=127.0.0.1:9003
   iptlb -run -delete -profile=web
   iptlb -use-state -run            apply every profile of the state file in one transaction
-Without -run only the state file is written.
+  iptlb top                        connections per second per destination, refreshed every second
+  iptlb migrate --to nft           move every profile to the nft engine, no address ever without rules
+Without -run only the state file is written. Engine auto: the one already holding iptlb's rules, else
+nft when the host's iptables is the nf_tables flavour or x_tables is missing, else legacy (see doctor).
 Exit status: 0 done, 1 refused (conflict, kernel, state, lock), 2 bad input or usage, 3 drift found by status.`,
     );
   addGlobal(addProfileFlags(program))

@@ -17,9 +17,8 @@ import { readState, resolveStatePath, stateVersion, writeState } from './state.j
 import { hasNetAdmin } from './caps.js';
 import { flushStaleFlows, staleFlows } from './conntrack.js';
 import { compare, syncTransaction, type ProfileReport } from './drift.js';
-import type { EngineChoice, EngineName, Executor, ExecutorChoice, KernelView, NftExecutor, Profile, ProfileInput } from './types.js';
+import type { EngineChoice, EngineName, Executor, ExecutorChoice, KernelView, NftExecutor, Profile, ProfileInput, Transaction } from './types.js';
 import type { NftTransaction, NftView } from './nft/ops.js';
-import type { Transaction } from './types.js';
 
 /** Options of {@link open}. */
 export interface OpenOptions {
