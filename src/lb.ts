@@ -203,10 +203,11 @@ export class Core {
           }
         } else if (executor?.engine === 'nft') {
           const touched = [...change.upsert.map((p) => p.name), ...change.remove];
-          // A change of every profile (`-use-state -run` at boot): if the table is not there at all,
-          // plan from nothing instead of failing on the first missing element.
+          // A bulk change of every profile (`-use-state -run` at boot): if the table is not there at
+          // all, plan from nothing rather than send a large batch that fails on its first missing
+          // element. (A small change just fails fast and falls back to the rebuild below.)
           const touchedSet = new Set(touched);
-          const all = state.size > 0 && [...state.keys()].every((n) => touchedSet.has(n));
+          const all = state.size >= 256 && [...state.keys()].every((n) => touchedSet.has(n));
           const base = all && !(await executor.read()).exists ? new Map<string, Profile>() : state;
           const steps = planNftChange(base, next, touched);
           if (steps.length) {
