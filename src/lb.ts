@@ -7,7 +7,7 @@ import { selectExecutor, parseExecutorChoice } from './executors/index.js';
 import { nftTableExistsViaCli, parseEngineChoice, selectEngine, xtablesTables } from './engine.js';
 import { loadAddon } from './native/addon.js';
 import { findBinary } from './executors/spawn.js';
-import { planNftChange, planNftRebuild, planNftRemoveAll, nftHookOf } from './nft/plan.js';
+import { countUsage, dispatchSetUsage, planNftChange, planNftRebuild, planNftRemoveAll, nftHookOf } from './nft/plan.js';
 import { dispatchSetName } from './nft/ops.js';
 import { compareNft } from './nft/view.js';
 import { DEFAULT_LOCK_WAIT_MS, lockStateFile } from './lock.js';
@@ -91,8 +91,17 @@ export class Core {
   /** Absolute path of the state file, or `null` when profiles are kept in memory. */
   readonly statePath: string | null;
   private memory = new Map<string, Profile>();
-  /** Counts replacements of the in-memory profiles (memory mode), so callers can cache what they derive from them. */
+  /** Counts changes of the in-memory profiles (memory mode), so callers can cache what they derive from them. */
   memoryGeneration = 0;
+  /** Memory mode: how many profiles use each nft dispatch set, kept up to date change by change. */
+  private usage?: { generation: number; counts: Map<string, number> };
+
+  /** Profiles per nft dispatch set of `state`: O(1) for the in-memory profiles once counted, else a scan. */
+  private setUsage(state: ReadonlyMap<string, Profile>): Map<string, number> {
+    if (state !== this.memory) return dispatchSetUsage(state.values());
+    if (this.usage?.generation !== this.memoryGeneration) this.usage = { generation: this.memoryGeneration, counts: dispatchSetUsage(state.values()) };
+    return this.usage.counts;
+  }
   readonly executorChoice: ExecutorChoice;
   readonly engineChoice: EngineChoice;
   readonly lockWaitMs: number;
@@ -189,9 +198,8 @@ export class Core {
         // In memory mode the map itself (decide never changes it; `next` is a copy): no copy per batch.
         const state = this.statePath === null ? this.memory : await this.readState();
         const change = decide(state);
-        const next = new Map(state);
-        for (const n of change.remove) next.delete(n);
-        for (const p of change.upsert) next.set(p.name, p);
+        // What the profiles will be: a view over `state` and the change (O(change), not O(profiles)).
+        const next = new ChangedProfiles(state, change);
         let committed = false;
         let commitMs = 0;
         if (executor?.engine === 'legacy') {
@@ -207,9 +215,10 @@ export class Core {
           // all, plan from nothing rather than send a large batch that fails on its first missing
           // element. (A small change just fails fast and falls back to the rebuild below.)
           const touchedSet = new Set(touched);
-          const all = state.size >= 256 && [...state.keys()].every((n) => touchedSet.has(n));
-          const base = all && !(await executor.read()).exists ? new Map<string, Profile>() : state;
-          const steps = planNftChange(base, next, touched);
+          let all = state.size >= 256 && touchedSet.size >= state.size;
+          if (all) for (const n of state.keys()) if (!touchedSet.has(n)) all = false;
+          const fresh = all && !(await executor.read()).exists;
+          const steps = fresh ? planNftChange(new Map(), next, touched) : planNftChange(state, next, touched, this.setUsage(state));
           if (steps.length) {
             commitMs = await this.commitNft(executor, steps, next);
             committed = true;
@@ -224,24 +233,40 @@ export class Core {
         }
         const changed =
           change.remove.some((n) => state.has(n)) || change.upsert.some((p) => !state.has(p.name) || !sameProfile(state.get(p.name)!, p));
+        // Flows to destinations this change removes (decided now: in memory mode `state` changes below).
+        const stale =
+          committed && !this.keepConntrack && !this.injected
+            ? [
+                ...change.upsert.flatMap((p) => (state.has(p.name) ? staleFlows(state.get(p.name)!, p) : [])),
+                ...change.remove.flatMap((n) => (state.has(n) ? staleFlows(state.get(n)!, next.get(n)) : [])),
+              ]
+            : [];
         let stateWritten = false;
         if (changed && this.statePath === null) {
-          this.memory = next;
+          // In place, O(change): `state` is this.memory, and `next` only a view over it.
+          const usage = this.setUsage(state);
+          for (const n of change.remove) {
+            const old = this.memory.get(n);
+            if (old) countUsage(usage, old, -1);
+            this.memory.delete(n);
+          }
+          for (const p of change.upsert) {
+            const old = this.memory.get(p.name);
+            if (old) countUsage(usage, old, -1);
+            countUsage(usage, p, +1);
+            this.memory.set(p.name, p);
+          }
           this.memoryGeneration++;
+          this.usage = { generation: this.memoryGeneration, counts: usage };
         } else if (changed && this.statePath !== null) {
           this.cached = undefined;
-          await writeState(this.statePath, next.values());
-          this.cached = { version: await stateVersion(this.statePath), state: next };
+          const written = new Map(next);
+          await writeState(this.statePath, written.values());
+          this.cached = { version: await stateVersion(this.statePath), state: written };
           stateWritten = true;
           this.log(`state written to ${this.statePath} (${next.size} profile(s))`);
         }
-        if (committed && !this.keepConntrack && !this.injected) {
-          const stale = [
-            ...change.upsert.flatMap((p) => (state.has(p.name) ? staleFlows(state.get(p.name)!, p) : [])),
-            ...change.remove.flatMap((n) => (state.has(n) ? staleFlows(state.get(n)!, next.get(n)) : [])),
-          ];
-          for (const line of await flushStaleFlows(stale)) this.log(line);
-        }
+        if (stale.length) for (const line of await flushStaleFlows(stale)) this.log(line);
         return {
           applied: change.upsert,
           deleted: change.remove,
@@ -274,7 +299,7 @@ export class Core {
    * Commits an nft change; when the table is not as the state says (a missing or different element,
    * e.g. after a reboot or someone's flush), replaces the whole table with `next` in one transaction.
    */
-  private async commitNft(executor: NftExecutor, steps: NftTransaction[], next: Map<string, Profile>): Promise<number> {
+  private async commitNft(executor: NftExecutor, steps: NftTransaction[], next: ReadonlyMap<string, Profile>): Promise<number> {
     let ms = 0;
     try {
       // A second step only removes what the first one superseded; if it fails, the rebuild below
@@ -432,3 +457,50 @@ export function deleteChange(state: Map<string, Profile>, names: string[]): Chan
   return { upsert: [], remove };
 }
 
+
+/** The profiles after a change, as a read-only view over the profiles before it: building it costs O(change). */
+class ChangedProfiles implements ReadonlyMap<string, Profile> {
+  private readonly upsert = new Map<string, Profile>();
+  private readonly removed = new Set<string>();
+  readonly size: number;
+
+  constructor(
+    private readonly base: ReadonlyMap<string, Profile>,
+    change: Change,
+  ) {
+    for (const n of change.remove) this.removed.add(n);
+    for (const p of change.upsert) {
+      this.upsert.set(p.name, p);
+      this.removed.delete(p.name);
+    }
+    let size = base.size;
+    for (const n of this.removed) if (base.has(n) && !this.upsert.has(n)) size--;
+    for (const n of this.upsert.keys()) if (!base.has(n)) size++;
+    this.size = size;
+  }
+  get(name: string): Profile | undefined {
+    return this.upsert.get(name) ?? (this.removed.has(name) ? undefined : this.base.get(name));
+  }
+  has(name: string): boolean {
+    return this.get(name) !== undefined;
+  }
+  *entries(): IterableIterator<[string, Profile]> {
+    for (const [n, p] of this.base) {
+      if (this.upsert.has(n)) yield [n, this.upsert.get(n)!];
+      else if (!this.removed.has(n)) yield [n, p];
+    }
+    for (const [n, p] of this.upsert) if (!this.base.has(n)) yield [n, p];
+  }
+  *keys(): IterableIterator<string> {
+    for (const [n] of this.entries()) yield n;
+  }
+  *values(): IterableIterator<Profile> {
+    for (const [, p] of this.entries()) yield p;
+  }
+  [Symbol.iterator](): IterableIterator<[string, Profile]> {
+    return this.entries();
+  }
+  forEach(fn: (value: Profile, key: string, map: ReadonlyMap<string, Profile>) => void): void {
+    for (const [n, p] of this.entries()) fn(p, n, this);
+  }
+}

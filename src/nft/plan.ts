@@ -97,6 +97,40 @@ export function baseContent(profiles: Iterable<Profile>, alsoDispatch: Iterable<
 
 const sameRules = (a: NftRule[], b: NftRule[]): boolean => JSON.stringify(a) === JSON.stringify(b);
 
+/** Profiles per dispatch set (see {@link planNftChange}'s `usage`). */
+export function dispatchSetUsage(profiles: Iterable<Profile>): Map<string, number> {
+  const counts = new Map<string, number>();
+  for (const p of profiles) countUsage(counts, p, +1);
+  return counts;
+}
+export function countUsage(counts: Map<string, number>, p: Profile, delta: 1 | -1): void {
+  const set = dispatchSetName(nftHookOf(p), p.protocol, p.destination.length);
+  const n = (counts.get(set) ?? 0) + delta;
+  if (n > 0) counts.set(set, n);
+  else counts.delete(set);
+}
+
+/**
+ * Whether the base chains stay as they are: no touched profile has or had logging or masquerade,
+ * and no dispatch set starts or stops being used. O(touched), given the usage counts of `prev`.
+ */
+function baseUnchanged(prev: ReadonlyMap<string, Profile>, next: ReadonlyMap<string, Profile>, touched: Set<string>, usage: Map<string, number>): boolean {
+  const delta = new Map<string, number>();
+  for (const name of touched) {
+    for (const [p, d] of [[prev.get(name), -1], [next.get(name), +1]] as const) {
+      if (!p) continue;
+      if (p.logEnabled || p.masquerade) return false;
+      const set = dispatchSetName(nftHookOf(p), p.protocol, p.destination.length);
+      delta.set(set, (delta.get(set) ?? 0) + d);
+    }
+  }
+  for (const [set, d] of delta) {
+    const before = usage.get(set) ?? 0;
+    if ((before > 0) !== (before + d > 0)) return false;
+  }
+  return true;
+}
+
 /** Collects element ops, one op per set and kind. */
 class ElementOps {
   private dispatch = new Map<string, NftEndpoint[]>();
@@ -152,6 +186,8 @@ function rewrite(from: ReturnType<typeof baseContent>, to: ReturnType<typeof bas
 }
 
 const tx = (ops: NftOp[]): NftTransaction => ({ family: 'ip', table: 'iptlb', ops });
+/** Stands for "the base chains as they are" when they are known not to change. */
+const EMPTY_CONTENT: ReturnType<typeof baseContent> = { chains: { output: [], prerouting: [], postrouting: [] }, sets: [] };
 const sameEndpoint = (a: NftEndpoint, b: NftEndpoint): boolean => a.ip === b.ip && a.port === b.port;
 
 /**
@@ -164,16 +200,24 @@ const sameEndpoint = (a: NftEndpoint, b: NftEndpoint): boolean => a.ip === b.ip 
  * in the newest one; moving a profile between sets in one transaction could let a packet miss both,
  * in two steps it always finds one of them.
  */
-export function planNftChange(prev: Map<string, Profile>, next: Map<string, Profile>, touched: Iterable<string>): NftTransaction[] {
+export function planNftChange(
+  prev: ReadonlyMap<string, Profile>,
+  next: ReadonlyMap<string, Profile>,
+  touched: Iterable<string>,
+  /** Profiles per dispatch set in `prev` ({@link dispatchSetUsage}); with it, a change that leaves the base chains alone costs O(touched), not O(profiles). */
+  usage?: Map<string, number>,
+): NftTransaction[] {
   // The last profile gone: the table goes too, so the ruleset is exactly as before iptlb.
   if (next.size === 0) return prev.size === 0 ? [] : [planNftRemoveAll()];
-  const before = baseContent(prev.values());
-  const after = baseContent(next.values());
+  const names = new Set(touched);
+  const fast = usage !== undefined && prev.size > 0 && baseUnchanged(prev, next, names, usage);
+  const before = fast ? EMPTY_CONTENT : baseContent(prev.values());
+  const after = fast ? EMPTY_CONTENT : baseContent(next.values());
   const moving: Profile[] = [];
   const dels = new ElementOps();
   const adds = new ElementOps();
   const later = new ElementOps();
-  for (const name of new Set(touched)) {
+  for (const name of names) {
     const old = prev.get(name);
     const now = next.get(name);
     const o = old && planNftProfile(old);
@@ -191,7 +235,7 @@ export function planNftChange(prev: Map<string, Profile>, next: Map<string, Prof
     if (o) dels.add(o);
     if (n) adds.add(n);
   }
-  const middle = moving.length ? baseContent(next.values(), moving) : after;
+  const middle = moving.length && !fast ? baseContent(next.values(), moving) : after;
   const first: NftOp[] = [];
   const newSets = middle.sets.filter((s) => !before.sets.includes(s));
   if (prev.size === 0 || newSets.length || NFT_BASE_CHAINS.some((c) => !sameRules(before.chains[c], middle.chains[c]))) {
