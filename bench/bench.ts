@@ -318,8 +318,28 @@ async function benchNft(): Promise<void> {
       row[pair.key] = median(times);
       row[`${pair.key} kernel`] = median(kernel);
     }
+    if (nftNative) {
+      // An agent's view: the N profiles are the handle's own (applied through it), not only in the kernel.
+      flushNat();
+      const lb = await open({ stateFile: false, engine: 'nft', executor: 'native', coalesce: false });
+      if (n) await lb.apply(profiles);
+      for (let r = 0; r < 3; r++) await lb.apply(validateProfile({ ...profile(0), destination: [`127.0.0.1:${9100 + r}`, '127.0.0.1:9010', '127.0.0.1:9011'] }));
+      const times: number[] = [];
+      for (let r = 0; r < RUNS; r++) {
+        const p = validateProfile({ ...profile(0), destination: [`127.0.0.1:${9001 + (r % 5)}`, '127.0.0.1:9010', '127.0.0.1:9011'] });
+        const t0 = performance.now();
+        await lb.apply(p);
+        times.push(performance.now() - t0);
+      }
+      await lb.close();
+      row['nft/native, N in the handle'] = median(times);
+    }
     table[String(n)] = row;
-    log(`profiles=${String(n).padStart(5)}  ` + pairs.map((p) => `${p.key} ${row[p.key].toFixed(3)} (kernel ${row[`${p.key} kernel`].toFixed(3)})`).join('  '));
+    log(
+      `profiles=${String(n).padStart(5)}  ` +
+        pairs.map((p) => `${p.key} ${row[p.key].toFixed(3)} (kernel ${row[`${p.key} kernel`].toFixed(3)})`).join('  ') +
+        (row['nft/native, N in the handle'] !== undefined ? `  nft/native with the N profiles in the handle ${row['nft/native, N in the handle'].toFixed(3)}` : ''),
+    );
   }
   const first = table[String(SIZES[0])];
   const lastSize = SIZES[SIZES.length - 1];

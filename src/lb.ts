@@ -7,7 +7,7 @@ import { selectExecutor, parseExecutorChoice } from './executors/index.js';
 import { nftTableExistsViaCli, parseEngineChoice, selectEngine, xtablesTables } from './engine.js';
 import { loadAddon } from './native/addon.js';
 import { findBinary } from './executors/spawn.js';
-import { countUsage, dispatchSetUsage, planNftChange, planNftRebuild, planNftRemoveAll, nftHookOf } from './nft/plan.js';
+import { baseUnchanged, countUsage, dispatchSetUsage, planNftChange, planNftRebuild, planNftRemoveAll, nftHookOf } from './nft/plan.js';
 import { dispatchSetName } from './nft/ops.js';
 import { compareNft } from './nft/view.js';
 import { DEFAULT_LOCK_WAIT_MS, lockStateFile } from './lock.js';
@@ -217,8 +217,18 @@ export class Core {
           const touchedSet = new Set(touched);
           let all = state.size >= 256 && touchedSet.size >= state.size;
           if (all) for (const n of state.keys()) if (!touchedSet.has(n)) all = false;
-          const fresh = all && !(await executor.read()).exists;
-          const steps = fresh ? planNftChange(new Map(), next, touched) : planNftChange(state, next, touched, this.setUsage(state));
+          let fresh = all && !(await executor.read()).exists;
+          const usage = this.setUsage(state);
+          // The base chains change (a destination count, logging or masquerade starts or stops): read
+          // which dispatch sets the kernel really fills first, so no rule another process left in
+          // use is dropped. Element-only changes, the common case, read nothing.
+          let kernelSets: Map<string, number> | undefined;
+          if (!fresh && (state.size === 0 || !baseUnchanged(state, next, touchedSet, usage))) {
+            const view = await executor.read();
+            if (!view.exists) fresh = true;
+            else kernelSets = new Map(view.dispatchSets.map((d) => [d.name, d.elements.length]));
+          }
+          const steps = fresh ? planNftChange(new Map(), next, touched) : planNftChange(state, next, touched, usage, kernelSets);
           if (steps.length) {
             commitMs = await this.commitNft(executor, steps, next);
             committed = true;

@@ -14,6 +14,7 @@ export { backendOffset } from './ops.js';
 import {
   backendOffset,
   dispatchSetName,
+  parseDispatchSetName,
   NFT_BASE_CHAINS,
   type NftBackendElement,
   type NftBaseChain,
@@ -73,7 +74,12 @@ type DispatchRule = Extract<NftRule, { kind: 'dispatch' }>;
  * The rules of each base chain for a set of profiles: logging rules by profile name, then one
  * dispatch rule per set in use (plus the sets of `alsoDispatch`, profiles on their way out).
  */
-export function baseContent(profiles: Iterable<Profile>, alsoDispatch: Iterable<Profile> = []): { chains: Record<NftBaseChain, NftRule[]>; sets: string[] } {
+export function baseContent(
+  profiles: Iterable<Profile>,
+  alsoDispatch: Iterable<Profile> = [],
+  /** Dispatch sets that keep their rule whatever the profiles say (they still hold elements in the kernel). */
+  alsoSets: Iterable<string> = [],
+): { chains: Record<NftBaseChain, NftRule[]>; sets: string[] } {
   const sorted = [...profiles].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   const chains: Record<NftBaseChain, NftRule[]> = { output: [], prerouting: [], postrouting: [] };
   const dispatch = new Map<string, DispatchRule>();
@@ -87,6 +93,10 @@ export function baseContent(profiles: Iterable<Profile>, alsoDispatch: Iterable<
     use(p);
   }
   for (const p of alsoDispatch) use(p);
+  for (const set of alsoSets) {
+    const d = parseDispatchSetName(set);
+    if (d && !dispatch.has(set)) dispatch.set(set, { kind: 'dispatch', hook: d.hook, proto: d.proto, n: d.n });
+  }
   const order: Record<NftHook, number> = { out: 0, pre: 1, loc: 2 };
   const rules = [...dispatch.values()].sort(
     (a, b) => order[a.hook] - order[b.hook] || NFT_PROTOCOLS.indexOf(a.proto) - NFT_PROTOCOLS.indexOf(b.proto) || a.n - b.n,
@@ -114,7 +124,7 @@ export function countUsage(counts: Map<string, number>, p: Profile, delta: 1 | -
  * Whether the base chains stay as they are: no touched profile has or had logging or masquerade,
  * and no dispatch set starts or stops being used. O(touched), given the usage counts of `prev`.
  */
-function baseUnchanged(prev: ReadonlyMap<string, Profile>, next: ReadonlyMap<string, Profile>, touched: Set<string>, usage: Map<string, number>): boolean {
+export function baseUnchanged(prev: ReadonlyMap<string, Profile>, next: ReadonlyMap<string, Profile>, touched: Set<string>, usage: Map<string, number>): boolean {
   const delta = new Map<string, number>();
   for (const name of touched) {
     for (const [p, d] of [[prev.get(name), -1], [next.get(name), +1]] as const) {
@@ -137,6 +147,10 @@ class ElementOps {
   private backends = new Map<Protocol, NftBackendElement[]>();
   get empty(): boolean {
     return this.dispatch.size === 0 && this.backends.size === 0;
+  }
+  /** How many dispatch elements of `set` these ops carry. */
+  count(set: string): number {
+    return this.dispatch.get(set)?.length ?? 0;
   }
   addDispatch(set: string, vip: NftEndpoint): void {
     let d = this.dispatch.get(set);
@@ -206,6 +220,12 @@ export function planNftChange(
   touched: Iterable<string>,
   /** Profiles per dispatch set in `prev` ({@link dispatchSetUsage}); with it, a change that leaves the base chains alone costs O(touched), not O(profiles). */
   usage?: Map<string, number>,
+  /**
+   * Elements per dispatch set as the kernel holds them, read just before (for changes of the base
+   * chains). A set that keeps elements the profiles do not explain (a process killed after its
+   * commit, before writing the state) keeps its rule and is not deleted.
+   */
+  kernelSets?: ReadonlyMap<string, number>,
 ): NftTransaction[] {
   // The last profile gone: the table goes too, so the ruleset is exactly as before iptlb.
   if (next.size === 0) return prev.size === 0 ? [] : [planNftRemoveAll()];
@@ -235,7 +255,11 @@ export function planNftChange(
     if (o) dels.add(o);
     if (n) adds.add(n);
   }
-  const middle = moving.length && !fast ? baseContent(next.values(), moving) : after;
+  // Sets the kernel still fills after each step, beyond what the profiles say.
+  const left = (step: 1 | 2): string[] =>
+    [...(kernelSets ?? [])].filter(([set, n]) => n - dels.count(set) + adds.count(set) - (step === 2 ? later.count(set) : 0) > 0).map(([set]) => set);
+  const middle = fast ? after : baseContent(next.values(), moving, left(1));
+  const final = fast || !kernelSets ? after : baseContent(next.values(), [], left(2));
   const first: NftOp[] = [];
   const newSets = middle.sets.filter((s) => !before.sets.includes(s));
   if (prev.size === 0 || newSets.length || NFT_BASE_CHAINS.some((c) => !sameRules(before.chains[c], middle.chains[c]))) {
@@ -245,12 +269,17 @@ export function planNftChange(
   dels.emit('delete', first);
   adds.emit('add', first);
   rewrite(before, middle, first);
-  for (const name of before.sets.filter((s) => !middle.sets.includes(s))) first.push({ op: 'deleteSet', name });
-  if (!moving.length) return [tx(first)];
+  const known = (c: ReturnType<typeof baseContent>): string[] => [...new Set([...c.sets, ...(kernelSets?.keys() ?? [])])];
+  if (!moving.length) {
+    for (const name of known(before).filter((s) => !final.sets.includes(s))) first.push({ op: 'deleteSet', name });
+    if (final !== middle) rewrite(middle, final, first);
+    return [tx(first)];
+  }
+  for (const name of known(before).filter((s) => !middle.sets.includes(s))) first.push({ op: 'deleteSet', name });
   const second: NftOp[] = [];
   later.emit('delete', second);
-  rewrite(middle, after, second);
-  for (const name of middle.sets.filter((s) => !after.sets.includes(s))) second.push({ op: 'deleteSet', name });
+  rewrite(middle, final, second);
+  for (const name of middle.sets.filter((s) => !final.sets.includes(s))) second.push({ op: 'deleteSet', name });
   return [tx(first), tx(second)];
 }
 

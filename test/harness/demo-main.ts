@@ -46,7 +46,11 @@ function run(cmd: string, args: string[], timeoutMs = 60_000): { status: number 
   return { status: r.status, out: r.stdout ?? '', err: (r.stderr ?? '') + (r.error ? `${cmd}: ${r.error.message}\n` : '') };
 }
 const iptlb = (args: string[]): ReturnType<typeof run> => run(process.execPath, [CLI_PATH, ...args]);
-const natRules = (): string[] => ruleLines(run('iptables-legacy-save', ['-t', 'nat']).out);
+/** iptlb's rules in either engine: the x_tables nat table's rule lines, then table ip iptlb if it exists. */
+const natRules = (): string[] => {
+  const nft = run('nft', ['list', 'table', 'ip', 'iptlb']);
+  return [...ruleLines(run('iptables-legacy-save', ['-t', 'nat']).out), ...(nft.status === 0 ? nft.out.trimEnd().split('\n') : [])];
+};
 
 if (!existsSync(CLI_PATH) || !existsSync(path.join(PROJECT_ROOT, 'dist', 'iptlb.cjs'))) {
   console.error(`iptlb demo: the CLI is not built (${CLI_PATH} needs dist/iptlb.cjs); run \`npm run build\` in ${PROJECT_ROOT} first`);
@@ -61,7 +65,7 @@ try {
   const lo = run('ip', ['link', 'set', 'lo', 'up']);
   if (lo.status !== 0) throw new Error(`ip link set lo up: ${lo.err}`);
   say('iptlb demo — everything below happens in a throwaway network namespace;');
-  say("this machine's own interfaces and iptables rules are not touched.");
+  say("this machine's own interfaces and netfilter rules are not touched.");
   say();
 
   backends = await startTcpBackends(PORTS);
@@ -83,7 +87,7 @@ try {
     for (const l of how) say(`   ${l}`);
     say();
   }
-  say('   The nat rules it wrote (iptables-legacy-save -t nat, rules only):');
+  say('   The rules it wrote (iptables-legacy-save -t nat rule lines, then nft list table ip iptlb):');
   for (const l of natRules()) say(`   ${l}`);
   say();
 
@@ -112,7 +116,7 @@ try {
   const deleted = iptlb(del);
   for (const l of (deleted.err + deleted.out).trim().split('\n').filter(Boolean)) say(`   ${l}`);
   const after = natRules();
-  say(`   nat table afterwards: ${after.length ? '' : 'empty again (only the built-in chains, no rules)'}`);
+  say(`   afterwards: ${after.length ? '' : 'no rule of iptlb left in either engine (the nat table holds only its built-in chains, table ip iptlb is gone)'}`);
   for (const l of after) say(`   ${l}`);
   say();
 

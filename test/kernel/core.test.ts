@@ -77,7 +77,7 @@ for (const ex of PAIRS) {
       if (nft) {
         assert.equal(r[5].split(`${VIP} . 8081 . `).length - 1, 2, 'exactly two backend elements after the reset');
         assert.match(r[5], /set out_tcp_2 \{[^}]*elements = \{ 127\.100\.0\.10 \. 8081 /);
-        assert.doesNotMatch(r[5], /set out_tcp_1 /, 'the set no longer used is gone');
+        assert.doesNotMatch(r[5], /set out_tcp_1 /, "the set no longer used is gone");
       } else {
         assert.equal((r[5].match(/iptlb:web/g) ?? []).length, 1, 'exactly one jump after the reset');
       }

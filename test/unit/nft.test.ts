@@ -1,7 +1,7 @@
 /** The nft engine's pure layers: planner, rendering, reading back (nft -j) and drift. No root. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { planNftChange, planNftRebuild, baseContent } from '../../src/nft/plan.js';
+import { planNftChange, planNftRebuild, baseContent, dispatchSetUsage } from '../../src/nft/plan.js';
 import { renderNft, renderNftRule, type NftOp, type NftView } from '../../src/nft/ops.js';
 import { compareNft, decodeRuleJson, parseNftJson } from '../../src/nft/view.js';
 import { validateProfile } from '../../src/profile.js';
@@ -148,4 +148,31 @@ test('engine choice: legacy, nft or auto, anything else names the field', async 
   assert.throws(() => parseEngineChoice('iptables'), /^IptlbError: engine: "iptables" is not one of legacy, nft, auto$/);
   const never = { legacyHasRules: async () => assert.fail('probed'), nftHasTable: async () => assert.fail('probed') };
   assert.deepEqual(await selectEngine('legacy', never), { engine: 'legacy', reason: 'legacy engine requested' });
+});
+
+test('with the usage counts of the profiles, a change that leaves the base chains alone is planned in O(change)', () => {
+  const others = Array.from({ length: 20000 }, (_, i) => validateProfile({ name: `p${i}`, source: `127.101.${i >> 8}.${i & 255}:80`, destination: ['127.0.0.1:1', '127.0.0.1:2', '127.0.0.1:3'] }));
+  const prev = m(web, ...others);
+  const next = m({ ...web, destination: ['127.0.0.1:9004', '127.0.0.1:9005', '127.0.0.1:9006'] }, ...others);
+  const usage = dispatchSetUsage(prev.values());
+  assert.deepEqual(kinds(planNftChange(prev, next, ['web'], usage)[0].ops), ['deleteDispatchElements', 'deleteBackendElements', 'addBackendElements', 'addDispatchElements']);
+  // the same plan as without the counts
+  assert.deepEqual(planNftChange(prev, next, ['web'], usage), planNftChange(prev, next, ['web']));
+  // a set that stops being used, or logging, takes the full path: same result as without counts
+  const alone = m(web, dns);
+  const moved = m({ ...web, destination: ['127.0.0.1:9001'] }, dns);
+  assert.deepEqual(planNftChange(alone, moved, ['web'], dispatchSetUsage(alone.values())), planNftChange(alone, moved, ['web']));
+  const logged = m({ ...web, logEnabled: true }, dns);
+  assert.deepEqual(planNftChange(alone, logged, ['web'], dispatchSetUsage(alone.values())), planNftChange(alone, logged, ['web']));
+});
+
+test('a dispatch set the kernel still fills keeps its rule (left by a process killed before it wrote the state)', () => {
+  const prev = m(web, dns);
+  const next = m({ ...web, destination: ['127.0.0.1:9001'] }, dns);
+  const kernel = new Map([['out_tcp_3', 1], ['loc_udp_2', 1], ['out_tcp_5', 2]]);
+  const [first, second] = planNftChange(prev, next, ['web'], dispatchSetUsage(prev.values()), kernel).map(renderNft);
+  assert.match(first, /@out_tcp_5 dnat/, 'the unknown but filled set keeps its rule');
+  assert.match(second, /add rule ip iptlb output ip daddr \. tcp dport @out_tcp_1 [^\n]*\nadd rule ip iptlb output ip daddr \. tcp dport @out_tcp_5 /);
+  assert.match(second, /delete set ip iptlb out_tcp_3\n/);
+  assert.doesNotMatch(first + second, /delete set ip iptlb out_tcp_5/);
 });
