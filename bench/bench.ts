@@ -106,6 +106,21 @@ function perRuleDelete(p: Profile): void {
   ipt('-F', tx.chains[0].name);
   ipt('-X', tx.chains[0].name);
 }
+/** Applies profile p0 `runs` times with changing destinations (after `warmup` applies); medians of the call and of the kernel commit. */
+async function timeApplies(lb: Awaited<ReturnType<typeof open>>, runs: number, warmup: number): Promise<{ call: number; kernel: number }> {
+  for (let r = 0; r < warmup; r++) await lb.apply(validateProfile({ ...profile(0), destination: [`127.0.0.1:${9100 + r}`, '127.0.0.1:9010', '127.0.0.1:9011'] }));
+  const times: number[] = [];
+  const kernel: number[] = [];
+  for (let r = 0; r < runs; r++) {
+    const p = validateProfile({ ...profile(0), destination: [`127.0.0.1:${9001 + (r % 5)}`, '127.0.0.1:9010', '127.0.0.1:9011'] });
+    const t0 = performance.now();
+    const res = await lb.apply(p);
+    times.push(performance.now() - t0);
+    kernel.push(res.commitMs);
+  }
+  return { call: median(times), kernel: median(kernel) };
+}
+
 function splitSpec(s: string): string[] {
   return (s.match(/"[^"]*"|\S+/g) ?? []).map((w) => (w.startsWith('"') ? w.slice(1, -1) : w));
 }
@@ -127,22 +142,12 @@ async function benchApply(): Promise<void> {
     const row: Record<string, number> = {};
     for (const v of variants) {
       const lb = await open({ stateFile: v.file ? stateFile : false, engine: 'legacy', executor: v.executor, coalesce: false });
-      const times: number[] = [];
-      const kernel: number[] = [];
       const runs = v.executor === 'spawn' && n >= 10000 ? Math.min(RUNS, 7) : RUNS;
-      const warmup = v.executor === 'native' && n < 10000 ? 20 : 2;
-      for (let r = 0; r < warmup; r++) await lb.apply(validateProfile({ ...profile(0), destination: [`127.0.0.1:${9100 + r}`] }));
-      for (let r = 0; r < runs; r++) {
-        const p = validateProfile({ ...profile(0), destination: [`127.0.0.1:${9001 + (r % 5)}`, '127.0.0.1:9010', '127.0.0.1:9011'] });
-        const t0 = performance.now();
-        const res = await lb.apply(p);
-        times.push(performance.now() - t0);
-        kernel.push(res.commitMs);
-      }
+      const t = await timeApplies(lb, runs, v.executor === 'native' && n < 10000 ? 20 : 2);
       await lb.delete('p0');
       await lb.close();
-      row[v.key] = median(times);
-      if (v.key === 'native') row.libiptc = median(kernel);
+      row[v.key] = t.call;
+      if (v.key === 'native') row.libiptc = t.kernel;
     }
     const times: number[] = [];
     const runs = n >= 10000 ? Math.min(RUNS, 5) : Math.min(RUNS, 10);
@@ -303,36 +308,19 @@ async function benchNft(): Promise<void> {
         preloadNft(profiles);
       }
       const lb = await open({ stateFile: false, engine: pair.engine, executor: pair.executor, coalesce: false });
-      const runs = pair.executor === 'spawn' ? Math.min(RUNS, n >= 10000 ? 5 : 11) : RUNS;
-      for (let r = 0; r < 3; r++) await lb.apply(validateProfile({ ...profile(0), destination: [`127.0.0.1:${9100 + r}`, '127.0.0.1:9010', '127.0.0.1:9011'] }));
-      const times: number[] = [];
-      const kernel: number[] = [];
-      for (let r = 0; r < runs; r++) {
-        const p = validateProfile({ ...profile(0), destination: [`127.0.0.1:${9001 + (r % 5)}`, '127.0.0.1:9010', '127.0.0.1:9011'] });
-        const t0 = performance.now();
-        const res = await lb.apply(p);
-        times.push(performance.now() - t0);
-        kernel.push(res.commitMs);
-      }
+      const t = await timeApplies(lb, pair.executor === 'spawn' ? Math.min(RUNS, n >= 10000 ? 5 : 11) : RUNS, 3);
       await lb.close();
-      row[pair.key] = median(times);
-      row[`${pair.key} kernel`] = median(kernel);
+      row[pair.key] = t.call;
+      row[`${pair.key} kernel`] = t.kernel;
     }
     if (nftNative) {
       // An agent's view: the N profiles are the handle's own (applied through it), not only in the kernel.
       flushNat();
       const lb = await open({ stateFile: false, engine: 'nft', executor: 'native', coalesce: false });
       if (n) await lb.apply(profiles);
-      for (let r = 0; r < 3; r++) await lb.apply(validateProfile({ ...profile(0), destination: [`127.0.0.1:${9100 + r}`, '127.0.0.1:9010', '127.0.0.1:9011'] }));
-      const times: number[] = [];
-      for (let r = 0; r < RUNS; r++) {
-        const p = validateProfile({ ...profile(0), destination: [`127.0.0.1:${9001 + (r % 5)}`, '127.0.0.1:9010', '127.0.0.1:9011'] });
-        const t0 = performance.now();
-        await lb.apply(p);
-        times.push(performance.now() - t0);
-      }
+      const t = await timeApplies(lb, RUNS, 3);
       await lb.close();
-      row['nft/native, N in the handle'] = median(times);
+      row['nft/native, N in the handle'] = t.call;
     }
     table[String(n)] = row;
     log(
