@@ -271,8 +271,8 @@ export function planNftChange(
   rewrite(before, middle, first);
   const known = (c: ReturnType<typeof baseContent>): string[] => [...new Set([...c.sets, ...(kernelSets?.keys() ?? [])])];
   if (!moving.length) {
-    for (const name of known(before).filter((s) => !final.sets.includes(s))) first.push({ op: 'deleteSet', name });
-    if (final !== middle) rewrite(middle, final, first);
+    // Without a move nothing is left for a second step: `final` holds what `middle` holds.
+    for (const name of known(before).filter((s) => !middle.sets.includes(s))) first.push({ op: 'deleteSet', name });
     return [tx(first)];
   }
   for (const name of known(before).filter((s) => !middle.sets.includes(s))) first.push({ op: 'deleteSet', name });
