@@ -217,17 +217,14 @@ export class Core {
           const touchedSet = new Set(touched);
           let all = state.size >= 256 && touchedSet.size >= state.size;
           if (all) for (const n of state.keys()) if (!touchedSet.has(n)) all = false;
-          let fresh = all && !(await executor.read()).exists;
           const usage = this.setUsage(state);
           // The base chains change (a destination count, logging or masquerade starts or stops): read
           // which dispatch sets the kernel really fills first, so no rule another process left in
-          // use is dropped. Element-only changes, the common case, read nothing.
-          let kernelSets: Map<string, number> | undefined;
-          if (!fresh && (state.size === 0 || !baseUnchanged(state, next, touchedSet, usage))) {
-            const view = await executor.read();
-            if (!view.exists) fresh = true;
-            else kernelSets = new Map(view.dispatchSets.map((d) => [d.name, d.elements.length]));
-          }
+          // use is dropped. Element-only changes, the common case, read nothing. One read serves both.
+          const baseChanges = state.size === 0 || !baseUnchanged(state, next, touchedSet, usage);
+          const view = all || baseChanges ? await executor.read() : undefined;
+          const fresh = view !== undefined && !view.exists;
+          const kernelSets = view?.exists && baseChanges ? new Map(view.dispatchSets.map((d) => [d.name, d.elements.length])) : undefined;
           const steps = fresh ? planNftChange(new Map(), next, touched) : planNftChange(state, next, touched, usage, kernelSets);
           if (steps.length) {
             commitMs = await this.commitNft(executor, steps, next);
