@@ -100,7 +100,7 @@ describe('nftables executor in the kernel (fresh network namespaces)', { skip: S
     const r = await runInNetns<Record<string, any>>(fixture('nft'), ['load', '10000'], { timeoutMs: 120_000 });
     assert.equal(r.dispatch, 10_000);
     assert.equal(r.backend, 30_000);
-    assert.ok(r.same, 'read back equals what was committed');
+    assert.ok(r.same, `read back equals what was committed (differs: ${JSON.stringify(r.differs)})`);
     assert.ok(r.wallMs < 2000, `commit took ${r.wallMs} ms`);
   });
 
