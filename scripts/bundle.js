@@ -3,6 +3,7 @@
 // Node itself (one file to read and compile, no ESM graph to resolve). `yaml` stays external: it is
 // loaded only for state files outside the canonical layout.
 import { build } from 'esbuild';
+import { spawnSync } from 'node:child_process';
 import { createRequire } from 'node:module';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -37,9 +38,15 @@ await build({
   platform: 'node',
   format: 'cjs',
   target: 'node18',
+  // import('yaml') becomes a require(): the bundle is run through vm.Script (see bin/load-bundle.cjs),
+  // where a dynamic import() would need a loader callback.
+  supported: { 'dynamic-import': false },
   external: ['yaml'],
   define: { __IPTLB_BUNDLE_FILE__: '__filename', 'import.meta.url': '__IPTLB_IMPORT_META_URL__' },
   banner: { js: 'const __IPTLB_IMPORT_META_URL__ = require("node:url").pathToFileURL(__filename).href;' },
   logLevel: 'warning',
   plugins: [lazyChildProcess],
 });
+
+// V8's code cache for the bundle, made in a fresh process (see scripts/code-cache.cjs).
+spawnSync(process.execPath, [path.join(root, 'scripts', 'code-cache.cjs')], { stdio: 'inherit' });

@@ -96,6 +96,40 @@ const STATE_KEYS = ['destination', 'logEnabled', 'logLevel', 'masquerade', 'prot
 export function parseCanonical(text: string): Record<string, Record<string, unknown>> | null {
   if (text === '{}\n' || text === '') return {};
   if (!text.endsWith('\n')) return null;
+  return parseExact(text) ?? parseLines(text);
+}
+
+/**
+ * One profile exactly as {@link serializeOne} writes it (keys sorted, every key present). Anything
+ * else fails the match and {@link parseLines} takes over. Protocol and rules backend are limited to
+ * their valid values and the source must hold a ':', so no value here is a YAML 1.1 non-string.
+ */
+const BLOCK =
+  /(?:([A-Za-z0-9_-]+)|"([A-Za-z0-9_-]+)"):\n  destination:\n((?:  - [0-9.:]+\n)+)  logEnabled: (true|false)\n  logLevel: "([a-z0-9]+)"\n(?:  masquerade: (true|false)\n)?  protocol: (tcp|udp|sctp)\n  rulesBackend: (client|proxy|server)\n  source: ([0-9.]*:[0-9.:]*)\n/y;
+
+/** The file as this module writes it, one regular-expression match per profile (a bulk load reads
+ * thousands; per line, cold JavaScript is what the CLI's start-up pays for). Null when any profile
+ * is laid out otherwise. */
+function parseExact(text: string): Record<string, Record<string, unknown>> | null {
+  const out: Record<string, Record<string, unknown>> = Object.create(null);
+  BLOCK.lastIndex = 0;
+  while (BLOCK.lastIndex < text.length) {
+    const m = BLOCK.exec(text);
+    if (m === null) return null;
+    const name = m[1] ?? m[2];
+    if (name in out || (m[1] !== undefined && (name === '-' || YAML11_NON_STRING.some((re) => re.test(name))))) return null;
+    const body: Record<string, unknown> = { destination: m[3].slice(4, -1).split('\n  - '), logEnabled: m[4] === 'true', logLevel: m[5] };
+    if (m[6] !== undefined) body.masquerade = m[6] === 'true';
+    body.protocol = m[7];
+    body.rulesBackend = m[8];
+    body.source = m[9];
+    out[name] = body;
+  }
+  return out;
+}
+
+/** The canonical layout line by line: keys in any order, any of them missing. */
+function parseLines(text: string): Record<string, Record<string, unknown>> | null {
   const out: Record<string, Record<string, unknown>> = Object.create(null);
   let cur: Record<string, unknown> | null = null;
   let list: string[] | null = null;

@@ -117,6 +117,9 @@ test('fast canonical parser agrees with the full YAML parser on what the seriali
     assert.ok(fast, `fast path refused canonical text:\n${text}`);
     assert.deepEqual({ ...fast }, JSON.parse(JSON.stringify(YAML.parse(text, { version: '1.1' }))));
   }
+  // keys in another order or missing: still the fast line parser, same result as YAML
+  const loose = 'b:\n  source: 127.100.0.1:80\n  destination:\n  - 127.0.0.1:9001\na:\n  protocol: udp\n  destination:\n  - 127.0.0.1:9002\n';
+  assert.deepEqual({ ...parseCanonical(loose) }, JSON.parse(JSON.stringify(YAML.parse(loose, { version: '1.1' }))));
   // anything outside the canonical layout goes to the full parser
   for (const t of ['test: {}\n', '# comment\n{}\n', 'a:\n  logLevel: 4\n', 'a:\n  destination: [1]\n', 'yes:\n  source: 1.2.3.4:5\n', 'a:\n  protocol: "tcp"\n']) {
     assert.equal(parseCanonical(t), null, t);
