@@ -34,3 +34,20 @@ test('usage errors exit 2 with one line; help exits 0 and lists the original fla
   assert.equal(noRun.code, 2);
   assert.match(noRun.err, /-delete needs -run/);
 });
+
+test('the CLI bundle is started with its V8 code cache, which V8 accepts; without it the bundle still loads', async () => {
+  const { createRequire } = await import('node:module');
+  const { readFileSync } = await import('node:fs');
+  const path = await import('node:path');
+  const { PROJECT_ROOT } = await import('../harness/env.js');
+  const load = createRequire(import.meta.url)(path.join(PROJECT_ROOT, 'bin', 'load-bundle.cjs')) as {
+    compileBundle(file: string, cache?: Buffer): { script: { cachedDataRejected?: boolean }; exports: { main: unknown } };
+  };
+  const bundle = path.join(PROJECT_ROOT, 'dist', 'iptlb.cjs');
+  const cached = load.compileBundle(bundle, readFileSync(`${bundle}.cache`));
+  assert.equal(cached.script.cachedDataRejected, false, 'npm run build writes a cache this Node accepts');
+  assert.equal(typeof cached.exports.main, 'function');
+  const stale = load.compileBundle(bundle, Buffer.from('not a code cache'));
+  assert.equal(stale.script.cachedDataRejected, true);
+  assert.equal(typeof stale.exports.main, 'function', 'a rejected cache only costs the compile');
+});
