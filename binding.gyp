@@ -16,6 +16,7 @@
         "native/nft_ops.cc",
         "native/nft_read.cc",
         "native/nft_rules.cc",
+        "native/nft_shared_socket.cc",
         "native/nft_workers.cc",
         "native/plan.cc",
         "native/read_worker.cc",

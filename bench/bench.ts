@@ -182,14 +182,16 @@ async function benchChurn(): Promise<void> {
   const INFLIGHT = 64;
   const out: Record<string, unknown> = {};
   const modes = [
-    { key: 'coalesced', coalesce: true, file: false },
-    { key: 'coalesced+file', coalesce: true, file: true },
-    { key: 'uncoalesced', coalesce: false, file: false },
+    { key: 'coalesced', coalesce: true, file: false, engine: 'legacy' as const },
+    { key: 'coalesced+file', coalesce: true, file: true, engine: 'legacy' as const },
+    { key: 'uncoalesced', coalesce: false, file: false, engine: 'legacy' as const },
+    { key: 'coalesced nft', coalesce: true, file: false, engine: 'nft' as const },
   ];
-  for (const { key, coalesce, file } of modes) {
+  for (const { key, coalesce, file, engine } of modes) {
     flushNat();
+    if (engine === 'nft') spawnSync('nft', ['delete', 'table', 'ip', 'iptlb'], { stdio: 'ignore' });
     const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-churn-'));
-    const lb = await open({ stateFile: file ? path.join(dir, 'state.db') : false, engine: 'legacy', executor: ex, coalesce });
+    const lb = await open({ stateFile: file ? path.join(dir, 'state.db') : false, engine, executor: ex, coalesce });
     await lb.apply(Array.from({ length: PROFILES }, (_, i) => profile(i)));
     let commits = 0;
     lb.on('commit', () => commits++);
@@ -214,6 +216,7 @@ async function benchChurn(): Promise<void> {
     await lb.close();
     rmSync(dir, { recursive: true, force: true });
     const row = {
+      engine,
       executor: ex,
       updates: UPDATES,
       updatesPerSec: Math.round(UPDATES / secs),
@@ -225,6 +228,7 @@ async function benchChurn(): Promise<void> {
     log(`churn ${key.padEnd(14)} ${ex}: ${row.updatesPerSec} updates/s, ${row.commitsPerSec} commits/s, event-loop p99 ${row.loopDelayP99Ms} ms, final kernel state exact: ${exact}`);
   }
   flushNat();
+  spawnSync('nft', ['delete', 'table', 'ip', 'iptlb'], { stdio: 'ignore' });
   results.churn = out;
 }
 

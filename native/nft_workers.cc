@@ -6,6 +6,7 @@
 #include <new>
 
 #include "nft_netlink.h"
+#include "nft_shared_socket.h"
 
 namespace iptlb {
 namespace {
@@ -86,7 +87,8 @@ void NftCommitWorker::Execute() {
   auto turn = turn_.Enter();  // one table operation at a time, in call order
   const auto t0 = std::chrono::steady_clock::now();
   try {
-    nft::Socket s;
+    nft::SharedSocketLease lease;
+    nft::Socket &s = *lease.get();
     nft::Batch b(s.NextSeq());
     b.Begin(tx_.expect_genid);
     nft::EncodeOps(tx_, &b);
@@ -101,6 +103,7 @@ void NftCommitWorker::Execute() {
       // Nothing to send (only empty element lists); the generation check still applies.
       return Fail(BatchError(b, tx_, nft::NlAck{b.begin_seq(), ERESTART, ""}));
     }
+    lease.Keep();
   } catch (const nft::NftFailure &f) {
     return Fail(f.error);
   } catch (const std::bad_alloc &) {
@@ -126,8 +129,9 @@ NftReadWorker::NftReadWorker(Napi::Env env) : PromiseWorker(env, "iptlb.nftRead"
 void NftReadWorker::Execute() {
   auto turn = turn_.Enter();
   try {
-    nft::Socket s;
-    view_ = nft::ReadView(&s);
+    nft::SharedSocketLease lease;
+    view_ = nft::ReadView(lease.get());
+    lease.Keep();
   } catch (const nft::NftFailure &f) {
     return Fail(f.error);
   } catch (const std::bad_alloc &) {

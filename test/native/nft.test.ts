@@ -96,6 +96,15 @@ describe('nftables executor in the kernel (fresh network namespaces)', { skip: S
     assert.deepEqual(e, { sameGenid: true, stale: 'ERESTART' });
   });
 
+  test('one netlink socket serves every commit and read (closing one after a delete waits for an RCU grace period); a failed commit drops it', async () => {
+    const r = await runInNetns<Record<string, any>>(fixture('nft'), ['reuse']);
+    assert.equal(r.afterCommits, 1, 'six commits and a read left exactly one socket open');
+    assert.equal(r.failed, 'EKERNEL');
+    assert.equal(r.afterFailure, 0, 'the socket of the failed commit was closed');
+    assert.equal(r.afterNext, 1);
+    assert.deepEqual(r.backend, [9006]);
+  });
+
   test('10,000 profiles (10,000 dispatch + 30,000 backend elements) in one commit, read back', async () => {
     const r = await runInNetns<Record<string, any>>(fixture('nft'), ['load', '10000'], { timeoutMs: 120_000 });
     assert.equal(r.dispatch, 10_000);
