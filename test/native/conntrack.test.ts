@@ -76,6 +76,19 @@ describe('conntrackFlush in the kernel (fresh network namespaces)', { skip: skip
     assert.deepEqual(r.empty.flows, []);
   });
 
+  test('sctp (every state), a conntrack zone, tcp states, 200 entries of one flow: exactly the matching ones go', { skip: spawnSync('conntrack', ['--version']).status === 0 ? false : 'conntrack (the tool, to insert entries) is not installed' }, async () => {
+    const r = await runInNetns<Record<string, any>>(fixture('conntrack'), ['synthetic'], { timeoutMs: 120_000 });
+    assert.equal(r.total, 207);
+    assert.deepEqual(r.flows, [
+      { deleted: 1, kept: 0 }, // sctp, established: deleted all the same
+      { deleted: 1, kept: 0 }, // udp in zone 7
+      { deleted: 1, kept: 2 }, // tcp: SYN_RECV deleted; ESTABLISHED and TIME_WAIT kept
+      { deleted: 200, kept: 0 },
+    ]);
+    // What is left: "<proto> <client port> <vip port>" (ports of the original direction).
+    assert.deepEqual(r.left, ['sctp 1001 5354', 'tcp 1004 5353', 'tcp 1005 5353', 'udp 1006 5353']);
+  });
+
   test('without CAP_NET_ADMIN: EPERM, saying so', async () => {
     const r = await runInNetns<Record<string, any>>(fixture('conntrack'), ['eperm'], {
       wrapper: ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--inh-caps=-all', '--bounding-set=-all'],
