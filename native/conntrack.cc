@@ -212,6 +212,10 @@ bool TcpHalfOpen(uint8_t state) {
   return state == TCP_CONNTRACK_NONE || state == TCP_CONNTRACK_SYN_SENT || state == TCP_CONNTRACK_SYN_RECV || state == TCP_CONNTRACK_SYN_SENT2;
 }
 
+bool TcpOpen(uint8_t state) {
+  return state == TCP_CONNTRACK_ESTABLISHED || state == TCP_CONNTRACK_FIN_WAIT || state == TCP_CONNTRACK_CLOSE_WAIT || state == TCP_CONNTRACK_LAST_ACK;
+}
+
 FlushResult Flush(const std::vector<Flow> &flows) {
   FlushResult r;
   r.counts.resize(flows.size());
@@ -236,9 +240,10 @@ FlushResult Flush(const std::vector<Flow> &flows) {
       FlowCount &c = r.counts[j];
       for (const Entry &e : entries) {
         if (e.reply.src_be != f.destination.ip_be || e.reply.sport_be != htons(f.destination.port)) continue;
-        // A tcp entry whose state the dump did not give is treated as established (left alone).
+        // tcp: only half-open entries go. Open connections are left to finish and counted; closed
+        // ones (TIME_WAIT, CLOSE) are left to expire, uncounted. No state in the dump: left, counted.
         if (f.proto == IPPROTO_TCP && !(e.has_tcp_state && TcpHalfOpen(e.tcp_state))) {
-          c.kept++;
+          if (!e.has_tcp_state || TcpOpen(e.tcp_state)) c.kept++;
           continue;
         }
         if (Delete(&s, e) == 0) c.deleted++;

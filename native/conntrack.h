@@ -23,7 +23,7 @@ struct Flow {
 
 struct FlowCount {
   uint32_t deleted = 0;  // entries deleted
-  uint32_t kept = 0;     // tcp entries past the handshake, left to finish
+  uint32_t kept = 0;     // tcp connections still open (established or closing), left to finish
 };
 
 struct FlushResult {
@@ -34,6 +34,9 @@ struct FlushResult {
 // A tcp entry in this conntrack state has not completed its handshake (SYN_SENT, SYN_SENT2,
 // SYN_RECV, or none yet): deleting it makes the client's next SYN pick a destination again.
 bool TcpHalfOpen(uint8_t state);
+// A tcp entry in this state is an open connection (ESTABLISHED, FIN_WAIT, CLOSE_WAIT, LAST_ACK):
+// left to finish, and counted as kept. TIME_WAIT and CLOSE entries are left to expire, uncounted.
+bool TcpOpen(uint8_t state);
 
 // Dumps the IPv4 conntrack table once per distinct (protocol, vip) — filtered in the kernel by
 // original destination, protocol and port where the kernel supports CTA_FILTER (5.8+), and always

@@ -24,7 +24,7 @@ export interface ConntrackFlushResult {
   durationMs: number;
   /** `false` when the kernel refused the dump filter (before 5.8) and the table was read whole. */
   kernelFilter: boolean;
-  /** `deleted`: entries deleted; `kept`: tcp entries past the handshake, left to finish. */
+  /** `deleted`: entries deleted; `kept`: tcp connections still open (established or closing), left to finish. */
   flows: { deleted: number; kept: number }[];
 }
 
@@ -66,8 +66,9 @@ export interface NativeAddon {
    * Deletes the IPv4 conntrack entries of the current network namespace that go to `vip` with
    * `protocol` and were DNATed to `destination` (ctnetlink: one dump per protocol and virtual
    * address, filtered in the kernel, then one delete per entry). udp and sctp: every such entry;
-   * tcp: only entries that have not finished their handshake (SYN_SENT, SYN_RECV), established
-   * connections are left to finish and counted as `kept`. Bad input is a synchronous TypeError with
+   * tcp: only entries that have not finished their handshake (SYN_SENT, SYN_RECV); open
+   * connections are left to finish and counted as `kept` (TIME_WAIT and CLOSE entries are left
+   * to expire, uncounted). Bad input is a synchronous TypeError with
    * code 'EINVAL' naming the field; rejects with 'EPERM' (no CAP_NET_ADMIN) or 'EKERNEL'.
    */
   conntrackFlush(flows: ConntrackFlow[]): Promise<ConntrackFlushResult>;
