@@ -7,6 +7,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { release } from 'node:os';
 import { loadAddon } from '../../src/native/addon.js';
 import { fixture, kernelSkip, runInNetns } from './netns-child.js';
 
@@ -62,7 +63,9 @@ describe('conntrackFlush in the kernel (fresh network namespaces)', { skip: skip
   test('udp: every entry to the destination deleted; tcp: the half-open one deleted, the established one kept and still working; others untouched', async () => {
     const r = await runInNetns<Record<string, any>>(fixture('conntrack'), ['flush'], { timeoutMs: 60_000 });
     assert.equal(r.before, 'one');
-    assert.equal(r.first.kernelFilter, true, 'this kernel filters the dump (CTA_FILTER)');
+    const [major, minor] = release().split('.').map(Number);
+    if (major > 5 || (major === 5 && minor >= 8)) assert.equal(r.first.kernelFilter, true, 'this kernel filters the dump (CTA_FILTER, 5.8+)');
+    else assert.equal(typeof r.first.kernelFilter, 'boolean');
     assert.deepEqual(r.first.flows, [
       { deleted: 1, kept: 1 }, // tcp 80 -> 9001: the half-open entry deleted, the established one kept
       { deleted: 1, kept: 0 }, // udp 5353 -> 9001
