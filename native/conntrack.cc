@@ -216,8 +216,9 @@ bool TcpOpen(uint8_t state) {
   return state == TCP_CONNTRACK_ESTABLISHED || state == TCP_CONNTRACK_FIN_WAIT || state == TCP_CONNTRACK_CLOSE_WAIT || state == TCP_CONNTRACK_LAST_ACK;
 }
 
-FlushResult Flush(const std::vector<Flow> &flows) {
+FlushResult Flush(const std::vector<Flow> &flows, bool kernel_filter) {
   FlushResult r;
+  r.kernel_filter = kernel_filter;
   r.counts.resize(flows.size());
   if (flows.empty()) return r;
   nft::Socket s;

@@ -43,7 +43,8 @@ bool TcpOpen(uint8_t state);
 // checked again here — then deletes the matching entries one by one (by tuple and id, so an entry
 // that was replaced meanwhile is left alone): every match for udp and sctp, only half-open ones for
 // tcp. An entry that vanished before its delete (expired) is not counted. Throws nft::NftFailure.
-FlushResult Flush(const std::vector<Flow> &flows);
+// `kernel_filter` false: do not ask the kernel to filter (the path of kernels before 5.8; tests).
+FlushResult Flush(const std::vector<Flow> &flows, bool kernel_filter = true);
 
 }  // namespace ct
 }  // namespace iptlb

@@ -71,13 +71,13 @@ std::vector<ct::Flow> FlowsFromJs(const Napi::Value &v) {
 
 }  // namespace
 
-ConntrackFlushWorker::ConntrackFlushWorker(Napi::Env env, std::vector<ct::Flow> flows)
-    : PromiseWorker(env, "iptlb.conntrackFlush"), flows_(std::move(flows)) {}
+ConntrackFlushWorker::ConntrackFlushWorker(Napi::Env env, std::vector<ct::Flow> flows, bool kernel_filter)
+    : PromiseWorker(env, "iptlb.conntrackFlush"), flows_(std::move(flows)), kernel_filter_(kernel_filter) {}
 
 void ConntrackFlushWorker::Execute() {
   const auto t0 = std::chrono::steady_clock::now();
   try {
-    result_ = ct::Flush(flows_);
+    result_ = ct::Flush(flows_, kernel_filter_);
   } catch (const nft::NftFailure &f) {
     return Fail(f.error);
   } catch (const std::bad_alloc &) {
@@ -105,8 +105,16 @@ void ConntrackFlushWorker::OnOK() {
 }
 
 Napi::Value ConntrackFlush(const Napi::CallbackInfo &info) {
-  std::vector<ct::Flow> flows = FlowsFromJs(info.Length() < 1 ? info.Env().Undefined() : info[0]);
-  auto *w = new ConntrackFlushWorker(info.Env(), std::move(flows));
+  Napi::Env env = info.Env();
+  std::vector<ct::Flow> flows = FlowsFromJs(info.Length() < 1 ? env.Undefined() : info[0]);
+  bool kernel_filter = true;
+  if (info.Length() >= 2 && !info[1].IsUndefined()) {
+    if (!info[1].IsObject() || info[1].IsArray()) Bad(env, "options", "must be an object");
+    Napi::Value v = info[1].As<Napi::Object>().Get("kernelFilter");
+    if (!v.IsUndefined() && !v.IsBoolean()) Bad(env, "options.kernelFilter", "must be a boolean");
+    if (v.IsBoolean()) kernel_filter = v.As<Napi::Boolean>().Value();
+  }
+  auto *w = new ConntrackFlushWorker(env, std::move(flows), kernel_filter);
   Napi::Promise p = w->Promise();
   w->Queue();
   return p;

@@ -13,7 +13,7 @@ namespace iptlb {
 
 class ConntrackFlushWorker : public PromiseWorker {
  public:
-  ConntrackFlushWorker(Napi::Env env, std::vector<ct::Flow> flows);
+  ConntrackFlushWorker(Napi::Env env, std::vector<ct::Flow> flows, bool kernel_filter);
 
  protected:
   void Execute() override;  // no N-API in here
@@ -21,11 +21,12 @@ class ConntrackFlushWorker : public PromiseWorker {
 
  private:
   std::vector<ct::Flow> flows_;
+  bool kernel_filter_;
   ct::FlushResult result_;
   double duration_ms_ = 0;
 };
 
-// conntrackFlush(flows: { protocol, vip: { ip, port }, destination: { ip, port } }[]):
+// conntrackFlush(flows: { protocol, vip: { ip, port }, destination: { ip, port } }[], opts?: { kernelFilter?: boolean }):
 //   Promise<{ durationMs, kernelFilter, flows: { deleted, kept }[] }>
 Napi::Value ConntrackFlush(const Napi::CallbackInfo &info);
 

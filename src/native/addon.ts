@@ -68,10 +68,11 @@ export interface NativeAddon {
    * address, filtered in the kernel, then one delete per entry). udp and sctp: every such entry;
    * tcp: only entries that have not finished their handshake (SYN_SENT, SYN_RECV); open
    * connections are left to finish and counted as `kept` (TIME_WAIT and CLOSE entries are left
-   * to expire, uncounted). Bad input is a synchronous TypeError with
+   * to expire, uncounted). `opts.kernelFilter: false` reads the table whole and filters in the
+   * addon, as on kernels before 5.8 (default `true`). Bad input is a synchronous TypeError with
    * code 'EINVAL' naming the field; rejects with 'EPERM' (no CAP_NET_ADMIN) or 'EKERNEL'.
    */
-  conntrackFlush(flows: ConntrackFlow[]): Promise<ConntrackFlushResult>;
+  conntrackFlush(flows: ConntrackFlow[], opts?: { kernelFilter?: boolean }): Promise<ConntrackFlushResult>;
 }
 
 export type LoadFailureReason = 'not-built' | 'library-missing' | 'abi-mismatch' | 'load-failed';

@@ -35,13 +35,16 @@ describe('conntrackFlush input checking', { skip: NO_ADDON }, () => {
     ['port too big', [{ ...ok, destination: { ip: '127.0.0.1', port: 65536 } }], /^flows\[0\]\.destination\.port: /],
     ['port fraction', [{ ...ok, vip: { ip: '127.0.0.1', port: 1.5 } }], /^flows\[0\]\.vip\.port: /],
     ['port a string', [{ ...ok, vip: { ip: '127.0.0.1', port: '53' } }], /^flows\[0\]\.vip\.port: must be a number/],
+    ['options not an object', { args: [[], 1] }, /^options: must be an object/],
+    ['kernelFilter not a boolean', { args: [[], { kernelFilter: 1 }] }, /^options\.kernelFilter: must be a boolean/],
     ['ip with a suffix', [{ ...ok, destination: { ip: '127.0.0.1:9001', port: 9001 } }], /^flows\[0\]\.destination\.ip: /],
   ];
   for (const [name, input, re] of cases) {
     test(`${name}: a synchronous TypeError, code EINVAL, naming the field`, () => {
       let thrown: any;
       try {
-        (addon.conntrackFlush as (x: unknown) => unknown)(input);
+        const args = input && typeof input === 'object' && 'args' in input ? (input as { args: unknown[] }).args : [input];
+        (addon.conntrackFlush as (...x: unknown[]) => unknown)(...args);
       } catch (e) {
         thrown = e;
       }
@@ -79,18 +82,22 @@ describe('conntrackFlush in the kernel (fresh network namespaces)', { skip: skip
     assert.deepEqual(r.empty.flows, []);
   });
 
-  test('sctp (every state), a conntrack zone, tcp states, 200 entries of one flow: exactly the matching ones go', { skip: spawnSync('conntrack', ['--version']).status === 0 ? false : 'conntrack (the tool, to insert entries) is not installed' }, async () => {
-    const r = await runInNetns<Record<string, any>>(fixture('conntrack'), ['synthetic'], { timeoutMs: 120_000 });
-    assert.equal(r.total, 207);
-    assert.deepEqual(r.flows, [
-      { deleted: 1, kept: 0 }, // sctp, established: deleted all the same
-      { deleted: 1, kept: 0 }, // udp in zone 7
-      { deleted: 1, kept: 1 }, // tcp: SYN_RECV deleted; ESTABLISHED kept and counted; TIME_WAIT left to expire, uncounted
-      { deleted: 200, kept: 0 },
-    ]);
-    // What is left: "<proto> <client port> <vip port>" (ports of the original direction).
-    assert.deepEqual(r.left, ['sctp 1001 5354', 'tcp 1004 5353', 'tcp 1005 5353', 'udp 1006 5353']);
-  });
+  const noTool = spawnSync('conntrack', ['--version']).status === 0 ? false : 'conntrack (the tool, to insert entries) is not installed';
+  for (const how of ['filtered', 'unfiltered'] as const) {
+    test(`sctp (every state), a conntrack zone, tcp states, 200 entries of one flow: exactly the matching ones go (${how === 'filtered' ? 'kernel-side dump filter' : 'whole table, filtered in the addon'})`, { skip: noTool }, async () => {
+      const r = await runInNetns<Record<string, any>>(fixture('conntrack'), ['synthetic', how], { timeoutMs: 120_000 });
+      assert.equal(r.total, 207);
+      assert.equal(r.kernelFilter, how === 'filtered');
+      assert.deepEqual(r.flows, [
+        { deleted: 1, kept: 0 }, // sctp, established: deleted all the same
+        { deleted: 1, kept: 0 }, // udp in zone 7
+        { deleted: 1, kept: 1 }, // tcp: SYN_RECV deleted; ESTABLISHED kept and counted; TIME_WAIT left to expire, uncounted
+        { deleted: 200, kept: 0 },
+      ]);
+      // What is left: "<proto> <client port> <vip port>" (ports of the original direction).
+      assert.deepEqual(r.left, ['sctp 1001 5354', 'tcp 1004 5353', 'tcp 1005 5353', 'udp 1006 5353']);
+    });
+  }
 
   test('without CAP_NET_ADMIN: EPERM, saying so', async () => {
     const r = await runInNetns<Record<string, any>>(fixture('conntrack'), ['eperm'], {
