@@ -8,6 +8,8 @@
       "sources": [
         "native/addon.cc",
         "native/commit_worker.cc",
+        "native/conntrack.cc",
+        "native/conntrack_worker.cc",
         "native/errors.cc",
         "native/file_lock.cc",
         "native/iptc_handle.cc",

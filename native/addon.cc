@@ -3,6 +3,7 @@
 #include <napi.h>
 
 #include "commit_worker.h"
+#include "conntrack_worker.h"
 #include "file_lock.h"
 #include "nft_workers.h"
 #include "plan.h"
@@ -13,7 +14,7 @@ namespace iptlb {
 namespace {
 
 // Bumped whenever the JS-visible interface changes; src/native/addon.ts checks it.
-constexpr int kAbiVersion = 3;
+constexpr int kAbiVersion = 4;
 constexpr int kDefaultLockWaitMs = 10000;
 constexpr double kMaxWaitMs = 3600000;
 
@@ -98,6 +99,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("info", Napi::Function::New(env, Info, "info"));
   exports.Set("nftCommit", Napi::Function::New(env, NftCommit, "nftCommit"));
   exports.Set("nftRead", Napi::Function::New(env, NftRead, "nftRead"));
+  exports.Set("conntrackFlush", Napi::Function::New(env, ConntrackFlush, "conntrackFlush"));
   return exports;
 }
 

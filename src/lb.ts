@@ -42,7 +42,9 @@ export interface OpenOptions {
   log?: (line: string) => void;
   /**
    * Keep the conntrack entries of flows balanced to destinations a change removed. Default `false`:
-   * they are deleted after the commit, so UDP flows and half-open TCP move to a live destination.
+   * they are deleted after the commit (udp and sctp: all of them; tcp: those not yet established), so
+   * UDP flows and half-open TCP move to a live destination. Natively over netlink with the native
+   * executor, else with `conntrack -D`.
    */
   keepConntrack?: boolean;
 }
@@ -273,7 +275,8 @@ export class Core {
           stateWritten = true;
           this.log(`state written to ${this.statePath} (${next.size} profile(s))`);
         }
-        if (stale.length) for (const line of await flushStaleFlows(stale)) this.log(line);
+        // Over netlink when the change went through the native executor, else `conntrack -D`.
+        if (stale.length) for (const line of await flushStaleFlows(stale, { native: executor?.kind === 'native' })) this.log(line);
         return {
           applied: change.upsert,
           deleted: change.remove,

@@ -10,7 +10,23 @@ import type { NftTransaction, NftView } from '../nft/ops.js';
 import { packageRoot } from '../paths.js';
 
 /** ABI of the addon this TypeScript expects (native/addon.cc exports the same number). */
-export const EXPECTED_ABI = 3;
+export const EXPECTED_ABI = 4;
+
+/** Conntrack entries to delete: original destination `vip`, protocol, reply source `destination` (flows DNATed to it). */
+export interface ConntrackFlow {
+  protocol: 'tcp' | 'udp' | 'sctp';
+  vip: { ip: string; port: number };
+  destination: { ip: string; port: number };
+}
+
+/** What {@link NativeAddon.conntrackFlush} did, per flow in the order given. */
+export interface ConntrackFlushResult {
+  durationMs: number;
+  /** `false` when the kernel refused the dump filter (before 5.8) and the table was read whole. */
+  kernelFilter: boolean;
+  /** `deleted`: entries deleted; `kept`: tcp connections still open (established or closing), left to finish. */
+  flows: { deleted: number; kept: number }[];
+}
 
 /** A held flock; `release()` is idempotent, and the lock also goes with the object (finalizer) or the process. */
 export interface FileLock {
@@ -46,6 +62,17 @@ export interface NativeAddon {
   nftCommit(tx: NftTransaction): Promise<{ durationMs: number; genid: number }>;
   /** Table ip iptlb as the kernel holds it, with counters (a missing table is `exists: false`). */
   nftRead(): Promise<NftView>;
+  /**
+   * Deletes the IPv4 conntrack entries of the current network namespace that go to `vip` with
+   * `protocol` and were DNATed to `destination` (ctnetlink: one dump per protocol and virtual
+   * address, filtered in the kernel, then one delete per entry). udp and sctp: every such entry;
+   * tcp: only entries that have not finished their handshake (SYN_SENT, SYN_RECV); open
+   * connections are left to finish and counted as `kept` (TIME_WAIT and CLOSE entries are left
+   * to expire, uncounted). `opts.kernelFilter: false` reads the table whole and filters in the
+   * addon, as on kernels before 5.8 (default `true`). Bad input is a synchronous TypeError with
+   * code 'EINVAL' naming the field; rejects with 'EPERM' (no CAP_NET_ADMIN) or 'EKERNEL'.
+   */
+  conntrackFlush(flows: ConntrackFlow[], opts?: { kernelFilter?: boolean }): Promise<ConntrackFlushResult>;
 }
 
 export type LoadFailureReason = 'not-built' | 'library-missing' | 'abi-mismatch' | 'load-failed';

@@ -277,15 +277,48 @@ for (const ex of PAIRS) {
   });
 }
 
-for (const { name: ex, skip } of PAIRS) {
-  test(`conntrack (${ex}): after a reset removes a destination, its UDP flow moves to a live one; --keep-conntrack keeps it`, { skip }, async () => {
-    const { runJsonInFreshNetns } = await import('../harness/netns.js');
-    const fx = new URL('./fixtures/conntrack.js', import.meta.url).pathname;
-    const flushed = (await runJsonInFreshNetns(fx, [ex, 'flush'])) as { first: string; second: string };
-    assert.equal(flushed.first, 'backend:9001');
-    assert.equal(flushed.second, 'backend:9002', 'no packet reaches the removed destination');
-    const kept = (await runJsonInFreshNetns(fx, [ex, 'keep'])) as { first: string; second: string };
-    assert.equal(kept.first, 'backend:9001');
-    assert.equal(kept.second, 'backend:9001', 'the existing flow lives on with --keep-conntrack');
+for (const { name: ex, executor, skip } of PAIRS) {
+  describe(`conntrack (${ex}): a change that removes a destination deletes the flows DNATed to it; --keep-conntrack keeps them`, { skip }, () => {
+    const run = async (scenario: string, keep: 'flush' | 'keep'): Promise<Record<string, any>> => {
+      const { runJsonInFreshNetns } = await import('../harness/netns.js');
+      const fx = new URL('./fixtures/conntrack.js', import.meta.url).pathname;
+      return (await runJsonInFreshNetns(fx, [ex, scenario, keep], { timeoutMs: 120_000 })) as Record<string, any>;
+    };
+    for (const scenario of ['reset', 'delete'] as const) {
+      test(`udp, ${scenario}: a client sending throughout reaches the removed destination no more; kept, it still does`, async () => {
+        const f = await run(scenario, 'flush');
+        assert.equal(f.code, 0, f.log);
+        assert.ok(f.reachedA && f.beforeA >= 20, 'the flow went to A before the change');
+        assert.ok(f.settled && f.drained, JSON.stringify(f));
+        assert.equal(f.afterA, 0, `no datagram sent after the change reached the removed destination (${JSON.stringify(f)})`);
+        assert.ok(f.afterOther >= 50);
+        assert.match(f.log, /conntrack: removed 1 flow\(s\) of 127\.100\.0\.10:5353\/udp to 127\.0\.0\.1:9001/);
+        const k = await run(scenario, 'keep');
+        assert.equal(k.code, 0, k.log);
+        assert.ok(k.settled && k.drained, JSON.stringify(k));
+        assert.ok(k.afterA >= 50, 'kept: the flow lives on at A');
+        assert.equal(k.afterOther, 0);
+        assert.doesNotMatch(k.log, /conntrack:/);
+      });
+    }
+    test('tcp, reset: a half-open connection moves to the live destination on its next SYN; an established one is left to finish; kept, the SYN goes to A again', async () => {
+      const f = await run('tcp', 'flush');
+      assert.equal(f.code, 0, f.log);
+      assert.ok(f.synSeen, 'the half-open client knocked at A');
+      assert.equal(f.before, '9001:one');
+      assert.ok(f.settled, JSON.stringify(f));
+      assert.equal(f.connectedTo, '9002:hello', 'the half-open client reached B');
+      assert.equal(f.synsToAAfterChange, 0, 'no SYN reached A after the change');
+      assert.equal(f.after, '9001:two', 'the established connection to A still works');
+      assert.match(f.log, /conntrack: removed 1 half-open flow\(s\) of 127\.100\.0\.10:8080\/tcp to 127\.0\.0\.1:9001/);
+      if (executor === 'native') assert.match(f.log, /1 established connection\(s\) left to finish/);
+      const k = await run('tcp', 'keep');
+      assert.equal(k.code, 0, k.log);
+      assert.ok(k.settled, JSON.stringify(k));
+      assert.ok(k.synsToAAfterChange >= 1, 'kept: the retransmitted SYN went to A');
+      assert.equal(k.connectedTo, null);
+      assert.equal(k.after, '9001:two');
+      assert.equal(k.accepted['9002'], 0);
+    });
   });
 }

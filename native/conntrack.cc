@@ -1,0 +1,258 @@
+#include "conntrack.h"
+
+#include <arpa/inet.h>
+#include <libmnl/libmnl.h>
+#include <linux/netfilter/nf_conntrack_tcp.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_conntrack.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+#include "nft_netlink.h"
+
+namespace iptlb {
+namespace ct {
+namespace {
+
+// Bits of CTA_FILTER_ORIG_FLAGS (include/uapi/.../nfnetlink_conntrack.h of newer kernels; the
+// values are ABI, older userspace headers lack the names).
+constexpr uint32_t kFilterIpDst = 1u << 1;
+constexpr uint32_t kFilterProtoNum = 1u << 3;
+constexpr uint32_t kFilterProtoDstPort = 1u << 5;
+
+constexpr const char *kPermissionHint = "permission denied: reading and deleting conntrack entries needs CAP_NET_ADMIN (run as root)";
+constexpr int kDumpAttempts = 3;
+
+std::string ErrText(int err) {
+  char buf[256];
+  return strerror_r(err, buf, sizeof buf);
+}
+
+[[noreturn]] void Throw(int err, const std::string &what) {
+  std::string msg = what + ": " + ErrText(err);
+  if (err == EOPNOTSUPP || err == EPROTONOSUPPORT) msg += " (conntrack netlink is not available in this kernel: modprobe nf_conntrack_netlink)";
+  throw nft::NftFailure{NativeError::FromErrno("EKERNEL", err, msg, kPermissionHint)};
+}
+
+std::string EndpointText(const Endpoint &e) {
+  char ip[INET_ADDRSTRLEN] = "?";
+  inet_ntop(AF_INET, &e.ip_be, ip, sizeof ip);
+  return std::string(ip) + ":" + std::to_string(e.port);
+}
+
+const char *ProtoText(uint8_t p) {
+  switch (p) {
+    case IPPROTO_TCP: return "tcp";
+    case IPPROTO_UDP: return "udp";
+    case IPPROTO_SCTP: return "sctp";
+    default: return "?";
+  }
+}
+
+// ---- parsing ----------------------------------------------------------------------------------
+
+// Collects the attributes of one nest (or message) by type; unknown types beyond `max` are skipped.
+template <size_t N>
+struct Attrs {
+  const struct nlattr *tb[N + 1] = {};
+  static int Collect(const struct nlattr *a, void *data) {
+    auto *self = static_cast<Attrs *>(data);
+    const uint16_t t = mnl_attr_get_type(a);
+    if (t <= N) self->tb[t] = a;
+    return MNL_CB_OK;
+  }
+  bool ParseNested(const struct nlattr *nest) { return nest && mnl_attr_parse_nested(nest, Collect, this) >= 0; }
+  const struct nlattr *operator[](int t) const { return tb[t]; }
+};
+
+bool GetU8(const struct nlattr *a, uint8_t *v) {
+  if (!a || mnl_attr_validate(a, MNL_TYPE_U8) < 0) return false;
+  *v = mnl_attr_get_u8(a);
+  return true;
+}
+bool GetU16(const struct nlattr *a, uint16_t *v) {
+  if (!a || mnl_attr_validate(a, MNL_TYPE_U16) < 0) return false;
+  *v = mnl_attr_get_u16(a);  // as sent (network order for ports, ids and zones)
+  return true;
+}
+bool GetU32(const struct nlattr *a, uint32_t *v) {
+  if (!a || mnl_attr_validate(a, MNL_TYPE_U32) < 0) return false;
+  *v = mnl_attr_get_u32(a);
+  return true;
+}
+
+struct Tuple {
+  uint32_t src_be = 0, dst_be = 0;
+  uint8_t proto = 0;
+  uint16_t sport_be = 0, dport_be = 0;
+};
+
+bool ParseTuple(const struct nlattr *nest, Tuple *t) {
+  Attrs<CTA_TUPLE_MAX> tuple;
+  if (!tuple.ParseNested(nest)) return false;
+  Attrs<CTA_IP_MAX> ip;
+  Attrs<CTA_PROTO_MAX> proto;
+  if (!ip.ParseNested(tuple[CTA_TUPLE_IP]) || !proto.ParseNested(tuple[CTA_TUPLE_PROTO])) return false;
+  if (!GetU32(ip[CTA_IP_V4_SRC], &t->src_be) || !GetU32(ip[CTA_IP_V4_DST], &t->dst_be)) return false;  // not IPv4
+  if (!GetU8(proto[CTA_PROTO_NUM], &t->proto)) return false;
+  // Port-less protocols (icmp) have no ports; they never match a flow.
+  return GetU16(proto[CTA_PROTO_SRC_PORT], &t->sport_be) && GetU16(proto[CTA_PROTO_DST_PORT], &t->dport_be);
+}
+
+// One entry of a dump, as much as matching and deleting it needs.
+struct Entry {
+  Tuple orig, reply;
+  uint32_t id_be = 0;
+  bool has_id = false;
+  uint16_t zone_be = 0;
+  bool has_zone = false;
+  bool has_tcp_state = false;
+  uint8_t tcp_state = 0;
+};
+
+bool ParseEntry(const struct nlmsghdr *nlh, Entry *e) {
+  Attrs<CTA_MAX> top;
+  if (mnl_attr_parse(nlh, sizeof(struct nfgenmsg), Attrs<CTA_MAX>::Collect, &top) < 0) return false;
+  if (!ParseTuple(top[CTA_TUPLE_ORIG], &e->orig) || !ParseTuple(top[CTA_TUPLE_REPLY], &e->reply)) return false;
+  e->has_id = GetU32(top[CTA_ID], &e->id_be);
+  e->has_zone = GetU16(top[CTA_ZONE], &e->zone_be);
+  Attrs<CTA_PROTOINFO_MAX> info;
+  Attrs<CTA_PROTOINFO_TCP_MAX> tcp;
+  if (info.ParseNested(top[CTA_PROTOINFO]) && tcp.ParseNested(info[CTA_PROTOINFO_TCP])) e->has_tcp_state = GetU8(tcp[CTA_PROTOINFO_TCP_STATE], &e->tcp_state);
+  return true;
+}
+
+// ---- requests ---------------------------------------------------------------------------------
+
+struct nlmsghdr *PutHeader(char *buf, uint8_t msg, uint16_t flags, uint32_t seq) {
+  struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf);
+  nlh->nlmsg_type = (NFNL_SUBSYS_CTNETLINK << 8) | msg;
+  nlh->nlmsg_flags = NLM_F_REQUEST | flags;
+  nlh->nlmsg_seq = seq;
+  auto *nfg = static_cast<struct nfgenmsg *>(mnl_nlmsg_put_extra_header(nlh, sizeof(struct nfgenmsg)));
+  nfg->nfgen_family = AF_INET;
+  nfg->version = NFNETLINK_V0;
+  nfg->res_id = 0;
+  return nlh;
+}
+
+void PutTuple(struct nlmsghdr *nlh, uint16_t type, const Tuple &t, bool src, bool dst, bool ports) {
+  struct nlattr *tuple = mnl_attr_nest_start(nlh, type);
+  struct nlattr *ip = mnl_attr_nest_start(nlh, CTA_TUPLE_IP);
+  if (src) mnl_attr_put_u32(nlh, CTA_IP_V4_SRC, t.src_be);
+  if (dst) mnl_attr_put_u32(nlh, CTA_IP_V4_DST, t.dst_be);
+  mnl_attr_nest_end(nlh, ip);
+  struct nlattr *proto = mnl_attr_nest_start(nlh, CTA_TUPLE_PROTO);
+  mnl_attr_put_u8(nlh, CTA_PROTO_NUM, t.proto);
+  if (ports && src) mnl_attr_put_u16(nlh, CTA_PROTO_SRC_PORT, t.sport_be);
+  if (ports) mnl_attr_put_u16(nlh, CTA_PROTO_DST_PORT, t.dport_be);
+  mnl_attr_nest_end(nlh, proto);
+  mnl_attr_nest_end(nlh, tuple);
+}
+
+// The entries of the IPv4 table whose original direction goes to `vip` with `proto` (the kernel
+// filters when it can; the caller checks every entry anyway).
+std::vector<Entry> Dump(nft::Socket *s, uint8_t proto, const Endpoint &vip, bool *kernel_filter) {
+  for (int attempt = 0;; attempt++) {
+    alignas(struct nlmsghdr) char buf[MNL_SOCKET_BUFFER_SIZE];
+    struct nlmsghdr *nlh = PutHeader(buf, IPCTNL_MSG_CT_GET, NLM_F_DUMP, s->NextSeq());
+    if (*kernel_filter) {
+      Tuple t;
+      t.dst_be = vip.ip_be;
+      t.proto = proto;
+      t.dport_be = htons(vip.port);
+      PutTuple(nlh, CTA_TUPLE_ORIG, t, false, true, true);
+      struct nlattr *f = mnl_attr_nest_start(nlh, CTA_FILTER);
+      mnl_attr_put_u32(nlh, CTA_FILTER_ORIG_FLAGS, kFilterIpDst | kFilterProtoNum | kFilterProtoDstPort);
+      mnl_attr_nest_end(nlh, f);
+    }
+    std::vector<Entry> out;
+    bool interrupted = false;
+    const int err = s->Request(
+        nlh,
+        [&](const struct nlmsghdr *m) {
+          if (NFNL_MSG_TYPE(m->nlmsg_type) != IPCTNL_MSG_CT_NEW) return;
+          Entry e;
+          if (ParseEntry(m, &e) && e.orig.proto == proto && e.orig.dst_be == vip.ip_be && e.orig.dport_be == htons(vip.port)) out.push_back(e);
+        },
+        &interrupted);
+    if (err && *kernel_filter && (err == EINVAL || err == EOPNOTSUPP)) {
+      *kernel_filter = false;  // a kernel without CTA_FILTER tuple filtering: read the table whole
+      continue;
+    }
+    if (err) Throw(err, std::string("dumping the conntrack table (") + ProtoText(proto) + " " + EndpointText(vip) + ")");
+    if (interrupted && attempt + 1 < kDumpAttempts) continue;  // the table changed under the dump: read again
+    return out;
+  }
+}
+
+// Deletes one entry by its original tuple (and id and zone, when the dump gave them). Returns 0,
+// or ENOENT when it is gone already; other errors throw.
+int Delete(nft::Socket *s, const Entry &e) {
+  alignas(struct nlmsghdr) char buf[MNL_SOCKET_BUFFER_SIZE];
+  struct nlmsghdr *nlh = PutHeader(buf, IPCTNL_MSG_CT_DELETE, 0, s->NextSeq());
+  PutTuple(nlh, CTA_TUPLE_ORIG, e.orig, true, true, true);
+  if (e.has_id) mnl_attr_put_u32(nlh, CTA_ID, e.id_be);
+  if (e.has_zone) mnl_attr_put_u16(nlh, CTA_ZONE, e.zone_be);
+  const int err = s->Request(nlh, [](const struct nlmsghdr *) {});
+  if (err && err != ENOENT) {
+    Endpoint src{e.orig.src_be, ntohs(e.orig.sport_be)}, dst{e.orig.dst_be, ntohs(e.orig.dport_be)};
+    Throw(err, std::string("deleting the conntrack entry ") + ProtoText(e.orig.proto) + " " + EndpointText(src) + " -> " + EndpointText(dst));
+  }
+  return err;
+}
+
+}  // namespace
+
+bool TcpHalfOpen(uint8_t state) {
+  return state == TCP_CONNTRACK_NONE || state == TCP_CONNTRACK_SYN_SENT || state == TCP_CONNTRACK_SYN_RECV || state == TCP_CONNTRACK_SYN_SENT2;
+}
+
+bool TcpOpen(uint8_t state) {
+  return state == TCP_CONNTRACK_ESTABLISHED || state == TCP_CONNTRACK_FIN_WAIT || state == TCP_CONNTRACK_CLOSE_WAIT || state == TCP_CONNTRACK_LAST_ACK;
+}
+
+FlushResult Flush(const std::vector<Flow> &flows, bool kernel_filter) {
+  FlushResult r;
+  r.kernel_filter = kernel_filter;
+  r.counts.resize(flows.size());
+  if (flows.empty()) return r;
+  nft::Socket s;
+  std::vector<bool> done(flows.size(), false);
+  for (size_t i = 0; i < flows.size(); i++) {
+    if (done[i]) continue;
+    const Flow &g = flows[i];
+    // One dump serves every flow of the same protocol and virtual address.
+    const std::vector<Entry> entries = Dump(&s, g.proto, g.vip, &r.kernel_filter);
+    for (size_t j = i; j < flows.size(); j++) {
+      const Flow &f = flows[j];
+      if (done[j] || f.proto != g.proto || f.vip.ip_be != g.vip.ip_be || f.vip.port != g.vip.port) continue;
+      done[j] = true;
+      bool duplicate = false;  // the same flow twice: the first one counts
+      for (size_t k = i; k < j && !duplicate; k++) {
+        const Flow &o = flows[k];
+        duplicate = o.proto == f.proto && o.vip.ip_be == f.vip.ip_be && o.vip.port == f.vip.port && o.destination.ip_be == f.destination.ip_be && o.destination.port == f.destination.port;
+      }
+      if (duplicate) continue;
+      FlowCount &c = r.counts[j];
+      for (const Entry &e : entries) {
+        if (e.reply.src_be != f.destination.ip_be || e.reply.sport_be != htons(f.destination.port)) continue;
+        // tcp: only half-open entries go. Open connections are left to finish and counted; closed
+        // ones (TIME_WAIT, CLOSE) are left to expire, uncounted. No state in the dump: left, counted.
+        if (f.proto == IPPROTO_TCP && !(e.has_tcp_state && TcpHalfOpen(e.tcp_state))) {
+          if (!e.has_tcp_state || TcpOpen(e.tcp_state)) c.kept++;
+          continue;
+        }
+        if (Delete(&s, e) == 0) c.deleted++;
+      }
+    }
+  }
+  return r;
+}
+
+}  // namespace ct
+}  // namespace iptlb

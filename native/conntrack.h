@@ -1,0 +1,50 @@
+// Conntrack cleanup over ctnetlink (NETLINK_NETFILTER, NFNL_SUBSYS_CTNETLINK), with libmnl: for each
+// destination a change removed, find the conntrack entries of the current network namespace that
+// were DNATed from the virtual address to it and delete them. No N-API in here: it runs inside an
+// AsyncWorker's Execute(); failures are thrown as nft::NftFailure (a NativeError).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace iptlb {
+namespace ct {
+
+struct Endpoint {
+  uint32_t ip_be = 0;  // IPv4 address, network byte order
+  uint16_t port = 0;   // host byte order
+};
+
+// Entries with original destination `vip`, layer-4 protocol `proto` and reply source `destination`.
+struct Flow {
+  uint8_t proto = 0;  // IPPROTO_TCP, IPPROTO_UDP or IPPROTO_SCTP
+  Endpoint vip;
+  Endpoint destination;
+};
+
+struct FlowCount {
+  uint32_t deleted = 0;  // entries deleted
+  uint32_t kept = 0;     // tcp connections still open (established or closing), left to finish
+};
+
+struct FlushResult {
+  std::vector<FlowCount> counts;  // one per flow, same order
+  bool kernel_filter = true;      // false: the kernel refused the dump filter and the table was read whole
+};
+
+// A tcp entry in this conntrack state has not completed its handshake (SYN_SENT, SYN_SENT2,
+// SYN_RECV, or none yet): deleting it makes the client's next SYN pick a destination again.
+bool TcpHalfOpen(uint8_t state);
+// A tcp entry in this state is an open connection (ESTABLISHED, FIN_WAIT, CLOSE_WAIT, LAST_ACK):
+// left to finish, and counted as kept. TIME_WAIT and CLOSE entries are left to expire, uncounted.
+bool TcpOpen(uint8_t state);
+
+// Dumps the IPv4 conntrack table once per distinct (protocol, vip) — filtered in the kernel by
+// original destination, protocol and port where the kernel supports CTA_FILTER (5.8+), and always
+// checked again here — then deletes the matching entries one by one (by tuple and id, so an entry
+// that was replaced meanwhile is left alone): every match for udp and sctp, only half-open ones for
+// tcp. An entry that vanished before its delete (expired) is not counted. Throws nft::NftFailure.
+// `kernel_filter` false: do not ask the kernel to filter (the path of kernels before 5.8; tests).
+FlushResult Flush(const std::vector<Flow> &flows, bool kernel_filter = true);
+
+}  // namespace ct
+}  // namespace iptlb

@@ -1,0 +1,112 @@
+/**
+ * The addon's conntrackFlush: argument checks (synchronous TypeErrors with code EINVAL, no kernel),
+ * and against the kernel in fresh network namespaces (fixtures/conntrack.ts under `unshare -n`):
+ * udp entries deleted, half-open tcp deleted, established tcp kept, other flows untouched; EPERM
+ * without CAP_NET_ADMIN.
+ */
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { release } from 'node:os';
+import { loadAddon } from '../../src/native/addon.js';
+import { fixture, kernelSkip, runInNetns } from './netns-child.js';
+
+const loaded = loadAddon();
+const NO_ADDON = loaded.ok ? false : `native addon unavailable: ${loaded.reason}: ${loaded.detail}`;
+
+function skip(): string | false {
+  const k = kernelSkip();
+  if (k) return k;
+  return spawnSync('nft', ['--version']).status === 0 ? false : 'nft (nftables) is not installed (the fixture writes its DNAT rules with it)';
+}
+
+describe('conntrackFlush input checking', { skip: NO_ADDON }, () => {
+  const addon = loaded.ok ? loaded.addon : (null as never);
+  const ok = { protocol: 'udp', vip: { ip: '127.100.0.10', port: 53 }, destination: { ip: '127.0.0.1', port: 9001 } };
+  const cases: [string, unknown, RegExp][] = [
+    ['no argument', undefined, /^flows: must be an array/],
+    ['not an array', { ...ok }, /^flows: must be an array/],
+    ['entry not an object', [ok, 'x'], /^flows\[1\]: must be an object/],
+    ['unknown protocol', [{ ...ok, protocol: 'icmp' }], /^flows\[0\]\.protocol: must be "tcp", "udp" or "sctp"/],
+    ['missing vip', [{ ...ok, vip: undefined }], /^flows\[0\]\.vip: must be an object/],
+    ['vip ip not IPv4', [{ ...ok, vip: { ip: '::1', port: 53 } }], /^flows\[0\]\.vip\.ip: must be an IPv4 address/],
+    ['vip ip not a string', [{ ...ok, vip: { ip: 1, port: 53 } }], /^flows\[0\]\.vip\.ip: must be a string/],
+    ['port 0', [{ ...ok, destination: { ip: '127.0.0.1', port: 0 } }], /^flows\[0\]\.destination\.port: must be an integer from 1 to 65535/],
+    ['port too big', [{ ...ok, destination: { ip: '127.0.0.1', port: 65536 } }], /^flows\[0\]\.destination\.port: /],
+    ['port fraction', [{ ...ok, vip: { ip: '127.0.0.1', port: 1.5 } }], /^flows\[0\]\.vip\.port: /],
+    ['port a string', [{ ...ok, vip: { ip: '127.0.0.1', port: '53' } }], /^flows\[0\]\.vip\.port: must be a number/],
+    ['options not an object', { args: [[], 1] }, /^options: must be an object/],
+    ['kernelFilter not a boolean', { args: [[], { kernelFilter: 1 }] }, /^options\.kernelFilter: must be a boolean/],
+    ['ip with a suffix', [{ ...ok, destination: { ip: '127.0.0.1:9001', port: 9001 } }], /^flows\[0\]\.destination\.ip: /],
+  ];
+  for (const [name, input, re] of cases) {
+    test(`${name}: a synchronous TypeError, code EINVAL, naming the field`, () => {
+      let thrown: any;
+      try {
+        const args = input && typeof input === 'object' && 'args' in input ? (input as { args: unknown[] }).args : [input];
+        (addon.conntrackFlush as (...x: unknown[]) => unknown)(...args);
+      } catch (e) {
+        thrown = e;
+      }
+      assert.ok(thrown, 'threw synchronously');
+      assert.equal(thrown.name, 'TypeError');
+      assert.equal(thrown.code, 'EINVAL');
+      assert.equal(thrown.errno, 22);
+      assert.match(thrown.message, re);
+    });
+  }
+  test('an empty list resolves without touching the kernel', async () => {
+    const r = await addon.conntrackFlush([]);
+    assert.deepEqual(r.flows, []);
+    assert.equal(typeof r.durationMs, 'number');
+  });
+});
+
+describe('conntrackFlush in the kernel (fresh network namespaces)', { skip: skip() }, () => {
+  test('udp: every entry to the destination deleted; tcp: the half-open one deleted, the established one kept and still working; others untouched', async () => {
+    const r = await runInNetns<Record<string, any>>(fixture('conntrack'), ['flush'], { timeoutMs: 60_000 });
+    assert.equal(r.before, 'one');
+    const [major, minor] = release().split('.').map(Number);
+    if (major > 5 || (major === 5 && minor >= 8)) assert.equal(r.first.kernelFilter, true, 'this kernel filters the dump (CTA_FILTER, 5.8+)');
+    else assert.equal(typeof r.first.kernelFilter, 'boolean');
+    assert.deepEqual(r.first.flows, [
+      { deleted: 1, kept: 1 }, // tcp 80 -> 9001: the half-open entry deleted, the established one kept
+      { deleted: 1, kept: 0 }, // udp 5353 -> 9001
+      { deleted: 0, kept: 0 }, // udp 5353 -> 9002: no such flow
+      { deleted: 0, kept: 0 }, // the same flow twice: counted once
+      { deleted: 0, kept: 0 }, // sctp: none
+    ]);
+    assert.deepEqual(r.again.flows, [{ deleted: 0, kept: 1 }, { deleted: 0, kept: 0 }], 'nothing left to delete; the established entry is still there');
+    assert.deepEqual(r.other.flows, [{ deleted: 1, kept: 0 }], 'the flow to another port of the address was not touched before');
+    assert.equal(r.after, 'two', 'the established connection still works');
+    assert.deepEqual(r.empty.flows, []);
+  });
+
+  const noTool = spawnSync('conntrack', ['--version']).status === 0 ? false : 'conntrack (the tool, to insert entries) is not installed';
+  for (const how of ['filtered', 'unfiltered'] as const) {
+    test(`sctp (every state), a conntrack zone, tcp states, 200 entries of one flow: exactly the matching ones go (${how === 'filtered' ? 'kernel-side dump filter' : 'whole table, filtered in the addon'})`, { skip: noTool }, async () => {
+      const r = await runInNetns<Record<string, any>>(fixture('conntrack'), ['synthetic', how], { timeoutMs: 120_000 });
+      assert.equal(r.total, 207);
+      assert.equal(r.kernelFilter, how === 'filtered');
+      assert.deepEqual(r.flows, [
+        { deleted: 1, kept: 0 }, // sctp, established: deleted all the same
+        { deleted: 1, kept: 0 }, // udp in zone 7
+        { deleted: 1, kept: 1 }, // tcp: SYN_RECV deleted; ESTABLISHED kept and counted; TIME_WAIT left to expire, uncounted
+        { deleted: 200, kept: 0 },
+      ]);
+      // What is left: "<proto> <client port> <vip port>" (ports of the original direction).
+      assert.deepEqual(r.left, ['sctp 1001 5354', 'tcp 1004 5353', 'tcp 1005 5353', 'udp 1006 5353']);
+    });
+  }
+
+  test('without CAP_NET_ADMIN: EPERM, saying so', async () => {
+    const r = await runInNetns<Record<string, any>>(fixture('conntrack'), ['eperm'], {
+      wrapper: ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--inh-caps=-all', '--bounding-set=-all'],
+    });
+    assert.equal(r.uid, 65534);
+    assert.equal(r.flush.ok, false);
+    assert.equal(r.flush.code, 'EPERM');
+    assert.equal(r.flush.errno, 1);
+    assert.match(r.flush.message, /conntrack.*CAP_NET_ADMIN/);
+  });
+});
