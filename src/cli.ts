@@ -8,7 +8,7 @@ import { IptlbError } from './errors.js';
 import { Core, deleteChange, upsertChange, type Change, type TransactionResult } from './lb.js';
 import { parseExecutorChoice } from './executors/index.js';
 import { parseEngineChoice } from './engine.js';
-import { DEFAULTS, chainName, sameProfile, show, splitDestinations, validateName } from './profile.js';
+import { DEFAULTS, chainName, sameProfile, show, splitDestinations, validateName, weightOf } from './profile.js';
 import { planTransaction } from './plan.js';
 import { renderRule } from './restore.js';
 import { planNftChange, planNftProfile } from './nft/plan.js';
@@ -21,7 +21,7 @@ import { packageVersion } from './paths.js';
 type Out = { out: (s: string) => void; err: (s: string) => void };
 
 /** Flags of the original, with their kind, accepted with one dash and `=value` (Go `flag` style). */
-const VALUE_FLAGS = new Set(['src-addr', 'dest-addr', 'rules-backend', 'profile', 'state-file', 'log-level', 'protocol', 'executor', 'engine', 'to', 'file', 'interval', 'count']);
+const VALUE_FLAGS = new Set(['src-addr', 'dest-addr', 'scheduler', 'rules-backend', 'profile', 'state-file', 'log-level', 'protocol', 'executor', 'engine', 'to', 'file', 'interval', 'count']);
 const BOOL_FLAGS = new Set(['reset', 'delete', 'log-custom-chain', 'run', 'use-state', 'masquerade', 'json', 'quiet', 'verbose', 'all', 'help', 'version', 'keep-conntrack']);
 
 /** Rewrites Go-style flags (`-src-addr=x`, `-run=true`) into the `--src-addr=x` form commander parses. */
@@ -73,6 +73,7 @@ interface ProfileOpts extends GlobalOpts {
   logCustomChain?: boolean;
   logLevel: string;
   masquerade?: boolean;
+  scheduler?: string;
 }
 interface LegacyOpts extends ProfileOpts {
   reset?: boolean;
@@ -105,7 +106,8 @@ function addProfileFlags(cmd: Command): Command {
   return cmd
     .option('--profile <name>', 'profile name, [A-Za-z0-9_-]{1,18}', 'default')
     .option('--src-addr <ip:port>', 'virtual IPv4 address and port that is balanced')
-    .option('--dest-addr <list>', 'comma-separated destination ip:port list')
+    .option('--dest-addr <list>', 'comma-separated destination ip:port list; ip:port*W gives a destination weight W (0-1000, default 1; 0 drains it)')
+    .option('--scheduler <kind>', 'random (weighted random) or round-robin (an exact rotation)', 'random')
     .option('--rules-backend <mode>', 'client (nat OUTPUT), proxy (nat PREROUTING) or server (PREROUTING, local addresses)', DEFAULTS.rulesBackend)
     .option('--protocol <proto>', 'tcp, udp or sctp', DEFAULTS.protocol)
     .option('--log-custom-chain', 'log packets that enter the profile (kernel log, see dmesg)')
@@ -126,6 +128,7 @@ function profileInput(o: ProfileOpts): ProfileInput {
     logLevel: o.logLevel,
   };
   if (o.masquerade) input.masquerade = true;
+  if (o.scheduler !== undefined && o.scheduler !== 'random') input.scheduler = o.scheduler;
   return input;
 }
 
@@ -221,7 +224,8 @@ async function deleteCommand(names: string[], o: GlobalOpts & { all?: boolean },
 }
 
 function describeProfile(p: Profile): string {
-  return `${p.name}\t${p.source}/${p.protocol}\t${p.rulesBackend}${p.masquerade ? '+masquerade' : ''}\t${p.destination.join(',')}${p.logEnabled ? `\tlog:${p.logLevel}` : ''}`;
+  const dests = p.destination.map((d) => (weightOf(p, d) === 1 ? d : `${d}*${weightOf(p, d)}`)).join(',');
+  return `${p.name}\t${p.source}/${p.protocol}\t${p.rulesBackend}${p.masquerade ? '+masquerade' : ''}\t${dests}${p.scheduler ? `\tscheduler:${p.scheduler}` : ''}${p.logEnabled ? `\tlog:${p.logLevel}` : ''}`;
 }
 
 async function listCommand(o: GlobalOpts, io: Out): Promise<void> {
@@ -262,7 +266,7 @@ function showNft(name: string, profile: Profile | undefined, view: NftView, o: G
   const same = (e: { ip: string; port: number }): boolean => !!vip && e.ip === vip.ip && e.port === vip.port;
   const dispatch = view.dispatchSets.flatMap((s) => s.elements.filter((e) => same(e.key)).map((e) => ({ set: s.name, ...e })));
   const backends = view.backendMaps.flatMap((m) => (m.proto === profile?.protocol ? m.elements.filter((e) => same(e.vip)) : []));
-  const rules = view.chains.flatMap((c) => c.rules.filter((r) => (r.kind === 'log' || r.kind === 'masq') && r.owner === name).map((r) => ({ chain: c.name, rule: r })));
+  const rules = view.chains.flatMap((c) => c.rules.filter((r) => (r.kind === 'log' || r.kind === 'masq' || r.kind === 'rr') && r.owner === name).map((r) => ({ chain: c.name, rule: r })));
   if (!profile && !rules.length) throw new IptlbError('ENOTFOUND', `name: profile ${show(name)} is neither in the state file nor in the kernel`, { field: 'name' });
   if (o.json) return io.out(JSON.stringify(jsonSafe({ profile: profile ?? null, kernel: { dispatch, backends, rules } })));
   io.out(profile ? `profile ${describeProfile(profile)}` : `profile ${name}: not in the state file ${statePath}`);
@@ -387,6 +391,9 @@ function buildProgram(io: Out, version: string): Command {
 Original flags (one or two dashes, -flag=value or -flag value):
   iptlb -run -profile=web -src-addr=127.100.0.10:8081 -dest-addr=127.0.0.1:9001,127.0.0.1:9002
   iptlb -run -reset -profile=web -src-addr=127.100.0.10:8081 -dest-addr=127.0.0.1:9003
+  iptlb -run -profile=web -src-addr=127.100.0.10:8081 -dest-addr=127.0.0.1:9001*3,127.0.0.1:9002*0
+                                   weights: 9001 takes every new connection, 9002 is drained
+  iptlb -run -profile=web -src-addr=127.100.0.10:8081 -dest-addr=127.0.0.1:9001,127.0.0.1:9002 -scheduler=round-robin
   iptlb -run -delete -profile=web
   iptlb -use-state -run            apply every profile of the state file in one transaction
   iptlb top                        connections per second per destination, refreshed every second

@@ -35,7 +35,7 @@ export interface NftEndpoint {
   port: number;
 }
 
-/** Name of the dispatch set of hook `h`, protocol `proto` and `n` destinations. */
+/** Name of the dispatch set of hook `h`, protocol `proto` and `n` slots (destinations, or the sum of the reduced weights). */
 export function dispatchSetName(h: NftHook, proto: Protocol, n: number): string {
   return `${h}_${proto}_${n}`;
 }
@@ -76,6 +76,20 @@ export type NftRule =
       prefix: string;
       /** syslog level 0-7 */
       level: number;
+    }
+  | {
+      /**
+       * A round-robin profile's own rule (numgen inc keeps its counter in the rule, so each profile
+       * needs its own for an exact rotation):
+       * `ip daddr V P dport port [fib daddr type local] dnat to ip daddr . P dport . numgen inc mod n offset T(n) map @be_P comment "iptlb:<owner>"`
+       */
+      kind: 'rr';
+      owner: string;
+      vip: NftEndpoint;
+      proto: Protocol;
+      local: boolean;
+      /** Slots (the sum of the reduced weights). */
+      n: number;
     }
   | {
       /** `ct status dnat ct original ip daddr V ct original protocol P ct original proto-dst port masquerade comment "iptlb:<owner>"` */
@@ -154,6 +168,13 @@ export function renderNftRule(r: NftRule): string {
     case 'log': {
       const fib = r.local ? ' fib daddr type local' : '';
       return `ip daddr ${r.vip.ip} ${r.proto} dport ${r.vip.port}${fib} log prefix "${r.prefix}" level ${LEVELS[r.level]} comment "iptlb:${r.owner}"`;
+    }
+    case 'rr': {
+      const fib = r.local ? ' fib daddr type local' : '';
+      return (
+        `ip daddr ${r.vip.ip} ${r.proto} dport ${r.vip.port}${fib} dnat to ip daddr . ${r.proto} dport . numgen inc mod ${r.n} offset ${backendOffset(r.n)} ` +
+        `map @${backendMapName(r.proto)} comment "iptlb:${r.owner}"`
+      );
     }
     case 'masq':
       return (
