@@ -43,13 +43,13 @@ export function planProfile(p: Profile): ProfilePlan {
   const slots = slotsOf(p);
   if (p.scheduler === 'round-robin') {
     // One rule per slot (a destination of reduced weight w has w consecutive slots). Rule i of S
-    // takes one in every S-i of the connections that reach it, starting with the first: connection
-    // k goes to slot k mod S, an exact rotation in list order.
+    // takes one in every S-i of the connections that reach it, starting with the first (`--packet 0`):
+    // connection k goes to slot k mod S, an exact rotation in list order.
     const list = slots.flatMap((s) => Array<string>(s.slots).fill(s.destination));
     const n = list.length;
     list.forEach((d, i) => {
       const matches: Match[] = [{ ...portMatch }];
-      if (i < n - 1) matches.push({ name: 'statistic', mode: 'nth', every: n - i, packet: n - i - 1 });
+      if (i < n - 1) matches.push({ name: 'statistic', mode: 'nth', every: n - i, packet: 0 });
       rules.push({ dst, proto, matches, target: { name: 'DNAT', toDestination: d } });
     });
   } else {

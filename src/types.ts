@@ -69,7 +69,7 @@ export interface ProfileInput {
 export type Match =
   | { name: 'tcp' | 'udp' | 'sctp'; dport: number }
   | { name: 'statistic'; mode: 'random'; /** decimal string as written, e.g. "0.3333333333" */ probability: string }
-  /** `-m statistic --mode nth --every N --packet P`: matches one packet in every N (the first when P = N-1). */
+  /** `-m statistic --mode nth --every N --packet P`: matches one packet in every N (with P = 0, the first of each N). */
   | { name: 'statistic'; mode: 'nth'; every: number; packet: number }
   | { name: 'comment'; comment: string }
   | { name: 'addrtype'; dstType: 'LOCAL' }

@@ -10,7 +10,7 @@ import type { NftTransaction, NftView } from '../nft/ops.js';
 import { packageRoot } from '../paths.js';
 
 /** ABI of the addon this TypeScript expects (native/addon.cc exports the same number). */
-export const EXPECTED_ABI = 3;
+export const EXPECTED_ABI = 4;
 
 /** A held flock; `release()` is idempotent, and the lock also goes with the object (finalizer) or the process. */
 export interface FileLock {
