@@ -99,6 +99,15 @@ function withGlobals<T extends GlobalOpts>(o: T, cmd: Command): T {
   const parent = (cmd.parent?.opts() ?? {}) as GlobalOpts;
   const merged = { ...o } as T & Record<string, unknown>;
   for (const k of GLOBAL_KEYS) if (merged[k] === undefined && parent[k] !== undefined) merged[k] = parent[k] as never;
+  // The program has the profile flags too, and commander gives a flag that both know to the program
+  // wherever it stands: `iptlb apply --src-addr=…` / `iptlb plan --use-state` set them on the parent.
+  // Flags given on the command line take over the subcommand's defaults.
+  if (cmd.parent) {
+    const own = new Set(cmd.options.map((opt) => opt.attributeName()));
+    for (const [k, v] of Object.entries(parent as Record<string, unknown>)) {
+      if (own.has(k) && cmd.parent.getOptionValueSource(k) === 'cli' && cmd.getOptionValueSource(k) !== 'cli') (merged as Record<string, unknown>)[k] = v;
+    }
+  }
   return merged;
 }
 
@@ -223,8 +232,13 @@ async function deleteCommand(names: string[], o: GlobalOpts & { all?: boolean },
   report(result, o, io);
 }
 
+/** The destinations as the command line takes them: `ip:port`, with `*W` when the weight is not 1. */
+function describeDestinations(p: Profile): string {
+  return p.destination.map((d) => (weightOf(p, d) === 1 ? d : `${d}*${weightOf(p, d)}`)).join(',');
+}
+
 function describeProfile(p: Profile): string {
-  const dests = p.destination.map((d) => (weightOf(p, d) === 1 ? d : `${d}*${weightOf(p, d)}`)).join(',');
+  const dests = describeDestinations(p);
   return `${p.name}\t${p.source}/${p.protocol}\t${p.rulesBackend}${p.masquerade ? '+masquerade' : ''}\t${dests}${p.scheduler ? `\tscheduler:${p.scheduler}` : ''}${p.logEnabled ? `\tlog:${p.logLevel}` : ''}`;
 }
 
@@ -285,6 +299,11 @@ async function planCommand(o: LegacyOpts, io: Out): Promise<void> {
   else if (o.delete) change = deleteChange(state, [validateName(o.profile, 'name')]);
   else change = upsertChange(state, [profileInput(o)]);
   const { executor } = await core.select();
+  // Weights and the scheduler, which the rule text only implies, as comment lines (both dialects take them).
+  const header = change.upsert
+    .filter((p) => p.weights || p.scheduler)
+    .map((p) => `# profile ${p.name}: ${describeDestinations(p)}, scheduler ${p.scheduler ?? 'random'}\n`)
+    .join('');
   if (executor.engine === 'nft') {
     const next = new Map(state);
     for (const n of change.remove) next.delete(n);
@@ -292,13 +311,13 @@ async function planCommand(o: LegacyOpts, io: Out): Promise<void> {
     const steps = planNftChange(state, next, [...change.upsert.map((p) => p.name), ...change.remove]);
     const texts = await Promise.all(steps.map((t) => executor.render(t)));
     if (o.json) io.out(JSON.stringify({ engine: 'nft', nft: texts, transactions: steps }));
-    else io.out(texts.map((t, i) => (steps.length > 1 ? `# transaction ${i + 1} of ${steps.length}\n` : '') + t.trimEnd()).join('\n'));
+    else io.out(header + texts.map((t, i) => (steps.length > 1 ? `# transaction ${i + 1} of ${steps.length}\n` : '') + t.trimEnd()).join('\n'));
     return;
   }
   const tx = planTransaction(change.upsert, change.remove);
   const text = await executor.render(tx);
   if (o.json) io.out(JSON.stringify({ engine: 'legacy', restore: text, transaction: tx }));
-  else io.out(text.trimEnd());
+  else io.out(header + text.trimEnd());
 }
 
 async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
@@ -313,7 +332,7 @@ async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
     io.out('PROFILE\tSTATUS\tPACKETS\tDESTINATION\tCONNECTIONS\tBYTES');
     for (const r of reports) {
       io.out(`${r.name}\t${r.status}${r.detail ? ` (${r.detail})` : ''}\t${r.packets}`);
-      for (const d of r.destinations) io.out(`\t\t\t${d.destination}\t${d.packets}\t${d.bytes}`);
+      for (const d of r.destinations) io.out(`\t\t\t${d.destination}${d.weight !== undefined ? `*${d.weight}` : ''}\t${d.packets}\t${d.bytes}`);
     }
   }
   return drifted ? 3 : 0;
