@@ -236,7 +236,8 @@ export function compareNft(state: Map<string, Profile>, view: NftView): ProfileR
         : { name: p.name, destinations, packets: Number(mine?.packets ?? 0n), bytes: Number(mine?.bytes ?? 0n) };
     const haveBackends = plan.backends.filter((b) => backends.get(`${plan.proto}/${vip}/${b.index}`)?.to === key(b.to)).length;
     const haveOwnRules = plan.rules.filter((r) => haveRules.has(ruleKey(r.chain, r.rule))).length;
-    const ownRulesInKernel = view.chains.some((c) => c.rules.some((r) => (r.kind === 'log' || r.kind === 'masq' || r.kind === 'rr') && r.owner === p.name));
+    const ownRulesHere = view.chains.reduce((n, c) => n + c.rules.filter((r) => (r.kind === 'log' || r.kind === 'masq' || r.kind === 'rr') && r.owner === p.name).length, 0);
+    const ownRulesInKernel = ownRulesHere > 0;
     if (found.length === 0 && haveBackends === 0 && !ownRulesInKernel) {
       reports.push({ ...base, status: 'missing', detail: view.exists ? 'no elements in table ip iptlb' : 'table ip iptlb does not exist' });
       continue;
@@ -253,6 +254,8 @@ export function compareNft(state: Map<string, Profile>, view: NftView): ProfileR
     else if (haveBackends !== plan.backends.length) detail = `${haveBackends} of its ${plan.backends.length} destinations are in map be_${plan.proto}`;
     else if (!dispatchRules.has(dispatchRule)) detail = `the dispatch rule for set ${plan.set} is missing`;
     else if (haveOwnRules !== plan.rules.length) detail = `${haveOwnRules} of its ${plan.rules.length} logging/masquerade rules are in the base chains`;
+    // e.g. the round-robin rule of a profile that is random now
+    if (!detail && ownRulesHere > plan.rules.length) detail = `${ownRulesHere} rules in the base chains are its own, ${plan.rules.length} planned`;
     reports.push(detail ? { ...base, status: 'modified', detail } : { ...base, status: 'in-sync' });
   }
   const orphans = new Map<string, string>();

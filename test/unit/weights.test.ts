@@ -303,4 +303,17 @@ test('nft view: the round-robin rule decodes from nft -j and compares in-sync; p
   // without its rule it is modified; the rule alone, with no profile, is an orphan
   assert.equal(compareNft(m(p), { ...view, chains: [{ name: 'output', rules: [] }] })[0].status, 'modified');
   assert.ok(compareNft(new Map(), view).some((x) => x.status === 'orphaned' && x.name === 'rule:web'));
+  // a random profile whose old round-robin rule is still there has drifted
+  const rnd = validateProfile({ ...base, destination: ['127.0.0.1:9001', '127.0.0.1:9002*2'] });
+  const rp = planNftProfile(rnd);
+  const rview: NftView = {
+    ...view,
+    dispatchSets: [{ name: rp.set!, elements: [{ key: rp.vip, packets: 0n, bytes: 0n }] }],
+    backendMaps: [{ proto: 'tcp', elements: rp.backends.map((b) => ({ ...b, packets: 0n, bytes: 0n })) }],
+    chains: [{ name: 'output', rules: [rr, { kind: 'dispatch', hook: 'out', proto: 'tcp', n: 3 }] }],
+  };
+  const [rs] = compareNft(m(rnd), rview);
+  assert.equal(rs.status, 'modified');
+  assert.match(rs.detail!, /1 rules in the base chains are its own, 0 planned/);
+  assert.equal(compareNft(m(rnd), { ...rview, chains: [{ name: 'output', rules: [{ kind: 'dispatch', hook: 'out', proto: 'tcp', n: 3 }] }] })[0].status, 'in-sync');
 });
