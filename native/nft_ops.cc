@@ -310,7 +310,8 @@ Op OpFromJs(const Napi::Value &v, const std::string &path) {
         Napi::Object e = ev.As<Napi::Object>();
         BackendElement be;
         be.vip = EndpointFromJs(e.Get("vip"), [&] { return at() + ".vip"; });
-        be.index = static_cast<uint32_t>(Int(e.Get("index"), 0, 65534, [&] { return at() + ".index"; }));
+        // Random profiles use [T(n), T(n) + n), round-robin ones 1000000 + that (n up to 65535: below 2^32).
+        be.index = static_cast<uint32_t>(Int(e.Get("index"), 0, 4294967294.0, [&] { return at() + ".index"; }));
         if (add) be.to = EndpointFromJs(e.Get("to"), [&] { return at() + ".to"; });  // ignored by deletes
         op.backend.push_back(be);
       }

@@ -19,6 +19,8 @@ namespace {
 
 /** First backend index of a profile with `mod` destinations (src/nft/ops.ts backendOffset). */
 uint32_t BackendOffset(uint32_t mod) { return mod * (mod - 1) / 2; }
+/** First backend index of a round-robin profile with `mod` slots (src/nft/ops.ts rrOffset). */
+uint32_t RrOffset(uint32_t mod) { return 1000000u + BackendOffset(mod); }
 
 
 // NFTNL_UDATA_RULE_COMMENT: nft keeps a rule's comment as this TLV in the rule userdata.
@@ -90,8 +92,9 @@ class RuleBuilder {
     nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NG_DREG, NFT_REG32_02);
     nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NG_MODULUS, mod);
     nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NG_TYPE, type);
-    // Each destination count has its own index range in the backend map: [n(n-1)/2, n(n-1)/2 + n).
-    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NG_OFFSET, BackendOffset(mod));
+    // Each destination count has its own index range in the backend map: [n(n-1)/2, n(n-1)/2 + n);
+    // round-robin profiles have theirs from 1000000 on.
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NG_OFFSET, type == NFT_NG_RANDOM ? BackendOffset(mod) : RrOffset(mod));
     Add(std::move(e));
   }
   void Raw(ExprPtr e) { Add(std::move(e)); }
@@ -182,7 +185,7 @@ class Cursor {
     if (!nftnl_expr_is_set(e, NFTNL_EXPR_NG_MODULUS)) return false;
     *mod = nftnl_expr_get_u32(e, NFTNL_EXPR_NG_MODULUS);
     const uint32_t offset = nftnl_expr_is_set(e, NFTNL_EXPR_NG_OFFSET) ? nftnl_expr_get_u32(e, NFTNL_EXPR_NG_OFFSET) : 0;
-    if (offset != BackendOffset(*mod)) return false;
+    if (offset != (type == NFT_NG_RANDOM ? BackendOffset(*mod) : RrOffset(*mod))) return false;
     return Ok(true);
   }
   // dnat ip to reg 1 (address) and reg 9 (port): the kernel fills in max = min and the range flags.
@@ -305,7 +308,7 @@ bool DecodeLog(const Exprs &x, const std::string &owner, Rule *out) {
   return true;
 }
 
-// ip daddr V P dport port [fib daddr type local] dnat to ip daddr . P dport . numgen inc mod n offset T(n) map @be_P
+// ip daddr V P dport port [fib daddr type local] dnat to ip daddr . P dport . numgen inc mod n offset 1000000+T(n) map @be_P
 bool DecodeRr(const Exprs &x, const std::string &owner, Rule *out) {
   Cursor c(x);
   Rule r;
@@ -438,7 +441,7 @@ RulePtr BuildRule(BaseChain chain, const Rule &r, const LookupIds &ids) {
       break;
     }
     case Rule::Kind::kRr: {
-      // ip daddr V P dport port [fib daddr type local] dnat to ip daddr . P dport . numgen inc mod n offset T(n) map @be_P comment "iptlb:<owner>"
+      // ip daddr V P dport port [fib daddr type local] dnat to ip daddr . P dport . numgen inc mod n offset 1000000+T(n) map @be_P comment "iptlb:<owner>"
       b.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1);
       b.Cmp(NFT_CMP_EQ, &r.vip.ip, 4);
       b.L4Proto(r.proto);

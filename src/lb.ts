@@ -9,7 +9,7 @@ import { loadAddon } from './native/addon.js';
 import { findBinary } from './executors/spawn.js';
 import { baseUnchanged, countUsage, dispatchSetUsage, planNftChange, planNftRebuild, planNftRemoveAll, nftHookOf } from './nft/plan.js';
 import { dispatchSetName } from './nft/ops.js';
-import { compareNft } from './nft/view.js';
+import { compareNft, strayRoundRobin } from './nft/view.js';
 import { DEFAULT_LOCK_WAIT_MS, lockStateFile } from './lock.js';
 import { chainName, checkConflicts, sameProfile, show, slotCount, validateName, validateProfile, weightOf } from './profile.js';
 import { hookChainOf, isEmptyTransaction, planProfile, planTransaction } from './plan.js';
@@ -225,7 +225,17 @@ export class Core {
           const view = all || baseChanges ? await executor.read() : undefined;
           const fresh = view !== undefined && !view.exists;
           const kernelSets = view?.exists && baseChanges ? new Map(view.dispatchSets.map((d) => [d.name, d.elements.length])) : undefined;
-          const steps = fresh ? planNftChange(new Map(), next, touched) : planNftChange(state, next, touched, usage, kernelSets);
+          // A round-robin rule the state does not explain (a process killed between its commit and its
+          // state write, or between the two steps of a move) would be dropped by the rewrite and leave
+          // its backends behind; a dispatch element of a round-robin profile's address would shadow its
+          // rule. Either way the incremental plan is wrong: replace the table instead.
+          const stray = view?.exists && baseChanges && !fresh ? strayRoundRobin(state, view) : [];
+          if (stray.length) this.log(`table ip iptlb holds objects of round-robin profiles the state does not explain (${stray.slice(0, 3).join(', ')}); replacing it with all ${next.size} profile(s) in one transaction`);
+          const steps = stray.length
+            ? [planNftRebuild(next.values())]
+            : fresh
+              ? planNftChange(new Map(), next, touched)
+              : planNftChange(state, next, touched, usage, kernelSets);
           if (steps.length) {
             commitMs = await this.commitNft(executor, steps, next);
             committed = true;

@@ -13,6 +13,7 @@ import type { Profile, Protocol } from '../types.js';
 export { backendOffset } from './ops.js';
 import {
   backendOffset,
+  rrOffset,
   dispatchSetName,
   parseDispatchSetName,
   NFT_BASE_CHAINS,
@@ -58,8 +59,10 @@ export function planNftProfile(p: Profile): NftProfilePlan {
   const hook = nftHookOf(p);
   const proto = p.protocol;
   const n = slotCount(p);
-  let index = backendOffset(n);
+  const rr = p.scheduler === 'round-robin';
+  let index = rr ? rrOffset(n) : backendOffset(n);
   // Destination i occupies (reduced weight) consecutive indexes; drained destinations none.
+  // Round-robin profiles use an index range of their own (see rrOffset).
   const backends: NftBackendElement[] = [];
   for (const s of slotsOf(p)) {
     const to = endpoint(s.destination);
@@ -73,7 +76,6 @@ export function planNftProfile(p: Profile): NftProfilePlan {
     rules.push({ chain: baseChainOf(hook), rule: { ...base, prefix: `IPTLB:VIP:${suffix}:` } });
     rules.push({ chain: baseChainOf(hook), rule: { ...base, prefix: `IPTLB:${suffix}:` } });
   }
-  const rr = p.scheduler === 'round-robin';
   if (rr) rules.push({ chain: baseChainOf(hook), rule: rrRule(p, vip, n) });
   if (p.masquerade) rules.push({ chain: 'postrouting', rule: { kind: 'masq', owner: p.name, vip, proto } });
   return { set: rr ? null : dispatchSetName(hook, proto, n), n, vip, proto, backends, rules };
@@ -112,8 +114,11 @@ export function baseContent(
     const set = dispatchSetOf(p);
     if (set !== null && !dispatch.has(set)) dispatch.set(set, { kind: 'dispatch', hook: nftHookOf(p), proto: p.protocol, n: slotCount(p) });
   };
+  // Round-robin rules come after the dispatch rules: a leftover rule of a profile that is random now
+  // (a process killed between the two steps of a move) never shadows its dispatch element.
+  const rrRules: { chain: NftBaseChain; rule: NftRule }[] = [];
   for (const p of sorted) {
-    if (ownsRules(p)) for (const r of planNftProfile(p).rules) chains[r.chain].push(r.rule);
+    if (ownsRules(p)) for (const r of planNftProfile(p).rules) (r.rule.kind === 'rr' ? rrRules.push(r) : chains[r.chain].push(r.rule));
     use(p);
   }
   for (const p of alsoDispatch) {
@@ -121,9 +126,8 @@ export function baseContent(
     // A round-robin profile on its way out keeps its rule until the second step: a packet that
     // matched it in the older generation and finds its old backends gone falls through to the new one.
     if (p.scheduler === 'round-robin') {
-      const r = rrRule(p, endpoint(p.source), slotCount(p));
-      const chain = chains[baseChainOf(nftHookOf(p))];
-      if (!chain.some((x) => JSON.stringify(x) === JSON.stringify(r))) chain.push(r);
+      const r = { chain: baseChainOf(nftHookOf(p)), rule: rrRule(p, endpoint(p.source), slotCount(p)) };
+      if (!rrRules.some((x) => x.chain === r.chain && JSON.stringify(x.rule) === JSON.stringify(r.rule))) rrRules.push(r);
     }
   }
   for (const set of alsoSets) {
@@ -135,6 +139,7 @@ export function baseContent(
     (a, b) => order[a.hook] - order[b.hook] || NFT_PROTOCOLS.indexOf(a.proto) - NFT_PROTOCOLS.indexOf(b.proto) || a.n - b.n,
   );
   for (const r of rules) chains[baseChainOf(r.hook)].push(r);
+  for (const r of rrRules) chains[r.chain].push(r.rule);
   return { chains, sets: [...dispatch.keys()].sort() };
 }
 
@@ -283,7 +288,7 @@ export function planNftChange(
       moving.push(old!);
       adds.add(n);
       if (o.set !== null) later.addDispatch(o.set, o.vip);
-      if (o.proto === n.proto && sameEndpoint(o.vip, n.vip) && o.n === n.n) dels.addBackends(o.proto, o.backends);
+      if (o.proto === n.proto && sameEndpoint(o.vip, n.vip) && o.n === n.n && (o.set === null) === (n.set === null)) dels.addBackends(o.proto, o.backends);
       else later.addBackends(o.proto, o.backends);
       continue;
     }

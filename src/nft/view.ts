@@ -6,7 +6,7 @@
 import type { DestinationCounters, ProfileReport } from '../drift.js';
 import type { Profile, Protocol } from '../types.js';
 import { weightOf } from '../profile.js';
-import { NFT_BASE_CHAINS, backendOffset, parseDispatchSetName, renderNftRule, type NftBaseChain, type NftEndpoint, type NftRule, type NftView } from './ops.js';
+import { NFT_BASE_CHAINS, backendOffset, rrOffset, parseDispatchSetName, renderNftRule, type NftBaseChain, type NftEndpoint, type NftRule, type NftView } from './ops.js';
 import { baseContent, planNftProfile } from './plan.js';
 
 const LEVELS = ['emerg', 'alert', 'crit', 'err', 'warn', 'notice', 'info', 'debug'];
@@ -65,7 +65,7 @@ export function decodeRuleJson(rule: J): NftRule | { kind: 'foreign'; text: stri
       return { kind: 'dispatch', hook: set.hook, proto: set.proto, n: set.n };
     }
   }
-  // rr: ip daddr V, P dport port, [fib local], dnat to (ip daddr . P dport . numgen inc mod n offset T(n)) map @be_P
+  // rr: ip daddr V, P dport port, [fib local], dnat to (ip daddr . P dport . numgen inc mod n offset 1000000+T(n)) map @be_P
   if (owner !== undefined && (expr.length === 3 || expr.length === 4)) {
     const ip = match(expr[0]);
     const port = match(expr[1]);
@@ -79,7 +79,7 @@ export function decodeRuleJson(rule: J): NftRule | { kind: 'foreign'; text: stri
       ip && payload(ip[0], 'ip', 'daddr') && typeof ip[1] === 'string' && typeof proto === 'string' && PROTOS.includes(proto) &&
       payload(port![0], proto, 'dport') && typeof port![1] === 'number' && (expr.length === 3 || local) &&
       dnat?.family === 'ip' && map?.data === `@be_${proto}` && key?.length === 3 && payload(key[0], 'ip', 'daddr') && payload(key[1], proto, 'dport') &&
-      ng?.mode === 'inc' && typeof ng.mod === 'number' && ng.mod >= 1 && (ng.offset ?? 0) === backendOffset(ng.mod)
+      ng?.mode === 'inc' && typeof ng.mod === 'number' && ng.mod >= 1 && (ng.offset ?? 0) === rrOffset(ng.mod)
     ) {
       return { kind: 'rr', owner, vip: { ip: ip[1], port: port![1] }, proto: proto as Protocol, local, n: ng.mod };
     }
@@ -278,4 +278,41 @@ export function compareNft(state: Map<string, Profile>, view: NftView): ProfileR
     reports.push({ name, status: 'orphaned', detail, destinations: [], packets: 0, bytes: 0 });
   }
   return reports;
+}
+
+/**
+ * What table ip iptlb holds of round-robin profiles that `profiles` do not explain: round-robin rules
+ * they do not plan, rules they plan that are missing, and dispatch elements of the addresses of their
+ * round-robin profiles. A process
+ * killed between its commit and its state write (or between the two steps of a move) leaves them.
+ * O(round-robin profiles + dispatch elements).
+ */
+export function strayRoundRobin(profiles: ReadonlyMap<string, Profile>, view: NftView): string[] {
+  const planned = new Map<string, string>();
+  const rrVips = new Set<string>();
+  for (const p of profiles.values()) {
+    if (p.scheduler !== 'round-robin') continue;
+    rrVips.add(`${p.protocol} ${p.source}`);
+    for (const r of planNftProfile(p).rules) if (r.rule.kind === 'rr') planned.set(`${r.chain} ${renderNftRule(r.rule)}`, p.name);
+  }
+  const out: string[] = [];
+  const have = new Set<string>();
+  for (const c of view.chains) {
+    for (const r of c.rules) {
+      if (r.kind !== 'rr') continue;
+      const k = `${c.name} ${renderNftRule(r)}`;
+      have.add(k);
+      if (!planned.has(k)) out.push(`a round-robin rule of ${r.owner} in ${c.name}`);
+    }
+  }
+  // …and the other way round: a rule the profiles plan is gone (a delete or a move was committed, its
+  // state write was not). Rewriting the chain would bring back the rule without its backends.
+  for (const [k, name] of planned) if (!have.has(k)) out.push(`no round-robin rule of ${name}`);
+  if (rrVips.size) {
+    for (const s of view.dispatchSets) {
+      const d = parseDispatchSetName(s.name);
+      for (const e of s.elements) if (d && rrVips.has(`${d.proto} ${key(e.key)}`)) out.push(`element ${key(e.key)} of set ${s.name}`);
+    }
+  }
+  return out;
 }

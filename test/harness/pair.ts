@@ -5,7 +5,7 @@
 import { execFileSync } from 'node:child_process';
 import { normalizeNft, normalizeSave } from './iptables.js';
 import { parseNftJson } from '../../src/nft/view.js';
-import { backendOffset, parseDispatchSetName } from '../../src/nft/ops.js';
+import { backendOffset, parseDispatchSetName, rrOffset } from '../../src/nft/ops.js';
 
 export interface PairArg {
   engine: 'legacy' | 'nft';
@@ -63,7 +63,7 @@ export function nftHalfProfiles(): string[] {
       const k = `${r.proto} ${r.vip.ip}:${r.vip.port}`;
       claimed.add(k);
       const have = new Set(backends.get(k) ?? []);
-      const want = Array.from({ length: r.n }, (_, i) => backendOffset(r.n) + i);
+      const want = Array.from({ length: r.n }, (_, i) => rrOffset(r.n) + i);
       if (!want.every((i) => have.has(i))) problems.push(`${k} (round-robin rule of ${r.owner}) lacks some of backends ${want.join(',')} (has ${[...have].join(',') || 'none'})`);
     }
   }

@@ -36,7 +36,7 @@ for (const pair of PAIRS) {
       assert.match(r.list, /127\.0\.0\.1:9001,127\.0\.0\.1:9002\*2,127\.0\.0\.1:9003\*3/);
       ok(r.plan, 'plan');
       assert.match(r.plan.stdout, /^# profile rot: 127\.0\.0\.1:9001\*2,127\.0\.0\.1:9002, scheduler round-robin\n/);
-      assert.match(r.plan.stdout, pair.engine === 'nft' ? /numgen inc mod 3 offset 3 map @be_tcp comment "iptlb:rot"/ : /--mode nth --every 3 --packet 0 -j DNAT/);
+      assert.match(r.plan.stdout, pair.engine === 'nft' ? /numgen inc mod 3 offset 1000003 map @be_tcp comment "iptlb:rot"/ : /--mode nth --every 3 --packet 0 -j DNAT/);
       ok(r.apply2, 'apply');
       assert.match(r.list2, /rot\t127\.100\.0\.12:80\/tcp\tclient\t127\.0\.0\.1:9001\*2,127\.0\.0\.1:9002\tscheduler:round-robin/);
     });

@@ -8,7 +8,7 @@ import { parseRule, renderRule } from '../../src/restore.js';
 import { compare } from '../../src/drift.js';
 import { baseContent, planNftChange, planNftProfile, planNftRebuild } from '../../src/nft/plan.js';
 import { renderNft, renderNftRule, type NftView } from '../../src/nft/ops.js';
-import { compareNft, decodeRuleJson } from '../../src/nft/view.js';
+import { compareNft, decodeRuleJson, strayRoundRobin } from '../../src/nft/view.js';
 import { IptlbError } from '../../src/errors.js';
 import type { KernelView, Profile } from '../../src/types.js';
 
@@ -211,16 +211,18 @@ test('nft planner: a round-robin profile has its own rule (numgen inc) and no di
   const [tx, ...more] = planNftChange(new Map(), m(a, b, plain), ['a', 'b', 'c']);
   assert.equal(more.length, 0);
   const text = renderNft(tx);
-  assert.match(text, /add rule ip iptlb output ip daddr 127\.100\.0\.10 tcp dport 8081 dnat to ip daddr \. tcp dport \. numgen inc mod 3 offset 3 map @be_tcp comment "iptlb:a"/);
-  assert.match(text, /add rule ip iptlb prerouting ip daddr 127\.100\.0\.11 udp dport 53 fib daddr type local dnat to ip daddr \. udp dport \. numgen inc mod 3 offset 3 map @be_udp comment "iptlb:b"/);
+  assert.match(text, /add rule ip iptlb output ip daddr 127\.100\.0\.10 tcp dport 8081 dnat to ip daddr \. tcp dport \. numgen inc mod 3 offset 1000003 map @be_tcp comment "iptlb:a"/);
+  assert.match(text, /add rule ip iptlb prerouting ip daddr 127\.100\.0\.11 udp dport 53 fib daddr type local dnat to ip daddr \. udp dport \. numgen inc mod 3 offset 1000003 map @be_udp comment "iptlb:b"/);
+  // round-robin slots live in an index range of their own
+  assert.match(text, /127\.100\.0\.10 \. 8081 \. 1000003 : 127\.0\.0\.1 \. 9001, 127\.100\.0\.10 \. 8081 \. 1000004 : 127\.0\.0\.1 \. 9002, 127\.100\.0\.10 \. 8081 \. 1000005 : 127\.0\.0\.1 \. 9002/);
   assert.doesNotMatch(text, /add element ip iptlb out_tcp_3 \{ 127\.100\.0\.10/);
   assert.doesNotMatch(text, /loc_udp_3/);
   assert.match(text, /add element ip iptlb out_tcp_3 \{ 127\.100\.0\.12 \. 80 \}/);
-  // round-robin rules come before the dispatch rules of their chain
+  // round-robin rules come after the dispatch rules of their chain
   const out = baseContent([a, b, plain]).chains.output;
-  assert.deepEqual(out.map((r) => r.kind), ['rr', 'dispatch']);
+  assert.deepEqual(out.map((r) => r.kind), ['dispatch', 'rr']);
   // the rebuild holds the same
-  assert.match(renderNft(planNftRebuild([a, b, plain])), /numgen inc mod 3 offset 3 map @be_tcp comment "iptlb:a"/);
+  assert.match(renderNft(planNftRebuild([a, b, plain])), /numgen inc mod 3 offset 1000003 map @be_tcp comment "iptlb:a"/);
 });
 
 test('nft planner: changing the destinations of a round-robin profile with the same slot count is element changes only', () => {
@@ -239,19 +241,22 @@ test('nft planner: a slot count change or a scheduler switch is a two-step move 
   let [one, two, ...more] = planNftChange(m(rr3), m(rr4), ['web']);
   assert.equal(more.length, 0);
   let t1 = renderNft(one);
-  assert.match(t1, /numgen inc mod 4 offset 6 map @be_tcp comment "iptlb:web"\n.*numgen inc mod 3 offset 3 map @be_tcp comment "iptlb:web"/);
+  assert.match(t1, /numgen inc mod 4 offset 1000006 map @be_tcp comment "iptlb:web"\n.*numgen inc mod 3 offset 1000003 map @be_tcp comment "iptlb:web"/);
   assert.doesNotMatch(t1, /delete element/);
   let t2 = renderNft(two);
-  assert.match(t2, /delete element ip iptlb be_tcp \{ 127\.100\.0\.10 \. 8081 \. 3, 127\.100\.0\.10 \. 8081 \. 4, 127\.100\.0\.10 \. 8081 \. 5 \}/);
-  assert.doesNotMatch(t2, /mod 3 offset 3/);
-  assert.match(t2, /numgen inc mod 4 offset 6/);
-  // random -> rr with the same slots: backends replaced in place, the dispatch element goes in step two
+  assert.match(t2, /delete element ip iptlb be_tcp \{ 127\.100\.0\.10 \. 8081 \. 1000003, 127\.100\.0\.10 \. 8081 \. 1000004, 127\.100\.0\.10 \. 8081 \. 1000005 \}/);
+  assert.doesNotMatch(t2, /mod 3 offset 1000003/);
+  assert.match(t2, /numgen inc mod 4 offset 1000006/);
+  // random -> rr with the same slots: the round-robin backends (their own range) and rule now, the
+  // dispatch element and the random backends in step two
   [one, two] = planNftChange(m(rnd), m(rr3), ['web']);
   t1 = renderNft(one);
-  assert.match(t1, /numgen inc mod 3 offset 3 map @be_tcp comment "iptlb:web"/);
+  assert.match(t1, /numgen inc mod 3 offset 1000003 map @be_tcp comment "iptlb:web"/);
   assert.match(t1, /@out_tcp_3 dnat/);
+  assert.doesNotMatch(t1, /delete element/);
   t2 = renderNft(two);
   assert.match(t2, /delete element ip iptlb out_tcp_3 \{ 127\.100\.0\.10 \. 8081 \}/);
+  assert.match(t2, /delete element ip iptlb be_tcp \{ 127\.100\.0\.10 \. 8081 \. 3, /);
   assert.match(t2, /delete set ip iptlb out_tcp_3/);
   // rr -> random
   [one, two] = planNftChange(m(rr3), m(rnd), ['web']);
@@ -273,7 +278,7 @@ test('nft view: the round-robin rule decodes from nft -j and compares in-sync; p
           family: 'ip',
           addr: {
             map: {
-              key: { concat: [{ payload: { protocol: 'ip', field: 'daddr' } }, { payload: { protocol: 'tcp', field: 'dport' } }, { numgen: { mode: 'inc', mod: 3, offset: 3 } }] },
+              key: { concat: [{ payload: { protocol: 'ip', field: 'daddr' } }, { payload: { protocol: 'tcp', field: 'dport' } }, { numgen: { mode: 'inc', mod: 3, offset: 1000003 } }] },
               data: '@be_tcp',
             },
           },
@@ -282,7 +287,7 @@ test('nft view: the round-robin rule decodes from nft -j and compares in-sync; p
     ],
   };
   assert.deepEqual(decodeRuleJson(json), rr);
-  assert.equal(renderNftRule(rr), 'ip daddr 127.100.0.10 tcp dport 8081 dnat to ip daddr . tcp dport . numgen inc mod 3 offset 3 map @be_tcp comment "iptlb:web"');
+  assert.equal(renderNftRule(rr), 'ip daddr 127.100.0.10 tcp dport 8081 dnat to ip daddr . tcp dport . numgen inc mod 3 offset 1000003 map @be_tcp comment "iptlb:web"');
   const view: NftView = {
     genid: 1,
     exists: true,
@@ -316,4 +321,26 @@ test('nft view: the round-robin rule decodes from nft -j and compares in-sync; p
   assert.equal(rs.status, 'modified');
   assert.match(rs.detail!, /1 rules in the base chains are its own, 0 planned/);
   assert.equal(compareNft(m(rnd), { ...rview, chains: [{ name: 'output', rules: [{ kind: 'dispatch', hook: 'out', proto: 'tcp', n: 3 }] }] })[0].status, 'in-sync');
+});
+
+test('nft: objects of round-robin profiles the state does not explain are found (the table is then replaced whole)', () => {
+  const a = validateProfile({ ...base, name: 'a', destination: D, scheduler: 'round-robin' });
+  const b = validateProfile({ name: 'b', source: '127.100.0.11:80', destination: D });
+  const ra = planNftProfile(a).rules[0].rule;
+  const view: NftView = {
+    genid: 1,
+    exists: true,
+    dispatchSets: [{ name: 'out_tcp_3', elements: [{ key: { ip: '127.100.0.11', port: 80 }, packets: 0n, bytes: 0n }] }],
+    backendMaps: [],
+    chains: [{ name: 'output', rules: [{ kind: 'dispatch', hook: 'out', proto: 'tcp', n: 3 }, ra] }],
+    foreign: [],
+  };
+  assert.deepEqual(strayRoundRobin(m(a, b), view), []);
+  // the state says a is random, the kernel holds its round-robin rule
+  const aRandom = validateProfile({ ...base, name: 'a', destination: D });
+  assert.deepEqual(strayRoundRobin(m(aRandom, b), view), ['a round-robin rule of a in output']);
+  // the state says a is round-robin, the kernel lost its rule, or holds a dispatch element of its address
+  assert.deepEqual(strayRoundRobin(m(a, b), { ...view, chains: [{ name: 'output', rules: [] }] }), ['no round-robin rule of a']);
+  const withElement = { ...view, dispatchSets: [{ name: 'out_tcp_3', elements: [{ key: { ip: '127.100.0.10', port: 8081 }, packets: 0n, bytes: 0n }] }] };
+  assert.deepEqual(strayRoundRobin(m(a, b), withElement), ['element 127.100.0.10:8081 of set out_tcp_3']);
 });
