@@ -373,7 +373,12 @@ async function topCommand(o: GlobalOpts & { interval?: string; count?: string },
         status: r.status,
         packets: r.packets,
         rate: rate(r.name, r.packets),
-        destinations: r.destinations.map((d) => ({ destination: d.destination, packets: d.packets, rate: rate(`${r.name} ${d.destination}`, d.packets) })),
+        destinations: r.destinations.map((d) => ({
+          destination: d.destination,
+          ...(d.weight !== undefined ? { weight: d.weight } : {}),
+          packets: d.packets,
+          rate: rate(`${r.name} ${d.destination}`, d.packets),
+        })),
       }));
       prevAt = at;
       if (o.json) {
@@ -384,7 +389,7 @@ async function topCommand(o: GlobalOpts & { interval?: string; count?: string },
       const lines = [`iptlb top  ${new Date().toISOString()}  new connections per second over ${(secs || interval / 1000).toFixed(1)} s (Ctrl-C stops)`, 'PROFILE\tSTATUS\tDESTINATION\tCONN/S\tTOTAL'];
       for (const r of rows) {
         lines.push(`${r.name}\t${r.status}\t*\t${fmt(r.rate)}\t${r.packets}`);
-        for (const d of r.destinations) lines.push(`\t\t${d.destination}\t${fmt(d.rate)}\t${d.packets}`);
+        for (const d of r.destinations) lines.push(`\t\t${d.destination}${d.weight !== undefined ? `*${d.weight}` : ''}\t${fmt(d.rate)}\t${d.packets}`);
       }
       if (!rows.length) lines.push('(no profiles and no iptlb rules)');
       io.out((tty ? '\x1b[H\x1b[2J' : i > 0 ? '\n' : '') + lines.join('\n'));
