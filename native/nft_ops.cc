@@ -234,8 +234,16 @@ Rule RuleFromJs(const Napi::Value &v, const std::string &path) {
     r.kind = Rule::Kind::kMasq;
     r.owner = OwnerFromJs(o.Get("owner"), path + ".owner");
     r.vip = EndpointFromJs(o.Get("vip"), [&] { return path + ".vip"; });
+  } else if (kind == "rr") {
+    r.kind = Rule::Kind::kRr;
+    r.owner = OwnerFromJs(o.Get("owner"), path + ".owner");
+    r.vip = EndpointFromJs(o.Get("vip"), [&] { return path + ".vip"; });
+    Napi::Value local = o.Get("local");
+    if (!local.IsBoolean()) Bad(env, path + ".local", "must be a boolean");
+    r.local = local.As<Napi::Boolean>().Value();
+    r.n = static_cast<uint32_t>(Int(o.Get("n"), 1, 65535, [&] { return path + ".n"; }));
   } else {
-    Bad(env, path + ".kind", "must be 'dispatch', 'log' or 'masq'");
+    Bad(env, path + ".kind", "must be 'dispatch', 'log', 'masq' or 'rr'");
   }
   return r;
 }
@@ -302,7 +310,8 @@ Op OpFromJs(const Napi::Value &v, const std::string &path) {
         Napi::Object e = ev.As<Napi::Object>();
         BackendElement be;
         be.vip = EndpointFromJs(e.Get("vip"), [&] { return at() + ".vip"; });
-        be.index = static_cast<uint32_t>(Int(e.Get("index"), 0, 65534, [&] { return at() + ".index"; }));
+        // Random profiles use [T(n), T(n) + n), round-robin ones 1000000 + that (n up to 65535: below 2^32).
+        be.index = static_cast<uint32_t>(Int(e.Get("index"), 0, 4294967294.0, [&] { return at() + ".index"; }));
         if (add) be.to = EndpointFromJs(e.Get("to"), [&] { return at() + ".to"; });  // ignored by deletes
         op.backend.push_back(be);
       }
@@ -469,6 +478,8 @@ class Encoder {
         LookupIds ids;
         if (op.rule.kind == Rule::Kind::kDispatch) {
           ids.dispatch_set = SetId(DispatchSetName(op.rule.hook, op.rule.proto, op.rule.n));
+          ids.backend_map = SetId(BackendMapName(op.rule.proto));
+        } else if (op.rule.kind == Rule::Kind::kRr) {
           ids.backend_map = SetId(BackendMapName(op.rule.proto));
         }
         RulePtr r = BuildRule(op.chain, op.rule, ids);

@@ -37,14 +37,14 @@ std::string IpText(uint32_t ip_be);
 uint16_t HostPort(const Endpoint &e);
 
 struct Rule {
-  enum class Kind : uint8_t { kDispatch, kLog, kMasq, kForeign };
+  enum class Kind : uint8_t { kDispatch, kLog, kMasq, kRr, kForeign };
   Kind kind = Kind::kForeign;
   Hook hook = Hook::kOut;  // dispatch
   Proto proto = Proto::kTcp;
-  uint32_t n = 0;          // dispatch
-  std::string owner;       // log, masq
-  Endpoint vip;            // log, masq
-  bool local = false;      // log
+  uint32_t n = 0;          // dispatch, rr (slots)
+  std::string owner;       // log, masq, rr
+  Endpoint vip;            // log, masq, rr
+  bool local = false;      // log, rr
   std::string prefix;      // log
   uint32_t level = 0;      // log
   std::string text;        // foreign

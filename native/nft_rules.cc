@@ -19,6 +19,8 @@ namespace {
 
 /** First backend index of a profile with `mod` destinations (src/nft/ops.ts backendOffset). */
 uint32_t BackendOffset(uint32_t mod) { return mod * (mod - 1) / 2; }
+/** First backend index of a round-robin profile with `mod` slots (src/nft/ops.ts rrOffset). */
+uint32_t RrOffset(uint32_t mod) { return 1000000u + BackendOffset(mod); }
 
 
 // NFTNL_UDATA_RULE_COMMENT: nft keeps a rule's comment as this TLV in the rule userdata.
@@ -85,13 +87,14 @@ class RuleBuilder {
     if (set_id) nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LOOKUP_SET_ID, set_id);
     Add(std::move(e));
   }
-  void Numgen(uint32_t mod) {
+  void Numgen(uint32_t mod, uint32_t type = NFT_NG_RANDOM) {
     ExprPtr e = New("numgen");
     nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NG_DREG, NFT_REG32_02);
     nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NG_MODULUS, mod);
-    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NG_TYPE, NFT_NG_RANDOM);
-    // Each destination count has its own index range in the backend map: [n(n-1)/2, n(n-1)/2 + n).
-    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NG_OFFSET, BackendOffset(mod));
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NG_TYPE, type);
+    // Each destination count has its own index range in the backend map: [n(n-1)/2, n(n-1)/2 + n);
+    // round-robin profiles have theirs from 1000000 on.
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NG_OFFSET, type == NFT_NG_RANDOM ? BackendOffset(mod) : RrOffset(mod));
     Add(std::move(e));
   }
   void Raw(ExprPtr e) { Add(std::move(e)); }
@@ -176,13 +179,13 @@ class Cursor {
     *set = s;
     return Ok(true);
   }
-  bool Numgen(uint32_t *mod) {
+  bool Numgen(uint32_t *mod, uint32_t type = NFT_NG_RANDOM) {
     const nftnl_expr *e = Next("numgen");
-    if (!e || !U32Is(e, NFTNL_EXPR_NG_DREG, NFT_REG32_02) || !U32Is(e, NFTNL_EXPR_NG_TYPE, NFT_NG_RANDOM)) return false;
+    if (!e || !U32Is(e, NFTNL_EXPR_NG_DREG, NFT_REG32_02) || !U32Is(e, NFTNL_EXPR_NG_TYPE, type)) return false;
     if (!nftnl_expr_is_set(e, NFTNL_EXPR_NG_MODULUS)) return false;
     *mod = nftnl_expr_get_u32(e, NFTNL_EXPR_NG_MODULUS);
     const uint32_t offset = nftnl_expr_is_set(e, NFTNL_EXPR_NG_OFFSET) ? nftnl_expr_get_u32(e, NFTNL_EXPR_NG_OFFSET) : 0;
-    if (offset != BackendOffset(*mod)) return false;
+    if (offset != (type == NFT_NG_RANDOM ? BackendOffset(*mod) : RrOffset(*mod))) return false;
     return Ok(true);
   }
   // dnat ip to reg 1 (address) and reg 9 (port): the kernel fills in max = min and the range flags.
@@ -305,6 +308,31 @@ bool DecodeLog(const Exprs &x, const std::string &owner, Rule *out) {
   return true;
 }
 
+// ip daddr V P dport port [fib daddr type local] dnat to ip daddr . P dport . numgen inc mod n offset 1000000+T(n) map @be_P
+bool DecodeRr(const Exprs &x, const std::string &owner, Rule *out) {
+  Cursor c(x);
+  Rule r;
+  uint32_t ip = 0;
+  uint16_t port = 0;
+  if (!(c.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1) && c.Cmp(NFT_CMP_EQ, &ip, 4) && c.L4Proto(&r.proto) &&
+        c.Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG_1) && c.Cmp(NFT_CMP_EQ, &port, 2)))
+    return false;
+  const size_t at = c.pos();
+  r.local = c.FibLocal();
+  if (!r.local) c.seek(at);
+  std::string map;
+  if (!(c.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1) && c.Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG32_01) &&
+        c.Numgen(&r.n, NFT_NG_INCREMENTAL) && c.Lookup(&map, NFT_REG_1) && c.Dnat() && c.done()))
+    return false;
+  if (map != BackendMapName(r.proto) || r.n == 0) return false;
+  r.kind = Rule::Kind::kRr;
+  r.owner = owner;
+  r.vip.ip = ip;
+  r.vip.port = port;
+  *out = std::move(r);
+  return true;
+}
+
 bool DecodeMasq(const Exprs &x, const std::string &owner, Rule *out) {
   Cursor c(x);
   Rule r;
@@ -412,6 +440,29 @@ RulePtr BuildRule(BaseChain chain, const Rule &r, const LookupIds &ids) {
       SetComment(rule.get(), "iptlb:" + r.owner);
       break;
     }
+    case Rule::Kind::kRr: {
+      // ip daddr V P dport port [fib daddr type local] dnat to ip daddr . P dport . numgen inc mod n offset 1000000+T(n) map @be_P comment "iptlb:<owner>"
+      b.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1);
+      b.Cmp(NFT_CMP_EQ, &r.vip.ip, 4);
+      b.L4Proto(r.proto);
+      b.Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG_1);
+      b.Cmp(NFT_CMP_EQ, &r.vip.port, 2);
+      if (r.local) b.FibLocal();
+      b.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1);
+      b.Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG32_01);
+      b.Numgen(r.n, NFT_NG_INCREMENTAL);
+      b.Lookup(BackendMapName(r.proto), ids.backend_map, NFT_REG_1);
+      {
+        ExprPtr e = b.New("nat");
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_TYPE, NFT_NAT_DNAT);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_FAMILY, NFPROTO_IPV4);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_REG_ADDR_MIN, NFT_REG_1);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_REG_PROTO_MIN, NFT_REG32_01);
+        b.Raw(std::move(e));
+      }
+      SetComment(rule.get(), "iptlb:" + r.owner);
+      break;
+    }
     case Rule::Kind::kMasq: {
       // ct status dnat ct original ip daddr V ct original protocol P ct original proto-dst port masquerade
       b.Ct(NFT_CT_STATUS, -1);
@@ -454,7 +505,7 @@ Rule DecodeRule(const nftnl_rule *r) {
   if (DecodeDispatch(x, has_comment, &out)) return out;
   if (has_comment && comment.rfind("iptlb:", 0) == 0 && comment.size() > 6) {
     const std::string owner = comment.substr(6);
-    if (DecodeLog(x, owner, &out) || DecodeMasq(x, owner, &out)) return out;
+    if (DecodeLog(x, owner, &out) || DecodeRr(x, owner, &out) || DecodeMasq(x, owner, &out)) return out;
   }
   out = Rule();
   out.kind = Rule::Kind::kForeign;

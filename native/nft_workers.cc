@@ -64,6 +64,14 @@ Napi::Object RuleJs(Napi::Env env, const nft::Rule &r) {
       o.Set("vip", EndpointJs(env, r.vip));
       o.Set("proto", nft::ProtoName(r.proto));
       break;
+    case nft::Rule::Kind::kRr:
+      o.Set("kind", "rr");
+      o.Set("owner", r.owner);
+      o.Set("vip", EndpointJs(env, r.vip));
+      o.Set("proto", nft::ProtoName(r.proto));
+      o.Set("local", r.local);
+      o.Set("n", r.n);
+      break;
     case nft::Rule::Kind::kForeign:
       o.Set("kind", "foreign");
       o.Set("text", r.text);

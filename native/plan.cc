@@ -174,7 +174,14 @@ Match MatchFrom(const V &value, const Path &field) {
     m.kind = name == "tcp" ? Match::kTcp : name == "udp" ? Match::kUdp : Match::kSctp;
     m.port = static_cast<uint16_t>(Uint(o.Get("dport"), field.Key("dport"), 1, 65535));
   } else if (name == "statistic") {
-    if (Str(o.Get("mode"), field.Key("mode"), 16) != "random") Fail(field.Key("mode"), "must be \"random\"");
+    const std::string mode = Str(o.Get("mode"), field.Key("mode"), 16);
+    if (mode == "nth") {
+      m.kind = Match::kStatisticNth;
+      m.every = static_cast<uint32_t>(Uint(o.Get("every"), field.Key("every"), 1, 1u << 20));
+      m.packet = static_cast<uint32_t>(Uint(o.Get("packet"), field.Key("packet"), 0, m.every - 1));
+      return m;
+    }
+    if (mode != "random") Fail(field.Key("mode"), "must be \"random\" or \"nth\"");
     std::string p = Str(o.Get("probability"), field.Key("probability"), 32);
     char *end = nullptr;
     double d = IsDecimal(p) ? std::strtod(p.c_str(), &end) : -1.0;

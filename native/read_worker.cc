@@ -46,6 +46,12 @@ Napi::Value MatchToJs(Napi::Env env, const Match &m) {
       o.Set("probability", buf);
       break;
     }
+    case Match::kStatisticNth:
+      o.Set("name", "statistic");
+      o.Set("mode", "nth");
+      o.Set("every", m.every);
+      o.Set("packet", m.packet);
+      break;
     case Match::kComment: o.Set("name", "comment"); o.Set("comment", m.text); break;
     case Match::kAddrtypeLocal: o.Set("name", "addrtype"); o.Set("dstType", "LOCAL"); break;
     case Match::kConntrackDnat:

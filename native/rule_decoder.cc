@@ -61,9 +61,17 @@ bool DecodeMatch(const struct xt_entry_match *m, Match *d) {
     d->port = s->dpts[0];
   } else if (name == "statistic" && rev == 0) {
     const auto *s = Payload<struct xt_statistic_info>(m);
-    if (!s || s->mode != XT_STATISTIC_MODE_RANDOM || s->flags) return false;
-    d->kind = Match::kStatistic;
-    d->probability = s->u.random.probability;
+    if (!s || s->flags) return false;
+    if (s->mode == XT_STATISTIC_MODE_RANDOM) {
+      d->kind = Match::kStatistic;
+      d->probability = s->u.random.probability;
+    } else if (s->mode == XT_STATISTIC_MODE_NTH && s->u.nth.packet <= s->u.nth.every && s->u.nth.every < (1u << 20)) {
+      d->kind = Match::kStatisticNth;
+      d->every = s->u.nth.every + 1;
+      d->packet = s->u.nth.packet;
+    } else {
+      return false;
+    }
   } else if (name == "comment" && rev == 0) {
     const auto *c = Payload<struct xt_comment_info>(m);
     if (!c) return false;

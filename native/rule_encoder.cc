@@ -88,6 +88,17 @@ bool EncodeMatch(const Match &m, std::vector<uint8_t> *out, std::string *error) 
       Append(out, "statistic", 0, s);
       return true;
     }
+    case Match::kStatisticNth: {
+      // As libxt_statistic: the kernel keeps every - 1, and starts the counter at count = every - 1 - packet.
+      struct xt_statistic_info s;
+      std::memset(&s, 0, sizeof(s));
+      s.mode = XT_STATISTIC_MODE_NTH;
+      s.u.nth.every = m.every - 1;
+      s.u.nth.packet = m.packet;
+      s.u.nth.count = m.every - 1 - m.packet;
+      Append(out, "statistic", 0, s);
+      return true;
+    }
     case Match::kComment: {
       struct xt_comment_info c;
       std::memset(&c, 0, sizeof(c));

@@ -8,7 +8,7 @@ import { IptlbError } from './errors.js';
 import { Core, deleteChange, upsertChange, type Change, type TransactionResult } from './lb.js';
 import { parseExecutorChoice } from './executors/index.js';
 import { parseEngineChoice } from './engine.js';
-import { DEFAULTS, chainName, sameProfile, show, splitDestinations, validateName } from './profile.js';
+import { DEFAULTS, chainName, sameProfile, show, splitDestinations, validateName, weightOf } from './profile.js';
 import { planTransaction } from './plan.js';
 import { renderRule } from './restore.js';
 import { planNftChange, planNftProfile } from './nft/plan.js';
@@ -21,7 +21,7 @@ import { packageVersion } from './paths.js';
 type Out = { out: (s: string) => void; err: (s: string) => void };
 
 /** Flags of the original, with their kind, accepted with one dash and `=value` (Go `flag` style). */
-const VALUE_FLAGS = new Set(['src-addr', 'dest-addr', 'rules-backend', 'profile', 'state-file', 'log-level', 'protocol', 'executor', 'engine', 'to', 'file', 'interval', 'count']);
+const VALUE_FLAGS = new Set(['src-addr', 'dest-addr', 'scheduler', 'rules-backend', 'profile', 'state-file', 'log-level', 'protocol', 'executor', 'engine', 'to', 'file', 'interval', 'count']);
 const BOOL_FLAGS = new Set(['reset', 'delete', 'log-custom-chain', 'run', 'use-state', 'masquerade', 'json', 'quiet', 'verbose', 'all', 'help', 'version', 'keep-conntrack']);
 
 /** Rewrites Go-style flags (`-src-addr=x`, `-run=true`) into the `--src-addr=x` form commander parses. */
@@ -73,6 +73,7 @@ interface ProfileOpts extends GlobalOpts {
   logCustomChain?: boolean;
   logLevel: string;
   masquerade?: boolean;
+  scheduler?: string;
 }
 interface LegacyOpts extends ProfileOpts {
   reset?: boolean;
@@ -98,6 +99,15 @@ function withGlobals<T extends GlobalOpts>(o: T, cmd: Command): T {
   const parent = (cmd.parent?.opts() ?? {}) as GlobalOpts;
   const merged = { ...o } as T & Record<string, unknown>;
   for (const k of GLOBAL_KEYS) if (merged[k] === undefined && parent[k] !== undefined) merged[k] = parent[k] as never;
+  // The program has the profile flags too, and commander gives a flag that both know to the program
+  // wherever it stands: `iptlb apply --src-addr=…` / `iptlb plan --use-state` set them on the parent.
+  // Flags given on the command line take over the subcommand's defaults.
+  if (cmd.parent) {
+    const own = new Set(cmd.options.map((opt) => opt.attributeName()));
+    for (const [k, v] of Object.entries(parent as Record<string, unknown>)) {
+      if (own.has(k) && cmd.parent.getOptionValueSource(k) === 'cli' && cmd.getOptionValueSource(k) !== 'cli') (merged as Record<string, unknown>)[k] = v;
+    }
+  }
   return merged;
 }
 
@@ -105,7 +115,8 @@ function addProfileFlags(cmd: Command): Command {
   return cmd
     .option('--profile <name>', 'profile name, [A-Za-z0-9_-]{1,18}', 'default')
     .option('--src-addr <ip:port>', 'virtual IPv4 address and port that is balanced')
-    .option('--dest-addr <list>', 'comma-separated destination ip:port list')
+    .option('--dest-addr <list>', 'comma-separated destination ip:port list; ip:port*W gives a destination weight W (0-1000, default 1; 0 drains it)')
+    .option('--scheduler <kind>', 'random (weighted random) or round-robin (an exact rotation)', 'random')
     .option('--rules-backend <mode>', 'client (nat OUTPUT), proxy (nat PREROUTING) or server (PREROUTING, local addresses)', DEFAULTS.rulesBackend)
     .option('--protocol <proto>', 'tcp, udp or sctp', DEFAULTS.protocol)
     .option('--log-custom-chain', 'log packets that enter the profile (kernel log, see dmesg)')
@@ -126,6 +137,7 @@ function profileInput(o: ProfileOpts): ProfileInput {
     logLevel: o.logLevel,
   };
   if (o.masquerade) input.masquerade = true;
+  if (o.scheduler !== undefined && o.scheduler !== 'random') input.scheduler = o.scheduler;
   return input;
 }
 
@@ -220,8 +232,14 @@ async function deleteCommand(names: string[], o: GlobalOpts & { all?: boolean },
   report(result, o, io);
 }
 
+/** The destinations as the command line takes them: `ip:port`, with `*W` when the weight is not 1. */
+function describeDestinations(p: Profile): string {
+  return p.destination.map((d) => (weightOf(p, d) === 1 ? d : `${d}*${weightOf(p, d)}`)).join(',');
+}
+
 function describeProfile(p: Profile): string {
-  return `${p.name}\t${p.source}/${p.protocol}\t${p.rulesBackend}${p.masquerade ? '+masquerade' : ''}\t${p.destination.join(',')}${p.logEnabled ? `\tlog:${p.logLevel}` : ''}`;
+  const dests = describeDestinations(p);
+  return `${p.name}\t${p.source}/${p.protocol}\t${p.rulesBackend}${p.masquerade ? '+masquerade' : ''}\t${dests}${p.scheduler ? `\tscheduler:${p.scheduler}` : ''}${p.logEnabled ? `\tlog:${p.logLevel}` : ''}`;
 }
 
 async function listCommand(o: GlobalOpts, io: Out): Promise<void> {
@@ -262,7 +280,7 @@ function showNft(name: string, profile: Profile | undefined, view: NftView, o: G
   const same = (e: { ip: string; port: number }): boolean => !!vip && e.ip === vip.ip && e.port === vip.port;
   const dispatch = view.dispatchSets.flatMap((s) => s.elements.filter((e) => same(e.key)).map((e) => ({ set: s.name, ...e })));
   const backends = view.backendMaps.flatMap((m) => (m.proto === profile?.protocol ? m.elements.filter((e) => same(e.vip)) : []));
-  const rules = view.chains.flatMap((c) => c.rules.filter((r) => (r.kind === 'log' || r.kind === 'masq') && r.owner === name).map((r) => ({ chain: c.name, rule: r })));
+  const rules = view.chains.flatMap((c) => c.rules.filter((r) => (r.kind === 'log' || r.kind === 'masq' || r.kind === 'rr') && r.owner === name).map((r) => ({ chain: c.name, rule: r })));
   if (!profile && !rules.length) throw new IptlbError('ENOTFOUND', `name: profile ${show(name)} is neither in the state file nor in the kernel`, { field: 'name' });
   if (o.json) return io.out(JSON.stringify(jsonSafe({ profile: profile ?? null, kernel: { dispatch, backends, rules } })));
   io.out(profile ? `profile ${describeProfile(profile)}` : `profile ${name}: not in the state file ${statePath}`);
@@ -281,6 +299,11 @@ async function planCommand(o: LegacyOpts, io: Out): Promise<void> {
   else if (o.delete) change = deleteChange(state, [validateName(o.profile, 'name')]);
   else change = upsertChange(state, [profileInput(o)]);
   const { executor } = await core.select();
+  // Weights and the scheduler, which the rule text only implies, as comment lines (both dialects take them).
+  const header = change.upsert
+    .filter((p) => p.weights || p.scheduler)
+    .map((p) => `# profile ${p.name}: ${describeDestinations(p)}, scheduler ${p.scheduler ?? 'random'}\n`)
+    .join('');
   if (executor.engine === 'nft') {
     const next = new Map(state);
     for (const n of change.remove) next.delete(n);
@@ -288,13 +311,13 @@ async function planCommand(o: LegacyOpts, io: Out): Promise<void> {
     const steps = planNftChange(state, next, [...change.upsert.map((p) => p.name), ...change.remove]);
     const texts = await Promise.all(steps.map((t) => executor.render(t)));
     if (o.json) io.out(JSON.stringify({ engine: 'nft', nft: texts, transactions: steps }));
-    else io.out(texts.map((t, i) => (steps.length > 1 ? `# transaction ${i + 1} of ${steps.length}\n` : '') + t.trimEnd()).join('\n'));
+    else io.out(header + texts.map((t, i) => (steps.length > 1 ? `# transaction ${i + 1} of ${steps.length}\n` : '') + t.trimEnd()).join('\n'));
     return;
   }
   const tx = planTransaction(change.upsert, change.remove);
   const text = await executor.render(tx);
   if (o.json) io.out(JSON.stringify({ engine: 'legacy', restore: text, transaction: tx }));
-  else io.out(text.trimEnd());
+  else io.out(header + text.trimEnd());
 }
 
 async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
@@ -309,7 +332,7 @@ async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
     io.out('PROFILE\tSTATUS\tPACKETS\tDESTINATION\tCONNECTIONS\tBYTES');
     for (const r of reports) {
       io.out(`${r.name}\t${r.status}${r.detail ? ` (${r.detail})` : ''}\t${r.packets}`);
-      for (const d of r.destinations) io.out(`\t\t\t${d.destination}\t${d.packets}\t${d.bytes}`);
+      for (const d of r.destinations) io.out(`\t\t\t${d.destination}${d.weight !== undefined ? `*${d.weight}` : ''}\t${d.packets}\t${d.bytes}`);
     }
   }
   return drifted ? 3 : 0;
@@ -350,7 +373,12 @@ async function topCommand(o: GlobalOpts & { interval?: string; count?: string },
         status: r.status,
         packets: r.packets,
         rate: rate(r.name, r.packets),
-        destinations: r.destinations.map((d) => ({ destination: d.destination, packets: d.packets, rate: rate(`${r.name} ${d.destination}`, d.packets) })),
+        destinations: r.destinations.map((d) => ({
+          destination: d.destination,
+          ...(d.weight !== undefined ? { weight: d.weight } : {}),
+          packets: d.packets,
+          rate: rate(`${r.name} ${d.destination}`, d.packets),
+        })),
       }));
       prevAt = at;
       if (o.json) {
@@ -361,7 +389,7 @@ async function topCommand(o: GlobalOpts & { interval?: string; count?: string },
       const lines = [`iptlb top  ${new Date().toISOString()}  new connections per second over ${(secs || interval / 1000).toFixed(1)} s (Ctrl-C stops)`, 'PROFILE\tSTATUS\tDESTINATION\tCONN/S\tTOTAL'];
       for (const r of rows) {
         lines.push(`${r.name}\t${r.status}\t*\t${fmt(r.rate)}\t${r.packets}`);
-        for (const d of r.destinations) lines.push(`\t\t${d.destination}\t${fmt(d.rate)}\t${d.packets}`);
+        for (const d of r.destinations) lines.push(`\t\t${d.destination}${d.weight !== undefined ? `*${d.weight}` : ''}\t${fmt(d.rate)}\t${d.packets}`);
       }
       if (!rows.length) lines.push('(no profiles and no iptlb rules)');
       io.out((tty ? '\x1b[H\x1b[2J' : i > 0 ? '\n' : '') + lines.join('\n'));
@@ -387,6 +415,9 @@ function buildProgram(io: Out, version: string): Command {
 Original flags (one or two dashes, -flag=value or -flag value):
   iptlb -run -profile=web -src-addr=127.100.0.10:8081 -dest-addr=127.0.0.1:9001,127.0.0.1:9002
   iptlb -run -reset -profile=web -src-addr=127.100.0.10:8081 -dest-addr=127.0.0.1:9003
+  iptlb -run -profile=web -src-addr=127.100.0.10:8081 -dest-addr=127.0.0.1:9001*3,127.0.0.1:9002*0
+                                   weights: 9001 takes every new connection, 9002 is drained
+  iptlb -run -profile=web -src-addr=127.100.0.10:8081 -dest-addr=127.0.0.1:9001,127.0.0.1:9002 -scheduler=round-robin
   iptlb -run -delete -profile=web
   iptlb -use-state -run            apply every profile of the state file in one transaction
   iptlb top                        connections per second per destination, refreshed every second

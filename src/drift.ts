@@ -1,7 +1,7 @@
 /**
  * Drift: comparing the state file with the kernel. Pure functions over a {@link KernelView}.
  */
-import { chainName } from './profile.js';
+import { chainName, weightOf } from './profile.js';
 import { planProfile, planTransaction, CHAIN_PREFIX } from './plan.js';
 import { canonicalProbability, renderRule } from './restore.js';
 import type { KernelView, Profile, Rule, Transaction } from './types.js';
@@ -12,6 +12,8 @@ export interface DestinationCounters {
   destination: string;
   packets: number;
   bytes: number;
+  /** The destination's weight when it is not 1 (0: drained, it takes no new connections). */
+  weight?: number;
 }
 
 export interface ProfileReport {
@@ -30,7 +32,7 @@ export interface ProfileReport {
 export function canonicalRule(r: Rule): string {
   const c: Rule = {
     ...r,
-    matches: r.matches.map((m) => (m.name === 'statistic' ? { ...m, probability: canonicalProbability(m.probability) } : m)),
+    matches: r.matches.map((m) => (m.name === 'statistic' && m.mode === 'random' ? { ...m, probability: canonicalProbability(m.probability) } : m)),
   };
   return renderRule(c);
 }
@@ -46,9 +48,19 @@ export function compare(state: Map<string, Profile>, view: KernelView): ProfileR
     claimedChains.add(plan.chain.name);
     const hooks = view.hookRules.filter((h) => h.owner === p.name);
     const jump = hooks.find((h) => h.rule.target.name === 'jump');
+    // A destination with several slots (round-robin with weights) has several rules: their counters add up.
     const destinations: DestinationCounters[] = p.destination.map((d) => {
-      const r = chain?.rules.find((k) => k.rule.target.name === 'DNAT' && k.rule.target.toDestination === d);
-      return { destination: d, packets: Number(r?.packets ?? 0n), bytes: Number(r?.bytes ?? 0n) };
+      let packets = 0n;
+      let bytes = 0n;
+      for (const k of chain?.rules ?? []) {
+        if (k.rule.target.name === 'DNAT' && k.rule.target.toDestination === d) {
+          packets += k.packets;
+          bytes += k.bytes;
+        }
+      }
+      const c: DestinationCounters = { destination: d, packets: Number(packets), bytes: Number(bytes) };
+      if (weightOf(p, d) !== 1) c.weight = weightOf(p, d);
+      return c;
     });
     const base = { name: p.name, destinations, packets: Number(jump?.packets ?? 0n), bytes: Number(jump?.bytes ?? 0n) };
     if (!chain && hooks.length === 0) {

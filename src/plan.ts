@@ -2,7 +2,7 @@
  * The rule planner: pure functions from profiles to a {@link Transaction}. No I/O.
  */
 import { parseEndpoint } from './address.js';
-import { chainName, chainSuffix } from './profile.js';
+import { chainName, chainSuffix, slotsOf } from './profile.js';
 import type { ChainPlan, HookChain, HookRulePlan, Match, Profile, Rule, Transaction } from './types.js';
 
 export const OWNER_PREFIX = 'iptlb:';
@@ -16,6 +16,11 @@ export function hookChainOf(p: Profile): HookChain {
 /** Probability of the i-th of n cascaded rules (0-based): 1/(n-i), written with 10 decimals. */
 export function cascadeProbability(i: number, n: number): string {
   return (1 / (n - i)).toFixed(10);
+}
+
+/** Probability of a cascaded rule of weight `w` when `rest` is the weight of it and every rule after it. */
+export function weightedProbability(w: number, rest: number): string {
+  return (w / rest).toFixed(10);
 }
 
 export interface ProfilePlan {
@@ -35,12 +40,29 @@ export function planProfile(p: Profile): ProfilePlan {
 
   const rules: Rule[] = [];
   if (p.logEnabled) rules.push({ matches: [], target: { name: 'LOG', prefix: `IPTLB:${suffix}:`, level } });
-  const n = p.destination.length;
-  p.destination.forEach((d, i) => {
-    const matches: Match[] = [{ ...portMatch }];
-    if (i < n - 1) matches.push({ name: 'statistic', mode: 'random', probability: cascadeProbability(i, n) });
-    rules.push({ dst, proto, matches, target: { name: 'DNAT', toDestination: d } });
-  });
+  const slots = slotsOf(p);
+  if (p.scheduler === 'round-robin') {
+    // One rule per slot (a destination of reduced weight w has w consecutive slots). Rule i of S
+    // takes one in every S-i of the connections that reach it, starting with the first (`--packet 0`):
+    // connection k goes to slot k mod S, an exact rotation in list order.
+    const list = slots.flatMap((s) => Array<string>(s.slots).fill(s.destination));
+    const n = list.length;
+    list.forEach((d, i) => {
+      const matches: Match[] = [{ ...portMatch }];
+      if (i < n - 1) matches.push({ name: 'statistic', mode: 'nth', every: n - i, packet: 0 });
+      rules.push({ dst, proto, matches, target: { name: 'DNAT', toDestination: d } });
+    });
+  } else {
+    // Weighted cascade: destination i is taken with probability w_i / (w_i + the weights after it).
+    // All weights 1: 1/(n-i), the original's split. Drained destinations have no rule.
+    let rest = slots.reduce((a, s) => a + s.slots, 0);
+    slots.forEach((s, i) => {
+      const matches: Match[] = [{ ...portMatch }];
+      if (i < slots.length - 1) matches.push({ name: 'statistic', mode: 'random', probability: weightedProbability(s.slots, rest) });
+      rest -= s.slots;
+      rules.push({ dst, proto, matches, target: { name: 'DNAT', toDestination: s.destination } });
+    });
+  }
   rules.push({ matches: [], target: { name: 'RETURN' } });
 
   const hook = hookChainOf(p);

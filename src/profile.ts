@@ -4,10 +4,14 @@
  */
 import { parseEndpoint, type Endpoint } from './address.js';
 import { IptlbError, invalid } from './errors.js';
-import { PROTOCOLS, RULES_BACKENDS, type Profile, type ProfileInput, type Protocol, type RulesBackend } from './types.js';
+import { PROTOCOLS, RULES_BACKENDS, SCHEDULERS, type Profile, type ProfileInput, type Protocol, type RulesBackend, type Scheduler } from './types.js';
 
 export const NAME_PATTERN = /^[A-Za-z0-9_-]{1,18}$/;
 export const MAX_DESTINATIONS = 1024;
+/** Largest weight of one destination. */
+export const MAX_WEIGHT = 1000;
+/** Largest sum of the weights once divided by their gcd: the number of slots a profile's split uses. */
+export const MAX_SLOTS = 1024;
 export const DEFAULTS = { protocol: 'tcp', rulesBackend: 'client', logEnabled: false, logLevel: '4' } as const;
 
 const LEVEL_NAMES: Record<string, number> = {
@@ -88,7 +92,66 @@ export function splitDestinations(text: string): string[] {
   return text.split(',').map((s) => s.trim());
 }
 
-const KNOWN_KEYS = new Set(['name', 'source', 'destination', 'protocol', 'rulesBackend', 'logEnabled', 'logLevel', 'masquerade']);
+export function normalizeScheduler(value: unknown, field = 'scheduler'): Scheduler {
+  const v = typeof value === 'string' ? value.toLowerCase() : value;
+  if (typeof v === 'string' && (SCHEDULERS as readonly string[]).includes(v)) return v as Scheduler;
+  throw invalid(field, `${show(value)} is not one of ${SCHEDULERS.join(', ')}`);
+}
+
+function weightValue(field: string, value: unknown, what: string): number {
+  let w: unknown = value;
+  if (typeof w === 'string' && /^[0-9]{1,7}$/.test(w)) w = Number(w);
+  if (typeof w !== 'number' || !Number.isInteger(w) || w < 0 || w > MAX_WEIGHT) {
+    throw invalid(field, `${what}: weight ${show(value)} must be an integer from 0 to ${MAX_WEIGHT}`);
+  }
+  return w;
+}
+
+function gcd(a: number, b: number): number {
+  while (b) [a, b] = [b, a % b];
+  return a;
+}
+
+/** Weight of destination `d` of `p` (1 unless `weights` says otherwise). */
+export function weightOf(p: Profile, d: string): number {
+  return p.weights?.[d] ?? 1;
+}
+
+export interface Slot {
+  destination: string;
+  /** The weight divided by the gcd of all non-zero weights: how many slots the destination occupies. */
+  slots: number;
+}
+
+/**
+ * The destinations that take new connections, in list order, each with its reduced weight (weights
+ * divided by the gcd of the non-zero ones). Drained destinations (weight 0) are left out. Without
+ * weights this is every destination with 1 slot, so plans of existing profiles do not change.
+ */
+export function slotsOf(p: Profile): Slot[] {
+  if (!p.weights) return p.destination.map((destination) => ({ destination, slots: 1 }));
+  let g = 0;
+  for (const d of p.destination) g = gcd(weightOf(p, d), g);
+  return p.destination.filter((d) => weightOf(p, d) > 0).map((destination) => ({ destination, slots: weightOf(p, destination) / g }));
+}
+
+/** Number of slots of a profile (W): the sum of its reduced weights; the destination count without weights. */
+export function slotCount(p: Profile): number {
+  if (!p.weights) return p.destination.length;
+  let n = 0;
+  for (const s of slotsOf(p)) n += s.slots;
+  return n;
+}
+
+/** `ip:port*W` as written on the command line: the destination and its weight. */
+function splitWeight(item: unknown): { text: unknown; weight?: string } {
+  if (typeof item !== 'string') return { text: item };
+  const at = item.indexOf('*');
+  if (at < 0) return { text: item };
+  return { text: item.slice(0, at).trim(), weight: item.slice(at + 1).trim() };
+}
+
+const KNOWN_KEYS = new Set(['name', 'source', 'destination', 'protocol', 'rulesBackend', 'logEnabled', 'logLevel', 'masquerade', 'weights', 'scheduler']);
 
 /** Profiles this module returned: frozen, so they are still valid when they come back. */
 const VALIDATED = new WeakSet<object>();
@@ -118,15 +181,40 @@ export function validateProfile(input: ProfileInput | unknown): Profile {
   if (dests.length > MAX_DESTINATIONS) throw invalid('destination', `has ${dests.length} entries; at most ${MAX_DESTINATIONS} are allowed`);
   const seen = new Set<string>();
   const destination: string[] = [];
-  dests.forEach((d, i) => {
+  const weightMap = new Map<string, number>();
+  dests.forEach((item, i) => {
     const field = `destination[${i}]`;
+    const { text: d, weight } = splitWeight(item);
     const e = endpoint(field, d);
     const key = `${e.ip}:${e.port}`;
     if (seen.has(key)) throw invalid(field, `${show(d)} is listed twice`);
     if (e.ip === src.ip && e.port === src.port) throw invalid(field, `${show(d)} is the virtual address itself`);
     seen.add(key);
     destination.push(key);
+    if (weight !== undefined) weightMap.set(key, weightValue('weights', weight, `${field} ${show(item)}`));
   });
+  if (p.weights !== undefined) {
+    const w = p.weights;
+    if (w === null || typeof w !== 'object' || Array.isArray(w)) throw invalid('weights', `must be a map of "ipv4:port" to integer weights, got ${show(w)}`);
+    for (const [k, v] of Object.entries(w as Record<string, unknown>)) {
+      const parsed = parseEndpoint(k);
+      const key = typeof parsed === 'string' ? k : `${parsed.ip}:${parsed.port}`;
+      if (!seen.has(key)) throw invalid('weights', `${show(k)} is not one of the destinations`);
+      const value = weightValue('weights', v, show(k));
+      if (weightMap.has(key) && weightMap.get(key) !== value) throw invalid('weights', `${show(k)} has weight ${weightMap.get(key)} in destination and ${value} in weights`);
+      weightMap.set(key, value);
+    }
+  }
+  let weights: Record<string, number> | undefined;
+  if ([...weightMap.values()].some((v) => v !== 1)) {
+    weights = {};
+    for (const d of destination) {
+      const v = weightMap.get(d);
+      if (v !== undefined && v !== 1) weights[d] = v;
+    }
+    if (destination.every((d) => weights![d] === 0)) throw invalid('weights', 'every destination has weight 0; at least one must take connections');
+  }
+  const scheduler = normalizeScheduler(p.scheduler ?? 'random');
 
   const protocol = normalizeProtocol(p.protocol ?? DEFAULTS.protocol);
   const rulesBackend = normalizeRulesBackend(p.rulesBackend ?? DEFAULTS.rulesBackend);
@@ -140,6 +228,12 @@ export function validateProfile(input: ProfileInput | unknown): Profile {
   }
   const profile: Profile = { name, source: `${src.ip}:${src.port}`, destination, protocol, rulesBackend, logEnabled, logLevel };
   if (masquerade) profile.masquerade = true;
+  if (weights) profile.weights = Object.freeze(weights);
+  if (scheduler === 'round-robin') profile.scheduler = 'round-robin';
+  if (weights) {
+    const n = slotCount(profile);
+    if (n > MAX_SLOTS) throw invalid('weights', `need ${n} slots (the weights' sum divided by their gcd); at most ${MAX_SLOTS} are allowed`);
+  }
   Object.freeze(destination);
   VALIDATED.add(Object.freeze(profile));
   return profile;
@@ -182,6 +276,7 @@ export function sameProfile(a: Profile, b: Profile): boolean {
   return (
     a.name === b.name && a.source === b.source && a.protocol === b.protocol && a.rulesBackend === b.rulesBackend &&
     a.logEnabled === b.logEnabled && a.logLevel === b.logLevel && !!a.masquerade === !!b.masquerade &&
-    a.destination.length === b.destination.length && a.destination.every((d, i) => d === b.destination[i])
+    a.destination.length === b.destination.length && a.destination.every((d, i) => d === b.destination[i]) &&
+    (a.scheduler ?? 'random') === (b.scheduler ?? 'random') && a.destination.every((d) => weightOf(a, d) === weightOf(b, d))
   );
 }

@@ -18,7 +18,7 @@ function renderMatch(m: Match): string {
     case 'sctp':
       return `-m ${m.name} --dport ${m.dport}`;
     case 'statistic':
-      return `-m statistic --mode random --probability ${m.probability}`;
+      return m.mode === 'nth' ? `-m statistic --mode nth --every ${m.every} --packet ${m.packet}` : `-m statistic --mode random --probability ${m.probability}`;
     case 'comment':
       return `-m comment --comment ${quote(m.comment)}`;
     case 'addrtype':
@@ -142,10 +142,25 @@ export function parseRule(words: string[]): Rule | null {
         if (!Number.isInteger(port)) return null;
         rule.matches.push({ name, dport: port });
       } else if (name === 'statistic') {
-        if (next() !== '--mode' || next() !== 'random' || next() !== '--probability') return null;
-        const v = next();
-        if (!v) return null;
-        rule.matches.push({ name: 'statistic', mode: 'random', probability: v });
+        if (next() !== '--mode') return null;
+        const mode = next();
+        if (mode === 'nth') {
+          // iptables-save leaves out `--packet 0`.
+          if (next() !== '--every') return null;
+          const every = Number(next());
+          let packet = 0;
+          if (words[i + 1] === '--packet') {
+            i++;
+            packet = Number(next());
+          }
+          if (!Number.isInteger(every) || every < 1 || !Number.isInteger(packet) || packet < 0 || packet >= every) return null;
+          rule.matches.push({ name: 'statistic', mode: 'nth', every, packet });
+        } else {
+          if (mode !== 'random' || next() !== '--probability') return null;
+          const v = next();
+          if (!v) return null;
+          rule.matches.push({ name: 'statistic', mode: 'random', probability: v });
+        }
       } else if (name === 'comment') {
         if (next() !== '--comment') return null;
         const v = next();

@@ -62,7 +62,12 @@ function serializeOne(p: Profile): string {
     if (p.masquerade) out.push('  masquerade: true');
     out.push(`  protocol: ${p.protocol}`);
     out.push(`  rulesBackend: ${p.rulesBackend}`);
+    if (p.scheduler) out.push(`  scheduler: ${p.scheduler}`);
     out.push(`  source: ${scalar(p.source)}`);
+    if (p.weights) {
+      out.push('  weights:');
+      for (const d of p.destination) if (p.weights[d] !== undefined) out.push(`    ${scalar(d)}: ${p.weights[d]}`);
+    }
   }
   return out.join('\n') + '\n';
 }
@@ -84,9 +89,10 @@ function stateError(file: string, message: string, field?: string): IptlbError {
 
 const HEADER = /^(?:([A-Za-z0-9_-]+)|"([A-Za-z0-9_-]+)"):$/;
 const ITEM = /^  - ([0-9.:]+)$/;
-const KEY = /^  (destination|logEnabled|logLevel|masquerade|protocol|rulesBackend|source):(?: (.*))?$/;
+const KEY = /^  (destination|logEnabled|logLevel|masquerade|protocol|rulesBackend|scheduler|source|weights):(?: (.*))?$/;
+const WEIGHT = /^    ([0-9.:]+): (0|[1-9][0-9]{0,6})$/;
 
-const STATE_KEYS = ['destination', 'logEnabled', 'logLevel', 'masquerade', 'protocol', 'rulesBackend', 'source'];
+const STATE_KEYS = ['destination', 'logEnabled', 'logLevel', 'masquerade', 'protocol', 'rulesBackend', 'scheduler', 'source', 'weights'];
 
 /**
  * Fast path for the canonical layout this module (and the original) writes: returns the raw
@@ -133,6 +139,7 @@ function parseLines(text: string): Record<string, Record<string, unknown>> | nul
   const out: Record<string, Record<string, unknown>> = Object.create(null);
   let cur: Record<string, unknown> | null = null;
   let list: string[] | null = null;
+  let weights: Record<string, number> | null = null;
   // Lines are told apart by how they start (a name, "  - " or "  key:"), so each is matched against
   // one pattern only.
   for (let at = 0; at < text.length; ) {
@@ -147,16 +154,27 @@ function parseLines(text: string): Record<string, Record<string, unknown>> | nul
       if (name in out) return null;
       cur = out[name] = {};
       list = null;
+      weights = null;
     } else if (line.startsWith('  - ')) {
       if (!cur || !list || !(m = ITEM.exec(line))) return null;
       list.push(m[1]);
+    } else if (line.startsWith('    ')) {
+      if (!weights || !(m = WEIGHT.exec(line)) || !m[1].includes(':') || m[1] in weights) return null;
+      weights[m[1]] = Number(m[2]);
     } else if (cur && (m = KEY.exec(line))) {
       const [, key, value] = m;
       if (key in cur) return null;
       list = null;
+      weights = null;
       if (key === 'destination') {
         if (value !== undefined) return null;
         cur[key] = list = [];
+      } else if (key === 'weights') {
+        if (value !== undefined) return null;
+        cur[key] = weights = Object.create(null) as Record<string, number>;
+      } else if (key === 'scheduler') {
+        if (value !== 'random' && value !== 'round-robin') return null;
+        cur[key] = value;
       } else if (value === undefined) {
         return null;
       } else if (key === 'logEnabled' || key === 'masquerade') {
@@ -174,6 +192,10 @@ function parseLines(text: string): Record<string, Record<string, unknown>> | nul
     } else {
       return null;
     }
+  }
+  for (const name in out) {
+    const w = out[name].weights;
+    if (w && Object.keys(w).length === 0) return null;
   }
   return out;
 }
@@ -221,7 +243,13 @@ function toProfiles(data: unknown, file: string): Map<string, Profile> {
     if (b.destination !== undefined && (!Array.isArray(b.destination) || b.destination.some((d) => typeof d !== 'string'))) {
       throw stateError(file, `profile ${show(name)}: destination must be a list of "ipv4:port" strings, got ${show(b.destination)}`, 'destination');
     }
-    for (const k of ['source', 'protocol', 'rulesBackend']) {
+    if (b.weights !== undefined) {
+      const w = b.weights;
+      if (w === null || typeof w !== 'object' || Array.isArray(w) || Object.values(w).some((v) => typeof v !== 'number' || !Number.isInteger(v))) {
+        throw stateError(file, `profile ${show(name)}: weights must be a mapping of "ipv4:port" to integer weights, got ${show(w)}`, 'weights');
+      }
+    }
+    for (const k of ['source', 'protocol', 'rulesBackend', 'scheduler']) {
       if (b[k] !== undefined && typeof b[k] !== 'string') {
         throw stateError(file, `profile ${show(name)}: ${k} must be a string, got ${show(b[k])}`, k);
       }

@@ -10,7 +10,11 @@ export type Protocol = 'tcp' | 'udp' | 'sctp';
 /** Where the rules sit: client → nat OUTPUT; proxy → nat PREROUTING; server → nat PREROUTING, local destinations only. */
 export type RulesBackend = 'client' | 'proxy' | 'server';
 
+/** How new connections are spread: `random` (weighted random, the default) or `round-robin` (an exact rotation). */
+export type Scheduler = 'random' | 'round-robin';
+
 export const PROTOCOLS: readonly Protocol[] = ['tcp', 'udp', 'sctp'];
+export const SCHEDULERS: readonly Scheduler[] = ['random', 'round-robin'];
 export const RULES_BACKENDS: readonly RulesBackend[] = ['client', 'proxy', 'server'];
 
 /** A validated, normalised profile: exactly what the state file stores. */
@@ -31,18 +35,31 @@ export interface Profile {
   logLevel: string;
   /** Proxy mode only: masquerade the balanced flows so replies return through the proxy. Default `false`; omitted from the state file when false. */
   masquerade?: boolean;
+  /**
+   * Weight of each destination whose weight is not 1 (integers 0..1000; 0 drains the destination:
+   * no new connections, existing ones live). Keys are entries of `destination`, in its order.
+   * Omitted when every weight is 1 (and from the state file then).
+   */
+  weights?: Readonly<Record<string, number>>;
+  /** `round-robin` when set; absent means `random` (the default, omitted from the state file). */
+  scheduler?: 'round-robin';
 }
 
 /** What a caller may pass for a profile: optional fields take their defaults. */
 export interface ProfileInput {
   name: string;
   source: string;
+  /** `ip:port` items; an item may carry its weight as `ip:port*W` (normalised into `weights`). */
   destination: string[] | string;
   protocol?: string;
   rulesBackend?: string;
   logEnabled?: boolean;
   logLevel?: string | number;
   masquerade?: boolean;
+  /** Destination → integer weight 0..1000 (default 1). */
+  weights?: Record<string, number>;
+  /** `random` (default) or `round-robin`. */
+  scheduler?: string;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -52,6 +69,8 @@ export interface ProfileInput {
 export type Match =
   | { name: 'tcp' | 'udp' | 'sctp'; dport: number }
   | { name: 'statistic'; mode: 'random'; /** decimal string as written, e.g. "0.3333333333" */ probability: string }
+  /** `-m statistic --mode nth --every N --packet P`: matches one packet in every N (with P = 0, the first of each N). */
+  | { name: 'statistic'; mode: 'nth'; every: number; packet: number }
   | { name: 'comment'; comment: string }
   | { name: 'addrtype'; dstType: 'LOCAL' }
   | { name: 'conntrack'; ctstate: 'DNAT'; ctorigdst: string; ctorigdstport: number };

@@ -35,7 +35,7 @@ export interface NftEndpoint {
   port: number;
 }
 
-/** Name of the dispatch set of hook `h`, protocol `proto` and `n` destinations. */
+/** Name of the dispatch set of hook `h`, protocol `proto` and `n` slots (destinations, or the sum of the reduced weights). */
 export function dispatchSetName(h: NftHook, proto: Protocol, n: number): string {
   return `${h}_${proto}_${n}`;
 }
@@ -51,6 +51,16 @@ export function parseDispatchSetName(name: string): { hook: NftHook; proto: Prot
  */
 export function backendOffset(n: number): number {
   return (n * (n - 1)) / 2;
+}
+/**
+ * Backend indexes of round-robin profiles start here, above every range of the random ones
+ * (T(1024) + 1024 < 1,000,000): a profile switching scheduler, or an object a killed process left
+ * behind, never shares backend elements with the other kind.
+ */
+export const RR_INDEX_BASE = 1_000_000;
+/** First backend index of a round-robin profile with `n` slots: RR_INDEX_BASE + T(n). */
+export function rrOffset(n: number): number {
+  return RR_INDEX_BASE + backendOffset(n);
 }
 
 export function backendMapName(proto: Protocol): string {
@@ -76,6 +86,21 @@ export type NftRule =
       prefix: string;
       /** syslog level 0-7 */
       level: number;
+    }
+  | {
+      /**
+       * A round-robin profile's own rule (numgen inc keeps its counter in the rule, so each profile
+       * needs its own for an exact rotation):
+       * `ip daddr V P dport port [fib daddr type local] dnat to ip daddr . P dport . numgen inc mod n offset 1000000+T(n) map @be_P comment "iptlb:<owner>"`
+       * (see {@link rrOffset}). It comes after the dispatch rules of its chain.
+       */
+      kind: 'rr';
+      owner: string;
+      vip: NftEndpoint;
+      proto: Protocol;
+      local: boolean;
+      /** Slots (the sum of the reduced weights). */
+      n: number;
     }
   | {
       /** `ct status dnat ct original ip daddr V ct original protocol P ct original proto-dst port masquerade comment "iptlb:<owner>"` */
@@ -154,6 +179,13 @@ export function renderNftRule(r: NftRule): string {
     case 'log': {
       const fib = r.local ? ' fib daddr type local' : '';
       return `ip daddr ${r.vip.ip} ${r.proto} dport ${r.vip.port}${fib} log prefix "${r.prefix}" level ${LEVELS[r.level]} comment "iptlb:${r.owner}"`;
+    }
+    case 'rr': {
+      const fib = r.local ? ' fib daddr type local' : '';
+      return (
+        `ip daddr ${r.vip.ip} ${r.proto} dport ${r.vip.port}${fib} dnat to ip daddr . ${r.proto} dport . numgen inc mod ${r.n} offset ${rrOffset(r.n)} ` +
+        `map @${backendMapName(r.proto)} comment "iptlb:${r.owner}"`
+      );
     }
     case 'masq':
       return (

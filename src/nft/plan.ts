@@ -8,11 +8,12 @@
  * {@link planNftRebuild} instead: the whole table, replaced in one transaction.
  */
 import { parseEndpoint } from '../address.js';
-import { chainSuffix } from '../profile.js';
+import { chainSuffix, slotCount, slotsOf } from '../profile.js';
 import type { Profile, Protocol } from '../types.js';
 export { backendOffset } from './ops.js';
 import {
   backendOffset,
+  rrOffset,
   dispatchSetName,
   parseDispatchSetName,
   NFT_BASE_CHAINS,
@@ -42,11 +43,14 @@ function endpoint(text: string): NftEndpoint {
 
 /** Everything one profile puts into the table. */
 export interface NftProfilePlan {
-  set: string;
+  /** The dispatch set holding the profile's address; null for round-robin profiles, which have their own rule instead. */
+  set: string | null;
+  /** Slots: backend elements the profile uses (W). */
+  n: number;
   vip: NftEndpoint;
   proto: Protocol;
   backends: NftBackendElement[];
-  /** Rules in the base chains owned by this profile (log, masquerade). */
+  /** Rules in the base chains owned by this profile (log, round-robin, masquerade). */
   rules: { chain: NftBaseChain; rule: NftRule }[];
 }
 
@@ -54,8 +58,16 @@ export function planNftProfile(p: Profile): NftProfilePlan {
   const vip = endpoint(p.source);
   const hook = nftHookOf(p);
   const proto = p.protocol;
-  const offset = backendOffset(p.destination.length);
-  const backends = p.destination.map((d, i) => ({ vip, index: offset + i, to: endpoint(d) }));
+  const n = slotCount(p);
+  const rr = p.scheduler === 'round-robin';
+  let index = rr ? rrOffset(n) : backendOffset(n);
+  // Destination i occupies (reduced weight) consecutive indexes; drained destinations none.
+  // Round-robin profiles use an index range of their own (see rrOffset).
+  const backends: NftBackendElement[] = [];
+  for (const s of slotsOf(p)) {
+    const to = endpoint(s.destination);
+    for (let k = 0; k < s.slots; k++) backends.push({ vip, index: index++, to });
+  }
   const rules: NftProfilePlan['rules'] = [];
   if (p.logEnabled) {
     const suffix = chainSuffix(p.name);
@@ -64,8 +76,23 @@ export function planNftProfile(p: Profile): NftProfilePlan {
     rules.push({ chain: baseChainOf(hook), rule: { ...base, prefix: `IPTLB:VIP:${suffix}:` } });
     rules.push({ chain: baseChainOf(hook), rule: { ...base, prefix: `IPTLB:${suffix}:` } });
   }
+  if (rr) rules.push({ chain: baseChainOf(hook), rule: rrRule(p, vip, n) });
   if (p.masquerade) rules.push({ chain: 'postrouting', rule: { kind: 'masq', owner: p.name, vip, proto } });
-  return { set: dispatchSetName(hook, proto, p.destination.length), vip, proto, backends, rules };
+  return { set: rr ? null : dispatchSetName(hook, proto, n), n, vip, proto, backends, rules };
+}
+
+function rrRule(p: Profile, vip: NftEndpoint, n: number): NftRule {
+  return { kind: 'rr', owner: p.name, vip, proto: p.protocol, local: nftHookOf(p) === 'loc', n };
+}
+
+/** Whether the profile has rules of its own in the base chains (logging, round-robin, masquerade). */
+export function ownsRules(p: Profile): boolean {
+  return p.logEnabled || !!p.masquerade || p.scheduler === 'round-robin';
+}
+
+/** The dispatch set of a random profile; null for round-robin ones. */
+export function dispatchSetOf(p: Profile): string | null {
+  return p.scheduler === 'round-robin' ? null : dispatchSetName(nftHookOf(p), p.protocol, slotCount(p));
 }
 
 type DispatchRule = Extract<NftRule, { kind: 'dispatch' }>;
@@ -84,15 +111,25 @@ export function baseContent(
   const chains: Record<NftBaseChain, NftRule[]> = { output: [], prerouting: [], postrouting: [] };
   const dispatch = new Map<string, DispatchRule>();
   const use = (p: Profile): void => {
-    const hook = nftHookOf(p);
-    const set = dispatchSetName(hook, p.protocol, p.destination.length);
-    if (!dispatch.has(set)) dispatch.set(set, { kind: 'dispatch', hook, proto: p.protocol, n: p.destination.length });
+    const set = dispatchSetOf(p);
+    if (set !== null && !dispatch.has(set)) dispatch.set(set, { kind: 'dispatch', hook: nftHookOf(p), proto: p.protocol, n: slotCount(p) });
   };
+  // Round-robin rules come after the dispatch rules: a leftover rule of a profile that is random now
+  // (a process killed between the two steps of a move) never shadows its dispatch element.
+  const rrRules: { chain: NftBaseChain; rule: NftRule }[] = [];
   for (const p of sorted) {
-    if (p.logEnabled || p.masquerade) for (const r of planNftProfile(p).rules) chains[r.chain].push(r.rule);
+    if (ownsRules(p)) for (const r of planNftProfile(p).rules) (r.rule.kind === 'rr' ? rrRules.push(r) : chains[r.chain].push(r.rule));
     use(p);
   }
-  for (const p of alsoDispatch) use(p);
+  for (const p of alsoDispatch) {
+    use(p);
+    // A round-robin profile on its way out keeps its rule until the second step: a packet that
+    // matched it in the older generation and finds its old backends gone falls through to the new one.
+    if (p.scheduler === 'round-robin') {
+      const r = { chain: baseChainOf(nftHookOf(p)), rule: rrRule(p, endpoint(p.source), slotCount(p)) };
+      if (!rrRules.some((x) => x.chain === r.chain && JSON.stringify(x.rule) === JSON.stringify(r.rule))) rrRules.push(r);
+    }
+  }
   for (const set of alsoSets) {
     const d = parseDispatchSetName(set);
     if (d && !dispatch.has(set)) dispatch.set(set, { kind: 'dispatch', hook: d.hook, proto: d.proto, n: d.n });
@@ -102,6 +139,7 @@ export function baseContent(
     (a, b) => order[a.hook] - order[b.hook] || NFT_PROTOCOLS.indexOf(a.proto) - NFT_PROTOCOLS.indexOf(b.proto) || a.n - b.n,
   );
   for (const r of rules) chains[baseChainOf(r.hook)].push(r);
+  for (const r of rrRules) chains[r.chain].push(r.rule);
   return { chains, sets: [...dispatch.keys()].sort() };
 }
 
@@ -114,7 +152,8 @@ export function dispatchSetUsage(profiles: Iterable<Profile>): Map<string, numbe
   return counts;
 }
 export function countUsage(counts: Map<string, number>, p: Profile, delta: 1 | -1): void {
-  const set = dispatchSetName(nftHookOf(p), p.protocol, p.destination.length);
+  const set = dispatchSetOf(p);
+  if (set === null) return;
   const n = (counts.get(set) ?? 0) + delta;
   if (n > 0) counts.set(set, n);
   else counts.delete(set);
@@ -129,8 +168,8 @@ export function baseUnchanged(prev: ReadonlyMap<string, Profile>, next: Readonly
   for (const name of touched) {
     for (const [p, d] of [[prev.get(name), -1], [next.get(name), +1]] as const) {
       if (!p) continue;
-      if (p.logEnabled || p.masquerade) return false;
-      const set = dispatchSetName(nftHookOf(p), p.protocol, p.destination.length);
+      if (ownsRules(p)) return false;
+      const set = dispatchSetOf(p)!;
       delta.set(set, (delta.get(set) ?? 0) + d);
     }
   }
@@ -163,7 +202,7 @@ class ElementOps {
     b.push(...elements);
   }
   add(plan: NftProfilePlan): void {
-    this.addDispatch(plan.set, plan.vip);
+    if (plan.set !== null) this.addDispatch(plan.set, plan.vip);
     this.addBackends(plan.proto, plan.backends);
   }
   emit(kind: 'add' | 'delete', ops: NftOp[]): void {
@@ -242,13 +281,14 @@ export function planNftChange(
     const now = next.get(name);
     const o = old && planNftProfile(old);
     const n = now && planNftProfile(now);
-    if (o && n && (o.set !== n.set || !sameEndpoint(o.vip, n.vip))) {
+    // A round-robin profile whose slot count changes moves too: its rule changes with its backends.
+    if (o && n && (o.set !== n.set || !sameEndpoint(o.vip, n.vip) || (o.set === null && (o.n !== n.n || old!.rulesBackend !== now!.rulesBackend || o.proto !== n.proto)))) {
       // Moves: the new elements now, the old ones in the second step. Backends that share keys
-      // (same address, protocol and count: only the mode changed) are replaced in place.
+      // (same address, protocol and count: only the mode or the scheduler changed) are replaced in place.
       moving.push(old!);
       adds.add(n);
-      later.addDispatch(o.set, o.vip);
-      if (o.proto === n.proto && sameEndpoint(o.vip, n.vip) && old!.destination.length === now!.destination.length) dels.addBackends(o.proto, o.backends);
+      if (o.set !== null) later.addDispatch(o.set, o.vip);
+      if (o.proto === n.proto && sameEndpoint(o.vip, n.vip) && o.n === n.n && (o.set === null) === (n.set === null)) dels.addBackends(o.proto, o.backends);
       else later.addBackends(o.proto, o.backends);
       continue;
     }

@@ -5,7 +5,8 @@
  */
 import type { DestinationCounters, ProfileReport } from '../drift.js';
 import type { Profile, Protocol } from '../types.js';
-import { NFT_BASE_CHAINS, backendOffset, parseDispatchSetName, renderNftRule, type NftBaseChain, type NftEndpoint, type NftRule, type NftView } from './ops.js';
+import { weightOf } from '../profile.js';
+import { NFT_BASE_CHAINS, backendOffset, rrOffset, parseDispatchSetName, renderNftRule, type NftBaseChain, type NftEndpoint, type NftRule, type NftView } from './ops.js';
 import { baseContent, planNftProfile } from './plan.js';
 
 const LEVELS = ['emerg', 'alert', 'crit', 'err', 'warn', 'notice', 'info', 'debug'];
@@ -62,6 +63,25 @@ export function decodeRuleJson(rule: J): NftRule | { kind: 'foreign'; text: stri
       payload(key[0], 'ip', 'daddr') && payload(key[1], set.proto, 'dport') && ng?.mode === 'random' && ng.mod === set.n && (ng.offset ?? 0) === backendOffset(set.n)
     ) {
       return { kind: 'dispatch', hook: set.hook, proto: set.proto, n: set.n };
+    }
+  }
+  // rr: ip daddr V, P dport port, [fib local], dnat to (ip daddr . P dport . numgen inc mod n offset 1000000+T(n)) map @be_P
+  if (owner !== undefined && (expr.length === 3 || expr.length === 4)) {
+    const ip = match(expr[0]);
+    const port = match(expr[1]);
+    const proto = obj(port?.[0].payload)?.protocol;
+    const local = expr.length === 4 && isFibLocal(expr[2]);
+    const dnat = obj(obj(expr[expr.length - 1])?.dnat);
+    const map = obj(obj(dnat?.addr)?.map);
+    const key = obj(map?.key)?.concat as J[] | undefined;
+    const ng = obj(key?.[2]?.numgen);
+    if (
+      ip && payload(ip[0], 'ip', 'daddr') && typeof ip[1] === 'string' && typeof proto === 'string' && PROTOS.includes(proto) &&
+      payload(port![0], proto, 'dport') && typeof port![1] === 'number' && (expr.length === 3 || local) &&
+      dnat?.family === 'ip' && map?.data === `@be_${proto}` && key?.length === 3 && payload(key[0], 'ip', 'daddr') && payload(key[1], proto, 'dport') &&
+      ng?.mode === 'inc' && typeof ng.mod === 'number' && ng.mod >= 1 && (ng.offset ?? 0) === rrOffset(ng.mod)
+    ) {
+      return { kind: 'rr', owner, vip: { ip: ip[1], port: port![1] }, proto: proto as Protocol, local, n: ng.mod };
     }
   }
   // log: ip daddr V, P dport port, [fib local], log prefix level
@@ -187,16 +207,37 @@ export function compareNft(state: Map<string, Profile>, view: NftView): ProfileR
     const found = dispatch.get(vip) ?? [];
     const mine = found.find((f) => f.set === plan.set);
     claimedDispatch.add(vip);
-    const destinations: DestinationCounters[] = plan.backends.map((b) => {
+    // One line per destination: a weighted destination's slots add up; a drained one has none (weight 0).
+    const perDest = new Map<string, DestinationCounters>();
+    for (const d of p.destination) {
+      const c: DestinationCounters = { destination: d, packets: 0, bytes: 0 };
+      if (weightOf(p, d) !== 1) c.weight = weightOf(p, d);
+      perDest.set(d, c);
+    }
+    let slotPackets = 0n;
+    let slotBytes = 0n;
+    for (const b of plan.backends) {
       const k = `${plan.proto}/${vip}/${b.index}`;
       claimedBackends.add(k);
       const have = backends.get(k);
-      return { destination: key(b.to), packets: Number(have?.packets ?? 0n), bytes: Number(have?.bytes ?? 0n) };
-    });
-    const base = { name: p.name, destinations, packets: Number(mine?.packets ?? 0n), bytes: Number(mine?.bytes ?? 0n) };
+      const c = perDest.get(key(b.to));
+      if (c && have) {
+        c.packets += Number(have.packets);
+        c.bytes += Number(have.bytes);
+        slotPackets += have.packets;
+        slotBytes += have.bytes;
+      }
+    }
+    const destinations = [...perDest.values()];
+    // A round-robin profile has no dispatch element: its connections are the sum of its backends'.
+    const base =
+      plan.set === null
+        ? { name: p.name, destinations, packets: Number(slotPackets), bytes: Number(slotBytes) }
+        : { name: p.name, destinations, packets: Number(mine?.packets ?? 0n), bytes: Number(mine?.bytes ?? 0n) };
     const haveBackends = plan.backends.filter((b) => backends.get(`${plan.proto}/${vip}/${b.index}`)?.to === key(b.to)).length;
     const haveOwnRules = plan.rules.filter((r) => haveRules.has(ruleKey(r.chain, r.rule))).length;
-    const ownRulesInKernel = view.chains.some((c) => c.rules.some((r) => (r.kind === 'log' || r.kind === 'masq') && r.owner === p.name));
+    const ownRulesHere = view.chains.reduce((n, c) => n + c.rules.filter((r) => (r.kind === 'log' || r.kind === 'masq' || r.kind === 'rr') && r.owner === p.name).length, 0);
+    const ownRulesInKernel = ownRulesHere > 0;
     if (found.length === 0 && haveBackends === 0 && !ownRulesInKernel) {
       reports.push({ ...base, status: 'missing', detail: view.exists ? 'no elements in table ip iptlb' : 'table ip iptlb does not exist' });
       continue;
@@ -204,11 +245,17 @@ export function compareNft(state: Map<string, Profile>, view: NftView): ProfileR
     const hook = baseContent([p]).chains;
     const dispatchRule = NFT_BASE_CHAINS.flatMap((c) => hook[c].filter((r) => r.kind === 'dispatch').map((r) => ruleKey(c, r)))[0];
     let detail: string | undefined;
-    if (!mine) detail = found.length ? `its address is in set ${found[0].set}, not ${plan.set}` : `its address is missing from set ${plan.set}`;
+    if (plan.set === null) {
+      if (found.length) detail = `its address is in set ${found[0].set}, but it is a round-robin profile`;
+      else if (haveBackends !== plan.backends.length) detail = `${haveBackends} of its ${plan.backends.length} slots are in map be_${plan.proto}`;
+      else if (haveOwnRules !== plan.rules.length) detail = `${haveOwnRules} of its ${plan.rules.length} rules (round-robin, logging, masquerade) are in the base chains`;
+    } else if (!mine) detail = found.length ? `its address is in set ${found[0].set}, not ${plan.set}` : `its address is missing from set ${plan.set}`;
     else if (found.length > 1) detail = `its address is in ${found.length} dispatch sets`;
     else if (haveBackends !== plan.backends.length) detail = `${haveBackends} of its ${plan.backends.length} destinations are in map be_${plan.proto}`;
     else if (!dispatchRules.has(dispatchRule)) detail = `the dispatch rule for set ${plan.set} is missing`;
     else if (haveOwnRules !== plan.rules.length) detail = `${haveOwnRules} of its ${plan.rules.length} logging/masquerade rules are in the base chains`;
+    // e.g. the round-robin rule of a profile that is random now
+    if (!detail && ownRulesHere > plan.rules.length) detail = `${ownRulesHere} rules in the base chains are its own, ${plan.rules.length} planned`;
     reports.push(detail ? { ...base, status: 'modified', detail } : { ...base, status: 'in-sync' });
   }
   const orphans = new Map<string, string>();
@@ -221,7 +268,7 @@ export function compareNft(state: Map<string, Profile>, view: NftView): ProfileR
   }
   for (const c of view.chains) {
     for (const r of c.rules) {
-      if ((r.kind === 'log' || r.kind === 'masq') && !state.has(r.owner)) orphans.set(`rule:${r.owner}`, `a ${r.kind} rule of ${r.owner} in chain ${c.name}`);
+      if ((r.kind === 'log' || r.kind === 'masq' || r.kind === 'rr') && !state.has(r.owner)) orphans.set(`rule:${r.owner}`, `a ${r.kind} rule of ${r.owner} in chain ${c.name}`);
       if (r.kind === 'foreign') orphans.set(`foreign:${c.name}:${r.text}`, `a rule iptlb did not write in chain ${c.name}`);
     }
   }
@@ -231,4 +278,41 @@ export function compareNft(state: Map<string, Profile>, view: NftView): ProfileR
     reports.push({ name, status: 'orphaned', detail, destinations: [], packets: 0, bytes: 0 });
   }
   return reports;
+}
+
+/**
+ * What table ip iptlb holds of round-robin profiles that `profiles` do not explain: round-robin rules
+ * they do not plan, rules they plan that are missing, and dispatch elements of the addresses of their
+ * round-robin profiles. A process
+ * killed between its commit and its state write (or between the two steps of a move) leaves them.
+ * O(round-robin profiles + dispatch elements).
+ */
+export function strayRoundRobin(profiles: ReadonlyMap<string, Profile>, view: NftView): string[] {
+  const planned = new Map<string, string>();
+  const rrVips = new Set<string>();
+  for (const p of profiles.values()) {
+    if (p.scheduler !== 'round-robin') continue;
+    rrVips.add(`${p.protocol} ${p.source}`);
+    for (const r of planNftProfile(p).rules) if (r.rule.kind === 'rr') planned.set(`${r.chain} ${renderNftRule(r.rule)}`, p.name);
+  }
+  const out: string[] = [];
+  const have = new Set<string>();
+  for (const c of view.chains) {
+    for (const r of c.rules) {
+      if (r.kind !== 'rr') continue;
+      const k = `${c.name} ${renderNftRule(r)}`;
+      have.add(k);
+      if (!planned.has(k)) out.push(`a round-robin rule of ${r.owner} in ${c.name}`);
+    }
+  }
+  // …and the other way round: a rule the profiles plan is gone (a delete or a move was committed, its
+  // state write was not). Rewriting the chain would bring back the rule without its backends.
+  for (const [k, name] of planned) if (!have.has(k)) out.push(`no round-robin rule of ${name}`);
+  if (rrVips.size) {
+    for (const s of view.dispatchSets) {
+      const d = parseDispatchSetName(s.name);
+      for (const e of s.elements) if (d && rrVips.has(`${d.proto} ${key(e.key)}`)) out.push(`element ${key(e.key)} of set ${s.name}`);
+    }
+  }
+  return out;
 }

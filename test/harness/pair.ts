@@ -5,7 +5,7 @@
 import { execFileSync } from 'node:child_process';
 import { normalizeNft, normalizeSave } from './iptables.js';
 import { parseNftJson } from '../../src/nft/view.js';
-import { backendOffset, parseDispatchSetName } from '../../src/nft/ops.js';
+import { backendOffset, parseDispatchSetName, rrOffset } from '../../src/nft/ops.js';
 
 export interface PairArg {
   engine: 'legacy' | 'nft';
@@ -37,7 +37,7 @@ export function nftView(): ReturnType<typeof parseNftJson> {
   }
 }
 
-/** Structural problems of table ip iptlb: a dispatch element without all its backends, backends without a dispatch element, a set in use without its rule. */
+/** Structural problems of table ip iptlb: a dispatch element or round-robin rule without all its backends, backends without a dispatch element or round-robin rule, a set in use without its rule. */
 export function nftHalfProfiles(): string[] {
   const v = nftView();
   const problems: string[] = [];
@@ -54,6 +54,17 @@ export function nftHalfProfiles(): string[] {
       const want = Array.from({ length: set.n }, (_, i) => backendOffset(set.n) + i);
       const have = new Set(backends.get(k) ?? []);
       if (!want.every((i) => have.has(i))) problems.push(`${k} in ${s.name} lacks some of backends ${want.join(',')} (has ${[...have].join(',') || 'none'})`);
+    }
+  }
+  // A round-robin profile's backends belong to its own rule instead.
+  for (const c of v.chains) {
+    for (const r of c.rules) {
+      if (r.kind !== 'rr') continue;
+      const k = `${r.proto} ${r.vip.ip}:${r.vip.port}`;
+      claimed.add(k);
+      const have = new Set(backends.get(k) ?? []);
+      const want = Array.from({ length: r.n }, (_, i) => rrOffset(r.n) + i);
+      if (!want.every((i) => have.has(i))) problems.push(`${k} (round-robin rule of ${r.owner}) lacks some of backends ${want.join(',')} (has ${[...have].join(',') || 'none'})`);
     }
   }
   for (const k of backends.keys()) if (!claimed.has(k)) problems.push(`backends of ${k} without a dispatch element`);

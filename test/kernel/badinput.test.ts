@@ -31,6 +31,10 @@ for (const n of ['', 'a'.repeat(19), 'a b', 'a\nb', 'a"b', "a'b", 'a;b', '$(x)',
 for (const p of ['icmp', 'TCPX', '', 'tcp udp', 'tcp;x']) add(`protocol ${JSON.stringify(p)}`, { protocol: p }, [], 2, /protocol/);
 for (const b of ['INPUT', 'bogus', '', 'server;x', 'OUTPUT']) add(`rules-backend ${JSON.stringify(b)}`, { 'rules-backend': b }, [], 2, /rulesBackend/);
 for (const l of ['8', '-1', 'loud', '4.5', '', '0x4']) add(`log-level ${JSON.stringify(l)}`, { 'log-level': l }, ['-log-custom-chain'], 2, /logLevel/);
+for (const d of ['127.0.0.1:9001*x', '127.0.0.1:9001*1001', '127.0.0.1:9001*-1', '127.0.0.1:9001*1.5', '127.0.0.1:9001*0,127.0.0.1:9002*0', '127.0.0.1:9001*1000,127.0.0.1:9002*999', '127.0.0.1:9001*']) {
+  add(`weights ${JSON.stringify(d)}`, { 'dest-addr': d }, [], 2, /weights/);
+}
+for (const sch of ['fast', '', 'roundrobin', 'random;x']) add(`scheduler ${JSON.stringify(sch)}`, {}, [`-scheduler=${sch}`], 2, /scheduler/);
 add('-run=maybe', {}, ['-run=maybe'], 2, /run/);
 add('-delete without -run', {}, ['-delete', '-run=false'], 2, /-delete needs -run/);
 add('-delete with -reset', {}, ['-delete', '-reset', '-run'], 2, /-delete and -reset/);
@@ -55,6 +59,10 @@ const STATE_CASES: [string, string, RegExp][] = [
   ['destination with a number', GOOD_STATE.replace('- 127.0.0.1:9001', '- 9001'), /destination/],
   ['unknown protocol', GOOD_STATE.replace('protocol: tcp', 'protocol: icmp'), /protocol/],
   ['unknown key', GOOD_STATE + '  weight: 3\n', /weight/],
+  ['weights naming no destination', GOOD_STATE + '  weights:\n    127.0.0.1:9009: 2\n', /weights/],
+  ['weight as a string', GOOD_STATE + '  weights:\n    127.0.0.1:9001: "2"\n', /weights/],
+  ['weights all 0', GOOD_STATE + '  weights:\n    127.0.0.1:9001: 0\n', /weights/],
+  ['unknown scheduler', GOOD_STATE.replace('  source:', '  scheduler: fastest\n  source:'), /scheduler/],
   ['alias bomb', 'a: &a ["x","x","x","x","x","x","x","x"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b]\nd: [*c,*c,*c,*c,*c,*c,*c,*c]\n', /alias|YAML/i],
   ['anchor reuse', 'keep: &k\n  destination: [127.0.0.1:9001]\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: 127.100.0.10:90\nother: *k\n', /alias|YAML/i],
   ['truncated', GOOD_STATE.slice(0, 30), /state file/],

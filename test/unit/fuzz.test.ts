@@ -38,9 +38,19 @@ export const validProfile = fc
     logEnabled: fc.boolean(),
     logLevel: fc.constantFrom('0', '1', '2', '3', '4', '5', '6', '7'),
     masquerade: fc.boolean(),
+    weights: fc.option(fc.array(fc.integer({ min: 0, max: 12 }), { minLength: 64, maxLength: 64 }), { nil: undefined }),
+    scheduler: fc.constantFrom('random', 'round-robin'),
   })
   .filter((p) => !p.destination.includes(p.source))
-  .map((p) => ({ ...p, masquerade: p.rulesBackend === 'proxy' && p.masquerade }));
+  .map(({ weights, ...p }) => {
+    const out: Record<string, unknown> = { ...p, masquerade: p.rulesBackend === 'proxy' && p.masquerade };
+    if (weights) {
+      const w = p.destination.map((_, i) => weights[i]);
+      if (!w.some((x) => x > 0)) w[0] = 1;
+      out.weights = Object.fromEntries(p.destination.map((d, i) => [d, w[i]]));
+    }
+    return out as typeof p & { weights?: Record<string, number> };
+  });
 
 const wild = fc.oneof(
   fc.string(),
@@ -58,7 +68,13 @@ const wild = fc.oneof(
 test('validateProfile: any input yields a profile or a typed one-line EINVAL_PROFILE', () => {
   fc.assert(
     fc.property(
-      fc.record({ name: wild, source: fc.oneof(wild, endpoint), destination: fc.oneof(wild, fc.array(fc.oneof(endpoint, wild))), protocol: wild, rulesBackend: wild, logEnabled: wild, logLevel: wild, masquerade: wild }, { requiredKeys: [] }),
+      fc.record(
+        {
+          name: wild, source: fc.oneof(wild, endpoint), destination: fc.oneof(wild, fc.array(fc.oneof(endpoint, wild, fc.tuple(endpoint, fc.integer({ min: -1, max: 1002 })).map(([e, w]) => `${e}*${w}`)))),
+          protocol: wild, rulesBackend: wild, logEnabled: wild, logLevel: wild, masquerade: wild, weights: fc.oneof(wild, fc.dictionary(fc.oneof(endpoint, fc.string()), wild)), scheduler: wild,
+        },
+        { requiredKeys: [] },
+      ),
       (input) => typedOnly(() => validateProfile(input), ['EINVAL_PROFILE']),
     ),
     { numRuns: RUNS * 4 },
