@@ -7,6 +7,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <string>
+#include <unordered_set>
 
 #include "nft_objects.h"
 #include "nft_rules.h"
@@ -177,6 +179,11 @@ bool TableExists(Socket *s) {
   return true;
 }
 
+// SkipDrift: the kernel sends a set's elements over several netlink messages and starts each one by
+// walking the set again and skipping what it already sent. A hash set that resizes in between (the
+// kernel grows it in a deferred worker after a large insert) is walked in another order, so the
+// dump repeats some elements and leaves out as many others, without NLM_F_DUMP_INTR and with the
+// generation unchanged. A key seen twice is that case: the whole read is done again.
 bool ReadOnce(Socket *s, View *v) {
   bool intr = false;
   v->genid = s->GetGenid();
@@ -191,15 +198,20 @@ bool ReadOnce(Socket *s, View *v) {
       if (ParseDispatchSetName(set.name, &h, &p, &n) && !(set.flags & NFT_SET_MAP) && set.key_len == 8) {
         View::DispatchSet d;
         d.name = set.name;
+        std::unordered_set<std::string> seen;
         DumpElements(s, set.name, &intr, [&](const uint8_t *k, uint32_t klen, const uint8_t *, uint32_t, Counted c) {
-          if (klen == 8) d.elements.emplace_back(EndpointAt(k), c);
+          if (klen != 8) return;
+          if (!seen.emplace(reinterpret_cast<const char *>(k), klen).second) intr = true;  // see SkipDrift
+          d.elements.emplace_back(EndpointAt(k), c);
         });
         v->dispatch_sets.push_back(std::move(d));
       } else if (ParseBackendMapName(set.name, &p) && (set.flags & NFT_SET_MAP) && set.key_len == 12 && set.data_len == 8) {
         View::BackendMap m;
         m.proto = p;
+        std::unordered_set<std::string> seen;
         DumpElements(s, set.name, &intr, [&](const uint8_t *k, uint32_t klen, const uint8_t *d, uint32_t dlen, Counted c) {
           if (klen != 12 || dlen != 8) return;
+          if (!seen.emplace(reinterpret_cast<const char *>(k), klen).second) intr = true;  // see SkipDrift
           BackendElement e;
           e.vip = EndpointAt(k);
           std::memcpy(&e.index, k + 8, 4);
