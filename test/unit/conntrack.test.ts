@@ -30,7 +30,7 @@ test('native: one call for all flows; a line per flow that had entries, establis
   const addon = {
     async conntrackFlush(flows: any[]) {
       calls.push(flows);
-      return { durationMs: 0.1, kernelFilter: true, flows: [{ deleted: 3, kept: 0 }, { deleted: 0, kept: 0 }, { deleted: 1, kept: 2 }, { deleted: 0, kept: 4 }] };
+      return { durationMs: 0.1, kernelFilter: true, skipped: false, dumps: 3, flows: [{ deleted: 3, kept: 0 }, { deleted: 0, kept: 0 }, { deleted: 1, kept: 2 }, { deleted: 0, kept: 4 }] };
     },
   };
   const lines = await flushStaleFlows([flow('127.0.0.1:9001'), flow('127.0.0.1:9002', 'sctp'), flow('127.0.0.1:9003', 'tcp'), flow('127.0.0.1:9004', 'tcp')], { addon });
