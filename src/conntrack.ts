@@ -121,3 +121,103 @@ export async function flushStaleFlows(flows: StaleFlows[], opts: FlushOptions = 
   }
   return flushSpawned(flows, opts.run);
 }
+
+/** Flows a change left stale, with the profile they were of and how to delete them. */
+export interface StalePair extends StaleFlows {
+  /** The profile the destination was removed from (looked up again right before the flush). */
+  profile: string;
+  /** Delete over netlink with the native addon (the change went through the native executor). */
+  native: boolean;
+}
+
+export interface JanitorOptions {
+  /** Receives the log lines of each flush (as {@link flushStaleFlows} returns them). */
+  log: (line: string) => void;
+  /** The profiles as they are now, read right before each flush. */
+  current: () => ReadonlyMap<string, Profile> | Promise<ReadonlyMap<string, Profile>>;
+  /** The flush to use instead of {@link flushStaleFlows} (tests). */
+  flush?: (flows: StaleFlows[], native: boolean) => Promise<string[]>;
+}
+
+/**
+ * The conntrack cleanup of one {@link Core}, off the commit path: each accepted change hands its
+ * stale pairs over with {@link add} and returns at once; at most one flush runs at a time, and the
+ * pairs that arrive meanwhile go into the next one (one call for all of them, the same pair once).
+ * Right before a flush, the pairs whose destination is again a destination of that virtual
+ * address's current profile are dropped: a change re-added it, and its new flows must not be cut.
+ */
+export class ConntrackJanitor {
+  private pending = new Map<string, StalePair>();
+  private running?: Promise<void>;
+  /** Flushes run (calls of the flush, one per executor kind present), pairs handed to them, pairs dropped as live again. */
+  readonly stats = { flushes: 0, pairs: 0, dropped: 0 };
+
+  constructor(private readonly opts: JanitorOptions) {}
+
+  /** Queues `pairs` for the next flush and starts one unless one is running. */
+  add(pairs: StalePair[]): void {
+    for (const p of pairs) {
+      const key = `${p.protocol} ${p.source} ${p.destination}`;
+      this.pending.set(key, p); // the same pair again: the newest wins (profile name, executor kind), in its first place
+    }
+    if (this.pending.size && !this.running) this.running = this.drain();
+  }
+
+  /** Resolves when nothing is queued or being flushed. */
+  async idle(): Promise<void> {
+    while (this.running) await this.running;
+  }
+
+  /** Pairs queued and not yet flushed. */
+  get queued(): number {
+    return this.pending.size;
+  }
+
+  private async drain(): Promise<void> {
+    try {
+      // Let the change's promise settle (and the next change start) before the first flush.
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      while (this.pending.size) {
+        const batch = [...this.pending.values()];
+        this.pending.clear();
+        let live: StalePair[];
+        try {
+          live = this.stillStale(batch, await this.opts.current());
+        } catch {
+          live = batch; // the profiles could not be read: flush them all, as before this was deferred
+        }
+        this.stats.dropped += batch.length - live.length;
+        for (const native of [true, false]) {
+          const flows = live.filter((p) => p.native === native).map(({ protocol, source, destination }) => ({ protocol, source, destination }));
+          if (!flows.length) continue;
+          this.stats.flushes++;
+          this.stats.pairs += flows.length;
+          let lines: string[];
+          try {
+            lines = await (this.opts.flush ?? ((f, n) => flushStaleFlows(f, { native: n })))(flows, native);
+          } catch (e) {
+            lines = [`conntrack: could not remove flows of ${flows.length} removed destination(s): ${String((e as Error)?.message ?? e).split('\n')[0]}`];
+          }
+          for (const line of lines) this.opts.log(line);
+        }
+      }
+    } finally {
+      this.running = undefined;
+    }
+  }
+
+  /** `batch` without the pairs whose destination the virtual address's current profile has again. */
+  private stillStale(batch: StalePair[], profiles: ReadonlyMap<string, Profile>): StalePair[] {
+    let byAddress: Map<string, Profile> | undefined; // built only when a profile is not found by its name
+    const owner = (p: StalePair): Profile | undefined => {
+      const named = profiles.get(p.profile);
+      if (named && named.source === p.source && named.protocol === p.protocol) return named;
+      if (!byAddress) {
+        byAddress = new Map();
+        for (const q of profiles.values()) byAddress.set(`${q.protocol} ${q.source}`, q);
+      }
+      return byAddress.get(`${p.protocol} ${p.source}`);
+    };
+    return batch.filter((p) => !owner(p)?.destination.includes(p.destination));
+  }
+}
