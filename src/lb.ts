@@ -257,7 +257,7 @@ export class Core {
         // Flows to destinations this change removes (decided now: in memory mode `state` changes below).
         const native = executor?.kind === 'native';
         const stale =
-          committed && !this.keepConntrack && !this.injected
+          committed && !this.keepConntrack && !this.injected && this.conntrack.needed()
             ? [
                 ...change.upsert.flatMap((p) => (state.has(p.name) ? staleFlows(state.get(p.name)!, p).map((f) => ({ ...f, profile: p.name, native })) : [])),
                 ...change.remove.flatMap((n) => (state.has(n) ? staleFlows(state.get(n)!, next.get(n)).map((f) => ({ ...f, profile: n, native })) : [])),

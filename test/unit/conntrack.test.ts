@@ -170,3 +170,26 @@ test('janitor: native and spawned pairs go to separate calls; a throwing flush i
   assert.deepEqual(seen, [true, false]);
   assert.deepEqual(lines, ['ok', 'conntrack: could not remove flows of 1 removed destination(s): boom']);
 });
+
+test('janitor: paced (waits pace × the last flush before the next one), but idle() flushes what is queued at once', async () => {
+  const starts: number[] = [];
+  const j = new ConntrackJanitor({
+    log: () => {},
+    current: () => new Map(),
+    pace: 10,
+    flush: async () => {
+      starts.push(performance.now());
+      await new Promise((r) => setTimeout(r, 20));
+      return [];
+    },
+  });
+  j.add([pair('127.0.0.1:9001')]);
+  await new Promise((r) => setTimeout(r, 5));
+  j.add([pair('127.0.0.1:9002')]); // arrives during the first flush
+  await new Promise((r) => setTimeout(r, 60)); // the first one ended ~20 ms ago; the wait is 100 ms (capped)
+  assert.equal(starts.length, 1, 'the second flush waits');
+  const t0 = performance.now();
+  await j.idle();
+  assert.equal(starts.length, 2);
+  assert.ok(performance.now() - t0 < 60, 'idle() did not wait out the pacing');
+});
