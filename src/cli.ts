@@ -509,6 +509,8 @@ export async function main(argv: string[], io: Out = { out: (s) => process.stdou
     return 1;
   } finally {
     // One-shot: no conntrack cleanup may be cut short by the exit (each change awaits its own already).
-    await Promise.all([...cores].map((c) => c.conntrackIdle()));
+    const waiting = [...cores];
+    cores.clear();
+    await Promise.all(waiting.map((c) => c.conntrackIdle()));
   }
 }
