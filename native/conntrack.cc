@@ -8,9 +8,15 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <linux/capability.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <string>
+#include <unordered_map>
 
 #include "nft_netlink.h"
 
@@ -18,11 +24,9 @@ namespace iptlb {
 namespace ct {
 namespace {
 
-// Bits of CTA_FILTER_ORIG_FLAGS (include/uapi/.../nfnetlink_conntrack.h of newer kernels; the
-// values are ABI, older userspace headers lack the names).
-constexpr uint32_t kFilterIpDst = 1u << 1;
+// A bit of CTA_FILTER_ORIG_FLAGS (include/uapi/.../nfnetlink_conntrack.h of newer kernels; the
+// value is ABI, older userspace headers lack the name): filter on the layer-4 protocol only.
 constexpr uint32_t kFilterProtoNum = 1u << 3;
-constexpr uint32_t kFilterProtoDstPort = 1u << 5;
 
 constexpr const char *kPermissionHint = "permission denied: reading and deleting conntrack entries needs CAP_NET_ADMIN (run as root)";
 constexpr int kDumpAttempts = 3;
@@ -154,41 +158,92 @@ void PutTuple(struct nlmsghdr *nlh, uint16_t type, const Tuple &t, bool src, boo
   mnl_attr_nest_end(nlh, tuple);
 }
 
-// The entries of the IPv4 table whose original direction goes to `vip` with `proto` (the kernel
-// filters when it can; the caller checks every entry anyway).
-std::vector<Entry> Dump(nft::Socket *s, uint8_t proto, const Endpoint &vip, bool *kernel_filter) {
+// One dump of the IPv4 table: every entry of layer-4 protocol `proto` (0: every protocol, the table
+// read whole) is passed to `match`, which returns the index of the requested flow it belongs to, or
+// -1. The kernel filters on the protocol when it can (CTA_FILTER, 5.8+): it walks its whole hash
+// table either way (~10 ms for 262,144 buckets, however few entries there are), so one dump serves
+// every virtual address of the protocol. Returns false, having read nothing, when the kernel refused
+// the filter (the caller then reads the table whole); retries when the table changed under the dump.
+template <typename Match>
+bool Dump(nft::Socket *s, uint8_t proto, const Match &match, std::vector<std::pair<Entry, size_t>> *out) {
   for (int attempt = 0;; attempt++) {
     alignas(struct nlmsghdr) char buf[MNL_SOCKET_BUFFER_SIZE];
     struct nlmsghdr *nlh = PutHeader(buf, IPCTNL_MSG_CT_GET, NLM_F_DUMP, s->NextSeq());
-    if (*kernel_filter) {
+    if (proto) {
       Tuple t;
-      t.dst_be = vip.ip_be;
       t.proto = proto;
-      t.dport_be = htons(vip.port);
-      PutTuple(nlh, CTA_TUPLE_ORIG, t, false, true, true);
+      PutTuple(nlh, CTA_TUPLE_ORIG, t, false, false, false);
       struct nlattr *f = mnl_attr_nest_start(nlh, CTA_FILTER);
-      mnl_attr_put_u32(nlh, CTA_FILTER_ORIG_FLAGS, kFilterIpDst | kFilterProtoNum | kFilterProtoDstPort);
+      mnl_attr_put_u32(nlh, CTA_FILTER_ORIG_FLAGS, kFilterProtoNum);
       mnl_attr_nest_end(nlh, f);
     }
-    std::vector<Entry> out;
+    const size_t first = out->size();
     bool interrupted = false;
     const int err = s->Request(
         nlh,
         [&](const struct nlmsghdr *m) {
           if (NFNL_MSG_TYPE(m->nlmsg_type) != IPCTNL_MSG_CT_NEW) return;
           Entry e;
-          if (ParseEntry(m, &e) && e.orig.proto == proto && e.orig.dst_be == vip.ip_be && e.orig.dport_be == htons(vip.port)) out.push_back(e);
+          if (!ParseEntry(m, &e) || (proto && e.orig.proto != proto)) return;
+          const long i = match(e);
+          if (i >= 0) out->emplace_back(e, static_cast<size_t>(i));
         },
         &interrupted);
-    if (err && *kernel_filter && (err == EINVAL || err == EOPNOTSUPP)) {
-      *kernel_filter = false;  // a kernel without CTA_FILTER tuple filtering: read the table whole
+    if (err && proto && (err == EINVAL || err == EOPNOTSUPP)) {
+      out->resize(first);
+      return false;  // a kernel without CTA_FILTER tuple filtering
+    }
+    if (err) Throw(err, std::string("dumping the conntrack table (") + (proto ? ProtoText(proto) : "all protocols") + ")");
+    if (interrupted && attempt + 1 < kDumpAttempts) {
+      out->resize(first);  // the table changed under the dump: read again
       continue;
     }
-    if (err) Throw(err, std::string("dumping the conntrack table (") + ProtoText(proto) + " " + EndpointText(vip) + ")");
-    if (interrupted && attempt + 1 < kDumpAttempts) continue;  // the table changed under the dump: read again
-    return out;
+    return true;
   }
 }
+
+// nf_conntrack_count of the calling thread's network namespace (the sysctl files under
+// /proc/sys/net are per namespace, resolved when opened); -1 when it cannot be read (no conntrack
+// module loaded: no table at all).
+long ConntrackCount() {
+  FILE *f = fopen("/proc/sys/net/netfilter/nf_conntrack_count", "re");
+  if (!f) return -1;
+  long n = -1;
+  if (fscanf(f, "%ld", &n) != 1) n = -1;
+  fclose(f);
+  return n;
+}
+
+// Whether the thread has CAP_NET_ADMIN (effective): when the table is empty and no dump is made, a
+// caller without it is still refused, as the dump would have been.
+bool HasNetAdmin() {
+  struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+  struct __user_cap_data_struct data[2] = {};
+  if (syscall(SYS_capget, &hdr, data) != 0) return true;  // cannot tell: let the kernel decide later
+  return data[CAP_NET_ADMIN / 32].effective & (1u << (CAP_NET_ADMIN % 32));
+}
+
+// A requested flow as the dump sees it: (protocol, original destination, reply source), ports in
+// network byte order.
+struct Key {
+  uint8_t proto;
+  uint32_t vip_ip_be;
+  uint16_t vip_port_be;
+  uint32_t dst_ip_be;
+  uint16_t dst_port_be;
+  bool operator==(const Key &o) const {
+    return proto == o.proto && vip_ip_be == o.vip_ip_be && vip_port_be == o.vip_port_be && dst_ip_be == o.dst_ip_be && dst_port_be == o.dst_port_be;
+  }
+};
+struct KeyHash {
+  size_t operator()(const Key &k) const {
+    const uint64_t a = (uint64_t{k.vip_ip_be} << 32) | (uint64_t{k.vip_port_be} << 16) | k.proto;
+    const uint64_t b = (uint64_t{k.dst_ip_be} << 16) | k.dst_port_be;
+    uint64_t h = a * 0x9E3779B97F4A7C15ull;
+    h ^= (b + 0x7F4A7C159E3779B9ull + (h << 6) + (h >> 2)) * 0xC2B2AE3D27D4EB4Full;
+    return static_cast<size_t>(h ^ (h >> 31));
+  }
+};
 
 // Deletes one entry by its original tuple (and id and zone, when the dump gave them). Returns 0,
 // or ENOENT when it is gone already; other errors throw.
@@ -221,35 +276,54 @@ FlushResult Flush(const std::vector<Flow> &flows, bool kernel_filter) {
   r.kernel_filter = kernel_filter;
   r.counts.resize(flows.size());
   if (flows.empty()) return r;
-  nft::Socket s;
-  std::vector<bool> done(flows.size(), false);
+  // Every requested flow, by what a dumped entry shows of it; the same flow twice: the first counts.
+  std::unordered_map<Key, size_t, KeyHash> wanted;
+  wanted.reserve(flows.size());
+  std::vector<uint8_t> protos;
   for (size_t i = 0; i < flows.size(); i++) {
-    if (done[i]) continue;
-    const Flow &g = flows[i];
-    // One dump serves every flow of the same protocol and virtual address.
-    const std::vector<Entry> entries = Dump(&s, g.proto, g.vip, &r.kernel_filter);
-    for (size_t j = i; j < flows.size(); j++) {
-      const Flow &f = flows[j];
-      if (done[j] || f.proto != g.proto || f.vip.ip_be != g.vip.ip_be || f.vip.port != g.vip.port) continue;
-      done[j] = true;
-      bool duplicate = false;  // the same flow twice: the first one counts
-      for (size_t k = i; k < j && !duplicate; k++) {
-        const Flow &o = flows[k];
-        duplicate = o.proto == f.proto && o.vip.ip_be == f.vip.ip_be && o.vip.port == f.vip.port && o.destination.ip_be == f.destination.ip_be && o.destination.port == f.destination.port;
-      }
-      if (duplicate) continue;
-      FlowCount &c = r.counts[j];
-      for (const Entry &e : entries) {
-        if (e.reply.src_be != f.destination.ip_be || e.reply.sport_be != htons(f.destination.port)) continue;
-        // tcp: only half-open entries go. Open connections are left to finish and counted; closed
-        // ones (TIME_WAIT, CLOSE) are left to expire, uncounted. No state in the dump: left, counted.
-        if (f.proto == IPPROTO_TCP && !(e.has_tcp_state && TcpHalfOpen(e.tcp_state))) {
-          if (!e.has_tcp_state || TcpOpen(e.tcp_state)) c.kept++;
-          continue;
-        }
-        if (Delete(&s, e) == 0) c.deleted++;
-      }
+    const Flow &f = flows[i];
+    wanted.emplace(Key{f.proto, f.vip.ip_be, htons(f.vip.port), f.destination.ip_be, htons(f.destination.port)}, i);
+    bool seen = false;
+    for (uint8_t p : protos) seen = seen || p == f.proto;
+    if (!seen) protos.push_back(f.proto);
+  }
+  // Checked here, on the worker thread, not in JS: no entry in this namespace's table (or no
+  // conntrack at all), nothing to find, and no dump (each one walks the kernel's whole hash table).
+  const long count = ConntrackCount();
+  if (count <= 0) {
+    if (!HasNetAdmin()) Throw(EPERM, "reading the conntrack table");
+    r.skipped = true;
+    return r;
+  }
+  const auto match = [&](const Entry &e) -> long {
+    const auto it = wanted.find(Key{e.orig.proto, e.orig.dst_be, e.orig.dport_be, e.reply.src_be, e.reply.sport_be});
+    return it == wanted.end() ? -1 : static_cast<long>(it->second);
+  };
+  nft::Socket s;
+  std::vector<std::pair<Entry, size_t>> found;
+  bool whole = !r.kernel_filter;
+  // One dump per protocol (filtered in the kernel), or one of the whole table.
+  for (size_t i = 0; !whole && i < protos.size(); i++) {
+    r.dumps++;
+    if (!Dump(&s, protos[i], match, &found)) {
+      r.kernel_filter = false;  // refused: read the table whole (once, for every protocol left)
+      found.clear();
+      whole = true;
     }
+  }
+  if (whole) {
+    r.dumps++;
+    Dump(&s, 0, match, &found);
+  }
+  for (const auto &[e, i] : found) {
+    FlowCount &c = r.counts[i];
+    // tcp: only half-open entries go. Open connections are left to finish and counted; closed ones
+    // (TIME_WAIT, CLOSE) are left to expire, uncounted. No state in the dump: left, counted.
+    if (flows[i].proto == IPPROTO_TCP && !(e.has_tcp_state && TcpHalfOpen(e.tcp_state))) {
+      if (!e.has_tcp_state || TcpOpen(e.tcp_state)) c.kept++;
+      continue;
+    }
+    if (Delete(&s, e) == 0) c.deleted++;
   }
   return r;
 }

@@ -29,6 +29,8 @@ struct FlowCount {
 struct FlushResult {
   std::vector<FlowCount> counts;  // one per flow, same order
   bool kernel_filter = true;      // false: the kernel refused the dump filter and the table was read whole
+  bool skipped = false;           // nf_conntrack_count was 0 (or absent): no dump at all
+  uint32_t dumps = 0;             // dumps made: one per protocol, or one of the whole table
 };
 
 // A tcp entry in this conntrack state has not completed its handshake (SYN_SENT, SYN_SENT2,
@@ -38,9 +40,11 @@ bool TcpHalfOpen(uint8_t state);
 // left to finish, and counted as kept. TIME_WAIT and CLOSE entries are left to expire, uncounted.
 bool TcpOpen(uint8_t state);
 
-// Dumps the IPv4 conntrack table once per distinct (protocol, vip) — filtered in the kernel by
-// original destination, protocol and port where the kernel supports CTA_FILTER (5.8+), and always
-// checked again here — then deletes the matching entries one by one (by tuple and id, so an entry
+// Nothing when the calling namespace's nf_conntrack_count is 0 or absent (but EPERM without
+// CAP_NET_ADMIN all the same). Else dumps the IPv4 conntrack table once per distinct protocol —
+// filtered in the kernel by protocol where it supports CTA_FILTER (5.8+), else read whole once — and
+// matches every entry against all the requested flows through a hash table (a dump walks the
+// kernel's whole hash table however few entries it has, so not one per virtual address), then deletes the matching entries one by one (by tuple and id, so an entry
 // that was replaced meanwhile is left alone): every match for udp and sctp, only half-open ones for
 // tcp. An entry that vanished before its delete (expired) is not counted. Throws nft::NftFailure.
 // `kernel_filter` false: do not ask the kernel to filter (the path of kernels before 5.8; tests).

@@ -93,6 +93,8 @@ void ConntrackFlushWorker::OnOK() {
   Napi::Object r = Napi::Object::New(env);
   r.Set("durationMs", duration_ms_);
   r.Set("kernelFilter", result_.kernel_filter);
+  r.Set("skipped", result_.skipped);
+  r.Set("dumps", result_.dumps);
   Napi::Array counts = Napi::Array::New(env, result_.counts.size());
   for (size_t i = 0; i < result_.counts.size(); i++) {
     Napi::Object c = Napi::Object::New(env);

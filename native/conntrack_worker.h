@@ -27,7 +27,7 @@ class ConntrackFlushWorker : public PromiseWorker {
 };
 
 // conntrackFlush(flows: { protocol, vip: { ip, port }, destination: { ip, port } }[], opts?: { kernelFilter?: boolean }):
-//   Promise<{ durationMs, kernelFilter, flows: { deleted, kept }[] }>
+//   Promise<{ durationMs, kernelFilter, skipped, dumps, flows: { deleted, kept }[] }>
 Napi::Value ConntrackFlush(const Napi::CallbackInfo &info);
 
 }  // namespace iptlb

@@ -141,15 +141,27 @@ function profileInput(o: ProfileOpts): ProfileInput {
   return input;
 }
 
+/** Every Core of this run: {@link main} waits for their conntrack cleanup before it returns. */
+const cores = new Set<Core>();
+
+/** A change, and its conntrack cleanup done before it returns: the CLI exits right after. */
+async function transact(core: Core, ...args: Parameters<Core['transact']>): Promise<TransactionResult> {
+  const result = await core.transact(...args);
+  await core.conntrackIdle();
+  return result;
+}
+
 function makeCore(o: GlobalOpts, io: Out): Core {
   const quiet = o.quiet;
-  return new Core({
+  const core = new Core({
     stateFile: o.stateFile,
     executor: parseExecutorChoice(o.executor ?? process.env.IPTLB_EXECUTOR),
     engine: parseEngineChoice(o.engine ?? process.env.IPTLB_ENGINE),
     keepConntrack: !!o.keepConntrack,
     ...(quiet ? {} : { log: (line: string) => io.err(`iptlb: ${line}`) }),
   });
+  cores.add(core);
+  return core;
 }
 
 function report(result: TransactionResult, o: GlobalOpts, io: Out, verbose?: () => void): void {
@@ -180,7 +192,8 @@ async function legacyAction(o: LegacyOpts, io: Out): Promise<void> {
   if (o.delete && !o.run) throw new IptlbError('EUSAGE', '-delete needs -run (it removes rules from the kernel)');
   if (o.useState && !o.run) throw new IptlbError('EUSAGE', '-use-state needs -run (it applies the state file to the kernel)');
   const core = makeCore(o, io);
-  const result = await core.transact(
+  const result = await transact(
+    core,
     (state) => {
       if (o.useState) {
         return o.delete ? { upsert: [], remove: [...state.keys()] } : { upsert: [...state.values()], remove: [] };
@@ -220,7 +233,7 @@ async function applyCommand(o: ProfileOpts & { file?: string }, io: Out): Promis
   } else {
     inputs = [profileInput(o)];
   }
-  const result = await core.transact((state) => upsertChange(state, inputs), { run: true });
+  const result = await transact(core, (state) => upsertChange(state, inputs), { run: true });
   report(result, o, io, verboseRules(core, io));
 }
 
@@ -228,7 +241,7 @@ async function deleteCommand(names: string[], o: GlobalOpts & { all?: boolean },
   if (o.all && names.length) throw new IptlbError('EUSAGE', 'delete: give profile names or --all, not both');
   if (!o.all && !names.length) throw new IptlbError('EUSAGE', 'delete: name the profiles to delete (or --all)');
   const core = makeCore(o, io);
-  const result = await core.transact((state) => (o.all ? { upsert: [], remove: [...state.keys()] } : deleteChange(state, names)), { run: true });
+  const result = await transact(core, (state) => (o.all ? { upsert: [], remove: [...state.keys()] } : deleteChange(state, names)), { run: true });
   report(result, o, io);
 }
 
@@ -525,5 +538,10 @@ export async function main(argv: string[], io: Out = { out: (s) => process.stdou
     io.err(`iptlb: internal error: ${err?.message ?? String(e)}`);
     if (process.env.IPTLB_DEBUG) io.err(String(err?.stack));
     return 1;
+  } finally {
+    // One-shot: no conntrack cleanup may be cut short by the exit (each change awaits its own already).
+    const waiting = [...cores];
+    cores.clear();
+    await Promise.all(waiting.map((c) => c.conntrackIdle()));
   }
 }

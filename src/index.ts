@@ -186,11 +186,12 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
     return this.core.readKernel();
   }
 
-  /** Waits for queued calls, then ends the handle. Rules stay in the kernel. */
+  /** Waits for queued calls and their conntrack cleanup, then ends the handle. Rules stay in the kernel. */
   async close(): Promise<void> {
     this.closed = true;
     if (this.driftTimer) clearInterval(this.driftTimer);
     await this.queue.idle();
+    await this.core.conntrackIdle();
   }
 }
 

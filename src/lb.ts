@@ -15,7 +15,7 @@ import { chainName, checkConflicts, sameProfile, show, slotCount, validateName, 
 import { hookChainOf, isEmptyTransaction, planProfile, planTransaction } from './plan.js';
 import { readState, resolveStatePath, stateVersion, writeState } from './state.js';
 import { hasNetAdmin } from './caps.js';
-import { flushStaleFlows, staleFlows } from './conntrack.js';
+import { ConntrackJanitor, staleFlows } from './conntrack.js';
 import { compare, syncTransaction, type ProfileReport } from './drift.js';
 import type { EngineChoice, EngineName, Executor, ExecutorChoice, KernelView, NftExecutor, Profile, ProfileInput, Transaction } from './types.js';
 import type { NftTransaction, NftView } from './nft/ops.js';
@@ -114,6 +114,8 @@ export class Core {
   private readonly log: (line: string) => void;
   private readonly logging: boolean;
   private queue: Promise<unknown> = Promise.resolve();
+  /** Deletes the conntrack entries of removed destinations after the changes, off the commit path. */
+  readonly conntrack: ConntrackJanitor;
   /** The last transaction committed by this instance (for `--verbose`). */
   lastTransaction?: Transaction | NftTransaction;
 
@@ -130,6 +132,16 @@ export class Core {
     this.keepConntrack = opts.keepConntrack ?? false;
     this.log = opts.log ?? (() => {});
     this.logging = opts.log !== undefined;
+    this.conntrack = new ConntrackJanitor({ log: (line) => this.log(line), current: () => (this.statePath === null ? this.memory : this.readState()) });
+  }
+
+  /**
+   * Resolves when the conntrack cleanup of every change made so far is done. A change's promise
+   * resolves before its cleanup (shortly after, coalesced with the next changes'); a one-shot
+   * process (the CLI) awaits this before it exits.
+   */
+  conntrackIdle(): Promise<void> {
+    return this.conntrack.idle();
   }
 
   /** The engine and executor, chosen on first use (see {@link selectEngine}). */
@@ -253,11 +265,12 @@ export class Core {
         const changed =
           change.remove.some((n) => state.has(n)) || change.upsert.some((p) => !state.has(p.name) || !sameProfile(state.get(p.name)!, p));
         // Flows to destinations this change removes (decided now: in memory mode `state` changes below).
+        const native = executor?.kind === 'native';
         const stale =
-          committed && !this.keepConntrack && !this.injected
+          committed && !this.keepConntrack && !this.injected && this.conntrack.needed()
             ? [
-                ...change.upsert.flatMap((p) => (state.has(p.name) ? staleFlows(state.get(p.name)!, p) : [])),
-                ...change.remove.flatMap((n) => (state.has(n) ? staleFlows(state.get(n)!, next.get(n)) : [])),
+                ...change.upsert.flatMap((p) => (state.has(p.name) ? staleFlows(state.get(p.name)!, p).map((f) => ({ ...f, profile: p.name, native })) : [])),
+                ...change.remove.flatMap((n) => (state.has(n) ? staleFlows(state.get(n)!, next.get(n)).map((f) => ({ ...f, profile: n, native })) : [])),
               ]
             : [];
         let stateWritten = false;
@@ -285,8 +298,9 @@ export class Core {
           stateWritten = true;
           this.log(`state written to ${this.statePath} (${next.size} profile(s))`);
         }
-        // Over netlink when the change went through the native executor, else `conntrack -D`.
-        if (stale.length) for (const line of await flushStaleFlows(stale, { native: executor?.kind === 'native' })) this.log(line);
+        // Handed to the janitor, not awaited: the next change need not wait for the cleanup of this
+        // one (over netlink when it went through the native executor, else `conntrack -D`).
+        if (stale.length) this.conntrack.add(stale);
         return {
           applied: change.upsert,
           deleted: change.remove,

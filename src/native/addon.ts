@@ -24,6 +24,10 @@ export interface ConntrackFlushResult {
   durationMs: number;
   /** `false` when the kernel refused the dump filter (before 5.8) and the table was read whole. */
   kernelFilter: boolean;
+  /** `true` when the namespace's nf_conntrack_count was 0 (or conntrack is not loaded): nothing was read. */
+  skipped: boolean;
+  /** Dumps of the conntrack table made: one per protocol asked (filtered in the kernel), or one of the whole table; 0 when skipped. */
+  dumps: number;
   /** `deleted`: entries deleted; `kept`: tcp connections still open (established or closing), left to finish. */
   flows: { deleted: number; kept: number }[];
 }

@@ -80,6 +80,8 @@ describe('conntrackFlush in the kernel (fresh network namespaces)', { skip: skip
     assert.deepEqual(r.other.flows, [{ deleted: 1, kept: 0 }], 'the flow to another port of the address was not touched before');
     assert.equal(r.after, 'two', 'the established connection still works');
     assert.deepEqual(r.empty.flows, []);
+    if (r.first.kernelFilter) assert.equal(r.first.dumps, 3, 'one dump per protocol (tcp, udp, sctp), not one per virtual address');
+    assert.equal(r.first.skipped, false);
   });
 
   const noTool = spawnSync('conntrack', ['--version']).status === 0 ? false : 'conntrack (the tool, to insert entries) is not installed';
@@ -98,6 +100,23 @@ describe('conntrackFlush in the kernel (fresh network namespaces)', { skip: skip
       assert.deepEqual(r.left, ['sctp 1001 5354', 'tcp 1004 5353', 'tcp 1005 5353', 'udp 1006 5353']);
     });
   }
+
+  test('64 virtual addresses in one call: one dump per protocol, every count right; an empty table: no dump at all', { skip: noTool }, async () => {
+    const r = await runInNetns<Record<string, any>>(fixture('conntrack'), ['many'], { timeoutMs: 120_000 });
+    assert.equal(r.empty.skipped, true, 'nf_conntrack_count 0: nothing read');
+    assert.equal(r.empty.dumps, 0);
+    assert.deepEqual(r.empty.flows, [{ deleted: 0, kept: 0 }, { deleted: 0, kept: 0 }]);
+    assert.equal(r.total, 256);
+    assert.equal(r.first.skipped, false);
+    assert.equal(r.first.dumps, r.first.kernelFilter ? 2 : 1, 'one dump per protocol (or one of the whole table)');
+    assert.equal(r.first.flows.length, 128);
+    r.first.flows.forEach((c: unknown, i: number) => assert.deepEqual(c, i % 2 === 0 ? { deleted: 1, kept: 0 } : { deleted: 1, kept: 1 }, `flow ${i}`));
+    assert.equal(r.afterFirst, 128, 'the udp entries to 9002 and the established tcp ones are left');
+    assert.equal(r.rest.kernelFilter, false);
+    assert.equal(r.rest.dumps, 1, 'the whole table, read once');
+    assert.deepEqual(r.rest.flows, Array.from({ length: 64 }, () => ({ deleted: 1, kept: 0 })));
+    assert.equal(r.left, 64);
+  });
 
   test('without CAP_NET_ADMIN: EPERM, saying so', async () => {
     const r = await runInNetns<Record<string, any>>(fixture('conntrack'), ['eperm'], {

@@ -1,7 +1,7 @@
 /** src/conntrack.ts without a kernel: which flows a change leaves stale, and the log lines of both ways of deleting them. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { flushStaleFlows, staleFlows, type StaleFlows } from '../../src/conntrack.js';
+import { ConntrackJanitor, flushStaleFlows, staleFlows, type StaleFlows, type StalePair } from '../../src/conntrack.js';
 import type { Profile } from '../../src/types.js';
 
 const p = (over: Partial<Profile> = {}): Profile => ({
@@ -30,7 +30,7 @@ test('native: one call for all flows; a line per flow that had entries, establis
   const addon = {
     async conntrackFlush(flows: any[]) {
       calls.push(flows);
-      return { durationMs: 0.1, kernelFilter: true, flows: [{ deleted: 3, kept: 0 }, { deleted: 0, kept: 0 }, { deleted: 1, kept: 2 }, { deleted: 0, kept: 4 }] };
+      return { durationMs: 0.1, kernelFilter: true, skipped: false, dumps: 3, flows: [{ deleted: 3, kept: 0 }, { deleted: 0, kept: 0 }, { deleted: 1, kept: 2 }, { deleted: 0, kept: 4 }] };
     },
   };
   const lines = await flushStaleFlows([flow('127.0.0.1:9001'), flow('127.0.0.1:9002', 'sctp'), flow('127.0.0.1:9003', 'tcp'), flow('127.0.0.1:9004', 'tcp')], { addon });
@@ -80,4 +80,116 @@ test('spawn: conntrack -D per flow; tcp once per half-open state; counts summed;
 
 test('nothing to do: no lines, no calls', async () => {
   assert.deepEqual(await flushStaleFlows([], { native: true }), []);
+});
+
+const pair = (destination: string, over: Partial<StalePair> = {}): StalePair => ({ ...flow(destination), profile: 'dns', native: true, ...over });
+
+test('janitor: off the caller\'s path; at most one flush at a time; pairs that arrive meanwhile go into one next flush, each pair once', async () => {
+  const calls: { flows: StaleFlows[]; native: boolean }[] = [];
+  let running = 0;
+  let maxRunning = 0;
+  const gates: (() => void)[] = [];
+  const lines: string[] = [];
+  const j = new ConntrackJanitor({
+    log: (l) => lines.push(l),
+    current: () => new Map([['dns', p({ destination: ['127.0.0.1:9100'] })]]),
+    flush: async (flows, native) => {
+      calls.push({ flows, native });
+      maxRunning = Math.max(maxRunning, ++running);
+      await new Promise<void>((r) => gates.push(r));
+      running--;
+      return flows.map((f) => `flushed ${f.destination}`);
+    },
+  });
+  j.add([pair('127.0.0.1:9001')]);
+  assert.equal(calls.length, 0, 'nothing flushed synchronously: the change returns first');
+  await new Promise((r) => setImmediate(r));
+  await new Promise((r) => setImmediate(r));
+  assert.equal(calls.length, 1);
+  j.add([pair('127.0.0.1:9002')]);
+  j.add([pair('127.0.0.1:9003'), pair('127.0.0.1:9002')]);
+  assert.equal(j.queued, 2, 'the same pair twice is queued once');
+  let idle = false;
+  const done = j.idle().then(() => (idle = true));
+  gates.shift()!();
+  await new Promise((r) => setImmediate(r));
+  assert.equal(calls.length, 2);
+  assert.deepEqual(calls[1].flows.map((f) => f.destination), ['127.0.0.1:9002', '127.0.0.1:9003'], 'one call for both');
+  assert.equal(idle, false, 'idle waits for the running flush');
+  gates.shift()!();
+  await done;
+  assert.equal(maxRunning, 1);
+  assert.deepEqual(lines, ['flushed 127.0.0.1:9001', 'flushed 127.0.0.1:9002', 'flushed 127.0.0.1:9003']);
+  assert.deepEqual(j.stats, { flushes: 2, pairs: 3, dropped: 0 });
+});
+
+test('janitor: a pair whose destination the address\'s current profile has again is dropped (by name, or by address after a rename); an unknown profile flushes', async () => {
+  const calls: StaleFlows[][] = [];
+  const j = new ConntrackJanitor({
+    log: () => {},
+    current: async () =>
+      new Map([
+        ['dns', p({ destination: ['127.0.0.1:9001', '127.0.0.1:9005'] })],
+        ['web2', p({ name: 'web2', source: '127.100.0.11:80', protocol: 'tcp', destination: ['127.0.0.1:9002'] })],
+      ]),
+    flush: async (flows) => {
+      calls.push(flows);
+      return [];
+    },
+  });
+  j.add([
+    pair('127.0.0.1:9001'), // re-added to dns: dropped
+    pair('127.0.0.1:9004'), // still gone: flushed
+    { ...pair('127.0.0.1:9002'), source: '127.100.0.11:80', protocol: 'tcp', profile: 'web' }, // web renamed web2, which has it: dropped
+    { ...pair('127.0.0.1:9003'), source: '127.100.0.12:80', profile: 'gone' }, // no profile at that address: flushed
+    { ...pair('127.0.0.1:9005'), protocol: 'tcp' }, // tcp, while dns is udp: flushed
+  ]);
+  await j.idle();
+  assert.deepEqual(
+    calls.flat().map((f) => `${f.protocol} ${f.source} ${f.destination}`),
+    ['udp 127.100.0.10:5353 127.0.0.1:9004', 'udp 127.100.0.12:80 127.0.0.1:9003', 'tcp 127.100.0.10:5353 127.0.0.1:9005'],
+  );
+  assert.equal(j.stats.dropped, 2);
+});
+
+test('janitor: native and spawned pairs go to separate calls; a throwing flush is one line; idle with nothing queued resolves', async () => {
+  const seen: boolean[] = [];
+  const lines: string[] = [];
+  const j = new ConntrackJanitor({
+    log: (l) => lines.push(l),
+    current: () => new Map(),
+    flush: async (_flows, native) => {
+      seen.push(native);
+      if (!native) throw new Error('boom\nmore');
+      return ['ok'];
+    },
+  });
+  await j.idle();
+  j.add([pair('127.0.0.1:9001'), pair('127.0.0.1:9002', { native: false })]);
+  await j.idle();
+  assert.deepEqual(seen, [true, false]);
+  assert.deepEqual(lines, ['ok', 'conntrack: could not remove flows of 1 removed destination(s): boom']);
+});
+
+test('janitor: paced (waits pace × the last flush before the next one), but idle() flushes what is queued at once', async () => {
+  const starts: number[] = [];
+  const j = new ConntrackJanitor({
+    log: () => {},
+    current: () => new Map(),
+    pace: 10,
+    flush: async () => {
+      starts.push(performance.now());
+      await new Promise((r) => setTimeout(r, 20));
+      return [];
+    },
+  });
+  j.add([pair('127.0.0.1:9001')]);
+  await new Promise((r) => setTimeout(r, 5));
+  j.add([pair('127.0.0.1:9002')]); // arrives during the first flush
+  await new Promise((r) => setTimeout(r, 60)); // the first one ended ~20 ms ago; the wait is 100 ms (capped)
+  assert.equal(starts.length, 1, 'the second flush waits');
+  const t0 = performance.now();
+  await j.idle();
+  assert.equal(starts.length, 2);
+  assert.ok(performance.now() - t0 < 60, 'idle() did not wait out the pacing');
 });
