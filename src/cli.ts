@@ -21,7 +21,7 @@ import { packageVersion } from './paths.js';
 type Out = { out: (s: string) => void; err: (s: string) => void };
 
 /** Flags of the original, with their kind, accepted with one dash and `=value` (Go `flag` style). */
-const VALUE_FLAGS = new Set(['src-addr', 'dest-addr', 'scheduler', 'rules-backend', 'profile', 'state-file', 'log-level', 'protocol', 'executor', 'engine', 'to', 'file', 'interval', 'count']);
+const VALUE_FLAGS = new Set(['src-addr', 'dest-addr', 'scheduler', 'affinity', 'rules-backend', 'profile', 'state-file', 'log-level', 'protocol', 'executor', 'engine', 'to', 'file', 'interval', 'count']);
 const BOOL_FLAGS = new Set(['reset', 'delete', 'log-custom-chain', 'run', 'use-state', 'masquerade', 'json', 'quiet', 'verbose', 'all', 'help', 'version', 'keep-conntrack']);
 
 /** Rewrites Go-style flags (`-src-addr=x`, `-run=true`) into the `--src-addr=x` form commander parses. */
@@ -74,6 +74,7 @@ interface ProfileOpts extends GlobalOpts {
   logLevel: string;
   masquerade?: boolean;
   scheduler?: string;
+  affinity?: string;
 }
 interface LegacyOpts extends ProfileOpts {
   reset?: boolean;
@@ -117,6 +118,7 @@ function addProfileFlags(cmd: Command): Command {
     .option('--src-addr <ip:port>', 'virtual IPv4 address and port that is balanced')
     .option('--dest-addr <list>', 'comma-separated destination ip:port list; ip:port*W gives a destination weight W (0-1000, default 1; 0 drains it)')
     .option('--scheduler <kind>', 'random (weighted random) or round-robin (an exact rotation)', 'random')
+    .option('--affinity <seconds>', 'session affinity: a client address keeps its destination for that many seconds after its last new connection (1-86400; 0: none)')
     .option('--rules-backend <mode>', 'client (nat OUTPUT), proxy (nat PREROUTING) or server (PREROUTING, local addresses)', DEFAULTS.rulesBackend)
     .option('--protocol <proto>', 'tcp, udp or sctp', DEFAULTS.protocol)
     .option('--log-custom-chain', 'log packets that enter the profile (kernel log, see dmesg)')
@@ -138,6 +140,7 @@ function profileInput(o: ProfileOpts): ProfileInput {
   };
   if (o.masquerade) input.masquerade = true;
   if (o.scheduler !== undefined && o.scheduler !== 'random') input.scheduler = o.scheduler;
+  if (o.affinity !== undefined) input.affinity = o.affinity;
   return input;
 }
 
@@ -239,7 +242,7 @@ function describeDestinations(p: Profile): string {
 
 function describeProfile(p: Profile): string {
   const dests = describeDestinations(p);
-  return `${p.name}\t${p.source}/${p.protocol}\t${p.rulesBackend}${p.masquerade ? '+masquerade' : ''}\t${dests}${p.scheduler ? `\tscheduler:${p.scheduler}` : ''}${p.logEnabled ? `\tlog:${p.logLevel}` : ''}`;
+  return `${p.name}\t${p.source}/${p.protocol}\t${p.rulesBackend}${p.masquerade ? '+masquerade' : ''}\t${dests}${p.scheduler ? `\tscheduler:${p.scheduler}` : ''}${p.affinity ? `\taffinity:${p.affinity}s` : ''}${p.logEnabled ? `\tlog:${p.logLevel}` : ''}`;
 }
 
 async function listCommand(o: GlobalOpts, io: Out): Promise<void> {
@@ -301,8 +304,8 @@ async function planCommand(o: LegacyOpts, io: Out): Promise<void> {
   const { executor } = await core.select();
   // Weights and the scheduler, which the rule text only implies, as comment lines (both dialects take them).
   const header = change.upsert
-    .filter((p) => p.weights || p.scheduler)
-    .map((p) => `# profile ${p.name}: ${describeDestinations(p)}, scheduler ${p.scheduler ?? 'random'}\n`)
+    .filter((p) => p.weights || p.scheduler || p.affinity)
+    .map((p) => `# profile ${p.name}: ${describeDestinations(p)}, scheduler ${p.scheduler ?? 'random'}${p.affinity ? `, affinity ${p.affinity}s` : ''}\n`)
     .join('');
   if (executor.engine === 'nft') {
     const next = new Map(state);

@@ -10,6 +10,7 @@
 import { parseEndpoint } from '../address.js';
 import { chainSuffix, slotCount, slotsOf } from '../profile.js';
 import type { Profile, Protocol } from '../types.js';
+import { invalid } from '../errors.js';
 export { backendOffset } from './ops.js';
 import {
   backendOffset,
@@ -55,6 +56,7 @@ export interface NftProfilePlan {
 }
 
 export function planNftProfile(p: Profile): NftProfilePlan {
+  if (p.affinity) throw invalid('affinity', `profile ${p.name}: session affinity is not supported on the nft engine yet (use --engine legacy)`);
   const vip = endpoint(p.source);
   const hook = nftHookOf(p);
   const proto = p.protocol;
