@@ -283,7 +283,7 @@ function showNft(name: string, profile: Profile | undefined, view: NftView, o: G
   const same = (e: { ip: string; port: number }): boolean => !!vip && e.ip === vip.ip && e.port === vip.port;
   const dispatch = view.dispatchSets.flatMap((s) => s.elements.filter((e) => same(e.key)).map((e) => ({ set: s.name, ...e })));
   const backends = view.backendMaps.flatMap((m) => (m.proto === profile?.protocol ? m.elements.filter((e) => same(e.vip)) : []));
-  const rules = view.chains.flatMap((c) => c.rules.filter((r) => (r.kind === 'log' || r.kind === 'masq' || r.kind === 'rr') && r.owner === name).map((r) => ({ chain: c.name, rule: r })));
+  const rules = view.chains.flatMap((c) => c.rules.filter((r) => (r.kind === 'log' || r.kind === 'masq' || r.kind === 'rr' || r.kind === 'aff') && r.owner === name).map((r) => ({ chain: c.name, rule: r })));
   if (!profile && !rules.length) throw new IptlbError('ENOTFOUND', `name: profile ${show(name)} is neither in the state file nor in the kernel`, { field: 'name' });
   if (o.json) return io.out(JSON.stringify(jsonSafe({ profile: profile ?? null, kernel: { dispatch, backends, rules } })));
   io.out(profile ? `profile ${describeProfile(profile)}` : `profile ${name}: not in the state file ${statePath}`);
