@@ -6,7 +6,6 @@ import { renderNft, type NftTransaction, type NftView } from '../nft/ops.js';
 import type { NativeAddon } from '../native/addon.js';
 import type { CommitResult, NftExecutor } from '../types.js';
 import { mapNativeError } from './native.js';
-import { IptlbError } from '../errors.js';
 
 export class NftNativeExecutor implements NftExecutor {
   readonly kind = 'native' as const;
@@ -15,11 +14,6 @@ export class NftNativeExecutor implements NftExecutor {
   constructor(private readonly addon: NativeAddon) {}
 
   async commit(tx: NftTransaction): Promise<CommitResult> {
-    // Session affinity's sets and rules are not in the addon's netlink encoder yet: refuse before
-    // anything reaches the kernel (the spawn executor carries them).
-    if (tx.ops.some((o) => o.op === 'addAffinitySet' || (o.op === 'addRule' && o.rule.kind === 'aff'))) {
-      throw new IptlbError('EINVAL_PROFILE', 'affinity: session affinity on the nft engine needs the spawn executor for now (--executor spawn, or --engine legacy)', { field: 'affinity' });
-    }
     try {
       const r = await this.addon.nftCommit(tx);
       return { durationMs: r.durationMs };
