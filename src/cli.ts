@@ -334,7 +334,7 @@ async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
   } else {
     io.out('PROFILE\tSTATUS\tPACKETS\tDESTINATION\tCONNECTIONS\tBYTES');
     for (const r of reports) {
-      io.out(`${r.name}\t${r.status}${r.detail ? ` (${r.detail})` : ''}\t${r.packets}`);
+      io.out(`${r.name}\t${r.status}${r.detail ? ` (${r.detail})` : ''}\t${r.packets}${r.affinity ? `\taffinity:${r.affinity}s` : ''}`);
       for (const d of r.destinations) io.out(`\t\t\t${d.destination}${d.weight !== undefined ? `*${d.weight}` : ''}\t${d.packets}\t${d.bytes}`);
     }
   }

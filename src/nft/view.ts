@@ -289,7 +289,7 @@ export function compareNft(state: Map<string, Profile>, view: NftView): ProfileR
     // A round-robin (or affinity) profile has no dispatch element: its connections are the sum of its backends' (rules').
     const base =
       plan.set === null
-        ? { name: p.name, destinations, packets: Number(slotPackets), bytes: Number(slotBytes) }
+        ? { name: p.name, destinations, packets: Number(slotPackets), bytes: Number(slotBytes), ...(p.affinity ? { affinity: p.affinity } : {}) }
         : { name: p.name, destinations, packets: Number(mine?.packets ?? 0n), bytes: Number(mine?.bytes ?? 0n) };
     const haveBackends = plan.backends.filter((b) => backends.get(`${plan.proto}/${vip}/${b.index}`)?.to === key(b.to)).length;
     const haveOwnRules = plan.rules.filter((r) => haveRules.has(ruleKey(r.chain, r.rule))).length;

@@ -24,6 +24,9 @@ for (const pair of PAIRS) {
       // unless 39 clients all missed one, probability 3 * (2/3)^39 < 1e-6.
       assert.equal(new Set(before.map((s) => s[0])).size, 3, `clients spread over the backends: ${before.map((s) => s[0]).join(',')}`);
       assert.equal(r.status.inSync, true, JSON.stringify(r.status));
+      assert.equal(r.status.profiles[0].affinity, 2, 'status shows the affinity');
+      assert.match(r.statusText, /^web\tin-sync\t\d+\taffinity:2s$/m);
+      assert.match(r.show, /affinity:2s/);
       assert.equal(r.status.profiles[0].destinations.reduce((a: number, d: any) => a + d.packets, 0), 39 * 6, 'status counts every connection once');
       assert.match(r.list, /\taffinity:2s/);
       ok(r.plan, 'plan');

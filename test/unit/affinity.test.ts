@@ -165,6 +165,7 @@ test('legacy status: an affinity profile read back as planned is in-sync and cou
   };
   const [r] = compare(new Map([[p.name, p]]), view);
   assert.equal(r.status, 'in-sync', JSON.stringify(r));
+  assert.equal(r.affinity, 2, 'the report shows the affinity');
   // affinity hits (rules 0-2) and balancing (rules 3-5) add up per destination
   assert.deepEqual(r.destinations?.map((d) => d.packets), [0 + 3, 1 + 4, 2 + 5]);
   // a changed timeout is drift
@@ -285,6 +286,7 @@ test('nft view: affinity rules and sets decode from nft -j (elements the kernel 
   // hits are rules 1-3, choices 4-6: per destination i, (i + 1) + (i + 4)
   assert.deepEqual(r.destinations.map((d) => d.packets), [1 + 4, 2 + 5, 3 + 6]);
   assert.equal(r.packets, 21);
+  assert.equal(r.affinity, 2);
   // a missing set, or another timeout, is drift; a set no profile uses is an orphan
   const noSet = { ...view, affinitySets: view.affinitySets!.slice(1) };
   assert.match(compareNft(pm(p), noSet)[0].detail ?? '', /affinity set aff_WEB_127_0_0_1_9001_2 is missing/);
