@@ -109,6 +109,20 @@ std::string IpText(uint32_t ip_be) {
 }
 uint16_t HostPort(const Endpoint &e) { return ntohs(e.port); }
 
+uint32_t AffinitySetTimeout(const std::string &name) {
+  // ^aff_[A-Z0-9_]+_[1-9][0-9]*$ (AFFINITY_SET_PATTERN in src/nft/ops.ts)
+  if (name.size() < 7 || name.compare(0, 4, "aff_") != 0) return 0;
+  for (size_t i = 4; i < name.size(); i++) {
+    const char c = name[i];
+    if (!((c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_')) return 0;
+  }
+  const size_t us = name.rfind('_');
+  if (us <= 4 || us + 1 >= name.size() || name[us + 1] == '0' || name.size() - us - 1 > 6) return 0;
+  uint32_t v = 0;
+  for (size_t i = us + 1; i < name.size(); i++) v = v * 10 + static_cast<uint32_t>(name[i] - '0');
+  return v;
+}
+
 const char *OpKindName(Op::Kind k) {
   switch (k) {
     case Op::Kind::kAddTable: return "addTable";
@@ -123,6 +137,7 @@ const char *OpKindName(Op::Kind k) {
     case Op::Kind::kDeleteDispatchElements: return "deleteDispatchElements";
     case Op::Kind::kAddBackendElements: return "addBackendElements";
     case Op::Kind::kDeleteBackendElements: return "deleteBackendElements";
+    case Op::Kind::kAddAffinitySet: return "addAffinitySet";
   }
   return "?";
 }
@@ -136,6 +151,7 @@ std::string DescribeOp(const Op &op) {
     case Op::Kind::kAddBackendElements:
     case Op::Kind::kDeleteBackendElements: return s + " " + BackendMapName(op.proto);
     case Op::Kind::kAddDispatchSet:
+    case Op::Kind::kAddAffinitySet:
     case Op::Kind::kDeleteSet:
     case Op::Kind::kAddDispatchElements:
     case Op::Kind::kDeleteDispatchElements: return s + " " + op.name;
@@ -242,8 +258,31 @@ Rule RuleFromJs(const Napi::Value &v, const std::string &path) {
     if (!local.IsBoolean()) Bad(env, path + ".local", "must be a boolean");
     r.local = local.As<Napi::Boolean>().Value();
     r.n = static_cast<uint32_t>(Int(o.Get("n"), 1, 65535, [&] { return path + ".n"; }));
+  } else if (kind == "aff") {
+    r.kind = Rule::Kind::kAff;
+    r.owner = OwnerFromJs(o.Get("owner"), path + ".owner");
+    r.vip = EndpointFromJs(o.Get("vip"), [&] { return path + ".vip"; });
+    Napi::Value local = o.Get("local");
+    if (!local.IsBoolean()) Bad(env, path + ".local", "must be a boolean");
+    r.local = local.As<Napi::Boolean>().Value();
+    r.set = Str(o.Get("set"), path + ".set");
+    if (!AffinitySetTimeout(r.set) || r.set.size() >= NFT_SET_MAXNAMELEN) Bad(env, path + ".set", "not an affinity set name (aff_<NAME>_…_<seconds>)");
+    r.to = EndpointFromJs(o.Get("to"), [&] { return path + ".to"; });
+    Napi::Object pick = Obj(o.Get("pick"), path + ".pick");
+    const std::string mode = Str(pick.Get("mode"), path + ".pick.mode");
+    if (mode == "hit") {
+      r.pick = Rule::Pick::kHit;
+    } else if (mode == "rest") {
+      r.pick = Rule::Pick::kRest;
+    } else if (mode == "random" || mode == "inc") {
+      r.pick = mode == "random" ? Rule::Pick::kRandom : Rule::Pick::kInc;
+      r.mod = static_cast<uint32_t>(Int(pick.Get("mod"), 1, 65535, [&] { return path + ".pick.mod"; }));
+      if (mode == "random") r.lt = static_cast<uint32_t>(Int(pick.Get("lt"), 1, r.mod, [&] { return path + ".pick.lt"; }));
+    } else {
+      Bad(env, path + ".pick.mode", "must be 'hit', 'random', 'inc' or 'rest'");
+    }
   } else {
-    Bad(env, path + ".kind", "must be 'dispatch', 'log', 'masq' or 'rr'");
+    Bad(env, path + ".kind", "must be 'dispatch', 'log', 'masq', 'rr' or 'aff'");
   }
   return r;
 }
@@ -256,7 +295,7 @@ Napi::Array ArrayFromJs(const Napi::Value &v, const std::string &path) {
 const std::map<std::string, Op::Kind> &OpKinds() {
   static const std::map<std::string, Op::Kind> kinds = [] {
     std::map<std::string, Op::Kind> m;
-    for (int k = 0; k <= static_cast<int>(Op::Kind::kDeleteBackendElements); k++) m[OpKindName(static_cast<Op::Kind>(k))] = static_cast<Op::Kind>(k);
+    for (int k = 0; k <= static_cast<int>(Op::Kind::kAddAffinitySet); k++) m[OpKindName(static_cast<Op::Kind>(k))] = static_cast<Op::Kind>(k);
     return m;
   }();
   return kinds;
@@ -275,6 +314,11 @@ Op OpFromJs(const Napi::Value &v, const std::string &path) {
     case Op::Kind::kDeleteTable: break;
     case Op::Kind::kAddBackendMap: op.proto = ProtoFromJs(o.Get("proto"), path + ".proto"); break;
     case Op::Kind::kAddDispatchSet: op.name = DispatchNameFromJs(o.Get("name"), path + ".name"); break;
+    case Op::Kind::kAddAffinitySet:
+      op.name = Str(o.Get("name"), path + ".name");
+      if (!AffinitySetTimeout(op.name) || op.name.size() >= NFT_SET_MAXNAMELEN) Bad(env, path + ".name", "not an affinity set name (aff_<NAME>_…_<seconds>)");
+      op.timeout = static_cast<uint32_t>(Int(o.Get("timeout"), 1, 86400, [&] { return path + ".timeout"; }));
+      break;
     case Op::Kind::kDeleteSet:
       op.name = Str(o.Get("name"), path + ".name");
       if (op.name.empty() || op.name.size() >= NFT_SET_MAXNAMELEN || op.name.find('\0') != std::string::npos) Bad(env, path + ".name", "not a set name");
@@ -353,6 +397,7 @@ constexpr size_t kElementBytes = 64;  // upper bound of one encoded element
 // nft's set key/data type ids (datatype.h): ipv4_addr 7, inet_service 13, integer 4; a
 // concatenation is the ids shifted by 6 bits each.
 constexpr uint32_t kTypeIpv4 = 7, kTypeInetService = 13, kTypeInteger = 4;
+constexpr uint32_t kByteorderBigEndian = 2;  // nft's BYTEORDER_BIG_ENDIAN, the key byte order of `type ipv4_addr`
 constexpr uint32_t Concat2(uint32_t a, uint32_t b) { return (a << 6) | b; }
 constexpr uint32_t Concat3(uint32_t a, uint32_t b, uint32_t c) { return (a << 12) | (b << 6) | c; }
 
@@ -438,6 +483,25 @@ class Encoder {
       }
       case Op::Kind::kAddBackendMap: AddSet(BackendMapName(op.proto), true, op.proto, i); break;
       case Op::Kind::kAddDispatchSet: AddSet(op.name, false, Proto::kTcp, i); break;
+      case Op::Kind::kAddAffinitySet: {
+        // type ipv4_addr; size 65535; flags dynamic,timeout; timeout <s>s;
+        SetPtr s = NewSet(op.name);
+        const uint32_t id = next_set_id_++;
+        Udata ud;
+        ud.U32(kUdKeyByteorder, kByteorderBigEndian);
+        nftnl_set_set_u32(s.get(), NFTNL_SET_FLAGS, NFT_SET_TIMEOUT | NFT_SET_EVAL);
+        nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_TYPE, kTypeIpv4);
+        nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_LEN, 4);
+        nftnl_set_set_u64(s.get(), NFTNL_SET_TIMEOUT, static_cast<uint64_t>(op.timeout) * 1000);
+        nftnl_set_set_u32(s.get(), NFTNL_SET_DESC_SIZE, 65535);
+        nftnl_set_set_u32(s.get(), NFTNL_SET_ID, id);
+        ud.Set(s.get());
+        auto *nlh = Msg(NFT_MSG_NEWSET, NLM_F_CREATE, 1024, i);
+        nftnl_set_nlmsg_build_payload(nlh, s.get());
+        b_->Finish(nlh);
+        set_ids_[op.name] = id;
+        break;
+      }
       case Op::Kind::kDeleteSet: {
         SetPtr s = NewSet(op.name);
         auto *nlh = Msg(NFT_MSG_DELSET, 0, 512, i);
@@ -481,6 +545,8 @@ class Encoder {
           ids.backend_map = SetId(BackendMapName(op.rule.proto));
         } else if (op.rule.kind == Rule::Kind::kRr) {
           ids.backend_map = SetId(BackendMapName(op.rule.proto));
+        } else if (op.rule.kind == Rule::Kind::kAff) {
+          ids.affinity_set = SetId(op.rule.set);
         }
         RulePtr r = BuildRule(op.chain, op.rule, ids);
         auto *nlh = Msg(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, 4096, i);

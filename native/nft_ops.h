@@ -37,7 +37,9 @@ std::string IpText(uint32_t ip_be);
 uint16_t HostPort(const Endpoint &e);
 
 struct Rule {
-  enum class Kind : uint8_t { kDispatch, kLog, kMasq, kRr, kForeign };
+  enum class Kind : uint8_t { kDispatch, kLog, kMasq, kRr, kAff, kForeign };
+  // aff: how the rule picks (see NftRule 'aff' in src/nft/ops.ts).
+  enum class Pick : uint8_t { kHit, kRandom, kInc, kRest };
   Kind kind = Kind::kForeign;
   Hook hook = Hook::kOut;  // dispatch
   Proto proto = Proto::kTcp;
@@ -48,7 +50,16 @@ struct Rule {
   std::string prefix;      // log
   uint32_t level = 0;      // log
   std::string text;        // foreign
+  Pick pick = Pick::kRest; // aff
+  uint32_t mod = 0;        // aff random/inc: numgen modulus
+  uint32_t lt = 0;         // aff random: numgen result below this
+  std::string set;         // aff: the destination's affinity set
+  Endpoint to;             // aff: the destination
+  uint64_t packets = 0;    // aff, read back: the rule's counter
+  uint64_t bytes = 0;
 };
+// Parses an affinity set name (aff_<SUFFIX>_..._<timeout>); the timeout in seconds, 0 when not one.
+uint32_t AffinitySetTimeout(const std::string &name);
 
 struct BackendElement {
   Endpoint vip;
@@ -70,10 +81,12 @@ struct Op {
     kDeleteDispatchElements,
     kAddBackendElements,
     kDeleteBackendElements,
+    kAddAffinitySet,
   };
   Kind kind = Kind::kAddTable;
   Proto proto = Proto::kTcp;
-  std::string name;  // set name (dispatch sets, deleteSet, element ops on dispatch sets)
+  std::string name;  // set name (dispatch sets, deleteSet, element ops on dispatch sets, affinity sets)
+  uint32_t timeout = 0;  // addAffinitySet: seconds
   BaseChain chain = BaseChain::kOutput;
   Rule rule;
   std::vector<Endpoint> dispatch;

@@ -35,6 +35,7 @@ struct SetInfo {
   uint32_t flags = 0;
   uint32_t key_len = 0;
   uint32_t data_len = 0;
+  uint64_t timeout_ms = 0;
 };
 
 uint32_t SetU32(nftnl_set *s, uint16_t attr) { return nftnl_set_is_set(s, attr) ? nftnl_set_get_u32(s, attr) : 0; }
@@ -54,7 +55,8 @@ std::vector<SetInfo> DumpSets(Socket *s, bool *intr) {
               const char *t = nftnl_set_get_str(set.get(), NFTNL_SET_TABLE);
               const char *n = nftnl_set_get_str(set.get(), NFTNL_SET_NAME);
               if (!t || !n || std::strcmp(t, kTable) != 0) return;
-              out.push_back({n, SetU32(set.get(), NFTNL_SET_FLAGS), SetU32(set.get(), NFTNL_SET_KEY_LEN), SetU32(set.get(), NFTNL_SET_DATA_LEN)});
+              out.push_back({n, SetU32(set.get(), NFTNL_SET_FLAGS), SetU32(set.get(), NFTNL_SET_KEY_LEN), SetU32(set.get(), NFTNL_SET_DATA_LEN),
+                             nftnl_set_is_set(set.get(), NFTNL_SET_TIMEOUT) ? nftnl_set_get_u64(set.get(), NFTNL_SET_TIMEOUT) : 0});
             },
             intr),
         "listing the sets of table ip iptlb");
@@ -219,6 +221,8 @@ bool ReadOnce(Socket *s, View *v) {
           m.elements.emplace_back(e, c);
         });
         v->backend_maps.push_back(std::move(m));
+      } else if (AffinitySetTimeout(set.name) && !(set.flags & NFT_SET_MAP) && (set.flags & NFT_SET_TIMEOUT) && set.key_len == 4) {
+        v->affinity_sets.push_back({set.name, static_cast<uint32_t>(set.timeout_ms / 1000)});
       } else {
         v->foreign.push_back(set.name);
       }

@@ -35,6 +35,11 @@ struct View {
   std::vector<DispatchSet> dispatch_sets;
   std::vector<BackendMap> backend_maps;
   std::vector<Chain> chains;
+  struct AffinitySet {
+    std::string name;
+    uint32_t timeout = 0;  // seconds
+  };
+  std::vector<AffinitySet> affinity_sets;  // elements not read: they are the kernel's
   std::vector<std::string> foreign;
 };
 

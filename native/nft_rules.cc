@@ -28,6 +28,7 @@ constexpr uint8_t kUdataRuleComment = 0;
 constexpr size_t kCommentMax = 128;
 constexpr uint32_t kIpDaddrOffset = 16;  // offsetof(struct iphdr, daddr)
 constexpr uint32_t kDportOffset = 2;     // same for tcp, udp and sctp
+constexpr uint32_t kIpSaddrOffset = 12;  // offsetof(struct iphdr, saddr)
 
 // ---- encoding ---------------------------------------------------------------------------------
 
@@ -333,6 +334,90 @@ bool DecodeRr(const Exprs &x, const std::string &owner, Rule *out) {
   return true;
 }
 
+// ip daddr V P dport port [fib daddr type local] <pick> update @S { ip saddr } counter dnat to D
+bool DecodeAff(const Exprs &x, const std::string &owner, Rule *out) {
+  Cursor c(x);
+  Rule r;
+  uint32_t ip = 0;
+  uint16_t port = 0;
+  if (!(c.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1) && c.Cmp(NFT_CMP_EQ, &ip, 4) && c.L4Proto(&r.proto) &&
+        c.Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG_1) && c.Cmp(NFT_CMP_EQ, &port, 2)))
+    return false;
+  size_t at = c.pos();
+  r.local = c.FibLocal();
+  if (!r.local) c.seek(at);
+  auto name = [&](size_t i) { return i < x.size() ? Name(x[i]) : std::string(); };
+  at = c.pos();
+  std::string hit_set;
+  if (name(at) == "numgen") {
+    const nftnl_expr *ng = x[at];
+    if (!U32Is(ng, NFTNL_EXPR_NG_DREG, NFT_REG_1) || !nftnl_expr_is_set(ng, NFTNL_EXPR_NG_MODULUS)) return false;
+    if (nftnl_expr_is_set(ng, NFTNL_EXPR_NG_OFFSET) && nftnl_expr_get_u32(ng, NFTNL_EXPR_NG_OFFSET) != 0) return false;
+    r.mod = nftnl_expr_get_u32(ng, NFTNL_EXPR_NG_MODULUS);
+    c.seek(at + 1);
+    if (U32Is(ng, NFTNL_EXPR_NG_TYPE, NFT_NG_RANDOM)) {
+      const nftnl_expr *bo = at + 1 < x.size() && name(at + 1) == "byteorder" ? x[at + 1] : nullptr;
+      if (!bo || !U32Is(bo, NFTNL_EXPR_BYTEORDER_SREG, NFT_REG_1) || !U32Is(bo, NFTNL_EXPR_BYTEORDER_DREG, NFT_REG_1) ||
+          !U32Is(bo, NFTNL_EXPR_BYTEORDER_OP, NFT_BYTEORDER_HTON) || !U32Is(bo, NFTNL_EXPR_BYTEORDER_LEN, 4) || !U32Is(bo, NFTNL_EXPR_BYTEORDER_SIZE, 4))
+        return false;
+      c.seek(at + 2);
+      uint32_t lt = 0;
+      if (!c.Cmp(NFT_CMP_LT, &lt, 4)) return false;
+      r.pick = Rule::Pick::kRandom;
+      r.lt = ntohl(lt);
+    } else if (U32Is(ng, NFTNL_EXPR_NG_TYPE, NFT_NG_INCREMENTAL)) {
+      uint32_t v = 1;
+      if (!c.Cmp(NFT_CMP_EQ, &v, 4) || v != 0) return false;
+      r.pick = Rule::Pick::kInc;
+    } else {
+      return false;
+    }
+  } else if (name(at) == "payload" && name(at + 1) == "lookup") {
+    if (!(c.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpSaddrOffset, 4, NFT_REG_1) && c.Lookup(&hit_set, -1))) return false;
+    r.pick = Rule::Pick::kHit;
+  } else {
+    r.pick = Rule::Pick::kRest;
+  }
+  if (!c.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpSaddrOffset, 4, NFT_REG_1)) return false;
+  at = c.pos();
+  if (name(at) != "dynset" || name(at + 1) != "counter" || name(at + 2) != "immediate" || name(at + 3) != "immediate" || name(at + 4) != "nat" || at + 5 != x.size())
+    return false;
+  const nftnl_expr *ds = x[at];
+  if (!U32Is(ds, NFTNL_EXPR_DYNSET_SREG_KEY, NFT_REG_1) || !U32Is(ds, NFTNL_EXPR_DYNSET_OP, NFT_DYNSET_OP_UPDATE) ||
+      nftnl_expr_is_set(ds, NFTNL_EXPR_DYNSET_SREG_DATA) || !nftnl_expr_is_set(ds, NFTNL_EXPR_DYNSET_SET_NAME))
+    return false;
+  if (nftnl_expr_is_set(ds, NFTNL_EXPR_DYNSET_TIMEOUT) && nftnl_expr_get_u64(ds, NFTNL_EXPR_DYNSET_TIMEOUT) != 0) return false;
+  r.set = nftnl_expr_get_str(ds, NFTNL_EXPR_DYNSET_SET_NAME);
+  if (!AffinitySetTimeout(r.set) || (r.pick == Rule::Pick::kHit && hit_set != r.set)) return false;
+  const nftnl_expr *ctr = x[at + 1];
+  r.packets = nftnl_expr_is_set(ctr, NFTNL_EXPR_CTR_PACKETS) ? nftnl_expr_get_u64(ctr, NFTNL_EXPR_CTR_PACKETS) : 0;
+  r.bytes = nftnl_expr_is_set(ctr, NFTNL_EXPR_CTR_BYTES) ? nftnl_expr_get_u64(ctr, NFTNL_EXPR_CTR_BYTES) : 0;
+  uint32_t len = 0;
+  const nftnl_expr *ia = x[at + 2];
+  const void *a = U32Is(ia, NFTNL_EXPR_IMM_DREG, NFT_REG_1) ? nftnl_expr_get(ia, NFTNL_EXPR_IMM_DATA, &len) : nullptr;
+  if (!a || len != 4) return false;
+  std::memcpy(&r.to.ip, a, 4);
+  const nftnl_expr *ipt = x[at + 3];
+  const void *p = U32Is(ipt, NFTNL_EXPR_IMM_DREG, NFT_REG_2) ? nftnl_expr_get(ipt, NFTNL_EXPR_IMM_DATA, &len) : nullptr;
+  if (!p || len != 2) return false;
+  std::memcpy(&r.to.port, p, 2);
+  const nftnl_expr *e = x[at + 4];
+  if (!U32Is(e, NFTNL_EXPR_NAT_TYPE, NFT_NAT_DNAT) || !U32Is(e, NFTNL_EXPR_NAT_FAMILY, NFPROTO_IPV4) || !U32Is(e, NFTNL_EXPR_NAT_REG_ADDR_MIN, NFT_REG_1) ||
+      !U32Is(e, NFTNL_EXPR_NAT_REG_PROTO_MIN, NFT_REG_2))
+    return false;
+  if (nftnl_expr_is_set(e, NFTNL_EXPR_NAT_REG_ADDR_MAX) && !U32Is(e, NFTNL_EXPR_NAT_REG_ADDR_MAX, NFT_REG_1)) return false;
+  if (nftnl_expr_is_set(e, NFTNL_EXPR_NAT_REG_PROTO_MAX) && !U32Is(e, NFTNL_EXPR_NAT_REG_PROTO_MAX, NFT_REG_2)) return false;
+  const uint32_t range = NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED;
+  if (nftnl_expr_is_set(e, NFTNL_EXPR_NAT_FLAGS) && (nftnl_expr_get_u32(e, NFTNL_EXPR_NAT_FLAGS) & ~range)) return false;
+  if ((r.pick == Rule::Pick::kRandom && (r.lt == 0 || r.lt > r.mod)) || ((r.pick == Rule::Pick::kRandom || r.pick == Rule::Pick::kInc) && r.mod == 0)) return false;
+  r.kind = Rule::Kind::kAff;
+  r.owner = owner;
+  r.vip.ip = ip;
+  r.vip.port = port;
+  *out = std::move(r);
+  return true;
+}
+
 bool DecodeMasq(const Exprs &x, const std::string &owner, Rule *out) {
   Cursor c(x);
   Rule r;
@@ -463,6 +548,70 @@ RulePtr BuildRule(BaseChain chain, const Rule &r, const LookupIds &ids) {
       SetComment(rule.get(), "iptlb:" + r.owner);
       break;
     }
+    case Rule::Kind::kAff: {
+      // ip daddr V P dport port [fib daddr type local] <pick> update @S { ip saddr } counter dnat to D comment "iptlb:<owner>",
+      // as nft 1.0.6 encodes it (numgen into reg 1, `<` on the big-endian value; the port in reg 2).
+      b.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1);
+      b.Cmp(NFT_CMP_EQ, &r.vip.ip, 4);
+      b.L4Proto(r.proto);
+      b.Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG_1);
+      b.Cmp(NFT_CMP_EQ, &r.vip.port, 2);
+      if (r.local) b.FibLocal();
+      if (r.pick == Rule::Pick::kHit) {
+        b.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpSaddrOffset, 4, NFT_REG_1);
+        b.Lookup(r.set, ids.affinity_set, -1);
+      } else if (r.pick == Rule::Pick::kRandom || r.pick == Rule::Pick::kInc) {
+        ExprPtr ng = b.New("numgen");
+        nftnl_expr_set_u32(ng.get(), NFTNL_EXPR_NG_DREG, NFT_REG_1);
+        nftnl_expr_set_u32(ng.get(), NFTNL_EXPR_NG_MODULUS, r.mod);
+        nftnl_expr_set_u32(ng.get(), NFTNL_EXPR_NG_TYPE, r.pick == Rule::Pick::kRandom ? NFT_NG_RANDOM : NFT_NG_INCREMENTAL);
+        nftnl_expr_set_u32(ng.get(), NFTNL_EXPR_NG_OFFSET, 0);
+        b.Raw(std::move(ng));
+        if (r.pick == Rule::Pick::kRandom) {
+          ExprPtr bo = b.New("byteorder");
+          nftnl_expr_set_u32(bo.get(), NFTNL_EXPR_BYTEORDER_SREG, NFT_REG_1);
+          nftnl_expr_set_u32(bo.get(), NFTNL_EXPR_BYTEORDER_DREG, NFT_REG_1);
+          nftnl_expr_set_u32(bo.get(), NFTNL_EXPR_BYTEORDER_OP, NFT_BYTEORDER_HTON);
+          nftnl_expr_set_u32(bo.get(), NFTNL_EXPR_BYTEORDER_LEN, 4);
+          nftnl_expr_set_u32(bo.get(), NFTNL_EXPR_BYTEORDER_SIZE, 4);
+          b.Raw(std::move(bo));
+          const uint32_t lt = htonl(r.lt);
+          b.Cmp(NFT_CMP_LT, &lt, 4);
+        } else {
+          const uint32_t zero = 0;
+          b.Cmp(NFT_CMP_EQ, &zero, 4);
+        }
+      }
+      b.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpSaddrOffset, 4, NFT_REG_1);
+      {
+        ExprPtr ds = b.New("dynset");
+        nftnl_expr_set_u32(ds.get(), NFTNL_EXPR_DYNSET_SREG_KEY, NFT_REG_1);
+        nftnl_expr_set_u32(ds.get(), NFTNL_EXPR_DYNSET_OP, NFT_DYNSET_OP_UPDATE);
+        nftnl_expr_set_str(ds.get(), NFTNL_EXPR_DYNSET_SET_NAME, r.set.c_str());
+        if (ids.affinity_set) nftnl_expr_set_u32(ds.get(), NFTNL_EXPR_DYNSET_SET_ID, ids.affinity_set);
+        b.Raw(std::move(ds));
+      }
+      b.Raw(b.New("counter"));
+      {
+        ExprPtr ip = b.New("immediate");
+        nftnl_expr_set_u32(ip.get(), NFTNL_EXPR_IMM_DREG, NFT_REG_1);
+        nftnl_expr_set(ip.get(), NFTNL_EXPR_IMM_DATA, &r.to.ip, 4);
+        b.Raw(std::move(ip));
+        ExprPtr port = b.New("immediate");
+        nftnl_expr_set_u32(port.get(), NFTNL_EXPR_IMM_DREG, NFT_REG_2);
+        nftnl_expr_set(port.get(), NFTNL_EXPR_IMM_DATA, &r.to.port, 2);
+        b.Raw(std::move(port));
+        ExprPtr e = b.New("nat");
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_TYPE, NFT_NAT_DNAT);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_FAMILY, NFPROTO_IPV4);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_REG_ADDR_MIN, NFT_REG_1);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_REG_PROTO_MIN, NFT_REG_2);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_FLAGS, NF_NAT_RANGE_PROTO_SPECIFIED);
+        b.Raw(std::move(e));
+      }
+      SetComment(rule.get(), "iptlb:" + r.owner);
+      break;
+    }
     case Rule::Kind::kMasq: {
       // ct status dnat ct original ip daddr V ct original protocol P ct original proto-dst port masquerade
       b.Ct(NFT_CT_STATUS, -1);
@@ -505,7 +654,7 @@ Rule DecodeRule(const nftnl_rule *r) {
   if (DecodeDispatch(x, has_comment, &out)) return out;
   if (has_comment && comment.rfind("iptlb:", 0) == 0 && comment.size() > 6) {
     const std::string owner = comment.substr(6);
-    if (DecodeLog(x, owner, &out) || DecodeRr(x, owner, &out) || DecodeMasq(x, owner, &out)) return out;
+    if (DecodeLog(x, owner, &out) || DecodeRr(x, owner, &out) || DecodeAff(x, owner, &out) || DecodeMasq(x, owner, &out)) return out;
   }
   out = Rule();
   out.kind = Rule::Kind::kForeign;

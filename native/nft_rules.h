@@ -14,6 +14,7 @@ namespace nft {
 struct LookupIds {
   uint32_t dispatch_set = 0;
   uint32_t backend_map = 0;
+  uint32_t affinity_set = 0;
 };
 
 // A rule for `add rule ip iptlb <chain> …` (expressions and the comment userdata).

@@ -72,6 +72,26 @@ Napi::Object RuleJs(Napi::Env env, const nft::Rule &r) {
       o.Set("local", r.local);
       o.Set("n", r.n);
       break;
+    case nft::Rule::Kind::kAff: {
+      o.Set("kind", "aff");
+      o.Set("owner", r.owner);
+      o.Set("vip", EndpointJs(env, r.vip));
+      o.Set("proto", nft::ProtoName(r.proto));
+      o.Set("local", r.local);
+      Napi::Object pick = Napi::Object::New(env);
+      switch (r.pick) {
+        case nft::Rule::Pick::kHit: pick.Set("mode", "hit"); break;
+        case nft::Rule::Pick::kRandom: pick.Set("mode", "random"); pick.Set("mod", r.mod); pick.Set("lt", r.lt); break;
+        case nft::Rule::Pick::kInc: pick.Set("mode", "inc"); pick.Set("mod", r.mod); break;
+        case nft::Rule::Pick::kRest: pick.Set("mode", "rest"); break;
+      }
+      o.Set("pick", pick);
+      o.Set("set", r.set);
+      o.Set("to", EndpointJs(env, r.to));
+      o.Set("packets", Napi::BigInt::New(env, r.packets));
+      o.Set("bytes", Napi::BigInt::New(env, r.bytes));
+      break;
+    }
     case nft::Rule::Kind::kForeign:
       o.Set("kind", "foreign");
       o.Set("text", r.text);
@@ -203,6 +223,17 @@ void NftReadWorker::OnOK() {
   Napi::Array foreign = Napi::Array::New(env, v.foreign.size());
   for (size_t i = 0; i < v.foreign.size(); i++) foreign.Set(static_cast<uint32_t>(i), v.foreign[i]);
   r.Set("foreign", foreign);
+  // Only when there are any (the field is optional, as in the spawn executor's read).
+  if (!v.affinity_sets.empty()) {
+    Napi::Array aff = Napi::Array::New(env, v.affinity_sets.size());
+    for (size_t i = 0; i < v.affinity_sets.size(); i++) {
+      Napi::Object so = Napi::Object::New(env);
+      so.Set("name", v.affinity_sets[i].name);
+      so.Set("timeout", v.affinity_sets[i].timeout);
+      aff.Set(static_cast<uint32_t>(i), so);
+    }
+    r.Set("affinitySets", aff);
+  }
   Resolve(r);
 }
 

@@ -13,6 +13,7 @@ namespace {
 
 constexpr size_t kMaxChainName = 28;   // XT_EXTENSION_MAXNAMELEN - 1
 constexpr size_t kMaxComment = 255;    // XT_MAX_COMMENT_LEN - 1
+constexpr size_t kMaxRecentName = 199;  // XT_RECENT_NAME_LEN - 1
 constexpr size_t kMaxLogPrefix = 29;   // sizeof(xt_log_info.prefix) - 1
 
 // Where a value sits in the transaction ("transaction.chains[0].rules[2].target"), kept as a chain
@@ -188,6 +189,21 @@ Match MatchFrom(const V &value, const Path &field) {
     if (!end || *end != '\0' || !(d >= 0.0 && d <= 1.0)) Fail(field.Key("probability"), "must be a decimal from 0 to 1");
     m.kind = Match::kStatistic;
     m.probability = static_cast<uint32_t>(std::lround(0x80000000 * d));
+  } else if (name == "recent") {
+    // Session affinity: `--set` or `--update --seconds S --reap`, always on the source address, mask /32.
+    const std::string mode = Str(o.Get("mode"), field.Key("mode"), 16);
+    if (mode == "set") {
+      m.kind = Match::kRecentSet;
+    } else if (mode == "update") {
+      m.kind = Match::kRecentUpdate;
+      m.seconds = static_cast<uint32_t>(Uint(o.Get("seconds"), field.Key("seconds"), 1, 86400));
+    } else {
+      Fail(field.Key("mode"), "must be \"set\" or \"update\"");
+    }
+    m.text = Str(o.Get("recentName"), field.Key("recentName"), kMaxRecentName);
+    if (m.text.empty() || m.text == "." || m.text == ".." || m.text.find('/') != std::string::npos) {
+      Fail(field.Key("recentName"), "must be a list name without '/'");
+    }
   } else if (name == "comment") {
     m.kind = Match::kComment;
     m.text = Str(o.Get("comment"), field.Key("comment"), kMaxComment);

@@ -11,14 +11,15 @@ namespace iptlb {
 
 struct Match {
   // kUnknown only comes out of the decoder (an extension iptlb does not write; `text` is its name).
-  enum Kind { kTcp, kUdp, kSctp, kStatistic, kStatisticNth, kComment, kAddrtypeLocal, kConntrackDnat, kUnknown };
+  enum Kind { kTcp, kUdp, kSctp, kStatistic, kStatisticNth, kRecentSet, kRecentUpdate, kComment, kAddrtypeLocal, kConntrackDnat, kUnknown };
   explicit Match(Kind k = kUnknown) : kind(k) {}
   Kind kind;
   uint16_t port = 0;          // tcp/udp/sctp dport, conntrack ctorigdstport
   uint32_t probability = 0;   // statistic: lround(0x80000000 * p)
   uint32_t every = 0;         // statistic nth: --every (1..)
   uint32_t packet = 0;        // statistic nth: --packet (0..every-1)
-  std::string text;           // comment; extension name of kUnknown
+  uint32_t seconds = 0;       // recent --update: --seconds (1..)
+  std::string text;           // comment; recent list name; extension name of kUnknown
   uint32_t addr = 0;          // conntrack ctorigdst (network order)
   uint32_t mask = 0;          // conntrack mask (network order)
 };

@@ -52,6 +52,13 @@ Napi::Value MatchToJs(Napi::Env env, const Match &m) {
       o.Set("every", m.every);
       o.Set("packet", m.packet);
       break;
+    case Match::kRecentSet:
+    case Match::kRecentUpdate:
+      o.Set("name", "recent");
+      o.Set("mode", m.kind == Match::kRecentSet ? "set" : "update");
+      o.Set("recentName", m.text);
+      if (m.kind == Match::kRecentUpdate) o.Set("seconds", m.seconds);
+      break;
     case Match::kComment: o.Set("name", "comment"); o.Set("comment", m.text); break;
     case Match::kAddrtypeLocal: o.Set("name", "addrtype"); o.Set("dstType", "LOCAL"); break;
     case Match::kConntrackDnat:

@@ -8,6 +8,7 @@
 #include <linux/netfilter/xt_addrtype.h>
 #include <linux/netfilter/xt_comment.h>
 #include <linux/netfilter/xt_conntrack.h>
+#include <linux/netfilter/xt_recent.h>
 #include <linux/netfilter/xt_sctp.h>
 #include <linux/netfilter/xt_statistic.h>
 #include <linux/netfilter/xt_tcpudp.h>
@@ -72,6 +73,18 @@ bool DecodeMatch(const struct xt_entry_match *m, Match *d) {
     } else {
       return false;
     }
+  } else if (name == "recent" && rev == 1) {
+    const auto *r = Payload<struct xt_recent_mtinfo_v1>(m);
+    if (!r || r->invert || r->hit_count || r->side != XT_RECENT_SOURCE || r->mask.ip != 0xffffffffu || r->mask.all[1] || r->mask.all[2] || r->mask.all[3]) return false;
+    if (r->check_set == XT_RECENT_SET && r->seconds == 0) {
+      d->kind = Match::kRecentSet;
+    } else if (r->check_set == (XT_RECENT_UPDATE | XT_RECENT_REAP) && r->seconds >= 1) {
+      d->kind = Match::kRecentUpdate;
+      d->seconds = r->seconds;
+    } else {
+      return false;
+    }
+    d->text = NameOf(r->name, sizeof(r->name));
   } else if (name == "comment" && rev == 0) {
     const auto *c = Payload<struct xt_comment_info>(m);
     if (!c) return false;

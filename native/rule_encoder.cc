@@ -9,6 +9,7 @@
 #include <linux/netfilter/xt_addrtype.h>
 #include <linux/netfilter/xt_comment.h>
 #include <linux/netfilter/xt_conntrack.h>
+#include <linux/netfilter/xt_recent.h>
 #include <linux/netfilter/xt_sctp.h>
 #include <linux/netfilter/xt_statistic.h>
 #include <linux/netfilter/xt_tcpudp.h>
@@ -97,6 +98,24 @@ bool EncodeMatch(const Match &m, std::vector<uint8_t> *out, std::string *error) 
       s.u.nth.packet = m.packet;
       s.u.nth.count = m.every - 1 - m.packet;
       Append(out, "statistic", 0, s);
+      return true;
+    }
+    case Match::kRecentSet:
+    case Match::kRecentUpdate: {
+      // As libxt_recent (revision 1) leaves it: source side, mask 255.255.255.255 in the first word
+      // of the address union, the rest zero.
+      struct xt_recent_mtinfo_v1 r;
+      std::memset(&r, 0, sizeof(r));
+      if (m.kind == Match::kRecentSet) {
+        r.check_set = XT_RECENT_SET;
+      } else {
+        r.check_set = XT_RECENT_UPDATE | XT_RECENT_REAP;
+        r.seconds = m.seconds;
+      }
+      std::strncpy(r.name, m.text.c_str(), sizeof(r.name) - 1);
+      r.side = XT_RECENT_SOURCE;
+      r.mask.ip = 0xffffffffu;
+      Append(out, "recent", 1, r);
       return true;
     }
     case Match::kComment: {

@@ -21,7 +21,7 @@ import { packageVersion } from './paths.js';
 type Out = { out: (s: string) => void; err: (s: string) => void };
 
 /** Flags of the original, with their kind, accepted with one dash and `=value` (Go `flag` style). */
-const VALUE_FLAGS = new Set(['src-addr', 'dest-addr', 'scheduler', 'rules-backend', 'profile', 'state-file', 'log-level', 'protocol', 'executor', 'engine', 'to', 'file', 'interval', 'count']);
+const VALUE_FLAGS = new Set(['src-addr', 'dest-addr', 'scheduler', 'affinity', 'rules-backend', 'profile', 'state-file', 'log-level', 'protocol', 'executor', 'engine', 'to', 'file', 'interval', 'count']);
 const BOOL_FLAGS = new Set(['reset', 'delete', 'log-custom-chain', 'run', 'use-state', 'masquerade', 'json', 'quiet', 'verbose', 'all', 'help', 'version', 'keep-conntrack']);
 
 /** Rewrites Go-style flags (`-src-addr=x`, `-run=true`) into the `--src-addr=x` form commander parses. */
@@ -74,6 +74,7 @@ interface ProfileOpts extends GlobalOpts {
   logLevel: string;
   masquerade?: boolean;
   scheduler?: string;
+  affinity?: string;
 }
 interface LegacyOpts extends ProfileOpts {
   reset?: boolean;
@@ -117,6 +118,7 @@ function addProfileFlags(cmd: Command): Command {
     .option('--src-addr <ip:port>', 'virtual IPv4 address and port that is balanced')
     .option('--dest-addr <list>', 'comma-separated destination ip:port list; ip:port*W gives a destination weight W (0-1000, default 1; 0 drains it)')
     .option('--scheduler <kind>', 'random (weighted random) or round-robin (an exact rotation)', 'random')
+    .option('--affinity <seconds>', 'session affinity: a client address keeps its destination for that many seconds after its last new connection (1-86400; 0: none)')
     .option('--rules-backend <mode>', 'client (nat OUTPUT), proxy (nat PREROUTING) or server (PREROUTING, local addresses)', DEFAULTS.rulesBackend)
     .option('--protocol <proto>', 'tcp, udp or sctp', DEFAULTS.protocol)
     .option('--log-custom-chain', 'log packets that enter the profile (kernel log, see dmesg)')
@@ -138,6 +140,7 @@ function profileInput(o: ProfileOpts): ProfileInput {
   };
   if (o.masquerade) input.masquerade = true;
   if (o.scheduler !== undefined && o.scheduler !== 'random') input.scheduler = o.scheduler;
+  if (o.affinity !== undefined) input.affinity = o.affinity;
   return input;
 }
 
@@ -252,7 +255,7 @@ function describeDestinations(p: Profile): string {
 
 function describeProfile(p: Profile): string {
   const dests = describeDestinations(p);
-  return `${p.name}\t${p.source}/${p.protocol}\t${p.rulesBackend}${p.masquerade ? '+masquerade' : ''}\t${dests}${p.scheduler ? `\tscheduler:${p.scheduler}` : ''}${p.logEnabled ? `\tlog:${p.logLevel}` : ''}`;
+  return `${p.name}\t${p.source}/${p.protocol}\t${p.rulesBackend}${p.masquerade ? '+masquerade' : ''}\t${dests}${p.scheduler ? `\tscheduler:${p.scheduler}` : ''}${p.affinity ? `\taffinity:${p.affinity}s` : ''}${p.logEnabled ? `\tlog:${p.logLevel}` : ''}`;
 }
 
 async function listCommand(o: GlobalOpts, io: Out): Promise<void> {
@@ -293,7 +296,7 @@ function showNft(name: string, profile: Profile | undefined, view: NftView, o: G
   const same = (e: { ip: string; port: number }): boolean => !!vip && e.ip === vip.ip && e.port === vip.port;
   const dispatch = view.dispatchSets.flatMap((s) => s.elements.filter((e) => same(e.key)).map((e) => ({ set: s.name, ...e })));
   const backends = view.backendMaps.flatMap((m) => (m.proto === profile?.protocol ? m.elements.filter((e) => same(e.vip)) : []));
-  const rules = view.chains.flatMap((c) => c.rules.filter((r) => (r.kind === 'log' || r.kind === 'masq' || r.kind === 'rr') && r.owner === name).map((r) => ({ chain: c.name, rule: r })));
+  const rules = view.chains.flatMap((c) => c.rules.filter((r) => (r.kind === 'log' || r.kind === 'masq' || r.kind === 'rr' || r.kind === 'aff') && r.owner === name).map((r) => ({ chain: c.name, rule: r })));
   if (!profile && !rules.length) throw new IptlbError('ENOTFOUND', `name: profile ${show(name)} is neither in the state file nor in the kernel`, { field: 'name' });
   if (o.json) return io.out(JSON.stringify(jsonSafe({ profile: profile ?? null, kernel: { dispatch, backends, rules } })));
   io.out(profile ? `profile ${describeProfile(profile)}` : `profile ${name}: not in the state file ${statePath}`);
@@ -314,8 +317,8 @@ async function planCommand(o: LegacyOpts, io: Out): Promise<void> {
   const { executor } = await core.select();
   // Weights and the scheduler, which the rule text only implies, as comment lines (both dialects take them).
   const header = change.upsert
-    .filter((p) => p.weights || p.scheduler)
-    .map((p) => `# profile ${p.name}: ${describeDestinations(p)}, scheduler ${p.scheduler ?? 'random'}\n`)
+    .filter((p) => p.weights || p.scheduler || p.affinity)
+    .map((p) => `# profile ${p.name}: ${describeDestinations(p)}, scheduler ${p.scheduler ?? 'random'}${p.affinity ? `, affinity ${p.affinity}s` : ''}\n`)
     .join('');
   if (executor.engine === 'nft') {
     const next = new Map(state);
@@ -344,7 +347,7 @@ async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
   } else {
     io.out('PROFILE\tSTATUS\tPACKETS\tDESTINATION\tCONNECTIONS\tBYTES');
     for (const r of reports) {
-      io.out(`${r.name}\t${r.status}${r.detail ? ` (${r.detail})` : ''}\t${r.packets}`);
+      io.out(`${r.name}\t${r.status}${r.detail ? ` (${r.detail})` : ''}\t${r.packets}${r.affinity ? `\taffinity:${r.affinity}s` : ''}`);
       for (const d of r.destinations) io.out(`\t\t\t${d.destination}${d.weight !== undefined ? `*${d.weight}` : ''}\t${d.packets}\t${d.bytes}`);
     }
   }

@@ -26,6 +26,8 @@ export interface ProfileReport {
   /** Packets that hit the profile's jump rule. */
   packets: number;
   bytes: number;
+  /** Session affinity of the profile (seconds), when it has one. */
+  affinity?: number;
 }
 
 /** Canonical text of a rule, as the kernel keeps it: probabilities at the kernel's precision, /32 explicit. */
@@ -62,7 +64,7 @@ export function compare(state: Map<string, Profile>, view: KernelView): ProfileR
       if (weightOf(p, d) !== 1) c.weight = weightOf(p, d);
       return c;
     });
-    const base = { name: p.name, destinations, packets: Number(jump?.packets ?? 0n), bytes: Number(jump?.bytes ?? 0n) };
+    const base = { name: p.name, destinations, packets: Number(jump?.packets ?? 0n), bytes: Number(jump?.bytes ?? 0n), ...(p.affinity ? { affinity: p.affinity } : {}) };
     if (!chain && hooks.length === 0) {
       reports.push({ ...base, status: 'missing', detail: 'no rules in the kernel' });
       continue;

@@ -7,7 +7,7 @@ import { selectExecutor, parseExecutorChoice } from './executors/index.js';
 import { nftTableExistsViaCli, parseEngineChoice, selectEngine, xtablesTables } from './engine.js';
 import { loadAddon } from './native/addon.js';
 import { findBinary } from './executors/spawn.js';
-import { baseUnchanged, countUsage, dispatchSetUsage, planNftChange, planNftRebuild, planNftRemoveAll, nftHookOf } from './nft/plan.js';
+import { baseUnchanged, countUsage, dispatchSetUsage, planNftChange, planNftRebuild, planNftRemoveAll, nftHookOf, planNftProfile } from './nft/plan.js';
 import { dispatchSetName } from './nft/ops.js';
 import { compareNft, strayRoundRobin } from './nft/view.js';
 import { DEFAULT_LOCK_WAIT_MS, lockStateFile } from './lock.js';
@@ -358,10 +358,14 @@ export class Core {
       const rr = p.scheduler === 'round-robin';
       const where =
         engine === 'nft'
-          ? `${p.rulesBackend}: ${rr ? `round-robin rule in chain ${nftHookOf(p) === 'out' ? 'output' : 'prerouting'}` : `element of set ${dispatchSetName(nftHookOf(p), p.protocol, n(p))}`} and ${n(p)} of map be_${p.protocol} in table ip iptlb` +
+          ? `${p.rulesBackend}: ${
+              p.affinity
+                ? `${planNftProfile(p).rules.filter((r) => r.rule.kind === 'aff').length} affinity rules (${p.affinity} s${rr ? ', round-robin' : ''}) in chain ${nftHookOf(p) === 'out' ? 'output' : 'prerouting'}`
+                : `${rr ? `round-robin rule in chain ${nftHookOf(p) === 'out' ? 'output' : 'prerouting'}` : `element of set ${dispatchSetName(nftHookOf(p), p.protocol, n(p))}`} and ${n(p)} of map be_${p.protocol}`
+            } in table ip iptlb` +
             `${p.logEnabled ? `, logging at level ${p.logLevel}` : ''}${p.masquerade ? ', masquerade in postrouting' : ''}`
           : `${p.rulesBackend}: jump in nat ${hookChainOf(p)}, chain ${chainName(p.name)} with ${planProfile(p).chain.rules.length} rules` +
-            `${rr ? ', round-robin' : ''}${p.logEnabled ? `, logging at level ${p.logLevel}` : ''}${p.masquerade ? ', masquerade in POSTROUTING' : ''}`;
+            `${rr ? ', round-robin' : ''}${p.affinity ? `, affinity ${p.affinity} s` : ''}${p.logEnabled ? `, logging at level ${p.logLevel}` : ''}${p.masquerade ? ', masquerade in POSTROUTING' : ''}`;
       const dests = p.destination.map((d) => (weightOf(p, d) === 1 ? d : `${d}*${weightOf(p, d)}`)).join(',');
       this.log(`apply profile ${p.name}: ${p.source}/${p.protocol} -> ${dests} (${where})`);
     }

@@ -23,6 +23,16 @@ export function weightedProbability(w: number, rest: number): string {
   return (w / rest).toFixed(10);
 }
 
+/**
+ * Name of the xt_recent list that remembers the clients sent to `destination` by profile `name`
+ * (session affinity): `IPTLB_<NAME>_<a>_<b>_<c>_<d>_<port>`, at most 46 characters. Derived from the
+ * destination, not its position, so a reset that keeps a destination keeps its clients.
+ * `/proc/net/xt_recent/<name>` lists them.
+ */
+export function recentName(name: string, destination: string): string {
+  return `IPTLB_${chainSuffix(name)}_${destination.replace(/[.:]/g, '_')}`;
+}
+
 export interface ProfilePlan {
   chain: ChainPlan;
   hookRules: HookRulePlan[];
@@ -41,6 +51,18 @@ export function planProfile(p: Profile): ProfilePlan {
   const rules: Rule[] = [];
   if (p.logEnabled) rules.push({ matches: [], target: { name: 'LOG', prefix: `IPTLB:${suffix}:`, level } });
   const slots = slotsOf(p);
+  // Session affinity (kube-proxy's way): first, per destination that takes connections, a rule that
+  // sends a client seen within the last S seconds back to it (`--update` also refreshes the entry, so
+  // affinity lasts S seconds after the client's last new connection); the balancing rules below then
+  // record the client in the list of the destination they chose.
+  const affinity = p.affinity ?? 0;
+  const remember = (d: string): Match[] => (affinity > 0 ? [{ name: 'recent', mode: 'set', recentName: recentName(p.name, d) }] : []);
+  if (affinity > 0) {
+    for (const s of slots) {
+      const matches: Match[] = [{ ...portMatch }, { name: 'recent', mode: 'update', recentName: recentName(p.name, s.destination), seconds: affinity }];
+      rules.push({ dst, proto, matches, target: { name: 'DNAT', toDestination: s.destination } });
+    }
+  }
   if (p.scheduler === 'round-robin') {
     // One rule per slot (a destination of reduced weight w has w consecutive slots). Rule i of S
     // takes one in every S-i of the connections that reach it, starting with the first (`--packet 0`):
@@ -50,6 +72,7 @@ export function planProfile(p: Profile): ProfilePlan {
     list.forEach((d, i) => {
       const matches: Match[] = [{ ...portMatch }];
       if (i < n - 1) matches.push({ name: 'statistic', mode: 'nth', every: n - i, packet: 0 });
+      matches.push(...remember(d));
       rules.push({ dst, proto, matches, target: { name: 'DNAT', toDestination: d } });
     });
   } else {
@@ -60,6 +83,7 @@ export function planProfile(p: Profile): ProfilePlan {
       const matches: Match[] = [{ ...portMatch }];
       if (i < slots.length - 1) matches.push({ name: 'statistic', mode: 'random', probability: weightedProbability(s.slots, rest) });
       rest -= s.slots;
+      matches.push(...remember(s.destination));
       rules.push({ dst, proto, matches, target: { name: 'DNAT', toDestination: s.destination } });
     });
   }

@@ -12,6 +12,8 @@ export const MAX_DESTINATIONS = 1024;
 export const MAX_WEIGHT = 1000;
 /** Largest sum of the weights once divided by their gcd: the number of slots a profile's split uses. */
 export const MAX_SLOTS = 1024;
+/** Longest session affinity, seconds (one day). */
+export const MAX_AFFINITY = 86400;
 export const DEFAULTS = { protocol: 'tcp', rulesBackend: 'client', logEnabled: false, logLevel: '4' } as const;
 
 const LEVEL_NAMES: Record<string, number> = {
@@ -98,6 +100,17 @@ export function normalizeScheduler(value: unknown, field = 'scheduler'): Schedul
   throw invalid(field, `${show(value)} is not one of ${SCHEDULERS.join(', ')}`);
 }
 
+/** Session affinity in seconds: an integer 0..86400 (or its decimal text); 0 and absent mean none. */
+export function normalizeAffinity(value: unknown, field = 'affinity'): number {
+  if (value === undefined || value === null) return 0;
+  let v: unknown = value;
+  if (typeof v === 'string' && /^[0-9]{1,6}$/.test(v.trim())) v = Number(v.trim());
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > MAX_AFFINITY) {
+    throw invalid(field, `${show(value)} must be a whole number of seconds from 1 to ${MAX_AFFINITY} (0 for none)`);
+  }
+  return v;
+}
+
 function weightValue(field: string, value: unknown, what: string): number {
   let w: unknown = value;
   if (typeof w === 'string' && /^[0-9]{1,7}$/.test(w)) w = Number(w);
@@ -151,7 +164,7 @@ function splitWeight(item: unknown): { text: unknown; weight?: string } {
   return { text: item.slice(0, at).trim(), weight: item.slice(at + 1).trim() };
 }
 
-const KNOWN_KEYS = new Set(['name', 'source', 'destination', 'protocol', 'rulesBackend', 'logEnabled', 'logLevel', 'masquerade', 'weights', 'scheduler']);
+const KNOWN_KEYS = new Set(['name', 'source', 'destination', 'protocol', 'rulesBackend', 'logEnabled', 'logLevel', 'masquerade', 'weights', 'scheduler', 'affinity']);
 
 /** Profiles this module returned: frozen, so they are still valid when they come back. */
 const VALIDATED = new WeakSet<object>();
@@ -215,6 +228,7 @@ export function validateProfile(input: ProfileInput | unknown): Profile {
     if (destination.every((d) => weights![d] === 0)) throw invalid('weights', 'every destination has weight 0; at least one must take connections');
   }
   const scheduler = normalizeScheduler(p.scheduler ?? 'random');
+  const affinity = normalizeAffinity(p.affinity);
 
   const protocol = normalizeProtocol(p.protocol ?? DEFAULTS.protocol);
   const rulesBackend = normalizeRulesBackend(p.rulesBackend ?? DEFAULTS.rulesBackend);
@@ -230,6 +244,7 @@ export function validateProfile(input: ProfileInput | unknown): Profile {
   if (masquerade) profile.masquerade = true;
   if (weights) profile.weights = Object.freeze(weights);
   if (scheduler === 'round-robin') profile.scheduler = 'round-robin';
+  if (affinity > 0) profile.affinity = affinity;
   if (weights) {
     const n = slotCount(profile);
     if (n > MAX_SLOTS) throw invalid('weights', `need ${n} slots (the weights' sum divided by their gcd); at most ${MAX_SLOTS} are allowed`);
@@ -277,6 +292,6 @@ export function sameProfile(a: Profile, b: Profile): boolean {
     a.name === b.name && a.source === b.source && a.protocol === b.protocol && a.rulesBackend === b.rulesBackend &&
     a.logEnabled === b.logEnabled && a.logLevel === b.logLevel && !!a.masquerade === !!b.masquerade &&
     a.destination.length === b.destination.length && a.destination.every((d, i) => d === b.destination[i]) &&
-    (a.scheduler ?? 'random') === (b.scheduler ?? 'random') && a.destination.every((d) => weightOf(a, d) === weightOf(b, d))
+    (a.scheduler ?? 'random') === (b.scheduler ?? 'random') && (a.affinity ?? 0) === (b.affinity ?? 0) && a.destination.every((d) => weightOf(a, d) === weightOf(b, d))
   );
 }

@@ -21,6 +21,10 @@ function renderMatch(m: Match): string {
       return m.mode === 'nth' ? `-m statistic --mode nth --every ${m.every} --packet ${m.packet}` : `-m statistic --mode random --probability ${m.probability}`;
     case 'comment':
       return `-m comment --comment ${quote(m.comment)}`;
+    case 'recent':
+      return m.mode === 'set'
+        ? `-m recent --set --name ${m.recentName} --mask 255.255.255.255 --rsource`
+        : `-m recent --update --seconds ${m.seconds} --reap --name ${m.recentName} --mask 255.255.255.255 --rsource`;
     case 'addrtype':
       return `-m addrtype --dst-type ${m.dstType}`;
     case 'conntrack':
@@ -166,6 +170,22 @@ export function parseRule(words: string[]): Rule | null {
         const v = next();
         if (v === undefined) return null;
         rule.matches.push({ name: 'comment', comment: v });
+      } else if (name === 'recent') {
+        // iptables-save's order: --set | --update, --seconds S, --reap, --name N, --mask M, --rsource.
+        const mode = next();
+        if (mode !== '--set' && mode !== '--update') return null;
+        let seconds: number | undefined;
+        if (words[i + 1] === '--seconds') {
+          i++;
+          seconds = Number(next());
+          if (!Number.isInteger(seconds) || seconds < 1) return null;
+        }
+        if (mode === '--update' && (seconds === undefined || next() !== '--reap')) return null;
+        if (mode === '--set' && seconds !== undefined) return null;
+        if (next() !== '--name') return null;
+        const recentName = next();
+        if (!recentName || next() !== '--mask' || next() !== '255.255.255.255' || next() !== '--rsource') return null;
+        rule.matches.push(mode === '--set' ? { name: 'recent', mode: 'set', recentName } : { name: 'recent', mode: 'update', recentName, seconds });
       } else if (name === 'addrtype') {
         if (next() !== '--dst-type' || next() !== 'LOCAL') return null;
         rule.matches.push({ name: 'addrtype', dstType: 'LOCAL' });

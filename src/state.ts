@@ -55,6 +55,7 @@ function serializeOne(p: Profile): string {
   const out: string[] = [];
   {
     out.push(`${scalar(p.name)}:`);
+    if (p.affinity) out.push(`  affinity: ${p.affinity}`);
     out.push('  destination:');
     for (const d of p.destination) out.push(`  - ${scalar(d)}`);
     out.push(`  logEnabled: ${p.logEnabled ? 'true' : 'false'}`);
@@ -89,10 +90,10 @@ function stateError(file: string, message: string, field?: string): IptlbError {
 
 const HEADER = /^(?:([A-Za-z0-9_-]+)|"([A-Za-z0-9_-]+)"):$/;
 const ITEM = /^  - ([0-9.:]+)$/;
-const KEY = /^  (destination|logEnabled|logLevel|masquerade|protocol|rulesBackend|scheduler|source|weights):(?: (.*))?$/;
+const KEY = /^  (affinity|destination|logEnabled|logLevel|masquerade|protocol|rulesBackend|scheduler|source|weights):(?: (.*))?$/;
 const WEIGHT = /^    ([0-9.:]+): (0|[1-9][0-9]{0,6})$/;
 
-const STATE_KEYS = ['destination', 'logEnabled', 'logLevel', 'masquerade', 'protocol', 'rulesBackend', 'scheduler', 'source', 'weights'];
+const STATE_KEYS = ['affinity', 'destination', 'logEnabled', 'logLevel', 'masquerade', 'protocol', 'rulesBackend', 'scheduler', 'source', 'weights'];
 
 /**
  * Fast path for the canonical layout this module (and the original) writes: returns the raw
@@ -172,6 +173,9 @@ function parseLines(text: string): Record<string, Record<string, unknown>> | nul
       } else if (key === 'weights') {
         if (value !== undefined) return null;
         cur[key] = weights = Object.create(null) as Record<string, number>;
+      } else if (key === 'affinity') {
+        if (value === undefined || !/^(0|[1-9][0-9]{0,5})$/.test(value)) return null;
+        cur[key] = Number(value);
       } else if (key === 'scheduler') {
         if (value !== 'random' && value !== 'round-robin') return null;
         cur[key] = value;
@@ -248,6 +252,9 @@ function toProfiles(data: unknown, file: string): Map<string, Profile> {
       if (w === null || typeof w !== 'object' || Array.isArray(w) || Object.values(w).some((v) => typeof v !== 'number' || !Number.isInteger(v))) {
         throw stateError(file, `profile ${show(name)}: weights must be a mapping of "ipv4:port" to integer weights, got ${show(w)}`, 'weights');
       }
+    }
+    if (b.affinity !== undefined && (typeof b.affinity !== 'number' || !Number.isInteger(b.affinity))) {
+      throw stateError(file, `profile ${show(name)}: affinity must be a whole number of seconds, got ${show(b.affinity)}`, 'affinity');
     }
     for (const k of ['source', 'protocol', 'rulesBackend', 'scheduler']) {
       if (b[k] !== undefined && typeof b[k] !== 'string') {

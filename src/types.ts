@@ -43,6 +43,12 @@ export interface Profile {
   weights?: Readonly<Record<string, number>>;
   /** `round-robin` when set; absent means `random` (the default, omitted from the state file). */
   scheduler?: 'round-robin';
+  /**
+   * Session affinity, seconds (1..86400): a client address keeps the destination it was given for
+   * that long after its last new connection. Absent (the default) means none; omitted from the
+   * state file then.
+   */
+  affinity?: number;
 }
 
 /** What a caller may pass for a profile: optional fields take their defaults. */
@@ -60,6 +66,8 @@ export interface ProfileInput {
   weights?: Record<string, number>;
   /** `random` (default) or `round-robin`. */
   scheduler?: string;
+  /** Session affinity in seconds, 1..86400; 0 or absent: none. */
+  affinity?: number | string;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -72,6 +80,12 @@ export type Match =
   /** `-m statistic --mode nth --every N --packet P`: matches one packet in every N (with P = 0, the first of each N). */
   | { name: 'statistic'; mode: 'nth'; every: number; packet: number }
   | { name: 'comment'; comment: string }
+  /**
+   * `-m recent --name N [--set | --update --seconds S --reap] --mask 255.255.255.255 --rsource`
+   * (xt_recent revision 1): `set` records the source address in list N; `update` matches a source
+   * seen within S seconds (and refreshes it), dropping older entries.
+   */
+  | { name: 'recent'; mode: 'set' | 'update'; recentName: string; seconds?: number }
   | { name: 'addrtype'; dstType: 'LOCAL' }
   | { name: 'conntrack'; ctstate: 'DNAT'; ctorigdst: string; ctorigdstport: number };
 

@@ -63,6 +63,21 @@ export function rrOffset(n: number): number {
   return RR_INDEX_BASE + backendOffset(n);
 }
 
+/**
+ * Name of the set that remembers the clients profile `suffix` (its chain suffix) sent to destination
+ * `to`, with affinity `timeout` seconds: `aff_<SUFFIX>_<a>_<b>_<c>_<d>_<port>_<timeout>`. The timeout is
+ * part of the name because the kernel cannot change a set's timeout in place.
+ */
+export function affinitySetName(suffix: string, to: NftEndpoint, timeout: number): string {
+  return `aff_${suffix}_${to.ip.replace(/\./g, '_')}_${to.port}_${timeout}`;
+}
+export const AFFINITY_SET_PATTERN = /^aff_[A-Z0-9_]+_([1-9][0-9]*)$/;
+/** The timeout (seconds) of an affinity set, from its name; null when the name is not one. */
+export function affinitySetTimeout(name: string): number | null {
+  const m = AFFINITY_SET_PATTERN.exec(name);
+  return m ? Number(m[1]) : null;
+}
+
 export function backendMapName(proto: Protocol): string {
   return `be_${proto}`;
 }
@@ -103,6 +118,27 @@ export type NftRule =
       n: number;
     }
   | {
+      /**
+       * A session-affinity profile's rule (it has no dispatch element and no backends; its rules are
+       * self-contained, after the dispatch rules of its chain):
+       * `ip daddr V P dport port [fib daddr type local] <pick> update @S { ip saddr } counter dnat to D comment "iptlb:<owner>"`
+       * where <pick> is `ip saddr @S` (hit: the client's entry is live, refreshed by the update),
+       * `numgen random mod M < K` (weighted cascade), `numgen inc mod M 0` (round-robin cascade) or
+       * nothing (the last destination). S is the destination's affinity set.
+       */
+      kind: 'aff';
+      owner: string;
+      vip: NftEndpoint;
+      proto: Protocol;
+      local: boolean;
+      pick: { mode: 'hit' } | { mode: 'random'; mod: number; lt: number } | { mode: 'inc'; mod: number } | { mode: 'rest' };
+      set: string;
+      to: NftEndpoint;
+      /** Read back only: the rule's counter (new connections it sent). */
+      packets?: bigint;
+      bytes?: bigint;
+    }
+  | {
       /** `ct status dnat ct original ip daddr V ct original protocol P ct original proto-dst port masquerade comment "iptlb:<owner>"` */
       kind: 'masq';
       owner: string;
@@ -126,6 +162,8 @@ export type NftOp =
   /** `add set ip iptlb <name> { type ipv4_addr . inet_service; counter; }` */
   | { op: 'addDispatchSet'; name: string }
   | { op: 'deleteSet'; name: string }
+  /** `add set ip iptlb <name> { type ipv4_addr; size 65535; flags dynamic,timeout; timeout <s>s; }` (no-op when it exists) */
+  | { op: 'addAffinitySet'; name: string; timeout: number }
   /** `add chain ip iptlb <name> { type nat hook <hook> priority <prio>; policy accept; }` */
   | { op: 'addBaseChain'; name: NftBaseChain }
   | { op: 'flushChain'; name: NftBaseChain }
@@ -158,6 +196,8 @@ export interface NftView {
   backendMaps: { proto: Protocol; elements: (NftBackendElement & { packets: bigint; bytes: bigint })[] }[];
   /** The base chains that exist, with their rules in order. A rule iptlb did not write is `{ kind: 'foreign', text }`. */
   chains: { name: NftBaseChain; rules: (NftRule | { kind: 'foreign'; text: string })[] }[];
+  /** The affinity sets (names matching AFFINITY_SET_PATTERN) with their timeout; their elements are the kernel's, not compared. Absent from reads that do not know them. */
+  affinitySets?: { name: string; timeout: number }[];
   /** Names of the table's objects iptlb does not know (other sets or chains): drift. */
   foreign: string[];
 }
@@ -186,6 +226,12 @@ export function renderNftRule(r: NftRule): string {
         `ip daddr ${r.vip.ip} ${r.proto} dport ${r.vip.port}${fib} dnat to ip daddr . ${r.proto} dport . numgen inc mod ${r.n} offset ${rrOffset(r.n)} ` +
         `map @${backendMapName(r.proto)} comment "iptlb:${r.owner}"`
       );
+    }
+    case 'aff': {
+      const fib = r.local ? ' fib daddr type local' : '';
+      const pick =
+        r.pick.mode === 'hit' ? ` ip saddr @${r.set}` : r.pick.mode === 'random' ? ` numgen random mod ${r.pick.mod} < ${r.pick.lt}` : r.pick.mode === 'inc' ? ` numgen inc mod ${r.pick.mod} 0` : '';
+      return `ip daddr ${r.vip.ip} ${r.proto} dport ${r.vip.port}${fib}${pick} update @${r.set} { ip saddr } counter dnat to ${r.to.ip}:${r.to.port} comment "iptlb:${r.owner}"`;
     }
     case 'masq':
       return (
@@ -224,6 +270,9 @@ export function renderNft(tx: NftTransaction): string {
         break;
       case 'addDispatchSet':
         lines.push(`add set ${T} ${o.name} { type ipv4_addr . inet_service; counter; }`);
+        break;
+      case 'addAffinitySet':
+        lines.push(`add set ${T} ${o.name} { type ipv4_addr; size 65535; flags dynamic,timeout; timeout ${o.timeout}s; }`);
         break;
       case 'deleteSet':
         lines.push(`delete set ${T} ${o.name}`);

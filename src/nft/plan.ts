@@ -12,6 +12,8 @@ import { chainSuffix, slotCount, slotsOf } from '../profile.js';
 import type { Profile, Protocol } from '../types.js';
 export { backendOffset } from './ops.js';
 import {
+  affinitySetName,
+  affinitySetTimeout,
   backendOffset,
   rrOffset,
   dispatchSetName,
@@ -50,8 +52,10 @@ export interface NftProfilePlan {
   vip: NftEndpoint;
   proto: Protocol;
   backends: NftBackendElement[];
-  /** Rules in the base chains owned by this profile (log, round-robin, masquerade). */
+  /** Rules in the base chains owned by this profile (log, round-robin, affinity, masquerade). */
   rules: { chain: NftBaseChain; rule: NftRule }[];
+  /** Affinity sets the profile's rules use (one per destination that takes connections). */
+  affinitySets: { name: string; timeout: number }[];
 }
 
 export function planNftProfile(p: Profile): NftProfilePlan {
@@ -60,6 +64,7 @@ export function planNftProfile(p: Profile): NftProfilePlan {
   const proto = p.protocol;
   const n = slotCount(p);
   const rr = p.scheduler === 'round-robin';
+  if (p.affinity) return planAffinityProfile(p, vip, hook, n);
   let index = rr ? rrOffset(n) : backendOffset(n);
   // Destination i occupies (reduced weight) consecutive indexes; drained destinations none.
   // Round-robin profiles use an index range of their own (see rrOffset).
@@ -68,31 +73,77 @@ export function planNftProfile(p: Profile): NftProfilePlan {
     const to = endpoint(s.destination);
     for (let k = 0; k < s.slots; k++) backends.push({ vip, index: index++, to });
   }
-  const rules: NftProfilePlan['rules'] = [];
-  if (p.logEnabled) {
-    const suffix = chainSuffix(p.name);
-    const level = Number(p.logLevel);
-    const base = { kind: 'log' as const, owner: p.name, vip, proto, local: hook === 'loc', level };
-    rules.push({ chain: baseChainOf(hook), rule: { ...base, prefix: `IPTLB:VIP:${suffix}:` } });
-    rules.push({ chain: baseChainOf(hook), rule: { ...base, prefix: `IPTLB:${suffix}:` } });
-  }
+  const rules: NftProfilePlan['rules'] = logRules(p, vip, hook);
   if (rr) rules.push({ chain: baseChainOf(hook), rule: rrRule(p, vip, n) });
   if (p.masquerade) rules.push({ chain: 'postrouting', rule: { kind: 'masq', owner: p.name, vip, proto } });
-  return { set: rr ? null : dispatchSetName(hook, proto, n), n, vip, proto, backends, rules };
+  return { set: rr ? null : dispatchSetName(hook, proto, n), n, vip, proto, backends, rules, affinitySets: [] };
+}
+
+function logRules(p: Profile, vip: NftEndpoint, hook: NftHook): NftProfilePlan['rules'] {
+  if (!p.logEnabled) return [];
+  const suffix = chainSuffix(p.name);
+  const level = Number(p.logLevel);
+  const base = { kind: 'log' as const, owner: p.name, vip, proto: p.protocol, local: hook === 'loc', level };
+  return [
+    { chain: baseChainOf(hook), rule: { ...base, prefix: `IPTLB:VIP:${suffix}:` } },
+    { chain: baseChainOf(hook), rule: { ...base, prefix: `IPTLB:${suffix}:` } },
+  ];
+}
+
+/**
+ * A session-affinity profile: no dispatch element and no backends, only rules of its own (after the
+ * dispatch rules): per destination that takes connections, a rule that sends a client whose entry in
+ * the destination's set is live back there (refreshing the entry); then the balancing rules, each
+ * recording the client in the set of the destination it chose: a weighted cascade
+ * (`numgen random mod R < w`, exact integer odds) or, for round-robin, an nth cascade over the slots
+ * (`numgen inc mod S-i 0`, each rule its own counter, as legacy's `statistic --mode nth`).
+ */
+function planAffinityProfile(p: Profile, vip: NftEndpoint, hook: NftHook, n: number): NftProfilePlan {
+  const suffix = chainSuffix(p.name);
+  const chain = baseChainOf(hook);
+  const timeout = p.affinity!;
+  const base = { kind: 'aff' as const, owner: p.name, vip, proto: p.protocol, local: hook === 'loc' };
+  const slots = slotsOf(p).map((s) => ({ ...s, to: endpoint(s.destination) }));
+  const setOf = (to: NftEndpoint): string => affinitySetName(suffix, to, timeout);
+  const rules: NftProfilePlan['rules'] = logRules(p, vip, hook);
+  for (const s of slots) rules.push({ chain, rule: { ...base, pick: { mode: 'hit' }, set: setOf(s.to), to: s.to } });
+  if (p.scheduler === 'round-robin') {
+    const list = slots.flatMap((s) => Array<NftEndpoint>(s.slots).fill(s.to));
+    list.forEach((to, i) => {
+      const pick = i < list.length - 1 ? { mode: 'inc' as const, mod: list.length - i } : { mode: 'rest' as const };
+      rules.push({ chain, rule: { ...base, pick, set: setOf(to), to } });
+    });
+  } else {
+    let rest = n;
+    slots.forEach((s, i) => {
+      const pick = i < slots.length - 1 ? { mode: 'random' as const, mod: rest, lt: s.slots } : { mode: 'rest' as const };
+      rest -= s.slots;
+      rules.push({ chain, rule: { ...base, pick, set: setOf(s.to), to: s.to } });
+    });
+  }
+  if (p.masquerade) rules.push({ chain: 'postrouting', rule: { kind: 'masq', owner: p.name, vip, proto: p.protocol } });
+  return { set: null, n, vip, proto: p.protocol, backends: [], rules, affinitySets: slots.map((s) => ({ name: setOf(s.to), timeout })) };
+}
+
+/** The affinity sets the rules of `content` use, by name, with their timeout. */
+export function affinitySetsOf(content: { chains: Record<NftBaseChain, NftRule[]> }): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const c of NFT_BASE_CHAINS) for (const r of content.chains[c]) if (r.kind === 'aff') out.set(r.set, affinitySetTimeout(r.set) ?? 1);
+  return out;
 }
 
 function rrRule(p: Profile, vip: NftEndpoint, n: number): NftRule {
   return { kind: 'rr', owner: p.name, vip, proto: p.protocol, local: nftHookOf(p) === 'loc', n };
 }
 
-/** Whether the profile has rules of its own in the base chains (logging, round-robin, masquerade). */
+/** Whether the profile has rules of its own in the base chains (logging, round-robin, affinity, masquerade). */
 export function ownsRules(p: Profile): boolean {
-  return p.logEnabled || !!p.masquerade || p.scheduler === 'round-robin';
+  return p.logEnabled || !!p.masquerade || p.scheduler === 'round-robin' || !!p.affinity;
 }
 
-/** The dispatch set of a random profile; null for round-robin ones. */
+/** The dispatch set of a random profile; null for round-robin and affinity ones. */
 export function dispatchSetOf(p: Profile): string | null {
-  return p.scheduler === 'round-robin' ? null : dispatchSetName(nftHookOf(p), p.protocol, slotCount(p));
+  return p.scheduler === 'round-robin' || p.affinity ? null : dispatchSetName(nftHookOf(p), p.protocol, slotCount(p));
 }
 
 type DispatchRule = Extract<NftRule, { kind: 'dispatch' }>;
@@ -118,16 +169,19 @@ export function baseContent(
   // (a process killed between the two steps of a move) never shadows its dispatch element.
   const rrRules: { chain: NftBaseChain; rule: NftRule }[] = [];
   for (const p of sorted) {
-    if (ownsRules(p)) for (const r of planNftProfile(p).rules) (r.rule.kind === 'rr' ? rrRules.push(r) : chains[r.chain].push(r.rule));
+    if (ownsRules(p)) for (const r of planNftProfile(p).rules) (r.rule.kind === 'rr' || r.rule.kind === 'aff' ? rrRules.push(r) : chains[r.chain].push(r.rule));
     use(p);
   }
   for (const p of alsoDispatch) {
     use(p);
     // A round-robin profile on its way out keeps its rule until the second step: a packet that
     // matched it in the older generation and finds its old backends gone falls through to the new one.
-    if (p.scheduler === 'round-robin') {
-      const r = { chain: baseChainOf(nftHookOf(p)), rule: rrRule(p, endpoint(p.source), slotCount(p)) };
-      if (!rrRules.some((x) => x.chain === r.chain && JSON.stringify(x.rule) === JSON.stringify(r.rule))) rrRules.push(r);
+    // So does an affinity profile's.
+    if (p.scheduler === 'round-robin' || p.affinity) {
+      for (const r of planNftProfile(p).rules) {
+        if (r.rule.kind !== 'rr' && r.rule.kind !== 'aff') continue;
+        if (!rrRules.some((x) => x.chain === r.chain && JSON.stringify(x.rule) === JSON.stringify(r.rule))) rrRules.push(r);
+      }
     }
   }
   for (const set of alsoSets) {
@@ -282,13 +336,14 @@ export function planNftChange(
     const o = old && planNftProfile(old);
     const n = now && planNftProfile(now);
     // A round-robin profile whose slot count changes moves too: its rule changes with its backends.
-    if (o && n && (o.set !== n.set || !sameEndpoint(o.vip, n.vip) || (o.set === null && (o.n !== n.n || old!.rulesBackend !== now!.rulesBackend || o.proto !== n.proto)))) {
+    // So does a switch between round-robin and affinity (the round-robin rule's backends must outlive it).
+    if (o && n && (o.set !== n.set || !sameEndpoint(o.vip, n.vip) || (o.set === null && (o.n !== n.n || old!.rulesBackend !== now!.rulesBackend || o.proto !== n.proto || !!old!.affinity !== !!now!.affinity)))) {
       // Moves: the new elements now, the old ones in the second step. Backends that share keys
       // (same address, protocol and count: only the mode or the scheduler changed) are replaced in place.
       moving.push(old!);
       adds.add(n);
       if (o.set !== null) later.addDispatch(o.set, o.vip);
-      if (o.proto === n.proto && sameEndpoint(o.vip, n.vip) && o.n === n.n && (o.set === null) === (n.set === null)) dels.addBackends(o.proto, o.backends);
+      if (o.proto === n.proto && sameEndpoint(o.vip, n.vip) && o.n === n.n && (o.set === null) === (n.set === null) && !old!.affinity && !now!.affinity) dels.addBackends(o.proto, o.backends);
       else later.addBackends(o.proto, o.backends);
       continue;
     }
@@ -305,6 +360,8 @@ export function planNftChange(
   if (prev.size === 0 || newSets.length || NFT_BASE_CHAINS.some((c) => !sameRules(before.chains[c], middle.chains[c]))) {
     skeleton(first);
     for (const name of newSets) first.push({ op: 'addDispatchSet', name });
+    // Affinity sets are added (a no-op when they exist, so their clients stay) before the rules that use them.
+    for (const [name, timeout] of affinitySetsOf(middle)) first.push({ op: 'addAffinitySet', name, timeout });
   }
   dels.emit('delete', first);
   adds.emit('add', first);
@@ -313,14 +370,23 @@ export function planNftChange(
   if (!moving.length) {
     // Without a move nothing is left for a second step: `final` holds what `middle` holds.
     for (const name of known(before).filter((s) => !middle.sets.includes(s))) first.push({ op: 'deleteSet', name });
+    dropAffinitySets(before, middle, first);
     return [tx(first)];
   }
   for (const name of known(before).filter((s) => !middle.sets.includes(s))) first.push({ op: 'deleteSet', name });
+  dropAffinitySets(before, middle, first);
   const second: NftOp[] = [];
   later.emit('delete', second);
   rewrite(middle, final, second);
   for (const name of middle.sets.filter((s) => !final.sets.includes(s))) second.push({ op: 'deleteSet', name });
+  dropAffinitySets(middle, final, second);
   return [tx(first), tx(second)];
+}
+
+/** Deletes the affinity sets the rules of `from` use and those of `to` do not (after the rewrite that drops those rules). */
+function dropAffinitySets(from: ReturnType<typeof baseContent>, to: ReturnType<typeof baseContent>, ops: NftOp[]): void {
+  const keep = affinitySetsOf(to);
+  for (const name of affinitySetsOf(from).keys()) if (!keep.has(name)) ops.push({ op: 'deleteSet', name });
 }
 
 /** The whole table for `profiles`, replacing whatever table ip iptlb holds, in one transaction. */
@@ -330,6 +396,7 @@ export function planNftRebuild(profiles: Iterable<Profile>, expectGenid?: number
   skeleton(ops);
   const content = baseContent(list);
   for (const name of content.sets) ops.push({ op: 'addDispatchSet', name });
+  for (const [name, timeout] of affinitySetsOf(content)) ops.push({ op: 'addAffinitySet', name, timeout });
   const adds = new ElementOps();
   for (const p of list) adds.add(planNftProfile(p));
   adds.emit('add', ops);

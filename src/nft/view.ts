@@ -6,7 +6,7 @@
 import type { DestinationCounters, ProfileReport } from '../drift.js';
 import type { Profile, Protocol } from '../types.js';
 import { weightOf } from '../profile.js';
-import { NFT_BASE_CHAINS, backendOffset, rrOffset, parseDispatchSetName, renderNftRule, type NftBaseChain, type NftEndpoint, type NftRule, type NftView } from './ops.js';
+import { NFT_BASE_CHAINS, affinitySetTimeout, backendOffset, rrOffset, parseDispatchSetName, renderNftRule, type NftBaseChain, type NftEndpoint, type NftRule, type NftView } from './ops.js';
 import { baseContent, planNftProfile } from './plan.js';
 
 const LEVELS = ['emerg', 'alert', 'crit', 'err', 'warn', 'notice', 'info', 'debug'];
@@ -84,6 +84,39 @@ export function decodeRuleJson(rule: J): NftRule | { kind: 'foreign'; text: stri
       return { kind: 'rr', owner, vip: { ip: ip[1], port: port![1] }, proto: proto as Protocol, local, n: ng.mod };
     }
   }
+  // aff: ip daddr V, P dport port, [fib local], [ip saddr @S | numgen random mod M < K | numgen inc mod M == 0], update @S { ip saddr }, counter, dnat to D
+  if (owner !== undefined && expr.length >= 5 && expr.length <= 7) {
+    const e = [...expr];
+    const ip = match(e.shift());
+    const port = match(e.shift());
+    const proto = obj(port?.[0].payload)?.protocol;
+    const local = isFibLocal(e[0]) ? (e.shift(), true) : false;
+    const dnat = obj(obj(e.pop())?.dnat);
+    const counter = obj(obj(e.pop())?.counter);
+    const upd = obj(obj(e.pop())?.set);
+    const set = typeof upd?.set === 'string' && upd.set.startsWith('@') ? upd.set.slice(1) : undefined;
+    let pick: Extract<NftRule, { kind: 'aff' }>['pick'] | undefined;
+    if (e.length === 0) pick = { mode: 'rest' };
+    else if (e.length === 1) {
+      const hit = match(e[0]);
+      const lt = match(e[0], '<');
+      const ng = obj((hit ?? lt)?.[0].numgen);
+      if (hit && payload(hit[0], 'ip', 'saddr') && hit[1] === `@${set}`) pick = { mode: 'hit' };
+      else if (lt && ng?.mode === 'random' && (ng.offset ?? 0) === 0 && typeof ng.mod === 'number' && typeof lt[1] === 'number') pick = { mode: 'random', mod: ng.mod, lt: lt[1] };
+      else if (hit && ng?.mode === 'inc' && (ng.offset ?? 0) === 0 && typeof ng.mod === 'number' && hit[1] === 0) pick = { mode: 'inc', mod: ng.mod };
+    }
+    if (
+      pick && ip && payload(ip[0], 'ip', 'daddr') && typeof ip[1] === 'string' && typeof proto === 'string' && PROTOS.includes(proto) &&
+      payload(port![0], proto, 'dport') && typeof port![1] === 'number' && set && affinitySetTimeout(set) !== null &&
+      upd?.op === 'update' && payload(obj(upd.elem), 'ip', 'saddr') && counter && dnat && typeof dnat.addr === 'string' && typeof dnat.port === 'number' &&
+      Object.keys(dnat).every((k) => k === 'addr' || k === 'port')
+    ) {
+      return {
+        kind: 'aff', owner, vip: { ip: ip[1], port: port![1] }, proto: proto as Protocol, local, pick, set, to: { ip: dnat.addr, port: dnat.port },
+        packets: BigInt(Number(counter.packets ?? 0)), bytes: BigInt(Number(counter.bytes ?? 0)),
+      };
+    }
+  }
   // log: ip daddr V, P dport port, [fib local], log prefix level
   if (owner !== undefined && (expr.length === 3 || expr.length === 4)) {
     const ip = match(expr[0]);
@@ -134,6 +167,12 @@ export function parseNftJson(text: string, genid = 0): NftView {
     const chain = obj(o.chain);
     const rule = obj(o.rule);
     if (set) {
+      const timeout = affinitySetTimeout(String(set.name));
+      if (timeout !== null) {
+        // Its elements are the clients the kernel added; only the set itself is iptlb's.
+        (view.affinitySets ??= []).push({ name: String(set.name), timeout: Number(set.timeout) });
+        continue;
+      }
       if (!parseDispatchSetName(String(set.name))) {
         view.foreign.push(String(set.name));
         continue;
@@ -195,6 +234,8 @@ export function compareNft(state: Map<string, Profile>, view: NftView): ProfileR
   const backends = new Map<string, { to: string; packets: bigint; bytes: bigint }>();
   for (const m of view.backendMaps) for (const e of m.elements) backends.set(`${m.proto}/${key(e.vip)}/${e.index}`, { to: key(e.to), packets: e.packets, bytes: e.bytes });
   const ruleKey = (chain: string, r: NftRule | { kind: 'foreign'; text: string }): string => `${chain} ${r.kind === 'foreign' ? r.text : renderNftRule(r)}`;
+  const affSets = new Map((view.affinitySets ?? []).map((x) => [x.name, x.timeout]));
+  const claimedAffSets = new Set<string>();
   const haveRules = new Set(view.chains.flatMap((c) => c.rules.map((r) => ruleKey(c.name, r))));
   const dispatchRules = new Set(view.chains.flatMap((c) => c.rules.filter((r) => r.kind === 'dispatch').map((r) => ruleKey(c.name, r))));
 
@@ -228,15 +269,31 @@ export function compareNft(state: Map<string, Profile>, view: NftView): ProfileR
         slotBytes += have.bytes;
       }
     }
+    // An affinity profile's connections are counted by its own rules (hits and choices), per destination.
+    if (p.affinity) {
+      for (const c of view.chains) {
+        for (const r of c.rules) {
+          if (r.kind !== 'aff' || r.owner !== p.name) continue;
+          const d = perDest.get(key(r.to));
+          if (d) {
+            d.packets += Number(r.packets ?? 0n);
+            d.bytes += Number(r.bytes ?? 0n);
+            slotPackets += r.packets ?? 0n;
+            slotBytes += r.bytes ?? 0n;
+          }
+        }
+      }
+      for (const s of plan.affinitySets) claimedAffSets.add(s.name);
+    }
     const destinations = [...perDest.values()];
-    // A round-robin profile has no dispatch element: its connections are the sum of its backends'.
+    // A round-robin (or affinity) profile has no dispatch element: its connections are the sum of its backends' (rules').
     const base =
       plan.set === null
-        ? { name: p.name, destinations, packets: Number(slotPackets), bytes: Number(slotBytes) }
+        ? { name: p.name, destinations, packets: Number(slotPackets), bytes: Number(slotBytes), ...(p.affinity ? { affinity: p.affinity } : {}) }
         : { name: p.name, destinations, packets: Number(mine?.packets ?? 0n), bytes: Number(mine?.bytes ?? 0n) };
     const haveBackends = plan.backends.filter((b) => backends.get(`${plan.proto}/${vip}/${b.index}`)?.to === key(b.to)).length;
     const haveOwnRules = plan.rules.filter((r) => haveRules.has(ruleKey(r.chain, r.rule))).length;
-    const ownRulesHere = view.chains.reduce((n, c) => n + c.rules.filter((r) => (r.kind === 'log' || r.kind === 'masq' || r.kind === 'rr') && r.owner === p.name).length, 0);
+    const ownRulesHere = view.chains.reduce((n, c) => n + c.rules.filter((r) => (r.kind === 'log' || r.kind === 'masq' || r.kind === 'rr' || r.kind === 'aff') && r.owner === p.name).length, 0);
     const ownRulesInKernel = ownRulesHere > 0;
     if (found.length === 0 && haveBackends === 0 && !ownRulesInKernel) {
       reports.push({ ...base, status: 'missing', detail: view.exists ? 'no elements in table ip iptlb' : 'table ip iptlb does not exist' });
@@ -245,10 +302,12 @@ export function compareNft(state: Map<string, Profile>, view: NftView): ProfileR
     const hook = baseContent([p]).chains;
     const dispatchRule = NFT_BASE_CHAINS.flatMap((c) => hook[c].filter((r) => r.kind === 'dispatch').map((r) => ruleKey(c, r)))[0];
     let detail: string | undefined;
+    const missingSet = plan.affinitySets.find((x) => affSets.get(x.name) !== x.timeout);
     if (plan.set === null) {
-      if (found.length) detail = `its address is in set ${found[0].set}, but it is a round-robin profile`;
+      if (found.length) detail = `its address is in set ${found[0].set}, but it is a ${p.affinity ? 'session-affinity' : 'round-robin'} profile`;
+      else if (missingSet) detail = `its affinity set ${missingSet.name} is missing`;
       else if (haveBackends !== plan.backends.length) detail = `${haveBackends} of its ${plan.backends.length} slots are in map be_${plan.proto}`;
-      else if (haveOwnRules !== plan.rules.length) detail = `${haveOwnRules} of its ${plan.rules.length} rules (round-robin, logging, masquerade) are in the base chains`;
+      else if (haveOwnRules !== plan.rules.length) detail = `${haveOwnRules} of its ${plan.rules.length} rules (round-robin, affinity, logging, masquerade) are in the base chains`;
     } else if (!mine) detail = found.length ? `its address is in set ${found[0].set}, not ${plan.set}` : `its address is missing from set ${plan.set}`;
     else if (found.length > 1) detail = `its address is in ${found.length} dispatch sets`;
     else if (haveBackends !== plan.backends.length) detail = `${haveBackends} of its ${plan.backends.length} destinations are in map be_${plan.proto}`;
@@ -268,10 +327,11 @@ export function compareNft(state: Map<string, Profile>, view: NftView): ProfileR
   }
   for (const c of view.chains) {
     for (const r of c.rules) {
-      if ((r.kind === 'log' || r.kind === 'masq' || r.kind === 'rr') && !state.has(r.owner)) orphans.set(`rule:${r.owner}`, `a ${r.kind} rule of ${r.owner} in chain ${c.name}`);
+      if ((r.kind === 'log' || r.kind === 'masq' || r.kind === 'rr' || r.kind === 'aff') && !state.has(r.owner)) orphans.set(`rule:${r.owner}`, `a ${r.kind} rule of ${r.owner} in chain ${c.name}`);
       if (r.kind === 'foreign') orphans.set(`foreign:${c.name}:${r.text}`, `a rule iptlb did not write in chain ${c.name}`);
     }
   }
+  for (const name of affSets.keys()) if (!claimedAffSets.has(name)) orphans.set(`set:${name}`, `affinity set ${name}`);
   for (const f of view.foreign) orphans.set(`foreign:${f}`, `${f}, a set or chain in table ip iptlb that iptlb did not make`);
   for (const [name, what] of [...orphans].sort()) {
     const detail = name.startsWith('foreign:') ? what : `${what}, and no profile in the state file owns it`;

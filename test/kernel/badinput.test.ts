@@ -35,6 +35,7 @@ for (const d of ['127.0.0.1:9001*x', '127.0.0.1:9001*1001', '127.0.0.1:9001*-1',
   add(`weights ${JSON.stringify(d)}`, { 'dest-addr': d }, [], 2, /weights/);
 }
 for (const sch of ['fast', '', 'roundrobin', 'random;x']) add(`scheduler ${JSON.stringify(sch)}`, {}, [`-scheduler=${sch}`], 2, /scheduler/);
+for (const af of ['x', '-1', '86401', '1.5', '2s', '', '1e3', '10;x']) add(`affinity ${JSON.stringify(af)}`, {}, [`-affinity=${af}`], 2, /affinity/);
 add('-run=maybe', {}, ['-run=maybe'], 2, /run/);
 add('-delete without -run', {}, ['-delete', '-run=false'], 2, /-delete needs -run/);
 add('-delete with -reset', {}, ['-delete', '-reset', '-run'], 2, /-delete and -reset/);
@@ -63,6 +64,9 @@ const STATE_CASES: [string, string, RegExp][] = [
   ['weight as a string', GOOD_STATE + '  weights:\n    127.0.0.1:9001: "2"\n', /weights/],
   ['weights all 0', GOOD_STATE + '  weights:\n    127.0.0.1:9001: 0\n', /weights/],
   ['unknown scheduler', GOOD_STATE.replace('  source:', '  scheduler: fastest\n  source:'), /scheduler/],
+  ['affinity as a string', GOOD_STATE.replace('  destination:', '  affinity: "2"\n  destination:'), /affinity/],
+  ['affinity out of range', GOOD_STATE.replace('  destination:', '  affinity: 86401\n  destination:'), /affinity/],
+  ['affinity fractional', GOOD_STATE.replace('  destination:', '  affinity: 2.5\n  destination:'), /affinity/],
   ['alias bomb', 'a: &a ["x","x","x","x","x","x","x","x"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b]\nd: [*c,*c,*c,*c,*c,*c,*c,*c]\n', /alias|YAML/i],
   ['anchor reuse', 'keep: &k\n  destination: [127.0.0.1:9001]\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: 127.100.0.10:90\nother: *k\n', /alias|YAML/i],
   ['truncated', GOOD_STATE.slice(0, 30), /state file/],

@@ -39,6 +39,19 @@ for (const { name: ex, skip } of PAIRS) {
       assert.equal(r.failures, 0, `failed connections: ${JSON.stringify(r.errorsSample)}`);
     });
 
+    test('no gap with session affinity: resets that switch affinity on and off, change its timeout, the weights and the scheduler while a client connects: zero failures', async () => {
+      const resets = SOAK ? 500 : 150;
+      const r = (await runJsonInFreshNetns(fixture('nogap.js'), [ex, String(resets), 'affinity'], { timeoutMs: 300_000 })) as {
+        resets: number;
+        ok: number;
+        failures: number;
+        errorsSample: string[];
+      };
+      assert.equal(r.resets, resets);
+      assert.ok(r.ok > 50, `only ${r.ok} connections were made during the resets`);
+      assert.equal(r.failures, 0, `failed connections: ${JSON.stringify(r.errorsSample)}`);
+    });
+
     test('crash safety: SIGKILL at random moments of apply/reset/delete never leaves half a profile, a broken state file or a held lock', async () => {
       const kills = SOAK ? 200 : 60;
       const r = (await runJsonInFreshNetns(fixture('crash.js'), [ex, String(kills)], { timeoutMs: 600_000 })) as {

@@ -23,7 +23,7 @@ describe('nftables executor in the kernel (fresh network namespaces)', { skip: S
   test('op lists committed natively and via nft -f give the same table; nftRead round-trips; missing table; foreign objects', async () => {
     const r = await runInNetns<Record<string, any>>(fixture('nft'), ['equivalence'], { timeoutMs: 120_000 });
     assert.deepEqual(r.failures, []);
-    assert.equal(r.steps, 7);
+    assert.equal(r.steps, 9);
     assert.ok(r.genidsIncrease, 'each commit returns a newer generation');
     assert.deepEqual(r.missing, { genid: 'number', exists: false, dispatchSets: [], backendMaps: [], chains: [], foreign: [] });
     assert.deepEqual(r.foreign.names, ['mine', 'other']);

@@ -40,10 +40,12 @@ export const validProfile = fc
     masquerade: fc.boolean(),
     weights: fc.option(fc.array(fc.integer({ min: 0, max: 12 }), { minLength: 64, maxLength: 64 }), { nil: undefined }),
     scheduler: fc.constantFrom('random', 'round-robin'),
+    affinity: fc.option(fc.integer({ min: 1, max: 86400 }), { nil: undefined }),
   })
   .filter((p) => !p.destination.includes(p.source))
   .map(({ weights, ...p }) => {
     const out: Record<string, unknown> = { ...p, masquerade: p.rulesBackend === 'proxy' && p.masquerade };
+    if (p.affinity === undefined) delete out.affinity;
     if (weights) {
       const w = p.destination.map((_, i) => weights[i]);
       if (!w.some((x) => x > 0)) w[0] = 1;
@@ -71,7 +73,7 @@ test('validateProfile: any input yields a profile or a typed one-line EINVAL_PRO
       fc.record(
         {
           name: wild, source: fc.oneof(wild, endpoint), destination: fc.oneof(wild, fc.array(fc.oneof(endpoint, wild, fc.tuple(endpoint, fc.integer({ min: -1, max: 1002 })).map(([e, w]) => `${e}*${w}`)))),
-          protocol: wild, rulesBackend: wild, logEnabled: wild, logLevel: wild, masquerade: wild, weights: fc.oneof(wild, fc.dictionary(fc.oneof(endpoint, fc.string()), wild)), scheduler: wild,
+          protocol: wild, rulesBackend: wild, logEnabled: wild, logLevel: wild, masquerade: wild, weights: fc.oneof(wild, fc.dictionary(fc.oneof(endpoint, fc.string()), wild)), scheduler: wild, affinity: wild,
         },
         { requiredKeys: [] },
       ),
