@@ -19,7 +19,8 @@ FileLockClass *ClassOf(Napi::Env env) { return env.GetInstanceData<FileLockClass
 
 void FileLock::Define(Napi::Env env) {
   auto *cls = new FileLockClass;
-  cls->constructor = Napi::Persistent(DefineClass(env, "FileLock", {InstanceMethod("release", &FileLock::Release)}));
+  cls->constructor = Napi::Persistent(
+      DefineClass(env, "FileLock", {InstanceMethod("release", &FileLock::Release), InstanceAccessor("fd", &FileLock::Fd, nullptr)}));
   env.SetInstanceData(cls);  // deleted by node-addon-api when the environment goes away
 }
 
@@ -39,6 +40,8 @@ FileLock::FileLock(const Napi::CallbackInfo &info) : Napi::ObjectWrap<FileLock>(
 FileLock::~FileLock() {
   if (fd_ >= 0) close(fd_);  // finalizer: a lock nobody released goes with its object
 }
+
+Napi::Value FileLock::Fd(const Napi::CallbackInfo &info) { return Napi::Number::New(info.Env(), fd_); }
 
 Napi::Value FileLock::Release(const Napi::CallbackInfo &info) {
   if (fd_ >= 0) {

@@ -21,6 +21,9 @@ class FileLock : public Napi::ObjectWrap<FileLock> {
 
  private:
   Napi::Value Release(const Napi::CallbackInfo &info);
+  // The descriptor holding the lock, -1 once released: a child process given a copy keeps the lock
+  // held until it exits too.
+  Napi::Value Fd(const Napi::CallbackInfo &info);
   int fd_ = -1;
 };
 

@@ -16,6 +16,17 @@ export interface HeldLock {
 
 export const DEFAULT_LOCK_WAIT_MS = 10_000;
 
+/**
+ * Descriptors of the state-file locks this process holds (native locks only). Every child the spawn
+ * executors start gets a copy (see executors/spawn.ts), so a lock outlives a holder killed while its
+ * `iptables-legacy-restore` or `nft -f` child is still committing: the next iptlb waits for that
+ * child instead of planning against a kernel about to change under it.
+ */
+const heldFds = new Set<number>();
+export function inheritedLockFds(): number[] {
+  return [...heldFds];
+}
+
 /** Refuses a lock path that is a symlink or not a regular file; the locker creates it when absent. */
 async function checkLockPath(lockPath: string): Promise<void> {
   const st = await fsp.lstat(lockPath).catch(() => null);
@@ -35,7 +46,15 @@ export async function lockStateFile(statePath: string, waitMs = DEFAULT_LOCK_WAI
   const loaded = loadAddon();
   if (loaded.ok) {
     try {
-      return await loaded.addon.flock(lockPath, waitMs);
+      const lock = await loaded.addon.flock(lockPath, waitMs);
+      const fd = lock.fd;
+      if (fd >= 0) heldFds.add(fd);
+      return {
+        release() {
+          heldFds.delete(fd);
+          lock.release();
+        },
+      };
     } catch (e) {
       const err = e as { code?: string; message?: string };
       if (err.code === 'ELOCK') throw lockTimeout(lockPath, waitMs);

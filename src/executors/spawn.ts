@@ -2,9 +2,10 @@
  * The fallback executor: reads with `iptables-legacy-save` and commits with one
  * `iptables-legacy-restore --noflush` process fed on stdin (never a shell string).
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { accessSync, constants as C } from 'node:fs';
 import * as path from 'node:path';
+import { inheritedLockFds } from '../lock.js';
 import { IptlbError } from '../errors.js';
 import { parseSave, renderRestore } from '../restore.js';
 import type { CommitResult, LegacyExecutor, KernelView, Transaction } from '../types.js';
@@ -34,7 +35,8 @@ interface RunResult {
 
 export function run(file: string, args: string[], input?: string): Promise<RunResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    // Held state-file locks go along (as fds 3…): a child that outlives us keeps them (see lock.ts).
+    const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe', ...inheritedLockFds()] }) as ChildProcessWithoutNullStreams;
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));

@@ -10,7 +10,7 @@ import type { NftTransaction, NftView } from '../nft/ops.js';
 import { packageRoot } from '../paths.js';
 
 /** ABI of the addon this TypeScript expects (native/addon.cc exports the same number). */
-export const EXPECTED_ABI = 6;
+export const EXPECTED_ABI = 7;
 
 /** Conntrack entries to delete: original destination `vip`, protocol, reply source `destination` (flows DNATed to it). */
 export interface ConntrackFlow {
@@ -35,6 +35,8 @@ export interface ConntrackFlushResult {
 /** A held flock; `release()` is idempotent, and the lock also goes with the object (finalizer) or the process. */
 export interface FileLock {
   release(): void;
+  /** The descriptor that holds the lock; -1 once released. A child process given a copy holds the lock until it exits too. */
+  readonly fd: number;
 }
 
 /**
