@@ -289,22 +289,24 @@ bool DecodeDispatch(const Exprs &x, bool has_comment, Rule *out) {
   return true;
 }
 
+// The selector the profile-owned rules start with: `ip daddr V P dport port [fib daddr type local]`.
+bool VipSelector(Cursor *c, Rule *r) {
+  if (!(c->Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1) && c->Cmp(NFT_CMP_EQ, &r->vip.ip, 4) && c->L4Proto(&r->proto) &&
+        c->Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG_1) && c->Cmp(NFT_CMP_EQ, &r->vip.port, 2)))
+    return false;
+  const size_t at = c->pos();
+  r->local = c->FibLocal();
+  if (!r->local) c->seek(at);
+  return true;
+}
+
 bool DecodeLog(const Exprs &x, const std::string &owner, Rule *out) {
   Cursor c(x);
   Rule r;
-  uint32_t ip = 0;
-  uint16_t port = 0;
-  if (!(c.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1) && c.Cmp(NFT_CMP_EQ, &ip, 4) && c.L4Proto(&r.proto) &&
-        c.Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG_1) && c.Cmp(NFT_CMP_EQ, &port, 2)))
-    return false;
-  const size_t at = c.pos();
-  r.local = c.FibLocal();
-  if (!r.local) c.seek(at);
+  if (!VipSelector(&c, &r)) return false;
   if (!(c.Log(&r.prefix, &r.level) && c.done())) return false;
   r.kind = Rule::Kind::kLog;
   r.owner = owner;
-  r.vip.ip = ip;
-  r.vip.port = port;
   *out = std::move(r);
   return true;
 }
@@ -313,14 +315,7 @@ bool DecodeLog(const Exprs &x, const std::string &owner, Rule *out) {
 bool DecodeRr(const Exprs &x, const std::string &owner, Rule *out) {
   Cursor c(x);
   Rule r;
-  uint32_t ip = 0;
-  uint16_t port = 0;
-  if (!(c.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1) && c.Cmp(NFT_CMP_EQ, &ip, 4) && c.L4Proto(&r.proto) &&
-        c.Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG_1) && c.Cmp(NFT_CMP_EQ, &port, 2)))
-    return false;
-  const size_t at = c.pos();
-  r.local = c.FibLocal();
-  if (!r.local) c.seek(at);
+  if (!VipSelector(&c, &r)) return false;
   std::string map;
   if (!(c.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1) && c.Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG32_01) &&
         c.Numgen(&r.n, NFT_NG_INCREMENTAL) && c.Lookup(&map, NFT_REG_1) && c.Dnat() && c.done()))
@@ -328,8 +323,6 @@ bool DecodeRr(const Exprs &x, const std::string &owner, Rule *out) {
   if (map != BackendMapName(r.proto) || r.n == 0) return false;
   r.kind = Rule::Kind::kRr;
   r.owner = owner;
-  r.vip.ip = ip;
-  r.vip.port = port;
   *out = std::move(r);
   return true;
 }
@@ -338,16 +331,9 @@ bool DecodeRr(const Exprs &x, const std::string &owner, Rule *out) {
 bool DecodeAff(const Exprs &x, const std::string &owner, Rule *out) {
   Cursor c(x);
   Rule r;
-  uint32_t ip = 0;
-  uint16_t port = 0;
-  if (!(c.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1) && c.Cmp(NFT_CMP_EQ, &ip, 4) && c.L4Proto(&r.proto) &&
-        c.Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG_1) && c.Cmp(NFT_CMP_EQ, &port, 2)))
-    return false;
-  size_t at = c.pos();
-  r.local = c.FibLocal();
-  if (!r.local) c.seek(at);
+  if (!VipSelector(&c, &r)) return false;
   auto name = [&](size_t i) { return i < x.size() ? Name(x[i]) : std::string(); };
-  at = c.pos();
+  size_t at = c.pos();
   std::string hit_set;
   if (name(at) == "numgen") {
     const nftnl_expr *ng = x[at];
@@ -412,8 +398,6 @@ bool DecodeAff(const Exprs &x, const std::string &owner, Rule *out) {
   if ((r.pick == Rule::Pick::kRandom && (r.lt == 0 || r.lt > r.mod)) || ((r.pick == Rule::Pick::kRandom || r.pick == Rule::Pick::kInc) && r.mod == 0)) return false;
   r.kind = Rule::Kind::kAff;
   r.owner = owner;
-  r.vip.ip = ip;
-  r.vip.port = port;
   *out = std::move(r);
   return true;
 }
@@ -421,16 +405,12 @@ bool DecodeAff(const Exprs &x, const std::string &owner, Rule *out) {
 bool DecodeMasq(const Exprs &x, const std::string &owner, Rule *out) {
   Cursor c(x);
   Rule r;
-  uint32_t ip = 0;
   uint8_t proto = 0;
-  uint16_t port = 0;
-  if (!(c.CtStatusDnat() && c.Ct(NFT_CT_DST_IP, true) && c.Cmp(NFT_CMP_EQ, &ip, 4) && c.Ct(NFT_CT_PROTOCOL, false) && c.Cmp(NFT_CMP_EQ, &proto, 1) &&
-        Cursor::ProtoOf(proto, &r.proto) && c.Ct(NFT_CT_PROTO_DST, true) && c.Cmp(NFT_CMP_EQ, &port, 2) && c.Masq() && c.done()))
+  if (!(c.CtStatusDnat() && c.Ct(NFT_CT_DST_IP, true) && c.Cmp(NFT_CMP_EQ, &r.vip.ip, 4) && c.Ct(NFT_CT_PROTOCOL, false) && c.Cmp(NFT_CMP_EQ, &proto, 1) &&
+        Cursor::ProtoOf(proto, &r.proto) && c.Ct(NFT_CT_PROTO_DST, true) && c.Cmp(NFT_CMP_EQ, &r.vip.port, 2) && c.Masq() && c.done()))
     return false;
   r.kind = Rule::Kind::kMasq;
   r.owner = owner;
-  r.vip.ip = ip;
-  r.vip.port = port;
   *out = std::move(r);
   return true;
 }
