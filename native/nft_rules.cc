@@ -461,6 +461,16 @@ std::string Describe(const Exprs &x, bool has_comment, const std::string &commen
   return s;
 }
 
+// `ip daddr V P dport port [fib daddr type local]`: the start of every profile-owned rule (see VipSelector).
+void EncodeVipSelector(RuleBuilder *b, const Rule &r) {
+  b->Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1);
+  b->Cmp(NFT_CMP_EQ, &r.vip.ip, 4);
+  b->L4Proto(r.proto);
+  b->Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG_1);
+  b->Cmp(NFT_CMP_EQ, &r.vip.port, 2);
+  if (r.local) b->FibLocal();
+}
+
 }  // namespace
 
 RulePtr BuildRule(BaseChain chain, const Rule &r, const LookupIds &ids) {
@@ -492,12 +502,7 @@ RulePtr BuildRule(BaseChain chain, const Rule &r, const LookupIds &ids) {
       break;
     case Rule::Kind::kLog: {
       // ip daddr V P dport port [fib daddr type local] log prefix "…" level L comment "iptlb:<owner>"
-      b.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1);
-      b.Cmp(NFT_CMP_EQ, &r.vip.ip, 4);
-      b.L4Proto(r.proto);
-      b.Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG_1);
-      b.Cmp(NFT_CMP_EQ, &r.vip.port, 2);
-      if (r.local) b.FibLocal();
+      EncodeVipSelector(&b, r);
       ExprPtr e = b.New("log");
       nftnl_expr_set_str(e.get(), NFTNL_EXPR_LOG_PREFIX, r.prefix.c_str());
       nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LOG_LEVEL, r.level);
@@ -507,12 +512,7 @@ RulePtr BuildRule(BaseChain chain, const Rule &r, const LookupIds &ids) {
     }
     case Rule::Kind::kRr: {
       // ip daddr V P dport port [fib daddr type local] dnat to ip daddr . P dport . numgen inc mod n offset 1000000+T(n) map @be_P comment "iptlb:<owner>"
-      b.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1);
-      b.Cmp(NFT_CMP_EQ, &r.vip.ip, 4);
-      b.L4Proto(r.proto);
-      b.Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG_1);
-      b.Cmp(NFT_CMP_EQ, &r.vip.port, 2);
-      if (r.local) b.FibLocal();
+      EncodeVipSelector(&b, r);
       b.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1);
       b.Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG32_01);
       b.Numgen(r.n, NFT_NG_INCREMENTAL);
@@ -531,12 +531,7 @@ RulePtr BuildRule(BaseChain chain, const Rule &r, const LookupIds &ids) {
     case Rule::Kind::kAff: {
       // ip daddr V P dport port [fib daddr type local] <pick> update @S { ip saddr } counter dnat to D comment "iptlb:<owner>",
       // as nft 1.0.6 encodes it (numgen into reg 1, `<` on the big-endian value; the port in reg 2).
-      b.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1);
-      b.Cmp(NFT_CMP_EQ, &r.vip.ip, 4);
-      b.L4Proto(r.proto);
-      b.Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG_1);
-      b.Cmp(NFT_CMP_EQ, &r.vip.port, 2);
-      if (r.local) b.FibLocal();
+      EncodeVipSelector(&b, r);
       if (r.pick == Rule::Pick::kHit) {
         b.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpSaddrOffset, 4, NFT_REG_1);
         b.Lookup(r.set, ids.affinity_set, -1);
