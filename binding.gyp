@@ -21,6 +21,7 @@
         "native/nft_shared_socket.cc",
         "native/nft_workers.cc",
         "native/plan.cc",
+        "native/prefetch.cc",
         "native/read_worker.cc",
         "native/revisions.cc",
         "native/rule_decoder.cc",

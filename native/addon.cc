@@ -3,6 +3,7 @@
 #include <napi.h>
 
 #include "commit_worker.h"
+#include "prefetch.h"
 #include "conntrack_worker.h"
 #include "file_lock.h"
 #include "nft_workers.h"
@@ -14,7 +15,7 @@ namespace iptlb {
 namespace {
 
 // Bumped whenever the JS-visible interface changes; src/native/addon.ts checks it.
-constexpr int kAbiVersion = 7;
+constexpr int kAbiVersion = 8;
 constexpr int kDefaultLockWaitMs = 10000;
 constexpr double kMaxWaitMs = 3600000;
 
@@ -95,6 +96,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("commit", Napi::Function::New(env, Commit, "commit"));
   exports.Set("commitJson", Napi::Function::New(env, CommitJson, "commitJson"));
   exports.Set("read", Napi::Function::New(env, Read, "read"));
+  exports.Set("prefetch", Napi::Function::New(env, Prefetch, "prefetch"));
+  exports.Set("releasePrefetch", Napi::Function::New(env, ReleasePrefetch, "releasePrefetch"));
   exports.Set("flock", Napi::Function::New(env, Flock, "flock"));
   exports.Set("info", Napi::Function::New(env, Info, "info"));
   exports.Set("nftCommit", Napi::Function::New(env, NftCommit, "nftCommit"));

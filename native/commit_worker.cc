@@ -5,6 +5,7 @@
 #include <mutex>
 
 #include "iptc_handle.h"
+#include "prefetch.h"
 #include "transaction.h"
 #include "xtables_lock.h"
 
@@ -32,14 +33,18 @@ void CommitWorker::Execute() {
   }
   auto turn = turn_.Enter();  // commits and reads reach the table one at a time, in call order
   std::lock_guard<std::mutex> serial(LibiptcMutex());
+  // A handle prefetch() prepared holds the xtables lock already (see prefetch.h).
+  std::unique_ptr<Prefetched> pre = TakePrefetched();
   FlockGuard lock;
   NativeError error;
-  if (!lock.Acquire(lock_path_, kXtablesLockOpen, lock_wait_ms_, &error)) {
+  if (!pre && !lock.Acquire(lock_path_, kXtablesLockOpen, lock_wait_ms_, &error)) {
     if (error.code == "EPERM") error.message += "; changing netfilter rules needs root (CAP_NET_ADMIN)";
     return Fail(std::move(error));
   }
   for (attempts_ = 1;; attempts_++) {
-    IptcHandle h("nat");
+    std::unique_ptr<IptcHandle> fresh;
+    if (attempts_ > 1 || !pre) fresh = std::make_unique<IptcHandle>("nat");
+    IptcHandle &h = fresh ? *fresh : *pre->handle;
     if (!h.ok()) return Fail(h.error());
     if (!ApplyTransaction(h.get(), tx_, &error)) return Fail(std::move(error));
     if (iptc_commit(h.get())) break;

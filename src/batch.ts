@@ -143,16 +143,23 @@ export class CommitQueue {
 
   private async drain(): Promise<void> {
     this.running = true;
+    let prefetched = false;
     try {
       while (this.pending.length) {
         const batch = this.opts.coalesce ? this.pending.splice(0) : this.pending.splice(0, 1);
         await this.commit(batch);
+        prefetched = false;
+        // Under churn (a batch of several calls) the callers just settled are about to call again:
+        // the legacy native executor starts the next commit's kernel work (lock, table copy) on its
+        // worker while this thread settles them and plans (released below if nothing follows).
+        if (this.opts.coalesce && batch.length > 1) prefetched = this.core.prefetchCommit();
         // Let the callers this commit settled queue their next calls before the next batch is cut
         // (their continuations are a few microtask hops away): batches fill up instead of halving.
         // A lone call pays nothing: the first batch of a drain goes at once.
         if (this.opts.coalesce) await new Promise<void>((r) => setImmediate(r));
       }
     } finally {
+      if (prefetched) this.core.releasePrefetch();
       this.running = false;
     }
   }

@@ -144,6 +144,23 @@ export class Core {
     return this.conntrack.idle();
   }
 
+  /**
+   * A legacy commit is about to follow (the batch queue has more calls coming): let the native
+   * executor take the xtables lock and copy the table out meanwhile. See prefetch.h in the addon.
+   */
+  prefetchCommit(): boolean {
+    const ex = this.selected?.executor;
+    if (!ex || ex.engine !== 'legacy' || !ex.prefetch) return false;
+    ex.prefetch();
+    return true;
+  }
+
+  /** Gives back what {@link prefetchCommit} prepared when no commit used it. */
+  releasePrefetch(): void {
+    const ex = this.selected?.executor;
+    if (ex && ex.engine === 'legacy') ex.releasePrefetch?.();
+  }
+
   /** The engine and executor, chosen on first use (see {@link selectEngine}). */
   select(): Promise<Selection> {
     if (this.selected) return Promise.resolve(this.selected);

@@ -180,6 +180,13 @@ export interface LegacyExecutor {
   read(): Promise<KernelView>;
   /** The exact text an iptables-restore would be fed for this transaction against the current kernel (read-only). */
   render(tx: Transaction): Promise<string>;
+  /**
+   * Native only: start preparing the next commit now (take the xtables lock and copy the table out
+   * on a worker thread), because one is about to follow. Every `prefetch()` must be followed by a
+   * `commit()` (which uses it) or a `releasePrefetch()`; never throws.
+   */
+  prefetch?(): void;
+  releasePrefetch?(): void;
 }
 
 /** How ops reach table ip iptlb: one netlink batch (native) or one `nft -f -` (spawn); same kernel result. */

@@ -56,6 +56,14 @@ export class NativeExecutor implements LegacyExecutor {
     }
   }
 
+  prefetch(): void {
+    this.addon.prefetch().catch(() => {}); // a failed prefetch only means the commit does the work
+  }
+
+  releasePrefetch(): void {
+    this.addon.releasePrefetch().catch(() => {});
+  }
+
   async read(): Promise<KernelView> {
     try {
       return await this.addon.read();

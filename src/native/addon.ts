@@ -10,7 +10,7 @@ import type { NftTransaction, NftView } from '../nft/ops.js';
 import { packageRoot } from '../paths.js';
 
 /** ABI of the addon this TypeScript expects (native/addon.cc exports the same number). */
-export const EXPECTED_ABI = 7;
+export const EXPECTED_ABI = 8;
 
 /** Conntrack entries to delete: original destination `vip`, protocol, reply source `destination` (flows DNATed to it). */
 export interface ConntrackFlow {
@@ -54,6 +54,14 @@ export interface NativeAddon {
    * 'EPLAN', the message naming the field as commit()'s TypeErrors do.
    */
   commitJson(json: string, opts?: { lockWaitMs?: number }): Promise<{ durationMs: number; attempts: number }>;
+  /**
+   * Prepares the next commit on a worker thread: takes the xtables lock (without waiting) and copies
+   * the nat table out; the next commit()/commitJson() uses both. Resolves false when the lock was busy
+   * or the table unreadable (the commit then does that work itself). Must be followed by a commit or
+   * by releasePrefetch(), which gives the lock back (ordered with commits and reads, in call order).
+   */
+  prefetch(): Promise<boolean>;
+  releasePrefetch(): Promise<boolean>;
   /** iptlb's chains (IPTLB_*) and comment-owned hook rules of the nat table, decoded, with counters. */
   read(): Promise<KernelView>;
   /** An exclusive flock(2) on `path` (created 0600, symlinks refused), waiting at most `waitMs`. */

@@ -84,3 +84,26 @@ describe('native addon in the kernel (fresh network namespaces)', { skip: SKIP }
     assert.ok(r.rssGrowthMB < 5, `RSS grew ${r.rssGrowthMB.toFixed(2)} MB over ${n} cycles`);
   });
 });
+
+describe('prefetch (the next legacy commit prepared while JavaScript plans)', { skip: kernelSkip() }, () => {
+  test('holds the xtables lock until a commit uses it or it is released; never waits for the lock; others wait for it', async () => {
+    const r = await runInNetns<Record<string, unknown>>(fixture('prefetch'), [], { timeoutMs: 60_000 });
+    assert.deepEqual(r, {
+      freeAtStart: true,
+      prefetched: true,
+      heldAfterPrefetch: true,
+      secondPrefetch: true,
+      released: true,
+      freeAfterRelease: true,
+      releaseWithNothing: false,
+      commitAttempts: 1,
+      freeAfterCommit: true,
+      ruleCommitted: true,
+      otherWaited: true,
+      otherExit: 0,
+      bothLanded: true,
+      busyPrefetch: false,
+      freeAtEnd: true,
+    });
+  });
+});

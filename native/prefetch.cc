@@ -1,0 +1,68 @@
+#include "prefetch.h"
+
+#include <unistd.h>
+
+#include <mutex>
+
+#include "xtables_lock.h"
+
+namespace iptlb {
+namespace {
+
+std::unique_ptr<Prefetched> &Slot() {
+  static std::unique_ptr<Prefetched> slot;  // inside a table turn only (see prefetch.h)
+  return slot;
+}
+
+}  // namespace
+
+Prefetched::~Prefetched() {
+  handle.reset();  // the copy first, then the lock it was made under
+  if (fd >= 0) close(fd);
+}
+
+std::unique_ptr<Prefetched> TakePrefetched() { return std::move(Slot()); }
+
+PrefetchWorker::PrefetchWorker(Napi::Env env, bool release)
+    : PromiseWorker(env, release ? "iptlb.releasePrefetch" : "iptlb.prefetch"), release_(release), lock_path_(XtablesLockPath()) {}
+
+void PrefetchWorker::Execute() {
+  auto turn = turn_.Enter();
+  std::lock_guard<std::mutex> serial(LibiptcMutex());
+  std::unique_ptr<Prefetched> &slot = Slot();
+  if (release_) {
+    prepared_ = slot != nullptr;
+    slot.reset();
+    return;
+  }
+  if (slot) {
+    prepared_ = true;
+    return;
+  }
+  FlockGuard lock;
+  NativeError error;
+  // No waiting: when someone else holds the lock, the commit will wait for it itself.
+  if (!lock.Acquire(lock_path_, kXtablesLockOpen, 0, &error)) return;
+  auto handle = std::make_unique<IptcHandle>("nat");
+  if (!handle->ok()) return;  // the commit reports it, with its own context
+  slot = std::make_unique<Prefetched>(lock.Detach(), std::move(handle));
+  prepared_ = true;
+}
+
+void PrefetchWorker::OnOK() { Resolve(Napi::Boolean::New(Env(), prepared_)); }
+
+Napi::Value Prefetch(const Napi::CallbackInfo &info) {
+  auto *w = new PrefetchWorker(info.Env(), false);
+  Napi::Promise p = w->Promise();
+  w->QueueInOrder();
+  return p;
+}
+
+Napi::Value ReleasePrefetch(const Napi::CallbackInfo &info) {
+  auto *w = new PrefetchWorker(info.Env(), true);
+  Napi::Promise p = w->Promise();
+  w->QueueInOrder();
+  return p;
+}
+
+}  // namespace iptlb
