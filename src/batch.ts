@@ -148,11 +148,12 @@ export class CommitQueue {
       while (this.pending.length) {
         const batch = this.opts.coalesce ? this.pending.splice(0) : this.pending.splice(0, 1);
         await this.commit(batch);
-        prefetched = false;
         // Under churn (a batch of several calls) the callers just settled are about to call again:
         // the legacy native executor starts the next commit's kernel work (lock, table copy) on its
         // worker while this thread settles them and plans (released below if nothing follows).
-        if (this.opts.coalesce && batch.length > 1) prefetched = this.core.prefetchCommit();
+        // (A batch can end without a kernel commit, all refused or unchanged: what was prepared then
+        // waits for the next one, and the drain gives it back at the end in any case.)
+        if (this.opts.coalesce && batch.length > 1 && this.core.prefetchCommit()) prefetched = true;
         // Let the callers this commit settled queue their next calls before the next batch is cut
         // (their continuations are a few microtask hops away): batches fill up instead of halving.
         // A lone call pays nothing: the first batch of a drain goes at once.

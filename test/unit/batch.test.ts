@@ -157,3 +157,46 @@ test('drift: status() and the periodic check emit the reports that are not in sy
   await lb.close();
   await assert.rejects(open({ stateFile: stateFile(), driftCheckMs: 0 }, ex), /driftCheckMs/);
 });
+
+test('under churn the queue prefetches the next legacy commit, and gives what it prepared back when the drain ends', async () => {
+  class PrefetchingExecutor extends FakeExecutor {
+    held = 0;
+    prefetches = 0;
+    releases = 0;
+    committedHeld = 0;
+    prefetch(): void {
+      this.prefetches++;
+      this.held = 1;
+    }
+    releasePrefetch(): void {
+      this.releases++;
+      this.held = 0;
+    }
+    override async commit(tx: Transaction) {
+      this.committedHeld += this.held;
+      this.held = 0; // the commit uses what was prepared
+      return super.commit(tx);
+    }
+  }
+  const ex = new PrefetchingExecutor(() => false, 2);
+  const lb = await open({ stateFile: false }, ex);
+  let issued = 0;
+  const worker = async (): Promise<void> => {
+    while (issued < 400) {
+      const i = issued++;
+      await lb.apply(prof(`p${i % 20}`, 1000 + (i % 20), 9000 + i));
+    }
+  };
+  await Promise.all(Array.from({ length: 16 }, worker));
+  await new Promise((r) => setTimeout(r, 20));
+  assert.ok(ex.prefetches > 0, 'batches of several calls prefetch');
+  assert.ok(ex.committedHeld > 0, 'commits used what was prepared');
+  assert.equal(ex.held, 0, 'nothing stays prepared once the queue is idle');
+  assert.ok(ex.releases >= 1);
+  // A lone call neither prefetches nor needs a release.
+  const before = { p: ex.prefetches, r: ex.releases };
+  await lb.apply(prof('lone', 2000));
+  await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual({ p: ex.prefetches, r: ex.releases }, before);
+  await lb.close();
+});
