@@ -263,9 +263,10 @@ int Delete(nft::Socket *s, const Entry &e) {
 
 }  // namespace
 
-bool TcpHalfOpen(uint8_t state) {
-  return state == TCP_CONNTRACK_NONE || state == TCP_CONNTRACK_SYN_SENT || state == TCP_CONNTRACK_SYN_RECV || state == TCP_CONNTRACK_SYN_SENT2;
-}
+// A connection whose destination has not answered (yet): the client's next SYN should go elsewhere.
+// SYN_RECV is left alone: the destination answered, so it is alive, and deleting the entry would
+// only break a handshake that is about to complete.
+bool TcpHalfOpen(uint8_t state) { return state == TCP_CONNTRACK_NONE || state == TCP_CONNTRACK_SYN_SENT; }
 
 bool TcpOpen(uint8_t state) {
   return state == TCP_CONNTRACK_ESTABLISHED || state == TCP_CONNTRACK_FIN_WAIT || state == TCP_CONNTRACK_CLOSE_WAIT || state == TCP_CONNTRACK_LAST_ACK;

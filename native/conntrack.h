@@ -33,8 +33,8 @@ struct FlushResult {
   uint32_t dumps = 0;             // dumps made: one per protocol, or one of the whole table
 };
 
-// A tcp entry in this conntrack state has not completed its handshake (SYN_SENT, SYN_SENT2,
-// SYN_RECV, or none yet): deleting it makes the client's next SYN pick a destination again.
+// A tcp entry in this conntrack state has not been answered by its destination (SYN_SENT, or no
+// state yet): deleting it makes the client's next SYN pick a destination again.
 bool TcpHalfOpen(uint8_t state);
 // A tcp entry in this state is an open connection (ESTABLISHED, FIN_WAIT, CLOSE_WAIT, LAST_ACK):
 // left to finish, and counted as kept. TIME_WAIT and CLOSE entries are left to expire, uncounted.

@@ -20,8 +20,8 @@ export interface StaleFlows {
 
 /**
  * Destinations that `next` no longer sends the virtual address of `old` to. For udp and sctp every
- * flow to them is deleted (their flows have no end); for tcp only half-open ones (SYN_SENT,
- * SYN_RECV): an established TCP connection to a drained destination is left to finish, as
+ * flow to them is deleted (their flows have no end); for tcp only those the destination has not
+ * answered (SYN_SENT): an established TCP connection to a drained destination is left to finish, as
  * kube-proxy does.
  */
 export function staleFlows(old: Profile, next: Profile | undefined): StaleFlows[] {
@@ -39,7 +39,7 @@ export interface FlushOptions {
 }
 
 /** The tcp states `conntrack -D --state` is run with (one state per run) when spawning. */
-export const HALF_OPEN_STATES = ['SYN_SENT', 'SYN_RECV'] as const;
+export const HALF_OPEN_STATES = ['SYN_SENT'] as const;
 
 function run(file: string, args: string[]): Promise<{ code: number | null; out: string }> {
   return new Promise((resolve) => {

@@ -80,7 +80,7 @@ export interface NativeAddon {
    * Deletes the IPv4 conntrack entries of the current network namespace that go to `vip` with
    * `protocol` and were DNATed to `destination` (ctnetlink: one dump per protocol and virtual
    * address, filtered in the kernel, then one delete per entry). udp and sctp: every such entry;
-   * tcp: only entries that have not finished their handshake (SYN_SENT, SYN_RECV); open
+   * tcp: only entries the destination has not answered (SYN_SENT); open
    * connections are left to finish and counted as `kept` (TIME_WAIT and CLOSE entries are left
    * to expire, uncounted). `opts.kernelFilter: false` reads the table whole and filters in the
    * addon, as on kernels before 5.8 (default `true`). Bad input is a synchronous TypeError with

@@ -60,7 +60,7 @@ test('native: a refusal is one line per flow with the code and message', async (
   assert.match(lines[0], /^conntrack: could not remove flows of 127\.100\.0\.10:5353\/udp to 127\.0\.0\.1:9001: EPERM: dumping the conntrack table: .*CAP_NET_ADMIN/);
 });
 
-test('spawn: conntrack -D per flow; tcp once per half-open state; counts summed; failures said', async () => {
+test('spawn: conntrack -D per flow; tcp only SYN_SENT (unanswered); failures said', async () => {
   const runs: string[][] = [];
   const run = async (args: string[]) => {
     runs.push(args);
@@ -70,10 +70,10 @@ test('spawn: conntrack -D per flow; tcp once per half-open state; counts summed;
   };
   const lines = await flushStaleFlows([flow('127.0.0.1:9001'), flow('127.0.0.1:9002'), flow('127.0.0.1:9003', 'tcp'), flow('127.0.0.1:9009')], { run });
   const base = (port: string, proto = 'udp') => ['-D', '-p', proto, '--orig-dst', '127.100.0.10', '--orig-port-dst', '5353', '--reply-src', '127.0.0.1', '--reply-port-src', port];
-  assert.deepEqual(runs, [base('9001'), base('9002'), [...base('9003', 'tcp'), '--state', 'SYN_SENT'], [...base('9003', 'tcp'), '--state', 'SYN_RECV'], base('9009')]);
+  assert.deepEqual(runs, [base('9001'), base('9002'), [...base('9003', 'tcp'), '--state', 'SYN_SENT'], base('9009')]);
   assert.deepEqual(lines, [
     'conntrack: removed 5 flow(s) of 127.100.0.10:5353/udp to 127.0.0.1:9001',
-    'conntrack: removed 3 half-open flow(s) of 127.100.0.10:5353/tcp to 127.0.0.1:9003',
+    'conntrack: removed 2 half-open flow(s) of 127.100.0.10:5353/tcp to 127.0.0.1:9003',
     'conntrack: could not remove flows of 127.100.0.10:5353/udp to 127.0.0.1:9009: conntrack v1.4.7 (conntrack-tools): Operation failed: invalid parameters',
   ]);
 });
