@@ -3,6 +3,7 @@
  * for the legacy engine) and read both engines' rules the same way.
  */
 import { execFileSync } from 'node:child_process';
+import { CLI_PATH } from './env.js';
 import { normalizeNft, normalizeSave } from './iptables.js';
 import { parseNftJson } from '../../src/nft/view.js';
 import { backendOffset, parseDispatchSetName, rrOffset } from '../../src/nft/ops.js';
@@ -19,6 +20,26 @@ export function pairOf(arg: string | undefined): PairArg {
   const engine = (b === undefined ? 'legacy' : a) as PairArg['engine'];
   const executor = (b === undefined ? a : b) as PairArg['executor'];
   return { engine, executor, flags: [`--engine=${engine}`, `--executor=${executor}`] };
+}
+
+/** What one CLI run printed, and its exit code (never throws). */
+export interface CliRun {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the CLI on `pair` with the state file `state`, synchronously. */
+export function pairCli(pair: PairArg, state: string): (...args: string[]) => CliRun {
+  return (...args) => {
+    try {
+      const stdout = execFileSync(process.execPath, [CLI_PATH, ...pair.flags, `-state-file=${state}`, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+      return { code: 0, stdout, stderr: '' };
+    } catch (e) {
+      const x = e as { status: number; stdout: string; stderr: string };
+      return { code: x.status ?? -1, stdout: String(x.stdout ?? ''), stderr: String(x.stderr ?? '') };
+    }
+  };
 }
 
 /** The x_tables nat table and the whole nf_tables ruleset, counters zeroed: equal snapshots mean nothing changed. */
