@@ -15,7 +15,7 @@ namespace iptlb {
 namespace {
 
 // Bumped whenever the JS-visible interface changes; src/native/addon.ts checks it.
-constexpr int kAbiVersion = 8;
+constexpr int kAbiVersion = 9;
 constexpr int kDefaultLockWaitMs = 10000;
 constexpr double kMaxWaitMs = 3600000;
 

@@ -2,7 +2,7 @@
  * Profile validation and normalisation. Every check names the field and the value in one line
  * (`IptlbError` with code EINVAL_PROFILE, or ECONFLICT for clashes with other profiles).
  */
-import { parseEndpoint, type Endpoint } from './address.js';
+import { formatEndpoint, parseEndpoint, unicastProblem, type Endpoint, type Family } from './address.js';
 import { IptlbError, invalid } from './errors.js';
 import { PROTOCOLS, RULES_BACKENDS, SCHEDULERS, type Profile, type ProfileInput, type Protocol, type RulesBackend, type Scheduler } from './types.js';
 
@@ -52,19 +52,18 @@ export function validateName(name: unknown, field = 'name'): string {
   return name;
 }
 
-function unicast(field: string, text: string, e: Endpoint): void {
-  const first = Number(e.ip.slice(0, e.ip.indexOf('.')));
-  if (e.ip === '0.0.0.0' || e.ip === '255.255.255.255' || (first >= 224 && first <= 239)) {
-    throw invalid(field, `${show(text)} is not a unicast address`);
-  }
-}
-
 function endpoint(field: string, value: unknown): Endpoint {
-  if (typeof value !== 'string') throw invalid(field, `must be an "ipv4:port" string, got ${show(value)}`);
+  if (typeof value !== 'string') throw invalid(field, `must be an "ip:port" string (ipv4:port or [ipv6]:port), got ${show(value)}`);
   const parsed = parseEndpoint(value);
   if (typeof parsed === 'string') throw invalid(field, `${show(value)} ${parsed}`);
-  unicast(field, value, parsed);
+  const why = unicastProblem(parsed);
+  if (why) throw invalid(field, `${show(value)} ${why}`);
   return parsed;
+}
+
+/** The address family of a validated profile (that of its source; every destination has the same). */
+export function familyOfProfile(p: Profile): Family {
+  return p.source.charCodeAt(0) === 91 /* [ */ ? 'ipv6' : 'ipv4';
 }
 
 export function normalizeLogLevel(value: unknown, field = 'logLevel'): string {
@@ -183,14 +182,14 @@ export function validateProfile(input: ProfileInput | unknown): Profile {
     if (!KNOWN_KEYS.has(key)) throw invalid(key, `is not a profile field (known: ${[...KNOWN_KEYS].join(', ')})`);
   }
   const name = validateName(p.name);
-  if (p.source === undefined || p.source === '') throw invalid('source', 'is required (the virtual ipv4:port)');
+  if (p.source === undefined || p.source === '') throw invalid('source', 'is required (the virtual ipv4:port or [ipv6]:port)');
   const src = endpoint('source', p.source);
 
   let dests: unknown = p.destination;
   if (typeof dests === 'string') dests = dests === '' ? [] : splitDestinations(dests);
-  if (dests === undefined) throw invalid('destination', 'is required (one or more ipv4:port)');
-  if (!Array.isArray(dests)) throw invalid('destination', `must be a list of "ipv4:port", got ${show(dests)}`);
-  if (dests.length === 0) throw invalid('destination', 'must list at least one ipv4:port');
+  if (dests === undefined) throw invalid('destination', 'is required (one or more ip:port)');
+  if (!Array.isArray(dests)) throw invalid('destination', `must be a list of "ip:port", got ${show(dests)}`);
+  if (dests.length === 0) throw invalid('destination', 'must list at least one ip:port');
   if (dests.length > MAX_DESTINATIONS) throw invalid('destination', `has ${dests.length} entries; at most ${MAX_DESTINATIONS} are allowed`);
   const seen = new Set<string>();
   const destination: string[] = [];
@@ -199,7 +198,10 @@ export function validateProfile(input: ProfileInput | unknown): Profile {
     const field = `destination[${i}]`;
     const { text: d, weight } = splitWeight(item);
     const e = endpoint(field, d);
-    const key = `${e.ip}:${e.port}`;
+    if (e.family !== src.family) {
+      throw invalid(field, `${show(d)} is ${e.family === 'ipv6' ? 'IPv6' : 'IPv4'} but source ${show(p.source)} is ${src.family === 'ipv6' ? 'IPv6' : 'IPv4'}; one profile balances one address family`);
+    }
+    const key = formatEndpoint(e);
     if (seen.has(key)) throw invalid(field, `${show(d)} is listed twice`);
     if (e.ip === src.ip && e.port === src.port) throw invalid(field, `${show(d)} is the virtual address itself`);
     seen.add(key);
@@ -208,10 +210,10 @@ export function validateProfile(input: ProfileInput | unknown): Profile {
   });
   if (p.weights !== undefined) {
     const w = p.weights;
-    if (w === null || typeof w !== 'object' || Array.isArray(w)) throw invalid('weights', `must be a map of "ipv4:port" to integer weights, got ${show(w)}`);
+    if (w === null || typeof w !== 'object' || Array.isArray(w)) throw invalid('weights', `must be a map of "ip:port" to integer weights, got ${show(w)}`);
     for (const [k, v] of Object.entries(w as Record<string, unknown>)) {
       const parsed = parseEndpoint(k);
-      const key = typeof parsed === 'string' ? k : `${parsed.ip}:${parsed.port}`;
+      const key = typeof parsed === 'string' ? k : formatEndpoint(parsed);
       if (!seen.has(key)) throw invalid('weights', `${show(k)} is not one of the destinations`);
       const value = weightValue('weights', v, show(k));
       if (weightMap.has(key) && weightMap.get(key) !== value) throw invalid('weights', `${show(k)} has weight ${weightMap.get(key)} in destination and ${value} in weights`);
@@ -240,7 +242,7 @@ export function validateProfile(input: ProfileInput | unknown): Profile {
   if (masquerade && rulesBackend !== 'proxy') {
     throw invalid('masquerade', `only applies to rulesBackend "proxy", not ${show(rulesBackend)}`);
   }
-  const profile: Profile = { name, source: `${src.ip}:${src.port}`, destination, protocol, rulesBackend, logEnabled, logLevel };
+  const profile: Profile = { name, source: formatEndpoint(src), destination, protocol, rulesBackend, logEnabled, logLevel };
   if (masquerade) profile.masquerade = true;
   if (weights) profile.weights = Object.freeze(weights);
   if (scheduler === 'round-robin') profile.scheduler = 'round-robin';

@@ -29,6 +29,8 @@ const YAML11_NON_STRING = [
 ];
 /** Writes a scalar the way Go's yaml.v2 does for the values iptlb stores: plain unless it would not read back as a string. */
 function scalar(s: string): string {
+  // An IPv6 endpoint starts with a flow indicator, so yaml.v2 single-quotes it (it holds no quote).
+  if (s.charCodeAt(0) === 91 /* [ */ && /^\[[0-9a-f:.]+\]:[0-9]+$/.test(s)) return `'${s}'`;
   if (s === '' || s === '-' || /[^A-Za-z0-9_.:-]/.test(s) || YAML11_NON_STRING.some((re) => re.test(s))) return JSON.stringify(s);
   return s;
 }

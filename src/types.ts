@@ -3,7 +3,9 @@
  * API's field names and the CLI's concepts. The rule-plan types ({@link Rule}, {@link Transaction})
  * are the contract between the pure planner and every executor (native addon and spawn).
  */
-import type { NftTransaction, NftView } from './nft/ops.js';
+import type { Family } from './address.js';
+import type { NftFamily, NftTransaction, NftView } from './nft/ops.js';
+export type { Family } from './address.js';
 
 /** Transport protocol a profile balances. */
 export type Protocol = 'tcp' | 'udp' | 'sctp';
@@ -21,9 +23,9 @@ export const RULES_BACKENDS: readonly RulesBackend[] = ['client', 'proxy', 'serv
 export interface Profile {
   /** Profile name, `[A-Za-z0-9_-]{1,18}`. */
   name: string;
-  /** Virtual address, `ipv4:port`. */
+  /** Virtual address, `ipv4:port` or `[ipv6]:port` (canonical RFC 5952 text). */
   source: string;
-  /** Destinations, `ipv4:port` each, at least one, no duplicates. */
+  /** Destinations, `ip:port` each in the family of `source`, at least one, no duplicates. */
   destination: string[];
   /** Default `tcp`. */
   protocol: Protocol;
@@ -97,7 +99,7 @@ export type Target =
   | { name: 'MASQUERADE' }
   | { name: 'jump'; chain: string };
 
-/** One rule. `dst` is `a.b.c.d/32` when present; `proto` is the `-p` of the IP header. */
+/** One rule. `dst` is `a.b.c.d/32` (or `v6/128` in an ipv6 transaction) when present; `proto` is the `-p` of the IP header. */
 export interface Rule {
   dst?: string;
   proto?: Protocol;
@@ -131,7 +133,8 @@ export interface HookRulePlan {
  * All of it is one kernel commit: it lands whole or not at all.
  */
 export interface Transaction {
-  family: 'ipv4';
+  /** `ipv4`: the x_tables nat table of iptables; `ipv6`: that of ip6tables (addresses in rules are then IPv6: `v6/128`, DNAT to `[v6]:port`). */
+  family: Family;
   table: 'nat';
   owners: string[];
   deleteChains: string[];
@@ -176,8 +179,10 @@ export const ENGINES: readonly EngineName[] = ['legacy', 'nft'];
 export interface LegacyExecutor {
   readonly kind: 'native' | 'spawn';
   readonly engine: 'legacy';
+  /** Commits to the nat table of `tx.family`. */
   commit(tx: Transaction): Promise<CommitResult>;
-  read(): Promise<KernelView>;
+  /** iptlb's objects in the nat table of `family` (default ipv4). */
+  read(family?: Family): Promise<KernelView>;
   /** The exact text an iptables-restore would be fed for this transaction against the current kernel (read-only). */
   render(tx: Transaction): Promise<string>;
   /**
@@ -195,7 +200,8 @@ export interface NftExecutor {
   readonly engine: 'nft';
   /** Fails with code `EKERNEL` and the kernel's errno (ENOENT, EEXIST, EBUSY when the table is not as planned), or `ERESTART` when `expectGenid` is stale. */
   commit(tx: NftTransaction): Promise<CommitResult>;
-  read(): Promise<NftView>;
+  /** Table `<family> iptlb` (default `ip`). */
+  read(family?: NftFamily): Promise<NftView>;
   /** The `nft -f` text of the transaction. */
   render(tx: NftTransaction): Promise<string>;
 }

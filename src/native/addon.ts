@@ -5,16 +5,17 @@
 import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
 import * as path from 'node:path';
-import type { KernelView, Transaction } from '../types.js';
-import type { NftTransaction, NftView } from '../nft/ops.js';
+import type { Family, KernelView, Transaction } from '../types.js';
+import type { NftFamily, NftTransaction, NftView } from '../nft/ops.js';
 import { packageRoot } from '../paths.js';
 
 /** ABI of the addon this TypeScript expects (native/addon.cc exports the same number). */
-export const EXPECTED_ABI = 8;
+export const EXPECTED_ABI = 9;
 
 /** Conntrack entries to delete: original destination `vip`, protocol, reply source `destination` (flows DNATed to it). */
 export interface ConntrackFlow {
   protocol: 'tcp' | 'udp' | 'sctp';
+  /** IPv4 dotted quad, or canonical IPv6 text without brackets (then `destination` is IPv6 too). */
   vip: { ip: string; port: number };
   destination: { ip: string; port: number };
 }
@@ -62,8 +63,8 @@ export interface NativeAddon {
    */
   prefetch(): Promise<boolean>;
   releasePrefetch(): Promise<boolean>;
-  /** iptlb's chains (IPTLB_*) and comment-owned hook rules of the nat table, decoded, with counters. */
-  read(): Promise<KernelView>;
+  /** iptlb's chains (IPTLB_*) and comment-owned hook rules of the nat table of `family` (default ipv4: iptables; ipv6: ip6tables), decoded, with counters. */
+  read(family?: Family): Promise<KernelView>;
   /** An exclusive flock(2) on `path` (created 0600, symlinks refused), waiting at most `waitMs`. */
   flock(path: string, waitMs: number): Promise<FileLock>;
   info(): { libiptc: true; xtablesLockPath: string };
@@ -75,7 +76,7 @@ export interface NativeAddon {
    */
   nftCommit(tx: NftTransaction): Promise<{ durationMs: number; genid: number }>;
   /** Table ip iptlb as the kernel holds it, with counters (a missing table is `exists: false`). */
-  nftRead(): Promise<NftView>;
+  nftRead(family?: NftFamily): Promise<NftView>;
   /**
    * Deletes the IPv4 conntrack entries of the current network namespace that go to `vip` with
    * `protocol` and were DNATed to `destination` (ctnetlink: one dump per protocol and virtual

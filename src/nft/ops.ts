@@ -19,6 +19,8 @@ import type { Protocol } from '../types.js';
 
 export const NFT_TABLE = 'iptlb';
 export const NFT_FAMILY = 'ip';
+/** The nft family of a table: `ip` holds the IPv4 profiles, `ip6` the IPv6 ones (same layout, 16-byte addresses). */
+export type NftFamily = 'ip' | 'ip6';
 export type NftHook = 'out' | 'pre' | 'loc';
 export type NftBaseChain = 'output' | 'prerouting' | 'postrouting';
 export const NFT_BASE_CHAINS: readonly NftBaseChain[] = ['output', 'prerouting', 'postrouting'];
@@ -29,7 +31,7 @@ export const NFT_CHAIN_HOOKS: Record<NftBaseChain, { hook: NftBaseChain; priorit
   postrouting: { hook: 'postrouting', priority: 100 },
 };
 
-/** An IPv4 address and a port. */
+/** An address (IPv4, or canonical IPv6 text without brackets in table ip6 iptlb) and a port. */
 export interface NftEndpoint {
   ip: string;
   port: number;
@@ -179,7 +181,8 @@ export type NftOp =
 
 /** One atomic change of table ip iptlb: lands whole or not at all. */
 export interface NftTransaction {
-  family: 'ip';
+  /** The table's family: every address in `ops` is of it. */
+  family: NftFamily;
   table: 'iptlb';
   ops: NftOp[];
   /** When set, the commit fails with ERESTART (code `ERESTART`) if the ruleset generation differs. */
@@ -190,6 +193,8 @@ export interface NftTransaction {
 export interface NftView {
   /** Ruleset generation id at the time of the read. */
   genid: number;
+  /** The table read: `ip iptlb` or `ip6 iptlb`. Absent means `ip`. */
+  family?: NftFamily;
   exists: boolean;
   /** Every set of the table whose name matches DISPATCH_SET_PATTERN. */
   dispatchSets: { name: string; elements: { key: NftEndpoint; packets: bigint; bytes: bigint }[] }[];
