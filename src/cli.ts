@@ -5,10 +5,10 @@
 import { Command, CommanderError, Option } from 'commander';
 import { readFileSync } from 'node:fs';
 import { IptlbError } from './errors.js';
-import { Core, deleteChange, upsertChange, type Change, type TransactionResult } from './lb.js';
+import { Core, FAMILIES, changeOfFamily, deleteChange, nftFamilyOf, tableOf, upsertChange, type Change, type TransactionResult } from './lb.js';
 import { parseExecutorChoice } from './executors/index.js';
-import { parseEngineChoice } from './engine.js';
-import { DEFAULTS, chainName, sameProfile, show, splitDestinations, validateName, weightOf } from './profile.js';
+import { ip6tablesTables, parseEngineChoice } from './engine.js';
+import { DEFAULTS, chainName, familyOfProfile, sameProfile, show, splitDestinations, validateName, weightOf } from './profile.js';
 import { planTransaction } from './plan.js';
 import { renderRule } from './restore.js';
 import { planNftChange, planNftProfile } from './nft/plan.js';
@@ -87,7 +87,7 @@ function addGlobal(cmd: Command): Command {
   return cmd
     .option('--state-file <path>', 'state file (env IPTLB_STATE_FILE; default ./local/state.db)')
     .addOption(new Option('--executor <kind>', 'native, spawn or auto (env IPTLB_EXECUTOR; default auto)'))
-    .addOption(new Option('--engine <engine>', 'legacy (x_tables nat table), nft (table ip iptlb) or auto (env IPTLB_ENGINE; default auto)'))
+    .addOption(new Option('--engine <engine>', 'legacy (x_tables nat tables), nft (tables ip/ip6 iptlb) or auto (env IPTLB_ENGINE; default auto)'))
     .option('--json', 'print the result as JSON on stdout')
     .option('-q, --quiet', 'print no log lines')
     .option('--keep-conntrack', 'keep conntrack entries of flows to destinations a change removes (default: delete them)')
@@ -115,8 +115,8 @@ function withGlobals<T extends GlobalOpts>(o: T, cmd: Command): T {
 function addProfileFlags(cmd: Command): Command {
   return cmd
     .option('--profile <name>', 'profile name, [A-Za-z0-9_-]{1,18}', 'default')
-    .option('--src-addr <ip:port>', 'virtual IPv4 address and port that is balanced')
-    .option('--dest-addr <list>', 'comma-separated destination ip:port list; ip:port*W gives a destination weight W (0-1000, default 1; 0 drains it)')
+    .option('--src-addr <ip:port>', 'virtual address and port that is balanced: a.b.c.d:port, or [v6]:port for IPv6 (then every destination is IPv6 too)')
+    .option('--dest-addr <list>', 'comma-separated destination ip:port list ([v6]:port for IPv6); ip:port*W gives a destination weight W (0-1000, default 1; 0 drains it)')
     .option('--scheduler <kind>', 'random (weighted random) or round-robin (an exact rotation)', 'random')
     .option('--affinity <seconds>', 'session affinity: a client address keeps its destination for that many seconds after its last new connection (1-86400; 0: none)')
     .option('--rules-backend <mode>', 'client (nat OUTPUT), proxy (nat PREROUTING) or server (PREROUTING, local addresses)', DEFAULTS.rulesBackend)
@@ -277,20 +277,37 @@ async function showCommand(name: string, o: GlobalOpts, io: Out): Promise<void> 
   const state = await core.readState();
   const profile = state.get(name);
   const { executor } = await core.select();
-  if (executor.engine === 'nft') return showNft(name, profile, await executor.read(), o, io, `${executor.engine}/${executor.kind}`, core.statePath);
-  const view: KernelView = await executor.read();
-  const chain = view.chains.find((c) => c.name === chainName(name));
-  const hooks = view.hookRules.filter((h) => h.owner === name);
+  // The profile's family; a name only the kernel knows (an orphan) is looked for in both.
+  const families = profile ? [familyOfProfile(profile)] : FAMILIES;
+  let family = families[0];
+  if (executor.engine === 'nft') {
+    let view = await executor.read(nftFamilyOf(family));
+    if (!profile && !view.chains.some((c) => c.rules.some((r) => 'owner' in r && r.owner === name))) {
+      family = 'ipv6';
+      view = await executor.read('ip6');
+    }
+    return showNft(name, profile, view, o, io, `${tableOf('nft', family)}, ${executor.engine}/${executor.kind}`, core.statePath);
+  }
+  let chain: KernelView['chains'][number] | undefined;
+  let hooks: KernelView['hookRules'] = [];
+  for (const f of families) {
+    if (f === 'ipv6' && !profile && !ip6tablesTables()?.includes('nat')) continue;
+    const view: KernelView = await executor.read(f);
+    chain = view.chains.find((c) => c.name === chainName(name));
+    hooks = view.hookRules.filter((h) => h.owner === name);
+    family = f;
+    if (chain || hooks.length) break;
+  }
   if (!profile && !chain && !hooks.length) throw new IptlbError('ENOTFOUND', `name: profile ${show(name)} is neither in the state file nor in the kernel`, { field: 'name' });
   if (o.json) return io.out(JSON.stringify(jsonSafe({ profile: profile ?? null, kernel: { chain: chain ?? null, hookRules: hooks } })));
   io.out(profile ? `profile ${describeProfile(profile)}` : `profile ${name}: not in the state file ${core.statePath}`);
-  io.out(`kernel (nat, ${executor.engine}/${executor.kind}):`);
+  io.out(`kernel (${tableOf('legacy', family)}, ${executor.engine}/${executor.kind}):`);
   if (!chain && !hooks.length) io.out('  no rules in the kernel');
   for (const h of hooks) io.out(`  ${h.chain} #${h.position}\t${h.packets} pkts ${h.bytes} bytes\t${h.raw ?? renderRule(h.rule)}`);
   if (chain) for (const r of chain.rules) io.out(`  ${chain.name}\t${r.packets} pkts ${r.bytes} bytes\t${renderRule(r.rule)}`);
 }
 
-/** `show` on the nft engine: the profile's elements and rules in table ip iptlb, with counters. */
+/** `show` on the nft engine: the profile's elements and rules in table ip (or ip6) iptlb, with counters. */
 function showNft(name: string, profile: Profile | undefined, view: NftView, o: GlobalOpts, io: Out, how: string, statePath: string | null): void {
   const vip = profile ? planNftProfile(profile).vip : undefined;
   const same = (e: { ip: string; port: number }): boolean => !!vip && e.ip === vip.ip && e.port === vip.port;
@@ -300,7 +317,7 @@ function showNft(name: string, profile: Profile | undefined, view: NftView, o: G
   if (!profile && !rules.length) throw new IptlbError('ENOTFOUND', `name: profile ${show(name)} is neither in the state file nor in the kernel`, { field: 'name' });
   if (o.json) return io.out(JSON.stringify(jsonSafe({ profile: profile ?? null, kernel: { dispatch, backends, rules } })));
   io.out(profile ? `profile ${describeProfile(profile)}` : `profile ${name}: not in the state file ${statePath}`);
-  io.out(`kernel (table ip iptlb, ${how}):`);
+  io.out(`kernel (${how}):`);
   if (!dispatch.length && !backends.length && !rules.length) io.out('  nothing in the kernel');
   for (const d of dispatch) io.out(`  set ${d.set}\t${d.packets} pkts ${d.bytes} bytes\t${d.key.ip} . ${d.key.port}`);
   for (const b of backends) io.out(`  map be_${profile!.protocol}\t${b.packets} pkts ${b.bytes} bytes\t${b.vip.ip} . ${b.vip.port} . ${b.index} : ${b.to.ip} . ${b.to.port}`);
@@ -320,20 +337,25 @@ async function planCommand(o: LegacyOpts, io: Out): Promise<void> {
     .filter((p) => p.weights || p.scheduler || p.affinity)
     .map((p) => `# profile ${p.name}: ${describeDestinations(p)}, scheduler ${p.scheduler ?? 'random'}${p.affinity ? `, affinity ${p.affinity}s` : ''}\n`)
     .join('');
+  // One transaction per address family the change touches (see Core.transact).
+  const parts = FAMILIES.map((f) => ({ f, change: changeOfFamily(change, state, f) })).filter((x) => x.change.upsert.length || x.change.remove.length);
   if (executor.engine === 'nft') {
-    const next = new Map(state);
-    for (const n of change.remove) next.delete(n);
-    for (const p of change.upsert) next.set(p.name, p);
-    const steps = planNftChange(state, next, [...change.upsert.map((p) => p.name), ...change.remove]);
+    const steps = parts.flatMap(({ f, change: c }) => {
+      const stateF = new Map([...state].filter(([, p]) => familyOfProfile(p) === f));
+      const next = new Map(stateF);
+      for (const n of c.remove) next.delete(n);
+      for (const p of c.upsert) next.set(p.name, p);
+      return planNftChange(stateF, next, [...c.upsert.map((p) => p.name), ...c.remove], undefined, undefined, nftFamilyOf(f));
+    });
     const texts = await Promise.all(steps.map((t) => executor.render(t)));
     if (o.json) io.out(JSON.stringify({ engine: 'nft', nft: texts, transactions: steps }));
     else io.out(header + texts.map((t, i) => (steps.length > 1 ? `# transaction ${i + 1} of ${steps.length}\n` : '') + t.trimEnd()).join('\n'));
     return;
   }
-  const tx = planTransaction(change.upsert, change.remove);
-  const text = await executor.render(tx);
-  if (o.json) io.out(JSON.stringify({ engine: 'legacy', restore: text, transaction: tx }));
-  else io.out(header + text.trimEnd());
+  const txs = parts.length ? parts.map(({ f, change: c }) => planTransaction(c.upsert, c.remove, f)) : [planTransaction([], [])];
+  const texts = await Promise.all(txs.map((tx) => executor.render(tx)));
+  if (o.json) io.out(JSON.stringify({ engine: 'legacy', restore: texts.join(''), transaction: txs[0], ...(txs.length > 1 ? { transactions: txs } : {}) }));
+  else io.out(header + texts.map((t, i) => (txs.length > 1 ? `# ${tableOf('legacy', parts[i].f)}\n` : '') + t.trimEnd()).join('\n'));
 }
 
 async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
@@ -419,7 +441,7 @@ async function topCommand(o: GlobalOpts & { interval?: string; count?: string },
 function buildProgram(io: Out, version: string): Command {
   const program = new Command('iptlb');
   program
-    .description('Linux NAT load balancer: balances a virtual ip:port over destinations with NAT rules committed atomically, in the x_tables nat table (--engine legacy) or the nf_tables table ip iptlb (--engine nft)')
+    .description('Linux NAT load balancer: balances a virtual ip:port over destinations with NAT rules committed atomically, in the x_tables nat tables of iptables and ip6tables (--engine legacy) or the nf_tables tables ip iptlb and ip6 iptlb (--engine nft)')
     .version(version, '--version')
     .helpOption('-h, --help', 'show help')
     .configureOutput({ writeOut: (s) => io.out(s.trimEnd()), writeErr: (s) => io.err(s.startsWith('error:') ? `iptlb: ${s.trimEnd()}` : s.trimEnd()) })

@@ -31,11 +31,13 @@ export async function doctor(o: { stateFile?: string; executor?: string; engine?
   const addon = loadAddon();
   checks.push(
     addon.ok
-      ? { name: 'native addon', ok: true, detail: 'loaded (libiptc for legacy, netlink for nft)' }
+      ? { name: 'native addon', ok: true, detail: 'loaded (libip4tc/libip6tc for legacy, netlink for nft)' }
       : { name: 'native addon', ok: false, detail: `${addon.reason}: ${addon.detail}`, fix: addon.fix },
   );
   const restore = findBinary('iptables-legacy-restore');
   checks.push({ name: 'iptables-legacy-restore', ok: !!restore, detail: restore ?? 'not found (spawn executor of the legacy engine)', fix: restore ? undefined : 'apt-get install -y iptables' });
+  const restore6 = findBinary('ip6tables-legacy-restore');
+  checks.push({ name: 'ip6tables-legacy-restore', ok: !!restore6, detail: restore6 ?? 'not found (spawn executor of the legacy engine, IPv6 profiles)', fix: restore6 ? undefined : 'apt-get install -y iptables' });
   const nft = findBinary('nft');
   checks.push({ name: 'nft', ok: !!nft, detail: nft ?? 'not found (spawn executor of the nft engine)', fix: nft ? undefined : 'apt-get install -y nftables' });
   const statePath = resolveStatePath(o.stateFile);

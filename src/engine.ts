@@ -24,6 +24,15 @@ export function xtablesTables(): string[] | null {
   }
 }
 
+/** Tables x_tables has instantiated for IPv6 (ip6tables) in this network namespace; null when ip6_tables is not loaded. */
+export function ip6tablesTables(): string[] | null {
+  try {
+    return readFileSync('/proc/net/ip6_tables_names', 'utf8').split('\n').filter(Boolean);
+  } catch {
+    return null;
+  }
+}
+
 /** Whether this kernel can do x_tables: loaded, or its module is installed. */
 export function xtablesAvailable(): boolean {
   if (xtablesTables() !== null || existsSync('/sys/module/ip_tables')) return true;
@@ -46,18 +55,18 @@ export function iptablesFlavour(): 'nft' | 'legacy' | 'none' {
   }
 }
 
-/** Whether table ip iptlb exists, asked of `nft` (only tables are listed: cheap at any size). */
+/** Whether table ip iptlb or ip6 iptlb exists, asked of `nft` (only tables are listed: cheap at any size). */
 export async function nftTableExistsViaCli(): Promise<boolean> {
   const nft = findBinary('nft');
   if (!nft) return false;
-  const r = await run(nft, ['list', 'tables', 'ip']);
-  return r.code === 0 && /^table ip iptlb$/m.test(r.stdout);
+  const r = await run(nft, ['list', 'tables']);
+  return r.code === 0 && /^table ip6? iptlb$/m.test(r.stdout);
 }
 
 export interface EngineProbe {
   /** Whether the x_tables nat table holds iptlb chains or rules (read only when nat exists). */
   legacyHasRules(): Promise<boolean>;
-  /** Whether table ip iptlb exists. */
+  /** Whether table ip iptlb or ip6 iptlb exists. */
   nftHasTable(): Promise<boolean>;
 }
 
@@ -71,7 +80,7 @@ export interface EngineSelection {
 
 export async function selectEngine(choice: EngineChoice, probe: EngineProbe): Promise<EngineSelection> {
   if (choice !== 'auto') return { engine: choice, reason: `${choice} engine requested` };
-  const natExists = xtablesTables()?.includes('nat') ?? false;
+  const natExists = (xtablesTables()?.includes('nat') ?? false) || (ip6tablesTables()?.includes('nat') ?? false);
   const legacy = natExists ? await probe.legacyHasRules() : false;
   const flavour = iptablesFlavour();
   const xt = xtablesAvailable();
@@ -80,11 +89,11 @@ export async function selectEngine(choice: EngineChoice, probe: EngineProbe): Pr
     return {
       engine: 'legacy',
       reason: 'the x_tables nat table already holds iptlb rules',
-      ...(nft ? { warning: 'table ip iptlb also exists: profiles are split across engines; run `iptlb migrate --to legacy` (or --to nft)' } : {}),
+      ...(nft ? { warning: 'table ip (or ip6) iptlb also exists: profiles are split across engines; run `iptlb migrate --to legacy` (or --to nft)' } : {}),
     };
   }
   if (!xt) return { engine: 'nft', reason: 'x_tables is not available in this kernel' };
   if (flavour === 'nft') return { engine: 'nft', reason: "no iptlb rules yet, and this host's iptables is the nf_tables flavour" };
-  if (await probe.nftHasTable()) return { engine: 'nft', reason: 'table ip iptlb already holds iptlb rules' };
+  if (await probe.nftHasTable()) return { engine: 'nft', reason: 'table ip (or ip6) iptlb already holds iptlb rules' };
   return { engine: 'legacy', reason: `no iptlb rules yet, and this host's iptables is ${flavour === 'none' ? 'not installed' : 'the legacy flavour'}` };
 }

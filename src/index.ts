@@ -14,7 +14,7 @@ import { Core, type OpenOptions, type TransactionResult } from './lb.js';
 import { CommitQueue, type CommitEvent } from './batch.js';
 import { validateName, validateProfile } from './profile.js';
 import { IptlbError } from './errors.js';
-import type { EngineName, Executor, KernelView, Profile, ProfileInput } from './types.js';
+import type { EngineName, Executor, Family, KernelView, Profile, ProfileInput } from './types.js';
 import type { NftView } from './nft/ops.js';
 import type { ProfileReport } from './drift.js';
 export type { ProfileReport, ProfileStatus, DestinationCounters } from './drift.js';
@@ -51,8 +51,8 @@ export interface IptlbEvents {
    */
   drift: [ProfileReport[]];
 }
-export type { Profile, ProfileInput, Protocol, RulesBackend, KernelView, Rule, Match, Target, Transaction, ExecutorChoice, Executor, LegacyExecutor, NftExecutor, CommitResult, EngineName, EngineChoice } from './types.js';
-export type { NftOp, NftRule, NftTransaction, NftView } from './nft/ops.js';
+export type { Family, Profile, ProfileInput, Protocol, RulesBackend, KernelView, Rule, Match, Target, Transaction, ExecutorChoice, Executor, LegacyExecutor, NftExecutor, CommitResult, EngineName, EngineChoice } from './types.js';
+export type { NftFamily, NftOp, NftRule, NftTransaction, NftView } from './nft/ops.js';
 export { planNftChange, planNftRebuild } from './nft/plan.js';
 export { renderNft } from './nft/ops.js';
 export { validateProfile, chainName } from './profile.js';
@@ -180,10 +180,13 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
     return r;
   }
 
-  /** iptlb's rules as they are in the kernel, with counters. */
-  async kernel(): Promise<KernelView | NftView> {
+  /**
+   * iptlb's rules as they are in the kernel, with counters, for the profiles of one address family
+   * (default `ipv4`; `ipv6`: the ip6tables nat table, or table ip6 iptlb).
+   */
+  async kernel(family: Family = 'ipv4'): Promise<KernelView | NftView> {
     this.check();
-    return this.core.readKernel();
+    return this.core.readKernel(family);
   }
 
   /** Waits for queued calls and their conntrack cleanup, then ends the handle. Rules stay in the kernel. */

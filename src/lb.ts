@@ -4,21 +4,61 @@
  */
 import { IptlbError } from './errors.js';
 import { selectExecutor, parseExecutorChoice } from './executors/index.js';
-import { nftTableExistsViaCli, parseEngineChoice, selectEngine, xtablesTables } from './engine.js';
+import { ip6tablesTables, nftTableExistsViaCli, parseEngineChoice, selectEngine, xtablesTables } from './engine.js';
 import { loadAddon } from './native/addon.js';
 import { findBinary } from './executors/spawn.js';
 import { baseUnchanged, countUsage, dispatchSetUsage, planNftChange, planNftRebuild, planNftRemoveAll, nftHookOf, planNftProfile } from './nft/plan.js';
 import { dispatchSetName } from './nft/ops.js';
 import { compareNft, strayRoundRobin } from './nft/view.js';
 import { DEFAULT_LOCK_WAIT_MS, lockStateFile } from './lock.js';
-import { chainName, checkConflicts, sameProfile, show, slotCount, validateName, validateProfile, weightOf } from './profile.js';
+import { chainName, checkConflicts, familyOfProfile, sameProfile, show, slotCount, validateName, validateProfile, weightOf } from './profile.js';
 import { hookChainOf, isEmptyTransaction, planProfile, planTransaction } from './plan.js';
 import { readState, resolveStatePath, stateVersion, writeState } from './state.js';
 import { hasNetAdmin } from './caps.js';
 import { ConntrackJanitor, staleFlows } from './conntrack.js';
 import { compare, syncTransaction, type ProfileReport } from './drift.js';
-import type { EngineChoice, EngineName, Executor, ExecutorChoice, KernelView, NftExecutor, Profile, ProfileInput, Transaction } from './types.js';
-import type { NftTransaction, NftView } from './nft/ops.js';
+import type { EngineChoice, EngineName, Executor, ExecutorChoice, Family, KernelView, LegacyExecutor, NftExecutor, Profile, ProfileInput, Transaction } from './types.js';
+import type { NftFamily, NftTransaction, NftView } from './nft/ops.js';
+
+/** The address families, in the order a change commits them. */
+export const FAMILIES: readonly Family[] = ['ipv4', 'ipv6'];
+
+/** The nft family of the table that holds profiles of family `f`. */
+export function nftFamilyOf(f: Family): NftFamily {
+  return f === 'ipv6' ? 'ip6' : 'ip';
+}
+
+/** Where an engine keeps profiles of family `f`, as log lines and messages name it. */
+export function tableOf(engine: EngineName, f: Family): string {
+  return engine === 'nft' ? `table ${nftFamilyOf(f)} iptlb` : f === 'ipv6' ? 'ip6tables nat table' : 'nat table';
+}
+
+function countV6(state: ReadonlyMap<string, Profile>): number {
+  let n = 0;
+  for (const p of state.values()) if (familyOfProfile(p) === 'ipv6') n++;
+  return n;
+}
+
+/**
+ * The part of `change` that concerns family `f`: its profiles upserted, and the removal of every
+ * profile whose current version (in `state`) is of `f` and is deleted or moves to the other family.
+ */
+export function changeOfFamily(change: Change, state: ReadonlyMap<string, Profile>, f: Family): Change {
+  const upsert: Profile[] = [];
+  const remove: string[] = [];
+  for (const p of change.upsert) {
+    if (familyOfProfile(p) === f) upsert.push(p);
+    else {
+      const old = state.get(p.name);
+      if (old && familyOfProfile(old) === f) remove.push(p.name);
+    }
+  }
+  for (const n of change.remove) {
+    const old = state.get(n);
+    if (old ? familyOfProfile(old) === f : f === 'ipv4') remove.push(n);
+  }
+  return { upsert, remove };
+}
 
 /** Options of {@link open}. */
 export interface OpenOptions {
@@ -169,8 +209,13 @@ export class Core {
       const e = await selectEngine(this.engineChoice, {
         legacyHasRules: async () => {
           try {
-            const view = await selectExecutor(this.executorChoice, opts, 'legacy').executor.read();
-            return 'hookRules' in view && (view.hookRules.length > 0 || view.chains.length > 0);
+            const legacy = selectExecutor(this.executorChoice, opts, 'legacy').executor as LegacyExecutor;
+            for (const f of FAMILIES) {
+              if (!(f === 'ipv4' ? xtablesTables() : ip6tablesTables())?.includes('nat')) continue;
+              const view = await legacy.read(f);
+              if (view.hookRules.length > 0 || view.chains.length > 0) return true;
+            }
+            return false;
           } catch {
             return false;
           }
@@ -178,7 +223,7 @@ export class Core {
         nftHasTable: async () => {
           if (findBinary('nft')) return nftTableExistsViaCli();
           const addon = loadAddon();
-          return addon.ok ? (await addon.addon.nftRead()).exists : false;
+          return addon.ok ? (await addon.addon.nftRead('ip')).exists || (await addon.addon.nftRead('ip6')).exists : false;
         },
       });
       const sel = selectExecutor(this.executorChoice, opts, e.engine);
@@ -233,50 +278,33 @@ export class Core {
         const next = new ChangedProfiles(state, change);
         let committed = false;
         let commitMs = 0;
-        if (executor?.engine === 'legacy') {
-          const tx = planTransaction(change.upsert, change.remove);
-          if (!isEmptyTransaction(tx)) {
-            commitMs = (await executor.commit(tx)).durationMs;
-            committed = true;
-            this.lastTransaction = tx;
-          }
-        } else if (executor?.engine === 'nft') {
-          const touched = [...change.upsert.map((p) => p.name), ...change.remove];
-          // A bulk change of every profile (`-use-state -run` at boot): if the table is not there at
-          // all, plan from nothing rather than send a large batch that fails on its first missing
-          // element. (A small change just fails fast and falls back to the rebuild below.)
-          const touchedSet = new Set(touched);
-          let all = state.size >= 256 && touchedSet.size >= state.size;
-          if (all) for (const n of state.keys()) if (!touchedSet.has(n)) all = false;
-          const usage = this.setUsage(state);
-          // The base chains change (a destination count, logging or masquerade starts or stops): read
-          // which dispatch sets the kernel really fills first, so no rule another process left in
-          // use is dropped. Element-only changes, the common case, read nothing. One read serves both.
-          const baseChanges = state.size === 0 || !baseUnchanged(state, next, touchedSet, usage);
-          const view = all || baseChanges ? await executor.read() : undefined;
-          const fresh = view !== undefined && !view.exists;
-          const kernelSets = view?.exists && baseChanges ? new Map(view.dispatchSets.map((d) => [d.name, d.elements.length])) : undefined;
-          // A round-robin rule the state does not explain (a process killed between its commit and its
-          // state write, or between the two steps of a move) would be dropped by the rewrite and leave
-          // its backends behind; a dispatch element of a round-robin profile's address would shadow its
-          // rule. Either way the incremental plan is wrong: replace the table instead.
-          const stray = view?.exists && baseChanges && !fresh ? strayRoundRobin(state, view) : [];
-          if (stray.length) this.log(`table ip iptlb holds objects of round-robin profiles the state does not explain (${stray.slice(0, 3).join(', ')}); replacing it with all ${next.size} profile(s) in one transaction`);
-          const steps = stray.length
-            ? [planNftRebuild(next.values())]
-            : fresh
-              ? planNftChange(new Map(), next, touched)
-              : planNftChange(state, next, touched, usage, kernelSets);
-          if (steps.length) {
-            commitMs = await this.commitNft(executor, steps, next);
+        if (executor) {
+          // One kernel transaction per address family the change touches (a profile is of one family;
+          // the iptables and ip6tables nat tables, or tables ip and ip6 iptlb, are separate objects).
+          // If a later family's commit fails, the earlier ones are undone, so the call changes nothing.
+          const done: { family: Family; state: ReadonlyMap<string, Profile>; change: Change }[] = [];
+          for (const f of FAMILIES) {
+            const changeF = changeOfFamily(change, state, f);
+            if (changeF.upsert.length === 0 && changeF.remove.length === 0) continue;
+            const stateF = this.ofFamily(state, f);
+            let ms: number | undefined;
+            try {
+              ms = await this.commitFamily(executor, f, stateF, changeF);
+            } catch (e) {
+              for (const d of done.reverse()) await this.undoFamily(executor, d.family, d.state, d.change);
+              throw e;
+            }
+            if (ms === undefined) continue;
+            done.push({ family: f, state: stateF, change: changeF });
+            commitMs += ms;
             committed = true;
           }
         }
         if (committed && executor) {
-          this.describe(change, executor.engine);
+          this.describe(change, executor.engine, state);
           this.log(
-            `committed ${change.upsert.length + change.remove.length} profile change(s) in one transaction ` +
-              `(${executor.engine === 'nft' ? 'table ip iptlb' : 'nat table'}, ${executor.engine}/${executor.kind}, ${commitMs.toFixed(2)} ms)`,
+            `committed ${change.upsert.length + change.remove.length} profile change(s) in ${this.lastFamilies.length === 1 ? 'one transaction' : `${this.lastFamilies.length} transactions`} ` +
+              `(${this.lastFamilies.map((f) => tableOf(executor.engine, f)).join(' and ')}, ${executor.engine}/${executor.kind}, ${commitMs.toFixed(2)} ms)`,
           );
         }
         const changed =
@@ -333,6 +361,102 @@ export class Core {
     });
   }
 
+  /** Families committed by the last change (for its log line). */
+  private lastFamilies: Family[] = [];
+
+  /**
+   * The profiles of `state` of family `f`: `state` itself when it holds no profile of the other
+   * family (the common case costs nothing once counted; the in-memory count is kept per change).
+   */
+  private ofFamily(state: ReadonlyMap<string, Profile>, f: Family): ReadonlyMap<string, Profile> {
+    let v6: number;
+    if (state === this.memory) {
+      if (this.v6Count?.generation !== this.memoryGeneration) this.v6Count = { generation: this.memoryGeneration, n: countV6(state) };
+      v6 = this.v6Count.n;
+    } else {
+      v6 = countV6(state);
+    }
+    if (f === 'ipv4' ? v6 === 0 : v6 === state.size) return state;
+    const out = new Map<string, Profile>();
+    for (const [n, p] of state) if (familyOfProfile(p) === f) out.set(n, p);
+    return out;
+  }
+  private v6Count?: { generation: number; n: number };
+
+  /**
+   * Commits the part of a change of one family (its profiles only, against that family's profiles
+   * `state`). Returns the commit time, or undefined when the kernel had nothing to do.
+   */
+  private async commitFamily(executor: Executor, f: Family, state: ReadonlyMap<string, Profile>, change: Change): Promise<number | undefined> {
+    if (this.lastFamiliesFor !== change) {
+      this.lastFamilies = [];
+      this.lastFamiliesFor = change;
+    }
+    const next = new ChangedProfiles(state, change);
+    if (executor.engine === 'legacy') {
+      const tx = planTransaction(change.upsert, change.remove, f);
+      if (isEmptyTransaction(tx)) return undefined;
+      const ms = (await executor.commit(tx)).durationMs;
+      this.lastTransaction = tx;
+      this.lastFamilies.push(f);
+      return ms;
+    }
+    const nf = nftFamilyOf(f);
+    const touched = [...change.upsert.map((p) => p.name), ...change.remove];
+    // A bulk change of every profile (`-use-state -run` at boot): if the table is not there at
+    // all, plan from nothing rather than send a large batch that fails on its first missing
+    // element. (A small change just fails fast and falls back to the rebuild below.)
+    const touchedSet = new Set(touched);
+    let all = state.size >= 256 && touchedSet.size >= state.size;
+    if (all) for (const n of state.keys()) if (!touchedSet.has(n)) all = false;
+    const usage = this.setUsage(state);
+    // The base chains change (a destination count, logging or masquerade starts or stops): read
+    // which dispatch sets the kernel really fills first, so no rule another process left in
+    // use is dropped. Element-only changes, the common case, read nothing. One read serves both.
+    const baseChanges = state.size === 0 || !baseUnchanged(state, next, touchedSet, usage);
+    const view = all || baseChanges ? await executor.read(nf) : undefined;
+    const fresh = view !== undefined && !view.exists;
+    const kernelSets = view?.exists && baseChanges ? new Map(view.dispatchSets.map((d) => [d.name, d.elements.length])) : undefined;
+    // A round-robin rule the state does not explain (a process killed between its commit and its
+    // state write, or between the two steps of a move) would be dropped by the rewrite and leave
+    // its backends behind; a dispatch element of a round-robin profile's address would shadow its
+    // rule. Either way the incremental plan is wrong: replace the table instead.
+    const stray = view?.exists && baseChanges && !fresh ? strayRoundRobin(state, view) : [];
+    if (stray.length) this.log(`${tableOf('nft', f)} holds objects of round-robin profiles the state does not explain (${stray.slice(0, 3).join(', ')}); replacing it with all ${next.size} profile(s) in one transaction`);
+    const steps = stray.length
+      ? [planNftRebuild(next.values(), undefined, nf)]
+      : fresh
+        ? planNftChange(new Map(), next, touched)
+        : planNftChange(state, next, touched, usage, kernelSets);
+    if (!steps.length) return undefined;
+    const ms = await this.commitNft(executor, steps, next, nf);
+    this.lastFamilies.push(f);
+    return ms;
+  }
+  private lastFamiliesFor?: Change;
+
+  /**
+   * Puts back the profiles of family `f` as they were before `change` (after a later family's
+   * commit failed). Best effort: if this fails too, the error is logged and the next change or
+   * `sync` repairs the kernel.
+   */
+  private async undoFamily(executor: Executor, f: Family, before: ReadonlyMap<string, Profile>, change: Change): Promise<void> {
+    const touched = new Set([...change.upsert.map((p) => p.name), ...change.remove]);
+    const undo: Change = { upsert: [], remove: [] };
+    for (const n of touched) {
+      const old = before.get(n);
+      if (old) undo.upsert.push(old);
+      else undo.remove.push(n);
+    }
+    const after = new ChangedProfiles(before, change);
+    try {
+      await this.commitFamily(executor, f, after, undo);
+      this.log(`undid the ${tableOf(executor.engine, f)} part of the change, because the next part failed`);
+    } catch (e) {
+      this.log(`could not undo the ${tableOf(executor.engine, f)} part of a failed change (${(e as Error).message}); run \`iptlb sync\``);
+    }
+  }
+
   /** The state-file lock; nothing to lock when profiles live in memory (calls are serialised in-process). */
   private async lock(): Promise<{ release(): void }> {
     if (this.statePath === null) return { release() {} };
@@ -350,25 +474,25 @@ export class Core {
    * Commits an nft change; when the table is not as the state says (a missing or different element,
    * e.g. after a reboot or someone's flush), replaces the whole table with `next` in one transaction.
    */
-  private async commitNft(executor: NftExecutor, steps: NftTransaction[], next: ReadonlyMap<string, Profile>): Promise<number> {
+  private async commitNft(executor: NftExecutor, steps: NftTransaction[], next: ReadonlyMap<string, Profile>, nf: NftFamily): Promise<number> {
     let ms = 0;
     try {
       // A second step only removes what the first one superseded; if it fails, the rebuild below
       // (or, for another error, the next change or `sync`) removes the leftovers.
       for (const step of steps) ms += (await executor.commit(step)).durationMs;
-      this.lastTransaction = steps.length === 1 ? steps[0] : { family: 'ip', table: 'iptlb', ops: steps.flatMap((s) => s.ops) };
+      this.lastTransaction = steps.length === 1 ? steps[0] : { family: nf, table: 'iptlb', ops: steps.flatMap((s) => s.ops) };
       return ms;
     } catch (e) {
       if (!outOfStep(e)) throw e;
-      this.log(`table ip iptlb is not as the state says (${(e as Error).message}); replacing it with all ${next.size} profile(s) in one transaction`);
-      const rebuild = planNftRebuild(next.values());
+      this.log(`table ${nf} iptlb is not as the state says (${(e as Error).message}); replacing it with all ${next.size} profile(s) in one transaction`);
+      const rebuild = planNftRebuild(next.values(), undefined, nf);
       ms += (await executor.commit(rebuild)).durationMs;
       this.lastTransaction = rebuild;
       return ms;
     }
   }
 
-  private describe(change: Change, engine: EngineName): void {
+  private describe(change: Change, engine: EngineName, before: ReadonlyMap<string, Profile>): void {
     if (!this.logging) return;
     const n = (p: Profile): number => slotCount(p);
     for (const p of change.upsert) {
@@ -379,16 +503,18 @@ export class Core {
               p.affinity
                 ? `${planNftProfile(p).rules.filter((r) => r.rule.kind === 'aff').length} affinity rules (${p.affinity} s${rr ? ', round-robin' : ''}) in chain ${nftHookOf(p) === 'out' ? 'output' : 'prerouting'}`
                 : `${rr ? `round-robin rule in chain ${nftHookOf(p) === 'out' ? 'output' : 'prerouting'}` : `element of set ${dispatchSetName(nftHookOf(p), p.protocol, n(p))}`} and ${n(p)} of map be_${p.protocol}`
-            } in table ip iptlb` +
+            } in ${tableOf('nft', familyOfProfile(p))}` +
             `${p.logEnabled ? `, logging at level ${p.logLevel}` : ''}${p.masquerade ? ', masquerade in postrouting' : ''}`
-          : `${p.rulesBackend}: jump in nat ${hookChainOf(p)}, chain ${chainName(p.name)} with ${planProfile(p).chain.rules.length} rules` +
+          : `${p.rulesBackend}: jump in ${familyOfProfile(p) === 'ipv6' ? 'ip6tables ' : ''}nat ${hookChainOf(p)}, chain ${chainName(p.name)} with ${planProfile(p).chain.rules.length} rules` +
             `${rr ? ', round-robin' : ''}${p.affinity ? `, affinity ${p.affinity} s` : ''}${p.logEnabled ? `, logging at level ${p.logLevel}` : ''}${p.masquerade ? ', masquerade in POSTROUTING' : ''}`;
       const dests = p.destination.map((d) => (weightOf(p, d) === 1 ? d : `${d}*${weightOf(p, d)}`)).join(',');
       this.log(`apply profile ${p.name}: ${p.source}/${p.protocol} -> ${dests} (${where})`);
     }
     for (const name of change.remove) {
       if (change.upsert.some((p) => p.name === name)) continue;
-      this.log(engine === 'nft' ? `delete profile ${name}: its elements and rules removed from table ip iptlb` : `delete profile ${name}: jump rules and chain ${chainName(name)} removed`);
+      const old = before.get(name);
+      const where = tableOf(engine, old ? familyOfProfile(old) : 'ipv4');
+      this.log(engine === 'nft' ? `delete profile ${name}: its elements and rules removed from ${where}` : `delete profile ${name}: jump rules and chain ${chainName(name)} removed from the ${where}`);
     }
   }
 
@@ -396,10 +522,29 @@ export class Core {
   async status(): Promise<ProfileReport[]> {
     const { executor } = await this.select();
     const state = await this.readState();
-    return executor.engine === 'nft' ? compareNft(state, await executor.read()) : compare(state, await executor.read());
+    const reports: ProfileReport[] = [];
+    for (const f of FAMILIES) {
+      const stateF = this.ofFamily(state, f) as Map<string, Profile>;
+      if (stateF.size === 0 && !this.mayHold(executor, f)) continue;
+      reports.push(...this.compareFamily(executor, stateF, await this.readFamily(executor, f)));
+    }
+    return reports;
   }
 
-  /** Makes the kernel match the state file in one transaction; returns what was out of step before. */
+  /** Whether the kernel may hold iptlb objects of family `f` when no profile of it exists (ipv4: always asked; ipv6: unless the ip6tables nat table is absent, which reading would create). */
+  private mayHold(executor: Executor, f: Family): boolean {
+    return f === 'ipv4' || executor.engine === 'nft' || (ip6tablesTables()?.includes('nat') ?? false);
+  }
+
+  private readFamily(executor: Executor, f: Family): Promise<KernelView | NftView> {
+    return executor.engine === 'nft' ? executor.read(nftFamilyOf(f)) : executor.read(f);
+  }
+
+  private compareFamily(executor: Executor, state: Map<string, Profile>, view: KernelView | NftView): ProfileReport[] {
+    return executor.engine === 'nft' ? compareNft(state, view as NftView) : compare(state, view as KernelView);
+  }
+
+  /** Makes the kernel match the state file, one transaction per address family; returns what was out of step before. */
   sync(opts: { quietWhenInSync?: boolean } = {}): Promise<{ before: ProfileReport[]; committed: boolean; commitMs: number }> {
     return this.serial(async () => {
       const { executor } = await this.select();
@@ -407,30 +552,41 @@ export class Core {
       const lock = await this.lock();
       try {
         const state = await this.readState();
-        for (let attempt = 1; ; attempt++) {
-          const view = await executor.read();
-          const before = executor.engine === 'nft' ? compareNft(state, view as NftView) : compare(state, view as KernelView);
-          const drifted = before.filter((r) => r.status !== 'in-sync');
-          if (drifted.length === 0) {
-            if (!opts.quietWhenInSync) this.log('kernel already matches the state file; nothing to do');
-            return { before, committed: false, commitMs: 0 };
+        const before: ProfileReport[] = [];
+        let committed = false;
+        let commitMs = 0;
+        for (const f of FAMILIES) {
+          const stateF = this.ofFamily(state, f) as Map<string, Profile>;
+          if (stateF.size === 0 && !this.mayHold(executor, f)) continue;
+          for (let attempt = 1; ; attempt++) {
+            const view = await this.readFamily(executor, f);
+            const reports = this.compareFamily(executor, stateF, view);
+            const drifted = reports.filter((r) => r.status !== 'in-sync');
+            if (drifted.length === 0) {
+              before.push(...reports);
+              break;
+            }
+            if (attempt === 1) for (const r of drifted) this.log(`sync ${r.name}: ${r.status}${r.detail ? ` (${r.detail})` : ''}`);
+            let durationMs: number;
+            try {
+              durationMs =
+                executor.engine === 'nft'
+                  ? (await executor.commit(planNftRebuild(stateF.values(), (view as NftView).genid || undefined, nftFamilyOf(f)))).durationMs
+                  : (await executor.commit(syncTransaction(stateF, view as KernelView, f))).durationMs;
+            } catch (e) {
+              // Someone else changed the ruleset between our read and our commit: read again.
+              if (e instanceof IptlbError && e.code === 'ERESTART' && attempt < 5) continue;
+              throw e;
+            }
+            this.log(`committed the sync of ${drifted.length} profile(s) in one transaction (${tableOf(executor.engine, f)}, ${executor.engine}/${executor.kind}, ${durationMs.toFixed(2)} ms)`);
+            before.push(...reports);
+            committed = true;
+            commitMs += durationMs;
+            break;
           }
-          if (attempt === 1) for (const r of drifted) this.log(`sync ${r.name}: ${r.status}${r.detail ? ` (${r.detail})` : ''}`);
-          let durationMs: number;
-          try {
-            durationMs =
-              executor.engine === 'nft'
-                ? (await executor.commit(planNftRebuild(state.values(), (view as NftView).genid || undefined))).durationMs
-                : (await executor.commit(syncTransaction(state, view as KernelView))).durationMs;
-          } catch (e) {
-            // Someone else changed the ruleset between our read and our commit: read again.
-            if (e instanceof IptlbError && e.code === 'ERESTART' && attempt < 5) continue;
-            throw e;
-          }
-          const where = executor.engine === 'nft' ? 'table ip iptlb' : 'nat table';
-          this.log(`committed the sync of ${drifted.length} profile(s) in one transaction (${where}, ${executor.engine}/${executor.kind}, ${durationMs.toFixed(2)} ms)`);
-          return { before, committed: true, commitMs: durationMs };
         }
+        if (!committed && !opts.quietWhenInSync) this.log('kernel already matches the state file; nothing to do');
+        return { before, committed, commitMs };
       } finally {
         lock.release();
       }
@@ -438,10 +594,10 @@ export class Core {
   }
 
   /**
-   * Moves every profile of the state to engine `to`, one transaction per engine: first all of them
-   * are installed in `to` (while the other engine still balances: the first NAT hook a flow meets
-   * binds it, so no virtual address is ever without rules), then iptlb's objects are removed from
-   * the other engine. The next selection (`auto`) finds them in `to`.
+   * Moves every profile of the state to engine `to`, one transaction per engine and address family:
+   * first all of them are installed in `to` (while the other engine still balances: the first NAT
+   * hook a flow meets binds it, so no virtual address is ever without rules), then iptlb's objects
+   * are removed from the other engine. The next selection (`auto`) finds them in `to`.
    */
   migrate(to: EngineName): Promise<{ moved: number; installMs: number; removeMs: number; removedFrom: boolean }> {
     return this.serial(async () => {
@@ -453,29 +609,35 @@ export class Core {
         const opts = { lockWaitMs: this.lockWaitMs };
         const target = selectExecutor(this.executorChoice, opts, to).executor;
         const from = to === 'nft' ? 'legacy' : 'nft';
-        let installMs: number;
-        if (target.engine === 'nft') {
-          installMs = (await target.commit(planNftRebuild(state.values()))).durationMs;
-        } else {
-          installMs = (await target.commit(syncTransaction(state, await target.read()))).durationMs;
+        let installMs = 0;
+        for (const f of FAMILIES) {
+          const stateF = this.ofFamily(state, f) as Map<string, Profile>;
+          if (stateF.size === 0) continue;
+          if (target.engine === 'nft') {
+            installMs += (await target.commit(planNftRebuild(stateF.values(), undefined, nftFamilyOf(f)))).durationMs;
+          } else {
+            installMs += (await target.commit(syncTransaction(stateF, await target.read(f), f))).durationMs;
+          }
         }
-        this.log(`installed ${state.size} profile(s) in the ${to} engine in one transaction (${target.kind}, ${installMs.toFixed(2)} ms)`);
+        this.log(`installed ${state.size} profile(s) in the ${to} engine, one transaction per address family (${target.kind}, ${installMs.toFixed(2)} ms)`);
         let removeMs = 0;
         let removedFrom = false;
         const source = selectExecutor(this.executorChoice, opts, from).executor;
-        if (source.engine === 'nft') {
-          if ((await source.read()).exists) {
-            removeMs = (await source.commit(planNftRemoveAll())).durationMs;
-            removedFrom = true;
-          }
-        } else if (xtablesTables()?.includes('nat')) {
-          const view = await source.read();
-          if (view.chains.length || view.hookRules.length) {
-            removeMs = (await source.commit(syncTransaction(new Map(), view))).durationMs;
-            removedFrom = true;
+        for (const f of FAMILIES) {
+          if (source.engine === 'nft') {
+            if ((await source.read(nftFamilyOf(f))).exists) {
+              removeMs += (await source.commit(planNftRemoveAll(nftFamilyOf(f)))).durationMs;
+              removedFrom = true;
+            }
+          } else if ((f === 'ipv4' ? xtablesTables() : ip6tablesTables())?.includes('nat')) {
+            const view = await source.read(f);
+            if (view.chains.length || view.hookRules.length) {
+              removeMs += (await source.commit(syncTransaction(new Map(), view, f))).durationMs;
+              removedFrom = true;
+            }
           }
         }
-        this.log(removedFrom ? `removed iptlb's objects from the ${from} engine in one transaction (${source.kind}, ${removeMs.toFixed(2)} ms)` : `the ${from} engine held nothing of iptlb's`);
+        this.log(removedFrom ? `removed iptlb's objects from the ${from} engine (${source.kind}, ${removeMs.toFixed(2)} ms)` : `the ${from} engine held nothing of iptlb's`);
         this.selected = undefined;
         this.selecting = undefined;
         return { moved: state.size, installMs, removeMs, removedFrom };
@@ -485,9 +647,9 @@ export class Core {
     });
   }
 
-  /** Kernel objects owned by iptlb: the nat table's (legacy) or table ip iptlb (nft). */
-  async readKernel(): Promise<KernelView | NftView> {
-    return (await this.select()).executor.read();
+  /** Kernel objects owned by iptlb for profiles of `family` (default ipv4): the nat table's (legacy) or table ip/ip6 iptlb (nft). */
+  async readKernel(family: Family = 'ipv4'): Promise<KernelView | NftView> {
+    return this.readFamily((await this.select()).executor, family);
   }
 }
 

@@ -97,7 +97,7 @@ export type LoadResult =
   | { ok: false; reason: LoadFailureReason; detail: string; fix: string };
 
 export const BUILD_FIX = 'apt-get install -y libiptc-dev libxtables-dev libnftnl-dev libmnl-dev pkg-config g++ make python3 && npm run build:addon';
-const LIBRARY_FIX = 'apt-get install -y libip4tc2 libxtables12 libnftnl11 libmnl0 (or rebuild: npm run build:addon)';
+const LIBRARY_FIX = 'apt-get install -y libip4tc2 libip6tc2 libxtables12 libnftnl11 libmnl0 (or rebuild: npm run build:addon)';
 const REBUILD_FIX = 'npm run build:addon';
 
 let loaded: LoadResult | undefined;

@@ -65,7 +65,7 @@ export async function startTcpBackends(ports: number[], host = '127.0.0.1'): Pro
   };
 }
 
-/** UDP sockets on host:port for each port, replying to every datagram with their id. */
+/** UDP sockets on host:port for each port (an IPv6 host too), replying to every datagram with their id. */
 export async function startUdpBackends(ports: number[], host = '127.0.0.1'): Promise<Backends> {
   const sockets: UdpSocket[] = [];
   const seen = new Map<number, string[]>(ports.map((p) => [p, []]));
@@ -74,7 +74,7 @@ export async function startUdpBackends(ports: number[], host = '127.0.0.1'): Pro
     (closing ??= Promise.all(sockets.map((s) => new Promise((r) => s.close(() => r(null))))).then(() => {}));
   try {
     for (const port of ports) {
-      const s = createSocket('udp4');
+      const s = createSocket(host.includes(':') ? 'udp6' : 'udp4');
       sockets.push(s);
       s.on('message', (_msg, rinfo) => {
         seen.get(port)!.push(rinfo.address);

@@ -59,7 +59,7 @@ export function tcpProbe(host: string, port: number, timeoutMs = 2000, localAddr
 /** One datagram from a fresh socket (new source port, so a new conntrack entry); resolves with the reply. */
 export function udpProbe(host: string, port: number, timeoutMs = 2000, localAddress?: string): Promise<string> {
   return new Promise((resolve, reject) => {
-    const s = createSocket('udp4');
+    const s = createSocket(host.includes(':') ? 'udp6' : 'udp4');
     let done = false;
     const finish = (e: Error | null, v?: string): void => {
       if (done) return;
