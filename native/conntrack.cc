@@ -42,10 +42,19 @@ std::string ErrText(int err) {
   throw nft::NftFailure{NativeError::FromErrno("EKERNEL", err, msg, kPermissionHint)};
 }
 
-std::string EndpointText(const Endpoint &e) {
-  char ip[INET_ADDRSTRLEN] = "?";
-  inet_ntop(AF_INET, &e.ip_be, ip, sizeof ip);
-  return std::string(ip) + ":" + std::to_string(e.port);
+// `a.b.c.d:port` or `[v6]:port`.
+std::string EndpointText(uint8_t family, const Addr &a, uint16_t port) {
+  char ip[INET6_ADDRSTRLEN] = "?";
+  inet_ntop(family, a.data(), ip, sizeof ip);
+  return family == AF_INET6 ? "[" + std::string(ip) + "]:" + std::to_string(port) : std::string(ip) + ":" + std::to_string(port);
+}
+
+const char *FamilyText(uint8_t f) {
+  switch (f) {
+    case AF_INET: return "ipv4";
+    case AF_INET6: return "ipv6";
+    default: return "all families";
+  }
 }
 
 const char *ProtoText(uint8_t p) {
@@ -89,8 +98,17 @@ bool GetU32(const struct nlattr *a, uint32_t *v) {
   return true;
 }
 
+// An IPv4 (4 bytes) or IPv6 (16 bytes) address attribute, into the first bytes of `a`.
+bool GetAddr(const struct nlattr *attr, size_t len, Addr *a) {
+  if (!attr || mnl_attr_get_payload_len(attr) != len) return false;
+  a->fill(0);
+  memcpy(a->data(), mnl_attr_get_payload(attr), len);
+  return true;
+}
+
 struct Tuple {
-  uint32_t src_be = 0, dst_be = 0;
+  uint8_t family = AF_INET;
+  Addr src{}, dst{};
   uint8_t proto = 0;
   uint16_t sport_be = 0, dport_be = 0;
 };
@@ -101,7 +119,13 @@ bool ParseTuple(const struct nlattr *nest, Tuple *t) {
   Attrs<CTA_IP_MAX> ip;
   Attrs<CTA_PROTO_MAX> proto;
   if (!ip.ParseNested(tuple[CTA_TUPLE_IP]) || !proto.ParseNested(tuple[CTA_TUPLE_PROTO])) return false;
-  if (!GetU32(ip[CTA_IP_V4_SRC], &t->src_be) || !GetU32(ip[CTA_IP_V4_DST], &t->dst_be)) return false;  // not IPv4
+  if (ip[CTA_IP_V4_SRC]) {
+    t->family = AF_INET;
+    if (!GetAddr(ip[CTA_IP_V4_SRC], 4, &t->src) || !GetAddr(ip[CTA_IP_V4_DST], 4, &t->dst)) return false;
+  } else {
+    t->family = AF_INET6;
+    if (!GetAddr(ip[CTA_IP_V6_SRC], 16, &t->src) || !GetAddr(ip[CTA_IP_V6_DST], 16, &t->dst)) return false;  // neither family
+  }
   if (!GetU8(proto[CTA_PROTO_NUM], &t->proto)) return false;
   // Port-less protocols (icmp) have no ports; they never match a flow.
   return GetU16(proto[CTA_PROTO_SRC_PORT], &t->sport_be) && GetU16(proto[CTA_PROTO_DST_PORT], &t->dport_be);
@@ -132,13 +156,14 @@ bool ParseEntry(const struct nlmsghdr *nlh, Entry *e) {
 
 // ---- requests ---------------------------------------------------------------------------------
 
-struct nlmsghdr *PutHeader(char *buf, uint8_t msg, uint16_t flags, uint32_t seq) {
+// `family`: that of the entries asked for (AF_UNSPEC in a dump: every family).
+struct nlmsghdr *PutHeader(char *buf, uint8_t msg, uint16_t flags, uint32_t seq, uint8_t family) {
   struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf);
   nlh->nlmsg_type = (NFNL_SUBSYS_CTNETLINK << 8) | msg;
   nlh->nlmsg_flags = NLM_F_REQUEST | flags;
   nlh->nlmsg_seq = seq;
   auto *nfg = static_cast<struct nfgenmsg *>(mnl_nlmsg_put_extra_header(nlh, sizeof(struct nfgenmsg)));
-  nfg->nfgen_family = AF_INET;
+  nfg->nfgen_family = family;
   nfg->version = NFNETLINK_V0;
   nfg->res_id = 0;
   return nlh;
@@ -147,8 +172,9 @@ struct nlmsghdr *PutHeader(char *buf, uint8_t msg, uint16_t flags, uint32_t seq)
 void PutTuple(struct nlmsghdr *nlh, uint16_t type, const Tuple &t, bool src, bool dst, bool ports) {
   struct nlattr *tuple = mnl_attr_nest_start(nlh, type);
   struct nlattr *ip = mnl_attr_nest_start(nlh, CTA_TUPLE_IP);
-  if (src) mnl_attr_put_u32(nlh, CTA_IP_V4_SRC, t.src_be);
-  if (dst) mnl_attr_put_u32(nlh, CTA_IP_V4_DST, t.dst_be);
+  const size_t len = t.family == AF_INET6 ? 16 : 4;
+  if (src) mnl_attr_put(nlh, t.family == AF_INET6 ? CTA_IP_V6_SRC : CTA_IP_V4_SRC, len, t.src.data());
+  if (dst) mnl_attr_put(nlh, t.family == AF_INET6 ? CTA_IP_V6_DST : CTA_IP_V4_DST, len, t.dst.data());
   mnl_attr_nest_end(nlh, ip);
   struct nlattr *proto = mnl_attr_nest_start(nlh, CTA_TUPLE_PROTO);
   mnl_attr_put_u8(nlh, CTA_PROTO_NUM, t.proto);
@@ -158,19 +184,22 @@ void PutTuple(struct nlmsghdr *nlh, uint16_t type, const Tuple &t, bool src, boo
   mnl_attr_nest_end(nlh, tuple);
 }
 
-// One dump of the IPv4 table: every entry of layer-4 protocol `proto` (0: every protocol, the table
-// read whole) is passed to `match`, which returns the index of the requested flow it belongs to, or
-// -1. The kernel filters on the protocol when it can (CTA_FILTER, 5.8+): it walks its whole hash
-// table either way (~10 ms for 262,144 buckets, however few entries there are), so one dump serves
-// every virtual address of the protocol. Returns false, having read nothing, when the kernel refused
+// One dump of the entries of address family `family` (AF_UNSPEC: of every family) and layer-4
+// protocol `proto` (0: every protocol, the table read whole): each is passed to `match`, which
+// returns the index of the requested flow it belongs to, or -1. The kernel skips the entries of
+// other families itself (nfgen_family, with or without a filter), and filters on the protocol
+// when it can (CTA_FILTER, 5.8+): it walks its whole hash table either way (~10 ms for 262,144
+// buckets, however few entries there are), so one dump serves every virtual address of the family
+// and protocol. Returns false, having read nothing, when the kernel refused
 // the filter (the caller then reads the table whole); retries when the table changed under the dump.
 template <typename Match>
-bool Dump(nft::Socket *s, uint8_t proto, const Match &match, std::vector<std::pair<Entry, size_t>> *out) {
+bool Dump(nft::Socket *s, uint8_t family, uint8_t proto, const Match &match, std::vector<std::pair<Entry, size_t>> *out) {
   for (int attempt = 0;; attempt++) {
     alignas(struct nlmsghdr) char buf[MNL_SOCKET_BUFFER_SIZE];
-    struct nlmsghdr *nlh = PutHeader(buf, IPCTNL_MSG_CT_GET, NLM_F_DUMP, s->NextSeq());
+    struct nlmsghdr *nlh = PutHeader(buf, IPCTNL_MSG_CT_GET, NLM_F_DUMP, s->NextSeq(), family);
     if (proto) {
       Tuple t;
+      t.family = family;
       t.proto = proto;
       PutTuple(nlh, CTA_TUPLE_ORIG, t, false, false, false);
       struct nlattr *f = mnl_attr_nest_start(nlh, CTA_FILTER);
@@ -184,7 +213,7 @@ bool Dump(nft::Socket *s, uint8_t proto, const Match &match, std::vector<std::pa
         [&](const struct nlmsghdr *m) {
           if (NFNL_MSG_TYPE(m->nlmsg_type) != IPCTNL_MSG_CT_NEW) return;
           Entry e;
-          if (!ParseEntry(m, &e) || (proto && e.orig.proto != proto)) return;
+          if (!ParseEntry(m, &e) || (proto && e.orig.proto != proto) || (family != AF_UNSPEC && e.orig.family != family)) return;
           const long i = match(e);
           if (i >= 0) out->emplace_back(e, static_cast<size_t>(i));
         },
@@ -193,7 +222,7 @@ bool Dump(nft::Socket *s, uint8_t proto, const Match &match, std::vector<std::pa
       out->resize(first);
       return false;  // a kernel without CTA_FILTER tuple filtering
     }
-    if (err) Throw(err, std::string("dumping the conntrack table (") + (proto ? ProtoText(proto) : "all protocols") + ")");
+    if (err) Throw(err, std::string("dumping the conntrack table (") + FamilyText(family) + ", " + (proto ? ProtoText(proto) : "all protocols") + ")");
     if (interrupted && attempt + 1 < kDumpAttempts) {
       out->resize(first);  // the table changed under the dump: read again
       continue;
@@ -223,24 +252,30 @@ bool HasNetAdmin() {
   return data[CAP_NET_ADMIN / 32].effective & (1u << (CAP_NET_ADMIN % 32));
 }
 
-// A requested flow as the dump sees it: (protocol, original destination, reply source), ports in
-// network byte order.
+// A requested flow as the dump sees it: (family, protocol, original destination, reply source),
+// ports in network byte order.
 struct Key {
+  uint8_t family;
   uint8_t proto;
-  uint32_t vip_ip_be;
+  Addr vip_ip;
   uint16_t vip_port_be;
-  uint32_t dst_ip_be;
+  Addr dst_ip;
   uint16_t dst_port_be;
   bool operator==(const Key &o) const {
-    return proto == o.proto && vip_ip_be == o.vip_ip_be && vip_port_be == o.vip_port_be && dst_ip_be == o.dst_ip_be && dst_port_be == o.dst_port_be;
+    return family == o.family && proto == o.proto && vip_port_be == o.vip_port_be && dst_port_be == o.dst_port_be && vip_ip == o.vip_ip && dst_ip == o.dst_ip;
   }
 };
 struct KeyHash {
+  static uint64_t Half(const Addr &a, size_t at) {
+    uint64_t v;
+    memcpy(&v, a.data() + at, sizeof v);
+    return v;
+  }
   size_t operator()(const Key &k) const {
-    const uint64_t a = (uint64_t{k.vip_ip_be} << 32) | (uint64_t{k.vip_port_be} << 16) | k.proto;
-    const uint64_t b = (uint64_t{k.dst_ip_be} << 16) | k.dst_port_be;
-    uint64_t h = a * 0x9E3779B97F4A7C15ull;
-    h ^= (b + 0x7F4A7C159E3779B9ull + (h << 6) + (h >> 2)) * 0xC2B2AE3D27D4EB4Full;
+    uint64_t h = ((uint64_t{k.vip_port_be} << 32) | (uint64_t{k.dst_port_be} << 16) | (uint64_t{k.family} << 8) | k.proto) * 0x9E3779B97F4A7C15ull;
+    for (uint64_t w : {Half(k.vip_ip, 0), Half(k.vip_ip, 8), Half(k.dst_ip, 0), Half(k.dst_ip, 8)}) {
+      h ^= (w + 0x7F4A7C159E3779B9ull + (h << 6) + (h >> 2)) * 0xC2B2AE3D27D4EB4Full;
+    }
     return static_cast<size_t>(h ^ (h >> 31));
   }
 };
@@ -249,14 +284,15 @@ struct KeyHash {
 // or ENOENT when it is gone already; other errors throw.
 int Delete(nft::Socket *s, const Entry &e) {
   alignas(struct nlmsghdr) char buf[MNL_SOCKET_BUFFER_SIZE];
-  struct nlmsghdr *nlh = PutHeader(buf, IPCTNL_MSG_CT_DELETE, 0, s->NextSeq());
+  struct nlmsghdr *nlh = PutHeader(buf, IPCTNL_MSG_CT_DELETE, 0, s->NextSeq(), e.orig.family);
   PutTuple(nlh, CTA_TUPLE_ORIG, e.orig, true, true, true);
   if (e.has_id) mnl_attr_put_u32(nlh, CTA_ID, e.id_be);
   if (e.has_zone) mnl_attr_put_u16(nlh, CTA_ZONE, e.zone_be);
   const int err = s->Request(nlh, [](const struct nlmsghdr *) {});
   if (err && err != ENOENT) {
-    Endpoint src{e.orig.src_be, ntohs(e.orig.sport_be)}, dst{e.orig.dst_be, ntohs(e.orig.dport_be)};
-    Throw(err, std::string("deleting the conntrack entry ") + ProtoText(e.orig.proto) + " " + EndpointText(src) + " -> " + EndpointText(dst));
+    const Tuple &t = e.orig;
+    Throw(err, std::string("deleting the conntrack entry ") + ProtoText(t.proto) + " " + EndpointText(t.family, t.src, ntohs(t.sport_be)) + " -> " +
+                   EndpointText(t.family, t.dst, ntohs(t.dport_be)));
   }
   return err;
 }
@@ -280,13 +316,16 @@ FlushResult Flush(const std::vector<Flow> &flows, bool kernel_filter) {
   // Every requested flow, by what a dumped entry shows of it; the same flow twice: the first counts.
   std::unordered_map<Key, size_t, KeyHash> wanted;
   wanted.reserve(flows.size());
-  std::vector<uint8_t> protos;
+  std::vector<std::pair<uint8_t, uint8_t>> dumps;  // (family, protocol), each once, in the order first asked
+  bool v4 = false, v6 = false;
   for (size_t i = 0; i < flows.size(); i++) {
     const Flow &f = flows[i];
-    wanted.emplace(Key{f.proto, f.vip.ip_be, htons(f.vip.port), f.destination.ip_be, htons(f.destination.port)}, i);
+    const uint8_t family = f.vip.family;
+    wanted.emplace(Key{family, f.proto, f.vip.ip, htons(f.vip.port), f.destination.ip, htons(f.destination.port)}, i);
+    (family == AF_INET6 ? v6 : v4) = true;
     bool seen = false;
-    for (uint8_t p : protos) seen = seen || p == f.proto;
-    if (!seen) protos.push_back(f.proto);
+    for (const auto &d : dumps) seen = seen || (d.first == family && d.second == f.proto);
+    if (!seen) dumps.emplace_back(family, f.proto);
   }
   // Checked here, on the worker thread, not in JS: no entry in this namespace's table (or no
   // conntrack at all), nothing to find, and no dump (each one walks the kernel's whole hash table).
@@ -297,24 +336,26 @@ FlushResult Flush(const std::vector<Flow> &flows, bool kernel_filter) {
     return r;
   }
   const auto match = [&](const Entry &e) -> long {
-    const auto it = wanted.find(Key{e.orig.proto, e.orig.dst_be, e.orig.dport_be, e.reply.src_be, e.reply.sport_be});
+    if (e.reply.family != e.orig.family) return -1;
+    const auto it = wanted.find(Key{e.orig.family, e.orig.proto, e.orig.dst, e.orig.dport_be, e.reply.src, e.reply.sport_be});
     return it == wanted.end() ? -1 : static_cast<long>(it->second);
   };
   nft::Socket s;
   std::vector<std::pair<Entry, size_t>> found;
   bool whole = !r.kernel_filter;
-  // One dump per protocol (filtered in the kernel), or one of the whole table.
-  for (size_t i = 0; !whole && i < protos.size(); i++) {
+  // One dump per family and protocol (filtered in the kernel), or one of the whole table (of the
+  // one family asked, or of every family when both are).
+  for (size_t i = 0; !whole && i < dumps.size(); i++) {
     r.dumps++;
-    if (!Dump(&s, protos[i], match, &found)) {
-      r.kernel_filter = false;  // refused: read the table whole (once, for every protocol left)
+    if (!Dump(&s, dumps[i].first, dumps[i].second, match, &found)) {
+      r.kernel_filter = false;  // refused: read the table whole (once, for every family and protocol)
       found.clear();
       whole = true;
     }
   }
   if (whole) {
     r.dumps++;
-    Dump(&s, 0, match, &found);
+    Dump(&s, v4 && v6 ? AF_UNSPEC : (v6 ? AF_INET6 : AF_INET), 0, match, &found);
   }
   for (const auto &[e, i] : found) {
     FlowCount &c = r.counts[i];

@@ -1,20 +1,29 @@
 // Conntrack cleanup over ctnetlink (NETLINK_NETFILTER, NFNL_SUBSYS_CTNETLINK), with libmnl: for each
-// destination a change removed, find the conntrack entries of the current network namespace that
-// were DNATed from the virtual address to it and delete them. No N-API in here: it runs inside an
-// AsyncWorker's Execute(); failures are thrown as nft::NftFailure (a NativeError).
+// destination a change removed, find the conntrack entries (IPv4 or IPv6) of the current network
+// namespace that were DNATed from the virtual address to it and delete them. No N-API in here: it
+// runs inside an AsyncWorker's Execute(); failures are thrown as nft::NftFailure (a NativeError).
 #pragma once
+#include <sys/socket.h>
+
+#include <array>
 #include <cstdint>
 #include <vector>
 
 namespace iptlb {
 namespace ct {
 
+// An address as ctnetlink carries it (network byte order): the 4 bytes of an IPv4 one first, the
+// rest zero; all 16 of an IPv6 one.
+using Addr = std::array<uint8_t, 16>;
+
 struct Endpoint {
-  uint32_t ip_be = 0;  // IPv4 address, network byte order
-  uint16_t port = 0;   // host byte order
+  uint8_t family = AF_INET;  // AF_INET or AF_INET6
+  Addr ip{};
+  uint16_t port = 0;  // host byte order
 };
 
-// Entries with original destination `vip`, layer-4 protocol `proto` and reply source `destination`.
+// Entries with original destination `vip`, layer-4 protocol `proto` and reply source `destination`
+// (both of one address family).
 struct Flow {
   uint8_t proto = 0;  // IPPROTO_TCP, IPPROTO_UDP or IPPROTO_SCTP
   Endpoint vip;
@@ -30,7 +39,7 @@ struct FlushResult {
   std::vector<FlowCount> counts;  // one per flow, same order
   bool kernel_filter = true;      // false: the kernel refused the dump filter and the table was read whole
   bool skipped = false;           // nf_conntrack_count was 0 (or absent): no dump at all
-  uint32_t dumps = 0;             // dumps made: one per protocol, or one of the whole table
+  uint32_t dumps = 0;             // dumps made: one per address family and protocol, or one of the whole table
 };
 
 // A tcp entry in this conntrack state has not been answered by its destination (SYN_SENT, or no
@@ -41,10 +50,12 @@ bool TcpHalfOpen(uint8_t state);
 bool TcpOpen(uint8_t state);
 
 // Nothing when the calling namespace's nf_conntrack_count is 0 or absent (but EPERM without
-// CAP_NET_ADMIN all the same). Else dumps the IPv4 conntrack table once per distinct protocol —
-// filtered in the kernel by protocol where it supports CTA_FILTER (5.8+), else read whole once — and
-// matches every entry against all the requested flows through a hash table (a dump walks the
-// kernel's whole hash table however few entries it has, so not one per virtual address), then deletes the matching entries one by one (by tuple and id, so an entry
+// CAP_NET_ADMIN all the same). Else dumps the conntrack table once per distinct address family and
+// protocol of the flows (a dump of one family returns only that family's entries), filtered in the
+// kernel by protocol where it supports CTA_FILTER (5.8+), else reads it whole once (both families
+// in one dump when both are asked); matches every entry against all the requested flows through a
+// hash table (a dump walks the kernel's whole hash table however few entries it has, so not one per
+// virtual address), then deletes the matching entries one by one (by tuple and id, so an entry
 // that was replaced meanwhile is left alone): every match for udp and sctp, only half-open ones for
 // tcp. An entry that vanished before its delete (expired) is not counted. Throws nft::NftFailure.
 // `kernel_filter` false: do not ask the kernel to filter (the path of kernels before 5.8; tests).

@@ -4,10 +4,11 @@
  * TCP client still retransmitting its SYN keeps knocking at the removed destination. This deletes
  * those entries after the kernel accepted the change: over ctnetlink inside the native addon
  * (`conntrackFlush`) when the change went through the native executor, else with `conntrack -D`.
+ * IPv4 and IPv6 profiles alike (`[v6]:port` endpoints: `conntrack -D -f ipv6`).
  */
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { parseEndpoint } from './address.js';
+import { formatEndpoint, parseEndpoint, type Endpoint } from './address.js';
 import { findBinary } from './executors/spawn.js';
 import { loadAddon, type ConntrackFlow, type NativeAddon } from './native/addon.js';
 import type { Profile, Protocol } from './types.js';
@@ -25,8 +26,33 @@ export interface StaleFlows {
  * kube-proxy does.
  */
 export function staleFlows(old: Profile, next: Profile | undefined): StaleFlows[] {
-  const kept = next && next.source === old.source && next.protocol === old.protocol ? new Set(next.destination) : new Set<string>();
-  return old.destination.filter((d) => !kept.has(d)).map((destination) => ({ protocol: old.protocol, source: old.source, destination }));
+  const same = next !== undefined && next.protocol === old.protocol && (next.source === old.source || endpointKey(next.source) === endpointKey(old.source));
+  let gone = old.destination;
+  if (same) {
+    // By text first (validated profiles hold canonical text: the usual case, no parsing); what is
+    // left again by endpoint, so that another spelling of one IPv6 address is not taken for a removal.
+    const kept = new Set(next.destination);
+    gone = gone.filter((d) => !kept.has(d));
+    if (gone.length) {
+      const keys = new Set(next.destination.map(endpointKey));
+      gone = gone.filter((d) => !keys.has(endpointKey(d)));
+    }
+  }
+  return gone.map((destination) => ({ protocol: old.protocol, source: old.source, destination }));
+}
+
+/** One text per endpoint however it was written (`[2001:DB8::0:1]:80` and `[2001:db8::1]:80` are one); unparseable text as it is. */
+function endpointKey(text: string): string {
+  const e = parseEndpoint(text);
+  return typeof e === 'string' ? text : formatEndpoint(e);
+}
+
+/** The parsed virtual address and destination of `f`, or undefined when either is unparseable or they are of two families (nothing can match). */
+function flowEndpoints(f: StaleFlows): { vip: Readonly<Endpoint>; dst: Readonly<Endpoint> } | undefined {
+  const vip = parseEndpoint(f.source);
+  const dst = parseEndpoint(f.destination);
+  if (typeof vip === 'string' || typeof dst === 'string' || vip.family !== dst.family) return undefined;
+  return { vip, dst };
 }
 
 export interface FlushOptions {
@@ -64,9 +90,9 @@ function removedLine(f: StaleFlows, deleted: number, kept?: number): string | un
 async function flushNative(addon: Pick<NativeAddon, 'conntrackFlush'>, flows: StaleFlows[]): Promise<string[]> {
   const asked: { f: StaleFlows; spec: ConntrackFlow }[] = [];
   for (const f of flows) {
-    const vip = parseEndpoint(f.source);
-    const dst = parseEndpoint(f.destination);
-    if (typeof vip === 'string' || typeof dst === 'string') continue;
+    const ends = flowEndpoints(f);
+    if (!ends) continue;
+    const { vip, dst } = ends;
     asked.push({ f, spec: { protocol: f.protocol, vip: { ip: vip.ip, port: vip.port }, destination: { ip: dst.ip, port: dst.port } } });
   }
   if (asked.length === 0) return [];
@@ -89,10 +115,10 @@ async function flushSpawned(flows: StaleFlows[], runner?: FlushOptions['run']): 
   }
   const lines: string[] = [];
   for (const f of flows) {
-    const vip = parseEndpoint(f.source);
-    const dst = parseEndpoint(f.destination);
-    if (typeof vip === 'string' || typeof dst === 'string') continue;
-    const args = ['-D', '-p', f.protocol, '--orig-dst', vip.ip, '--orig-port-dst', String(vip.port), '--reply-src', dst.ip, '--reply-port-src', String(dst.port)];
+    const ends = flowEndpoints(f);
+    if (!ends) continue;
+    const { vip, dst } = ends;
+    const args = ['-D', ...(vip.family === 'ipv6' ? ['-f', 'ipv6'] : []), '-p', f.protocol, '--orig-dst', vip.ip, '--orig-port-dst', String(vip.port), '--reply-src', dst.ip, '--reply-port-src', String(dst.port)];
     // tcp: only entries still in their handshake; established connections are left to finish.
     const runs = f.protocol === 'tcp' ? HALF_OPEN_STATES.map((s) => [...args, '--state', s]) : [args];
     let deleted = 0;

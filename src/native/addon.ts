@@ -27,7 +27,7 @@ export interface ConntrackFlushResult {
   kernelFilter: boolean;
   /** `true` when the namespace's nf_conntrack_count was 0 (or conntrack is not loaded): nothing was read. */
   skipped: boolean;
-  /** Dumps of the conntrack table made: one per protocol asked (filtered in the kernel), or one of the whole table; 0 when skipped. */
+  /** Dumps of the conntrack table made: one per address family and protocol asked (filtered in the kernel), or one of the whole table; 0 when skipped. */
   dumps: number;
   /** `deleted`: entries deleted; `kept`: tcp connections still open (established or closing), left to finish. */
   flows: { deleted: number; kept: number }[];
@@ -78,9 +78,10 @@ export interface NativeAddon {
   /** Table ip iptlb as the kernel holds it, with counters (a missing table is `exists: false`). */
   nftRead(family?: NftFamily): Promise<NftView>;
   /**
-   * Deletes the IPv4 conntrack entries of the current network namespace that go to `vip` with
-   * `protocol` and were DNATed to `destination` (ctnetlink: one dump per protocol and virtual
-   * address, filtered in the kernel, then one delete per entry). udp and sctp: every such entry;
+   * Deletes the conntrack entries (IPv4 or IPv6, as the flow's addresses are) of the current
+   * network namespace that go to `vip` with `protocol` and were DNATed to `destination`
+   * (ctnetlink: one dump per address family and protocol asked, filtered in the kernel, for every
+   * virtual address at once, then one delete per entry). udp and sctp: every such entry;
    * tcp: only entries the destination has not answered (SYN_SENT); open
    * connections are left to finish and counted as `kept` (TIME_WAIT and CLOSE entries are left
    * to expire, uncounted). `opts.kernelFilter: false` reads the table whole and filters in the

@@ -25,14 +25,20 @@ test('staleFlows: the destinations a reset drops, every one on delete, every one
   assert.deepEqual(staleFlows(p(), p()), []);
 });
 
-test('native: one call for all flows; a line per flow that had entries, established tcp reported as left', async () => {
+/** A stand-in for the addon: records each call's flows and answers with `counts`. */
+function fakeAddon(counts: { deleted: number; kept: number }[]) {
   const calls: unknown[] = [];
   const addon = {
     async conntrackFlush(flows: any[]) {
       calls.push(flows);
-      return { durationMs: 0.1, kernelFilter: true, skipped: false, dumps: 3, flows: [{ deleted: 3, kept: 0 }, { deleted: 0, kept: 0 }, { deleted: 1, kept: 2 }, { deleted: 0, kept: 4 }] };
+      return { durationMs: 0.1, kernelFilter: true, skipped: false, dumps: 3, flows: counts };
     },
   };
+  return { calls, addon };
+}
+
+test('native: one call for all flows; a line per flow that had entries, established tcp reported as left', async () => {
+  const { calls, addon } = fakeAddon([{ deleted: 3, kept: 0 }, { deleted: 0, kept: 0 }, { deleted: 1, kept: 2 }, { deleted: 0, kept: 4 }]);
   const lines = await flushStaleFlows([flow('127.0.0.1:9001'), flow('127.0.0.1:9002', 'sctp'), flow('127.0.0.1:9003', 'tcp'), flow('127.0.0.1:9004', 'tcp')], { addon });
   assert.deepEqual(calls, [
     [
@@ -75,6 +81,61 @@ test('spawn: conntrack -D per flow; tcp only SYN_SENT (unanswered); failures sai
     'conntrack: removed 5 flow(s) of 127.100.0.10:5353/udp to 127.0.0.1:9001',
     'conntrack: removed 2 half-open flow(s) of 127.100.0.10:5353/tcp to 127.0.0.1:9003',
     'conntrack: could not remove flows of 127.100.0.10:5353/udp to 127.0.0.1:9009: conntrack v1.4.7 (conntrack-tools): Operation failed: invalid parameters',
+  ]);
+});
+
+const p6 = (over: Partial<Profile> = {}): Profile => p({ source: '[2001:db8::10]:5353', destination: ['[2001:db8::1]:9001', '[::1]:9002'], ...over });
+const flow6 = (destination: string, protocol: StaleFlows['protocol'] = 'udp'): StaleFlows => ({ protocol, source: '[2001:db8::10]:5353', destination });
+
+test('staleFlows, IPv6: the destinations a change drops, compared by address, not by spelling', () => {
+  assert.deepEqual(staleFlows(p6(), p6({ destination: ['[::1]:9002', '[2001:db8::3]:9001'] })), [flow6('[2001:db8::1]:9001')]);
+  assert.deepEqual(staleFlows(p6(), undefined), [flow6('[2001:db8::1]:9001'), flow6('[::1]:9002')]);
+  assert.deepEqual(staleFlows(p6(), p6({ destination: ['[2001:DB8:0:0::1]:9001', '[0:0::1]:9002'] })), [], 'the same endpoints, written otherwise');
+  assert.deepEqual(staleFlows(p6(), p6({ source: '[2001:0db8::10]:5353' })), [], 'the same virtual address, written otherwise');
+  assert.deepEqual(staleFlows(p6(), p6({ source: '[2001:db8::11]:5353' })).length, 2);
+  assert.deepEqual(staleFlows(p6(), p6({ destination: ['[2001:db8::1]:9002'] })), [flow6('[2001:db8::1]:9001'), flow6('[::1]:9002')], 'another port of the address');
+  assert.deepEqual(staleFlows(p6({ protocol: 'tcp' }), p6({ protocol: 'tcp', destination: ['[::1]:9002'] })), [flow6('[2001:db8::1]:9001', 'tcp')]);
+});
+
+test('native, IPv6: addresses without brackets, in one call with IPv4 flows; flows the addon could not match (two families, unparseable) are not sent', async () => {
+  const { calls, addon } = fakeAddon([{ deleted: 2, kept: 0 }, { deleted: 1, kept: 1 }, { deleted: 1, kept: 0 }]);
+  const lines = await flushStaleFlows(
+    [
+      flow6('[2001:db8::1]:9001'),
+      flow6('127.0.0.1:9001'), // two families: nothing to match
+      flow6('[2001:db8::1]:9003', 'tcp'),
+      flow6('[2001:db8::1'), // not an endpoint
+      flow('127.0.0.1:9001'),
+    ],
+    { addon },
+  );
+  const spec = (protocol: string, vip: string, ip: string, port: number) => ({ protocol, vip: { ip: vip, port: 5353 }, destination: { ip, port } });
+  const asked = [spec('udp', '2001:db8::10', '2001:db8::1', 9001), spec('tcp', '2001:db8::10', '2001:db8::1', 9003), spec('udp', '127.100.0.10', '127.0.0.1', 9001)];
+  assert.deepEqual(calls, [asked]);
+  assert.deepEqual(lines, [
+    'conntrack: removed 2 flow(s) of [2001:db8::10]:5353/udp to [2001:db8::1]:9001',
+    'conntrack: removed 1 half-open flow(s) of [2001:db8::10]:5353/tcp to [2001:db8::1]:9003; 1 established connection(s) left to finish',
+    'conntrack: removed 1 flow(s) of 127.100.0.10:5353/udp to 127.0.0.1:9001',
+  ]);
+});
+
+test('spawn, IPv6: conntrack -D -f ipv6 with the addresses without brackets; tcp only SYN_SENT; IPv4 flows as before', async () => {
+  const runs: string[][] = [];
+  const run = async (args: string[]) => {
+    runs.push(args);
+    return { code: 0, out: `conntrack v1.4.7 (conntrack-tools): ${args.includes('tcp') ? 1 : 3} flow entries have been deleted.` };
+  };
+  const lines = await flushStaleFlows([flow6('[2001:db8::1]:9001'), flow6('[::1]:9002', 'tcp'), flow6('127.0.0.1:9001'), flow('127.0.0.1:9001', 'sctp')], { run });
+  const args6 = (proto: string, dst: string, port: string) => ['-D', '-f', 'ipv6', '-p', proto, '--orig-dst', '2001:db8::10', '--orig-port-dst', '5353', '--reply-src', dst, '--reply-port-src', port];
+  assert.deepEqual(runs, [
+    args6('udp', '2001:db8::1', '9001'),
+    [...args6('tcp', '::1', '9002'), '--state', 'SYN_SENT'],
+    ['-D', '-p', 'sctp', '--orig-dst', '127.100.0.10', '--orig-port-dst', '5353', '--reply-src', '127.0.0.1', '--reply-port-src', '9001'],
+  ]);
+  assert.deepEqual(lines, [
+    'conntrack: removed 3 flow(s) of [2001:db8::10]:5353/udp to [2001:db8::1]:9001',
+    'conntrack: removed 1 half-open flow(s) of [2001:db8::10]:5353/tcp to [::1]:9002',
+    'conntrack: removed 3 flow(s) of 127.100.0.10:5353/sctp to 127.0.0.1:9001',
   ]);
 });
 
