@@ -283,6 +283,7 @@ export class Core {
           // the iptables and ip6tables nat tables, or tables ip and ip6 iptlb, are separate objects).
           // If a later family's commit fails, the earlier ones are undone, so the call changes nothing.
           const done: { family: Family; state: ReadonlyMap<string, Profile>; change: Change }[] = [];
+          this.lastFamilies = [];
           for (const f of FAMILIES) {
             const changeF = changeOfFamily(change, state, f);
             if (changeF.upsert.length === 0 && changeF.remove.length === 0) continue;
@@ -388,10 +389,6 @@ export class Core {
    * `state`). Returns the commit time, or undefined when the kernel had nothing to do.
    */
   private async commitFamily(executor: Executor, f: Family, state: ReadonlyMap<string, Profile>, change: Change): Promise<number | undefined> {
-    if (this.lastFamiliesFor !== change) {
-      this.lastFamilies = [];
-      this.lastFamiliesFor = change;
-    }
     const next = new ChangedProfiles(state, change);
     if (executor.engine === 'legacy') {
       const tx = planTransaction(change.upsert, change.remove, f);
@@ -433,7 +430,6 @@ export class Core {
     this.lastFamilies.push(f);
     return ms;
   }
-  private lastFamiliesFor?: Change;
 
   /**
    * Puts back the profiles of family `f` as they were before `change` (after a later family's
