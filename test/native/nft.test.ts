@@ -133,6 +133,8 @@ describe('nftables executor in the kernel (fresh network namespaces)', { skip: S
     assert.match(r.typeErrors.v6InIp, /^TypeError: ops\[1\]\.rule\.vip\.ip: not an IPv4 address: /);
     assert.match(r.typeErrors.badFamily, /^TypeError: transaction\.family: must be 'ip' or 'ip6'$/);
     assert.match(r.typeErrors.badReadFamily, /^TypeError: family: must be 'ip' or 'ip6'$/);
+    assert.deepEqual(r.addresses.native, r.addresses.want, 'nftRead gives IPv6 addresses in RFC 5952 text');
+    assert.deepEqual(r.addresses.spawn, r.addresses.want, 'so does the spawn read');
     const text = r.ip6Listing.join('\n');
     assert.match(text, /typeof ip6 daddr \. tcp dport \. numgen random mod 1 : ip6 daddr \. tcp dport/);
     assert.match(text, /type ipv6_addr \. inet_service/);
