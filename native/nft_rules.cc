@@ -412,14 +412,8 @@ bool DecodeAff(const Shape &f, const Exprs &x, const std::string &owner, Rule *o
   const void *p = U32Is(ipt, NFTNL_EXPR_IMM_DREG, NFT_REG_2) ? nftnl_expr_get(ipt, NFTNL_EXPR_IMM_DATA, &len) : nullptr;
   if (!p || len != 2) return false;
   std::memcpy(&r.to.port, p, 2);
-  const nftnl_expr *e = x[at + 4];
-  if (!U32Is(e, NFTNL_EXPR_NAT_TYPE, NFT_NAT_DNAT) || !U32Is(e, NFTNL_EXPR_NAT_FAMILY, f.l.nfproto) || !U32Is(e, NFTNL_EXPR_NAT_REG_ADDR_MIN, NFT_REG_1) ||
-      !U32Is(e, NFTNL_EXPR_NAT_REG_PROTO_MIN, NFT_REG_2))
-    return false;
-  if (nftnl_expr_is_set(e, NFTNL_EXPR_NAT_REG_ADDR_MAX) && !U32Is(e, NFTNL_EXPR_NAT_REG_ADDR_MAX, NFT_REG_1)) return false;
-  if (nftnl_expr_is_set(e, NFTNL_EXPR_NAT_REG_PROTO_MAX) && !U32Is(e, NFTNL_EXPR_NAT_REG_PROTO_MAX, NFT_REG_2)) return false;
-  const uint32_t range = NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED;
-  if (nftnl_expr_is_set(e, NFTNL_EXPR_NAT_FLAGS) && (nftnl_expr_get_u32(e, NFTNL_EXPR_NAT_FLAGS) & ~range)) return false;
+  c.seek(at + 4);
+  if (!(c.Dnat(f.l.nfproto, NFT_REG_2) && c.done())) return false;  // the immediates' registers
   if ((r.pick == Rule::Pick::kRandom && (r.lt == 0 || r.lt > r.mod)) || ((r.pick == Rule::Pick::kRandom || r.pick == Rule::Pick::kInc) && r.mod == 0)) return false;
   r.kind = Rule::Kind::kAff;
   r.owner = owner;
