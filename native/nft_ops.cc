@@ -6,7 +6,9 @@
 #include <linux/netfilter/nf_tables.h>
 #include <netinet/in.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <map>
 
@@ -100,12 +102,58 @@ bool ParseDispatchSetName(const std::string &name, Hook *h, Proto *p, uint32_t *
 
 bool ParseBackendMapName(const std::string &name, Proto *p) { return name.rfind("be_", 0) == 0 && ParseProto(name.substr(3), p); }
 
-std::string IpText(uint32_t ip_be) {
-  char buf[INET_ADDRSTRLEN];
-  struct in_addr a;
-  a.s_addr = ip_be;
-  inet_ntop(AF_INET, &a, buf, sizeof buf);
-  return buf;
+const FamilyLayout &LayoutOf(Family f) {
+  static const FamilyLayout kIp{"ip", NFPROTO_IPV4, AF_INET, 4, 16, 12, NFT_CT_DST_IP, 7, 12, 12};
+  static const FamilyLayout kIp6{"ip6", NFPROTO_IPV6, AF_INET6, 16, 24, 8, NFT_CT_DST_IP6, 8, 13, 9};
+  return f == Family::kIp6 ? kIp6 : kIp;
+}
+
+bool ParseFamily(const std::string &s, Family *f) {
+  for (Family q : {Family::kIp, Family::kIp6}) {
+    if (s == LayoutOf(q).name) {
+      *f = q;
+      return true;
+    }
+  }
+  return false;
+}
+
+std::string TableText(Family f) { return std::string("table ") + LayoutOf(f).name + " iptlb"; }
+
+std::string IpText(const Endpoint &e, Family f) {
+  if (f == Family::kIp) {
+    char buf[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, e.ip.data(), buf, sizeof buf);
+    return buf;
+  }
+  // RFC 5952 (formatIpv6 in src/address.ts): lower-case hex without leading zeros, the first longest
+  // run of two or more zero groups as `::`, never a dotted IPv4 tail (inet_ntop writes one for some).
+  uint16_t g[8];
+  for (int i = 0; i < 8; i++) g[i] = static_cast<uint16_t>(e.ip[2 * i] << 8 | e.ip[2 * i + 1]);
+  int best = -1, best_len = 1;
+  for (int i = 0; i < 8;) {
+    if (g[i] != 0) {
+      i++;
+      continue;
+    }
+    int j = i;
+    while (j < 8 && g[j] == 0) j++;
+    if (j - i > best_len) best = i, best_len = j - i;
+    i = j;
+  }
+  std::string out;
+  char hex[8];
+  for (int i = 0; i < 8; i++) {
+    if (i == best) {
+      out += "::";
+      i += best_len - 1;
+      continue;
+    }
+    if (!out.empty() && out.back() != ':') out += ':';
+    std::snprintf(hex, sizeof hex, "%x", g[i]);
+    out += hex;
+  }
+  return out;
 }
 uint16_t HostPort(const Endpoint &e) { return ntohs(e.port); }
 
@@ -190,16 +238,16 @@ double Int(const Napi::Value &v, double lo, double hi, PathFn path) {
 }
 
 template <typename PathFn>
-Endpoint EndpointFromJs(const Napi::Value &v, PathFn path) {
+Endpoint EndpointFromJs(const Napi::Value &v, Family f, PathFn path) {
   if (!v.IsObject()) Bad(v.Env(), path(), "must be an object { ip, port }");
   Napi::Object o = v.As<Napi::Object>();
   Endpoint e;
   Napi::Value ip = o.Get("ip");
   if (!ip.IsString()) Bad(v.Env(), path() + ".ip", "must be a string");
   const std::string s = ip.As<Napi::String>().Utf8Value();
-  struct in_addr a;
-  if (inet_pton(AF_INET, s.c_str(), &a) != 1) Bad(v.Env(), path() + ".ip", "not an IPv4 address: " + s.substr(0, 64));
-  e.ip = a.s_addr;
+  if (inet_pton(LayoutOf(f).af, s.c_str(), e.ip.data()) != 1) {
+    Bad(v.Env(), path() + ".ip", std::string(f == Family::kIp ? "not an IPv4 address: " : "not an IPv6 address: ") + s.substr(0, 64));
+  }
   e.port = htons(static_cast<uint16_t>(Int(o.Get("port"), 1, 65535, [&] { return path() + ".port"; })));
   return e;
 }
@@ -226,7 +274,7 @@ std::string OwnerFromJs(const Napi::Value &v, const std::string &path) {
   return s;
 }
 
-Rule RuleFromJs(const Napi::Value &v, const std::string &path) {
+Rule RuleFromJs(const Napi::Value &v, Family f, const std::string &path) {
   Napi::Object o = Obj(v, path);
   Napi::Env env = v.Env();
   const std::string kind = Str(o.Get("kind"), path + ".kind");
@@ -239,7 +287,7 @@ Rule RuleFromJs(const Napi::Value &v, const std::string &path) {
   } else if (kind == "log") {
     r.kind = Rule::Kind::kLog;
     r.owner = OwnerFromJs(o.Get("owner"), path + ".owner");
-    r.vip = EndpointFromJs(o.Get("vip"), [&] { return path + ".vip"; });
+    r.vip = EndpointFromJs(o.Get("vip"), f, [&] { return path + ".vip"; });
     Napi::Value local = o.Get("local");
     if (!local.IsBoolean()) Bad(env, path + ".local", "must be a boolean");
     r.local = local.As<Napi::Boolean>().Value();
@@ -249,11 +297,11 @@ Rule RuleFromJs(const Napi::Value &v, const std::string &path) {
   } else if (kind == "masq") {
     r.kind = Rule::Kind::kMasq;
     r.owner = OwnerFromJs(o.Get("owner"), path + ".owner");
-    r.vip = EndpointFromJs(o.Get("vip"), [&] { return path + ".vip"; });
+    r.vip = EndpointFromJs(o.Get("vip"), f, [&] { return path + ".vip"; });
   } else if (kind == "rr") {
     r.kind = Rule::Kind::kRr;
     r.owner = OwnerFromJs(o.Get("owner"), path + ".owner");
-    r.vip = EndpointFromJs(o.Get("vip"), [&] { return path + ".vip"; });
+    r.vip = EndpointFromJs(o.Get("vip"), f, [&] { return path + ".vip"; });
     Napi::Value local = o.Get("local");
     if (!local.IsBoolean()) Bad(env, path + ".local", "must be a boolean");
     r.local = local.As<Napi::Boolean>().Value();
@@ -261,13 +309,13 @@ Rule RuleFromJs(const Napi::Value &v, const std::string &path) {
   } else if (kind == "aff") {
     r.kind = Rule::Kind::kAff;
     r.owner = OwnerFromJs(o.Get("owner"), path + ".owner");
-    r.vip = EndpointFromJs(o.Get("vip"), [&] { return path + ".vip"; });
+    r.vip = EndpointFromJs(o.Get("vip"), f, [&] { return path + ".vip"; });
     Napi::Value local = o.Get("local");
     if (!local.IsBoolean()) Bad(env, path + ".local", "must be a boolean");
     r.local = local.As<Napi::Boolean>().Value();
     r.set = Str(o.Get("set"), path + ".set");
     if (!AffinitySetTimeout(r.set) || r.set.size() >= NFT_SET_MAXNAMELEN) Bad(env, path + ".set", "not an affinity set name (aff_<NAME>_…_<seconds>)");
-    r.to = EndpointFromJs(o.Get("to"), [&] { return path + ".to"; });
+    r.to = EndpointFromJs(o.Get("to"), f, [&] { return path + ".to"; });
     Napi::Object pick = Obj(o.Get("pick"), path + ".pick");
     const std::string mode = Str(pick.Get("mode"), path + ".pick.mode");
     if (mode == "hit") {
@@ -301,7 +349,7 @@ const std::map<std::string, Op::Kind> &OpKinds() {
   return kinds;
 }
 
-Op OpFromJs(const Napi::Value &v, const std::string &path) {
+Op OpFromJs(const Napi::Value &v, Family f, const std::string &path) {
   Napi::Env env = v.Env();
   Napi::Object o = Obj(v, path);
   const std::string kind = Str(o.Get("op"), path + ".op");
@@ -329,7 +377,7 @@ Op OpFromJs(const Napi::Value &v, const std::string &path) {
       break;
     case Op::Kind::kAddRule:
       if (!ParseChain(Str(o.Get("chain"), path + ".chain"), &op.chain)) Bad(env, path + ".chain", "must be 'output', 'prerouting' or 'postrouting'");
-      op.rule = RuleFromJs(o.Get("rule"), path + ".rule");
+      op.rule = RuleFromJs(o.Get("rule"), f, path + ".rule");
       break;
     case Op::Kind::kAddDispatchElements:
     case Op::Kind::kDeleteDispatchElements: {
@@ -337,7 +385,7 @@ Op OpFromJs(const Napi::Value &v, const std::string &path) {
       Napi::Array a = ArrayFromJs(o.Get("elements"), path + ".elements");
       const uint32_t n = a.Length();
       op.dispatch.reserve(n);
-      for (uint32_t j = 0; j < n; j++) op.dispatch.push_back(EndpointFromJs(a.Get(j), [&] { return path + ".elements[" + std::to_string(j) + "]"; }));
+      for (uint32_t j = 0; j < n; j++) op.dispatch.push_back(EndpointFromJs(a.Get(j), f, [&] { return path + ".elements[" + std::to_string(j) + "]"; }));
       break;
     }
     case Op::Kind::kAddBackendElements:
@@ -353,10 +401,10 @@ Op OpFromJs(const Napi::Value &v, const std::string &path) {
         if (!ev.IsObject()) Bad(env, at(), "must be an object { vip, index, to }");
         Napi::Object e = ev.As<Napi::Object>();
         BackendElement be;
-        be.vip = EndpointFromJs(e.Get("vip"), [&] { return at() + ".vip"; });
+        be.vip = EndpointFromJs(e.Get("vip"), f, [&] { return at() + ".vip"; });
         // Random profiles use [T(n), T(n) + n), round-robin ones 1000000 + that (n up to 65535: below 2^32).
         be.index = static_cast<uint32_t>(Int(e.Get("index"), 0, 4294967294.0, [&] { return at() + ".index"; }));
-        if (add) be.to = EndpointFromJs(e.Get("to"), [&] { return at() + ".to"; });  // ignored by deletes
+        if (add) be.to = EndpointFromJs(e.Get("to"), f, [&] { return at() + ".to"; });  // ignored by deletes
         op.backend.push_back(be);
       }
       break;
@@ -370,9 +418,9 @@ Op OpFromJs(const Napi::Value &v, const std::string &path) {
 Transaction TransactionFromJs(const Napi::Value &v) {
   Napi::Env env = v.Env();
   Napi::Object o = Obj(v, "transaction");
-  if (Str(o.Get("family"), "transaction.family") != "ip") Bad(env, "transaction.family", "must be 'ip'");
-  if (Str(o.Get("table"), "transaction.table") != "iptlb") Bad(env, "transaction.table", "must be 'iptlb'");
   Transaction tx;
+  if (!ParseFamily(Str(o.Get("family"), "transaction.family"), &tx.family)) Bad(env, "transaction.family", "must be 'ip' or 'ip6'");
+  if (Str(o.Get("table"), "transaction.table") != "iptlb") Bad(env, "transaction.table", "must be 'iptlb'");
   Napi::Value g = o.Get("expectGenid");
   if (!g.IsUndefined()) tx.expect_genid = static_cast<int64_t>(Int(g, 0, 4294967295.0, [] { return std::string("transaction.expectGenid"); }));
   Napi::Value opsv = o.Get("ops");
@@ -380,8 +428,15 @@ Transaction TransactionFromJs(const Napi::Value &v) {
   Napi::Array ops = opsv.As<Napi::Array>();
   const uint32_t n = ops.Length();
   tx.ops.reserve(n);
-  for (uint32_t i = 0; i < n; i++) tx.ops.push_back(OpFromJs(ops.Get(i), "ops[" + std::to_string(i) + "]"));
+  for (uint32_t i = 0; i < n; i++) tx.ops.push_back(OpFromJs(ops.Get(i), tx.family, "ops[" + std::to_string(i) + "]"));
   return tx;
+}
+
+Family FamilyFromJs(const Napi::Value &v, const std::string &path) {
+  Family f = Family::kIp;
+  if (v.IsUndefined()) return f;
+  if (!v.IsString() || !ParseFamily(v.As<Napi::String>().Utf8Value(), &f)) Bad(v.Env(), path, "must be 'ip' or 'ip6'");
+  return f;
 }
 
 // ---- encoding (worker thread) -----------------------------------------------------------------
@@ -390,14 +445,18 @@ namespace {
 
 constexpr const char *kTable = "iptlb";
 // Elements per NEWSETELEM/DELSETELEM message: the element list is one attribute, whose length
-// field is 16 bits (a backend element takes 40 bytes).
+// field is 16 bits. An encoded backend element takes 2 * address length + 32 bytes (nests and
+// attribute headers around key and data): 40 for IPv4 (1024 a message), 64 for IPv6 (fewer).
 constexpr size_t kElementsPerMessage = 1024;
-constexpr size_t kElementBytes = 64;  // upper bound of one encoded element
+constexpr size_t kElementListBytes = 60000;
+constexpr size_t ElementBytes(const FamilyLayout &l) { return 2 * l.addr_len + 32; }
 
-// nft's set key/data type ids (datatype.h): ipv4_addr 7, inet_service 13, integer 4; a
-// concatenation is the ids shifted by 6 bits each.
-constexpr uint32_t kTypeIpv4 = 7, kTypeInetService = 13, kTypeInteger = 4;
-constexpr uint32_t kByteorderBigEndian = 2;  // nft's BYTEORDER_BIG_ENDIAN, the key byte order of `type ipv4_addr`
+// nft's set key/data type ids (datatype.h): inet_service 13, integer 4 (the address types are in
+// FamilyLayout); a concatenation is the ids shifted by 6 bits each.
+constexpr uint32_t kTypeInetService = 13, kTypeInteger = 4;
+constexpr uint32_t kByteorderBigEndian = 2;  // nft's BYTEORDER_BIG_ENDIAN, the key byte order of `type ipv4_addr` / `ipv6_addr`
+// nft's concatenations pad each component to 4 bytes: `addr . port` is addr_len + 4 bytes.
+constexpr uint32_t kPortField = 4, kIndexField = 4;
 constexpr uint32_t Concat2(uint32_t a, uint32_t b) { return (a << 6) | b; }
 constexpr uint32_t Concat3(uint32_t a, uint32_t b, uint32_t c) { return (a << 12) | (b << 6) | c; }
 
@@ -413,7 +472,7 @@ enum : uint8_t {
 enum : uint8_t { kUdTypeofExpr = 0, kUdTypeofData = 1 };
 // nft's expression type ids and protocol description ids (EXPR_*, PROTO_DESC_*).
 constexpr uint32_t kExprPayload = 7, kExprNumgen = 23, kExprConcat = 13;
-constexpr uint32_t kDescIp = 12, kIpDaddrField = 12, kDportField = 2;
+constexpr uint32_t kDportField = 2;
 uint32_t ProtoDesc(Proto p) {
   switch (p) {
     case Proto::kTcp: return 8;
@@ -454,11 +513,11 @@ class Udata {
 
 class Encoder {
  public:
-  Encoder(Batch *b) : b_(b) {}
+  Encoder(Batch *b, Family f) : b_(b), family_(f), l_(LayoutOf(f)) {}
 
   struct nlmsghdr *Msg(uint16_t type, uint16_t flags, size_t max_payload, int op) {
     char *p = reinterpret_cast<char *>(b_->Start(max_payload, op));
-    return nftnl_nlmsg_build_hdr(p, type, NFPROTO_IPV4, flags, b_->next_seq());
+    return nftnl_nlmsg_build_hdr(p, type, l_.nfproto, flags, b_->next_seq());
   }
 
   void Encode(const Op &op, int i) {
@@ -484,14 +543,14 @@ class Encoder {
       case Op::Kind::kAddBackendMap: AddSet(BackendMapName(op.proto), true, op.proto, i); break;
       case Op::Kind::kAddDispatchSet: AddSet(op.name, false, Proto::kTcp, i); break;
       case Op::Kind::kAddAffinitySet: {
-        // type ipv4_addr; size 65535; flags dynamic,timeout; timeout <s>s;
+        // type ipv4_addr (ipv6_addr); size 65535; flags dynamic,timeout; timeout <s>s;
         SetPtr s = NewSet(op.name);
         const uint32_t id = next_set_id_++;
         Udata ud;
         ud.U32(kUdKeyByteorder, kByteorderBigEndian);
         nftnl_set_set_u32(s.get(), NFTNL_SET_FLAGS, NFT_SET_TIMEOUT | NFT_SET_EVAL);
-        nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_TYPE, kTypeIpv4);
-        nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_LEN, 4);
+        nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_TYPE, l_.addr_type);
+        nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_LEN, l_.addr_len);
         nftnl_set_set_u64(s.get(), NFTNL_SET_TIMEOUT, static_cast<uint64_t>(op.timeout) * 1000);
         nftnl_set_set_u32(s.get(), NFTNL_SET_DESC_SIZE, 65535);
         nftnl_set_set_u32(s.get(), NFTNL_SET_ID, id);
@@ -512,7 +571,7 @@ class Encoder {
       }
       case Op::Kind::kAddBaseChain: {
         ChainPtr c = Own<ChainPtr>(nftnl_chain_alloc());
-        nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_FAMILY, NFPROTO_IPV4);
+        nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_FAMILY, l_.nfproto);
         nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TABLE, kTable);
         nftnl_chain_set_str(c.get(), NFTNL_CHAIN_NAME, ChainName(op.chain));
         uint32_t hook = NF_INET_LOCAL_OUT;
@@ -530,7 +589,7 @@ class Encoder {
       }
       case Op::Kind::kFlushChain: {
         RulePtr r = Own<RulePtr>(nftnl_rule_alloc());
-        nftnl_rule_set_u32(r.get(), NFTNL_RULE_FAMILY, NFPROTO_IPV4);
+        nftnl_rule_set_u32(r.get(), NFTNL_RULE_FAMILY, l_.nfproto);
         nftnl_rule_set_str(r.get(), NFTNL_RULE_TABLE, kTable);
         nftnl_rule_set_str(r.get(), NFTNL_RULE_CHAIN, ChainName(op.chain));
         auto *nlh = Msg(NFT_MSG_DELRULE, 0, 256, i);
@@ -548,7 +607,7 @@ class Encoder {
         } else if (op.rule.kind == Rule::Kind::kAff) {
           ids.affinity_set = SetId(op.rule.set);
         }
-        RulePtr r = BuildRule(op.chain, op.rule, ids);
+        RulePtr r = BuildRule(family_, op.chain, op.rule, ids);
         auto *nlh = Msg(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, 4096, i);
         nftnl_rule_nlmsg_build_payload(nlh, r.get());
         b_->Finish(nlh);
@@ -569,7 +628,7 @@ class Encoder {
 
   SetPtr NewSet(const std::string &name) {
     SetPtr s = Own<SetPtr>(nftnl_set_alloc());
-    nftnl_set_set_u32(s.get(), NFTNL_SET_FAMILY, NFPROTO_IPV4);
+    nftnl_set_set_u32(s.get(), NFTNL_SET_FAMILY, l_.nfproto);
     nftnl_set_set_str(s.get(), NFTNL_SET_TABLE, kTable);
     nftnl_set_set_str(s.get(), NFTNL_SET_NAME, name.c_str());
     return s;
@@ -581,17 +640,17 @@ class Encoder {
     Udata ud;
     ud.U32(kUdKeyByteorder, 0);
     if (map) {
-      // typeof ip daddr . P dport . numgen random mod 1 : ip daddr . P dport
+      // typeof ip[6] daddr . P dport . numgen random mod 1 : ip[6] daddr . P dport
       ud.U32(kUdDataByteorder, 0);
       nftnl_set_set_u32(s.get(), NFTNL_SET_FLAGS, NFT_SET_MAP);
-      nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_TYPE, Concat3(kTypeIpv4, kTypeInetService, kTypeInteger));
-      nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_LEN, 12);
-      nftnl_set_set_u32(s.get(), NFTNL_SET_DATA_TYPE, Concat2(kTypeIpv4, kTypeInetService));
-      nftnl_set_set_u32(s.get(), NFTNL_SET_DATA_LEN, 8);
+      nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_TYPE, Concat3(l_.addr_type, kTypeInetService, kTypeInteger));
+      nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_LEN, l_.addr_len + kPortField + kIndexField);
+      nftnl_set_set_u32(s.get(), NFTNL_SET_DATA_TYPE, Concat2(l_.addr_type, kTypeInetService));
+      nftnl_set_set_u32(s.get(), NFTNL_SET_DATA_LEN, l_.addr_len + kPortField);
       auto *key = ud.Open(kUdKeyTypeof);
       ud.U32(kUdTypeofExpr, kExprConcat);
       auto *kd = ud.Open(kUdTypeofData);
-      ud.Payload(0, kDescIp, kIpDaddrField);
+      ud.Payload(0, l_.proto_desc, l_.daddr_field);
       ud.Payload(1, ProtoDesc(p), kDportField);
       auto *ng = ud.Open(2);
       ud.U32(kUdTypeofExpr, kExprNumgen);
@@ -606,16 +665,16 @@ class Encoder {
       auto *data = ud.Open(kUdDataTypeof);
       ud.U32(kUdTypeofExpr, kExprConcat);
       auto *dd = ud.Open(kUdTypeofData);
-      ud.Payload(0, kDescIp, kIpDaddrField);
+      ud.Payload(0, l_.proto_desc, l_.daddr_field);
       ud.Payload(1, ProtoDesc(p), kDportField);
       ud.Close(dd);
       ud.Close(data);
       ud.U32(kUdDataInterval, 0);
     } else {
-      // type ipv4_addr . inet_service
+      // type ipv4_addr . inet_service (ipv6_addr . inet_service)
       nftnl_set_set_u32(s.get(), NFTNL_SET_FLAGS, 0);
-      nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_TYPE, Concat2(kTypeIpv4, kTypeInetService));
-      nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_LEN, 8);
+      nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_TYPE, Concat2(l_.addr_type, kTypeInetService));
+      nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_LEN, l_.addr_len + kPortField);
       auto *key = ud.Open(kUdKeyTypeof);
       ud.U32(kUdTypeofExpr, kExprConcat);
       ud.Close(ud.Open(kUdTypeofData));
@@ -637,11 +696,11 @@ class Encoder {
   }
 
   // `ip . port` keys: the port is padded to 4 bytes (nft's concatenation registers).
-  static size_t Key(uint8_t *out, const Endpoint &e) {
-    std::memcpy(out, &e.ip, 4);
-    std::memcpy(out + 4, &e.port, 2);
-    out[6] = out[7] = 0;
-    return 8;
+  size_t Key(uint8_t *out, const Endpoint &e) const {
+    std::memcpy(out, e.ip.data(), l_.addr_len);
+    std::memcpy(out + l_.addr_len, &e.port, 2);
+    out[l_.addr_len + 2] = out[l_.addr_len + 3] = 0;
+    return l_.addr_len + kPortField;
   }
 
   void Elements(const Op &op, int i) {
@@ -650,29 +709,28 @@ class Encoder {
     const std::string set = backend ? BackendMapName(op.proto) : op.name;
     const uint32_t id = SetId(set);
     const size_t total = backend ? op.backend.size() : op.dispatch.size();
-    for (size_t from = 0; from < total; from += kElementsPerMessage) {
-      const size_t to = std::min(total, from + kElementsPerMessage);
-      auto *nlh = Msg(add ? NFT_MSG_NEWSETELEM : NFT_MSG_DELSETELEM, add ? NLM_F_CREATE : 0, 512 + (to - from) * kElementBytes, i);
+    const size_t per_message = std::min(kElementsPerMessage, kElementListBytes / ElementBytes(l_));
+    for (size_t from = 0; from < total; from += per_message) {
+      const size_t to = std::min(total, from + per_message);
+      auto *nlh = Msg(add ? NFT_MSG_NEWSETELEM : NFT_MSG_DELSETELEM, add ? NLM_F_CREATE : 0, 512 + (to - from) * ElementBytes(l_), i);
       mnl_attr_put_strz(nlh, NFTA_SET_ELEM_LIST_TABLE, kTable);
       mnl_attr_put_strz(nlh, NFTA_SET_ELEM_LIST_SET, set.c_str());
       if (id) mnl_attr_put_u32(nlh, NFTA_SET_ELEM_LIST_SET_ID, htonl(id));
       struct nlattr *list = mnl_attr_nest_start(nlh, NFTA_SET_ELEM_LIST_ELEMENTS);
-      uint8_t key[12];
+      uint8_t key[16 + kPortField + kIndexField];
       for (size_t j = from; j < to; j++) {
         struct nlattr *el = mnl_attr_nest_start(nlh, NFTA_LIST_ELEM);
         if (backend) {
           const BackendElement &e = op.backend[j];
-          Key(key, e.vip);
-          std::memcpy(key + 8, &e.index, 4);  // numgen's result: host byte order
-          PutValue(nlh, NFTA_SET_ELEM_KEY, key, 12);
+          const size_t at = Key(key, e.vip);
+          std::memcpy(key + at, &e.index, kIndexField);  // numgen's result: host byte order
+          PutValue(nlh, NFTA_SET_ELEM_KEY, key, at + kIndexField);
           if (add) {
-            uint8_t data[8];
-            Key(data, e.to);
-            PutValue(nlh, NFTA_SET_ELEM_DATA, data, 8);
+            uint8_t data[16 + kPortField];
+            PutValue(nlh, NFTA_SET_ELEM_DATA, data, Key(data, e.to));
           }
         } else {
-          Key(key, op.dispatch[j]);
-          PutValue(nlh, NFTA_SET_ELEM_KEY, key, 8);
+          PutValue(nlh, NFTA_SET_ELEM_KEY, key, Key(key, op.dispatch[j]));
         }
         mnl_attr_nest_end(nlh, el);
       }
@@ -682,6 +740,8 @@ class Encoder {
   }
 
   Batch *b_;
+  Family family_;
+  const FamilyLayout &l_;
   uint32_t next_set_id_ = 1;
   std::map<std::string, uint32_t> set_ids_;
 };
@@ -689,7 +749,7 @@ class Encoder {
 }  // namespace
 
 void EncodeOps(const Transaction &tx, Batch *b) {
-  Encoder e(b);
+  Encoder e(b, tx.family);
   for (size_t i = 0; i < tx.ops.size(); i++) e.Encode(tx.ops[i], static_cast<int>(i));
 }
 

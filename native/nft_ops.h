@@ -3,6 +3,7 @@
 #pragma once
 #include <napi.h>
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -13,6 +14,8 @@ namespace iptlb {
 namespace nft {
 
 enum class Proto : uint8_t { kTcp, kUdp, kSctp };
+// The table's family: `ip iptlb` (IPv4 profiles) or `ip6 iptlb` (IPv6 ones, same layout).
+enum class Family : uint8_t { kIp, kIp6 };
 enum class Hook : uint8_t { kOut, kPre, kLoc };
 enum class BaseChain : uint8_t { kOutput, kPrerouting, kPostrouting };
 
@@ -27,13 +30,33 @@ bool ParseDispatchSetName(const std::string &name, Hook *h, Proto *p, uint32_t *
 bool ParseBackendMapName(const std::string &name, Proto *p);
 bool ParseProto(const std::string &s, Proto *p);
 
-// Addresses and ports in network byte order, as the kernel stores them.
+// What differs between the two tables: everything else (names, rule shapes, numgen offsets) is one.
+struct FamilyLayout {
+  const char *name;       // "ip" / "ip6": the nft family keyword, also the payload protocol of `daddr`
+  uint8_t nfproto;        // NFPROTO_IPV4 / NFPROTO_IPV6: netlink messages, the nat expression
+  int af;                 // AF_INET / AF_INET6 (inet_pton)
+  uint32_t addr_len;      // 4 / 16 bytes
+  uint32_t daddr_offset;  // offsetof(iphdr, daddr) 16 / offsetof(ipv6hdr, daddr) 24
+  uint32_t saddr_offset;  // 12 / 8
+  uint32_t ct_dst_key;    // NFT_CT_DST_IP / NFT_CT_DST_IP6 (`ct original ip[6] daddr`)
+  uint32_t addr_type;     // nft's datatype id: ipv4_addr 7 / ipv6_addr 8
+  uint32_t proto_desc;    // nft's PROTO_DESC_IP 12 / PROTO_DESC_IP6 13 (set typeof userdata)
+  uint32_t daddr_field;   // IPHDR_DADDR 12 / IP6HDR_DADDR 9
+};
+const FamilyLayout &LayoutOf(Family f);
+bool ParseFamily(const std::string &s, Family *f);
+// "table ip iptlb" / "table ip6 iptlb", for messages.
+std::string TableText(Family f);
+
+// Addresses and ports in network byte order, as the kernel stores them. An IPv4 address takes the
+// first 4 bytes of `ip` (the rest stay zero).
 struct Endpoint {
-  uint32_t ip = 0;
+  std::array<uint8_t, 16> ip{};
   uint16_t port = 0;
   bool operator==(const Endpoint &o) const { return ip == o.ip && port == o.port; }
 };
-std::string IpText(uint32_t ip_be);
+// Dotted quad, or RFC 5952 text (as src/address.ts formats it).
+std::string IpText(const Endpoint &e, Family f);
 uint16_t HostPort(const Endpoint &e);
 
 struct Rule {
@@ -98,12 +121,16 @@ const char *OpKindName(Op::Kind k);
 std::string DescribeOp(const Op &op);
 
 struct Transaction {
+  Family family = Family::kIp;
   std::vector<Op> ops;
   int64_t expect_genid = -1;  // -1: none
 };
 
-// JS thread: checks and converts; throws Napi::TypeError naming the field.
+// JS thread: checks and converts; throws Napi::TypeError naming the field (also an address not of
+// the transaction's family).
 Transaction TransactionFromJs(const Napi::Value &v);
+// nftRead's optional argument: undefined (ip), 'ip' or 'ip6'; throws Napi::TypeError otherwise.
+Family FamilyFromJs(const Napi::Value &v, const std::string &path);
 
 // Worker thread: appends the messages of all ops (not the batch framing) to `b`.
 void EncodeOps(const Transaction &tx, Batch *b);

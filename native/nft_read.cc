@@ -40,9 +40,9 @@ struct SetInfo {
 
 uint32_t SetU32(nftnl_set *s, uint16_t attr) { return nftnl_set_is_set(s, attr) ? nftnl_set_get_u32(s, attr) : 0; }
 
-std::vector<SetInfo> DumpSets(Socket *s, bool *intr) {
+std::vector<SetInfo> DumpSets(Socket *s, Family f, bool *intr) {
   RequestBuf b;
-  struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(b.data, NFT_MSG_GETSET, NFPROTO_IPV4, NLM_F_DUMP, s->NextSeq());
+  struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(b.data, NFT_MSG_GETSET, LayoutOf(f).nfproto, NLM_F_DUMP, s->NextSeq());
   SetPtr q = Own<SetPtr>(nftnl_set_alloc());
   nftnl_set_set_str(q.get(), NFTNL_SET_TABLE, kTable);
   nftnl_set_nlmsg_build_payload(nlh, q.get());
@@ -59,7 +59,7 @@ std::vector<SetInfo> DumpSets(Socket *s, bool *intr) {
                              nftnl_set_is_set(set.get(), NFTNL_SET_TIMEOUT) ? nftnl_set_get_u64(set.get(), NFTNL_SET_TIMEOUT) : 0});
             },
             intr),
-        "listing the sets of table ip iptlb");
+        "listing the sets of " + TableText(f));
   return out;
 }
 
@@ -82,9 +82,9 @@ Counted ElemCounter(nftnl_set_elem *e) {
 
 // Calls on_elem(key, key_len, data, data_len, counter) for every element of set `name`.
 template <typename F>
-void DumpElements(Socket *s, const std::string &name, bool *intr, F on_elem) {
+void DumpElements(Socket *s, Family f, const std::string &name, bool *intr, F on_elem) {
   RequestBuf b;
-  struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(b.data, NFT_MSG_GETSETELEM, NFPROTO_IPV4, NLM_F_DUMP, s->NextSeq());
+  struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(b.data, NFT_MSG_GETSETELEM, LayoutOf(f).nfproto, NLM_F_DUMP, s->NextSeq());
   SetPtr q = Own<SetPtr>(nftnl_set_alloc());
   nftnl_set_set_str(q.get(), NFTNL_SET_TABLE, kTable);
   nftnl_set_set_str(q.get(), NFTNL_SET_NAME, name.c_str());
@@ -112,10 +112,11 @@ void DumpElements(Socket *s, const std::string &name, bool *intr, F on_elem) {
         "listing the elements of set " + name);
 }
 
-Endpoint EndpointAt(const uint8_t *p) {
+// An `addr . port` key (the port padded to 4 bytes); 4 + addr_len bytes at `p`.
+Endpoint EndpointAt(const uint8_t *p, uint32_t addr_len) {
   Endpoint e;
-  std::memcpy(&e.ip, p, 4);
-  std::memcpy(&e.port, p + 4, 2);
+  std::memcpy(e.ip.data(), p, addr_len);
+  std::memcpy(&e.port, p + addr_len, 2);
   return e;
 }
 
@@ -124,9 +125,9 @@ struct ChainInfo {
   bool base = false;  // has a hook
 };
 
-std::vector<ChainInfo> DumpChains(Socket *s, bool *intr) {
+std::vector<ChainInfo> DumpChains(Socket *s, Family f, bool *intr) {
   RequestBuf b;
-  struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(b.data, NFT_MSG_GETCHAIN, NFPROTO_IPV4, NLM_F_DUMP, s->NextSeq());
+  struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(b.data, NFT_MSG_GETCHAIN, LayoutOf(f).nfproto, NLM_F_DUMP, s->NextSeq());
   ChainPtr q = Own<ChainPtr>(nftnl_chain_alloc());
   nftnl_chain_set_str(q.get(), NFTNL_CHAIN_TABLE, kTable);
   nftnl_chain_nlmsg_build_payload(nlh, q.get());
@@ -141,13 +142,13 @@ std::vector<ChainInfo> DumpChains(Socket *s, bool *intr) {
               if (t && n && std::strcmp(t, kTable) == 0) out.push_back({n, nftnl_chain_is_set(c.get(), NFTNL_CHAIN_HOOKNUM)});
             },
             intr),
-        "listing the chains of table ip iptlb");
+        "listing the chains of " + TableText(f));
   return out;
 }
 
-std::vector<Rule> DumpRules(Socket *s, const char *chain, bool *intr) {
+std::vector<Rule> DumpRules(Socket *s, Family f, const char *chain, bool *intr) {
   RequestBuf b;
-  struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(b.data, NFT_MSG_GETRULE, NFPROTO_IPV4, NLM_F_DUMP, s->NextSeq());
+  struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(b.data, NFT_MSG_GETRULE, LayoutOf(f).nfproto, NLM_F_DUMP, s->NextSeq());
   RulePtr q = Own<RulePtr>(nftnl_rule_alloc());
   nftnl_rule_set_str(q.get(), NFTNL_RULE_TABLE, kTable);
   nftnl_rule_set_str(q.get(), NFTNL_RULE_CHAIN, chain);
@@ -161,23 +162,23 @@ std::vector<Rule> DumpRules(Socket *s, const char *chain, bool *intr) {
               const char *t = nftnl_rule_get_str(r.get(), NFTNL_RULE_TABLE);
               const char *c = nftnl_rule_get_str(r.get(), NFTNL_RULE_CHAIN);
               if (!t || !c || std::strcmp(t, kTable) != 0 || std::strcmp(c, chain) != 0) return;
-              out.push_back(DecodeRule(r.get()));
+              out.push_back(DecodeRule(f, r.get()));
             },
             intr),
         std::string("listing the rules of chain ") + chain);
   return out;
 }
 
-// true when table ip iptlb exists.
-bool TableExists(Socket *s) {
+// true when table `f` iptlb exists.
+bool TableExists(Socket *s, Family f) {
   RequestBuf b;
-  struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(b.data, NFT_MSG_GETTABLE, NFPROTO_IPV4, 0, s->NextSeq());
+  struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(b.data, NFT_MSG_GETTABLE, LayoutOf(f).nfproto, 0, s->NextSeq());
   TablePtr q = Own<TablePtr>(nftnl_table_alloc());
   nftnl_table_set_str(q.get(), NFTNL_TABLE_NAME, kTable);
   nftnl_table_nlmsg_build_payload(nlh, q.get());
   const int err = s->Request(nlh, [](const struct nlmsghdr *) {});
   if (err == ENOENT) return false;
-  Check(err, "looking up table ip iptlb");
+  Check(err, "looking up " + TableText(f));
   return true;
 }
 
@@ -188,50 +189,54 @@ bool TableExists(Socket *s) {
 // generation unchanged. A key seen twice is that case: the whole read is done again.
 bool ReadOnce(Socket *s, View *v) {
   bool intr = false;
+  const Family f = v->family;
+  const uint32_t alen = LayoutOf(f).addr_len;
+  // Key and data lengths of iptlb's sets (each concatenated component padded to 4 bytes).
+  const uint32_t dispatch_key = alen + 4, backend_key = alen + 8, backend_data = alen + 4;
   v->genid = s->GetGenid();
-  v->exists = TableExists(s);
+  v->exists = TableExists(s, f);
   if (v->exists) {
-    for (const SetInfo &set : DumpSets(s, &intr)) {
+    for (const SetInfo &set : DumpSets(s, f, &intr)) {
       Hook h;
       Proto p;
       uint32_t n;
       // Only sets of iptlb's own shape count as dispatch sets / backend maps; anything else by
       // those names (other key sizes, a map where a set belongs) is foreign.
-      if (ParseDispatchSetName(set.name, &h, &p, &n) && !(set.flags & NFT_SET_MAP) && set.key_len == 8) {
+      if (ParseDispatchSetName(set.name, &h, &p, &n) && !(set.flags & NFT_SET_MAP) && set.key_len == dispatch_key) {
         View::DispatchSet d;
         d.name = set.name;
         std::unordered_set<std::string> seen;
-        DumpElements(s, set.name, &intr, [&](const uint8_t *k, uint32_t klen, const uint8_t *, uint32_t, Counted c) {
-          if (klen != 8) return;
+        DumpElements(s, f, set.name, &intr, [&](const uint8_t *k, uint32_t klen, const uint8_t *, uint32_t, Counted c) {
+          if (klen != dispatch_key) return;
           if (!seen.emplace(reinterpret_cast<const char *>(k), klen).second) intr = true;  // see SkipDrift
-          d.elements.emplace_back(EndpointAt(k), c);
+          d.elements.emplace_back(EndpointAt(k, alen), c);
         });
         v->dispatch_sets.push_back(std::move(d));
-      } else if (ParseBackendMapName(set.name, &p) && (set.flags & NFT_SET_MAP) && set.key_len == 12 && set.data_len == 8) {
+      } else if (ParseBackendMapName(set.name, &p) && (set.flags & NFT_SET_MAP) && set.key_len == backend_key && set.data_len == backend_data) {
         View::BackendMap m;
         m.proto = p;
         std::unordered_set<std::string> seen;
-        DumpElements(s, set.name, &intr, [&](const uint8_t *k, uint32_t klen, const uint8_t *d, uint32_t dlen, Counted c) {
-          if (klen != 12 || dlen != 8) return;
+        DumpElements(s, f, set.name, &intr, [&](const uint8_t *k, uint32_t klen, const uint8_t *d, uint32_t dlen, Counted c) {
+          if (klen != backend_key || dlen != backend_data) return;
           if (!seen.emplace(reinterpret_cast<const char *>(k), klen).second) intr = true;  // see SkipDrift
           BackendElement e;
-          e.vip = EndpointAt(k);
-          std::memcpy(&e.index, k + 8, 4);
-          e.to = EndpointAt(d);
+          e.vip = EndpointAt(k, alen);
+          std::memcpy(&e.index, k + alen + 4, 4);
+          e.to = EndpointAt(d, alen);
           m.elements.emplace_back(e, c);
         });
         v->backend_maps.push_back(std::move(m));
-      } else if (AffinitySetTimeout(set.name) && !(set.flags & NFT_SET_MAP) && (set.flags & NFT_SET_TIMEOUT) && set.key_len == 4) {
+      } else if (AffinitySetTimeout(set.name) && !(set.flags & NFT_SET_MAP) && (set.flags & NFT_SET_TIMEOUT) && set.key_len == alen) {
         v->affinity_sets.push_back({set.name, static_cast<uint32_t>(set.timeout_ms / 1000)});
       } else {
         v->foreign.push_back(set.name);
       }
     }
-    const std::vector<ChainInfo> chains = DumpChains(s, &intr);
+    const std::vector<ChainInfo> chains = DumpChains(s, f, &intr);
     auto known = [](const ChainInfo &c) { return c.base && (c.name == "output" || c.name == "prerouting" || c.name == "postrouting"); };
     for (BaseChain c : {BaseChain::kOutput, BaseChain::kPrerouting, BaseChain::kPostrouting}) {
       for (const ChainInfo &ci : chains) {
-        if (known(ci) && ci.name == ChainName(c)) v->chains.push_back({c, DumpRules(s, ChainName(c), &intr)});
+        if (known(ci) && ci.name == ChainName(c)) v->chains.push_back({c, DumpRules(s, f, ChainName(c), &intr)});
       }
     }
     for (const ChainInfo &ci : chains) {
@@ -243,12 +248,13 @@ bool ReadOnce(Socket *s, View *v) {
 
 }  // namespace
 
-View ReadView(Socket *s) {
+View ReadView(Socket *s, Family f) {
   for (int attempt = 0; attempt < kMaxAttempts; attempt++) {
     View v;
+    v.family = f;
     if (ReadOnce(s, &v)) return v;
   }
-  ThrowErrno("EKERNEL", EAGAIN, "reading table ip iptlb (the ruleset kept changing)");
+  ThrowErrno("EKERNEL", EAGAIN, "reading " + TableText(f) + " (the ruleset kept changing)");
 }
 
 }  // namespace nft

@@ -1,4 +1,4 @@
-// Reads table ip iptlb back (NftView in src/nft/ops.ts): dispatch sets and backend maps with their
+// Reads table ip iptlb or ip6 iptlb back (NftView in src/nft/ops.ts): dispatch sets and backend maps with their
 // elements and counters, the base chains with their rules decoded, and the names of everything
 // else in the table. Consistent: the dumps are retried when the generation changed meanwhile.
 #pragma once
@@ -18,6 +18,7 @@ struct Counted {
 };
 
 struct View {
+  Family family = Family::kIp;
   uint32_t genid = 0;
   bool exists = false;
   struct DispatchSet {
@@ -44,7 +45,7 @@ struct View {
 };
 
 // Worker thread; throws NftFailure.
-View ReadView(Socket *s);
+View ReadView(Socket *s, Family f);
 
 }  // namespace nft
 }  // namespace iptlb

@@ -26,9 +26,20 @@ uint32_t RrOffset(uint32_t mod) { return 1000000u + BackendOffset(mod); }
 // NFTNL_UDATA_RULE_COMMENT: nft keeps a rule's comment as this TLV in the rule userdata.
 constexpr uint8_t kUdataRuleComment = 0;
 constexpr size_t kCommentMax = 128;
-constexpr uint32_t kIpDaddrOffset = 16;  // offsetof(struct iphdr, daddr)
 constexpr uint32_t kDportOffset = 2;     // same for tcp, udp and sctp
-constexpr uint32_t kIpSaddrOffset = 12;  // offsetof(struct iphdr, saddr)
+
+// The 32-bit register `i` (0-15) as nft names it: the 16-byte NFT_REG_n when it starts one.
+uint32_t Reg32(uint32_t i) { return i % 4 == 0 ? NFT_REG_1 + i / 4 : NFT_REG32_00 + i; }
+
+// Where a family's rules keep things: the address at NFT_REG_1, then the concatenation's port
+// (and the backend index) in the registers right after it (each component padded to 4 bytes).
+struct Shape {
+  explicit Shape(Family f)
+      : l(LayoutOf(f)), port_reg(Reg32(l.addr_len / 4)), index_reg(Reg32(l.addr_len / 4 + 1)) {}
+  const FamilyLayout &l;
+  uint32_t port_reg;   // ip: NFT_REG32_01; ip6: NFT_REG_2
+  uint32_t index_reg;  // ip: NFT_REG32_02; ip6: NFT_REG32_05
+};
 
 // ---- encoding ---------------------------------------------------------------------------------
 
@@ -88,14 +99,24 @@ class RuleBuilder {
     if (set_id) nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LOOKUP_SET_ID, set_id);
     Add(std::move(e));
   }
-  void Numgen(uint32_t mod, uint32_t type = NFT_NG_RANDOM) {
+  void Numgen(uint32_t dreg, uint32_t mod, uint32_t type) {
     ExprPtr e = New("numgen");
-    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NG_DREG, NFT_REG32_02);
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NG_DREG, dreg);
     nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NG_MODULUS, mod);
     nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NG_TYPE, type);
     // Each destination count has its own index range in the backend map: [n(n-1)/2, n(n-1)/2 + n);
     // round-robin profiles have theirs from 1000000 on.
     nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NG_OFFSET, type == NFT_NG_RANDOM ? BackendOffset(mod) : RrOffset(mod));
+    Add(std::move(e));
+  }
+  // dnat ip[6] to: the address in reg 1, the port in `proto_reg`.
+  void Dnat(uint8_t nfproto, uint32_t proto_reg, uint32_t flags = 0) {
+    ExprPtr e = New("nat");
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_TYPE, NFT_NAT_DNAT);
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_FAMILY, nfproto);
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_REG_ADDR_MIN, NFT_REG_1);
+    nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_REG_PROTO_MIN, proto_reg);
+    if (flags) nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_FLAGS, flags);
     Add(std::move(e));
   }
   void Raw(ExprPtr e) { Add(std::move(e)); }
@@ -180,23 +201,23 @@ class Cursor {
     *set = s;
     return Ok(true);
   }
-  bool Numgen(uint32_t *mod, uint32_t type = NFT_NG_RANDOM) {
+  bool Numgen(uint32_t dreg, uint32_t *mod, uint32_t type) {
     const nftnl_expr *e = Next("numgen");
-    if (!e || !U32Is(e, NFTNL_EXPR_NG_DREG, NFT_REG32_02) || !U32Is(e, NFTNL_EXPR_NG_TYPE, type)) return false;
+    if (!e || !U32Is(e, NFTNL_EXPR_NG_DREG, dreg) || !U32Is(e, NFTNL_EXPR_NG_TYPE, type)) return false;
     if (!nftnl_expr_is_set(e, NFTNL_EXPR_NG_MODULUS)) return false;
     *mod = nftnl_expr_get_u32(e, NFTNL_EXPR_NG_MODULUS);
     const uint32_t offset = nftnl_expr_is_set(e, NFTNL_EXPR_NG_OFFSET) ? nftnl_expr_get_u32(e, NFTNL_EXPR_NG_OFFSET) : 0;
     if (offset != (type == NFT_NG_RANDOM ? BackendOffset(*mod) : RrOffset(*mod))) return false;
     return Ok(true);
   }
-  // dnat ip to reg 1 (address) and reg 9 (port): the kernel fills in max = min and the range flags.
-  bool Dnat() {
+  // dnat ip[6] to reg 1 (address) and `proto_reg` (port): the kernel fills in max = min and the range flags.
+  bool Dnat(uint8_t nfproto, uint32_t proto_reg) {
     const nftnl_expr *e = Next("nat");
-    if (!e || !U32Is(e, NFTNL_EXPR_NAT_TYPE, NFT_NAT_DNAT) || !U32Is(e, NFTNL_EXPR_NAT_FAMILY, NFPROTO_IPV4) ||
-        !U32Is(e, NFTNL_EXPR_NAT_REG_ADDR_MIN, NFT_REG_1) || !U32Is(e, NFTNL_EXPR_NAT_REG_PROTO_MIN, NFT_REG32_01))
+    if (!e || !U32Is(e, NFTNL_EXPR_NAT_TYPE, NFT_NAT_DNAT) || !U32Is(e, NFTNL_EXPR_NAT_FAMILY, nfproto) ||
+        !U32Is(e, NFTNL_EXPR_NAT_REG_ADDR_MIN, NFT_REG_1) || !U32Is(e, NFTNL_EXPR_NAT_REG_PROTO_MIN, proto_reg))
       return false;
     if (nftnl_expr_is_set(e, NFTNL_EXPR_NAT_REG_ADDR_MAX) && !U32Is(e, NFTNL_EXPR_NAT_REG_ADDR_MAX, NFT_REG_1)) return false;
-    if (nftnl_expr_is_set(e, NFTNL_EXPR_NAT_REG_PROTO_MAX) && !U32Is(e, NFTNL_EXPR_NAT_REG_PROTO_MAX, NFT_REG32_01)) return false;
+    if (nftnl_expr_is_set(e, NFTNL_EXPR_NAT_REG_PROTO_MAX) && !U32Is(e, NFTNL_EXPR_NAT_REG_PROTO_MAX, proto_reg)) return false;
     const uint32_t range = NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED;
     if (nftnl_expr_is_set(e, NFTNL_EXPR_NAT_FLAGS) && (nftnl_expr_get_u32(e, NFTNL_EXPR_NAT_FLAGS) & ~range)) return false;
     return Ok(true);
@@ -265,7 +286,13 @@ class Cursor {
   size_t i_ = 0;
 };
 
-bool DecodeDispatch(const Exprs &x, bool has_comment, Rule *out) {
+// `ip[6] daddr . P dport` into reg 1 and the register after the address.
+bool VipKey(Cursor *c, const Shape &f) {
+  return c->Payload(NFT_PAYLOAD_NETWORK_HEADER, f.l.daddr_offset, f.l.addr_len, NFT_REG_1) &&
+         c->Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, f.port_reg);
+}
+
+bool DecodeDispatch(const Shape &f, const Exprs &x, bool has_comment, Rule *out) {
   if (has_comment) return false;
   Cursor c(x);
   const bool fib = c.FibLocal();
@@ -273,10 +300,8 @@ bool DecodeDispatch(const Exprs &x, bool has_comment, Rule *out) {
   Proto p;
   std::string set, map;
   uint32_t mod = 0;
-  if (!(c.L4Proto(&p) && c.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1) &&
-        c.Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG32_01) && c.Lookup(&set, -1) &&
-        c.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1) && c.Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG32_01) &&
-        c.Numgen(&mod) && c.Lookup(&map, NFT_REG_1) && c.Dnat() && c.done()))
+  if (!(c.L4Proto(&p) && VipKey(&c, f) && c.Lookup(&set, -1) && VipKey(&c, f) && c.Numgen(f.index_reg, &mod, NFT_NG_RANDOM) &&
+        c.Lookup(&map, NFT_REG_1) && c.Dnat(f.l.nfproto, f.port_reg) && c.done()))
     return false;
   Hook h;
   Proto sp;
@@ -289,9 +314,10 @@ bool DecodeDispatch(const Exprs &x, bool has_comment, Rule *out) {
   return true;
 }
 
-// The selector the profile-owned rules start with: `ip daddr V P dport port [fib daddr type local]`.
-bool VipSelector(Cursor *c, Rule *r) {
-  if (!(c->Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1) && c->Cmp(NFT_CMP_EQ, &r->vip.ip, 4) && c->L4Proto(&r->proto) &&
+// The selector the profile-owned rules start with: `ip[6] daddr V P dport port [fib daddr type local]`.
+bool VipSelector(const Shape &f, Cursor *c, Rule *r) {
+  if (!(c->Payload(NFT_PAYLOAD_NETWORK_HEADER, f.l.daddr_offset, f.l.addr_len, NFT_REG_1) && c->Cmp(NFT_CMP_EQ, r->vip.ip.data(), f.l.addr_len) &&
+        c->L4Proto(&r->proto) &&
         c->Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG_1) && c->Cmp(NFT_CMP_EQ, &r->vip.port, 2)))
     return false;
   const size_t at = c->pos();
@@ -300,10 +326,10 @@ bool VipSelector(Cursor *c, Rule *r) {
   return true;
 }
 
-bool DecodeLog(const Exprs &x, const std::string &owner, Rule *out) {
+bool DecodeLog(const Shape &f, const Exprs &x, const std::string &owner, Rule *out) {
   Cursor c(x);
   Rule r;
-  if (!VipSelector(&c, &r)) return false;
+  if (!VipSelector(f, &c, &r)) return false;
   if (!(c.Log(&r.prefix, &r.level) && c.done())) return false;
   r.kind = Rule::Kind::kLog;
   r.owner = owner;
@@ -312,13 +338,12 @@ bool DecodeLog(const Exprs &x, const std::string &owner, Rule *out) {
 }
 
 // ip daddr V P dport port [fib daddr type local] dnat to ip daddr . P dport . numgen inc mod n offset 1000000+T(n) map @be_P
-bool DecodeRr(const Exprs &x, const std::string &owner, Rule *out) {
+bool DecodeRr(const Shape &f, const Exprs &x, const std::string &owner, Rule *out) {
   Cursor c(x);
   Rule r;
-  if (!VipSelector(&c, &r)) return false;
+  if (!VipSelector(f, &c, &r)) return false;
   std::string map;
-  if (!(c.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1) && c.Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG32_01) &&
-        c.Numgen(&r.n, NFT_NG_INCREMENTAL) && c.Lookup(&map, NFT_REG_1) && c.Dnat() && c.done()))
+  if (!(VipKey(&c, f) && c.Numgen(f.index_reg, &r.n, NFT_NG_INCREMENTAL) && c.Lookup(&map, NFT_REG_1) && c.Dnat(f.l.nfproto, f.port_reg) && c.done()))
     return false;
   if (map != BackendMapName(r.proto) || r.n == 0) return false;
   r.kind = Rule::Kind::kRr;
@@ -328,10 +353,10 @@ bool DecodeRr(const Exprs &x, const std::string &owner, Rule *out) {
 }
 
 // ip daddr V P dport port [fib daddr type local] <pick> update @S { ip saddr } counter dnat to D
-bool DecodeAff(const Exprs &x, const std::string &owner, Rule *out) {
+bool DecodeAff(const Shape &f, const Exprs &x, const std::string &owner, Rule *out) {
   Cursor c(x);
   Rule r;
-  if (!VipSelector(&c, &r)) return false;
+  if (!VipSelector(f, &c, &r)) return false;
   auto name = [&](size_t i) { return i < x.size() ? Name(x[i]) : std::string(); };
   size_t at = c.pos();
   std::string hit_set;
@@ -359,12 +384,12 @@ bool DecodeAff(const Exprs &x, const std::string &owner, Rule *out) {
       return false;
     }
   } else if (name(at) == "payload" && name(at + 1) == "lookup") {
-    if (!(c.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpSaddrOffset, 4, NFT_REG_1) && c.Lookup(&hit_set, -1))) return false;
+    if (!(c.Payload(NFT_PAYLOAD_NETWORK_HEADER, f.l.saddr_offset, f.l.addr_len, NFT_REG_1) && c.Lookup(&hit_set, -1))) return false;
     r.pick = Rule::Pick::kHit;
   } else {
     r.pick = Rule::Pick::kRest;
   }
-  if (!c.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpSaddrOffset, 4, NFT_REG_1)) return false;
+  if (!c.Payload(NFT_PAYLOAD_NETWORK_HEADER, f.l.saddr_offset, f.l.addr_len, NFT_REG_1)) return false;
   at = c.pos();
   if (name(at) != "dynset" || name(at + 1) != "counter" || name(at + 2) != "immediate" || name(at + 3) != "immediate" || name(at + 4) != "nat" || at + 5 != x.size())
     return false;
@@ -381,20 +406,14 @@ bool DecodeAff(const Exprs &x, const std::string &owner, Rule *out) {
   uint32_t len = 0;
   const nftnl_expr *ia = x[at + 2];
   const void *a = U32Is(ia, NFTNL_EXPR_IMM_DREG, NFT_REG_1) ? nftnl_expr_get(ia, NFTNL_EXPR_IMM_DATA, &len) : nullptr;
-  if (!a || len != 4) return false;
-  std::memcpy(&r.to.ip, a, 4);
+  if (!a || len != f.l.addr_len) return false;
+  std::memcpy(r.to.ip.data(), a, len);
   const nftnl_expr *ipt = x[at + 3];
   const void *p = U32Is(ipt, NFTNL_EXPR_IMM_DREG, NFT_REG_2) ? nftnl_expr_get(ipt, NFTNL_EXPR_IMM_DATA, &len) : nullptr;
   if (!p || len != 2) return false;
   std::memcpy(&r.to.port, p, 2);
-  const nftnl_expr *e = x[at + 4];
-  if (!U32Is(e, NFTNL_EXPR_NAT_TYPE, NFT_NAT_DNAT) || !U32Is(e, NFTNL_EXPR_NAT_FAMILY, NFPROTO_IPV4) || !U32Is(e, NFTNL_EXPR_NAT_REG_ADDR_MIN, NFT_REG_1) ||
-      !U32Is(e, NFTNL_EXPR_NAT_REG_PROTO_MIN, NFT_REG_2))
-    return false;
-  if (nftnl_expr_is_set(e, NFTNL_EXPR_NAT_REG_ADDR_MAX) && !U32Is(e, NFTNL_EXPR_NAT_REG_ADDR_MAX, NFT_REG_1)) return false;
-  if (nftnl_expr_is_set(e, NFTNL_EXPR_NAT_REG_PROTO_MAX) && !U32Is(e, NFTNL_EXPR_NAT_REG_PROTO_MAX, NFT_REG_2)) return false;
-  const uint32_t range = NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED;
-  if (nftnl_expr_is_set(e, NFTNL_EXPR_NAT_FLAGS) && (nftnl_expr_get_u32(e, NFTNL_EXPR_NAT_FLAGS) & ~range)) return false;
+  c.seek(at + 4);
+  if (!(c.Dnat(f.l.nfproto, NFT_REG_2) && c.done())) return false;  // the immediates' registers
   if ((r.pick == Rule::Pick::kRandom && (r.lt == 0 || r.lt > r.mod)) || ((r.pick == Rule::Pick::kRandom || r.pick == Rule::Pick::kInc) && r.mod == 0)) return false;
   r.kind = Rule::Kind::kAff;
   r.owner = owner;
@@ -402,11 +421,11 @@ bool DecodeAff(const Exprs &x, const std::string &owner, Rule *out) {
   return true;
 }
 
-bool DecodeMasq(const Exprs &x, const std::string &owner, Rule *out) {
+bool DecodeMasq(const Shape &f, const Exprs &x, const std::string &owner, Rule *out) {
   Cursor c(x);
   Rule r;
   uint8_t proto = 0;
-  if (!(c.CtStatusDnat() && c.Ct(NFT_CT_DST_IP, true) && c.Cmp(NFT_CMP_EQ, &r.vip.ip, 4) && c.Ct(NFT_CT_PROTOCOL, false) && c.Cmp(NFT_CMP_EQ, &proto, 1) &&
+  if (!(c.CtStatusDnat() && c.Ct(f.l.ct_dst_key, true) && c.Cmp(NFT_CMP_EQ, r.vip.ip.data(), f.l.addr_len) && c.Ct(NFT_CT_PROTOCOL, false) && c.Cmp(NFT_CMP_EQ, &proto, 1) &&
         Cursor::ProtoOf(proto, &r.proto) && c.Ct(NFT_CT_PROTO_DST, true) && c.Cmp(NFT_CMP_EQ, &r.vip.port, 2) && c.Masq() && c.done()))
     return false;
   r.kind = Rule::Kind::kMasq;
@@ -461,21 +480,28 @@ std::string Describe(const Exprs &x, bool has_comment, const std::string &commen
   return s;
 }
 
-// `ip daddr V P dport port [fib daddr type local]`: the start of every profile-owned rule (see VipSelector).
-void EncodeVipSelector(RuleBuilder *b, const Rule &r) {
-  b->Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1);
-  b->Cmp(NFT_CMP_EQ, &r.vip.ip, 4);
+// `ip[6] daddr V P dport port [fib daddr type local]`: the start of every profile-owned rule (see VipSelector).
+void EncodeVipSelector(const Shape &f, RuleBuilder *b, const Rule &r) {
+  b->Payload(NFT_PAYLOAD_NETWORK_HEADER, f.l.daddr_offset, f.l.addr_len, NFT_REG_1);
+  b->Cmp(NFT_CMP_EQ, r.vip.ip.data(), f.l.addr_len);
   b->L4Proto(r.proto);
   b->Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG_1);
   b->Cmp(NFT_CMP_EQ, &r.vip.port, 2);
   if (r.local) b->FibLocal();
 }
 
+// `ip[6] daddr . P dport` (the key of the dispatch sets, the start of the backend maps' keys).
+void EncodeVipKey(const Shape &f, RuleBuilder *b) {
+  b->Payload(NFT_PAYLOAD_NETWORK_HEADER, f.l.daddr_offset, f.l.addr_len, NFT_REG_1);
+  b->Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, f.port_reg);
+}
+
 }  // namespace
 
-RulePtr BuildRule(BaseChain chain, const Rule &r, const LookupIds &ids) {
+RulePtr BuildRule(Family family, BaseChain chain, const Rule &r, const LookupIds &ids) {
+  const Shape f(family);
   RulePtr rule = Own<RulePtr>(nftnl_rule_alloc());
-  nftnl_rule_set_u32(rule.get(), NFTNL_RULE_FAMILY, NFPROTO_IPV4);
+  nftnl_rule_set_u32(rule.get(), NFTNL_RULE_FAMILY, f.l.nfproto);
   nftnl_rule_set_str(rule.get(), NFTNL_RULE_TABLE, "iptlb");
   nftnl_rule_set_str(rule.get(), NFTNL_RULE_CHAIN, ChainName(chain));
   RuleBuilder b(rule.get());
@@ -484,25 +510,16 @@ RulePtr BuildRule(BaseChain chain, const Rule &r, const LookupIds &ids) {
       // [fib daddr type local] ip daddr . P dport @set dnat to ip daddr . P dport . numgen random mod n offset T(n) map @be_P
       if (r.hook == Hook::kLoc) b.FibLocal();
       b.L4Proto(r.proto);
-      b.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1);
-      b.Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG32_01);
+      EncodeVipKey(f, &b);
       b.Lookup(DispatchSetName(r.hook, r.proto, r.n), ids.dispatch_set, -1);
-      b.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1);
-      b.Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG32_01);
-      b.Numgen(r.n);
+      EncodeVipKey(f, &b);
+      b.Numgen(f.index_reg, r.n, NFT_NG_RANDOM);
       b.Lookup(BackendMapName(r.proto), ids.backend_map, NFT_REG_1);
-      {
-        ExprPtr e = b.New("nat");
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_TYPE, NFT_NAT_DNAT);
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_FAMILY, NFPROTO_IPV4);
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_REG_ADDR_MIN, NFT_REG_1);
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_REG_PROTO_MIN, NFT_REG32_01);
-        b.Raw(std::move(e));
-      }
+      b.Dnat(f.l.nfproto, f.port_reg);
       break;
     case Rule::Kind::kLog: {
       // ip daddr V P dport port [fib daddr type local] log prefix "…" level L comment "iptlb:<owner>"
-      EncodeVipSelector(&b, r);
+      EncodeVipSelector(f, &b, r);
       ExprPtr e = b.New("log");
       nftnl_expr_set_str(e.get(), NFTNL_EXPR_LOG_PREFIX, r.prefix.c_str());
       nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LOG_LEVEL, r.level);
@@ -512,28 +529,20 @@ RulePtr BuildRule(BaseChain chain, const Rule &r, const LookupIds &ids) {
     }
     case Rule::Kind::kRr: {
       // ip daddr V P dport port [fib daddr type local] dnat to ip daddr . P dport . numgen inc mod n offset 1000000+T(n) map @be_P comment "iptlb:<owner>"
-      EncodeVipSelector(&b, r);
-      b.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpDaddrOffset, 4, NFT_REG_1);
-      b.Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG32_01);
-      b.Numgen(r.n, NFT_NG_INCREMENTAL);
+      EncodeVipSelector(f, &b, r);
+      EncodeVipKey(f, &b);
+      b.Numgen(f.index_reg, r.n, NFT_NG_INCREMENTAL);
       b.Lookup(BackendMapName(r.proto), ids.backend_map, NFT_REG_1);
-      {
-        ExprPtr e = b.New("nat");
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_TYPE, NFT_NAT_DNAT);
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_FAMILY, NFPROTO_IPV4);
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_REG_ADDR_MIN, NFT_REG_1);
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_REG_PROTO_MIN, NFT_REG32_01);
-        b.Raw(std::move(e));
-      }
+      b.Dnat(f.l.nfproto, f.port_reg);
       SetComment(rule.get(), "iptlb:" + r.owner);
       break;
     }
     case Rule::Kind::kAff: {
       // ip daddr V P dport port [fib daddr type local] <pick> update @S { ip saddr } counter dnat to D comment "iptlb:<owner>",
       // as nft 1.0.6 encodes it (numgen into reg 1, `<` on the big-endian value; the port in reg 2).
-      EncodeVipSelector(&b, r);
+      EncodeVipSelector(f, &b, r);
       if (r.pick == Rule::Pick::kHit) {
-        b.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpSaddrOffset, 4, NFT_REG_1);
+        b.Payload(NFT_PAYLOAD_NETWORK_HEADER, f.l.saddr_offset, f.l.addr_len, NFT_REG_1);
         b.Lookup(r.set, ids.affinity_set, -1);
       } else if (r.pick == Rule::Pick::kRandom || r.pick == Rule::Pick::kInc) {
         ExprPtr ng = b.New("numgen");
@@ -557,7 +566,7 @@ RulePtr BuildRule(BaseChain chain, const Rule &r, const LookupIds &ids) {
           b.Cmp(NFT_CMP_EQ, &zero, 4);
         }
       }
-      b.Payload(NFT_PAYLOAD_NETWORK_HEADER, kIpSaddrOffset, 4, NFT_REG_1);
+      b.Payload(NFT_PAYLOAD_NETWORK_HEADER, f.l.saddr_offset, f.l.addr_len, NFT_REG_1);
       {
         ExprPtr ds = b.New("dynset");
         nftnl_expr_set_u32(ds.get(), NFTNL_EXPR_DYNSET_SREG_KEY, NFT_REG_1);
@@ -570,19 +579,13 @@ RulePtr BuildRule(BaseChain chain, const Rule &r, const LookupIds &ids) {
       {
         ExprPtr ip = b.New("immediate");
         nftnl_expr_set_u32(ip.get(), NFTNL_EXPR_IMM_DREG, NFT_REG_1);
-        nftnl_expr_set(ip.get(), NFTNL_EXPR_IMM_DATA, &r.to.ip, 4);
+        nftnl_expr_set(ip.get(), NFTNL_EXPR_IMM_DATA, r.to.ip.data(), f.l.addr_len);
         b.Raw(std::move(ip));
         ExprPtr port = b.New("immediate");
         nftnl_expr_set_u32(port.get(), NFTNL_EXPR_IMM_DREG, NFT_REG_2);
         nftnl_expr_set(port.get(), NFTNL_EXPR_IMM_DATA, &r.to.port, 2);
         b.Raw(std::move(port));
-        ExprPtr e = b.New("nat");
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_TYPE, NFT_NAT_DNAT);
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_FAMILY, NFPROTO_IPV4);
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_REG_ADDR_MIN, NFT_REG_1);
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_REG_PROTO_MIN, NFT_REG_2);
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_NAT_FLAGS, NF_NAT_RANGE_PROTO_SPECIFIED);
-        b.Raw(std::move(e));
+        b.Dnat(f.l.nfproto, NFT_REG_2, NF_NAT_RANGE_PROTO_SPECIFIED);
       }
       SetComment(rule.get(), "iptlb:" + r.owner);
       break;
@@ -599,8 +602,8 @@ RulePtr BuildRule(BaseChain chain, const Rule &r, const LookupIds &ids) {
       nftnl_expr_set(bw.get(), NFTNL_EXPR_BITWISE_XOR, &zero, 4);
       b.Raw(std::move(bw));
       b.Cmp(NFT_CMP_NEQ, &zero, 4);
-      b.Ct(NFT_CT_DST_IP, IP_CT_DIR_ORIGINAL);
-      b.Cmp(NFT_CMP_EQ, &r.vip.ip, 4);
+      b.Ct(f.l.ct_dst_key, IP_CT_DIR_ORIGINAL);
+      b.Cmp(NFT_CMP_EQ, r.vip.ip.data(), f.l.addr_len);
       b.Ct(NFT_CT_PROTOCOL, IP_CT_DIR_ORIGINAL);
       const uint8_t n = ProtoNumber(r.proto);
       b.Cmp(NFT_CMP_EQ, &n, 1);
@@ -616,7 +619,8 @@ RulePtr BuildRule(BaseChain chain, const Rule &r, const LookupIds &ids) {
   return rule;
 }
 
-Rule DecodeRule(const nftnl_rule *r) {
+Rule DecodeRule(Family family, const nftnl_rule *r) {
+  const Shape f(family);
   Exprs x;
   struct nftnl_expr_iter *it = nftnl_expr_iter_create(r);
   if (it) {
@@ -626,10 +630,10 @@ Rule DecodeRule(const nftnl_rule *r) {
   std::string comment;
   const bool has_comment = RuleComment(r, &comment);
   Rule out;
-  if (DecodeDispatch(x, has_comment, &out)) return out;
+  if (DecodeDispatch(f, x, has_comment, &out)) return out;
   if (has_comment && comment.rfind("iptlb:", 0) == 0 && comment.size() > 6) {
     const std::string owner = comment.substr(6);
-    if (DecodeLog(x, owner, &out) || DecodeRr(x, owner, &out) || DecodeAff(x, owner, &out) || DecodeMasq(x, owner, &out)) return out;
+    if (DecodeLog(f, x, owner, &out) || DecodeRr(f, x, owner, &out) || DecodeAff(f, x, owner, &out) || DecodeMasq(f, x, owner, &out)) return out;
   }
   out = Rule();
   out.kind = Rule::Kind::kForeign;

@@ -1,4 +1,4 @@
-// The three rule shapes iptlb writes (NftRule in src/nft/ops.ts), as libnftnl expressions exactly as
+// The rule shapes iptlb writes (NftRule in src/nft/ops.ts), as libnftnl expressions exactly as
 // nft 1.0.6 encodes the rendered text, and the decoder that recognises them in a dump (anything
 // else is a foreign rule with a one-line description).
 #pragma once
@@ -17,11 +17,11 @@ struct LookupIds {
   uint32_t affinity_set = 0;
 };
 
-// A rule for `add rule ip iptlb <chain> …` (expressions and the comment userdata).
-RulePtr BuildRule(BaseChain chain, const Rule &r, const LookupIds &ids);
+// A rule for `add rule <ip|ip6> iptlb <chain> …` (expressions and the comment userdata).
+RulePtr BuildRule(Family f, BaseChain chain, const Rule &r, const LookupIds &ids);
 
-// Decodes a dumped rule; never fails (unknown shapes come back as Rule::Kind::kForeign).
-Rule DecodeRule(const nftnl_rule *r);
+// Decodes a rule dumped from table `f` iptlb; never fails (unknown shapes come back as Rule::Kind::kForeign).
+Rule DecodeRule(Family f, const nftnl_rule *r);
 
 }  // namespace nft
 }  // namespace iptlb

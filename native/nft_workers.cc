@@ -33,14 +33,14 @@ NativeError BatchError(const nft::Batch &b, const nft::Transaction &tx, const nf
   return NativeError::FromErrno("EKERNEL", a.err, "nft op " + std::to_string(op) + " (" + nft::DescribeOp(tx.ops[op]) + "): " + ErrText(a.err) + ext);
 }
 
-Napi::Object EndpointJs(Napi::Env env, const nft::Endpoint &e) {
+Napi::Object EndpointJs(Napi::Env env, const nft::Endpoint &e, nft::Family f) {
   Napi::Object o = Napi::Object::New(env);
-  o.Set("ip", nft::IpText(e.ip));
+  o.Set("ip", nft::IpText(e, f));
   o.Set("port", nft::HostPort(e));
   return o;
 }
 
-Napi::Object RuleJs(Napi::Env env, const nft::Rule &r) {
+Napi::Object RuleJs(Napi::Env env, const nft::Rule &r, nft::Family f) {
   Napi::Object o = Napi::Object::New(env);
   switch (r.kind) {
     case nft::Rule::Kind::kDispatch:
@@ -52,7 +52,7 @@ Napi::Object RuleJs(Napi::Env env, const nft::Rule &r) {
     case nft::Rule::Kind::kLog:
       o.Set("kind", "log");
       o.Set("owner", r.owner);
-      o.Set("vip", EndpointJs(env, r.vip));
+      o.Set("vip", EndpointJs(env, r.vip, f));
       o.Set("proto", nft::ProtoName(r.proto));
       o.Set("local", r.local);
       o.Set("prefix", r.prefix);
@@ -61,13 +61,13 @@ Napi::Object RuleJs(Napi::Env env, const nft::Rule &r) {
     case nft::Rule::Kind::kMasq:
       o.Set("kind", "masq");
       o.Set("owner", r.owner);
-      o.Set("vip", EndpointJs(env, r.vip));
+      o.Set("vip", EndpointJs(env, r.vip, f));
       o.Set("proto", nft::ProtoName(r.proto));
       break;
     case nft::Rule::Kind::kRr:
       o.Set("kind", "rr");
       o.Set("owner", r.owner);
-      o.Set("vip", EndpointJs(env, r.vip));
+      o.Set("vip", EndpointJs(env, r.vip, f));
       o.Set("proto", nft::ProtoName(r.proto));
       o.Set("local", r.local);
       o.Set("n", r.n);
@@ -75,7 +75,7 @@ Napi::Object RuleJs(Napi::Env env, const nft::Rule &r) {
     case nft::Rule::Kind::kAff: {
       o.Set("kind", "aff");
       o.Set("owner", r.owner);
-      o.Set("vip", EndpointJs(env, r.vip));
+      o.Set("vip", EndpointJs(env, r.vip, f));
       o.Set("proto", nft::ProtoName(r.proto));
       o.Set("local", r.local);
       Napi::Object pick = Napi::Object::New(env);
@@ -87,7 +87,7 @@ Napi::Object RuleJs(Napi::Env env, const nft::Rule &r) {
       }
       o.Set("pick", pick);
       o.Set("set", r.set);
-      o.Set("to", EndpointJs(env, r.to));
+      o.Set("to", EndpointJs(env, r.to, f));
       o.Set("packets", Napi::BigInt::New(env, r.packets));
       o.Set("bytes", Napi::BigInt::New(env, r.bytes));
       break;
@@ -152,13 +152,13 @@ void NftCommitWorker::OnOK() {
 
 // ---- nftRead ----------------------------------------------------------------------------------
 
-NftReadWorker::NftReadWorker(Napi::Env env) : PromiseWorker(env, "iptlb.nftRead") {}
+NftReadWorker::NftReadWorker(Napi::Env env, nft::Family family) : PromiseWorker(env, "iptlb.nftRead"), family_(family) {}
 
 void NftReadWorker::Execute() {
   auto turn = turn_.Enter();
   try {
     nft::SharedSocketLease lease;
-    view_ = nft::ReadView(lease.get());
+    view_ = nft::ReadView(lease.get(), family_);
     lease.Keep();
   } catch (const nft::NftFailure &f) {
     return Fail(f.error);
@@ -174,6 +174,8 @@ void NftReadWorker::OnOK() {
   const nft::View &v = view_;
   Napi::Object r = Napi::Object::New(env);
   r.Set("genid", v.genid);
+  // Only for ip6: a read of table ip iptlb has no `family` (absent means ip, as before).
+  if (v.family == nft::Family::kIp6) r.Set("family", nft::LayoutOf(v.family).name);
   r.Set("exists", v.exists);
   Napi::Array sets = Napi::Array::New(env, v.dispatch_sets.size());
   for (size_t i = 0; i < v.dispatch_sets.size(); i++) {
@@ -183,7 +185,7 @@ void NftReadWorker::OnOK() {
     Napi::Array els = Napi::Array::New(env, d.elements.size());
     for (size_t j = 0; j < d.elements.size(); j++) {
       Napi::Object e = Napi::Object::New(env);
-      e.Set("key", EndpointJs(env, d.elements[j].first));
+      e.Set("key", EndpointJs(env, d.elements[j].first, v.family));
       SetCounters(env, e, d.elements[j].second);
       els.Set(static_cast<uint32_t>(j), e);
     }
@@ -200,9 +202,9 @@ void NftReadWorker::OnOK() {
     for (size_t j = 0; j < m.elements.size(); j++) {
       const nft::BackendElement &be = m.elements[j].first;
       Napi::Object e = Napi::Object::New(env);
-      e.Set("vip", EndpointJs(env, be.vip));
+      e.Set("vip", EndpointJs(env, be.vip, v.family));
       e.Set("index", be.index);
-      e.Set("to", EndpointJs(env, be.to));
+      e.Set("to", EndpointJs(env, be.to, v.family));
       SetCounters(env, e, m.elements[j].second);
       els.Set(static_cast<uint32_t>(j), e);
     }
@@ -215,7 +217,7 @@ void NftReadWorker::OnOK() {
     Napi::Object co = Napi::Object::New(env);
     co.Set("name", nft::ChainName(v.chains[i].name));
     Napi::Array rules = Napi::Array::New(env, v.chains[i].rules.size());
-    for (size_t j = 0; j < v.chains[i].rules.size(); j++) rules.Set(static_cast<uint32_t>(j), RuleJs(env, v.chains[i].rules[j]));
+    for (size_t j = 0; j < v.chains[i].rules.size(); j++) rules.Set(static_cast<uint32_t>(j), RuleJs(env, v.chains[i].rules[j], v.family));
     co.Set("rules", rules);
     chains.Set(static_cast<uint32_t>(i), co);
   }
@@ -249,7 +251,8 @@ Napi::Value NftCommit(const Napi::CallbackInfo &info) {
 }
 
 Napi::Value NftRead(const Napi::CallbackInfo &info) {
-  auto *w = new NftReadWorker(info.Env());
+  const nft::Family family = nft::FamilyFromJs(info[0], "family");
+  auto *w = new NftReadWorker(info.Env(), family);
   Napi::Promise p = w->Promise();
   w->QueueInOrder();
   return p;

@@ -1,4 +1,4 @@
-// The AsyncWorkers of the nftables executor: nftCommit(tx) and nftRead(). Arguments are converted
+// The AsyncWorkers of the nftables executor: nftCommit(tx) and nftRead(family). Arguments are converted
 // to plain C++ data on the JS thread; Execute() only talks netlink; OnOK() builds the JS result.
 #pragma once
 #include <napi.h>
@@ -28,7 +28,7 @@ class NftCommitWorker : public PromiseWorker {
 
 class NftReadWorker : public PromiseWorker {
  public:
-  explicit NftReadWorker(Napi::Env env);
+  NftReadWorker(Napi::Env env, nft::Family family);
   void QueueInOrder() { turn_.Queue(this); }
 
  protected:
@@ -37,10 +37,11 @@ class NftReadWorker : public PromiseWorker {
 
  private:
   TableTurn turn_;
+  nft::Family family_;
   nft::View view_;
 };
 
-// nftCommit(tx) / nftRead(): argument checks (TypeErrors) and queueing.
+// nftCommit(tx) / nftRead(family?): argument checks (TypeErrors) and queueing.
 Napi::Value NftCommit(const Napi::CallbackInfo &info);
 Napi::Value NftRead(const Napi::CallbackInfo &info);
 

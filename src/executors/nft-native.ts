@@ -1,8 +1,8 @@
 /**
  * The nft engine's native executor: the addon builds the netlink messages of the ops and sends them
- * as one batch, on a worker thread; reads table ip iptlb back with its counters.
+ * as one batch, on a worker thread; reads table ip iptlb (or ip6 iptlb) back with its counters.
  */
-import { renderNft, type NftTransaction, type NftView } from '../nft/ops.js';
+import { renderNft, type NftFamily, type NftTransaction, type NftView } from '../nft/ops.js';
 import type { NativeAddon } from '../native/addon.js';
 import type { CommitResult, NftExecutor } from '../types.js';
 import { mapNativeError } from './native.js';
@@ -22,9 +22,10 @@ export class NftNativeExecutor implements NftExecutor {
     }
   }
 
-  async read(): Promise<NftView> {
+  async read(family: NftFamily = 'ip'): Promise<NftView> {
     try {
-      return await this.addon.nftRead();
+      // Without an argument for ip: the addon's default, as before.
+      return await (family === 'ip' ? this.addon.nftRead() : this.addon.nftRead(family));
     } catch (e) {
       throw mapNativeError(e);
     }

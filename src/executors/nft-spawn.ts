@@ -1,9 +1,9 @@
 /**
  * The nft engine's fallback executor: commits with one `nft -f -` process fed the rendered ops on
- * stdin (nft sends a file as one batch: one transaction), reads with `nft -j list table ip iptlb`.
+ * stdin (nft sends a file as one batch: one transaction), reads with `nft -j list table <ip|ip6> iptlb`.
  */
 import { IptlbError } from '../errors.js';
-import { renderNft, type NftTransaction, type NftView } from '../nft/ops.js';
+import { renderNft, type NftFamily, type NftTransaction, type NftView } from '../nft/ops.js';
 import { parseNftJson } from '../nft/view.js';
 import type { CommitResult, NftExecutor } from '../types.js';
 import { findBinary, run } from './spawn.js';
@@ -38,13 +38,14 @@ export class NftSpawnExecutor implements NftExecutor {
     this.nft = nft;
   }
 
-  async read(): Promise<NftView> {
-    const r = await run(this.nft, ['-j', 'list', 'table', 'ip', 'iptlb']);
+  async read(family: NftFamily = 'ip'): Promise<NftView> {
+    if (family !== 'ip' && family !== 'ip6') throw new IptlbError('EUSAGE', `nft read: family must be 'ip' or 'ip6', got ${String(family)}`);
+    const r = await run(this.nft, ['-j', 'list', 'table', family, 'iptlb']);
     if (r.code !== 0) {
-      if (/No such file or directory/.test(r.stderr)) return parseNftJson('');
+      if (/No such file or directory/.test(r.stderr)) return parseNftJson('', 0, family);
       throw nftError(r.stderr);
     }
-    return parseNftJson(r.stdout);
+    return parseNftJson(r.stdout, 0, family);
   }
 
   async render(tx: NftTransaction): Promise<string> {

@@ -69,13 +69,14 @@ export interface NativeAddon {
   flock(path: string, waitMs: number): Promise<FileLock>;
   info(): { libiptc: true; xtablesLockPath: string };
   /**
-   * Commits all ops of `tx` on table ip iptlb in one nf_tables netlink batch (all or nothing).
+   * Commits all ops of `tx` on table `<tx.family> iptlb` (ip or ip6) in one nf_tables netlink batch
+   * (all or nothing); an address not of `tx.family` is a TypeError.
    * Rejects with code 'EKERNEL' (message `nft op <i> (<kind> <object>): <error>`), 'EPERM', or
    * 'ERESTART' when `tx.expectGenid` is set and the ruleset generation differs. Bad input is a
    * synchronous TypeError naming the field. `genid` is the generation right after the commit.
    */
   nftCommit(tx: NftTransaction): Promise<{ durationMs: number; genid: number }>;
-  /** Table ip iptlb as the kernel holds it, with counters (a missing table is `exists: false`). */
+  /** Table `<family> iptlb` (default ip) as the kernel holds it, with counters (a missing table is `exists: false`; an ip6 view has `family: 'ip6'`). */
   nftRead(family?: NftFamily): Promise<NftView>;
   /**
    * Deletes the conntrack entries (IPv4 or IPv6, as the flow's addresses are) of the current

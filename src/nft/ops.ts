@@ -1,6 +1,6 @@
 /**
  * The nft engine's plan vocabulary: a transaction is an ordered list of {@link NftOp}s on the table
- * `ip iptlb`, pure data. Both nft executors carry out the same list in one netlink batch (native:
+ * `ip iptlb` (IPv4 profiles) or `ip6 iptlb` (IPv6 ones), pure data. Both nft executors carry out the same list in one netlink batch (native:
  * the addon builds the messages; spawn: {@link renderNft} writes the text fed to `nft -f -`), so the
  * kernel ends up with the same objects either way.
  *
@@ -14,7 +14,12 @@
  *    (each destination count has its own index range in the backend map, see {@link backendOffset}).
  * A profile change is element changes only; base chains are rewritten only when the set of rules
  * changes (a new destination count, logging or masquerade switched).
+ *
+ * Table `ip6 iptlb` has the same layout: the same names, offsets and rule shapes, with `ip6 daddr` /
+ * `ip6 saddr`, keys `ipv6_addr . inet_service [. index]` and data `ipv6_addr . inet_service`. The two
+ * tables are independent: each transaction and each read is of one of them.
  */
+import { formatEndpoint, ipv6Groups } from '../address.js';
 import type { Protocol } from '../types.js';
 
 export const NFT_TABLE = 'iptlb';
@@ -67,11 +72,15 @@ export function rrOffset(n: number): number {
 
 /**
  * Name of the set that remembers the clients profile `suffix` (its chain suffix) sent to destination
- * `to`, with affinity `timeout` seconds: `aff_<SUFFIX>_<a>_<b>_<c>_<d>_<port>_<timeout>`. The timeout is
- * part of the name because the kernel cannot change a set's timeout in place.
+ * `to`, with affinity `timeout` seconds: `aff_<SUFFIX>_<a>_<b>_<c>_<d>_<port>_<timeout>`, or for an
+ * IPv6 destination its eight groups in upper-case hex, `aff_<SUFFIX>_2001_DB8_0_0_0_0_0_1_<port>_<timeout>`
+ * (always eight, never `::`, so the name stays unambiguous). The timeout is part of the name because
+ * the kernel cannot change a set's timeout in place.
  */
 export function affinitySetName(suffix: string, to: NftEndpoint, timeout: number): string {
-  return `aff_${suffix}_${to.ip.replace(/\./g, '_')}_${to.port}_${timeout}`;
+  const groups = to.ip.includes(':') ? ipv6Groups(to.ip) : null;
+  const ip = groups ? groups.map((g) => g.toString(16).toUpperCase()).join('_') : to.ip.replace(/\./g, '_');
+  return `aff_${suffix}_${ip}_${to.port}_${timeout}`;
 }
 export const AFFINITY_SET_PATTERN = /^aff_[A-Z0-9_]+_([1-9][0-9]*)$/;
 /** The timeout (seconds) of an affinity set, from its name; null when the name is not one. */
@@ -179,7 +188,7 @@ export type NftOp =
   /** deletes by key `v . p . i`; `to` is ignored. */
   | { op: 'deleteBackendElements'; proto: Protocol; elements: NftBackendElement[] };
 
-/** One atomic change of table ip iptlb: lands whole or not at all. */
+/** One atomic change of table `<family> iptlb`: lands whole or not at all. */
 export interface NftTransaction {
   /** The table's family: every address in `ops` is of it. */
   family: NftFamily;
@@ -189,7 +198,7 @@ export interface NftTransaction {
   expectGenid?: number;
 }
 
-/** What the kernel holds in table ip iptlb, with counters. */
+/** What the kernel holds in table `<family> iptlb`, with counters. */
 export interface NftView {
   /** Ruleset generation id at the time of the read. */
   genid: number;
@@ -209,44 +218,49 @@ export interface NftView {
 
 const LEVELS = ['emerg', 'alert', 'crit', 'err', 'warn', 'notice', 'info', 'debug'];
 
+/** nft's address type of a family's tables: `ipv4_addr` / `ipv6_addr`. */
+export function nftAddrType(family: NftFamily): string {
+  return family === 'ip6' ? 'ipv6_addr' : 'ipv4_addr';
+}
+
 /**
- * nft's input text for a rule. (`nft list` prints it back slightly differently: `dnat ip to`, and
- * `ct protocol` without `original`, since the kernel keeps no direction for it.) Owners and prefixes
- * need no quoting: profile names are `[A-Za-z0-9_-]`.
+ * nft's input text for a rule of table `<family> iptlb`. (`nft list` prints it back slightly
+ * differently: `dnat ip to` / `dnat ip6 to`, and `ct protocol` without `original`, since the kernel
+ * keeps no direction for it.) Owners and prefixes need no quoting: profile names are `[A-Za-z0-9_-]`.
  */
-export function renderNftRule(r: NftRule): string {
+export function renderNftRule(r: NftRule, family: NftFamily = 'ip'): string {
+  const f = family; // the payload protocol of daddr/saddr is the family's name: ip, ip6
   switch (r.kind) {
     case 'dispatch': {
       const fib = r.hook === 'loc' ? 'fib daddr type local ' : '';
       const set = dispatchSetName(r.hook, r.proto, r.n);
-      return `${fib}ip daddr . ${r.proto} dport @${set} dnat to ip daddr . ${r.proto} dport . numgen random mod ${r.n} offset ${backendOffset(r.n)} map @${backendMapName(r.proto)}`;
+      return `${fib}${f} daddr . ${r.proto} dport @${set} dnat to ${f} daddr . ${r.proto} dport . numgen random mod ${r.n} offset ${backendOffset(r.n)} map @${backendMapName(r.proto)}`;
     }
     case 'log': {
       const fib = r.local ? ' fib daddr type local' : '';
-      return `ip daddr ${r.vip.ip} ${r.proto} dport ${r.vip.port}${fib} log prefix "${r.prefix}" level ${LEVELS[r.level]} comment "iptlb:${r.owner}"`;
+      return `${f} daddr ${r.vip.ip} ${r.proto} dport ${r.vip.port}${fib} log prefix "${r.prefix}" level ${LEVELS[r.level]} comment "iptlb:${r.owner}"`;
     }
     case 'rr': {
       const fib = r.local ? ' fib daddr type local' : '';
       return (
-        `ip daddr ${r.vip.ip} ${r.proto} dport ${r.vip.port}${fib} dnat to ip daddr . ${r.proto} dport . numgen inc mod ${r.n} offset ${rrOffset(r.n)} ` +
+        `${f} daddr ${r.vip.ip} ${r.proto} dport ${r.vip.port}${fib} dnat to ${f} daddr . ${r.proto} dport . numgen inc mod ${r.n} offset ${rrOffset(r.n)} ` +
         `map @${backendMapName(r.proto)} comment "iptlb:${r.owner}"`
       );
     }
     case 'aff': {
       const fib = r.local ? ' fib daddr type local' : '';
       const pick =
-        r.pick.mode === 'hit' ? ` ip saddr @${r.set}` : r.pick.mode === 'random' ? ` numgen random mod ${r.pick.mod} < ${r.pick.lt}` : r.pick.mode === 'inc' ? ` numgen inc mod ${r.pick.mod} 0` : '';
-      return `ip daddr ${r.vip.ip} ${r.proto} dport ${r.vip.port}${fib}${pick} update @${r.set} { ip saddr } counter dnat to ${r.to.ip}:${r.to.port} comment "iptlb:${r.owner}"`;
+        r.pick.mode === 'hit' ? ` ${f} saddr @${r.set}` : r.pick.mode === 'random' ? ` numgen random mod ${r.pick.mod} < ${r.pick.lt}` : r.pick.mode === 'inc' ? ` numgen inc mod ${r.pick.mod} 0` : '';
+      return `${f} daddr ${r.vip.ip} ${r.proto} dport ${r.vip.port}${fib}${pick} update @${r.set} { ${f} saddr } counter dnat to ${formatEndpoint(r.to)} comment "iptlb:${r.owner}"`;
     }
     case 'masq':
       return (
-        `ct status dnat ct original ip daddr ${r.vip.ip} ct original protocol ${r.proto} ` +
+        `ct status dnat ct original ${f} daddr ${r.vip.ip} ct original protocol ${r.proto} ` +
         `ct original proto-dst ${r.vip.port} masquerade comment "iptlb:${r.owner}"`
       );
   }
 }
 
-const T = `${NFT_FAMILY} ${NFT_TABLE}`;
 const ep = (e: NftEndpoint): string => `${e.ip} . ${e.port}`;
 /** Elements per `add element` line, so no single netlink message grows past the socket buffer. */
 const CHUNK = 512;
@@ -259,6 +273,9 @@ function chunked<E>(elements: E[], line: (part: E[]) => string): string[] {
 
 /** The `nft -f` text of a transaction (one batch: nft commits a file as one transaction). */
 export function renderNft(tx: NftTransaction): string {
+  const f = tx.family;
+  const T = `${f} ${NFT_TABLE}`;
+  const addr = nftAddrType(f);
   const lines: string[] = [];
   for (const o of tx.ops) {
     switch (o.op) {
@@ -270,14 +287,14 @@ export function renderNft(tx: NftTransaction): string {
         break;
       case 'addBackendMap':
         lines.push(
-          `add map ${T} ${backendMapName(o.proto)} { typeof ip daddr . ${o.proto} dport . numgen random mod 1 : ip daddr . ${o.proto} dport; counter; }`,
+          `add map ${T} ${backendMapName(o.proto)} { typeof ${f} daddr . ${o.proto} dport . numgen random mod 1 : ${f} daddr . ${o.proto} dport; counter; }`,
         );
         break;
       case 'addDispatchSet':
-        lines.push(`add set ${T} ${o.name} { type ipv4_addr . inet_service; counter; }`);
+        lines.push(`add set ${T} ${o.name} { type ${addr} . inet_service; counter; }`);
         break;
       case 'addAffinitySet':
-        lines.push(`add set ${T} ${o.name} { type ipv4_addr; size 65535; flags dynamic,timeout; timeout ${o.timeout}s; }`);
+        lines.push(`add set ${T} ${o.name} { type ${addr}; size 65535; flags dynamic,timeout; timeout ${o.timeout}s; }`);
         break;
       case 'deleteSet':
         lines.push(`delete set ${T} ${o.name}`);
@@ -291,7 +308,7 @@ export function renderNft(tx: NftTransaction): string {
         lines.push(`flush chain ${T} ${o.name}`);
         break;
       case 'addRule':
-        lines.push(`add rule ${T} ${o.chain} ${renderNftRule(o.rule)}`);
+        lines.push(`add rule ${T} ${o.chain} ${renderNftRule(o.rule, f)}`);
         break;
       case 'addDispatchElements':
         if (o.elements.length) lines.push(...chunked(o.elements, (p) => `add element ${T} ${o.set} { ${p.map(ep).join(', ')} }`));

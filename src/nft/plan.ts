@@ -6,9 +6,12 @@
  * content (a pure function of all profiles) differs. If the kernel does not hold what `prev` says,
  * the commit fails as a whole (a missing element is ENOENT) and the caller commits
  * {@link planNftRebuild} instead: the whole table, replaced in one transaction.
+ *
+ * Each transaction is of one table: `ip iptlb` for IPv4 profiles, `ip6 iptlb` for IPv6 ones. The
+ * caller plans each family with that family's profiles; mixing them is an error.
  */
 import { parseEndpoint } from '../address.js';
-import { chainSuffix, slotCount, slotsOf } from '../profile.js';
+import { chainSuffix, familyOfProfile, slotCount, slotsOf } from '../profile.js';
 import type { Profile, Protocol } from '../types.js';
 export { backendOffset } from './ops.js';
 import {
@@ -22,6 +25,7 @@ import {
   type NftBackendElement,
   type NftBaseChain,
   type NftEndpoint,
+  type NftFamily,
   type NftHook,
   type NftOp,
   type NftRule,
@@ -29,6 +33,23 @@ import {
 } from './ops.js';
 
 export const NFT_PROTOCOLS: readonly Protocol[] = ['tcp', 'udp', 'sctp'];
+
+/** The table a profile lives in: `ip` for IPv4, `ip6` for IPv6. */
+export function nftFamilyOf(p: Profile): NftFamily {
+  return familyOfProfile(p) === 'ipv6' ? 'ip6' : 'ip';
+}
+
+/**
+ * The family of a transaction for `profiles`: that of the first one (or `fallback` when there are
+ * none). Every profile of `check` must be of it (a planner given both families is a caller's bug).
+ */
+function familyFor(first: Profile | undefined, fallback: NftFamily | undefined, check: Iterable<Profile | undefined>): NftFamily {
+  const family = fallback ?? (first ? nftFamilyOf(first) : 'ip');
+  for (const p of check) {
+    if (p && nftFamilyOf(p) !== family) throw new Error(`nft plan: profile ${p.name} is ${nftFamilyOf(p) === 'ip6' ? 'IPv6' : 'IPv4'}, not of table ${family} iptlb`);
+  }
+  return family;
+}
 
 export function nftHookOf(p: Profile): NftHook {
   return p.rulesBackend === 'client' ? 'out' : p.rulesBackend === 'proxy' ? 'pre' : 'loc';
@@ -292,7 +313,7 @@ function rewrite(from: ReturnType<typeof baseContent>, to: ReturnType<typeof bas
   }
 }
 
-const tx = (ops: NftOp[]): NftTransaction => ({ family: 'ip', table: 'iptlb', ops });
+const tx = (family: NftFamily, ops: NftOp[]): NftTransaction => ({ family, table: 'iptlb', ops });
 /** Stands for "the base chains as they are" when they are known not to change. */
 const EMPTY_CONTENT: ReturnType<typeof baseContent> = { chains: { output: [], prerouting: [], postrouting: [] }, sets: [] };
 const sameEndpoint = (a: NftEndpoint, b: NftEndpoint): boolean => a.ip === b.ip && a.port === b.port;
@@ -319,10 +340,14 @@ export function planNftChange(
    * commit, before writing the state) keeps its rule and is not deleted.
    */
   kernelSets?: ReadonlyMap<string, number>,
+  /** The table (`ip` or `ip6`); by default that of the profiles. `prev` and `next` hold profiles of this family only. */
+  family?: NftFamily,
 ): NftTransaction[] {
-  // The last profile gone: the table goes too, so the ruleset is exactly as before iptlb.
-  if (next.size === 0) return prev.size === 0 ? [] : [planNftRemoveAll()];
   const names = new Set(touched);
+  // O(touched): the touched profiles, old and new, must be of the table's family.
+  const fam = familyFor(next.values().next().value ?? prev.values().next().value, family, [...names].flatMap((n) => [prev.get(n), next.get(n)]));
+  // The last profile gone: the table goes too, so the ruleset is exactly as before iptlb.
+  if (next.size === 0) return prev.size === 0 ? [] : [planNftRemoveAll(fam)];
   const fast = usage !== undefined && prev.size > 0 && baseUnchanged(prev, next, names, usage);
   const before = fast ? EMPTY_CONTENT : baseContent(prev.values());
   const after = fast ? EMPTY_CONTENT : baseContent(next.values());
@@ -371,7 +396,7 @@ export function planNftChange(
     // Without a move nothing is left for a second step: `final` holds what `middle` holds.
     for (const name of known(before).filter((s) => !middle.sets.includes(s))) first.push({ op: 'deleteSet', name });
     dropAffinitySets(before, middle, first);
-    return [tx(first)];
+    return [tx(fam, first)];
   }
   for (const name of known(before).filter((s) => !middle.sets.includes(s))) first.push({ op: 'deleteSet', name });
   dropAffinitySets(before, middle, first);
@@ -380,7 +405,7 @@ export function planNftChange(
   rewrite(middle, final, second);
   for (const name of middle.sets.filter((s) => !final.sets.includes(s))) second.push({ op: 'deleteSet', name });
   dropAffinitySets(middle, final, second);
-  return [tx(first), tx(second)];
+  return [tx(fam, first), tx(fam, second)];
 }
 
 /** Deletes the affinity sets the rules of `from` use and those of `to` do not (after the rewrite that drops those rules). */
@@ -389,9 +414,13 @@ function dropAffinitySets(from: ReturnType<typeof baseContent>, to: ReturnType<t
   for (const name of affinitySetsOf(from).keys()) if (!keep.has(name)) ops.push({ op: 'deleteSet', name });
 }
 
-/** The whole table for `profiles`, replacing whatever table ip iptlb holds, in one transaction. */
-export function planNftRebuild(profiles: Iterable<Profile>, expectGenid?: number): NftTransaction {
+/**
+ * The whole table for `profiles`, replacing whatever table `<family> iptlb` holds, in one transaction.
+ * `family` defaults to that of the profiles (`ip` when there are none); all must be of it.
+ */
+export function planNftRebuild(profiles: Iterable<Profile>, expectGenid?: number, family?: NftFamily): NftTransaction {
   const list = [...profiles];
+  const fam = familyFor(list[0], family, list);
   const ops: NftOp[] = [{ op: 'addTable' }, { op: 'deleteTable' }];
   skeleton(ops);
   const content = baseContent(list);
@@ -401,10 +430,10 @@ export function planNftRebuild(profiles: Iterable<Profile>, expectGenid?: number
   for (const p of list) adds.add(planNftProfile(p));
   adds.emit('add', ops);
   for (const chain of NFT_BASE_CHAINS) for (const rule of content.chains[chain]) ops.push({ op: 'addRule', chain, rule });
-  return expectGenid === undefined ? { family: 'ip', table: 'iptlb', ops } : { family: 'ip', table: 'iptlb', ops, expectGenid };
+  return expectGenid === undefined ? { family: fam, table: 'iptlb', ops } : { family: fam, table: 'iptlb', ops, expectGenid };
 }
 
-/** The transaction that removes table ip iptlb entirely (used by migrate). */
-export function planNftRemoveAll(): NftTransaction {
-  return { family: 'ip', table: 'iptlb', ops: [{ op: 'addTable' }, { op: 'deleteTable' }] };
+/** The transaction that removes table `<family> iptlb` entirely (used by migrate, and when a family's last profile goes). */
+export function planNftRemoveAll(family: NftFamily = 'ip'): NftTransaction {
+  return { family, table: 'iptlb', ops: [{ op: 'addTable' }, { op: 'deleteTable' }] };
 }

@@ -1,12 +1,25 @@
 /**
- * Reading table ip iptlb back: `nft -j list table ip iptlb` parsed into an {@link NftView} (the spawn
- * executor's read; the native executor's read returns the same shape), and the drift comparison of
- * a view with the state file. Pure functions.
+ * Reading table ip iptlb (or ip6 iptlb) back: `nft -j list table <family> iptlb` parsed into an
+ * {@link NftView} (the spawn executor's read; the native executor's read returns the same shape), and
+ * the drift comparison of a view with the state file. Pure functions.
  */
 import type { DestinationCounters, ProfileReport } from '../drift.js';
 import type { Profile, Protocol } from '../types.js';
+import { canonicalIpv6, formatEndpoint } from '../address.js';
 import { weightOf } from '../profile.js';
-import { NFT_BASE_CHAINS, affinitySetTimeout, backendOffset, rrOffset, parseDispatchSetName, renderNftRule, type NftBaseChain, type NftEndpoint, type NftRule, type NftView } from './ops.js';
+import {
+  NFT_BASE_CHAINS,
+  affinitySetTimeout,
+  backendOffset,
+  rrOffset,
+  parseDispatchSetName,
+  renderNftRule,
+  type NftBaseChain,
+  type NftEndpoint,
+  type NftFamily,
+  type NftRule,
+  type NftView,
+} from './ops.js';
 import { baseContent, planNftProfile } from './plan.js';
 
 const LEVELS = ['emerg', 'alert', 'crit', 'err', 'warn', 'notice', 'info', 'debug'];
@@ -14,8 +27,15 @@ type J = Record<string, unknown>;
 const obj = (v: unknown): J | undefined => (v && typeof v === 'object' && !Array.isArray(v) ? (v as J) : undefined);
 const PROTOS: readonly string[] = ['tcp', 'udp', 'sctp'];
 
-export function emptyNftView(genid = 0): NftView {
-  return { genid, exists: false, dispatchSets: [], backendMaps: [], chains: [], foreign: [] };
+/** A view of a missing table. Only a view of table ip6 iptlb names its family (absent means ip). */
+export function emptyNftView(genid = 0, family: NftFamily = 'ip'): NftView {
+  return { genid, ...(family === 'ip6' ? { family } : {}), exists: false, dispatchSets: [], backendMaps: [], chains: [], foreign: [] };
+}
+
+/** An address as nft printed it, in iptlb's text: IPv6 in RFC 5952 form (nft may print a dotted tail). */
+function addrText(v: unknown, family: NftFamily): string {
+  const s = String(v);
+  return family === 'ip6' ? (canonicalIpv6(s) ?? s) : s;
 }
 
 function counters(e: J | undefined): { packets: bigint; bytes: bigint } {
@@ -40,8 +60,10 @@ const isFibLocal = (e: unknown): boolean => {
   return !!m && fib?.result === 'type' && Array.isArray(fib.flags) && fib.flags.length === 1 && fib.flags[0] === 'daddr' && m[1] === 'local';
 };
 
-/** Recognises the three rule shapes iptlb writes; anything else is foreign. */
-export function decodeRuleJson(rule: J): NftRule | { kind: 'foreign'; text: string } {
+/** Recognises the rule shapes iptlb writes in table `<family> iptlb`; anything else is foreign. */
+export function decodeRuleJson(rule: J, family: NftFamily = 'ip'): NftRule | { kind: 'foreign'; text: string } {
+  const f = family; // payload protocol of daddr/saddr and family of dnat: ip or ip6
+  const addr = (v: string): string => addrText(v, f);
   const foreign = { kind: 'foreign' as const, text: `handle ${String(rule.handle)}: ${JSON.stringify(rule.expr).slice(0, 160)}` };
   const expr = Array.isArray(rule.expr) ? [...rule.expr] : [];
   const comment = typeof rule.comment === 'string' ? rule.comment : undefined;
@@ -58,9 +80,9 @@ export function decodeRuleJson(rule: J): NftRule | { kind: 'foreign'; text: stri
     const key = obj(map?.key)?.concat as J[] | undefined;
     const ng = obj(key?.[2]?.numgen);
     if (
-      set && !comment && concat?.length === 2 && payload(concat[0], 'ip', 'daddr') && payload(concat[1], set.proto, 'dport') &&
-      (set.hook === 'loc') === local && dnat?.family === 'ip' && map?.data === `@be_${set.proto}` && key?.length === 3 &&
-      payload(key[0], 'ip', 'daddr') && payload(key[1], set.proto, 'dport') && ng?.mode === 'random' && ng.mod === set.n && (ng.offset ?? 0) === backendOffset(set.n)
+      set && !comment && concat?.length === 2 && payload(concat[0], f, 'daddr') && payload(concat[1], set.proto, 'dport') &&
+      (set.hook === 'loc') === local && dnat?.family === f && map?.data === `@be_${set.proto}` && key?.length === 3 &&
+      payload(key[0], f, 'daddr') && payload(key[1], set.proto, 'dport') && ng?.mode === 'random' && ng.mod === set.n && (ng.offset ?? 0) === backendOffset(set.n)
     ) {
       return { kind: 'dispatch', hook: set.hook, proto: set.proto, n: set.n };
     }
@@ -76,12 +98,12 @@ export function decodeRuleJson(rule: J): NftRule | { kind: 'foreign'; text: stri
     const key = obj(map?.key)?.concat as J[] | undefined;
     const ng = obj(key?.[2]?.numgen);
     if (
-      ip && payload(ip[0], 'ip', 'daddr') && typeof ip[1] === 'string' && typeof proto === 'string' && PROTOS.includes(proto) &&
+      ip && payload(ip[0], f, 'daddr') && typeof ip[1] === 'string' && typeof proto === 'string' && PROTOS.includes(proto) &&
       payload(port![0], proto, 'dport') && typeof port![1] === 'number' && (expr.length === 3 || local) &&
-      dnat?.family === 'ip' && map?.data === `@be_${proto}` && key?.length === 3 && payload(key[0], 'ip', 'daddr') && payload(key[1], proto, 'dport') &&
+      dnat?.family === f && map?.data === `@be_${proto}` && key?.length === 3 && payload(key[0], f, 'daddr') && payload(key[1], proto, 'dport') &&
       ng?.mode === 'inc' && typeof ng.mod === 'number' && ng.mod >= 1 && (ng.offset ?? 0) === rrOffset(ng.mod)
     ) {
-      return { kind: 'rr', owner, vip: { ip: ip[1], port: port![1] }, proto: proto as Protocol, local, n: ng.mod };
+      return { kind: 'rr', owner, vip: { ip: addr(ip[1]), port: port![1] }, proto: proto as Protocol, local, n: ng.mod };
     }
   }
   // aff: ip daddr V, P dport port, [fib local], [ip saddr @S | numgen random mod M < K | numgen inc mod M == 0], update @S { ip saddr }, counter, dnat to D
@@ -101,18 +123,18 @@ export function decodeRuleJson(rule: J): NftRule | { kind: 'foreign'; text: stri
       const hit = match(e[0]);
       const lt = match(e[0], '<');
       const ng = obj((hit ?? lt)?.[0].numgen);
-      if (hit && payload(hit[0], 'ip', 'saddr') && hit[1] === `@${set}`) pick = { mode: 'hit' };
+      if (hit && payload(hit[0], f, 'saddr') && hit[1] === `@${set}`) pick = { mode: 'hit' };
       else if (lt && ng?.mode === 'random' && (ng.offset ?? 0) === 0 && typeof ng.mod === 'number' && typeof lt[1] === 'number') pick = { mode: 'random', mod: ng.mod, lt: lt[1] };
       else if (hit && ng?.mode === 'inc' && (ng.offset ?? 0) === 0 && typeof ng.mod === 'number' && hit[1] === 0) pick = { mode: 'inc', mod: ng.mod };
     }
     if (
-      pick && ip && payload(ip[0], 'ip', 'daddr') && typeof ip[1] === 'string' && typeof proto === 'string' && PROTOS.includes(proto) &&
+      pick && ip && payload(ip[0], f, 'daddr') && typeof ip[1] === 'string' && typeof proto === 'string' && PROTOS.includes(proto) &&
       payload(port![0], proto, 'dport') && typeof port![1] === 'number' && set && affinitySetTimeout(set) !== null &&
-      upd?.op === 'update' && payload(obj(upd.elem), 'ip', 'saddr') && counter && dnat && typeof dnat.addr === 'string' && typeof dnat.port === 'number' &&
+      upd?.op === 'update' && payload(obj(upd.elem), f, 'saddr') && counter && dnat && typeof dnat.addr === 'string' && typeof dnat.port === 'number' &&
       Object.keys(dnat).every((k) => k === 'addr' || k === 'port')
     ) {
       return {
-        kind: 'aff', owner, vip: { ip: ip[1], port: port![1] }, proto: proto as Protocol, local, pick, set, to: { ip: dnat.addr, port: dnat.port },
+        kind: 'aff', owner, vip: { ip: addr(ip[1]), port: port![1] }, proto: proto as Protocol, local, pick, set, to: { ip: addr(dnat.addr), port: dnat.port },
         packets: BigInt(Number(counter.packets ?? 0)), bytes: BigInt(Number(counter.bytes ?? 0)),
       };
     }
@@ -125,12 +147,12 @@ export function decodeRuleJson(rule: J): NftRule | { kind: 'foreign'; text: stri
     const local = expr.length === 4 && isFibLocal(expr[2]);
     const log = obj(obj(expr[expr.length - 1])?.log);
     if (
-      ip && payload(ip[0], 'ip', 'daddr') && typeof ip[1] === 'string' && typeof proto === 'string' && PROTOS.includes(proto) &&
+      ip && payload(ip[0], f, 'daddr') && typeof ip[1] === 'string' && typeof proto === 'string' && PROTOS.includes(proto) &&
       payload(port![0], proto, 'dport') && typeof port![1] === 'number' && log && typeof log.prefix === 'string' && (expr.length === 3 || local)
     ) {
       const level = log.level === undefined ? 4 : LEVELS.indexOf(String(log.level));
       if (level >= 0 && Object.keys(log).every((k) => k === 'prefix' || k === 'level')) {
-        return { kind: 'log', owner, vip: { ip: ip[1], port: port![1] }, proto: proto as Protocol, local, prefix: log.prefix, level };
+        return { kind: 'log', owner, vip: { ip: addr(ip[1]), port: port![1] }, proto: proto as Protocol, local, prefix: log.prefix, level };
       }
     }
   }
@@ -142,19 +164,19 @@ export function decodeRuleJson(rule: J): NftRule | { kind: 'foreign'; text: stri
     const pd = match(expr[3]);
     const ct = (m: [J, unknown] | null): J | undefined => obj(m?.[0].ct);
     if (
-      ct(st)?.key === 'status' && st![1] === 'dnat' && ct(ip)?.key === 'ip daddr' && ct(ip)?.dir === 'original' && typeof ip![1] === 'string' &&
+      ct(st)?.key === 'status' && st![1] === 'dnat' && ct(ip)?.key === `${f} daddr` && ct(ip)?.dir === 'original' && typeof ip![1] === 'string' &&
       ct(pr)?.key === 'protocol' && typeof pr![1] === 'string' && PROTOS.includes(pr![1]) &&
       ct(pd)?.key === 'proto-dst' && ct(pd)?.dir === 'original' && typeof pd![1] === 'number'
     ) {
-      return { kind: 'masq', owner, vip: { ip: ip![1], port: pd![1] }, proto: pr![1] as Protocol };
+      return { kind: 'masq', owner, vip: { ip: addr(ip![1]), port: pd![1] }, proto: pr![1] as Protocol };
     }
   }
   return foreign;
 }
 
-/** Parses `nft -j list table ip iptlb`. An empty input means the table does not exist. */
-export function parseNftJson(text: string, genid = 0): NftView {
-  const view = emptyNftView(genid);
+/** Parses `nft -j list table <family> iptlb`. An empty input means the table does not exist. */
+export function parseNftJson(text: string, genid = 0, family: NftFamily = 'ip'): NftView {
+  const view = emptyNftView(genid, family);
   if (!text.trim()) return view;
   const doc = JSON.parse(text) as { nftables?: unknown[] };
   const chains = new Map<string, NftView['chains'][number]>();
@@ -180,7 +202,7 @@ export function parseNftJson(text: string, genid = 0): NftView {
       const elements = ((set.elem as unknown[]) ?? []).map((x) => {
         const el = obj(obj(x)?.elem);
         const val = (obj(el?.val)?.concat ?? []) as unknown[];
-        return { key: { ip: String(val[0]), port: Number(val[1]) }, ...counters(el) };
+        return { key: { ip: addrText(val[0], family), port: Number(val[1]) }, ...counters(el) };
       });
       view.dispatchSets.push({ name: String(set.name), elements });
     } else if (map) {
@@ -195,9 +217,9 @@ export function parseNftJson(text: string, genid = 0): NftView {
         const key = (obj(el?.val)?.concat ?? []) as unknown[];
         const to = (obj(v)?.concat ?? []) as unknown[];
         return {
-          vip: { ip: String(key[0]), port: Number(key[1]) },
+          vip: { ip: addrText(key[0], family), port: Number(key[1]) },
           index: Number(key[2]),
-          to: { ip: String(to[0]), port: Number(to[1]) },
+          to: { ip: addrText(to[0], family), port: Number(to[1]) },
           ...counters(el),
         };
       });
@@ -212,7 +234,7 @@ export function parseNftJson(text: string, genid = 0): NftView {
         view.foreign.push(name);
       }
     } else if (rule) {
-      chains.get(String(rule.chain))?.rules.push(decodeRuleJson(rule));
+      chains.get(String(rule.chain))?.rules.push(decodeRuleJson(rule, family));
     } else if (!o.table && !o.metainfo) {
       view.foreign.push(Object.keys(o)[0] ?? 'object');
     }
@@ -220,10 +242,16 @@ export function parseNftJson(text: string, genid = 0): NftView {
   return view;
 }
 
-const key = (e: NftEndpoint): string => `${e.ip}:${e.port}`;
+/** `ip:port` or `[v6]:port`: the text of profiles' sources and destinations. */
+const key = (e: NftEndpoint): string => formatEndpoint(e);
 
-/** Each profile of the state compared with table ip iptlb, plus what no profile owns, with counters. */
+/**
+ * Each profile of the state compared with table `<view.family> iptlb`, plus what no profile owns,
+ * with counters. `state` holds the profiles of that family only.
+ */
 export function compareNft(state: Map<string, Profile>, view: NftView): ProfileReport[] {
+  const family = view.family ?? 'ip';
+  const table = `table ${family} iptlb`;
   const dispatch = new Map<string, { set: string; packets: bigint; bytes: bigint }[]>();
   for (const s of view.dispatchSets) {
     for (const e of s.elements) {
@@ -233,7 +261,7 @@ export function compareNft(state: Map<string, Profile>, view: NftView): ProfileR
   }
   const backends = new Map<string, { to: string; packets: bigint; bytes: bigint }>();
   for (const m of view.backendMaps) for (const e of m.elements) backends.set(`${m.proto}/${key(e.vip)}/${e.index}`, { to: key(e.to), packets: e.packets, bytes: e.bytes });
-  const ruleKey = (chain: string, r: NftRule | { kind: 'foreign'; text: string }): string => `${chain} ${r.kind === 'foreign' ? r.text : renderNftRule(r)}`;
+  const ruleKey = (chain: string, r: NftRule | { kind: 'foreign'; text: string }): string => `${chain} ${r.kind === 'foreign' ? r.text : renderNftRule(r, family)}`;
   const affSets = new Map((view.affinitySets ?? []).map((x) => [x.name, x.timeout]));
   const claimedAffSets = new Set<string>();
   const haveRules = new Set(view.chains.flatMap((c) => c.rules.map((r) => ruleKey(c.name, r))));
@@ -296,7 +324,7 @@ export function compareNft(state: Map<string, Profile>, view: NftView): ProfileR
     const ownRulesHere = view.chains.reduce((n, c) => n + c.rules.filter((r) => (r.kind === 'log' || r.kind === 'masq' || r.kind === 'rr' || r.kind === 'aff') && r.owner === p.name).length, 0);
     const ownRulesInKernel = ownRulesHere > 0;
     if (found.length === 0 && haveBackends === 0 && !ownRulesInKernel) {
-      reports.push({ ...base, status: 'missing', detail: view.exists ? 'no elements in table ip iptlb' : 'table ip iptlb does not exist' });
+      reports.push({ ...base, status: 'missing', detail: view.exists ? `no elements in ${table}` : `${table} does not exist` });
       continue;
     }
     const hook = baseContent([p]).chains;
@@ -332,7 +360,7 @@ export function compareNft(state: Map<string, Profile>, view: NftView): ProfileR
     }
   }
   for (const name of affSets.keys()) if (!claimedAffSets.has(name)) orphans.set(`set:${name}`, `affinity set ${name}`);
-  for (const f of view.foreign) orphans.set(`foreign:${f}`, `${f}, a set or chain in table ip iptlb that iptlb did not make`);
+  for (const f of view.foreign) orphans.set(`foreign:${f}`, `${f}, a set or chain in ${table} that iptlb did not make`);
   for (const [name, what] of [...orphans].sort()) {
     const detail = name.startsWith('foreign:') ? what : `${what}, and no profile in the state file owns it`;
     reports.push({ name, status: 'orphaned', detail, destinations: [], packets: 0, bytes: 0 });
@@ -348,19 +376,20 @@ export function compareNft(state: Map<string, Profile>, view: NftView): ProfileR
  * O(round-robin profiles + dispatch elements).
  */
 export function strayRoundRobin(profiles: ReadonlyMap<string, Profile>, view: NftView): string[] {
+  const family = view.family ?? 'ip';
   const planned = new Map<string, string>();
   const rrVips = new Set<string>();
   for (const p of profiles.values()) {
     if (p.scheduler !== 'round-robin') continue;
     rrVips.add(`${p.protocol} ${p.source}`);
-    for (const r of planNftProfile(p).rules) if (r.rule.kind === 'rr') planned.set(`${r.chain} ${renderNftRule(r.rule)}`, p.name);
+    for (const r of planNftProfile(p).rules) if (r.rule.kind === 'rr') planned.set(`${r.chain} ${renderNftRule(r.rule, family)}`, p.name);
   }
   const out: string[] = [];
   const have = new Set<string>();
   for (const c of view.chains) {
     for (const r of c.rules) {
       if (r.kind !== 'rr') continue;
-      const k = `${c.name} ${renderNftRule(r)}`;
+      const k = `${c.name} ${renderNftRule(r, family)}`;
       have.add(k);
       if (!planned.has(k)) out.push(`a round-robin rule of ${r.owner} in ${c.name}`);
     }

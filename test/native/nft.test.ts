@@ -113,6 +113,59 @@ describe('nftables executor in the kernel (fresh network namespaces)', { skip: S
     assert.ok(r.wallMs < 2000, `commit took ${r.wallMs} ms`);
   });
 
+  test('ip6: op lists committed natively and via nft -f give the same table ip6 iptlb; both reads round-trip; missing table; foreign objects', async () => {
+    const r = await runInNetns<Record<string, any>>(fixture('nft'), ['equivalence', '--ip6'], { timeoutMs: 120_000 });
+    assert.deepEqual(r.failures, []);
+    assert.equal(r.steps, 9);
+    assert.ok(r.genidsIncrease, 'each commit returns a newer generation');
+    assert.deepEqual(r.missing, { genid: 'number', family: 'ip6', exists: false, dispatchSets: [], backendMaps: [], chains: [], foreign: [] });
+    assert.deepEqual(r.foreign.names, ['mine', 'other']);
+    assert.equal(r.foreign.output.length, 2);
+    for (const rule of r.foreign.output) assert.equal(rule.kind, 'foreign');
+    assert.match(r.foreign.output[0].text, /payload load 16b @ network header \+ 24/);
+    assert.match(r.foreign.output[1].text, /comment "not-ours"/);
+  });
+
+  test('tables ip iptlb and ip6 iptlb side by side: commits, reads and removal of one leave the other alone; wrong-family addresses are TypeErrors', async () => {
+    const r = await runInNetns<Record<string, any>>(fixture('nft'), ['sidebyside'], { timeoutMs: 60_000 });
+    assert.deepEqual(r.failures, []);
+    assert.match(r.typeErrors.v4InIp6, /^TypeError: ops\[0\]\.elements\[0\]\.ip: not an IPv6 address: 127\.0\.0\.1$/);
+    assert.match(r.typeErrors.v6InIp, /^TypeError: ops\[1\]\.rule\.vip\.ip: not an IPv4 address: /);
+    assert.match(r.typeErrors.badFamily, /^TypeError: transaction\.family: must be 'ip' or 'ip6'$/);
+    assert.match(r.typeErrors.badReadFamily, /^TypeError: family: must be 'ip' or 'ip6'$/);
+    assert.deepEqual(r.addresses.native, r.addresses.want, 'nftRead gives IPv6 addresses in RFC 5952 text');
+    assert.deepEqual(r.addresses.spawn, r.addresses.want, 'so does the spawn read');
+    const text = r.ip6Listing.join('\n');
+    assert.match(text, /typeof ip6 daddr \. tcp dport \. numgen random mod 1 : ip6 daddr \. tcp dport/);
+    assert.match(text, /type ipv6_addr \. inet_service/);
+    assert.match(text, /ip6 daddr \. tcp dport @out_tcp_3 dnat ip6 to ip6 daddr \. tcp dport \. numgen random mod 3 offset 3 map @be_tcp/);
+  });
+
+  test('ip6: 10,000 profiles (10,000 dispatch + 30,000 backend elements) in one commit, read back', async () => {
+    const r = await runInNetns<Record<string, any>>(fixture('nft'), ['load', '10000', '--ip6'], { timeoutMs: 120_000 });
+    assert.equal(r.dispatch, 10_000);
+    assert.equal(r.backend, 30_000);
+    assert.ok(r.same, `read back equals what was committed (differs: ${JSON.stringify(r.differs)})`);
+  });
+
+  test('ip6 traffic: [2001:db8::10]:80 planned, committed by each executor (native, nft -f), splits TCP over both IPv6 backends; in sync', async () => {
+    const r = await runInNetns<Record<string, any>>(fixture('nft'), ['traffic6'], { timeoutMs: 60_000 });
+    for (const kind of ['native', 'spawn']) {
+      const x = r[kind];
+      assert.deepEqual(x.families, ['ip6'], kind);
+      assert.equal(x.failures, 0, `${kind}: ${JSON.stringify(x.errors)}`);
+      assert.deepEqual(Object.keys(x.counts).sort(), ['backend:9001', 'backend:9002'], kind);
+      assert.equal(x.counts['backend:9001'] + x.counts['backend:9002'], 60);
+      assert.equal(x.status, 'in-sync', `${kind}: ${x.detail}`);
+      assert.ok(x.packets >= 60, `${kind}: dispatch element counted ${x.packets}`);
+      assert.deepEqual(x.destinations.map((d: any) => d.destination), ['[2001:db8::1]:9001', '[2001:db8::2]:9002']);
+      assert.ok(x.destinations.every((d: any) => d.packets > 0), kind);
+      assert.deepEqual(x.others, [], kind);
+      assert.equal(x.ipTable, false, `${kind}: table ip iptlb was not made`);
+      assert.equal(r[`${kind}Removed`], false, `${kind}: planNftRemoveAll('ip6') removed the table`);
+    }
+  });
+
   test('traffic: TCP to 127.100.0.10:8080 reaches all three backends through the output chain; counters count', async () => {
     const r = await runInNetns<Record<string, any>>(fixture('nft'), ['traffic'], { timeoutMs: 60_000 });
     assert.deepEqual(r.failures, []);
