@@ -321,7 +321,7 @@ function showNft(name: string, profile: Profile | undefined, view: NftView, o: G
   if (!dispatch.length && !backends.length && !rules.length) io.out('  nothing in the kernel');
   for (const d of dispatch) io.out(`  set ${d.set}\t${d.packets} pkts ${d.bytes} bytes\t${d.key.ip} . ${d.key.port}`);
   for (const b of backends) io.out(`  map be_${profile!.protocol}\t${b.packets} pkts ${b.bytes} bytes\t${b.vip.ip} . ${b.vip.port} . ${b.index} : ${b.to.ip} . ${b.to.port}`);
-  for (const r of rules) io.out(`  chain ${r.chain}\t${renderNftRule(r.rule as NftRule)}`);
+  for (const r of rules) io.out(`  chain ${r.chain}\t${renderNftRule(r.rule as NftRule, view.family ?? 'ip')}`);
 }
 
 async function planCommand(o: LegacyOpts, io: Out): Promise<void> {
