@@ -1,6 +1,6 @@
 {
   # The native executor (build/Release/iptlb.node). scripts/build-addon.js checks
-  # `pkg-config --exists libiptc xtables libnftnl libmnl` before node-gyp runs; the `|| echo` fallbacks only keep gyp
+  # `pkg-config --exists libiptc libip6tc xtables libnftnl libmnl` before node-gyp runs; the `|| echo` fallbacks only keep gyp
   # itself from failing when pkg-config is absent.
   "targets": [
     {
@@ -32,11 +32,11 @@
       ],
       "include_dirs": ["<!@(node -p \"require('node-addon-api').include\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
-      "cflags": ["-Wall", "-Wextra", "<!@(pkg-config --cflags libiptc xtables libnftnl libmnl 2>/dev/null || echo)"],
+      "cflags": ["-Wall", "-Wextra", "<!@(pkg-config --cflags libiptc libip6tc xtables libnftnl libmnl 2>/dev/null || echo)"],
       "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra"],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++14", "-std=gnu++17"],
-      "libraries": ["<!@(pkg-config --libs libiptc xtables libnftnl libmnl 2>/dev/null || echo -lip4tc -lxtables -lnftnl -lmnl)"]
+      "libraries": ["<!@(pkg-config --libs libiptc libip6tc xtables libnftnl libmnl 2>/dev/null || echo -lip4tc -lip6tc -lxtables -lnftnl -lmnl)"]
     }
   ]
 }

@@ -59,9 +59,15 @@ Napi::Value CommitJson(const Napi::CallbackInfo &info) {
   return p;
 }
 
-// read(): Promise<KernelView>
+// read(family?: 'ipv4' | 'ipv6'): Promise<KernelView> (default ipv4)
 Napi::Value Read(const Napi::CallbackInfo &info) {
-  auto *w = new ReadWorker(info.Env());
+  Family family = Family::kIpv4;
+  if (info.Length() >= 1 && !info[0].IsUndefined()) {
+    const std::string f = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : std::string();
+    if (f != "ipv4" && f != "ipv6") throw Napi::TypeError::New(info.Env(), "family: must be \"ipv4\" or \"ipv6\"");
+    family = f == "ipv6" ? Family::kIpv6 : Family::kIpv4;
+  }
+  auto *w = new ReadWorker(info.Env(), family);
   Napi::Promise p = w->Promise();
   w->QueueInOrder();
   return p;

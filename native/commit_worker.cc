@@ -33,29 +33,47 @@ void CommitWorker::Execute() {
   }
   auto turn = turn_.Enter();  // commits and reads reach the table one at a time, in call order
   std::lock_guard<std::mutex> serial(LibiptcMutex());
-  // A handle prefetch() prepared holds the xtables lock already (see prefetch.h).
-  std::unique_ptr<Prefetched> pre = TakePrefetched();
+  // A handle prefetch() prepared (ipv4 only) holds the xtables lock already (see prefetch.h). An ipv4
+  // commit takes both over. An ipv6 commit needs the same lock (ip6tables takes the same file), which
+  // a second open+flock of ours would wait for in vain: it works under the held lock and leaves the
+  // prepared handle (still current: nothing else can write while the lock is held) to the ipv4 commit.
+  const bool v6 = tx_.family == Family::kIpv6;
+  std::unique_ptr<Prefetched> pre = v6 ? nullptr : TakePrefetched();
   FlockGuard lock;
   NativeError error;
-  if (!pre && !lock.Acquire(lock_path_, kXtablesLockOpen, lock_wait_ms_, &error)) {
+  if (!pre && !PrefetchHoldsLock() && !lock.Acquire(lock_path_, kXtablesLockOpen, lock_wait_ms_, &error)) {
     if (error.code == "EPERM") error.message += "; changing netfilter rules needs root (CAP_NET_ADMIN)";
     return Fail(std::move(error));
   }
+  const bool ok = v6 ? Run<Ip6Tables>(nullptr) : Run<Ip4Tables>(pre ? pre->handle.get() : nullptr);
+  if (!ok) return;
+  duration_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+template <typename F>
+bool CommitWorker::Run(XtHandle<F> *prepared) {
+  NativeError error;
   for (attempts_ = 1;; attempts_++) {
-    std::unique_ptr<IptcHandle> fresh;
-    if (attempts_ > 1 || !pre) fresh = std::make_unique<IptcHandle>("nat");
-    IptcHandle &h = fresh ? *fresh : *pre->handle;
-    if (!h.ok()) return Fail(h.error());
-    if (!ApplyTransaction(h.get(), tx_, &error)) return Fail(std::move(error));
-    if (iptc_commit(h.get())) break;
+    std::unique_ptr<XtHandle<F>> fresh;
+    if (attempts_ > 1 || !prepared) fresh = std::make_unique<XtHandle<F>>("nat");
+    XtHandle<F> &h = fresh ? *fresh : *prepared;
+    if (!h.ok()) {
+      Fail(h.error());
+      return false;
+    }
+    if (!ApplyTransaction<F>(h.get(), tx_, &error)) {
+      Fail(std::move(error));
+      return false;
+    }
+    if (F::Commit(h.get())) return true;
     const int err = errno;
     if (err != EAGAIN || attempts_ == kMaxAttempts) {
-      std::string context = " while committing table nat";
+      std::string context = F::kFamily == Family::kIpv6 ? " while committing table nat (ip6tables)" : " while committing table nat";
       if (err == EAGAIN) context += " (the table kept changing: " + std::to_string(attempts_) + " attempts)";
-      return Fail(IptcError("iptc_commit", err, context));
+      Fail(XtError<F>(std::string(F::kLibrary) + "_commit", err, context));
+      return false;
     }
   }
-  duration_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
 void CommitWorker::OnOK() {

@@ -1,10 +1,12 @@
-// AsyncWorker that commits one Transaction: under the process's libiptc mutex and the xtables lock,
-// a fresh libiptc handle, the changes, one iptc_commit; retried from a fresh handle on EAGAIN.
+// AsyncWorker that commits one Transaction to the nat table of its family: under the process's
+// libiptc mutex and the xtables lock (one lock file for iptables and ip6tables), a fresh libiptc
+// (ipv4) or libip6tc (ipv6) handle, the changes, one commit; retried from a fresh handle on EAGAIN.
 #pragma once
 #include <napi.h>
 
 #include <string>
 
+#include "iptc_handle.h"
 #include "plan.h"
 #include "promise_worker.h"
 #include "table_queue.h"
@@ -26,6 +28,10 @@ class CommitWorker : public PromiseWorker {
   void OnOK() override;
 
  private:
+  // Applies and commits tx_ with F's library, starting from `prepared` when given; false after Fail().
+  template <typename F>
+  bool Run(XtHandle<F> *prepared);
+
   TableTurn turn_;
   Transaction tx_;
   std::string json_;  // non-empty: decode into tx_ first (worker thread)

@@ -1,26 +1,39 @@
-// RAII owner of a libiptc handle on one table, and the process-wide lock around every libiptc use
-// (libiptc keeps global state — the last function called, for iptc_strerror — and is not thread-safe).
+// RAII owner of a libiptc/libip6tc handle on one table, and the process-wide lock around every use of
+// either library (each keeps global state — the last function called, for its strerror — and neither
+// is thread-safe; one lock for both also keeps iptables' and ip6tables' work in one order).
 #pragma once
-#include <libiptc/libiptc.h>
-
+#include <cerrno>
 #include <cstring>
 #include <mutex>
 #include <string>
 
 #include "errors.h"
+#include "xt_family.h"
 
 namespace iptlb {
 
-// Held by every worker for the whole of its libiptc work: transactions on the table are serialised.
+// Held by every worker for the whole of its libiptc/libip6tc work: transactions are serialised.
 std::mutex &LibiptcMutex();
 
-class IptcHandle {
+// An EKERNEL (or EPERM) error for the library call `what` that just failed with `err`:
+// "<what>: <strerror of F's library> (errno N)<context>".
+template <typename F>
+NativeError XtError(const std::string &what, int err, const std::string &context = "") {
+  return NativeError::FromErrno("EKERNEL", err, what + ": " + F::StrError(err) + " (errno " + std::to_string(err) + ")" + context);
+}
+
+// F::Init(table) (iptc_init / ip6tc_init); on failure ok() is false and error() says why.
+template <typename F>
+class XtHandle {
  public:
-  // iptc_init(table); on failure ok() is false and error() says why (EKERNEL/EPERM, errno, iptc_strerror).
-  explicit IptcHandle(const char *table);
-  ~IptcHandle();
-  IptcHandle(const IptcHandle &) = delete;
-  IptcHandle &operator=(const IptcHandle &) = delete;
+  explicit XtHandle(const char *table) : handle_(F::Init(table)) {
+    if (!handle_) error_ = XtError<F>(std::string(F::kLibrary) + "_init", errno, std::string(" while reading table ") + table);
+  }
+  ~XtHandle() {
+    if (handle_) F::Free(handle_);
+  }
+  XtHandle(const XtHandle &) = delete;
+  XtHandle &operator=(const XtHandle &) = delete;
 
   bool ok() const { return handle_ != nullptr; }
   struct xtc_handle *get() const { return handle_; }
@@ -30,6 +43,8 @@ class IptcHandle {
   struct xtc_handle *handle_;
   NativeError error_;
 };
+
+using IptcHandle = XtHandle<Ip4Tables>;
 
 // A chain name as libiptc's prototypes want it: a zero-padded xt_chainlabel (char[32]) — libiptc may
 // read the whole array, so never pass it a shorter std::string buffer.
@@ -44,9 +59,5 @@ class Label {
  private:
   xt_chainlabel label_;
 };
-
-// An EKERNEL (or EPERM) error for the libiptc call `what` that just failed with `err`:
-// "<what>: <iptc_strerror> (errno N)<context>".
-NativeError IptcError(const std::string &what, int err, const std::string &context = "");
 
 }  // namespace iptlb

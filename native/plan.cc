@@ -151,13 +151,29 @@ bool IsDecimal(const std::string &s) {
   return digits > 0 && dots <= 1;
 }
 
+// Longest address text with a prefix: an IPv6 address with a dotted IPv4 tail (45) and "/128".
+constexpr size_t kMaxCidr = 49;
+
+bool IsHost(Family family, const Address &mask) {
+  const int words = family == Family::kIpv4 ? 1 : 4;
+  for (int i = 0; i < words; i++) {
+    if (mask.all[i] != 0xffffffffu) return false;
+  }
+  return true;
+}
+
+// "a.b.c.d:port" (ipv4) or "[v6]:port" (ipv6).
 template <typename V>
-void Endpoint(const V &v, const Path &field, uint32_t *addr, uint16_t *port) {
-  std::string s = Str(v, field, 21);
+void Endpoint(Family family, const V &v, const Path &field, Address *addr, uint16_t *port) {
+  std::string s = Str(v, field, kMaxCidr + 8);
   size_t colon = s.rfind(':');
-  uint32_t mask = 0;
-  if (colon == std::string::npos || !ParseCidr(s.substr(0, colon), addr, &mask) || mask != 0xffffffffu) {
-    Fail(field, "must be \"a.b.c.d:port\"");
+  std::string host = colon == std::string::npos ? std::string() : s.substr(0, colon);
+  if (family == Family::kIpv6) {
+    host = host.size() > 2 && host.front() == '[' && host.back() == ']' ? host.substr(1, host.size() - 2) : std::string();
+  }
+  Address mask{};
+  if (host.empty() || host.find('/') != std::string::npos || !ParseCidr(family, host, addr, &mask) || !IsHost(family, mask)) {
+    Fail(field, family == Family::kIpv4 ? "must be \"a.b.c.d:port\"" : "must be \"[ipv6]:port\"");
   }
   char *end = nullptr;
   std::string p = s.substr(colon + 1);
@@ -167,7 +183,7 @@ void Endpoint(const V &v, const Path &field, uint32_t *addr, uint16_t *port) {
 }
 
 template <typename V>
-Match MatchFrom(const V &value, const Path &field) {
+Match MatchFrom(Family family, const V &value, const Path &field) {
   V o = Obj(value, field);
   std::string name = Str(o.Get("name"), field.Key("name"), 32);
   Match m{Match::kTcp};
@@ -213,7 +229,9 @@ Match MatchFrom(const V &value, const Path &field) {
   } else if (name == "conntrack") {
     if (Str(o.Get("ctstate"), field.Key("ctstate"), 16) != "DNAT") Fail(field.Key("ctstate"), "must be \"DNAT\"");
     m.kind = Match::kConntrackDnat;
-    if (!ParseCidr(Str(o.Get("ctorigdst"), field.Key("ctorigdst"), 18), &m.addr, &m.mask)) Fail(field.Key("ctorigdst"), "must be an IPv4 address");
+    if (!ParseCidr(family, Str(o.Get("ctorigdst"), field.Key("ctorigdst"), kMaxCidr), &m.addr, &m.mask)) {
+      Fail(field.Key("ctorigdst"), family == Family::kIpv4 ? "must be an IPv4 address" : "must be an IPv6 address");
+    }
     m.port = static_cast<uint16_t>(Uint(o.Get("ctorigdstport"), field.Key("ctorigdstport"), 1, 65535));
   } else {
     Fail(field.Key("name"), "unknown match \"" + name + "\"");
@@ -222,13 +240,13 @@ Match MatchFrom(const V &value, const Path &field) {
 }
 
 template <typename V>
-Target TargetFrom(const V &value, const Path &field) {
+Target TargetFrom(Family family, const V &value, const Path &field) {
   V o = Obj(value, field);
   std::string name = Str(o.Get("name"), field.Key("name"), 32);
   Target t{Target::kReturn};
   if (name == "DNAT") {
     t.kind = Target::kDnat;
-    Endpoint(o.Get("toDestination"), field.Key("toDestination"), &t.addr, &t.port);
+    Endpoint(family, o.Get("toDestination"), field.Key("toDestination"), &t.addr, &t.port);
   } else if (name == "LOG") {
     t.kind = Target::kLog;
     t.prefix = Str(o.Get("prefix"), field.Key("prefix"), kMaxLogPrefix);
@@ -247,12 +265,14 @@ Target TargetFrom(const V &value, const Path &field) {
 }
 
 template <typename V>
-Rule RuleFrom(const V &value, const Path &field) {
+Rule RuleFrom(Family family, const V &value, const Path &field) {
   V o = Obj(value, field);
   Rule r;
   V dst = o.Get("dst");
   if (!dst.IsUndefined()) {
-    if (!ParseCidr(Str(dst, field.Key("dst"), 18), &r.dst, &r.dmsk)) Fail(field.Key("dst"), "must be an IPv4 address or a.b.c.d/n");
+    if (!ParseCidr(family, Str(dst, field.Key("dst"), kMaxCidr), &r.dst, &r.dmsk)) {
+      Fail(field.Key("dst"), family == Family::kIpv4 ? "must be an IPv4 address or a.b.c.d/n" : "must be an IPv6 address or v6/n");
+    }
     r.has_dst = true;
   }
   V proto = o.Get("proto");
@@ -268,12 +288,12 @@ Rule RuleFrom(const V &value, const Path &field) {
   const uint32_t count = ms.Length();
   if (count > 16) Fail(mf, "has more than 16 matches");
   r.matches.reserve(count);
-  for (uint32_t i = 0; i < count; i++) r.matches.push_back(MatchFrom(ms.At(i), mf.Index(i)));
+  for (uint32_t i = 0; i < count; i++) r.matches.push_back(MatchFrom(family, ms.At(i), mf.Index(i)));
   for (const Match &m : r.matches) {
     uint8_t need = m.kind == Match::kTcp ? IPPROTO_TCP : m.kind == Match::kUdp ? IPPROTO_UDP : m.kind == Match::kSctp ? IPPROTO_SCTP : 0;
     if (need && r.proto != need) Fail(field.Key("proto"), "must name the protocol of its port match");
   }
-  r.target = TargetFrom(o.Get("target"), field.Key("target"));
+  r.target = TargetFrom(family, o.Get("target"), field.Key("target"));
   return r;
 }
 
@@ -282,10 +302,12 @@ Transaction TransactionFrom(const V &value) {
   const Path root{nullptr, "transaction", 0};
   V o = Obj(value, root);
   V family = o.Get("family");
-  if (!family.IsString() || family.String() != "ipv4") Fail(root.Key("family"), "must be \"ipv4\"");
+  const std::string f = family.IsString() ? family.String() : std::string();
+  if (f != "ipv4" && f != "ipv6") Fail(root.Key("family"), "must be \"ipv4\" or \"ipv6\"");
   V table = o.Get("table");
   if (!table.IsString() || table.String() != "nat") Fail(root.Key("table"), "must be \"nat\"");
   Transaction tx;
+  tx.family = f == "ipv6" ? Family::kIpv6 : Family::kIpv4;
   const Path of = root.Key("owners");
   V owners = Arr(o.Get("owners"), of);
   for (uint32_t i = 0; i < owners.Length(); i++) tx.owners.push_back(Owner(owners.At(i), of.Index(i)));
@@ -303,7 +325,7 @@ Transaction TransactionFrom(const V &value) {
     const Path rf = f.Key("rules");
     V rules = Arr(c.Get("rules"), rf);
     chain.rules.reserve(rules.Length());
-    for (uint32_t k = 0; k < rules.Length(); k++) chain.rules.push_back(RuleFrom(rules.At(k), rf.Index(k)));
+    for (uint32_t k = 0; k < rules.Length(); k++) chain.rules.push_back(RuleFrom(tx.family, rules.At(k), rf.Index(k)));
     tx.chains.push_back(std::move(chain));
   }
   const Path hf = root.Key("hookRules");
@@ -317,7 +339,7 @@ Transaction TransactionFrom(const V &value) {
     if (hr.chain != "OUTPUT" && hr.chain != "PREROUTING" && hr.chain != "POSTROUTING") Fail(f.Key("chain"), "must be OUTPUT, PREROUTING or POSTROUTING");
     hr.owner = Owner(h.Get("owner"), f.Key("owner"));
     const Path rf = f.Key("rule");
-    hr.rule = RuleFrom(h.Get("rule"), rf);
+    hr.rule = RuleFrom(tx.family, h.Get("rule"), rf);
     // The comment is what later transactions find the rule by: it must be there, and be the owner's.
     bool tagged = false;
     for (const Match &m : hr.rule.matches) tagged = tagged || (m.kind == Match::kComment && m.text.size() == hr.owner.size() + 6 && m.text.compare(0, 6, "iptlb:") == 0 && m.text.compare(6, std::string::npos, hr.owner) == 0);
@@ -329,22 +351,30 @@ Transaction TransactionFrom(const V &value) {
 
 }  // namespace
 
-bool ParseCidr(const std::string &text, uint32_t *addr, uint32_t *mask) {
+bool ParseCidr(Family family, const std::string &text, Address *addr, Address *mask) {
+  const int af = family == Family::kIpv4 ? AF_INET : AF_INET6;
+  const int max_bits = family == Family::kIpv4 ? 32 : 128;
   std::string ip = text;
-  int bits = 32;
+  int bits = max_bits;
   size_t slash = text.find('/');
   if (slash != std::string::npos) {
     ip = text.substr(0, slash);
     std::string b = text.substr(slash + 1);
     char *end = nullptr;
     long n = std::strtol(b.c_str(), &end, 10);
-    if (b.empty() || *end != '\0' || n < 0 || n > 32) return false;
+    if (b.empty() || *end != '\0' || n < 0 || n > max_bits) return false;
     bits = static_cast<int>(n);
   }
-  struct in_addr a;
-  if (inet_pton(AF_INET, ip.c_str(), &a) != 1) return false;
-  uint32_t m = bits == 0 ? 0 : htonl(0xffffffffu << (32 - bits));
-  *addr = a.s_addr & m;
+  Address a{};
+  if (inet_pton(af, ip.c_str(), family == Family::kIpv4 ? static_cast<void *>(&a.in) : static_cast<void *>(&a.in6)) != 1) return false;
+  Address m{};
+  for (int word = 0; word < max_bits / 32; word++) {
+    const int left = bits - 32 * word;
+    const uint32_t host = left >= 32 ? 0xffffffffu : left <= 0 ? 0 : 0xffffffffu << (32 - left);
+    m.all[word] = htonl(host);
+    a.all[word] &= m.all[word];
+  }
+  *addr = a;
   *mask = m;
   return true;
 }

@@ -3,11 +3,24 @@
 // thread: an error result naming the field). Both apply the same checks with the same messages.
 #pragma once
 #include <napi.h>
+// glibc's headers before the kernel's: linux/libc-compat.h (included once) then leaves glibc's
+// definitions alone, also for the headers libiptc includes later (it includes net/if.h).
+#include <net/if.h>
+#include <netinet/in.h>
+#include <linux/netfilter.h>  // union nf_inet_addr
+
 #include <cstdint>
 #include <string>
 #include <vector>
 
 namespace iptlb {
+
+// The nat table a transaction is for: iptables' (ipv4, libip4tc) or ip6tables' (ipv6, libip6tc).
+enum class Family { kIpv4, kIpv6 };
+
+// An address or mask in network order, as the kernel's structures hold it: `.ip` for IPv4 (the
+// other words zero), `.in6` for IPv6.
+using Address = union nf_inet_addr;
 
 struct Match {
   // kUnknown only comes out of the decoder (an extension iptlb does not write; `text` is its name).
@@ -20,8 +33,8 @@ struct Match {
   uint32_t packet = 0;        // statistic nth: --packet (0..every-1)
   uint32_t seconds = 0;       // recent --update: --seconds (1..)
   std::string text;           // comment; recent list name; extension name of kUnknown
-  uint32_t addr = 0;          // conntrack ctorigdst (network order)
-  uint32_t mask = 0;          // conntrack mask (network order)
+  Address addr{};             // conntrack ctorigdst
+  Address mask{};             // conntrack mask
 };
 
 struct Target {
@@ -29,7 +42,7 @@ struct Target {
   enum Kind { kDnat, kLog, kReturn, kMasquerade, kJump, kUnknown };
   explicit Target(Kind k = kReturn) : kind(k) {}
   Kind kind;
-  uint32_t addr = 0;   // DNAT address (network order)
+  Address addr{};      // DNAT address
   uint16_t port = 0;   // DNAT port (host order)
   std::string prefix;  // LOG prefix
   uint8_t level = 4;   // LOG level
@@ -38,8 +51,8 @@ struct Target {
 
 struct Rule {
   bool has_dst = false;
-  uint32_t dst = 0;   // network order
-  uint32_t dmsk = 0;  // network order
+  Address dst{};
+  Address dmsk{};
   uint8_t proto = 0;  // IPPROTO_*
   std::vector<Match> matches;
   Target target{Target::kReturn};
@@ -57,6 +70,7 @@ struct HookRule {
 };
 
 struct Transaction {
+  Family family = Family::kIpv4;
   std::vector<std::string> owners;
   std::vector<std::string> delete_chains;
   std::vector<Chain> chains;
@@ -70,7 +84,8 @@ Transaction TransactionFromJs(const Napi::Value &value);
 // JSON or the plan fails a check. No N-API: safe in AsyncWorker::Execute().
 bool TransactionFromJson(std::string text, Transaction *tx, std::string *error);
 
-// Parses "a.b.c.d" or "a.b.c.d/n"; false when malformed.
-bool ParseCidr(const std::string &text, uint32_t *addr, uint32_t *mask);
+// Parses "a.b.c.d" or "a.b.c.d/n" (ipv4), "v6" or "v6/n" (ipv6: any RFC 4291 text form); false
+// when malformed or of the other family. The address comes back masked.
+bool ParseCidr(Family family, const std::string &text, Address *addr, Address *mask);
 
 }  // namespace iptlb

@@ -1,4 +1,4 @@
-// Speculative preparation of the next legacy commit. Under churn every commit starts with the same
+// Speculative preparation of the next legacy (ipv4) commit. Under churn every commit starts with the same
 // work: take the xtables lock, then copy the nat table out of the kernel and parse it (iptc_init,
 // about 40 % of a commit's kernel time with 200 profiles). prefetch() does that on a worker thread
 // while the JavaScript thread is still planning the next batch; the next CommitWorker takes the
@@ -32,6 +32,10 @@ struct Prefetched {
 
 // Removes and returns the prepared handle, null when there is none. Inside a table turn only.
 std::unique_ptr<Prefetched> TakePrefetched();
+
+// Whether a prepared handle, and with it the xtables lock, is held (an ipv6 commit then works under
+// that lock rather than wait for it). Inside a table turn only.
+bool PrefetchHoldsLock();
 
 class PrefetchWorker : public PromiseWorker {
  public:

@@ -16,22 +16,64 @@ namespace {
 // xt_chainlabel-sized (zero-padded), as libiptc reads them.
 const xt_chainlabel kHooks[] = {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"};
 
-std::string Cidr(uint32_t addr, uint32_t mask) {
-  char buf[INET_ADDRSTRLEN];
-  struct in_addr a;
-  a.s_addr = addr;
-  inet_ntop(AF_INET, &a, buf, sizeof(buf));
-  const uint32_t host = ntohl(mask);
-  if (host != 0 && (~host & (~host + 1)) != 0) {  // not a prefix: dotted mask, as iptables prints it
-    char m[INET_ADDRSTRLEN];
-    a.s_addr = mask;
-    inet_ntop(AF_INET, &a, m, sizeof(m));
-    return std::string(buf) + "/" + m;
+// RFC 5952 text of an IPv6 address, exactly as src/address.ts formatIpv6 writes it: lower-case hex
+// groups without leading zeros, the first longest run of two or more zero groups as "::", and never
+// a dotted IPv4 tail (which glibc's inet_ntop writes for some addresses).
+std::string Ipv6Text(const struct in6_addr &a) {
+  uint16_t g[8];
+  for (int i = 0; i < 8; i++) g[i] = static_cast<uint16_t>(a.s6_addr[2 * i] << 8 | a.s6_addr[2 * i + 1]);
+  int best = -1, best_len = 1;
+  for (int i = 0; i < 8;) {
+    if (g[i] != 0) {
+      i++;
+      continue;
+    }
+    int j = i;
+    while (j < 8 && g[j] == 0) j++;
+    if (j - i > best_len) {
+      best = i;
+      best_len = j - i;
+    }
+    i = j;
   }
-  return std::string(buf) + "/" + std::to_string(__builtin_popcount(mask));
+  std::string out;
+  char buf[8];
+  for (int i = 0; i < 8; i++) {
+    if (i == best) {
+      out += "::";
+      i += best_len - 1;
+      continue;
+    }
+    if (!out.empty() && out.back() != ':') out += ':';
+    std::snprintf(buf, sizeof(buf), "%x", g[i]);
+    out += buf;
+  }
+  return out;
 }
 
-Napi::Value MatchToJs(Napi::Env env, const Match &m) {
+std::string AddressText(Family family, const Address &a) {
+  if (family == Family::kIpv6) return Ipv6Text(a.in6);
+  char buf[INET_ADDRSTRLEN];
+  inet_ntop(AF_INET, &a.in, buf, sizeof(buf));
+  return buf;
+}
+
+// "addr/prefix", or "addr/mask" when the mask is not a prefix (as iptables prints it).
+std::string Cidr(Family family, const Address &addr, const Address &mask) {
+  const int words = family == Family::kIpv4 ? 1 : 4;
+  int bits = 0;
+  bool prefix = true;
+  for (int i = 0; i < words; i++) {
+    const uint32_t host = ntohl(mask.all[i]);
+    if (!prefix && host) return AddressText(family, addr) + "/" + AddressText(family, mask);
+    if (host != 0 && (~host & (~host + 1)) != 0) return AddressText(family, addr) + "/" + AddressText(family, mask);
+    bits += __builtin_popcount(host);
+    prefix = host == 0xffffffffu;
+  }
+  return AddressText(family, addr) + "/" + std::to_string(bits);
+}
+
+Napi::Value MatchToJs(Napi::Env env, Family family, const Match &m) {
   Napi::Object o = Napi::Object::New(env);
   switch (m.kind) {
     case Match::kTcp: o.Set("name", "tcp"); o.Set("dport", m.port); break;
@@ -64,7 +106,7 @@ Napi::Value MatchToJs(Napi::Env env, const Match &m) {
     case Match::kConntrackDnat:
       o.Set("name", "conntrack");
       o.Set("ctstate", "DNAT");
-      o.Set("ctorigdst", Cidr(m.addr, m.mask));
+      o.Set("ctorigdst", Cidr(family, m.addr, m.mask));
       o.Set("ctorigdstport", m.port);
       break;
     case Match::kUnknown: o.Set("name", "unknown"); o.Set("ext", m.text); break;
@@ -72,16 +114,13 @@ Napi::Value MatchToJs(Napi::Env env, const Match &m) {
   return o;
 }
 
-Napi::Value TargetToJs(Napi::Env env, const Target &t) {
+Napi::Value TargetToJs(Napi::Env env, Family family, const Target &t) {
   Napi::Object o = Napi::Object::New(env);
   switch (t.kind) {
     case Target::kDnat: {
-      char buf[INET_ADDRSTRLEN];
-      struct in_addr a;
-      a.s_addr = t.addr;
-      inet_ntop(AF_INET, &a, buf, sizeof(buf));
+      const std::string host = AddressText(family, t.addr);
       o.Set("name", "DNAT");
-      o.Set("toDestination", std::string(buf) + ":" + std::to_string(t.port));
+      o.Set("toDestination", (family == Family::kIpv6 ? "[" + host + "]" : host) + ":" + std::to_string(t.port));
       break;
     }
     case Target::kLog: o.Set("name", "LOG"); o.Set("prefix", t.prefix); o.Set("level", t.level); break;
@@ -94,16 +133,16 @@ Napi::Value TargetToJs(Napi::Env env, const Target &t) {
 }
 
 // The Rule shape of src/types.ts (optional fields absent, not undefined, so deepEqual holds).
-Napi::Value RuleToJs(Napi::Env env, const Rule &rule) {
+Napi::Value RuleToJs(Napi::Env env, Family family, const Rule &rule) {
   Napi::Object r = Napi::Object::New(env);
-  if (rule.has_dst) r.Set("dst", Cidr(rule.dst, rule.dmsk));
+  if (rule.has_dst) r.Set("dst", Cidr(family, rule.dst, rule.dmsk));
   if (rule.proto == IPPROTO_TCP) r.Set("proto", "tcp");
   else if (rule.proto == IPPROTO_UDP) r.Set("proto", "udp");
   else if (rule.proto == IPPROTO_SCTP) r.Set("proto", "sctp");
   Napi::Array ms = Napi::Array::New(env, rule.matches.size());
-  for (uint32_t i = 0; i < rule.matches.size(); i++) ms.Set(i, MatchToJs(env, rule.matches[i]));
+  for (uint32_t i = 0; i < rule.matches.size(); i++) ms.Set(i, MatchToJs(env, family, rule.matches[i]));
   r.Set("matches", ms);
-  r.Set("target", TargetToJs(env, rule.target));
+  r.Set("target", TargetToJs(env, family, rule.target));
   return r;
 }
 
@@ -114,26 +153,32 @@ void SetCounters(Napi::Env env, Napi::Object o, const DecodedRule &d) {
 
 }  // namespace
 
-ReadWorker::ReadWorker(Napi::Env env) : PromiseWorker(env, "iptlb.read") {}
+ReadWorker::ReadWorker(Napi::Env env, Family family) : PromiseWorker(env, "iptlb.read"), family_(family) {}
 
 void ReadWorker::Execute() {
   auto turn = turn_.Enter();
   std::lock_guard<std::mutex> serial(LibiptcMutex());
-  IptcHandle h("nat");
+  if (family_ == Family::kIpv6) ReadTable<Ip6Tables>();
+  else ReadTable<Ip4Tables>();
+}
+
+template <typename F>
+void ReadWorker::ReadTable() {
+  XtHandle<F> h("nat");
   if (!h.ok()) return Fail(h.error());
-  for (const char *c = iptc_first_chain(h.get()); c; c = iptc_next_chain(h.get())) {
+  for (const char *c = F::FirstChain(h.get()); c; c = F::NextChain(h.get())) {
     if (std::strncmp(c, "IPTLB_", 6) != 0) continue;
     ChainView view{c, {}};
-    for (const struct ipt_entry *e = iptc_first_rule(c, h.get()); e; e = iptc_next_rule(e, h.get())) view.rules.push_back(DecodeRule(e, h.get()));
+    for (const auto *e = F::FirstRule(c, h.get()); e; e = F::NextRule(e, h.get())) view.rules.push_back(DecodeRule<F>(e, h.get()));
     chains_.push_back(std::move(view));
   }
   for (const char *hook : kHooks) {
     unsigned pos = 0;
-    for (const struct ipt_entry *e = iptc_first_rule(hook, h.get()); e; e = iptc_next_rule(e, h.get())) {
+    for (const auto *e = F::FirstRule(hook, h.get()); e; e = F::NextRule(e, h.get())) {
       pos++;
-      const std::string comment = CommentOf(e);
+      const std::string comment = CommentOf<F>(e);
       if (comment.compare(0, 6, "iptlb:") != 0) continue;
-      hooks_.push_back({hook, comment.substr(6), pos, DecodeRule(e, h.get())});
+      hooks_.push_back({hook, comment.substr(6), pos, DecodeRule<F>(e, h.get())});
     }
   }
 }
@@ -148,7 +193,7 @@ void ReadWorker::OnOK() {
     Napi::Array rules = Napi::Array::New(env, chains_[i].rules.size());
     for (uint32_t k = 0; k < chains_[i].rules.size(); k++) {
       Napi::Object kr = Napi::Object::New(env);
-      kr.Set("rule", RuleToJs(env, chains_[i].rules[k].rule));
+      kr.Set("rule", RuleToJs(env, family_, chains_[i].rules[k].rule));
       SetCounters(env, kr, chains_[i].rules[k]);
       rules.Set(k, kr);
     }
@@ -161,7 +206,7 @@ void ReadWorker::OnOK() {
     o.Set("chain", hooks_[i].chain);
     o.Set("owner", hooks_[i].owner);
     o.Set("position", hooks_[i].position);
-    o.Set("rule", RuleToJs(env, hooks_[i].rule.rule));
+    o.Set("rule", RuleToJs(env, family_, hooks_[i].rule.rule));
     SetCounters(env, o, hooks_[i].rule);
     hooks.Set(i, o);
   }

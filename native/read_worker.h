@@ -1,4 +1,5 @@
-// AsyncWorker that reads iptlb's objects from the nat table: chains named IPTLB_* and rules of the
+// AsyncWorker that reads iptlb's objects from the nat table of one family (iptables' through
+// libiptc, ip6tables' through libip6tc): chains named IPTLB_* and rules of the
 // built-in chains whose comment starts with "iptlb:", decoded, with their counters. Like
 // iptables-save it takes no xtables lock (the kernel hands out a consistent copy of the table).
 #pragma once
@@ -15,7 +16,7 @@ namespace iptlb {
 
 class ReadWorker : public PromiseWorker {
  public:
-  explicit ReadWorker(Napi::Env env);
+  ReadWorker(Napi::Env env, Family family);
   // Queues the worker behind every commit/read called before it (see table_queue.h).
   void QueueInOrder() { turn_.Queue(this); }
 
@@ -24,7 +25,11 @@ class ReadWorker : public PromiseWorker {
   void OnOK() override;
 
  private:
+  template <typename F>
+  void ReadTable();
+
   TableTurn turn_;
+  Family family_;
   struct ChainView {
     std::string name;
     std::vector<DecodedRule> rules;

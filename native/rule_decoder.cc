@@ -36,13 +36,19 @@ bool ConntrackDnat(const Info *c, Match *d) {
   const unsigned want = XT_CONNTRACK_STATE | XT_CONNTRACK_ORIGDST | XT_CONNTRACK_ORIGDST_PORT;
   if (!c || c->match_flags != want || c->invert_flags || c->state_mask != XT_CONNTRACK_STATE_DNAT) return false;
   d->kind = Match::kConntrackDnat;
-  d->addr = c->origdst_addr.ip;
-  d->mask = c->origdst_mask.ip;
+  d->addr = c->origdst_addr;
+  d->mask = c->origdst_mask;
   return true;
 }
 
-// True when `m` is exactly something iptlb writes; fills `d`.
-bool DecodeMatch(const struct xt_entry_match *m, Match *d) {
+// xt_recent's mask of one host in `family` (see the encoder).
+bool HostMask(Family family, const union nf_inet_addr &mask) {
+  if (family == Family::kIpv6) return mask.all[0] == 0xffffffffu && mask.all[1] == 0xffffffffu && mask.all[2] == 0xffffffffu && mask.all[3] == 0xffffffffu;
+  return mask.ip == 0xffffffffu && !mask.all[1] && !mask.all[2] && !mask.all[3];
+}
+
+// True when `m` is exactly something iptlb writes in a table of `family`; fills `d`.
+bool DecodeMatch(Family family, const struct xt_entry_match *m, Match *d) {
   const std::string name = NameOf(m->u.user.name, sizeof(m->u.user.name));
   const unsigned rev = m->u.user.revision;
   if (name == "tcp" && rev == 0) {
@@ -75,7 +81,7 @@ bool DecodeMatch(const struct xt_entry_match *m, Match *d) {
     }
   } else if (name == "recent" && rev == 1) {
     const auto *r = Payload<struct xt_recent_mtinfo_v1>(m);
-    if (!r || r->invert || r->hit_count || r->side != XT_RECENT_SOURCE || r->mask.ip != 0xffffffffu || r->mask.all[1] || r->mask.all[2] || r->mask.all[3]) return false;
+    if (!r || r->invert || r->hit_count || r->side != XT_RECENT_SOURCE || !HostMask(family, r->mask)) return false;
     if (r->check_set == XT_RECENT_SET && r->seconds == 0) {
       d->kind = Match::kRecentSet;
     } else if (r->check_set == (XT_RECENT_UPDATE | XT_RECENT_REAP) && r->seconds >= 1) {
@@ -94,7 +100,7 @@ bool DecodeMatch(const struct xt_entry_match *m, Match *d) {
     const auto *a = Payload<struct xt_addrtype_info_v1>(m);
     if (!a || a->dest != XT_ADDRTYPE_LOCAL || a->source || a->flags) return false;
     d->kind = Match::kAddrtypeLocal;
-  } else if (name == "addrtype" && rev == 0) {
+  } else if (name == "addrtype" && rev == 0 && family == Family::kIpv4) {
     const auto *a = Payload<struct xt_addrtype_info>(m);
     if (!a || a->dest != XT_ADDRTYPE_LOCAL || a->source || a->invert_source || a->invert_dest) return false;
     d->kind = Match::kAddrtypeLocal;
@@ -119,29 +125,34 @@ bool DecodeMatch(const struct xt_entry_match *m, Match *d) {
 // The DNAT range iptlb writes: one address, one port.
 template <typename Range>
 bool SingleDestination(const Range *r, Target *d) {
-  if (!r || r->flags != (NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED) || r->min_addr.ip != r->max_addr.ip || r->min_proto.all != r->max_proto.all) return false;
-  d->addr = r->min_addr.ip;
+  if (!r || r->flags != (NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED) || std::memcmp(&r->min_addr, &r->max_addr, sizeof(r->min_addr)) != 0 ||
+      r->min_proto.all != r->max_proto.all) {
+    return false;
+  }
+  d->addr = r->min_addr;
   d->port = ntohs(r->min_proto.all);
   return true;
 }
 
-bool DecodeTarget(const struct ipt_entry *e, struct xtc_handle *h, Target *d) {
-  const char *label = iptc_get_target(e, h);
+template <typename F>
+bool DecodeTarget(const typename F::Entry *e, struct xtc_handle *h, Target *d) {
+  constexpr bool v6 = F::kFamily == Family::kIpv6;
+  const char *label = F::GetTarget(e, h);
   if (!label) return false;
   const std::string n = label;
   const auto *t = reinterpret_cast<const struct xt_entry_target *>(reinterpret_cast<const char *>(e) + e->target_offset);
   const unsigned rev = t->u.user.revision;
-  if (n == IPTC_LABEL_RETURN) {
+  if (n == F::kLabelReturn) {
     d->kind = Target::kReturn;
   } else if (n == "DNAT") {
     d->kind = Target::kDnat;
     if (rev == 2) return SingleDestination(Payload<struct nf_nat_range2>(t), d);
     if (rev == 1) return SingleDestination(Payload<struct nf_nat_range>(t), d);
     const auto *r = Payload<struct nf_nat_ipv4_multi_range_compat>(t);
-    if (rev != 0 || !r || r->rangesize != 1) return false;
+    if (v6 || rev != 0 || !r || r->rangesize != 1) return false;
     const auto &x = r->range[0];
     if (x.flags != (NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED) || x.min_ip != x.max_ip || x.min.all != x.max.all) return false;
-    d->addr = x.min_ip;
+    d->addr.ip = x.min_ip;
     d->port = ntohs(x.min.all);
   } else if (n == "LOG") {
     const auto *l = Payload<struct xt_log_info>(t);
@@ -149,11 +160,15 @@ bool DecodeTarget(const struct ipt_entry *e, struct xtc_handle *h, Target *d) {
     d->kind = Target::kLog;
     d->level = l->level;
     d->prefix = NameOf(l->prefix, sizeof(l->prefix));
+  } else if (n == "MASQUERADE" && v6) {
+    const auto *r = Payload<struct nf_nat_range>(t);
+    if (rev != 0 || !r || r->flags) return false;
+    d->kind = Target::kMasquerade;
   } else if (n == "MASQUERADE") {
     const auto *r = Payload<struct nf_nat_ipv4_multi_range_compat>(t);
     if (rev != 0 || !r || r->rangesize != 1 || r->range[0].flags) return false;
     d->kind = Target::kMasquerade;
-  } else if (iptc_is_chain(label, h) && !iptc_builtin(label, h)) {
+  } else if (F::IsChain(label, h) && !F::Builtin(label, h)) {
     d->kind = Target::kJump;
     d->chain = n;
   } else {
@@ -164,8 +179,9 @@ bool DecodeTarget(const struct ipt_entry *e, struct xtc_handle *h, Target *d) {
 
 }  // namespace
 
-std::string CommentOf(const struct ipt_entry *e) {
-  for (size_t off = sizeof(struct ipt_entry); off + sizeof(struct xt_entry_match) <= e->target_offset;) {
+template <typename F>
+std::string CommentOf(const typename F::Entry *e) {
+  for (size_t off = sizeof(*e); off + sizeof(struct xt_entry_match) <= e->target_offset;) {
     const auto *m = reinterpret_cast<const struct xt_entry_match *>(reinterpret_cast<const char *>(e) + off);
     if (m->u.match_size == 0) break;
     if (std::strcmp(m->u.user.name, "comment") == 0) {
@@ -176,29 +192,23 @@ std::string CommentOf(const struct ipt_entry *e) {
   return "";
 }
 
-DecodedRule DecodeRule(const struct ipt_entry *e, struct xtc_handle *h) {
+template <typename F>
+DecodedRule DecodeRule(const typename F::Entry *e, struct xtc_handle *h) {
   DecodedRule out;
   out.packets = e->counters.pcnt;
   out.bytes = e->counters.bcnt;
   Rule &r = out.rule;
-  if (e->ip.dmsk.s_addr || e->ip.dst.s_addr) {
-    r.has_dst = true;
-    r.dst = e->ip.dst.s_addr;
-    r.dmsk = e->ip.dmsk.s_addr;
-  }
-  const bool known_proto = e->ip.proto == 0 || e->ip.proto == IPPROTO_TCP || e->ip.proto == IPPROTO_UDP || e->ip.proto == IPPROTO_SCTP;
-  if (known_proto) r.proto = static_cast<uint8_t>(e->ip.proto);
   // Header fields iptlb never sets (source, interfaces, inversions, fragments, other protocols).
-  if (!known_proto || e->ip.src.s_addr || e->ip.smsk.s_addr || e->ip.iniface[0] || e->ip.outiface[0] || e->ip.invflags || e->ip.flags) {
+  if (!GetHeader<F>(e, &r)) {
     Match u{Match::kUnknown};
     u.text = "(ip header)";
     r.matches.push_back(std::move(u));
   }
-  for (size_t off = sizeof(struct ipt_entry); off + sizeof(struct xt_entry_match) <= e->target_offset;) {
+  for (size_t off = sizeof(*e); off + sizeof(struct xt_entry_match) <= e->target_offset;) {
     const auto *m = reinterpret_cast<const struct xt_entry_match *>(reinterpret_cast<const char *>(e) + off);
     if (m->u.match_size < sizeof(struct xt_entry_match)) break;  // malformed: stop rather than loop
     Match d{Match::kUnknown};
-    if (!DecodeMatch(m, &d)) {
+    if (!DecodeMatch(F::kFamily, m, &d)) {
       d = Match{Match::kUnknown};
       d.text = NameOf(m->u.user.name, sizeof(m->u.user.name));
     }
@@ -207,13 +217,18 @@ DecodedRule DecodeRule(const struct ipt_entry *e, struct xtc_handle *h) {
     off += m->u.match_size;
   }
   Target t{Target::kReturn};
-  if (!DecodeTarget(e, h, &t)) {
-    const char *label = iptc_get_target(e, h);
+  if (!DecodeTarget<F>(e, h, &t)) {
+    const char *label = F::GetTarget(e, h);
     t = Target{Target::kUnknown};
     t.chain = label && *label ? label : "(standard)";
   }
   r.target = std::move(t);
   return out;
 }
+
+template DecodedRule DecodeRule<Ip4Tables>(const Ip4Tables::Entry *, struct xtc_handle *);
+template DecodedRule DecodeRule<Ip6Tables>(const Ip6Tables::Entry *, struct xtc_handle *);
+template std::string CommentOf<Ip4Tables>(const Ip4Tables::Entry *);
+template std::string CommentOf<Ip6Tables>(const Ip6Tables::Entry *);
 
 }  // namespace iptlb

@@ -1,7 +1,6 @@
 #include "rule_encoder.h"
 
 #include <arpa/inet.h>
-#include <libiptc/libiptc.h>
 #include <linux/netfilter/nf_conntrack_common.h>
 #include <linux/netfilter/nf_nat.h>
 #include <linux/netfilter/x_tables.h>
@@ -43,14 +42,14 @@ template <typename Info>
 Info ConntrackDnat(const Match &m) {
   Info c;
   std::memset(&c, 0, sizeof(c));
-  c.origdst_addr.ip = m.addr;
-  c.origdst_mask.ip = m.mask;
+  c.origdst_addr = m.addr;
+  c.origdst_mask = m.mask;
   c.state_mask = XT_CONNTRACK_STATE_DNAT;
   c.match_flags = XT_CONNTRACK_STATE | XT_CONNTRACK_ORIGDST | XT_CONNTRACK_ORIGDST_PORT;
   return c;
 }
 
-bool EncodeMatch(const Match &m, std::vector<uint8_t> *out, std::string *error) {
+bool EncodeMatch(Family family, const Match &m, std::vector<uint8_t> *out, std::string *error) {
   switch (m.kind) {
     case Match::kTcp: {
       struct xt_tcp t;
@@ -102,8 +101,8 @@ bool EncodeMatch(const Match &m, std::vector<uint8_t> *out, std::string *error) 
     }
     case Match::kRecentSet:
     case Match::kRecentUpdate: {
-      // As libxt_recent (revision 1) leaves it: source side, mask 255.255.255.255 in the first word
-      // of the address union, the rest zero.
+      // As libxt_recent (revision 1) leaves it: source side, mask of one host: IPv4 255.255.255.255
+      // in the first word of the address union, the rest zero; IPv6 all 128 bits.
       struct xt_recent_mtinfo_v1 r;
       std::memset(&r, 0, sizeof(r));
       if (m.kind == Match::kRecentSet) {
@@ -114,7 +113,8 @@ bool EncodeMatch(const Match &m, std::vector<uint8_t> *out, std::string *error) 
       }
       std::strncpy(r.name, m.text.c_str(), sizeof(r.name) - 1);
       r.side = XT_RECENT_SOURCE;
-      r.mask.ip = 0xffffffffu;
+      if (family == Family::kIpv4) r.mask.ip = 0xffffffffu;
+      else std::memset(&r.mask, 0xff, sizeof(r.mask));
       Append(out, "recent", 1, r);
       return true;
     }
@@ -126,13 +126,14 @@ bool EncodeMatch(const Match &m, std::vector<uint8_t> *out, std::string *error) 
       return true;
     }
     case Match::kAddrtypeLocal: {
-      const int rev = MatchRevision("addrtype", 1);
+      // ip6tables has revision 1 only (revision 0 is IPv4's).
+      const int rev = MatchRevision(family, "addrtype", 1);
       if (rev == 1) {
         struct xt_addrtype_info_v1 a;
         std::memset(&a, 0, sizeof(a));
         a.dest = XT_ADDRTYPE_LOCAL;
         Append(out, "addrtype", 1, a);
-      } else if (rev == 0) {
+      } else if (rev == 0 && family == Family::kIpv4) {
         struct xt_addrtype_info a;
         std::memset(&a, 0, sizeof(a));
         a.dest = XT_ADDRTYPE_LOCAL;
@@ -144,7 +145,7 @@ bool EncodeMatch(const Match &m, std::vector<uint8_t> *out, std::string *error) 
       return true;
     }
     case Match::kConntrackDnat: {
-      const int rev = MatchRevision("conntrack", 3);
+      const int rev = MatchRevision(family, "conntrack", 3);
       if (rev == 3) {
         auto c = ConntrackDnat<struct xt_conntrack_mtinfo3>(m);
         c.origdst_port = c.origdst_port_high = m.port;  // revision 3 keeps a port range, in host order
@@ -170,30 +171,32 @@ bool EncodeMatch(const Match &m, std::vector<uint8_t> *out, std::string *error) 
   return false;
 }
 
-bool EncodeTarget(const Target &t, std::vector<uint8_t> *out, std::string *error) {
+// The range of a DNAT to one address and port (revisions 1 and 2 differ only in a trailing field).
+template <typename Range>
+Range SingleDestination(const Target &t) {
+  Range r;
+  std::memset(&r, 0, sizeof(r));
+  r.flags = NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED;
+  r.min_addr = r.max_addr = t.addr;
+  r.min_proto.all = r.max_proto.all = htons(t.port);
+  return r;
+}
+
+bool EncodeTarget(Family family, const Target &t, std::vector<uint8_t> *out, std::string *error) {
   switch (t.kind) {
     case Target::kDnat: {
-      const int rev = TargetRevision("DNAT", 2);
+      // Revisions 1 and 2 are family-neutral; revision 0 (the compat range) is IPv4's only.
+      const int rev = TargetRevision(family, "DNAT", 2);
       if (rev == 2) {
-        struct nf_nat_range2 r;
-        std::memset(&r, 0, sizeof(r));
-        r.flags = NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED;
-        r.min_addr.ip = r.max_addr.ip = t.addr;
-        r.min_proto.all = r.max_proto.all = htons(t.port);
-        Append(out, "DNAT", 2, r);
+        Append(out, "DNAT", 2, SingleDestination<struct nf_nat_range2>(t));
       } else if (rev == 1) {
-        struct nf_nat_range r;
-        std::memset(&r, 0, sizeof(r));
-        r.flags = NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED;
-        r.min_addr.ip = r.max_addr.ip = t.addr;
-        r.min_proto.all = r.max_proto.all = htons(t.port);
-        Append(out, "DNAT", 1, r);
-      } else if (rev == 0) {
+        Append(out, "DNAT", 1, SingleDestination<struct nf_nat_range>(t));
+      } else if (rev == 0 && family == Family::kIpv4) {
         struct nf_nat_ipv4_multi_range_compat r;
         std::memset(&r, 0, sizeof(r));
         r.rangesize = 1;
         r.range[0].flags = NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED;
-        r.range[0].min_ip = r.range[0].max_ip = t.addr;
+        r.range[0].min_ip = r.range[0].max_ip = t.addr.ip;
         r.range[0].min.all = r.range[0].max.all = htons(t.port);
         Append(out, "DNAT", 0, r);
       } else {
@@ -211,6 +214,14 @@ bool EncodeTarget(const Target &t, std::vector<uint8_t> *out, std::string *error
       return true;
     }
     case Target::kMasquerade: {
+      // Revision 0 in both families, with each family's range: IPv4 the compat range (one, empty),
+      // IPv6 an empty nf_nat_range (as libxt_MASQUERADE's two registrations).
+      if (family == Family::kIpv6) {
+        struct nf_nat_range r;
+        std::memset(&r, 0, sizeof(r));
+        Append(out, "MASQUERADE", 0, r);
+        return true;
+      }
       struct nf_nat_ipv4_multi_range_compat r;
       std::memset(&r, 0, sizeof(r));
       r.rangesize = 1;
@@ -219,7 +230,7 @@ bool EncodeTarget(const Target &t, std::vector<uint8_t> *out, std::string *error
     }
     case Target::kReturn:
     case Target::kJump: {
-      // A standard target named by its verdict or chain; libiptc resolves the name at commit.
+      // A standard target named by its verdict or chain; libiptc/libip6tc resolve the name at commit.
       struct xt_standard_target s;
       std::memset(&s, 0, sizeof(s));
       const std::string name = t.kind == Target::kReturn ? std::string(IPTC_LABEL_RETURN) : t.chain;
@@ -239,22 +250,23 @@ bool EncodeTarget(const Target &t, std::vector<uint8_t> *out, std::string *error
 
 }  // namespace
 
+template <typename F>
 std::vector<uint8_t> EncodeRule(const Rule &rule, std::string *error) {
-  std::vector<uint8_t> buf(sizeof(struct ipt_entry), 0);
+  using Entry = typename F::Entry;
+  std::vector<uint8_t> buf(sizeof(Entry), 0);
   for (const Match &m : rule.matches) {
-    if (!EncodeMatch(m, &buf, error)) return {};
+    if (!EncodeMatch(F::kFamily, m, &buf, error)) return {};
   }
   const size_t target_offset = buf.size();
-  if (!EncodeTarget(rule.target, &buf, error)) return {};
-  auto *e = reinterpret_cast<struct ipt_entry *>(buf.data());
-  if (rule.has_dst) {
-    e->ip.dst.s_addr = rule.dst;
-    e->ip.dmsk.s_addr = rule.dmsk;
-  }
-  e->ip.proto = rule.proto;
+  if (!EncodeTarget(F::kFamily, rule.target, &buf, error)) return {};
+  auto *e = reinterpret_cast<Entry *>(buf.data());
+  SetHeader<F>(e, rule);
   e->target_offset = static_cast<__u16>(target_offset);
   e->next_offset = static_cast<__u16>(buf.size());
   return buf;
 }
+
+template std::vector<uint8_t> EncodeRule<Ip4Tables>(const Rule &, std::string *);
+template std::vector<uint8_t> EncodeRule<Ip6Tables>(const Rule &, std::string *);
 
 }  // namespace iptlb

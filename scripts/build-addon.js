@@ -17,9 +17,9 @@ function skip(reason) {
 }
 
 if (process.platform !== 'linux') skip(`${process.platform} has no netfilter`);
-const pc = spawnSync('pkg-config', ['--exists', 'libiptc', 'xtables', 'libnftnl', 'libmnl']);
+const pc = spawnSync('pkg-config', ['--exists', 'libiptc', 'libip6tc', 'xtables', 'libnftnl', 'libmnl']);
 if (pc.error) skip('pkg-config is not installed');
-if (pc.status !== 0) skip('libiptc/libxtables/libnftnl/libmnl development files are missing');
+if (pc.status !== 0) skip('libiptc/libip6tc/libxtables/libnftnl/libmnl development files are missing');
 const localGyp = path.join(root, 'node_modules', '.bin', 'node-gyp');
 const gypArgs = ['rebuild', '--jobs=max'];
 // Build against the headers of the node that runs us (no download): npm passes them as

@@ -1,10 +1,10 @@
 /**
  * Drift: comparing the state file with the kernel. Pure functions over a {@link KernelView}.
  */
-import { chainName, weightOf } from './profile.js';
+import { chainName, familyOfProfile, weightOf } from './profile.js';
 import { planProfile, planTransaction, CHAIN_PREFIX } from './plan.js';
 import { canonicalProbability, renderRule } from './restore.js';
-import type { KernelView, Profile, Rule, Transaction } from './types.js';
+import type { Family, KernelView, Profile, Rule, Transaction } from './types.js';
 
 export type ProfileStatus = 'in-sync' | 'missing' | 'modified' | 'orphaned';
 
@@ -39,8 +39,20 @@ export function canonicalRule(r: Rule): string {
   return renderRule(c);
 }
 
-/** Compares every profile of the state with the kernel, and lists the kernel's iptlb objects no profile owns. */
-export function compare(state: Map<string, Profile>, view: KernelView): ProfileReport[] {
+/** The profiles of `state` whose addresses are of `family`, by name. */
+export function profilesOf(state: Map<string, Profile>, family: Family): Map<string, Profile> {
+  return new Map([...state].filter(([, p]) => familyOfProfile(p) === family));
+}
+
+/**
+ * Compares every profile of `state` with `view`, a nat table, and lists the table's iptlb objects no
+ * profile of `state` owns. Give `family` (the table's) to compare only the state's profiles of that
+ * family (then a profile of the other family that still has rules in this table, e.g. after its
+ * addresses changed family, is an orphan here); without it, `state` is taken to hold that family's
+ * profiles only.
+ */
+export function compare(allState: Map<string, Profile>, view: KernelView, family?: Family): ProfileReport[] {
+  const state = family ? profilesOf(allState, family) : allState;
   const reports: ProfileReport[] = [];
   const chainsByName = new Map(view.chains.map((c) => [c.name, c]));
   const claimedChains = new Set<string>();
@@ -93,11 +105,15 @@ export function compare(state: Map<string, Profile>, view: KernelView): ProfileR
   return reports;
 }
 
-/** One transaction that makes the kernel match the state: every profile re-installed, every orphan removed. */
-export function syncTransaction(state: Map<string, Profile>, view: KernelView): Transaction {
+/**
+ * One transaction that makes the nat table of `family` (read as `view`) match the state: every profile
+ * of that family re-installed, every orphan (owners and chains of no profile of that family) removed.
+ */
+export function syncTransaction(allState: Map<string, Profile>, view: KernelView, family: Family = 'ipv4'): Transaction {
+  const state = profilesOf(allState, family);
   const profiles = [...state.values()];
   const orphanOwners = [...new Set(view.hookRules.map((h) => h.owner).filter((o) => !state.has(o)))];
-  const tx = planTransaction(profiles, orphanOwners);
+  const tx = planTransaction(profiles, orphanOwners, family);
   const claimed = new Set(profiles.map((p) => chainName(p.name)));
   const extra = view.chains.map((c) => c.name).filter((c) => c.startsWith(CHAIN_PREFIX) && !claimed.has(c) && !tx.deleteChains.includes(c));
   tx.deleteChains.push(...extra);

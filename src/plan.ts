@@ -1,9 +1,9 @@
 /**
  * The rule planner: pure functions from profiles to a {@link Transaction}. No I/O.
  */
-import { parseEndpoint } from './address.js';
-import { chainName, chainSuffix, slotsOf } from './profile.js';
-import type { ChainPlan, HookChain, HookRulePlan, Match, Profile, Rule, Transaction } from './types.js';
+import { hostCidr, parseEndpoint } from './address.js';
+import { chainName, chainSuffix, familyOfProfile, slotsOf } from './profile.js';
+import type { ChainPlan, Family, HookChain, HookRulePlan, Match, Profile, Rule, Transaction } from './types.js';
 
 export const OWNER_PREFIX = 'iptlb:';
 export const CHAIN_PREFIX = 'IPTLB_';
@@ -25,12 +25,15 @@ export function weightedProbability(w: number, rest: number): string {
 
 /**
  * Name of the xt_recent list that remembers the clients sent to `destination` by profile `name`
- * (session affinity): `IPTLB_<NAME>_<a>_<b>_<c>_<d>_<port>`, at most 46 characters. Derived from the
- * destination, not its position, so a reset that keeps a destination keeps its clients.
- * `/proc/net/xt_recent/<name>` lists them.
+ * (session affinity): `IPTLB_<NAME>_<a>_<b>_<c>_<d>_<port>` (at most 46 characters), or for an IPv6
+ * destination `[v6]:port` its canonical text with every `:` as `_` and no brackets,
+ * `IPTLB_<NAME>_2001_db8__1_<port>` (at most 70 characters; xt_recent takes up to 199, and no `/`).
+ * One name per destination: the port follows the last `_`, and the canonical text of an address is
+ * unique. Derived from the destination, not its position, so a reset that keeps a destination keeps
+ * its clients. `/proc/net/xt_recent/<name>` lists them.
  */
 export function recentName(name: string, destination: string): string {
-  return `IPTLB_${chainSuffix(name)}_${destination.replace(/[.:]/g, '_')}`;
+  return `IPTLB_${chainSuffix(name)}_${destination.replace(/[[\]]/g, '').replace(/[.:]/g, '_')}`;
 }
 
 export interface ProfilePlan {
@@ -41,7 +44,7 @@ export interface ProfilePlan {
 export function planProfile(p: Profile): ProfilePlan {
   const vip = parseEndpoint(p.source);
   if (typeof vip === 'string') throw new Error(`planProfile: unvalidated source ${p.source}`);
-  const dst = `${vip.ip}/32`;
+  const dst = hostCidr(vip);
   const proto = p.protocol;
   const level = Number(p.logLevel);
   const chain = chainName(p.name);
@@ -121,9 +124,14 @@ export function planProfile(p: Profile): ProfilePlan {
 
 /**
  * One transaction that installs (creating or replacing) `upsert` and removes the profiles named in
- * `remove`. Every profile touched has its hook rules removed first, so a replacement is exact.
+ * `remove`, in the nat table of `family`. Every profile touched has its hook rules removed first, so
+ * a replacement is exact. Every profile of `upsert` must be of `family` (one transaction per family:
+ * a profile that changes family is upserted in one and removed in the other).
  */
-export function planTransaction(upsert: Profile[], remove: string[]): Transaction {
+export function planTransaction(upsert: Profile[], remove: string[], family: Family = 'ipv4'): Transaction {
+  for (const p of upsert) {
+    if (familyOfProfile(p) !== family) throw new Error(`planTransaction: profile ${p.name} is ${familyOfProfile(p)}, not ${family}`);
+  }
   const owners = [...new Set([...upsert.map((p) => p.name), ...remove])];
   const kept = new Set(upsert.map((p) => chainName(p.name)));
   const deleteChains = [...new Set(remove.map(chainName))].filter((c) => !kept.has(c));
@@ -134,7 +142,7 @@ export function planTransaction(upsert: Profile[], remove: string[]): Transactio
     chains.push(plan.chain);
     hookRules.push(...plan.hookRules);
   }
-  return { family: 'ipv4', table: 'nat', owners, deleteChains, chains, hookRules };
+  return { family, table: 'nat', owners, deleteChains, chains, hookRules };
 }
 
 export function isEmptyTransaction(tx: Transaction): boolean {

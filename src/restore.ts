@@ -2,8 +2,19 @@
  * The iptables-restore dialect: rendering rules and transactions as restore text, and parsing
  * `iptables-save` output back into rules. Pure functions.
  */
-import type { HookChain, KernelView, Match, Rule, Target, Transaction } from './types.js';
+import type { Family, HookChain, KernelView, Match, Rule, Target, Transaction } from './types.js';
 import { CHAIN_PREFIX, OWNER_PREFIX } from './plan.js';
+import { canonicalIpv6 } from './address.js';
+
+/** xt_recent's `--mask` of one host, as the save tools print it (the whole address). */
+const HOST_MASK: Record<Family, string> = { ipv4: '255.255.255.255', ipv6: 'ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff' };
+
+/** The family of a planned or parsed rule: that of the first address it holds (IPv6 text has colons, an IPv4 endpoint one at most). */
+export function familyOfRule(r: Rule): Family {
+  const t = r.target;
+  const text = r.dst ?? (t.name === 'DNAT' ? t.toDestination : r.matches.find((m) => m.name === 'conntrack')?.ctorigdst) ?? '';
+  return (text.match(/:/g)?.length ?? 0) > 1 ? 'ipv6' : 'ipv4';
+}
 
 const HOOKS: readonly string[] = ['PREROUTING', 'INPUT', 'OUTPUT', 'POSTROUTING'];
 
@@ -11,7 +22,7 @@ function quote(s: string): string {
   return `"${s.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`;
 }
 
-function renderMatch(m: Match): string {
+function renderMatch(m: Match, family: Family): string {
   switch (m.name) {
     case 'tcp':
     case 'udp':
@@ -23,8 +34,8 @@ function renderMatch(m: Match): string {
       return `-m comment --comment ${quote(m.comment)}`;
     case 'recent':
       return m.mode === 'set'
-        ? `-m recent --set --name ${m.recentName} --mask 255.255.255.255 --rsource`
-        : `-m recent --update --seconds ${m.seconds} --reap --name ${m.recentName} --mask 255.255.255.255 --rsource`;
+        ? `-m recent --set --name ${m.recentName} --mask ${HOST_MASK[family]} --rsource`
+        : `-m recent --update --seconds ${m.seconds} --reap --name ${m.recentName} --mask ${HOST_MASK[family]} --rsource`;
     case 'addrtype':
       return `-m addrtype --dst-type ${m.dstType}`;
     case 'conntrack':
@@ -47,18 +58,23 @@ function renderTarget(t: Target): string {
   }
 }
 
-/** The rule's arguments as iptables takes them (after `-A CHAIN`). */
+/** The rule's arguments as iptables (or, for an IPv6 rule, ip6tables) takes them (after `-A CHAIN`). */
 export function renderRule(r: Rule): string {
+  return renderRuleOf(r, familyOfRule(r));
+}
+
+/** {@link renderRule} for a rule of the nat table of `family`. */
+export function renderRuleOf(r: Rule, family: Family): string {
   const parts: string[] = [];
   if (r.dst) parts.push(`-d ${r.dst}`);
   if (r.proto) parts.push(`-p ${r.proto}`);
-  for (const m of r.matches) parts.push(renderMatch(m));
+  for (const m of r.matches) parts.push(renderMatch(m, family));
   parts.push(renderTarget(r.target));
   return parts.join(' ');
 }
 
 /**
- * Restore text (for `iptables-restore --noflush`) that performs `tx` against the kernel state `view`:
+ * Restore text (for `iptables-restore --noflush`, or `ip6tables-restore` when `tx.family` is ipv6) that performs `tx` against the kernel state `view`:
  * chains are declared (created, or flushed when they exist), the owners' hook rules are deleted by
  * their exact text, stale chains deleted, chains filled, hook rules inserted at the top.
  */
@@ -73,15 +89,15 @@ export function renderRestore(tx: Transaction, view: KernelView): string {
     // Our own rendering of a parsed rule, not the saved text: iptables-save prints `--ctorigdst a.b.c.d`
     // for a /32, which iptables parses back with another mask, so `-D` with the saved text misses.
     const parsed = (h.rule.target.name as string) !== 'unknown';
-    if (owners.has(h.owner)) out.push(`-D ${h.chain} ${parsed || !h.raw ? renderRule(h.rule) : h.raw}`);
+    if (owners.has(h.owner)) out.push(`-D ${h.chain} ${parsed || !h.raw ? renderRuleOf(h.rule, tx.family) : h.raw}`);
   }
   for (const c of dropping) out.push(`-X ${c}`);
-  for (const c of tx.chains) for (const r of c.rules) out.push(`-A ${c.name} ${renderRule(r)}`);
+  for (const c of tx.chains) for (const r of c.rules) out.push(`-A ${c.name} ${renderRuleOf(r, tx.family)}`);
   const position = new Map<HookChain, number>();
   for (const h of tx.hookRules) {
     const pos = (position.get(h.chain) ?? 0) + 1;
     position.set(h.chain, pos);
-    out.push(`-I ${h.chain} ${pos} ${renderRule(h.rule)}`);
+    out.push(`-I ${h.chain} ${pos} ${renderRuleOf(h.rule, tx.family)}`);
   }
   out.push('COMMIT', '');
   return out.join('\n');
@@ -120,7 +136,28 @@ export function canonicalProbability(p: string): string {
 }
 
 /**
- * Parses the arguments of one rule (`-d … -j …`) in the dialect iptables-save prints. Returns null
+ * An address as the save tools print it, with its prefix made explicit (`/32`, `/128`: ip6tables-save
+ * prints `-d` with it, conntrack's `--ctorigdst` without), IPv6 in canonical text (glibc writes some
+ * addresses with a dotted IPv4 tail). Null when it is neither family's.
+ */
+function cidrText(v: string): string | null {
+  const slash = v.indexOf('/');
+  const ip = slash < 0 ? v : v.slice(0, slash);
+  if (!ip.includes(':')) return slash < 0 ? `${v}/32` : v;
+  const c = canonicalIpv6(ip);
+  return c === null ? null : `${c}${slash < 0 ? '/128' : v.slice(slash)}`;
+}
+
+/** `a.b.c.d:port` as printed, or `[v6]:port` with the address in canonical text; null when malformed. */
+function endpointText(v: string): string | null {
+  if (!v.startsWith('[')) return v;
+  const close = v.indexOf(']');
+  const c = close < 0 ? null : canonicalIpv6(v.slice(1, close));
+  return c === null ? null : `[${c}]${v.slice(close + 1)}`;
+}
+
+/**
+ * Parses the arguments of one rule (`-d … -j …`) in the dialect iptables-save (and ip6tables-save) prints. Returns null
  * when the rule uses anything iptlb does not write (so it can only be handled by its raw text).
  */
 export function parseRule(words: string[]): Rule | null {
@@ -132,8 +169,9 @@ export function parseRule(words: string[]): Rule | null {
     const w = words[i];
     if (w === '-d') {
       const v = next();
-      if (!v) return null;
-      rule.dst = v.includes('/') ? v : `${v}/32`;
+      const cidr = v ? cidrText(v) : null;
+      if (!cidr) return null;
+      rule.dst = cidr;
     } else if (w === '-p') {
       const v = next();
       if (v !== 'tcp' && v !== 'udp' && v !== 'sctp') return null;
@@ -184,7 +222,9 @@ export function parseRule(words: string[]): Rule | null {
         if (mode === '--set' && seconds !== undefined) return null;
         if (next() !== '--name') return null;
         const recentName = next();
-        if (!recentName || next() !== '--mask' || next() !== '255.255.255.255' || next() !== '--rsource') return null;
+        if (!recentName || next() !== '--mask') return null;
+        const mask = next();
+        if ((mask !== HOST_MASK.ipv4 && mask !== HOST_MASK.ipv6) || next() !== '--rsource') return null;
         rule.matches.push(mode === '--set' ? { name: 'recent', mode: 'set', recentName } : { name: 'recent', mode: 'update', recentName, seconds });
       } else if (name === 'addrtype') {
         if (next() !== '--dst-type' || next() !== 'LOCAL') return null;
@@ -192,10 +232,11 @@ export function parseRule(words: string[]): Rule | null {
       } else if (name === 'conntrack') {
         if (next() !== '--ctstate' || next() !== 'DNAT' || next() !== '--ctorigdst') return null;
         const a = next();
-        if (!a || next() !== '--ctorigdstport') return null;
+        const ctorigdst = a ? cidrText(a) : null;
+        if (!ctorigdst || next() !== '--ctorigdstport') return null;
         const port = Number(next());
         if (!Number.isInteger(port)) return null;
-        rule.matches.push({ name: 'conntrack', ctstate: 'DNAT', ctorigdst: a.includes('/') ? a : `${a}/32`, ctorigdstport: port });
+        rule.matches.push({ name: 'conntrack', ctstate: 'DNAT', ctorigdst, ctorigdstport: port });
       } else {
         return null;
       }
@@ -204,8 +245,9 @@ export function parseRule(words: string[]): Rule | null {
       if (t === 'DNAT') {
         if (next() !== '--to-destination') return null;
         const v = next();
-        if (!v) return null;
-        target = { name: 'DNAT', toDestination: v };
+        const toDestination = v ? endpointText(v) : null;
+        if (!toDestination) return null;
+        target = { name: 'DNAT', toDestination };
       } else if (t === 'LOG') {
         let prefix = '';
         let level = 4;
@@ -244,7 +286,7 @@ function ownerOf(words: string[]): string | null {
 export type SavedView = KernelView;
 
 /**
- * Extracts iptlb's objects from `iptables-save -t nat [-c]` output: chains named IPTLB_* with their
+ * Extracts iptlb's objects from `iptables-save -t nat [-c]` (or `ip6tables-save`) output: chains named IPTLB_* with their
  * rules, and hook-chain rules whose comment starts with `iptlb:`. Unknown rule shapes inside iptlb
  * chains are kept with an `unknown` target so drift is visible.
  */

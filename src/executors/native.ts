@@ -5,7 +5,7 @@
 import { IptlbError, type ErrorCode } from '../errors.js';
 import { renderRestore } from '../restore.js';
 import type { NativeAddon } from '../native/addon.js';
-import type { CommitResult, LegacyExecutor, KernelView, Transaction } from '../types.js';
+import type { CommitResult, Family, LegacyExecutor, KernelView, Transaction } from '../types.js';
 
 /** Maps what the addon throws or rejects with to an {@link IptlbError}, keeping the code, errno and message. */
 export function mapNativeError(e: unknown): IptlbError {
@@ -64,9 +64,10 @@ export class NativeExecutor implements LegacyExecutor {
     this.addon.releasePrefetch().catch(() => {});
   }
 
-  async read(): Promise<KernelView> {
+  /** The nat table of `family` (default ipv4; ipv6: that of ip6tables, through libip6tc). */
+  async read(family: Family = 'ipv4'): Promise<KernelView> {
     try {
-      return await this.addon.read();
+      return await this.addon.read(family);
     } catch (e) {
       throw mapNativeError(e);
     }
@@ -74,6 +75,6 @@ export class NativeExecutor implements LegacyExecutor {
 
   /** What iptables-legacy-restore would be fed for `tx` against the kernel as it is now (read-only). */
   async render(tx: Transaction): Promise<string> {
-    return renderRestore(tx, await this.read());
+    return renderRestore(tx, await this.read(tx.family));
   }
 }

@@ -1,6 +1,7 @@
 /**
  * The fallback executor: reads with `iptables-legacy-save` and commits with one
- * `iptables-legacy-restore --noflush` process fed on stdin (never a shell string).
+ * `iptables-legacy-restore --noflush` process fed on stdin (never a shell string); IPv6 transactions
+ * and reads go to `ip6tables-legacy-save`/`ip6tables-legacy-restore` the same way.
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { accessSync, constants as C } from 'node:fs';
@@ -8,7 +9,7 @@ import * as path from 'node:path';
 import { inheritedLockFds } from '../lock.js';
 import { IptlbError } from '../errors.js';
 import { parseSave, renderRestore } from '../restore.js';
-import type { CommitResult, LegacyExecutor, KernelView, Transaction } from '../types.js';
+import type { CommitResult, Family, LegacyExecutor, KernelView, Transaction } from '../types.js';
 
 const SBIN = ['/usr/sbin', '/sbin', '/usr/local/sbin'];
 
@@ -64,39 +65,61 @@ export function restoreError(stderr: string, input: string, tool: string): Iptlb
   return new IptlbError('EKERNEL', `${tool}: ${text.join('; ')}${detail}`);
 }
 
+/** The save and restore tools of one family. */
+interface Tools {
+  save: string;
+  restore: string;
+}
+
+const TOOL_NAMES: Record<Family, { save: string; restore: string }> = {
+  ipv4: { save: 'iptables-legacy-save', restore: 'iptables-legacy-restore' },
+  ipv6: { save: 'ip6tables-legacy-save', restore: 'ip6tables-legacy-restore' },
+};
+
+function findTools(family: Family): Tools | null {
+  const save = findBinary(TOOL_NAMES[family].save);
+  const restore = findBinary(TOOL_NAMES[family].restore);
+  return save && restore ? { save, restore } : null;
+}
+
 export class SpawnExecutor implements LegacyExecutor {
   readonly kind = 'spawn' as const;
   readonly engine = 'legacy' as const;
-  private readonly save: string;
-  private readonly restore: string;
+  private readonly tools: Record<Family, Tools | null>;
   private readonly lockWaitSeconds: number;
 
   constructor(opts: { lockWaitMs?: number } = {}) {
-    const save = findBinary('iptables-legacy-save');
-    const restore = findBinary('iptables-legacy-restore');
-    if (!save || !restore) {
+    const v4 = findTools('ipv4');
+    if (!v4) {
       throw new IptlbError('EEXECUTOR', 'iptables-legacy-save/-restore not found; install them with: apt-get install -y iptables');
     }
-    this.save = save;
-    this.restore = restore;
+    // The IPv6 tools ship in the same package; when they are missing only IPv6 work fails (toolsOf).
+    this.tools = { ipv4: v4, ipv6: findTools('ipv6') };
     this.lockWaitSeconds = Math.max(1, Math.ceil((opts.lockWaitMs ?? 10_000) / 1000));
   }
 
-  async read(): Promise<KernelView> {
-    const r = await run(this.save, ['-t', 'nat', '-c']);
-    if (r.code !== 0) throw restoreError(r.stderr || r.stdout, '', 'iptables-legacy-save');
+  private toolsOf(family: Family): Tools {
+    const t = this.tools[family];
+    if (!t) throw new IptlbError('EEXECUTOR', `${TOOL_NAMES[family].save}/-restore not found; install them with: apt-get install -y iptables`);
+    return t;
+  }
+
+  async read(family: Family = 'ipv4'): Promise<KernelView> {
+    const r = await run(this.toolsOf(family).save, ['-t', 'nat', '-c']);
+    if (r.code !== 0) throw restoreError(r.stderr || r.stdout, '', TOOL_NAMES[family].save);
     return parseSave(r.stdout);
   }
 
   async render(tx: Transaction): Promise<string> {
-    return renderRestore(tx, await this.read());
+    return renderRestore(tx, await this.read(tx.family));
   }
 
   async commit(tx: Transaction): Promise<CommitResult> {
     const t0 = performance.now();
+    const restore = this.toolsOf(tx.family).restore;
     const text = await this.render(tx);
-    const r = await run(this.restore, ['--noflush', `--wait=${this.lockWaitSeconds}`], text);
-    if (r.code !== 0) throw restoreError(r.stderr, text, 'iptables-legacy-restore');
+    const r = await run(restore, ['--noflush', `--wait=${this.lockWaitSeconds}`], text);
+    if (r.code !== 0) throw restoreError(r.stderr, text, TOOL_NAMES[tx.family].restore);
     return { durationMs: performance.now() - t0 };
   }
 }

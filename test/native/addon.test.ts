@@ -67,7 +67,7 @@ describe('addon exports and input checking', { skip: NO_ADDON }, () => {
     ['no transaction', undefined, /^transaction: must be an object/],
     ['not an object', 42, /^transaction: must be an object/],
     ['an array', [], /^transaction: must be an object/],
-    ['wrong family', { ...tx, family: 'ipv6' }, /^transaction\.family/],
+    ['wrong family', { ...tx, family: 'ipv5' }, /^transaction\.family: must be "ipv4" or "ipv6"/],
     ['wrong table', { ...tx, table: 'filter' }, /^transaction\.table/],
     ['owners not an array', { ...tx, owners: 'x' }, /^transaction\.owners: must be an array/],
     ['owner not a string', { ...tx, owners: [1] }, /^transaction\.owners\[0\]: must be a string/],
