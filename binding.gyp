@@ -27,6 +27,7 @@
         "native/rule_decoder.cc",
         "native/rule_encoder.cc",
         "native/table_queue.cc",
+        "native/thread_priority.cc",
         "native/transaction.cc",
         "native/xtables_lock.cc"
       ],

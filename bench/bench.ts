@@ -187,7 +187,9 @@ async function benchChurn(): Promise<void> {
     { key: 'uncoalesced', coalesce: false, file: false, engine: 'legacy' as const },
     { key: 'coalesced nft', coalesce: true, file: false, engine: 'nft' as const },
   ];
-  for (const { key, coalesce, file, engine } of modes) {
+  // `--mode coalesced` (repeatable, or comma-separated) runs only the rows named.
+  const only = (flag('--mode') ?? '').split(',').filter(Boolean);
+  for (const { key, coalesce, file, engine } of modes.filter((m) => !only.length || only.includes(m.key))) {
     flushNat();
     if (engine === 'nft') spawnSync('nft', ['delete', 'table', 'ip', 'iptlb'], { stdio: 'ignore' });
     const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-churn-'));

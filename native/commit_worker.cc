@@ -6,6 +6,7 @@
 
 #include "iptc_handle.h"
 #include "prefetch.h"
+#include "thread_priority.h"
 #include "transaction.h"
 #include "xtables_lock.h"
 
@@ -23,6 +24,7 @@ CommitWorker::CommitWorker(Napi::Env env, std::string json, int lock_wait_ms)
     : PromiseWorker(env, "iptlb.commit"), json_(std::move(json)), lock_path_(XtablesLockPath()), lock_wait_ms_(lock_wait_ms) {}
 
 void CommitWorker::Execute() {
+  BackgroundPriority background;
   const auto t0 = std::chrono::steady_clock::now();
   if (!json_.empty()) {
     // Decoded before waiting for our turn: it needs neither the table nor the lock.

@@ -7,6 +7,7 @@
 
 #include "nft_netlink.h"
 #include "nft_shared_socket.h"
+#include "thread_priority.h"
 
 namespace iptlb {
 namespace {
@@ -112,6 +113,7 @@ void SetCounters(Napi::Env env, Napi::Object o, const nft::Counted &c) {
 NftCommitWorker::NftCommitWorker(Napi::Env env, nft::Transaction tx) : PromiseWorker(env, "iptlb.nftCommit"), tx_(std::move(tx)) {}
 
 void NftCommitWorker::Execute() {
+  BackgroundPriority background;
   auto turn = turn_.Enter();  // one table operation at a time, in call order
   const auto t0 = std::chrono::steady_clock::now();
   try {

@@ -4,6 +4,7 @@
 
 #include <mutex>
 
+#include "thread_priority.h"
 #include "xtables_lock.h"
 
 namespace iptlb {
@@ -29,6 +30,7 @@ PrefetchWorker::PrefetchWorker(Napi::Env env, bool release)
     : PromiseWorker(env, release ? "iptlb.releasePrefetch" : "iptlb.prefetch"), release_(release), lock_path_(XtablesLockPath()) {}
 
 void PrefetchWorker::Execute() {
+  BackgroundPriority background;
   auto turn = turn_.Enter();
   std::lock_guard<std::mutex> serial(LibiptcMutex());
   std::unique_ptr<Prefetched> &slot = Slot();
