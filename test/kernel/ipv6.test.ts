@@ -3,7 +3,7 @@
  * pair: a weighted split over IPv6 destinations within a chi-square bound, beside an IPv4 profile
  * that keeps working; round-robin's exact rotation; a profile moving between families; a profile
  * mixing families refused with nothing changed; UDP, and a pinned UDP flow that leaves a removed
- * destination.
+ * destination; session affinity per IPv6 client address, and its expiry.
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -95,6 +95,21 @@ for (const pair of PAIRS) {
       ok(r.reset, 'reset');
       assert.ok(!r.after.includes(`backend:${r.gone}`), `no datagram reached the removed destination: ${r.after}`);
       assert.ok(r.after.every((x: string) => x === `backend:${r.gone === 9001 ? 9002 : 9001}`), `the flow went to the destination left: ${r.after}`);
+      assert.equal(r.status.inSync, true, JSON.stringify(r.status));
+    });
+
+    test('affinity over IPv6: 12 client addresses each keep one destination over 6 connections, and are balanced afresh after it expires', async () => {
+      const r = await run(pair.name, 'affinity');
+      ok(r.apply, 'apply');
+      for (const [client, seq] of Object.entries(r.held as Record<string, string[]>)) {
+        assert.equal(new Set(seq).size, 1, `client ${client} kept one destination: ${seq}`);
+      }
+      const used = new Set(Object.values(r.held as Record<string, string[]>).map((s) => s[0]));
+      assert.ok(used.size >= 2, `the clients were spread over the destinations: ${[...used]}`);
+      // After the affinity lapsed, each client is balanced again: with 3 destinations, all 12 landing
+      // where they were has probability (1/3)^12.
+      const moved = Object.entries(r.later as Record<string, string>).filter(([c, b]) => b !== r.held[c][0]);
+      assert.ok(moved.length >= 1, `some client moved after expiry: ${JSON.stringify(r.later)}`);
       assert.equal(r.status.inSync, true, JSON.stringify(r.status));
     });
   });
