@@ -606,34 +606,38 @@ export class Core {
         const target = selectExecutor(this.executorChoice, opts, to).executor;
         const from = to === 'nft' ? 'legacy' : 'nft';
         let installMs = 0;
+        let installs = 0;
         for (const f of FAMILIES) {
           const stateF = this.ofFamily(state, f) as Map<string, Profile>;
           if (stateF.size === 0) continue;
+          installs++;
           if (target.engine === 'nft') {
             installMs += (await target.commit(planNftRebuild(stateF.values(), undefined, nftFamilyOf(f)))).durationMs;
           } else {
             installMs += (await target.commit(syncTransaction(stateF, await target.read(f), f))).durationMs;
           }
         }
-        this.log(`installed ${state.size} profile(s) in the ${to} engine, one transaction per address family (${target.kind}, ${installMs.toFixed(2)} ms)`);
+        this.log(`installed ${state.size} profile(s) in the ${to} engine in ${installs > 1 ? `${installs} transactions (one per address family)` : 'one transaction'} (${target.kind}, ${installMs.toFixed(2)} ms)`);
         let removeMs = 0;
-        let removedFrom = false;
+        let removals = 0;
         const source = selectExecutor(this.executorChoice, opts, from).executor;
         for (const f of FAMILIES) {
           if (source.engine === 'nft') {
             if ((await source.read(nftFamilyOf(f))).exists) {
               removeMs += (await source.commit(planNftRemoveAll(nftFamilyOf(f)))).durationMs;
-              removedFrom = true;
+              removals++;
             }
           } else if ((f === 'ipv4' ? xtablesTables() : ip6tablesTables())?.includes('nat')) {
             const view = await source.read(f);
             if (view.chains.length || view.hookRules.length) {
               removeMs += (await source.commit(syncTransaction(new Map(), view, f))).durationMs;
-              removedFrom = true;
+              removals++;
             }
           }
         }
-        this.log(removedFrom ? `removed iptlb's objects from the ${from} engine (${source.kind}, ${removeMs.toFixed(2)} ms)` : `the ${from} engine held nothing of iptlb's`);
+        const removedFrom = removals > 0;
+        const how = removals > 1 ? `${removals} transactions (one per address family)` : 'one transaction';
+        this.log(removedFrom ? `removed iptlb's objects from the ${from} engine in ${how} (${source.kind}, ${removeMs.toFixed(2)} ms)` : `the ${from} engine held nothing of iptlb's`);
         this.selected = undefined;
         this.selecting = undefined;
         return { moved: state.size, installMs, removeMs, removedFrom };

@@ -98,6 +98,22 @@ for (const pair of PAIRS) {
       assert.equal(r.status.inSync, true, JSON.stringify(r.status));
     });
 
+    test('migrate to the other engine and back with an IPv4 and an IPv6 profile: both tables of each engine, both keep balancing', async () => {
+      const r = await run(pair.name, 'migrate');
+      ok(r.apply6, 'apply IPv6');
+      ok(r.apply4, 'apply IPv4');
+      ok(r.migrate, 'migrate');
+      assert.equal(r.split6.failures, 0, JSON.stringify(r.split6.errors));
+      assert.equal(r.split4.failures, 0, JSON.stringify(r.split4.errors));
+      assert.equal(r.statusMoved.inSync, true, JSON.stringify(r.statusMoved));
+      assert.deepEqual(r.statusMoved.profiles.map((p: any) => p.name).sort(), ['web4', 'web6']);
+      // The engine left holds nothing of iptlb's in either family (no iptlb line in either nat table; no ip or ip6 iptlb table).
+      assert.deepEqual(r.kernelLeft, { v4: '', v6: '' });
+      ok(r.back, 'migrate back');
+      assert.equal(r.split6b.failures, 0, JSON.stringify(r.split6b.errors));
+      assert.equal(r.status.inSync, true, JSON.stringify(r.status));
+    });
+
     test('affinity over IPv6: 12 client addresses each keep one destination over 6 connections, and are balanced afresh after it expires', async () => {
       const r = await run(pair.name, 'affinity');
       ok(r.apply, 'apply');

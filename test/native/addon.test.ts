@@ -38,7 +38,7 @@ describe('loader', () => {
   });
   test('dlopen messages are classified', () => {
     assert.equal(classifyLoadError('libip4tc.so.2: cannot open shared object file: No such file or directory').reason, 'library-missing');
-    assert.match(classifyLoadError('libxtables.so.12: cannot open shared object file').fix, /libip4tc2 libxtables12/);
+    assert.match(classifyLoadError('libxtables.so.12: cannot open shared object file').fix, /libip4tc2 libip6tc2 libxtables12/);
     assert.equal(classifyLoadError("The module '/x/iptlb.node' was compiled against a different Node.js version using NODE_MODULE_VERSION 108.").reason, 'abi-mismatch');
     assert.equal(classifyLoadError('The module was compiled against a different Node.js version').fix, 'npm run build:addon');
     assert.equal(classifyLoadError('/x/iptlb.node: undefined symbol: iptc_frobnicate').reason, 'load-failed');
