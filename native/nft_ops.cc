@@ -12,6 +12,7 @@
 #include <cstring>
 #include <map>
 
+#include "ip_text.h"
 #include "nft_objects.h"
 #include "nft_rules.h"
 
@@ -120,41 +121,7 @@ bool ParseFamily(const std::string &s, Family *f) {
 
 std::string TableText(Family f) { return std::string("table ") + LayoutOf(f).name + " iptlb"; }
 
-std::string IpText(const Endpoint &e, Family f) {
-  if (f == Family::kIp) {
-    char buf[INET_ADDRSTRLEN];
-    inet_ntop(AF_INET, e.ip.data(), buf, sizeof buf);
-    return buf;
-  }
-  // RFC 5952 (formatIpv6 in src/address.ts): lower-case hex without leading zeros, the first longest
-  // run of two or more zero groups as `::`, never a dotted IPv4 tail (inet_ntop writes one for some).
-  uint16_t g[8];
-  for (int i = 0; i < 8; i++) g[i] = static_cast<uint16_t>(e.ip[2 * i] << 8 | e.ip[2 * i + 1]);
-  int best = -1, best_len = 1;
-  for (int i = 0; i < 8;) {
-    if (g[i] != 0) {
-      i++;
-      continue;
-    }
-    int j = i;
-    while (j < 8 && g[j] == 0) j++;
-    if (j - i > best_len) best = i, best_len = j - i;
-    i = j;
-  }
-  std::string out;
-  char hex[8];
-  for (int i = 0; i < 8; i++) {
-    if (i == best) {
-      out += "::";
-      i += best_len - 1;
-      continue;
-    }
-    if (!out.empty() && out.back() != ':') out += ':';
-    std::snprintf(hex, sizeof hex, "%x", g[i]);
-    out += hex;
-  }
-  return out;
-}
+std::string IpText(const Endpoint &e, Family f) { return f == Family::kIp ? Ipv4Text(e.ip.data()) : Ipv6Text(e.ip.data()); }
 uint16_t HostPort(const Endpoint &e) { return ntohs(e.port); }
 
 uint32_t AffinitySetTimeout(const std::string &name) {

@@ -9,6 +9,7 @@
 #include <mutex>
 
 #include "iptc_handle.h"
+#include "ip_text.h"
 
 namespace iptlb {
 namespace {
@@ -16,46 +17,8 @@ namespace {
 // xt_chainlabel-sized (zero-padded), as libiptc reads them.
 const xt_chainlabel kHooks[] = {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"};
 
-// RFC 5952 text of an IPv6 address, exactly as src/address.ts formatIpv6 writes it: lower-case hex
-// groups without leading zeros, the first longest run of two or more zero groups as "::", and never
-// a dotted IPv4 tail (which glibc's inet_ntop writes for some addresses).
-std::string Ipv6Text(const struct in6_addr &a) {
-  uint16_t g[8];
-  for (int i = 0; i < 8; i++) g[i] = static_cast<uint16_t>(a.s6_addr[2 * i] << 8 | a.s6_addr[2 * i + 1]);
-  int best = -1, best_len = 1;
-  for (int i = 0; i < 8;) {
-    if (g[i] != 0) {
-      i++;
-      continue;
-    }
-    int j = i;
-    while (j < 8 && g[j] == 0) j++;
-    if (j - i > best_len) {
-      best = i;
-      best_len = j - i;
-    }
-    i = j;
-  }
-  std::string out;
-  char buf[8];
-  for (int i = 0; i < 8; i++) {
-    if (i == best) {
-      out += "::";
-      i += best_len - 1;
-      continue;
-    }
-    if (!out.empty() && out.back() != ':') out += ':';
-    std::snprintf(buf, sizeof(buf), "%x", g[i]);
-    out += buf;
-  }
-  return out;
-}
-
 std::string AddressText(Family family, const Address &a) {
-  if (family == Family::kIpv6) return Ipv6Text(a.in6);
-  char buf[INET_ADDRSTRLEN];
-  inet_ntop(AF_INET, &a.in, buf, sizeof(buf));
-  return buf;
+  return family == Family::kIpv6 ? Ipv6Text(a.in6.s6_addr) : Ipv4Text(reinterpret_cast<const uint8_t *>(&a.in.s_addr));
 }
 
 // "addr/prefix", or "addr/mask" when the mask is not a prefix (as iptables prints it).
