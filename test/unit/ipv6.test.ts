@@ -10,7 +10,8 @@ import { familyOfProfile, validateProfile, checkSet } from '../../src/profile.js
 import { parseState, serializeState } from '../../src/state.js';
 import { changeOfFamily } from '../../src/lb.js';
 import { IptlbError } from '../../src/errors.js';
-import type { Profile } from '../../src/types.js';
+import type { KernelView, LegacyExecutor, Profile, Transaction } from '../../src/types.js';
+import { open } from '../../src/index.js';
 
 function rejects(input: unknown, field: string, re: RegExp): void {
   assert.throws(
@@ -109,4 +110,39 @@ test('a change is split per family: profiles of one family, and the removal of t
   assert.deepEqual(v4.remove, ['m'], 'm leaves the IPv4 table');
   assert.deepEqual(v6.upsert.map((p) => p.name), ['m']);
   assert.deepEqual(v6.remove, ['b6']);
+});
+
+test('a change of both families is two commits, IPv4 first; when the IPv6 one fails, the IPv4 one is undone and nothing is recorded', async () => {
+  const commits: Transaction[] = [];
+  let failIpv6 = false;
+  const ex: LegacyExecutor = {
+    kind: 'native',
+    engine: 'legacy',
+    async commit(tx) {
+      if (tx.family === 'ipv6' && failIpv6) throw new IptlbError('EKERNEL', 'refused (test)', { errno: 22 });
+      commits.push(tx);
+      return { durationMs: 0 };
+    },
+    async read(): Promise<KernelView> {
+      return { chains: [], hookRules: [] };
+    },
+    async render() {
+      return '';
+    },
+  };
+  const lines: string[] = [];
+  const lb = await open({ stateFile: false, log: (l) => lines.push(l) }, ex);
+  const v4 = { name: 'a4', source: '192.0.2.10:80', destination: ['192.0.2.1:80'] };
+  const v6 = { name: 'b6', source: '[2001:db8::10]:80', destination: ['[2001:db8::1]:80'] };
+  await lb.apply([v4, v6]);
+  assert.deepEqual(commits.map((t) => [t.family, t.chains.map((c) => c.name)]), [['ipv4', ['IPTLB_NAT_A4']], ['ipv6', ['IPTLB_NAT_B6']]]);
+  assert.ok(lines.some((l) => /in 2 transactions \(nat table and ip6tables nat table,/.test(l)), lines.join('\n'));
+  // a4 moves to IPv6 and b6 changes: the IPv4 commit (a4 removed) lands, the IPv6 one fails, the IPv4 one is undone.
+  commits.length = 0;
+  failIpv6 = true;
+  await assert.rejects(lb.apply([{ ...v4, source: '[2001:db8::11]:80', destination: ['[2001:db8::2]:80'] }, { ...v6, destination: ['[2001:db8::3]:80'] }]), /refused \(test\)/);
+  assert.deepEqual(commits.map((t) => [t.family, t.owners, t.chains.map((c) => c.name)]), [['ipv4', ['a4'], []], ['ipv4', ['a4'], ['IPTLB_NAT_A4']]], 'the IPv4 removal, then its undo');
+  assert.ok(lines.some((l) => /undid the nat table part of the change/.test(l)), lines.join('\n'));
+  assert.deepEqual((await lb.list()).map((p) => [p.name, p.source]), [['a4', '192.0.2.10:80'], ['b6', '[2001:db8::10]:80']], 'nothing recorded');
+  await lb.close();
 });
