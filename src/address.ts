@@ -97,7 +97,7 @@ export function canonicalIpv6(text: string): string | null {
   return g === null ? null : formatIpv6(g);
 }
 
-/** The family of an address or endpoint text as iptlb stores it (IPv6 endpoints are bracketed, addresses contain `:`). */
+/** The family of an address, CIDR or endpoint text (an IPv6 endpoint is bracketed; IPv6 text has two colons or more, IPv4 text one at most); empty text is IPv4. */
 export function familyOf(text: string): Family {
   return text.charCodeAt(0) === 91 /* [ */ || (text.includes(':') && text.indexOf(':') !== text.lastIndexOf(':')) ? 'ipv6' : 'ipv4';
 }
@@ -174,6 +174,6 @@ export function unicastProblem(e: Endpoint): string | null {
 }
 
 /** The CIDR of one host: `a.b.c.d/32` or `v6/128`. */
-export function hostCidr(e: { ip: string; family?: Family }): string {
-  return (e.family ?? familyOf(e.ip)) === 'ipv6' ? `${e.ip}/128` : `${e.ip}/32`;
+export function hostCidr(e: Endpoint): string {
+  return e.family === 'ipv6' ? `${e.ip}/128` : `${e.ip}/32`;
 }

@@ -5,14 +5,14 @@
 import { Command, CommanderError, Option } from 'commander';
 import { readFileSync } from 'node:fs';
 import { IptlbError } from './errors.js';
-import { Core, FAMILIES, changeOfFamily, deleteChange, nftFamilyOf, tableOf, upsertChange, type Change, type TransactionResult } from './lb.js';
+import { Core, FAMILIES, changeOfFamily, deleteChange, tableOf, upsertChange, type Change, type TransactionResult } from './lb.js';
 import { parseExecutorChoice } from './executors/index.js';
 import { ip6tablesTables, parseEngineChoice } from './engine.js';
-import { DEFAULTS, chainName, familyOfProfile, sameProfile, show, splitDestinations, validateName, weightOf } from './profile.js';
+import { DEFAULTS, chainName, familyOfProfile, profilesOf, sameProfile, show, splitDestinations, validateName, weightOf } from './profile.js';
 import { planTransaction } from './plan.js';
 import { renderRule } from './restore.js';
 import { planNftChange, planNftProfile } from './nft/plan.js';
-import { renderNft, renderNftRule, type NftRule, type NftView } from './nft/ops.js';
+import { nftTableFamily, renderNft, renderNftRule, type NftRule, type NftView } from './nft/ops.js';
 import { parseState } from './state.js';
 import type { KernelView, Profile, ProfileInput } from './types.js';
 import { doctor } from './doctor.js';
@@ -281,7 +281,7 @@ async function showCommand(name: string, o: GlobalOpts, io: Out): Promise<void> 
   const families = profile ? [familyOfProfile(profile)] : FAMILIES;
   let family = families[0];
   if (executor.engine === 'nft') {
-    let view = await executor.read(nftFamilyOf(family));
+    let view = await executor.read(nftTableFamily(family));
     if (!profile && !view.chains.some((c) => c.rules.some((r) => 'owner' in r && r.owner === name))) {
       family = 'ipv6';
       view = await executor.read('ip6');
@@ -341,11 +341,11 @@ async function planCommand(o: LegacyOpts, io: Out): Promise<void> {
   const parts = FAMILIES.map((f) => ({ f, change: changeOfFamily(change, state, f) })).filter((x) => x.change.upsert.length || x.change.remove.length);
   if (executor.engine === 'nft') {
     const steps = parts.flatMap(({ f, change: c }) => {
-      const stateF = new Map([...state].filter(([, p]) => familyOfProfile(p) === f));
+      const stateF = profilesOf(state, f);
       const next = new Map(stateF);
       for (const n of c.remove) next.delete(n);
       for (const p of c.upsert) next.set(p.name, p);
-      return planNftChange(stateF, next, [...c.upsert.map((p) => p.name), ...c.remove], undefined, undefined, nftFamilyOf(f));
+      return planNftChange(stateF, next, [...c.upsert.map((p) => p.name), ...c.remove], undefined, undefined, nftTableFamily(f));
     });
     const texts = await Promise.all(steps.map((t) => executor.render(t)));
     if (o.json) io.out(JSON.stringify({ engine: 'nft', nft: texts, transactions: steps }));

@@ -8,7 +8,7 @@
  */
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { formatEndpoint, parseEndpoint, type Endpoint } from './address.js';
+import { parseEndpoint, type Endpoint } from './address.js';
 import { findBinary } from './executors/spawn.js';
 import { loadAddon, type ConntrackFlow, type NativeAddon } from './native/addon.js';
 import type { Profile, Protocol } from './types.js';
@@ -26,25 +26,14 @@ export interface StaleFlows {
  * kube-proxy does.
  */
 export function staleFlows(old: Profile, next: Profile | undefined): StaleFlows[] {
-  const same = next !== undefined && next.protocol === old.protocol && (next.source === old.source || endpointKey(next.source) === endpointKey(old.source));
+  // Validated profiles hold canonical endpoint text, so comparing text compares addresses.
+  const same = next !== undefined && next.protocol === old.protocol && next.source === old.source;
   let gone = old.destination;
   if (same) {
-    // By text first (validated profiles hold canonical text: the usual case, no parsing); what is
-    // left again by endpoint, so that another spelling of one IPv6 address is not taken for a removal.
     const kept = new Set(next.destination);
     gone = gone.filter((d) => !kept.has(d));
-    if (gone.length) {
-      const keys = new Set(next.destination.map(endpointKey));
-      gone = gone.filter((d) => !keys.has(endpointKey(d)));
-    }
   }
   return gone.map((destination) => ({ protocol: old.protocol, source: old.source, destination }));
-}
-
-/** One text per endpoint however it was written (`[2001:DB8::0:1]:80` and `[2001:db8::1]:80` are one); unparseable text as it is. */
-function endpointKey(text: string): string {
-  const e = parseEndpoint(text);
-  return typeof e === 'string' ? text : formatEndpoint(e);
 }
 
 /** The parsed virtual address and destination of `f`, or undefined when either is unparseable or they are of two families (nothing can match). */

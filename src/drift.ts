@@ -1,7 +1,7 @@
 /**
  * Drift: comparing the state file with the kernel. Pure functions over a {@link KernelView}.
  */
-import { chainName, familyOfProfile, weightOf } from './profile.js';
+import { chainName, profilesOf, weightOf } from './profile.js';
 import { planProfile, planTransaction, CHAIN_PREFIX } from './plan.js';
 import { canonicalProbability, renderRule } from './restore.js';
 import type { Family, KernelView, Profile, Rule, Transaction } from './types.js';
@@ -37,11 +37,6 @@ export function canonicalRule(r: Rule): string {
     matches: r.matches.map((m) => (m.name === 'statistic' && m.mode === 'random' ? { ...m, probability: canonicalProbability(m.probability) } : m)),
   };
   return renderRule(c);
-}
-
-/** The profiles of `state` whose addresses are of `family`, by name. */
-export function profilesOf(state: Map<string, Profile>, family: Family): Map<string, Profile> {
-  return new Map([...state].filter(([, p]) => familyOfProfile(p) === family));
 }
 
 /**

@@ -8,10 +8,10 @@ import { ip6tablesTables, nftTableExistsViaCli, parseEngineChoice, selectEngine,
 import { loadAddon } from './native/addon.js';
 import { findBinary } from './executors/spawn.js';
 import { baseUnchanged, countUsage, dispatchSetUsage, planNftChange, planNftRebuild, planNftRemoveAll, nftHookOf, planNftProfile } from './nft/plan.js';
-import { dispatchSetName } from './nft/ops.js';
+import { dispatchSetName, nftTableFamily } from './nft/ops.js';
 import { compareNft, strayRoundRobin } from './nft/view.js';
 import { DEFAULT_LOCK_WAIT_MS, lockStateFile } from './lock.js';
-import { chainName, checkConflicts, familyOfProfile, sameProfile, show, slotCount, validateName, validateProfile, weightOf } from './profile.js';
+import { chainName, checkConflicts, familyOfProfile, profilesOf, sameProfile, show, slotCount, validateName, validateProfile, weightOf } from './profile.js';
 import { hookChainOf, isEmptyTransaction, planProfile, planTransaction } from './plan.js';
 import { readState, resolveStatePath, stateVersion, writeState } from './state.js';
 import { hasNetAdmin } from './caps.js';
@@ -23,14 +23,9 @@ import type { NftFamily, NftTransaction, NftView } from './nft/ops.js';
 /** The address families, in the order a change commits them. */
 export const FAMILIES: readonly Family[] = ['ipv4', 'ipv6'];
 
-/** The nft family of the table that holds profiles of family `f`. */
-export function nftFamilyOf(f: Family): NftFamily {
-  return f === 'ipv6' ? 'ip6' : 'ip';
-}
-
 /** Where an engine keeps profiles of family `f`, as log lines and messages name it. */
 export function tableOf(engine: EngineName, f: Family): string {
-  return engine === 'nft' ? `table ${nftFamilyOf(f)} iptlb` : f === 'ipv6' ? 'ip6tables nat table' : 'nat table';
+  return engine === 'nft' ? `table ${nftTableFamily(f)} iptlb` : f === 'ipv6' ? 'ip6tables nat table' : 'nat table';
 }
 
 function countV6(state: ReadonlyMap<string, Profile>): number {
@@ -377,10 +372,9 @@ export class Core {
     } else {
       v6 = countV6(state);
     }
-    if (f === 'ipv4' ? v6 === 0 : v6 === state.size) return state;
-    const out = new Map<string, Profile>();
-    for (const [n, p] of state) if (familyOfProfile(p) === f) out.set(n, p);
-    return out;
+    const mine = f === 'ipv4' ? state.size - v6 : v6;
+    if (mine === state.size) return state;
+    return mine === 0 ? new Map() : profilesOf(state, f);
   }
   private v6Count?: { generation: number; n: number };
 
@@ -398,7 +392,7 @@ export class Core {
       this.lastFamilies.push(f);
       return ms;
     }
-    const nf = nftFamilyOf(f);
+    const nf = nftTableFamily(f);
     const touched = [...change.upsert.map((p) => p.name), ...change.remove];
     // A bulk change of every profile (`-use-state -run` at boot): if the table is not there at
     // all, plan from nothing rather than send a large batch that fails on its first missing
@@ -533,7 +527,7 @@ export class Core {
   }
 
   private readFamily(executor: Executor, f: Family): Promise<KernelView | NftView> {
-    return executor.engine === 'nft' ? executor.read(nftFamilyOf(f)) : executor.read(f);
+    return executor.engine === 'nft' ? executor.read(nftTableFamily(f)) : executor.read(f);
   }
 
   private compareFamily(executor: Executor, state: Map<string, Profile>, view: KernelView | NftView): ProfileReport[] {
@@ -567,8 +561,8 @@ export class Core {
             try {
               durationMs =
                 executor.engine === 'nft'
-                  ? (await executor.commit(planNftRebuild(stateF.values(), (view as NftView).genid || undefined, nftFamilyOf(f)))).durationMs
-                  : (await executor.commit(syncTransaction(stateF, view as KernelView, f))).durationMs;
+                  ? (await executor.commit(planNftRebuild(stateF.values(), (view as NftView).genid || undefined, nftTableFamily(f)))).durationMs
+                  : (await executor.commit(syncTransaction(state, view as KernelView, f))).durationMs;
             } catch (e) {
               // Someone else changed the ruleset between our read and our commit: read again.
               if (e instanceof IptlbError && e.code === 'ERESTART' && attempt < 5) continue;
@@ -612,9 +606,9 @@ export class Core {
           if (stateF.size === 0) continue;
           installs++;
           if (target.engine === 'nft') {
-            installMs += (await target.commit(planNftRebuild(stateF.values(), undefined, nftFamilyOf(f)))).durationMs;
+            installMs += (await target.commit(planNftRebuild(stateF.values(), undefined, nftTableFamily(f)))).durationMs;
           } else {
-            installMs += (await target.commit(syncTransaction(stateF, await target.read(f), f))).durationMs;
+            installMs += (await target.commit(syncTransaction(state, await target.read(f), f))).durationMs;
           }
         }
         this.log(`installed ${state.size} profile(s) in the ${to} engine in ${installs > 1 ? `${installs} transactions (one per address family)` : 'one transaction'} (${target.kind}, ${installMs.toFixed(2)} ms)`);
@@ -623,8 +617,8 @@ export class Core {
         const source = selectExecutor(this.executorChoice, opts, from).executor;
         for (const f of FAMILIES) {
           if (source.engine === 'nft') {
-            if ((await source.read(nftFamilyOf(f))).exists) {
-              removeMs += (await source.commit(planNftRemoveAll(nftFamilyOf(f)))).durationMs;
+            if ((await source.read(nftTableFamily(f))).exists) {
+              removeMs += (await source.commit(planNftRemoveAll(nftTableFamily(f)))).durationMs;
               removals++;
             }
           } else if ((f === 'ipv4' ? xtablesTables() : ip6tablesTables())?.includes('nat')) {

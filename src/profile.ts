@@ -66,6 +66,13 @@ export function familyOfProfile(p: Profile): Family {
   return p.source.charCodeAt(0) === 91 /* [ */ ? 'ipv6' : 'ipv4';
 }
 
+/** The profiles of `state` whose addresses are of `family`, by name (a new map). */
+export function profilesOf(state: ReadonlyMap<string, Profile>, family: Family): Map<string, Profile> {
+  const out = new Map<string, Profile>();
+  for (const [n, p] of state) if (familyOfProfile(p) === family) out.set(n, p);
+  return out;
+}
+
 export function normalizeLogLevel(value: unknown, field = 'logLevel'): string {
   if (typeof value === 'number' && Number.isInteger(value) && value >= 0 && value <= 7) return String(value);
   if (typeof value === 'string') {

@@ -4,7 +4,7 @@
  */
 import type { Family, HookChain, KernelView, Match, Rule, Target, Transaction } from './types.js';
 import { CHAIN_PREFIX, OWNER_PREFIX } from './plan.js';
-import { canonicalIpv6 } from './address.js';
+import { canonicalIpv6, familyOf } from './address.js';
 
 /** xt_recent's `--mask` of one host, as the save tools print it (the whole address). */
 const HOST_MASK: Record<Family, string> = { ipv4: '255.255.255.255', ipv6: 'ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff' };
@@ -13,7 +13,7 @@ const HOST_MASK: Record<Family, string> = { ipv4: '255.255.255.255', ipv6: 'ffff
 export function familyOfRule(r: Rule): Family {
   const t = r.target;
   const text = r.dst ?? (t.name === 'DNAT' ? t.toDestination : r.matches.find((m) => m.name === 'conntrack')?.ctorigdst) ?? '';
-  return (text.match(/:/g)?.length ?? 0) > 1 ? 'ipv6' : 'ipv4';
+  return familyOf(text);
 }
 
 const HOOKS: readonly string[] = ['PREROUTING', 'INPUT', 'OUTPUT', 'POSTROUTING'];

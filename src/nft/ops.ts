@@ -19,13 +19,17 @@
  * `ip6 saddr`, keys `ipv6_addr . inet_service [. index]` and data `ipv6_addr . inet_service`. The two
  * tables are independent: each transaction and each read is of one of them.
  */
-import { formatEndpoint, ipv6Groups } from '../address.js';
+import { formatEndpoint, ipv6Groups, type Family } from '../address.js';
 import type { Protocol } from '../types.js';
 
 export const NFT_TABLE = 'iptlb';
 export const NFT_FAMILY = 'ip';
 /** The nft family of a table: `ip` holds the IPv4 profiles, `ip6` the IPv6 ones (same layout, 16-byte addresses). */
 export type NftFamily = 'ip' | 'ip6';
+/** The nft family of the table that holds profiles of address family `f`. */
+export function nftTableFamily(f: Family): NftFamily {
+  return f === 'ipv6' ? 'ip6' : 'ip';
+}
 export type NftHook = 'out' | 'pre' | 'loc';
 export type NftBaseChain = 'output' | 'prerouting' | 'postrouting';
 export const NFT_BASE_CHAINS: readonly NftBaseChain[] = ['output', 'prerouting', 'postrouting'];

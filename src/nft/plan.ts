@@ -30,13 +30,14 @@ import {
   type NftOp,
   type NftRule,
   type NftTransaction,
+  nftTableFamily,
 } from './ops.js';
 
 export const NFT_PROTOCOLS: readonly Protocol[] = ['tcp', 'udp', 'sctp'];
 
 /** The table a profile lives in: `ip` for IPv4, `ip6` for IPv6. */
 export function nftFamilyOf(p: Profile): NftFamily {
-  return familyOfProfile(p) === 'ipv6' ? 'ip6' : 'ip';
+  return nftTableFamily(familyOfProfile(p));
 }
 
 /**

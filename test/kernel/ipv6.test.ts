@@ -98,6 +98,23 @@ for (const pair of PAIRS) {
       assert.equal(r.status.inSync, true, JSON.stringify(r.status));
     });
 
+    test('drift of the IPv6 profile: status names it, plan prints IPv6 rules, sync repairs it alone and traffic flows again', async () => {
+      const r = await run(pair.name, 'sync');
+      ok(r.apply6, 'apply IPv6');
+      ok(r.apply4, 'apply IPv4');
+      ok(r.plan, 'plan');
+      assert.match(r.plan.stdout, pair.engine === 'nft' ? /add element ip6 iptlb be_tcp \{ 2001:db8::10 \. 80 \. 3 : 2001:db8::1 \. 9001, / : /-d 2001:db8::10\/128 .*-j DNAT --to-destination \[2001:db8::3\]:9003/);
+      assert.equal(r.broken.failures, 3, 'with its rules gone the IPv6 virtual address does not balance');
+      const byName = (s: any): Record<string, string> => Object.fromEntries(s.profiles.map((p: any) => [p.name, p.status]));
+      assert.equal(r.drifted.inSync, false);
+      assert.deepEqual(byName(r.drifted), { web4: 'in-sync', web6: pair.engine === 'nft' ? 'missing' : 'modified' }, JSON.stringify(r.drifted));
+      ok(r.sync, 'sync');
+      assert.equal(r.status.inSync, true, JSON.stringify(r.status));
+      assert.deepEqual(byName(r.status), { web4: 'in-sync', web6: 'in-sync' });
+      assert.equal(r.v4Unchanged, true, 'sync left the IPv4 table as it was');
+      assert.equal(r.split6.failures, 0, JSON.stringify(r.split6.errors));
+    });
+
     test('migrate to the other engine and back with an IPv4 and an IPv6 profile: both tables of each engine, both keep balancing', async () => {
       const r = await run(pair.name, 'migrate');
       ok(r.apply6, 'apply IPv6');

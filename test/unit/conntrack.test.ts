@@ -2,6 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ConntrackJanitor, flushStaleFlows, staleFlows, type StaleFlows, type StalePair } from '../../src/conntrack.js';
+import { validateProfile } from '../../src/profile.js';
 import type { Profile } from '../../src/types.js';
 
 const p = (over: Partial<Profile> = {}): Profile => ({
@@ -84,10 +85,11 @@ test('spawn: conntrack -D per flow; tcp only SYN_SENT (unanswered); failures sai
   ]);
 });
 
-const p6 = (over: Partial<Profile> = {}): Profile => p({ source: '[2001:db8::10]:5353', destination: ['[2001:db8::1]:9001', '[::1]:9002'], ...over });
+// Validated, as every profile the core hands to staleFlows is: any spelling of an IPv6 address becomes its canonical text.
+const p6 = (over: Partial<Profile> = {}): Profile => validateProfile(p({ source: '[2001:db8::10]:5353', destination: ['[2001:db8::1]:9001', '[::1]:9002'], ...over }));
 const flow6 = (destination: string, protocol: StaleFlows['protocol'] = 'udp'): StaleFlows => ({ protocol, source: '[2001:db8::10]:5353', destination });
 
-test('staleFlows, IPv6: the destinations a change drops, compared by address, not by spelling', () => {
+test('staleFlows, IPv6: the destinations a change drops; validated profiles compare by address, not by spelling', () => {
   assert.deepEqual(staleFlows(p6(), p6({ destination: ['[::1]:9002', '[2001:db8::3]:9001'] })), [flow6('[2001:db8::1]:9001')]);
   assert.deepEqual(staleFlows(p6(), undefined), [flow6('[2001:db8::1]:9001'), flow6('[::1]:9002')]);
   assert.deepEqual(staleFlows(p6(), p6({ destination: ['[2001:DB8:0:0::1]:9001', '[0:0::1]:9002'] })), [], 'the same endpoints, written otherwise');
