@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Runs every compiled test file with node's built-in test runner. Arguments narrow the set:
 // `node scripts/run-tests.js unit` runs the files whose path contains "unit".
-import { readdirSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -20,5 +21,18 @@ if (!files.length) {
   console.error(`no test files under ${dir}${filters.length ? ` matching ${filters.join(', ')}` : ''}; run npm run build first`);
   process.exit(1);
 }
-const r = spawnSync(process.execPath, ['--expose-gc', '--test', ...files], { stdio: 'inherit', cwd: root });
-process.exit(r.status ?? 1);
+// The reporter adds the kernel cases per pair and the skipped tests to the summary, and leaves its
+// verdict in a file: as root, a skipped test fails the run.
+const verdictFile = path.join(mkdtempSync(path.join(tmpdir(), 'iptlb-tests-')), 'verdict.json');
+const reporter = path.join(root, 'scripts', 'reporter.mjs');
+const r = spawnSync(process.execPath, ['--expose-gc', '--test', `--test-reporter=${reporter}`, '--test-reporter-destination=stdout', ...files], {
+  stdio: 'inherit',
+  cwd: root,
+  env: { ...process.env, IPTLB_TEST_VERDICT: verdictFile },
+});
+let verdict = { failed: false };
+try {
+  verdict = JSON.parse(readFileSync(verdictFile, 'utf8'));
+} catch {}
+rmSync(path.dirname(verdictFile), { recursive: true, force: true });
+process.exit(r.status !== 0 ? (r.status ?? 1) : verdict.failed ? 1 : 0);

@@ -179,6 +179,8 @@ export interface JanitorOptions {
   pace?: number;
   /** The namespace's conntrack entry count instead of {@link conntrackEntries} (default with `flush`: unknown, so always flush). */
   entries?: () => number | undefined;
+  /** The clock that times a flush, ms (tests; default `performance.now`). */
+  now?: () => number;
 }
 
 /**
@@ -196,6 +198,7 @@ export class ConntrackJanitor {
 
   private readonly entries: () => number | undefined;
   private readonly pace: number;
+  private readonly now: () => number;
   /** Callers waiting in {@link idle}: no pacing wait while there are any. */
   private hurry = 0;
   /** Ends the current pacing wait. */
@@ -204,6 +207,7 @@ export class ConntrackJanitor {
   constructor(private readonly opts: JanitorOptions) {
     this.entries = opts.entries ?? (opts.flush ? () => undefined : conntrackEntries);
     this.pace = opts.pace ?? 3;
+    this.now = opts.now ?? (() => performance.now());
   }
 
   /**
@@ -254,7 +258,7 @@ export class ConntrackJanitor {
           live = batch; // the profiles could not be read: flush them all, as before this was deferred
         }
         this.stats.dropped += batch.length - live.length;
-        const t0 = performance.now();
+        const t0 = this.now();
         for (const native of [true, false]) {
           const flows = live.filter((p) => p.native === native).map(({ protocol, source, destination }) => ({ protocol, source, destination }));
           if (!flows.length) continue;
@@ -271,7 +275,7 @@ export class ConntrackJanitor {
         // Paced: a dump keeps a core busy in the kernel for its whole walk, which the commits of a
         // churn need; so wait `pace` times as long as this flush took before the next one (the
         // changes of that time are coalesced into it), at most PACE_MAX_MS.
-        const gap = Math.min((performance.now() - t0) * this.pace, PACE_MAX_MS);
+        const gap = Math.min((this.now() - t0) * this.pace, PACE_MAX_MS);
         if (this.pending.size && gap >= 1 && !this.hurry) {
           await new Promise<void>((resolve) => {
             const t = setTimeout(resolve, gap);

@@ -58,11 +58,14 @@ function probe(): Support {
   for (const tool of ['unshare', 'ip', 'iptables-legacy', 'iptables-legacy-save', 'iptables-legacy-restore']) {
     if (!which(tool)) return { ok: false, reason: `${tool} is not installed (apt-get install -y iptables iproute2 util-linux)` };
   }
-  // A real try, in a namespace of its own (it dies with the command): never the host's tables.
-  const r = spawnSync('unshare', ['-n', '--', 'iptables-legacy', '-w', '5', '-t', 'nat', '-S'], { encoding: 'utf8', timeout: 15_000 });
-  if (r.error || r.status !== 0) {
-    const why = (r.error?.message ?? r.stderr ?? '').trim().split('\n')[0];
-    return { ok: false, reason: `cannot create a network namespace with a legacy nat table here (unshare -n iptables-legacy -t nat -S: ${why || `exit ${r.status}`})` };
+  // A real try, in a namespace of its own (it dies with the command): never the host's tables. The
+  // xtables lock file is shared by every namespace, so another process may hold it for a while: try
+  // three times, 20 s each. (A skip as root fails the run anyway: see scripts/reporter.mjs.)
+  let why = '';
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const r = spawnSync('unshare', ['-n', '--', 'iptables-legacy', '-w', '20', '-t', 'nat', '-S'], { encoding: 'utf8', timeout: 30_000 });
+    if (!r.error && r.status === 0) return { ok: true };
+    why = (r.error?.message ?? r.stderr ?? '').trim().split('\n')[0] || `exit ${r.status}`;
   }
-  return { ok: true };
+  return { ok: false, reason: `cannot create a network namespace with a legacy nat table here (unshare -n iptables-legacy -t nat -S, 3 tries: ${why})` };
 }

@@ -49,6 +49,9 @@ for (const { name: ex, skip } of PAIRS) {
         { op: 'save' }, // 15
       ]);
       for (const i of [0, 1, 2, 3]) ok(r[i]);
+      // The tampering really happened: otherwise the drift found below proves nothing.
+      for (let i = 5; i < 5 + tamper.length; i++) ok(r[i], `tampering step ${i - 5}`);
+      assert.equal(tamper.length, 6);
       assert.equal(JSON.parse(r[3].stdout).inSync, true);
       assert.equal(r[11].code, 3, 'exit 3 on drift');
       const by = Object.fromEntries(JSON.parse(r[11].stdout).profiles.map((p: { name: string; status: string }) => [p.name, p.status]));
@@ -96,7 +99,6 @@ for (const { name: ex, skip } of PAIRS) {
     test('watch: applies a change of the state file, re-applies after an external flush, and SIGTERM leaves everything in place', async () => {
       const r = (await runJsonInFreshNetns(fixture('watch.js'), [ex], { timeoutMs: 60_000 })) as Record<string, unknown>;
       assert.equal(r.appliedAfterFileChange, true, JSON.stringify(r));
-      assert.ok((r.fileToKernelMs as number) < 1000, `took ${r.fileToKernelMs} ms`);
       assert.equal(r.reappliedAfterFlush, true, JSON.stringify(r));
       assert.equal(r.exitCode, 0);
       assert.equal(r.rulesAfterSigterm, true);

@@ -67,7 +67,9 @@ for (const pair of PAIRS) {
       assert.deepEqual(r.weightedStatus.profiles[0].destinations.map((x: any) => [x.packets, x.weight]), [[10, undefined], [20, 2]]);
       ok(r.random, 'back to random');
       assert.equal(r.randomSplit.failures, 0, JSON.stringify(r.randomSplit.errors));
-      assert.equal(countsOf(r.randomSplit, [9001, 9002, 9003]).reduce((a, b) => a + b, 0), 100);
+      // The split is random again, 1:1:2, and the round-robin rotation is gone (it would give 1:1:1).
+      assert.equal(countsOf(r.randomSplit, [9001, 9002, 9003]).reduce((a, b) => a + b, 0), 400);
+      assertSplit(countsOf(r.randomSplit, [9001, 9002, 9003]), [1, 1, 2]);
       assert.equal(r.randomStatus.inSync, true, JSON.stringify(r.randomStatus));
     });
 

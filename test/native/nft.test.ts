@@ -110,7 +110,6 @@ describe('nftables executor in the kernel (fresh network namespaces)', { skip: S
     assert.equal(r.dispatch, 10_000);
     assert.equal(r.backend, 30_000);
     assert.ok(r.same, `read back equals what was committed (differs: ${JSON.stringify(r.differs)})`);
-    assert.ok(r.wallMs < 2000, `commit took ${r.wallMs} ms`);
   });
 
   test('ip6: op lists committed natively and via nft -f give the same table ip6 iptlb; both reads round-trip; missing table; foreign objects', async () => {

@@ -234,25 +234,51 @@ test('janitor: native and spawned pairs go to separate calls; a throwing flush i
   assert.deepEqual(lines, ['ok', 'conntrack: could not remove flows of 1 removed destination(s): boom']);
 });
 
-test('janitor: paced (waits pace × the last flush before the next one), but idle() flushes what is queued at once', async () => {
+/** A janitor on a fake clock whose flushes each take 20 ms of that clock; the first one is held until `release`. */
+function pacedJanitor(): { j: ConntrackJanitor; starts: number[]; release: () => void } {
+  let clock = 0;
+  let release!: () => void;
+  const held = new Promise<void>((r) => (release = r));
   const starts: number[] = [];
   const j = new ConntrackJanitor({
     log: () => {},
     current: () => new Map(),
     pace: 10,
+    now: () => clock,
     flush: async () => {
-      starts.push(performance.now());
-      await new Promise((r) => setTimeout(r, 20));
+      starts.push(clock);
+      clock += 20;
+      if (starts.length === 1) await held;
       return [];
     },
   });
-  j.add([pair('127.0.0.1:9001')]);
-  await new Promise((r) => setTimeout(r, 5));
-  j.add([pair('127.0.0.1:9002')]); // arrives during the first flush
-  await new Promise((r) => setTimeout(r, 60)); // the first one ended ~20 ms ago; the wait is 100 ms (capped)
-  assert.equal(starts.length, 1, 'the second flush waits');
-  const t0 = performance.now();
-  await j.idle();
-  assert.equal(starts.length, 2);
-  assert.ok(performance.now() - t0 < 60, 'idle() did not wait out the pacing');
+  return { j, starts, release };
+}
+const turns = async (n = 20): Promise<void> => {
+  for (let i = 0; i < n; i++) await new Promise((r) => setImmediate(r));
+};
+
+test('janitor: paced (waits pace × the last flush, at most 100 ms, before the next one), but idle() flushes what is queued at once', async (t) => {
+  t.mock.timers.enable({ apis: ['setTimeout'] });
+  for (const how of ['timer', 'idle'] as const) {
+    const { j, starts, release } = pacedJanitor();
+    j.add([pair('127.0.0.1:9001')]);
+    await turns();
+    assert.equal(starts.length, 1);
+    j.add([pair('127.0.0.1:9002')]); // arrives during the first flush
+    release();
+    await turns();
+    assert.equal(starts.length, 1, 'the second flush waits (20 ms × pace 10, capped at 100 ms)');
+    if (how === 'timer') {
+      t.mock.timers.tick(99);
+      await turns();
+      assert.equal(starts.length, 1, 'not before 100 ms');
+      t.mock.timers.tick(1);
+      await turns();
+    } else {
+      await j.idle(); // with the timer never ticking: idle() must not wait for it
+    }
+    assert.equal(starts.length, 2, how);
+    await j.idle();
+  }
 });

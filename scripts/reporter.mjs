@@ -1,0 +1,52 @@
+// The test runner's reporter: node's TAP output, plus two lines before the closing summary:
+// how many kernel cases ran per engine × executor pair, and every skipped test with its reason.
+// As root (where every kernel test can run) a skip is a failure: the run exits 1 (see run-tests.js,
+// which reads the verdict this reporter leaves in IPTLB_TEST_VERDICT).
+import { tap } from 'node:test/reporters';
+import { writeFileSync } from 'node:fs';
+
+const PAIR = /\b(legacy|nft)\/(native|spawn)\b/;
+
+async function* observe(source, tally) {
+  // Names of the tests being reported, by nesting level; events of one file arrive in order.
+  const stack = [];
+  let summarised = false;
+  for await (const event of source) {
+    const { type, data } = event;
+    if (type === 'test:start') stack[data.nesting] = data.name;
+    const skipped = data?.skip !== undefined;
+    // Leaf tests, and suites skipped whole (their tests are never reported).
+    if ((type === 'test:pass' || type === 'test:fail') && (data.details?.type !== 'suite' || skipped)) {
+      const path = [...stack.slice(0, data.nesting), data.name].join(' > ');
+      const pair = PAIR.exec(path)?.[0];
+      if (pair) {
+        const t = (tally.pairs[pair] ??= { ran: 0, skipped: 0 });
+        if (skipped) t.skipped++;
+        else t.ran++;
+      }
+      if (skipped) tally.skips.push(`${path}: ${data.skip === true ? 'skipped' : data.skip}`);
+    }
+    if (!summarised && type === 'test:diagnostic' && data.nesting === 0 && /^tests \d+$/.test(data.message)) {
+      summarised = true;
+      for (const message of summaryLines(tally)) yield { type: 'test:diagnostic', data: { nesting: 0, message, file: data.file } };
+    }
+    yield event;
+  }
+}
+
+function summaryLines(tally) {
+  const pairs = Object.entries(tally.pairs).sort(([a], [b]) => a.localeCompare(b));
+  const lines = [
+    `kernel cases per pair: ${pairs.length ? pairs.map(([p, t]) => `${p} ${t.ran} ran, ${t.skipped} skipped`).join('; ') : 'none ran'}`,
+  ];
+  for (const s of tally.skips) lines.push(`skipped: ${s}`);
+  if (tally.skips.length && tally.root) lines.push(`FAIL: ${tally.skips.length} test(s) skipped as root, where every test can run`);
+  return lines;
+}
+
+export default async function* reporter(source) {
+  const tally = { pairs: {}, skips: [], root: process.getuid?.() === 0 };
+  yield* tap(observe(source, tally));
+  const verdict = process.env.IPTLB_TEST_VERDICT;
+  if (verdict) writeFileSync(verdict, JSON.stringify({ ...tally, failed: tally.root && tally.skips.length > 0 }));
+}
