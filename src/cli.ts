@@ -5,16 +5,12 @@
 import { Command, CommanderError, Option } from 'commander';
 import { readFileSync } from 'node:fs';
 import { IptlbError } from './errors.js';
-import { Core, FAMILIES, changeOfFamily, deleteChange, tableOf, upsertChange, type Change, type TransactionResult } from './lb.js';
+import { Core, FAMILIES, deleteChange, upsertChange, type TransactionResult } from './lb.js';
 import { parseExecutorChoice } from './executors/index.js';
-import { ip6tablesTables, parseEngineChoice } from './engine.js';
-import { DEFAULTS, chainName, familyOfProfile, profilesOf, sameProfile, show, splitDestinations, validateName, weightOf } from './profile.js';
-import { planTransaction } from './plan.js';
-import { renderRule } from './restore.js';
-import { planNftChange, planNftProfile } from './nft/plan.js';
-import { nftTableFamily, renderNft, renderNftRule, type NftRule, type NftView } from './nft/ops.js';
+import { parseEngineChoice } from './engine.js';
+import { DEFAULTS, familyOfProfile, sameProfile, show, splitDestinations, validateName, weightOf } from './profile.js';
 import { parseState } from './state.js';
-import type { KernelView, Profile, ProfileInput } from './types.js';
+import type { Profile, ProfileInput } from './types.js';
 import { doctor } from './doctor.js';
 import { packageVersion } from './paths.js';
 
@@ -172,17 +168,12 @@ function report(result: TransactionResult, o: GlobalOpts, io: Out, verbose?: () 
   if (o.json) io.out(JSON.stringify(result));
 }
 
-/** Prints what the last commit wrote: restore rules (legacy) or nft lines (nft). */
+/** Prints what the last commit wrote, as its engine describes it (restore rules, or nft lines). */
 function verboseRules(core: Core, io: Out): () => void {
   return () => {
     const tx = core.lastTransaction;
     if (!tx) return;
-    if ('ops' in tx) {
-      for (const line of renderNft(tx).trimEnd().split('\n')) io.err(`iptlb:   [nft] ${line}`);
-      return;
-    }
-    for (const c of tx.chains) for (const r of c.rules) io.err(`iptlb:   [append] nat/${c.name}: ${renderRule(r)}`);
-    for (const h of tx.hookRules) io.err(`iptlb:   [insert] nat/${h.chain}: ${renderRule(h.rule)}`);
+    for (const line of core.selection.provider.describeTransaction(tx)) io.err(`iptlb:   ${line}`);
   };
 }
 
@@ -276,86 +267,38 @@ async function showCommand(name: string, o: GlobalOpts, io: Out): Promise<void> 
   const core = makeCore(o, io);
   const state = await core.readState();
   const profile = state.get(name);
-  const { executor } = await core.select();
+  const { provider } = await core.select();
   // The profile's family; a name only the kernel knows (an orphan) is looked for in both.
-  const families = profile ? [familyOfProfile(profile)] : FAMILIES;
-  let family = families[0];
-  if (executor.engine === 'nft') {
-    let view = await executor.read(nftTableFamily(family));
-    if (!profile && !view.chains.some((c) => c.rules.some((r) => 'owner' in r && r.owner === name))) {
-      family = 'ipv6';
-      view = await executor.read('ip6');
-    }
-    return showNft(name, profile, view, o, io, `${tableOf('nft', family)}, ${executor.engine}/${executor.kind}`, core.statePath);
-  }
-  let chain: KernelView['chains'][number] | undefined;
-  let hooks: KernelView['hookRules'] = [];
-  for (const f of families) {
-    if (f === 'ipv6' && !profile && !ip6tablesTables()?.includes('nat')) continue;
-    const view: KernelView = await executor.read(f);
-    chain = view.chains.find((c) => c.name === chainName(name));
-    hooks = view.hookRules.filter((h) => h.owner === name);
-    family = f;
-    if (chain || hooks.length) break;
-  }
-  if (!profile && !chain && !hooks.length) throw new IptlbError('ENOTFOUND', `name: profile ${show(name)} is neither in the state file nor in the kernel`, { field: 'name' });
-  if (o.json) return io.out(JSON.stringify(jsonSafe({ profile: profile ?? null, kernel: { chain: chain ?? null, hookRules: hooks } })));
+  const shown = await provider.show(name, profile, profile ? [familyOfProfile(profile)] : FAMILIES);
+  if (!profile && !shown.found) throw new IptlbError('ENOTFOUND', `name: profile ${show(name)} is neither in the state file nor in the kernel`, { field: 'name' });
+  if (o.json) return io.out(JSON.stringify(jsonSafe({ profile: profile ?? null, kernel: shown.json })));
   io.out(profile ? `profile ${describeProfile(profile)}` : `profile ${name}: not in the state file ${core.statePath}`);
-  io.out(`kernel (${tableOf('legacy', family)}, ${executor.engine}/${executor.kind}):`);
-  if (!chain && !hooks.length) io.out('  no rules in the kernel');
-  for (const h of hooks) io.out(`  ${h.chain} #${h.position}\t${h.packets} pkts ${h.bytes} bytes\t${h.raw ?? renderRule(h.rule)}`);
-  if (chain) for (const r of chain.rules) io.out(`  ${chain.name}\t${r.packets} pkts ${r.bytes} bytes\t${renderRule(r.rule)}`);
+  io.out(`kernel (${shown.where}):`);
+  for (const line of shown.lines) io.out(`  ${line}`);
 }
 
-/** `show` on the nft engine: the profile's elements and rules in table ip (or ip6) iptlb, with counters. */
-function showNft(name: string, profile: Profile | undefined, view: NftView, o: GlobalOpts, io: Out, how: string, statePath: string | null): void {
-  const vip = profile ? planNftProfile(profile).vip : undefined;
-  const same = (e: { ip: string; port: number }): boolean => !!vip && e.ip === vip.ip && e.port === vip.port;
-  const dispatch = view.dispatchSets.flatMap((s) => s.elements.filter((e) => same(e.key)).map((e) => ({ set: s.name, ...e })));
-  const backends = view.backendMaps.flatMap((m) => (m.proto === profile?.protocol ? m.elements.filter((e) => same(e.vip)) : []));
-  const rules = view.chains.flatMap((c) => c.rules.filter((r) => (r.kind === 'log' || r.kind === 'masq' || r.kind === 'rr' || r.kind === 'aff') && r.owner === name).map((r) => ({ chain: c.name, rule: r })));
-  if (!profile && !rules.length) throw new IptlbError('ENOTFOUND', `name: profile ${show(name)} is neither in the state file nor in the kernel`, { field: 'name' });
-  if (o.json) return io.out(JSON.stringify(jsonSafe({ profile: profile ?? null, kernel: { dispatch, backends, rules } })));
-  io.out(profile ? `profile ${describeProfile(profile)}` : `profile ${name}: not in the state file ${statePath}`);
-  io.out(`kernel (${how}):`);
-  if (!dispatch.length && !backends.length && !rules.length) io.out('  nothing in the kernel');
-  for (const d of dispatch) io.out(`  set ${d.set}\t${d.packets} pkts ${d.bytes} bytes\t${d.key.ip} . ${d.key.port}`);
-  for (const b of backends) io.out(`  map be_${profile!.protocol}\t${b.packets} pkts ${b.bytes} bytes\t${b.vip.ip} . ${b.vip.port} . ${b.index} : ${b.to.ip} . ${b.to.port}`);
-  for (const r of rules) io.out(`  chain ${r.chain}\t${renderNftRule(r.rule as NftRule, view.family ?? 'ip')}`);
-}
-
+/** `iptlb plan`: what `apply` would commit, planned by the same code with the same kernel reads; changes nothing. */
 async function planCommand(o: LegacyOpts, io: Out): Promise<void> {
   const core = makeCore({ ...o, quiet: true }, io);
-  const state = await core.readState();
-  let change: Change;
-  if (o.useState) change = o.delete ? { upsert: [], remove: [...state.keys()] } : { upsert: [...state.values()], remove: [] };
-  else if (o.delete) change = deleteChange(state, [validateName(o.profile, 'name')]);
-  else change = upsertChange(state, [profileInput(o)]);
-  const { executor } = await core.select();
+  const { provider, change, plans } = await core.plan((state) => {
+    if (o.useState) return o.delete ? { upsert: [], remove: [...state.keys()] } : { upsert: [...state.values()], remove: [] };
+    if (o.delete) return deleteChange(state, [validateName(o.profile, 'name')]);
+    return upsertChange(state, [profileInput(o)]);
+  });
   // Weights and the scheduler, which the rule text only implies, as comment lines (both dialects take them).
   const header = change.upsert
     .filter((p) => p.weights || p.scheduler || p.affinity)
     .map((p) => `# profile ${p.name}: ${describeDestinations(p)}, scheduler ${p.scheduler ?? 'random'}${p.affinity ? `, affinity ${p.affinity}s` : ''}\n`)
     .join('');
-  // One transaction per address family the change touches (see Core.transact).
-  const parts = FAMILIES.map((f) => ({ f, change: changeOfFamily(change, state, f) })).filter((x) => x.change.upsert.length || x.change.remove.length);
-  if (executor.engine === 'nft') {
-    const steps = parts.flatMap(({ f, change: c }) => {
-      const stateF = profilesOf(state, f);
-      const next = new Map(stateF);
-      for (const n of c.remove) next.delete(n);
-      for (const p of c.upsert) next.set(p.name, p);
-      return planNftChange(stateF, next, [...c.upsert.map((p) => p.name), ...c.remove], undefined, undefined, nftTableFamily(f));
-    });
-    const texts = await Promise.all(steps.map((t) => executor.render(t)));
-    if (o.json) io.out(JSON.stringify({ engine: 'nft', nft: texts, transactions: steps }));
-    else io.out(header + texts.map((t, i) => (steps.length > 1 ? `# transaction ${i + 1} of ${steps.length}\n` : '') + t.trimEnd()).join('\n'));
+  const steps = plans.flatMap((plan) => plan.steps.map((tx) => ({ family: plan.family, tx })));
+  const texts = await Promise.all(steps.map((s) => provider.render(s.tx)));
+  if (o.json) {
+    io.out(JSON.stringify({ engine: provider.name, transactions: steps.map((s, i) => ({ family: s.family, where: provider.where(s.family), text: texts[i], transaction: s.tx })) }));
     return;
   }
-  const txs = parts.length ? parts.map(({ f, change: c }) => planTransaction(c.upsert, c.remove, f)) : [planTransaction([], [])];
-  const texts = await Promise.all(txs.map((tx) => executor.render(tx)));
-  if (o.json) io.out(JSON.stringify({ engine: 'legacy', restore: texts.join(''), transaction: txs[0], ...(txs.length > 1 ? { transactions: txs } : {}) }));
-  else io.out(header + texts.map((t, i) => (txs.length > 1 ? `# ${tableOf('legacy', parts[i].f)}\n` : '') + t.trimEnd()).join('\n'));
+  if (!steps.length) return io.out(`${header}# nothing to commit: the kernel already holds this`);
+  const label = (i: number): string => (steps.length > 1 ? `# ${provider.where(steps[i].family)}, transaction ${i + 1} of ${steps.length}\n` : '');
+  io.out(header + texts.map((t, i) => label(i) + t.trimEnd()).join('\n'));
 }
 
 async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {

@@ -1,32 +1,24 @@
 /**
  * The transaction core shared by the library API and the CLI: under the state-file lock, read the
- * state, decide the change, commit it to the kernel in one transaction, and only then write the state.
+ * state, decide the change, commit it to the kernel in one transaction per address family, and only
+ * then write the state. Everything engine-specific is behind the {@link Engine} seam
+ * (src/engines/): the core never asks which engine it drives.
  */
 import { IptlbError } from './errors.js';
-import { selectExecutor, parseExecutorChoice } from './executors/index.js';
-import { ip6tablesTables, nftTableExistsViaCli, parseEngineChoice, selectEngine, xtablesTables } from './engine.js';
-import { loadAddon } from './native/addon.js';
-import { findBinary } from './executors/spawn.js';
-import { baseUnchanged, countUsage, dispatchSetUsage, planNftChange, planNftRebuild, planNftRemoveAll, nftHookOf, planNftProfile } from './nft/plan.js';
-import { dispatchSetName, nftTableFamily } from './nft/ops.js';
-import { compareNft, strayRoundRobin } from './nft/view.js';
+import { parseExecutorChoice } from './executors/index.js';
+import { parseEngineChoice, selectEngine } from './engine.js';
 import { DEFAULT_LOCK_WAIT_MS, lockStateFile } from './lock.js';
-import { chainName, checkConflicts, familyOfProfile, profilesOf, sameProfile, show, slotCount, validateName, validateProfile, weightOf } from './profile.js';
-import { hookChainOf, isEmptyTransaction, planProfile, planTransaction } from './plan.js';
+import { checkConflicts, familyOfProfile, profilesOf, sameProfile, show, validateName, validateProfile, weightOf } from './profile.js';
 import { readState, resolveStatePath, stateVersion, writeState } from './state.js';
 import { hasNetAdmin } from './caps.js';
 import { ConntrackJanitor, staleFlows } from './conntrack.js';
-import { compare, syncTransaction, type ProfileReport } from './drift.js';
-import type { EngineChoice, EngineName, Executor, ExecutorChoice, Family, KernelView, LegacyExecutor, NftExecutor, Profile, ProfileInput, Transaction } from './types.js';
-import type { NftFamily, NftTransaction, NftView } from './nft/ops.js';
+import type { ProfileReport } from './drift.js';
+import { ChangedProfiles, FAMILIES, type Change, type Engine, type FamilyPlan, type Memo } from './engines/engine.js';
+import { createEngine, engineOver } from './engines/registry.js';
+import type { EngineChoice, EngineName, Executor, ExecutorChoice, Family, KernelView, Profile, ProfileInput, Transaction } from './types.js';
+import type { NftTransaction, NftView } from './nft/ops.js';
 
-/** The address families, in the order a change commits them. */
-export const FAMILIES: readonly Family[] = ['ipv4', 'ipv6'];
-
-/** Where an engine keeps profiles of family `f`, as log lines and messages name it. */
-export function tableOf(engine: EngineName, f: Family): string {
-  return engine === 'nft' ? `table ${nftTableFamily(f)} iptlb` : f === 'ipv6' ? 'ip6tables nat table' : 'nat table';
-}
+export { FAMILIES, type Change } from './engines/engine.js';
 
 function countV6(state: ReadonlyMap<string, Profile>): number {
   let n = 0;
@@ -104,6 +96,8 @@ export interface TransactionResult {
 
 /** The engine and executor in use, and why. */
 export interface Selection {
+  /** The engine, over its executor: what the core talks to. */
+  provider: Engine;
   executor: Executor;
   reason: string;
   engine: EngineName;
@@ -112,16 +106,11 @@ export interface Selection {
   engineWarning?: string;
 }
 
-/** True when a commit failed because the kernel does not hold what the plan assumed (nft: element or set missing or different). */
-function outOfStep(e: unknown): boolean {
-  const err = e as IptlbError;
-  return err instanceof IptlbError && err.code === 'EKERNEL' && (err.errno === 2 || err.errno === 17 || err.errno === 16);
-}
-
-/** A change decided against the current state. */
-export interface Change {
-  upsert: Profile[];
-  remove: string[];
+/** What one family's part of a change planned and the kernel accepted (for undo and logging). */
+interface DoneFamily {
+  family: Family;
+  state: ReadonlyMap<string, Profile>;
+  change: Change;
 }
 
 export class Core {
@@ -130,15 +119,6 @@ export class Core {
   private memory = new Map<string, Profile>();
   /** Counts changes of the in-memory profiles (memory mode), so callers can cache what they derive from them. */
   memoryGeneration = 0;
-  /** Memory mode: how many profiles use each nft dispatch set, kept up to date change by change. */
-  private usage?: { generation: number; counts: Map<string, number> };
-
-  /** Profiles per nft dispatch set of `state`: O(1) for the in-memory profiles once counted, else a scan. */
-  private setUsage(state: ReadonlyMap<string, Profile>): Map<string, number> {
-    if (state !== this.memory) return dispatchSetUsage(state.values());
-    if (this.usage?.generation !== this.memoryGeneration) this.usage = { generation: this.memoryGeneration, counts: dispatchSetUsage(state.values()) };
-    return this.usage.counts;
-  }
   readonly executorChoice: ExecutorChoice;
   readonly engineChoice: EngineChoice;
   readonly lockWaitMs: number;
@@ -154,10 +134,19 @@ export class Core {
   /** The last transaction committed by this instance (for `--verbose`). */
   lastTransaction?: Transaction | NftTransaction;
 
-  /** @param injected an executor to use instead of choosing one (tests, embedders with their own). */
-  constructor(opts: OpenOptions = {}, injected?: Executor) {
-    if (injected) {
-      this.selected = { executor: injected, reason: 'executor supplied by the caller', engine: injected.engine, engineReason: 'executor supplied by the caller' };
+  /** Executors supplied per engine (tests against fake kernels, embedders with their own): used instead of choosing. */
+  private readonly supplied?: Partial<Record<EngineName, Executor>>;
+
+  /**
+   * @param injected an executor to use instead of choosing one, or one per engine (then the engine
+   * is still chosen, among those given, and `migrate` can move between them).
+   */
+  constructor(opts: OpenOptions = {}, injected?: Executor | Partial<Record<EngineName, Executor>>) {
+    if (injected && 'commit' in injected) {
+      const by = 'executor supplied by the caller';
+      this.selected = { provider: engineOver(injected as Executor), executor: injected as Executor, reason: by, engine: (injected as Executor).engine, engineReason: by };
+    } else if (injected) {
+      this.supplied = injected as Partial<Record<EngineName, Executor>>;
     }
     this.injected = !!injected;
     this.statePath = opts.stateFile === false ? null : resolveStatePath(opts.stateFile);
@@ -180,54 +169,46 @@ export class Core {
   }
 
   /**
-   * A legacy commit is about to follow (the batch queue has more calls coming): let the native
-   * executor take the xtables lock and copy the table out meanwhile. See prefetch.h in the addon.
+   * A commit is about to follow (the batch queue has more calls coming): let the engine prepare it
+   * meanwhile, if it can (native legacy: take the xtables lock and copy the table out; see
+   * prefetch.h in the addon). Returns whether it did.
    */
   prefetchCommit(): boolean {
-    const ex = this.selected?.executor;
-    if (!ex || ex.engine !== 'legacy' || !ex.prefetch) return false;
-    ex.prefetch();
-    return true;
+    return this.selected?.provider.prefetch?.() ?? false;
   }
 
   /** Gives back what {@link prefetchCommit} prepared when no commit used it. */
   releasePrefetch(): void {
-    const ex = this.selected?.executor;
-    if (ex && ex.engine === 'legacy') ex.releasePrefetch?.();
+    this.selected?.provider.releasePrefetch?.();
   }
 
   /** The engine and executor, chosen on first use (see {@link selectEngine}). */
   select(): Promise<Selection> {
     if (this.selected) return Promise.resolve(this.selected);
     this.selecting ??= (async () => {
-      const opts = { lockWaitMs: this.lockWaitMs };
-      const e = await selectEngine(this.engineChoice, {
-        legacyHasRules: async () => {
-          try {
-            const legacy = selectExecutor(this.executorChoice, opts, 'legacy').executor as LegacyExecutor;
-            for (const f of FAMILIES) {
-              if (!(f === 'ipv4' ? xtablesTables() : ip6tablesTables())?.includes('nat')) continue;
-              const view = await legacy.read(f);
-              if (view.hookRules.length > 0 || view.chains.length > 0) return true;
-            }
-            return false;
-          } catch {
-            return false;
-          }
-        },
-        nftHasTable: async () => {
-          if (findBinary('nft')) return nftTableExistsViaCli();
-          const addon = loadAddon();
-          return addon.ok ? (await addon.addon.nftRead('ip')).exists || (await addon.addon.nftRead('ip6')).exists : false;
-        },
-      });
-      const sel = selectExecutor(this.executorChoice, opts, e.engine);
-      this.selected = { ...sel, engine: e.engine, engineReason: e.reason, ...(e.warning ? { engineWarning: e.warning } : {}) };
+      const holds = async (name: EngineName): Promise<boolean> => {
+        try {
+          return await this.engineFor(name).engine.holdsObjects();
+        } catch {
+          return false;
+        }
+      };
+      const e = await selectEngine(this.engineChoice, { legacyHasRules: () => holds('legacy'), nftHasTable: () => holds('nft') });
+      const { engine, reason } = this.engineFor(e.engine);
+      this.selected = { provider: engine, executor: engine.executor, reason, engine: e.engine, engineReason: e.reason, ...(e.warning ? { engineWarning: e.warning } : {}) };
       return this.selected;
     })();
     this.selecting.catch(() => (this.selecting = undefined));
     return this.selecting;
   }
+  /** Engine `name` over the executor supplied for it, else over the one `executorChoice` selects. */
+  private engineFor(name: EngineName): { engine: Engine; reason: string } {
+    const supplied = this.supplied?.[name];
+    if (supplied) return { engine: engineOver(supplied), reason: 'executor supplied by the caller' };
+    if (this.supplied) throw new IptlbError('EUSAGE', `engine: no executor was supplied for the ${name} engine`, { field: 'engine' });
+    return createEngine(name, this.executorChoice, { lockWaitMs: this.lockWaitMs });
+  }
+
   /** The selection made by {@link select}; throws when it has not run yet. */
   get selection(): Selection {
     if (!this.selected) throw new Error('Core.selection read before select()');
@@ -262,8 +243,8 @@ export class Core {
    */
   transact(decide: (state: Map<string, Profile>) => Change, opts: { run: boolean }): Promise<TransactionResult> {
     return this.serial(async () => {
-      const executor = opts.run ? (await this.select()).executor : undefined;
-      if (executor) this.checkPrivileges();
+      const engine = opts.run ? (await this.select()).provider : undefined;
+      if (engine) this.checkPrivileges();
       const lock = await this.lock();
       try {
         // In memory mode the map itself (decide never changes it; `next` is a copy): no copy per batch.
@@ -271,74 +252,13 @@ export class Core {
         const change = decide(state);
         // What the profiles will be: a view over `state` and the change (O(change), not O(profiles)).
         const next = new ChangedProfiles(state, change);
-        let committed = false;
-        let commitMs = 0;
-        if (executor) {
-          // One kernel transaction per address family the change touches (a profile is of one family;
-          // the iptables and ip6tables nat tables, or tables ip and ip6 iptlb, are separate objects).
-          // If a later family's commit fails, the earlier ones are undone, so the call changes nothing.
-          const done: { family: Family; state: ReadonlyMap<string, Profile>; change: Change }[] = [];
-          this.lastFamilies = [];
-          for (const f of FAMILIES) {
-            const changeF = changeOfFamily(change, state, f);
-            if (changeF.upsert.length === 0 && changeF.remove.length === 0) continue;
-            const stateF = this.ofFamily(state, f);
-            let ms: number | undefined;
-            try {
-              ms = await this.commitFamily(executor, f, stateF, changeF);
-            } catch (e) {
-              for (const d of done.reverse()) await this.undoFamily(executor, d.family, d.state, d.change);
-              throw e;
-            }
-            if (ms === undefined) continue;
-            done.push({ family: f, state: stateF, change: changeF });
-            commitMs += ms;
-            committed = true;
-          }
-        }
-        if (committed && executor) {
-          this.describe(change, executor.engine, state);
-          this.log(
-            `committed ${change.upsert.length + change.remove.length} profile change(s) in ${this.lastFamilies.length === 1 ? 'one transaction' : `${this.lastFamilies.length} transactions`} ` +
-              `(${this.lastFamilies.map((f) => tableOf(executor.engine, f)).join(' and ')}, ${executor.engine}/${executor.kind}, ${commitMs.toFixed(2)} ms)`,
-          );
-        }
-        const changed =
-          change.remove.some((n) => state.has(n)) || change.upsert.some((p) => !state.has(p.name) || !sameProfile(state.get(p.name)!, p));
+        const done = engine ? await this.commitChange(engine, state, change) : [];
+        const committed = done.length > 0;
+        const commitMs = done.reduce((ms, d) => ms + d.ms, 0);
+        if (committed) this.logCommit(engine!, change, state, done, commitMs);
         // Flows to destinations this change removes (decided now: in memory mode `state` changes below).
-        const native = executor?.kind === 'native';
-        const stale =
-          committed && !this.keepConntrack && !this.injected && this.conntrack.needed()
-            ? [
-                ...change.upsert.flatMap((p) => (state.has(p.name) ? staleFlows(state.get(p.name)!, p).map((f) => ({ ...f, profile: p.name, native })) : [])),
-                ...change.remove.flatMap((n) => (state.has(n) ? staleFlows(state.get(n)!, next.get(n)).map((f) => ({ ...f, profile: n, native })) : [])),
-              ]
-            : [];
-        let stateWritten = false;
-        if (changed && this.statePath === null) {
-          // In place, O(change): `state` is this.memory, and `next` only a view over it.
-          const usage = this.setUsage(state);
-          for (const n of change.remove) {
-            const old = this.memory.get(n);
-            if (old) countUsage(usage, old, -1);
-            this.memory.delete(n);
-          }
-          for (const p of change.upsert) {
-            const old = this.memory.get(p.name);
-            if (old) countUsage(usage, old, -1);
-            countUsage(usage, p, +1);
-            this.memory.set(p.name, p);
-          }
-          this.memoryGeneration++;
-          this.usage = { generation: this.memoryGeneration, counts: usage };
-        } else if (changed && this.statePath !== null) {
-          this.cached = undefined;
-          const written = new Map(next);
-          await writeState(this.statePath, written.values());
-          this.cached = { version: await stateVersion(this.statePath), state: written };
-          stateWritten = true;
-          this.log(`state written to ${this.statePath} (${next.size} profile(s))`);
-        }
+        const stale = committed && !this.keepConntrack && !this.injected && this.conntrack.needed() ? this.staleOf(change, state, next, engine!.executor.kind === 'native') : [];
+        const stateWritten = await this.record(state, change, next);
         // Handed to the janitor, not awaited: the next change need not wait for the cleanup of this
         // one (over netlink when it went through the native executor, else `conntrack -D`).
         if (stale.length) this.conntrack.add(stale);
@@ -348,8 +268,8 @@ export class Core {
           committed,
           stateWritten,
           commitMs,
-          executor: committed ? executor!.kind : null,
-          engine: committed ? executor!.engine : null,
+          executor: committed ? engine!.executor.kind : null,
+          engine: committed ? engine!.name : null,
         };
       } finally {
         lock.release();
@@ -357,8 +277,95 @@ export class Core {
     });
   }
 
-  /** Families committed by the last change (for its log line). */
-  private lastFamilies: Family[] = [];
+  /** The long-lived profile map's memo (memory mode), else none: `state` is a fresh copy. */
+  private memoOf(state: ReadonlyMap<string, Profile>): Memo | undefined {
+    return state === this.memory ? { generation: this.memoryGeneration } : undefined;
+  }
+
+  /**
+   * One kernel transaction per address family the change touches (a profile is of one family; the
+   * iptables and ip6tables nat tables, or tables ip and ip6 iptlb, are separate objects). If a later
+   * family's commit fails, the earlier ones are undone, so the call changes nothing.
+   */
+  private async commitChange(engine: Engine, state: ReadonlyMap<string, Profile>, change: Change): Promise<(DoneFamily & { ms: number })[]> {
+    const done: (DoneFamily & { ms: number })[] = [];
+    for (const f of FAMILIES) {
+      const changeF = changeOfFamily(change, state, f);
+      if (changeF.upsert.length === 0 && changeF.remove.length === 0) continue;
+      const stateF = this.ofFamily(state, f);
+      try {
+        const plan = await engine.planChange(f, stateF, changeF, this.memoOf(stateF));
+        if (!plan.steps.length) continue;
+        done.push({ family: f, state: stateF, change: changeF, ms: await this.commitPlan(engine, plan) });
+      } catch (e) {
+        for (const d of done.reverse()) await this.undoFamily(engine, d);
+        throw e;
+      }
+    }
+    return done;
+  }
+
+  private async commitPlan(engine: Engine, plan: FamilyPlan): Promise<number> {
+    const { durationMs, committed } = await engine.commitPlan(plan, (line) => this.log(line));
+    this.lastTransaction = committed as Transaction | NftTransaction;
+    return durationMs;
+  }
+
+  /** The change's one log line per profile (when logging) and its summary line. */
+  private logCommit(engine: Engine, change: Change, before: ReadonlyMap<string, Profile>, done: DoneFamily[], commitMs: number): void {
+    if (this.logging) {
+      for (const p of change.upsert) {
+        const dests = p.destination.map((d) => (weightOf(p, d) === 1 ? d : `${d}*${weightOf(p, d)}`)).join(',');
+        this.log(`apply profile ${p.name}: ${p.source}/${p.protocol} -> ${dests} (${engine.describeProfile(p)})`);
+      }
+      for (const name of change.remove) {
+        if (change.upsert.some((p) => p.name === name)) continue;
+        const old = before.get(name);
+        this.log(engine.describeRemoval(name, old ? familyOfProfile(old) : 'ipv4'));
+      }
+    }
+    this.log(
+      `committed ${change.upsert.length + change.remove.length} profile change(s) in ${done.length === 1 ? 'one transaction' : `${done.length} transactions`} ` +
+        `(${done.map((d) => engine.where(d.family)).join(' and ')}, ${engine.name}/${engine.executor.kind}, ${commitMs.toFixed(2)} ms)`,
+    );
+  }
+
+  /** The flows to destinations that `change` removes from profiles of `state`, for the conntrack janitor. */
+  private staleOf(change: Change, state: ReadonlyMap<string, Profile>, next: ReadonlyMap<string, Profile>, native: boolean) {
+    return [
+      ...change.upsert.flatMap((p) => (state.has(p.name) ? staleFlows(state.get(p.name)!, p).map((f) => ({ ...f, profile: p.name, native })) : [])),
+      ...change.remove.flatMap((n) => (state.has(n) ? staleFlows(state.get(n)!, next.get(n)).map((f) => ({ ...f, profile: n, native })) : [])),
+    ];
+  }
+
+  /**
+   * Records a change the kernel accepted (or a state-only change): in place in memory mode, O(change);
+   * else the state file is rewritten. Returns whether the file was written.
+   */
+  private async record(state: ReadonlyMap<string, Profile>, change: Change, next: ReadonlyMap<string, Profile>): Promise<boolean> {
+    const changed = change.remove.some((n) => state.has(n)) || change.upsert.some((p) => !state.has(p.name) || !sameProfile(state.get(p.name)!, p));
+    if (!changed) return false;
+    if (this.statePath === null) {
+      const edits: [Profile | undefined, Profile | undefined][] = [];
+      for (const n of change.remove) {
+        edits.push([this.memory.get(n), undefined]);
+        this.memory.delete(n);
+      }
+      for (const p of change.upsert) {
+        edits.push([this.memory.get(p.name), p]);
+        this.memory.set(p.name, p);
+      }
+      this.memoryGeneration++;
+      this.selected?.provider.changed?.(edits, { generation: this.memoryGeneration });
+      return false;
+    }
+    this.cached = undefined;
+    const written = new Map(next);
+    await writeState(this.statePath, written.values());
+    this.cached = { version: await stateVersion(this.statePath), state: written };
+    this.log(`state written to ${this.statePath} (${next.size} profile(s))`);
+    return true;
+  }
 
   /**
    * The profiles of `state` of family `f`: `state` itself when it holds no profile of the other
@@ -379,71 +386,33 @@ export class Core {
   private v6Count?: { generation: number; n: number };
 
   /**
-   * Commits the part of a change of one family (its profiles only, against that family's profiles
-   * `state`). Returns the commit time, or undefined when the kernel had nothing to do.
+   * The families worth looking at in the kernel for `state`: those with profiles, and those whose
+   * tables may hold iptlb objects (orphans) without profiles.
    */
-  private async commitFamily(executor: Executor, f: Family, state: ReadonlyMap<string, Profile>, change: Change): Promise<number | undefined> {
-    const next = new ChangedProfiles(state, change);
-    if (executor.engine === 'legacy') {
-      const tx = planTransaction(change.upsert, change.remove, f);
-      if (isEmptyTransaction(tx)) return undefined;
-      const ms = (await executor.commit(tx)).durationMs;
-      this.lastTransaction = tx;
-      this.lastFamilies.push(f);
-      return ms;
-    }
-    const nf = nftTableFamily(f);
-    const touched = [...change.upsert.map((p) => p.name), ...change.remove];
-    // A bulk change of every profile (`-use-state -run` at boot): if the table is not there at
-    // all, plan from nothing rather than send a large batch that fails on its first missing
-    // element. (A small change just fails fast and falls back to the rebuild below.)
-    const touchedSet = new Set(touched);
-    let all = state.size >= 256 && touchedSet.size >= state.size;
-    if (all) for (const n of state.keys()) if (!touchedSet.has(n)) all = false;
-    const usage = this.setUsage(state);
-    // The base chains change (a destination count, logging or masquerade starts or stops): read
-    // which dispatch sets the kernel really fills first, so no rule another process left in
-    // use is dropped. Element-only changes, the common case, read nothing. One read serves both.
-    const baseChanges = state.size === 0 || !baseUnchanged(state, next, touchedSet, usage);
-    const view = all || baseChanges ? await executor.read(nf) : undefined;
-    const fresh = view !== undefined && !view.exists;
-    const kernelSets = view?.exists && baseChanges ? new Map(view.dispatchSets.map((d) => [d.name, d.elements.length])) : undefined;
-    // A round-robin rule the state does not explain (a process killed between its commit and its
-    // state write, or between the two steps of a move) would be dropped by the rewrite and leave
-    // its backends behind; a dispatch element of a round-robin profile's address would shadow its
-    // rule. Either way the incremental plan is wrong: replace the table instead.
-    const stray = view?.exists && baseChanges && !fresh ? strayRoundRobin(state, view) : [];
-    if (stray.length) this.log(`${tableOf('nft', f)} holds objects of round-robin profiles the state does not explain (${stray.slice(0, 3).join(', ')}); replacing it with all ${next.size} profile(s) in one transaction`);
-    const steps = stray.length
-      ? [planNftRebuild(next.values(), undefined, nf)]
-      : fresh
-        ? planNftChange(new Map(), next, touched)
-        : planNftChange(state, next, touched, usage, kernelSets);
-    if (!steps.length) return undefined;
-    const ms = await this.commitNft(executor, steps, next, nf);
-    this.lastFamilies.push(f);
-    return ms;
+  private familiesOf(engine: Engine, state: ReadonlyMap<string, Profile>): { family: Family; profiles: Map<string, Profile> }[] {
+    return FAMILIES.map((family) => ({ family, profiles: this.ofFamily(state, family) as Map<string, Profile> })).filter(
+      ({ family, profiles }) => profiles.size > 0 || engine.mayHold(family),
+    );
   }
 
   /**
-   * Puts back the profiles of family `f` as they were before `change` (after a later family's
+   * Puts back the profiles of one family as they were before a change (after a later family's
    * commit failed). Best effort: if this fails too, the error is logged and the next change or
    * `sync` repairs the kernel.
    */
-  private async undoFamily(executor: Executor, f: Family, before: ReadonlyMap<string, Profile>, change: Change): Promise<void> {
-    const touched = new Set([...change.upsert.map((p) => p.name), ...change.remove]);
+  private async undoFamily(engine: Engine, d: DoneFamily): Promise<void> {
+    const touched = new Set([...d.change.upsert.map((p) => p.name), ...d.change.remove]);
     const undo: Change = { upsert: [], remove: [] };
     for (const n of touched) {
-      const old = before.get(n);
+      const old = d.state.get(n);
       if (old) undo.upsert.push(old);
       else undo.remove.push(n);
     }
-    const after = new ChangedProfiles(before, change);
     try {
-      await this.commitFamily(executor, f, after, undo);
-      this.log(`undid the ${tableOf(executor.engine, f)} part of the change, because the next part failed`);
+      await this.commitPlan(engine, await engine.planChange(d.family, new ChangedProfiles(d.state, d.change), undo));
+      this.log(`undid the ${engine.where(d.family)} part of the change, because the next part failed`);
     } catch (e) {
-      this.log(`could not undo the ${tableOf(executor.engine, f)} part of a failed change (${(e as Error).message}); run \`iptlb sync\``);
+      this.log(`could not undo the ${engine.where(d.family)} part of a failed change (${(e as Error).message}); run \`iptlb sync\``);
     }
   }
 
@@ -461,83 +430,55 @@ export class Core {
   }
 
   /**
-   * Commits an nft change; when the table is not as the state says (a missing or different element,
-   * e.g. after a reboot or someone's flush), replaces the whole table with `next` in one transaction.
+   * What `transact` would commit for the change `decide` makes, planned the same way (with the same
+   * kernel reads), and nothing committed or written: one plan per address family it touches.
    */
-  private async commitNft(executor: NftExecutor, steps: NftTransaction[], next: ReadonlyMap<string, Profile>, nf: NftFamily): Promise<number> {
-    let ms = 0;
-    try {
-      // A second step only removes what the first one superseded; if it fails, the rebuild below
-      // (or, for another error, the next change or `sync`) removes the leftovers.
-      for (const step of steps) ms += (await executor.commit(step)).durationMs;
-      this.lastTransaction = steps.length === 1 ? steps[0] : { family: nf, table: 'iptlb', ops: steps.flatMap((s) => s.ops) };
-      return ms;
-    } catch (e) {
-      if (!outOfStep(e)) throw e;
-      this.log(`table ${nf} iptlb is not as the state says (${(e as Error).message}); replacing it with all ${next.size} profile(s) in one transaction`);
-      const rebuild = planNftRebuild(next.values(), undefined, nf);
-      ms += (await executor.commit(rebuild)).durationMs;
-      this.lastTransaction = rebuild;
-      return ms;
-    }
-  }
-
-  private describe(change: Change, engine: EngineName, before: ReadonlyMap<string, Profile>): void {
-    if (!this.logging) return;
-    const n = (p: Profile): number => slotCount(p);
-    for (const p of change.upsert) {
-      const rr = p.scheduler === 'round-robin';
-      const where =
-        engine === 'nft'
-          ? `${p.rulesBackend}: ${
-              p.affinity
-                ? `${planNftProfile(p).rules.filter((r) => r.rule.kind === 'aff').length} affinity rules (${p.affinity} s${rr ? ', round-robin' : ''}) in chain ${nftHookOf(p) === 'out' ? 'output' : 'prerouting'}`
-                : `${rr ? `round-robin rule in chain ${nftHookOf(p) === 'out' ? 'output' : 'prerouting'}` : `element of set ${dispatchSetName(nftHookOf(p), p.protocol, n(p))}`} and ${n(p)} of map be_${p.protocol}`
-            } in ${tableOf('nft', familyOfProfile(p))}` +
-            `${p.logEnabled ? `, logging at level ${p.logLevel}` : ''}${p.masquerade ? ', masquerade in postrouting' : ''}`
-          : `${p.rulesBackend}: jump in ${familyOfProfile(p) === 'ipv6' ? 'ip6tables ' : ''}nat ${hookChainOf(p)}, chain ${chainName(p.name)} with ${planProfile(p).chain.rules.length} rules` +
-            `${rr ? ', round-robin' : ''}${p.affinity ? `, affinity ${p.affinity} s` : ''}${p.logEnabled ? `, logging at level ${p.logLevel}` : ''}${p.masquerade ? ', masquerade in POSTROUTING' : ''}`;
-      const dests = p.destination.map((d) => (weightOf(p, d) === 1 ? d : `${d}*${weightOf(p, d)}`)).join(',');
-      this.log(`apply profile ${p.name}: ${p.source}/${p.protocol} -> ${dests} (${where})`);
-    }
-    for (const name of change.remove) {
-      if (change.upsert.some((p) => p.name === name)) continue;
-      const old = before.get(name);
-      const where = tableOf(engine, old ? familyOfProfile(old) : 'ipv4');
-      this.log(engine === 'nft' ? `delete profile ${name}: its elements and rules removed from ${where}` : `delete profile ${name}: jump rules and chain ${chainName(name)} removed from the ${where}`);
-    }
+  plan(decide: (state: Map<string, Profile>) => Change): Promise<{ provider: Engine; change: Change; plans: FamilyPlan[] }> {
+    return this.serial(async () => {
+      const { provider } = await this.select();
+      const state = await this.readState();
+      const change = decide(state);
+      const plans: FamilyPlan[] = [];
+      for (const f of FAMILIES) {
+        const changeF = changeOfFamily(change, state, f);
+        if (changeF.upsert.length === 0 && changeF.remove.length === 0) continue;
+        plans.push(await provider.planChange(f, this.ofFamily(state, f), changeF));
+      }
+      return { provider, change, plans };
+    });
   }
 
   /** Each profile of the state file compared with the kernel, plus the kernel's orphans, with counters. */
   async status(): Promise<ProfileReport[]> {
-    const { executor } = await this.select();
+    const { provider } = await this.select();
     const state = await this.readState();
     const reports: ProfileReport[] = [];
-    for (const f of FAMILIES) {
-      const stateF = this.ofFamily(state, f) as Map<string, Profile>;
-      if (stateF.size === 0 && !this.mayHold(executor, f)) continue;
-      reports.push(...this.compareFamily(executor, stateF, await this.readFamily(executor, f)));
-    }
+    for (const { family, profiles } of this.familiesOf(provider, state)) reports.push(...provider.compare(profiles, await provider.read(family)));
     return reports;
   }
 
-  /** Whether the kernel may hold iptlb objects of family `f` when no profile of it exists (ipv4: always asked; ipv6: unless the ip6tables nat table is absent, which reading would create). */
-  private mayHold(executor: Executor, f: Family): boolean {
-    return f === 'ipv4' || executor.engine === 'nft' || (ip6tablesTables()?.includes('nat') ?? false);
-  }
-
-  private readFamily(executor: Executor, f: Family): Promise<KernelView | NftView> {
-    return executor.engine === 'nft' ? executor.read(nftTableFamily(f)) : executor.read(f);
-  }
-
-  private compareFamily(executor: Executor, state: Map<string, Profile>, view: KernelView | NftView): ProfileReport[] {
-    return executor.engine === 'nft' ? compareNft(state, view as NftView) : compare(state, view as KernelView);
+  /**
+   * Replaces family `f`'s objects with exactly `profiles` when `needed(view)` says so, reading the
+   * kernel again when someone else changed it between the read and the commit. Returns the commit
+   * time, or undefined when nothing was needed.
+   */
+  private async replaceFamily<View>(engine: Engine<View>, f: Family, profiles: ReadonlyMap<string, Profile>, needed: (view: View, attempt: number) => boolean): Promise<number | undefined> {
+    for (let attempt = 1; ; attempt++) {
+      const view = await engine.read(f);
+      if (!needed(view, attempt)) return undefined;
+      try {
+        return await engine.commit(engine.planReplace(f, profiles, view));
+      } catch (e) {
+        if (e instanceof IptlbError && e.code === 'ERESTART' && attempt < 5) continue;
+        throw e;
+      }
+    }
   }
 
   /** Makes the kernel match the state file, one transaction per address family; returns what was out of step before. */
   sync(opts: { quietWhenInSync?: boolean } = {}): Promise<{ before: ProfileReport[]; committed: boolean; commitMs: number }> {
     return this.serial(async () => {
-      const { executor } = await this.select();
+      const { provider } = await this.select();
       this.checkPrivileges();
       const lock = await this.lock();
       try {
@@ -545,35 +486,20 @@ export class Core {
         const before: ProfileReport[] = [];
         let committed = false;
         let commitMs = 0;
-        for (const f of FAMILIES) {
-          const stateF = this.ofFamily(state, f) as Map<string, Profile>;
-          if (stateF.size === 0 && !this.mayHold(executor, f)) continue;
-          for (let attempt = 1; ; attempt++) {
-            const view = await this.readFamily(executor, f);
-            const reports = this.compareFamily(executor, stateF, view);
-            const drifted = reports.filter((r) => r.status !== 'in-sync');
-            if (drifted.length === 0) {
-              before.push(...reports);
-              break;
-            }
+        for (const { family, profiles } of this.familiesOf(provider, state)) {
+          let reports: ProfileReport[] = [];
+          let drifted: ProfileReport[] = [];
+          const ms = await this.replaceFamily(provider, family, profiles, (view, attempt) => {
+            reports = provider.compare(profiles, view);
+            drifted = reports.filter((r) => r.status !== 'in-sync');
             if (attempt === 1) for (const r of drifted) this.log(`sync ${r.name}: ${r.status}${r.detail ? ` (${r.detail})` : ''}`);
-            let durationMs: number;
-            try {
-              durationMs =
-                executor.engine === 'nft'
-                  ? (await executor.commit(planNftRebuild(stateF.values(), (view as NftView).genid || undefined, nftTableFamily(f)))).durationMs
-                  : (await executor.commit(syncTransaction(state, view as KernelView, f))).durationMs;
-            } catch (e) {
-              // Someone else changed the ruleset between our read and our commit: read again.
-              if (e instanceof IptlbError && e.code === 'ERESTART' && attempt < 5) continue;
-              throw e;
-            }
-            this.log(`committed the sync of ${drifted.length} profile(s) in one transaction (${tableOf(executor.engine, f)}, ${executor.engine}/${executor.kind}, ${durationMs.toFixed(2)} ms)`);
-            before.push(...reports);
-            committed = true;
-            commitMs += durationMs;
-            break;
-          }
+            return drifted.length > 0;
+          });
+          before.push(...reports);
+          if (ms === undefined) continue;
+          this.log(`committed the sync of ${drifted.length} profile(s) in one transaction (${provider.where(family)}, ${provider.name}/${provider.executor.kind}, ${ms.toFixed(2)} ms)`);
+          committed = true;
+          commitMs += ms;
         }
         if (!committed && !opts.quietWhenInSync) this.log('kernel already matches the state file; nothing to do');
         return { before, committed, commitMs };
@@ -591,47 +517,34 @@ export class Core {
    */
   migrate(to: EngineName): Promise<{ moved: number; installMs: number; removeMs: number; removedFrom: boolean }> {
     return this.serial(async () => {
-      if (this.injected) throw new IptlbError('EUSAGE', 'migrate needs iptlb to choose its executors (none may be injected)');
+      if (this.injected && !this.supplied) throw new IptlbError('EUSAGE', 'migrate needs an executor per engine (one injected executor serves one engine)');
       this.checkPrivileges();
       const lock = await this.lock();
       try {
         const state = await this.readState();
-        const opts = { lockWaitMs: this.lockWaitMs };
-        const target = selectExecutor(this.executorChoice, opts, to).executor;
-        const from = to === 'nft' ? 'legacy' : 'nft';
+        const target = this.engineFor(to).engine;
+        const from: EngineName = to === 'nft' ? 'legacy' : 'nft';
         let installMs = 0;
         let installs = 0;
         for (const f of FAMILIES) {
-          const stateF = this.ofFamily(state, f) as Map<string, Profile>;
-          if (stateF.size === 0) continue;
+          const profiles = this.ofFamily(state, f);
+          if (profiles.size === 0) continue;
+          installMs += (await this.replaceFamily(target, f, profiles, () => true))!;
           installs++;
-          if (target.engine === 'nft') {
-            installMs += (await target.commit(planNftRebuild(stateF.values(), undefined, nftTableFamily(f)))).durationMs;
-          } else {
-            installMs += (await target.commit(syncTransaction(state, await target.read(f), f))).durationMs;
-          }
         }
-        this.log(`installed ${state.size} profile(s) in the ${to} engine in ${installs > 1 ? `${installs} transactions (one per address family)` : 'one transaction'} (${target.kind}, ${installMs.toFixed(2)} ms)`);
+        this.log(`installed ${state.size} profile(s) in the ${to} engine in ${installs > 1 ? `${installs} transactions (one per address family)` : 'one transaction'} (${target.executor.kind}, ${installMs.toFixed(2)} ms)`);
+        const source = this.engineFor(from).engine;
         let removeMs = 0;
         let removals = 0;
-        const source = selectExecutor(this.executorChoice, opts, from).executor;
         for (const f of FAMILIES) {
-          if (source.engine === 'nft') {
-            if ((await source.read(nftTableFamily(f))).exists) {
-              removeMs += (await source.commit(planNftRemoveAll(nftTableFamily(f)))).durationMs;
-              removals++;
-            }
-          } else if ((f === 'ipv4' ? xtablesTables() : ip6tablesTables())?.includes('nat')) {
-            const view = await source.read(f);
-            if (view.chains.length || view.hookRules.length) {
-              removeMs += (await source.commit(syncTransaction(new Map(), view, f))).durationMs;
-              removals++;
-            }
-          }
+          const tx = await source.planRemoveAll(f);
+          if (tx === undefined) continue;
+          removeMs += await source.commit(tx);
+          removals++;
         }
         const removedFrom = removals > 0;
         const how = removals > 1 ? `${removals} transactions (one per address family)` : 'one transaction';
-        this.log(removedFrom ? `removed iptlb's objects from the ${from} engine in ${how} (${source.kind}, ${removeMs.toFixed(2)} ms)` : `the ${from} engine held nothing of iptlb's`);
+        this.log(removedFrom ? `removed iptlb's objects from the ${from} engine in ${how} (${source.executor.kind}, ${removeMs.toFixed(2)} ms)` : `the ${from} engine held nothing of iptlb's`);
         this.selected = undefined;
         this.selecting = undefined;
         return { moved: state.size, installMs, removeMs, removedFrom };
@@ -643,7 +556,7 @@ export class Core {
 
   /** Kernel objects owned by iptlb for profiles of `family` (default ipv4): the nat table's (legacy) or table ip/ip6 iptlb (nft). */
   async readKernel(family: Family = 'ipv4'): Promise<KernelView | NftView> {
-    return this.readFamily((await this.select()).executor, family);
+    return (await this.select()).provider.read(family) as Promise<KernelView | NftView>;
   }
 }
 
@@ -668,52 +581,4 @@ export function deleteChange(state: Map<string, Profile>, names: string[]): Chan
     if (!state.has(n)) throw new IptlbError('ENOTFOUND', `name: profile ${show(n)} does not exist in the state file`, { field: 'name' });
   }
   return { upsert: [], remove };
-}
-
-
-/** The profiles after a change, as a read-only view over the profiles before it: building it costs O(change). */
-class ChangedProfiles implements ReadonlyMap<string, Profile> {
-  private readonly upsert = new Map<string, Profile>();
-  private readonly removed = new Set<string>();
-  readonly size: number;
-
-  constructor(
-    private readonly base: ReadonlyMap<string, Profile>,
-    change: Change,
-  ) {
-    for (const n of change.remove) this.removed.add(n);
-    for (const p of change.upsert) {
-      this.upsert.set(p.name, p);
-      this.removed.delete(p.name);
-    }
-    let size = base.size;
-    for (const n of this.removed) if (base.has(n) && !this.upsert.has(n)) size--;
-    for (const n of this.upsert.keys()) if (!base.has(n)) size++;
-    this.size = size;
-  }
-  get(name: string): Profile | undefined {
-    return this.upsert.get(name) ?? (this.removed.has(name) ? undefined : this.base.get(name));
-  }
-  has(name: string): boolean {
-    return this.get(name) !== undefined;
-  }
-  *entries(): IterableIterator<[string, Profile]> {
-    for (const [n, p] of this.base) {
-      if (this.upsert.has(n)) yield [n, this.upsert.get(n)!];
-      else if (!this.removed.has(n)) yield [n, p];
-    }
-    for (const [n, p] of this.upsert) if (!this.base.has(n)) yield [n, p];
-  }
-  *keys(): IterableIterator<string> {
-    for (const [n] of this.entries()) yield n;
-  }
-  *values(): IterableIterator<Profile> {
-    for (const [, p] of this.entries()) yield p;
-  }
-  [Symbol.iterator](): IterableIterator<[string, Profile]> {
-    return this.entries();
-  }
-  forEach(fn: (value: Profile, key: string, map: ReadonlyMap<string, Profile>) => void): void {
-    for (const [n, p] of this.entries()) fn(p, n, this);
-  }
 }

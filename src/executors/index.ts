@@ -3,12 +3,8 @@
  * use. The choice and the reason are reported by `iptlb doctor`.
  */
 import { IptlbError } from '../errors.js';
-import { loadAddon } from '../native/addon.js';
-import type { EngineName, Executor, ExecutorChoice } from '../types.js';
-import { NativeExecutor } from './native.js';
-import { NftNativeExecutor } from './nft-native.js';
-import { NftSpawnExecutor } from './nft-spawn.js';
-import { SpawnExecutor } from './spawn.js';
+import { loadAddon, type NativeAddon as Addon } from '../native/addon.js';
+import type { Executor, ExecutorChoice } from '../types.js';
 
 export interface ExecutorSelection {
   executor: Executor;
@@ -22,23 +18,23 @@ export function parseExecutorChoice(value: string | undefined): ExecutorChoice {
   throw new IptlbError('EUSAGE', `executor: ${JSON.stringify(value)} is not one of native, spawn, auto`, { field: 'executor' });
 }
 
-export function selectExecutor(
-  choice: ExecutorChoice = parseExecutorChoice(process.env.IPTLB_EXECUTOR),
-  opts: { lockWaitMs?: number } = {},
-  engine: EngineName = 'legacy',
-): ExecutorSelection {
-  const spawned = (): Executor => (engine === 'nft' ? new NftSpawnExecutor() : new SpawnExecutor(opts));
-  if (choice === 'spawn') return { executor: spawned(), reason: 'spawn executor requested' };
+/** How an engine's two executors are made: over the loaded addon, or spawning the engine's tools. */
+export interface ExecutorKinds {
+  native(addon: Addon, opts: { lockWaitMs?: number }): Executor;
+  spawn(opts: { lockWaitMs?: number }): Executor;
+  /** Why this build of the addon cannot serve the engine, if it cannot. */
+  nativeMissing?(addon: Addon): string | undefined;
+}
+
+/** The native executor when the addon loads (and serves the engine), else the spawn one; `choice` forces either. */
+export function selectExecutor(choice: ExecutorChoice, opts: { lockWaitMs?: number }, kinds: ExecutorKinds): ExecutorSelection {
+  if (choice === 'spawn') return { executor: kinds.spawn(opts), reason: 'spawn executor requested' };
   let loaded = loadAddon();
-  if (loaded.ok && engine === 'nft' && typeof loaded.addon.nftCommit !== 'function') {
-    loaded = { ok: false, reason: 'abi-mismatch', detail: 'this build of the addon has no nft support', fix: 'npm run build:addon' };
-  }
-  if (loaded.ok) {
-    const executor = engine === 'nft' ? new NftNativeExecutor(loaded.addon) : new NativeExecutor(loaded.addon, opts);
-    return { executor, reason: choice === 'native' ? 'native executor requested' : 'native addon loaded' };
-  }
+  const missing = loaded.ok ? kinds.nativeMissing?.(loaded.addon) : undefined;
+  if (missing) loaded = { ok: false, reason: 'abi-mismatch', detail: missing, fix: 'npm run build:addon' };
+  if (loaded.ok) return { executor: kinds.native(loaded.addon, opts), reason: choice === 'native' ? 'native executor requested' : 'native addon loaded' };
   if (choice === 'native') {
     throw new IptlbError('ENATIVE', `native executor unavailable: ${loaded.reason}: ${loaded.detail}; fix: ${loaded.fix}`);
   }
-  return { executor: spawned(), reason: `native addon unavailable (${loaded.reason}: ${loaded.detail}); fix: ${loaded.fix}` };
+  return { executor: kinds.spawn(opts), reason: `native addon unavailable (${loaded.reason}: ${loaded.detail}); fix: ${loaded.fix}` };
 }

@@ -1,0 +1,162 @@
+/**
+ * The engine seam: everything that differs between the ways iptlb can hold its rules (the x_tables
+ * nat tables, `legacy`; the nf_tables tables `ip iptlb` / `ip6 iptlb`, `nft`) behind one interface.
+ * The core (src/lb.ts), the CLI and the API talk only to an {@link Engine}; each engine lives in its
+ * own folder (src/engines/<name>/) and is listed once in src/engines/registry.ts.
+ *
+ * An engine wraps one executor of its own kind (native addon or spawned tools); both executors of an
+ * engine commit the same plans with the same kernel result.
+ */
+import type { Family } from '../address.js';
+import type { ProfileReport } from '../drift.js';
+import type { EngineName, Executor, Profile } from '../types.js';
+
+/** The address families, in the order a change commits them. */
+export const FAMILIES: readonly Family[] = ['ipv4', 'ipv6'];
+
+/** A change decided against the current profiles: profiles created or replaced, names removed. */
+export interface Change {
+  upsert: Profile[];
+  remove: string[];
+}
+
+/**
+ * The part of a change that concerns one address family, planned against the kernel: the
+ * transactions to commit, in order (usually one), and what to do if the kernel turns out not to be
+ * as planned. `steps` is empty when the kernel has nothing to do.
+ */
+export interface FamilyPlan<Tx = unknown> {
+  family: Family;
+  steps: Tx[];
+  /** The profiles of this family after the change (for a replacement when the kernel is out of step). */
+  next: ReadonlyMap<string, Profile>;
+  /** A line to log when the plan is committed (why it is not the usual one). */
+  note?: string;
+}
+
+/** What a commit of a {@link FamilyPlan} did. */
+export interface FamilyCommit<Tx = unknown> {
+  durationMs: number;
+  /** The transaction(s) that reached the kernel, as one (for `--verbose`). */
+  committed: Tx;
+}
+
+/** A profile's objects in the kernel, as `iptlb show` prints them. */
+export interface ShownProfile {
+  /** Whether the kernel holds anything of the profile. */
+  found: boolean;
+  /** Where they were found, e.g. `nat table, legacy/native`. */
+  where: string;
+  /** One line per object, with counters. */
+  lines: string[];
+  /** The same as data (`show --json`'s `kernel`). */
+  json: unknown;
+}
+
+/**
+ * The derived data of a long-lived profile map (an in-memory instance's), kept up to date change by
+ * change so that planning stays O(change): `generation` counts the map's changes.
+ */
+export interface Memo {
+  generation: number;
+}
+
+export interface Engine<View = unknown, Tx = unknown> {
+  readonly name: EngineName;
+  readonly executor: Executor;
+  /** Where profiles of family `f` are kept, as messages name it (`nat table`, `table ip iptlb`). */
+  where(f: Family): string;
+  /**
+   * Whether the kernel may hold iptlb objects of family `f` when no profile of it exists, known
+   * without creating anything (reading a legacy table by name creates it).
+   */
+  mayHold(f: Family): boolean;
+  /** iptlb's objects of family `f` (never creates a table). */
+  read(f: Family): Promise<View>;
+  /** Whether the kernel holds any iptlb object of either family (engine selection, `auto`). */
+  holdsObjects(): Promise<boolean>;
+  /** Each profile (all of family `f`) compared with `view`, plus the view's orphans, with counters. */
+  compare(profiles: ReadonlyMap<string, Profile>, view: View): ProfileReport[];
+  /**
+   * Plans the part of `change` of family `f` against `state` (that family's profiles now), making the
+   * kernel reads the plan needs. `memo` is given when `state` is a long-lived map whose derived data
+   * the engine may cache (see {@link changed}).
+   */
+  planChange(f: Family, state: ReadonlyMap<string, Profile>, change: Change, memo?: Memo): Promise<FamilyPlan<Tx>>;
+  /** Commits a plan; when the kernel is not as planned, replaces the family's objects with `plan.next` if the engine can. */
+  commitPlan(plan: FamilyPlan<Tx>, log: (line: string) => void): Promise<FamilyCommit<Tx>>;
+  /**
+   * One transaction that makes family `f`'s objects exactly `profiles` (which are all of that
+   * family), given the kernel as read in `view`: sync, repair, and the install half of a migration.
+   */
+  planReplace(f: Family, profiles: ReadonlyMap<string, Profile>, view: View): Tx;
+  /** One transaction that removes every iptlb object of family `f`; undefined when there is none. */
+  planRemoveAll(f: Family): Promise<Tx | undefined>;
+  /** Commits one transaction. */
+  commit(tx: Tx): Promise<number>;
+  /** The text the spawn executor would feed its tool for `tx` (`iptables-restore` or `nft -f` dialect). */
+  render(tx: Tx): Promise<string>;
+  /** The rules a committed transaction wrote, one line each (`--verbose`). */
+  describeTransaction(tx: Tx): string[];
+  /** Where an applied profile's rules went, for its log line. */
+  describeProfile(p: Profile): string;
+  /** The log line of a deleted profile. */
+  describeRemoval(name: string, f: Family): string;
+  /** A profile's objects in the kernel, looked for in `families` in order. */
+  show(name: string, profile: Profile | undefined, families: readonly Family[]): Promise<ShownProfile>;
+  /**
+   * The long-lived map of {@link Memo} went from generation `memo.generation - 1` to `memo.generation`
+   * by `edits` (each profile before and after; undefined: absent): update what was derived from it.
+   */
+  changed?(edits: readonly [Profile | undefined, Profile | undefined][], memo: Memo): void;
+  /** Native legacy only: prepare the next commit while JavaScript plans (see prefetch.h). */
+  prefetch?(): boolean;
+  releasePrefetch?(): void;
+}
+
+/** The profiles after a change, as a read-only view over the profiles before it: building it costs O(change). */
+export class ChangedProfiles implements ReadonlyMap<string, Profile> {
+  private readonly upsert = new Map<string, Profile>();
+  private readonly removed = new Set<string>();
+  readonly size: number;
+
+  constructor(
+    private readonly base: ReadonlyMap<string, Profile>,
+    change: Change,
+  ) {
+    for (const n of change.remove) this.removed.add(n);
+    for (const p of change.upsert) {
+      this.upsert.set(p.name, p);
+      this.removed.delete(p.name);
+    }
+    let size = base.size;
+    for (const n of this.removed) if (base.has(n) && !this.upsert.has(n)) size--;
+    for (const n of this.upsert.keys()) if (!base.has(n)) size++;
+    this.size = size;
+  }
+  get(name: string): Profile | undefined {
+    return this.upsert.get(name) ?? (this.removed.has(name) ? undefined : this.base.get(name));
+  }
+  has(name: string): boolean {
+    return this.get(name) !== undefined;
+  }
+  *entries(): IterableIterator<[string, Profile]> {
+    for (const [n, p] of this.base) {
+      if (this.upsert.has(n)) yield [n, this.upsert.get(n)!];
+      else if (!this.removed.has(n)) yield [n, p];
+    }
+    for (const [n, p] of this.upsert) if (!this.base.has(n)) yield [n, p];
+  }
+  *keys(): IterableIterator<string> {
+    for (const [n] of this.entries()) yield n;
+  }
+  *values(): IterableIterator<Profile> {
+    for (const [, p] of this.entries()) yield p;
+  }
+  [Symbol.iterator](): IterableIterator<[string, Profile]> {
+    return this.entries();
+  }
+  forEach(fn: (value: Profile, key: string, map: ReadonlyMap<string, Profile>) => void): void {
+    for (const [n, p] of this.entries()) fn(p, n, this);
+  }
+}

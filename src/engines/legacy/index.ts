@@ -1,0 +1,137 @@
+/**
+ * The `legacy` engine: profiles as chains `IPTLB_NAT_<NAME>` and commented jumps in the x_tables nat
+ * table of iptables (IPv4) or ip6tables (IPv6). A change is one transaction per table: the planner
+ * (src/plan.ts) writes it as data, the executor commits it through libiptc or iptables-restore.
+ */
+import { xtablesTables, ip6tablesTables } from '../../engine.js';
+import { compare, syncTransaction } from '../../drift.js';
+import { chainName, familyOfProfile } from '../../profile.js';
+import { hookChainOf, isEmptyTransaction, planProfile, planTransaction } from '../../plan.js';
+import { renderRule } from '../../restore.js';
+import type { Family } from '../../address.js';
+import type { KernelView, LegacyExecutor, Profile, Transaction } from '../../types.js';
+import type { Change, Engine, FamilyCommit, FamilyPlan, ShownProfile } from '../engine.js';
+
+const EMPTY: KernelView = { chains: [], hookRules: [] };
+
+/** Tables x_tables has instantiated for family `f` in this network namespace. */
+function tablesOf(f: Family): string[] | null {
+  return f === 'ipv6' ? ip6tablesTables() : xtablesTables();
+}
+
+export class LegacyEngine implements Engine<KernelView, Transaction> {
+  readonly name = 'legacy' as const;
+  /**
+   * @param realTables whether the executor reads this network namespace's tables (those made here:
+   * then an absent nat table is not read, which would create it); a supplied executor is read as is.
+   */
+  constructor(
+    readonly executor: LegacyExecutor,
+    private readonly realTables = false,
+  ) {}
+
+  where(f: Family): string {
+    return f === 'ipv6' ? 'ip6tables nat table' : 'nat table';
+  }
+
+  mayHold(f: Family): boolean {
+    return !this.realTables || (tablesOf(f)?.includes('nat') ?? false);
+  }
+
+  /** An absent nat table is read as empty: asking the kernel for it by name would create it. */
+  async read(f: Family): Promise<KernelView> {
+    return this.mayHold(f) ? this.executor.read(f) : EMPTY;
+  }
+
+  async holdsObjects(): Promise<boolean> {
+    for (const f of ['ipv4', 'ipv6'] as const) {
+      const view = await this.read(f);
+      if (view.hookRules.length > 0 || view.chains.length > 0) return true;
+    }
+    return false;
+  }
+
+  compare(profiles: ReadonlyMap<string, Profile>, view: KernelView) {
+    return compare(profiles as Map<string, Profile>, view);
+  }
+
+  async planChange(f: Family, state: ReadonlyMap<string, Profile>, change: Change): Promise<FamilyPlan<Transaction>> {
+    const tx = planTransaction(change.upsert, change.remove, f);
+    return { family: f, steps: isEmptyTransaction(tx) ? [] : [tx], next: state };
+  }
+
+  async commitPlan(plan: FamilyPlan<Transaction>): Promise<FamilyCommit<Transaction>> {
+    let durationMs = 0;
+    for (const tx of plan.steps) durationMs += (await this.executor.commit(tx)).durationMs;
+    return { durationMs, committed: plan.steps[0] };
+  }
+
+  planReplace(f: Family, profiles: ReadonlyMap<string, Profile>, view: KernelView): Transaction {
+    return syncTransaction(profiles as Map<string, Profile>, view, f);
+  }
+
+  async planRemoveAll(f: Family): Promise<Transaction | undefined> {
+    const view = await this.read(f);
+    return view.chains.length || view.hookRules.length ? syncTransaction(new Map(), view, f) : undefined;
+  }
+
+  async commit(tx: Transaction): Promise<number> {
+    return (await this.executor.commit(tx)).durationMs;
+  }
+
+  render(tx: Transaction): Promise<string> {
+    return this.executor.render(tx);
+  }
+
+  describeTransaction(tx: Transaction): string[] {
+    return [
+      ...tx.chains.flatMap((c) => c.rules.map((r) => `[append] nat/${c.name}: ${renderRule(r)}`)),
+      ...tx.hookRules.map((h) => `[insert] nat/${h.chain}: ${renderRule(h.rule)}`),
+    ];
+  }
+
+  describeProfile(p: Profile): string {
+    return (
+      `${p.rulesBackend}: jump in ${familyOfProfile(p) === 'ipv6' ? 'ip6tables ' : ''}nat ${hookChainOf(p)}, chain ${chainName(p.name)} with ${planProfile(p).chain.rules.length} rules` +
+      `${p.scheduler === 'round-robin' ? ', round-robin' : ''}${p.affinity ? `, affinity ${p.affinity} s` : ''}` +
+      `${p.logEnabled ? `, logging at level ${p.logLevel}` : ''}${p.masquerade ? ', masquerade in POSTROUTING' : ''}`
+    );
+  }
+
+  describeRemoval(name: string, f: Family): string {
+    return `delete profile ${name}: jump rules and chain ${chainName(name)} removed from the ${this.where(f)}`;
+  }
+
+  async show(name: string, profile: Profile | undefined, families: readonly Family[]): Promise<ShownProfile> {
+    let chain: KernelView['chains'][number] | undefined;
+    let hooks: KernelView['hookRules'] = [];
+    let family = families[0];
+    for (const f of families) {
+      const view = await this.read(f);
+      chain = view.chains.find((c) => c.name === chainName(name));
+      hooks = view.hookRules.filter((h) => h.owner === name);
+      family = f;
+      if (chain || hooks.length) break;
+    }
+    const lines = [
+      ...hooks.map((h) => `${h.chain} #${h.position}\t${h.packets} pkts ${h.bytes} bytes\t${h.raw ?? renderRule(h.rule)}`),
+      ...(chain ? chain.rules.map((r) => `${chain!.name}\t${r.packets} pkts ${r.bytes} bytes\t${renderRule(r.rule)}`) : []),
+    ];
+    return {
+      found: !!chain || hooks.length > 0,
+      where: `${this.where(family)}, ${this.name}/${this.executor.kind}`,
+      lines: lines.length ? lines : ['no rules in the kernel'],
+      json: { chain: chain ?? null, hookRules: hooks },
+    };
+  }
+
+  prefetch(): boolean {
+    if (!this.executor.prefetch) return false;
+    this.executor.prefetch();
+    return true;
+  }
+
+  releasePrefetch(): void {
+    this.executor.releasePrefetch?.();
+  }
+}

@@ -1,0 +1,199 @@
+/**
+ * The `nft` engine: profiles as elements of dispatch sets and backend maps in iptlb's own nf_tables
+ * tables, `ip iptlb` (IPv4) and `ip6 iptlb` (IPv6), whose base chains are a pure function of all
+ * profiles (see src/nft/ops.ts for the layout). A change is element changes, plus base-chain rules
+ * when a set starts or stops being used; when the kernel turns out not to be as planned (a reboot, a
+ * flush, a process killed between its commit and its state write), the table is replaced whole.
+ */
+import { IptlbError } from '../../errors.js';
+import { nftTableExistsViaCli } from '../../engine.js';
+import { findBinary } from '../../executors/spawn.js';
+import { familyOfProfile, slotCount } from '../../profile.js';
+import { baseUnchanged, countUsage, dispatchSetUsage, nftHookOf, planNftChange, planNftProfile, planNftRebuild, planNftRemoveAll } from '../../nft/plan.js';
+import { dispatchSetName, nftTableFamily, renderNft, renderNftRule, type NftRule, type NftTransaction, type NftView } from '../../nft/ops.js';
+import { compareNft, strayRoundRobin } from '../../nft/view.js';
+import type { Family } from '../../address.js';
+import type { NftExecutor, Profile } from '../../types.js';
+import { ChangedProfiles, type Change, type Engine, type FamilyCommit, type FamilyPlan, type Memo, type ShownProfile } from '../engine.js';
+
+/** A bulk change of at least this many profiles, all of them, plans from nothing when the table is absent. */
+const BULK = 256;
+
+/** True when a commit failed because the kernel does not hold what the plan assumed (an element or set missing or different). */
+function outOfStep(e: unknown): boolean {
+  const err = e as IptlbError;
+  return err instanceof IptlbError && err.code === 'EKERNEL' && (err.errno === 2 || err.errno === 17 || err.errno === 16);
+}
+
+export class NftEngine implements Engine<NftView, NftTransaction> {
+  readonly name = 'nft' as const;
+  /** How many profiles of the long-lived map use each dispatch set, per family, kept change by change. */
+  private usage = new Map<Family, { generation: number; counts: Map<string, number> }>();
+
+  /**
+   * @param listTables whether `nft list tables` may answer "does a table exist" (cheap at any size)
+   * instead of a read through the executor: for the real executors, not for a supplied one.
+   */
+  constructor(
+    readonly executor: NftExecutor,
+    private readonly listTables = false,
+  ) {}
+
+  where(f: Family): string {
+    return `table ${nftTableFamily(f)} iptlb`;
+  }
+
+  /** Reading an nf_tables table creates nothing: always worth asking. */
+  mayHold(): boolean {
+    return true;
+  }
+
+  read(f: Family): Promise<NftView> {
+    return this.executor.read(nftTableFamily(f));
+  }
+
+  async holdsObjects(): Promise<boolean> {
+    // `nft list tables` lists names only: cheap at any table size.
+    if (this.listTables && findBinary('nft')) return nftTableExistsViaCli();
+    return (await this.read('ipv4')).exists || (await this.read('ipv6')).exists;
+  }
+
+  compare(profiles: ReadonlyMap<string, Profile>, view: NftView) {
+    return compareNft(profiles as Map<string, Profile>, view);
+  }
+
+  /** Profiles per dispatch set of `state`: O(1) for a long-lived map once counted, else a scan. */
+  private setUsage(f: Family, state: ReadonlyMap<string, Profile>, memo?: Memo): Map<string, number> {
+    if (!memo) return dispatchSetUsage(state.values());
+    let u = this.usage.get(f);
+    if (u?.generation !== memo.generation) this.usage.set(f, (u = { generation: memo.generation, counts: dispatchSetUsage(state.values()) }));
+    return u.counts;
+  }
+
+  changed(edits: readonly [Profile | undefined, Profile | undefined][], memo: Memo): void {
+    for (const [f, u] of this.usage) {
+      if (u.generation !== memo.generation - 1) {
+        this.usage.delete(f);
+        continue;
+      }
+      for (const [before, after] of edits) {
+        if (before && familyOfProfile(before) === f) countUsage(u.counts, before, -1);
+        if (after && familyOfProfile(after) === f) countUsage(u.counts, after, +1);
+      }
+      u.generation = memo.generation;
+    }
+  }
+
+  async planChange(f: Family, state: ReadonlyMap<string, Profile>, change: Change, memo?: Memo): Promise<FamilyPlan<NftTransaction>> {
+    const nf = nftTableFamily(f);
+    const next = new ChangedProfiles(state, change);
+    const touched = [...change.upsert.map((p) => p.name), ...change.remove];
+    const touchedSet = new Set(touched);
+    // A bulk change of every profile (`-use-state -run` at boot): if the table is not there at all,
+    // plan from nothing rather than send a large batch that fails on its first missing element. (A
+    // small change just fails fast and falls back to the replacement in commitPlan.)
+    let all = state.size >= BULK && touchedSet.size >= state.size;
+    if (all) for (const n of state.keys()) if (!touchedSet.has(n)) all = false;
+    const usage = this.setUsage(f, state, memo);
+    // The base chains change (a destination count, logging or masquerade starts or stops): read
+    // which dispatch sets the kernel really fills first, so no rule another process left in use is
+    // dropped. Element-only changes, the common case, read nothing. One read serves both.
+    const baseChanges = state.size === 0 || !baseUnchanged(state, next, touchedSet, usage);
+    const view = all || baseChanges ? await this.executor.read(nf) : undefined;
+    const fresh = view !== undefined && !view.exists;
+    const kernelSets = view?.exists && baseChanges ? new Map(view.dispatchSets.map((d) => [d.name, d.elements.length])) : undefined;
+    // A round-robin rule the state does not explain (a process killed between its commit and its
+    // state write, or between the two steps of a move) would be dropped by the rewrite and leave its
+    // backends behind; a dispatch element of a round-robin profile's address would shadow its rule.
+    // Either way the incremental plan is wrong: replace the table instead.
+    const stray = view?.exists && baseChanges && !fresh ? strayRoundRobin(state, view) : [];
+    const steps = stray.length
+      ? [planNftRebuild(next.values(), undefined, nf)]
+      : fresh
+        ? planNftChange(new Map(), next, touched)
+        : planNftChange(state, next, touched, usage, kernelSets);
+    return { family: f, steps, next, ...(stray.length ? { note: `${this.where(f)} holds objects of round-robin profiles the state does not explain (${stray.slice(0, 3).join(', ')}); replacing it with all ${next.size} profile(s) in one transaction` } : {}) };
+  }
+
+  async commitPlan(plan: FamilyPlan<NftTransaction>, log: (line: string) => void): Promise<FamilyCommit<NftTransaction>> {
+    const nf = nftTableFamily(plan.family);
+    if (plan.note) log(plan.note);
+    let durationMs = 0;
+    try {
+      // A second step only removes what the first one superseded; if it fails, the replacement below
+      // (or, for another error, the next change or `sync`) removes the leftovers.
+      for (const step of plan.steps) durationMs += (await this.executor.commit(step)).durationMs;
+      const committed = plan.steps.length === 1 ? plan.steps[0] : { family: nf, table: 'iptlb' as const, ops: plan.steps.flatMap((s) => s.ops) };
+      return { durationMs, committed };
+    } catch (e) {
+      if (!outOfStep(e)) throw e;
+      log(`table ${nf} iptlb is not as the state says (${(e as Error).message}); replacing it with all ${plan.next.size} profile(s) in one transaction`);
+      const rebuild = planNftRebuild(plan.next.values(), undefined, nf);
+      durationMs += (await this.executor.commit(rebuild)).durationMs;
+      return { durationMs, committed: rebuild };
+    }
+  }
+
+  planReplace(f: Family, profiles: ReadonlyMap<string, Profile>, view: NftView): NftTransaction {
+    return planNftRebuild(profiles.values(), view.genid || undefined, nftTableFamily(f));
+  }
+
+  async planRemoveAll(f: Family): Promise<NftTransaction | undefined> {
+    return (await this.read(f)).exists ? planNftRemoveAll(nftTableFamily(f)) : undefined;
+  }
+
+  async commit(tx: NftTransaction): Promise<number> {
+    return (await this.executor.commit(tx)).durationMs;
+  }
+
+  render(tx: NftTransaction): Promise<string> {
+    return this.executor.render(tx);
+  }
+
+  describeTransaction(tx: NftTransaction): string[] {
+    return renderNft(tx).trimEnd().split('\n').map((line) => `[nft] ${line}`);
+  }
+
+  describeProfile(p: Profile): string {
+    const rr = p.scheduler === 'round-robin';
+    const n = slotCount(p);
+    const chain = nftHookOf(p) === 'out' ? 'output' : 'prerouting';
+    const rules = p.affinity
+      ? `${planNftProfile(p).rules.filter((r) => r.rule.kind === 'aff').length} affinity rules (${p.affinity} s${rr ? ', round-robin' : ''}) in chain ${chain}`
+      : `${rr ? `round-robin rule in chain ${chain}` : `element of set ${dispatchSetName(nftHookOf(p), p.protocol, n)}`} and ${n} of map be_${p.protocol}`;
+    return `${p.rulesBackend}: ${rules} in ${this.where(familyOfProfile(p))}${p.logEnabled ? `, logging at level ${p.logLevel}` : ''}${p.masquerade ? ', masquerade in postrouting' : ''}`;
+  }
+
+  describeRemoval(name: string, f: Family): string {
+    return `delete profile ${name}: its elements and rules removed from ${this.where(f)}`;
+  }
+
+  async show(name: string, profile: Profile | undefined, families: readonly Family[]): Promise<ShownProfile> {
+    let family = families[0];
+    let view = await this.read(family);
+    const owns = (v: NftView): boolean => v.chains.some((c) => c.rules.some((r) => 'owner' in r && r.owner === name));
+    // A name only the kernel knows (an orphan): looked for in the next family too.
+    for (const f of families.slice(1)) {
+      if (profile || owns(view)) break;
+      family = f;
+      view = await this.read(f);
+    }
+    const vip = profile ? planNftProfile(profile).vip : undefined;
+    const same = (e: { ip: string; port: number }): boolean => !!vip && e.ip === vip.ip && e.port === vip.port;
+    const dispatch = view.dispatchSets.flatMap((s) => s.elements.filter((e) => same(e.key)).map((e) => ({ set: s.name, ...e })));
+    const backends = view.backendMaps.flatMap((m) => (m.proto === profile?.protocol ? m.elements.filter((e) => same(e.vip)) : []));
+    const rules = view.chains.flatMap((c) => c.rules.filter((r) => (r.kind === 'log' || r.kind === 'masq' || r.kind === 'rr' || r.kind === 'aff') && r.owner === name).map((r) => ({ chain: c.name, rule: r })));
+    const lines = [
+      ...dispatch.map((d) => `set ${d.set}\t${d.packets} pkts ${d.bytes} bytes\t${d.key.ip} . ${d.key.port}`),
+      ...backends.map((b) => `map be_${profile!.protocol}\t${b.packets} pkts ${b.bytes} bytes\t${b.vip.ip} . ${b.vip.port} . ${b.index} : ${b.to.ip} . ${b.to.port}`),
+      ...rules.map((r) => `chain ${r.chain}\t${renderNftRule(r.rule as NftRule, view.family ?? 'ip')}`),
+    ];
+    return {
+      // Without a profile, only rules carry the name (elements are keyed by address).
+      found: rules.length > 0 || (!!profile && lines.length > 0),
+      where: `${this.where(family)}, ${this.name}/${this.executor.kind}`,
+      lines: lines.length ? lines : ['nothing in the kernel'],
+      json: { dispatch, backends, rules },
+    };
+  }
+}
