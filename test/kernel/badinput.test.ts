@@ -79,18 +79,24 @@ const STATE_CASES: [string, string, RegExp][] = [
   ['empty source', GOOD_STATE.replace('source: 127.100.0.10:90', 'source: ""'), /source/],
 ];
 
+// Validation happens before any engine is involved: the whole corpus runs on the first pair, and every
+// tenth case on the others (to show the refusal leaves each engine's kernel alone too).
 for (const { name: ex, skip } of PAIRS) {
+  const sample = <T>(cases: T[]): T[] => (ex === PAIRS[0].name ? cases : cases.filter((_, i) => i % 10 === 0));
+  const cliCases = sample(CLI_CASES);
+  const stateCases = sample(STATE_CASES);
   describe(`bad input over ${ex}`, { skip }, () => {
-    test(`${CLI_CASES.length} bad command lines: exit 2 or 1, one line naming the field, nothing changed`, async () => {
+    test(`${cliCases.length} bad command lines: exit 2 or 1, one line naming the field, nothing changed`, async () => {
       const steps: Step[] = [cli(ex, '-run', '-profile=keep', `-src-addr=${VIP}:90`, '-dest-addr=127.0.0.1:9001'), { op: 'save' }, { op: 'read', file: '$WORK/state.db' }];
-      for (const [, over, extra] of CLI_CASES) {
+      for (const [, over, extra] of cliCases) {
         const flags = { ...BASE, ...over } as Record<string, string | null>;
         const args = Object.entries(flags).filter(([, v]) => v !== null).map(([k, v]) => `-${k}=${v}`);
         steps.push(cli(ex, '-run', ...args, ...extra), { op: 'save' }, { op: 'read', file: '$WORK/state.db' });
       }
       const r = await runSteps(steps, 300_000);
       ok(r[0]);
-      CLI_CASES.forEach(([label, , , code, re], i) => {
+      assert.equal(r.length, 3 + 3 * cliCases.length, 'every case ran');
+      cliCases.forEach(([label, , , code, re], i) => {
         const p: Proc = r[3 + 3 * i];
         assert.equal(p.code, code, `${label}: exit ${p.code}, ${p.stderr}`);
         const lines = p.stderr.trim().split('\n');
@@ -102,9 +108,9 @@ for (const { name: ex, skip } of PAIRS) {
       });
     });
 
-    test(`${STATE_CASES.length} hand-edited state files: exit 1, one line, file never overwritten, kernel unchanged`, async () => {
+    test(`${stateCases.length} hand-edited state files: exit 1, one line, file never overwritten, kernel unchanged`, async () => {
       const steps: Step[] = [cli(ex, '-run', '-profile=keep', `-src-addr=${VIP}:90`, '-dest-addr=127.0.0.1:9001'), { op: 'save' }];
-      for (const [, text] of STATE_CASES) {
+      for (const [, text] of stateCases) {
         steps.push(
           { op: 'write', file: '$WORK/state.db', text },
           cli(ex, '-run', '-profile=new', `-src-addr=${VIP}:95`, '-dest-addr=127.0.0.1:9005'),
@@ -118,7 +124,7 @@ for (const { name: ex, skip } of PAIRS) {
       steps.push({ op: 'cli', args: [...pairOf(ex).flags, '-state-file=$WORK/link.db', '-run', '-profile=new', `-src-addr=${VIP}:95`, '-dest-addr=127.0.0.1:9005'] }, { op: 'read', file: '$WORK/real.db' }, { op: 'save' });
       const r = await runSteps(steps, 300_000);
       ok(r[0]);
-      STATE_CASES.forEach(([label, text, re], i) => {
+      stateCases.forEach(([label, text, re], i) => {
         const [, , p1, p2, after, save] = [0, 0, ...r.slice(3 + 5 * i, 3 + 5 * i + 4)] as [number, number, Proc, Proc, string, string];
         for (const p of [p1, p2]) {
           assert.equal(p.code, 1, `${label}: exit ${p.code}: ${p.stderr}`);
@@ -129,7 +135,7 @@ for (const { name: ex, skip } of PAIRS) {
         assert.equal(after, text, `${label}: file bytes unchanged`);
         assert.equal(save, r[1], `${label}: kernel unchanged`);
       });
-      const n = 2 + 5 * STATE_CASES.length; // index of the mkdir step
+      const n = 2 + 5 * stateCases.length; // index of the mkdir step
       assert.equal(r[n + 1].code, 1);
       assert.match(r[n + 1].stderr, /is a directory/);
       assert.equal(r[n + 4].code, 1);
