@@ -4,7 +4,7 @@
  * the addon builds the messages; spawn: {@link renderNft} writes the text fed to `nft -f -`), so the
  * kernel ends up with the same objects either way.
  *
- * Layout of the table (see the README, "Engines"):
+ * Layout of the table (see docs/engines.md):
  *  - dispatch sets `<hook>_<proto>_<n>` (hook `out` = client/output, `pre` = proxy/prerouting,
  *    `loc` = server/prerouting to local addresses), elements `vip . port`, one counter each;
  *  - backend maps `be_<proto>`, elements `vip . port . i : dest-ip . dest-port`, one counter each;
