@@ -2,7 +2,7 @@
 // Runs every compiled test file with node's built-in test runner. Arguments narrow the set:
 // `node scripts/run-tests.js unit` runs the files whose path contains "unit".
 import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -25,7 +25,11 @@ if (!files.length) {
 // verdict in a file: as root, a skipped test fails the run.
 const verdictFile = path.join(mkdtempSync(path.join(tmpdir(), 'iptlb-tests-')), 'verdict.json');
 const reporter = path.join(root, 'scripts', 'reporter.mjs');
-const r = spawnSync(process.execPath, ['--expose-gc', '--test', `--test-reporter=${reporter}`, '--test-reporter-destination=stdout', ...files], {
+// Test files run side by side, each in its own process (kernel cases each in their own namespaces; the
+// legacy ones share the host-wide xtables lock, which they wait for): cores + 1 at once by default, as
+// much of a kernel test is waiting. IPTLB_TEST_CONCURRENCY overrides it.
+const concurrency = process.env.IPTLB_TEST_CONCURRENCY ?? String(availableParallelism() + 1);
+const r = spawnSync(process.execPath, ['--expose-gc', '--test', `--test-concurrency=${concurrency}`, `--test-reporter=${reporter}`, '--test-reporter-destination=stdout', ...files], {
   stdio: 'inherit',
   cwd: root,
   env: { ...process.env, IPTLB_TEST_VERDICT: verdictFile },
