@@ -191,7 +191,12 @@ export function baseContent(
   // (a process killed between the two steps of a move) never shadows its dispatch element.
   const rrRules: { chain: NftBaseChain; rule: NftRule }[] = [];
   for (const p of sorted) {
-    if (ownsRules(p)) for (const r of planNftProfile(p).rules) (r.rule.kind === 'rr' || r.rule.kind === 'aff' ? rrRules.push(r) : chains[r.chain].push(r.rule));
+    if (ownsRules(p)) {
+      for (const r of planNftProfile(p).rules) {
+        if (r.rule.kind === 'rr' || r.rule.kind === 'aff') rrRules.push(r);
+        else chains[r.chain].push(r.rule);
+      }
+    }
     use(p);
   }
   for (const p of alsoDispatch) {
