@@ -3,6 +3,7 @@
  * state, decide the change, commit it to the kernel in one transaction, and only then write the state.
  */
 import { IptlbError } from './errors.js';
+import { validateOpenOptions } from './options.js';
 import { selectExecutor, parseExecutorChoice } from './executors/index.js';
 import { ip6tablesTables, nftTableExistsViaCli, parseEngineChoice, selectEngine, xtablesTables } from './engine.js';
 import { loadAddon } from './native/addon.js';
@@ -156,6 +157,7 @@ export class Core {
 
   /** @param injected an executor to use instead of choosing one (tests, embedders with their own). */
   constructor(opts: OpenOptions = {}, injected?: Executor) {
+    validateOpenOptions(opts, true);
     if (injected) {
       this.selected = { executor: injected, reason: 'executor supplied by the caller', engine: injected.engine, engineReason: 'executor supplied by the caller' };
     }
