@@ -151,6 +151,7 @@ async function transact(core: Core, ...args: Parameters<Core['transact']>): Prom
 }
 
 function makeCore(o: GlobalOpts, io: Out): Core {
+  if (o.stateFile === '') throw new IptlbError('EUSAGE', 'state-file: must not be empty (omit the flag for the default ./local/state.db)', { field: 'state-file' });
   const quiet = o.quiet;
   const core = new Core({
     stateFile: o.stateFile,

@@ -40,6 +40,7 @@ export async function doctor(o: { stateFile?: string; executor?: string; engine?
   checks.push({ name: 'ip6tables-legacy-restore', ok: !!restore6, detail: restore6 ?? 'not found (spawn executor of the legacy engine, IPv6 profiles)', fix: restore6 ? undefined : 'apt-get install -y iptables' });
   const nft = findBinary('nft');
   checks.push({ name: 'nft', ok: !!nft, detail: nft ?? 'not found (spawn executor of the nft engine)', fix: nft ? undefined : 'apt-get install -y nftables' });
+  if (o.stateFile === '') throw new IptlbError('EUSAGE', 'state-file: must not be empty (omit the flag for the default ./local/state.db)', { field: 'state-file' });
   const statePath = resolveStatePath(o.stateFile);
   try {
     const state = await readState(statePath);

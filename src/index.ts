@@ -14,6 +14,7 @@ import { Core, type OpenOptions, type TransactionResult } from './lb.js';
 import { CommitQueue, type CommitEvent } from './batch.js';
 import { validateName, validateProfile } from './profile.js';
 import { IptlbError } from './errors.js';
+import { validateOpenOptions } from './options.js';
 import type { EngineName, Executor, Family, KernelView, Profile, ProfileInput } from './types.js';
 import type { NftView } from './nft/ops.js';
 import type { ProfileReport } from './drift.js';
@@ -203,6 +204,8 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
  * an {@link Executor} is supplied.
  */
 export async function open(options: IptlbOptions = {}, executor?: Executor): Promise<Iptlb> {
+  validateOpenOptions(options, true);
+  options ??= {};
   const core = new Core(options, executor);
   await core.select(); // choose (and validate) the engine and executor now, so a forced `native` fails here
   return new Iptlb(core, options.coalesce ?? true, options.driftCheckMs);

@@ -5,6 +5,7 @@
  * (src/engines/): the core never asks which engine it drives.
  */
 import { IptlbError } from './errors.js';
+import { validateOpenOptions } from './options.js';
 import { parseExecutorChoice } from './executors/index.js';
 import { parseEngineChoice, selectEngine } from './engine.js';
 import { DEFAULT_LOCK_WAIT_MS, lockStateFile } from './lock.js';
@@ -142,6 +143,7 @@ export class Core {
    * is still chosen, among those given, and `migrate` can move between them).
    */
   constructor(opts: OpenOptions = {}, injected?: Executor | Partial<Record<EngineName, Executor>>) {
+    validateOpenOptions(opts, true);
     if (injected && 'commit' in injected) {
       const by = 'executor supplied by the caller';
       this.selected = { provider: engineOver(injected as Executor), executor: injected as Executor, reason: by, engine: (injected as Executor).engine, engineReason: by };
