@@ -3,7 +3,7 @@
  * and adds subcommands. Exit codes: 0 done, 1 refused (conflict, kernel, state), 2 usage/bad input.
  */
 import { Command, CommanderError, Option } from 'commander';
-import { readFileSync } from 'node:fs';
+import { readInputFile } from './limits.js';
 import { IptlbError } from './errors.js';
 import { Core, FAMILIES, changeOfFamily, deleteChange, tableOf, upsertChange, type Change, type TransactionResult } from './lb.js';
 import { parseExecutorChoice } from './executors/index.js';
@@ -227,13 +227,8 @@ async function applyCommand(o: ProfileOpts & { file?: string }, io: Out): Promis
   let inputs: ProfileInput[];
   if (o.file !== undefined) {
     if (o.srcAddr !== undefined || o.destAddr !== undefined) throw new IptlbError('EUSAGE', 'apply: --file cannot be combined with -src-addr/-dest-addr');
-    let text: string;
-    try {
-      text = readFileSync(o.file, 'utf8');
-    } catch (e) {
-      throw new IptlbError('EUSAGE', `file: cannot read ${show(o.file)} (${(e as NodeJS.ErrnoException).code})`, { field: 'file' });
-    }
-    inputs = [...(await parseState(text, o.file)).values()];
+    const text = await readInputFile(o.file, 'file');
+    inputs = [...(await parseState(text, o.file === '-' ? '<stdin>' : o.file)).values()];
   } else {
     inputs = [profileInput(o)];
   }
@@ -473,7 +468,7 @@ Exit status: 0 done, 1 refused (conflict, kernel, state, lock), 2 bad input or u
     .action(async (o: LegacyOpts) => legacyAction(o, io));
 
   addGlobal(addProfileFlags(program.command('apply').description('create or replace a profile (or every profile of --file) and apply it to the kernel')))
-    .option('--file <path>', 'apply every profile of a YAML file in the state file format, in one transaction')
+    .option('--file <path>', 'apply every profile of a YAML file in the state file format (- reads standard input; at most 64 MiB), in one transaction')
     .action(async (o: ProfileOpts & { file?: string }, cmd: Command) => applyCommand(withGlobals(o, cmd), io));
   addGlobal(program.command('delete').description('delete profiles from the kernel and the state file, in one transaction').argument('[names...]'))
     .option('--all', 'delete every profile of the state file')

@@ -186,6 +186,11 @@ export class Core {
    * executor take the xtables lock and copy the table out meanwhile. See prefetch.h in the addon.
    */
   prefetchCommit(): boolean {
+    // Only without a state file: the prepared commit holds the xtables lock until the next batch,
+    // and with a state file the next batch first takes the state-file lock. A CLI holding that
+    // lock while it waits for the xtables lock would wait for us while we wait for it (a lock-order
+    // inversion that only the timeouts ended: issue 13, lock starvation).
+    if (this.statePath !== null) return false;
     const ex = this.selected?.executor;
     if (!ex || ex.engine !== 'legacy' || !ex.prefetch) return false;
     ex.prefetch();
@@ -452,7 +457,7 @@ export class Core {
   /** The state-file lock; nothing to lock when profiles live in memory (calls are serialised in-process). */
   private async lock(): Promise<{ release(): void }> {
     if (this.statePath === null) return { release() {} };
-    return lockStateFile(this.statePath, this.lockWaitMs);
+    return lockStateFile(this.statePath, this.lockWaitMs, this.log);
   }
 
   /** Fails early, with one line and nothing touched, when the kernel would refuse us anyway. */

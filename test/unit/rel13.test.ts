@@ -94,3 +94,218 @@ test('12: -state-file= (empty) is a usage error, nothing read or written', async
     assert.match(r.err, /^iptlb: error: state-file: must not be empty/);
   }
 });
+
+const ROOT = process.getuid?.() === 0;
+const NOT_ROOT = ROOT ? false : 'needs root (chown to another user, mount namespaces)';
+/** State-only CLI run (no -run: the kernel is never touched): takes the lock, reads and writes the state file. */
+function stateOnly(state: string, name = 'web', port = 80, extra: string[] = []): ReturnType<typeof spawnSync> {
+  return spawnSync(process.execPath, [CLI_PATH, `-state-file=${state}`, '-q', `-profile=${name}`, `-src-addr=127.0.0.9:${port}`, '-dest-addr=127.0.0.1:9001', ...extra], { encoding: 'utf8' });
+}
+function oneLine(s: string | Buffer): string {
+  const t = String(s).trim();
+  assert.equal(t.split('\n').length, 1, `one line: ${t}`);
+  return t;
+}
+
+test('4: apply --file /dev/zero, an endless stdin and a state file past 64 MiB fail at once with one line; nothing is written', () => {
+  const dir = tmpdir();
+  try {
+    const state = path.join(dir, 'state.db');
+    const z = spawnSync(process.execPath, [CLI_PATH, 'apply', `--state-file=${state}`, '--file=/dev/zero'], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(z.status, 2, z.stderr);
+    assert.match(oneLine(z.stderr), /^iptlb: error: file: "\/dev\/zero" is larger than 64 MiB/);
+    const pipe = spawnSync('sh', ['-c', `cat /dev/zero | "${process.execPath}" "${CLI_PATH}" apply --state-file="${state}" --file=-`], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(pipe.status, 2, pipe.stderr);
+    assert.match(oneLine(pipe.stderr), /^iptlb: error: file: standard input is larger than 64 MiB/);
+    assert.equal(spawnSync('ls', ['-A', dir], { encoding: 'utf8' }).stdout, '', 'no state file, no lock: nothing was written');
+    // A state file past the limit (sparse: no disk used).
+    writeFileSync(state, '', { mode: 0o600 });
+    spawnSync('truncate', ['-s', `${64 * 1024 * 1024 + 1}`, state]);
+    const big = spawnSync(process.execPath, [CLI_PATH, 'list', `--state-file=${state}`], { encoding: 'utf8' });
+    assert.equal(big.status, 1);
+    assert.match(oneLine(big.stderr), /state file .* is larger than 67108864 bytes \(64 MiB, the limit of a state file\)/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('6: a lock that cannot be opened says why at once, never "gave up after … ms"', () => {
+  const dir = tmpdir();
+  try {
+    writeFileSync(path.join(dir, 'file'), 'x');
+    const cases: [string, RegExp][] = [
+      [path.join(dir, 'file', 'sub', 'state.db'), /a component of the path (is not a directory|exists and is not a directory)/],
+      [path.join(dir, 'x'.repeat(300), 'state.db'), /the path is too long \(ENAMETOOLONG\)/],
+      ['/proc/version', /cannot .*\/proc\/version/],
+      ['/proc/self/fd/0', /cannot .*\/proc\//],
+    ];
+    for (const [state, re] of cases) {
+      const r = stateOnly(state);
+      assert.equal(r.status, 1, `${state}: ${r.stderr}`);
+      const line = oneLine(r.stderr);
+      assert.match(line, re, state);
+      assert.doesNotMatch(line, /gave up|internal error/, state);
+    }
+    // A lock file that is a directory.
+    const d2 = path.join(dir, 'd2');
+    spawnSync('mkdir', ['-p', path.join(d2, 'state.db.lock')]);
+    const r = stateOnly(path.join(d2, 'state.db'));
+    assert.match(oneLine(r.stderr), /lock file .*state\.db\.lock is a directory/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('6: on a read-only file system: one line that says so (private mount namespace)', { skip: NOT_ROOT }, () => {
+  const dir = tmpdir();
+  try {
+    const mnt = path.join(dir, 'ro');
+    spawnSync('mkdir', [mnt]);
+    const r = spawnSync('unshare', ['-m', '--propagation', 'private', 'sh', '-c', `mount -t tmpfs -o ro,size=1m tmpfs "${mnt}" && "${process.execPath}" "${CLI_PATH}" -state-file="${mnt}/state.db" -q -profile=web -src-addr=127.0.0.9:80 -dest-addr=127.0.0.1:9001`], { encoding: 'utf8' });
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(oneLine(r.stderr), /read-only \(EROFS\)/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('2: a state file, lock or directory another user owns or could replace is refused with one line; a sticky /tmp-like directory is fine', { skip: NOT_ROOT }, () => {
+  const dir = tmpdir();
+  const chmod = (p: string, m: string): void => void spawnSync('chmod', [m, p]);
+  const chown = (p: string, u: string): void => void spawnSync('chown', [u, p]);
+  try {
+    // A directory anyone may write to (no sticky bit): a planted state.db would be applied.
+    const open777 = path.join(dir, 'open');
+    spawnSync('mkdir', [open777]);
+    chmod(open777, '0777');
+    writeFileSync(path.join(open777, 'state.db'), '{}\n', { mode: 0o600 });
+    let r = stateOnly(path.join(open777, 'state.db'));
+    assert.equal(r.status, 1);
+    assert.match(oneLine(r.stderr), /directory .*\/open is writable by anyone \(mode 0777\) without the sticky bit; refusing/);
+    r = spawnSync(process.execPath, [CLI_PATH, 'list', `--state-file=${path.join(open777, 'state.db')}`], { encoding: 'utf8' });
+    assert.equal(r.status, 1, 'reading is refused too');
+    // A state file owned by uid 65534.
+    const owned = path.join(dir, 'owned');
+    spawnSync('mkdir', [owned]);
+    writeFileSync(path.join(owned, 'state.db'), '{}\n', { mode: 0o600 });
+    chown(path.join(owned, 'state.db'), '65534');
+    r = stateOnly(path.join(owned, 'state.db'));
+    assert.equal(r.status, 1);
+    assert.match(oneLine(r.stderr), /state file .*owned\/state\.db is owned by uid 65534, another user; refusing/);
+    // A group-writable state file.
+    const gw = path.join(dir, 'gw');
+    spawnSync('mkdir', [gw]);
+    writeFileSync(path.join(gw, 'state.db'), '{}\n', { mode: 0o660 });
+    chmod(path.join(gw, 'state.db'), '0660');
+    r = stateOnly(path.join(gw, 'state.db'));
+    assert.match(oneLine(r.stderr), /state file .* is writable by its group/);
+    // A lock planted and held by uid 65534: refused at once, not a 10 s timeout.
+    const held = path.join(dir, 'held');
+    spawnSync('mkdir', [held]);
+    writeFileSync(path.join(held, 'state.db.lock'), '', { mode: 0o600 });
+    chown(path.join(held, 'state.db.lock'), '65534');
+    r = stateOnly(path.join(held, 'state.db'));
+    assert.match(oneLine(r.stderr), /lock file .*held\/state\.db\.lock is owned by uid 65534/);
+    // A parent directory of another user.
+    const theirs = path.join(dir, 'theirs');
+    spawnSync('mkdir', ['-p', path.join(theirs, 'sub')]);
+    chown(theirs, '65534');
+    r = stateOnly(path.join(theirs, 'sub', 'state.db'));
+    assert.match(oneLine(r.stderr), /directory .*\/theirs is owned by uid 65534/);
+    // Sticky and world-writable (as /tmp): accepted.
+    const sticky = path.join(dir, 'sticky');
+    spawnSync('mkdir', [sticky]);
+    chmod(sticky, '1777');
+    r = stateOnly(path.join(sticky, 'state.db'));
+    assert.equal(r.status, 0, String(r.stderr));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('8: temporary files of killed writers are removed on the next run (only ours, only dead or old); others stay', async () => {
+  const dir = tmpdir();
+  try {
+    const state = path.join(dir, 'state.db');
+    const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' }).stdout;
+    const { spawn } = await import('node:child_process');
+    const live = spawn('sleep', ['30']);
+    const names = {
+      dead: `.state.db.tmp-${dead}-abc123`,
+      liveYoung: `.state.db.tmp-${live.pid}-abc123`,
+      liveOld: `.state.db.tmp-${live.pid}-old1`,
+      otherName: `.state.db.tmp-foo`,
+      otherFile: `.other.db.tmp-${dead}-abc123`,
+    };
+    for (const n of Object.values(names)) writeFileSync(path.join(dir, n), 'x');
+    const { utimesSync, symlinkSync, readdirSync } = await import('node:fs');
+    const old = new Date(Date.now() - 120_000);
+    utimesSync(path.join(dir, names.liveOld), old, old);
+    symlinkSync('/etc/passwd', path.join(dir, `.state.db.tmp-${dead}-link1`));
+    const r = stateOnly(state);
+    live.kill();
+    assert.equal(r.status, 0, String(r.stderr));
+    const left = readdirSync(dir).sort();
+    assert.deepEqual(left, [names.otherFile, names.liveYoung, `.state.db.tmp-${dead}-link1`, names.otherName, 'state.db', 'state.db.lock', 'state.db.lock.queue'].sort());
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('7: an API instance doing 200 applies beside 50 CLI invocations on one state file: all 50 CLI calls succeed', async () => {
+  const dir = tmpdir();
+  try {
+    const state = path.join(dir, 'state.db');
+    // The kernel is a fake that takes 2 ms a commit; the CLI calls are state-only (no -run): both
+    // sides take the same state-file lock, which is what is under test.
+    const ex = {
+      kind: 'spawn' as const,
+      engine: 'legacy' as const,
+      async commit() {
+        await new Promise((r) => setTimeout(r, 2));
+        return { durationMs: 2 };
+      },
+      async read() {
+        return { chains: [], hookRules: [] };
+      },
+      async render() {
+        return '';
+      },
+    };
+    const lb = await open({ stateFile: state, coalesce: false, lockWaitMs: 10_000 }, ex);
+    const { spawn } = await import('node:child_process');
+    const clis = Array.from(
+      { length: 50 },
+      (_, i) =>
+        new Promise<{ code: number | null; err: string; ms: number }>((resolve) => {
+          const t0 = performance.now();
+          const c = spawn(process.execPath, [CLI_PATH, `-state-file=${state}`, '-q', `-profile=c${i}`, `-src-addr=127.0.1.${i + 1}:80`, '-dest-addr=127.0.0.1:9001']);
+          let err = '';
+          c.stderr.on('data', (d) => (err += d));
+          c.on('exit', (code) => resolve({ code, err, ms: performance.now() - t0 }));
+        }),
+    );
+    // The instance never pauses: four loops of applies keep its queue full until every CLI call has
+    // finished (at least 200 applies). Without a fair lock the CLI calls lose every race for it.
+    let clisDone = false;
+    let n = 0;
+    const loop = async (): Promise<void> => {
+      while (n < 200 || (!clisDone && n < 20_000)) {
+        const i = n++;
+        await lb.apply({ name: `a${i % 20}`, source: `127.0.2.${(i % 20) + 1}:80`, destination: [`127.0.0.1:${9000 + (i % 1000)}`] });
+      }
+    };
+    const all = Promise.all(clis).then((r) => ((clisDone = true), r));
+    const [results, cliResults] = await Promise.all([Promise.allSettled([loop(), loop(), loop(), loop()]), all]);
+    await lb.close();
+    assert.ok(n >= 200);
+    if (process.env.IPTLB_REL13_DEBUG) console.error(`applies ${n}, slowest CLI ${Math.max(...cliResults.map((r) => r.ms)).toFixed(0)} ms`);
+    assert.equal(results.filter((r) => r.status === 'rejected').length, 0);
+    const failed = cliResults.filter((r) => r.code !== 0);
+    assert.equal(failed.length, 0, failed.map((f) => f.err.trim()).join('\n'));
+    const list = spawnSync(process.execPath, [CLI_PATH, 'list', '--json', `--state-file=${state}`], { encoding: 'utf8' });
+    assert.equal((JSON.parse(list.stdout) as unknown[]).length, 70);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
