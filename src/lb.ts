@@ -4,6 +4,7 @@
  */
 import { IptlbError } from './errors.js';
 import { validateOpenOptions } from './options.js';
+import { fsFailure } from './fsafety.js';
 import { selectExecutor, parseExecutorChoice } from './executors/index.js';
 import { ip6tablesTables, nftTableExistsViaCli, parseEngineChoice, selectEngine, xtablesTables } from './engine.js';
 import { loadAddon } from './native/addon.js';
@@ -280,11 +281,12 @@ export class Core {
         const next = new ChangedProfiles(state, change);
         let committed = false;
         let commitMs = 0;
+        // The families committed so far: undone if anything fails before the state file records them.
+        const done: { family: Family; state: ReadonlyMap<string, Profile>; change: Change }[] = [];
         if (executor) {
           // One kernel transaction per address family the change touches (a profile is of one family;
           // the iptables and ip6tables nat tables, or tables ip and ip6 iptlb, are separate objects).
           // If a later family's commit fails, the earlier ones are undone, so the call changes nothing.
-          const done: { family: Family; state: ReadonlyMap<string, Profile>; change: Change }[] = [];
           this.lastFamilies = [];
           for (const f of FAMILIES) {
             const changeF = changeOfFamily(change, state, f);
@@ -294,7 +296,7 @@ export class Core {
             try {
               ms = await this.commitFamily(executor, f, stateF, changeF);
             } catch (e) {
-              for (const d of done.reverse()) await this.undoFamily(executor, d.family, d.state, d.change);
+              for (const d of done.reverse()) await this.undoFamily(executor, d.family, d.state, d.change, 'the next part failed');
               throw e;
             }
             if (ms === undefined) continue;
@@ -341,7 +343,24 @@ export class Core {
         } else if (changed && this.statePath !== null) {
           this.cached = undefined;
           const written = new Map(next);
-          await writeState(this.statePath, written.values());
+          try {
+            await writeState(this.statePath, written.values());
+          } catch (e) {
+            // The kernel holds the change but the state file cannot record it (a full disk, a
+            // read-only remount, quota): left so, the profile would be an orphan that the next
+            // `sync` deletes. Undo the kernel change, so the call changes nothing, and say so.
+            const why = e instanceof IptlbError ? e.message : fsFailure(e, 'write the state file', this.statePath).message;
+            let undone = true;
+            if (executor) for (const d of done.reverse()) undone = (await this.undoFamily(executor, d.family, d.state, d.change, 'the state file could not be written')) && undone;
+            if (!committed) throw new IptlbError('ESTATE', `${why}; nothing was changed`, { cause: e });
+            throw new IptlbError(
+              'ESTATE',
+              undone
+                ? `${why}; the kernel change was undone, nothing was changed`
+                : `${why}; undoing the kernel change failed too, so the kernel holds a change the state file does not: run \`iptlb sync\` to repair`,
+              { cause: e },
+            );
+          }
           this.cached = { version: await stateVersion(this.statePath), state: written };
           stateWritten = true;
           this.log(`state written to ${this.statePath} (${next.size} profile(s))`);
@@ -437,7 +456,7 @@ export class Core {
    * commit failed). Best effort: if this fails too, the error is logged and the next change or
    * `sync` repairs the kernel.
    */
-  private async undoFamily(executor: Executor, f: Family, before: ReadonlyMap<string, Profile>, change: Change): Promise<void> {
+  private async undoFamily(executor: Executor, f: Family, before: ReadonlyMap<string, Profile>, change: Change, because: string): Promise<boolean> {
     const touched = new Set([...change.upsert.map((p) => p.name), ...change.remove]);
     const undo: Change = { upsert: [], remove: [] };
     for (const n of touched) {
@@ -448,9 +467,11 @@ export class Core {
     const after = new ChangedProfiles(before, change);
     try {
       await this.commitFamily(executor, f, after, undo);
-      this.log(`undid the ${tableOf(executor.engine, f)} part of the change, because the next part failed`);
+      this.log(`undid the ${tableOf(executor.engine, f)} part of the change, because ${because}`);
+      return true;
     } catch (e) {
       this.log(`could not undo the ${tableOf(executor.engine, f)} part of a failed change (${(e as Error).message}); run \`iptlb sync\``);
+      return false;
     }
   }
 

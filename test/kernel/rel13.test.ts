@@ -5,12 +5,55 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { runJsonInFreshNetns } from '../harness/netns.js';
-import { PAIRS } from './common.js';
+import { PAIRS, VIP, pairFlags, runSteps } from './common.js';
 
 const fixture = (f: string): string => new URL(`./fixtures/${f}`, import.meta.url).pathname;
 
 for (const pair of PAIRS) {
   describe(`issue 13 over ${pair.name}`, { skip: pair.skip }, () => {
+    test('1: a full file system (tmpfs in a private mount namespace) after the kernel commit: the change is undone, one line says so, status in-sync', async () => {
+      const cli = `"${process.execPath}" "$CLI" ${pairFlags(pair).join(' ')} -state-file=$WORK/full/state.db`;
+      const script = [
+        'set -e',
+        'mkdir -p $WORK/full',
+        'mount -t tmpfs -o size=256k,mode=0700 tmpfs $WORK/full',
+        `${cli} -q -run -profile=keep -src-addr=${VIP}:80 -dest-addr=127.0.0.1:9001`,
+        `${cli} -q -run -profile=v6 '-src-addr=[2001:db8::10]:80' '-dest-addr=[2001:db8::1]:9001'`,
+        'dd if=/dev/zero of=$WORK/full/fill bs=4k >/dev/null 2>&1 || true',
+        "snap() { iptables-legacy-save -t nat | grep -v '^#'; ip6tables-legacy-save -t nat | grep -v '^#'; nft list ruleset; }",
+        'snap > $WORK/before',
+        'set +e',
+        `${cli} -run -profile=web -src-addr=${VIP}:81 -dest-addr=127.0.0.1:9002 2> $WORK/err1; echo $? > $WORK/code1`,
+        `${cli} -run -reset -profile=keep -src-addr=${VIP}:80 -dest-addr=127.0.0.1:9003,127.0.0.1:9004 2> $WORK/err2; echo $? > $WORK/code2`,
+        `${cli} -q delete keep 2> $WORK/err3; echo $? > $WORK/code3`,
+        // One change of both families: both commits undone.
+        `${cli} -q -run -reset -profile=v6 -src-addr=${VIP}:82 -dest-addr=127.0.0.1:9005 2> $WORK/err4; echo $? > $WORK/code4`,
+        'snap > $WORK/after',
+        `${cli} status --json > $WORK/status; echo $? > $WORK/code5`,
+        'ls -A $WORK/full > $WORK/files',
+      ].join('\n');
+      const r = await runSteps([
+        { op: 'sh', argv: ['unshare', '-m', '--propagation', 'private', 'sh', '-c', script] },
+        ...['before', 'after', 'status', 'files', 'err1', 'err2', 'err3', 'err4', 'code1', 'code2', 'code3', 'code4', 'code5'].map((f) => ({ op: 'read' as const, file: `$WORK/${f}` })),
+      ]);
+      assert.equal(r[0].code, 0, r[0].stderr);
+      const [before, after, status, files, err1, err2, err3, err4, ...codes] = r.slice(1) as string[];
+      assert.deepEqual(codes.map((c) => c.trim()), ['1', '1', '1', '1', '0']);
+      for (const err of [err3, err4]) {
+        assert.equal(err.trim().split('\n').length, 1, err);
+        assert.match(err, /^iptlb: error: cannot write the state file .*: no space left on the device \(ENOSPC\); the kernel change was undone, nothing was changed$/m);
+      }
+      for (const err of [err1, err2]) {
+        assert.match(err, /undid the .* part of the change, because the state file could not be written/);
+        assert.match(err, /^iptlb: error: cannot write the state file .*\(ENOSPC\); the kernel change was undone, nothing was changed$/m);
+      }
+      assert.equal(after, before, 'the kernel is as it was before the failed changes');
+      const st = JSON.parse(status) as { inSync: boolean; profiles: { name: string; status: string }[] };
+      assert.equal(st.inSync, true);
+      assert.deepEqual(st.profiles.map((p) => `${p.name}:${p.status}`).sort(), ['keep:in-sync', 'v6:in-sync']);
+      assert.doesNotMatch(files, /tmp-/, 'no temporary file left');
+    });
+
     test('7: an API instance doing 200+ applies without pause beside 50 CLI -run invocations: all 50 succeed, kernel in step', async () => {
       const r = (await runJsonInFreshNetns(fixture('fair.js'), [pair.name, '200', '50'], { timeoutMs: 300_000 })) as {
         applies: number;
