@@ -85,7 +85,11 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
       this.driftTimer = setInterval(() => {
         if (running || this.closed) return;
         running = true;
-        this.status()
+        this.core
+          .driftCheck()
+          .then((reports) => {
+            if (reports && !this.closed) this.reportDrift(reports);
+          })
           .catch((e: Error) => {
             if (this.listenerCount('error') > 0) this.emit('error', e);
           })

@@ -536,8 +536,40 @@ export class Core {
     }
   }
 
-  /** Each profile of the state file compared with the kernel, plus the kernel's orphans, with counters. */
-  async status(): Promise<ProfileReport[]> {
+  /**
+   * Each profile of the state file compared with the kernel, plus the kernel's orphans, with
+   * counters. Runs between this instance's transactions, never during one (a commit in flight has
+   * changed the kernel but not yet the profiles: comparing then would report drift that is not).
+   */
+  status(): Promise<ProfileReport[]> {
+    return this.serial(() => this.statusNow());
+  }
+
+  /**
+   * The periodic drift check: {@link status} under the state-file lock, taken without waiting. Null
+   * (no verdict) when another process holds the lock: its commit may be in flight, and the kernel
+   * and the state file may disagree until it ends.
+   */
+  driftCheck(): Promise<ProfileReport[] | null> {
+    return this.serial(async () => {
+      let lock: { release(): void } | undefined;
+      if (this.statePath !== null) {
+        try {
+          lock = await lockStateFile(this.statePath, 0);
+        } catch (e) {
+          if (e instanceof IptlbError && e.code === 'ELOCK' && e.errno === 11) return null;
+          throw e;
+        }
+      }
+      try {
+        return await this.statusNow();
+      } finally {
+        lock?.release();
+      }
+    });
+  }
+
+  private async statusNow(): Promise<ProfileReport[]> {
     const { executor } = await this.select();
     const state = await this.readState();
     const reports: ProfileReport[] = [];

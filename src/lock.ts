@@ -42,7 +42,7 @@ async function checkLockPath(lockPath: string): Promise<void> {
 }
 
 function lockTimeout(lockPath: string, waitMs: number): IptlbError {
-  return new IptlbError('ELOCK', `another iptlb holds ${lockPath}; gave up after ${waitMs} ms`);
+  return new IptlbError('ELOCK', `another iptlb holds ${lockPath}; gave up after ${waitMs} ms`, { errno: EWOULDBLOCK });
 }
 
 /** errno of a lock that was not free in time (the addon's poll loop ran out). */

@@ -54,6 +54,13 @@ for (const pair of PAIRS) {
       assert.doesNotMatch(files, /tmp-/, 'no temporary file left');
     });
 
+    test('11: no false drift events while commits are in flight (driftCheckMs 10, 150 commits of the instance beside CLI commits)', async () => {
+      const r = (await runJsonInFreshNetns(fixture('driftinflight.js'), [pair.name, '150'], { timeoutMs: 300_000 })) as { drift: string[]; driftEvents: number; errors: string[]; cliCodes: number[] };
+      assert.deepEqual(r.errors, []);
+      assert.deepEqual(r.cliCodes, Array(10).fill(0));
+      assert.equal(r.driftEvents, 0, r.drift.join('\n'));
+    });
+
     test('7: an API instance doing 200+ applies without pause beside 50 CLI -run invocations: all 50 succeed, kernel in step', async () => {
       const r = (await runJsonInFreshNetns(fixture('fair.js'), [pair.name, '200', '50'], { timeoutMs: 300_000 })) as {
         applies: number;

@@ -309,3 +309,40 @@ test('7: an API instance doing 200 applies beside 50 CLI invocations on one stat
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('11: the periodic drift check never reads the kernel while a commit of the instance is in flight (injected executor, 20 ms commits)', async () => {
+  for (const stateFile of [false as const, 'file']) {
+    const dir = tmpdir();
+    try {
+      let inFlight = 0;
+      let readsDuringCommit = 0;
+      let reads = 0;
+      const ex = {
+        kind: 'spawn' as const,
+        engine: 'legacy' as const,
+        async commit() {
+          inFlight++;
+          await new Promise((r) => setTimeout(r, 20));
+          inFlight--;
+          return { durationMs: 20 };
+        },
+        async read() {
+          reads++;
+          if (inFlight) readsDuringCommit++;
+          return { chains: [], hookRules: [] };
+        },
+        async render() {
+          return '';
+        },
+      };
+      const lb = await open({ stateFile: stateFile === 'file' ? path.join(dir, 'state.db') : false, driftCheckMs: 10 }, ex);
+      lb.on('drift', () => {});
+      for (let i = 0; i < 15; i++) await Promise.all([0, 1, 2].map((k) => lb.apply({ name: `p${k}`, source: `127.0.3.${k + 1}:80`, destination: [`127.0.0.1:${9000 + i}`] })));
+      await lb.close();
+      assert.ok(reads > 0, `${stateFile}: the drift check ran`);
+      assert.equal(readsDuringCommit, 0, `${stateFile}: ${readsDuringCommit} of ${reads} kernel reads overlapped a commit`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+});
