@@ -21,7 +21,7 @@ import { packageVersion } from './paths.js';
 type Out = { out: (s: string) => void; err: (s: string) => void };
 
 /** Flags of the original, with their kind, accepted with one dash and `=value` (Go `flag` style). */
-const VALUE_FLAGS = new Set(['src-addr', 'dest-addr', 'scheduler', 'affinity', 'rules-backend', 'profile', 'state-file', 'log-level', 'protocol', 'executor', 'engine', 'to', 'file', 'interval', 'count']);
+const VALUE_FLAGS = new Set(['settle', 'src-addr', 'dest-addr', 'scheduler', 'affinity', 'rules-backend', 'profile', 'state-file', 'log-level', 'protocol', 'executor', 'engine', 'to', 'file', 'interval', 'count']);
 const BOOL_FLAGS = new Set(['reset', 'delete', 'log-custom-chain', 'run', 'use-state', 'masquerade', 'json', 'quiet', 'verbose', 'all', 'help', 'version', 'keep-conntrack']);
 
 /** Rewrites Go-style flags (`-src-addr=x`, `-run=true`) into the `--src-addr=x` form commander parses. */
@@ -501,13 +501,16 @@ Exit status: 0 done, 1 refused (conflict, kernel, state, lock), 2 bad input or u
   });
   addGlobal(program.command('watch').description('keep the kernel in step with the state file (for a systemd unit); SIGHUP checks at once, SIGTERM stops and leaves the rules'))
     .option('--interval <ms>', 'periodic drift check', '5000')
-    .action(async (o: GlobalOpts & { interval: string }, cmd: Command) => {
+    .option('--settle <ms>', 'apply a changed state file only once it has not changed for this long and parses as a whole (writers: write a temporary file and rename it)', '1000')
+    .action(async (o: GlobalOpts & { interval: string; settle: string }, cmd: Command) => {
       const g = withGlobals(o, cmd);
       const interval = Number(o.interval);
       if (!Number.isInteger(interval) || interval < 100) throw new IptlbError('EUSAGE', `interval: ${show(o.interval)} must be a whole number of ms, at least 100`, { field: 'interval' });
+      const settle = Number(o.settle);
+      if (!Number.isInteger(settle) || settle < 0 || settle > 600_000) throw new IptlbError('EUSAGE', `settle: ${show(o.settle)} must be a whole number of ms from 0 to 600000`, { field: 'settle' });
       const core = makeCore(g, io);
       const { startWatch } = await import('./watch.js');
-      const w = startWatch(core, { intervalMs: interval, log: g.quiet ? () => {} : (l) => io.err(`iptlb: ${l}`) });
+      const w = startWatch(core, { intervalMs: interval, settleMs: settle, log: g.quiet ? () => {} : (l) => io.err(`iptlb: ${l}`) });
       io.err(`iptlb: watch: watching ${core.statePath} (check every ${interval} ms)`);
       const stop = (): void => void w.stop();
       process.once('SIGTERM', stop);

@@ -61,6 +61,16 @@ for (const pair of PAIRS) {
       assert.equal(r.driftEvents, 0, r.drift.join('\n'));
     });
 
+    test('13: watch never applies a file still being written: in-place rewrite in two writes 700 ms apart, then truncate and a slow write; profiles of both versions never leave the kernel', async () => {
+      const r = (await runJsonInFreshNetns(fixture('watchsettle.js'), [pair.name], { timeoutMs: 120_000 })) as Record<string, unknown>;
+      assert.equal(r.started, true, String(r.log));
+      assert.ok((r.polls as number) > 50, `only ${r.polls} polls`);
+      assert.equal(r.missing, 0, `${r.missing} polls saw a profile missing: ${JSON.stringify(r.seen)}\n${r.log}`);
+      assert.equal(r.firstApplied, true, String(r.log));
+      assert.equal(r.secondApplied, true, String(r.log));
+      assert.equal(r.exitCode, 0);
+    });
+
     test('7: an API instance doing 200+ applies without pause beside 50 CLI -run invocations: all 50 succeed, kernel in step', async () => {
       const r = (await runJsonInFreshNetns(fixture('fair.js'), [pair.name, '200', '50'], { timeoutMs: 300_000 })) as {
         applies: number;

@@ -346,3 +346,76 @@ test('11: the periodic drift check never reads the kernel while a commit of the 
     }
   }
 });
+
+test('13: watch applies a changed file only once it has settled (no change for settleMs) and parses; a partial or empty file changing under it is never applied (mock timers)', async (t) => {
+  t.mock.timers.enable({ apis: ['setTimeout', 'setInterval', 'Date'], now: 1_000_000 });
+  const { startWatch } = await import('../../src/watch.js');
+  let v = 'v0';
+  let parses = true;
+  const syncs: string[] = [];
+  const logs: string[] = [];
+  const core = {
+    statePath: '/nonexistent-iptlb-dir/state.db',
+    async sync() {
+      syncs.push(v);
+      return { before: [], committed: true, commitMs: 1 };
+    },
+    async readState() {
+      if (!parses) throw new Error('state file x: is not valid YAML');
+      return new Map();
+    },
+  };
+  const flush = async (): Promise<void> => {
+    for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+  };
+  const advance = async (ms: number): Promise<void> => {
+    for (let left = ms; left > 0; left -= 10) {
+      t.mock.timers.tick(Math.min(10, left));
+      await flush();
+    }
+  };
+  // What was applied, in order (the periodic check may apply the same settled file again: harmless).
+  const applied = (): string[] => syncs.filter((x, k) => x !== syncs[k - 1]);
+  const w = startWatch(core as never, { intervalMs: 300, settleMs: 1000, log: (l) => logs.push(l), version: async () => v });
+  await flush();
+  assert.deepEqual(applied(), ['v0'], 'the start check applies the file as it is');
+  // An in-place rewrite in two writes 700 ms apart: the first half parses (fewer profiles).
+  v = 'half';
+  w.changed();
+  await advance(700);
+  v = 'whole';
+  w.changed();
+  await advance(900);
+  assert.deepEqual(applied(), ['v0'], 'nothing applied while the file changes, not even by the periodic check');
+  await advance(200);
+  assert.deepEqual(applied(), ['v0', 'whole'], 'the whole file, once settled');
+  // Truncated, then written slowly: an empty file for 2 s that then fills, in steps 500 ms apart.
+  v = 'empty';
+  w.changed();
+  for (const step of ['a', 'ab', 'abc', 'abcd']) {
+    await advance(500);
+    v = step;
+    w.changed();
+  }
+  await advance(900);
+  assert.deepEqual(applied(), ['v0', 'whole'], 'no step of the slow write applied');
+  await advance(200);
+  assert.deepEqual(applied(), ['v0', 'whole', 'abcd']);
+  // A settled file that does not parse: not applied, said once; applied when it parses again.
+  v = 'broken';
+  parses = false;
+  w.changed();
+  await advance(3000);
+  assert.deepEqual(applied(), ['v0', 'whole', 'abcd']);
+  assert.equal(logs.filter((l) => l.includes('is not applied')).length, 1, logs.join('\n'));
+  v = 'fixed';
+  parses = true;
+  w.changed();
+  await advance(1100);
+  assert.equal(syncs.at(-1), 'fixed');
+  // With the file unchanged, the periodic check repairs the kernel (each 300 ms).
+  const n = syncs.length;
+  await advance(650);
+  assert.ok(syncs.length >= n + 2);
+  await w.stop();
+});
