@@ -114,7 +114,7 @@ function withGlobals<T extends GlobalOpts>(o: T, cmd: Command): T {
 
 function addProfileFlags(cmd: Command): Command {
   return cmd
-    .option('--profile <name>', 'profile name, [A-Za-z0-9_-]{1,18}', 'default')
+    .option('--profile <name>', 'profile name: 1-63 of A-Z a-z 0-9 _ -, not starting with -', 'default')
     .option('--src-addr <ip:port>', 'virtual address and port that is balanced: a.b.c.d:port, or [v6]:port for IPv6 (then every destination is IPv6 too)')
     .option('--dest-addr <list>', 'comma-separated destination ip:port list ([v6]:port for IPv6); ip:port*W gives a destination weight W (0-1000, default 1; 0 drains it)')
     .option('--scheduler <kind>', 'random (weighted random) or round-robin (an exact rotation)', 'random')
@@ -202,7 +202,7 @@ async function legacyAction(o: LegacyOpts, io: Out): Promise<void> {
       if (o.useState) {
         return o.delete ? { upsert: [], remove: [...state.keys()] } : { upsert: [...state.values()], remove: [] };
       }
-      const name = validateName(o.profile, 'name');
+      const name = validateName(o.profile, 'name', { existing: true });
       if (o.delete) return deleteChange(state, [name]);
       const existing = state.get(name);
       if (o.srcAddr === undefined && o.destAddr === undefined && existing && o.run && !o.reset) {
@@ -268,7 +268,7 @@ function jsonSafe(v: unknown): unknown {
 }
 
 async function showCommand(name: string, o: GlobalOpts, io: Out): Promise<void> {
-  validateName(name, 'name');
+  validateName(name, 'name', { existing: true });
   const core = makeCore(o, io);
   const state = await core.readState();
   const profile = state.get(name);
@@ -325,7 +325,7 @@ async function planCommand(o: LegacyOpts, io: Out): Promise<void> {
   const state = await core.readState();
   let change: Change;
   if (o.useState) change = o.delete ? { upsert: [], remove: [...state.keys()] } : { upsert: [...state.values()], remove: [] };
-  else if (o.delete) change = deleteChange(state, [validateName(o.profile, 'name')]);
+  else if (o.delete) change = deleteChange(state, [validateName(o.profile, 'name', { existing: true })]);
   else change = upsertChange(state, [profileInput(o)]);
   const { executor } = await core.select();
   // Weights and the scheduler, which the rule text only implies, as comment lines (both dialects take them).

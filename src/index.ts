@@ -152,7 +152,7 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
     this.check();
     const list = Array.isArray(names) ? names : [names];
     try {
-      list.forEach((n) => validateName(n));
+      list.forEach((n) => validateName(n, 'name', { existing: true }));
     } catch (e) {
       return this.track(Promise.reject(e));
     }

@@ -723,7 +723,7 @@ export function upsertChange(state: Map<string, Profile>, inputs: (ProfileInput 
 
 /** Decides the deletion of `names` against `state`; unknown names are ENOTFOUND. */
 export function deleteChange(state: Map<string, Profile>, names: string[]): Change {
-  const remove = [...new Set(names.map((n) => validateName(n)))];
+  const remove = [...new Set(names.map((n) => validateName(n, 'name', { existing: true })))];
   for (const n of remove) {
     if (!state.has(n)) throw new IptlbError('ENOTFOUND', `name: profile ${show(n)} does not exist in the state file`, { field: 'name' });
   }

@@ -266,7 +266,7 @@ function toProfiles(data: unknown, file: string): Map<string, Profile> {
       }
     }
     try {
-      result.set(name, validateProfile({ ...b, name }));
+      result.set(name, validateProfile({ ...b, name }, { existing: true }));
     } catch (e) {
       if (e instanceof IptlbError) throw stateError(file, `profile ${show(name)}: ${e.message}`, e.field);
       throw e;

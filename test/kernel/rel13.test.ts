@@ -5,7 +5,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { runJsonInFreshNetns } from '../harness/netns.js';
-import { PAIRS, VIP, pairFlags, runSteps } from './common.js';
+import { PAIRS, VIP, cli, ok, pairFlags, runSteps } from './common.js';
 
 const fixture = (f: string): string => new URL(`./fixtures/${f}`, import.meta.url).pathname;
 
@@ -69,6 +69,41 @@ for (const pair of PAIRS) {
       assert.equal(r.firstApplied, true, String(r.log));
       assert.equal(r.secondApplied, true, String(r.log));
       assert.equal(r.exitCode, 0);
+    });
+
+    test('12: 63-character names (hashed chain names, logging, affinity, round-robin): traffic balanced, status in-sync, show finds them, delete restores the tables', async () => {
+      const long = `svc-${'x'.repeat(55)}-a1`;
+      const long2 = `svc-${'x'.repeat(55)}-A1`;
+      const r = await runSteps([
+        { op: 'save' },
+        { op: 'backends', tcp: [9001, 9002] },
+        cli(pair, '-run', `-profile=${long}`, `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001,127.0.0.1:9002', '-log-custom-chain', '-affinity=60'),
+        cli(pair, '-run', `-profile=${long2}`, `-src-addr=${VIP}:81`, '-dest-addr=127.0.0.1:9001,127.0.0.1:9002', '-scheduler=round-robin'),
+        cli(pair, '-run', '-profile=short', `-src-addr=${VIP}:82`, '-dest-addr=127.0.0.1:9001'),
+        { op: 'tcp', vip: VIP, port: 81, count: 40 },
+        { op: 'tcp', vip: VIP, port: 80, count: 20 },
+        cli(pair, 'status', '--json'),
+        cli(pair, 'show', long),
+        { op: 'save' },
+        cli(pair, 'delete', long, long2, 'short'),
+        { op: 'save' },
+      ]);
+      for (const i of [2, 3, 4, 7, 8, 10]) ok(r[i]);
+      assert.equal(r[5].failures, 0);
+      assert.deepEqual(Object.values(r[5].counts).sort(), [20, 20], 'round-robin: an exact split');
+      assert.equal(r[6].failures, 0);
+      assert.equal(Object.keys(r[6].counts).length, 1, 'affinity: one client, one destination');
+      const st = JSON.parse(r[7].stdout);
+      assert.equal(st.inSync, true, r[7].stdout);
+      assert.deepEqual(st.profiles.map((p: { name: string }) => p.name).sort(), [long2, long, 'short'].sort());
+      assert.match(r[8].stdout, /127\.0\.0\.1:9002/);
+      if (pair.engine === 'legacy') {
+        assert.match(r[9], /:IPTLB_NAT_[A-Z2-7]{16} /, 'a hashed chain name');
+        assert.match(r[9], /:IPTLB_NAT_SHORT /, 'a short name keeps its chain name');
+      } else {
+        assert.ok(r[9].includes(`comment "iptlb:${long}"`), 'the nft comment holds the whole name');
+      }
+      assert.equal(r[11], r[0], 'the tables are as before');
     });
 
     test('7: an API instance doing 200+ applies without pause beside 50 CLI -run invocations: all 50 succeed, kernel in step', async () => {

@@ -419,3 +419,57 @@ test('13: watch applies a changed file only once it has settled (no change for s
   assert.ok(syncs.length >= n + 2);
   await w.stop();
 });
+
+test('12: names: 1-63 of A-Za-z0-9_-, not starting with -; up to 18 keep their chain name, longer ones get a stable hashed one; old state files stay valid', async () => {
+  const { chainName, validateName } = await import('../../src/profile.js');
+  const { planTransaction } = await import('../../src/plan.js');
+  const { planNftProfile } = await import('../../src/nft/plan.js');
+  const { parseState: parse } = await import('../../src/state.js');
+  const long = 'a'.repeat(63);
+  for (const ok of ['web', 'Web_1', '_x', '9', 'web-frontend-production-eu-west-1', long]) assert.equal(validateName(ok), ok);
+  for (const bad of ['-j', '-', '', 'a'.repeat(64), 'a b', 'a.b', 'é']) assert.throws(() => validateName(bad), (e: IptlbError) => e.code === 'EINVAL_PROFILE' && e.field === 'name' && /1-63 characters/.test(e.message), bad);
+  // The chain names of today's names are unchanged.
+  assert.equal(chainName('web-1'), 'IPTLB_NAT_WEB_1');
+  assert.equal(chainName('a'.repeat(18)), `IPTLB_NAT_${'A'.repeat(18)}`);
+  // Longer: IPTLB_NAT_ + 16 characters of base32(sha256(name)), stable, within 28 characters.
+  const h = chainName('web-frontend-production');
+  assert.match(h, /^IPTLB_NAT_[A-Z2-7]{16}$/);
+  assert.equal(h, 'IPTLB_NAT_QMW7GBG5OLCXTIZ3', 'a stable value: changing the hash would orphan every long-named chain');
+  assert.equal(chainName('a'.repeat(19)), chainName('a'.repeat(19)));
+  assert.notEqual(chainName('A'.repeat(19)), chainName('a'.repeat(19)), 'names that differ in case only get different chains');
+  // Every kernel name made of it fits: chain ≤ 28, LOG prefixes ≤ 29, the nft comment ≤ 127.
+  const p = validateProfile({ name: long, source: '127.100.0.10:80', destination: ['127.0.0.1:9001', '127.0.0.1:9002'], logEnabled: true, affinity: 60 });
+  const tx = planTransaction([p], []);
+  for (const c of tx.chains) assert.ok(c.name.length <= 28, c.name);
+  const prefixes = [...tx.chains.flatMap((c) => c.rules), ...tx.hookRules.map((x) => x.rule)].flatMap((r) => (r.target.name === 'LOG' ? [r.target.prefix] : []));
+  assert.equal(prefixes.length, 2);
+  for (const pre of prefixes) assert.ok(pre.length <= 29, pre);
+  for (const r of planNftProfile(p).rules) if ('prefix' in r.rule) assert.ok((r.rule as { prefix: string }).prefix.length <= 29);
+  // A state file written before (a name with a leading -, 18 characters) stays valid; a new profile may not take such a name.
+  const old = await parse('-old:\n  destination:\n  - 127.0.0.1:9001\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: 127.100.0.10:81\n');
+  assert.equal(chainName([...old.keys()][0]), 'IPTLB_NAT__OLD');
+  assert.throws(() => validateProfile({ name: '-j', source: '127.100.0.10:80', destination: ['127.0.0.1:9001'] }), /1-63 characters/);
+  // CLI: -profile=-j is refused (it would read as a flag in `iptlb delete -j`).
+  const r = await cli(['-profile=-j', '-src-addr=127.100.0.10:80', '-dest-addr=127.0.0.1:9001', '-state-file=/nonexistent-iptlb/x.db']);
+  assert.equal(r.code, 2);
+  assert.match(r.err, /name: "-j" must be 1-63 characters/);
+});
+
+test('12: the state file round-trips 63-character names; a case collision of short names is a conflict', async () => {
+  const { parseState: parse } = await import('../../src/state.js');
+  const long = 'Service_' + 'x'.repeat(55);
+  const text = serializeState([validateProfile({ name: long, source: '127.100.0.10:80', destination: ['127.0.0.1:9001'] })]);
+  assert.deepEqual([...(await parse(text)).keys()], [long]);
+  const dir = tmpdir();
+  try {
+    const state = path.join(dir, 'state.db');
+    assert.equal(stateOnly(state, 'web', 80).status, 0);
+    const clash = stateOnly(state, 'WEB', 81);
+    assert.equal(clash.status, 1);
+    assert.match(oneLine(clash.stderr), /IPTLB_NAT_WEB/);
+    assert.equal(stateOnly(state, long, 82).status, 0);
+    assert.equal(stateOnly(state, long.toLowerCase(), 83).status, 0, 'long names differing in case have different hashed chains');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
