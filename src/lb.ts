@@ -9,7 +9,7 @@ import { selectExecutor, parseExecutorChoice } from './executors/index.js';
 import { ip6tablesTables, nftTableExistsViaCli, parseEngineChoice, selectEngine, xtablesTables } from './engine.js';
 import { loadAddon } from './native/addon.js';
 import { findBinary } from './executors/spawn.js';
-import { baseUnchanged, countUsage, dispatchSetUsage, planNftChange, planNftRebuild, planNftRemoveAll, nftHookOf, planNftProfile } from './nft/plan.js';
+import { baseUnchanged, countUsage, dispatchSetUsage, foreignObjects, planNftClear, planNftChange, planNftRebuild, planNftRemoveAll, nftHookOf, planNftProfile } from './nft/plan.js';
 import { dispatchSetName, nftTableFamily } from './nft/ops.js';
 import { compareNft, strayRoundRobin } from './nft/view.js';
 import { DEFAULT_LOCK_WAIT_MS, lockStateFile } from './lock.js';
@@ -431,7 +431,26 @@ export class Core {
     // which dispatch sets the kernel really fills first, so no rule another process left in
     // use is dropped. Element-only changes, the common case, read nothing. One read serves both.
     const baseChanges = state.size === 0 || !baseUnchanged(state, next, touchedSet, usage);
-    const view = all || baseChanges ? await executor.read(nf) : undefined;
+    const view = all || baseChanges || next.size === 0 ? await executor.read(nf) : undefined;
+    if (next.size === 0 && view?.exists) {
+      // The last profile of the table goes. If someone else keeps objects in it, the table stays:
+      // only iptlb's content goes, and never a chain, set, map or rule iptlb did not make.
+      const { foreign, foreignRules } = foreignObjects(view);
+      if (foreignRules.length) {
+        throw new IptlbError(
+          'ECONFLICT',
+          `${tableOf('nft', f)} holds rules iptlb did not write in its base chain${foreignRules.length > 1 ? 's' : ''} ${foreignRules.join(', ')}; removing its last profile would remove them: delete those rules first`,
+        );
+      }
+      if (foreign.length) {
+        this.log(`${tableOf('nft', f)} also holds objects iptlb did not make (${foreign.slice(0, 5).join(', ')}${foreign.length > 5 ? ', …' : ''}): removing only iptlb's rules, sets and elements, and keeping the table`);
+        const clear = planNftClear(view, nf);
+        const ms = (await executor.commit(clear)).durationMs;
+        this.lastTransaction = clear;
+        this.lastFamilies.push(f);
+        return ms;
+      }
+    }
     const fresh = view !== undefined && !view.exists;
     const kernelSets = view?.exists && baseChanges ? new Map(view.dispatchSets.map((d) => [d.name, d.elements.length])) : undefined;
     // A round-robin rule the state does not explain (a process killed between its commit and its

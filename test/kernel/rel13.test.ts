@@ -106,6 +106,38 @@ for (const pair of PAIRS) {
       assert.equal(r[11], r[0], 'the tables are as before');
     });
 
+    test('9: deleting the last nft profile keeps a chain and a set another tool added to table ip iptlb (only iptlb\'s objects go, with a log line); a foreign rule in a base chain is refused', { skip: pair.engine === 'nft' ? false : 'nft only: the legacy engine deletes only its own chains and rules' }, async () => {
+      const n = (...a: string[]) => ({ op: 'sh' as const, argv: ['nft', ...a] });
+      const r = await runSteps([
+        { op: 'backends', tcp: [9001] },
+        cli(pair, '-run', '-profile=web', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001', '-log-custom-chain'),
+        cli(pair, '-run', '-profile=rr', `-src-addr=${VIP}:81`, '-dest-addr=127.0.0.1:9001,127.0.0.1:9002', '-scheduler=round-robin', '-affinity=30'),
+        n('add chain ip iptlb zombie'),
+        n('add set ip iptlb theirs { type ipv4_addr; }'),
+        n('add rule ip iptlb zombie ip daddr @theirs counter'),
+        cli(pair, 'delete', 'web'), // 6: not the last
+        cli(pair, 'delete', 'rr'), // 7: the last
+        n('list table ip iptlb'), // 8
+        cli(pair, '-run', '-profile=web', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001'), // 9: applies again beside them
+        { op: 'tcp', vip: VIP, port: 80, count: 10 }, // 10
+        n('add rule ip iptlb output ip daddr 192.0.2.1 counter'), // 11
+        n('list table ip iptlb'), // 12
+        cli(pair, 'delete', 'web'), // 13: refused
+        n('list table ip iptlb'), // 14
+      ]);
+      for (const i of [1, 2, 3, 4, 5, 6, 7, 9, 11]) ok(r[i]);
+      assert.match(r[7].stderr, /also holds objects iptlb did not make \((zombie, theirs|theirs, zombie)\): removing only iptlb's/);
+      assert.match(r[8].stdout, /chain zombie/);
+      assert.match(r[8].stdout, /set theirs/);
+      assert.match(r[8].stdout, /ip daddr @theirs counter/);
+      assert.doesNotMatch(r[8].stdout, /iptlb:|dnat|set out_|set aff_/, 'none of iptlb\'s rules or sets is left');
+      assert.equal(r[10].failures, 0);
+      assert.equal(r[13].code, 1);
+      assert.equal(r[13].stderr.trim().split('\n').length, 1, r[13].stderr);
+      assert.match(r[13].stderr, /holds rules iptlb did not write in its base chain output/);
+      assert.equal(r[14].stdout, r[12].stdout, 'nothing changed');
+    });
+
     test('7: an API instance doing 200+ applies without pause beside 50 CLI -run invocations: all 50 succeed, kernel in step', async () => {
       const r = (await runJsonInFreshNetns(fixture('fair.js'), [pair.name, '200', '50'], { timeoutMs: 300_000 })) as {
         applies: number;
