@@ -3,7 +3,7 @@
  * and adds subcommands. Exit codes: 0 done, 1 refused (conflict, kernel, state), 2 usage/bad input.
  */
 import { Command, CommanderError, Option } from 'commander';
-import { readFileSync } from 'node:fs';
+import { readInputFile } from './limits.js';
 import { IptlbError } from './errors.js';
 import { Core, FAMILIES, deleteChange, upsertChange, type TransactionResult } from './lb.js';
 import { parseExecutorChoice } from './executors/index.js';
@@ -17,7 +17,7 @@ import { packageVersion } from './paths.js';
 type Out = { out: (s: string) => void; err: (s: string) => void };
 
 /** Flags of the original, with their kind, accepted with one dash and `=value` (Go `flag` style). */
-const VALUE_FLAGS = new Set(['src-addr', 'dest-addr', 'scheduler', 'affinity', 'rules-backend', 'profile', 'state-file', 'log-level', 'protocol', 'executor', 'engine', 'to', 'file', 'interval', 'count']);
+const VALUE_FLAGS = new Set(['settle', 'src-addr', 'dest-addr', 'scheduler', 'affinity', 'rules-backend', 'profile', 'state-file', 'log-level', 'protocol', 'executor', 'engine', 'to', 'file', 'interval', 'count']);
 const BOOL_FLAGS = new Set(['reset', 'delete', 'log-custom-chain', 'run', 'use-state', 'masquerade', 'json', 'quiet', 'verbose', 'all', 'help', 'version', 'keep-conntrack']);
 
 /** Rewrites Go-style flags (`-src-addr=x`, `-run=true`) into the `--src-addr=x` form commander parses. */
@@ -110,7 +110,7 @@ function withGlobals<T extends GlobalOpts>(o: T, cmd: Command): T {
 
 function addProfileFlags(cmd: Command): Command {
   return cmd
-    .option('--profile <name>', 'profile name, [A-Za-z0-9_-]{1,18}', 'default')
+    .option('--profile <name>', 'profile name: 1-63 of A-Z a-z 0-9 _ -, not starting with -', 'default')
     .option('--src-addr <ip:port>', 'virtual address and port that is balanced: a.b.c.d:port, or [v6]:port for IPv6 (then every destination is IPv6 too)')
     .option('--dest-addr <list>', 'comma-separated destination ip:port list ([v6]:port for IPv6); ip:port*W gives a destination weight W (0-1000, default 1; 0 drains it)')
     .option('--scheduler <kind>', 'random (weighted random) or round-robin (an exact rotation)', 'random')
@@ -193,7 +193,7 @@ async function legacyAction(o: LegacyOpts, io: Out): Promise<void> {
       if (o.useState) {
         return o.delete ? { upsert: [], remove: [...state.keys()] } : { upsert: [...state.values()], remove: [] };
       }
-      const name = validateName(o.profile, 'name');
+      const name = validateName(o.profile, 'name', { existing: true });
       if (o.delete) return deleteChange(state, [name]);
       const existing = state.get(name);
       if (o.srcAddr === undefined && o.destAddr === undefined && existing && o.run && !o.reset) {
@@ -218,13 +218,8 @@ async function applyCommand(o: ProfileOpts & { file?: string }, io: Out): Promis
   let inputs: ProfileInput[];
   if (o.file !== undefined) {
     if (o.srcAddr !== undefined || o.destAddr !== undefined) throw new IptlbError('EUSAGE', 'apply: --file cannot be combined with -src-addr/-dest-addr');
-    let text: string;
-    try {
-      text = readFileSync(o.file, 'utf8');
-    } catch (e) {
-      throw new IptlbError('EUSAGE', `file: cannot read ${show(o.file)} (${(e as NodeJS.ErrnoException).code})`, { field: 'file' });
-    }
-    inputs = [...(await parseState(text, o.file)).values()];
+    const text = await readInputFile(o.file, 'file');
+    inputs = [...(await parseState(text, o.file === '-' ? '<stdin>' : o.file)).values()];
   } else {
     inputs = [profileInput(o)];
   }
@@ -264,7 +259,7 @@ function jsonSafe(v: unknown): unknown {
 }
 
 async function showCommand(name: string, o: GlobalOpts, io: Out): Promise<void> {
-  validateName(name, 'name');
+  validateName(name, 'name', { existing: true });
   const core = makeCore(o, io);
   const state = await core.readState();
   const profile = state.get(name);
@@ -283,7 +278,7 @@ async function planCommand(o: LegacyOpts, io: Out): Promise<void> {
   const core = makeCore({ ...o, quiet: true }, io);
   const { provider, change, plans } = await core.plan((state) => {
     if (o.useState) return o.delete ? { upsert: [], remove: [...state.keys()] } : { upsert: [...state.values()], remove: [] };
-    if (o.delete) return deleteChange(state, [validateName(o.profile, 'name')]);
+    if (o.delete) return deleteChange(state, [validateName(o.profile, 'name', { existing: true })]);
     return upsertChange(state, [profileInput(o)]);
   });
   // Weights and the scheduler, which the rule text only implies, as comment lines (both dialects take them).
@@ -416,7 +411,7 @@ Exit status: 0 done, 1 refused (conflict, kernel, state, lock), 2 bad input or u
     .action(async (o: LegacyOpts) => legacyAction(o, io));
 
   addGlobal(addProfileFlags(program.command('apply').description('create or replace a profile (or every profile of --file) and apply it to the kernel')))
-    .option('--file <path>', 'apply every profile of a YAML file in the state file format, in one transaction')
+    .option('--file <path>', 'apply every profile of a YAML file in the state file format (- reads standard input; at most 64 MiB), in one transaction')
     .action(async (o: ProfileOpts & { file?: string }, cmd: Command) => applyCommand(withGlobals(o, cmd), io));
   addGlobal(program.command('delete').description('delete profiles from the kernel and the state file, in one transaction').argument('[names...]'))
     .option('--all', 'delete every profile of the state file')
@@ -449,13 +444,16 @@ Exit status: 0 done, 1 refused (conflict, kernel, state, lock), 2 bad input or u
   });
   addGlobal(program.command('watch').description('keep the kernel in step with the state file (for a systemd unit); SIGHUP checks at once, SIGTERM stops and leaves the rules'))
     .option('--interval <ms>', 'periodic drift check', '5000')
-    .action(async (o: GlobalOpts & { interval: string }, cmd: Command) => {
+    .option('--settle <ms>', 'apply a changed state file only once it has not changed for this long and parses as a whole (writers: write a temporary file and rename it)', '1000')
+    .action(async (o: GlobalOpts & { interval: string; settle: string }, cmd: Command) => {
       const g = withGlobals(o, cmd);
       const interval = Number(o.interval);
       if (!Number.isInteger(interval) || interval < 100) throw new IptlbError('EUSAGE', `interval: ${show(o.interval)} must be a whole number of ms, at least 100`, { field: 'interval' });
+      const settle = Number(o.settle);
+      if (!Number.isInteger(settle) || settle < 0 || settle > 600_000) throw new IptlbError('EUSAGE', `settle: ${show(o.settle)} must be a whole number of ms from 0 to 600000`, { field: 'settle' });
       const core = makeCore(g, io);
       const { startWatch } = await import('./watch.js');
-      const w = startWatch(core, { intervalMs: interval, log: g.quiet ? () => {} : (l) => io.err(`iptlb: ${l}`) });
+      const w = startWatch(core, { intervalMs: interval, settleMs: settle, log: g.quiet ? () => {} : (l) => io.err(`iptlb: ${l}`) });
       io.err(`iptlb: watch: watching ${core.statePath} (check every ${interval} ms)`);
       const stop = (): void => void w.stop();
       process.once('SIGTERM', stop);

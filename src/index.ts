@@ -85,7 +85,11 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
       this.driftTimer = setInterval(() => {
         if (running || this.closed) return;
         running = true;
-        this.status()
+        this.core
+          .driftCheck()
+          .then((reports) => {
+            if (reports && !this.closed) this.reportDrift(reports);
+          })
           .catch((e: Error) => {
             if (this.listenerCount('error') > 0) this.emit('error', e);
           })
@@ -148,7 +152,7 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
     this.check();
     const list = Array.isArray(names) ? names : [names];
     try {
-      list.forEach((n) => validateName(n));
+      list.forEach((n) => validateName(n, 'name', { existing: true }));
     } catch (e) {
       return this.track(Promise.reject(e));
     }

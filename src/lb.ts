@@ -6,6 +6,7 @@
  */
 import { IptlbError } from './errors.js';
 import { validateOpenOptions } from './options.js';
+import { fsFailure } from './fsafety.js';
 import { parseExecutorChoice } from './executors/index.js';
 import { parseEngineChoice, selectEngine } from './engine.js';
 import { DEFAULT_LOCK_WAIT_MS, lockStateFile } from './lock.js';
@@ -176,6 +177,11 @@ export class Core {
    * prefetch.h in the addon). Returns whether it did.
    */
   prefetchCommit(): boolean {
+    // Only without a state file: the prepared commit holds the xtables lock until the next batch,
+    // and with a state file the next batch first takes the state-file lock. A CLI holding that
+    // lock while it waits for the xtables lock would wait for us while we wait for it (a lock-order
+    // inversion that only the timeouts ended: issue 13, lock starvation).
+    if (this.statePath !== null) return false;
     return this.selected?.provider.prefetch?.() ?? false;
   }
 
@@ -260,7 +266,25 @@ export class Core {
         if (committed) this.logCommit(engine!, change, state, done, commitMs);
         // Flows to destinations this change removes (decided now: in memory mode `state` changes below).
         const stale = committed && !this.keepConntrack && !this.injected && this.conntrack.needed() ? this.staleOf(change, state, next, engine!.executor.kind === 'native') : [];
-        const stateWritten = await this.record(state, change, next);
+        let stateWritten: boolean;
+        try {
+          stateWritten = await this.record(state, change, next);
+        } catch (e) {
+          // The kernel holds the change but the state file cannot record it (a full disk, a
+          // read-only remount, quota): left so, the profile would be an orphan that the next
+          // `sync` deletes. Undo the kernel change, so the call changes nothing, and say so.
+          const why = e instanceof IptlbError ? e.message : fsFailure(e, 'write the state file', this.statePath!).message;
+          let undone = true;
+          for (const d of [...done].reverse()) undone = (await this.undoFamily(engine!, d, 'the state file could not be written')) && undone;
+          if (!committed) throw new IptlbError('ESTATE', `${why}; nothing was changed`, { cause: e });
+          throw new IptlbError(
+            'ESTATE',
+            undone
+              ? `${why}; the kernel change was undone, nothing was changed`
+              : `${why}; undoing the kernel change failed too, so the kernel holds a change the state file does not: run \`iptlb sync\` to repair`,
+            { cause: e },
+          );
+        }
         // Handed to the janitor, not awaited: the next change need not wait for the cleanup of this
         // one (over netlink when it went through the native executor, else `conntrack -D`).
         if (stale.length) this.conntrack.add(stale);
@@ -300,7 +324,7 @@ export class Core {
         if (!plan.steps.length) continue;
         done.push({ family: f, state: stateF, change: changeF, ms: await this.commitPlan(engine, plan) });
       } catch (e) {
-        for (const d of done.reverse()) await this.undoFamily(engine, d);
+        for (const d of done.reverse()) await this.undoFamily(engine, d, 'the next part failed');
         throw e;
       }
     }
@@ -402,7 +426,7 @@ export class Core {
    * commit failed). Best effort: if this fails too, the error is logged and the next change or
    * `sync` repairs the kernel.
    */
-  private async undoFamily(engine: Engine, d: DoneFamily): Promise<void> {
+  private async undoFamily(engine: Engine, d: DoneFamily, because: string): Promise<boolean> {
     const touched = new Set([...d.change.upsert.map((p) => p.name), ...d.change.remove]);
     const undo: Change = { upsert: [], remove: [] };
     for (const n of touched) {
@@ -412,16 +436,18 @@ export class Core {
     }
     try {
       await this.commitPlan(engine, await engine.planChange(d.family, new ChangedProfiles(d.state, d.change), undo));
-      this.log(`undid the ${engine.where(d.family)} part of the change, because the next part failed`);
+      this.log(`undid the ${engine.where(d.family)} part of the change, because ${because}`);
+      return true;
     } catch (e) {
       this.log(`could not undo the ${engine.where(d.family)} part of a failed change (${(e as Error).message}); run \`iptlb sync\``);
+      return false;
     }
   }
 
   /** The state-file lock; nothing to lock when profiles live in memory (calls are serialised in-process). */
   private async lock(): Promise<{ release(): void }> {
     if (this.statePath === null) return { release() {} };
-    return lockStateFile(this.statePath, this.lockWaitMs);
+    return lockStateFile(this.statePath, this.lockWaitMs, this.log);
   }
 
   /** Fails early, with one line and nothing touched, when the kernel would refuse us anyway. */
@@ -450,8 +476,40 @@ export class Core {
     });
   }
 
-  /** Each profile of the state file compared with the kernel, plus the kernel's orphans, with counters. */
-  async status(): Promise<ProfileReport[]> {
+  /**
+   * Each profile of the state file compared with the kernel, plus the kernel's orphans, with
+   * counters. Runs between this instance's transactions, never during one (a commit in flight has
+   * changed the kernel but not yet the profiles: comparing then would report drift that is not).
+   */
+  status(): Promise<ProfileReport[]> {
+    return this.serial(() => this.statusNow());
+  }
+
+  /**
+   * The periodic drift check: {@link status} under the state-file lock, taken without waiting. Null
+   * (no verdict) when another process holds the lock: its commit may be in flight, and the kernel
+   * and the state file may disagree until it ends.
+   */
+  driftCheck(): Promise<ProfileReport[] | null> {
+    return this.serial(async () => {
+      let lock: { release(): void } | undefined;
+      if (this.statePath !== null) {
+        try {
+          lock = await lockStateFile(this.statePath, 0);
+        } catch (e) {
+          if (e instanceof IptlbError && e.code === 'ELOCK' && e.errno === 11) return null;
+          throw e;
+        }
+      }
+      try {
+        return await this.statusNow();
+      } finally {
+        lock?.release();
+      }
+    });
+  }
+
+  private async statusNow(): Promise<ProfileReport[]> {
     const { provider } = await this.select();
     const state = await this.readState();
     const reports: ProfileReport[] = [];
@@ -578,7 +636,7 @@ export function upsertChange(state: Map<string, Profile>, inputs: (ProfileInput 
 
 /** Decides the deletion of `names` against `state`; unknown names are ENOTFOUND. */
 export function deleteChange(state: Map<string, Profile>, names: string[]): Change {
-  const remove = [...new Set(names.map((n) => validateName(n)))];
+  const remove = [...new Set(names.map((n) => validateName(n, 'name', { existing: true })))];
   for (const n of remove) {
     if (!state.has(n)) throw new IptlbError('ENOTFOUND', `name: profile ${show(n)} does not exist in the state file`, { field: 'name' });
   }

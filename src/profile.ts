@@ -3,10 +3,19 @@
  * (`IptlbError` with code EINVAL_PROFILE, or ECONFLICT for clashes with other profiles).
  */
 import { formatEndpoint, parseEndpoint, unicastProblem, type Endpoint, type Family } from './address.js';
+import { createHash } from 'node:crypto';
 import { IptlbError, invalid } from './errors.js';
 import { PROTOCOLS, RULES_BACKENDS, SCHEDULERS, type Profile, type ProfileInput, type Protocol, type RulesBackend, type Scheduler } from './types.js';
 
-export const NAME_PATTERN = /^[A-Za-z0-9_-]{1,18}$/;
+/**
+ * A profile name, as users of service names know it (a DNS label, plus `_` and upper case): 1-63
+ * letters, digits, `-` and `_`, not starting with `-` (so that it never reads as a flag).
+ */
+export const NAME_PATTERN = /^[A-Za-z0-9_][A-Za-z0-9_-]{0,62}$/;
+/** The rule before issue 13 (1-18 characters, a leading `-` allowed): names of existing profiles stay usable. */
+export const LEGACY_NAME_PATTERN = /^[A-Za-z0-9_-]{1,18}$/;
+/** Longest name whose chain name is the upper-cased name (`IPTLB_NAT_` + 18 = 28, the x_tables limit). */
+export const MAX_PLAIN_CHAIN_NAME = 18;
 export const MAX_DESTINATIONS = 1024;
 /** Largest weight of one destination. */
 export const MAX_WEIGHT = 1000;
@@ -31,7 +40,10 @@ export function show(value: unknown): string {
   return s.length > 64 ? `${s.slice(0, 60)}...${s.slice(-1)}` : s;
 }
 
-/** Chain name of a profile: `IPTLB_NAT_` + upper-cased name with `-` turned into `_`. */
+/**
+ * Chain name of a profile: `IPTLB_NAT_` + {@link chainSuffix}. A name of up to 18 characters keeps
+ * the chain name iptlb has always given it; a longer one gets a stable hash (as kube-proxy does).
+ */
 const chainNames = new Map<string, string>();
 export function chainName(name: string): string {
   let c = chainNames.get(name);
@@ -42,14 +54,45 @@ export function chainName(name: string): string {
   }
   return c;
 }
-export function chainSuffix(name: string): string {
-  return name.toUpperCase().replace(/-/g, '_');
+
+const BASE32 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
+/** RFC 4648 base32 (no padding) of the first bytes of `bytes`, `chars` characters long. */
+function base32(bytes: Uint8Array, chars: number): string {
+  let out = '';
+  let bits = 0;
+  let value = 0;
+  for (const b of bytes) {
+    value = (value << 8) | b;
+    bits += 8;
+    while (bits >= 5 && out.length < chars) {
+      out += BASE32[(value >>> (bits - 5)) & 31];
+      bits -= 5;
+    }
+    value &= (1 << bits) - 1;
+    if (out.length >= chars) break;
+  }
+  return out;
 }
 
-export function validateName(name: unknown, field = 'name'): string {
+/**
+ * What a profile's kernel names (its chain, its LOG prefixes, its recent lists and affinity sets)
+ * are made of: up to 18 characters, the name upper-cased with `-` turned into `_` (as always); a
+ * longer name: 16 characters of base32 of the SHA-256 of the name (80 bits: no collision in
+ * practice; a collision, like one of two names that differ in case only, is refused as a conflict).
+ */
+export function chainSuffix(name: string): string {
+  if (name.length <= MAX_PLAIN_CHAIN_NAME) return name.toUpperCase().replace(/-/g, '_');
+  return base32(createHash('sha256').update(name, 'utf8').digest(), 16);
+}
+
+/**
+ * Checks a profile name. New profiles follow {@link NAME_PATTERN}; with `existing` (a name looked
+ * up, or read from the state file) the old rule is accepted too, so every state file stays valid.
+ */
+export function validateName(name: unknown, field = 'name', opts: { existing?: boolean } = {}): string {
   if (typeof name !== 'string') throw invalid(field, `must be a string, got ${show(name)}`);
-  if (!NAME_PATTERN.test(name)) throw invalid(field, `${show(name)} must be 1-18 characters of A-Z a-z 0-9 _ -`);
-  return name;
+  if (NAME_PATTERN.test(name) || (opts.existing && LEGACY_NAME_PATTERN.test(name))) return name;
+  throw invalid(field, `${show(name)} must be 1-63 characters of A-Z a-z 0-9 _ -, not starting with -`);
 }
 
 function endpoint(field: string, value: unknown): Endpoint {
@@ -179,7 +222,7 @@ const VALIDATED = new WeakSet<object>();
  * Validates one profile on its own (no knowledge of other profiles) and fills in defaults. The
  * result is frozen; passing it again (e.g. to `apply`) costs nothing.
  */
-export function validateProfile(input: ProfileInput | unknown): Profile {
+export function validateProfile(input: ProfileInput | unknown, opts: { existing?: boolean } = {}): Profile {
   if (typeof input === 'object' && input !== null && VALIDATED.has(input)) return input as Profile;
   if (input === null || typeof input !== 'object' || Array.isArray(input)) {
     throw invalid('profile', `must be an object, got ${show(input)}`);
@@ -188,7 +231,7 @@ export function validateProfile(input: ProfileInput | unknown): Profile {
   for (const key of Object.keys(p)) {
     if (!KNOWN_KEYS.has(key)) throw invalid(key, `is not a profile field (known: ${[...KNOWN_KEYS].join(', ')})`);
   }
-  const name = validateName(p.name);
+  const name = validateName(p.name, 'name', opts);
   if (p.source === undefined || p.source === '') throw invalid('source', 'is required (the virtual ipv4:port or [ipv6]:port)');
   const src = endpoint('source', p.source);
 

@@ -6,11 +6,13 @@
 import { constants as C, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { IptlbError } from './errors.js';
+import { checkDirChain, checkTrusted } from './fsafety.js';
 import { checkSet, show, validateProfile } from './profile.js';
 import type { Profile } from './types.js';
 
 export const DEFAULT_STATE_FILE = 'local/state.db';
-export const MAX_STATE_BYTES = 64 * 1024 * 1024;
+import { MAX_STATE_BYTES, readCapped } from './limits.js';
+export { MAX_STATE_BYTES };
 
 /** `IPTLB_STATE_FILE`, else `local/state.db` relative to the working directory (as the original). */
 export function resolveStatePath(explicit?: string): string {
@@ -264,7 +266,7 @@ function toProfiles(data: unknown, file: string): Map<string, Profile> {
       }
     }
     try {
-      result.set(name, validateProfile({ ...b, name }));
+      result.set(name, validateProfile({ ...b, name }, { existing: true }));
     } catch (e) {
       if (e instanceof IptlbError) throw stateError(file, `profile ${show(name)}: ${e.message}`, e.field);
       throw e;
@@ -298,8 +300,13 @@ export async function readState(file: string): Promise<Map<string, Profile>> {
   try {
     const st = await fh.stat();
     if (!st.isFile()) throw stateError(file, st.isDirectory() ? 'is a directory' : 'is not a regular file');
-    if (st.size > MAX_STATE_BYTES) throw stateError(file, `is ${st.size} bytes; larger than ${MAX_STATE_BYTES}`);
-    const text = await fh.readFile('utf8');
+    // The file opened is the file checked (fstat of the descriptor), and so is the way to it.
+    checkTrusted(file, st, 'state file');
+    checkDirChain(file);
+    const tooBig = (): IptlbError => stateError(file, `is larger than ${MAX_STATE_BYTES} bytes (64 MiB, the limit of a state file)`);
+    if (st.size > MAX_STATE_BYTES) throw tooBig();
+    // Capped even so: the file may grow between the fstat and the read.
+    const text = await readCapped(fh, MAX_STATE_BYTES, tooBig);
     return await parseState(text, file);
   } catch (e) {
     if (e instanceof IptlbError) throw e;

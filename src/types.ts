@@ -21,7 +21,7 @@ export const RULES_BACKENDS: readonly RulesBackend[] = ['client', 'proxy', 'serv
 
 /** A validated, normalised profile: exactly what the state file stores. */
 export interface Profile {
-  /** Profile name, `[A-Za-z0-9_-]{1,18}`. */
+  /** Profile name: 1-63 of `A-Za-z0-9_-`, not starting with `-` (names of older state files: also the old rule, 1-18 of them). */
   name: string;
   /** Virtual address, `ipv4:port` or `[ipv6]:port` (canonical RFC 5952 text). */
   source: string;

@@ -1,33 +1,50 @@
 /**
- * `iptlb watch`: keeps the kernel in step with the state file. A change to the file (it is replaced
- * by rename, so the directory is watched) triggers a sync after a short debounce; a periodic check
- * re-applies rules someone else flushed; SIGHUP checks at once. SIGTERM/SIGINT stop the watcher and
- * leave the rules and the state file as they are.
+ * `iptlb watch`: keeps the kernel in step with the state file. A change to the file (the directory
+ * is watched, as a file replaced by rename is a new file) is applied once the file has settled: no
+ * change of its identity (inode, size, times) for `settleMs`, and it parses as a whole. A file still
+ * being written in place, or an empty or half-written one, is never applied while it changes; a
+ * writer should write a temporary file in the same directory and rename it over the state file (as
+ * iptlb does), which the watcher sees as one change of complete content. A periodic check
+ * re-applies rules someone else flushed (it too waits while the file is changing); SIGHUP checks at
+ * once. SIGTERM/SIGINT stop the watcher and leave the rules and the state file as they are.
  */
 import { watch, type FSWatcher } from 'node:fs';
 import * as path from 'node:path';
 import type { Core } from './lb.js';
+import { stateVersion } from './state.js';
 
 export interface WatchOptions {
   /** Periodic drift check, ms. Default 5000. */
   intervalMs?: number;
   /** Debounce after a file event, ms. Default 20. */
   debounceMs?: number;
+  /** How long the file must stay unchanged before it is applied, ms. Default 1000. */
+  settleMs?: number;
   log: (line: string) => void;
+  /** The file's identity (tests); default: device, inode, size, times and mode, null when absent. */
+  version?: (file: string) => Promise<string | null>;
 }
 
+export const DEFAULT_SETTLE_MS = 1000;
+
 export interface Watcher {
-  /** Checks now (as SIGHUP does). */
+  /** Checks now (as SIGHUP does), without waiting for the file to settle. */
   check(reason: string): Promise<void>;
+  /** The state file changed (as a file-system event says): applied once it has settled and parses. */
+  changed(): void;
   /** Stops watching; rules and state stay as they are. */
   stop(): Promise<void>;
   /** Resolves when stopped. */
   done: Promise<void>;
 }
 
-export function startWatch(core: Core, opts: WatchOptions): Watcher {
+type WatchedCore = Pick<Core, 'statePath' | 'sync' | 'readState'>;
+
+export function startWatch(core: WatchedCore, opts: WatchOptions): Watcher {
   const intervalMs = opts.intervalMs ?? 5000;
   const debounceMs = opts.debounceMs ?? 20;
+  const settleMs = opts.settleMs ?? DEFAULT_SETTLE_MS;
+  const version = opts.version ?? stateVersion;
   if (core.statePath === null) throw new Error('watch needs a state file');
   const file: string = core.statePath;
   const base = path.basename(file);
@@ -35,8 +52,15 @@ export function startWatch(core: Core, opts: WatchOptions): Watcher {
   let again = false;
   let stopped = false;
   let debounce: NodeJS.Timeout | null = null;
+  let settleTimer: NodeJS.Timeout | null = null;
   let stopResolve!: () => void;
   const done = new Promise<void>((r) => (stopResolve = r));
+
+  // The file's identity as last observed, and since when (Date.now()) it has been so.
+  let seen: string | null | undefined;
+  let seenAt = -Infinity;
+  // The identity of a file that did not parse (logged once per version).
+  let unparsed: string | null | undefined;
 
   const check = async (reason: string): Promise<void> => {
     if (stopped) return;
@@ -62,17 +86,67 @@ export function startWatch(core: Core, opts: WatchOptions): Watcher {
     }
   };
 
+  /** Looks at the file; the ms it has still to stay unchanged before it counts as settled (0: settled). */
+  const observe = async (): Promise<number> => {
+    let v: string | null;
+    try {
+      v = await version(file);
+    } catch {
+      v = 'unreadable';
+    }
+    const now = Date.now();
+    if (v !== seen) {
+      seen = v;
+      seenAt = now;
+    }
+    return Math.max(0, settleMs - (now - seenAt));
+  };
+
+  const armSettle = (ms: number): void => {
+    if (settleTimer) clearTimeout(settleTimer);
+    settleTimer = setTimeout(() => {
+      settleTimer = null;
+      void settled('state file changed');
+    }, Math.max(1, ms));
+  };
+
+  /** Applies the file if it has settled and parses as a whole; else waits for it. */
+  const settled = async (reason: string): Promise<void> => {
+    if (stopped) return;
+    const wait = await observe();
+    if (wait > 0) return armSettle(wait);
+    try {
+      await core.readState();
+    } catch (e) {
+      if (unparsed !== seen) {
+        unparsed = seen;
+        opts.log(`watch: ${file} is not applied: ${(e as Error).message}; the kernel keeps the last state applied (write a temporary file and rename it over the state file)`);
+      }
+      return;
+    }
+    unparsed = undefined;
+    await check(reason);
+  };
+
+  const changed = (): void => {
+    if (stopped) return;
+    if (debounce) clearTimeout(debounce);
+    debounce = setTimeout(() => {
+      debounce = null;
+      void settled('state file changed');
+    }, debounceMs);
+  };
+
   let fsw: FSWatcher | null = null;
   try {
     fsw = watch(path.dirname(file), { persistent: true }, (_event, name) => {
       if (name !== null && name !== base) return;
-      if (debounce) clearTimeout(debounce);
-      debounce = setTimeout(() => void check('state file changed'), debounceMs);
+      changed();
     });
   } catch (e) {
     opts.log(`watch: cannot watch ${path.dirname(file)} (${(e as Error).message}); relying on the ${intervalMs} ms check`);
   }
-  const timer = setInterval(() => void check('periodic check'), intervalMs);
+  const timer = setInterval(() => void settled('periodic check'), intervalMs);
   const onHup = (): void => void check('SIGHUP');
   process.on('SIGHUP', onHup);
 
@@ -81,12 +155,22 @@ export function startWatch(core: Core, opts: WatchOptions): Watcher {
     stopped = true;
     clearInterval(timer);
     if (debounce) clearTimeout(debounce);
+    if (settleTimer) clearTimeout(settleTimer);
     fsw?.close();
     process.off('SIGHUP', onHup);
     if (running) await running.catch(() => {});
     opts.log('watch: stopped; rules and state file left as they are');
     stopResolve();
   };
-  void check('start');
-  return { check, stop, done };
+  // At start the file counts as settled: it is what the last writer left.
+  void (async () => {
+    try {
+      seen = await version(file);
+    } catch {
+      seen = 'unreadable';
+    }
+    seenAt = -Infinity;
+    await check('start');
+  })();
+  return { check, changed, stop, done };
 }

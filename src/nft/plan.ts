@@ -30,6 +30,7 @@ import {
   type NftOp,
   type NftRule,
   type NftTransaction,
+  type NftView,
   nftTableFamily,
 } from './ops.js';
 
@@ -442,4 +443,30 @@ export function planNftRebuild(profiles: Iterable<Profile>, expectGenid?: number
 /** The transaction that removes table `<family> iptlb` entirely (used by migrate, and when a family's last profile goes). */
 export function planNftRemoveAll(family: NftFamily = 'ip'): NftTransaction {
   return { family, table: 'iptlb', ops: [{ op: 'addTable' }, { op: 'deleteTable' }] };
+}
+
+/**
+ * Objects of table `<family> iptlb` that iptlb did not make: other chains, sets or maps (`foreign`),
+ * and rules iptlb did not write in its base chains (`foreignRules`, by chain).
+ */
+export function foreignObjects(view: NftView): { foreign: string[]; foreignRules: string[] } {
+  const foreignRules = view.chains.filter((c) => c.rules.some((r) => r.kind === 'foreign')).map((c) => c.name);
+  return { foreign: [...view.foreign], foreignRules };
+}
+
+/**
+ * The last profile of a table that also holds objects iptlb did not make: removes iptlb's content
+ * only (its rules, its dispatch and affinity sets, the elements of its backend maps) and keeps the
+ * table, with iptlb's empty base chains (policy accept: they change no packet) and empty maps,
+ * so nothing another tool put there is deleted. (Without foreign objects the whole table goes.)
+ */
+export function planNftClear(view: NftView, family: NftFamily): NftTransaction {
+  const ops: NftOp[] = [];
+  for (const c of view.chains) ops.push({ op: 'flushChain', name: c.name });
+  for (const m of view.backendMaps) {
+    if (m.elements.length) ops.push({ op: 'deleteBackendElements', proto: m.proto, elements: m.elements.map((e) => ({ vip: e.vip, index: e.index, to: e.to })) });
+  }
+  for (const s of view.dispatchSets) ops.push({ op: 'deleteSet', name: s.name });
+  for (const s of view.affinitySets ?? []) ops.push({ op: 'deleteSet', name: s.name });
+  return { family, table: 'iptlb', ops };
 }

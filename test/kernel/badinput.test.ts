@@ -25,7 +25,7 @@ for (const d of ['', ',', '127.0.0.1:1,', '127.0.0.1:1,127.0.0.1:1', 'a:1', '127
   Array.from({ length: 5000 }, (_, i) => `127.0.${i >> 8}.${i & 255}:80`).join(','), '127.0.0.1:80"', '127.0.0.1:80 -j ACCEPT']) {
   add(`destination ${JSON.stringify(d.slice(0, 40))}`, { 'dest-addr': d }, [], 2, /destination/);
 }
-for (const n of ['', 'a'.repeat(19), 'a b', 'a\nb', 'a"b', "a'b", 'a;b', '$(x)', '`x`', 'ä', 'a/b', 'a.b', '-j DROP', 'a\tb', 'a\u0001b', '*', 'a,b']) {
+for (const n of ['', 'a'.repeat(64), '-j', '-', 'a b', 'a\nb', 'a"b', "a'b", 'a;b', '$(x)', '`x`', 'ä', 'a/b', 'a.b', '-j DROP', 'a\tb', 'a\u0001b', '*', 'a,b']) {
   add(`name ${JSON.stringify(n)}`, { profile: n }, [], 2, /name|profile/);
 }
 for (const p of ['icmp', 'TCPX', '', 'tcp udp', 'tcp;x']) add(`protocol ${JSON.stringify(p)}`, { protocol: p }, [], 2, /protocol/);

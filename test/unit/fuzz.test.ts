@@ -25,7 +25,7 @@ const octet = fc.integer({ min: 0, max: 255 });
 const ip = fc.tuple(fc.integer({ min: 1, max: 223 }), octet, octet, octet).map((a) => a.join('.'));
 const port = fc.integer({ min: 1, max: 65535 });
 const endpoint = fc.tuple(ip, port).map(([i, p]) => `${i}:${p}`);
-const nameArb = fc.stringMatching(/^[A-Za-z0-9_-]{1,18}$/);
+const nameArb = fc.stringMatching(/^[A-Za-z0-9_][A-Za-z0-9_-]{0,62}$/);
 
 /** Valid profiles (names unique per set are handled by the callers). */
 export const validProfile = fc

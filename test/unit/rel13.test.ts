@@ -94,3 +94,382 @@ test('12: -state-file= (empty) is a usage error, nothing read or written', async
     assert.match(r.err, /^iptlb: error: state-file: must not be empty/);
   }
 });
+
+const ROOT = process.getuid?.() === 0;
+const NOT_ROOT = ROOT ? false : 'needs root (chown to another user, mount namespaces)';
+/** State-only CLI run (no -run: the kernel is never touched): takes the lock, reads and writes the state file. */
+function stateOnly(state: string, name = 'web', port = 80, extra: string[] = []): ReturnType<typeof spawnSync> {
+  return spawnSync(process.execPath, [CLI_PATH, `-state-file=${state}`, '-q', `-profile=${name}`, `-src-addr=127.0.0.9:${port}`, '-dest-addr=127.0.0.1:9001', ...extra], { encoding: 'utf8' });
+}
+function oneLine(s: string | Buffer): string {
+  const t = String(s).trim();
+  assert.equal(t.split('\n').length, 1, `one line: ${t}`);
+  return t;
+}
+
+test('4: apply --file /dev/zero, an endless stdin and a state file past 64 MiB fail at once with one line; nothing is written', () => {
+  const dir = tmpdir();
+  try {
+    const state = path.join(dir, 'state.db');
+    const z = spawnSync(process.execPath, [CLI_PATH, 'apply', `--state-file=${state}`, '--file=/dev/zero'], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(z.status, 2, z.stderr);
+    assert.match(oneLine(z.stderr), /^iptlb: error: file: "\/dev\/zero" is larger than 64 MiB/);
+    const pipe = spawnSync('sh', ['-c', `cat /dev/zero | "${process.execPath}" "${CLI_PATH}" apply --state-file="${state}" --file=-`], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(pipe.status, 2, pipe.stderr);
+    assert.match(oneLine(pipe.stderr), /^iptlb: error: file: standard input is larger than 64 MiB/);
+    assert.equal(spawnSync('ls', ['-A', dir], { encoding: 'utf8' }).stdout, '', 'no state file, no lock: nothing was written');
+    // A state file past the limit (sparse: no disk used).
+    writeFileSync(state, '', { mode: 0o600 });
+    spawnSync('truncate', ['-s', `${64 * 1024 * 1024 + 1}`, state]);
+    const big = spawnSync(process.execPath, [CLI_PATH, 'list', `--state-file=${state}`], { encoding: 'utf8' });
+    assert.equal(big.status, 1);
+    assert.match(oneLine(big.stderr), /state file .* is larger than 67108864 bytes \(64 MiB, the limit of a state file\)/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('6: a lock that cannot be opened says why at once, never "gave up after … ms"', () => {
+  const dir = tmpdir();
+  try {
+    writeFileSync(path.join(dir, 'file'), 'x');
+    const cases: [string, RegExp][] = [
+      [path.join(dir, 'file', 'sub', 'state.db'), /a component of the path (is not a directory|exists and is not a directory)/],
+      [path.join(dir, 'x'.repeat(300), 'state.db'), /the path is too long \(ENAMETOOLONG\)/],
+      ['/proc/version', /cannot .*\/proc\/version/],
+      ['/proc/self/fd/0', /cannot .*\/proc\//],
+    ];
+    for (const [state, re] of cases) {
+      const r = stateOnly(state);
+      assert.equal(r.status, 1, `${state}: ${r.stderr}`);
+      const line = oneLine(r.stderr);
+      assert.match(line, re, state);
+      assert.doesNotMatch(line, /gave up|internal error/, state);
+    }
+    // A lock file that is a directory.
+    const d2 = path.join(dir, 'd2');
+    spawnSync('mkdir', ['-p', path.join(d2, 'state.db.lock')]);
+    const r = stateOnly(path.join(d2, 'state.db'));
+    assert.match(oneLine(r.stderr), /lock file .*state\.db\.lock is a directory/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('6: on a read-only file system: one line that says so (private mount namespace)', { skip: NOT_ROOT }, () => {
+  const dir = tmpdir();
+  try {
+    const mnt = path.join(dir, 'ro');
+    spawnSync('mkdir', [mnt]);
+    const r = spawnSync('unshare', ['-m', '--propagation', 'private', 'sh', '-c', `mount -t tmpfs -o ro,size=1m tmpfs "${mnt}" && "${process.execPath}" "${CLI_PATH}" -state-file="${mnt}/state.db" -q -profile=web -src-addr=127.0.0.9:80 -dest-addr=127.0.0.1:9001`], { encoding: 'utf8' });
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(oneLine(r.stderr), /read-only \(EROFS\)/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('2: a state file, lock or directory another user owns or could replace is refused with one line; a sticky /tmp-like directory is fine', { skip: NOT_ROOT }, () => {
+  const dir = tmpdir();
+  const chmod = (p: string, m: string): void => void spawnSync('chmod', [m, p]);
+  const chown = (p: string, u: string): void => void spawnSync('chown', [u, p]);
+  try {
+    // A directory anyone may write to (no sticky bit): a planted state.db would be applied.
+    const open777 = path.join(dir, 'open');
+    spawnSync('mkdir', [open777]);
+    chmod(open777, '0777');
+    writeFileSync(path.join(open777, 'state.db'), '{}\n', { mode: 0o600 });
+    let r = stateOnly(path.join(open777, 'state.db'));
+    assert.equal(r.status, 1);
+    assert.match(oneLine(r.stderr), /directory .*\/open is writable by anyone \(mode 0777\) without the sticky bit; refusing/);
+    r = spawnSync(process.execPath, [CLI_PATH, 'list', `--state-file=${path.join(open777, 'state.db')}`], { encoding: 'utf8' });
+    assert.equal(r.status, 1, 'reading is refused too');
+    // A state file owned by uid 65534.
+    const owned = path.join(dir, 'owned');
+    spawnSync('mkdir', [owned]);
+    writeFileSync(path.join(owned, 'state.db'), '{}\n', { mode: 0o600 });
+    chown(path.join(owned, 'state.db'), '65534');
+    r = stateOnly(path.join(owned, 'state.db'));
+    assert.equal(r.status, 1);
+    assert.match(oneLine(r.stderr), /state file .*owned\/state\.db is owned by uid 65534, another user; refusing/);
+    // A group-writable state file.
+    const gw = path.join(dir, 'gw');
+    spawnSync('mkdir', [gw]);
+    writeFileSync(path.join(gw, 'state.db'), '{}\n', { mode: 0o660 });
+    chmod(path.join(gw, 'state.db'), '0660');
+    r = stateOnly(path.join(gw, 'state.db'));
+    assert.match(oneLine(r.stderr), /state file .* is writable by its group/);
+    // A lock planted and held by uid 65534: refused at once, not a 10 s timeout.
+    const held = path.join(dir, 'held');
+    spawnSync('mkdir', [held]);
+    writeFileSync(path.join(held, 'state.db.lock'), '', { mode: 0o600 });
+    chown(path.join(held, 'state.db.lock'), '65534');
+    r = stateOnly(path.join(held, 'state.db'));
+    assert.match(oneLine(r.stderr), /lock file .*held\/state\.db\.lock is owned by uid 65534/);
+    // A parent directory of another user.
+    const theirs = path.join(dir, 'theirs');
+    spawnSync('mkdir', ['-p', path.join(theirs, 'sub')]);
+    chown(theirs, '65534');
+    r = stateOnly(path.join(theirs, 'sub', 'state.db'));
+    assert.match(oneLine(r.stderr), /directory .*\/theirs is owned by uid 65534/);
+    // Sticky and world-writable (as /tmp): accepted.
+    const sticky = path.join(dir, 'sticky');
+    spawnSync('mkdir', [sticky]);
+    chmod(sticky, '1777');
+    r = stateOnly(path.join(sticky, 'state.db'));
+    assert.equal(r.status, 0, String(r.stderr));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('8: temporary files of killed writers are removed on the next run (only ours, only dead or old); others stay', async () => {
+  const dir = tmpdir();
+  try {
+    const state = path.join(dir, 'state.db');
+    const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' }).stdout;
+    const { spawn } = await import('node:child_process');
+    const live = spawn('sleep', ['30']);
+    const names = {
+      dead: `.state.db.tmp-${dead}-abc123`,
+      liveYoung: `.state.db.tmp-${live.pid}-abc123`,
+      liveOld: `.state.db.tmp-${live.pid}-old1`,
+      otherName: `.state.db.tmp-foo`,
+      otherFile: `.other.db.tmp-${dead}-abc123`,
+    };
+    for (const n of Object.values(names)) writeFileSync(path.join(dir, n), 'x');
+    const { utimesSync, symlinkSync, readdirSync } = await import('node:fs');
+    const old = new Date(Date.now() - 120_000);
+    utimesSync(path.join(dir, names.liveOld), old, old);
+    symlinkSync('/etc/passwd', path.join(dir, `.state.db.tmp-${dead}-link1`));
+    const r = stateOnly(state);
+    live.kill();
+    assert.equal(r.status, 0, String(r.stderr));
+    const left = readdirSync(dir).sort();
+    assert.deepEqual(left, [names.otherFile, names.liveYoung, `.state.db.tmp-${dead}-link1`, names.otherName, 'state.db', 'state.db.lock', 'state.db.lock.queue'].sort());
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('7: an API instance doing 200 applies beside 50 CLI invocations on one state file: all 50 CLI calls succeed', async () => {
+  const dir = tmpdir();
+  try {
+    const state = path.join(dir, 'state.db');
+    // The kernel is a fake that takes 2 ms a commit; the CLI calls are state-only (no -run): both
+    // sides take the same state-file lock, which is what is under test.
+    const ex = {
+      kind: 'spawn' as const,
+      engine: 'legacy' as const,
+      async commit() {
+        await new Promise((r) => setTimeout(r, 2));
+        return { durationMs: 2 };
+      },
+      async read() {
+        return { chains: [], hookRules: [] };
+      },
+      async render() {
+        return '';
+      },
+    };
+    const lb = await open({ stateFile: state, coalesce: false, lockWaitMs: 10_000 }, ex);
+    const { spawn } = await import('node:child_process');
+    const clis = Array.from(
+      { length: 50 },
+      (_, i) =>
+        new Promise<{ code: number | null; err: string; ms: number }>((resolve) => {
+          const t0 = performance.now();
+          const c = spawn(process.execPath, [CLI_PATH, `-state-file=${state}`, '-q', `-profile=c${i}`, `-src-addr=127.0.1.${i + 1}:80`, '-dest-addr=127.0.0.1:9001']);
+          let err = '';
+          c.stderr.on('data', (d) => (err += d));
+          c.on('exit', (code) => resolve({ code, err, ms: performance.now() - t0 }));
+        }),
+    );
+    // The instance never pauses: four loops of applies keep its queue full until every CLI call has
+    // finished (at least 200 applies). Without a fair lock the CLI calls lose every race for it.
+    let clisDone = false;
+    let n = 0;
+    const loop = async (): Promise<void> => {
+      while (n < 200 || (!clisDone && n < 20_000)) {
+        const i = n++;
+        await lb.apply({ name: `a${i % 20}`, source: `127.0.2.${(i % 20) + 1}:80`, destination: [`127.0.0.1:${9000 + (i % 1000)}`] });
+      }
+    };
+    const all = Promise.all(clis).then((r) => ((clisDone = true), r));
+    const [results, cliResults] = await Promise.all([Promise.allSettled([loop(), loop(), loop(), loop()]), all]);
+    await lb.close();
+    assert.ok(n >= 200);
+    if (process.env.IPTLB_REL13_DEBUG) console.error(`applies ${n}, slowest CLI ${Math.max(...cliResults.map((r) => r.ms)).toFixed(0)} ms`);
+    assert.equal(results.filter((r) => r.status === 'rejected').length, 0);
+    const failed = cliResults.filter((r) => r.code !== 0);
+    assert.equal(failed.length, 0, failed.map((f) => f.err.trim()).join('\n'));
+    const list = spawnSync(process.execPath, [CLI_PATH, 'list', '--json', `--state-file=${state}`], { encoding: 'utf8' });
+    assert.equal((JSON.parse(list.stdout) as unknown[]).length, 70);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('11: the periodic drift check never reads the kernel while a commit of the instance is in flight (injected executor, 20 ms commits)', async () => {
+  for (const stateFile of [false as const, 'file']) {
+    const dir = tmpdir();
+    try {
+      let inFlight = 0;
+      let readsDuringCommit = 0;
+      let reads = 0;
+      const ex = {
+        kind: 'spawn' as const,
+        engine: 'legacy' as const,
+        async commit() {
+          inFlight++;
+          await new Promise((r) => setTimeout(r, 20));
+          inFlight--;
+          return { durationMs: 20 };
+        },
+        async read() {
+          reads++;
+          if (inFlight) readsDuringCommit++;
+          return { chains: [], hookRules: [] };
+        },
+        async render() {
+          return '';
+        },
+      };
+      const lb = await open({ stateFile: stateFile === 'file' ? path.join(dir, 'state.db') : false, driftCheckMs: 10 }, ex);
+      lb.on('drift', () => {});
+      for (let i = 0; i < 15; i++) await Promise.all([0, 1, 2].map((k) => lb.apply({ name: `p${k}`, source: `127.0.3.${k + 1}:80`, destination: [`127.0.0.1:${9000 + i}`] })));
+      await lb.close();
+      assert.ok(reads > 0, `${stateFile}: the drift check ran`);
+      assert.equal(readsDuringCommit, 0, `${stateFile}: ${readsDuringCommit} of ${reads} kernel reads overlapped a commit`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+});
+
+test('13: watch applies a changed file only once it has settled (no change for settleMs) and parses; a partial or empty file changing under it is never applied (mock timers)', async (t) => {
+  t.mock.timers.enable({ apis: ['setTimeout', 'setInterval', 'Date'], now: 1_000_000 });
+  const { startWatch } = await import('../../src/watch.js');
+  let v = 'v0';
+  let parses = true;
+  const syncs: string[] = [];
+  const logs: string[] = [];
+  const core = {
+    statePath: '/nonexistent-iptlb-dir/state.db',
+    async sync() {
+      syncs.push(v);
+      return { before: [], committed: true, commitMs: 1 };
+    },
+    async readState() {
+      if (!parses) throw new Error('state file x: is not valid YAML');
+      return new Map();
+    },
+  };
+  const flush = async (): Promise<void> => {
+    for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+  };
+  const advance = async (ms: number): Promise<void> => {
+    for (let left = ms; left > 0; left -= 10) {
+      t.mock.timers.tick(Math.min(10, left));
+      await flush();
+    }
+  };
+  // What was applied, in order (the periodic check may apply the same settled file again: harmless).
+  const applied = (): string[] => syncs.filter((x, k) => x !== syncs[k - 1]);
+  const w = startWatch(core as never, { intervalMs: 300, settleMs: 1000, log: (l) => logs.push(l), version: async () => v });
+  await flush();
+  assert.deepEqual(applied(), ['v0'], 'the start check applies the file as it is');
+  // An in-place rewrite in two writes 700 ms apart: the first half parses (fewer profiles).
+  v = 'half';
+  w.changed();
+  await advance(700);
+  v = 'whole';
+  w.changed();
+  await advance(900);
+  assert.deepEqual(applied(), ['v0'], 'nothing applied while the file changes, not even by the periodic check');
+  await advance(200);
+  assert.deepEqual(applied(), ['v0', 'whole'], 'the whole file, once settled');
+  // Truncated, then written slowly: an empty file for 2 s that then fills, in steps 500 ms apart.
+  v = 'empty';
+  w.changed();
+  for (const step of ['a', 'ab', 'abc', 'abcd']) {
+    await advance(500);
+    v = step;
+    w.changed();
+  }
+  await advance(900);
+  assert.deepEqual(applied(), ['v0', 'whole'], 'no step of the slow write applied');
+  await advance(200);
+  assert.deepEqual(applied(), ['v0', 'whole', 'abcd']);
+  // A settled file that does not parse: not applied, said once; applied when it parses again.
+  v = 'broken';
+  parses = false;
+  w.changed();
+  await advance(3000);
+  assert.deepEqual(applied(), ['v0', 'whole', 'abcd']);
+  assert.equal(logs.filter((l) => l.includes('is not applied')).length, 1, logs.join('\n'));
+  v = 'fixed';
+  parses = true;
+  w.changed();
+  await advance(1100);
+  assert.equal(syncs.at(-1), 'fixed');
+  // With the file unchanged, the periodic check repairs the kernel (each 300 ms).
+  const n = syncs.length;
+  await advance(650);
+  assert.ok(syncs.length >= n + 2);
+  await w.stop();
+});
+
+test('12: names: 1-63 of A-Za-z0-9_-, not starting with -; up to 18 keep their chain name, longer ones get a stable hashed one; old state files stay valid', async () => {
+  const { chainName, validateName } = await import('../../src/profile.js');
+  const { planTransaction } = await import('../../src/plan.js');
+  const { planNftProfile } = await import('../../src/nft/plan.js');
+  const { parseState: parse } = await import('../../src/state.js');
+  const long = 'a'.repeat(63);
+  for (const ok of ['web', 'Web_1', '_x', '9', 'web-frontend-production-eu-west-1', long]) assert.equal(validateName(ok), ok);
+  for (const bad of ['-j', '-', '', 'a'.repeat(64), 'a b', 'a.b', 'é']) assert.throws(() => validateName(bad), (e: IptlbError) => e.code === 'EINVAL_PROFILE' && e.field === 'name' && /1-63 characters/.test(e.message), bad);
+  // The chain names of today's names are unchanged.
+  assert.equal(chainName('web-1'), 'IPTLB_NAT_WEB_1');
+  assert.equal(chainName('a'.repeat(18)), `IPTLB_NAT_${'A'.repeat(18)}`);
+  // Longer: IPTLB_NAT_ + 16 characters of base32(sha256(name)), stable, within 28 characters.
+  const h = chainName('web-frontend-production');
+  assert.match(h, /^IPTLB_NAT_[A-Z2-7]{16}$/);
+  assert.equal(h, 'IPTLB_NAT_QMW7GBG5OLCXTIZ3', 'a stable value: changing the hash would orphan every long-named chain');
+  assert.equal(chainName('a'.repeat(19)), chainName('a'.repeat(19)));
+  assert.notEqual(chainName('A'.repeat(19)), chainName('a'.repeat(19)), 'names that differ in case only get different chains');
+  // Every kernel name made of it fits: chain ≤ 28, LOG prefixes ≤ 29, the nft comment ≤ 127.
+  const p = validateProfile({ name: long, source: '127.100.0.10:80', destination: ['127.0.0.1:9001', '127.0.0.1:9002'], logEnabled: true, affinity: 60 });
+  const tx = planTransaction([p], []);
+  for (const c of tx.chains) assert.ok(c.name.length <= 28, c.name);
+  const prefixes = [...tx.chains.flatMap((c) => c.rules), ...tx.hookRules.map((x) => x.rule)].flatMap((r) => (r.target.name === 'LOG' ? [r.target.prefix] : []));
+  assert.equal(prefixes.length, 2);
+  for (const pre of prefixes) assert.ok(pre.length <= 29, pre);
+  for (const r of planNftProfile(p).rules) if ('prefix' in r.rule) assert.ok((r.rule as { prefix: string }).prefix.length <= 29);
+  // A state file written before (a name with a leading -, 18 characters) stays valid; a new profile may not take such a name.
+  const old = await parse('-old:\n  destination:\n  - 127.0.0.1:9001\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: 127.100.0.10:81\n');
+  assert.equal(chainName([...old.keys()][0]), 'IPTLB_NAT__OLD');
+  assert.throws(() => validateProfile({ name: '-j', source: '127.100.0.10:80', destination: ['127.0.0.1:9001'] }), /1-63 characters/);
+  // CLI: -profile=-j is refused (it would read as a flag in `iptlb delete -j`).
+  const r = await cli(['-profile=-j', '-src-addr=127.100.0.10:80', '-dest-addr=127.0.0.1:9001', '-state-file=/nonexistent-iptlb/x.db']);
+  assert.equal(r.code, 2);
+  assert.match(r.err, /name: "-j" must be 1-63 characters/);
+});
+
+test('12: the state file round-trips 63-character names; a case collision of short names is a conflict', async () => {
+  const { parseState: parse } = await import('../../src/state.js');
+  const long = 'Service_' + 'x'.repeat(55);
+  const text = serializeState([validateProfile({ name: long, source: '127.100.0.10:80', destination: ['127.0.0.1:9001'] })]);
+  assert.deepEqual([...(await parse(text)).keys()], [long]);
+  const dir = tmpdir();
+  try {
+    const state = path.join(dir, 'state.db');
+    assert.equal(stateOnly(state, 'web', 80).status, 0);
+    const clash = stateOnly(state, 'WEB', 81);
+    assert.equal(clash.status, 1);
+    assert.match(oneLine(clash.stderr), /IPTLB_NAT_WEB/);
+    assert.equal(stateOnly(state, long, 82).status, 0);
+    assert.equal(stateOnly(state, long.toLowerCase(), 83).status, 0, 'long names differing in case have different hashed chains');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

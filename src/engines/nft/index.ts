@@ -9,7 +9,7 @@ import { IptlbError } from '../../errors.js';
 import { nftTableExistsViaCli } from '../../engine.js';
 import { findBinary } from '../../executors/spawn.js';
 import { familyOfProfile, slotCount } from '../../profile.js';
-import { baseUnchanged, countUsage, dispatchSetUsage, nftHookOf, planNftChange, planNftProfile, planNftRebuild, planNftRemoveAll } from '../../nft/plan.js';
+import { baseUnchanged, countUsage, dispatchSetUsage, foreignObjects, planNftClear, nftHookOf, planNftChange, planNftProfile, planNftRebuild, planNftRemoveAll } from '../../nft/plan.js';
 import { dispatchSetName, nftTableFamily, renderNft, renderNftRule, type NftRule, type NftTransaction, type NftView } from '../../nft/ops.js';
 import { compareNft, strayRoundRobin } from '../../nft/view.js';
 import type { Family } from '../../address.js';
@@ -99,7 +99,22 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     // which dispatch sets the kernel really fills first, so no rule another process left in use is
     // dropped. Element-only changes, the common case, read nothing. One read serves both.
     const baseChanges = state.size === 0 || !baseUnchanged(state, next, touchedSet, usage);
-    const view = all || baseChanges ? await this.executor.read(nf) : undefined;
+    const view = all || baseChanges || next.size === 0 ? await this.executor.read(nf) : undefined;
+    if (next.size === 0 && view?.exists) {
+      // The last profile of the table goes. If someone else keeps objects in it, the table stays:
+      // only iptlb's content goes, and never a chain, set, map or rule iptlb did not make.
+      const { foreign, foreignRules } = foreignObjects(view);
+      if (foreignRules.length) {
+        throw new IptlbError(
+          'ECONFLICT',
+          `${this.where(f)} holds rules iptlb did not write in its base chain${foreignRules.length > 1 ? 's' : ''} ${foreignRules.join(', ')}; removing its last profile would remove them: delete those rules first`,
+        );
+      }
+      if (foreign.length) {
+        const note = `${this.where(f)} also holds objects iptlb did not make (${foreign.slice(0, 5).join(', ')}${foreign.length > 5 ? ', …' : ''}): removing only iptlb's rules, sets and elements, and keeping the table`;
+        return { family: f, steps: [planNftClear(view, nf)], next, note };
+      }
+    }
     const fresh = view !== undefined && !view.exists;
     const kernelSets = view?.exists && baseChanges ? new Map(view.dispatchSets.map((d) => [d.name, d.elements.length])) : undefined;
     // A round-robin rule the state does not explain (a process killed between its commit and its
