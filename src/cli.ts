@@ -17,11 +17,12 @@ import { parseState } from './state.js';
 import type { KernelView, Profile, ProfileInput } from './types.js';
 import { doctor } from './doctor.js';
 import { packageVersion } from './paths.js';
+import { HEALTH_FLAGS, addHealthFlags, healthInput, type HealthOpts } from './cli/health.js';
 
 type Out = { out: (s: string) => void; err: (s: string) => void };
 
 /** Flags of the original, with their kind, accepted with one dash and `=value` (Go `flag` style). */
-const VALUE_FLAGS = new Set(['src-addr', 'dest-addr', 'scheduler', 'affinity', 'rules-backend', 'profile', 'state-file', 'log-level', 'protocol', 'executor', 'engine', 'to', 'file', 'interval', 'count']);
+const VALUE_FLAGS = new Set(['src-addr', 'dest-addr', 'scheduler', 'affinity', 'rules-backend', 'profile', 'state-file', 'log-level', 'protocol', 'executor', 'engine', 'to', 'file', 'interval', 'count', ...HEALTH_FLAGS, 'metrics-address']);
 const BOOL_FLAGS = new Set(['reset', 'delete', 'log-custom-chain', 'run', 'use-state', 'masquerade', 'json', 'quiet', 'verbose', 'all', 'help', 'version', 'keep-conntrack']);
 
 /** Rewrites Go-style flags (`-src-addr=x`, `-run=true`) into the `--src-addr=x` form commander parses. */
@@ -64,7 +65,7 @@ interface GlobalOpts {
   quiet?: boolean;
   verbose?: boolean;
 }
-interface ProfileOpts extends GlobalOpts {
+interface ProfileOpts extends GlobalOpts, HealthOpts {
   profile: string;
   srcAddr?: string;
   destAddr?: string;
@@ -113,7 +114,7 @@ function withGlobals<T extends GlobalOpts>(o: T, cmd: Command): T {
 }
 
 function addProfileFlags(cmd: Command): Command {
-  return cmd
+  return addHealthFlags(cmd)
     .option('--profile <name>', 'profile name, [A-Za-z0-9_-]{1,18}', 'default')
     .option('--src-addr <ip:port>', 'virtual address and port that is balanced: a.b.c.d:port, or [v6]:port for IPv6 (then every destination is IPv6 too)')
     .option('--dest-addr <list>', 'comma-separated destination ip:port list ([v6]:port for IPv6); ip:port*W gives a destination weight W (0-1000, default 1; 0 drains it)')
@@ -141,6 +142,8 @@ function profileInput(o: ProfileOpts): ProfileInput {
   if (o.masquerade) input.masquerade = true;
   if (o.scheduler !== undefined && o.scheduler !== 'random') input.scheduler = o.scheduler;
   if (o.affinity !== undefined) input.affinity = o.affinity;
+  const health = healthInput(o);
+  if (health) input.health = health;
   return input;
 }
 
