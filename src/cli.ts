@@ -17,6 +17,7 @@ import { parseState } from './state.js';
 import type { KernelView, Profile, ProfileInput } from './types.js';
 import { doctor } from './doctor.js';
 import { packageVersion } from './paths.js';
+import { healthFileOf } from './health/effective.js';
 import { HEALTH_FLAGS, addHealthFlags, healthInput, type HealthOpts } from './cli/health.js';
 
 type Out = { out: (s: string) => void; err: (s: string) => void };
@@ -167,6 +168,8 @@ function makeCore(o: GlobalOpts, io: Out): Core {
     ...(quiet ? {} : { log: (line: string) => io.err(`iptlb: ${line}`) }),
   });
   cores.add(core);
+  // Health is checked by a long-running process (watch, agent); follow what it publishes.
+  if (core.statePath !== null) core.health.follow(healthFileOf(core.statePath));
   return core;
 }
 

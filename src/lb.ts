@@ -19,6 +19,7 @@ import { ConntrackJanitor, staleFlows } from './conntrack.js';
 import { compare, syncTransaction, type ProfileReport } from './drift.js';
 import type { EngineChoice, EngineName, Executor, ExecutorChoice, Family, KernelView, LegacyExecutor, NftExecutor, Profile, ProfileInput, Transaction } from './types.js';
 import type { NftFamily, NftTransaction, NftView } from './nft/ops.js';
+import { HealthOverlay } from './health/effective.js';
 
 /** The address families, in the order a change commits them. */
 export const FAMILIES: readonly Family[] = ['ipv4', 'ipv6'];
@@ -153,6 +154,8 @@ export class Core {
   readonly conntrack: ConntrackJanitor;
   /** The last transaction committed by this instance (for `--verbose`). */
   lastTransaction?: Transaction | NftTransaction;
+  /** Runtime health of destinations: the kernel gets effective profiles (down destinations drained), the state file the configured ones. */
+  readonly health = new HealthOverlay();
 
   /** @param injected an executor to use instead of choosing one (tests, embedders with their own). */
   constructor(opts: OpenOptions = {}, injected?: Executor) {
@@ -271,6 +274,9 @@ export class Core {
         const change = decide(state);
         // What the profiles will be: a view over `state` and the change (O(change), not O(profiles)).
         const next = new ChangedProfiles(state, change);
+        // The kernel's part: effective profiles (health), from what the kernel holds to what it should.
+        this.health.refresh();
+        const k = this.health.begin(state, change);
         let committed = false;
         let commitMs = 0;
         if (executor) {
@@ -280,9 +286,9 @@ export class Core {
           const done: { family: Family; state: ReadonlyMap<string, Profile>; change: Change }[] = [];
           this.lastFamilies = [];
           for (const f of FAMILIES) {
-            const changeF = changeOfFamily(change, state, f);
+            const changeF = changeOfFamily(k.change, k.state, f);
             if (changeF.upsert.length === 0 && changeF.remove.length === 0) continue;
-            const stateF = this.ofFamily(state, f);
+            const stateF = this.ofFamily(k.state, f);
             let ms: number | undefined;
             try {
               ms = await this.commitFamily(executor, f, stateF, changeF);
@@ -296,8 +302,9 @@ export class Core {
             committed = true;
           }
         }
+        if (executor) k.done();
         if (committed && executor) {
-          this.describe(change, executor.engine, state);
+          this.describe(k.change, executor.engine, k.state);
           this.log(
             `committed ${change.upsert.length + change.remove.length} profile change(s) in ${this.lastFamilies.length === 1 ? 'one transaction' : `${this.lastFamilies.length} transactions`} ` +
               `(${this.lastFamilies.map((f) => tableOf(executor.engine, f)).join(' and ')}, ${executor.engine}/${executor.kind}, ${commitMs.toFixed(2)} ms)`,
@@ -512,13 +519,15 @@ export class Core {
   async status(): Promise<ProfileReport[]> {
     const { executor } = await this.select();
     const state = await this.readState();
+    this.health.refresh();
+    const kstate = this.health.kernelState(state);
     const reports: ProfileReport[] = [];
     for (const f of FAMILIES) {
-      const stateF = this.ofFamily(state, f) as Map<string, Profile>;
+      const stateF = this.ofFamily(kstate, f) as Map<string, Profile>;
       if (stateF.size === 0 && !this.mayHold(executor, f)) continue;
       reports.push(...this.compareFamily(executor, stateF, await this.readFamily(executor, f)));
     }
-    return reports;
+    return this.health.annotate(reports, state, kstate, (p) => ({ name: p.name, status: 'in-sync', detail: 'every destination is down: drained (health.allDown: drain)', destinations: p.destination.map((d) => ({ destination: d, packets: 0, bytes: 0 })), packets: 0, bytes: 0 }));
   }
 
   /** Whether the kernel may hold iptlb objects of family `f` when no profile of it exists (ipv4: always asked; ipv6: unless the ip6tables nat table is absent, which reading would create). */
@@ -541,7 +550,8 @@ export class Core {
       this.checkPrivileges();
       const lock = await this.lock();
       try {
-        const state = await this.readState();
+        this.health.refresh();
+        const state = this.health.kernelState(await this.readState());
         const before: ProfileReport[] = [];
         let committed = false;
         let commitMs = 0;
