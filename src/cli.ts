@@ -364,6 +364,13 @@ async function planCommand(o: LegacyOpts, io: Out): Promise<void> {
   else io.out(header + texts.map((t, i) => (txs.length > 1 ? `# ${tableOf('legacy', parts[i].f)}\n` : '') + t.trimEnd()).join('\n'));
 }
 
+/** `\tup`, `\tdown (drained; last check 2026-…: ECONNREFUSED)`: empty for destinations without a health check. */
+function healthColumn(d: { health?: string; effectiveWeight?: number; lastCheck?: string; lastError?: string }): string {
+  if (d.health === undefined) return '';
+  const notes = [d.effectiveWeight !== undefined ? (d.effectiveWeight === 0 ? 'drained' : `weight ${d.effectiveWeight} in the kernel`) : '', d.lastCheck ? `last check ${d.lastCheck}` : '', d.lastError ?? ''].filter(Boolean);
+  return `\t${d.health}${notes.length ? ` (${notes.join('; ')})` : ''}`;
+}
+
 async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
   const core = makeCore(o, io);
   const reports = await core.status();
@@ -373,10 +380,11 @@ async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
   } else if (!reports.length) {
     io.out(`no profiles in ${core.statePath} and no iptlb rules in the kernel`);
   } else {
-    io.out('PROFILE\tSTATUS\tPACKETS\tDESTINATION\tCONNECTIONS\tBYTES');
+    const withHealth = reports.some((r) => r.destinations.some((d) => d.health !== undefined));
+    io.out(`PROFILE\tSTATUS\tPACKETS\tDESTINATION\tCONNECTIONS\tBYTES${withHealth ? '\tHEALTH' : ''}`);
     for (const r of reports) {
       io.out(`${r.name}\t${r.status}${r.detail ? ` (${r.detail})` : ''}\t${r.packets}${r.affinity ? `\taffinity:${r.affinity}s` : ''}`);
-      for (const d of r.destinations) io.out(`\t\t\t${d.destination}${d.weight !== undefined ? `*${d.weight}` : ''}\t${d.packets}\t${d.bytes}`);
+      for (const d of r.destinations) io.out(`\t\t\t${d.destination}${d.weight !== undefined ? `*${d.weight}` : ''}\t${d.packets}\t${d.bytes}${healthColumn(d)}`);
     }
   }
   return drifted ? 3 : 0;
@@ -420,6 +428,8 @@ async function topCommand(o: GlobalOpts & { interval?: string; count?: string },
         destinations: r.destinations.map((d) => ({
           destination: d.destination,
           ...(d.weight !== undefined ? { weight: d.weight } : {}),
+          ...(d.health !== undefined ? { health: d.health } : {}),
+          ...(d.effectiveWeight !== undefined ? { effectiveWeight: d.effectiveWeight } : {}),
           packets: d.packets,
           rate: rate(`${r.name} ${d.destination}`, d.packets),
         })),
@@ -433,7 +443,7 @@ async function topCommand(o: GlobalOpts & { interval?: string; count?: string },
       const lines = [`iptlb top  ${new Date().toISOString()}  new connections per second over ${(secs || interval / 1000).toFixed(1)} s (Ctrl-C stops)`, 'PROFILE\tSTATUS\tDESTINATION\tCONN/S\tTOTAL'];
       for (const r of rows) {
         lines.push(`${r.name}\t${r.status}\t*\t${fmt(r.rate)}\t${r.packets}`);
-        for (const d of r.destinations) lines.push(`\t\t${d.destination}${d.weight !== undefined ? `*${d.weight}` : ''}\t${fmt(d.rate)}\t${d.packets}`);
+        for (const d of r.destinations) lines.push(`\t\t${d.destination}${d.weight !== undefined ? `*${d.weight}` : ''}\t${fmt(d.rate)}\t${d.packets}${d.health !== undefined ? `\t${d.health}${d.effectiveWeight === 0 ? ' (drained)' : ''}` : ''}`);
       }
       if (!rows.length) lines.push('(no profiles and no iptlb rules)');
       io.out((tty ? '\x1b[H\x1b[2J' : i > 0 ? '\n' : '') + lines.join('\n'));
@@ -511,18 +521,26 @@ Exit status: 0 done, 1 refused (conflict, kernel, state, lock), 2 bad input or u
   });
   addGlobal(program.command('watch').description('keep the kernel in step with the state file (for a systemd unit); SIGHUP checks at once, SIGTERM stops and leaves the rules'))
     .option('--interval <ms>', 'periodic drift check', '5000')
-    .action(async (o: GlobalOpts & { interval: string }, cmd: Command) => {
+    .option('--metrics-address <host:port>', 'serve /metrics (Prometheus) and /healthz there, e.g. 127.0.0.1:9469 (default: off)')
+    .option('--no-health-checks', 'do not run the health checks of the profiles (they run by default in watch)')
+    .action(async (o: GlobalOpts & { interval: string; metricsAddress?: string; healthChecks: boolean }, cmd: Command) => {
       const g = withGlobals(o, cmd);
       const interval = Number(o.interval);
       if (!Number.isInteger(interval) || interval < 100) throw new IptlbError('EUSAGE', `interval: ${show(o.interval)} must be a whole number of ms, at least 100`, { field: 'interval' });
       const core = makeCore(g, io);
       const { startWatch } = await import('./watch.js');
-      const w = startWatch(core, { intervalMs: interval, log: g.quiet ? () => {} : (l) => io.err(`iptlb: ${l}`) });
+      const { startWatchServices } = await import('./cli/watch-services.js');
+      const log = g.quiet ? () => {} : (l: string) => io.err(`iptlb: ${l}`);
+      const services = await startWatchServices(core, { metricsAddress: o.metricsAddress, health: o.healthChecks, log });
+      const w = startWatch(core, { intervalMs: interval, log, onSync: services.onSync });
       io.err(`iptlb: watch: watching ${core.statePath} (check every ${interval} ms)`);
-      const stop = (): void => void w.stop();
+      await services.start();
+      w.done.then(() => services.stop()).catch(() => {});
+      const stop = (): void => void w.stop().then(() => services.stop());
       process.once('SIGTERM', stop);
       process.once('SIGINT', stop);
       await w.done;
+      await services.stop();
     });
   addGlobal(program.command('migrate').description('move every profile to the other engine: one transaction to install them there, one to remove them here; no virtual address is ever without rules'))
     .requiredOption('--to <engine>', 'legacy or nft')

@@ -14,6 +14,8 @@ export interface WatchOptions {
   /** Debounce after a file event, ms. Default 20. */
   debounceMs?: number;
   log: (line: string) => void;
+  /** Told of every sync: how many profiles were out of step and whether it committed, or its error (metrics). */
+  onSync?: (r: { drifted: number; committed: boolean; commitMs: number } | Error) => void;
 }
 
 export interface Watcher {
@@ -49,8 +51,10 @@ export function startWatch(core: Core, opts: WatchOptions): Watcher {
         again = false;
         try {
           const r = await core.sync({ quietWhenInSync: true });
+          opts.onSync?.({ drifted: r.before.filter((x) => x.status !== 'in-sync').length, committed: r.committed, commitMs: r.commitMs });
           if (r.committed) opts.log(`watch: ${reason}: kernel brought in step with ${file} (${r.commitMs.toFixed(2)} ms)`);
         } catch (e) {
+          opts.onSync?.(e as Error);
           opts.log(`watch: ${reason}: ${(e as Error).message}`);
         }
       } while (again && !stopped);
