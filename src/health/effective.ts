@@ -169,15 +169,18 @@ export class HealthOverlay {
       else if (before) remove.push(n);
     }
     const kchange = { ...change, upsert, remove };
+    // What this transaction plans: the desired sets now (more may be decided while it commits).
+    const planned = new Map<string, ReadonlySet<string> | undefined>();
+    for (const n of [...touched, ...pending]) planned.set(n, this.desired.get(n));
     return {
       state: kstate,
       change: kchange,
       done: () => {
-        for (const n of [...touched, ...pending]) {
-          const d = this.desired.get(n);
+        for (const [n, d] of planned) {
           if (d && d.size) this.committed.set(n, d);
           else this.committed.delete(n);
-          this.pending.delete(n);
+          if (sameSet(this.desired.get(n), this.committed.get(n))) this.pending.delete(n);
+          else this.pending.add(n);
         }
       },
     };
