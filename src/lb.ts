@@ -306,7 +306,7 @@ export class Core {
         if (committed && executor) {
           this.describe(k.change, executor.engine, k.state);
           this.log(
-            `committed ${change.upsert.length + change.remove.length} profile change(s) in ${this.lastFamilies.length === 1 ? 'one transaction' : `${this.lastFamilies.length} transactions`} ` +
+            `committed ${k.change.upsert.length + k.change.remove.length} profile change(s) in ${this.lastFamilies.length === 1 ? 'one transaction' : `${this.lastFamilies.length} transactions`} ` +
               `(${this.lastFamilies.map((f) => tableOf(executor.engine, f)).join(' and ')}, ${executor.engine}/${executor.kind}, ${commitMs.toFixed(2)} ms)`,
           );
         }
