@@ -303,3 +303,75 @@ test('metrics helpers: listen address parsing, commit histogram and sync counter
   assert.equal(s.syncFailures, 1);
   assert.equal(s.lastSync?.ok, false);
 });
+
+test('real probes: tcp connect and refusal, http status range, timeout (local sockets, no root)', async () => {
+  const { probe } = await import('../../src/health/probe.js');
+  const net = await import('node:net');
+  const http = await import('node:http');
+  const tcp = net.createServer((c) => c.end());
+  await new Promise<void>((r) => tcp.listen(0, '127.0.0.1', () => r()));
+  const tcpPort = (tcp.address() as { port: number }).port;
+  const silent = net.createServer(() => {}); // accepts, never answers
+  await new Promise<void>((r) => silent.listen(0, '127.0.0.1', () => r()));
+  const silentPort = (silent.address() as { port: number }).port;
+  let code = 200;
+  const web = http.createServer((req, res) => res.writeHead(req.url === '/healthz' ? code : 404).end());
+  await new Promise<void>((r) => web.listen(0, '127.0.0.1', () => r()));
+  const webPort = (web.address() as { port: number }).port;
+  try {
+    await probe({ kind: 'tcp', host: '127.0.0.1', port: tcpPort, timeoutMs: 2000 });
+    await tcpClosedPort(tcpPort);
+    await probe({ kind: 'http', host: '127.0.0.1', port: webPort, timeoutMs: 2000, path: '/healthz', expect: '200-399' });
+    code = 500;
+    await assert.rejects(probe({ kind: 'http', host: '127.0.0.1', port: webPort, timeoutMs: 2000, path: '/healthz', expect: '200-399' }), /^Error: HTTP 500 \(expected 200-399\)$/);
+    await assert.rejects(probe({ kind: 'http', host: '127.0.0.1', port: webPort, timeoutMs: 2000, path: '/other', expect: '200' }), /HTTP 404/);
+    await assert.rejects(probe({ kind: 'http', host: '127.0.0.1', port: silentPort, timeoutMs: 50, path: '/' }), /^Error: no answer within 50 ms$/);
+  } finally {
+    tcp.close();
+    silent.close();
+    web.close();
+  }
+  async function tcpClosedPort(open: number): Promise<void> {
+    // A port nobody listens on: take one, close it, probe it.
+    const s = net.createServer();
+    await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+    const port = (s.address() as { port: number }).port;
+    await new Promise((r) => s.close(r));
+    assert.notEqual(port, open);
+    await assert.rejects(probe({ kind: 'tcp', host: '127.0.0.1', port, timeoutMs: 2000 }), /^Error: ECONNREFUSED \(connect\)$/);
+  }
+});
+
+test('open({ health }) attaches a checker: health events, the drain goes through the group commit, close restores', async () => {
+  const { open } = await import('../../src/index.js');
+  const net = await import('node:net');
+  const up = net.createServer((c) => c.end());
+  await new Promise<void>((r) => up.listen(0, '127.0.0.1', () => r()));
+  const upPort = (up.address() as { port: number }).port;
+  const gone = net.createServer();
+  await new Promise<void>((r) => gone.listen(0, '127.0.0.1', () => r()));
+  const gonePort = (gone.address() as { port: number }).port;
+  await new Promise((r) => gone.close(r));
+  const ex = new FakeExecutor();
+  const lb = await open({ stateFile: false, health: { refreshMs: 20 } }, ex);
+  const events: string[] = [];
+  const commits: number[] = [];
+  lb.on('health', (e) => events.push(`${e.destination} ${e.state}`));
+  lb.on('commit', (e) => commits.push(e.calls));
+  await lb.apply({ name: 'web', source: '127.100.0.10:80', destination: [`127.0.0.1:${upPort}`, `127.0.0.1:${gonePort}`], health: { intervalMs: 20, timeoutMs: 20, fall: 2 } });
+  const deadline = Date.now() + 10_000;
+  while (!events.includes(`127.0.0.1:${gonePort} down`) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  while (ex.txs.length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  assert.ok(events.includes(`127.0.0.1:${gonePort} down`), events.join());
+  assert.deepEqual(dnats(ex.txs[1], 'web'), [`127.0.0.1:${upPort}`]);
+  assert.equal(lb.healthChecker!.states().find((s) => s.destination.endsWith(`:${gonePort}`))!.drained, true);
+  const st = await lb.status();
+  const d = st[0].destinations.find((x) => x.destination.endsWith(`:${gonePort}`))!;
+  assert.equal(d.health, 'down');
+  assert.equal(d.effectiveWeight, 0);
+  assert.equal(d.weight, undefined);
+  await lb.close();
+  assert.deepEqual(dnats(ex.txs.at(-1)!, 'web'), [`127.0.0.1:${upPort}`, `127.0.0.1:${gonePort}`], 'close gives back the configured weights');
+  assert.ok(commits.length >= 3);
+  up.close();
+});
