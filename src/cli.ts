@@ -13,11 +13,13 @@ import { parseState } from './state.js';
 import type { Profile, ProfileInput } from './types.js';
 import { doctor } from './doctor.js';
 import { packageVersion } from './paths.js';
+import { healthFileOf } from './health/effective.js';
+import { HEALTH_FLAGS, addHealthFlags, healthInput, type HealthOpts } from './cli/health.js';
 
 type Out = { out: (s: string) => void; err: (s: string) => void };
 
 /** Flags of the original, with their kind, accepted with one dash and `=value` (Go `flag` style). */
-const VALUE_FLAGS = new Set(['settle', 'src-addr', 'dest-addr', 'scheduler', 'affinity', 'rules-backend', 'profile', 'state-file', 'log-level', 'protocol', 'executor', 'engine', 'to', 'file', 'interval', 'count']);
+const VALUE_FLAGS = new Set(['settle', 'src-addr', 'dest-addr', 'scheduler', 'affinity', 'rules-backend', 'profile', 'state-file', 'log-level', 'protocol', 'executor', 'engine', 'to', 'file', 'interval', 'count', ...HEALTH_FLAGS, 'metrics-address']);
 const BOOL_FLAGS = new Set(['reset', 'delete', 'log-custom-chain', 'run', 'use-state', 'masquerade', 'json', 'quiet', 'verbose', 'all', 'help', 'version', 'keep-conntrack']);
 
 /** Rewrites Go-style flags (`-src-addr=x`, `-run=true`) into the `--src-addr=x` form commander parses. */
@@ -60,7 +62,7 @@ interface GlobalOpts {
   quiet?: boolean;
   verbose?: boolean;
 }
-interface ProfileOpts extends GlobalOpts {
+interface ProfileOpts extends GlobalOpts, HealthOpts {
   profile: string;
   srcAddr?: string;
   destAddr?: string;
@@ -109,7 +111,7 @@ function withGlobals<T extends GlobalOpts>(o: T, cmd: Command): T {
 }
 
 function addProfileFlags(cmd: Command): Command {
-  return cmd
+  return addHealthFlags(cmd)
     .option('--profile <name>', 'profile name: 1-63 of A-Z a-z 0-9 _ -, not starting with -', 'default')
     .option('--src-addr <ip:port>', 'virtual address and port that is balanced: a.b.c.d:port, or [v6]:port for IPv6 (then every destination is IPv6 too)')
     .option('--dest-addr <list>', 'comma-separated destination ip:port list ([v6]:port for IPv6); ip:port*W gives a destination weight W (0-1000, default 1; 0 drains it)')
@@ -137,6 +139,8 @@ function profileInput(o: ProfileOpts): ProfileInput {
   if (o.masquerade) input.masquerade = true;
   if (o.scheduler !== undefined && o.scheduler !== 'random') input.scheduler = o.scheduler;
   if (o.affinity !== undefined) input.affinity = o.affinity;
+  const health = healthInput(o);
+  if (health) input.health = health;
   return input;
 }
 
@@ -161,6 +165,8 @@ function makeCore(o: GlobalOpts, io: Out): Core {
     ...(quiet ? {} : { log: (line: string) => io.err(`iptlb: ${line}`) }),
   });
   cores.add(core);
+  // Health is checked by a long-running process (watch, agent); follow what it publishes.
+  if (core.statePath !== null) core.health.follow(healthFileOf(core.statePath));
   return core;
 }
 
@@ -297,6 +303,13 @@ async function planCommand(o: LegacyOpts, io: Out): Promise<void> {
   io.out(header + texts.map((t, i) => label(i) + t.trimEnd()).join('\n'));
 }
 
+/** `\tup`, `\tdown (drained; last check 2026-…: ECONNREFUSED)`: empty for destinations without a health check. */
+function healthColumn(d: { health?: string; effectiveWeight?: number; lastCheck?: string; lastError?: string }): string {
+  if (d.health === undefined) return '';
+  const notes = [d.effectiveWeight !== undefined ? (d.effectiveWeight === 0 ? 'drained' : `weight ${d.effectiveWeight} in the kernel`) : '', d.lastCheck ? `last check ${d.lastCheck}` : '', d.lastError ?? ''].filter(Boolean);
+  return `\t${d.health}${notes.length ? ` (${notes.join('; ')})` : ''}`;
+}
+
 async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
   const core = makeCore(o, io);
   const reports = await core.status();
@@ -306,10 +319,11 @@ async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
   } else if (!reports.length) {
     io.out(`no profiles in ${core.statePath} and no iptlb rules in the kernel`);
   } else {
-    io.out('PROFILE\tSTATUS\tPACKETS\tDESTINATION\tCONNECTIONS\tBYTES');
+    const withHealth = reports.some((r) => r.destinations.some((d) => d.health !== undefined));
+    io.out(`PROFILE\tSTATUS\tPACKETS\tDESTINATION\tCONNECTIONS\tBYTES${withHealth ? '\tHEALTH' : ''}`);
     for (const r of reports) {
       io.out(`${r.name}\t${r.status}${r.detail ? ` (${r.detail})` : ''}\t${r.packets}${r.affinity ? `\taffinity:${r.affinity}s` : ''}`);
-      for (const d of r.destinations) io.out(`\t\t\t${d.destination}${d.weight !== undefined ? `*${d.weight}` : ''}\t${d.packets}\t${d.bytes}`);
+      for (const d of r.destinations) io.out(`\t\t\t${d.destination}${d.weight !== undefined ? `*${d.weight}` : ''}\t${d.packets}\t${d.bytes}${healthColumn(d)}`);
     }
   }
   return drifted ? 3 : 0;
@@ -353,6 +367,8 @@ async function topCommand(o: GlobalOpts & { interval?: string; count?: string },
         destinations: r.destinations.map((d) => ({
           destination: d.destination,
           ...(d.weight !== undefined ? { weight: d.weight } : {}),
+          ...(d.health !== undefined ? { health: d.health } : {}),
+          ...(d.effectiveWeight !== undefined ? { effectiveWeight: d.effectiveWeight } : {}),
           packets: d.packets,
           rate: rate(`${r.name} ${d.destination}`, d.packets),
         })),
@@ -366,7 +382,7 @@ async function topCommand(o: GlobalOpts & { interval?: string; count?: string },
       const lines = [`iptlb top  ${new Date().toISOString()}  new connections per second over ${(secs || interval / 1000).toFixed(1)} s (Ctrl-C stops)`, 'PROFILE\tSTATUS\tDESTINATION\tCONN/S\tTOTAL'];
       for (const r of rows) {
         lines.push(`${r.name}\t${r.status}\t*\t${fmt(r.rate)}\t${r.packets}`);
-        for (const d of r.destinations) lines.push(`\t\t${d.destination}${d.weight !== undefined ? `*${d.weight}` : ''}\t${fmt(d.rate)}\t${d.packets}`);
+        for (const d of r.destinations) lines.push(`\t\t${d.destination}${d.weight !== undefined ? `*${d.weight}` : ''}\t${fmt(d.rate)}\t${d.packets}${d.health !== undefined ? `\t${d.health}${d.effectiveWeight === 0 ? ' (drained)' : ''}` : ''}`);
       }
       if (!rows.length) lines.push('(no profiles and no iptlb rules)');
       io.out((tty ? '\x1b[H\x1b[2J' : i > 0 ? '\n' : '') + lines.join('\n'));
@@ -445,7 +461,9 @@ Exit status: 0 done, 1 refused (conflict, kernel, state, lock), 2 bad input or u
   addGlobal(program.command('watch').description('keep the kernel in step with the state file (for a systemd unit); SIGHUP checks at once, SIGTERM stops and leaves the rules'))
     .option('--interval <ms>', 'periodic drift check', '5000')
     .option('--settle <ms>', 'apply a changed state file only once it has not changed for this long and parses as a whole (writers: write a temporary file and rename it)', '1000')
-    .action(async (o: GlobalOpts & { interval: string; settle: string }, cmd: Command) => {
+    .option('--metrics-address <host:port>', 'serve /metrics (Prometheus) and /healthz there, e.g. 127.0.0.1:9469 (default: off)')
+    .option('--no-health-checks', 'do not run the health checks of the profiles (they run by default in watch)')
+    .action(async (o: GlobalOpts & { interval: string; settle: string; metricsAddress?: string; healthChecks: boolean }, cmd: Command) => {
       const g = withGlobals(o, cmd);
       const interval = Number(o.interval);
       if (!Number.isInteger(interval) || interval < 100) throw new IptlbError('EUSAGE', `interval: ${show(o.interval)} must be a whole number of ms, at least 100`, { field: 'interval' });
@@ -453,12 +471,18 @@ Exit status: 0 done, 1 refused (conflict, kernel, state, lock), 2 bad input or u
       if (!Number.isInteger(settle) || settle < 0 || settle > 600_000) throw new IptlbError('EUSAGE', `settle: ${show(o.settle)} must be a whole number of ms from 0 to 600000`, { field: 'settle' });
       const core = makeCore(g, io);
       const { startWatch } = await import('./watch.js');
-      const w = startWatch(core, { intervalMs: interval, settleMs: settle, log: g.quiet ? () => {} : (l) => io.err(`iptlb: ${l}`) });
+      const { startWatchServices } = await import('./cli/watch-services.js');
+      const log = g.quiet ? () => {} : (l: string) => io.err(`iptlb: ${l}`);
+      const services = await startWatchServices(core, { metricsAddress: o.metricsAddress, health: o.healthChecks, log });
+      const w = startWatch(core, { intervalMs: interval, settleMs: settle, log, onSync: services.onSync });
       io.err(`iptlb: watch: watching ${core.statePath} (check every ${interval} ms)`);
-      const stop = (): void => void w.stop();
+      await services.start();
+      w.done.then(() => services.stop()).catch(() => {});
+      const stop = (): void => void w.stop().then(() => services.stop());
       process.once('SIGTERM', stop);
       process.once('SIGINT', stop);
       await w.done;
+      await services.stop();
     });
   addGlobal(program.command('migrate').description('move every profile to the other engine: one transaction to install them there, one to remove them here; no virtual address is ever without rules'))
     .requiredOption('--to <engine>', 'legacy or nft')

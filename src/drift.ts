@@ -14,6 +14,14 @@ export interface DestinationCounters {
   bytes: number;
   /** The destination's weight when it is not 1 (0: drained, it takes no new connections). */
   weight?: number;
+  /** Profiles with a health check: the weight the kernel has, when health checks changed it (0: drained because down). */
+  effectiveWeight?: number;
+  /** Profiles with a health check: `up`, `down` or `unchecked` (no process runs the checks, or none finished yet). */
+  health?: 'up' | 'down' | 'unchecked';
+  /** When its last check finished (ISO 8601). */
+  lastCheck?: string;
+  /** Why its last check failed. */
+  lastError?: string;
 }
 
 export interface ProfileReport {

@@ -18,6 +18,13 @@ import { validateOpenOptions } from './options.js';
 import type { EngineName, Executor, Family, KernelView, Profile, ProfileInput } from './types.js';
 import type { NftView } from './nft/ops.js';
 import type { ProfileReport } from './drift.js';
+import { HealthChecker, type HealthCheckerOptions, type HealthEvent, type HealthHost } from './health/checker.js';
+export { HealthChecker } from './health/checker.js';
+export type { HealthCheckerOptions, HealthEvent, DestinationHealthState } from './health/checker.js';
+export type { HealthConfig, HealthInput } from './health/config.js';
+export type { DestinationHealth } from './health/effective.js';
+export { startMetricsServer } from './metrics/server.js';
+export type { MetricsServer, MetricsServerOptions } from './metrics/server.js';
 export type { ProfileReport, ProfileStatus, DestinationCounters } from './drift.js';
 
 export { IptlbError } from './errors.js';
@@ -37,6 +44,11 @@ export interface IptlbOptions extends OpenOptions {
    * example after someone flushed the rules). Default: off. The timer does not keep the process alive.
    */
   driftCheckMs?: number;
+  /**
+   * Run the health checks of the profiles that have one (see docs/health.md) in this process, with a
+   * {@link HealthChecker} attached to the handle (`iptlb.healthChecker`). Default `false`.
+   */
+  health?: boolean | HealthCheckerOptions;
 }
 
 /** Events of an {@link Iptlb} handle. */
@@ -51,6 +63,8 @@ export interface IptlbEvents {
    * {@link IptlbOptions.driftCheckMs}. `sync()` repairs it.
    */
   drift: [ProfileReport[]];
+  /** A destination changed health (`up`, `down`) as decided by an attached {@link HealthChecker}. */
+  health: [HealthEvent];
 }
 export type { Family, Profile, ProfileInput, Protocol, RulesBackend, KernelView, Rule, Match, Target, Transaction, ExecutorChoice, Executor, LegacyExecutor, NftExecutor, CommitResult, EngineName, EngineChoice } from './types.js';
 export type { NftFamily, NftOp, NftRule, NftTransaction, NftView } from './nft/ops.js';
@@ -71,6 +85,16 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
   private closed = false;
 
   private driftTimer?: NodeJS.Timeout;
+  /** The checker started by `open({ health })`, if any. */
+  healthChecker?: HealthChecker;
+
+  /**
+   * @internal What a {@link HealthChecker} attached to this handle uses: the core, a commit that goes
+   * through the group commit (an empty call: the health changes ride along), and the `health` event.
+   */
+  healthHost(): HealthHost {
+    return { core: this.core, commit: () => this.queue.submit({ kind: 'apply', profiles: [] }), emit: (e) => this.emit('health', e) };
+  }
 
   /** @internal use {@link open} */
   constructor(core: Core, coalesce = true, driftCheckMs?: number) {
@@ -196,6 +220,7 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
 
   /** Waits for queued calls and their conntrack cleanup, then ends the handle. Rules stay in the kernel. */
   async close(): Promise<void> {
+    if (this.healthChecker) await this.healthChecker.stop();
     this.closed = true;
     if (this.driftTimer) clearInterval(this.driftTimer);
     await this.queue.idle();
@@ -212,5 +237,10 @@ export async function open(options: IptlbOptions = {}, executor?: Executor): Pro
   options ??= {};
   const core = new Core(options, executor);
   await core.select(); // choose (and validate) the engine and executor now, so a forced `native` fails here
-  return new Iptlb(core, options.coalesce ?? true, options.driftCheckMs);
+  const lb = new Iptlb(core, options.coalesce ?? true, options.driftCheckMs);
+  if (options.health) {
+    lb.healthChecker = new HealthChecker(lb, { ...(options.log ? { log: options.log } : {}), ...(typeof options.health === 'object' ? options.health : {}) });
+    await lb.healthChecker.start();
+  }
+  return lb;
 }

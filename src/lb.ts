@@ -19,6 +19,7 @@ import { ChangedProfiles, FAMILIES, type Change, type Engine, type FamilyPlan, t
 import { createEngine, engineOver } from './engines/registry.js';
 import type { EngineChoice, EngineName, Executor, ExecutorChoice, Family, KernelView, Profile, ProfileInput, Transaction } from './types.js';
 import type { NftTransaction, NftView } from './nft/ops.js';
+import { HealthOverlay } from './health/effective.js';
 
 export { FAMILIES, type Change } from './engines/engine.js';
 
@@ -135,6 +136,8 @@ export class Core {
   readonly conntrack: ConntrackJanitor;
   /** The last transaction committed by this instance (for `--verbose`). */
   lastTransaction?: Transaction | NftTransaction;
+  /** Runtime health of destinations: the kernel gets effective profiles (down destinations drained), the state file the configured ones. */
+  readonly health = new HealthOverlay();
 
   /** Executors supplied per engine (tests against fake kernels, embedders with their own): used instead of choosing. */
   private readonly supplied?: Partial<Record<EngineName, Executor>>;
@@ -260,10 +263,14 @@ export class Core {
         const change = decide(state);
         // What the profiles will be: a view over `state` and the change (O(change), not O(profiles)).
         const next = new ChangedProfiles(state, change);
-        const done = engine ? await this.commitChange(engine, state, change) : [];
+        // The kernel's part: effective profiles (health), from what the kernel holds to what it should.
+        this.health.refresh();
+        const k = this.health.begin(state, change);
+        const done = engine ? await this.commitChange(engine, k.state, k.change) : [];
+        if (engine) k.done();
         const committed = done.length > 0;
         const commitMs = done.reduce((ms, d) => ms + d.ms, 0);
-        if (committed) this.logCommit(engine!, change, state, done, commitMs);
+        if (committed) this.logCommit(engine!, k.change, k.state, done, commitMs);
         // Flows to destinations this change removes (decided now: in memory mode `state` changes below).
         const stale = committed && !this.keepConntrack && !this.injected && this.conntrack.needed() ? this.staleOf(change, state, next, engine!.executor.kind === 'native') : [];
         let stateWritten: boolean;
@@ -466,11 +473,14 @@ export class Core {
       const { provider } = await this.select();
       const state = await this.readState();
       const change = decide(state);
+      // The kernel's part, as transact computes it (health overlay included); nothing is marked done.
+      this.health.refresh();
+      const k = this.health.begin(state, change);
       const plans: FamilyPlan[] = [];
       for (const f of FAMILIES) {
-        const changeF = changeOfFamily(change, state, f);
+        const changeF = changeOfFamily(k.change, k.state, f);
         if (changeF.upsert.length === 0 && changeF.remove.length === 0) continue;
-        plans.push(await provider.planChange(f, this.ofFamily(state, f), changeF));
+        plans.push(await provider.planChange(f, this.ofFamily(k.state, f), changeF));
       }
       return { provider, change, plans };
     });
@@ -512,9 +522,11 @@ export class Core {
   private async statusNow(): Promise<ProfileReport[]> {
     const { provider } = await this.select();
     const state = await this.readState();
+    this.health.refresh();
+    const kstate = this.health.kernelState(state);
     const reports: ProfileReport[] = [];
-    for (const { family, profiles } of this.familiesOf(provider, state)) reports.push(...provider.compare(profiles, await provider.read(family)));
-    return reports;
+    for (const { family, profiles } of this.familiesOf(provider, kstate)) reports.push(...provider.compare(profiles, await provider.read(family)));
+    return this.health.annotate(reports, state, kstate, (p) => ({ name: p.name, status: 'in-sync', detail: 'every destination is down: drained (health.allDown: drain)', destinations: p.destination.map((d) => ({ destination: d, packets: 0, bytes: 0 })), packets: 0, bytes: 0 }));
   }
 
   /**
@@ -542,7 +554,8 @@ export class Core {
       this.checkPrivileges();
       const lock = await this.lock();
       try {
-        const state = await this.readState();
+        this.health.refresh();
+        const state = this.health.kernelState(await this.readState());
         const before: ProfileReport[] = [];
         let committed = false;
         let commitMs = 0;

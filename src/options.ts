@@ -21,7 +21,7 @@ function shown(v: unknown): string {
 export const MAX_LOCK_WAIT_MS = 86_400_000;
 
 const CORE_KEYS = ['stateFile', 'executor', 'engine', 'lockWaitMs', 'log', 'keepConntrack'];
-const HANDLE_KEYS = ['coalesce', 'driftCheckMs'];
+const HANDLE_KEYS = ['coalesce', 'driftCheckMs', 'health'];
 
 /**
  * Checks the options object of `open()` (`handle`: also the Iptlb-specific ones). Unknown keys are
@@ -58,6 +58,9 @@ export function validateOpenOptions(options: unknown, handle: boolean): void {
     if (v.coalesce !== undefined && typeof v.coalesce !== 'boolean') throw usage('coalesce', `must be true or false, got ${shown(v.coalesce)}`);
     if (v.driftCheckMs !== undefined && (typeof v.driftCheckMs !== 'number' || !Number.isInteger(v.driftCheckMs) || v.driftCheckMs < 10)) {
       throw usage('driftCheckMs', `${shown(v.driftCheckMs)} must be a whole number of ms, at least 10`);
+    }
+    if (v.health !== undefined && typeof v.health !== 'boolean' && (v.health === null || typeof v.health !== 'object' || Array.isArray(v.health))) {
+      throw usage('health', `must be true, false or the options of a HealthChecker, got ${shown(v.health)}`);
     }
   }
 }

@@ -5,6 +5,7 @@
 import { formatEndpoint, parseEndpoint, unicastProblem, type Endpoint, type Family } from './address.js';
 import { createHash } from 'node:crypto';
 import { IptlbError, invalid } from './errors.js';
+import { normalizeHealth, sameHealth } from './health/config.js';
 import { PROTOCOLS, RULES_BACKENDS, SCHEDULERS, type Profile, type ProfileInput, type Protocol, type RulesBackend, type Scheduler } from './types.js';
 
 /**
@@ -213,7 +214,7 @@ function splitWeight(item: unknown): { text: unknown; weight?: string } {
   return { text: item.slice(0, at).trim(), weight: item.slice(at + 1).trim() };
 }
 
-const KNOWN_KEYS = new Set(['name', 'source', 'destination', 'protocol', 'rulesBackend', 'logEnabled', 'logLevel', 'masquerade', 'weights', 'scheduler', 'affinity']);
+const KNOWN_KEYS = new Set(['name', 'source', 'destination', 'protocol', 'rulesBackend', 'logEnabled', 'logLevel', 'masquerade', 'weights', 'scheduler', 'affinity', 'health']);
 
 /** Profiles this module returned: frozen, so they are still valid when they come back. */
 const VALIDATED = new WeakSet<object>();
@@ -281,6 +282,7 @@ export function validateProfile(input: ProfileInput | unknown, opts: { existing?
   }
   const scheduler = normalizeScheduler(p.scheduler ?? 'random');
   const affinity = normalizeAffinity(p.affinity);
+  const health = normalizeHealth(p.health, src.family);
 
   const protocol = normalizeProtocol(p.protocol ?? DEFAULTS.protocol);
   const rulesBackend = normalizeRulesBackend(p.rulesBackend ?? DEFAULTS.rulesBackend);
@@ -297,6 +299,7 @@ export function validateProfile(input: ProfileInput | unknown, opts: { existing?
   if (weights) profile.weights = Object.freeze(weights);
   if (scheduler === 'round-robin') profile.scheduler = 'round-robin';
   if (affinity > 0) profile.affinity = affinity;
+  if (health) profile.health = health;
   if (weights) {
     const n = slotCount(profile);
     if (n > MAX_SLOTS) throw invalid('weights', `need ${n} slots (the weights' sum divided by their gcd); at most ${MAX_SLOTS} are allowed`);
@@ -344,6 +347,7 @@ export function sameProfile(a: Profile, b: Profile): boolean {
     a.name === b.name && a.source === b.source && a.protocol === b.protocol && a.rulesBackend === b.rulesBackend &&
     a.logEnabled === b.logEnabled && a.logLevel === b.logLevel && !!a.masquerade === !!b.masquerade &&
     a.destination.length === b.destination.length && a.destination.every((d, i) => d === b.destination[i]) &&
-    (a.scheduler ?? 'random') === (b.scheduler ?? 'random') && (a.affinity ?? 0) === (b.affinity ?? 0) && a.destination.every((d) => weightOf(a, d) === weightOf(b, d))
+    (a.scheduler ?? 'random') === (b.scheduler ?? 'random') && (a.affinity ?? 0) === (b.affinity ?? 0) && a.destination.every((d) => weightOf(a, d) === weightOf(b, d)) &&
+    sameHealth(a.health, b.health)
   );
 }

@@ -9,6 +9,7 @@ import { IptlbError } from './errors.js';
 import { checkDirChain, checkTrusted } from './fsafety.js';
 import { checkSet, show, validateProfile } from './profile.js';
 import type { Profile } from './types.js';
+import { HEALTH_KEYS_SORTED } from './health/config.js';
 
 export const DEFAULT_STATE_FILE = 'local/state.db';
 import { MAX_STATE_BYTES, readCapped } from './limits.js';
@@ -62,6 +63,12 @@ function serializeOne(p: Profile): string {
     if (p.affinity) out.push(`  affinity: ${p.affinity}`);
     out.push('  destination:');
     for (const d of p.destination) out.push(`  - ${scalar(d)}`);
+    if (p.health) {
+      // Only when a check is configured: files without one stay byte-identical (Go's yaml.v2 ignores the key).
+      out.push('  health:');
+      const h = p.health as unknown as Record<string, string | number | undefined>;
+      for (const k of HEALTH_KEYS_SORTED) if (h[k] !== undefined) out.push(`    ${k}: ${typeof h[k] === 'number' ? h[k] : String(h[k]).includes(':') ? `'${h[k]}'` : scalar(String(h[k]))}`);
+    }
     out.push(`  logEnabled: ${p.logEnabled ? 'true' : 'false'}`);
     out.push(`  logLevel: ${JSON.stringify(p.logLevel)}`);
     if (p.masquerade) out.push('  masquerade: true');
@@ -97,7 +104,7 @@ const ITEM = /^  - ([0-9.:]+)$/;
 const KEY = /^  (affinity|destination|logEnabled|logLevel|masquerade|protocol|rulesBackend|scheduler|source|weights):(?: (.*))?$/;
 const WEIGHT = /^    ([0-9.:]+): (0|[1-9][0-9]{0,6})$/;
 
-const STATE_KEYS = ['affinity', 'destination', 'logEnabled', 'logLevel', 'masquerade', 'protocol', 'rulesBackend', 'scheduler', 'source', 'weights'];
+const STATE_KEYS = ['affinity', 'destination', 'health', 'logEnabled', 'logLevel', 'masquerade', 'protocol', 'rulesBackend', 'scheduler', 'source', 'weights'];
 
 /**
  * Fast path for the canonical layout this module (and the original) writes: returns the raw
@@ -259,6 +266,9 @@ function toProfiles(data: unknown, file: string): Map<string, Profile> {
     }
     if (b.affinity !== undefined && (typeof b.affinity !== 'number' || !Number.isInteger(b.affinity))) {
       throw stateError(file, `profile ${show(name)}: affinity must be a whole number of seconds, got ${show(b.affinity)}`, 'affinity');
+    }
+    if (b.health !== undefined && (b.health === null || typeof b.health !== 'object' || Array.isArray(b.health))) {
+      throw stateError(file, `profile ${show(name)}: health must be a mapping such as {kind: tcp}, got ${show(b.health)}`, 'health');
     }
     for (const k of ['source', 'protocol', 'rulesBackend', 'scheduler']) {
       if (b[k] !== undefined && typeof b[k] !== 'string') {

@@ -5,6 +5,7 @@
  */
 import type { Family } from './address.js';
 import type { NftFamily, NftTransaction, NftView } from './nft/ops.js';
+import type { HealthConfig, HealthInput } from './health/config.js';
 export type { Family } from './address.js';
 
 /** Transport protocol a profile balances. */
@@ -51,6 +52,8 @@ export interface Profile {
    * state file then.
    */
   affinity?: number;
+  /** Active health check of the destinations (see docs/health.md). Absent (the default): none; omitted from the state file then. */
+  health?: HealthConfig;
 }
 
 /** What a caller may pass for a profile: optional fields take their defaults. */
@@ -70,6 +73,8 @@ export interface ProfileInput {
   scheduler?: string;
   /** Session affinity in seconds, 1..86400; 0 or absent: none. */
   affinity?: number | string;
+  /** Health check: `{ kind: 'tcp' | 'http' | 'none', intervalMs, timeoutMs, rise, fall, port, address, path, expect, allDown }`. */
+  health?: HealthInput | null;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ export interface WatchOptions {
   log: (line: string) => void;
   /** The file's identity (tests); default: device, inode, size, times and mode, null when absent. */
   version?: (file: string) => Promise<string | null>;
+  /** Told of every sync: how many profiles were out of step and whether it committed, or its error (metrics). */
+  onSync?: (r: { drifted: number; committed: boolean; commitMs: number } | Error) => void;
 }
 
 export const DEFAULT_SETTLE_MS = 1000;
@@ -73,8 +75,10 @@ export function startWatch(core: WatchedCore, opts: WatchOptions): Watcher {
         again = false;
         try {
           const r = await core.sync({ quietWhenInSync: true });
+          opts.onSync?.({ drifted: r.before.filter((x) => x.status !== 'in-sync').length, committed: r.committed, commitMs: r.commitMs });
           if (r.committed) opts.log(`watch: ${reason}: kernel brought in step with ${file} (${r.commitMs.toFixed(2)} ms)`);
         } catch (e) {
+          opts.onSync?.(e as Error);
           opts.log(`watch: ${reason}: ${(e as Error).message}`);
         }
       } while (again && !stopped);

@@ -1,0 +1,46 @@
+/**
+ * What `iptlb watch` runs beside its sync loop: the health checks of the profiles (a
+ * {@link HealthChecker} on the watch's core) and, with `--metrics-address`, the /metrics and
+ * /healthz server.
+ */
+import type { Core } from '../lb.js';
+import { HealthChecker, coreHost } from '../health/checker.js';
+import { ProcessStats, parseListenAddress, startMetricsServer, type MetricsServer } from '../metrics/server.js';
+
+export interface WatchServices {
+  onSync: (r: { drifted: number; committed: boolean; commitMs: number } | Error) => void;
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export async function startWatchServices(core: Core, o: { metricsAddress?: string; health: boolean; log: (l: string) => void }): Promise<WatchServices> {
+  if (o.metricsAddress !== undefined) parseListenAddress(o.metricsAddress); // bad input: fail before anything starts
+  const stats = new ProcessStats();
+  const host = coreHost(core);
+  const commit = host.commit;
+  host.commit = async () => {
+    const r = await commit();
+    if (r.committed) stats.observeCommit(r.commitMs);
+    return r;
+  };
+  const checker = o.health ? new HealthChecker(host, { log: o.log }) : undefined;
+  let server: MetricsServer | undefined;
+  let stopped: Promise<void> | undefined;
+  return {
+    onSync: (r) => stats.observeSync(r),
+    async start() {
+      if (checker) await checker.start();
+      if (o.metricsAddress !== undefined) {
+        server = await startMetricsServer({ address: o.metricsAddress, core, stats, ...(checker ? { checker } : {}) });
+        o.log(`watch: serving /metrics and /healthz on ${server.host.includes(':') ? `[${server.host}]` : server.host}:${server.port}`);
+      }
+    },
+    stop() {
+      stopped ??= (async () => {
+        await server?.close();
+        await checker?.stop();
+      })();
+      return stopped;
+    },
+  };
+}

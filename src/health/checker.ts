@@ -1,0 +1,514 @@
+/**
+ * HealthChecker: runs the health checks of every profile that has one, and drains (weight 0) the
+ * destinations found down through the core's {@link HealthOverlay}. One scheduler (a min-heap of due
+ * times and a single timer) for all destinations; at most one probe in flight per destination; each
+ * destination's next check is due one interval after its last one started, jittered by ±10 %, and
+ * the first checks are spread over the first interval, so many profiles do not probe in lock-step.
+ *
+ * Transitions: `fall` consecutive failures → down (drained); `rise` consecutive successes → up.
+ * A destination starts `unchecked`, which the kernel treats as up (its configured weight). All
+ * transitions decided while a commit is in flight (or within `batchMs`) are committed together, in
+ * one transaction per address family; the state file is never written for them.
+ */
+import { EventEmitter } from 'node:events';
+import { parseEndpoint } from '../address.js';
+import type { Core, TransactionResult } from '../lb.js';
+import type { Profile } from '../types.js';
+import { sameHealth, type HealthConfig } from './config.js';
+import { effectiveProfile, healthFileOf, type DestinationHealth, type DestinationHealthInfo } from './effective.js';
+import { probe as realProbe, type Probe } from './probe.js';
+import { promises as fsp } from 'node:fs';
+
+export interface HealthCheckerOptions {
+  /** One line per transition and per failed commit. Default: none. */
+  log?: (line: string) => void;
+  /** Wait this long after a transition before committing, to carry more in one transaction, ms. Default 0 (group commit only). */
+  batchMs?: number;
+  /** How often the profiles are re-read (new, changed or deleted profiles), ms. Default 1000. */
+  refreshMs?: number;
+  /**
+   * Publish the health beside the state file (`<state file>.health.json`), so one-shot `iptlb status`
+   * shows it and `iptlb sync`/`apply` keep drained destinations drained. Default true when the core
+   * has a state file.
+   */
+  publish?: boolean;
+  /** How often the published file is refreshed with new check times, ms. Default 2000 (at once after a transition). */
+  publishMs?: number;
+  /** On stop, give the kernel back the configured weights (nobody checks any more). Default true. */
+  restoreOnStop?: boolean;
+  /** Jitter of the interval, as a fraction. Default 0.1. */
+  jitter?: number;
+  /** @internal tests and benchmarks: the probe function and the random source. */
+  probe?: Probe;
+  random?: () => number;
+}
+
+/** A transition of one destination. */
+export interface HealthEvent {
+  profile: string;
+  destination: string;
+  state: DestinationHealth;
+  previous: DestinationHealth;
+  /** Why: the last failure's reason, or `n successful checks`. */
+  reason: string;
+  /** ms since the epoch. */
+  at: number;
+}
+
+/** One destination as {@link HealthChecker.states} reports it. */
+export interface DestinationHealthState extends DestinationHealthInfo {
+  profile: string;
+  destination: string;
+  /** Whether the kernel has it drained now. */
+  drained: boolean;
+  checks: number;
+  failures: number;
+}
+
+/** What the checker needs of its owner: the core, a way to commit, and where events go. */
+export interface HealthHost {
+  core: Core;
+  commit(): Promise<TransactionResult>;
+  emit?(e: HealthEvent): void;
+}
+
+interface Entry {
+  key: string;
+  profile: string;
+  destination: string;
+  host: string;
+  port: number;
+  cfg: HealthConfig;
+  state: DestinationHealth;
+  since?: number;
+  okRun: number;
+  failRun: number;
+  lastCheck?: number;
+  lastError?: string;
+  due: number;
+  heap: number;
+  inFlight: boolean;
+  removed: boolean;
+  checks: number;
+  failures: number;
+}
+
+export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: [Error] }> {
+  private readonly host: HealthHost;
+  private readonly log: (line: string) => void;
+  private readonly probe: Probe;
+  private readonly random: () => number;
+  private readonly jitter: number;
+  private readonly batchMs: number;
+  private readonly refreshMs: number;
+  private readonly publishMs: number;
+  private readonly restoreOnStop: boolean;
+  private readonly publishFile?: string;
+  private entries = new Map<string, Entry>();
+  private byProfile = new Map<string, { cfg: HealthConfig; profile: Profile; entries: Entry[]; down: Set<string> }>();
+  private heap: Entry[] = [];
+  private timer?: NodeJS.Timeout;
+  private timerAt = Infinity;
+  private running = false;
+  private committing = false;
+  private flushAgain = false;
+  private flushTimer?: NodeJS.Timeout;
+  private refreshTimer?: NodeJS.Timeout;
+  private publishTimer?: NodeJS.Timeout;
+  private dirty = false;
+  private inFlight = 0;
+  private idleWaiters: (() => void)[] = [];
+  /** Counters for metrics: checks and failed checks per profile, health commits. */
+  readonly counters = { checks: new Map<string, number>(), failures: new Map<string, number>(), commits: 0, commitFailures: 0 };
+
+  /** @param target an {@link Iptlb} handle (its commits go through its group commit) or a {@link HealthHost}. */
+  constructor(target: { healthHost(): HealthHost } | HealthHost, opts: HealthCheckerOptions = {}) {
+    super();
+    this.host = 'healthHost' in target ? target.healthHost() : target;
+    this.log = opts.log ?? (() => {});
+    this.probe = opts.probe ?? realProbe;
+    this.random = opts.random ?? Math.random;
+    this.jitter = opts.jitter ?? 0.1;
+    this.batchMs = opts.batchMs ?? 0;
+    this.refreshMs = opts.refreshMs ?? 1000;
+    this.publishMs = opts.publishMs ?? 2000;
+    this.restoreOnStop = opts.restoreOnStop ?? true;
+    const sp = this.host.core.statePath;
+    if ((opts.publish ?? true) && sp !== null) this.publishFile = healthFileOf(sp);
+  }
+
+  /** Reads the profiles and starts checking. */
+  async start(): Promise<void> {
+    if (this.running) return;
+    this.running = true;
+    // This process decides the health now: stop following another's published file.
+    this.host.core.health.follow(undefined);
+    await this.refresh();
+    const tick = (): void => {
+      if (!this.running) return;
+      this.refresh()
+        .catch((e: Error) => this.log(`health: cannot read the profiles (${e.message})`))
+        .finally(() => {
+          if (this.running) this.refreshTimer = setTimeout(tick, this.refreshMs);
+        });
+    };
+    this.refreshTimer = setTimeout(tick, this.refreshMs);
+    if (this.publishFile) {
+      const pub = (): void => {
+        if (!this.running) return;
+        if (this.dirty) void this.publishNow();
+        this.publishTimer = setTimeout(pub, this.publishMs);
+      };
+      this.publishTimer = setTimeout(pub, this.publishMs);
+      await this.publishNow();
+    }
+  }
+
+  /** Stops checking, waits for probes in flight; by default gives the kernel back the configured weights. */
+  async stop(): Promise<void> {
+    if (!this.running) return;
+    this.running = false;
+    for (const t of [this.timer, this.flushTimer, this.refreshTimer, this.publishTimer]) if (t) clearTimeout(t);
+    this.timer = undefined;
+    this.timerAt = Infinity;
+    if (this.inFlight > 0) await new Promise<void>((r) => this.idleWaiters.push(r));
+    while (this.committing) await new Promise((r) => setTimeout(r, 5));
+    if (this.restoreOnStop) {
+      for (const name of this.byProfile.keys()) this.host.core.health.forget(name);
+      if (this.host.core.health.hasPending) {
+        try {
+          await this.host.commit();
+          this.log('health: stopped; configured weights given back to the kernel');
+        } catch (e) {
+          this.log(`health: stopped; could not give back the configured weights (${(e as Error).message}); run \`iptlb sync\``);
+        }
+      }
+    }
+    if (this.publishFile) await fsp.unlink(this.publishFile).catch(() => {});
+  }
+
+  /** Every checked destination, by profile then destination order. */
+  states(): DestinationHealthState[] {
+    const out: DestinationHealthState[] = [];
+    for (const [name, p] of this.byProfile) {
+      const drained = this.host.core.health.committedDown(name);
+      for (const e of p.entries) {
+        out.push({
+          profile: name,
+          destination: e.destination,
+          state: e.state,
+          ...(e.since !== undefined ? { since: e.since } : {}),
+          ...(e.lastCheck !== undefined ? { lastCheck: e.lastCheck } : {}),
+          ...(e.lastError !== undefined ? { lastError: e.lastError } : {}),
+          drained: !!drained?.has(e.destination) && effectiveProfile(p.profile, drained) !== p.profile,
+          checks: e.checks,
+          failures: e.failures,
+        });
+      }
+    }
+    return out;
+  }
+
+  /** Re-reads the profiles: adds, changes and removes checks. */
+  async refresh(): Promise<void> {
+    const state = await this.host.core.readState();
+    const now = Date.now();
+    const seen = new Set<string>();
+    let changed = false;
+    for (const p of state.values()) {
+      if (!p.health) continue;
+      seen.add(p.name);
+      const cur = this.byProfile.get(p.name);
+      if (cur && cur.profile === p) continue;
+      if (cur && sameHealth(cur.cfg, p.health) && cur.profile.destination.join() === p.destination.join()) {
+        cur.profile = p;
+        continue;
+      }
+      // New or changed: (re)build its entries, keeping what is known of destinations it still has.
+      const old = new Map((cur?.entries ?? []).map((e) => [e.destination, e]));
+      const entries: Entry[] = [];
+      for (const d of p.destination) {
+        const ep = parseEndpoint(d);
+        if (typeof ep === 'string') continue;
+        const prev = old.get(d);
+        const keep = prev && sameHealth(prev.cfg, p.health);
+        if (prev) {
+          old.delete(d);
+          if (!keep) this.unschedule(prev);
+        }
+        const e: Entry = keep
+          ? prev
+          : {
+              key: `${p.name}\0${d}`,
+              profile: p.name,
+              destination: d,
+              host: p.health.address ?? ep.ip,
+              port: p.health.port ?? ep.port,
+              cfg: p.health,
+              state: prev?.state ?? 'unchecked',
+              okRun: 0,
+              failRun: 0,
+              due: now + this.random() * p.health.intervalMs,
+              heap: -1,
+              inFlight: false,
+              removed: false,
+              checks: prev?.checks ?? 0,
+              failures: prev?.failures ?? 0,
+              ...(prev?.since !== undefined ? { since: prev.since } : {}),
+            };
+        entries.push(e);
+        this.entries.set(e.key, e);
+        if (!keep) this.schedule(e);
+      }
+      for (const e of old.values()) this.removeEntry(e);
+      const down = new Set(entries.filter((e) => e.state === 'down').map((e) => e.destination));
+      this.byProfile.set(p.name, { cfg: p.health, profile: p, entries, down });
+      this.host.core.health.setDown(p.name, down);
+      this.syncInfo(p.name);
+      changed = true;
+    }
+    for (const [name, p] of this.byProfile) {
+      if (seen.has(name)) continue;
+      for (const e of p.entries) this.removeEntry(e);
+      this.byProfile.delete(name);
+      this.host.core.health.forget(name);
+      changed = true;
+    }
+    if (changed && this.host.core.health.hasPending) this.requestFlush();
+  }
+
+  private syncInfo(profile: string): void {
+    const p = this.byProfile.get(profile);
+    if (!p) return;
+    const m = new Map<string, DestinationHealthInfo>();
+    for (const e of p.entries) {
+      m.set(e.destination, {
+        state: e.state,
+        ...(e.since !== undefined ? { since: e.since } : {}),
+        ...(e.lastCheck !== undefined ? { lastCheck: e.lastCheck } : {}),
+        ...(e.lastError !== undefined ? { lastError: e.lastError } : {}),
+      });
+    }
+    this.host.core.health.info.set(profile, m);
+  }
+
+  private removeEntry(e: Entry): void {
+    e.removed = true;
+    this.unschedule(e);
+    this.entries.delete(e.key);
+  }
+
+  // --- scheduler: a binary min-heap on `due`, one timer for its head --------------------------
+
+  private schedule(e: Entry): void {
+    e.heap = this.heap.length;
+    this.heap.push(e);
+    this.up(e.heap);
+    this.arm();
+  }
+  private unschedule(e: Entry): void {
+    const i = e.heap;
+    if (i < 0) return;
+    const last = this.heap.pop()!;
+    e.heap = -1;
+    if (last !== e) {
+      this.heap[i] = last;
+      last.heap = i;
+      this.down(i);
+      this.up(last.heap);
+    }
+  }
+  private up(i: number): void {
+    const h = this.heap;
+    const x = h[i];
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (h[p].due <= x.due) break;
+      h[i] = h[p];
+      h[i].heap = i;
+      i = p;
+    }
+    h[i] = x;
+    x.heap = i;
+  }
+  private down(i: number): void {
+    const h = this.heap;
+    const n = h.length;
+    const x = h[i];
+    for (;;) {
+      let c = 2 * i + 1;
+      if (c >= n) break;
+      if (c + 1 < n && h[c + 1].due < h[c].due) c++;
+      if (h[c].due >= x.due) break;
+      h[i] = h[c];
+      h[i].heap = i;
+      i = c;
+    }
+    h[i] = x;
+    x.heap = i;
+  }
+  private popMin(): Entry {
+    const h = this.heap;
+    const top = h[0];
+    const last = h.pop()!;
+    if (h.length) {
+      h[0] = last;
+      last.heap = 0;
+      this.down(0);
+    }
+    top.heap = -1;
+    return top;
+  }
+
+  /** Arms the single timer for the earliest due check. */
+  private arm(): void {
+    if (!this.running || this.heap.length === 0) return;
+    const at = this.heap[0].due;
+    if (this.timer && at >= this.timerAt) return;
+    if (this.timer) clearTimeout(this.timer);
+    this.timerAt = at;
+    this.timer = setTimeout(() => this.fire(), Math.max(0, at - Date.now()));
+  }
+
+  private fire(): void {
+    this.timer = undefined;
+    this.timerAt = Infinity;
+    if (!this.running) return;
+    const now = Date.now();
+    while (this.heap.length && this.heap[0].due <= now) this.check(this.popMin(), now);
+    this.arm();
+  }
+
+  /** One probe of `e` (never two at once: the next is scheduled when this one ends). */
+  private check(e: Entry, now: number): void {
+    e.inFlight = true;
+    this.inFlight++;
+    const cfg = e.cfg;
+    this.probe({ kind: cfg.kind, host: e.host, port: e.port, timeoutMs: cfg.timeoutMs, ...(cfg.path ? { path: cfg.path } : {}), ...(cfg.expect ? { expect: cfg.expect } : {}) }).then(
+      () => this.result(e, now, undefined),
+      (err: Error) => this.result(e, now, err?.message ?? String(err)),
+    );
+  }
+
+  private result(e: Entry, started: number, error: string | undefined): void {
+    e.inFlight = false;
+    this.inFlight--;
+    if (this.inFlight === 0 && this.idleWaiters.length) for (const w of this.idleWaiters.splice(0)) w();
+    if (e.removed || !this.running) return;
+    const now = Date.now();
+    e.lastCheck = now;
+    e.checks++;
+    this.counters.checks.set(e.profile, (this.counters.checks.get(e.profile) ?? 0) + 1);
+    this.dirty = true;
+    let next: DestinationHealth | undefined;
+    if (error === undefined) {
+      e.okRun++;
+      e.failRun = 0;
+      delete e.lastError;
+      if (e.state === 'unchecked' || (e.state === 'down' && e.okRun >= e.cfg.rise)) next = 'up';
+    } else {
+      e.failRun++;
+      e.okRun = 0;
+      e.failures++;
+      e.lastError = error;
+      this.counters.failures.set(e.profile, (this.counters.failures.get(e.profile) ?? 0) + 1);
+      if (e.state !== 'down' && e.failRun >= e.cfg.fall) next = 'down';
+    }
+    const info = this.host.core.health.info.get(e.profile);
+    if (next && next !== e.state) {
+      const previous = e.state;
+      e.state = next;
+      e.since = now;
+      const p = this.byProfile.get(e.profile)!;
+      const reason = next === 'down' ? `${e.failRun} failed check(s), last: ${error}` : `${previous === 'unchecked' ? 1 : e.okRun} successful check(s)`;
+      const ev: HealthEvent = { profile: e.profile, destination: e.destination, state: next, previous, reason, at: now };
+      if (next === 'down' || previous === 'down') {
+        const down = new Set(p.down);
+        if (next === 'down') down.add(e.destination);
+        else down.delete(e.destination);
+        p.down = down;
+        this.host.core.health.setDown(e.profile, down);
+        const eff = effectiveProfile(p.profile, down);
+        const all = eff === p.profile && down.size > 0 && next === 'down';
+        this.log(
+          `health ${e.profile} ${e.destination}: ${next} after ${reason}; ` +
+            (next === 'down'
+              ? all
+                ? 'every destination is down: keeping all of them (health.allDown: keep)'
+                : eff === null
+                  ? 'every destination is down: profile drained (health.allDown: drain)'
+                  : 'drained (weight 0: no new connections)'
+              : 'back at its configured weight'),
+        );
+        this.requestFlush();
+      } else {
+        this.log(`health ${e.profile} ${e.destination}: ${next} (first check succeeded)`);
+      }
+      this.syncInfo(e.profile);
+      this.host.emit?.(ev);
+      this.emit('health', ev);
+    } else if (info) {
+      const i = info.get(e.destination);
+      if (i) {
+        i.lastCheck = now;
+        if (e.lastError !== undefined) i.lastError = e.lastError;
+        else delete i.lastError;
+      }
+    }
+    // Next check: one interval after this one started, ±jitter, never before now.
+    const j = 1 + this.jitter * (2 * this.random() - 1);
+    e.due = Math.max(now, started + e.cfg.intervalMs * j);
+    this.schedule(e);
+  }
+
+  // --- commits -------------------------------------------------------------------------------
+
+  private requestFlush(): void {
+    if (!this.running) return;
+    if (this.committing) {
+      this.flushAgain = true;
+      return;
+    }
+    if (this.flushTimer) return;
+    this.flushTimer = setTimeout(() => {
+      this.flushTimer = undefined;
+      void this.flush();
+    }, this.batchMs);
+  }
+
+  private async flush(): Promise<void> {
+    if (!this.host.core.health.hasPending) return;
+    this.committing = true;
+    this.flushAgain = false;
+    try {
+      const r = await this.host.commit();
+      this.counters.commits++;
+      if (r.committed) this.log(`health: committed in ${r.commitMs.toFixed(2)} ms (${r.engine}/${r.executor})`);
+      if (this.publishFile) await this.publishNow();
+    } catch (e) {
+      this.counters.commitFailures++;
+      this.log(`health: commit failed (${(e as Error).message}); retrying`);
+      if (this.listenerCount('error') > 0) this.emit('error', e as Error);
+      this.committing = false;
+      if (this.running) this.flushTimer = setTimeout(() => ((this.flushTimer = undefined), void this.flush()), 1000);
+      return;
+    }
+    this.committing = false;
+    if (this.flushAgain || this.host.core.health.hasPending) this.requestFlush();
+  }
+
+  private async publishNow(): Promise<void> {
+    if (!this.publishFile) return;
+    this.dirty = false;
+    try {
+      await this.host.core.health.publish(this.publishFile);
+    } catch (e) {
+      this.log(`health: cannot write ${this.publishFile} (${(e as Error).message})`);
+    }
+  }
+}
+
+/** A host over a bare core (iptlb watch): each health commit is its own transaction (an empty change carrying the health). */
+export function coreHost(core: Core, emit?: (e: HealthEvent) => void): HealthHost {
+  return { core, commit: () => core.transact(() => ({ upsert: [], remove: [] }), { run: true }), ...(emit ? { emit } : {}) };
+}

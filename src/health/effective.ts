@@ -1,0 +1,326 @@
+/**
+ * The seam between health checks and the transaction core: an overlay of runtime destination
+ * states. The state file keeps the configured profiles; the kernel gets *effective* ones, where a
+ * destination that health checks found down has weight 0 (drained: no new connections, established
+ * ones keep working). Every kernel plan and every kernel comparison of {@link Core} (apply, delete,
+ * status, sync, drift) goes through {@link HealthOverlay.begin} or {@link HealthOverlay.kernelState},
+ * so a drained destination is neither reported as "modified" nor repaired back.
+ *
+ * Two sets of down destinations per profile: `committed` (what the kernel holds) and `desired` (what
+ * the checker decided). A transaction plans from the committed effective profiles to the desired
+ * ones: health changes ride along with any change, and a health-only change is a transaction whose
+ * profile change is empty. The state file is never written for a health change.
+ *
+ * A process that does not run checks (a one-shot CLI) can follow the overlay another process
+ * publishes beside the state file ({@link healthFileOf}), so its status, sync and apply plan the same
+ * effective profiles.
+ */
+import { promises as fsp, readFileSync, statSync } from 'node:fs';
+import * as path from 'node:path';
+import type { Profile } from '../types.js';
+import type { DestinationCounters } from '../drift.js';
+
+export type DestinationHealth = 'up' | 'down' | 'unchecked';
+
+/** What is known of one destination's checks. Times are ms since the epoch. */
+export interface DestinationHealthInfo {
+  state: DestinationHealth;
+  /** When the state last changed. */
+  since?: number;
+  /** When the last check finished. */
+  lastCheck?: number;
+  /** Why the last check failed (absent after a success). */
+  lastError?: string;
+}
+
+/** The file another process publishes its health in: beside the state file, `<state file>.health.json`. */
+export function healthFileOf(statePath: string): string {
+  return `${statePath}.health.json`;
+}
+
+type DownSets = Map<string, ReadonlySet<string>>;
+
+const effCache = new WeakMap<Profile, { down: ReadonlySet<string>; eff: Profile | null }>();
+
+/**
+ * The profile the kernel gets when `down` destinations are down: each at weight 0; when every
+ * destination that takes connections is down, the profile itself (`allDown: keep`, the default) or
+ * null (`allDown: drain`: no rules at all). Profiles without a health check are never changed.
+ */
+export function effectiveProfile(p: Profile, down: ReadonlySet<string> | undefined): Profile | null {
+  if (!down || down.size === 0 || !p.health) return p;
+  const hit = effCache.get(p);
+  if (hit && hit.down === down) return hit.eff;
+  let active = 0;
+  const drained: string[] = [];
+  for (const d of p.destination) {
+    const w = p.weights?.[d] ?? 1;
+    if (w === 0) continue;
+    active++;
+    if (down.has(d)) drained.push(d);
+  }
+  let eff: Profile | null;
+  if (drained.length === 0) eff = p;
+  else if (drained.length === active) eff = p.health.allDown === 'drain' ? null : p;
+  else {
+    const weights: Record<string, number> = { ...(p.weights ?? {}) };
+    for (const d of drained) weights[d] = 0;
+    eff = Object.freeze({ ...p, weights: Object.freeze(weights) });
+  }
+  effCache.set(p, { down, eff });
+  return eff;
+}
+
+/** The part of a transaction the kernel sees. */
+export interface KernelPart<C extends { upsert: Profile[]; remove: string[] }> {
+  /** Effective profiles the kernel holds now. */
+  state: Map<string, Profile>;
+  /** Effective change to commit. */
+  change: C;
+  /** Call once the kernel holds the change: the desired health is then the committed one. */
+  done(): void;
+}
+
+export class HealthOverlay {
+  private committed: DownSets = new Map();
+  private desired: DownSets = new Map();
+  /** Profiles whose desired set differs from the committed one. */
+  private pending = new Set<string>();
+  /** Per profile and destination: what the checks found (shown by status, metrics, the published file). */
+  readonly info = new Map<string, Map<string, DestinationHealthInfo>>();
+  private followFile?: string;
+  private followVersion?: string;
+
+  /** Whether anything is drained or about to be (nothing to do for the core otherwise). */
+  get active(): boolean {
+    return this.committed.size > 0 || this.pending.size > 0;
+  }
+
+  /** Sets the destinations of `profile` that are down (the checker's decision); an empty set: all up. */
+  setDown(profile: string, down: ReadonlySet<string>): void {
+    if (down.size === 0) this.desired.delete(profile);
+    else this.desired.set(profile, down);
+    const now = this.desired.get(profile);
+    if (!sameSet(now, this.committed.get(profile))) this.pending.add(profile);
+    else this.pending.delete(profile);
+  }
+
+  /** Forgets a profile (deleted, or its check removed). */
+  forget(profile: string): void {
+    this.setDown(profile, new Set());
+    this.info.delete(profile);
+  }
+
+  /** The destinations of `profile` drained in the kernel. */
+  committedDown(profile: string): ReadonlySet<string> | undefined {
+    return this.committed.get(profile);
+  }
+
+  /** Whether a health change waits for its commit. */
+  get hasPending(): boolean {
+    return this.pending.size > 0;
+  }
+
+  /** The effective profiles the kernel holds: `state` itself when nothing is drained. */
+  kernelState(state: Map<string, Profile>): Map<string, Profile> {
+    if (this.committed.size === 0) return state;
+    let out: Map<string, Profile> | undefined;
+    for (const [name, down] of this.committed) {
+      const p = state.get(name);
+      if (!p) continue;
+      const e = effectiveProfile(p, down);
+      if (e === p) continue;
+      out ??= new Map(state);
+      if (e) out.set(name, e);
+      else out.delete(name);
+    }
+    return out ?? state;
+  }
+
+  /**
+   * The kernel's part of a transaction that changes `state` by `change`: from the committed
+   * effective profiles to the desired ones, with the profiles whose health changed added.
+   */
+  begin<C extends { upsert: Profile[]; remove: string[] }>(state: Map<string, Profile>, change: C): KernelPart<C> {
+    if (!this.active) return { state, change, done: () => {} };
+    const kstate = this.kernelState(state);
+    const upsert: Profile[] = [];
+    const remove: string[] = [];
+    const touched = new Set<string>();
+    for (const p of change.upsert) {
+      touched.add(p.name);
+      const e = effectiveProfile(p, this.desired.get(p.name));
+      if (e) upsert.push(e);
+      else if (kstate.has(p.name)) remove.push(p.name);
+    }
+    for (const n of change.remove) {
+      touched.add(n);
+      if (kstate.has(n) || !state.has(n)) remove.push(n);
+    }
+    const pending = [...this.pending];
+    for (const n of pending) {
+      if (touched.has(n)) continue;
+      const p = state.get(n);
+      if (!p) continue;
+      const before = kstate.get(n);
+      const after = effectiveProfile(p, this.desired.get(n));
+      if (before === after) continue;
+      if (after) upsert.push(after);
+      else if (before) remove.push(n);
+    }
+    const kchange = { ...change, upsert, remove };
+    // What this transaction plans: the desired sets now (more may be decided while it commits).
+    const planned = new Map<string, ReadonlySet<string> | undefined>();
+    for (const n of [...touched, ...pending]) planned.set(n, this.desired.get(n));
+    return {
+      state: kstate,
+      change: kchange,
+      done: () => {
+        for (const [n, d] of planned) {
+          if (d && d.size) this.committed.set(n, d);
+          else this.committed.delete(n);
+          if (sameSet(this.desired.get(n), this.committed.get(n))) this.pending.delete(n);
+          else this.pending.add(n);
+        }
+      },
+    };
+  }
+
+  /**
+   * Reports of `status` compared against {@link kernelState}, told in the configured terms: the
+   * configured weight, the effective one when it differs, and each destination's health.
+   */
+  annotate<R extends { name: string; destinations: DestinationCounters[] }>(
+    reports: R[],
+    state: Map<string, Profile>,
+    kstate: Map<string, Profile>,
+    omitted: (p: Profile) => R,
+  ): R[] {
+    const out: R[] = [];
+    for (const r of reports) {
+      const p = state.get(r.name);
+      if (p?.health) this.annotateOne(r, p, kstate.get(r.name) ?? null);
+      out.push(r);
+    }
+    if (kstate !== state) {
+      for (const p of state.values()) {
+        if (!kstate.has(p.name)) {
+          const r = omitted(p);
+          this.annotateOne(r, p, null);
+          out.push(r);
+        }
+      }
+      out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    }
+    return out;
+  }
+
+  private annotateOne(r: { name: string; destinations: DestinationCounters[] }, p: Profile, eff: Profile | null): void {
+    const info = this.info.get(p.name);
+    for (const d of r.destinations) {
+      const configured = p.weights?.[d.destination] ?? 1;
+      const effective = eff ? (eff.weights?.[d.destination] ?? 1) : 0;
+      if (configured !== 1) d.weight = configured;
+      else delete d.weight;
+      if (effective !== configured) d.effectiveWeight = effective;
+      const i = info?.get(d.destination);
+      d.health = i?.state ?? 'unchecked';
+      if (i?.lastCheck !== undefined) d.lastCheck = new Date(i.lastCheck).toISOString();
+      if (i?.lastError !== undefined) d.lastError = i.lastError;
+    }
+  }
+
+  // --- publishing and following -----------------------------------------------------------
+
+  /** The overlay as the published file holds it: what the kernel holds, and what the checks found. */
+  snapshot(): PublishedHealth {
+    const profiles: PublishedHealth['profiles'] = {};
+    for (const [name, m] of this.info) {
+      const destinations: Record<string, DestinationHealthInfo> = {};
+      for (const [d, i] of m) destinations[d] = i;
+      profiles[name] = { drained: [...(this.committed.get(name) ?? [])], destinations };
+    }
+    for (const [name, down] of this.committed) if (!profiles[name]) profiles[name] = { drained: [...down], destinations: {} };
+    return { version: 1, pid: process.pid, updatedAt: Date.now(), profiles };
+  }
+
+  /** Writes {@link snapshot} to `file` atomically (temp file + rename). */
+  async publish(file: string): Promise<void> {
+    const tmp = path.join(path.dirname(file), `.${path.basename(file)}.tmp-${process.pid}`);
+    await fsp.writeFile(tmp, JSON.stringify(this.snapshot()) + '\n', { mode: 0o644 });
+    await fsp.rename(tmp, file);
+  }
+
+  /** Follows the file another (live) process publishes: {@link refresh} loads it when it changed. */
+  follow(file: string | undefined): void {
+    this.followFile = file;
+    this.followVersion = undefined;
+  }
+
+  /**
+   * Follow mode: loads the published file when it changed. A file whose writer is no longer running
+   * (or is this process) is ignored: nobody checks health then, and the configured weights hold.
+   */
+  refresh(): void {
+    if (!this.followFile) return;
+    let version: string | undefined;
+    try {
+      const st = statSync(this.followFile, { bigint: true });
+      version = `${st.ino}:${st.mtimeNs}:${st.size}`;
+    } catch {
+      version = undefined;
+    }
+    if (version === this.followVersion && version !== undefined) {
+      if (this.writerPid === undefined || alive(this.writerPid)) return;
+    }
+    this.followVersion = version;
+    this.committed = new Map();
+    this.desired = new Map();
+    this.pending.clear();
+    this.info.clear();
+    this.writerPid = undefined;
+    if (version === undefined) return;
+    let data: PublishedHealth;
+    try {
+      data = JSON.parse(readFileSync(this.followFile, 'utf8')) as PublishedHealth;
+    } catch {
+      return;
+    }
+    if (data?.version !== 1 || typeof data.pid !== 'number' || data.pid === process.pid || !alive(data.pid) || typeof data.profiles !== 'object') return;
+    this.writerPid = data.pid;
+    for (const [name, p] of Object.entries(data.profiles)) {
+      if (Array.isArray(p.drained) && p.drained.length) {
+        const s = new Set(p.drained.map(String));
+        this.committed.set(name, s);
+        this.desired.set(name, s);
+      }
+      const m = new Map<string, DestinationHealthInfo>();
+      for (const [d, i] of Object.entries(p.destinations ?? {})) m.set(d, i);
+      this.info.set(name, m);
+    }
+  }
+  private writerPid?: number;
+}
+
+export interface PublishedHealth {
+  version: 1;
+  pid: number;
+  updatedAt: number;
+  profiles: Record<string, { drained: string[]; destinations: Record<string, DestinationHealthInfo> }>;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+function sameSet(a: ReadonlySet<string> | undefined, b: ReadonlySet<string> | undefined): boolean {
+  if (!a || a.size === 0) return !b || b.size === 0;
+  if (!b || a.size !== b.size) return false;
+  for (const x of a) if (!b.has(x)) return false;
+  return true;
+}

@@ -1,0 +1,204 @@
+/**
+ * `/metrics` (Prometheus text format 0.0.4) and `/healthz` for a long-running iptlb process (`iptlb
+ * watch`, the fleet agent, a library user). Per-destination counters are the kernel counters
+ * `status` reads, read on each scrape (no timer). Written by hand rather than with prom-client: the
+ * few metric families below need no registry, and the process then loads no extra dependency.
+ */
+import * as http from 'node:http';
+import { IptlbError } from '../errors.js';
+import type { Core } from '../lb.js';
+import type { ProfileReport } from '../drift.js';
+import type { HealthChecker } from '../health/checker.js';
+
+/** Upper bounds of the commit duration histogram, seconds. */
+export const COMMIT_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
+
+/** Process counters a long-running process updates; the server renders them. */
+export class ProcessStats {
+  commits = 0;
+  commitSeconds = 0;
+  readonly commitBuckets = COMMIT_BUCKETS.map(() => 0);
+  driftDetected = 0;
+  driftRepaired = 0;
+  syncFailures = 0;
+  /** The last sync (or check) of the kernel against the state: null before the first. */
+  lastSync: { ok: boolean; at: number; error?: string } | null = null;
+
+  /** One kernel commit of `ms` milliseconds. */
+  observeCommit(ms: number): void {
+    this.commits++;
+    const s = ms / 1000;
+    this.commitSeconds += s;
+    COMMIT_BUCKETS.forEach((b, i) => {
+      if (s <= b) this.commitBuckets[i]++;
+    });
+  }
+
+  /** The result of a sync: what it found out of step (`drifted` profiles) and whether it repaired it, or its error. */
+  observeSync(r: { drifted: number; committed: boolean; commitMs: number } | Error): void {
+    if (r instanceof Error) {
+      this.syncFailures++;
+      this.lastSync = { ok: false, at: Date.now(), error: r.message };
+      return;
+    }
+    if (r.drifted > 0) this.driftDetected += r.drifted;
+    if (r.committed) {
+      this.driftRepaired += r.drifted;
+      this.observeCommit(r.commitMs);
+    }
+    this.lastSync = { ok: true, at: Date.now() };
+  }
+}
+
+export interface MetricsServerOptions {
+  /** `host:port` to listen on, e.g. `127.0.0.1:9469` (`[::1]:9469` for IPv6). */
+  address: string;
+  core: Core;
+  stats?: ProcessStats;
+  checker?: HealthChecker;
+  /** More lines of exposition text (the fleet agent: applied revision, watch state), each family with its # HELP and # TYPE. */
+  extra?: () => string | Promise<string>;
+}
+
+export interface MetricsServer {
+  /** Where it listens. */
+  host: string;
+  port: number;
+  close(): Promise<void>;
+}
+
+/** Parses `host:port` / `[v6]:port`; throws a one-line EUSAGE naming `metrics-address`. */
+export function parseListenAddress(text: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+|localhost)):([0-9]{1,5})$/.exec(text);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw new IptlbError('EUSAGE', `metrics-address: ${JSON.stringify(text)} must be host:port, e.g. 127.0.0.1:9469 or [::1]:9469 (port 0: any free one)`, { field: 'metrics-address' });
+  return { host: m[1] ?? m[2], port };
+}
+
+function esc(v: string): string {
+  return v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');
+}
+
+class Text {
+  lines: string[] = [];
+  family(name: string, type: 'counter' | 'gauge' | 'histogram', help: string): void {
+    this.lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+  }
+  sample(name: string, labels: Record<string, string>, value: number): void {
+    const l = Object.entries(labels)
+      .map(([k, v]) => `${k}="${esc(v)}"`)
+      .join(',');
+    this.lines.push(`${name}${l ? `{${l}}` : ''} ${Number.isFinite(value) ? value : 0}`);
+  }
+}
+
+/** The exposition text: kernel counters (one status read), health, and the process counters. */
+export async function renderMetrics(opts: Omit<MetricsServerOptions, 'address'>): Promise<string> {
+  const t = new Text();
+  let reports: ProfileReport[] = [];
+  let readOk = 1;
+  try {
+    reports = await opts.core.status();
+  } catch {
+    readOk = 0;
+  }
+  const profiles = reports.filter((r) => r.status !== 'orphaned');
+  t.family('iptlb_kernel_read_success', 'gauge', 'Whether this scrape could read the kernel counters (1) or not (0).');
+  t.sample('iptlb_kernel_read_success', {}, readOk);
+  t.family('iptlb_profiles', 'gauge', 'Profiles in the state file.');
+  t.sample('iptlb_profiles', {}, profiles.length);
+  t.family('iptlb_profile_in_sync', 'gauge', 'Whether the kernel holds the profile as planned (1) or not (0); orphans have profile="" and the owner in "orphan".');
+  for (const r of reports) {
+    if (r.status === 'orphaned') t.sample('iptlb_profile_in_sync', { profile: '', orphan: r.name }, 0);
+    else t.sample('iptlb_profile_in_sync', { profile: r.name }, r.status === 'in-sync' ? 1 : 0);
+  }
+  t.family('iptlb_destination_packets_total', 'counter', 'Packets matched by the NAT rule of the destination: one per new connection (kernel counter).');
+  for (const r of profiles) for (const d of r.destinations) t.sample('iptlb_destination_packets_total', { profile: r.name, destination: d.destination }, d.packets);
+  t.family('iptlb_destination_bytes_total', 'counter', 'Bytes of those packets (kernel counter).');
+  for (const r of profiles) for (const d of r.destinations) t.sample('iptlb_destination_bytes_total', { profile: r.name, destination: d.destination }, d.bytes);
+  t.family('iptlb_destination_weight', 'gauge', 'Configured weight of the destination (state file).');
+  for (const r of profiles) for (const d of r.destinations) t.sample('iptlb_destination_weight', { profile: r.name, destination: d.destination }, d.weight ?? 1);
+  t.family('iptlb_destination_effective_weight', 'gauge', 'Weight the kernel has for the destination (0 when drained because down).');
+  for (const r of profiles) for (const d of r.destinations) t.sample('iptlb_destination_effective_weight', { profile: r.name, destination: d.destination }, d.effectiveWeight ?? d.weight ?? 1);
+  t.family('iptlb_destination_health', 'gauge', 'Health state of the destination: 1 for its current state (up, down or unchecked), 0 for the others; profiles with a health check only.');
+  for (const r of profiles) {
+    for (const d of r.destinations) {
+      if (d.health === undefined) continue;
+      for (const s of ['up', 'down', 'unchecked']) t.sample('iptlb_destination_health', { profile: r.name, destination: d.destination, state: s }, d.health === s ? 1 : 0);
+    }
+  }
+  const c = opts.checker?.counters;
+  t.family('iptlb_health_checks_total', 'counter', 'Health checks finished, per profile.');
+  if (c) for (const [p, n] of c.checks) t.sample('iptlb_health_checks_total', { profile: p }, n);
+  t.family('iptlb_health_check_failures_total', 'counter', 'Health checks that failed, per profile.');
+  if (c) for (const [p, n] of c.failures) t.sample('iptlb_health_check_failures_total', { profile: p }, n);
+  const s = opts.stats;
+  if (s) {
+    t.family('iptlb_commits_total', 'counter', 'Kernel commits made by this process (syncs and health changes).');
+    t.sample('iptlb_commits_total', {}, s.commits);
+    t.family('iptlb_commit_duration_seconds', 'histogram', 'Duration of those kernel commits.');
+    COMMIT_BUCKETS.forEach((b, i) => t.sample('iptlb_commit_duration_seconds_bucket', { le: String(b) }, s.commitBuckets[i]));
+    t.sample('iptlb_commit_duration_seconds_bucket', { le: '+Inf' }, s.commits);
+    t.sample('iptlb_commit_duration_seconds_sum', {}, s.commitSeconds);
+    t.sample('iptlb_commit_duration_seconds_count', {}, s.commits);
+    t.family('iptlb_drift_detected_total', 'counter', 'Profiles found out of step with the state file by a sync.');
+    t.sample('iptlb_drift_detected_total', {}, s.driftDetected);
+    t.family('iptlb_drift_repaired_total', 'counter', 'Profiles a sync brought back in step.');
+    t.sample('iptlb_drift_repaired_total', {}, s.driftRepaired);
+    t.family('iptlb_sync_failures_total', 'counter', 'Syncs that failed.');
+    t.sample('iptlb_sync_failures_total', {}, s.syncFailures);
+    t.family('iptlb_last_sync_success', 'gauge', 'Whether the last sync succeeded (1) or failed (0).');
+    t.sample('iptlb_last_sync_success', {}, s.lastSync?.ok ? 1 : 0);
+  }
+  let text = t.lines.join('\n') + '\n';
+  if (opts.extra) {
+    const more = await opts.extra();
+    if (more) text += more.endsWith('\n') ? more : more + '\n';
+  }
+  return text;
+}
+
+/** `/healthz`: 200 while the last sync succeeded and the kernel matches the state (with health), else 503 and why. */
+export async function healthz(opts: Omit<MetricsServerOptions, 'address'>): Promise<{ ok: boolean; reason: string; profiles?: string[] }> {
+  const last = opts.stats?.lastSync;
+  if (last && !last.ok) return { ok: false, reason: `last sync failed: ${last.error}` };
+  try {
+    const drifted = (await opts.core.status()).filter((r) => r.status !== 'in-sync');
+    if (drifted.length) return { ok: false, reason: `kernel does not match the state file: ${drifted.length} profile(s) ${drifted.slice(0, 5).map((r) => `${r.name} ${r.status}`).join(', ')}`, profiles: drifted.map((r) => r.name) };
+  } catch (e) {
+    return { ok: false, reason: `cannot read the kernel: ${(e as Error).message}` };
+  }
+  return { ok: true, reason: 'kernel matches the state file' };
+}
+
+/** Serves `/metrics` and `/healthz` on `address`. Resolves once listening. */
+export async function startMetricsServer(opts: MetricsServerOptions): Promise<MetricsServer> {
+  const { host, port } = parseListenAddress(opts.address);
+  const server = http.createServer((req, res) => {
+    const url = (req.url ?? '/').split('?')[0];
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.writeHead(405, { allow: 'GET, HEAD' }).end();
+      return;
+    }
+    if (url === '/metrics') {
+      renderMetrics(opts).then(
+        (text) => res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' }).end(text),
+        (e: Error) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`${e.message}\n`),
+      );
+    } else if (url === '/healthz') {
+      void healthz(opts).then((h) => res.writeHead(h.ok ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify(h) + '\n'));
+    } else {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('iptlb: /metrics or /healthz\n');
+    }
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (e: NodeJS.ErrnoException) => reject(new IptlbError('EUSAGE', `metrics-address: cannot listen on ${opts.address} (${e.code ?? e.message})`, { field: 'metrics-address' })));
+    server.listen(port, host, () => resolve());
+  });
+  const a = server.address() as { address: string; port: number };
+  return {
+    host: a.address,
+    port: a.port,
+    close: () => new Promise<void>((r) => server.close(() => r())),
+  };
+}

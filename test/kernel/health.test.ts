@@ -1,0 +1,67 @@
+/**
+ * Health checks and metrics (issue 15) with real TCP and HTTP backends in a fresh network namespace,
+ * on every engine × executor pair: see fixtures/health.ts for the scenario.
+ */
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { runJsonInFreshNetns } from '../harness/netns.js';
+import { PAIRS } from './common.js';
+
+const FX = new URL('./fixtures/health.js', import.meta.url).pathname;
+const ok = (r: { code: number; stderr: string }, what: string): void => assert.equal(r.code, 0, `${what}: ${r.stderr}`);
+
+for (const pair of PAIRS) {
+  describe(`health checks and metrics over ${pair.name}`, { skip: pair.skip }, () => {
+    test('stopped backend drained, no failed connection after; back when started; http 500 drained; separate check port; all down kept or drained; /metrics and /healthz', async () => {
+      const r: any = await runJsonInFreshNetns(FX, [pair.name], { timeoutMs: 240_000 });
+      const ctx = `\n--- watch log:\n${r.log}`;
+      for (const k of ['applyWeb', 'applyApi', 'applySep', 'applyDr']) ok(r[k], k);
+      assert.equal(r.badFlag.code, 2);
+      assert.match(r.badFlag.stderr, /^iptlb: error: health\.fall: "0" must be a whole number from 1 to 100\n$/);
+      assert.deepEqual(r.oneShotNoProbe, ['unchecked', 'unchecked', 'unchecked'], 'a one-shot CLI never probes');
+      // Drained: shown by status, which stays in sync (exit 0); sync leaves it drained.
+      assert.equal(r.drained.health, 'down');
+      assert.match(r.drained.lastError, /ECONNREFUSED/);
+      assert.deepEqual(r.statusDrained, { code: 0, inSync: true });
+      ok(r.sync, 'sync');
+      assert.equal(r.splitDown.failures, 0, JSON.stringify(r.splitDown.errors) + ctx);
+      assert.equal(r.splitDown.counts['backend:9002'] ?? 0, 0, 'no new connection to the stopped backend');
+      assert.equal((r.splitDown.counts['backend:9001'] ?? 0) + (r.splitDown.counts['backend:9003'] ?? 0), 300);
+      assert.match(r.statusText, /127\.0\.0\.1:9002\t0\t0\tdown \(drained; last check [^;]+; ECONNREFUSED/);
+      assert.match(r.log, /health web 127\.0\.0\.1:9002: down after 2 failed check\(s\), last: ECONNREFUSED \(connect\); drained/);
+      // Back.
+      assert.equal(r.splitUp.failures, 0, JSON.stringify(r.splitUp.errors));
+      assert.ok(r.splitUpCounts[1] > 0, `9002 gets traffic again: ${r.splitUpCounts}`);
+      // Metrics: counters since the last commit = the connections of the last split, per destination.
+      assert.equal(r.metricsCode, 200);
+      assert.deepEqual(r.metricWeb, r.splitUpCounts, 'iptlb_destination_packets_total = connections sent');
+      assert.deepEqual(r.statusUp, r.splitUpCounts);
+      assert.deepEqual(r.metricUp, [1, 1, 1]);
+      for (const f of ['iptlb_destination_packets_total', 'iptlb_destination_bytes_total', 'iptlb_destination_health', 'iptlb_destination_weight', 'iptlb_destination_effective_weight', 'iptlb_profiles', 'iptlb_commits_total', 'iptlb_commit_duration_seconds', 'iptlb_drift_detected_total', 'iptlb_drift_repaired_total', 'iptlb_sync_failures_total', 'iptlb_health_checks_total', 'iptlb_health_check_failures_total']) {
+        assert.ok(r.metricFamilies.includes(f), `metric family ${f}`);
+      }
+      assert.ok(r.metricCommits >= 2, `commits ${r.metricCommits}`);
+      assert.equal(r.healthz.code, 200, r.healthz.body);
+      // http 500.
+      assert.match(r.api2.lastError, /HTTP 500 \(expected 200-399\)/);
+      assert.equal(r.api1.health, 'up');
+      assert.deepEqual(r.apiCounts, { 9101: 40, 9102: 0 });
+      // Separate check port, all down: kept.
+      assert.ok(r.sepDown.destinations.every((d: any) => d.effectiveWeight === undefined), 'all down: every destination kept');
+      assert.equal(r.sepSplit.failures, 0);
+      assert.ok((r.sepSplit.counts['backend:9201'] ?? 0) > 0 && (r.sepSplit.counts['backend:9202'] ?? 0) > 0, JSON.stringify(r.sepSplit.counts));
+      assert.equal(r.sepUp, true);
+      // allDown: drain.
+      assert.equal(r.drStatus.status, 'in-sync');
+      assert.match(r.drStatus.detail, /every destination is down: drained \(health\.allDown: drain\)/);
+      assert.match(r.drProbe, /^error .*ECONNREFUSED/, 'no rules: the virtual address refuses');
+      assert.equal(r.drDirect, 'backend:9401');
+      assert.equal(r.statusAll.inSync, true, JSON.stringify(r.statusAll));
+      // Stopped: configured weights back, nobody checks: unchecked, in sync.
+      assert.equal(r.exit, 0);
+      assert.equal(r.afterStop.inSync, true, JSON.stringify(r.afterStop) + ctx);
+      assert.ok(r.afterStop.profiles.every((p: any) => p.destinations.every((d: any) => d.health === 'unchecked' && d.effectiveWeight === undefined)));
+      assert.equal(r.drAfterStop, 'backend:9401');
+    });
+  });
+}

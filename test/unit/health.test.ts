@@ -1,0 +1,377 @@
+/**
+ * Health checks without a kernel: the state machine (rise/fall), the all-down policy, jitter, one
+ * probe in flight per destination, transitions batched into one transaction, and the effective
+ * profiles the kernel gets — with node:test's mock timers and an injected probe.
+ */
+import { test, mock, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { IptlbError, parseState, serializeState, validateProfile, type KernelView, type LegacyExecutor, type Transaction } from '../../src/index.js';
+import { Core } from '../../src/lb.js';
+import { HealthChecker, coreHost } from '../../src/health/checker.js';
+import { effectiveProfile } from '../../src/health/effective.js';
+import { ProcessStats, parseListenAddress } from '../../src/metrics/server.js';
+import type { ProbeTarget } from '../../src/health/probe.js';
+
+/** Records transactions; commits resolve at once (no timers), or when `hold` is released. */
+class FakeExecutor implements LegacyExecutor {
+  readonly kind = 'spawn' as const;
+  readonly engine = 'legacy' as const;
+  txs: Transaction[] = [];
+  hold?: Promise<void>;
+  async commit(tx: Transaction) {
+    if (this.hold) await this.hold;
+    this.txs.push(tx);
+    return { durationMs: 1 };
+  }
+  async read(): Promise<KernelView> {
+    return { chains: [], hookRules: [] };
+  }
+  async render(): Promise<string> {
+    return '';
+  }
+}
+
+/** DNAT destinations of profile `name` in a transaction (null: the profile is not in it). */
+function dnats(tx: Transaction, name: string): string[] | null {
+  const c = tx.chains.find((x) => x.name === `IPTLB_NAT_${name.toUpperCase()}`);
+  if (!c) return null;
+  return c.rules.flatMap((r) => (r.target.name === 'DNAT' ? [r.target.toDestination] : []));
+}
+
+const D = ['127.0.0.1:9001', '127.0.0.1:9002', '127.0.0.1:9003'];
+const health = { kind: 'tcp', intervalMs: 100, timeoutMs: 50, rise: 2, fall: 3 };
+
+/** Probe outcomes by destination (`ip:port`): true ok, false fail, 'hang' never settles until released. */
+class Probes {
+  outcome = new Map<string, boolean | 'hang'>();
+  calls: { at: number; key: string }[] = [];
+  hanging: (() => void)[] = [];
+  probe = (t: ProbeTarget): Promise<void> => {
+    const key = `${t.host}:${t.port}`;
+    this.calls.push({ at: Date.now(), key });
+    const o = this.outcome.get(key) ?? true;
+    if (o === 'hang') return new Promise((r) => this.hanging.push(r));
+    return o ? Promise.resolve() : Promise.reject(new Error('ECONNREFUSED (connect)'));
+  };
+}
+
+async function settle(): Promise<void> {
+  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+}
+/** Advances the mocked clock by `ms` in `step` ms steps, letting promises settle after each. */
+async function advance(ms: number, step = 10): Promise<void> {
+  for (let t = 0; t < ms; t += step) {
+    mock.timers.tick(step);
+    await settle();
+  }
+}
+
+async function setup(t: TestContext, profiles: object[], opts: { random?: () => number } = {}) {
+  mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_000_000 });
+  t.after(() => mock.timers.reset());
+  const ex = new FakeExecutor();
+  const core = new Core({ stateFile: false }, ex);
+  await core.transact(() => ({ upsert: profiles.map((p) => validateProfile(p)), remove: [] }), { run: true });
+  ex.txs.length = 0;
+  const probes = new Probes();
+  const log: string[] = [];
+  const checker = new HealthChecker(coreHost(core), { probe: probes.probe, random: opts.random ?? (() => 0.5), log: (l) => log.push(l), restoreOnStop: true });
+  const events: string[] = [];
+  checker.on('health', (e) => events.push(`${e.profile} ${e.destination} ${e.previous}->${e.state}`));
+  await checker.start();
+  return { ex, core, probes, checker, log, events };
+}
+
+test('fall failures drain a destination in one commit; rise successes bring it back; the configured profile never changes', async (t) => {
+  const { ex, core, probes, checker, log, events } = await setup(t, [{ name: 'web', source: '127.100.0.10:80', destination: D, health }]);
+  await advance(100);
+  assert.deepEqual(checker.states().map((s) => s.state), ['up', 'up', 'up']);
+  assert.equal(ex.txs.length, 0, 'unchecked -> up changes nothing in the kernel');
+  probes.outcome.set(D[1], false);
+  // Two failures: still up.
+  await advance(200);
+  assert.equal(checker.states()[1].state, 'up');
+  assert.equal(checker.states()[1].lastError, 'ECONNREFUSED (connect)');
+  await advance(100);
+  assert.equal(checker.states()[1].state, 'down');
+  assert.equal(ex.txs.length, 1, 'one commit for the drain');
+  assert.deepEqual(dnats(ex.txs[0], 'web'), [D[0], D[2]]);
+  assert.ok(checker.states()[1].drained);
+  assert.match(log.join('\n'), /health web 127\.0\.0\.1:9002: down after 3 failed check\(s\), last: ECONNREFUSED \(connect\); drained/);
+  assert.equal((await core.readState()).get('web')!.weights, undefined, 'configured weights untouched');
+  // Recovery: one success is not enough (rise 2).
+  probes.outcome.set(D[1], true);
+  await advance(100);
+  assert.equal(checker.states()[1].state, 'down');
+  await advance(100);
+  assert.equal(checker.states()[1].state, 'up');
+  assert.equal(ex.txs.length, 2);
+  assert.deepEqual(dnats(ex.txs[1], 'web'), D);
+  assert.deepEqual(events.filter((e) => e.includes('9002')), ['web 127.0.0.1:9002 unchecked->up', 'web 127.0.0.1:9002 up->down', 'web 127.0.0.1:9002 down->up']);
+  await checker.stop();
+});
+
+test('a destination that fails from the start goes unchecked -> down after fall failures', async (t) => {
+  mock.timers.reset();
+  const { ex, probes, checker } = await (async () => {
+    const s = await setup(t, [{ name: 'web', source: '127.100.0.10:80', destination: D, health: { ...health, fall: 2 } }]);
+    return s;
+  })();
+  probes.outcome.set(D[0], false);
+  // The first probes were scheduled at start; outcome set before they ran.
+  await advance(250);
+  assert.equal(checker.states()[0].state, 'down');
+  assert.deepEqual(dnats(ex.txs.at(-1)!, 'web'), [D[1], D[2]]);
+  await checker.stop();
+});
+
+test('all destinations down: kept by default (allDown: keep), removed with allDown: drain', async (t) => {
+  const { ex, probes, checker, log } = await setup(t, [
+    { name: 'keep', source: '127.100.0.10:80', destination: D.slice(0, 2), health },
+    { name: 'drain', source: '127.100.0.11:80', destination: D.slice(0, 2), health: { ...health, allDown: 'drain' } },
+  ]);
+  probes.outcome.set(D[0], false);
+  probes.outcome.set(D[1], false);
+  await advance(400);
+  assert.ok(checker.states().every((s) => s.state === 'down'));
+  // keep: first destination down drains it, second down restores both (never an empty profile).
+  const last = ex.txs.at(-1)!;
+  assert.ok(last.owners.includes('drain'), 'drain profile removed');
+  assert.equal(dnats(last, 'drain'), null);
+  // (Both failed in the same tick: the keep profile never lost a destination; whenever it is in a transaction, it has all.)
+  for (const x of ex.txs) if (dnats(x, 'keep') !== null) assert.deepEqual(dnats(x, 'keep'), D.slice(0, 2), 'keep profile balances to all');
+  assert.match(log.join('\n'), /every destination is down: keeping all of them \(health\.allDown: keep\)/);
+  assert.match(log.join('\n'), /every destination is down: profile drained \(health\.allDown: drain\)/);
+  // One comes back: drain profile returns with it alone.
+  probes.outcome.set(D[1], true);
+  await advance(200);
+  assert.deepEqual(dnats(ex.txs.at(-1)!, 'drain'), [D[1]]);
+  await checker.stop();
+});
+
+test('at most one probe in flight per destination, however long it hangs', async (t) => {
+  const { probes, checker } = await setup(t, [{ name: 'web', source: '127.100.0.10:80', destination: [D[0]], health }]);
+  probes.outcome.set(D[0], 'hang');
+  await advance(60);
+  const before = probes.calls.length;
+  await advance(1000);
+  assert.equal(probes.calls.length, before, 'no second probe while the first hangs');
+  probes.outcome.set(D[0], true);
+  probes.hanging.splice(0).forEach((r) => r());
+  await settle();
+  await advance(200);
+  assert.ok(probes.calls.length > before, 'checks resume once it settles');
+  await checker.stop();
+});
+
+test('jitter: first checks spread over the first interval, then one interval ±10 % apart', async (t) => {
+  let seed = 42;
+  const random = (): number => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+  const dests = Array.from({ length: 400 }, (_, i) => `127.0.0.1:${10000 + i}`);
+  const { probes, checker } = await setup(t, [{ name: 'many', source: '127.100.0.10:80', destination: dests, health: { ...health, intervalMs: 1000, timeoutMs: 100 } }], { random });
+  const t0 = Date.now();
+  await advance(3000, 10);
+  const first = new Map<string, number>();
+  const gaps: number[] = [];
+  const last = new Map<string, number>();
+  for (const c of probes.calls) {
+    if (!first.has(c.key)) first.set(c.key, c.at - t0);
+    const l = last.get(c.key);
+    if (l !== undefined) gaps.push(c.at - l);
+    last.set(c.key, c.at);
+  }
+  assert.equal(first.size, 400);
+  const buckets = Array.from({ length: 10 }, () => 0);
+  for (const at of first.values()) buckets[Math.min(9, Math.floor(at / 100))]++;
+  assert.ok(Math.max(...buckets) < 80, `first checks bunched: ${buckets}`);
+  assert.ok(Math.min(...buckets) > 15, `first checks bunched: ${buckets}`);
+  assert.ok(gaps.length > 400);
+  assert.ok(gaps.every((g) => g >= 890 && g <= 1110), `gaps ${Math.min(...gaps)}..${Math.max(...gaps)}`);
+  assert.ok(new Set(gaps).size > 5, 'gaps vary');
+  await checker.stop();
+});
+
+test('transitions of many destinations decided together are one transaction; later ones wait for the commit in flight and go together', async (t) => {
+  const profiles = Array.from({ length: 5 }, (_, i) => ({ name: `p${i}`, source: `127.100.0.${10 + i}:80`, destination: D, health }));
+  const { ex, probes, checker } = await setup(t, profiles, { random: () => 0 });
+  await advance(20);
+  for (const d of D.slice(0, 1)) probes.outcome.set(d, false);
+  await advance(300);
+  assert.ok(checker.states().filter((s) => s.destination === D[0]).every((s) => s.state === 'down'));
+  assert.equal(ex.txs.length, 1, `${ex.txs.length} transactions for 5 profiles`);
+  for (let i = 0; i < 5; i++) assert.deepEqual(dnats(ex.txs[0], `p${i}`), [D[1], D[2]]);
+  // While a commit hangs, more transitions pile up and go in the next one.
+  let release!: () => void;
+  ex.hold = new Promise((r) => (release = r));
+  probes.outcome.set(D[0], true);
+  probes.outcome.set(D[1], false);
+  await advance(300);
+  release();
+  ex.hold = undefined;
+  await advance(50);
+  assert.ok(ex.txs.length <= 3, `${ex.txs.length} transactions`);
+  for (let i = 0; i < 5; i++) assert.deepEqual(dnats(ex.txs.at(-1)!, `p${i}`), [D[0], D[2]]);
+  await checker.stop();
+});
+
+test('stop gives the kernel back the configured weights in one commit', async (t) => {
+  const { ex, probes, checker } = await setup(t, [{ name: 'web', source: '127.100.0.10:80', destination: D, health }]);
+  probes.outcome.set(D[2], false);
+  await advance(400);
+  assert.deepEqual(dnats(ex.txs.at(-1)!, 'web'), D.slice(0, 2));
+  const n = ex.txs.length;
+  const stopping = checker.stop();
+  await advance(20);
+  await stopping;
+  assert.equal(ex.txs.length, n + 1);
+  assert.deepEqual(dnats(ex.txs.at(-1)!, 'web'), D);
+});
+
+test('profiles added, changed or deleted while running are followed; a removed check forgets its drains', async (t) => {
+  const { ex, core, probes, checker } = await setup(t, [{ name: 'web', source: '127.100.0.10:80', destination: D, health }]);
+  probes.outcome.set(D[0], false);
+  await advance(400);
+  assert.deepEqual(dnats(ex.txs.at(-1)!, 'web'), D.slice(1));
+  // An apply of the same profile keeps the drain (the kernel gets the effective profile).
+  await core.transact(() => ({ upsert: [validateProfile({ name: 'web', source: '127.100.0.10:80', destination: D, health, logEnabled: true })], remove: [] }), { run: true });
+  assert.deepEqual(dnats(ex.txs.at(-1)!, 'web'), D.slice(1));
+  // The check removed: the destination is back at once.
+  await core.transact(() => ({ upsert: [validateProfile({ name: 'web', source: '127.100.0.10:80', destination: D })], remove: [] }), { run: true });
+  await advance(1100);
+  assert.deepEqual(dnats(ex.txs.at(-1)!, 'web'), D);
+  assert.equal(checker.states().length, 0);
+  assert.equal(core.health.active, false);
+  await checker.stop();
+});
+
+test('effectiveProfile: down destinations at weight 0, configured weight-0 ones ignored, all down per allDown', () => {
+  const p = validateProfile({ name: 'w', source: '127.100.0.10:80', destination: [`${D[0]}*2`, D[1], `${D[2]}*0`], health });
+  assert.deepEqual(effectiveProfile(p, new Set([D[1]]))!.weights, { [D[0]]: 2, [D[1]]: 0, [D[2]]: 0 });
+  assert.equal(effectiveProfile(p, new Set([D[2]])), p, 'a configured drain is no change');
+  assert.equal(effectiveProfile(p, new Set([D[0], D[1]])), p, 'all down: keep');
+  const d = validateProfile({ name: 'w', source: '127.100.0.10:80', destination: D.slice(0, 2), health: { ...health, allDown: 'drain' } });
+  assert.equal(effectiveProfile(d, new Set(D.slice(0, 2))), null);
+  const none = validateProfile({ name: 'w', source: '127.100.0.10:80', destination: D.slice(0, 2) });
+  assert.equal(effectiveProfile(none, new Set([D[0]])), none, 'no check: never changed');
+});
+
+test('health config: defaults, state file round trip, files without it byte-identical, one-line errors naming health.<key>', async () => {
+  const plain = validateProfile({ name: 'web', source: '127.100.0.10:80', destination: D });
+  assert.equal(serializeState([plain]).includes('health'), false);
+  const h = validateProfile({ name: 'web', source: '127.100.0.10:80', destination: D, health: { kind: 'http' } });
+  assert.deepEqual(h.health, { kind: 'http', intervalMs: 2000, timeoutMs: 1000, rise: 2, fall: 3, path: '/', expect: '200-399' });
+  const text = serializeState([h]);
+  assert.match(text, /  health:\n    expect: 200-399\n    fall: 3\n    intervalMs: 2000\n    kind: http\n    path: "\/"\n    rise: 2\n    timeoutMs: 1000\n  logEnabled/);
+  assert.deepEqual((await parseState(text)).get('web'), h);
+  assert.equal(validateProfile({ name: 'web', source: '127.100.0.10:80', destination: D, health: { kind: 'none' } }).health, undefined);
+  const v6 = validateProfile({ name: 'v6', source: '[2001:db8::1]:80', destination: ['[::1]:9001'], health: { address: '0::1', port: '81' } });
+  assert.deepEqual(v6.health, { kind: 'tcp', intervalMs: 2000, timeoutMs: 1000, rise: 2, fall: 3, port: 81, address: '::1' });
+  assert.deepEqual((await parseState(serializeState([v6]))).get('v6'), v6);
+  const bad: [object, RegExp][] = [
+    [{ kind: 'udp' }, /^health\.kind: "udp" must be tcp, http or none$/],
+    [{ intervalMs: 5 }, /^health\.intervalMs: /],
+    [{ intervalMs: 100, timeoutMs: 200 }, /^health\.timeoutMs: 200 must be .* from 1 to 100$/],
+    [{ rise: 0 }, /^health\.rise: /],
+    [{ fall: 'x' }, /^health\.fall: /],
+    [{ port: 70000 }, /^health\.port: /],
+    [{ address: '::1' }, /^health\.address: .*IPv4/],
+    [{ kind: 'tcp', path: '/x' }, /^health\.path: only applies/],
+    [{ kind: 'http', path: 'x' }, /^health\.path: /],
+    [{ kind: 'http', expect: '399-200' }, /^health\.expect: /],
+    [{ allDown: 'never' }, /^health\.allDown: /],
+    [{ kind: 'none', fall: 2 }, /^health\.fall: is set but health\.kind is "none"/],
+    [{ colour: 1 }, /^health\.colour: is not a health field/],
+  ];
+  for (const [input, re] of bad) {
+    assert.throws(() => validateProfile({ name: 'web', source: '127.100.0.10:80', destination: D, health: input }), (e: IptlbError) => e.code === 'EINVAL_PROFILE' && re.test(e.message) && !e.message.includes('\n') && e.field!.startsWith('health'), JSON.stringify(input));
+  }
+  await assert.rejects(parseState('web:\n  destination:\n  - 127.0.0.1:9001\n  health: tcp\n  source: 127.100.0.10:80\n'), /health must be a mapping/);
+});
+
+test('metrics helpers: listen address parsing, commit histogram and sync counters', () => {
+  assert.deepEqual(parseListenAddress('127.0.0.1:9469'), { host: '127.0.0.1', port: 9469 });
+  assert.deepEqual(parseListenAddress('[::1]:0'), { host: '::1', port: 0 });
+  for (const bad of ['9469', 'host', '127.0.0.1:99999', 'example.com:80']) assert.throws(() => parseListenAddress(bad), /^IptlbError: metrics-address: /);
+  const s = new ProcessStats();
+  s.observeCommit(3);
+  s.observeSync({ drifted: 2, committed: true, commitMs: 30 });
+  s.observeSync(new Error('EKERNEL'));
+  assert.equal(s.commits, 2);
+  assert.deepEqual(s.commitBuckets.slice(0, 5), [0, 0, 1, 1, 1]);
+  assert.equal(s.driftDetected, 2);
+  assert.equal(s.driftRepaired, 2);
+  assert.equal(s.syncFailures, 1);
+  assert.equal(s.lastSync?.ok, false);
+});
+
+test('real probes: tcp connect and refusal, http status range, timeout (local sockets, no root)', async () => {
+  const { probe } = await import('../../src/health/probe.js');
+  const net = await import('node:net');
+  const http = await import('node:http');
+  const tcp = net.createServer((c) => c.end());
+  await new Promise<void>((r) => tcp.listen(0, '127.0.0.1', () => r()));
+  const tcpPort = (tcp.address() as { port: number }).port;
+  const silent = net.createServer(() => {}); // accepts, never answers
+  await new Promise<void>((r) => silent.listen(0, '127.0.0.1', () => r()));
+  const silentPort = (silent.address() as { port: number }).port;
+  let code = 200;
+  const web = http.createServer((req, res) => res.writeHead(req.url === '/healthz' ? code : 404).end());
+  await new Promise<void>((r) => web.listen(0, '127.0.0.1', () => r()));
+  const webPort = (web.address() as { port: number }).port;
+  try {
+    await probe({ kind: 'tcp', host: '127.0.0.1', port: tcpPort, timeoutMs: 2000 });
+    await tcpClosedPort(tcpPort);
+    await probe({ kind: 'http', host: '127.0.0.1', port: webPort, timeoutMs: 2000, path: '/healthz', expect: '200-399' });
+    code = 500;
+    await assert.rejects(probe({ kind: 'http', host: '127.0.0.1', port: webPort, timeoutMs: 2000, path: '/healthz', expect: '200-399' }), /^Error: HTTP 500 \(expected 200-399\)$/);
+    await assert.rejects(probe({ kind: 'http', host: '127.0.0.1', port: webPort, timeoutMs: 2000, path: '/other', expect: '200' }), /HTTP 404/);
+    await assert.rejects(probe({ kind: 'http', host: '127.0.0.1', port: silentPort, timeoutMs: 50, path: '/' }), /^Error: no answer within 50 ms$/);
+  } finally {
+    tcp.close();
+    silent.close();
+    web.close();
+  }
+  async function tcpClosedPort(open: number): Promise<void> {
+    // A port nobody listens on: take one, close it, probe it.
+    const s = net.createServer();
+    await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+    const port = (s.address() as { port: number }).port;
+    await new Promise((r) => s.close(r));
+    assert.notEqual(port, open);
+    await assert.rejects(probe({ kind: 'tcp', host: '127.0.0.1', port, timeoutMs: 2000 }), /^Error: ECONNREFUSED \(connect\)$/);
+  }
+});
+
+test('open({ health }) attaches a checker: health events, the drain goes through the group commit, close restores', async () => {
+  const { open } = await import('../../src/index.js');
+  const net = await import('node:net');
+  const up = net.createServer((c) => c.end());
+  await new Promise<void>((r) => up.listen(0, '127.0.0.1', () => r()));
+  const upPort = (up.address() as { port: number }).port;
+  const gone = net.createServer();
+  await new Promise<void>((r) => gone.listen(0, '127.0.0.1', () => r()));
+  const gonePort = (gone.address() as { port: number }).port;
+  await new Promise((r) => gone.close(r));
+  const ex = new FakeExecutor();
+  const lb = await open({ stateFile: false, health: { refreshMs: 20 } }, ex);
+  const events: string[] = [];
+  const commits: number[] = [];
+  lb.on('health', (e) => events.push(`${e.destination} ${e.state}`));
+  lb.on('commit', (e) => commits.push(e.calls));
+  await lb.apply({ name: 'web', source: '127.100.0.10:80', destination: [`127.0.0.1:${upPort}`, `127.0.0.1:${gonePort}`], health: { intervalMs: 20, timeoutMs: 20, fall: 2 } });
+  const deadline = Date.now() + 10_000;
+  while (!events.includes(`127.0.0.1:${gonePort} down`) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  while (ex.txs.length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  assert.ok(events.includes(`127.0.0.1:${gonePort} down`), events.join());
+  assert.deepEqual(dnats(ex.txs[1], 'web'), [`127.0.0.1:${upPort}`]);
+  assert.equal(lb.healthChecker!.states().find((s) => s.destination.endsWith(`:${gonePort}`))!.drained, true);
+  const st = await lb.status();
+  const d = st[0].destinations.find((x) => x.destination.endsWith(`:${gonePort}`))!;
+  assert.equal(d.health, 'down');
+  assert.equal(d.effectiveWeight, 0);
+  assert.equal(d.weight, undefined);
+  await lb.close();
+  assert.deepEqual(dnats(ex.txs.at(-1)!, 'web'), [`127.0.0.1:${upPort}`, `127.0.0.1:${gonePort}`], 'close gives back the configured weights');
+  assert.ok(commits.length >= 3);
+  up.close();
+});
