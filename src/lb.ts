@@ -217,7 +217,7 @@ export class Core {
         },
         nftHasTable: async () => {
           if (findBinary('nft')) return nftTableExistsViaCli();
-          const addon = loadAddon();
+          const addon = loadAddon('nft');
           return addon.ok ? (await addon.addon.nftRead('ip')).exists || (await addon.addon.nftRead('ip6')).exists : false;
         },
       });

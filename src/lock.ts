@@ -43,7 +43,7 @@ export async function lockStateFile(statePath: string, waitMs = DEFAULT_LOCK_WAI
   const lockPath = `${statePath}.lock`;
   await ensureStateDir(statePath);
   await checkLockPath(lockPath);
-  const loaded = loadAddon();
+  const loaded = loadAddon('core');
   if (loaded.ok) {
     try {
       const lock = await loaded.addon.flock(lockPath, waitMs);

@@ -29,10 +29,7 @@ export function selectExecutor(
 ): ExecutorSelection {
   const spawned = (): Executor => (engine === 'nft' ? new NftSpawnExecutor() : new SpawnExecutor(opts));
   if (choice === 'spawn') return { executor: spawned(), reason: 'spawn executor requested' };
-  let loaded = loadAddon();
-  if (loaded.ok && engine === 'nft' && typeof loaded.addon.nftCommit !== 'function') {
-    loaded = { ok: false, reason: 'abi-mismatch', detail: 'this build of the addon has no nft support', fix: 'npm run build:addon' };
-  }
+  const loaded = loadAddon(engine === 'nft' ? 'nft' : 'legacy');
   if (loaded.ok) {
     const executor = engine === 'nft' ? new NftNativeExecutor(loaded.addon) : new NativeExecutor(loaded.addon, opts);
     return { executor, reason: choice === 'native' ? 'native executor requested' : 'native addon loaded' };
