@@ -17,6 +17,7 @@ import { parseState } from './state.js';
 import type { KernelView, Profile, ProfileInput } from './types.js';
 import { doctor } from './doctor.js';
 import { packageVersion } from './paths.js';
+import { registerExtras } from './cli/extras.js';
 
 type Out = { out: (s: string) => void; err: (s: string) => void };
 
@@ -533,6 +534,7 @@ Exit status: 0 done, 1 refused (conflict, kernel, state, lock), 2 bad input or u
       if (code !== 0) throw new ExitCode(code);
     },
   );
+  registerExtras(program, io, () => process.argv[1] ?? 'iptlb', (code) => new ExitCode(code));
   return program;
 }
 
@@ -547,6 +549,7 @@ class ExitCode extends Error {
 export async function main(argv: string[], io: Out = { out: (s) => process.stdout.write(s + '\n'), err: (s) => process.stderr.write(s + '\n') }): Promise<number> {
   try {
     const program = buildProgram(io, packageVersion());
+    if (argv.length === 0) return (program.outputHelp(), 0); // a bare `iptlb` shows the help
     await program.parseAsync(normalizeArgv(argv), { from: 'user' });
     return 0;
   } catch (e) {
