@@ -40,7 +40,7 @@ if (failed.length === 0) {
 }
 // A library missing on this host: building from source would not help (it needs the same library,
 // and its headers). Report per part and keep what loads; the other engine still runs natively.
-const libs = failed.map(([p, m]) => [p, /^(lib[\w+-]+\.so(?:\.\d+)*): /.exec(m)?.[1]]);
+const libs = failed.map(([p, m]) => [p, /^(?:\/[^:]*\/)?(lib[\w+-]+\.so(?:\.\d+)*): /.exec(m)?.[1]]);
 if (libs.every(([, so]) => so && SONAME_PACKAGES[so])) {
   const pkgs = [...new Set(libs.map(([, so]) => SONAME_PACKAGES[so]))].join(' ');
   const engines = libs.map(([p]) => (p === 'xt' ? 'legacy' : p === 'nft' ? 'nft' : 'locks/conntrack')).join(', ');

@@ -32,10 +32,18 @@ function run(cmd: string, args: string[], env?: NodeJS.ProcessEnv, timeoutMs = 6
   return { status: r.status, out: r.stdout ?? '', err: (r.stderr ?? '') + (r.error ? `${cmd}: ${r.error.message}\n` : '') };
 }
 
+/** Sockets the backends accepted, destroyed at the end so that closing the servers never waits on one. */
+const accepted = new Set<net.Socket>();
+
 async function startBackends(): Promise<net.Server[]> {
   const servers: net.Server[] = [];
   for (const port of PORTS) {
-    const s = net.createServer((c) => c.end(idOf(port)));
+    const s = net.createServer((c) => {
+      accepted.add(c);
+      c.on('close', () => accepted.delete(c));
+      c.on('error', () => c.destroy());
+      c.end(idOf(port));
+    });
     await new Promise<void>((resolve, reject) => {
       s.once('error', reject);
       s.listen(port, '127.0.0.1', () => resolve());
@@ -55,6 +63,7 @@ function probe(timeoutMs: number): Promise<string> {
     c.on('data', (d) => (data += d));
     c.on('end', () => {
       clearTimeout(timer);
+      c.destroy();
       data ? resolve(data) : reject(new Error('empty answer'));
     });
     c.on('error', (e) => {
@@ -185,6 +194,7 @@ export async function demo(o: DemoOptions, io: Out): Promise<number> {
     io.err(`iptlb: error: demo: ${(e as Error).message}`);
     return 1;
   } finally {
+    for (const c of accepted) c.destroy();
     await Promise.all(servers.map((sv) => new Promise((r) => sv.close(r))));
     rmSync(dir, { recursive: true, force: true });
   }

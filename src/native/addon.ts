@@ -168,7 +168,7 @@ export function buildLogTail(n = 8): { path: string; lines: string[] } | undefin
 export function classifyLoadError(message: string, consumer = installedAsDependency()): { reason: Exclude<LoadFailureReason, 'not-built'>; fix: string } {
   // "libip4tc.so.2: cannot open shared object file: No such file or directory" (or "file too short",
   // "invalid ELF header" when something unusable sits at that name): a library the part links.
-  const lib = /^(lib[\w+-]+\.so(?:\.\d+)*): (?:cannot open shared object file|file too short|invalid ELF header|wrong ELF class)/.exec(message);
+  const lib = /^(?:\/[^:]*\/)?(lib[\w+-]+\.so(?:\.\d+)*): (?:cannot open shared object file|file too short|invalid ELF header|wrong ELF class)/.exec(message);
   if (lib) {
     const pkg = SONAME_PACKAGES[lib[1]!];
     return { reason: 'library-missing', fix: pkg ? `apt-get install -y ${pkg}` : `install the package that provides ${lib[1]}` };
@@ -232,8 +232,9 @@ export function loadAddonPart(part: AddonPart): LoadResult {
   } else {
     r = loadAddonFrom(addonPath(part));
     if (!r.ok && r.reason === 'library-missing') {
-      const need = RUNTIME_PACKAGES[part].join(' ');
-      r = { ...r, fix: `${r.fix}${r.fix.includes(need) ? '' : ` (iptlb_${part}.node needs ${need})`}` };
+      // The one dlopen named, and the others this part links (dlopen stops at the first missing).
+      const named = /^apt-get install -y (\S+)$/.exec(r.fix)?.[1];
+      if (named) r = { ...r, fix: `apt-get install -y ${[...new Set([named, ...RUNTIME_PACKAGES[part]])].join(' ')}` };
     }
   }
   parts.set(part, r);

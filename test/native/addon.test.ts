@@ -49,6 +49,8 @@ describe('loader', () => {
     assert.equal(c.reason, 'library-missing');
     assert.equal(c.fix, 'apt-get install -y libip4tc2');
     assert.equal(classifyLoadError('libnftnl.so.11: file too short').fix, 'apt-get install -y libnftnl11');
+    // What dlopen says when the file at the library's path is unusable (as the partial-host test makes it).
+    assert.equal(classifyLoadError('/lib/x86_64-linux-gnu/libip4tc.so.2: file too short').fix, 'apt-get install -y libip4tc2');
     assert.equal(classifyLoadError('libmnl.so.0: cannot open shared object file: No such file or directory').fix, 'apt-get install -y libmnl0');
     assert.equal(classifyLoadError("The module '/x/iptlb_xt.node' was compiled against a different Node.js version using NODE_MODULE_VERSION 108.").reason, 'abi-mismatch');
     assert.match(classifyLoadError('The module was compiled against a different Node.js version', false).fix, /npm run build:addon/);
