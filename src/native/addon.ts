@@ -243,15 +243,15 @@ export function loadAddonPart(part: AddonPart): LoadResult {
 
 /**
  * The addon for a use: 'legacy' needs core + xt, 'nft' core + nft, 'core' core alone, 'all' every part
- * (the default: what the addon's own tests and benches use). The object has every function of the
- * parts that loaded (so an nft object may also commit legacy tables when xt loaded too); the failure
- * is that of the first part needed that did not load. Memoised.
+ * (the default: what the addon's own tests and benches use). The object has the functions of the
+ * parts needed, and only those are loaded; the failure is that of the first part needed that did not
+ * load. Memoised.
  */
 export function loadAddon(use: 'all' | 'core' | 'legacy' | 'nft' = 'all'): LoadResult {
   const known = assembled.get(use);
   if (known) return known;
   const needed: AddonPart[] = use === 'all' ? [...ADDON_PARTS] : use === 'core' ? ['core'] : ['core', use === 'legacy' ? 'xt' : 'nft'];
-  const results = ADDON_PARTS.map((p) => [p, loadAddonPart(p)] as const);
+  const results = needed.map((p) => [p, loadAddonPart(p)] as const); // only what this use needs: one dlopen less
   let r: LoadResult | undefined;
   for (const [p, res] of results) {
     if (!needed.includes(p) || res.ok) continue;

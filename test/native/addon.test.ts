@@ -71,6 +71,7 @@ describe('loader', () => {
       if (!r.ok) continue;
       assert.equal(typeof r.addon.flock, 'function');
       assert.equal(typeof r.addon.conntrackFlush, 'function');
+      assert.deepEqual(r.addon.parts, use === 'core' ? ['core'] : ['core', use === 'legacy' ? 'xt' : 'nft']);
       assert.match(r.path, use === 'core' ? /iptlb_core\.node$/ : use === 'legacy' ? /iptlb_xt\.node$/ : /iptlb_nft\.node$/);
     }
     const all = loadAddon();
