@@ -86,9 +86,10 @@ const gypArgs = ['rebuild', '--jobs=max'];
 const prefix = path.resolve(path.dirname(process.execPath), '..');
 if (!process.env.npm_config_nodedir && existsSync(path.join(prefix, 'include', 'node', 'node_api.h'))) gypArgs.push(`--nodedir=${prefix}`);
 const [cmd, args] = gyp;
-const r = spawnSync(cmd, [...args, ...gypArgs], { cwd: root, stdio: verbose ? ['ignore', 'inherit', 'pipe'] : 'pipe', encoding: 'utf8', maxBuffer: 64 << 20 });
-if (verbose && r.stderr) process.stderr.write(r.stderr);
-writeLog(`${cmd} ${[...args, ...gypArgs].join(' ')}\n${r.stdout ?? ''}${r.stderr ?? ''}exit status ${r.status}\n`);
+// Captured whole (for the log); --verbose prints it when the build ends.
+const r = spawnSync(cmd, [...args, ...gypArgs], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8', maxBuffer: 64 << 20 });
+if (verbose) process.stderr.write(`${r.stdout ?? ''}${r.stderr ?? ''}`);
+writeLog(`${cmd} ${[...args, ...gypArgs].join(' ')}\n${r.stdout ?? ''}${r.stderr ?? ''}${r.error ? `${r.error.message}\n` : ''}exit status ${r.status}\n`);
 if (r.status !== 0) {
   if (!verbose) {
     const lines = `${r.stderr ?? ''}${r.stdout ?? ''}`.split('\n').filter((l) => /error/i.test(l)).slice(0, 2);

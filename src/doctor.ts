@@ -107,7 +107,7 @@ export function nativeReport(): { engines: { legacy: EngineNative; nft: EngineNa
   const engines = { legacy: one('xt'), nft: one('nft') };
   const missing = (['core', 'xt', 'nft'] as AddonPart[]).some((p) => {
     const r = loadAddonPart(p);
-    return !r.ok && r.reason === 'not-built';
+    return !r.ok && r.reason === 'not-built' && !r.detail.includes('IPTLB_NO_NATIVE');
   });
   const log = missing ? buildLogTail(8) : undefined;
   return { engines, ...(log ? { buildLog: log } : {}) };
