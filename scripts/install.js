@@ -16,6 +16,8 @@ const parts = ['core', 'xt', 'nft'];
 const dir = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`);
 const fromSource = process.env.IPTLB_BUILD_FROM_SOURCE === '1' || process.env.npm_config_build_from_source === 'true';
 const SONAME_PACKAGES = { 'libip4tc.so.2': 'libip4tc2', 'libip6tc.so.2': 'libip6tc2', 'libnftnl.so.11': 'libnftnl11', 'libmnl.so.0': 'libmnl0' };
+// What each part links (dlopen names only the first library it misses).
+const PART_PACKAGES = { core: ['libmnl0'], xt: ['libip4tc2', 'libip6tc2'], nft: ['libnftnl11', 'libmnl0'] };
 
 function build() {
   const r = spawnSync(process.execPath, [path.join(root, 'scripts', 'build-addon.js'), ...process.argv.slice(2)], { stdio: 'inherit' });
@@ -42,7 +44,7 @@ if (failed.length === 0) {
 // and its headers). Report per part and keep what loads; the other engine still runs natively.
 const libs = failed.map(([p, m]) => [p, /^(?:\/[^:]*\/)?(lib[\w+-]+\.so(?:\.\d+)*): /.exec(m)?.[1]]);
 if (libs.every(([, so]) => so && SONAME_PACKAGES[so])) {
-  const pkgs = [...new Set(libs.map(([, so]) => SONAME_PACKAGES[so]))].join(' ');
+  const pkgs = [...new Set(libs.flatMap(([p, so]) => [SONAME_PACKAGES[so], ...PART_PACKAGES[p]]))].join(' ');
   const engines = libs.map(([p]) => (p === 'xt' ? 'legacy' : p === 'nft' ? 'nft' : 'locks/conntrack')).join(', ');
   console.error(`iptlb: prebuilt native addon installed; ${engines}: ${libs.map(([, so]) => so).join(', ')} not found on this host, so that part uses the spawn executor. Fix: apt-get install -y ${pkgs} (no rebuild needed)`);
   process.exit(0);

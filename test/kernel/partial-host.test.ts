@@ -5,15 +5,16 @@
  * libnftnl.so.11 (the reverse). The other engine must still run natively: `iptlb demo` with that
  * engine and `--executor native` forced commits through the addon and sends real connections through
  * the virtual address; `doctor --json` reports per engine native or spawn, with the exact Debian
- * package as the fix; forcing the native executor on the hidden engine is refused with that fix.
+ * package as the fix; forcing the native executor on the hidden engine is refused with that fix;
+ * and the install script keeps the prebuilt files and names the runtime package (no build).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { CLI_PATH, skipReason } from '../harness/env.js';
+import { CLI_PATH, PROJECT_ROOT, skipReason } from '../harness/env.js';
 import { addonPath, loadAddon } from '../../src/native/addon.js';
 
 /** Where the dynamic linker finds `soname` for this addon file (from ldd). */
@@ -37,6 +38,12 @@ for (const c of cases) {
     const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-partial-'));
     try {
       const state = path.join(dir, 'state.db');
+      const prebuilt = path.join(PROJECT_ROOT, 'prebuilds', `${process.platform}-${process.arch}`);
+      mkdirSync(path.join(dir, 'pkg', 'scripts'), { recursive: true });
+      copyFileSync(path.join(PROJECT_ROOT, 'scripts', 'install.js'), path.join(dir, 'pkg', 'scripts', 'install.js'));
+      writeFileSync(path.join(dir, 'pkg', 'package.json'), '{ "type": "module" }\n');
+      // The files the package ships; the local build when prebuilds/ was not made (the same code).
+      cpSync(existsSync(prebuilt) ? prebuilt : path.dirname(addonPath('core')), path.join(dir, 'pkg', 'prebuilds', `${process.platform}-${process.arch}`), { recursive: true, filter: (f) => !f.endsWith('.d') && !/obj\.target|\.deps/.test(f) });
       const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
       const node = q(process.execPath);
       const cli = q(CLI_PATH);
@@ -44,6 +51,9 @@ for (const c of cases) {
         'set -u',
         ...libs.map((l) => `mount --bind /dev/null ${q(l!)} || exit 90`),
         'ip link set lo up || exit 91',
+        // The install script on this host, in a copy of the package with only the prebuilt files (no
+        // build script: it must not try to build, the library missing is not a compiler's to fix).
+        `${node} ${q(`${dir}/pkg/scripts/install.js`)} > ${q(`${dir}/install.txt`)} 2>&1; echo $? > ${q(`${dir}/install.rc`)}`,
         `${node} ${cli} doctor --json --state-file=${q(state)} > ${q(`${dir}/doctor.json`)}`,
         // The engine that has its libraries, native executor forced: real backends, real connections.
         `IPTLB_DEMO_IN_NETNS=1 IPTLB_ENGINE=${c.runs} IPTLB_EXECUTOR=native ${node} ${cli} demo --connections=60 > ${q(`${dir}/demo.txt`)} 2>&1; echo $? > ${q(`${dir}/demo.rc`)}`,
@@ -62,6 +72,14 @@ for (const c of cases) {
       assert.equal(hidden.executor, 'spawn', JSON.stringify(doctor.native));
       assert.match(hidden.reason!, /^library-missing: iptlb_(xt|nft)\.node: \S*lib(ip4tc|nftnl)\.so\.\d+: file too short$/);
       assert.equal(hidden.fix, c.fix);
+
+      const install = readFileSync(path.join(dir, 'install.txt'), 'utf8');
+      assert.equal(readFileSync(path.join(dir, 'install.rc'), 'utf8').trim(), '0', install);
+      const engine = c.hidden === 'legacy' ? 'legacy' : 'nft';
+      assert.equal(
+        install.trim(),
+        `iptlb: prebuilt native addon installed; ${engine}: ${c.hide[0][1]} not found on this host, so that part uses the spawn executor. Fix: ${c.fix} (no rebuild needed)`,
+      );
 
       const demo = readFileSync(path.join(dir, 'demo.txt'), 'utf8');
       assert.equal(readFileSync(path.join(dir, 'demo.rc'), 'utf8').trim(), '0', demo);
