@@ -4,7 +4,8 @@
  * puts an empty tmpfs over /usr/include, and PATH holds only node, npm and sh: no g++, make, python3 or
  * pkg-config). The install must use the prebuilt addon (nothing compiled, no build/ directory), and
  * then: import with ESM, require with CommonJS, types resolved by tsc for both, `iptlb --help` and
- * `iptlb doctor --json` from node_modules/.bin reporting both engines native from prebuilds/. A
+ * `iptlb doctor --json` from node_modules/.bin reporting both engines native from prebuilds/, and
+ * `iptlb demo` (real connections in a throwaway network namespace) from there too. A
  * rebuild from source forced there (IPTLB_BUILD_FROM_SOURCE=1) must not fail the install and must
  * print the fix that works in a consumer project, naming the missing Debian packages, with its log
  * kept for doctor.
@@ -102,6 +103,11 @@ test('consumer project: packed tarball installs without g++ or -dev headers, pre
       assert.equal(d.native.engines[e]!.executor, 'native', doctor.out);
       for (const f of d.native.engines[e]!.files) assert.ok(f.startsWith(path.join(pkg, 'prebuilds', `${process.platform}-${process.arch}`)), f);
     }
+
+    // The quick start from the installed package (it runs itself in a throwaway network namespace).
+    const demo = sh(iptlb, ['demo', '--connections=30'], { timeout: 120_000 });
+    assert.equal(demo.status, 0, demo.out + demo.err);
+    assert.match(demo.out, /failed +0\n[\s\S]*Demo OK\./);
 
     // Forced build from source where there is no compiler: the install still succeeds, says what
     // to install and the command that works here, and keeps the log.
