@@ -98,4 +98,4 @@ if (r.status !== 0) {
   console.error(`iptlb: native addon build failed; log: ${log}`);
   process.exit(1);
 }
-if (verbose) console.error(`iptlb: native addon built: ${path.join(root, 'build', 'Release')}/iptlb_{core,xt,nft}.node`);
+console.error(`iptlb: native addon built from source: ${path.join(root, 'build', 'Release')}/iptlb_{core,xt,nft}.node (log: ${log})`);

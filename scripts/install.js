@@ -46,7 +46,7 @@ const libs = failed.map(([p, m]) => [p, /^(?:\/[^:]*\/)?(lib[\w+-]+\.so(?:\.\d+)
 if (libs.every(([, so]) => so && SONAME_PACKAGES[so])) {
   const pkgs = [...new Set(libs.flatMap(([p, so]) => [SONAME_PACKAGES[so], ...PART_PACKAGES[p]]))].join(' ');
   const engines = libs.map(([p]) => (p === 'xt' ? 'legacy' : p === 'nft' ? 'nft' : 'locks/conntrack')).join(', ');
-  console.error(`iptlb: prebuilt native addon installed; ${engines}: ${libs.map(([, so]) => so).join(', ')} not found on this host, so that part uses the spawn executor. Fix: apt-get install -y ${pkgs} (no rebuild needed)`);
+  console.error(`iptlb: prebuilt native addon installed; ${engines}: ${libs.map(([, so]) => so).join(', ')} not found on this host, so ${libs.length > 1 ? 'those parts use' : 'that part uses'} the spawn executor. Fix: apt-get install -y ${pkgs} (no rebuild needed)`);
   process.exit(0);
 }
 console.error(`iptlb: the prebuilt native addon does not load here (${failed.map(([p, m]) => `iptlb_${p}.node: ${m}`).join('; ')}); building from source`);
