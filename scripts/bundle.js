@@ -4,6 +4,7 @@
 // loaded only for state files outside the canonical layout.
 import { build } from 'esbuild';
 import { spawnSync } from 'node:child_process';
+import { cpSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -50,3 +51,26 @@ await build({
 
 // V8's code cache for the bundle, made in a fresh process (see scripts/code-cache.cjs).
 spawnSync(process.execPath, [path.join(root, 'scripts', 'code-cache.cjs')], { stdio: 'inherit' });
+
+// The library as CommonJS (dist/index.cjs), for require('iptlb'): the same sources, dependencies left
+// to require(). Its types are the ESM declarations copied under dist/cjs/, whose package.json says
+// "commonjs", so TypeScript reads them as the CommonJS module they describe.
+await build({
+  entryPoints: [path.join(root, 'src', 'index.ts')],
+  outfile: path.join(root, 'dist', 'index.cjs'),
+  bundle: true,
+  platform: 'node',
+  format: 'cjs',
+  target: 'node18',
+  packages: 'external',
+  define: { __IPTLB_BUNDLE_FILE__: '__filename', 'import.meta.url': '__IPTLB_IMPORT_META_URL__' },
+  banner: { js: 'const __IPTLB_IMPORT_META_URL__ = require("node:url").pathToFileURL(__filename).href;' },
+  logLevel: 'warning',
+});
+const cjsTypes = path.join(root, 'dist', 'cjs');
+rmSync(cjsTypes, { recursive: true, force: true });
+cpSync(path.join(root, 'dist', 'src'), cjsTypes, { recursive: true, filter: (f) => !/\.(js|js\.map)$/.test(f) });
+writeFileSync(path.join(cjsTypes, 'package.json'), '{ "type": "commonjs" }\n');
+
+// The man page, from the CLI's own --help texts (scripts/man.js).
+spawnSync(process.execPath, [path.join(root, 'scripts', 'man.js')], { stdio: 'inherit' });

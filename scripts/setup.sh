@@ -29,7 +29,7 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
   echo "iptlb: npm ci" >&2
   npm ci --no-audit --no-fund --loglevel=error
 fi
-if [ ! -f build/Release/iptlb.node ]; then
+if [ ! -f build/Release/iptlb_core.node ] || [ ! -f build/Release/iptlb_xt.node ] || [ ! -f build/Release/iptlb_nft.node ]; then
   npm run --silent build:addon
 fi
 npm run --silent build

@@ -15,6 +15,7 @@ import { doctor } from './doctor.js';
 import { packageVersion } from './paths.js';
 import { healthFileOf } from './health/effective.js';
 import { HEALTH_FLAGS, addHealthFlags, healthInput, type HealthOpts } from './cli/health.js';
+import { registerExtras } from './cli/extras.js';
 
 type Out = { out: (s: string) => void; err: (s: string) => void };
 
@@ -499,6 +500,7 @@ Exit status: 0 done, 1 refused (conflict, kernel, state, lock), 2 bad input or u
       if (code !== 0) throw new ExitCode(code);
     },
   );
+  registerExtras(program, io, () => process.argv[1] ?? 'iptlb', (code) => new ExitCode(code));
   return program;
 }
 
@@ -513,6 +515,7 @@ class ExitCode extends Error {
 export async function main(argv: string[], io: Out = { out: (s) => process.stdout.write(s + '\n'), err: (s) => process.stderr.write(s + '\n') }): Promise<number> {
   try {
     const program = buildProgram(io, packageVersion());
+    if (argv.length === 0) return (program.outputHelp(), 0); // a bare `iptlb` shows the help
     await program.parseAsync(normalizeArgv(argv), { from: 'user' });
     return 0;
   } catch (e) {

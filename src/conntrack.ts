@@ -151,7 +151,7 @@ export async function flushStaleFlows(flows: StaleFlows[], opts: FlushOptions = 
   // thread, for its other callers.)
   if (!opts.run && conntrackEntries() === 0) return [];
   if (opts.native) {
-    const loaded = loadAddon();
+    const loaded = loadAddon('core');
     if (loaded.ok) return flushNative(loaded.addon, flows);
   }
   return flushSpawned(flows, opts.run);

@@ -3,7 +3,7 @@
  */
 import { existsSync } from 'node:fs';
 import { hasNetAdmin } from './caps.js';
-import { loadAddon } from './native/addon.js';
+import { addonPath, buildLogTail, loadAddonPart, type AddonPart } from './native/addon.js';
 import { findBinary } from './executors/spawn.js';
 import { parseExecutorChoice } from './executors/index.js';
 import { iptablesFlavour, parseEngineChoice, xtablesAvailable } from './engine.js';
@@ -28,12 +28,17 @@ export async function doctor(o: { stateFile?: string; executor?: string; engine?
   checks.push({ name: 'x_tables', ok: true, detail: xt ? 'available in this kernel (legacy engine possible)' : 'not available in this kernel (legacy engine impossible)' });
   const flavour = iptablesFlavour();
   checks.push({ name: 'host iptables', ok: true, detail: flavour === 'none' ? 'not installed' : `the ${flavour === 'nft' ? 'nf_tables' : 'legacy'} flavour` });
-  const addon = loadAddon();
-  checks.push(
-    addon.ok
-      ? { name: 'native addon', ok: true, detail: 'loaded (libip4tc/libip6tc for legacy, netlink for nft)' }
-      : { name: 'native addon', ok: false, detail: `${addon.reason}: ${addon.detail}`, fix: addon.fix },
-  );
+  // The addon per engine: each engine runs natively when its file and iptlb_core.node load, and
+  // falls back to spawning its tools otherwise (see src/native/addon.ts).
+  const native = nativeReport();
+  for (const [name, n] of Object.entries(native.engines)) {
+    checks.push(
+      n.executor === 'native'
+        ? { name: `native ${name}`, ok: true, detail: `native (${n.files.join(', ')})` }
+        : { name: `native ${name}`, ok: false, detail: `falls back to the spawn executor: ${n.reason}`, fix: n.fix },
+    );
+  }
+  if (native.buildLog) checks.push({ name: 'addon build log', ok: true, detail: `${native.buildLog.path}, last lines:\n         ${native.buildLog.lines.join('\n         ')}` });
   const restore = findBinary('iptables-legacy-restore');
   checks.push({ name: 'iptables-legacy-restore', ok: !!restore, detail: restore ?? 'not found (spawn executor of the legacy engine)', fix: restore ? undefined : 'apt-get install -y iptables' });
   const restore6 = findBinary('ip6tables-legacy-restore');
@@ -69,7 +74,7 @@ export async function doctor(o: { stateFile?: string; executor?: string; engine?
   if (warning) checks.push({ name: 'engines', ok: false, detail: warning, fix: 'iptlb migrate --to nft (or --to legacy)' });
   const ok = usable && cap && !warning;
   if (o.json) {
-    io.out(JSON.stringify({ ok, engine, engineReason, executor, executorReason: reason, checks }));
+    io.out(JSON.stringify({ ok, engine, engineReason, executor, executorReason: reason, native, checks }));
   } else {
     io.out(`engine:   ${engine} — ${engineReason || reason}`);
     io.out(`executor: ${executor} — ${reason}`);
@@ -77,4 +82,34 @@ export async function doctor(o: { stateFile?: string; executor?: string; engine?
     io.out(ok ? 'ready' : 'not ready: see the fixes above');
   }
   return ok ? 0 : 1;
+}
+
+interface EngineNative {
+  /** What this engine's commits go through on this host when the executor is auto. */
+  executor: 'native' | 'spawn';
+  /** The addon files it uses (when native). */
+  files: string[];
+  reason?: string;
+  fix?: string;
+}
+
+/** Per engine: native or spawn, and why; the last lines of the addon's build log when a file is missing. */
+export function nativeReport(): { engines: { legacy: EngineNative; nft: EngineNative }; buildLog?: { path: string; lines: string[] } } {
+  const one = (part: AddonPart): EngineNative => {
+    for (const p of ['core', part] as AddonPart[]) {
+      const r = loadAddonPart(p);
+      if (!r.ok) {
+        const detail = r.detail.includes(`iptlb_${p}.node`) ? r.detail : `iptlb_${p}.node: ${r.detail}`;
+        return { executor: 'spawn', files: [], reason: `${r.reason}: ${detail}`, fix: r.fix };
+      }
+    }
+    return { executor: 'native', files: [addonPath('core'), addonPath(part)] };
+  };
+  const engines = { legacy: one('xt'), nft: one('nft') };
+  const missing = (['core', 'xt', 'nft'] as AddonPart[]).some((p) => {
+    const r = loadAddonPart(p);
+    return !r.ok && r.reason === 'not-built' && !r.detail.includes('IPTLB_NO_NATIVE');
+  });
+  const log = missing ? buildLogTail(8) : undefined;
+  return { engines, ...(log ? { buildLog: log } : {}) };
 }

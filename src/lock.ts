@@ -55,7 +55,7 @@ const EWOULDBLOCK = 11;
  */
 async function flockOne(lockPath: string, waitMs: number, reportAs: string, totalMs: number): Promise<HeldLock & { fd: number }> {
   await checkLockPath(lockPath);
-  const loaded = loadAddon();
+  const loaded = loadAddon('core');
   if (loaded.ok) {
     let lock;
     try {

@@ -15,6 +15,7 @@ import { NftEngine } from './nft/index.js';
 /** Each engine: its executors, and the engine over one (`real`: an executor made here, not supplied). */
 const ENGINES: Record<EngineName, ExecutorKinds & { over(executor: Executor, real: boolean): Engine }> = {
   legacy: {
+    addonUse: 'legacy',
     native: (addon, opts) => new NativeExecutor(addon, opts),
     spawn: (opts) => new SpawnExecutor(opts),
     over: (executor, real) => new LegacyEngine(executor as LegacyExecutor, real),
@@ -22,7 +23,7 @@ const ENGINES: Record<EngineName, ExecutorKinds & { over(executor: Executor, rea
   nft: {
     native: (addon) => new NftNativeExecutor(addon),
     spawn: () => new NftSpawnExecutor(),
-    nativeMissing: (addon) => (typeof addon.nftCommit === 'function' ? undefined : 'this build of the addon has no nft support'),
+    addonUse: 'nft',
     over: (executor, real) => new NftEngine(executor as NftExecutor, real),
   },
 };

@@ -22,16 +22,14 @@ export function parseExecutorChoice(value: string | undefined): ExecutorChoice {
 export interface ExecutorKinds {
   native(addon: Addon, opts: { lockWaitMs?: number }): Executor;
   spawn(opts: { lockWaitMs?: number }): Executor;
-  /** Why this build of the addon cannot serve the engine, if it cannot. */
-  nativeMissing?(addon: Addon): string | undefined;
+  /** The part of the addon the native executor needs (besides the core part). */
+  addonUse: 'legacy' | 'nft';
 }
 
 /** The native executor when the addon loads (and serves the engine), else the spawn one; `choice` forces either. */
 export function selectExecutor(choice: ExecutorChoice, opts: { lockWaitMs?: number }, kinds: ExecutorKinds): ExecutorSelection {
   if (choice === 'spawn') return { executor: kinds.spawn(opts), reason: 'spawn executor requested' };
-  let loaded = loadAddon();
-  const missing = loaded.ok ? kinds.nativeMissing?.(loaded.addon) : undefined;
-  if (missing) loaded = { ok: false, reason: 'abi-mismatch', detail: missing, fix: 'npm run build:addon' };
+  const loaded = loadAddon(kinds.addonUse);
   if (loaded.ok) return { executor: kinds.native(loaded.addon, opts), reason: choice === 'native' ? 'native executor requested' : 'native addon loaded' };
   if (choice === 'native') {
     throw new IptlbError('ENATIVE', `native executor unavailable: ${loaded.reason}: ${loaded.detail}; fix: ${loaded.fix}`);

@@ -1,16 +1,22 @@
 /**
- * The one place that loads the native addon (build/Release/iptlb.node). Never throws: a missing or
- * broken addon is reported once, with the reason and the command that fixes it.
+ * The one place that loads the native addon. It is three N-API files, so that a host with only one
+ * engine's libraries still runs that engine natively:
+ *   iptlb_core.node  file locks, conntrack flushes     (libmnl)
+ *   iptlb_xt.node    legacy engine over libiptc        (libip4tc, libip6tc)
+ *   iptlb_nft.node   nft engine over netlink           (libnftnl, libmnl)
+ * Each is looked for in build/Release/ (a local build) and then in prebuilds/<platform>-<arch>/ (the
+ * binaries shipped in the npm package). Never throws: a part that does not load is reported, once,
+ * with the reason and a command that fixes it where the user is (a consumer project or this repo).
  */
 import { createRequire } from 'node:module';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import type { Family, KernelView, Transaction } from '../types.js';
 import type { NftFamily, NftTransaction, NftView } from '../nft/ops.js';
 import { packageRoot } from '../paths.js';
 
 /** ABI of the addon this TypeScript expects (native/addon.cc exports the same number). */
-export const EXPECTED_ABI = 9;
+export const EXPECTED_ABI = 10;
 
 /** Conntrack entries to delete: original destination `vip`, protocol, reply source `destination` (flows DNATed to it). */
 export interface ConntrackFlow {
@@ -47,6 +53,8 @@ export interface FileLock {
  */
 export interface NativeAddon {
   readonly abiVersion: number;
+  /** Which file(s) this object was assembled from ('core', 'xt', 'nft'); see {@link loadAddon}. */
+  readonly parts?: readonly AddonPart[];
   /** Commits a transaction in one libiptc handle and one iptc_commit, under the xtables lock (waiting at most `lockWaitMs`, default 10,000). */
   commit(tx: Transaction, opts?: { lockWaitMs?: number }): Promise<{ durationMs: number; attempts: number }>;
   /**
@@ -92,59 +100,177 @@ export interface NativeAddon {
   conntrackFlush(flows: ConntrackFlow[], opts?: { kernelFilter?: boolean }): Promise<ConntrackFlushResult>;
 }
 
+/** The three addon files; see the top of this file. */
+export type AddonPart = 'core' | 'xt' | 'nft';
+export const ADDON_PARTS: readonly AddonPart[] = ['core', 'xt', 'nft'];
+
 export type LoadFailureReason = 'not-built' | 'library-missing' | 'abi-mismatch' | 'load-failed';
 
 export type LoadResult =
   | { ok: true; addon: NativeAddon; path: string }
   | { ok: false; reason: LoadFailureReason; detail: string; fix: string };
 
-export const BUILD_FIX = 'apt-get install -y libiptc-dev libxtables-dev libnftnl-dev libmnl-dev pkg-config g++ make python3 && npm run build:addon';
-const LIBRARY_FIX = 'apt-get install -y libip4tc2 libip6tc2 libxtables12 libnftnl11 libmnl0 (or rebuild: npm run build:addon)';
-const REBUILD_FIX = 'npm run build:addon';
+/** Debian packages of the libraries the parts link (runtime) and of their headers (build). */
+const RUNTIME_PACKAGES: Record<AddonPart, string[]> = { core: ['libmnl0'], xt: ['libip4tc2', 'libip6tc2'], nft: ['libnftnl11', 'libmnl0'] };
+export const BUILD_PACKAGES = ['libiptc-dev', 'libxtables-dev', 'libnftnl-dev', 'libmnl-dev', 'pkg-config', 'g++', 'make', 'python3'];
+/** Debian package of each shared library a part may fail to find. */
+const SONAME_PACKAGES: Record<string, string> = {
+  'libip4tc.so.2': 'libip4tc2',
+  'libip6tc.so.2': 'libip6tc2',
+  'libxtables.so.12': 'libxtables12',
+  'libnftnl.so.11': 'libnftnl11',
+  'libmnl.so.0': 'libmnl0',
+};
 
-let loaded: LoadResult | undefined;
-
-export function addonPath(): string {
-  return path.join(packageRoot(), 'build', 'Release', 'iptlb.node');
+/** True when this package sits in some project's node_modules (then `npm run build:addon` does not exist there). */
+export function installedAsDependency(root = safeRoot()): boolean {
+  return !!root && root.split(path.sep).includes('node_modules');
 }
 
-/** Sorts a dlopen/require failure of the addon into a reason and the command that fixes it. */
-export function classifyLoadError(message: string): { reason: Exclude<LoadFailureReason, 'not-built'>; fix: string } {
-  if (/cannot open shared object file/i.test(message)) return { reason: 'library-missing', fix: LIBRARY_FIX };
-  if (/NODE_MODULE_VERSION|compiled against a different Node\.js version|invalid ELF header|wrong ELF class|undefined symbol: napi_/.test(message)) {
-    return { reason: 'abi-mismatch', fix: REBUILD_FIX };
+function safeRoot(): string | undefined {
+  try {
+    return packageRoot();
+  } catch {
+    return undefined;
   }
-  return { reason: 'load-failed', fix: BUILD_FIX };
 }
 
-/** Loads the addon at `file` (not memoised; for tests and diagnostics). Never throws. */
+/** The command that rebuilds the addon from source, where the user is. */
+export function rebuildCommand(consumer = installedAsDependency()): string {
+  return consumer ? 'npm rebuild iptlb --foreground-scripts' : 'npm run build:addon';
+}
+
+/** Installing the build dependencies, then rebuilding (Debian/Ubuntu package names). */
+export function buildFix(consumer = installedAsDependency()): string {
+  return `apt-get install -y ${BUILD_PACKAGES.join(' ')} && ${rebuildCommand(consumer)}`;
+}
+
+/** The fix of a consumer project or of this repo, as loadAddon() reports it here. */
+export const BUILD_FIX = buildFix();
+
+/** Where the build script keeps the output of the last node-gyp run (see scripts/build-addon.js). */
+export function buildLogPath(): string {
+  return path.join(safeRoot() ?? '.', 'build', 'build-addon.log');
+}
+
+/** The last `n` lines of the last build's log, or undefined when there is none. */
+export function buildLogTail(n = 8): { path: string; lines: string[] } | undefined {
+  const file = buildLogPath();
+  try {
+    const lines = readFileSync(file, 'utf8').trimEnd().split('\n');
+    return { path: file, lines: lines.slice(-n) };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Sorts a dlopen/require failure of an addon file into a reason and the command that fixes it. */
+export function classifyLoadError(message: string, consumer = installedAsDependency()): { reason: Exclude<LoadFailureReason, 'not-built'>; fix: string } {
+  // "libip4tc.so.2: cannot open shared object file: No such file or directory" (or "file too short",
+  // "invalid ELF header" when something unusable sits at that name): a library the part links.
+  const lib = /^(?:\/[^:]*\/)?(lib[\w+-]+\.so(?:\.\d+)*): (?:cannot open shared object file|file too short|invalid ELF header|wrong ELF class)/.exec(message);
+  if (lib) {
+    const pkg = SONAME_PACKAGES[lib[1]!];
+    return { reason: 'library-missing', fix: pkg ? `apt-get install -y ${pkg}` : `install the package that provides ${lib[1]}` };
+  }
+  if (/cannot open shared object file/i.test(message)) return { reason: 'library-missing', fix: `apt-get install -y ${[...new Set(Object.values(SONAME_PACKAGES))].join(' ')}` };
+  if (/NODE_MODULE_VERSION|compiled against a different Node\.js version|invalid ELF header|wrong ELF class|undefined symbol: napi_|version `(GLIBC|GLIBCXX|CXXABI)_[\d.]+' not found/.test(message)) {
+    return { reason: 'abi-mismatch', fix: `${buildFix(consumer)} (builds it from source for this system)` };
+  }
+  return { reason: 'load-failed', fix: buildFix(consumer) };
+}
+
+/** Directories searched for the addon files, in order: a local build, then the shipped prebuilds. */
+export function addonDirs(root = safeRoot()): string[] {
+  if (!root) return [];
+  return [path.join(root, 'build', 'Release'), path.join(root, 'prebuilds', `${process.platform}-${process.arch}`)];
+}
+
+/** The file of `part` that would be loaded (the first that exists), or the build path when none does. */
+export function addonPath(part: AddonPart = 'core'): string {
+  const dirs = addonDirs();
+  for (const d of dirs) {
+    const f = path.join(d, `iptlb_${part}.node`);
+    if (existsSync(f)) return f;
+  }
+  return path.join(dirs[0] ?? '.', `iptlb_${part}.node`);
+}
+
+/** Loads the addon file `file` (not memoised; for tests and diagnostics). Never throws. */
 export function loadAddonFrom(file: string): LoadResult {
-  if (!existsSync(file)) return { ok: false, reason: 'not-built', detail: `${file} does not exist`, fix: BUILD_FIX };
+  if (!existsSync(file)) {
+    const log = buildLogTail(1);
+    const why = log ? `; the last build failed or was skipped, see ${log.path}` : '';
+    return { ok: false, reason: 'not-built', detail: `${file} does not exist${why}`, fix: BUILD_FIX };
+  }
   let addon: NativeAddon;
   try {
     addon = createRequire(import.meta.url)(file) as NativeAddon;
   } catch (e) {
-    const detail = String((e as Error)?.message ?? e).split('\n')[0];
+    const detail = String((e as Error)?.message ?? e).split('\n')[0]!;
     return { ok: false, detail, ...classifyLoadError(detail) };
   }
   if (!addon || typeof addon !== 'object' || addon.abiVersion !== EXPECTED_ABI) {
     const got = addon && typeof addon === 'object' ? String(addon.abiVersion) : typeof addon;
-    return { ok: false, reason: 'abi-mismatch', detail: `${file} has addon ABI ${got}, this iptlb expects ${EXPECTED_ABI}`, fix: REBUILD_FIX };
+    return { ok: false, reason: 'abi-mismatch', detail: `${file} has addon ABI ${got}, this iptlb expects ${EXPECTED_ABI}`, fix: rebuildCommand() };
   }
   return { ok: true, addon, path: file };
 }
 
-/** Loads the addon once and remembers the outcome. `IPTLB_NO_NATIVE=1` pretends it is not built. */
-export function loadAddon(): LoadResult {
-  if (loaded) return loaded;
+const parts = new Map<AddonPart, LoadResult>();
+const assembled = new Map<string, LoadResult>();
+
+/** Loads one addon file once and remembers the outcome. `IPTLB_NO_NATIVE=1` pretends none is built. */
+export function loadAddonPart(part: AddonPart): LoadResult {
+  const known = parts.get(part);
+  if (known) return known;
+  let r: LoadResult;
   if (process.env.IPTLB_NO_NATIVE === '1') {
-    return (loaded = { ok: false, reason: 'not-built', detail: 'disabled by IPTLB_NO_NATIVE=1', fix: 'unset IPTLB_NO_NATIVE' });
+    r = { ok: false, reason: 'not-built', detail: 'disabled by IPTLB_NO_NATIVE=1', fix: 'unset IPTLB_NO_NATIVE' };
+  } else if (!safeRoot()) {
+    r = { ok: false, reason: 'load-failed', detail: 'cannot find the package root (package.json named iptlb)', fix: 'reinstall iptlb' };
+  } else {
+    r = loadAddonFrom(addonPath(part));
+    if (!r.ok && r.reason === 'library-missing') {
+      // The one dlopen named, and the others this part links (dlopen stops at the first missing).
+      const named = /^apt-get install -y (\S+)$/.exec(r.fix)?.[1];
+      if (named) r = { ...r, fix: `apt-get install -y ${[...new Set([named, ...RUNTIME_PACKAGES[part]])].join(' ')}` };
+    }
   }
-  let file: string;
-  try {
-    file = addonPath();
-  } catch (e) {
-    return (loaded = { ok: false, reason: 'load-failed', detail: (e as Error).message, fix: 'reinstall iptlb' });
+  parts.set(part, r);
+  return r;
+}
+
+/**
+ * The addon for a use: 'legacy' needs core + xt, 'nft' core + nft, 'core' core alone, 'all' every part
+ * (the default: what the addon's own tests and benches use). The object has the functions of the
+ * parts needed, and only those are loaded; the failure is that of the first part needed that did not
+ * load. Memoised.
+ */
+export function loadAddon(use: 'all' | 'core' | 'legacy' | 'nft' = 'all'): LoadResult {
+  const known = assembled.get(use);
+  if (known) return known;
+  const needed: AddonPart[] = use === 'all' ? [...ADDON_PARTS] : use === 'core' ? ['core'] : ['core', use === 'legacy' ? 'xt' : 'nft'];
+  const results = needed.map((p) => [p, loadAddonPart(p)] as const); // only what this use needs: one dlopen less
+  let r: LoadResult | undefined;
+  for (const [p, res] of results) {
+    if (!needed.includes(p) || res.ok) continue;
+    r = res.detail.includes(`iptlb_${p}.node`) ? res : { ...res, detail: `iptlb_${p}.node: ${res.detail}` };
+    break;
   }
-  return (loaded = loadAddonFrom(file));
+  if (!r) {
+    const addon = {} as Record<string, unknown>;
+    const have: AddonPart[] = [];
+    for (const [p, res] of results) {
+      if (!res.ok) continue;
+      Object.assign(addon, res.addon);
+      have.push(p);
+    }
+    delete addon.part;
+    addon.parts = have;
+    const first = results.find(([p]) => p === needed[needed.length - 1])![1] as { path: string };
+    r = { ok: true, addon: addon as unknown as NativeAddon, path: first.path };
+  }
+  assembled.set(use, r);
+  return r;
 }

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, symlinkSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { BUILD_FIX, EXPECTED_ABI, classifyLoadError, loadAddon, loadAddonFrom } from '../../src/native/addon.js';
+import { BUILD_FIX, EXPECTED_ABI, buildFix, classifyLoadError, installedAsDependency, loadAddon, loadAddonFrom, loadAddonPart, rebuildCommand } from '../../src/native/addon.js';
 import { mapNativeError, NativeExecutor } from '../../src/executors/native.js';
 import { IptlbError } from '../../src/errors.js';
 
@@ -16,18 +16,26 @@ const NO_ADDON = loaded.ok ? false : `native addon unavailable: ${loaded.reason}
 
 describe('loader', () => {
   test('a missing file is not-built, with the build command as the fix', () => {
-    const r = loadAddonFrom('/nonexistent/iptlb.node');
+    const r = loadAddonFrom('/nonexistent/iptlb_xt.node');
     assert.equal(r.ok, false);
     if (!r.ok) {
       assert.equal(r.reason, 'not-built');
       assert.equal(r.fix, BUILD_FIX);
-      assert.match(r.fix, /apt-get install -y libiptc-dev libxtables-dev libnftnl-dev libmnl-dev pkg-config.*npm run build:addon/);
+      // This checkout is not under node_modules: the repo's own script is the fix here.
+      assert.match(r.fix, /^apt-get install -y libiptc-dev libxtables-dev libnftnl-dev libmnl-dev pkg-config g\+\+ make python3 && npm run build:addon$/);
     }
+  });
+  test('in a consumer project the fix is npm rebuild, which exists there', () => {
+    assert.equal(installedAsDependency('/srv/app/node_modules/iptlb'), true);
+    assert.equal(installedAsDependency('/work/iptlb'), false);
+    assert.equal(rebuildCommand(true), 'npm rebuild iptlb --foreground-scripts');
+    assert.match(buildFix(true), /^apt-get install -y libiptc-dev .* g\+\+ make python3 && npm rebuild iptlb --foreground-scripts$/);
+    assert.match(classifyLoadError('/x/iptlb_nft.node: undefined symbol: nftnl_frob', true).fix, /npm rebuild iptlb --foreground-scripts/);
   });
   test('a file that is not a shared object is load-failed, never a throw', () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-loader-'));
     try {
-      const f = path.join(dir, 'iptlb.node');
+      const f = path.join(dir, 'iptlb_core.node');
       writeFileSync(f, 'not an ELF file');
       const r = loadAddonFrom(f);
       assert.equal(r.ok, false);
@@ -36,15 +44,46 @@ describe('loader', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
-  test('dlopen messages are classified', () => {
-    assert.equal(classifyLoadError('libip4tc.so.2: cannot open shared object file: No such file or directory').reason, 'library-missing');
-    assert.match(classifyLoadError('libxtables.so.12: cannot open shared object file').fix, /libip4tc2 libip6tc2 libxtables12/);
-    assert.equal(classifyLoadError("The module '/x/iptlb.node' was compiled against a different Node.js version using NODE_MODULE_VERSION 108.").reason, 'abi-mismatch');
-    assert.equal(classifyLoadError('The module was compiled against a different Node.js version').fix, 'npm run build:addon');
-    assert.equal(classifyLoadError('/x/iptlb.node: undefined symbol: iptc_frobnicate').reason, 'load-failed');
+  test('dlopen messages are classified, a missing library naming its Debian package', () => {
+    const c = classifyLoadError('libip4tc.so.2: cannot open shared object file: No such file or directory');
+    assert.equal(c.reason, 'library-missing');
+    assert.equal(c.fix, 'apt-get install -y libip4tc2');
+    assert.equal(classifyLoadError('libnftnl.so.11: file too short').fix, 'apt-get install -y libnftnl11');
+    // What dlopen says when the file at the library's path is unusable (as the partial-host test makes it).
+    assert.equal(classifyLoadError('/lib/x86_64-linux-gnu/libip4tc.so.2: file too short').fix, 'apt-get install -y libip4tc2');
+    assert.equal(classifyLoadError('libmnl.so.0: cannot open shared object file: No such file or directory').fix, 'apt-get install -y libmnl0');
+    assert.equal(classifyLoadError("The module '/x/iptlb_xt.node' was compiled against a different Node.js version using NODE_MODULE_VERSION 108.").reason, 'abi-mismatch');
+    assert.match(classifyLoadError('The module was compiled against a different Node.js version', false).fix, /npm run build:addon/);
+    const g = classifyLoadError("/lib/x86_64-linux-gnu/libc.so.6: version `GLIBC_2.33' not found (required by /x/prebuilds/linux-x64/iptlb_nft.node)", true);
+    assert.equal(g.reason, 'abi-mismatch');
+    assert.match(g.fix, /npm rebuild iptlb --foreground-scripts \(builds it from source/);
+    assert.equal(classifyLoadError('/x/iptlb_xt.node: undefined symbol: iptc_frobnicate').reason, 'load-failed');
   });
-  test('loadAddon is memoised', () => {
+  test('loadAddon is memoised, per use and per part', () => {
     assert.equal(loadAddon(), loadAddon());
+    assert.equal(loadAddon('nft'), loadAddon('nft'));
+    assert.equal(loadAddonPart('xt'), loadAddonPart('xt'));
+  });
+  test('each use assembles the functions of the parts that loaded', { skip: NO_ADDON }, () => {
+    for (const use of ['core', 'legacy', 'nft'] as const) {
+      const r = loadAddon(use);
+      assert.ok(r.ok, use);
+      if (!r.ok) continue;
+      assert.equal(typeof r.addon.flock, 'function');
+      assert.equal(typeof r.addon.conntrackFlush, 'function');
+      assert.deepEqual(r.addon.parts, use === 'core' ? ['core'] : ['core', use === 'legacy' ? 'xt' : 'nft']);
+      assert.match(r.path, use === 'core' ? /iptlb_core\.node$/ : use === 'legacy' ? /iptlb_xt\.node$/ : /iptlb_nft\.node$/);
+    }
+    const all = loadAddon();
+    assert.ok(all.ok);
+    if (all.ok) {
+      assert.deepEqual(all.addon.parts, ['core', 'xt', 'nft']);
+      for (const f of ['commit', 'commitJson', 'read', 'prefetch', 'releasePrefetch', 'info', 'nftCommit', 'nftRead']) assert.equal(typeof (all.addon as unknown as Record<string, unknown>)[f], 'function', f);
+    }
+    for (const p of ['core', 'xt', 'nft'] as const) {
+      const r = loadAddonPart(p);
+      assert.ok(r.ok && (r.addon as unknown as { part: string }).part === p, p);
+    }
   });
 });
 

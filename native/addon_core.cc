@@ -1,0 +1,40 @@
+// iptlb_core.node: what both engines use and needs no netfilter table library: file locks (libc) and
+// conntrack flushes (ctnetlink over libmnl). Arguments are checked on the JS thread (synchronous
+// TypeErrors naming the field); the work runs in AsyncWorkers and comes back as promises.
+#include <napi.h>
+
+#include "addon_args.h"
+#include "conntrack_worker.h"
+#include "file_lock.h"
+
+namespace iptlb {
+namespace {
+
+// flock(path: string, waitMs: number): Promise<FileLock>
+Napi::Value Flock(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "path: must be a string");
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  if (path.empty() || path.size() > 4095 || path.find('\0') != std::string::npos) throw Napi::TypeError::New(env, "path: must be a file path");
+  const int wait = WaitMs(info.Length() < 2 ? env.Undefined() : info[1], "waitMs");
+  auto *w = new FlockWorker(env, std::move(path), wait);
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+}  // namespace
+
+static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  FileLock::Define(env);
+  exports.Set("abiVersion", Napi::Number::New(env, kAbiVersion));
+  exports.Set("part", Napi::String::New(env, "core"));
+  exports.Set("flock", Napi::Function::New(env, Flock, "flock"));
+  exports.Set("conntrackFlush", Napi::Function::New(env, ConntrackFlush, "conntrackFlush"));
+  return exports;
+}
+
+}  // namespace iptlb
+
+static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) { return iptlb::Init(env, exports); }
+NODE_API_MODULE(iptlb_core, InitAddon)
