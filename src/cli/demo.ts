@@ -64,7 +64,8 @@ function probe(timeoutMs: number): Promise<string> {
     c.on('end', () => {
       clearTimeout(timer);
       c.destroy();
-      data ? resolve(data) : reject(new Error('empty answer'));
+      if (data) resolve(data);
+      else reject(new Error('empty answer'));
     });
     c.on('error', (e) => {
       clearTimeout(timer);
