@@ -9,7 +9,7 @@ import { selectExecutor, parseExecutorChoice } from './executors/index.js';
 import { ip6tablesTables, nftTableExistsViaCli, parseEngineChoice, selectEngine, xtablesTables } from './engine.js';
 import { loadAddon } from './native/addon.js';
 import { findBinary } from './executors/spawn.js';
-import { baseUnchanged, countUsage, dispatchSetUsage, foreignObjects, planNftClear, planNftChange, planNftRebuild, planNftRemoveAll, nftHookOf, planNftProfile } from './nft/plan.js';
+import { baseUnchanged, countUsage, dispatchSetUsage, foreignObjects, keepsAnything, planNftMergedRebuild, unknownObjects, planNftClear, planNftChange, planNftRebuild, planNftRemoveAll, nftHookOf, planNftProfile } from './nft/plan.js';
 import { dispatchSetName, nftTableFamily } from './nft/ops.js';
 import { compareNft, strayRoundRobin } from './nft/view.js';
 import { DEFAULT_LOCK_WAIT_MS, lockStateFile } from './lock.js';
@@ -459,6 +459,17 @@ export class Core {
     // rule. Either way the incremental plan is wrong: replace the table instead.
     const stray = view?.exists && baseChanges && !fresh ? strayRoundRobin(state, view) : [];
     if (stray.length) this.log(`${tableOf('nft', f)} holds objects of round-robin profiles the state does not explain (${stray.slice(0, 3).join(', ')}); replacing it with all ${next.size} profile(s) in one transaction`);
+    // An in-memory instance (stateFile: false) knows only the profiles it was told about: the table
+    // may hold others (its own before a restart, another agent's). Any plan that rewrites the base
+    // chains or the table carries them over untouched (issue 13: a restarted agent dropped them).
+    const kept = this.statePath === null && view?.exists && baseChanges ? unknownObjects(view, [...next.values(), ...touched.flatMap((n) => (state.get(n) ? [state.get(n)!] : []))], touchedSet) : undefined;
+    if (kept && keepsAnything(kept)) {
+      this.log(`${tableOf('nft', f)} holds ${kept.vips.size} virtual address(es) this in-memory instance was not told about: kept as they are`);
+      const merged = planNftMergedRebuild(next.values(), kept, nf);
+      const ms = await this.commitNft(executor, [merged], next, nf);
+      this.lastFamilies.push(f);
+      return ms;
+    }
     const steps = stray.length
       ? [planNftRebuild(next.values(), undefined, nf)]
       : fresh
@@ -521,8 +532,20 @@ export class Core {
       return ms;
     } catch (e) {
       if (!outOfStep(e)) throw e;
+      let rebuild = planNftRebuild(next.values(), undefined, nf);
+      if (this.statePath === null) {
+        // In memory: what the kernel holds beyond this instance's profiles stays (see commitFamily).
+        const view = await executor.read(nf);
+        const kept = view.exists ? unknownObjects(view, [...next.values(), ...this.memory.values()], new Set([...next.keys(), ...this.memory.keys()])) : undefined;
+        if (kept && keepsAnything(kept)) {
+          this.log(`table ${nf} iptlb is not as this in-memory instance's profiles say (${(e as Error).message}); replacing its ${next.size} profile(s) in one transaction and keeping the ${kept.vips.size} virtual address(es) it was not told about`);
+          rebuild = planNftMergedRebuild(next.values(), kept, nf);
+          ms += (await executor.commit(rebuild)).durationMs;
+          this.lastTransaction = rebuild;
+          return ms;
+        }
+      }
       this.log(`table ${nf} iptlb is not as the state says (${(e as Error).message}); replacing it with all ${next.size} profile(s) in one transaction`);
-      const rebuild = planNftRebuild(next.values(), undefined, nf);
       ms += (await executor.commit(rebuild)).durationMs;
       this.lastTransaction = rebuild;
       return ms;

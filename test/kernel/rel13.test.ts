@@ -138,6 +138,28 @@ for (const pair of PAIRS) {
       assert.equal(r[14].stdout, r[12].stdout, 'nothing changed');
     });
 
+    test('10: agent restart with stateFile: false: a new in-memory instance changes one profile, adds and deletes another; traffic to the four others fails zero times', async () => {
+      const r = (await runJsonInFreshNetns(fixture('restart.js'), [pair.name], { timeoutMs: 120_000 })) as {
+        errors: string[];
+        logs: string[];
+        ok: number[];
+        failures: number[];
+        samples: string[];
+        p0: Record<string, number>;
+        othersFailures: number[];
+        othersCounts: Record<string, number>[];
+        p5Failures: number;
+      };
+      assert.deepEqual(r.errors, []);
+      assert.deepEqual(r.failures, [0, 0, 0, 0], r.samples.join('\n'));
+      for (const n of r.ok) assert.ok(n > 20, `only ${n} connections during the changes`);
+      assert.deepEqual(r.p0, { 'backend:9005': 10 }, 'the changed profile took effect');
+      assert.deepEqual(r.othersFailures, [0, 0, 0, 0]);
+      assert.deepEqual(r.othersCounts[1], { 'backend:9002': 5, 'backend:9003': 5 }, 'the round-robin profile it was not told about still rotates exactly');
+      assert.equal(r.p5Failures, 3, 'the profile it added and deleted is gone');
+      if (pair.engine === 'nft') assert.ok(r.logs.length > 0, 'the nft engine says it kept what it was not told about');
+    });
+
     test('7: an API instance doing 200+ applies without pause beside 50 CLI -run invocations: all 50 succeed, kernel in step', async () => {
       const r = (await runJsonInFreshNetns(fixture('fair.js'), [pair.name, '200', '50'], { timeoutMs: 300_000 })) as {
         applies: number;
