@@ -473,3 +473,43 @@ test('12: the state file round-trips 63-character names; a case collision of sho
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('7: a waiter queued behind others waits on while the lock changes hands; a holder that keeps it for the whole wait times it out', async () => {
+  const { lockStateFile } = await import('../../src/lock.js');
+  const dir = tmpdir();
+  try {
+    const state = path.join(dir, 'state.db');
+    const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+    // Eight holders of 600 ms each, each its own process (as CLI calls are).
+    const { spawn } = await import('node:child_process');
+    const lockJs = new URL('../../src/lock.js', import.meta.url).pathname;
+    const holder = (ms: number): Promise<number | null> =>
+      new Promise((resolve) => {
+        const code = `import(${JSON.stringify(lockJs)}).then(async (m) => { const l = await m.lockStateFile(${JSON.stringify(state)}, 30000); await new Promise((r) => setTimeout(r, ${ms})); l.release(); })`;
+        const c = spawn(process.execPath, ['-e', code], { stdio: 'ignore' });
+        c.on('exit', (c2) => resolve(c2));
+      });
+    const first = await lockStateFile(state, 30_000);
+    const others = Array.from({ length: 7 }, () => holder(600));
+    await sleep(1000);
+    // A wait of 1000 ms, behind up to 4.2 s of others' turns: the lock changes hands every 600 ms.
+    const waiter = lockStateFile(state, 1000).then(
+      (l) => (l.release(), 'ok'),
+      (e: Error) => e.message,
+    );
+    await sleep(150);
+    first.release();
+    assert.deepEqual(await Promise.all(others), Array(7).fill(0));
+    assert.equal(await waiter, 'ok');
+    // One holder that keeps it: a timeout, with the usual message.
+    const hog = await lockStateFile(state, 1000);
+    const r = await lockStateFile(state, 300).then(
+      (l) => (l.release(), 'ok'),
+      (e: IptlbError) => `${e.code}: ${e.message}`,
+    );
+    hog.release();
+    assert.match(r, /^ELOCK: another iptlb holds .*state\.db\.lock; gave up after 300 ms$/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
