@@ -73,7 +73,11 @@ export interface OpenOptions {
    * flavour or x_tables is missing; else legacy). Default: env `IPTLB_ENGINE`, else `auto`.
    */
   engine?: EngineChoice;
-  /** How long to wait for the state-file lock and the xtables lock, ms. Default 10000. */
+  /**
+   * How long to wait for the state-file lock and the xtables lock, ms (0 to 86400000). Default 10000.
+   * For the state-file lock it is how long it may stay with one holder: while it changes hands, a
+   * waiter queued behind others waits on, up to six times this.
+   */
   lockWaitMs?: number;
   /** Receives one line per action taken. Default: none. */
   log?: (line: string) => void;
