@@ -15,7 +15,7 @@ import { readState, resolveStatePath, stateVersion, writeState } from './state.j
 import { hasNetAdmin } from './caps.js';
 import { ConntrackJanitor, staleFlows } from './conntrack.js';
 import type { ProfileReport } from './drift.js';
-import { ChangedProfiles, FAMILIES, type Change, type Engine, type FamilyPlan, type Memo } from './engines/engine.js';
+import { ChangedProfiles, FAMILIES, type Change, type Engine, type FamilyPlan, type PlanContext } from './engines/engine.js';
 import { createEngine, engineOver } from './engines/registry.js';
 import type { EngineChoice, EngineName, Executor, ExecutorChoice, Family, KernelView, Profile, ProfileInput, Transaction } from './types.js';
 import type { NftTransaction, NftView } from './nft/ops.js';
@@ -66,7 +66,11 @@ export interface OpenOptions {
    * flavour or x_tables is missing; else legacy). Default: env `IPTLB_ENGINE`, else `auto`.
    */
   engine?: EngineChoice;
-  /** How long to wait for the state-file lock and the xtables lock, ms. Default 10000. */
+  /**
+   * How long to wait for the state-file lock and the xtables lock, ms (0 to 86400000). Default 10000.
+   * For the state-file lock it is how long it may stay with one holder: while it changes hands, a
+   * waiter queued behind others waits on, up to six times this.
+   */
   lockWaitMs?: number;
   /** Receives one line per action taken. Default: none. */
   log?: (line: string) => void;
@@ -310,9 +314,12 @@ export class Core {
     });
   }
 
-  /** The long-lived profile map's memo (memory mode), else none: `state` is a fresh copy. */
-  private memoOf(state: ReadonlyMap<string, Profile>): Memo | undefined {
-    return state === this.memory ? { generation: this.memoryGeneration } : undefined;
+  /**
+   * What the engine is told of `state`: the long-lived profile map's memo (memory mode, when `state`
+   * is that map), and whether the profiles are only those this instance was told about.
+   */
+  private planContext(state: ReadonlyMap<string, Profile>): PlanContext {
+    return { ...(state === this.memory ? { memo: { generation: this.memoryGeneration } } : {}), partial: this.statePath === null };
   }
 
   /**
@@ -327,7 +334,7 @@ export class Core {
       if (changeF.upsert.length === 0 && changeF.remove.length === 0) continue;
       const stateF = this.ofFamily(state, f);
       try {
-        const plan = await engine.planChange(f, stateF, changeF, this.memoOf(stateF));
+        const plan = await engine.planChange(f, stateF, changeF, this.planContext(stateF));
         if (!plan.steps.length) continue;
         done.push({ family: f, state: stateF, change: changeF, ms: await this.commitPlan(engine, plan) });
       } catch (e) {
@@ -442,7 +449,7 @@ export class Core {
       else undo.remove.push(n);
     }
     try {
-      await this.commitPlan(engine, await engine.planChange(d.family, new ChangedProfiles(d.state, d.change), undo));
+      await this.commitPlan(engine, await engine.planChange(d.family, new ChangedProfiles(d.state, d.change), undo, { partial: this.statePath === null }));
       this.log(`undid the ${engine.where(d.family)} part of the change, because ${because}`);
       return true;
     } catch (e) {
@@ -480,7 +487,7 @@ export class Core {
       for (const f of FAMILIES) {
         const changeF = changeOfFamily(k.change, k.state, f);
         if (changeF.upsert.length === 0 && changeF.remove.length === 0) continue;
-        plans.push(await provider.planChange(f, this.ofFamily(k.state, f), changeF));
+        plans.push(await provider.planChange(f, this.ofFamily(k.state, f), changeF, { partial: this.statePath === null }));
       }
       return { provider, change, plans };
     });

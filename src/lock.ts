@@ -5,7 +5,7 @@
  * stdin is our pipe: when we exit, it sees EOF and lets go.
  */
 import { spawn } from 'node:child_process';
-import { fstatSync, promises as fsp } from 'node:fs';
+import { fstatSync, futimesSync, lstatSync, promises as fsp, statSync, utimesSync, type Stats } from 'node:fs';
 import * as path from 'node:path';
 import { checkDirChain, checkTrusted, fsFailure } from './fsafety.js';
 import { IptlbError } from './errors.js';
@@ -30,11 +30,16 @@ export function inheritedLockFds(): number[] {
 }
 
 /** Refuses a lock path that is a symlink, not a regular file, or that another user owns or could replace; the locker creates it when absent. */
-async function checkLockPath(lockPath: string): Promise<void> {
-  const st = await fsp.lstat(lockPath).catch((e: NodeJS.ErrnoException) => {
-    if (e.code === 'ENOENT') return null;
-    throw fsFailure(e, 'open the lock file', lockPath);
-  });
+function checkLockPath(lockPath: string): void {
+  // Synchronous: between the queue lock and the lock, no trip through the thread pool, which waiting
+  // flock workers of this process may fill.
+  let st: Stats | null;
+  try {
+    st = lstatSync(lockPath);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw fsFailure(e, 'open the lock file', lockPath);
+    st = null;
+  }
   if (st && !st.isFile()) {
     throw new IptlbError('ESTATE', `lock file ${lockPath} is ${st.isSymbolicLink() ? 'a symbolic link' : st.isDirectory() ? 'a directory' : 'not a regular file'}; refusing to use it`);
   }
@@ -54,7 +59,7 @@ const EWOULDBLOCK = 11;
  * held by someone else for the whole wait is a timeout.
  */
 async function flockOne(lockPath: string, waitMs: number, reportAs: string, totalMs: number): Promise<HeldLock & { fd: number }> {
-  await checkLockPath(lockPath);
+  checkLockPath(lockPath);
   const loaded = loadAddon('core');
   if (loaded.ok) {
     let lock;
@@ -95,6 +100,18 @@ function errnoCode(n: number): string {
   return ERRNO_CODES[n] ?? `errno ${n}`;
 }
 
+/** The longest a waiter waits while the lock keeps changing hands: this many times its wait. */
+export const MAX_WAIT_FACTOR = 6;
+
+/** The lock file's modification time (stamped by each holder), '' when it cannot be read. */
+function lockMark(lockPath: string): string {
+  try {
+    return String(statSync(lockPath, { bigint: true }).mtimeNs);
+  } catch {
+    return '';
+  }
+}
+
 /** State files whose stale temporary files this process has already looked for. */
 const swept = new Set<string>();
 
@@ -118,13 +135,39 @@ export async function lockStateFile(statePath: string, waitMs = DEFAULT_LOCK_WAI
   } catch (e) {
     throw fsFailure(e, 'check the directories of the state file', statePath);
   }
-  const deadline = Date.now() + waitMs;
-  const queue = await flockOne(`${lockPath}.queue`, waitMs, lockPath, waitMs);
-  let held;
+  // The wait measures a lack of progress: while the lock keeps changing hands (each holder stamps
+  // the lock file's time, see below) a waiter queued behind many others waits on, up to
+  // MAX_WAIT_FACTOR times the wait; a holder that keeps it for the whole wait times it out.
+  const started = Date.now();
+  let mark = lockMark(lockPath);
+  let held: HeldLock & { fd: number };
+  for (;;) {
+    const deadline = Date.now() + waitMs;
+    try {
+      const queue = await flockOne(`${lockPath}.queue`, waitMs, lockPath, waitMs);
+      try {
+        held = await flockOne(lockPath, Math.max(0, deadline - Date.now()), lockPath, waitMs);
+      } finally {
+        queue.release();
+      }
+      break;
+    } catch (e) {
+      if (!(e instanceof IptlbError && e.code === 'ELOCK' && e.errno === EWOULDBLOCK)) throw e;
+      const now = lockMark(lockPath);
+      const waited = Date.now() - started;
+      if (now === mark || waited + waitMs > MAX_WAIT_FACTOR * waitMs) {
+        throw waited > waitMs * 1.5 ? new IptlbError('ELOCK', `${lockPath} stayed busy: gave up after ${waited} ms of waiting behind other iptlb processes`, { errno: EWOULDBLOCK }) : e;
+      }
+      mark = now;
+    }
+  }
+  // Progress, for the waiters: the lock changed hands.
   try {
-    held = await flockOne(lockPath, Math.max(0, deadline - Date.now()), lockPath, waitMs);
-  } finally {
-    queue.release();
+    const t = new Date();
+    if (held.fd >= 0) futimesSync(held.fd, t, t);
+    else utimesSync(lockPath, t, t);
+  } catch {
+    /* a lock file we may not stamp only costs waiters their patience */
   }
   if (!swept.has(statePath)) {
     swept.add(statePath);

@@ -32,6 +32,19 @@ export interface FamilyPlan<Tx = unknown> {
   next: ReadonlyMap<string, Profile>;
   /** A line to log when the plan is committed (why it is not the usual one). */
   note?: string;
+  /** The profiles given are not all the kernel may hold (see {@link PlanContext.partial}). */
+  partial?: boolean;
+}
+
+/** What the core tells an engine about the profiles it plans against. */
+export interface PlanContext {
+  /** Given when the profiles are a long-lived map whose derived data the engine may cache. */
+  memo?: Memo;
+  /**
+   * The profiles are only those this instance was told about (an in-memory instance, e.g. an agent
+   * after a restart): the kernel may hold others, which no plan may drop.
+   */
+  partial?: boolean;
 }
 
 /** What a commit of a {@link FamilyPlan} did. */
@@ -79,10 +92,9 @@ export interface Engine<View = unknown, Tx = unknown> {
   compare(profiles: ReadonlyMap<string, Profile>, view: View): ProfileReport[];
   /**
    * Plans the part of `change` of family `f` against `state` (that family's profiles now), making the
-   * kernel reads the plan needs. `memo` is given when `state` is a long-lived map whose derived data
-   * the engine may cache (see {@link changed}).
+   * kernel reads the plan needs (see {@link PlanContext}).
    */
-  planChange(f: Family, state: ReadonlyMap<string, Profile>, change: Change, memo?: Memo): Promise<FamilyPlan<Tx>>;
+  planChange(f: Family, state: ReadonlyMap<string, Profile>, change: Change, ctx?: PlanContext): Promise<FamilyPlan<Tx>>;
   /** Commits a plan; when the kernel is not as planned, replaces the family's objects with `plan.next` if the engine can. */
   commitPlan(plan: FamilyPlan<Tx>, log: (line: string) => void): Promise<FamilyCommit<Tx>>;
   /**

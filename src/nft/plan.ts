@@ -470,3 +470,94 @@ export function planNftClear(view: NftView, family: NftFamily): NftTransaction {
   for (const s of view.affinitySets ?? []) ops.push({ op: 'deleteSet', name: s.name });
   return { family, table: 'iptlb', ops };
 }
+
+/** Objects of a table that belong to no profile an in-memory instance knows (see {@link unknownObjects}). */
+export interface KeptObjects {
+  dispatch: Map<string, NftEndpoint[]>;
+  backends: Map<Protocol, NftBackendElement[]>;
+  rules: { chain: NftBaseChain; rule: Exclude<NftRule, { kind: 'dispatch' }> }[];
+  affinitySets: Map<string, number>;
+  /** Virtual addresses (proto ip port) they serve. */
+  vips: Set<string>;
+}
+
+const vipKey = (proto: Protocol, v: NftEndpoint): string => `${proto} ${v.ip} ${v.port}`;
+
+/**
+ * What the kernel holds for virtual addresses that none of `known` (the profiles after a change,
+ * and the old versions of those it touches) uses and for owners it does not name: the profiles of
+ * another process (an agent before its restart, with `stateFile: false`). An in-memory instance
+ * leaves them as they are: a rebuild of the table carries them over.
+ */
+export function unknownObjects(view: NftView, known: Iterable<Profile>, touched: ReadonlySet<string>): KeptObjects {
+  const vips = new Set<string>();
+  const names = new Set<string>(touched);
+  for (const p of known) {
+    const plan = planNftProfile(p);
+    vips.add(vipKey(plan.proto, plan.vip));
+    names.add(p.name);
+  }
+  const kept: KeptObjects = { dispatch: new Map(), backends: new Map(), rules: [], affinitySets: new Map(), vips: new Set() };
+  for (const s of view.dispatchSets) {
+    const d = parseDispatchSetName(s.name);
+    if (!d) continue;
+    for (const e of s.elements) {
+      const k = vipKey(d.proto, e.key);
+      if (vips.has(k)) continue;
+      let list = kept.dispatch.get(s.name);
+      if (!list) kept.dispatch.set(s.name, (list = []));
+      list.push({ ip: e.key.ip, port: e.key.port });
+      kept.vips.add(k);
+    }
+  }
+  for (const m of view.backendMaps) {
+    for (const e of m.elements) {
+      const k = vipKey(m.proto, e.vip);
+      if (vips.has(k)) continue;
+      let list = kept.backends.get(m.proto);
+      if (!list) kept.backends.set(m.proto, (list = []));
+      list.push({ vip: e.vip, index: e.index, to: e.to });
+      kept.vips.add(k);
+    }
+  }
+  for (const c of view.chains) {
+    for (const r of c.rules) {
+      if (r.kind === 'foreign' || r.kind === 'dispatch') continue;
+      if (names.has(r.owner) || vips.has(vipKey(r.proto, r.vip))) continue;
+      kept.rules.push({ chain: c.name, rule: r });
+      kept.vips.add(vipKey(r.proto, r.vip));
+      if (r.kind === 'aff') kept.affinitySets.set(r.set, affinitySetTimeout(r.set) ?? 1);
+    }
+  }
+  return kept;
+}
+
+/** Whether {@link unknownObjects} found anything. */
+export function keepsAnything(k: KeptObjects): boolean {
+  return k.dispatch.size > 0 || k.backends.size > 0 || k.rules.length > 0;
+}
+
+/**
+ * {@link planNftRebuild} of `profiles` that also carries over `kept` (the objects of profiles this
+ * instance does not know), in one transaction: no virtual address of theirs is ever without rules.
+ */
+export function planNftMergedRebuild(profiles: Iterable<Profile>, kept: KeptObjects, family: NftFamily): NftTransaction {
+  const list = [...profiles];
+  const ops: NftOp[] = [{ op: 'addTable' }, { op: 'deleteTable' }];
+  skeleton(ops);
+  const content = baseContent(list, [], kept.dispatch.keys());
+  for (const name of content.sets) ops.push({ op: 'addDispatchSet', name });
+  const affinity = new Map([...affinitySetsOf(content), ...kept.affinitySets]);
+  for (const [name, timeout] of affinity) ops.push({ op: 'addAffinitySet', name, timeout });
+  const adds = new ElementOps();
+  for (const p of list) adds.add(planNftProfile(p));
+  for (const [set, vips] of kept.dispatch) for (const v of vips) adds.addDispatch(set, v);
+  for (const [proto, elements] of kept.backends) adds.addBackends(proto, elements);
+  adds.emit('add', ops);
+  for (const chain of NFT_BASE_CHAINS) {
+    const first = kept.rules.filter((k) => k.chain === chain && (k.rule.kind === 'log' || k.rule.kind === 'masq')).map((k) => k.rule);
+    const last = kept.rules.filter((k) => k.chain === chain && (k.rule.kind === 'rr' || k.rule.kind === 'aff')).map((k) => k.rule);
+    for (const rule of [...first, ...content.chains[chain], ...last]) ops.push({ op: 'addRule', chain, rule });
+  }
+  return { family, table: 'iptlb', ops };
+}

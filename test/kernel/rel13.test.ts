@@ -5,6 +5,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { runJsonInFreshNetns } from '../harness/netns.js';
+import { serializeState, validateProfile } from '../../src/index.js';
 import { PAIRS, VIP, cli, ok, pairFlags, runSteps } from './common.js';
 
 const fixture = (f: string): string => new URL(`./fixtures/${f}`, import.meta.url).pathname;
@@ -137,6 +138,48 @@ for (const pair of PAIRS) {
       assert.equal(r[13].stderr.trim().split('\n').length, 1, r[13].stderr);
       assert.match(r[13].stderr, /holds rules iptlb did not write in its base chain output/);
       assert.equal(r[14].stdout, r[12].stdout, 'nothing changed');
+    });
+
+    test('10: agent restart with stateFile: false: a new in-memory instance changes one profile, adds and deletes another; traffic to the four others fails zero times', async () => {
+      const r = (await runJsonInFreshNetns(fixture('restart.js'), [pair.name], { timeoutMs: 120_000 })) as {
+        errors: string[];
+        logs: string[];
+        ok: number[];
+        failures: number[];
+        samples: string[];
+        p0: Record<string, number>;
+        othersFailures: number[];
+        othersCounts: Record<string, number>[];
+        p5Failures: number;
+      };
+      assert.deepEqual(r.errors, []);
+      assert.deepEqual(r.failures, [0, 0, 0, 0], r.samples.join('\n'));
+      for (const n of r.ok) assert.ok(n > 20, `only ${n} connections during the changes`);
+      assert.deepEqual(r.p0, { 'backend:9005': 10 }, 'the changed profile took effect');
+      assert.deepEqual(r.othersFailures, [0, 0, 0, 0]);
+      assert.deepEqual(r.othersCounts[1], { 'backend:9002': 5, 'backend:9003': 5 }, 'the round-robin profile it was not told about still rotates exactly');
+      assert.equal(r.p5Failures, 3, 'the profile it added and deleted is gone');
+      if (pair.engine === 'nft') assert.ok(r.logs.length > 0, 'the nft engine says it kept what it was not told about');
+    });
+
+    test('3: status --json of 1,000 profiles into a slow pipe: every byte arrives, valid JSON, exit 0', async () => {
+      const profiles = Array.from({ length: 1000 }, (_, i) => validateProfile({ name: `p${i}`, source: `127.101.${i >> 8}.${i & 255}:80`, destination: ['127.0.0.1:9001', '127.0.0.1:9002'] }));
+      const r = await runSteps(
+        [
+          { op: 'write', file: '$WORK/state.db', text: serializeState(profiles) },
+          cli(pair, '-q', '-use-state', '-run'),
+          { op: 'sh', argv: ['sh', '-c', `"${process.execPath}" "$CLI" ${pairFlags(pair).join(' ')} -state-file=$WORK/state.db status --json | (sleep 1; cat > $WORK/out); echo $? > $WORK/code`] },
+          { op: 'read', file: '$WORK/out' },
+        ],
+        300_000,
+      );
+      ok(r[1]);
+      assert.equal(r[2].code, 0, r[2].stderr);
+      const out = r[3] as string;
+      assert.ok(out.length > 2 * 65536, `only ${out.length} bytes arrived`);
+      const st = JSON.parse(out) as { inSync: boolean; profiles: unknown[] };
+      assert.equal(st.profiles.length, 1000);
+      assert.equal(st.inSync, true);
     });
 
     test('7: an API instance doing 200+ applies without pause beside 50 CLI -run invocations: all 50 succeed, kernel in step', async () => {

@@ -10,7 +10,7 @@ import { hookChainOf, isEmptyTransaction, planProfile, planTransaction } from '.
 import { renderRule } from '../../restore.js';
 import type { Family } from '../../address.js';
 import type { KernelView, LegacyExecutor, Profile, Transaction } from '../../types.js';
-import type { Change, Engine, FamilyCommit, FamilyPlan, ShownProfile } from '../engine.js';
+import { ChangedProfiles, type Change, type Engine, type FamilyCommit, type FamilyPlan, type ShownProfile } from '../engine.js';
 
 const EMPTY: KernelView = { chains: [], hookRules: [] };
 
@@ -55,9 +55,10 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
     return compare(profiles as Map<string, Profile>, view);
   }
 
+  /** A legacy plan touches only the chains and jumps of the profiles it names: nothing of others is ever at stake. */
   async planChange(f: Family, state: ReadonlyMap<string, Profile>, change: Change): Promise<FamilyPlan<Transaction>> {
     const tx = planTransaction(change.upsert, change.remove, f);
-    return { family: f, steps: isEmptyTransaction(tx) ? [] : [tx], next: state };
+    return { family: f, steps: isEmptyTransaction(tx) ? [] : [tx], next: new ChangedProfiles(state, change) };
   }
 
   async commitPlan(plan: FamilyPlan<Transaction>): Promise<FamilyCommit<Transaction>> {

@@ -9,12 +9,12 @@ import { IptlbError } from '../../errors.js';
 import { nftTableExistsViaCli } from '../../engine.js';
 import { findBinary } from '../../executors/spawn.js';
 import { familyOfProfile, slotCount } from '../../profile.js';
-import { baseUnchanged, countUsage, dispatchSetUsage, foreignObjects, planNftClear, nftHookOf, planNftChange, planNftProfile, planNftRebuild, planNftRemoveAll } from '../../nft/plan.js';
+import { baseUnchanged, countUsage, dispatchSetUsage, foreignObjects, keepsAnything, planNftClear, planNftMergedRebuild, unknownObjects, nftHookOf, planNftChange, planNftProfile, planNftRebuild, planNftRemoveAll } from '../../nft/plan.js';
 import { dispatchSetName, nftTableFamily, renderNft, renderNftRule, type NftRule, type NftTransaction, type NftView } from '../../nft/ops.js';
 import { compareNft, strayRoundRobin } from '../../nft/view.js';
 import type { Family } from '../../address.js';
 import type { NftExecutor, Profile } from '../../types.js';
-import { ChangedProfiles, type Change, type Engine, type FamilyCommit, type FamilyPlan, type Memo, type ShownProfile } from '../engine.js';
+import { ChangedProfiles, type Change, type Engine, type FamilyCommit, type FamilyPlan, type Memo, type PlanContext, type ShownProfile } from '../engine.js';
 
 /** A bulk change of at least this many profiles, all of them, plans from nothing when the table is absent. */
 const BULK = 256;
@@ -84,7 +84,8 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     }
   }
 
-  async planChange(f: Family, state: ReadonlyMap<string, Profile>, change: Change, memo?: Memo): Promise<FamilyPlan<NftTransaction>> {
+  async planChange(f: Family, state: ReadonlyMap<string, Profile>, change: Change, ctx: PlanContext = {}): Promise<FamilyPlan<NftTransaction>> {
+    const { memo, partial } = ctx;
     const nf = nftTableFamily(f);
     const next = new ChangedProfiles(state, change);
     const touched = [...change.upsert.map((p) => p.name), ...change.remove];
@@ -122,12 +123,23 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     // backends behind; a dispatch element of a round-robin profile's address would shadow its rule.
     // Either way the incremental plan is wrong: replace the table instead.
     const stray = view?.exists && baseChanges && !fresh ? strayRoundRobin(state, view) : [];
+    // An in-memory instance knows only the profiles it was told about: the table may hold others (its
+    // own before a restart, another agent's). A plan that rewrites the base chains or the table
+    // carries them over untouched, in the same transaction.
+    if (partial && view?.exists && baseChanges) {
+      const known = [...next.values(), ...touched.flatMap((n) => (state.get(n) ? [state.get(n)!] : []))];
+      const kept = unknownObjects(view, known, touchedSet);
+      if (keepsAnything(kept)) {
+        const note = `${this.where(f)} holds ${kept.vips.size} virtual address(es) this in-memory instance was not told about: kept as they are`;
+        return { family: f, steps: [planNftMergedRebuild(next.values(), kept, nf)], next, note, partial };
+      }
+    }
     const steps = stray.length
       ? [planNftRebuild(next.values(), undefined, nf)]
       : fresh
         ? planNftChange(new Map(), next, touched)
         : planNftChange(state, next, touched, usage, kernelSets);
-    return { family: f, steps, next, ...(stray.length ? { note: `${this.where(f)} holds objects of round-robin profiles the state does not explain (${stray.slice(0, 3).join(', ')}); replacing it with all ${next.size} profile(s) in one transaction` } : {}) };
+    return { family: f, steps, next, partial, ...(stray.length ? { note: `${this.where(f)} holds objects of round-robin profiles the state does not explain (${stray.slice(0, 3).join(', ')}); replacing it with all ${next.size} profile(s) in one transaction` } : {}) };
   }
 
   async commitPlan(plan: FamilyPlan<NftTransaction>, log: (line: string) => void): Promise<FamilyCommit<NftTransaction>> {
@@ -142,8 +154,19 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
       return { durationMs, committed };
     } catch (e) {
       if (!outOfStep(e)) throw e;
+      let rebuild = planNftRebuild(plan.next.values(), undefined, nf);
+      if (plan.partial) {
+        // In memory: what the kernel holds beyond this instance's profiles stays (see planChange).
+        const view = await this.executor.read(nf);
+        const kept = view.exists ? unknownObjects(view, plan.next.values(), new Set(plan.next.keys())) : undefined;
+        if (kept && keepsAnything(kept)) {
+          log(`table ${nf} iptlb is not as this in-memory instance's profiles say (${(e as Error).message}); replacing its ${plan.next.size} profile(s) in one transaction and keeping the ${kept.vips.size} virtual address(es) it was not told about`);
+          rebuild = planNftMergedRebuild(plan.next.values(), kept, nf);
+          durationMs += (await this.executor.commit(rebuild)).durationMs;
+          return { durationMs, committed: rebuild };
+        }
+      }
       log(`table ${nf} iptlb is not as the state says (${(e as Error).message}); replacing it with all ${plan.next.size} profile(s) in one transaction`);
-      const rebuild = planNftRebuild(plan.next.values(), undefined, nf);
       durationMs += (await this.executor.commit(rebuild)).durationMs;
       return { durationMs, committed: rebuild };
     }
