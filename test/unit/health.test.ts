@@ -375,3 +375,27 @@ test('open({ health }) attaches a checker: health events, the drain goes through
   assert.ok(commits.length >= 3);
   up.close();
 });
+
+test('an endpoint several profiles share with the same check is probed once per interval; each profile keeps its own rise/fall', async (t) => {
+  const { ex, probes, checker } = await setup(t, [
+    { name: 'a', source: '127.100.0.10:80', destination: D, health: { ...health, fall: 1 } },
+    { name: 'b', source: '127.100.0.11:80', destination: D, health: { ...health, fall: 3 } },
+    { name: 'c', source: '127.100.0.12:80', destination: D, health: { ...health, port: 9999 } },
+  ]);
+  await advance(1000);
+  const per = (key: string): number => probes.calls.filter((c) => c.key === key).length;
+  // a and b share 9001..9003 (fall differs, the probe does not); c probes port 9999 once per interval.
+  assert.ok(per(D[0]) >= 9 && per(D[0]) <= 12, `${per(D[0])} probes of ${D[0]} in 1 s at 100 ms`);
+  assert.ok(per('127.0.0.1:9999') >= 9 && per('127.0.0.1:9999') <= 12, `${per('127.0.0.1:9999')} probes of the check port`);
+  assert.equal(probes.calls.length, per(D[0]) + per(D[1]) + per(D[2]) + per('127.0.0.1:9999'));
+  probes.outcome.set(D[0], false);
+  await advance(100);
+  const st = (p: string): string | undefined => checker.states().find((s) => s.profile === p && s.destination === D[0])?.state;
+  assert.equal(st('a'), 'down', 'fall 1');
+  assert.equal(st('b'), 'up', 'fall 3: not yet');
+  await advance(250);
+  assert.equal(st('b'), 'down');
+  assert.equal(st('c'), 'up', 'c checks another port');
+  assert.deepEqual(dnats(ex.txs.at(-1)!, 'b'), D.slice(1));
+  await checker.stop();
+});
