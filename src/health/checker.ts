@@ -491,19 +491,19 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
               : 'back at its configured weight'),
         );
         this.requestFlush();
-      } else {
-        this.log(`health ${e.profile} ${e.destination}: ${next} (first check succeeded)`);
       }
-      this.syncInfo(e.profile);
+      // (unchecked -> up changes nothing in the kernel and is not logged: at start it is every destination.)
       this.host.emit?.(ev);
       this.emit('health', ev);
-    } else if (info) {
-      const i = info.get(e.destination);
-      if (i) {
-        i.lastCheck = now;
-        if (e.lastError !== undefined) i.lastError = e.lastError;
-        else delete i.lastError;
-      }
+    }
+    // What status and the published file show, updated in place (O(1) per check).
+    const i = info?.get(e.destination);
+    if (i) {
+      i.state = e.state;
+      if (e.since !== undefined) i.since = e.since;
+      i.lastCheck = now;
+      if (e.lastError !== undefined) i.lastError = e.lastError;
+      else delete i.lastError;
     }
   }
 
