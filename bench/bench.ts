@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- apply|churn|cli|nft] [--json] [--sizes 0,1000,10000] [--runs N]`
+ * `npm run bench [-- apply|churn|cli|nft|health] [--json] [--sizes 0,1000,10000] [--runs N]`
  * Every scenario runs inside a throwaway network namespace (the program re-executes itself under
  * `unshare -n`). Figures are medians measured side by side in one run; read the ratios.
  */
@@ -19,6 +19,7 @@ import { planNftRebuild } from '../src/nft/plan.js';
 import { renderNft } from '../src/nft/ops.js';
 import { connect, createServer, type Server } from 'node:net';
 import type { Profile } from '../src/types.js';
+import { benchHealth } from './health.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const CLI = path.join(ROOT, 'bin', 'iptlb.cjs');
@@ -31,7 +32,7 @@ const flag = (name: string): string | undefined => {
 const JSON_OUT = args.includes('--json');
 const SIZES = (flag('--sizes') ?? '0,1000,10000').split(',').map(Number);
 const RUNS = Number(flag('--runs') ?? 31);
-const scenarios = args.filter((a) => ['apply', 'churn', 'cli', 'nft'].includes(a));
+const scenarios = args.filter((a) => ['apply', 'churn', 'cli', 'nft', 'health'].includes(a));
 const wanted = (s: string): boolean => scenarios.length === 0 || scenarios.includes(s);
 
 if (!process.env.IPTLB_BENCH_IN_NETNS) {
@@ -417,4 +418,5 @@ if (wanted('apply')) await benchApply();
 if (wanted('nft')) await benchNft();
 if (wanted('churn')) await benchChurn();
 if (wanted('cli')) await benchCli();
+if (wanted('health')) results.health = await benchHealth(log);
 if (JSON_OUT) process.stdout.write(JSON.stringify(results, null, 2) + '\n');

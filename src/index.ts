@@ -23,7 +23,7 @@ export { HealthChecker } from './health/checker.js';
 export type { HealthCheckerOptions, HealthEvent, DestinationHealthState } from './health/checker.js';
 export type { HealthConfig, HealthInput } from './health/config.js';
 export type { DestinationHealth } from './health/effective.js';
-export { startMetricsServer } from './metrics/server.js';
+export { startMetricsServer, ProcessStats } from './metrics/server.js';
 export type { MetricsServer, MetricsServerOptions } from './metrics/server.js';
 export type { ProfileReport, ProfileStatus, DestinationCounters } from './drift.js';
 

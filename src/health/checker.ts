@@ -1,7 +1,8 @@
 /**
  * HealthChecker: runs the health checks of every profile that has one, and drains (weight 0) the
  * destinations found down through the core's {@link HealthOverlay}. One scheduler (a min-heap of due
- * times and a single timer) for all destinations; at most one probe in flight per destination; each
+ * times and a single timer) for all destinations; an endpoint several profiles share with the same
+ * check is probed once; at most one probe in flight per destination; each
  * destination's next check is due one interval after its last one started, jittered by ±10 %, and
  * the first checks are spread over the first interval, so many profiles do not probe in lock-step.
  *
@@ -85,12 +86,27 @@ interface Entry {
   failRun: number;
   lastCheck?: number;
   lastError?: string;
+  removed: boolean;
+  checks: number;
+  failures: number;
+  target?: Target;
+}
+
+/**
+ * One probe target: destinations of several profiles with the same endpoint and check share it, so
+ * an endpoint is probed once per interval however many profiles balance to it. Each destination
+ * still counts its own rise and fall from the shared results.
+ */
+interface Target {
+  key: string;
+  host: string;
+  port: number;
+  cfg: HealthConfig;
+  entries: Set<Entry>;
   due: number;
   heap: number;
   inFlight: boolean;
   removed: boolean;
-  checks: number;
-  failures: number;
 }
 
 export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: [Error] }> {
@@ -106,7 +122,8 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
   private readonly publishFile?: string;
   private entries = new Map<string, Entry>();
   private byProfile = new Map<string, { cfg: HealthConfig; profile: Profile; entries: Entry[]; down: Set<string> }>();
-  private heap: Entry[] = [];
+  private heap: Target[] = [];
+  private targets = new Map<string, Target>();
   private timer?: NodeJS.Timeout;
   private timerAt = Infinity;
   private running = false;
@@ -119,7 +136,7 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
   private inFlight = 0;
   private idleWaiters: (() => void)[] = [];
   /** Counters for metrics: checks and failed checks per profile, health commits. */
-  readonly counters = { checks: new Map<string, number>(), failures: new Map<string, number>(), commits: 0, commitFailures: 0 };
+  readonly counters = { checks: new Map<string, number>(), failures: new Map<string, number>(), commits: 0, commitFailures: 0, probes: 0 };
 
   /** @param target an {@link Iptlb} handle (its commits go through its group commit) or a {@link HealthHost}. */
   constructor(target: { healthHost(): HealthHost } | HealthHost, opts: HealthCheckerOptions = {}) {
@@ -234,7 +251,7 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
         const keep = prev && sameHealth(prev.cfg, p.health);
         if (prev) {
           old.delete(d);
-          if (!keep) this.unschedule(prev);
+          if (!keep) this.detach(prev);
         }
         const e: Entry = keep
           ? prev
@@ -248,9 +265,6 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
               state: prev?.state ?? 'unchecked',
               okRun: 0,
               failRun: 0,
-              due: now + this.random() * p.health.intervalMs,
-              heap: -1,
-              inFlight: false,
               removed: false,
               checks: prev?.checks ?? 0,
               failures: prev?.failures ?? 0,
@@ -258,7 +272,7 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
             };
         entries.push(e);
         this.entries.set(e.key, e);
-        if (!keep) this.schedule(e);
+        if (!keep) this.attach(e, now);
       }
       for (const e of old.values()) this.removeEntry(e);
       const down = new Set(entries.filter((e) => e.state === 'down').map((e) => e.destination));
@@ -294,19 +308,45 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
 
   private removeEntry(e: Entry): void {
     e.removed = true;
-    this.unschedule(e);
+    this.detach(e);
     this.entries.delete(e.key);
+  }
+
+  /** Puts `e` on the target of its endpoint and check (created, and first due within one interval, when new). */
+  private attach(e: Entry, now: number): void {
+    const c = e.cfg;
+    const key = `${c.kind} ${e.host} ${e.port} ${c.intervalMs} ${c.timeoutMs} ${c.path ?? ''} ${c.expect ?? ''}`;
+    let t = this.targets.get(key);
+    if (!t) {
+      t = { key, host: e.host, port: e.port, cfg: c, entries: new Set(), due: now + this.random() * c.intervalMs, heap: -1, inFlight: false, removed: false };
+      this.targets.set(key, t);
+      this.schedule(t);
+    }
+    t.entries.add(e);
+    e.target = t;
+  }
+
+  private detach(e: Entry): void {
+    const t = e.target;
+    if (!t) return;
+    e.target = undefined;
+    t.entries.delete(e);
+    if (t.entries.size === 0) {
+      t.removed = true;
+      this.unschedule(t);
+      this.targets.delete(t.key);
+    }
   }
 
   // --- scheduler: a binary min-heap on `due`, one timer for its head --------------------------
 
-  private schedule(e: Entry): void {
+  private schedule(e: Target): void {
     e.heap = this.heap.length;
     this.heap.push(e);
     this.up(e.heap);
     this.arm();
   }
-  private unschedule(e: Entry): void {
+  private unschedule(e: Target): void {
     const i = e.heap;
     if (i < 0) return;
     const last = this.heap.pop()!;
@@ -347,7 +387,7 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     h[i] = x;
     x.heap = i;
   }
-  private popMin(): Entry {
+  private popMin(): Target {
     const h = this.heap;
     const top = h[0];
     const last = h.pop()!;
@@ -379,23 +419,33 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     this.arm();
   }
 
-  /** One probe of `e` (never two at once: the next is scheduled when this one ends). */
-  private check(e: Entry, now: number): void {
-    e.inFlight = true;
+  /** One probe of `t` (never two at once: the next is scheduled when this one ends). */
+  private check(t: Target, now: number): void {
+    t.inFlight = true;
     this.inFlight++;
-    const cfg = e.cfg;
-    this.probe({ kind: cfg.kind, host: e.host, port: e.port, timeoutMs: cfg.timeoutMs, ...(cfg.path ? { path: cfg.path } : {}), ...(cfg.expect ? { expect: cfg.expect } : {}) }).then(
-      () => this.result(e, now, undefined),
-      (err: Error) => this.result(e, now, err?.message ?? String(err)),
+    const cfg = t.cfg;
+    this.probe({ kind: cfg.kind, host: t.host, port: t.port, timeoutMs: cfg.timeoutMs, ...(cfg.path ? { path: cfg.path } : {}), ...(cfg.expect ? { expect: cfg.expect } : {}) }).then(
+      () => this.results(t, now, undefined),
+      (err: Error) => this.results(t, now, err?.message ?? String(err)),
     );
   }
 
-  private result(e: Entry, started: number, error: string | undefined): void {
-    e.inFlight = false;
+  private results(t: Target, started: number, error: string | undefined): void {
+    t.inFlight = false;
     this.inFlight--;
     if (this.inFlight === 0 && this.idleWaiters.length) for (const w of this.idleWaiters.splice(0)) w();
-    if (e.removed || !this.running) return;
+    if (t.removed || !this.running) return;
+    this.counters.probes++;
     const now = Date.now();
+    for (const e of t.entries) this.result(e, now, error);
+    // Next check: one interval after this one started, ±jitter, never before now.
+    const j = 1 + this.jitter * (2 * this.random() - 1);
+    t.due = Math.max(now, started + t.cfg.intervalMs * j);
+    this.schedule(t);
+  }
+
+  private result(e: Entry, now: number, error: string | undefined): void {
+    if (e.removed) return;
     e.lastCheck = now;
     e.checks++;
     this.counters.checks.set(e.profile, (this.counters.checks.get(e.profile) ?? 0) + 1);
@@ -441,24 +491,20 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
               : 'back at its configured weight'),
         );
         this.requestFlush();
-      } else {
-        this.log(`health ${e.profile} ${e.destination}: ${next} (first check succeeded)`);
       }
-      this.syncInfo(e.profile);
+      // (unchecked -> up changes nothing in the kernel and is not logged: at start it is every destination.)
       this.host.emit?.(ev);
       this.emit('health', ev);
-    } else if (info) {
-      const i = info.get(e.destination);
-      if (i) {
-        i.lastCheck = now;
-        if (e.lastError !== undefined) i.lastError = e.lastError;
-        else delete i.lastError;
-      }
     }
-    // Next check: one interval after this one started, ±jitter, never before now.
-    const j = 1 + this.jitter * (2 * this.random() - 1);
-    e.due = Math.max(now, started + e.cfg.intervalMs * j);
-    this.schedule(e);
+    // What status and the published file show, updated in place (O(1) per check).
+    const i = info?.get(e.destination);
+    if (i) {
+      i.state = e.state;
+      if (e.since !== undefined) i.since = e.since;
+      i.lastCheck = now;
+      if (e.lastError !== undefined) i.lastError = e.lastError;
+      else delete i.lastError;
+    }
   }
 
   // --- commits -------------------------------------------------------------------------------

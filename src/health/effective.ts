@@ -215,8 +215,13 @@ export class HealthOverlay {
     return out;
   }
 
-  private annotateOne(r: { name: string; destinations: DestinationCounters[] }, p: Profile, eff: Profile | null): void {
+  private annotateOne(r: { name: string; status?: string; detail?: string; destinations: DestinationCounters[] }, p: Profile, eff: Profile | null): void {
     const info = this.info.get(p.name);
+    const down = this.committed.get(p.name);
+    const allDown = !!down?.size && p.destination.every((d) => (p.weights?.[d] ?? 1) === 0 || down.has(d));
+    if (eff === p && allDown && r.status === 'in-sync' && r.detail === undefined) {
+      r.detail = 'every destination is down: all kept (health.allDown: keep)';
+    }
     for (const d of r.destinations) {
       const configured = p.weights?.[d.destination] ?? 1;
       const effective = eff ? (eff.weights?.[d.destination] ?? 1) : 0;

@@ -53,7 +53,9 @@ export class ProcessStats {
 export interface MetricsServerOptions {
   /** `host:port` to listen on, e.g. `127.0.0.1:9469` (`[::1]:9469` for IPv6). */
   address: string;
-  core: Core;
+  /** What to report on: an {@link Iptlb} handle (its checker is used when `checker` is not given) or a core. */
+  iptlb?: { healthHost(): { core: Core }; healthChecker?: HealthChecker };
+  core?: Core;
   stats?: ProcessStats;
   checker?: HealthChecker;
   /** More lines of exposition text (the fleet agent: applied revision, watch state), each family with its # HELP and # TYPE. */
@@ -93,7 +95,7 @@ class Text {
 }
 
 /** The exposition text: kernel counters (one status read), health, and the process counters. */
-export async function renderMetrics(opts: Omit<MetricsServerOptions, 'address'>): Promise<string> {
+export async function renderMetrics(opts: Omit<MetricsServerOptions, 'address' | 'core'> & { core: Core }): Promise<string> {
   const t = new Text();
   let reports: ProfileReport[] = [];
   let readOk = 1;
@@ -159,7 +161,7 @@ export async function renderMetrics(opts: Omit<MetricsServerOptions, 'address'>)
 }
 
 /** `/healthz`: 200 while the last sync succeeded and the kernel matches the state (with health), else 503 and why. */
-export async function healthz(opts: Omit<MetricsServerOptions, 'address'>): Promise<{ ok: boolean; reason: string; profiles?: string[] }> {
+export async function healthz(opts: Omit<MetricsServerOptions, 'address' | 'core'> & { core: Core }): Promise<{ ok: boolean; reason: string; profiles?: string[] }> {
   const last = opts.stats?.lastSync;
   if (last && !last.ok) return { ok: false, reason: `last sync failed: ${last.error}` };
   try {
@@ -172,8 +174,12 @@ export async function healthz(opts: Omit<MetricsServerOptions, 'address'>): Prom
 }
 
 /** Serves `/metrics` and `/healthz` on `address`. Resolves once listening. */
-export async function startMetricsServer(opts: MetricsServerOptions): Promise<MetricsServer> {
-  const { host, port } = parseListenAddress(opts.address);
+export async function startMetricsServer(options: MetricsServerOptions): Promise<MetricsServer> {
+  const { host, port } = parseListenAddress(options.address);
+  const core = options.core ?? options.iptlb?.healthHost().core;
+  if (!core) throw new IptlbError('EUSAGE', 'startMetricsServer: give iptlb (a handle) or core', { field: 'iptlb' });
+  const checker = options.checker ?? options.iptlb?.healthChecker;
+  const opts = { ...options, core, ...(checker ? { checker } : {}) };
   const server = http.createServer((req, res) => {
     const url = (req.url ?? '/').split('?')[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') {
@@ -192,7 +198,7 @@ export async function startMetricsServer(opts: MetricsServerOptions): Promise<Me
     }
   });
   await new Promise<void>((resolve, reject) => {
-    server.once('error', (e: NodeJS.ErrnoException) => reject(new IptlbError('EUSAGE', `metrics-address: cannot listen on ${opts.address} (${e.code ?? e.message})`, { field: 'metrics-address' })));
+    server.once('error', (e: NodeJS.ErrnoException) => reject(new IptlbError('EUSAGE', `metrics-address: cannot listen on ${options.address} (${e.code ?? e.message})`, { field: 'metrics-address' })));
     server.listen(port, host, () => resolve());
   });
   const a = server.address() as { address: string; port: number };

@@ -48,6 +48,7 @@ for (const pair of PAIRS) {
       assert.deepEqual(r.apiCounts, { 9101: 40, 9102: 0 });
       // Separate check port, all down: kept.
       assert.ok(r.sepDown.destinations.every((d: any) => d.effectiveWeight === undefined), 'all down: every destination kept');
+      assert.equal(r.sepDown.detail, 'every destination is down: all kept (health.allDown: keep)');
       assert.equal(r.sepSplit.failures, 0);
       assert.ok((r.sepSplit.counts['backend:9201'] ?? 0) > 0 && (r.sepSplit.counts['backend:9202'] ?? 0) > 0, JSON.stringify(r.sepSplit.counts));
       assert.equal(r.sepUp, true);

@@ -375,3 +375,71 @@ test('open({ health }) attaches a checker: health events, the drain goes through
   assert.ok(commits.length >= 3);
   up.close();
 });
+
+test('an endpoint several profiles share with the same check is probed once per interval; each profile keeps its own rise/fall', async (t) => {
+  const { ex, probes, checker } = await setup(t, [
+    { name: 'a', source: '127.100.0.10:80', destination: D, health: { ...health, fall: 1 } },
+    { name: 'b', source: '127.100.0.11:80', destination: D, health: { ...health, fall: 3 } },
+    { name: 'c', source: '127.100.0.12:80', destination: D, health: { ...health, port: 9999 } },
+  ]);
+  await advance(1000);
+  const per = (key: string): number => probes.calls.filter((c) => c.key === key).length;
+  // a and b share 9001..9003 (fall differs, the probe does not); c probes port 9999 once per interval.
+  assert.ok(per(D[0]) >= 9 && per(D[0]) <= 12, `${per(D[0])} probes of ${D[0]} in 1 s at 100 ms`);
+  assert.ok(per('127.0.0.1:9999') >= 9 && per('127.0.0.1:9999') <= 12, `${per('127.0.0.1:9999')} probes of the check port`);
+  assert.equal(probes.calls.length, per(D[0]) + per(D[1]) + per(D[2]) + per('127.0.0.1:9999'));
+  probes.outcome.set(D[0], false);
+  await advance(100);
+  const st = (p: string): string | undefined => checker.states().find((s) => s.profile === p && s.destination === D[0])?.state;
+  assert.equal(st('a'), 'down', 'fall 1');
+  assert.equal(st('b'), 'up', 'fall 3: not yet');
+  await advance(250);
+  assert.equal(st('b'), 'down');
+  assert.equal(st('c'), 'up', 'c checks another port');
+  assert.deepEqual(dnats(ex.txs.at(-1)!, 'b'), D.slice(1));
+  await checker.stop();
+});
+
+test('metrics text and /healthz from a core: families, labels escaped, 503 with a JSON reason on drift or a failed sync', async () => {
+  const { renderMetrics, healthz, startMetricsServer } = await import('../../src/metrics/server.js');
+  let reports: any[] = [
+    { name: 'web', status: 'in-sync', packets: 5, bytes: 300, destinations: [
+      { destination: '127.0.0.1:9001', packets: 3, bytes: 180, health: 'up' },
+      { destination: '127.0.0.1:9002', packets: 2, bytes: 120, weight: 2, effectiveWeight: 0, health: 'down' },
+    ] },
+    { name: 'x"y', status: 'orphaned', packets: 0, bytes: 0, destinations: [] },
+  ];
+  const core = { status: async () => reports } as unknown as Core;
+  const stats = new ProcessStats();
+  stats.observeSync({ drifted: 0, committed: false, commitMs: 0 });
+  const text = await renderMetrics({ core, stats, extra: () => '# HELP agent_revision r\n# TYPE agent_revision gauge\nagent_revision 7' });
+  assert.match(text, /^iptlb_destination_packets_total\{profile="web",destination="127\.0\.0\.1:9002"\} 2$/m);
+  assert.match(text, /^iptlb_destination_weight\{profile="web",destination="127\.0\.0\.1:9002"\} 2$/m);
+  assert.match(text, /^iptlb_destination_effective_weight\{profile="web",destination="127\.0\.0\.1:9002"\} 0$/m);
+  assert.match(text, /^iptlb_destination_health\{profile="web",destination="127\.0\.0\.1:9002",state="down"\} 1$/m);
+  assert.match(text, /^iptlb_destination_health\{profile="web",destination="127\.0\.0\.1:9002",state="up"\} 0$/m);
+  assert.match(text, /^iptlb_profile_in_sync\{profile="",orphan="x\\"y"\} 0$/m);
+  assert.match(text, /^iptlb_profiles 1$/m);
+  assert.match(text, /^iptlb_commit_duration_seconds_bucket\{le="\+Inf"\} 0$/m);
+  assert.match(text, /^agent_revision 7\n$/m);
+  for (const line of text.trimEnd().split('\n')) assert.match(line, /^(# (HELP|TYPE) [a-z_]+ .+|[a-z_]+(\{[^}]*\})? -?[0-9.e+-]+)$/, line);
+  assert.deepEqual(await healthz({ core, stats }), { ok: false, reason: 'kernel does not match the state file: 1 profile(s) x"y orphaned', profiles: ['x"y'] });
+  reports = reports.slice(0, 1);
+  assert.equal((await healthz({ core, stats })).ok, true);
+  stats.observeSync(new Error('EKERNEL: refused'));
+  assert.deepEqual(await healthz({ core, stats }), { ok: false, reason: 'last sync failed: EKERNEL: refused' });
+  // Served over HTTP on a free loopback port.
+  const server = await startMetricsServer({ address: '127.0.0.1:0', core, stats });
+  try {
+    const h = await fetch(`http://127.0.0.1:${server.port}/healthz`);
+    assert.equal(h.status, 503);
+    assert.equal(((await h.json()) as { reason: string }).reason, 'last sync failed: EKERNEL: refused');
+    const m = await fetch(`http://127.0.0.1:${server.port}/metrics`);
+    assert.equal(m.status, 200);
+    assert.match(m.headers.get('content-type')!, /^text\/plain; version=0\.0\.4/);
+    assert.equal((await fetch(`http://127.0.0.1:${server.port}/other`)).status, 404);
+  } finally {
+    await server.close();
+  }
+  await assert.rejects(startMetricsServer({ address: '127.0.0.1:x', core }), /metrics-address: /);
+});
