@@ -112,7 +112,8 @@ function withGlobals<T extends GlobalOpts>(o: T, cmd: Command): T {
 }
 
 function addProfileFlags(cmd: Command): Command {
-  return addHealthFlags(cmd)
+  return addHealthFlags(
+    cmd
     .option('--profile <name>', 'profile name: 1-63 of A-Z a-z 0-9 _ -, not starting with -', 'default')
     .option('--src-addr <ip:port>', 'virtual address and port that is balanced: a.b.c.d:port, or [v6]:port for IPv6 (then every destination is IPv6 too)')
     .option('--dest-addr <list>', 'comma-separated destination ip:port list ([v6]:port for IPv6); ip:port*W gives a destination weight W (0-1000, default 1; 0 drains it)')
@@ -122,7 +123,8 @@ function addProfileFlags(cmd: Command): Command {
     .option('--protocol <proto>', 'tcp, udp or sctp', DEFAULTS.protocol)
     .option('--log-custom-chain', 'log packets that enter the profile (kernel log, see dmesg)')
     .option('--log-level <level>', 'syslog level of those logs: 0-7 or emerg..debug', DEFAULTS.logLevel)
-    .option('--masquerade', 'proxy mode: masquerade balanced flows so replies return through this host');
+    .option('--masquerade', 'proxy mode: masquerade balanced flows so replies return through this host'),
+  );
 }
 
 function profileInput(o: ProfileOpts): ProfileInput {
