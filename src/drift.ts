@@ -84,6 +84,7 @@ export function compare(allState: Map<string, Profile>, view: KernelView, family
     if (!chain) detail = `chain ${plan.chain.name} is missing`;
     else if (want.join('\n') !== have.join('\n')) detail = `chain ${plan.chain.name} has ${have.length} rules that differ from the ${want.length} planned`;
     else if (wantHooks.join('\n') !== haveHooks.join('\n')) detail = `its rules in the built-in chains differ (${haveHooks.length} found, ${wantHooks.length} planned)`;
+    else if (hooks.some((h) => h.direct)) detail = 'its jump sits in nat OUTPUT/PREROUTING itself (the layout before the gate): `iptlb sync` or its next change moves it behind the gate';
     reports.push(detail ? { ...base, status: 'modified', detail } : { ...base, status: 'in-sync' });
   }
   const orphanOwners = new Set(view.hookRules.map((h) => h.owner).filter((o) => !state.has(o)));
