@@ -13,6 +13,7 @@
         "native/errors.cc",
         "native/file_lock.cc",
         "native/iptc_handle.cc",
+        "native/ipset.cc",
         "native/ip_text.cc",
         "native/json.cc",
         "native/nft_netlink.cc",

@@ -72,6 +72,7 @@ Napi::Value MatchToJs(Napi::Env env, Family family, const Match &m) {
       o.Set("ctorigdst", Cidr(family, m.addr, m.mask));
       o.Set("ctorigdstport", m.port);
       break;
+    case Match::kSetDstDst:
     case Match::kUnknown: o.Set("name", "unknown"); o.Set("ext", m.text); break;
   }
   return o;
@@ -139,6 +140,12 @@ void ReadWorker::ReadTable() {
     unsigned pos = 0;
     for (const auto *e = F::FirstRule(hook, h.get()); e; e = F::NextRule(e, h.get())) {
       pos++;
+      const char *target = F::GetTarget(e, h.get());
+      if (target && (std::strcmp(target, "IPTLB_OUTPUT") == 0 || std::strcmp(target, "IPTLB_PREROUTING") == 0) &&
+          std::strcmp(target + 6, hook) == 0) {
+        gates_.push_back(hook);  // the gate (src/gate.ts)
+        continue;
+      }
       const std::string comment = CommentOf<F>(e);
       if (comment.compare(0, 6, "iptlb:") != 0) continue;
       hooks_.push_back({hook, comment.substr(6), pos, DecodeRule<F>(e, h.get())});
@@ -175,6 +182,9 @@ void ReadWorker::OnOK() {
   }
   view.Set("chains", chains);
   view.Set("hookRules", hooks);
+  Napi::Array gates = Napi::Array::New(env, gates_.size());
+  for (uint32_t i = 0; i < gates_.size(); i++) gates.Set(i, gates_[i]);
+  view.Set("gates", gates);
   Resolve(view);
 }
 

@@ -42,6 +42,7 @@ class ReadWorker : public PromiseWorker {
   };
   std::vector<ChainView> chains_;
   std::vector<HookView> hooks_;
+  std::vector<std::string> gates_;  // hooks whose gate rule exists
 };
 
 }  // namespace iptlb
