@@ -120,28 +120,3 @@ export function planGate(
   return { add: [...add], del, remaining, needSet: remaining.OUTPUT + remaining.PREROUTING > 0 };
 }
 
-/**
- * A view as the native addon reads it (dispatch chains as chains, every owned rule of a built-in chain
- * as a hook rule, `gates`: the hooks whose gate rule exists) in the shape parseSave gives: dispatch
- * chains' owned rules as hook rules of their hook, rules in OUTPUT/PREROUTING themselves `direct`.
- */
-export function foldView(view: KernelView & { gates?: string[] }): KernelView {
-  const out: KernelView = { chains: [], hookRules: [] };
-  const gate: { gates: GatedHook[]; dispatch: GatedHook[] } = { gates: (view.gates ?? []).filter(isGatedHook), dispatch: [] };
-  for (const h of view.hookRules) out.hookRules.push(isGatedHook(h.chain) ? { ...h, direct: true } : h);
-  for (const c of view.chains) {
-    const hook = hookOfDispatch(c.name);
-    if (!hook) {
-      out.chains.push(c);
-      continue;
-    }
-    gate.dispatch.push(hook);
-    c.rules.forEach((k, i) => {
-      const comment = k.rule.matches.find((m) => m.name === 'comment');
-      if (!comment || !('comment' in comment) || !comment.comment.startsWith('iptlb:')) return;
-      out.hookRules.push({ chain: hook, owner: comment.comment.slice('iptlb:'.length), position: i + 1, rule: k.rule, packets: k.packets, bytes: k.bytes });
-    });
-  }
-  if (gate.gates.length || gate.dispatch.length) out.gate = gate;
-  return out;
-}

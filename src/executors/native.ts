@@ -4,7 +4,6 @@
  */
 import { IptlbError, type ErrorCode } from '../errors.js';
 import { renderRestore } from '../restore.js';
-import { foldView } from '../gate.js';
 import type { NativeAddon } from '../native/addon.js';
 import type { CommitResult, Family, LegacyExecutor, KernelView, Transaction } from '../types.js';
 
@@ -68,7 +67,7 @@ export class NativeExecutor implements LegacyExecutor {
   /** The nat table of `family` (default ipv4; ipv6: that of ip6tables, through libip6tc). */
   async read(family: Family = 'ipv4'): Promise<KernelView> {
     try {
-      return foldView(await this.addon.read(family));
+      return await this.addon.read(family);
     } catch (e) {
       throw mapNativeError(e);
     }
