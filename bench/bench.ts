@@ -19,6 +19,7 @@ import { planNftRebuild } from '../src/nft/plan.js';
 import { renderNft } from '../src/nft/ops.js';
 import { connect, createServer, type Server } from 'node:net';
 import type { Profile } from '../src/types.js';
+import { benchDataplane, preloadLegacy } from './legacy-perf.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const CLI = path.join(ROOT, 'bin', 'iptlb.cjs');
@@ -31,7 +32,7 @@ const flag = (name: string): string | undefined => {
 const JSON_OUT = args.includes('--json');
 const SIZES = (flag('--sizes') ?? '0,1000,10000').split(',').map(Number);
 const RUNS = Number(flag('--runs') ?? 31);
-const scenarios = args.filter((a) => ['apply', 'churn', 'cli', 'nft'].includes(a));
+const scenarios = args.filter((a) => ['apply', 'churn', 'cli', 'nft', 'dataplane'].includes(a));
 const wanted = (s: string): boolean => scenarios.length === 0 || scenarios.includes(s);
 
 if (!process.env.IPTLB_BENCH_IN_NETNS) {
@@ -63,6 +64,7 @@ function profile(i: number, dests = 3): Profile {
 function flushNat(): void {
   execFileSync('iptables-legacy', ['-t', 'nat', '-F']);
   execFileSync('iptables-legacy', ['-t', 'nat', '-X']);
+  spawnSync('ipset', ['destroy']); // the legacy gate's set (src/gate.ts)
   flushNft();
 }
 function flushNft(): void {
@@ -79,8 +81,7 @@ function preloadNft(profiles: Profile[]): void {
 function preload(n: number, stateFile: string): void {
   flushNat();
   const profiles = Array.from({ length: n }, (_, i) => profile(i + 1));
-  const text = renderRestore(planTransaction(profiles, []), { chains: [], hookRules: [] });
-  execFileSync('iptables-legacy-restore', ['--noflush'], { input: text, maxBuffer: 1 << 30 });
+  preloadLegacy(profiles);
   writeFileSync(stateFile, serializeState(profiles), { mode: 0o600 });
 }
 
@@ -374,8 +375,7 @@ async function benchNft(): Promise<void> {
         flushNat();
         if (engine === 'legacy') {
           // The measured profile first, so its jump ends up after every other profile's (iptlb inserts at the top).
-          execFileSync('iptables-legacy-restore', ['--noflush'], { input: renderRestore(planTransaction([vipProfile], []), { chains: [], hookRules: [] }) });
-          if (n) execFileSync('iptables-legacy-restore', ['--noflush'], { input: renderRestore(planTransaction(others.slice(0, n), []), { chains: [], hookRules: [] }), maxBuffer: 1 << 30 });
+          preloadLegacy([vipProfile, ...others.slice(0, n)]);
         } else {
           preloadNft([vipProfile, ...others.slice(0, n)]);
         }
@@ -417,4 +417,5 @@ if (wanted('apply')) await benchApply();
 if (wanted('nft')) await benchNft();
 if (wanted('churn')) await benchChurn();
 if (wanted('cli')) await benchCli();
+if (wanted('dataplane')) results.legacyDataplane = await benchDataplane({ log, runs: Math.min(RUNS, Number(flag('--runs') ?? 5)), profile: (i) => profile(i) });
 if (JSON_OUT) process.stdout.write(JSON.stringify(results, null, 2) + '\n');

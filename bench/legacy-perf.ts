@@ -1,0 +1,124 @@
+/**
+ * Legacy-engine performance rows of `npm run bench` (issue 18): runs inside bench.ts's namespace.
+ *
+ *  - `dataplane`: new TCP connections/s to an address that is NOT a virtual address (127.0.0.1, a C
+ *    acceptor), from a C client, with 1 and with 10,000 client profiles in the nat table, in the
+ *    gated layout (src/gate.ts) and in the layout before it (every profile's jump in nat OUTPUT).
+ *    Each run measures the four cases back to back; the rows are the per-run ratios 10,000 / 1.
+ */
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { planProfile, planTransaction } from '../src/plan.js';
+import { renderRestore, renderRule } from '../src/restore.js';
+import { GATE_SET, elementOf } from '../src/gate.js';
+import type { Profile } from '../src/types.js';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+/** bench/c in the source tree (dist/bench/… → ../../bench/c). */
+const C_DIR = path.resolve(HERE, '..', '..', 'bench', 'c');
+
+export interface BenchIo {
+  log(s: string): void;
+  runs: number;
+  profile(i: number): Profile;
+}
+
+/** Removes iptlb's (and everything else's) legacy nat rules and every ipset of this namespace. */
+export function flushLegacy(): void {
+  execFileSync('iptables-legacy', ['-t', 'nat', '-F']);
+  execFileSync('iptables-legacy', ['-t', 'nat', '-X']);
+  spawnSync('ipset', ['destroy']);
+}
+
+/**
+ * Loads `profiles` into the legacy nat table as iptlb lays them out (the gate set first, then one
+ * iptables-legacy-restore), or with `oldLayout` as iptlb did before the gate (jumps in nat OUTPUT).
+ * Not measured.
+ */
+export function preloadLegacy(profiles: Profile[], oldLayout = false): void {
+  flushLegacy();
+  if (profiles.length === 0) return;
+  if (oldLayout) {
+    const out = ['*nat'];
+    const plans = profiles.map(planProfile);
+    for (const p of plans) out.push(`:${p.chain.name} - [0:0]`);
+    for (const p of plans) for (const r of p.chain.rules) out.push(`-A ${p.chain.name} ${renderRule(r)}`);
+    for (const p of plans) for (const h of p.hookRules) out.push(`-A ${h.chain} ${renderRule(h.rule)}`);
+    out.push('COMMIT', '');
+    execFileSync('iptables-legacy-restore', ['--noflush'], { input: out.join('\n'), maxBuffer: 1 << 30 });
+    return;
+  }
+  const tx = planTransaction(profiles, []);
+  const set = GATE_SET.ipv4;
+  const elements = new Set(tx.hookRules.map((h) => elementOf(h.rule)).filter((e): e is string => e !== null));
+  execFileSync('ipset', ['-exist', 'restore'], { input: [`create ${set} hash:ip,port family inet maxelem 1048576`, ...[...elements].map((e) => `add ${set} ${e}`)].join('\n') + '\n' });
+  execFileSync('iptables-legacy-restore', ['--noflush'], { input: renderRestore(tx, { chains: [], hookRules: [] }), maxBuffer: 1 << 30 });
+}
+
+/** Compiles bench/c/<name>.c with cc into `dir`; returns the binary's path. */
+function compile(name: string, dir: string): string {
+  const out = path.join(dir, name);
+  execFileSync('cc', ['-O2', '-o', out, path.join(C_DIR, `${name}.c`)]);
+  return out;
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+const spread = (xs: number[], digits = 2): string => `median ${median(xs).toFixed(digits)} (min ${Math.min(...xs).toFixed(digits)}, max ${Math.max(...xs).toFixed(digits)})`;
+
+export async function benchDataplane(io: BenchIo): Promise<Record<string, unknown>> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-connrate-'));
+  const bin = compile('connrate', dir);
+  // Every connection is a conntrack entry; RST-closed ones linger 10 s in CLOSE by default, and the
+  // client would cycle through its ports within a run: per-namespace settings of this namespace only.
+  execFileSync('sysctl', ['-q', '-w', 'net.netfilter.nf_conntrack_tcp_timeout_close=1', 'net.ipv4.ip_local_port_range=1024 65000']);
+  const acceptor: ChildProcess = spawn(bin, ['accept', '127.0.0.1', '7999'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  await new Promise<void>((resolve, reject) => {
+    acceptor.stdout!.once('data', () => resolve());
+    acceptor.once('exit', (c) => reject(new Error(`connrate accept exited ${c}`)));
+  });
+  const ms = Number(process.env.IPTLB_BENCH_CONN_MS ?? 1500);
+  const rate = (): number => {
+    spawnSync('conntrack', ['-F'], { stdio: 'ignore' });
+    execFileSync(bin, ['connect', '127.0.0.1', '7999', '200']); // warm up
+    const [ok, failed, elapsed] = execFileSync(bin, ['connect', '127.0.0.1', '7999', String(ms)]).toString().trim().split(' ').map(Number);
+    if (failed > ok / 100) throw new Error(`connrate: ${failed} of ${ok + failed} connections failed`);
+    return (ok / elapsed) * 1000;
+  };
+  const N = 10_000;
+  const big = Array.from({ length: N }, (_, i) => io.profile(i + 1));
+  const cases = [
+    ['gate @1', () => preloadLegacy(big.slice(0, 1))],
+    ['gate @10000', () => preloadLegacy(big)],
+    ['old @1', () => preloadLegacy(big.slice(0, 1), true)],
+    ['old @10000', () => preloadLegacy(big, true)],
+  ] as const;
+  const rates: Record<string, number[]> = {};
+  const ratios: Record<string, number[]> = { gate: [], old: [] };
+  for (let r = 0; r < io.runs; r++) {
+    // Alternate the order between runs, so a trend in the machine's load does not favour one case.
+    const order = r % 2 ? [...cases].reverse() : cases;
+    const got: Record<string, number> = {};
+    for (const [name, load] of order) {
+      load();
+      got[name] = rate();
+      (rates[name] ??= []).push(got[name]);
+    }
+    ratios.gate.push(got['gate @10000'] / got['gate @1']);
+    ratios.old.push(got['old @10000'] / got['old @1']);
+  }
+  acceptor.kill('SIGKILL');
+  flushLegacy();
+  rmSync(dir, { recursive: true, force: true });
+  io.log(
+    `legacy data plane, new TCP connections/s to a NON-virtual address (C client → C acceptor on 127.0.0.1, ${ms} ms per case, ${io.runs} runs):\n` +
+      Object.entries(rates).map(([k, v]) => `  ${k.padEnd(12)} ${spread(v, 0)} conn/s`).join('\n') +
+      `\n  ratio 10,000/1 profiles, gated layout: ${spread(ratios.gate)}   layout before the gate: ${spread(ratios.old)}   (per-run ratios: gate ${ratios.gate.map((x) => x.toFixed(2)).join(' ')}; old ${ratios.old.map((x) => x.toFixed(2)).join(' ')})`,
+  );
+  return { rates, ratios };
+}
