@@ -180,3 +180,18 @@ test('gate: set elements are added for planned jumps and deleted only when no re
   assert.match(fixed, /-D OUTPUT -d 127\.100\.0\.10\/32 .* -j IPTLB_NAT_A\n/);
   assert.match(fixed, /-I IPTLB_OUTPUT 1 .*\n-I OUTPUT 1 -m set --match-set iptlb-vip-inet dst,dst -j IPTLB_OUTPUT\n/);
 });
+
+test('gate: a profile whose rules sit behind a missing gate is modified, and sync re-inserts the gate', async () => {
+  const { compare, syncTransaction } = await import('../../src/drift.js');
+  const a = validateProfile({ name: 'a', source: '127.100.0.10:8081', destination: ['127.0.0.1:9001'] });
+  const installed = renderRestore(planTransaction([a], []), empty).replace(/-I (\S+) \d+/g, '-A $1');
+  const gateless = parseSave(installed.replace(/^-A OUTPUT -m set .*\n/m, ''));
+  assert.deepEqual(gateless.gate, { gates: [], dispatch: ['OUTPUT'] });
+  const [r] = compare(new Map([['a', a]]), gateless);
+  assert.equal(r.status, 'modified');
+  assert.match(r.detail ?? '', /gate in nat OUTPUT .* missing/);
+  const fix = renderRestore(syncTransaction(new Map([['a', a]]), gateless), gateless);
+  assert.match(fix, /\n-I OUTPUT 1 -m set --match-set iptlb-vip-inet dst,dst -j IPTLB_OUTPUT\n/);
+  assert.ok(!fix.includes(':IPTLB_OUTPUT'), 'the existing dispatch chain is not re-declared (that would flush it)');
+  assert.equal(compare(new Map([['a', a]]), parseSave(installed))[0].status, 'in-sync');
+});
