@@ -122,3 +122,55 @@ export async function benchDataplane(io: BenchIo): Promise<Record<string, unknow
   );
   return { rates, ratios };
 }
+
+/**
+ * `lockwait`: legacy native apply (one 3-destination profile reset, library API, no state file) at
+ * 1,000 profiles, alone and beside another writer of the nat table that loops
+ * `iptables-legacy-restore --noflush -w` on a chain of its own (as Docker or kube-proxy do). Each run
+ * measures both back to back; rows are medians per run and their ratio.
+ */
+export async function benchLockWait(io: BenchIo & { open: (o: object) => Promise<{ apply(p: Profile): Promise<unknown>; close(): Promise<void> }> }): Promise<Record<string, unknown>> {
+  const N = 1000;
+  const profiles = Array.from({ length: N }, (_, i) => io.profile(i + 1));
+  preloadLegacy(profiles);
+  execFileSync('iptables-legacy', ['-t', 'nat', '-N', 'FOREIGN']);
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-lockwait-'));
+  const rules = path.join(dir, 'foreign.rules');
+  execFileSync('bash', ['-c', `printf '*nat\\n:FOREIGN - [0:0]\\n-A FOREIGN -j RETURN\\nCOMMIT\\n' > ${rules}`]);
+  const lb = await io.open({ stateFile: false, engine: 'legacy', executor: 'native', coalesce: false });
+  const applies = async (count: number): Promise<number[]> => {
+    const t: number[] = [];
+    for (let k = 0; k < count; k++) {
+      const p = { ...io.profile(0), destination: [`127.0.0.1:${9001 + (k % 5)}`, '127.0.0.1:9010', '127.0.0.1:9011'] };
+      const t0 = performance.now();
+      await lb.apply(p as Profile);
+      t.push(performance.now() - t0);
+    }
+    return t;
+  };
+  await applies(20); // warm up
+  const alone: number[] = [];
+  const beside: number[] = [];
+  const rounds: number[] = [];
+  const APPLIES = Number(process.env.IPTLB_BENCH_LOCK_APPLIES ?? 40);
+  for (let r = 0; r < io.runs; r++) {
+    alone.push(median(await applies(APPLIES)));
+    const writer = spawn('bash', ['-c', `n=0; trap 'echo $n; exit 0' TERM; while :; do iptables-legacy-restore --noflush -w < ${rules}; n=$((n+1)); done`], { stdio: ['ignore', 'pipe', 'ignore'] });
+    let out = '';
+    writer.stdout!.on('data', (d) => (out += d));
+    await new Promise((res) => setTimeout(res, 300));
+    beside.push(median(await applies(APPLIES)));
+    writer.kill('SIGTERM');
+    await new Promise((res) => writer.once('close', res));
+    rounds.push(Number(out.trim()) || 0);
+  }
+  await lb.close();
+  flushLegacy();
+  rmSync(dir, { recursive: true, force: true });
+  const ratios = alone.map((a, i) => beside[i] / a);
+  io.log(
+    `legacy native apply at ${N} profiles (median of ${APPLIES} per case, ${io.runs} runs), alone vs beside a loop of iptables-legacy-restore --noflush -w on a foreign chain:\n` +
+      `  alone ${spread(alone, 2)} ms   beside ${spread(beside, 2)} ms   ratio ${spread(ratios)}   (per run: ${ratios.map((x) => x.toFixed(1)).join(' ')}; foreign commits per run: ${rounds.join(' ')})`,
+  );
+  return { alone, beside, ratios, foreignRounds: rounds };
+}
