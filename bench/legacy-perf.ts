@@ -151,26 +151,38 @@ export async function benchLockWait(io: BenchIo & { open: (o: object) => Promise
   await applies(20); // warm up
   const alone: number[] = [];
   const beside: number[] = [];
+  const besidePoll: number[] = [];
   const rounds: number[] = [];
   const APPLIES = Number(process.env.IPTLB_BENCH_LOCK_APPLIES ?? 40);
-  for (let r = 0; r < io.runs; r++) {
-    alone.push(median(await applies(APPLIES)));
+  const besideWriter = async (): Promise<{ t: number; n: number }> => {
     const writer = spawn('bash', ['-c', `n=0; trap 'echo $n; exit 0' TERM; while :; do iptables-legacy-restore --noflush -w < ${rules}; n=$((n+1)); done`], { stdio: ['ignore', 'pipe', 'ignore'] });
     let out = '';
     writer.stdout!.on('data', (d) => (out += d));
     await new Promise((res) => setTimeout(res, 300));
-    beside.push(median(await applies(APPLIES)));
+    const t = median(await applies(APPLIES));
     writer.kill('SIGTERM');
     await new Promise((res) => writer.once('close', res));
-    rounds.push(Number(out.trim()) || 0);
+    return { t, n: Number(out.trim()) || 0 };
+  };
+  for (let r = 0; r < io.runs; r++) {
+    alone.push(median(await applies(APPLIES)));
+    const b = await besideWriter();
+    beside.push(b.t);
+    rounds.push(b.n);
+    // The same beside the writer with the wait of earlier versions (LOCK_NB polled with a backoff).
+    process.env.IPTLB_XTLOCK_WAIT = 'poll';
+    besidePoll.push((await besideWriter()).t);
+    delete process.env.IPTLB_XTLOCK_WAIT;
   }
   await lb.close();
   flushLegacy();
   rmSync(dir, { recursive: true, force: true });
   const ratios = alone.map((a, i) => beside[i] / a);
+  const ratiosPoll = alone.map((a, i) => besidePoll[i] / a);
   io.log(
     `legacy native apply at ${N} profiles (median of ${APPLIES} per case, ${io.runs} runs), alone vs beside a loop of iptables-legacy-restore --noflush -w on a foreign chain:\n` +
-      `  alone ${spread(alone, 2)} ms   beside ${spread(beside, 2)} ms   ratio ${spread(ratios)}   (per run: ${ratios.map((x) => x.toFixed(1)).join(' ')}; foreign commits per run: ${rounds.join(' ')})`,
+      `  alone ${spread(alone, 2)} ms   beside ${spread(beside, 2)} ms   beside, earlier backoff poll ${spread(besidePoll, 2)} ms\n` +
+      `  ratio beside/alone ${spread(ratios)} (per run: ${ratios.map((x) => x.toFixed(1)).join(' ')}; foreign commits meanwhile: ${rounds.join(' ')})   with the earlier backoff poll ${spread(ratiosPoll)} (per run: ${ratiosPoll.map((x) => x.toFixed(1)).join(' ')})`,
   );
-  return { alone, beside, ratios, foreignRounds: rounds };
+  return { alone, beside, besidePoll, ratios, ratiosPoll, foreignRounds: rounds };
 }
