@@ -2,6 +2,7 @@
 // TypeErrors naming the field); kernel work runs in AsyncWorkers and comes back as promises.
 #include <napi.h>
 
+#include "iptc_handle.h"
 #include "commit_worker.h"
 #include "prefetch.h"
 #include "conntrack_worker.h"
@@ -97,6 +98,7 @@ Napi::Value Info(const Napi::CallbackInfo &info) {
 }  // namespace
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  FixMallocThresholds();
   FileLock::Define(env);
   exports.Set("abiVersion", Napi::Number::New(env, kAbiVersion));
   exports.Set("commit", Napi::Function::New(env, Commit, "commit"));

@@ -49,8 +49,10 @@ void CommitWorker::Execute() {
     return Fail(std::move(error));
   }
   const bool ok = v6 ? Run<Ip6Tables>(nullptr) : Run<Ip4Tables>(pre ? pre->handle.get() : nullptr);
-  if (!ok) return;
-  duration_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  pre.reset();
+  lock.Release();
+  if (ok) duration_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  ReleaseFreedMemory();  // after the lock is given back: the handle's copy of the table is freed
 }
 
 template <typename F>

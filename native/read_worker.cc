@@ -124,6 +124,7 @@ void ReadWorker::Execute() {
   std::lock_guard<std::mutex> serial(LibiptcMutex());
   if (family_ == Family::kIpv6) ReadTable<Ip6Tables>();
   else ReadTable<Ip4Tables>();
+  ReleaseFreedMemory();  // the handle (a copy of the whole table) is gone
 }
 
 template <typename F>
