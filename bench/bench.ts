@@ -19,7 +19,7 @@ import { planNftRebuild } from '../src/nft/plan.js';
 import { renderNft } from '../src/nft/ops.js';
 import { connect, createServer, type Server } from 'node:net';
 import type { Profile } from '../src/types.js';
-import { benchDataplane, benchLockWait, preloadLegacy } from './legacy-perf.js';
+import { benchDataplane, benchLockWait, benchRss, preloadLegacy } from './legacy-perf.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const CLI = path.join(ROOT, 'bin', 'iptlb.cjs');
@@ -32,7 +32,7 @@ const flag = (name: string): string | undefined => {
 const JSON_OUT = args.includes('--json');
 const SIZES = (flag('--sizes') ?? '0,1000,10000').split(',').map(Number);
 const RUNS = Number(flag('--runs') ?? 31);
-const scenarios = args.filter((a) => ['apply', 'churn', 'cli', 'nft', 'dataplane', 'lockwait'].includes(a));
+const scenarios = args.filter((a) => ['apply', 'churn', 'cli', 'nft', 'dataplane', 'lockwait', 'rss'].includes(a));
 const wanted = (s: string): boolean => scenarios.length === 0 || scenarios.includes(s);
 
 if (!process.env.IPTLB_BENCH_IN_NETNS) {
@@ -418,5 +418,6 @@ if (wanted('nft')) await benchNft();
 if (wanted('churn')) await benchChurn();
 if (wanted('cli')) await benchCli();
 if (wanted('lockwait')) results.legacyLockWait = await benchLockWait({ log, runs: Math.min(RUNS, Number(flag('--runs') ?? 5)), profile: (i) => profile(i), open: open as never });
+if (wanted('rss')) results.rss = await benchRss({ log, runs: Math.min(RUNS, Number(flag('--runs') ?? 5)), profile: (i) => profile(i), flush: flushNat });
 if (wanted('dataplane')) results.legacyDataplane = await benchDataplane({ log, runs: Math.min(RUNS, Number(flag('--runs') ?? 5)), profile: (i) => profile(i) });
 if (JSON_OUT) process.stdout.write(JSON.stringify(results, null, 2) + '\n');

@@ -106,6 +106,7 @@ export async function benchDataplane(io: BenchIo): Promise<Record<string, unknow
     const got: Record<string, number> = {};
     for (const [name, load] of order) {
       load();
+      await new Promise((res) => setTimeout(res, 500)); // let the kernel finish freeing the previous table
       got[name] = rate();
       (rates[name] ??= []).push(got[name]);
     }
@@ -185,4 +186,30 @@ export async function benchLockWait(io: BenchIo & { open: (o: object) => Promise
       `  ratio beside/alone ${spread(ratios)} (per run: ${ratios.map((x) => x.toFixed(1)).join(' ')}; foreign commits meanwhile: ${rounds.join(' ')})   with the earlier backoff poll ${spread(ratiosPoll)} (per run: ${ratiosPoll.map((x) => x.toFixed(1)).join(' ')})`,
   );
   return { alone, beside, besidePoll, ratios, ratiosPoll, foreignRounds: rounds };
+}
+
+/**
+ * `rss`: resident memory of a process holding 10,000 profiles (state file synced into the kernel,
+ * then one apply), legacy and nft, of an empty instance, and of a bare Node process; each a fresh
+ * child (bench/rss-child.ts, with --expose-gc), `runs` times, interleaved.
+ */
+export async function benchRss(io: BenchIo & { flush: () => void }): Promise<Record<string, unknown>> {
+  const child = path.join(HERE, 'rss-child.js');
+  const cases: [string, string[]][] = [
+    ['bare node', ['0', 'legacy', 'bare']],
+    ['empty instance (legacy)', ['0', 'legacy']],
+    ['legacy 10,000', ['10000', 'legacy']],
+    ['nft 10,000', ['10000', 'nft']],
+  ];
+  const got: Record<string, number[]> = {};
+  for (let r = 0; r < io.runs; r++) {
+    for (const [name, args] of cases) {
+      io.flush();
+      const out = execFileSync(process.execPath, ['--expose-gc', child, ...args], { maxBuffer: 1 << 20 }).toString().trim();
+      (got[name] ??= []).push(Number(out));
+    }
+  }
+  io.flush();
+  io.log(`RSS (MiB) of a process holding profiles (${io.runs} fresh processes each, interleaved; after one apply and a 600 ms settle):\n` + Object.entries(got).map(([k, v]) => `  ${k.padEnd(24)} ${spread(v, 1)}`).join('\n'));
+  return got;
 }
