@@ -83,11 +83,14 @@ export async function benchDataplane(io: BenchIo): Promise<Record<string, unknow
     acceptor.once('exit', (c) => reject(new Error(`connrate accept exited ${c}`)));
   });
   const ms = Number(process.env.IPTLB_BENCH_CONN_MS ?? 1500);
+  const cpuPerConn: Record<string, number[]> = {};
+  let lastCpuUs = 0;
   const rate = (): number => {
     spawnSync('conntrack', ['-F'], { stdio: 'ignore' });
     execFileSync(bin, ['connect', '127.0.0.1', '7999', '200']); // warm up
-    const [ok, failed, elapsed] = execFileSync(bin, ['connect', '127.0.0.1', '7999', String(ms)]).toString().trim().split(' ').map(Number);
+    const [ok, failed, elapsed, cpu] = execFileSync(bin, ['connect', '127.0.0.1', '7999', String(ms)]).toString().trim().split(' ').map(Number);
     if (failed > ok / 100) throw new Error(`connrate: ${failed} of ${ok + failed} connections failed`);
+    lastCpuUs = (cpu * 1000) / ok;
     return (ok / elapsed) * 1000;
   };
   const N = 10_000;
@@ -100,6 +103,8 @@ export async function benchDataplane(io: BenchIo): Promise<Record<string, unknow
   ] as const;
   const rates: Record<string, number[]> = {};
   const ratios: Record<string, number[]> = { gate: [], old: [] };
+  /** Client CPU µs per connection at 1 profile / at 10,000 (the inverse, so it reads like the rate ratio). */
+  const cpuRatios: Record<string, number[]> = { gate: [], old: [] };
   for (let r = 0; r < io.runs; r++) {
     // Alternate the order between runs, so a trend in the machine's load does not favour one case.
     const order = r % 2 ? [...cases].reverse() : cases;
@@ -109,9 +114,13 @@ export async function benchDataplane(io: BenchIo): Promise<Record<string, unknow
       await new Promise((res) => setTimeout(res, 500)); // let the kernel finish freeing the previous table
       got[name] = rate();
       (rates[name] ??= []).push(got[name]);
+      (cpuPerConn[name] ??= []).push(lastCpuUs);
     }
     ratios.gate.push(got['gate @10000'] / got['gate @1']);
     ratios.old.push(got['old @10000'] / got['old @1']);
+    const c = (k: string): number => cpuPerConn[k][cpuPerConn[k].length - 1];
+    cpuRatios.gate.push(c('gate @1') / c('gate @10000'));
+    cpuRatios.old.push(c('old @1') / c('old @10000'));
   }
   acceptor.kill('SIGKILL');
   flushLegacy();
@@ -119,9 +128,11 @@ export async function benchDataplane(io: BenchIo): Promise<Record<string, unknow
   io.log(
     `legacy data plane, new TCP connections/s to a NON-virtual address (C client → C acceptor on 127.0.0.1, ${ms} ms per case, ${io.runs} runs):\n` +
       Object.entries(rates).map(([k, v]) => `  ${k.padEnd(12)} ${spread(v, 0)} conn/s`).join('\n') +
-      `\n  ratio 10,000/1 profiles, gated layout: ${spread(ratios.gate)}   layout before the gate: ${spread(ratios.old)}   (per-run ratios: gate ${ratios.gate.map((x) => x.toFixed(2)).join(' ')}; old ${ratios.old.map((x) => x.toFixed(2)).join(' ')})`,
+      `\n  ratio 10,000/1 profiles, gated layout: ${spread(ratios.gate)}   layout before the gate: ${spread(ratios.old)}   (per-run ratios: gate ${ratios.gate.map((x) => x.toFixed(2)).join(' ')}; old ${ratios.old.map((x) => x.toFixed(2)).join(' ')})` +
+      `\n  client CPU per connection: ` + Object.entries(cpuPerConn).map(([k, v]) => `${k} ${median(v).toFixed(1)} µs`).join('  ') +
+      `\n  CPU ratio (1 profile / 10,000, 1.00 = no cost), gated layout: ${spread(cpuRatios.gate)}   layout before the gate: ${spread(cpuRatios.old)}`,
   );
-  return { rates, ratios };
+  return { rates, ratios, cpuPerConnUs: cpuPerConn, cpuRatios };
 }
 
 /**
