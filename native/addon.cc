@@ -16,7 +16,7 @@ namespace iptlb {
 namespace {
 
 // Bumped whenever the JS-visible interface changes; src/native/addon.ts checks it.
-constexpr int kAbiVersion = 9;
+constexpr int kAbiVersion = 10;  // 10: the legacy gate (read() reports `gate` and `direct`; commits write the gated layout)
 constexpr int kDefaultLockWaitMs = 10000;
 constexpr double kMaxWaitMs = 3600000;
 
