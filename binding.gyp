@@ -37,6 +37,7 @@
         "native/commit_worker.cc",
         "native/errors.cc",
         "native/iptc_handle.cc",
+        "native/ipset.cc",
         "native/ip_text.cc",
         "native/json.cc",
         "native/plan.cc",

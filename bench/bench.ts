@@ -20,6 +20,7 @@ import { renderNft } from '../src/nft/ops.js';
 import { connect, createServer, type Server } from 'node:net';
 import type { Profile } from '../src/types.js';
 import { benchHealth } from './health.js';
+import { benchDataplane, benchLockWait, benchRss, preloadLegacy } from './legacy-perf.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const CLI = path.join(ROOT, 'bin', 'iptlb.cjs');
@@ -32,7 +33,7 @@ const flag = (name: string): string | undefined => {
 const JSON_OUT = args.includes('--json');
 const SIZES = (flag('--sizes') ?? '0,1000,10000').split(',').map(Number);
 const RUNS = Number(flag('--runs') ?? 31);
-const scenarios = args.filter((a) => ['apply', 'churn', 'cli', 'nft', 'health'].includes(a));
+const scenarios = args.filter((a) => ['apply', 'churn', 'cli', 'nft', 'health', 'dataplane', 'lockwait', 'rss'].includes(a));
 const wanted = (s: string): boolean => scenarios.length === 0 || scenarios.includes(s);
 
 if (!process.env.IPTLB_BENCH_IN_NETNS) {
@@ -64,6 +65,7 @@ function profile(i: number, dests = 3): Profile {
 function flushNat(): void {
   execFileSync('iptables-legacy', ['-t', 'nat', '-F']);
   execFileSync('iptables-legacy', ['-t', 'nat', '-X']);
+  spawnSync('ipset', ['destroy']); // the legacy gate's set (src/gate.ts)
   flushNft();
 }
 function flushNft(): void {
@@ -80,8 +82,7 @@ function preloadNft(profiles: Profile[]): void {
 function preload(n: number, stateFile: string): void {
   flushNat();
   const profiles = Array.from({ length: n }, (_, i) => profile(i + 1));
-  const text = renderRestore(planTransaction(profiles, []), { chains: [], hookRules: [] });
-  execFileSync('iptables-legacy-restore', ['--noflush'], { input: text, maxBuffer: 1 << 30 });
+  preloadLegacy(profiles);
   writeFileSync(stateFile, serializeState(profiles), { mode: 0o600 });
 }
 
@@ -375,8 +376,7 @@ async function benchNft(): Promise<void> {
         flushNat();
         if (engine === 'legacy') {
           // The measured profile first, so its jump ends up after every other profile's (iptlb inserts at the top).
-          execFileSync('iptables-legacy-restore', ['--noflush'], { input: renderRestore(planTransaction([vipProfile], []), { chains: [], hookRules: [] }) });
-          if (n) execFileSync('iptables-legacy-restore', ['--noflush'], { input: renderRestore(planTransaction(others.slice(0, n), []), { chains: [], hookRules: [] }), maxBuffer: 1 << 30 });
+          preloadLegacy([vipProfile, ...others.slice(0, n)]);
         } else {
           preloadNft([vipProfile, ...others.slice(0, n)]);
         }
@@ -419,4 +419,7 @@ if (wanted('nft')) await benchNft();
 if (wanted('churn')) await benchChurn();
 if (wanted('cli')) await benchCli();
 if (wanted('health')) results.health = await benchHealth(log);
+if (wanted('lockwait')) results.legacyLockWait = await benchLockWait({ log, runs: Math.min(RUNS, Number(flag('--runs') ?? 5)), profile: (i) => profile(i), open: open as never });
+if (wanted('rss')) results.rss = await benchRss({ log, runs: Math.min(RUNS, Number(flag('--runs') ?? 5)), profile: (i) => profile(i), flush: flushNat });
+if (wanted('dataplane')) results.legacyDataplane = await benchDataplane({ log, runs: Math.min(RUNS, Number(flag('--runs') ?? 5)), profile: (i) => profile(i) });
 if (JSON_OUT) process.stdout.write(JSON.stringify(results, null, 2) + '\n');

@@ -3,6 +3,7 @@
 #include <napi.h>
 
 #include "addon_args.h"
+#include "iptc_handle.h"
 #include "commit_worker.h"
 #include "prefetch.h"
 #include "plan.h"
@@ -63,6 +64,7 @@ Napi::Value Info(const Napi::CallbackInfo &info) {
 }  // namespace
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  FixMallocThresholds();  // legacy: the table copies must not stay in the heap (see iptc_handle.h)
   exports.Set("abiVersion", Napi::Number::New(env, kAbiVersion));
   exports.Set("part", Napi::String::New(env, "xt"));
   exports.Set("commit", Napi::Function::New(env, Commit, "commit"));

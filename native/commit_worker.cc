@@ -5,6 +5,7 @@
 #include <mutex>
 
 #include "iptc_handle.h"
+#include "ipset.h"
 #include "prefetch.h"
 #include "thread_priority.h"
 #include "transaction.h"
@@ -48,13 +49,27 @@ void CommitWorker::Execute() {
     return Fail(std::move(error));
   }
   const bool ok = v6 ? Run<Ip6Tables>(nullptr) : Run<Ip4Tables>(pre ? pre->handle.get() : nullptr);
-  if (!ok) return;
-  duration_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  pre.reset();
+  lock.Release();
+  if (ok) duration_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  ReleaseFreedMemory();  // after the lock is given back: the handle's copy of the table is freed
 }
 
 template <typename F>
 bool CommitWorker::Run(XtHandle<F> *prepared) {
   NativeError error;
+  // The gate's set (src/gate.ts for the order): created, and the transaction's elements added,
+  // before the commit that installs their rules; stale elements deleted, or the set destroyed when no
+  // rule behind a gate remains, after it.
+  GateWork gate;
+  const std::vector<SetElement> adds = GateElements(tx_);
+  if (!adds.empty()) {
+    if (!EnsureGateSet(F::kFamily, &gate.set_index, &error) || !ChangeGateSet(F::kFamily, adds, false, &error)) {
+      Fail(std::move(error));
+      return false;
+    }
+    gate.has_index = true;
+  }
   for (attempts_ = 1;; attempts_++) {
     std::unique_ptr<XtHandle<F>> fresh;
     if (attempts_ > 1 || !prepared) fresh = std::make_unique<XtHandle<F>>("nat");
@@ -63,11 +78,18 @@ bool CommitWorker::Run(XtHandle<F> *prepared) {
       Fail(h.error());
       return false;
     }
-    if (!ApplyTransaction<F>(h.get(), tx_, &error)) {
+    if (!ApplyTransaction<F>(h.get(), tx_, &gate, &error)) {
       Fail(std::move(error));
       return false;
     }
-    if (F::Commit(h.get())) return true;
+    if (F::Commit(h.get())) {
+      // The rules are committed. A failure to tidy the set is not the commit's: an element too many
+      // only sends its packets through the dispatch chain and back; the next commit tidies again.
+      NativeError ignored;
+      if (gate.need_set) ChangeGateSet(F::kFamily, gate.stale, true, &ignored);
+      else DestroyGateSet(F::kFamily, &ignored);
+      return true;
+    }
     const int err = errno;
     if (err != EAGAIN || attempts_ == kMaxAttempts) {
       std::string context = F::kFamily == Family::kIpv6 ? " while committing table nat (ip6tables)" : " while committing table nat";

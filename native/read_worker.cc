@@ -72,6 +72,7 @@ Napi::Value MatchToJs(Napi::Env env, Family family, const Match &m) {
       o.Set("ctorigdst", Cidr(family, m.addr, m.mask));
       o.Set("ctorigdstport", m.port);
       break;
+    case Match::kSetDstDst:
     case Match::kUnknown: o.Set("name", "unknown"); o.Set("ext", m.text); break;
   }
   return o;
@@ -123,26 +124,46 @@ void ReadWorker::Execute() {
   std::lock_guard<std::mutex> serial(LibiptcMutex());
   if (family_ == Family::kIpv6) ReadTable<Ip6Tables>();
   else ReadTable<Ip4Tables>();
+  ReleaseFreedMemory();  // the handle (a copy of the whole table) is gone
 }
 
 template <typename F>
 void ReadWorker::ReadTable() {
   XtHandle<F> h("nat");
   if (!h.ok()) return Fail(h.error());
-  for (const char *c = F::FirstChain(h.get()); c; c = F::NextChain(h.get())) {
-    if (std::strncmp(c, "IPTLB_", 6) != 0) continue;
-    ChainView view{c, {}};
-    for (const auto *e = F::FirstRule(c, h.get()); e; e = F::NextRule(e, h.get())) view.rules.push_back(DecodeRule<F>(e, h.get()));
-    chains_.push_back(std::move(view));
-  }
+  // Built-in chains first, then user chains (as iptables-save prints them).
   for (const char *hook : kHooks) {
     unsigned pos = 0;
     for (const auto *e = F::FirstRule(hook, h.get()); e; e = F::NextRule(e, h.get())) {
       pos++;
+      const char *target = F::GetTarget(e, h.get());
+      if (target && (std::strcmp(target, "IPTLB_OUTPUT") == 0 || std::strcmp(target, "IPTLB_PREROUTING") == 0) &&
+          std::strcmp(target + 6, hook) == 0) {
+        gates_.push_back(hook);  // the gate (src/gate.ts)
+        continue;
+      }
       const std::string comment = CommentOf<F>(e);
       if (comment.compare(0, 6, "iptlb:") != 0) continue;
-      hooks_.push_back({hook, comment.substr(6), pos, DecodeRule<F>(e, h.get())});
+      const bool direct = std::strcmp(hook, "OUTPUT") == 0 || std::strcmp(hook, "PREROUTING") == 0;
+      hooks_.push_back({hook, comment.substr(6), pos, DecodeRule<F>(e, h.get()), direct});
     }
+  }
+  for (const char *c = F::FirstChain(h.get()); c; c = F::NextChain(h.get())) {
+    if (std::strncmp(c, "IPTLB_", 6) != 0) continue;
+    if (std::strcmp(c, "IPTLB_OUTPUT") == 0 || std::strcmp(c, "IPTLB_PREROUTING") == 0) {
+      dispatch_.push_back(c + 6);
+      unsigned pos = 0;
+      for (const auto *e = F::FirstRule(c, h.get()); e; e = F::NextRule(e, h.get())) {
+        pos++;
+        const std::string comment = CommentOf<F>(e);
+        if (comment.compare(0, 6, "iptlb:") != 0) continue;
+        hooks_.push_back({c + 6, comment.substr(6), pos, DecodeRule<F>(e, h.get())});
+      }
+      continue;
+    }
+    ChainView view{c, {}};
+    for (const auto *e = F::FirstRule(c, h.get()); e; e = F::NextRule(e, h.get())) view.rules.push_back(DecodeRule<F>(e, h.get()));
+    chains_.push_back(std::move(view));
   }
 }
 
@@ -171,10 +192,21 @@ void ReadWorker::OnOK() {
     o.Set("position", hooks_[i].position);
     o.Set("rule", RuleToJs(env, family_, hooks_[i].rule.rule));
     SetCounters(env, o, hooks_[i].rule);
+    if (hooks_[i].direct) o.Set("direct", true);
     hooks.Set(i, o);
   }
   view.Set("chains", chains);
   view.Set("hookRules", hooks);
+  if (!gates_.empty() || !dispatch_.empty()) {
+    Napi::Object gate = Napi::Object::New(env);
+    Napi::Array gates = Napi::Array::New(env, gates_.size());
+    for (uint32_t i = 0; i < gates_.size(); i++) gates.Set(i, gates_[i]);
+    Napi::Array dispatch = Napi::Array::New(env, dispatch_.size());
+    for (uint32_t i = 0; i < dispatch_.size(); i++) dispatch.Set(i, dispatch_[i]);
+    gate.Set("gates", gates);
+    gate.Set("dispatch", dispatch);
+    view.Set("gate", gate);
+  }
   Resolve(view);
 }
 

@@ -1,6 +1,9 @@
 // AsyncWorker that reads iptlb's objects from the nat table of one family (iptables' through
 // libiptc, ip6tables' through libip6tc): chains named IPTLB_* and rules of the
-// built-in chains whose comment starts with "iptlb:", decoded, with their counters. Like
+// built-in chains whose comment starts with "iptlb:", decoded, with their counters. In the shape
+// parseSave gives (src/gate.ts): rules of the dispatch chains IPTLB_OUTPUT/IPTLB_PREROUTING are hook
+// rules of OUTPUT/PREROUTING, those in the built-in chains themselves `direct`; `gate` says which
+// gates and dispatch chains exist. Like
 // iptables-save it takes no xtables lock (the kernel hands out a consistent copy of the table).
 #pragma once
 #include <napi.h>
@@ -39,9 +42,12 @@ class ReadWorker : public PromiseWorker {
     std::string owner;
     unsigned position;
     DecodedRule rule;
+    bool direct = false;  // in OUTPUT/PREROUTING itself: the layout before the gate
   };
   std::vector<ChainView> chains_;
   std::vector<HookView> hooks_;
+  std::vector<std::string> gates_;     // hooks whose gate rule exists
+  std::vector<std::string> dispatch_;  // hooks whose dispatch chain exists
 };
 
 }  // namespace iptlb

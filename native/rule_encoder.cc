@@ -9,6 +9,7 @@
 #include <linux/netfilter/xt_comment.h>
 #include <linux/netfilter/xt_conntrack.h>
 #include <linux/netfilter/xt_recent.h>
+#include <linux/netfilter/xt_set.h>
 #include <linux/netfilter/xt_sctp.h>
 #include <linux/netfilter/xt_statistic.h>
 #include <linux/netfilter/xt_tcpudp.h>
@@ -160,6 +161,27 @@ bool EncodeMatch(Family family, const Match &m, std::vector<uint8_t> *out, std::
         Append(out, "conntrack", 1, c);
       } else {
         *error = "the kernel supports no revision 1-3 of the conntrack match (is xt_conntrack available?)";
+        return false;
+      }
+      return true;
+    }
+    case Match::kSetDstDst: {
+      // As libxt_set writes `--match-set NAME dst,dst`: two dimensions, no source flags, no counters.
+      const int rev = MatchRevision(family, "set", 4);
+      if (rev == 4) {
+        struct xt_set_info_match_v4 s;
+        std::memset(&s, 0, sizeof(s));
+        s.match_set.index = m.set_index;
+        s.match_set.dim = 2;
+        Append(out, "set", 4, s);
+      } else if (rev == 3) {
+        struct xt_set_info_match_v3 s;
+        std::memset(&s, 0, sizeof(s));
+        s.match_set.index = m.set_index;
+        s.match_set.dim = 2;
+        Append(out, "set", 3, s);
+      } else {
+        *error = "the kernel supports no revision 3-4 of the set match (is xt_set available?)";
         return false;
       }
       return true;

@@ -1,6 +1,7 @@
 #include "transaction.h"
 
 #include <cerrno>
+#include <cstring>
 #include <map>
 #include <set>
 
@@ -14,26 +15,47 @@ namespace {
 // xt_chainlabel-sized (zero-padded), as libiptc reads them.
 const xt_chainlabel kHooks[] = {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"};
 
+const char *const kGated[] = {"OUTPUT", "PREROUTING"};
+
 template <typename F>
 bool Fail(NativeError *error, const std::string &what) {
   *error = XtError<F>(what, errno);
   return false;
 }
 
+bool IsGated(const std::string &hook) { return hook == "OUTPUT" || hook == "PREROUTING"; }
+
 }  // namespace
 
+std::vector<SetElement> GateElements(const Transaction &tx) {
+  std::set<SetElement> out;
+  for (const HookRule &hr : tx.hook_rules) {
+    SetElement e;
+    if (IsGated(hr.chain) && ElementOfRule(hr.rule, &e)) out.insert(e);
+  }
+  return {out.begin(), out.end()};
+}
+
 template <typename F>
-bool ApplyTransaction(struct xtc_handle *h, const Transaction &tx, NativeError *error) {
+bool ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gate, NativeError *error) {
   using Entry = typename F::Entry;
-  // 1. The owners' rules in the built-in chains, deleted from the bottom up so numbers stay valid.
+  // 1. The owners' rules in the built-in chains (an older layout's, and POSTROUTING's) and in the
+  // dispatch chains, deleted from the bottom up so numbers stay valid.
   std::set<std::string> owned;
   for (const std::string &o : tx.owners) owned.insert("iptlb:" + o);
+  std::set<SetElement> removed;
   if (!owned.empty()) {
-    for (const char *hook : kHooks) {
+    static const xt_chainlabel kAll[] = {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING", "IPTLB_OUTPUT", "IPTLB_PREROUTING"};
+    for (const char *hook : kAll) {
+      const bool dispatch = hook[0] == 'I' && hook[1] == 'P';
+      if (dispatch && !F::IsChain(hook, h)) continue;
       std::vector<unsigned> doomed;
       unsigned n = 0;
       for (const Entry *e = F::FirstRule(hook, h); e; e = F::NextRule(e, h), n++) {
-        if (owned.count(CommentOf<F>(e))) doomed.push_back(n);
+        if (!owned.count(CommentOf<F>(e))) continue;
+        doomed.push_back(n);
+        SetElement el;
+        if (dispatch && ElementOfRule(DecodeRule<F>(e, h).rule, &el)) removed.insert(el);
       }
       for (auto it = doomed.rbegin(); it != doomed.rend(); ++it) {
         if (!F::DeleteNumEntry(hook, *it, h)) return Fail<F>(error, std::string("deleting rule ") + std::to_string(*it + 1) + " of " + hook);
@@ -70,7 +92,7 @@ bool ApplyTransaction(struct xtc_handle *h, const Transaction &tx, NativeError *
       }
     }
   }
-  // 4. Hook rules at the top, in order.
+  // 4. Hook rules at the top of their dispatch chain (OUTPUT/PREROUTING) or of POSTROUTING, in order.
   std::map<std::string, unsigned> position;
   for (const HookRule &hr : tx.hook_rules) {
     std::string why;
@@ -79,16 +101,79 @@ bool ApplyTransaction(struct xtc_handle *h, const Transaction &tx, NativeError *
       *error = NativeError{"EKERNEL", EINVAL, "rule of " + hr.owner + " in " + hr.chain + ": " + why};
       return false;
     }
-    unsigned &pos = position[hr.chain];
-    if (!F::InsertEntry(Label(hr.chain).get(), reinterpret_cast<const Entry *>(entry.data()), pos, h)) {
-      return Fail<F>(error, "inserting the rule of " + hr.owner + " at " + std::to_string(pos + 1) + " of " + hr.chain);
+    const std::string chain = IsGated(hr.chain) ? "IPTLB_" + hr.chain : hr.chain;
+    const Label label(chain);
+    if (IsGated(hr.chain) && !F::IsChain(label.get(), h) && !F::CreateChain(label.get(), h)) return Fail<F>(error, "creating chain " + chain);
+    unsigned &pos = position[chain];
+    if (!F::InsertEntry(label.get(), reinterpret_cast<const Entry *>(entry.data()), pos, h)) {
+      return Fail<F>(error, "inserting the rule of " + hr.owner + " at " + std::to_string(pos + 1) + " of " + chain);
     }
     pos++;
+  }
+  // 5. Gates: one per dispatch chain that has rules; none (and no chain) for an empty one.
+  gate->need_set = false;
+  for (const char *hook : kGated) {
+    const Label dispatch("IPTLB_" + std::string(hook));
+    const bool exists = F::IsChain(dispatch.get(), h);
+    const bool rules = exists && F::FirstRule(dispatch.get(), h) != nullptr;
+    std::vector<unsigned> gates;
+    unsigned n = 0;
+    for (const Entry *e = F::FirstRule(hook, h); e; e = F::NextRule(e, h), n++) {
+      const char *t = F::GetTarget(e, h);
+      if (t && std::strcmp(t, dispatch.get()) == 0) gates.push_back(n);
+    }
+    if (rules > 0) {
+      gate->need_set = true;
+      if (!gates.empty()) continue;
+      if (!gate->has_index) {
+        *error = NativeError{"EKERNEL", EINVAL, std::string("the gate of ") + hook + " is missing and no set index was given"};
+        return false;
+      }
+      Rule g;
+      Match m(Match::kSetDstDst);
+      m.set_index = gate->set_index;
+      m.text = GateSetName(F::kFamily);
+      g.matches.push_back(m);
+      g.target = Target(Target::kJump);
+      g.target.chain = dispatch.get();
+      std::string why;
+      std::vector<uint8_t> entry = EncodeRule<F>(g, &why);
+      if (entry.empty()) {
+        *error = NativeError{"EKERNEL", EINVAL, std::string("the gate of ") + hook + ": " + why};
+        return false;
+      }
+      if (!F::InsertEntry(hook, reinterpret_cast<const Entry *>(entry.data()), 0, h)) return Fail<F>(error, std::string("inserting the gate of ") + hook);
+    } else {
+      for (auto it = gates.rbegin(); it != gates.rend(); ++it) {
+        if (!F::DeleteNumEntry(hook, *it, h)) return Fail<F>(error, std::string("deleting the gate of ") + hook);
+      }
+      if (exists) {
+        if (!F::FlushEntries(dispatch.get(), h)) return Fail<F>(error, std::string("flushing chain IPTLB_") + hook);
+        if (!F::DeleteChain(dispatch.get(), h)) return Fail<F>(error, std::string("deleting chain IPTLB_") + hook);
+      }
+    }
+  }
+  // 6. Elements of removed rules that no rule behind a gate selects any more: deleted after the commit.
+  // The transaction's own rules keep theirs (a replaced profile); only otherwise are the chains read.
+  for (const SetElement &e : GateElements(tx)) removed.erase(e);
+  gate->stale.clear();
+  if (removed.empty()) return true;
+  std::set<SetElement> live;
+  for (const char *hook : kGated) {
+    const Label dispatch("IPTLB_" + std::string(hook));
+    if (!F::IsChain(dispatch.get(), h)) continue;
+    for (const Entry *e = F::FirstRule(dispatch.get(), h); e; e = F::NextRule(e, h)) {
+      SetElement el;
+      if (ElementOfRule(DecodeRule<F>(e, h).rule, &el)) live.insert(el);
+    }
+  }
+  for (const SetElement &e : removed) {
+    if (!live.count(e)) gate->stale.push_back(e);
   }
   return true;
 }
 
-template bool ApplyTransaction<Ip4Tables>(struct xtc_handle *, const Transaction &, NativeError *);
-template bool ApplyTransaction<Ip6Tables>(struct xtc_handle *, const Transaction &, NativeError *);
+template bool ApplyTransaction<Ip4Tables>(struct xtc_handle *, const Transaction &, GateWork *, NativeError *);
+template bool ApplyTransaction<Ip6Tables>(struct xtc_handle *, const Transaction &, GateWork *, NativeError *);
 
 }  // namespace iptlb

@@ -3,15 +3,32 @@
 // rules at the top.
 #pragma once
 #include <string>
+#include <vector>
 
 #include "errors.h"
+#include "ipset.h"
 #include "plan.h"
 #include "xt_family.h"
 
 namespace iptlb {
 
+// The gate (src/gate.ts): OUTPUT/PREROUTING hook rules go into the dispatch chains IPTLB_OUTPUT /
+// IPTLB_PREROUTING, reached from their hook through `-m set --match-set <set> dst,dst`.
+struct GateWork {
+  // In: the gate set's index, needed when a gate has to be inserted (`has_index` false: none may be).
+  bool has_index = false;
+  uint16_t set_index = 0;
+  // Out: elements no remaining dispatch rule selects any more (delete them after the commit), and
+  // whether any dispatch rule remains (if not, the set can be destroyed after the commit).
+  std::vector<SetElement> stale;
+  bool need_set = false;
+};
+
+// The elements of the transaction's OUTPUT/PREROUTING hook rules (add them before the commit).
+std::vector<SetElement> GateElements(const Transaction &tx);
+
 // `h` is a handle of F's library (tx.family is F's). Instantiated for Ip4Tables and Ip6Tables.
 template <typename F>
-bool ApplyTransaction(struct xtc_handle *h, const Transaction &tx, NativeError *error);
+bool ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gate, NativeError *error);
 
 }  // namespace iptlb

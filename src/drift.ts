@@ -1,6 +1,7 @@
 /**
  * Drift: comparing the state file with the kernel. Pure functions over a {@link KernelView}.
  */
+import { isGatedHook, type GatedHook } from './gate.js';
 import { chainName, profilesOf, weightOf } from './profile.js';
 import { planProfile, planTransaction, CHAIN_PREFIX } from './plan.js';
 import { canonicalProbability, renderRule } from './restore.js';
@@ -45,6 +46,12 @@ export function canonicalRule(r: Rule): string {
     matches: r.matches.map((m) => (m.name === 'statistic' && m.mode === 'random' ? { ...m, probability: canonicalProbability(m.probability) } : m)),
   };
   return renderRule(c);
+}
+
+/** The hook whose gate (src/gate.ts) is missing although the profile's rules sit behind it, or null. */
+function missingGate(hooks: KernelView['hookRules'], view: KernelView): string | null {
+  const h = hooks.find((x) => isGatedHook(x.chain) && !x.direct && !(view.gate?.gates ?? []).includes(x.chain as GatedHook));
+  return h ? h.chain : null;
 }
 
 /**
@@ -92,6 +99,8 @@ export function compare(allState: Map<string, Profile>, view: KernelView, family
     if (!chain) detail = `chain ${plan.chain.name} is missing`;
     else if (want.join('\n') !== have.join('\n')) detail = `chain ${plan.chain.name} has ${have.length} rules that differ from the ${want.length} planned`;
     else if (wantHooks.join('\n') !== haveHooks.join('\n')) detail = `its rules in the built-in chains differ (${haveHooks.length} found, ${wantHooks.length} planned)`;
+    else if (missingGate(hooks, view)) detail = `the gate in nat ${missingGate(hooks, view)} that leads to its rules is missing: \`iptlb sync\` restores it`;
+    else if (hooks.some((h) => h.direct)) detail = 'its jump sits in nat OUTPUT/PREROUTING itself (the layout before the gate): `iptlb sync` or its next change moves it behind the gate';
     reports.push(detail ? { ...base, status: 'modified', detail } : { ...base, status: 'in-sync' });
   }
   const orphanOwners = new Set(view.hookRules.map((h) => h.owner).filter((o) => !state.has(o)));

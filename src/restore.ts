@@ -5,6 +5,7 @@
 import type { Family, HookChain, KernelView, Match, Rule, Target, Transaction } from './types.js';
 import { CHAIN_PREFIX, OWNER_PREFIX } from './plan.js';
 import { canonicalIpv6, familyOf } from './address.js';
+import { DISPATCH, GATED_HOOKS, gateRuleText, hookOfDispatch, isGatedHook, planGate, type GatedHook } from './gate.js';
 
 /** xt_recent's `--mask` of one host, as the save tools print it (the whole address). */
 const HOST_MASK: Record<Family, string> = { ipv4: '255.255.255.255', ipv6: 'ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff' };
@@ -76,12 +77,21 @@ export function renderRuleOf(r: Rule, family: Family): string {
 /**
  * Restore text (for `iptables-restore --noflush`, or `ip6tables-restore` when `tx.family` is ipv6) that performs `tx` against the kernel state `view`:
  * chains are declared (created, or flushed when they exist), the owners' hook rules are deleted by
- * their exact text, stale chains deleted, chains filled, hook rules inserted at the top.
+ * their exact text, stale chains deleted, chains filled, hook rules inserted at the top of their
+ * dispatch chain (OUTPUT/PREROUTING, behind the gate, see gate.ts) or of POSTROUTING; a gate and its
+ * dispatch chain are created with the first rule behind them and deleted with the last. The gate's
+ * set must exist when the text is fed to iptables-restore (it resolves the set by name).
  */
 export function renderRestore(tx: Transaction, view: KernelView): string {
   const existing = new Set(view.chains.map((c) => c.name));
   const owners = new Set(tx.owners);
+  const gate = planGate(tx, view);
+  const gates = new Set(view.gate?.gates ?? []);
+  const dispatch = new Set(view.gate?.dispatch ?? []);
+  const needed = GATED_HOOKS.filter((h) => gate.remaining[h] > 0);
+  const unneeded = GATED_HOOKS.filter((h) => gate.remaining[h] === 0);
   const out: string[] = ['*nat'];
+  for (const h of needed) if (!dispatch.has(h)) out.push(`:${DISPATCH[h]} - [0:0]`);
   for (const c of tx.chains) out.push(`:${c.name} - [0:0]`);
   const dropping = tx.deleteChains.filter((c) => existing.has(c));
   for (const c of dropping) out.push(`:${c} - [0:0]`);
@@ -89,16 +99,23 @@ export function renderRestore(tx: Transaction, view: KernelView): string {
     // Our own rendering of a parsed rule, not the saved text: iptables-save prints `--ctorigdst a.b.c.d`
     // for a /32, which iptables parses back with another mask, so `-D` with the saved text misses.
     const parsed = (h.rule.target.name as string) !== 'unknown';
-    if (owners.has(h.owner)) out.push(`-D ${h.chain} ${parsed || !h.raw ? renderRuleOf(h.rule, tx.family) : h.raw}`);
+    const chain = isGatedHook(h.chain) && !h.direct ? DISPATCH[h.chain] : h.chain;
+    if (owners.has(h.owner)) out.push(`-D ${chain} ${parsed || !h.raw ? renderRuleOf(h.rule, tx.family) : h.raw}`);
+  }
+  for (const h of unneeded) {
+    if (gates.has(h)) out.push(`-D ${h} ${gateRuleText(h, tx.family)}`);
+    if (dispatch.has(h)) out.push(`-X ${DISPATCH[h]}`);
   }
   for (const c of dropping) out.push(`-X ${c}`);
   for (const c of tx.chains) for (const r of c.rules) out.push(`-A ${c.name} ${renderRuleOf(r, tx.family)}`);
-  const position = new Map<HookChain, number>();
+  const position = new Map<string, number>();
   for (const h of tx.hookRules) {
-    const pos = (position.get(h.chain) ?? 0) + 1;
-    position.set(h.chain, pos);
-    out.push(`-I ${h.chain} ${pos} ${renderRuleOf(h.rule, tx.family)}`);
+    const chain = isGatedHook(h.chain) ? DISPATCH[h.chain] : h.chain;
+    const pos = (position.get(chain) ?? 0) + 1;
+    position.set(chain, pos);
+    out.push(`-I ${chain} ${pos} ${renderRuleOf(h.rule, tx.family)}`);
   }
+  for (const h of needed) if (!gates.has(h)) out.push(`-I ${h} 1 ${gateRuleText(h, tx.family)}`);
   out.push('COMMIT', '');
   return out.join('\n');
 }
@@ -292,6 +309,7 @@ export type SavedView = KernelView;
  */
 export function parseSave(text: string): KernelView {
   const view: KernelView = { chains: [], hookRules: [] };
+  const gate: { gates: GatedHook[]; dispatch: GatedHook[] } = { gates: [], dispatch: [] };
   const chains = new Map<string, KernelView['chains'][number]>();
   const positions = new Map<string, number>();
   let inNat = false;
@@ -304,7 +322,9 @@ export function parseSave(text: string): KernelView {
     if (!inNat) continue;
     if (line.startsWith(':')) {
       const name = line.slice(1).split(' ')[0];
-      if (name.startsWith(CHAIN_PREFIX)) {
+      const dispatchOf = hookOfDispatch(name);
+      if (dispatchOf) gate.dispatch.push(dispatchOf);
+      else if (name.startsWith(CHAIN_PREFIX)) {
         const c = { name, rules: [] };
         chains.set(name, c);
         view.chains.push(c);
@@ -328,15 +348,29 @@ export function parseSave(text: string): KernelView {
     positions.set(chain, pos);
     const words = splitWords(args);
     const c = chains.get(chain);
-    if (c) {
-      const rule = parseRule(words) ?? { matches: [], target: { name: 'unknown', raw: args } as unknown as Target };
-      c.rules.push({ rule, packets, bytes });
-    } else if (HOOKS.includes(chain)) {
+    const behind = hookOfDispatch(chain);
+    if (behind) {
+      // A profile's rule behind the gate: read as the hook rule it stands for.
       const owner = ownerOf(words);
       if (owner === null) continue;
       const rule = parseRule(words) ?? { matches: [], target: { name: 'unknown', raw: args } as unknown as Target };
-      view.hookRules.push({ chain: chain as HookChain, owner, position: pos, rule, packets, bytes, raw: args });
+      view.hookRules.push({ chain: behind, owner, position: pos, rule, packets, bytes, raw: args });
+    } else if (c) {
+      const rule = parseRule(words) ?? { matches: [], target: { name: 'unknown', raw: args } as unknown as Target };
+      c.rules.push({ rule, packets, bytes });
+    } else if (HOOKS.includes(chain)) {
+      if (isGatedHook(chain) && words[words.length - 2] === '-j' && words[words.length - 1] === DISPATCH[chain]) {
+        gate.gates.push(chain);
+        continue;
+      }
+      const owner = ownerOf(words);
+      if (owner === null) continue;
+      const rule = parseRule(words) ?? { matches: [], target: { name: 'unknown', raw: args } as unknown as Target };
+      const h: KernelView['hookRules'][number] = { chain: chain as HookChain, owner, position: pos, rule, packets, bytes, raw: args };
+      if (isGatedHook(chain)) h.direct = true;
+      view.hookRules.push(h);
     }
   }
+  if (gate.gates.length || gate.dispatch.length) view.gate = gate;
   return view;
 }

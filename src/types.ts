@@ -167,7 +167,14 @@ export interface KernelView {
     bytes: bigint;
     /** The rule's text as iptables-save printed it (spawn executor only); used to delete it exactly. */
     raw?: string;
+    /**
+     * Legacy engine: true when an OUTPUT/PREROUTING rule sits in the built-in chain itself (the layout
+     * of iptlb before the gate, see gate.ts); absent when it sits in its dispatch chain behind the gate.
+     */
+    direct?: boolean;
   }[];
+  /** Legacy engine: which gates and dispatch chains exist (gate.ts); absent means none. */
+  gate?: { gates: ('OUTPUT' | 'PREROUTING')[]; dispatch: ('OUTPUT' | 'PREROUTING')[] };
 }
 
 export interface CommitResult {

@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import { inheritedLockFds } from '../lock.js';
 import { IptlbError } from '../errors.js';
 import { parseSave, renderRestore } from '../restore.js';
+import { GATE_SET, planGate, SET_FAMILY } from '../gate.js';
 import type { CommitResult, Family, LegacyExecutor, KernelView, Transaction } from '../types.js';
 
 const SBIN = ['/usr/sbin', '/sbin', '/usr/local/sbin'];
@@ -114,12 +115,47 @@ export class SpawnExecutor implements LegacyExecutor {
     return renderRestore(tx, await this.read(tx.family));
   }
 
+  private ipsetPath(): string {
+    const p = findBinary('ipset');
+    if (!p) throw new IptlbError('EEXECUTOR', 'ipset not found; the legacy engine needs it for its gate: apt-get install -y ipset');
+    return p;
+  }
+
+  /** Feeds `ipset restore` (set changes are not part of the x_tables commit: see gate.ts for the order). */
+  private async ipset(lines: string[]): Promise<void> {
+    if (lines.length === 0) return;
+    const text = lines.join('\n') + '\n';
+    const r = await run(this.ipsetPath(), ['-exist', 'restore'], text);
+    if (r.code !== 0) throw restoreError(r.stderr || r.stdout, text, 'ipset restore');
+  }
+
   async commit(tx: Transaction): Promise<CommitResult> {
     const t0 = performance.now();
     const restore = this.toolsOf(tx.family).restore;
-    const text = await this.render(tx);
+    const view = await this.read(tx.family);
+    const gate = planGate(tx, view);
+    const set = GATE_SET[tx.family];
+    const setExists = (view.gate?.gates.length ?? 0) > 0 || (await this.setExists(set));
+    // 1. Before the commit: the set (iptables-restore resolves it by name) and the new elements.
+    const before: string[] = [];
+    if (gate.needSet && !setExists) before.push(`create ${set} hash:ip,port family ${SET_FAMILY[tx.family]} maxelem 1048576`);
+    if (gate.needSet) for (const e of gate.add) before.push(`add ${set} ${e}`);
+    await this.ipset(before);
+    const text = renderRestore(tx, view);
     const r = await run(restore, ['--noflush', `--wait=${this.lockWaitSeconds}`], text);
     if (r.code !== 0) throw restoreError(r.stderr, text, TOOL_NAMES[tx.family].restore);
+    // 2. After it: elements no rule needs any more, and the set once no gate refers to it.
+    const after: string[] = [];
+    if (gate.needSet) for (const e of gate.del) after.push(`del ${set} ${e}`);
+    else if (setExists || before.length > 0) after.push(`destroy ${set}`);
+    // The rules are committed. A failure to tidy the set is not the commit's: an element too many only
+    // sends its packets through the dispatch chain and back; the next commit tidies again.
+    await this.ipset(after).catch(() => {});
     return { durationMs: performance.now() - t0 };
+  }
+
+  private async setExists(set: string): Promise<boolean> {
+    const r = await run(this.ipsetPath(), ['-n', 'list', set]);
+    return r.code === 0;
   }
 }

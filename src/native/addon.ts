@@ -16,7 +16,7 @@ import type { NftFamily, NftTransaction, NftView } from '../nft/ops.js';
 import { packageRoot } from '../paths.js';
 
 /** ABI of the addon this TypeScript expects (native/addon.cc exports the same number). */
-export const EXPECTED_ABI = 10;
+export const EXPECTED_ABI = 11;
 
 /** Conntrack entries to delete: original destination `vip`, protocol, reply source `destination` (flows DNATed to it). */
 export interface ConntrackFlow {

@@ -97,7 +97,8 @@ for (const ex of PAIRS) {
         assert.match(save, /ip daddr 127\.100\.0\.10 tcp dport 81 log prefix "IPTLB:VIP:B:" comment "iptlb:b"/);
         assert.match(save, /ip daddr 127\.100\.0\.10 tcp dport 81 log prefix "IPTLB:B:" comment "iptlb:b"/);
       } else {
-        assert.match(save, /-A OUTPUT -d 127\.100\.0\.10\/32 -p tcp -m comment --comment "iptlb:b" -m tcp --dport 81 -j LOG --log-prefix "IPTLB:VIP:B:"/);
+        assert.match(save, /-A IPTLB_OUTPUT -d 127\.100\.0\.10\/32 -p tcp -m comment --comment "iptlb:b" -m tcp --dport 81 -j LOG --log-prefix "IPTLB:VIP:B:"/);
+        assert.match(save, /-A OUTPUT -m set --match-set iptlb-vip-inet dst,dst -j IPTLB_OUTPUT/);
         assert.match(save, /-A IPTLB_NAT_B -j LOG --log-prefix "IPTLB:B:"/);
       }
     });
@@ -149,7 +150,8 @@ for (const ex of PAIRS) {
       if (nft) {
         assert.match(r[1], /chain prerouting \{[^}]*fib daddr type local ip daddr \. tcp dport @loc_tcp_3 dnat ip to ip daddr \. tcp dport \. numgen random mod 3 offset 3 map @be_tcp/);
       } else {
-        assert.match(r[1], /-A PREROUTING -d 127\.100\.0\.10\/32 -p tcp -m comment --comment "iptlb:srv" -m addrtype --dst-type LOCAL -m tcp --dport 80 -j IPTLB_NAT_SRV/);
+        assert.match(r[1], /-A IPTLB_PREROUTING -d 127\.100\.0\.10\/32 -p tcp -m comment --comment "iptlb:srv" -m addrtype --dst-type LOCAL -m tcp --dport 80 -j IPTLB_NAT_SRV/);
+        assert.match(r[1], /-A PREROUTING -m set --match-set iptlb-vip-inet dst,dst -j IPTLB_PREROUTING/);
         assert.doesNotMatch(r[1], /-A INPUT/);
       }
     });

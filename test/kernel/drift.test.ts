@@ -29,7 +29,7 @@ for (const { name: ex, skip } of PAIRS) {
           ]
         : [
             ipt('-F', 'IPTLB_NAT_A'), // a: modified
-            ipt('-D', 'OUTPUT', '-d', `${VIP}/32`, '-p', 'tcp', '-m', 'comment', '--comment', 'iptlb:b', '-m', 'tcp', '--dport', '81', '-j', 'IPTLB_NAT_B'),
+            ipt('-D', 'IPTLB_OUTPUT', '-d', `${VIP}/32`, '-p', 'tcp', '-m', 'comment', '--comment', 'iptlb:b', '-m', 'tcp', '--dport', '81', '-j', 'IPTLB_NAT_B'),
             ipt('-F', 'IPTLB_NAT_B'),
             ipt('-X', 'IPTLB_NAT_B'), // b: missing
             ipt('-N', 'IPTLB_NAT_ZOMBIE'), // an orphan chain

@@ -152,6 +152,7 @@ test('legacy status: an affinity profile read back as planned is in-sync and cou
   const view: KernelView = {
     chains: [{ name: plan.chain.name, rules: plan.chain.rules.map((rule, i) => ({ rule, packets: BigInt(i), bytes: BigInt(10 * i) })) }],
     hookRules: plan.hookRules.map((h, i) => ({ chain: h.chain, owner: h.owner, position: i + 1, rule: h.rule, packets: 1n, bytes: 1n })),
+    gate: { gates: ['OUTPUT', 'PREROUTING'], dispatch: ['OUTPUT', 'PREROUTING'] },
   };
   const [r] = compare(new Map([[p.name, p]]), view);
   assert.equal(r.status, 'in-sync', JSON.stringify(r));

@@ -34,11 +34,13 @@ test('an IPv6 client profile: the ipv4 plan with v6/128, [v6]:port and ip6tables
     renderRestore(tx, empty),
     [
       '*nat',
+      ':IPTLB_OUTPUT - [0:0]',
       ':IPTLB_NAT_WEB6 - [0:0]',
       '-A IPTLB_NAT_WEB6 -d 2001:db8::10/128 -p tcp -m tcp --dport 8081 -m statistic --mode random --probability 0.5000000000 -j DNAT --to-destination [2001:db8::1:0:0:1]:9001',
       '-A IPTLB_NAT_WEB6 -d 2001:db8::10/128 -p tcp -m tcp --dport 8081 -j DNAT --to-destination [2001:db8::1:0:0:2]:9002',
       '-A IPTLB_NAT_WEB6 -j RETURN',
-      '-I OUTPUT 1 -d 2001:db8::10/128 -p tcp -m comment --comment "iptlb:web6" -m tcp --dport 8081 -j IPTLB_NAT_WEB6',
+      '-I IPTLB_OUTPUT 1 -d 2001:db8::10/128 -p tcp -m comment --comment "iptlb:web6" -m tcp --dport 8081 -j IPTLB_NAT_WEB6',
+      '-I OUTPUT 1 -m set --match-set iptlb-vip-inet6 dst,dst -j IPTLB_OUTPUT',
       'COMMIT',
       '',
     ].join('\n'),
@@ -86,16 +88,17 @@ test('planTransaction: the family is the table\'s; a profile of the other family
   assert.throws(() => planTransaction([web4], [], 'ipv6'), /web4 is ipv4, not ipv6/);
 });
 
-/** What ip6tables-legacy-save prints for `tx` on an empty table (as 1.8.9 does: masks, probabilities, glibc's address text). */
+/** What ip6tables-legacy-save prints for `tx` on an empty table (as 1.8.9 does: masks, probabilities, glibc's address text; OUTPUT/PREROUTING rules behind the gate). */
 function saveText(tx: Transaction): string {
-  const out = ['*nat', ':PREROUTING ACCEPT [0:0]', ':INPUT ACCEPT [0:0]', ':OUTPUT ACCEPT [0:0]', ':POSTROUTING ACCEPT [0:0]'];
+  const out = ['*nat', ':PREROUTING ACCEPT [0:0]', ':INPUT ACCEPT [0:0]', ':OUTPUT ACCEPT [0:0]', ':POSTROUTING ACCEPT [0:0]', ':IPTLB_OUTPUT - [0:0]', ':IPTLB_PREROUTING - [0:0]'];
   for (const c of tx.chains) out.push(`:${c.name} - [0:0]`);
+  out.push('[9:540] -A OUTPUT -m set --match-set iptlb-vip-inet6 dst,dst -j IPTLB_OUTPUT', '[9:540] -A PREROUTING -m set --match-set iptlb-vip-inet6 dst,dst -j IPTLB_PREROUTING');
   const asSaved = (r: string): string =>
     r
       .replace(/--probability (\S+)/g, (_m, p: string) => `--probability ${Number(p).toFixed(11)}`)
       .replace(/ --log-level 4/g, '')
       .replace(/--ctorigdst (\S+)\/128/g, '--ctorigdst $1');
-  for (const h of tx.hookRules) out.push(`[3:180] -A ${h.chain} ${asSaved(renderRule(h.rule))}`);
+  for (const h of tx.hookRules) out.push(`[3:180] -A ${h.chain === 'POSTROUTING' ? h.chain : `IPTLB_${h.chain}`} ${asSaved(renderRule(h.rule))}`);
   for (const c of tx.chains) for (const r of c.rules) out.push(`[1:60] -A ${c.name} ${asSaved(renderRule(r))}`);
   out.push('COMMIT', '');
   return out.join('\n');
@@ -146,9 +149,13 @@ test('renderRestore of an IPv6 update deletes the owner\'s hook rules by their I
     [
       '*nat',
       ':IPTLB_NAT_PX - [0:0]',
-      '-D PREROUTING -d 2001:db8:ffff::1/128 -p udp -m comment --comment "iptlb:px" -m udp --dport 443 -j LOG --log-prefix "IPTLB:VIP:PX:" --log-level 4',
-      '-D PREROUTING -d 2001:db8:ffff::1/128 -p udp -m comment --comment "iptlb:px" -m udp --dport 443 -j IPTLB_NAT_PX',
+      '-D IPTLB_PREROUTING -d 2001:db8:ffff::1/128 -p udp -m comment --comment "iptlb:px" -m udp --dport 443 -j LOG --log-prefix "IPTLB:VIP:PX:" --log-level 4',
+      '-D IPTLB_PREROUTING -d 2001:db8:ffff::1/128 -p udp -m comment --comment "iptlb:px" -m udp --dport 443 -j IPTLB_NAT_PX',
       '-D POSTROUTING -p udp -m comment --comment "iptlb:px" -m conntrack --ctstate DNAT --ctorigdst 2001:db8:ffff::1/128 --ctorigdstport 443 -j MASQUERADE',
+      '-D OUTPUT -m set --match-set iptlb-vip-inet6 dst,dst -j IPTLB_OUTPUT',
+      '-X IPTLB_OUTPUT',
+      '-D PREROUTING -m set --match-set iptlb-vip-inet6 dst,dst -j IPTLB_PREROUTING',
+      '-X IPTLB_PREROUTING',
       '-X IPTLB_NAT_PX',
       'COMMIT',
       '',

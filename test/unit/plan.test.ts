@@ -17,18 +17,20 @@ test('probabilities: 1/(n-i) with 10 decimals, distinct even for hundreds of des
   assert.equal(new Set(ps.map(canonicalProbability)).size, n - 1);
 });
 
-test('client profile: chain with DNAT cascade and RETURN; jump at the top of OUTPUT, comment-owned', () => {
+test('client profile: chain with DNAT cascade and RETURN; jump in IPTLB_OUTPUT, comment-owned, behind a new gate in OUTPUT', () => {
   const text = renderRestore(planTransaction([web], []), empty);
   assert.equal(
     text,
     [
       '*nat',
+      ':IPTLB_OUTPUT - [0:0]',
       ':IPTLB_NAT_WEB - [0:0]',
       '-A IPTLB_NAT_WEB -d 127.100.0.10/32 -p tcp -m tcp --dport 8081 -m statistic --mode random --probability 0.3333333333 -j DNAT --to-destination 127.0.0.1:9001',
       '-A IPTLB_NAT_WEB -d 127.100.0.10/32 -p tcp -m tcp --dport 8081 -m statistic --mode random --probability 0.5000000000 -j DNAT --to-destination 127.0.0.1:9002',
       '-A IPTLB_NAT_WEB -d 127.100.0.10/32 -p tcp -m tcp --dport 8081 -j DNAT --to-destination 127.0.0.1:9003',
       '-A IPTLB_NAT_WEB -j RETURN',
-      '-I OUTPUT 1 -d 127.100.0.10/32 -p tcp -m comment --comment "iptlb:web" -m tcp --dport 8081 -j IPTLB_NAT_WEB',
+      '-I IPTLB_OUTPUT 1 -d 127.100.0.10/32 -p tcp -m comment --comment "iptlb:web" -m tcp --dport 8081 -j IPTLB_NAT_WEB',
+      '-I OUTPUT 1 -m set --match-set iptlb-vip-inet dst,dst -j IPTLB_OUTPUT',
       'COMMIT',
       '',
     ].join('\n'),
@@ -43,7 +45,7 @@ test('logging: LOG first in the chain, and a LOG with ip, protocol AND port abov
   assert.equal(renderRule(plan.hookRules[0].rule), '-d 127.100.0.10/32 -p tcp -m comment --comment "iptlb:web" -m tcp --dport 8081 -j LOG --log-prefix "IPTLB:VIP:WEB:" --log-level 6');
   assert.equal(plan.hookRules[1].rule.target.name, 'jump');
   const text = renderRestore(planTransaction([p], []), empty);
-  assert.match(text, /-I OUTPUT 1 .* -j LOG .*\n-I OUTPUT 2 .* -j IPTLB_NAT_WEB/);
+  assert.match(text, /-I IPTLB_OUTPUT 1 .* -j LOG .*\n-I IPTLB_OUTPUT 2 .* -j IPTLB_NAT_WEB/);
   // every log prefix fits the kernel's 29 characters, even for 18-character names
   const long = planProfile(validateProfile({ ...p, name: 'a'.repeat(18) }));
   for (const r of [long.chain.rules[0], long.hookRules[0].rule]) if (r.target.name === 'LOG') assert.ok(r.target.prefix.length <= 29);
@@ -70,31 +72,47 @@ test('udp and sctp profiles match their own protocol everywhere (the original ma
   }
 });
 
-test('reset: old hook rules deleted by their exact text, chain re-declared (flushed) in the same commit', () => {
+test('reset: old hook rules deleted by their exact text, chain re-declared (flushed) in the same commit; an old-layout jump moves behind the gate', () => {
   const old = planProfile(web);
   const view: KernelView = {
     chains: [{ name: 'IPTLB_NAT_WEB', rules: [] }, { name: 'IPTLB_NAT_OTHER', rules: [] }],
     hookRules: [
-      { chain: 'OUTPUT', owner: 'web', position: 1, rule: old.hookRules[0].rule, packets: 0n, bytes: 0n },
-      { chain: 'OUTPUT', owner: 'other', position: 2, rule: old.hookRules[0].rule, packets: 0n, bytes: 0n, raw: 'RAW' },
+      { chain: 'OUTPUT', owner: 'web', position: 1, rule: old.hookRules[0].rule, packets: 0n, bytes: 0n, direct: true },
+      { chain: 'OUTPUT', owner: 'other', position: 1, rule: old.hookRules[0].rule, packets: 0n, bytes: 0n, raw: 'RAW' },
     ],
+    gate: { gates: ['OUTPUT'], dispatch: ['OUTPUT'] },
   };
   const next = validateProfile({ ...web, destination: ['127.0.0.1:9004'] });
   const text = renderRestore(planTransaction([next], []), view);
   const lines = text.split('\n');
   assert.equal(lines[1], ':IPTLB_NAT_WEB - [0:0]');
   assert.equal(lines[2], '-D OUTPUT -d 127.100.0.10/32 -p tcp -m comment --comment "iptlb:web" -m tcp --dport 8081 -j IPTLB_NAT_WEB');
+  assert.equal(lines[5], '-I IPTLB_OUTPUT 1 -d 127.100.0.10/32 -p tcp -m comment --comment "iptlb:web" -m tcp --dport 8081 -j IPTLB_NAT_WEB');
   assert.ok(!text.includes('RAW'), "another profile's rule is not touched");
   assert.ok(!text.includes('-X'), 'a replaced chain is not deleted');
+  assert.ok(!text.includes(':IPTLB_OUTPUT') && !text.includes('match-set'), 'an existing gate and dispatch chain are kept as they are');
 });
 
-test('delete: hook rules removed, chain flushed and deleted; absent chains are skipped', () => {
+test('delete: hook rules removed, chain flushed and deleted; absent chains are skipped; the last rule behind a gate takes the gate along', () => {
   const view: KernelView = {
     chains: [{ name: 'IPTLB_NAT_WEB', rules: [] }],
     hookRules: [{ chain: 'OUTPUT', owner: 'web', position: 1, rule: planProfile(web).hookRules[0].rule, packets: 0n, bytes: 0n, raw: '-d 127.100.0.10/32 -j X' }],
+    gate: { gates: ['OUTPUT'], dispatch: ['OUTPUT'] },
   };
   const text = renderRestore(planTransaction([], ['web', 'gone']), view);
-  assert.equal(text, ['*nat', ':IPTLB_NAT_WEB - [0:0]', '-D OUTPUT -d 127.100.0.10/32 -p tcp -m comment --comment "iptlb:web" -m tcp --dport 8081 -j IPTLB_NAT_WEB', '-X IPTLB_NAT_WEB', 'COMMIT', ''].join('\n'));
+  assert.equal(
+    text,
+    [
+      '*nat',
+      ':IPTLB_NAT_WEB - [0:0]',
+      '-D IPTLB_OUTPUT -d 127.100.0.10/32 -p tcp -m comment --comment "iptlb:web" -m tcp --dport 8081 -j IPTLB_NAT_WEB',
+      '-D OUTPUT -m set --match-set iptlb-vip-inet dst,dst -j IPTLB_OUTPUT',
+      '-X IPTLB_OUTPUT',
+      '-X IPTLB_NAT_WEB',
+      'COMMIT',
+      '',
+    ].join('\n'),
+  );
 });
 
 test('iptables-save output parses back into the rules that were planned', () => {
@@ -133,4 +151,47 @@ test('splitWords honours quotes and escapes; parseRule refuses what iptlb does n
   assert.deepEqual(splitWords('-m comment --comment "a \\"b\\" c" -j X'), ['-m', 'comment', '--comment', 'a "b" c', '-j', 'X']);
   assert.equal(parseRule(splitWords('-s 1.2.3.4/32 -j RETURN')), null);
   assert.equal(parseRule(splitWords('-j ACCEPT')), null);
+});
+
+test('gate: set elements are added for planned jumps and deleted only when no remaining rule needs them; old-layout rules are direct and drift says so', async () => {
+  const { planGate, elementOf } = await import('../../src/gate.js');
+  const { compare } = await import('../../src/drift.js');
+  const a = validateProfile({ name: 'a', source: '127.100.0.10:8081', destination: ['127.0.0.1:9001'] });
+  const b = validateProfile({ name: 'b', source: '127.100.0.10:8081', destination: ['127.0.0.1:9002'], rulesBackend: 'proxy', protocol: 'udp' });
+  assert.equal(elementOf(planProfile(a).hookRules[0].rule), '127.100.0.10,tcp:8081');
+  assert.equal(elementOf(planProfile(b).hookRules[0].rule), '127.100.0.10,udp:8081');
+  const both = parseSave(renderRestore(planTransaction([a, b], []), empty).replace(/-I (\S+) \d+/g, '-A $1'));
+  assert.deepEqual(both.gate, { gates: ['OUTPUT', 'PREROUTING'], dispatch: ['OUTPUT', 'PREROUTING'] });
+  assert.deepEqual(both.hookRules.map((h) => [h.chain, h.owner, h.direct]), [['OUTPUT', 'a', undefined], ['PREROUTING', 'b', undefined]]);
+  const gone = planGate(planTransaction([], ['a']), both);
+  assert.deepEqual([gone.add, gone.del, gone.remaining, gone.needSet], [[], ['127.100.0.10,tcp:8081'], { OUTPUT: 0, PREROUTING: 1 }, true]);
+  // The same VIP:port kept by a new profile: not deleted.
+  const moved = planGate(planTransaction([{ ...a, name: 'c' }], ['a']), both);
+  assert.deepEqual([moved.add, moved.del], [['127.100.0.10,tcp:8081'], []]);
+  const none = planGate(planTransaction([], ['a', 'b']), both);
+  assert.equal(none.needSet, false);
+  // An older iptlb's jump in OUTPUT itself: modified until re-committed.
+  const oldLayout = parseSave(`*nat\n:IPTLB_NAT_A - [0:0]\n${planTransaction([a], []).chains[0].rules.map((r) => `-A IPTLB_NAT_A ${renderRule(r)}`).join('\n')}\n-A OUTPUT ${renderRule(planProfile(a).hookRules[0].rule)}\nCOMMIT\n`);
+  assert.equal(oldLayout.hookRules[0].direct, true);
+  const [r] = compare(new Map([['a', a]]), oldLayout);
+  assert.equal(r.status, 'modified');
+  assert.match(r.detail ?? '', /behind the gate/);
+  const fixed = renderRestore(planTransaction([a], []), oldLayout);
+  assert.match(fixed, /-D OUTPUT -d 127\.100\.0\.10\/32 .* -j IPTLB_NAT_A\n/);
+  assert.match(fixed, /-I IPTLB_OUTPUT 1 .*\n-I OUTPUT 1 -m set --match-set iptlb-vip-inet dst,dst -j IPTLB_OUTPUT\n/);
+});
+
+test('gate: a profile whose rules sit behind a missing gate is modified, and sync re-inserts the gate', async () => {
+  const { compare, syncTransaction } = await import('../../src/drift.js');
+  const a = validateProfile({ name: 'a', source: '127.100.0.10:8081', destination: ['127.0.0.1:9001'] });
+  const installed = renderRestore(planTransaction([a], []), empty).replace(/-I (\S+) \d+/g, '-A $1');
+  const gateless = parseSave(installed.replace(/^-A OUTPUT -m set .*\n/m, ''));
+  assert.deepEqual(gateless.gate, { gates: [], dispatch: ['OUTPUT'] });
+  const [r] = compare(new Map([['a', a]]), gateless);
+  assert.equal(r.status, 'modified');
+  assert.match(r.detail ?? '', /gate in nat OUTPUT .* missing/);
+  const fix = renderRestore(syncTransaction(new Map([['a', a]]), gateless), gateless);
+  assert.match(fix, /\n-I OUTPUT 1 -m set --match-set iptlb-vip-inet dst,dst -j IPTLB_OUTPUT\n/);
+  assert.ok(!fix.includes(':IPTLB_OUTPUT'), 'the existing dispatch chain is not re-declared (that would flush it)');
+  assert.equal(compare(new Map([['a', a]]), parseSave(installed))[0].status, 'in-sync');
 });

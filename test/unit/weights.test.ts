@@ -168,6 +168,7 @@ test('legacy status: slots of one destination add up, drained destinations show 
   const view: KernelView = {
     chains: [{ name: plan.chain.name, rules: plan.chain.rules.map((rule, i) => ({ rule, packets: BigInt(10 + i), bytes: BigInt(100 * (i + 1)) })) }],
     hookRules: plan.hookRules.map((h, i) => ({ chain: h.chain, owner: h.owner, position: i + 1, rule: h.rule, packets: 33n, bytes: 600n })),
+    gate: { gates: ['OUTPUT', 'PREROUTING'], dispatch: ['OUTPUT', 'PREROUTING'] },
   };
   const [r] = compare(m(p), view);
   assert.equal(r.status, 'in-sync', r.detail);

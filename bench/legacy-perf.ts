@@ -1,0 +1,226 @@
+/**
+ * Legacy-engine performance rows of `npm run bench` (issue 18): runs inside bench.ts's namespace.
+ *
+ *  - `dataplane`: new TCP connections/s to an address that is NOT a virtual address (127.0.0.1, a C
+ *    acceptor), from a C client, with 1 and with 10,000 client profiles in the nat table, in the
+ *    gated layout (src/gate.ts) and in the layout before it (every profile's jump in nat OUTPUT).
+ *    Each run measures the four cases back to back; the rows are the per-run ratios 10,000 / 1.
+ */
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { planProfile, planTransaction } from '../src/plan.js';
+import { renderRestore, renderRule } from '../src/restore.js';
+import { GATE_SET, elementOf } from '../src/gate.js';
+import type { Profile } from '../src/types.js';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+/** bench/c in the source tree (dist/bench/… → ../../bench/c). */
+const C_DIR = path.resolve(HERE, '..', '..', 'bench', 'c');
+
+export interface BenchIo {
+  log(s: string): void;
+  runs: number;
+  profile(i: number): Profile;
+}
+
+/** Removes iptlb's (and everything else's) legacy nat rules and every ipset of this namespace. */
+export function flushLegacy(): void {
+  execFileSync('iptables-legacy', ['-t', 'nat', '-F']);
+  execFileSync('iptables-legacy', ['-t', 'nat', '-X']);
+  spawnSync('ipset', ['destroy']);
+}
+
+/**
+ * Loads `profiles` into the legacy nat table as iptlb lays them out (the gate set first, then one
+ * iptables-legacy-restore), or with `oldLayout` as iptlb did before the gate (jumps in nat OUTPUT).
+ * Not measured.
+ */
+export function preloadLegacy(profiles: Profile[], oldLayout = false): void {
+  flushLegacy();
+  if (profiles.length === 0) return;
+  if (oldLayout) {
+    const out = ['*nat'];
+    const plans = profiles.map(planProfile);
+    for (const p of plans) out.push(`:${p.chain.name} - [0:0]`);
+    for (const p of plans) for (const r of p.chain.rules) out.push(`-A ${p.chain.name} ${renderRule(r)}`);
+    for (const p of plans) for (const h of p.hookRules) out.push(`-A ${h.chain} ${renderRule(h.rule)}`);
+    out.push('COMMIT', '');
+    execFileSync('iptables-legacy-restore', ['--noflush'], { input: out.join('\n'), maxBuffer: 1 << 30 });
+    return;
+  }
+  const tx = planTransaction(profiles, []);
+  const set = GATE_SET.ipv4;
+  const elements = new Set(tx.hookRules.map((h) => elementOf(h.rule)).filter((e): e is string => e !== null));
+  execFileSync('ipset', ['-exist', 'restore'], { input: [`create ${set} hash:ip,port family inet maxelem 1048576`, ...[...elements].map((e) => `add ${set} ${e}`)].join('\n') + '\n' });
+  execFileSync('iptables-legacy-restore', ['--noflush'], { input: renderRestore(tx, { chains: [], hookRules: [] }), maxBuffer: 1 << 30 });
+}
+
+/** Compiles bench/c/<name>.c with cc into `dir`; returns the binary's path. */
+function compile(name: string, dir: string): string {
+  const out = path.join(dir, name);
+  execFileSync('cc', ['-O2', '-o', out, path.join(C_DIR, `${name}.c`)]);
+  return out;
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+const spread = (xs: number[], digits = 2): string => `median ${median(xs).toFixed(digits)} (min ${Math.min(...xs).toFixed(digits)}, max ${Math.max(...xs).toFixed(digits)})`;
+
+export async function benchDataplane(io: BenchIo): Promise<Record<string, unknown>> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-connrate-'));
+  const bin = compile('connrate', dir);
+  // Every connection is a conntrack entry; RST-closed ones linger 10 s in CLOSE by default, and the
+  // client would cycle through its ports within a run: per-namespace settings of this namespace only.
+  execFileSync('sysctl', ['-q', '-w', 'net.netfilter.nf_conntrack_tcp_timeout_close=1', 'net.ipv4.ip_local_port_range=1024 65000']);
+  const acceptor: ChildProcess = spawn(bin, ['accept', '127.0.0.1', '7999'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  await new Promise<void>((resolve, reject) => {
+    acceptor.stdout!.once('data', () => resolve());
+    acceptor.once('exit', (c) => reject(new Error(`connrate accept exited ${c}`)));
+  });
+  const ms = Number(process.env.IPTLB_BENCH_CONN_MS ?? 1500);
+  const cpuPerConn: Record<string, number[]> = {};
+  let lastCpuUs = 0;
+  const rate = (): number => {
+    spawnSync('conntrack', ['-F'], { stdio: 'ignore' });
+    execFileSync(bin, ['connect', '127.0.0.1', '7999', '200']); // warm up
+    const [ok, failed, elapsed, cpu] = execFileSync(bin, ['connect', '127.0.0.1', '7999', String(ms)]).toString().trim().split(' ').map(Number);
+    if (failed > ok / 100) throw new Error(`connrate: ${failed} of ${ok + failed} connections failed`);
+    lastCpuUs = (cpu * 1000) / ok;
+    return (ok / elapsed) * 1000;
+  };
+  const N = 10_000;
+  const big = Array.from({ length: N }, (_, i) => io.profile(i + 1));
+  const cases = [
+    ['gate @1', () => preloadLegacy(big.slice(0, 1))],
+    ['gate @10000', () => preloadLegacy(big)],
+    ['old @1', () => preloadLegacy(big.slice(0, 1), true)],
+    ['old @10000', () => preloadLegacy(big, true)],
+  ] as const;
+  const rates: Record<string, number[]> = {};
+  const ratios: Record<string, number[]> = { gate: [], old: [] };
+  /** Client CPU µs per connection at 1 profile / at 10,000 (the inverse, so it reads like the rate ratio). */
+  const cpuRatios: Record<string, number[]> = { gate: [], old: [] };
+  for (let r = 0; r < io.runs; r++) {
+    // Alternate the order between runs, so a trend in the machine's load does not favour one case.
+    const order = r % 2 ? [...cases].reverse() : cases;
+    const got: Record<string, number> = {};
+    for (const [name, load] of order) {
+      load();
+      await new Promise((res) => setTimeout(res, 500)); // let the kernel finish freeing the previous table
+      got[name] = rate();
+      (rates[name] ??= []).push(got[name]);
+      (cpuPerConn[name] ??= []).push(lastCpuUs);
+    }
+    ratios.gate.push(got['gate @10000'] / got['gate @1']);
+    ratios.old.push(got['old @10000'] / got['old @1']);
+    const c = (k: string): number => cpuPerConn[k][cpuPerConn[k].length - 1];
+    cpuRatios.gate.push(c('gate @1') / c('gate @10000'));
+    cpuRatios.old.push(c('old @1') / c('old @10000'));
+  }
+  acceptor.kill('SIGKILL');
+  flushLegacy();
+  rmSync(dir, { recursive: true, force: true });
+  io.log(
+    `legacy data plane, new TCP connections/s to a NON-virtual address (C client → C acceptor on 127.0.0.1, ${ms} ms per case, ${io.runs} runs):\n` +
+      Object.entries(rates).map(([k, v]) => `  ${k.padEnd(12)} ${spread(v, 0)} conn/s`).join('\n') +
+      `\n  ratio 10,000/1 profiles, gated layout: ${spread(ratios.gate)}   layout before the gate: ${spread(ratios.old)}   (per-run ratios: gate ${ratios.gate.map((x) => x.toFixed(2)).join(' ')}; old ${ratios.old.map((x) => x.toFixed(2)).join(' ')})` +
+      `\n  client CPU per connection: ` + Object.entries(cpuPerConn).map(([k, v]) => `${k} ${median(v).toFixed(1)} µs`).join('  ') +
+      `\n  CPU ratio (1 profile / 10,000, 1.00 = no cost), gated layout: ${spread(cpuRatios.gate)}   layout before the gate: ${spread(cpuRatios.old)}`,
+  );
+  return { rates, ratios, cpuPerConnUs: cpuPerConn, cpuRatios };
+}
+
+/**
+ * `lockwait`: legacy native apply (one 3-destination profile reset, library API, no state file) at
+ * 1,000 profiles, alone and beside another writer of the nat table that loops
+ * `iptables-legacy-restore --noflush -w` on a chain of its own (as Docker or kube-proxy do). Each run
+ * measures both back to back; rows are medians per run and their ratio.
+ */
+export async function benchLockWait(io: BenchIo & { open: (o: object) => Promise<{ apply(p: Profile): Promise<unknown>; close(): Promise<void> }> }): Promise<Record<string, unknown>> {
+  const N = 1000;
+  const profiles = Array.from({ length: N }, (_, i) => io.profile(i + 1));
+  preloadLegacy(profiles);
+  execFileSync('iptables-legacy', ['-t', 'nat', '-N', 'FOREIGN']);
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-lockwait-'));
+  const rules = path.join(dir, 'foreign.rules');
+  execFileSync('bash', ['-c', `printf '*nat\\n:FOREIGN - [0:0]\\n-A FOREIGN -j RETURN\\nCOMMIT\\n' > ${rules}`]);
+  const lb = await io.open({ stateFile: false, engine: 'legacy', executor: 'native', coalesce: false });
+  const applies = async (count: number): Promise<number[]> => {
+    const t: number[] = [];
+    for (let k = 0; k < count; k++) {
+      const p = { ...io.profile(0), destination: [`127.0.0.1:${9001 + (k % 5)}`, '127.0.0.1:9010', '127.0.0.1:9011'] };
+      const t0 = performance.now();
+      await lb.apply(p as Profile);
+      t.push(performance.now() - t0);
+    }
+    return t;
+  };
+  await applies(20); // warm up
+  const alone: number[] = [];
+  const beside: number[] = [];
+  const besidePoll: number[] = [];
+  const rounds: number[] = [];
+  const APPLIES = Number(process.env.IPTLB_BENCH_LOCK_APPLIES ?? 40);
+  const besideWriter = async (): Promise<{ t: number; n: number }> => {
+    const writer = spawn('bash', ['-c', `n=0; trap 'echo $n; exit 0' TERM; while :; do iptables-legacy-restore --noflush -w < ${rules}; n=$((n+1)); done`], { stdio: ['ignore', 'pipe', 'ignore'] });
+    let out = '';
+    writer.stdout!.on('data', (d) => (out += d));
+    await new Promise((res) => setTimeout(res, 300));
+    const t = median(await applies(APPLIES));
+    writer.kill('SIGTERM');
+    await new Promise((res) => writer.once('close', res));
+    return { t, n: Number(out.trim()) || 0 };
+  };
+  for (let r = 0; r < io.runs; r++) {
+    alone.push(median(await applies(APPLIES)));
+    const b = await besideWriter();
+    beside.push(b.t);
+    rounds.push(b.n);
+    // The same beside the writer with the wait of earlier versions (LOCK_NB polled with a backoff).
+    process.env.IPTLB_XTLOCK_WAIT = 'poll';
+    besidePoll.push((await besideWriter()).t);
+    delete process.env.IPTLB_XTLOCK_WAIT;
+  }
+  await lb.close();
+  flushLegacy();
+  rmSync(dir, { recursive: true, force: true });
+  const ratios = alone.map((a, i) => beside[i] / a);
+  const ratiosPoll = alone.map((a, i) => besidePoll[i] / a);
+  io.log(
+    `legacy native apply at ${N} profiles (median of ${APPLIES} per case, ${io.runs} runs), alone vs beside a loop of iptables-legacy-restore --noflush -w on a foreign chain:\n` +
+      `  alone ${spread(alone, 2)} ms   beside ${spread(beside, 2)} ms   beside, earlier backoff poll ${spread(besidePoll, 2)} ms\n` +
+      `  ratio beside/alone ${spread(ratios)} (per run: ${ratios.map((x) => x.toFixed(1)).join(' ')}; foreign commits meanwhile: ${rounds.join(' ')})   with the earlier backoff poll ${spread(ratiosPoll)} (per run: ${ratiosPoll.map((x) => x.toFixed(1)).join(' ')})`,
+  );
+  return { alone, beside, besidePoll, ratios, ratiosPoll, foreignRounds: rounds };
+}
+
+/**
+ * `rss`: resident memory of a process holding 10,000 profiles (state file synced into the kernel,
+ * then one apply), legacy and nft, of an empty instance, and of a bare Node process; each a fresh
+ * child (bench/rss-child.ts, with --expose-gc), `runs` times, interleaved.
+ */
+export async function benchRss(io: BenchIo & { flush: () => void }): Promise<Record<string, unknown>> {
+  const child = path.join(HERE, 'rss-child.js');
+  const cases: [string, string[]][] = [
+    ['bare node', ['0', 'legacy', 'bare']],
+    ['empty instance (legacy)', ['0', 'legacy']],
+    ['legacy 10,000', ['10000', 'legacy']],
+    ['nft 10,000', ['10000', 'nft']],
+  ];
+  const got: Record<string, number[]> = {};
+  for (let r = 0; r < io.runs; r++) {
+    for (const [name, args] of cases) {
+      io.flush();
+      const out = execFileSync(process.execPath, ['--expose-gc', child, ...args], { maxBuffer: 1 << 20 }).toString().trim();
+      (got[name] ??= []).push(Number(out));
+    }
+  }
+  io.flush();
+  io.log(`RSS (MiB) of a process holding profiles (${io.runs} fresh processes each, interleaved; after one apply and a 600 ms settle):\n` + Object.entries(got).map(([k, v]) => `  ${k.padEnd(24)} ${spread(v, 1)}`).join('\n'));
+  return got;
+}

@@ -1,0 +1,230 @@
+#include "ipset.h"
+
+#include <arpa/inet.h>
+#include <libmnl/libmnl.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/ipset/ip_set.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <memory>
+
+namespace iptlb {
+namespace {
+
+constexpr uint32_t kMaxElem = 1 << 20;
+constexpr size_t kPerMessage = 256;  // elements per netlink message (about 40 bytes each)
+constexpr int kNewestRevision = 7;   // hash:ip,port as ipset 7.17 creates it (with bucketsize)
+
+std::string IpsetErrorText(int err) {
+  switch (err) {
+    case IPSET_ERR_PROTOCOL: return "ipset protocol error";
+    case IPSET_ERR_FIND_TYPE: return "set type hash:ip,port not supported by the kernel";
+    case IPSET_ERR_BUSY: return "set is in use";
+    case IPSET_ERR_EXIST_SETNAME2: return "a set of this name exists with other parameters";
+    default: break;
+  }
+  if (err >= IPSET_ERR_PRIVATE) return "ipset error " + std::to_string(err);
+  char buf[256];
+  return strerror_r(err, buf, sizeof buf);
+}
+
+NativeError IpsetError(const std::string &what, int err) {
+  NativeError e = NativeError::FromErrno("EKERNEL", err < IPSET_ERR_PRIVATE ? err : EINVAL, what + ": " + IpsetErrorText(err));
+  if (err == EPERM) e.code = "EPERM";
+  return e;
+}
+
+struct SocketCloser {
+  void operator()(struct mnl_socket *s) const { mnl_socket_close(s); }
+};
+
+// Sends the messages in `buf` one by one, each acknowledged; the first error (positive errno or
+// ipset's private code) is returned in *err.
+class Ipset {
+ public:
+  bool Open(NativeError *error) {
+    sock_.reset(mnl_socket_open(NETLINK_NETFILTER));
+    if (!sock_ || mnl_socket_bind(sock_.get(), 0, MNL_SOCKET_AUTOPID) < 0) {
+      *error = IpsetError("ipset netlink socket", errno);
+      return false;
+    }
+    portid_ = mnl_socket_get_portid(sock_.get());
+    return true;
+  }
+
+  struct nlmsghdr *Start(Family family, int cmd) {
+    buf_.assign(1 << 16, 0);
+    struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf_.data());
+    nlh->nlmsg_type = (NFNL_SUBSYS_IPSET << 8) | cmd;
+    nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+    nlh->nlmsg_seq = ++seq_;
+    auto *nfg = static_cast<struct nfgenmsg *>(mnl_nlmsg_put_extra_header(nlh, sizeof(struct nfgenmsg)));
+    nfg->nfgen_family = family == Family::kIpv6 ? NFPROTO_IPV6 : NFPROTO_IPV4;
+    nfg->version = NFNETLINK_V0;
+    nfg->res_id = htons(0);
+    mnl_attr_put_u8(nlh, IPSET_ATTR_PROTOCOL, IPSET_PROTOCOL);
+    return nlh;
+  }
+
+  // 0, or the errno / ipset code of the kernel's answer.
+  int Send(struct nlmsghdr *nlh) {
+    if (mnl_socket_sendto(sock_.get(), nlh, nlh->nlmsg_len) < 0) return errno;
+    char reply[MNL_SOCKET_BUFFER_SIZE];
+    for (;;) {
+      const ssize_t n = mnl_socket_recvfrom(sock_.get(), reply, sizeof reply);
+      if (n < 0) return errno;
+      const int r = mnl_cb_run(reply, n, nlh->nlmsg_seq, portid_, nullptr, nullptr);
+      if (r == MNL_CB_ERROR) return errno;
+      if (r == MNL_CB_STOP) return 0;
+    }
+  }
+
+ private:
+  std::unique_ptr<struct mnl_socket, SocketCloser> sock_;
+  unsigned portid_ = 0;
+  uint32_t seq_ = static_cast<uint32_t>(time(nullptr));
+  std::vector<char> buf_;
+};
+
+void PutElement(struct nlmsghdr *nlh, Family family, const SetElement &e) {
+  struct nlattr *data = mnl_attr_nest_start(nlh, IPSET_ATTR_DATA);
+  struct nlattr *ip = mnl_attr_nest_start(nlh, IPSET_ATTR_IP);
+  if (family == Family::kIpv6) mnl_attr_put(nlh, IPSET_ATTR_IPADDR_IPV6 | NLA_F_NET_BYTEORDER, 16, &e.addr.in6);
+  else mnl_attr_put(nlh, IPSET_ATTR_IPADDR_IPV4 | NLA_F_NET_BYTEORDER, 4, &e.addr.ip);
+  mnl_attr_nest_end(nlh, ip);
+  mnl_attr_put_u16(nlh, IPSET_ATTR_PORT | NLA_F_NET_BYTEORDER, htons(e.port));
+  mnl_attr_put_u8(nlh, IPSET_ATTR_PROTO, e.proto);
+  mnl_attr_nest_end(nlh, data);
+}
+
+}  // namespace
+
+bool SetElement::operator<(const SetElement &o) const {
+  const int c = std::memcmp(&addr, &o.addr, sizeof(addr));
+  if (c != 0) return c < 0;
+  if (proto != o.proto) return proto < o.proto;
+  return port < o.port;
+}
+bool SetElement::operator==(const SetElement &o) const { return !(*this < o) && !(o < *this); }
+
+bool ElementOfRule(const Rule &r, SetElement *e) {
+  if (!r.has_dst || !r.proto) return false;
+  for (const Match &m : r.matches) {
+    if ((m.kind == Match::kTcp && r.proto == IPPROTO_TCP) || (m.kind == Match::kUdp && r.proto == IPPROTO_UDP) ||
+        (m.kind == Match::kSctp && r.proto == IPPROTO_SCTP)) {
+      *e = SetElement{};
+      e->addr = r.dst;
+      e->proto = r.proto;
+      e->port = m.port;
+      return true;
+    }
+  }
+  return false;
+}
+
+const char *GateSetName(Family family) { return family == Family::kIpv6 ? "iptlb-vip-inet6" : "iptlb-vip-inet"; }
+
+bool SetIndexByName(const std::string &name, uint16_t *index, NativeError *error) {
+  int fd = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
+  if (fd < 0) {
+    *error = IpsetError("ipset index of " + name + ": socket", errno);
+    return false;
+  }
+  struct ip_set_req_version ver;
+  std::memset(&ver, 0, sizeof(ver));
+  ver.op = IP_SET_OP_VERSION;
+  socklen_t len = sizeof(ver);
+  if (getsockopt(fd, SOL_IP, SO_IP_SET, &ver, &len) != 0) {
+    *error = IpsetError("ipset index of " + name + ": version", errno);
+    close(fd);
+    return false;
+  }
+  struct ip_set_req_get_set req;
+  std::memset(&req, 0, sizeof(req));
+  req.op = IP_SET_OP_GET_BYNAME;
+  req.version = ver.version;
+  name.copy(req.set.name, IPSET_MAXNAMELEN - 1);
+  len = sizeof(req);
+  const int r = getsockopt(fd, SOL_IP, SO_IP_SET, &req, &len);
+  const int err = errno;
+  close(fd);
+  if (r != 0) {
+    *error = IpsetError("ipset index of " + name, err);
+    return false;
+  }
+  *index = req.set.index;
+  return true;
+}
+
+bool EnsureGateSet(Family family, uint16_t *index, NativeError *error) {
+  const char *name = GateSetName(family);
+  if (!SetIndexByName(name, index, error)) return false;
+  if (*index != IPSET_INVALID_ID) return true;
+  Ipset s;
+  if (!s.Open(error)) return false;
+  int err = 0;
+  for (int rev = kNewestRevision; rev >= 0; rev--) {
+    struct nlmsghdr *nlh = s.Start(family, IPSET_CMD_CREATE);
+    mnl_attr_put_strz(nlh, IPSET_ATTR_SETNAME, name);
+    mnl_attr_put_strz(nlh, IPSET_ATTR_TYPENAME, "hash:ip,port");
+    mnl_attr_put_u8(nlh, IPSET_ATTR_REVISION, static_cast<uint8_t>(rev));
+    mnl_attr_put_u8(nlh, IPSET_ATTR_FAMILY, family == Family::kIpv6 ? NFPROTO_IPV6 : NFPROTO_IPV4);
+    struct nlattr *data = mnl_attr_nest_start(nlh, IPSET_ATTR_DATA);
+    mnl_attr_put_u32(nlh, IPSET_ATTR_MAXELEM | NLA_F_NET_BYTEORDER, htonl(kMaxElem));
+    mnl_attr_nest_end(nlh, data);
+    err = s.Send(nlh);
+    if (err != IPSET_ERR_FIND_TYPE) break;  // an older kernel: try the revision below
+  }
+  if (err != 0 && err != IPSET_ERR_EXIST_SETNAME2 && err != EEXIST) {
+    *error = IpsetError(std::string("creating ipset ") + name, err);
+    return false;
+  }
+  if (!SetIndexByName(name, index, error)) return false;
+  if (*index == IPSET_INVALID_ID) {
+    *error = IpsetError(std::string("ipset ") + name + " vanished after its creation", ENOENT);
+    return false;
+  }
+  return true;
+}
+
+bool ChangeGateSet(Family family, const std::vector<SetElement> &elements, bool del, NativeError *error) {
+  if (elements.empty()) return true;
+  const char *name = GateSetName(family);
+  Ipset s;
+  if (!s.Open(error)) return false;
+  for (size_t at = 0; at < elements.size(); at += kPerMessage) {
+    struct nlmsghdr *nlh = s.Start(family, del ? IPSET_CMD_DEL : IPSET_CMD_ADD);
+    mnl_attr_put_strz(nlh, IPSET_ATTR_SETNAME, name);
+    mnl_attr_put_u32(nlh, IPSET_ATTR_LINENO, 0);  // the kernel wants it with a batch (IPSET_ATTR_ADT)
+    struct nlattr *adt = mnl_attr_nest_start(nlh, IPSET_ATTR_ADT);
+    for (size_t i = at; i < elements.size() && i < at + kPerMessage; i++) PutElement(nlh, family, elements[i]);
+    mnl_attr_nest_end(nlh, adt);
+    const int err = s.Send(nlh);
+    if (err != 0) {
+      *error = IpsetError(std::string(del ? "deleting elements of ipset " : "adding elements to ipset ") + name, err);
+      return false;
+    }
+  }
+  return true;
+}
+
+bool DestroyGateSet(Family family, NativeError *error) {
+  const char *name = GateSetName(family);
+  Ipset s;
+  if (!s.Open(error)) return false;
+  struct nlmsghdr *nlh = s.Start(family, IPSET_CMD_DESTROY);
+  mnl_attr_put_strz(nlh, IPSET_ATTR_SETNAME, name);
+  const int err = s.Send(nlh);
+  if (err != 0 && err != ENOENT) {
+    *error = IpsetError(std::string("destroying ipset ") + name, err);
+    return false;
+  }
+  return true;
+}
+
+}  // namespace iptlb

@@ -1,0 +1,41 @@
+// The legacy engine's gate set (see src/gate.ts): an ipset hash:ip,port spoken to over netlink
+// (NFNL_SUBSYS_IPSET, with libmnl: no fork), and the set's kernel index for the xt_set match.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "errors.h"
+#include "plan.h"
+
+namespace iptlb {
+
+// One element `ip,proto:port` of a hash:ip,port set.
+struct SetElement {
+  Address addr{};
+  uint8_t proto = 0;
+  uint16_t port = 0;  // host order
+  bool operator<(const SetElement &o) const;
+  bool operator==(const SetElement &o) const;
+};
+
+// The element a rule selects (its destination address, protocol and --dport), or false when it has none.
+bool ElementOfRule(const Rule &r, SetElement *e);
+
+// The gate set's name of a family: iptlb-vip-inet / iptlb-vip-inet6.
+const char *GateSetName(Family family);
+
+// The set's kernel index (IPSET_INVALID_ID, 65535, when there is no such set), through
+// getsockopt(SO_IP_SET) as iptables' libxt_set asks it; false with *error when it cannot be asked.
+bool SetIndexByName(const std::string &name, uint16_t *index, NativeError *error);
+
+// Creates the family's gate set when it does not exist (hash:ip,port, maxelem 1048576) and returns its index.
+bool EnsureGateSet(Family family, uint16_t *index, NativeError *error);
+
+// Adds (del = false) or deletes elements of the family's gate set; existing (or missing) elements are ignored.
+bool ChangeGateSet(Family family, const std::vector<SetElement> &elements, bool del, NativeError *error);
+
+// Destroys the family's gate set; a missing set is no error.
+bool DestroyGateSet(Family family, NativeError *error);
+
+}  // namespace iptlb

@@ -1,0 +1,94 @@
+/**
+ * The legacy gate (src/gate.ts), on both legacy executors, with real traffic in a namespace:
+ * rules of the layout before the gate (jumps directly in nat OUTPUT) are reported as modified and
+ * moved behind the gate by `sync`; the gate set holds exactly the virtual address:port pairs of the
+ * profiles (an element shared by nothing else goes with its profile, the others stay); the last
+ * profile's removal takes the gates, the dispatch chains and the set along; a connection to an
+ * address that is not a virtual one is not redirected.
+ */
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { PAIRS, VIP, cli, ok, runSteps } from './common.js';
+import { planProfile } from '../../src/plan.js';
+import { renderRule } from '../../src/restore.js';
+import { validateProfile } from '../../src/profile.js';
+import { countsFor } from '../harness/traffic.js';
+
+const A = validateProfile({ name: 'a', source: `${VIP}:80`, destination: ['127.0.0.1:9001', '127.0.0.1:9002'] });
+const B = validateProfile({ name: 'b', source: `${VIP}:81`, destination: ['127.0.0.1:9003'] });
+
+/** What iptlb before the gate wrote for `profiles`: chains, and every jump in nat OUTPUT itself. */
+function oldLayout(): string {
+  const out = ['*nat'];
+  const plans = [A, B].map(planProfile);
+  for (const p of plans) out.push(`:${p.chain.name} - [0:0]`);
+  for (const p of plans) for (const r of p.chain.rules) out.push(`-A ${p.chain.name} ${renderRule(r)}`);
+  for (const p of plans) for (const h of p.hookRules) out.push(`-A ${h.chain} ${renderRule(h.rule)}`);
+  out.push('COMMIT', '');
+  return out.join('\n');
+}
+
+const GATE = '-A OUTPUT -m set --match-set iptlb-vip-inet dst,dst -j IPTLB_OUTPUT';
+
+for (const pair of PAIRS.filter((p) => p.engine === 'legacy')) {
+  describe(`legacy gate over ${pair.name}`, { skip: pair.skip }, () => {
+    test('an older layout is modified until sync moves it behind the gate; the set follows the profiles; the last delete leaves nothing', async () => {
+      const sh = (cmd: string) => ({ op: 'sh' as const, argv: ['bash', '-c', cmd] });
+      const r = await runSteps([
+        { op: 'backends', tcp: [9001, 9002, 9003, 7999] }, // 0 (7999: an address that is not virtual)
+        cli(pair, '-q', '-profile=a', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001,127.0.0.1:9002'), // 1: state file only
+        cli(pair, '-q', '-profile=b', `-src-addr=${VIP}:81`, '-dest-addr=127.0.0.1:9003'), // 2
+        { op: 'write', file: '$WORK/old.rules', text: oldLayout() }, // 3
+        sh('iptables-legacy-restore --noflush < $WORK/old.rules'), // 4
+        cli(pair, 'status', '--json'), // 5: modified (old layout)
+        { op: 'tcp', vip: VIP, port: 80, count: 40 }, // 6: the old layout still balances
+        cli(pair, 'sync'), // 7
+        cli(pair, 'status', '--json'), // 8: in sync
+        { op: 'save' }, // 9
+        sh('ipset save iptlb-vip-inet'), // 10
+        { op: 'tcp', vip: VIP, port: 80, count: 40 }, // 11
+        { op: 'tcp', vip: VIP, port: 81, count: 10 }, // 12
+        { op: 'tcp', vip: '127.0.0.1', port: 7999, count: 10 }, // 13: not a VIP: reaches 7999 itself
+        cli(pair, 'delete', 'a'), // 14
+        sh('ipset save iptlb-vip-inet'), // 15
+        { op: 'tcp', vip: VIP, port: 81, count: 10 }, // 16: b still balanced
+        cli(pair, 'delete', 'b'), // 17
+        { op: 'save' }, // 18
+        sh('ipset list -n'), // 19
+        cli(pair, '-q', '-run', '-profile=a', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001,127.0.0.1:9002'), // 20: from nothing again
+        { op: 'tcp', vip: VIP, port: 80, count: 40 }, // 21
+        cli(pair, 'status', '--json'), // 22
+      ]);
+      for (const i of [1, 2, 7, 14, 17, 20]) ok(r[i]);
+      assert.equal(r[4].code, 0, r[4].stderr);
+      const before = JSON.parse(r[5].stdout) as { inSync: boolean; profiles: { name: string; status: string; detail?: string }[] };
+      assert.equal(before.inSync, false);
+      for (const p of before.profiles) {
+        assert.equal(p.status, 'modified', JSON.stringify(p));
+        assert.match(p.detail ?? '', /behind the gate/);
+      }
+      assert.deepEqual(countsFor(r[6], [9001, 9002]).reduce((a, b) => a + b, 0), 40, JSON.stringify(r[6]));
+      assert.equal(JSON.parse(r[8].stdout).inSync, true, r[8].stdout);
+      const save: string = r[9];
+      assert.ok(save.includes(GATE), save);
+      assert.doesNotMatch(save, /-A OUTPUT -d /, 'no jump left in OUTPUT itself');
+      assert.match(save, /-A IPTLB_OUTPUT -d 127\.100\.0\.10\/32 -p tcp -m comment --comment "?iptlb:a"? -m tcp --dport 80 -j IPTLB_NAT_A/);
+      assert.match(save, /-A IPTLB_OUTPUT -d 127\.100\.0\.10\/32 -p tcp -m comment --comment "?iptlb:b"? -m tcp --dport 81 -j IPTLB_NAT_B/);
+      const members = (t: { stdout: string }): string[] => t.stdout.split('\n').filter((l) => l.startsWith('add ')).sort();
+      assert.deepEqual(members(r[10]), ['add iptlb-vip-inet 127.100.0.10,tcp:80', 'add iptlb-vip-inet 127.100.0.10,tcp:81']);
+      const [c1, c2] = countsFor(r[11], [9001, 9002]);
+      assert.equal(c1 + c2, 40, JSON.stringify(r[11]));
+      assert.ok(c1 > 0 && c2 > 0, `both destinations take connections: ${c1}/${c2}`);
+      assert.equal(countsFor(r[12], [9003])[0], 10, JSON.stringify(r[12]));
+      assert.equal(countsFor(r[13], [7999])[0], 10, JSON.stringify(r[13]));
+      assert.deepEqual(members(r[15]), ['add iptlb-vip-inet 127.100.0.10,tcp:81'], 'a\'s element went with it, b\'s stayed');
+      assert.equal(countsFor(r[16], [9003])[0], 10, JSON.stringify(r[16]));
+      const empty: string = r[18];
+      assert.doesNotMatch(empty, /iptlb|IPTLB|match-set/, empty);
+      assert.equal(r[19].stdout.trim(), '', 'the set went with the last profile');
+      const [d1, d2] = countsFor(r[21], [9001, 9002]);
+      assert.equal(d1 + d2, 40, JSON.stringify(r[21]));
+      assert.equal(JSON.parse(r[22].stdout).inSync, true);
+    });
+  });
+}
