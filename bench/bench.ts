@@ -12,7 +12,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { open } from '../src/index.js';
 import { loadAddon } from '../src/native/addon.js';
 import { planTransaction } from '../src/plan.js';
-import { renderRestore, renderRule } from '../src/restore.js';
+import { renderRule } from '../src/restore.js';
 import { validateProfile } from '../src/profile.js';
 import { serializeState } from '../src/state.js';
 import { planNftRebuild } from '../src/nft/plan.js';
