@@ -67,7 +67,10 @@ export class FakeLegacyKernel implements LegacyExecutor {
       });
     }
     const chains = [...t.chains].filter(([name]) => name.startsWith('IPTLB_')).map(([name, rules]) => ({ name, rules: rules.map((rule) => ({ rule: clone(rule), packets: 0n, bytes: 0n })) }));
-    return { chains, hookRules };
+    // The gated layout (src/gate.ts): iptlb's OUTPUT/PREROUTING rules sit behind a gate per hook, which
+    // exists while the hook has any; the fake keeps them in the hook's list and reports the gates.
+    const gated = (['OUTPUT', 'PREROUTING'] as const).filter((h) => t.hooks[h].some((r) => r.owner));
+    return { chains, hookRules, ...(gated.length ? { gate: { gates: [...gated], dispatch: [...gated] } } : {}) };
   }
 
   async render(tx: Transaction): Promise<string> {
