@@ -51,7 +51,7 @@
         "native/transaction.cc",
         "native/xtables_lock.cc"
       ],
-      "libraries": ["<!@(pkg-config --libs libiptc libip6tc 2>/dev/null || echo -lip4tc -lip6tc)"]
+      "libraries": ["<!@(pkg-config --libs libiptc libip6tc libmnl 2>/dev/null || echo -lip4tc -lip6tc -lmnl)"]
     },
     {
       "target_name": "iptlb_nft",
