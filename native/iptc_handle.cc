@@ -1,6 +1,9 @@
 #include "iptc_handle.h"
 
+#include "thread_priority.h"
+
 #include <malloc.h>
+#include <pthread.h>
 
 #include <chrono>
 #include <condition_variable>
@@ -27,6 +30,10 @@ class Trimmer {
 
  private:
   void Loop() {
+    // Named, so it can be told apart (/proc/self/task/*/comm), and below the JavaScript thread's
+    // priority for its whole life, as the workers are while they do kernel work.
+    pthread_setname_np(pthread_self(), "iptlb-trim");
+    BackgroundPriority background;
     std::unique_lock<std::mutex> l(m_);
     for (;;) {
       cv_.wait(l, [this] { return pending_; });
