@@ -1,0 +1,43 @@
+/** The etcd flags shared by `iptlb agent` and `iptlb fleet` (with their environment variables). */
+import { Option, type Command } from 'commander';
+import { parseEndpoints, type EtcdOptions } from '../fleet/store.js';
+import { DEFAULT_PREFIX, validatePrefix } from '../fleet/reconcile.js';
+
+export interface EtcdFlags {
+  etcd?: string;
+  etcdCa?: string;
+  etcdCert?: string;
+  etcdKey?: string;
+  etcdUser?: string;
+  prefix?: string;
+}
+
+export function addEtcdFlags(cmd: Command): Command {
+  return cmd
+    .addOption(new Option('--etcd <urls>', 'etcd endpoints, comma-separated: http(s)://host:port or unix:///path (env IPTLB_ETCD_ENDPOINTS)'))
+    .addOption(new Option('--etcd-ca <file>', 'CA certificate (PEM) to verify etcd over TLS (env IPTLB_ETCD_CA)'))
+    .addOption(new Option('--etcd-cert <file>', 'client certificate (PEM) for etcd (env IPTLB_ETCD_CERT)'))
+    .addOption(new Option('--etcd-key <file>', 'key of the client certificate (env IPTLB_ETCD_KEY)'))
+    .addOption(new Option('--etcd-user <name>', 'etcd user; the password comes from env IPTLB_ETCD_PASSWORD (env IPTLB_ETCD_USER)'))
+    .addOption(new Option('--prefix <prefix>', `key prefix (env IPTLB_ETCD_PREFIX; default ${DEFAULT_PREFIX})`));
+}
+
+export function etcdOptions(o: EtcdFlags): { etcd: EtcdOptions; prefix: string } {
+  const env = process.env;
+  const endpoints = parseEndpoints(o.etcd ?? env.IPTLB_ETCD_ENDPOINTS);
+  const pick = (flag: string | undefined, name: string): string | undefined => flag ?? (env[name] || undefined);
+  const ca = pick(o.etcdCa, 'IPTLB_ETCD_CA');
+  const cert = pick(o.etcdCert, 'IPTLB_ETCD_CERT');
+  const key = pick(o.etcdKey, 'IPTLB_ETCD_KEY');
+  const user = pick(o.etcdUser, 'IPTLB_ETCD_USER');
+  return {
+    etcd: {
+      endpoints,
+      ...(ca ? { caFile: ca } : {}),
+      ...(cert ? { certFile: cert } : {}),
+      ...(key ? { keyFile: key } : {}),
+      ...(user ? { user, password: env.IPTLB_ETCD_PASSWORD ?? '' } : {}),
+    },
+    prefix: validatePrefix(pick(o.prefix, 'IPTLB_ETCD_PREFIX') ?? DEFAULT_PREFIX),
+  };
+}
