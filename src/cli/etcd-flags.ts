@@ -1,5 +1,6 @@
 /** The etcd flags shared by `iptlb agent` and `iptlb fleet` (with their environment variables). */
 import { Option, type Command } from 'commander';
+import { IptlbError } from '../errors.js';
 import { parseEndpoints, type EtcdOptions } from '../fleet/store.js';
 import { DEFAULT_PREFIX, validatePrefix } from '../fleet/reconcile.js';
 
@@ -10,6 +11,7 @@ export interface EtcdFlags {
   etcdKey?: string;
   etcdUser?: string;
   prefix?: string;
+  etcdTimeoutMs?: string;
 }
 
 export function addEtcdFlags(cmd: Command): Command {
@@ -19,6 +21,7 @@ export function addEtcdFlags(cmd: Command): Command {
     .addOption(new Option('--etcd-cert <file>', 'client certificate (PEM) for etcd (env IPTLB_ETCD_CERT)'))
     .addOption(new Option('--etcd-key <file>', 'key of the client certificate (env IPTLB_ETCD_KEY)'))
     .addOption(new Option('--etcd-user <name>', 'etcd user; the password comes from env IPTLB_ETCD_PASSWORD (env IPTLB_ETCD_USER)'))
+    .addOption(new Option('--etcd-timeout-ms <ms>', 'deadline of each etcd call (a linearizable read blocks while quorum is lost)').default('5000'))
     .addOption(new Option('--prefix <prefix>', `key prefix (env IPTLB_ETCD_PREFIX; default ${DEFAULT_PREFIX})`));
 }
 
@@ -30,9 +33,12 @@ export function etcdOptions(o: EtcdFlags): { etcd: EtcdOptions; prefix: string }
   const cert = pick(o.etcdCert, 'IPTLB_ETCD_CERT');
   const key = pick(o.etcdKey, 'IPTLB_ETCD_KEY');
   const user = pick(o.etcdUser, 'IPTLB_ETCD_USER');
+  const timeout = Number(o.etcdTimeoutMs ?? '5000');
+  if (!/^\d+$/.test(o.etcdTimeoutMs ?? '5000') || timeout < 10) throw new IptlbError('EUSAGE', `etcd-timeout-ms: ${JSON.stringify(o.etcdTimeoutMs)} must be a whole number of ms, at least 10`, { field: 'etcd-timeout-ms' });
   return {
     etcd: {
       endpoints,
+      callTimeoutMs: timeout,
       ...(ca ? { caFile: ca } : {}),
       ...(cert ? { certFile: cert } : {}),
       ...(key ? { keyFile: key } : {}),

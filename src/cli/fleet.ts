@@ -15,7 +15,7 @@ interface Out {
 /** What src/cli.ts lends: its profile flags and their parsing, so that fleet apply validates exactly as apply. */
 export interface FleetHelpers {
   addProfileFlags(cmd: Command): Command;
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+   
   profileInput(o: any): ProfileInput;
   /** Ends the CLI with this exit status (no message). */
   exit(code: number): never;

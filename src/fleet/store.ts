@@ -91,11 +91,11 @@ const str = (b: unknown): string => (Buffer.isBuffer(b) ? b.toString('utf8') : S
 
 /** {@link FleetStore} over etcd v3 (gRPC, npm `etcd3`), without its circuit breaker: the agent has its own backoff. */
 export class EtcdStore implements FleetStore {
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+   
   private lease?: any;
   private leaseTtl = 0;
 
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+   
   private constructor(private readonly client: any) {}
 
   static async connect(o: EtcdOptions): Promise<EtcdStore> {
@@ -135,7 +135,7 @@ export class EtcdStore implements FleetStore {
       ...(opts.revision ? { revision: opts.revision } : {}),
     });
     return {
-      // eslint-disable-next-line @typescript-eslint/no-explicit-any
+       
       kvs: (res.kvs ?? []).map((kv: any) => ({ key: kv.key.toString('latin1'), value: str(kv.value), modRevision: num(kv.mod_revision) })),
       more: !!res.more,
       revision: num(res.header?.revision),
@@ -151,11 +151,11 @@ export class EtcdStore implements FleetStore {
       h.failed(why);
     };
     const w = await this.client.watch().inRange({ start: Buffer.from(start, 'latin1'), end: Buffer.from(end, 'latin1') }).startRevision(String(fromRevision)).create();
-    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+     
     w.on('data', (res: any) => {
       if (dead) return;
       if (res.canceled || res.compact_revision > 0) return fail(`watch cancelled${num(res.compact_revision) ? ` (compacted at revision ${res.compact_revision})` : ''}${res.cancel_reason ? `: ${res.cancel_reason}` : ''}`);
-      // eslint-disable-next-line @typescript-eslint/no-explicit-any
+       
       const events: StoreEvent[] = (res.events ?? []).map((e: any) => ({
         type: e.type === 'Delete' || e.type === 1 ? 'delete' : 'put',
         key: e.kv.key.toString('latin1'),
