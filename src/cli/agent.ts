@@ -20,6 +20,7 @@ interface AgentFlags extends EtcdFlags {
   checkMs: string;
   syncMs: string;
   pageSize: string;
+  backoffMaxMs: string;
   quiet?: boolean;
   keepConntrack?: boolean;
 }
@@ -40,6 +41,7 @@ export function registerAgent(program: Command, io: Out): void {
     .option('--lease-ttl <s>', 'TTL of the host status key, seconds', '10')
     .option('--check-ms <ms>', 'linearizable read every this long: a silent watch is not trusted', '2000')
     .option('--sync-ms <ms>', 'drift check and repair every this long, without re-listing (0: off)', '10000')
+    .option('--backoff-max-ms <ms>', 'cap of the jittered backoff after a store failure', '10000')
     .option('--page-size <n>', 'keys per page when listing', '1000')
     .option('--keep-conntrack', 'keep conntrack entries of flows to destinations a change removes')
     .option('-q, --quiet', 'print no log lines')
@@ -62,6 +64,7 @@ export function registerAgent(program: Command, io: Out): void {
         checkMs: whole(o.checkMs, 'check-ms', 10),
         syncMs: whole(o.syncMs, 'sync-ms', 0),
         pageSize: whole(o.pageSize, 'page-size', 1),
+        backoffMaxMs: whole(o.backoffMaxMs, 'backoff-max-ms', 1),
         keepConntrack: !!o.keepConntrack,
         log: o.quiet ? () => {} : (l) => io.err(`iptlb: ${l}`),
       });

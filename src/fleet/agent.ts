@@ -46,6 +46,8 @@ export interface AgentOptions {
   checkMs?: number;
   /** Drift check (and repair by `sync`) every this many ms, without re-listing; 0: off. Default 10000. */
   syncMs?: number;
+  /** A linearizable read that has not answered after this many ms fails the session. Default 6000. */
+  checkTimeoutMs?: number;
   /** Backoff after a failure: first delay and cap, ms (jittered). Defaults 200 and 10000. */
   backoffMs?: number;
   backoffMaxMs?: number;
@@ -96,7 +98,7 @@ export class Agent extends EventEmitter<AgentEvents> {
   readonly host: string;
   readonly core: Core;
   private store?: FleetStore;
-  private readonly o: Required<Pick<AgentOptions, 'minSyncMs' | 'pageSize' | 'leaseTtlSec' | 'checkMs' | 'syncMs' | 'backoffMs' | 'backoffMaxMs'>>;
+  private readonly o: Required<Pick<AgentOptions, 'minSyncMs' | 'pageSize' | 'leaseTtlSec' | 'checkMs' | 'checkTimeoutMs' | 'syncMs' | 'backoffMs' | 'backoffMaxMs'>>;
   private readonly log: (line: string) => void;
   /** The store's profiles as this agent knows them: name → parsed value, and the revision it is complete up to. */
   private mirror = new Map<string, Parsed & { modRevision: number }>();
@@ -138,6 +140,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       leaseTtlSec: int(opts.leaseTtlSec ?? 10, 'leaseTtlSec', 2),
       checkMs: int(opts.checkMs ?? 2000, 'checkMs', 10),
       syncMs: int(opts.syncMs ?? 10000, 'syncMs', 0),
+      checkTimeoutMs: int(opts.checkTimeoutMs ?? ('endpoints' in opts.etcd ? (opts.etcd.callTimeoutMs ?? 5000) + 1000 : 6000), 'checkTimeoutMs', 10),
       backoffMs: int(opts.backoffMs ?? 200, 'backoffMs', 1),
       backoffMaxMs: int(opts.backoffMaxMs ?? 10000, 'backoffMaxMs', 1),
     };
@@ -251,6 +254,8 @@ export class Agent extends EventEmitter<AgentEvents> {
         this.sessionFailed = (why) => reject(new Error(why));
         this.stopHook = () => resolve();
         if (this.stopped) return resolve();
+        // Checked from now on: a watch that is never created is as silent as one that stalls.
+        this.checkTimer = setInterval(() => void this.check(session), this.o.checkMs);
         store
           .watch(start, end, revision + 1, {
             events: (events, rev) => {
@@ -266,7 +271,6 @@ export class Agent extends EventEmitter<AgentEvents> {
             if (session !== this.session || this.stopped) return void w.cancel();
             this.error = undefined;
             this.setWatch('watching');
-            this.checkTimer = setInterval(() => void this.check(session), this.o.checkMs);
           }, reject);
       });
     } finally {
@@ -284,11 +288,17 @@ export class Agent extends EventEmitter<AgentEvents> {
   private async check(session: number): Promise<void> {
     if (this.checking) return;
     this.checking = true;
+    let timer: NodeJS.Timeout | undefined;
     try {
-      await this.store!.revision();
+      // Bounded here too, not only by the client's call deadline.
+      await Promise.race([
+        this.store!.revision(),
+        new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${this.o.checkTimeoutMs} ms`)), this.o.checkTimeoutMs))),
+      ]);
     } catch (e) {
       if (session === this.session) this.sessionFailed?.(`linearizable read failed: ${(e as Error).message}`);
     } finally {
+      clearTimeout(timer);
       this.checking = false;
     }
   }

@@ -96,7 +96,7 @@ export class EtcdStore implements FleetStore {
   private leaseTtl = 0;
 
    
-  private constructor(private readonly client: any) {}
+  private constructor(private readonly client: any, private readonly timeout: number) {}
 
   static async connect(o: EtcdOptions): Promise<EtcdStore> {
     const { Etcd3 } = await import('etcd3');
@@ -124,7 +124,7 @@ export class EtcdStore implements FleetStore {
       // A bigger receive limit than grpc-js's 4 MiB is not needed: lists go in pages.
       defaultCallOptions: (ctx: { isStream: boolean }) => (ctx.isStream ? {} : { deadline: Date.now() + timeout }),
     });
-    return new EtcdStore(client);
+    return new EtcdStore(client, timeout);
   }
 
   async range(start: string, end: string, opts: { limit: number; revision?: number }): Promise<{ kvs: StoreKV[]; more: boolean; revision: number }> {
@@ -150,7 +150,19 @@ export class EtcdStore implements FleetStore {
       void w.cancel().catch(() => {});
       h.failed(why);
     };
-    const w = await this.client.watch().inRange({ start: Buffer.from(start, 'latin1'), end: Buffer.from(end, 'latin1') }).startRevision(String(fromRevision)).create();
+    // create() resolves once etcd confirms the watch: bounded like a call, so that a stalled member is noticed.
+    const creating = this.client.watch().inRange({ start: Buffer.from(start, 'latin1'), end: Buffer.from(end, 'latin1') }).startRevision(String(fromRevision)).create();
+    let timer: NodeJS.Timeout | undefined;
+    const w = await Promise.race([
+      creating,
+      new Promise((_, reject) => {
+        timer = setTimeout(() => {
+          // eslint-disable-next-line @typescript-eslint/no-explicit-any
+          void creating.then((x: any) => x.cancel()).catch(() => {});
+          reject(new Error(`watch not created within ${this.timeout} ms`));
+        }, this.timeout);
+      }),
+    ]).finally(() => clearTimeout(timer));
      
     w.on('data', (res: any) => {
       if (dead) return;
