@@ -31,8 +31,8 @@ const flag = (name: string): string | undefined => {
 const JSON_OUT = args.includes('--json');
 const SIZES = (flag('--sizes') ?? '0,1000,10000').split(',').map(Number);
 const RUNS = Number(flag('--runs') ?? 31);
-const scenarios = args.filter((a) => ['apply', 'churn', 'cli', 'nft'].includes(a));
-const wanted = (s: string): boolean => scenarios.length === 0 || scenarios.includes(s);
+const scenarios = args.filter((a) => ['apply', 'churn', 'cli', 'nft', 'fleet'].includes(a));
+const wanted = (s: string): boolean => (scenarios.length === 0 && s !== 'fleet') || scenarios.includes(s); // fleet (needs etcd): only when named
 
 if (!process.env.IPTLB_BENCH_IN_NETNS) {
   const r = spawnSync('unshare', ['-n', '--', process.execPath, ...process.execArgv, fileURLToPath(import.meta.url), ...args], {
@@ -417,4 +417,5 @@ if (wanted('apply')) await benchApply();
 if (wanted('nft')) await benchNft();
 if (wanted('churn')) await benchChurn();
 if (wanted('cli')) await benchCli();
+if (wanted('fleet')) await (await import('./fleet.js')).benchFleet(log, results);
 if (JSON_OUT) process.stdout.write(JSON.stringify(results, null, 2) + '\n');
