@@ -337,3 +337,35 @@ describe('fleet: operators side against the fake store', () => {
     await a.stop();
   });
 });
+
+describe('fleet: CLI bad input (no etcd needed: refused before any call)', () => {
+  const run = async (...argv: string[]): Promise<{ code: number; err: string }> => {
+    const { main } = await import('../../src/cli.js');
+    let err = '';
+    const code = await main(argv, { out: () => {}, err: (s) => (err += s + '\n') });
+    return { code, err };
+  };
+  test('agent without endpoints, bad numbers, bad prefix; fleet apply of an invalid profile; fleet status --revision', async () => {
+    const saved = process.env.IPTLB_ETCD_ENDPOINTS;
+    delete process.env.IPTLB_ETCD_ENDPOINTS;
+    try {
+      let r = await run('agent');
+      assert.equal(r.code, 2);
+      assert.match(r.err, /^iptlb: error: etcd: no etcd endpoint given/m);
+      r = await run('agent', '--etcd', 'unix:///nonexistent/e:1', '--min-sync-ms', '-5');
+      assert.equal(r.code, 2);
+      assert.match(r.err, /min-sync-ms/);
+      r = await run('agent', '--etcd', 'unix:///nonexistent/e:1', '--prefix', 'nope');
+      assert.equal(r.code, 2);
+      assert.match(r.err, /prefix:/);
+      r = await run('fleet', 'apply', '--etcd', 'unix:///nonexistent/e:1', '--profile', 'a', '--src-addr', 'nonsense', '--dest-addr', '127.0.0.1:1');
+      assert.equal(r.code, 2);
+      assert.match(r.err, /^iptlb: error: source:/m);
+      r = await run('fleet', 'status', '--etcd', 'unix:///nonexistent/e:1', '--revision', 'x');
+      assert.equal(r.code, 2);
+      assert.match(r.err, /revision:/);
+    } finally {
+      if (saved !== undefined) process.env.IPTLB_ETCD_ENDPOINTS = saved;
+    }
+  });
+});
