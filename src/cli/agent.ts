@@ -3,7 +3,7 @@ import { Option, type Command } from 'commander';
 import { IptlbError } from '../errors.js';
 import { parseEngineChoice } from '../engine.js';
 import { parseExecutorChoice } from '../executors/index.js';
-import { addEtcdFlags, etcdOptions, type EtcdFlags } from './etcd-flags.js';
+import { addEtcdFlags, etcdOptions, ownOptions, type EtcdFlags } from './etcd-flags.js';
 import { DEFAULT_AGENT_STATE_FILE } from '../fleet/agent.js';
 
 interface Out {
@@ -45,11 +45,8 @@ export function registerAgent(program: Command, io: Out): void {
     .option('--page-size <n>', 'keys per page when listing', '1000')
     .option('--keep-conntrack', 'keep conntrack entries of flows to destinations a change removes')
     .option('-q, --quiet', 'print no log lines')
-    .action(async (own: AgentFlags, cmd: Command) => {
-      // Flags the program knows too (commander may give them to it wherever they stand).
-      const parent = (cmd.parent?.opts() ?? {}) as Record<string, unknown>;
-      const o = { ...own } as AgentFlags & Record<string, unknown>;
-      for (const k of ['stateFile', 'engine', 'executor', 'quiet', 'keepConntrack']) if (o[k] === undefined && parent[k] !== undefined) o[k] = parent[k];
+    .action(async (_o: unknown, cmd: Command) => {
+      const o = ownOptions<AgentFlags>(cmd);
       const { etcd, prefix } = etcdOptions(o);
       const { runAgent } = await import('../fleet/agent.js');
       const agent = await runAgent({

@@ -47,3 +47,21 @@ export function etcdOptions(o: EtcdFlags): { etcd: EtcdOptions; prefix: string }
     prefix: validatePrefix(pick(o.prefix, 'IPTLB_ETCD_PREFIX') ?? DEFAULT_PREFIX),
   };
 }
+
+/**
+ * A subcommand's options with the flags the program knows too filled in: commander gives such a flag
+ * (`--profile`, `--json`, `--state-file`, …) to the program wherever it stands on the command line.
+ */
+export function ownOptions<T extends object>(cmd: Command): T {
+  const merged = { ...cmd.opts() } as Record<string, unknown>;
+  let root: Command = cmd;
+  while (root.parent) root = root.parent;
+  if (root !== cmd) {
+    const rootOpts = root.opts() as Record<string, unknown>;
+    for (const opt of cmd.options) {
+      const k = opt.attributeName();
+      if (root.getOptionValueSource(k) === 'cli' && cmd.getOptionValueSource(k) !== 'cli') merged[k] = rootOpts[k];
+    }
+  }
+  return merged as T;
+}

@@ -5,7 +5,7 @@ import { IptlbError } from '../errors.js';
 import { show, weightOf } from '../profile.js';
 import { parseState } from '../state.js';
 import type { Profile, ProfileInput } from '../types.js';
-import { addEtcdFlags, etcdOptions, type EtcdFlags } from './etcd-flags.js';
+import { addEtcdFlags, etcdOptions, ownOptions, type EtcdFlags } from './etcd-flags.js';
 import type { FleetStore } from '../fleet/store.js';
 
 interface Out {
@@ -41,7 +41,8 @@ export function registerFleet(program: Command, io: Out, h: FleetHelpers): void 
   h.addProfileFlags(addEtcdFlags(fleet.command('apply').description('validate a profile (or every profile of --file) as `iptlb apply` does and write it to etcd, in one transaction')))
     .option('--file <path>', 'every profile of a YAML file in the state file format (at most 128)')
     .option('--json', 'print the result as JSON')
-    .action(async (o: EtcdFlags & { file?: string; json?: boolean; srcAddr?: string; destAddr?: string }) => {
+    .action(async (_o: unknown, cmd: Command) => {
+      const o = ownOptions<EtcdFlags & { file?: string; json?: boolean; srcAddr?: string; destAddr?: string }>(cmd);
       let inputs: ProfileInput[];
       if (o.file !== undefined) {
         if (o.srcAddr !== undefined || o.destAddr !== undefined) throw new IptlbError('EUSAGE', 'fleet apply: --file cannot be combined with -src-addr/-dest-addr');
@@ -61,7 +62,8 @@ export function registerFleet(program: Command, io: Out, h: FleetHelpers): void 
 
   addEtcdFlags(fleet.command('delete').description('delete profiles from etcd by name, in one transaction').argument('<names...>'))
     .option('--json', 'print the result as JSON')
-    .action(async (names: string[], o: EtcdFlags & { json?: boolean }) => {
+    .action(async (names: string[], _o: unknown, cmd: Command) => {
+      const o = ownOptions<EtcdFlags & { json?: boolean }>(cmd);
       const { fleetDelete } = await import('../fleet/fleet.js');
       const r = await withStore(o, (s, prefix) => fleetDelete(s, prefix, names));
       if (o.json) io.out(JSON.stringify(r));
@@ -70,7 +72,8 @@ export function registerFleet(program: Command, io: Out, h: FleetHelpers): void 
 
   addEtcdFlags(fleet.command('list').description('list the profiles kept in etcd (invalid ones with their error)'))
     .option('--json', 'print the result as JSON')
-    .action(async (o: EtcdFlags & { json?: boolean }) => {
+    .action(async (_o: unknown, cmd: Command) => {
+      const o = ownOptions<EtcdFlags & { json?: boolean }>(cmd);
       const { fleetList } = await import('../fleet/fleet.js');
       const r = await withStore(o, (s, prefix) => fleetList(s, prefix));
       if (o.json) {
@@ -86,7 +89,8 @@ export function registerFleet(program: Command, io: Out, h: FleetHelpers): void 
     .option('--revision <n>', 'the revision that must have converged (default: the newest stored profile\'s; after a delete, give the revision `fleet delete` printed)')
     .option('--expect <hosts>', 'comma-separated hosts that must be there (a missing host key is "unknown", never "no rules")')
     .option('--json', 'print the result as JSON')
-    .action(async (o: EtcdFlags & { revision?: string; expect?: string; json?: boolean }) => {
+    .action(async (_o: unknown, cmd: Command) => {
+      const o = ownOptions<EtcdFlags & { revision?: string; expect?: string; json?: boolean }>(cmd);
       let revision: number | undefined;
       if (o.revision !== undefined) {
         revision = Number(o.revision);

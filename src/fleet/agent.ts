@@ -292,7 +292,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     try {
       // Bounded here too, not only by the client's call deadline.
       await Promise.race([
-        this.store!.revision(),
+        this.store!.revision(this.profilesPrefix),
         new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${this.o.checkTimeoutMs} ms`)), this.o.checkTimeoutMs))),
       ]);
     } catch (e) {

@@ -34,8 +34,8 @@ export interface FleetStore {
   range(start: string, end: string, opts: { limit: number; revision?: number }): Promise<{ kvs: StoreKV[]; more: boolean; revision: number }>;
   /** Watches [start, end) from `fromRevision`. */
   watch(start: string, end: string, fromRevision: number, handlers: WatchHandlers): Promise<WatchHandle>;
-  /** The current revision, by a linearizable read (fails or times out without quorum). */
-  revision(): Promise<number>;
+  /** The current revision, by a linearizable read of keys under `within` (count only; fails or times out without quorum). */
+  revision(within?: string): Promise<number>;
   /** Puts `key` under this client's lease of `ttlSec` seconds (granted on first use, granted again after it is lost). */
   putLeased(key: string, value: string, ttlSec: number): Promise<void>;
   /** One transaction (at most 128 operations); returns its revision. */
@@ -187,8 +187,8 @@ export class EtcdStore implements FleetStore {
     };
   }
 
-  async revision(): Promise<number> {
-    const res = await this.client.kv.range({ key: Buffer.from('\0'), limit: 1, count_only: true });
+  async revision(within = '/'): Promise<number> {
+    const res = await this.client.kv.range({ key: Buffer.from(within, 'latin1'), range_end: Buffer.from(prefixEnd(within), 'latin1'), count_only: true });
     return num(res.header?.revision);
   }
 

@@ -361,6 +361,10 @@ describe('fleet: CLI bad input (no etcd needed: refused before any call)', () =>
       r = await run('fleet', 'apply', '--etcd', 'unix:///nonexistent/e:1', '--profile', 'a', '--src-addr', 'nonsense', '--dest-addr', '127.0.0.1:1');
       assert.equal(r.code, 2);
       assert.match(r.err, /^iptlb: error: source:/m);
+      assert.doesNotMatch(r.err, /is required/, 'the profile flags reached fleet apply');
+      r = await run('fleet', 'list', '--etcd', 'unix:///nonexistent/e:1', '--prefix', 'bad');
+      assert.equal(r.code, 2);
+      assert.match(r.err, /prefix:/);
       r = await run('fleet', 'status', '--etcd', 'unix:///nonexistent/e:1', '--revision', 'x');
       assert.equal(r.code, 2);
       assert.match(r.err, /revision:/);
