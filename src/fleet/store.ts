@@ -182,7 +182,10 @@ export class EtcdStore implements FleetStore {
     return {
       cancel: async () => {
         dead = true;
-        await w.cancel().catch(() => {});
+        // etcd3 waits for the member to confirm the cancel: a stalled member never does.
+        let t: NodeJS.Timeout | undefined;
+        await Promise.race([w.cancel().catch(() => {}), new Promise((r) => (t = setTimeout(r, this.timeout)))]);
+        clearTimeout(t);
       },
     };
   }

@@ -222,7 +222,7 @@ test('fleet (nft/native): invalid profile isolated; SIGKILL + restart with zero 
   }
 });
 
-test('fleet (nft/native, 3 members): partition (member killed) + compaction + heal; quorum lost and regained (two members killed, restarted), rules kept throughout', { skip: SKIP || nftNative.skip, timeout: 150_000 }, async () => {
+test('fleet (nft/native, 3 members): partition (member killed) + compaction + heal; a stalled member (SIGSTOP); quorum lost and regained (two members killed, restarted), rules kept throughout', { skip: SKIP || nftNative.skip, timeout: 150_000 }, async () => {
   const c = await Cluster.start(['m1', 'm2', 'm3']);
   const s2 = await c.client('m2');
   const s1 = await c.client('m1');
@@ -253,11 +253,26 @@ test('fleet (nft/native, 3 members): partition (member killed) + compaction + he
       await balanced(t, 'h1', '127.100.0.11');
       await gone(t, 'h1', '127.100.0.10');
 
+      // A stalled member (SIGSTOP): h1's watch and calls hang without an error; the check notices.
+      let mark = a1.stderr().length;
+      c.procs.get('m1')!.kill('SIGSTOP');
+      try {
+        await waitFor('h1 notices the stalled member', async () => /linearizable read failed|store: /.test(a1.stderr().slice(mark)), 20_000);
+        await balanced(t, 'h1', '127.100.0.11'); // rules kept
+      } finally {
+        c.procs.get('m1')!.kill('SIGCONT');
+      }
+      const r35 = await waitFor('p35 written', async () => (await fleetApply(s2, P, [prof('p35', '127.100.0.13')])).revision);
+      await waitApplied(s2, 'h1', r35, 30_000).catch((e: Error) => {
+        throw new Error(`${e.message}\nh1 agent:\n${a1.stderr().slice(-3000)}`);
+      });
+      await balanced(t, 'h1', '127.100.0.13');
+      mark = a1.stderr().length;
+
       // Quorum lost: h1's member is alive but alone; its watch stays silent.
-      const logged = a1.stderr().length;
       await c.kill('m2');
       await c.kill('m3');
-      await waitFor('h1 notices the quorum loss', async () => /linearizable read failed|store: /.test(a1.stderr().slice(logged)), 20_000);
+      await waitFor('h1 notices the quorum loss', async () => /linearizable read failed|store: /.test(a1.stderr().slice(mark)), 20_000);
       await balanced(t, 'h1', '127.100.0.11'); // rules kept
       c.run('m2');
       c.run('m3');
