@@ -103,6 +103,8 @@ export class Agent extends EventEmitter<AgentEvents> {
   /** The store's profiles as this agent knows them: name → parsed value, and the revision it is complete up to. */
   private mirror = new Map<string, Parsed & { modRevision: number }>();
   private mirrorRevision = 0;
+  /** The newest event folded into the mirror (the listed revision at first). */
+  private eventRevision = 0;
   private applyRevision = 0;
   private refused: Refusal[] = [];
   private watchState: HostStatus['watch'] = 'listing';
@@ -244,6 +246,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     if (this.stopped || session !== this.session) return;
     this.mirror = listed;
     this.mirrorRevision = revision;
+    this.eventRevision = revision;
     this.log(`agent: listed ${listed.size} profile(s) at revision ${revision} in ${pages} page(s) (${(performance.now() - t0).toFixed(1)} ms)`);
     // The whole listed set as one change, now (not rate-limited).
     await this.commitNow(); // a kernel refusal is retried by commitNow itself; the store part went fine
@@ -313,12 +316,18 @@ export class Agent extends EventEmitter<AgentEvents> {
   private fold(events: StoreEvent[], revision: number): void {
     const start = this.profilesPrefix;
     for (const e of events) {
-      if (e.modRevision <= this.mirrorRevision) continue; // already in the listed set
+      // Already in the listed set, or already seen. (Not compared with a response's header revision:
+      // a watcher catching up sends older events under a newer header.)
+      if (e.modRevision <= this.eventRevision) continue;
+      this.eventRevision = e.modRevision;
       const name = e.key.slice(start.length);
       if (e.type === 'delete') this.mirror.delete(name);
       else this.mirror.set(name, { ...parseStored(name, e.value ?? ''), modRevision: e.modRevision });
     }
-    if (revision > this.mirrorRevision) this.mirrorRevision = revision;
+    // The mirror is complete up to the newest event; a response without events (a progress
+    // notification) says it is complete up to its revision.
+    const complete = events.length ? this.eventRevision : revision;
+    if (complete > this.mirrorRevision) this.mirrorRevision = complete;
     if (events.length) this.schedule();
     else if (!this.committing && !this.commitTimer && !this.dirty && this.applyRevision < this.mirrorRevision) {
       // A progress notification: nothing changed up to `revision`.

@@ -249,6 +249,32 @@ describe('fleet: agent against a fake store and the fake nft kernel', () => {
     await a.stop();
   });
 
+  test('a watcher catching up sends older events under a newer header revision: none is skipped', async () => {
+    const store = new FakeStore();
+    const kernel = new FakeNftKernel();
+    let handlers: import('../../src/fleet/store.js').WatchHandlers | undefined;
+    const watch = store.watch.bind(store);
+    store.watch = async (s, e, from, h) => {
+      handlers = h;
+      return watch(s, e, from, { events: () => {}, failed: h.failed });
+    };
+    const a = makeAgent(store, kernel, stateFile());
+    putProf(store, 'a', 1);
+    await a.start();
+    await a.ready;
+    await until(() => handlers !== undefined, 'watch created');
+    const L = store.rev;
+    const ev = (name: string, port: number, rev: number) => ({ type: 'put' as const, key: profileKey(P, name), value: JSON.stringify(prof(name, port)), modRevision: rev });
+    handlers!.events([ev('x', 2, L + 1)], L + 5);
+    handlers!.events([ev('y', 3, L + 3)], L + 5);
+    handlers!.events([ev('x', 2, L + 1)], L + 5); // a duplicate is ignored
+    await until(async () => (await inKernel(a)).join() === 'a,x,y', 'x and y applied');
+    await until(() => a.status().revision === L + 3, 'the applied revision is the newest event, not the header');
+    handlers!.events([], L + 5); // a progress notification
+    await until(() => a.status().revision === L + 5, 'progress notification advances the applied revision');
+    await a.stop();
+  });
+
   test('host key: a failed lease grant is retried with backoff', async () => {
     const store = new FakeStore();
     store.leaseFails = 3;
