@@ -157,7 +157,6 @@ export class EtcdStore implements FleetStore {
       creating,
       new Promise((_, reject) => {
         timer = setTimeout(() => {
-          // eslint-disable-next-line @typescript-eslint/no-explicit-any
           void creating.then((x: any) => x.cancel()).catch(() => {});
           reject(new Error(`watch not created within ${this.timeout} ms`));
         }, this.timeout);
