@@ -33,8 +33,8 @@ const flag = (name: string): string | undefined => {
 const JSON_OUT = args.includes('--json');
 const SIZES = (flag('--sizes') ?? '0,1000,10000').split(',').map(Number);
 const RUNS = Number(flag('--runs') ?? 31);
-const scenarios = args.filter((a) => ['apply', 'churn', 'cli', 'nft', 'health', 'dataplane', 'lockwait', 'rss'].includes(a));
-const wanted = (s: string): boolean => scenarios.length === 0 || scenarios.includes(s);
+const scenarios = args.filter((a) => ['apply', 'churn', 'cli', 'nft', 'health', 'dataplane', 'lockwait', 'rss', 'fleet'].includes(a));
+const wanted = (s: string): boolean => (scenarios.length === 0 && s !== 'fleet') || scenarios.includes(s); // fleet (needs etcd): only when named
 
 if (!process.env.IPTLB_BENCH_IN_NETNS) {
   const r = spawnSync('unshare', ['-n', '--', process.execPath, ...process.execArgv, fileURLToPath(import.meta.url), ...args], {
@@ -422,4 +422,5 @@ if (wanted('health')) results.health = await benchHealth(log);
 if (wanted('lockwait')) results.legacyLockWait = await benchLockWait({ log, runs: Math.min(RUNS, Number(flag('--runs') ?? 5)), profile: (i) => profile(i), open: open as never });
 if (wanted('rss')) results.rss = await benchRss({ log, runs: Math.min(RUNS, Number(flag('--runs') ?? 5)), profile: (i) => profile(i), flush: flushNat });
 if (wanted('dataplane')) results.legacyDataplane = await benchDataplane({ log, runs: Math.min(RUNS, Number(flag('--runs') ?? 5)), profile: (i) => profile(i) });
+if (wanted('fleet')) await (await import('./fleet.js')).benchFleet(log, results);
 if (JSON_OUT) process.stdout.write(JSON.stringify(results, null, 2) + '\n');

@@ -42,7 +42,7 @@ await build({
   // import('yaml') becomes a require(): the bundle is run through vm.Script (see bin/load-bundle.cjs),
   // where a dynamic import() would need a loader callback.
   supported: { 'dynamic-import': false },
-  external: ['yaml'],
+  external: ['yaml', 'etcd3', 'cockatiel'],
   define: { __IPTLB_BUNDLE_FILE__: '__filename', 'import.meta.url': '__IPTLB_IMPORT_META_URL__' },
   banner: { js: 'const __IPTLB_IMPORT_META_URL__ = require("node:url").pathToFileURL(__filename).href;' },
   logLevel: 'warning',

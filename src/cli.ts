@@ -16,6 +16,8 @@ import { packageVersion } from './paths.js';
 import { healthFileOf } from './health/effective.js';
 import { HEALTH_FLAGS, addHealthFlags, healthInput, type HealthOpts } from './cli/health.js';
 import { registerExtras } from './cli/extras.js';
+import { registerAgent } from './cli/agent.js';
+import { registerFleet } from './cli/fleet.js';
 
 type Out = { out: (s: string) => void; err: (s: string) => void };
 
@@ -496,6 +498,8 @@ Exit status: 0 done, 1 refused (conflict, kernel, state, lock), 2 bad input or u
       const r = await makeCore(g, io).migrate(to);
       if (g.json) io.out(JSON.stringify({ to, ...r }));
     });
+  registerAgent(program, io);
+  registerFleet(program, io, { addProfileFlags, profileInput, exit: (code) => { throw new ExitCode(code); } });
   addGlobal(program.command('doctor').description('say which engine and executor would be used and why, what is missing and how to fix it')).action(
     async (o: GlobalOpts, cmd: Command) => {
       const code = await doctor(withGlobals(o, cmd), io);

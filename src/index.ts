@@ -74,6 +74,9 @@ export { validateProfile, chainName } from './profile.js';
 export { planTransaction, planProfile } from './plan.js';
 export { renderRestore, renderRule } from './restore.js';
 export { serializeState, parseState } from './state.js';
+export { runAgent, Agent, type AgentOptions, type HostStatus } from './fleet/agent.js';
+export { EtcdStore, type FleetStore, type EtcdOptions, type StoreKV, type StoreEvent, type StoreOp, type WatchHandle, type WatchHandlers } from './fleet/store.js';
+export { fleetApply, fleetDelete, fleetList, fleetStatus } from './fleet/fleet.js';
 
 /**
  * A handle on one state file and one executor. Calls made while a commit is in flight are coalesced

@@ -1,0 +1,67 @@
+/** The etcd flags shared by `iptlb agent` and `iptlb fleet` (with their environment variables). */
+import { Option, type Command } from 'commander';
+import { IptlbError } from '../errors.js';
+import { parseEndpoints, type EtcdOptions } from '../fleet/store.js';
+import { DEFAULT_PREFIX, validatePrefix } from '../fleet/reconcile.js';
+
+export interface EtcdFlags {
+  etcd?: string;
+  etcdCa?: string;
+  etcdCert?: string;
+  etcdKey?: string;
+  etcdUser?: string;
+  prefix?: string;
+  etcdTimeoutMs?: string;
+}
+
+export function addEtcdFlags(cmd: Command): Command {
+  return cmd
+    .addOption(new Option('--etcd <urls>', 'etcd endpoints, comma-separated: http(s)://host:port or unix:///path (env IPTLB_ETCD_ENDPOINTS)'))
+    .addOption(new Option('--etcd-ca <file>', 'CA certificate (PEM) to verify etcd over TLS (env IPTLB_ETCD_CA)'))
+    .addOption(new Option('--etcd-cert <file>', 'client certificate (PEM) for etcd (env IPTLB_ETCD_CERT)'))
+    .addOption(new Option('--etcd-key <file>', 'key of the client certificate (env IPTLB_ETCD_KEY)'))
+    .addOption(new Option('--etcd-user <name>', 'etcd user; the password comes from env IPTLB_ETCD_PASSWORD (env IPTLB_ETCD_USER)'))
+    .addOption(new Option('--etcd-timeout-ms <ms>', 'deadline of each etcd call (a linearizable read blocks while quorum is lost)').default('5000'))
+    .addOption(new Option('--prefix <prefix>', `key prefix (env IPTLB_ETCD_PREFIX; default ${DEFAULT_PREFIX})`));
+}
+
+export function etcdOptions(o: EtcdFlags): { etcd: EtcdOptions; prefix: string } {
+  const env = process.env;
+  const endpoints = parseEndpoints(o.etcd ?? env.IPTLB_ETCD_ENDPOINTS);
+  const pick = (flag: string | undefined, name: string): string | undefined => flag ?? (env[name] || undefined);
+  const ca = pick(o.etcdCa, 'IPTLB_ETCD_CA');
+  const cert = pick(o.etcdCert, 'IPTLB_ETCD_CERT');
+  const key = pick(o.etcdKey, 'IPTLB_ETCD_KEY');
+  const user = pick(o.etcdUser, 'IPTLB_ETCD_USER');
+  const timeout = Number(o.etcdTimeoutMs ?? '5000');
+  if (!/^\d+$/.test(o.etcdTimeoutMs ?? '5000') || timeout < 10) throw new IptlbError('EUSAGE', `etcd-timeout-ms: ${JSON.stringify(o.etcdTimeoutMs)} must be a whole number of ms, at least 10`, { field: 'etcd-timeout-ms' });
+  return {
+    etcd: {
+      endpoints,
+      callTimeoutMs: timeout,
+      ...(ca ? { caFile: ca } : {}),
+      ...(cert ? { certFile: cert } : {}),
+      ...(key ? { keyFile: key } : {}),
+      ...(user ? { user, password: env.IPTLB_ETCD_PASSWORD ?? '' } : {}),
+    },
+    prefix: validatePrefix(pick(o.prefix, 'IPTLB_ETCD_PREFIX') ?? DEFAULT_PREFIX),
+  };
+}
+
+/**
+ * A subcommand's options with the flags the program knows too filled in: commander gives such a flag
+ * (`--profile`, `--json`, `--state-file`, …) to the program wherever it stands on the command line.
+ */
+export function ownOptions<T extends object>(cmd: Command): T {
+  const merged = { ...cmd.opts() } as Record<string, unknown>;
+  let root: Command = cmd;
+  while (root.parent) root = root.parent;
+  if (root !== cmd) {
+    const rootOpts = root.opts() as Record<string, unknown>;
+    for (const opt of cmd.options) {
+      const k = opt.attributeName();
+      if (root.getOptionValueSource(k) === 'cli' && cmd.getOptionValueSource(k) !== 'cli') merged[k] = rootOpts[k];
+    }
+  }
+  return merged as T;
+}

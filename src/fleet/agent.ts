@@ -1,0 +1,499 @@
+/**
+ * `iptlb agent`: this host's rules follow the profiles kept in etcd.
+ *
+ * A session lists `<prefix>profiles/` at one revision, in pages, commits the whole listed set as one
+ * change (profiles the agent owns and the store no longer has are removed in that same change), then
+ * watches from that revision + 1. Watch responses are folded into the agent's mirror of the store and
+ * committed as one kernel transaction per batch, at most one per `minSyncMs`. When the watch dies
+ * (cancelled, compacted, disconnected) or a periodic linearizable read fails (quorum lost: a watch
+ * then stays silent), the session ends; the kernel keeps its rules and a new session starts after a
+ * capped, jittered backoff, re-lists at a fresh revision and commits the difference.
+ *
+ * Ownership: the agent's own state file (default /var/lib/iptlb/agent.db) holds the profiles it
+ * applied, so that after a restart it removes only its own orphans and `iptlb status|sync
+ * --state-file` work on it as on any state file.
+ */
+import { EventEmitter } from 'node:events';
+import { hostname } from 'node:os';
+import { Core, type OpenOptions } from '../lb.js';
+import { IptlbError } from '../errors.js';
+import type { EngineChoice, Executor, ExecutorChoice, EngineName, Profile } from '../types.js';
+import { decide, DEFAULT_PREFIX, hostKey, parseStored, validateHost, validatePrefix, type Parsed, type Refusal } from './reconcile.js';
+import { EtcdStore, prefixEnd, type EtcdOptions, type FleetStore, type StoreEvent, type WatchHandle } from './store.js';
+
+export const DEFAULT_AGENT_STATE_FILE = '/var/lib/iptlb/agent.db';
+
+export interface AgentOptions {
+  /** The store: etcd connection options, or a {@link FleetStore} (tests, embedders). */
+  etcd: EtcdOptions | FleetStore;
+  /** Key prefix. Default `/iptlb/v1/`. */
+  prefix?: string;
+  /** This host's name in `<prefix>hosts/<host>`. Default: the machine's host name. */
+  host?: string;
+  engine?: EngineChoice;
+  executor?: ExecutorChoice;
+  /** An executor to use instead of choosing one (tests). */
+  executorInstance?: Executor;
+  /** The agent's own state file (what it owns). Default /var/lib/iptlb/agent.db. */
+  stateFile?: string;
+  /** At least this many ms between two kernel commits of watch batches. Default 100. */
+  minSyncMs?: number;
+  /** Keys per page when listing. Default 1000. */
+  pageSize?: number;
+  /** TTL of the host status key's lease, s. Default 10. */
+  leaseTtlSec?: number;
+  /** Linearizable read every this many ms (a silent watch is not trusted). Default 2000. */
+  checkMs?: number;
+  /** Drift check (and repair by `sync`) every this many ms, without re-listing; 0: off. Default 10000. */
+  syncMs?: number;
+  /** A linearizable read that has not answered after this many ms fails the session. Default 6000. */
+  checkTimeoutMs?: number;
+  /** Backoff after a failure: first delay and cap, ms (jittered). Defaults 200 and 10000. */
+  backoffMs?: number;
+  backoffMaxMs?: number;
+  log?: (line: string) => void;
+  lockWaitMs?: number;
+  keepConntrack?: boolean;
+}
+
+/** What `<prefix>hosts/<host>` holds (JSON). */
+export interface HostStatus {
+  host: string;
+  /** The store revision whose profiles the kernel holds (0: nothing applied yet). */
+  revision: number;
+  engine: EngineName | null;
+  executor: 'native' | 'spawn' | null;
+  /** Profiles the agent owns (applied). */
+  profiles: number;
+  /** Profiles of the store this host refused, with the error code. */
+  refused: Refusal[];
+  /** `listing`, `watching`, `unreachable` (retrying) or `stopped`. */
+  watch: 'listing' | 'watching' | 'unreachable' | 'stopped';
+  /** The last failure (store or kernel), if the agent is retrying. */
+  error?: string;
+  /** When this status was written (ISO time). */
+  updated: string;
+}
+
+export interface AgentEvents {
+  /** After each commit of a batch (also when nothing needed to change). */
+  applied: [{ revision: number; upserted: number; removed: number; refused: Refusal[]; commitMs: number; totalMs: number }];
+  /** After each new host status. */
+  status: [HostStatus];
+}
+
+const sleep = (ms: number, signal?: { stopped: boolean; wake?: () => void }): Promise<void> =>
+  new Promise((r) => {
+    const t = setTimeout(r, ms);
+    if (signal) signal.wake = () => (clearTimeout(t), r());
+  });
+
+function int(v: unknown, field: string, min: number): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min) throw new IptlbError('EUSAGE', `${field}: ${JSON.stringify(v)} must be a whole number, at least ${min}`, { field });
+  return v;
+}
+
+export class Agent extends EventEmitter<AgentEvents> {
+  readonly prefix: string;
+  readonly host: string;
+  readonly core: Core;
+  private store?: FleetStore;
+  private readonly o: Required<Pick<AgentOptions, 'minSyncMs' | 'pageSize' | 'leaseTtlSec' | 'checkMs' | 'checkTimeoutMs' | 'syncMs' | 'backoffMs' | 'backoffMaxMs'>>;
+  private readonly log: (line: string) => void;
+  /** The store's profiles as this agent knows them: name → parsed value, and the revision it is complete up to. */
+  private mirror = new Map<string, Parsed & { modRevision: number }>();
+  private mirrorRevision = 0;
+  /** The newest event folded into the mirror (the listed revision at first). */
+  private eventRevision = 0;
+  private applyRevision = 0;
+  private refused: Refusal[] = [];
+  private watchState: HostStatus['watch'] = 'listing';
+  private error?: string;
+  private stopped = false;
+  private readonly sleeper: { stopped: boolean; wake?: () => void } = { stopped: false };
+  private session = 0;
+  private dirty = false;
+  private committing?: Promise<void>;
+  private lastCommitAt = -Infinity;
+  private commitTimer?: NodeJS.Timeout;
+  private checkTimer?: NodeJS.Timeout;
+  private syncTimer?: NodeJS.Timeout;
+  private statusTimer?: NodeJS.Timeout;
+  private statusAttempt = 0;
+  private sessionFailed?: (why: string) => void;
+  private loop?: Promise<void>;
+  /** Resolves when the first listed set has been committed. */
+  readonly ready: Promise<void>;
+  private readyResolve!: () => void;
+  /**
+   * Extension point (issue 16, for the lead to wire): a health checker and a metrics server attach
+   * here. `onCommit` is called after every batch commit with the owned profiles; a HealthChecker
+   * would (re)start probes for them, the metrics server reads {@link Agent.status}.
+   */
+  attachments: { onCommit?: (owned: ReadonlyMap<string, Profile>) => void; close?: () => Promise<void> } = {};
+
+  constructor(private readonly opts: AgentOptions) {
+    super();
+    this.prefix = validatePrefix(opts.prefix ?? DEFAULT_PREFIX);
+    this.host = validateHost(opts.host ?? hostname());
+    this.o = {
+      minSyncMs: int(opts.minSyncMs ?? 100, 'minSyncMs', 0),
+      pageSize: int(opts.pageSize ?? 1000, 'pageSize', 1),
+      leaseTtlSec: int(opts.leaseTtlSec ?? 10, 'leaseTtlSec', 2),
+      checkMs: int(opts.checkMs ?? 2000, 'checkMs', 10),
+      syncMs: int(opts.syncMs ?? 10000, 'syncMs', 0),
+      checkTimeoutMs: int(opts.checkTimeoutMs ?? ('endpoints' in opts.etcd ? (opts.etcd.callTimeoutMs ?? 5000) + 1000 : 6000), 'checkTimeoutMs', 10),
+      backoffMs: int(opts.backoffMs ?? 200, 'backoffMs', 1),
+      backoffMaxMs: int(opts.backoffMaxMs ?? 10000, 'backoffMaxMs', 1),
+    };
+    this.log = opts.log ?? (() => {});
+    const coreOpts: OpenOptions = {
+      stateFile: opts.stateFile ?? DEFAULT_AGENT_STATE_FILE,
+      ...(opts.engine ? { engine: opts.engine } : {}),
+      ...(opts.executor ? { executor: opts.executor } : {}),
+      ...(opts.lockWaitMs !== undefined ? { lockWaitMs: opts.lockWaitMs } : {}),
+      ...(opts.keepConntrack !== undefined ? { keepConntrack: opts.keepConntrack } : {}),
+      log: (l) => this.log(l),
+    };
+    this.core = new Core(coreOpts, opts.executorInstance);
+    this.ready = new Promise((r) => (this.readyResolve = r));
+  }
+
+  private get profilesPrefix(): string {
+    return `${this.prefix}profiles/`;
+  }
+
+  /** Chooses the engine, connects, and starts the loop (returns once started, not once synced: see {@link ready}). */
+  async start(): Promise<void> {
+    await this.core.select();
+    const e = this.opts.etcd;
+    this.store = 'range' in e ? e : await EtcdStore.connect(e);
+    const s = this.core.selection;
+    this.log(`agent ${this.host}: ${s.engine}/${s.executor.kind}, state file ${this.core.statePath}, prefix ${this.prefix}`);
+    this.loop = this.run();
+    if (this.o.syncMs > 0) {
+      this.syncTimer = setInterval(() => void this.repairDrift(), this.o.syncMs);
+    }
+  }
+
+  /** The host status as it would be written now. */
+  status(): HostStatus {
+    const sel = (() => {
+      try {
+        return this.core.selection;
+      } catch {
+        return undefined;
+      }
+    })();
+    return {
+      host: this.host,
+      revision: this.applyRevision,
+      engine: sel?.engine ?? null,
+      executor: sel?.executor.kind ?? null,
+      profiles: this.ownedCount,
+      refused: this.refused,
+      watch: this.watchState,
+      ...(this.error ? { error: this.error } : {}),
+      updated: new Date().toISOString(),
+    };
+  }
+  private ownedCount = 0;
+
+  private backoff(attempt: number): number {
+    const cap = Math.min(this.o.backoffMaxMs, this.o.backoffMs * 2 ** Math.min(attempt, 20));
+    return Math.round(cap / 2 + Math.random() * (cap / 2));
+  }
+
+  private async run(): Promise<void> {
+    let attempt = 0;
+    while (!this.stopped) {
+      const session = ++this.session;
+      try {
+        await this.runSession(session);
+        attempt = 0;
+      } catch (e) {
+        if (this.stopped) break;
+        const msg = (e as Error).message || String(e);
+        const delay = this.backoff(attempt++);
+        this.error = msg;
+        this.setWatch('unreachable');
+        this.log(`agent: store: ${msg}; kernel keeps the rules of revision ${this.applyRevision}; retrying in ${delay} ms (attempt ${attempt})`);
+        await sleep(delay, this.sleeper);
+      }
+    }
+  }
+
+  /** One session: list, commit, watch until the watch or a check fails (then throws). */
+  private async runSession(session: number): Promise<void> {
+    const store = this.store!;
+    this.setWatch('listing');
+    const t0 = performance.now();
+    // All pages at the revision of the first one.
+    const start = this.profilesPrefix;
+    const end = prefixEnd(start);
+    const listed = new Map<string, Parsed & { modRevision: number }>();
+    let revision = 0;
+    let from = start;
+    let pages = 0;
+    for (;;) {
+      const page = await store.range(from, end, { limit: this.o.pageSize, ...(revision ? { revision } : {}) });
+      if (!revision) revision = page.revision;
+      pages++;
+      for (const kv of page.kvs) listed.set(kv.key.slice(start.length), { ...this.parse(kv.key.slice(start.length), kv.value, kv.modRevision), modRevision: kv.modRevision });
+      if (!page.more || !page.kvs.length) break;
+      from = page.kvs[page.kvs.length - 1]!.key + '\0';
+    }
+    if (this.stopped || session !== this.session) return;
+    this.mirror = listed;
+    this.mirrorRevision = revision;
+    this.eventRevision = revision;
+    this.log(`agent: listed ${listed.size} profile(s) at revision ${revision} in ${pages} page(s) (${(performance.now() - t0).toFixed(1)} ms)`);
+    // The whole listed set as one change, now (not rate-limited).
+    await this.commitNow(); // a kernel refusal is retried by commitNow itself; the store part went fine
+    // Watch from revision + 1 until something fails.
+    let watch: WatchHandle | undefined;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        this.sessionFailed = (why) => reject(new Error(why));
+        this.stopHook = () => resolve();
+        if (this.stopped) return resolve();
+        // Checked from now on: a watch that is never created is as silent as one that stalls.
+        this.checkTimer = setInterval(() => void this.check(session), this.o.checkMs);
+        store
+          .watch(start, end, revision + 1, {
+            events: (events, rev) => {
+              if (session !== this.session) return;
+              this.fold(events, rev);
+            },
+            failed: (why) => {
+              if (session === this.session) this.sessionFailed?.(why);
+            },
+          })
+          .then((w) => {
+            watch = w;
+            if (session !== this.session || this.stopped) return void w.cancel();
+            this.error = undefined;
+            this.setWatch('watching');
+          }, reject);
+      });
+    } finally {
+      if (this.checkTimer) clearInterval(this.checkTimer);
+      this.checkTimer = undefined;
+      this.sessionFailed = undefined;
+      this.session++; // events of this session's watch are ignored from now on
+      await watch?.cancel();
+    }
+  }
+  private stopHook?: () => void;
+
+  /** A silent watch is not trusted: a linearizable read must answer (it fails or times out without quorum). */
+  private checking = false;
+  private async check(session: number): Promise<void> {
+    if (this.checking) return;
+    this.checking = true;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      // Bounded here too, not only by the client's call deadline.
+      await Promise.race([
+        this.store!.revision(this.profilesPrefix),
+        new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${this.o.checkTimeoutMs} ms`)), this.o.checkTimeoutMs))),
+      ]);
+    } catch (e) {
+      if (session === this.session) this.sessionFailed?.(`linearizable read failed: ${(e as Error).message}`);
+    } finally {
+      clearTimeout(timer);
+      this.checking = false;
+    }
+  }
+
+  private parse(name: string, value: string, modRevision: number): Parsed {
+    const cached = this.mirror.get(name);
+    if (cached && cached.modRevision === modRevision) return cached;
+    return parseStored(name, value);
+  }
+
+  /** Folds one watch response into the mirror and schedules a commit. */
+  private fold(events: StoreEvent[], revision: number): void {
+    const start = this.profilesPrefix;
+    for (const e of events) {
+      // Already in the listed set, or already seen. (Not compared with a response's header revision:
+      // a watcher catching up sends older events under a newer header.)
+      if (e.modRevision <= this.eventRevision) continue;
+      this.eventRevision = e.modRevision;
+      const name = e.key.slice(start.length);
+      if (e.type === 'delete') this.mirror.delete(name);
+      else this.mirror.set(name, { ...parseStored(name, e.value ?? ''), modRevision: e.modRevision });
+    }
+    // The mirror is complete up to the newest event; a response without events (a progress
+    // notification) says it is complete up to its revision.
+    const complete = events.length ? this.eventRevision : revision;
+    if (complete > this.mirrorRevision) this.mirrorRevision = complete;
+    if (events.length) this.schedule();
+    else if (!this.committing && !this.commitTimer && !this.dirty && this.applyRevision < this.mirrorRevision) {
+      // A progress notification: nothing changed up to `revision`.
+      this.applyRevision = this.mirrorRevision;
+      this.writeStatus();
+    }
+  }
+
+  /** Commits soon: at once when the last commit is at least minSyncMs old, else when it is. */
+  private schedule(): void {
+    this.dirty = true;
+    if (this.committing || this.commitTimer) return;
+    const wait = this.lastCommitAt + this.o.minSyncMs - performance.now();
+    if (wait <= 0) void this.commitNow();
+    else this.commitTimer = setTimeout(() => void this.commitNow(), wait);
+  }
+
+  /** Commits the mirror's difference with what the agent owns, as one transaction. */
+  private async commitNow(): Promise<void> {
+    if (this.commitTimer) clearTimeout(this.commitTimer);
+    this.commitTimer = undefined;
+    if (this.committing) {
+      this.dirty = true;
+      await this.committing;
+      if (this.dirty) return this.commitNow();
+      return;
+    }
+    this.dirty = false;
+    const revision = this.mirrorRevision;
+    const mirror = this.mirror;
+    const t0 = performance.now();
+    let refused: Refusal[] = [];
+    this.committing = (async () => {
+      try {
+        const r = await this.core.transact(
+          (owned) => {
+            const d = decide(mirror, owned);
+            refused = d.refused;
+            return d.change;
+          },
+          { run: true },
+        );
+        const owned = await this.core.readState();
+        this.ownedCount = owned.size;
+        this.applyRevision = revision;
+        const was = this.refused.map((x) => `${x.name}:${x.message}`).join('\n');
+        this.refused = refused;
+        if (refused.map((x) => `${x.name}:${x.message}`).join('\n') !== was) {
+          for (const x of refused) this.log(`agent: refused profile ${JSON.stringify(x.name)} (${x.code}): ${x.message}`);
+        }
+        if (this.error?.startsWith('kernel:')) this.error = undefined;
+        const totalMs = performance.now() - t0;
+        if (r.committed) this.log(`agent: revision ${revision}: ${r.applied.length} applied, ${r.deleted.length} removed in one transaction (${r.commitMs.toFixed(2)} ms kernel, ${totalMs.toFixed(1)} ms in all)`);
+        this.readyResolve();
+        this.emit('applied', { revision, upserted: r.applied.length, removed: r.deleted.length, refused, commitMs: r.commitMs, totalMs });
+        try {
+          this.attachments.onCommit?.(owned);
+        } catch (e) {
+          this.log(`agent: attachment: ${(e as Error).message}`);
+        }
+      } catch (e) {
+        // Nothing changed (the core's transaction is all or nothing): retry the whole difference later.
+        this.error = `kernel: ${(e as Error).message}`;
+        this.log(`agent: revision ${revision} not applied: ${(e as Error).message}; the kernel keeps revision ${this.applyRevision}; retrying`);
+        this.dirty = true;
+      } finally {
+        this.lastCommitAt = performance.now();
+      }
+    })();
+    try {
+      await this.committing;
+    } finally {
+      this.committing = undefined;
+    }
+    this.writeStatus();
+    if (this.dirty && !this.stopped) {
+      if (this.error?.startsWith('kernel:')) {
+        this.commitTimer = setTimeout(() => void this.commitNow(), this.backoff(2));
+      } else this.schedule();
+    }
+  }
+
+  /** Drift (someone flushed the rules): the periodic check makes the kernel match the agent's state file, without re-listing. */
+  private repairing = false;
+  async repairDrift(): Promise<boolean> {
+    if (this.repairing || this.stopped) return false;
+    this.repairing = true;
+    try {
+      const reports = await this.core.status();
+      if (!reports.some((r) => r.status === 'missing' || r.status === 'modified')) return false;
+      const r = await this.core.sync({ quietWhenInSync: true });
+      if (r.committed) this.log(`agent: drift repaired: ${r.before.filter((x) => x.status !== 'in-sync').map((x) => `${x.name} ${x.status}`).join(', ')} (${r.commitMs.toFixed(2)} ms)`);
+      return r.committed;
+    } catch (e) {
+      this.log(`agent: drift check: ${(e as Error).message}`);
+      return false;
+    } finally {
+      this.repairing = false;
+    }
+  }
+
+  private setWatch(w: HostStatus['watch']): void {
+    if (this.watchState === w) return;
+    this.watchState = w;
+    this.writeStatus();
+  }
+
+  /** Writes the host key (coalesced; under the lease; a failure is retried with backoff). */
+  private statusWriting = false;
+  private statusAgain = false;
+  private writeStatus(): void {
+    const st = this.status();
+    this.emit('status', st);
+    if (!this.store || this.stopped) return;
+    if (this.statusWriting) {
+      this.statusAgain = true;
+      return;
+    }
+    if (this.statusTimer) return;
+    this.statusWriting = true;
+    this.store
+      .putLeased(hostKey(this.prefix, this.host), JSON.stringify(this.status()), this.o.leaseTtlSec)
+      .then(
+        () => {
+          this.statusAttempt = 0;
+        },
+        (e: Error) => {
+          this.statusAgain = true;
+          const delay = this.backoff(this.statusAttempt++);
+          if (this.statusAttempt === 1) this.log(`agent: host status not written: ${e.message}; retrying with backoff`);
+          this.statusTimer = setTimeout(() => {
+            this.statusTimer = undefined;
+            if (this.statusAgain) this.writeStatus();
+          }, delay);
+        },
+      )
+      .finally(() => {
+        this.statusWriting = false;
+        if (this.statusAgain && !this.statusTimer && !this.stopped) {
+          this.statusAgain = false;
+          this.writeStatus();
+        }
+      });
+  }
+
+  /** Stops watching; the kernel keeps the rules and the state file stays. Revokes the host key's lease. */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.sleeper.wake?.();
+    this.stopHook?.();
+    for (const t of [this.commitTimer, this.statusTimer]) if (t) clearTimeout(t);
+    for (const t of [this.checkTimer, this.syncTimer]) if (t) clearInterval(t);
+    await this.loop?.catch(() => {});
+    await this.committing?.catch(() => {});
+    this.watchState = 'stopped';
+    await this.attachments.close?.().catch(() => {});
+    await this.core.conntrackIdle();
+    // The host key goes with its lease: a missing key means "unknown", not "no rules".
+    if (this.opts.etcd !== this.store) await this.store?.close();
+  }
+}
+
+/** Starts an agent; resolves once it runs (its first listed set is committed when `agent.ready` resolves). */
+export async function runAgent(opts: AgentOptions): Promise<Agent> {
+  const a = new Agent(opts);
+  await a.start();
+  return a;
+}

@@ -1,0 +1,236 @@
+/**
+ * The fleet's store, seen through the few calls the agent and `iptlb fleet` need. {@link EtcdStore}
+ * talks to etcd (npm `etcd3`, loaded on first use); unit tests supply a fake with the same contract.
+ */
+import { readFileSync } from 'node:fs';
+import { IptlbError } from '../errors.js';
+
+export interface StoreKV {
+  key: string;
+  value: string;
+  modRevision: number;
+}
+export interface StoreEvent {
+  type: 'put' | 'delete';
+  key: string;
+  /** Set for `put`. */
+  value?: string;
+  modRevision: number;
+}
+export interface WatchHandlers {
+  /** One watch response: its events (in revision order) and the store revision it was sent at. */
+  events(events: StoreEvent[], revision: number): void;
+  /** The watch is dead (cancelled, compacted start revision, disconnected): re-list. */
+  failed(reason: string): void;
+}
+export interface WatchHandle {
+  cancel(): Promise<void>;
+}
+/** A write of `iptlb fleet`: one transaction. */
+export type StoreOp = { put: string; value: string } | { delete: string };
+
+export interface FleetStore {
+  /** Keys of [start, end) in key order, at most `limit`, at `revision` (default: the current one, linearizable). */
+  range(start: string, end: string, opts: { limit: number; revision?: number }): Promise<{ kvs: StoreKV[]; more: boolean; revision: number }>;
+  /** Watches [start, end) from `fromRevision`. */
+  watch(start: string, end: string, fromRevision: number, handlers: WatchHandlers): Promise<WatchHandle>;
+  /** The current revision, by a linearizable read of keys under `within` (count only; fails or times out without quorum). */
+  revision(within?: string): Promise<number>;
+  /** Puts `key` under this client's lease of `ttlSec` seconds (granted on first use, granted again after it is lost). */
+  putLeased(key: string, value: string, ttlSec: number): Promise<void>;
+  /** One transaction (at most 128 operations); returns its revision. */
+  txn(ops: StoreOp[]): Promise<number>;
+  close(): Promise<void>;
+}
+
+/** etcd's limit of operations per transaction. */
+export const MAX_TXN_OPS = 128;
+
+/** The end of the key range of every key that starts with `prefix`. */
+export function prefixEnd(prefix: string): string {
+  const b = Buffer.from(prefix);
+  for (let i = b.length - 1; i >= 0; i--) {
+    if (b[i]! < 0xff) {
+      const e = Buffer.from(b.subarray(0, i + 1));
+      e[i]!++;
+      return e.toString('latin1');
+    }
+  }
+  return '\0';
+}
+
+/** How to reach etcd (the same flags and environment for the agent and `iptlb fleet`). */
+export interface EtcdOptions {
+  /** Endpoints, e.g. `http://127.0.0.1:2379`, `https://etcd1:2379` or `unix:///run/etcd.sock`. */
+  endpoints: string[];
+  /** TLS: CA certificate file (PEM); client certificate and key files for client-certificate auth. */
+  caFile?: string;
+  certFile?: string;
+  keyFile?: string;
+  /** etcd user and password (role-based access). */
+  user?: string;
+  password?: string;
+  /** Deadline of each unary call, ms. Default 5000 (a linearizable read blocks while quorum is lost). */
+  callTimeoutMs?: number;
+}
+
+/** Parses `--etcd a,b,c` / `IPTLB_ETCD_ENDPOINTS`. */
+export function parseEndpoints(text: string | undefined, field = 'etcd'): string[] {
+  const list = (text ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+  if (!list.length) throw new IptlbError('EUSAGE', `${field}: no etcd endpoint given (use --etcd URL[,URL...] or IPTLB_ETCD_ENDPOINTS)`, { field });
+  for (const e of list) {
+    if (!/^(https?:\/\/[^/\s]+\/?|unix:\/\/?\/[^\s]+|[A-Za-z0-9.\-[\]:]+:\d+)$/.test(e)) {
+      throw new IptlbError('EUSAGE', `${field}: ${JSON.stringify(e)} is not an endpoint (http://host:port, https://host:port or unix:///path)`, { field });
+    }
+  }
+  return list;
+}
+
+const num = (v: unknown): number => Number(v ?? 0);
+const str = (b: unknown): string => (Buffer.isBuffer(b) ? b.toString('utf8') : String(b ?? ''));
+
+/** {@link FleetStore} over etcd v3 (gRPC, npm `etcd3`), without its circuit breaker: the agent has its own backoff. */
+export class EtcdStore implements FleetStore {
+   
+  private lease?: any;
+  private leaseTtl = 0;
+
+   
+  private constructor(private readonly client: any, private readonly timeout: number) {}
+
+  static async connect(o: EtcdOptions): Promise<EtcdStore> {
+    const { Etcd3 } = await import('etcd3');
+    const { noop } = await import('cockatiel');
+    const read = (f: string | undefined, field: string): Buffer | undefined => {
+      if (!f) return undefined;
+      try {
+        return readFileSync(f);
+      } catch (e) {
+        throw new IptlbError('EUSAGE', `${field}: cannot read ${JSON.stringify(f)} (${(e as Error).message})`, { field });
+      }
+    };
+    const ca = read(o.caFile, 'etcd-ca');
+    const cert = read(o.certFile, 'etcd-cert');
+    const key = read(o.keyFile, 'etcd-key');
+    if (!!cert !== !!key) throw new IptlbError('EUSAGE', 'etcd-cert: a client certificate needs its key (--etcd-key), and the other way round', { field: 'etcd-cert' });
+    const timeout = o.callTimeoutMs ?? 5000;
+    const hosts = o.endpoints.map((e) => (/^[a-z]+:\/\//.test(e) ? e : `${ca || cert ? 'https' : 'http'}://${e}`));
+    const client = new Etcd3({
+      hosts,
+      ...(ca || cert ? { credentials: { rootCertificate: ca ?? Buffer.alloc(0), ...(cert ? { certChain: cert, privateKey: key } : {}) } } : {}),
+      ...(o.user ? { auth: { username: o.user, password: o.password ?? '' } } : {}),
+      // Our own retries (capped, jittered) decide; etcd3's breaker would block every call for 5 s after three failures.
+      faultHandling: { host: () => noop, global: noop },
+      // A bigger receive limit than grpc-js's 4 MiB is not needed: lists go in pages.
+      defaultCallOptions: (ctx: { isStream: boolean }) => (ctx.isStream ? {} : { deadline: Date.now() + timeout }),
+    });
+    return new EtcdStore(client, timeout);
+  }
+
+  async range(start: string, end: string, opts: { limit: number; revision?: number }): Promise<{ kvs: StoreKV[]; more: boolean; revision: number }> {
+    const res = await this.client.kv.range({
+      key: Buffer.from(start, 'latin1'),
+      range_end: Buffer.from(end, 'latin1'),
+      limit: opts.limit,
+      ...(opts.revision ? { revision: opts.revision } : {}),
+    });
+    return {
+       
+      kvs: (res.kvs ?? []).map((kv: any) => ({ key: kv.key.toString('latin1'), value: str(kv.value), modRevision: num(kv.mod_revision) })),
+      more: !!res.more,
+      revision: num(res.header?.revision),
+    };
+  }
+
+  async watch(start: string, end: string, fromRevision: number, h: WatchHandlers): Promise<WatchHandle> {
+    let dead = false;
+    const fail = (why: string): void => {
+      if (dead) return;
+      dead = true;
+      void w.cancel().catch(() => {});
+      h.failed(why);
+    };
+    // create() resolves once etcd confirms the watch: bounded like a call, so that a stalled member is noticed.
+    const creating = this.client.watch().inRange({ start: Buffer.from(start, 'latin1'), end: Buffer.from(end, 'latin1') }).startRevision(String(fromRevision)).create();
+    let timer: NodeJS.Timeout | undefined;
+    const w = await Promise.race([
+      creating,
+      new Promise((_, reject) => {
+        timer = setTimeout(() => {
+          void creating.then((x: any) => x.cancel()).catch(() => {});
+          reject(new Error(`watch not created within ${this.timeout} ms`));
+        }, this.timeout);
+      }),
+    ]).finally(() => clearTimeout(timer));
+     
+    w.on('data', (res: any) => {
+      if (dead) return;
+      if (res.canceled || res.compact_revision > 0) return fail(`watch cancelled${num(res.compact_revision) ? ` (compacted at revision ${res.compact_revision})` : ''}${res.cancel_reason ? `: ${res.cancel_reason}` : ''}`);
+       
+      const events: StoreEvent[] = (res.events ?? []).map((e: any) => ({
+        type: e.type === 'Delete' || e.type === 1 ? 'delete' : 'put',
+        key: e.kv.key.toString('latin1'),
+        ...(e.type === 'Delete' || e.type === 1 ? {} : { value: str(e.kv.value) }),
+        modRevision: num(e.kv.mod_revision),
+      }));
+      h.events(events, num(res.header?.revision));
+    });
+    w.on('error', (e: Error) => fail(`watch error: ${e.message || e.name || 'cancelled'}`));
+    w.on('disconnected', (e: Error) => fail(`watch disconnected: ${e?.message ?? ''}`));
+    w.on('end', () => fail('watch ended'));
+    return {
+      cancel: async () => {
+        dead = true;
+        // etcd3 waits for the member to confirm the cancel: a stalled member never does.
+        let t: NodeJS.Timeout | undefined;
+        await Promise.race([w.cancel().catch(() => {}), new Promise((r) => (t = setTimeout(r, this.timeout)))]);
+        clearTimeout(t);
+      },
+    };
+  }
+
+  async revision(within = '/'): Promise<number> {
+    const res = await this.client.kv.range({ key: Buffer.from(within, 'latin1'), range_end: Buffer.from(prefixEnd(within), 'latin1'), count_only: true });
+    return num(res.header?.revision);
+  }
+
+  async putLeased(key: string, value: string, ttlSec: number): Promise<void> {
+    if (!this.lease || this.leaseTtl !== ttlSec) {
+      const lease = this.client.lease(ttlSec, { autoKeepAlive: true });
+      lease.on('lost', () => {
+        if (this.lease === lease) this.lease = undefined;
+      });
+      this.lease = lease;
+      this.leaseTtl = ttlSec;
+    }
+    const lease = this.lease;
+    try {
+      await lease.put(key).value(value).exec();
+    } catch (e) {
+      // A failed grant closes the lease object without `lost`: drop it, the next put grants a new one.
+      if (this.lease === lease) this.lease = undefined;
+      void lease.revoke().catch(() => {});
+      throw e;
+    }
+  }
+
+  async txn(ops: StoreOp[]): Promise<number> {
+    if (ops.length > MAX_TXN_OPS) throw new IptlbError('EUSAGE', `profiles: ${ops.length} operations do not fit one etcd transaction (at most ${MAX_TXN_OPS})`, { field: 'profiles' });
+    const res = await this.client.kv.txn({
+      compare: [],
+      success: ops.map((o) =>
+        'put' in o
+          ? { request_put: { key: Buffer.from(o.put, 'latin1'), value: Buffer.from(o.value) } }
+          : { request_delete_range: { key: Buffer.from(o.delete, 'latin1') } },
+      ),
+      failure: [],
+    });
+    return num(res.header?.revision);
+  }
+
+  async close(): Promise<void> {
+    if (this.lease) await this.lease.revoke().catch(() => {});
+    this.lease = undefined;
+    this.client.close();
+  }
+}

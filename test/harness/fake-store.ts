@@ -1,0 +1,154 @@
+/**
+ * An in-memory {@link FleetStore} with etcd's semantics where the agent depends on them: a global
+ * revision, ranges at a past revision (MVCC), watches from a revision (failed when that revision is
+ * compacted), events delivered asynchronously per transaction, and switches for failures:
+ * `down` (every call rejects, watches die), `quorumLost` (watches stay open and silent, linearizable
+ * reads and writes reject).
+ */
+import type { FleetStore, StoreEvent, StoreKV, StoreOp, WatchHandle, WatchHandlers } from '../../src/fleet/store.js';
+
+interface Version {
+  revision: number;
+  value: string | null; // null: deleted
+}
+
+export class FakeStore implements FleetStore {
+  rev = 1;
+  compacted = 0;
+  private readonly history = new Map<string, Version[]>();
+  private watchers = new Set<{ start: string; end: string; h: WatchHandlers; dead: boolean }>();
+  down = false;
+  quorumLost = false;
+  /** Events held back while quorum is lost (a real member does not commit them either). */
+  ranges = 0;
+  leased = new Map<string, string>();
+  leaseFails = 0;
+
+  private fail(): void {
+    if (this.down) throw new Error('14 UNAVAILABLE: connect ECONNREFUSED (fake)');
+  }
+
+  /** Writes as a transaction (one revision). */
+  write(ops: StoreOp[]): number {
+    const rev = ++this.rev;
+    const events: StoreEvent[] = [];
+    for (const o of ops) {
+      const key = 'put' in o ? o.put : o.delete;
+      const h = this.history.get(key) ?? [];
+      if ('put' in o) {
+        h.push({ revision: rev, value: o.value });
+        events.push({ type: 'put', key, value: o.value, modRevision: rev });
+      } else {
+        if (!h.length || h[h.length - 1]!.value === null) continue;
+        h.push({ revision: rev, value: null });
+        events.push({ type: 'delete', key, modRevision: rev });
+      }
+      this.history.set(key, h);
+    }
+    for (const w of this.watchers) {
+      const mine = events.filter((e) => e.key >= w.start && e.key < w.end);
+      if (mine.length && !this.quorumLost) queueMicrotask(() => !w.dead && !this.down && w.h.events(mine, rev));
+    }
+    return rev;
+  }
+  put(key: string, value: string): number {
+    return this.write([{ put: key, value }]);
+  }
+  del(key: string): number {
+    return this.write([{ delete: key }]);
+  }
+  compact(rev = this.rev): void {
+    this.compacted = rev;
+  }
+  /** Kills every watch (a disconnect / cancel). */
+  killWatches(reason = 'watch disconnected (fake)'): void {
+    for (const w of this.watchers) {
+      if (!w.dead) {
+        w.dead = true;
+        queueMicrotask(() => w.h.failed(reason));
+      }
+    }
+    this.watchers.clear();
+  }
+  setDown(down: boolean): void {
+    this.down = down;
+    if (down) this.killWatches('14 UNAVAILABLE (fake)');
+  }
+
+  private at(key: string, revision: number): Version | undefined {
+    const h = this.history.get(key);
+    if (!h) return undefined;
+    let v: Version | undefined;
+    for (const x of h) if (x.revision <= revision) v = x;
+    return v && v.value !== null ? v : undefined;
+  }
+
+  async range(start: string, end: string, opts: { limit: number; revision?: number }): Promise<{ kvs: StoreKV[]; more: boolean; revision: number }> {
+    await Promise.resolve();
+    this.fail();
+    if (!opts.revision && this.quorumLost) throw new Error('4 DEADLINE_EXCEEDED (fake: no quorum)');
+    const revision = opts.revision ?? this.rev;
+    if (revision < this.compacted) throw new Error('11 OUT_OF_RANGE: mvcc: required revision has been compacted');
+    this.ranges++;
+    const keys = [...this.history.keys()].filter((k) => k >= start && k < end).sort();
+    const kvs: StoreKV[] = [];
+    for (const k of keys) {
+      const v = this.at(k, revision);
+      if (v) kvs.push({ key: k, value: v.value!, modRevision: v.revision });
+    }
+    return { kvs: kvs.slice(0, opts.limit), more: kvs.length > opts.limit, revision: this.rev };
+  }
+
+  async watch(start: string, end: string, fromRevision: number, h: WatchHandlers): Promise<WatchHandle> {
+    await Promise.resolve();
+    this.fail();
+    const w = { start, end, h, dead: false };
+    if (fromRevision <= this.compacted) {
+      queueMicrotask(() => h.failed(`watch cancelled (compacted at revision ${this.compacted})`));
+      return { cancel: async () => {} };
+    }
+    // Events between fromRevision and now, in order.
+    const past: StoreEvent[] = [];
+    for (const [key, versions] of this.history) {
+      if (key < start || key >= end) continue;
+      for (const v of versions) if (v.revision >= fromRevision) past.push(v.value === null ? { type: 'delete', key, modRevision: v.revision } : { type: 'put', key, value: v.value, modRevision: v.revision });
+    }
+    past.sort((a, b) => a.modRevision - b.modRevision);
+    this.watchers.add(w);
+    if (past.length) queueMicrotask(() => !w.dead && h.events(past, this.rev));
+    return {
+      cancel: async () => {
+        w.dead = true;
+        this.watchers.delete(w);
+      },
+    };
+  }
+
+  async revision(): Promise<number> {
+    await Promise.resolve();
+    this.fail();
+    if (this.quorumLost) throw new Error('4 DEADLINE_EXCEEDED (fake: no quorum)');
+    return this.rev;
+  }
+
+  async putLeased(key: string, value: string): Promise<void> {
+    await Promise.resolve();
+    this.fail();
+    if (this.quorumLost) throw new Error('4 DEADLINE_EXCEEDED (fake: no quorum)');
+    if (this.leaseFails > 0) {
+      this.leaseFails--;
+      throw new Error('lease grant failed (fake)');
+    }
+    this.leased.set(key, value);
+  }
+
+  async txn(ops: StoreOp[]): Promise<number> {
+    await Promise.resolve();
+    this.fail();
+    if (this.quorumLost) throw new Error('4 DEADLINE_EXCEEDED (fake: no quorum)');
+    if (ops.length > 128) throw new Error('etcdserver: too many operations in txn request');
+    return this.write(ops);
+  }
+
+  async close(): Promise<void> {}
+}

@@ -1,0 +1,401 @@
+/**
+ * The fleet agent's reconcile logic against a fake store (etcd's semantics: revisions, MVCC ranges,
+ * compaction, silent watches without quorum) and the stateful fake nft kernel. No root.
+ */
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { Agent, type AgentOptions, type HostStatus } from '../../src/fleet/agent.js';
+import { decide, parseStored, profileKey } from '../../src/fleet/reconcile.js';
+import { fleetApply, fleetDelete, fleetList, fleetStatus } from '../../src/fleet/fleet.js';
+import { prefixEnd, parseEndpoints } from '../../src/fleet/store.js';
+import { Core } from '../../src/lb.js';
+import { validateProfile } from '../../src/profile.js';
+import { IptlbError } from '../../src/errors.js';
+import { FakeNftKernel } from '../harness/fake-kernel.js';
+import { FakeStore } from '../harness/fake-store.js';
+import type { NftTransaction } from '../../src/nft/ops.js';
+
+const P = '/iptlb/v1/';
+const prof = (name: string, port: number, dest = 9000): Record<string, unknown> => ({ name, source: `127.100.0.1:${port}`, destination: [`127.0.0.1:${dest}`, `127.0.0.1:${dest + 1}`] });
+const putProf = (s: FakeStore, name: string, port: number, dest = 9000): number => s.put(profileKey(P, name), JSON.stringify(prof(name, port, dest)));
+const stateFile = (): string => path.join(mkdtempSync(path.join(tmpdir(), 'iptlb-fleet-')), 'agent.db');
+
+/** Polls `cond` (the agent works on microtasks and short timers); fails after `ms`. */
+async function until(cond: () => boolean | Promise<boolean>, what: string, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for: ${what}`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
+
+function makeAgent(store: FakeStore, kernel: FakeNftKernel, file: string, extra: Partial<AgentOptions> = {}): Agent {
+  return new Agent({ etcd: store, host: 'h1', executorInstance: kernel, stateFile: file, minSyncMs: 0, checkMs: 20, syncMs: 0, backoffMs: 5, backoffMaxMs: 40, keepConntrack: true, ...extra });
+}
+
+/** The profiles in the kernel that are in sync, by name. */
+async function inKernel(a: Agent | Core): Promise<string[]> {
+  const core = a instanceof Agent ? a.core : a;
+  return (await core.status()).filter((r) => r.status === 'in-sync').map((r) => r.name).sort();
+}
+const ipCommits = (k: FakeNftKernel): NftTransaction[] => k.commits.filter((c) => c.family === 'ip');
+
+describe('fleet: decide (pure)', () => {
+  const v = (name: string, port: number, dest = 9000) => parseStored(name, JSON.stringify(prof(name, port, dest)));
+  test('new and changed profiles are upserted, owned ones the store lost are removed, unchanged ones untouched', () => {
+    const owned = new Map([
+      ['a', validateProfile(prof('a', 1))],
+      ['b', validateProfile(prof('b', 2))],
+      ['gone', validateProfile(prof('gone', 3))],
+    ]);
+    const stored = new Map([['a', v('a', 1)], ['b', v('b', 2, 9100)], ['c', v('c', 4)]]);
+    const { change, refused } = decide(stored, owned);
+    assert.deepEqual(change.upsert.map((p) => p.name), ['b', 'c']);
+    assert.deepEqual(change.remove, ['gone']);
+    assert.deepEqual(refused, []);
+  });
+  test('an invalid value is refused alone and its old version stays; a conflict is refused, the first holder keeps the address', () => {
+    const owned = new Map([['a', validateProfile(prof('a', 1))]]);
+    const stored = new Map([
+      ['a', parseStored('a', '{"name":"a","source":"nonsense"}')],
+      ['x', v('x', 5)],
+      ['y', v('y', 5)], // same source as x
+      ['z', v('z', 1)], // same source as a's old version, which stays
+      ['m', parseStored('m', JSON.stringify(prof('n', 6)))], // name does not match the key
+      ['j', parseStored('j', '{not json')],
+    ]);
+    const { change, refused } = decide(stored, owned);
+    assert.deepEqual(change.upsert.map((p) => p.name), ['x']);
+    assert.deepEqual(change.remove, []);
+    assert.deepEqual(refused.map((r) => [r.name, r.code]), [['a', 'EINVAL_PROFILE'], ['j', 'EINVAL_PROFILE'], ['m', 'EINVAL_PROFILE'], ['y', 'ECONFLICT'], ['z', 'ECONFLICT']]);
+    assert.match(refused.find((r) => r.name === 'm')!.message, /does not match its key/);
+    assert.match(refused.find((r) => r.name === 'a')!.message, /^source:/);
+  });
+  test('prefixEnd and endpoints', () => {
+    assert.equal(prefixEnd('/iptlb/v1/profiles/'), '/iptlb/v1/profiles0');
+    assert.deepEqual(parseEndpoints('http://a:2379, unix:///run/e:1'), ['http://a:2379', 'unix:///run/e:1']);
+    assert.throws(() => parseEndpoints(''), (e: IptlbError) => e.code === 'EUSAGE' && e.field === 'etcd');
+    assert.throws(() => parseEndpoints('ftp://x'), /not an endpoint/);
+  });
+});
+
+describe('fleet: agent against a fake store and the fake nft kernel', () => {
+  test('lists at one revision in pages and commits the whole set as one transaction; writes during the list come by the watch', async () => {
+    const store = new FakeStore();
+    for (let i = 0; i < 25; i++) putProf(store, `p${i}`, 1000 + i);
+    const kernel = new FakeNftKernel();
+    const a = makeAgent(store, kernel, stateFile(), { pageSize: 7 });
+    // A write between two pages must not be in the listed set (all pages at one revision).
+    const range = store.range.bind(store);
+    let pages = 0;
+    store.range = async (s, e, o) => {
+      const r = await range(s, e, o);
+      if (++pages === 2) putProf(store, 'late', 2000);
+      return r;
+    };
+    const applied: number[] = [];
+    a.on('applied', (x) => applied.push(x.upserted));
+    await a.start();
+    await a.ready;
+    assert.equal(pages, 4, 'four pages of at most 7');
+    assert.equal(applied[0], 25, 'the listed set, without the late write, in one change');
+    assert.equal(ipCommits(kernel).length, 1, 'one kernel transaction for the listed set');
+    await until(async () => (await inKernel(a)).includes('late'), 'late write applied through the watch');
+    assert.equal((await inKernel(a)).length, 26);
+    await a.stop();
+  });
+
+  test('put, change, delete; a burst is carried by few commits (min-sync-ms); host status says the revision', async () => {
+    const store = new FakeStore();
+    const kernel = new FakeNftKernel();
+    const a = makeAgent(store, kernel, stateFile(), { minSyncMs: 30 });
+    await a.start();
+    await a.ready;
+    const r1 = putProf(store, 'web', 8080);
+    await until(async () => (await inKernel(a)).includes('web'), 'web applied');
+    await until(() => a.status().revision >= r1, 'revision advanced');
+    const host = JSON.parse(store.leased.get(`${P}hosts/h1`) ?? 'null') as HostStatus | null;
+    await until(() => (JSON.parse(store.leased.get(`${P}hosts/h1`) ?? '{}') as HostStatus).revision >= r1, 'host key written');
+    assert.ok(host === null || host.host === 'h1');
+    const before = ipCommits(kernel).length;
+    for (let i = 0; i < 40; i++) putProf(store, `b${i}`, 3000 + i);
+    await until(async () => (await inKernel(a)).length === 41, '40 more applied');
+    const burst = ipCommits(kernel).length - before;
+    assert.ok(burst >= 1 && burst <= 3, `40 puts in one tick carried by ${burst} commit(s)`);
+    putProf(store, 'web', 8080, 9200); // changed destinations
+    const rd = store.del(profileKey(P, 'b0'));
+    await until(() => a.status().revision >= rd, 'revision of the delete');
+    assert.ok(!(await inKernel(a)).includes('b0'), 'b0 removed');
+    const state = await a.core.readState();
+    assert.deepEqual(state.get('web')!.destination, ['127.0.0.1:9200', '127.0.0.1:9201']);
+    const st = a.status();
+    assert.equal(st.watch, 'watching');
+    assert.equal(st.engine, 'nft');
+    assert.equal(st.profiles, 40);
+    await a.stop();
+  });
+
+  test('an invalid profile is refused alone, reported in the host key; its old rules stay; fixed, it is applied', async () => {
+    const store = new FakeStore();
+    const kernel = new FakeNftKernel();
+    const a = makeAgent(store, kernel, stateFile());
+    putProf(store, 'good', 1);
+    putProf(store, 'old', 2);
+    await a.start();
+    await a.ready;
+    store.put(profileKey(P, 'old'), '{"name":"old","source":"127.100.0.1:2","destination":["not-an-address"]}');
+    store.put(profileKey(P, 'bad'), '{"name":"other","source":"127.100.0.1:3","destination":["127.0.0.1:1"]}');
+    putProf(store, 'fine', 4);
+    await until(async () => (await inKernel(a)).includes('fine'), 'fine applied');
+    await until(() => a.status().refused.length === 2, 'two refused');
+    assert.deepEqual(a.status().refused.map((r) => [r.name, r.code]), [['bad', 'EINVAL_PROFILE'], ['old', 'EINVAL_PROFILE']]);
+    assert.deepEqual(await inKernel(a), ['fine', 'good', 'old'], "old keeps its previous rules");
+    await until(() => ((JSON.parse(store.leased.get(`${P}hosts/h1`) ?? '{}') as HostStatus).refused ?? []).length === 2, 'refusals in the host key');
+    const rf = store.put(profileKey(P, 'bad'), JSON.stringify(prof('bad', 3)));
+    await until(() => a.status().revision >= rf, 'fix applied');
+    assert.ok((await inKernel(a)).includes('bad'), 'bad fixed and applied');
+    assert.deepEqual(a.status().refused.map((r) => r.name), ['old']);
+    await a.stop();
+  });
+
+  test('restart: orphans of its own are removed in the same transaction that applies the listed set; profiles it does not own are not touched', async () => {
+    const store = new FakeStore();
+    const kernel = new FakeNftKernel();
+    const file = stateFile();
+    // A profile of another state file (the local CLI's), on the same kernel.
+    const other = new Core({ stateFile: path.join(path.dirname(file), 'cli.db'), keepConntrack: true }, kernel);
+    await other.transact(() => ({ upsert: [validateProfile(prof('local', 7000))], remove: [] }), { run: true });
+    putProf(store, 'a', 1);
+    putProf(store, 'b', 2);
+    const a1 = makeAgent(store, kernel, file);
+    await a1.start();
+    await a1.ready;
+    await a1.stop(); // as after SIGKILL the rules and the state file stay
+    store.del(profileKey(P, 'b'));
+    putProf(store, 'c', 3);
+    const before = ipCommits(kernel).length;
+    const a2 = makeAgent(store, kernel, file);
+    const first: { upserted: number; removed: number }[] = [];
+    a2.on('applied', (x) => first.push(x));
+    await a2.start();
+    await a2.ready;
+    assert.deepEqual(first[0], { ...first[0], upserted: 1, removed: 1 });
+    assert.equal(ipCommits(kernel).length - before, 1, 'one transaction: c added and b removed together');
+    assert.deepEqual(await inKernel(a2), ['a', 'c']);
+    assert.deepEqual(await inKernel(other), ['local'], "the CLI's profile is untouched");
+    await a2.stop();
+  });
+
+  test('compacted start revision / dead watch: re-list at a fresh revision, apply the difference, miss nothing', async () => {
+    const store = new FakeStore();
+    const kernel = new FakeNftKernel();
+    const a = makeAgent(store, kernel, stateFile());
+    putProf(store, 'a', 1);
+    putProf(store, 'b', 2);
+    await a.start();
+    await a.ready;
+    const ranges = store.ranges;
+    // Partition: the watch dies; meanwhile the store changes and is compacted past the agent's revision.
+    store.setDown(true);
+    await until(() => a.status().watch === 'unreachable', 'unreachable');
+    assert.deepEqual(await inKernel(a), ['a', 'b'], 'the kernel keeps the last applied rules');
+    store.down = false; // the store is back for writers, not yet... (writes below happen while the agent backs off)
+    store.del(profileKey(P, 'a'));
+    putProf(store, 'c', 3);
+    store.compact();
+    await until(async () => (await inKernel(a)).join() === 'b,c', 're-listed and applied the difference');
+    assert.ok(store.ranges > ranges, 're-listed');
+    // A watch killed (cancel) without an outage: re-list too.
+    store.killWatches('watch cancelled: ');
+    putProf(store, 'd', 4);
+    await until(async () => (await inKernel(a)).join() === 'b,c,d', 'd after the cancel');
+    assert.equal(a.status().watch, 'watching');
+    // The start revision compacted before the watch is created (etcd: created, then cancelled): re-list.
+    const watch = store.watch.bind(store);
+    let compactedOnce = false;
+    store.watch = async (s, e, from, h) => {
+      if (!compactedOnce) {
+        compactedOnce = true;
+        putProf(store, 'e', 5);
+        store.compact();
+      }
+      return watch(s, e, from, h);
+    };
+    store.killWatches();
+    await until(async () => (await inKernel(a)).join() === 'b,c,d,e', 'e after the compacted watch');
+    assert.ok(compactedOnce);
+    await a.stop();
+  });
+
+  test('quorum lost: the watch is silent, the linearizable check notices, rules stay; quorum back: re-list applies what was missed', async () => {
+    const store = new FakeStore();
+    const kernel = new FakeNftKernel();
+    const a = makeAgent(store, kernel, stateFile());
+    putProf(store, 'a', 1);
+    await a.start();
+    await a.ready;
+    await until(() => a.status().watch === 'watching', 'watching');
+    store.quorumLost = true;
+    putProf(store, 'b', 2); // committed by the majority, never delivered to this member's watch
+    await until(() => a.status().watch === 'unreachable', 'silence detected');
+    assert.match(a.status().error ?? '', /linearizable read failed|no quorum/);
+    assert.deepEqual(await inKernel(a), ['a']);
+    store.quorumLost = false;
+    await until(async () => (await inKernel(a)).join() === 'a,b', 'b applied after quorum is back');
+    await until(() => a.status().watch === 'watching' && a.status().error === undefined, 'watching again');
+    await a.stop();
+  });
+
+  test('a watcher catching up sends older events under a newer header revision: none is skipped', async () => {
+    const store = new FakeStore();
+    const kernel = new FakeNftKernel();
+    let handlers: import('../../src/fleet/store.js').WatchHandlers | undefined;
+    const watch = store.watch.bind(store);
+    store.watch = async (s, e, from, h) => {
+      handlers = h;
+      return watch(s, e, from, { events: () => {}, failed: h.failed });
+    };
+    const a = makeAgent(store, kernel, stateFile());
+    putProf(store, 'a', 1);
+    await a.start();
+    await a.ready;
+    await until(() => handlers !== undefined, 'watch created');
+    const L = store.rev;
+    const ev = (name: string, port: number, rev: number) => ({ type: 'put' as const, key: profileKey(P, name), value: JSON.stringify(prof(name, port)), modRevision: rev });
+    handlers!.events([ev('x', 2, L + 1)], L + 5);
+    handlers!.events([ev('y', 3, L + 3)], L + 5);
+    handlers!.events([ev('x', 2, L + 1)], L + 5); // a duplicate is ignored
+    await until(async () => (await inKernel(a)).join() === 'a,x,y', 'x and y applied');
+    await until(() => a.status().revision === L + 3, 'the applied revision is the newest event, not the header');
+    handlers!.events([], L + 5); // a progress notification
+    await until(() => a.status().revision === L + 5, 'progress notification advances the applied revision');
+    await a.stop();
+  });
+
+  test('host key: a failed lease grant is retried with backoff', async () => {
+    const store = new FakeStore();
+    store.leaseFails = 3;
+    const kernel = new FakeNftKernel();
+    const lines: string[] = [];
+    const a = makeAgent(store, kernel, stateFile(), { log: (l) => lines.push(l) });
+    putProf(store, 'a', 1);
+    await a.start();
+    await a.ready;
+    await until(() => store.leased.has(`${P}hosts/h1`), 'host key written after three failures');
+    assert.ok(lines.some((l) => /host status not written/.test(l)));
+    await a.stop();
+  });
+
+  test('kernel drift (flushed table) is repaired by the periodic sync without re-listing', async () => {
+    const store = new FakeStore();
+    const kernel = new FakeNftKernel();
+    const a = makeAgent(store, kernel, stateFile());
+    putProf(store, 'a', 1);
+    putProf(store, 'b', 2);
+    await a.start();
+    await a.ready;
+    kernel.tables.delete('ip'); // someone ran `nft delete table ip iptlb`
+    assert.deepEqual(await inKernel(a), []);
+    const ranges = store.ranges;
+    assert.equal(await a.repairDrift(), true);
+    assert.deepEqual(await inKernel(a), ['a', 'b']);
+    assert.equal(store.ranges, ranges, 'no re-list');
+    await a.stop();
+  });
+
+  test('a kernel refusal changes nothing and is retried; the rest of the fleet logic goes on', async () => {
+    const store = new FakeStore();
+    const kernel = new FakeNftKernel();
+    const a = makeAgent(store, kernel, stateFile());
+    putProf(store, 'a', 1);
+    await a.start();
+    await a.ready;
+    let refuse = 2;
+    kernel.fail = () => (refuse-- > 0 ? new IptlbError('EKERNEL', 'fake refusal') : undefined);
+    putProf(store, 'b', 2);
+    await until(async () => (await inKernel(a)).join() === 'a,b', 'b applied after two refusals');
+    await a.stop();
+  });
+
+  test('bad options are one-line EUSAGE errors naming the field', () => {
+    const store = new FakeStore();
+    assert.throws(() => new Agent({ etcd: store, host: 'bad host' }), (e: IptlbError) => e.code === 'EUSAGE' && e.field === 'host');
+    assert.throws(() => new Agent({ etcd: store, host: 'h', prefix: 'iptlb' }), (e: IptlbError) => e.field === 'prefix');
+    assert.throws(() => new Agent({ etcd: store, host: 'h', minSyncMs: -1 }), (e: IptlbError) => e.field === 'minSyncMs');
+  });
+});
+
+describe('fleet: operators side against the fake store', () => {
+  test('apply validates as the CLI does, refuses conflicts with stored profiles, one transaction; delete; list; status', async () => {
+    const store = new FakeStore();
+    const r = await fleetApply(store, P, [prof('a', 1), prof('b', 2)] as never);
+    assert.equal(r.revision, store.rev, 'both in one transaction (one revision)');
+    await assert.rejects(fleetApply(store, P, [prof('c', 1)] as never), (e: IptlbError) => e.code === 'ECONFLICT' && e.field === 'source');
+    await assert.rejects(fleetApply(store, P, [{ name: 'x', source: 'nope', destination: [] }] as never), (e: IptlbError) => e.code === 'EINVAL_PROFILE' && e.field === 'source');
+    await assert.rejects(fleetApply(store, P, Array.from({ length: 129 }, (_, i) => prof(`q${i}`, 100 + i)) as never), (e: IptlbError) => e.code === 'EUSAGE' && /128/.test(e.message));
+    await assert.rejects(fleetDelete(store, P, ['nope']), (e: IptlbError) => e.code === 'ENOTFOUND');
+    const rev = store.rev;
+    const d = await fleetDelete(store, P, ['a']);
+    assert.equal(d.revision, rev + 1);
+    const l = await fleetList(store, P);
+    assert.deepEqual(l.profiles.map((p) => p.name), ['b']);
+    // status: a missing host is unknown; a host behind the target is lagging.
+    store.leased.clear();
+    const fs = await fleetStatus(store, P, { revision: d.revision, expect: ['h1'] });
+    assert.equal(fs.converged, false);
+    assert.equal(fs.hosts[0]!.status, null);
+    const kernel = new FakeNftKernel();
+    const a = makeAgent(store, kernel, stateFile());
+    await a.start();
+    await a.ready;
+    // The fake's leased keys are not in its key space: copy the host key there, as etcd would have it.
+    await until(() => store.leased.has(`${P}hosts/h1`), 'host key');
+    await until(() => (JSON.parse(store.leased.get(`${P}hosts/h1`)!) as HostStatus).revision >= d.revision, 'host key at the revision');
+    store.put(`${P}hosts/h1`, store.leased.get(`${P}hosts/h1`)!);
+    const ok = await fleetStatus(store, P, { revision: d.revision, expect: ['h1', 'h2'] });
+    assert.deepEqual(ok.hosts.map((h) => [h.host, h.converged]), [['h1', true], ['h2', false]]);
+    assert.equal(ok.converged, false, 'h2 is unknown');
+    const only = await fleetStatus(store, P, { revision: d.revision });
+    assert.equal(only.converged, true);
+    await a.stop();
+  });
+});
+
+describe('fleet: CLI bad input (no etcd needed: refused before any call)', () => {
+  const run = async (...argv: string[]): Promise<{ code: number; err: string }> => {
+    const { main } = await import('../../src/cli.js');
+    let err = '';
+    const code = await main(argv, { out: () => {}, err: (s) => (err += s + '\n') });
+    return { code, err };
+  };
+  test('agent without endpoints, bad numbers, bad prefix; fleet apply of an invalid profile; fleet status --revision', async () => {
+    const saved = process.env.IPTLB_ETCD_ENDPOINTS;
+    delete process.env.IPTLB_ETCD_ENDPOINTS;
+    try {
+      let r = await run('agent');
+      assert.equal(r.code, 2);
+      assert.match(r.err, /^iptlb: error: etcd: no etcd endpoint given/m);
+      r = await run('agent', '--etcd', 'unix:///nonexistent/e:1', '--min-sync-ms', '-5');
+      assert.equal(r.code, 2);
+      assert.match(r.err, /min-sync-ms/);
+      r = await run('agent', '--etcd', 'unix:///nonexistent/e:1', '--prefix', 'nope');
+      assert.equal(r.code, 2);
+      assert.match(r.err, /prefix:/);
+      r = await run('fleet', 'apply', '--etcd', 'unix:///nonexistent/e:1', '--profile', 'a', '--src-addr', 'nonsense', '--dest-addr', '127.0.0.1:1');
+      assert.equal(r.code, 2);
+      assert.match(r.err, /^iptlb: error: source:/m);
+      assert.doesNotMatch(r.err, /is required/, 'the profile flags reached fleet apply');
+      r = await run('fleet', 'list', '--etcd', 'unix:///nonexistent/e:1', '--prefix', 'bad');
+      assert.equal(r.code, 2);
+      assert.match(r.err, /prefix:/);
+      r = await run('fleet', 'status', '--etcd', 'unix:///nonexistent/e:1', '--revision', 'x');
+      assert.equal(r.code, 2);
+      assert.match(r.err, /revision:/);
+    } finally {
+      if (saved !== undefined) process.env.IPTLB_ETCD_ENDPOINTS = saved;
+    }
+  });
+});
