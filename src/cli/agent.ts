@@ -23,6 +23,8 @@ interface AgentFlags extends EtcdFlags {
   backoffMaxMs: string;
   quiet?: boolean;
   keepConntrack?: boolean;
+  metricsAddress?: string;
+  healthChecks?: boolean;
 }
 
 function whole(v: string, field: string, min: number): number {
@@ -44,10 +46,14 @@ export function registerAgent(program: Command, io: Out): void {
     .option('--backoff-max-ms <ms>', 'cap of the jittered backoff after a store failure', '10000')
     .option('--page-size <n>', 'keys per page when listing', '1000')
     .option('--keep-conntrack', 'keep conntrack entries of flows to destinations a change removes')
+    .option('--metrics-address <host:port>', 'serve /metrics (Prometheus) and /healthz there, e.g. 127.0.0.1:9469 (default: off)')
+    .option('--no-health-checks', 'do not run the health checks of the profiles (they run by default in the agent)')
     .option('-q, --quiet', 'print no log lines')
     .action(async (_o: unknown, cmd: Command) => {
       const o = ownOptions<AgentFlags>(cmd);
       const { etcd, prefix } = etcdOptions(o);
+      const { parseListenAddress } = await import('../metrics/server.js');
+      if (o.metricsAddress !== undefined) parseListenAddress(o.metricsAddress); // bad input: before any connection
       const { runAgent } = await import('../fleet/agent.js');
       const agent = await runAgent({
         etcd,
@@ -65,10 +71,42 @@ export function registerAgent(program: Command, io: Out): void {
         keepConntrack: !!o.keepConntrack,
         log: o.quiet ? () => {} : (l) => io.err(`iptlb: ${l}`),
       });
+      // Health checks of the owned profiles and /metrics, as in `iptlb watch`, on the agent's core; the
+      // agent's own state (applied revision, watch state, refusals) joins the metrics.
+      const { startWatchServices } = await import('./watch-services.js');
+      const services = await startWatchServices(agent.core, {
+        metricsAddress: o.metricsAddress,
+        health: o.healthChecks !== false,
+        log: o.quiet ? () => {} : (l) => io.err(`iptlb: ${l}`),
+        who: 'agent',
+        extra: () => agentMetrics(agent.status()),
+      });
+      agent.attachments.close = () => services.stop();
+      await services.start(); // at once, not after the first list: /healthz answers while etcd is unreachable too
       await new Promise<void>((resolve) => {
         const stop = (): void => void agent.stop().then(resolve, resolve);
         process.once('SIGTERM', stop);
         process.once('SIGINT', stop);
       });
     });
+}
+
+/** The agent's own metric families, in the Prometheus text format. */
+export function agentMetrics(st: { revision: number; profiles: number; refused: unknown[]; watch: string }): string {
+  const watchStates = ['listing', 'watching', 'unreachable', 'stopped'];
+  return [
+    '# HELP iptlb_agent_applied_revision The etcd revision whose profiles the kernel holds.',
+    '# TYPE iptlb_agent_applied_revision gauge',
+    `iptlb_agent_applied_revision ${st.revision}`,
+    '# HELP iptlb_agent_profiles Profiles this agent owns (applied).',
+    '# TYPE iptlb_agent_profiles gauge',
+    `iptlb_agent_profiles ${st.profiles}`,
+    '# HELP iptlb_agent_refused_profiles Profiles of the store this host refused.',
+    '# TYPE iptlb_agent_refused_profiles gauge',
+    `iptlb_agent_refused_profiles ${st.refused.length}`,
+    '# HELP iptlb_agent_watch_state The agent watch state (1 for the current one).',
+    '# TYPE iptlb_agent_watch_state gauge',
+    ...watchStates.map((w) => `iptlb_agent_watch_state{state="${w}"} ${st.watch === w ? 1 : 0}`),
+    '',
+  ].join('\n');
 }

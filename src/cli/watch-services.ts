@@ -13,7 +13,14 @@ export interface WatchServices {
   stop(): Promise<void>;
 }
 
-export async function startWatchServices(core: Core, o: { metricsAddress?: string; health: boolean; log: (l: string) => void }): Promise<WatchServices> {
+/**
+ * @param o.extra more exposition text for /metrics (the fleet agent: applied revision, watch state).
+ * @param o.who the name in log lines (`watch`, `agent`).
+ */
+export async function startWatchServices(
+  core: Core,
+  o: { metricsAddress?: string; health: boolean; log: (l: string) => void; extra?: () => string; who?: string },
+): Promise<WatchServices> {
   if (o.metricsAddress !== undefined) parseListenAddress(o.metricsAddress); // bad input: fail before anything starts
   const stats = new ProcessStats();
   const host = coreHost(core);
@@ -31,8 +38,8 @@ export async function startWatchServices(core: Core, o: { metricsAddress?: strin
     async start() {
       if (checker) await checker.start();
       if (o.metricsAddress !== undefined) {
-        server = await startMetricsServer({ address: o.metricsAddress, core, stats, ...(checker ? { checker } : {}) });
-        o.log(`watch: serving /metrics and /healthz on ${server.host.includes(':') ? `[${server.host}]` : server.host}:${server.port}`);
+        server = await startMetricsServer({ address: o.metricsAddress, core, stats, ...(checker ? { checker } : {}), ...(o.extra ? { extra: o.extra } : {}) });
+        o.log(`${o.who ?? 'watch'}: serving /metrics and /healthz on ${server.host.includes(':') ? `[${server.host}]` : server.host}:${server.port}`);
       }
     },
     stop() {

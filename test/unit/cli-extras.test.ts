@@ -17,7 +17,7 @@ async function run(argv: string[]): Promise<{ code: number; out: string; err: st
   return { code, out: out.join('\n'), err: err.join('\n') };
 }
 
-const COMMANDS = ['apply', 'delete', 'list', 'show', 'plan', 'status', 'top', 'sync', 'watch', 'migrate', 'doctor', 'demo', 'completion'];
+const COMMANDS = ['apply', 'delete', 'list', 'show', 'plan', 'status', 'top', 'sync', 'watch', 'migrate', 'agent', 'fleet', 'doctor', 'demo', 'completion'];
 
 test('a bare iptlb prints the help, as --help does, and exits 0', async () => {
   const bare = await run([]);
