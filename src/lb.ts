@@ -271,7 +271,6 @@ export class Core {
         this.health.refresh();
         const k = this.health.begin(state, change);
         const done = engine ? await this.commitChange(engine, k.state, k.change) : [];
-        if (engine) k.done();
         const committed = done.length > 0;
         const commitMs = done.reduce((ms, d) => ms + d.ms, 0);
         if (committed) this.logCommit(engine!, k.change, k.state, done, commitMs);
@@ -296,6 +295,8 @@ export class Core {
             { cause: e },
           );
         }
+        // The health changes it carried are now in the kernel (not when the state write undid them).
+        if (engine) k.done();
         // Handed to the janitor, not awaited: the next change need not wait for the cleanup of this
         // one (over netlink when it went through the native executor, else `conntrack -D`).
         if (stale.length) this.conntrack.add(stale);
