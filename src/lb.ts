@@ -556,12 +556,23 @@ export class Core {
   }
 
   /** Makes the kernel match the state file, one transaction per address family; returns what was out of step before. */
-  sync(opts: { quietWhenInSync?: boolean } = {}): Promise<{ before: ProfileReport[]; committed: boolean; commitMs: number }> {
+  sync(
+    opts: {
+      quietWhenInSync?: boolean;
+      /**
+       * Checked under the lock, before the state is read: when it answers false, nothing is done
+       * (`skipped`). Watch mode passes "the file is still the version that settled", so a file
+       * rewritten since is never applied half-written.
+       */
+      guard?: () => Promise<boolean>;
+    } = {},
+  ): Promise<{ before: ProfileReport[]; committed: boolean; commitMs: number; skipped?: boolean }> {
     return this.serial(async () => {
       const { provider } = await this.select();
       this.checkPrivileges();
       const lock = await this.lock();
       try {
+        if (opts.guard && !(await opts.guard())) return { before: [], committed: false, commitMs: 0, skipped: true };
         this.health.refresh();
         const state = this.health.kernelState(await this.readState());
         const before: ProfileReport[] = [];

@@ -64,8 +64,11 @@ export function startWatch(core: WatchedCore, opts: WatchOptions): Watcher {
   // The identity of a file that did not parse (logged once per version).
   let unparsed: string | null | undefined;
 
-  const check = async (reason: string): Promise<void> => {
+  // The file version the next sync may apply (set by a settled check); undefined: any (start, SIGHUP).
+  let applyOnly: string | null | undefined;
+  const check = async (reason: string, settledVersion?: string | null): Promise<void> => {
     if (stopped) return;
+    applyOnly = settledVersion;
     if (running) {
       again = true;
       return running;
@@ -74,7 +77,10 @@ export function startWatch(core: WatchedCore, opts: WatchOptions): Watcher {
       do {
         again = false;
         try {
-          const r = await core.sync({ quietWhenInSync: true });
+          // Only the version that settled (and parsed) is applied: one rewritten since waits for its own settle.
+          const only = applyOnly;
+          const r = await core.sync({ quietWhenInSync: true, ...(only !== undefined ? { guard: async () => (await versionOrUnreadable()) === only } : {}) });
+          if (r.skipped) continue;
           opts.onSync?.({ drifted: r.before.filter((x) => x.status !== 'in-sync').length, committed: r.committed, commitMs: r.commitMs });
           if (r.committed) opts.log(`watch: ${reason}: kernel brought in step with ${file} (${r.commitMs.toFixed(2)} ms)`);
         } catch (e) {
@@ -91,13 +97,15 @@ export function startWatch(core: WatchedCore, opts: WatchOptions): Watcher {
   };
 
   /** Looks at the file; the ms it has still to stay unchanged before it counts as settled (0: settled). */
-  const observe = async (): Promise<number> => {
-    let v: string | null;
+  const versionOrUnreadable = async (): Promise<string | null> => {
     try {
-      v = await version(file);
+      return await version(file);
     } catch {
-      v = 'unreadable';
+      return 'unreadable';
     }
+  };
+  const observe = async (): Promise<number> => {
+    const v = await versionOrUnreadable();
     const now = Date.now();
     if (v !== seen) {
       seen = v;
@@ -129,7 +137,7 @@ export function startWatch(core: WatchedCore, opts: WatchOptions): Watcher {
       return;
     }
     unparsed = undefined;
-    await check(reason);
+    await check(reason, seen);
   };
 
   const changed = (): void => {
