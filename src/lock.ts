@@ -4,6 +4,7 @@
  * the native addon when it is loaded, otherwise through a util-linux `flock` child process whose
  * stdin is our pipe: when we exit, it sees EOF and lets go.
  */
+import { pidAlive } from './pid.js';
 import { spawn } from 'node:child_process';
 import { fstatSync, futimesSync, lstatSync, promises as fsp, statSync, utimesSync, type Stats } from 'node:fs';
 import * as path from 'node:path';
@@ -212,14 +213,6 @@ export async function removeStaleTemps(statePath: string, log?: (line: string) =
   return removed;
 }
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 function flockChild(lockPath: string, waitMs: number, reportAs: string, totalMs: number): Promise<HeldLock> {
   return new Promise((resolve, reject) => {

@@ -15,6 +15,7 @@
  * publishes beside the state file ({@link healthFileOf}), so its status, sync and apply plan the same
  * effective profiles.
  */
+import { pidAlive } from '../pid.js';
 import { promises as fsp, readFileSync, statSync } from 'node:fs';
 import * as path from 'node:path';
 import type { Profile } from '../types.js';
@@ -276,7 +277,7 @@ export class HealthOverlay {
       version = undefined;
     }
     if (version === this.followVersion && version !== undefined) {
-      if (this.writerPid === undefined || alive(this.writerPid)) return;
+      if (this.writerPid === undefined || pidAlive(this.writerPid)) return;
     }
     this.followVersion = version;
     this.committed = new Map();
@@ -291,7 +292,7 @@ export class HealthOverlay {
     } catch {
       return;
     }
-    if (data?.version !== 1 || typeof data.pid !== 'number' || data.pid === process.pid || !alive(data.pid) || typeof data.profiles !== 'object') return;
+    if (data?.version !== 1 || typeof data.pid !== 'number' || data.pid === process.pid || !pidAlive(data.pid) || typeof data.profiles !== 'object') return;
     this.writerPid = data.pid;
     for (const [name, p] of Object.entries(data.profiles)) {
       if (Array.isArray(p.drained) && p.drained.length) {
@@ -314,14 +315,6 @@ export interface PublishedHealth {
   profiles: Record<string, { drained: string[]; destinations: Record<string, DestinationHealthInfo> }>;
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 function sameSet(a: ReadonlySet<string> | undefined, b: ReadonlySet<string> | undefined): boolean {
   if (!a || a.size === 0) return !b || b.size === 0;
