@@ -33,14 +33,21 @@ const flag = (name: string): string | undefined => {
 const JSON_OUT = args.includes('--json');
 const SIZES = (flag('--sizes') ?? '0,1000,10000').split(',').map(Number);
 const RUNS = Number(flag('--runs') ?? 31);
-const scenarios = args.filter((a) => ['apply', 'churn', 'cli', 'nft', 'health', 'dataplane', 'lockwait', 'rss', 'fleet'].includes(a));
-const wanted = (s: string): boolean => (scenarios.length === 0 && s !== 'fleet') || scenarios.includes(s); // fleet (needs etcd): only when named
+const scenarios = args.filter((a) =>
+  ['apply', 'churn', 'cli', 'nft', 'health', 'dataplane', 'lockwait', 'rss', 'fleet'].includes(a),
+);
+// fleet (needs etcd): only when named
+const wanted = (s: string): boolean => (scenarios.length === 0 && s !== 'fleet') || scenarios.includes(s);
 
 if (!process.env.IPTLB_BENCH_IN_NETNS) {
-  const r = spawnSync('unshare', ['-n', '--', process.execPath, ...process.execArgv, fileURLToPath(import.meta.url), ...args], {
-    stdio: 'inherit',
-    env: { ...process.env, IPTLB_BENCH_IN_NETNS: '1' },
-  });
+  const r = spawnSync(
+    'unshare',
+    ['-n', '--', process.execPath, ...process.execArgv, fileURLToPath(import.meta.url), ...args],
+    {
+      stdio: 'inherit',
+      env: { ...process.env, IPTLB_BENCH_IN_NETNS: '1' },
+    },
+  );
   process.exit(r.status ?? 1);
 }
 execFileSync('ip', ['link', 'set', 'lo', 'up']);
@@ -52,7 +59,9 @@ const median = (xs: number[]): number => {
 const log = (s: string): void => {
   if (!JSON_OUT) process.stdout.write(s + '\n');
 };
-const results: Record<string, unknown> = { machine: { cpus: cpus().length, model: cpus()[0]?.model, node: process.version } };
+const results: Record<string, unknown> = {
+  machine: { cpus: cpus().length, model: cpus()[0]?.model, node: process.version },
+};
 
 function profile(i: number, dests = 3): Profile {
   return validateProfile({
@@ -75,7 +84,8 @@ function flushNft(): void {
 /** Loads n profiles into table ip iptlb with one nft -f (not measured). */
 function preloadNft(profiles: Profile[]): void {
   flushNft();
-  if (profiles.length) execFileSync('nft', ['-f', '-'], { input: renderNft(planNftRebuild(profiles)), maxBuffer: 1 << 30 });
+  if (profiles.length)
+    execFileSync('nft', ['-f', '-'], { input: renderNft(planNftRebuild(profiles)), maxBuffer: 1 << 30 });
 }
 
 /** Loads n profiles into the kernel with one iptables-legacy-restore (the preload is not measured). */
@@ -108,13 +118,26 @@ function perRuleDelete(p: Profile): void {
   ipt('-F', tx.chains[0].name);
   ipt('-X', tx.chains[0].name);
 }
-/** Applies profile p0 `runs` times with changing destinations (after `warmup` applies); medians of the call and of the kernel commit. */
-async function timeApplies(lb: Awaited<ReturnType<typeof open>>, runs: number, warmup: number): Promise<{ call: number; kernel: number }> {
-  for (let r = 0; r < warmup; r++) await lb.apply(validateProfile({ ...profile(0), destination: [`127.0.0.1:${9100 + r}`, '127.0.0.1:9010', '127.0.0.1:9011'] }));
+/**
+ * Applies profile p0 `runs` times with changing destinations (after `warmup` applies); medians of the call and of the
+ * kernel commit.
+ */
+async function timeApplies(
+  lb: Awaited<ReturnType<typeof open>>,
+  runs: number,
+  warmup: number,
+): Promise<{ call: number; kernel: number }> {
+  for (let r = 0; r < warmup; r++)
+    await lb.apply(
+      validateProfile({ ...profile(0), destination: [`127.0.0.1:${9100 + r}`, '127.0.0.1:9010', '127.0.0.1:9011'] }),
+    );
   const times: number[] = [];
   const kernel: number[] = [];
   for (let r = 0; r < runs; r++) {
-    const p = validateProfile({ ...profile(0), destination: [`127.0.0.1:${9001 + (r % 5)}`, '127.0.0.1:9010', '127.0.0.1:9011'] });
+    const p = validateProfile({
+      ...profile(0),
+      destination: [`127.0.0.1:${9001 + (r % 5)}`, '127.0.0.1:9010', '127.0.0.1:9011'],
+    });
     const t0 = performance.now();
     const res = await lb.apply(p);
     times.push(performance.now() - t0);
@@ -131,19 +154,31 @@ async function benchApply(): Promise<void> {
   const addon = loadAddon();
   if (!addon.ok) log(`native addon unavailable (${addon.reason}): native figures skipped`);
   const variants: { key: string; executor: 'native' | 'spawn'; file: boolean }[] = [
-    ...(addon.ok ? [{ key: 'native', executor: 'native' as const, file: false }, { key: 'native+file', executor: 'native' as const, file: true }] : []),
+    ...(addon.ok
+      ? [
+          { key: 'native', executor: 'native' as const, file: false },
+          { key: 'native+file', executor: 'native' as const, file: true },
+        ]
+      : []),
     { key: 'spawn', executor: 'spawn', file: false },
     { key: 'spawn+file', executor: 'spawn', file: true },
   ];
   const table: Record<string, Record<string, number>> = {};
-  log('median ms to apply (create or reset) one 3-destination profile through the library API; +file = with the state file (fsync)');
+  log(
+    'median ms to apply (create or reset) one 3-destination profile through the library API; +file = with the state file (fsync)',
+  );
   for (const n of SIZES) {
     const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-bench-'));
     const stateFile = path.join(dir, 'state.db');
     preload(n, stateFile);
     const row: Record<string, number> = {};
     for (const v of variants) {
-      const lb = await open({ stateFile: v.file ? stateFile : false, engine: 'legacy', executor: v.executor, coalesce: false });
+      const lb = await open({
+        stateFile: v.file ? stateFile : false,
+        engine: 'legacy',
+        executor: v.executor,
+        coalesce: false,
+      });
       const runs = v.executor === 'spawn' && n >= 10000 ? Math.min(RUNS, 7) : RUNS;
       const t = await timeApplies(lb, runs, v.executor === 'native' && n < 10000 ? 20 : 2);
       await lb.delete('p0');
@@ -207,7 +242,10 @@ async function benchChurn(): Promise<void> {
     const worker = async (): Promise<void> => {
       while (issued < UPDATES) {
         const i = issued++;
-        const p = validateProfile({ ...profile(i % PROFILES), destination: [`127.0.0.1:${10000 + (i % 5000)}`, `127.0.0.1:${20000 + (i % 7)}`] });
+        const p = validateProfile({
+          ...profile(i % PROFILES),
+          destination: [`127.0.0.1:${10000 + (i % 5000)}`, `127.0.0.1:${20000 + (i % 7)}`],
+        });
         last.set(p.name, p.destination[0]);
         await lb.apply(p);
       }
@@ -229,7 +267,9 @@ async function benchChurn(): Promise<void> {
       finalStateExact: exact,
     };
     out[key] = row;
-    log(`churn ${key.padEnd(14)} ${ex}: ${row.updatesPerSec} updates/s, ${row.commitsPerSec} commits/s, event-loop p99 ${row.loopDelayP99Ms} ms, final kernel state exact: ${exact}`);
+    log(
+      `churn ${key.padEnd(14)} ${ex}: ${row.updatesPerSec} updates/s, ${row.commitsPerSec} commits/s, event-loop p99 ${row.loopDelayP99Ms} ms, final kernel state exact: ${exact}`,
+    );
   }
   flushNat();
   spawnSync('nft', ['delete', 'table', 'ip', 'iptlb'], { stdio: 'ignore' });
@@ -241,7 +281,9 @@ function timeProcess(argv: string[]): Promise<number> {
     const t0 = performance.now();
     const c = spawn(argv[0], argv.slice(1), { stdio: 'ignore' });
     c.on('error', reject);
-    c.on('close', (code) => (code === 0 ? resolve(performance.now() - t0) : reject(new Error(`${argv.join(' ')} exited ${code}`))));
+    c.on('close', (code) =>
+      code === 0 ? resolve(performance.now() - t0) : reject(new Error(`${argv.join(' ')} exited ${code}`)),
+    );
   });
 }
 
@@ -252,8 +294,28 @@ async function benchCli(): Promise<void> {
   const node = process.execPath;
   const cases: Record<string, string[]> = {
     'node -e 0': [node, '-e', '0'],
-    'iptlb -run (apply)': [node, CLI, '--engine=legacy', `-state-file=${state}`, '-run', '-reset', '-profile=x', '-src-addr=127.100.0.10:8081', '-dest-addr=127.0.0.1:9001,127.0.0.1:9002,127.0.0.1:9003'],
-    'iptlb -run (nft)': [node, CLI, '--engine=nft', `-state-file=${state}.nft`, '-run', '-reset', '-profile=x', '-src-addr=127.100.0.10:8081', '-dest-addr=127.0.0.1:9001,127.0.0.1:9002,127.0.0.1:9003'],
+    'iptlb -run (apply)': [
+      node,
+      CLI,
+      '--engine=legacy',
+      `-state-file=${state}`,
+      '-run',
+      '-reset',
+      '-profile=x',
+      '-src-addr=127.100.0.10:8081',
+      '-dest-addr=127.0.0.1:9001,127.0.0.1:9002,127.0.0.1:9003',
+    ],
+    'iptlb -run (nft)': [
+      node,
+      CLI,
+      '--engine=nft',
+      `-state-file=${state}.nft`,
+      '-run',
+      '-reset',
+      '-profile=x',
+      '-src-addr=127.100.0.10:8081',
+      '-dest-addr=127.0.0.1:9001,127.0.0.1:9002,127.0.0.1:9003',
+    ],
     'iptlb list': [node, CLI, 'list', `--state-file=${state}`],
     // The engine given: with profiles in both engines (the two applies above) auto would say "not ready".
     'iptlb doctor': [node, CLI, 'doctor', '--engine=legacy', `--state-file=${state}`],
@@ -276,7 +338,18 @@ async function benchCli(): Promise<void> {
   const down: number[] = [];
   for (let r = 0; r < Math.min(RUNS, 7); r++) {
     up.push(await timeProcess([node, CLI, '--engine=legacy', `-state-file=${bulkState}`, '-use-state', '-run', '-q']));
-    down.push(await timeProcess([node, CLI, '--engine=legacy', `-state-file=${bulkState}`, '-use-state', '-run', '-delete', '-q']));
+    down.push(
+      await timeProcess([
+        node,
+        CLI,
+        '--engine=legacy',
+        `-state-file=${bulkState}`,
+        '-use-state',
+        '-run',
+        '-delete',
+        '-q',
+      ]),
+    );
     writeFileSync(bulkState, serializeState(Array.from({ length: 1000 }, (_, i) => profile(i + 1))), { mode: 0o600 });
   }
   const bulk = {
@@ -285,13 +358,17 @@ async function benchCli(): Promise<void> {
     applyRatio: Number((median(up) / single).toFixed(2)),
     deleteRatio: Number((median(down) / single).toFixed(2)),
   };
-  log(`cli -use-state -run, 1,000 profiles: ${bulk.applyMs} ms (${bulk.applyRatio}x single apply); -delete: ${bulk.deleteMs} ms (${bulk.deleteRatio}x)`);
+  log(
+    `cli -use-state -run, 1,000 profiles: ${bulk.applyMs} ms (${bulk.applyRatio}x single apply); -delete: ${bulk.deleteMs} ms (${bulk.deleteRatio}x)`,
+  );
   results.cli = { ...cli, bulk1000: bulk };
   flushNat();
   rmSync(dir, { recursive: true, force: true });
 }
 
-/** Control plane of the nft engine next to legacy, data plane of both, and a 10,000-profile load from the state file. */
+/**
+ * Control plane of the nft engine next to legacy, data plane of both, and a 10,000-profile load from the state file.
+ */
 async function benchNft(): Promise<void> {
   const addon = loadAddon();
   const nftNative = addon.ok && typeof addon.addon.nftCommit === 'function';
@@ -302,7 +379,9 @@ async function benchNft(): Promise<void> {
     ...(nftNative ? [{ key: 'nft/native', engine: 'nft' as const, executor: 'native' as const }] : []),
     { key: 'nft/spawn', engine: 'nft' as const, executor: 'spawn' as const },
   ];
-  log('median ms to apply one 3-destination profile (API, profiles in memory), N other profiles present; kernel = commit time inside the executor');
+  log(
+    'median ms to apply one 3-destination profile (API, profiles in memory), N other profiles present; kernel = commit time inside the executor',
+  );
   const table: Record<string, Record<string, number>> = {};
   for (const n of SIZES) {
     const profiles = Array.from({ length: n }, (_, i) => profile(i + 1));
@@ -334,7 +413,9 @@ async function benchNft(): Promise<void> {
     log(
       `profiles=${String(n).padStart(5)}  ` +
         pairs.map((p) => `${p.key} ${row[p.key].toFixed(3)} (kernel ${row[`${p.key} kernel`].toFixed(3)})`).join('  ') +
-        (row['nft/native, N in the handle'] !== undefined ? `  nft/native with the N profiles in the handle ${row['nft/native, N in the handle'].toFixed(3)}` : ''),
+        (row['nft/native, N in the handle'] !== undefined
+          ? `  nft/native with the N profiles in the handle ${row['nft/native, N in the handle'].toFixed(3)}`
+          : ''),
     );
   }
   const first = table[String(SIZES[0])];
@@ -350,7 +431,11 @@ async function benchNft(): Promise<void> {
     await new Promise<void>((r) => srv.listen(port, '127.0.0.1', () => r()));
     servers.push(srv);
   }
-  const vipProfile = validateProfile({ name: 'vip', source: '127.99.0.1:8081', destination: ['127.0.0.1:9001', '127.0.0.1:9002', '127.0.0.1:9003'] });
+  const vipProfile = validateProfile({
+    name: 'vip',
+    source: '127.99.0.1:8081',
+    destination: ['127.0.0.1:9001', '127.0.0.1:9002', '127.0.0.1:9003'],
+  });
   const connRate = async (count: number): Promise<number> => {
     const one = (): Promise<void> =>
       new Promise((resolve, reject) => {
@@ -361,9 +446,11 @@ async function benchNft(): Promise<void> {
       });
     const t0 = performance.now();
     let next = 0;
-    await Promise.all(Array.from({ length: 16 }, async () => {
-      while (next++ < count) await one();
-    }));
+    await Promise.all(
+      Array.from({ length: 16 }, async () => {
+        while (next++ < count) await one();
+      }),
+    );
     return count / ((performance.now() - t0) / 1000);
   };
   const others = Array.from({ length: 10000 }, (_, i) => profile(i + 1));
@@ -385,11 +472,15 @@ async function benchNft(): Promise<void> {
       }
     }
   }
-  const data: Record<string, number> = Object.fromEntries(Object.entries(rounds).map(([k, v]) => [k, Math.round(median(v))]));
+  const data: Record<string, number> = Object.fromEntries(
+    Object.entries(rounds).map(([k, v]) => [k, Math.round(median(v))]),
+  );
   for (const s of servers) s.close();
   log(
     `data plane, new TCP connections/s through one virtual address (16 concurrent clients): ` +
-      Object.entries(data).map(([k, v]) => `${k} ${v}`).join('  ') +
+      Object.entries(data)
+        .map(([k, v]) => `${k} ${v}`)
+        .join('  ') +
       `  | legacy 10000/0 ${(data['legacy @10000'] / data['legacy @0']).toFixed(2)}x  nft 10000/0 ${(data['nft @10000'] / data['nft @0']).toFixed(2)}x`,
   );
   results.dataPlane = data;
@@ -404,13 +495,29 @@ async function benchNft(): Promise<void> {
     const t: number[] = [];
     for (let r = 0; r < 3; r++) {
       flushNat();
-      t.push(await timeProcess([process.execPath, CLI, `--engine=${pair.engine}`, `--executor=${pair.executor}`, `-state-file=${state}`, '-use-state', '-run', '-q']));
+      t.push(
+        await timeProcess([
+          process.execPath,
+          CLI,
+          `--engine=${pair.engine}`,
+          `--executor=${pair.executor}`,
+          `-state-file=${state}`,
+          '-use-state',
+          '-run',
+          '-q',
+        ]),
+      );
     }
     load[pair.key] = Math.round(median(t));
   }
   flushNat();
   rmSync(dir, { recursive: true, force: true });
-  log(`load 10,000 profiles from the state file (iptlb -use-state -run, whole process): ` + Object.entries(load).map(([k, v]) => `${k} ${v} ms`).join('  '));
+  log(
+    `load 10,000 profiles from the state file (iptlb -use-state -run, whole process): ` +
+      Object.entries(load)
+        .map(([k, v]) => `${k} ${v} ms`)
+        .join('  '),
+  );
   results.load10k = load;
 }
 
@@ -419,8 +526,25 @@ if (wanted('nft')) await benchNft();
 if (wanted('churn')) await benchChurn();
 if (wanted('cli')) await benchCli();
 if (wanted('health')) results.health = await benchHealth(log);
-if (wanted('lockwait')) results.legacyLockWait = await benchLockWait({ log, runs: Math.min(RUNS, Number(flag('--runs') ?? 5)), profile: (i) => profile(i), open: open as never });
-if (wanted('rss')) results.rss = await benchRss({ log, runs: Math.min(RUNS, Number(flag('--runs') ?? 5)), profile: (i) => profile(i), flush: flushNat });
-if (wanted('dataplane')) results.legacyDataplane = await benchDataplane({ log, runs: Math.min(RUNS, Number(flag('--runs') ?? 5)), profile: (i) => profile(i) });
+if (wanted('lockwait'))
+  results.legacyLockWait = await benchLockWait({
+    log,
+    runs: Math.min(RUNS, Number(flag('--runs') ?? 5)),
+    profile: (i) => profile(i),
+    open: open as never,
+  });
+if (wanted('rss'))
+  results.rss = await benchRss({
+    log,
+    runs: Math.min(RUNS, Number(flag('--runs') ?? 5)),
+    profile: (i) => profile(i),
+    flush: flushNat,
+  });
+if (wanted('dataplane'))
+  results.legacyDataplane = await benchDataplane({
+    log,
+    runs: Math.min(RUNS, Number(flag('--runs') ?? 5)),
+    profile: (i) => profile(i),
+  });
 if (wanted('fleet')) await (await import('./fleet.js')).benchFleet(log, results);
 if (JSON_OUT) process.stdout.write(JSON.stringify(results, null, 2) + '\n');

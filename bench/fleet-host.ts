@@ -22,7 +22,9 @@ const agent = await runAgent({
   syncMs: 0,
   keepConntrack: true,
 });
-agent.on('applied', (a) => process.stdout.write(`committed ${a.revision} ${a.upserted + a.removed} ${a.totalMs.toFixed(2)}\n`));
+agent.on('applied', (a) =>
+  process.stdout.write(`committed ${a.revision} ${a.upserted + a.removed} ${a.totalMs.toFixed(2)}\n`),
+);
 
 const tryOnce = (vip: string): Promise<boolean> =>
   new Promise((resolve) => {

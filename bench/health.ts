@@ -67,14 +67,22 @@ async function nodeAcceptors(): Promise<() => void> {
 }
 
 /** One run: N destinations (profiles of 1000), interval 1 s; CPU over `windowMs` after one warm-up interval. */
-async function run(n: number, endpoints: number, kind: 'tcp' | 'http', windowMs: number): Promise<{ cpuPct: number; userPct: number; checksPerSec: number; probesPerSec: number; failures: number }> {
+async function run(
+  n: number,
+  endpoints: number,
+  kind: 'tcp' | 'http',
+  windowMs: number,
+): Promise<{ cpuPct: number; userPct: number; checksPerSec: number; probesPerSec: number; failures: number }> {
   const core = new Core({ stateFile: false }, new NoKernel());
   const perProfile = 1000;
   const profiles = Array.from({ length: Math.ceil(n / perProfile) }, (_, i) =>
     validateProfile({
       name: `h${i}`,
       source: `127.200.${i >> 8}.${i & 255}:80`,
-      destination: Array.from({ length: Math.min(perProfile, n - i * perProfile) }, (_, k) => `127.0.0.1:${BASE + ((i * perProfile + k) % endpoints)}`),
+      destination: Array.from(
+        { length: Math.min(perProfile, n - i * perProfile) },
+        (_, k) => `127.0.0.1:${BASE + ((i * perProfile + k) % endpoints)}`,
+      ),
       health: { kind, intervalMs: 1000, timeoutMs: 1000, ...(kind === 'http' ? { path: '/' } : {}) },
     }),
   );
@@ -96,9 +104,21 @@ async function run(n: number, endpoints: number, kind: 'tcp' | 'http', windowMs:
   const probes = checker.counters.probes - probes0;
   const reasons = new Map<string, number>();
   for (const s of states) if (s.lastError) reasons.set(s.lastError, (reasons.get(s.lastError) ?? 0) + 1);
-  if (reasons.size) process.stderr.write(`  (last errors: ${[...reasons].slice(0, 3).map(([k, v]) => `${v}× ${k}`).join(', ')})\n`);
+  if (reasons.size)
+    process.stderr.write(
+      `  (last errors: ${[...reasons]
+        .slice(0, 3)
+        .map(([k, v]) => `${v}× ${k}`)
+        .join(', ')})\n`,
+    );
   await checker.stop();
-  return { cpuPct: ((c.user + c.system) / 1000 / wall) * 100, userPct: (c.user / 1000 / wall) * 100, checksPerSec: (checks / wall) * 1000, probesPerSec: (probes / wall) * 1000, failures };
+  return {
+    cpuPct: ((c.user + c.system) / 1000 / wall) * 100,
+    userPct: (c.user / 1000 / wall) * 100,
+    checksPerSec: (checks / wall) * 1000,
+    probesPerSec: (probes / wall) * 1000,
+    failures,
+  };
 }
 
 export async function benchHealth(log: (s: string) => void, runs = 3): Promise<Record<string, unknown>> {
@@ -107,7 +127,12 @@ export async function benchHealth(log: (s: string) => void, runs = 3): Promise<R
   log(`health checks: probing ${PORTS} local ports served by a ${acc.kind} in another process (its CPU not counted)`);
   const out: Record<string, unknown> = { acceptor: acc.kind };
   try {
-    for (const [n, endpoints, kind] of [[1000, 1000, 'tcp'], [10000, 10000, 'tcp'], [10000, 1000, 'tcp'], [1000, 1000, 'http']] as const) {
+    for (const [n, endpoints, kind] of [
+      [1000, 1000, 'tcp'],
+      [10000, 10000, 'tcp'],
+      [10000, 1000, 'tcp'],
+      [1000, 1000, 'http'],
+    ] as const) {
       const rs = [];
       for (let i = 0; i < runs; i++) rs.push(await run(n, endpoints, kind, 5000));
       const probeRate = rs.map((r) => r.probesPerSec).sort((a, b) => a - b);
@@ -115,7 +140,15 @@ export async function benchHealth(log: (s: string) => void, runs = 3): Promise<R
       const rate = rs.map((r) => r.checksPerSec).sort((a, b) => a - b);
       const user = rs.map((r) => r.userPct).sort((a, b) => a - b);
       const key = `${kind} @${n}${endpoints !== n ? ` over ${endpoints} endpoints` : ''}`;
-      out[key] = { cpuPctMedian: cpu[(cpu.length - 1) >> 1], cpuPctMin: cpu[0], cpuPctMax: cpu[cpu.length - 1], userPctMedian: user[(user.length - 1) >> 1], checksPerSec: Math.round(rate[(rate.length - 1) >> 1]), probesPerSec: Math.round(probeRate[(probeRate.length - 1) >> 1]), failures: rs.reduce((a, r) => a + r.failures, 0) };
+      out[key] = {
+        cpuPctMedian: cpu[(cpu.length - 1) >> 1],
+        cpuPctMin: cpu[0],
+        cpuPctMax: cpu[cpu.length - 1],
+        userPctMedian: user[(user.length - 1) >> 1],
+        checksPerSec: Math.round(rate[(rate.length - 1) >> 1]),
+        probesPerSec: Math.round(probeRate[(probeRate.length - 1) >> 1]),
+        failures: rs.reduce((a, r) => a + r.failures, 0),
+      };
       log(
         `health checks, ${kind} at a 1 s interval, ${n} destinations${endpoints !== n ? ` (${n / endpoints} profiles sharing ${endpoints} endpoints)` : ''}: CPU ${cpu[(cpu.length - 1) >> 1].toFixed(1)} % of one core (min ${cpu[0].toFixed(1)}, max ${cpu[cpu.length - 1].toFixed(1)}, ${runs} runs of 5 s; user ${user[(user.length - 1) >> 1].toFixed(1)} %, the rest is kernel time, which on loopback includes the acceptor side's TCP handshake), ` +
           `${Math.round(rate[(rate.length - 1) >> 1])} checks/s by ${Math.round(probeRate[(probeRate.length - 1) >> 1])} probes/s, ${rs.reduce((a, r) => a + r.failures, 0)} failed`,

@@ -54,8 +54,16 @@ export function preloadLegacy(profiles: Profile[], oldLayout = false): void {
   const tx = planTransaction(profiles, []);
   const set = GATE_SET.ipv4;
   const elements = new Set(tx.hookRules.map((h) => elementOf(h.rule)).filter((e): e is string => e !== null));
-  execFileSync('ipset', ['-exist', 'restore'], { input: [`create ${set} hash:ip,port family inet maxelem 1048576`, ...[...elements].map((e) => `add ${set} ${e}`)].join('\n') + '\n' });
-  execFileSync('iptables-legacy-restore', ['--noflush'], { input: renderRestore(tx, { chains: [], hookRules: [] }), maxBuffer: 1 << 30 });
+  execFileSync('ipset', ['-exist', 'restore'], {
+    input:
+      [`create ${set} hash:ip,port family inet maxelem 1048576`, ...[...elements].map((e) => `add ${set} ${e}`)].join(
+        '\n',
+      ) + '\n',
+  });
+  execFileSync('iptables-legacy-restore', ['--noflush'], {
+    input: renderRestore(tx, { chains: [], hookRules: [] }),
+    maxBuffer: 1 << 30,
+  });
 }
 
 /** Compiles bench/c/<name>.c with cc into `dir`; returns the binary's path. */
@@ -69,14 +77,20 @@ const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 };
-const spread = (xs: number[], digits = 2): string => `median ${median(xs).toFixed(digits)} (min ${Math.min(...xs).toFixed(digits)}, max ${Math.max(...xs).toFixed(digits)})`;
+const spread = (xs: number[], digits = 2): string =>
+  `median ${median(xs).toFixed(digits)} (min ${Math.min(...xs).toFixed(digits)}, max ${Math.max(...xs).toFixed(digits)})`;
 
 export async function benchDataplane(io: BenchIo): Promise<Record<string, unknown>> {
   const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-connrate-'));
   const bin = compile('connrate', dir);
   // Every connection is a conntrack entry; RST-closed ones linger 10 s in CLOSE by default, and the
   // client would cycle through its ports within a run: per-namespace settings of this namespace only.
-  execFileSync('sysctl', ['-q', '-w', 'net.netfilter.nf_conntrack_tcp_timeout_close=1', 'net.ipv4.ip_local_port_range=1024 65000']);
+  execFileSync('sysctl', [
+    '-q',
+    '-w',
+    'net.netfilter.nf_conntrack_tcp_timeout_close=1',
+    'net.ipv4.ip_local_port_range=1024 65000',
+  ]);
   const acceptor: ChildProcess = spawn(bin, ['accept', '127.0.0.1', '7999'], { stdio: ['ignore', 'pipe', 'inherit'] });
   await new Promise<void>((resolve, reject) => {
     acceptor.stdout!.once('data', () => resolve());
@@ -88,7 +102,11 @@ export async function benchDataplane(io: BenchIo): Promise<Record<string, unknow
   const rate = (): number => {
     spawnSync('conntrack', ['-F'], { stdio: 'ignore' });
     execFileSync(bin, ['connect', '127.0.0.1', '7999', '200']); // warm up
-    const [ok, failed, elapsed, cpu] = execFileSync(bin, ['connect', '127.0.0.1', '7999', String(ms)]).toString().trim().split(' ').map(Number);
+    const [ok, failed, elapsed, cpu] = execFileSync(bin, ['connect', '127.0.0.1', '7999', String(ms)])
+      .toString()
+      .trim()
+      .split(' ')
+      .map(Number);
     if (failed > ok / 100) throw new Error(`connrate: ${failed} of ${ok + failed} connections failed`);
     lastCpuUs = (cpu * 1000) / ok;
     return (ok / elapsed) * 1000;
@@ -127,9 +145,14 @@ export async function benchDataplane(io: BenchIo): Promise<Record<string, unknow
   rmSync(dir, { recursive: true, force: true });
   io.log(
     `legacy data plane, new TCP connections/s to a NON-virtual address (C client → C acceptor on 127.0.0.1, ${ms} ms per case, ${io.runs} runs):\n` +
-      Object.entries(rates).map(([k, v]) => `  ${k.padEnd(12)} ${spread(v, 0)} conn/s`).join('\n') +
+      Object.entries(rates)
+        .map(([k, v]) => `  ${k.padEnd(12)} ${spread(v, 0)} conn/s`)
+        .join('\n') +
       `\n  ratio 10,000/1 profiles, gated layout: ${spread(ratios.gate)}   layout before the gate: ${spread(ratios.old)}   (per-run ratios: gate ${ratios.gate.map((x) => x.toFixed(2)).join(' ')}; old ${ratios.old.map((x) => x.toFixed(2)).join(' ')})` +
-      `\n  client CPU per connection: ` + Object.entries(cpuPerConn).map(([k, v]) => `${k} ${median(v).toFixed(1)} µs`).join('  ') +
+      `\n  client CPU per connection: ` +
+      Object.entries(cpuPerConn)
+        .map(([k, v]) => `${k} ${median(v).toFixed(1)} µs`)
+        .join('  ') +
       `\n  CPU ratio (1 profile / 10,000, 1.00 = no cost), gated layout: ${spread(cpuRatios.gate)}   layout before the gate: ${spread(cpuRatios.old)}`,
   );
   return { rates, ratios, cpuPerConnUs: cpuPerConn, cpuRatios };
@@ -141,7 +164,9 @@ export async function benchDataplane(io: BenchIo): Promise<Record<string, unknow
  * `iptables-legacy-restore --noflush -w` on a chain of its own (as Docker or kube-proxy do). Each run
  * measures both back to back; rows are medians per run and their ratio.
  */
-export async function benchLockWait(io: BenchIo & { open: (o: object) => Promise<{ apply(p: Profile): Promise<unknown>; close(): Promise<void> }> }): Promise<Record<string, unknown>> {
+export async function benchLockWait(
+  io: BenchIo & { open: (o: object) => Promise<{ apply(p: Profile): Promise<unknown>; close(): Promise<void> }> },
+): Promise<Record<string, unknown>> {
   const N = 1000;
   const profiles = Array.from({ length: N }, (_, i) => io.profile(i + 1));
   preloadLegacy(profiles);
@@ -167,7 +192,14 @@ export async function benchLockWait(io: BenchIo & { open: (o: object) => Promise
   const rounds: number[] = [];
   const APPLIES = Number(process.env.IPTLB_BENCH_LOCK_APPLIES ?? 40);
   const besideWriter = async (): Promise<{ t: number; n: number }> => {
-    const writer = spawn('bash', ['-c', `n=0; trap 'echo $n; exit 0' TERM; while :; do iptables-legacy-restore --noflush -w < ${rules}; n=$((n+1)); done`], { stdio: ['ignore', 'pipe', 'ignore'] });
+    const writer = spawn(
+      'bash',
+      [
+        '-c',
+        `n=0; trap 'echo $n; exit 0' TERM; while :; do iptables-legacy-restore --noflush -w < ${rules}; n=$((n+1)); done`,
+      ],
+      { stdio: ['ignore', 'pipe', 'ignore'] },
+    );
     let out = '';
     writer.stdout!.on('data', (d) => (out += d));
     await new Promise((res) => setTimeout(res, 300));
@@ -216,11 +248,18 @@ export async function benchRss(io: BenchIo & { flush: () => void }): Promise<Rec
   for (let r = 0; r < io.runs; r++) {
     for (const [name, args] of cases) {
       io.flush();
-      const out = execFileSync(process.execPath, ['--expose-gc', child, ...args], { maxBuffer: 1 << 20 }).toString().trim();
+      const out = execFileSync(process.execPath, ['--expose-gc', child, ...args], { maxBuffer: 1 << 20 })
+        .toString()
+        .trim();
       (got[name] ??= []).push(Number(out));
     }
   }
   io.flush();
-  io.log(`RSS (MiB) of a process holding profiles (${io.runs} fresh processes each, interleaved; after one apply and a 600 ms settle):\n` + Object.entries(got).map(([k, v]) => `  ${k.padEnd(24)} ${spread(v, 1)}`).join('\n'));
+  io.log(
+    `RSS (MiB) of a process holding profiles (${io.runs} fresh processes each, interleaved; after one apply and a 600 ms settle):\n` +
+      Object.entries(got)
+        .map(([k, v]) => `  ${k.padEnd(24)} ${spread(v, 1)}`)
+        .join('\n'),
+  );
   return got;
 }

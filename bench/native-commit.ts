@@ -8,7 +8,12 @@ import { readFileSync } from 'node:fs';
 import { loadAddon } from '../src/native/addon.js';
 import type { Rule, Transaction } from '../src/types.js';
 
-if (readFileSync('/proc/self/net/dev', 'utf8').split('\n').slice(2).some((l) => l.includes(':') && l.split(':')[0].trim() !== 'lo')) {
+if (
+  readFileSync('/proc/self/net/dev', 'utf8')
+    .split('\n')
+    .slice(2)
+    .some((l) => l.includes(':') && l.split(':')[0].trim() !== 'lo')
+) {
   console.error('run me in a fresh network namespace: unshare -n -- node dist/bench/native-commit.js');
   process.exit(2);
 }
@@ -23,12 +28,40 @@ function profile(i: number, dests: number): Transaction {
   const vip = `127.${100 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`;
   const rules: Rule[] = [];
   for (let d = 0; d < dests; d++) {
-    rules.push({ dst: `${vip}/32`, proto: 'tcp', matches: [{ name: 'tcp', dport: 80 }, ...(d < dests - 1 ? [{ name: 'statistic' as const, mode: 'random' as const, probability: (1 / (dests - d)).toFixed(10) }] : [])], target: { name: 'DNAT', toDestination: `10.0.${d}.1:8080` } });
+    rules.push({
+      dst: `${vip}/32`,
+      proto: 'tcp',
+      matches: [
+        { name: 'tcp', dport: 80 },
+        ...(d < dests - 1
+          ? [{ name: 'statistic' as const, mode: 'random' as const, probability: (1 / (dests - d)).toFixed(10) }]
+          : []),
+      ],
+      target: { name: 'DNAT', toDestination: `10.0.${d}.1:8080` },
+    });
   }
   rules.push({ matches: [], target: { name: 'RETURN' } });
   return {
-    family: 'ipv4', table: 'nat', owners: [name], deleteChains: [], chains: [{ name: chain, rules }],
-    hookRules: [{ chain: 'OUTPUT', owner: name, rule: { dst: `${vip}/32`, proto: 'tcp', matches: [{ name: 'comment', comment: `iptlb:${name}` }, { name: 'tcp', dport: 80 }], target: { name: 'jump', chain } } }],
+    family: 'ipv4',
+    table: 'nat',
+    owners: [name],
+    deleteChains: [],
+    chains: [{ name: chain, rules }],
+    hookRules: [
+      {
+        chain: 'OUTPUT',
+        owner: name,
+        rule: {
+          dst: `${vip}/32`,
+          proto: 'tcp',
+          matches: [
+            { name: 'comment', comment: `iptlb:${name}` },
+            { name: 'tcp', dport: 80 },
+          ],
+          target: { name: 'jump', chain },
+        },
+      },
+    ],
   };
 }
 
@@ -51,7 +84,14 @@ async function measure(label: string): Promise<void> {
 await measure('empty table');
 for (let i = 0; i < 1000; i += 100) {
   const txs = Array.from({ length: 100 }, (_, k) => profile(i + k, 3));
-  await A.commit({ family: 'ipv4', table: 'nat', owners: txs.flatMap((t) => t.owners), deleteChains: [], chains: txs.flatMap((t) => t.chains), hookRules: txs.flatMap((t) => t.hookRules) });
+  await A.commit({
+    family: 'ipv4',
+    table: 'nat',
+    owners: txs.flatMap((t) => t.owners),
+    deleteChains: [],
+    chains: txs.flatMap((t) => t.chains),
+    hookRules: txs.flatMap((t) => t.hookRules),
+  });
 }
 const view = await A.read();
 console.log(`loaded ${view.chains.length} chains, ${view.hookRules.length} hook rules`);

@@ -26,7 +26,11 @@ if (bare) {
   const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-rss-'));
   const stateFile = path.join(dir, 'state.db');
   const profiles = Array.from({ length: n }, (_, i) =>
-    validateProfile({ name: `p${i}`, source: `127.${100 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}:8081`, destination: ['127.0.0.1:9001', '127.0.0.1:9002', '127.0.0.1:9003'] }),
+    validateProfile({
+      name: `p${i}`,
+      source: `127.${100 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}:8081`,
+      destination: ['127.0.0.1:9001', '127.0.0.1:9002', '127.0.0.1:9003'],
+    }),
   );
   writeFileSync(stateFile, serializeState(profiles), { mode: 0o600 });
   profiles.length = 0;

@@ -51,7 +51,11 @@ function ask(vip: string): Promise<string> {
 async function main(): Promise<void> {
   const servers = await Promise.all(catalogue.web.instances.map((i) => backend(i.port)));
   const lb = await open({ stateFile: path.join(mkdtempSync(path.join(tmpdir(), 'agent-')), 'state.db') });
-  lb.on('commit', (e) => console.log(`commit: ${e.calls} call(s), ${e.size} profile change(s), ${e.durationMs.toFixed(2)} ms (${e.engine}/${e.executor})`));
+  lb.on('commit', (e) =>
+    console.log(
+      `commit: ${e.calls} call(s), ${e.size} profile change(s), ${e.durationMs.toFixed(2)} ms (${e.engine}/${e.executor})`,
+    ),
+  );
 
   // Health checks flap: every change is pushed to iptlb at once; concurrent calls are coalesced.
   const reconcile = async (name: string): Promise<void> => {
@@ -79,12 +83,18 @@ async function main(): Promise<void> {
   console.log(`after failures: answered by ${[...after].sort().join(', ')}`);
 
   const status = await lb.status();
-  for (const s of status) console.log(`status ${s.name}: ${s.status}; ${s.destinations.map((d) => `${d.destination}=${d.packets}`).join(' ')}`);
+  for (const s of status)
+    console.log(
+      `status ${s.name}: ${s.status}; ${s.destinations.map((d) => `${d.destination}=${d.packets}`).join(' ')}`,
+    );
 
   // Everything fails: the profile is removed, the virtual address no longer answers.
   for (const i of catalogue.web.instances) i.healthy = false;
   await reconcile('web');
-  const gone = await ask(catalogue.web.vip).then(() => 'answered', () => 'refused');
+  const gone = await ask(catalogue.web.vip).then(
+    () => 'answered',
+    () => 'refused',
+  );
   console.log(`all down: the virtual address is ${gone}`);
 
   await lb.close();

@@ -15,7 +15,8 @@ Napi::Value Flock(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "path: must be a string");
   std::string path = info[0].As<Napi::String>().Utf8Value();
-  if (path.empty() || path.size() > 4095 || path.find('\0') != std::string::npos) throw Napi::TypeError::New(env, "path: must be a file path");
+  if (path.empty() || path.size() > 4095 || path.find('\0') != std::string::npos)
+    throw Napi::TypeError::New(env, "path: must be a file path");
   const int wait = WaitMs(info.Length() < 2 ? env.Undefined() : info[1], "waitMs");
   auto *w = new FlockWorker(env, std::move(path), wait);
   Napi::Promise p = w->Promise();

@@ -19,10 +19,16 @@ constexpr int kMaxAttempts = 8;
 }  // namespace
 
 CommitWorker::CommitWorker(Napi::Env env, Transaction tx, int lock_wait_ms)
-    : PromiseWorker(env, "iptlb.commit"), tx_(std::move(tx)), lock_path_(XtablesLockPath()), lock_wait_ms_(lock_wait_ms) {}
+    : PromiseWorker(env, "iptlb.commit"),
+      tx_(std::move(tx)),
+      lock_path_(XtablesLockPath()),
+      lock_wait_ms_(lock_wait_ms) {}
 
 CommitWorker::CommitWorker(Napi::Env env, std::string json, int lock_wait_ms)
-    : PromiseWorker(env, "iptlb.commit"), json_(std::move(json)), lock_path_(XtablesLockPath()), lock_wait_ms_(lock_wait_ms) {}
+    : PromiseWorker(env, "iptlb.commit"),
+      json_(std::move(json)),
+      lock_path_(XtablesLockPath()),
+      lock_wait_ms_(lock_wait_ms) {}
 
 void CommitWorker::Execute() {
   BackgroundPriority background;
@@ -86,13 +92,16 @@ bool CommitWorker::Run(XtHandle<F> *prepared) {
       // The rules are committed. A failure to tidy the set is not the commit's: an element too many
       // only sends its packets through the dispatch chain and back; the next commit tidies again.
       NativeError ignored;
-      if (gate.need_set) ChangeGateSet(F::kFamily, gate.stale, true, &ignored);
-      else DestroyGateSet(F::kFamily, &ignored);
+      if (gate.need_set)
+        ChangeGateSet(F::kFamily, gate.stale, true, &ignored);
+      else
+        DestroyGateSet(F::kFamily, &ignored);
       return true;
     }
     const int err = errno;
     if (err != EAGAIN || attempts_ == kMaxAttempts) {
-      std::string context = F::kFamily == Family::kIpv6 ? " while committing table nat (ip6tables)" : " while committing table nat";
+      std::string context =
+          F::kFamily == Family::kIpv6 ? " while committing table nat (ip6tables)" : " while committing table nat";
       if (err == EAGAIN) context += " (the table kept changing: " + std::to_string(attempts_) + " attempts)";
       Fail(XtError<F>(std::string(F::kLibrary) + "_commit", err, context));
       return false;

@@ -34,7 +34,7 @@ class CommitWorker : public PromiseWorker {
 
   TableTurn turn_;
   Transaction tx_;
-  std::string json_;  // non-empty: decode into tx_ first (worker thread)
+  std::string json_;       // non-empty: decode into tx_ first (worker thread)
   std::string lock_path_;  // read from the environment on the JS thread
   int lock_wait_ms_;
   double duration_ms_ = 0;

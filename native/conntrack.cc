@@ -28,7 +28,8 @@ namespace {
 // value is ABI, older userspace headers lack the name): filter on the layer-4 protocol only.
 constexpr uint32_t kFilterProtoNum = 1u << 3;
 
-constexpr const char *kPermissionHint = "permission denied: reading and deleting conntrack entries needs CAP_NET_ADMIN (run as root)";
+constexpr const char *kPermissionHint =
+    "permission denied: reading and deleting conntrack entries needs CAP_NET_ADMIN (run as root)";
 constexpr int kDumpAttempts = 3;
 
 std::string ErrText(int err) {
@@ -38,7 +39,8 @@ std::string ErrText(int err) {
 
 [[noreturn]] void Throw(int err, const std::string &what) {
   std::string msg = what + ": " + ErrText(err);
-  if (err == EOPNOTSUPP || err == EPROTONOSUPPORT) msg += " (conntrack netlink is not available in this kernel: modprobe nf_conntrack_netlink)";
+  if (err == EOPNOTSUPP || err == EPROTONOSUPPORT)
+    msg += " (conntrack netlink is not available in this kernel: modprobe nf_conntrack_netlink)";
   throw nft::NftFailure{NativeError::FromErrno("EKERNEL", err, msg, kPermissionHint)};
 }
 
@@ -46,23 +48,31 @@ std::string ErrText(int err) {
 std::string EndpointText(uint8_t family, const Addr &a, uint16_t port) {
   char ip[INET6_ADDRSTRLEN] = "?";
   inet_ntop(family, a.data(), ip, sizeof ip);
-  return family == AF_INET6 ? "[" + std::string(ip) + "]:" + std::to_string(port) : std::string(ip) + ":" + std::to_string(port);
+  return family == AF_INET6 ? "[" + std::string(ip) + "]:" + std::to_string(port)
+                            : std::string(ip) + ":" + std::to_string(port);
 }
 
 const char *FamilyText(uint8_t f) {
   switch (f) {
-    case AF_INET: return "ipv4";
-    case AF_INET6: return "ipv6";
-    default: return "all families";
+    case AF_INET:
+      return "ipv4";
+    case AF_INET6:
+      return "ipv6";
+    default:
+      return "all families";
   }
 }
 
 const char *ProtoText(uint8_t p) {
   switch (p) {
-    case IPPROTO_TCP: return "tcp";
-    case IPPROTO_UDP: return "udp";
-    case IPPROTO_SCTP: return "sctp";
-    default: return "?";
+    case IPPROTO_TCP:
+      return "tcp";
+    case IPPROTO_UDP:
+      return "udp";
+    case IPPROTO_SCTP:
+      return "sctp";
+    default:
+      return "?";
   }
 }
 
@@ -124,7 +134,8 @@ bool ParseTuple(const struct nlattr *nest, Tuple *t) {
     if (!GetAddr(ip[CTA_IP_V4_SRC], 4, &t->src) || !GetAddr(ip[CTA_IP_V4_DST], 4, &t->dst)) return false;
   } else {
     t->family = AF_INET6;
-    if (!GetAddr(ip[CTA_IP_V6_SRC], 16, &t->src) || !GetAddr(ip[CTA_IP_V6_DST], 16, &t->dst)) return false;  // neither family
+    if (!GetAddr(ip[CTA_IP_V6_SRC], 16, &t->src) || !GetAddr(ip[CTA_IP_V6_DST], 16, &t->dst))
+      return false;  // neither family
   }
   if (!GetU8(proto[CTA_PROTO_NUM], &t->proto)) return false;
   // Port-less protocols (icmp) have no ports; they never match a flow.
@@ -150,7 +161,8 @@ bool ParseEntry(const struct nlmsghdr *nlh, Entry *e) {
   e->has_zone = GetU16(top[CTA_ZONE], &e->zone_be);
   Attrs<CTA_PROTOINFO_MAX> info;
   Attrs<CTA_PROTOINFO_TCP_MAX> tcp;
-  if (info.ParseNested(top[CTA_PROTOINFO]) && tcp.ParseNested(info[CTA_PROTOINFO_TCP])) e->has_tcp_state = GetU8(tcp[CTA_PROTOINFO_TCP_STATE], &e->tcp_state);
+  if (info.ParseNested(top[CTA_PROTOINFO]) && tcp.ParseNested(info[CTA_PROTOINFO_TCP]))
+    e->has_tcp_state = GetU8(tcp[CTA_PROTOINFO_TCP_STATE], &e->tcp_state);
   return true;
 }
 
@@ -193,7 +205,8 @@ void PutTuple(struct nlmsghdr *nlh, uint16_t type, const Tuple &t, bool src, boo
 // and protocol. Returns false, having read nothing, when the kernel refused
 // the filter (the caller then reads the table whole); retries when the table changed under the dump.
 template <typename Match>
-bool Dump(nft::Socket *s, uint8_t family, uint8_t proto, const Match &match, std::vector<std::pair<Entry, size_t>> *out) {
+bool Dump(nft::Socket *s, uint8_t family, uint8_t proto, const Match &match,
+          std::vector<std::pair<Entry, size_t>> *out) {
   for (int attempt = 0;; attempt++) {
     alignas(struct nlmsghdr) char buf[MNL_SOCKET_BUFFER_SIZE];
     struct nlmsghdr *nlh = PutHeader(buf, IPCTNL_MSG_CT_GET, NLM_F_DUMP, s->NextSeq(), family);
@@ -213,7 +226,9 @@ bool Dump(nft::Socket *s, uint8_t family, uint8_t proto, const Match &match, std
         [&](const struct nlmsghdr *m) {
           if (NFNL_MSG_TYPE(m->nlmsg_type) != IPCTNL_MSG_CT_NEW) return;
           Entry e;
-          if (!ParseEntry(m, &e) || (proto && e.orig.proto != proto) || (family != AF_UNSPEC && e.orig.family != family)) return;
+          if (!ParseEntry(m, &e) || (proto && e.orig.proto != proto) ||
+              (family != AF_UNSPEC && e.orig.family != family))
+            return;
           const long i = match(e);
           if (i >= 0) out->emplace_back(e, static_cast<size_t>(i));
         },
@@ -222,7 +237,9 @@ bool Dump(nft::Socket *s, uint8_t family, uint8_t proto, const Match &match, std
       out->resize(first);
       return false;  // a kernel without CTA_FILTER tuple filtering
     }
-    if (err) Throw(err, std::string("dumping the conntrack table (") + FamilyText(family) + ", " + (proto ? ProtoText(proto) : "all protocols") + ")");
+    if (err)
+      Throw(err, std::string("dumping the conntrack table (") + FamilyText(family) + ", " +
+                     (proto ? ProtoText(proto) : "all protocols") + ")");
     if (interrupted && attempt + 1 < kDumpAttempts) {
       out->resize(first);  // the table changed under the dump: read again
       continue;
@@ -262,7 +279,8 @@ struct Key {
   Addr dst_ip;
   uint16_t dst_port_be;
   bool operator==(const Key &o) const {
-    return family == o.family && proto == o.proto && vip_port_be == o.vip_port_be && dst_port_be == o.dst_port_be && vip_ip == o.vip_ip && dst_ip == o.dst_ip;
+    return family == o.family && proto == o.proto && vip_port_be == o.vip_port_be && dst_port_be == o.dst_port_be &&
+           vip_ip == o.vip_ip && dst_ip == o.dst_ip;
   }
 };
 struct KeyHash {
@@ -272,7 +290,9 @@ struct KeyHash {
     return v;
   }
   size_t operator()(const Key &k) const {
-    uint64_t h = ((uint64_t{k.vip_port_be} << 32) | (uint64_t{k.dst_port_be} << 16) | (uint64_t{k.family} << 8) | k.proto) * 0x9E3779B97F4A7C15ull;
+    uint64_t h =
+        ((uint64_t{k.vip_port_be} << 32) | (uint64_t{k.dst_port_be} << 16) | (uint64_t{k.family} << 8) | k.proto) *
+        0x9E3779B97F4A7C15ull;
     for (uint64_t w : {Half(k.vip_ip, 0), Half(k.vip_ip, 8), Half(k.dst_ip, 0), Half(k.dst_ip, 8)}) {
       h ^= (w + 0x7F4A7C159E3779B9ull + (h << 6) + (h >> 2)) * 0xC2B2AE3D27D4EB4Full;
     }
@@ -291,7 +311,8 @@ int Delete(nft::Socket *s, const Entry &e) {
   const int err = s->Request(nlh, [](const struct nlmsghdr *) {});
   if (err && err != ENOENT) {
     const Tuple &t = e.orig;
-    Throw(err, std::string("deleting the conntrack entry ") + ProtoText(t.proto) + " " + EndpointText(t.family, t.src, ntohs(t.sport_be)) + " -> " +
+    Throw(err, std::string("deleting the conntrack entry ") + ProtoText(t.proto) + " " +
+                   EndpointText(t.family, t.src, ntohs(t.sport_be)) + " -> " +
                    EndpointText(t.family, t.dst, ntohs(t.dport_be)));
   }
   return err;
@@ -305,7 +326,8 @@ int Delete(nft::Socket *s, const Entry &e) {
 bool TcpHalfOpen(uint8_t state) { return state == TCP_CONNTRACK_NONE || state == TCP_CONNTRACK_SYN_SENT; }
 
 bool TcpOpen(uint8_t state) {
-  return state == TCP_CONNTRACK_ESTABLISHED || state == TCP_CONNTRACK_FIN_WAIT || state == TCP_CONNTRACK_CLOSE_WAIT || state == TCP_CONNTRACK_LAST_ACK;
+  return state == TCP_CONNTRACK_ESTABLISHED || state == TCP_CONNTRACK_FIN_WAIT || state == TCP_CONNTRACK_CLOSE_WAIT ||
+         state == TCP_CONNTRACK_LAST_ACK;
 }
 
 FlushResult Flush(const std::vector<Flow> &flows, bool kernel_filter) {
@@ -337,7 +359,8 @@ FlushResult Flush(const std::vector<Flow> &flows, bool kernel_filter) {
   }
   const auto match = [&](const Entry &e) -> long {
     if (e.reply.family != e.orig.family) return -1;
-    const auto it = wanted.find(Key{e.orig.family, e.orig.proto, e.orig.dst, e.orig.dport_be, e.reply.src, e.reply.sport_be});
+    const auto it =
+        wanted.find(Key{e.orig.family, e.orig.proto, e.orig.dst, e.orig.dport_be, e.reply.src, e.reply.sport_be});
     return it == wanted.end() ? -1 : static_cast<long>(it->second);
   };
   nft::Socket s;

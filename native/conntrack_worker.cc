@@ -35,7 +35,8 @@ ct::Endpoint EndpointFromJs(const Napi::Value &v, const std::string &path) {
   // IPv6 text has a colon; IPv4 text none. No brackets, no zone, no prefix length.
   e.family = text.find(':') == std::string::npos ? AF_INET : AF_INET6;
   if (text.size() >= INET6_ADDRSTRLEN || inet_pton(e.family, text.c_str(), e.ip.data()) != 1) {
-    Bad(env, path + ".ip", "must be an IPv4 or IPv6 address (IPv6 without brackets), got \"" + text.substr(0, 64) + "\"");
+    Bad(env, path + ".ip",
+        "must be an IPv4 or IPv6 address (IPv6 without brackets), got \"" + text.substr(0, 64) + "\"");
   }
   Napi::Value port = o.Get("port");
   if (!port.IsNumber()) Bad(env, path + ".port", "must be a number");
@@ -60,15 +61,21 @@ std::vector<ct::Flow> FlowsFromJs(const Napi::Value &v) {
     ct::Flow f;
     Napi::Value proto = fo.Get("protocol");
     const std::string p = proto.IsString() ? proto.As<Napi::String>().Utf8Value() : "";
-    if (p == "tcp") f.proto = IPPROTO_TCP;
-    else if (p == "udp") f.proto = IPPROTO_UDP;
-    else if (p == "sctp") f.proto = IPPROTO_SCTP;
-    else Bad(env, path + ".protocol", "must be \"tcp\", \"udp\" or \"sctp\"");
+    if (p == "tcp")
+      f.proto = IPPROTO_TCP;
+    else if (p == "udp")
+      f.proto = IPPROTO_UDP;
+    else if (p == "sctp")
+      f.proto = IPPROTO_SCTP;
+    else
+      Bad(env, path + ".protocol", "must be \"tcp\", \"udp\" or \"sctp\"");
     f.vip = EndpointFromJs(fo.Get("vip"), path + ".vip");
     f.destination = EndpointFromJs(fo.Get("destination"), path + ".destination");
     if (f.destination.family != f.vip.family) {
       const auto name = [](const ct::Endpoint &e) { return e.family == AF_INET6 ? "IPv6" : "IPv4"; };
-      Bad(env, path + ".destination.ip", std::string("is ") + name(f.destination) + " but " + path + ".vip.ip is " + name(f.vip) + "; a flow's addresses are of one family");
+      Bad(env, path + ".destination.ip",
+          std::string("is ") + name(f.destination) + " but " + path + ".vip.ip is " + name(f.vip) +
+              "; a flow's addresses are of one family");
     }
     flows.push_back(f);
   }

@@ -26,7 +26,8 @@ class ConntrackFlushWorker : public PromiseWorker {
   double duration_ms_ = 0;
 };
 
-// conntrackFlush(flows: { protocol, vip: { ip, port }, destination: { ip, port } }[], opts?: { kernelFilter?: boolean }):
+// conntrackFlush(flows: { protocol, vip: { ip, port }, destination: { ip, port } }[], opts?: { kernelFilter?: boolean
+// }):
 //   (`ip`: IPv4 dotted quad or IPv6 text without brackets, one family within a flow; a call may mix flows of both)
 //   Promise<{ durationMs, kernelFilter, skipped, dumps, flows: { deleted, kept }[] }>
 Napi::Value ConntrackFlush(const Napi::CallbackInfo &info);

@@ -4,7 +4,8 @@
 
 namespace iptlb {
 
-NativeError NativeError::FromErrno(const std::string &code, int err, const std::string &message, const char *permission_hint) {
+NativeError NativeError::FromErrno(const std::string &code, int err, const std::string &message,
+                                   const char *permission_hint) {
   NativeError e;
   e.err = err;
   if (err == EPERM || err == EACCES) {

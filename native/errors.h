@@ -16,8 +16,9 @@ struct NativeError {
   bool empty() const { return code.empty(); }
   // `code`, or "EPERM" when `err` is EPERM/EACCES — then `permission_hint` is appended to the
   // message (by default: changing netfilter rules needs CAP_NET_ADMIN).
-  static NativeError FromErrno(const std::string &code, int err, const std::string &message,
-                               const char *permission_hint = "permission denied: changing netfilter rules needs CAP_NET_ADMIN (run as root)");
+  static NativeError FromErrno(
+      const std::string &code, int err, const std::string &message,
+      const char *permission_hint = "permission denied: changing netfilter rules needs CAP_NET_ADMIN (run as root)");
 };
 
 // A JS Error carrying .code and .errno.

@@ -20,7 +20,8 @@ FileLockClass *ClassOf(Napi::Env env) { return env.GetInstanceData<FileLockClass
 void FileLock::Define(Napi::Env env) {
   auto *cls = new FileLockClass;
   cls->constructor = Napi::Persistent(
-      DefineClass(env, "FileLock", {InstanceMethod("release", &FileLock::Release), InstanceAccessor("fd", &FileLock::Fd, nullptr)}));
+      DefineClass(env, "FileLock",
+                  {InstanceMethod("release", &FileLock::Release), InstanceAccessor("fd", &FileLock::Fd, nullptr)}));
   env.SetInstanceData(cls);  // deleted by node-addon-api when the environment goes away
 }
 
@@ -31,7 +32,8 @@ Napi::Object FileLock::NewInstance(Napi::Env env, int fd) {
 
 FileLock::FileLock(const Napi::CallbackInfo &info) : Napi::ObjectWrap<FileLock>(info) {
   FileLockClass *cls = ClassOf(info.Env());
-  if (info.Length() != 2 || !info[0].IsExternal() || info[0].As<Napi::External<int>>().Data() != &cls->token || !info[1].IsNumber()) {
+  if (info.Length() != 2 || !info[0].IsExternal() || info[0].As<Napi::External<int>>().Data() != &cls->token ||
+      !info[1].IsNumber()) {
     throw Napi::TypeError::New(info.Env(), "FileLock objects are made by flock()");
   }
   fd_ = info[1].As<Napi::Number>().Int32Value();
@@ -51,7 +53,8 @@ Napi::Value FileLock::Release(const Napi::CallbackInfo &info) {
   return info.Env().Undefined();
 }
 
-FlockWorker::FlockWorker(Napi::Env env, std::string path, int wait_ms) : PromiseWorker(env, "iptlb.flock"), path_(std::move(path)), wait_ms_(wait_ms) {}
+FlockWorker::FlockWorker(Napi::Env env, std::string path, int wait_ms)
+    : PromiseWorker(env, "iptlb.flock"), path_(std::move(path)), wait_ms_(wait_ms) {}
 
 FlockWorker::~FlockWorker() {
   if (fd_ >= 0) close(fd_);  // never handed over (environment torn down first)

@@ -22,11 +22,16 @@ constexpr int kNewestRevision = 7;   // hash:ip,port as ipset 7.17 creates it (w
 
 std::string IpsetErrorText(int err) {
   switch (err) {
-    case IPSET_ERR_PROTOCOL: return "ipset protocol error";
-    case IPSET_ERR_FIND_TYPE: return "set type hash:ip,port not supported by the kernel";
-    case IPSET_ERR_BUSY: return "set is in use";
-    case IPSET_ERR_EXIST_SETNAME2: return "a set of this name exists with other parameters";
-    default: break;
+    case IPSET_ERR_PROTOCOL:
+      return "ipset protocol error";
+    case IPSET_ERR_FIND_TYPE:
+      return "set type hash:ip,port not supported by the kernel";
+    case IPSET_ERR_BUSY:
+      return "set is in use";
+    case IPSET_ERR_EXIST_SETNAME2:
+      return "a set of this name exists with other parameters";
+    default:
+      break;
   }
   if (err >= IPSET_ERR_PRIVATE) return "ipset error " + std::to_string(err);
   char buf[256];
@@ -34,7 +39,8 @@ std::string IpsetErrorText(int err) {
 }
 
 NativeError IpsetError(const std::string &what, int err) {
-  NativeError e = NativeError::FromErrno("EKERNEL", err < IPSET_ERR_PRIVATE ? err : EINVAL, what + ": " + IpsetErrorText(err));
+  NativeError e =
+      NativeError::FromErrno("EKERNEL", err < IPSET_ERR_PRIVATE ? err : EINVAL, what + ": " + IpsetErrorText(err));
   if (err == EPERM) e.code = "EPERM";
   return e;
 }
@@ -94,8 +100,10 @@ class Ipset {
 void PutElement(struct nlmsghdr *nlh, Family family, const SetElement &e) {
   struct nlattr *data = mnl_attr_nest_start(nlh, IPSET_ATTR_DATA);
   struct nlattr *ip = mnl_attr_nest_start(nlh, IPSET_ATTR_IP);
-  if (family == Family::kIpv6) mnl_attr_put(nlh, IPSET_ATTR_IPADDR_IPV6 | NLA_F_NET_BYTEORDER, 16, &e.addr.in6);
-  else mnl_attr_put(nlh, IPSET_ATTR_IPADDR_IPV4 | NLA_F_NET_BYTEORDER, 4, &e.addr.ip);
+  if (family == Family::kIpv6)
+    mnl_attr_put(nlh, IPSET_ATTR_IPADDR_IPV6 | NLA_F_NET_BYTEORDER, 16, &e.addr.in6);
+  else
+    mnl_attr_put(nlh, IPSET_ATTR_IPADDR_IPV4 | NLA_F_NET_BYTEORDER, 4, &e.addr.ip);
   mnl_attr_nest_end(nlh, ip);
   mnl_attr_put_u16(nlh, IPSET_ATTR_PORT | NLA_F_NET_BYTEORDER, htons(e.port));
   mnl_attr_put_u8(nlh, IPSET_ATTR_PROTO, e.proto);

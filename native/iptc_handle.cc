@@ -20,7 +20,9 @@ constexpr auto kQuiet = std::chrono::milliseconds(250);
 
 class Trimmer {
  public:
-  Trimmer() { std::thread([this] { Loop(); }).detach(); }
+  Trimmer() {
+    std::thread([this] { Loop(); }).detach();
+  }
   void Poke() {
     std::lock_guard<std::mutex> g(m_);
     due_ = std::chrono::steady_clock::now() + kQuiet;

@@ -27,7 +27,8 @@ void FixMallocThresholds();
 // "<what>: <strerror of F's library> (errno N)<context>".
 template <typename F>
 NativeError XtError(const std::string &what, int err, const std::string &context = "") {
-  return NativeError::FromErrno("EKERNEL", err, what + ": " + F::StrError(err) + " (errno " + std::to_string(err) + ")" + context);
+  return NativeError::FromErrno("EKERNEL", err,
+                                what + ": " + F::StrError(err) + " (errno " + std::to_string(err) + ")" + context);
 }
 
 // F::Init(table) (iptc_init / ip6tc_init); on failure ok() is false and error() says why.
@@ -35,7 +36,8 @@ template <typename F>
 class XtHandle {
  public:
   explicit XtHandle(const char *table) : handle_(F::Init(table)) {
-    if (!handle_) error_ = XtError<F>(std::string(F::kLibrary) + "_init", errno, std::string(" while reading table ") + table);
+    if (!handle_)
+      error_ = XtError<F>(std::string(F::kLibrary) + "_init", errno, std::string(" while reading table ") + table);
   }
   ~XtHandle() {
     if (handle_) F::Free(handle_);
@@ -44,7 +46,9 @@ class XtHandle {
   XtHandle &operator=(const XtHandle &) = delete;
 
   bool ok() const { return handle_ != nullptr; }
-  struct xtc_handle *get() const { return handle_; }
+  struct xtc_handle *get() const {
+    return handle_;
+  }
   const NativeError &error() const { return error_; }
 
  private:

@@ -72,17 +72,24 @@ class JsonParser {
     Space();
     if (p_ == end_) return Fail("unexpected end of text");
     switch (*p_) {
-      case '{': return Object(depth);
-      case '[': return Array(depth);
-      case '"': return String();
-      case 't': case 'f': {
+      case '{':
+        return Object(depth);
+      case '[':
+        return Array(depth);
+      case '"':
+        return String();
+      case 't':
+      case 'f': {
         const uint32_t n = NewNode(JsonDoc::kBool);
         doc_->nodes_[n].a = *p_ == 't';
         Close(n);
         return Literal(*p_ == 't' ? "true" : "false");
       }
-      case 'n': Close(NewNode(JsonDoc::kNull)); return Literal("null");
-      default: return Number();
+      case 'n':
+        Close(NewNode(JsonDoc::kNull));
+        return Literal("null");
+      default:
+        return Number();
     }
   }
 
@@ -158,10 +165,14 @@ class JsonParser {
     for (int i = 0; i < 4; i++) {
       const char c = p_[i];
       v <<= 4;
-      if (c >= '0' && c <= '9') v |= c - '0';
-      else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
-      else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
-      else return Fail("bad \\u escape");
+      if (c >= '0' && c <= '9')
+        v |= c - '0';
+      else if (c >= 'a' && c <= 'f')
+        v |= c - 'a' + 10;
+      else if (c >= 'A' && c <= 'F')
+        v |= c - 'A' + 10;
+      else
+        return Fail("bad \\u escape");
     }
     p_ += 4;
     *out = v;
@@ -212,14 +223,30 @@ class JsonParser {
       if (p_ == end_) return Fail("unterminated string");
       const char e = *p_++;
       switch (e) {
-        case '"': s.push_back('"'); break;
-        case '\\': s.push_back('\\'); break;
-        case '/': s.push_back('/'); break;
-        case 'b': s.push_back('\b'); break;
-        case 'f': s.push_back('\f'); break;
-        case 'n': s.push_back('\n'); break;
-        case 'r': s.push_back('\r'); break;
-        case 't': s.push_back('\t'); break;
+        case '"':
+          s.push_back('"');
+          break;
+        case '\\':
+          s.push_back('\\');
+          break;
+        case '/':
+          s.push_back('/');
+          break;
+        case 'b':
+          s.push_back('\b');
+          break;
+        case 'f':
+          s.push_back('\f');
+          break;
+        case 'n':
+          s.push_back('\n');
+          break;
+        case 'r':
+          s.push_back('\r');
+          break;
+        case 't':
+          s.push_back('\t');
+          break;
         case 'u': {
           unsigned cp;
           if (!Hex4(&cp)) return false;
@@ -256,8 +283,10 @@ class JsonParser {
     const char *start = p_;
     if (p_ != end_ && *p_ == '-') p_++;
     if (p_ == end_ || *p_ < '0' || *p_ > '9') return Fail("unexpected character");
-    if (*p_ == '0') p_++;
-    else while (p_ != end_ && *p_ >= '0' && *p_ <= '9') p_++;
+    if (*p_ == '0')
+      p_++;
+    else
+      while (p_ != end_ && *p_ >= '0' && *p_ <= '9') p_++;
     if (p_ != end_ && *p_ == '.') {
       p_++;
       if (p_ == end_ || *p_ < '0' || *p_ > '9') return Fail("bad number");

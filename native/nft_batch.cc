@@ -37,7 +37,9 @@ uint32_t Socket::GetGenid() {
   bool got = false;
   const int err = Request(nlh, [&](const struct nlmsghdr *m) {
     const auto *attr = static_cast<const struct nlattr *>(mnl_nlmsg_get_payload_offset(m, sizeof(struct nfgenmsg)));
-    for (; mnl_attr_ok(attr, static_cast<const char *>(mnl_nlmsg_get_payload_tail(m)) - reinterpret_cast<const char *>(attr)); attr = mnl_attr_next(attr)) {
+    for (; mnl_attr_ok(attr,
+                       static_cast<const char *>(mnl_nlmsg_get_payload_tail(m)) - reinterpret_cast<const char *>(attr));
+         attr = mnl_attr_next(attr)) {
       if (mnl_attr_get_type(attr) == NFTA_GEN_ID && mnl_attr_validate(attr, MNL_TYPE_U32) >= 0) {
         genid = ntohl(mnl_attr_get_u32(attr));
         got = true;

@@ -40,7 +40,8 @@ void ThrowErrno(const std::string &code, int err, const std::string &message) {
 struct nlmsghdr *Batch::Start(size_t max_payload, int op) {
   // Room for the header, nfgenmsg and attributes; libnftnl writes attributes without bounds checks,
   // so the caller states an upper bound.
-  const size_t need = used_ + MNL_ALIGN(sizeof(struct nlmsghdr)) + MNL_ALIGN(sizeof(struct nfgenmsg)) + max_payload + 64;
+  const size_t need =
+      used_ + MNL_ALIGN(sizeof(struct nlmsghdr)) + MNL_ALIGN(sizeof(struct nfgenmsg)) + max_payload + 64;
   if (buf_.size() < need) buf_.resize(std::max(need, buf_.size() * 2));
   std::memset(buf_.data() + used_, 0, need - used_);
   start_ = used_;
@@ -94,8 +95,10 @@ void Socket::SizeBuffers(size_t send_bytes) {
   const int want = static_cast<int>(std::min<size_t>(std::max<size_t>(send_bytes + 65536, kMinSocketBuffer), 1u << 30));
   if (want <= sndbuf_) return;
   const int fd = mnl_socket_get_fd(nl_);
-  if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &want, sizeof want) < 0) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &want, sizeof want);
-  if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &want, sizeof want) < 0) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &want, sizeof want);
+  if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &want, sizeof want) < 0)
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &want, sizeof want);
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &want, sizeof want) < 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &want, sizeof want);
   sndbuf_ = want;
 }
 
@@ -130,9 +133,11 @@ NlAck ParseAck(const struct nlmsghdr *nlh) {
   const size_t payload = mnl_nlmsg_get_payload_len(nlh);
   if (off >= payload) return a;
   int left = static_cast<int>(payload - off);
-  const auto *attr = reinterpret_cast<const struct nlattr *>(static_cast<const char *>(mnl_nlmsg_get_payload(nlh)) + off);
+  const auto *attr =
+      reinterpret_cast<const struct nlattr *>(static_cast<const char *>(mnl_nlmsg_get_payload(nlh)) + off);
   for (; mnl_attr_ok(attr, left); left -= MNL_ALIGN(attr->nla_len), attr = mnl_attr_next(attr)) {
-    if (mnl_attr_get_type(attr) == NLMSGERR_ATTR_MSG && mnl_attr_validate(attr, MNL_TYPE_NUL_STRING) >= 0) a.extack = mnl_attr_get_str(attr);
+    if (mnl_attr_get_type(attr) == NLMSGERR_ATTR_MSG && mnl_attr_validate(attr, MNL_TYPE_NUL_STRING) >= 0)
+      a.extack = mnl_attr_get_str(attr);
   }
   return a;
 }
@@ -183,7 +188,8 @@ std::vector<NlAck> Socket::SendBatch(const Batch &b) {
   return errors;
 }
 
-int Socket::Request(struct nlmsghdr *req, const std::function<void(const struct nlmsghdr *)> &on_msg, bool *interrupted) {
+int Socket::Request(struct nlmsghdr *req, const std::function<void(const struct nlmsghdr *)> &on_msg,
+                    bool *interrupted) {
   const bool dump = (req->nlmsg_flags & NLM_F_DUMP) == NLM_F_DUMP;
   if (!dump) req->nlmsg_flags |= NLM_F_ACK;
   const uint32_t seq = req->nlmsg_seq;

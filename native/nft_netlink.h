@@ -28,8 +28,8 @@ struct NftFailure {
 // One error (or ack) the kernel sent for a message of ours.
 struct NlAck {
   uint32_t seq = 0;
-  int err = 0;            // positive errno, 0 for an ack
-  std::string extack;     // NLMSGERR_ATTR_MSG, when the kernel gave one
+  int err = 0;         // positive errno, 0 for an ack
+  std::string extack;  // NLMSGERR_ATTR_MSG, when the kernel gave one
 };
 
 // The messages of one NFNL batch, back to back in one buffer (sent with one sendmsg, so the kernel
@@ -93,7 +93,8 @@ class Socket {
   // Sends one request and calls `on_msg` for every reply message until the ack (plain requests,
   // sent with NLM_F_ACK) or NLMSG_DONE (dumps). Returns 0 or the positive errno the kernel sent.
   // `*interrupted` (when given) is set if a dump part carried NLM_F_DUMP_INTR.
-  int Request(struct nlmsghdr *req, const std::function<void(const struct nlmsghdr *)> &on_msg, bool *interrupted = nullptr);
+  int Request(struct nlmsghdr *req, const std::function<void(const struct nlmsghdr *)> &on_msg,
+              bool *interrupted = nullptr);
 
  private:
   void SizeBuffers(size_t send_bytes);

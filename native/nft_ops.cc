@@ -23,37 +23,51 @@ namespace nft {
 
 const char *ProtoName(Proto p) {
   switch (p) {
-    case Proto::kTcp: return "tcp";
-    case Proto::kUdp: return "udp";
-    case Proto::kSctp: return "sctp";
+    case Proto::kTcp:
+      return "tcp";
+    case Proto::kUdp:
+      return "udp";
+    case Proto::kSctp:
+      return "sctp";
   }
   return "?";
 }
 uint8_t ProtoNumber(Proto p) {
   switch (p) {
-    case Proto::kTcp: return IPPROTO_TCP;
-    case Proto::kUdp: return IPPROTO_UDP;
-    case Proto::kSctp: return IPPROTO_SCTP;
+    case Proto::kTcp:
+      return IPPROTO_TCP;
+    case Proto::kUdp:
+      return IPPROTO_UDP;
+    case Proto::kSctp:
+      return IPPROTO_SCTP;
   }
   return 0;
 }
 const char *HookName(Hook h) {
   switch (h) {
-    case Hook::kOut: return "out";
-    case Hook::kPre: return "pre";
-    case Hook::kLoc: return "loc";
+    case Hook::kOut:
+      return "out";
+    case Hook::kPre:
+      return "pre";
+    case Hook::kLoc:
+      return "loc";
   }
   return "?";
 }
 const char *ChainName(BaseChain c) {
   switch (c) {
-    case BaseChain::kOutput: return "output";
-    case BaseChain::kPrerouting: return "prerouting";
-    case BaseChain::kPostrouting: return "postrouting";
+    case BaseChain::kOutput:
+      return "output";
+    case BaseChain::kPrerouting:
+      return "prerouting";
+    case BaseChain::kPostrouting:
+      return "postrouting";
   }
   return "?";
 }
-std::string DispatchSetName(Hook h, Proto p, uint32_t n) { return std::string(HookName(h)) + "_" + ProtoName(p) + "_" + std::to_string(n); }
+std::string DispatchSetName(Hook h, Proto p, uint32_t n) {
+  return std::string(HookName(h)) + "_" + ProtoName(p) + "_" + std::to_string(n);
+}
 std::string BackendMapName(Proto p) { return std::string("be_") + ProtoName(p); }
 
 bool ParseProto(const std::string &s, Proto *p) {
@@ -101,7 +115,9 @@ bool ParseDispatchSetName(const std::string &name, Hook *h, Proto *p, uint32_t *
   return true;
 }
 
-bool ParseBackendMapName(const std::string &name, Proto *p) { return name.rfind("be_", 0) == 0 && ParseProto(name.substr(3), p); }
+bool ParseBackendMapName(const std::string &name, Proto *p) {
+  return name.rfind("be_", 0) == 0 && ParseProto(name.substr(3), p);
+}
 
 const FamilyLayout &LayoutOf(Family f) {
   static const FamilyLayout kIp{"ip", NFPROTO_IPV4, AF_INET, 4, 16, 12, NFT_CT_DST_IP, 7, 12, 12};
@@ -121,7 +137,9 @@ bool ParseFamily(const std::string &s, Family *f) {
 
 std::string TableText(Family f) { return std::string("table ") + LayoutOf(f).name + " iptlb"; }
 
-std::string IpText(const Endpoint &e, Family f) { return f == Family::kIp ? Ipv4Text(e.ip.data()) : Ipv6Text(e.ip.data()); }
+std::string IpText(const Endpoint &e, Family f) {
+  return f == Family::kIp ? Ipv4Text(e.ip.data()) : Ipv6Text(e.ip.data());
+}
 uint16_t HostPort(const Endpoint &e) { return ntohs(e.port); }
 
 uint32_t AffinitySetTimeout(const std::string &name) {
@@ -140,19 +158,32 @@ uint32_t AffinitySetTimeout(const std::string &name) {
 
 const char *OpKindName(Op::Kind k) {
   switch (k) {
-    case Op::Kind::kAddTable: return "addTable";
-    case Op::Kind::kDeleteTable: return "deleteTable";
-    case Op::Kind::kAddBackendMap: return "addBackendMap";
-    case Op::Kind::kAddDispatchSet: return "addDispatchSet";
-    case Op::Kind::kDeleteSet: return "deleteSet";
-    case Op::Kind::kAddBaseChain: return "addBaseChain";
-    case Op::Kind::kFlushChain: return "flushChain";
-    case Op::Kind::kAddRule: return "addRule";
-    case Op::Kind::kAddDispatchElements: return "addDispatchElements";
-    case Op::Kind::kDeleteDispatchElements: return "deleteDispatchElements";
-    case Op::Kind::kAddBackendElements: return "addBackendElements";
-    case Op::Kind::kDeleteBackendElements: return "deleteBackendElements";
-    case Op::Kind::kAddAffinitySet: return "addAffinitySet";
+    case Op::Kind::kAddTable:
+      return "addTable";
+    case Op::Kind::kDeleteTable:
+      return "deleteTable";
+    case Op::Kind::kAddBackendMap:
+      return "addBackendMap";
+    case Op::Kind::kAddDispatchSet:
+      return "addDispatchSet";
+    case Op::Kind::kDeleteSet:
+      return "deleteSet";
+    case Op::Kind::kAddBaseChain:
+      return "addBaseChain";
+    case Op::Kind::kFlushChain:
+      return "flushChain";
+    case Op::Kind::kAddRule:
+      return "addRule";
+    case Op::Kind::kAddDispatchElements:
+      return "addDispatchElements";
+    case Op::Kind::kDeleteDispatchElements:
+      return "deleteDispatchElements";
+    case Op::Kind::kAddBackendElements:
+      return "addBackendElements";
+    case Op::Kind::kDeleteBackendElements:
+      return "deleteBackendElements";
+    case Op::Kind::kAddAffinitySet:
+      return "addAffinitySet";
   }
   return "?";
 }
@@ -161,18 +192,22 @@ std::string DescribeOp(const Op &op) {
   std::string s = OpKindName(op.kind);
   switch (op.kind) {
     case Op::Kind::kAddTable:
-    case Op::Kind::kDeleteTable: return s;
+    case Op::Kind::kDeleteTable:
+      return s;
     case Op::Kind::kAddBackendMap:
     case Op::Kind::kAddBackendElements:
-    case Op::Kind::kDeleteBackendElements: return s + " " + BackendMapName(op.proto);
+    case Op::Kind::kDeleteBackendElements:
+      return s + " " + BackendMapName(op.proto);
     case Op::Kind::kAddDispatchSet:
     case Op::Kind::kAddAffinitySet:
     case Op::Kind::kDeleteSet:
     case Op::Kind::kAddDispatchElements:
-    case Op::Kind::kDeleteDispatchElements: return s + " " + op.name;
+    case Op::Kind::kDeleteDispatchElements:
+      return s + " " + op.name;
     case Op::Kind::kAddBaseChain:
     case Op::Kind::kFlushChain:
-    case Op::Kind::kAddRule: return s + " " + ChainName(op.chain);
+    case Op::Kind::kAddRule:
+      return s + " " + ChainName(op.chain);
   }
   return s;
 }
@@ -181,7 +216,9 @@ std::string DescribeOp(const Op &op) {
 
 namespace {
 
-[[noreturn]] void Bad(Napi::Env env, const std::string &path, const std::string &what) { throw Napi::TypeError::New(env, path + ": " + what); }
+[[noreturn]] void Bad(Napi::Env env, const std::string &path, const std::string &what) {
+  throw Napi::TypeError::New(env, path + ": " + what);
+}
 
 Napi::Object Obj(const Napi::Value &v, const std::string &path) {
   if (!v.IsObject() || v.IsArray()) Bad(v.Env(), path, "must be an object");
@@ -199,7 +236,9 @@ double Int(const Napi::Value &v, double lo, double hi, PathFn path) {
   if (!v.IsNumber()) Bad(v.Env(), path(), "must be a number");
   const double d = v.As<Napi::Number>().DoubleValue();
   if (!(d >= lo && d <= hi) || std::floor(d) != d) {
-    Bad(v.Env(), path(), "must be an integer from " + std::to_string(static_cast<long long>(lo)) + " to " + std::to_string(static_cast<long long>(hi)));
+    Bad(v.Env(), path(),
+        "must be an integer from " + std::to_string(static_cast<long long>(lo)) + " to " +
+            std::to_string(static_cast<long long>(hi)));
   }
   return d;
 }
@@ -213,7 +252,8 @@ Endpoint EndpointFromJs(const Napi::Value &v, Family f, PathFn path) {
   if (!ip.IsString()) Bad(v.Env(), path() + ".ip", "must be a string");
   const std::string s = ip.As<Napi::String>().Utf8Value();
   if (inet_pton(LayoutOf(f).af, s.c_str(), e.ip.data()) != 1) {
-    Bad(v.Env(), path() + ".ip", std::string(f == Family::kIp ? "not an IPv4 address: " : "not an IPv6 address: ") + s.substr(0, 64));
+    Bad(v.Env(), path() + ".ip",
+        std::string(f == Family::kIp ? "not an IPv4 address: " : "not an IPv6 address: ") + s.substr(0, 64));
   }
   e.port = htons(static_cast<uint16_t>(Int(o.Get("port"), 1, 65535, [&] { return path() + ".port"; })));
   return e;
@@ -230,14 +270,16 @@ std::string DispatchNameFromJs(const Napi::Value &v, const std::string &path) {
   Hook h;
   Proto p;
   uint32_t n;
-  if (!ParseDispatchSetName(s, &h, &p, &n)) Bad(v.Env(), path, "not a dispatch set name (<out|pre|loc>_<tcp|udp|sctp>_<n>): " + s.substr(0, 64));
+  if (!ParseDispatchSetName(s, &h, &p, &n))
+    Bad(v.Env(), path, "not a dispatch set name (<out|pre|loc>_<tcp|udp|sctp>_<n>): " + s.substr(0, 64));
   return s;
 }
 
 // "iptlb:" + owner must fit nft's comment limit (128 bytes with the NUL).
 std::string OwnerFromJs(const Napi::Value &v, const std::string &path) {
   std::string s = Str(v, path);
-  if (s.empty() || s.size() + 6 >= 128 || s.find('\0') != std::string::npos) Bad(v.Env(), path, "must be a non-empty string of at most 121 bytes");
+  if (s.empty() || s.size() + 6 >= 128 || s.find('\0') != std::string::npos)
+    Bad(v.Env(), path, "must be a non-empty string of at most 121 bytes");
   return s;
 }
 
@@ -249,7 +291,8 @@ Rule RuleFromJs(const Napi::Value &v, Family f, const std::string &path) {
   r.proto = ProtoFromJs(o.Get("proto"), path + ".proto");
   if (kind == "dispatch") {
     r.kind = Rule::Kind::kDispatch;
-    if (!ParseHook(Str(o.Get("hook"), path + ".hook"), &r.hook)) Bad(env, path + ".hook", "must be 'out', 'pre' or 'loc'");
+    if (!ParseHook(Str(o.Get("hook"), path + ".hook"), &r.hook))
+      Bad(env, path + ".hook", "must be 'out', 'pre' or 'loc'");
     r.n = static_cast<uint32_t>(Int(o.Get("n"), 1, 65535, [&] { return path + ".n"; }));
   } else if (kind == "log") {
     r.kind = Rule::Kind::kLog;
@@ -259,7 +302,8 @@ Rule RuleFromJs(const Napi::Value &v, Family f, const std::string &path) {
     if (!local.IsBoolean()) Bad(env, path + ".local", "must be a boolean");
     r.local = local.As<Napi::Boolean>().Value();
     r.prefix = Str(o.Get("prefix"), path + ".prefix");
-    if (r.prefix.size() > 127 || r.prefix.find('\0') != std::string::npos) Bad(env, path + ".prefix", "must be at most 127 bytes, without NUL");
+    if (r.prefix.size() > 127 || r.prefix.find('\0') != std::string::npos)
+      Bad(env, path + ".prefix", "must be at most 127 bytes, without NUL");
     r.level = static_cast<uint32_t>(Int(o.Get("level"), 0, 7, [&] { return path + ".level"; }));
   } else if (kind == "masq") {
     r.kind = Rule::Kind::kMasq;
@@ -281,7 +325,8 @@ Rule RuleFromJs(const Napi::Value &v, Family f, const std::string &path) {
     if (!local.IsBoolean()) Bad(env, path + ".local", "must be a boolean");
     r.local = local.As<Napi::Boolean>().Value();
     r.set = Str(o.Get("set"), path + ".set");
-    if (!AffinitySetTimeout(r.set) || r.set.size() >= NFT_SET_MAXNAMELEN) Bad(env, path + ".set", "not an affinity set name (aff_<NAME>_…_<seconds>)");
+    if (!AffinitySetTimeout(r.set) || r.set.size() >= NFT_SET_MAXNAMELEN)
+      Bad(env, path + ".set", "not an affinity set name (aff_<NAME>_…_<seconds>)");
     r.to = EndpointFromJs(o.Get("to"), f, [&] { return path + ".to"; });
     Napi::Object pick = Obj(o.Get("pick"), path + ".pick");
     const std::string mode = Str(pick.Get("mode"), path + ".pick.mode");
@@ -292,7 +337,8 @@ Rule RuleFromJs(const Napi::Value &v, Family f, const std::string &path) {
     } else if (mode == "random" || mode == "inc") {
       r.pick = mode == "random" ? Rule::Pick::kRandom : Rule::Pick::kInc;
       r.mod = static_cast<uint32_t>(Int(pick.Get("mod"), 1, 65535, [&] { return path + ".pick.mod"; }));
-      if (mode == "random") r.lt = static_cast<uint32_t>(Int(pick.Get("lt"), 1, r.mod, [&] { return path + ".pick.lt"; }));
+      if (mode == "random")
+        r.lt = static_cast<uint32_t>(Int(pick.Get("lt"), 1, r.mod, [&] { return path + ".pick.lt"; }));
     } else {
       Bad(env, path + ".pick.mode", "must be 'hit', 'random', 'inc' or 'rest'");
     }
@@ -310,7 +356,8 @@ Napi::Array ArrayFromJs(const Napi::Value &v, const std::string &path) {
 const std::map<std::string, Op::Kind> &OpKinds() {
   static const std::map<std::string, Op::Kind> kinds = [] {
     std::map<std::string, Op::Kind> m;
-    for (int k = 0; k <= static_cast<int>(Op::Kind::kAddAffinitySet); k++) m[OpKindName(static_cast<Op::Kind>(k))] = static_cast<Op::Kind>(k);
+    for (int k = 0; k <= static_cast<int>(Op::Kind::kAddAffinitySet); k++)
+      m[OpKindName(static_cast<Op::Kind>(k))] = static_cast<Op::Kind>(k);
     return m;
   }();
   return kinds;
@@ -326,24 +373,33 @@ Op OpFromJs(const Napi::Value &v, Family f, const std::string &path) {
   op.kind = it->second;
   switch (op.kind) {
     case Op::Kind::kAddTable:
-    case Op::Kind::kDeleteTable: break;
-    case Op::Kind::kAddBackendMap: op.proto = ProtoFromJs(o.Get("proto"), path + ".proto"); break;
-    case Op::Kind::kAddDispatchSet: op.name = DispatchNameFromJs(o.Get("name"), path + ".name"); break;
+    case Op::Kind::kDeleteTable:
+      break;
+    case Op::Kind::kAddBackendMap:
+      op.proto = ProtoFromJs(o.Get("proto"), path + ".proto");
+      break;
+    case Op::Kind::kAddDispatchSet:
+      op.name = DispatchNameFromJs(o.Get("name"), path + ".name");
+      break;
     case Op::Kind::kAddAffinitySet:
       op.name = Str(o.Get("name"), path + ".name");
-      if (!AffinitySetTimeout(op.name) || op.name.size() >= NFT_SET_MAXNAMELEN) Bad(env, path + ".name", "not an affinity set name (aff_<NAME>_…_<seconds>)");
+      if (!AffinitySetTimeout(op.name) || op.name.size() >= NFT_SET_MAXNAMELEN)
+        Bad(env, path + ".name", "not an affinity set name (aff_<NAME>_…_<seconds>)");
       op.timeout = static_cast<uint32_t>(Int(o.Get("timeout"), 1, 86400, [&] { return path + ".timeout"; }));
       break;
     case Op::Kind::kDeleteSet:
       op.name = Str(o.Get("name"), path + ".name");
-      if (op.name.empty() || op.name.size() >= NFT_SET_MAXNAMELEN || op.name.find('\0') != std::string::npos) Bad(env, path + ".name", "not a set name");
+      if (op.name.empty() || op.name.size() >= NFT_SET_MAXNAMELEN || op.name.find('\0') != std::string::npos)
+        Bad(env, path + ".name", "not a set name");
       break;
     case Op::Kind::kAddBaseChain:
     case Op::Kind::kFlushChain:
-      if (!ParseChain(Str(o.Get("name"), path + ".name"), &op.chain)) Bad(env, path + ".name", "must be 'output', 'prerouting' or 'postrouting'");
+      if (!ParseChain(Str(o.Get("name"), path + ".name"), &op.chain))
+        Bad(env, path + ".name", "must be 'output', 'prerouting' or 'postrouting'");
       break;
     case Op::Kind::kAddRule:
-      if (!ParseChain(Str(o.Get("chain"), path + ".chain"), &op.chain)) Bad(env, path + ".chain", "must be 'output', 'prerouting' or 'postrouting'");
+      if (!ParseChain(Str(o.Get("chain"), path + ".chain"), &op.chain))
+        Bad(env, path + ".chain", "must be 'output', 'prerouting' or 'postrouting'");
       op.rule = RuleFromJs(o.Get("rule"), f, path + ".rule");
       break;
     case Op::Kind::kAddDispatchElements:
@@ -352,7 +408,9 @@ Op OpFromJs(const Napi::Value &v, Family f, const std::string &path) {
       Napi::Array a = ArrayFromJs(o.Get("elements"), path + ".elements");
       const uint32_t n = a.Length();
       op.dispatch.reserve(n);
-      for (uint32_t j = 0; j < n; j++) op.dispatch.push_back(EndpointFromJs(a.Get(j), f, [&] { return path + ".elements[" + std::to_string(j) + "]"; }));
+      for (uint32_t j = 0; j < n; j++)
+        op.dispatch.push_back(
+            EndpointFromJs(a.Get(j), f, [&] { return path + ".elements[" + std::to_string(j) + "]"; }));
       break;
     }
     case Op::Kind::kAddBackendElements:
@@ -386,10 +444,13 @@ Transaction TransactionFromJs(const Napi::Value &v) {
   Napi::Env env = v.Env();
   Napi::Object o = Obj(v, "transaction");
   Transaction tx;
-  if (!ParseFamily(Str(o.Get("family"), "transaction.family"), &tx.family)) Bad(env, "transaction.family", "must be 'ip' or 'ip6'");
+  if (!ParseFamily(Str(o.Get("family"), "transaction.family"), &tx.family))
+    Bad(env, "transaction.family", "must be 'ip' or 'ip6'");
   if (Str(o.Get("table"), "transaction.table") != "iptlb") Bad(env, "transaction.table", "must be 'iptlb'");
   Napi::Value g = o.Get("expectGenid");
-  if (!g.IsUndefined()) tx.expect_genid = static_cast<int64_t>(Int(g, 0, 4294967295.0, [] { return std::string("transaction.expectGenid"); }));
+  if (!g.IsUndefined())
+    tx.expect_genid =
+        static_cast<int64_t>(Int(g, 0, 4294967295.0, [] { return std::string("transaction.expectGenid"); }));
   Napi::Value opsv = o.Get("ops");
   if (!opsv.IsArray()) Bad(env, "ops", "must be an array");
   Napi::Array ops = opsv.As<Napi::Array>();
@@ -421,7 +482,8 @@ constexpr size_t ElementBytes(const FamilyLayout &l) { return 2 * l.addr_len + 3
 // nft's set key/data type ids (datatype.h): inet_service 13, integer 4 (the address types are in
 // FamilyLayout); a concatenation is the ids shifted by 6 bits each.
 constexpr uint32_t kTypeInetService = 13, kTypeInteger = 4;
-constexpr uint32_t kByteorderBigEndian = 2;  // nft's BYTEORDER_BIG_ENDIAN, the key byte order of `type ipv4_addr` / `ipv6_addr`
+constexpr uint32_t kByteorderBigEndian =
+    2;  // nft's BYTEORDER_BIG_ENDIAN, the key byte order of `type ipv4_addr` / `ipv6_addr`
 // nft's concatenations pad each component to 4 bytes: `addr . port` is addr_len + 4 bytes.
 constexpr uint32_t kPortField = 4, kIndexField = 4;
 constexpr uint32_t Concat2(uint32_t a, uint32_t b) { return (a << 6) | b; }
@@ -442,9 +504,12 @@ constexpr uint32_t kExprPayload = 7, kExprNumgen = 23, kExprConcat = 13;
 constexpr uint32_t kDportField = 2;
 uint32_t ProtoDesc(Proto p) {
   switch (p) {
-    case Proto::kTcp: return 8;
-    case Proto::kUdp: return 6;
-    case Proto::kSctp: return 10;
+    case Proto::kTcp:
+      return 8;
+    case Proto::kUdp:
+      return 6;
+    case Proto::kSctp:
+      return 10;
   }
   return 0;
 }
@@ -469,7 +534,9 @@ class Udata {
     Close(d);
     Close(f);
   }
-  void Set(nftnl_set *s) { nftnl_set_set_data(s, NFTNL_SET_USERDATA, nftnl_udata_buf_data(buf_.get()), nftnl_udata_buf_len(buf_.get())); }
+  void Set(nftnl_set *s) {
+    nftnl_set_set_data(s, NFTNL_SET_USERDATA, nftnl_udata_buf_data(buf_.get()), nftnl_udata_buf_len(buf_.get()));
+  }
 
  private:
   static void Check(bool ok) {
@@ -507,8 +574,12 @@ class Encoder {
         set_ids_.clear();
         break;
       }
-      case Op::Kind::kAddBackendMap: AddSet(BackendMapName(op.proto), true, op.proto, i); break;
-      case Op::Kind::kAddDispatchSet: AddSet(op.name, false, Proto::kTcp, i); break;
+      case Op::Kind::kAddBackendMap:
+        AddSet(BackendMapName(op.proto), true, op.proto, i);
+        break;
+      case Op::Kind::kAddDispatchSet:
+        AddSet(op.name, false, Proto::kTcp, i);
+        break;
       case Op::Kind::kAddAffinitySet: {
         // type ipv4_addr (ipv6_addr); size 65535; flags dynamic,timeout; timeout <s>s;
         SetPtr s = NewSet(op.name);
@@ -583,7 +654,9 @@ class Encoder {
       case Op::Kind::kAddDispatchElements:
       case Op::Kind::kDeleteDispatchElements:
       case Op::Kind::kAddBackendElements:
-      case Op::Kind::kDeleteBackendElements: Elements(op, i); break;
+      case Op::Kind::kDeleteBackendElements:
+        Elements(op, i);
+        break;
     }
   }
 
@@ -679,7 +752,8 @@ class Encoder {
     const size_t per_message = std::min(kElementsPerMessage, kElementListBytes / ElementBytes(l_));
     for (size_t from = 0; from < total; from += per_message) {
       const size_t to = std::min(total, from + per_message);
-      auto *nlh = Msg(add ? NFT_MSG_NEWSETELEM : NFT_MSG_DELSETELEM, add ? NLM_F_CREATE : 0, 512 + (to - from) * ElementBytes(l_), i);
+      auto *nlh = Msg(add ? NFT_MSG_NEWSETELEM : NFT_MSG_DELSETELEM, add ? NLM_F_CREATE : 0,
+                      512 + (to - from) * ElementBytes(l_), i);
       mnl_attr_put_strz(nlh, NFTA_SET_ELEM_LIST_TABLE, kTable);
       mnl_attr_put_strz(nlh, NFTA_SET_ELEM_LIST_SET, set.c_str());
       if (id) mnl_attr_put_u32(nlh, NFTA_SET_ELEM_LIST_SET_ID, htonl(id));

@@ -66,19 +66,19 @@ struct Rule {
   Kind kind = Kind::kForeign;
   Hook hook = Hook::kOut;  // dispatch
   Proto proto = Proto::kTcp;
-  uint32_t n = 0;          // dispatch, rr (slots)
-  std::string owner;       // log, masq, rr
-  Endpoint vip;            // log, masq, rr
-  bool local = false;      // log, rr
-  std::string prefix;      // log
-  uint32_t level = 0;      // log
-  std::string text;        // foreign
-  Pick pick = Pick::kRest; // aff
-  uint32_t mod = 0;        // aff random/inc: numgen modulus
-  uint32_t lt = 0;         // aff random: numgen result below this
-  std::string set;         // aff: the destination's affinity set
-  Endpoint to;             // aff: the destination
-  uint64_t packets = 0;    // aff, read back: the rule's counter
+  uint32_t n = 0;           // dispatch, rr (slots)
+  std::string owner;        // log, masq, rr
+  Endpoint vip;             // log, masq, rr
+  bool local = false;       // log, rr
+  std::string prefix;       // log
+  uint32_t level = 0;       // log
+  std::string text;         // foreign
+  Pick pick = Pick::kRest;  // aff
+  uint32_t mod = 0;         // aff random/inc: numgen modulus
+  uint32_t lt = 0;          // aff random: numgen result below this
+  std::string set;          // aff: the destination's affinity set
+  Endpoint to;              // aff: the destination
+  uint64_t packets = 0;     // aff, read back: the rule's counter
   uint64_t bytes = 0;
 };
 // Parses an affinity set name (aff_<SUFFIX>_..._<timeout>); the timeout in seconds, 0 when not one.
@@ -108,7 +108,7 @@ struct Op {
   };
   Kind kind = Kind::kAddTable;
   Proto proto = Proto::kTcp;
-  std::string name;  // set name (dispatch sets, deleteSet, element ops on dispatch sets, affinity sets)
+  std::string name;      // set name (dispatch sets, deleteSet, element ops on dispatch sets, affinity sets)
   uint32_t timeout = 0;  // addAffinitySet: seconds
   BaseChain chain = BaseChain::kOutput;
   Rule rule;

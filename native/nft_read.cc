@@ -47,19 +47,22 @@ std::vector<SetInfo> DumpSets(Socket *s, Family f, bool *intr) {
   nftnl_set_set_str(q.get(), NFTNL_SET_TABLE, kTable);
   nftnl_set_nlmsg_build_payload(nlh, q.get());
   std::vector<SetInfo> out;
-  Check(s->Request(
-            nlh,
-            [&](const struct nlmsghdr *m) {
-              SetPtr set = Own<SetPtr>(nftnl_set_alloc());
-              if (nftnl_set_nlmsg_parse(m, set.get()) < 0) return;
-              const char *t = nftnl_set_get_str(set.get(), NFTNL_SET_TABLE);
-              const char *n = nftnl_set_get_str(set.get(), NFTNL_SET_NAME);
-              if (!t || !n || std::strcmp(t, kTable) != 0) return;
-              out.push_back({n, SetU32(set.get(), NFTNL_SET_FLAGS), SetU32(set.get(), NFTNL_SET_KEY_LEN), SetU32(set.get(), NFTNL_SET_DATA_LEN),
-                             nftnl_set_is_set(set.get(), NFTNL_SET_TIMEOUT) ? nftnl_set_get_u64(set.get(), NFTNL_SET_TIMEOUT) : 0});
-            },
-            intr),
-        "listing the sets of " + TableText(f));
+  Check(
+      s->Request(
+          nlh,
+          [&](const struct nlmsghdr *m) {
+            SetPtr set = Own<SetPtr>(nftnl_set_alloc());
+            if (nftnl_set_nlmsg_parse(m, set.get()) < 0) return;
+            const char *t = nftnl_set_get_str(set.get(), NFTNL_SET_TABLE);
+            const char *n = nftnl_set_get_str(set.get(), NFTNL_SET_NAME);
+            if (!t || !n || std::strcmp(t, kTable) != 0) return;
+            out.push_back(
+                {n, SetU32(set.get(), NFTNL_SET_FLAGS), SetU32(set.get(), NFTNL_SET_KEY_LEN),
+                 SetU32(set.get(), NFTNL_SET_DATA_LEN),
+                 nftnl_set_is_set(set.get(), NFTNL_SET_TIMEOUT) ? nftnl_set_get_u64(set.get(), NFTNL_SET_TIMEOUT) : 0});
+          },
+          intr),
+      "listing the sets of " + TableText(f));
   return out;
 }
 
@@ -84,7 +87,8 @@ Counted ElemCounter(nftnl_set_elem *e) {
 template <typename F>
 void DumpElements(Socket *s, Family f, const std::string &name, bool *intr, F on_elem) {
   RequestBuf b;
-  struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(b.data, NFT_MSG_GETSETELEM, LayoutOf(f).nfproto, NLM_F_DUMP, s->NextSeq());
+  struct nlmsghdr *nlh =
+      nftnl_nlmsg_build_hdr(b.data, NFT_MSG_GETSETELEM, LayoutOf(f).nfproto, NLM_F_DUMP, s->NextSeq());
   SetPtr q = Own<SetPtr>(nftnl_set_alloc());
   nftnl_set_set_str(q.get(), NFTNL_SET_TABLE, kTable);
   nftnl_set_set_str(q.get(), NFTNL_SET_NAME, name.c_str());
@@ -103,7 +107,8 @@ void DumpElements(Socket *s, Family f, const std::string &name, bool *intr, F on
                     uint32_t klen = 0, dlen = 0;
                     const void *k = nftnl_set_elem_get(e, NFTNL_SET_ELEM_KEY, &klen);
                     const void *d = nftnl_set_elem_get(e, NFTNL_SET_ELEM_DATA, &dlen);
-                    (*static_cast<Ctx *>(data)->f)(static_cast<const uint8_t *>(k), k ? klen : 0, static_cast<const uint8_t *>(d), d ? dlen : 0, ElemCounter(e));
+                    (*static_cast<Ctx *>(data)->f)(static_cast<const uint8_t *>(k), k ? klen : 0,
+                                                   static_cast<const uint8_t *>(d), d ? dlen : 0, ElemCounter(e));
                     return 0;
                   },
                   &ctx);
@@ -139,7 +144,8 @@ std::vector<ChainInfo> DumpChains(Socket *s, Family f, bool *intr) {
               if (nftnl_chain_nlmsg_parse(m, c.get()) < 0) return;
               const char *t = nftnl_chain_get_str(c.get(), NFTNL_CHAIN_TABLE);
               const char *n = nftnl_chain_get_str(c.get(), NFTNL_CHAIN_NAME);
-              if (t && n && std::strcmp(t, kTable) == 0) out.push_back({n, nftnl_chain_is_set(c.get(), NFTNL_CHAIN_HOOKNUM)});
+              if (t && n && std::strcmp(t, kTable) == 0)
+                out.push_back({n, nftnl_chain_is_set(c.get(), NFTNL_CHAIN_HOOKNUM)});
             },
             intr),
         "listing the chains of " + TableText(f));
@@ -212,28 +218,33 @@ bool ReadOnce(Socket *s, View *v) {
           d.elements.emplace_back(EndpointAt(k, alen), c);
         });
         v->dispatch_sets.push_back(std::move(d));
-      } else if (ParseBackendMapName(set.name, &p) && (set.flags & NFT_SET_MAP) && set.key_len == backend_key && set.data_len == backend_data) {
+      } else if (ParseBackendMapName(set.name, &p) && (set.flags & NFT_SET_MAP) && set.key_len == backend_key &&
+                 set.data_len == backend_data) {
         View::BackendMap m;
         m.proto = p;
         std::unordered_set<std::string> seen;
-        DumpElements(s, f, set.name, &intr, [&](const uint8_t *k, uint32_t klen, const uint8_t *d, uint32_t dlen, Counted c) {
-          if (klen != backend_key || dlen != backend_data) return;
-          if (!seen.emplace(reinterpret_cast<const char *>(k), klen).second) intr = true;  // see SkipDrift
-          BackendElement e;
-          e.vip = EndpointAt(k, alen);
-          std::memcpy(&e.index, k + alen + 4, 4);
-          e.to = EndpointAt(d, alen);
-          m.elements.emplace_back(e, c);
-        });
+        DumpElements(s, f, set.name, &intr,
+                     [&](const uint8_t *k, uint32_t klen, const uint8_t *d, uint32_t dlen, Counted c) {
+                       if (klen != backend_key || dlen != backend_data) return;
+                       if (!seen.emplace(reinterpret_cast<const char *>(k), klen).second) intr = true;  // see SkipDrift
+                       BackendElement e;
+                       e.vip = EndpointAt(k, alen);
+                       std::memcpy(&e.index, k + alen + 4, 4);
+                       e.to = EndpointAt(d, alen);
+                       m.elements.emplace_back(e, c);
+                     });
         v->backend_maps.push_back(std::move(m));
-      } else if (AffinitySetTimeout(set.name) && !(set.flags & NFT_SET_MAP) && (set.flags & NFT_SET_TIMEOUT) && set.key_len == alen) {
+      } else if (AffinitySetTimeout(set.name) && !(set.flags & NFT_SET_MAP) && (set.flags & NFT_SET_TIMEOUT) &&
+                 set.key_len == alen) {
         v->affinity_sets.push_back({set.name, static_cast<uint32_t>(set.timeout_ms / 1000)});
       } else {
         v->foreign.push_back(set.name);
       }
     }
     const std::vector<ChainInfo> chains = DumpChains(s, f, &intr);
-    auto known = [](const ChainInfo &c) { return c.base && (c.name == "output" || c.name == "prerouting" || c.name == "postrouting"); };
+    auto known = [](const ChainInfo &c) {
+      return c.base && (c.name == "output" || c.name == "prerouting" || c.name == "postrouting");
+    };
     for (BaseChain c : {BaseChain::kOutput, BaseChain::kPrerouting, BaseChain::kPostrouting}) {
       for (const ChainInfo &ci : chains) {
         if (known(ci) && ci.name == ChainName(c)) v->chains.push_back({c, DumpRules(s, f, ChainName(c), &intr)});

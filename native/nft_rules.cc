@@ -22,11 +22,10 @@ uint32_t BackendOffset(uint32_t mod) { return mod * (mod - 1) / 2; }
 /** First backend index of a round-robin profile with `mod` slots (src/nft/ops.ts rrOffset). */
 uint32_t RrOffset(uint32_t mod) { return 1000000u + BackendOffset(mod); }
 
-
 // NFTNL_UDATA_RULE_COMMENT: nft keeps a rule's comment as this TLV in the rule userdata.
 constexpr uint8_t kUdataRuleComment = 0;
 constexpr size_t kCommentMax = 128;
-constexpr uint32_t kDportOffset = 2;     // same for tcp, udp and sctp
+constexpr uint32_t kDportOffset = 2;  // same for tcp, udp and sctp
 
 // The 32-bit register `i` (0-15) as nft names it: the 16-byte NFT_REG_n when it starts one.
 uint32_t Reg32(uint32_t i) { return i % 4 == 0 ? NFT_REG_1 + i / 4 : NFT_REG32_00 + i; }
@@ -34,8 +33,7 @@ uint32_t Reg32(uint32_t i) { return i % 4 == 0 ? NFT_REG_1 + i / 4 : NFT_REG32_0
 // Where a family's rules keep things: the address at NFT_REG_1, then the concatenation's port
 // (and the backend index) in the registers right after it (each component padded to 4 bytes).
 struct Shape {
-  explicit Shape(Family f)
-      : l(LayoutOf(f)), port_reg(Reg32(l.addr_len / 4)), index_reg(Reg32(l.addr_len / 4 + 1)) {}
+  explicit Shape(Family f) : l(LayoutOf(f)), port_reg(Reg32(l.addr_len / 4)), index_reg(Reg32(l.addr_len / 4 + 1)) {}
   const FamilyLayout &l;
   uint32_t port_reg;   // ip: NFT_REG32_01; ip6: NFT_REG_2
   uint32_t index_reg;  // ip: NFT_REG32_02; ip6: NFT_REG32_05
@@ -141,7 +139,9 @@ std::string Name(const nftnl_expr *e) {
   const char *n = nftnl_expr_get_str(e, NFTNL_EXPR_NAME);
   return n ? n : "";
 }
-bool U32Is(const nftnl_expr *e, uint16_t attr, uint32_t v) { return nftnl_expr_is_set(e, attr) && nftnl_expr_get_u32(e, attr) == v; }
+bool U32Is(const nftnl_expr *e, uint16_t attr, uint32_t v) {
+  return nftnl_expr_is_set(e, attr) && nftnl_expr_get_u32(e, attr) == v;
+}
 
 // Reads expressions from position `i` on; each matcher advances `i` only on success.
 class Cursor {
@@ -154,8 +154,8 @@ class Cursor {
   bool Payload(uint32_t base, uint32_t offset, uint32_t len, uint32_t dreg) {
     const nftnl_expr *e = Next("payload");
     if (!e || nftnl_expr_is_set(e, NFTNL_EXPR_PAYLOAD_SREG)) return false;
-    return Ok(U32Is(e, NFTNL_EXPR_PAYLOAD_BASE, base) && U32Is(e, NFTNL_EXPR_PAYLOAD_OFFSET, offset) && U32Is(e, NFTNL_EXPR_PAYLOAD_LEN, len) &&
-              U32Is(e, NFTNL_EXPR_PAYLOAD_DREG, dreg));
+    return Ok(U32Is(e, NFTNL_EXPR_PAYLOAD_BASE, base) && U32Is(e, NFTNL_EXPR_PAYLOAD_OFFSET, offset) &&
+              U32Is(e, NFTNL_EXPR_PAYLOAD_LEN, len) && U32Is(e, NFTNL_EXPR_PAYLOAD_DREG, dreg));
   }
   // cmp on reg 1 with `op`; copies the operand (length `len`) into `out`.
   bool Cmp(uint32_t op, void *out, uint32_t len) {
@@ -169,7 +169,8 @@ class Cursor {
   }
   bool L4Proto(Proto *p) {
     const nftnl_expr *e = Next("meta");
-    if (!e || !U32Is(e, NFTNL_EXPR_META_KEY, NFT_META_L4PROTO) || !U32Is(e, NFTNL_EXPR_META_DREG, NFT_REG_1)) return false;
+    if (!e || !U32Is(e, NFTNL_EXPR_META_KEY, NFT_META_L4PROTO) || !U32Is(e, NFTNL_EXPR_META_DREG, NFT_REG_1))
+      return false;
     Ok(true);
     uint8_t n = 0;
     return Cmp(NFT_CMP_EQ, &n, 1) && ProtoOf(n, p);
@@ -187,15 +188,22 @@ class Cursor {
   bool Ct(uint32_t key, bool want_dir) {
     const nftnl_expr *e = Next("ct");
     if (!e || !U32Is(e, NFTNL_EXPR_CT_KEY, key) || !U32Is(e, NFTNL_EXPR_CT_DREG, NFT_REG_1)) return false;
-    if (want_dir && !(nftnl_expr_is_set(e, NFTNL_EXPR_CT_DIR) && nftnl_expr_get_u8(e, NFTNL_EXPR_CT_DIR) == IP_CT_DIR_ORIGINAL)) return false;
-    if (!want_dir && nftnl_expr_is_set(e, NFTNL_EXPR_CT_DIR) && nftnl_expr_get_u8(e, NFTNL_EXPR_CT_DIR) != IP_CT_DIR_ORIGINAL) return false;
+    if (want_dir &&
+        !(nftnl_expr_is_set(e, NFTNL_EXPR_CT_DIR) && nftnl_expr_get_u8(e, NFTNL_EXPR_CT_DIR) == IP_CT_DIR_ORIGINAL))
+      return false;
+    if (!want_dir && nftnl_expr_is_set(e, NFTNL_EXPR_CT_DIR) &&
+        nftnl_expr_get_u8(e, NFTNL_EXPR_CT_DIR) != IP_CT_DIR_ORIGINAL)
+      return false;
     return Ok(true);
   }
   bool Lookup(std::string *set, int dreg) {
     const nftnl_expr *e = Next("lookup");
     if (!e || !U32Is(e, NFTNL_EXPR_LOOKUP_SREG, NFT_REG_1)) return false;
-    if (nftnl_expr_is_set(e, NFTNL_EXPR_LOOKUP_FLAGS) && nftnl_expr_get_u32(e, NFTNL_EXPR_LOOKUP_FLAGS) != 0) return false;
-    if (dreg < 0 ? nftnl_expr_is_set(e, NFTNL_EXPR_LOOKUP_DREG) : !U32Is(e, NFTNL_EXPR_LOOKUP_DREG, static_cast<uint32_t>(dreg))) return false;
+    if (nftnl_expr_is_set(e, NFTNL_EXPR_LOOKUP_FLAGS) && nftnl_expr_get_u32(e, NFTNL_EXPR_LOOKUP_FLAGS) != 0)
+      return false;
+    if (dreg < 0 ? nftnl_expr_is_set(e, NFTNL_EXPR_LOOKUP_DREG)
+                 : !U32Is(e, NFTNL_EXPR_LOOKUP_DREG, static_cast<uint32_t>(dreg)))
+      return false;
     const char *s = nftnl_expr_get_str(e, NFTNL_EXPR_LOOKUP_SET);
     if (!s) return false;
     *set = s;
@@ -206,7 +214,8 @@ class Cursor {
     if (!e || !U32Is(e, NFTNL_EXPR_NG_DREG, dreg) || !U32Is(e, NFTNL_EXPR_NG_TYPE, type)) return false;
     if (!nftnl_expr_is_set(e, NFTNL_EXPR_NG_MODULUS)) return false;
     *mod = nftnl_expr_get_u32(e, NFTNL_EXPR_NG_MODULUS);
-    const uint32_t offset = nftnl_expr_is_set(e, NFTNL_EXPR_NG_OFFSET) ? nftnl_expr_get_u32(e, NFTNL_EXPR_NG_OFFSET) : 0;
+    const uint32_t offset =
+        nftnl_expr_is_set(e, NFTNL_EXPR_NG_OFFSET) ? nftnl_expr_get_u32(e, NFTNL_EXPR_NG_OFFSET) : 0;
     if (offset != (type == NFT_NG_RANDOM ? BackendOffset(*mod) : RrOffset(*mod))) return false;
     return Ok(true);
   }
@@ -216,10 +225,13 @@ class Cursor {
     if (!e || !U32Is(e, NFTNL_EXPR_NAT_TYPE, NFT_NAT_DNAT) || !U32Is(e, NFTNL_EXPR_NAT_FAMILY, nfproto) ||
         !U32Is(e, NFTNL_EXPR_NAT_REG_ADDR_MIN, NFT_REG_1) || !U32Is(e, NFTNL_EXPR_NAT_REG_PROTO_MIN, proto_reg))
       return false;
-    if (nftnl_expr_is_set(e, NFTNL_EXPR_NAT_REG_ADDR_MAX) && !U32Is(e, NFTNL_EXPR_NAT_REG_ADDR_MAX, NFT_REG_1)) return false;
-    if (nftnl_expr_is_set(e, NFTNL_EXPR_NAT_REG_PROTO_MAX) && !U32Is(e, NFTNL_EXPR_NAT_REG_PROTO_MAX, proto_reg)) return false;
+    if (nftnl_expr_is_set(e, NFTNL_EXPR_NAT_REG_ADDR_MAX) && !U32Is(e, NFTNL_EXPR_NAT_REG_ADDR_MAX, NFT_REG_1))
+      return false;
+    if (nftnl_expr_is_set(e, NFTNL_EXPR_NAT_REG_PROTO_MAX) && !U32Is(e, NFTNL_EXPR_NAT_REG_PROTO_MAX, proto_reg))
+      return false;
     const uint32_t range = NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED;
-    if (nftnl_expr_is_set(e, NFTNL_EXPR_NAT_FLAGS) && (nftnl_expr_get_u32(e, NFTNL_EXPR_NAT_FLAGS) & ~range)) return false;
+    if (nftnl_expr_is_set(e, NFTNL_EXPR_NAT_FLAGS) && (nftnl_expr_get_u32(e, NFTNL_EXPR_NAT_FLAGS) & ~range))
+      return false;
     return Ok(true);
   }
   bool Log(std::string *prefix, uint32_t *level) {
@@ -229,7 +241,8 @@ class Cursor {
       if (nftnl_expr_is_set(e, a)) return false;
     }
     if (nftnl_expr_is_set(e, NFTNL_EXPR_LOG_FLAGS) && nftnl_expr_get_u32(e, NFTNL_EXPR_LOG_FLAGS) != 0) return false;
-    const char *p = nftnl_expr_is_set(e, NFTNL_EXPR_LOG_PREFIX) ? nftnl_expr_get_str(e, NFTNL_EXPR_LOG_PREFIX) : nullptr;
+    const char *p =
+        nftnl_expr_is_set(e, NFTNL_EXPR_LOG_PREFIX) ? nftnl_expr_get_str(e, NFTNL_EXPR_LOG_PREFIX) : nullptr;
     if (!p || !nftnl_expr_is_set(e, NFTNL_EXPR_LOG_LEVEL)) return false;
     *prefix = p;
     *level = nftnl_expr_get_u32(e, NFTNL_EXPR_LOG_LEVEL);
@@ -247,9 +260,11 @@ class Cursor {
   bool CtStatusDnat() {
     if (!Ct(NFT_CT_STATUS, false)) return false;
     const nftnl_expr *e = Next("bitwise");
-    if (!e || !U32Is(e, NFTNL_EXPR_BITWISE_SREG, NFT_REG_1) || !U32Is(e, NFTNL_EXPR_BITWISE_DREG, NFT_REG_1) || !U32Is(e, NFTNL_EXPR_BITWISE_LEN, 4))
+    if (!e || !U32Is(e, NFTNL_EXPR_BITWISE_SREG, NFT_REG_1) || !U32Is(e, NFTNL_EXPR_BITWISE_DREG, NFT_REG_1) ||
+        !U32Is(e, NFTNL_EXPR_BITWISE_LEN, 4))
       return false;
-    if (nftnl_expr_is_set(e, NFTNL_EXPR_BITWISE_OP) && nftnl_expr_get_u32(e, NFTNL_EXPR_BITWISE_OP) != NFT_BITWISE_BOOL) return false;
+    if (nftnl_expr_is_set(e, NFTNL_EXPR_BITWISE_OP) && nftnl_expr_get_u32(e, NFTNL_EXPR_BITWISE_OP) != NFT_BITWISE_BOOL)
+      return false;
     uint32_t ml = 0, xl = 0;
     const void *m = nftnl_expr_get(e, NFTNL_EXPR_BITWISE_MASK, &ml);
     const void *x = nftnl_expr_get(e, NFTNL_EXPR_BITWISE_XOR, &xl);
@@ -300,13 +315,16 @@ bool DecodeDispatch(const Shape &f, const Exprs &x, bool has_comment, Rule *out)
   Proto p;
   std::string set, map;
   uint32_t mod = 0;
-  if (!(c.L4Proto(&p) && VipKey(&c, f) && c.Lookup(&set, -1) && VipKey(&c, f) && c.Numgen(f.index_reg, &mod, NFT_NG_RANDOM) &&
-        c.Lookup(&map, NFT_REG_1) && c.Dnat(f.l.nfproto, f.port_reg) && c.done()))
+  if (!(c.L4Proto(&p) && VipKey(&c, f) && c.Lookup(&set, -1) && VipKey(&c, f) &&
+        c.Numgen(f.index_reg, &mod, NFT_NG_RANDOM) && c.Lookup(&map, NFT_REG_1) && c.Dnat(f.l.nfproto, f.port_reg) &&
+        c.done()))
     return false;
   Hook h;
   Proto sp;
   uint32_t n;
-  if (!ParseDispatchSetName(set, &h, &sp, &n) || sp != p || n != mod || map != BackendMapName(p) || (h == Hook::kLoc) != fib) return false;
+  if (!ParseDispatchSetName(set, &h, &sp, &n) || sp != p || n != mod || map != BackendMapName(p) ||
+      (h == Hook::kLoc) != fib)
+    return false;
   out->kind = Rule::Kind::kDispatch;
   out->hook = h;
   out->proto = p;
@@ -316,8 +334,8 @@ bool DecodeDispatch(const Shape &f, const Exprs &x, bool has_comment, Rule *out)
 
 // The selector the profile-owned rules start with: `ip[6] daddr V P dport port [fib daddr type local]`.
 bool VipSelector(const Shape &f, Cursor *c, Rule *r) {
-  if (!(c->Payload(NFT_PAYLOAD_NETWORK_HEADER, f.l.daddr_offset, f.l.addr_len, NFT_REG_1) && c->Cmp(NFT_CMP_EQ, r->vip.ip.data(), f.l.addr_len) &&
-        c->L4Proto(&r->proto) &&
+  if (!(c->Payload(NFT_PAYLOAD_NETWORK_HEADER, f.l.daddr_offset, f.l.addr_len, NFT_REG_1) &&
+        c->Cmp(NFT_CMP_EQ, r->vip.ip.data(), f.l.addr_len) && c->L4Proto(&r->proto) &&
         c->Payload(NFT_PAYLOAD_TRANSPORT_HEADER, kDportOffset, 2, NFT_REG_1) && c->Cmp(NFT_CMP_EQ, &r->vip.port, 2)))
     return false;
   const size_t at = c->pos();
@@ -337,13 +355,15 @@ bool DecodeLog(const Shape &f, const Exprs &x, const std::string &owner, Rule *o
   return true;
 }
 
-// ip daddr V P dport port [fib daddr type local] dnat to ip daddr . P dport . numgen inc mod n offset 1000000+T(n) map @be_P
+// ip daddr V P dport port [fib daddr type local] dnat to ip daddr . P dport . numgen inc mod n offset 1000000+T(n) map
+// @be_P
 bool DecodeRr(const Shape &f, const Exprs &x, const std::string &owner, Rule *out) {
   Cursor c(x);
   Rule r;
   if (!VipSelector(f, &c, &r)) return false;
   std::string map;
-  if (!(VipKey(&c, f) && c.Numgen(f.index_reg, &r.n, NFT_NG_INCREMENTAL) && c.Lookup(&map, NFT_REG_1) && c.Dnat(f.l.nfproto, f.port_reg) && c.done()))
+  if (!(VipKey(&c, f) && c.Numgen(f.index_reg, &r.n, NFT_NG_INCREMENTAL) && c.Lookup(&map, NFT_REG_1) &&
+        c.Dnat(f.l.nfproto, f.port_reg) && c.done()))
     return false;
   if (map != BackendMapName(r.proto) || r.n == 0) return false;
   r.kind = Rule::Kind::kRr;
@@ -369,7 +389,8 @@ bool DecodeAff(const Shape &f, const Exprs &x, const std::string &owner, Rule *o
     if (U32Is(ng, NFTNL_EXPR_NG_TYPE, NFT_NG_RANDOM)) {
       const nftnl_expr *bo = at + 1 < x.size() && name(at + 1) == "byteorder" ? x[at + 1] : nullptr;
       if (!bo || !U32Is(bo, NFTNL_EXPR_BYTEORDER_SREG, NFT_REG_1) || !U32Is(bo, NFTNL_EXPR_BYTEORDER_DREG, NFT_REG_1) ||
-          !U32Is(bo, NFTNL_EXPR_BYTEORDER_OP, NFT_BYTEORDER_HTON) || !U32Is(bo, NFTNL_EXPR_BYTEORDER_LEN, 4) || !U32Is(bo, NFTNL_EXPR_BYTEORDER_SIZE, 4))
+          !U32Is(bo, NFTNL_EXPR_BYTEORDER_OP, NFT_BYTEORDER_HTON) || !U32Is(bo, NFTNL_EXPR_BYTEORDER_LEN, 4) ||
+          !U32Is(bo, NFTNL_EXPR_BYTEORDER_SIZE, 4))
         return false;
       c.seek(at + 2);
       uint32_t lt = 0;
@@ -384,20 +405,23 @@ bool DecodeAff(const Shape &f, const Exprs &x, const std::string &owner, Rule *o
       return false;
     }
   } else if (name(at) == "payload" && name(at + 1) == "lookup") {
-    if (!(c.Payload(NFT_PAYLOAD_NETWORK_HEADER, f.l.saddr_offset, f.l.addr_len, NFT_REG_1) && c.Lookup(&hit_set, -1))) return false;
+    if (!(c.Payload(NFT_PAYLOAD_NETWORK_HEADER, f.l.saddr_offset, f.l.addr_len, NFT_REG_1) && c.Lookup(&hit_set, -1)))
+      return false;
     r.pick = Rule::Pick::kHit;
   } else {
     r.pick = Rule::Pick::kRest;
   }
   if (!c.Payload(NFT_PAYLOAD_NETWORK_HEADER, f.l.saddr_offset, f.l.addr_len, NFT_REG_1)) return false;
   at = c.pos();
-  if (name(at) != "dynset" || name(at + 1) != "counter" || name(at + 2) != "immediate" || name(at + 3) != "immediate" || name(at + 4) != "nat" || at + 5 != x.size())
+  if (name(at) != "dynset" || name(at + 1) != "counter" || name(at + 2) != "immediate" || name(at + 3) != "immediate" ||
+      name(at + 4) != "nat" || at + 5 != x.size())
     return false;
   const nftnl_expr *ds = x[at];
   if (!U32Is(ds, NFTNL_EXPR_DYNSET_SREG_KEY, NFT_REG_1) || !U32Is(ds, NFTNL_EXPR_DYNSET_OP, NFT_DYNSET_OP_UPDATE) ||
       nftnl_expr_is_set(ds, NFTNL_EXPR_DYNSET_SREG_DATA) || !nftnl_expr_is_set(ds, NFTNL_EXPR_DYNSET_SET_NAME))
     return false;
-  if (nftnl_expr_is_set(ds, NFTNL_EXPR_DYNSET_TIMEOUT) && nftnl_expr_get_u64(ds, NFTNL_EXPR_DYNSET_TIMEOUT) != 0) return false;
+  if (nftnl_expr_is_set(ds, NFTNL_EXPR_DYNSET_TIMEOUT) && nftnl_expr_get_u64(ds, NFTNL_EXPR_DYNSET_TIMEOUT) != 0)
+    return false;
   r.set = nftnl_expr_get_str(ds, NFTNL_EXPR_DYNSET_SET_NAME);
   if (!AffinitySetTimeout(r.set) || (r.pick == Rule::Pick::kHit && hit_set != r.set)) return false;
   const nftnl_expr *ctr = x[at + 1];
@@ -414,7 +438,9 @@ bool DecodeAff(const Shape &f, const Exprs &x, const std::string &owner, Rule *o
   std::memcpy(&r.to.port, p, 2);
   c.seek(at + 4);
   if (!(c.Dnat(f.l.nfproto, NFT_REG_2) && c.done())) return false;  // the immediates' registers
-  if ((r.pick == Rule::Pick::kRandom && (r.lt == 0 || r.lt > r.mod)) || ((r.pick == Rule::Pick::kRandom || r.pick == Rule::Pick::kInc) && r.mod == 0)) return false;
+  if ((r.pick == Rule::Pick::kRandom && (r.lt == 0 || r.lt > r.mod)) ||
+      ((r.pick == Rule::Pick::kRandom || r.pick == Rule::Pick::kInc) && r.mod == 0))
+    return false;
   r.kind = Rule::Kind::kAff;
   r.owner = owner;
   *out = std::move(r);
@@ -425,8 +451,9 @@ bool DecodeMasq(const Shape &f, const Exprs &x, const std::string &owner, Rule *
   Cursor c(x);
   Rule r;
   uint8_t proto = 0;
-  if (!(c.CtStatusDnat() && c.Ct(f.l.ct_dst_key, true) && c.Cmp(NFT_CMP_EQ, r.vip.ip.data(), f.l.addr_len) && c.Ct(NFT_CT_PROTOCOL, false) && c.Cmp(NFT_CMP_EQ, &proto, 1) &&
-        Cursor::ProtoOf(proto, &r.proto) && c.Ct(NFT_CT_PROTO_DST, true) && c.Cmp(NFT_CMP_EQ, &r.vip.port, 2) && c.Masq() && c.done()))
+  if (!(c.CtStatusDnat() && c.Ct(f.l.ct_dst_key, true) && c.Cmp(NFT_CMP_EQ, r.vip.ip.data(), f.l.addr_len) &&
+        c.Ct(NFT_CT_PROTOCOL, false) && c.Cmp(NFT_CMP_EQ, &proto, 1) && Cursor::ProtoOf(proto, &r.proto) &&
+        c.Ct(NFT_CT_PROTO_DST, true) && c.Cmp(NFT_CMP_EQ, &r.vip.port, 2) && c.Masq() && c.done()))
     return false;
   r.kind = Rule::Kind::kMasq;
   r.owner = owner;
@@ -507,7 +534,8 @@ RulePtr BuildRule(Family family, BaseChain chain, const Rule &r, const LookupIds
   RuleBuilder b(rule.get());
   switch (r.kind) {
     case Rule::Kind::kDispatch:
-      // [fib daddr type local] ip daddr . P dport @set dnat to ip daddr . P dport . numgen random mod n offset T(n) map @be_P
+      // [fib daddr type local] ip daddr . P dport @set dnat to ip daddr . P dport . numgen random mod n offset T(n) map
+      // @be_P
       if (r.hook == Hook::kLoc) b.FibLocal();
       b.L4Proto(r.proto);
       EncodeVipKey(f, &b);
@@ -528,7 +556,8 @@ RulePtr BuildRule(Family family, BaseChain chain, const Rule &r, const LookupIds
       break;
     }
     case Rule::Kind::kRr: {
-      // ip daddr V P dport port [fib daddr type local] dnat to ip daddr . P dport . numgen inc mod n offset 1000000+T(n) map @be_P comment "iptlb:<owner>"
+      // ip daddr V P dport port [fib daddr type local] dnat to ip daddr . P dport . numgen inc mod n offset
+      // 1000000+T(n) map @be_P comment "iptlb:<owner>"
       EncodeVipSelector(f, &b, r);
       EncodeVipKey(f, &b);
       b.Numgen(f.index_reg, r.n, NFT_NG_INCREMENTAL);
@@ -538,8 +567,8 @@ RulePtr BuildRule(Family family, BaseChain chain, const Rule &r, const LookupIds
       break;
     }
     case Rule::Kind::kAff: {
-      // ip daddr V P dport port [fib daddr type local] <pick> update @S { ip saddr } counter dnat to D comment "iptlb:<owner>",
-      // as nft 1.0.6 encodes it (numgen into reg 1, `<` on the big-endian value; the port in reg 2).
+      // ip daddr V P dport port [fib daddr type local] <pick> update @S { ip saddr } counter dnat to D comment
+      // "iptlb:<owner>", as nft 1.0.6 encodes it (numgen into reg 1, `<` on the big-endian value; the port in reg 2).
       EncodeVipSelector(f, &b, r);
       if (r.pick == Rule::Pick::kHit) {
         b.Payload(NFT_PAYLOAD_NETWORK_HEADER, f.l.saddr_offset, f.l.addr_len, NFT_REG_1);
@@ -548,7 +577,8 @@ RulePtr BuildRule(Family family, BaseChain chain, const Rule &r, const LookupIds
         ExprPtr ng = b.New("numgen");
         nftnl_expr_set_u32(ng.get(), NFTNL_EXPR_NG_DREG, NFT_REG_1);
         nftnl_expr_set_u32(ng.get(), NFTNL_EXPR_NG_MODULUS, r.mod);
-        nftnl_expr_set_u32(ng.get(), NFTNL_EXPR_NG_TYPE, r.pick == Rule::Pick::kRandom ? NFT_NG_RANDOM : NFT_NG_INCREMENTAL);
+        nftnl_expr_set_u32(ng.get(), NFTNL_EXPR_NG_TYPE,
+                           r.pick == Rule::Pick::kRandom ? NFT_NG_RANDOM : NFT_NG_INCREMENTAL);
         nftnl_expr_set_u32(ng.get(), NFTNL_EXPR_NG_OFFSET, 0);
         b.Raw(std::move(ng));
         if (r.pick == Rule::Pick::kRandom) {
@@ -633,7 +663,9 @@ Rule DecodeRule(Family family, const nftnl_rule *r) {
   if (DecodeDispatch(f, x, has_comment, &out)) return out;
   if (has_comment && comment.rfind("iptlb:", 0) == 0 && comment.size() > 6) {
     const std::string owner = comment.substr(6);
-    if (DecodeLog(f, x, owner, &out) || DecodeRr(f, x, owner, &out) || DecodeAff(f, x, owner, &out) || DecodeMasq(f, x, owner, &out)) return out;
+    if (DecodeLog(f, x, owner, &out) || DecodeRr(f, x, owner, &out) || DecodeAff(f, x, owner, &out) ||
+        DecodeMasq(f, x, owner, &out))
+      return out;
   }
   out = Rule();
   out.kind = Rule::Kind::kForeign;

@@ -26,12 +26,15 @@ NativeError BatchError(const nft::Batch &b, const nft::Transaction &tx, const nf
       NativeError e;
       e.code = "ERESTART";
       e.err = a.err;
-      e.message = "nft batch refused: the ruleset changed since generation " + std::to_string(tx.expect_genid) + " (" + ErrText(a.err) + ")";
+      e.message = "nft batch refused: the ruleset changed since generation " + std::to_string(tx.expect_genid) + " (" +
+                  ErrText(a.err) + ")";
       return e;
     }
     return NativeError::FromErrno("EKERNEL", a.err, "nft batch refused: " + ErrText(a.err) + ext);
   }
-  return NativeError::FromErrno("EKERNEL", a.err, "nft op " + std::to_string(op) + " (" + nft::DescribeOp(tx.ops[op]) + "): " + ErrText(a.err) + ext);
+  return NativeError::FromErrno(
+      "EKERNEL", a.err,
+      "nft op " + std::to_string(op) + " (" + nft::DescribeOp(tx.ops[op]) + "): " + ErrText(a.err) + ext);
 }
 
 Napi::Object EndpointJs(Napi::Env env, const nft::Endpoint &e, nft::Family f) {
@@ -81,10 +84,21 @@ Napi::Object RuleJs(Napi::Env env, const nft::Rule &r, nft::Family f) {
       o.Set("local", r.local);
       Napi::Object pick = Napi::Object::New(env);
       switch (r.pick) {
-        case nft::Rule::Pick::kHit: pick.Set("mode", "hit"); break;
-        case nft::Rule::Pick::kRandom: pick.Set("mode", "random"); pick.Set("mod", r.mod); pick.Set("lt", r.lt); break;
-        case nft::Rule::Pick::kInc: pick.Set("mode", "inc"); pick.Set("mod", r.mod); break;
-        case nft::Rule::Pick::kRest: pick.Set("mode", "rest"); break;
+        case nft::Rule::Pick::kHit:
+          pick.Set("mode", "hit");
+          break;
+        case nft::Rule::Pick::kRandom:
+          pick.Set("mode", "random");
+          pick.Set("mod", r.mod);
+          pick.Set("lt", r.lt);
+          break;
+        case nft::Rule::Pick::kInc:
+          pick.Set("mode", "inc");
+          pick.Set("mod", r.mod);
+          break;
+        case nft::Rule::Pick::kRest:
+          pick.Set("mode", "rest");
+          break;
       }
       o.Set("pick", pick);
       o.Set("set", r.set);
@@ -110,7 +124,8 @@ void SetCounters(Napi::Env env, Napi::Object o, const nft::Counted &c) {
 
 // ---- nftCommit --------------------------------------------------------------------------------
 
-NftCommitWorker::NftCommitWorker(Napi::Env env, nft::Transaction tx) : PromiseWorker(env, "iptlb.nftCommit"), tx_(std::move(tx)) {}
+NftCommitWorker::NftCommitWorker(Napi::Env env, nft::Transaction tx)
+    : PromiseWorker(env, "iptlb.nftCommit"), tx_(std::move(tx)) {}
 
 void NftCommitWorker::Execute() {
   BackgroundPriority background;
@@ -154,7 +169,8 @@ void NftCommitWorker::OnOK() {
 
 // ---- nftRead ----------------------------------------------------------------------------------
 
-NftReadWorker::NftReadWorker(Napi::Env env, nft::Family family) : PromiseWorker(env, "iptlb.nftRead"), family_(family) {}
+NftReadWorker::NftReadWorker(Napi::Env env, nft::Family family)
+    : PromiseWorker(env, "iptlb.nftRead"), family_(family) {}
 
 void NftReadWorker::Execute() {
   auto turn = turn_.Enter();
@@ -219,7 +235,8 @@ void NftReadWorker::OnOK() {
     Napi::Object co = Napi::Object::New(env);
     co.Set("name", nft::ChainName(v.chains[i].name));
     Napi::Array rules = Napi::Array::New(env, v.chains[i].rules.size());
-    for (size_t j = 0; j < v.chains[i].rules.size(); j++) rules.Set(static_cast<uint32_t>(j), RuleJs(env, v.chains[i].rules[j], v.family));
+    for (size_t j = 0; j < v.chains[i].rules.size(); j++)
+      rules.Set(static_cast<uint32_t>(j), RuleJs(env, v.chains[i].rules[j], v.family));
     co.Set("rules", rules);
     chains.Set(static_cast<uint32_t>(i), co);
   }

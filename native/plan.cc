@@ -11,10 +11,10 @@
 namespace iptlb {
 namespace {
 
-constexpr size_t kMaxChainName = 28;   // XT_EXTENSION_MAXNAMELEN - 1
-constexpr size_t kMaxComment = 255;    // XT_MAX_COMMENT_LEN - 1
+constexpr size_t kMaxChainName = 28;    // XT_EXTENSION_MAXNAMELEN - 1
+constexpr size_t kMaxComment = 255;     // XT_MAX_COMMENT_LEN - 1
 constexpr size_t kMaxRecentName = 199;  // XT_RECENT_NAME_LEN - 1
-constexpr size_t kMaxLogPrefix = 29;   // sizeof(xt_log_info.prefix) - 1
+constexpr size_t kMaxLogPrefix = 29;    // sizeof(xt_log_info.prefix) - 1
 
 // Where a value sits in the transaction ("transaction.chains[0].rules[2].target"), kept as a chain
 // of stack frames and spelled out only when a check fails: the plan is read without building a
@@ -126,7 +126,8 @@ std::string ChainName(const V &v, const Path &field) {
     if (c <= ' ' || c >= 0x7f) Fail(field, "must be printable ASCII without blanks");
   }
   if (s[0] == '-' || s[0] == '!') Fail(field, "must not start with '-' or '!'");
-  static const char *const kReserved[] = {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING", "FORWARD", "ACCEPT", "DROP", "QUEUE", "RETURN"};
+  static const char *const kReserved[] = {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING", "FORWARD",
+                                          "ACCEPT",     "DROP",  "QUEUE",  "RETURN"};
   for (const char *r : kReserved) {
     if (s == r) Fail(field, "must not be the built-in name " + s);
   }
@@ -144,9 +145,12 @@ std::string Owner(const V &v, const Path &field) {
 bool IsDecimal(const std::string &s) {
   size_t digits = 0, dots = 0;
   for (char c : s) {
-    if (c >= '0' && c <= '9') digits++;
-    else if (c == '.') dots++;
-    else return false;
+    if (c >= '0' && c <= '9')
+      digits++;
+    else if (c == '.')
+      dots++;
+    else
+      return false;
   }
   return digits > 0 && dots <= 1;
 }
@@ -169,10 +173,12 @@ void Endpoint(Family family, const V &v, const Path &field, Address *addr, uint1
   size_t colon = s.rfind(':');
   std::string host = colon == std::string::npos ? std::string() : s.substr(0, colon);
   if (family == Family::kIpv6) {
-    host = host.size() > 2 && host.front() == '[' && host.back() == ']' ? host.substr(1, host.size() - 2) : std::string();
+    host =
+        host.size() > 2 && host.front() == '[' && host.back() == ']' ? host.substr(1, host.size() - 2) : std::string();
   }
   Address mask{};
-  if (host.empty() || host.find('/') != std::string::npos || !ParseCidr(family, host, addr, &mask) || !IsHost(family, mask)) {
+  if (host.empty() || host.find('/') != std::string::npos || !ParseCidr(family, host, addr, &mask) ||
+      !IsHost(family, mask)) {
     Fail(field, family == Family::kIpv4 ? "must be \"a.b.c.d:port\"" : "must be \"[ipv6]:port\"");
   }
   char *end = nullptr;
@@ -202,7 +208,8 @@ Match MatchFrom(Family family, const V &value, const Path &field) {
     std::string p = Str(o.Get("probability"), field.Key("probability"), 32);
     char *end = nullptr;
     double d = IsDecimal(p) ? std::strtod(p.c_str(), &end) : -1.0;
-    if (!end || *end != '\0' || !(d >= 0.0 && d <= 1.0)) Fail(field.Key("probability"), "must be a decimal from 0 to 1");
+    if (!end || *end != '\0' || !(d >= 0.0 && d <= 1.0))
+      Fail(field.Key("probability"), "must be a decimal from 0 to 1");
     m.kind = Match::kStatistic;
     m.probability = static_cast<uint32_t>(std::lround(0x80000000 * d));
   } else if (name == "recent") {
@@ -271,17 +278,22 @@ Rule RuleFrom(Family family, const V &value, const Path &field) {
   V dst = o.Get("dst");
   if (!dst.IsUndefined()) {
     if (!ParseCidr(family, Str(dst, field.Key("dst"), kMaxCidr), &r.dst, &r.dmsk)) {
-      Fail(field.Key("dst"), family == Family::kIpv4 ? "must be an IPv4 address or a.b.c.d/n" : "must be an IPv6 address or v6/n");
+      Fail(field.Key("dst"),
+           family == Family::kIpv4 ? "must be an IPv4 address or a.b.c.d/n" : "must be an IPv6 address or v6/n");
     }
     r.has_dst = true;
   }
   V proto = o.Get("proto");
   if (!proto.IsUndefined()) {
     std::string p = Str(proto, field.Key("proto"), 8);
-    if (p == "tcp") r.proto = IPPROTO_TCP;
-    else if (p == "udp") r.proto = IPPROTO_UDP;
-    else if (p == "sctp") r.proto = IPPROTO_SCTP;
-    else Fail(field.Key("proto"), "must be tcp, udp or sctp");
+    if (p == "tcp")
+      r.proto = IPPROTO_TCP;
+    else if (p == "udp")
+      r.proto = IPPROTO_UDP;
+    else if (p == "sctp")
+      r.proto = IPPROTO_SCTP;
+    else
+      Fail(field.Key("proto"), "must be tcp, udp or sctp");
   }
   const Path mf = field.Key("matches");
   V ms = Arr(o.Get("matches"), mf);
@@ -290,7 +302,10 @@ Rule RuleFrom(Family family, const V &value, const Path &field) {
   r.matches.reserve(count);
   for (uint32_t i = 0; i < count; i++) r.matches.push_back(MatchFrom(family, ms.At(i), mf.Index(i)));
   for (const Match &m : r.matches) {
-    uint8_t need = m.kind == Match::kTcp ? IPPROTO_TCP : m.kind == Match::kUdp ? IPPROTO_UDP : m.kind == Match::kSctp ? IPPROTO_SCTP : 0;
+    uint8_t need = m.kind == Match::kTcp    ? IPPROTO_TCP
+                   : m.kind == Match::kUdp  ? IPPROTO_UDP
+                   : m.kind == Match::kSctp ? IPPROTO_SCTP
+                                            : 0;
     if (need && r.proto != need) Fail(field.Key("proto"), "must name the protocol of its port match");
   }
   r.target = TargetFrom(family, o.Get("target"), field.Key("target"));
@@ -336,13 +351,16 @@ Transaction TransactionFrom(const V &value) {
     V h = Obj(hooks.At(i), f);
     HookRule hr;
     hr.chain = Str(h.Get("chain"), f.Key("chain"), kMaxChainName);
-    if (hr.chain != "OUTPUT" && hr.chain != "PREROUTING" && hr.chain != "POSTROUTING") Fail(f.Key("chain"), "must be OUTPUT, PREROUTING or POSTROUTING");
+    if (hr.chain != "OUTPUT" && hr.chain != "PREROUTING" && hr.chain != "POSTROUTING")
+      Fail(f.Key("chain"), "must be OUTPUT, PREROUTING or POSTROUTING");
     hr.owner = Owner(h.Get("owner"), f.Key("owner"));
     const Path rf = f.Key("rule");
     hr.rule = RuleFrom(tx.family, h.Get("rule"), rf);
     // The comment is what later transactions find the rule by: it must be there, and be the owner's.
     bool tagged = false;
-    for (const Match &m : hr.rule.matches) tagged = tagged || (m.kind == Match::kComment && m.text.size() == hr.owner.size() + 6 && m.text.compare(0, 6, "iptlb:") == 0 && m.text.compare(6, std::string::npos, hr.owner) == 0);
+    for (const Match &m : hr.rule.matches)
+      tagged = tagged || (m.kind == Match::kComment && m.text.size() == hr.owner.size() + 6 &&
+                          m.text.compare(0, 6, "iptlb:") == 0 && m.text.compare(6, std::string::npos, hr.owner) == 0);
     if (!tagged) Fail(rf.Key("matches"), "must include the comment \"iptlb:" + hr.owner + "\"");
     tx.hook_rules.push_back(std::move(hr));
   }
@@ -366,7 +384,9 @@ bool ParseCidr(Family family, const std::string &text, Address *addr, Address *m
     bits = static_cast<int>(n);
   }
   Address a{};
-  if (inet_pton(af, ip.c_str(), family == Family::kIpv4 ? static_cast<void *>(&a.in) : static_cast<void *>(&a.in6)) != 1) return false;
+  if (inet_pton(af, ip.c_str(), family == Family::kIpv4 ? static_cast<void *>(&a.in) : static_cast<void *>(&a.in6)) !=
+      1)
+    return false;
   Address m{};
   for (int word = 0; word < max_bits / 32; word++) {
     const int left = bits - 32 * word;

@@ -24,18 +24,32 @@ using Address = union nf_inet_addr;
 
 struct Match {
   // kUnknown only comes out of the decoder (an extension iptlb does not write; `text` is its name).
-  enum Kind { kTcp, kUdp, kSctp, kStatistic, kStatisticNth, kRecentSet, kRecentUpdate, kComment, kAddrtypeLocal, kConntrackDnat, kSetDstDst, kUnknown };
+  enum Kind {
+    kTcp,
+    kUdp,
+    kSctp,
+    kStatistic,
+    kStatisticNth,
+    kRecentSet,
+    kRecentUpdate,
+    kComment,
+    kAddrtypeLocal,
+    kConntrackDnat,
+    kSetDstDst,
+    kUnknown
+  };
   explicit Match(Kind k = kUnknown) : kind(k) {}
   Kind kind;
-  uint16_t port = 0;          // tcp/udp/sctp dport, conntrack ctorigdstport
-  uint32_t probability = 0;   // statistic: lround(0x80000000 * p)
-  uint32_t every = 0;         // statistic nth: --every (1..)
-  uint32_t packet = 0;        // statistic nth: --packet (0..every-1)
-  uint32_t seconds = 0;       // recent --update: --seconds (1..)
-  std::string text;           // comment; recent list name; extension name of kUnknown
-  uint16_t set_index = 0;     // kSetDstDst (the gate, never planned from JS): `-m set --match-set <set> dst,dst`, the set's kernel index
-  Address addr{};             // conntrack ctorigdst
-  Address mask{};             // conntrack mask
+  uint16_t port = 0;         // tcp/udp/sctp dport, conntrack ctorigdstport
+  uint32_t probability = 0;  // statistic: lround(0x80000000 * p)
+  uint32_t every = 0;        // statistic nth: --every (1..)
+  uint32_t packet = 0;       // statistic nth: --packet (0..every-1)
+  uint32_t seconds = 0;      // recent --update: --seconds (1..)
+  std::string text;          // comment; recent list name; extension name of kUnknown
+  uint16_t set_index =
+      0;  // kSetDstDst (the gate, never planned from JS): `-m set --match-set <set> dst,dst`, the set's kernel index
+  Address addr{};  // conntrack ctorigdst
+  Address mask{};  // conntrack mask
 };
 
 struct Target {

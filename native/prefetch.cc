@@ -27,7 +27,9 @@ std::unique_ptr<Prefetched> TakePrefetched() { return std::move(Slot()); }
 bool PrefetchHoldsLock() { return Slot() != nullptr; }
 
 PrefetchWorker::PrefetchWorker(Napi::Env env, bool release)
-    : PromiseWorker(env, release ? "iptlb.releasePrefetch" : "iptlb.prefetch"), release_(release), lock_path_(XtablesLockPath()) {}
+    : PromiseWorker(env, release ? "iptlb.releasePrefetch" : "iptlb.prefetch"),
+      release_(release),
+      lock_path_(XtablesLockPath()) {}
 
 void PrefetchWorker::Execute() {
   BackgroundPriority background;

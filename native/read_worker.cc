@@ -39,9 +39,18 @@ std::string Cidr(Family family, const Address &addr, const Address &mask) {
 Napi::Value MatchToJs(Napi::Env env, Family family, const Match &m) {
   Napi::Object o = Napi::Object::New(env);
   switch (m.kind) {
-    case Match::kTcp: o.Set("name", "tcp"); o.Set("dport", m.port); break;
-    case Match::kUdp: o.Set("name", "udp"); o.Set("dport", m.port); break;
-    case Match::kSctp: o.Set("name", "sctp"); o.Set("dport", m.port); break;
+    case Match::kTcp:
+      o.Set("name", "tcp");
+      o.Set("dport", m.port);
+      break;
+    case Match::kUdp:
+      o.Set("name", "udp");
+      o.Set("dport", m.port);
+      break;
+    case Match::kSctp:
+      o.Set("name", "sctp");
+      o.Set("dport", m.port);
+      break;
     case Match::kStatistic: {
       // As iptables-save prints it (libxt_statistic: "%.11f"), so both executors read the same text.
       char buf[32];
@@ -64,8 +73,14 @@ Napi::Value MatchToJs(Napi::Env env, Family family, const Match &m) {
       o.Set("recentName", m.text);
       if (m.kind == Match::kRecentUpdate) o.Set("seconds", m.seconds);
       break;
-    case Match::kComment: o.Set("name", "comment"); o.Set("comment", m.text); break;
-    case Match::kAddrtypeLocal: o.Set("name", "addrtype"); o.Set("dstType", "LOCAL"); break;
+    case Match::kComment:
+      o.Set("name", "comment");
+      o.Set("comment", m.text);
+      break;
+    case Match::kAddrtypeLocal:
+      o.Set("name", "addrtype");
+      o.Set("dstType", "LOCAL");
+      break;
     case Match::kConntrackDnat:
       o.Set("name", "conntrack");
       o.Set("ctstate", "DNAT");
@@ -73,7 +88,10 @@ Napi::Value MatchToJs(Napi::Env env, Family family, const Match &m) {
       o.Set("ctorigdstport", m.port);
       break;
     case Match::kSetDstDst:
-    case Match::kUnknown: o.Set("name", "unknown"); o.Set("ext", m.text); break;
+    case Match::kUnknown:
+      o.Set("name", "unknown");
+      o.Set("ext", m.text);
+      break;
   }
   return o;
 }
@@ -87,11 +105,25 @@ Napi::Value TargetToJs(Napi::Env env, Family family, const Target &t) {
       o.Set("toDestination", (family == Family::kIpv6 ? "[" + host + "]" : host) + ":" + std::to_string(t.port));
       break;
     }
-    case Target::kLog: o.Set("name", "LOG"); o.Set("prefix", t.prefix); o.Set("level", t.level); break;
-    case Target::kReturn: o.Set("name", "RETURN"); break;
-    case Target::kMasquerade: o.Set("name", "MASQUERADE"); break;
-    case Target::kJump: o.Set("name", "jump"); o.Set("chain", t.chain); break;
-    case Target::kUnknown: o.Set("name", "unknown"); o.Set("ext", t.chain); break;
+    case Target::kLog:
+      o.Set("name", "LOG");
+      o.Set("prefix", t.prefix);
+      o.Set("level", t.level);
+      break;
+    case Target::kReturn:
+      o.Set("name", "RETURN");
+      break;
+    case Target::kMasquerade:
+      o.Set("name", "MASQUERADE");
+      break;
+    case Target::kJump:
+      o.Set("name", "jump");
+      o.Set("chain", t.chain);
+      break;
+    case Target::kUnknown:
+      o.Set("name", "unknown");
+      o.Set("ext", t.chain);
+      break;
   }
   return o;
 }
@@ -100,9 +132,12 @@ Napi::Value TargetToJs(Napi::Env env, Family family, const Target &t) {
 Napi::Value RuleToJs(Napi::Env env, Family family, const Rule &rule) {
   Napi::Object r = Napi::Object::New(env);
   if (rule.has_dst) r.Set("dst", Cidr(family, rule.dst, rule.dmsk));
-  if (rule.proto == IPPROTO_TCP) r.Set("proto", "tcp");
-  else if (rule.proto == IPPROTO_UDP) r.Set("proto", "udp");
-  else if (rule.proto == IPPROTO_SCTP) r.Set("proto", "sctp");
+  if (rule.proto == IPPROTO_TCP)
+    r.Set("proto", "tcp");
+  else if (rule.proto == IPPROTO_UDP)
+    r.Set("proto", "udp");
+  else if (rule.proto == IPPROTO_SCTP)
+    r.Set("proto", "sctp");
   Napi::Array ms = Napi::Array::New(env, rule.matches.size());
   for (uint32_t i = 0; i < rule.matches.size(); i++) ms.Set(i, MatchToJs(env, family, rule.matches[i]));
   r.Set("matches", ms);
@@ -122,8 +157,10 @@ ReadWorker::ReadWorker(Napi::Env env, Family family) : PromiseWorker(env, "iptlb
 void ReadWorker::Execute() {
   auto turn = turn_.Enter();
   std::lock_guard<std::mutex> serial(LibiptcMutex());
-  if (family_ == Family::kIpv6) ReadTable<Ip6Tables>();
-  else ReadTable<Ip4Tables>();
+  if (family_ == Family::kIpv6)
+    ReadTable<Ip6Tables>();
+  else
+    ReadTable<Ip4Tables>();
   ReleaseFreedMemory();  // the handle (a copy of the whole table) is gone
 }
 
@@ -162,7 +199,8 @@ void ReadWorker::ReadTable() {
       continue;
     }
     ChainView view{c, {}};
-    for (const auto *e = F::FirstRule(c, h.get()); e; e = F::NextRule(e, h.get())) view.rules.push_back(DecodeRule<F>(e, h.get()));
+    for (const auto *e = F::FirstRule(c, h.get()); e; e = F::NextRule(e, h.get()))
+      view.rules.push_back(DecodeRule<F>(e, h.get()));
     chains_.push_back(std::move(view));
   }
 }

@@ -36,7 +36,8 @@ Answer Supports(int fd, int level, int opt, const char *name, int revision) {
 
 int Revision(Family family, bool match, const char *name, int max) {
   const bool v6 = family == Family::kIpv6;
-  const int opt = v6 ? (match ? IP6T_SO_GET_REVISION_MATCH : IP6T_SO_GET_REVISION_TARGET) : (match ? IPT_SO_GET_REVISION_MATCH : IPT_SO_GET_REVISION_TARGET);
+  const int opt = v6 ? (match ? IP6T_SO_GET_REVISION_MATCH : IP6T_SO_GET_REVISION_TARGET)
+                     : (match ? IPT_SO_GET_REVISION_MATCH : IPT_SO_GET_REVISION_TARGET);
   const std::string key = std::string(v6 ? "6" : "4") + (match ? "m:" : "t:") + name;
   std::lock_guard<std::mutex> guard(cache_mutex);
   auto it = cache.find(key);

@@ -43,7 +43,9 @@ bool ConntrackDnat(const Info *c, Match *d) {
 
 // xt_recent's mask of one host in `family` (see the encoder).
 bool HostMask(Family family, const union nf_inet_addr &mask) {
-  if (family == Family::kIpv6) return mask.all[0] == 0xffffffffu && mask.all[1] == 0xffffffffu && mask.all[2] == 0xffffffffu && mask.all[3] == 0xffffffffu;
+  if (family == Family::kIpv6)
+    return mask.all[0] == 0xffffffffu && mask.all[1] == 0xffffffffu && mask.all[2] == 0xffffffffu &&
+           mask.all[3] == 0xffffffffu;
   return mask.ip == 0xffffffffu && !mask.all[1] && !mask.all[2] && !mask.all[3];
 }
 
@@ -53,7 +55,9 @@ bool DecodeMatch(Family family, const struct xt_entry_match *m, Match *d) {
   const unsigned rev = m->u.user.revision;
   if (name == "tcp" && rev == 0) {
     const auto *t = Payload<struct xt_tcp>(m);
-    if (!t || t->dpts[0] != t->dpts[1] || t->spts[0] != 0 || t->spts[1] != 0xffff || t->invflags || t->flg_mask || t->flg_cmp || t->option) return false;
+    if (!t || t->dpts[0] != t->dpts[1] || t->spts[0] != 0 || t->spts[1] != 0xffff || t->invflags || t->flg_mask ||
+        t->flg_cmp || t->option)
+      return false;
     d->kind = Match::kTcp;
     d->port = t->dpts[0];
   } else if (name == "udp" && rev == 0) {
@@ -125,8 +129,8 @@ bool DecodeMatch(Family family, const struct xt_entry_match *m, Match *d) {
 // The DNAT range iptlb writes: one address, one port.
 template <typename Range>
 bool SingleDestination(const Range *r, Target *d) {
-  if (!r || r->flags != (NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED) || std::memcmp(&r->min_addr, &r->max_addr, sizeof(r->min_addr)) != 0 ||
-      r->min_proto.all != r->max_proto.all) {
+  if (!r || r->flags != (NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED) ||
+      std::memcmp(&r->min_addr, &r->max_addr, sizeof(r->min_addr)) != 0 || r->min_proto.all != r->max_proto.all) {
     return false;
   }
   d->addr = r->min_addr;
@@ -140,7 +144,8 @@ bool DecodeTarget(const typename F::Entry *e, struct xtc_handle *h, Target *d) {
   const char *label = F::GetTarget(e, h);
   if (!label) return false;
   const std::string n = label;
-  const auto *t = reinterpret_cast<const struct xt_entry_target *>(reinterpret_cast<const char *>(e) + e->target_offset);
+  const auto *t =
+      reinterpret_cast<const struct xt_entry_target *>(reinterpret_cast<const char *>(e) + e->target_offset);
   const unsigned rev = t->u.user.revision;
   if (n == F::kLabelReturn) {
     d->kind = Target::kReturn;
@@ -151,7 +156,9 @@ bool DecodeTarget(const typename F::Entry *e, struct xtc_handle *h, Target *d) {
     const auto *r = Payload<struct nf_nat_ipv4_multi_range_compat>(t);
     if (v6 || rev != 0 || !r || r->rangesize != 1) return false;
     const auto &x = r->range[0];
-    if (x.flags != (NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED) || x.min_ip != x.max_ip || x.min.all != x.max.all) return false;
+    if (x.flags != (NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED) || x.min_ip != x.max_ip ||
+        x.min.all != x.max.all)
+      return false;
     d->addr.ip = x.min_ip;
     d->port = ntohs(x.min.all);
   } else if (n == "LOG") {

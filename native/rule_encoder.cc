@@ -114,8 +114,10 @@ bool EncodeMatch(Family family, const Match &m, std::vector<uint8_t> *out, std::
       }
       std::strncpy(r.name, m.text.c_str(), sizeof(r.name) - 1);
       r.side = XT_RECENT_SOURCE;
-      if (family == Family::kIpv4) r.mask.ip = 0xffffffffu;
-      else std::memset(&r.mask, 0xff, sizeof(r.mask));
+      if (family == Family::kIpv4)
+        r.mask.ip = 0xffffffffu;
+      else
+        std::memset(&r.mask, 0xff, sizeof(r.mask));
       Append(out, "recent", 1, r);
       return true;
     }

@@ -34,8 +34,10 @@ void TableTurn::Queue(Napi::AsyncWorker *worker) {
     worker->Queue();
   } catch (...) {  // never queued: give the ticket up now (the worker will never run nor be deleted)
     std::lock_guard<std::mutex> t(turn_mutex);
-    if (serving == ticket_) AdvanceLocked();
-    else abandoned.insert(ticket_);
+    if (serving == ticket_)
+      AdvanceLocked();
+    else
+      abandoned.insert(ticket_);
     has_ticket_ = false;
     throw;
   }
@@ -59,8 +61,10 @@ TableTurn::Held::~Held() {
 TableTurn::~TableTurn() {
   if (!has_ticket_ || entered_) return;
   std::lock_guard<std::mutex> l(turn_mutex);
-  if (serving == ticket_) AdvanceLocked();
-  else abandoned.insert(ticket_);
+  if (serving == ticket_)
+    AdvanceLocked();
+  else
+    abandoned.insert(ticket_);
 }
 
 }  // namespace iptlb

@@ -45,7 +45,8 @@ bool ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gat
   for (const std::string &o : tx.owners) owned.insert("iptlb:" + o);
   std::set<SetElement> removed;
   if (!owned.empty()) {
-    static const xt_chainlabel kAll[] = {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING", "IPTLB_OUTPUT", "IPTLB_PREROUTING"};
+    static const xt_chainlabel kAll[] = {"PREROUTING",  "INPUT",        "OUTPUT",
+                                         "POSTROUTING", "IPTLB_OUTPUT", "IPTLB_PREROUTING"};
     for (const char *hook : kAll) {
       const bool dispatch = hook[0] == 'I' && hook[1] == 'P';
       if (dispatch && !F::IsChain(hook, h)) continue;
@@ -58,7 +59,8 @@ bool ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gat
         if (dispatch && ElementOfRule(DecodeRule<F>(e, h).rule, &el)) removed.insert(el);
       }
       for (auto it = doomed.rbegin(); it != doomed.rend(); ++it) {
-        if (!F::DeleteNumEntry(hook, *it, h)) return Fail<F>(error, std::string("deleting rule ") + std::to_string(*it + 1) + " of " + hook);
+        if (!F::DeleteNumEntry(hook, *it, h))
+          return Fail<F>(error, std::string("deleting rule ") + std::to_string(*it + 1) + " of " + hook);
       }
     }
   }
@@ -103,7 +105,8 @@ bool ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gat
     }
     const std::string chain = IsGated(hr.chain) ? "IPTLB_" + hr.chain : hr.chain;
     const Label label(chain);
-    if (IsGated(hr.chain) && !F::IsChain(label.get(), h) && !F::CreateChain(label.get(), h)) return Fail<F>(error, "creating chain " + chain);
+    if (IsGated(hr.chain) && !F::IsChain(label.get(), h) && !F::CreateChain(label.get(), h))
+      return Fail<F>(error, "creating chain " + chain);
     unsigned &pos = position[chain];
     if (!F::InsertEntry(label.get(), reinterpret_cast<const Entry *>(entry.data()), pos, h)) {
       return Fail<F>(error, "inserting the rule of " + hr.owner + " at " + std::to_string(pos + 1) + " of " + chain);
@@ -126,7 +129,8 @@ bool ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gat
       gate->need_set = true;
       if (!gates.empty()) continue;
       if (!gate->has_index) {
-        *error = NativeError{"EKERNEL", EINVAL, std::string("the gate of ") + hook + " is missing and no set index was given"};
+        *error = NativeError{"EKERNEL", EINVAL,
+                             std::string("the gate of ") + hook + " is missing and no set index was given"};
         return false;
       }
       Rule g;
@@ -142,7 +146,8 @@ bool ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gat
         *error = NativeError{"EKERNEL", EINVAL, std::string("the gate of ") + hook + ": " + why};
         return false;
       }
-      if (!F::InsertEntry(hook, reinterpret_cast<const Entry *>(entry.data()), 0, h)) return Fail<F>(error, std::string("inserting the gate of ") + hook);
+      if (!F::InsertEntry(hook, reinterpret_cast<const Entry *>(entry.data()), 0, h))
+        return Fail<F>(error, std::string("inserting the gate of ") + hook);
     } else {
       for (auto it = gates.rbegin(); it != gates.rend(); ++it) {
         if (!F::DeleteNumEntry(hook, *it, h)) return Fail<F>(error, std::string("deleting the gate of ") + hook);

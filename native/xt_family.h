@@ -19,33 +19,37 @@ namespace iptlb {
 // libip6tc's ip6tc_* take the same arguments but for the entry type), the entry type, the member
 // holding its IP header, the family, and the header flag that marks `-p` (ip6tables sets
 // IP6T_F_PROTO, without which the kernel ignores `proto`; iptables sets none).
-#define IPTLB_XT_TRAITS(prefix, entry, header, family, proto_flag)                                                                       \
-  using Entry = entry;                                                                                                                   \
-  static constexpr Family kFamily = family;                                                                                              \
-  static constexpr unsigned kProtoFlag = proto_flag;                                                                                     \
-  static constexpr const char *kLibrary = #prefix;                                                                                       \
-  static constexpr const char *kLabelReturn = "RETURN";                                                                                  \
-  static auto &Header(Entry *e) { return e->header; }                                                                                    \
-  static const auto &Header(const Entry *e) { return e->header; }                                                                        \
-  static struct xtc_handle *Init(const char *table) { return prefix##_init(table); }                                                     \
-  static void Free(struct xtc_handle *h) { prefix##_free(h); }                                                                           \
-  static const char *StrError(int err) { return prefix##_strerror(err); }                                                                \
-  static int Commit(struct xtc_handle *h) { return prefix##_commit(h); }                                                                 \
-  static const char *FirstChain(struct xtc_handle *h) { return prefix##_first_chain(h); }                                                \
-  static const char *NextChain(struct xtc_handle *h) { return prefix##_next_chain(h); }                                                  \
-  static const Entry *FirstRule(const char *chain, struct xtc_handle *h) { return prefix##_first_rule(chain, h); }                       \
-  static const Entry *NextRule(const Entry *e, struct xtc_handle *h) { return prefix##_next_rule(e, h); }                                \
-  static const char *GetTarget(const Entry *e, struct xtc_handle *h) { return prefix##_get_target(e, h); }                               \
-  static int IsChain(const char *chain, struct xtc_handle *h) { return prefix##_is_chain(chain, h); }                                    \
-  static int Builtin(const char *chain, struct xtc_handle *h) { return prefix##_builtin(chain, h); }                                     \
-  static int CreateChain(const char *chain, struct xtc_handle *h) { return prefix##_create_chain(chain, h); }                            \
-  static int FlushEntries(const char *chain, struct xtc_handle *h) { return prefix##_flush_entries(chain, h); }                          \
-  static int DeleteChain(const char *chain, struct xtc_handle *h) { return prefix##_delete_chain(chain, h); }                            \
-  static int AppendEntry(const char *chain, const Entry *e, struct xtc_handle *h) { return prefix##_append_entry(chain, e, h); }          \
-  static int InsertEntry(const char *chain, const Entry *e, unsigned n, struct xtc_handle *h) {                                          \
-    return prefix##_insert_entry(chain, e, n, h);                                                                                        \
-  }                                                                                                                                      \
-  static int DeleteNumEntry(const char *chain, unsigned n, struct xtc_handle *h) { return prefix##_delete_num_entry(chain, n, h); }
+#define IPTLB_XT_TRAITS(prefix, entry, header, family, proto_flag)                                                 \
+  using Entry = entry;                                                                                             \
+  static constexpr Family kFamily = family;                                                                        \
+  static constexpr unsigned kProtoFlag = proto_flag;                                                               \
+  static constexpr const char *kLibrary = #prefix;                                                                 \
+  static constexpr const char *kLabelReturn = "RETURN";                                                            \
+  static auto &Header(Entry *e) { return e->header; }                                                              \
+  static const auto &Header(const Entry *e) { return e->header; }                                                  \
+  static struct xtc_handle *Init(const char *table) { return prefix##_init(table); }                               \
+  static void Free(struct xtc_handle *h) { prefix##_free(h); }                                                     \
+  static const char *StrError(int err) { return prefix##_strerror(err); }                                          \
+  static int Commit(struct xtc_handle *h) { return prefix##_commit(h); }                                           \
+  static const char *FirstChain(struct xtc_handle *h) { return prefix##_first_chain(h); }                          \
+  static const char *NextChain(struct xtc_handle *h) { return prefix##_next_chain(h); }                            \
+  static const Entry *FirstRule(const char *chain, struct xtc_handle *h) { return prefix##_first_rule(chain, h); } \
+  static const Entry *NextRule(const Entry *e, struct xtc_handle *h) { return prefix##_next_rule(e, h); }          \
+  static const char *GetTarget(const Entry *e, struct xtc_handle *h) { return prefix##_get_target(e, h); }         \
+  static int IsChain(const char *chain, struct xtc_handle *h) { return prefix##_is_chain(chain, h); }              \
+  static int Builtin(const char *chain, struct xtc_handle *h) { return prefix##_builtin(chain, h); }               \
+  static int CreateChain(const char *chain, struct xtc_handle *h) { return prefix##_create_chain(chain, h); }      \
+  static int FlushEntries(const char *chain, struct xtc_handle *h) { return prefix##_flush_entries(chain, h); }    \
+  static int DeleteChain(const char *chain, struct xtc_handle *h) { return prefix##_delete_chain(chain, h); }      \
+  static int AppendEntry(const char *chain, const Entry *e, struct xtc_handle *h) {                                \
+    return prefix##_append_entry(chain, e, h);                                                                     \
+  }                                                                                                                \
+  static int InsertEntry(const char *chain, const Entry *e, unsigned n, struct xtc_handle *h) {                    \
+    return prefix##_insert_entry(chain, e, n, h);                                                                  \
+  }                                                                                                                \
+  static int DeleteNumEntry(const char *chain, unsigned n, struct xtc_handle *h) {                                 \
+    return prefix##_delete_num_entry(chain, n, h);                                                                 \
+  }
 
 // iptables' tables through libip4tc.
 struct Ip4Tables {
@@ -91,7 +95,8 @@ bool GetHeader(const typename F::Entry *e, Rule *r) {
   const unsigned p = ip.proto;
   if (p != 0 && p != IPPROTO_TCP && p != IPPROTO_UDP && p != IPPROTO_SCTP) return false;
   r->proto = static_cast<uint8_t>(p);
-  return zero(ip.src) && zero(ip.smsk) && !ip.iniface[0] && !ip.outiface[0] && !ip.invflags && ip.flags == (p ? F::kProtoFlag : 0);
+  return zero(ip.src) && zero(ip.smsk) && !ip.iniface[0] && !ip.outiface[0] && !ip.invflags &&
+         ip.flags == (p ? F::kProtoFlag : 0);
 }
 
 }  // namespace iptlb

@@ -99,7 +99,10 @@ bool FlockGuard::Acquire(const std::string &path, int open_flags, int wait_ms, N
   while (fd < 0 && errno == EINTR);
   if (fd < 0) {
     const int err = errno;
-    *error = NativeError::FromErrno("ELOCK", err, "cannot open lock file " + path + ": " + std::strerror(err) + " (errno " + std::to_string(err) + ")", kNoAccess);
+    *error = NativeError::FromErrno(
+        "ELOCK", err,
+        "cannot open lock file " + path + ": " + std::strerror(err) + " (errno " + std::to_string(err) + ")",
+        kNoAccess);
     return false;
   }
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
@@ -126,7 +129,9 @@ bool FlockGuard::Acquire(const std::string &path, int open_flags, int wait_ms, N
       }
       if (err != EINTR) {
         close(fd);
-        *error = NativeError::FromErrno("ELOCK", err, "cannot lock " + path + ": " + std::strerror(err) + " (errno " + std::to_string(err) + ")", kNoAccess);
+        *error = NativeError::FromErrno(
+            "ELOCK", err, "cannot lock " + path + ": " + std::strerror(err) + " (errno " + std::to_string(err) + ")",
+            kNoAccess);
         return false;
       }
       // EINTR: the time limit, or another signal; the loop looks at the clock.
@@ -142,12 +147,16 @@ bool FlockGuard::Acquire(const std::string &path, int open_flags, int wait_ms, N
     const int err = errno;
     if (err != EWOULDBLOCK && err != EINTR) {
       close(fd);
-      *error = NativeError::FromErrno("ELOCK", err, "cannot lock " + path + ": " + std::strerror(err) + " (errno " + std::to_string(err) + ")", kNoAccess);
+      *error = NativeError::FromErrno(
+          "ELOCK", err, "cannot lock " + path + ": " + std::strerror(err) + " (errno " + std::to_string(err) + ")",
+          kNoAccess);
       return false;
     }
     if (std::chrono::steady_clock::now() >= deadline) {
       close(fd);
-      *error = NativeError{"ELOCK", EWOULDBLOCK, "another process holds the lock " + path + "; gave up after " + std::to_string(wait_ms) + " ms"};
+      *error =
+          NativeError{"ELOCK", EWOULDBLOCK,
+                      "another process holds the lock " + path + "; gave up after " + std::to_string(wait_ms) + " ms"};
       return false;
     }
     std::this_thread::sleep_for(pause);

@@ -1,6 +1,7 @@
 // An exclusive flock(2) on a file, taken with a bounded wait (a blocking flock interrupted by a
 // per-thread timer at the time limit, see xtables_lock.cc; on the calling — worker — thread) and
-// released by the destructor (and by the kernel when the process dies). Used for the xtables lock (as `iptables -w` takes it) and for iptlb's state-file lock.
+// released by the destructor (and by the kernel when the process dies). Used for the xtables lock (as `iptables -w`
+// takes it) and for iptlb's state-file lock.
 #pragma once
 #include <fcntl.h>
 

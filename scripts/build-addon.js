@@ -35,7 +35,9 @@ function writeLog(text) {
 function skip(reason, missing) {
   writeLog(`not built: ${reason}\n`);
   const fix = missing ? `apt-get install -y ${missing} && ${rebuild}` : FIX;
-  console.error(`iptlb: native addon not built (${reason}); the spawn executors (iptables-legacy-restore, nft) will be used. Fix: ${fix}. Log: ${log}`);
+  console.error(
+    `iptlb: native addon not built (${reason}); the spawn executors (iptables-legacy-restore, nft) will be used. Fix: ${fix}. Log: ${log}`,
+  );
   process.exit(verbose ? 1 : 0);
 }
 
@@ -61,7 +63,9 @@ const mods = [
 ];
 const hasPkgConfig = !!which('pkg-config');
 for (const [mod, pkg, header] of mods) {
-  const found = hasPkgConfig ? spawnSync('pkg-config', ['--exists', mod]).status === 0 : ['/usr/include', '/usr/local/include'].some((d) => existsSync(path.join(d, header)));
+  const found = hasPkgConfig
+    ? spawnSync('pkg-config', ['--exists', mod]).status === 0
+    : ['/usr/include', '/usr/local/include'].some((d) => existsSync(path.join(d, header)));
   if (!found && !missing.includes(pkg)) missing.push(pkg);
 }
 if (!which('g++') && !which('c++')) missing.push('g++');
@@ -74,28 +78,55 @@ function nodeGyp() {
   if (npmGyp && existsSync(npmGyp)) return [process.execPath, [npmGyp]];
   const local = path.join(root, 'node_modules', 'node-gyp', 'bin', 'node-gyp.js');
   if (existsSync(local)) return [process.execPath, [local]];
-  const bundled = path.join(path.dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js');
+  const bundled = path.join(
+    path.dirname(process.execPath),
+    '..',
+    'lib',
+    'node_modules',
+    'npm',
+    'node_modules',
+    'node-gyp',
+    'bin',
+    'node-gyp.js',
+  );
   if (existsSync(bundled)) return [process.execPath, [bundled]];
   return undefined;
 }
 const gyp = nodeGyp();
-if (!gyp) skip('node-gyp not found (neither npm_config_node_gyp from npm, node_modules/node-gyp, nor npm\'s bundled copy)', 'npm');
+if (!gyp)
+  skip(
+    "node-gyp not found (neither npm_config_node_gyp from npm, node_modules/node-gyp, nor npm's bundled copy)",
+    'npm',
+  );
 const gypArgs = ['rebuild', '--jobs=max'];
 // Build against the headers of the node that runs us (no download): npm passes them as
 // npm_config_nodedir; otherwise they sit in <prefix>/include/node beside the binary.
 const prefix = path.resolve(path.dirname(process.execPath), '..');
-if (!process.env.npm_config_nodedir && existsSync(path.join(prefix, 'include', 'node', 'node_api.h'))) gypArgs.push(`--nodedir=${prefix}`);
+if (!process.env.npm_config_nodedir && existsSync(path.join(prefix, 'include', 'node', 'node_api.h')))
+  gypArgs.push(`--nodedir=${prefix}`);
 const [cmd, args] = gyp;
 // Captured whole (for the log); --verbose prints it when the build ends.
-const r = spawnSync(cmd, [...args, ...gypArgs], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8', maxBuffer: 64 << 20 });
+const r = spawnSync(cmd, [...args, ...gypArgs], {
+  cwd: root,
+  stdio: ['ignore', 'pipe', 'pipe'],
+  encoding: 'utf8',
+  maxBuffer: 64 << 20,
+});
 if (verbose) process.stderr.write(`${r.stdout ?? ''}${r.stderr ?? ''}`);
-writeLog(`${cmd} ${[...args, ...gypArgs].join(' ')}\n${r.stdout ?? ''}${r.stderr ?? ''}${r.error ? `${r.error.message}\n` : ''}exit status ${r.status}\n`);
+writeLog(
+  `${cmd} ${[...args, ...gypArgs].join(' ')}\n${r.stdout ?? ''}${r.stderr ?? ''}${r.error ? `${r.error.message}\n` : ''}exit status ${r.status}\n`,
+);
 if (r.status !== 0) {
   if (!verbose) {
-    const lines = `${r.stderr ?? ''}${r.stdout ?? ''}`.split('\n').filter((l) => /error/i.test(l)).slice(0, 2);
+    const lines = `${r.stderr ?? ''}${r.stdout ?? ''}`
+      .split('\n')
+      .filter((l) => /error/i.test(l))
+      .slice(0, 2);
     skip(`compilation failed${lines.length ? `: ${lines.join(' | ').trim()}` : ''}`);
   }
   console.error(`iptlb: native addon build failed; log: ${log}`);
   process.exit(1);
 }
-console.error(`iptlb: native addon built from source: ${path.join(root, 'build', 'Release')}/iptlb_{core,xt,nft}.node (log: ${log})`);
+console.error(
+  `iptlb: native addon built from source: ${path.join(root, 'build', 'Release')}/iptlb_{core,xt,nft}.node (log: ${log})`,
+);

@@ -18,7 +18,9 @@ const lazyChildProcess = {
   name: 'lazy-child-process',
   setup(b) {
     b.onResolve({ filter: /^(node:)?child_process$/ }, (a) =>
-      a.namespace === 'lazy-child-process' ? { path: 'node:child_process', external: true } : { path: 'child_process', namespace: 'lazy-child-process' },
+      a.namespace === 'lazy-child-process'
+        ? { path: 'node:child_process', external: true }
+        : { path: 'child_process', namespace: 'lazy-child-process' },
     );
     b.onLoad({ filter: /.*/, namespace: 'lazy-child-process' }, () => ({
       loader: 'js',

@@ -15,12 +15,19 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const parts = ['core', 'xt', 'nft'];
 const dir = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`);
 const fromSource = process.env.IPTLB_BUILD_FROM_SOURCE === '1' || process.env.npm_config_build_from_source === 'true';
-const SONAME_PACKAGES = { 'libip4tc.so.2': 'libip4tc2', 'libip6tc.so.2': 'libip6tc2', 'libnftnl.so.11': 'libnftnl11', 'libmnl.so.0': 'libmnl0' };
+const SONAME_PACKAGES = {
+  'libip4tc.so.2': 'libip4tc2',
+  'libip6tc.so.2': 'libip6tc2',
+  'libnftnl.so.11': 'libnftnl11',
+  'libmnl.so.0': 'libmnl0',
+};
 // What each part links (dlopen names only the first library it misses).
 const PART_PACKAGES = { core: ['libmnl0'], xt: ['libip4tc2', 'libip6tc2'], nft: ['libnftnl11', 'libmnl0'] };
 
 function build() {
-  const r = spawnSync(process.execPath, [path.join(root, 'scripts', 'build-addon.js'), ...process.argv.slice(2)], { stdio: 'inherit' });
+  const r = spawnSync(process.execPath, [path.join(root, 'scripts', 'build-addon.js'), ...process.argv.slice(2)], {
+    stdio: 'inherit',
+  });
   process.exit(r.status ?? 1);
 }
 
@@ -37,7 +44,9 @@ for (const p of parts) {
   }
 }
 if (failed.length === 0) {
-  console.error(`iptlb: using the prebuilt native addon (${path.relative(root, dir)}/iptlb_{core,xt,nft}.node); nothing compiled`);
+  console.error(
+    `iptlb: using the prebuilt native addon (${path.relative(root, dir)}/iptlb_{core,xt,nft}.node); nothing compiled`,
+  );
   process.exit(0);
 }
 // A library missing on this host: building from source would not help (it needs the same library,
@@ -46,8 +55,12 @@ const libs = failed.map(([p, m]) => [p, /^(?:\/[^:]*\/)?(lib[\w+-]+\.so(?:\.\d+)
 if (libs.every(([, so]) => so && SONAME_PACKAGES[so])) {
   const pkgs = [...new Set(libs.flatMap(([p, so]) => [SONAME_PACKAGES[so], ...PART_PACKAGES[p]]))].join(' ');
   const engines = libs.map(([p]) => (p === 'xt' ? 'legacy' : p === 'nft' ? 'nft' : 'locks/conntrack')).join(', ');
-  console.error(`iptlb: prebuilt native addon installed; ${engines}: ${libs.map(([, so]) => so).join(', ')} not found on this host, so ${libs.length > 1 ? 'those parts use' : 'that part uses'} the spawn executor. Fix: apt-get install -y ${pkgs} (no rebuild needed)`);
+  console.error(
+    `iptlb: prebuilt native addon installed; ${engines}: ${libs.map(([, so]) => so).join(', ')} not found on this host, so ${libs.length > 1 ? 'those parts use' : 'that part uses'} the spawn executor. Fix: apt-get install -y ${pkgs} (no rebuild needed)`,
+  );
   process.exit(0);
 }
-console.error(`iptlb: the prebuilt native addon does not load here (${failed.map(([p, m]) => `iptlb_${p}.node: ${m}`).join('; ')}); building from source`);
+console.error(
+  `iptlb: the prebuilt native addon does not load here (${failed.map(([p, m]) => `iptlb_${p}.node: ${m}`).join('; ')}); building from source`,
+);
 build();

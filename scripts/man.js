@@ -10,11 +10,18 @@ import { fileURLToPath } from 'node:url';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const cli = path.join(root, 'bin', 'iptlb.cjs');
 const help = (args) => {
-  const r = spawnSync(process.execPath, [cli, ...args, '--help'], { encoding: 'utf8', env: { ...process.env, COLUMNS: '100' } });
+  const r = spawnSync(process.execPath, [cli, ...args, '--help'], {
+    encoding: 'utf8',
+    env: { ...process.env, COLUMNS: '100' },
+  });
   if (r.status !== 0) throw new Error(`iptlb ${args.join(' ')} --help exited ${r.status}: ${r.stderr}`);
   return r.stdout.trimEnd();
 };
-const esc = (s) => s.replace(/\\/g, '\\e').replace(/^([.'])/gm, '\\&$1').replace(/-/g, '\\-');
+const esc = (s) =>
+  s
+    .replace(/\\/g, '\\e')
+    .replace(/^([.'])/gm, '\\&$1')
+    .replace(/-/g, '\\-');
 const { version } = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8'));
 const top = help([]);
 const section = top.slice(top.indexOf('\nCommands:\n'), top.indexOf('\n\n', top.indexOf('\nCommands:\n') + 1));
@@ -27,7 +34,7 @@ const out = [
   '.B iptlb',
   '[\\fIcommand\\fR] [\\fIoptions\\fR]',
   '.SH DESCRIPTION',
-  'The text below is the output of \\fBiptlb \\-\\-help\\fR; each command\'s section is that of \\fBiptlb\\fR \\fIcommand\\fR \\fB\\-\\-help\\fR.',
+  "The text below is the output of \\fBiptlb \\-\\-help\\fR; each command's section is that of \\fBiptlb\\fR \\fIcommand\\fR \\fB\\-\\-help\\fR.",
   '.PP',
   '.nf',
   esc(top),
@@ -35,5 +42,9 @@ const out = [
   '.SH COMMANDS',
 ];
 for (const c of commands) out.push(`.SS ${c}`, '.nf', esc(help([c])), '.fi');
-out.push('.SH SEE ALSO', '\\fBiptlb doctor\\fR, \\fBiptlb completion bash\\fR, iptables(8), nft(8); docs/install.md in the package.', '');
+out.push(
+  '.SH SEE ALSO',
+  '\\fBiptlb doctor\\fR, \\fBiptlb completion bash\\fR, iptables(8), nft(8); docs/install.md in the package.',
+  '',
+);
 writeFileSync(path.join(root, 'dist', 'iptlb.1'), out.join('\n'));

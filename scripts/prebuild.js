@@ -16,9 +16,12 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 // Built in a scratch copy of the sources, so build/ (which the tests and the CLI load) is never
 // half-made while this runs.
 const work = mkdtempSync(path.join(tmpdir(), 'iptlb-prebuild-'));
-for (const f of ['binding.gyp', 'package.json', 'native', 'scripts']) cpSync(path.join(root, f), path.join(work, f), { recursive: true });
+for (const f of ['binding.gyp', 'package.json', 'native', 'scripts'])
+  cpSync(path.join(root, f), path.join(work, f), { recursive: true });
 symlinkSync(path.join(root, 'node_modules'), path.join(work, 'node_modules'));
-const r = spawnSync(process.execPath, [path.join(work, 'scripts', 'build-addon.js'), '--verbose'], { stdio: ['ignore', process.argv.includes('--quiet') ? 'ignore' : 'inherit', 'inherit'] });
+const r = spawnSync(process.execPath, [path.join(work, 'scripts', 'build-addon.js'), '--verbose'], {
+  stdio: ['ignore', process.argv.includes('--quiet') ? 'ignore' : 'inherit', 'inherit'],
+});
 if (r.status !== 0) {
   console.error(`iptlb: prebuild failed; log: ${path.join(work, 'build', 'build-addon.log')}`);
   process.exit(r.status ?? 1);

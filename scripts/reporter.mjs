@@ -28,7 +28,8 @@ async function* observe(source, tally) {
     }
     if (!summarised && type === 'test:diagnostic' && data.nesting === 0 && /^tests \d+$/.test(data.message)) {
       summarised = true;
-      for (const message of summaryLines(tally)) yield { type: 'test:diagnostic', data: { nesting: 0, message, file: data.file } };
+      for (const message of summaryLines(tally))
+        yield { type: 'test:diagnostic', data: { nesting: 0, message, file: data.file } };
     }
     yield event;
   }
@@ -40,7 +41,8 @@ function summaryLines(tally) {
     `kernel cases per pair: ${pairs.length ? pairs.map(([p, t]) => `${p} ${t.ran} ran, ${t.skipped} skipped`).join('; ') : 'none ran'}`,
   ];
   for (const s of tally.skips) lines.push(`skipped: ${s}`);
-  if (tally.skips.length && tally.root) lines.push(`FAIL: ${tally.skips.length} test(s) skipped as root, where every test can run`);
+  if (tally.skips.length && tally.root)
+    lines.push(`FAIL: ${tally.skips.length} test(s) skipped as root, where every test can run`);
   return lines;
 }
 

@@ -16,9 +16,13 @@ function walk(d) {
   });
 }
 const filters = process.argv.slice(2);
-const files = walk(dir).sort().filter((f) => !filters.length || filters.some((x) => f.includes(x)));
+const files = walk(dir)
+  .sort()
+  .filter((f) => !filters.length || filters.some((x) => f.includes(x)));
 if (!files.length) {
-  console.error(`no test files under ${dir}${filters.length ? ` matching ${filters.join(', ')}` : ''}; run npm run build first`);
+  console.error(
+    `no test files under ${dir}${filters.length ? ` matching ${filters.join(', ')}` : ''}; run npm run build first`,
+  );
   process.exit(1);
 }
 // The reporter adds the kernel cases per pair and the skipped tests to the summary, and leaves its
@@ -29,11 +33,22 @@ const reporter = path.join(root, 'scripts', 'reporter.mjs');
 // legacy ones share the host-wide xtables lock, which they wait for): cores + 1 at once by default, as
 // much of a kernel test is waiting. IPTLB_TEST_CONCURRENCY overrides it.
 const concurrency = process.env.IPTLB_TEST_CONCURRENCY ?? String(availableParallelism() + 1);
-const r = spawnSync(process.execPath, ['--expose-gc', '--test', `--test-concurrency=${concurrency}`, `--test-reporter=${reporter}`, '--test-reporter-destination=stdout', ...files], {
-  stdio: 'inherit',
-  cwd: root,
-  env: { ...process.env, IPTLB_TEST_VERDICT: verdictFile },
-});
+const r = spawnSync(
+  process.execPath,
+  [
+    '--expose-gc',
+    '--test',
+    `--test-concurrency=${concurrency}`,
+    `--test-reporter=${reporter}`,
+    '--test-reporter-destination=stdout',
+    ...files,
+  ],
+  {
+    stdio: 'inherit',
+    cwd: root,
+    env: { ...process.env, IPTLB_TEST_VERDICT: verdictFile },
+  },
+);
 let verdict = { failed: false };
 try {
   verdict = JSON.parse(readFileSync(verdictFile, 'utf8'));

@@ -69,11 +69,14 @@ export function ipv6Groups(text: string): number[] | null {
   return [...head, ...Array<number>(8 - known).fill(0), ...rest, ...tail];
 }
 
-/** RFC 5952 text of eight groups: lower-case hex, no leading zeros, the first longest run (of two or more) of zero groups as `::`. */
+/**
+ * RFC 5952 text of eight groups: lower-case hex, no leading zeros, the first longest run (of two or more) of zero
+ * groups as `::`.
+ */
 export function formatIpv6(g: readonly number[]): string {
   let best = -1;
   let bestLen = 1;
-  for (let i = 0; i < 8; ) {
+  for (let i = 0; i < 8;) {
     if (g[i] !== 0) {
       i++;
       continue;
@@ -97,9 +100,14 @@ export function canonicalIpv6(text: string): string | null {
   return g === null ? null : formatIpv6(g);
 }
 
-/** The family of an address, CIDR or endpoint text (an IPv6 endpoint is bracketed; IPv6 text has two colons or more, IPv4 text one at most); empty text is IPv4. */
+/**
+ * The family of an address, CIDR or endpoint text (an IPv6 endpoint is bracketed; IPv6 text has two colons or more,
+ * IPv4 text one at most); empty text is IPv4.
+ */
 export function familyOf(text: string): Family {
-  return text.charCodeAt(0) === 91 /* [ */ || (text.includes(':') && text.indexOf(':') !== text.lastIndexOf(':')) ? 'ipv6' : 'ipv4';
+  return text.charCodeAt(0) === 91 /* [ */ || (text.includes(':') && text.indexOf(':') !== text.lastIndexOf(':'))
+    ? 'ipv6'
+    : 'ipv4';
 }
 
 // Exactly the endpoints the checks below accept (octets 0-255 without leading zeros, port 1-65535
@@ -162,14 +170,17 @@ export function formatEndpoint(e: { ip: string; port: number }): string {
 export function unicastProblem(e: Endpoint): string | null {
   if (e.family === 'ipv4') {
     const first = Number(e.ip.slice(0, e.ip.indexOf('.')));
-    if (e.ip === '0.0.0.0' || e.ip === '255.255.255.255' || (first >= 224 && first <= 239)) return 'is not a unicast address';
+    if (e.ip === '0.0.0.0' || e.ip === '255.255.255.255' || (first >= 224 && first <= 239))
+      return 'is not a unicast address';
     return null;
   }
   const g = ipv6Groups(e.ip)!;
   if (g.every((x) => x === 0)) return 'is the unspecified IPv6 address';
   if (g[0] >> 8 === 0xff) return 'is an IPv6 multicast address';
-  if ((g[0] & 0xffc0) === 0xfe80) return 'is an IPv6 link-local address (it needs an interface; use a global or loopback address)';
-  if (g.slice(0, 5).every((x) => x === 0) && g[5] === 0xffff) return 'is an IPv4-mapped IPv6 address; write the IPv4 address instead';
+  if ((g[0] & 0xffc0) === 0xfe80)
+    return 'is an IPv6 link-local address (it needs an interface; use a global or loopback address)';
+  if (g.slice(0, 5).every((x) => x === 0) && g[5] === 0xffff)
+    return 'is an IPv4-mapped IPv6 address; write the IPv4 address instead';
   return null;
 }
 

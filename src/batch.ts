@@ -109,7 +109,10 @@ function applyOp(working: Working, op: Op): void {
     for (const p of op.profiles) working.set(p);
   } else {
     for (const n of op.names) {
-      if (!working.profiles.has(n)) throw new IptlbError('ENOTFOUND', `name: profile ${show(n)} does not exist in the state file`, { field: 'name' });
+      if (!working.profiles.has(n))
+        throw new IptlbError('ENOTFOUND', `name: profile ${show(n)} does not exist in the state file`, {
+          field: 'name',
+        });
     }
     for (const n of op.names) working.delete(n);
   }
@@ -226,7 +229,8 @@ export class CommitQueue {
       executor: result.executor!, // set: the queue always commits with run: true
     });
     for (const call of accepted) {
-      const own = call.op.kind === 'apply' ? { applied: call.op.profiles, deleted: [] } : { applied: [], deleted: call.op.names };
+      const own =
+        call.op.kind === 'apply' ? { applied: call.op.profiles, deleted: [] } : { applied: [], deleted: call.op.names };
       call.resolve({ ...result, ...own });
     }
   }

@@ -22,8 +22,41 @@ import { registerFleet } from './cli/fleet.js';
 type Out = { out: (s: string) => void; err: (s: string) => void };
 
 /** Flags of the original, with their kind, accepted with one dash and `=value` (Go `flag` style). */
-const VALUE_FLAGS = new Set(['settle', 'src-addr', 'dest-addr', 'scheduler', 'affinity', 'rules-backend', 'profile', 'state-file', 'log-level', 'protocol', 'executor', 'engine', 'to', 'file', 'interval', 'count', ...HEALTH_FLAGS, 'metrics-address']);
-const BOOL_FLAGS = new Set(['reset', 'delete', 'log-custom-chain', 'run', 'use-state', 'masquerade', 'json', 'quiet', 'verbose', 'all', 'help', 'version', 'keep-conntrack']);
+const VALUE_FLAGS = new Set([
+  'settle',
+  'src-addr',
+  'dest-addr',
+  'scheduler',
+  'affinity',
+  'rules-backend',
+  'profile',
+  'state-file',
+  'log-level',
+  'protocol',
+  'executor',
+  'engine',
+  'to',
+  'file',
+  'interval',
+  'count',
+  ...HEALTH_FLAGS,
+  'metrics-address',
+]);
+const BOOL_FLAGS = new Set([
+  'reset',
+  'delete',
+  'log-custom-chain',
+  'run',
+  'use-state',
+  'masquerade',
+  'json',
+  'quiet',
+  'verbose',
+  'all',
+  'help',
+  'version',
+  'keep-conntrack',
+]);
 
 /** Rewrites Go-style flags (`-src-addr=x`, `-run=true`) into the `--src-addr=x` form commander parses. */
 export function normalizeArgv(argv: string[]): string[] {
@@ -47,8 +80,8 @@ export function normalizeArgv(argv: string[]): string[] {
         // Go semantics: the last occurrence wins, so a later -flag=false cancels an earlier -flag.
         for (let k = out.length - 1; k >= 0; k--) if (out[k] === `--${name}`) out.splice(k, 1);
         continue;
-      }
-      else throw new IptlbError('EUSAGE', `-${name}: ${show(value)} is not a boolean (true or false)`, { field: name });
+      } else
+        throw new IptlbError('EUSAGE', `-${name}: ${show(value)} is not a boolean (true or false)`, { field: name });
     } else {
       out.push(value === undefined ? `--${name}` : `--${name}=${value}`);
     }
@@ -88,10 +121,18 @@ function addGlobal(cmd: Command): Command {
   return cmd
     .option('--state-file <path>', 'state file (env IPTLB_STATE_FILE; default ./local/state.db)')
     .addOption(new Option('--executor <kind>', 'native, spawn or auto (env IPTLB_EXECUTOR; default auto)'))
-    .addOption(new Option('--engine <engine>', 'legacy (x_tables nat tables), nft (tables ip/ip6 iptlb) or auto (env IPTLB_ENGINE; default auto)'))
+    .addOption(
+      new Option(
+        '--engine <engine>',
+        'legacy (x_tables nat tables), nft (tables ip/ip6 iptlb) or auto (env IPTLB_ENGINE; default auto)',
+      ),
+    )
     .option('--json', 'print the result as JSON on stdout')
     .option('-q, --quiet', 'print no log lines')
-    .option('--keep-conntrack', 'keep conntrack entries of flows to destinations a change removes (default: delete them)')
+    .option(
+      '--keep-conntrack',
+      'keep conntrack entries of flows to destinations a change removes (default: delete them)',
+    )
     .option('--verbose', 'also log every rule written');
 }
 
@@ -107,7 +148,8 @@ function withGlobals<T extends GlobalOpts>(o: T, cmd: Command): T {
   if (cmd.parent) {
     const own = new Set(cmd.options.map((opt) => opt.attributeName()));
     for (const [k, v] of Object.entries(parent as Record<string, unknown>)) {
-      if (own.has(k) && cmd.parent.getOptionValueSource(k) === 'cli' && cmd.getOptionValueSource(k) !== 'cli') (merged as Record<string, unknown>)[k] = v;
+      if (own.has(k) && cmd.parent.getOptionValueSource(k) === 'cli' && cmd.getOptionValueSource(k) !== 'cli')
+        (merged as Record<string, unknown>)[k] = v;
     }
   }
   return merged;
@@ -116,22 +158,39 @@ function withGlobals<T extends GlobalOpts>(o: T, cmd: Command): T {
 function addProfileFlags(cmd: Command): Command {
   return addHealthFlags(
     cmd
-    .option('--profile <name>', 'profile name: 1-63 of A-Z a-z 0-9 _ -, not starting with -', 'default')
-    .option('--src-addr <ip:port>', 'virtual address and port that is balanced: a.b.c.d:port, or [v6]:port for IPv6 (then every destination is IPv6 too)')
-    .option('--dest-addr <list>', 'comma-separated destination ip:port list ([v6]:port for IPv6); ip:port*W gives a destination weight W (0-1000, default 1; 0 drains it)')
-    .option('--scheduler <kind>', 'random (weighted random) or round-robin (an exact rotation)', 'random')
-    .option('--affinity <seconds>', 'session affinity: a client address keeps its destination for that many seconds after its last new connection (1-86400; 0: none)')
-    .option('--rules-backend <mode>', 'client (nat OUTPUT), proxy (nat PREROUTING) or server (PREROUTING, local addresses)', DEFAULTS.rulesBackend)
-    .option('--protocol <proto>', 'tcp, udp or sctp', DEFAULTS.protocol)
-    .option('--log-custom-chain', 'log packets that enter the profile (kernel log, see dmesg)')
-    .option('--log-level <level>', 'syslog level of those logs: 0-7 or emerg..debug', DEFAULTS.logLevel)
-    .option('--masquerade', 'proxy mode: masquerade balanced flows so replies return through this host'),
+      .option('--profile <name>', 'profile name: 1-63 of A-Z a-z 0-9 _ -, not starting with -', 'default')
+      .option(
+        '--src-addr <ip:port>',
+        'virtual address and port that is balanced: a.b.c.d:port, or [v6]:port for IPv6 (then every destination is IPv6 too)',
+      )
+      .option(
+        '--dest-addr <list>',
+        'comma-separated destination ip:port list ([v6]:port for IPv6); ip:port*W gives a destination weight W (0-1000, default 1; 0 drains it)',
+      )
+      .option('--scheduler <kind>', 'random (weighted random) or round-robin (an exact rotation)', 'random')
+      .option(
+        '--affinity <seconds>',
+        'session affinity: a client address keeps its destination for that many seconds after its last new connection (1-86400; 0: none)',
+      )
+      .option(
+        '--rules-backend <mode>',
+        'client (nat OUTPUT), proxy (nat PREROUTING) or server (PREROUTING, local addresses)',
+        DEFAULTS.rulesBackend,
+      )
+      .option('--protocol <proto>', 'tcp, udp or sctp', DEFAULTS.protocol)
+      .option('--log-custom-chain', 'log packets that enter the profile (kernel log, see dmesg)')
+      .option('--log-level <level>', 'syslog level of those logs: 0-7 or emerg..debug', DEFAULTS.logLevel)
+      .option('--masquerade', 'proxy mode: masquerade balanced flows so replies return through this host'),
   );
 }
 
 function profileInput(o: ProfileOpts): ProfileInput {
-  if (o.srcAddr === undefined) throw new IptlbError('EUSAGE', 'source: -src-addr is required (the virtual ip:port)', { field: 'source' });
-  if (o.destAddr === undefined) throw new IptlbError('EUSAGE', 'destination: -dest-addr is required (comma-separated ip:port list)', { field: 'destination' });
+  if (o.srcAddr === undefined)
+    throw new IptlbError('EUSAGE', 'source: -src-addr is required (the virtual ip:port)', { field: 'source' });
+  if (o.destAddr === undefined)
+    throw new IptlbError('EUSAGE', 'destination: -dest-addr is required (comma-separated ip:port list)', {
+      field: 'destination',
+    });
   const input: ProfileInput = {
     name: o.profile,
     source: o.srcAddr,
@@ -160,7 +219,10 @@ async function transact(core: Core, ...args: Parameters<Core['transact']>): Prom
 }
 
 function makeCore(o: GlobalOpts, io: Out): Core {
-  if (o.stateFile === '') throw new IptlbError('EUSAGE', 'state-file: must not be empty (omit the flag for the default ./local/state.db)', { field: 'state-file' });
+  if (o.stateFile === '')
+    throw new IptlbError('EUSAGE', 'state-file: must not be empty (omit the flag for the default ./local/state.db)', {
+      field: 'state-file',
+    });
   const quiet = o.quiet;
   const core = new Core({
     stateFile: o.stateFile,
@@ -196,7 +258,8 @@ async function legacyAction(o: LegacyOpts, io: Out): Promise<void> {
   }
   if (o.delete && o.reset) throw new IptlbError('EUSAGE', '-delete and -reset cannot be used together');
   if (o.delete && !o.run) throw new IptlbError('EUSAGE', '-delete needs -run (it removes rules from the kernel)');
-  if (o.useState && !o.run) throw new IptlbError('EUSAGE', '-use-state needs -run (it applies the state file to the kernel)');
+  if (o.useState && !o.run)
+    throw new IptlbError('EUSAGE', '-use-state needs -run (it applies the state file to the kernel)');
   const core = makeCore(o, io);
   const result = await transact(
     core,
@@ -213,7 +276,11 @@ async function legacyAction(o: LegacyOpts, io: Out): Promise<void> {
       const change = upsertChange(state, [profileInput(o)]);
       const p = change.upsert[0];
       if (existing && !o.reset && !sameProfile(existing, p)) {
-        throw new IptlbError('ECONFLICT', `name: profile ${show(name)} already exists with other settings; add -reset to replace it`, { field: 'name' });
+        throw new IptlbError(
+          'ECONFLICT',
+          `name: profile ${show(name)} already exists with other settings; add -reset to replace it`,
+          { field: 'name' },
+        );
       }
       return change;
     },
@@ -223,12 +290,12 @@ async function legacyAction(o: LegacyOpts, io: Out): Promise<void> {
   report(result, o, io, verboseRules(core, io));
 }
 
-
 async function applyCommand(o: ProfileOpts & { file?: string }, io: Out): Promise<void> {
   const core = makeCore(o, io);
   let inputs: ProfileInput[];
   if (o.file !== undefined) {
-    if (o.srcAddr !== undefined || o.destAddr !== undefined) throw new IptlbError('EUSAGE', 'apply: --file cannot be combined with -src-addr/-dest-addr');
+    if (o.srcAddr !== undefined || o.destAddr !== undefined)
+      throw new IptlbError('EUSAGE', 'apply: --file cannot be combined with -src-addr/-dest-addr');
     const text = await readInputFile(o.file, 'file');
     inputs = [...(await parseState(text, o.file === '-' ? '<stdin>' : o.file)).values()];
   } else {
@@ -242,7 +309,11 @@ async function deleteCommand(names: string[], o: GlobalOpts & { all?: boolean },
   if (o.all && names.length) throw new IptlbError('EUSAGE', 'delete: give profile names or --all, not both');
   if (!o.all && !names.length) throw new IptlbError('EUSAGE', 'delete: name the profiles to delete (or --all)');
   const core = makeCore(o, io);
-  const result = await transact(core, (state) => (o.all ? { upsert: [], remove: [...state.keys()] } : deleteChange(state, names)), { run: true });
+  const result = await transact(
+    core,
+    (state) => (o.all ? { upsert: [], remove: [...state.keys()] } : deleteChange(state, names)),
+    { run: true },
+  );
   report(result, o, io);
 }
 
@@ -277,7 +348,10 @@ async function showCommand(name: string, o: GlobalOpts, io: Out): Promise<void> 
   const { provider } = await core.select();
   // The profile's family; a name only the kernel knows (an orphan) is looked for in both.
   const shown = await provider.show(name, profile, profile ? [familyOfProfile(profile)] : FAMILIES);
-  if (!profile && !shown.found) throw new IptlbError('ENOTFOUND', `name: profile ${show(name)} is neither in the state file nor in the kernel`, { field: 'name' });
+  if (!profile && !shown.found)
+    throw new IptlbError('ENOTFOUND', `name: profile ${show(name)} is neither in the state file nor in the kernel`, {
+      field: 'name',
+    });
   if (o.json) return io.out(JSON.stringify(jsonSafe({ profile: profile ?? null, kernel: shown.json })));
   io.out(profile ? `profile ${describeProfile(profile)}` : `profile ${name}: not in the state file ${core.statePath}`);
   io.out(`kernel (${shown.where}):`);
@@ -288,30 +362,58 @@ async function showCommand(name: string, o: GlobalOpts, io: Out): Promise<void> 
 async function planCommand(o: LegacyOpts, io: Out): Promise<void> {
   const core = makeCore({ ...o, quiet: true }, io);
   const { provider, change, plans } = await core.plan((state) => {
-    if (o.useState) return o.delete ? { upsert: [], remove: [...state.keys()] } : { upsert: [...state.values()], remove: [] };
+    if (o.useState)
+      return o.delete ? { upsert: [], remove: [...state.keys()] } : { upsert: [...state.values()], remove: [] };
     if (o.delete) return deleteChange(state, [validateName(o.profile, 'name', { existing: true })]);
     return upsertChange(state, [profileInput(o)]);
   });
   // Weights and the scheduler, which the rule text only implies, as comment lines (both dialects take them).
   const header = change.upsert
     .filter((p) => p.weights || p.scheduler || p.affinity)
-    .map((p) => `# profile ${p.name}: ${describeDestinations(p)}, scheduler ${p.scheduler ?? 'random'}${p.affinity ? `, affinity ${p.affinity}s` : ''}\n`)
+    .map(
+      (p) =>
+        `# profile ${p.name}: ${describeDestinations(p)}, scheduler ${p.scheduler ?? 'random'}${p.affinity ? `, affinity ${p.affinity}s` : ''}\n`,
+    )
     .join('');
   const steps = plans.flatMap((plan) => plan.steps.map((tx) => ({ family: plan.family, tx })));
   const texts = await Promise.all(steps.map((s) => provider.render(s.tx)));
   if (o.json) {
-    io.out(JSON.stringify({ engine: provider.name, transactions: steps.map((s, i) => ({ family: s.family, where: provider.where(s.family), text: texts[i], transaction: s.tx })) }));
+    io.out(
+      JSON.stringify({
+        engine: provider.name,
+        transactions: steps.map((s, i) => ({
+          family: s.family,
+          where: provider.where(s.family),
+          text: texts[i],
+          transaction: s.tx,
+        })),
+      }),
+    );
     return;
   }
   if (!steps.length) return io.out(`${header}# nothing to commit: the kernel already holds this`);
-  const label = (i: number): string => (steps.length > 1 ? `# ${provider.where(steps[i].family)}, transaction ${i + 1} of ${steps.length}\n` : '');
+  const label = (i: number): string =>
+    steps.length > 1 ? `# ${provider.where(steps[i].family)}, transaction ${i + 1} of ${steps.length}\n` : '';
   io.out(header + texts.map((t, i) => label(i) + t.trimEnd()).join('\n'));
 }
 
 /** `\tup`, `\tdown (drained; last check 2026-…: ECONNREFUSED)`: empty for destinations without a health check. */
-function healthColumn(d: { health?: string; effectiveWeight?: number; lastCheck?: string; lastError?: string }): string {
+function healthColumn(d: {
+  health?: string;
+  effectiveWeight?: number;
+  lastCheck?: string;
+  lastError?: string;
+}): string {
   if (d.health === undefined) return '';
-  const notes = [d.effectiveWeight !== undefined ? (d.effectiveWeight === 0 ? 'drained' : `weight ${d.effectiveWeight} in the kernel`) : '', d.lastCheck ? `last check ${d.lastCheck}` : '', d.lastError ?? ''].filter(Boolean);
+  const notes = [
+    d.effectiveWeight !== undefined
+      ? d.effectiveWeight === 0
+        ? 'drained'
+        : `weight ${d.effectiveWeight} in the kernel`
+      : '',
+    d.lastCheck ? `last check ${d.lastCheck}` : '',
+    d.lastError ?? '',
+  ].filter(Boolean);
   return `\t${d.health}${notes.length ? ` (${notes.join('; ')})` : ''}`;
 }
 
@@ -327,8 +429,13 @@ async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
     const withHealth = reports.some((r) => r.destinations.some((d) => d.health !== undefined));
     io.out(`PROFILE\tSTATUS\tPACKETS\tDESTINATION\tCONNECTIONS\tBYTES${withHealth ? '\tHEALTH' : ''}`);
     for (const r of reports) {
-      io.out(`${r.name}\t${r.status}${r.detail ? ` (${r.detail})` : ''}\t${r.packets}${r.affinity ? `\taffinity:${r.affinity}s` : ''}`);
-      for (const d of r.destinations) io.out(`\t\t\t${d.destination}${d.weight !== undefined ? `*${d.weight}` : ''}\t${d.packets}\t${d.bytes}${healthColumn(d)}`);
+      io.out(
+        `${r.name}\t${r.status}${r.detail ? ` (${r.detail})` : ''}\t${r.packets}${r.affinity ? `\taffinity:${r.affinity}s` : ''}`,
+      );
+      for (const d of r.destinations)
+        io.out(
+          `\t\t\t${d.destination}${d.weight !== undefined ? `*${d.weight}` : ''}\t${d.packets}\t${d.bytes}${healthColumn(d)}`,
+        );
     }
   }
   return drifted ? 3 : 0;
@@ -341,9 +448,13 @@ async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
  */
 async function topCommand(o: GlobalOpts & { interval?: string; count?: string }, io: Out): Promise<void> {
   const interval = Number(o.interval ?? 1000);
-  if (!Number.isInteger(interval) || interval < 100) throw new IptlbError('EUSAGE', `interval: ${show(o.interval)} must be a whole number of ms, at least 100`, { field: 'interval' });
+  if (!Number.isInteger(interval) || interval < 100)
+    throw new IptlbError('EUSAGE', `interval: ${show(o.interval)} must be a whole number of ms, at least 100`, {
+      field: 'interval',
+    });
   const count = o.count === undefined ? Infinity : Number(o.count);
-  if (!(count === Infinity || (Number.isInteger(count) && count > 0))) throw new IptlbError('EUSAGE', `count: ${show(o.count)} must be a positive whole number`, { field: 'count' });
+  if (!(count === Infinity || (Number.isInteger(count) && count > 0)))
+    throw new IptlbError('EUSAGE', `count: ${show(o.count)} must be a positive whole number`, { field: 'count' });
   const core = makeCore({ ...o, quiet: true }, io);
   const tty = !o.json && process.stdout.isTTY;
   let stop = false;
@@ -384,10 +495,16 @@ async function topCommand(o: GlobalOpts & { interval?: string; count?: string },
         continue;
       }
       const fmt = (x: number | null): string => (x === null ? '-' : x.toFixed(1));
-      const lines = [`iptlb top  ${new Date().toISOString()}  new connections per second over ${(secs || interval / 1000).toFixed(1)} s (Ctrl-C stops)`, 'PROFILE\tSTATUS\tDESTINATION\tCONN/S\tTOTAL'];
+      const lines = [
+        `iptlb top  ${new Date().toISOString()}  new connections per second over ${(secs || interval / 1000).toFixed(1)} s (Ctrl-C stops)`,
+        'PROFILE\tSTATUS\tDESTINATION\tCONN/S\tTOTAL',
+      ];
       for (const r of rows) {
         lines.push(`${r.name}\t${r.status}\t*\t${fmt(r.rate)}\t${r.packets}`);
-        for (const d of r.destinations) lines.push(`\t\t${d.destination}${d.weight !== undefined ? `*${d.weight}` : ''}\t${fmt(d.rate)}\t${d.packets}${d.health !== undefined ? `\t${d.health}${d.effectiveWeight === 0 ? ' (drained)' : ''}` : ''}`);
+        for (const d of r.destinations)
+          lines.push(
+            `\t\t${d.destination}${d.weight !== undefined ? `*${d.weight}` : ''}\t${fmt(d.rate)}\t${d.packets}${d.health !== undefined ? `\t${d.health}${d.effectiveWeight === 0 ? ' (drained)' : ''}` : ''}`,
+          );
       }
       if (!rows.length) lines.push('(no profiles and no iptlb rules)');
       io.out((tty ? '\x1b[H\x1b[2J' : i > 0 ? '\n' : '') + lines.join('\n'));
@@ -401,10 +518,15 @@ async function topCommand(o: GlobalOpts & { interval?: string; count?: string },
 function buildProgram(io: Out, version: string): Command {
   const program = new Command('iptlb');
   program
-    .description('Linux NAT load balancer: balances a virtual ip:port over destinations with NAT rules committed atomically, in the x_tables nat tables of iptables and ip6tables (--engine legacy) or the nf_tables tables ip iptlb and ip6 iptlb (--engine nft)')
+    .description(
+      'Linux NAT load balancer: balances a virtual ip:port over destinations with NAT rules committed atomically, in the x_tables nat tables of iptables and ip6tables (--engine legacy) or the nf_tables tables ip iptlb and ip6 iptlb (--engine nft)',
+    )
     .version(version, '--version')
     .helpOption('-h, --help', 'show help')
-    .configureOutput({ writeOut: (s) => io.out(s.trimEnd()), writeErr: (s) => io.err(s.startsWith('error:') ? `iptlb: ${s.trimEnd()}` : s.trimEnd()) })
+    .configureOutput({
+      writeOut: (s) => io.out(s.trimEnd()),
+      writeErr: (s) => io.err(s.startsWith('error:') ? `iptlb: ${s.trimEnd()}` : s.trimEnd()),
+    })
     .exitOverride()
     .allowExcessArguments(false)
     .addHelpText(
@@ -431,21 +553,51 @@ Exit status: 0 done, 1 refused (conflict, kernel, state, lock), 2 bad input or u
     .option('--use-state', 'apply (or with -delete remove) every profile of the state file')
     .action(async (o: LegacyOpts) => legacyAction(o, io));
 
-  addGlobal(addProfileFlags(program.command('apply').description('create or replace a profile (or every profile of --file) and apply it to the kernel')))
-    .option('--file <path>', 'apply every profile of a YAML file in the state file format (- reads standard input; at most 64 MiB), in one transaction')
+  addGlobal(
+    addProfileFlags(
+      program
+        .command('apply')
+        .description('create or replace a profile (or every profile of --file) and apply it to the kernel'),
+    ),
+  )
+    .option(
+      '--file <path>',
+      'apply every profile of a YAML file in the state file format (- reads standard input; at most 64 MiB), in one transaction',
+    )
     .action(async (o: ProfileOpts & { file?: string }, cmd: Command) => applyCommand(withGlobals(o, cmd), io));
-  addGlobal(program.command('delete').description('delete profiles from the kernel and the state file, in one transaction').argument('[names...]'))
+  addGlobal(
+    program
+      .command('delete')
+      .description('delete profiles from the kernel and the state file, in one transaction')
+      .argument('[names...]'),
+  )
     .option('--all', 'delete every profile of the state file')
-    .action(async (names: string[], o: GlobalOpts & { all?: boolean }, cmd: Command) => deleteCommand(names, withGlobals(o, cmd), io));
-  addGlobal(program.command('list').description('list the profiles of the state file')).action(async (o: GlobalOpts, cmd: Command) => listCommand(withGlobals(o, cmd), io));
-  addGlobal(program.command('show').description("show a profile and its rules in the kernel, with counters").argument('<name>')).action(async (name: string, o: GlobalOpts, cmd: Command) =>
-    showCommand(name, withGlobals(o, cmd), io),
+    .action(async (names: string[], o: GlobalOpts & { all?: boolean }, cmd: Command) =>
+      deleteCommand(names, withGlobals(o, cmd), io),
+    );
+  addGlobal(program.command('list').description('list the profiles of the state file')).action(
+    async (o: GlobalOpts, cmd: Command) => listCommand(withGlobals(o, cmd), io),
   );
-  addGlobal(addProfileFlags(program.command('plan').description('print the exact iptables-restore text a change would commit; changes nothing')))
+  addGlobal(
+    program.command('show').description('show a profile and its rules in the kernel, with counters').argument('<name>'),
+  ).action(async (name: string, o: GlobalOpts, cmd: Command) => showCommand(name, withGlobals(o, cmd), io));
+  addGlobal(
+    addProfileFlags(
+      program
+        .command('plan')
+        .description('print the exact iptables-restore text a change would commit; changes nothing'),
+    ),
+  )
     .option('--delete', 'plan the deletion of -profile')
     .option('--use-state', 'plan applying (or with --delete removing) every profile of the state file')
     .action(async (o: LegacyOpts, cmd: Command) => planCommand(withGlobals(o, cmd), io));
-  addGlobal(program.command('status').description('compare the state file with the kernel: in-sync, missing, modified or orphaned, with counters (exit 3 when anything drifted)'))
+  addGlobal(
+    program
+      .command('status')
+      .description(
+        'compare the state file with the kernel: in-sync, missing, modified or orphaned, with counters (exit 3 when anything drifted)',
+      ),
+  )
     .option('--watch', 'refresh per-destination connection rates every --interval ms (the same as iptlb top)')
     .option('--interval <ms>', 'with --watch: refresh period', '1000')
     .option('--count <n>', 'with --watch: stop after n refreshes')
@@ -454,42 +606,84 @@ Exit status: 0 done, 1 refused (conflict, kernel, state, lock), 2 bad input or u
       const code = await statusCommand(withGlobals(o, cmd), io);
       if (code !== 0) throw new ExitCode(code);
     });
-  addGlobal(program.command('top').description('per-destination new connections per second, refreshed every second, as you would watch a rollout'))
+  addGlobal(
+    program
+      .command('top')
+      .description('per-destination new connections per second, refreshed every second, as you would watch a rollout'),
+  )
     .option('--interval <ms>', 'refresh period', '1000')
     .option('--count <n>', 'stop after n refreshes')
-    .action(async (o: GlobalOpts & { interval?: string; count?: string }, cmd: Command) => topCommand(withGlobals(o, cmd), io));
-  addGlobal(program.command('sync').description('make the kernel match the state file, in one transaction')).action(async (o: GlobalOpts, cmd: Command) => {
-    const g = withGlobals(o, cmd);
-    const r = await makeCore(g, io).sync();
-    if (g.json) io.out(JSON.stringify(r));
-  });
-  addGlobal(program.command('watch').description('keep the kernel in step with the state file (for a systemd unit); SIGHUP checks at once, SIGTERM stops and leaves the rules'))
-    .option('--interval <ms>', 'periodic drift check', '5000')
-    .option('--settle <ms>', 'apply a changed state file only once it has not changed for this long and parses as a whole (writers: write a temporary file and rename it)', '1000')
-    .option('--metrics-address <host:port>', 'serve /metrics (Prometheus) and /healthz there, e.g. 127.0.0.1:9469 (default: off)')
-    .option('--no-health-checks', 'do not run the health checks of the profiles (they run by default in watch)')
-    .action(async (o: GlobalOpts & { interval: string; settle: string; metricsAddress?: string; healthChecks: boolean }, cmd: Command) => {
+    .action(async (o: GlobalOpts & { interval?: string; count?: string }, cmd: Command) =>
+      topCommand(withGlobals(o, cmd), io),
+    );
+  addGlobal(program.command('sync').description('make the kernel match the state file, in one transaction')).action(
+    async (o: GlobalOpts, cmd: Command) => {
       const g = withGlobals(o, cmd);
-      const interval = Number(o.interval);
-      if (!Number.isInteger(interval) || interval < 100) throw new IptlbError('EUSAGE', `interval: ${show(o.interval)} must be a whole number of ms, at least 100`, { field: 'interval' });
-      const settle = Number(o.settle);
-      if (!Number.isInteger(settle) || settle < 0 || settle > 600_000) throw new IptlbError('EUSAGE', `settle: ${show(o.settle)} must be a whole number of ms from 0 to 600000`, { field: 'settle' });
-      const core = makeCore(g, io);
-      const { startWatch } = await import('./watch.js');
-      const { startWatchServices } = await import('./cli/watch-services.js');
-      const log = g.quiet ? () => {} : (l: string) => io.err(`iptlb: ${l}`);
-      const services = await startWatchServices(core, { metricsAddress: o.metricsAddress, health: o.healthChecks, log });
-      const w = startWatch(core, { intervalMs: interval, settleMs: settle, log, onSync: services.onSync });
-      io.err(`iptlb: watch: watching ${core.statePath} (check every ${interval} ms)`);
-      await services.start();
-      w.done.then(() => services.stop()).catch(() => {});
-      const stop = (): void => void w.stop().then(() => services.stop());
-      process.once('SIGTERM', stop);
-      process.once('SIGINT', stop);
-      await w.done;
-      await services.stop();
-    });
-  addGlobal(program.command('migrate').description('move every profile to the other engine: one transaction to install them there, one to remove them here; no virtual address is ever without rules'))
+      const r = await makeCore(g, io).sync();
+      if (g.json) io.out(JSON.stringify(r));
+    },
+  );
+  addGlobal(
+    program
+      .command('watch')
+      .description(
+        'keep the kernel in step with the state file (for a systemd unit); SIGHUP checks at once, SIGTERM stops and leaves the rules',
+      ),
+  )
+    .option('--interval <ms>', 'periodic drift check', '5000')
+    .option(
+      '--settle <ms>',
+      'apply a changed state file only once it has not changed for this long and parses as a whole (writers: write a temporary file and rename it)',
+      '1000',
+    )
+    .option(
+      '--metrics-address <host:port>',
+      'serve /metrics (Prometheus) and /healthz there, e.g. 127.0.0.1:9469 (default: off)',
+    )
+    .option('--no-health-checks', 'do not run the health checks of the profiles (they run by default in watch)')
+    .action(
+      async (
+        o: GlobalOpts & { interval: string; settle: string; metricsAddress?: string; healthChecks: boolean },
+        cmd: Command,
+      ) => {
+        const g = withGlobals(o, cmd);
+        const interval = Number(o.interval);
+        if (!Number.isInteger(interval) || interval < 100)
+          throw new IptlbError('EUSAGE', `interval: ${show(o.interval)} must be a whole number of ms, at least 100`, {
+            field: 'interval',
+          });
+        const settle = Number(o.settle);
+        if (!Number.isInteger(settle) || settle < 0 || settle > 600_000)
+          throw new IptlbError('EUSAGE', `settle: ${show(o.settle)} must be a whole number of ms from 0 to 600000`, {
+            field: 'settle',
+          });
+        const core = makeCore(g, io);
+        const { startWatch } = await import('./watch.js');
+        const { startWatchServices } = await import('./cli/watch-services.js');
+        const log = g.quiet ? () => {} : (l: string) => io.err(`iptlb: ${l}`);
+        const services = await startWatchServices(core, {
+          metricsAddress: o.metricsAddress,
+          health: o.healthChecks,
+          log,
+        });
+        const w = startWatch(core, { intervalMs: interval, settleMs: settle, log, onSync: services.onSync });
+        io.err(`iptlb: watch: watching ${core.statePath} (check every ${interval} ms)`);
+        await services.start();
+        w.done.then(() => services.stop()).catch(() => {});
+        const stop = (): void => void w.stop().then(() => services.stop());
+        process.once('SIGTERM', stop);
+        process.once('SIGINT', stop);
+        await w.done;
+        await services.stop();
+      },
+    );
+  addGlobal(
+    program
+      .command('migrate')
+      .description(
+        'move every profile to the other engine: one transaction to install them there, one to remove them here; no virtual address is ever without rules',
+      ),
+  )
     .requiredOption('--to <engine>', 'legacy or nft')
     .action(async (o: GlobalOpts & { to: string }, cmd: Command) => {
       const g = withGlobals(o, cmd);
@@ -499,14 +693,27 @@ Exit status: 0 done, 1 refused (conflict, kernel, state, lock), 2 bad input or u
       if (g.json) io.out(JSON.stringify({ to, ...r }));
     });
   registerAgent(program, io);
-  registerFleet(program, io, { addProfileFlags, profileInput, exit: (code) => { throw new ExitCode(code); } });
-  addGlobal(program.command('doctor').description('say which engine and executor would be used and why, what is missing and how to fix it')).action(
-    async (o: GlobalOpts, cmd: Command) => {
-      const code = await doctor(withGlobals(o, cmd), io);
-      if (code !== 0) throw new ExitCode(code);
+  registerFleet(program, io, {
+    addProfileFlags,
+    profileInput,
+    exit: (code) => {
+      throw new ExitCode(code);
     },
+  });
+  addGlobal(
+    program
+      .command('doctor')
+      .description('say which engine and executor would be used and why, what is missing and how to fix it'),
+  ).action(async (o: GlobalOpts, cmd: Command) => {
+    const code = await doctor(withGlobals(o, cmd), io);
+    if (code !== 0) throw new ExitCode(code);
+  });
+  registerExtras(
+    program,
+    io,
+    () => process.argv[1] ?? 'iptlb',
+    (code) => new ExitCode(code),
   );
-  registerExtras(program, io, () => process.argv[1] ?? 'iptlb', (code) => new ExitCode(code));
   return program;
 }
 
@@ -516,9 +723,11 @@ class ExitCode extends Error {
   }
 }
 
-
 /** Runs the CLI; resolves with the exit code. */
-export async function main(argv: string[], io: Out = { out: (s) => process.stdout.write(s + '\n'), err: (s) => process.stderr.write(s + '\n') }): Promise<number> {
+export async function main(
+  argv: string[],
+  io: Out = { out: (s) => process.stdout.write(s + '\n'), err: (s) => process.stderr.write(s + '\n') },
+): Promise<number> {
   try {
     const program = buildProgram(io, packageVersion());
     if (argv.length === 0) return (program.outputHelp(), 0); // a bare `iptlb` shows the help

@@ -36,7 +36,10 @@ export function staleFlows(old: Profile, next: Profile | undefined): StaleFlows[
   return gone.map((destination) => ({ protocol: old.protocol, source: old.source, destination }));
 }
 
-/** The parsed virtual address and destination of `f`, or undefined when either is unparseable or they are of two families (nothing can match). */
+/**
+ * The parsed virtual address and destination of `f`, or undefined when either is unparseable or they are of two
+ * families (nothing can match).
+ */
 function flowEndpoints(f: StaleFlows): { vip: Readonly<Endpoint>; dst: Readonly<Endpoint> } | undefined {
   const vip = parseEndpoint(f.source);
   const dst = parseEndpoint(f.destination);
@@ -69,7 +72,9 @@ function run(file: string, args: string[]): Promise<{ code: number | null; out: 
 
 const what = (f: StaleFlows): string => `${f.source}/${f.protocol} to ${f.destination}`;
 
-/** The line for `deleted` entries of `f` (and `kept` established tcp connections), or none when there is nothing to say. */
+/**
+ * The line for `deleted` entries of `f` (and `kept` established tcp connections), or none when there is nothing to say.
+ */
 function removedLine(f: StaleFlows, deleted: number, kept?: number): string | undefined {
   const left = kept ? `${kept} established connection(s) left to finish` : '';
   if (deleted === 0) return left ? `conntrack: ${left} (${what(f)})` : undefined;
@@ -82,7 +87,10 @@ async function flushNative(addon: Pick<NativeAddon, 'conntrackFlush'>, flows: St
     const ends = flowEndpoints(f);
     if (!ends) continue;
     const { vip, dst } = ends;
-    asked.push({ f, spec: { protocol: f.protocol, vip: { ip: vip.ip, port: vip.port }, destination: { ip: dst.ip, port: dst.port } } });
+    asked.push({
+      f,
+      spec: { protocol: f.protocol, vip: { ip: vip.ip, port: vip.port }, destination: { ip: dst.ip, port: dst.port } },
+    });
   }
   if (asked.length === 0) return [];
   try {
@@ -99,7 +107,10 @@ async function flushSpawned(flows: StaleFlows[], runner?: FlushOptions['run']): 
   let exec = runner;
   if (!exec) {
     const bin = findBinary('conntrack');
-    if (!bin) return [`conntrack: not installed; flows to ${flows.length} removed destination(s) live until they expire (apt-get install -y conntrack)`];
+    if (!bin)
+      return [
+        `conntrack: not installed; flows to ${flows.length} removed destination(s) live until they expire (apt-get install -y conntrack)`,
+      ];
     exec = (args) => run(bin, args);
   }
   const lines: string[] = [];
@@ -107,7 +118,20 @@ async function flushSpawned(flows: StaleFlows[], runner?: FlushOptions['run']): 
     const ends = flowEndpoints(f);
     if (!ends) continue;
     const { vip, dst } = ends;
-    const args = ['-D', ...(vip.family === 'ipv6' ? ['-f', 'ipv6'] : []), '-p', f.protocol, '--orig-dst', vip.ip, '--orig-port-dst', String(vip.port), '--reply-src', dst.ip, '--reply-port-src', String(dst.port)];
+    const args = [
+      '-D',
+      ...(vip.family === 'ipv6' ? ['-f', 'ipv6'] : []),
+      '-p',
+      f.protocol,
+      '--orig-dst',
+      vip.ip,
+      '--orig-port-dst',
+      String(vip.port),
+      '--reply-src',
+      dst.ip,
+      '--reply-port-src',
+      String(dst.port),
+    ];
     // tcp: only entries still in their handshake; established connections are left to finish.
     const runs = f.protocol === 'tcp' ? HALF_OPEN_STATES.map((s) => [...args, '--state', s]) : [args];
     let deleted = 0;
@@ -177,7 +201,10 @@ export interface JanitorOptions {
   flush?: (flows: StaleFlows[], native: boolean) => Promise<string[]>;
   /** How many times as long as the last flush took to wait before the next one. Default 3. */
   pace?: number;
-  /** The namespace's conntrack entry count instead of {@link conntrackEntries} (default with `flush`: unknown, so always flush). */
+  /**
+   * The namespace's conntrack entry count instead of {@link conntrackEntries} (default with `flush`: unknown, so always
+   * flush).
+   */
   entries?: () => number | undefined;
   /** The clock that times a flush, ms (tests; default `performance.now`). */
   now?: () => number;
@@ -193,7 +220,9 @@ export interface JanitorOptions {
 export class ConntrackJanitor {
   private pending = new Map<string, StalePair>();
   private running?: Promise<void>;
-  /** Flushes run (calls of the flush, one per executor kind present), pairs handed to them, pairs dropped as live again. */
+  /**
+   * Flushes run (calls of the flush, one per executor kind present), pairs handed to them, pairs dropped as live again.
+   */
   readonly stats = { flushes: 0, pairs: 0, dropped: 0 };
 
   private readonly entries: () => number | undefined;
@@ -223,7 +252,8 @@ export class ConntrackJanitor {
   add(pairs: StalePair[]): void {
     for (const p of pairs) {
       const key = `${p.protocol} ${p.source} ${p.destination}`;
-      this.pending.set(key, p); // the same pair again: the newest wins (profile name, executor kind), in its first place
+      // the same pair again: the newest wins (profile name, executor kind), in its first place
+      this.pending.set(key, p);
     }
     if (this.pending.size && !this.running) this.running = this.drain();
   }
@@ -260,7 +290,9 @@ export class ConntrackJanitor {
         this.stats.dropped += batch.length - live.length;
         const t0 = this.now();
         for (const native of [true, false]) {
-          const flows = live.filter((p) => p.native === native).map(({ protocol, source, destination }) => ({ protocol, source, destination }));
+          const flows = live
+            .filter((p) => p.native === native)
+            .map(({ protocol, source, destination }) => ({ protocol, source, destination }));
           if (!flows.length) continue;
           this.stats.flushes++;
           this.stats.pairs += flows.length;
@@ -268,7 +300,9 @@ export class ConntrackJanitor {
           try {
             lines = await (this.opts.flush ?? ((f, n) => flushStaleFlows(f, { native: n })))(flows, native);
           } catch (e) {
-            lines = [`conntrack: could not remove flows of ${flows.length} removed destination(s): ${String((e as Error)?.message ?? e).split('\n')[0]}`];
+            lines = [
+              `conntrack: could not remove flows of ${flows.length} removed destination(s): ${String((e as Error)?.message ?? e).split('\n')[0]}`,
+            ];
           }
           for (const line of lines) this.opts.log(line);
         }

@@ -20,14 +20,32 @@ interface Check {
   fix?: string;
 }
 
-export async function doctor(o: { stateFile?: string; executor?: string; engine?: string; json?: boolean }, io: Out): Promise<number> {
+export async function doctor(
+  o: { stateFile?: string; executor?: string; engine?: string; json?: boolean },
+  io: Out,
+): Promise<number> {
   const checks: Check[] = [];
   const cap = hasNetAdmin();
-  checks.push({ name: 'privileges', ok: cap, detail: cap ? 'CAP_NET_ADMIN present' : 'CAP_NET_ADMIN missing', fix: cap ? undefined : 'run iptlb as root (sudo) or grant CAP_NET_ADMIN' });
+  checks.push({
+    name: 'privileges',
+    ok: cap,
+    detail: cap ? 'CAP_NET_ADMIN present' : 'CAP_NET_ADMIN missing',
+    fix: cap ? undefined : 'run iptlb as root (sudo) or grant CAP_NET_ADMIN',
+  });
   const xt = xtablesAvailable();
-  checks.push({ name: 'x_tables', ok: true, detail: xt ? 'available in this kernel (legacy engine possible)' : 'not available in this kernel (legacy engine impossible)' });
+  checks.push({
+    name: 'x_tables',
+    ok: true,
+    detail: xt
+      ? 'available in this kernel (legacy engine possible)'
+      : 'not available in this kernel (legacy engine impossible)',
+  });
   const flavour = iptablesFlavour();
-  checks.push({ name: 'host iptables', ok: true, detail: flavour === 'none' ? 'not installed' : `the ${flavour === 'nft' ? 'nf_tables' : 'legacy'} flavour` });
+  checks.push({
+    name: 'host iptables',
+    ok: true,
+    detail: flavour === 'none' ? 'not installed' : `the ${flavour === 'nft' ? 'nf_tables' : 'legacy'} flavour`,
+  });
   // The addon per engine: each engine runs natively when its file and iptlb_core.node load, and
   // falls back to spawning its tools otherwise (see src/native/addon.ts).
   const native = nativeReport();
@@ -38,18 +56,45 @@ export async function doctor(o: { stateFile?: string; executor?: string; engine?
         : { name: `native ${name}`, ok: false, detail: `falls back to the spawn executor: ${n.reason}`, fix: n.fix },
     );
   }
-  if (native.buildLog) checks.push({ name: 'addon build log', ok: true, detail: `${native.buildLog.path}, last lines:\n         ${native.buildLog.lines.join('\n         ')}` });
+  if (native.buildLog)
+    checks.push({
+      name: 'addon build log',
+      ok: true,
+      detail: `${native.buildLog.path}, last lines:\n         ${native.buildLog.lines.join('\n         ')}`,
+    });
   const restore = findBinary('iptables-legacy-restore');
-  checks.push({ name: 'iptables-legacy-restore', ok: !!restore, detail: restore ?? 'not found (spawn executor of the legacy engine)', fix: restore ? undefined : 'apt-get install -y iptables' });
+  checks.push({
+    name: 'iptables-legacy-restore',
+    ok: !!restore,
+    detail: restore ?? 'not found (spawn executor of the legacy engine)',
+    fix: restore ? undefined : 'apt-get install -y iptables',
+  });
   const restore6 = findBinary('ip6tables-legacy-restore');
-  checks.push({ name: 'ip6tables-legacy-restore', ok: !!restore6, detail: restore6 ?? 'not found (spawn executor of the legacy engine, IPv6 profiles)', fix: restore6 ? undefined : 'apt-get install -y iptables' });
+  checks.push({
+    name: 'ip6tables-legacy-restore',
+    ok: !!restore6,
+    detail: restore6 ?? 'not found (spawn executor of the legacy engine, IPv6 profiles)',
+    fix: restore6 ? undefined : 'apt-get install -y iptables',
+  });
   const nft = findBinary('nft');
-  checks.push({ name: 'nft', ok: !!nft, detail: nft ?? 'not found (spawn executor of the nft engine)', fix: nft ? undefined : 'apt-get install -y nftables' });
-  if (o.stateFile === '') throw new IptlbError('EUSAGE', 'state-file: must not be empty (omit the flag for the default ./local/state.db)', { field: 'state-file' });
+  checks.push({
+    name: 'nft',
+    ok: !!nft,
+    detail: nft ?? 'not found (spawn executor of the nft engine)',
+    fix: nft ? undefined : 'apt-get install -y nftables',
+  });
+  if (o.stateFile === '')
+    throw new IptlbError('EUSAGE', 'state-file: must not be empty (omit the flag for the default ./local/state.db)', {
+      field: 'state-file',
+    });
   const statePath = resolveStatePath(o.stateFile);
   try {
     const state = await readState(statePath);
-    checks.push({ name: 'state file', ok: true, detail: `${statePath}: ${existsSync(statePath) ? `${state.size} profile(s)` : 'not created yet'}` });
+    checks.push({
+      name: 'state file',
+      ok: true,
+      detail: `${statePath}: ${existsSync(statePath) ? `${state.size} profile(s)` : 'not created yet'}`,
+    });
   } catch (e) {
     checks.push({ name: 'state file', ok: false, detail: (e as Error).message, fix: 'repair or move the file aside' });
   }
@@ -60,7 +105,11 @@ export async function doctor(o: { stateFile?: string; executor?: string; engine?
   let warning: string | undefined;
   let usable = true;
   try {
-    const core = new Core({ stateFile: statePath, executor: parseExecutorChoice(o.executor ?? process.env.IPTLB_EXECUTOR), engine: parseEngineChoice(o.engine ?? process.env.IPTLB_ENGINE) });
+    const core = new Core({
+      stateFile: statePath,
+      executor: parseExecutorChoice(o.executor ?? process.env.IPTLB_EXECUTOR),
+      engine: parseEngineChoice(o.engine ?? process.env.IPTLB_ENGINE),
+    });
     const sel = await core.select();
     executor = sel.executor.kind;
     reason = sel.reason;
@@ -71,14 +120,16 @@ export async function doctor(o: { stateFile?: string; executor?: string; engine?
     usable = false;
     reason = e instanceof IptlbError ? e.message : String(e);
   }
-  if (warning) checks.push({ name: 'engines', ok: false, detail: warning, fix: 'iptlb migrate --to nft (or --to legacy)' });
+  if (warning)
+    checks.push({ name: 'engines', ok: false, detail: warning, fix: 'iptlb migrate --to nft (or --to legacy)' });
   const ok = usable && cap && !warning;
   if (o.json) {
     io.out(JSON.stringify({ ok, engine, engineReason, executor, executorReason: reason, native, checks }));
   } else {
     io.out(`engine:   ${engine} — ${engineReason || reason}`);
     io.out(`executor: ${executor} — ${reason}`);
-    for (const c of checks) io.out(`  [${c.ok ? 'ok' : '!!'}] ${c.name}: ${c.detail}${c.fix ? `\n       fix: ${c.fix}` : ''}`);
+    for (const c of checks)
+      io.out(`  [${c.ok ? 'ok' : '!!'}] ${c.name}: ${c.detail}${c.fix ? `\n       fix: ${c.fix}` : ''}`);
     io.out(ok ? 'ready' : 'not ready: see the fixes above');
   }
   return ok ? 0 : 1;
@@ -94,7 +145,10 @@ interface EngineNative {
 }
 
 /** Per engine: native or spawn, and why; the last lines of the addon's build log when a file is missing. */
-export function nativeReport(): { engines: { legacy: EngineNative; nft: EngineNative }; buildLog?: { path: string; lines: string[] } } {
+export function nativeReport(): {
+  engines: { legacy: EngineNative; nft: EngineNative };
+  buildLog?: { path: string; lines: string[] };
+} {
   const one = (part: AddonPart): EngineNative => {
     for (const p of ['core', part] as AddonPart[]) {
       const r = loadAddonPart(p);

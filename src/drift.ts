@@ -15,7 +15,9 @@ export interface DestinationCounters {
   bytes: number;
   /** The destination's weight when it is not 1 (0: drained, it takes no new connections). */
   weight?: number;
-  /** Profiles with a health check: the weight the kernel has, when health checks changed it (0: drained because down). */
+  /**
+   * Profiles with a health check: the weight the kernel has, when health checks changed it (0: drained because down).
+   */
   effectiveWeight?: number;
   /** Profiles with a health check: `up`, `down` or `unchecked` (no process runs the checks, or none finished yet). */
   health?: 'up' | 'down' | 'unchecked';
@@ -43,14 +45,18 @@ export interface ProfileReport {
 export function canonicalRule(r: Rule): string {
   const c: Rule = {
     ...r,
-    matches: r.matches.map((m) => (m.name === 'statistic' && m.mode === 'random' ? { ...m, probability: canonicalProbability(m.probability) } : m)),
+    matches: r.matches.map((m) =>
+      m.name === 'statistic' && m.mode === 'random' ? { ...m, probability: canonicalProbability(m.probability) } : m,
+    ),
   };
   return renderRule(c);
 }
 
 /** The hook whose gate (src/gate.ts) is missing although the profile's rules sit behind it, or null. */
 function missingGate(hooks: KernelView['hookRules'], view: KernelView): string | null {
-  const h = hooks.find((x) => isGatedHook(x.chain) && !x.direct && !(view.gate?.gates ?? []).includes(x.chain as GatedHook));
+  const h = hooks.find(
+    (x) => isGatedHook(x.chain) && !x.direct && !(view.gate?.gates ?? []).includes(x.chain as GatedHook),
+  );
   return h ? h.chain : null;
 }
 
@@ -86,7 +92,13 @@ export function compare(allState: Map<string, Profile>, view: KernelView, family
       if (weightOf(p, d) !== 1) c.weight = weightOf(p, d);
       return c;
     });
-    const base = { name: p.name, destinations, packets: Number(jump?.packets ?? 0n), bytes: Number(jump?.bytes ?? 0n), ...(p.affinity ? { affinity: p.affinity } : {}) };
+    const base = {
+      name: p.name,
+      destinations,
+      packets: Number(jump?.packets ?? 0n),
+      bytes: Number(jump?.bytes ?? 0n),
+      ...(p.affinity ? { affinity: p.affinity } : {}),
+    };
     if (!chain && hooks.length === 0) {
       reports.push({ ...base, status: 'missing', detail: 'no rules in the kernel' });
       continue;
@@ -97,22 +109,41 @@ export function compare(allState: Map<string, Profile>, view: KernelView, family
     const haveHooks = hooks.map((h) => `${h.chain} ${canonicalRule(h.rule)}`).sort();
     let detail: string | undefined;
     if (!chain) detail = `chain ${plan.chain.name} is missing`;
-    else if (want.join('\n') !== have.join('\n')) detail = `chain ${plan.chain.name} has ${have.length} rules that differ from the ${want.length} planned`;
-    else if (wantHooks.join('\n') !== haveHooks.join('\n')) detail = `its rules in the built-in chains differ (${haveHooks.length} found, ${wantHooks.length} planned)`;
-    else if (missingGate(hooks, view)) detail = `the gate in nat ${missingGate(hooks, view)} that leads to its rules is missing: \`iptlb sync\` restores it`;
-    else if (hooks.some((h) => h.direct)) detail = 'its jump sits in nat OUTPUT/PREROUTING itself (the layout before the gate): `iptlb sync` or its next change moves it behind the gate';
+    else if (want.join('\n') !== have.join('\n'))
+      detail = `chain ${plan.chain.name} has ${have.length} rules that differ from the ${want.length} planned`;
+    else if (wantHooks.join('\n') !== haveHooks.join('\n'))
+      detail = `its rules in the built-in chains differ (${haveHooks.length} found, ${wantHooks.length} planned)`;
+    else if (missingGate(hooks, view))
+      detail = `the gate in nat ${missingGate(hooks, view)} that leads to its rules is missing: \`iptlb sync\` restores it`;
+    else if (hooks.some((h) => h.direct))
+      detail =
+        'its jump sits in nat OUTPUT/PREROUTING itself (the layout before the gate): `iptlb sync` or its next change moves it behind the gate';
     reports.push(detail ? { ...base, status: 'modified', detail } : { ...base, status: 'in-sync' });
   }
   const orphanOwners = new Set(view.hookRules.map((h) => h.owner).filter((o) => !state.has(o)));
   const orphanChains = view.chains.map((c) => c.name).filter((c) => !claimedChains.has(c));
   for (const o of [...orphanOwners].sort()) {
     const chain = chainName(o);
-    reports.push({ name: o, status: 'orphaned', detail: `rules in the kernel but no profile in the state file`, destinations: [], packets: 0, bytes: 0 });
+    reports.push({
+      name: o,
+      status: 'orphaned',
+      detail: `rules in the kernel but no profile in the state file`,
+      destinations: [],
+      packets: 0,
+      bytes: 0,
+    });
     const i = orphanChains.indexOf(chain);
     if (i >= 0) orphanChains.splice(i, 1);
   }
   for (const c of orphanChains.sort()) {
-    reports.push({ name: c, status: 'orphaned', detail: `chain ${c} has no profile in the state file`, destinations: [], packets: 0, bytes: 0 });
+    reports.push({
+      name: c,
+      status: 'orphaned',
+      detail: `chain ${c} has no profile in the state file`,
+      destinations: [],
+      packets: 0,
+      bytes: 0,
+    });
   }
   return reports;
 }
@@ -121,13 +152,19 @@ export function compare(allState: Map<string, Profile>, view: KernelView, family
  * One transaction that makes the nat table of `family` (read as `view`) match the state: every profile
  * of that family re-installed, every orphan (owners and chains of no profile of that family) removed.
  */
-export function syncTransaction(allState: Map<string, Profile>, view: KernelView, family: Family = 'ipv4'): Transaction {
+export function syncTransaction(
+  allState: Map<string, Profile>,
+  view: KernelView,
+  family: Family = 'ipv4',
+): Transaction {
   const state = profilesOf(allState, family);
   const profiles = [...state.values()];
   const orphanOwners = [...new Set(view.hookRules.map((h) => h.owner).filter((o) => !state.has(o)))];
   const tx = planTransaction(profiles, orphanOwners, family);
   const claimed = new Set(profiles.map((p) => chainName(p.name)));
-  const extra = view.chains.map((c) => c.name).filter((c) => c.startsWith(CHAIN_PREFIX) && !claimed.has(c) && !tx.deleteChains.includes(c));
+  const extra = view.chains
+    .map((c) => c.name)
+    .filter((c) => c.startsWith(CHAIN_PREFIX) && !claimed.has(c) && !tx.deleteChains.includes(c));
   tx.deleteChains.push(...extra);
   return tx;
 }

@@ -12,7 +12,9 @@ import type { EngineChoice, EngineName } from './types.js';
 export function parseEngineChoice(value: string | undefined): EngineChoice {
   const v = (value ?? 'auto').toLowerCase();
   if (v === 'auto' || v === 'legacy' || v === 'nft') return v;
-  throw new IptlbError('EUSAGE', `engine: ${JSON.stringify(value)} is not one of legacy, nft, auto`, { field: 'engine' });
+  throw new IptlbError('EUSAGE', `engine: ${JSON.stringify(value)} is not one of legacy, nft, auto`, {
+    field: 'engine',
+  });
 }
 
 /** Tables x_tables has instantiated in this network namespace; null when x_tables is not loaded. */
@@ -24,7 +26,9 @@ export function xtablesTables(): string[] | null {
   }
 }
 
-/** Tables x_tables has instantiated for IPv6 (ip6tables) in this network namespace; null when ip6_tables is not loaded. */
+/**
+ * Tables x_tables has instantiated for IPv6 (ip6tables) in this network namespace; null when ip6_tables is not loaded.
+ */
 export function ip6tablesTables(): string[] | null {
   try {
     return readFileSync('/proc/net/ip6_tables_names', 'utf8').split('\n').filter(Boolean);
@@ -89,11 +93,20 @@ export async function selectEngine(choice: EngineChoice, probe: EngineProbe): Pr
     return {
       engine: 'legacy',
       reason: 'the x_tables nat table already holds iptlb rules',
-      ...(nft ? { warning: 'table ip (or ip6) iptlb also exists: profiles are split across engines; run `iptlb migrate --to legacy` (or --to nft)' } : {}),
+      ...(nft
+        ? {
+            warning:
+              'table ip (or ip6) iptlb also exists: profiles are split across engines; run `iptlb migrate --to legacy` (or --to nft)',
+          }
+        : {}),
     };
   }
   if (!xt) return { engine: 'nft', reason: 'x_tables is not available in this kernel' };
-  if (flavour === 'nft') return { engine: 'nft', reason: "no iptlb rules yet, and this host's iptables is the nf_tables flavour" };
+  if (flavour === 'nft')
+    return { engine: 'nft', reason: "no iptlb rules yet, and this host's iptables is the nf_tables flavour" };
   if (await probe.nftHasTable()) return { engine: 'nft', reason: 'table ip (or ip6) iptlb already holds iptlb rules' };
-  return { engine: 'legacy', reason: `no iptlb rules yet, and this host's iptables is ${flavour === 'none' ? 'not installed' : 'the legacy flavour'}` };
+  return {
+    engine: 'legacy',
+    reason: `no iptlb rules yet, and this host's iptables is ${flavour === 'none' ? 'not installed' : 'the legacy flavour'}`,
+  };
 }

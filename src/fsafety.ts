@@ -24,7 +24,8 @@ function ownerName(uid: number): string {
 /** Why `st` (of `what` at `p`) may not be trusted; null when it may. */
 export function untrusted(p: string, st: Pick<Stats, 'uid' | 'mode'>, what: string, isDir: boolean): string | null {
   const me = euid();
-  if (st.uid !== 0 && st.uid !== me) return `${what} ${p} is owned by ${ownerName(st.uid)}, another user; refusing to use it (it must belong to root${me !== 0 ? ` or uid ${me}` : ''})`;
+  if (st.uid !== 0 && st.uid !== me)
+    return `${what} ${p} is owned by ${ownerName(st.uid)}, another user; refusing to use it (it must belong to root${me !== 0 ? ` or uid ${me}` : ''})`;
   const writable = (st.mode & (S_IWGRP | S_IWOTH)) !== 0;
   if (writable && !(isDir && (st.mode & S_ISVTX) !== 0)) {
     const who = (st.mode & S_IWOTH) !== 0 ? 'anyone' : 'its group';
@@ -76,5 +77,8 @@ export function fsFailure(e: unknown, doing: string, p: string): IptlbError {
   };
   const code = err?.code ?? '';
   const why = reasons[code] ?? (err?.message ? err.message.split('\n')[0] : String(e));
-  return new IptlbError(code === 'EACCES' || code === 'EPERM' ? 'EPERM' : 'ESTATE', `cannot ${doing} ${p}: ${why}${code ? ` (${code})` : ''}`);
+  return new IptlbError(
+    code === 'EACCES' || code === 'EPERM' ? 'EPERM' : 'ESTATE',
+    `cannot ${doing} ${p}: ${why}${code ? ` (${code})` : ''}`,
+  );
 }

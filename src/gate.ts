@@ -119,4 +119,3 @@ export function planGate(
   const del = [...removed].filter((e) => !live.has(e));
   return { add: [...add], del, remaining, needSet: remaining.OUTPUT + remaining.PREROUTING > 0 };
 }
-

@@ -66,7 +66,25 @@ export interface IptlbEvents {
   /** A destination changed health (`up`, `down`) as decided by an attached {@link HealthChecker}. */
   health: [HealthEvent];
 }
-export type { Family, Profile, ProfileInput, Protocol, RulesBackend, KernelView, Rule, Match, Target, Transaction, ExecutorChoice, Executor, LegacyExecutor, NftExecutor, CommitResult, EngineName, EngineChoice } from './types.js';
+export type {
+  Family,
+  Profile,
+  ProfileInput,
+  Protocol,
+  RulesBackend,
+  KernelView,
+  Rule,
+  Match,
+  Target,
+  Transaction,
+  ExecutorChoice,
+  Executor,
+  LegacyExecutor,
+  NftExecutor,
+  CommitResult,
+  EngineName,
+  EngineChoice,
+} from './types.js';
 export type { NftFamily, NftOp, NftRule, NftTransaction, NftView } from './nft/ops.js';
 export { planNftChange, planNftRebuild } from './nft/plan.js';
 export { renderNft } from './nft/ops.js';
@@ -75,7 +93,16 @@ export { planTransaction, planProfile } from './plan.js';
 export { renderRestore, renderRule } from './restore.js';
 export { serializeState, parseState } from './state.js';
 export { runAgent, Agent, type AgentOptions, type HostStatus } from './fleet/agent.js';
-export { EtcdStore, type FleetStore, type EtcdOptions, type StoreKV, type StoreEvent, type StoreOp, type WatchHandle, type WatchHandlers } from './fleet/store.js';
+export {
+  EtcdStore,
+  type FleetStore,
+  type EtcdOptions,
+  type StoreKV,
+  type StoreEvent,
+  type StoreOp,
+  type WatchHandle,
+  type WatchHandlers,
+} from './fleet/store.js';
 export { fleetApply, fleetDelete, fleetList, fleetStatus } from './fleet/fleet.js';
 
 /**
@@ -96,7 +123,11 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
    * through the group commit (an empty call: the health changes ride along), and the `health` event.
    */
   healthHost(): HealthHost {
-    return { core: this.core, commit: () => this.queue.submit({ kind: 'apply', profiles: [] }), emit: (e) => this.emit('health', e) };
+    return {
+      core: this.core,
+      commit: () => this.queue.submit({ kind: 'apply', profiles: [] }),
+      emit: (e) => this.emit('health', e),
+    };
   }
 
   /** @internal use {@link open} */
@@ -106,7 +137,11 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
     this.queue = new CommitQueue(core, { coalesce, onCommit: (e) => this.emit('commit', e) });
     if (driftCheckMs !== undefined) {
       if (!Number.isInteger(driftCheckMs) || driftCheckMs < 10) {
-        throw new IptlbError('EUSAGE', `driftCheckMs: ${JSON.stringify(driftCheckMs)} must be a whole number of ms, at least 10`, { field: 'driftCheckMs' });
+        throw new IptlbError(
+          'EUSAGE',
+          `driftCheckMs: ${JSON.stringify(driftCheckMs)} must be a whole number of ms, at least 10`,
+          { field: 'driftCheckMs' },
+        );
       }
       let running = false;
       this.driftTimer = setInterval(() => {
@@ -165,7 +200,10 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
       valid = list.map((p) => validateProfile(p));
       const names = new Set<string>();
       for (const p of valid) {
-        if (names.has(p.name)) throw new IptlbError('EUSAGE', `name: ${JSON.stringify(p.name)} is given twice in one call`, { field: 'name' });
+        if (names.has(p.name))
+          throw new IptlbError('EUSAGE', `name: ${JSON.stringify(p.name)} is given twice in one call`, {
+            field: 'name',
+          });
         names.add(p.name);
       }
     } catch (e) {
@@ -242,7 +280,10 @@ export async function open(options: IptlbOptions = {}, executor?: Executor): Pro
   await core.select(); // choose (and validate) the engine and executor now, so a forced `native` fails here
   const lb = new Iptlb(core, options.coalesce ?? true, options.driftCheckMs);
   if (options.health) {
-    lb.healthChecker = new HealthChecker(lb, { ...(options.log ? { log: options.log } : {}), ...(typeof options.health === 'object' ? options.health : {}) });
+    lb.healthChecker = new HealthChecker(lb, {
+      ...(options.log ? { log: options.log } : {}),
+      ...(typeof options.health === 'object' ? options.health : {}),
+    });
     await lb.healthChecker.start();
   }
   return lb;

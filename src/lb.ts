@@ -10,14 +10,40 @@ import { fsFailure } from './fsafety.js';
 import { parseExecutorChoice } from './executors/index.js';
 import { parseEngineChoice, selectEngine } from './engine.js';
 import { DEFAULT_LOCK_WAIT_MS, lockStateFile } from './lock.js';
-import { checkConflicts, familyOfProfile, profilesOf, sameProfile, show, validateName, validateProfile, weightOf } from './profile.js';
+import {
+  checkConflicts,
+  familyOfProfile,
+  profilesOf,
+  sameProfile,
+  show,
+  validateName,
+  validateProfile,
+  weightOf,
+} from './profile.js';
 import { readState, resolveStatePath, stateVersion, writeState } from './state.js';
 import { hasNetAdmin } from './caps.js';
 import { ConntrackJanitor, staleFlows } from './conntrack.js';
 import type { ProfileReport } from './drift.js';
-import { ChangedProfiles, FAMILIES, type Change, type Engine, type FamilyPlan, type PlanContext } from './engines/engine.js';
+import {
+  ChangedProfiles,
+  FAMILIES,
+  type Change,
+  type Engine,
+  type FamilyPlan,
+  type PlanContext,
+} from './engines/engine.js';
 import { createEngine, engineOver } from './engines/registry.js';
-import type { EngineChoice, EngineName, Executor, ExecutorChoice, Family, KernelView, Profile, ProfileInput, Transaction } from './types.js';
+import type {
+  EngineChoice,
+  EngineName,
+  Executor,
+  ExecutorChoice,
+  Family,
+  KernelView,
+  Profile,
+  ProfileInput,
+  Transaction,
+} from './types.js';
 import type { NftTransaction, NftView } from './nft/ops.js';
 import { HealthOverlay } from './health/effective.js';
 
@@ -58,7 +84,10 @@ export interface OpenOptions {
    * source of truth is elsewhere: no fsync and no file lock per change).
    */
   stateFile?: string | false;
-  /** Executor: `native` (the addon), `spawn` (iptables-legacy-restore / nft -f) or `auto`. Default: env `IPTLB_EXECUTOR`, else `auto`. */
+  /**
+   * Executor: `native` (the addon), `spawn` (iptables-legacy-restore / nft -f) or `auto`. Default: env
+   * `IPTLB_EXECUTOR`, else `auto`.
+   */
   executor?: ExecutorChoice;
   /**
    * Engine: `legacy` (the x_tables nat table), `nft` (the nf_tables table `ip iptlb`) or `auto` (the
@@ -140,7 +169,10 @@ export class Core {
   readonly conntrack: ConntrackJanitor;
   /** The last transaction committed by this instance (for `--verbose`). */
   lastTransaction?: Transaction | NftTransaction;
-  /** Runtime health of destinations: the kernel gets effective profiles (down destinations drained), the state file the configured ones. */
+  /**
+   * Runtime health of destinations: the kernel gets effective profiles (down destinations drained), the state file the
+   * configured ones.
+   */
   readonly health = new HealthOverlay();
 
   /** Executors supplied per engine (tests against fake kernels, embedders with their own): used instead of choosing. */
@@ -154,7 +186,13 @@ export class Core {
     validateOpenOptions(opts, true);
     if (injected && 'commit' in injected) {
       const by = 'executor supplied by the caller';
-      this.selected = { provider: engineOver(injected as Executor), executor: injected as Executor, reason: by, engine: (injected as Executor).engine, engineReason: by };
+      this.selected = {
+        provider: engineOver(injected as Executor),
+        executor: injected as Executor,
+        reason: by,
+        engine: (injected as Executor).engine,
+        engineReason: by,
+      };
     } else if (injected) {
       this.supplied = injected as Partial<Record<EngineName, Executor>>;
     }
@@ -166,7 +204,10 @@ export class Core {
     this.keepConntrack = opts.keepConntrack ?? false;
     this.log = opts.log ?? (() => {});
     this.logging = opts.log !== undefined;
-    this.conntrack = new ConntrackJanitor({ log: (line) => this.log(line), current: () => (this.statePath === null ? this.memory : this.readState()) });
+    this.conntrack = new ConntrackJanitor({
+      log: (line) => this.log(line),
+      current: () => (this.statePath === null ? this.memory : this.readState()),
+    });
   }
 
   /**
@@ -208,9 +249,19 @@ export class Core {
           return false;
         }
       };
-      const e = await selectEngine(this.engineChoice, { legacyHasRules: () => holds('legacy'), nftHasTable: () => holds('nft') });
+      const e = await selectEngine(this.engineChoice, {
+        legacyHasRules: () => holds('legacy'),
+        nftHasTable: () => holds('nft'),
+      });
       const { engine, reason } = this.engineFor(e.engine);
-      this.selected = { provider: engine, executor: engine.executor, reason, engine: e.engine, engineReason: e.reason, ...(e.warning ? { engineWarning: e.warning } : {}) };
+      this.selected = {
+        provider: engine,
+        executor: engine.executor,
+        reason,
+        engine: e.engine,
+        engineReason: e.reason,
+        ...(e.warning ? { engineWarning: e.warning } : {}),
+      };
       return this.selected;
     })();
     this.selecting.catch(() => (this.selecting = undefined));
@@ -220,7 +271,8 @@ export class Core {
   private engineFor(name: EngineName): { engine: Engine; reason: string } {
     const supplied = this.supplied?.[name];
     if (supplied) return { engine: engineOver(supplied), reason: 'executor supplied by the caller' };
-    if (this.supplied) throw new IptlbError('EUSAGE', `engine: no executor was supplied for the ${name} engine`, { field: 'engine' });
+    if (this.supplied)
+      throw new IptlbError('EUSAGE', `engine: no executor was supplied for the ${name} engine`, { field: 'engine' });
     return createEngine(name, this.executorChoice, { lockWaitMs: this.lockWaitMs });
   }
 
@@ -275,7 +327,10 @@ export class Core {
         const commitMs = done.reduce((ms, d) => ms + d.ms, 0);
         if (committed) this.logCommit(engine!, k.change, k.state, done, commitMs);
         // Flows to destinations this change removes (decided now: in memory mode `state` changes below).
-        const stale = committed && !this.keepConntrack && !this.injected && this.conntrack.needed() ? this.staleOf(change, state, next, engine!.executor.kind === 'native') : [];
+        const stale =
+          committed && !this.keepConntrack && !this.injected && this.conntrack.needed()
+            ? this.staleOf(change, state, next, engine!.executor.kind === 'native')
+            : [];
         let stateWritten: boolean;
         try {
           stateWritten = await this.record(state, change, next);
@@ -283,9 +338,11 @@ export class Core {
           // The kernel holds the change but the state file cannot record it (a full disk, a
           // read-only remount, quota): left so, the profile would be an orphan that the next
           // `sync` deletes. Undo the kernel change, so the call changes nothing, and say so.
-          const why = e instanceof IptlbError ? e.message : fsFailure(e, 'write the state file', this.statePath!).message;
+          const why =
+            e instanceof IptlbError ? e.message : fsFailure(e, 'write the state file', this.statePath!).message;
           let undone = true;
-          for (const d of [...done].reverse()) undone = (await this.undoFamily(engine!, d, 'the state file could not be written')) && undone;
+          for (const d of [...done].reverse())
+            undone = (await this.undoFamily(engine!, d, 'the state file could not be written')) && undone;
           if (!committed) throw new IptlbError('ESTATE', `${why}; nothing was changed`, { cause: e });
           throw new IptlbError(
             'ESTATE',
@@ -320,7 +377,10 @@ export class Core {
    * is that map), and whether the profiles are only those this instance was told about.
    */
   private planContext(state: ReadonlyMap<string, Profile>): PlanContext {
-    return { ...(state === this.memory ? { memo: { generation: this.memoryGeneration } } : {}), partial: this.statePath === null };
+    return {
+      ...(state === this.memory ? { memo: { generation: this.memoryGeneration } } : {}),
+      partial: this.statePath === null,
+    };
   }
 
   /**
@@ -328,7 +388,11 @@ export class Core {
    * iptables and ip6tables nat tables, or tables ip and ip6 iptlb, are separate objects). If a later
    * family's commit fails, the earlier ones are undone, so the call changes nothing.
    */
-  private async commitChange(engine: Engine, state: ReadonlyMap<string, Profile>, change: Change): Promise<(DoneFamily & { ms: number })[]> {
+  private async commitChange(
+    engine: Engine,
+    state: ReadonlyMap<string, Profile>,
+    change: Change,
+  ): Promise<(DoneFamily & { ms: number })[]> {
     const done: (DoneFamily & { ms: number })[] = [];
     for (const f of FAMILIES) {
       const changeF = changeOfFamily(change, state, f);
@@ -353,7 +417,13 @@ export class Core {
   }
 
   /** The change's one log line per profile (when logging) and its summary line. */
-  private logCommit(engine: Engine, change: Change, before: ReadonlyMap<string, Profile>, done: DoneFamily[], commitMs: number): void {
+  private logCommit(
+    engine: Engine,
+    change: Change,
+    before: ReadonlyMap<string, Profile>,
+    done: DoneFamily[],
+    commitMs: number,
+  ): void {
     if (this.logging) {
       for (const p of change.upsert) {
         const dests = p.destination.map((d) => (weightOf(p, d) === 1 ? d : `${d}*${weightOf(p, d)}`)).join(',');
@@ -372,10 +442,19 @@ export class Core {
   }
 
   /** The flows to destinations that `change` removes from profiles of `state`, for the conntrack janitor. */
-  private staleOf(change: Change, state: ReadonlyMap<string, Profile>, next: ReadonlyMap<string, Profile>, native: boolean) {
+  private staleOf(
+    change: Change,
+    state: ReadonlyMap<string, Profile>,
+    next: ReadonlyMap<string, Profile>,
+    native: boolean,
+  ) {
     return [
-      ...change.upsert.flatMap((p) => (state.has(p.name) ? staleFlows(state.get(p.name)!, p).map((f) => ({ ...f, profile: p.name, native })) : [])),
-      ...change.remove.flatMap((n) => (state.has(n) ? staleFlows(state.get(n)!, next.get(n)).map((f) => ({ ...f, profile: n, native })) : [])),
+      ...change.upsert.flatMap((p) =>
+        state.has(p.name) ? staleFlows(state.get(p.name)!, p).map((f) => ({ ...f, profile: p.name, native })) : [],
+      ),
+      ...change.remove.flatMap((n) =>
+        state.has(n) ? staleFlows(state.get(n)!, next.get(n)).map((f) => ({ ...f, profile: n, native })) : [],
+      ),
     ];
   }
 
@@ -383,8 +462,14 @@ export class Core {
    * Records a change the kernel accepted (or a state-only change): in place in memory mode, O(change);
    * else the state file is rewritten. Returns whether the file was written.
    */
-  private async record(state: ReadonlyMap<string, Profile>, change: Change, next: ReadonlyMap<string, Profile>): Promise<boolean> {
-    const changed = change.remove.some((n) => state.has(n)) || change.upsert.some((p) => !state.has(p.name) || !sameProfile(state.get(p.name)!, p));
+  private async record(
+    state: ReadonlyMap<string, Profile>,
+    change: Change,
+    next: ReadonlyMap<string, Profile>,
+  ): Promise<boolean> {
+    const changed =
+      change.remove.some((n) => state.has(n)) ||
+      change.upsert.some((p) => !state.has(p.name) || !sameProfile(state.get(p.name)!, p));
     if (!changed) return false;
     if (this.statePath === null) {
       const edits: [Profile | undefined, Profile | undefined][] = [];
@@ -415,7 +500,8 @@ export class Core {
   private ofFamily(state: ReadonlyMap<string, Profile>, f: Family): ReadonlyMap<string, Profile> {
     let v6: number;
     if (state === this.memory) {
-      if (this.v6Count?.generation !== this.memoryGeneration) this.v6Count = { generation: this.memoryGeneration, n: countV6(state) };
+      if (this.v6Count?.generation !== this.memoryGeneration)
+        this.v6Count = { generation: this.memoryGeneration, n: countV6(state) };
       v6 = this.v6Count.n;
     } else {
       v6 = countV6(state);
@@ -430,10 +516,14 @@ export class Core {
    * The families worth looking at in the kernel for `state`: those with profiles, and those whose
    * tables may hold iptlb objects (orphans) without profiles.
    */
-  private familiesOf(engine: Engine, state: ReadonlyMap<string, Profile>): { family: Family; profiles: Map<string, Profile> }[] {
-    return FAMILIES.map((family) => ({ family, profiles: this.ofFamily(state, family) as Map<string, Profile> })).filter(
-      ({ family, profiles }) => profiles.size > 0 || engine.mayHold(family),
-    );
+  private familiesOf(
+    engine: Engine,
+    state: ReadonlyMap<string, Profile>,
+  ): { family: Family; profiles: Map<string, Profile> }[] {
+    return FAMILIES.map((family) => ({
+      family,
+      profiles: this.ofFamily(state, family) as Map<string, Profile>,
+    })).filter(({ family, profiles }) => profiles.size > 0 || engine.mayHold(family));
   }
 
   /**
@@ -450,11 +540,18 @@ export class Core {
       else undo.remove.push(n);
     }
     try {
-      await this.commitPlan(engine, await engine.planChange(d.family, new ChangedProfiles(d.state, d.change), undo, { partial: this.statePath === null }));
+      await this.commitPlan(
+        engine,
+        await engine.planChange(d.family, new ChangedProfiles(d.state, d.change), undo, {
+          partial: this.statePath === null,
+        }),
+      );
       this.log(`undid the ${engine.where(d.family)} part of the change, because ${because}`);
       return true;
     } catch (e) {
-      this.log(`could not undo the ${engine.where(d.family)} part of a failed change (${(e as Error).message}); run \`iptlb sync\``);
+      this.log(
+        `could not undo the ${engine.where(d.family)} part of a failed change (${(e as Error).message}); run \`iptlb sync\``,
+      );
       return false;
     }
   }
@@ -468,7 +565,10 @@ export class Core {
   /** Fails early, with one line and nothing touched, when the kernel would refuse us anyway. */
   private checkPrivileges(): void {
     if (!this.injected && !hasNetAdmin()) {
-      throw new IptlbError('EPERM', 'permission denied: changing netfilter rules needs CAP_NET_ADMIN (run iptlb as root)');
+      throw new IptlbError(
+        'EPERM',
+        'permission denied: changing netfilter rules needs CAP_NET_ADMIN (run iptlb as root)',
+      );
     }
   }
 
@@ -476,7 +576,9 @@ export class Core {
    * What `transact` would commit for the change `decide` makes, planned the same way (with the same
    * kernel reads), and nothing committed or written: one plan per address family it touches.
    */
-  plan(decide: (state: Map<string, Profile>) => Change): Promise<{ provider: Engine; change: Change; plans: FamilyPlan[] }> {
+  plan(
+    decide: (state: Map<string, Profile>) => Change,
+  ): Promise<{ provider: Engine; change: Change; plans: FamilyPlan[] }> {
     return this.serial(async () => {
       const { provider } = await this.select();
       const state = await this.readState();
@@ -488,7 +590,9 @@ export class Core {
       for (const f of FAMILIES) {
         const changeF = changeOfFamily(k.change, k.state, f);
         if (changeF.upsert.length === 0 && changeF.remove.length === 0) continue;
-        plans.push(await provider.planChange(f, this.ofFamily(k.state, f), changeF, { partial: this.statePath === null }));
+        plans.push(
+          await provider.planChange(f, this.ofFamily(k.state, f), changeF, { partial: this.statePath === null }),
+        );
       }
       return { provider, change, plans };
     });
@@ -533,8 +637,16 @@ export class Core {
     this.health.refresh();
     const kstate = this.health.kernelState(state);
     const reports: ProfileReport[] = [];
-    for (const { family, profiles } of this.familiesOf(provider, kstate)) reports.push(...provider.compare(profiles, await provider.read(family)));
-    return this.health.annotate(reports, state, kstate, (p) => ({ name: p.name, status: 'in-sync', detail: 'every destination is down: drained (health.allDown: drain)', destinations: p.destination.map((d) => ({ destination: d, packets: 0, bytes: 0 })), packets: 0, bytes: 0 }));
+    for (const { family, profiles } of this.familiesOf(provider, kstate))
+      reports.push(...provider.compare(profiles, await provider.read(family)));
+    return this.health.annotate(reports, state, kstate, (p) => ({
+      name: p.name,
+      status: 'in-sync',
+      detail: 'every destination is down: drained (health.allDown: drain)',
+      destinations: p.destination.map((d) => ({ destination: d, packets: 0, bytes: 0 })),
+      packets: 0,
+      bytes: 0,
+    }));
   }
 
   /**
@@ -542,7 +654,12 @@ export class Core {
    * kernel again when someone else changed it between the read and the commit. Returns the commit
    * time, or undefined when nothing was needed.
    */
-  private async replaceFamily<View>(engine: Engine<View>, f: Family, profiles: ReadonlyMap<string, Profile>, needed: (view: View, attempt: number) => boolean): Promise<number | undefined> {
+  private async replaceFamily<View>(
+    engine: Engine<View>,
+    f: Family,
+    profiles: ReadonlyMap<string, Profile>,
+    needed: (view: View, attempt: number) => boolean,
+  ): Promise<number | undefined> {
     for (let attempt = 1; ; attempt++) {
       const view = await engine.read(f);
       if (!needed(view, attempt)) return undefined;
@@ -584,12 +701,15 @@ export class Core {
           const ms = await this.replaceFamily(provider, family, profiles, (view, attempt) => {
             reports = provider.compare(profiles, view);
             drifted = reports.filter((r) => r.status !== 'in-sync');
-            if (attempt === 1) for (const r of drifted) this.log(`sync ${r.name}: ${r.status}${r.detail ? ` (${r.detail})` : ''}`);
+            if (attempt === 1)
+              for (const r of drifted) this.log(`sync ${r.name}: ${r.status}${r.detail ? ` (${r.detail})` : ''}`);
             return drifted.length > 0;
           });
           before.push(...reports);
           if (ms === undefined) continue;
-          this.log(`committed the sync of ${drifted.length} profile(s) in one transaction (${provider.where(family)}, ${provider.name}/${provider.executor.kind}, ${ms.toFixed(2)} ms)`);
+          this.log(
+            `committed the sync of ${drifted.length} profile(s) in one transaction (${provider.where(family)}, ${provider.name}/${provider.executor.kind}, ${ms.toFixed(2)} ms)`,
+          );
           committed = true;
           commitMs += ms;
         }
@@ -609,7 +729,11 @@ export class Core {
    */
   migrate(to: EngineName): Promise<{ moved: number; installMs: number; removeMs: number; removedFrom: boolean }> {
     return this.serial(async () => {
-      if (this.injected && !this.supplied) throw new IptlbError('EUSAGE', 'migrate needs an executor per engine (one injected executor serves one engine)');
+      if (this.injected && !this.supplied)
+        throw new IptlbError(
+          'EUSAGE',
+          'migrate needs an executor per engine (one injected executor serves one engine)',
+        );
       this.checkPrivileges();
       const lock = await this.lock();
       try {
@@ -624,7 +748,9 @@ export class Core {
           installMs += (await this.replaceFamily(target, f, profiles, () => true))!;
           installs++;
         }
-        this.log(`installed ${state.size} profile(s) in the ${to} engine in ${installs > 1 ? `${installs} transactions (one per address family)` : 'one transaction'} (${target.executor.kind}, ${installMs.toFixed(2)} ms)`);
+        this.log(
+          `installed ${state.size} profile(s) in the ${to} engine in ${installs > 1 ? `${installs} transactions (one per address family)` : 'one transaction'} (${target.executor.kind}, ${installMs.toFixed(2)} ms)`,
+        );
         const source = this.engineFor(from).engine;
         let removeMs = 0;
         let removals = 0;
@@ -636,7 +762,11 @@ export class Core {
         }
         const removedFrom = removals > 0;
         const how = removals > 1 ? `${removals} transactions (one per address family)` : 'one transaction';
-        this.log(removedFrom ? `removed iptlb's objects from the ${from} engine in ${how} (${source.executor.kind}, ${removeMs.toFixed(2)} ms)` : `the ${from} engine held nothing of iptlb's`);
+        this.log(
+          removedFrom
+            ? `removed iptlb's objects from the ${from} engine in ${how} (${source.executor.kind}, ${removeMs.toFixed(2)} ms)`
+            : `the ${from} engine held nothing of iptlb's`,
+        );
         this.selected = undefined;
         this.selecting = undefined;
         return { moved: state.size, installMs, removeMs, removedFrom };
@@ -646,7 +776,10 @@ export class Core {
     });
   }
 
-  /** Kernel objects owned by iptlb for profiles of `family` (default ipv4): the nat table's (legacy) or table ip/ip6 iptlb (nft). */
+  /**
+   * Kernel objects owned by iptlb for profiles of `family` (default ipv4): the nat table's (legacy) or table ip/ip6
+   * iptlb (nft).
+   */
   async readKernel(family: Family = 'ipv4'): Promise<KernelView | NftView> {
     return (await this.select()).provider.read(family) as Promise<KernelView | NftView>;
   }
@@ -657,7 +790,8 @@ export function upsertChange(state: Map<string, Profile>, inputs: (ProfileInput 
   const upsert = inputs.map((i) => validateProfile(i));
   const names = new Set<string>();
   for (const p of upsert) {
-    if (names.has(p.name)) throw new IptlbError('EUSAGE', `name: ${show(p.name)} is given twice in one change`, { field: 'name' });
+    if (names.has(p.name))
+      throw new IptlbError('EUSAGE', `name: ${show(p.name)} is given twice in one change`, { field: 'name' });
     names.add(p.name);
   }
   const others = [...state.values()].filter((o) => !names.has(o.name));
@@ -670,7 +804,8 @@ export function upsertChange(state: Map<string, Profile>, inputs: (ProfileInput 
 export function deleteChange(state: Map<string, Profile>, names: string[]): Change {
   const remove = [...new Set(names.map((n) => validateName(n, 'name', { existing: true })))];
   for (const n of remove) {
-    if (!state.has(n)) throw new IptlbError('ENOTFOUND', `name: profile ${show(n)} does not exist in the state file`, { field: 'name' });
+    if (!state.has(n))
+      throw new IptlbError('ENOTFOUND', `name: profile ${show(n)} does not exist in the state file`, { field: 'name' });
   }
   return { upsert: [], remove };
 }

@@ -40,13 +40,22 @@ export async function readCapped(fh: fsp.FileHandle | number, max: number, tooBi
 
 /** Reads a profile file (`-`: standard input) for `field`, at most {@link MAX_INPUT_BYTES}. */
 export async function readInputFile(p: string, field: string, max = MAX_INPUT_BYTES): Promise<string> {
-  const tooBig = (): IptlbError => new IptlbError('EUSAGE', `${field}: ${p === '-' ? 'standard input' : JSON.stringify(p)} is larger than ${mib(max)} (the limit of an input file)`, { field });
+  const tooBig = (): IptlbError =>
+    new IptlbError(
+      'EUSAGE',
+      `${field}: ${p === '-' ? 'standard input' : JSON.stringify(p)} is larger than ${mib(max)} (the limit of an input file)`,
+      { field },
+    );
   if (p === '-') return readCapped(0, max, tooBig);
   let fh: fsp.FileHandle;
   try {
     fh = await fsp.open(p, 'r');
   } catch (e) {
-    throw new IptlbError('EUSAGE', `${field}: cannot read ${JSON.stringify(p)} (${(e as NodeJS.ErrnoException).code})`, { field });
+    throw new IptlbError(
+      'EUSAGE',
+      `${field}: cannot read ${JSON.stringify(p)} (${(e as NodeJS.ErrnoException).code})`,
+      { field },
+    );
   }
   try {
     const st = await fh.stat();
@@ -55,7 +64,11 @@ export async function readInputFile(p: string, field: string, max = MAX_INPUT_BY
     return await readCapped(fh, max, tooBig);
   } catch (e) {
     if (e instanceof IptlbError) throw e;
-    throw new IptlbError('EUSAGE', `${field}: cannot read ${JSON.stringify(p)} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, { field });
+    throw new IptlbError(
+      'EUSAGE',
+      `${field}: cannot read ${JSON.stringify(p)} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
+      { field },
+    );
   } finally {
     await fh.close();
   }

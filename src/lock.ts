@@ -30,7 +30,10 @@ export function inheritedLockFds(): number[] {
   return [...heldFds];
 }
 
-/** Refuses a lock path that is a symlink, not a regular file, or that another user owns or could replace; the locker creates it when absent. */
+/**
+ * Refuses a lock path that is a symlink, not a regular file, or that another user owns or could replace; the locker
+ * creates it when absent.
+ */
 function checkLockPath(lockPath: string): void {
   // Synchronous: between the queue lock and the lock, no trip through the thread pool, which waiting
   // flock workers of this process may fill.
@@ -42,7 +45,10 @@ function checkLockPath(lockPath: string): void {
     st = null;
   }
   if (st && !st.isFile()) {
-    throw new IptlbError('ESTATE', `lock file ${lockPath} is ${st.isSymbolicLink() ? 'a symbolic link' : st.isDirectory() ? 'a directory' : 'not a regular file'}; refusing to use it`);
+    throw new IptlbError(
+      'ESTATE',
+      `lock file ${lockPath} is ${st.isSymbolicLink() ? 'a symbolic link' : st.isDirectory() ? 'a directory' : 'not a regular file'}; refusing to use it`,
+    );
   }
   if (st) checkTrusted(lockPath, st, 'lock file');
 }
@@ -59,7 +65,12 @@ const EWOULDBLOCK = 11;
  * read-only file system, permissions, a path in /proc) is reported as such, at once: only a lock
  * held by someone else for the whole wait is a timeout.
  */
-async function flockOne(lockPath: string, waitMs: number, reportAs: string, totalMs: number): Promise<HeldLock & { fd: number }> {
+async function flockOne(
+  lockPath: string,
+  waitMs: number,
+  reportAs: string,
+  totalMs: number,
+): Promise<HeldLock & { fd: number }> {
   checkLockPath(lockPath);
   const loaded = loadAddon('core');
   if (loaded.ok) {
@@ -96,7 +107,21 @@ async function flockOne(lockPath: string, waitMs: number, reportAs: string, tota
   return { ...child, fd: -1 };
 }
 
-const ERRNO_CODES: Record<number, string> = { 1: 'EPERM', 2: 'ENOENT', 13: 'EACCES', 17: 'EEXIST', 20: 'ENOTDIR', 21: 'EISDIR', 22: 'EINVAL', 28: 'ENOSPC', 30: 'EROFS', 36: 'ENAMETOOLONG', 40: 'ELOOP', 6: 'ENXIO', 122: 'EDQUOT' };
+const ERRNO_CODES: Record<number, string> = {
+  1: 'EPERM',
+  2: 'ENOENT',
+  13: 'EACCES',
+  17: 'EEXIST',
+  20: 'ENOTDIR',
+  21: 'EISDIR',
+  22: 'EINVAL',
+  28: 'ENOSPC',
+  30: 'EROFS',
+  36: 'ENAMETOOLONG',
+  40: 'ELOOP',
+  6: 'ENXIO',
+  122: 'EDQUOT',
+};
 function errnoCode(n: number): string {
   return ERRNO_CODES[n] ?? `errno ${n}`;
 }
@@ -124,7 +149,11 @@ const swept = new Set<string>();
  * the state file's directory, the lock file and every directory above them are checked (see
  * fsafety.ts), and the first time in this process, stale temporary files of killed writers are removed.
  */
-export async function lockStateFile(statePath: string, waitMs = DEFAULT_LOCK_WAIT_MS, log?: (line: string) => void): Promise<HeldLock> {
+export async function lockStateFile(
+  statePath: string,
+  waitMs = DEFAULT_LOCK_WAIT_MS,
+  log?: (line: string) => void,
+): Promise<HeldLock> {
   const lockPath = `${statePath}.lock`;
   try {
     await ensureStateDir(statePath);
@@ -157,7 +186,13 @@ export async function lockStateFile(statePath: string, waitMs = DEFAULT_LOCK_WAI
       const now = lockMark(lockPath);
       const waited = Date.now() - started;
       if (now === mark || waited + waitMs > MAX_WAIT_FACTOR * waitMs) {
-        throw waited > waitMs * 1.5 ? new IptlbError('ELOCK', `${lockPath} stayed busy: gave up after ${waited} ms of waiting behind other iptlb processes`, { errno: EWOULDBLOCK }) : e;
+        throw waited > waitMs * 1.5
+          ? new IptlbError(
+              'ELOCK',
+              `${lockPath} stayed busy: gave up after ${waited} ms of waiting behind other iptlb processes`,
+              { errno: EWOULDBLOCK },
+            )
+          : e;
       }
       mark = now;
     }
@@ -191,7 +226,11 @@ export const STALE_TEMP_AGE_MS = 60_000;
  * held (every writer holds it while its temporary file exists): only regular files named as ours,
  * and only when their writer's pid is dead or the file is older than {@link STALE_TEMP_AGE_MS}.
  */
-export async function removeStaleTemps(statePath: string, log?: (line: string) => void, now = Date.now()): Promise<string[]> {
+export async function removeStaleTemps(
+  statePath: string,
+  log?: (line: string) => void,
+  now = Date.now(),
+): Promise<string[]> {
   const dir = path.dirname(statePath);
   const re = tempPattern(statePath);
   const removed: string[] = [];
@@ -209,17 +248,21 @@ export async function removeStaleTemps(statePath: string, log?: (line: string) =
       () => {},
     );
   }
-  if (removed.length) log?.(`removed ${removed.length} temporary file(s) left by killed writers: ${removed.join(', ')}`);
+  if (removed.length)
+    log?.(`removed ${removed.length} temporary file(s) left by killed writers: ${removed.join(', ')}`);
   return removed;
 }
-
 
 function flockChild(lockPath: string, waitMs: number, reportAs: string, totalMs: number): Promise<HeldLock> {
   return new Promise((resolve, reject) => {
     const seconds = Math.max(0.001, waitMs / 1000).toFixed(3);
-    const child = spawn('flock', ['--exclusive', '--wait', seconds, lockPath, '-c', 'echo locked; exec cat >/dev/null'], {
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
+    const child = spawn(
+      'flock',
+      ['--exclusive', '--wait', seconds, lockPath, '-c', 'echo locked; exec cat >/dev/null'],
+      {
+        stdio: ['pipe', 'pipe', 'pipe'],
+      },
+    );
     let out = '';
     let err = '';
     let settled = false;
@@ -245,12 +288,21 @@ function flockChild(lockPath: string, waitMs: number, reportAs: string, totalMs:
     child.on('error', (e) => {
       if (settled) return;
       settled = true;
-      reject(new IptlbError('ELOCK', `cannot lock ${lockPath}: flock(1) failed to start (${e.message}); install util-linux or build the native addon`));
+      reject(
+        new IptlbError(
+          'ELOCK',
+          `cannot lock ${lockPath}: flock(1) failed to start (${e.message}); install util-linux or build the native addon`,
+        ),
+      );
     });
     child.on('exit', (code) => {
       if (settled) return;
       settled = true;
-      reject(code === 1 ? lockTimeout(reportAs, totalMs) : new IptlbError('ELOCK', `cannot lock ${lockPath}: ${err.trim() || `flock exited ${code}`}`));
+      reject(
+        code === 1
+          ? lockTimeout(reportAs, totalMs)
+          : new IptlbError('ELOCK', `cannot lock ${lockPath}: ${err.trim() || `flock exited ${code}`}`),
+      );
     });
   });
 }

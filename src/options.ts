@@ -39,8 +39,10 @@ export function validateOpenOptions(options: unknown, handle: boolean): void {
   }
   const v = o;
   if (v.stateFile !== undefined && v.stateFile !== false) {
-    if (typeof v.stateFile !== 'string') throw usage('stateFile', `must be a path (a string) or false, got ${shown(v.stateFile)}`);
-    if (v.stateFile === '') throw usage('stateFile', 'must not be empty (omit it for the default, or pass false for no file)');
+    if (typeof v.stateFile !== 'string')
+      throw usage('stateFile', `must be a path (a string) or false, got ${shown(v.stateFile)}`);
+    if (v.stateFile === '')
+      throw usage('stateFile', 'must not be empty (omit it for the default, or pass false for no file)');
     if (v.stateFile.includes('\0')) throw usage('stateFile', 'must not contain a NUL character');
   }
   if (v.executor !== undefined && !['auto', 'native', 'spawn'].includes(v.executor as string)) {
@@ -49,17 +51,33 @@ export function validateOpenOptions(options: unknown, handle: boolean): void {
   if (v.engine !== undefined && !['auto', 'legacy', 'nft'].includes(v.engine as string)) {
     throw usage('engine', `${shown(v.engine)} is not one of legacy, nft, auto`);
   }
-  if (v.lockWaitMs !== undefined && (typeof v.lockWaitMs !== 'number' || !Number.isInteger(v.lockWaitMs) || v.lockWaitMs < 0 || v.lockWaitMs > MAX_LOCK_WAIT_MS)) {
+  if (
+    v.lockWaitMs !== undefined &&
+    (typeof v.lockWaitMs !== 'number' ||
+      !Number.isInteger(v.lockWaitMs) ||
+      v.lockWaitMs < 0 ||
+      v.lockWaitMs > MAX_LOCK_WAIT_MS)
+  ) {
     throw usage('lockWaitMs', `${shown(v.lockWaitMs)} must be a whole number of ms from 0 to ${MAX_LOCK_WAIT_MS}`);
   }
-  if (v.log !== undefined && typeof v.log !== 'function') throw usage('log', `must be a function (line: string) => void, got ${shown(v.log)}`);
-  if (v.keepConntrack !== undefined && typeof v.keepConntrack !== 'boolean') throw usage('keepConntrack', `must be true or false, got ${shown(v.keepConntrack)}`);
+  if (v.log !== undefined && typeof v.log !== 'function')
+    throw usage('log', `must be a function (line: string) => void, got ${shown(v.log)}`);
+  if (v.keepConntrack !== undefined && typeof v.keepConntrack !== 'boolean')
+    throw usage('keepConntrack', `must be true or false, got ${shown(v.keepConntrack)}`);
   if (handle) {
-    if (v.coalesce !== undefined && typeof v.coalesce !== 'boolean') throw usage('coalesce', `must be true or false, got ${shown(v.coalesce)}`);
-    if (v.driftCheckMs !== undefined && (typeof v.driftCheckMs !== 'number' || !Number.isInteger(v.driftCheckMs) || v.driftCheckMs < 10)) {
+    if (v.coalesce !== undefined && typeof v.coalesce !== 'boolean')
+      throw usage('coalesce', `must be true or false, got ${shown(v.coalesce)}`);
+    if (
+      v.driftCheckMs !== undefined &&
+      (typeof v.driftCheckMs !== 'number' || !Number.isInteger(v.driftCheckMs) || v.driftCheckMs < 10)
+    ) {
       throw usage('driftCheckMs', `${shown(v.driftCheckMs)} must be a whole number of ms, at least 10`);
     }
-    if (v.health !== undefined && typeof v.health !== 'boolean' && (v.health === null || typeof v.health !== 'object' || Array.isArray(v.health))) {
+    if (
+      v.health !== undefined &&
+      typeof v.health !== 'boolean' &&
+      (v.health === null || typeof v.health !== 'object' || Array.isArray(v.health))
+    ) {
       throw usage('health', `must be true, false or the options of a HealthChecker, got ${shown(v.health)}`);
     }
   }

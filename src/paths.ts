@@ -23,7 +23,10 @@ export function packageRoot(): string {
   let dir = path.dirname(thisFile());
   for (;;) {
     try {
-      const pkg = JSON.parse(readFileSync(path.join(dir, 'package.json'), 'utf8')) as { name?: string; version?: string };
+      const pkg = JSON.parse(readFileSync(path.join(dir, 'package.json'), 'utf8')) as {
+        name?: string;
+        version?: string;
+      };
       if (pkg.name === 'iptlb') {
         version = pkg.version;
         return (root = dir);

@@ -59,10 +59,14 @@ export function planProfile(p: Profile): ProfilePlan {
   // affinity lasts S seconds after the client's last new connection); the balancing rules below then
   // record the client in the list of the destination they chose.
   const affinity = p.affinity ?? 0;
-  const remember = (d: string): Match[] => (affinity > 0 ? [{ name: 'recent', mode: 'set', recentName: recentName(p.name, d) }] : []);
+  const remember = (d: string): Match[] =>
+    affinity > 0 ? [{ name: 'recent', mode: 'set', recentName: recentName(p.name, d) }] : [];
   if (affinity > 0) {
     for (const s of slots) {
-      const matches: Match[] = [{ ...portMatch }, { name: 'recent', mode: 'update', recentName: recentName(p.name, s.destination), seconds: affinity }];
+      const matches: Match[] = [
+        { ...portMatch },
+        { name: 'recent', mode: 'update', recentName: recentName(p.name, s.destination), seconds: affinity },
+      ];
       rules.push({ dst, proto, matches, target: { name: 'DNAT', toDestination: s.destination } });
     }
   }
@@ -84,7 +88,8 @@ export function planProfile(p: Profile): ProfilePlan {
     let rest = slots.reduce((a, s) => a + s.slots, 0);
     slots.forEach((s, i) => {
       const matches: Match[] = [{ ...portMatch }];
-      if (i < slots.length - 1) matches.push({ name: 'statistic', mode: 'random', probability: weightedProbability(s.slots, rest) });
+      if (i < slots.length - 1)
+        matches.push({ name: 'statistic', mode: 'random', probability: weightedProbability(s.slots, rest) });
       rest -= s.slots;
       matches.push(...remember(s.destination));
       rules.push({ dst, proto, matches, target: { name: 'DNAT', toDestination: s.destination } });
@@ -102,7 +107,11 @@ export function planProfile(p: Profile): ProfilePlan {
   };
   const hookRules: HookRulePlan[] = [];
   if (p.logEnabled) {
-    hookRules.push({ chain: hook, owner, rule: { dst, proto, matches: selector(), target: { name: 'LOG', prefix: `IPTLB:VIP:${suffix}:`, level } } });
+    hookRules.push({
+      chain: hook,
+      owner,
+      rule: { dst, proto, matches: selector(), target: { name: 'LOG', prefix: `IPTLB:VIP:${suffix}:`, level } },
+    });
   }
   hookRules.push({ chain: hook, owner, rule: { dst, proto, matches: selector(), target: { name: 'jump', chain } } });
   if (p.masquerade) {
@@ -130,7 +139,8 @@ export function planProfile(p: Profile): ProfilePlan {
  */
 export function planTransaction(upsert: Profile[], remove: string[], family: Family = 'ipv4'): Transaction {
   for (const p of upsert) {
-    if (familyOfProfile(p) !== family) throw new Error(`planTransaction: profile ${p.name} is ${familyOfProfile(p)}, not ${family}`);
+    if (familyOfProfile(p) !== family)
+      throw new Error(`planTransaction: profile ${p.name} is ${familyOfProfile(p)}, not ${family}`);
   }
   const owners = [...new Set([...upsert.map((p) => p.name), ...remove])];
   const kept = new Set(upsert.map((p) => chainName(p.name)));

@@ -6,7 +6,16 @@ import { formatEndpoint, parseEndpoint, unicastProblem, type Endpoint, type Fami
 import { createHash } from 'node:crypto';
 import { IptlbError, invalid } from './errors.js';
 import { normalizeHealth, sameHealth } from './health/config.js';
-import { PROTOCOLS, RULES_BACKENDS, SCHEDULERS, type Profile, type ProfileInput, type Protocol, type RulesBackend, type Scheduler } from './types.js';
+import {
+  PROTOCOLS,
+  RULES_BACKENDS,
+  SCHEDULERS,
+  type Profile,
+  type ProfileInput,
+  type Protocol,
+  type RulesBackend,
+  type Scheduler,
+} from './types.js';
 
 /**
  * A profile name, as users of service names know it (a DNS label, plus `_` and upper case): 1-63
@@ -27,14 +36,28 @@ export const MAX_AFFINITY = 86400;
 export const DEFAULTS = { protocol: 'tcp', rulesBackend: 'client', logEnabled: false, logLevel: '4' } as const;
 
 const LEVEL_NAMES: Record<string, number> = {
-  emerg: 0, alert: 1, crit: 2, error: 3, err: 3, warning: 4, warn: 4, notice: 5, info: 6, debug: 7,
+  emerg: 0,
+  alert: 1,
+  crit: 2,
+  error: 3,
+  err: 3,
+  warning: 4,
+  warn: 4,
+  notice: 5,
+  info: 6,
+  debug: 7,
 };
 
 /** Quotes a value for an error message: JSON-escaped (so always one line) and shortened. */
 export function show(value: unknown): string {
   let s: string;
   try {
-    s = typeof value === 'string' ? JSON.stringify(value) : typeof value === 'bigint' ? `${value}` : JSON.stringify(value) ?? String(value);
+    s =
+      typeof value === 'string'
+        ? JSON.stringify(value)
+        : typeof value === 'bigint'
+          ? `${value}`
+          : (JSON.stringify(value) ?? String(value));
   } catch {
     s = Object.prototype.toString.call(value);
   }
@@ -97,7 +120,8 @@ export function validateName(name: unknown, field = 'name', opts: { existing?: b
 }
 
 function endpoint(field: string, value: unknown): Endpoint {
-  if (typeof value !== 'string') throw invalid(field, `must be an "ip:port" string (ipv4:port or [ipv6]:port), got ${show(value)}`);
+  if (typeof value !== 'string')
+    throw invalid(field, `must be an "ip:port" string (ipv4:port or [ipv6]:port), got ${show(value)}`);
   const parsed = parseEndpoint(value);
   if (typeof parsed === 'string') throw invalid(field, `${show(value)} ${parsed}`);
   const why = unicastProblem(parsed);
@@ -124,7 +148,10 @@ export function normalizeLogLevel(value: unknown, field = 'logLevel'): string {
     if (/^[0-7]$/.test(v)) return v;
     if (v in LEVEL_NAMES) return String(LEVEL_NAMES[v]);
   }
-  throw invalid(field, `${show(value)} is not a syslog level (0-7 or emerg, alert, crit, error, warning, notice, info, debug)`);
+  throw invalid(
+    field,
+    `${show(value)} is not a syslog level (0-7 or emerg, alert, crit, error, warning, notice, info, debug)`,
+  );
 }
 
 export function normalizeProtocol(value: unknown, field = 'protocol'): Protocol {
@@ -195,7 +222,9 @@ export function slotsOf(p: Profile): Slot[] {
   if (!p.weights) return p.destination.map((destination) => ({ destination, slots: 1 }));
   let g = 0;
   for (const d of p.destination) g = gcd(weightOf(p, d), g);
-  return p.destination.filter((d) => weightOf(p, d) > 0).map((destination) => ({ destination, slots: weightOf(p, destination) / g }));
+  return p.destination
+    .filter((d) => weightOf(p, d) > 0)
+    .map((destination) => ({ destination, slots: weightOf(p, destination) / g }));
 }
 
 /** Number of slots of a profile (W): the sum of its reduced weights; the destination count without weights. */
@@ -214,7 +243,20 @@ function splitWeight(item: unknown): { text: unknown; weight?: string } {
   return { text: item.slice(0, at).trim(), weight: item.slice(at + 1).trim() };
 }
 
-const KNOWN_KEYS = new Set(['name', 'source', 'destination', 'protocol', 'rulesBackend', 'logEnabled', 'logLevel', 'masquerade', 'weights', 'scheduler', 'affinity', 'health']);
+const KNOWN_KEYS = new Set([
+  'name',
+  'source',
+  'destination',
+  'protocol',
+  'rulesBackend',
+  'logEnabled',
+  'logLevel',
+  'masquerade',
+  'weights',
+  'scheduler',
+  'affinity',
+  'health',
+]);
 
 /** Profiles this module returned: frozen, so they are still valid when they come back. */
 const VALIDATED = new WeakSet<object>();
@@ -233,7 +275,8 @@ export function validateProfile(input: ProfileInput | unknown, opts: { existing?
     if (!KNOWN_KEYS.has(key)) throw invalid(key, `is not a profile field (known: ${[...KNOWN_KEYS].join(', ')})`);
   }
   const name = validateName(p.name, 'name', opts);
-  if (p.source === undefined || p.source === '') throw invalid('source', 'is required (the virtual ipv4:port or [ipv6]:port)');
+  if (p.source === undefined || p.source === '')
+    throw invalid('source', 'is required (the virtual ipv4:port or [ipv6]:port)');
   const src = endpoint('source', p.source);
 
   let dests: unknown = p.destination;
@@ -241,7 +284,8 @@ export function validateProfile(input: ProfileInput | unknown, opts: { existing?
   if (dests === undefined) throw invalid('destination', 'is required (one or more ip:port)');
   if (!Array.isArray(dests)) throw invalid('destination', `must be a list of "ip:port", got ${show(dests)}`);
   if (dests.length === 0) throw invalid('destination', 'must list at least one ip:port');
-  if (dests.length > MAX_DESTINATIONS) throw invalid('destination', `has ${dests.length} entries; at most ${MAX_DESTINATIONS} are allowed`);
+  if (dests.length > MAX_DESTINATIONS)
+    throw invalid('destination', `has ${dests.length} entries; at most ${MAX_DESTINATIONS} are allowed`);
   const seen = new Set<string>();
   const destination: string[] = [];
   const weightMap = new Map<string, number>();
@@ -250,7 +294,10 @@ export function validateProfile(input: ProfileInput | unknown, opts: { existing?
     const { text: d, weight } = splitWeight(item);
     const e = endpoint(field, d);
     if (e.family !== src.family) {
-      throw invalid(field, `${show(d)} is ${e.family === 'ipv6' ? 'IPv6' : 'IPv4'} but source ${show(p.source)} is ${src.family === 'ipv6' ? 'IPv6' : 'IPv4'}; one profile balances one address family`);
+      throw invalid(
+        field,
+        `${show(d)} is ${e.family === 'ipv6' ? 'IPv6' : 'IPv4'} but source ${show(p.source)} is ${src.family === 'ipv6' ? 'IPv6' : 'IPv4'}; one profile balances one address family`,
+      );
     }
     const key = formatEndpoint(e);
     if (seen.has(key)) throw invalid(field, `${show(d)} is listed twice`);
@@ -261,13 +308,15 @@ export function validateProfile(input: ProfileInput | unknown, opts: { existing?
   });
   if (p.weights !== undefined) {
     const w = p.weights;
-    if (w === null || typeof w !== 'object' || Array.isArray(w)) throw invalid('weights', `must be a map of "ip:port" to integer weights, got ${show(w)}`);
+    if (w === null || typeof w !== 'object' || Array.isArray(w))
+      throw invalid('weights', `must be a map of "ip:port" to integer weights, got ${show(w)}`);
     for (const [k, v] of Object.entries(w as Record<string, unknown>)) {
       const parsed = parseEndpoint(k);
       const key = typeof parsed === 'string' ? k : formatEndpoint(parsed);
       if (!seen.has(key)) throw invalid('weights', `${show(k)} is not one of the destinations`);
       const value = weightValue('weights', v, show(k));
-      if (weightMap.has(key) && weightMap.get(key) !== value) throw invalid('weights', `${show(k)} has weight ${weightMap.get(key)} in destination and ${value} in weights`);
+      if (weightMap.has(key) && weightMap.get(key) !== value)
+        throw invalid('weights', `${show(k)} has weight ${weightMap.get(key)} in destination and ${value} in weights`);
       weightMap.set(key, value);
     }
   }
@@ -278,7 +327,8 @@ export function validateProfile(input: ProfileInput | unknown, opts: { existing?
       const v = weightMap.get(d);
       if (v !== undefined && v !== 1) weights[d] = v;
     }
-    if (destination.every((d) => weights![d] === 0)) throw invalid('weights', 'every destination has weight 0; at least one must take connections');
+    if (destination.every((d) => weights![d] === 0))
+      throw invalid('weights', 'every destination has weight 0; at least one must take connections');
   }
   const scheduler = normalizeScheduler(p.scheduler ?? 'random');
   const affinity = normalizeAffinity(p.affinity);
@@ -294,7 +344,15 @@ export function validateProfile(input: ProfileInput | unknown, opts: { existing?
   if (masquerade && rulesBackend !== 'proxy') {
     throw invalid('masquerade', `only applies to rulesBackend "proxy", not ${show(rulesBackend)}`);
   }
-  const profile: Profile = { name, source: formatEndpoint(src), destination, protocol, rulesBackend, logEnabled, logLevel };
+  const profile: Profile = {
+    name,
+    source: formatEndpoint(src),
+    destination,
+    protocol,
+    rulesBackend,
+    logEnabled,
+    logLevel,
+  };
   if (masquerade) profile.masquerade = true;
   if (weights) profile.weights = Object.freeze(weights);
   if (scheduler === 'round-robin') profile.scheduler = 'round-robin';
@@ -302,7 +360,11 @@ export function validateProfile(input: ProfileInput | unknown, opts: { existing?
   if (health) profile.health = health;
   if (weights) {
     const n = slotCount(profile);
-    if (n > MAX_SLOTS) throw invalid('weights', `need ${n} slots (the weights' sum divided by their gcd); at most ${MAX_SLOTS} are allowed`);
+    if (n > MAX_SLOTS)
+      throw invalid(
+        'weights',
+        `need ${n} slots (the weights' sum divided by their gcd); at most ${MAX_SLOTS} are allowed`,
+      );
   }
   Object.freeze(destination);
   VALIDATED.add(Object.freeze(profile));
@@ -318,10 +380,18 @@ export function checkConflicts(candidate: Profile, others: Iterable<Profile>): v
   for (const o of others) {
     if (o.name === candidate.name) continue;
     if (chainName(o.name) === chain) {
-      throw new IptlbError('ECONFLICT', `name: ${show(candidate.name)} maps to chain ${chain}, already used by profile ${show(o.name)}`, { field: 'name' });
+      throw new IptlbError(
+        'ECONFLICT',
+        `name: ${show(candidate.name)} maps to chain ${chain}, already used by profile ${show(o.name)}`,
+        { field: 'name' },
+      );
     }
     if (o.source === candidate.source && o.protocol === candidate.protocol) {
-      throw new IptlbError('ECONFLICT', `source: ${show(candidate.source)}/${candidate.protocol} already belongs to profile ${show(o.name)}`, { field: 'source' });
+      throw new IptlbError(
+        'ECONFLICT',
+        `source: ${show(candidate.source)}/${candidate.protocol} already belongs to profile ${show(o.name)}`,
+        { field: 'source' },
+      );
     }
   }
 }
@@ -344,10 +414,18 @@ export function checkSet(profiles: Profile[]): void {
 
 export function sameProfile(a: Profile, b: Profile): boolean {
   return (
-    a.name === b.name && a.source === b.source && a.protocol === b.protocol && a.rulesBackend === b.rulesBackend &&
-    a.logEnabled === b.logEnabled && a.logLevel === b.logLevel && !!a.masquerade === !!b.masquerade &&
-    a.destination.length === b.destination.length && a.destination.every((d, i) => d === b.destination[i]) &&
-    (a.scheduler ?? 'random') === (b.scheduler ?? 'random') && (a.affinity ?? 0) === (b.affinity ?? 0) && a.destination.every((d) => weightOf(a, d) === weightOf(b, d)) &&
+    a.name === b.name &&
+    a.source === b.source &&
+    a.protocol === b.protocol &&
+    a.rulesBackend === b.rulesBackend &&
+    a.logEnabled === b.logEnabled &&
+    a.logLevel === b.logLevel &&
+    !!a.masquerade === !!b.masquerade &&
+    a.destination.length === b.destination.length &&
+    a.destination.every((d, i) => d === b.destination[i]) &&
+    (a.scheduler ?? 'random') === (b.scheduler ?? 'random') &&
+    (a.affinity ?? 0) === (b.affinity ?? 0) &&
+    a.destination.every((d) => weightOf(a, d) === weightOf(b, d)) &&
     sameHealth(a.health, b.health)
   );
 }

@@ -10,10 +10,14 @@ import { DISPATCH, GATED_HOOKS, gateRuleText, hookOfDispatch, isGatedHook, planG
 /** xt_recent's `--mask` of one host, as the save tools print it (the whole address). */
 const HOST_MASK: Record<Family, string> = { ipv4: '255.255.255.255', ipv6: 'ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff' };
 
-/** The family of a planned or parsed rule: that of the first address it holds (IPv6 text has colons, an IPv4 endpoint one at most). */
+/**
+ * The family of a planned or parsed rule: that of the first address it holds (IPv6 text has colons, an IPv4 endpoint
+ * one at most).
+ */
 export function familyOfRule(r: Rule): Family {
   const t = r.target;
-  const text = r.dst ?? (t.name === 'DNAT' ? t.toDestination : r.matches.find((m) => m.name === 'conntrack')?.ctorigdst) ?? '';
+  const text =
+    r.dst ?? (t.name === 'DNAT' ? t.toDestination : r.matches.find((m) => m.name === 'conntrack')?.ctorigdst) ?? '';
   return familyOf(text);
 }
 
@@ -30,7 +34,9 @@ function renderMatch(m: Match, family: Family): string {
     case 'sctp':
       return `-m ${m.name} --dport ${m.dport}`;
     case 'statistic':
-      return m.mode === 'nth' ? `-m statistic --mode nth --every ${m.every} --packet ${m.packet}` : `-m statistic --mode random --probability ${m.probability}`;
+      return m.mode === 'nth'
+        ? `-m statistic --mode nth --every ${m.every} --packet ${m.packet}`
+        : `-m statistic --mode random --probability ${m.probability}`;
     case 'comment':
       return `-m comment --comment ${quote(m.comment)}`;
     case 'recent':
@@ -75,7 +81,8 @@ export function renderRuleOf(r: Rule, family: Family): string {
 }
 
 /**
- * Restore text (for `iptables-restore --noflush`, or `ip6tables-restore` when `tx.family` is ipv6) that performs `tx` against the kernel state `view`:
+ * Restore text (for `iptables-restore --noflush`, or `ip6tables-restore` when `tx.family` is ipv6) that performs `tx`
+ * against the kernel state `view`:
  * chains are declared (created, or flushed when they exist), the owners' hook rules are deleted by
  * their exact text, stale chains deleted, chains filled, hook rules inserted at the top of their
  * dispatch chain (OUTPUT/PREROUTING, behind the gate, see gate.ts) or of POSTROUTING; a gate and its
@@ -212,7 +219,8 @@ export function parseRule(words: string[]): Rule | null {
             i++;
             packet = Number(next());
           }
-          if (!Number.isInteger(every) || every < 1 || !Number.isInteger(packet) || packet < 0 || packet >= every) return null;
+          if (!Number.isInteger(every) || every < 1 || !Number.isInteger(packet) || packet < 0 || packet >= every)
+            return null;
           rule.matches.push({ name: 'statistic', mode: 'nth', every, packet });
         } else {
           if (mode !== 'random' || next() !== '--probability') return null;
@@ -242,7 +250,11 @@ export function parseRule(words: string[]): Rule | null {
         if (!recentName || next() !== '--mask') return null;
         const mask = next();
         if ((mask !== HOST_MASK.ipv4 && mask !== HOST_MASK.ipv6) || next() !== '--rsource') return null;
-        rule.matches.push(mode === '--set' ? { name: 'recent', mode: 'set', recentName } : { name: 'recent', mode: 'update', recentName, seconds });
+        rule.matches.push(
+          mode === '--set'
+            ? { name: 'recent', mode: 'set', recentName }
+            : { name: 'recent', mode: 'update', recentName, seconds },
+        );
       } else if (name === 'addrtype') {
         if (next() !== '--dst-type' || next() !== 'LOCAL') return null;
         rule.matches.push({ name: 'addrtype', dstType: 'LOCAL' });
@@ -303,7 +315,8 @@ function ownerOf(words: string[]): string | null {
 export type SavedView = KernelView;
 
 /**
- * Extracts iptlb's objects from `iptables-save -t nat [-c]` (or `ip6tables-save`) output: chains named IPTLB_* with their
+ * Extracts iptlb's objects from `iptables-save -t nat [-c]` (or `ip6tables-save`) output: chains named IPTLB_* with
+ * their
  * rules, and hook-chain rules whose comment starts with `iptlb:`. Unknown rule shapes inside iptlb
  * chains are kept with an `unknown` target so drift is visible.
  */
@@ -366,7 +379,15 @@ export function parseSave(text: string): KernelView {
       const owner = ownerOf(words);
       if (owner === null) continue;
       const rule = parseRule(words) ?? { matches: [], target: { name: 'unknown', raw: args } as unknown as Target };
-      const h: KernelView['hookRules'][number] = { chain: chain as HookChain, owner, position: pos, rule, packets, bytes, raw: args };
+      const h: KernelView['hookRules'][number] = {
+        chain: chain as HookChain,
+        owner,
+        position: pos,
+        rule,
+        packets,
+        bytes,
+        raw: args,
+      };
       if (isGatedHook(chain)) h.direct = true;
       view.hookRules.push(h);
     }

@@ -30,17 +30,24 @@ const YAML11_NON_STRING = [
   /^[-+]?0x[0-9a-fA-F_]+$/,
   /^[-+]?(\.[0-9]+|[0-9][0-9_]*(\.[0-9_]*)?)([eE][-+]?[0-9]+)?$/,
 ];
-/** Writes a scalar the way Go's yaml.v2 does for the values iptlb stores: plain unless it would not read back as a string. */
+/**
+ * Writes a scalar the way Go's yaml.v2 does for the values iptlb stores: plain unless it would not read back as a
+ * string.
+ */
 function scalar(s: string): string {
   // An IPv6 endpoint starts with a flow indicator, so yaml.v2 single-quotes it (it holds no quote).
   if (s.charCodeAt(0) === 91 /* [ */ && /^\[[0-9a-f:.]+\]:[0-9]+$/.test(s)) return `'${s}'`;
-  if (s === '' || s === '-' || /[^A-Za-z0-9_.:-]/.test(s) || YAML11_NON_STRING.some((re) => re.test(s))) return JSON.stringify(s);
+  if (s === '' || s === '-' || /[^A-Za-z0-9_.:-]/.test(s) || YAML11_NON_STRING.some((re) => re.test(s)))
+    return JSON.stringify(s);
   return s;
 }
 
 const chunks = new WeakMap<Profile, string>();
 
-/** Serialises profiles exactly as the original (Go yaml.v2) writes them. Profiles are treated as immutable: each one's text is cached. */
+/**
+ * Serialises profiles exactly as the original (Go yaml.v2) writes them. Profiles are treated as immutable: each one's
+ * text is cached.
+ */
 export function serializeState(profiles: Iterable<Profile>): string {
   const list = [...profiles].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   if (list.length === 0) return '{}\n';
@@ -67,7 +74,11 @@ function serializeOne(p: Profile): string {
       // Only when a check is configured: files without one stay byte-identical (Go's yaml.v2 ignores the key).
       out.push('  health:');
       const h = p.health as unknown as Record<string, string | number | undefined>;
-      for (const k of HEALTH_KEYS_SORTED) if (h[k] !== undefined) out.push(`    ${k}: ${typeof h[k] === 'number' ? h[k] : String(h[k]).includes(':') ? `'${h[k]}'` : scalar(String(h[k]))}`);
+      for (const k of HEALTH_KEYS_SORTED)
+        if (h[k] !== undefined)
+          out.push(
+            `    ${k}: ${typeof h[k] === 'number' ? h[k] : String(h[k]).includes(':') ? `'${h[k]}'` : scalar(String(h[k]))}`,
+          );
     }
     out.push(`  logEnabled: ${p.logEnabled ? 'true' : 'false'}`);
     out.push(`  logLevel: ${JSON.stringify(p.logLevel)}`);
@@ -101,10 +112,23 @@ function stateError(file: string, message: string, field?: string): IptlbError {
 
 const HEADER = /^(?:([A-Za-z0-9_-]+)|"([A-Za-z0-9_-]+)"):$/;
 const ITEM = /^  - ([0-9.:]+)$/;
-const KEY = /^  (affinity|destination|logEnabled|logLevel|masquerade|protocol|rulesBackend|scheduler|source|weights):(?: (.*))?$/;
+const KEY =
+  /^  (affinity|destination|logEnabled|logLevel|masquerade|protocol|rulesBackend|scheduler|source|weights):(?: (.*))?$/;
 const WEIGHT = /^    ([0-9.:]+): (0|[1-9][0-9]{0,6})$/;
 
-const STATE_KEYS = ['affinity', 'destination', 'health', 'logEnabled', 'logLevel', 'masquerade', 'protocol', 'rulesBackend', 'scheduler', 'source', 'weights'];
+const STATE_KEYS = [
+  'affinity',
+  'destination',
+  'health',
+  'logEnabled',
+  'logLevel',
+  'masquerade',
+  'protocol',
+  'rulesBackend',
+  'scheduler',
+  'source',
+  'weights',
+];
 
 /**
  * Fast path for the canonical layout this module (and the original) writes: returns the raw
@@ -135,8 +159,13 @@ function parseExact(text: string): Record<string, Record<string, unknown>> | nul
     const m = BLOCK.exec(text);
     if (m === null) return null;
     const name = m[1] ?? m[2];
-    if (name in out || (m[1] !== undefined && (name === '-' || YAML11_NON_STRING.some((re) => re.test(name))))) return null;
-    const body: Record<string, unknown> = { destination: m[3].slice(4, -1).split('\n  - '), logEnabled: m[4] === 'true', logLevel: m[5] };
+    if (name in out || (m[1] !== undefined && (name === '-' || YAML11_NON_STRING.some((re) => re.test(name)))))
+      return null;
+    const body: Record<string, unknown> = {
+      destination: m[3].slice(4, -1).split('\n  - '),
+      logEnabled: m[4] === 'true',
+      logLevel: m[5],
+    };
     if (m[6] !== undefined) body.masquerade = m[6] === 'true';
     body.protocol = m[7];
     body.rulesBackend = m[8];
@@ -154,7 +183,7 @@ function parseLines(text: string): Record<string, Record<string, unknown>> | nul
   let weights: Record<string, number> | null = null;
   // Lines are told apart by how they start (a name, "  - " or "  key:"), so each is matched against
   // one pattern only.
-  for (let at = 0; at < text.length; ) {
+  for (let at = 0; at < text.length;) {
     const nl = text.indexOf('\n', at);
     const line = text.slice(at, nl);
     at = nl + 1;
@@ -201,7 +230,8 @@ function parseLines(text: string): Record<string, Record<string, unknown>> | nul
         cur[key] = q[1];
       } else {
         // No YAML 1.1 non-string form has a ':' (the common case: an address), so those skip the list.
-        if (!/^[a-z0-9.:]+$/.test(value) || (!value.includes(':') && YAML11_NON_STRING.some((re) => re.test(value)))) return null;
+        if (!/^[a-z0-9.:]+$/.test(value) || (!value.includes(':') && YAML11_NON_STRING.some((re) => re.test(value))))
+          return null;
         cur[key] = value;
       }
     } else {
@@ -243,7 +273,8 @@ async function parseYaml(text: string, file: string): Promise<unknown> {
 function toProfiles(data: unknown, file: string): Map<string, Profile> {
   const result = new Map<string, Profile>();
   if (data === null || data === undefined) return result;
-  if (typeof data !== 'object' || Array.isArray(data)) throw stateError(file, `must be a mapping of profile names, got ${show(data)}`);
+  if (typeof data !== 'object' || Array.isArray(data))
+    throw stateError(file, `must be a mapping of profile names, got ${show(data)}`);
   for (const [name, body] of Object.entries(data as Record<string, unknown>)) {
     if (body === null || typeof body !== 'object' || Array.isArray(body)) {
       throw stateError(file, `profile ${show(name)}: must be a mapping, got ${show(body)}`, name);
@@ -253,22 +284,50 @@ function toProfiles(data: unknown, file: string): Map<string, Profile> {
       if (!STATE_KEYS.includes(k)) throw stateError(file, `profile ${show(name)}: unknown key ${show(k)}`, k);
     }
     if (b.logLevel !== undefined && typeof b.logLevel !== 'string') {
-      throw stateError(file, `profile ${show(name)}: logLevel must be a quoted string such as "4", got ${show(b.logLevel)}`, 'logLevel');
+      throw stateError(
+        file,
+        `profile ${show(name)}: logLevel must be a quoted string such as "4", got ${show(b.logLevel)}`,
+        'logLevel',
+      );
     }
-    if (b.destination !== undefined && (!Array.isArray(b.destination) || b.destination.some((d) => typeof d !== 'string'))) {
-      throw stateError(file, `profile ${show(name)}: destination must be a list of "ipv4:port" strings, got ${show(b.destination)}`, 'destination');
+    if (
+      b.destination !== undefined &&
+      (!Array.isArray(b.destination) || b.destination.some((d) => typeof d !== 'string'))
+    ) {
+      throw stateError(
+        file,
+        `profile ${show(name)}: destination must be a list of "ipv4:port" strings, got ${show(b.destination)}`,
+        'destination',
+      );
     }
     if (b.weights !== undefined) {
       const w = b.weights;
-      if (w === null || typeof w !== 'object' || Array.isArray(w) || Object.values(w).some((v) => typeof v !== 'number' || !Number.isInteger(v))) {
-        throw stateError(file, `profile ${show(name)}: weights must be a mapping of "ipv4:port" to integer weights, got ${show(w)}`, 'weights');
+      if (
+        w === null ||
+        typeof w !== 'object' ||
+        Array.isArray(w) ||
+        Object.values(w).some((v) => typeof v !== 'number' || !Number.isInteger(v))
+      ) {
+        throw stateError(
+          file,
+          `profile ${show(name)}: weights must be a mapping of "ipv4:port" to integer weights, got ${show(w)}`,
+          'weights',
+        );
       }
     }
     if (b.affinity !== undefined && (typeof b.affinity !== 'number' || !Number.isInteger(b.affinity))) {
-      throw stateError(file, `profile ${show(name)}: affinity must be a whole number of seconds, got ${show(b.affinity)}`, 'affinity');
+      throw stateError(
+        file,
+        `profile ${show(name)}: affinity must be a whole number of seconds, got ${show(b.affinity)}`,
+        'affinity',
+      );
     }
     if (b.health !== undefined && (b.health === null || typeof b.health !== 'object' || Array.isArray(b.health))) {
-      throw stateError(file, `profile ${show(name)}: health must be a mapping such as {kind: tcp}, got ${show(b.health)}`, 'health');
+      throw stateError(
+        file,
+        `profile ${show(name)}: health must be a mapping such as {kind: tcp}, got ${show(b.health)}`,
+        'health',
+      );
     }
     for (const k of ['source', 'protocol', 'rulesBackend', 'scheduler']) {
       if (b[k] !== undefined && typeof b[k] !== 'string') {
@@ -304,7 +363,8 @@ export async function readState(file: string): Promise<Map<string, Profile>> {
     const err = e as NodeJS.ErrnoException;
     if (err.code === 'ENOENT') return new Map();
     if (err.code === 'ELOOP') throw stateError(file, 'is a symbolic link; refusing to follow it');
-    if (err.code === 'EACCES' || err.code === 'EPERM') throw new IptlbError('EPERM', `state file ${file}: permission denied`);
+    if (err.code === 'EACCES' || err.code === 'EPERM')
+      throw new IptlbError('EPERM', `state file ${file}: permission denied`);
     throw stateError(file, `cannot be opened (${err.code ?? err.message})`);
   }
   try {
@@ -313,7 +373,8 @@ export async function readState(file: string): Promise<Map<string, Profile>> {
     // The file opened is the file checked (fstat of the descriptor), and so is the way to it.
     checkTrusted(file, st, 'state file');
     checkDirChain(file);
-    const tooBig = (): IptlbError => stateError(file, `is larger than ${MAX_STATE_BYTES} bytes (64 MiB, the limit of a state file)`);
+    const tooBig = (): IptlbError =>
+      stateError(file, `is larger than ${MAX_STATE_BYTES} bytes (64 MiB, the limit of a state file)`);
     if (st.size > MAX_STATE_BYTES) throw tooBig();
     // Capped even so: the file may grow between the fstat and the read.
     const text = await readCapped(fh, MAX_STATE_BYTES, tooBig);
@@ -350,7 +411,11 @@ export async function writeState(file: string, profiles: Iterable<Profile>): Pro
   await fh.close();
   try {
     const st = await fsp.lstat(file).catch(() => null);
-    if (st && !st.isFile()) throw stateError(file, st.isSymbolicLink() ? 'is a symbolic link; refusing to replace it' : 'is not a regular file');
+    if (st && !st.isFile())
+      throw stateError(
+        file,
+        st.isSymbolicLink() ? 'is a symbolic link; refusing to replace it' : 'is not a regular file',
+      );
     await fsp.rename(tmp, file);
   } catch (e) {
     await fsp.unlink(tmp).catch(() => {});

@@ -10,7 +10,9 @@ export type { Family } from './address.js';
 
 /** Transport protocol a profile balances. */
 export type Protocol = 'tcp' | 'udp' | 'sctp';
-/** Where the rules sit: client → nat OUTPUT; proxy → nat PREROUTING; server → nat PREROUTING, local destinations only. */
+/**
+ * Where the rules sit: client → nat OUTPUT; proxy → nat PREROUTING; server → nat PREROUTING, local destinations only.
+ */
 export type RulesBackend = 'client' | 'proxy' | 'server';
 
 /** How new connections are spread: `random` (weighted random, the default) or `round-robin` (an exact rotation). */
@@ -22,7 +24,10 @@ export const RULES_BACKENDS: readonly RulesBackend[] = ['client', 'proxy', 'serv
 
 /** A validated, normalised profile: exactly what the state file stores. */
 export interface Profile {
-  /** Profile name: 1-63 of `A-Za-z0-9_-`, not starting with `-` (names of older state files: also the old rule, 1-18 of them). */
+  /**
+   * Profile name: 1-63 of `A-Za-z0-9_-`, not starting with `-` (names of older state files: also the old rule, 1-18 of
+   * them).
+   */
   name: string;
   /** Virtual address, `ipv4:port` or `[ipv6]:port` (canonical RFC 5952 text). */
   source: string;
@@ -36,7 +41,10 @@ export interface Profile {
   logEnabled: boolean;
   /** Syslog level as a decimal string `"0"`…`"7"`. Default `"4"`. */
   logLevel: string;
-  /** Proxy mode only: masquerade the balanced flows so replies return through the proxy. Default `false`; omitted from the state file when false. */
+  /**
+   * Proxy mode only: masquerade the balanced flows so replies return through the proxy. Default `false`; omitted from
+   * the state file when false.
+   */
   masquerade?: boolean;
   /**
    * Weight of each destination whose weight is not 1 (integers 0..1000; 0 drains the destination:
@@ -52,7 +60,10 @@ export interface Profile {
    * state file then.
    */
   affinity?: number;
-  /** Active health check of the destinations (see docs/health.md). Absent (the default): none; omitted from the state file then. */
+  /**
+   * Active health check of the destinations (see docs/health.md). Absent (the default): none; omitted from the state
+   * file then.
+   */
   health?: HealthConfig;
 }
 
@@ -73,7 +84,10 @@ export interface ProfileInput {
   scheduler?: string;
   /** Session affinity in seconds, 1..86400; 0 or absent: none. */
   affinity?: number | string;
-  /** Health check: `{ kind: 'tcp' | 'http' | 'none', intervalMs, timeoutMs, rise, fall, port, address, path, expect, allDown }`. */
+  /**
+   * Health check: `{ kind: 'tcp' | 'http' | 'none', intervalMs, timeoutMs, rise, fall, port, address, path, expect,
+   * allDown }`.
+   */
   health?: HealthInput | null;
 }
 
@@ -84,7 +98,9 @@ export interface ProfileInput {
 export type Match =
   | { name: 'tcp' | 'udp' | 'sctp'; dport: number }
   | { name: 'statistic'; mode: 'random'; /** decimal string as written, e.g. "0.3333333333" */ probability: string }
-  /** `-m statistic --mode nth --every N --packet P`: matches one packet in every N (with P = 0, the first of each N). */
+  /**
+   * `-m statistic --mode nth --every N --packet P`: matches one packet in every N (with P = 0, the first of each N).
+   */
   | { name: 'statistic'; mode: 'nth'; every: number; packet: number }
   | { name: 'comment'; comment: string }
   /**
@@ -104,7 +120,10 @@ export type Target =
   | { name: 'MASQUERADE' }
   | { name: 'jump'; chain: string };
 
-/** One rule. `dst` is `a.b.c.d/32` (or `v6/128` in an ipv6 transaction) when present; `proto` is the `-p` of the IP header. */
+/**
+ * One rule. `dst` is `a.b.c.d/32` (or `v6/128` in an ipv6 transaction) when present; `proto` is the `-p` of the IP
+ * header.
+ */
 export interface Rule {
   dst?: string;
   proto?: Protocol;
@@ -138,7 +157,10 @@ export interface HookRulePlan {
  * All of it is one kernel commit: it lands whole or not at all.
  */
 export interface Transaction {
-  /** `ipv4`: the x_tables nat table of iptables; `ipv6`: that of ip6tables (addresses in rules are then IPv6: `v6/128`, DNAT to `[v6]:port`). */
+  /**
+   * `ipv4`: the x_tables nat table of iptables; `ipv6`: that of ip6tables (addresses in rules are then IPv6: `v6/128`,
+   * DNAT to `[v6]:port`).
+   */
   family: Family;
   table: 'nat';
   owners: string[];
@@ -154,7 +176,9 @@ export interface KernelRule {
   bytes: bigint;
 }
 
-/** iptlb's objects as they are in the kernel: chains named IPTLB_* and hook rules whose comment starts with `iptlb:`. */
+/**
+ * iptlb's objects as they are in the kernel: chains named IPTLB_* and hook rules whose comment starts with `iptlb:`.
+ */
 export interface KernelView {
   chains: { name: string; rules: KernelRule[] }[];
   hookRules: {
@@ -182,12 +206,16 @@ export interface CommitResult {
   durationMs: number;
 }
 
-/** The two ways of holding iptlb's rules: the x_tables nat table (`legacy`) or the nf_tables table `ip iptlb` (`nft`). */
+/**
+ * The two ways of holding iptlb's rules: the x_tables nat table (`legacy`) or the nf_tables table `ip iptlb` (`nft`).
+ */
 export type EngineName = 'legacy' | 'nft';
 export type EngineChoice = EngineName | 'auto';
 export const ENGINES: readonly EngineName[] = ['legacy', 'nft'];
 
-/** How rules reach the x_tables nat table. Both implementations give the same kernel result for the same transaction. */
+/**
+ * How rules reach the x_tables nat table. Both implementations give the same kernel result for the same transaction.
+ */
 export interface LegacyExecutor {
   readonly kind: 'native' | 'spawn';
   readonly engine: 'legacy';
@@ -210,7 +238,10 @@ export interface LegacyExecutor {
 export interface NftExecutor {
   readonly kind: 'native' | 'spawn';
   readonly engine: 'nft';
-  /** Fails with code `EKERNEL` and the kernel's errno (ENOENT, EEXIST, EBUSY when the table is not as planned), or `ERESTART` when `expectGenid` is stale. */
+  /**
+   * Fails with code `EKERNEL` and the kernel's errno (ENOENT, EEXIST, EBUSY when the table is not as planned), or
+   * `ERESTART` when `expectGenid` is stale.
+   */
   commit(tx: NftTransaction): Promise<CommitResult>;
   /** Table `<family> iptlb` (default `ip`). */
   read(family?: NftFamily): Promise<NftView>;

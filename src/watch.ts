@@ -79,10 +79,18 @@ export function startWatch(core: WatchedCore, opts: WatchOptions): Watcher {
         try {
           // Only the version that settled (and parsed) is applied: one rewritten since waits for its own settle.
           const only = applyOnly;
-          const r = await core.sync({ quietWhenInSync: true, ...(only !== undefined ? { guard: async () => (await versionOrUnreadable()) === only } : {}) });
+          const r = await core.sync({
+            quietWhenInSync: true,
+            ...(only !== undefined ? { guard: async () => (await versionOrUnreadable()) === only } : {}),
+          });
           if (r.skipped) continue;
-          opts.onSync?.({ drifted: r.before.filter((x) => x.status !== 'in-sync').length, committed: r.committed, commitMs: r.commitMs });
-          if (r.committed) opts.log(`watch: ${reason}: kernel brought in step with ${file} (${r.commitMs.toFixed(2)} ms)`);
+          opts.onSync?.({
+            drifted: r.before.filter((x) => x.status !== 'in-sync').length,
+            committed: r.committed,
+            commitMs: r.commitMs,
+          });
+          if (r.committed)
+            opts.log(`watch: ${reason}: kernel brought in step with ${file} (${r.commitMs.toFixed(2)} ms)`);
         } catch (e) {
           opts.onSync?.(e as Error);
           opts.log(`watch: ${reason}: ${(e as Error).message}`);
@@ -116,10 +124,13 @@ export function startWatch(core: WatchedCore, opts: WatchOptions): Watcher {
 
   const armSettle = (ms: number): void => {
     if (settleTimer) clearTimeout(settleTimer);
-    settleTimer = setTimeout(() => {
-      settleTimer = null;
-      void settled('state file changed');
-    }, Math.max(1, ms));
+    settleTimer = setTimeout(
+      () => {
+        settleTimer = null;
+        void settled('state file changed');
+      },
+      Math.max(1, ms),
+    );
   };
 
   /** Applies the file if it has settled and parses as a whole; else waits for it. */
@@ -132,7 +143,9 @@ export function startWatch(core: WatchedCore, opts: WatchOptions): Watcher {
     } catch (e) {
       if (unparsed !== seen) {
         unparsed = seen;
-        opts.log(`watch: ${file} is not applied: ${(e as Error).message}; the kernel keeps the last state applied (write a temporary file and rename it over the state file)`);
+        opts.log(
+          `watch: ${file} is not applied: ${(e as Error).message}; the kernel keeps the last state applied (write a temporary file and rename it over the state file)`,
+        );
       }
       return;
     }
@@ -156,7 +169,9 @@ export function startWatch(core: WatchedCore, opts: WatchOptions): Watcher {
       changed();
     });
   } catch (e) {
-    opts.log(`watch: cannot watch ${path.dirname(file)} (${(e as Error).message}); relying on the ${intervalMs} ms check`);
+    opts.log(
+      `watch: cannot watch ${path.dirname(file)} (${(e as Error).message}); relying on the ${intervalMs} ms check`,
+    );
   }
   const timer = setInterval(() => void settled('periodic check'), intervalMs);
   const onHup = (): void => void check('SIGHUP');

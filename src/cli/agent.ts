@@ -29,14 +29,24 @@ interface AgentFlags extends EtcdFlags {
 
 function whole(v: string, field: string, min: number): number {
   const n = Number(v);
-  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < min) throw new IptlbError('EUSAGE', `${field}: ${JSON.stringify(v)} must be a whole number, at least ${min}`, { field });
+  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < min)
+    throw new IptlbError('EUSAGE', `${field}: ${JSON.stringify(v)} must be a whole number, at least ${min}`, { field });
   return n;
 }
 
 export function registerAgent(program: Command, io: Out): void {
-  addEtcdFlags(program.command('agent').description("follow the profiles kept in etcd: list <prefix>profiles/ at one revision, apply them in one transaction, then watch; SIGTERM stops and leaves the rules"))
+  addEtcdFlags(
+    program
+      .command('agent')
+      .description(
+        'follow the profiles kept in etcd: list <prefix>profiles/ at one revision, apply them in one transaction, then watch; SIGTERM stops and leaves the rules',
+      ),
+  )
     .option('--host <name>', 'this host in <prefix>hosts/<host> (default: the host name)')
-    .option('--state-file <path>', `the agent's own state file: the profiles it owns (default ${DEFAULT_AGENT_STATE_FILE})`)
+    .option(
+      '--state-file <path>',
+      `the agent's own state file: the profiles it owns (default ${DEFAULT_AGENT_STATE_FILE})`,
+    )
     .addOption(new Option('--engine <engine>', 'legacy, nft or auto (env IPTLB_ENGINE; default auto)'))
     .addOption(new Option('--executor <kind>', 'native, spawn or auto (env IPTLB_EXECUTOR; default auto)'))
     .option('--min-sync-ms <ms>', 'at least this long between two commits of watch batches', '100')
@@ -46,7 +56,10 @@ export function registerAgent(program: Command, io: Out): void {
     .option('--backoff-max-ms <ms>', 'cap of the jittered backoff after a store failure', '10000')
     .option('--page-size <n>', 'keys per page when listing', '1000')
     .option('--keep-conntrack', 'keep conntrack entries of flows to destinations a change removes')
-    .option('--metrics-address <host:port>', 'serve /metrics (Prometheus) and /healthz there, e.g. 127.0.0.1:9469 (default: off)')
+    .option(
+      '--metrics-address <host:port>',
+      'serve /metrics (Prometheus) and /healthz there, e.g. 127.0.0.1:9469 (default: off)',
+    )
     .option('--no-health-checks', 'do not run the health checks of the profiles (they run by default in the agent)')
     .option('-q, --quiet', 'print no log lines')
     .action(async (_o: unknown, cmd: Command) => {

@@ -27,9 +27,18 @@ const PORTS = [9001, 9002, 9003];
 const idOf = (port: number): string => `backend-${port}`;
 
 /** Runs a command with a time limit; never throws. */
-function run(cmd: string, args: string[], env?: NodeJS.ProcessEnv, timeoutMs = 60_000): { status: number | null; out: string; err: string } {
+function run(
+  cmd: string,
+  args: string[],
+  env?: NodeJS.ProcessEnv,
+  timeoutMs = 60_000,
+): { status: number | null; out: string; err: string } {
   const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: timeoutMs, env: env ?? process.env });
-  return { status: r.status, out: r.stdout ?? '', err: (r.stderr ?? '') + (r.error ? `${cmd}: ${r.error.message}\n` : '') };
+  return {
+    status: r.status,
+    out: r.stdout ?? '',
+    err: (r.stderr ?? '') + (r.error ? `${cmd}: ${r.error.message}\n` : ''),
+  };
 }
 
 /** Sockets the backends accepted, destroyed at the end so that closing the servers never waits on one. */
@@ -74,7 +83,10 @@ function probe(timeoutMs: number): Promise<string> {
   });
 }
 
-async function split(n: number, concurrency = 8): Promise<{ counts: Map<string, number>; failures: number; errors: string[] }> {
+async function split(
+  n: number,
+  concurrency = 8,
+): Promise<{ counts: Map<string, number>; failures: number; errors: string[] }> {
   const counts = new Map<string, number>();
   const errors = new Set<string>();
   let failures = 0;
@@ -105,7 +117,9 @@ function chiSquare(counts: number[]): { statistic: number; df: number; pValue: n
 
 export async function demo(o: DemoOptions, io: Out): Promise<number> {
   if (!Number.isInteger(o.connections) || o.connections < 1 || o.connections > 100_000) {
-    io.err(`iptlb: error: connections: ${JSON.stringify(String(o.connections))} must be a whole number from 1 to 100000`);
+    io.err(
+      `iptlb: error: connections: ${JSON.stringify(String(o.connections))} must be a whole number from 1 to 100000`,
+    );
     return 2;
   }
   if (!process.env.IPTLB_DEMO_IN_NETNS) {
@@ -128,7 +142,11 @@ export async function demo(o: DemoOptions, io: Out): Promise<number> {
   const shown = `iptlb`;
   /** iptlb's rules in either engine: legacy nat rule lines (when iptables is installed), then table ip iptlb. */
   const rules = (): string[] => {
-    const save = findBinary('iptables-legacy-save') ? run('iptables-legacy-save', ['-t', 'nat']).out.split('\n').filter((l) => l.startsWith('-A ')) : [];
+    const save = findBinary('iptables-legacy-save')
+      ? run('iptables-legacy-save', ['-t', 'nat'])
+          .out.split('\n')
+          .filter((l) => l.startsWith('-A '))
+      : [];
     const nft = findBinary('nft') ? run('nft', ['list', 'table', 'ip', 'iptlb']) : { status: 1, out: '' };
     return [...save, ...(nft.status === 0 ? nft.out.trimEnd().split('\n') : [])];
   };
@@ -145,7 +163,13 @@ export async function demo(o: DemoOptions, io: Out): Promise<number> {
     say();
     const doctor = iptlb(['doctor', `--state-file=${state}`]);
     const how = doctor.out.split('\n').filter((l) => /^(engine|executor):/.test(l));
-    const apply = ['-run', '-profile=demo', `-src-addr=${VIP}:${PORT}`, `-dest-addr=${PORTS.map((p) => `127.0.0.1:${p}`).join(',')}`, `-state-file=${state}`];
+    const apply = [
+      '-run',
+      '-profile=demo',
+      `-src-addr=${VIP}:${PORT}`,
+      `-dest-addr=${PORTS.map((p) => `127.0.0.1:${p}`).join(',')}`,
+      `-state-file=${state}`,
+    ];
     say(`2. Balance the virtual address ${VIP}:${PORT} over them with a real iptlb profile:`);
     say(`   $ ${shown} ${apply.join(' ')}`);
     const applied = iptlb(apply);
@@ -169,14 +193,22 @@ export async function demo(o: DemoOptions, io: Out): Promise<number> {
     const chi = chiSquare(counts);
     say();
     say('   backend           connections   share');
-    PORTS.forEach((p, i) => say(`   127.0.0.1:${p}    ${String(counts[i]).padStart(11)}   ${((100 * counts[i]!) / n).toFixed(1).padStart(5)} %`));
+    PORTS.forEach((p, i) =>
+      say(
+        `   127.0.0.1:${p}    ${String(counts[i]).padStart(11)}   ${((100 * counts[i]!) / n).toFixed(1).padStart(5)} %`,
+      ),
+    );
     const other = [...s.counts].filter(([k]) => !PORTS.some((p) => idOf(p) === k));
     for (const [k, v] of other) say(`   (unexpected answer ${JSON.stringify(k)}: ${v})`);
     say(`   failed            ${String(s.failures).padStart(11)}`);
     say();
     say(`   ${n} connections in ${ms} ms. Expected share: 33.3 % each.`);
-    say(`   Chi-square against an even split: ${chi.statistic.toFixed(2)} (df ${chi.df}), p-value ${chi.pValue.toFixed(3)}`);
-    say(`   (a p-value above ~0.001 means the split is consistent with 1/3 each${chi.pValue < 0.001 ? ' — this one is NOT' : ''})`);
+    say(
+      `   Chi-square against an even split: ${chi.statistic.toFixed(2)} (df ${chi.df}), p-value ${chi.pValue.toFixed(3)}`,
+    );
+    say(
+      `   (a p-value above ~0.001 means the split is consistent with 1/3 each${chi.pValue < 0.001 ? ' — this one is NOT' : ''})`,
+    );
     for (const e of s.errors) say(`   error: ${e}`);
     say();
     const del = ['-run', '-delete', '-profile=demo', `-state-file=${state}`];

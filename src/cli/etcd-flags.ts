@@ -16,12 +16,27 @@ export interface EtcdFlags {
 
 export function addEtcdFlags(cmd: Command): Command {
   return cmd
-    .addOption(new Option('--etcd <urls>', 'etcd endpoints, comma-separated: http(s)://host:port or unix:///path (env IPTLB_ETCD_ENDPOINTS)'))
+    .addOption(
+      new Option(
+        '--etcd <urls>',
+        'etcd endpoints, comma-separated: http(s)://host:port or unix:///path (env IPTLB_ETCD_ENDPOINTS)',
+      ),
+    )
     .addOption(new Option('--etcd-ca <file>', 'CA certificate (PEM) to verify etcd over TLS (env IPTLB_ETCD_CA)'))
     .addOption(new Option('--etcd-cert <file>', 'client certificate (PEM) for etcd (env IPTLB_ETCD_CERT)'))
     .addOption(new Option('--etcd-key <file>', 'key of the client certificate (env IPTLB_ETCD_KEY)'))
-    .addOption(new Option('--etcd-user <name>', 'etcd user; the password comes from env IPTLB_ETCD_PASSWORD (env IPTLB_ETCD_USER)'))
-    .addOption(new Option('--etcd-timeout-ms <ms>', 'deadline of each etcd call (a linearizable read blocks while quorum is lost)').default('5000'))
+    .addOption(
+      new Option(
+        '--etcd-user <name>',
+        'etcd user; the password comes from env IPTLB_ETCD_PASSWORD (env IPTLB_ETCD_USER)',
+      ),
+    )
+    .addOption(
+      new Option(
+        '--etcd-timeout-ms <ms>',
+        'deadline of each etcd call (a linearizable read blocks while quorum is lost)',
+      ).default('5000'),
+    )
     .addOption(new Option('--prefix <prefix>', `key prefix (env IPTLB_ETCD_PREFIX; default ${DEFAULT_PREFIX})`));
 }
 
@@ -34,7 +49,12 @@ export function etcdOptions(o: EtcdFlags): { etcd: EtcdOptions; prefix: string }
   const key = pick(o.etcdKey, 'IPTLB_ETCD_KEY');
   const user = pick(o.etcdUser, 'IPTLB_ETCD_USER');
   const timeout = Number(o.etcdTimeoutMs ?? '5000');
-  if (!/^\d+$/.test(o.etcdTimeoutMs ?? '5000') || timeout < 10) throw new IptlbError('EUSAGE', `etcd-timeout-ms: ${JSON.stringify(o.etcdTimeoutMs)} must be a whole number of ms, at least 10`, { field: 'etcd-timeout-ms' });
+  if (!/^\d+$/.test(o.etcdTimeoutMs ?? '5000') || timeout < 10)
+    throw new IptlbError(
+      'EUSAGE',
+      `etcd-timeout-ms: ${JSON.stringify(o.etcdTimeoutMs)} must be a whole number of ms, at least 10`,
+      { field: 'etcd-timeout-ms' },
+    );
   return {
     etcd: {
       endpoints,

@@ -18,7 +18,9 @@ function flagsOf(cmd: Command): string[] {
 /** A bash completion script: subcommands first, then each command's flags. */
 export function bashCompletion(program: Command): string {
   const cmds = program.commands.map((c) => c.name());
-  const cases = program.commands.map((c) => `    ${c.name()}) opts=${JSON.stringify(flagsOf(c).join(' '))} ;;`).join('\n');
+  const cases = program.commands
+    .map((c) => `    ${c.name()}) opts=${JSON.stringify(flagsOf(c).join(' '))} ;;`)
+    .join('\n');
   return `# bash completion for iptlb (made by \`iptlb completion bash\`). Load it with
 #   source <(iptlb completion bash)
 # or install it: iptlb completion bash > /etc/bash_completion.d/iptlb
@@ -42,13 +44,19 @@ complete -F _iptlb iptlb
 export function registerExtras(program: Command, io: Out, cli: () => string, exit: (code: number) => Error): void {
   program
     .command('demo')
-    .description('quick start: in a throwaway network namespace, 3 real backends, a real profile, real connections, the split printed (needs root)')
+    .description(
+      'quick start: in a throwaway network namespace, 3 real backends, a real profile, real connections, the split printed (needs root)',
+    )
     .option('--connections <n>', 'connections to open through the virtual address', '600')
     .action(async (o: { connections: string }) => {
       const { demo } = await import('./demo.js');
       const n = Number(o.connections);
       if (!/^\d+$/.test(o.connections) || n < 1 || n > 100_000) {
-        throw new IptlbError('EUSAGE', `connections: ${JSON.stringify(o.connections)} must be a whole number from 1 to 100000`, { field: 'connections' });
+        throw new IptlbError(
+          'EUSAGE',
+          `connections: ${JSON.stringify(o.connections)} must be a whole number from 1 to 100000`,
+          { field: 'connections' },
+        );
       }
       const code = await demo({ connections: n, cli: cli() }, io);
       if (code !== 0) throw exit(code);
@@ -58,7 +66,10 @@ export function registerExtras(program: Command, io: Out, cli: () => string, exi
     .description('print a shell completion script: source <(iptlb completion bash)')
     .argument('<shell>', 'bash')
     .action((shell: string) => {
-      if (shell !== 'bash') throw new IptlbError('EUSAGE', `shell: ${JSON.stringify(shell)} is not supported (bash is)`, { field: 'shell' });
+      if (shell !== 'bash')
+        throw new IptlbError('EUSAGE', `shell: ${JSON.stringify(shell)} is not supported (bash is)`, {
+          field: 'shell',
+        });
       io.out(bashCompletion(program).trimEnd());
     });
 }

@@ -5,7 +5,18 @@
 import type { Command } from 'commander';
 import type { HealthInput } from '../health/config.js';
 
-export const HEALTH_FLAGS = ['health', 'health-interval', 'health-timeout', 'health-rise', 'health-fall', 'health-port', 'health-address', 'health-path', 'health-expect', 'health-all-down'];
+export const HEALTH_FLAGS = [
+  'health',
+  'health-interval',
+  'health-timeout',
+  'health-rise',
+  'health-fall',
+  'health-port',
+  'health-address',
+  'health-path',
+  'health-expect',
+  'health-all-down',
+];
 
 export interface HealthOpts {
   health?: string;
@@ -22,16 +33,25 @@ export interface HealthOpts {
 
 export function addHealthFlags(cmd: Command): Command {
   return cmd
-    .option('--health <kind>', 'health check of the destinations, run by `iptlb watch` (never by a one-shot command): tcp (connect), http (GET) or none (default)')
+    .option(
+      '--health <kind>',
+      'health check of the destinations, run by `iptlb watch` (never by a one-shot command): tcp (connect), http (GET) or none (default)',
+    )
     .option('--health-interval <ms>', 'time between two checks of one destination (10-3600000; default 2000)')
     .option('--health-timeout <ms>', 'a check not done after this long failed (at most the interval; default 1000)')
     .option('--health-rise <n>', 'consecutive successes that bring a down destination back (1-100; default 2)')
-    .option('--health-fall <n>', 'consecutive failures that drain a destination: weight 0, no new connections (1-100; default 3)')
+    .option(
+      '--health-fall <n>',
+      'consecutive failures that drain a destination: weight 0, no new connections (1-100; default 3)',
+    )
     .option('--health-port <port>', "probe this port instead of each destination's own")
     .option('--health-address <ip>', "probe this address instead of each destination's own")
     .option('--health-path <path>', 'http: request path (default /)')
     .option('--health-expect <range>', 'http: accepted status codes, e.g. 200 or 200-299 (default 200-399)')
-    .option('--health-all-down <what>', 'when every destination is down: keep (default: keep all of them) or drain (remove the profile from the kernel until one is back)');
+    .option(
+      '--health-all-down <what>',
+      'when every destination is down: keep (default: keep all of them) or drain (remove the profile from the kernel until one is back)',
+    );
 }
 
 /** The `health` field from the flags; undefined when no health flag was given. */

@@ -38,8 +38,16 @@ export async function startWatchServices(
     async start() {
       if (checker) await checker.start();
       if (o.metricsAddress !== undefined) {
-        server = await startMetricsServer({ address: o.metricsAddress, core, stats, ...(checker ? { checker } : {}), ...(o.extra ? { extra: o.extra } : {}) });
-        o.log(`${o.who ?? 'watch'}: serving /metrics and /healthz on ${server.host.includes(':') ? `[${server.host}]` : server.host}:${server.port}`);
+        server = await startMetricsServer({
+          address: o.metricsAddress,
+          core,
+          stats,
+          ...(checker ? { checker } : {}),
+          ...(o.extra ? { extra: o.extra } : {}),
+        });
+        o.log(
+          `${o.who ?? 'watch'}: serving /metrics and /healthz on ${server.host.includes(':') ? `[${server.host}]` : server.host}:${server.port}`,
+        );
       }
     },
     stop() {

@@ -94,8 +94,16 @@ export interface Engine<View = unknown, Tx = unknown> {
    * Plans the part of `change` of family `f` against `state` (that family's profiles now), making the
    * kernel reads the plan needs (see {@link PlanContext}).
    */
-  planChange(f: Family, state: ReadonlyMap<string, Profile>, change: Change, ctx?: PlanContext): Promise<FamilyPlan<Tx>>;
-  /** Commits a plan; when the kernel is not as planned, replaces the family's objects with `plan.next` if the engine can. */
+  planChange(
+    f: Family,
+    state: ReadonlyMap<string, Profile>,
+    change: Change,
+    ctx?: PlanContext,
+  ): Promise<FamilyPlan<Tx>>;
+  /**
+   * Commits a plan; when the kernel is not as planned, replaces the family's objects with `plan.next` if the engine
+   * can.
+   */
   commitPlan(plan: FamilyPlan<Tx>, log: (line: string) => void): Promise<FamilyCommit<Tx>>;
   /**
    * One transaction that makes family `f`'s objects exactly `profiles` (which are all of that

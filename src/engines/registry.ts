@@ -29,7 +29,11 @@ const ENGINES: Record<EngineName, ExecutorKinds & { over(executor: Executor, rea
 };
 
 /** Engine `name` over the executor `choice` selects for it, and why that executor. */
-export function createEngine(name: EngineName, choice: ExecutorChoice, opts: { lockWaitMs?: number } = {}): { engine: Engine; reason: string } {
+export function createEngine(
+  name: EngineName,
+  choice: ExecutorChoice,
+  opts: { lockWaitMs?: number } = {},
+): { engine: Engine; reason: string } {
   const s = selectExecutor(choice, opts, ENGINES[name]);
   return { engine: ENGINES[name].over(s.executor, true), reason: s.reason };
 }

@@ -15,7 +15,9 @@ export interface ExecutorSelection {
 export function parseExecutorChoice(value: string | undefined): ExecutorChoice {
   const v = (value ?? 'auto').toLowerCase();
   if (v === 'auto' || v === 'native' || v === 'spawn') return v;
-  throw new IptlbError('EUSAGE', `executor: ${JSON.stringify(value)} is not one of native, spawn, auto`, { field: 'executor' });
+  throw new IptlbError('EUSAGE', `executor: ${JSON.stringify(value)} is not one of native, spawn, auto`, {
+    field: 'executor',
+  });
 }
 
 /** How an engine's two executors are made: over the loaded addon, or spawning the engine's tools. */
@@ -27,12 +29,26 @@ export interface ExecutorKinds {
 }
 
 /** The native executor when the addon loads (and serves the engine), else the spawn one; `choice` forces either. */
-export function selectExecutor(choice: ExecutorChoice, opts: { lockWaitMs?: number }, kinds: ExecutorKinds): ExecutorSelection {
+export function selectExecutor(
+  choice: ExecutorChoice,
+  opts: { lockWaitMs?: number },
+  kinds: ExecutorKinds,
+): ExecutorSelection {
   if (choice === 'spawn') return { executor: kinds.spawn(opts), reason: 'spawn executor requested' };
   const loaded = loadAddon(kinds.addonUse);
-  if (loaded.ok) return { executor: kinds.native(loaded.addon, opts), reason: choice === 'native' ? 'native executor requested' : 'native addon loaded' };
+  if (loaded.ok)
+    return {
+      executor: kinds.native(loaded.addon, opts),
+      reason: choice === 'native' ? 'native executor requested' : 'native addon loaded',
+    };
   if (choice === 'native') {
-    throw new IptlbError('ENATIVE', `native executor unavailable: ${loaded.reason}: ${loaded.detail}; fix: ${loaded.fix}`);
+    throw new IptlbError(
+      'ENATIVE',
+      `native executor unavailable: ${loaded.reason}: ${loaded.detail}; fix: ${loaded.fix}`,
+    );
   }
-  return { executor: kinds.spawn(opts), reason: `native addon unavailable (${loaded.reason}: ${loaded.detail}); fix: ${loaded.fix}` };
+  return {
+    executor: kinds.spawn(opts),
+    reason: `native addon unavailable (${loaded.reason}: ${loaded.detail}); fix: ${loaded.fix}`,
+  };
 }

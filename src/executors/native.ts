@@ -15,9 +15,14 @@ export function mapNativeError(e: unknown): IptlbError {
   if (e instanceof TypeError || err.code === 'EPLAN') {
     // The addon refused the plan itself (a planner bug, never the user's input): name the field.
     const field = /^([\w.[\]]+): /.exec(message)?.[1];
-    return new IptlbError('ENATIVE', `native addon refused the transaction: ${message}`, field ? { field, cause: e } : { cause: e });
+    return new IptlbError(
+      'ENATIVE',
+      `native addon refused the transaction: ${message}`,
+      field ? { field, cause: e } : { cause: e },
+    );
   }
-  const code: ErrorCode = err.code === 'ELOCK' || err.code === 'EPERM' || err.code === 'ERESTART' ? err.code : 'EKERNEL';
+  const code: ErrorCode =
+    err.code === 'ELOCK' || err.code === 'EPERM' || err.code === 'ERESTART' ? err.code : 'EKERNEL';
   const opts = typeof err.errno === 'number' ? { errno: err.errno, cause: e } : { cause: e };
   return new IptlbError(code, message, opts);
 }

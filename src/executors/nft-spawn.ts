@@ -21,7 +21,10 @@ export function nftError(stderr: string): IptlbError {
   const lines = stderr.trim().split('\n').filter(Boolean);
   const first = lines.find((l) => /Error:/.test(l)) ?? lines[0] ?? 'nft failed';
   const hit = ERRNO.find(([re]) => re.test(stderr));
-  if (hit?.[1] === 'EPERM') return new IptlbError('EPERM', 'nft: permission denied: changing netfilter rules needs root (CAP_NET_ADMIN)', { errno: 1 });
+  if (hit?.[1] === 'EPERM')
+    return new IptlbError('EPERM', 'nft: permission denied: changing netfilter rules needs root (CAP_NET_ADMIN)', {
+      errno: 1,
+    });
   const failing = lines.find((l) => /^(add|delete|flush)\s/.test(l));
   const msg = `nft: ${first.replace(/^.*?Error:\s*/, '')}${failing ? `: ${failing.slice(0, 200)}` : ''}`;
   return new IptlbError(hit?.[1] === 'ERESTART' ? 'ERESTART' : 'EKERNEL', msg, hit ? { errno: hit[2] } : {});
@@ -39,7 +42,8 @@ export class NftSpawnExecutor implements NftExecutor {
   }
 
   async read(family: NftFamily = 'ip'): Promise<NftView> {
-    if (family !== 'ip' && family !== 'ip6') throw new IptlbError('EUSAGE', `nft read: family must be 'ip' or 'ip6', got ${String(family)}`);
+    if (family !== 'ip' && family !== 'ip6')
+      throw new IptlbError('EUSAGE', `nft read: family must be 'ip' or 'ip6', got ${String(family)}`);
     const r = await run(this.nft, ['-j', 'list', 'table', family, 'iptlb']);
     if (r.code !== 0) {
       if (/No such file or directory/.test(r.stderr)) return parseNftJson('', 0, family);

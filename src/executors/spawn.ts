@@ -38,7 +38,9 @@ interface RunResult {
 export function run(file: string, args: string[], input?: string): Promise<RunResult> {
   return new Promise((resolve, reject) => {
     // Held state-file locks go along (as fds 3…): a child that outlives us keeps them (see lock.ts).
-    const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe', ...inheritedLockFds()] }) as ChildProcessWithoutNullStreams;
+    const child = spawn(file, args, {
+      stdio: ['pipe', 'pipe', 'pipe', ...inheritedLockFds()],
+    }) as ChildProcessWithoutNullStreams;
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
@@ -92,7 +94,10 @@ export class SpawnExecutor implements LegacyExecutor {
   constructor(opts: { lockWaitMs?: number } = {}) {
     const v4 = findTools('ipv4');
     if (!v4) {
-      throw new IptlbError('EEXECUTOR', 'iptables-legacy-save/-restore not found; install them with: apt-get install -y iptables');
+      throw new IptlbError(
+        'EEXECUTOR',
+        'iptables-legacy-save/-restore not found; install them with: apt-get install -y iptables',
+      );
     }
     // The IPv6 tools ship in the same package; when they are missing only IPv6 work fails (toolsOf).
     this.tools = { ipv4: v4, ipv6: findTools('ipv6') };
@@ -101,7 +106,11 @@ export class SpawnExecutor implements LegacyExecutor {
 
   private toolsOf(family: Family): Tools {
     const t = this.tools[family];
-    if (!t) throw new IptlbError('EEXECUTOR', `${TOOL_NAMES[family].save}/-restore not found; install them with: apt-get install -y iptables`);
+    if (!t)
+      throw new IptlbError(
+        'EEXECUTOR',
+        `${TOOL_NAMES[family].save}/-restore not found; install them with: apt-get install -y iptables`,
+      );
     return t;
   }
 
@@ -117,7 +126,11 @@ export class SpawnExecutor implements LegacyExecutor {
 
   private ipsetPath(): string {
     const p = findBinary('ipset');
-    if (!p) throw new IptlbError('EEXECUTOR', 'ipset not found; the legacy engine needs it for its gate: apt-get install -y ipset');
+    if (!p)
+      throw new IptlbError(
+        'EEXECUTOR',
+        'ipset not found; the legacy engine needs it for its gate: apt-get install -y ipset',
+      );
     return p;
   }
 
@@ -138,7 +151,8 @@ export class SpawnExecutor implements LegacyExecutor {
     const setExists = (view.gate?.gates.length ?? 0) > 0 || (await this.setExists(set));
     // 1. Before the commit: the set (iptables-restore resolves it by name) and the new elements.
     const before: string[] = [];
-    if (gate.needSet && !setExists) before.push(`create ${set} hash:ip,port family ${SET_FAMILY[tx.family]} maxelem 1048576`);
+    if (gate.needSet && !setExists)
+      before.push(`create ${set} hash:ip,port family ${SET_FAMILY[tx.family]} maxelem 1048576`);
     if (gate.needSet) for (const e of gate.add) before.push(`add ${set} ${e}`);
     await this.ipset(before);
     const text = renderRestore(tx, view);

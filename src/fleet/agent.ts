@@ -18,7 +18,16 @@ import { hostname } from 'node:os';
 import { Core, type OpenOptions } from '../lb.js';
 import { IptlbError } from '../errors.js';
 import type { EngineChoice, Executor, ExecutorChoice, EngineName, Profile } from '../types.js';
-import { decide, DEFAULT_PREFIX, hostKey, parseStored, validateHost, validatePrefix, type Parsed, type Refusal } from './reconcile.js';
+import {
+  decide,
+  DEFAULT_PREFIX,
+  hostKey,
+  parseStored,
+  validateHost,
+  validatePrefix,
+  type Parsed,
+  type Refusal,
+} from './reconcile.js';
 import { EtcdStore, prefixEnd, type EtcdOptions, type FleetStore, type StoreEvent, type WatchHandle } from './store.js';
 
 export const DEFAULT_AGENT_STATE_FILE = '/var/lib/iptlb/agent.db';
@@ -77,7 +86,9 @@ export interface HostStatus {
 
 export interface AgentEvents {
   /** After each commit of a batch (also when nothing needed to change). */
-  applied: [{ revision: number; upserted: number; removed: number; refused: Refusal[]; commitMs: number; totalMs: number }];
+  applied: [
+    { revision: number; upserted: number; removed: number; refused: Refusal[]; commitMs: number; totalMs: number },
+  ];
   /** After each new host status. */
   status: [HostStatus];
 }
@@ -89,7 +100,8 @@ const sleep = (ms: number, signal?: { stopped: boolean; wake?: () => void }): Pr
   });
 
 function int(v: unknown, field: string, min: number): number {
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min) throw new IptlbError('EUSAGE', `${field}: ${JSON.stringify(v)} must be a whole number, at least ${min}`, { field });
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min)
+    throw new IptlbError('EUSAGE', `${field}: ${JSON.stringify(v)} must be a whole number, at least ${min}`, { field });
   return v;
 }
 
@@ -98,7 +110,12 @@ export class Agent extends EventEmitter<AgentEvents> {
   readonly host: string;
   readonly core: Core;
   private store?: FleetStore;
-  private readonly o: Required<Pick<AgentOptions, 'minSyncMs' | 'pageSize' | 'leaseTtlSec' | 'checkMs' | 'checkTimeoutMs' | 'syncMs' | 'backoffMs' | 'backoffMaxMs'>>;
+  private readonly o: Required<
+    Pick<
+      AgentOptions,
+      'minSyncMs' | 'pageSize' | 'leaseTtlSec' | 'checkMs' | 'checkTimeoutMs' | 'syncMs' | 'backoffMs' | 'backoffMaxMs'
+    >
+  >;
   private readonly log: (line: string) => void;
   /** The store's profiles as this agent knows them: name → parsed value, and the revision it is complete up to. */
   private mirror = new Map<string, Parsed & { modRevision: number }>();
@@ -142,7 +159,11 @@ export class Agent extends EventEmitter<AgentEvents> {
       leaseTtlSec: int(opts.leaseTtlSec ?? 10, 'leaseTtlSec', 2),
       checkMs: int(opts.checkMs ?? 2000, 'checkMs', 10),
       syncMs: int(opts.syncMs ?? 10000, 'syncMs', 0),
-      checkTimeoutMs: int(opts.checkTimeoutMs ?? ('endpoints' in opts.etcd ? (opts.etcd.callTimeoutMs ?? 5000) + 1000 : 6000), 'checkTimeoutMs', 10),
+      checkTimeoutMs: int(
+        opts.checkTimeoutMs ?? ('endpoints' in opts.etcd ? (opts.etcd.callTimeoutMs ?? 5000) + 1000 : 6000),
+        'checkTimeoutMs',
+        10,
+      ),
       backoffMs: int(opts.backoffMs ?? 200, 'backoffMs', 1),
       backoffMaxMs: int(opts.backoffMaxMs ?? 10000, 'backoffMaxMs', 1),
     };
@@ -169,7 +190,9 @@ export class Agent extends EventEmitter<AgentEvents> {
     const e = this.opts.etcd;
     this.store = 'range' in e ? e : await EtcdStore.connect(e);
     const s = this.core.selection;
-    this.log(`agent ${this.host}: ${s.engine}/${s.executor.kind}, state file ${this.core.statePath}, prefix ${this.prefix}`);
+    this.log(
+      `agent ${this.host}: ${s.engine}/${s.executor.kind}, state file ${this.core.statePath}, prefix ${this.prefix}`,
+    );
     this.loop = this.run();
     if (this.o.syncMs > 0) {
       this.syncTimer = setInterval(() => void this.repairDrift(), this.o.syncMs);
@@ -217,7 +240,9 @@ export class Agent extends EventEmitter<AgentEvents> {
         const delay = this.backoff(attempt++);
         this.error = msg;
         this.setWatch('unreachable');
-        this.log(`agent: store: ${msg}; kernel keeps the rules of revision ${this.applyRevision}; retrying in ${delay} ms (attempt ${attempt})`);
+        this.log(
+          `agent: store: ${msg}; kernel keeps the rules of revision ${this.applyRevision}; retrying in ${delay} ms (attempt ${attempt})`,
+        );
         await sleep(delay, this.sleeper);
       }
     }
@@ -239,7 +264,11 @@ export class Agent extends EventEmitter<AgentEvents> {
       const page = await store.range(from, end, { limit: this.o.pageSize, ...(revision ? { revision } : {}) });
       if (!revision) revision = page.revision;
       pages++;
-      for (const kv of page.kvs) listed.set(kv.key.slice(start.length), { ...this.parse(kv.key.slice(start.length), kv.value, kv.modRevision), modRevision: kv.modRevision });
+      for (const kv of page.kvs)
+        listed.set(kv.key.slice(start.length), {
+          ...this.parse(kv.key.slice(start.length), kv.value, kv.modRevision),
+          modRevision: kv.modRevision,
+        });
       if (!page.more || !page.kvs.length) break;
       from = page.kvs[page.kvs.length - 1]!.key + '\0';
     }
@@ -247,7 +276,9 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.mirror = listed;
     this.mirrorRevision = revision;
     this.eventRevision = revision;
-    this.log(`agent: listed ${listed.size} profile(s) at revision ${revision} in ${pages} page(s) (${(performance.now() - t0).toFixed(1)} ms)`);
+    this.log(
+      `agent: listed ${listed.size} profile(s) at revision ${revision} in ${pages} page(s) (${(performance.now() - t0).toFixed(1)} ms)`,
+    );
     // The whole listed set as one change, now (not rate-limited).
     await this.commitNow(); // a kernel refusal is retried by commitNow itself; the store part went fine
     // Watch from revision + 1 until something fails.
@@ -296,7 +327,13 @@ export class Agent extends EventEmitter<AgentEvents> {
       // Bounded here too, not only by the client's call deadline.
       await Promise.race([
         this.store!.revision(this.profilesPrefix),
-        new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${this.o.checkTimeoutMs} ms`)), this.o.checkTimeoutMs))),
+        new Promise(
+          (_, reject) =>
+            (timer = setTimeout(
+              () => reject(new Error(`no answer within ${this.o.checkTimeoutMs} ms`)),
+              this.o.checkTimeoutMs,
+            )),
+        ),
       ]);
     } catch (e) {
       if (session === this.session) this.sessionFailed?.(`linearizable read failed: ${(e as Error).message}`);
@@ -376,13 +413,24 @@ export class Agent extends EventEmitter<AgentEvents> {
         const was = this.refused.map((x) => `${x.name}:${x.message}`).join('\n');
         this.refused = refused;
         if (refused.map((x) => `${x.name}:${x.message}`).join('\n') !== was) {
-          for (const x of refused) this.log(`agent: refused profile ${JSON.stringify(x.name)} (${x.code}): ${x.message}`);
+          for (const x of refused)
+            this.log(`agent: refused profile ${JSON.stringify(x.name)} (${x.code}): ${x.message}`);
         }
         if (this.error?.startsWith('kernel:')) this.error = undefined;
         const totalMs = performance.now() - t0;
-        if (r.committed) this.log(`agent: revision ${revision}: ${r.applied.length} applied, ${r.deleted.length} removed in one transaction (${r.commitMs.toFixed(2)} ms kernel, ${totalMs.toFixed(1)} ms in all)`);
+        if (r.committed)
+          this.log(
+            `agent: revision ${revision}: ${r.applied.length} applied, ${r.deleted.length} removed in one transaction (${r.commitMs.toFixed(2)} ms kernel, ${totalMs.toFixed(1)} ms in all)`,
+          );
         this.readyResolve();
-        this.emit('applied', { revision, upserted: r.applied.length, removed: r.deleted.length, refused, commitMs: r.commitMs, totalMs });
+        this.emit('applied', {
+          revision,
+          upserted: r.applied.length,
+          removed: r.deleted.length,
+          refused,
+          commitMs: r.commitMs,
+          totalMs,
+        });
         try {
           this.attachments.onCommit?.(owned);
         } catch (e) {
@@ -391,7 +439,9 @@ export class Agent extends EventEmitter<AgentEvents> {
       } catch (e) {
         // Nothing changed (the core's transaction is all or nothing): retry the whole difference later.
         this.error = `kernel: ${(e as Error).message}`;
-        this.log(`agent: revision ${revision} not applied: ${(e as Error).message}; the kernel keeps revision ${this.applyRevision}; retrying`);
+        this.log(
+          `agent: revision ${revision} not applied: ${(e as Error).message}; the kernel keeps revision ${this.applyRevision}; retrying`,
+        );
         this.dirty = true;
       } finally {
         this.lastCommitAt = performance.now();
@@ -410,7 +460,10 @@ export class Agent extends EventEmitter<AgentEvents> {
     }
   }
 
-  /** Drift (someone flushed the rules): the periodic check makes the kernel match the agent's state file, without re-listing. */
+  /**
+   * Drift (someone flushed the rules): the periodic check makes the kernel match the agent's state file, without
+   * re-listing.
+   */
   private repairing = false;
   async repairDrift(): Promise<boolean> {
     if (this.repairing || this.stopped) return false;
@@ -419,7 +472,13 @@ export class Agent extends EventEmitter<AgentEvents> {
       const reports = await this.core.status();
       if (!reports.some((r) => r.status === 'missing' || r.status === 'modified')) return false;
       const r = await this.core.sync({ quietWhenInSync: true });
-      if (r.committed) this.log(`agent: drift repaired: ${r.before.filter((x) => x.status !== 'in-sync').map((x) => `${x.name} ${x.status}`).join(', ')} (${r.commitMs.toFixed(2)} ms)`);
+      if (r.committed)
+        this.log(
+          `agent: drift repaired: ${r.before
+            .filter((x) => x.status !== 'in-sync')
+            .map((x) => `${x.name} ${x.status}`)
+            .join(', ')} (${r.commitMs.toFixed(2)} ms)`,
+        );
       return r.committed;
     } catch (e) {
       this.log(`agent: drift check: ${(e as Error).message}`);

@@ -10,7 +10,11 @@ import { MAX_TXN_OPS, prefixEnd, type FleetStore } from './store.js';
 import type { HostStatus } from './agent.js';
 
 /** Every key of `prefix`, in pages of `pageSize`, all at the revision of the first page. */
-export async function listPrefix(store: FleetStore, prefix: string, pageSize = 1000): Promise<{ kvs: { key: string; value: string; modRevision: number }[]; revision: number }> {
+export async function listPrefix(
+  store: FleetStore,
+  prefix: string,
+  pageSize = 1000,
+): Promise<{ kvs: { key: string; value: string; modRevision: number }[]; revision: number }> {
   const end = prefixEnd(prefix);
   const kvs: { key: string; value: string; modRevision: number }[] = [];
   let revision = 0;
@@ -32,7 +36,10 @@ export interface StoredProfile {
   parsed: Parsed;
 }
 
-export async function fleetList(store: FleetStore, prefix: string): Promise<{ profiles: StoredProfile[]; revision: number }> {
+export async function fleetList(
+  store: FleetStore,
+  prefix: string,
+): Promise<{ profiles: StoredProfile[]; revision: number }> {
   const base = `${prefix}profiles/`;
   const { kvs, revision } = await listPrefix(store, base);
   return {
@@ -44,21 +51,36 @@ export async function fleetList(store: FleetStore, prefix: string): Promise<{ pr
   };
 }
 
-/** Writes profiles (validated as the CLI does, conflicts checked against the stored ones) in one transaction; returns its revision. */
-export async function fleetApply(store: FleetStore, prefix: string, inputs: ProfileInput[]): Promise<{ revision: number; applied: Profile[] }> {
+/**
+ * Writes profiles (validated as the CLI does, conflicts checked against the stored ones) in one transaction; returns
+ * its revision.
+ */
+export async function fleetApply(
+  store: FleetStore,
+  prefix: string,
+  inputs: ProfileInput[],
+): Promise<{ revision: number; applied: Profile[] }> {
   const profiles = inputs.map((i) => validateProfile(i));
   const names = new Set<string>();
   for (const p of profiles) {
-    if (names.has(p.name)) throw new IptlbError('EUSAGE', `name: ${show(p.name)} is given twice in one change`, { field: 'name' });
+    if (names.has(p.name))
+      throw new IptlbError('EUSAGE', `name: ${show(p.name)} is given twice in one change`, { field: 'name' });
     names.add(p.name);
   }
-  if (profiles.length > MAX_TXN_OPS) throw new IptlbError('EUSAGE', `profiles: ${profiles.length} profiles do not fit one etcd transaction (at most ${MAX_TXN_OPS}); split the file`, { field: 'profiles' });
+  if (profiles.length > MAX_TXN_OPS)
+    throw new IptlbError(
+      'EUSAGE',
+      `profiles: ${profiles.length} profiles do not fit one etcd transaction (at most ${MAX_TXN_OPS}); split the file`,
+      { field: 'profiles' },
+    );
   if (!profiles.length) throw new IptlbError('EUSAGE', 'profiles: nothing to apply', { field: 'profiles' });
   const { profiles: stored } = await fleetList(store, prefix);
   const others: Profile[] = [];
   for (const s of stored) if (s.parsed.ok && !names.has(s.name)) others.push(s.parsed.profile);
   profiles.forEach((p, i) => checkConflicts(p, [...others, ...profiles.slice(0, i)]));
-  const revision = await store.txn(profiles.map((p) => ({ put: profileKey(prefix, p.name), value: JSON.stringify(profileJson(p)) })));
+  const revision = await store.txn(
+    profiles.map((p) => ({ put: profileKey(prefix, p.name), value: JSON.stringify(profileJson(p)) })),
+  );
   return { revision, applied: profiles };
 }
 
@@ -68,14 +90,26 @@ export function profileJson(p: Profile): Record<string, unknown> {
 }
 
 /** Deletes profiles by name in one transaction; unknown names are ENOTFOUND (nothing deleted). */
-export async function fleetDelete(store: FleetStore, prefix: string, names: string[]): Promise<{ revision: number; deleted: string[] }> {
+export async function fleetDelete(
+  store: FleetStore,
+  prefix: string,
+  names: string[],
+): Promise<{ revision: number; deleted: string[] }> {
   const list = [...new Set(names.map((n) => validateName(n)))];
   if (!list.length) throw new IptlbError('EUSAGE', 'delete: name the profiles to delete');
-  if (list.length > MAX_TXN_OPS) throw new IptlbError('EUSAGE', `names: ${list.length} deletions do not fit one etcd transaction (at most ${MAX_TXN_OPS})`, { field: 'names' });
+  if (list.length > MAX_TXN_OPS)
+    throw new IptlbError(
+      'EUSAGE',
+      `names: ${list.length} deletions do not fit one etcd transaction (at most ${MAX_TXN_OPS})`,
+      { field: 'names' },
+    );
   for (const n of list) {
     const k = profileKey(prefix, n);
     const r = await store.range(k, k + '\0', { limit: 1 });
-    if (!r.kvs.length) throw new IptlbError('ENOTFOUND', `name: profile ${show(n)} does not exist in the store (${k})`, { field: 'name' });
+    if (!r.kvs.length)
+      throw new IptlbError('ENOTFOUND', `name: profile ${show(n)} does not exist in the store (${k})`, {
+        field: 'name',
+      });
   }
   const revision = await store.txn(list.map((n) => ({ delete: profileKey(prefix, n) })));
   return { revision, deleted: list };
@@ -98,7 +132,11 @@ export interface HostRow {
  * has converged everywhere. Default target: the newest modification revision of a stored profile
  * (a deletion leaves no key: pass the revision `fleet delete` printed).
  */
-export async function fleetStatus(store: FleetStore, prefix: string, opts: { revision?: number; expect?: string[] } = {}): Promise<{ storeRevision: number; target: number; hosts: HostRow[]; converged: boolean }> {
+export async function fleetStatus(
+  store: FleetStore,
+  prefix: string,
+  opts: { revision?: number; expect?: string[] } = {},
+): Promise<{ storeRevision: number; target: number; hosts: HostRow[]; converged: boolean }> {
   const hostsBase = `${prefix}hosts/`;
   const { kvs, revision: storeRevision } = await listPrefix(store, hostsBase);
   let target = opts.revision ?? 0;
@@ -114,10 +152,17 @@ export async function fleetStatus(store: FleetStore, prefix: string, opts: { rev
       if (typeof st.revision !== 'number') throw new Error('no revision');
       rows.set(host, { host, status: st, converged: st.revision >= target, lag: Math.max(0, target - st.revision) });
     } catch (e) {
-      rows.set(host, { host, status: null, converged: false, lag: null, invalid: `unreadable host key (${(e as Error).message})` });
+      rows.set(host, {
+        host,
+        status: null,
+        converged: false,
+        lag: null,
+        invalid: `unreadable host key (${(e as Error).message})`,
+      });
     }
   }
-  for (const h of opts.expect ?? []) if (!rows.has(h)) rows.set(h, { host: h, status: null, converged: false, lag: null });
+  for (const h of opts.expect ?? [])
+    if (!rows.has(h)) rows.set(h, { host: h, status: null, converged: false, lag: null });
   const hosts = [...rows.values()].sort((a, b) => (a.host < b.host ? -1 : 1));
   return { storeRevision, target, hosts, converged: hosts.length > 0 && hosts.every((h) => h.converged) };
 }

@@ -16,7 +16,11 @@ export const hostKey = (prefix: string, host: string): string => `${prefix}hosts
 /** Checks a key prefix: absolute, ends with `/`. */
 export function validatePrefix(prefix: unknown, field = 'prefix'): string {
   if (typeof prefix !== 'string' || !/^\/[\x21-\x7e]*\/$/.test(prefix)) {
-    throw new IptlbError('EUSAGE', `${field}: ${show(prefix)} must be a key prefix that starts and ends with "/" (printable ASCII, no spaces), e.g. /iptlb/v1/`, { field });
+    throw new IptlbError(
+      'EUSAGE',
+      `${field}: ${show(prefix)} must be a key prefix that starts and ends with "/" (printable ASCII, no spaces), e.g. /iptlb/v1/`,
+      { field },
+    );
   }
   return prefix;
 }
@@ -32,7 +36,10 @@ export function validateHost(host: unknown, field = 'host'): string {
 /** A stored profile: valid, or refused with the error that says why. */
 export type Parsed = { ok: true; profile: Profile } | { ok: false; code: ErrorCode; message: string };
 
-/** Parses and validates the value of a profile key exactly as `iptlb apply --file` / the API would; the key's last part must be the name. */
+/**
+ * Parses and validates the value of a profile key exactly as `iptlb apply --file` / the API would; the key's last part
+ * must be the name.
+ */
 export function parseStored(name: string, value: string): Parsed {
   try {
     let input: unknown;
@@ -42,7 +49,10 @@ export function parseStored(name: string, value: string): Parsed {
       throw new IptlbError('EINVAL_PROFILE', `value: not JSON (${(e as Error).message})`, { field: 'value' });
     }
     const p = validateProfile(input);
-    if (p.name !== name) throw new IptlbError('EINVAL_PROFILE', `name: ${show(p.name)} does not match its key's last part ${show(name)}`, { field: 'name' });
+    if (p.name !== name)
+      throw new IptlbError('EINVAL_PROFILE', `name: ${show(p.name)} does not match its key's last part ${show(name)}`, {
+        field: 'name',
+      });
     return { ok: true, profile: p };
   } catch (e) {
     if (e instanceof IptlbError) return { ok: false, code: e.code, message: e.message };
@@ -62,7 +72,10 @@ export interface Refusal {
  * name order, each refused (ECONFLICT) when its chain or source/protocol is taken. Owned profiles the
  * store no longer has are removed. Profiles the agent does not own are not in `owned` and never touched.
  */
-export function decide(stored: ReadonlyMap<string, Parsed>, owned: ReadonlyMap<string, Profile>): { change: Change; refused: Refusal[] } {
+export function decide(
+  stored: ReadonlyMap<string, Parsed>,
+  owned: ReadonlyMap<string, Profile>,
+): { change: Change; refused: Refusal[] } {
   const byChain = new Map<string, string>();
   const bySource = new Map<string, string>();
   const place = (p: Profile): void => {
@@ -92,8 +105,16 @@ export function decide(stored: ReadonlyMap<string, Parsed>, owned: ReadonlyMap<s
     if ((c !== undefined && c !== p.name) || (o !== undefined && o !== p.name)) {
       refused.push(
         c !== undefined && c !== p.name
-          ? { name: p.name, code: 'ECONFLICT', message: `name: ${show(p.name)} maps to chain ${chainName(p.name)}, already used by profile ${show(c)}` }
-          : { name: p.name, code: 'ECONFLICT', message: `source: ${show(p.source)}/${p.protocol} already belongs to profile ${show(o)}` },
+          ? {
+              name: p.name,
+              code: 'ECONFLICT',
+              message: `name: ${show(p.name)} maps to chain ${chainName(p.name)}, already used by profile ${show(c)}`,
+            }
+          : {
+              name: p.name,
+              code: 'ECONFLICT',
+              message: `source: ${show(p.source)}/${p.protocol} already belongs to profile ${show(o)}`,
+            },
       );
       const old = keptOld.get(p.name);
       if (old) place(old);

@@ -31,12 +31,21 @@ export type StoreOp = { put: string; value: string } | { delete: string };
 
 export interface FleetStore {
   /** Keys of [start, end) in key order, at most `limit`, at `revision` (default: the current one, linearizable). */
-  range(start: string, end: string, opts: { limit: number; revision?: number }): Promise<{ kvs: StoreKV[]; more: boolean; revision: number }>;
+  range(
+    start: string,
+    end: string,
+    opts: { limit: number; revision?: number },
+  ): Promise<{ kvs: StoreKV[]; more: boolean; revision: number }>;
   /** Watches [start, end) from `fromRevision`. */
   watch(start: string, end: string, fromRevision: number, handlers: WatchHandlers): Promise<WatchHandle>;
-  /** The current revision, by a linearizable read of keys under `within` (count only; fails or times out without quorum). */
+  /**
+   * The current revision, by a linearizable read of keys under `within` (count only; fails or times out without
+   * quorum).
+   */
   revision(within?: string): Promise<number>;
-  /** Puts `key` under this client's lease of `ttlSec` seconds (granted on first use, granted again after it is lost). */
+  /**
+   * Puts `key` under this client's lease of `ttlSec` seconds (granted on first use, granted again after it is lost).
+   */
   putLeased(key: string, value: string, ttlSec: number): Promise<void>;
   /** One transaction (at most 128 operations); returns its revision. */
   txn(ops: StoreOp[]): Promise<number>;
@@ -76,11 +85,23 @@ export interface EtcdOptions {
 
 /** Parses `--etcd a,b,c` / `IPTLB_ETCD_ENDPOINTS`. */
 export function parseEndpoints(text: string | undefined, field = 'etcd'): string[] {
-  const list = (text ?? '').split(',').map((s) => s.trim()).filter(Boolean);
-  if (!list.length) throw new IptlbError('EUSAGE', `${field}: no etcd endpoint given (use --etcd URL[,URL...] or IPTLB_ETCD_ENDPOINTS)`, { field });
+  const list = (text ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  if (!list.length)
+    throw new IptlbError(
+      'EUSAGE',
+      `${field}: no etcd endpoint given (use --etcd URL[,URL...] or IPTLB_ETCD_ENDPOINTS)`,
+      { field },
+    );
   for (const e of list) {
     if (!/^(https?:\/\/[^/\s]+\/?|unix:\/\/?\/[^\s]+|[A-Za-z0-9.\-[\]:]+:\d+)$/.test(e)) {
-      throw new IptlbError('EUSAGE', `${field}: ${JSON.stringify(e)} is not an endpoint (http://host:port, https://host:port or unix:///path)`, { field });
+      throw new IptlbError(
+        'EUSAGE',
+        `${field}: ${JSON.stringify(e)} is not an endpoint (http://host:port, https://host:port or unix:///path)`,
+        { field },
+      );
     }
   }
   return list;
@@ -91,12 +112,13 @@ const str = (b: unknown): string => (Buffer.isBuffer(b) ? b.toString('utf8') : S
 
 /** {@link FleetStore} over etcd v3 (gRPC, npm `etcd3`), without its circuit breaker: the agent has its own backoff. */
 export class EtcdStore implements FleetStore {
-   
   private lease?: any;
   private leaseTtl = 0;
 
-   
-  private constructor(private readonly client: any, private readonly timeout: number) {}
+  private constructor(
+    private readonly client: any,
+    private readonly timeout: number,
+  ) {}
 
   static async connect(o: EtcdOptions): Promise<EtcdStore> {
     const { Etcd3 } = await import('etcd3');
@@ -106,18 +128,32 @@ export class EtcdStore implements FleetStore {
       try {
         return readFileSync(f);
       } catch (e) {
-        throw new IptlbError('EUSAGE', `${field}: cannot read ${JSON.stringify(f)} (${(e as Error).message})`, { field });
+        throw new IptlbError('EUSAGE', `${field}: cannot read ${JSON.stringify(f)} (${(e as Error).message})`, {
+          field,
+        });
       }
     };
     const ca = read(o.caFile, 'etcd-ca');
     const cert = read(o.certFile, 'etcd-cert');
     const key = read(o.keyFile, 'etcd-key');
-    if (!!cert !== !!key) throw new IptlbError('EUSAGE', 'etcd-cert: a client certificate needs its key (--etcd-key), and the other way round', { field: 'etcd-cert' });
+    if (!!cert !== !!key)
+      throw new IptlbError(
+        'EUSAGE',
+        'etcd-cert: a client certificate needs its key (--etcd-key), and the other way round',
+        { field: 'etcd-cert' },
+      );
     const timeout = o.callTimeoutMs ?? 5000;
     const hosts = o.endpoints.map((e) => (/^[a-z]+:\/\//.test(e) ? e : `${ca || cert ? 'https' : 'http'}://${e}`));
     const client = new Etcd3({
       hosts,
-      ...(ca || cert ? { credentials: { rootCertificate: ca ?? Buffer.alloc(0), ...(cert ? { certChain: cert, privateKey: key } : {}) } } : {}),
+      ...(ca || cert
+        ? {
+            credentials: {
+              rootCertificate: ca ?? Buffer.alloc(0),
+              ...(cert ? { certChain: cert, privateKey: key } : {}),
+            },
+          }
+        : {}),
       ...(o.user ? { auth: { username: o.user, password: o.password ?? '' } } : {}),
       // Our own retries (capped, jittered) decide; etcd3's breaker would block every call for 5 s after three failures.
       faultHandling: { host: () => noop, global: noop },
@@ -127,7 +163,11 @@ export class EtcdStore implements FleetStore {
     return new EtcdStore(client, timeout);
   }
 
-  async range(start: string, end: string, opts: { limit: number; revision?: number }): Promise<{ kvs: StoreKV[]; more: boolean; revision: number }> {
+  async range(
+    start: string,
+    end: string,
+    opts: { limit: number; revision?: number },
+  ): Promise<{ kvs: StoreKV[]; more: boolean; revision: number }> {
     const res = await this.client.kv.range({
       key: Buffer.from(start, 'latin1'),
       range_end: Buffer.from(end, 'latin1'),
@@ -135,8 +175,11 @@ export class EtcdStore implements FleetStore {
       ...(opts.revision ? { revision: opts.revision } : {}),
     });
     return {
-       
-      kvs: (res.kvs ?? []).map((kv: any) => ({ key: kv.key.toString('latin1'), value: str(kv.value), modRevision: num(kv.mod_revision) })),
+      kvs: (res.kvs ?? []).map((kv: any) => ({
+        key: kv.key.toString('latin1'),
+        value: str(kv.value),
+        modRevision: num(kv.mod_revision),
+      })),
       more: !!res.more,
       revision: num(res.header?.revision),
     };
@@ -151,7 +194,11 @@ export class EtcdStore implements FleetStore {
       h.failed(why);
     };
     // create() resolves once etcd confirms the watch: bounded like a call, so that a stalled member is noticed.
-    const creating = this.client.watch().inRange({ start: Buffer.from(start, 'latin1'), end: Buffer.from(end, 'latin1') }).startRevision(String(fromRevision)).create();
+    const creating = this.client
+      .watch()
+      .inRange({ start: Buffer.from(start, 'latin1'), end: Buffer.from(end, 'latin1') })
+      .startRevision(String(fromRevision))
+      .create();
     let timer: NodeJS.Timeout | undefined;
     const w = await Promise.race([
       creating,
@@ -162,11 +209,14 @@ export class EtcdStore implements FleetStore {
         }, this.timeout);
       }),
     ]).finally(() => clearTimeout(timer));
-     
+
     w.on('data', (res: any) => {
       if (dead) return;
-      if (res.canceled || res.compact_revision > 0) return fail(`watch cancelled${num(res.compact_revision) ? ` (compacted at revision ${res.compact_revision})` : ''}${res.cancel_reason ? `: ${res.cancel_reason}` : ''}`);
-       
+      if (res.canceled || res.compact_revision > 0)
+        return fail(
+          `watch cancelled${num(res.compact_revision) ? ` (compacted at revision ${res.compact_revision})` : ''}${res.cancel_reason ? `: ${res.cancel_reason}` : ''}`,
+        );
+
       const events: StoreEvent[] = (res.events ?? []).map((e: any) => ({
         type: e.type === 'Delete' || e.type === 1 ? 'delete' : 'put',
         key: e.kv.key.toString('latin1'),
@@ -190,7 +240,11 @@ export class EtcdStore implements FleetStore {
   }
 
   async revision(within = '/'): Promise<number> {
-    const res = await this.client.kv.range({ key: Buffer.from(within, 'latin1'), range_end: Buffer.from(prefixEnd(within), 'latin1'), count_only: true });
+    const res = await this.client.kv.range({
+      key: Buffer.from(within, 'latin1'),
+      range_end: Buffer.from(prefixEnd(within), 'latin1'),
+      count_only: true,
+    });
     return num(res.header?.revision);
   }
 
@@ -215,7 +269,12 @@ export class EtcdStore implements FleetStore {
   }
 
   async txn(ops: StoreOp[]): Promise<number> {
-    if (ops.length > MAX_TXN_OPS) throw new IptlbError('EUSAGE', `profiles: ${ops.length} operations do not fit one etcd transaction (at most ${MAX_TXN_OPS})`, { field: 'profiles' });
+    if (ops.length > MAX_TXN_OPS)
+      throw new IptlbError(
+        'EUSAGE',
+        `profiles: ${ops.length} operations do not fit one etcd transaction (at most ${MAX_TXN_OPS})`,
+        { field: 'profiles' },
+      );
     const res = await this.client.kv.txn({
       compare: [],
       success: ops.map((o) =>

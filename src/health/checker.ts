@@ -23,7 +23,10 @@ import { promises as fsp } from 'node:fs';
 export interface HealthCheckerOptions {
   /** One line per transition and per failed commit. Default: none. */
   log?: (line: string) => void;
-  /** Wait this long after a transition before committing, to carry more in one transaction, ms. Default 0 (group commit only). */
+  /**
+   * Wait this long after a transition before committing, to carry more in one transaction, ms. Default 0 (group commit
+   * only).
+   */
   batchMs?: number;
   /** How often the profiles are re-read (new, changed or deleted profiles), ms. Default 1000. */
   refreshMs?: number;
@@ -136,7 +139,13 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
   private inFlight = 0;
   private idleWaiters: (() => void)[] = [];
   /** Counters for metrics: checks and failed checks per profile, health commits. */
-  readonly counters = { checks: new Map<string, number>(), failures: new Map<string, number>(), commits: 0, commitFailures: 0, probes: 0 };
+  readonly counters = {
+    checks: new Map<string, number>(),
+    failures: new Map<string, number>(),
+    commits: 0,
+    commitFailures: 0,
+    probes: 0,
+  };
 
   /** @param target an {@link Iptlb} handle (its commits go through its group commit) or a {@link HealthHost}. */
   constructor(target: { healthHost(): HealthHost } | HealthHost, opts: HealthCheckerOptions = {}) {
@@ -197,7 +206,9 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
           await this.host.commit();
           this.log('health: stopped; configured weights given back to the kernel');
         } catch (e) {
-          this.log(`health: stopped; could not give back the configured weights (${(e as Error).message}); run \`iptlb sync\``);
+          this.log(
+            `health: stopped; could not give back the configured weights (${(e as Error).message}); run \`iptlb sync\``,
+          );
         }
       }
     }
@@ -318,7 +329,17 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     const key = `${c.kind} ${e.host} ${e.port} ${c.intervalMs} ${c.timeoutMs} ${c.path ?? ''} ${c.expect ?? ''}`;
     let t = this.targets.get(key);
     if (!t) {
-      t = { key, host: e.host, port: e.port, cfg: c, entries: new Set(), due: now + this.random() * c.intervalMs, heap: -1, inFlight: false, removed: false };
+      t = {
+        key,
+        host: e.host,
+        port: e.port,
+        cfg: c,
+        entries: new Set(),
+        due: now + this.random() * c.intervalMs,
+        heap: -1,
+        inFlight: false,
+        removed: false,
+      };
       this.targets.set(key, t);
       this.schedule(t);
     }
@@ -424,7 +445,14 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     t.inFlight = true;
     this.inFlight++;
     const cfg = t.cfg;
-    this.probe({ kind: cfg.kind, host: t.host, port: t.port, timeoutMs: cfg.timeoutMs, ...(cfg.path ? { path: cfg.path } : {}), ...(cfg.expect ? { expect: cfg.expect } : {}) }).then(
+    this.probe({
+      kind: cfg.kind,
+      host: t.host,
+      port: t.port,
+      timeoutMs: cfg.timeoutMs,
+      ...(cfg.path ? { path: cfg.path } : {}),
+      ...(cfg.expect ? { expect: cfg.expect } : {}),
+    }).then(
       () => this.results(t, now, undefined),
       (err: Error) => this.results(t, now, err?.message ?? String(err)),
     );
@@ -470,8 +498,18 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
       e.state = next;
       e.since = now;
       const p = this.byProfile.get(e.profile)!;
-      const reason = next === 'down' ? `${e.failRun} failed check(s), last: ${error}` : `${previous === 'unchecked' ? 1 : e.okRun} successful check(s)`;
-      const ev: HealthEvent = { profile: e.profile, destination: e.destination, state: next, previous, reason, at: now };
+      const reason =
+        next === 'down'
+          ? `${e.failRun} failed check(s), last: ${error}`
+          : `${previous === 'unchecked' ? 1 : e.okRun} successful check(s)`;
+      const ev: HealthEvent = {
+        profile: e.profile,
+        destination: e.destination,
+        state: next,
+        previous,
+        reason,
+        at: now,
+      };
       if (next === 'down' || previous === 'down') {
         const down = new Set(p.down);
         if (next === 'down') down.add(e.destination);
@@ -554,7 +592,14 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
   }
 }
 
-/** A host over a bare core (iptlb watch): each health commit is its own transaction (an empty change carrying the health). */
+/**
+ * A host over a bare core (iptlb watch): each health commit is its own transaction (an empty change carrying the
+ * health).
+ */
 export function coreHost(core: Core, emit?: (e: HealthEvent) => void): HealthHost {
-  return { core, commit: () => core.transact(() => ({ upsert: [], remove: [] }), { run: true }), ...(emit ? { emit } : {}) };
+  return {
+    core,
+    commit: () => core.transact(() => ({ upsert: [], remove: [] }), { run: true }),
+    ...(emit ? { emit } : {}),
+  };
 }

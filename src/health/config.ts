@@ -17,7 +17,10 @@ export interface HealthConfig {
   kind: HealthKind;
   /** Time between two checks of one destination, ms (10..3600000). Default 2000. */
   intervalMs: number;
-  /** A check that has not succeeded after this long failed, ms (1..intervalMs). Default 1000 (or intervalMs when smaller). */
+  /**
+   * A check that has not succeeded after this long failed, ms (1..intervalMs). Default 1000 (or intervalMs when
+   * smaller).
+   */
   timeoutMs: number;
   /** Consecutive successes that bring a down destination back. Default 2. */
   rise: number;
@@ -31,7 +34,10 @@ export interface HealthConfig {
   path?: string;
   /** http only: accepted status codes, `200-399` (default), `200` or `200-299`. */
   expect?: string;
-  /** Every destination down: `keep` all of them (default, as keepalived and HAProxy), or `drain` the profile. Stored only when `drain`. */
+  /**
+   * Every destination down: `keep` all of them (default, as keepalived and HAProxy), or `drain` the profile. Stored
+   * only when `drain`.
+   */
   allDown?: 'drain';
 }
 
@@ -49,8 +55,26 @@ export interface HealthInput {
   allDown?: string;
 }
 
-export const HEALTH_DEFAULTS = { intervalMs: 2000, timeoutMs: 1000, rise: 2, fall: 3, path: '/', expect: '200-399' } as const;
-export const HEALTH_KEYS = ['kind', 'intervalMs', 'timeoutMs', 'rise', 'fall', 'port', 'address', 'path', 'expect', 'allDown'] as const;
+export const HEALTH_DEFAULTS = {
+  intervalMs: 2000,
+  timeoutMs: 1000,
+  rise: 2,
+  fall: 3,
+  path: '/',
+  expect: '200-399',
+} as const;
+export const HEALTH_KEYS = [
+  'kind',
+  'intervalMs',
+  'timeoutMs',
+  'rise',
+  'fall',
+  'port',
+  'address',
+  'path',
+  'expect',
+  'allDown',
+] as const;
 
 function q(v: unknown): string {
   try {
@@ -63,7 +87,8 @@ function q(v: unknown): string {
 
 function int(field: string, v: unknown, lo: number, hi: number, what: string): number {
   const n = typeof v === 'string' && /^[0-9]+$/.test(v) ? Number(v) : v;
-  if (typeof n !== 'number' || !Number.isInteger(n) || n < lo || n > hi) throw invalid(field, `${q(v)} must be ${what} from ${lo} to ${hi}`);
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < lo || n > hi)
+    throw invalid(field, `${q(v)} must be ${what} from ${lo} to ${hi}`);
   return n;
 }
 
@@ -82,10 +107,12 @@ export function parseExpect(text: string): [number, number] | null {
  */
 export function normalizeHealth(input: unknown, family: Family): HealthConfig | undefined {
   if (input === undefined || input === null) return undefined;
-  if (typeof input !== 'object' || Array.isArray(input)) throw invalid('health', `must be an object such as {"kind":"tcp"}, got ${q(input)}`);
+  if (typeof input !== 'object' || Array.isArray(input))
+    throw invalid('health', `must be an object such as {"kind":"tcp"}, got ${q(input)}`);
   const h = input as Record<string, unknown>;
   for (const k of Object.keys(h)) {
-    if (!(HEALTH_KEYS as readonly string[]).includes(k)) throw invalid(`health.${k}`, `is not a health field (known: ${HEALTH_KEYS.join(', ')})`);
+    if (!(HEALTH_KEYS as readonly string[]).includes(k))
+      throw invalid(`health.${k}`, `is not a health field (known: ${HEALTH_KEYS.join(', ')})`);
   }
   const kind = h.kind ?? 'tcp';
   if (kind === 'none') {
@@ -94,9 +121,14 @@ export function normalizeHealth(input: unknown, family: Family): HealthConfig | 
     return undefined;
   }
   if (kind !== 'tcp' && kind !== 'http') throw invalid('health.kind', `${q(kind)} must be tcp, http or none`);
-  const intervalMs = h.intervalMs === undefined ? HEALTH_DEFAULTS.intervalMs : int('health.intervalMs', h.intervalMs, 10, 3_600_000, 'a whole number of ms');
+  const intervalMs =
+    h.intervalMs === undefined
+      ? HEALTH_DEFAULTS.intervalMs
+      : int('health.intervalMs', h.intervalMs, 10, 3_600_000, 'a whole number of ms');
   const timeoutMs =
-    h.timeoutMs === undefined ? Math.min(HEALTH_DEFAULTS.timeoutMs, intervalMs) : int('health.timeoutMs', h.timeoutMs, 1, intervalMs, 'a whole number of ms (at most health.intervalMs)');
+    h.timeoutMs === undefined
+      ? Math.min(HEALTH_DEFAULTS.timeoutMs, intervalMs)
+      : int('health.timeoutMs', h.timeoutMs, 1, intervalMs, 'a whole number of ms (at most health.intervalMs)');
   const rise = h.rise === undefined ? HEALTH_DEFAULTS.rise : int('health.rise', h.rise, 1, 100, 'a whole number');
   const fall = h.fall === undefined ? HEALTH_DEFAULTS.fall : int('health.fall', h.fall, 1, 100, 'a whole number');
   const out: HealthConfig = { kind, intervalMs, timeoutMs, rise, fall };
@@ -116,9 +148,11 @@ export function normalizeHealth(input: unknown, family: Family): HealthConfig | 
   }
   if (kind === 'http') {
     const path = h.path ?? HEALTH_DEFAULTS.path;
-    if (typeof path !== 'string' || !/^\/[\x21-\x7e]{0,1023}$/.test(path)) throw invalid('health.path', `${q(path)} must start with / and hold printable characters without spaces`);
+    if (typeof path !== 'string' || !/^\/[\x21-\x7e]{0,1023}$/.test(path))
+      throw invalid('health.path', `${q(path)} must start with / and hold printable characters without spaces`);
     const expect = h.expect === undefined ? HEALTH_DEFAULTS.expect : String(h.expect);
-    if (!parseExpect(expect)) throw invalid('health.expect', `${q(h.expect)} must be a status code or range such as 200-399`);
+    if (!parseExpect(expect))
+      throw invalid('health.expect', `${q(h.expect)} must be a status code or range such as 200-399`);
     out.path = path;
     out.expect = expect;
   } else {

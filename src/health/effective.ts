@@ -216,7 +216,11 @@ export class HealthOverlay {
     return out;
   }
 
-  private annotateOne(r: { name: string; status?: string; detail?: string; destinations: DestinationCounters[] }, p: Profile, eff: Profile | null): void {
+  private annotateOne(
+    r: { name: string; status?: string; detail?: string; destinations: DestinationCounters[] },
+    p: Profile,
+    eff: Profile | null,
+  ): void {
     const info = this.info.get(p.name);
     const down = this.committed.get(p.name);
     const allDown = !!down?.size && p.destination.every((d) => (p.weights?.[d] ?? 1) === 0 || down.has(d));
@@ -246,7 +250,8 @@ export class HealthOverlay {
       for (const [d, i] of m) destinations[d] = i;
       profiles[name] = { drained: [...(this.committed.get(name) ?? [])], destinations };
     }
-    for (const [name, down] of this.committed) if (!profiles[name]) profiles[name] = { drained: [...down], destinations: {} };
+    for (const [name, down] of this.committed)
+      if (!profiles[name]) profiles[name] = { drained: [...down], destinations: {} };
     return { version: 1, pid: process.pid, updatedAt: Date.now(), profiles };
   }
 
@@ -292,7 +297,14 @@ export class HealthOverlay {
     } catch {
       return;
     }
-    if (data?.version !== 1 || typeof data.pid !== 'number' || data.pid === process.pid || !pidAlive(data.pid) || typeof data.profiles !== 'object') return;
+    if (
+      data?.version !== 1 ||
+      typeof data.pid !== 'number' ||
+      data.pid === process.pid ||
+      !pidAlive(data.pid) ||
+      typeof data.profiles !== 'object'
+    )
+      return;
     this.writerPid = data.pid;
     for (const [name, p] of Object.entries(data.profiles)) {
       if (Array.isArray(p.drained) && p.drained.length) {
@@ -314,7 +326,6 @@ export interface PublishedHealth {
   updatedAt: number;
   profiles: Record<string, { drained: string[]; destinations: Record<string, DestinationHealthInfo> }>;
 }
-
 
 function sameSet(a: ReadonlySet<string> | undefined, b: ReadonlySet<string> | undefined): boolean {
   if (!a || a.size === 0) return !b || b.size === 0;

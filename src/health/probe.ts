@@ -29,9 +29,16 @@ export const probe: Probe = (t) =>
       if (err === undefined) resolve();
       else reject(new Error(err));
     };
-    const timer = setTimeout(() => finish(`no ${t.kind === 'http' ? 'answer' : 'connection'} within ${t.timeoutMs} ms`), t.timeoutMs);
-    sock.once('error', (e: NodeJS.ErrnoException) => finish(`${e.code ?? 'error'}${e.syscall ? ` (${e.syscall})` : ''}`));
-    sock.once('close', () => finish(t.kind === 'http' ? 'connection closed before a status line' : 'connection closed'));
+    const timer = setTimeout(
+      () => finish(`no ${t.kind === 'http' ? 'answer' : 'connection'} within ${t.timeoutMs} ms`),
+      t.timeoutMs,
+    );
+    sock.once('error', (e: NodeJS.ErrnoException) =>
+      finish(`${e.code ?? 'error'}${e.syscall ? ` (${e.syscall})` : ''}`),
+    );
+    sock.once('close', () =>
+      finish(t.kind === 'http' ? 'connection closed before a status line' : 'connection closed'),
+    );
     if (t.kind === 'tcp') {
       sock.once('connect', () => finish());
       return;
@@ -39,7 +46,9 @@ export const probe: Probe = (t) =>
     const [lo, hi] = parseExpect(t.expect ?? '200-399') ?? [200, 399];
     sock.once('connect', () => {
       const host = t.host.includes(':') ? `[${t.host}]` : t.host;
-      sock.write(`GET ${t.path ?? '/'} HTTP/1.0\r\nHost: ${host}:${t.port}\r\nUser-Agent: iptlb-health\r\nConnection: close\r\n\r\n`);
+      sock.write(
+        `GET ${t.path ?? '/'} HTTP/1.0\r\nHost: ${host}:${t.port}\r\nUser-Agent: iptlb-health\r\nConnection: close\r\n\r\n`,
+      );
     });
     let head = '';
     sock.on('data', (chunk: Buffer) => {

@@ -58,7 +58,10 @@ export interface MetricsServerOptions {
   core?: Core;
   stats?: ProcessStats;
   checker?: HealthChecker;
-  /** More lines of exposition text (the fleet agent: applied revision, watch state), each family with its # HELP and # TYPE. */
+  /**
+   * More lines of exposition text (the fleet agent: applied revision, watch state), each family with its # HELP and #
+   * TYPE.
+   */
   extra?: () => string | Promise<string>;
 }
 
@@ -73,7 +76,12 @@ export interface MetricsServer {
 export function parseListenAddress(text: string): { host: string; port: number } {
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+|localhost)):([0-9]{1,5})$/.exec(text);
   const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535) throw new IptlbError('EUSAGE', `metrics-address: ${JSON.stringify(text)} must be host:port, e.g. 127.0.0.1:9469 or [::1]:9469 (port 0: any free one)`, { field: 'metrics-address' });
+  if (!m || port > 65535)
+    throw new IptlbError(
+      'EUSAGE',
+      `metrics-address: ${JSON.stringify(text)} must be host:port, e.g. 127.0.0.1:9469 or [::1]:9469 (port 0: any free one)`,
+      { field: 'metrics-address' },
+    );
   return { host: m[1] ?? m[2], port };
 }
 
@@ -95,7 +103,9 @@ class Text {
 }
 
 /** The exposition text: kernel counters (one status read), health, and the process counters. */
-export async function renderMetrics(opts: Omit<MetricsServerOptions, 'address' | 'core'> & { core: Core }): Promise<string> {
+export async function renderMetrics(
+  opts: Omit<MetricsServerOptions, 'address' | 'core'> & { core: Core },
+): Promise<string> {
   const t = new Text();
   let reports: ProfileReport[] = [];
   let readOk = 1;
@@ -109,24 +119,57 @@ export async function renderMetrics(opts: Omit<MetricsServerOptions, 'address' |
   t.sample('iptlb_kernel_read_success', {}, readOk);
   t.family('iptlb_profiles', 'gauge', 'Profiles in the state file.');
   t.sample('iptlb_profiles', {}, profiles.length);
-  t.family('iptlb_profile_in_sync', 'gauge', 'Whether the kernel holds the profile as planned (1) or not (0); orphans have profile="" and the owner in "orphan".');
+  t.family(
+    'iptlb_profile_in_sync',
+    'gauge',
+    'Whether the kernel holds the profile as planned (1) or not (0); orphans have profile="" and the owner in "orphan".',
+  );
   for (const r of reports) {
     if (r.status === 'orphaned') t.sample('iptlb_profile_in_sync', { profile: '', orphan: r.name }, 0);
     else t.sample('iptlb_profile_in_sync', { profile: r.name }, r.status === 'in-sync' ? 1 : 0);
   }
-  t.family('iptlb_destination_packets_total', 'counter', 'Packets matched by the NAT rule of the destination: one per new connection (kernel counter).');
-  for (const r of profiles) for (const d of r.destinations) t.sample('iptlb_destination_packets_total', { profile: r.name, destination: d.destination }, d.packets);
+  t.family(
+    'iptlb_destination_packets_total',
+    'counter',
+    'Packets matched by the NAT rule of the destination: one per new connection (kernel counter).',
+  );
+  for (const r of profiles)
+    for (const d of r.destinations)
+      t.sample('iptlb_destination_packets_total', { profile: r.name, destination: d.destination }, d.packets);
   t.family('iptlb_destination_bytes_total', 'counter', 'Bytes of those packets (kernel counter).');
-  for (const r of profiles) for (const d of r.destinations) t.sample('iptlb_destination_bytes_total', { profile: r.name, destination: d.destination }, d.bytes);
+  for (const r of profiles)
+    for (const d of r.destinations)
+      t.sample('iptlb_destination_bytes_total', { profile: r.name, destination: d.destination }, d.bytes);
   t.family('iptlb_destination_weight', 'gauge', 'Configured weight of the destination (state file).');
-  for (const r of profiles) for (const d of r.destinations) t.sample('iptlb_destination_weight', { profile: r.name, destination: d.destination }, d.weight ?? 1);
-  t.family('iptlb_destination_effective_weight', 'gauge', 'Weight the kernel has for the destination (0 when drained because down).');
-  for (const r of profiles) for (const d of r.destinations) t.sample('iptlb_destination_effective_weight', { profile: r.name, destination: d.destination }, d.effectiveWeight ?? d.weight ?? 1);
-  t.family('iptlb_destination_health', 'gauge', 'Health state of the destination: 1 for its current state (up, down or unchecked), 0 for the others; profiles with a health check only.');
+  for (const r of profiles)
+    for (const d of r.destinations)
+      t.sample('iptlb_destination_weight', { profile: r.name, destination: d.destination }, d.weight ?? 1);
+  t.family(
+    'iptlb_destination_effective_weight',
+    'gauge',
+    'Weight the kernel has for the destination (0 when drained because down).',
+  );
+  for (const r of profiles)
+    for (const d of r.destinations)
+      t.sample(
+        'iptlb_destination_effective_weight',
+        { profile: r.name, destination: d.destination },
+        d.effectiveWeight ?? d.weight ?? 1,
+      );
+  t.family(
+    'iptlb_destination_health',
+    'gauge',
+    'Health state of the destination: 1 for its current state (up, down or unchecked), 0 for the others; profiles with a health check only.',
+  );
   for (const r of profiles) {
     for (const d of r.destinations) {
       if (d.health === undefined) continue;
-      for (const s of ['up', 'down', 'unchecked']) t.sample('iptlb_destination_health', { profile: r.name, destination: d.destination, state: s }, d.health === s ? 1 : 0);
+      for (const s of ['up', 'down', 'unchecked'])
+        t.sample(
+          'iptlb_destination_health',
+          { profile: r.name, destination: d.destination, state: s },
+          d.health === s ? 1 : 0,
+        );
     }
   }
   const c = opts.checker?.counters;
@@ -139,7 +182,9 @@ export async function renderMetrics(opts: Omit<MetricsServerOptions, 'address' |
     t.family('iptlb_commits_total', 'counter', 'Kernel commits made by this process (syncs and health changes).');
     t.sample('iptlb_commits_total', {}, s.commits);
     t.family('iptlb_commit_duration_seconds', 'histogram', 'Duration of those kernel commits.');
-    COMMIT_BUCKETS.forEach((b, i) => t.sample('iptlb_commit_duration_seconds_bucket', { le: String(b) }, s.commitBuckets[i]));
+    COMMIT_BUCKETS.forEach((b, i) =>
+      t.sample('iptlb_commit_duration_seconds_bucket', { le: String(b) }, s.commitBuckets[i]),
+    );
     t.sample('iptlb_commit_duration_seconds_bucket', { le: '+Inf' }, s.commits);
     t.sample('iptlb_commit_duration_seconds_sum', {}, s.commitSeconds);
     t.sample('iptlb_commit_duration_seconds_count', {}, s.commits);
@@ -161,12 +206,22 @@ export async function renderMetrics(opts: Omit<MetricsServerOptions, 'address' |
 }
 
 /** `/healthz`: 200 while the last sync succeeded and the kernel matches the state (with health), else 503 and why. */
-export async function healthz(opts: Omit<MetricsServerOptions, 'address' | 'core'> & { core: Core }): Promise<{ ok: boolean; reason: string; profiles?: string[] }> {
+export async function healthz(
+  opts: Omit<MetricsServerOptions, 'address' | 'core'> & { core: Core },
+): Promise<{ ok: boolean; reason: string; profiles?: string[] }> {
   const last = opts.stats?.lastSync;
   if (last && !last.ok) return { ok: false, reason: `last sync failed: ${last.error}` };
   try {
     const drifted = (await opts.core.status()).filter((r) => r.status !== 'in-sync');
-    if (drifted.length) return { ok: false, reason: `kernel does not match the state file: ${drifted.length} profile(s) ${drifted.slice(0, 5).map((r) => `${r.name} ${r.status}`).join(', ')}`, profiles: drifted.map((r) => r.name) };
+    if (drifted.length)
+      return {
+        ok: false,
+        reason: `kernel does not match the state file: ${drifted.length} profile(s) ${drifted
+          .slice(0, 5)
+          .map((r) => `${r.name} ${r.status}`)
+          .join(', ')}`,
+        profiles: drifted.map((r) => r.name),
+      };
   } catch (e) {
     return { ok: false, reason: `cannot read the kernel: ${(e as Error).message}` };
   }
@@ -192,13 +247,21 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
         (e: Error) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`${e.message}\n`),
       );
     } else if (url === '/healthz') {
-      void healthz(opts).then((h) => res.writeHead(h.ok ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify(h) + '\n'));
+      void healthz(opts).then((h) =>
+        res.writeHead(h.ok ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify(h) + '\n'),
+      );
     } else {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('iptlb: /metrics or /healthz\n');
     }
   });
   await new Promise<void>((resolve, reject) => {
-    server.once('error', (e: NodeJS.ErrnoException) => reject(new IptlbError('EUSAGE', `metrics-address: cannot listen on ${options.address} (${e.code ?? e.message})`, { field: 'metrics-address' })));
+    server.once('error', (e: NodeJS.ErrnoException) =>
+      reject(
+        new IptlbError('EUSAGE', `metrics-address: cannot listen on ${options.address} (${e.code ?? e.message})`, {
+          field: 'metrics-address',
+        }),
+      ),
+    );
     server.listen(port, host, () => resolve());
   });
   const a = server.address() as { address: string; port: number };

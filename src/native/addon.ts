@@ -18,7 +18,9 @@ import { packageRoot } from '../paths.js';
 /** ABI of the addon this TypeScript expects (native/addon.cc exports the same number). */
 export const EXPECTED_ABI = 11;
 
-/** Conntrack entries to delete: original destination `vip`, protocol, reply source `destination` (flows DNATed to it). */
+/**
+ * Conntrack entries to delete: original destination `vip`, protocol, reply source `destination` (flows DNATed to it).
+ */
 export interface ConntrackFlow {
   protocol: 'tcp' | 'udp' | 'sctp';
   /** IPv4 dotted quad, or canonical IPv6 text without brackets (then `destination` is IPv6 too). */
@@ -33,7 +35,10 @@ export interface ConntrackFlushResult {
   kernelFilter: boolean;
   /** `true` when the namespace's nf_conntrack_count was 0 (or conntrack is not loaded): nothing was read. */
   skipped: boolean;
-  /** Dumps of the conntrack table made: one per address family and protocol asked (filtered in the kernel), or one of the whole table; 0 when skipped. */
+  /**
+   * Dumps of the conntrack table made: one per address family and protocol asked (filtered in the kernel), or one of
+   * the whole table; 0 when skipped.
+   */
   dumps: number;
   /** `deleted`: entries deleted; `kept`: tcp connections still open (established or closing), left to finish. */
   flows: { deleted: number; kept: number }[];
@@ -42,7 +47,10 @@ export interface ConntrackFlushResult {
 /** A held flock; `release()` is idempotent, and the lock also goes with the object (finalizer) or the process. */
 export interface FileLock {
   release(): void;
-  /** The descriptor that holds the lock; -1 once released. A child process given a copy holds the lock until it exits too. */
+  /**
+   * The descriptor that holds the lock; -1 once released. A child process given a copy holds the lock until it exits
+   * too.
+   */
   readonly fd: number;
 }
 
@@ -55,7 +63,10 @@ export interface NativeAddon {
   readonly abiVersion: number;
   /** Which file(s) this object was assembled from ('core', 'xt', 'nft'); see {@link loadAddon}. */
   readonly parts?: readonly AddonPart[];
-  /** Commits a transaction in one libiptc handle and one iptc_commit, under the xtables lock (waiting at most `lockWaitMs`, default 10,000). */
+  /**
+   * Commits a transaction in one libiptc handle and one iptc_commit, under the xtables lock (waiting at most
+   * `lockWaitMs`, default 10,000).
+   */
   commit(tx: Transaction, opts?: { lockWaitMs?: number }): Promise<{ durationMs: number; attempts: number }>;
   /**
    * The same commit with the transaction as `JSON.stringify(tx)`: decoded and checked on the worker
@@ -71,7 +82,10 @@ export interface NativeAddon {
    */
   prefetch(): Promise<boolean>;
   releasePrefetch(): Promise<boolean>;
-  /** iptlb's chains (IPTLB_*) and comment-owned hook rules of the nat table of `family` (default ipv4: iptables; ipv6: ip6tables), decoded, with counters. */
+  /**
+   * iptlb's chains (IPTLB_*) and comment-owned hook rules of the nat table of `family` (default ipv4: iptables; ipv6:
+   * ip6tables), decoded, with counters.
+   */
   read(family?: Family): Promise<KernelView>;
   /** An exclusive flock(2) on `path` (created 0600, symlinks refused), waiting at most `waitMs`. */
   flock(path: string, waitMs: number): Promise<FileLock>;
@@ -84,7 +98,10 @@ export interface NativeAddon {
    * synchronous TypeError naming the field. `genid` is the generation right after the commit.
    */
   nftCommit(tx: NftTransaction): Promise<{ durationMs: number; genid: number }>;
-  /** Table `<family> iptlb` (default ip) as the kernel holds it, with counters (a missing table is `exists: false`; an ip6 view has `family: 'ip6'`). */
+  /**
+   * Table `<family> iptlb` (default ip) as the kernel holds it, with counters (a missing table is `exists: false`; an
+   * ip6 view has `family: 'ip6'`).
+   */
   nftRead(family?: NftFamily): Promise<NftView>;
   /**
    * Deletes the conntrack entries (IPv4 or IPv6, as the flow's addresses are) of the current
@@ -111,8 +128,21 @@ export type LoadResult =
   | { ok: false; reason: LoadFailureReason; detail: string; fix: string };
 
 /** Debian packages of the libraries the parts link (runtime) and of their headers (build). */
-const RUNTIME_PACKAGES: Record<AddonPart, string[]> = { core: ['libmnl0'], xt: ['libip4tc2', 'libip6tc2'], nft: ['libnftnl11', 'libmnl0'] };
-export const BUILD_PACKAGES = ['libiptc-dev', 'libxtables-dev', 'libnftnl-dev', 'libmnl-dev', 'pkg-config', 'g++', 'make', 'python3'];
+const RUNTIME_PACKAGES: Record<AddonPart, string[]> = {
+  core: ['libmnl0'],
+  xt: ['libip4tc2', 'libip6tc2'],
+  nft: ['libnftnl11', 'libmnl0'],
+};
+export const BUILD_PACKAGES = [
+  'libiptc-dev',
+  'libxtables-dev',
+  'libnftnl-dev',
+  'libmnl-dev',
+  'pkg-config',
+  'g++',
+  'make',
+  'python3',
+];
 /** Debian package of each shared library a part may fail to find. */
 const SONAME_PACKAGES: Record<string, string> = {
   'libip4tc.so.2': 'libip4tc2',
@@ -165,16 +195,33 @@ export function buildLogTail(n = 8): { path: string; lines: string[] } | undefin
 }
 
 /** Sorts a dlopen/require failure of an addon file into a reason and the command that fixes it. */
-export function classifyLoadError(message: string, consumer = installedAsDependency()): { reason: Exclude<LoadFailureReason, 'not-built'>; fix: string } {
+export function classifyLoadError(
+  message: string,
+  consumer = installedAsDependency(),
+): { reason: Exclude<LoadFailureReason, 'not-built'>; fix: string } {
   // "libip4tc.so.2: cannot open shared object file: No such file or directory" (or "file too short",
   // "invalid ELF header" when something unusable sits at that name): a library the part links.
-  const lib = /^(?:\/[^:]*\/)?(lib[\w+-]+\.so(?:\.\d+)*): (?:cannot open shared object file|file too short|invalid ELF header|wrong ELF class)/.exec(message);
+  const lib =
+    /^(?:\/[^:]*\/)?(lib[\w+-]+\.so(?:\.\d+)*): (?:cannot open shared object file|file too short|invalid ELF header|wrong ELF class)/.exec(
+      message,
+    );
   if (lib) {
     const pkg = SONAME_PACKAGES[lib[1]!];
-    return { reason: 'library-missing', fix: pkg ? `apt-get install -y ${pkg}` : `install the package that provides ${lib[1]}` };
+    return {
+      reason: 'library-missing',
+      fix: pkg ? `apt-get install -y ${pkg}` : `install the package that provides ${lib[1]}`,
+    };
   }
-  if (/cannot open shared object file/i.test(message)) return { reason: 'library-missing', fix: `apt-get install -y ${[...new Set(Object.values(SONAME_PACKAGES))].join(' ')}` };
-  if (/NODE_MODULE_VERSION|compiled against a different Node\.js version|invalid ELF header|wrong ELF class|undefined symbol: napi_|version `(GLIBC|GLIBCXX|CXXABI)_[\d.]+' not found/.test(message)) {
+  if (/cannot open shared object file/i.test(message))
+    return {
+      reason: 'library-missing',
+      fix: `apt-get install -y ${[...new Set(Object.values(SONAME_PACKAGES))].join(' ')}`,
+    };
+  if (
+    /NODE_MODULE_VERSION|compiled against a different Node\.js version|invalid ELF header|wrong ELF class|undefined symbol: napi_|version `(GLIBC|GLIBCXX|CXXABI)_[\d.]+' not found/.test(
+      message,
+    )
+  ) {
     return { reason: 'abi-mismatch', fix: `${buildFix(consumer)} (builds it from source for this system)` };
   }
   return { reason: 'load-failed', fix: buildFix(consumer) };
@@ -212,7 +259,12 @@ export function loadAddonFrom(file: string): LoadResult {
   }
   if (!addon || typeof addon !== 'object' || addon.abiVersion !== EXPECTED_ABI) {
     const got = addon && typeof addon === 'object' ? String(addon.abiVersion) : typeof addon;
-    return { ok: false, reason: 'abi-mismatch', detail: `${file} has addon ABI ${got}, this iptlb expects ${EXPECTED_ABI}`, fix: rebuildCommand() };
+    return {
+      ok: false,
+      reason: 'abi-mismatch',
+      detail: `${file} has addon ABI ${got}, this iptlb expects ${EXPECTED_ABI}`,
+      fix: rebuildCommand(),
+    };
   }
   return { ok: true, addon, path: file };
 }
@@ -228,7 +280,12 @@ export function loadAddonPart(part: AddonPart): LoadResult {
   if (process.env.IPTLB_NO_NATIVE === '1') {
     r = { ok: false, reason: 'not-built', detail: 'disabled by IPTLB_NO_NATIVE=1', fix: 'unset IPTLB_NO_NATIVE' };
   } else if (!safeRoot()) {
-    r = { ok: false, reason: 'load-failed', detail: 'cannot find the package root (package.json named iptlb)', fix: 'reinstall iptlb' };
+    r = {
+      ok: false,
+      reason: 'load-failed',
+      detail: 'cannot find the package root (package.json named iptlb)',
+      fix: 'reinstall iptlb',
+    };
   } else {
     r = loadAddonFrom(addonPath(part));
     if (!r.ok && r.reason === 'library-missing') {
@@ -250,7 +307,8 @@ export function loadAddonPart(part: AddonPart): LoadResult {
 export function loadAddon(use: 'all' | 'core' | 'legacy' | 'nft' = 'all'): LoadResult {
   const known = assembled.get(use);
   if (known) return known;
-  const needed: AddonPart[] = use === 'all' ? [...ADDON_PARTS] : use === 'core' ? ['core'] : ['core', use === 'legacy' ? 'xt' : 'nft'];
+  const needed: AddonPart[] =
+    use === 'all' ? [...ADDON_PARTS] : use === 'core' ? ['core'] : ['core', use === 'legacy' ? 'xt' : 'nft'];
   const results = needed.map((p) => [p, loadAddonPart(p)] as const); // only what this use needs: one dlopen less
   let r: LoadResult | undefined;
   for (const [p, res] of results) {

@@ -1,6 +1,7 @@
 /**
  * The nft engine's plan vocabulary: a transaction is an ordered list of {@link NftOp}s on the table
- * `ip iptlb` (IPv4 profiles) or `ip6 iptlb` (IPv6 ones), pure data. Both nft executors carry out the same list in one netlink batch (native:
+ * `ip iptlb` (IPv4 profiles) or `ip6 iptlb` (IPv6 ones), pure data. Both nft executors carry out the same list in one
+ * netlink batch (native:
  * the addon builds the messages; spawn: {@link renderNft} writes the text fed to `nft -f -`), so the
  * kernel ends up with the same objects either way.
  *
@@ -46,7 +47,10 @@ export interface NftEndpoint {
   port: number;
 }
 
-/** Name of the dispatch set of hook `h`, protocol `proto` and `n` slots (destinations, or the sum of the reduced weights). */
+/**
+ * Name of the dispatch set of hook `h`, protocol `proto` and `n` slots (destinations, or the sum of the reduced
+ * weights).
+ */
 export function dispatchSetName(h: NftHook, proto: Protocol, n: number): string {
   return `${h}_${proto}_${n}`;
 }
@@ -100,7 +104,10 @@ export function backendMapName(proto: Protocol): string {
 /** The rules iptlb writes, structured (never text) so both executors encode them identically. */
 export type NftRule =
   | {
-      /** `[fib daddr type local] ip daddr . P dport @set dnat to ip daddr . P dport . numgen random mod n offset T(n) map @be_P` (see {@link backendOffset}) */
+      /**
+       * `[fib daddr type local] ip daddr . P dport @set dnat to ip daddr . P dport . numgen random mod n offset T(n)
+       * map @be_P` (see {@link backendOffset})
+       */
       kind: 'dispatch';
       hook: NftHook;
       proto: Protocol;
@@ -121,7 +128,8 @@ export type NftRule =
       /**
        * A round-robin profile's own rule (numgen inc keeps its counter in the rule, so each profile
        * needs its own for an exact rotation):
-       * `ip daddr V P dport port [fib daddr type local] dnat to ip daddr . P dport . numgen inc mod n offset 1000000+T(n) map @be_P comment "iptlb:<owner>"`
+       * `ip daddr V P dport port [fib daddr type local] dnat to ip daddr . P dport . numgen inc mod n offset
+       * 1000000+T(n) map @be_P comment "iptlb:<owner>"`
        * (see {@link rrOffset}). It comes after the dispatch rules of its chain.
        */
       kind: 'rr';
@@ -136,7 +144,8 @@ export type NftRule =
       /**
        * A session-affinity profile's rule (it has no dispatch element and no backends; its rules are
        * self-contained, after the dispatch rules of its chain):
-       * `ip daddr V P dport port [fib daddr type local] <pick> update @S { ip saddr } counter dnat to D comment "iptlb:<owner>"`
+       * `ip daddr V P dport port [fib daddr type local] <pick> update @S { ip saddr } counter dnat to D comment
+       * "iptlb:<owner>"`
        * where <pick> is `ip saddr @S` (hit: the client's entry is live, refreshed by the update),
        * `numgen random mod M < K` (weighted cascade), `numgen inc mod M 0` (round-robin cascade) or
        * nothing (the last destination). S is the destination's affinity set.
@@ -146,7 +155,8 @@ export type NftRule =
       vip: NftEndpoint;
       proto: Protocol;
       local: boolean;
-      pick: { mode: 'hit' } | { mode: 'random'; mod: number; lt: number } | { mode: 'inc'; mod: number } | { mode: 'rest' };
+      pick:
+        { mode: 'hit' } | { mode: 'random'; mod: number; lt: number } | { mode: 'inc'; mod: number } | { mode: 'rest' };
       set: string;
       to: NftEndpoint;
       /** Read back only: the rule's counter (new connections it sent). */
@@ -154,7 +164,10 @@ export type NftRule =
       bytes?: bigint;
     }
   | {
-      /** `ct status dnat ct original ip daddr V ct original protocol P ct original proto-dst port masquerade comment "iptlb:<owner>"` */
+      /**
+       * `ct status dnat ct original ip daddr V ct original protocol P ct original proto-dst port masquerade comment
+       * "iptlb:<owner>"`
+       */
       kind: 'masq';
       owner: string;
       vip: NftEndpoint;
@@ -177,7 +190,10 @@ export type NftOp =
   /** `add set ip iptlb <name> { type ipv4_addr . inet_service; counter; }` */
   | { op: 'addDispatchSet'; name: string }
   | { op: 'deleteSet'; name: string }
-  /** `add set ip iptlb <name> { type ipv4_addr; size 65535; flags dynamic,timeout; timeout <s>s; }` (no-op when it exists) */
+  /**
+   * `add set ip iptlb <name> { type ipv4_addr; size 65535; flags dynamic,timeout; timeout <s>s; }` (no-op when it
+   * exists)
+   */
   | { op: 'addAffinitySet'; name: string; timeout: number }
   /** `add chain ip iptlb <name> { type nat hook <hook> priority <prio>; policy accept; }` */
   | { op: 'addBaseChain'; name: NftBaseChain }
@@ -212,9 +228,14 @@ export interface NftView {
   /** Every set of the table whose name matches DISPATCH_SET_PATTERN. */
   dispatchSets: { name: string; elements: { key: NftEndpoint; packets: bigint; bytes: bigint }[] }[];
   backendMaps: { proto: Protocol; elements: (NftBackendElement & { packets: bigint; bytes: bigint })[] }[];
-  /** The base chains that exist, with their rules in order. A rule iptlb did not write is `{ kind: 'foreign', text }`. */
+  /**
+   * The base chains that exist, with their rules in order. A rule iptlb did not write is `{ kind: 'foreign', text }`.
+   */
   chains: { name: NftBaseChain; rules: (NftRule | { kind: 'foreign'; text: string })[] }[];
-  /** The affinity sets (names matching AFFINITY_SET_PATTERN) with their timeout; their elements are the kernel's, not compared. Absent from reads that do not know them. */
+  /**
+   * The affinity sets (names matching AFFINITY_SET_PATTERN) with their timeout; their elements are the kernel's, not
+   * compared. Absent from reads that do not know them.
+   */
   affinitySets?: { name: string; timeout: number }[];
   /** Names of the table's objects iptlb does not know (other sets or chains): drift. */
   foreign: string[];
@@ -254,7 +275,13 @@ export function renderNftRule(r: NftRule, family: NftFamily = 'ip'): string {
     case 'aff': {
       const fib = r.local ? ' fib daddr type local' : '';
       const pick =
-        r.pick.mode === 'hit' ? ` ${f} saddr @${r.set}` : r.pick.mode === 'random' ? ` numgen random mod ${r.pick.mod} < ${r.pick.lt}` : r.pick.mode === 'inc' ? ` numgen inc mod ${r.pick.mod} 0` : '';
+        r.pick.mode === 'hit'
+          ? ` ${f} saddr @${r.set}`
+          : r.pick.mode === 'random'
+            ? ` numgen random mod ${r.pick.mod} < ${r.pick.lt}`
+            : r.pick.mode === 'inc'
+              ? ` numgen inc mod ${r.pick.mod} 0`
+              : '';
       return `${f} daddr ${r.vip.ip} ${r.proto} dport ${r.vip.port}${fib}${pick} update @${r.set} { ${f} saddr } counter dnat to ${formatEndpoint(r.to)} comment "iptlb:${r.owner}"`;
     }
     case 'masq':
@@ -298,7 +325,9 @@ export function renderNft(tx: NftTransaction): string {
         lines.push(`add set ${T} ${o.name} { type ${addr} . inet_service; counter; }`);
         break;
       case 'addAffinitySet':
-        lines.push(`add set ${T} ${o.name} { type ${addr}; size 65535; flags dynamic,timeout; timeout ${o.timeout}s; }`);
+        lines.push(
+          `add set ${T} ${o.name} { type ${addr}; size 65535; flags dynamic,timeout; timeout ${o.timeout}s; }`,
+        );
         break;
       case 'deleteSet':
         lines.push(`delete set ${T} ${o.name}`);
@@ -315,21 +344,33 @@ export function renderNft(tx: NftTransaction): string {
         lines.push(`add rule ${T} ${o.chain} ${renderNftRule(o.rule, f)}`);
         break;
       case 'addDispatchElements':
-        if (o.elements.length) lines.push(...chunked(o.elements, (p) => `add element ${T} ${o.set} { ${p.map(ep).join(', ')} }`));
+        if (o.elements.length)
+          lines.push(...chunked(o.elements, (p) => `add element ${T} ${o.set} { ${p.map(ep).join(', ')} }`));
         break;
       case 'deleteDispatchElements':
-        if (o.elements.length) lines.push(...chunked(o.elements, (p) => `delete element ${T} ${o.set} { ${p.map(ep).join(', ')} }`));
+        if (o.elements.length)
+          lines.push(...chunked(o.elements, (p) => `delete element ${T} ${o.set} { ${p.map(ep).join(', ')} }`));
         break;
       case 'addBackendElements':
         if (o.elements.length) {
           lines.push(
-            ...chunked(o.elements, (p) => `add element ${T} ${backendMapName(o.proto)} { ${p.map((e) => `${ep(e.vip)} . ${e.index} : ${ep(e.to)}`).join(', ')} }`),
+            ...chunked(
+              o.elements,
+              (p) =>
+                `add element ${T} ${backendMapName(o.proto)} { ${p.map((e) => `${ep(e.vip)} . ${e.index} : ${ep(e.to)}`).join(', ')} }`,
+            ),
           );
         }
         break;
       case 'deleteBackendElements':
         if (o.elements.length) {
-          lines.push(...chunked(o.elements, (p) => `delete element ${T} ${backendMapName(o.proto)} { ${p.map((e) => `${ep(e.vip)} . ${e.index}`).join(', ')} }`));
+          lines.push(
+            ...chunked(
+              o.elements,
+              (p) =>
+                `delete element ${T} ${backendMapName(o.proto)} { ${p.map((e) => `${ep(e.vip)} . ${e.index}`).join(', ')} }`,
+            ),
+          );
         }
         break;
     }

@@ -45,10 +45,17 @@ export function nftFamilyOf(p: Profile): NftFamily {
  * The family of a transaction for `profiles`: that of the first one (or `fallback` when there are
  * none). Every profile of `check` must be of it (a planner given both families is a caller's bug).
  */
-function familyFor(first: Profile | undefined, fallback: NftFamily | undefined, check: Iterable<Profile | undefined>): NftFamily {
+function familyFor(
+  first: Profile | undefined,
+  fallback: NftFamily | undefined,
+  check: Iterable<Profile | undefined>,
+): NftFamily {
   const family = fallback ?? (first ? nftFamilyOf(first) : 'ip');
   for (const p of check) {
-    if (p && nftFamilyOf(p) !== family) throw new Error(`nft plan: profile ${p.name} is ${nftFamilyOf(p) === 'ip6' ? 'IPv6' : 'IPv4'}, not of table ${family} iptlb`);
+    if (p && nftFamilyOf(p) !== family)
+      throw new Error(
+        `nft plan: profile ${p.name} is ${nftFamilyOf(p) === 'ip6' ? 'IPv6' : 'IPv4'}, not of table ${family} iptlb`,
+      );
   }
   return family;
 }
@@ -68,7 +75,9 @@ function endpoint(text: string): NftEndpoint {
 
 /** Everything one profile puts into the table. */
 export interface NftProfilePlan {
-  /** The dispatch set holding the profile's address; null for round-robin profiles, which have their own rule instead. */
+  /**
+   * The dispatch set holding the profile's address; null for round-robin profiles, which have their own rule instead.
+   */
   set: string | null;
   /** Slots: backend elements the profile uses (W). */
   n: number;
@@ -139,19 +148,29 @@ function planAffinityProfile(p: Profile, vip: NftEndpoint, hook: NftHook, n: num
   } else {
     let rest = n;
     slots.forEach((s, i) => {
-      const pick = i < slots.length - 1 ? { mode: 'random' as const, mod: rest, lt: s.slots } : { mode: 'rest' as const };
+      const pick =
+        i < slots.length - 1 ? { mode: 'random' as const, mod: rest, lt: s.slots } : { mode: 'rest' as const };
       rest -= s.slots;
       rules.push({ chain, rule: { ...base, pick, set: setOf(s.to), to: s.to } });
     });
   }
   if (p.masquerade) rules.push({ chain: 'postrouting', rule: { kind: 'masq', owner: p.name, vip, proto: p.protocol } });
-  return { set: null, n, vip, proto: p.protocol, backends: [], rules, affinitySets: slots.map((s) => ({ name: setOf(s.to), timeout })) };
+  return {
+    set: null,
+    n,
+    vip,
+    proto: p.protocol,
+    backends: [],
+    rules,
+    affinitySets: slots.map((s) => ({ name: setOf(s.to), timeout })),
+  };
 }
 
 /** The affinity sets the rules of `content` use, by name, with their timeout. */
 export function affinitySetsOf(content: { chains: Record<NftBaseChain, NftRule[]> }): Map<string, number> {
   const out = new Map<string, number>();
-  for (const c of NFT_BASE_CHAINS) for (const r of content.chains[c]) if (r.kind === 'aff') out.set(r.set, affinitySetTimeout(r.set) ?? 1);
+  for (const c of NFT_BASE_CHAINS)
+    for (const r of content.chains[c]) if (r.kind === 'aff') out.set(r.set, affinitySetTimeout(r.set) ?? 1);
   return out;
 }
 
@@ -186,7 +205,8 @@ export function baseContent(
   const dispatch = new Map<string, DispatchRule>();
   const use = (p: Profile): void => {
     const set = dispatchSetOf(p);
-    if (set !== null && !dispatch.has(set)) dispatch.set(set, { kind: 'dispatch', hook: nftHookOf(p), proto: p.protocol, n: slotCount(p) });
+    if (set !== null && !dispatch.has(set))
+      dispatch.set(set, { kind: 'dispatch', hook: nftHookOf(p), proto: p.protocol, n: slotCount(p) });
   };
   // Round-robin rules come after the dispatch rules: a leftover rule of a profile that is random now
   // (a process killed between the two steps of a move) never shadows its dispatch element.
@@ -208,7 +228,8 @@ export function baseContent(
     if (p.scheduler === 'round-robin' || p.affinity) {
       for (const r of planNftProfile(p).rules) {
         if (r.rule.kind !== 'rr' && r.rule.kind !== 'aff') continue;
-        if (!rrRules.some((x) => x.chain === r.chain && JSON.stringify(x.rule) === JSON.stringify(r.rule))) rrRules.push(r);
+        if (!rrRules.some((x) => x.chain === r.chain && JSON.stringify(x.rule) === JSON.stringify(r.rule)))
+          rrRules.push(r);
       }
     }
   }
@@ -218,7 +239,8 @@ export function baseContent(
   }
   const order: Record<NftHook, number> = { out: 0, pre: 1, loc: 2 };
   const rules = [...dispatch.values()].sort(
-    (a, b) => order[a.hook] - order[b.hook] || NFT_PROTOCOLS.indexOf(a.proto) - NFT_PROTOCOLS.indexOf(b.proto) || a.n - b.n,
+    (a, b) =>
+      order[a.hook] - order[b.hook] || NFT_PROTOCOLS.indexOf(a.proto) - NFT_PROTOCOLS.indexOf(b.proto) || a.n - b.n,
   );
   for (const r of rules) chains[baseChainOf(r.hook)].push(r);
   for (const r of rrRules) chains[r.chain].push(r.rule);
@@ -245,10 +267,18 @@ export function countUsage(counts: Map<string, number>, p: Profile, delta: 1 | -
  * Whether the base chains stay as they are: no touched profile has or had logging or masquerade,
  * and no dispatch set starts or stops being used. O(touched), given the usage counts of `prev`.
  */
-export function baseUnchanged(prev: ReadonlyMap<string, Profile>, next: ReadonlyMap<string, Profile>, touched: Set<string>, usage: Map<string, number>): boolean {
+export function baseUnchanged(
+  prev: ReadonlyMap<string, Profile>,
+  next: ReadonlyMap<string, Profile>,
+  touched: Set<string>,
+  usage: Map<string, number>,
+): boolean {
   const delta = new Map<string, number>();
   for (const name of touched) {
-    for (const [p, d] of [[prev.get(name), -1], [next.get(name), +1]] as const) {
+    for (const [p, d] of [
+      [prev.get(name), -1],
+      [next.get(name), +1],
+    ] as const) {
       if (!p) continue;
       if (ownsRules(p)) return false;
       const set = dispatchSetOf(p)!;
@@ -257,7 +287,7 @@ export function baseUnchanged(prev: ReadonlyMap<string, Profile>, next: Readonly
   }
   for (const [set, d] of delta) {
     const before = usage.get(set) ?? 0;
-    if ((before > 0) !== (before + d > 0)) return false;
+    if (before > 0 !== before + d > 0) return false;
   }
   return true;
 }
@@ -290,10 +320,12 @@ class ElementOps {
   emit(kind: 'add' | 'delete', ops: NftOp[]): void {
     // Deletes: dispatch first (the profile stops matching), then its backends; adds the other way round.
     const dispatch = (): void => {
-      for (const [set, elements] of this.dispatch) ops.push({ op: kind === 'add' ? 'addDispatchElements' : 'deleteDispatchElements', set, elements });
+      for (const [set, elements] of this.dispatch)
+        ops.push({ op: kind === 'add' ? 'addDispatchElements' : 'deleteDispatchElements', set, elements });
     };
     const backends = (): void => {
-      for (const [proto, elements] of this.backends) ops.push({ op: kind === 'add' ? 'addBackendElements' : 'deleteBackendElements', proto, elements });
+      for (const [proto, elements] of this.backends)
+        ops.push({ op: kind === 'add' ? 'addBackendElements' : 'deleteBackendElements', proto, elements });
     };
     if (kind === 'add') {
       backends();
@@ -322,7 +354,10 @@ function rewrite(from: ReturnType<typeof baseContent>, to: ReturnType<typeof bas
 
 const tx = (family: NftFamily, ops: NftOp[]): NftTransaction => ({ family, table: 'iptlb', ops });
 /** Stands for "the base chains as they are" when they are known not to change. */
-const EMPTY_CONTENT: ReturnType<typeof baseContent> = { chains: { output: [], prerouting: [], postrouting: [] }, sets: [] };
+const EMPTY_CONTENT: ReturnType<typeof baseContent> = {
+  chains: { output: [], prerouting: [], postrouting: [] },
+  sets: [],
+};
 const sameEndpoint = (a: NftEndpoint, b: NftEndpoint): boolean => a.ip === b.ip && a.port === b.port;
 
 /**
@@ -339,7 +374,10 @@ export function planNftChange(
   prev: ReadonlyMap<string, Profile>,
   next: ReadonlyMap<string, Profile>,
   touched: Iterable<string>,
-  /** Profiles per dispatch set in `prev` ({@link dispatchSetUsage}); with it, a change that leaves the base chains alone costs O(touched), not O(profiles). */
+  /**
+   * Profiles per dispatch set in `prev` ({@link dispatchSetUsage}); with it, a change that leaves the base chains alone
+   * costs O(touched), not O(profiles).
+   */
   usage?: Map<string, number>,
   /**
    * Elements per dispatch set as the kernel holds them, read just before (for changes of the base
@@ -347,12 +385,18 @@ export function planNftChange(
    * commit, before writing the state) keeps its rule and is not deleted.
    */
   kernelSets?: ReadonlyMap<string, number>,
-  /** The table (`ip` or `ip6`); by default that of the profiles. `prev` and `next` hold profiles of this family only. */
+  /**
+   * The table (`ip` or `ip6`); by default that of the profiles. `prev` and `next` hold profiles of this family only.
+   */
   family?: NftFamily,
 ): NftTransaction[] {
   const names = new Set(touched);
   // O(touched): the touched profiles, old and new, must be of the table's family.
-  const fam = familyFor(next.values().next().value ?? prev.values().next().value, family, [...names].flatMap((n) => [prev.get(n), next.get(n)]));
+  const fam = familyFor(
+    next.values().next().value ?? prev.values().next().value,
+    family,
+    [...names].flatMap((n) => [prev.get(n), next.get(n)]),
+  );
   // The last profile gone: the table goes too, so the ruleset is exactly as before iptlb.
   if (next.size === 0) return prev.size === 0 ? [] : [planNftRemoveAll(fam)];
   const fast = usage !== undefined && prev.size > 0 && baseUnchanged(prev, next, names, usage);
@@ -369,13 +413,31 @@ export function planNftChange(
     const n = now && planNftProfile(now);
     // A round-robin profile whose slot count changes moves too: its rule changes with its backends.
     // So does a switch between round-robin and affinity (the round-robin rule's backends must outlive it).
-    if (o && n && (o.set !== n.set || !sameEndpoint(o.vip, n.vip) || (o.set === null && (o.n !== n.n || old!.rulesBackend !== now!.rulesBackend || o.proto !== n.proto || !!old!.affinity !== !!now!.affinity)))) {
+    if (
+      o &&
+      n &&
+      (o.set !== n.set ||
+        !sameEndpoint(o.vip, n.vip) ||
+        (o.set === null &&
+          (o.n !== n.n ||
+            old!.rulesBackend !== now!.rulesBackend ||
+            o.proto !== n.proto ||
+            !!old!.affinity !== !!now!.affinity)))
+    ) {
       // Moves: the new elements now, the old ones in the second step. Backends that share keys
       // (same address, protocol and count: only the mode or the scheduler changed) are replaced in place.
       moving.push(old!);
       adds.add(n);
       if (o.set !== null) later.addDispatch(o.set, o.vip);
-      if (o.proto === n.proto && sameEndpoint(o.vip, n.vip) && o.n === n.n && (o.set === null) === (n.set === null) && !old!.affinity && !now!.affinity) dels.addBackends(o.proto, o.backends);
+      if (
+        o.proto === n.proto &&
+        sameEndpoint(o.vip, n.vip) &&
+        o.n === n.n &&
+        (o.set === null) === (n.set === null) &&
+        !old!.affinity &&
+        !now!.affinity
+      )
+        dels.addBackends(o.proto, o.backends);
       else later.addBackends(o.proto, o.backends);
       continue;
     }
@@ -384,12 +446,18 @@ export function planNftChange(
   }
   // Sets the kernel still fills after each step, beyond what the profiles say.
   const left = (step: 1 | 2): string[] =>
-    [...(kernelSets ?? [])].filter(([set, n]) => n - dels.count(set) + adds.count(set) - (step === 2 ? later.count(set) : 0) > 0).map(([set]) => set);
+    [...(kernelSets ?? [])]
+      .filter(([set, n]) => n - dels.count(set) + adds.count(set) - (step === 2 ? later.count(set) : 0) > 0)
+      .map(([set]) => set);
   const middle = fast ? after : baseContent(next.values(), moving, left(1));
   const final = fast || !kernelSets ? after : baseContent(next.values(), [], left(2));
   const first: NftOp[] = [];
   const newSets = middle.sets.filter((s) => !before.sets.includes(s));
-  if (prev.size === 0 || newSets.length || NFT_BASE_CHAINS.some((c) => !sameRules(before.chains[c], middle.chains[c]))) {
+  if (
+    prev.size === 0 ||
+    newSets.length ||
+    NFT_BASE_CHAINS.some((c) => !sameRules(before.chains[c], middle.chains[c]))
+  ) {
     skeleton(first);
     for (const name of newSets) first.push({ op: 'addDispatchSet', name });
     // Affinity sets are added (a no-op when they exist, so their clients stay) before the rules that use them.
@@ -398,7 +466,9 @@ export function planNftChange(
   dels.emit('delete', first);
   adds.emit('add', first);
   rewrite(before, middle, first);
-  const known = (c: ReturnType<typeof baseContent>): string[] => [...new Set([...c.sets, ...(kernelSets?.keys() ?? [])])];
+  const known = (c: ReturnType<typeof baseContent>): string[] => [
+    ...new Set([...c.sets, ...(kernelSets?.keys() ?? [])]),
+  ];
   if (!moving.length) {
     // Without a move nothing is left for a second step: `final` holds what `middle` holds.
     for (const name of known(before).filter((s) => !middle.sets.includes(s))) first.push({ op: 'deleteSet', name });
@@ -415,8 +485,15 @@ export function planNftChange(
   return [tx(fam, first), tx(fam, second)];
 }
 
-/** Deletes the affinity sets the rules of `from` use and those of `to` do not (after the rewrite that drops those rules). */
-function dropAffinitySets(from: ReturnType<typeof baseContent>, to: ReturnType<typeof baseContent>, ops: NftOp[]): void {
+/**
+ * Deletes the affinity sets the rules of `from` use and those of `to` do not (after the rewrite that drops those
+ * rules).
+ */
+function dropAffinitySets(
+  from: ReturnType<typeof baseContent>,
+  to: ReturnType<typeof baseContent>,
+  ops: NftOp[],
+): void {
   const keep = affinitySetsOf(to);
   for (const name of affinitySetsOf(from).keys()) if (!keep.has(name)) ops.push({ op: 'deleteSet', name });
 }
@@ -436,11 +513,17 @@ export function planNftRebuild(profiles: Iterable<Profile>, expectGenid?: number
   const adds = new ElementOps();
   for (const p of list) adds.add(planNftProfile(p));
   adds.emit('add', ops);
-  for (const chain of NFT_BASE_CHAINS) for (const rule of content.chains[chain]) ops.push({ op: 'addRule', chain, rule });
-  return expectGenid === undefined ? { family: fam, table: 'iptlb', ops } : { family: fam, table: 'iptlb', ops, expectGenid };
+  for (const chain of NFT_BASE_CHAINS)
+    for (const rule of content.chains[chain]) ops.push({ op: 'addRule', chain, rule });
+  return expectGenid === undefined
+    ? { family: fam, table: 'iptlb', ops }
+    : { family: fam, table: 'iptlb', ops, expectGenid };
 }
 
-/** The transaction that removes table `<family> iptlb` entirely (used by migrate, and when a family's last profile goes). */
+/**
+ * The transaction that removes table `<family> iptlb` entirely (used by migrate, and when a family's last profile
+ * goes).
+ */
 export function planNftRemoveAll(family: NftFamily = 'ip'): NftTransaction {
   return { family, table: 'iptlb', ops: [{ op: 'addTable' }, { op: 'deleteTable' }] };
 }
@@ -464,7 +547,12 @@ export function planNftClear(view: NftView, family: NftFamily): NftTransaction {
   const ops: NftOp[] = [];
   for (const c of view.chains) ops.push({ op: 'flushChain', name: c.name });
   for (const m of view.backendMaps) {
-    if (m.elements.length) ops.push({ op: 'deleteBackendElements', proto: m.proto, elements: m.elements.map((e) => ({ vip: e.vip, index: e.index, to: e.to })) });
+    if (m.elements.length)
+      ops.push({
+        op: 'deleteBackendElements',
+        proto: m.proto,
+        elements: m.elements.map((e) => ({ vip: e.vip, index: e.index, to: e.to })),
+      });
   }
   for (const s of view.dispatchSets) ops.push({ op: 'deleteSet', name: s.name });
   for (const s of view.affinitySets ?? []) ops.push({ op: 'deleteSet', name: s.name });
@@ -497,7 +585,13 @@ export function unknownObjects(view: NftView, known: Iterable<Profile>, touched:
     vips.add(vipKey(plan.proto, plan.vip));
     names.add(p.name);
   }
-  const kept: KeptObjects = { dispatch: new Map(), backends: new Map(), rules: [], affinitySets: new Map(), vips: new Set() };
+  const kept: KeptObjects = {
+    dispatch: new Map(),
+    backends: new Map(),
+    rules: [],
+    affinitySets: new Map(),
+    vips: new Set(),
+  };
   for (const s of view.dispatchSets) {
     const d = parseDispatchSetName(s.name);
     if (!d) continue;
@@ -541,7 +635,11 @@ export function keepsAnything(k: KeptObjects): boolean {
  * {@link planNftRebuild} of `profiles` that also carries over `kept` (the objects of profiles this
  * instance does not know), in one transaction: no virtual address of theirs is ever without rules.
  */
-export function planNftMergedRebuild(profiles: Iterable<Profile>, kept: KeptObjects, family: NftFamily): NftTransaction {
+export function planNftMergedRebuild(
+  profiles: Iterable<Profile>,
+  kept: KeptObjects,
+  family: NftFamily,
+): NftTransaction {
   const list = [...profiles];
   const ops: NftOp[] = [{ op: 'addTable' }, { op: 'deleteTable' }];
   skeleton(ops);
@@ -555,8 +653,12 @@ export function planNftMergedRebuild(profiles: Iterable<Profile>, kept: KeptObje
   for (const [proto, elements] of kept.backends) adds.addBackends(proto, elements);
   adds.emit('add', ops);
   for (const chain of NFT_BASE_CHAINS) {
-    const first = kept.rules.filter((k) => k.chain === chain && (k.rule.kind === 'log' || k.rule.kind === 'masq')).map((k) => k.rule);
-    const last = kept.rules.filter((k) => k.chain === chain && (k.rule.kind === 'rr' || k.rule.kind === 'aff')).map((k) => k.rule);
+    const first = kept.rules
+      .filter((k) => k.chain === chain && (k.rule.kind === 'log' || k.rule.kind === 'masq'))
+      .map((k) => k.rule);
+    const last = kept.rules
+      .filter((k) => k.chain === chain && (k.rule.kind === 'rr' || k.rule.kind === 'aff'))
+      .map((k) => k.rule);
     for (const rule of [...first, ...content.chains[chain], ...last]) ops.push({ op: 'addRule', chain, rule });
   }
   return { family, table: 'iptlb', ops };

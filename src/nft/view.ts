@@ -29,7 +29,15 @@ const PROTOS: readonly string[] = ['tcp', 'udp', 'sctp'];
 
 /** A view of a missing table. Only a view of table ip6 iptlb names its family (absent means ip). */
 export function emptyNftView(genid = 0, family: NftFamily = 'ip'): NftView {
-  return { genid, ...(family === 'ip6' ? { family } : {}), exists: false, dispatchSets: [], backendMaps: [], chains: [], foreign: [] };
+  return {
+    genid,
+    ...(family === 'ip6' ? { family } : {}),
+    exists: false,
+    dispatchSets: [],
+    backendMaps: [],
+    chains: [],
+    foreign: [],
+  };
 }
 
 /** An address as nft printed it, in iptlb's text: IPv6 in RFC 5952 form (nft may print a dotted tail). */
@@ -57,14 +65,24 @@ const payload = (l: J | undefined, protocol: string, field: string): boolean => 
 const isFibLocal = (e: unknown): boolean => {
   const m = match(e);
   const fib = obj(m?.[0].fib);
-  return !!m && fib?.result === 'type' && Array.isArray(fib.flags) && fib.flags.length === 1 && fib.flags[0] === 'daddr' && m[1] === 'local';
+  return (
+    !!m &&
+    fib?.result === 'type' &&
+    Array.isArray(fib.flags) &&
+    fib.flags.length === 1 &&
+    fib.flags[0] === 'daddr' &&
+    m[1] === 'local'
+  );
 };
 
 /** Recognises the rule shapes iptlb writes in table `<family> iptlb`; anything else is foreign. */
 export function decodeRuleJson(rule: J, family: NftFamily = 'ip'): NftRule | { kind: 'foreign'; text: string } {
   const f = family; // payload protocol of daddr/saddr and family of dnat: ip or ip6
   const addr = (v: string): string => addrText(v, f);
-  const foreign = { kind: 'foreign' as const, text: `handle ${String(rule.handle)}: ${JSON.stringify(rule.expr).slice(0, 160)}` };
+  const foreign = {
+    kind: 'foreign' as const,
+    text: `handle ${String(rule.handle)}: ${JSON.stringify(rule.expr).slice(0, 160)}`,
+  };
   const expr = Array.isArray(rule.expr) ? [...rule.expr] : [];
   const comment = typeof rule.comment === 'string' ? rule.comment : undefined;
   const owner = comment?.startsWith('iptlb:') ? comment.slice(6) : undefined;
@@ -80,14 +98,26 @@ export function decodeRuleJson(rule: J, family: NftFamily = 'ip'): NftRule | { k
     const key = obj(map?.key)?.concat as J[] | undefined;
     const ng = obj(key?.[2]?.numgen);
     if (
-      set && !comment && concat?.length === 2 && payload(concat[0], f, 'daddr') && payload(concat[1], set.proto, 'dport') &&
-      (set.hook === 'loc') === local && dnat?.family === f && map?.data === `@be_${set.proto}` && key?.length === 3 &&
-      payload(key[0], f, 'daddr') && payload(key[1], set.proto, 'dport') && ng?.mode === 'random' && ng.mod === set.n && (ng.offset ?? 0) === backendOffset(set.n)
+      set &&
+      !comment &&
+      concat?.length === 2 &&
+      payload(concat[0], f, 'daddr') &&
+      payload(concat[1], set.proto, 'dport') &&
+      (set.hook === 'loc') === local &&
+      dnat?.family === f &&
+      map?.data === `@be_${set.proto}` &&
+      key?.length === 3 &&
+      payload(key[0], f, 'daddr') &&
+      payload(key[1], set.proto, 'dport') &&
+      ng?.mode === 'random' &&
+      ng.mod === set.n &&
+      (ng.offset ?? 0) === backendOffset(set.n)
     ) {
       return { kind: 'dispatch', hook: set.hook, proto: set.proto, n: set.n };
     }
   }
-  // rr: ip daddr V, P dport port, [fib local], dnat to (ip daddr . P dport . numgen inc mod n offset 1000000+T(n)) map @be_P
+  // rr: ip daddr V, P dport port, [fib local], dnat to (ip daddr . P dport . numgen inc mod n offset 1000000+T(n)) map
+  // @be_P
   if (owner !== undefined && (expr.length === 3 || expr.length === 4)) {
     const ip = match(expr[0]);
     const port = match(expr[1]);
@@ -98,15 +128,36 @@ export function decodeRuleJson(rule: J, family: NftFamily = 'ip'): NftRule | { k
     const key = obj(map?.key)?.concat as J[] | undefined;
     const ng = obj(key?.[2]?.numgen);
     if (
-      ip && payload(ip[0], f, 'daddr') && typeof ip[1] === 'string' && typeof proto === 'string' && PROTOS.includes(proto) &&
-      payload(port![0], proto, 'dport') && typeof port![1] === 'number' && (expr.length === 3 || local) &&
-      dnat?.family === f && map?.data === `@be_${proto}` && key?.length === 3 && payload(key[0], f, 'daddr') && payload(key[1], proto, 'dport') &&
-      ng?.mode === 'inc' && typeof ng.mod === 'number' && ng.mod >= 1 && (ng.offset ?? 0) === rrOffset(ng.mod)
+      ip &&
+      payload(ip[0], f, 'daddr') &&
+      typeof ip[1] === 'string' &&
+      typeof proto === 'string' &&
+      PROTOS.includes(proto) &&
+      payload(port![0], proto, 'dport') &&
+      typeof port![1] === 'number' &&
+      (expr.length === 3 || local) &&
+      dnat?.family === f &&
+      map?.data === `@be_${proto}` &&
+      key?.length === 3 &&
+      payload(key[0], f, 'daddr') &&
+      payload(key[1], proto, 'dport') &&
+      ng?.mode === 'inc' &&
+      typeof ng.mod === 'number' &&
+      ng.mod >= 1 &&
+      (ng.offset ?? 0) === rrOffset(ng.mod)
     ) {
-      return { kind: 'rr', owner, vip: { ip: addr(ip[1]), port: port![1] }, proto: proto as Protocol, local, n: ng.mod };
+      return {
+        kind: 'rr',
+        owner,
+        vip: { ip: addr(ip[1]), port: port![1] },
+        proto: proto as Protocol,
+        local,
+        n: ng.mod,
+      };
     }
   }
-  // aff: ip daddr V, P dport port, [fib local], [ip saddr @S | numgen random mod M < K | numgen inc mod M == 0], update @S { ip saddr }, counter, dnat to D
+  // aff: ip daddr V, P dport port, [fib local], [ip saddr @S | numgen random mod M < K | numgen inc mod M == 0], update
+  // @S { ip saddr }, counter, dnat to D
   if (owner !== undefined && expr.length >= 5 && expr.length <= 7) {
     const e = [...expr];
     const ip = match(e.shift());
@@ -124,18 +175,47 @@ export function decodeRuleJson(rule: J, family: NftFamily = 'ip'): NftRule | { k
       const lt = match(e[0], '<');
       const ng = obj((hit ?? lt)?.[0].numgen);
       if (hit && payload(hit[0], f, 'saddr') && hit[1] === `@${set}`) pick = { mode: 'hit' };
-      else if (lt && ng?.mode === 'random' && (ng.offset ?? 0) === 0 && typeof ng.mod === 'number' && typeof lt[1] === 'number') pick = { mode: 'random', mod: ng.mod, lt: lt[1] };
-      else if (hit && ng?.mode === 'inc' && (ng.offset ?? 0) === 0 && typeof ng.mod === 'number' && hit[1] === 0) pick = { mode: 'inc', mod: ng.mod };
+      else if (
+        lt &&
+        ng?.mode === 'random' &&
+        (ng.offset ?? 0) === 0 &&
+        typeof ng.mod === 'number' &&
+        typeof lt[1] === 'number'
+      )
+        pick = { mode: 'random', mod: ng.mod, lt: lt[1] };
+      else if (hit && ng?.mode === 'inc' && (ng.offset ?? 0) === 0 && typeof ng.mod === 'number' && hit[1] === 0)
+        pick = { mode: 'inc', mod: ng.mod };
     }
     if (
-      pick && ip && payload(ip[0], f, 'daddr') && typeof ip[1] === 'string' && typeof proto === 'string' && PROTOS.includes(proto) &&
-      payload(port![0], proto, 'dport') && typeof port![1] === 'number' && set && affinitySetTimeout(set) !== null &&
-      upd?.op === 'update' && payload(obj(upd.elem), f, 'saddr') && counter && dnat && typeof dnat.addr === 'string' && typeof dnat.port === 'number' &&
+      pick &&
+      ip &&
+      payload(ip[0], f, 'daddr') &&
+      typeof ip[1] === 'string' &&
+      typeof proto === 'string' &&
+      PROTOS.includes(proto) &&
+      payload(port![0], proto, 'dport') &&
+      typeof port![1] === 'number' &&
+      set &&
+      affinitySetTimeout(set) !== null &&
+      upd?.op === 'update' &&
+      payload(obj(upd.elem), f, 'saddr') &&
+      counter &&
+      dnat &&
+      typeof dnat.addr === 'string' &&
+      typeof dnat.port === 'number' &&
       Object.keys(dnat).every((k) => k === 'addr' || k === 'port')
     ) {
       return {
-        kind: 'aff', owner, vip: { ip: addr(ip[1]), port: port![1] }, proto: proto as Protocol, local, pick, set, to: { ip: addr(dnat.addr), port: dnat.port },
-        packets: BigInt(Number(counter.packets ?? 0)), bytes: BigInt(Number(counter.bytes ?? 0)),
+        kind: 'aff',
+        owner,
+        vip: { ip: addr(ip[1]), port: port![1] },
+        proto: proto as Protocol,
+        local,
+        pick,
+        set,
+        to: { ip: addr(dnat.addr), port: dnat.port },
+        packets: BigInt(Number(counter.packets ?? 0)),
+        bytes: BigInt(Number(counter.bytes ?? 0)),
       };
     }
   }
@@ -147,12 +227,28 @@ export function decodeRuleJson(rule: J, family: NftFamily = 'ip'): NftRule | { k
     const local = expr.length === 4 && isFibLocal(expr[2]);
     const log = obj(obj(expr[expr.length - 1])?.log);
     if (
-      ip && payload(ip[0], f, 'daddr') && typeof ip[1] === 'string' && typeof proto === 'string' && PROTOS.includes(proto) &&
-      payload(port![0], proto, 'dport') && typeof port![1] === 'number' && log && typeof log.prefix === 'string' && (expr.length === 3 || local)
+      ip &&
+      payload(ip[0], f, 'daddr') &&
+      typeof ip[1] === 'string' &&
+      typeof proto === 'string' &&
+      PROTOS.includes(proto) &&
+      payload(port![0], proto, 'dport') &&
+      typeof port![1] === 'number' &&
+      log &&
+      typeof log.prefix === 'string' &&
+      (expr.length === 3 || local)
     ) {
       const level = log.level === undefined ? 4 : LEVELS.indexOf(String(log.level));
       if (level >= 0 && Object.keys(log).every((k) => k === 'prefix' || k === 'level')) {
-        return { kind: 'log', owner, vip: { ip: addr(ip[1]), port: port![1] }, proto: proto as Protocol, local, prefix: log.prefix, level };
+        return {
+          kind: 'log',
+          owner,
+          vip: { ip: addr(ip[1]), port: port![1] },
+          proto: proto as Protocol,
+          local,
+          prefix: log.prefix,
+          level,
+        };
       }
     }
   }
@@ -164,9 +260,17 @@ export function decodeRuleJson(rule: J, family: NftFamily = 'ip'): NftRule | { k
     const pd = match(expr[3]);
     const ct = (m: [J, unknown] | null): J | undefined => obj(m?.[0].ct);
     if (
-      ct(st)?.key === 'status' && st![1] === 'dnat' && ct(ip)?.key === `${f} daddr` && ct(ip)?.dir === 'original' && typeof ip![1] === 'string' &&
-      ct(pr)?.key === 'protocol' && typeof pr![1] === 'string' && PROTOS.includes(pr![1]) &&
-      ct(pd)?.key === 'proto-dst' && ct(pd)?.dir === 'original' && typeof pd![1] === 'number'
+      ct(st)?.key === 'status' &&
+      st![1] === 'dnat' &&
+      ct(ip)?.key === `${f} daddr` &&
+      ct(ip)?.dir === 'original' &&
+      typeof ip![1] === 'string' &&
+      ct(pr)?.key === 'protocol' &&
+      typeof pr![1] === 'string' &&
+      PROTOS.includes(pr![1]) &&
+      ct(pd)?.key === 'proto-dst' &&
+      ct(pd)?.dir === 'original' &&
+      typeof pd![1] === 'number'
     ) {
       return { kind: 'masq', owner, vip: { ip: addr(ip![1]), port: pd![1] }, proto: pr![1] as Protocol };
     }
@@ -260,12 +364,17 @@ export function compareNft(state: Map<string, Profile>, view: NftView): ProfileR
     }
   }
   const backends = new Map<string, { to: string; packets: bigint; bytes: bigint }>();
-  for (const m of view.backendMaps) for (const e of m.elements) backends.set(`${m.proto}/${key(e.vip)}/${e.index}`, { to: key(e.to), packets: e.packets, bytes: e.bytes });
-  const ruleKey = (chain: string, r: NftRule | { kind: 'foreign'; text: string }): string => `${chain} ${r.kind === 'foreign' ? r.text : renderNftRule(r, family)}`;
+  for (const m of view.backendMaps)
+    for (const e of m.elements)
+      backends.set(`${m.proto}/${key(e.vip)}/${e.index}`, { to: key(e.to), packets: e.packets, bytes: e.bytes });
+  const ruleKey = (chain: string, r: NftRule | { kind: 'foreign'; text: string }): string =>
+    `${chain} ${r.kind === 'foreign' ? r.text : renderNftRule(r, family)}`;
   const affSets = new Map((view.affinitySets ?? []).map((x) => [x.name, x.timeout]));
   const claimedAffSets = new Set<string>();
   const haveRules = new Set(view.chains.flatMap((c) => c.rules.map((r) => ruleKey(c.name, r))));
-  const dispatchRules = new Set(view.chains.flatMap((c) => c.rules.filter((r) => r.kind === 'dispatch').map((r) => ruleKey(c.name, r))));
+  const dispatchRules = new Set(
+    view.chains.flatMap((c) => c.rules.filter((r) => r.kind === 'dispatch').map((r) => ruleKey(c.name, r))),
+  );
 
   const reports: ProfileReport[] = [];
   const claimedDispatch = new Set<string>();
@@ -314,49 +423,84 @@ export function compareNft(state: Map<string, Profile>, view: NftView): ProfileR
       for (const s of plan.affinitySets) claimedAffSets.add(s.name);
     }
     const destinations = [...perDest.values()];
-    // A round-robin (or affinity) profile has no dispatch element: its connections are the sum of its backends' (rules').
+    // A round-robin (or affinity) profile has no dispatch element: its connections are the sum of its backends'
+    // (rules').
     const base =
       plan.set === null
-        ? { name: p.name, destinations, packets: Number(slotPackets), bytes: Number(slotBytes), ...(p.affinity ? { affinity: p.affinity } : {}) }
+        ? {
+            name: p.name,
+            destinations,
+            packets: Number(slotPackets),
+            bytes: Number(slotBytes),
+            ...(p.affinity ? { affinity: p.affinity } : {}),
+          }
         : { name: p.name, destinations, packets: Number(mine?.packets ?? 0n), bytes: Number(mine?.bytes ?? 0n) };
-    const haveBackends = plan.backends.filter((b) => backends.get(`${plan.proto}/${vip}/${b.index}`)?.to === key(b.to)).length;
+    const haveBackends = plan.backends.filter(
+      (b) => backends.get(`${plan.proto}/${vip}/${b.index}`)?.to === key(b.to),
+    ).length;
     const haveOwnRules = plan.rules.filter((r) => haveRules.has(ruleKey(r.chain, r.rule))).length;
-    const ownRulesHere = view.chains.reduce((n, c) => n + c.rules.filter((r) => (r.kind === 'log' || r.kind === 'masq' || r.kind === 'rr' || r.kind === 'aff') && r.owner === p.name).length, 0);
+    const ownRulesHere = view.chains.reduce(
+      (n, c) =>
+        n +
+        c.rules.filter(
+          (r) => (r.kind === 'log' || r.kind === 'masq' || r.kind === 'rr' || r.kind === 'aff') && r.owner === p.name,
+        ).length,
+      0,
+    );
     const ownRulesInKernel = ownRulesHere > 0;
     if (found.length === 0 && haveBackends === 0 && !ownRulesInKernel) {
-      reports.push({ ...base, status: 'missing', detail: view.exists ? `no elements in ${table}` : `${table} does not exist` });
+      reports.push({
+        ...base,
+        status: 'missing',
+        detail: view.exists ? `no elements in ${table}` : `${table} does not exist`,
+      });
       continue;
     }
     const hook = baseContent([p]).chains;
-    const dispatchRule = NFT_BASE_CHAINS.flatMap((c) => hook[c].filter((r) => r.kind === 'dispatch').map((r) => ruleKey(c, r)))[0];
+    const dispatchRule = NFT_BASE_CHAINS.flatMap((c) =>
+      hook[c].filter((r) => r.kind === 'dispatch').map((r) => ruleKey(c, r)),
+    )[0];
     let detail: string | undefined;
     const missingSet = plan.affinitySets.find((x) => affSets.get(x.name) !== x.timeout);
     if (plan.set === null) {
-      if (found.length) detail = `its address is in set ${found[0].set}, but it is a ${p.affinity ? 'session-affinity' : 'round-robin'} profile`;
+      if (found.length)
+        detail = `its address is in set ${found[0].set}, but it is a ${p.affinity ? 'session-affinity' : 'round-robin'} profile`;
       else if (missingSet) detail = `its affinity set ${missingSet.name} is missing`;
-      else if (haveBackends !== plan.backends.length) detail = `${haveBackends} of its ${plan.backends.length} slots are in map be_${plan.proto}`;
-      else if (haveOwnRules !== plan.rules.length) detail = `${haveOwnRules} of its ${plan.rules.length} rules (round-robin, affinity, logging, masquerade) are in the base chains`;
-    } else if (!mine) detail = found.length ? `its address is in set ${found[0].set}, not ${plan.set}` : `its address is missing from set ${plan.set}`;
+      else if (haveBackends !== plan.backends.length)
+        detail = `${haveBackends} of its ${plan.backends.length} slots are in map be_${plan.proto}`;
+      else if (haveOwnRules !== plan.rules.length)
+        detail = `${haveOwnRules} of its ${plan.rules.length} rules (round-robin, affinity, logging, masquerade) are in the base chains`;
+    } else if (!mine)
+      detail = found.length
+        ? `its address is in set ${found[0].set}, not ${plan.set}`
+        : `its address is missing from set ${plan.set}`;
     else if (found.length > 1) detail = `its address is in ${found.length} dispatch sets`;
-    else if (haveBackends !== plan.backends.length) detail = `${haveBackends} of its ${plan.backends.length} destinations are in map be_${plan.proto}`;
+    else if (haveBackends !== plan.backends.length)
+      detail = `${haveBackends} of its ${plan.backends.length} destinations are in map be_${plan.proto}`;
     else if (!dispatchRules.has(dispatchRule)) detail = `the dispatch rule for set ${plan.set} is missing`;
-    else if (haveOwnRules !== plan.rules.length) detail = `${haveOwnRules} of its ${plan.rules.length} logging/masquerade rules are in the base chains`;
+    else if (haveOwnRules !== plan.rules.length)
+      detail = `${haveOwnRules} of its ${plan.rules.length} logging/masquerade rules are in the base chains`;
     // e.g. the round-robin rule of a profile that is random now
-    if (!detail && ownRulesHere > plan.rules.length) detail = `${ownRulesHere} rules in the base chains are its own, ${plan.rules.length} planned`;
+    if (!detail && ownRulesHere > plan.rules.length)
+      detail = `${ownRulesHere} rules in the base chains are its own, ${plan.rules.length} planned`;
     reports.push(detail ? { ...base, status: 'modified', detail } : { ...base, status: 'in-sync' });
   }
   const orphans = new Map<string, string>();
-  for (const [vip, sets] of dispatch) if (!claimedDispatch.has(vip)) orphans.set(vip, `element ${vip} of set ${sets[0].set}`);
+  for (const [vip, sets] of dispatch)
+    if (!claimedDispatch.has(vip)) orphans.set(vip, `element ${vip} of set ${sets[0].set}`);
   for (const m of view.backendMaps) {
     for (const e of m.elements) {
       const vip = key(e.vip);
-      if (!claimedBackends.has(`${m.proto}/${vip}/${e.index}`) && !orphans.has(vip)) orphans.set(vip, `element ${vip} . ${e.index} of map be_${m.proto}`);
+      if (!claimedBackends.has(`${m.proto}/${vip}/${e.index}`) && !orphans.has(vip))
+        orphans.set(vip, `element ${vip} . ${e.index} of map be_${m.proto}`);
     }
   }
   for (const c of view.chains) {
     for (const r of c.rules) {
-      if ((r.kind === 'log' || r.kind === 'masq' || r.kind === 'rr' || r.kind === 'aff') && !state.has(r.owner)) orphans.set(`rule:${r.owner}`, `a ${r.kind} rule of ${r.owner} in chain ${c.name}`);
-      if (r.kind === 'foreign') orphans.set(`foreign:${c.name}:${r.text}`, `a rule iptlb did not write in chain ${c.name}`);
+      if ((r.kind === 'log' || r.kind === 'masq' || r.kind === 'rr' || r.kind === 'aff') && !state.has(r.owner))
+        orphans.set(`rule:${r.owner}`, `a ${r.kind} rule of ${r.owner} in chain ${c.name}`);
+      if (r.kind === 'foreign')
+        orphans.set(`foreign:${c.name}:${r.text}`, `a rule iptlb did not write in chain ${c.name}`);
     }
   }
   for (const name of affSets.keys()) if (!claimedAffSets.has(name)) orphans.set(`set:${name}`, `affinity set ${name}`);
@@ -382,7 +526,8 @@ export function strayRoundRobin(profiles: ReadonlyMap<string, Profile>, view: Nf
   for (const p of profiles.values()) {
     if (p.scheduler !== 'round-robin') continue;
     rrVips.add(`${p.protocol} ${p.source}`);
-    for (const r of planNftProfile(p).rules) if (r.rule.kind === 'rr') planned.set(`${r.chain} ${renderNftRule(r.rule, family)}`, p.name);
+    for (const r of planNftProfile(p).rules)
+      if (r.rule.kind === 'rr') planned.set(`${r.chain} ${renderNftRule(r.rule, family)}`, p.name);
   }
   const out: string[] = [];
   const have = new Set<string>();
@@ -400,7 +545,8 @@ export function strayRoundRobin(profiles: ReadonlyMap<string, Profile>, view: Nf
   if (rrVips.size) {
     for (const s of view.dispatchSets) {
       const d = parseDispatchSetName(s.name);
-      for (const e of s.elements) if (d && rrVips.has(`${d.proto} ${key(e.key)}`)) out.push(`element ${key(e.key)} of set ${s.name}`);
+      for (const e of s.elements)
+        if (d && rrVips.has(`${d.proto} ${key(e.key)}`)) out.push(`element ${key(e.key)} of set ${s.name}`);
     }
   }
   return out;

@@ -41,13 +41,21 @@ test('ruleLines: user chains and rules only; empty for an empty table', () => {
     '-A OUTPUT -d 127.100.0.10/32 -p tcp -m tcp --dport 8081 -j IPTLB_NAT_DEMO',
     '-A IPTLB_NAT_DEMO -j DNAT --to-destination 127.0.0.1:9001',
   ]);
-  assert.deepEqual(ruleLines('*nat\n:PREROUTING ACCEPT [1:2]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n'), []);
+  assert.deepEqual(
+    ruleLines(
+      '*nat\n:PREROUTING ACCEPT [1:2]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n',
+    ),
+    [],
+  );
   assert.deepEqual(ruleLines(''), []);
 });
 
 test('normalizeNft: counters zeroed, structure kept', () => {
-  const a = 'table ip nat {\n\tchain OUTPUT {\n\t\ttype nat hook output priority -100; policy accept;\n\t\tip daddr 127.100.0.10 tcp dport 8081 counter packets 600 bytes 36000 jump X\n\t}\n\tcounter c1 {\n\t\tpackets 5 bytes 300\n\t}\n}\n';
-  const b = a.replace('packets 600 bytes 36000', 'packets 0 bytes 0').replace('packets 5 bytes 300', 'packets 9 bytes 1');
+  const a =
+    'table ip nat {\n\tchain OUTPUT {\n\t\ttype nat hook output priority -100; policy accept;\n\t\tip daddr 127.100.0.10 tcp dport 8081 counter packets 600 bytes 36000 jump X\n\t}\n\tcounter c1 {\n\t\tpackets 5 bytes 300\n\t}\n}\n';
+  const b = a
+    .replace('packets 600 bytes 36000', 'packets 0 bytes 0')
+    .replace('packets 5 bytes 300', 'packets 9 bytes 1');
   assert.equal(normalizeNft(a), normalizeNft(b));
   assert.match(normalizeNft(a), /counter packets 0 bytes 0 jump X/);
   assert.notEqual(normalizeNft(a), normalizeNft(a.replace('8081', '8082')));

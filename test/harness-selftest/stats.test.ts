@@ -39,7 +39,10 @@ test('chi-square p-values from tables (critical values at 5 %, 1 %, 0.1 %)', () 
 test('df 2 has the closed form p = exp(-x/2); df 1 agrees with P + Q = 1 everywhere', () => {
   for (const x of [0.001, 0.1, 0.5, 1, 2, 3, 5, 10, 20, 50, 100, 300]) {
     const p = chiSquarePValue(x, 2);
-    assert.ok(Math.abs(p - Math.exp(-x / 2)) <= 1e-12 + 1e-10 * Math.exp(-x / 2), `df 2, x ${x}: ${p} vs ${Math.exp(-x / 2)}`);
+    assert.ok(
+      Math.abs(p - Math.exp(-x / 2)) <= 1e-12 + 1e-10 * Math.exp(-x / 2),
+      `df 2, x ${x}: ${p} vs ${Math.exp(-x / 2)}`,
+    );
     for (const a of [0.5, 1, 2.5, 7, 40]) close(gammaP(a, x) + gammaQ(a, x), 1, 1e-12, `P+Q a ${a} x ${x}`);
   }
   // Q(1, x) = e^-x; tiny tails keep relative precision (the continued fraction, not 1 - P).
@@ -79,7 +82,10 @@ test('assertSplit: passes a fair split, fails readably otherwise', () => {
   fails(() => assertSplit([0, 3, 3], [1, 1, 1]), /#0 got nothing/);
   fails(() => assertSplit([50, 49, 1], [1, 1, 0]), /#2 has weight 0 but got 1/);
   fails(() => assertSplit([0, 0], [1, 1]), /nothing was counted/);
-  fails(() => assertSplit({ 'backend:9001': 100, 'backend:9002': 100, '': 1 }, { 'backend:9001': 1, 'backend:9002': 1 }), /"?" has weight 0|has weight 0 but got 1/);
+  fails(
+    () => assertSplit({ 'backend:9001': 100, 'backend:9002': 100, '': 1 }, { 'backend:9001': 1, 'backend:9002': 1 }),
+    /"?" has weight 0|has weight 0 but got 1/,
+  );
   fails(() => assertSplit([60, 40], [1, 1], { alpha: 0.1, message: 'strict' }), /^strict: /);
   assert.throws(() => assertSplit([1, 2] as never, { a: 1 } as never), TypeError);
 });

@@ -12,7 +12,12 @@ import { findBinary } from '../../src/executors/spawn.js';
 export const PROJECT_ROOT: string = (() => {
   const here = path.dirname(fileURLToPath(import.meta.url));
   for (let dir = here, i = 0; i < 8; i++, dir = path.dirname(dir)) {
-    if (path.basename(dir) !== 'dist' && existsSync(path.join(dir, 'package.json')) && existsSync(path.join(dir, 'test'))) return dir;
+    if (
+      path.basename(dir) !== 'dist' &&
+      existsSync(path.join(dir, 'package.json')) &&
+      existsSync(path.join(dir, 'test'))
+    )
+      return dir;
     if (path.dirname(dir) === dir) break;
   }
   // Layout fallback: <root>/[dist/]test/harness.
@@ -53,19 +58,27 @@ export function skipReason(): string | false {
 }
 
 function probe(): Support {
-  if (process.platform !== 'linux') return { ok: false, reason: `kernel tests need Linux (this is ${process.platform})` };
+  if (process.platform !== 'linux')
+    return { ok: false, reason: `kernel tests need Linux (this is ${process.platform})` };
   if (process.getuid?.() !== 0) return { ok: false, reason: 'kernel tests need root (they create network namespaces)' };
   for (const tool of ['unshare', 'ip', 'iptables-legacy', 'iptables-legacy-save', 'iptables-legacy-restore']) {
-    if (!which(tool)) return { ok: false, reason: `${tool} is not installed (apt-get install -y iptables iproute2 util-linux)` };
+    if (!which(tool))
+      return { ok: false, reason: `${tool} is not installed (apt-get install -y iptables iproute2 util-linux)` };
   }
   // A real try, in a namespace of its own (it dies with the command): never the host's tables. The
   // xtables lock file is shared by every namespace, so another process may hold it for a while: try
   // three times, 20 s each. (A skip as root fails the run anyway: see scripts/reporter.mjs.)
   let why = '';
   for (let attempt = 0; attempt < 3; attempt++) {
-    const r = spawnSync('unshare', ['-n', '--', 'iptables-legacy', '-w', '20', '-t', 'nat', '-S'], { encoding: 'utf8', timeout: 30_000 });
+    const r = spawnSync('unshare', ['-n', '--', 'iptables-legacy', '-w', '20', '-t', 'nat', '-S'], {
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
     if (!r.error && r.status === 0) return { ok: true };
     why = (r.error?.message ?? r.stderr ?? '').trim().split('\n')[0] || `exit ${r.status}`;
   }
-  return { ok: false, reason: `cannot create a network namespace with a legacy nat table here (unshare -n iptables-legacy -t nat -S, 3 tries: ${why})` };
+  return {
+    ok: false,
+    reason: `cannot create a network namespace with a legacy nat table here (unshare -n iptables-legacy -t nat -S, 3 tries: ${why})`,
+  };
 }

@@ -7,13 +7,34 @@
  */
 import { IptlbError } from '../../src/errors.js';
 import { renderRestore } from '../../src/restore.js';
-import { renderNft, type NftBaseChain, type NftEndpoint, type NftFamily, type NftRule, type NftTransaction, type NftView } from '../../src/nft/ops.js';
-import type { CommitResult, Family, HookChain, KernelView, LegacyExecutor, NftExecutor, Rule, Transaction } from '../../src/types.js';
+import {
+  renderNft,
+  type NftBaseChain,
+  type NftEndpoint,
+  type NftFamily,
+  type NftRule,
+  type NftTransaction,
+  type NftView,
+} from '../../src/nft/ops.js';
+import type {
+  CommitResult,
+  Family,
+  HookChain,
+  KernelView,
+  LegacyExecutor,
+  NftExecutor,
+  Rule,
+  Transaction,
+} from '../../src/types.js';
 
 const clone = <T>(v: T): T => structuredClone(v);
-export const kernelError = (errno: number, what: string): IptlbError => new IptlbError('EKERNEL', `${what} (errno ${errno})`, { errno });
+export const kernelError = (errno: number, what: string): IptlbError =>
+  new IptlbError('EKERNEL', `${what} (errno ${errno})`, { errno });
 
-/** One x_tables nat table: built-in chains with iptlb's rules (owner set) and others' (owner undefined), and user chains. */
+/**
+ * One x_tables nat table: built-in chains with iptlb's rules (owner set) and others' (owner undefined), and user
+ * chains.
+ */
 export interface FakeNatTable {
   hooks: Record<HookChain | 'INPUT', { owner?: string; rule: Rule }[]>;
   chains: Map<string, Rule[]>;
@@ -40,17 +61,29 @@ export class FakeLegacyKernel implements LegacyExecutor {
     if (refused) throw refused;
     const t = clone(this.tables.get(tx.family) ?? emptyNat());
     const owners = new Set(tx.owners);
-    for (const k of Object.keys(t.hooks) as (keyof FakeNatTable['hooks'])[]) t.hooks[k] = t.hooks[k].filter((r) => !r.owner || !owners.has(r.owner));
+    for (const k of Object.keys(t.hooks) as (keyof FakeNatTable['hooks'])[])
+      t.hooks[k] = t.hooks[k].filter((r) => !r.owner || !owners.has(r.owner));
     for (const c of tx.deleteChains) {
       if (!t.chains.has(c)) continue;
-      const referenced = [...Object.values(t.hooks).flat().map((r) => r.rule), ...[...t.chains.values()].flat()].some((r) => r.target.name === 'jump' && r.target.chain === c);
+      const referenced = [
+        ...Object.values(t.hooks)
+          .flat()
+          .map((r) => r.rule),
+        ...[...t.chains.values()].flat(),
+      ].some((r) => r.target.name === 'jump' && r.target.chain === c);
       if (referenced) throw kernelError(39, `deleting chain ${c}: still referenced`);
       t.chains.delete(c);
     }
     for (const c of tx.chains) t.chains.set(c.name, clone(c.rules));
     for (const h of [...tx.hookRules].reverse()) t.hooks[h.chain].unshift({ owner: h.owner, rule: clone(h.rule) });
-    for (const r of [...Object.values(t.hooks).flat().map((x) => x.rule), ...[...t.chains.values()].flat()]) {
-      if (r.target.name === 'jump' && !t.chains.has(r.target.chain)) throw kernelError(2, `jump to missing chain ${r.target.chain}`);
+    for (const r of [
+      ...Object.values(t.hooks)
+        .flat()
+        .map((x) => x.rule),
+      ...[...t.chains.values()].flat(),
+    ]) {
+      if (r.target.name === 'jump' && !t.chains.has(r.target.chain))
+        throw kernelError(2, `jump to missing chain ${r.target.chain}`);
     }
     this.tables.set(tx.family, t);
     this.commits.push(clone(tx));
@@ -63,10 +96,13 @@ export class FakeLegacyKernel implements LegacyExecutor {
     const hookRules: KernelView['hookRules'] = [];
     for (const [chain, rules] of Object.entries(t.hooks) as [HookChain | 'INPUT', { owner?: string; rule: Rule }[]][]) {
       rules.forEach((r, i) => {
-        if (r.owner) hookRules.push({ chain, owner: r.owner, position: i + 1, rule: clone(r.rule), packets: 0n, bytes: 0n });
+        if (r.owner)
+          hookRules.push({ chain, owner: r.owner, position: i + 1, rule: clone(r.rule), packets: 0n, bytes: 0n });
       });
     }
-    const chains = [...t.chains].filter(([name]) => name.startsWith('IPTLB_')).map(([name, rules]) => ({ name, rules: rules.map((rule) => ({ rule: clone(rule), packets: 0n, bytes: 0n })) }));
+    const chains = [...t.chains]
+      .filter(([name]) => name.startsWith('IPTLB_'))
+      .map(([name, rules]) => ({ name, rules: rules.map((rule) => ({ rule: clone(rule), packets: 0n, bytes: 0n })) }));
     // The gated layout (src/gate.ts): iptlb's OUTPUT/PREROUTING rules sit behind a gate per hook, which
     // exists while the hook has any; the fake keeps them in the hook's list and reports the gates.
     const gated = (['OUTPUT', 'PREROUTING'] as const).filter((h) => t.hooks[h].some((r) => r.owner));
@@ -112,15 +148,24 @@ export class FakeNftKernel implements NftExecutor {
   async commit(tx: NftTransaction): Promise<CommitResult> {
     const refused = this.fail?.(tx);
     if (refused) throw refused;
-    if (tx.expectGenid !== undefined && tx.expectGenid !== this.genid) throw new IptlbError('ERESTART', `ruleset changed (generation ${this.genid}, expected ${tx.expectGenid})`);
+    if (tx.expectGenid !== undefined && tx.expectGenid !== this.genid)
+      throw new IptlbError('ERESTART', `ruleset changed (generation ${this.genid}, expected ${tx.expectGenid})`);
     const before = this.tables.get(tx.family);
     let t: FakeNftTable | undefined = before && clone(before);
     const need = (): FakeNftTable => {
       if (!t) throw kernelError(2, `table ${tx.family} iptlb does not exist`);
       return t;
     };
-    const set = (name: string): Set<string> => need().sets.get(name) ?? (() => { throw kernelError(2, `set ${name} does not exist`); })();
-    const map = (name: string): Map<string, string> => need().maps.get(name) ?? (() => { throw kernelError(2, `map ${name} does not exist`); })();
+    const set = (name: string): Set<string> =>
+      need().sets.get(name) ??
+      (() => {
+        throw kernelError(2, `set ${name} does not exist`);
+      })();
+    const map = (name: string): Map<string, string> =>
+      need().maps.get(name) ??
+      (() => {
+        throw kernelError(2, `map ${name} does not exist`);
+      })();
     for (const op of tx.ops) {
       switch (op.op) {
         case 'addTable':
@@ -141,8 +186,10 @@ export class FakeNftKernel implements NftExecutor {
           break;
         case 'deleteSet': {
           const tb = need();
-          if (!tb.sets.has(op.name) && !tb.affinitySets.has(op.name)) throw kernelError(2, `set ${op.name} does not exist`);
-          if ([...tb.chains.values()].flat().some((r) => setsOf(r).includes(op.name))) throw kernelError(16, `set ${op.name} is in use`);
+          if (!tb.sets.has(op.name) && !tb.affinitySets.has(op.name))
+            throw kernelError(2, `set ${op.name} does not exist`);
+          if ([...tb.chains.values()].flat().some((r) => setsOf(r).includes(op.name)))
+            throw kernelError(16, `set ${op.name} is in use`);
           tb.sets.delete(op.name);
           tb.affinitySets.delete(op.name);
           break;
@@ -157,7 +204,9 @@ export class FakeNftKernel implements NftExecutor {
         case 'addRule': {
           const tb = need();
           if (!tb.chains.has(op.chain)) throw kernelError(2, `chain ${op.chain} does not exist`);
-          for (const s of setsOf(op.rule)) if (!tb.sets.has(s) && !tb.maps.has(s) && !tb.affinitySets.has(s)) throw kernelError(2, `set ${s} does not exist`);
+          for (const s of setsOf(op.rule))
+            if (!tb.sets.has(s) && !tb.maps.has(s) && !tb.affinitySets.has(s))
+              throw kernelError(2, `set ${s} does not exist`);
           tb.chains.get(op.chain)!.push(clone(op.rule));
           break;
         }
@@ -165,7 +214,8 @@ export class FakeNftKernel implements NftExecutor {
           for (const e of op.elements) set(op.set).add(key(e));
           break;
         case 'deleteDispatchElements':
-          for (const e of op.elements) if (!set(op.set).delete(key(e))) throw kernelError(2, `element ${key(e)} is not in set ${op.set}`);
+          for (const e of op.elements)
+            if (!set(op.set).delete(key(e))) throw kernelError(2, `element ${key(e)} is not in set ${op.set}`);
           break;
         case 'addBackendElements':
           for (const e of op.elements) {
@@ -194,7 +244,8 @@ export class FakeNftKernel implements NftExecutor {
 
   async read(family: NftFamily = 'ip'): Promise<NftView> {
     const t = this.tables.get(family);
-    if (!t) return { genid: this.genid, family, exists: false, dispatchSets: [], backendMaps: [], chains: [], foreign: [] };
+    if (!t)
+      return { genid: this.genid, family, exists: false, dispatchSets: [], backendMaps: [], chains: [], foreign: [] };
     const endpoint = (s: string): NftEndpoint => {
       const [ip, port] = s.split(' . ');
       return { ip, port: Number(port) };
@@ -203,7 +254,10 @@ export class FakeNftKernel implements NftExecutor {
       genid: this.genid,
       family,
       exists: true,
-      dispatchSets: [...t.sets].map(([name, els]) => ({ name, elements: [...els].map((k) => ({ key: endpoint(k), packets: 0n, bytes: 0n })) })),
+      dispatchSets: [...t.sets].map(([name, els]) => ({
+        name,
+        elements: [...els].map((k) => ({ key: endpoint(k), packets: 0n, bytes: 0n })),
+      })),
       backendMaps: [...t.maps].map(([name, els]) => ({
         proto: name.slice(3) as 'tcp',
         elements: [...els].map(([k, v]) => {

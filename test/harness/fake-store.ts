@@ -83,7 +83,11 @@ export class FakeStore implements FleetStore {
     return v && v.value !== null ? v : undefined;
   }
 
-  async range(start: string, end: string, opts: { limit: number; revision?: number }): Promise<{ kvs: StoreKV[]; more: boolean; revision: number }> {
+  async range(
+    start: string,
+    end: string,
+    opts: { limit: number; revision?: number },
+  ): Promise<{ kvs: StoreKV[]; more: boolean; revision: number }> {
     await Promise.resolve();
     this.fail();
     if (!opts.revision && this.quorumLost) throw new Error('4 DEADLINE_EXCEEDED (fake: no quorum)');
@@ -111,7 +115,13 @@ export class FakeStore implements FleetStore {
     const past: StoreEvent[] = [];
     for (const [key, versions] of this.history) {
       if (key < start || key >= end) continue;
-      for (const v of versions) if (v.revision >= fromRevision) past.push(v.value === null ? { type: 'delete', key, modRevision: v.revision } : { type: 'put', key, value: v.value, modRevision: v.revision });
+      for (const v of versions)
+        if (v.revision >= fromRevision)
+          past.push(
+            v.value === null
+              ? { type: 'delete', key, modRevision: v.revision }
+              : { type: 'put', key, value: v.value, modRevision: v.revision },
+          );
     }
     past.sort((a, b) => a.modRevision - b.modRevision);
     this.watchers.add(w);

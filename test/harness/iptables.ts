@@ -18,11 +18,16 @@ export function normalizeSave(text: string): string {
     .replace(/\r\n/g, '\n')
     .split('\n')
     .filter((l) => !l.startsWith('#'))
-    .map((l) => l.replace(/\[\d+:\d+\]/g, '[0:0]').replace(/^\[0:0\] (-A )/, '$1').trimEnd())
+    .map((l) =>
+      l
+        .replace(/\[\d+:\d+\]/g, '[0:0]')
+        .replace(/^\[0:0\] (-A )/, '$1')
+        .trimEnd(),
+    )
     .join('\n');
 }
 
-/** For `nft list ruleset`: zeroes `counter packets N bytes M` (rule and named counters), drops `# …` comment lines. */
+/** For `nft list ruleset`: zeroes `counter packets N bytes M` (rule and named counters); drops `# …` comments. */
 export function normalizeNft(text: string): string {
   return text
     .replace(/\r\n/g, '\n')

@@ -123,9 +123,19 @@ const PRELOAD = pathToFileURL(fileURLToPath(new URL('./netns-preload.js', import
  * does not reject on a non-zero exit); kills the child and its descendants after `timeoutMs`
  * (default 120 s).
  */
-export function runInFreshNetns(scriptPath: string, args: string[], opts: FreshNetnsOptions = {}): Promise<ChildResult> {
+export function runInFreshNetns(
+  scriptPath: string,
+  args: string[],
+  opts: FreshNetnsOptions = {},
+): Promise<ChildResult> {
   const loopback = opts.loopback ?? true;
-  const node = [process.execPath, ...(loopback ? ['--import', PRELOAD] : []), ...(opts.nodeArgs ?? []), scriptPath, ...args];
+  const node = [
+    process.execPath,
+    ...(loopback ? ['--import', PRELOAD] : []),
+    ...(opts.nodeArgs ?? []),
+    scriptPath,
+    ...args,
+  ];
   const child = spawn('unshare', ['-n', '--', ...node], {
     env: { ...process.env, ...opts.env, ...(loopback ? { IPTLB_HARNESS_LO_UP: '1' } : {}) },
     stdio: ['pipe', 'pipe', 'pipe'],
@@ -137,10 +147,17 @@ export function runInFreshNetns(scriptPath: string, args: string[], opts: FreshN
  * Like runInFreshNetns, and parses the LAST non-empty stdout line as JSON. Throws (with the child's
  * stderr and stdout tails) when the child exited non-zero, was killed, or printed no JSON last.
  */
-export async function runJsonInFreshNetns<T = unknown>(scriptPath: string, args: string[], opts: FreshNetnsOptions = {}): Promise<T> {
+export async function runJsonInFreshNetns<T = unknown>(
+  scriptPath: string,
+  args: string[],
+  opts: FreshNetnsOptions = {},
+): Promise<T> {
   const r = await runInFreshNetns(scriptPath, args, opts);
   const tails = `--- stderr (tail):\n${r.stderr.slice(-4000)}\n--- stdout (tail):\n${r.stdout.slice(-2000)}`;
-  if (r.code !== 0) throw new Error(`${scriptPath} ${args.join(' ')} ${r.timedOut ? 'timed out' : `exited ${r.code ?? r.signal}`}\n${tails}`);
+  if (r.code !== 0)
+    throw new Error(
+      `${scriptPath} ${args.join(' ')} ${r.timedOut ? 'timed out' : `exited ${r.code ?? r.signal}`}\n${tails}`,
+    );
   const last = r.stdout.trimEnd().split('\n').pop() ?? '';
   try {
     return JSON.parse(last) as T;
@@ -161,7 +178,9 @@ export interface Spawned {
   child: ChildProcess;
   stdout(): string;
   stderr(): string;
-  /** Resolves with the first stdout line matching `re`; rejects if the process exits first or after `timeoutMs` (10 s). */
+  /**
+   * Resolves with the first stdout line matching `re`; rejects if the process exits first or after `timeoutMs` (10 s).
+   */
   waitFor(re: RegExp, timeoutMs?: number): Promise<string>;
   /** Resolves when the process exits; kills it (SIGKILL) after `timeoutMs` (default 60 s). */
   wait(timeoutMs?: number): Promise<ChildResult>;
@@ -186,7 +205,8 @@ export class NetnsTopology {
    * of crashed runs first. On failure, deletes what it made and rethrows.
    */
   static async create(hosts: string[]): Promise<NetnsTopology> {
-    for (const h of hosts) if (!HOST_RE.test(h)) throw new Error(`host name ${JSON.stringify(h)}: letters, digits, _ (at most 16)`);
+    for (const h of hosts)
+      if (!HOST_RE.test(h)) throw new Error(`host name ${JSON.stringify(h)}: letters, digits, _ (at most 16)`);
     if (new Set(hosts).size !== hosts.length) throw new Error(`duplicate host names: ${hosts.join(', ')}`);
     await NetnsTopology.cleanupStale();
     const t = new NetnsTopology(`${process.pid.toString(36)}.${randomBytes(3).toString('hex')}`);
@@ -299,23 +319,32 @@ export class NetnsTopology {
 
   /** `sysctl -w key=value` in host's namespace (net.* keys are per namespace, e.g. net.ipv4.ip_forward). */
   async sysctl(host: string, key: string, value: string | number): Promise<void> {
-    if (!key.startsWith('net.')) throw new Error(`sysctl ${key}: only per-namespace net.* keys (others would change the machine)`);
+    if (!key.startsWith('net.'))
+      throw new Error(`sysctl ${key}: only per-namespace net.* keys (others would change the machine)`);
     await this.exec(host, ['sysctl', '-q', '-w', `${key}=${value}`]);
   }
 
   /** Runs `ip netns exec NS argv…`; rejects when it fails unless `allowFail`. Default time limit 60 s. */
   async exec(host: string, argv: string[], opts: RunOptions & { allowFail?: boolean } = {}): Promise<ChildResult> {
-    const child = spawn('ip', ['netns', 'exec', this.ns(host), ...argv], { env: { ...process.env, ...opts.env }, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn('ip', ['netns', 'exec', this.ns(host), ...argv], {
+      env: { ...process.env, ...opts.env },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
     const r = await collect(child, opts, `[${host}] ${argv.join(' ')}`, 60_000);
     if (r.code !== 0 && !opts.allowFail) {
-      throw new Error(`[${host}] ${argv.join(' ')} ${r.timedOut ? 'timed out' : `exited ${r.code ?? r.signal}`}: ${r.stderr.trim()}${r.stdout.trim() ? `\nstdout: ${r.stdout.trim().slice(-2000)}` : ''}`);
+      throw new Error(
+        `[${host}] ${argv.join(' ')} ${r.timedOut ? 'timed out' : `exited ${r.code ?? r.signal}`}: ${r.stderr.trim()}${r.stdout.trim() ? `\nstdout: ${r.stdout.trim().slice(-2000)}` : ''}`,
+      );
     }
     return r;
   }
 
   /** Starts a long-running command in host's namespace; `destroy()` kills it if still running. */
   spawn(host: string, argv: string[], env?: Record<string, string>): Spawned {
-    const child = spawn('ip', ['netns', 'exec', this.ns(host), ...argv], { env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn('ip', ['netns', 'exec', this.ns(host), ...argv], {
+      env: { ...process.env, ...env },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
     let out = '';
     let err = '';
     child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
@@ -342,7 +371,12 @@ export class NetnsTopology {
             const line = out.split('\n').find((l) => re.test(l));
             if (line !== undefined) return resolve(line);
             if (exited()) return reject(new Error(`${what} exited before printing ${re}: ${err.trim()}`));
-            if (Date.now() - t0 > timeoutMs) return reject(new Error(`${what}: timed out after ${timeoutMs} ms waiting for ${re}; stdout: ${out.slice(-1000)} stderr: ${err.slice(-1000)}`));
+            if (Date.now() - t0 > timeoutMs)
+              return reject(
+                new Error(
+                  `${what}: timed out after ${timeoutMs} ms waiting for ${re}; stdout: ${out.slice(-1000)} stderr: ${err.slice(-1000)}`,
+                ),
+              );
             setTimeout(tick, 20);
           };
           tick();

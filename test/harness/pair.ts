@@ -33,7 +33,10 @@ export interface CliRun {
 export function pairCli(pair: PairArg, state: string): (...args: string[]) => CliRun {
   return (...args) => {
     try {
-      const stdout = execFileSync(process.execPath, [CLI_PATH, ...pair.flags, `-state-file=${state}`, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+      const stdout = execFileSync(process.execPath, [CLI_PATH, ...pair.flags, `-state-file=${state}`, ...args], {
+        encoding: 'utf8',
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
       return { code: 0, stdout, stderr: '' };
     } catch (e) {
       const x = e as { status: number; stdout: string; stderr: string };
@@ -52,20 +55,32 @@ export function snapshot(): string {
 /** Table ip iptlb as the nft executors read it (nft -j), or an empty view. */
 export function nftView(): ReturnType<typeof parseNftJson> {
   try {
-    return parseNftJson(execFileSync('nft', ['-j', 'list', 'table', 'ip', 'iptlb'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString());
+    return parseNftJson(
+      execFileSync('nft', ['-j', 'list', 'table', 'ip', 'iptlb'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString(),
+    );
   } catch {
     return parseNftJson('');
   }
 }
 
-/** Structural problems of table ip iptlb: a dispatch element or round-robin rule without all its backends, backends without a dispatch element or round-robin rule, a set in use without its rule. */
+/**
+ * Structural problems of table ip iptlb: a dispatch element or round-robin rule without all its backends, backends
+ * without a dispatch element or round-robin rule, a set in use without its rule.
+ */
 export function nftHalfProfiles(): string[] {
   const v = nftView();
   const problems: string[] = [];
   const backends = new Map<string, number[]>();
-  for (const m of v.backendMaps) for (const e of m.elements) backends.set(`${m.proto} ${e.vip.ip}:${e.vip.port}`, [...(backends.get(`${m.proto} ${e.vip.ip}:${e.vip.port}`) ?? []), e.index]);
+  for (const m of v.backendMaps)
+    for (const e of m.elements)
+      backends.set(`${m.proto} ${e.vip.ip}:${e.vip.port}`, [
+        ...(backends.get(`${m.proto} ${e.vip.ip}:${e.vip.port}`) ?? []),
+        e.index,
+      ]);
   const claimed = new Set<string>();
-  const rules = new Set(v.chains.flatMap((c) => c.rules.filter((r) => r.kind === 'dispatch').map((r) => `${r.hook}_${r.proto}_${r.n}`)));
+  const rules = new Set(
+    v.chains.flatMap((c) => c.rules.filter((r) => r.kind === 'dispatch').map((r) => `${r.hook}_${r.proto}_${r.n}`)),
+  );
   for (const s of v.dispatchSets) {
     const set = parseDispatchSetName(s.name)!;
     if (s.elements.length && !rules.has(s.name)) problems.push(`set ${s.name} has elements but no dispatch rule`);
@@ -74,7 +89,10 @@ export function nftHalfProfiles(): string[] {
       claimed.add(k);
       const want = Array.from({ length: set.n }, (_, i) => backendOffset(set.n) + i);
       const have = new Set(backends.get(k) ?? []);
-      if (!want.every((i) => have.has(i))) problems.push(`${k} in ${s.name} lacks some of backends ${want.join(',')} (has ${[...have].join(',') || 'none'})`);
+      if (!want.every((i) => have.has(i)))
+        problems.push(
+          `${k} in ${s.name} lacks some of backends ${want.join(',')} (has ${[...have].join(',') || 'none'})`,
+        );
     }
   }
   // A round-robin profile's backends belong to its own rule instead.
@@ -85,7 +103,10 @@ export function nftHalfProfiles(): string[] {
       claimed.add(k);
       const have = new Set(backends.get(k) ?? []);
       const want = Array.from({ length: r.n }, (_, i) => rrOffset(r.n) + i);
-      if (!want.every((i) => have.has(i))) problems.push(`${k} (round-robin rule of ${r.owner}) lacks some of backends ${want.join(',')} (has ${[...have].join(',') || 'none'})`);
+      if (!want.every((i) => have.has(i)))
+        problems.push(
+          `${k} (round-robin rule of ${r.owner}) lacks some of backends ${want.join(',')} (has ${[...have].join(',') || 'none'})`,
+        );
     }
   }
   for (const k of backends.keys()) if (!claimed.has(k)) problems.push(`backends of ${k} without a dispatch element`);

@@ -6,8 +6,8 @@
 import { AssertionError } from 'node:assert';
 
 const LANCZOS = [
-  0.99999999999980993, 676.5203681218851, -1259.1392167224028, 771.32342877765313, -176.61502916214059, 12.507343278686905, -0.13857109526572012,
-  9.9843695780195716e-6, 1.5056327351493116e-7,
+  0.99999999999980993, 676.5203681218851, -1259.1392167224028, 771.32342877765313, -176.61502916214059,
+  12.507343278686905, -0.13857109526572012, 9.9843695780195716e-6, 1.5056327351493116e-7,
 ];
 
 /** ln Γ(x) for x > 0 (reflection below 0.5); about 15 significant digits. */
@@ -102,9 +102,12 @@ export interface ChiSquare {
  * A category with weight 0 that received anything makes the statistic infinite (p = 0).
  */
 export function chiSquare(observed: number[], expectedWeights: number[]): ChiSquare {
-  if (observed.length !== expectedWeights.length) throw new RangeError(`chi-square: ${observed.length} counts but ${expectedWeights.length} weights`);
-  if (observed.some((o) => !(o >= 0) || !Number.isFinite(o))) throw new RangeError(`chi-square: counts must be finite and >= 0: ${JSON.stringify(observed)}`);
-  if (expectedWeights.some((w) => !(w >= 0) || !Number.isFinite(w))) throw new RangeError(`chi-square: weights must be finite and >= 0: ${JSON.stringify(expectedWeights)}`);
+  if (observed.length !== expectedWeights.length)
+    throw new RangeError(`chi-square: ${observed.length} counts but ${expectedWeights.length} weights`);
+  if (observed.some((o) => !(o >= 0) || !Number.isFinite(o)))
+    throw new RangeError(`chi-square: counts must be finite and >= 0: ${JSON.stringify(observed)}`);
+  if (expectedWeights.some((w) => !(w >= 0) || !Number.isFinite(w)))
+    throw new RangeError(`chi-square: weights must be finite and >= 0: ${JSON.stringify(expectedWeights)}`);
   const wsum = expectedWeights.reduce((a, b) => a + b, 0);
   if (!(wsum > 0)) throw new RangeError('chi-square: the weights sum to 0');
   const total = observed.reduce((a, b) => a + b, 0);
@@ -133,8 +136,16 @@ export function chiSquare(observed: number[], expectedWeights: number[]): ChiSqu
  * by backend id (`assertSplit(split.counts, { 'backend:9001': 1, 'backend:9002': 2 })`) — then any
  * answer from an id not in the weights (an unexpected backend, a garbled reply) fails too.
  */
-export function assertSplit(counts: number[], expectedWeights: number[], opts?: { alpha?: number; message?: string }): ChiSquare;
-export function assertSplit(counts: Record<string, number>, expectedWeights: Record<string, number>, opts?: { alpha?: number; message?: string }): ChiSquare;
+export function assertSplit(
+  counts: number[],
+  expectedWeights: number[],
+  opts?: { alpha?: number; message?: string },
+): ChiSquare;
+export function assertSplit(
+  counts: Record<string, number>,
+  expectedWeights: Record<string, number>,
+  opts?: { alpha?: number; message?: string },
+): ChiSquare;
 export function assertSplit(
   counts: number[] | Record<string, number>,
   expectedWeights: number[] | Record<string, number>,
@@ -165,7 +176,12 @@ export function assertSplit(
   });
   if (r.pValue < alpha) problems.push(`p = ${r.pValue.toExponential(2)} < alpha ${alpha}`);
   if (problems.length) {
-    const table = names.map((n, i) => `  ${n.padEnd(18)} observed ${String(obs[i]).padStart(7)}   expected ${r.expected[i].toFixed(1).padStart(9)}   (weight ${w[i]})`).join('\n');
+    const table = names
+      .map(
+        (n, i) =>
+          `  ${n.padEnd(18)} observed ${String(obs[i]).padStart(7)}   expected ${r.expected[i].toFixed(1).padStart(9)}   (weight ${w[i]})`,
+      )
+      .join('\n');
     throw new AssertionError({
       message:
         `${opts.message ? opts.message + ': ' : ''}traffic split does not fit the weights (${problems.join('; ')})\n` +

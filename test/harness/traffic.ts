@@ -42,7 +42,10 @@ export function tcpProbe(host: string, port: number, timeoutMs = 2000, localAddr
       else resolve(v!);
     };
     // A wall-clock limit for the whole exchange (setTimeout on the socket only measures idleness).
-    const timer = setTimeout(() => finish(new Error(`tcp ${host}:${port}: no complete answer within ${timeoutMs} ms`)), timeoutMs);
+    const timer = setTimeout(
+      () => finish(new Error(`tcp ${host}:${port}: no complete answer within ${timeoutMs} ms`)),
+      timeoutMs,
+    );
     c.setEncoding('utf8');
     c.on('data', (d: string) => {
       data += d;
@@ -73,7 +76,10 @@ export function udpProbe(host: string, port: number, timeoutMs = 2000, localAddr
       if (e) reject(e);
       else resolve(v!);
     };
-    const timer = setTimeout(() => finish(new Error(`udp ${host}:${port}: no reply within ${timeoutMs} ms`)), timeoutMs);
+    const timer = setTimeout(
+      () => finish(new Error(`udp ${host}:${port}: no reply within ${timeoutMs} ms`)),
+      timeoutMs,
+    );
     s.on('message', (msg) => {
       const id = msg.toString('utf8').trim();
       finish(id ? null : new Error(`udp ${host}:${port}: empty reply`), id);
@@ -146,7 +152,17 @@ export interface Continuous {
  * without pause unless `intervalMs`, until `stop()` — used to prove there is no gap while rules
  * change. Stops by itself after `maxDurationMs` (default 10 minutes).
  */
-export function continuousTcp(vip: string, port: number, opts: { intervalMs?: number; timeoutMs?: number; concurrency?: number; maxDurationMs?: number; sourceAddress?: string } = {}): Continuous {
+export function continuousTcp(
+  vip: string,
+  port: number,
+  opts: {
+    intervalMs?: number;
+    timeoutMs?: number;
+    concurrency?: number;
+    maxDurationMs?: number;
+    sourceAddress?: string;
+  } = {},
+): Continuous {
   let stopped = false;
   const t0 = Date.now();
   const r: ContinuousResult = { ok: 0, failures: 0, errorsSample: [], counts: {}, elapsedMs: 0 };
@@ -166,7 +182,12 @@ export function continuousTcp(vip: string, port: number, opts: { intervalMs?: nu
     }
   };
   const loops = Array.from({ length: opts.concurrency ?? 2 }, loop);
-  const snapshot = (): ContinuousResult => ({ ...r, errorsSample: [...r.errorsSample], counts: { ...r.counts }, elapsedMs: Date.now() - t0 });
+  const snapshot = (): ContinuousResult => ({
+    ...r,
+    errorsSample: [...r.errorsSample],
+    counts: { ...r.counts },
+    elapsedMs: Date.now() - t0,
+  });
   return {
     snapshot,
     stop: async () => {

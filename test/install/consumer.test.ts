@@ -14,113 +14,224 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { PROJECT_ROOT } from '../harness/env.js';
 import { findBinary } from '../../src/executors/spawn.js';
 
 const prebuilt = path.join(PROJECT_ROOT, 'prebuilds', `${process.platform}-${process.arch}`);
-const skip = process.getuid?.() !== 0 ? 'needs root (a mount namespace hides the compiler and headers)' : !findBinary('unshare') ? 'unshare (util-linux) is not installed' : false;
+const skip =
+  process.getuid?.() !== 0
+    ? 'needs root (a mount namespace hides the compiler and headers)'
+    : !findBinary('unshare')
+      ? 'unshare (util-linux) is not installed'
+      : false;
 
-function sh(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; timeout?: number } = {}): { status: number | null; out: string; err: string; ms: number } {
+function sh(
+  cmd: string,
+  args: string[],
+  opts: { cwd?: string; env?: NodeJS.ProcessEnv; timeout?: number } = {},
+): { status: number | null; out: string; err: string; ms: number } {
   const t0 = performance.now();
-  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: opts.timeout ?? 120_000, cwd: opts.cwd, env: opts.env ?? process.env, maxBuffer: 64 << 20 });
-  return { status: r.status, out: r.stdout ?? '', err: (r.stderr ?? '') + (r.error ? String(r.error) : ''), ms: Math.round(performance.now() - t0) };
+  const r = spawnSync(cmd, args, {
+    encoding: 'utf8',
+    timeout: opts.timeout ?? 120_000,
+    cwd: opts.cwd,
+    env: opts.env ?? process.env,
+    maxBuffer: 64 << 20,
+  });
+  return {
+    status: r.status,
+    out: r.stdout ?? '',
+    err: (r.stderr ?? '') + (r.error ? String(r.error) : ''),
+    ms: Math.round(performance.now() - t0),
+  };
 }
 
-test('consumer project: packed tarball installs without g++ or -dev headers, prebuilt addon used, ESM + CJS + types, bin works', { skip, timeout: 300_000 }, (t) => {
-  if (!['core', 'xt', 'nft'].every((p) => existsSync(path.join(prebuilt, `iptlb_${p}.node`)))) {
-    // CI builds them before the suite (npm run prebuilds); made here otherwise, in a scratch directory.
-    const r = sh(process.execPath, [path.join(PROJECT_ROOT, 'scripts', 'prebuild.js'), '--quiet'], { timeout: 240_000 });
-    assert.equal(r.status, 0, `npm run prebuilds: ${r.err}`);
-  }
-  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-consumer-'));
-  try {
-    // --ignore-scripts: the tree is already built (prepack would rebuild dist/ under the other tests).
-    const pack = sh('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', dir], { cwd: PROJECT_ROOT });
-    assert.equal(pack.status, 0, pack.err);
-    const [info] = JSON.parse(pack.out) as { filename: string; files: { path: string }[] }[];
-    const shipped = info!.files.map((f) => f.path);
-    for (const f of ['LICENSE', 'docs/install.md', 'dist/index.cjs', 'dist/cjs/index.d.ts', 'dist/iptlb.1', 'scripts/install.js', `prebuilds/${process.platform}-${process.arch}/iptlb_nft.node`]) assert.ok(shipped.includes(f), `${f} in the tarball`);
-    assert.ok(!shipped.some((f) => f.startsWith('test/') || f.startsWith('dist/test/')), 'no tests in the tarball');
-
-    const app = path.join(dir, 'app');
-    mkdirSync(app);
-    writeFileSync(path.join(app, 'package.json'), JSON.stringify({ name: 'app', version: '1.0.0', private: true }));
-    // PATH with node, npm and sh only: no compiler, make, python3 or pkg-config can be found.
-    const bin = path.join(dir, 'bin');
-    mkdirSync(bin);
-    symlinkSync(process.execPath, path.join(bin, 'node'));
-    symlinkSync(findBinary('npm')!, path.join(bin, 'npm'));
-    symlinkSync('/bin/sh', path.join(bin, 'sh')); // npm runs install scripts with sh
-    const env = { ...process.env, PATH: bin, npm_config_update_notifier: 'false' };
-    const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
-    const tarball = path.join(dir, info!.filename);
-    const install = sh(
-      findBinary('unshare')!,
-      ['-m', '--propagation', 'private', '--', '/bin/sh', '-c', `${q(findBinary('mount')!)} -t tmpfs none /usr/include && cd ${q(app)} && npm install ${q(tarball)} --prefer-offline --no-audit --no-fund --foreground-scripts`],
-      { env, timeout: 180_000 },
-    );
-    t.diagnostic(`npm install of the tarball without compiler/headers: ${install.ms} ms`);
-    assert.equal(install.status, 0, install.err + install.out);
-    const log = install.out + install.err;
-    assert.match(log, /iptlb: using the prebuilt native addon \(prebuilds\/linux-x64\/iptlb_\{core,xt,nft\}\.node\); nothing compiled/);
-    assert.doesNotMatch(log, /gyp info|node-gyp|not built/);
-    const pkg = path.join(app, 'node_modules', 'iptlb');
-    assert.ok(!existsSync(path.join(pkg, 'build')), 'nothing was built');
-
-    // ESM and CommonJS: the same exports.
-    const esm = sh(process.execPath, ['--input-type=module', '-e', "import * as m from 'iptlb'; console.log(JSON.stringify(Object.keys(m).sort()))"], { cwd: app });
-    assert.equal(esm.status, 0, esm.err);
-    const cjs = sh(process.execPath, ['-e', "const m = require('iptlb'); console.log(JSON.stringify(Object.keys(m).filter((k) => k !== '__esModule').sort()))"], { cwd: app });
-    assert.equal(cjs.status, 0, cjs.err);
-    assert.deepEqual(JSON.parse(cjs.out), JSON.parse(esm.out));
-    assert.ok((JSON.parse(esm.out) as string[]).includes('open'));
-    const cjsUse = sh(process.execPath, ['-e', "const { validateProfile, IptlbError } = require('iptlb'); try { validateProfile({ name: 'x' }) } catch (e) { console.log(e instanceof IptlbError, e.field) }"], { cwd: app });
-    assert.equal(cjsUse.status, 0, cjsUse.err);
-    assert.match(cjsUse.out, /^true \S+/);
-
-    // Types for both: a .mts importing and a .cts requiring, checked with node16 resolution.
-    writeFileSync(path.join(app, 'esm.mts'), "import { open, type Profile } from 'iptlb';\nexport const f: typeof open = open;\nexport type P = Profile;\n");
-    writeFileSync(path.join(app, 'cjs.cts'), "import iptlb = require('iptlb');\nexport const f: typeof iptlb.open = iptlb.open;\nexport type P = iptlb.Profile;\n");
-    writeFileSync(path.join(app, 'tsconfig.json'), JSON.stringify({ compilerOptions: { module: 'node16', moduleResolution: 'node16', strict: true, noEmit: true, types: ['node'], skipLibCheck: false, typeRoots: [path.join(PROJECT_ROOT, 'node_modules', '@types')] }, files: ['esm.mts', 'cjs.cts'] }));
-    const tsc = sh(process.execPath, [path.join(PROJECT_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', app], { cwd: app });
-    assert.equal(tsc.status, 0, tsc.out + tsc.err);
-
-    // The bin.
-    const iptlb = path.join(app, 'node_modules', '.bin', 'iptlb');
-    const help = sh(iptlb, ['--help']);
-    assert.equal(help.status, 0, help.err);
-    assert.match(help.out, /^Usage: iptlb /);
-    assert.match(help.out, /demo \[options\]/);
-    const bare = sh(iptlb, []);
-    assert.equal(bare.status, 0, bare.err);
-    assert.equal(bare.out, help.out);
-    const doctor = sh(iptlb, ['doctor', '--json', `--state-file=${path.join(dir, 'state.db')}`]);
-    const d = JSON.parse(doctor.out) as { native: { engines: Record<string, { executor: string; files: string[] }> } };
-    for (const e of ['legacy', 'nft']) {
-      assert.equal(d.native.engines[e]!.executor, 'native', doctor.out);
-      for (const f of d.native.engines[e]!.files) assert.ok(f.startsWith(path.join(pkg, 'prebuilds', `${process.platform}-${process.arch}`)), f);
+test(
+  'consumer project: packed tarball installs without g++ or -dev headers, prebuilt addon used, ESM + CJS + types, bin works',
+  { skip, timeout: 300_000 },
+  (t) => {
+    if (!['core', 'xt', 'nft'].every((p) => existsSync(path.join(prebuilt, `iptlb_${p}.node`)))) {
+      // CI builds them before the suite (npm run prebuilds); made here otherwise, in a scratch directory.
+      const r = sh(process.execPath, [path.join(PROJECT_ROOT, 'scripts', 'prebuild.js'), '--quiet'], {
+        timeout: 240_000,
+      });
+      assert.equal(r.status, 0, `npm run prebuilds: ${r.err}`);
     }
+    const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-consumer-'));
+    try {
+      // --ignore-scripts: the tree is already built (prepack would rebuild dist/ under the other tests).
+      const pack = sh('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', dir], { cwd: PROJECT_ROOT });
+      assert.equal(pack.status, 0, pack.err);
+      const [info] = JSON.parse(pack.out) as { filename: string; files: { path: string }[] }[];
+      const shipped = info!.files.map((f) => f.path);
+      for (const f of [
+        'LICENSE',
+        'docs/install.md',
+        'dist/index.cjs',
+        'dist/cjs/index.d.ts',
+        'dist/iptlb.1',
+        'scripts/install.js',
+        `prebuilds/${process.platform}-${process.arch}/iptlb_nft.node`,
+      ])
+        assert.ok(shipped.includes(f), `${f} in the tarball`);
+      assert.ok(!shipped.some((f) => f.startsWith('test/') || f.startsWith('dist/test/')), 'no tests in the tarball');
 
-    // The quick start from the installed package (it runs itself in a throwaway network namespace).
-    const demo = sh(iptlb, ['demo', '--connections=30'], { timeout: 120_000 });
-    assert.equal(demo.status, 0, demo.out + demo.err);
-    assert.match(demo.out, /failed +0\n[\s\S]*Demo OK\./);
+      const app = path.join(dir, 'app');
+      mkdirSync(app);
+      writeFileSync(path.join(app, 'package.json'), JSON.stringify({ name: 'app', version: '1.0.0', private: true }));
+      // PATH with node, npm and sh only: no compiler, make, python3 or pkg-config can be found.
+      const bin = path.join(dir, 'bin');
+      mkdirSync(bin);
+      symlinkSync(process.execPath, path.join(bin, 'node'));
+      symlinkSync(findBinary('npm')!, path.join(bin, 'npm'));
+      symlinkSync('/bin/sh', path.join(bin, 'sh')); // npm runs install scripts with sh
+      const env = { ...process.env, PATH: bin, npm_config_update_notifier: 'false' };
+      const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
+      const tarball = path.join(dir, info!.filename);
+      const install = sh(
+        findBinary('unshare')!,
+        [
+          '-m',
+          '--propagation',
+          'private',
+          '--',
+          '/bin/sh',
+          '-c',
+          `${q(findBinary('mount')!)} -t tmpfs none /usr/include && cd ${q(app)} && npm install ${q(tarball)} --prefer-offline --no-audit --no-fund --foreground-scripts`,
+        ],
+        { env, timeout: 180_000 },
+      );
+      t.diagnostic(`npm install of the tarball without compiler/headers: ${install.ms} ms`);
+      assert.equal(install.status, 0, install.err + install.out);
+      const log = install.out + install.err;
+      assert.match(
+        log,
+        /iptlb: using the prebuilt native addon \(prebuilds\/linux-x64\/iptlb_\{core,xt,nft\}\.node\); nothing compiled/,
+      );
+      assert.doesNotMatch(log, /gyp info|node-gyp|not built/);
+      const pkg = path.join(app, 'node_modules', 'iptlb');
+      assert.ok(!existsSync(path.join(pkg, 'build')), 'nothing was built');
 
-    // Forced build from source where there is no compiler: the install still succeeds, says what
-    // to install and the command that works here, and keeps the log.
-    const rebuild = sh(
-      findBinary('unshare')!,
-      ['-m', '--propagation', 'private', '--', '/bin/sh', '-c', `${q(findBinary('mount')!)} -t tmpfs none /usr/include && cd ${q(app)} && IPTLB_BUILD_FROM_SOURCE=1 npm rebuild iptlb --foreground-scripts`],
-      { env, timeout: 120_000 },
-    );
-    assert.equal(rebuild.status, 0, rebuild.err + rebuild.out);
-    assert.match(rebuild.out + rebuild.err, /iptlb: native addon not built \(missing to build it: libiptc-dev libxtables-dev libnftnl-dev libmnl-dev g\+\+ make python3\); .* Fix: apt-get install -y libiptc-dev libxtables-dev libnftnl-dev libmnl-dev g\+\+ make python3 && npm rebuild iptlb --foreground-scripts\. Log: /);
-    assert.match(readFileSync(path.join(pkg, 'build', 'build-addon.log'), 'utf8'), /not built: missing to build it/);
-    assert.deepEqual(readdirSync(path.join(pkg, 'build')), ['build-addon.log']);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+      // ESM and CommonJS: the same exports.
+      const esm = sh(
+        process.execPath,
+        ['--input-type=module', '-e', "import * as m from 'iptlb'; console.log(JSON.stringify(Object.keys(m).sort()))"],
+        { cwd: app },
+      );
+      assert.equal(esm.status, 0, esm.err);
+      const cjs = sh(
+        process.execPath,
+        [
+          '-e',
+          "const m = require('iptlb'); console.log(JSON.stringify(Object.keys(m).filter((k) => k !== '__esModule').sort()))",
+        ],
+        { cwd: app },
+      );
+      assert.equal(cjs.status, 0, cjs.err);
+      assert.deepEqual(JSON.parse(cjs.out), JSON.parse(esm.out));
+      assert.ok((JSON.parse(esm.out) as string[]).includes('open'));
+      const cjsUse = sh(
+        process.execPath,
+        [
+          '-e',
+          "const { validateProfile, IptlbError } = require('iptlb'); try { validateProfile({ name: 'x' }) } catch (e) { console.log(e instanceof IptlbError, e.field) }",
+        ],
+        { cwd: app },
+      );
+      assert.equal(cjsUse.status, 0, cjsUse.err);
+      assert.match(cjsUse.out, /^true \S+/);
+
+      // Types for both: a .mts importing and a .cts requiring, checked with node16 resolution.
+      writeFileSync(
+        path.join(app, 'esm.mts'),
+        "import { open, type Profile } from 'iptlb';\nexport const f: typeof open = open;\nexport type P = Profile;\n",
+      );
+      writeFileSync(
+        path.join(app, 'cjs.cts'),
+        "import iptlb = require('iptlb');\nexport const f: typeof iptlb.open = iptlb.open;\nexport type P = iptlb.Profile;\n",
+      );
+      writeFileSync(
+        path.join(app, 'tsconfig.json'),
+        JSON.stringify({
+          compilerOptions: {
+            module: 'node16',
+            moduleResolution: 'node16',
+            strict: true,
+            noEmit: true,
+            types: ['node'],
+            skipLibCheck: false,
+            typeRoots: [path.join(PROJECT_ROOT, 'node_modules', '@types')],
+          },
+          files: ['esm.mts', 'cjs.cts'],
+        }),
+      );
+      const tsc = sh(
+        process.execPath,
+        [path.join(PROJECT_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', app],
+        { cwd: app },
+      );
+      assert.equal(tsc.status, 0, tsc.out + tsc.err);
+
+      // The bin.
+      const iptlb = path.join(app, 'node_modules', '.bin', 'iptlb');
+      const help = sh(iptlb, ['--help']);
+      assert.equal(help.status, 0, help.err);
+      assert.match(help.out, /^Usage: iptlb /);
+      assert.match(help.out, /demo \[options\]/);
+      const bare = sh(iptlb, []);
+      assert.equal(bare.status, 0, bare.err);
+      assert.equal(bare.out, help.out);
+      const doctor = sh(iptlb, ['doctor', '--json', `--state-file=${path.join(dir, 'state.db')}`]);
+      const d = JSON.parse(doctor.out) as {
+        native: { engines: Record<string, { executor: string; files: string[] }> };
+      };
+      for (const e of ['legacy', 'nft']) {
+        assert.equal(d.native.engines[e]!.executor, 'native', doctor.out);
+        for (const f of d.native.engines[e]!.files)
+          assert.ok(f.startsWith(path.join(pkg, 'prebuilds', `${process.platform}-${process.arch}`)), f);
+      }
+
+      // The quick start from the installed package (it runs itself in a throwaway network namespace).
+      const demo = sh(iptlb, ['demo', '--connections=30'], { timeout: 120_000 });
+      assert.equal(demo.status, 0, demo.out + demo.err);
+      assert.match(demo.out, /failed +0\n[\s\S]*Demo OK\./);
+
+      // Forced build from source where there is no compiler: the install still succeeds, says what
+      // to install and the command that works here, and keeps the log.
+      const rebuild = sh(
+        findBinary('unshare')!,
+        [
+          '-m',
+          '--propagation',
+          'private',
+          '--',
+          '/bin/sh',
+          '-c',
+          `${q(findBinary('mount')!)} -t tmpfs none /usr/include && cd ${q(app)} && IPTLB_BUILD_FROM_SOURCE=1 npm rebuild iptlb --foreground-scripts`,
+        ],
+        { env, timeout: 120_000 },
+      );
+      assert.equal(rebuild.status, 0, rebuild.err + rebuild.out);
+      assert.match(
+        rebuild.out + rebuild.err,
+        /iptlb: native addon not built \(missing to build it: libiptc-dev libxtables-dev libnftnl-dev libmnl-dev g\+\+ make python3\); .* Fix: apt-get install -y libiptc-dev libxtables-dev libnftnl-dev libmnl-dev g\+\+ make python3 && npm rebuild iptlb --foreground-scripts\. Log: /,
+      );
+      assert.match(readFileSync(path.join(pkg, 'build', 'build-addon.log'), 'utf8'), /not built: missing to build it/);
+      assert.deepEqual(readdirSync(path.join(pkg, 'build')), ['build-addon.log']);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);

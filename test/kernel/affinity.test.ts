@@ -19,21 +19,40 @@ for (const pair of PAIRS) {
       const r = await run(pair.name, 'hold');
       ok(r.apply, 'apply');
       const before: number[][] = r.before;
-      for (const [i, seq] of before.entries()) assert.ok(seq.every((v) => v === seq[0]), `client ${i} kept its backend: ${seq.join(',')}`);
+      for (const [i, seq] of before.entries())
+        assert.ok(
+          seq.every((v) => v === seq[0]),
+          `client ${i} kept its backend: ${seq.join(',')}`,
+        );
       // Each client's first connection is a fresh random choice (1/3 each): all three backends are used
       // unless 39 clients all missed one, probability 3 * (2/3)^39 < 1e-6.
-      assert.equal(new Set(before.map((s) => s[0])).size, 3, `clients spread over the backends: ${before.map((s) => s[0]).join(',')}`);
+      assert.equal(
+        new Set(before.map((s) => s[0])).size,
+        3,
+        `clients spread over the backends: ${before.map((s) => s[0]).join(',')}`,
+      );
       assert.equal(r.status.inSync, true, JSON.stringify(r.status));
       assert.equal(r.status.profiles[0].affinity, 2, 'status shows the affinity');
       assert.match(r.statusText, /^web\tin-sync\t\d+\taffinity:2s$/m);
       assert.match(r.show, /affinity:2s/);
-      assert.equal(r.status.profiles[0].destinations.reduce((a: number, d: any) => a + d.packets, 0), 39 * 6, 'status counts every connection once');
+      assert.equal(
+        r.status.profiles[0].destinations.reduce((a: number, d: any) => a + d.packets, 0),
+        39 * 6,
+        'status counts every connection once',
+      );
       assert.match(r.list, /\taffinity:2s/);
       ok(r.plan, 'plan');
-      assert.match(r.plan.stdout, /^# profile web: 127\.0\.0\.1:9001,127\.0\.0\.1:9002,127\.0\.0\.1:9003, scheduler random, affinity 2s\n/);
+      assert.match(
+        r.plan.stdout,
+        /^# profile web: 127\.0\.0\.1:9001,127\.0\.0\.1:9002,127\.0\.0\.1:9003, scheduler random, affinity 2s\n/,
+      );
       const after: number[][] = r.after;
       // After the expiry each client is balanced afresh and keeps the new choice.
-      for (const [i, seq] of after.entries()) assert.ok(seq.every((v) => v === seq[0]), `client ${i} kept its new backend: ${seq.join(',')}`);
+      for (const [i, seq] of after.entries())
+        assert.ok(
+          seq.every((v) => v === seq[0]),
+          `client ${i} kept its new backend: ${seq.join(',')}`,
+        );
       // Affinity across the expiry would keep all 39; a fresh choice keeps a client's backend with
       // probability 1/3, so all 39 unchanged has probability (1/3)^39 < 1e-18.
       const changed = after.filter((seq, i) => seq[0] !== before[i][0]).length;

@@ -8,7 +8,10 @@ const AGENT = new URL('../../examples/agent.js', import.meta.url).pathname;
 
 for (const { name, engine, executor, skip } of PAIRS) {
   test(`example agent (${name})`, { skip }, async () => {
-    const r = await runInFreshNetns(AGENT, [], { env: { IPTLB_ENGINE: engine, IPTLB_EXECUTOR: executor }, timeoutMs: 60_000 });
+    const r = await runInFreshNetns(AGENT, [], {
+      env: { IPTLB_ENGINE: engine, IPTLB_EXECUTOR: executor },
+      timeoutMs: 60_000,
+    });
     assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}`);
     assert.match(r.stdout, /agent example: OK/);
     assert.match(r.stdout, /status web: in-sync/);

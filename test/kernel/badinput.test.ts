@@ -12,30 +12,102 @@ import type { Step } from './fixtures/steps.js';
 
 const BASE = { profile: 'p', 'src-addr': `${VIP}:8081`, 'dest-addr': '127.0.0.1:9001,127.0.0.1:9002' };
 type Flags = Partial<Record<string, string | null>>;
-/** [label, overrides of the base flags (null removes one), extra args, expected exit code, field named in the message] */
+/**
+ * [label, overrides of the base flags (null removes one), extra args, expected exit code, field named in the message]
+ */
 const CLI_CASES: [string, Flags, string[], 1 | 2, RegExp][] = [];
-const add = (label: string, over: Flags, extra: string[], code: 1 | 2, re: RegExp): void => void CLI_CASES.push([label, over, extra, code, re]);
+const add = (label: string, over: Flags, extra: string[], code: 1 | 2, re: RegExp): void =>
+  void CLI_CASES.push([label, over, extra, code, re]);
 
-for (const s of ['1.2.3:80', '1.2.3.4.5:80', '256.0.0.1:80', '1.2.3.4:0', '1.2.3.4:65536', '1.2.3.4:99999', 'localhost:80', 'example.com:80', '[::1]:80',
-  '::1:80', '2001:db8::1', '1.2.3.4', ':80', '', ' 1.2.3.4:80', '01.2.3.4:80', '1.2.3.4:-1', '0.0.0.0:80', '255.255.255.255:80', '224.0.0.1:80',
-  '1.2.3.4:80\n-A OUTPUT -j DROP', '1.2.3.4:80;reboot', '$(reboot):80', '1.2.3.4:0x50', '1.2.3.4:８０']) {
+for (const s of [
+  '1.2.3:80',
+  '1.2.3.4.5:80',
+  '256.0.0.1:80',
+  '1.2.3.4:0',
+  '1.2.3.4:65536',
+  '1.2.3.4:99999',
+  'localhost:80',
+  'example.com:80',
+  '[::1]:80',
+  '::1:80',
+  '2001:db8::1',
+  '1.2.3.4',
+  ':80',
+  '',
+  ' 1.2.3.4:80',
+  '01.2.3.4:80',
+  '1.2.3.4:-1',
+  '0.0.0.0:80',
+  '255.255.255.255:80',
+  '224.0.0.1:80',
+  '1.2.3.4:80\n-A OUTPUT -j DROP',
+  '1.2.3.4:80;reboot',
+  '$(reboot):80',
+  '1.2.3.4:0x50',
+  '1.2.3.4:８０',
+]) {
   add(`source ${JSON.stringify(s)}`, { 'src-addr': s }, [], 2, /source/);
 }
-for (const d of ['', ',', '127.0.0.1:1,', '127.0.0.1:1,127.0.0.1:1', 'a:1', '127.0.0.1', '127.0.0.1:1 127.0.0.1:2', `${VIP}:8081`, '127.0.0.1:80,[2001:db8::1]:80',
-  Array.from({ length: 5000 }, (_, i) => `127.0.${i >> 8}.${i & 255}:80`).join(','), '127.0.0.1:80"', '127.0.0.1:80 -j ACCEPT']) {
+for (const d of [
+  '',
+  ',',
+  '127.0.0.1:1,',
+  '127.0.0.1:1,127.0.0.1:1',
+  'a:1',
+  '127.0.0.1',
+  '127.0.0.1:1 127.0.0.1:2',
+  `${VIP}:8081`,
+  '127.0.0.1:80,[2001:db8::1]:80',
+  Array.from({ length: 5000 }, (_, i) => `127.0.${i >> 8}.${i & 255}:80`).join(','),
+  '127.0.0.1:80"',
+  '127.0.0.1:80 -j ACCEPT',
+]) {
   add(`destination ${JSON.stringify(d.slice(0, 40))}`, { 'dest-addr': d }, [], 2, /destination/);
 }
-for (const n of ['', 'a'.repeat(64), '-j', '-', 'a b', 'a\nb', 'a"b', "a'b", 'a;b', '$(x)', '`x`', 'ä', 'a/b', 'a.b', '-j DROP', 'a\tb', 'a\u0001b', '*', 'a,b']) {
+for (const n of [
+  '',
+  'a'.repeat(64),
+  '-j',
+  '-',
+  'a b',
+  'a\nb',
+  'a"b',
+  "a'b",
+  'a;b',
+  '$(x)',
+  '`x`',
+  'ä',
+  'a/b',
+  'a.b',
+  '-j DROP',
+  'a\tb',
+  'a\u0001b',
+  '*',
+  'a,b',
+]) {
   add(`name ${JSON.stringify(n)}`, { profile: n }, [], 2, /name|profile/);
 }
-for (const p of ['icmp', 'TCPX', '', 'tcp udp', 'tcp;x']) add(`protocol ${JSON.stringify(p)}`, { protocol: p }, [], 2, /protocol/);
-for (const b of ['INPUT', 'bogus', '', 'server;x', 'OUTPUT']) add(`rules-backend ${JSON.stringify(b)}`, { 'rules-backend': b }, [], 2, /rulesBackend/);
-for (const l of ['8', '-1', 'loud', '4.5', '', '0x4']) add(`log-level ${JSON.stringify(l)}`, { 'log-level': l }, ['-log-custom-chain'], 2, /logLevel/);
-for (const d of ['127.0.0.1:9001*x', '127.0.0.1:9001*1001', '127.0.0.1:9001*-1', '127.0.0.1:9001*1.5', '127.0.0.1:9001*0,127.0.0.1:9002*0', '127.0.0.1:9001*1000,127.0.0.1:9002*999', '127.0.0.1:9001*']) {
+for (const p of ['icmp', 'TCPX', '', 'tcp udp', 'tcp;x'])
+  add(`protocol ${JSON.stringify(p)}`, { protocol: p }, [], 2, /protocol/);
+for (const b of ['INPUT', 'bogus', '', 'server;x', 'OUTPUT'])
+  add(`rules-backend ${JSON.stringify(b)}`, { 'rules-backend': b }, [], 2, /rulesBackend/);
+for (const l of ['8', '-1', 'loud', '4.5', '', '0x4'])
+  add(`log-level ${JSON.stringify(l)}`, { 'log-level': l }, ['-log-custom-chain'], 2, /logLevel/);
+for (const d of [
+  '127.0.0.1:9001*x',
+  '127.0.0.1:9001*1001',
+  '127.0.0.1:9001*-1',
+  '127.0.0.1:9001*1.5',
+  '127.0.0.1:9001*0,127.0.0.1:9002*0',
+  '127.0.0.1:9001*1000,127.0.0.1:9002*999',
+  '127.0.0.1:9001*',
+]) {
   add(`weights ${JSON.stringify(d)}`, { 'dest-addr': d }, [], 2, /weights/);
 }
-for (const sch of ['fast', '', 'roundrobin', 'random;x']) add(`scheduler ${JSON.stringify(sch)}`, {}, [`-scheduler=${sch}`], 2, /scheduler/);
-for (const af of ['x', '-1', '86401', '1.5', '2s', '', '1e3', '10;x']) add(`affinity ${JSON.stringify(af)}`, {}, [`-affinity=${af}`], 2, /affinity/);
+for (const sch of ['fast', '', 'roundrobin', 'random;x'])
+  add(`scheduler ${JSON.stringify(sch)}`, {}, [`-scheduler=${sch}`], 2, /scheduler/);
+for (const af of ['x', '-1', '86401', '1.5', '2s', '', '1e3', '10;x'])
+  add(`affinity ${JSON.stringify(af)}`, {}, [`-affinity=${af}`], 2, /affinity/);
 add('-run=maybe', {}, ['-run=maybe'], 2, /run/);
 add('-delete without -run', {}, ['-delete', '-run=false'], 2, /-delete needs -run/);
 add('-delete with -reset', {}, ['-delete', '-reset', '-run'], 2, /-delete and -reset/);
@@ -46,17 +118,34 @@ add('missing -src-addr', { 'src-addr': null }, [], 2, /source/);
 add('missing -dest-addr', { 'dest-addr': null }, [], 2, /destination/);
 add('executor typo', {}, ['--executor=fast'], 2, /executor/);
 add('changing an existing profile without -reset', { profile: 'keep' }, [], 1, /-reset/);
-add('-reset of an existing profile with bad input keeps the old rules', { profile: 'keep', 'src-addr': '1.2.3:90' }, ['-reset'], 2, /source/);
-add('-reset with an unknown rules-backend keeps the old rules', { profile: 'keep', 'src-addr': `${VIP}:90`, 'rules-backend': 'INPUT' }, ['-reset'], 2, /rulesBackend/);
+add(
+  '-reset of an existing profile with bad input keeps the old rules',
+  { profile: 'keep', 'src-addr': '1.2.3:90' },
+  ['-reset'],
+  2,
+  /source/,
+);
+add(
+  '-reset with an unknown rules-backend keeps the old rules',
+  { profile: 'keep', 'src-addr': `${VIP}:90`, 'rules-backend': 'INPUT' },
+  ['-reset'],
+  2,
+  /rulesBackend/,
+);
 add('source owned by another profile', { 'src-addr': `${VIP}:90` }, [], 1, /source.*already belongs/);
 add('chain-name collision', { profile: 'KEEP', 'src-addr': `${VIP}:91` }, [], 1, /name.*IPTLB_NAT_KEEP/);
 
-const GOOD_STATE = 'keep:\n  destination:\n  - 127.0.0.1:9001\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: 127.100.0.10:90\n';
+const GOOD_STATE =
+  'keep:\n  destination:\n  - 127.0.0.1:9001\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: 127.100.0.10:90\n';
 /** Hand-edited state files: [label, content or special, field in the message] */
 const STATE_CASES: [string, string, RegExp][] = [
   ['logLevel as a number', GOOD_STATE.replace('"4"', '4'), /logLevel/],
   ['logEnabled as a string', GOOD_STATE.replace('logEnabled: false', 'logEnabled: "no"'), /logEnabled/],
-  ['destination as a scalar', GOOD_STATE.replace('  destination:\n  - 127.0.0.1:9001', '  destination: 127.0.0.1:9001'), /destination/],
+  [
+    'destination as a scalar',
+    GOOD_STATE.replace('  destination:\n  - 127.0.0.1:9001', '  destination: 127.0.0.1:9001'),
+    /destination/,
+  ],
   ['destination with a number', GOOD_STATE.replace('- 127.0.0.1:9001', '- 9001'), /destination/],
   ['unknown protocol', GOOD_STATE.replace('protocol: tcp', 'protocol: icmp'), /protocol/],
   ['unknown key', GOOD_STATE + '  weight: 3\n', /weight/],
@@ -67,13 +156,25 @@ const STATE_CASES: [string, string, RegExp][] = [
   ['affinity as a string', GOOD_STATE.replace('  destination:', '  affinity: "2"\n  destination:'), /affinity/],
   ['affinity out of range', GOOD_STATE.replace('  destination:', '  affinity: 86401\n  destination:'), /affinity/],
   ['affinity fractional', GOOD_STATE.replace('  destination:', '  affinity: 2.5\n  destination:'), /affinity/],
-  ['alias bomb', 'a: &a ["x","x","x","x","x","x","x","x"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b]\nd: [*c,*c,*c,*c,*c,*c,*c,*c]\n', /alias|YAML/i],
-  ['anchor reuse', 'keep: &k\n  destination: [127.0.0.1:9001]\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: 127.100.0.10:90\nother: *k\n', /alias|YAML/i],
+  [
+    'alias bomb',
+    'a: &a ["x","x","x","x","x","x","x","x"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b]\nd: [*c,*c,*c,*c,*c,*c,*c,*c]\n',
+    /alias|YAML/i,
+  ],
+  [
+    'anchor reuse',
+    'keep: &k\n  destination: [127.0.0.1:9001]\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: 127.100.0.10:90\nother: *k\n',
+    /alias|YAML/i,
+  ],
   ['truncated', GOOD_STATE.slice(0, 30), /state file/],
   ['binary garbage', '\u0000\u0001\u0002\uFFFD{[', /state file/],
   ['duplicate profile', GOOD_STATE + GOOD_STATE, /YAML|duplicate|unique/i],
   ['two profiles, one source', GOOD_STATE + GOOD_STATE.replace('keep:', 'keep2:'), /already belongs/],
-  ['chain collision in the file', GOOD_STATE + GOOD_STATE.replace('keep:', 'KEEP:').replace(':90', ':91'), /IPTLB_NAT_KEEP/],
+  [
+    'chain collision in the file',
+    GOOD_STATE + GOOD_STATE.replace('keep:', 'KEEP:').replace(':90', ':91'),
+    /IPTLB_NAT_KEEP/,
+  ],
   ['a list at the top', '- keep\n', /mapping/],
   ['bad name in the file', GOOD_STATE.replace('keep:', '"a b":'), /name/],
   ['empty source', GOOD_STATE.replace('source: 127.100.0.10:90', 'source: ""'), /source/],
@@ -87,10 +188,16 @@ for (const { name: ex, skip } of PAIRS) {
   const stateCases = sample(STATE_CASES);
   describe(`bad input over ${ex}`, { skip }, () => {
     test(`${cliCases.length} bad command lines: exit 2 or 1, one line naming the field, nothing changed`, async () => {
-      const steps: Step[] = [cli(ex, '-run', '-profile=keep', `-src-addr=${VIP}:90`, '-dest-addr=127.0.0.1:9001'), { op: 'save' }, { op: 'read', file: '$WORK/state.db' }];
+      const steps: Step[] = [
+        cli(ex, '-run', '-profile=keep', `-src-addr=${VIP}:90`, '-dest-addr=127.0.0.1:9001'),
+        { op: 'save' },
+        { op: 'read', file: '$WORK/state.db' },
+      ];
       for (const [, over, extra] of cliCases) {
         const flags = { ...BASE, ...over } as Record<string, string | null>;
-        const args = Object.entries(flags).filter(([, v]) => v !== null).map(([k, v]) => `-${k}=${v}`);
+        const args = Object.entries(flags)
+          .filter(([, v]) => v !== null)
+          .map(([k, v]) => `-${k}=${v}`);
         steps.push(cli(ex, '-run', ...args, ...extra), { op: 'save' }, { op: 'read', file: '$WORK/state.db' });
       }
       const r = await runSteps(steps, 300_000);
@@ -109,7 +216,10 @@ for (const { name: ex, skip } of PAIRS) {
     });
 
     test(`${stateCases.length} hand-edited state files: exit 1, one line, file never overwritten, kernel unchanged`, async () => {
-      const steps: Step[] = [cli(ex, '-run', '-profile=keep', `-src-addr=${VIP}:90`, '-dest-addr=127.0.0.1:9001'), { op: 'save' }];
+      const steps: Step[] = [
+        cli(ex, '-run', '-profile=keep', `-src-addr=${VIP}:90`, '-dest-addr=127.0.0.1:9001'),
+        { op: 'save' },
+      ];
       for (const [, text] of stateCases) {
         steps.push(
           { op: 'write', file: '$WORK/state.db', text },
@@ -119,13 +229,40 @@ for (const { name: ex, skip } of PAIRS) {
           { op: 'save' },
         );
       }
-      steps.push({ op: 'sh', argv: ['mkdir', '-p', '$WORK/dir.db'] }, cli(ex, '-run', '-profile=new', `-src-addr=${VIP}:95`, '-dest-addr=127.0.0.1:9005', '-state-file=$WORK/dir.db'));
-      steps.push({ op: 'write', file: '$WORK/real.db', text: GOOD_STATE }, { op: 'sh', argv: ['ln', '-s', '$WORK/real.db', '$WORK/link.db'] });
-      steps.push({ op: 'cli', args: [...pairOf(ex).flags, '-state-file=$WORK/link.db', '-run', '-profile=new', `-src-addr=${VIP}:95`, '-dest-addr=127.0.0.1:9005'] }, { op: 'read', file: '$WORK/real.db' }, { op: 'save' });
+      steps.push(
+        { op: 'sh', argv: ['mkdir', '-p', '$WORK/dir.db'] },
+        cli(ex, '-run', '-profile=new', `-src-addr=${VIP}:95`, '-dest-addr=127.0.0.1:9005', '-state-file=$WORK/dir.db'),
+      );
+      steps.push(
+        { op: 'write', file: '$WORK/real.db', text: GOOD_STATE },
+        { op: 'sh', argv: ['ln', '-s', '$WORK/real.db', '$WORK/link.db'] },
+      );
+      steps.push(
+        {
+          op: 'cli',
+          args: [
+            ...pairOf(ex).flags,
+            '-state-file=$WORK/link.db',
+            '-run',
+            '-profile=new',
+            `-src-addr=${VIP}:95`,
+            '-dest-addr=127.0.0.1:9005',
+          ],
+        },
+        { op: 'read', file: '$WORK/real.db' },
+        { op: 'save' },
+      );
       const r = await runSteps(steps, 300_000);
       ok(r[0]);
       stateCases.forEach(([label, text, re], i) => {
-        const [, , p1, p2, after, save] = [0, 0, ...r.slice(3 + 5 * i, 3 + 5 * i + 4)] as [number, number, Proc, Proc, string, string];
+        const [, , p1, p2, after, save] = [0, 0, ...r.slice(3 + 5 * i, 3 + 5 * i + 4)] as [
+          number,
+          number,
+          Proc,
+          Proc,
+          string,
+          string,
+        ];
         for (const p of [p1, p2]) {
           assert.equal(p.code, 1, `${label}: exit ${p.code}: ${p.stderr}`);
           assert.equal(p.stderr.trim().split('\n').length, 1, `${label}: ${p.stderr}`);
@@ -145,7 +282,9 @@ for (const { name: ex, skip } of PAIRS) {
     });
 
     test('bad API calls: typed errors naming the field, nothing changed', async () => {
-      const results = (await runJsonInFreshNetns(new URL('./fixtures/api-bad.js', import.meta.url).pathname, [ex], { timeoutMs: 60_000 })) as {
+      const results = (await runJsonInFreshNetns(new URL('./fixtures/api-bad.js', import.meta.url).pathname, [ex], {
+        timeoutMs: 60_000,
+      })) as {
         label: string;
         outcome: { code?: string; field?: string; message: string; typed: boolean } | null;
         unchanged: boolean;
@@ -154,7 +293,10 @@ for (const { name: ex, skip } of PAIRS) {
       for (const r of results) {
         assert.ok(r.outcome, `${r.label}: did not reject`);
         assert.ok(r.outcome.typed, `${r.label}: untyped ${r.outcome.message}`);
-        assert.ok(['EINVAL_PROFILE', 'ECONFLICT', 'ENOTFOUND', 'EUSAGE'].includes(r.outcome.code!), `${r.label}: ${r.outcome.code}`);
+        assert.ok(
+          ['EINVAL_PROFILE', 'ECONFLICT', 'ENOTFOUND', 'EUSAGE'].includes(r.outcome.code!),
+          `${r.label}: ${r.outcome.code}`,
+        );
         assert.ok(r.outcome.field, `${r.label}: names no field: ${r.outcome.message}`);
         assert.ok(!r.outcome.message.includes('\n'), r.label);
         assert.ok(r.unchanged, `${r.label}: something changed`);
@@ -162,4 +304,3 @@ for (const { name: ex, skip } of PAIRS) {
     });
   });
 }
-

@@ -18,7 +18,9 @@ export const KERNEL_SKIP: string | false = support.ok ? false : support.reason;
 
 const addon = loadAddon();
 const nativeSkip = addon.ok ? false : `native addon unavailable: ${addon.reason}: ${addon.detail}`;
-const nftNativeSkip = nativeSkip || (typeof (addon.ok && addon.addon.nftCommit) === 'function' ? false : 'this build of the addon has no nft support');
+const nftNativeSkip =
+  nativeSkip ||
+  (typeof (addon.ok && addon.addon.nftCommit) === 'function' ? false : 'this build of the addon has no nft support');
 const nftSkip = findBinary('nft') ? false : 'nft is not installed (apt-get install nftables)';
 
 /** An engine × executor pair the contract suite runs against, with the reason it is skipped here (false = runs). */
@@ -50,7 +52,9 @@ export async function runSteps(steps: Step[], timeoutMs = 180_000): Promise<any[
   return (await runJsonInFreshNetns(STEPS, [], { timeoutMs, input: JSON.stringify(steps) })) as any[];
 }
 
-/** CLI args with the engine and executor (a pair, or an executor name for the legacy engine) and a private state file. */
+/**
+ * CLI args with the engine and executor (a pair, or an executor name for the legacy engine) and a private state file.
+ */
 export function cli(pair: Pair | string, ...args: string[]): Step {
   const flags = typeof pair === 'string' ? pairOf(pair).flags : pairFlags(pair);
   return { op: 'cli', args: [...flags, '-state-file=$WORK/state.db', ...args] };

@@ -29,7 +29,24 @@ for (const { name: ex, skip } of PAIRS) {
           ]
         : [
             ipt('-F', 'IPTLB_NAT_A'), // a: modified
-            ipt('-D', 'IPTLB_OUTPUT', '-d', `${VIP}/32`, '-p', 'tcp', '-m', 'comment', '--comment', 'iptlb:b', '-m', 'tcp', '--dport', '81', '-j', 'IPTLB_NAT_B'),
+            ipt(
+              '-D',
+              'IPTLB_OUTPUT',
+              '-d',
+              `${VIP}/32`,
+              '-p',
+              'tcp',
+              '-m',
+              'comment',
+              '--comment',
+              'iptlb:b',
+              '-m',
+              'tcp',
+              '--dport',
+              '81',
+              '-j',
+              'IPTLB_NAT_B',
+            ),
             ipt('-F', 'IPTLB_NAT_B'),
             ipt('-X', 'IPTLB_NAT_B'), // b: missing
             ipt('-N', 'IPTLB_NAT_ZOMBIE'), // an orphan chain
@@ -54,8 +71,12 @@ for (const { name: ex, skip } of PAIRS) {
       assert.equal(tamper.length, 6);
       assert.equal(JSON.parse(r[3].stdout).inSync, true);
       assert.equal(r[11].code, 3, 'exit 3 on drift');
-      const by = Object.fromEntries(JSON.parse(r[11].stdout).profiles.map((p: { name: string; status: string }) => [p.name, p.status]));
-      const orphans = nft ? { [`${VIP}:99`]: 'orphaned', 'foreign:zombie': 'orphaned' } : { ghost: 'orphaned', IPTLB_NAT_ZOMBIE: 'orphaned' };
+      const by = Object.fromEntries(
+        JSON.parse(r[11].stdout).profiles.map((p: { name: string; status: string }) => [p.name, p.status]),
+      );
+      const orphans = nft
+        ? { [`${VIP}:99`]: 'orphaned', 'foreign:zombie': 'orphaned' }
+        : { ghost: 'orphaned', IPTLB_NAT_ZOMBIE: 'orphaned' };
       assert.deepEqual(by, { a: 'modified', b: 'missing', c: 'in-sync', ...orphans }, r[10].stdout);
       assert.match(r[12].stdout, /a\tmodified/);
       ok(r[13]);
@@ -83,21 +104,38 @@ for (const { name: ex, skip } of PAIRS) {
       ]);
       ok(r[1]);
       assert.equal(r[2].code, 0, r[2].stderr);
-      const frames = (r[3] as string).trim().split('\n').map((l) => JSON.parse(l) as { profiles: { name: string; rate: number | null; destinations: { rate: number | null }[] }[] });
+      const frames = (r[3] as string)
+        .trim()
+        .split('\n')
+        .map(
+          (l) =>
+            JSON.parse(l) as {
+              profiles: { name: string; rate: number | null; destinations: { rate: number | null }[] }[];
+            },
+        );
       assert.equal(frames.length, 4);
       assert.equal(frames[0].profiles[0].rate, null, 'no rate before the second sample');
-      const busy = frames.slice(1).map((f) => f.profiles[0]).filter((p) => (p.rate ?? 0) > 0);
+      const busy = frames
+        .slice(1)
+        .map((f) => f.profiles[0])
+        .filter((p) => (p.rate ?? 0) > 0);
       assert.ok(busy.length >= 1, JSON.stringify(frames));
       for (const p of busy) {
         // nft reads the dispatch set's counters and the backend map's one after the other, while
         // traffic flows: the sums agree only to within the packets that arrived in between.
         const sum = p.destinations.reduce((a, d) => a + (d.rate ?? 0), 0);
-        assert.ok(Math.abs(sum - p.rate!) < 0.1 * p.rate! + 5, `destination rates ${sum} add up to the profile's ${p.rate}`);
+        assert.ok(
+          Math.abs(sum - p.rate!) < 0.1 * p.rate! + 5,
+          `destination rates ${sum} add up to the profile's ${p.rate}`,
+        );
       }
     });
 
     test('watch: applies a change of the state file, re-applies after an external flush, and SIGTERM leaves everything in place', async () => {
-      const r = (await runJsonInFreshNetns(fixture('watch.js'), [ex], { timeoutMs: 60_000 })) as Record<string, unknown>;
+      const r = (await runJsonInFreshNetns(fixture('watch.js'), [ex], { timeoutMs: 60_000 })) as Record<
+        string,
+        unknown
+      >;
       assert.equal(r.appliedAfterFileChange, true, JSON.stringify(r));
       assert.equal(r.reappliedAfterFlush, true, JSON.stringify(r));
       assert.equal(r.exitCode, 0);

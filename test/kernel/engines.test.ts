@@ -16,27 +16,41 @@ const legacySpawn = PAIRS.find((p) => p.name === 'legacy/spawn')!;
 
 for (const ex of ['spawn', 'native'] as const) {
   const skip = ex === 'spawn' ? nftSpawn.skip || legacySpawn.skip : nftNative.skip;
-  test(`migrate (${ex}): legacy → nft → legacy → nft while a client connects without pause: no failed connection, rules in one engine only`, { skip }, async () => {
-    const r = (await runJsonInFreshNetns(fixture('migrate.js'), [ex], { timeoutMs: 120_000 })) as {
-      steps: { to: string; code: number; log: string; where: { legacy: boolean; nft: boolean }; auto: string; inSync: boolean }[];
-      traffic: { ok: number; failures: number; errorsSample: string[] };
-    };
-    for (const s of r.steps) {
-      assert.equal(s.code, 0, s.log);
-      assert.match(s.log, /installed 3 profile\(s\) in the \w+ engine in one transaction/);
-      assert.match(s.log, /removed iptlb's objects from the \w+ engine in one transaction/);
-      assert.deepEqual(s.where, { legacy: s.to === 'legacy', nft: s.to === 'nft' }, JSON.stringify(s));
-      assert.equal(s.auto, s.to, 'auto picks the engine that holds the rules');
-      assert.equal(s.inSync, true);
-    }
-    assert.equal(r.traffic.failures, 0, JSON.stringify(r.traffic.errorsSample));
-    assert.ok(r.traffic.ok > 20, `only ${r.traffic.ok} connections`);
-  });
+  test(
+    `migrate (${ex}): legacy → nft → legacy → nft while a client connects without pause: no failed connection, rules in one engine only`,
+    { skip },
+    async () => {
+      const r = (await runJsonInFreshNetns(fixture('migrate.js'), [ex], { timeoutMs: 120_000 })) as {
+        steps: {
+          to: string;
+          code: number;
+          log: string;
+          where: { legacy: boolean; nft: boolean };
+          auto: string;
+          inSync: boolean;
+        }[];
+        traffic: { ok: number; failures: number; errorsSample: string[] };
+      };
+      for (const s of r.steps) {
+        assert.equal(s.code, 0, s.log);
+        assert.match(s.log, /installed 3 profile\(s\) in the \w+ engine in one transaction/);
+        assert.match(s.log, /removed iptlb's objects from the \w+ engine in one transaction/);
+        assert.deepEqual(s.where, { legacy: s.to === 'legacy', nft: s.to === 'nft' }, JSON.stringify(s));
+        assert.equal(s.auto, s.to, 'auto picks the engine that holds the rules');
+        assert.equal(s.inSync, true);
+      }
+      assert.equal(r.traffic.failures, 0, JSON.stringify(r.traffic.errorsSample));
+      assert.ok(r.traffic.ok > 20, `only ${r.traffic.ok} connections`);
+    },
+  );
 }
 
 describe('engine selection and nft repair', { skip: nftSpawn.skip || legacySpawn.skip }, () => {
   test('auto: a fresh host follows its iptables flavour; iptlb rules already in one engine keep every profile there', async () => {
-    const auto = (...a: string[]) => ({ op: 'cli' as const, args: ['--executor=spawn', '-state-file=$WORK/state.db', ...a] });
+    const auto = (...a: string[]) => ({
+      op: 'cli' as const,
+      args: ['--executor=spawn', '-state-file=$WORK/state.db', ...a],
+    });
     const r = await runSteps([
       auto('doctor', '--json'),
       cli(legacySpawn, '-q', '-run', '-profile=a', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001'),
@@ -69,7 +83,10 @@ describe('engine selection and nft repair', { skip: nftSpawn.skip || legacySpawn
     ]);
     ok(r[1]);
     ok(r[3]);
-    assert.match(r[3].stderr, /table ip iptlb is not as the state says .*replacing it with all 2 profile\(s\) in one transaction/);
+    assert.match(
+      r[3].stderr,
+      /table ip iptlb is not as the state says .*replacing it with all 2 profile\(s\) in one transaction/,
+    );
     assert.equal(JSON.parse(r[4].stdout).inSync, true, r[4].stdout);
     assert.equal(r[5].failures, 0);
     assert.equal(r[6].failures, 0);

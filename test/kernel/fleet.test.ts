@@ -21,7 +21,8 @@ import type { Split } from '../harness/traffic.js';
 
 const execFileP = promisify(execFile);
 const ETCD = '/usr/bin/etcd';
-const SKIP = KERNEL_SKIP || (existsSync(ETCD) ? false : 'etcd is not installed (apt-get install etcd-server etcd-client)');
+const SKIP =
+  KERNEL_SKIP || (existsSync(ETCD) ? false : 'etcd is not installed (apt-get install etcd-server etcd-client)');
 const FIX = new URL('./fixtures/fleet-host.js', import.meta.url).pathname;
 const P = '/iptlb/v1/';
 const BACKENDS = '9001,9002';
@@ -58,11 +59,38 @@ class Cluster {
   }
   /** Starts member `m` (again: its data directory is kept, so it rejoins). */
   run(m: string): void {
-    for (const sock of [`${m}c:1`, `${m}p:1`]) rmSync(path.join(this.dir, sock), { force: true }); // a killed member leaves its sockets
+    // a killed member leaves its sockets
+    for (const sock of [`${m}c:1`, `${m}p:1`]) rmSync(path.join(this.dir, sock), { force: true });
     const initial = this.members.map((x) => `${x}=unix://${x}p:1`).join(',');
-    const p = spawn(ETCD, ['--name', m, '--data-dir', path.join(this.dir, m), '--unsafe-no-fsync', '--listen-client-urls', `unix://${m}c:1`, '--advertise-client-urls', `unix://${m}c:1`,
-      '--listen-peer-urls', `unix://${m}p:1`, '--initial-advertise-peer-urls', `unix://${m}p:1`, '--initial-cluster', initial, '--initial-cluster-state', 'new',
-      '--heartbeat-interval', '50', '--election-timeout', '500', '--log-level', 'error'], { cwd: this.dir, stdio: ['ignore', 'ignore', 'pipe'] });
+    const p = spawn(
+      ETCD,
+      [
+        '--name',
+        m,
+        '--data-dir',
+        path.join(this.dir, m),
+        '--unsafe-no-fsync',
+        '--listen-client-urls',
+        `unix://${m}c:1`,
+        '--advertise-client-urls',
+        `unix://${m}c:1`,
+        '--listen-peer-urls',
+        `unix://${m}p:1`,
+        '--initial-advertise-peer-urls',
+        `unix://${m}p:1`,
+        '--initial-cluster',
+        initial,
+        '--initial-cluster-state',
+        'new',
+        '--heartbeat-interval',
+        '50',
+        '--election-timeout',
+        '500',
+        '--log-level',
+        'error',
+      ],
+      { cwd: this.dir, stdio: ['ignore', 'ignore', 'pipe'] },
+    );
     p.stderr!.resume();
     this.procs.set(m, p);
   }
@@ -80,14 +108,49 @@ class Cluster {
       p.kill('SIGCONT');
       p.kill('SIGKILL');
     }
-    await Promise.all([...this.procs.values()].map((p) => (p.exitCode !== null || p.signalCode ? undefined : new Promise((r) => p.once('exit', r)))));
+    await Promise.all(
+      [...this.procs.values()].map((p) =>
+        p.exitCode !== null || p.signalCode ? undefined : new Promise((r) => p.once('exit', r)),
+      ),
+    );
     rmSync(this.dir, { recursive: true, force: true });
   }
 }
 
-function startAgent(t: NetnsTopology, c: Cluster, host: string, member: string, pair: Pair, extra: string[] = []): Spawned {
-  return t.spawn(host, [process.execPath, CLI_PATH, 'agent', '--etcd', c.endpoint(member), '--host', host, '--state-file', path.join(c.dir, `${host}.db`),
-    '--engine', pair.engine, '--executor', pair.executor, '--min-sync-ms', '0', '--check-ms', '200', '--etcd-timeout-ms', '1000', '--lease-ttl', '5', '--backoff-max-ms', '1500', ...extra]);
+function startAgent(
+  t: NetnsTopology,
+  c: Cluster,
+  host: string,
+  member: string,
+  pair: Pair,
+  extra: string[] = [],
+): Spawned {
+  return t.spawn(host, [
+    process.execPath,
+    CLI_PATH,
+    'agent',
+    '--etcd',
+    c.endpoint(member),
+    '--host',
+    host,
+    '--state-file',
+    path.join(c.dir, `${host}.db`),
+    '--engine',
+    pair.engine,
+    '--executor',
+    pair.executor,
+    '--min-sync-ms',
+    '0',
+    '--check-ms',
+    '200',
+    '--etcd-timeout-ms',
+    '1000',
+    '--lease-ttl',
+    '5',
+    '--backoff-max-ms',
+    '1500',
+    ...extra,
+  ]);
 }
 
 async function hostStatus(s: EtcdStore, host: string): Promise<HostStatus | null> {
@@ -104,15 +167,20 @@ async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>
     } catch (e) {
       last = e;
     }
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? ` (last error: ${(last as Error).message})` : ''}`);
+    if (Date.now() > end)
+      throw new Error(`timed out waiting for ${what}${last ? ` (last error: ${(last as Error).message})` : ''}`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }
 const waitApplied = (s: EtcdStore, host: string, rev: number, ms?: number): Promise<HostStatus> =>
-  waitFor(`${host} at revision ${rev}`, async () => {
-    const st = await hostStatus(s, host);
-    return st && st.revision >= rev ? st : undefined;
-  }, ms);
+  waitFor(
+    `${host} at revision ${rev}`,
+    async () => {
+      const st = await hostStatus(s, host);
+      return st && st.revision >= rev ? st : undefined;
+    },
+    ms,
+  );
 async function waitLog(a: Spawned, re: RegExp, what: string, ms = 15_000): Promise<void> {
   await waitFor(what, async () => re.test(a.stderr()), ms).catch((e: Error) => {
     throw new Error(`${e.message}\nagent stderr:\n${a.stderr().slice(-3000)}`);
@@ -125,7 +193,11 @@ async function probe(t: NetnsTopology, host: string, vip: string, n = 20, port =
 async function balanced(t: NetnsTopology, host: string, vip: string): Promise<void> {
   const r = await probe(t, host, vip);
   assert.equal(r.failures, 0, `${host} ${vip}: ${r.errors.join('; ')}`);
-  assert.deepEqual(Object.keys(r.counts).sort(), ['backend:9001', 'backend:9002'], `${host} ${vip}: both backends answer (${JSON.stringify(r.counts)})`);
+  assert.deepEqual(
+    Object.keys(r.counts).sort(),
+    ['backend:9001', 'backend:9002'],
+    `${host} ${vip}: both backends answer (${JSON.stringify(r.counts)})`,
+  );
 }
 async function gone(t: NetnsTopology, host: string, vip: string): Promise<void> {
   const r = await probe(t, host, vip, 3);
@@ -138,178 +210,237 @@ async function backends(t: NetnsTopology, host: string): Promise<Spawned> {
 }
 
 for (const pair of PAIRS) {
-  test(`fleet (${pair.name}): put → balanced on every host; delete → gone; SIGTERM leaves the rules and drops the host key`, { skip: SKIP || pair.skip, timeout: 90_000 }, async () => {
+  test(
+    `fleet (${pair.name}): put → balanced on every host; delete → gone; SIGTERM leaves the rules and drops the host key`,
+    { skip: SKIP || pair.skip, timeout: 90_000 },
+    async () => {
+      const c = await Cluster.start(['m1']);
+      const s = await c.client('m1');
+      try {
+        await NetnsTopology.with(['h1', 'h2'], async (t) => {
+          for (const h of t.hosts) await backends(t, h);
+          const agents = t.hosts.map((h) => startAgent(t, c, h, 'm1', pair));
+          const put = await fleetApply(s, P, [prof('web', '127.100.0.10')]);
+          for (const h of t.hosts) {
+            const st = await waitApplied(s, h, put.revision);
+            assert.equal(st.engine, pair.engine);
+            assert.equal(st.executor, pair.executor);
+            await balanced(t, h, '127.100.0.10');
+          }
+          const del = await fleetDelete(s, P, ['web']);
+          for (const h of t.hosts) {
+            await waitApplied(s, h, del.revision);
+            await gone(t, h, '127.100.0.10');
+          }
+          await fleetApply(s, P, [prof('api', '127.100.0.11')]).then((r) =>
+            Promise.all(t.hosts.map((h) => waitApplied(s, h, r.revision))),
+          );
+          for (const a of agents) assert.equal((await a.kill('SIGTERM')).code, 0);
+          for (const h of t.hosts) {
+            assert.equal(
+              await hostStatus(s, h),
+              null,
+              `${h}: the host key went with its lease (unknown, not "no rules")`,
+            );
+            await balanced(t, h, '127.100.0.11'); // the rules stay after the agent stops
+          }
+        });
+      } finally {
+        await s.close();
+        await c.stop();
+      }
+    },
+  );
+}
+
+test(
+  'fleet (nft/native): invalid profile isolated; SIGKILL + restart with zero failed connections to the other VIPs; drift repaired',
+  { skip: SKIP || nftNative.skip, timeout: 120_000 },
+  async () => {
     const c = await Cluster.start(['m1']);
     const s = await c.client('m1');
     try {
-      await NetnsTopology.with(['h1', 'h2'], async (t) => {
-        for (const h of t.hosts) await backends(t, h);
-        const agents = t.hosts.map((h) => startAgent(t, c, h, 'm1', pair));
-        const put = await fleetApply(s, P, [prof('web', '127.100.0.10')]);
-        for (const h of t.hosts) {
-          const st = await waitApplied(s, h, put.revision);
-          assert.equal(st.engine, pair.engine);
-          assert.equal(st.executor, pair.executor);
-          await balanced(t, h, '127.100.0.10');
-        }
-        const del = await fleetDelete(s, P, ['web']);
-        for (const h of t.hosts) {
-          await waitApplied(s, h, del.revision);
-          await gone(t, h, '127.100.0.10');
-        }
-        await fleetApply(s, P, [prof('api', '127.100.0.11')]).then((r) => Promise.all(t.hosts.map((h) => waitApplied(s, h, r.revision))));
-        for (const a of agents) assert.equal((await a.kill('SIGTERM')).code, 0);
-        for (const h of t.hosts) {
-          assert.equal(await hostStatus(s, h), null, `${h}: the host key went with its lease (unknown, not "no rules")`);
-          await balanced(t, h, '127.100.0.11'); // the rules stay after the agent stops
-        }
+      await NetnsTopology.with(['h1'], async (t) => {
+        await backends(t, 'h1');
+        let agent = startAgent(t, c, 'h1', 'm1', nftNative, ['--sync-ms', '300']);
+        await fleetApply(s, P, [prof('a', '127.100.0.10')]);
+        await s.txn([
+          {
+            put: profileKey(P, 'bad'),
+            value: JSON.stringify({ ...prof('bad', '127.100.0.20'), destination: ['127.0.0.1:notaport'] }),
+          },
+        ]);
+        const rb = (await fleetApply(s, P, [prof('b', '127.100.0.11')])).revision;
+        const st = await waitApplied(s, 'h1', rb);
+        assert.deepEqual(
+          st.refused.map((r) => [r.name, r.code]),
+          [['bad', 'EINVAL_PROFILE']],
+        );
+        assert.equal(st.profiles, 2);
+        await balanced(t, 'h1', '127.100.0.10');
+        await balanced(t, 'h1', '127.100.0.11');
+        await gone(t, 'h1', '127.100.0.20');
+
+        // SIGKILL: the kernel keeps everything; changes made while it is down are applied at restart in one
+        // transaction.
+        const cont = t.spawn('h1', [process.execPath, FIX, 'continuous', '127.100.0.10', '8080']);
+        await cont.waitFor(/started/);
+        await agent.kill('SIGKILL');
+        const rc = (await fleetApply(s, P, [prof('c', '127.100.0.12')])).revision;
+        const rd = (await fleetDelete(s, P, ['b'])).revision;
+        assert.ok(rd > rc);
+        agent = startAgent(t, c, 'h1', 'm1', nftNative, ['--sync-ms', '300']);
+        await waitLog(agent, /listed 3 profile\(s\) at revision/, 'the re-list');
+        await waitFor('restart applied', async () => {
+          const x = await hostStatus(s, 'h1');
+          return x && x.revision >= rd && x.watch === 'watching';
+        });
+        await waitLog(agent, /1 applied, 1 removed in one transaction/, 'one transaction at start-up');
+        await new Promise((r) => setTimeout(r, 300));
+        const res = JSON.parse((await cont.kill('SIGTERM')).stdout.trim().split('\n').pop()!) as {
+          ok: number;
+          failures: number;
+          errorsSample: string[];
+        };
+        assert.equal(res.failures, 0, `connections to a during the restart: ${res.errorsSample.join('; ')}`);
+        assert.ok(res.ok > 20, `${res.ok} connections made`);
+        await balanced(t, 'h1', '127.100.0.12');
+        await gone(t, 'h1', '127.100.0.11');
+
+        // Drift: someone deletes the table; the periodic sync restores it (no re-list).
+        await t.exec('h1', ['nft', 'delete', 'table', 'ip', 'iptlb']);
+        await waitLog(agent, /drift repaired/, 'drift repaired');
+        await balanced(t, 'h1', '127.100.0.10');
+        await balanced(t, 'h1', '127.100.0.12');
+        assert.equal((await agent.kill('SIGTERM')).code, 0);
       });
     } finally {
       await s.close();
       await c.stop();
     }
-  });
-}
+  },
+);
 
-test('fleet (nft/native): invalid profile isolated; SIGKILL + restart with zero failed connections to the other VIPs; drift repaired', { skip: SKIP || nftNative.skip, timeout: 120_000 }, async () => {
-  const c = await Cluster.start(['m1']);
-  const s = await c.client('m1');
-  try {
-    await NetnsTopology.with(['h1'], async (t) => {
-      await backends(t, 'h1');
-      let agent = startAgent(t, c, 'h1', 'm1', nftNative, ['--sync-ms', '300']);
-      await fleetApply(s, P, [prof('a', '127.100.0.10')]);
-      await s.txn([{ put: profileKey(P, 'bad'), value: JSON.stringify({ ...prof('bad', '127.100.0.20'), destination: ['127.0.0.1:notaport'] }) }]);
-      const rb = (await fleetApply(s, P, [prof('b', '127.100.0.11')])).revision;
-      const st = await waitApplied(s, 'h1', rb);
-      assert.deepEqual(st.refused.map((r) => [r.name, r.code]), [['bad', 'EINVAL_PROFILE']]);
-      assert.equal(st.profiles, 2);
-      await balanced(t, 'h1', '127.100.0.10');
-      await balanced(t, 'h1', '127.100.0.11');
-      await gone(t, 'h1', '127.100.0.20');
+test(
+  'fleet (nft/native, 3 members): partition (member killed) + compaction + heal; a stalled member (SIGSTOP); quorum lost and regained (two members killed, restarted), rules kept throughout',
+  { skip: SKIP || nftNative.skip, timeout: 150_000 },
+  async () => {
+    const c = await Cluster.start(['m1', 'm2', 'm3']);
+    const s2 = await c.client('m2');
+    const s1 = await c.client('m1');
+    try {
+      await NetnsTopology.with(['h1', 'h2'], async (t) => {
+        for (const h of t.hosts) await backends(t, h);
+        const a1 = startAgent(t, c, 'h1', 'm1', nftNative);
+        startAgent(t, c, 'h2', 'm2', nftNative);
+        const r1 = (await fleetApply(s2, P, [prof('p1', '127.100.0.10')])).revision;
+        for (const h of t.hosts) await waitApplied(s2, h, r1);
+        await waitFor('h1 watching', async () => (await hostStatus(s2, 'h1'))?.watch === 'watching');
 
-      // SIGKILL: the kernel keeps everything; changes made while it is down are applied at restart in one transaction.
-      const cont = t.spawn('h1', [process.execPath, FIX, 'continuous', '127.100.0.10', '8080']);
-      await cont.waitFor(/started/);
-      await agent.kill('SIGKILL');
-      const rc = (await fleetApply(s, P, [prof('c', '127.100.0.12')])).revision;
-      const rd = (await fleetDelete(s, P, ['b'])).revision;
-      assert.ok(rd > rc);
-      agent = startAgent(t, c, 'h1', 'm1', nftNative, ['--sync-ms', '300']);
-      await waitLog(agent, /listed 3 profile\(s\) at revision/, 'the re-list');
-      await waitFor('restart applied', async () => {
-        const x = await hostStatus(s, 'h1');
-        return x && x.revision >= rd && x.watch === 'watching';
-      });
-      await waitLog(agent, /1 applied, 1 removed in one transaction/, 'one transaction at start-up');
-      await new Promise((r) => setTimeout(r, 300));
-      const res = JSON.parse((await cont.kill('SIGTERM')).stdout.trim().split('\n').pop()!) as { ok: number; failures: number; errorsSample: string[] };
-      assert.equal(res.failures, 0, `connections to a during the restart: ${res.errorsSample.join('; ')}`);
-      assert.ok(res.ok > 20, `${res.ok} connections made`);
-      await balanced(t, 'h1', '127.100.0.12');
-      await gone(t, 'h1', '127.100.0.11');
+        // Partition h1's member away; the fleet changes and compacts meanwhile.
+        await c.kill('m1');
+        await waitLog(a1, /linearizable read failed|store: /, 'h1 notices the silent watch');
+        // Writes go to the majority (retried while it elects a new leader, as an operator would).
+        const r2 = await waitFor(
+          'p2 written',
+          async () => (await fleetApply(s2, P, [prof('p2', '127.100.0.11')])).revision,
+        );
+        const r3 = await waitFor('p1 deleted', async () => (await fleetDelete(s2, P, ['p1'])).revision);
+        await execFileP('etcdctl', ['--endpoints', c.endpoint('m2'), 'compact', String(r3)], {
+          env: { ...process.env, ETCDCTL_API: '3' },
+        });
+        await waitApplied(s2, 'h2', r3);
+        await gone(t, 'h2', '127.100.0.10');
+        await balanced(t, 'h1', '127.100.0.10'); // h1 keeps its last rules while cut off
+        c.run('m1');
+        const st = await waitApplied(s2, 'h1', r3, 30_000).catch((e: Error) => {
+          throw new Error(`${e.message}\nh1 agent:\n${a1.stderr().slice(-3000)}`);
+        });
+        assert.ok(st.revision >= r2);
+        await balanced(t, 'h1', '127.100.0.11');
+        await gone(t, 'h1', '127.100.0.10');
 
-      // Drift: someone deletes the table; the periodic sync restores it (no re-list).
-      await t.exec('h1', ['nft', 'delete', 'table', 'ip', 'iptlb']);
-      await waitLog(agent, /drift repaired/, 'drift repaired');
-      await balanced(t, 'h1', '127.100.0.10');
-      await balanced(t, 'h1', '127.100.0.12');
-      assert.equal((await agent.kill('SIGTERM')).code, 0);
-    });
-  } finally {
-    await s.close();
-    await c.stop();
-  }
-});
+        // A stalled member (SIGSTOP): h1's watch and calls hang without an error; the check notices.
+        let mark = a1.stderr().length;
+        c.procs.get('m1')!.kill('SIGSTOP');
+        try {
+          await waitFor(
+            'h1 notices the stalled member',
+            async () => /linearizable read failed|store: /.test(a1.stderr().slice(mark)),
+            20_000,
+          );
+          await balanced(t, 'h1', '127.100.0.11'); // rules kept
+        } finally {
+          c.procs.get('m1')!.kill('SIGCONT');
+        }
+        const r35 = await waitFor(
+          'p35 written',
+          async () => (await fleetApply(s2, P, [prof('p35', '127.100.0.13')])).revision,
+        );
+        await waitApplied(s2, 'h1', r35, 30_000).catch((e: Error) => {
+          throw new Error(`${e.message}\nh1 agent:\n${a1.stderr().slice(-3000)}`);
+        });
+        await balanced(t, 'h1', '127.100.0.13');
+        mark = a1.stderr().length;
 
-test('fleet (nft/native, 3 members): partition (member killed) + compaction + heal; a stalled member (SIGSTOP); quorum lost and regained (two members killed, restarted), rules kept throughout', { skip: SKIP || nftNative.skip, timeout: 150_000 }, async () => {
-  const c = await Cluster.start(['m1', 'm2', 'm3']);
-  const s2 = await c.client('m2');
-  const s1 = await c.client('m1');
-  try {
-    await NetnsTopology.with(['h1', 'h2'], async (t) => {
-      for (const h of t.hosts) await backends(t, h);
-      const a1 = startAgent(t, c, 'h1', 'm1', nftNative);
-      startAgent(t, c, 'h2', 'm2', nftNative);
-      const r1 = (await fleetApply(s2, P, [prof('p1', '127.100.0.10')])).revision;
-      for (const h of t.hosts) await waitApplied(s2, h, r1);
-      await waitFor('h1 watching', async () => (await hostStatus(s2, 'h1'))?.watch === 'watching');
-
-      // Partition h1's member away; the fleet changes and compacts meanwhile.
-      await c.kill('m1');
-      await waitLog(a1, /linearizable read failed|store: /, 'h1 notices the silent watch');
-      // Writes go to the majority (retried while it elects a new leader, as an operator would).
-      const r2 = await waitFor('p2 written', async () => (await fleetApply(s2, P, [prof('p2', '127.100.0.11')])).revision);
-      const r3 = await waitFor('p1 deleted', async () => (await fleetDelete(s2, P, ['p1'])).revision);
-      await execFileP('etcdctl', ['--endpoints', c.endpoint('m2'), 'compact', String(r3)], { env: { ...process.env, ETCDCTL_API: '3' } });
-      await waitApplied(s2, 'h2', r3);
-      await gone(t, 'h2', '127.100.0.10');
-      await balanced(t, 'h1', '127.100.0.10'); // h1 keeps its last rules while cut off
-      c.run('m1');
-      const st = await waitApplied(s2, 'h1', r3, 30_000).catch((e: Error) => {
-        throw new Error(`${e.message}\nh1 agent:\n${a1.stderr().slice(-3000)}`);
-      });
-      assert.ok(st.revision >= r2);
-      await balanced(t, 'h1', '127.100.0.11');
-      await gone(t, 'h1', '127.100.0.10');
-
-      // A stalled member (SIGSTOP): h1's watch and calls hang without an error; the check notices.
-      let mark = a1.stderr().length;
-      c.procs.get('m1')!.kill('SIGSTOP');
-      try {
-        await waitFor('h1 notices the stalled member', async () => /linearizable read failed|store: /.test(a1.stderr().slice(mark)), 20_000);
+        // Quorum lost: h1's member is alive but alone; its watch stays silent.
+        await c.kill('m2');
+        await c.kill('m3');
+        await waitFor(
+          'h1 notices the quorum loss',
+          async () => /linearizable read failed|store: /.test(a1.stderr().slice(mark)),
+          20_000,
+        );
         await balanced(t, 'h1', '127.100.0.11'); // rules kept
-      } finally {
-        c.procs.get('m1')!.kill('SIGCONT');
-      }
-      const r35 = await waitFor('p35 written', async () => (await fleetApply(s2, P, [prof('p35', '127.100.0.13')])).revision);
-      await waitApplied(s2, 'h1', r35, 30_000).catch((e: Error) => {
-        throw new Error(`${e.message}\nh1 agent:\n${a1.stderr().slice(-3000)}`);
+        c.run('m2');
+        c.run('m3');
+        const r4 = await waitFor(
+          'a write after quorum is back',
+          async () => (await fleetApply(s1, P, [prof('p4', '127.100.0.14')])).revision,
+          30_000,
+        );
+        await waitApplied(s1, 'h1', r4, 30_000);
+        await balanced(t, 'h1', '127.100.0.14');
       });
-      await balanced(t, 'h1', '127.100.0.13');
-      mark = a1.stderr().length;
-
-      // Quorum lost: h1's member is alive but alone; its watch stays silent.
-      await c.kill('m2');
-      await c.kill('m3');
-      await waitFor('h1 notices the quorum loss', async () => /linearizable read failed|store: /.test(a1.stderr().slice(mark)), 20_000);
-      await balanced(t, 'h1', '127.100.0.11'); // rules kept
-      c.run('m2');
-      c.run('m3');
-      const r4 = await waitFor('a write after quorum is back', async () => (await fleetApply(s1, P, [prof('p4', '127.100.0.14')])).revision, 30_000);
-      await waitApplied(s1, 'h1', r4, 30_000);
-      await balanced(t, 'h1', '127.100.0.14');
-    });
-  } finally {
-    await s1.close();
-    await s2.close();
-    await c.stop();
-  }
-});
-
-test('fleet (nft/native): 10,000 profiles listed in pages and applied in one transaction', { skip: SKIP || nftNative.skip, timeout: 120_000 }, async () => {
-  const c = await Cluster.start(['m1']);
-  const s = await c.client('m1');
-  try {
-    let last = 0;
-    const N = 10_000;
-    for (let i = 0; i < N; i += 128) {
-      const ops = [];
-      for (let j = i; j < Math.min(N, i + 128); j++) ops.push({ put: profileKey(P, `p${j}`), value: JSON.stringify(prof(`p${j}`, `127.101.${Math.floor(j / 250)}.${(j % 250) + 1}`)) });
-      last = await s.txn(ops);
+    } finally {
+      await s1.close();
+      await s2.close();
+      await c.stop();
     }
-    await NetnsTopology.with(['h1'], async (t) => {
-      await backends(t, 'h1');
-      const a = startAgent(t, c, 'h1', 'm1', nftNative);
-      const st = await waitApplied(s, 'h1', last, 60_000);
-      assert.equal(st.profiles, N);
-      await waitLog(a, /listed 10000 profile\(s\) at revision \d+ in 10 page\(s\)/, 'listed in pages');
-      await waitLog(a, /10000 applied, 0 removed in one transaction/, 'one transaction');
-      await balanced(t, 'h1', '127.101.0.1');
-      await balanced(t, 'h1', `127.101.${Math.floor((N - 1) / 250)}.${((N - 1) % 250) + 1}`);
-    });
-  } finally {
-    await s.close();
-    await c.stop();
-  }
-});
+  },
+);
+
+test(
+  'fleet (nft/native): 10,000 profiles listed in pages and applied in one transaction',
+  { skip: SKIP || nftNative.skip, timeout: 120_000 },
+  async () => {
+    const c = await Cluster.start(['m1']);
+    const s = await c.client('m1');
+    try {
+      let last = 0;
+      const N = 10_000;
+      for (let i = 0; i < N; i += 128) {
+        const ops = [];
+        for (let j = i; j < Math.min(N, i + 128); j++)
+          ops.push({
+            put: profileKey(P, `p${j}`),
+            value: JSON.stringify(prof(`p${j}`, `127.101.${Math.floor(j / 250)}.${(j % 250) + 1}`)),
+          });
+        last = await s.txn(ops);
+      }
+      await NetnsTopology.with(['h1'], async (t) => {
+        await backends(t, 'h1');
+        const a = startAgent(t, c, 'h1', 'm1', nftNative);
+        const st = await waitApplied(s, 'h1', last, 60_000);
+        assert.equal(st.profiles, N);
+        await waitLog(a, /listed 10000 profile\(s\) at revision \d+ in 10 page\(s\)/, 'listed in pages');
+        await waitLog(a, /10000 applied, 0 removed in one transaction/, 'one transaction');
+        await balanced(t, 'h1', '127.101.0.1');
+        await balanced(t, 'h1', `127.101.${Math.floor((N - 1) / 250)}.${((N - 1) % 250) + 1}`);
+      });
+    } finally {
+      await s.close();
+      await c.stop();
+    }
+  },
+);

@@ -36,7 +36,8 @@ for (const pair of PAIRS.filter((p) => p.engine === 'legacy')) {
       const sh = (cmd: string) => ({ op: 'sh' as const, argv: ['bash', '-c', cmd] });
       const r = await runSteps([
         { op: 'backends', tcp: [9001, 9002, 9003, 7999] }, // 0 (7999: an address that is not virtual)
-        cli(pair, '-q', '-profile=a', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001,127.0.0.1:9002'), // 1: state file only
+        // 1: state file only
+        cli(pair, '-q', '-profile=a', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001,127.0.0.1:9002'),
         cli(pair, '-q', '-profile=b', `-src-addr=${VIP}:81`, '-dest-addr=127.0.0.1:9003'), // 2
         { op: 'write', file: '$WORK/old.rules', text: oldLayout() }, // 3
         sh('iptables-legacy-restore --noflush < $WORK/old.rules'), // 4
@@ -55,33 +56,58 @@ for (const pair of PAIRS.filter((p) => p.engine === 'legacy')) {
         cli(pair, 'delete', 'b'), // 17
         { op: 'save' }, // 18
         sh('ipset list -n'), // 19
-        cli(pair, '-q', '-run', '-profile=a', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001,127.0.0.1:9002'), // 20: from nothing again
+        // 20: from nothing again
+        cli(pair, '-q', '-run', '-profile=a', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001,127.0.0.1:9002'),
         { op: 'tcp', vip: VIP, port: 80, count: 40 }, // 21
         cli(pair, 'status', '--json'), // 22
       ]);
       for (const i of [1, 2, 7, 14, 17, 20]) ok(r[i]);
       assert.equal(r[4].code, 0, r[4].stderr);
-      const before = JSON.parse(r[5].stdout) as { inSync: boolean; profiles: { name: string; status: string; detail?: string }[] };
+      const before = JSON.parse(r[5].stdout) as {
+        inSync: boolean;
+        profiles: { name: string; status: string; detail?: string }[];
+      };
       assert.equal(before.inSync, false);
       for (const p of before.profiles) {
         assert.equal(p.status, 'modified', JSON.stringify(p));
         assert.match(p.detail ?? '', /behind the gate/);
       }
-      assert.deepEqual(countsFor(r[6], [9001, 9002]).reduce((a, b) => a + b, 0), 40, JSON.stringify(r[6]));
+      assert.deepEqual(
+        countsFor(r[6], [9001, 9002]).reduce((a, b) => a + b, 0),
+        40,
+        JSON.stringify(r[6]),
+      );
       assert.equal(JSON.parse(r[8].stdout).inSync, true, r[8].stdout);
       const save: string = r[9];
       assert.ok(save.includes(GATE), save);
       assert.doesNotMatch(save, /-A OUTPUT -d /, 'no jump left in OUTPUT itself');
-      assert.match(save, /-A IPTLB_OUTPUT -d 127\.100\.0\.10\/32 -p tcp -m comment --comment "?iptlb:a"? -m tcp --dport 80 -j IPTLB_NAT_A/);
-      assert.match(save, /-A IPTLB_OUTPUT -d 127\.100\.0\.10\/32 -p tcp -m comment --comment "?iptlb:b"? -m tcp --dport 81 -j IPTLB_NAT_B/);
-      const members = (t: { stdout: string }): string[] => t.stdout.split('\n').filter((l) => l.startsWith('add ')).sort();
-      assert.deepEqual(members(r[10]), ['add iptlb-vip-inet 127.100.0.10,tcp:80', 'add iptlb-vip-inet 127.100.0.10,tcp:81']);
+      assert.match(
+        save,
+        /-A IPTLB_OUTPUT -d 127\.100\.0\.10\/32 -p tcp -m comment --comment "?iptlb:a"? -m tcp --dport 80 -j IPTLB_NAT_A/,
+      );
+      assert.match(
+        save,
+        /-A IPTLB_OUTPUT -d 127\.100\.0\.10\/32 -p tcp -m comment --comment "?iptlb:b"? -m tcp --dport 81 -j IPTLB_NAT_B/,
+      );
+      const members = (t: { stdout: string }): string[] =>
+        t.stdout
+          .split('\n')
+          .filter((l) => l.startsWith('add '))
+          .sort();
+      assert.deepEqual(members(r[10]), [
+        'add iptlb-vip-inet 127.100.0.10,tcp:80',
+        'add iptlb-vip-inet 127.100.0.10,tcp:81',
+      ]);
       const [c1, c2] = countsFor(r[11], [9001, 9002]);
       assert.equal(c1 + c2, 40, JSON.stringify(r[11]));
       assert.ok(c1 > 0 && c2 > 0, `both destinations take connections: ${c1}/${c2}`);
       assert.equal(countsFor(r[12], [9003])[0], 10, JSON.stringify(r[12]));
       assert.equal(countsFor(r[13], [7999])[0], 10, JSON.stringify(r[13]));
-      assert.deepEqual(members(r[15]), ['add iptlb-vip-inet 127.100.0.10,tcp:81'], 'a\'s element went with it, b\'s stayed');
+      assert.deepEqual(
+        members(r[15]),
+        ['add iptlb-vip-inet 127.100.0.10,tcp:81'],
+        "a's element went with it, b's stayed",
+      );
       assert.equal(countsFor(r[16], [9003])[0], 10, JSON.stringify(r[16]));
       const empty: string = r[18];
       assert.doesNotMatch(empty, /iptlb|IPTLB|match-set/, empty);

@@ -28,7 +28,10 @@ for (const pair of PAIRS) {
       assert.equal(r.splitDown.counts['backend:9002'] ?? 0, 0, 'no new connection to the stopped backend');
       assert.equal((r.splitDown.counts['backend:9001'] ?? 0) + (r.splitDown.counts['backend:9003'] ?? 0), 300);
       assert.match(r.statusText, /127\.0\.0\.1:9002\t0\t0\tdown \(drained; last check [^;]+; ECONNREFUSED/);
-      assert.match(r.log, /health web 127\.0\.0\.1:9002: down after 2 failed check\(s\), last: ECONNREFUSED \(connect\); drained/);
+      assert.match(
+        r.log,
+        /health web 127\.0\.0\.1:9002: down after 2 failed check\(s\), last: ECONNREFUSED \(connect\); drained/,
+      );
       // Back.
       assert.equal(r.splitUp.failures, 0, JSON.stringify(r.splitUp.errors));
       assert.ok(r.splitUpCounts[1] > 0, `9002 gets traffic again: ${r.splitUpCounts}`);
@@ -37,7 +40,21 @@ for (const pair of PAIRS) {
       assert.deepEqual(r.metricWeb, r.splitUpCounts, 'iptlb_destination_packets_total = connections sent');
       assert.deepEqual(r.statusUp, r.splitUpCounts);
       assert.deepEqual(r.metricUp, [1, 1, 1]);
-      for (const f of ['iptlb_destination_packets_total', 'iptlb_destination_bytes_total', 'iptlb_destination_health', 'iptlb_destination_weight', 'iptlb_destination_effective_weight', 'iptlb_profiles', 'iptlb_commits_total', 'iptlb_commit_duration_seconds', 'iptlb_drift_detected_total', 'iptlb_drift_repaired_total', 'iptlb_sync_failures_total', 'iptlb_health_checks_total', 'iptlb_health_check_failures_total']) {
+      for (const f of [
+        'iptlb_destination_packets_total',
+        'iptlb_destination_bytes_total',
+        'iptlb_destination_health',
+        'iptlb_destination_weight',
+        'iptlb_destination_effective_weight',
+        'iptlb_profiles',
+        'iptlb_commits_total',
+        'iptlb_commit_duration_seconds',
+        'iptlb_drift_detected_total',
+        'iptlb_drift_repaired_total',
+        'iptlb_sync_failures_total',
+        'iptlb_health_checks_total',
+        'iptlb_health_check_failures_total',
+      ]) {
         assert.ok(r.metricFamilies.includes(f), `metric family ${f}`);
       }
       assert.ok(r.metricCommits >= 2, `commits ${r.metricCommits}`);
@@ -47,10 +64,16 @@ for (const pair of PAIRS) {
       assert.equal(r.api1.health, 'up');
       assert.deepEqual(r.apiCounts, { 9101: 40, 9102: 0 });
       // Separate check port, all down: kept.
-      assert.ok(r.sepDown.destinations.every((d: any) => d.effectiveWeight === undefined), 'all down: every destination kept');
+      assert.ok(
+        r.sepDown.destinations.every((d: any) => d.effectiveWeight === undefined),
+        'all down: every destination kept',
+      );
       assert.equal(r.sepDown.detail, 'every destination is down: all kept (health.allDown: keep)');
       assert.equal(r.sepSplit.failures, 0);
-      assert.ok((r.sepSplit.counts['backend:9201'] ?? 0) > 0 && (r.sepSplit.counts['backend:9202'] ?? 0) > 0, JSON.stringify(r.sepSplit.counts));
+      assert.ok(
+        (r.sepSplit.counts['backend:9201'] ?? 0) > 0 && (r.sepSplit.counts['backend:9202'] ?? 0) > 0,
+        JSON.stringify(r.sepSplit.counts),
+      );
       assert.equal(r.sepUp, true);
       // allDown: drain.
       assert.equal(r.drStatus.status, 'in-sync');
@@ -61,7 +84,11 @@ for (const pair of PAIRS) {
       // Stopped: configured weights back, nobody checks: unchecked, in sync.
       assert.equal(r.exit, 0);
       assert.equal(r.afterStop.inSync, true, JSON.stringify(r.afterStop) + ctx);
-      assert.ok(r.afterStop.profiles.every((p: any) => p.destinations.every((d: any) => d.health === 'unchecked' && d.effectiveWeight === undefined)));
+      assert.ok(
+        r.afterStop.profiles.every((p: any) =>
+          p.destinations.every((d: any) => d.health === 'unchecked' && d.effectiveWeight === undefined),
+        ),
+      );
       assert.equal(r.drAfterStop, 'backend:9401');
     });
   });

@@ -24,75 +24,104 @@ function libraryOf(file: string, soname: string): string | undefined {
 }
 
 const cases = [
-  { host: 'nftables only (libip4tc/libip6tc absent)', hide: [['xt', 'libip4tc.so.2'], ['xt', 'libip6tc.so.2']], runs: 'nft', hidden: 'legacy', fix: 'apt-get install -y libip4tc2 libip6tc2' },
-  { host: 'iptables only (libnftnl absent)', hide: [['nft', 'libnftnl.so.11']], runs: 'legacy', hidden: 'nft', fix: 'apt-get install -y libnftnl11 libmnl0' },
+  {
+    host: 'nftables only (libip4tc/libip6tc absent)',
+    hide: [
+      ['xt', 'libip4tc.so.2'],
+      ['xt', 'libip6tc.so.2'],
+    ],
+    runs: 'nft',
+    hidden: 'legacy',
+    fix: 'apt-get install -y libip4tc2 libip6tc2',
+  },
+  {
+    host: 'iptables only (libnftnl absent)',
+    hide: [['nft', 'libnftnl.so.11']],
+    runs: 'legacy',
+    hidden: 'nft',
+    fix: 'apt-get install -y libnftnl11 libmnl0',
+  },
 ] as const;
 
 const all = loadAddon();
 const skip = skipReason() || (all.ok ? false : `the native addon is not built: ${all.detail}`);
 
 for (const c of cases) {
-  test(`partial host, ${c.host}: the ${c.runs} engine runs natively with real traffic, doctor names the fix for ${c.hidden}`, { skip, timeout: 180_000 }, () => {
-    const libs = c.hide.map(([part, so]) => libraryOf(addonPath(part), so));
-    assert.ok(libs.every(Boolean), `ldd finds ${c.hide.map(([, so]) => so).join(', ')}: ${libs.join(', ')}`);
-    const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-partial-'));
-    try {
-      const state = path.join(dir, 'state.db');
-      const prebuilt = path.join(PROJECT_ROOT, 'prebuilds', `${process.platform}-${process.arch}`);
-      mkdirSync(path.join(dir, 'pkg', 'scripts'), { recursive: true });
-      copyFileSync(path.join(PROJECT_ROOT, 'scripts', 'install.js'), path.join(dir, 'pkg', 'scripts', 'install.js'));
-      writeFileSync(path.join(dir, 'pkg', 'package.json'), '{ "type": "module" }\n');
-      // The files the package ships; the local build when prebuilds/ was not made (the same code).
-      cpSync(existsSync(prebuilt) ? prebuilt : path.dirname(addonPath('core')), path.join(dir, 'pkg', 'prebuilds', `${process.platform}-${process.arch}`), { recursive: true, filter: (f) => !f.endsWith('.d') && !/obj\.target|\.deps/.test(f) });
-      const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
-      const node = q(process.execPath);
-      const cli = q(CLI_PATH);
-      const script = [
-        'set -u',
-        ...libs.map((l) => `mount --bind /dev/null ${q(l!)} || exit 90`),
-        'ip link set lo up || exit 91',
-        // The install script on this host, in a copy of the package with only the prebuilt files (no
-        // build script: it must not try to build, the library missing is not a compiler's to fix).
-        `${node} ${q(`${dir}/pkg/scripts/install.js`)} > ${q(`${dir}/install.txt`)} 2>&1; echo $? > ${q(`${dir}/install.rc`)}`,
-        `${node} ${cli} doctor --json --state-file=${q(state)} > ${q(`${dir}/doctor.json`)}`,
-        // The engine that has its libraries, native executor forced: real backends, real connections.
-        `IPTLB_DEMO_IN_NETNS=1 IPTLB_ENGINE=${c.runs} IPTLB_EXECUTOR=native ${node} ${cli} demo --connections=60 > ${q(`${dir}/demo.txt`)} 2>&1; echo $? > ${q(`${dir}/demo.rc`)}`,
-        // The hidden engine, native forced: refused, nothing changed.
-        `${node} ${cli} -run -profile=x -src-addr=127.100.0.20:8082 -dest-addr=127.0.0.1:9009 --engine=${c.hidden} --executor=native --state-file=${q(`${dir}/other.db`)} > ${q(`${dir}/other.txt`)} 2>&1; echo $? > ${q(`${dir}/other.rc`)}`,
-      ].join('\n');
-      const r = spawnSync('unshare', ['-m', '-n', '--propagation', 'private', '--', 'sh', '-c', script], { encoding: 'utf8', timeout: 150_000 });
-      assert.equal(r.status, 0, `unshare: ${r.stderr}${r.error?.message ?? ''}`);
+  test(
+    `partial host, ${c.host}: the ${c.runs} engine runs natively with real traffic, doctor names the fix for ${c.hidden}`,
+    { skip, timeout: 180_000 },
+    () => {
+      const libs = c.hide.map(([part, so]) => libraryOf(addonPath(part), so));
+      assert.ok(libs.every(Boolean), `ldd finds ${c.hide.map(([, so]) => so).join(', ')}: ${libs.join(', ')}`);
+      const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-partial-'));
+      try {
+        const state = path.join(dir, 'state.db');
+        const prebuilt = path.join(PROJECT_ROOT, 'prebuilds', `${process.platform}-${process.arch}`);
+        mkdirSync(path.join(dir, 'pkg', 'scripts'), { recursive: true });
+        copyFileSync(path.join(PROJECT_ROOT, 'scripts', 'install.js'), path.join(dir, 'pkg', 'scripts', 'install.js'));
+        writeFileSync(path.join(dir, 'pkg', 'package.json'), '{ "type": "module" }\n');
+        // The files the package ships; the local build when prebuilds/ was not made (the same code).
+        cpSync(
+          existsSync(prebuilt) ? prebuilt : path.dirname(addonPath('core')),
+          path.join(dir, 'pkg', 'prebuilds', `${process.platform}-${process.arch}`),
+          { recursive: true, filter: (f) => !f.endsWith('.d') && !/obj\.target|\.deps/.test(f) },
+        );
+        const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
+        const node = q(process.execPath);
+        const cli = q(CLI_PATH);
+        const script = [
+          'set -u',
+          ...libs.map((l) => `mount --bind /dev/null ${q(l!)} || exit 90`),
+          'ip link set lo up || exit 91',
+          // The install script on this host, in a copy of the package with only the prebuilt files (no
+          // build script: it must not try to build, the library missing is not a compiler's to fix).
+          `${node} ${q(`${dir}/pkg/scripts/install.js`)} > ${q(`${dir}/install.txt`)} 2>&1; echo $? > ${q(`${dir}/install.rc`)}`,
+          `${node} ${cli} doctor --json --state-file=${q(state)} > ${q(`${dir}/doctor.json`)}`,
+          // The engine that has its libraries, native executor forced: real backends, real connections.
+          `IPTLB_DEMO_IN_NETNS=1 IPTLB_ENGINE=${c.runs} IPTLB_EXECUTOR=native ${node} ${cli} demo --connections=60 > ${q(`${dir}/demo.txt`)} 2>&1; echo $? > ${q(`${dir}/demo.rc`)}`,
+          // The hidden engine, native forced: refused, nothing changed.
+          `${node} ${cli} -run -profile=x -src-addr=127.100.0.20:8082 -dest-addr=127.0.0.1:9009 --engine=${c.hidden} --executor=native --state-file=${q(`${dir}/other.db`)} > ${q(`${dir}/other.txt`)} 2>&1; echo $? > ${q(`${dir}/other.rc`)}`,
+        ].join('\n');
+        const r = spawnSync('unshare', ['-m', '-n', '--propagation', 'private', '--', 'sh', '-c', script], {
+          encoding: 'utf8',
+          timeout: 150_000,
+        });
+        assert.equal(r.status, 0, `unshare: ${r.stderr}${r.error?.message ?? ''}`);
 
-      const doctor = JSON.parse(readFileSync(path.join(dir, 'doctor.json'), 'utf8')) as {
-        native: { engines: Record<string, { executor: string; reason?: string; fix?: string; files: string[] }> };
-      };
-      const runs = doctor.native.engines[c.runs]!;
-      const hidden = doctor.native.engines[c.hidden]!;
-      assert.equal(runs.executor, 'native', JSON.stringify(doctor.native));
-      assert.equal(hidden.executor, 'spawn', JSON.stringify(doctor.native));
-      assert.match(hidden.reason!, /^library-missing: iptlb_(xt|nft)\.node: \S*lib(ip4tc|nftnl)\.so\.\d+: file too short$/);
-      assert.equal(hidden.fix, c.fix);
+        const doctor = JSON.parse(readFileSync(path.join(dir, 'doctor.json'), 'utf8')) as {
+          native: { engines: Record<string, { executor: string; reason?: string; fix?: string; files: string[] }> };
+        };
+        const runs = doctor.native.engines[c.runs]!;
+        const hidden = doctor.native.engines[c.hidden]!;
+        assert.equal(runs.executor, 'native', JSON.stringify(doctor.native));
+        assert.equal(hidden.executor, 'spawn', JSON.stringify(doctor.native));
+        assert.match(
+          hidden.reason!,
+          /^library-missing: iptlb_(xt|nft)\.node: \S*lib(ip4tc|nftnl)\.so\.\d+: file too short$/,
+        );
+        assert.equal(hidden.fix, c.fix);
 
-      const install = readFileSync(path.join(dir, 'install.txt'), 'utf8');
-      assert.equal(readFileSync(path.join(dir, 'install.rc'), 'utf8').trim(), '0', install);
-      const engine = c.hidden === 'legacy' ? 'legacy' : 'nft';
-      assert.equal(
-        install.trim(),
-        `iptlb: prebuilt native addon installed; ${engine}: ${c.hide[0][1]} not found on this host, so that part uses the spawn executor. Fix: ${c.fix} (no rebuild needed)`,
-      );
+        const install = readFileSync(path.join(dir, 'install.txt'), 'utf8');
+        assert.equal(readFileSync(path.join(dir, 'install.rc'), 'utf8').trim(), '0', install);
+        const engine = c.hidden === 'legacy' ? 'legacy' : 'nft';
+        assert.equal(
+          install.trim(),
+          `iptlb: prebuilt native addon installed; ${engine}: ${c.hide[0][1]} not found on this host, so that part uses the spawn executor. Fix: ${c.fix} (no rebuild needed)`,
+        );
 
-      const demo = readFileSync(path.join(dir, 'demo.txt'), 'utf8');
-      assert.equal(readFileSync(path.join(dir, 'demo.rc'), 'utf8').trim(), '0', demo);
-      assert.match(demo, /Demo OK\./);
-      assert.match(demo, /failed +0\n/);
-      assert.match(demo, new RegExp(`executor: native`), demo);
-      assert.match(demo, c.runs === 'nft' ? /table ip iptlb, nft\/native/ : /legacy\/native/, demo);
+        const demo = readFileSync(path.join(dir, 'demo.txt'), 'utf8');
+        assert.equal(readFileSync(path.join(dir, 'demo.rc'), 'utf8').trim(), '0', demo);
+        assert.match(demo, /Demo OK\./);
+        assert.match(demo, /failed +0\n/);
+        assert.match(demo, new RegExp(`executor: native`), demo);
+        assert.match(demo, c.runs === 'nft' ? /table ip iptlb, nft\/native/ : /legacy\/native/, demo);
 
-      const other = readFileSync(path.join(dir, 'other.txt'), 'utf8');
-      assert.equal(readFileSync(path.join(dir, 'other.rc'), 'utf8').trim(), '1', other);
-      assert.match(other, new RegExp(`native executor unavailable: library-missing: .*fix: ${c.fix}`));
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  });
+        const other = readFileSync(path.join(dir, 'other.txt'), 'utf8');
+        assert.equal(readFileSync(path.join(dir, 'other.rc'), 'utf8').trim(), '1', other);
+        assert.match(other, new RegExp(`native executor unavailable: library-missing: .*fix: ${c.fix}`));
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  );
 }

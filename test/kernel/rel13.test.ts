@@ -35,18 +35,41 @@ for (const pair of PAIRS) {
       ].join('\n');
       const r = await runSteps([
         { op: 'sh', argv: ['unshare', '-m', '--propagation', 'private', 'sh', '-c', script] },
-        ...['before', 'after', 'status', 'files', 'err1', 'err2', 'err3', 'err4', 'code1', 'code2', 'code3', 'code4', 'code5'].map((f) => ({ op: 'read' as const, file: `$WORK/${f}` })),
+        ...[
+          'before',
+          'after',
+          'status',
+          'files',
+          'err1',
+          'err2',
+          'err3',
+          'err4',
+          'code1',
+          'code2',
+          'code3',
+          'code4',
+          'code5',
+        ].map((f) => ({ op: 'read' as const, file: `$WORK/${f}` })),
       ]);
       assert.equal(r[0].code, 0, r[0].stderr);
       const [before, after, status, files, err1, err2, err3, err4, ...codes] = r.slice(1) as string[];
-      assert.deepEqual(codes.map((c) => c.trim()), ['1', '1', '1', '1', '0']);
+      assert.deepEqual(
+        codes.map((c) => c.trim()),
+        ['1', '1', '1', '1', '0'],
+      );
       for (const err of [err3, err4]) {
         assert.equal(err.trim().split('\n').length, 1, err);
-        assert.match(err, /^iptlb: error: cannot write the state file .*: no space left on the device \(ENOSPC\); the kernel change was undone, nothing was changed$/m);
+        assert.match(
+          err,
+          /^iptlb: error: cannot write the state file .*: no space left on the device \(ENOSPC\); the kernel change was undone, nothing was changed$/m,
+        );
       }
       for (const err of [err1, err2]) {
         assert.match(err, /undid the .* part of the change, because the state file could not be written/);
-        assert.match(err, /^iptlb: error: cannot write the state file .*\(ENOSPC\); the kernel change was undone, nothing was changed$/m);
+        assert.match(
+          err,
+          /^iptlb: error: cannot write the state file .*\(ENOSPC\); the kernel change was undone, nothing was changed$/m,
+        );
       }
       assert.equal(after, before, 'the kernel is as it was before the failed changes');
       const st = JSON.parse(status) as { inSync: boolean; profiles: { name: string; status: string }[] };
@@ -56,14 +79,19 @@ for (const pair of PAIRS) {
     });
 
     test('11: no false drift events while commits are in flight (driftCheckMs 10, 150 commits of the instance beside CLI commits)', async () => {
-      const r = (await runJsonInFreshNetns(fixture('driftinflight.js'), [pair.name, '150'], { timeoutMs: 300_000 })) as { drift: string[]; driftEvents: number; errors: string[]; cliCodes: number[] };
+      const r = (await runJsonInFreshNetns(fixture('driftinflight.js'), [pair.name, '150'], {
+        timeoutMs: 300_000,
+      })) as { drift: string[]; driftEvents: number; errors: string[]; cliCodes: number[] };
       assert.deepEqual(r.errors, []);
       assert.deepEqual(r.cliCodes, Array(10).fill(0));
       assert.equal(r.driftEvents, 0, r.drift.join('\n'));
     });
 
     test('13: watch never applies a file still being written: in-place rewrite in two writes 700 ms apart, then truncate and a slow write; profiles of both versions never leave the kernel', async () => {
-      const r = (await runJsonInFreshNetns(fixture('watchsettle.js'), [pair.name], { timeoutMs: 120_000 })) as Record<string, unknown>;
+      const r = (await runJsonInFreshNetns(fixture('watchsettle.js'), [pair.name], { timeoutMs: 120_000 })) as Record<
+        string,
+        unknown
+      >;
       assert.equal(r.started, true, String(r.log));
       assert.ok((r.polls as number) > 50, `only ${r.polls} polls`);
       assert.equal(r.missing, 0, `${r.missing} polls saw a profile missing: ${JSON.stringify(r.seen)}\n${r.log}`);
@@ -78,8 +106,23 @@ for (const pair of PAIRS) {
       const r = await runSteps([
         { op: 'save' },
         { op: 'backends', tcp: [9001, 9002] },
-        cli(pair, '-run', `-profile=${long}`, `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001,127.0.0.1:9002', '-log-custom-chain', '-affinity=60'),
-        cli(pair, '-run', `-profile=${long2}`, `-src-addr=${VIP}:81`, '-dest-addr=127.0.0.1:9001,127.0.0.1:9002', '-scheduler=round-robin'),
+        cli(
+          pair,
+          '-run',
+          `-profile=${long}`,
+          `-src-addr=${VIP}:80`,
+          '-dest-addr=127.0.0.1:9001,127.0.0.1:9002',
+          '-log-custom-chain',
+          '-affinity=60',
+        ),
+        cli(
+          pair,
+          '-run',
+          `-profile=${long2}`,
+          `-src-addr=${VIP}:81`,
+          '-dest-addr=127.0.0.1:9001,127.0.0.1:9002',
+          '-scheduler=round-robin',
+        ),
         cli(pair, '-run', '-profile=short', `-src-addr=${VIP}:82`, '-dest-addr=127.0.0.1:9001'),
         { op: 'tcp', vip: VIP, port: 81, count: 40 },
         { op: 'tcp', vip: VIP, port: 80, count: 20 },
@@ -108,37 +151,50 @@ for (const pair of PAIRS) {
     });
 
     // nft only: the legacy engine deletes only its own chains and rules (no table of its own).
-    if (pair.engine === 'nft') test('9: deleting the last nft profile keeps a chain and a set another tool added to table ip iptlb (only iptlb\'s objects go, with a log line); a foreign rule in a base chain is refused', async () => {
-      const n = (...a: string[]) => ({ op: 'sh' as const, argv: ['nft', ...a] });
-      const r = await runSteps([
-        { op: 'backends', tcp: [9001] },
-        cli(pair, '-run', '-profile=web', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001', '-log-custom-chain'),
-        cli(pair, '-run', '-profile=rr', `-src-addr=${VIP}:81`, '-dest-addr=127.0.0.1:9001,127.0.0.1:9002', '-scheduler=round-robin', '-affinity=30'),
-        n('add chain ip iptlb zombie'),
-        n('add set ip iptlb theirs { type ipv4_addr; }'),
-        n('add rule ip iptlb zombie ip daddr @theirs counter'),
-        cli(pair, 'delete', 'web'), // 6: not the last
-        cli(pair, 'delete', 'rr'), // 7: the last
-        n('list table ip iptlb'), // 8
-        cli(pair, '-run', '-profile=web', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001'), // 9: applies again beside them
-        { op: 'tcp', vip: VIP, port: 80, count: 10 }, // 10
-        n('add rule ip iptlb output ip daddr 192.0.2.1 counter'), // 11
-        n('list table ip iptlb'), // 12
-        cli(pair, 'delete', 'web'), // 13: refused
-        n('list table ip iptlb'), // 14
-      ]);
-      for (const i of [1, 2, 3, 4, 5, 6, 7, 9, 11]) ok(r[i]);
-      assert.match(r[7].stderr, /also holds objects iptlb did not make \((zombie, theirs|theirs, zombie)\): removing only iptlb's/);
-      assert.match(r[8].stdout, /chain zombie/);
-      assert.match(r[8].stdout, /set theirs/);
-      assert.match(r[8].stdout, /ip daddr @theirs counter/);
-      assert.doesNotMatch(r[8].stdout, /iptlb:|dnat|set out_|set aff_/, 'none of iptlb\'s rules or sets is left');
-      assert.equal(r[10].failures, 0);
-      assert.equal(r[13].code, 1);
-      assert.equal(r[13].stderr.trim().split('\n').length, 1, r[13].stderr);
-      assert.match(r[13].stderr, /holds rules iptlb did not write in its base chain output/);
-      assert.equal(r[14].stdout, r[12].stdout, 'nothing changed');
-    });
+    if (pair.engine === 'nft')
+      test("9: deleting the last nft profile keeps a chain and a set another tool added to table ip iptlb (only iptlb's objects go, with a log line); a foreign rule in a base chain is refused", async () => {
+        const n = (...a: string[]) => ({ op: 'sh' as const, argv: ['nft', ...a] });
+        const r = await runSteps([
+          { op: 'backends', tcp: [9001] },
+          cli(pair, '-run', '-profile=web', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001', '-log-custom-chain'),
+          cli(
+            pair,
+            '-run',
+            '-profile=rr',
+            `-src-addr=${VIP}:81`,
+            '-dest-addr=127.0.0.1:9001,127.0.0.1:9002',
+            '-scheduler=round-robin',
+            '-affinity=30',
+          ),
+          n('add chain ip iptlb zombie'),
+          n('add set ip iptlb theirs { type ipv4_addr; }'),
+          n('add rule ip iptlb zombie ip daddr @theirs counter'),
+          cli(pair, 'delete', 'web'), // 6: not the last
+          cli(pair, 'delete', 'rr'), // 7: the last
+          n('list table ip iptlb'), // 8
+          // 9: applies again beside them
+          cli(pair, '-run', '-profile=web', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001'),
+          { op: 'tcp', vip: VIP, port: 80, count: 10 }, // 10
+          n('add rule ip iptlb output ip daddr 192.0.2.1 counter'), // 11
+          n('list table ip iptlb'), // 12
+          cli(pair, 'delete', 'web'), // 13: refused
+          n('list table ip iptlb'), // 14
+        ]);
+        for (const i of [1, 2, 3, 4, 5, 6, 7, 9, 11]) ok(r[i]);
+        assert.match(
+          r[7].stderr,
+          /also holds objects iptlb did not make \((zombie, theirs|theirs, zombie)\): removing only iptlb's/,
+        );
+        assert.match(r[8].stdout, /chain zombie/);
+        assert.match(r[8].stdout, /set theirs/);
+        assert.match(r[8].stdout, /ip daddr @theirs counter/);
+        assert.doesNotMatch(r[8].stdout, /iptlb:|dnat|set out_|set aff_/, "none of iptlb's rules or sets is left");
+        assert.equal(r[10].failures, 0);
+        assert.equal(r[13].code, 1);
+        assert.equal(r[13].stderr.trim().split('\n').length, 1, r[13].stderr);
+        assert.match(r[13].stderr, /holds rules iptlb did not write in its base chain output/);
+        assert.equal(r[14].stdout, r[12].stdout, 'nothing changed');
+      });
 
     test('10: agent restart with stateFile: false: a new in-memory instance changes one profile, adds and deletes another; traffic to the four others fails zero times', async () => {
       const r = (await runJsonInFreshNetns(fixture('restart.js'), [pair.name], { timeoutMs: 120_000 })) as {
@@ -157,18 +213,35 @@ for (const pair of PAIRS) {
       for (const n of r.ok) assert.ok(n > 20, `only ${n} connections during the changes`);
       assert.deepEqual(r.p0, { 'backend:9005': 10 }, 'the changed profile took effect');
       assert.deepEqual(r.othersFailures, [0, 0, 0, 0]);
-      assert.deepEqual(r.othersCounts[1], { 'backend:9002': 5, 'backend:9003': 5 }, 'the round-robin profile it was not told about still rotates exactly');
+      assert.deepEqual(
+        r.othersCounts[1],
+        { 'backend:9002': 5, 'backend:9003': 5 },
+        'the round-robin profile it was not told about still rotates exactly',
+      );
       assert.equal(r.p5Failures, 3, 'the profile it added and deleted is gone');
       if (pair.engine === 'nft') assert.ok(r.logs.length > 0, 'the nft engine says it kept what it was not told about');
     });
 
     test('3: status --json of 1,000 profiles into a slow pipe: every byte arrives, valid JSON, exit 0', async () => {
-      const profiles = Array.from({ length: 1000 }, (_, i) => validateProfile({ name: `p${i}`, source: `127.101.${i >> 8}.${i & 255}:80`, destination: ['127.0.0.1:9001', '127.0.0.1:9002'] }));
+      const profiles = Array.from({ length: 1000 }, (_, i) =>
+        validateProfile({
+          name: `p${i}`,
+          source: `127.101.${i >> 8}.${i & 255}:80`,
+          destination: ['127.0.0.1:9001', '127.0.0.1:9002'],
+        }),
+      );
       const r = await runSteps(
         [
           { op: 'write', file: '$WORK/state.db', text: serializeState(profiles) },
           cli(pair, '-q', '-use-state', '-run'),
-          { op: 'sh', argv: ['sh', '-c', `"${process.execPath}" "$CLI" ${pairFlags(pair).join(' ')} -state-file=$WORK/state.db status --json | (sleep 1; cat > $WORK/out); echo $? > $WORK/code`] },
+          {
+            op: 'sh',
+            argv: [
+              'sh',
+              '-c',
+              `"${process.execPath}" "$CLI" ${pairFlags(pair).join(' ')} -state-file=$WORK/state.db status --json | (sleep 1; cat > $WORK/out); echo $? > $WORK/code`,
+            ],
+          },
           { op: 'read', file: '$WORK/out' },
         ],
         300_000,

@@ -11,9 +11,14 @@ import { pairOf } from '../harness/pair.js';
 const SOAK = !!process.env.IPTLB_SOAK;
 const fixture = (f: string): string => new URL(`./fixtures/${f}`, import.meta.url).pathname;
 
-/** Runs the no-gap fixture (`mode`: none, 'mixed' or 'affinity'): every reset lands, enough connections ran, none failed. */
+/**
+ * Runs the no-gap fixture (`mode`: none, 'mixed' or 'affinity'): every reset lands, enough connections ran, none
+ * failed.
+ */
 async function noGap(ex: string, resets: number, minOk: number, mode?: string): Promise<void> {
-  const r = (await runJsonInFreshNetns(fixture('nogap.js'), [ex, String(resets), ...(mode ? [mode] : [])], { timeoutMs: 300_000 })) as {
+  const r = (await runJsonInFreshNetns(fixture('nogap.js'), [ex, String(resets), ...(mode ? [mode] : [])], {
+    timeoutMs: 300_000,
+  })) as {
     resets: number;
     ok: number;
     failures: number;
@@ -27,11 +32,14 @@ async function noGap(ex: string, resets: number, minOk: number, mode?: string): 
 for (const { name: ex, skip } of PAIRS) {
   describe(`reliability over ${ex}`, { skip }, () => {
     const resets = SOAK || pairOf(ex).executor === 'native' ? 500 : 200;
-    test(`no gap: ${resets} consecutive resets that change the destinations while a client connects without pause: zero failures`, () => noGap(ex, resets, 100));
+    test(`no gap: ${resets} consecutive resets that change the destinations while a client connects without pause: zero failures`, () =>
+      noGap(ex, resets, 100));
 
-    test('no gap with weights and round-robin: resets that change weights (some drained) and the scheduler while a client connects: zero failures', () => noGap(ex, SOAK ? 500 : 150, 50, 'mixed'));
+    test('no gap with weights and round-robin: resets that change weights (some drained) and the scheduler while a client connects: zero failures', () =>
+      noGap(ex, SOAK ? 500 : 150, 50, 'mixed'));
 
-    test('no gap with session affinity: resets that switch affinity on and off, change its timeout, the weights and the scheduler while a client connects: zero failures', () => noGap(ex, SOAK ? 500 : 150, 50, 'affinity'));
+    test('no gap with session affinity: resets that switch affinity on and off, change its timeout, the weights and the scheduler while a client connects: zero failures', () =>
+      noGap(ex, SOAK ? 500 : 150, 50, 'affinity'));
 
     test('crash safety: SIGKILL at random moments of apply/reset/delete never leaves half a profile, a broken state file or a held lock', async () => {
       const kills = SOAK ? 200 : 60;
@@ -45,7 +53,16 @@ for (const { name: ex, skip } of PAIRS) {
     });
 
     test('concurrent resets of one profile: the kernel and the state file agree at the end', async () => {
-      const runs = Array.from({ length: 16 }, (_, i) => [...pairOf(ex).flags, '-state-file=$WORK/state.db', '-q', '-run', '-reset', '-profile=web', `-src-addr=${VIP}:80`, `-dest-addr=127.0.0.1:${9000 + i}`]);
+      const runs = Array.from({ length: 16 }, (_, i) => [
+        ...pairOf(ex).flags,
+        '-state-file=$WORK/state.db',
+        '-q',
+        '-run',
+        '-reset',
+        '-profile=web',
+        `-src-addr=${VIP}:80`,
+        `-dest-addr=127.0.0.1:${9000 + i}`,
+      ]);
       const r = await runSteps([{ op: 'parallel-cli', runs }, cli(ex, 'status', '--json')]);
       r[0].forEach((p: Proc) => ok(p));
       const status = JSON.parse(r[1].stdout);
@@ -55,7 +72,23 @@ for (const { name: ex, skip } of PAIRS) {
 
     test('without CAP_NET_ADMIN: one line that says so, exit 1, nothing created', async () => {
       const r = await runSteps([
-        { op: 'sh', argv: ['setpriv', '--inh-caps=-net_admin', '--bounding-set=-net_admin', '--', process.execPath, '$CLI', ...pairOf(ex).flags, '-state-file=$WORK/x/state.db', '-run', '-profile=web', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001'] },
+        {
+          op: 'sh',
+          argv: [
+            'setpriv',
+            '--inh-caps=-net_admin',
+            '--bounding-set=-net_admin',
+            '--',
+            process.execPath,
+            '$CLI',
+            ...pairOf(ex).flags,
+            '-state-file=$WORK/x/state.db',
+            '-run',
+            '-profile=web',
+            `-src-addr=${VIP}:80`,
+            '-dest-addr=127.0.0.1:9001',
+          ],
+        },
         { op: 'sh', argv: ['ls', '$WORK'] },
       ]);
       assert.equal(r[0].code, 1, r[0].stderr);
@@ -68,16 +101,20 @@ for (const { name: ex, skip } of PAIRS) {
 
 for (const { name: ex, skip } of PAIRS) {
   const ops = pairOf(ex).executor === 'native' || SOAK ? 1000 : 300;
-  test(`foreign rules untouched (${ex}): ${ops} random operations and the deletion of every profile leave iptables-save byte-identical`, { skip }, async () => {
-    const r = (await runJsonInFreshNetns(fixture('foreign.js'), [ex, String(ops)], { timeoutMs: 300_000 })) as {
-      applied: number;
-      deleted: number;
-      changedMidway: boolean;
-      identical: boolean;
-      diff: string;
-    };
-    assert.ok(r.applied > ops / 2 && r.deleted > 10, JSON.stringify(r));
-    assert.ok(r.changedMidway, 'iptlb did write rules in between');
-    assert.ok(r.identical, r.diff);
-  });
+  test(
+    `foreign rules untouched (${ex}): ${ops} random operations and the deletion of every profile leave iptables-save byte-identical`,
+    { skip },
+    async () => {
+      const r = (await runJsonInFreshNetns(fixture('foreign.js'), [ex, String(ops)], { timeoutMs: 300_000 })) as {
+        applied: number;
+        deleted: number;
+        changedMidway: boolean;
+        identical: boolean;
+        diff: string;
+      };
+      assert.ok(r.applied > ops / 2 && r.deleted > 10, JSON.stringify(r));
+      assert.ok(r.changedMidway, 'iptlb did write rules in between');
+      assert.ok(r.identical, r.diff);
+    },
+  );
 }

@@ -7,7 +7,17 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, symlinkSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { BUILD_FIX, EXPECTED_ABI, buildFix, classifyLoadError, installedAsDependency, loadAddon, loadAddonFrom, loadAddonPart, rebuildCommand } from '../../src/native/addon.js';
+import {
+  BUILD_FIX,
+  EXPECTED_ABI,
+  buildFix,
+  classifyLoadError,
+  installedAsDependency,
+  loadAddon,
+  loadAddonFrom,
+  loadAddonPart,
+  rebuildCommand,
+} from '../../src/native/addon.js';
 import { mapNativeError, NativeExecutor } from '../../src/executors/native.js';
 import { IptlbError } from '../../src/errors.js';
 
@@ -22,15 +32,24 @@ describe('loader', () => {
       assert.equal(r.reason, 'not-built');
       assert.equal(r.fix, BUILD_FIX);
       // This checkout is not under node_modules: the repo's own script is the fix here.
-      assert.match(r.fix, /^apt-get install -y libiptc-dev libxtables-dev libnftnl-dev libmnl-dev pkg-config g\+\+ make python3 && npm run build:addon$/);
+      assert.match(
+        r.fix,
+        /^apt-get install -y libiptc-dev libxtables-dev libnftnl-dev libmnl-dev pkg-config g\+\+ make python3 && npm run build:addon$/,
+      );
     }
   });
   test('in a consumer project the fix is npm rebuild, which exists there', () => {
     assert.equal(installedAsDependency('/srv/app/node_modules/iptlb'), true);
     assert.equal(installedAsDependency('/work/iptlb'), false);
     assert.equal(rebuildCommand(true), 'npm rebuild iptlb --foreground-scripts');
-    assert.match(buildFix(true), /^apt-get install -y libiptc-dev .* g\+\+ make python3 && npm rebuild iptlb --foreground-scripts$/);
-    assert.match(classifyLoadError('/x/iptlb_nft.node: undefined symbol: nftnl_frob', true).fix, /npm rebuild iptlb --foreground-scripts/);
+    assert.match(
+      buildFix(true),
+      /^apt-get install -y libiptc-dev .* g\+\+ make python3 && npm rebuild iptlb --foreground-scripts$/,
+    );
+    assert.match(
+      classifyLoadError('/x/iptlb_nft.node: undefined symbol: nftnl_frob', true).fix,
+      /npm rebuild iptlb --foreground-scripts/,
+    );
   });
   test('a file that is not a shared object is load-failed, never a throw', () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-loader-'));
@@ -50,11 +69,28 @@ describe('loader', () => {
     assert.equal(c.fix, 'apt-get install -y libip4tc2');
     assert.equal(classifyLoadError('libnftnl.so.11: file too short').fix, 'apt-get install -y libnftnl11');
     // What dlopen says when the file at the library's path is unusable (as the partial-host test makes it).
-    assert.equal(classifyLoadError('/lib/x86_64-linux-gnu/libip4tc.so.2: file too short').fix, 'apt-get install -y libip4tc2');
-    assert.equal(classifyLoadError('libmnl.so.0: cannot open shared object file: No such file or directory').fix, 'apt-get install -y libmnl0');
-    assert.equal(classifyLoadError("The module '/x/iptlb_xt.node' was compiled against a different Node.js version using NODE_MODULE_VERSION 108.").reason, 'abi-mismatch');
-    assert.match(classifyLoadError('The module was compiled against a different Node.js version', false).fix, /npm run build:addon/);
-    const g = classifyLoadError("/lib/x86_64-linux-gnu/libc.so.6: version `GLIBC_2.33' not found (required by /x/prebuilds/linux-x64/iptlb_nft.node)", true);
+    assert.equal(
+      classifyLoadError('/lib/x86_64-linux-gnu/libip4tc.so.2: file too short').fix,
+      'apt-get install -y libip4tc2',
+    );
+    assert.equal(
+      classifyLoadError('libmnl.so.0: cannot open shared object file: No such file or directory').fix,
+      'apt-get install -y libmnl0',
+    );
+    assert.equal(
+      classifyLoadError(
+        "The module '/x/iptlb_xt.node' was compiled against a different Node.js version using NODE_MODULE_VERSION 108.",
+      ).reason,
+      'abi-mismatch',
+    );
+    assert.match(
+      classifyLoadError('The module was compiled against a different Node.js version', false).fix,
+      /npm run build:addon/,
+    );
+    const g = classifyLoadError(
+      "/lib/x86_64-linux-gnu/libc.so.6: version `GLIBC_2.33' not found (required by /x/prebuilds/linux-x64/iptlb_nft.node)",
+      true,
+    );
     assert.equal(g.reason, 'abi-mismatch');
     assert.match(g.fix, /npm rebuild iptlb --foreground-scripts \(builds it from source/);
     assert.equal(classifyLoadError('/x/iptlb_xt.node: undefined symbol: iptc_frobnicate').reason, 'load-failed');
@@ -72,13 +108,17 @@ describe('loader', () => {
       assert.equal(typeof r.addon.flock, 'function');
       assert.equal(typeof r.addon.conntrackFlush, 'function');
       assert.deepEqual(r.addon.parts, use === 'core' ? ['core'] : ['core', use === 'legacy' ? 'xt' : 'nft']);
-      assert.match(r.path, use === 'core' ? /iptlb_core\.node$/ : use === 'legacy' ? /iptlb_xt\.node$/ : /iptlb_nft\.node$/);
+      assert.match(
+        r.path,
+        use === 'core' ? /iptlb_core\.node$/ : use === 'legacy' ? /iptlb_xt\.node$/ : /iptlb_nft\.node$/,
+      );
     }
     const all = loadAddon();
     assert.ok(all.ok);
     if (all.ok) {
       assert.deepEqual(all.addon.parts, ['core', 'xt', 'nft']);
-      for (const f of ['commit', 'commitJson', 'read', 'prefetch', 'releasePrefetch', 'info', 'nftCommit', 'nftRead']) assert.equal(typeof (all.addon as unknown as Record<string, unknown>)[f], 'function', f);
+      for (const f of ['commit', 'commitJson', 'read', 'prefetch', 'releasePrefetch', 'info', 'nftCommit', 'nftRead'])
+        assert.equal(typeof (all.addon as unknown as Record<string, unknown>)[f], 'function', f);
     }
     for (const p of ['core', 'xt', 'nft'] as const) {
       const r = loadAddonPart(p);
@@ -93,7 +133,10 @@ describe('addon exports and input checking', { skip: NO_ADDON }, () => {
   const rule = { matches: [], target: { name: 'RETURN' } };
   const inChain = (r: unknown) => ({ ...tx, chains: [{ name: 'IPTLB_C', rules: [r] }] });
   const hook = (r: unknown, owner = 'o') => ({ ...tx, hookRules: [{ chain: 'OUTPUT', owner, rule: r }] });
-  const tagged = (extra: unknown[] = []) => ({ matches: [{ name: 'comment', comment: 'iptlb:o' }, ...extra], target: { name: 'RETURN' } });
+  const tagged = (extra: unknown[] = []) => ({
+    matches: [{ name: 'comment', comment: 'iptlb:o' }, ...extra],
+    target: { name: 'RETURN' },
+  });
 
   test('abiVersion and info()', () => {
     assert.equal(addon.abiVersion, EXPECTED_ABI);
@@ -111,47 +154,147 @@ describe('addon exports and input checking', { skip: NO_ADDON }, () => {
     ['owners not an array', { ...tx, owners: 'x' }, /^transaction\.owners: must be an array/],
     ['owner not a string', { ...tx, owners: [1] }, /^transaction\.owners\[0\]: must be a string/],
     ['empty owner', { ...tx, owners: [''] }, /^transaction\.owners\[0\]: must not be empty/],
-    ['owner too long for a comment', { ...tx, owners: ['o'.repeat(250)] }, /^transaction\.owners\[0\]: is longer than 249/],
+    [
+      'owner too long for a comment',
+      { ...tx, owners: ['o'.repeat(250)] },
+      /^transaction\.owners\[0\]: is longer than 249/,
+    ],
     ['chains missing', { ...tx, chains: undefined }, /^transaction\.chains: must be an array/],
-    ['chain name too long', { ...tx, chains: [{ name: 'X'.repeat(29), rules: [] }] }, /^transaction\.chains\[0\]\.name: is longer than 28/],
-    ['chain name of 28 is fine but blank inside is not', { ...tx, chains: [{ name: 'A B', rules: [] }] }, /^transaction\.chains\[0\]\.name: must be printable/],
+    [
+      'chain name too long',
+      { ...tx, chains: [{ name: 'X'.repeat(29), rules: [] }] },
+      /^transaction\.chains\[0\]\.name: is longer than 28/,
+    ],
+    [
+      'chain name of 28 is fine but blank inside is not',
+      { ...tx, chains: [{ name: 'A B', rules: [] }] },
+      /^transaction\.chains\[0\]\.name: must be printable/,
+    ],
     ['built-in chain name', { ...tx, chains: [{ name: 'OUTPUT', rules: [] }] }, /built-in/],
     ['empty chain name', { ...tx, deleteChains: [''] }, /^transaction\.deleteChains\[0\]: must not be empty/],
-    ['rules not an array', { ...tx, chains: [{ name: 'C', rules: {} }] }, /^transaction\.chains\[0\]\.rules: must be an array/],
+    [
+      'rules not an array',
+      { ...tx, chains: [{ name: 'C', rules: {} }] },
+      /^transaction\.chains\[0\]\.rules: must be an array/,
+    ],
     ['rule not an object', inChain(null), /^transaction\.chains\[0\]\.rules\[0\]: must be an object/],
     ['matches missing', inChain({ target: { name: 'RETURN' } }), /rules\[0\]\.matches: must be an array/],
     ['target missing', inChain({ matches: [] }), /rules\[0\]\.target: must be an object/],
     ['unknown target', inChain({ ...rule, target: { name: 'ACCEPT' } }), /rules\[0\]\.target\.name: unknown target/],
     ['unknown match', inChain({ ...rule, matches: [{ name: 'mark' }] }), /matches\[0\]\.name: unknown match/],
-    ['port out of range', inChain({ proto: 'tcp', matches: [{ name: 'tcp', dport: 70000 }], target: { name: 'RETURN' } }), /matches\[0\]\.dport: must be a whole number from 1 to 65535/],
+    [
+      'port out of range',
+      inChain({ proto: 'tcp', matches: [{ name: 'tcp', dport: 70000 }], target: { name: 'RETURN' } }),
+      /matches\[0\]\.dport: must be a whole number from 1 to 65535/,
+    ],
     ['port zero', inChain({ proto: 'udp', matches: [{ name: 'udp', dport: 0 }], target: { name: 'RETURN' } }), /dport/],
-    ['port fractional', inChain({ proto: 'udp', matches: [{ name: 'udp', dport: 80.5 }], target: { name: 'RETURN' } }), /dport/],
-    ['port a string', inChain({ proto: 'udp', matches: [{ name: 'udp', dport: '80' }], target: { name: 'RETURN' } }), /dport: must be a number/],
-    ['port without its protocol', inChain({ matches: [{ name: 'tcp', dport: 80 }], target: { name: 'RETURN' } }), /rules\[0\]\.proto/],
+    [
+      'port fractional',
+      inChain({ proto: 'udp', matches: [{ name: 'udp', dport: 80.5 }], target: { name: 'RETURN' } }),
+      /dport/,
+    ],
+    [
+      'port a string',
+      inChain({ proto: 'udp', matches: [{ name: 'udp', dport: '80' }], target: { name: 'RETURN' } }),
+      /dport: must be a number/,
+    ],
+    [
+      'port without its protocol',
+      inChain({ matches: [{ name: 'tcp', dport: 80 }], target: { name: 'RETURN' } }),
+      /rules\[0\]\.proto/,
+    ],
     ['unknown protocol', inChain({ ...rule, proto: 'icmp' }), /rules\[0\]\.proto: must be tcp, udp or sctp/],
-    ['bad DNAT address', inChain({ ...rule, target: { name: 'DNAT', toDestination: '1.2.3:4' } }), /target\.toDestination/],
-    ['DNAT without port', inChain({ ...rule, target: { name: 'DNAT', toDestination: '1.2.3.4' } }), /target\.toDestination/],
-    ['DNAT port out of range', inChain({ ...rule, target: { name: 'DNAT', toDestination: '1.2.3.4:65536' } }), /target\.toDestination/],
-    ['LOG prefix too long', inChain({ ...rule, target: { name: 'LOG', prefix: 'x'.repeat(30), level: 4 } }), /target\.prefix: is longer than 29/],
+    [
+      'bad DNAT address',
+      inChain({ ...rule, target: { name: 'DNAT', toDestination: '1.2.3:4' } }),
+      /target\.toDestination/,
+    ],
+    [
+      'DNAT without port',
+      inChain({ ...rule, target: { name: 'DNAT', toDestination: '1.2.3.4' } }),
+      /target\.toDestination/,
+    ],
+    [
+      'DNAT port out of range',
+      inChain({ ...rule, target: { name: 'DNAT', toDestination: '1.2.3.4:65536' } }),
+      /target\.toDestination/,
+    ],
+    [
+      'LOG prefix too long',
+      inChain({ ...rule, target: { name: 'LOG', prefix: 'x'.repeat(30), level: 4 } }),
+      /target\.prefix: is longer than 29/,
+    ],
     ['LOG level out of range', inChain({ ...rule, target: { name: 'LOG', prefix: 'x', level: 9 } }), /target\.level/],
     ['jump without chain', inChain({ ...rule, target: { name: 'jump' } }), /target\.chain: must be a string/],
-    ['jump to a verdict', inChain({ ...rule, target: { name: 'jump', chain: 'ACCEPT' } }), /target\.chain: must not be the built-in name/],
-    ['comment too long', hook(tagged([{ name: 'comment', comment: 'c'.repeat(256) }])), /matches\[1\]\.comment: is longer than 255/],
-    ['hook chain INPUT', { ...tx, hookRules: [{ chain: 'INPUT', owner: 'o', rule: tagged() }] }, /hookRules\[0\]\.chain: must be OUTPUT, PREROUTING or POSTROUTING/],
-    ['hook rule without its owner comment', hook(rule), /hookRules\[0\]\.rule\.matches: must include the comment "iptlb:o"/],
+    [
+      'jump to a verdict',
+      inChain({ ...rule, target: { name: 'jump', chain: 'ACCEPT' } }),
+      /target\.chain: must not be the built-in name/,
+    ],
+    [
+      'comment too long',
+      hook(tagged([{ name: 'comment', comment: 'c'.repeat(256) }])),
+      /matches\[1\]\.comment: is longer than 255/,
+    ],
+    [
+      'hook chain INPUT',
+      { ...tx, hookRules: [{ chain: 'INPUT', owner: 'o', rule: tagged() }] },
+      /hookRules\[0\]\.chain: must be OUTPUT, PREROUTING or POSTROUTING/,
+    ],
+    [
+      'hook rule without its owner comment',
+      hook(rule),
+      /hookRules\[0\]\.rule\.matches: must include the comment "iptlb:o"/,
+    ],
     ['hook rule with another owner comment', hook(tagged(), 'p'), /must include the comment "iptlb:p"/],
-    ['probability not a number', inChain({ ...rule, matches: [{ name: 'statistic', mode: 'random', probability: 'half' }] }), /matches\[0\]\.probability/],
-    ['probability above 1', inChain({ ...rule, matches: [{ name: 'statistic', mode: 'random', probability: '1.5' }] }), /probability/],
-    ['probability as a number', inChain({ ...rule, matches: [{ name: 'statistic', mode: 'random', probability: 0.5 }] }), /probability: must be a string/],
-    ['statistic mode nth without every', inChain({ ...rule, matches: [{ name: 'statistic', mode: 'nth', probability: '0.5' }] }), /matches\[0\]\.every/],
-    ['statistic mode nth, packet not below every', inChain({ ...rule, matches: [{ name: 'statistic', mode: 'nth', every: 2, packet: 2 }] }), /matches\[0\]\.packet/],
-    ['statistic mode unknown', inChain({ ...rule, matches: [{ name: 'statistic', mode: 'time', probability: '0.5' }] }), /matches\[0\]\.mode/],
+    [
+      'probability not a number',
+      inChain({ ...rule, matches: [{ name: 'statistic', mode: 'random', probability: 'half' }] }),
+      /matches\[0\]\.probability/,
+    ],
+    [
+      'probability above 1',
+      inChain({ ...rule, matches: [{ name: 'statistic', mode: 'random', probability: '1.5' }] }),
+      /probability/,
+    ],
+    [
+      'probability as a number',
+      inChain({ ...rule, matches: [{ name: 'statistic', mode: 'random', probability: 0.5 }] }),
+      /probability: must be a string/,
+    ],
+    [
+      'statistic mode nth without every',
+      inChain({ ...rule, matches: [{ name: 'statistic', mode: 'nth', probability: '0.5' }] }),
+      /matches\[0\]\.every/,
+    ],
+    [
+      'statistic mode nth, packet not below every',
+      inChain({ ...rule, matches: [{ name: 'statistic', mode: 'nth', every: 2, packet: 2 }] }),
+      /matches\[0\]\.packet/,
+    ],
+    [
+      'statistic mode unknown',
+      inChain({ ...rule, matches: [{ name: 'statistic', mode: 'time', probability: '0.5' }] }),
+      /matches\[0\]\.mode/,
+    ],
     ['dst garbage', inChain({ ...rule, dst: '300.1.1.1/32' }), /rules\[0\]\.dst/],
     ['dst bad prefix', inChain({ ...rule, dst: '1.1.1.1/33' }), /rules\[0\]\.dst/],
     ['addrtype other than LOCAL', hook(tagged([{ name: 'addrtype', dstType: 'UNICAST' }])), /dstType/],
-    ['conntrack state other than DNAT', hook(tagged([{ name: 'conntrack', ctstate: 'NEW', ctorigdst: '1.2.3.4', ctorigdstport: 80 }])), /ctstate/],
-    ['conntrack bad address', hook(tagged([{ name: 'conntrack', ctstate: 'DNAT', ctorigdst: '1.2.3', ctorigdstport: 80 }])), /ctorigdst/],
-    ['conntrack bad port', hook(tagged([{ name: 'conntrack', ctstate: 'DNAT', ctorigdst: '1.2.3.4', ctorigdstport: -1 }])), /ctorigdstport/],
+    [
+      'conntrack state other than DNAT',
+      hook(tagged([{ name: 'conntrack', ctstate: 'NEW', ctorigdst: '1.2.3.4', ctorigdstport: 80 }])),
+      /ctstate/,
+    ],
+    [
+      'conntrack bad address',
+      hook(tagged([{ name: 'conntrack', ctstate: 'DNAT', ctorigdst: '1.2.3', ctorigdstport: 80 }])),
+      /ctorigdst/,
+    ],
+    [
+      'conntrack bad port',
+      hook(tagged([{ name: 'conntrack', ctstate: 'DNAT', ctorigdst: '1.2.3.4', ctorigdstport: -1 }])),
+      /ctorigdstport/,
+    ],
     ['string with NUL', { ...tx, owners: ['a\u0000b'] }, /NUL/],
   ];
   const optionCases: [string, unknown, RegExp][] = [
@@ -159,7 +302,10 @@ describe('addon exports and input checking', { skip: NO_ADDON }, () => {
     ['lockWaitMs not a number', { lockWaitMs: 'soon' }, /^options\.lockWaitMs: must be a number/],
     ['lockWaitMs negative', { lockWaitMs: -1 }, /^options\.lockWaitMs/],
   ];
-  const all: [string, unknown[], RegExp][] = [...cases.map(([l, v, re]): [string, unknown[], RegExp] => [l, [v], re]), ...optionCases.map(([l, o, re]): [string, unknown[], RegExp] => [l, [tx, o], re])];
+  const all: [string, unknown[], RegExp][] = [
+    ...cases.map(([l, v, re]): [string, unknown[], RegExp] => [l, [v], re]),
+    ...optionCases.map(([l, o, re]): [string, unknown[], RegExp] => [l, [tx, o], re]),
+  ];
   for (const [label, args, re] of all) {
     test(`TypeError: ${label}`, () => {
       assert.throws(
@@ -189,10 +335,17 @@ describe('addon exports and input checking', { skip: NO_ADDON }, () => {
     });
   }
   test('commitJson: text that is not JSON, and its own arguments', async () => {
-    await assert.rejects(addon.commitJson('{"family":'), (e: Error & { code?: string }) => e.code === 'EPLAN' && /^transaction: is not valid JSON \(unexpected end of text/.test(e.message));
-    await assert.rejects(addon.commitJson('[' .repeat(100) + ']'.repeat(100)), /nested too deeply/);
+    await assert.rejects(
+      addon.commitJson('{"family":'),
+      (e: Error & { code?: string }) =>
+        e.code === 'EPLAN' && /^transaction: is not valid JSON \(unexpected end of text/.test(e.message),
+    );
+    await assert.rejects(addon.commitJson('['.repeat(100) + ']'.repeat(100)), /nested too deeply/);
     await assert.rejects(addon.commitJson('{} x'), /unexpected text after the value/);
-    await assert.rejects(addon.commitJson(String.raw`{"a":"\u0001\ud800"}`), /Error: transaction\.family: must be "ipv4"/);
+    await assert.rejects(
+      addon.commitJson(String.raw`{"a":"\u0001\ud800"}`),
+      /Error: transaction\.family: must be "ipv4"/,
+    );
     assert.throws(() => (addon.commitJson as (...a: unknown[]) => unknown)(), /^TypeError: json: must be a string/);
     assert.throws(() => (addon.commitJson as (...a: unknown[]) => unknown)(tx), /^TypeError: json: must be a string/);
     assert.throws(() => addon.commitJson(''), /^TypeError: json: must not be empty/);
@@ -253,39 +406,59 @@ describe('addon exports and input checking', { skip: NO_ADDON }, () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-lock-'));
     try {
       symlinkSync(path.join(dir, 'target'), path.join(dir, 'link'));
-      await assert.rejects(addon.flock(path.join(dir, 'link'), 0), (e: Error & { errno?: number }) => e.errno === 40 /* ELOOP */);
+      await assert.rejects(
+        addon.flock(path.join(dir, 'link'), 0),
+        (e: Error & { errno?: number }) => e.errno === 40 /* ELOOP */,
+      );
       mkdirSync(path.join(dir, 'd'));
-      await assert.rejects(addon.flock(path.join(dir, 'd'), 0), (e: Error & { errno?: number }) => e.errno === 21 /* EISDIR */);
+      await assert.rejects(
+        addon.flock(path.join(dir, 'd'), 0),
+        (e: Error & { errno?: number }) => e.errno === 21 /* EISDIR */,
+      );
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
   });
 
-  test('a lock nobody released goes with its object (finalizer)', { skip: typeof global.gc !== 'function' ? 'run node with --expose-gc' : false }, async () => {
-    const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-lock-'));
-    try {
-      const file = path.join(dir, 'f');
-      await addon.flock(file, 0); // dropped unreleased
-      for (let i = 0; i < 10; i++) {
-        global.gc!();
-        await new Promise((r) => setImmediate(r));
+  test(
+    'a lock nobody released goes with its object (finalizer)',
+    { skip: typeof global.gc !== 'function' ? 'run node with --expose-gc' : false },
+    async () => {
+      const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-lock-'));
+      try {
+        const file = path.join(dir, 'f');
+        await addon.flock(file, 0); // dropped unreleased
+        for (let i = 0; i < 10; i++) {
+          global.gc!();
+          await new Promise((r) => setImmediate(r));
+        }
+        (await addon.flock(file, 1000)).release();
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
       }
-      (await addon.flock(file, 1000)).release();
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  });
+    },
+  );
 });
 
 describe('native executor error mapping', () => {
   test('kernel, lock and permission errors keep code, errno and message', () => {
-    const k = mapNativeError(Object.assign(new Error('iptc_commit: Invalid argument (errno 22) while committing table nat'), { code: 'EKERNEL', errno: 22 }));
+    const k = mapNativeError(
+      Object.assign(new Error('iptc_commit: Invalid argument (errno 22) while committing table nat'), {
+        code: 'EKERNEL',
+        errno: 22,
+      }),
+    );
     assert.ok(k instanceof IptlbError);
     assert.equal(k.code, 'EKERNEL');
     assert.equal(k.errno, 22);
     assert.match(k.message, /errno 22/);
     assert.equal(mapNativeError(Object.assign(new Error('held'), { code: 'ELOCK', errno: 11 })).code, 'ELOCK');
-    const p = mapNativeError(Object.assign(new Error('iptc_init: Permission denied (you must be root) (errno 1) (… CAP_NET_ADMIN …)'), { code: 'EPERM', errno: 1 }));
+    const p = mapNativeError(
+      Object.assign(new Error('iptc_init: Permission denied (you must be root) (errno 1) (… CAP_NET_ADMIN …)'), {
+        code: 'EPERM',
+        errno: 1,
+      }),
+    );
     assert.equal(p.code, 'EPERM');
     assert.equal(p.errno, 1);
   });
@@ -295,7 +468,12 @@ describe('native executor error mapping', () => {
     assert.equal(e.field, 'transaction.chains[0].name');
   });
   test('a plan refused on the worker thread (EPLAN) names the field too', () => {
-    const e = mapNativeError(Object.assign(new Error('transaction.hookRules[0].chain: must be OUTPUT, PREROUTING or POSTROUTING'), { code: 'EPLAN', errno: 22 }));
+    const e = mapNativeError(
+      Object.assign(new Error('transaction.hookRules[0].chain: must be OUTPUT, PREROUTING or POSTROUTING'), {
+        code: 'EPLAN',
+        errno: 22,
+      }),
+    );
     assert.equal(e.code, 'ENATIVE');
     assert.equal(e.field, 'transaction.hookRules[0].chain');
     assert.match(e.message, /^native addon refused the transaction: transaction\.hookRules/);
@@ -304,12 +482,28 @@ describe('native executor error mapping', () => {
     const ex = new NativeExecutor(loaded.ok ? loaded.addon : (null as never));
     assert.equal(ex.kind, 'native');
     assert.equal(ex.engine, 'legacy');
-    await assert.rejects(ex.commit({ family: 'ipv4', table: 'filter' } as never), (e: IptlbError) => e instanceof IptlbError && e.code === 'ENATIVE');
+    await assert.rejects(
+      ex.commit({ family: 'ipv4', table: 'filter' } as never),
+      (e: IptlbError) => e instanceof IptlbError && e.code === 'ENATIVE',
+    );
     // A plan JSON cannot carry goes to commit() as an object, and is refused there by field.
     const bad = { family: 'ipv4', table: 'nat', owners: [1n], deleteChains: [], chains: [], hookRules: [] };
-    await assert.rejects(ex.commit(bad as never), (e: IptlbError) => e.code === 'ENATIVE' && e.field === 'transaction.owners[0]');
+    await assert.rejects(
+      ex.commit(bad as never),
+      (e: IptlbError) => e.code === 'ENATIVE' && e.field === 'transaction.owners[0]',
+    );
     // Through JSON, a bad field is refused on the worker thread and named the same way.
-    const hook = { family: 'ipv4', table: 'nat', owners: [], deleteChains: [], chains: [], hookRules: [{ chain: 'INPUT', owner: 'o', rule: { matches: [], target: { name: 'RETURN' } } }] };
-    await assert.rejects(ex.commit(hook as never), (e: IptlbError) => e.code === 'ENATIVE' && e.field === 'transaction.hookRules[0].chain');
+    const hook = {
+      family: 'ipv4',
+      table: 'nat',
+      owners: [],
+      deleteChains: [],
+      chains: [],
+      hookRules: [{ chain: 'INPUT', owner: 'o', rule: { matches: [], target: { name: 'RETURN' } } }],
+    };
+    await assert.rejects(
+      ex.commit(hook as never),
+      (e: IptlbError) => e.code === 'ENATIVE' && e.field === 'transaction.hookRules[0].chain',
+    );
   });
 });

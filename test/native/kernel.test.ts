@@ -19,7 +19,11 @@ describe('native addon in the kernel (fresh network namespaces)', { skip: SKIP }
   });
 
   test('200 random profile sets from the planner: save identical to iptables-legacy-restore of the rendered plan; read() decodes them', async () => {
-    const r = await runInNetns<{ sets: number; rules: number; mismatches: string[]; mismatchCount: number }>(fixture('equivalence'), ['200'], { timeoutMs: 300_000 });
+    const r = await runInNetns<{ sets: number; rules: number; mismatches: string[]; mismatchCount: number }>(
+      fixture('equivalence'),
+      ['200'],
+      { timeoutMs: 300_000 },
+    );
     assert.equal(r.sets, 200);
     assert.ok(r.rules > 2000, `only ${r.rules} rules compared`);
     assert.equal(r.mismatchCount, 0, r.mismatches.join('\n'));
@@ -27,7 +31,14 @@ describe('native addon in the kernel (fresh network namespaces)', { skip: SKIP }
 
   test(`while iptables-legacy -w hammers a foreign chain, ${SOAK ? '10,000' : '2,000'} commits lose no foreign rule and none of their own`, async () => {
     const n = SOAK ? 10_000 : 2_000;
-    const r = await runInNetns<{ commits: number; foreignFixed: number; foreignJump: boolean; foreignPost: boolean; wrong: string[]; hammerRounds: number }>(fixture('contention'), [String(n)], { timeoutMs: 600_000 });
+    const r = await runInNetns<{
+      commits: number;
+      foreignFixed: number;
+      foreignJump: boolean;
+      foreignPost: boolean;
+      wrong: string[];
+      hammerRounds: number;
+    }>(fixture('contention'), [String(n)], { timeoutMs: 600_000 });
     assert.equal(r.commits, n);
     assert.ok(r.hammerRounds >= 10, `the other writer ran concurrently (${r.hammerRounds} rounds)`);
     assert.equal(r.foreignFixed, 20, 'all 20 fixed foreign rules survive');
@@ -37,13 +48,20 @@ describe('native addon in the kernel (fresh network namespaces)', { skip: SKIP }
   });
 
   test('500 commits and 50 reads in flight at once: all succeed, serialised in call order', async () => {
-    const r = await runInNetns<{ rejected: string[]; present: string[]; expected: string[] }>(fixture('inflight'), ['500'], { timeoutMs: 120_000 });
+    const r = await runInNetns<{ rejected: string[]; present: string[]; expected: string[] }>(
+      fixture('inflight'),
+      ['500'],
+      { timeoutMs: 120_000 },
+    );
     assert.deepEqual(r.rejected, []);
     assert.deepEqual(r.present, r.expected);
   });
 
-  test('refusals: EKERNEL with errno and libiptc\'s message, nothing changed; held xtables lock: ELOCK in time, event loop free', async () => {
-    const r = await runInNetns<Record<string, any>>(fixture('errors'), [], { env: { XTABLES_LOCKFILE: lockFile() }, timeoutMs: 60_000 });
+  test("refusals: EKERNEL with errno and libiptc's message, nothing changed; held xtables lock: ELOCK in time, event loop free", async () => {
+    const r = await runInNetns<Record<string, any>>(fixture('errors'), [], {
+      env: { XTABLES_LOCKFILE: lockFile() },
+      timeoutMs: 60_000,
+    });
     const d = r.dnatFromInput;
     assert.equal(d.ok, false);
     assert.equal(d.code, 'EKERNEL');
@@ -67,7 +85,14 @@ describe('native addon in the kernel (fresh network namespaces)', { skip: SKIP }
   test('without CAP_NET_ADMIN: EPERM, saying so', async () => {
     const r = await runInNetns<{ uid: number; commit: any; read: any }>(fixture('eperm'), [], {
       env: { XTABLES_LOCKFILE: lockFile() },
-      wrapper: ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--inh-caps=-all', '--bounding-set=-all'],
+      wrapper: [
+        'setpriv',
+        '--reuid=65534',
+        '--regid=65534',
+        '--clear-groups',
+        '--inh-caps=-all',
+        '--bounding-set=-all',
+      ],
     });
     assert.equal(r.uid, 65534);
     for (const o of [r.commit, r.read]) {
@@ -80,7 +105,10 @@ describe('native addon in the kernel (fresh network namespaces)', { skip: SKIP }
 
   test(`memory: ${SOAK ? '100,000' : '10,000'} apply/read/delete cycles grow RSS by less than 5 MB`, async () => {
     const n = SOAK ? 100_000 : 10_000;
-    const r = await runInNetns<{ rssGrowthMB: number; msPerCycle: number }>(fixture('rss'), [String(n)], { timeoutMs: 1_800_000, nodeArgs: ['--expose-gc'] });
+    const r = await runInNetns<{ rssGrowthMB: number; msPerCycle: number }>(fixture('rss'), [String(n)], {
+      timeoutMs: 1_800_000,
+      nodeArgs: ['--expose-gc'],
+    });
     assert.ok(r.rssGrowthMB < 5, `RSS grew ${r.rssGrowthMB.toFixed(2)} MB over ${n} cycles`);
   });
 });

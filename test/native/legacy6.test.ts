@@ -11,7 +11,11 @@ const SKIP = kernelSkip();
 
 describe('legacy IPv6 (ip6tables nat table) in fresh network namespaces', { skip: SKIP }, () => {
   test('200 random IPv6 profile sets: ip6tables-legacy-save identical after a native commit and after ip6tables-legacy-restore of the same plan; read() decodes both', async () => {
-    const r = await runInNetns<{ sets: number; rules: number; mismatches: string[]; mismatchCount: number }>(fixture('equivalence'), ['200', 'ipv6'], { timeoutMs: 300_000 });
+    const r = await runInNetns<{ sets: number; rules: number; mismatches: string[]; mismatchCount: number }>(
+      fixture('equivalence'),
+      ['200', 'ipv6'],
+      { timeoutMs: 300_000 },
+    );
     assert.equal(r.sets, 200);
     assert.ok(r.rules > 2000, `only ${r.rules} rules compared`);
     assert.equal(r.mismatchCount, 0, r.mismatches.join('\n'));
@@ -19,7 +23,13 @@ describe('legacy IPv6 (ip6tables nat table) in fresh network namespaces', { skip
 
   test('native: round trip, plan checks, refusals, IPv4 and IPv6 in flight in call order, IPv6 commit under an IPv4 prefetch', async () => {
     const r = await runInNetns<Record<string, Record<string, unknown>>>(fixture('legacy6'), [], { timeoutMs: 180_000 });
-    assert.deepEqual(r.roundTrip, { chainsRead: true, hooksRead: true, ipv4Untouched: true, inIp6tables: true, deleted: true });
+    assert.deepEqual(r.roundTrip, {
+      chainsRead: true,
+      hooksRead: true,
+      ipv4Untouched: true,
+      inIp6tables: true,
+      deleted: true,
+    });
     assert.deepEqual(r.checks, {
       v4AddressInV6: 'transaction.chains[0].rules[0].dst',
       v4AddressInV6Json: 'EPLAN',
@@ -30,7 +40,15 @@ describe('legacy IPv6 (ip6tables nat table) in fresh network namespaces', { skip
     assert.deepEqual(r.inflight, { rejected: [], wrong: [], reads: 86, finalPorts: [true, true] });
     // Without reusing the held lock the IPv6 commit would wait for our own prefetch and fail with ELOCK.
     assert.deepEqual(r.prefetch, {
-      freeAtStart: true, prefetched: true, v6DuringPrefetch: 'ok', stillHeld: true, v4UsedPrefetch: true, bothLanded: true, v6CommitObject: true, releasedAfterV6: true, freeAtEnd: true,
+      freeAtStart: true,
+      prefetched: true,
+      v6DuringPrefetch: 'ok',
+      stillHeld: true,
+      v4UsedPrefetch: true,
+      bothLanded: true,
+      v6CommitObject: true,
+      releasedAfterV6: true,
+      freeAtEnd: true,
     });
   });
 

@@ -26,7 +26,8 @@ export function fixture(name: string): string {
 /** `false` when kernel tests can run here, else why not (for `{ skip }`). */
 export function kernelSkip(): string | false {
   if (process.platform !== 'linux') return 'not Linux';
-  if (typeof process.getuid === 'function' && process.getuid() !== 0) return 'needs root (unshare -n and CAP_NET_ADMIN)';
+  if (typeof process.getuid === 'function' && process.getuid() !== 0)
+    return 'needs root (unshare -n and CAP_NET_ADMIN)';
   const loaded = loadAddon();
   if (!loaded.ok) return `native addon unavailable: ${loaded.reason}: ${loaded.detail}`;
   return false;
@@ -36,7 +37,10 @@ export function kernelSkip(): string | false {
 export function runInNetns<T = any>(script: string, args: string[] = [], opts: NetnsChildOptions = {}): Promise<T> {
   return new Promise((resolve, reject) => {
     const argv = ['-n', '--', ...(opts.wrapper ?? []), process.execPath, ...(opts.nodeArgs ?? []), script, ...args];
-    const child = spawn('unshare', argv, { env: { ...process.env, ...opts.env, IPTLB_TEST_HOST_NETNS: readlinkSync('/proc/self/ns/net') }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn('unshare', argv, {
+      env: { ...process.env, ...opts.env, IPTLB_TEST_HOST_NETNS: readlinkSync('/proc/self/ns/net') },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let out = '';
     let err = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
@@ -50,7 +54,12 @@ export function runInNetns<T = any>(script: string, args: string[] = [], opts: N
     child.on('close', (code, signal) => {
       clearTimeout(timer);
       const tails = `\n--- stderr:\n${err.slice(-4000)}\n--- stdout:\n${out.slice(-2000)}`;
-      if (code !== 0) return reject(new Error(`${script} ${args.join(' ')} exited ${code ?? signal}${signal === 'SIGKILL' ? ` (killed after ${limit} ms)` : ''}${tails}`));
+      if (code !== 0)
+        return reject(
+          new Error(
+            `${script} ${args.join(' ')} exited ${code ?? signal}${signal === 'SIGKILL' ? ` (killed after ${limit} ms)` : ''}${tails}`,
+          ),
+        );
       const last = out.trimEnd().split('\n').pop() ?? '';
       try {
         resolve(JSON.parse(last) as T);

@@ -25,7 +25,14 @@ describe('nftables executor in the kernel (fresh network namespaces)', { skip: S
     assert.deepEqual(r.failures, []);
     assert.equal(r.steps, 9);
     assert.ok(r.genidsIncrease, 'each commit returns a newer generation');
-    assert.deepEqual(r.missing, { genid: 'number', exists: false, dispatchSets: [], backendMaps: [], chains: [], foreign: [] });
+    assert.deepEqual(r.missing, {
+      genid: 'number',
+      exists: false,
+      dispatchSets: [],
+      backendMaps: [],
+      chains: [],
+      foreign: [],
+    });
     assert.deepEqual(r.foreign.names, ['mine', 'other']);
     assert.equal(r.foreign.output.length, 2);
     for (const rule of r.foreign.output) {
@@ -83,7 +90,14 @@ describe('nftables executor in the kernel (fresh network namespaces)', { skip: S
 
   test('without CAP_NET_ADMIN: EPERM, saying so; an empty transaction sends nothing but still checks expectGenid', async () => {
     const r = await runInNetns<Record<string, any>>(fixture('nft'), ['eperm'], {
-      wrapper: ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--inh-caps=-all', '--bounding-set=-all'],
+      wrapper: [
+        'setpriv',
+        '--reuid=65534',
+        '--regid=65534',
+        '--clear-groups',
+        '--inh-caps=-all',
+        '--bounding-set=-all',
+      ],
     });
     assert.equal(r.uid, 65534);
     for (const o of [r.commit, r.read]) {
@@ -117,7 +131,15 @@ describe('nftables executor in the kernel (fresh network namespaces)', { skip: S
     assert.deepEqual(r.failures, []);
     assert.equal(r.steps, 9);
     assert.ok(r.genidsIncrease, 'each commit returns a newer generation');
-    assert.deepEqual(r.missing, { genid: 'number', family: 'ip6', exists: false, dispatchSets: [], backendMaps: [], chains: [], foreign: [] });
+    assert.deepEqual(r.missing, {
+      genid: 'number',
+      family: 'ip6',
+      exists: false,
+      dispatchSets: [],
+      backendMaps: [],
+      chains: [],
+      foreign: [],
+    });
     assert.deepEqual(r.foreign.names, ['mine', 'other']);
     assert.equal(r.foreign.output.length, 2);
     for (const rule of r.foreign.output) assert.equal(rule.kind, 'foreign');
@@ -137,7 +159,10 @@ describe('nftables executor in the kernel (fresh network namespaces)', { skip: S
     const text = r.ip6Listing.join('\n');
     assert.match(text, /typeof ip6 daddr \. tcp dport \. numgen random mod 1 : ip6 daddr \. tcp dport/);
     assert.match(text, /type ipv6_addr \. inet_service/);
-    assert.match(text, /ip6 daddr \. tcp dport @out_tcp_3 dnat ip6 to ip6 daddr \. tcp dport \. numgen random mod 3 offset 3 map @be_tcp/);
+    assert.match(
+      text,
+      /ip6 daddr \. tcp dport @out_tcp_3 dnat ip6 to ip6 daddr \. tcp dport \. numgen random mod 3 offset 3 map @be_tcp/,
+    );
   });
 
   test('ip6: 10,000 profiles (10,000 dispatch + 30,000 backend elements) in one commit, read back', async () => {
@@ -157,8 +182,14 @@ describe('nftables executor in the kernel (fresh network namespaces)', { skip: S
       assert.equal(x.counts['backend:9001'] + x.counts['backend:9002'], 60);
       assert.equal(x.status, 'in-sync', `${kind}: ${x.detail}`);
       assert.ok(x.packets >= 60, `${kind}: dispatch element counted ${x.packets}`);
-      assert.deepEqual(x.destinations.map((d: any) => d.destination), ['[2001:db8::1]:9001', '[2001:db8::2]:9002']);
-      assert.ok(x.destinations.every((d: any) => d.packets > 0), kind);
+      assert.deepEqual(
+        x.destinations.map((d: any) => d.destination),
+        ['[2001:db8::1]:9001', '[2001:db8::2]:9002'],
+      );
+      assert.ok(
+        x.destinations.every((d: any) => d.packets > 0),
+        kind,
+      );
       assert.deepEqual(x.others, [], kind);
       assert.equal(x.ipTable, false, `${kind}: table ip iptlb was not made`);
       assert.equal(r[`${kind}Removed`], false, `${kind}: planNftRemoveAll('ip6') removed the table`);
@@ -169,7 +200,10 @@ describe('nftables executor in the kernel (fresh network namespaces)', { skip: S
     const r = await runInNetns<Record<string, any>>(fixture('nft'), ['traffic'], { timeoutMs: 60_000 });
     assert.deepEqual(r.failures, []);
     assert.deepEqual(Object.keys(r.seen).sort(), ['9001', '9002', '9003']);
-    assert.equal(Object.values<number>(r.seen).reduce((a, b) => a + b, 0), 60);
+    assert.equal(
+      Object.values<number>(r.seen).reduce((a, b) => a + b, 0),
+      60,
+    );
     assert.ok(r.dispatchPackets >= 60, `dispatch element counted ${r.dispatchPackets} packets`);
     assert.ok(r.backendPackets.every((p: number) => p > 0));
   });

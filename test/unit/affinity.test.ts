@@ -47,7 +47,12 @@ test('affinity: bad values are one-line errors naming the field', () => {
 });
 
 test('state file: affinity round-trips as an integer key (sorted first); fast parser and YAML parser agree', async () => {
-  const p = validateProfile({ ...base, destination: ['127.0.0.1:9001*2', '127.0.0.1:9002'], scheduler: 'round-robin', affinity: 10800 });
+  const p = validateProfile({
+    ...base,
+    destination: ['127.0.0.1:9001*2', '127.0.0.1:9002'],
+    scheduler: 'round-robin',
+    affinity: 10800,
+  });
   const text = serializeState([p]);
   assert.equal(
     text,
@@ -91,19 +96,36 @@ test2:
   const s = await parseState(original);
   assert.equal('affinity' in s.get('test')!, false);
   assert.equal(serializeState(s.values()), original);
-  const q = validateProfile({ name: 'test', source: '10.100.0.10:8081', destination: ['10.0.1.4:8080', '10.0.1.5:8080'], logEnabled: true, affinity: 0 });
+  const q = validateProfile({
+    name: 'test',
+    source: '10.100.0.10:8081',
+    destination: ['10.0.1.4:8080', '10.0.1.5:8080'],
+    logEnabled: true,
+    affinity: 0,
+  });
   assert.equal(serializeState([q, s.get('test2')!]), original);
 });
 
 test('state file: a wrong type or range of affinity is refused naming the field', async () => {
-  const body = (v: string): string => `web:\n  affinity: ${v}\n  destination:\n  - 127.0.0.1:9001\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: 127.100.0.10:8081\n`;
-  for (const [v, re] of [['"2"', /affinity must be a whole number/], ['2.5', /affinity must be a whole number/], ['true', /affinity must be a whole number/], ['86401', /from 1 to 86400/], ['-3', /from 1 to 86400/]] as const) {
+  const body = (v: string): string =>
+    `web:\n  affinity: ${v}\n  destination:\n  - 127.0.0.1:9001\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: 127.100.0.10:8081\n`;
+  for (const [v, re] of [
+    ['"2"', /affinity must be a whole number/],
+    ['2.5', /affinity must be a whole number/],
+    ['true', /affinity must be a whole number/],
+    ['86401', /from 1 to 86400/],
+    ['-3', /from 1 to 86400/],
+  ] as const) {
     await assertStateRefused(body(v), 'affinity', re);
   }
 });
 
 test('legacy planner: per live destination a recent --update rule first, then the balancing rules record the choice', () => {
-  const p = validateProfile({ ...base, destination: ['127.0.0.1:9001', '127.0.0.1:9002*0', '127.0.0.1:9003*2'], affinity: 2 });
+  const p = validateProfile({
+    ...base,
+    destination: ['127.0.0.1:9001', '127.0.0.1:9002*0', '127.0.0.1:9003*2'],
+    affinity: 2,
+  });
   const text = planProfile(p).chain.rules.map(renderRule);
   const n1 = recentName('web', '127.0.0.1:9001');
   const n3 = recentName('web', '127.0.0.1:9003');
@@ -130,10 +152,14 @@ test('legacy planner: round-robin with affinity records the choice on each nth r
   const p = validateProfile({ ...base, destination: D, scheduler: 'round-robin', affinity: 30 });
   const rules = planProfile(p).chain.rules;
   assert.equal(rules.length, 3 + 3 + 1);
-  assert.match(renderRule(rules[3]), /-m statistic --mode nth --every 3 --packet 0 -m recent --set --name IPTLB_WEB_127_0_0_1_9001 /);
+  assert.match(
+    renderRule(rules[3]),
+    /-m statistic --mode nth --every 3 --packet 0 -m recent --set --name IPTLB_WEB_127_0_0_1_9001 /,
+  );
   for (const r of rules) assert.deepEqual(parseRule(splitWords(renderRule(r))), r);
   // iptables-save's own spelling parses to the same rule
-  const saved = '-d 127.100.0.10/32 -p tcp -m tcp --dport 8081 -m recent --update --seconds 30 --reap --name IPTLB_WEB_127_0_0_1_9001 --mask 255.255.255.255 --rsource -j DNAT --to-destination 127.0.0.1:9001';
+  const saved =
+    '-d 127.100.0.10/32 -p tcp -m tcp --dport 8081 -m recent --update --seconds 30 --reap --name IPTLB_WEB_127_0_0_1_9001 --mask 255.255.255.255 --rsource -j DNAT --to-destination 127.0.0.1:9001';
   assert.deepEqual(parseRule(splitWords(saved)), rules[0]);
   // shapes iptlb never writes are not taken for its own
   for (const other of [
@@ -150,15 +176,30 @@ test('legacy status: an affinity profile read back as planned is in-sync and cou
   const p: Profile = validateProfile({ ...base, destination: D, affinity: 2 });
   const plan = planProfile(p);
   const view: KernelView = {
-    chains: [{ name: plan.chain.name, rules: plan.chain.rules.map((rule, i) => ({ rule, packets: BigInt(i), bytes: BigInt(10 * i) })) }],
-    hookRules: plan.hookRules.map((h, i) => ({ chain: h.chain, owner: h.owner, position: i + 1, rule: h.rule, packets: 1n, bytes: 1n })),
+    chains: [
+      {
+        name: plan.chain.name,
+        rules: plan.chain.rules.map((rule, i) => ({ rule, packets: BigInt(i), bytes: BigInt(10 * i) })),
+      },
+    ],
+    hookRules: plan.hookRules.map((h, i) => ({
+      chain: h.chain,
+      owner: h.owner,
+      position: i + 1,
+      rule: h.rule,
+      packets: 1n,
+      bytes: 1n,
+    })),
     gate: { gates: ['OUTPUT', 'PREROUTING'], dispatch: ['OUTPUT', 'PREROUTING'] },
   };
   const [r] = compare(new Map([[p.name, p]]), view);
   assert.equal(r.status, 'in-sync', JSON.stringify(r));
   assert.equal(r.affinity, 2, 'the report shows the affinity');
   // affinity hits (rules 0-2) and balancing (rules 3-5) add up per destination
-  assert.deepEqual(r.destinations?.map((d) => d.packets), [0 + 3, 1 + 4, 2 + 5]);
+  assert.deepEqual(
+    r.destinations?.map((d) => d.packets),
+    [0 + 3, 1 + 4, 2 + 5],
+  );
   // a changed timeout is drift
   const other = validateProfile({ ...base, destination: D, affinity: 3 });
   assert.equal(compare(new Map([[p.name, other]]), view)[0].status, 'modified');
@@ -174,7 +215,11 @@ import { compareNft, decodeRuleJson, parseNftJson } from '../../src/nft/view.js'
 const pm = (...ps: Profile[]): Map<string, Profile> => new Map(ps.map((p) => [p.name, p]));
 
 test('nft planner: an affinity profile has per-destination sets and its own rules (hits first, then a cascade recording the choice), no dispatch element, no backends', () => {
-  const p = validateProfile({ ...base, destination: ['127.0.0.1:9001', '127.0.0.1:9002*0', '127.0.0.1:9003*2'], affinity: 2 });
+  const p = validateProfile({
+    ...base,
+    destination: ['127.0.0.1:9001', '127.0.0.1:9002*0', '127.0.0.1:9003*2'],
+    affinity: 2,
+  });
   const plan = planNftProfile(p);
   assert.equal(plan.set, null);
   assert.deepEqual(plan.backends, []);
@@ -183,18 +228,26 @@ test('nft planner: an affinity profile has per-destination sets and its own rule
     { name: 'aff_WEB_127_0_0_1_9003_2', timeout: 2 },
   ]);
   const v = 'ip daddr 127.100.0.10 tcp dport 8081';
-  assert.deepEqual(plan.rules.map((r) => `${r.chain} ${renderNftRule(r.rule)}`), [
-    `output ${v} ip saddr @aff_WEB_127_0_0_1_9001_2 update @aff_WEB_127_0_0_1_9001_2 { ip saddr } counter dnat to 127.0.0.1:9001 comment "iptlb:web"`,
-    `output ${v} ip saddr @aff_WEB_127_0_0_1_9003_2 update @aff_WEB_127_0_0_1_9003_2 { ip saddr } counter dnat to 127.0.0.1:9003 comment "iptlb:web"`,
-    `output ${v} numgen random mod 3 < 1 update @aff_WEB_127_0_0_1_9001_2 { ip saddr } counter dnat to 127.0.0.1:9001 comment "iptlb:web"`,
-    `output ${v} update @aff_WEB_127_0_0_1_9003_2 { ip saddr } counter dnat to 127.0.0.1:9003 comment "iptlb:web"`,
-  ]);
-  const rr = planNftProfile(validateProfile({ ...base, destination: D, scheduler: 'round-robin', affinity: 5, rulesBackend: 'server' }));
-  assert.deepEqual(rr.rules.slice(3).map((r) => renderNftRule(r.rule).replace(/ update.*/, '')), [
-    `${v} fib daddr type local numgen inc mod 3 0`,
-    `${v} fib daddr type local numgen inc mod 2 0`,
-    `${v} fib daddr type local`,
-  ]);
+  assert.deepEqual(
+    plan.rules.map((r) => `${r.chain} ${renderNftRule(r.rule)}`),
+    [
+      `output ${v} ip saddr @aff_WEB_127_0_0_1_9001_2 update @aff_WEB_127_0_0_1_9001_2 { ip saddr } counter dnat to 127.0.0.1:9001 comment "iptlb:web"`,
+      `output ${v} ip saddr @aff_WEB_127_0_0_1_9003_2 update @aff_WEB_127_0_0_1_9003_2 { ip saddr } counter dnat to 127.0.0.1:9003 comment "iptlb:web"`,
+      `output ${v} numgen random mod 3 < 1 update @aff_WEB_127_0_0_1_9001_2 { ip saddr } counter dnat to 127.0.0.1:9001 comment "iptlb:web"`,
+      `output ${v} update @aff_WEB_127_0_0_1_9003_2 { ip saddr } counter dnat to 127.0.0.1:9003 comment "iptlb:web"`,
+    ],
+  );
+  const rr = planNftProfile(
+    validateProfile({ ...base, destination: D, scheduler: 'round-robin', affinity: 5, rulesBackend: 'server' }),
+  );
+  assert.deepEqual(
+    rr.rules.slice(3).map((r) => renderNftRule(r.rule).replace(/ update.*/, '')),
+    [
+      `${v} fib daddr type local numgen inc mod 3 0`,
+      `${v} fib daddr type local numgen inc mod 2 0`,
+      `${v} fib daddr type local`,
+    ],
+  );
 });
 
 test('nft planner: sets are added before the rules that use them and deleted after; a timeout change renames them; the original profiles plan as before', () => {
@@ -205,10 +258,15 @@ test('nft planner: sets are added before the rules that use them and deleted aft
   const text = renderNft(steps[0]);
   const firstRule = text.indexOf('add rule');
   for (const d of [9001, 9002, 9003]) {
-    const at = text.indexOf(`add set ip iptlb aff_WEB_127_0_0_1_${d}_2 { type ipv4_addr; size 65535; flags dynamic,timeout; timeout 2s; }`);
+    const at = text.indexOf(
+      `add set ip iptlb aff_WEB_127_0_0_1_${d}_2 { type ipv4_addr; size 65535; flags dynamic,timeout; timeout 2s; }`,
+    );
     assert.ok(at >= 0 && at < firstRule, text);
   }
-  assert.ok(!/add element ip iptlb (be_tcp|out_tcp_3) \{ 127\.100\.0\.10/.test(text), 'no dispatch element, no backends');
+  assert.ok(
+    !/add element ip iptlb (be_tcp|out_tcp_3) \{ 127\.100\.0\.10/.test(text),
+    'no dispatch element, no backends',
+  );
   // timeout 2 -> 3: new sets, the old ones deleted after the rewrite
   const b = validateProfile({ ...base, destination: D, affinity: 3 });
   const t2 = renderNft(planNftChange(pm(plain, a), pm(plain, b), ['web'])[0]);
@@ -241,10 +299,14 @@ test('nft planner: round-robin to affinity is a two-step move (the round-robin r
 function jsonRule(r: NftRule, packets: number): Record<string, unknown> {
   const a = r as Extract<NftRule, { kind: 'aff' }>;
   const m = (left: unknown, right: unknown, op = '=='): unknown => ({ match: { op, left, right } });
-  const expr: unknown[] = [m({ payload: { protocol: 'ip', field: 'daddr' } }, a.vip.ip), m({ payload: { protocol: a.proto, field: 'dport' } }, a.vip.port)];
+  const expr: unknown[] = [
+    m({ payload: { protocol: 'ip', field: 'daddr' } }, a.vip.ip),
+    m({ payload: { protocol: a.proto, field: 'dport' } }, a.vip.port),
+  ];
   if (a.local) expr.push(m({ fib: { result: 'type', flags: ['daddr'] } }, 'local'));
   if (a.pick.mode === 'hit') expr.push(m({ payload: { protocol: 'ip', field: 'saddr' } }, `@${a.set}`));
-  if (a.pick.mode === 'random') expr.push(m({ numgen: { mode: 'random', mod: a.pick.mod, offset: 0 } }, a.pick.lt, '<'));
+  if (a.pick.mode === 'random')
+    expr.push(m({ numgen: { mode: 'random', mod: a.pick.mod, offset: 0 } }, a.pick.lt, '<'));
   if (a.pick.mode === 'inc') expr.push(m({ numgen: { mode: 'inc', mod: a.pick.mod, offset: 0 } }, 0));
   expr.push({ set: { op: 'update', elem: { payload: { protocol: 'ip', field: 'saddr' } }, set: `@${a.set}` } });
   expr.push({ counter: { packets, bytes: packets * 60 } }, { dnat: { addr: a.to.ip, port: a.to.port } });
@@ -263,8 +325,29 @@ test('nft view: affinity rules and sets decode from nft -j (elements the kernel 
     nftables: [
       { metainfo: { version: '1.0.6' } },
       { table: { family: 'ip', name: 'iptlb', handle: 1 } },
-      ...plan.affinitySets.map((s) => ({ set: { family: 'ip', name: s.name, table: 'iptlb', type: 'ipv4_addr', size: 65535, flags: ['timeout'], timeout: s.timeout, elem: [{ elem: { val: '127.0.0.2', timeout: 2, expires: 1 } }] } })),
-      { chain: { family: 'ip', table: 'iptlb', name: 'prerouting', type: 'nat', hook: 'prerouting', prio: -100, policy: 'accept' } },
+      ...plan.affinitySets.map((s) => ({
+        set: {
+          family: 'ip',
+          name: s.name,
+          table: 'iptlb',
+          type: 'ipv4_addr',
+          size: 65535,
+          flags: ['timeout'],
+          timeout: s.timeout,
+          elem: [{ elem: { val: '127.0.0.2', timeout: 2, expires: 1 } }],
+        },
+      })),
+      {
+        chain: {
+          family: 'ip',
+          table: 'iptlb',
+          name: 'prerouting',
+          type: 'nat',
+          hook: 'prerouting',
+          prio: -100,
+          policy: 'accept',
+        },
+      },
       ...plan.rules.map((r, i) => ({ rule: { ...jsonRule(r.rule, i + 1), chain: 'prerouting' } })),
     ],
   };
@@ -275,13 +358,22 @@ test('nft view: affinity rules and sets decode from nft -j (elements the kernel 
   assert.equal(r.status, 'in-sync', JSON.stringify(r));
   assert.deepEqual(rest, []);
   // hits are rules 1-3, choices 4-6: per destination i, (i + 1) + (i + 4)
-  assert.deepEqual(r.destinations.map((d) => d.packets), [1 + 4, 2 + 5, 3 + 6]);
+  assert.deepEqual(
+    r.destinations.map((d) => d.packets),
+    [1 + 4, 2 + 5, 3 + 6],
+  );
   assert.equal(r.packets, 21);
   assert.equal(r.affinity, 2);
   // a missing set, or another timeout, is drift; a set no profile uses is an orphan
   const noSet = { ...view, affinitySets: view.affinitySets!.slice(1) };
   assert.match(compareNft(pm(p), noSet)[0].detail ?? '', /affinity set aff_WEB_127_0_0_1_9001_2 is missing/);
-  assert.equal(compareNft(pm(validateProfile({ ...base, destination: D, affinity: 3, scheduler: 'round-robin', rulesBackend: 'server' })), view)[0].status, 'modified');
+  assert.equal(
+    compareNft(
+      pm(validateProfile({ ...base, destination: D, affinity: 3, scheduler: 'round-robin', rulesBackend: 'server' })),
+      view,
+    )[0].status,
+    'modified',
+  );
   const extra = { ...view, affinitySets: [...view.affinitySets!, { name: 'aff_OLD_127_0_0_1_1_9', timeout: 9 }] };
   assert.ok(compareNft(pm(p), extra).some((x) => x.status === 'orphaned' && /aff_OLD/.test(x.detail ?? '')));
 });

@@ -11,7 +11,10 @@ class FakeExecutor implements LegacyExecutor {
   readonly kind = 'spawn' as const;
   readonly engine = 'legacy' as const;
   txs: Transaction[] = [];
-  constructor(private readonly refuse: (tx: Transaction) => boolean = () => false, private readonly delayMs = 5) {}
+  constructor(
+    private readonly refuse: (tx: Transaction) => boolean = () => false,
+    private readonly delayMs = 5,
+  ) {}
   async commit(tx: Transaction) {
     await new Promise((r) => setTimeout(r, this.delayMs));
     if (this.refuse(tx)) throw new IptlbError('EKERNEL', 'iptables-restore: line 3 failed');
@@ -27,7 +30,11 @@ class FakeExecutor implements LegacyExecutor {
 }
 
 const stateFile = (): string => path.join(mkdtempSync(path.join(tmpdir(), 'iptlb-batch-')), 'state.db');
-const prof = (name: string, port: number, dest = 9000) => ({ name, source: `127.100.0.1:${port}`, destination: [`127.0.0.1:${dest}`] });
+const prof = (name: string, port: number, dest = 9000) => ({
+  name,
+  source: `127.100.0.1:${port}`,
+  destination: [`127.0.0.1:${dest}`],
+});
 
 test('concurrent calls coalesce into few commits; the last call per profile wins; each call settles alone', async () => {
   const ex = new FakeExecutor();
@@ -41,12 +48,20 @@ test('concurrent calls coalesce into few commits; the last call per profile wins
   calls.push(lb.delete('missing'));
   const settled = await Promise.allSettled(calls);
   assert.equal(settled.filter((s) => s.status === 'fulfilled').length, 100);
-  const rejected = settled.filter((s): s is PromiseRejectedResult => s.status === 'rejected').map((s) => (s.reason as IptlbError).code);
+  const rejected = settled
+    .filter((s): s is PromiseRejectedResult => s.status === 'rejected')
+    .map((s) => (s.reason as IptlbError).code);
   assert.deepEqual(rejected.sort(), ['ECONFLICT', 'ENOTFOUND']);
   assert.ok(ex.txs.length <= 3, `${ex.txs.length} commits for 100 calls`);
-  assert.equal(events.reduce((a, b) => a + b, 0), 100);
+  assert.equal(
+    events.reduce((a, b) => a + b, 0),
+    100,
+  );
   const list = await lb.list();
-  assert.deepEqual(list.map((p) => p.destination[0]), Array.from({ length: 10 }, (_, i) => `127.0.0.1:${9090 + i}`));
+  assert.deepEqual(
+    list.map((p) => p.destination[0]),
+    Array.from({ length: 10 }, (_, i) => `127.0.0.1:${9090 + i}`),
+  );
   assert.match(readFileSync(file, 'utf8'), /p9:\n  destination:\n  - 127\.0\.0\.1:9099\n/);
   await lb.close();
 });
@@ -64,18 +79,32 @@ test('a batch the kernel refuses is bisected: only the culprit fails, the others
   const file = stateFile();
   const lb = await open({ stateFile: file }, ex);
   await lb.apply(prof('first', 3000)); // occupies the queue so the rest coalesce
-  const calls = [lb.apply(prof('a', 3001)), lb.apply(prof('poison', 3002)), lb.apply(prof('b', 3003)), lb.apply(prof('c', 3004))];
+  const calls = [
+    lb.apply(prof('a', 3001)),
+    lb.apply(prof('poison', 3002)),
+    lb.apply(prof('b', 3003)),
+    lb.apply(prof('c', 3004)),
+  ];
   const settled = await Promise.allSettled(calls);
-  assert.deepEqual(settled.map((s) => s.status), ['fulfilled', 'rejected', 'fulfilled', 'fulfilled']);
+  assert.deepEqual(
+    settled.map((s) => s.status),
+    ['fulfilled', 'rejected', 'fulfilled', 'fulfilled'],
+  );
   assert.equal(((settled[1] as PromiseRejectedResult).reason as IptlbError).code, 'EKERNEL');
-  assert.deepEqual((await lb.list()).map((p) => p.name), ['a', 'b', 'c', 'first']);
+  assert.deepEqual(
+    (await lb.list()).map((p) => p.name),
+    ['a', 'b', 'c', 'first'],
+  );
   await lb.close();
 });
 
 test('validation errors reject synchronously-checked calls without reaching the queue', async () => {
   const ex = new FakeExecutor();
   const lb = await open({ stateFile: stateFile() }, ex);
-  await assert.rejects(lb.apply({ name: 'x', source: '1.2.3.4:0', destination: ['127.0.0.1:1'] }), (e: IptlbError) => e.code === 'EINVAL_PROFILE' && e.field === 'source');
+  await assert.rejects(
+    lb.apply({ name: 'x', source: '1.2.3.4:0', destination: ['127.0.0.1:1'] }),
+    (e: IptlbError) => e.code === 'EINVAL_PROFILE' && e.field === 'source',
+  );
   await assert.rejects(lb.delete('bad name'), (e: IptlbError) => e.field === 'name');
   assert.equal(ex.txs.length, 0);
   await lb.close();
@@ -90,7 +119,10 @@ test('stateFile: false keeps profiles in memory: no file, same semantics', async
   await lb.apply(prof('a', 4001, 9999));
   await assert.rejects(lb.apply(prof('c', 4002)), (e: IptlbError) => e.code === 'ECONFLICT');
   await lb.delete('b');
-  assert.deepEqual((await lb.list()).map((p) => [p.name, p.destination[0]]), [['a', '127.0.0.1:9999']]);
+  assert.deepEqual(
+    (await lb.list()).map((p) => [p.name, p.destination[0]]),
+    [['a', '127.0.0.1:9999']],
+  );
   assert.equal(ex.txs.length, 3);
   await lb.close();
 });
@@ -101,7 +133,11 @@ test('a coalesced batch accepts and refuses exactly what the calls one at a time
   const names = ['a', 'A', 'b', 'c-d', 'c_d', 'e'];
   const op = fc.oneof(
     fc
-      .uniqueArray(fc.record({ name: fc.constantFrom(...names), port: fc.integer({ min: 5000, max: 5003 }) }), { minLength: 1, maxLength: 3, selector: (x) => x.name })
+      .uniqueArray(fc.record({ name: fc.constantFrom(...names), port: fc.integer({ min: 5000, max: 5003 }) }), {
+        minLength: 1,
+        maxLength: 3,
+        selector: (x) => x.name,
+      })
       .map((ps): Call => ({ kind: 'apply', profiles: ps.map((x) => prof(x.name, x.port)) })),
     fc.constantFrom(...names).map((n): Call => ({ kind: 'delete', names: [n] })),
   );
@@ -127,9 +163,13 @@ test('a coalesced batch accepts and refuses exactly what the calls one at a time
         }
       });
       const lb = await open({ stateFile: false }, new FakeExecutor(undefined, 0));
-      const settled = await Promise.allSettled(calls.map((c) => (c.kind === 'apply' ? lb.apply(c.profiles) : lb.delete(c.names))));
+      const settled = await Promise.allSettled(
+        calls.map((c) => (c.kind === 'apply' ? lb.apply(c.profiles) : lb.delete(c.names))),
+      );
       const got = settled.map((s) =>
-        s.status === 'fulfilled' ? 'ok' : `${(s.reason as IptlbError).code} ${(s.reason as IptlbError).code === 'ECONFLICT' ? (s.reason as IptlbError).message : ''}`,
+        s.status === 'fulfilled'
+          ? 'ok'
+          : `${(s.reason as IptlbError).code} ${(s.reason as IptlbError).code === 'ECONFLICT' ? (s.reason as IptlbError).message : ''}`,
       );
       assert.deepEqual(got, expected);
       assert.deepEqual(
@@ -147,7 +187,9 @@ test('drift: status() and the periodic check emit the reports that are not in sy
   const lb = await open({ stateFile: stateFile(), driftCheckMs: 20 }, ex); // the fake kernel never holds anything
   await lb.apply(prof('web', 80));
   const alive = setTimeout(() => {}, 5000); // the check's timer is unref'd: keep this test's loop alive
-  const seen = new Promise<string[]>((resolve) => lb.once('drift', (reports) => resolve(reports.map((r) => `${r.name}:${r.status}`))));
+  const seen = new Promise<string[]>((resolve) =>
+    lb.once('drift', (reports) => resolve(reports.map((r) => `${r.name}:${r.status}`))),
+  );
   assert.deepEqual(await seen, ['web:missing']);
   clearTimeout(alive);
   let viaStatus: string[] = [];

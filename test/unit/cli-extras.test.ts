@@ -17,7 +17,23 @@ async function run(argv: string[]): Promise<{ code: number; out: string; err: st
   return { code, out: out.join('\n'), err: err.join('\n') };
 }
 
-const COMMANDS = ['apply', 'delete', 'list', 'show', 'plan', 'status', 'top', 'sync', 'watch', 'migrate', 'agent', 'fleet', 'doctor', 'demo', 'completion'];
+const COMMANDS = [
+  'apply',
+  'delete',
+  'list',
+  'show',
+  'plan',
+  'status',
+  'top',
+  'sync',
+  'watch',
+  'migrate',
+  'agent',
+  'fleet',
+  'doctor',
+  'demo',
+  'completion',
+];
 
 test('a bare iptlb prints the help, as --help does, and exits 0', async () => {
   const bare = await run([]);
@@ -30,7 +46,7 @@ test('a bare iptlb prints the help, as --help does, and exits 0', async () => {
   for (const c of COMMANDS) assert.match(bare.out, new RegExp(`^  ${c}\\b`, 'm'), c);
 });
 
-test('completion bash: every command, and each command\'s flags', async () => {
+test("completion bash: every command, and each command's flags", async () => {
   const r = await run(['completion', 'bash']);
   assert.equal(r.code, 0, r.err);
   assert.match(r.out, /^complete -F _iptlb iptlb$/m);
@@ -56,7 +72,10 @@ test('completion and demo refuse bad input by field, exit 2, nothing run', async
 test('the man page (dist/iptlb.1, made by npm run build) holds the help of every command', async () => {
   const man = readFileSync(path.join(PROJECT_ROOT, 'dist', 'iptlb.1'), 'utf8');
   assert.match(man, /^\.TH IPTLB 1 /);
-  assert.deepEqual([...man.matchAll(/^\.SS (\S+)$/gm)].map((m) => m[1]), COMMANDS);
+  assert.deepEqual(
+    [...man.matchAll(/^\.SS (\S+)$/gm)].map((m) => m[1]),
+    COMMANDS,
+  );
   // Verbatim help text (dashes escaped for roff).
   const doctorHelp = (await run(['doctor', '--help'])).out.split('\n')[0]!;
   assert.ok(man.includes(doctorHelp.replace(/-/g, '\\-')), doctorHelp);

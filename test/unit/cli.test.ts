@@ -3,7 +3,13 @@ import assert from 'node:assert/strict';
 import { normalizeArgv, main } from '../../src/cli.js';
 
 test('Go-style flags: one or two dashes, =value or a space, booleans with =true/=false (last wins)', () => {
-  assert.deepEqual(normalizeArgv(['-src-addr=1.2.3.4:5', '--dest-addr', 'x', '-run', '-reset=true']), ['--src-addr=1.2.3.4:5', '--dest-addr', 'x', '--run', '--reset']);
+  assert.deepEqual(normalizeArgv(['-src-addr=1.2.3.4:5', '--dest-addr', 'x', '-run', '-reset=true']), [
+    '--src-addr=1.2.3.4:5',
+    '--dest-addr',
+    'x',
+    '--run',
+    '--reset',
+  ]);
   assert.deepEqual(normalizeArgv(['-run', '-run=false']), []);
   assert.deepEqual(normalizeArgv(['-run=false', '-run']), ['--run']);
   assert.deepEqual(normalizeArgv(['list', '-q', '--', '-run']), ['list', '-q', '--', '-run']);
@@ -20,7 +26,21 @@ async function cli(args: string[]): Promise<{ code: number; out: string; err: st
 test('usage errors exit 2 with one line; help exits 0 and lists the original flags and subcommands', async () => {
   const help = await cli(['--help']);
   assert.equal(help.code, 0);
-  for (const word of ['--src-addr', '--dest-addr', '--rules-backend', '--use-state', 'apply', 'delete', 'list', 'show', 'plan', 'doctor', 'status', 'sync', 'watch']) {
+  for (const word of [
+    '--src-addr',
+    '--dest-addr',
+    '--rules-backend',
+    '--use-state',
+    'apply',
+    'delete',
+    'list',
+    'show',
+    'plan',
+    'doctor',
+    'status',
+    'sync',
+    'watch',
+  ]) {
     assert.ok(help.out.includes(word), `help mentions ${word}`);
   }
   const bad = await cli(['-bogus']);
@@ -47,10 +67,21 @@ test('the CLI bundle is started with its V8 code cache, which V8 accepts; withou
     const code = `const l = require(${JSON.stringify(loader)}); const fs = require('fs');
       const r = l.compileBundle(${JSON.stringify(bundle)}, ${cache});
       process.stdout.write(JSON.stringify({ rejected: r.script.cachedDataRejected, main: typeof r.exports.main }));`;
-    const r = spawnSync(process.execPath, ['-e', code], { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '' } });
+    const r = spawnSync(process.execPath, ['-e', code], {
+      encoding: 'utf8',
+      env: { ...process.env, NODE_OPTIONS: '' },
+    });
     assert.equal(r.status, 0, r.stderr);
     return JSON.parse(r.stdout);
   };
-  assert.deepEqual(probe(`fs.readFileSync(${JSON.stringify(bundle + '.cache')})`), { rejected: false, main: 'function' }, 'npm run build writes a cache this Node accepts');
-  assert.deepEqual(probe(`Buffer.from('not a code cache')`), { rejected: true, main: 'function' }, 'a rejected cache only costs the compile');
+  assert.deepEqual(
+    probe(`fs.readFileSync(${JSON.stringify(bundle + '.cache')})`),
+    { rejected: false, main: 'function' },
+    'npm run build writes a cache this Node accepts',
+  );
+  assert.deepEqual(
+    probe(`Buffer.from('not a code cache')`),
+    { rejected: true, main: 'function' },
+    'a rejected cache only costs the compile',
+  );
 });

@@ -1,4 +1,7 @@
-/** src/conntrack.ts without a kernel: which flows a change leaves stale, and the log lines of both ways of deleting them. */
+/**
+ * src/conntrack.ts without a kernel: which flows a change leaves stale, and the log lines of both ways of deleting
+ * them.
+ */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ConntrackJanitor, flushStaleFlows, staleFlows, type StaleFlows, type StalePair } from '../../src/conntrack.js';
@@ -15,14 +18,20 @@ const p = (over: Partial<Profile> = {}): Profile => ({
   logLevel: '4',
   ...over,
 });
-const flow = (destination: string, protocol: StaleFlows['protocol'] = 'udp'): StaleFlows => ({ protocol, source: '127.100.0.10:5353', destination });
+const flow = (destination: string, protocol: StaleFlows['protocol'] = 'udp'): StaleFlows => ({
+  protocol,
+  source: '127.100.0.10:5353',
+  destination,
+});
 
 test('staleFlows: the destinations a reset drops, every one on delete, every one when the address or protocol changes; tcp too', () => {
   assert.deepEqual(staleFlows(p(), p({ destination: ['127.0.0.1:9002', '127.0.0.1:9003'] })), [flow('127.0.0.1:9001')]);
   assert.deepEqual(staleFlows(p(), undefined), [flow('127.0.0.1:9001'), flow('127.0.0.1:9002')]);
   assert.deepEqual(staleFlows(p(), p({ source: '127.100.0.11:5353' })).length, 2);
   assert.deepEqual(staleFlows(p(), p({ protocol: 'tcp' })).length, 2);
-  assert.deepEqual(staleFlows(p({ protocol: 'tcp' }), p({ protocol: 'tcp', destination: ['127.0.0.1:9002'] })), [flow('127.0.0.1:9001', 'tcp')]);
+  assert.deepEqual(staleFlows(p({ protocol: 'tcp' }), p({ protocol: 'tcp', destination: ['127.0.0.1:9002'] })), [
+    flow('127.0.0.1:9001', 'tcp'),
+  ]);
   assert.deepEqual(staleFlows(p(), p()), []);
 });
 
@@ -39,8 +48,21 @@ function fakeAddon(counts: { deleted: number; kept: number }[]) {
 }
 
 test('native: one call for all flows; a line per flow that had entries, established tcp reported as left', async () => {
-  const { calls, addon } = fakeAddon([{ deleted: 3, kept: 0 }, { deleted: 0, kept: 0 }, { deleted: 1, kept: 2 }, { deleted: 0, kept: 4 }]);
-  const lines = await flushStaleFlows([flow('127.0.0.1:9001'), flow('127.0.0.1:9002', 'sctp'), flow('127.0.0.1:9003', 'tcp'), flow('127.0.0.1:9004', 'tcp')], { addon });
+  const { calls, addon } = fakeAddon([
+    { deleted: 3, kept: 0 },
+    { deleted: 0, kept: 0 },
+    { deleted: 1, kept: 2 },
+    { deleted: 0, kept: 4 },
+  ]);
+  const lines = await flushStaleFlows(
+    [
+      flow('127.0.0.1:9001'),
+      flow('127.0.0.1:9002', 'sctp'),
+      flow('127.0.0.1:9003', 'tcp'),
+      flow('127.0.0.1:9004', 'tcp'),
+    ],
+    { addon },
+  );
   assert.deepEqual(calls, [
     [
       { protocol: 'udp', vip: { ip: '127.100.0.10', port: 5353 }, destination: { ip: '127.0.0.1', port: 9001 } },
@@ -59,24 +81,46 @@ test('native: one call for all flows; a line per flow that had entries, establis
 test('native: a refusal is one line per flow with the code and message', async () => {
   const addon = {
     async conntrackFlush(): Promise<never> {
-      throw Object.assign(new Error('dumping the conntrack table: Operation not permitted (permission denied: … CAP_NET_ADMIN …)'), { code: 'EPERM' });
+      throw Object.assign(
+        new Error('dumping the conntrack table: Operation not permitted (permission denied: … CAP_NET_ADMIN …)'),
+        { code: 'EPERM' },
+      );
     },
   };
   const lines = await flushStaleFlows([flow('127.0.0.1:9001'), flow('127.0.0.1:9002')], { addon });
   assert.equal(lines.length, 2);
-  assert.match(lines[0], /^conntrack: could not remove flows of 127\.100\.0\.10:5353\/udp to 127\.0\.0\.1:9001: EPERM: dumping the conntrack table: .*CAP_NET_ADMIN/);
+  assert.match(
+    lines[0],
+    /^conntrack: could not remove flows of 127\.100\.0\.10:5353\/udp to 127\.0\.0\.1:9001: EPERM: dumping the conntrack table: .*CAP_NET_ADMIN/,
+  );
 });
 
 test('spawn: conntrack -D per flow; tcp only SYN_SENT (unanswered); failures said', async () => {
   const runs: string[][] = [];
   const run = async (args: string[]) => {
     runs.push(args);
-    if (args.includes('9009')) return { code: 1, out: 'conntrack v1.4.7 (conntrack-tools): Operation failed: invalid parameters' };
+    if (args.includes('9009'))
+      return { code: 1, out: 'conntrack v1.4.7 (conntrack-tools): Operation failed: invalid parameters' };
     const n = args.includes('SYN_SENT') ? 2 : args.includes('SYN_RECV') ? 1 : args.includes('9002') ? 0 : 5;
     return { code: n ? 0 : 1, out: `conntrack v1.4.7 (conntrack-tools): ${n} flow entries have been deleted.` };
   };
-  const lines = await flushStaleFlows([flow('127.0.0.1:9001'), flow('127.0.0.1:9002'), flow('127.0.0.1:9003', 'tcp'), flow('127.0.0.1:9009')], { run });
-  const base = (port: string, proto = 'udp') => ['-D', '-p', proto, '--orig-dst', '127.100.0.10', '--orig-port-dst', '5353', '--reply-src', '127.0.0.1', '--reply-port-src', port];
+  const lines = await flushStaleFlows(
+    [flow('127.0.0.1:9001'), flow('127.0.0.1:9002'), flow('127.0.0.1:9003', 'tcp'), flow('127.0.0.1:9009')],
+    { run },
+  );
+  const base = (port: string, proto = 'udp') => [
+    '-D',
+    '-p',
+    proto,
+    '--orig-dst',
+    '127.100.0.10',
+    '--orig-port-dst',
+    '5353',
+    '--reply-src',
+    '127.0.0.1',
+    '--reply-port-src',
+    port,
+  ];
   assert.deepEqual(runs, [base('9001'), base('9002'), [...base('9003', 'tcp'), '--state', 'SYN_SENT'], base('9009')]);
   assert.deepEqual(lines, [
     'conntrack: removed 5 flow(s) of 127.100.0.10:5353/udp to 127.0.0.1:9001',
@@ -85,22 +129,48 @@ test('spawn: conntrack -D per flow; tcp only SYN_SENT (unanswered); failures sai
   ]);
 });
 
-// Validated, as every profile the core hands to staleFlows is: any spelling of an IPv6 address becomes its canonical text.
-const p6 = (over: Partial<Profile> = {}): Profile => validateProfile(p({ source: '[2001:db8::10]:5353', destination: ['[2001:db8::1]:9001', '[::1]:9002'], ...over }));
-const flow6 = (destination: string, protocol: StaleFlows['protocol'] = 'udp'): StaleFlows => ({ protocol, source: '[2001:db8::10]:5353', destination });
+// Validated, as every profile the core hands to staleFlows is: any spelling of an IPv6 address becomes its canonical
+// text.
+const p6 = (over: Partial<Profile> = {}): Profile =>
+  validateProfile(p({ source: '[2001:db8::10]:5353', destination: ['[2001:db8::1]:9001', '[::1]:9002'], ...over }));
+const flow6 = (destination: string, protocol: StaleFlows['protocol'] = 'udp'): StaleFlows => ({
+  protocol,
+  source: '[2001:db8::10]:5353',
+  destination,
+});
 
 test('staleFlows, IPv6: the destinations a change drops; validated profiles compare by address, not by spelling', () => {
-  assert.deepEqual(staleFlows(p6(), p6({ destination: ['[::1]:9002', '[2001:db8::3]:9001'] })), [flow6('[2001:db8::1]:9001')]);
+  assert.deepEqual(staleFlows(p6(), p6({ destination: ['[::1]:9002', '[2001:db8::3]:9001'] })), [
+    flow6('[2001:db8::1]:9001'),
+  ]);
   assert.deepEqual(staleFlows(p6(), undefined), [flow6('[2001:db8::1]:9001'), flow6('[::1]:9002')]);
-  assert.deepEqual(staleFlows(p6(), p6({ destination: ['[2001:DB8:0:0::1]:9001', '[0:0::1]:9002'] })), [], 'the same endpoints, written otherwise');
-  assert.deepEqual(staleFlows(p6(), p6({ source: '[2001:0db8::10]:5353' })), [], 'the same virtual address, written otherwise');
+  assert.deepEqual(
+    staleFlows(p6(), p6({ destination: ['[2001:DB8:0:0::1]:9001', '[0:0::1]:9002'] })),
+    [],
+    'the same endpoints, written otherwise',
+  );
+  assert.deepEqual(
+    staleFlows(p6(), p6({ source: '[2001:0db8::10]:5353' })),
+    [],
+    'the same virtual address, written otherwise',
+  );
   assert.deepEqual(staleFlows(p6(), p6({ source: '[2001:db8::11]:5353' })).length, 2);
-  assert.deepEqual(staleFlows(p6(), p6({ destination: ['[2001:db8::1]:9002'] })), [flow6('[2001:db8::1]:9001'), flow6('[::1]:9002')], 'another port of the address');
-  assert.deepEqual(staleFlows(p6({ protocol: 'tcp' }), p6({ protocol: 'tcp', destination: ['[::1]:9002'] })), [flow6('[2001:db8::1]:9001', 'tcp')]);
+  assert.deepEqual(
+    staleFlows(p6(), p6({ destination: ['[2001:db8::1]:9002'] })),
+    [flow6('[2001:db8::1]:9001'), flow6('[::1]:9002')],
+    'another port of the address',
+  );
+  assert.deepEqual(staleFlows(p6({ protocol: 'tcp' }), p6({ protocol: 'tcp', destination: ['[::1]:9002'] })), [
+    flow6('[2001:db8::1]:9001', 'tcp'),
+  ]);
 });
 
 test('native, IPv6: addresses without brackets, in one call with IPv4 flows; flows the addon could not match (two families, unparseable) are not sent', async () => {
-  const { calls, addon } = fakeAddon([{ deleted: 2, kept: 0 }, { deleted: 1, kept: 1 }, { deleted: 1, kept: 0 }]);
+  const { calls, addon } = fakeAddon([
+    { deleted: 2, kept: 0 },
+    { deleted: 1, kept: 1 },
+    { deleted: 1, kept: 0 },
+  ]);
   const lines = await flushStaleFlows(
     [
       flow6('[2001:db8::1]:9001'),
@@ -111,8 +181,16 @@ test('native, IPv6: addresses without brackets, in one call with IPv4 flows; flo
     ],
     { addon },
   );
-  const spec = (protocol: string, vip: string, ip: string, port: number) => ({ protocol, vip: { ip: vip, port: 5353 }, destination: { ip, port } });
-  const asked = [spec('udp', '2001:db8::10', '2001:db8::1', 9001), spec('tcp', '2001:db8::10', '2001:db8::1', 9003), spec('udp', '127.100.0.10', '127.0.0.1', 9001)];
+  const spec = (protocol: string, vip: string, ip: string, port: number) => ({
+    protocol,
+    vip: { ip: vip, port: 5353 },
+    destination: { ip, port },
+  });
+  const asked = [
+    spec('udp', '2001:db8::10', '2001:db8::1', 9001),
+    spec('tcp', '2001:db8::10', '2001:db8::1', 9003),
+    spec('udp', '127.100.0.10', '127.0.0.1', 9001),
+  ];
   assert.deepEqual(calls, [asked]);
   assert.deepEqual(lines, [
     'conntrack: removed 2 flow(s) of [2001:db8::10]:5353/udp to [2001:db8::1]:9001',
@@ -125,14 +203,46 @@ test('spawn, IPv6: conntrack -D -f ipv6 with the addresses without brackets; tcp
   const runs: string[][] = [];
   const run = async (args: string[]) => {
     runs.push(args);
-    return { code: 0, out: `conntrack v1.4.7 (conntrack-tools): ${args.includes('tcp') ? 1 : 3} flow entries have been deleted.` };
+    return {
+      code: 0,
+      out: `conntrack v1.4.7 (conntrack-tools): ${args.includes('tcp') ? 1 : 3} flow entries have been deleted.`,
+    };
   };
-  const lines = await flushStaleFlows([flow6('[2001:db8::1]:9001'), flow6('[::1]:9002', 'tcp'), flow6('127.0.0.1:9001'), flow('127.0.0.1:9001', 'sctp')], { run });
-  const args6 = (proto: string, dst: string, port: string) => ['-D', '-f', 'ipv6', '-p', proto, '--orig-dst', '2001:db8::10', '--orig-port-dst', '5353', '--reply-src', dst, '--reply-port-src', port];
+  const lines = await flushStaleFlows(
+    [flow6('[2001:db8::1]:9001'), flow6('[::1]:9002', 'tcp'), flow6('127.0.0.1:9001'), flow('127.0.0.1:9001', 'sctp')],
+    { run },
+  );
+  const args6 = (proto: string, dst: string, port: string) => [
+    '-D',
+    '-f',
+    'ipv6',
+    '-p',
+    proto,
+    '--orig-dst',
+    '2001:db8::10',
+    '--orig-port-dst',
+    '5353',
+    '--reply-src',
+    dst,
+    '--reply-port-src',
+    port,
+  ];
   assert.deepEqual(runs, [
     args6('udp', '2001:db8::1', '9001'),
     [...args6('tcp', '::1', '9002'), '--state', 'SYN_SENT'],
-    ['-D', '-p', 'sctp', '--orig-dst', '127.100.0.10', '--orig-port-dst', '5353', '--reply-src', '127.0.0.1', '--reply-port-src', '9001'],
+    [
+      '-D',
+      '-p',
+      'sctp',
+      '--orig-dst',
+      '127.100.0.10',
+      '--orig-port-dst',
+      '5353',
+      '--reply-src',
+      '127.0.0.1',
+      '--reply-port-src',
+      '9001',
+    ],
   ]);
   assert.deepEqual(lines, [
     'conntrack: removed 3 flow(s) of [2001:db8::10]:5353/udp to [2001:db8::1]:9001',
@@ -145,9 +255,14 @@ test('nothing to do: no lines, no calls', async () => {
   assert.deepEqual(await flushStaleFlows([], { native: true }), []);
 });
 
-const pair = (destination: string, over: Partial<StalePair> = {}): StalePair => ({ ...flow(destination), profile: 'dns', native: true, ...over });
+const pair = (destination: string, over: Partial<StalePair> = {}): StalePair => ({
+  ...flow(destination),
+  profile: 'dns',
+  native: true,
+  ...over,
+});
 
-test('janitor: off the caller\'s path; at most one flush at a time; pairs that arrive meanwhile go into one next flush, each pair once', async () => {
+test("janitor: off the caller's path; at most one flush at a time; pairs that arrive meanwhile go into one next flush, each pair once", async () => {
   const calls: { flows: StaleFlows[]; native: boolean }[] = [];
   let running = 0;
   let maxRunning = 0;
@@ -177,7 +292,11 @@ test('janitor: off the caller\'s path; at most one flush at a time; pairs that a
   gates.shift()!();
   await new Promise((r) => setImmediate(r));
   assert.equal(calls.length, 2);
-  assert.deepEqual(calls[1].flows.map((f) => f.destination), ['127.0.0.1:9002', '127.0.0.1:9003'], 'one call for both');
+  assert.deepEqual(
+    calls[1].flows.map((f) => f.destination),
+    ['127.0.0.1:9002', '127.0.0.1:9003'],
+    'one call for both',
+  );
   assert.equal(idle, false, 'idle waits for the running flush');
   gates.shift()!();
   await done;
@@ -186,7 +305,7 @@ test('janitor: off the caller\'s path; at most one flush at a time; pairs that a
   assert.deepEqual(j.stats, { flushes: 2, pairs: 3, dropped: 0 });
 });
 
-test('janitor: a pair whose destination the address\'s current profile has again is dropped (by name, or by address after a rename); an unknown profile flushes', async () => {
+test("janitor: a pair whose destination the address's current profile has again is dropped (by name, or by address after a rename); an unknown profile flushes", async () => {
   const calls: StaleFlows[][] = [];
   const j = new ConntrackJanitor({
     log: () => {},
@@ -203,14 +322,19 @@ test('janitor: a pair whose destination the address\'s current profile has again
   j.add([
     pair('127.0.0.1:9001'), // re-added to dns: dropped
     pair('127.0.0.1:9004'), // still gone: flushed
-    { ...pair('127.0.0.1:9002'), source: '127.100.0.11:80', protocol: 'tcp', profile: 'web' }, // web renamed web2, which has it: dropped
+    // web renamed web2, which has it: dropped
+    { ...pair('127.0.0.1:9002'), source: '127.100.0.11:80', protocol: 'tcp', profile: 'web' },
     { ...pair('127.0.0.1:9003'), source: '127.100.0.12:80', profile: 'gone' }, // no profile at that address: flushed
     { ...pair('127.0.0.1:9005'), protocol: 'tcp' }, // tcp, while dns is udp: flushed
   ]);
   await j.idle();
   assert.deepEqual(
     calls.flat().map((f) => `${f.protocol} ${f.source} ${f.destination}`),
-    ['udp 127.100.0.10:5353 127.0.0.1:9004', 'udp 127.100.0.12:80 127.0.0.1:9003', 'tcp 127.100.0.10:5353 127.0.0.1:9005'],
+    [
+      'udp 127.100.0.10:5353 127.0.0.1:9004',
+      'udp 127.100.0.12:80 127.0.0.1:9003',
+      'tcp 127.100.0.10:5353 127.0.0.1:9005',
+    ],
   );
   assert.equal(j.stats.dropped, 2);
 });

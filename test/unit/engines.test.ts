@@ -33,11 +33,15 @@ function fakes(): { legacy: FakeLegacyKernel; nft: FakeNftKernel } {
 /** A core over both fakes, on engine `engine`, with a state file in a fresh directory. */
 function coreOn(engine: EngineName, kernels = fakes(), lines: string[] = []) {
   const s = tmpState();
-  const core = new Core({ stateFile: s.file, engine, log: (l) => lines.push(l) }, kernels as unknown as Record<EngineName, Executor>);
+  const core = new Core(
+    { stateFile: s.file, engine, log: (l) => lines.push(l) },
+    kernels as unknown as Record<EngineName, Executor>,
+  );
   return { core, kernels, lines, done: s.done, file: s.file };
 }
 
-const apply = (core: Core, ...inputs: ProfileInput[]) => core.transact((state) => upsertChange(state, inputs), { run: true });
+const apply = (core: Core, ...inputs: ProfileInput[]) =>
+  core.transact((state) => upsertChange(state, inputs), { run: true });
 const statuses = async (core: Core) => Object.fromEntries((await core.status()).map((r) => [r.name, r.status]));
 
 for (const engine of ['legacy', 'nft'] as const) {
@@ -52,11 +56,15 @@ for (const engine of ['legacy', 'nft'] as const) {
           const t = kernels.legacy.tables.get('ipv4')!;
           t.hooks.OUTPUT = t.hooks.OUTPUT.filter((r) => r.owner !== 'web2');
           t.chains.delete('IPTLB_NAT_WEB2');
-          t.hooks.OUTPUT.push({ owner: 'ghost', rule: { matches: [{ name: 'comment', comment: 'iptlb:ghost' }], target: { name: 'RETURN' } } });
+          t.hooks.OUTPUT.push({
+            owner: 'ghost',
+            rule: { matches: [{ name: 'comment', comment: 'iptlb:ghost' }], target: { name: 'RETURN' } },
+          });
         } else {
           const t = kernels.nft.tables.get('ip')!;
           t.sets.get('out_tcp_3')!.delete('127.100.0.12 . 80');
-          for (const k of t.maps.get('be_tcp')!.keys()) if (k.startsWith('127.100.0.12 . 80 .')) t.maps.get('be_tcp')!.delete(k);
+          for (const k of t.maps.get('be_tcp')!.keys())
+            if (k.startsWith('127.100.0.12 . 80 .')) t.maps.get('be_tcp')!.delete(k);
           t.sets.get('out_tcp_3')!.add('127.100.0.99 . 80');
         }
         const drifted = await statuses(core);
@@ -66,7 +74,11 @@ for (const engine of ['legacy', 'nft'] as const) {
         const commits = engine === 'legacy' ? kernels.legacy.commits.length : kernels.nft.commits.length;
         const r = await core.sync();
         assert.equal(r.committed, true);
-        assert.equal((engine === 'legacy' ? kernels.legacy.commits.length : kernels.nft.commits.length) - commits, 1, 'one transaction');
+        assert.equal(
+          (engine === 'legacy' ? kernels.legacy.commits.length : kernels.nft.commits.length) - commits,
+          1,
+          'one transaction',
+        );
         assert.deepEqual(await statuses(core), { web1: 'in-sync', web2: 'in-sync', web3: 'in-sync' });
         const again = await core.sync();
         assert.equal(again.committed, false);
@@ -80,12 +92,26 @@ for (const engine of ['legacy', 'nft'] as const) {
       const { core, kernels, done, file } = coreOn(engine);
       try {
         await apply(core, web(1));
-        const before = JSON.stringify([...(engine === 'legacy' ? kernels.legacy.tables : kernels.nft.tables)].map(([k, v]) => [k, [...Object.entries(v)].map(([a, b]) => [a, b instanceof Map ? [...b] : b])]));
+        const before = JSON.stringify(
+          [...(engine === 'legacy' ? kernels.legacy.tables : kernels.nft.tables)].map(([k, v]) => [
+            k,
+            [...Object.entries(v)].map(([a, b]) => [a, b instanceof Map ? [...b] : b]),
+          ]),
+        );
         const k = engine === 'legacy' ? kernels.legacy : kernels.nft;
-        (k as FakeLegacyKernel).fail = (tx: { family: string }) => (tx.family === 'ipv6' || tx.family === 'ip6' ? kernelError(22, 'refused') : undefined);
-        await assert.rejects(apply(core, web(1, 2), { name: 'v6', source: '[2001:db8::10]:80', destination: ['[2001:db8::1]:9001'] }), /refused/);
+        (k as FakeLegacyKernel).fail = (tx: { family: string }) =>
+          tx.family === 'ipv6' || tx.family === 'ip6' ? kernelError(22, 'refused') : undefined;
+        await assert.rejects(
+          apply(core, web(1, 2), { name: 'v6', source: '[2001:db8::10]:80', destination: ['[2001:db8::1]:9001'] }),
+          /refused/,
+        );
         (k as FakeLegacyKernel).fail = undefined;
-        const after = JSON.stringify([...(engine === 'legacy' ? kernels.legacy.tables : kernels.nft.tables)].map(([key, v]) => [key, [...Object.entries(v)].map(([a, b]) => [a, b instanceof Map ? [...b] : b])]));
+        const after = JSON.stringify(
+          [...(engine === 'legacy' ? kernels.legacy.tables : kernels.nft.tables)].map(([key, v]) => [
+            key,
+            [...Object.entries(v)].map(([a, b]) => [a, b instanceof Map ? [...b] : b]),
+          ]),
+        );
         // The legacy fake keeps rules in order; the nft one keeps elements in sets: compare by status too.
         assert.deepEqual(await statuses(core), { web1: 'in-sync' });
         if (engine === 'legacy') assert.equal(after, before, 'the nat table is exactly as before');
@@ -104,12 +130,19 @@ for (const engine of ['legacy', 'nft'] as const) {
           const planned = await core.plan((state) => upsertChange(state, change));
           const n = k.commits.length;
           await apply(core, ...change);
-          assert.deepEqual(k.commits.slice(n), planned.plans.flatMap((p) => p.steps), JSON.stringify(change));
+          assert.deepEqual(
+            k.commits.slice(n),
+            planned.plans.flatMap((p) => p.steps),
+            JSON.stringify(change),
+          );
         }
         const planned = await core.plan((state) => deleteChange(state, ['web1']));
         const n = k.commits.length;
         await core.transact((state) => deleteChange(state, ['web1']), { run: true });
-        assert.deepEqual(k.commits.slice(n), planned.plans.flatMap((p) => p.steps));
+        assert.deepEqual(
+          k.commits.slice(n),
+          planned.plans.flatMap((p) => p.steps),
+        );
       } finally {
         done();
       }
@@ -123,19 +156,29 @@ test('nft: a table someone deleted is replaced whole by the next change, with ev
     await apply(core, web(1), web(2));
     kernels.nft.tables.delete('ip');
     await apply(core, web(3));
-    assert.ok(lines.some((l) => /table ip iptlb is not as the state says .*replacing it with all 3 profile\(s\)/.test(l)), lines.join('\n'));
+    assert.ok(
+      lines.some((l) => /table ip iptlb is not as the state says .*replacing it with all 3 profile\(s\)/.test(l)),
+      lines.join('\n'),
+    );
     assert.deepEqual(await statuses(core), { web1: 'in-sync', web2: 'in-sync', web3: 'in-sync' });
   } finally {
     done();
   }
 });
 
-for (const [from, to] of [['legacy', 'nft'], ['nft', 'legacy']] as const) {
+for (const [from, to] of [
+  ['legacy', 'nft'],
+  ['nft', 'legacy'],
+] as const) {
   test(`migrate ${from} → ${to}: everything installed in ${to} first, then ${from} emptied; status in sync on ${to}`, async () => {
     const kernels = fakes();
     const a = coreOn(from, kernels);
     try {
-      await apply(a.core, web(1), web(2, 2), { name: 'v6', source: '[2001:db8::10]:80', destination: ['[2001:db8::1]:9001'] });
+      await apply(a.core, web(1), web(2, 2), {
+        name: 'v6',
+        source: '[2001:db8::10]:80',
+        destination: ['[2001:db8::1]:9001'],
+      });
       const journal: string[] = [];
       kernels.legacy.journal = journal;
       kernels.nft.journal = journal;
@@ -143,11 +186,19 @@ for (const [from, to] of [['legacy', 'nft'], ['nft', 'legacy']] as const) {
       assert.equal(r.moved, 3);
       assert.equal(r.removedFrom, true);
       // Both families installed in the target before anything is removed from the source.
-      assert.deepEqual(journal.map((j) => j.split(' ')[0]), [to, to, from, from], journal.join(', '));
+      assert.deepEqual(
+        journal.map((j) => j.split(' ')[0]),
+        [to, to, from, from],
+        journal.join(', '),
+      );
       const b = new Core({ stateFile: a.file, engine: to }, kernels as unknown as Record<EngineName, Executor>);
       assert.deepEqual(await statuses(b), { web1: 'in-sync', web2: 'in-sync', v6: 'in-sync' });
       const source = new Core({ stateFile: a.file, engine: from }, kernels as unknown as Record<EngineName, Executor>);
-      assert.deepEqual(await statuses(source), { web1: 'missing', web2: 'missing', v6: 'missing' }, `${from} holds nothing`);
+      assert.deepEqual(
+        await statuses(source),
+        { web1: 'missing', web2: 'missing', v6: 'missing' },
+        `${from} holds nothing`,
+      );
     } finally {
       a.done();
     }
@@ -163,14 +214,23 @@ test('group commit: a batch the kernel refuses is split until the culprit is alo
     const lb = await open({ stateFile: false }, (engine === 'legacy' ? kernels.legacy : kernels.nft) as Executor);
     const inputs = Array.from({ length: 8 }, (_, i) => web(i, 2, i === 5 ? '127.100.0.66:80' : undefined));
     const results = await Promise.allSettled(inputs.map((p) => lb.apply(p)));
-    assert.deepEqual(results.map((r) => r.status), inputs.map((_, i) => (i === 5 ? 'rejected' : 'fulfilled')), engine);
+    assert.deepEqual(
+      results.map((r) => r.status),
+      inputs.map((_, i) => (i === 5 ? 'rejected' : 'fulfilled')),
+      engine,
+    );
     assert.match(String((results[5] as PromiseRejectedResult).reason), /refused/);
     const names = (await lb.list()).map((p) => p.name).sort();
     assert.deepEqual(names, ['web0', 'web1', 'web2', 'web3', 'web4', 'web6', 'web7']);
     // The kernel holds exactly the profiles that landed.
     const held = new Core({ stateFile: false, engine }, kernels as unknown as Record<EngineName, Executor>);
     const view = JSON.stringify(await held.readKernel(), (_k, v) => (typeof v === 'bigint' ? Number(v) : v));
-    for (const p of inputs) assert.equal(view.includes(validateProfile(p).source.split(':')[0]), p.source !== '127.100.0.66:80', `${engine}: ${p.name}`);
+    for (const p of inputs)
+      assert.equal(
+        view.includes(validateProfile(p).source.split(':')[0]),
+        p.source !== '127.100.0.66:80',
+        `${engine}: ${p.name}`,
+      );
     await lb.close();
   }
 });

@@ -7,6 +7,9 @@ test('agent metrics: applied revision, owned and refused profiles, one watch sta
   assert.match(text, /^iptlb_agent_applied_revision 42$/m);
   assert.match(text, /^iptlb_agent_profiles 3$/m);
   assert.match(text, /^iptlb_agent_refused_profiles 1$/m);
-  assert.deepEqual(text.match(/^iptlb_agent_watch_state\{state="(\w+)"\} 1$/gm), ['iptlb_agent_watch_state{state="watching"} 1']);
-  for (const family of ['applied_revision', 'profiles', 'refused_profiles', 'watch_state']) assert.match(text, new RegExp(`^# TYPE iptlb_agent_${family} gauge$`, 'm'));
+  assert.deepEqual(text.match(/^iptlb_agent_watch_state\{state="(\w+)"\} 1$/gm), [
+    'iptlb_agent_watch_state{state="watching"} 1',
+  ]);
+  for (const family of ['applied_revision', 'profiles', 'refused_profiles', 'watch_state'])
+    assert.match(text, new RegExp(`^# TYPE iptlb_agent_${family} gauge$`, 'm'));
 });

@@ -19,8 +19,13 @@ import { FakeStore } from '../harness/fake-store.js';
 import type { NftTransaction } from '../../src/nft/ops.js';
 
 const P = '/iptlb/v1/';
-const prof = (name: string, port: number, dest = 9000): Record<string, unknown> => ({ name, source: `127.100.0.1:${port}`, destination: [`127.0.0.1:${dest}`, `127.0.0.1:${dest + 1}`] });
-const putProf = (s: FakeStore, name: string, port: number, dest = 9000): number => s.put(profileKey(P, name), JSON.stringify(prof(name, port, dest)));
+const prof = (name: string, port: number, dest = 9000): Record<string, unknown> => ({
+  name,
+  source: `127.100.0.1:${port}`,
+  destination: [`127.0.0.1:${dest}`, `127.0.0.1:${dest + 1}`],
+});
+const putProf = (s: FakeStore, name: string, port: number, dest = 9000): number =>
+  s.put(profileKey(P, name), JSON.stringify(prof(name, port, dest)));
 const stateFile = (): string => path.join(mkdtempSync(path.join(tmpdir(), 'iptlb-fleet-')), 'agent.db');
 
 /** Polls `cond` (the agent works on microtasks and short timers); fails after `ms`. */
@@ -33,13 +38,28 @@ async function until(cond: () => boolean | Promise<boolean>, what: string, ms = 
 }
 
 function makeAgent(store: FakeStore, kernel: FakeNftKernel, file: string, extra: Partial<AgentOptions> = {}): Agent {
-  return new Agent({ etcd: store, host: 'h1', executorInstance: kernel, stateFile: file, minSyncMs: 0, checkMs: 20, syncMs: 0, backoffMs: 5, backoffMaxMs: 40, keepConntrack: true, ...extra });
+  return new Agent({
+    etcd: store,
+    host: 'h1',
+    executorInstance: kernel,
+    stateFile: file,
+    minSyncMs: 0,
+    checkMs: 20,
+    syncMs: 0,
+    backoffMs: 5,
+    backoffMaxMs: 40,
+    keepConntrack: true,
+    ...extra,
+  });
 }
 
 /** The profiles in the kernel that are in sync, by name. */
 async function inKernel(a: Agent | Core): Promise<string[]> {
   const core = a instanceof Agent ? a.core : a;
-  return (await core.status()).filter((r) => r.status === 'in-sync').map((r) => r.name).sort();
+  return (await core.status())
+    .filter((r) => r.status === 'in-sync')
+    .map((r) => r.name)
+    .sort();
 }
 const ipCommits = (k: FakeNftKernel): NftTransaction[] => k.commits.filter((c) => c.family === 'ip');
 
@@ -51,9 +71,16 @@ describe('fleet: decide (pure)', () => {
       ['b', validateProfile(prof('b', 2))],
       ['gone', validateProfile(prof('gone', 3))],
     ]);
-    const stored = new Map([['a', v('a', 1)], ['b', v('b', 2, 9100)], ['c', v('c', 4)]]);
+    const stored = new Map([
+      ['a', v('a', 1)],
+      ['b', v('b', 2, 9100)],
+      ['c', v('c', 4)],
+    ]);
     const { change, refused } = decide(stored, owned);
-    assert.deepEqual(change.upsert.map((p) => p.name), ['b', 'c']);
+    assert.deepEqual(
+      change.upsert.map((p) => p.name),
+      ['b', 'c'],
+    );
     assert.deepEqual(change.remove, ['gone']);
     assert.deepEqual(refused, []);
   });
@@ -68,16 +95,31 @@ describe('fleet: decide (pure)', () => {
       ['j', parseStored('j', '{not json')],
     ]);
     const { change, refused } = decide(stored, owned);
-    assert.deepEqual(change.upsert.map((p) => p.name), ['x']);
+    assert.deepEqual(
+      change.upsert.map((p) => p.name),
+      ['x'],
+    );
     assert.deepEqual(change.remove, []);
-    assert.deepEqual(refused.map((r) => [r.name, r.code]), [['a', 'EINVAL_PROFILE'], ['j', 'EINVAL_PROFILE'], ['m', 'EINVAL_PROFILE'], ['y', 'ECONFLICT'], ['z', 'ECONFLICT']]);
+    assert.deepEqual(
+      refused.map((r) => [r.name, r.code]),
+      [
+        ['a', 'EINVAL_PROFILE'],
+        ['j', 'EINVAL_PROFILE'],
+        ['m', 'EINVAL_PROFILE'],
+        ['y', 'ECONFLICT'],
+        ['z', 'ECONFLICT'],
+      ],
+    );
     assert.match(refused.find((r) => r.name === 'm')!.message, /does not match its key/);
     assert.match(refused.find((r) => r.name === 'a')!.message, /^source:/);
   });
   test('prefixEnd and endpoints', () => {
     assert.equal(prefixEnd('/iptlb/v1/profiles/'), '/iptlb/v1/profiles0');
     assert.deepEqual(parseEndpoints('http://a:2379, unix:///run/e:1'), ['http://a:2379', 'unix:///run/e:1']);
-    assert.throws(() => parseEndpoints(''), (e: IptlbError) => e.code === 'EUSAGE' && e.field === 'etcd');
+    assert.throws(
+      () => parseEndpoints(''),
+      (e: IptlbError) => e.code === 'EUSAGE' && e.field === 'etcd',
+    );
     assert.throws(() => parseEndpoints('ftp://x'), /not an endpoint/);
   });
 });
@@ -118,7 +160,10 @@ describe('fleet: agent against a fake store and the fake nft kernel', () => {
     await until(async () => (await inKernel(a)).includes('web'), 'web applied');
     await until(() => a.status().revision >= r1, 'revision advanced');
     const host = JSON.parse(store.leased.get(`${P}hosts/h1`) ?? 'null') as HostStatus | null;
-    await until(() => (JSON.parse(store.leased.get(`${P}hosts/h1`) ?? '{}') as HostStatus).revision >= r1, 'host key written');
+    await until(
+      () => (JSON.parse(store.leased.get(`${P}hosts/h1`) ?? '{}') as HostStatus).revision >= r1,
+      'host key written',
+    );
     assert.ok(host === null || host.host === 'h1');
     const before = ipCommits(kernel).length;
     for (let i = 0; i < 40; i++) putProf(store, `b${i}`, 3000 + i);
@@ -151,13 +196,25 @@ describe('fleet: agent against a fake store and the fake nft kernel', () => {
     putProf(store, 'fine', 4);
     await until(async () => (await inKernel(a)).includes('fine'), 'fine applied');
     await until(() => a.status().refused.length === 2, 'two refused');
-    assert.deepEqual(a.status().refused.map((r) => [r.name, r.code]), [['bad', 'EINVAL_PROFILE'], ['old', 'EINVAL_PROFILE']]);
-    assert.deepEqual(await inKernel(a), ['fine', 'good', 'old'], "old keeps its previous rules");
-    await until(() => ((JSON.parse(store.leased.get(`${P}hosts/h1`) ?? '{}') as HostStatus).refused ?? []).length === 2, 'refusals in the host key');
+    assert.deepEqual(
+      a.status().refused.map((r) => [r.name, r.code]),
+      [
+        ['bad', 'EINVAL_PROFILE'],
+        ['old', 'EINVAL_PROFILE'],
+      ],
+    );
+    assert.deepEqual(await inKernel(a), ['fine', 'good', 'old'], 'old keeps its previous rules');
+    await until(
+      () => ((JSON.parse(store.leased.get(`${P}hosts/h1`) ?? '{}') as HostStatus).refused ?? []).length === 2,
+      'refusals in the host key',
+    );
     const rf = store.put(profileKey(P, 'bad'), JSON.stringify(prof('bad', 3)));
     await until(() => a.status().revision >= rf, 'fix applied');
     assert.ok((await inKernel(a)).includes('bad'), 'bad fixed and applied');
-    assert.deepEqual(a.status().refused.map((r) => r.name), ['old']);
+    assert.deepEqual(
+      a.status().refused.map((r) => r.name),
+      ['old'],
+    );
     await a.stop();
   });
 
@@ -264,7 +321,12 @@ describe('fleet: agent against a fake store and the fake nft kernel', () => {
     await a.ready;
     await until(() => handlers !== undefined, 'watch created');
     const L = store.rev;
-    const ev = (name: string, port: number, rev: number) => ({ type: 'put' as const, key: profileKey(P, name), value: JSON.stringify(prof(name, port)), modRevision: rev });
+    const ev = (name: string, port: number, rev: number) => ({
+      type: 'put' as const,
+      key: profileKey(P, name),
+      value: JSON.stringify(prof(name, port)),
+      modRevision: rev,
+    });
     handlers!.events([ev('x', 2, L + 1)], L + 5);
     handlers!.events([ev('y', 3, L + 3)], L + 5);
     handlers!.events([ev('x', 2, L + 1)], L + 5); // a duplicate is ignored
@@ -322,9 +384,18 @@ describe('fleet: agent against a fake store and the fake nft kernel', () => {
 
   test('bad options are one-line EUSAGE errors naming the field', () => {
     const store = new FakeStore();
-    assert.throws(() => new Agent({ etcd: store, host: 'bad host' }), (e: IptlbError) => e.code === 'EUSAGE' && e.field === 'host');
-    assert.throws(() => new Agent({ etcd: store, host: 'h', prefix: 'iptlb' }), (e: IptlbError) => e.field === 'prefix');
-    assert.throws(() => new Agent({ etcd: store, host: 'h', minSyncMs: -1 }), (e: IptlbError) => e.field === 'minSyncMs');
+    assert.throws(
+      () => new Agent({ etcd: store, host: 'bad host' }),
+      (e: IptlbError) => e.code === 'EUSAGE' && e.field === 'host',
+    );
+    assert.throws(
+      () => new Agent({ etcd: store, host: 'h', prefix: 'iptlb' }),
+      (e: IptlbError) => e.field === 'prefix',
+    );
+    assert.throws(
+      () => new Agent({ etcd: store, host: 'h', minSyncMs: -1 }),
+      (e: IptlbError) => e.field === 'minSyncMs',
+    );
   });
 });
 
@@ -333,15 +404,27 @@ describe('fleet: operators side against the fake store', () => {
     const store = new FakeStore();
     const r = await fleetApply(store, P, [prof('a', 1), prof('b', 2)] as never);
     assert.equal(r.revision, store.rev, 'both in one transaction (one revision)');
-    await assert.rejects(fleetApply(store, P, [prof('c', 1)] as never), (e: IptlbError) => e.code === 'ECONFLICT' && e.field === 'source');
-    await assert.rejects(fleetApply(store, P, [{ name: 'x', source: 'nope', destination: [] }] as never), (e: IptlbError) => e.code === 'EINVAL_PROFILE' && e.field === 'source');
-    await assert.rejects(fleetApply(store, P, Array.from({ length: 129 }, (_, i) => prof(`q${i}`, 100 + i)) as never), (e: IptlbError) => e.code === 'EUSAGE' && /128/.test(e.message));
+    await assert.rejects(
+      fleetApply(store, P, [prof('c', 1)] as never),
+      (e: IptlbError) => e.code === 'ECONFLICT' && e.field === 'source',
+    );
+    await assert.rejects(
+      fleetApply(store, P, [{ name: 'x', source: 'nope', destination: [] }] as never),
+      (e: IptlbError) => e.code === 'EINVAL_PROFILE' && e.field === 'source',
+    );
+    await assert.rejects(
+      fleetApply(store, P, Array.from({ length: 129 }, (_, i) => prof(`q${i}`, 100 + i)) as never),
+      (e: IptlbError) => e.code === 'EUSAGE' && /128/.test(e.message),
+    );
     await assert.rejects(fleetDelete(store, P, ['nope']), (e: IptlbError) => e.code === 'ENOTFOUND');
     const rev = store.rev;
     const d = await fleetDelete(store, P, ['a']);
     assert.equal(d.revision, rev + 1);
     const l = await fleetList(store, P);
-    assert.deepEqual(l.profiles.map((p) => p.name), ['b']);
+    assert.deepEqual(
+      l.profiles.map((p) => p.name),
+      ['b'],
+    );
     // status: a missing host is unknown; a host behind the target is lagging.
     store.leased.clear();
     const fs = await fleetStatus(store, P, { revision: d.revision, expect: ['h1'] });
@@ -353,10 +436,19 @@ describe('fleet: operators side against the fake store', () => {
     await a.ready;
     // The fake's leased keys are not in its key space: copy the host key there, as etcd would have it.
     await until(() => store.leased.has(`${P}hosts/h1`), 'host key');
-    await until(() => (JSON.parse(store.leased.get(`${P}hosts/h1`)!) as HostStatus).revision >= d.revision, 'host key at the revision');
+    await until(
+      () => (JSON.parse(store.leased.get(`${P}hosts/h1`)!) as HostStatus).revision >= d.revision,
+      'host key at the revision',
+    );
     store.put(`${P}hosts/h1`, store.leased.get(`${P}hosts/h1`)!);
     const ok = await fleetStatus(store, P, { revision: d.revision, expect: ['h1', 'h2'] });
-    assert.deepEqual(ok.hosts.map((h) => [h.host, h.converged]), [['h1', true], ['h2', false]]);
+    assert.deepEqual(
+      ok.hosts.map((h) => [h.host, h.converged]),
+      [
+        ['h1', true],
+        ['h2', false],
+      ],
+    );
     assert.equal(ok.converged, false, 'h2 is unknown');
     const only = await fleetStatus(store, P, { revision: d.revision });
     assert.equal(only.converged, true);
@@ -384,7 +476,18 @@ describe('fleet: CLI bad input (no etcd needed: refused before any call)', () =>
       r = await run('agent', '--etcd', 'unix:///nonexistent/e:1', '--prefix', 'nope');
       assert.equal(r.code, 2);
       assert.match(r.err, /prefix:/);
-      r = await run('fleet', 'apply', '--etcd', 'unix:///nonexistent/e:1', '--profile', 'a', '--src-addr', 'nonsense', '--dest-addr', '127.0.0.1:1');
+      r = await run(
+        'fleet',
+        'apply',
+        '--etcd',
+        'unix:///nonexistent/e:1',
+        '--profile',
+        'a',
+        '--src-addr',
+        'nonsense',
+        '--dest-addr',
+        '127.0.0.1:1',
+      );
       assert.equal(r.code, 2);
       assert.match(r.err, /^iptlb: error: source:/m);
       assert.doesNotMatch(r.err, /is required/, 'the profile flags reached fleet apply');

@@ -1,4 +1,6 @@
-/** Property-based tests: no input makes validation, the planner or the state parser throw anything but the typed error. */
+/**
+ * Property-based tests: no input makes validation, the planner or the state parser throw anything but the typed error.
+ */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
@@ -72,8 +74,26 @@ test('validateProfile: any input yields a profile or a typed one-line EINVAL_PRO
     fc.property(
       fc.record(
         {
-          name: wild, source: fc.oneof(wild, endpoint), destination: fc.oneof(wild, fc.array(fc.oneof(endpoint, wild, fc.tuple(endpoint, fc.integer({ min: -1, max: 1002 })).map(([e, w]) => `${e}*${w}`)))),
-          protocol: wild, rulesBackend: wild, logEnabled: wild, logLevel: wild, masquerade: wild, weights: fc.oneof(wild, fc.dictionary(fc.oneof(endpoint, fc.string()), wild)), scheduler: wild, affinity: wild,
+          name: wild,
+          source: fc.oneof(wild, endpoint),
+          destination: fc.oneof(
+            wild,
+            fc.array(
+              fc.oneof(
+                endpoint,
+                wild,
+                fc.tuple(endpoint, fc.integer({ min: -1, max: 1002 })).map(([e, w]) => `${e}*${w}`),
+              ),
+            ),
+          ),
+          protocol: wild,
+          rulesBackend: wild,
+          logEnabled: wild,
+          logLevel: wild,
+          masquerade: wild,
+          weights: fc.oneof(wild, fc.dictionary(fc.oneof(endpoint, fc.string()), wild)),
+          scheduler: wild,
+          affinity: wild,
         },
         { requiredKeys: [] },
       ),
@@ -81,7 +101,10 @@ test('validateProfile: any input yields a profile or a typed one-line EINVAL_PRO
     ),
     { numRuns: RUNS * 4 },
   );
-  fc.assert(fc.property(wild, (input) => typedOnly(() => validateProfile(input), ['EINVAL_PROFILE'])), { numRuns: RUNS });
+  fc.assert(
+    fc.property(wild, (input) => typedOnly(() => validateProfile(input), ['EINVAL_PROFILE'])),
+    { numRuns: RUNS },
+  );
 });
 
 test('valid profiles: validation is idempotent, every planned rule renders and parses back to itself', () => {
@@ -104,24 +127,62 @@ test('valid profiles: validation is idempotent, every planned rule renders and p
 
 test('state file: serialize → parse is the identity on valid sets; any text parses or fails with ESTATE', async () => {
   await fc.assert(
-    fc.asyncProperty(fc.uniqueArray(validProfile, { minLength: 0, maxLength: 8, selector: (p) => p.name.toUpperCase().replace(/-/g, '_') }), async (inputs) => {
-      const seen = new Set<string>();
-      const profiles: Profile[] = [];
-      for (const i of inputs) {
-        const p = validateProfile(i);
-        if (seen.has(`${p.source}/${p.protocol}`)) continue;
-        seen.add(`${p.source}/${p.protocol}`);
-        profiles.push(p);
-      }
-      checkSet(profiles);
-      const text = serializeState(profiles);
-      const back = await parseState(text);
-      assert.deepEqual([...back.values()].sort((a, b) => (a.name < b.name ? -1 : 1)), [...profiles].sort((a, b) => (a.name < b.name ? -1 : 1)));
-      assert.equal(serializeState(back.values()), text);
-    }),
+    fc.asyncProperty(
+      fc.uniqueArray(validProfile, {
+        minLength: 0,
+        maxLength: 8,
+        selector: (p) => p.name.toUpperCase().replace(/-/g, '_'),
+      }),
+      async (inputs) => {
+        const seen = new Set<string>();
+        const profiles: Profile[] = [];
+        for (const i of inputs) {
+          const p = validateProfile(i);
+          if (seen.has(`${p.source}/${p.protocol}`)) continue;
+          seen.add(`${p.source}/${p.protocol}`);
+          profiles.push(p);
+        }
+        checkSet(profiles);
+        const text = serializeState(profiles);
+        const back = await parseState(text);
+        assert.deepEqual(
+          [...back.values()].sort((a, b) => (a.name < b.name ? -1 : 1)),
+          [...profiles].sort((a, b) => (a.name < b.name ? -1 : 1)),
+        );
+        assert.equal(serializeState(back.values()), text);
+      },
+    ),
     { numRuns: RUNS / 2 },
   );
-  const yamlish = fc.array(fc.oneof(fc.constantFrom('a:', '  destination:', '  - 1.2.3.4:5', '  logLevel: "4"', '  logLevel: 4', '  source: 1.2.3.4:80', '&x', '*x', '- ', '{', '}', '[', ']', '"', "'", '  ', '\t', ': ', '#'), fc.string()), { maxLength: 20 }).map((a) => a.join('\n'));
+  const yamlish = fc
+    .array(
+      fc.oneof(
+        fc.constantFrom(
+          'a:',
+          '  destination:',
+          '  - 1.2.3.4:5',
+          '  logLevel: "4"',
+          '  logLevel: 4',
+          '  source: 1.2.3.4:80',
+          '&x',
+          '*x',
+          '- ',
+          '{',
+          '}',
+          '[',
+          ']',
+          '"',
+          "'",
+          '  ',
+          '\t',
+          ': ',
+          '#',
+        ),
+        fc.string(),
+      ),
+      { maxLength: 20 },
+    )
+    .map((a) => a.join('\n'));
   await fc.assert(
     fc.asyncProperty(fc.oneof(yamlish, fc.string(), fc.fullUnicodeString()), async (text) => {
       try {

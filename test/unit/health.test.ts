@@ -5,7 +5,15 @@
  */
 import { test, mock, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { IptlbError, parseState, serializeState, validateProfile, type KernelView, type LegacyExecutor, type Transaction } from '../../src/index.js';
+import {
+  IptlbError,
+  parseState,
+  serializeState,
+  validateProfile,
+  type KernelView,
+  type LegacyExecutor,
+  type Transaction,
+} from '../../src/index.js';
 import { Core } from '../../src/lb.js';
 import { HealthChecker, coreHost } from '../../src/health/checker.js';
 import { effectiveProfile } from '../../src/health/effective.js';
@@ -75,7 +83,12 @@ async function setup(t: TestContext, profiles: object[], opts: { random?: () => 
   ex.txs.length = 0;
   const probes = new Probes();
   const log: string[] = [];
-  const checker = new HealthChecker(coreHost(core), { probe: probes.probe, random: opts.random ?? (() => 0.5), log: (l) => log.push(l), restoreOnStop: true });
+  const checker = new HealthChecker(coreHost(core), {
+    probe: probes.probe,
+    random: opts.random ?? (() => 0.5),
+    log: (l) => log.push(l),
+    restoreOnStop: true,
+  });
   const events: string[] = [];
   checker.on('health', (e) => events.push(`${e.profile} ${e.destination} ${e.previous}->${e.state}`));
   await checker.start();
@@ -83,9 +96,14 @@ async function setup(t: TestContext, profiles: object[], opts: { random?: () => 
 }
 
 test('fall failures drain a destination in one commit; rise successes bring it back; the configured profile never changes', async (t) => {
-  const { ex, core, probes, checker, log, events } = await setup(t, [{ name: 'web', source: '127.100.0.10:80', destination: D, health }]);
+  const { ex, core, probes, checker, log, events } = await setup(t, [
+    { name: 'web', source: '127.100.0.10:80', destination: D, health },
+  ]);
   await advance(100);
-  assert.deepEqual(checker.states().map((s) => s.state), ['up', 'up', 'up']);
+  assert.deepEqual(
+    checker.states().map((s) => s.state),
+    ['up', 'up', 'up'],
+  );
   assert.equal(ex.txs.length, 0, 'unchecked -> up changes nothing in the kernel');
   probes.outcome.set(D[1], false);
   // Two failures: still up.
@@ -97,7 +115,10 @@ test('fall failures drain a destination in one commit; rise successes bring it b
   assert.equal(ex.txs.length, 1, 'one commit for the drain');
   assert.deepEqual(dnats(ex.txs[0], 'web'), [D[0], D[2]]);
   assert.ok(checker.states()[1].drained);
-  assert.match(log.join('\n'), /health web 127\.0\.0\.1:9002: down after 3 failed check\(s\), last: ECONNREFUSED \(connect\); drained/);
+  assert.match(
+    log.join('\n'),
+    /health web 127\.0\.0\.1:9002: down after 3 failed check\(s\), last: ECONNREFUSED \(connect\); drained/,
+  );
   assert.equal((await core.readState()).get('web')!.weights, undefined, 'configured weights untouched');
   // Recovery: one success is not enough (rise 2).
   probes.outcome.set(D[1], true);
@@ -107,14 +128,19 @@ test('fall failures drain a destination in one commit; rise successes bring it b
   assert.equal(checker.states()[1].state, 'up');
   assert.equal(ex.txs.length, 2);
   assert.deepEqual(dnats(ex.txs[1], 'web'), D);
-  assert.deepEqual(events.filter((e) => e.includes('9002')), ['web 127.0.0.1:9002 unchecked->up', 'web 127.0.0.1:9002 up->down', 'web 127.0.0.1:9002 down->up']);
+  assert.deepEqual(
+    events.filter((e) => e.includes('9002')),
+    ['web 127.0.0.1:9002 unchecked->up', 'web 127.0.0.1:9002 up->down', 'web 127.0.0.1:9002 down->up'],
+  );
   await checker.stop();
 });
 
 test('a destination that fails from the start goes unchecked -> down after fall failures', async (t) => {
   mock.timers.reset();
   const { ex, probes, checker } = await (async () => {
-    const s = await setup(t, [{ name: 'web', source: '127.100.0.10:80', destination: D, health: { ...health, fall: 2 } }]);
+    const s = await setup(t, [
+      { name: 'web', source: '127.100.0.10:80', destination: D, health: { ...health, fall: 2 } },
+    ]);
     return s;
   })();
   probes.outcome.set(D[0], false);
@@ -138,8 +164,10 @@ test('all destinations down: kept by default (allDown: keep), removed with allDo
   const last = ex.txs.at(-1)!;
   assert.ok(last.owners.includes('drain'), 'drain profile removed');
   assert.equal(dnats(last, 'drain'), null);
-  // (Both failed in the same tick: the keep profile never lost a destination; whenever it is in a transaction, it has all.)
-  for (const x of ex.txs) if (dnats(x, 'keep') !== null) assert.deepEqual(dnats(x, 'keep'), D.slice(0, 2), 'keep profile balances to all');
+  // (Both failed in the same tick: the keep profile never lost a destination; whenever it is in a transaction, it has
+  // all.)
+  for (const x of ex.txs)
+    if (dnats(x, 'keep') !== null) assert.deepEqual(dnats(x, 'keep'), D.slice(0, 2), 'keep profile balances to all');
   assert.match(log.join('\n'), /every destination is down: keeping all of them \(health\.allDown: keep\)/);
   assert.match(log.join('\n'), /every destination is down: profile drained \(health\.allDown: drain\)/);
   // One comes back: drain profile returns with it alone.
@@ -166,9 +194,20 @@ test('at most one probe in flight per destination, however long it hangs', async
 
 test('jitter: first checks spread over the first interval, then one interval ±10 % apart', async (t) => {
   let seed = 42;
-  const random = (): number => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+  const random = (): number => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
   const dests = Array.from({ length: 400 }, (_, i) => `127.0.0.1:${10000 + i}`);
-  const { probes, checker } = await setup(t, [{ name: 'many', source: '127.100.0.10:80', destination: dests, health: { ...health, intervalMs: 1000, timeoutMs: 100 } }], { random });
+  const { probes, checker } = await setup(
+    t,
+    [
+      {
+        name: 'many',
+        source: '127.100.0.10:80',
+        destination: dests,
+        health: { ...health, intervalMs: 1000, timeoutMs: 100 },
+      },
+    ],
+    { random },
+  );
   const t0 = Date.now();
   await advance(3000, 10);
   const first = new Map<string, number>();
@@ -186,18 +225,31 @@ test('jitter: first checks spread over the first interval, then one interval ±1
   assert.ok(Math.max(...buckets) < 80, `first checks bunched: ${buckets}`);
   assert.ok(Math.min(...buckets) > 15, `first checks bunched: ${buckets}`);
   assert.ok(gaps.length > 400);
-  assert.ok(gaps.every((g) => g >= 890 && g <= 1110), `gaps ${Math.min(...gaps)}..${Math.max(...gaps)}`);
+  assert.ok(
+    gaps.every((g) => g >= 890 && g <= 1110),
+    `gaps ${Math.min(...gaps)}..${Math.max(...gaps)}`,
+  );
   assert.ok(new Set(gaps).size > 5, 'gaps vary');
   await checker.stop();
 });
 
 test('transitions of many destinations decided together are one transaction; later ones wait for the commit in flight and go together', async (t) => {
-  const profiles = Array.from({ length: 5 }, (_, i) => ({ name: `p${i}`, source: `127.100.0.${10 + i}:80`, destination: D, health }));
+  const profiles = Array.from({ length: 5 }, (_, i) => ({
+    name: `p${i}`,
+    source: `127.100.0.${10 + i}:80`,
+    destination: D,
+    health,
+  }));
   const { ex, probes, checker } = await setup(t, profiles, { random: () => 0 });
   await advance(20);
   for (const d of D.slice(0, 1)) probes.outcome.set(d, false);
   await advance(300);
-  assert.ok(checker.states().filter((s) => s.destination === D[0]).every((s) => s.state === 'down'));
+  assert.ok(
+    checker
+      .states()
+      .filter((s) => s.destination === D[0])
+      .every((s) => s.state === 'down'),
+  );
   assert.equal(ex.txs.length, 1, `${ex.txs.length} transactions for 5 profiles`);
   for (let i = 0; i < 5; i++) assert.deepEqual(dnats(ex.txs[0], `p${i}`), [D[1], D[2]]);
   // While a commit hangs, more transitions pile up and go in the next one.
@@ -228,15 +280,26 @@ test('stop gives the kernel back the configured weights in one commit', async (t
 });
 
 test('profiles added, changed or deleted while running are followed; a removed check forgets its drains', async (t) => {
-  const { ex, core, probes, checker } = await setup(t, [{ name: 'web', source: '127.100.0.10:80', destination: D, health }]);
+  const { ex, core, probes, checker } = await setup(t, [
+    { name: 'web', source: '127.100.0.10:80', destination: D, health },
+  ]);
   probes.outcome.set(D[0], false);
   await advance(400);
   assert.deepEqual(dnats(ex.txs.at(-1)!, 'web'), D.slice(1));
   // An apply of the same profile keeps the drain (the kernel gets the effective profile).
-  await core.transact(() => ({ upsert: [validateProfile({ name: 'web', source: '127.100.0.10:80', destination: D, health, logEnabled: true })], remove: [] }), { run: true });
+  await core.transact(
+    () => ({
+      upsert: [validateProfile({ name: 'web', source: '127.100.0.10:80', destination: D, health, logEnabled: true })],
+      remove: [],
+    }),
+    { run: true },
+  );
   assert.deepEqual(dnats(ex.txs.at(-1)!, 'web'), D.slice(1));
   // The check removed: the destination is back at once.
-  await core.transact(() => ({ upsert: [validateProfile({ name: 'web', source: '127.100.0.10:80', destination: D })], remove: [] }), { run: true });
+  await core.transact(
+    () => ({ upsert: [validateProfile({ name: 'web', source: '127.100.0.10:80', destination: D })], remove: [] }),
+    { run: true },
+  );
   await advance(1100);
   assert.deepEqual(dnats(ex.txs.at(-1)!, 'web'), D);
   assert.equal(checker.states().length, 0);
@@ -245,11 +308,21 @@ test('profiles added, changed or deleted while running are followed; a removed c
 });
 
 test('effectiveProfile: down destinations at weight 0, configured weight-0 ones ignored, all down per allDown', () => {
-  const p = validateProfile({ name: 'w', source: '127.100.0.10:80', destination: [`${D[0]}*2`, D[1], `${D[2]}*0`], health });
+  const p = validateProfile({
+    name: 'w',
+    source: '127.100.0.10:80',
+    destination: [`${D[0]}*2`, D[1], `${D[2]}*0`],
+    health,
+  });
   assert.deepEqual(effectiveProfile(p, new Set([D[1]]))!.weights, { [D[0]]: 2, [D[1]]: 0, [D[2]]: 0 });
   assert.equal(effectiveProfile(p, new Set([D[2]])), p, 'a configured drain is no change');
   assert.equal(effectiveProfile(p, new Set([D[0], D[1]])), p, 'all down: keep');
-  const d = validateProfile({ name: 'w', source: '127.100.0.10:80', destination: D.slice(0, 2), health: { ...health, allDown: 'drain' } });
+  const d = validateProfile({
+    name: 'w',
+    source: '127.100.0.10:80',
+    destination: D.slice(0, 2),
+    health: { ...health, allDown: 'drain' },
+  });
   assert.equal(effectiveProfile(d, new Set(D.slice(0, 2))), null);
   const none = validateProfile({ name: 'w', source: '127.100.0.10:80', destination: D.slice(0, 2) });
   assert.equal(effectiveProfile(none, new Set([D[0]])), none, 'no check: never changed');
@@ -259,13 +332,40 @@ test('health config: defaults, state file round trip, files without it byte-iden
   const plain = validateProfile({ name: 'web', source: '127.100.0.10:80', destination: D });
   assert.equal(serializeState([plain]).includes('health'), false);
   const h = validateProfile({ name: 'web', source: '127.100.0.10:80', destination: D, health: { kind: 'http' } });
-  assert.deepEqual(h.health, { kind: 'http', intervalMs: 2000, timeoutMs: 1000, rise: 2, fall: 3, path: '/', expect: '200-399' });
+  assert.deepEqual(h.health, {
+    kind: 'http',
+    intervalMs: 2000,
+    timeoutMs: 1000,
+    rise: 2,
+    fall: 3,
+    path: '/',
+    expect: '200-399',
+  });
   const text = serializeState([h]);
-  assert.match(text, /  health:\n    expect: 200-399\n    fall: 3\n    intervalMs: 2000\n    kind: http\n    path: "\/"\n    rise: 2\n    timeoutMs: 1000\n  logEnabled/);
+  assert.match(
+    text,
+    /  health:\n    expect: 200-399\n    fall: 3\n    intervalMs: 2000\n    kind: http\n    path: "\/"\n    rise: 2\n    timeoutMs: 1000\n  logEnabled/,
+  );
   assert.deepEqual((await parseState(text)).get('web'), h);
-  assert.equal(validateProfile({ name: 'web', source: '127.100.0.10:80', destination: D, health: { kind: 'none' } }).health, undefined);
-  const v6 = validateProfile({ name: 'v6', source: '[2001:db8::1]:80', destination: ['[::1]:9001'], health: { address: '0::1', port: '81' } });
-  assert.deepEqual(v6.health, { kind: 'tcp', intervalMs: 2000, timeoutMs: 1000, rise: 2, fall: 3, port: 81, address: '::1' });
+  assert.equal(
+    validateProfile({ name: 'web', source: '127.100.0.10:80', destination: D, health: { kind: 'none' } }).health,
+    undefined,
+  );
+  const v6 = validateProfile({
+    name: 'v6',
+    source: '[2001:db8::1]:80',
+    destination: ['[::1]:9001'],
+    health: { address: '0::1', port: '81' },
+  });
+  assert.deepEqual(v6.health, {
+    kind: 'tcp',
+    intervalMs: 2000,
+    timeoutMs: 1000,
+    rise: 2,
+    fall: 3,
+    port: 81,
+    address: '::1',
+  });
   assert.deepEqual((await parseState(serializeState([v6]))).get('v6'), v6);
   const bad: [object, RegExp][] = [
     [{ kind: 'udp' }, /^health\.kind: "udp" must be tcp, http or none$/],
@@ -283,15 +383,24 @@ test('health config: defaults, state file round trip, files without it byte-iden
     [{ colour: 1 }, /^health\.colour: is not a health field/],
   ];
   for (const [input, re] of bad) {
-    assert.throws(() => validateProfile({ name: 'web', source: '127.100.0.10:80', destination: D, health: input }), (e: IptlbError) => e.code === 'EINVAL_PROFILE' && re.test(e.message) && !e.message.includes('\n') && e.field!.startsWith('health'), JSON.stringify(input));
+    assert.throws(
+      () => validateProfile({ name: 'web', source: '127.100.0.10:80', destination: D, health: input }),
+      (e: IptlbError) =>
+        e.code === 'EINVAL_PROFILE' && re.test(e.message) && !e.message.includes('\n') && e.field!.startsWith('health'),
+      JSON.stringify(input),
+    );
   }
-  await assert.rejects(parseState('web:\n  destination:\n  - 127.0.0.1:9001\n  health: tcp\n  source: 127.100.0.10:80\n'), /health must be a mapping/);
+  await assert.rejects(
+    parseState('web:\n  destination:\n  - 127.0.0.1:9001\n  health: tcp\n  source: 127.100.0.10:80\n'),
+    /health must be a mapping/,
+  );
 });
 
 test('metrics helpers: listen address parsing, commit histogram and sync counters', () => {
   assert.deepEqual(parseListenAddress('127.0.0.1:9469'), { host: '127.0.0.1', port: 9469 });
   assert.deepEqual(parseListenAddress('[::1]:0'), { host: '::1', port: 0 });
-  for (const bad of ['9469', 'host', '127.0.0.1:99999', 'example.com:80']) assert.throws(() => parseListenAddress(bad), /^IptlbError: metrics-address: /);
+  for (const bad of ['9469', 'host', '127.0.0.1:99999', 'example.com:80'])
+    assert.throws(() => parseListenAddress(bad), /^IptlbError: metrics-address: /);
   const s = new ProcessStats();
   s.observeCommit(3);
   s.observeSync({ drifted: 2, committed: true, commitMs: 30 });
@@ -321,11 +430,27 @@ test('real probes: tcp connect and refusal, http status range, timeout (local so
   try {
     await probe({ kind: 'tcp', host: '127.0.0.1', port: tcpPort, timeoutMs: 2000 });
     await tcpClosedPort(tcpPort);
-    await probe({ kind: 'http', host: '127.0.0.1', port: webPort, timeoutMs: 2000, path: '/healthz', expect: '200-399' });
+    await probe({
+      kind: 'http',
+      host: '127.0.0.1',
+      port: webPort,
+      timeoutMs: 2000,
+      path: '/healthz',
+      expect: '200-399',
+    });
     code = 500;
-    await assert.rejects(probe({ kind: 'http', host: '127.0.0.1', port: webPort, timeoutMs: 2000, path: '/healthz', expect: '200-399' }), /^Error: HTTP 500 \(expected 200-399\)$/);
-    await assert.rejects(probe({ kind: 'http', host: '127.0.0.1', port: webPort, timeoutMs: 2000, path: '/other', expect: '200' }), /HTTP 404/);
-    await assert.rejects(probe({ kind: 'http', host: '127.0.0.1', port: silentPort, timeoutMs: 50, path: '/' }), /^Error: no answer within 50 ms$/);
+    await assert.rejects(
+      probe({ kind: 'http', host: '127.0.0.1', port: webPort, timeoutMs: 2000, path: '/healthz', expect: '200-399' }),
+      /^Error: HTTP 500 \(expected 200-399\)$/,
+    );
+    await assert.rejects(
+      probe({ kind: 'http', host: '127.0.0.1', port: webPort, timeoutMs: 2000, path: '/other', expect: '200' }),
+      /HTTP 404/,
+    );
+    await assert.rejects(
+      probe({ kind: 'http', host: '127.0.0.1', port: silentPort, timeoutMs: 50, path: '/' }),
+      /^Error: no answer within 50 ms$/,
+    );
   } finally {
     tcp.close();
     silent.close();
@@ -338,7 +463,10 @@ test('real probes: tcp connect and refusal, http status range, timeout (local so
     const port = (s.address() as { port: number }).port;
     await new Promise((r) => s.close(r));
     assert.notEqual(port, open);
-    await assert.rejects(probe({ kind: 'tcp', host: '127.0.0.1', port, timeoutMs: 2000 }), /^Error: ECONNREFUSED \(connect\)$/);
+    await assert.rejects(
+      probe({ kind: 'tcp', host: '127.0.0.1', port, timeoutMs: 2000 }),
+      /^Error: ECONNREFUSED \(connect\)$/,
+    );
   }
 });
 
@@ -358,9 +486,15 @@ test('open({ health }) attaches a checker: health events, the drain goes through
   const commits: number[] = [];
   lb.on('health', (e) => events.push(`${e.destination} ${e.state}`));
   lb.on('commit', (e) => commits.push(e.calls));
-  await lb.apply({ name: 'web', source: '127.100.0.10:80', destination: [`127.0.0.1:${upPort}`, `127.0.0.1:${gonePort}`], health: { intervalMs: 20, timeoutMs: 20, fall: 2 } });
+  await lb.apply({
+    name: 'web',
+    source: '127.100.0.10:80',
+    destination: [`127.0.0.1:${upPort}`, `127.0.0.1:${gonePort}`],
+    health: { intervalMs: 20, timeoutMs: 20, fall: 2 },
+  });
   const deadline = Date.now() + 10_000;
-  while (!events.includes(`127.0.0.1:${gonePort} down`) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  while (!events.includes(`127.0.0.1:${gonePort} down`) && Date.now() < deadline)
+    await new Promise((r) => setTimeout(r, 10));
   while (ex.txs.length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
   assert.ok(events.includes(`127.0.0.1:${gonePort} down`), events.join());
   assert.deepEqual(dnats(ex.txs[1], 'web'), [`127.0.0.1:${upPort}`]);
@@ -371,7 +505,11 @@ test('open({ health }) attaches a checker: health events, the drain goes through
   assert.equal(d.effectiveWeight, 0);
   assert.equal(d.weight, undefined);
   await lb.close();
-  assert.deepEqual(dnats(ex.txs.at(-1)!, 'web'), [`127.0.0.1:${upPort}`, `127.0.0.1:${gonePort}`], 'close gives back the configured weights');
+  assert.deepEqual(
+    dnats(ex.txs.at(-1)!, 'web'),
+    [`127.0.0.1:${upPort}`, `127.0.0.1:${gonePort}`],
+    'close gives back the configured weights',
+  );
   assert.ok(commits.length >= 3);
   up.close();
 });
@@ -386,11 +524,15 @@ test('an endpoint several profiles share with the same check is probed once per 
   const per = (key: string): number => probes.calls.filter((c) => c.key === key).length;
   // a and b share 9001..9003 (fall differs, the probe does not); c probes port 9999 once per interval.
   assert.ok(per(D[0]) >= 9 && per(D[0]) <= 12, `${per(D[0])} probes of ${D[0]} in 1 s at 100 ms`);
-  assert.ok(per('127.0.0.1:9999') >= 9 && per('127.0.0.1:9999') <= 12, `${per('127.0.0.1:9999')} probes of the check port`);
+  assert.ok(
+    per('127.0.0.1:9999') >= 9 && per('127.0.0.1:9999') <= 12,
+    `${per('127.0.0.1:9999')} probes of the check port`,
+  );
   assert.equal(probes.calls.length, per(D[0]) + per(D[1]) + per(D[2]) + per('127.0.0.1:9999'));
   probes.outcome.set(D[0], false);
   await advance(100);
-  const st = (p: string): string | undefined => checker.states().find((s) => s.profile === p && s.destination === D[0])?.state;
+  const st = (p: string): string | undefined =>
+    checker.states().find((s) => s.profile === p && s.destination === D[0])?.state;
   assert.equal(st('a'), 'down', 'fall 1');
   assert.equal(st('b'), 'up', 'fall 3: not yet');
   await advance(250);
@@ -403,16 +545,26 @@ test('an endpoint several profiles share with the same check is probed once per 
 test('metrics text and /healthz from a core: families, labels escaped, 503 with a JSON reason on drift or a failed sync', async () => {
   const { renderMetrics, healthz, startMetricsServer } = await import('../../src/metrics/server.js');
   let reports: any[] = [
-    { name: 'web', status: 'in-sync', packets: 5, bytes: 300, destinations: [
-      { destination: '127.0.0.1:9001', packets: 3, bytes: 180, health: 'up' },
-      { destination: '127.0.0.1:9002', packets: 2, bytes: 120, weight: 2, effectiveWeight: 0, health: 'down' },
-    ] },
+    {
+      name: 'web',
+      status: 'in-sync',
+      packets: 5,
+      bytes: 300,
+      destinations: [
+        { destination: '127.0.0.1:9001', packets: 3, bytes: 180, health: 'up' },
+        { destination: '127.0.0.1:9002', packets: 2, bytes: 120, weight: 2, effectiveWeight: 0, health: 'down' },
+      ],
+    },
     { name: 'x"y', status: 'orphaned', packets: 0, bytes: 0, destinations: [] },
   ];
   const core = { status: async () => reports } as unknown as Core;
   const stats = new ProcessStats();
   stats.observeSync({ drifted: 0, committed: false, commitMs: 0 });
-  const text = await renderMetrics({ core, stats, extra: () => '# HELP agent_revision r\n# TYPE agent_revision gauge\nagent_revision 7' });
+  const text = await renderMetrics({
+    core,
+    stats,
+    extra: () => '# HELP agent_revision r\n# TYPE agent_revision gauge\nagent_revision 7',
+  });
   assert.match(text, /^iptlb_destination_packets_total\{profile="web",destination="127\.0\.0\.1:9002"\} 2$/m);
   assert.match(text, /^iptlb_destination_weight\{profile="web",destination="127\.0\.0\.1:9002"\} 2$/m);
   assert.match(text, /^iptlb_destination_effective_weight\{profile="web",destination="127\.0\.0\.1:9002"\} 0$/m);
@@ -422,8 +574,13 @@ test('metrics text and /healthz from a core: families, labels escaped, 503 with 
   assert.match(text, /^iptlb_profiles 1$/m);
   assert.match(text, /^iptlb_commit_duration_seconds_bucket\{le="\+Inf"\} 0$/m);
   assert.match(text, /^agent_revision 7\n$/m);
-  for (const line of text.trimEnd().split('\n')) assert.match(line, /^(# (HELP|TYPE) [a-z_]+ .+|[a-z_]+(\{[^}]*\})? -?[0-9.e+-]+)$/, line);
-  assert.deepEqual(await healthz({ core, stats }), { ok: false, reason: 'kernel does not match the state file: 1 profile(s) x"y orphaned', profiles: ['x"y'] });
+  for (const line of text.trimEnd().split('\n'))
+    assert.match(line, /^(# (HELP|TYPE) [a-z_]+ .+|[a-z_]+(\{[^}]*\})? -?[0-9.e+-]+)$/, line);
+  assert.deepEqual(await healthz({ core, stats }), {
+    ok: false,
+    reason: 'kernel does not match the state file: 1 profile(s) x"y orphaned',
+    profiles: ['x"y'],
+  });
   reports = reports.slice(0, 1);
   assert.equal((await healthz({ core, stats })).ok, true);
   stats.observeSync(new Error('EKERNEL: refused'));

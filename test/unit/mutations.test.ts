@@ -28,7 +28,9 @@ test('writeState syncs the new file before it replaces the old one, then the dir
       seen.push(await fsp.readFile(file, 'utf8').catch(() => '<absent>'));
       return real.call(this);
     });
-    await writeState(file, [validateProfile({ name: 'web', source: '127.100.0.10:80', destination: ['127.0.0.1:9001'] })]);
+    await writeState(file, [
+      validateProfile({ name: 'web', source: '127.100.0.10:80', destination: ['127.0.0.1:9001'] }),
+    ]);
     assert.equal(seen.length, 2, 'two syncs: the temporary file, then the directory');
     assert.equal(seen[0], '<absent>', 'the file is synced before the rename');
     assert.match(seen[1], /web:/, 'the directory is synced after the rename');
@@ -52,15 +54,34 @@ test('the restore parser counts only comments `iptlb:<name>` as iptlb rules', ()
       'COMMIT',
     ].join('\n'),
   );
-  assert.deepEqual(view.hookRules.map((h) => [h.owner, h.position]), [['web', 4]]);
-  assert.deepEqual(view.chains.map((c) => c.name), ['IPTLB_NAT_WEB']);
+  assert.deepEqual(
+    view.hookRules.map((h) => [h.owner, h.position]),
+    [['web', 4]],
+  );
+  assert.deepEqual(
+    view.chains.map((c) => c.name),
+    ['IPTLB_NAT_WEB'],
+  );
 });
 
 test('nft affinity: the balancing cascade follows the weights exactly (drained destinations get no rule)', () => {
-  for (const [weights, scheduler] of [[[1, 3, 0, 4], undefined], [[2, 1, 1], undefined], [[1, 2], 'round-robin']] as const) {
+  for (const [weights, scheduler] of [
+    [[1, 3, 0, 4], undefined],
+    [[2, 1, 1], undefined],
+    [[1, 2], 'round-robin'],
+  ] as const) {
     const dests = weights.map((_, i) => `127.0.0.1:${9001 + i}`);
-    const p = validateProfile({ name: 'aff', source: '127.100.0.10:80', destination: dests, weights: Object.fromEntries(dests.map((d, i) => [d, weights[i]])), affinity: 30, scheduler });
-    const picks = planNftProfile(p).rules.map((r) => r.rule).filter((r) => r.kind === 'aff' && r.pick.mode !== 'hit');
+    const p = validateProfile({
+      name: 'aff',
+      source: '127.100.0.10:80',
+      destination: dests,
+      weights: Object.fromEntries(dests.map((d, i) => [d, weights[i]])),
+      affinity: 30,
+      scheduler,
+    });
+    const picks = planNftProfile(p)
+      .rules.map((r) => r.rule)
+      .filter((r) => r.kind === 'aff' && r.pick.mode !== 'hit');
     // The chance each destination is chosen by the cascade: each rule takes its share of what is left.
     const share = new Map<number, number>();
     let left = 1;
@@ -71,6 +92,11 @@ test('nft affinity: the balancing cascade follows the weights exactly (drained d
       left -= left * take;
     }
     const total = weights.reduce<number>((a, b) => a + b, 0);
-    weights.forEach((w, i) => assert.ok(Math.abs((share.get(9001 + i) ?? 0) - w / total) < 1e-9, `${JSON.stringify(weights)} ${scheduler ?? 'random'}: destination ${i} gets ${share.get(9001 + i)}, not ${w / total}`));
+    weights.forEach((w, i) =>
+      assert.ok(
+        Math.abs((share.get(9001 + i) ?? 0) - w / total) < 1e-9,
+        `${JSON.stringify(weights)} ${scheduler ?? 'random'}: destination ${i} gets ${share.get(9001 + i)}, not ${w / total}`,
+      ),
+    );
   }
 });

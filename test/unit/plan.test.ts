@@ -1,11 +1,22 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { planProfile, planTransaction, cascadeProbability } from '../../src/plan.js';
-import { renderRestore, renderRule, parseSave, parseRule, splitWords, canonicalProbability } from '../../src/restore.js';
+import {
+  renderRestore,
+  renderRule,
+  parseSave,
+  parseRule,
+  splitWords,
+  canonicalProbability,
+} from '../../src/restore.js';
 import { validateProfile } from '../../src/profile.js';
 import type { KernelView } from '../../src/types.js';
 
-const web = validateProfile({ name: 'web', source: '127.100.0.10:8081', destination: ['127.0.0.1:9001', '127.0.0.1:9002', '127.0.0.1:9003'] });
+const web = validateProfile({
+  name: 'web',
+  source: '127.100.0.10:8081',
+  destination: ['127.0.0.1:9001', '127.0.0.1:9002', '127.0.0.1:9003'],
+});
 const empty: KernelView = { chains: [], hookRules: [] };
 
 test('probabilities: 1/(n-i) with 10 decimals, distinct even for hundreds of destinations', () => {
@@ -42,19 +53,29 @@ test('logging: LOG first in the chain, and a LOG with ip, protocol AND port abov
   const plan = planProfile(p);
   assert.equal(renderRule(plan.chain.rules[0]), '-j LOG --log-prefix "IPTLB:WEB:" --log-level 6');
   assert.equal(plan.hookRules.length, 2);
-  assert.equal(renderRule(plan.hookRules[0].rule), '-d 127.100.0.10/32 -p tcp -m comment --comment "iptlb:web" -m tcp --dport 8081 -j LOG --log-prefix "IPTLB:VIP:WEB:" --log-level 6');
+  assert.equal(
+    renderRule(plan.hookRules[0].rule),
+    '-d 127.100.0.10/32 -p tcp -m comment --comment "iptlb:web" -m tcp --dport 8081 -j LOG --log-prefix "IPTLB:VIP:WEB:" --log-level 6',
+  );
   assert.equal(plan.hookRules[1].rule.target.name, 'jump');
   const text = renderRestore(planTransaction([p], []), empty);
   assert.match(text, /-I IPTLB_OUTPUT 1 .* -j LOG .*\n-I IPTLB_OUTPUT 2 .* -j IPTLB_NAT_WEB/);
   // every log prefix fits the kernel's 29 characters, even for 18-character names
   const long = planProfile(validateProfile({ ...p, name: 'a'.repeat(18) }));
-  for (const r of [long.chain.rules[0], long.hookRules[0].rule]) if (r.target.name === 'LOG') assert.ok(r.target.prefix.length <= 29);
+  for (const r of [long.chain.rules[0], long.hookRules[0].rule])
+    if (r.target.name === 'LOG') assert.ok(r.target.prefix.length <= 29);
 });
 
 test('modes: proxy → PREROUTING; server → PREROUTING with addrtype LOCAL (never INPUT); masquerade in POSTROUTING', () => {
   const proxy = planProfile(validateProfile({ ...web, rulesBackend: 'proxy', masquerade: true }));
-  assert.deepEqual(proxy.hookRules.map((h) => h.chain), ['PREROUTING', 'POSTROUTING']);
-  assert.equal(renderRule(proxy.hookRules[1].rule), '-p tcp -m comment --comment "iptlb:web" -m conntrack --ctstate DNAT --ctorigdst 127.100.0.10/32 --ctorigdstport 8081 -j MASQUERADE');
+  assert.deepEqual(
+    proxy.hookRules.map((h) => h.chain),
+    ['PREROUTING', 'POSTROUTING'],
+  );
+  assert.equal(
+    renderRule(proxy.hookRules[1].rule),
+    '-p tcp -m comment --comment "iptlb:web" -m conntrack --ctstate DNAT --ctorigdst 127.100.0.10/32 --ctorigdstport 8081 -j MASQUERADE',
+  );
   const server = planProfile(validateProfile({ ...web, rulesBackend: 'server' }));
   assert.equal(server.hookRules[0].chain, 'PREROUTING');
   assert.match(renderRule(server.hookRules[0].rule), /-m addrtype --dst-type LOCAL/);
@@ -75,7 +96,10 @@ test('udp and sctp profiles match their own protocol everywhere (the original ma
 test('reset: old hook rules deleted by their exact text, chain re-declared (flushed) in the same commit; an old-layout jump moves behind the gate', () => {
   const old = planProfile(web);
   const view: KernelView = {
-    chains: [{ name: 'IPTLB_NAT_WEB', rules: [] }, { name: 'IPTLB_NAT_OTHER', rules: [] }],
+    chains: [
+      { name: 'IPTLB_NAT_WEB', rules: [] },
+      { name: 'IPTLB_NAT_OTHER', rules: [] },
+    ],
     hookRules: [
       { chain: 'OUTPUT', owner: 'web', position: 1, rule: old.hookRules[0].rule, packets: 0n, bytes: 0n, direct: true },
       { chain: 'OUTPUT', owner: 'other', position: 1, rule: old.hookRules[0].rule, packets: 0n, bytes: 0n, raw: 'RAW' },
@@ -86,17 +110,36 @@ test('reset: old hook rules deleted by their exact text, chain re-declared (flus
   const text = renderRestore(planTransaction([next], []), view);
   const lines = text.split('\n');
   assert.equal(lines[1], ':IPTLB_NAT_WEB - [0:0]');
-  assert.equal(lines[2], '-D OUTPUT -d 127.100.0.10/32 -p tcp -m comment --comment "iptlb:web" -m tcp --dport 8081 -j IPTLB_NAT_WEB');
-  assert.equal(lines[5], '-I IPTLB_OUTPUT 1 -d 127.100.0.10/32 -p tcp -m comment --comment "iptlb:web" -m tcp --dport 8081 -j IPTLB_NAT_WEB');
+  assert.equal(
+    lines[2],
+    '-D OUTPUT -d 127.100.0.10/32 -p tcp -m comment --comment "iptlb:web" -m tcp --dport 8081 -j IPTLB_NAT_WEB',
+  );
+  assert.equal(
+    lines[5],
+    '-I IPTLB_OUTPUT 1 -d 127.100.0.10/32 -p tcp -m comment --comment "iptlb:web" -m tcp --dport 8081 -j IPTLB_NAT_WEB',
+  );
   assert.ok(!text.includes('RAW'), "another profile's rule is not touched");
   assert.ok(!text.includes('-X'), 'a replaced chain is not deleted');
-  assert.ok(!text.includes(':IPTLB_OUTPUT') && !text.includes('match-set'), 'an existing gate and dispatch chain are kept as they are');
+  assert.ok(
+    !text.includes(':IPTLB_OUTPUT') && !text.includes('match-set'),
+    'an existing gate and dispatch chain are kept as they are',
+  );
 });
 
 test('delete: hook rules removed, chain flushed and deleted; absent chains are skipped; the last rule behind a gate takes the gate along', () => {
   const view: KernelView = {
     chains: [{ name: 'IPTLB_NAT_WEB', rules: [] }],
-    hookRules: [{ chain: 'OUTPUT', owner: 'web', position: 1, rule: planProfile(web).hookRules[0].rule, packets: 0n, bytes: 0n, raw: '-d 127.100.0.10/32 -j X' }],
+    hookRules: [
+      {
+        chain: 'OUTPUT',
+        owner: 'web',
+        position: 1,
+        rule: planProfile(web).hookRules[0].rule,
+        packets: 0n,
+        bytes: 0n,
+        raw: '-d 127.100.0.10/32 -j X',
+      },
+    ],
     gate: { gates: ['OUTPUT'], dispatch: ['OUTPUT'] },
   };
   const text = renderRestore(planTransaction([], ['web', 'gone']), view);
@@ -137,9 +180,19 @@ test('iptables-save output parses back into the rules that were planned', () => 
     'COMMIT',
   ].join('\n');
   const view = parseSave(save);
-  assert.deepEqual(view.chains.map((c) => c.name), ['IPTLB_NAT_WEB']);
+  assert.deepEqual(
+    view.chains.map((c) => c.name),
+    ['IPTLB_NAT_WEB'],
+  );
   assert.equal(view.hookRules.length, 3);
-  assert.deepEqual(view.hookRules.map((h) => [h.chain, h.position, h.packets]), [['PREROUTING', 2, 2n], ['PREROUTING', 3, 3n], ['POSTROUTING', 1, 0n]]);
+  assert.deepEqual(
+    view.hookRules.map((h) => [h.chain, h.position, h.packets]),
+    [
+      ['PREROUTING', 2, 2n],
+      ['PREROUTING', 3, 3n],
+      ['POSTROUTING', 1, 0n],
+    ],
+  );
   assert.deepEqual(view.hookRules[0].rule, plan.hookRules[0].rule);
   assert.deepEqual(view.hookRules[1].rule, plan.hookRules[1].rule);
   assert.deepEqual(view.hookRules[2].rule, plan.hookRules[2].rule);
@@ -148,7 +201,14 @@ test('iptables-save output parses back into the rules that were planned', () => 
 });
 
 test('splitWords honours quotes and escapes; parseRule refuses what iptlb does not write', () => {
-  assert.deepEqual(splitWords('-m comment --comment "a \\"b\\" c" -j X'), ['-m', 'comment', '--comment', 'a "b" c', '-j', 'X']);
+  assert.deepEqual(splitWords('-m comment --comment "a \\"b\\" c" -j X'), [
+    '-m',
+    'comment',
+    '--comment',
+    'a "b" c',
+    '-j',
+    'X',
+  ]);
   assert.equal(parseRule(splitWords('-s 1.2.3.4/32 -j RETURN')), null);
   assert.equal(parseRule(splitWords('-j ACCEPT')), null);
 });
@@ -157,21 +217,40 @@ test('gate: set elements are added for planned jumps and deleted only when no re
   const { planGate, elementOf } = await import('../../src/gate.js');
   const { compare } = await import('../../src/drift.js');
   const a = validateProfile({ name: 'a', source: '127.100.0.10:8081', destination: ['127.0.0.1:9001'] });
-  const b = validateProfile({ name: 'b', source: '127.100.0.10:8081', destination: ['127.0.0.1:9002'], rulesBackend: 'proxy', protocol: 'udp' });
+  const b = validateProfile({
+    name: 'b',
+    source: '127.100.0.10:8081',
+    destination: ['127.0.0.1:9002'],
+    rulesBackend: 'proxy',
+    protocol: 'udp',
+  });
   assert.equal(elementOf(planProfile(a).hookRules[0].rule), '127.100.0.10,tcp:8081');
   assert.equal(elementOf(planProfile(b).hookRules[0].rule), '127.100.0.10,udp:8081');
   const both = parseSave(renderRestore(planTransaction([a, b], []), empty).replace(/-I (\S+) \d+/g, '-A $1'));
   assert.deepEqual(both.gate, { gates: ['OUTPUT', 'PREROUTING'], dispatch: ['OUTPUT', 'PREROUTING'] });
-  assert.deepEqual(both.hookRules.map((h) => [h.chain, h.owner, h.direct]), [['OUTPUT', 'a', undefined], ['PREROUTING', 'b', undefined]]);
+  assert.deepEqual(
+    both.hookRules.map((h) => [h.chain, h.owner, h.direct]),
+    [
+      ['OUTPUT', 'a', undefined],
+      ['PREROUTING', 'b', undefined],
+    ],
+  );
   const gone = planGate(planTransaction([], ['a']), both);
-  assert.deepEqual([gone.add, gone.del, gone.remaining, gone.needSet], [[], ['127.100.0.10,tcp:8081'], { OUTPUT: 0, PREROUTING: 1 }, true]);
+  assert.deepEqual(
+    [gone.add, gone.del, gone.remaining, gone.needSet],
+    [[], ['127.100.0.10,tcp:8081'], { OUTPUT: 0, PREROUTING: 1 }, true],
+  );
   // The same VIP:port kept by a new profile: not deleted.
   const moved = planGate(planTransaction([{ ...a, name: 'c' }], ['a']), both);
   assert.deepEqual([moved.add, moved.del], [['127.100.0.10,tcp:8081'], []]);
   const none = planGate(planTransaction([], ['a', 'b']), both);
   assert.equal(none.needSet, false);
   // An older iptlb's jump in OUTPUT itself: modified until re-committed.
-  const oldLayout = parseSave(`*nat\n:IPTLB_NAT_A - [0:0]\n${planTransaction([a], []).chains[0].rules.map((r) => `-A IPTLB_NAT_A ${renderRule(r)}`).join('\n')}\n-A OUTPUT ${renderRule(planProfile(a).hookRules[0].rule)}\nCOMMIT\n`);
+  const oldLayout = parseSave(
+    `*nat\n:IPTLB_NAT_A - [0:0]\n${planTransaction([a], [])
+      .chains[0].rules.map((r) => `-A IPTLB_NAT_A ${renderRule(r)}`)
+      .join('\n')}\n-A OUTPUT ${renderRule(planProfile(a).hookRules[0].rule)}\nCOMMIT\n`,
+  );
   assert.equal(oldLayout.hookRules[0].direct, true);
   const [r] = compare(new Map([['a', a]]), oldLayout);
   assert.equal(r.status, 'modified');

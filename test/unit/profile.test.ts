@@ -4,7 +4,11 @@ import { validateProfile, checkConflicts, checkSet, chainName, normalizeLogLevel
 import { IptlbError } from '../../src/errors.js';
 import type { ProfileInput } from '../../src/types.js';
 
-const base: ProfileInput = { name: 'web', source: '127.100.0.10:8081', destination: ['127.0.0.1:9001', '127.0.0.1:9002'] };
+const base: ProfileInput = {
+  name: 'web',
+  source: '127.100.0.10:8081',
+  destination: ['127.0.0.1:9001', '127.0.0.1:9002'],
+};
 
 function rejects(input: unknown, field: string, re?: RegExp): void {
   assert.throws(
@@ -24,18 +28,46 @@ function rejects(input: unknown, field: string, re?: RegExp): void {
 test('defaults are filled in', () => {
   const p = validateProfile(base);
   assert.deepEqual(p, {
-    name: 'web', source: '127.100.0.10:8081', destination: ['127.0.0.1:9001', '127.0.0.1:9002'],
-    protocol: 'tcp', rulesBackend: 'client', logEnabled: false, logLevel: '4',
+    name: 'web',
+    source: '127.100.0.10:8081',
+    destination: ['127.0.0.1:9001', '127.0.0.1:9002'],
+    protocol: 'tcp',
+    rulesBackend: 'client',
+    logEnabled: false,
+    logLevel: '4',
   });
 });
 
 test('a comma-separated destination string is accepted by the API', () => {
-  assert.deepEqual(validateProfile({ ...base, destination: '127.0.0.1:1,127.0.0.1:2' }).destination, ['127.0.0.1:1', '127.0.0.1:2']);
+  assert.deepEqual(validateProfile({ ...base, destination: '127.0.0.1:1,127.0.0.1:2' }).destination, [
+    '127.0.0.1:1',
+    '127.0.0.1:2',
+  ]);
 });
 
 test('IPv4 validation is strict (the original stopped at the first bad octet)', () => {
-  for (const bad of ['1.2.3:80', '1.2.3.4.5:80', '256.1.1.1:80', '01.2.3.4:80', 'example.com:80', '1.2.3.4', '1.2.3.4:', '1.2.3.4:0',
-    '1.2.3.4:65536', '1.2.3.4:99999', ' 1.2.3.4:80', '1.2.3.4:80 ', '1.2.3.4:+80', '::1:80', '1.2.3.4:08', '0.0.0.0:80', '224.0.0.1:80', '255.255.255.255:80', '1.2.3.-4:80', '1.2.3.4:8a']) {
+  for (const bad of [
+    '1.2.3:80',
+    '1.2.3.4.5:80',
+    '256.1.1.1:80',
+    '01.2.3.4:80',
+    'example.com:80',
+    '1.2.3.4',
+    '1.2.3.4:',
+    '1.2.3.4:0',
+    '1.2.3.4:65536',
+    '1.2.3.4:99999',
+    ' 1.2.3.4:80',
+    '1.2.3.4:80 ',
+    '1.2.3.4:+80',
+    '::1:80',
+    '1.2.3.4:08',
+    '0.0.0.0:80',
+    '224.0.0.1:80',
+    '255.255.255.255:80',
+    '1.2.3.-4:80',
+    '1.2.3.4:8a',
+  ]) {
     rejects({ ...base, source: bad }, 'source');
   }
   rejects({ ...base, source: 42 }, 'source', /must be/);
@@ -71,7 +103,21 @@ test('protocol, rulesBackend, log level, masquerade', () => {
 });
 
 test('names: charset, length, injection attempts', () => {
-  for (const bad of ['', 'a'.repeat(64), 'a b', 'a\nb', 'a"b', '-j', 'a;rm', 'ä', 'web/1', 'a.b', '$(x)', '--', 'x\u0000']) {
+  for (const bad of [
+    '',
+    'a'.repeat(64),
+    'a b',
+    'a\nb',
+    'a"b',
+    '-j',
+    'a;rm',
+    'ä',
+    'web/1',
+    'a.b',
+    '$(x)',
+    '--',
+    'x\u0000',
+  ]) {
     // '-' is a legal name character, but not the first one (issue 13: `iptlb delete -j` reads as a flag)
     rejects({ ...base, name: bad }, 'name');
   }
@@ -89,12 +135,21 @@ test('chain-name collisions and shared sources are conflicts; tcp and udp may sh
   const a = validateProfile({ ...base, name: 'a-b' });
   const b = validateProfile({ ...base, name: 'A_B', source: '127.100.0.11:80' });
   assert.equal(chainName('a-b'), 'IPTLB_NAT_A_B');
-  assert.throws(() => checkConflicts(b, [a]), (e: IptlbError) => e.code === 'ECONFLICT' && e.field === 'name');
+  assert.throws(
+    () => checkConflicts(b, [a]),
+    (e: IptlbError) => e.code === 'ECONFLICT' && e.field === 'name',
+  );
   const c = validateProfile({ ...base, name: 'c' });
-  assert.throws(() => checkConflicts(c, [a]), (e: IptlbError) => e.code === 'ECONFLICT' && e.field === 'source');
+  assert.throws(
+    () => checkConflicts(c, [a]),
+    (e: IptlbError) => e.code === 'ECONFLICT' && e.field === 'source',
+  );
   const u = validateProfile({ ...base, name: 'u', protocol: 'udp' });
   checkConflicts(u, [a]);
   checkSet([a, u]);
   // "test" and "test2" are different profiles (the original matched by prefix)
-  checkSet([validateProfile({ ...base, name: 'test' }), validateProfile({ ...base, name: 'test2', source: '127.100.0.10:1' })]);
+  checkSet([
+    validateProfile({ ...base, name: 'test' }),
+    validateProfile({ ...base, name: 'test2', source: '127.100.0.10:1' }),
+  ]);
 });

@@ -25,7 +25,13 @@ async function cli(args: string[]): Promise<{ code: number; out: string; err: st
 function manyProfiles(n: number): string {
   const list = [];
   for (let i = 0; i < n; i++) {
-    list.push(validateProfile({ name: `p${i}`, source: `127.${100 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}:80`, destination: ['127.0.0.1:9001', '127.0.0.1:9002'] }));
+    list.push(
+      validateProfile({
+        name: `p${i}`,
+        source: `127.${100 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}:80`,
+        destination: ['127.0.0.1:9001', '127.0.0.1:9002'],
+      }),
+    );
   }
   return serializeState(list);
 }
@@ -36,17 +42,28 @@ test('3: list --json of 1,000 profiles into a slow pipe: every byte arrives, val
     const state = path.join(dir, 'state.db');
     writeFileSync(state, manyProfiles(1000), { mode: 0o600 });
     // The reader starts reading 1 s after the CLI has written: far more than a pipe's 64 KiB waits.
-    const r = spawnSync('sh', ['-c', `"${process.execPath}" "${CLI_PATH}" list --json --state-file "${state}" | (sleep 1; cat > "${dir}/out")`], {
-      encoding: 'utf8',
-      env: { ...process.env, NODE_OPTIONS: '' },
-    });
+    const r = spawnSync(
+      'sh',
+      ['-c', `"${process.execPath}" "${CLI_PATH}" list --json --state-file "${state}" | (sleep 1; cat > "${dir}/out")`],
+      {
+        encoding: 'utf8',
+        env: { ...process.env, NODE_OPTIONS: '' },
+      },
+    );
     assert.equal(r.status, 0, r.stderr);
     const out = spawnSync('cat', [`${dir}/out`], { encoding: 'utf8', maxBuffer: 64 << 20 }).stdout;
     assert.ok(out.length > 65536 * 2, `only ${out.length} bytes arrived`);
     const parsed = JSON.parse(out) as unknown[];
     assert.equal(parsed.length, 1000);
     // The exit status survives the wait for the pipe.
-    const bad = spawnSync('sh', ['-c', `"${process.execPath}" "${CLI_PATH}" list --json --state-file "${state}" --bogus | (sleep 0.2; cat >/dev/null); exit 0`], { encoding: 'utf8' });
+    const bad = spawnSync(
+      'sh',
+      [
+        '-c',
+        `"${process.execPath}" "${CLI_PATH}" list --json --state-file "${state}" --bogus | (sleep 0.2; cat >/dev/null); exit 0`,
+      ],
+      { encoding: 'utf8' },
+    );
     assert.equal(bad.status, 0);
     const code = spawnSync(process.execPath, [CLI_PATH, 'list', '--bogus'], { encoding: 'utf8' });
     assert.equal(code.status, 2);
@@ -81,14 +98,23 @@ test('5: every open() option is validated: a typed EUSAGE naming the option, bef
   for (const [opts, field] of cases) {
     await assert.rejects(
       () => open(opts as never),
-      (e: unknown) => e instanceof IptlbError && e.code === 'EUSAGE' && e.field === field && e.message.startsWith(`${field}:`) && !e.message.includes('\n'),
+      (e: unknown) =>
+        e instanceof IptlbError &&
+        e.code === 'EUSAGE' &&
+        e.field === field &&
+        e.message.startsWith(`${field}:`) &&
+        !e.message.includes('\n'),
       `open(${String(JSON.stringify(opts))}) names ${field}`,
     );
   }
 });
 
 test('12: -state-file= (empty) is a usage error, nothing read or written', async () => {
-  for (const args of [['list', '-state-file='], ['-state-file=', '-profile=web', '-src-addr=127.0.0.9:80', '-dest-addr=127.0.0.1:9001'], ['doctor', '--state-file=']]) {
+  for (const args of [
+    ['list', '-state-file='],
+    ['-state-file=', '-profile=web', '-src-addr=127.0.0.9:80', '-dest-addr=127.0.0.1:9001'],
+    ['doctor', '--state-file='],
+  ]) {
     const r = await cli(args);
     assert.equal(r.code, 2, `${args.join(' ')}: ${r.err}`);
     assert.match(r.err, /^iptlb: error: state-file: must not be empty/);
@@ -99,7 +125,19 @@ const ROOT = process.getuid?.() === 0;
 const NOT_ROOT = ROOT ? false : 'needs root (chown to another user, mount namespaces)';
 /** State-only CLI run (no -run: the kernel is never touched): takes the lock, reads and writes the state file. */
 function stateOnly(state: string, name = 'web', port = 80, extra: string[] = []): ReturnType<typeof spawnSync> {
-  return spawnSync(process.execPath, [CLI_PATH, `-state-file=${state}`, '-q', `-profile=${name}`, `-src-addr=127.0.0.9:${port}`, '-dest-addr=127.0.0.1:9001', ...extra], { encoding: 'utf8' });
+  return spawnSync(
+    process.execPath,
+    [
+      CLI_PATH,
+      `-state-file=${state}`,
+      '-q',
+      `-profile=${name}`,
+      `-src-addr=127.0.0.9:${port}`,
+      '-dest-addr=127.0.0.1:9001',
+      ...extra,
+    ],
+    { encoding: 'utf8' },
+  );
 }
 function oneLine(s: string | Buffer): string {
   const t = String(s).trim();
@@ -111,19 +149,33 @@ test('4: apply --file /dev/zero, an endless stdin and a state file past 64 MiB f
   const dir = tmpdir();
   try {
     const state = path.join(dir, 'state.db');
-    const z = spawnSync(process.execPath, [CLI_PATH, 'apply', `--state-file=${state}`, '--file=/dev/zero'], { encoding: 'utf8', timeout: 60_000 });
+    const z = spawnSync(process.execPath, [CLI_PATH, 'apply', `--state-file=${state}`, '--file=/dev/zero'], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
     assert.equal(z.status, 2, z.stderr);
     assert.match(oneLine(z.stderr), /^iptlb: error: file: "\/dev\/zero" is larger than 64 MiB/);
-    const pipe = spawnSync('sh', ['-c', `cat /dev/zero | "${process.execPath}" "${CLI_PATH}" apply --state-file="${state}" --file=-`], { encoding: 'utf8', timeout: 60_000 });
+    const pipe = spawnSync(
+      'sh',
+      ['-c', `cat /dev/zero | "${process.execPath}" "${CLI_PATH}" apply --state-file="${state}" --file=-`],
+      { encoding: 'utf8', timeout: 60_000 },
+    );
     assert.equal(pipe.status, 2, pipe.stderr);
     assert.match(oneLine(pipe.stderr), /^iptlb: error: file: standard input is larger than 64 MiB/);
-    assert.equal(spawnSync('ls', ['-A', dir], { encoding: 'utf8' }).stdout, '', 'no state file, no lock: nothing was written');
+    assert.equal(
+      spawnSync('ls', ['-A', dir], { encoding: 'utf8' }).stdout,
+      '',
+      'no state file, no lock: nothing was written',
+    );
     // A state file past the limit (sparse: no disk used).
     writeFileSync(state, '', { mode: 0o600 });
     spawnSync('truncate', ['-s', `${64 * 1024 * 1024 + 1}`, state]);
     const big = spawnSync(process.execPath, [CLI_PATH, 'list', `--state-file=${state}`], { encoding: 'utf8' });
     assert.equal(big.status, 1);
-    assert.match(oneLine(big.stderr), /state file .* is larger than 67108864 bytes \(64 MiB, the limit of a state file\)/);
+    assert.match(
+      oneLine(big.stderr),
+      /state file .* is larger than 67108864 bytes \(64 MiB, the limit of a state file\)/,
+    );
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -134,7 +186,10 @@ test('6: a lock that cannot be opened says why at once, never "gave up after …
   try {
     writeFileSync(path.join(dir, 'file'), 'x');
     const cases: [string, RegExp][] = [
-      [path.join(dir, 'file', 'sub', 'state.db'), /a component of the path (is not a directory|exists and is not a directory)/],
+      [
+        path.join(dir, 'file', 'sub', 'state.db'),
+        /a component of the path (is not a directory|exists and is not a directory)/,
+      ],
       [path.join(dir, 'x'.repeat(300), 'state.db'), /the path is too long \(ENAMETOOLONG\)/],
       ['/proc/version', /cannot .*\/proc\/version/],
       ['/proc/self/fd/0', /cannot .*\/proc\//],
@@ -161,7 +216,18 @@ test('6: on a read-only file system: one line that says so (private mount namesp
   try {
     const mnt = path.join(dir, 'ro');
     spawnSync('mkdir', [mnt]);
-    const r = spawnSync('unshare', ['-m', '--propagation', 'private', 'sh', '-c', `mount -t tmpfs -o ro,size=1m tmpfs "${mnt}" && "${process.execPath}" "${CLI_PATH}" -state-file="${mnt}/state.db" -q -profile=web -src-addr=127.0.0.9:80 -dest-addr=127.0.0.1:9001`], { encoding: 'utf8' });
+    const r = spawnSync(
+      'unshare',
+      [
+        '-m',
+        '--propagation',
+        'private',
+        'sh',
+        '-c',
+        `mount -t tmpfs -o ro,size=1m tmpfs "${mnt}" && "${process.execPath}" "${CLI_PATH}" -state-file="${mnt}/state.db" -q -profile=web -src-addr=127.0.0.9:80 -dest-addr=127.0.0.1:9001`,
+      ],
+      { encoding: 'utf8' },
+    );
     assert.equal(r.status, 1, r.stderr);
     assert.match(oneLine(r.stderr), /read-only \(EROFS\)/);
   } finally {
@@ -169,65 +235,76 @@ test('6: on a read-only file system: one line that says so (private mount namesp
   }
 });
 
-test('2: a state file, lock or directory another user owns or could replace is refused with one line; a sticky /tmp-like directory is fine', { skip: NOT_ROOT }, () => {
-  const dir = tmpdir();
-  const chmod = (p: string, m: string): void => void spawnSync('chmod', [m, p]);
-  const chown = (p: string, u: string): void => void spawnSync('chown', [u, p]);
-  try {
-    // A directory anyone may write to (no sticky bit): a planted state.db would be applied.
-    const open777 = path.join(dir, 'open');
-    spawnSync('mkdir', [open777]);
-    chmod(open777, '0777');
-    writeFileSync(path.join(open777, 'state.db'), '{}\n', { mode: 0o600 });
-    let r = stateOnly(path.join(open777, 'state.db'));
-    assert.equal(r.status, 1);
-    assert.match(oneLine(r.stderr), /directory .*\/open is writable by anyone \(mode 0777\) without the sticky bit; refusing/);
-    r = spawnSync(process.execPath, [CLI_PATH, 'list', `--state-file=${path.join(open777, 'state.db')}`], { encoding: 'utf8' });
-    assert.equal(r.status, 1, 'reading is refused too');
-    // A state file owned by uid 65534.
-    const owned = path.join(dir, 'owned');
-    spawnSync('mkdir', [owned]);
-    writeFileSync(path.join(owned, 'state.db'), '{}\n', { mode: 0o600 });
-    chown(path.join(owned, 'state.db'), '65534');
-    r = stateOnly(path.join(owned, 'state.db'));
-    assert.equal(r.status, 1);
-    assert.match(oneLine(r.stderr), /state file .*owned\/state\.db is owned by uid 65534, another user; refusing/);
-    // A group-writable state file.
-    const gw = path.join(dir, 'gw');
-    spawnSync('mkdir', [gw]);
-    writeFileSync(path.join(gw, 'state.db'), '{}\n', { mode: 0o660 });
-    chmod(path.join(gw, 'state.db'), '0660');
-    r = stateOnly(path.join(gw, 'state.db'));
-    assert.match(oneLine(r.stderr), /state file .* is writable by its group/);
-    // A lock planted and held by uid 65534: refused at once, not a 10 s timeout.
-    const held = path.join(dir, 'held');
-    spawnSync('mkdir', [held]);
-    writeFileSync(path.join(held, 'state.db.lock'), '', { mode: 0o600 });
-    chown(path.join(held, 'state.db.lock'), '65534');
-    r = stateOnly(path.join(held, 'state.db'));
-    assert.match(oneLine(r.stderr), /lock file .*held\/state\.db\.lock is owned by uid 65534/);
-    // A parent directory of another user.
-    const theirs = path.join(dir, 'theirs');
-    spawnSync('mkdir', ['-p', path.join(theirs, 'sub')]);
-    chown(theirs, '65534');
-    r = stateOnly(path.join(theirs, 'sub', 'state.db'));
-    assert.match(oneLine(r.stderr), /directory .*\/theirs is owned by uid 65534/);
-    // Sticky and world-writable (as /tmp): accepted.
-    const sticky = path.join(dir, 'sticky');
-    spawnSync('mkdir', [sticky]);
-    chmod(sticky, '1777');
-    r = stateOnly(path.join(sticky, 'state.db'));
-    assert.equal(r.status, 0, String(r.stderr));
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+test(
+  '2: a state file, lock or directory another user owns or could replace is refused with one line; a sticky /tmp-like directory is fine',
+  { skip: NOT_ROOT },
+  () => {
+    const dir = tmpdir();
+    const chmod = (p: string, m: string): void => void spawnSync('chmod', [m, p]);
+    const chown = (p: string, u: string): void => void spawnSync('chown', [u, p]);
+    try {
+      // A directory anyone may write to (no sticky bit): a planted state.db would be applied.
+      const open777 = path.join(dir, 'open');
+      spawnSync('mkdir', [open777]);
+      chmod(open777, '0777');
+      writeFileSync(path.join(open777, 'state.db'), '{}\n', { mode: 0o600 });
+      let r = stateOnly(path.join(open777, 'state.db'));
+      assert.equal(r.status, 1);
+      assert.match(
+        oneLine(r.stderr),
+        /directory .*\/open is writable by anyone \(mode 0777\) without the sticky bit; refusing/,
+      );
+      r = spawnSync(process.execPath, [CLI_PATH, 'list', `--state-file=${path.join(open777, 'state.db')}`], {
+        encoding: 'utf8',
+      });
+      assert.equal(r.status, 1, 'reading is refused too');
+      // A state file owned by uid 65534.
+      const owned = path.join(dir, 'owned');
+      spawnSync('mkdir', [owned]);
+      writeFileSync(path.join(owned, 'state.db'), '{}\n', { mode: 0o600 });
+      chown(path.join(owned, 'state.db'), '65534');
+      r = stateOnly(path.join(owned, 'state.db'));
+      assert.equal(r.status, 1);
+      assert.match(oneLine(r.stderr), /state file .*owned\/state\.db is owned by uid 65534, another user; refusing/);
+      // A group-writable state file.
+      const gw = path.join(dir, 'gw');
+      spawnSync('mkdir', [gw]);
+      writeFileSync(path.join(gw, 'state.db'), '{}\n', { mode: 0o660 });
+      chmod(path.join(gw, 'state.db'), '0660');
+      r = stateOnly(path.join(gw, 'state.db'));
+      assert.match(oneLine(r.stderr), /state file .* is writable by its group/);
+      // A lock planted and held by uid 65534: refused at once, not a 10 s timeout.
+      const held = path.join(dir, 'held');
+      spawnSync('mkdir', [held]);
+      writeFileSync(path.join(held, 'state.db.lock'), '', { mode: 0o600 });
+      chown(path.join(held, 'state.db.lock'), '65534');
+      r = stateOnly(path.join(held, 'state.db'));
+      assert.match(oneLine(r.stderr), /lock file .*held\/state\.db\.lock is owned by uid 65534/);
+      // A parent directory of another user.
+      const theirs = path.join(dir, 'theirs');
+      spawnSync('mkdir', ['-p', path.join(theirs, 'sub')]);
+      chown(theirs, '65534');
+      r = stateOnly(path.join(theirs, 'sub', 'state.db'));
+      assert.match(oneLine(r.stderr), /directory .*\/theirs is owned by uid 65534/);
+      // Sticky and world-writable (as /tmp): accepted.
+      const sticky = path.join(dir, 'sticky');
+      spawnSync('mkdir', [sticky]);
+      chmod(sticky, '1777');
+      r = stateOnly(path.join(sticky, 'state.db'));
+      assert.equal(r.status, 0, String(r.stderr));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);
 
 test('8: temporary files of killed writers are removed on the next run (only ours, only dead or old); others stay', async () => {
   const dir = tmpdir();
   try {
     const state = path.join(dir, 'state.db');
-    const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' }).stdout;
+    const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], {
+      encoding: 'utf8',
+    }).stdout;
     const { spawn } = await import('node:child_process');
     const live = spawn('sleep', ['30']);
     const names = {
@@ -246,7 +323,18 @@ test('8: temporary files of killed writers are removed on the next run (only our
     live.kill();
     assert.equal(r.status, 0, String(r.stderr));
     const left = readdirSync(dir).sort();
-    assert.deepEqual(left, [names.otherFile, names.liveYoung, `.state.db.tmp-${dead}-link1`, names.otherName, 'state.db', 'state.db.lock', 'state.db.lock.queue'].sort());
+    assert.deepEqual(
+      left,
+      [
+        names.otherFile,
+        names.liveYoung,
+        `.state.db.tmp-${dead}-link1`,
+        names.otherName,
+        'state.db',
+        'state.db.lock',
+        'state.db.lock.queue',
+      ].sort(),
+    );
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -277,12 +365,24 @@ test('11: the periodic drift check never reads the kernel while a commit of the 
           return '';
         },
       };
-      const lb = await open({ stateFile: stateFile === 'file' ? path.join(dir, 'state.db') : false, driftCheckMs: 10 }, ex);
+      const lb = await open(
+        { stateFile: stateFile === 'file' ? path.join(dir, 'state.db') : false, driftCheckMs: 10 },
+        ex,
+      );
       lb.on('drift', () => {});
-      for (let i = 0; i < 15; i++) await Promise.all([0, 1, 2].map((k) => lb.apply({ name: `p${k}`, source: `127.0.3.${k + 1}:80`, destination: [`127.0.0.1:${9000 + i}`] })));
+      for (let i = 0; i < 15; i++)
+        await Promise.all(
+          [0, 1, 2].map((k) =>
+            lb.apply({ name: `p${k}`, source: `127.0.3.${k + 1}:80`, destination: [`127.0.0.1:${9000 + i}`] }),
+          ),
+        );
       await lb.close();
       assert.ok(reads > 0, `${stateFile}: the drift check ran`);
-      assert.equal(readsDuringCommit, 0, `${stateFile}: ${readsDuringCommit} of ${reads} kernel reads overlapped a commit`);
+      assert.equal(
+        readsDuringCommit,
+        0,
+        `${stateFile}: ${readsDuringCommit} of ${reads} kernel reads overlapped a commit`,
+      );
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -318,7 +418,12 @@ test('13: watch applies a changed file only once it has settled (no change for s
   };
   // What was applied, in order (the periodic check may apply the same settled file again: harmless).
   const applied = (): string[] => syncs.filter((x, k) => x !== syncs[k - 1]);
-  const w = startWatch(core as never, { intervalMs: 300, settleMs: 1000, log: (l) => logs.push(l), version: async () => v });
+  const w = startWatch(core as never, {
+    intervalMs: 300,
+    settleMs: 1000,
+    log: (l) => logs.push(l),
+    version: async () => v,
+  });
   await flush();
   assert.deepEqual(applied(), ['v0'], 'the start check applies the file as it is');
   // An in-place rewrite in two writes 700 ms apart: the first half parses (fewer profiles).
@@ -368,31 +473,65 @@ test('12: names: 1-63 of A-Za-z0-9_-, not starting with -; up to 18 keep their c
   const { planNftProfile } = await import('../../src/nft/plan.js');
   const { parseState: parse } = await import('../../src/state.js');
   const long = 'a'.repeat(63);
-  for (const ok of ['web', 'Web_1', '_x', '9', 'web-frontend-production-eu-west-1', long]) assert.equal(validateName(ok), ok);
-  for (const bad of ['-j', '-', '', 'a'.repeat(64), 'a b', 'a.b', 'é']) assert.throws(() => validateName(bad), (e: IptlbError) => e.code === 'EINVAL_PROFILE' && e.field === 'name' && /1-63 characters/.test(e.message), bad);
+  for (const ok of ['web', 'Web_1', '_x', '9', 'web-frontend-production-eu-west-1', long])
+    assert.equal(validateName(ok), ok);
+  for (const bad of ['-j', '-', '', 'a'.repeat(64), 'a b', 'a.b', 'é'])
+    assert.throws(
+      () => validateName(bad),
+      (e: IptlbError) => e.code === 'EINVAL_PROFILE' && e.field === 'name' && /1-63 characters/.test(e.message),
+      bad,
+    );
   // The chain names of today's names are unchanged.
   assert.equal(chainName('web-1'), 'IPTLB_NAT_WEB_1');
   assert.equal(chainName('a'.repeat(18)), `IPTLB_NAT_${'A'.repeat(18)}`);
   // Longer: IPTLB_NAT_ + 16 characters of base32(sha256(name)), stable, within 28 characters.
   const h = chainName('web-frontend-production');
   assert.match(h, /^IPTLB_NAT_[A-Z2-7]{16}$/);
-  assert.equal(h, 'IPTLB_NAT_QMW7GBG5OLCXTIZ3', 'a stable value: changing the hash would orphan every long-named chain');
+  assert.equal(
+    h,
+    'IPTLB_NAT_QMW7GBG5OLCXTIZ3',
+    'a stable value: changing the hash would orphan every long-named chain',
+  );
   assert.equal(chainName('a'.repeat(19)), chainName('a'.repeat(19)));
-  assert.notEqual(chainName('A'.repeat(19)), chainName('a'.repeat(19)), 'names that differ in case only get different chains');
+  assert.notEqual(
+    chainName('A'.repeat(19)),
+    chainName('a'.repeat(19)),
+    'names that differ in case only get different chains',
+  );
   // Every kernel name made of it fits: chain ≤ 28, LOG prefixes ≤ 29, the nft comment ≤ 127.
-  const p = validateProfile({ name: long, source: '127.100.0.10:80', destination: ['127.0.0.1:9001', '127.0.0.1:9002'], logEnabled: true, affinity: 60 });
+  const p = validateProfile({
+    name: long,
+    source: '127.100.0.10:80',
+    destination: ['127.0.0.1:9001', '127.0.0.1:9002'],
+    logEnabled: true,
+    affinity: 60,
+  });
   const tx = planTransaction([p], []);
   for (const c of tx.chains) assert.ok(c.name.length <= 28, c.name);
-  const prefixes = [...tx.chains.flatMap((c) => c.rules), ...tx.hookRules.map((x) => x.rule)].flatMap((r) => (r.target.name === 'LOG' ? [r.target.prefix] : []));
+  const prefixes = [...tx.chains.flatMap((c) => c.rules), ...tx.hookRules.map((x) => x.rule)].flatMap((r) =>
+    r.target.name === 'LOG' ? [r.target.prefix] : [],
+  );
   assert.equal(prefixes.length, 2);
   for (const pre of prefixes) assert.ok(pre.length <= 29, pre);
-  for (const r of planNftProfile(p).rules) if ('prefix' in r.rule) assert.ok((r.rule as { prefix: string }).prefix.length <= 29);
-  // A state file written before (a name with a leading -, 18 characters) stays valid; a new profile may not take such a name.
-  const old = await parse('-old:\n  destination:\n  - 127.0.0.1:9001\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: 127.100.0.10:81\n');
+  for (const r of planNftProfile(p).rules)
+    if ('prefix' in r.rule) assert.ok((r.rule as { prefix: string }).prefix.length <= 29);
+  // A state file written before (a name with a leading -, 18 characters) stays valid; a new profile may not take such a
+  // name.
+  const old = await parse(
+    '-old:\n  destination:\n  - 127.0.0.1:9001\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: 127.100.0.10:81\n',
+  );
   assert.equal(chainName([...old.keys()][0]), 'IPTLB_NAT__OLD');
-  assert.throws(() => validateProfile({ name: '-j', source: '127.100.0.10:80', destination: ['127.0.0.1:9001'] }), /1-63 characters/);
+  assert.throws(
+    () => validateProfile({ name: '-j', source: '127.100.0.10:80', destination: ['127.0.0.1:9001'] }),
+    /1-63 characters/,
+  );
   // CLI: -profile=-j is refused (it would read as a flag in `iptlb delete -j`).
-  const r = await cli(['-profile=-j', '-src-addr=127.100.0.10:80', '-dest-addr=127.0.0.1:9001', '-state-file=/nonexistent-iptlb/x.db']);
+  const r = await cli([
+    '-profile=-j',
+    '-src-addr=127.100.0.10:80',
+    '-dest-addr=127.0.0.1:9001',
+    '-state-file=/nonexistent-iptlb/x.db',
+  ]);
   assert.equal(r.code, 2);
   assert.match(r.err, /name: "-j" must be 1-63 characters/);
 });
@@ -400,7 +539,9 @@ test('12: names: 1-63 of A-Za-z0-9_-, not starting with -; up to 18 keep their c
 test('12: the state file round-trips 63-character names; a case collision of short names is a conflict', async () => {
   const { parseState: parse } = await import('../../src/state.js');
   const long = 'Service_' + 'x'.repeat(55);
-  const text = serializeState([validateProfile({ name: long, source: '127.100.0.10:80', destination: ['127.0.0.1:9001'] })]);
+  const text = serializeState([
+    validateProfile({ name: long, source: '127.100.0.10:80', destination: ['127.0.0.1:9001'] }),
+  ]);
   assert.deepEqual([...(await parse(text)).keys()], [long]);
   const dir = tmpdir();
   try {
@@ -410,7 +551,11 @@ test('12: the state file round-trips 63-character names; a case collision of sho
     assert.equal(clash.status, 1);
     assert.match(oneLine(clash.stderr), /IPTLB_NAT_WEB/);
     assert.equal(stateOnly(state, long, 82).status, 0);
-    assert.equal(stateOnly(state, long.toLowerCase(), 83).status, 0, 'long names differing in case have different hashed chains');
+    assert.equal(
+      stateOnly(state, long.toLowerCase(), 83).status,
+      0,
+      'long names differing in case have different hashed chains',
+    );
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -21,7 +21,13 @@ test('a file the original wrote reads here and is written back byte for byte', a
   const state = await parseState(ORIGINAL);
   assert.deepEqual([...state.keys()], ['test']);
   assert.deepEqual(state.get('test'), {
-    name: 'test', source: '10.100.0.10:8081', destination: ['10.0.1.4:8080'], protocol: 'tcp', rulesBackend: 'client', logEnabled: true, logLevel: '4',
+    name: 'test',
+    source: '10.100.0.10:8081',
+    destination: ['10.0.1.4:8080'],
+    protocol: 'tcp',
+    rulesBackend: 'client',
+    logEnabled: true,
+    logLevel: '4',
   });
   assert.equal(serializeState(state.values()), ORIGINAL);
 });
@@ -38,7 +44,17 @@ test('keys sorted, profiles sorted, empty state is {}', async () => {
 
 test('names that YAML 1.1 would read as numbers or booleans are quoted', async () => {
   for (const name of ['123', 'yes', 'No', 'on', 'null', '1e5', '0x1F', '-']) {
-    const text = serializeState([{ name, source: '127.0.0.1:80', destination: ['127.0.0.1:81'], protocol: 'tcp', rulesBackend: 'client', logEnabled: false, logLevel: '4' }]);
+    const text = serializeState([
+      {
+        name,
+        source: '127.0.0.1:80',
+        destination: ['127.0.0.1:81'],
+        protocol: 'tcp',
+        rulesBackend: 'client',
+        logEnabled: false,
+        logLevel: '4',
+      },
+    ]);
     assert.ok(text.startsWith(`"${name}":`), text);
     if (name !== '-') assert.deepEqual([...(await parseState(text)).keys()], [name]);
   }
@@ -63,7 +79,8 @@ test('wrong types, unknown keys, aliases, garbage are refused with one line', as
   await refused('- a\n- b\n', /mapping/);
   await refused('test: [1\n', /not valid YAML/);
   await refused('a: &x [1,2]\nb: *x\n', /alias|YAML/i);
-  const bomb = 'a: &a ["x","x","x","x","x","x","x","x","x"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n';
+  const bomb =
+    'a: &a ["x","x","x","x","x","x","x","x","x"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n';
   await refused(bomb, /alias|YAML/i);
   await refused(ORIGINAL + ORIGINAL, /YAML/);
   const two = ORIGINAL + ORIGINAL.replace('test:', 'test2:');
@@ -106,10 +123,16 @@ test('fast canonical parser agrees with the full YAML parser on what the seriali
       used.add(name);
       const backend = (['client', 'proxy', 'server'] as const)[rnd(3)];
       profiles.push({
-        name, source: `127.100.${i}.${rnd(255)}:${1 + rnd(65535)}`,
-        destination: Array.from({ length: 1 + rnd(5) }, (_, k) => `127.0.${k}.${rnd(256)}:${1 + rnd(65535)}`).filter((d, k, a) => a.indexOf(d) === k),
-        protocol: (['tcp', 'udp', 'sctp'] as const)[rnd(3)], rulesBackend: backend,
-        logEnabled: rnd(2) === 1, logLevel: String(rnd(8)), ...(backend === 'proxy' && rnd(2) ? { masquerade: true } : {}),
+        name,
+        source: `127.100.${i}.${rnd(255)}:${1 + rnd(65535)}`,
+        destination: Array.from({ length: 1 + rnd(5) }, (_, k) => `127.0.${k}.${rnd(256)}:${1 + rnd(65535)}`).filter(
+          (d, k, a) => a.indexOf(d) === k,
+        ),
+        protocol: (['tcp', 'udp', 'sctp'] as const)[rnd(3)],
+        rulesBackend: backend,
+        logEnabled: rnd(2) === 1,
+        logLevel: String(rnd(8)),
+        ...(backend === 'proxy' && rnd(2) ? { masquerade: true } : {}),
       });
     }
     const text = serializeState(profiles);
@@ -118,10 +141,18 @@ test('fast canonical parser agrees with the full YAML parser on what the seriali
     assert.deepEqual({ ...fast }, JSON.parse(JSON.stringify(YAML.parse(text, { version: '1.1' }))));
   }
   // keys in another order or missing: still the fast line parser, same result as YAML
-  const loose = 'b:\n  source: 127.100.0.1:80\n  destination:\n  - 127.0.0.1:9001\na:\n  protocol: udp\n  destination:\n  - 127.0.0.1:9002\n';
+  const loose =
+    'b:\n  source: 127.100.0.1:80\n  destination:\n  - 127.0.0.1:9001\na:\n  protocol: udp\n  destination:\n  - 127.0.0.1:9002\n';
   assert.deepEqual({ ...parseCanonical(loose) }, JSON.parse(JSON.stringify(YAML.parse(loose, { version: '1.1' }))));
   // anything outside the canonical layout goes to the full parser
-  for (const t of ['test: {}\n', '# comment\n{}\n', 'a:\n  logLevel: 4\n', 'a:\n  destination: [1]\n', 'yes:\n  source: 1.2.3.4:5\n', 'a:\n  protocol: "tcp"\n']) {
+  for (const t of [
+    'test: {}\n',
+    '# comment\n{}\n',
+    'a:\n  logLevel: 4\n',
+    'a:\n  destination: [1]\n',
+    'yes:\n  source: 1.2.3.4:5\n',
+    'a:\n  protocol: "tcp"\n',
+  ]) {
     assert.equal(parseCanonical(t), null, t);
   }
 });

@@ -10,7 +10,14 @@ import { hookChainOf, isEmptyTransaction, planProfile, planTransaction } from '.
 import { renderRule } from '../../restore.js';
 import type { Family } from '../../address.js';
 import type { KernelView, LegacyExecutor, Profile, Transaction } from '../../types.js';
-import { ChangedProfiles, type Change, type Engine, type FamilyCommit, type FamilyPlan, type ShownProfile } from '../engine.js';
+import {
+  ChangedProfiles,
+  type Change,
+  type Engine,
+  type FamilyCommit,
+  type FamilyPlan,
+  type ShownProfile,
+} from '../engine.js';
 
 const EMPTY: KernelView = { chains: [], hookRules: [] };
 
@@ -115,8 +122,12 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
       if (chain || hooks.length) break;
     }
     const lines = [
-      ...hooks.map((h) => `${h.chain} #${h.position}\t${h.packets} pkts ${h.bytes} bytes\t${h.raw ?? renderRule(h.rule)}`),
-      ...(chain ? chain.rules.map((r) => `${chain!.name}\t${r.packets} pkts ${r.bytes} bytes\t${renderRule(r.rule)}`) : []),
+      ...hooks.map(
+        (h) => `${h.chain} #${h.position}\t${h.packets} pkts ${h.bytes} bytes\t${h.raw ?? renderRule(h.rule)}`,
+      ),
+      ...(chain
+        ? chain.rules.map((r) => `${chain!.name}\t${r.packets} pkts ${r.bytes} bytes\t${renderRule(r.rule)}`)
+        : []),
     ];
     return {
       found: !!chain || hooks.length > 0,

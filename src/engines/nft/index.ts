@@ -9,20 +9,56 @@ import { IptlbError } from '../../errors.js';
 import { nftTableExistsViaCli } from '../../engine.js';
 import { findBinary } from '../../executors/spawn.js';
 import { familyOfProfile, slotCount } from '../../profile.js';
-import { baseUnchanged, countUsage, dispatchSetUsage, foreignObjects, keepsAnything, planNftClear, planNftMergedRebuild, unknownObjects, nftHookOf, planNftChange, planNftProfile, planNftRebuild, planNftRemoveAll } from '../../nft/plan.js';
-import { dispatchSetName, nftTableFamily, renderNft, renderNftRule, type NftRule, type NftTransaction, type NftView } from '../../nft/ops.js';
+import {
+  baseUnchanged,
+  countUsage,
+  dispatchSetUsage,
+  foreignObjects,
+  keepsAnything,
+  planNftClear,
+  planNftMergedRebuild,
+  unknownObjects,
+  nftHookOf,
+  planNftChange,
+  planNftProfile,
+  planNftRebuild,
+  planNftRemoveAll,
+} from '../../nft/plan.js';
+import {
+  dispatchSetName,
+  nftTableFamily,
+  renderNft,
+  renderNftRule,
+  type NftRule,
+  type NftTransaction,
+  type NftView,
+} from '../../nft/ops.js';
 import { compareNft, strayRoundRobin } from '../../nft/view.js';
 import type { Family } from '../../address.js';
 import type { NftExecutor, Profile } from '../../types.js';
-import { ChangedProfiles, type Change, type Engine, type FamilyCommit, type FamilyPlan, type Memo, type PlanContext, type ShownProfile } from '../engine.js';
+import {
+  ChangedProfiles,
+  type Change,
+  type Engine,
+  type FamilyCommit,
+  type FamilyPlan,
+  type Memo,
+  type PlanContext,
+  type ShownProfile,
+} from '../engine.js';
 
 /** A bulk change of at least this many profiles, all of them, plans from nothing when the table is absent. */
 const BULK = 256;
 
-/** True when a commit failed because the kernel does not hold what the plan assumed (an element or set missing or different). */
+/**
+ * True when a commit failed because the kernel does not hold what the plan assumed (an element or set missing or
+ * different).
+ */
 function outOfStep(e: unknown): boolean {
   const err = e as IptlbError;
-  return err instanceof IptlbError && err.code === 'EKERNEL' && (err.errno === 2 || err.errno === 17 || err.errno === 16);
+  return (
+    err instanceof IptlbError && err.code === 'EKERNEL' && (err.errno === 2 || err.errno === 17 || err.errno === 16)
+  );
 }
 
 export class NftEngine implements Engine<NftView, NftTransaction> {
@@ -66,7 +102,8 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
   private setUsage(f: Family, state: ReadonlyMap<string, Profile>, memo?: Memo): Map<string, number> {
     if (!memo) return dispatchSetUsage(state.values());
     let u = this.usage.get(f);
-    if (u?.generation !== memo.generation) this.usage.set(f, (u = { generation: memo.generation, counts: dispatchSetUsage(state.values()) }));
+    if (u?.generation !== memo.generation)
+      this.usage.set(f, (u = { generation: memo.generation, counts: dispatchSetUsage(state.values()) }));
     return u.counts;
   }
 
@@ -84,7 +121,12 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     }
   }
 
-  async planChange(f: Family, state: ReadonlyMap<string, Profile>, change: Change, ctx: PlanContext = {}): Promise<FamilyPlan<NftTransaction>> {
+  async planChange(
+    f: Family,
+    state: ReadonlyMap<string, Profile>,
+    change: Change,
+    ctx: PlanContext = {},
+  ): Promise<FamilyPlan<NftTransaction>> {
     const { memo, partial } = ctx;
     const nf = nftTableFamily(f);
     const next = new ChangedProfiles(state, change);
@@ -117,7 +159,8 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
       }
     }
     const fresh = view !== undefined && !view.exists;
-    const kernelSets = view?.exists && baseChanges ? new Map(view.dispatchSets.map((d) => [d.name, d.elements.length])) : undefined;
+    const kernelSets =
+      view?.exists && baseChanges ? new Map(view.dispatchSets.map((d) => [d.name, d.elements.length])) : undefined;
     // A round-robin rule the state does not explain (a process killed between its commit and its
     // state write, or between the two steps of a move) would be dropped by the rewrite and leave its
     // backends behind; a dispatch element of a round-robin profile's address would shadow its rule.
@@ -139,10 +182,23 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
       : fresh
         ? planNftChange(new Map(), next, touched)
         : planNftChange(state, next, touched, usage, kernelSets);
-    return { family: f, steps, next, partial, ...(stray.length ? { note: `${this.where(f)} holds objects of round-robin profiles the state does not explain (${stray.slice(0, 3).join(', ')}); replacing it with all ${next.size} profile(s) in one transaction` } : {}) };
+    return {
+      family: f,
+      steps,
+      next,
+      partial,
+      ...(stray.length
+        ? {
+            note: `${this.where(f)} holds objects of round-robin profiles the state does not explain (${stray.slice(0, 3).join(', ')}); replacing it with all ${next.size} profile(s) in one transaction`,
+          }
+        : {}),
+    };
   }
 
-  async commitPlan(plan: FamilyPlan<NftTransaction>, log: (line: string) => void): Promise<FamilyCommit<NftTransaction>> {
+  async commitPlan(
+    plan: FamilyPlan<NftTransaction>,
+    log: (line: string) => void,
+  ): Promise<FamilyCommit<NftTransaction>> {
     const nf = nftTableFamily(plan.family);
     if (plan.note) log(plan.note);
     let durationMs = 0;
@@ -150,7 +206,10 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
       // A second step only removes what the first one superseded; if it fails, the replacement below
       // (or, for another error, the next change or `sync`) removes the leftovers.
       for (const step of plan.steps) durationMs += (await this.executor.commit(step)).durationMs;
-      const committed = plan.steps.length === 1 ? plan.steps[0] : { family: nf, table: 'iptlb' as const, ops: plan.steps.flatMap((s) => s.ops) };
+      const committed =
+        plan.steps.length === 1
+          ? plan.steps[0]
+          : { family: nf, table: 'iptlb' as const, ops: plan.steps.flatMap((s) => s.ops) };
       return { durationMs, committed };
     } catch (e) {
       if (!outOfStep(e)) throw e;
@@ -160,13 +219,17 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
         const view = await this.executor.read(nf);
         const kept = view.exists ? unknownObjects(view, plan.next.values(), new Set(plan.next.keys())) : undefined;
         if (kept && keepsAnything(kept)) {
-          log(`table ${nf} iptlb is not as this in-memory instance's profiles say (${(e as Error).message}); replacing its ${plan.next.size} profile(s) in one transaction and keeping the ${kept.vips.size} virtual address(es) it was not told about`);
+          log(
+            `table ${nf} iptlb is not as this in-memory instance's profiles say (${(e as Error).message}); replacing its ${plan.next.size} profile(s) in one transaction and keeping the ${kept.vips.size} virtual address(es) it was not told about`,
+          );
           rebuild = planNftMergedRebuild(plan.next.values(), kept, nf);
           durationMs += (await this.executor.commit(rebuild)).durationMs;
           return { durationMs, committed: rebuild };
         }
       }
-      log(`table ${nf} iptlb is not as the state says (${(e as Error).message}); replacing it with all ${plan.next.size} profile(s) in one transaction`);
+      log(
+        `table ${nf} iptlb is not as the state says (${(e as Error).message}); replacing it with all ${plan.next.size} profile(s) in one transaction`,
+      );
       durationMs += (await this.executor.commit(rebuild)).durationMs;
       return { durationMs, committed: rebuild };
     }
@@ -189,7 +252,10 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
   }
 
   describeTransaction(tx: NftTransaction): string[] {
-    return renderNft(tx).trimEnd().split('\n').map((line) => `[nft] ${line}`);
+    return renderNft(tx)
+      .trimEnd()
+      .split('\n')
+      .map((line) => `[nft] ${line}`);
   }
 
   describeProfile(p: Profile): string {
@@ -218,12 +284,25 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     }
     const vip = profile ? planNftProfile(profile).vip : undefined;
     const same = (e: { ip: string; port: number }): boolean => !!vip && e.ip === vip.ip && e.port === vip.port;
-    const dispatch = view.dispatchSets.flatMap((s) => s.elements.filter((e) => same(e.key)).map((e) => ({ set: s.name, ...e })));
-    const backends = view.backendMaps.flatMap((m) => (m.proto === profile?.protocol ? m.elements.filter((e) => same(e.vip)) : []));
-    const rules = view.chains.flatMap((c) => c.rules.filter((r) => (r.kind === 'log' || r.kind === 'masq' || r.kind === 'rr' || r.kind === 'aff') && r.owner === name).map((r) => ({ chain: c.name, rule: r })));
+    const dispatch = view.dispatchSets.flatMap((s) =>
+      s.elements.filter((e) => same(e.key)).map((e) => ({ set: s.name, ...e })),
+    );
+    const backends = view.backendMaps.flatMap((m) =>
+      m.proto === profile?.protocol ? m.elements.filter((e) => same(e.vip)) : [],
+    );
+    const rules = view.chains.flatMap((c) =>
+      c.rules
+        .filter(
+          (r) => (r.kind === 'log' || r.kind === 'masq' || r.kind === 'rr' || r.kind === 'aff') && r.owner === name,
+        )
+        .map((r) => ({ chain: c.name, rule: r })),
+    );
     const lines = [
       ...dispatch.map((d) => `set ${d.set}\t${d.packets} pkts ${d.bytes} bytes\t${d.key.ip} . ${d.key.port}`),
-      ...backends.map((b) => `map be_${profile!.protocol}\t${b.packets} pkts ${b.bytes} bytes\t${b.vip.ip} . ${b.vip.port} . ${b.index} : ${b.to.ip} . ${b.to.port}`),
+      ...backends.map(
+        (b) =>
+          `map be_${profile!.protocol}\t${b.packets} pkts ${b.bytes} bytes\t${b.vip.ip} . ${b.vip.port} . ${b.index} : ${b.to.ip} . ${b.to.port}`,
+      ),
       ...rules.map((r) => `chain ${r.chain}\t${renderNftRule(r.rule as NftRule, view.family ?? 'ip')}`),
     ];
     return {
