@@ -10,15 +10,15 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { open } from '../src/index.js';
-import { loadAddon } from '../src/native/addon.js';
-import { planTransaction } from '../src/plan.js';
-import { renderRule } from '../src/restore.js';
-import { validateProfile } from '../src/profile.js';
-import { serializeState } from '../src/state.js';
-import { planNftRebuild } from '../src/nft/plan.js';
-import { renderNft } from '../src/nft/ops.js';
+import { loadAddon } from '../src/platform/addon.js';
+import { planTransaction } from '../src/engines/legacy/plan.js';
+import { renderRule } from '../src/engines/legacy/restore.js';
+import { validateProfile } from '../src/model/profile.js';
+import { serializeState } from '../src/core/state.js';
+import { planNftRebuild } from '../src/engines/nft/plan.js';
+import { renderNft } from '../src/engines/nft/ops.js';
 import { connect, createServer, type Server } from 'node:net';
-import type { Profile } from '../src/types.js';
+import type { Profile } from '../src/model/types.js';
 import { benchHealth } from './health.js';
 import { benchDataplane, benchLockWait, benchRss, preloadLegacy } from './legacy-perf.js';
 
@@ -74,7 +74,7 @@ function profile(i: number, dests = 3): Profile {
 function flushNat(): void {
   execFileSync('iptables-legacy', ['-t', 'nat', '-F']);
   execFileSync('iptables-legacy', ['-t', 'nat', '-X']);
-  spawnSync('ipset', ['destroy']); // the legacy gate's set (src/gate.ts)
+  spawnSync('ipset', ['destroy']); // the legacy gate's set (src/engines/legacy/gate.ts)
   flushNft();
 }
 function flushNft(): void {

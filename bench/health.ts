@@ -9,10 +9,11 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Core } from '../src/lb.js';
+import { Core } from '../src/core/core.js';
 import { HealthChecker, coreHost } from '../src/health/checker.js';
-import { validateProfile } from '../src/profile.js';
-import type { KernelView, LegacyExecutor, Transaction } from '../src/types.js';
+import { validateProfile } from '../src/model/profile.js';
+import type { KernelView, Transaction } from '../src/model/types.js';
+import type { LegacyExecutor } from '../src/engines/legacy/executor.js';
 
 class NoKernel implements LegacyExecutor {
   readonly kind = 'spawn' as const;

@@ -3,7 +3,7 @@
  *
  *  - `dataplane`: new TCP connections/s to an address that is NOT a virtual address (127.0.0.1, a C
  *    acceptor), from a C client, with 1 and with 10,000 client profiles in the nat table, in the
- *    gated layout (src/gate.ts) and in the layout before it (every profile's jump in nat OUTPUT).
+ *    gated layout (src/engines/legacy/gate.ts) and in the layout before it (every profile's jump in nat OUTPUT).
  *    Each run measures the four cases back to back; the rows are the per-run ratios 10,000 / 1.
  */
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -11,10 +11,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { planProfile, planTransaction } from '../src/plan.js';
-import { renderRestore, renderRule } from '../src/restore.js';
-import { GATE_SET, elementOf } from '../src/gate.js';
-import type { Profile } from '../src/types.js';
+import { planProfile, planTransaction } from '../src/engines/legacy/plan.js';
+import { renderRestore, renderRule } from '../src/engines/legacy/restore.js';
+import { GATE_SET, elementOf } from '../src/engines/legacy/gate.js';
+import type { Profile } from '../src/model/types.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 /** bench/c in the source tree (dist/bench/… → ../../bench/c). */

@@ -5,8 +5,8 @@
  *   npx tsc -p . && unshare -n -- node dist/bench/native-commit.js [iterations]
  */
 import { readFileSync } from 'node:fs';
-import { loadAddon } from '../src/native/addon.js';
-import type { Rule, Transaction } from '../src/types.js';
+import { loadAddon } from '../src/platform/addon.js';
+import type { Rule, Transaction } from '../src/model/types.js';
 
 if (
   readFileSync('/proc/self/net/dev', 'utf8')

@@ -20,8 +20,8 @@ if (bare) {
   process.stdout.write(`${mib().toFixed(1)}\n`);
 } else {
   const { open } = await import('../src/index.js');
-  const { validateProfile } = await import('../src/profile.js');
-  const { serializeState } = await import('../src/state.js');
+  const { validateProfile } = await import('../src/model/profile.js');
+  const { serializeState } = await import('../src/core/state.js');
   const n = Number(nText);
   const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-rss-'));
   const stateFile = path.join(dir, 'state.db');

@@ -34,7 +34,7 @@ for (const k of ${JSON.stringify(childProcessKeys)}) {
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 await build({
-  entryPoints: [path.join(root, 'src', 'cli.ts')],
+  entryPoints: [path.join(root, 'src', 'cli', 'main.ts')],
   outfile: path.join(root, 'dist', 'iptlb.cjs'),
   bundle: true,
   minify: true,

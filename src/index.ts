@@ -10,14 +10,15 @@
  * ```
  */
 import { EventEmitter } from 'node:events';
-import { Core, type OpenOptions, type TransactionResult } from './lb.js';
-import { CommitQueue, type CommitEvent } from './batch.js';
-import { validateName, validateProfile } from './profile.js';
-import { IptlbError } from './errors.js';
-import { validateOpenOptions } from './options.js';
-import type { EngineName, Executor, Family, KernelView, Profile, ProfileInput } from './types.js';
-import type { NftView } from './nft/ops.js';
-import type { ProfileReport } from './drift.js';
+import { Core, type OpenOptions, type TransactionResult } from './core/core.js';
+import { CommitQueue, type CommitEvent } from './core/batch.js';
+import { validateName, validateProfile } from './model/profile.js';
+import { IptlbError } from './model/errors.js';
+import { validateOpenOptions } from './core/options.js';
+import type { EngineName, Family, KernelView, Profile, ProfileInput } from './model/types.js';
+import type { Executor } from './engines/engine.js';
+import type { NftView } from './engines/nft/ops.js';
+import type { ProfileReport } from './model/report.js';
 import { HealthChecker, type HealthCheckerOptions, type HealthEvent, type HealthHost } from './health/checker.js';
 export { HealthChecker } from './health/checker.js';
 export type { HealthCheckerOptions, HealthEvent, DestinationHealthState } from './health/checker.js';
@@ -25,12 +26,12 @@ export type { HealthConfig, HealthInput } from './health/config.js';
 export type { DestinationHealth } from './health/effective.js';
 export { startMetricsServer, ProcessStats } from './metrics/server.js';
 export type { MetricsServer, MetricsServerOptions } from './metrics/server.js';
-export type { ProfileReport, ProfileStatus, DestinationCounters } from './drift.js';
+export type { ProfileReport, ProfileStatus, DestinationCounters } from './model/report.js';
 
-export { IptlbError } from './errors.js';
-export type { ErrorCode } from './errors.js';
-export type { OpenOptions, TransactionResult } from './lb.js';
-export type { CommitEvent } from './batch.js';
+export { IptlbError } from './model/errors.js';
+export type { ErrorCode } from './model/errors.js';
+export type { OpenOptions, TransactionResult } from './core/core.js';
+export type { CommitEvent } from './core/batch.js';
 
 /** Options of {@link open}: those of the core plus group commit. */
 export interface IptlbOptions extends OpenOptions {
@@ -78,20 +79,20 @@ export type {
   Target,
   Transaction,
   ExecutorChoice,
-  Executor,
-  LegacyExecutor,
-  NftExecutor,
   CommitResult,
   EngineName,
   EngineChoice,
-} from './types.js';
-export type { NftFamily, NftOp, NftRule, NftTransaction, NftView } from './nft/ops.js';
-export { planNftChange, planNftRebuild } from './nft/plan.js';
-export { renderNft } from './nft/ops.js';
-export { validateProfile, chainName } from './profile.js';
-export { planTransaction, planProfile } from './plan.js';
-export { renderRestore, renderRule } from './restore.js';
-export { serializeState, parseState } from './state.js';
+} from './model/types.js';
+export type { Executor } from './engines/engine.js';
+export type { LegacyExecutor } from './engines/legacy/executor.js';
+export type { NftExecutor } from './engines/nft/executor.js';
+export type { NftFamily, NftOp, NftRule, NftTransaction, NftView } from './engines/nft/ops.js';
+export { planNftChange, planNftRebuild } from './engines/nft/plan.js';
+export { renderNft } from './engines/nft/ops.js';
+export { validateProfile, chainName } from './model/profile.js';
+export { planTransaction, planProfile } from './engines/legacy/plan.js';
+export { renderRestore, renderRule } from './engines/legacy/restore.js';
+export { serializeState, parseState } from './core/state.js';
 export { runAgent, Agent, type AgentOptions, type HostStatus } from './fleet/agent.js';
 export {
   EtcdStore,

@@ -11,7 +11,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { findBinary } from '../executors/spawn.js';
+import { findBinary } from '../platform/spawn.js';
 
 type Out = { out: (s: string) => void; err: (s: string) => void };
 

@@ -1,6 +1,6 @@
 /** The etcd flags shared by `iptlb agent` and `iptlb fleet` (with their environment variables). */
 import { Option, type Command } from 'commander';
-import { IptlbError } from '../errors.js';
+import { IptlbError } from '../model/errors.js';
 import { parseEndpoints, type EtcdOptions } from '../fleet/store.js';
 import { DEFAULT_PREFIX, validatePrefix } from '../fleet/reconcile.js';
 

@@ -3,7 +3,7 @@
  * {@link HealthChecker} on the watch's core) and, with `--metrics-address`, the /metrics and
  * /healthz server.
  */
-import type { Core } from '../lb.js';
+import type { Core } from '../core/core.js';
 import { HealthChecker, coreHost } from '../health/checker.js';
 import { ProcessStats, parseListenAddress, startMetricsServer, type MetricsServer } from '../metrics/server.js';
 

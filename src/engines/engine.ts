@@ -1,15 +1,25 @@
 /**
  * The engine seam: everything that differs between the ways iptlb can hold its rules (the x_tables
  * nat tables, `legacy`; the nf_tables tables `ip iptlb` / `ip6 iptlb`, `nft`) behind one interface.
- * The core (src/lb.ts), the CLI and the API talk only to an {@link Engine}; each engine lives in its
+ * The core (src/core/core.ts), the CLI and the API talk only to an {@link Engine}; each engine lives in its
  * own folder (src/engines/<name>/) and is listed once in src/engines/registry.ts.
  *
  * An engine wraps one executor of its own kind (native addon or spawned tools); both executors of an
  * engine commit the same plans with the same kernel result.
  */
-import type { Family } from '../address.js';
-import type { ProfileReport } from '../drift.js';
-import type { EngineName, Executor, Profile } from '../types.js';
+import type { Family } from '../model/address.js';
+import type { ProfileReport } from '../model/report.js';
+import type { EngineName, KernelView, Profile, Transaction } from '../model/types.js';
+import type { NftTransaction, NftView } from './nft/ops.js';
+import type { LegacyExecutor } from './legacy/executor.js';
+import type { NftExecutor } from './nft/executor.js';
+
+/** An executor of either engine. */
+export type Executor = LegacyExecutor | NftExecutor;
+/** A transaction of either engine, as the core logs and keeps it. */
+export type AnyTransaction = Transaction | NftTransaction;
+/** iptlb's objects in the kernel as either engine reads them. */
+export type AnyView = KernelView | NftView;
 
 /** The address families, in the order a change commits them. */
 export const FAMILIES: readonly Family[] = ['ipv4', 'ipv6'];

@@ -2,12 +2,15 @@
  * The engines iptlb knows, one entry each: how to make its two executors, and the engine over one.
  * An engine is a folder under src/engines/ whose class implements {@link Engine}.
  */
-import { selectExecutor, type ExecutorKinds } from '../executors/index.js';
-import { NativeExecutor } from '../executors/native.js';
-import { SpawnExecutor } from '../executors/spawn.js';
-import { NftNativeExecutor } from '../executors/nft-native.js';
-import { NftSpawnExecutor } from '../executors/nft-spawn.js';
-import type { EngineName, Executor, ExecutorChoice, LegacyExecutor, NftExecutor } from '../types.js';
+import { selectExecutor, type ExecutorKinds } from './executors.js';
+import { NativeExecutor } from './legacy/native.js';
+import { SpawnExecutor } from './legacy/spawn.js';
+import { NftNativeExecutor } from './nft/native.js';
+import { NftSpawnExecutor } from './nft/spawn.js';
+import type { EngineName, ExecutorChoice } from '../model/types.js';
+import type { Executor } from './engine.js';
+import type { LegacyExecutor } from './legacy/executor.js';
+import type { NftExecutor } from './nft/executor.js';
 import type { Engine } from './engine.js';
 import { LegacyEngine } from './legacy/index.js';
 import { NftEngine } from './nft/index.js';

@@ -15,9 +15,10 @@
  */
 import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
-import { Core, type OpenOptions } from '../lb.js';
-import { IptlbError } from '../errors.js';
-import type { EngineChoice, Executor, ExecutorChoice, EngineName, Profile } from '../types.js';
+import { Core, type OpenOptions } from '../core/core.js';
+import { IptlbError } from '../model/errors.js';
+import type { EngineChoice, ExecutorChoice, EngineName, Profile } from '../model/types.js';
+import type { Executor } from '../engines/engine.js';
 import {
   decide,
   DEFAULT_PREFIX,

@@ -2,9 +2,9 @@
  * The operators' side of the fleet: profiles written to and read from etcd, and the hosts' status.
  * Validation is exactly the CLI's (validateProfile, conflicts with the other stored profiles).
  */
-import { IptlbError } from '../errors.js';
-import { checkConflicts, show, validateName, validateProfile } from '../profile.js';
-import type { Profile, ProfileInput } from '../types.js';
+import { IptlbError } from '../model/errors.js';
+import { checkConflicts, show, validateName, validateProfile } from '../model/profile.js';
+import type { Profile, ProfileInput } from '../model/types.js';
 import { hostKey, parseStored, profileKey, type Parsed } from './reconcile.js';
 import { MAX_TXN_OPS, prefixEnd, type FleetStore } from './store.js';
 import type { HostStatus } from './agent.js';

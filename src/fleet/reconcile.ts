@@ -2,10 +2,10 @@
  * The agent's decision, pure: from the profiles the store holds (key → JSON) and those the agent
  * owns (its state file), the one change to commit and the profiles refused.
  */
-import { IptlbError, type ErrorCode } from '../errors.js';
-import { chainName, sameProfile, show, validateProfile } from '../profile.js';
-import type { Profile } from '../types.js';
-import type { Change } from '../lb.js';
+import { IptlbError, type ErrorCode } from '../model/errors.js';
+import { chainName, sameProfile, show, validateProfile } from '../model/profile.js';
+import type { Profile } from '../model/types.js';
+import type { Change } from '../core/core.js';
 
 export const DEFAULT_PREFIX = '/iptlb/v1/';
 

@@ -3,7 +3,7 @@
  * talks to etcd (npm `etcd3`, loaded on first use); unit tests supply a fake with the same contract.
  */
 import { readFileSync } from 'node:fs';
-import { IptlbError } from '../errors.js';
+import { IptlbError } from '../model/errors.js';
 
 export interface StoreKV {
   key: string;

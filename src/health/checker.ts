@@ -12,9 +12,9 @@
  * one transaction per address family; the state file is never written for them.
  */
 import { EventEmitter } from 'node:events';
-import { parseEndpoint } from '../address.js';
-import type { Core, TransactionResult } from '../lb.js';
-import type { Profile } from '../types.js';
+import { parseEndpoint } from '../model/address.js';
+import type { Core, TransactionResult } from '../core/core.js';
+import type { Profile } from '../model/types.js';
 import { sameHealth, type HealthConfig } from './config.js';
 import { effectiveProfile, healthFileOf, type DestinationHealth, type DestinationHealthInfo } from './effective.js';
 import { probe as realProbe, type Probe } from './probe.js';

@@ -2,9 +2,9 @@
  * The `health` field of a profile: which active check its destinations get. Opt-in: without it (or
  * with `kind: none`) nothing is probed and the state file is byte-identical to one without health.
  */
-import { canonicalIpv6, ipv4Problem } from '../address.js';
-import { invalid } from '../errors.js';
-import type { Family } from '../address.js';
+import { canonicalIpv6, ipv4Problem } from '../model/address.js';
+import { invalid } from '../model/errors.js';
+import type { Family } from '../model/address.js';
 
 export type HealthKind = 'tcp' | 'http';
 export const HEALTH_KINDS = ['tcp', 'http', 'none'] as const;

@@ -15,11 +15,11 @@
  * publishes beside the state file ({@link healthFileOf}), so its status, sync and apply plan the same
  * effective profiles.
  */
-import { pidAlive } from '../pid.js';
+import { pidAlive } from '../platform/pid.js';
 import { promises as fsp, readFileSync, statSync } from 'node:fs';
 import * as path from 'node:path';
-import type { Profile } from '../types.js';
-import type { DestinationCounters } from '../drift.js';
+import type { Profile } from '../model/types.js';
+import type { DestinationCounters } from '../model/report.js';
 
 export type DestinationHealth = 'up' | 'down' | 'unchecked';
 

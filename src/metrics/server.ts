@@ -5,9 +5,9 @@
  * few metric families below need no registry, and the process then loads no extra dependency.
  */
 import * as http from 'node:http';
-import { IptlbError } from '../errors.js';
-import type { Core } from '../lb.js';
-import type { ProfileReport } from '../drift.js';
+import { IptlbError } from '../model/errors.js';
+import type { Core } from '../core/core.js';
+import type { ProfileReport } from '../model/report.js';
 import type { HealthChecker } from '../health/checker.js';
 
 /** Upper bounds of the commit duration histogram, seconds. */

@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { findBinary } from '../../src/executors/spawn.js';
+import { findBinary } from '../../src/platform/spawn.js';
 
 /**
  * Absolute path of the project root: the nearest ancestor of this file holding package.json, found

@@ -5,8 +5,8 @@
  * EBUSY, a stale generation is ERESTART), so the core's sync, migrate, repair and undo paths run
  * against something that remembers. Tamper with `tables` to simulate other tools, reboots and flushes.
  */
-import { IptlbError } from '../../src/errors.js';
-import { renderRestore } from '../../src/restore.js';
+import { IptlbError } from '../../src/model/errors.js';
+import { renderRestore } from '../../src/engines/legacy/restore.js';
 import {
   renderNft,
   type NftBaseChain,
@@ -15,17 +15,10 @@ import {
   type NftRule,
   type NftTransaction,
   type NftView,
-} from '../../src/nft/ops.js';
-import type {
-  CommitResult,
-  Family,
-  HookChain,
-  KernelView,
-  LegacyExecutor,
-  NftExecutor,
-  Rule,
-  Transaction,
-} from '../../src/types.js';
+} from '../../src/engines/nft/ops.js';
+import type { CommitResult, Family, HookChain, KernelView, Rule, Transaction } from '../../src/model/types.js';
+import type { LegacyExecutor } from '../../src/engines/legacy/executor.js';
+import type { NftExecutor } from '../../src/engines/nft/executor.js';
 
 const clone = <T>(v: T): T => structuredClone(v);
 export const kernelError = (errno: number, what: string): IptlbError =>
@@ -103,7 +96,7 @@ export class FakeLegacyKernel implements LegacyExecutor {
     const chains = [...t.chains]
       .filter(([name]) => name.startsWith('IPTLB_'))
       .map(([name, rules]) => ({ name, rules: rules.map((rule) => ({ rule: clone(rule), packets: 0n, bytes: 0n })) }));
-    // The gated layout (src/gate.ts): iptlb's OUTPUT/PREROUTING rules sit behind a gate per hook, which
+    // The gated layout (src/engines/legacy/gate.ts): iptlb's OUTPUT/PREROUTING rules sit behind a gate per hook, which
     // exists while the hook has any; the fake keeps them in the hook's list and reports the gates.
     const gated = (['OUTPUT', 'PREROUTING'] as const).filter((h) => t.hooks[h].some((r) => r.owner));
     return { chains, hookRules, ...(gated.length ? { gate: { gates: [...gated], dispatch: [...gated] } } : {}) };

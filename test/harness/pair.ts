@@ -5,8 +5,8 @@
 import { execFileSync } from 'node:child_process';
 import { CLI_PATH } from './env.js';
 import { normalizeNft, normalizeSave } from './iptables.js';
-import { parseNftJson } from '../../src/nft/view.js';
-import { backendOffset, parseDispatchSetName, rrOffset } from '../../src/nft/ops.js';
+import { parseNftJson } from '../../src/engines/nft/view.js';
+import { backendOffset, parseDispatchSetName, rrOffset } from '../../src/engines/nft/ops.js';
 
 export interface PairArg {
   engine: 'legacy' | 'nft';

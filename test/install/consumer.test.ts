@@ -27,7 +27,7 @@ import {
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { PROJECT_ROOT } from '../harness/env.js';
-import { findBinary } from '../../src/executors/spawn.js';
+import { findBinary } from '../../src/platform/spawn.js';
 
 const prebuilt = path.join(PROJECT_ROOT, 'prebuilds', `${process.platform}-${process.arch}`);
 const skip =

@@ -1,8 +1,8 @@
 /** Shared helpers of the kernel tests: which executors can run here, and the step runner. */
 import { kernelTestSupport } from '../harness/env.js';
 import { runJsonInFreshNetns } from '../harness/netns.js';
-import { loadAddon } from '../../src/native/addon.js';
-import { findBinary } from '../../src/executors/spawn.js';
+import { loadAddon } from '../../src/platform/addon.js';
+import { findBinary } from '../../src/platform/spawn.js';
 import { pairOf } from '../harness/pair.js';
 import type { Step } from './fixtures/steps.js';
 

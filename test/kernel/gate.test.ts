@@ -1,5 +1,5 @@
 /**
- * The legacy gate (src/gate.ts), on both legacy executors, with real traffic in a namespace:
+ * The legacy gate (src/engines/legacy/gate.ts), on both legacy executors, with real traffic in a namespace:
  * rules of the layout before the gate (jumps directly in nat OUTPUT) are reported as modified and
  * moved behind the gate by `sync`; the gate set holds exactly the virtual address:port pairs of the
  * profiles (an element shared by nothing else goes with its profile, the others stay); the last
@@ -9,9 +9,9 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { PAIRS, VIP, cli, ok, runSteps } from './common.js';
-import { planProfile } from '../../src/plan.js';
-import { renderRule } from '../../src/restore.js';
-import { validateProfile } from '../../src/profile.js';
+import { planProfile } from '../../src/engines/legacy/plan.js';
+import { renderRule } from '../../src/engines/legacy/restore.js';
+import { validateProfile } from '../../src/model/profile.js';
 import { countsFor } from '../harness/traffic.js';
 
 const A = validateProfile({ name: 'a', source: `${VIP}:80`, destination: ['127.0.0.1:9001', '127.0.0.1:9002'] });

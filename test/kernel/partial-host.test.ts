@@ -15,7 +15,7 @@ import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync,
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { CLI_PATH, PROJECT_ROOT, skipReason } from '../harness/env.js';
-import { addonPath, loadAddon } from '../../src/native/addon.js';
+import { addonPath, loadAddon } from '../../src/platform/addon.js';
 
 /** Where the dynamic linker finds `soname` for this addon file (from ldd). */
 function libraryOf(file: string, soname: string): string | undefined {

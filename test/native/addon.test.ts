@@ -17,9 +17,9 @@ import {
   loadAddonFrom,
   loadAddonPart,
   rebuildCommand,
-} from '../../src/native/addon.js';
-import { mapNativeError, NativeExecutor } from '../../src/executors/native.js';
-import { IptlbError } from '../../src/errors.js';
+} from '../../src/platform/addon.js';
+import { mapNativeError, NativeExecutor } from '../../src/engines/legacy/native.js';
+import { IptlbError } from '../../src/model/errors.js';
 
 const loaded = loadAddon();
 const NO_ADDON = loaded.ok ? false : `native addon unavailable: ${loaded.reason}: ${loaded.detail}`;

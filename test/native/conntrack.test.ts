@@ -9,7 +9,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { release } from 'node:os';
-import { loadAddon } from '../../src/native/addon.js';
+import { loadAddon } from '../../src/platform/addon.js';
 import { fixture, kernelSkip, runInNetns } from './netns-child.js';
 
 const loaded = loadAddon();

@@ -5,9 +5,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { loadAddon } from '../../src/native/addon.js';
-import { lockStateFile } from '../../src/lock.js';
-import type { IptlbError } from '../../src/errors.js';
+import { loadAddon } from '../../src/platform/addon.js';
+import { lockStateFile } from '../../src/platform/lock.js';
+import type { IptlbError } from '../../src/model/errors.js';
 
 const skip = loadAddon().ok ? false : 'the native addon is not built';
 const dist = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');

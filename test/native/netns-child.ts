@@ -5,7 +5,7 @@
  */
 import { spawn } from 'node:child_process';
 import { readlinkSync } from 'node:fs';
-import { loadAddon } from '../../src/native/addon.js';
+import { loadAddon } from '../../src/platform/addon.js';
 
 export interface NetnsChildOptions {
   /** Kill the child after this long (default 120 s). */

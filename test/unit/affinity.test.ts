@@ -1,14 +1,14 @@
 /** Session affinity (issue 8, part 4): model, validation, state file, both planners, restore text, drift. No root. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { sameProfile, validateProfile } from '../../src/profile.js';
-import { parseState, serializeState } from '../../src/state.js';
+import { sameProfile, validateProfile } from '../../src/model/profile.js';
+import { parseState, serializeState } from '../../src/core/state.js';
 import { assertCanonicalRoundTrip, assertStateRefused } from './state-checks.js';
-import { planProfile, recentName } from '../../src/plan.js';
-import { parseRule, renderRule, splitWords } from '../../src/restore.js';
-import { compare } from '../../src/drift.js';
-import { IptlbError } from '../../src/errors.js';
-import type { KernelView, Profile } from '../../src/types.js';
+import { planProfile, recentName } from '../../src/engines/legacy/plan.js';
+import { parseRule, renderRule, splitWords } from '../../src/engines/legacy/restore.js';
+import { compare } from '../../src/engines/legacy/drift.js';
+import { IptlbError } from '../../src/model/errors.js';
+import type { KernelView, Profile } from '../../src/model/types.js';
 
 const D = ['127.0.0.1:9001', '127.0.0.1:9002', '127.0.0.1:9003'];
 const base = { name: 'web', source: '127.100.0.10:8081' };
@@ -208,9 +208,9 @@ test('legacy status: an affinity profile read back as planned is in-sync and cou
 // ---------------------------------------------------------------------------------------------
 // nft engine
 
-import { planNftChange, planNftProfile, planNftRebuild } from '../../src/nft/plan.js';
-import { renderNft, renderNftRule, type NftRule, type NftView } from '../../src/nft/ops.js';
-import { compareNft, decodeRuleJson, parseNftJson } from '../../src/nft/view.js';
+import { planNftChange, planNftProfile, planNftRebuild } from '../../src/engines/nft/plan.js';
+import { renderNft, renderNftRule, type NftRule, type NftView } from '../../src/engines/nft/ops.js';
+import { compareNft, decodeRuleJson, parseNftJson } from '../../src/engines/nft/view.js';
 
 const pm = (...ps: Profile[]): Map<string, Profile> => new Map(ps.map((p) => [p.name, p]));
 

@@ -128,7 +128,7 @@ test('stateFile: false keeps profiles in memory: no file, same semantics', async
 });
 
 test('a coalesced batch accepts and refuses exactly what the calls one at a time would (conflict index)', async () => {
-  const { checkConflicts, validateProfile } = await import('../../src/profile.js');
+  const { checkConflicts, validateProfile } = await import('../../src/model/profile.js');
   type Call = { kind: 'apply'; profiles: ReturnType<typeof prof>[] } | { kind: 'delete'; names: string[] };
   const names = ['a', 'A', 'b', 'c-d', 'c_d', 'e'];
   const op = fc.oneof(

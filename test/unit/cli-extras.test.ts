@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { main } from '../../src/cli.js';
+import { main } from '../../src/cli/main.js';
 import { PROJECT_ROOT } from '../harness/env.js';
 
 async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { normalizeArgv, main } from '../../src/cli.js';
+import { normalizeArgv, main } from '../../src/cli/main.js';
 
 test('Go-style flags: one or two dashes, =value or a space, booleans with =true/=false (last wins)', () => {
   assert.deepEqual(normalizeArgv(['-src-addr=1.2.3.4:5', '--dest-addr', 'x', '-run', '-reset=true']), [

@@ -1,12 +1,18 @@
 /**
- * src/conntrack.ts without a kernel: which flows a change leaves stale, and the log lines of both ways of deleting
+ * src/core/conntrack.ts without a kernel: which flows a change leaves stale, and the log lines of both ways of deleting
  * them.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ConntrackJanitor, flushStaleFlows, staleFlows, type StaleFlows, type StalePair } from '../../src/conntrack.js';
-import { validateProfile } from '../../src/profile.js';
-import type { Profile } from '../../src/types.js';
+import {
+  ConntrackJanitor,
+  flushStaleFlows,
+  staleFlows,
+  type StaleFlows,
+  type StalePair,
+} from '../../src/core/conntrack.js';
+import { validateProfile } from '../../src/model/profile.js';
+import type { Profile } from '../../src/model/types.js';
 
 const p = (over: Partial<Profile> = {}): Profile => ({
   name: 'dns',

@@ -9,11 +9,12 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { Core, upsertChange, deleteChange } from '../../src/lb.js';
+import { Core, upsertChange, deleteChange } from '../../src/core/core.js';
 import { open } from '../../src/index.js';
-import { validateProfile } from '../../src/profile.js';
+import { validateProfile } from '../../src/model/profile.js';
 import { FakeLegacyKernel, FakeNftKernel, kernelError } from '../harness/fake-kernel.js';
-import type { EngineName, Executor, ProfileInput } from '../../src/types.js';
+import type { EngineName, ProfileInput } from '../../src/model/types.js';
+import type { Executor } from '../../src/engines/engine.js';
 
 const web = (n: number, dests = 3, source = `127.100.0.${10 + n}:80`): ProfileInput => ({
   name: `web${n}`,

@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 test('agent metrics: applied revision, owned and refused profiles, one watch state set', async () => {
-  const { agentMetrics } = await import('../../src/cli/agent.js');
+  const { agentMetrics } = await import('../../src/cli/commands/agent.js');
   const text = agentMetrics({ revision: 42, profiles: 3, refused: [{}], watch: 'watching' });
   assert.match(text, /^iptlb_agent_applied_revision 42$/m);
   assert.match(text, /^iptlb_agent_profiles 3$/m);

@@ -11,12 +11,12 @@ import { Agent, type AgentOptions, type HostStatus } from '../../src/fleet/agent
 import { decide, parseStored, profileKey } from '../../src/fleet/reconcile.js';
 import { fleetApply, fleetDelete, fleetList, fleetStatus } from '../../src/fleet/fleet.js';
 import { prefixEnd, parseEndpoints } from '../../src/fleet/store.js';
-import { Core } from '../../src/lb.js';
-import { validateProfile } from '../../src/profile.js';
-import { IptlbError } from '../../src/errors.js';
+import { Core } from '../../src/core/core.js';
+import { validateProfile } from '../../src/model/profile.js';
+import { IptlbError } from '../../src/model/errors.js';
 import { FakeNftKernel } from '../harness/fake-kernel.js';
 import { FakeStore } from '../harness/fake-store.js';
-import type { NftTransaction } from '../../src/nft/ops.js';
+import type { NftTransaction } from '../../src/engines/nft/ops.js';
 
 const P = '/iptlb/v1/';
 const prof = (name: string, port: number, dest = 9000): Record<string, unknown> => ({
@@ -458,7 +458,7 @@ describe('fleet: operators side against the fake store', () => {
 
 describe('fleet: CLI bad input (no etcd needed: refused before any call)', () => {
   const run = async (...argv: string[]): Promise<{ code: number; err: string }> => {
-    const { main } = await import('../../src/cli.js');
+    const { main } = await import('../../src/cli/main.js');
     let err = '';
     const code = await main(argv, { out: () => {}, err: (s) => (err += s + '\n') });
     return { code, err };

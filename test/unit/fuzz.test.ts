@@ -4,12 +4,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { validateProfile, checkSet } from '../../src/profile.js';
-import { planTransaction } from '../../src/plan.js';
-import { renderRestore, renderRule, parseRule, splitWords } from '../../src/restore.js';
-import { parseState, serializeState } from '../../src/state.js';
-import { IptlbError } from '../../src/errors.js';
-import type { Profile } from '../../src/types.js';
+import { validateProfile, checkSet } from '../../src/model/profile.js';
+import { planTransaction } from '../../src/engines/legacy/plan.js';
+import { renderRestore, renderRule, parseRule, splitWords } from '../../src/engines/legacy/restore.js';
+import { parseState, serializeState } from '../../src/core/state.js';
+import { IptlbError } from '../../src/model/errors.js';
+import type { Profile } from '../../src/model/types.js';
 
 const RUNS = Number(process.env.IPTLB_FUZZ_RUNS ?? 500);
 

@@ -14,7 +14,7 @@ import {
   type LegacyExecutor,
   type Transaction,
 } from '../../src/index.js';
-import { Core } from '../../src/lb.js';
+import { Core } from '../../src/core/core.js';
 import { HealthChecker, coreHost } from '../../src/health/checker.js';
 import { effectiveProfile } from '../../src/health/effective.js';
 import { ProcessStats, parseListenAddress } from '../../src/metrics/server.js';

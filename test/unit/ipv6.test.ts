@@ -5,12 +5,13 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { canonicalIpv6, formatEndpoint, parseEndpoint } from '../../src/address.js';
-import { familyOfProfile, validateProfile, checkSet } from '../../src/profile.js';
-import { parseState, serializeState } from '../../src/state.js';
-import { changeOfFamily } from '../../src/lb.js';
-import { IptlbError } from '../../src/errors.js';
-import type { KernelView, LegacyExecutor, Profile, Transaction } from '../../src/types.js';
+import { canonicalIpv6, formatEndpoint, parseEndpoint } from '../../src/model/address.js';
+import { familyOfProfile, validateProfile, checkSet } from '../../src/model/profile.js';
+import { parseState, serializeState } from '../../src/core/state.js';
+import { changeOfFamily } from '../../src/core/core.js';
+import { IptlbError } from '../../src/model/errors.js';
+import type { KernelView, Profile, Transaction } from '../../src/model/types.js';
+import type { LegacyExecutor } from '../../src/engines/legacy/executor.js';
 import { open } from '../../src/index.js';
 
 function rejects(input: unknown, field: string, re: RegExp): void {

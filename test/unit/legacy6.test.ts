@@ -4,11 +4,11 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { planProfile, planTransaction, recentName } from '../../src/plan.js';
-import { familyOfRule, parseSave, renderRestore, renderRule } from '../../src/restore.js';
-import { compare, syncTransaction } from '../../src/drift.js';
-import { validateProfile } from '../../src/profile.js';
-import type { KernelView, Profile, Transaction } from '../../src/types.js';
+import { planProfile, planTransaction, recentName } from '../../src/engines/legacy/plan.js';
+import { familyOfRule, parseSave, renderRestore, renderRule } from '../../src/engines/legacy/restore.js';
+import { compare, syncTransaction } from '../../src/engines/legacy/drift.js';
+import { validateProfile } from '../../src/model/profile.js';
+import type { KernelView, Profile, Transaction } from '../../src/model/types.js';
 
 const empty: KernelView = { chains: [], hookRules: [] };
 const MASK6 = 'ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff';

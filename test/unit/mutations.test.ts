@@ -9,10 +9,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { writeState, readState } from '../../src/state.js';
-import { parseSave } from '../../src/restore.js';
-import { planNftProfile } from '../../src/nft/plan.js';
-import { validateProfile } from '../../src/profile.js';
+import { writeState, readState } from '../../src/core/state.js';
+import { parseSave } from '../../src/engines/legacy/restore.js';
+import { planNftProfile } from '../../src/engines/nft/plan.js';
+import { validateProfile } from '../../src/model/profile.js';
 
 test('writeState syncs the new file before it replaces the old one, then the directory', async (t) => {
   const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-fsync-'));

@@ -1,12 +1,12 @@
 /** The nft engine's pure layers: planner, rendering, reading back (nft -j) and drift. No root. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { planNftChange, planNftRebuild, baseContent, dispatchSetUsage } from '../../src/nft/plan.js';
-import { renderNft, renderNftRule, type NftOp, type NftView } from '../../src/nft/ops.js';
-import { compareNft, decodeRuleJson, parseNftJson } from '../../src/nft/view.js';
-import { validateProfile } from '../../src/profile.js';
-import { parseEngineChoice, selectEngine } from '../../src/engine.js';
-import type { Profile } from '../../src/types.js';
+import { planNftChange, planNftRebuild, baseContent, dispatchSetUsage } from '../../src/engines/nft/plan.js';
+import { renderNft, renderNftRule, type NftOp, type NftView } from '../../src/engines/nft/ops.js';
+import { compareNft, decodeRuleJson, parseNftJson } from '../../src/engines/nft/view.js';
+import { validateProfile } from '../../src/model/profile.js';
+import { parseEngineChoice, selectEngine } from '../../src/engines/select.js';
+import type { Profile } from '../../src/model/types.js';
 
 const web = validateProfile({
   name: 'web',

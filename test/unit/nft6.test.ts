@@ -8,7 +8,7 @@ import {
   planNftProfile,
   dispatchSetUsage,
   nftFamilyOf,
-} from '../../src/nft/plan.js';
+} from '../../src/engines/nft/plan.js';
 import {
   AFFINITY_SET_PATTERN,
   affinitySetName,
@@ -17,10 +17,10 @@ import {
   renderNftRule,
   type NftOp,
   type NftTransaction,
-} from '../../src/nft/ops.js';
-import { compareNft, decodeRuleJson, parseNftJson, strayRoundRobin } from '../../src/nft/view.js';
-import { validateProfile } from '../../src/profile.js';
-import type { Profile, ProfileInput } from '../../src/types.js';
+} from '../../src/engines/nft/ops.js';
+import { compareNft, decodeRuleJson, parseNftJson, strayRoundRobin } from '../../src/engines/nft/view.js';
+import { validateProfile } from '../../src/model/profile.js';
+import type { Profile, ProfileInput } from '../../src/model/types.js';
 
 const m = (...ps: Profile[]): Map<string, Profile> => new Map(ps.map((p) => [p.name, p]));
 const kinds = (ops: NftOp[]): string[] => ops.map((o) => o.op);

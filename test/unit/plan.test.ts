@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { planProfile, planTransaction, cascadeProbability } from '../../src/plan.js';
+import { planProfile, planTransaction, cascadeProbability } from '../../src/engines/legacy/plan.js';
 import {
   renderRestore,
   renderRule,
@@ -8,9 +8,9 @@ import {
   parseRule,
   splitWords,
   canonicalProbability,
-} from '../../src/restore.js';
-import { validateProfile } from '../../src/profile.js';
-import type { KernelView } from '../../src/types.js';
+} from '../../src/engines/legacy/restore.js';
+import { validateProfile } from '../../src/model/profile.js';
+import type { KernelView } from '../../src/model/types.js';
 
 const web = validateProfile({
   name: 'web',
@@ -214,8 +214,8 @@ test('splitWords honours quotes and escapes; parseRule refuses what iptlb does n
 });
 
 test('gate: set elements are added for planned jumps and deleted only when no remaining rule needs them; old-layout rules are direct and drift says so', async () => {
-  const { planGate, elementOf } = await import('../../src/gate.js');
-  const { compare } = await import('../../src/drift.js');
+  const { planGate, elementOf } = await import('../../src/engines/legacy/gate.js');
+  const { compare } = await import('../../src/engines/legacy/drift.js');
   const a = validateProfile({ name: 'a', source: '127.100.0.10:8081', destination: ['127.0.0.1:9001'] });
   const b = validateProfile({
     name: 'b',
@@ -261,7 +261,7 @@ test('gate: set elements are added for planned jumps and deleted only when no re
 });
 
 test('gate: a profile whose rules sit behind a missing gate is modified, and sync re-inserts the gate', async () => {
-  const { compare, syncTransaction } = await import('../../src/drift.js');
+  const { compare, syncTransaction } = await import('../../src/engines/legacy/drift.js');
   const a = validateProfile({ name: 'a', source: '127.100.0.10:8081', destination: ['127.0.0.1:9001'] });
   const installed = renderRestore(planTransaction([a], []), empty).replace(/-I (\S+) \d+/g, '-A $1');
   const gateless = parseSave(installed.replace(/^-A OUTPUT -m set .*\n/m, ''));

@@ -1,8 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { validateProfile, checkConflicts, checkSet, chainName, normalizeLogLevel } from '../../src/profile.js';
-import { IptlbError } from '../../src/errors.js';
-import type { ProfileInput } from '../../src/types.js';
+import { validateProfile, checkConflicts, checkSet, chainName, normalizeLogLevel } from '../../src/model/profile.js';
+import { IptlbError } from '../../src/model/errors.js';
+import type { ProfileInput } from '../../src/model/types.js';
 
 const base: ProfileInput = {
   name: 'web',

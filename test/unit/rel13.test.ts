@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { open, IptlbError, serializeState, validateProfile } from '../../src/index.js';
-import { main } from '../../src/cli.js';
+import { main } from '../../src/cli/main.js';
 import { CLI_PATH } from '../harness/env.js';
 
 function tmpdir(): string {
@@ -391,7 +391,7 @@ test('11: the periodic drift check never reads the kernel while a commit of the 
 
 test('13: watch applies a changed file only once it has settled (no change for settleMs) and parses; a partial or empty file changing under it is never applied (mock timers)', async (t) => {
   t.mock.timers.enable({ apis: ['setTimeout', 'setInterval', 'Date'], now: 1_000_000 });
-  const { startWatch } = await import('../../src/watch.js');
+  const { startWatch } = await import('../../src/core/watch.js');
   let v = 'v0';
   let parses = true;
   const syncs: string[] = [];
@@ -468,10 +468,10 @@ test('13: watch applies a changed file only once it has settled (no change for s
 });
 
 test('12: names: 1-63 of A-Za-z0-9_-, not starting with -; up to 18 keep their chain name, longer ones get a stable hashed one; old state files stay valid', async () => {
-  const { chainName, validateName } = await import('../../src/profile.js');
-  const { planTransaction } = await import('../../src/plan.js');
-  const { planNftProfile } = await import('../../src/nft/plan.js');
-  const { parseState: parse } = await import('../../src/state.js');
+  const { chainName, validateName } = await import('../../src/model/profile.js');
+  const { planTransaction } = await import('../../src/engines/legacy/plan.js');
+  const { planNftProfile } = await import('../../src/engines/nft/plan.js');
+  const { parseState: parse } = await import('../../src/core/state.js');
   const long = 'a'.repeat(63);
   for (const ok of ['web', 'Web_1', '_x', '9', 'web-frontend-production-eu-west-1', long])
     assert.equal(validateName(ok), ok);
@@ -537,7 +537,7 @@ test('12: names: 1-63 of A-Za-z0-9_-, not starting with -; up to 18 keep their c
 });
 
 test('12: the state file round-trips 63-character names; a case collision of short names is a conflict', async () => {
-  const { parseState: parse } = await import('../../src/state.js');
+  const { parseState: parse } = await import('../../src/core/state.js');
   const long = 'Service_' + 'x'.repeat(55);
   const text = serializeState([
     validateProfile({ name: long, source: '127.100.0.10:80', destination: ['127.0.0.1:9001'] }),
@@ -562,14 +562,14 @@ test('12: the state file round-trips 63-character names; a case collision of sho
 });
 
 test('7: a waiter queued behind others waits on while the lock changes hands; a holder that keeps it for the whole wait times it out', async () => {
-  const { lockStateFile } = await import('../../src/lock.js');
+  const { lockStateFile } = await import('../../src/platform/lock.js');
   const dir = tmpdir();
   try {
     const state = path.join(dir, 'state.db');
     const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
     // Eight holders of 600 ms each, each its own process (as CLI calls are).
     const { spawn } = await import('node:child_process');
-    const lockJs = new URL('../../src/lock.js', import.meta.url).pathname;
+    const lockJs = new URL('../../src/platform/lock.js', import.meta.url).pathname;
     const holder = (ms: number): Promise<number | null> =>
       new Promise((resolve) => {
         const code = `import(${JSON.stringify(lockJs)}).then(async (m) => { const l = await m.lockStateFile(${JSON.stringify(state)}, 30000); await new Promise((r) => setTimeout(r, ${ms})); l.release(); })`;

@@ -1,8 +1,8 @@
 /** Assertions the unit tests of the state file's keys share (weights, affinity, …). */
 import assert from 'node:assert/strict';
-import { IptlbError } from '../../src/errors.js';
-import { parseCanonical, parseState, serializeState } from '../../src/state.js';
-import type { Profile } from '../../src/types.js';
+import { IptlbError } from '../../src/model/errors.js';
+import { parseCanonical, parseState, serializeState } from '../../src/core/state.js';
+import type { Profile } from '../../src/model/types.js';
 
 /**
  * `text` (one profile, `p`, as serialiseState writes it) takes the fast path, parses back to `p`, is

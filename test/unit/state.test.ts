@@ -3,8 +3,8 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync, readFileSync, symlinkSync, mkdirSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { parseState, serializeState, readState, writeState } from '../../src/state.js';
-import { IptlbError } from '../../src/errors.js';
+import { parseState, serializeState, readState, writeState } from '../../src/core/state.js';
+import { IptlbError } from '../../src/model/errors.js';
 
 // Written by the original Go iptlb (its README).
 const ORIGINAL = `test:
@@ -109,7 +109,7 @@ test('files: missing is empty, symlink/directory refused, written 0600 in a 0700
 });
 
 test('fast canonical parser agrees with the full YAML parser on what the serializer writes', async () => {
-  const { parseCanonical } = await import('../../src/state.js');
+  const { parseCanonical } = await import('../../src/core/state.js');
   const YAML = await import('yaml');
   let seed = 7;
   const rnd = (n: number): number => ((seed = (seed * 1103515245 + 12345) % 2147483648), seed % n);

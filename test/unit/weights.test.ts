@@ -1,17 +1,17 @@
 /** Weights and round-robin (issue 8, parts 1 and 3): model, validation, state file, both planners, drift. No root. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { slotCount, slotsOf, sameProfile, validateProfile } from '../../src/profile.js';
-import { parseState, serializeState } from '../../src/state.js';
+import { slotCount, slotsOf, sameProfile, validateProfile } from '../../src/model/profile.js';
+import { parseState, serializeState } from '../../src/core/state.js';
 import { assertCanonicalRoundTrip, assertStateRefused } from './state-checks.js';
-import { planProfile } from '../../src/plan.js';
-import { parseRule, renderRule } from '../../src/restore.js';
-import { compare } from '../../src/drift.js';
-import { baseContent, planNftChange, planNftProfile, planNftRebuild } from '../../src/nft/plan.js';
-import { renderNft, renderNftRule, type NftView } from '../../src/nft/ops.js';
-import { compareNft, decodeRuleJson, strayRoundRobin } from '../../src/nft/view.js';
-import { IptlbError } from '../../src/errors.js';
-import type { KernelView, Profile } from '../../src/types.js';
+import { planProfile } from '../../src/engines/legacy/plan.js';
+import { parseRule, renderRule } from '../../src/engines/legacy/restore.js';
+import { compare } from '../../src/engines/legacy/drift.js';
+import { baseContent, planNftChange, planNftProfile, planNftRebuild } from '../../src/engines/nft/plan.js';
+import { renderNft, renderNftRule, type NftView } from '../../src/engines/nft/ops.js';
+import { compareNft, decodeRuleJson, strayRoundRobin } from '../../src/engines/nft/view.js';
+import { IptlbError } from '../../src/model/errors.js';
+import type { KernelView, Profile } from '../../src/model/types.js';
 
 const D = ['127.0.0.1:9001', '127.0.0.1:9002', '127.0.0.1:9003'];
 const base = { name: 'web', source: '127.100.0.10:8081' };

@@ -1,15 +1,16 @@
 /**
  * The `legacy` engine: profiles as chains `IPTLB_NAT_<NAME>` and commented jumps in the x_tables nat
  * table of iptables (IPv4) or ip6tables (IPv6). A change is one transaction per table: the planner
- * (src/plan.ts) writes it as data, the executor commits it through libiptc or iptables-restore.
+ * (src/engines/legacy/plan.ts) writes it as data, the executor commits it through libiptc or iptables-restore.
  */
-import { xtablesTables, ip6tablesTables } from '../../engine.js';
-import { compare, syncTransaction } from '../../drift.js';
-import { chainName, familyOfProfile } from '../../profile.js';
-import { hookChainOf, isEmptyTransaction, planProfile, planTransaction } from '../../plan.js';
-import { renderRule } from '../../restore.js';
-import type { Family } from '../../address.js';
-import type { KernelView, LegacyExecutor, Profile, Transaction } from '../../types.js';
+import { xtablesTables, ip6tablesTables } from '../select.js';
+import { compare, syncTransaction } from './drift.js';
+import { chainName, familyOfProfile } from '../../model/profile.js';
+import { hookChainOf, isEmptyTransaction, planProfile, planTransaction } from './plan.js';
+import { renderRule } from './restore.js';
+import type { Family } from '../../model/address.js';
+import type { KernelView, Profile, Transaction } from '../../model/types.js';
+import type { LegacyExecutor } from './executor.js';
 import {
   ChangedProfiles,
   type Change,

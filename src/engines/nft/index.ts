@@ -1,14 +1,14 @@
 /**
  * The `nft` engine: profiles as elements of dispatch sets and backend maps in iptlb's own nf_tables
  * tables, `ip iptlb` (IPv4) and `ip6 iptlb` (IPv6), whose base chains are a pure function of all
- * profiles (see src/nft/ops.ts for the layout). A change is element changes, plus base-chain rules
+ * profiles (see src/engines/nft/ops.ts for the layout). A change is element changes, plus base-chain rules
  * when a set starts or stops being used; when the kernel turns out not to be as planned (a reboot, a
  * flush, a process killed between its commit and its state write), the table is replaced whole.
  */
-import { IptlbError } from '../../errors.js';
-import { nftTableExistsViaCli } from '../../engine.js';
-import { findBinary } from '../../executors/spawn.js';
-import { familyOfProfile, slotCount } from '../../profile.js';
+import { IptlbError } from '../../model/errors.js';
+import { nftTableExistsViaCli } from '../select.js';
+import { findBinary } from '../../platform/spawn.js';
+import { familyOfProfile, slotCount } from '../../model/profile.js';
 import {
   baseUnchanged,
   countUsage,
@@ -23,7 +23,7 @@ import {
   planNftProfile,
   planNftRebuild,
   planNftRemoveAll,
-} from '../../nft/plan.js';
+} from './plan.js';
 import {
   dispatchSetName,
   nftTableFamily,
@@ -32,10 +32,11 @@ import {
   type NftRule,
   type NftTransaction,
   type NftView,
-} from '../../nft/ops.js';
-import { compareNft, strayRoundRobin } from '../../nft/view.js';
-import type { Family } from '../../address.js';
-import type { NftExecutor, Profile } from '../../types.js';
+} from './ops.js';
+import { compareNft, strayRoundRobin } from './view.js';
+import type { Family } from '../../model/address.js';
+import type { Profile } from '../../model/types.js';
+import type { NftExecutor } from './executor.js';
 import {
   ChangedProfiles,
   type Change,

@@ -1,0 +1,125 @@
+/** `iptlb agent`: registered on the program by src/cli/main.ts. */
+import { Option, type Command } from 'commander';
+import { IptlbError } from '../../model/errors.js';
+import { parseEngineChoice } from '../../engines/select.js';
+import { parseExecutorChoice } from '../../engines/executors.js';
+import { addEtcdFlags, etcdOptions, ownOptions, type EtcdFlags } from '../etcd-flags.js';
+import { DEFAULT_AGENT_STATE_FILE } from '../../fleet/agent.js';
+
+interface Out {
+  out(s: string): void;
+  err(s: string): void;
+}
+interface AgentFlags extends EtcdFlags {
+  host?: string;
+  stateFile?: string;
+  engine?: string;
+  executor?: string;
+  minSyncMs: string;
+  leaseTtl: string;
+  checkMs: string;
+  syncMs: string;
+  pageSize: string;
+  backoffMaxMs: string;
+  quiet?: boolean;
+  keepConntrack?: boolean;
+  metricsAddress?: string;
+  healthChecks?: boolean;
+}
+
+function whole(v: string, field: string, min: number): number {
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < min)
+    throw new IptlbError('EUSAGE', `${field}: ${JSON.stringify(v)} must be a whole number, at least ${min}`, { field });
+  return n;
+}
+
+export function register(program: Command, io: Out): void {
+  addEtcdFlags(
+    program
+      .command('agent')
+      .description(
+        'follow the profiles kept in etcd: list <prefix>profiles/ at one revision, apply them in one transaction, then watch; SIGTERM stops and leaves the rules',
+      ),
+  )
+    .option('--host <name>', 'this host in <prefix>hosts/<host> (default: the host name)')
+    .option(
+      '--state-file <path>',
+      `the agent's own state file: the profiles it owns (default ${DEFAULT_AGENT_STATE_FILE})`,
+    )
+    .addOption(new Option('--engine <engine>', 'legacy, nft or auto (env IPTLB_ENGINE; default auto)'))
+    .addOption(new Option('--executor <kind>', 'native, spawn or auto (env IPTLB_EXECUTOR; default auto)'))
+    .option('--min-sync-ms <ms>', 'at least this long between two commits of watch batches', '100')
+    .option('--lease-ttl <s>', 'TTL of the host status key, seconds', '10')
+    .option('--check-ms <ms>', 'linearizable read every this long: a silent watch is not trusted', '2000')
+    .option('--sync-ms <ms>', 'drift check and repair every this long, without re-listing (0: off)', '10000')
+    .option('--backoff-max-ms <ms>', 'cap of the jittered backoff after a store failure', '10000')
+    .option('--page-size <n>', 'keys per page when listing', '1000')
+    .option('--keep-conntrack', 'keep conntrack entries of flows to destinations a change removes')
+    .option(
+      '--metrics-address <host:port>',
+      'serve /metrics (Prometheus) and /healthz there, e.g. 127.0.0.1:9469 (default: off)',
+    )
+    .option('--no-health-checks', 'do not run the health checks of the profiles (they run by default in the agent)')
+    .option('-q, --quiet', 'print no log lines')
+    .action(async (_o: unknown, cmd: Command) => {
+      const o = ownOptions<AgentFlags>(cmd);
+      const { etcd, prefix } = etcdOptions(o);
+      const { parseListenAddress } = await import('../../metrics/server.js');
+      if (o.metricsAddress !== undefined) parseListenAddress(o.metricsAddress); // bad input: before any connection
+      const { runAgent } = await import('../../fleet/agent.js');
+      const agent = await runAgent({
+        etcd,
+        prefix,
+        ...(o.host !== undefined ? { host: o.host } : {}),
+        ...(o.stateFile !== undefined ? { stateFile: o.stateFile } : {}),
+        engine: parseEngineChoice(o.engine ?? process.env.IPTLB_ENGINE),
+        executor: parseExecutorChoice(o.executor ?? process.env.IPTLB_EXECUTOR),
+        minSyncMs: whole(o.minSyncMs, 'min-sync-ms', 0),
+        leaseTtlSec: whole(o.leaseTtl, 'lease-ttl', 2),
+        checkMs: whole(o.checkMs, 'check-ms', 10),
+        syncMs: whole(o.syncMs, 'sync-ms', 0),
+        pageSize: whole(o.pageSize, 'page-size', 1),
+        backoffMaxMs: whole(o.backoffMaxMs, 'backoff-max-ms', 1),
+        keepConntrack: !!o.keepConntrack,
+        log: o.quiet ? () => {} : (l) => io.err(`iptlb: ${l}`),
+      });
+      // Health checks of the owned profiles and /metrics, as in `iptlb watch`, on the agent's core; the
+      // agent's own state (applied revision, watch state, refusals) joins the metrics.
+      const { startWatchServices } = await import('../watch-services.js');
+      const services = await startWatchServices(agent.core, {
+        metricsAddress: o.metricsAddress,
+        health: o.healthChecks !== false,
+        log: o.quiet ? () => {} : (l) => io.err(`iptlb: ${l}`),
+        who: 'agent',
+        extra: () => agentMetrics(agent.status()),
+      });
+      agent.attachments.close = () => services.stop();
+      await services.start(); // at once, not after the first list: /healthz answers while etcd is unreachable too
+      await new Promise<void>((resolve) => {
+        const stop = (): void => void agent.stop().then(resolve, resolve);
+        process.once('SIGTERM', stop);
+        process.once('SIGINT', stop);
+      });
+    });
+}
+
+/** The agent's own metric families, in the Prometheus text format. */
+export function agentMetrics(st: { revision: number; profiles: number; refused: unknown[]; watch: string }): string {
+  const watchStates = ['listing', 'watching', 'unreachable', 'stopped'];
+  return [
+    '# HELP iptlb_agent_applied_revision The etcd revision whose profiles the kernel holds.',
+    '# TYPE iptlb_agent_applied_revision gauge',
+    `iptlb_agent_applied_revision ${st.revision}`,
+    '# HELP iptlb_agent_profiles Profiles this agent owns (applied).',
+    '# TYPE iptlb_agent_profiles gauge',
+    `iptlb_agent_profiles ${st.profiles}`,
+    '# HELP iptlb_agent_refused_profiles Profiles of the store this host refused.',
+    '# TYPE iptlb_agent_refused_profiles gauge',
+    `iptlb_agent_refused_profiles ${st.refused.length}`,
+    '# HELP iptlb_agent_watch_state The agent watch state (1 for the current one).',
+    '# TYPE iptlb_agent_watch_state gauge',
+    ...watchStates.map((w) => `iptlb_agent_watch_state{state="${w}"} ${st.watch === w ? 1 : 0}`),
+    '',
+  ].join('\n');
+}

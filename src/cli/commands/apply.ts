@@ -1,0 +1,39 @@
+/** `iptlb apply`: create or replace a profile (or every profile of --file), in one transaction. */
+import type { Command } from 'commander';
+import { IptlbError } from '../../model/errors.js';
+import { readInputFile } from '../../model/limits.js';
+import { upsertChange } from '../../core/core.js';
+import { parseState } from '../../core/state.js';
+import type { ProfileInput } from '../../model/types.js';
+import { addGlobal, addProfileFlags, profileInput, withGlobals, type ProfileOpts } from '../flags.js';
+import { makeCore, report, transact, verboseRules, type Out } from '../context.js';
+
+async function applyCommand(o: ProfileOpts & { file?: string }, io: Out): Promise<void> {
+  const core = makeCore(o, io);
+  let inputs: ProfileInput[];
+  if (o.file !== undefined) {
+    if (o.srcAddr !== undefined || o.destAddr !== undefined)
+      throw new IptlbError('EUSAGE', 'apply: --file cannot be combined with -src-addr/-dest-addr');
+    const text = await readInputFile(o.file, 'file');
+    inputs = [...(await parseState(text, o.file === '-' ? '<stdin>' : o.file)).values()];
+  } else {
+    inputs = [profileInput(o)];
+  }
+  const result = await transact(core, (state) => upsertChange(state, inputs), { run: true });
+  report(result, o, io, verboseRules(core, io));
+}
+
+export function register(program: Command, io: Out): void {
+  addGlobal(
+    addProfileFlags(
+      program
+        .command('apply')
+        .description('create or replace a profile (or every profile of --file) and apply it to the kernel'),
+    ),
+  )
+    .option(
+      '--file <path>',
+      'apply every profile of a YAML file in the state file format (- reads standard input; at most 64 MiB), in one transaction',
+    )
+    .action(async (o: ProfileOpts & { file?: string }, cmd: Command) => applyCommand(withGlobals(o, cmd), io));
+}

@@ -1,0 +1,31 @@
+/** `iptlb delete`: delete profiles from the kernel and the state file, in one transaction. */
+import type { Command } from 'commander';
+import { IptlbError } from '../../model/errors.js';
+import { deleteChange } from '../../core/core.js';
+import { addGlobal, withGlobals, type GlobalOpts } from '../flags.js';
+import { makeCore, report, transact, type Out } from '../context.js';
+
+async function deleteCommand(names: string[], o: GlobalOpts & { all?: boolean }, io: Out): Promise<void> {
+  if (o.all && names.length) throw new IptlbError('EUSAGE', 'delete: give profile names or --all, not both');
+  if (!o.all && !names.length) throw new IptlbError('EUSAGE', 'delete: name the profiles to delete (or --all)');
+  const core = makeCore(o, io);
+  const result = await transact(
+    core,
+    (state) => (o.all ? { upsert: [], remove: [...state.keys()] } : deleteChange(state, names)),
+    { run: true },
+  );
+  report(result, o, io);
+}
+
+export function register(program: Command, io: Out): void {
+  addGlobal(
+    program
+      .command('delete')
+      .description('delete profiles from the kernel and the state file, in one transaction')
+      .argument('[names...]'),
+  )
+    .option('--all', 'delete every profile of the state file')
+    .action(async (names: string[], o: GlobalOpts & { all?: boolean }, cmd: Command) =>
+      deleteCommand(names, withGlobals(o, cmd), io),
+    );
+}

@@ -1,0 +1,173 @@
+/** `iptlb fleet apply|delete|list|status`: registered on the program by src/cli/main.ts. */
+import type { Command } from 'commander';
+import { readFileSync } from 'node:fs';
+import { IptlbError } from '../../model/errors.js';
+import { show, weightOf } from '../../model/profile.js';
+import { parseState } from '../../core/state.js';
+import type { Profile, ProfileInput } from '../../model/types.js';
+import { addProfileFlags, profileInput, type ProfileOpts } from '../flags.js';
+import { ExitCode, type Out } from '../context.js';
+import { addEtcdFlags, etcdOptions, ownOptions, type EtcdFlags } from '../etcd-flags.js';
+import type { FleetStore } from '../../fleet/store.js';
+
+async function withStore<T>(o: EtcdFlags, fn: (store: FleetStore, prefix: string) => Promise<T>): Promise<T> {
+  const { etcd, prefix } = etcdOptions(o);
+  const { EtcdStore } = await import('../../fleet/store.js');
+  const store = await EtcdStore.connect(etcd);
+  try {
+    return await fn(store, prefix);
+  } finally {
+    await store.close();
+  }
+}
+
+const describe = (p: Profile): string =>
+  `${p.name}\t${p.source}/${p.protocol}\t${p.rulesBackend}${p.masquerade ? '+masquerade' : ''}\t${p.destination.map((d) => (weightOf(p, d) === 1 ? d : `${d}*${weightOf(p, d)}`)).join(',')}${p.scheduler ? `\tscheduler:${p.scheduler}` : ''}${p.affinity ? `\taffinity:${p.affinity}s` : ''}`;
+
+export function register(program: Command, io: Out): void {
+  const fleet = program
+    .command('fleet')
+    .description("profiles kept in etcd for every host running `iptlb agent`, and the hosts' status");
+
+  addProfileFlags(
+    addEtcdFlags(
+      fleet
+        .command('apply')
+        .description(
+          'validate a profile (or every profile of --file) as `iptlb apply` does and write it to etcd, in one transaction',
+        ),
+    ),
+  )
+    .option('--file <path>', 'every profile of a YAML file in the state file format (at most 128)')
+    .option('--json', 'print the result as JSON')
+    .action(async (_o: unknown, cmd: Command) => {
+      const o = ownOptions<EtcdFlags & { file?: string; json?: boolean; srcAddr?: string; destAddr?: string }>(cmd);
+      let inputs: ProfileInput[];
+      if (o.file !== undefined) {
+        if (o.srcAddr !== undefined || o.destAddr !== undefined)
+          throw new IptlbError('EUSAGE', 'fleet apply: --file cannot be combined with -src-addr/-dest-addr');
+        let text: string;
+        try {
+          text = readFileSync(o.file, 'utf8');
+        } catch (e) {
+          throw new IptlbError('EUSAGE', `file: cannot read ${show(o.file)} (${(e as NodeJS.ErrnoException).code})`, {
+            field: 'file',
+          });
+        }
+        inputs = [...(await parseState(text, o.file)).values()];
+      } else inputs = [profileInput(o as unknown as ProfileOpts)];
+      const { fleetApply } = await import('../../fleet/fleet.js');
+      const r = await withStore(o, (s, prefix) => fleetApply(s, prefix, inputs));
+      if (o.json) io.out(JSON.stringify(r));
+      else io.err(`iptlb: fleet: wrote ${r.applied.map((p) => p.name).join(', ')} at revision ${r.revision}`);
+    });
+
+  addEtcdFlags(
+    fleet.command('delete').description('delete profiles from etcd by name, in one transaction').argument('<names...>'),
+  )
+    .option('--json', 'print the result as JSON')
+    .action(async (names: string[], _o: unknown, cmd: Command) => {
+      const o = ownOptions<EtcdFlags & { json?: boolean }>(cmd);
+      const { fleetDelete } = await import('../../fleet/fleet.js');
+      const r = await withStore(o, (s, prefix) => fleetDelete(s, prefix, names));
+      if (o.json) io.out(JSON.stringify(r));
+      else io.err(`iptlb: fleet: deleted ${r.deleted.join(', ')} at revision ${r.revision}`);
+    });
+
+  addEtcdFlags(fleet.command('list').description('list the profiles kept in etcd (invalid ones with their error)'))
+    .option('--json', 'print the result as JSON')
+    .action(async (_o: unknown, cmd: Command) => {
+      const o = ownOptions<EtcdFlags & { json?: boolean }>(cmd);
+      const { fleetList } = await import('../../fleet/fleet.js');
+      const r = await withStore(o, (s, prefix) => fleetList(s, prefix));
+      if (o.json) {
+        io.out(
+          JSON.stringify({
+            revision: r.revision,
+            profiles: r.profiles.map((p) =>
+              p.parsed.ok
+                ? { ...p.parsed.profile, modRevision: p.modRevision }
+                : {
+                    name: p.name,
+                    key: p.key,
+                    modRevision: p.modRevision,
+                    error: { code: p.parsed.code, message: p.parsed.message },
+                  },
+            ),
+          }),
+        );
+        return;
+      }
+      if (!r.profiles.length) return io.out(`no profiles in the store (revision ${r.revision})`);
+      io.out('NAME\tSOURCE\tMODE\tDESTINATIONS');
+      for (const p of r.profiles)
+        io.out(p.parsed.ok ? describe(p.parsed.profile) : `${p.name}\tINVALID (${p.parsed.code}): ${p.parsed.message}`);
+    });
+
+  addEtcdFlags(
+    fleet
+      .command('status')
+      .description(
+        'one row per host: the revision it applied against the target, lagging or not, refused profiles; exit 3 when the target has not converged everywhere',
+      ),
+  )
+    .option(
+      '--revision <n>',
+      "the revision that must have converged (default: the newest stored profile's; after a delete, give the revision `fleet delete` printed)",
+    )
+    .option(
+      '--expect <hosts>',
+      'comma-separated hosts that must be there (a missing host key is "unknown", never "no rules")',
+    )
+    .option('--json', 'print the result as JSON')
+    .action(async (_o: unknown, cmd: Command) => {
+      const o = ownOptions<EtcdFlags & { revision?: string; expect?: string; json?: boolean }>(cmd);
+      let revision: number | undefined;
+      if (o.revision !== undefined) {
+        revision = Number(o.revision);
+        if (!/^\d+$/.test(o.revision) || !Number.isSafeInteger(revision))
+          throw new IptlbError('EUSAGE', `revision: ${show(o.revision)} must be a whole number`, { field: 'revision' });
+      }
+      const expect = o.expect
+        ? o.expect
+            .split(',')
+            .map((s) => s.trim())
+            .filter(Boolean)
+        : [];
+      const { fleetStatus } = await import('../../fleet/fleet.js');
+      const r = await withStore(o, (s, prefix) =>
+        fleetStatus(s, prefix, { ...(revision !== undefined ? { revision } : {}), expect }),
+      );
+      if (o.json) io.out(JSON.stringify(r));
+      else {
+        io.out('HOST\tAPPLIED\tSTATE\tWATCH\tENGINE\tPROFILES\tREFUSED\tERROR');
+        for (const row of r.hosts) {
+          const st = row.status;
+          if (!st) {
+            io.out(
+              `${row.host}\t-\tunknown\t-\t-\t-\t-\t${row.invalid ?? 'no host key (agent down, or lease expired): unknown, not "no rules"'}`,
+            );
+            continue;
+          }
+          const state = row.converged ? 'current' : `lagging by ${row.lag}`;
+          const refused = st.refused.length ? st.refused.map((x) => `${x.name}:${x.code}`).join(',') : '-';
+          io.out(
+            `${row.host}\t${st.revision}\t${state}\t${st.watch}\t${st.engine ?? '-'}/${st.executor ?? '-'}\t${st.profiles}\t${refused}\t${st.error ?? '-'}`,
+          );
+        }
+        io.out(
+          `revision ${r.target} (store at ${r.storeRevision}): ${
+            r.converged
+              ? `converged on all ${r.hosts.length} host(s)`
+              : r.hosts.length
+                ? `NOT converged (${r.hosts
+                    .filter((x) => !x.converged)
+                    .map((x) => x.host)
+                    .join(', ')})`
+                : 'no hosts known'
+          }`,
+        );
+      }
+      if (!r.converged) throw new ExitCode(3);
+    });
+}

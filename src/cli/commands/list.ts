@@ -1,0 +1,19 @@
+/** `iptlb list`: the profiles of the state file. */
+import type { Command } from 'commander';
+import { addGlobal, withGlobals, type GlobalOpts } from '../flags.js';
+import { describeProfile, makeCore, type Out } from '../context.js';
+
+async function listCommand(o: GlobalOpts, io: Out): Promise<void> {
+  const core = makeCore(o, io);
+  const profiles = [...(await core.readState()).values()].sort((a, b) => (a.name < b.name ? -1 : 1));
+  if (o.json) return io.out(JSON.stringify(profiles));
+  if (!profiles.length) return io.out(`no profiles in ${core.statePath}`);
+  io.out('NAME\tSOURCE\tMODE\tDESTINATIONS');
+  for (const p of profiles) io.out(describeProfile(p));
+}
+
+export function register(program: Command, io: Out): void {
+  addGlobal(program.command('list').description('list the profiles of the state file')).action(
+    async (o: GlobalOpts, cmd: Command) => listCommand(withGlobals(o, cmd), io),
+  );
+}

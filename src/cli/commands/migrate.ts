@@ -1,0 +1,24 @@
+/** `iptlb migrate --to ENGINE`: move every profile to the other engine. */
+import type { Command } from 'commander';
+import { IptlbError } from '../../model/errors.js';
+import { parseEngineChoice } from '../../engines/select.js';
+import { addGlobal, withGlobals, type GlobalOpts } from '../flags.js';
+import { makeCore, type Out } from '../context.js';
+
+export function register(program: Command, io: Out): void {
+  addGlobal(
+    program
+      .command('migrate')
+      .description(
+        'move every profile to the other engine: one transaction to install them there, one to remove them here; no virtual address is ever without rules',
+      ),
+  )
+    .requiredOption('--to <engine>', 'legacy or nft')
+    .action(async (o: GlobalOpts & { to: string }, cmd: Command) => {
+      const g = withGlobals(o, cmd);
+      const to = parseEngineChoice(o.to);
+      if (to === 'auto') throw new IptlbError('EUSAGE', 'to: migrate needs --to legacy or --to nft', { field: 'to' });
+      const r = await makeCore(g, io).migrate(to);
+      if (g.json) io.out(JSON.stringify({ to, ...r }));
+    });
+}

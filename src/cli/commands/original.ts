@@ -1,0 +1,56 @@
+/** The original Go iptlb's form: `iptlb -run [-reset|-delete|-use-state] -profile=… -src-addr=… -dest-addr=…`. */
+import type { Command } from 'commander';
+import { IptlbError } from '../../model/errors.js';
+import { deleteChange, upsertChange } from '../../core/core.js';
+import { sameProfile, show, validateName } from '../../model/profile.js';
+import { addGlobal, addProfileFlags, profileInput, type LegacyOpts } from '../flags.js';
+import { makeCore, report, transact, verboseRules, type Out } from '../context.js';
+
+/** The original's behaviour: flags decide create / reset / delete / use-state, `-run` touches the kernel. */
+async function legacyAction(o: LegacyOpts, io: Out): Promise<void> {
+  if (o.useState && (o.srcAddr !== undefined || o.destAddr !== undefined)) {
+    throw new IptlbError('EUSAGE', '-use-state cannot be combined with -src-addr or -dest-addr');
+  }
+  if (o.delete && o.reset) throw new IptlbError('EUSAGE', '-delete and -reset cannot be used together');
+  if (o.delete && !o.run) throw new IptlbError('EUSAGE', '-delete needs -run (it removes rules from the kernel)');
+  if (o.useState && !o.run)
+    throw new IptlbError('EUSAGE', '-use-state needs -run (it applies the state file to the kernel)');
+  const core = makeCore(o, io);
+  const result = await transact(
+    core,
+    (state) => {
+      if (o.useState) {
+        return o.delete ? { upsert: [], remove: [...state.keys()] } : { upsert: [...state.values()], remove: [] };
+      }
+      const name = validateName(o.profile, 'name', { existing: true });
+      if (o.delete) return deleteChange(state, [name]);
+      const existing = state.get(name);
+      if (o.srcAddr === undefined && o.destAddr === undefined && existing && o.run && !o.reset) {
+        return { upsert: [existing], remove: [] }; // re-apply a profile recorded earlier without -run
+      }
+      const change = upsertChange(state, [profileInput(o)]);
+      const p = change.upsert[0];
+      if (existing && !o.reset && !sameProfile(existing, p)) {
+        throw new IptlbError(
+          'ECONFLICT',
+          `name: profile ${show(name)} already exists with other settings; add -reset to replace it`,
+          { field: 'name' },
+        );
+      }
+      return change;
+    },
+    { run: !!o.run },
+  );
+  if (!o.run && !o.quiet) io.err(`iptlb: state only (no -run): the kernel was not changed`);
+  report(result, o, io, verboseRules(core, io));
+}
+
+/** The original's flags on the program itself (no subcommand). */
+export function register(program: Command, io: Out): void {
+  addGlobal(addProfileFlags(program))
+    .option('--reset', 'replace an existing profile (old and new rules swap in one commit)')
+    .option('--delete', 'delete the profile (needs -run)')
+    .option('--run', 'apply to the kernel; without it only the state file is written')
+    .option('--use-state', 'apply (or with -delete remove) every profile of the state file')
+    .action(async (o: LegacyOpts) => legacyAction(o, io));
+}

@@ -1,0 +1,58 @@
+/** `iptlb plan`: the exact text a change would commit; changes nothing. */
+import type { Command } from 'commander';
+import { deleteChange, upsertChange } from '../../core/core.js';
+import { validateName } from '../../model/profile.js';
+import { addGlobal, addProfileFlags, profileInput, withGlobals, type LegacyOpts } from '../flags.js';
+import { describeDestinations, makeCore, type Out } from '../context.js';
+
+/** `iptlb plan`: what `apply` would commit, planned by the same code with the same kernel reads; changes nothing. */
+async function planCommand(o: LegacyOpts, io: Out): Promise<void> {
+  const core = makeCore({ ...o, quiet: true }, io);
+  const { provider, change, plans } = await core.plan((state) => {
+    if (o.useState)
+      return o.delete ? { upsert: [], remove: [...state.keys()] } : { upsert: [...state.values()], remove: [] };
+    if (o.delete) return deleteChange(state, [validateName(o.profile, 'name', { existing: true })]);
+    return upsertChange(state, [profileInput(o)]);
+  });
+  // Weights and the scheduler, which the rule text only implies, as comment lines (both dialects take them).
+  const header = change.upsert
+    .filter((p) => p.weights || p.scheduler || p.affinity)
+    .map(
+      (p) =>
+        `# profile ${p.name}: ${describeDestinations(p)}, scheduler ${p.scheduler ?? 'random'}${p.affinity ? `, affinity ${p.affinity}s` : ''}\n`,
+    )
+    .join('');
+  const steps = plans.flatMap((plan) => plan.steps.map((tx) => ({ family: plan.family, tx })));
+  const texts = await Promise.all(steps.map((s) => provider.render(s.tx)));
+  if (o.json) {
+    io.out(
+      JSON.stringify({
+        engine: provider.name,
+        transactions: steps.map((s, i) => ({
+          family: s.family,
+          where: provider.where(s.family),
+          text: texts[i],
+          transaction: s.tx,
+        })),
+      }),
+    );
+    return;
+  }
+  if (!steps.length) return io.out(`${header}# nothing to commit: the kernel already holds this`);
+  const label = (i: number): string =>
+    steps.length > 1 ? `# ${provider.where(steps[i].family)}, transaction ${i + 1} of ${steps.length}\n` : '';
+  io.out(header + texts.map((t, i) => label(i) + t.trimEnd()).join('\n'));
+}
+
+export function register(program: Command, io: Out): void {
+  addGlobal(
+    addProfileFlags(
+      program
+        .command('plan')
+        .description('print the exact iptables-restore text a change would commit; changes nothing'),
+    ),
+  )
+    .option('--delete', 'plan the deletion of -profile')
+    .option('--use-state', 'plan applying (or with --delete removing) every profile of the state file')
+    .action(async (o: LegacyOpts, cmd: Command) => planCommand(withGlobals(o, cmd), io));
+}

@@ -1,0 +1,67 @@
+/** `iptlb status`: the state file compared with the kernel, with counters and health (exit 3 on drift). */
+import type { Command } from 'commander';
+import { addGlobal, withGlobals, type GlobalOpts } from '../flags.js';
+import { ExitCode, makeCore, type Out } from '../context.js';
+import { topCommand } from './top.js';
+
+/** `\tup`, `\tdown (drained; last check 2026-…: ECONNREFUSED)`: empty for destinations without a health check. */
+function healthColumn(d: {
+  health?: string;
+  effectiveWeight?: number;
+  lastCheck?: string;
+  lastError?: string;
+}): string {
+  if (d.health === undefined) return '';
+  const notes = [
+    d.effectiveWeight !== undefined
+      ? d.effectiveWeight === 0
+        ? 'drained'
+        : `weight ${d.effectiveWeight} in the kernel`
+      : '',
+    d.lastCheck ? `last check ${d.lastCheck}` : '',
+    d.lastError ?? '',
+  ].filter(Boolean);
+  return `\t${d.health}${notes.length ? ` (${notes.join('; ')})` : ''}`;
+}
+
+async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
+  const core = makeCore(o, io);
+  const reports = await core.status();
+  const drifted = reports.some((r) => r.status !== 'in-sync');
+  if (o.json) {
+    io.out(JSON.stringify({ inSync: !drifted, profiles: reports }));
+  } else if (!reports.length) {
+    io.out(`no profiles in ${core.statePath} and no iptlb rules in the kernel`);
+  } else {
+    const withHealth = reports.some((r) => r.destinations.some((d) => d.health !== undefined));
+    io.out(`PROFILE\tSTATUS\tPACKETS\tDESTINATION\tCONNECTIONS\tBYTES${withHealth ? '\tHEALTH' : ''}`);
+    for (const r of reports) {
+      io.out(
+        `${r.name}\t${r.status}${r.detail ? ` (${r.detail})` : ''}\t${r.packets}${r.affinity ? `\taffinity:${r.affinity}s` : ''}`,
+      );
+      for (const d of r.destinations)
+        io.out(
+          `\t\t\t${d.destination}${d.weight !== undefined ? `*${d.weight}` : ''}\t${d.packets}\t${d.bytes}${healthColumn(d)}`,
+        );
+    }
+  }
+  return drifted ? 3 : 0;
+}
+
+export function register(program: Command, io: Out): void {
+  addGlobal(
+    program
+      .command('status')
+      .description(
+        'compare the state file with the kernel: in-sync, missing, modified or orphaned, with counters (exit 3 when anything drifted)',
+      ),
+  )
+    .option('--watch', 'refresh per-destination connection rates every --interval ms (the same as iptlb top)')
+    .option('--interval <ms>', 'with --watch: refresh period', '1000')
+    .option('--count <n>', 'with --watch: stop after n refreshes')
+    .action(async (o: GlobalOpts & { watch?: boolean; interval?: string; count?: string }, cmd: Command) => {
+      if (o.watch) return topCommand(withGlobals(o, cmd), io);
+      const code = await statusCommand(withGlobals(o, cmd), io);
+      if (code !== 0) throw new ExitCode(code);
+    });
+}

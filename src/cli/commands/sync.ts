@@ -1,0 +1,14 @@
+/** `iptlb sync`: make the kernel match the state file, in one transaction. */
+import type { Command } from 'commander';
+import { addGlobal, withGlobals, type GlobalOpts } from '../flags.js';
+import { makeCore, type Out } from '../context.js';
+
+export function register(program: Command, io: Out): void {
+  addGlobal(program.command('sync').description('make the kernel match the state file, in one transaction')).action(
+    async (o: GlobalOpts, cmd: Command) => {
+      const g = withGlobals(o, cmd);
+      const r = await makeCore(g, io).sync();
+      if (g.json) io.out(JSON.stringify(r));
+    },
+  );
+}

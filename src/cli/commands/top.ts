@@ -1,0 +1,93 @@
+/** `iptlb top` (and `status --watch`): new connections per second per destination. */
+import type { Command } from 'commander';
+import { IptlbError } from '../../model/errors.js';
+import { show } from '../../model/profile.js';
+import { addGlobal, withGlobals, type GlobalOpts } from '../flags.js';
+import { makeCore, type Out } from '../context.js';
+
+/**
+ * `iptlb top` / `iptlb status --watch`: per-destination new connections per second, refreshed every
+ * interval, as one would watch a rollout. `--count N` stops after N refreshes; `--json` prints one
+ * line per refresh.
+ */
+export async function topCommand(o: GlobalOpts & { interval?: string; count?: string }, io: Out): Promise<void> {
+  const interval = Number(o.interval ?? 1000);
+  if (!Number.isInteger(interval) || interval < 100)
+    throw new IptlbError('EUSAGE', `interval: ${show(o.interval)} must be a whole number of ms, at least 100`, {
+      field: 'interval',
+    });
+  const count = o.count === undefined ? Infinity : Number(o.count);
+  if (!(count === Infinity || (Number.isInteger(count) && count > 0)))
+    throw new IptlbError('EUSAGE', `count: ${show(o.count)} must be a positive whole number`, { field: 'count' });
+  const core = makeCore({ ...o, quiet: true }, io);
+  const tty = !o.json && process.stdout.isTTY;
+  let stop = false;
+  const onSignal = (): void => void (stop = true);
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const prev = new Map<string, number>();
+  let prevAt = 0;
+  try {
+    for (let i = 0; i < count && !stop; i++) {
+      if (i > 0) await new Promise((r) => setTimeout(r, interval));
+      if (stop) break;
+      const reports = await core.status();
+      const at = performance.now();
+      const secs = prevAt ? (at - prevAt) / 1000 : 0;
+      const rate = (key: string, packets: number): number | null => {
+        const before = prev.get(key);
+        prev.set(key, packets);
+        return secs > 0 && before !== undefined ? Math.max(0, (packets - before) / secs) : null;
+      };
+      const rows = reports.map((r) => ({
+        name: r.name,
+        status: r.status,
+        packets: r.packets,
+        rate: rate(r.name, r.packets),
+        destinations: r.destinations.map((d) => ({
+          destination: d.destination,
+          ...(d.weight !== undefined ? { weight: d.weight } : {}),
+          ...(d.health !== undefined ? { health: d.health } : {}),
+          ...(d.effectiveWeight !== undefined ? { effectiveWeight: d.effectiveWeight } : {}),
+          packets: d.packets,
+          rate: rate(`${r.name} ${d.destination}`, d.packets),
+        })),
+      }));
+      prevAt = at;
+      if (o.json) {
+        io.out(JSON.stringify({ at: new Date().toISOString(), intervalMs: interval, profiles: rows }));
+        continue;
+      }
+      const fmt = (x: number | null): string => (x === null ? '-' : x.toFixed(1));
+      const lines = [
+        `iptlb top  ${new Date().toISOString()}  new connections per second over ${(secs || interval / 1000).toFixed(1)} s (Ctrl-C stops)`,
+        'PROFILE\tSTATUS\tDESTINATION\tCONN/S\tTOTAL',
+      ];
+      for (const r of rows) {
+        lines.push(`${r.name}\t${r.status}\t*\t${fmt(r.rate)}\t${r.packets}`);
+        for (const d of r.destinations)
+          lines.push(
+            `\t\t${d.destination}${d.weight !== undefined ? `*${d.weight}` : ''}\t${fmt(d.rate)}\t${d.packets}${d.health !== undefined ? `\t${d.health}${d.effectiveWeight === 0 ? ' (drained)' : ''}` : ''}`,
+          );
+      }
+      if (!rows.length) lines.push('(no profiles and no iptlb rules)');
+      io.out((tty ? '\x1b[H\x1b[2J' : i > 0 ? '\n' : '') + lines.join('\n'));
+    }
+  } finally {
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
+  }
+}
+
+export function register(program: Command, io: Out): void {
+  addGlobal(
+    program
+      .command('top')
+      .description('per-destination new connections per second, refreshed every second, as you would watch a rollout'),
+  )
+    .option('--interval <ms>', 'refresh period', '1000')
+    .option('--count <n>', 'stop after n refreshes')
+    .action(async (o: GlobalOpts & { interval?: string; count?: string }, cmd: Command) =>
+      topCommand(withGlobals(o, cmd), io),
+    );
+}

@@ -1,0 +1,63 @@
+/** `iptlb watch`: keep the kernel in step with the state file, with health checks and metrics. */
+import type { Command } from 'commander';
+import { IptlbError } from '../../model/errors.js';
+import { show } from '../../model/profile.js';
+import { addGlobal, withGlobals, type GlobalOpts } from '../flags.js';
+import { makeCore, type Out } from '../context.js';
+
+export function register(program: Command, io: Out): void {
+  addGlobal(
+    program
+      .command('watch')
+      .description(
+        'keep the kernel in step with the state file (for a systemd unit); SIGHUP checks at once, SIGTERM stops and leaves the rules',
+      ),
+  )
+    .option('--interval <ms>', 'periodic drift check', '5000')
+    .option(
+      '--settle <ms>',
+      'apply a changed state file only once it has not changed for this long and parses as a whole (writers: write a temporary file and rename it)',
+      '1000',
+    )
+    .option(
+      '--metrics-address <host:port>',
+      'serve /metrics (Prometheus) and /healthz there, e.g. 127.0.0.1:9469 (default: off)',
+    )
+    .option('--no-health-checks', 'do not run the health checks of the profiles (they run by default in watch)')
+    .action(
+      async (
+        o: GlobalOpts & { interval: string; settle: string; metricsAddress?: string; healthChecks: boolean },
+        cmd: Command,
+      ) => {
+        const g = withGlobals(o, cmd);
+        const interval = Number(o.interval);
+        if (!Number.isInteger(interval) || interval < 100)
+          throw new IptlbError('EUSAGE', `interval: ${show(o.interval)} must be a whole number of ms, at least 100`, {
+            field: 'interval',
+          });
+        const settle = Number(o.settle);
+        if (!Number.isInteger(settle) || settle < 0 || settle > 600_000)
+          throw new IptlbError('EUSAGE', `settle: ${show(o.settle)} must be a whole number of ms from 0 to 600000`, {
+            field: 'settle',
+          });
+        const core = makeCore(g, io);
+        const { startWatch } = await import('../../core/watch.js');
+        const { startWatchServices } = await import('../watch-services.js');
+        const log = g.quiet ? () => {} : (l: string) => io.err(`iptlb: ${l}`);
+        const services = await startWatchServices(core, {
+          metricsAddress: o.metricsAddress,
+          health: o.healthChecks,
+          log,
+        });
+        const w = startWatch(core, { intervalMs: interval, settleMs: settle, log, onSync: services.onSync });
+        io.err(`iptlb: watch: watching ${core.statePath} (check every ${interval} ms)`);
+        await services.start();
+        w.done.then(() => services.stop()).catch(() => {});
+        const stop = (): void => void w.stop().then(() => services.stop());
+        process.once('SIGTERM', stop);
+        process.once('SIGINT', stop);
+        await w.done;
+        await services.stop();
+      },
+    );
+}

@@ -1,0 +1,81 @@
+/**
+ * What every command shares: its output, the {@link Core} it drives (made from the global flags), the
+ * exit status it ends with, and the lines that describe a profile.
+ */
+import { IptlbError } from '../model/errors.js';
+import { Core, type TransactionResult } from '../core/core.js';
+import { parseExecutorChoice } from '../engines/executors.js';
+import { parseEngineChoice } from '../engines/select.js';
+import { weightOf } from '../model/profile.js';
+import type { Profile } from '../model/types.js';
+import { healthFileOf } from '../health/effective.js';
+import type { GlobalOpts } from './flags.js';
+
+export type Out = { out: (s: string) => void; err: (s: string) => void };
+
+/** Ends the run with this exit status (no message: the command printed what it had to say). */
+export class ExitCode extends Error {
+  constructor(readonly code: number) {
+    super(`exit ${code}`);
+  }
+}
+
+/** Every Core of this run: {@link main} waits for their conntrack cleanup before it returns. */
+export const cores = new Set<Core>();
+
+/** A change, and its conntrack cleanup done before it returns: the CLI exits right after. */
+export async function transact(core: Core, ...args: Parameters<Core['transact']>): Promise<TransactionResult> {
+  const result = await core.transact(...args);
+  await core.conntrackIdle();
+  return result;
+}
+
+export function makeCore(o: GlobalOpts, io: Out): Core {
+  if (o.stateFile === '')
+    throw new IptlbError('EUSAGE', 'state-file: must not be empty (omit the flag for the default ./local/state.db)', {
+      field: 'state-file',
+    });
+  const quiet = o.quiet;
+  const core = new Core({
+    stateFile: o.stateFile,
+    executor: parseExecutorChoice(o.executor ?? process.env.IPTLB_EXECUTOR),
+    engine: parseEngineChoice(o.engine ?? process.env.IPTLB_ENGINE),
+    keepConntrack: !!o.keepConntrack,
+    ...(quiet ? {} : { log: (line: string) => io.err(`iptlb: ${line}`) }),
+  });
+  cores.add(core);
+  // Health is checked by a long-running process (watch, agent); follow what it publishes.
+  if (core.statePath !== null) core.health.follow(healthFileOf(core.statePath));
+  return core;
+}
+
+export function report(result: TransactionResult, o: GlobalOpts, io: Out, verbose?: () => void): void {
+  if (o.verbose) verbose?.();
+  if (o.json) io.out(JSON.stringify(result));
+}
+
+/** Prints what the last commit wrote, as its engine describes it (restore rules, or nft lines). */
+export function verboseRules(core: Core, io: Out): () => void {
+  return () => {
+    const tx = core.lastTransaction;
+    if (!tx) return;
+    for (const line of core.selection.provider.describeTransaction(tx)) io.err(`iptlb:   ${line}`);
+  };
+}
+
+/** The destinations as the command line takes them: `ip:port`, with `*W` when the weight is not 1. */
+export function describeDestinations(p: Profile): string {
+  return p.destination.map((d) => (weightOf(p, d) === 1 ? d : `${d}*${weightOf(p, d)}`)).join(',');
+}
+
+export function describeProfile(p: Profile): string {
+  const dests = describeDestinations(p);
+  return `${p.name}\t${p.source}/${p.protocol}\t${p.rulesBackend}${p.masquerade ? '+masquerade' : ''}\t${dests}${p.scheduler ? `\tscheduler:${p.scheduler}` : ''}${p.affinity ? `\taffinity:${p.affinity}s` : ''}${p.logEnabled ? `\tlog:${p.logLevel}` : ''}`;
+}
+
+/** Waits for the conntrack cleanup of every Core of this run (one-shot: the exit must not cut it short). */
+export async function coresIdle(): Promise<void> {
+  const waiting = [...cores];
+  cores.clear();
+  await Promise.all(waiting.map((c) => c.conntrackIdle()));
+}

@@ -1,0 +1,199 @@
+/**
+ * The command line's flags: the original Go iptlb's (one or two dashes, `=` or a space), the global ones
+ * every command takes, and the profile flags of apply, plan and the original's form.
+ */
+import { Command, Option } from 'commander';
+import { IptlbError } from '../model/errors.js';
+import { DEFAULTS, show, splitDestinations } from '../model/profile.js';
+import type { ProfileInput } from '../model/types.js';
+import { HEALTH_FLAGS, addHealthFlags, healthInput, type HealthOpts } from './health.js';
+
+/** Flags of the original, with their kind, accepted with one dash and `=value` (Go `flag` style). */
+/** Flags of the original, with their kind, accepted with one dash and `=value` (Go `flag` style). */
+const VALUE_FLAGS = new Set([
+  'settle',
+  'src-addr',
+  'dest-addr',
+  'scheduler',
+  'affinity',
+  'rules-backend',
+  'profile',
+  'state-file',
+  'log-level',
+  'protocol',
+  'executor',
+  'engine',
+  'to',
+  'file',
+  'interval',
+  'count',
+  ...HEALTH_FLAGS,
+  'metrics-address',
+]);
+const BOOL_FLAGS = new Set([
+  'reset',
+  'delete',
+  'log-custom-chain',
+  'run',
+  'use-state',
+  'masquerade',
+  'json',
+  'quiet',
+  'verbose',
+  'all',
+  'help',
+  'version',
+  'keep-conntrack',
+]);
+
+/** Rewrites Go-style flags (`-src-addr=x`, `-run=true`) into the `--src-addr=x` form commander parses. */
+export function normalizeArgv(argv: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--') {
+      out.push(...argv.slice(i));
+      break;
+    }
+    const m = /^--?([a-z][a-z-]*)(?:=([\s\S]*))?$/.exec(a);
+    if (!m || (!VALUE_FLAGS.has(m[1]) && !BOOL_FLAGS.has(m[1]))) {
+      out.push(a);
+      continue;
+    }
+    const [, name, value] = m;
+    if (BOOL_FLAGS.has(name) && value !== undefined) {
+      const v = value.toLowerCase();
+      if (v === 'true' || v === '1' || v === 't') out.push(`--${name}`);
+      else if (v === 'false' || v === '0' || v === 'f') {
+        // Go semantics: the last occurrence wins, so a later -flag=false cancels an earlier -flag.
+        for (let k = out.length - 1; k >= 0; k--) if (out[k] === `--${name}`) out.splice(k, 1);
+        continue;
+      } else
+        throw new IptlbError('EUSAGE', `-${name}: ${show(value)} is not a boolean (true or false)`, { field: name });
+    } else {
+      out.push(value === undefined ? `--${name}` : `--${name}=${value}`);
+    }
+  }
+  return out;
+}
+
+export interface GlobalOpts {
+  keepConntrack?: boolean;
+  stateFile?: string;
+  executor?: string;
+  engine?: string;
+  json?: boolean;
+  quiet?: boolean;
+  verbose?: boolean;
+}
+
+export interface ProfileOpts extends GlobalOpts, HealthOpts {
+  profile: string;
+  srcAddr?: string;
+  destAddr?: string;
+  rulesBackend: string;
+  protocol: string;
+  logCustomChain?: boolean;
+  logLevel: string;
+  masquerade?: boolean;
+  scheduler?: string;
+  affinity?: string;
+}
+
+export interface LegacyOpts extends ProfileOpts {
+  reset?: boolean;
+  delete?: boolean;
+  run?: boolean;
+  useState?: boolean;
+}
+
+export function addGlobal(cmd: Command): Command {
+  return cmd
+    .option('--state-file <path>', 'state file (env IPTLB_STATE_FILE; default ./local/state.db)')
+    .addOption(new Option('--executor <kind>', 'native, spawn or auto (env IPTLB_EXECUTOR; default auto)'))
+    .addOption(
+      new Option(
+        '--engine <engine>',
+        'legacy (x_tables nat tables), nft (tables ip/ip6 iptlb) or auto (env IPTLB_ENGINE; default auto)',
+      ),
+    )
+    .option('--json', 'print the result as JSON on stdout')
+    .option('-q, --quiet', 'print no log lines')
+    .option(
+      '--keep-conntrack',
+      'keep conntrack entries of flows to destinations a change removes (default: delete them)',
+    )
+    .option('--verbose', 'also log every rule written');
+}
+
+export const GLOBAL_KEYS = ['stateFile', 'executor', 'engine', 'json', 'quiet', 'verbose', 'keepConntrack'] as const;
+/** A subcommand's options, with global flags given before the subcommand filled in from the parent. */
+export function withGlobals<T extends GlobalOpts>(o: T, cmd: Command): T {
+  const parent = (cmd.parent?.opts() ?? {}) as GlobalOpts;
+  const merged = { ...o } as T & Record<string, unknown>;
+  for (const k of GLOBAL_KEYS) if (merged[k] === undefined && parent[k] !== undefined) merged[k] = parent[k] as never;
+  // The program has the profile flags too, and commander gives a flag that both know to the program
+  // wherever it stands: `iptlb apply --src-addr=…` / `iptlb plan --use-state` set them on the parent.
+  // Flags given on the command line take over the subcommand's defaults.
+  if (cmd.parent) {
+    const own = new Set(cmd.options.map((opt) => opt.attributeName()));
+    for (const [k, v] of Object.entries(parent as Record<string, unknown>)) {
+      if (own.has(k) && cmd.parent.getOptionValueSource(k) === 'cli' && cmd.getOptionValueSource(k) !== 'cli')
+        (merged as Record<string, unknown>)[k] = v;
+    }
+  }
+  return merged;
+}
+
+export function addProfileFlags(cmd: Command): Command {
+  return addHealthFlags(
+    cmd
+      .option('--profile <name>', 'profile name: 1-63 of A-Z a-z 0-9 _ -, not starting with -', 'default')
+      .option(
+        '--src-addr <ip:port>',
+        'virtual address and port that is balanced: a.b.c.d:port, or [v6]:port for IPv6 (then every destination is IPv6 too)',
+      )
+      .option(
+        '--dest-addr <list>',
+        'comma-separated destination ip:port list ([v6]:port for IPv6); ip:port*W gives a destination weight W (0-1000, default 1; 0 drains it)',
+      )
+      .option('--scheduler <kind>', 'random (weighted random) or round-robin (an exact rotation)', 'random')
+      .option(
+        '--affinity <seconds>',
+        'session affinity: a client address keeps its destination for that many seconds after its last new connection (1-86400; 0: none)',
+      )
+      .option(
+        '--rules-backend <mode>',
+        'client (nat OUTPUT), proxy (nat PREROUTING) or server (PREROUTING, local addresses)',
+        DEFAULTS.rulesBackend,
+      )
+      .option('--protocol <proto>', 'tcp, udp or sctp', DEFAULTS.protocol)
+      .option('--log-custom-chain', 'log packets that enter the profile (kernel log, see dmesg)')
+      .option('--log-level <level>', 'syslog level of those logs: 0-7 or emerg..debug', DEFAULTS.logLevel)
+      .option('--masquerade', 'proxy mode: masquerade balanced flows so replies return through this host'),
+  );
+}
+
+export function profileInput(o: ProfileOpts): ProfileInput {
+  if (o.srcAddr === undefined)
+    throw new IptlbError('EUSAGE', 'source: -src-addr is required (the virtual ip:port)', { field: 'source' });
+  if (o.destAddr === undefined)
+    throw new IptlbError('EUSAGE', 'destination: -dest-addr is required (comma-separated ip:port list)', {
+      field: 'destination',
+    });
+  const input: ProfileInput = {
+    name: o.profile,
+    source: o.srcAddr,
+    destination: o.destAddr === '' ? [] : splitDestinations(o.destAddr),
+    protocol: o.protocol,
+    rulesBackend: o.rulesBackend,
+    logEnabled: !!o.logCustomChain,
+    logLevel: o.logLevel,
+  };
+  if (o.masquerade) input.masquerade = true;
+  if (o.scheduler !== undefined && o.scheduler !== 'random') input.scheduler = o.scheduler;
+  if (o.affinity !== undefined) input.affinity = o.affinity;
+  const health = healthInput(o);
+  if (health) input.health = health;
+  return input;
+}

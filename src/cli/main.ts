@@ -1,0 +1,113 @@
+/**
+ * The `iptlb` command line. Keeps the original Go iptlb's flags (one or two dashes, `=` or a space)
+ * and adds subcommands, one file each under src/cli/commands/. Exit codes: 0 done, 1 refused (conflict,
+ * kernel, state), 2 usage/bad input, 3 drift found by status.
+ */
+import { Command, CommanderError } from 'commander';
+import { IptlbError } from '../model/errors.js';
+import { packageVersion } from '../platform/paths.js';
+import { normalizeArgv } from './flags.js';
+import { ExitCode, coresIdle, type Out } from './context.js';
+import * as original from './commands/original.js';
+import * as apply from './commands/apply.js';
+import * as del from './commands/delete.js';
+import * as list from './commands/list.js';
+import * as showCmd from './commands/show.js';
+import * as plan from './commands/plan.js';
+import * as status from './commands/status.js';
+import * as top from './commands/top.js';
+import * as sync from './commands/sync.js';
+import * as watch from './commands/watch.js';
+import * as migrate from './commands/migrate.js';
+import * as agent from './commands/agent.js';
+import * as fleet from './commands/fleet.js';
+import * as doctor from './commands/doctor.js';
+import * as demo from './commands/demo.js';
+import * as completion from './commands/completion.js';
+
+export { normalizeArgv } from './flags.js';
+
+/** The commands, in the order --help lists them. */
+const COMMANDS: { register(program: Command, io: Out): void }[] = [
+  original,
+  apply,
+  del,
+  list,
+  showCmd,
+  plan,
+  status,
+  top,
+  sync,
+  watch,
+  migrate,
+  agent,
+  fleet,
+  doctor,
+  demo,
+  completion,
+];
+
+function buildProgram(io: Out, version: string): Command {
+  const program = new Command('iptlb');
+  program
+    .description(
+      'Linux NAT load balancer: balances a virtual ip:port over destinations with NAT rules committed atomically, in the x_tables nat tables of iptables and ip6tables (--engine legacy) or the nf_tables tables ip iptlb and ip6 iptlb (--engine nft)',
+    )
+    .version(version, '--version')
+    .helpOption('-h, --help', 'show help')
+    .configureOutput({
+      writeOut: (s) => io.out(s.trimEnd()),
+      writeErr: (s) => io.err(s.startsWith('error:') ? `iptlb: ${s.trimEnd()}` : s.trimEnd()),
+    })
+    .exitOverride()
+    .allowExcessArguments(false)
+    .addHelpText(
+      'after',
+      `
+Original flags (one or two dashes, -flag=value or -flag value):
+  iptlb -run -profile=web -src-addr=127.100.0.10:8081 -dest-addr=127.0.0.1:9001,127.0.0.1:9002
+  iptlb -run -reset -profile=web -src-addr=127.100.0.10:8081 -dest-addr=127.0.0.1:9003
+  iptlb -run -profile=web -src-addr=127.100.0.10:8081 -dest-addr=127.0.0.1:9001*3,127.0.0.1:9002*0
+                                   weights: 9001 takes every new connection, 9002 is drained
+  iptlb -run -profile=web -src-addr=127.100.0.10:8081 -dest-addr=127.0.0.1:9001,127.0.0.1:9002 -scheduler=round-robin
+  iptlb -run -delete -profile=web
+  iptlb -use-state -run            apply every profile of the state file in one transaction
+  iptlb top                        connections per second per destination, refreshed every second
+  iptlb migrate --to nft           move every profile to the nft engine, no address ever without rules
+Without -run only the state file is written. Engine auto: the one already holding iptlb's rules, else
+nft when the host's iptables is the nf_tables flavour or x_tables is missing, else legacy (see doctor).
+Exit status: 0 done, 1 refused (conflict, kernel, state, lock), 2 bad input or usage, 3 drift found by status.`,
+    );
+  for (const command of COMMANDS) command.register(program, io);
+  return program;
+}
+
+/** Runs the CLI; resolves with the exit code. */
+export async function main(
+  argv: string[],
+  io: Out = { out: (s) => process.stdout.write(s + '\n'), err: (s) => process.stderr.write(s + '\n') },
+): Promise<number> {
+  try {
+    const program = buildProgram(io, packageVersion());
+    if (argv.length === 0) return (program.outputHelp(), 0); // a bare `iptlb` shows the help
+    await program.parseAsync(normalizeArgv(argv), { from: 'user' });
+    return 0;
+  } catch (e) {
+    if (e instanceof ExitCode) return e.code;
+    if (e instanceof CommanderError) {
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.exitCode === 0) return 0;
+      return 2; // commander already printed its one-line message
+    }
+    if (e instanceof IptlbError) {
+      io.err(`iptlb: error: ${e.message}`);
+      return e.exitCode;
+    }
+    const err = e as Error;
+    io.err(`iptlb: internal error: ${err?.message ?? String(e)}`);
+    if (process.env.IPTLB_DEBUG) io.err(String(err?.stack));
+    return 1;
+  } finally {
+    // One-shot: no conntrack cleanup may be cut short by the exit (each change awaits its own already).
+    await coresIdle();
+  }
+}

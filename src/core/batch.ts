@@ -1,0 +1,237 @@
+/**
+ * Group commit. Calls queue while a commit is in flight; the next commit carries everything queued.
+ * Calls are applied in order onto the state (so the last call for a profile wins); a call that does
+ * not fit (conflict, unknown name) is rejected alone; when the kernel refuses a batch, the batch is
+ * split in halves until the culprit is alone, so every other call still lands.
+ */
+import { IptlbError } from '../model/errors.js';
+import { chainName, checkConflicts, show } from '../model/profile.js';
+import type { Core, TransactionResult } from './core.js';
+import type { EngineName, Profile } from '../model/types.js';
+
+export type Op = { kind: 'apply'; profiles: Profile[] } | { kind: 'delete'; names: string[] };
+
+interface Call {
+  op: Op;
+  resolve: (r: TransactionResult) => void;
+  reject: (e: unknown) => void;
+}
+
+export interface CommitEvent {
+  /** Kernel commit time, ms (0 when nothing reached the kernel). */
+  durationMs: number;
+  /** Profiles created, replaced or deleted by this commit. */
+  size: number;
+  /** API calls carried by this commit. */
+  calls: number;
+  engine: EngineName;
+  executor: 'native' | 'spawn';
+}
+
+/**
+ * The profiles a batch builds on, with an index of the chain names and source/protocol pairs in use,
+ * so that a call is checked against the others in O(its profiles), not O(all profiles).
+ */
+class Working {
+  readonly profiles: Map<string, Profile>;
+  private readonly byChain = new Map<string, Profile>();
+  private readonly bySource = new Map<string, Profile>();
+  /** False when the state itself has a clash (then the index cannot vouch for anything). */
+  private readonly exact: boolean = true;
+
+  constructor(state: Map<string, Profile>) {
+    this.profiles = new Map(state);
+    for (const p of state.values()) {
+      if (this.byChain.has(chainName(p.name)) || this.bySource.has(sourceKey(p))) this.exact = false;
+      this.index(p);
+    }
+  }
+
+  private index(p: Profile): void {
+    this.byChain.set(chainName(p.name), p);
+    this.bySource.set(sourceKey(p), p);
+  }
+  private unindex(p: Profile): void {
+    const chain = chainName(p.name);
+    if (this.byChain.get(chain) === p) this.byChain.delete(chain);
+    const src = sourceKey(p);
+    if (this.bySource.get(src) === p) this.bySource.delete(src);
+  }
+  set(p: Profile): void {
+    const old = this.profiles.get(p.name);
+    if (old) this.unindex(old);
+    this.profiles.set(p.name, p);
+    this.index(p);
+  }
+  delete(name: string): void {
+    const old = this.profiles.get(name);
+    if (!old) return;
+    this.unindex(old);
+    this.profiles.delete(name);
+  }
+
+  /**
+   * Whether `profiles` (one call's, names distinct) fit: none shares a chain or a source/protocol
+   * with a profile it does not replace, nor with an earlier one of the call — exactly what
+   * {@link checkConflicts} checks against those others.
+   */
+  fits(profiles: Profile[], names: Set<string>): boolean {
+    if (!this.exact) return false;
+    const chains = new Set<string>();
+    const sources = new Set<string>();
+    for (const p of profiles) {
+      const chain = chainName(p.name);
+      const src = sourceKey(p);
+      const c = this.byChain.get(chain);
+      if ((c && c.name !== p.name && !names.has(c.name)) || chains.has(chain)) return false;
+      const o = this.bySource.get(src);
+      if ((o && o.name !== p.name && !names.has(o.name)) || sources.has(src)) return false;
+      chains.add(chain);
+      sources.add(src);
+    }
+    return true;
+  }
+}
+
+function sourceKey(p: Profile): string {
+  return `${p.source}/${p.protocol}`;
+}
+
+/** Applies one call onto `working`, or throws why it cannot be applied (before changing anything). */
+function applyOp(working: Working, op: Op): void {
+  if (op.kind === 'apply') {
+    const names = new Set(op.profiles.map((p) => p.name));
+    if (!working.fits(op.profiles, names)) {
+      // Some profile conflicts: find and report the first, exactly as checked one by one.
+      const others = [...working.profiles.values()].filter((o) => !names.has(o.name));
+      op.profiles.forEach((p, i) => checkConflicts(p, [...others, ...op.profiles.slice(0, i)]));
+    }
+    for (const p of op.profiles) working.set(p);
+  } else {
+    for (const n of op.names) {
+      if (!working.profiles.has(n))
+        throw new IptlbError('ENOTFOUND', `name: profile ${show(n)} does not exist in the state file`, {
+          field: 'name',
+        });
+    }
+    for (const n of op.names) working.delete(n);
+  }
+}
+
+export class CommitQueue {
+  private pending: Call[] = [];
+  private running = false;
+  /**
+   * Memory mode: the working set (profiles and index) left by the last successful commit, valid while
+   * the core's profiles are still the ones that commit produced; saves rebuilding the index per batch.
+   */
+  private cached?: { generation: number; working: Working };
+
+  constructor(
+    private readonly core: Core,
+    private readonly opts: { coalesce: boolean; onCommit: (e: CommitEvent) => void },
+  ) {}
+
+  submit(op: Op): Promise<TransactionResult> {
+    return new Promise((resolve, reject) => {
+      this.pending.push({ op, resolve, reject });
+      if (!this.running) void this.drain();
+    });
+  }
+
+  /** Resolves when everything submitted so far has settled. */
+  async idle(): Promise<void> {
+    while (this.running || this.pending.length) await new Promise((r) => setTimeout(r, 1));
+  }
+
+  private async drain(): Promise<void> {
+    this.running = true;
+    let prefetched = false;
+    try {
+      while (this.pending.length) {
+        const batch = this.opts.coalesce ? this.pending.splice(0) : this.pending.splice(0, 1);
+        await this.commit(batch);
+        // Under churn (a batch of several calls) the callers just settled are about to call again:
+        // the legacy native executor starts the next commit's kernel work (lock, table copy) on its
+        // worker while this thread settles them and plans (released below if nothing follows).
+        // (A batch can end without a kernel commit, all refused or unchanged: what was prepared then
+        // waits for the next one, and the drain gives it back at the end in any case.)
+        if (this.opts.coalesce && batch.length > 1 && this.core.prefetchCommit()) prefetched = true;
+        // Let the callers this commit settled queue their next calls before the next batch is cut
+        // (their continuations are a few microtask hops away): batches fill up instead of halving.
+        // A lone call pays nothing: the first batch of a drain goes at once.
+        if (this.opts.coalesce) await new Promise<void>((r) => setImmediate(r));
+      }
+    } finally {
+      if (prefetched) this.core.releasePrefetch();
+      this.running = false;
+    }
+  }
+
+  private async commit(batch: Call[]): Promise<void> {
+    const accepted: Call[] = [];
+    const refused: [Call, unknown][] = [];
+    let result: TransactionResult;
+    let used: Working | undefined;
+    try {
+      result = await this.core.transact(
+        (state) => {
+          accepted.length = 0;
+          refused.length = 0;
+          const reuse = this.core.statePath === null && this.cached?.generation === this.core.memoryGeneration;
+          const working = reuse ? this.cached!.working : new Working(state);
+          this.cached = undefined;
+          used = working;
+          for (const call of batch) {
+            try {
+              applyOp(working, call.op); // checks everything before it changes anything
+            } catch (e) {
+              refused.push([call, e]);
+              continue;
+            }
+            accepted.push(call);
+          }
+          const upsert: Profile[] = [];
+          const names = new Set<string>();
+          for (const call of accepted) {
+            if (call.op.kind === 'apply') for (const p of call.op.profiles) names.add(p.name);
+            else for (const n of call.op.names) names.add(n);
+          }
+          const remove: string[] = [];
+          for (const n of names) {
+            const p = working.profiles.get(n);
+            if (p) upsert.push(p);
+            else if (state.has(n)) remove.push(n);
+          }
+          return { upsert, remove };
+        },
+        { run: true },
+      );
+    } catch (e) {
+      if (e instanceof IptlbError && e.code === 'EKERNEL' && batch.length > 1) {
+        const half = Math.ceil(batch.length / 2);
+        await this.commit(batch.slice(0, half));
+        await this.commit(batch.slice(half));
+        return;
+      }
+      for (const call of batch) call.reject(e);
+      return;
+    }
+    if (this.core.statePath === null && used) {
+      this.cached = { generation: this.core.memoryGeneration, working: used };
+    }
+    for (const [call, e] of refused) call.reject(e);
+    this.opts.onCommit({
+      durationMs: result.commitMs,
+      size: result.applied.length + result.deleted.length,
+      calls: accepted.length,
+      engine: result.engine!, // set: the queue always commits with run: true
+      executor: result.executor!, // set: the queue always commits with run: true
+    });
+    for (const call of accepted) {
+      const own =
+        call.op.kind === 'apply' ? { applied: call.op.profiles, deleted: [] } : { applied: [], deleted: call.op.names };
+      call.resolve({ ...result, ...own });
+    }
+  }
+}

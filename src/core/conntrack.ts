@@ -1,0 +1,340 @@
+/**
+ * After a change removes destinations, the kernel's conntrack table still holds flows of the virtual
+ * address that were DNATed to them: a UDP flow keeps going there for as long as it is active, and a
+ * TCP client still retransmitting its SYN keeps knocking at the removed destination. This deletes
+ * those entries after the kernel accepted the change: over ctnetlink inside the native addon
+ * (`conntrackFlush`) when the change went through the native executor, else with `conntrack -D`.
+ * IPv4 and IPv6 profiles alike (`[v6]:port` endpoints: `conntrack -D -f ipv6`).
+ */
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { parseEndpoint, type Endpoint } from '../model/address.js';
+import { findBinary } from '../platform/spawn.js';
+import { loadAddon, type ConntrackFlow, type NativeAddon } from '../platform/addon.js';
+import type { Profile, Protocol } from '../model/types.js';
+
+export interface StaleFlows {
+  protocol: Protocol;
+  source: string;
+  destination: string;
+}
+
+/**
+ * Destinations that `next` no longer sends the virtual address of `old` to. For udp and sctp every
+ * flow to them is deleted (their flows have no end); for tcp only those the destination has not
+ * answered (SYN_SENT): an established TCP connection to a drained destination is left to finish, as
+ * kube-proxy does.
+ */
+export function staleFlows(old: Profile, next: Profile | undefined): StaleFlows[] {
+  // Validated profiles hold canonical endpoint text, so comparing text compares addresses.
+  const same = next !== undefined && next.protocol === old.protocol && next.source === old.source;
+  let gone = old.destination;
+  if (same) {
+    const kept = new Set(next.destination);
+    gone = gone.filter((d) => !kept.has(d));
+  }
+  return gone.map((destination) => ({ protocol: old.protocol, source: old.source, destination }));
+}
+
+/**
+ * The parsed virtual address and destination of `f`, or undefined when either is unparseable or they are of two
+ * families (nothing can match).
+ */
+function flowEndpoints(f: StaleFlows): { vip: Readonly<Endpoint>; dst: Readonly<Endpoint> } | undefined {
+  const vip = parseEndpoint(f.source);
+  const dst = parseEndpoint(f.destination);
+  if (typeof vip === 'string' || typeof dst === 'string' || vip.family !== dst.family) return undefined;
+  return { vip, dst };
+}
+
+export interface FlushOptions {
+  /** Delete over netlink with the native addon (when it loads); otherwise, or when `false`, spawn `conntrack -D`. */
+  native?: boolean;
+  /** The addon to use instead of loading it (tests). */
+  addon?: Pick<NativeAddon, 'conntrackFlush'>;
+  /** The spawner to use instead of running the `conntrack` binary (tests): resolves with exit code and output. */
+  run?: (args: string[]) => Promise<{ code: number | null; out: string }>;
+}
+
+/** The tcp states `conntrack -D --state` is run with (one state per run) when spawning. */
+export const HALF_OPEN_STATES = ['SYN_SENT'] as const;
+
+function run(file: string, args: string[]): Promise<{ code: number | null; out: string }> {
+  return new Promise((resolve) => {
+    const c = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    c.stdout.on('data', (d) => (out += d));
+    c.stderr.on('data', (d) => (out += d));
+    c.on('error', (e) => resolve({ code: -1, out: e.message }));
+    c.on('close', (code) => resolve({ code, out }));
+  });
+}
+
+const what = (f: StaleFlows): string => `${f.source}/${f.protocol} to ${f.destination}`;
+
+/**
+ * The line for `deleted` entries of `f` (and `kept` established tcp connections), or none when there is nothing to say.
+ */
+function removedLine(f: StaleFlows, deleted: number, kept?: number): string | undefined {
+  const left = kept ? `${kept} established connection(s) left to finish` : '';
+  if (deleted === 0) return left ? `conntrack: ${left} (${what(f)})` : undefined;
+  return `conntrack: removed ${deleted} ${f.protocol === 'tcp' ? 'half-open ' : ''}flow(s) of ${what(f)}${left ? `; ${left}` : ''}`;
+}
+
+async function flushNative(addon: Pick<NativeAddon, 'conntrackFlush'>, flows: StaleFlows[]): Promise<string[]> {
+  const asked: { f: StaleFlows; spec: ConntrackFlow }[] = [];
+  for (const f of flows) {
+    const ends = flowEndpoints(f);
+    if (!ends) continue;
+    const { vip, dst } = ends;
+    asked.push({
+      f,
+      spec: { protocol: f.protocol, vip: { ip: vip.ip, port: vip.port }, destination: { ip: dst.ip, port: dst.port } },
+    });
+  }
+  if (asked.length === 0) return [];
+  try {
+    const r = await addon.conntrackFlush(asked.map((a) => a.spec));
+    return asked.flatMap(({ f }, i) => removedLine(f, r.flows[i]?.deleted ?? 0, r.flows[i]?.kept) ?? []);
+  } catch (e) {
+    const err = e as Error & { code?: string };
+    const why = `${err.code ? `${err.code}: ` : ''}${String(err.message ?? e).split('\n')[0]}`;
+    return asked.map(({ f }) => `conntrack: could not remove flows of ${what(f)}: ${why}`);
+  }
+}
+
+async function flushSpawned(flows: StaleFlows[], runner?: FlushOptions['run']): Promise<string[]> {
+  let exec = runner;
+  if (!exec) {
+    const bin = findBinary('conntrack');
+    if (!bin)
+      return [
+        `conntrack: not installed; flows to ${flows.length} removed destination(s) live until they expire (apt-get install -y conntrack)`,
+      ];
+    exec = (args) => run(bin, args);
+  }
+  const lines: string[] = [];
+  for (const f of flows) {
+    const ends = flowEndpoints(f);
+    if (!ends) continue;
+    const { vip, dst } = ends;
+    const args = [
+      '-D',
+      ...(vip.family === 'ipv6' ? ['-f', 'ipv6'] : []),
+      '-p',
+      f.protocol,
+      '--orig-dst',
+      vip.ip,
+      '--orig-port-dst',
+      String(vip.port),
+      '--reply-src',
+      dst.ip,
+      '--reply-port-src',
+      String(dst.port),
+    ];
+    // tcp: only entries still in their handshake; established connections are left to finish.
+    const runs = f.protocol === 'tcp' ? HALF_OPEN_STATES.map((s) => [...args, '--state', s]) : [args];
+    let deleted = 0;
+    let failure: string | undefined;
+    for (const a of runs) {
+      const r = await exec(a);
+      const m = /(\d+) flow entries have been deleted/.exec(r.out);
+      if (m) deleted += Number(m[1]);
+      else failure ??= r.out.trim().split('\n')[0];
+    }
+    if (failure !== undefined) lines.push(`conntrack: could not remove flows of ${what(f)}: ${failure}`);
+    else {
+      const line = removedLine(f, deleted);
+      if (line) lines.push(line);
+    }
+  }
+  return lines;
+}
+
+/**
+ * The number of conntrack entries of this process's network namespace (`nf_conntrack_count`, a
+ * per-namespace sysctl); 0 when the file is absent (conntrack is not loaded: there is no table).
+ * `undefined` when it cannot be read otherwise.
+ */
+export function conntrackEntries(): number | undefined {
+  try {
+    const n = Number(readFileSync('/proc/sys/net/netfilter/nf_conntrack_count', 'latin1'));
+    return Number.isInteger(n) ? n : undefined;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ENOENT' ? 0 : undefined;
+  }
+}
+
+/** Deletes the flows; returns one log line per destination that had any, or why it could not. */
+export async function flushStaleFlows(flows: StaleFlows[], opts: FlushOptions = {}): Promise<string[]> {
+  if (flows.length === 0) return [];
+  if (opts.addon) return flushNative(opts.addon, flows);
+  // Checked here, in TS, before any call: an empty table (or none) has nothing to find, and every
+  // dump walks the kernel's whole conntrack hash table (~10 ms at 262,144 buckets, however few
+  // entries there are), as does every `conntrack -D`. (The addon checks it again on its worker
+  // thread, for its other callers.)
+  if (!opts.run && conntrackEntries() === 0) return [];
+  if (opts.native) {
+    const loaded = loadAddon('core');
+    if (loaded.ok) return flushNative(loaded.addon, flows);
+  }
+  return flushSpawned(flows, opts.run);
+}
+
+/** The longest wait between two flushes, ms. */
+const PACE_MAX_MS = 100;
+
+/** Flows a change left stale, with the profile they were of and how to delete them. */
+export interface StalePair extends StaleFlows {
+  /** The profile the destination was removed from (looked up again right before the flush). */
+  profile: string;
+  /** Delete over netlink with the native addon (the change went through the native executor). */
+  native: boolean;
+}
+
+export interface JanitorOptions {
+  /** Receives the log lines of each flush (as {@link flushStaleFlows} returns them). */
+  log: (line: string) => void;
+  /** The profiles as they are now, read right before each flush. */
+  current: () => ReadonlyMap<string, Profile> | Promise<ReadonlyMap<string, Profile>>;
+  /** The flush to use instead of {@link flushStaleFlows} (tests). */
+  flush?: (flows: StaleFlows[], native: boolean) => Promise<string[]>;
+  /** How many times as long as the last flush took to wait before the next one. Default 3. */
+  pace?: number;
+  /**
+   * The namespace's conntrack entry count instead of {@link conntrackEntries} (default with `flush`: unknown, so always
+   * flush).
+   */
+  entries?: () => number | undefined;
+  /** The clock that times a flush, ms (tests; default `performance.now`). */
+  now?: () => number;
+}
+
+/**
+ * The conntrack cleanup of one {@link Core}, off the commit path: each accepted change hands its
+ * stale pairs over with {@link add} and returns at once; at most one flush runs at a time, and the
+ * pairs that arrive meanwhile go into the next one (one call for all of them, the same pair once).
+ * Right before a flush, the pairs whose destination is again a destination of that virtual
+ * address's current profile are dropped: a change re-added it, and its new flows must not be cut.
+ */
+export class ConntrackJanitor {
+  private pending = new Map<string, StalePair>();
+  private running?: Promise<void>;
+  /**
+   * Flushes run (calls of the flush, one per executor kind present), pairs handed to them, pairs dropped as live again.
+   */
+  readonly stats = { flushes: 0, pairs: 0, dropped: 0 };
+
+  private readonly entries: () => number | undefined;
+  private readonly pace: number;
+  private readonly now: () => number;
+  /** Callers waiting in {@link idle}: no pacing wait while there are any. */
+  private hurry = 0;
+  /** Ends the current pacing wait. */
+  private wake?: () => void;
+
+  constructor(private readonly opts: JanitorOptions) {
+    this.entries = opts.entries ?? (opts.flush ? () => undefined : conntrackEntries);
+    this.pace = opts.pace ?? 3;
+    this.now = opts.now ?? (() => performance.now());
+  }
+
+  /**
+   * Whether the changes committed now can have left stale entries: not when the namespace's table
+   * is empty (or absent) right after the commit, as every entry to a removed destination was made
+   * before it. One read of nf_conntrack_count; the caller skips working out the pairs when false.
+   */
+  needed(): boolean {
+    return this.entries() !== 0;
+  }
+
+  /** Queues `pairs` for the next flush and starts one unless one is running. */
+  add(pairs: StalePair[]): void {
+    for (const p of pairs) {
+      const key = `${p.protocol} ${p.source} ${p.destination}`;
+      // the same pair again: the newest wins (profile name, executor kind), in its first place
+      this.pending.set(key, p);
+    }
+    if (this.pending.size && !this.running) this.running = this.drain();
+  }
+
+  /** Resolves when nothing is queued or being flushed (flushing what is queued without pacing). */
+  async idle(): Promise<void> {
+    this.hurry++;
+    try {
+      this.wake?.();
+      while (this.running) await this.running;
+    } finally {
+      this.hurry--;
+    }
+  }
+
+  /** Pairs queued and not yet flushed. */
+  get queued(): number {
+    return this.pending.size;
+  }
+
+  private async drain(): Promise<void> {
+    try {
+      // Let the change's promise settle (and the next change start) before the first flush.
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      while (this.pending.size) {
+        const batch = [...this.pending.values()];
+        this.pending.clear();
+        let live: StalePair[];
+        try {
+          live = this.stillStale(batch, await this.opts.current());
+        } catch {
+          live = batch; // the profiles could not be read: flush them all, as before this was deferred
+        }
+        this.stats.dropped += batch.length - live.length;
+        const t0 = this.now();
+        for (const native of [true, false]) {
+          const flows = live
+            .filter((p) => p.native === native)
+            .map(({ protocol, source, destination }) => ({ protocol, source, destination }));
+          if (!flows.length) continue;
+          this.stats.flushes++;
+          this.stats.pairs += flows.length;
+          let lines: string[];
+          try {
+            lines = await (this.opts.flush ?? ((f, n) => flushStaleFlows(f, { native: n })))(flows, native);
+          } catch (e) {
+            lines = [
+              `conntrack: could not remove flows of ${flows.length} removed destination(s): ${String((e as Error)?.message ?? e).split('\n')[0]}`,
+            ];
+          }
+          for (const line of lines) this.opts.log(line);
+        }
+        // Paced: a dump keeps a core busy in the kernel for its whole walk, which the commits of a
+        // churn need; so wait `pace` times as long as this flush took before the next one (the
+        // changes of that time are coalesced into it), at most PACE_MAX_MS.
+        const gap = Math.min((this.now() - t0) * this.pace, PACE_MAX_MS);
+        if (this.pending.size && gap >= 1 && !this.hurry) {
+          await new Promise<void>((resolve) => {
+            const t = setTimeout(resolve, gap);
+            this.wake = () => (clearTimeout(t), resolve());
+          });
+          this.wake = undefined;
+        }
+      }
+    } finally {
+      this.running = undefined;
+    }
+  }
+
+  /** `batch` without the pairs whose destination the virtual address's current profile has again. */
+  private stillStale(batch: StalePair[], profiles: ReadonlyMap<string, Profile>): StalePair[] {
+    let byAddress: Map<string, Profile> | undefined; // built only when a profile is not found by its name
+    const owner = (p: StalePair): Profile | undefined => {
+      const named = profiles.get(p.profile);
+      if (named && named.source === p.source && named.protocol === p.protocol) return named;
+      if (!byAddress) {
+        byAddress = new Map();
+        for (const q of profiles.values()) byAddress.set(`${q.protocol} ${q.source}`, q);
+      }
+      return byAddress.get(`${p.protocol} ${p.source}`);
+    };
+    return batch.filter((p) => !owner(p)?.destination.includes(p.destination));
+  }
+}

@@ -1,0 +1,801 @@
+/**
+ * The transaction core shared by the library API and the CLI: under the state-file lock, read the
+ * state, decide the change, commit it to the kernel in one transaction per address family, and only
+ * then write the state. Everything engine-specific is behind the {@link Engine} seam
+ * (src/engines/): the core never asks which engine it drives.
+ */
+import { IptlbError } from '../model/errors.js';
+import { validateOpenOptions } from './options.js';
+import { fsFailure } from '../platform/fsafety.js';
+import { parseExecutorChoice } from '../engines/executors.js';
+import { parseEngineChoice, selectEngine } from '../engines/select.js';
+import { DEFAULT_LOCK_WAIT_MS, lockStateFile } from '../platform/lock.js';
+import {
+  checkConflicts,
+  familyOfProfile,
+  profilesOf,
+  sameProfile,
+  show,
+  validateName,
+  validateProfile,
+  weightOf,
+} from '../model/profile.js';
+import { readState, resolveStatePath, stateVersion, writeState } from './state.js';
+import { hasNetAdmin } from '../platform/caps.js';
+import { ConntrackJanitor, staleFlows } from './conntrack.js';
+import type { ProfileReport } from '../model/report.js';
+import {
+  ChangedProfiles,
+  FAMILIES,
+  type Change,
+  type Engine,
+  type FamilyPlan,
+  type PlanContext,
+} from '../engines/engine.js';
+import { createEngine, engineOver } from '../engines/registry.js';
+import type { EngineChoice, EngineName, ExecutorChoice, Family, Profile, ProfileInput } from '../model/types.js';
+import type { AnyTransaction, AnyView, Executor } from '../engines/engine.js';
+import { HealthOverlay } from '../health/effective.js';
+
+export { FAMILIES, type Change } from '../engines/engine.js';
+
+function countV6(state: ReadonlyMap<string, Profile>): number {
+  let n = 0;
+  for (const p of state.values()) if (familyOfProfile(p) === 'ipv6') n++;
+  return n;
+}
+
+/**
+ * The part of `change` that concerns family `f`: its profiles upserted, and the removal of every
+ * profile whose current version (in `state`) is of `f` and is deleted or moves to the other family.
+ */
+export function changeOfFamily(change: Change, state: ReadonlyMap<string, Profile>, f: Family): Change {
+  const upsert: Profile[] = [];
+  const remove: string[] = [];
+  for (const p of change.upsert) {
+    if (familyOfProfile(p) === f) upsert.push(p);
+    else {
+      const old = state.get(p.name);
+      if (old && familyOfProfile(old) === f) remove.push(p.name);
+    }
+  }
+  for (const n of change.remove) {
+    const old = state.get(n);
+    if (old ? familyOfProfile(old) === f : f === 'ipv4') remove.push(n);
+  }
+  return { upsert, remove };
+}
+
+/** Options of {@link open}. */
+export interface OpenOptions {
+  /**
+   * State file path. Default: env `IPTLB_STATE_FILE`, else `local/state.db` relative to the working
+   * directory. `false`: no file at all; profiles are kept in memory by this handle (for agents whose
+   * source of truth is elsewhere: no fsync and no file lock per change).
+   */
+  stateFile?: string | false;
+  /**
+   * Executor: `native` (the addon), `spawn` (iptables-legacy-restore / nft -f) or `auto`. Default: env
+   * `IPTLB_EXECUTOR`, else `auto`.
+   */
+  executor?: ExecutorChoice;
+  /**
+   * Engine: `legacy` (the x_tables nat table), `nft` (the nf_tables table `ip iptlb`) or `auto` (the
+   * engine that already holds iptlb's rules; else nft when the host's iptables is the nf_tables
+   * flavour or x_tables is missing; else legacy). Default: env `IPTLB_ENGINE`, else `auto`.
+   */
+  engine?: EngineChoice;
+  /**
+   * How long to wait for the state-file lock and the xtables lock, ms (0 to 86400000). Default 10000.
+   * For the state-file lock it is how long it may stay with one holder: while it changes hands, a
+   * waiter queued behind others waits on, up to six times this.
+   */
+  lockWaitMs?: number;
+  /** Receives one line per action taken. Default: none. */
+  log?: (line: string) => void;
+  /**
+   * Keep the conntrack entries of flows balanced to destinations a change removed. Default `false`:
+   * they are deleted after the commit (udp and sctp: all of them; tcp: those not yet established), so
+   * UDP flows and half-open TCP move to a live destination. Natively over netlink with the native
+   * executor, else with `conntrack -D`.
+   */
+  keepConntrack?: boolean;
+}
+
+/** What one transaction did. */
+export interface TransactionResult {
+  /** Profiles created or replaced. */
+  applied: Profile[];
+  /** Names of profiles deleted. */
+  deleted: string[];
+  /** Whether the kernel was changed (false when not running, or nothing to do). */
+  committed: boolean;
+  /** Whether the state file was rewritten. */
+  stateWritten: boolean;
+  /** Kernel commit time in ms (0 when nothing was committed). */
+  commitMs: number;
+  /** The executor that committed; `null` when the kernel was not touched (a state-only change). */
+  executor: 'native' | 'spawn' | null;
+  /** The engine that committed; `null` when the kernel was not touched. */
+  engine: EngineName | null;
+}
+
+/** The engine and executor in use, and why. */
+export interface Selection {
+  /** The engine, over its executor: what the core talks to. */
+  provider: Engine;
+  executor: Executor;
+  reason: string;
+  engine: EngineName;
+  engineReason: string;
+  /** Set when both engines hold iptlb objects. */
+  engineWarning?: string;
+}
+
+/** What one family's part of a change planned and the kernel accepted (for undo and logging). */
+interface DoneFamily {
+  family: Family;
+  state: ReadonlyMap<string, Profile>;
+  change: Change;
+}
+
+export class Core {
+  /** Absolute path of the state file, or `null` when profiles are kept in memory. */
+  readonly statePath: string | null;
+  private memory = new Map<string, Profile>();
+  /** Counts changes of the in-memory profiles (memory mode), so callers can cache what they derive from them. */
+  memoryGeneration = 0;
+  readonly executorChoice: ExecutorChoice;
+  readonly engineChoice: EngineChoice;
+  readonly lockWaitMs: number;
+  private readonly keepConntrack: boolean;
+  private selected?: Selection;
+  private selecting?: Promise<Selection>;
+  private readonly injected: boolean;
+  private readonly log: (line: string) => void;
+  private readonly logging: boolean;
+  private queue: Promise<unknown> = Promise.resolve();
+  /** Deletes the conntrack entries of removed destinations after the changes, off the commit path. */
+  readonly conntrack: ConntrackJanitor;
+  /** The last transaction committed by this instance (for `--verbose`). */
+  lastTransaction?: AnyTransaction;
+  /**
+   * Runtime health of destinations: the kernel gets effective profiles (down destinations drained), the state file the
+   * configured ones.
+   */
+  readonly health = new HealthOverlay();
+
+  /** Executors supplied per engine (tests against fake kernels, embedders with their own): used instead of choosing. */
+  private readonly supplied?: Partial<Record<EngineName, Executor>>;
+
+  /**
+   * @param injected an executor to use instead of choosing one, or one per engine (then the engine
+   * is still chosen, among those given, and `migrate` can move between them).
+   */
+  constructor(opts: OpenOptions = {}, injected?: Executor | Partial<Record<EngineName, Executor>>) {
+    validateOpenOptions(opts, true);
+    if (injected && 'commit' in injected) {
+      const by = 'executor supplied by the caller';
+      this.selected = {
+        provider: engineOver(injected as Executor),
+        executor: injected as Executor,
+        reason: by,
+        engine: (injected as Executor).engine,
+        engineReason: by,
+      };
+    } else if (injected) {
+      this.supplied = injected as Partial<Record<EngineName, Executor>>;
+    }
+    this.injected = !!injected;
+    this.statePath = opts.stateFile === false ? null : resolveStatePath(opts.stateFile);
+    this.executorChoice = opts.executor ?? parseExecutorChoice(process.env.IPTLB_EXECUTOR);
+    this.engineChoice = opts.engine ?? parseEngineChoice(process.env.IPTLB_ENGINE);
+    this.lockWaitMs = opts.lockWaitMs ?? DEFAULT_LOCK_WAIT_MS;
+    this.keepConntrack = opts.keepConntrack ?? false;
+    this.log = opts.log ?? (() => {});
+    this.logging = opts.log !== undefined;
+    this.conntrack = new ConntrackJanitor({
+      log: (line) => this.log(line),
+      current: () => (this.statePath === null ? this.memory : this.readState()),
+    });
+  }
+
+  /**
+   * Resolves when the conntrack cleanup of every change made so far is done. A change's promise
+   * resolves before its cleanup (shortly after, coalesced with the next changes'); a one-shot
+   * process (the CLI) awaits this before it exits.
+   */
+  conntrackIdle(): Promise<void> {
+    return this.conntrack.idle();
+  }
+
+  /**
+   * A commit is about to follow (the batch queue has more calls coming): let the engine prepare it
+   * meanwhile, if it can (native legacy: take the xtables lock and copy the table out; see
+   * prefetch.h in the addon). Returns whether it did.
+   */
+  prefetchCommit(): boolean {
+    // Only without a state file: the prepared commit holds the xtables lock until the next batch,
+    // and with a state file the next batch first takes the state-file lock. A CLI holding that
+    // lock while it waits for the xtables lock would wait for us while we wait for it (a lock-order
+    // inversion that only the timeouts ended: issue 13, lock starvation).
+    if (this.statePath !== null) return false;
+    return this.selected?.provider.prefetch?.() ?? false;
+  }
+
+  /** Gives back what {@link prefetchCommit} prepared when no commit used it. */
+  releasePrefetch(): void {
+    this.selected?.provider.releasePrefetch?.();
+  }
+
+  /** The engine and executor, chosen on first use (see {@link selectEngine}). */
+  select(): Promise<Selection> {
+    if (this.selected) return Promise.resolve(this.selected);
+    this.selecting ??= (async () => {
+      const holds = async (name: EngineName): Promise<boolean> => {
+        try {
+          return await this.engineFor(name).engine.holdsObjects();
+        } catch {
+          return false;
+        }
+      };
+      const e = await selectEngine(this.engineChoice, {
+        legacyHasRules: () => holds('legacy'),
+        nftHasTable: () => holds('nft'),
+      });
+      const { engine, reason } = this.engineFor(e.engine);
+      this.selected = {
+        provider: engine,
+        executor: engine.executor,
+        reason,
+        engine: e.engine,
+        engineReason: e.reason,
+        ...(e.warning ? { engineWarning: e.warning } : {}),
+      };
+      return this.selected;
+    })();
+    this.selecting.catch(() => (this.selecting = undefined));
+    return this.selecting;
+  }
+  /** Engine `name` over the executor supplied for it, else over the one `executorChoice` selects. */
+  private engineFor(name: EngineName): { engine: Engine; reason: string } {
+    const supplied = this.supplied?.[name];
+    if (supplied) return { engine: engineOver(supplied), reason: 'executor supplied by the caller' };
+    if (this.supplied)
+      throw new IptlbError('EUSAGE', `engine: no executor was supplied for the ${name} engine`, { field: 'engine' });
+    return createEngine(name, this.executorChoice, { lockWaitMs: this.lockWaitMs });
+  }
+
+  /** The selection made by {@link select}; throws when it has not run yet. */
+  get selection(): Selection {
+    if (!this.selected) throw new Error('Core.selection read before select()');
+    return this.selected;
+  }
+
+  /** Runs `fn` after every earlier call on this instance has finished. */
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.queue.then(fn, fn);
+    this.queue = p.catch(() => {});
+    return p;
+  }
+
+  private cached?: { version: string | null; state: Map<string, Profile> };
+
+  /**
+   * The state file's profiles. Parsed once and cached by the file's identity (device, inode, size,
+   * times): it is read again only when another process has replaced or edited it.
+   */
+  async readState(): Promise<Map<string, Profile>> {
+    if (this.statePath === null) return new Map(this.memory);
+    const version = await stateVersion(this.statePath).catch(() => undefined);
+    if (version !== undefined && this.cached && this.cached.version === version) return new Map(this.cached.state);
+    const state = await readState(this.statePath);
+    if (version !== undefined) this.cached = { version, state };
+    return new Map(state);
+  }
+
+  /**
+   * The transaction: lock → read state → decide → (kernel commit when `run`) → write state → unlock.
+   * Nothing changes anywhere when `decide` throws or the kernel refuses.
+   */
+  transact(decide: (state: Map<string, Profile>) => Change, opts: { run: boolean }): Promise<TransactionResult> {
+    return this.serial(async () => {
+      const engine = opts.run ? (await this.select()).provider : undefined;
+      if (engine) this.checkPrivileges();
+      const lock = await this.lock();
+      try {
+        // In memory mode the map itself (decide never changes it; `next` is a copy): no copy per batch.
+        const state = this.statePath === null ? this.memory : await this.readState();
+        const change = decide(state);
+        // What the profiles will be: a view over `state` and the change (O(change), not O(profiles)).
+        const next = new ChangedProfiles(state, change);
+        // The kernel's part: effective profiles (health), from what the kernel holds to what it should.
+        this.health.refresh();
+        const k = this.health.begin(state, change);
+        const done = engine ? await this.commitChange(engine, k.state, k.change) : [];
+        const committed = done.length > 0;
+        const commitMs = done.reduce((ms, d) => ms + d.ms, 0);
+        if (committed) this.logCommit(engine!, k.change, k.state, done, commitMs);
+        // Flows to destinations this change removes (decided now: in memory mode `state` changes below).
+        const stale =
+          committed && !this.keepConntrack && !this.injected && this.conntrack.needed()
+            ? this.staleOf(change, state, next, engine!.executor.kind === 'native')
+            : [];
+        let stateWritten: boolean;
+        try {
+          stateWritten = await this.record(state, change, next);
+        } catch (e) {
+          // The kernel holds the change but the state file cannot record it (a full disk, a
+          // read-only remount, quota): left so, the profile would be an orphan that the next
+          // `sync` deletes. Undo the kernel change, so the call changes nothing, and say so.
+          const why =
+            e instanceof IptlbError ? e.message : fsFailure(e, 'write the state file', this.statePath!).message;
+          let undone = true;
+          for (const d of [...done].reverse())
+            undone = (await this.undoFamily(engine!, d, 'the state file could not be written')) && undone;
+          if (!committed) throw new IptlbError('ESTATE', `${why}; nothing was changed`, { cause: e });
+          throw new IptlbError(
+            'ESTATE',
+            undone
+              ? `${why}; the kernel change was undone, nothing was changed`
+              : `${why}; undoing the kernel change failed too, so the kernel holds a change the state file does not: run \`iptlb sync\` to repair`,
+            { cause: e },
+          );
+        }
+        // The health changes it carried are now in the kernel (not when the state write undid them).
+        if (engine) k.done();
+        // Handed to the janitor, not awaited: the next change need not wait for the cleanup of this
+        // one (over netlink when it went through the native executor, else `conntrack -D`).
+        if (stale.length) this.conntrack.add(stale);
+        return {
+          applied: change.upsert,
+          deleted: change.remove,
+          committed,
+          stateWritten,
+          commitMs,
+          executor: committed ? engine!.executor.kind : null,
+          engine: committed ? engine!.name : null,
+        };
+      } finally {
+        lock.release();
+      }
+    });
+  }
+
+  /**
+   * What the engine is told of `state`: the long-lived profile map's memo (memory mode, when `state`
+   * is that map), and whether the profiles are only those this instance was told about.
+   */
+  private planContext(state: ReadonlyMap<string, Profile>): PlanContext {
+    return {
+      ...(state === this.memory ? { memo: { generation: this.memoryGeneration } } : {}),
+      partial: this.statePath === null,
+    };
+  }
+
+  /**
+   * One kernel transaction per address family the change touches (a profile is of one family; the
+   * iptables and ip6tables nat tables, or tables ip and ip6 iptlb, are separate objects). If a later
+   * family's commit fails, the earlier ones are undone, so the call changes nothing.
+   */
+  private async commitChange(
+    engine: Engine,
+    state: ReadonlyMap<string, Profile>,
+    change: Change,
+  ): Promise<(DoneFamily & { ms: number })[]> {
+    const done: (DoneFamily & { ms: number })[] = [];
+    for (const f of FAMILIES) {
+      const changeF = changeOfFamily(change, state, f);
+      if (changeF.upsert.length === 0 && changeF.remove.length === 0) continue;
+      const stateF = this.ofFamily(state, f);
+      try {
+        const plan = await engine.planChange(f, stateF, changeF, this.planContext(stateF));
+        if (!plan.steps.length) continue;
+        done.push({ family: f, state: stateF, change: changeF, ms: await this.commitPlan(engine, plan) });
+      } catch (e) {
+        for (const d of done.reverse()) await this.undoFamily(engine, d, 'the next part failed');
+        throw e;
+      }
+    }
+    return done;
+  }
+
+  private async commitPlan(engine: Engine, plan: FamilyPlan): Promise<number> {
+    const { durationMs, committed } = await engine.commitPlan(plan, (line) => this.log(line));
+    this.lastTransaction = committed as AnyTransaction;
+    return durationMs;
+  }
+
+  /** The change's one log line per profile (when logging) and its summary line. */
+  private logCommit(
+    engine: Engine,
+    change: Change,
+    before: ReadonlyMap<string, Profile>,
+    done: DoneFamily[],
+    commitMs: number,
+  ): void {
+    if (this.logging) {
+      for (const p of change.upsert) {
+        const dests = p.destination.map((d) => (weightOf(p, d) === 1 ? d : `${d}*${weightOf(p, d)}`)).join(',');
+        this.log(`apply profile ${p.name}: ${p.source}/${p.protocol} -> ${dests} (${engine.describeProfile(p)})`);
+      }
+      for (const name of change.remove) {
+        if (change.upsert.some((p) => p.name === name)) continue;
+        const old = before.get(name);
+        this.log(engine.describeRemoval(name, old ? familyOfProfile(old) : 'ipv4'));
+      }
+    }
+    this.log(
+      `committed ${change.upsert.length + change.remove.length} profile change(s) in ${done.length === 1 ? 'one transaction' : `${done.length} transactions`} ` +
+        `(${done.map((d) => engine.where(d.family)).join(' and ')}, ${engine.name}/${engine.executor.kind}, ${commitMs.toFixed(2)} ms)`,
+    );
+  }
+
+  /** The flows to destinations that `change` removes from profiles of `state`, for the conntrack janitor. */
+  private staleOf(
+    change: Change,
+    state: ReadonlyMap<string, Profile>,
+    next: ReadonlyMap<string, Profile>,
+    native: boolean,
+  ) {
+    return [
+      ...change.upsert.flatMap((p) =>
+        state.has(p.name) ? staleFlows(state.get(p.name)!, p).map((f) => ({ ...f, profile: p.name, native })) : [],
+      ),
+      ...change.remove.flatMap((n) =>
+        state.has(n) ? staleFlows(state.get(n)!, next.get(n)).map((f) => ({ ...f, profile: n, native })) : [],
+      ),
+    ];
+  }
+
+  /**
+   * Records a change the kernel accepted (or a state-only change): in place in memory mode, O(change);
+   * else the state file is rewritten. Returns whether the file was written.
+   */
+  private async record(
+    state: ReadonlyMap<string, Profile>,
+    change: Change,
+    next: ReadonlyMap<string, Profile>,
+  ): Promise<boolean> {
+    const changed =
+      change.remove.some((n) => state.has(n)) ||
+      change.upsert.some((p) => !state.has(p.name) || !sameProfile(state.get(p.name)!, p));
+    if (!changed) return false;
+    if (this.statePath === null) {
+      const edits: [Profile | undefined, Profile | undefined][] = [];
+      for (const n of change.remove) {
+        edits.push([this.memory.get(n), undefined]);
+        this.memory.delete(n);
+      }
+      for (const p of change.upsert) {
+        edits.push([this.memory.get(p.name), p]);
+        this.memory.set(p.name, p);
+      }
+      this.memoryGeneration++;
+      this.selected?.provider.changed?.(edits, { generation: this.memoryGeneration });
+      return false;
+    }
+    this.cached = undefined;
+    const written = new Map(next);
+    await writeState(this.statePath, written.values());
+    this.cached = { version: await stateVersion(this.statePath), state: written };
+    this.log(`state written to ${this.statePath} (${next.size} profile(s))`);
+    return true;
+  }
+
+  /**
+   * The profiles of `state` of family `f`: `state` itself when it holds no profile of the other
+   * family (the common case costs nothing once counted; the in-memory count is kept per change).
+   */
+  private ofFamily(state: ReadonlyMap<string, Profile>, f: Family): ReadonlyMap<string, Profile> {
+    let v6: number;
+    if (state === this.memory) {
+      if (this.v6Count?.generation !== this.memoryGeneration)
+        this.v6Count = { generation: this.memoryGeneration, n: countV6(state) };
+      v6 = this.v6Count.n;
+    } else {
+      v6 = countV6(state);
+    }
+    const mine = f === 'ipv4' ? state.size - v6 : v6;
+    if (mine === state.size) return state;
+    return mine === 0 ? new Map() : profilesOf(state, f);
+  }
+  private v6Count?: { generation: number; n: number };
+
+  /**
+   * The families worth looking at in the kernel for `state`: those with profiles, and those whose
+   * tables may hold iptlb objects (orphans) without profiles.
+   */
+  private familiesOf(
+    engine: Engine,
+    state: ReadonlyMap<string, Profile>,
+  ): { family: Family; profiles: Map<string, Profile> }[] {
+    return FAMILIES.map((family) => ({
+      family,
+      profiles: this.ofFamily(state, family) as Map<string, Profile>,
+    })).filter(({ family, profiles }) => profiles.size > 0 || engine.mayHold(family));
+  }
+
+  /**
+   * Puts back the profiles of one family as they were before a change (after a later family's
+   * commit failed). Best effort: if this fails too, the error is logged and the next change or
+   * `sync` repairs the kernel.
+   */
+  private async undoFamily(engine: Engine, d: DoneFamily, because: string): Promise<boolean> {
+    const touched = new Set([...d.change.upsert.map((p) => p.name), ...d.change.remove]);
+    const undo: Change = { upsert: [], remove: [] };
+    for (const n of touched) {
+      const old = d.state.get(n);
+      if (old) undo.upsert.push(old);
+      else undo.remove.push(n);
+    }
+    try {
+      await this.commitPlan(
+        engine,
+        await engine.planChange(d.family, new ChangedProfiles(d.state, d.change), undo, {
+          partial: this.statePath === null,
+        }),
+      );
+      this.log(`undid the ${engine.where(d.family)} part of the change, because ${because}`);
+      return true;
+    } catch (e) {
+      this.log(
+        `could not undo the ${engine.where(d.family)} part of a failed change (${(e as Error).message}); run \`iptlb sync\``,
+      );
+      return false;
+    }
+  }
+
+  /** The state-file lock; nothing to lock when profiles live in memory (calls are serialised in-process). */
+  private async lock(): Promise<{ release(): void }> {
+    if (this.statePath === null) return { release() {} };
+    return lockStateFile(this.statePath, this.lockWaitMs, this.log);
+  }
+
+  /** Fails early, with one line and nothing touched, when the kernel would refuse us anyway. */
+  private checkPrivileges(): void {
+    if (!this.injected && !hasNetAdmin()) {
+      throw new IptlbError(
+        'EPERM',
+        'permission denied: changing netfilter rules needs CAP_NET_ADMIN (run iptlb as root)',
+      );
+    }
+  }
+
+  /**
+   * What `transact` would commit for the change `decide` makes, planned the same way (with the same
+   * kernel reads), and nothing committed or written: one plan per address family it touches.
+   */
+  plan(
+    decide: (state: Map<string, Profile>) => Change,
+  ): Promise<{ provider: Engine; change: Change; plans: FamilyPlan[] }> {
+    return this.serial(async () => {
+      const { provider } = await this.select();
+      const state = await this.readState();
+      const change = decide(state);
+      // The kernel's part, as transact computes it (health overlay included); nothing is marked done.
+      this.health.refresh();
+      const k = this.health.begin(state, change);
+      const plans: FamilyPlan[] = [];
+      for (const f of FAMILIES) {
+        const changeF = changeOfFamily(k.change, k.state, f);
+        if (changeF.upsert.length === 0 && changeF.remove.length === 0) continue;
+        plans.push(
+          await provider.planChange(f, this.ofFamily(k.state, f), changeF, { partial: this.statePath === null }),
+        );
+      }
+      return { provider, change, plans };
+    });
+  }
+
+  /**
+   * Each profile of the state file compared with the kernel, plus the kernel's orphans, with
+   * counters. Runs between this instance's transactions, never during one (a commit in flight has
+   * changed the kernel but not yet the profiles: comparing then would report drift that is not).
+   */
+  status(): Promise<ProfileReport[]> {
+    return this.serial(() => this.statusNow());
+  }
+
+  /**
+   * The periodic drift check: {@link status} under the state-file lock, taken without waiting. Null
+   * (no verdict) when another process holds the lock: its commit may be in flight, and the kernel
+   * and the state file may disagree until it ends.
+   */
+  driftCheck(): Promise<ProfileReport[] | null> {
+    return this.serial(async () => {
+      let lock: { release(): void } | undefined;
+      if (this.statePath !== null) {
+        try {
+          lock = await lockStateFile(this.statePath, 0);
+        } catch (e) {
+          if (e instanceof IptlbError && e.code === 'ELOCK' && e.errno === 11) return null;
+          throw e;
+        }
+      }
+      try {
+        return await this.statusNow();
+      } finally {
+        lock?.release();
+      }
+    });
+  }
+
+  private async statusNow(): Promise<ProfileReport[]> {
+    const { provider } = await this.select();
+    const state = await this.readState();
+    this.health.refresh();
+    const kstate = this.health.kernelState(state);
+    const reports: ProfileReport[] = [];
+    for (const { family, profiles } of this.familiesOf(provider, kstate))
+      reports.push(...provider.compare(profiles, await provider.read(family)));
+    return this.health.annotate(reports, state, kstate, (p) => ({
+      name: p.name,
+      status: 'in-sync',
+      detail: 'every destination is down: drained (health.allDown: drain)',
+      destinations: p.destination.map((d) => ({ destination: d, packets: 0, bytes: 0 })),
+      packets: 0,
+      bytes: 0,
+    }));
+  }
+
+  /**
+   * Replaces family `f`'s objects with exactly `profiles` when `needed(view)` says so, reading the
+   * kernel again when someone else changed it between the read and the commit. Returns the commit
+   * time, or undefined when nothing was needed.
+   */
+  private async replaceFamily<View>(
+    engine: Engine<View>,
+    f: Family,
+    profiles: ReadonlyMap<string, Profile>,
+    needed: (view: View, attempt: number) => boolean,
+  ): Promise<number | undefined> {
+    for (let attempt = 1; ; attempt++) {
+      const view = await engine.read(f);
+      if (!needed(view, attempt)) return undefined;
+      try {
+        return await engine.commit(engine.planReplace(f, profiles, view));
+      } catch (e) {
+        if (e instanceof IptlbError && e.code === 'ERESTART' && attempt < 5) continue;
+        throw e;
+      }
+    }
+  }
+
+  /** Makes the kernel match the state file, one transaction per address family; returns what was out of step before. */
+  sync(
+    opts: {
+      quietWhenInSync?: boolean;
+      /**
+       * Checked under the lock, before the state is read: when it answers false, nothing is done
+       * (`skipped`). Watch mode passes "the file is still the version that settled", so a file
+       * rewritten since is never applied half-written.
+       */
+      guard?: () => Promise<boolean>;
+    } = {},
+  ): Promise<{ before: ProfileReport[]; committed: boolean; commitMs: number; skipped?: boolean }> {
+    return this.serial(async () => {
+      const { provider } = await this.select();
+      this.checkPrivileges();
+      const lock = await this.lock();
+      try {
+        if (opts.guard && !(await opts.guard())) return { before: [], committed: false, commitMs: 0, skipped: true };
+        this.health.refresh();
+        const state = this.health.kernelState(await this.readState());
+        const before: ProfileReport[] = [];
+        let committed = false;
+        let commitMs = 0;
+        for (const { family, profiles } of this.familiesOf(provider, state)) {
+          let reports: ProfileReport[] = [];
+          let drifted: ProfileReport[] = [];
+          const ms = await this.replaceFamily(provider, family, profiles, (view, attempt) => {
+            reports = provider.compare(profiles, view);
+            drifted = reports.filter((r) => r.status !== 'in-sync');
+            if (attempt === 1)
+              for (const r of drifted) this.log(`sync ${r.name}: ${r.status}${r.detail ? ` (${r.detail})` : ''}`);
+            return drifted.length > 0;
+          });
+          before.push(...reports);
+          if (ms === undefined) continue;
+          this.log(
+            `committed the sync of ${drifted.length} profile(s) in one transaction (${provider.where(family)}, ${provider.name}/${provider.executor.kind}, ${ms.toFixed(2)} ms)`,
+          );
+          committed = true;
+          commitMs += ms;
+        }
+        if (!committed && !opts.quietWhenInSync) this.log('kernel already matches the state file; nothing to do');
+        return { before, committed, commitMs };
+      } finally {
+        lock.release();
+      }
+    });
+  }
+
+  /**
+   * Moves every profile of the state to engine `to`, one transaction per engine and address family:
+   * first all of them are installed in `to` (while the other engine still balances: the first NAT
+   * hook a flow meets binds it, so no virtual address is ever without rules), then iptlb's objects
+   * are removed from the other engine. The next selection (`auto`) finds them in `to`.
+   */
+  migrate(to: EngineName): Promise<{ moved: number; installMs: number; removeMs: number; removedFrom: boolean }> {
+    return this.serial(async () => {
+      if (this.injected && !this.supplied)
+        throw new IptlbError(
+          'EUSAGE',
+          'migrate needs an executor per engine (one injected executor serves one engine)',
+        );
+      this.checkPrivileges();
+      const lock = await this.lock();
+      try {
+        const state = await this.readState();
+        const target = this.engineFor(to).engine;
+        const from: EngineName = to === 'nft' ? 'legacy' : 'nft';
+        let installMs = 0;
+        let installs = 0;
+        for (const f of FAMILIES) {
+          const profiles = this.ofFamily(state, f);
+          if (profiles.size === 0) continue;
+          installMs += (await this.replaceFamily(target, f, profiles, () => true))!;
+          installs++;
+        }
+        this.log(
+          `installed ${state.size} profile(s) in the ${to} engine in ${installs > 1 ? `${installs} transactions (one per address family)` : 'one transaction'} (${target.executor.kind}, ${installMs.toFixed(2)} ms)`,
+        );
+        const source = this.engineFor(from).engine;
+        let removeMs = 0;
+        let removals = 0;
+        for (const f of FAMILIES) {
+          const tx = await source.planRemoveAll(f);
+          if (tx === undefined) continue;
+          removeMs += await source.commit(tx);
+          removals++;
+        }
+        const removedFrom = removals > 0;
+        const how = removals > 1 ? `${removals} transactions (one per address family)` : 'one transaction';
+        this.log(
+          removedFrom
+            ? `removed iptlb's objects from the ${from} engine in ${how} (${source.executor.kind}, ${removeMs.toFixed(2)} ms)`
+            : `the ${from} engine held nothing of iptlb's`,
+        );
+        this.selected = undefined;
+        this.selecting = undefined;
+        return { moved: state.size, installMs, removeMs, removedFrom };
+      } finally {
+        lock.release();
+      }
+    });
+  }
+
+  /**
+   * Kernel objects owned by iptlb for profiles of `family` (default ipv4): the nat table's (legacy) or table ip/ip6
+   * iptlb (nft).
+   */
+  async readKernel(family: Family = 'ipv4'): Promise<AnyView> {
+    return (await this.select()).provider.read(family) as Promise<AnyView>;
+  }
+}
+
+/** Decides an upsert of `inputs` (create or replace) against `state`. */
+export function upsertChange(state: Map<string, Profile>, inputs: (ProfileInput | Profile)[]): Change {
+  const upsert = inputs.map((i) => validateProfile(i));
+  const names = new Set<string>();
+  for (const p of upsert) {
+    if (names.has(p.name))
+      throw new IptlbError('EUSAGE', `name: ${show(p.name)} is given twice in one change`, { field: 'name' });
+    names.add(p.name);
+  }
+  const others = [...state.values()].filter((o) => !names.has(o.name));
+  upsert.forEach((p, i) => checkConflicts(p, [...others, ...upsert.slice(0, i)]));
+  // Replacement needs no explicit removal: every upserted profile's old objects are owned by its name.
+  return { upsert, remove: [] };
+}
+
+/** Decides the deletion of `names` against `state`; unknown names are ENOTFOUND. */
+export function deleteChange(state: Map<string, Profile>, names: string[]): Change {
+  const remove = [...new Set(names.map((n) => validateName(n, 'name', { existing: true })))];
+  for (const n of remove) {
+    if (!state.has(n))
+      throw new IptlbError('ENOTFOUND', `name: profile ${show(n)} does not exist in the state file`, { field: 'name' });
+  }
+  return { upsert: [], remove };
+}

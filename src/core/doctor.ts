@@ -1,0 +1,169 @@
+/**
+ * `iptlb doctor`: which engine and executor would be used and why, what is missing, how to fix it.
+ */
+import { existsSync } from 'node:fs';
+import { hasNetAdmin } from '../platform/caps.js';
+import { addonPath, buildLogTail, loadAddonPart, type AddonPart } from '../platform/addon.js';
+import { findBinary } from '../platform/spawn.js';
+import { parseExecutorChoice } from '../engines/executors.js';
+import { iptablesFlavour, parseEngineChoice, xtablesAvailable } from '../engines/select.js';
+import { Core } from './core.js';
+import { readState, resolveStatePath } from './state.js';
+import { IptlbError } from '../model/errors.js';
+
+type Out = { out: (s: string) => void; err: (s: string) => void };
+
+interface Check {
+  name: string;
+  ok: boolean;
+  detail: string;
+  fix?: string;
+}
+
+export async function doctor(
+  o: { stateFile?: string; executor?: string; engine?: string; json?: boolean },
+  io: Out,
+): Promise<number> {
+  const checks: Check[] = [];
+  const cap = hasNetAdmin();
+  checks.push({
+    name: 'privileges',
+    ok: cap,
+    detail: cap ? 'CAP_NET_ADMIN present' : 'CAP_NET_ADMIN missing',
+    fix: cap ? undefined : 'run iptlb as root (sudo) or grant CAP_NET_ADMIN',
+  });
+  const xt = xtablesAvailable();
+  checks.push({
+    name: 'x_tables',
+    ok: true,
+    detail: xt
+      ? 'available in this kernel (legacy engine possible)'
+      : 'not available in this kernel (legacy engine impossible)',
+  });
+  const flavour = iptablesFlavour();
+  checks.push({
+    name: 'host iptables',
+    ok: true,
+    detail: flavour === 'none' ? 'not installed' : `the ${flavour === 'nft' ? 'nf_tables' : 'legacy'} flavour`,
+  });
+  // The addon per engine: each engine runs natively when its file and iptlb_core.node load, and
+  // falls back to spawning its tools otherwise (see src/platform/addon.ts).
+  const native = nativeReport();
+  for (const [name, n] of Object.entries(native.engines)) {
+    checks.push(
+      n.executor === 'native'
+        ? { name: `native ${name}`, ok: true, detail: `native (${n.files.join(', ')})` }
+        : { name: `native ${name}`, ok: false, detail: `falls back to the spawn executor: ${n.reason}`, fix: n.fix },
+    );
+  }
+  if (native.buildLog)
+    checks.push({
+      name: 'addon build log',
+      ok: true,
+      detail: `${native.buildLog.path}, last lines:\n         ${native.buildLog.lines.join('\n         ')}`,
+    });
+  const restore = findBinary('iptables-legacy-restore');
+  checks.push({
+    name: 'iptables-legacy-restore',
+    ok: !!restore,
+    detail: restore ?? 'not found (spawn executor of the legacy engine)',
+    fix: restore ? undefined : 'apt-get install -y iptables',
+  });
+  const restore6 = findBinary('ip6tables-legacy-restore');
+  checks.push({
+    name: 'ip6tables-legacy-restore',
+    ok: !!restore6,
+    detail: restore6 ?? 'not found (spawn executor of the legacy engine, IPv6 profiles)',
+    fix: restore6 ? undefined : 'apt-get install -y iptables',
+  });
+  const nft = findBinary('nft');
+  checks.push({
+    name: 'nft',
+    ok: !!nft,
+    detail: nft ?? 'not found (spawn executor of the nft engine)',
+    fix: nft ? undefined : 'apt-get install -y nftables',
+  });
+  if (o.stateFile === '')
+    throw new IptlbError('EUSAGE', 'state-file: must not be empty (omit the flag for the default ./local/state.db)', {
+      field: 'state-file',
+    });
+  const statePath = resolveStatePath(o.stateFile);
+  try {
+    const state = await readState(statePath);
+    checks.push({
+      name: 'state file',
+      ok: true,
+      detail: `${statePath}: ${existsSync(statePath) ? `${state.size} profile(s)` : 'not created yet'}`,
+    });
+  } catch (e) {
+    checks.push({ name: 'state file', ok: false, detail: (e as Error).message, fix: 'repair or move the file aside' });
+  }
+  let executor = 'none';
+  let reason = '';
+  let engine = 'none';
+  let engineReason = '';
+  let warning: string | undefined;
+  let usable = true;
+  try {
+    const core = new Core({
+      stateFile: statePath,
+      executor: parseExecutorChoice(o.executor ?? process.env.IPTLB_EXECUTOR),
+      engine: parseEngineChoice(o.engine ?? process.env.IPTLB_ENGINE),
+    });
+    const sel = await core.select();
+    executor = sel.executor.kind;
+    reason = sel.reason;
+    engine = sel.engine;
+    engineReason = sel.engineReason;
+    warning = sel.engineWarning;
+  } catch (e) {
+    usable = false;
+    reason = e instanceof IptlbError ? e.message : String(e);
+  }
+  if (warning)
+    checks.push({ name: 'engines', ok: false, detail: warning, fix: 'iptlb migrate --to nft (or --to legacy)' });
+  const ok = usable && cap && !warning;
+  if (o.json) {
+    io.out(JSON.stringify({ ok, engine, engineReason, executor, executorReason: reason, native, checks }));
+  } else {
+    io.out(`engine:   ${engine} — ${engineReason || reason}`);
+    io.out(`executor: ${executor} — ${reason}`);
+    for (const c of checks)
+      io.out(`  [${c.ok ? 'ok' : '!!'}] ${c.name}: ${c.detail}${c.fix ? `\n       fix: ${c.fix}` : ''}`);
+    io.out(ok ? 'ready' : 'not ready: see the fixes above');
+  }
+  return ok ? 0 : 1;
+}
+
+interface EngineNative {
+  /** What this engine's commits go through on this host when the executor is auto. */
+  executor: 'native' | 'spawn';
+  /** The addon files it uses (when native). */
+  files: string[];
+  reason?: string;
+  fix?: string;
+}
+
+/** Per engine: native or spawn, and why; the last lines of the addon's build log when a file is missing. */
+export function nativeReport(): {
+  engines: { legacy: EngineNative; nft: EngineNative };
+  buildLog?: { path: string; lines: string[] };
+} {
+  const one = (part: AddonPart): EngineNative => {
+    for (const p of ['core', part] as AddonPart[]) {
+      const r = loadAddonPart(p);
+      if (!r.ok) {
+        const detail = r.detail.includes(`iptlb_${p}.node`) ? r.detail : `iptlb_${p}.node: ${r.detail}`;
+        return { executor: 'spawn', files: [], reason: `${r.reason}: ${detail}`, fix: r.fix };
+      }
+    }
+    return { executor: 'native', files: [addonPath('core'), addonPath(part)] };
+  };
+  const engines = { legacy: one('xt'), nft: one('nft') };
+  const missing = (['core', 'xt', 'nft'] as AddonPart[]).some((p) => {
+    const r = loadAddonPart(p);
+    return !r.ok && r.reason === 'not-built' && !r.detail.includes('IPTLB_NO_NATIVE');
+  });
+  const log = missing ? buildLogTail(8) : undefined;
+  return { engines, ...(log ? { buildLog: log } : {}) };
+}

@@ -1,0 +1,84 @@
+/**
+ * Validation of the options of `open()` (and of the core's): every option is checked before anything
+ * is chosen or touched, and a bad one is a typed EUSAGE error naming it.
+ */
+import { IptlbError } from '../model/errors.js';
+
+function usage(field: string, message: string): IptlbError {
+  return new IptlbError('EUSAGE', `${field}: ${message}`, { field });
+}
+
+function shown(v: unknown): string {
+  if (typeof v === 'string') return JSON.stringify(v);
+  if (typeof v === 'function') return 'a function';
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  if (typeof v === 'object') return 'an object';
+  return String(v);
+}
+
+/** The longest lock wait accepted, ms (one day): anything longer is a mistake, not a wait. */
+export const MAX_LOCK_WAIT_MS = 86_400_000;
+
+const CORE_KEYS = ['stateFile', 'executor', 'engine', 'lockWaitMs', 'log', 'keepConntrack'];
+const HANDLE_KEYS = ['coalesce', 'driftCheckMs', 'health'];
+
+/**
+ * Checks the options object of `open()` (`handle`: also the Iptlb-specific ones). Unknown keys are
+ * refused too: a misspelt option silently ignored is the same class of bug as a bad value.
+ */
+export function validateOpenOptions(options: unknown, handle: boolean): void {
+  if (options === undefined) return;
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) {
+    throw new IptlbError('EUSAGE', `options: must be an object, got ${shown(options)}`, { field: 'options' });
+  }
+  const o = options as Record<string, unknown>;
+  const known = handle ? [...CORE_KEYS, ...HANDLE_KEYS] : CORE_KEYS;
+  for (const k of Object.keys(o)) {
+    if (!known.includes(k)) throw usage(k, `unknown option (known: ${known.join(', ')})`);
+  }
+  const v = o;
+  if (v.stateFile !== undefined && v.stateFile !== false) {
+    if (typeof v.stateFile !== 'string')
+      throw usage('stateFile', `must be a path (a string) or false, got ${shown(v.stateFile)}`);
+    if (v.stateFile === '')
+      throw usage('stateFile', 'must not be empty (omit it for the default, or pass false for no file)');
+    if (v.stateFile.includes('\0')) throw usage('stateFile', 'must not contain a NUL character');
+  }
+  if (v.executor !== undefined && !['auto', 'native', 'spawn'].includes(v.executor as string)) {
+    throw usage('executor', `${shown(v.executor)} is not one of native, spawn, auto`);
+  }
+  if (v.engine !== undefined && !['auto', 'legacy', 'nft'].includes(v.engine as string)) {
+    throw usage('engine', `${shown(v.engine)} is not one of legacy, nft, auto`);
+  }
+  if (
+    v.lockWaitMs !== undefined &&
+    (typeof v.lockWaitMs !== 'number' ||
+      !Number.isInteger(v.lockWaitMs) ||
+      v.lockWaitMs < 0 ||
+      v.lockWaitMs > MAX_LOCK_WAIT_MS)
+  ) {
+    throw usage('lockWaitMs', `${shown(v.lockWaitMs)} must be a whole number of ms from 0 to ${MAX_LOCK_WAIT_MS}`);
+  }
+  if (v.log !== undefined && typeof v.log !== 'function')
+    throw usage('log', `must be a function (line: string) => void, got ${shown(v.log)}`);
+  if (v.keepConntrack !== undefined && typeof v.keepConntrack !== 'boolean')
+    throw usage('keepConntrack', `must be true or false, got ${shown(v.keepConntrack)}`);
+  if (handle) {
+    if (v.coalesce !== undefined && typeof v.coalesce !== 'boolean')
+      throw usage('coalesce', `must be true or false, got ${shown(v.coalesce)}`);
+    if (
+      v.driftCheckMs !== undefined &&
+      (typeof v.driftCheckMs !== 'number' || !Number.isInteger(v.driftCheckMs) || v.driftCheckMs < 10)
+    ) {
+      throw usage('driftCheckMs', `${shown(v.driftCheckMs)} must be a whole number of ms, at least 10`);
+    }
+    if (
+      v.health !== undefined &&
+      typeof v.health !== 'boolean' &&
+      (v.health === null || typeof v.health !== 'object' || Array.isArray(v.health))
+    ) {
+      throw usage('health', `must be true, false or the options of a HealthChecker, got ${shown(v.health)}`);
+    }
+  }
+}

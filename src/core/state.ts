@@ -1,0 +1,430 @@
+/**
+ * The state file: the original iptlb's YAML (one top-level key per profile, keys sorted), read and
+ * written byte-compatibly. Reading refuses symlinks, non-regular files, aliases and wrong types;
+ * writing goes through a 0600 temp file + fsync + rename + directory fsync.
+ */
+import { constants as C, promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { IptlbError } from '../model/errors.js';
+import { checkDirChain, checkTrusted } from '../platform/fsafety.js';
+import { checkSet, show, validateProfile } from '../model/profile.js';
+import type { Profile } from '../model/types.js';
+import { HEALTH_KEYS_SORTED } from '../health/config.js';
+
+export const DEFAULT_STATE_FILE = 'local/state.db';
+import { MAX_STATE_BYTES, readCapped } from '../model/limits.js';
+export { MAX_STATE_BYTES };
+
+/** `IPTLB_STATE_FILE`, else `local/state.db` relative to the working directory (as the original). */
+export function resolveStatePath(explicit?: string): string {
+  const p = explicit || process.env.IPTLB_STATE_FILE || DEFAULT_STATE_FILE;
+  return path.resolve(p);
+}
+
+// Plain scalars that YAML 1.1 (Go's yaml.v2) would read as something other than a string.
+const YAML11_NON_STRING = [
+  /^(y|Y|yes|Yes|YES|n|N|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF|null|Null|NULL|~)$/,
+  /^[-+]?(0|[1-9][0-9_]*)$/,
+  /^[-+]?0b[01_]+$/,
+  /^[-+]?0[0-7_]+$/,
+  /^[-+]?0x[0-9a-fA-F_]+$/,
+  /^[-+]?(\.[0-9]+|[0-9][0-9_]*(\.[0-9_]*)?)([eE][-+]?[0-9]+)?$/,
+];
+/**
+ * Writes a scalar the way Go's yaml.v2 does for the values iptlb stores: plain unless it would not read back as a
+ * string.
+ */
+function scalar(s: string): string {
+  // An IPv6 endpoint starts with a flow indicator, so yaml.v2 single-quotes it (it holds no quote).
+  if (s.charCodeAt(0) === 91 /* [ */ && /^\[[0-9a-f:.]+\]:[0-9]+$/.test(s)) return `'${s}'`;
+  if (s === '' || s === '-' || /[^A-Za-z0-9_.:-]/.test(s) || YAML11_NON_STRING.some((re) => re.test(s)))
+    return JSON.stringify(s);
+  return s;
+}
+
+const chunks = new WeakMap<Profile, string>();
+
+/**
+ * Serialises profiles exactly as the original (Go yaml.v2) writes them. Profiles are treated as immutable: each one's
+ * text is cached.
+ */
+export function serializeState(profiles: Iterable<Profile>): string {
+  const list = [...profiles].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  if (list.length === 0) return '{}\n';
+  let text = '';
+  for (const p of list) {
+    let c = chunks.get(p);
+    if (c === undefined) {
+      c = serializeOne(p);
+      chunks.set(p, c);
+    }
+    text += c;
+  }
+  return text;
+}
+
+function serializeOne(p: Profile): string {
+  const out: string[] = [];
+  {
+    out.push(`${scalar(p.name)}:`);
+    if (p.affinity) out.push(`  affinity: ${p.affinity}`);
+    out.push('  destination:');
+    for (const d of p.destination) out.push(`  - ${scalar(d)}`);
+    if (p.health) {
+      // Only when a check is configured: files without one stay byte-identical (Go's yaml.v2 ignores the key).
+      out.push('  health:');
+      const h = p.health as unknown as Record<string, string | number | undefined>;
+      for (const k of HEALTH_KEYS_SORTED)
+        if (h[k] !== undefined)
+          out.push(
+            `    ${k}: ${typeof h[k] === 'number' ? h[k] : String(h[k]).includes(':') ? `'${h[k]}'` : scalar(String(h[k]))}`,
+          );
+    }
+    out.push(`  logEnabled: ${p.logEnabled ? 'true' : 'false'}`);
+    out.push(`  logLevel: ${JSON.stringify(p.logLevel)}`);
+    if (p.masquerade) out.push('  masquerade: true');
+    out.push(`  protocol: ${p.protocol}`);
+    out.push(`  rulesBackend: ${p.rulesBackend}`);
+    if (p.scheduler) out.push(`  scheduler: ${p.scheduler}`);
+    out.push(`  source: ${scalar(p.source)}`);
+    if (p.weights) {
+      out.push('  weights:');
+      for (const d of p.destination) if (p.weights[d] !== undefined) out.push(`    ${scalar(d)}: ${p.weights[d]}`);
+    }
+  }
+  return out.join('\n') + '\n';
+}
+
+/** Identity of the file's current version: changes whenever it is replaced or edited. Null when absent. */
+export async function stateVersion(file: string): Promise<string | null> {
+  try {
+    const st = await fsp.lstat(file, { bigint: true });
+    return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}:${st.mode}`;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw e;
+  }
+}
+
+function stateError(file: string, message: string, field?: string): IptlbError {
+  return new IptlbError('ESTATE', `state file ${file}: ${message}`, field !== undefined ? { field } : {});
+}
+
+const HEADER = /^(?:([A-Za-z0-9_-]+)|"([A-Za-z0-9_-]+)"):$/;
+const ITEM = /^  - ([0-9.:]+)$/;
+const KEY =
+  /^  (affinity|destination|logEnabled|logLevel|masquerade|protocol|rulesBackend|scheduler|source|weights):(?: (.*))?$/;
+const WEIGHT = /^    ([0-9.:]+): (0|[1-9][0-9]{0,6})$/;
+
+const STATE_KEYS = [
+  'affinity',
+  'destination',
+  'health',
+  'logEnabled',
+  'logLevel',
+  'masquerade',
+  'protocol',
+  'rulesBackend',
+  'scheduler',
+  'source',
+  'weights',
+];
+
+/**
+ * Fast path for the canonical layout this module (and the original) writes: returns the raw
+ * mappings, or null as soon as a line is not in that exact layout, so the full YAML parser (with all
+ * its checks and messages) takes over. Keeps the `yaml` module off the CLI's start-up path.
+ */
+export function parseCanonical(text: string): Record<string, Record<string, unknown>> | null {
+  if (text === '{}\n' || text === '') return {};
+  if (!text.endsWith('\n')) return null;
+  return parseExact(text) ?? parseLines(text);
+}
+
+/**
+ * One profile exactly as {@link serializeOne} writes it (keys sorted, every key present). Anything
+ * else fails the match and {@link parseLines} takes over. Protocol and rules backend are limited to
+ * their valid values and the source must hold a ':', so no value here is a YAML 1.1 non-string.
+ */
+const BLOCK =
+  /(?:([A-Za-z0-9_-]+)|"([A-Za-z0-9_-]+)"):\n  destination:\n((?:  - [0-9.:]+\n)+)  logEnabled: (true|false)\n  logLevel: "([a-z0-9]+)"\n(?:  masquerade: (true|false)\n)?  protocol: (tcp|udp|sctp)\n  rulesBackend: (client|proxy|server)\n  source: ([0-9.]*:[0-9.:]*)\n/y;
+
+/** The file as this module writes it, one regular-expression match per profile (a bulk load reads
+ * thousands; per line, cold JavaScript is what the CLI's start-up pays for). Null when any profile
+ * is laid out otherwise. */
+function parseExact(text: string): Record<string, Record<string, unknown>> | null {
+  const out: Record<string, Record<string, unknown>> = Object.create(null);
+  BLOCK.lastIndex = 0;
+  while (BLOCK.lastIndex < text.length) {
+    const m = BLOCK.exec(text);
+    if (m === null) return null;
+    const name = m[1] ?? m[2];
+    if (name in out || (m[1] !== undefined && (name === '-' || YAML11_NON_STRING.some((re) => re.test(name)))))
+      return null;
+    const body: Record<string, unknown> = {
+      destination: m[3].slice(4, -1).split('\n  - '),
+      logEnabled: m[4] === 'true',
+      logLevel: m[5],
+    };
+    if (m[6] !== undefined) body.masquerade = m[6] === 'true';
+    body.protocol = m[7];
+    body.rulesBackend = m[8];
+    body.source = m[9];
+    out[name] = body;
+  }
+  return out;
+}
+
+/** The canonical layout line by line: keys in any order, any of them missing. */
+function parseLines(text: string): Record<string, Record<string, unknown>> | null {
+  const out: Record<string, Record<string, unknown>> = Object.create(null);
+  let cur: Record<string, unknown> | null = null;
+  let list: string[] | null = null;
+  let weights: Record<string, number> | null = null;
+  // Lines are told apart by how they start (a name, "  - " or "  key:"), so each is matched against
+  // one pattern only.
+  for (let at = 0; at < text.length;) {
+    const nl = text.indexOf('\n', at);
+    const line = text.slice(at, nl);
+    at = nl + 1;
+    let m: RegExpExecArray | null;
+    if (line.charCodeAt(0) !== 32) {
+      if (!(m = HEADER.exec(line))) return null;
+      const name = m[1] ?? m[2];
+      if (m[1] !== undefined && (name === '-' || YAML11_NON_STRING.some((re) => re.test(name)))) return null;
+      if (name in out) return null;
+      cur = out[name] = {};
+      list = null;
+      weights = null;
+    } else if (line.startsWith('  - ')) {
+      if (!cur || !list || !(m = ITEM.exec(line))) return null;
+      list.push(m[1]);
+    } else if (line.startsWith('    ')) {
+      if (!weights || !(m = WEIGHT.exec(line)) || !m[1].includes(':') || m[1] in weights) return null;
+      weights[m[1]] = Number(m[2]);
+    } else if (cur && (m = KEY.exec(line))) {
+      const [, key, value] = m;
+      if (key in cur) return null;
+      list = null;
+      weights = null;
+      if (key === 'destination') {
+        if (value !== undefined) return null;
+        cur[key] = list = [];
+      } else if (key === 'weights') {
+        if (value !== undefined) return null;
+        cur[key] = weights = Object.create(null) as Record<string, number>;
+      } else if (key === 'affinity') {
+        if (value === undefined || !/^(0|[1-9][0-9]{0,5})$/.test(value)) return null;
+        cur[key] = Number(value);
+      } else if (key === 'scheduler') {
+        if (value !== 'random' && value !== 'round-robin') return null;
+        cur[key] = value;
+      } else if (value === undefined) {
+        return null;
+      } else if (key === 'logEnabled' || key === 'masquerade') {
+        if (value !== 'true' && value !== 'false') return null;
+        cur[key] = value === 'true';
+      } else if (key === 'logLevel') {
+        const q = /^"([a-z0-9]+)"$/.exec(value);
+        if (!q) return null;
+        cur[key] = q[1];
+      } else {
+        // No YAML 1.1 non-string form has a ':' (the common case: an address), so those skip the list.
+        if (!/^[a-z0-9.:]+$/.test(value) || (!value.includes(':') && YAML11_NON_STRING.some((re) => re.test(value))))
+          return null;
+        cur[key] = value;
+      }
+    } else {
+      return null;
+    }
+  }
+  for (const name in out) {
+    const w = out[name].weights;
+    if (w && Object.keys(w).length === 0) return null;
+  }
+  return out;
+}
+
+/**
+ * Parses state-file text into validated profiles (a map by name). Types must be the original's:
+ * `logLevel` a string, `logEnabled` a boolean, `destination` a list of strings.
+ */
+export async function parseState(text: string, file = '<state>'): Promise<Map<string, Profile>> {
+  const data: unknown = parseCanonical(text) ?? (await parseYaml(text, file));
+  return toProfiles(data, file);
+}
+
+async function parseYaml(text: string, file: string): Promise<unknown> {
+  const YAML = await import('yaml');
+  let doc;
+  try {
+    doc = YAML.parseDocument(text, { version: '1.1', uniqueKeys: true, prettyErrors: false });
+  } catch (e) {
+    throw stateError(file, `is not valid YAML (${oneLine((e as Error).message)})`);
+  }
+  if (doc.errors.length > 0) throw stateError(file, `is not valid YAML (${oneLine(doc.errors[0].message)})`);
+  try {
+    return doc.toJS({ maxAliasCount: 0 });
+  } catch (e) {
+    throw stateError(file, `is not usable YAML (${oneLine((e as Error).message)})`);
+  }
+}
+
+function toProfiles(data: unknown, file: string): Map<string, Profile> {
+  const result = new Map<string, Profile>();
+  if (data === null || data === undefined) return result;
+  if (typeof data !== 'object' || Array.isArray(data))
+    throw stateError(file, `must be a mapping of profile names, got ${show(data)}`);
+  for (const [name, body] of Object.entries(data as Record<string, unknown>)) {
+    if (body === null || typeof body !== 'object' || Array.isArray(body)) {
+      throw stateError(file, `profile ${show(name)}: must be a mapping, got ${show(body)}`, name);
+    }
+    const b = body as Record<string, unknown>;
+    for (const k of Object.keys(b)) {
+      if (!STATE_KEYS.includes(k)) throw stateError(file, `profile ${show(name)}: unknown key ${show(k)}`, k);
+    }
+    if (b.logLevel !== undefined && typeof b.logLevel !== 'string') {
+      throw stateError(
+        file,
+        `profile ${show(name)}: logLevel must be a quoted string such as "4", got ${show(b.logLevel)}`,
+        'logLevel',
+      );
+    }
+    if (
+      b.destination !== undefined &&
+      (!Array.isArray(b.destination) || b.destination.some((d) => typeof d !== 'string'))
+    ) {
+      throw stateError(
+        file,
+        `profile ${show(name)}: destination must be a list of "ipv4:port" strings, got ${show(b.destination)}`,
+        'destination',
+      );
+    }
+    if (b.weights !== undefined) {
+      const w = b.weights;
+      if (
+        w === null ||
+        typeof w !== 'object' ||
+        Array.isArray(w) ||
+        Object.values(w).some((v) => typeof v !== 'number' || !Number.isInteger(v))
+      ) {
+        throw stateError(
+          file,
+          `profile ${show(name)}: weights must be a mapping of "ipv4:port" to integer weights, got ${show(w)}`,
+          'weights',
+        );
+      }
+    }
+    if (b.affinity !== undefined && (typeof b.affinity !== 'number' || !Number.isInteger(b.affinity))) {
+      throw stateError(
+        file,
+        `profile ${show(name)}: affinity must be a whole number of seconds, got ${show(b.affinity)}`,
+        'affinity',
+      );
+    }
+    if (b.health !== undefined && (b.health === null || typeof b.health !== 'object' || Array.isArray(b.health))) {
+      throw stateError(
+        file,
+        `profile ${show(name)}: health must be a mapping such as {kind: tcp}, got ${show(b.health)}`,
+        'health',
+      );
+    }
+    for (const k of ['source', 'protocol', 'rulesBackend', 'scheduler']) {
+      if (b[k] !== undefined && typeof b[k] !== 'string') {
+        throw stateError(file, `profile ${show(name)}: ${k} must be a string, got ${show(b[k])}`, k);
+      }
+    }
+    try {
+      result.set(name, validateProfile({ ...b, name }, { existing: true }));
+    } catch (e) {
+      if (e instanceof IptlbError) throw stateError(file, `profile ${show(name)}: ${e.message}`, e.field);
+      throw e;
+    }
+  }
+  try {
+    checkSet([...result.values()]);
+  } catch (e) {
+    if (e instanceof IptlbError) throw stateError(file, e.message, e.field);
+    throw e;
+  }
+  return result;
+}
+
+function oneLine(s: string): string {
+  return s.split('\n')[0].slice(0, 160);
+}
+
+/** Reads the state file. A missing file is an empty state; anything unsafe or malformed is an error. */
+export async function readState(file: string): Promise<Map<string, Profile>> {
+  let fh: fsp.FileHandle;
+  try {
+    fh = await fsp.open(file, C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK);
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    if (err.code === 'ENOENT') return new Map();
+    if (err.code === 'ELOOP') throw stateError(file, 'is a symbolic link; refusing to follow it');
+    if (err.code === 'EACCES' || err.code === 'EPERM')
+      throw new IptlbError('EPERM', `state file ${file}: permission denied`);
+    throw stateError(file, `cannot be opened (${err.code ?? err.message})`);
+  }
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw stateError(file, st.isDirectory() ? 'is a directory' : 'is not a regular file');
+    // The file opened is the file checked (fstat of the descriptor), and so is the way to it.
+    checkTrusted(file, st, 'state file');
+    checkDirChain(file);
+    const tooBig = (): IptlbError =>
+      stateError(file, `is larger than ${MAX_STATE_BYTES} bytes (64 MiB, the limit of a state file)`);
+    if (st.size > MAX_STATE_BYTES) throw tooBig();
+    // Capped even so: the file may grow between the fstat and the read.
+    const text = await readCapped(fh, MAX_STATE_BYTES, tooBig);
+    return await parseState(text, file);
+  } catch (e) {
+    if (e instanceof IptlbError) throw e;
+    const err = e as NodeJS.ErrnoException;
+    throw stateError(file, `cannot be read (${err.code ?? err.message})`);
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Creates the state file's directory (0700) when missing. */
+export async function ensureStateDir(file: string): Promise<void> {
+  await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+}
+
+/** Writes the whole state atomically: temp file (0600, O_EXCL) + fsync + rename + directory fsync. */
+export async function writeState(file: string, profiles: Iterable<Profile>): Promise<void> {
+  const text = serializeState(profiles);
+  await ensureStateDir(file);
+  const dir = path.dirname(file);
+  const tmp = path.join(dir, `.${path.basename(file)}.tmp-${process.pid}-${Math.random().toString(36).slice(2, 10)}`);
+  const fh = await fsp.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
+  try {
+    await fh.writeFile(text, 'utf8');
+    await fh.sync();
+  } catch (e) {
+    await fh.close().catch(() => {});
+    await fsp.unlink(tmp).catch(() => {});
+    throw e;
+  }
+  await fh.close();
+  try {
+    const st = await fsp.lstat(file).catch(() => null);
+    if (st && !st.isFile())
+      throw stateError(
+        file,
+        st.isSymbolicLink() ? 'is a symbolic link; refusing to replace it' : 'is not a regular file',
+      );
+    await fsp.rename(tmp, file);
+  } catch (e) {
+    await fsp.unlink(tmp).catch(() => {});
+    throw e;
+  }
+  const dh = await fsp.open(dir, C.O_RDONLY | C.O_DIRECTORY);
+  try {
+    await dh.sync();
+  } finally {
+    await dh.close();
+  }
+}

@@ -1,0 +1,137 @@
+/**
+ * Drift: comparing the state file with the kernel. Pure functions over a {@link KernelView}.
+ */
+import { isGatedHook, type GatedHook } from './gate.js';
+import { chainName, profilesOf, weightOf } from '../../model/profile.js';
+import { planProfile, planTransaction, CHAIN_PREFIX } from './plan.js';
+import { canonicalProbability, renderRule } from './restore.js';
+import type { Family, KernelView, Profile, Rule, Transaction } from '../../model/types.js';
+import type { DestinationCounters, ProfileReport } from '../../model/report.js';
+
+/** Canonical text of a rule, as the kernel keeps it: probabilities at the kernel's precision, /32 explicit. */
+export function canonicalRule(r: Rule): string {
+  const c: Rule = {
+    ...r,
+    matches: r.matches.map((m) =>
+      m.name === 'statistic' && m.mode === 'random' ? { ...m, probability: canonicalProbability(m.probability) } : m,
+    ),
+  };
+  return renderRule(c);
+}
+
+/** The hook whose gate (src/engines/legacy/gate.ts) is missing although the profile's rules sit behind it, or null. */
+function missingGate(hooks: KernelView['hookRules'], view: KernelView): string | null {
+  const h = hooks.find(
+    (x) => isGatedHook(x.chain) && !x.direct && !(view.gate?.gates ?? []).includes(x.chain as GatedHook),
+  );
+  return h ? h.chain : null;
+}
+
+/**
+ * Compares every profile of `state` with `view`, a nat table, and lists the table's iptlb objects no
+ * profile of `state` owns. Give `family` (the table's) to compare only the state's profiles of that
+ * family (then a profile of the other family that still has rules in this table, e.g. after its
+ * addresses changed family, is an orphan here); without it, `state` is taken to hold that family's
+ * profiles only.
+ */
+export function compare(allState: Map<string, Profile>, view: KernelView, family?: Family): ProfileReport[] {
+  const state = family ? profilesOf(allState, family) : allState;
+  const reports: ProfileReport[] = [];
+  const chainsByName = new Map(view.chains.map((c) => [c.name, c]));
+  const claimedChains = new Set<string>();
+  for (const p of [...state.values()].sort((a, b) => (a.name < b.name ? -1 : 1))) {
+    const plan = planProfile(p);
+    const chain = chainsByName.get(plan.chain.name);
+    claimedChains.add(plan.chain.name);
+    const hooks = view.hookRules.filter((h) => h.owner === p.name);
+    const jump = hooks.find((h) => h.rule.target.name === 'jump');
+    // A destination with several slots (round-robin with weights) has several rules: their counters add up.
+    const destinations: DestinationCounters[] = p.destination.map((d) => {
+      let packets = 0n;
+      let bytes = 0n;
+      for (const k of chain?.rules ?? []) {
+        if (k.rule.target.name === 'DNAT' && k.rule.target.toDestination === d) {
+          packets += k.packets;
+          bytes += k.bytes;
+        }
+      }
+      const c: DestinationCounters = { destination: d, packets: Number(packets), bytes: Number(bytes) };
+      if (weightOf(p, d) !== 1) c.weight = weightOf(p, d);
+      return c;
+    });
+    const base = {
+      name: p.name,
+      destinations,
+      packets: Number(jump?.packets ?? 0n),
+      bytes: Number(jump?.bytes ?? 0n),
+      ...(p.affinity ? { affinity: p.affinity } : {}),
+    };
+    if (!chain && hooks.length === 0) {
+      reports.push({ ...base, status: 'missing', detail: 'no rules in the kernel' });
+      continue;
+    }
+    const want = plan.chain.rules.map(canonicalRule);
+    const have = chain?.rules.map((k) => canonicalRule(k.rule)) ?? [];
+    const wantHooks = plan.hookRules.map((h) => `${h.chain} ${canonicalRule(h.rule)}`).sort();
+    const haveHooks = hooks.map((h) => `${h.chain} ${canonicalRule(h.rule)}`).sort();
+    let detail: string | undefined;
+    if (!chain) detail = `chain ${plan.chain.name} is missing`;
+    else if (want.join('\n') !== have.join('\n'))
+      detail = `chain ${plan.chain.name} has ${have.length} rules that differ from the ${want.length} planned`;
+    else if (wantHooks.join('\n') !== haveHooks.join('\n'))
+      detail = `its rules in the built-in chains differ (${haveHooks.length} found, ${wantHooks.length} planned)`;
+    else if (missingGate(hooks, view))
+      detail = `the gate in nat ${missingGate(hooks, view)} that leads to its rules is missing: \`iptlb sync\` restores it`;
+    else if (hooks.some((h) => h.direct))
+      detail =
+        'its jump sits in nat OUTPUT/PREROUTING itself (the layout before the gate): `iptlb sync` or its next change moves it behind the gate';
+    reports.push(detail ? { ...base, status: 'modified', detail } : { ...base, status: 'in-sync' });
+  }
+  const orphanOwners = new Set(view.hookRules.map((h) => h.owner).filter((o) => !state.has(o)));
+  const orphanChains = view.chains.map((c) => c.name).filter((c) => !claimedChains.has(c));
+  for (const o of [...orphanOwners].sort()) {
+    const chain = chainName(o);
+    reports.push({
+      name: o,
+      status: 'orphaned',
+      detail: `rules in the kernel but no profile in the state file`,
+      destinations: [],
+      packets: 0,
+      bytes: 0,
+    });
+    const i = orphanChains.indexOf(chain);
+    if (i >= 0) orphanChains.splice(i, 1);
+  }
+  for (const c of orphanChains.sort()) {
+    reports.push({
+      name: c,
+      status: 'orphaned',
+      detail: `chain ${c} has no profile in the state file`,
+      destinations: [],
+      packets: 0,
+      bytes: 0,
+    });
+  }
+  return reports;
+}
+
+/**
+ * One transaction that makes the nat table of `family` (read as `view`) match the state: every profile
+ * of that family re-installed, every orphan (owners and chains of no profile of that family) removed.
+ */
+export function syncTransaction(
+  allState: Map<string, Profile>,
+  view: KernelView,
+  family: Family = 'ipv4',
+): Transaction {
+  const state = profilesOf(allState, family);
+  const profiles = [...state.values()];
+  const orphanOwners = [...new Set(view.hookRules.map((h) => h.owner).filter((o) => !state.has(o)))];
+  const tx = planTransaction(profiles, orphanOwners, family);
+  const claimed = new Set(profiles.map((p) => chainName(p.name)));
+  const extra = view.chains
+    .map((c) => c.name)
+    .filter((c) => c.startsWith(CHAIN_PREFIX) && !claimed.has(c) && !tx.deleteChains.includes(c));
+  tx.deleteChains.push(...extra);
+  return tx;
+}

@@ -1,0 +1,24 @@
+/** The legacy engine's executor contract: the native (libiptc) and spawn (iptables-restore) executors implement it. */
+import type { Family } from '../../model/address.js';
+import type { CommitResult, KernelView, Transaction } from '../../model/types.js';
+
+/**
+ * How rules reach the x_tables nat table. Both implementations give the same kernel result for the same transaction.
+ */
+export interface LegacyExecutor {
+  readonly kind: 'native' | 'spawn';
+  readonly engine: 'legacy';
+  /** Commits to the nat table of `tx.family`. */
+  commit(tx: Transaction): Promise<CommitResult>;
+  /** iptlb's objects in the nat table of `family` (default ipv4). */
+  read(family?: Family): Promise<KernelView>;
+  /** The exact text an iptables-restore would be fed for this transaction against the current kernel (read-only). */
+  render(tx: Transaction): Promise<string>;
+  /**
+   * Native only: start preparing the next commit now (take the xtables lock and copy the table out
+   * on a worker thread), because one is about to follow. Every `prefetch()` must be followed by a
+   * `commit()` (which uses it) or a `releasePrefetch()`; never throws.
+   */
+  prefetch?(): void;
+  releasePrefetch?(): void;
+}

@@ -1,0 +1,86 @@
+/**
+ * The native executor: commits through the addon (libiptc in-process, on a worker thread, under the
+ * xtables lock); reads back iptlb's rules with their counters.
+ */
+import { IptlbError, type ErrorCode } from '../../model/errors.js';
+import { renderRestore } from './restore.js';
+import type { NativeAddon } from '../../platform/addon.js';
+import type { CommitResult, Family, KernelView, Transaction } from '../../model/types.js';
+import type { LegacyExecutor } from './executor.js';
+
+/** Maps what the addon throws or rejects with to an {@link IptlbError}, keeping the code, errno and message. */
+export function mapNativeError(e: unknown): IptlbError {
+  if (e instanceof IptlbError) return e;
+  const err = (e ?? {}) as { code?: unknown; errno?: unknown; message?: unknown };
+  const message = typeof err.message === 'string' ? err.message : String(e);
+  if (e instanceof TypeError || err.code === 'EPLAN') {
+    // The addon refused the plan itself (a planner bug, never the user's input): name the field.
+    const field = /^([\w.[\]]+): /.exec(message)?.[1];
+    return new IptlbError(
+      'ENATIVE',
+      `native addon refused the transaction: ${message}`,
+      field ? { field, cause: e } : { cause: e },
+    );
+  }
+  const code: ErrorCode =
+    err.code === 'ELOCK' || err.code === 'EPERM' || err.code === 'ERESTART' ? err.code : 'EKERNEL';
+  const opts = typeof err.errno === 'number' ? { errno: err.errno, cause: e } : { cause: e };
+  return new IptlbError(code, message, opts);
+}
+
+/** `JSON.stringify(tx)`, or undefined when it cannot stand for `tx` (then the object itself is passed). */
+function planJson(tx: Transaction): string | undefined {
+  try {
+    const json: unknown = JSON.stringify(tx);
+    return typeof json === 'string' ? json : undefined;
+  } catch {
+    return undefined; // e.g. a BigInt or a cycle: commit() reports what is wrong with the object
+  }
+}
+
+export class NativeExecutor implements LegacyExecutor {
+  readonly kind = 'native' as const;
+  readonly engine = 'legacy' as const;
+  private readonly lockWaitMs: number;
+
+  constructor(
+    private readonly addon: NativeAddon,
+    opts: { lockWaitMs?: number } = {},
+  ) {
+    this.lockWaitMs = opts.lockWaitMs ?? 10_000;
+  }
+
+  async commit(tx: Transaction): Promise<CommitResult> {
+    try {
+      // As JSON text the plan is decoded on the addon's worker thread, not read field by field here.
+      const json = planJson(tx);
+      const opts = { lockWaitMs: this.lockWaitMs };
+      const r = await (json !== undefined ? this.addon.commitJson(json, opts) : this.addon.commit(tx, opts));
+      return { durationMs: r.durationMs };
+    } catch (e) {
+      throw mapNativeError(e);
+    }
+  }
+
+  prefetch(): void {
+    this.addon.prefetch().catch(() => {}); // a failed prefetch only means the commit does the work
+  }
+
+  releasePrefetch(): void {
+    this.addon.releasePrefetch().catch(() => {});
+  }
+
+  /** The nat table of `family` (default ipv4; ipv6: that of ip6tables, through libip6tc). */
+  async read(family: Family = 'ipv4'): Promise<KernelView> {
+    try {
+      return await this.addon.read(family);
+    } catch (e) {
+      throw mapNativeError(e);
+    }
+  }
+
+  /** What iptables-legacy-restore would be fed for `tx` against the kernel as it is now (read-only). */
+  async render(tx: Transaction): Promise<string> {
+    return renderRestore(tx, await this.read(tx.family));
+  }
+}

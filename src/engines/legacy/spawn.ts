@@ -1,0 +1,133 @@
+/**
+ * The fallback executor: reads with `iptables-legacy-save` and commits with one
+ * `iptables-legacy-restore --noflush` process fed on stdin (never a shell string); IPv6 transactions
+ * and reads go to `ip6tables-legacy-save`/`ip6tables-legacy-restore` the same way.
+ */
+import { findBinary, run } from '../../platform/spawn.js';
+import { IptlbError } from '../../model/errors.js';
+import { parseSave, renderRestore } from './restore.js';
+import { GATE_SET, planGate, SET_FAMILY } from './gate.js';
+import type { CommitResult, Family, KernelView, Transaction } from '../../model/types.js';
+import type { LegacyExecutor } from './executor.js';
+
+/** Turns iptables' own error text into a typed error, naming the failing restore line. */
+export function restoreError(stderr: string, input: string, tool: string): IptlbError {
+  const text = stderr.trim().split('\n').filter(Boolean);
+  const first = text[0] ?? `${tool} failed`;
+  if (/Permission denied|must be root|Operation not permitted/i.test(stderr)) {
+    return new IptlbError('EPERM', `${tool}: permission denied: changing netfilter rules needs root (CAP_NET_ADMIN)`);
+  }
+  if (/xtables lock|holding the xtables/i.test(stderr)) {
+    return new IptlbError('ELOCK', `${tool}: ${first}`);
+  }
+  const m = /line (\d+) failed/.exec(stderr);
+  const lines = input.split('\n');
+  const detail = m ? ` at line ${m[1]}: ${lines[Number(m[1]) - 1] ?? ''}` : '';
+  return new IptlbError('EKERNEL', `${tool}: ${text.join('; ')}${detail}`);
+}
+
+/** The save and restore tools of one family. */
+interface Tools {
+  save: string;
+  restore: string;
+}
+
+const TOOL_NAMES: Record<Family, { save: string; restore: string }> = {
+  ipv4: { save: 'iptables-legacy-save', restore: 'iptables-legacy-restore' },
+  ipv6: { save: 'ip6tables-legacy-save', restore: 'ip6tables-legacy-restore' },
+};
+
+function findTools(family: Family): Tools | null {
+  const save = findBinary(TOOL_NAMES[family].save);
+  const restore = findBinary(TOOL_NAMES[family].restore);
+  return save && restore ? { save, restore } : null;
+}
+
+export class SpawnExecutor implements LegacyExecutor {
+  readonly kind = 'spawn' as const;
+  readonly engine = 'legacy' as const;
+  private readonly tools: Record<Family, Tools | null>;
+  private readonly lockWaitSeconds: number;
+
+  constructor(opts: { lockWaitMs?: number } = {}) {
+    const v4 = findTools('ipv4');
+    if (!v4) {
+      throw new IptlbError(
+        'EEXECUTOR',
+        'iptables-legacy-save/-restore not found; install them with: apt-get install -y iptables',
+      );
+    }
+    // The IPv6 tools ship in the same package; when they are missing only IPv6 work fails (toolsOf).
+    this.tools = { ipv4: v4, ipv6: findTools('ipv6') };
+    this.lockWaitSeconds = Math.max(1, Math.ceil((opts.lockWaitMs ?? 10_000) / 1000));
+  }
+
+  private toolsOf(family: Family): Tools {
+    const t = this.tools[family];
+    if (!t)
+      throw new IptlbError(
+        'EEXECUTOR',
+        `${TOOL_NAMES[family].save}/-restore not found; install them with: apt-get install -y iptables`,
+      );
+    return t;
+  }
+
+  async read(family: Family = 'ipv4'): Promise<KernelView> {
+    const r = await run(this.toolsOf(family).save, ['-t', 'nat', '-c']);
+    if (r.code !== 0) throw restoreError(r.stderr || r.stdout, '', TOOL_NAMES[family].save);
+    return parseSave(r.stdout);
+  }
+
+  async render(tx: Transaction): Promise<string> {
+    return renderRestore(tx, await this.read(tx.family));
+  }
+
+  private ipsetPath(): string {
+    const p = findBinary('ipset');
+    if (!p)
+      throw new IptlbError(
+        'EEXECUTOR',
+        'ipset not found; the legacy engine needs it for its gate: apt-get install -y ipset',
+      );
+    return p;
+  }
+
+  /** Feeds `ipset restore` (set changes are not part of the x_tables commit: see gate.ts for the order). */
+  private async ipset(lines: string[]): Promise<void> {
+    if (lines.length === 0) return;
+    const text = lines.join('\n') + '\n';
+    const r = await run(this.ipsetPath(), ['-exist', 'restore'], text);
+    if (r.code !== 0) throw restoreError(r.stderr || r.stdout, text, 'ipset restore');
+  }
+
+  async commit(tx: Transaction): Promise<CommitResult> {
+    const t0 = performance.now();
+    const restore = this.toolsOf(tx.family).restore;
+    const view = await this.read(tx.family);
+    const gate = planGate(tx, view);
+    const set = GATE_SET[tx.family];
+    const setExists = (view.gate?.gates.length ?? 0) > 0 || (await this.setExists(set));
+    // 1. Before the commit: the set (iptables-restore resolves it by name) and the new elements.
+    const before: string[] = [];
+    if (gate.needSet && !setExists)
+      before.push(`create ${set} hash:ip,port family ${SET_FAMILY[tx.family]} maxelem 1048576`);
+    if (gate.needSet) for (const e of gate.add) before.push(`add ${set} ${e}`);
+    await this.ipset(before);
+    const text = renderRestore(tx, view);
+    const r = await run(restore, ['--noflush', `--wait=${this.lockWaitSeconds}`], text);
+    if (r.code !== 0) throw restoreError(r.stderr, text, TOOL_NAMES[tx.family].restore);
+    // 2. After it: elements no rule needs any more, and the set once no gate refers to it.
+    const after: string[] = [];
+    if (gate.needSet) for (const e of gate.del) after.push(`del ${set} ${e}`);
+    else if (setExists || before.length > 0) after.push(`destroy ${set}`);
+    // The rules are committed. A failure to tidy the set is not the commit's: an element too many only
+    // sends its packets through the dispatch chain and back; the next commit tidies again.
+    await this.ipset(after).catch(() => {});
+    return { durationMs: performance.now() - t0 };
+  }
+
+  private async setExists(set: string): Promise<boolean> {
+    const r = await run(this.ipsetPath(), ['-n', 'list', set]);
+    return r.code === 0;
+  }
+}

@@ -1,0 +1,18 @@
+/** The nft engine's executor contract: the native (netlink) and spawn (`nft -f`) executors implement it. */
+import type { CommitResult } from '../../model/types.js';
+import type { NftFamily, NftTransaction, NftView } from './ops.js';
+
+/** How ops reach table ip iptlb: one netlink batch (native) or one `nft -f -` (spawn); same kernel result. */
+export interface NftExecutor {
+  readonly kind: 'native' | 'spawn';
+  readonly engine: 'nft';
+  /**
+   * Fails with code `EKERNEL` and the kernel's errno (ENOENT, EEXIST, EBUSY when the table is not as planned), or
+   * `ERESTART` when `expectGenid` is stale.
+   */
+  commit(tx: NftTransaction): Promise<CommitResult>;
+  /** Table `<family> iptlb` (default `ip`). */
+  read(family?: NftFamily): Promise<NftView>;
+  /** The `nft -f` text of the transaction. */
+  render(tx: NftTransaction): Promise<string>;
+}

@@ -1,0 +1,38 @@
+/**
+ * The nft engine's native executor: the addon builds the netlink messages of the ops and sends them
+ * as one batch, on a worker thread; reads table ip iptlb (or ip6 iptlb) back with its counters.
+ */
+import { renderNft, type NftFamily, type NftTransaction, type NftView } from './ops.js';
+import type { NativeAddon } from '../../platform/addon.js';
+import type { CommitResult } from '../../model/types.js';
+import type { NftExecutor } from './executor.js';
+import { mapNativeError } from '../legacy/native.js';
+
+export class NftNativeExecutor implements NftExecutor {
+  readonly kind = 'native' as const;
+  readonly engine = 'nft' as const;
+
+  constructor(private readonly addon: NativeAddon) {}
+
+  async commit(tx: NftTransaction): Promise<CommitResult> {
+    try {
+      const r = await this.addon.nftCommit(tx);
+      return { durationMs: r.durationMs };
+    } catch (e) {
+      throw mapNativeError(e);
+    }
+  }
+
+  async read(family: NftFamily = 'ip'): Promise<NftView> {
+    try {
+      // Without an argument for ip: the addon's default, as before.
+      return await (family === 'ip' ? this.addon.nftRead() : this.addon.nftRead(family));
+    } catch (e) {
+      throw mapNativeError(e);
+    }
+  }
+
+  async render(tx: NftTransaction): Promise<string> {
+    return renderNft(tx);
+  }
+}

@@ -1,0 +1,379 @@
+/**
+ * The nft engine's plan vocabulary: a transaction is an ordered list of {@link NftOp}s on the table
+ * `ip iptlb` (IPv4 profiles) or `ip6 iptlb` (IPv6 ones), pure data. Both nft executors carry out the same list in one
+ * netlink batch (native:
+ * the addon builds the messages; spawn: {@link renderNft} writes the text fed to `nft -f -`), so the
+ * kernel ends up with the same objects either way.
+ *
+ * Layout of the table (see docs/engines.md):
+ *  - dispatch sets `<hook>_<proto>_<n>` (hook `out` = client/output, `pre` = proxy/prerouting,
+ *    `loc` = server/prerouting to local addresses), elements `vip . port`, one counter each;
+ *  - backend maps `be_<proto>`, elements `vip . port . i : dest-ip . dest-port`, one counter each;
+ *  - base chains `output`, `prerouting` (dstnat, -100) and `postrouting` (srcnat, 100) whose rules are
+ *    a pure function of all profiles: logging rules first, then one dispatch rule per set in use:
+ *    `ip daddr . tcp dport @out_tcp_3 dnat to ip daddr . tcp dport . numgen random mod 3 offset 3 map @be_tcp`
+ *    (each destination count has its own index range in the backend map, see {@link backendOffset}).
+ * A profile change is element changes only; base chains are rewritten only when the set of rules
+ * changes (a new destination count, logging or masquerade switched).
+ *
+ * Table `ip6 iptlb` has the same layout: the same names, offsets and rule shapes, with `ip6 daddr` /
+ * `ip6 saddr`, keys `ipv6_addr . inet_service [. index]` and data `ipv6_addr . inet_service`. The two
+ * tables are independent: each transaction and each read is of one of them.
+ */
+import { formatEndpoint, ipv6Groups, type Family } from '../../model/address.js';
+import type { Protocol } from '../../model/types.js';
+
+export const NFT_TABLE = 'iptlb';
+export const NFT_FAMILY = 'ip';
+/** The nft family of a table: `ip` holds the IPv4 profiles, `ip6` the IPv6 ones (same layout, 16-byte addresses). */
+export type NftFamily = 'ip' | 'ip6';
+/** The nft family of the table that holds profiles of address family `f`. */
+export function nftTableFamily(f: Family): NftFamily {
+  return f === 'ipv6' ? 'ip6' : 'ip';
+}
+export type NftHook = 'out' | 'pre' | 'loc';
+export type NftBaseChain = 'output' | 'prerouting' | 'postrouting';
+export const NFT_BASE_CHAINS: readonly NftBaseChain[] = ['output', 'prerouting', 'postrouting'];
+/** Hook and priority of each base chain (all type nat, policy accept). */
+export const NFT_CHAIN_HOOKS: Record<NftBaseChain, { hook: NftBaseChain; priority: number }> = {
+  output: { hook: 'output', priority: -100 },
+  prerouting: { hook: 'prerouting', priority: -100 },
+  postrouting: { hook: 'postrouting', priority: 100 },
+};
+
+/** An address (IPv4, or canonical IPv6 text without brackets in table ip6 iptlb) and a port. */
+export interface NftEndpoint {
+  ip: string;
+  port: number;
+}
+
+/**
+ * Name of the dispatch set of hook `h`, protocol `proto` and `n` slots (destinations, or the sum of the reduced
+ * weights).
+ */
+export function dispatchSetName(h: NftHook, proto: Protocol, n: number): string {
+  return `${h}_${proto}_${n}`;
+}
+export const DISPATCH_SET_PATTERN = /^(out|pre|loc)_(tcp|udp|sctp)_([1-9][0-9]*)$/;
+export function parseDispatchSetName(name: string): { hook: NftHook; proto: Protocol; n: number } | null {
+  const m = DISPATCH_SET_PATTERN.exec(name);
+  return m ? { hook: m[1] as NftHook, proto: m[2] as Protocol, n: Number(m[3]) } : null;
+}
+/**
+ * First backend index of a profile with `n` destinations: each destination count uses its own index
+ * range of `be_<proto>`, [T(n), T(n)+n) with T(n) = n(n-1)/2, so a profile can hold elements for its
+ * old and its new count at once while it moves between dispatch sets.
+ */
+export function backendOffset(n: number): number {
+  return (n * (n - 1)) / 2;
+}
+/**
+ * Backend indexes of round-robin profiles start here, above every range of the random ones
+ * (T(1024) + 1024 < 1,000,000): a profile switching scheduler, or an object a killed process left
+ * behind, never shares backend elements with the other kind.
+ */
+export const RR_INDEX_BASE = 1_000_000;
+/** First backend index of a round-robin profile with `n` slots: RR_INDEX_BASE + T(n). */
+export function rrOffset(n: number): number {
+  return RR_INDEX_BASE + backendOffset(n);
+}
+
+/**
+ * Name of the set that remembers the clients profile `suffix` (its chain suffix) sent to destination
+ * `to`, with affinity `timeout` seconds: `aff_<SUFFIX>_<a>_<b>_<c>_<d>_<port>_<timeout>`, or for an
+ * IPv6 destination its eight groups in upper-case hex, `aff_<SUFFIX>_2001_DB8_0_0_0_0_0_1_<port>_<timeout>`
+ * (always eight, never `::`, so the name stays unambiguous). The timeout is part of the name because
+ * the kernel cannot change a set's timeout in place.
+ */
+export function affinitySetName(suffix: string, to: NftEndpoint, timeout: number): string {
+  const groups = to.ip.includes(':') ? ipv6Groups(to.ip) : null;
+  const ip = groups ? groups.map((g) => g.toString(16).toUpperCase()).join('_') : to.ip.replace(/\./g, '_');
+  return `aff_${suffix}_${ip}_${to.port}_${timeout}`;
+}
+export const AFFINITY_SET_PATTERN = /^aff_[A-Z0-9_]+_([1-9][0-9]*)$/;
+/** The timeout (seconds) of an affinity set, from its name; null when the name is not one. */
+export function affinitySetTimeout(name: string): number | null {
+  const m = AFFINITY_SET_PATTERN.exec(name);
+  return m ? Number(m[1]) : null;
+}
+
+export function backendMapName(proto: Protocol): string {
+  return `be_${proto}`;
+}
+
+/** The rules iptlb writes, structured (never text) so both executors encode them identically. */
+export type NftRule =
+  | {
+      /**
+       * `[fib daddr type local] ip daddr . P dport @set dnat to ip daddr . P dport . numgen random mod n offset T(n)
+       * map @be_P` (see {@link backendOffset})
+       */
+      kind: 'dispatch';
+      hook: NftHook;
+      proto: Protocol;
+      n: number;
+    }
+  | {
+      /** `ip daddr V P dport port [fib daddr type local] log prefix "…" level L comment "iptlb:<owner>"` */
+      kind: 'log';
+      owner: string;
+      vip: NftEndpoint;
+      proto: Protocol;
+      local: boolean;
+      prefix: string;
+      /** syslog level 0-7 */
+      level: number;
+    }
+  | {
+      /**
+       * A round-robin profile's own rule (numgen inc keeps its counter in the rule, so each profile
+       * needs its own for an exact rotation):
+       * `ip daddr V P dport port [fib daddr type local] dnat to ip daddr . P dport . numgen inc mod n offset
+       * 1000000+T(n) map @be_P comment "iptlb:<owner>"`
+       * (see {@link rrOffset}). It comes after the dispatch rules of its chain.
+       */
+      kind: 'rr';
+      owner: string;
+      vip: NftEndpoint;
+      proto: Protocol;
+      local: boolean;
+      /** Slots (the sum of the reduced weights). */
+      n: number;
+    }
+  | {
+      /**
+       * A session-affinity profile's rule (it has no dispatch element and no backends; its rules are
+       * self-contained, after the dispatch rules of its chain):
+       * `ip daddr V P dport port [fib daddr type local] <pick> update @S { ip saddr } counter dnat to D comment
+       * "iptlb:<owner>"`
+       * where <pick> is `ip saddr @S` (hit: the client's entry is live, refreshed by the update),
+       * `numgen random mod M < K` (weighted cascade), `numgen inc mod M 0` (round-robin cascade) or
+       * nothing (the last destination). S is the destination's affinity set.
+       */
+      kind: 'aff';
+      owner: string;
+      vip: NftEndpoint;
+      proto: Protocol;
+      local: boolean;
+      pick:
+        { mode: 'hit' } | { mode: 'random'; mod: number; lt: number } | { mode: 'inc'; mod: number } | { mode: 'rest' };
+      set: string;
+      to: NftEndpoint;
+      /** Read back only: the rule's counter (new connections it sent). */
+      packets?: bigint;
+      bytes?: bigint;
+    }
+  | {
+      /**
+       * `ct status dnat ct original ip daddr V ct original protocol P ct original proto-dst port masquerade comment
+       * "iptlb:<owner>"`
+       */
+      kind: 'masq';
+      owner: string;
+      vip: NftEndpoint;
+      proto: Protocol;
+    };
+
+export interface NftBackendElement {
+  vip: NftEndpoint;
+  index: number;
+  to: NftEndpoint;
+}
+
+export type NftOp =
+  /** `add table ip iptlb` (no-op when it exists). */
+  | { op: 'addTable' }
+  /** `delete table ip iptlb`; planned only right after an addTable, so it never fails. */
+  | { op: 'deleteTable' }
+  /** `add map ip iptlb be_P { typeof ip daddr . P dport . numgen random mod 1 : ip daddr . P dport; counter; }` */
+  | { op: 'addBackendMap'; proto: Protocol }
+  /** `add set ip iptlb <name> { type ipv4_addr . inet_service; counter; }` */
+  | { op: 'addDispatchSet'; name: string }
+  | { op: 'deleteSet'; name: string }
+  /**
+   * `add set ip iptlb <name> { type ipv4_addr; size 65535; flags dynamic,timeout; timeout <s>s; }` (no-op when it
+   * exists)
+   */
+  | { op: 'addAffinitySet'; name: string; timeout: number }
+  /** `add chain ip iptlb <name> { type nat hook <hook> priority <prio>; policy accept; }` */
+  | { op: 'addBaseChain'; name: NftBaseChain }
+  | { op: 'flushChain'; name: NftBaseChain }
+  /** `add rule ip iptlb <chain> …` (appended). */
+  | { op: 'addRule'; chain: NftBaseChain; rule: NftRule }
+  /** `add element ip iptlb <set> { v . p, … }` */
+  | { op: 'addDispatchElements'; set: string; elements: NftEndpoint[] }
+  | { op: 'deleteDispatchElements'; set: string; elements: NftEndpoint[] }
+  /** `add element ip iptlb be_P { v . p . i : d . q, … }` */
+  | { op: 'addBackendElements'; proto: Protocol; elements: NftBackendElement[] }
+  /** deletes by key `v . p . i`; `to` is ignored. */
+  | { op: 'deleteBackendElements'; proto: Protocol; elements: NftBackendElement[] };
+
+/** One atomic change of table `<family> iptlb`: lands whole or not at all. */
+export interface NftTransaction {
+  /** The table's family: every address in `ops` is of it. */
+  family: NftFamily;
+  table: 'iptlb';
+  ops: NftOp[];
+  /** When set, the commit fails with ERESTART (code `ERESTART`) if the ruleset generation differs. */
+  expectGenid?: number;
+}
+
+/** What the kernel holds in table `<family> iptlb`, with counters. */
+export interface NftView {
+  /** Ruleset generation id at the time of the read. */
+  genid: number;
+  /** The table read: `ip iptlb` or `ip6 iptlb`. Absent means `ip`. */
+  family?: NftFamily;
+  exists: boolean;
+  /** Every set of the table whose name matches DISPATCH_SET_PATTERN. */
+  dispatchSets: { name: string; elements: { key: NftEndpoint; packets: bigint; bytes: bigint }[] }[];
+  backendMaps: { proto: Protocol; elements: (NftBackendElement & { packets: bigint; bytes: bigint })[] }[];
+  /**
+   * The base chains that exist, with their rules in order. A rule iptlb did not write is `{ kind: 'foreign', text }`.
+   */
+  chains: { name: NftBaseChain; rules: (NftRule | { kind: 'foreign'; text: string })[] }[];
+  /**
+   * The affinity sets (names matching AFFINITY_SET_PATTERN) with their timeout; their elements are the kernel's, not
+   * compared. Absent from reads that do not know them.
+   */
+  affinitySets?: { name: string; timeout: number }[];
+  /** Names of the table's objects iptlb does not know (other sets or chains): drift. */
+  foreign: string[];
+}
+
+const LEVELS = ['emerg', 'alert', 'crit', 'err', 'warn', 'notice', 'info', 'debug'];
+
+/** nft's address type of a family's tables: `ipv4_addr` / `ipv6_addr`. */
+export function nftAddrType(family: NftFamily): string {
+  return family === 'ip6' ? 'ipv6_addr' : 'ipv4_addr';
+}
+
+/**
+ * nft's input text for a rule of table `<family> iptlb`. (`nft list` prints it back slightly
+ * differently: `dnat ip to` / `dnat ip6 to`, and `ct protocol` without `original`, since the kernel
+ * keeps no direction for it.) Owners and prefixes need no quoting: profile names are `[A-Za-z0-9_-]`.
+ */
+export function renderNftRule(r: NftRule, family: NftFamily = 'ip'): string {
+  const f = family; // the payload protocol of daddr/saddr is the family's name: ip, ip6
+  switch (r.kind) {
+    case 'dispatch': {
+      const fib = r.hook === 'loc' ? 'fib daddr type local ' : '';
+      const set = dispatchSetName(r.hook, r.proto, r.n);
+      return `${fib}${f} daddr . ${r.proto} dport @${set} dnat to ${f} daddr . ${r.proto} dport . numgen random mod ${r.n} offset ${backendOffset(r.n)} map @${backendMapName(r.proto)}`;
+    }
+    case 'log': {
+      const fib = r.local ? ' fib daddr type local' : '';
+      return `${f} daddr ${r.vip.ip} ${r.proto} dport ${r.vip.port}${fib} log prefix "${r.prefix}" level ${LEVELS[r.level]} comment "iptlb:${r.owner}"`;
+    }
+    case 'rr': {
+      const fib = r.local ? ' fib daddr type local' : '';
+      return (
+        `${f} daddr ${r.vip.ip} ${r.proto} dport ${r.vip.port}${fib} dnat to ${f} daddr . ${r.proto} dport . numgen inc mod ${r.n} offset ${rrOffset(r.n)} ` +
+        `map @${backendMapName(r.proto)} comment "iptlb:${r.owner}"`
+      );
+    }
+    case 'aff': {
+      const fib = r.local ? ' fib daddr type local' : '';
+      const pick =
+        r.pick.mode === 'hit'
+          ? ` ${f} saddr @${r.set}`
+          : r.pick.mode === 'random'
+            ? ` numgen random mod ${r.pick.mod} < ${r.pick.lt}`
+            : r.pick.mode === 'inc'
+              ? ` numgen inc mod ${r.pick.mod} 0`
+              : '';
+      return `${f} daddr ${r.vip.ip} ${r.proto} dport ${r.vip.port}${fib}${pick} update @${r.set} { ${f} saddr } counter dnat to ${formatEndpoint(r.to)} comment "iptlb:${r.owner}"`;
+    }
+    case 'masq':
+      return (
+        `ct status dnat ct original ${f} daddr ${r.vip.ip} ct original protocol ${r.proto} ` +
+        `ct original proto-dst ${r.vip.port} masquerade comment "iptlb:${r.owner}"`
+      );
+  }
+}
+
+const ep = (e: NftEndpoint): string => `${e.ip} . ${e.port}`;
+/** Elements per `add element` line, so no single netlink message grows past the socket buffer. */
+const CHUNK = 512;
+
+function chunked<E>(elements: E[], line: (part: E[]) => string): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < elements.length; i += CHUNK) out.push(line(elements.slice(i, i + CHUNK)));
+  return out;
+}
+
+/** The `nft -f` text of a transaction (one batch: nft commits a file as one transaction). */
+export function renderNft(tx: NftTransaction): string {
+  const f = tx.family;
+  const T = `${f} ${NFT_TABLE}`;
+  const addr = nftAddrType(f);
+  const lines: string[] = [];
+  for (const o of tx.ops) {
+    switch (o.op) {
+      case 'addTable':
+        lines.push(`add table ${T}`);
+        break;
+      case 'deleteTable':
+        lines.push(`delete table ${T}`);
+        break;
+      case 'addBackendMap':
+        lines.push(
+          `add map ${T} ${backendMapName(o.proto)} { typeof ${f} daddr . ${o.proto} dport . numgen random mod 1 : ${f} daddr . ${o.proto} dport; counter; }`,
+        );
+        break;
+      case 'addDispatchSet':
+        lines.push(`add set ${T} ${o.name} { type ${addr} . inet_service; counter; }`);
+        break;
+      case 'addAffinitySet':
+        lines.push(
+          `add set ${T} ${o.name} { type ${addr}; size 65535; flags dynamic,timeout; timeout ${o.timeout}s; }`,
+        );
+        break;
+      case 'deleteSet':
+        lines.push(`delete set ${T} ${o.name}`);
+        break;
+      case 'addBaseChain': {
+        const h = NFT_CHAIN_HOOKS[o.name];
+        lines.push(`add chain ${T} ${o.name} { type nat hook ${h.hook} priority ${h.priority}; policy accept; }`);
+        break;
+      }
+      case 'flushChain':
+        lines.push(`flush chain ${T} ${o.name}`);
+        break;
+      case 'addRule':
+        lines.push(`add rule ${T} ${o.chain} ${renderNftRule(o.rule, f)}`);
+        break;
+      case 'addDispatchElements':
+        if (o.elements.length)
+          lines.push(...chunked(o.elements, (p) => `add element ${T} ${o.set} { ${p.map(ep).join(', ')} }`));
+        break;
+      case 'deleteDispatchElements':
+        if (o.elements.length)
+          lines.push(...chunked(o.elements, (p) => `delete element ${T} ${o.set} { ${p.map(ep).join(', ')} }`));
+        break;
+      case 'addBackendElements':
+        if (o.elements.length) {
+          lines.push(
+            ...chunked(
+              o.elements,
+              (p) =>
+                `add element ${T} ${backendMapName(o.proto)} { ${p.map((e) => `${ep(e.vip)} . ${e.index} : ${ep(e.to)}`).join(', ')} }`,
+            ),
+          );
+        }
+        break;
+      case 'deleteBackendElements':
+        if (o.elements.length) {
+          lines.push(
+            ...chunked(
+              o.elements,
+              (p) =>
+                `delete element ${T} ${backendMapName(o.proto)} { ${p.map((e) => `${ep(e.vip)} . ${e.index}`).join(', ')} }`,
+            ),
+          );
+        }
+        break;
+    }
+  }
+  return lines.join('\n') + '\n';
+}

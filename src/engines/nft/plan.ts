@@ -1,0 +1,665 @@
+/**
+ * The nft engine's planner: pure functions from profiles to an {@link NftTransaction}. No I/O.
+ *
+ * A change is planned against the profiles the kernel is believed to hold (`prev`): the touched
+ * profiles' elements are deleted and re-added, and the base chains are rewritten only when their
+ * content (a pure function of all profiles) differs. If the kernel does not hold what `prev` says,
+ * the commit fails as a whole (a missing element is ENOENT) and the caller commits
+ * {@link planNftRebuild} instead: the whole table, replaced in one transaction.
+ *
+ * Each transaction is of one table: `ip iptlb` for IPv4 profiles, `ip6 iptlb` for IPv6 ones. The
+ * caller plans each family with that family's profiles; mixing them is an error.
+ */
+import { parseEndpoint } from '../../model/address.js';
+import { chainSuffix, familyOfProfile, slotCount, slotsOf } from '../../model/profile.js';
+import type { Profile, Protocol } from '../../model/types.js';
+export { backendOffset } from './ops.js';
+import {
+  affinitySetName,
+  affinitySetTimeout,
+  backendOffset,
+  rrOffset,
+  dispatchSetName,
+  parseDispatchSetName,
+  NFT_BASE_CHAINS,
+  type NftBackendElement,
+  type NftBaseChain,
+  type NftEndpoint,
+  type NftFamily,
+  type NftHook,
+  type NftOp,
+  type NftRule,
+  type NftTransaction,
+  type NftView,
+  nftTableFamily,
+} from './ops.js';
+
+export const NFT_PROTOCOLS: readonly Protocol[] = ['tcp', 'udp', 'sctp'];
+
+/** The table a profile lives in: `ip` for IPv4, `ip6` for IPv6. */
+export function nftFamilyOf(p: Profile): NftFamily {
+  return nftTableFamily(familyOfProfile(p));
+}
+
+/**
+ * The family of a transaction for `profiles`: that of the first one (or `fallback` when there are
+ * none). Every profile of `check` must be of it (a planner given both families is a caller's bug).
+ */
+function familyFor(
+  first: Profile | undefined,
+  fallback: NftFamily | undefined,
+  check: Iterable<Profile | undefined>,
+): NftFamily {
+  const family = fallback ?? (first ? nftFamilyOf(first) : 'ip');
+  for (const p of check) {
+    if (p && nftFamilyOf(p) !== family)
+      throw new Error(
+        `nft plan: profile ${p.name} is ${nftFamilyOf(p) === 'ip6' ? 'IPv6' : 'IPv4'}, not of table ${family} iptlb`,
+      );
+  }
+  return family;
+}
+
+export function nftHookOf(p: Profile): NftHook {
+  return p.rulesBackend === 'client' ? 'out' : p.rulesBackend === 'proxy' ? 'pre' : 'loc';
+}
+export function baseChainOf(h: NftHook): NftBaseChain {
+  return h === 'out' ? 'output' : 'prerouting';
+}
+
+function endpoint(text: string): NftEndpoint {
+  const e = parseEndpoint(text);
+  if (typeof e === 'string') throw new Error(`nft plan: unvalidated endpoint ${text}`);
+  return { ip: e.ip, port: e.port };
+}
+
+/** Everything one profile puts into the table. */
+export interface NftProfilePlan {
+  /**
+   * The dispatch set holding the profile's address; null for round-robin profiles, which have their own rule instead.
+   */
+  set: string | null;
+  /** Slots: backend elements the profile uses (W). */
+  n: number;
+  vip: NftEndpoint;
+  proto: Protocol;
+  backends: NftBackendElement[];
+  /** Rules in the base chains owned by this profile (log, round-robin, affinity, masquerade). */
+  rules: { chain: NftBaseChain; rule: NftRule }[];
+  /** Affinity sets the profile's rules use (one per destination that takes connections). */
+  affinitySets: { name: string; timeout: number }[];
+}
+
+export function planNftProfile(p: Profile): NftProfilePlan {
+  const vip = endpoint(p.source);
+  const hook = nftHookOf(p);
+  const proto = p.protocol;
+  const n = slotCount(p);
+  const rr = p.scheduler === 'round-robin';
+  if (p.affinity) return planAffinityProfile(p, vip, hook, n);
+  let index = rr ? rrOffset(n) : backendOffset(n);
+  // Destination i occupies (reduced weight) consecutive indexes; drained destinations none.
+  // Round-robin profiles use an index range of their own (see rrOffset).
+  const backends: NftBackendElement[] = [];
+  for (const s of slotsOf(p)) {
+    const to = endpoint(s.destination);
+    for (let k = 0; k < s.slots; k++) backends.push({ vip, index: index++, to });
+  }
+  const rules: NftProfilePlan['rules'] = logRules(p, vip, hook);
+  if (rr) rules.push({ chain: baseChainOf(hook), rule: rrRule(p, vip, n) });
+  if (p.masquerade) rules.push({ chain: 'postrouting', rule: { kind: 'masq', owner: p.name, vip, proto } });
+  return { set: rr ? null : dispatchSetName(hook, proto, n), n, vip, proto, backends, rules, affinitySets: [] };
+}
+
+function logRules(p: Profile, vip: NftEndpoint, hook: NftHook): NftProfilePlan['rules'] {
+  if (!p.logEnabled) return [];
+  const suffix = chainSuffix(p.name);
+  const level = Number(p.logLevel);
+  const base = { kind: 'log' as const, owner: p.name, vip, proto: p.protocol, local: hook === 'loc', level };
+  return [
+    { chain: baseChainOf(hook), rule: { ...base, prefix: `IPTLB:VIP:${suffix}:` } },
+    { chain: baseChainOf(hook), rule: { ...base, prefix: `IPTLB:${suffix}:` } },
+  ];
+}
+
+/**
+ * A session-affinity profile: no dispatch element and no backends, only rules of its own (after the
+ * dispatch rules): per destination that takes connections, a rule that sends a client whose entry in
+ * the destination's set is live back there (refreshing the entry); then the balancing rules, each
+ * recording the client in the set of the destination it chose: a weighted cascade
+ * (`numgen random mod R < w`, exact integer odds) or, for round-robin, an nth cascade over the slots
+ * (`numgen inc mod S-i 0`, each rule its own counter, as legacy's `statistic --mode nth`).
+ */
+function planAffinityProfile(p: Profile, vip: NftEndpoint, hook: NftHook, n: number): NftProfilePlan {
+  const suffix = chainSuffix(p.name);
+  const chain = baseChainOf(hook);
+  const timeout = p.affinity!;
+  const base = { kind: 'aff' as const, owner: p.name, vip, proto: p.protocol, local: hook === 'loc' };
+  const slots = slotsOf(p).map((s) => ({ ...s, to: endpoint(s.destination) }));
+  const setOf = (to: NftEndpoint): string => affinitySetName(suffix, to, timeout);
+  const rules: NftProfilePlan['rules'] = logRules(p, vip, hook);
+  for (const s of slots) rules.push({ chain, rule: { ...base, pick: { mode: 'hit' }, set: setOf(s.to), to: s.to } });
+  if (p.scheduler === 'round-robin') {
+    const list = slots.flatMap((s) => Array<NftEndpoint>(s.slots).fill(s.to));
+    list.forEach((to, i) => {
+      const pick = i < list.length - 1 ? { mode: 'inc' as const, mod: list.length - i } : { mode: 'rest' as const };
+      rules.push({ chain, rule: { ...base, pick, set: setOf(to), to } });
+    });
+  } else {
+    let rest = n;
+    slots.forEach((s, i) => {
+      const pick =
+        i < slots.length - 1 ? { mode: 'random' as const, mod: rest, lt: s.slots } : { mode: 'rest' as const };
+      rest -= s.slots;
+      rules.push({ chain, rule: { ...base, pick, set: setOf(s.to), to: s.to } });
+    });
+  }
+  if (p.masquerade) rules.push({ chain: 'postrouting', rule: { kind: 'masq', owner: p.name, vip, proto: p.protocol } });
+  return {
+    set: null,
+    n,
+    vip,
+    proto: p.protocol,
+    backends: [],
+    rules,
+    affinitySets: slots.map((s) => ({ name: setOf(s.to), timeout })),
+  };
+}
+
+/** The affinity sets the rules of `content` use, by name, with their timeout. */
+export function affinitySetsOf(content: { chains: Record<NftBaseChain, NftRule[]> }): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const c of NFT_BASE_CHAINS)
+    for (const r of content.chains[c]) if (r.kind === 'aff') out.set(r.set, affinitySetTimeout(r.set) ?? 1);
+  return out;
+}
+
+function rrRule(p: Profile, vip: NftEndpoint, n: number): NftRule {
+  return { kind: 'rr', owner: p.name, vip, proto: p.protocol, local: nftHookOf(p) === 'loc', n };
+}
+
+/** Whether the profile has rules of its own in the base chains (logging, round-robin, affinity, masquerade). */
+export function ownsRules(p: Profile): boolean {
+  return p.logEnabled || !!p.masquerade || p.scheduler === 'round-robin' || !!p.affinity;
+}
+
+/** The dispatch set of a random profile; null for round-robin and affinity ones. */
+export function dispatchSetOf(p: Profile): string | null {
+  return p.scheduler === 'round-robin' || p.affinity ? null : dispatchSetName(nftHookOf(p), p.protocol, slotCount(p));
+}
+
+type DispatchRule = Extract<NftRule, { kind: 'dispatch' }>;
+
+/**
+ * The rules of each base chain for a set of profiles: logging rules by profile name, then one
+ * dispatch rule per set in use (plus the sets of `alsoDispatch`, profiles on their way out).
+ */
+export function baseContent(
+  profiles: Iterable<Profile>,
+  alsoDispatch: Iterable<Profile> = [],
+  /** Dispatch sets that keep their rule whatever the profiles say (they still hold elements in the kernel). */
+  alsoSets: Iterable<string> = [],
+): { chains: Record<NftBaseChain, NftRule[]>; sets: string[] } {
+  const sorted = [...profiles].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const chains: Record<NftBaseChain, NftRule[]> = { output: [], prerouting: [], postrouting: [] };
+  const dispatch = new Map<string, DispatchRule>();
+  const use = (p: Profile): void => {
+    const set = dispatchSetOf(p);
+    if (set !== null && !dispatch.has(set))
+      dispatch.set(set, { kind: 'dispatch', hook: nftHookOf(p), proto: p.protocol, n: slotCount(p) });
+  };
+  // Round-robin rules come after the dispatch rules: a leftover rule of a profile that is random now
+  // (a process killed between the two steps of a move) never shadows its dispatch element.
+  const rrRules: { chain: NftBaseChain; rule: NftRule }[] = [];
+  for (const p of sorted) {
+    if (ownsRules(p)) {
+      for (const r of planNftProfile(p).rules) {
+        if (r.rule.kind === 'rr' || r.rule.kind === 'aff') rrRules.push(r);
+        else chains[r.chain].push(r.rule);
+      }
+    }
+    use(p);
+  }
+  for (const p of alsoDispatch) {
+    use(p);
+    // A round-robin profile on its way out keeps its rule until the second step: a packet that
+    // matched it in the older generation and finds its old backends gone falls through to the new one.
+    // So does an affinity profile's.
+    if (p.scheduler === 'round-robin' || p.affinity) {
+      for (const r of planNftProfile(p).rules) {
+        if (r.rule.kind !== 'rr' && r.rule.kind !== 'aff') continue;
+        if (!rrRules.some((x) => x.chain === r.chain && JSON.stringify(x.rule) === JSON.stringify(r.rule)))
+          rrRules.push(r);
+      }
+    }
+  }
+  for (const set of alsoSets) {
+    const d = parseDispatchSetName(set);
+    if (d && !dispatch.has(set)) dispatch.set(set, { kind: 'dispatch', hook: d.hook, proto: d.proto, n: d.n });
+  }
+  const order: Record<NftHook, number> = { out: 0, pre: 1, loc: 2 };
+  const rules = [...dispatch.values()].sort(
+    (a, b) =>
+      order[a.hook] - order[b.hook] || NFT_PROTOCOLS.indexOf(a.proto) - NFT_PROTOCOLS.indexOf(b.proto) || a.n - b.n,
+  );
+  for (const r of rules) chains[baseChainOf(r.hook)].push(r);
+  for (const r of rrRules) chains[r.chain].push(r.rule);
+  return { chains, sets: [...dispatch.keys()].sort() };
+}
+
+const sameRules = (a: NftRule[], b: NftRule[]): boolean => JSON.stringify(a) === JSON.stringify(b);
+
+/** Profiles per dispatch set (see {@link planNftChange}'s `usage`). */
+export function dispatchSetUsage(profiles: Iterable<Profile>): Map<string, number> {
+  const counts = new Map<string, number>();
+  for (const p of profiles) countUsage(counts, p, +1);
+  return counts;
+}
+export function countUsage(counts: Map<string, number>, p: Profile, delta: 1 | -1): void {
+  const set = dispatchSetOf(p);
+  if (set === null) return;
+  const n = (counts.get(set) ?? 0) + delta;
+  if (n > 0) counts.set(set, n);
+  else counts.delete(set);
+}
+
+/**
+ * Whether the base chains stay as they are: no touched profile has or had logging or masquerade,
+ * and no dispatch set starts or stops being used. O(touched), given the usage counts of `prev`.
+ */
+export function baseUnchanged(
+  prev: ReadonlyMap<string, Profile>,
+  next: ReadonlyMap<string, Profile>,
+  touched: Set<string>,
+  usage: Map<string, number>,
+): boolean {
+  const delta = new Map<string, number>();
+  for (const name of touched) {
+    for (const [p, d] of [
+      [prev.get(name), -1],
+      [next.get(name), +1],
+    ] as const) {
+      if (!p) continue;
+      if (ownsRules(p)) return false;
+      const set = dispatchSetOf(p)!;
+      delta.set(set, (delta.get(set) ?? 0) + d);
+    }
+  }
+  for (const [set, d] of delta) {
+    const before = usage.get(set) ?? 0;
+    if (before > 0 !== before + d > 0) return false;
+  }
+  return true;
+}
+
+/** Collects element ops, one op per set and kind. */
+class ElementOps {
+  private dispatch = new Map<string, NftEndpoint[]>();
+  private backends = new Map<Protocol, NftBackendElement[]>();
+  get empty(): boolean {
+    return this.dispatch.size === 0 && this.backends.size === 0;
+  }
+  /** How many dispatch elements of `set` these ops carry. */
+  count(set: string): number {
+    return this.dispatch.get(set)?.length ?? 0;
+  }
+  addDispatch(set: string, vip: NftEndpoint): void {
+    let d = this.dispatch.get(set);
+    if (!d) this.dispatch.set(set, (d = []));
+    d.push(vip);
+  }
+  addBackends(proto: Protocol, elements: NftBackendElement[]): void {
+    let b = this.backends.get(proto);
+    if (!b) this.backends.set(proto, (b = []));
+    b.push(...elements);
+  }
+  add(plan: NftProfilePlan): void {
+    if (plan.set !== null) this.addDispatch(plan.set, plan.vip);
+    this.addBackends(plan.proto, plan.backends);
+  }
+  emit(kind: 'add' | 'delete', ops: NftOp[]): void {
+    // Deletes: dispatch first (the profile stops matching), then its backends; adds the other way round.
+    const dispatch = (): void => {
+      for (const [set, elements] of this.dispatch)
+        ops.push({ op: kind === 'add' ? 'addDispatchElements' : 'deleteDispatchElements', set, elements });
+    };
+    const backends = (): void => {
+      for (const [proto, elements] of this.backends)
+        ops.push({ op: kind === 'add' ? 'addBackendElements' : 'deleteBackendElements', proto, elements });
+    };
+    if (kind === 'add') {
+      backends();
+      dispatch();
+    } else {
+      dispatch();
+      backends();
+    }
+  }
+}
+
+function skeleton(ops: NftOp[]): void {
+  ops.push({ op: 'addTable' });
+  for (const proto of NFT_PROTOCOLS) ops.push({ op: 'addBackendMap', proto });
+  for (const name of NFT_BASE_CHAINS) ops.push({ op: 'addBaseChain', name });
+}
+
+/** Ops that turn base chains holding `from` into holding `to`: only the chains that differ are rewritten. */
+function rewrite(from: ReturnType<typeof baseContent>, to: ReturnType<typeof baseContent>, ops: NftOp[]): void {
+  for (const chain of NFT_BASE_CHAINS) {
+    if (sameRules(from.chains[chain], to.chains[chain])) continue;
+    ops.push({ op: 'flushChain', name: chain });
+    for (const rule of to.chains[chain]) ops.push({ op: 'addRule', chain, rule });
+  }
+}
+
+const tx = (family: NftFamily, ops: NftOp[]): NftTransaction => ({ family, table: 'iptlb', ops });
+/** Stands for "the base chains as they are" when they are known not to change. */
+const EMPTY_CONTENT: ReturnType<typeof baseContent> = {
+  chains: { output: [], prerouting: [], postrouting: [] },
+  sets: [],
+};
+const sameEndpoint = (a: NftEndpoint, b: NftEndpoint): boolean => a.ip === b.ip && a.port === b.port;
+
+/**
+ * The transactions that turn a kernel holding `prev` into one holding `next`, touching only the
+ * profiles named in `touched` (created, replaced or deleted) plus, when their content changes,
+ * the base chains. Usually one transaction. Two when a profile moves to another dispatch set (its
+ * number of destinations, mode or protocol changes): the first adds it to the new set (its old
+ * elements stay, and its backends for the new count live at other indices), the second removes the
+ * old elements. A packet is matched by a rule of the generation it started in, but looks elements up
+ * in the newest one; moving a profile between sets in one transaction could let a packet miss both,
+ * in two steps it always finds one of them.
+ */
+export function planNftChange(
+  prev: ReadonlyMap<string, Profile>,
+  next: ReadonlyMap<string, Profile>,
+  touched: Iterable<string>,
+  /**
+   * Profiles per dispatch set in `prev` ({@link dispatchSetUsage}); with it, a change that leaves the base chains alone
+   * costs O(touched), not O(profiles).
+   */
+  usage?: Map<string, number>,
+  /**
+   * Elements per dispatch set as the kernel holds them, read just before (for changes of the base
+   * chains). A set that keeps elements the profiles do not explain (a process killed after its
+   * commit, before writing the state) keeps its rule and is not deleted.
+   */
+  kernelSets?: ReadonlyMap<string, number>,
+  /**
+   * The table (`ip` or `ip6`); by default that of the profiles. `prev` and `next` hold profiles of this family only.
+   */
+  family?: NftFamily,
+): NftTransaction[] {
+  const names = new Set(touched);
+  // O(touched): the touched profiles, old and new, must be of the table's family.
+  const fam = familyFor(
+    next.values().next().value ?? prev.values().next().value,
+    family,
+    [...names].flatMap((n) => [prev.get(n), next.get(n)]),
+  );
+  // The last profile gone: the table goes too, so the ruleset is exactly as before iptlb.
+  if (next.size === 0) return prev.size === 0 ? [] : [planNftRemoveAll(fam)];
+  const fast = usage !== undefined && prev.size > 0 && baseUnchanged(prev, next, names, usage);
+  const before = fast ? EMPTY_CONTENT : baseContent(prev.values());
+  const after = fast ? EMPTY_CONTENT : baseContent(next.values());
+  const moving: Profile[] = [];
+  const dels = new ElementOps();
+  const adds = new ElementOps();
+  const later = new ElementOps();
+  for (const name of names) {
+    const old = prev.get(name);
+    const now = next.get(name);
+    const o = old && planNftProfile(old);
+    const n = now && planNftProfile(now);
+    // A round-robin profile whose slot count changes moves too: its rule changes with its backends.
+    // So does a switch between round-robin and affinity (the round-robin rule's backends must outlive it).
+    if (
+      o &&
+      n &&
+      (o.set !== n.set ||
+        !sameEndpoint(o.vip, n.vip) ||
+        (o.set === null &&
+          (o.n !== n.n ||
+            old!.rulesBackend !== now!.rulesBackend ||
+            o.proto !== n.proto ||
+            !!old!.affinity !== !!now!.affinity)))
+    ) {
+      // Moves: the new elements now, the old ones in the second step. Backends that share keys
+      // (same address, protocol and count: only the mode or the scheduler changed) are replaced in place.
+      moving.push(old!);
+      adds.add(n);
+      if (o.set !== null) later.addDispatch(o.set, o.vip);
+      if (
+        o.proto === n.proto &&
+        sameEndpoint(o.vip, n.vip) &&
+        o.n === n.n &&
+        (o.set === null) === (n.set === null) &&
+        !old!.affinity &&
+        !now!.affinity
+      )
+        dels.addBackends(o.proto, o.backends);
+      else later.addBackends(o.proto, o.backends);
+      continue;
+    }
+    if (o) dels.add(o);
+    if (n) adds.add(n);
+  }
+  // Sets the kernel still fills after each step, beyond what the profiles say.
+  const left = (step: 1 | 2): string[] =>
+    [...(kernelSets ?? [])]
+      .filter(([set, n]) => n - dels.count(set) + adds.count(set) - (step === 2 ? later.count(set) : 0) > 0)
+      .map(([set]) => set);
+  const middle = fast ? after : baseContent(next.values(), moving, left(1));
+  const final = fast || !kernelSets ? after : baseContent(next.values(), [], left(2));
+  const first: NftOp[] = [];
+  const newSets = middle.sets.filter((s) => !before.sets.includes(s));
+  if (
+    prev.size === 0 ||
+    newSets.length ||
+    NFT_BASE_CHAINS.some((c) => !sameRules(before.chains[c], middle.chains[c]))
+  ) {
+    skeleton(first);
+    for (const name of newSets) first.push({ op: 'addDispatchSet', name });
+    // Affinity sets are added (a no-op when they exist, so their clients stay) before the rules that use them.
+    for (const [name, timeout] of affinitySetsOf(middle)) first.push({ op: 'addAffinitySet', name, timeout });
+  }
+  dels.emit('delete', first);
+  adds.emit('add', first);
+  rewrite(before, middle, first);
+  const known = (c: ReturnType<typeof baseContent>): string[] => [
+    ...new Set([...c.sets, ...(kernelSets?.keys() ?? [])]),
+  ];
+  if (!moving.length) {
+    // Without a move nothing is left for a second step: `final` holds what `middle` holds.
+    for (const name of known(before).filter((s) => !middle.sets.includes(s))) first.push({ op: 'deleteSet', name });
+    dropAffinitySets(before, middle, first);
+    return [tx(fam, first)];
+  }
+  for (const name of known(before).filter((s) => !middle.sets.includes(s))) first.push({ op: 'deleteSet', name });
+  dropAffinitySets(before, middle, first);
+  const second: NftOp[] = [];
+  later.emit('delete', second);
+  rewrite(middle, final, second);
+  for (const name of middle.sets.filter((s) => !final.sets.includes(s))) second.push({ op: 'deleteSet', name });
+  dropAffinitySets(middle, final, second);
+  return [tx(fam, first), tx(fam, second)];
+}
+
+/**
+ * Deletes the affinity sets the rules of `from` use and those of `to` do not (after the rewrite that drops those
+ * rules).
+ */
+function dropAffinitySets(
+  from: ReturnType<typeof baseContent>,
+  to: ReturnType<typeof baseContent>,
+  ops: NftOp[],
+): void {
+  const keep = affinitySetsOf(to);
+  for (const name of affinitySetsOf(from).keys()) if (!keep.has(name)) ops.push({ op: 'deleteSet', name });
+}
+
+/**
+ * The whole table for `profiles`, replacing whatever table `<family> iptlb` holds, in one transaction.
+ * `family` defaults to that of the profiles (`ip` when there are none); all must be of it.
+ */
+export function planNftRebuild(profiles: Iterable<Profile>, expectGenid?: number, family?: NftFamily): NftTransaction {
+  const list = [...profiles];
+  const fam = familyFor(list[0], family, list);
+  const ops: NftOp[] = [{ op: 'addTable' }, { op: 'deleteTable' }];
+  skeleton(ops);
+  const content = baseContent(list);
+  for (const name of content.sets) ops.push({ op: 'addDispatchSet', name });
+  for (const [name, timeout] of affinitySetsOf(content)) ops.push({ op: 'addAffinitySet', name, timeout });
+  const adds = new ElementOps();
+  for (const p of list) adds.add(planNftProfile(p));
+  adds.emit('add', ops);
+  for (const chain of NFT_BASE_CHAINS)
+    for (const rule of content.chains[chain]) ops.push({ op: 'addRule', chain, rule });
+  return expectGenid === undefined
+    ? { family: fam, table: 'iptlb', ops }
+    : { family: fam, table: 'iptlb', ops, expectGenid };
+}
+
+/**
+ * The transaction that removes table `<family> iptlb` entirely (used by migrate, and when a family's last profile
+ * goes).
+ */
+export function planNftRemoveAll(family: NftFamily = 'ip'): NftTransaction {
+  return { family, table: 'iptlb', ops: [{ op: 'addTable' }, { op: 'deleteTable' }] };
+}
+
+/**
+ * Objects of table `<family> iptlb` that iptlb did not make: other chains, sets or maps (`foreign`),
+ * and rules iptlb did not write in its base chains (`foreignRules`, by chain).
+ */
+export function foreignObjects(view: NftView): { foreign: string[]; foreignRules: string[] } {
+  const foreignRules = view.chains.filter((c) => c.rules.some((r) => r.kind === 'foreign')).map((c) => c.name);
+  return { foreign: [...view.foreign], foreignRules };
+}
+
+/**
+ * The last profile of a table that also holds objects iptlb did not make: removes iptlb's content
+ * only (its rules, its dispatch and affinity sets, the elements of its backend maps) and keeps the
+ * table, with iptlb's empty base chains (policy accept: they change no packet) and empty maps,
+ * so nothing another tool put there is deleted. (Without foreign objects the whole table goes.)
+ */
+export function planNftClear(view: NftView, family: NftFamily): NftTransaction {
+  const ops: NftOp[] = [];
+  for (const c of view.chains) ops.push({ op: 'flushChain', name: c.name });
+  for (const m of view.backendMaps) {
+    if (m.elements.length)
+      ops.push({
+        op: 'deleteBackendElements',
+        proto: m.proto,
+        elements: m.elements.map((e) => ({ vip: e.vip, index: e.index, to: e.to })),
+      });
+  }
+  for (const s of view.dispatchSets) ops.push({ op: 'deleteSet', name: s.name });
+  for (const s of view.affinitySets ?? []) ops.push({ op: 'deleteSet', name: s.name });
+  return { family, table: 'iptlb', ops };
+}
+
+/** Objects of a table that belong to no profile an in-memory instance knows (see {@link unknownObjects}). */
+export interface KeptObjects {
+  dispatch: Map<string, NftEndpoint[]>;
+  backends: Map<Protocol, NftBackendElement[]>;
+  rules: { chain: NftBaseChain; rule: Exclude<NftRule, { kind: 'dispatch' }> }[];
+  affinitySets: Map<string, number>;
+  /** Virtual addresses (proto ip port) they serve. */
+  vips: Set<string>;
+}
+
+const vipKey = (proto: Protocol, v: NftEndpoint): string => `${proto} ${v.ip} ${v.port}`;
+
+/**
+ * What the kernel holds for virtual addresses that none of `known` (the profiles after a change,
+ * and the old versions of those it touches) uses and for owners it does not name: the profiles of
+ * another process (an agent before its restart, with `stateFile: false`). An in-memory instance
+ * leaves them as they are: a rebuild of the table carries them over.
+ */
+export function unknownObjects(view: NftView, known: Iterable<Profile>, touched: ReadonlySet<string>): KeptObjects {
+  const vips = new Set<string>();
+  const names = new Set<string>(touched);
+  for (const p of known) {
+    const plan = planNftProfile(p);
+    vips.add(vipKey(plan.proto, plan.vip));
+    names.add(p.name);
+  }
+  const kept: KeptObjects = {
+    dispatch: new Map(),
+    backends: new Map(),
+    rules: [],
+    affinitySets: new Map(),
+    vips: new Set(),
+  };
+  for (const s of view.dispatchSets) {
+    const d = parseDispatchSetName(s.name);
+    if (!d) continue;
+    for (const e of s.elements) {
+      const k = vipKey(d.proto, e.key);
+      if (vips.has(k)) continue;
+      let list = kept.dispatch.get(s.name);
+      if (!list) kept.dispatch.set(s.name, (list = []));
+      list.push({ ip: e.key.ip, port: e.key.port });
+      kept.vips.add(k);
+    }
+  }
+  for (const m of view.backendMaps) {
+    for (const e of m.elements) {
+      const k = vipKey(m.proto, e.vip);
+      if (vips.has(k)) continue;
+      let list = kept.backends.get(m.proto);
+      if (!list) kept.backends.set(m.proto, (list = []));
+      list.push({ vip: e.vip, index: e.index, to: e.to });
+      kept.vips.add(k);
+    }
+  }
+  for (const c of view.chains) {
+    for (const r of c.rules) {
+      if (r.kind === 'foreign' || r.kind === 'dispatch') continue;
+      if (names.has(r.owner) || vips.has(vipKey(r.proto, r.vip))) continue;
+      kept.rules.push({ chain: c.name, rule: r });
+      kept.vips.add(vipKey(r.proto, r.vip));
+      if (r.kind === 'aff') kept.affinitySets.set(r.set, affinitySetTimeout(r.set) ?? 1);
+    }
+  }
+  return kept;
+}
+
+/** Whether {@link unknownObjects} found anything. */
+export function keepsAnything(k: KeptObjects): boolean {
+  return k.dispatch.size > 0 || k.backends.size > 0 || k.rules.length > 0;
+}
+
+/**
+ * {@link planNftRebuild} of `profiles` that also carries over `kept` (the objects of profiles this
+ * instance does not know), in one transaction: no virtual address of theirs is ever without rules.
+ */
+export function planNftMergedRebuild(
+  profiles: Iterable<Profile>,
+  kept: KeptObjects,
+  family: NftFamily,
+): NftTransaction {
+  const list = [...profiles];
+  const ops: NftOp[] = [{ op: 'addTable' }, { op: 'deleteTable' }];
+  skeleton(ops);
+  const content = baseContent(list, [], kept.dispatch.keys());
+  for (const name of content.sets) ops.push({ op: 'addDispatchSet', name });
+  const affinity = new Map([...affinitySetsOf(content), ...kept.affinitySets]);
+  for (const [name, timeout] of affinity) ops.push({ op: 'addAffinitySet', name, timeout });
+  const adds = new ElementOps();
+  for (const p of list) adds.add(planNftProfile(p));
+  for (const [set, vips] of kept.dispatch) for (const v of vips) adds.addDispatch(set, v);
+  for (const [proto, elements] of kept.backends) adds.addBackends(proto, elements);
+  adds.emit('add', ops);
+  for (const chain of NFT_BASE_CHAINS) {
+    const first = kept.rules
+      .filter((k) => k.chain === chain && (k.rule.kind === 'log' || k.rule.kind === 'masq'))
+      .map((k) => k.rule);
+    const last = kept.rules
+      .filter((k) => k.chain === chain && (k.rule.kind === 'rr' || k.rule.kind === 'aff'))
+      .map((k) => k.rule);
+    for (const rule of [...first, ...content.chains[chain], ...last]) ops.push({ op: 'addRule', chain, rule });
+  }
+  return { family, table: 'iptlb', ops };
+}

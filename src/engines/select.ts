@@ -1,0 +1,112 @@
+/**
+ * Engine selection. `auto`: the engine that already holds iptlb's rules wins (profiles are never
+ * split across engines); otherwise nft when the host's iptables is the nf_tables flavour or x_tables
+ * is unavailable, else legacy. Each step is reported by `iptlb doctor`.
+ */
+import { existsSync, readFileSync, realpathSync, readdirSync } from 'node:fs';
+import { release } from 'node:os';
+import { IptlbError } from '../model/errors.js';
+import { findBinary, run } from '../platform/spawn.js';
+import type { EngineChoice, EngineName } from '../model/types.js';
+
+export function parseEngineChoice(value: string | undefined): EngineChoice {
+  const v = (value ?? 'auto').toLowerCase();
+  if (v === 'auto' || v === 'legacy' || v === 'nft') return v;
+  throw new IptlbError('EUSAGE', `engine: ${JSON.stringify(value)} is not one of legacy, nft, auto`, {
+    field: 'engine',
+  });
+}
+
+/** Tables x_tables has instantiated in this network namespace; null when x_tables is not loaded. */
+export function xtablesTables(): string[] | null {
+  try {
+    return readFileSync('/proc/net/ip_tables_names', 'utf8').split('\n').filter(Boolean);
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Tables x_tables has instantiated for IPv6 (ip6tables) in this network namespace; null when ip6_tables is not loaded.
+ */
+export function ip6tablesTables(): string[] | null {
+  try {
+    return readFileSync('/proc/net/ip6_tables_names', 'utf8').split('\n').filter(Boolean);
+  } catch {
+    return null;
+  }
+}
+
+/** Whether this kernel can do x_tables: loaded, or its module is installed. */
+export function xtablesAvailable(): boolean {
+  if (xtablesTables() !== null || existsSync('/sys/module/ip_tables')) return true;
+  const dir = `/lib/modules/${release()}/kernel/net/ipv4/netfilter`;
+  try {
+    return readdirSync(dir).some((f) => f.startsWith('ip_tables.ko'));
+  } catch {
+    return false;
+  }
+}
+
+/** The flavour of the host's `iptables` command: what the distribution manages rules with. */
+export function iptablesFlavour(): 'nft' | 'legacy' | 'none' {
+  const bin = findBinary('iptables');
+  if (!bin) return 'none';
+  try {
+    return /nft/.test(realpathSync(bin)) ? 'nft' : 'legacy';
+  } catch {
+    return 'legacy';
+  }
+}
+
+/** Whether table ip iptlb or ip6 iptlb exists, asked of `nft` (only tables are listed: cheap at any size). */
+export async function nftTableExistsViaCli(): Promise<boolean> {
+  const nft = findBinary('nft');
+  if (!nft) return false;
+  const r = await run(nft, ['list', 'tables']);
+  return r.code === 0 && /^table ip6? iptlb$/m.test(r.stdout);
+}
+
+export interface EngineProbe {
+  /** Whether the x_tables nat table holds iptlb chains or rules (read only when nat exists). */
+  legacyHasRules(): Promise<boolean>;
+  /** Whether table ip iptlb or ip6 iptlb exists. */
+  nftHasTable(): Promise<boolean>;
+}
+
+export interface EngineSelection {
+  engine: EngineName;
+  /** Why, in one line. */
+  reason: string;
+  /** Set when both engines hold iptlb objects: the fix is `iptlb migrate`. */
+  warning?: string;
+}
+
+export async function selectEngine(choice: EngineChoice, probe: EngineProbe): Promise<EngineSelection> {
+  if (choice !== 'auto') return { engine: choice, reason: `${choice} engine requested` };
+  const natExists = (xtablesTables()?.includes('nat') ?? false) || (ip6tablesTables()?.includes('nat') ?? false);
+  const legacy = natExists ? await probe.legacyHasRules() : false;
+  const flavour = iptablesFlavour();
+  const xt = xtablesAvailable();
+  if (legacy) {
+    const nft = await probe.nftHasTable();
+    return {
+      engine: 'legacy',
+      reason: 'the x_tables nat table already holds iptlb rules',
+      ...(nft
+        ? {
+            warning:
+              'table ip (or ip6) iptlb also exists: profiles are split across engines; run `iptlb migrate --to legacy` (or --to nft)',
+          }
+        : {}),
+    };
+  }
+  if (!xt) return { engine: 'nft', reason: 'x_tables is not available in this kernel' };
+  if (flavour === 'nft')
+    return { engine: 'nft', reason: "no iptlb rules yet, and this host's iptables is the nf_tables flavour" };
+  if (await probe.nftHasTable()) return { engine: 'nft', reason: 'table ip (or ip6) iptlb already holds iptlb rules' };
+  return {
+    engine: 'legacy',
+    reason: `no iptlb rules yet, and this host's iptables is ${flavour === 'none' ? 'not installed' : 'the legacy flavour'}`,
+  };
+}

@@ -1,0 +1,431 @@
+/**
+ * Profile validation and normalisation. Every check names the field and the value in one line
+ * (`IptlbError` with code EINVAL_PROFILE, or ECONFLICT for clashes with other profiles).
+ */
+import { formatEndpoint, parseEndpoint, unicastProblem, type Endpoint, type Family } from './address.js';
+import { createHash } from 'node:crypto';
+import { IptlbError, invalid } from './errors.js';
+import { normalizeHealth, sameHealth } from '../health/config.js';
+import {
+  PROTOCOLS,
+  RULES_BACKENDS,
+  SCHEDULERS,
+  type Profile,
+  type ProfileInput,
+  type Protocol,
+  type RulesBackend,
+  type Scheduler,
+} from './types.js';
+
+/**
+ * A profile name, as users of service names know it (a DNS label, plus `_` and upper case): 1-63
+ * letters, digits, `-` and `_`, not starting with `-` (so that it never reads as a flag).
+ */
+export const NAME_PATTERN = /^[A-Za-z0-9_][A-Za-z0-9_-]{0,62}$/;
+/** The rule before issue 13 (1-18 characters, a leading `-` allowed): names of existing profiles stay usable. */
+export const LEGACY_NAME_PATTERN = /^[A-Za-z0-9_-]{1,18}$/;
+/** Longest name whose chain name is the upper-cased name (`IPTLB_NAT_` + 18 = 28, the x_tables limit). */
+export const MAX_PLAIN_CHAIN_NAME = 18;
+export const MAX_DESTINATIONS = 1024;
+/** Largest weight of one destination. */
+export const MAX_WEIGHT = 1000;
+/** Largest sum of the weights once divided by their gcd: the number of slots a profile's split uses. */
+export const MAX_SLOTS = 1024;
+/** Longest session affinity, seconds (one day). */
+export const MAX_AFFINITY = 86400;
+export const DEFAULTS = { protocol: 'tcp', rulesBackend: 'client', logEnabled: false, logLevel: '4' } as const;
+
+const LEVEL_NAMES: Record<string, number> = {
+  emerg: 0,
+  alert: 1,
+  crit: 2,
+  error: 3,
+  err: 3,
+  warning: 4,
+  warn: 4,
+  notice: 5,
+  info: 6,
+  debug: 7,
+};
+
+/** Quotes a value for an error message: JSON-escaped (so always one line) and shortened. */
+export function show(value: unknown): string {
+  let s: string;
+  try {
+    s =
+      typeof value === 'string'
+        ? JSON.stringify(value)
+        : typeof value === 'bigint'
+          ? `${value}`
+          : (JSON.stringify(value) ?? String(value));
+  } catch {
+    s = Object.prototype.toString.call(value);
+  }
+  return s.length > 64 ? `${s.slice(0, 60)}...${s.slice(-1)}` : s;
+}
+
+/**
+ * Chain name of a profile: `IPTLB_NAT_` + {@link chainSuffix}. A name of up to 18 characters keeps
+ * the chain name iptlb has always given it; a longer one gets a stable hash (as kube-proxy does).
+ */
+const chainNames = new Map<string, string>();
+export function chainName(name: string): string {
+  let c = chainNames.get(name);
+  if (c === undefined) {
+    c = `IPTLB_NAT_${chainSuffix(name)}`;
+    if (chainNames.size > 100_000) chainNames.clear();
+    chainNames.set(name, c);
+  }
+  return c;
+}
+
+const BASE32 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
+/** RFC 4648 base32 (no padding) of the first bytes of `bytes`, `chars` characters long. */
+function base32(bytes: Uint8Array, chars: number): string {
+  let out = '';
+  let bits = 0;
+  let value = 0;
+  for (const b of bytes) {
+    value = (value << 8) | b;
+    bits += 8;
+    while (bits >= 5 && out.length < chars) {
+      out += BASE32[(value >>> (bits - 5)) & 31];
+      bits -= 5;
+    }
+    value &= (1 << bits) - 1;
+    if (out.length >= chars) break;
+  }
+  return out;
+}
+
+/**
+ * What a profile's kernel names (its chain, its LOG prefixes, its recent lists and affinity sets)
+ * are made of: up to 18 characters, the name upper-cased with `-` turned into `_` (as always); a
+ * longer name: 16 characters of base32 of the SHA-256 of the name (80 bits: no collision in
+ * practice; a collision, like one of two names that differ in case only, is refused as a conflict).
+ */
+export function chainSuffix(name: string): string {
+  if (name.length <= MAX_PLAIN_CHAIN_NAME) return name.toUpperCase().replace(/-/g, '_');
+  return base32(createHash('sha256').update(name, 'utf8').digest(), 16);
+}
+
+/**
+ * Checks a profile name. New profiles follow {@link NAME_PATTERN}; with `existing` (a name looked
+ * up, or read from the state file) the old rule is accepted too, so every state file stays valid.
+ */
+export function validateName(name: unknown, field = 'name', opts: { existing?: boolean } = {}): string {
+  if (typeof name !== 'string') throw invalid(field, `must be a string, got ${show(name)}`);
+  if (NAME_PATTERN.test(name) || (opts.existing && LEGACY_NAME_PATTERN.test(name))) return name;
+  throw invalid(field, `${show(name)} must be 1-63 characters of A-Z a-z 0-9 _ -, not starting with -`);
+}
+
+function endpoint(field: string, value: unknown): Endpoint {
+  if (typeof value !== 'string')
+    throw invalid(field, `must be an "ip:port" string (ipv4:port or [ipv6]:port), got ${show(value)}`);
+  const parsed = parseEndpoint(value);
+  if (typeof parsed === 'string') throw invalid(field, `${show(value)} ${parsed}`);
+  const why = unicastProblem(parsed);
+  if (why) throw invalid(field, `${show(value)} ${why}`);
+  return parsed;
+}
+
+/** The address family of a validated profile (that of its source; every destination has the same). */
+export function familyOfProfile(p: Profile): Family {
+  return p.source.charCodeAt(0) === 91 /* [ */ ? 'ipv6' : 'ipv4';
+}
+
+/** The profiles of `state` whose addresses are of `family`, by name (a new map). */
+export function profilesOf(state: ReadonlyMap<string, Profile>, family: Family): Map<string, Profile> {
+  const out = new Map<string, Profile>();
+  for (const [n, p] of state) if (familyOfProfile(p) === family) out.set(n, p);
+  return out;
+}
+
+export function normalizeLogLevel(value: unknown, field = 'logLevel'): string {
+  if (typeof value === 'number' && Number.isInteger(value) && value >= 0 && value <= 7) return String(value);
+  if (typeof value === 'string') {
+    const v = value.trim().toLowerCase();
+    if (/^[0-7]$/.test(v)) return v;
+    if (v in LEVEL_NAMES) return String(LEVEL_NAMES[v]);
+  }
+  throw invalid(
+    field,
+    `${show(value)} is not a syslog level (0-7 or emerg, alert, crit, error, warning, notice, info, debug)`,
+  );
+}
+
+export function normalizeProtocol(value: unknown, field = 'protocol'): Protocol {
+  const v = typeof value === 'string' ? value.toLowerCase() : value;
+  if (typeof v === 'string' && (PROTOCOLS as readonly string[]).includes(v)) return v as Protocol;
+  throw invalid(field, `${show(value)} is not one of ${PROTOCOLS.join(', ')}`);
+}
+
+export function normalizeRulesBackend(value: unknown, field = 'rulesBackend'): RulesBackend {
+  const v = typeof value === 'string' ? value.toLowerCase() : value;
+  if (typeof v === 'string' && (RULES_BACKENDS as readonly string[]).includes(v)) return v as RulesBackend;
+  throw invalid(field, `${show(value)} is not one of ${RULES_BACKENDS.join(', ')}`);
+}
+
+/** Splits the CLI's comma-separated destination list; empty items are kept so they are reported. */
+export function splitDestinations(text: string): string[] {
+  return text.split(',').map((s) => s.trim());
+}
+
+export function normalizeScheduler(value: unknown, field = 'scheduler'): Scheduler {
+  const v = typeof value === 'string' ? value.toLowerCase() : value;
+  if (typeof v === 'string' && (SCHEDULERS as readonly string[]).includes(v)) return v as Scheduler;
+  throw invalid(field, `${show(value)} is not one of ${SCHEDULERS.join(', ')}`);
+}
+
+/** Session affinity in seconds: an integer 0..86400 (or its decimal text); 0 and absent mean none. */
+export function normalizeAffinity(value: unknown, field = 'affinity'): number {
+  if (value === undefined || value === null) return 0;
+  let v: unknown = value;
+  if (typeof v === 'string' && /^[0-9]{1,6}$/.test(v.trim())) v = Number(v.trim());
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > MAX_AFFINITY) {
+    throw invalid(field, `${show(value)} must be a whole number of seconds from 1 to ${MAX_AFFINITY} (0 for none)`);
+  }
+  return v;
+}
+
+function weightValue(field: string, value: unknown, what: string): number {
+  let w: unknown = value;
+  if (typeof w === 'string' && /^[0-9]{1,7}$/.test(w)) w = Number(w);
+  if (typeof w !== 'number' || !Number.isInteger(w) || w < 0 || w > MAX_WEIGHT) {
+    throw invalid(field, `${what}: weight ${show(value)} must be an integer from 0 to ${MAX_WEIGHT}`);
+  }
+  return w;
+}
+
+function gcd(a: number, b: number): number {
+  while (b) [a, b] = [b, a % b];
+  return a;
+}
+
+/** Weight of destination `d` of `p` (1 unless `weights` says otherwise). */
+export function weightOf(p: Profile, d: string): number {
+  return p.weights?.[d] ?? 1;
+}
+
+export interface Slot {
+  destination: string;
+  /** The weight divided by the gcd of all non-zero weights: how many slots the destination occupies. */
+  slots: number;
+}
+
+/**
+ * The destinations that take new connections, in list order, each with its reduced weight (weights
+ * divided by the gcd of the non-zero ones). Drained destinations (weight 0) are left out. Without
+ * weights this is every destination with 1 slot, so plans of existing profiles do not change.
+ */
+export function slotsOf(p: Profile): Slot[] {
+  if (!p.weights) return p.destination.map((destination) => ({ destination, slots: 1 }));
+  let g = 0;
+  for (const d of p.destination) g = gcd(weightOf(p, d), g);
+  return p.destination
+    .filter((d) => weightOf(p, d) > 0)
+    .map((destination) => ({ destination, slots: weightOf(p, destination) / g }));
+}
+
+/** Number of slots of a profile (W): the sum of its reduced weights; the destination count without weights. */
+export function slotCount(p: Profile): number {
+  if (!p.weights) return p.destination.length;
+  let n = 0;
+  for (const s of slotsOf(p)) n += s.slots;
+  return n;
+}
+
+/** `ip:port*W` as written on the command line: the destination and its weight. */
+function splitWeight(item: unknown): { text: unknown; weight?: string } {
+  if (typeof item !== 'string') return { text: item };
+  const at = item.indexOf('*');
+  if (at < 0) return { text: item };
+  return { text: item.slice(0, at).trim(), weight: item.slice(at + 1).trim() };
+}
+
+const KNOWN_KEYS = new Set([
+  'name',
+  'source',
+  'destination',
+  'protocol',
+  'rulesBackend',
+  'logEnabled',
+  'logLevel',
+  'masquerade',
+  'weights',
+  'scheduler',
+  'affinity',
+  'health',
+]);
+
+/** Profiles this module returned: frozen, so they are still valid when they come back. */
+const VALIDATED = new WeakSet<object>();
+
+/**
+ * Validates one profile on its own (no knowledge of other profiles) and fills in defaults. The
+ * result is frozen; passing it again (e.g. to `apply`) costs nothing.
+ */
+export function validateProfile(input: ProfileInput | unknown, opts: { existing?: boolean } = {}): Profile {
+  if (typeof input === 'object' && input !== null && VALIDATED.has(input)) return input as Profile;
+  if (input === null || typeof input !== 'object' || Array.isArray(input)) {
+    throw invalid('profile', `must be an object, got ${show(input)}`);
+  }
+  const p = input as Record<string, unknown>;
+  for (const key of Object.keys(p)) {
+    if (!KNOWN_KEYS.has(key)) throw invalid(key, `is not a profile field (known: ${[...KNOWN_KEYS].join(', ')})`);
+  }
+  const name = validateName(p.name, 'name', opts);
+  if (p.source === undefined || p.source === '')
+    throw invalid('source', 'is required (the virtual ipv4:port or [ipv6]:port)');
+  const src = endpoint('source', p.source);
+
+  let dests: unknown = p.destination;
+  if (typeof dests === 'string') dests = dests === '' ? [] : splitDestinations(dests);
+  if (dests === undefined) throw invalid('destination', 'is required (one or more ip:port)');
+  if (!Array.isArray(dests)) throw invalid('destination', `must be a list of "ip:port", got ${show(dests)}`);
+  if (dests.length === 0) throw invalid('destination', 'must list at least one ip:port');
+  if (dests.length > MAX_DESTINATIONS)
+    throw invalid('destination', `has ${dests.length} entries; at most ${MAX_DESTINATIONS} are allowed`);
+  const seen = new Set<string>();
+  const destination: string[] = [];
+  const weightMap = new Map<string, number>();
+  dests.forEach((item, i) => {
+    const field = `destination[${i}]`;
+    const { text: d, weight } = splitWeight(item);
+    const e = endpoint(field, d);
+    if (e.family !== src.family) {
+      throw invalid(
+        field,
+        `${show(d)} is ${e.family === 'ipv6' ? 'IPv6' : 'IPv4'} but source ${show(p.source)} is ${src.family === 'ipv6' ? 'IPv6' : 'IPv4'}; one profile balances one address family`,
+      );
+    }
+    const key = formatEndpoint(e);
+    if (seen.has(key)) throw invalid(field, `${show(d)} is listed twice`);
+    if (e.ip === src.ip && e.port === src.port) throw invalid(field, `${show(d)} is the virtual address itself`);
+    seen.add(key);
+    destination.push(key);
+    if (weight !== undefined) weightMap.set(key, weightValue('weights', weight, `${field} ${show(item)}`));
+  });
+  if (p.weights !== undefined) {
+    const w = p.weights;
+    if (w === null || typeof w !== 'object' || Array.isArray(w))
+      throw invalid('weights', `must be a map of "ip:port" to integer weights, got ${show(w)}`);
+    for (const [k, v] of Object.entries(w as Record<string, unknown>)) {
+      const parsed = parseEndpoint(k);
+      const key = typeof parsed === 'string' ? k : formatEndpoint(parsed);
+      if (!seen.has(key)) throw invalid('weights', `${show(k)} is not one of the destinations`);
+      const value = weightValue('weights', v, show(k));
+      if (weightMap.has(key) && weightMap.get(key) !== value)
+        throw invalid('weights', `${show(k)} has weight ${weightMap.get(key)} in destination and ${value} in weights`);
+      weightMap.set(key, value);
+    }
+  }
+  let weights: Record<string, number> | undefined;
+  if ([...weightMap.values()].some((v) => v !== 1)) {
+    weights = {};
+    for (const d of destination) {
+      const v = weightMap.get(d);
+      if (v !== undefined && v !== 1) weights[d] = v;
+    }
+    if (destination.every((d) => weights![d] === 0))
+      throw invalid('weights', 'every destination has weight 0; at least one must take connections');
+  }
+  const scheduler = normalizeScheduler(p.scheduler ?? 'random');
+  const affinity = normalizeAffinity(p.affinity);
+  const health = normalizeHealth(p.health, src.family);
+
+  const protocol = normalizeProtocol(p.protocol ?? DEFAULTS.protocol);
+  const rulesBackend = normalizeRulesBackend(p.rulesBackend ?? DEFAULTS.rulesBackend);
+  const logEnabled = p.logEnabled ?? DEFAULTS.logEnabled;
+  if (typeof logEnabled !== 'boolean') throw invalid('logEnabled', `must be true or false, got ${show(logEnabled)}`);
+  const logLevel = normalizeLogLevel(p.logLevel ?? DEFAULTS.logLevel);
+  const masquerade = p.masquerade ?? false;
+  if (typeof masquerade !== 'boolean') throw invalid('masquerade', `must be true or false, got ${show(masquerade)}`);
+  if (masquerade && rulesBackend !== 'proxy') {
+    throw invalid('masquerade', `only applies to rulesBackend "proxy", not ${show(rulesBackend)}`);
+  }
+  const profile: Profile = {
+    name,
+    source: formatEndpoint(src),
+    destination,
+    protocol,
+    rulesBackend,
+    logEnabled,
+    logLevel,
+  };
+  if (masquerade) profile.masquerade = true;
+  if (weights) profile.weights = Object.freeze(weights);
+  if (scheduler === 'round-robin') profile.scheduler = 'round-robin';
+  if (affinity > 0) profile.affinity = affinity;
+  if (health) profile.health = health;
+  if (weights) {
+    const n = slotCount(profile);
+    if (n > MAX_SLOTS)
+      throw invalid(
+        'weights',
+        `need ${n} slots (the weights' sum divided by their gcd); at most ${MAX_SLOTS} are allowed`,
+      );
+  }
+  Object.freeze(destination);
+  VALIDATED.add(Object.freeze(profile));
+  return profile;
+}
+
+/**
+ * Checks that `candidate` can live beside `others` (profiles it does not replace): its chain name
+ * and its source+protocol must be its own. Throws ECONFLICT naming the other profile.
+ */
+export function checkConflicts(candidate: Profile, others: Iterable<Profile>): void {
+  const chain = chainName(candidate.name);
+  for (const o of others) {
+    if (o.name === candidate.name) continue;
+    if (chainName(o.name) === chain) {
+      throw new IptlbError(
+        'ECONFLICT',
+        `name: ${show(candidate.name)} maps to chain ${chain}, already used by profile ${show(o.name)}`,
+        { field: 'name' },
+      );
+    }
+    if (o.source === candidate.source && o.protocol === candidate.protocol) {
+      throw new IptlbError(
+        'ECONFLICT',
+        `source: ${show(candidate.source)}/${candidate.protocol} already belongs to profile ${show(o.name)}`,
+        { field: 'source' },
+      );
+    }
+  }
+}
+
+/** Validates a whole set (e.g. a state file): each profile alone, then pairwise conflicts. */
+export function checkSet(profiles: Profile[]): void {
+  const byChain = new Map<string, Profile>();
+  const bySource = new Map<string, Profile>();
+  for (const p of profiles) {
+    const chain = chainName(p.name);
+    const prev = byChain.get(chain);
+    if (prev) checkConflicts(p, [prev]);
+    const key = `${p.source}/${p.protocol}`;
+    const prevSrc = bySource.get(key);
+    if (prevSrc) checkConflicts(p, [prevSrc]);
+    byChain.set(chain, p);
+    bySource.set(key, p);
+  }
+}
+
+export function sameProfile(a: Profile, b: Profile): boolean {
+  return (
+    a.name === b.name &&
+    a.source === b.source &&
+    a.protocol === b.protocol &&
+    a.rulesBackend === b.rulesBackend &&
+    a.logEnabled === b.logEnabled &&
+    a.logLevel === b.logLevel &&
+    !!a.masquerade === !!b.masquerade &&
+    a.destination.length === b.destination.length &&
+    a.destination.every((d, i) => d === b.destination[i]) &&
+    (a.scheduler ?? 'random') === (b.scheduler ?? 'random') &&
+    (a.affinity ?? 0) === (b.affinity ?? 0) &&
+    a.destination.every((d) => weightOf(a, d) === weightOf(b, d)) &&
+    sameHealth(a.health, b.health)
+  );
+}

@@ -1,0 +1,37 @@
+/**
+ * What `status` reports of a profile: whether the kernel holds it as the state file says, and its counters. Both
+ * engines' comparisons (legacy's drift.ts, nft's view.ts) produce it; the CLI, the API and the metrics read it.
+ */
+export type ProfileStatus = 'in-sync' | 'missing' | 'modified' | 'orphaned';
+
+export interface DestinationCounters {
+  destination: string;
+  packets: number;
+  bytes: number;
+  /** The destination's weight when it is not 1 (0: drained, it takes no new connections). */
+  weight?: number;
+  /**
+   * Profiles with a health check: the weight the kernel has, when health checks changed it (0: drained because down).
+   */
+  effectiveWeight?: number;
+  /** Profiles with a health check: `up`, `down` or `unchecked` (no process runs the checks, or none finished yet). */
+  health?: 'up' | 'down' | 'unchecked';
+  /** When its last check finished (ISO 8601). */
+  lastCheck?: string;
+  /** Why its last check failed. */
+  lastError?: string;
+}
+
+export interface ProfileReport {
+  name: string;
+  status: ProfileStatus;
+  /** Why it is not in sync, one line. */
+  detail?: string;
+  /** New connections balanced per destination (nat rules count the first packet of each flow). */
+  destinations: DestinationCounters[];
+  /** Packets that hit the profile's jump rule. */
+  packets: number;
+  bytes: number;
+  /** Session affinity of the profile (seconds), when it has one. */
+  affinity?: number;
+}

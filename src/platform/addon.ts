@@ -1,0 +1,334 @@
+/**
+ * The one place that loads the native addon. It is three N-API files, so that a host with only one
+ * engine's libraries still runs that engine natively:
+ *   iptlb_core.node  file locks, conntrack flushes     (libmnl)
+ *   iptlb_xt.node    legacy engine over libiptc        (libip4tc, libip6tc)
+ *   iptlb_nft.node   nft engine over netlink           (libnftnl, libmnl)
+ * Each is looked for in build/Release/ (a local build) and then in prebuilds/<platform>-<arch>/ (the
+ * binaries shipped in the npm package). Never throws: a part that does not load is reported, once,
+ * with the reason and a command that fixes it where the user is (a consumer project or this repo).
+ */
+import { createRequire } from 'node:module';
+import { existsSync, readFileSync } from 'node:fs';
+import * as path from 'node:path';
+import type { Family, KernelView, Transaction } from '../model/types.js';
+import type { NftFamily, NftTransaction, NftView } from '../engines/nft/ops.js';
+import { packageRoot } from './paths.js';
+
+/** ABI of the addon this TypeScript expects (native/addon.cc exports the same number). */
+export const EXPECTED_ABI = 11;
+
+/**
+ * Conntrack entries to delete: original destination `vip`, protocol, reply source `destination` (flows DNATed to it).
+ */
+export interface ConntrackFlow {
+  protocol: 'tcp' | 'udp' | 'sctp';
+  /** IPv4 dotted quad, or canonical IPv6 text without brackets (then `destination` is IPv6 too). */
+  vip: { ip: string; port: number };
+  destination: { ip: string; port: number };
+}
+
+/** What {@link NativeAddon.conntrackFlush} did, per flow in the order given. */
+export interface ConntrackFlushResult {
+  durationMs: number;
+  /** `false` when the kernel refused the dump filter (before 5.8) and the table was read whole. */
+  kernelFilter: boolean;
+  /** `true` when the namespace's nf_conntrack_count was 0 (or conntrack is not loaded): nothing was read. */
+  skipped: boolean;
+  /**
+   * Dumps of the conntrack table made: one per address family and protocol asked (filtered in the kernel), or one of
+   * the whole table; 0 when skipped.
+   */
+  dumps: number;
+  /** `deleted`: entries deleted; `kept`: tcp connections still open (established or closing), left to finish. */
+  flows: { deleted: number; kept: number }[];
+}
+
+/** A held flock; `release()` is idempotent, and the lock also goes with the object (finalizer) or the process. */
+export interface FileLock {
+  release(): void;
+  /**
+   * The descriptor that holds the lock; -1 once released. A child process given a copy holds the lock until it exits
+   * too.
+   */
+  readonly fd: number;
+}
+
+/**
+ * The addon's exports. Every method checks its arguments synchronously (a TypeError naming the
+ * field) and does its kernel or file work on a worker thread. Rejections are Errors with `code`
+ * ('EKERNEL' | 'ELOCK' | 'EPERM', or 'EPLAN' from commitJson) and a numeric `errno`.
+ */
+export interface NativeAddon {
+  readonly abiVersion: number;
+  /** Which file(s) this object was assembled from ('core', 'xt', 'nft'); see {@link loadAddon}. */
+  readonly parts?: readonly AddonPart[];
+  /**
+   * Commits a transaction in one libiptc handle and one iptc_commit, under the xtables lock (waiting at most
+   * `lockWaitMs`, default 10,000).
+   */
+  commit(tx: Transaction, opts?: { lockWaitMs?: number }): Promise<{ durationMs: number; attempts: number }>;
+  /**
+   * The same commit with the transaction as `JSON.stringify(tx)`: decoded and checked on the worker
+   * thread (the JS thread only copies one string). A plan that fails a check rejects with code
+   * 'EPLAN', the message naming the field as commit()'s TypeErrors do.
+   */
+  commitJson(json: string, opts?: { lockWaitMs?: number }): Promise<{ durationMs: number; attempts: number }>;
+  /**
+   * Prepares the next commit on a worker thread: takes the xtables lock (without waiting) and copies
+   * the nat table out; the next commit()/commitJson() uses both. Resolves false when the lock was busy
+   * or the table unreadable (the commit then does that work itself). Must be followed by a commit or
+   * by releasePrefetch(), which gives the lock back (ordered with commits and reads, in call order).
+   */
+  prefetch(): Promise<boolean>;
+  releasePrefetch(): Promise<boolean>;
+  /**
+   * iptlb's chains (IPTLB_*) and comment-owned hook rules of the nat table of `family` (default ipv4: iptables; ipv6:
+   * ip6tables), decoded, with counters.
+   */
+  read(family?: Family): Promise<KernelView>;
+  /** An exclusive flock(2) on `path` (created 0600, symlinks refused), waiting at most `waitMs`. */
+  flock(path: string, waitMs: number): Promise<FileLock>;
+  info(): { libiptc: true; xtablesLockPath: string };
+  /**
+   * Commits all ops of `tx` on table `<tx.family> iptlb` (ip or ip6) in one nf_tables netlink batch
+   * (all or nothing); an address not of `tx.family` is a TypeError.
+   * Rejects with code 'EKERNEL' (message `nft op <i> (<kind> <object>): <error>`), 'EPERM', or
+   * 'ERESTART' when `tx.expectGenid` is set and the ruleset generation differs. Bad input is a
+   * synchronous TypeError naming the field. `genid` is the generation right after the commit.
+   */
+  nftCommit(tx: NftTransaction): Promise<{ durationMs: number; genid: number }>;
+  /**
+   * Table `<family> iptlb` (default ip) as the kernel holds it, with counters (a missing table is `exists: false`; an
+   * ip6 view has `family: 'ip6'`).
+   */
+  nftRead(family?: NftFamily): Promise<NftView>;
+  /**
+   * Deletes the conntrack entries (IPv4 or IPv6, as the flow's addresses are) of the current
+   * network namespace that go to `vip` with `protocol` and were DNATed to `destination`
+   * (ctnetlink: one dump per address family and protocol asked, filtered in the kernel, for every
+   * virtual address at once, then one delete per entry). udp and sctp: every such entry;
+   * tcp: only entries the destination has not answered (SYN_SENT); open
+   * connections are left to finish and counted as `kept` (TIME_WAIT and CLOSE entries are left
+   * to expire, uncounted). `opts.kernelFilter: false` reads the table whole and filters in the
+   * addon, as on kernels before 5.8 (default `true`). Bad input is a synchronous TypeError with
+   * code 'EINVAL' naming the field; rejects with 'EPERM' (no CAP_NET_ADMIN) or 'EKERNEL'.
+   */
+  conntrackFlush(flows: ConntrackFlow[], opts?: { kernelFilter?: boolean }): Promise<ConntrackFlushResult>;
+}
+
+/** The three addon files; see the top of this file. */
+export type AddonPart = 'core' | 'xt' | 'nft';
+export const ADDON_PARTS: readonly AddonPart[] = ['core', 'xt', 'nft'];
+
+export type LoadFailureReason = 'not-built' | 'library-missing' | 'abi-mismatch' | 'load-failed';
+
+export type LoadResult =
+  | { ok: true; addon: NativeAddon; path: string }
+  | { ok: false; reason: LoadFailureReason; detail: string; fix: string };
+
+/** Debian packages of the libraries the parts link (runtime) and of their headers (build). */
+const RUNTIME_PACKAGES: Record<AddonPart, string[]> = {
+  core: ['libmnl0'],
+  xt: ['libip4tc2', 'libip6tc2'],
+  nft: ['libnftnl11', 'libmnl0'],
+};
+export const BUILD_PACKAGES = [
+  'libiptc-dev',
+  'libxtables-dev',
+  'libnftnl-dev',
+  'libmnl-dev',
+  'pkg-config',
+  'g++',
+  'make',
+  'python3',
+];
+/** Debian package of each shared library a part may fail to find. */
+const SONAME_PACKAGES: Record<string, string> = {
+  'libip4tc.so.2': 'libip4tc2',
+  'libip6tc.so.2': 'libip6tc2',
+  'libxtables.so.12': 'libxtables12',
+  'libnftnl.so.11': 'libnftnl11',
+  'libmnl.so.0': 'libmnl0',
+};
+
+/** True when this package sits in some project's node_modules (then `npm run build:addon` does not exist there). */
+export function installedAsDependency(root = safeRoot()): boolean {
+  return !!root && root.split(path.sep).includes('node_modules');
+}
+
+function safeRoot(): string | undefined {
+  try {
+    return packageRoot();
+  } catch {
+    return undefined;
+  }
+}
+
+/** The command that rebuilds the addon from source, where the user is. */
+export function rebuildCommand(consumer = installedAsDependency()): string {
+  return consumer ? 'npm rebuild iptlb --foreground-scripts' : 'npm run build:addon';
+}
+
+/** Installing the build dependencies, then rebuilding (Debian/Ubuntu package names). */
+export function buildFix(consumer = installedAsDependency()): string {
+  return `apt-get install -y ${BUILD_PACKAGES.join(' ')} && ${rebuildCommand(consumer)}`;
+}
+
+/** The fix of a consumer project or of this repo, as loadAddon() reports it here. */
+export const BUILD_FIX = buildFix();
+
+/** Where the build script keeps the output of the last node-gyp run (see scripts/build-addon.js). */
+export function buildLogPath(): string {
+  return path.join(safeRoot() ?? '.', 'build', 'build-addon.log');
+}
+
+/** The last `n` lines of the last build's log, or undefined when there is none. */
+export function buildLogTail(n = 8): { path: string; lines: string[] } | undefined {
+  const file = buildLogPath();
+  try {
+    const lines = readFileSync(file, 'utf8').trimEnd().split('\n');
+    return { path: file, lines: lines.slice(-n) };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Sorts a dlopen/require failure of an addon file into a reason and the command that fixes it. */
+export function classifyLoadError(
+  message: string,
+  consumer = installedAsDependency(),
+): { reason: Exclude<LoadFailureReason, 'not-built'>; fix: string } {
+  // "libip4tc.so.2: cannot open shared object file: No such file or directory" (or "file too short",
+  // "invalid ELF header" when something unusable sits at that name): a library the part links.
+  const lib =
+    /^(?:\/[^:]*\/)?(lib[\w+-]+\.so(?:\.\d+)*): (?:cannot open shared object file|file too short|invalid ELF header|wrong ELF class)/.exec(
+      message,
+    );
+  if (lib) {
+    const pkg = SONAME_PACKAGES[lib[1]!];
+    return {
+      reason: 'library-missing',
+      fix: pkg ? `apt-get install -y ${pkg}` : `install the package that provides ${lib[1]}`,
+    };
+  }
+  if (/cannot open shared object file/i.test(message))
+    return {
+      reason: 'library-missing',
+      fix: `apt-get install -y ${[...new Set(Object.values(SONAME_PACKAGES))].join(' ')}`,
+    };
+  if (
+    /NODE_MODULE_VERSION|compiled against a different Node\.js version|invalid ELF header|wrong ELF class|undefined symbol: napi_|version `(GLIBC|GLIBCXX|CXXABI)_[\d.]+' not found/.test(
+      message,
+    )
+  ) {
+    return { reason: 'abi-mismatch', fix: `${buildFix(consumer)} (builds it from source for this system)` };
+  }
+  return { reason: 'load-failed', fix: buildFix(consumer) };
+}
+
+/** Directories searched for the addon files, in order: a local build, then the shipped prebuilds. */
+export function addonDirs(root = safeRoot()): string[] {
+  if (!root) return [];
+  return [path.join(root, 'build', 'Release'), path.join(root, 'prebuilds', `${process.platform}-${process.arch}`)];
+}
+
+/** The file of `part` that would be loaded (the first that exists), or the build path when none does. */
+export function addonPath(part: AddonPart = 'core'): string {
+  const dirs = addonDirs();
+  for (const d of dirs) {
+    const f = path.join(d, `iptlb_${part}.node`);
+    if (existsSync(f)) return f;
+  }
+  return path.join(dirs[0] ?? '.', `iptlb_${part}.node`);
+}
+
+/** Loads the addon file `file` (not memoised; for tests and diagnostics). Never throws. */
+export function loadAddonFrom(file: string): LoadResult {
+  if (!existsSync(file)) {
+    const log = buildLogTail(1);
+    const why = log ? `; the last build failed or was skipped, see ${log.path}` : '';
+    return { ok: false, reason: 'not-built', detail: `${file} does not exist${why}`, fix: BUILD_FIX };
+  }
+  let addon: NativeAddon;
+  try {
+    addon = createRequire(import.meta.url)(file) as NativeAddon;
+  } catch (e) {
+    const detail = String((e as Error)?.message ?? e).split('\n')[0]!;
+    return { ok: false, detail, ...classifyLoadError(detail) };
+  }
+  if (!addon || typeof addon !== 'object' || addon.abiVersion !== EXPECTED_ABI) {
+    const got = addon && typeof addon === 'object' ? String(addon.abiVersion) : typeof addon;
+    return {
+      ok: false,
+      reason: 'abi-mismatch',
+      detail: `${file} has addon ABI ${got}, this iptlb expects ${EXPECTED_ABI}`,
+      fix: rebuildCommand(),
+    };
+  }
+  return { ok: true, addon, path: file };
+}
+
+const parts = new Map<AddonPart, LoadResult>();
+const assembled = new Map<string, LoadResult>();
+
+/** Loads one addon file once and remembers the outcome. `IPTLB_NO_NATIVE=1` pretends none is built. */
+export function loadAddonPart(part: AddonPart): LoadResult {
+  const known = parts.get(part);
+  if (known) return known;
+  let r: LoadResult;
+  if (process.env.IPTLB_NO_NATIVE === '1') {
+    r = { ok: false, reason: 'not-built', detail: 'disabled by IPTLB_NO_NATIVE=1', fix: 'unset IPTLB_NO_NATIVE' };
+  } else if (!safeRoot()) {
+    r = {
+      ok: false,
+      reason: 'load-failed',
+      detail: 'cannot find the package root (package.json named iptlb)',
+      fix: 'reinstall iptlb',
+    };
+  } else {
+    r = loadAddonFrom(addonPath(part));
+    if (!r.ok && r.reason === 'library-missing') {
+      // The one dlopen named, and the others this part links (dlopen stops at the first missing).
+      const named = /^apt-get install -y (\S+)$/.exec(r.fix)?.[1];
+      if (named) r = { ...r, fix: `apt-get install -y ${[...new Set([named, ...RUNTIME_PACKAGES[part]])].join(' ')}` };
+    }
+  }
+  parts.set(part, r);
+  return r;
+}
+
+/**
+ * The addon for a use: 'legacy' needs core + xt, 'nft' core + nft, 'core' core alone, 'all' every part
+ * (the default: what the addon's own tests and benches use). The object has the functions of the
+ * parts needed, and only those are loaded; the failure is that of the first part needed that did not
+ * load. Memoised.
+ */
+export function loadAddon(use: 'all' | 'core' | 'legacy' | 'nft' = 'all'): LoadResult {
+  const known = assembled.get(use);
+  if (known) return known;
+  const needed: AddonPart[] =
+    use === 'all' ? [...ADDON_PARTS] : use === 'core' ? ['core'] : ['core', use === 'legacy' ? 'xt' : 'nft'];
+  const results = needed.map((p) => [p, loadAddonPart(p)] as const); // only what this use needs: one dlopen less
+  let r: LoadResult | undefined;
+  for (const [p, res] of results) {
+    if (!needed.includes(p) || res.ok) continue;
+    r = res.detail.includes(`iptlb_${p}.node`) ? res : { ...res, detail: `iptlb_${p}.node: ${res.detail}` };
+    break;
+  }
+  if (!r) {
+    const addon = {} as Record<string, unknown>;
+    const have: AddonPart[] = [];
+    for (const [p, res] of results) {
+      if (!res.ok) continue;
+      Object.assign(addon, res.addon);
+      have.push(p);
+    }
+    delete addon.part;
+    addon.parts = have;
+    const first = results.find(([p]) => p === needed[needed.length - 1])![1] as { path: string };
+    r = { ok: true, addon: addon as unknown as NativeAddon, path: first.path };
+  }
+  assembled.set(use, r);
+  return r;
+}

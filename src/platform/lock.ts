@@ -1,0 +1,308 @@
+/**
+ * The inter-process lock that serialises iptlb invocations sharing a state file. It is an flock(2)
+ * on `<state file>.lock`, so the kernel drops it when its holder dies (even by SIGKILL). Taken through
+ * the native addon when it is loaded, otherwise through a util-linux `flock` child process whose
+ * stdin is our pipe: when we exit, it sees EOF and lets go.
+ */
+import { pidAlive } from './pid.js';
+import { spawn } from 'node:child_process';
+import { fstatSync, futimesSync, lstatSync, promises as fsp, statSync, utimesSync, type Stats } from 'node:fs';
+import * as path from 'node:path';
+import { checkDirChain, checkTrusted, fsFailure } from './fsafety.js';
+import { IptlbError } from '../model/errors.js';
+import { loadAddon } from './addon.js';
+import { ensureStateDir } from '../core/state.js';
+
+export interface HeldLock {
+  release(): void;
+}
+
+export const DEFAULT_LOCK_WAIT_MS = 10_000;
+
+/**
+ * Descriptors of the state-file locks this process holds (native locks only). Every child the spawn
+ * executors start gets a copy (see executors/spawn.ts), so a lock outlives a holder killed while its
+ * `iptables-legacy-restore` or `nft -f` child is still committing: the next iptlb waits for that
+ * child instead of planning against a kernel about to change under it.
+ */
+const heldFds = new Set<number>();
+export function inheritedLockFds(): number[] {
+  return [...heldFds];
+}
+
+/**
+ * Refuses a lock path that is a symlink, not a regular file, or that another user owns or could replace; the locker
+ * creates it when absent.
+ */
+function checkLockPath(lockPath: string): void {
+  // Synchronous: between the queue lock and the lock, no trip through the thread pool, which waiting
+  // flock workers of this process may fill.
+  let st: Stats | null;
+  try {
+    st = lstatSync(lockPath);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw fsFailure(e, 'open the lock file', lockPath);
+    st = null;
+  }
+  if (st && !st.isFile()) {
+    throw new IptlbError(
+      'ESTATE',
+      `lock file ${lockPath} is ${st.isSymbolicLink() ? 'a symbolic link' : st.isDirectory() ? 'a directory' : 'not a regular file'}; refusing to use it`,
+    );
+  }
+  if (st) checkTrusted(lockPath, st, 'lock file');
+}
+
+function lockTimeout(lockPath: string, waitMs: number): IptlbError {
+  return new IptlbError('ELOCK', `another iptlb holds ${lockPath}; gave up after ${waitMs} ms`, { errno: EWOULDBLOCK });
+}
+
+/** errno of a lock that was not free in time (the addon's poll loop ran out). */
+const EWOULDBLOCK = 11;
+
+/**
+ * Takes one flock on `lockPath`, waiting at most `waitMs`. A lock file that cannot be opened (a
+ * read-only file system, permissions, a path in /proc) is reported as such, at once: only a lock
+ * held by someone else for the whole wait is a timeout.
+ */
+async function flockOne(
+  lockPath: string,
+  waitMs: number,
+  reportAs: string,
+  totalMs: number,
+): Promise<HeldLock & { fd: number }> {
+  checkLockPath(lockPath);
+  const loaded = loadAddon('core');
+  if (loaded.ok) {
+    let lock;
+    try {
+      lock = await loaded.addon.flock(lockPath, waitMs);
+    } catch (e) {
+      const err = e as { code?: string; message?: string; errno?: number };
+      if (err.errno === EWOULDBLOCK) throw lockTimeout(reportAs, totalMs);
+      if (typeof err.errno === 'number' && err.errno > 0) {
+        const code = errnoCode(err.errno);
+        throw fsFailure(Object.assign(new Error(err.message ?? ''), { code }), 'open the lock file', lockPath);
+      }
+      throw new IptlbError('ELOCK', `cannot lock ${lockPath}: ${err.message}`);
+    }
+    const fd = lock.fd;
+    // What was locked is what was checked: the descriptor's own file (no race with a rename in between).
+    try {
+      if (fd >= 0) checkTrusted(lockPath, fstatSync(fd), 'lock file');
+    } catch (e) {
+      lock.release();
+      throw e;
+    }
+    if (fd >= 0) heldFds.add(fd);
+    return {
+      fd,
+      release() {
+        heldFds.delete(fd);
+        lock.release();
+      },
+    };
+  }
+  const child = await flockChild(lockPath, waitMs, reportAs, totalMs);
+  return { ...child, fd: -1 };
+}
+
+const ERRNO_CODES: Record<number, string> = {
+  1: 'EPERM',
+  2: 'ENOENT',
+  13: 'EACCES',
+  17: 'EEXIST',
+  20: 'ENOTDIR',
+  21: 'EISDIR',
+  22: 'EINVAL',
+  28: 'ENOSPC',
+  30: 'EROFS',
+  36: 'ENAMETOOLONG',
+  40: 'ELOOP',
+  6: 'ENXIO',
+  122: 'EDQUOT',
+};
+function errnoCode(n: number): string {
+  return ERRNO_CODES[n] ?? `errno ${n}`;
+}
+
+/** The longest a waiter waits while the lock keeps changing hands: this many times its wait. */
+export const MAX_WAIT_FACTOR = 6;
+
+/** The lock file's modification time (stamped by each holder), '' when it cannot be read. */
+function lockMark(lockPath: string): string {
+  try {
+    return String(statSync(lockPath, { bigint: true }).mtimeNs);
+  } catch {
+    return '';
+  }
+}
+
+/** State files whose stale temporary files this process has already looked for. */
+const swept = new Set<string>();
+
+/**
+ * Takes the state-file lock, fairly: a waiter first takes the queue lock `<state file>.lock.queue`
+ * and holds it while it waits for the lock itself, and every taker goes through the queue lock. So a
+ * process that releases the lock and at once wants it again (an API instance doing one group commit
+ * after another) queues behind a waiter that was there first instead of winning every race. Then
+ * the state file's directory, the lock file and every directory above them are checked (see
+ * fsafety.ts), and the first time in this process, stale temporary files of killed writers are removed.
+ */
+export async function lockStateFile(
+  statePath: string,
+  waitMs = DEFAULT_LOCK_WAIT_MS,
+  log?: (line: string) => void,
+): Promise<HeldLock> {
+  const lockPath = `${statePath}.lock`;
+  try {
+    await ensureStateDir(statePath);
+  } catch (e) {
+    throw fsFailure(e, 'create the directory of the state file', statePath);
+  }
+  try {
+    checkDirChain(statePath);
+  } catch (e) {
+    throw fsFailure(e, 'check the directories of the state file', statePath);
+  }
+  // The wait measures a lack of progress: while the lock keeps changing hands (each holder stamps
+  // the lock file's time, see below) a waiter queued behind many others waits on, up to
+  // MAX_WAIT_FACTOR times the wait; a holder that keeps it for the whole wait times it out.
+  const started = Date.now();
+  let mark = lockMark(lockPath);
+  let held: HeldLock & { fd: number };
+  for (;;) {
+    const deadline = Date.now() + waitMs;
+    try {
+      const queue = await flockOne(`${lockPath}.queue`, waitMs, lockPath, waitMs);
+      try {
+        held = await flockOne(lockPath, Math.max(0, deadline - Date.now()), lockPath, waitMs);
+      } finally {
+        queue.release();
+      }
+      break;
+    } catch (e) {
+      if (!(e instanceof IptlbError && e.code === 'ELOCK' && e.errno === EWOULDBLOCK)) throw e;
+      const now = lockMark(lockPath);
+      const waited = Date.now() - started;
+      if (now === mark || waited + waitMs > MAX_WAIT_FACTOR * waitMs) {
+        throw waited > waitMs * 1.5
+          ? new IptlbError(
+              'ELOCK',
+              `${lockPath} stayed busy: gave up after ${waited} ms of waiting behind other iptlb processes`,
+              { errno: EWOULDBLOCK },
+            )
+          : e;
+      }
+      mark = now;
+    }
+  }
+  // Progress, for the waiters: the lock changed hands.
+  try {
+    const t = new Date();
+    if (held.fd >= 0) futimesSync(held.fd, t, t);
+    else utimesSync(lockPath, t, t);
+  } catch {
+    /* a lock file we may not stamp only costs waiters their patience */
+  }
+  if (!swept.has(statePath)) {
+    swept.add(statePath);
+    await removeStaleTemps(statePath, log).catch(() => {});
+  }
+  return held;
+}
+
+/** A temporary file {@link writeState} makes: `.<state file name>.tmp-<pid>-<random>`. */
+export function tempPattern(statePath: string): RegExp {
+  const base = path.basename(statePath).replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  return new RegExp(`^\\.${base}\\.tmp-([1-9][0-9]{0,9})-[a-z0-9]{1,8}$`);
+}
+
+/** How old a temporary file must be before it is removed even though a process of its pid is alive (pid reuse). */
+export const STALE_TEMP_AGE_MS = 60_000;
+
+/**
+ * Removes the temporary files a killed writer left beside the state file. Called with the lock
+ * held (every writer holds it while its temporary file exists): only regular files named as ours,
+ * and only when their writer's pid is dead or the file is older than {@link STALE_TEMP_AGE_MS}.
+ */
+export async function removeStaleTemps(
+  statePath: string,
+  log?: (line: string) => void,
+  now = Date.now(),
+): Promise<string[]> {
+  const dir = path.dirname(statePath);
+  const re = tempPattern(statePath);
+  const removed: string[] = [];
+  for (const name of await fsp.readdir(dir)) {
+    const m = re.exec(name);
+    if (!m) continue;
+    const pid = Number(m[1]);
+    const p = path.join(dir, name);
+    const st = await fsp.lstat(p).catch(() => null);
+    if (!st || !st.isFile()) continue;
+    if (pid === process.pid) continue;
+    if (pidAlive(pid) && now - st.mtimeMs < STALE_TEMP_AGE_MS) continue;
+    await fsp.unlink(p).then(
+      () => removed.push(p),
+      () => {},
+    );
+  }
+  if (removed.length)
+    log?.(`removed ${removed.length} temporary file(s) left by killed writers: ${removed.join(', ')}`);
+  return removed;
+}
+
+function flockChild(lockPath: string, waitMs: number, reportAs: string, totalMs: number): Promise<HeldLock> {
+  return new Promise((resolve, reject) => {
+    const seconds = Math.max(0.001, waitMs / 1000).toFixed(3);
+    const child = spawn(
+      'flock',
+      ['--exclusive', '--wait', seconds, lockPath, '-c', 'echo locked; exec cat >/dev/null'],
+      {
+        stdio: ['pipe', 'pipe', 'pipe'],
+      },
+    );
+    let out = '';
+    let err = '';
+    let settled = false;
+    child.stdout.setEncoding('utf8');
+    child.stdout.on('data', (d: string) => {
+      out += d;
+      if (!settled && out.includes('locked')) {
+        settled = true;
+        child.stdout.destroy();
+        child.unref();
+        (child.stdin as unknown as { unref?: () => void }).unref?.();
+        let released = false;
+        resolve({
+          release() {
+            if (released) return;
+            released = true;
+            child.stdin.end();
+          },
+        });
+      }
+    });
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    child.on('error', (e) => {
+      if (settled) return;
+      settled = true;
+      reject(
+        new IptlbError(
+          'ELOCK',
+          `cannot lock ${lockPath}: flock(1) failed to start (${e.message}); install util-linux or build the native addon`,
+        ),
+      );
+    });
+    child.on('exit', (code) => {
+      if (settled) return;
+      settled = true;
+      reject(
+        code === 1
+          ? lockTimeout(reportAs, totalMs)
+          : new IptlbError('ELOCK', `cannot lock ${lockPath}: ${err.trim() || `flock exited ${code}`}`),
+      );
+    });
+  });
+}
