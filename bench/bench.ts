@@ -16,7 +16,7 @@ import { renderRule } from '../src/engines/legacy/restore.js';
 import { validateProfile } from '../src/model/profile.js';
 import { serializeState } from '../src/core/state.js';
 import { planNftRebuild } from '../src/engines/nft/plan.js';
-import { renderNft } from '../src/engines/nft/ops.js';
+import { renderNft } from '../src/engines/nft/render.js';
 import { connect, createServer, type Server } from 'node:net';
 import type { Profile } from '../src/model/types.js';
 import { benchHealth } from './health.js';

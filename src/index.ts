@@ -88,7 +88,7 @@ export type { LegacyExecutor } from './engines/legacy/executor.js';
 export type { NftExecutor } from './engines/nft/executor.js';
 export type { NftFamily, NftOp, NftRule, NftTransaction, NftView } from './engines/nft/ops.js';
 export { planNftChange, planNftRebuild } from './engines/nft/plan.js';
-export { renderNft } from './engines/nft/ops.js';
+export { renderNft } from './engines/nft/render.js';
 export { validateProfile, chainName } from './model/profile.js';
 export { planTransaction, planProfile } from './engines/legacy/plan.js';
 export { renderRestore, renderRule } from './engines/legacy/restore.js';

@@ -8,7 +8,6 @@
 import { IptlbError } from '../../src/model/errors.js';
 import { renderRestore } from '../../src/engines/legacy/restore.js';
 import {
-  renderNft,
   type NftBaseChain,
   type NftEndpoint,
   type NftFamily,
@@ -16,6 +15,7 @@ import {
   type NftTransaction,
   type NftView,
 } from '../../src/engines/nft/ops.js';
+import { renderNft } from '../../src/engines/nft/render.js';
 import type { CommitResult, Family, HookChain, KernelView, Rule, Transaction } from '../../src/model/types.js';
 import type { LegacyExecutor } from '../../src/engines/legacy/executor.js';
 import type { NftExecutor } from '../../src/engines/nft/executor.js';

@@ -26,8 +26,8 @@ test(
         [
           '--input-type=module',
           '-e',
-          `const { lockStateFile } = await import(${JSON.stringify(path.join(dist, 'src', 'lock.js'))});
-         const { run } = await import(${JSON.stringify(path.join(dist, 'src', 'executors', 'spawn.js'))});
+          `const { lockStateFile } = await import(${JSON.stringify(path.join(dist, 'src', 'platform', 'lock.js'))});
+         const { run } = await import(${JSON.stringify(path.join(dist, 'src', 'platform', 'spawn.js'))});
          await lockStateFile(${JSON.stringify(state)});
          const done = run('sh', ['-c', 'echo $$ >&2; exec sleep 60']);
          await done;`,

@@ -209,7 +209,8 @@ test('legacy status: an affinity profile read back as planned is in-sync and cou
 // nft engine
 
 import { planNftChange, planNftProfile, planNftRebuild } from '../../src/engines/nft/plan.js';
-import { renderNft, renderNftRule, type NftRule, type NftView } from '../../src/engines/nft/ops.js';
+import { type NftRule, type NftView } from '../../src/engines/nft/ops.js';
+import { renderNft, renderNftRule } from '../../src/engines/nft/render.js';
 import { compareNft, decodeRuleJson, parseNftJson } from '../../src/engines/nft/view.js';
 
 const pm = (...ps: Profile[]): Map<string, Profile> => new Map(ps.map((p) => [p.name, p]));

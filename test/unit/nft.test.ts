@@ -2,7 +2,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { planNftChange, planNftRebuild, baseContent, dispatchSetUsage } from '../../src/engines/nft/plan.js';
-import { renderNft, renderNftRule, type NftOp, type NftView } from '../../src/engines/nft/ops.js';
+import { type NftOp, type NftView } from '../../src/engines/nft/ops.js';
+import { renderNft, renderNftRule } from '../../src/engines/nft/render.js';
 import { compareNft, decodeRuleJson, parseNftJson } from '../../src/engines/nft/view.js';
 import { validateProfile } from '../../src/model/profile.js';
 import { parseEngineChoice, selectEngine } from '../../src/engines/select.js';

@@ -13,11 +13,10 @@ import {
   AFFINITY_SET_PATTERN,
   affinitySetName,
   affinitySetTimeout,
-  renderNft,
-  renderNftRule,
   type NftOp,
   type NftTransaction,
 } from '../../src/engines/nft/ops.js';
+import { renderNft, renderNftRule } from '../../src/engines/nft/render.js';
 import { compareNft, decodeRuleJson, parseNftJson, strayRoundRobin } from '../../src/engines/nft/view.js';
 import { validateProfile } from '../../src/model/profile.js';
 import type { Profile, ProfileInput } from '../../src/model/types.js';

@@ -2,13 +2,11 @@
  * The iptables-restore dialect: rendering rules and transactions as restore text, and parsing
  * `iptables-save` output back into rules. Pure functions.
  */
-import type { Family, HookChain, KernelView, Match, Rule, Target, Transaction } from '../../model/types.js';
+import type { Family, HookChain, KernelView, Rule, Target, Transaction } from '../../model/types.js';
 import { CHAIN_PREFIX, OWNER_PREFIX } from './plan.js';
-import { canonicalIpv6, familyOf } from '../../model/address.js';
+import { familyOf } from '../../model/address.js';
+import { renderRuleOf, parseRule } from './codec/index.js';
 import { DISPATCH, GATED_HOOKS, gateRuleText, hookOfDispatch, isGatedHook, planGate, type GatedHook } from './gate.js';
-
-/** xt_recent's `--mask` of one host, as the save tools print it (the whole address). */
-const HOST_MASK: Record<Family, string> = { ipv4: '255.255.255.255', ipv6: 'ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff' };
 
 /**
  * The family of a planned or parsed rule: that of the first address it holds (IPv6 text has colons, an IPv4 endpoint
@@ -21,63 +19,13 @@ export function familyOfRule(r: Rule): Family {
   return familyOf(text);
 }
 
+export { canonicalProbability, parseRule, renderRuleOf } from './codec/index.js';
+
 const HOOKS: readonly string[] = ['PREROUTING', 'INPUT', 'OUTPUT', 'POSTROUTING'];
-
-function quote(s: string): string {
-  return `"${s.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`;
-}
-
-function renderMatch(m: Match, family: Family): string {
-  switch (m.name) {
-    case 'tcp':
-    case 'udp':
-    case 'sctp':
-      return `-m ${m.name} --dport ${m.dport}`;
-    case 'statistic':
-      return m.mode === 'nth'
-        ? `-m statistic --mode nth --every ${m.every} --packet ${m.packet}`
-        : `-m statistic --mode random --probability ${m.probability}`;
-    case 'comment':
-      return `-m comment --comment ${quote(m.comment)}`;
-    case 'recent':
-      return m.mode === 'set'
-        ? `-m recent --set --name ${m.recentName} --mask ${HOST_MASK[family]} --rsource`
-        : `-m recent --update --seconds ${m.seconds} --reap --name ${m.recentName} --mask ${HOST_MASK[family]} --rsource`;
-    case 'addrtype':
-      return `-m addrtype --dst-type ${m.dstType}`;
-    case 'conntrack':
-      return `-m conntrack --ctstate ${m.ctstate} --ctorigdst ${m.ctorigdst} --ctorigdstport ${m.ctorigdstport}`;
-  }
-}
-
-function renderTarget(t: Target): string {
-  switch (t.name) {
-    case 'DNAT':
-      return `-j DNAT --to-destination ${t.toDestination}`;
-    case 'LOG':
-      return `-j LOG --log-prefix ${quote(t.prefix)} --log-level ${t.level}`;
-    case 'RETURN':
-      return '-j RETURN';
-    case 'MASQUERADE':
-      return '-j MASQUERADE';
-    case 'jump':
-      return `-j ${t.chain}`;
-  }
-}
 
 /** The rule's arguments as iptables (or, for an IPv6 rule, ip6tables) takes them (after `-A CHAIN`). */
 export function renderRule(r: Rule): string {
   return renderRuleOf(r, familyOfRule(r));
-}
-
-/** {@link renderRule} for a rule of the nat table of `family`. */
-export function renderRuleOf(r: Rule, family: Family): string {
-  const parts: string[] = [];
-  if (r.dst) parts.push(`-d ${r.dst}`);
-  if (r.proto) parts.push(`-p ${r.proto}`);
-  for (const m of r.matches) parts.push(renderMatch(m, family));
-  parts.push(renderTarget(r.target));
-  return parts.join(' ');
 }
 
 /**
@@ -151,157 +99,6 @@ export function splitWords(line: string): string[] {
     words.push(w);
   }
   return words;
-}
-
-/** Canonical probability text as iptables-save prints it (11 decimals of the kernel's 31-bit value). */
-export function canonicalProbability(p: string): string {
-  const v = Math.round(0x80000000 * Number(p));
-  return (v / 0x80000000).toFixed(11);
-}
-
-/**
- * An address as the save tools print it, with its prefix made explicit (`/32`, `/128`: ip6tables-save
- * prints `-d` with it, conntrack's `--ctorigdst` without), IPv6 in canonical text (glibc writes some
- * addresses with a dotted IPv4 tail). Null when it is neither family's.
- */
-function cidrText(v: string): string | null {
-  const slash = v.indexOf('/');
-  const ip = slash < 0 ? v : v.slice(0, slash);
-  if (!ip.includes(':')) return slash < 0 ? `${v}/32` : v;
-  const c = canonicalIpv6(ip);
-  return c === null ? null : `${c}${slash < 0 ? '/128' : v.slice(slash)}`;
-}
-
-/** `a.b.c.d:port` as printed, or `[v6]:port` with the address in canonical text; null when malformed. */
-function endpointText(v: string): string | null {
-  if (!v.startsWith('[')) return v;
-  const close = v.indexOf(']');
-  const c = close < 0 ? null : canonicalIpv6(v.slice(1, close));
-  return c === null ? null : `[${c}]${v.slice(close + 1)}`;
-}
-
-/**
- * Parses the arguments of one rule (`-d … -j …`) in the dialect iptables-save (and ip6tables-save) prints. Returns null
- * when the rule uses anything iptlb does not write (so it can only be handled by its raw text).
- */
-export function parseRule(words: string[]): Rule | null {
-  const rule: Rule = { matches: [], target: { name: 'RETURN' } };
-  let target: Target | null = null;
-  let i = 0;
-  const next = (): string | undefined => words[++i];
-  while (i < words.length) {
-    const w = words[i];
-    if (w === '-d') {
-      const v = next();
-      const cidr = v ? cidrText(v) : null;
-      if (!cidr) return null;
-      rule.dst = cidr;
-    } else if (w === '-p') {
-      const v = next();
-      if (v !== 'tcp' && v !== 'udp' && v !== 'sctp') return null;
-      rule.proto = v;
-    } else if (w === '-m') {
-      const name = next();
-      if (name === 'tcp' || name === 'udp' || name === 'sctp') {
-        if (next() !== '--dport') return null;
-        const port = Number(next());
-        if (!Number.isInteger(port)) return null;
-        rule.matches.push({ name, dport: port });
-      } else if (name === 'statistic') {
-        if (next() !== '--mode') return null;
-        const mode = next();
-        if (mode === 'nth') {
-          // iptables-save leaves out `--packet 0`.
-          if (next() !== '--every') return null;
-          const every = Number(next());
-          let packet = 0;
-          if (words[i + 1] === '--packet') {
-            i++;
-            packet = Number(next());
-          }
-          if (!Number.isInteger(every) || every < 1 || !Number.isInteger(packet) || packet < 0 || packet >= every)
-            return null;
-          rule.matches.push({ name: 'statistic', mode: 'nth', every, packet });
-        } else {
-          if (mode !== 'random' || next() !== '--probability') return null;
-          const v = next();
-          if (!v) return null;
-          rule.matches.push({ name: 'statistic', mode: 'random', probability: v });
-        }
-      } else if (name === 'comment') {
-        if (next() !== '--comment') return null;
-        const v = next();
-        if (v === undefined) return null;
-        rule.matches.push({ name: 'comment', comment: v });
-      } else if (name === 'recent') {
-        // iptables-save's order: --set | --update, --seconds S, --reap, --name N, --mask M, --rsource.
-        const mode = next();
-        if (mode !== '--set' && mode !== '--update') return null;
-        let seconds: number | undefined;
-        if (words[i + 1] === '--seconds') {
-          i++;
-          seconds = Number(next());
-          if (!Number.isInteger(seconds) || seconds < 1) return null;
-        }
-        if (mode === '--update' && (seconds === undefined || next() !== '--reap')) return null;
-        if (mode === '--set' && seconds !== undefined) return null;
-        if (next() !== '--name') return null;
-        const recentName = next();
-        if (!recentName || next() !== '--mask') return null;
-        const mask = next();
-        if ((mask !== HOST_MASK.ipv4 && mask !== HOST_MASK.ipv6) || next() !== '--rsource') return null;
-        rule.matches.push(
-          mode === '--set'
-            ? { name: 'recent', mode: 'set', recentName }
-            : { name: 'recent', mode: 'update', recentName, seconds },
-        );
-      } else if (name === 'addrtype') {
-        if (next() !== '--dst-type' || next() !== 'LOCAL') return null;
-        rule.matches.push({ name: 'addrtype', dstType: 'LOCAL' });
-      } else if (name === 'conntrack') {
-        if (next() !== '--ctstate' || next() !== 'DNAT' || next() !== '--ctorigdst') return null;
-        const a = next();
-        const ctorigdst = a ? cidrText(a) : null;
-        if (!ctorigdst || next() !== '--ctorigdstport') return null;
-        const port = Number(next());
-        if (!Number.isInteger(port)) return null;
-        rule.matches.push({ name: 'conntrack', ctstate: 'DNAT', ctorigdst, ctorigdstport: port });
-      } else {
-        return null;
-      }
-    } else if (w === '-j') {
-      const t = next();
-      if (t === 'DNAT') {
-        if (next() !== '--to-destination') return null;
-        const v = next();
-        const toDestination = v ? endpointText(v) : null;
-        if (!toDestination) return null;
-        target = { name: 'DNAT', toDestination };
-      } else if (t === 'LOG') {
-        let prefix = '';
-        let level = 4;
-        while (words[i + 1]?.startsWith('--')) {
-          const opt = next();
-          const v = next();
-          if (v === undefined) return null;
-          if (opt === '--log-prefix') prefix = v;
-          else if (opt === '--log-level') level = Number(v);
-          else return null;
-        }
-        target = { name: 'LOG', prefix, level };
-      } else if (t === 'RETURN') target = { name: 'RETURN' };
-      else if (t === 'MASQUERADE') target = { name: 'MASQUERADE' };
-      else if (t && t.startsWith(CHAIN_PREFIX)) target = { name: 'jump', chain: t };
-      else return null;
-      if (i !== words.length - 1) return null;
-    } else {
-      return null;
-    }
-    i++;
-  }
-  if (!target) return null;
-  rule.target = target;
-  return rule;
 }
 
 function ownerOf(words: string[]): string | null {

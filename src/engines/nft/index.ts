@@ -24,15 +24,8 @@ import {
   planNftRebuild,
   planNftRemoveAll,
 } from './plan.js';
-import {
-  dispatchSetName,
-  nftTableFamily,
-  renderNft,
-  renderNftRule,
-  type NftRule,
-  type NftTransaction,
-  type NftView,
-} from './ops.js';
+import { dispatchSetName, nftTableFamily, type NftRule, type NftTransaction, type NftView } from './ops.js';
+import { renderNft, renderNftRule } from './render.js';
 import { compareNft, strayRoundRobin } from './view.js';
 import type { Family } from '../../model/address.js';
 import type { Profile } from '../../model/types.js';

@@ -2,7 +2,8 @@
  * The nft engine's native executor: the addon builds the netlink messages of the ops and sends them
  * as one batch, on a worker thread; reads table ip iptlb (or ip6 iptlb) back with its counters.
  */
-import { renderNft, type NftFamily, type NftTransaction, type NftView } from './ops.js';
+import { type NftFamily, type NftTransaction, type NftView } from './ops.js';
+import { renderNft } from './render.js';
 import type { NativeAddon } from '../../platform/addon.js';
 import type { CommitResult } from '../../model/types.js';
 import type { NftExecutor } from './executor.js';

@@ -20,7 +20,7 @@
  * `ip6 saddr`, keys `ipv6_addr . inet_service [. index]` and data `ipv6_addr . inet_service`. The two
  * tables are independent: each transaction and each read is of one of them.
  */
-import { formatEndpoint, ipv6Groups, type Family } from '../../model/address.js';
+import { ipv6Groups, type Family } from '../../model/address.js';
 import type { Protocol } from '../../model/types.js';
 
 export const NFT_TABLE = 'iptlb';
@@ -241,139 +241,7 @@ export interface NftView {
   foreign: string[];
 }
 
-const LEVELS = ['emerg', 'alert', 'crit', 'err', 'warn', 'notice', 'info', 'debug'];
-
 /** nft's address type of a family's tables: `ipv4_addr` / `ipv6_addr`. */
 export function nftAddrType(family: NftFamily): string {
   return family === 'ip6' ? 'ipv6_addr' : 'ipv4_addr';
-}
-
-/**
- * nft's input text for a rule of table `<family> iptlb`. (`nft list` prints it back slightly
- * differently: `dnat ip to` / `dnat ip6 to`, and `ct protocol` without `original`, since the kernel
- * keeps no direction for it.) Owners and prefixes need no quoting: profile names are `[A-Za-z0-9_-]`.
- */
-export function renderNftRule(r: NftRule, family: NftFamily = 'ip'): string {
-  const f = family; // the payload protocol of daddr/saddr is the family's name: ip, ip6
-  switch (r.kind) {
-    case 'dispatch': {
-      const fib = r.hook === 'loc' ? 'fib daddr type local ' : '';
-      const set = dispatchSetName(r.hook, r.proto, r.n);
-      return `${fib}${f} daddr . ${r.proto} dport @${set} dnat to ${f} daddr . ${r.proto} dport . numgen random mod ${r.n} offset ${backendOffset(r.n)} map @${backendMapName(r.proto)}`;
-    }
-    case 'log': {
-      const fib = r.local ? ' fib daddr type local' : '';
-      return `${f} daddr ${r.vip.ip} ${r.proto} dport ${r.vip.port}${fib} log prefix "${r.prefix}" level ${LEVELS[r.level]} comment "iptlb:${r.owner}"`;
-    }
-    case 'rr': {
-      const fib = r.local ? ' fib daddr type local' : '';
-      return (
-        `${f} daddr ${r.vip.ip} ${r.proto} dport ${r.vip.port}${fib} dnat to ${f} daddr . ${r.proto} dport . numgen inc mod ${r.n} offset ${rrOffset(r.n)} ` +
-        `map @${backendMapName(r.proto)} comment "iptlb:${r.owner}"`
-      );
-    }
-    case 'aff': {
-      const fib = r.local ? ' fib daddr type local' : '';
-      const pick =
-        r.pick.mode === 'hit'
-          ? ` ${f} saddr @${r.set}`
-          : r.pick.mode === 'random'
-            ? ` numgen random mod ${r.pick.mod} < ${r.pick.lt}`
-            : r.pick.mode === 'inc'
-              ? ` numgen inc mod ${r.pick.mod} 0`
-              : '';
-      return `${f} daddr ${r.vip.ip} ${r.proto} dport ${r.vip.port}${fib}${pick} update @${r.set} { ${f} saddr } counter dnat to ${formatEndpoint(r.to)} comment "iptlb:${r.owner}"`;
-    }
-    case 'masq':
-      return (
-        `ct status dnat ct original ${f} daddr ${r.vip.ip} ct original protocol ${r.proto} ` +
-        `ct original proto-dst ${r.vip.port} masquerade comment "iptlb:${r.owner}"`
-      );
-  }
-}
-
-const ep = (e: NftEndpoint): string => `${e.ip} . ${e.port}`;
-/** Elements per `add element` line, so no single netlink message grows past the socket buffer. */
-const CHUNK = 512;
-
-function chunked<E>(elements: E[], line: (part: E[]) => string): string[] {
-  const out: string[] = [];
-  for (let i = 0; i < elements.length; i += CHUNK) out.push(line(elements.slice(i, i + CHUNK)));
-  return out;
-}
-
-/** The `nft -f` text of a transaction (one batch: nft commits a file as one transaction). */
-export function renderNft(tx: NftTransaction): string {
-  const f = tx.family;
-  const T = `${f} ${NFT_TABLE}`;
-  const addr = nftAddrType(f);
-  const lines: string[] = [];
-  for (const o of tx.ops) {
-    switch (o.op) {
-      case 'addTable':
-        lines.push(`add table ${T}`);
-        break;
-      case 'deleteTable':
-        lines.push(`delete table ${T}`);
-        break;
-      case 'addBackendMap':
-        lines.push(
-          `add map ${T} ${backendMapName(o.proto)} { typeof ${f} daddr . ${o.proto} dport . numgen random mod 1 : ${f} daddr . ${o.proto} dport; counter; }`,
-        );
-        break;
-      case 'addDispatchSet':
-        lines.push(`add set ${T} ${o.name} { type ${addr} . inet_service; counter; }`);
-        break;
-      case 'addAffinitySet':
-        lines.push(
-          `add set ${T} ${o.name} { type ${addr}; size 65535; flags dynamic,timeout; timeout ${o.timeout}s; }`,
-        );
-        break;
-      case 'deleteSet':
-        lines.push(`delete set ${T} ${o.name}`);
-        break;
-      case 'addBaseChain': {
-        const h = NFT_CHAIN_HOOKS[o.name];
-        lines.push(`add chain ${T} ${o.name} { type nat hook ${h.hook} priority ${h.priority}; policy accept; }`);
-        break;
-      }
-      case 'flushChain':
-        lines.push(`flush chain ${T} ${o.name}`);
-        break;
-      case 'addRule':
-        lines.push(`add rule ${T} ${o.chain} ${renderNftRule(o.rule, f)}`);
-        break;
-      case 'addDispatchElements':
-        if (o.elements.length)
-          lines.push(...chunked(o.elements, (p) => `add element ${T} ${o.set} { ${p.map(ep).join(', ')} }`));
-        break;
-      case 'deleteDispatchElements':
-        if (o.elements.length)
-          lines.push(...chunked(o.elements, (p) => `delete element ${T} ${o.set} { ${p.map(ep).join(', ')} }`));
-        break;
-      case 'addBackendElements':
-        if (o.elements.length) {
-          lines.push(
-            ...chunked(
-              o.elements,
-              (p) =>
-                `add element ${T} ${backendMapName(o.proto)} { ${p.map((e) => `${ep(e.vip)} . ${e.index} : ${ep(e.to)}`).join(', ')} }`,
-            ),
-          );
-        }
-        break;
-      case 'deleteBackendElements':
-        if (o.elements.length) {
-          lines.push(
-            ...chunked(
-              o.elements,
-              (p) =>
-                `delete element ${T} ${backendMapName(o.proto)} { ${p.map((e) => `${ep(e.vip)} . ${e.index}`).join(', ')} }`,
-            ),
-          );
-        }
-        break;
-    }
-  }
-  return lines.join('\n') + '\n';
 }

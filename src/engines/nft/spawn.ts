@@ -3,7 +3,8 @@
  * stdin (nft sends a file as one batch: one transaction), reads with `nft -j list table <ip|ip6> iptlb`.
  */
 import { IptlbError } from '../../model/errors.js';
-import { renderNft, type NftFamily, type NftTransaction, type NftView } from './ops.js';
+import { type NftFamily, type NftTransaction, type NftView } from './ops.js';
+import { renderNft } from './render.js';
 import { parseNftJson } from './view.js';
 import type { CommitResult } from '../../model/types.js';
 import type { NftExecutor } from './executor.js';

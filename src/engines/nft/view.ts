@@ -5,27 +5,24 @@
  */
 import type { DestinationCounters, ProfileReport } from '../../model/report.js';
 import type { Profile, Protocol } from '../../model/types.js';
-import { canonicalIpv6, formatEndpoint } from '../../model/address.js';
+import { formatEndpoint } from '../../model/address.js';
 import { weightOf } from '../../model/profile.js';
 import {
   NFT_BASE_CHAINS,
   affinitySetTimeout,
-  backendOffset,
-  rrOffset,
   parseDispatchSetName,
-  renderNftRule,
   type NftBaseChain,
   type NftEndpoint,
   type NftFamily,
   type NftRule,
   type NftView,
 } from './ops.js';
+import { renderNftRule } from './render.js';
 import { baseContent, planNftProfile } from './plan.js';
+import { decodeRuleJson } from './rules/index.js';
+import { addrText, counters, obj } from './rules/json.js';
 
-const LEVELS = ['emerg', 'alert', 'crit', 'err', 'warn', 'notice', 'info', 'debug'];
-type J = Record<string, unknown>;
-const obj = (v: unknown): J | undefined => (v && typeof v === 'object' && !Array.isArray(v) ? (v as J) : undefined);
-const PROTOS: readonly string[] = ['tcp', 'udp', 'sctp'];
+export { decodeRuleJson } from './rules/index.js';
 
 /** A view of a missing table. Only a view of table ip6 iptlb names its family (absent means ip). */
 export function emptyNftView(genid = 0, family: NftFamily = 'ip'): NftView {
@@ -38,244 +35,6 @@ export function emptyNftView(genid = 0, family: NftFamily = 'ip'): NftView {
     chains: [],
     foreign: [],
   };
-}
-
-/** An address as nft printed it, in iptlb's text: IPv6 in RFC 5952 form (nft may print a dotted tail). */
-function addrText(v: unknown, family: NftFamily): string {
-  const s = String(v);
-  return family === 'ip6' ? (canonicalIpv6(s) ?? s) : s;
-}
-
-function counters(e: J | undefined): { packets: bigint; bytes: bigint } {
-  const c = obj(e?.counter);
-  return { packets: BigInt(Number(c?.packets ?? 0)), bytes: BigInt(Number(c?.bytes ?? 0)) };
-}
-
-/** `{match:{op,left,right}}` → [left, right] when op is == (or `in` for flags). */
-function match(e: unknown, op = '=='): [J, unknown] | null {
-  const m = obj(obj(e)?.match);
-  if (!m || m.op !== op) return null;
-  const left = obj(m.left);
-  return left ? [left, m.right] : null;
-}
-const payload = (l: J | undefined, protocol: string, field: string): boolean => {
-  const p = obj(l?.payload);
-  return p?.protocol === protocol && p?.field === field;
-};
-const isFibLocal = (e: unknown): boolean => {
-  const m = match(e);
-  const fib = obj(m?.[0].fib);
-  return (
-    !!m &&
-    fib?.result === 'type' &&
-    Array.isArray(fib.flags) &&
-    fib.flags.length === 1 &&
-    fib.flags[0] === 'daddr' &&
-    m[1] === 'local'
-  );
-};
-
-/** Recognises the rule shapes iptlb writes in table `<family> iptlb`; anything else is foreign. */
-export function decodeRuleJson(rule: J, family: NftFamily = 'ip'): NftRule | { kind: 'foreign'; text: string } {
-  const f = family; // payload protocol of daddr/saddr and family of dnat: ip or ip6
-  const addr = (v: string): string => addrText(v, f);
-  const foreign = {
-    kind: 'foreign' as const,
-    text: `handle ${String(rule.handle)}: ${JSON.stringify(rule.expr).slice(0, 160)}`,
-  };
-  const expr = Array.isArray(rule.expr) ? [...rule.expr] : [];
-  const comment = typeof rule.comment === 'string' ? rule.comment : undefined;
-  const owner = comment?.startsWith('iptlb:') ? comment.slice(6) : undefined;
-  // dispatch: [fib local] (ip daddr . P dport) @set, dnat to (ip daddr . P dport . numgen random mod n) map @be_P
-  {
-    const e = [...expr];
-    const local = e.length === 3 && isFibLocal(e[0]) ? (e.shift(), true) : false;
-    const m = e.length === 2 ? match(e[0]) : null;
-    const concat = m && Array.isArray(obj(m[0])?.concat) ? (obj(m[0])!.concat as J[]) : null;
-    const set = typeof m?.[1] === 'string' && m[1].startsWith('@') ? parseDispatchSetName(m[1].slice(1)) : null;
-    const dnat = obj(obj(e[1])?.dnat);
-    const map = obj(obj(dnat?.addr)?.map);
-    const key = obj(map?.key)?.concat as J[] | undefined;
-    const ng = obj(key?.[2]?.numgen);
-    if (
-      set &&
-      !comment &&
-      concat?.length === 2 &&
-      payload(concat[0], f, 'daddr') &&
-      payload(concat[1], set.proto, 'dport') &&
-      (set.hook === 'loc') === local &&
-      dnat?.family === f &&
-      map?.data === `@be_${set.proto}` &&
-      key?.length === 3 &&
-      payload(key[0], f, 'daddr') &&
-      payload(key[1], set.proto, 'dport') &&
-      ng?.mode === 'random' &&
-      ng.mod === set.n &&
-      (ng.offset ?? 0) === backendOffset(set.n)
-    ) {
-      return { kind: 'dispatch', hook: set.hook, proto: set.proto, n: set.n };
-    }
-  }
-  // rr: ip daddr V, P dport port, [fib local], dnat to (ip daddr . P dport . numgen inc mod n offset 1000000+T(n)) map
-  // @be_P
-  if (owner !== undefined && (expr.length === 3 || expr.length === 4)) {
-    const ip = match(expr[0]);
-    const port = match(expr[1]);
-    const proto = obj(port?.[0].payload)?.protocol;
-    const local = expr.length === 4 && isFibLocal(expr[2]);
-    const dnat = obj(obj(expr[expr.length - 1])?.dnat);
-    const map = obj(obj(dnat?.addr)?.map);
-    const key = obj(map?.key)?.concat as J[] | undefined;
-    const ng = obj(key?.[2]?.numgen);
-    if (
-      ip &&
-      payload(ip[0], f, 'daddr') &&
-      typeof ip[1] === 'string' &&
-      typeof proto === 'string' &&
-      PROTOS.includes(proto) &&
-      payload(port![0], proto, 'dport') &&
-      typeof port![1] === 'number' &&
-      (expr.length === 3 || local) &&
-      dnat?.family === f &&
-      map?.data === `@be_${proto}` &&
-      key?.length === 3 &&
-      payload(key[0], f, 'daddr') &&
-      payload(key[1], proto, 'dport') &&
-      ng?.mode === 'inc' &&
-      typeof ng.mod === 'number' &&
-      ng.mod >= 1 &&
-      (ng.offset ?? 0) === rrOffset(ng.mod)
-    ) {
-      return {
-        kind: 'rr',
-        owner,
-        vip: { ip: addr(ip[1]), port: port![1] },
-        proto: proto as Protocol,
-        local,
-        n: ng.mod,
-      };
-    }
-  }
-  // aff: ip daddr V, P dport port, [fib local], [ip saddr @S | numgen random mod M < K | numgen inc mod M == 0], update
-  // @S { ip saddr }, counter, dnat to D
-  if (owner !== undefined && expr.length >= 5 && expr.length <= 7) {
-    const e = [...expr];
-    const ip = match(e.shift());
-    const port = match(e.shift());
-    const proto = obj(port?.[0].payload)?.protocol;
-    const local = isFibLocal(e[0]) ? (e.shift(), true) : false;
-    const dnat = obj(obj(e.pop())?.dnat);
-    const counter = obj(obj(e.pop())?.counter);
-    const upd = obj(obj(e.pop())?.set);
-    const set = typeof upd?.set === 'string' && upd.set.startsWith('@') ? upd.set.slice(1) : undefined;
-    let pick: Extract<NftRule, { kind: 'aff' }>['pick'] | undefined;
-    if (e.length === 0) pick = { mode: 'rest' };
-    else if (e.length === 1) {
-      const hit = match(e[0]);
-      const lt = match(e[0], '<');
-      const ng = obj((hit ?? lt)?.[0].numgen);
-      if (hit && payload(hit[0], f, 'saddr') && hit[1] === `@${set}`) pick = { mode: 'hit' };
-      else if (
-        lt &&
-        ng?.mode === 'random' &&
-        (ng.offset ?? 0) === 0 &&
-        typeof ng.mod === 'number' &&
-        typeof lt[1] === 'number'
-      )
-        pick = { mode: 'random', mod: ng.mod, lt: lt[1] };
-      else if (hit && ng?.mode === 'inc' && (ng.offset ?? 0) === 0 && typeof ng.mod === 'number' && hit[1] === 0)
-        pick = { mode: 'inc', mod: ng.mod };
-    }
-    if (
-      pick &&
-      ip &&
-      payload(ip[0], f, 'daddr') &&
-      typeof ip[1] === 'string' &&
-      typeof proto === 'string' &&
-      PROTOS.includes(proto) &&
-      payload(port![0], proto, 'dport') &&
-      typeof port![1] === 'number' &&
-      set &&
-      affinitySetTimeout(set) !== null &&
-      upd?.op === 'update' &&
-      payload(obj(upd.elem), f, 'saddr') &&
-      counter &&
-      dnat &&
-      typeof dnat.addr === 'string' &&
-      typeof dnat.port === 'number' &&
-      Object.keys(dnat).every((k) => k === 'addr' || k === 'port')
-    ) {
-      return {
-        kind: 'aff',
-        owner,
-        vip: { ip: addr(ip[1]), port: port![1] },
-        proto: proto as Protocol,
-        local,
-        pick,
-        set,
-        to: { ip: addr(dnat.addr), port: dnat.port },
-        packets: BigInt(Number(counter.packets ?? 0)),
-        bytes: BigInt(Number(counter.bytes ?? 0)),
-      };
-    }
-  }
-  // log: ip daddr V, P dport port, [fib local], log prefix level
-  if (owner !== undefined && (expr.length === 3 || expr.length === 4)) {
-    const ip = match(expr[0]);
-    const port = match(expr[1]);
-    const proto = obj(port?.[0].payload)?.protocol;
-    const local = expr.length === 4 && isFibLocal(expr[2]);
-    const log = obj(obj(expr[expr.length - 1])?.log);
-    if (
-      ip &&
-      payload(ip[0], f, 'daddr') &&
-      typeof ip[1] === 'string' &&
-      typeof proto === 'string' &&
-      PROTOS.includes(proto) &&
-      payload(port![0], proto, 'dport') &&
-      typeof port![1] === 'number' &&
-      log &&
-      typeof log.prefix === 'string' &&
-      (expr.length === 3 || local)
-    ) {
-      const level = log.level === undefined ? 4 : LEVELS.indexOf(String(log.level));
-      if (level >= 0 && Object.keys(log).every((k) => k === 'prefix' || k === 'level')) {
-        return {
-          kind: 'log',
-          owner,
-          vip: { ip: addr(ip[1]), port: port![1] },
-          proto: proto as Protocol,
-          local,
-          prefix: log.prefix,
-          level,
-        };
-      }
-    }
-  }
-  // masq: ct status dnat, ct original ip daddr V, ct protocol P, ct original proto-dst port, masquerade
-  if (owner !== undefined && expr.length === 5 && obj(expr[4])?.masquerade === null) {
-    const st = match(expr[0], 'in');
-    const ip = match(expr[1]);
-    const pr = match(expr[2]);
-    const pd = match(expr[3]);
-    const ct = (m: [J, unknown] | null): J | undefined => obj(m?.[0].ct);
-    if (
-      ct(st)?.key === 'status' &&
-      st![1] === 'dnat' &&
-      ct(ip)?.key === `${f} daddr` &&
-      ct(ip)?.dir === 'original' &&
-      typeof ip![1] === 'string' &&
-      ct(pr)?.key === 'protocol' &&
-      typeof pr![1] === 'string' &&
-      PROTOS.includes(pr![1]) &&
-      ct(pd)?.key === 'proto-dst' &&
-      ct(pd)?.dir === 'original' &&
-      typeof pd![1] === 'number'
-    ) {
-      return { kind: 'masq', owner, vip: { ip: addr(ip![1]), port: pd![1] }, proto: pr![1] as Protocol };
-    }
-  }
-  return foreign;
 }
 
 /** Parses `nft -j list table <family> iptlb`. An empty input means the table does not exist. */
@@ -349,167 +108,230 @@ export function parseNftJson(text: string, genid = 0, family: NftFamily = 'ip'):
 /** `ip:port` or `[v6]:port`: the text of profiles' sources and destinations. */
 const key = (e: NftEndpoint): string => formatEndpoint(e);
 
-/**
- * Each profile of the state compared with table `<view.family> iptlb`, plus what no profile owns,
- * with counters. `state` holds the profiles of that family only.
- */
-export function compareNft(state: Map<string, Profile>, view: NftView): ProfileReport[] {
+/** The view indexed for comparing profiles with it: elements by virtual address, rules by their text. */
+interface ViewIndex {
+  family: NftFamily;
+  table: string;
+  dispatch: Map<string, { set: string; packets: bigint; bytes: bigint }[]>;
+  backends: Map<string, { to: string; packets: bigint; bytes: bigint }>;
+  affSets: Map<string, number>;
+  haveRules: Set<string>;
+  dispatchRules: Set<string>;
+  ruleKey(chain: string, r: NftRule | { kind: 'foreign'; text: string }): string;
+}
+
+/** What the profiles compared so far claim of the view; the rest is orphaned. */
+interface Claims {
+  dispatch: Set<string>;
+  backends: Set<string>;
+  affSets: Set<string>;
+}
+
+type OwnRule = Extract<NftRule, { owner: string }>;
+const isOwnRule = (r: NftRule | { kind: 'foreign' }): r is OwnRule =>
+  r.kind === 'log' || r.kind === 'masq' || r.kind === 'rr' || r.kind === 'aff';
+
+function indexView(view: NftView): ViewIndex {
   const family = view.family ?? 'ip';
-  const table = `table ${family} iptlb`;
-  const dispatch = new Map<string, { set: string; packets: bigint; bytes: bigint }[]>();
+  const dispatch: ViewIndex['dispatch'] = new Map();
   for (const s of view.dispatchSets) {
     for (const e of s.elements) {
       const k = key(e.key);
       dispatch.set(k, [...(dispatch.get(k) ?? []), { set: s.name, packets: e.packets, bytes: e.bytes }]);
     }
   }
-  const backends = new Map<string, { to: string; packets: bigint; bytes: bigint }>();
+  const backends: ViewIndex['backends'] = new Map();
   for (const m of view.backendMaps)
     for (const e of m.elements)
       backends.set(`${m.proto}/${key(e.vip)}/${e.index}`, { to: key(e.to), packets: e.packets, bytes: e.bytes });
-  const ruleKey = (chain: string, r: NftRule | { kind: 'foreign'; text: string }): string =>
+  const ruleKey: ViewIndex['ruleKey'] = (chain, r) =>
     `${chain} ${r.kind === 'foreign' ? r.text : renderNftRule(r, family)}`;
-  const affSets = new Map((view.affinitySets ?? []).map((x) => [x.name, x.timeout]));
-  const claimedAffSets = new Set<string>();
-  const haveRules = new Set(view.chains.flatMap((c) => c.rules.map((r) => ruleKey(c.name, r))));
-  const dispatchRules = new Set(
-    view.chains.flatMap((c) => c.rules.filter((r) => r.kind === 'dispatch').map((r) => ruleKey(c.name, r))),
-  );
+  return {
+    family,
+    table: `table ${family} iptlb`,
+    dispatch,
+    backends,
+    affSets: new Map((view.affinitySets ?? []).map((x) => [x.name, x.timeout])),
+    haveRules: new Set(view.chains.flatMap((c) => c.rules.map((r) => ruleKey(c.name, r)))),
+    dispatchRules: new Set(
+      view.chains.flatMap((c) => c.rules.filter((r) => r.kind === 'dispatch').map((r) => ruleKey(c.name, r))),
+    ),
+    ruleKey,
+  };
+}
 
-  const reports: ProfileReport[] = [];
-  const claimedDispatch = new Set<string>();
-  const claimedBackends = new Set<string>();
-  for (const p of [...state.values()].sort((a, b) => (a.name < b.name ? -1 : 1))) {
-    const plan = planNftProfile(p);
-    const vip = key(plan.vip);
-    const found = dispatch.get(vip) ?? [];
-    const mine = found.find((f) => f.set === plan.set);
-    claimedDispatch.add(vip);
-    // One line per destination: a weighted destination's slots add up; a drained one has none (weight 0).
-    const perDest = new Map<string, DestinationCounters>();
-    for (const d of p.destination) {
-      const c: DestinationCounters = { destination: d, packets: 0, bytes: 0 };
-      if (weightOf(p, d) !== 1) c.weight = weightOf(p, d);
-      perDest.set(d, c);
-    }
-    let slotPackets = 0n;
-    let slotBytes = 0n;
-    for (const b of plan.backends) {
-      const k = `${plan.proto}/${vip}/${b.index}`;
-      claimedBackends.add(k);
-      const have = backends.get(k);
-      const c = perDest.get(key(b.to));
-      if (c && have) {
-        c.packets += Number(have.packets);
-        c.bytes += Number(have.bytes);
-        slotPackets += have.packets;
-        slotBytes += have.bytes;
-      }
-    }
-    // An affinity profile's connections are counted by its own rules (hits and choices), per destination.
-    if (p.affinity) {
-      for (const c of view.chains) {
-        for (const r of c.rules) {
-          if (r.kind !== 'aff' || r.owner !== p.name) continue;
-          const d = perDest.get(key(r.to));
-          if (d) {
-            d.packets += Number(r.packets ?? 0n);
-            d.bytes += Number(r.bytes ?? 0n);
-            slotPackets += r.packets ?? 0n;
-            slotBytes += r.bytes ?? 0n;
-          }
-        }
-      }
-      for (const s of plan.affinitySets) claimedAffSets.add(s.name);
-    }
-    const destinations = [...perDest.values()];
-    // A round-robin (or affinity) profile has no dispatch element: its connections are the sum of its backends'
-    // (rules').
-    const base =
-      plan.set === null
-        ? {
-            name: p.name,
-            destinations,
-            packets: Number(slotPackets),
-            bytes: Number(slotBytes),
-            ...(p.affinity ? { affinity: p.affinity } : {}),
-          }
-        : { name: p.name, destinations, packets: Number(mine?.packets ?? 0n), bytes: Number(mine?.bytes ?? 0n) };
-    const haveBackends = plan.backends.filter(
-      (b) => backends.get(`${plan.proto}/${vip}/${b.index}`)?.to === key(b.to),
-    ).length;
-    const haveOwnRules = plan.rules.filter((r) => haveRules.has(ruleKey(r.chain, r.rule))).length;
-    const ownRulesHere = view.chains.reduce(
-      (n, c) =>
-        n +
-        c.rules.filter(
-          (r) => (r.kind === 'log' || r.kind === 'masq' || r.kind === 'rr' || r.kind === 'aff') && r.owner === p.name,
-        ).length,
-      0,
-    );
-    const ownRulesInKernel = ownRulesHere > 0;
-    if (found.length === 0 && haveBackends === 0 && !ownRulesInKernel) {
-      reports.push({
-        ...base,
-        status: 'missing',
-        detail: view.exists ? `no elements in ${table}` : `${table} does not exist`,
-      });
-      continue;
-    }
-    const hook = baseContent([p]).chains;
-    const dispatchRule = NFT_BASE_CHAINS.flatMap((c) =>
-      hook[c].filter((r) => r.kind === 'dispatch').map((r) => ruleKey(c, r)),
-    )[0];
-    let detail: string | undefined;
-    const missingSet = plan.affinitySets.find((x) => affSets.get(x.name) !== x.timeout);
-    if (plan.set === null) {
-      if (found.length)
-        detail = `its address is in set ${found[0].set}, but it is a ${p.affinity ? 'session-affinity' : 'round-robin'} profile`;
-      else if (missingSet) detail = `its affinity set ${missingSet.name} is missing`;
-      else if (haveBackends !== plan.backends.length)
-        detail = `${haveBackends} of its ${plan.backends.length} slots are in map be_${plan.proto}`;
-      else if (haveOwnRules !== plan.rules.length)
-        detail = `${haveOwnRules} of its ${plan.rules.length} rules (round-robin, affinity, logging, masquerade) are in the base chains`;
-    } else if (!mine)
-      detail = found.length
-        ? `its address is in set ${found[0].set}, not ${plan.set}`
-        : `its address is missing from set ${plan.set}`;
-    else if (found.length > 1) detail = `its address is in ${found.length} dispatch sets`;
-    else if (haveBackends !== plan.backends.length)
-      detail = `${haveBackends} of its ${plan.backends.length} destinations are in map be_${plan.proto}`;
-    else if (!dispatchRules.has(dispatchRule)) detail = `the dispatch rule for set ${plan.set} is missing`;
-    else if (haveOwnRules !== plan.rules.length)
-      detail = `${haveOwnRules} of its ${plan.rules.length} logging/masquerade rules are in the base chains`;
-    // e.g. the round-robin rule of a profile that is random now
-    if (!detail && ownRulesHere > plan.rules.length)
-      detail = `${ownRulesHere} rules in the base chains are its own, ${plan.rules.length} planned`;
-    reports.push(detail ? { ...base, status: 'modified', detail } : { ...base, status: 'in-sync' });
+/**
+ * The profile's connection counters per destination, from its backend slots (a weighted destination's slots add
+ * up; a drained one has none) and, for an affinity profile, from its own rules (hits and choices).
+ */
+function countersOf(
+  p: Profile,
+  plan: ReturnType<typeof planNftProfile>,
+  view: NftView,
+  idx: ViewIndex,
+  claims: Claims,
+): { destinations: DestinationCounters[]; packets: bigint; bytes: bigint } {
+  const vip = key(plan.vip);
+  const perDest = new Map<string, DestinationCounters>();
+  for (const d of p.destination) {
+    const c: DestinationCounters = { destination: d, packets: 0, bytes: 0 };
+    if (weightOf(p, d) !== 1) c.weight = weightOf(p, d);
+    perDest.set(d, c);
   }
+  let packets = 0n;
+  let bytes = 0n;
+  const add = (d: DestinationCounters | undefined, pk: bigint, by: bigint): void => {
+    if (!d) return;
+    d.packets += Number(pk);
+    d.bytes += Number(by);
+    packets += pk;
+    bytes += by;
+  };
+  for (const b of plan.backends) {
+    const k = `${plan.proto}/${vip}/${b.index}`;
+    claims.backends.add(k);
+    const have = idx.backends.get(k);
+    if (have) add(perDest.get(key(b.to)), have.packets, have.bytes);
+  }
+  if (p.affinity) {
+    for (const c of view.chains)
+      for (const r of c.rules)
+        if (r.kind === 'aff' && r.owner === p.name) add(perDest.get(key(r.to)), r.packets ?? 0n, r.bytes ?? 0n);
+    for (const s of plan.affinitySets) claims.affSets.add(s.name);
+  }
+  return { destinations: [...perDest.values()], packets, bytes };
+}
+
+/** Why a profile the kernel partly holds is not as planned; undefined when it is. */
+function driftDetail(
+  p: Profile,
+  plan: ReturnType<typeof planNftProfile>,
+  view: NftView,
+  idx: ViewIndex,
+  found: { set: string }[],
+  ownRulesHere: number,
+): string | undefined {
+  const vip = key(plan.vip);
+  const mine = found.find((f) => f.set === plan.set);
+  const haveBackends = plan.backends.filter(
+    (b) => idx.backends.get(`${plan.proto}/${vip}/${b.index}`)?.to === key(b.to),
+  ).length;
+  const haveOwnRules = plan.rules.filter((r) => idx.haveRules.has(idx.ruleKey(r.chain, r.rule))).length;
+  const missingSet = plan.affinitySets.find((x) => idx.affSets.get(x.name) !== x.timeout);
+  let detail: string | undefined;
+  if (plan.set === null) {
+    if (found.length)
+      detail = `its address is in set ${found[0].set}, but it is a ${p.affinity ? 'session-affinity' : 'round-robin'} profile`;
+    else if (missingSet) detail = `its affinity set ${missingSet.name} is missing`;
+    else if (haveBackends !== plan.backends.length)
+      detail = `${haveBackends} of its ${plan.backends.length} slots are in map be_${plan.proto}`;
+    else if (haveOwnRules !== plan.rules.length)
+      detail = `${haveOwnRules} of its ${plan.rules.length} rules (round-robin, affinity, logging, masquerade) are in the base chains`;
+  } else if (!mine)
+    detail = found.length
+      ? `its address is in set ${found[0].set}, not ${plan.set}`
+      : `its address is missing from set ${plan.set}`;
+  else if (found.length > 1) detail = `its address is in ${found.length} dispatch sets`;
+  else if (haveBackends !== plan.backends.length)
+    detail = `${haveBackends} of its ${plan.backends.length} destinations are in map be_${plan.proto}`;
+  else if (!idx.dispatchRules.has(dispatchRuleOf(p, idx))) detail = `the dispatch rule for set ${plan.set} is missing`;
+  else if (haveOwnRules !== plan.rules.length)
+    detail = `${haveOwnRules} of its ${plan.rules.length} logging/masquerade rules are in the base chains`;
+  // e.g. the round-robin rule of a profile that is random now
+  if (!detail && ownRulesHere > plan.rules.length)
+    detail = `${ownRulesHere} rules in the base chains are its own, ${plan.rules.length} planned`;
+  return detail;
+}
+
+/** The text of the dispatch rule the profile's elements need in its base chain. */
+function dispatchRuleOf(p: Profile, idx: ViewIndex): string {
+  const hook = baseContent([p]).chains;
+  return NFT_BASE_CHAINS.flatMap((c) => hook[c].filter((r) => r.kind === 'dispatch').map((r) => idx.ruleKey(c, r)))[0];
+}
+
+function compareProfile(p: Profile, view: NftView, idx: ViewIndex, claims: Claims): ProfileReport {
+  const plan = planNftProfile(p);
+  const vip = key(plan.vip);
+  const found = idx.dispatch.get(vip) ?? [];
+  claims.dispatch.add(vip);
+  const c = countersOf(p, plan, view, idx, claims);
+  // A round-robin (or affinity) profile has no dispatch element: its connections are the sum of its slots (rules).
+  const mine = found.find((f) => f.set === plan.set);
+  const base =
+    plan.set === null
+      ? {
+          name: p.name,
+          destinations: c.destinations,
+          packets: Number(c.packets),
+          bytes: Number(c.bytes),
+          ...(p.affinity ? { affinity: p.affinity } : {}),
+        }
+      : {
+          name: p.name,
+          destinations: c.destinations,
+          packets: Number(mine?.packets ?? 0n),
+          bytes: Number(mine?.bytes ?? 0n),
+        };
+  const ownRulesHere = view.chains.reduce(
+    (n, ch) => n + ch.rules.filter((r) => isOwnRule(r) && r.owner === p.name).length,
+    0,
+  );
+  const anyBackend = plan.backends.some((b) => idx.backends.get(`${plan.proto}/${vip}/${b.index}`)?.to === key(b.to));
+  if (found.length === 0 && !anyBackend && ownRulesHere === 0)
+    return {
+      ...base,
+      status: 'missing',
+      detail: view.exists ? `no elements in ${idx.table}` : `${idx.table} does not exist`,
+    };
+  const detail = driftDetail(p, plan, view, idx, found, ownRulesHere);
+  return detail ? { ...base, status: 'modified', detail } : { ...base, status: 'in-sync' };
+}
+
+/** What the kernel holds that no profile of the state file claims, and what iptlb did not write. */
+function orphansOf(state: Map<string, Profile>, view: NftView, idx: ViewIndex, claims: Claims): ProfileReport[] {
   const orphans = new Map<string, string>();
-  for (const [vip, sets] of dispatch)
-    if (!claimedDispatch.has(vip)) orphans.set(vip, `element ${vip} of set ${sets[0].set}`);
+  for (const [vip, sets] of idx.dispatch)
+    if (!claims.dispatch.has(vip)) orphans.set(vip, `element ${vip} of set ${sets[0].set}`);
   for (const m of view.backendMaps) {
     for (const e of m.elements) {
       const vip = key(e.vip);
-      if (!claimedBackends.has(`${m.proto}/${vip}/${e.index}`) && !orphans.has(vip))
+      if (!claims.backends.has(`${m.proto}/${vip}/${e.index}`) && !orphans.has(vip))
         orphans.set(vip, `element ${vip} . ${e.index} of map be_${m.proto}`);
     }
   }
   for (const c of view.chains) {
     for (const r of c.rules) {
-      if ((r.kind === 'log' || r.kind === 'masq' || r.kind === 'rr' || r.kind === 'aff') && !state.has(r.owner))
+      if (isOwnRule(r) && !state.has(r.owner))
         orphans.set(`rule:${r.owner}`, `a ${r.kind} rule of ${r.owner} in chain ${c.name}`);
       if (r.kind === 'foreign')
         orphans.set(`foreign:${c.name}:${r.text}`, `a rule iptlb did not write in chain ${c.name}`);
     }
   }
-  for (const name of affSets.keys()) if (!claimedAffSets.has(name)) orphans.set(`set:${name}`, `affinity set ${name}`);
-  for (const f of view.foreign) orphans.set(`foreign:${f}`, `${f}, a set or chain in ${table} that iptlb did not make`);
-  for (const [name, what] of [...orphans].sort()) {
-    const detail = name.startsWith('foreign:') ? what : `${what}, and no profile in the state file owns it`;
-    reports.push({ name, status: 'orphaned', detail, destinations: [], packets: 0, bytes: 0 });
-  }
-  return reports;
+  for (const name of idx.affSets.keys())
+    if (!claims.affSets.has(name)) orphans.set(`set:${name}`, `affinity set ${name}`);
+  for (const f of view.foreign)
+    orphans.set(`foreign:${f}`, `${f}, a set or chain in ${idx.table} that iptlb did not make`);
+  return [...orphans].sort().map(([name, what]) => ({
+    name,
+    status: 'orphaned' as const,
+    detail: name.startsWith('foreign:') ? what : `${what}, and no profile in the state file owns it`,
+    destinations: [],
+    packets: 0,
+    bytes: 0,
+  }));
+}
+
+/**
+ * Each profile of the state compared with table `<view.family> iptlb`, plus what no profile owns,
+ * with counters. `state` holds the profiles of that family only.
+ */
+export function compareNft(state: Map<string, Profile>, view: NftView): ProfileReport[] {
+  const idx = indexView(view);
+  const claims: Claims = { dispatch: new Set(), backends: new Set(), affSets: new Set() };
+  const reports = [...state.values()]
+    .sort((a, b) => (a.name < b.name ? -1 : 1))
+    .map((p) => compareProfile(p, view, idx, claims));
+  return [...reports, ...orphansOf(state, view, idx, claims)];
 }
 
 /**
