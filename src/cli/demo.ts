@@ -115,6 +115,107 @@ function chiSquare(counts: number[]): { statistic: number; df: number; pValue: n
   return { statistic, df: counts.length - 1, pValue: Math.exp(-statistic / 2) };
 }
 
+/** Runs the demo again inside a new network namespace (`unshare -n`); its exit status. */
+function inNamespace(o: DemoOptions, io: Out): number {
+  if (process.getuid?.() !== 0) {
+    io.err('iptlb: error: demo: run it as root (sudo): it creates a throwaway network namespace');
+    return 1;
+  }
+  const r = spawnSync('unshare', ['-n', '--', process.execPath, o.cli, 'demo', `--connections=${o.connections}`], {
+    stdio: 'inherit',
+    env: { ...process.env, IPTLB_DEMO_IN_NETNS: '1' },
+    timeout: 180_000,
+  });
+  if (r.error) io.err(`iptlb: error: demo: could not run unshare -n (util-linux): ${r.error.message}`);
+  return r.status ?? 1;
+}
+
+/** iptlb's rules in either engine: legacy nat rule lines (when iptables is installed), then table ip iptlb. */
+function rules(): string[] {
+  const save = findBinary('iptables-legacy-save')
+    ? run('iptables-legacy-save', ['-t', 'nat'])
+        .out.split('\n')
+        .filter((l) => l.startsWith('-A '))
+    : [];
+  const nft = findBinary('nft') ? run('nft', ['list', 'table', 'ip', 'iptlb']) : { status: 1, out: '' };
+  return [...save, ...(nft.status === 0 ? nft.out.trimEnd().split('\n') : [])];
+}
+
+type Say = (s?: string) => void;
+type Iptlb = (args: string[]) => ReturnType<typeof run>;
+
+/** Step 2: the profile, applied with the original's flags; how it committed; the rules it wrote. */
+function applyStep(say: Say, iptlb: Iptlb, state: string): void {
+  const doctor = iptlb(['doctor', `--state-file=${state}`]);
+  const how = doctor.out.split('\n').filter((l) => /^(engine|executor):/.test(l));
+  const apply = [
+    '-run',
+    '-profile=demo',
+    `-src-addr=${VIP}:${PORT}`,
+    `-dest-addr=${PORTS.map((p) => `127.0.0.1:${p}`).join(',')}`,
+    `-state-file=${state}`,
+  ];
+  say(`2. Balance the virtual address ${VIP}:${PORT} over them with a real iptlb profile:`);
+  say(`   $ iptlb ${apply.join(' ')}`);
+  const applied = iptlb(apply);
+  for (const l of (applied.err + applied.out).trim().split('\n').filter(Boolean)) say(`   ${l}`);
+  if (applied.status !== 0) throw new Error(`iptlb exited ${applied.status}; the profile was not applied`);
+  say();
+  if (how.length) {
+    say('   How it committed (from `iptlb doctor`):');
+    for (const l of how) say(`   ${l}`);
+    say();
+  }
+  say('   The rules it wrote:');
+  for (const l of rules()) say(`   ${l}`);
+  say();
+}
+
+/** Step 3: n real connections through the virtual address, the split printed with its chi-square; true when clean. */
+async function splitStep(say: Say, n: number): Promise<boolean> {
+  say(`3. Open ${n} real TCP connections to ${VIP}:${PORT} and count who answered:`);
+  const t0 = performance.now();
+  const s = await split(n);
+  const ms = Math.round(performance.now() - t0);
+  const counts = PORTS.map((p) => s.counts.get(idOf(p)) ?? 0);
+  const chi = chiSquare(counts);
+  say();
+  say('   backend           connections   share');
+  PORTS.forEach((p, i) =>
+    say(
+      `   127.0.0.1:${p}    ${String(counts[i]).padStart(11)}   ${((100 * counts[i]!) / n).toFixed(1).padStart(5)} %`,
+    ),
+  );
+  const other = [...s.counts].filter(([k]) => !PORTS.some((p) => idOf(p) === k));
+  for (const [k, v] of other) say(`   (unexpected answer ${JSON.stringify(k)}: ${v})`);
+  say(`   failed            ${String(s.failures).padStart(11)}`);
+  say();
+  say(`   ${n} connections in ${ms} ms. Expected share: 33.3 % each.`);
+  say(
+    `   Chi-square against an even split: ${chi.statistic.toFixed(2)} (df ${chi.df}), p-value ${chi.pValue.toFixed(3)}`,
+  );
+  say(
+    `   (a p-value above ~0.001 means the split is consistent with 1/3 each${chi.pValue < 0.001 ? ' — this one is NOT' : ''})`,
+  );
+  for (const e of s.errors) say(`   error: ${e}`);
+  say();
+  return s.failures === 0 && other.length === 0;
+}
+
+/** Step 4: the profile deleted; true when no rule of iptlb is left. */
+function deleteStep(say: Say, iptlb: Iptlb, state: string): boolean {
+  const del = ['-run', '-delete', '-profile=demo', `-state-file=${state}`];
+  say('4. Delete the profile:');
+  say(`   $ iptlb ${del.join(' ')}`);
+  const deleted = iptlb(del);
+  for (const l of (deleted.err + deleted.out).trim().split('\n').filter(Boolean)) say(`   ${l}`);
+  const after = rules();
+  say(`   afterwards: ${after.length ? '' : 'no rule of iptlb left in either engine'}`);
+  for (const l of after) say(`   ${l}`);
+  say();
+  return deleted.status === 0 && after.length === 0;
+}
+
 export async function demo(o: DemoOptions, io: Out): Promise<number> {
   if (!Number.isInteger(o.connections) || o.connections < 1 || o.connections > 100_000) {
     io.err(
@@ -122,34 +223,11 @@ export async function demo(o: DemoOptions, io: Out): Promise<number> {
     );
     return 2;
   }
-  if (!process.env.IPTLB_DEMO_IN_NETNS) {
-    if (process.getuid?.() !== 0) {
-      io.err('iptlb: error: demo: run it as root (sudo): it creates a throwaway network namespace');
-      return 1;
-    }
-    const r = spawnSync('unshare', ['-n', '--', process.execPath, o.cli, 'demo', `--connections=${o.connections}`], {
-      stdio: 'inherit',
-      env: { ...process.env, IPTLB_DEMO_IN_NETNS: '1' },
-      timeout: 180_000,
-    });
-    if (r.error) io.err(`iptlb: error: demo: could not run unshare -n (util-linux): ${r.error.message}`);
-    return r.status ?? 1;
-  }
-  const say = (s = ''): void => io.out(s);
+  if (!process.env.IPTLB_DEMO_IN_NETNS) return inNamespace(o, io);
+  const say: Say = (s = '') => io.out(s);
   const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-demo-'));
   const state = path.join(dir, 'state.db');
-  const iptlb = (args: string[]): ReturnType<typeof run> => run(process.execPath, [o.cli, ...args]);
-  const shown = `iptlb`;
-  /** iptlb's rules in either engine: legacy nat rule lines (when iptables is installed), then table ip iptlb. */
-  const rules = (): string[] => {
-    const save = findBinary('iptables-legacy-save')
-      ? run('iptables-legacy-save', ['-t', 'nat'])
-          .out.split('\n')
-          .filter((l) => l.startsWith('-A '))
-      : [];
-    const nft = findBinary('nft') ? run('nft', ['list', 'table', 'ip', 'iptlb']) : { status: 1, out: '' };
-    return [...save, ...(nft.status === 0 ? nft.out.trimEnd().split('\n') : [])];
-  };
+  const iptlb: Iptlb = (args) => run(process.execPath, [o.cli, ...args]);
   let servers: net.Server[] = [];
   try {
     const lo = run('ip', ['link', 'set', 'lo', 'up']);
@@ -161,66 +239,10 @@ export async function demo(o: DemoOptions, io: Out): Promise<number> {
     say(`1. Three backends listen on ${PORTS.map((p) => `127.0.0.1:${p}`).join(', ')};`);
     say(`   each answers every connection with its id ("${idOf(PORTS[0]!)}") and closes.`);
     say();
-    const doctor = iptlb(['doctor', `--state-file=${state}`]);
-    const how = doctor.out.split('\n').filter((l) => /^(engine|executor):/.test(l));
-    const apply = [
-      '-run',
-      '-profile=demo',
-      `-src-addr=${VIP}:${PORT}`,
-      `-dest-addr=${PORTS.map((p) => `127.0.0.1:${p}`).join(',')}`,
-      `-state-file=${state}`,
-    ];
-    say(`2. Balance the virtual address ${VIP}:${PORT} over them with a real iptlb profile:`);
-    say(`   $ ${shown} ${apply.join(' ')}`);
-    const applied = iptlb(apply);
-    for (const l of (applied.err + applied.out).trim().split('\n').filter(Boolean)) say(`   ${l}`);
-    if (applied.status !== 0) throw new Error(`iptlb exited ${applied.status}; the profile was not applied`);
-    say();
-    if (how.length) {
-      say('   How it committed (from `iptlb doctor`):');
-      for (const l of how) say(`   ${l}`);
-      say();
-    }
-    say('   The rules it wrote:');
-    for (const l of rules()) say(`   ${l}`);
-    say();
-    const n = o.connections;
-    say(`3. Open ${n} real TCP connections to ${VIP}:${PORT} and count who answered:`);
-    const t0 = performance.now();
-    const s = await split(n);
-    const ms = Math.round(performance.now() - t0);
-    const counts = PORTS.map((p) => s.counts.get(idOf(p)) ?? 0);
-    const chi = chiSquare(counts);
-    say();
-    say('   backend           connections   share');
-    PORTS.forEach((p, i) =>
-      say(
-        `   127.0.0.1:${p}    ${String(counts[i]).padStart(11)}   ${((100 * counts[i]!) / n).toFixed(1).padStart(5)} %`,
-      ),
-    );
-    const other = [...s.counts].filter(([k]) => !PORTS.some((p) => idOf(p) === k));
-    for (const [k, v] of other) say(`   (unexpected answer ${JSON.stringify(k)}: ${v})`);
-    say(`   failed            ${String(s.failures).padStart(11)}`);
-    say();
-    say(`   ${n} connections in ${ms} ms. Expected share: 33.3 % each.`);
-    say(
-      `   Chi-square against an even split: ${chi.statistic.toFixed(2)} (df ${chi.df}), p-value ${chi.pValue.toFixed(3)}`,
-    );
-    say(
-      `   (a p-value above ~0.001 means the split is consistent with 1/3 each${chi.pValue < 0.001 ? ' — this one is NOT' : ''})`,
-    );
-    for (const e of s.errors) say(`   error: ${e}`);
-    say();
-    const del = ['-run', '-delete', '-profile=demo', `-state-file=${state}`];
-    say('4. Delete the profile:');
-    say(`   $ ${shown} ${del.join(' ')}`);
-    const deleted = iptlb(del);
-    for (const l of (deleted.err + deleted.out).trim().split('\n').filter(Boolean)) say(`   ${l}`);
-    const after = rules();
-    say(`   afterwards: ${after.length ? '' : 'no rule of iptlb left in either engine'}`);
-    for (const l of after) say(`   ${l}`);
-    say();
-    const good = s.failures === 0 && other.length === 0 && deleted.status === 0 && after.length === 0;
+    applyStep(say, iptlb, state);
+    const balanced = await splitStep(say, o.connections);
+    const removed = deleteStep(say, iptlb, state);
+    const good = balanced && removed;
     say(good ? 'Demo OK.' : 'Demo FAILED (see above).');
     return good ? 0 : 1;
   } catch (e) {

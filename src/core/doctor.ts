@@ -4,21 +4,18 @@
 import { existsSync } from 'node:fs';
 import { hasNetAdmin } from '../platform/caps.js';
 import { addonPath, buildLogTail, loadAddonPart, type AddonPart } from '../platform/addon.js';
-import { findBinary } from '../platform/spawn.js';
 import { parseExecutorChoice } from '../engines/executors.js';
-import { iptablesFlavour, parseEngineChoice, xtablesAvailable } from '../engines/select.js';
+import { parseEngineChoice } from '../engines/select.js';
+import { ENGINE_NAMES, engineNeeds } from '../engines/registry.js';
+import type { HostCheck } from '../engines/engine.js';
 import { Core } from './core.js';
 import { readState, resolveStatePath } from './state.js';
 import { IptlbError } from '../model/errors.js';
+import type { EngineName } from '../model/types.js';
 
 type Out = { out: (s: string) => void; err: (s: string) => void };
 
-interface Check {
-  name: string;
-  ok: boolean;
-  detail: string;
-  fix?: string;
-}
+type Check = HostCheck;
 
 export async function doctor(
   o: { stateFile?: string; executor?: string; engine?: string; json?: boolean },
@@ -32,20 +29,7 @@ export async function doctor(
     detail: cap ? 'CAP_NET_ADMIN present' : 'CAP_NET_ADMIN missing',
     fix: cap ? undefined : 'run iptlb as root (sudo) or grant CAP_NET_ADMIN',
   });
-  const xt = xtablesAvailable();
-  checks.push({
-    name: 'x_tables',
-    ok: true,
-    detail: xt
-      ? 'available in this kernel (legacy engine possible)'
-      : 'not available in this kernel (legacy engine impossible)',
-  });
-  const flavour = iptablesFlavour();
-  checks.push({
-    name: 'host iptables',
-    ok: true,
-    detail: flavour === 'none' ? 'not installed' : `the ${flavour === 'nft' ? 'nf_tables' : 'legacy'} flavour`,
-  });
+  for (const name of ENGINE_NAMES) checks.push(...engineNeeds(name).hostChecks());
   // The addon per engine: each engine runs natively when its file and iptlb_core.node load, and
   // falls back to spawning its tools otherwise (see src/platform/addon.ts).
   const native = nativeReport();
@@ -62,27 +46,6 @@ export async function doctor(
       ok: true,
       detail: `${native.buildLog.path}, last lines:\n         ${native.buildLog.lines.join('\n         ')}`,
     });
-  const restore = findBinary('iptables-legacy-restore');
-  checks.push({
-    name: 'iptables-legacy-restore',
-    ok: !!restore,
-    detail: restore ?? 'not found (spawn executor of the legacy engine)',
-    fix: restore ? undefined : 'apt-get install -y iptables',
-  });
-  const restore6 = findBinary('ip6tables-legacy-restore');
-  checks.push({
-    name: 'ip6tables-legacy-restore',
-    ok: !!restore6,
-    detail: restore6 ?? 'not found (spawn executor of the legacy engine, IPv6 profiles)',
-    fix: restore6 ? undefined : 'apt-get install -y iptables',
-  });
-  const nft = findBinary('nft');
-  checks.push({
-    name: 'nft',
-    ok: !!nft,
-    detail: nft ?? 'not found (spawn executor of the nft engine)',
-    fix: nft ? undefined : 'apt-get install -y nftables',
-  });
   if (o.stateFile === '')
     throw new IptlbError('EUSAGE', 'state-file: must not be empty (omit the flag for the default ./local/state.db)', {
       field: 'state-file',
@@ -146,7 +109,7 @@ interface EngineNative {
 
 /** Per engine: native or spawn, and why; the last lines of the addon's build log when a file is missing. */
 export function nativeReport(): {
-  engines: { legacy: EngineNative; nft: EngineNative };
+  engines: Record<EngineName, EngineNative>;
   buildLog?: { path: string; lines: string[] };
 } {
   const one = (part: AddonPart): EngineNative => {
@@ -159,7 +122,10 @@ export function nativeReport(): {
     }
     return { executor: 'native', files: [addonPath('core'), addonPath(part)] };
   };
-  const engines = { legacy: one('xt'), nft: one('nft') };
+  const engines = Object.fromEntries(ENGINE_NAMES.map((n) => [n, one(engineNeeds(n).addonPart)])) as Record<
+    EngineName,
+    EngineNative
+  >;
   const missing = (['core', 'xt', 'nft'] as AddonPart[]).some((p) => {
     const r = loadAddonPart(p);
     return !r.ok && r.reason === 'not-built' && !r.detail.includes('IPTLB_NO_NATIVE');

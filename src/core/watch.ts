@@ -43,161 +43,187 @@ export interface Watcher {
 type WatchedCore = Pick<Core, 'statePath' | 'sync' | 'readState'>;
 
 export function startWatch(core: WatchedCore, opts: WatchOptions): Watcher {
-  const intervalMs = opts.intervalMs ?? 5000;
-  const debounceMs = opts.debounceMs ?? 20;
-  const settleMs = opts.settleMs ?? DEFAULT_SETTLE_MS;
-  const version = opts.version ?? stateVersion;
-  if (core.statePath === null) throw new Error('watch needs a state file');
-  const file: string = core.statePath;
-  const base = path.basename(file);
-  let running: Promise<void> | null = null;
-  let again = false;
-  let stopped = false;
-  let debounce: NodeJS.Timeout | null = null;
-  let settleTimer: NodeJS.Timeout | null = null;
-  let stopResolve!: () => void;
-  const done = new Promise<void>((r) => (stopResolve = r));
+  const w = new StateFileWatcher(core, opts);
+  w.start();
+  return { check: (reason) => w.check(reason), changed: () => w.changed(), stop: () => w.stop(), done: w.done };
+}
 
-  // The file's identity as last observed, and since when (Date.now()) it has been so.
-  let seen: string | null | undefined;
-  let seenAt = -Infinity;
-  // The identity of a file that did not parse (logged once per version).
-  let unparsed: string | null | undefined;
+/**
+ * The watcher's steps: a file event is debounced (`changed`), the file is looked at until it has stayed the same
+ * for the settle time and parses (`settled`), then one sync at a time applies that version (`check`).
+ */
+class StateFileWatcher {
+  private readonly intervalMs: number;
+  private readonly debounceMs: number;
+  private readonly settleMs: number;
+  private readonly version: (file: string) => Promise<string | null>;
+  private readonly file: string;
+  private running: Promise<void> | null = null;
+  private again = false;
+  private stopped = false;
+  private debounce: NodeJS.Timeout | null = null;
+  private settleTimer: NodeJS.Timeout | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private fsw: FSWatcher | null = null;
+  private stopResolve!: () => void;
+  readonly done = new Promise<void>((r) => (this.stopResolve = r));
+  /** The file's identity as last observed, and since when (Date.now()) it has been so. */
+  private seen: string | null | undefined;
+  private seenAt = -Infinity;
+  /** The identity of a file that did not parse (logged once per version). */
+  private unparsed: string | null | undefined;
+  /** The file version the next sync may apply (set by a settled check); undefined: any (start, SIGHUP). */
+  private applyOnly: string | null | undefined;
+  private readonly onHup = (): void => void this.check('SIGHUP');
 
-  // The file version the next sync may apply (set by a settled check); undefined: any (start, SIGHUP).
-  let applyOnly: string | null | undefined;
-  const check = async (reason: string, settledVersion?: string | null): Promise<void> => {
-    if (stopped) return;
-    applyOnly = settledVersion;
-    if (running) {
-      again = true;
-      return running;
+  constructor(
+    private readonly core: WatchedCore,
+    private readonly opts: WatchOptions,
+  ) {
+    this.intervalMs = opts.intervalMs ?? 5000;
+    this.debounceMs = opts.debounceMs ?? 20;
+    this.settleMs = opts.settleMs ?? DEFAULT_SETTLE_MS;
+    this.version = opts.version ?? stateVersion;
+    if (core.statePath === null) throw new Error('watch needs a state file');
+    this.file = core.statePath;
+  }
+
+  /** Watches the directory, arms the periodic check and SIGHUP, and applies the file as it is. */
+  start(): void {
+    const base = path.basename(this.file);
+    try {
+      this.fsw = watch(path.dirname(this.file), { persistent: true }, (_event, name) => {
+        if (name !== null && name !== base) return;
+        this.changed();
+      });
+    } catch (e) {
+      this.opts.log(
+        `watch: cannot watch ${path.dirname(this.file)} (${(e as Error).message}); relying on the ${this.intervalMs} ms check`,
+      );
     }
-    running = (async () => {
+    this.timer = setInterval(() => void this.settled('periodic check'), this.intervalMs);
+    process.on('SIGHUP', this.onHup);
+    // At start the file counts as settled: it is what the last writer left.
+    void (async () => {
+      this.seen = await this.versionOrUnreadable();
+      this.seenAt = -Infinity;
+      await this.check('start');
+    })();
+  }
+
+  /** One sync at a time; a check while one runs makes it run again (for the latest version asked for). */
+  async check(reason: string, settledVersion?: string | null): Promise<void> {
+    if (this.stopped) return;
+    this.applyOnly = settledVersion;
+    if (this.running) {
+      this.again = true;
+      return this.running;
+    }
+    this.running = (async () => {
       do {
-        again = false;
-        try {
-          // Only the version that settled (and parsed) is applied: one rewritten since waits for its own settle.
-          const only = applyOnly;
-          const r = await core.sync({
-            quietWhenInSync: true,
-            ...(only !== undefined ? { guard: async () => (await versionOrUnreadable()) === only } : {}),
-          });
-          if (r.skipped) continue;
-          opts.onSync?.({
-            drifted: r.before.filter((x) => x.status !== 'in-sync').length,
-            committed: r.committed,
-            commitMs: r.commitMs,
-          });
-          if (r.committed)
-            opts.log(`watch: ${reason}: kernel brought in step with ${file} (${r.commitMs.toFixed(2)} ms)`);
-        } catch (e) {
-          opts.onSync?.(e as Error);
-          opts.log(`watch: ${reason}: ${(e as Error).message}`);
-        }
-      } while (again && !stopped);
+        this.again = false;
+        await this.syncOnce(reason);
+      } while (this.again && !this.stopped);
     })();
     try {
-      await running;
+      await this.running;
     } finally {
-      running = null;
+      this.running = null;
     }
-  };
+  }
 
-  /** Looks at the file; the ms it has still to stay unchanged before it counts as settled (0: settled). */
-  const versionOrUnreadable = async (): Promise<string | null> => {
+  /** One sync. Only the version that settled (and parsed) is applied: one rewritten since waits for its own settle. */
+  private async syncOnce(reason: string): Promise<void> {
     try {
-      return await version(file);
+      const only = this.applyOnly;
+      const r = await this.core.sync({
+        quietWhenInSync: true,
+        ...(only !== undefined ? { guard: async () => (await this.versionOrUnreadable()) === only } : {}),
+      });
+      if (r.skipped) return;
+      this.opts.onSync?.({
+        drifted: r.before.filter((x) => x.status !== 'in-sync').length,
+        committed: r.committed,
+        commitMs: r.commitMs,
+      });
+      if (r.committed)
+        this.opts.log(`watch: ${reason}: kernel brought in step with ${this.file} (${r.commitMs.toFixed(2)} ms)`);
+    } catch (e) {
+      this.opts.onSync?.(e as Error);
+      this.opts.log(`watch: ${reason}: ${(e as Error).message}`);
+    }
+  }
+
+  private async versionOrUnreadable(): Promise<string | null> {
+    try {
+      return await this.version(this.file);
     } catch {
       return 'unreadable';
     }
-  };
-  const observe = async (): Promise<number> => {
-    const v = await versionOrUnreadable();
-    const now = Date.now();
-    if (v !== seen) {
-      seen = v;
-      seenAt = now;
-    }
-    return Math.max(0, settleMs - (now - seenAt));
-  };
+  }
 
-  const armSettle = (ms: number): void => {
-    if (settleTimer) clearTimeout(settleTimer);
-    settleTimer = setTimeout(
+  /** Looks at the file; the ms it has still to stay unchanged before it counts as settled (0: settled). */
+  private async observe(): Promise<number> {
+    const v = await this.versionOrUnreadable();
+    const now = Date.now();
+    if (v !== this.seen) {
+      this.seen = v;
+      this.seenAt = now;
+    }
+    return Math.max(0, this.settleMs - (now - this.seenAt));
+  }
+
+  private armSettle(ms: number): void {
+    if (this.settleTimer) clearTimeout(this.settleTimer);
+    this.settleTimer = setTimeout(
       () => {
-        settleTimer = null;
-        void settled('state file changed');
+        this.settleTimer = null;
+        void this.settled('state file changed');
       },
       Math.max(1, ms),
     );
-  };
+  }
 
   /** Applies the file if it has settled and parses as a whole; else waits for it. */
-  const settled = async (reason: string): Promise<void> => {
-    if (stopped) return;
-    const wait = await observe();
-    if (wait > 0) return armSettle(wait);
+  private async settled(reason: string): Promise<void> {
+    if (this.stopped) return;
+    const wait = await this.observe();
+    if (wait > 0) return this.armSettle(wait);
     try {
-      await core.readState();
+      await this.core.readState();
     } catch (e) {
-      if (unparsed !== seen) {
-        unparsed = seen;
-        opts.log(
-          `watch: ${file} is not applied: ${(e as Error).message}; the kernel keeps the last state applied (write a temporary file and rename it over the state file)`,
+      if (this.unparsed !== this.seen) {
+        this.unparsed = this.seen;
+        this.opts.log(
+          `watch: ${this.file} is not applied: ${(e as Error).message}; the kernel keeps the last state applied (write a temporary file and rename it over the state file)`,
         );
       }
       return;
     }
-    unparsed = undefined;
-    await check(reason, seen);
-  };
-
-  const changed = (): void => {
-    if (stopped) return;
-    if (debounce) clearTimeout(debounce);
-    debounce = setTimeout(() => {
-      debounce = null;
-      void settled('state file changed');
-    }, debounceMs);
-  };
-
-  let fsw: FSWatcher | null = null;
-  try {
-    fsw = watch(path.dirname(file), { persistent: true }, (_event, name) => {
-      if (name !== null && name !== base) return;
-      changed();
-    });
-  } catch (e) {
-    opts.log(
-      `watch: cannot watch ${path.dirname(file)} (${(e as Error).message}); relying on the ${intervalMs} ms check`,
-    );
+    this.unparsed = undefined;
+    await this.check(reason, this.seen);
   }
-  const timer = setInterval(() => void settled('periodic check'), intervalMs);
-  const onHup = (): void => void check('SIGHUP');
-  process.on('SIGHUP', onHup);
 
-  const stop = async (): Promise<void> => {
-    if (stopped) return;
-    stopped = true;
-    clearInterval(timer);
-    if (debounce) clearTimeout(debounce);
-    if (settleTimer) clearTimeout(settleTimer);
-    fsw?.close();
-    process.off('SIGHUP', onHup);
-    if (running) await running.catch(() => {});
-    opts.log('watch: stopped; rules and state file left as they are');
-    stopResolve();
-  };
-  // At start the file counts as settled: it is what the last writer left.
-  void (async () => {
-    try {
-      seen = await version(file);
-    } catch {
-      seen = 'unreadable';
-    }
-    seenAt = -Infinity;
-    await check('start');
-  })();
-  return { check, changed, stop, done };
+  /** The state file changed (as a file-system event says): debounced, then applied once settled. */
+  changed(): void {
+    if (this.stopped) return;
+    if (this.debounce) clearTimeout(this.debounce);
+    this.debounce = setTimeout(() => {
+      this.debounce = null;
+      void this.settled('state file changed');
+    }, this.debounceMs);
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    if (this.timer) clearInterval(this.timer);
+    if (this.debounce) clearTimeout(this.debounce);
+    if (this.settleTimer) clearTimeout(this.settleTimer);
+    this.fsw?.close();
+    process.off('SIGHUP', this.onHup);
+    if (this.running) await this.running.catch(() => {});
+    this.opts.log('watch: stopped; rules and state file left as they are');
+    this.stopResolve();
+  }
 }

@@ -21,6 +21,14 @@ export type AnyTransaction = Transaction | NftTransaction;
 /** iptlb's objects in the kernel as either engine reads them. */
 export type AnyView = KernelView | NftView;
 
+/** One line of `iptlb doctor`: something the host has or lacks, and how to fix it. */
+export interface HostCheck {
+  name: string;
+  ok: boolean;
+  detail: string;
+  fix?: string;
+}
+
 /** The address families, in the order a change commits them. */
 export const FAMILIES: readonly Family[] = ['ipv4', 'ipv6'];
 

@@ -11,14 +11,28 @@ import type { EngineName, ExecutorChoice } from '../model/types.js';
 import type { Executor } from './engine.js';
 import type { LegacyExecutor } from './legacy/executor.js';
 import type { NftExecutor } from './nft/executor.js';
-import type { Engine } from './engine.js';
+import type { Engine, HostCheck } from './engine.js';
+import type { AddonPart } from '../platform/addon.js';
+import { legacyHostChecks } from './legacy/host.js';
+import { nftHostChecks } from './nft/host.js';
 import { LegacyEngine } from './legacy/index.js';
 import { NftEngine } from './nft/index.js';
 
-/** Each engine: its executors, and the engine over one (`real`: an executor made here, not supplied). */
-const ENGINES: Record<EngineName, ExecutorKinds & { over(executor: Executor, real: boolean): Engine }> = {
+interface EngineEntry extends ExecutorKinds {
+  /** The engine over an executor (`real`: an executor made here, not supplied). */
+  over(executor: Executor, real: boolean): Engine;
+  /** The addon file its native executor needs beside iptlb_core.node. */
+  addonPart: AddonPart;
+  /** What it needs of the host (tools, kernel), for `iptlb doctor`. */
+  hostChecks(): HostCheck[];
+}
+
+/** Each engine: its executors, the engine over one, and what it needs. */
+const ENGINES: Record<EngineName, EngineEntry> = {
   legacy: {
     addonUse: 'legacy',
+    addonPart: 'xt',
+    hostChecks: legacyHostChecks,
     native: (addon, opts) => new NativeExecutor(addon, opts),
     spawn: (opts) => new SpawnExecutor(opts),
     over: (executor, real) => new LegacyEngine(executor as LegacyExecutor, real),
@@ -27,6 +41,8 @@ const ENGINES: Record<EngineName, ExecutorKinds & { over(executor: Executor, rea
     native: (addon) => new NftNativeExecutor(addon),
     spawn: () => new NftSpawnExecutor(),
     addonUse: 'nft',
+    addonPart: 'nft',
+    hostChecks: nftHostChecks,
     over: (executor, real) => new NftEngine(executor as NftExecutor, real),
   },
 };
@@ -44,4 +60,12 @@ export function createEngine(
 /** The engine over a given executor (an embedder's or a test's). */
 export function engineOver(executor: Executor): Engine {
   return ENGINES[executor.engine].over(executor, false);
+}
+
+/** The engines, in the order doctor reports them. */
+export const ENGINE_NAMES = Object.keys(ENGINES) as EngineName[];
+
+/** What engine `name` needs: its addon file, and its host checks. */
+export function engineNeeds(name: EngineName): { addonPart: AddonPart; hostChecks(): HostCheck[] } {
+  return ENGINES[name];
 }

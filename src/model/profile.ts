@@ -278,58 +278,9 @@ export function validateProfile(input: ProfileInput | unknown, opts: { existing?
   if (p.source === undefined || p.source === '')
     throw invalid('source', 'is required (the virtual ipv4:port or [ipv6]:port)');
   const src = endpoint('source', p.source);
-
-  let dests: unknown = p.destination;
-  if (typeof dests === 'string') dests = dests === '' ? [] : splitDestinations(dests);
-  if (dests === undefined) throw invalid('destination', 'is required (one or more ip:port)');
-  if (!Array.isArray(dests)) throw invalid('destination', `must be a list of "ip:port", got ${show(dests)}`);
-  if (dests.length === 0) throw invalid('destination', 'must list at least one ip:port');
-  if (dests.length > MAX_DESTINATIONS)
-    throw invalid('destination', `has ${dests.length} entries; at most ${MAX_DESTINATIONS} are allowed`);
-  const seen = new Set<string>();
-  const destination: string[] = [];
-  const weightMap = new Map<string, number>();
-  dests.forEach((item, i) => {
-    const field = `destination[${i}]`;
-    const { text: d, weight } = splitWeight(item);
-    const e = endpoint(field, d);
-    if (e.family !== src.family) {
-      throw invalid(
-        field,
-        `${show(d)} is ${e.family === 'ipv6' ? 'IPv6' : 'IPv4'} but source ${show(p.source)} is ${src.family === 'ipv6' ? 'IPv6' : 'IPv4'}; one profile balances one address family`,
-      );
-    }
-    const key = formatEndpoint(e);
-    if (seen.has(key)) throw invalid(field, `${show(d)} is listed twice`);
-    if (e.ip === src.ip && e.port === src.port) throw invalid(field, `${show(d)} is the virtual address itself`);
-    seen.add(key);
-    destination.push(key);
-    if (weight !== undefined) weightMap.set(key, weightValue('weights', weight, `${field} ${show(item)}`));
-  });
-  if (p.weights !== undefined) {
-    const w = p.weights;
-    if (w === null || typeof w !== 'object' || Array.isArray(w))
-      throw invalid('weights', `must be a map of "ip:port" to integer weights, got ${show(w)}`);
-    for (const [k, v] of Object.entries(w as Record<string, unknown>)) {
-      const parsed = parseEndpoint(k);
-      const key = typeof parsed === 'string' ? k : formatEndpoint(parsed);
-      if (!seen.has(key)) throw invalid('weights', `${show(k)} is not one of the destinations`);
-      const value = weightValue('weights', v, show(k));
-      if (weightMap.has(key) && weightMap.get(key) !== value)
-        throw invalid('weights', `${show(k)} has weight ${weightMap.get(key)} in destination and ${value} in weights`);
-      weightMap.set(key, value);
-    }
-  }
-  let weights: Record<string, number> | undefined;
-  if ([...weightMap.values()].some((v) => v !== 1)) {
-    weights = {};
-    for (const d of destination) {
-      const v = weightMap.get(d);
-      if (v !== undefined && v !== 1) weights[d] = v;
-    }
-    if (destination.every((d) => weights![d] === 0))
-      throw invalid('weights', 'every destination has weight 0; at least one must take connections');
-  }
+  const { destination, weightMap } = validateDestinations(p.destination, src, p.source);
+  if (p.weights !== undefined) mergeWeights(p.weights, new Set(destination), weightMap);
+  const weights = weightsOf(destination, weightMap);
   const scheduler = normalizeScheduler(p.scheduler ?? 'random');
   const affinity = normalizeAffinity(p.affinity);
   const health = normalizeHealth(p.health, src.family);
@@ -369,6 +320,73 @@ export function validateProfile(input: ProfileInput | unknown, opts: { existing?
   Object.freeze(destination);
   VALIDATED.add(Object.freeze(profile));
   return profile;
+}
+
+/**
+ * The destinations in canonical text (a comma-separated string or a list), each of the source's family, none twice,
+ * none the virtual address itself; with the weights written as `ip:port*W`.
+ */
+function validateDestinations(
+  value: unknown,
+  src: Endpoint,
+  sourceText: unknown,
+): { destination: string[]; weightMap: Map<string, number> } {
+  let dests: unknown = value;
+  if (typeof dests === 'string') dests = dests === '' ? [] : splitDestinations(dests);
+  if (dests === undefined) throw invalid('destination', 'is required (one or more ip:port)');
+  if (!Array.isArray(dests)) throw invalid('destination', `must be a list of "ip:port", got ${show(dests)}`);
+  if (dests.length === 0) throw invalid('destination', 'must list at least one ip:port');
+  if (dests.length > MAX_DESTINATIONS)
+    throw invalid('destination', `has ${dests.length} entries; at most ${MAX_DESTINATIONS} are allowed`);
+  const seen = new Set<string>();
+  const destination: string[] = [];
+  const weightMap = new Map<string, number>();
+  dests.forEach((item, i) => {
+    const field = `destination[${i}]`;
+    const { text: d, weight } = splitWeight(item);
+    const e = endpoint(field, d);
+    if (e.family !== src.family) {
+      throw invalid(
+        field,
+        `${show(d)} is ${e.family === 'ipv6' ? 'IPv6' : 'IPv4'} but source ${show(sourceText)} is ${src.family === 'ipv6' ? 'IPv6' : 'IPv4'}; one profile balances one address family`,
+      );
+    }
+    const key = formatEndpoint(e);
+    if (seen.has(key)) throw invalid(field, `${show(d)} is listed twice`);
+    if (e.ip === src.ip && e.port === src.port) throw invalid(field, `${show(d)} is the virtual address itself`);
+    seen.add(key);
+    destination.push(key);
+    if (weight !== undefined) weightMap.set(key, weightValue('weights', weight, `${field} ${show(item)}`));
+  });
+  return { destination, weightMap };
+}
+
+/** The `weights` map merged into the weights given in the destinations (they must agree where both give one). */
+function mergeWeights(w: unknown, destinations: ReadonlySet<string>, weightMap: Map<string, number>): void {
+  if (w === null || typeof w !== 'object' || Array.isArray(w))
+    throw invalid('weights', `must be a map of "ip:port" to integer weights, got ${show(w)}`);
+  for (const [k, v] of Object.entries(w as Record<string, unknown>)) {
+    const parsed = parseEndpoint(k);
+    const key = typeof parsed === 'string' ? k : formatEndpoint(parsed);
+    if (!destinations.has(key)) throw invalid('weights', `${show(k)} is not one of the destinations`);
+    const value = weightValue('weights', v, show(k));
+    if (weightMap.has(key) && weightMap.get(key) !== value)
+      throw invalid('weights', `${show(k)} has weight ${weightMap.get(key)} in destination and ${value} in weights`);
+    weightMap.set(key, value);
+  }
+}
+
+/** The profile's `weights` (only those that are not 1, in destination order), or undefined when all are 1. */
+function weightsOf(destination: string[], weightMap: Map<string, number>): Record<string, number> | undefined {
+  if (![...weightMap.values()].some((v) => v !== 1)) return undefined;
+  const weights: Record<string, number> = {};
+  for (const d of destination) {
+    const v = weightMap.get(d);
+    if (v !== undefined && v !== 1) weights[d] = v;
+  }
+  if (destination.every((d) => weights[d] === 0))
+    throw invalid('weights', 'every destination has weight 0; at least one must take connections');
+  return weights;
 }
 
 /**

@@ -1,12 +1,12 @@
 /** `iptlb fleet apply|delete|list|status`: registered on the program by src/cli/main.ts. */
 import type { Command } from 'commander';
-import { readFileSync } from 'node:fs';
 import { IptlbError } from '../../model/errors.js';
-import { show, weightOf } from '../../model/profile.js';
+import { show } from '../../model/profile.js';
+import { readInputFile } from '../../model/limits.js';
 import { parseState } from '../../core/state.js';
-import type { Profile, ProfileInput } from '../../model/types.js';
+import type { ProfileInput } from '../../model/types.js';
 import { addProfileFlags, profileInput, type ProfileOpts } from '../flags.js';
-import { ExitCode, type Out } from '../context.js';
+import { ExitCode, describeProfile, type Out } from '../context.js';
 import { addEtcdFlags, etcdOptions, ownOptions, type EtcdFlags } from '../etcd-flags.js';
 import type { FleetStore } from '../../fleet/store.js';
 
@@ -21,8 +21,104 @@ async function withStore<T>(o: EtcdFlags, fn: (store: FleetStore, prefix: string
   }
 }
 
-const describe = (p: Profile): string =>
-  `${p.name}\t${p.source}/${p.protocol}\t${p.rulesBackend}${p.masquerade ? '+masquerade' : ''}\t${p.destination.map((d) => (weightOf(p, d) === 1 ? d : `${d}*${weightOf(p, d)}`)).join(',')}${p.scheduler ? `\tscheduler:${p.scheduler}` : ''}${p.affinity ? `\taffinity:${p.affinity}s` : ''}`;
+type ApplyOpts = EtcdFlags & { file?: string; json?: boolean; srcAddr?: string; destAddr?: string };
+type StatusOpts = EtcdFlags & { revision?: string; expect?: string; json?: boolean };
+
+/** `fleet apply`: validated as `iptlb apply` validates (the same flags, or a --file read with the same limits). */
+async function applyCommand(o: ApplyOpts, io: Out): Promise<void> {
+  let inputs: ProfileInput[];
+  if (o.file !== undefined) {
+    if (o.srcAddr !== undefined || o.destAddr !== undefined)
+      throw new IptlbError('EUSAGE', 'fleet apply: --file cannot be combined with -src-addr/-dest-addr');
+    const text = await readInputFile(o.file, 'file');
+    inputs = [...(await parseState(text, o.file === '-' ? '<stdin>' : o.file)).values()];
+  } else inputs = [profileInput(o as unknown as ProfileOpts)];
+  const { fleetApply } = await import('../../fleet/fleet.js');
+  const r = await withStore(o, (s, prefix) => fleetApply(s, prefix, inputs));
+  if (o.json) io.out(JSON.stringify(r));
+  else io.err(`iptlb: fleet: wrote ${r.applied.map((p) => p.name).join(', ')} at revision ${r.revision}`);
+}
+
+async function deleteCommand(names: string[], o: EtcdFlags & { json?: boolean }, io: Out): Promise<void> {
+  const { fleetDelete } = await import('../../fleet/fleet.js');
+  const r = await withStore(o, (s, prefix) => fleetDelete(s, prefix, names));
+  if (o.json) io.out(JSON.stringify(r));
+  else io.err(`iptlb: fleet: deleted ${r.deleted.join(', ')} at revision ${r.revision}`);
+}
+
+async function listCommand(o: EtcdFlags & { json?: boolean }, io: Out): Promise<void> {
+  const { fleetList } = await import('../../fleet/fleet.js');
+  const r = await withStore(o, (s, prefix) => fleetList(s, prefix));
+  if (o.json) {
+    const profiles = r.profiles.map((p) =>
+      p.parsed.ok
+        ? { ...p.parsed.profile, modRevision: p.modRevision }
+        : {
+            name: p.name,
+            key: p.key,
+            modRevision: p.modRevision,
+            error: { code: p.parsed.code, message: p.parsed.message },
+          },
+    );
+    return io.out(JSON.stringify({ revision: r.revision, profiles }));
+  }
+  if (!r.profiles.length) return io.out(`no profiles in the store (revision ${r.revision})`);
+  io.out('NAME\tSOURCE\tMODE\tDESTINATIONS');
+  for (const p of r.profiles)
+    io.out(
+      p.parsed.ok ? describeProfile(p.parsed.profile) : `${p.name}\tINVALID (${p.parsed.code}): ${p.parsed.message}`,
+    );
+}
+
+function parseRevision(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const revision = Number(text);
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(revision))
+    throw new IptlbError('EUSAGE', `revision: ${show(text)} must be a whole number`, { field: 'revision' });
+  return revision;
+}
+
+type FleetStatus = Awaited<ReturnType<typeof import('../../fleet/fleet.js').fleetStatus>>;
+
+/** One line per host: the revision it applied, lagging or current, its watch, engine, profiles and refusals. */
+function hostLine(row: FleetStatus['hosts'][number]): string {
+  const st = row.status;
+  if (!st)
+    return `${row.host}\t-\tunknown\t-\t-\t-\t-\t${row.invalid ?? 'no host key (agent down, or lease expired): unknown, not "no rules"'}`;
+  const state = row.converged ? 'current' : `lagging by ${row.lag}`;
+  const refused = st.refused.length ? st.refused.map((x) => `${x.name}:${x.code}`).join(',') : '-';
+  return `${row.host}\t${st.revision}\t${state}\t${st.watch}\t${st.engine ?? '-'}/${st.executor ?? '-'}\t${st.profiles}\t${refused}\t${st.error ?? '-'}`;
+}
+
+function convergenceLine(r: FleetStatus): string {
+  const lagging = r.hosts.filter((x) => !x.converged).map((x) => x.host);
+  const verdict = r.converged
+    ? `converged on all ${r.hosts.length} host(s)`
+    : r.hosts.length
+      ? `NOT converged (${lagging.join(', ')})`
+      : 'no hosts known';
+  return `revision ${r.target} (store at ${r.storeRevision}): ${verdict}`;
+}
+
+/** `fleet status`: exit 3 when the target revision has not converged on every host. */
+async function statusCommand(o: StatusOpts, io: Out): Promise<void> {
+  const revision = parseRevision(o.revision);
+  const expect = (o.expect ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  const { fleetStatus } = await import('../../fleet/fleet.js');
+  const r = await withStore(o, (s, prefix) =>
+    fleetStatus(s, prefix, { ...(revision !== undefined ? { revision } : {}), expect }),
+  );
+  if (o.json) io.out(JSON.stringify(r));
+  else {
+    io.out('HOST\tAPPLIED\tSTATE\tWATCH\tENGINE\tPROFILES\tREFUSED\tERROR');
+    for (const row of r.hosts) io.out(hostLine(row));
+    io.out(convergenceLine(r));
+  }
+  if (!r.converged) throw new ExitCode(3);
+}
 
 export function register(program: Command, io: Out): void {
   const fleet = program
@@ -38,71 +134,24 @@ export function register(program: Command, io: Out): void {
         ),
     ),
   )
-    .option('--file <path>', 'every profile of a YAML file in the state file format (at most 128)')
+    .option(
+      '--file <path>',
+      'every profile of a YAML file in the state file format (- reads standard input; at most 128 profiles, 64 MiB)',
+    )
     .option('--json', 'print the result as JSON')
-    .action(async (_o: unknown, cmd: Command) => {
-      const o = ownOptions<EtcdFlags & { file?: string; json?: boolean; srcAddr?: string; destAddr?: string }>(cmd);
-      let inputs: ProfileInput[];
-      if (o.file !== undefined) {
-        if (o.srcAddr !== undefined || o.destAddr !== undefined)
-          throw new IptlbError('EUSAGE', 'fleet apply: --file cannot be combined with -src-addr/-dest-addr');
-        let text: string;
-        try {
-          text = readFileSync(o.file, 'utf8');
-        } catch (e) {
-          throw new IptlbError('EUSAGE', `file: cannot read ${show(o.file)} (${(e as NodeJS.ErrnoException).code})`, {
-            field: 'file',
-          });
-        }
-        inputs = [...(await parseState(text, o.file)).values()];
-      } else inputs = [profileInput(o as unknown as ProfileOpts)];
-      const { fleetApply } = await import('../../fleet/fleet.js');
-      const r = await withStore(o, (s, prefix) => fleetApply(s, prefix, inputs));
-      if (o.json) io.out(JSON.stringify(r));
-      else io.err(`iptlb: fleet: wrote ${r.applied.map((p) => p.name).join(', ')} at revision ${r.revision}`);
-    });
+    .action(async (_o: unknown, cmd: Command) => applyCommand(ownOptions<ApplyOpts>(cmd), io));
 
   addEtcdFlags(
     fleet.command('delete').description('delete profiles from etcd by name, in one transaction').argument('<names...>'),
   )
     .option('--json', 'print the result as JSON')
-    .action(async (names: string[], _o: unknown, cmd: Command) => {
-      const o = ownOptions<EtcdFlags & { json?: boolean }>(cmd);
-      const { fleetDelete } = await import('../../fleet/fleet.js');
-      const r = await withStore(o, (s, prefix) => fleetDelete(s, prefix, names));
-      if (o.json) io.out(JSON.stringify(r));
-      else io.err(`iptlb: fleet: deleted ${r.deleted.join(', ')} at revision ${r.revision}`);
-    });
+    .action(async (names: string[], _o: unknown, cmd: Command) =>
+      deleteCommand(names, ownOptions<EtcdFlags & { json?: boolean }>(cmd), io),
+    );
 
   addEtcdFlags(fleet.command('list').description('list the profiles kept in etcd (invalid ones with their error)'))
     .option('--json', 'print the result as JSON')
-    .action(async (_o: unknown, cmd: Command) => {
-      const o = ownOptions<EtcdFlags & { json?: boolean }>(cmd);
-      const { fleetList } = await import('../../fleet/fleet.js');
-      const r = await withStore(o, (s, prefix) => fleetList(s, prefix));
-      if (o.json) {
-        io.out(
-          JSON.stringify({
-            revision: r.revision,
-            profiles: r.profiles.map((p) =>
-              p.parsed.ok
-                ? { ...p.parsed.profile, modRevision: p.modRevision }
-                : {
-                    name: p.name,
-                    key: p.key,
-                    modRevision: p.modRevision,
-                    error: { code: p.parsed.code, message: p.parsed.message },
-                  },
-            ),
-          }),
-        );
-        return;
-      }
-      if (!r.profiles.length) return io.out(`no profiles in the store (revision ${r.revision})`);
-      io.out('NAME\tSOURCE\tMODE\tDESTINATIONS');
-      for (const p of r.profiles)
-        io.out(p.parsed.ok ? describe(p.parsed.profile) : `${p.name}\tINVALID (${p.parsed.code}): ${p.parsed.message}`);
-    });
+    .action(async (_o: unknown, cmd: Command) => listCommand(ownOptions<EtcdFlags & { json?: boolean }>(cmd), io));
 
   addEtcdFlags(
     fleet
@@ -120,54 +169,5 @@ export function register(program: Command, io: Out): void {
       'comma-separated hosts that must be there (a missing host key is "unknown", never "no rules")',
     )
     .option('--json', 'print the result as JSON')
-    .action(async (_o: unknown, cmd: Command) => {
-      const o = ownOptions<EtcdFlags & { revision?: string; expect?: string; json?: boolean }>(cmd);
-      let revision: number | undefined;
-      if (o.revision !== undefined) {
-        revision = Number(o.revision);
-        if (!/^\d+$/.test(o.revision) || !Number.isSafeInteger(revision))
-          throw new IptlbError('EUSAGE', `revision: ${show(o.revision)} must be a whole number`, { field: 'revision' });
-      }
-      const expect = o.expect
-        ? o.expect
-            .split(',')
-            .map((s) => s.trim())
-            .filter(Boolean)
-        : [];
-      const { fleetStatus } = await import('../../fleet/fleet.js');
-      const r = await withStore(o, (s, prefix) =>
-        fleetStatus(s, prefix, { ...(revision !== undefined ? { revision } : {}), expect }),
-      );
-      if (o.json) io.out(JSON.stringify(r));
-      else {
-        io.out('HOST\tAPPLIED\tSTATE\tWATCH\tENGINE\tPROFILES\tREFUSED\tERROR');
-        for (const row of r.hosts) {
-          const st = row.status;
-          if (!st) {
-            io.out(
-              `${row.host}\t-\tunknown\t-\t-\t-\t-\t${row.invalid ?? 'no host key (agent down, or lease expired): unknown, not "no rules"'}`,
-            );
-            continue;
-          }
-          const state = row.converged ? 'current' : `lagging by ${row.lag}`;
-          const refused = st.refused.length ? st.refused.map((x) => `${x.name}:${x.code}`).join(',') : '-';
-          io.out(
-            `${row.host}\t${st.revision}\t${state}\t${st.watch}\t${st.engine ?? '-'}/${st.executor ?? '-'}\t${st.profiles}\t${refused}\t${st.error ?? '-'}`,
-          );
-        }
-        io.out(
-          `revision ${r.target} (store at ${r.storeRevision}): ${
-            r.converged
-              ? `converged on all ${r.hosts.length} host(s)`
-              : r.hosts.length
-                ? `NOT converged (${r.hosts
-                    .filter((x) => !x.converged)
-                    .map((x) => x.host)
-                    .join(', ')})`
-                : 'no hosts known'
-          }`,
-        );
-      }
-      if (!r.converged) throw new ExitCode(3);
-    });
+    .action(async (_o: unknown, cmd: Command) => statusCommand(ownOptions<StatusOpts>(cmd), io));
 }

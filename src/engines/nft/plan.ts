@@ -402,48 +402,7 @@ export function planNftChange(
   const fast = usage !== undefined && prev.size > 0 && baseUnchanged(prev, next, names, usage);
   const before = fast ? EMPTY_CONTENT : baseContent(prev.values());
   const after = fast ? EMPTY_CONTENT : baseContent(next.values());
-  const moving: Profile[] = [];
-  const dels = new ElementOps();
-  const adds = new ElementOps();
-  const later = new ElementOps();
-  for (const name of names) {
-    const old = prev.get(name);
-    const now = next.get(name);
-    const o = old && planNftProfile(old);
-    const n = now && planNftProfile(now);
-    // A round-robin profile whose slot count changes moves too: its rule changes with its backends.
-    // So does a switch between round-robin and affinity (the round-robin rule's backends must outlive it).
-    if (
-      o &&
-      n &&
-      (o.set !== n.set ||
-        !sameEndpoint(o.vip, n.vip) ||
-        (o.set === null &&
-          (o.n !== n.n ||
-            old!.rulesBackend !== now!.rulesBackend ||
-            o.proto !== n.proto ||
-            !!old!.affinity !== !!now!.affinity)))
-    ) {
-      // Moves: the new elements now, the old ones in the second step. Backends that share keys
-      // (same address, protocol and count: only the mode or the scheduler changed) are replaced in place.
-      moving.push(old!);
-      adds.add(n);
-      if (o.set !== null) later.addDispatch(o.set, o.vip);
-      if (
-        o.proto === n.proto &&
-        sameEndpoint(o.vip, n.vip) &&
-        o.n === n.n &&
-        (o.set === null) === (n.set === null) &&
-        !old!.affinity &&
-        !now!.affinity
-      )
-        dels.addBackends(o.proto, o.backends);
-      else later.addBackends(o.proto, o.backends);
-      continue;
-    }
-    if (o) dels.add(o);
-    if (n) adds.add(n);
-  }
+  const { moving, dels, adds, later } = sortElements(prev, next, names);
   // Sets the kernel still fills after each step, beyond what the profiles say.
   const left = (step: 1 | 2): string[] =>
     [...(kernelSets ?? [])]
@@ -483,6 +442,59 @@ export function planNftChange(
   for (const name of middle.sets.filter((s) => !final.sets.includes(s))) second.push({ op: 'deleteSet', name });
   dropAffinitySets(middle, final, second);
   return [tx(fam, first), tx(fam, second)];
+}
+
+/**
+ * Whether a profile changing from `old` to `now` moves: to another dispatch set or address, or (without a set) to
+ * another slot count, mode, protocol or between round-robin and affinity (the round-robin rule's backends must
+ * outlive it).
+ */
+function moves(old: Profile, now: Profile, o: NftProfilePlan, n: NftProfilePlan): boolean {
+  if (o.set !== n.set || !sameEndpoint(o.vip, n.vip)) return true;
+  return (
+    o.set === null &&
+    (o.n !== n.n || old.rulesBackend !== now.rulesBackend || o.proto !== n.proto || !!old.affinity !== !!now.affinity)
+  );
+}
+
+/**
+ * The element changes of the touched profiles: deletions and additions of the first step, and deletions left for the
+ * second step of a move (the moving profiles' old elements).
+ */
+function sortElements(
+  prev: ReadonlyMap<string, Profile>,
+  next: ReadonlyMap<string, Profile>,
+  names: Set<string>,
+): { moving: Profile[]; dels: ElementOps; adds: ElementOps; later: ElementOps } {
+  const moving: Profile[] = [];
+  const dels = new ElementOps();
+  const adds = new ElementOps();
+  const later = new ElementOps();
+  for (const name of names) {
+    const old = prev.get(name);
+    const now = next.get(name);
+    const o = old && planNftProfile(old);
+    const n = now && planNftProfile(now);
+    if (o && n && moves(old!, now!, o, n)) {
+      // Moves: the new elements now, the old ones in the second step. Backends that share keys
+      // (same address, protocol and count: only the mode or the scheduler changed) are replaced in place.
+      moving.push(old!);
+      adds.add(n);
+      if (o.set !== null) later.addDispatch(o.set, o.vip);
+      const sameKeys =
+        o.proto === n.proto &&
+        sameEndpoint(o.vip, n.vip) &&
+        o.n === n.n &&
+        (o.set === null) === (n.set === null) &&
+        !old!.affinity &&
+        !now!.affinity;
+      (sameKeys ? dels : later).addBackends(o.proto, o.backends);
+      continue;
+    }
+    if (o) dels.add(o);
+    if (n) adds.add(n);
+  }
+  return { moving, dels, adds, later };
 }
 
 /**
