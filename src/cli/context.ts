@@ -21,7 +21,7 @@ export class ExitCode extends Error {
 }
 
 /** Every Core of this run: {@link main} waits for their conntrack cleanup before it returns. */
-export const cores = new Set<Core>();
+const cores = new Set<Core>();
 
 /** A change, and its conntrack cleanup done before it returns: the CLI exits right after. */
 export async function transact(core: Core, ...args: Parameters<Core['transact']>): Promise<TransactionResult> {
