@@ -122,11 +122,11 @@ bool ParseBackendMapName(const std::string &name, Proto *p) {
 const FamilyLayout &LayoutOf(Family f) {
   static const FamilyLayout kIp{"ip", NFPROTO_IPV4, AF_INET, 4, 16, 12, NFT_CT_DST_IP, 7, 12, 12};
   static const FamilyLayout kIp6{"ip6", NFPROTO_IPV6, AF_INET6, 16, 24, 8, NFT_CT_DST_IP6, 8, 13, 9};
-  return f == Family::kIp6 ? kIp6 : kIp;
+  return f == Family::kIpv6 ? kIp6 : kIp;
 }
 
 bool ParseFamily(const std::string &s, Family *f) {
-  for (Family q : {Family::kIp, Family::kIp6}) {
+  for (Family q : {Family::kIpv4, Family::kIpv6}) {
     if (s == LayoutOf(q).name) {
       *f = q;
       return true;
@@ -138,7 +138,7 @@ bool ParseFamily(const std::string &s, Family *f) {
 std::string TableText(Family f) { return std::string("table ") + LayoutOf(f).name + " iptlb"; }
 
 std::string IpText(const Endpoint &e, Family f) {
-  return f == Family::kIp ? Ipv4Text(e.ip.data()) : Ipv6Text(e.ip.data());
+  return f == Family::kIpv4 ? Ipv4Text(e.ip.data()) : Ipv6Text(e.ip.data());
 }
 uint16_t HostPort(const Endpoint &e) { return ntohs(e.port); }
 
@@ -253,7 +253,7 @@ Endpoint EndpointFromJs(const Napi::Value &v, Family f, PathFn path) {
   const std::string s = ip.As<Napi::String>().Utf8Value();
   if (inet_pton(LayoutOf(f).af, s.c_str(), e.ip.data()) != 1) {
     Bad(v.Env(), path() + ".ip",
-        std::string(f == Family::kIp ? "not an IPv4 address: " : "not an IPv6 address: ") + s.substr(0, 64));
+        std::string(f == Family::kIpv4 ? "not an IPv4 address: " : "not an IPv6 address: ") + s.substr(0, 64));
   }
   e.port = htons(static_cast<uint16_t>(Int(o.Get("port"), 1, 65535, [&] { return path() + ".port"; })));
   return e;
@@ -461,7 +461,7 @@ Transaction TransactionFromJs(const Napi::Value &v) {
 }
 
 Family FamilyFromJs(const Napi::Value &v, const std::string &path) {
-  Family f = Family::kIp;
+  Family f = Family::kIpv4;
   if (v.IsUndefined()) return f;
   if (!v.IsString() || !ParseFamily(v.As<Napi::String>().Utf8Value(), &f)) Bad(v.Env(), path, "must be 'ip' or 'ip6'");
   return f;

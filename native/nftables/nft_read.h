@@ -18,7 +18,7 @@ struct Counted {
 };
 
 struct View {
-  Family family = Family::kIp;
+  Family family = Family::kIpv4;
   uint32_t genid = 0;
   bool exists = false;
   struct DispatchSet {

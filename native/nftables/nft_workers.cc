@@ -193,7 +193,7 @@ void NftReadWorker::OnOK() {
   Napi::Object r = Napi::Object::New(env);
   r.Set("genid", v.genid);
   // Only for ip6: a read of table ip iptlb has no `family` (absent means ip, as before).
-  if (v.family == nft::Family::kIp6) r.Set("family", nft::LayoutOf(v.family).name);
+  if (v.family == nft::Family::kIpv6) r.Set("family", nft::LayoutOf(v.family).name);
   r.Set("exists", v.exists);
   Napi::Array sets = Napi::Array::New(env, v.dispatch_sets.size());
   for (size_t i = 0; i < v.dispatch_sets.size(); i++) {

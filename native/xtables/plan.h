@@ -13,10 +13,9 @@
 #include <string>
 #include <vector>
 
-namespace iptlb {
+#include "family.h"
 
-// The nat table a transaction is for: iptables' (ipv4, libip4tc) or ip6tables' (ipv6, libip6tc).
-enum class Family { kIpv4, kIpv6 };
+namespace iptlb {
 
 // An address or mask in network order, as the kernel's structures hold it: `.ip` for IPv4 (the
 // other words zero), `.in6` for IPv6.

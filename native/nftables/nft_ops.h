@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "family.h"
 #include "nft_netlink.h"
 
 namespace iptlb {
@@ -15,7 +16,7 @@ namespace nft {
 
 enum class Proto : uint8_t { kTcp, kUdp, kSctp };
 // The table's family: `ip iptlb` (IPv4 profiles) or `ip6 iptlb` (IPv6 ones, same layout).
-enum class Family : uint8_t { kIp, kIp6 };
+using iptlb::Family;  // kIpv4: table ip iptlb, kIpv6: table ip6 iptlb
 enum class Hook : uint8_t { kOut, kPre, kLoc };
 enum class BaseChain : uint8_t { kOutput, kPrerouting, kPostrouting };
 
@@ -121,7 +122,7 @@ const char *OpKindName(Op::Kind k);
 std::string DescribeOp(const Op &op);
 
 struct Transaction {
-  Family family = Family::kIp;
+  Family family = Family::kIpv4;
   std::vector<Op> ops;
   int64_t expect_genid = -1;  // -1: none
 };
