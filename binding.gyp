@@ -38,7 +38,8 @@
       "sources": [
         "native/common/errors.cc",
         "native/common/ip_text.cc",
-        "native/common/table_queue.cc",
+        "native/common/job_thread.cc",
+        "native/common/pending.cc",
         "native/common/thread_priority.cc",
         "native/common/xtables_lock.cc",
         "native/xtables/addon_xt.cc",
@@ -62,7 +63,7 @@
         "native/common/errors.cc",
         "native/common/ip_text.cc",
         "native/common/nft_netlink.cc",
-        "native/common/table_queue.cc",
+        "native/common/pending.cc",
         "native/common/thread_priority.cc",
         "native/nftables/addon_nft.cc",
         "native/nftables/nft_batch.cc",

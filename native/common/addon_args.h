@@ -8,9 +8,13 @@ namespace iptlb {
 
 // Bumped whenever the JS-visible interface changes; src/native/addon.ts checks it. All three
 // .node files (iptlb_core, iptlb_xt, iptlb_nft) export the same number.
-constexpr int kAbiVersion = 11;  // 11: three parts (10) and the legacy gate (read() reports `gate` and `direct`)
+// 13: table operations return a job number for start(n) (JavaScript orders them), the legacy plan crosses as
+// JSON text only (commit(json)); 11: three parts (10) and the legacy gate.
+constexpr int kAbiVersion = 13;
 
 constexpr int kDefaultLockWaitMs = 10000;
+// The longest plan text commit() takes (UTF-16 units): 10,000 profiles are about 6 MB.
+constexpr size_t kMaxPlanJson = 256u << 20;
 constexpr double kMaxWaitMs = 3600000;
 
 inline int WaitMs(const Napi::Value &v, const std::string &field) {

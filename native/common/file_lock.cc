@@ -60,7 +60,7 @@ FlockWorker::~FlockWorker() {
   if (fd_ >= 0) close(fd_);  // never handed over (environment torn down first)
 }
 
-void FlockWorker::Execute() {
+void FlockWorker::Work() {
   FlockGuard guard;
   NativeError error;
   if (!guard.Acquire(path_, kStateFileLockOpen, wait_ms_, &error)) return Fail(std::move(error));

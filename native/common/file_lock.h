@@ -33,7 +33,7 @@ class FlockWorker : public PromiseWorker {
   ~FlockWorker() override;
 
  protected:
-  void Execute() override;  // no N-API in here
+  void Work() override;  // no N-API in here
   void OnOK() override;
 
  private:

@@ -19,9 +19,7 @@ namespace iptlb {
 namespace nft {
 
 // Thrown inside Execute() only; caught there and handed to PromiseWorker::Fail.
-struct NftFailure {
-  NativeError error;
-};
+using NftFailure = NativeFailure;  // errors.h: the one error style
 
 [[noreturn]] void ThrowErrno(const std::string &code, int err, const std::string &message);
 

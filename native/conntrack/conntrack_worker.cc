@@ -87,17 +87,9 @@ std::vector<ct::Flow> FlowsFromJs(const Napi::Value &v) {
 ConntrackFlushWorker::ConntrackFlushWorker(Napi::Env env, std::vector<ct::Flow> flows, bool kernel_filter)
     : PromiseWorker(env, "iptlb.conntrackFlush"), flows_(std::move(flows)), kernel_filter_(kernel_filter) {}
 
-void ConntrackFlushWorker::Execute() {
+void ConntrackFlushWorker::Work() {
   const auto t0 = std::chrono::steady_clock::now();
-  try {
-    result_ = ct::Flush(flows_, kernel_filter_);
-  } catch (const nft::NftFailure &f) {
-    return Fail(f.error);
-  } catch (const std::bad_alloc &) {
-    return Fail(NativeError::FromErrno("EKERNEL", ENOMEM, "conntrackFlush: out of memory"));
-  } catch (const std::exception &e) {
-    return Fail(NativeError::FromErrno("EKERNEL", EINVAL, std::string("conntrackFlush: ") + e.what()));
-  }
+  result_ = ct::Flush(flows_, kernel_filter_);  // throws NativeFailure (the boundary: PromiseWorker)
   duration_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 

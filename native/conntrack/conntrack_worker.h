@@ -16,7 +16,7 @@ class ConntrackFlushWorker : public PromiseWorker {
   ConntrackFlushWorker(Napi::Env env, std::vector<ct::Flow> flows, bool kernel_filter);
 
  protected:
-  void Execute() override;  // no N-API in here
+  void Work() override;  // no N-API in here
   void OnOK() override;
 
  private:

@@ -4,6 +4,7 @@
 
 #include "addon_args.h"
 #include "nft_workers.h"
+#include "pending.h"
 
 namespace iptlb {
 
@@ -12,6 +13,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("part", Napi::String::New(env, "nft"));
   exports.Set("nftCommit", Napi::Function::New(env, NftCommit, "nftCommit"));
   exports.Set("nftRead", Napi::Function::New(env, NftRead, "nftRead"));
+  exports.Set("start", Napi::Function::New(env, StartPending, "start"));
   return exports;
 }
 

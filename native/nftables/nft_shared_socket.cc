@@ -13,11 +13,16 @@ struct Shared {
 };
 
 Shared &State() {
-  static Shared s;  // touched only inside a table turn
+  static Shared s;  // under TableMutex() only
   return s;
 }
 
 }  // namespace
+
+std::mutex &TableMutex() {
+  static std::mutex m;
+  return m;
+}
 
 SharedSocketLease::SharedSocketLease() {
   Shared &s = State();

@@ -5,18 +5,21 @@
 // period). With a socket per operation every commit that deleted set elements (any profile change)
 // paid about 10 ms in close(); kept open, a commit costs what it sends.
 //
-// Only used inside a table turn (TableTurn::Enter), which admits one operation at a time process-wide,
-// so it needs no lock of its own. A socket belongs to the network namespace it was opened in: the
-// lease opens a new one when the calling thread is in another namespace.
+// Only used under TableMutex(), held by each nftables operation for its whole netlink work (JavaScript
+// already keeps one in flight per addon instance; the mutex covers several, e.g. in worker threads). A socket belongs
+// to the network namespace it was opened in: the lease opens a new one when the calling thread is in another namespace.
 #pragma once
 #include <sys/types.h>
 
 #include <memory>
+#include <mutex>
 
 #include "nft_netlink.h"
 
 namespace iptlb {
 namespace nft {
+
+std::mutex &TableMutex();
 
 class SharedSocketLease {
  public:

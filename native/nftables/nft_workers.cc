@@ -7,6 +7,7 @@
 
 #include "nft_netlink.h"
 #include "nft_shared_socket.h"
+#include "pending.h"
 #include "thread_priority.h"
 
 namespace iptlb {
@@ -127,35 +128,27 @@ void SetCounters(Napi::Env env, Napi::Object o, const nft::Counted &c) {
 NftCommitWorker::NftCommitWorker(Napi::Env env, nft::Transaction tx)
     : PromiseWorker(env, "iptlb.nftCommit"), tx_(std::move(tx)) {}
 
-void NftCommitWorker::Execute() {
+void NftCommitWorker::Work() {
   BackgroundPriority background;
-  auto turn = turn_.Enter();  // one table operation at a time, in call order
+  std::lock_guard<std::mutex> one(nft::TableMutex());  // one operation at a time, also across environments
   const auto t0 = std::chrono::steady_clock::now();
-  try {
-    nft::SharedSocketLease lease;
-    nft::Socket &s = *lease.get();
-    nft::Batch b(s.NextSeq());
-    b.Begin(tx_.expect_genid);
-    nft::EncodeOps(tx_, &b);
-    b.End();
-    s.ContinueSeqAt(b.next_seq());
-    if (b.op_messages() > 0) {
-      const std::vector<nft::NlAck> errors = s.SendBatch(b);
-      if (!errors.empty()) return Fail(BatchError(b, tx_, errors.front()));
-    }
-    genid_ = s.GetGenid();
-    if (b.op_messages() == 0 && tx_.expect_genid >= 0 && genid_ != tx_.expect_genid) {
-      // Nothing to send (only empty element lists); the generation check still applies.
-      return Fail(BatchError(b, tx_, nft::NlAck{b.begin_seq(), ERESTART, ""}));
-    }
-    lease.Keep();
-  } catch (const nft::NftFailure &f) {
-    return Fail(f.error);
-  } catch (const std::bad_alloc &) {
-    return Fail(NativeError::FromErrno("EKERNEL", ENOMEM, "nftCommit: out of memory"));
-  } catch (const std::exception &e) {
-    return Fail(NativeError::FromErrno("EKERNEL", EINVAL, std::string("nftCommit: ") + e.what()));
+  nft::SharedSocketLease lease;
+  nft::Socket &s = *lease.get();
+  nft::Batch b(s.NextSeq());
+  b.Begin(tx_.expect_genid);
+  nft::EncodeOps(tx_, &b);
+  b.End();
+  s.ContinueSeqAt(b.next_seq());
+  if (b.op_messages() > 0) {
+    const std::vector<nft::NlAck> errors = s.SendBatch(b);
+    if (!errors.empty()) Throw(BatchError(b, tx_, errors.front()));
   }
+  genid_ = s.GetGenid();
+  if (b.op_messages() == 0 && tx_.expect_genid >= 0 && genid_ != tx_.expect_genid) {
+    // Nothing to send (only empty element lists); the generation check still applies.
+    Throw(BatchError(b, tx_, nft::NlAck{b.begin_seq(), ERESTART, ""}));
+  }
+  lease.Keep();
   duration_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
@@ -172,19 +165,11 @@ void NftCommitWorker::OnOK() {
 NftReadWorker::NftReadWorker(Napi::Env env, nft::Family family)
     : PromiseWorker(env, "iptlb.nftRead"), family_(family) {}
 
-void NftReadWorker::Execute() {
-  auto turn = turn_.Enter();
-  try {
-    nft::SharedSocketLease lease;
-    view_ = nft::ReadView(lease.get(), family_);
-    lease.Keep();
-  } catch (const nft::NftFailure &f) {
-    return Fail(f.error);
-  } catch (const std::bad_alloc &) {
-    return Fail(NativeError::FromErrno("EKERNEL", ENOMEM, "nftRead: out of memory"));
-  } catch (const std::exception &e) {
-    return Fail(NativeError::FromErrno("EKERNEL", EINVAL, std::string("nftRead: ") + e.what()));
-  }
+void NftReadWorker::Work() {
+  std::lock_guard<std::mutex> one(nft::TableMutex());
+  nft::SharedSocketLease lease;
+  view_ = nft::ReadView(lease.get(), family_);
+  lease.Keep();
 }
 
 void NftReadWorker::OnOK() {
@@ -263,18 +248,12 @@ void NftReadWorker::OnOK() {
 Napi::Value NftCommit(const Napi::CallbackInfo &info) {
   if (info.Length() < 1) throw Napi::TypeError::New(info.Env(), "transaction: missing");
   nft::Transaction tx = nft::TransactionFromJs(info[0]);
-  auto *w = new NftCommitWorker(info.Env(), std::move(tx));
-  Napi::Promise p = w->Promise();
-  w->QueueInOrder();
-  return p;
+  return Pending(info.Env(), new NftCommitWorker(info.Env(), std::move(tx)), [](NftCommitWorker *w) { w->Queue(); });
 }
 
 Napi::Value NftRead(const Napi::CallbackInfo &info) {
   const nft::Family family = nft::FamilyFromJs(info[0], "family");
-  auto *w = new NftReadWorker(info.Env(), family);
-  Napi::Promise p = w->Promise();
-  w->QueueInOrder();
-  return p;
+  return Pending(info.Env(), new NftReadWorker(info.Env(), family), [](NftReadWorker *w) { w->Queue(); });
 }
 
 }  // namespace iptlb

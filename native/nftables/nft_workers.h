@@ -6,21 +6,18 @@
 #include "nft_ops.h"
 #include "nft_read.h"
 #include "promise_worker.h"
-#include "table_queue.h"
 
 namespace iptlb {
 
 class NftCommitWorker : public PromiseWorker {
  public:
   NftCommitWorker(Napi::Env env, nft::Transaction tx);
-  void QueueInOrder() { turn_.Queue(this); }
 
  protected:
-  void Execute() override;
+  void Work() override;
   void OnOK() override;
 
  private:
-  TableTurn turn_;
   nft::Transaction tx_;
   double duration_ms_ = 0;
   uint32_t genid_ = 0;
@@ -29,19 +26,18 @@ class NftCommitWorker : public PromiseWorker {
 class NftReadWorker : public PromiseWorker {
  public:
   NftReadWorker(Napi::Env env, nft::Family family);
-  void QueueInOrder() { turn_.Queue(this); }
 
  protected:
-  void Execute() override;
+  void Work() override;
   void OnOK() override;
 
  private:
-  TableTurn turn_;
   nft::Family family_;
   nft::View view_;
 };
 
-// nftCommit(tx) / nftRead(family?): argument checks (TypeErrors) and queueing.
+// nftCommit(tx) / nftRead(family?): argument checks (TypeErrors); they return a job number for
+// start(n) (pending.h): JavaScript orders the calls.
 Napi::Value NftCommit(const Napi::CallbackInfo &info);
 Napi::Value NftRead(const Napi::CallbackInfo &info);
 

@@ -18,29 +18,17 @@ namespace {
 constexpr int kMaxAttempts = 8;
 }  // namespace
 
-CommitWorker::CommitWorker(Napi::Env env, Transaction tx, int lock_wait_ms)
-    : PromiseWorker(env, "iptlb.commit"),
-      tx_(std::move(tx)),
-      lock_path_(XtablesLockPath()),
-      lock_wait_ms_(lock_wait_ms) {}
-
 CommitWorker::CommitWorker(Napi::Env env, std::string json, int lock_wait_ms)
-    : PromiseWorker(env, "iptlb.commit"),
+    : ThreadJob(env, "iptlb.commit"),
       json_(std::move(json)),
       lock_path_(XtablesLockPath()),
       lock_wait_ms_(lock_wait_ms) {}
 
-void CommitWorker::Execute() {
+void CommitWorker::Work() {
   BackgroundPriority background;
   const auto t0 = std::chrono::steady_clock::now();
-  if (!json_.empty()) {
-    // Decoded before waiting for our turn: it needs neither the table nor the lock.
-    std::string why;
-    const bool ok = TransactionFromJson(std::move(json_), &tx_, &why);
-    json_.clear();
-    if (!ok) return Fail(NativeError{"EPLAN", EINVAL, why});
-  }
-  auto turn = turn_.Enter();  // commits and reads reach the table one at a time, in call order
+  tx_ = TransactionFromJson(std::move(json_));  // throws EPLAN, before any lock or table is touched
+  json_.clear();
   std::lock_guard<std::mutex> serial(LibiptcMutex());
   // A handle prefetch() prepared (ipv4 only) holds the xtables lock already (see prefetch.h). An ipv4
   // commit takes both over. An ipv6 commit needs the same lock (ip6tables takes the same file), which

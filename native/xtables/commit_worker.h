@@ -8,23 +8,18 @@
 
 #include "iptc_handle.h"
 #include "plan.h"
-#include "promise_worker.h"
-#include "table_queue.h"
+#include "job_thread.h"
 
 namespace iptlb {
 
-class CommitWorker : public PromiseWorker {
+class CommitWorker : public ThreadJob {
  public:
-  // `tx` is already validated plain data (TransactionFromJs, on the JS thread).
-  CommitWorker(Napi::Env env, Transaction tx, int lock_wait_ms);
-  // `json` is the transaction as JSON text, decoded and checked in Execute() (TransactionFromJson);
-  // a plan that fails a check rejects with code EPLAN and the field in the message.
+  // `json` is the transaction as JSON text, decoded and checked in Work() (TransactionFromJson); a
+  // plan that fails a check rejects with code EPLAN and the field in the message.
   CommitWorker(Napi::Env env, std::string json, int lock_wait_ms);
-  // Queues the worker behind every commit/read called before it (see table_queue.h).
-  void QueueInOrder() { turn_.Queue(this); }
 
  protected:
-  void Execute() override;  // no N-API in here
+  void Work() override;  // no N-API in here
   void OnOK() override;
 
  private:
@@ -32,9 +27,8 @@ class CommitWorker : public PromiseWorker {
   template <typename F>
   bool Run(XtHandle<F> *prepared);
 
-  TableTurn turn_;
   Transaction tx_;
-  std::string json_;       // non-empty: decode into tx_ first (worker thread)
+  std::string json_;       // decoded into tx_ first (job thread)
   std::string lock_path_;  // read from the environment on the JS thread
   int lock_wait_ms_;
   double duration_ms_ = 0;

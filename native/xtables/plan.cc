@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 
+#include "errors.h"
 #include "json.h"
 
 namespace iptlb {
@@ -38,33 +39,14 @@ struct Path {
   }
 };
 
-// A failed check: "<field>: <what>". Turned into a TypeError (JS thread) or an error result (worker).
+// A failed check: "<field>: <what>". Turned into an EPLAN NativeFailure by TransactionFromJson.
 struct PlanError {
   std::string message;
 };
 
 [[noreturn]] void Fail(const Path &field, const std::string &what) { throw PlanError{field.Render() + ": " + what}; }
 
-// The two sources of a plan, read through one interface: JavaScript values (N-API, JS thread only)
-// and parsed JSON text (plain data, any thread).
-class JsValue {
- public:
-  explicit JsValue(Napi::Value v) : v_(v) {}
-  bool IsUndefined() const { return v_.IsUndefined(); }
-  bool IsString() const { return v_.IsString(); }
-  bool IsNumber() const { return v_.IsNumber(); }
-  bool IsArray() const { return v_.IsArray(); }
-  bool IsObject() const { return v_.IsObject() && !v_.IsArray(); }
-  std::string String() const { return v_.As<Napi::String>().Utf8Value(); }
-  double Number() const { return v_.As<Napi::Number>().DoubleValue(); }
-  JsValue Get(const char *key) const { return JsValue(v_.As<Napi::Object>().Get(key)); }
-  uint32_t Length() const { return v_.As<Napi::Array>().Length(); }
-  JsValue At(uint32_t i) const { return JsValue(v_.As<Napi::Array>().Get(i)); }
-
- private:
-  Napi::Value v_;
-};
-
+// A value of the parsed JSON text (plain data, any thread), read by the checks below.
 class JsonValue {
  public:
   JsonValue(const JsonDoc *doc, uint32_t n) : doc_(doc), n_(n) {}
@@ -399,28 +381,16 @@ bool ParseCidr(Family family, const std::string &text, Address *addr, Address *m
   return true;
 }
 
-Transaction TransactionFromJs(const Napi::Value &value) {
-  try {
-    return TransactionFrom(JsValue(value));
-  } catch (const PlanError &e) {
-    throw Napi::TypeError::New(value.Env(), e.message);
-  }
-}
-
-bool TransactionFromJson(std::string text, Transaction *tx, std::string *error) {
+Transaction TransactionFromJson(std::string text) {
   JsonDoc doc;
   std::string why;
-  if (!doc.Parse(std::move(text), &why)) {
-    *error = "transaction: is not valid JSON (" + why + ")";
-    return false;
-  }
+  if (!doc.Parse(std::move(text), &why))
+    Throw(NativeError{"EPLAN", EINVAL, "transaction: is not valid JSON (" + why + ")"});
   try {
-    *tx = TransactionFrom(JsonValue(&doc, 0));
+    return TransactionFrom(JsonValue(&doc, 0));
   } catch (const PlanError &e) {
-    *error = e.message;
-    return false;
+    Throw(NativeError{"EPLAN", EINVAL, e.message});
   }
-  return true;
 }
 
 }  // namespace iptlb

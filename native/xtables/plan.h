@@ -1,8 +1,6 @@
-// The rule plan as plain C++ data (mirrors src/types.ts), and its conversion from JavaScript values
-// (JS thread: a TypeError naming the field for bad input) or from the same plan as JSON text (any
-// thread: an error result naming the field). Both apply the same checks with the same messages.
+// The rule plan as plain C++ data (mirrors src/types.ts), and its decoding from the JSON text
+// JavaScript hands over (any thread: an EPLAN error naming the field for bad input).
 #pragma once
-#include <napi.h>
 // glibc's headers before the kernel's: linux/libc-compat.h (included once) then leaves glibc's
 // definitions alone, also for the headers libiptc includes later (it includes net/if.h).
 #include <net/if.h>
@@ -91,12 +89,9 @@ struct Transaction {
   std::vector<HookRule> hook_rules;
 };
 
-// Throws Napi::TypeError (as a C++ exception) naming the offending field.
-Transaction TransactionFromJs(const Napi::Value &value);
-
-// JSON.stringify of a transaction → *tx; false with *error ("<field>: <what>") when the text is not
-// JSON or the plan fails a check. No N-API: safe in AsyncWorker::Execute().
-bool TransactionFromJson(std::string text, Transaction *tx, std::string *error);
+// JSON.stringify of a transaction → the plan; throws NativeFailure with code EPLAN and the message
+// "<field>: <what>" when the text is not JSON or the plan fails a check. No N-API: any thread.
+Transaction TransactionFromJson(std::string text);
 
 // Parses "a.b.c.d" or "a.b.c.d/n" (ipv4), "v6" or "v6/n" (ipv6: any RFC 4291 text form); false
 // when malformed or of the other family. The address comes back masked.

@@ -4,6 +4,7 @@
 
 #include <mutex>
 
+#include "pending.h"
 #include "thread_priority.h"
 #include "xtables_lock.h"
 
@@ -11,11 +12,16 @@ namespace iptlb {
 namespace {
 
 std::unique_ptr<Prefetched> &Slot() {
-  static std::unique_ptr<Prefetched> slot;  // inside a table turn only (see prefetch.h)
+  static std::unique_ptr<Prefetched> slot;  // on the x_tables job thread only (see prefetch.h)
   return slot;
 }
 
 }  // namespace
+
+JobThread *XtablesThread() {
+  static JobThread *thread = new JobThread();  // never destroyed: it lives as long as the process
+  return thread;
+}
 
 Prefetched::~Prefetched() {
   handle.reset();  // the copy first, then the lock it was made under
@@ -27,13 +33,12 @@ std::unique_ptr<Prefetched> TakePrefetched() { return std::move(Slot()); }
 bool PrefetchHoldsLock() { return Slot() != nullptr; }
 
 PrefetchWorker::PrefetchWorker(Napi::Env env, bool release)
-    : PromiseWorker(env, release ? "iptlb.releasePrefetch" : "iptlb.prefetch"),
+    : ThreadJob(env, release ? "iptlb.releasePrefetch" : "iptlb.prefetch"),
       release_(release),
       lock_path_(XtablesLockPath()) {}
 
-void PrefetchWorker::Execute() {
+void PrefetchWorker::Work() {
   BackgroundPriority background;
-  auto turn = turn_.Enter();
   std::lock_guard<std::mutex> serial(LibiptcMutex());
   std::unique_ptr<Prefetched> &slot = Slot();
   if (release_) {
@@ -58,17 +63,13 @@ void PrefetchWorker::Execute() {
 void PrefetchWorker::OnOK() { Resolve(Napi::Boolean::New(Env(), prepared_)); }
 
 Napi::Value Prefetch(const Napi::CallbackInfo &info) {
-  auto *w = new PrefetchWorker(info.Env(), false);
-  Napi::Promise p = w->Promise();
-  w->QueueInOrder();
-  return p;
+  return Pending(info.Env(), new PrefetchWorker(info.Env(), false),
+                 [](PrefetchWorker *w) { w->Start(XtablesThread()); });
 }
 
 Napi::Value ReleasePrefetch(const Napi::CallbackInfo &info) {
-  auto *w = new PrefetchWorker(info.Env(), true);
-  Napi::Promise p = w->Promise();
-  w->QueueInOrder();
-  return p;
+  return Pending(info.Env(), new PrefetchWorker(info.Env(), true),
+                 [](PrefetchWorker *w) { w->Start(XtablesThread()); });
 }
 
 }  // namespace iptlb

@@ -7,16 +7,15 @@
 // a writer that ignores the lock makes iptc_commit fail with EAGAIN, and the commit starts again from
 // a fresh copy as it always does.
 //
-// The slot is touched only inside a table turn (TableTurn::Enter) and under LibiptcMutex, so at most
-// one operation sees it at a time.
+// The slot is touched only on the x_tables job thread (XtablesThread) and under LibiptcMutex, so at
+// most one operation sees it at a time; JavaScript orders prefetches with commits and reads.
 #pragma once
 #include <napi.h>
 
 #include <memory>
 
 #include "iptc_handle.h"
-#include "promise_worker.h"
-#include "table_queue.h"
+#include "job_thread.h"
 
 namespace iptlb {
 
@@ -30,25 +29,27 @@ struct Prefetched {
   std::unique_ptr<IptcHandle> handle;
 };
 
-// Removes and returns the prepared handle, null when there is none. Inside a table turn only.
+// Removes and returns the prepared handle, null when there is none. On the x_tables job thread only.
+
+// The one thread all x_tables work runs on (commit, read, prefetch): a commit waiting for the
+// xtables lock holds it, never a libuv pool thread.
+JobThread *XtablesThread();
 std::unique_ptr<Prefetched> TakePrefetched();
 
 // Whether a prepared handle, and with it the xtables lock, is held (an ipv6 commit then works under
-// that lock rather than wait for it). Inside a table turn only.
+// that lock rather than wait for it). On the x_tables job thread only.
 bool PrefetchHoldsLock();
 
-class PrefetchWorker : public PromiseWorker {
+class PrefetchWorker : public ThreadJob {
  public:
   // `release`: drop a prepared handle (and its lock) instead of making one.
   PrefetchWorker(Napi::Env env, bool release);
-  void QueueInOrder() { turn_.Queue(this); }
 
  protected:
-  void Execute() override;  // no N-API in here
+  void Work() override;  // no N-API in here
   void OnOK() override;
 
  private:
-  TableTurn turn_;
   bool release_;
   std::string lock_path_;
   bool prepared_ = false;

@@ -152,10 +152,9 @@ void SetCounters(Napi::Env env, Napi::Object o, const DecodedRule &d) {
 
 }  // namespace
 
-ReadWorker::ReadWorker(Napi::Env env, Family family) : PromiseWorker(env, "iptlb.read"), family_(family) {}
+ReadWorker::ReadWorker(Napi::Env env, Family family) : ThreadJob(env, "iptlb.read"), family_(family) {}
 
-void ReadWorker::Execute() {
-  auto turn = turn_.Enter();
+void ReadWorker::Work() {
   std::lock_guard<std::mutex> serial(LibiptcMutex());
   if (family_ == Family::kIpv6)
     ReadTable<Ip6Tables>();

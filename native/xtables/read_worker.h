@@ -11,27 +11,23 @@
 #include <string>
 #include <vector>
 
-#include "promise_worker.h"
-#include "table_queue.h"
+#include "job_thread.h"
 #include "rule_decoder.h"
 
 namespace iptlb {
 
-class ReadWorker : public PromiseWorker {
+class ReadWorker : public ThreadJob {
  public:
   ReadWorker(Napi::Env env, Family family);
-  // Queues the worker behind every commit/read called before it (see table_queue.h).
-  void QueueInOrder() { turn_.Queue(this); }
 
  protected:
-  void Execute() override;  // no N-API in here
+  void Work() override;  // no N-API in here
   void OnOK() override;
 
  private:
   template <typename F>
   void ReadTable();
 
-  TableTurn turn_;
   Family family_;
   struct ChainView {
     std::string name;

@@ -10,6 +10,7 @@
 #include <linux/netfilter/xt_conntrack.h>
 #include <linux/netfilter/xt_recent.h>
 #include <linux/netfilter/xt_set.h>
+#include <stdbool.h>  // xt_sctp.h is C: _Bool
 #include <linux/netfilter/xt_sctp.h>
 #include <linux/netfilter/xt_statistic.h>
 #include <linux/netfilter/xt_tcpudp.h>
