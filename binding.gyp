@@ -8,7 +8,10 @@
   # node-gyp runs; the `|| echo` fallbacks only keep gyp itself from failing when pkg-config is absent.
   # -Wl,--as-needed: a part records (DT_NEEDED) only the libraries it calls.
   "target_defaults": {
-    "include_dirs": ["<!@(node -p \"require('node-addon-api').include\")"],
+    "include_dirs": [
+      "<!@(node -p \"require('node-addon-api').include\")",
+      "native/common", "native/conntrack", "native/xtables", "native/nftables"
+    ],
     "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
     "cflags": ["-Wall", "-Wextra", "<!@(pkg-config --cflags libiptc libip6tc xtables libnftnl libmnl 2>/dev/null || echo)"],
     "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra"],
@@ -20,54 +23,55 @@
     {
       "target_name": "iptlb_core",
       "sources": [
-        "native/addon_core.cc",
-        "native/conntrack.cc",
-        "native/conntrack_worker.cc",
-        "native/errors.cc",
-        "native/file_lock.cc",
-        "native/nft_netlink.cc",
-        "native/xtables_lock.cc"
+        "native/common/addon_core.cc",
+        "native/common/errors.cc",
+        "native/common/file_lock.cc",
+        "native/common/nft_netlink.cc",
+        "native/common/xtables_lock.cc",
+        "native/conntrack/conntrack.cc",
+        "native/conntrack/conntrack_worker.cc"
       ],
       "libraries": ["<!@(pkg-config --libs libmnl 2>/dev/null || echo -lmnl)"]
     },
     {
       "target_name": "iptlb_xt",
       "sources": [
-        "native/addon_xt.cc",
-        "native/commit_worker.cc",
-        "native/errors.cc",
-        "native/iptc_handle.cc",
-        "native/ipset.cc",
-        "native/ip_text.cc",
-        "native/json.cc",
-        "native/plan.cc",
-        "native/prefetch.cc",
-        "native/read_worker.cc",
-        "native/revisions.cc",
-        "native/rule_decoder.cc",
-        "native/rule_encoder.cc",
-        "native/table_queue.cc",
-        "native/thread_priority.cc",
-        "native/transaction.cc",
-        "native/xtables_lock.cc"
+        "native/common/errors.cc",
+        "native/common/ip_text.cc",
+        "native/common/job_thread.cc",
+        "native/common/pending.cc",
+        "native/common/thread_priority.cc",
+        "native/common/xtables_lock.cc",
+        "native/xtables/addon_xt.cc",
+        "native/xtables/commit_worker.cc",
+        "native/xtables/ipset.cc",
+        "native/xtables/iptc_handle.cc",
+        "native/xtables/json.cc",
+        "native/xtables/plan.cc",
+        "native/xtables/prefetch.cc",
+        "native/xtables/read_worker.cc",
+        "native/xtables/revisions.cc",
+        "native/xtables/rule_decoder.cc",
+        "native/xtables/rule_encoder.cc",
+        "native/xtables/transaction.cc"
       ],
       "libraries": ["<!@(pkg-config --libs libiptc libip6tc libmnl 2>/dev/null || echo -lip4tc -lip6tc -lmnl)"]
     },
     {
       "target_name": "iptlb_nft",
       "sources": [
-        "native/addon_nft.cc",
-        "native/errors.cc",
-        "native/ip_text.cc",
-        "native/nft_batch.cc",
-        "native/nft_netlink.cc",
-        "native/nft_ops.cc",
-        "native/nft_read.cc",
-        "native/nft_rules.cc",
-        "native/nft_shared_socket.cc",
-        "native/nft_workers.cc",
-        "native/table_queue.cc",
-        "native/thread_priority.cc"
+        "native/common/errors.cc",
+        "native/common/ip_text.cc",
+        "native/common/nft_netlink.cc",
+        "native/common/pending.cc",
+        "native/common/thread_priority.cc",
+        "native/nftables/addon_nft.cc",
+        "native/nftables/nft_batch.cc",
+        "native/nftables/nft_ops.cc",
+        "native/nftables/nft_read.cc",
+        "native/nftables/nft_rules.cc",
+        "native/nftables/nft_shared_socket.cc",
+        "native/nftables/nft_workers.cc"
       ],
       "libraries": ["<!@(pkg-config --libs libnftnl libmnl 2>/dev/null || echo -lnftnl -lmnl)"]
     }

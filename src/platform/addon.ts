@@ -15,8 +15,8 @@ import type { Family, KernelView, Transaction } from '../model/types.js';
 import type { NftFamily, NftTransaction, NftView } from '../engines/nft/ops.js';
 import { packageRoot } from './paths.js';
 
-/** ABI of the addon this TypeScript expects (native/addon.cc exports the same number). */
-export const EXPECTED_ABI = 11;
+/** ABI of the addon this TypeScript expects (native/common/addon_args.h: kAbiVersion). */
+export const EXPECTED_ABI = 13;
 
 /**
  * Conntrack entries to delete: original destination `vip`, protocol, reply source `destination` (flows DNATed to it).
@@ -55,9 +55,12 @@ export interface FileLock {
 }
 
 /**
- * The addon's exports. Every method checks its arguments synchronously (a TypeError naming the
- * field) and does its kernel or file work on a worker thread. Rejections are Errors with `code`
- * ('EKERNEL' | 'ELOCK' | 'EPERM', or 'EPLAN' from commitJson) and a numeric `errno`.
+ * The addon as {@link loadAddon} hands it out. Every method checks its arguments synchronously (a
+ * TypeError naming the field) and does its kernel or file work off the JavaScript thread: the legacy
+ * engine's on one thread of its own (a commit waiting for the xtables lock never holds a libuv pool
+ * thread), the rest on the libuv pool. The table operations are kept in call order here, one in flight
+ * per engine (see {@link TableQueue}). Rejections are Errors with `code` ('EKERNEL' | 'ELOCK' |
+ * 'EPERM' | 'ERESTART', or 'EPLAN' for a legacy plan that fails a check) and a numeric `errno`.
  */
 export interface NativeAddon {
   readonly abiVersion: number;
@@ -65,14 +68,12 @@ export interface NativeAddon {
   readonly parts?: readonly AddonPart[];
   /**
    * Commits a transaction in one libiptc handle and one iptc_commit, under the xtables lock (waiting at most
-   * `lockWaitMs`, default 10,000).
+   * `lockWaitMs`, default 10,000). The plan crosses into the addon as `JSON.stringify(tx)` (a value JSON
+   * cannot carry, such as a BigInt, is a TypeError here), decoded and checked on the addon's thread: a
+   * plan that fails a check rejects with code 'EPLAN', the message naming the field.
    */
   commit(tx: Transaction, opts?: { lockWaitMs?: number }): Promise<{ durationMs: number; attempts: number }>;
-  /**
-   * The same commit with the transaction as `JSON.stringify(tx)`: decoded and checked on the worker
-   * thread (the JS thread only copies one string). A plan that fails a check rejects with code
-   * 'EPLAN', the message naming the field as commit()'s TypeErrors do.
-   */
+  /** The same commit, given the JSON text itself (the one way a plan crosses into the addon). */
   commitJson(json: string, opts?: { lockWaitMs?: number }): Promise<{ durationMs: number; attempts: number }>;
   /**
    * Prepares the next commit on a worker thread: takes the xtables lock (without waiting) and copies
@@ -243,7 +244,11 @@ export function addonPath(part: AddonPart = 'core'): string {
   return path.join(dirs[0] ?? '.', `iptlb_${part}.node`);
 }
 
-/** Loads the addon file `file` (not memoised; for tests and diagnostics). Never throws. */
+/**
+ * Loads the addon file `file` (not memoised; for tests and diagnostics). Never throws. The object is the
+ * file's own: its table operations return job numbers for its `start(n)`, unordered ({@link loadAddonPart}
+ * orders them).
+ */
 export function loadAddonFrom(file: string): LoadResult {
   if (!existsSync(file)) {
     const log = buildLogTail(1);
@@ -269,6 +274,89 @@ export function loadAddonFrom(file: string): LoadResult {
   return { ok: true, addon, path: file };
 }
 
+/**
+ * Keeps one engine's table operations in call order, one in flight at a time: the next is started when
+ * the previous one settled (as node-sqlite3 and serialport's bindings order their calls). The addon's
+ * table entry points check their arguments at once (a synchronous TypeError) and return a job number;
+ * the queue starts it (`start(n)`) when the operation's turn has come. Nothing waits in the C++ for a turn.
+ */
+export class TableQueue {
+  private running = false;
+  private readonly waiting: (() => void)[] = [];
+
+  /** Operations started or waiting (for tests and diagnostics). */
+  get length(): number {
+    return this.waiting.length + (this.running ? 1 : 0);
+  }
+
+  run<T>(start: () => Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const go = (): void => {
+        let p: Promise<T>;
+        try {
+          p = start();
+        } catch (e) {
+          p = Promise.reject(e);
+        }
+        p.then(resolve, reject).finally(() => this.next());
+      };
+      if (this.running) this.waiting.push(go);
+      else {
+        this.running = true;
+        go();
+      }
+    });
+  }
+
+  private next(): void {
+    const go = this.waiting.shift();
+    if (go) go();
+    else this.running = false;
+  }
+}
+
+/** The two table queues of the process: x_tables (ipv4 and ipv6 share the xtables lock) and nftables. */
+export const tableQueues = { xt: new TableQueue(), nft: new TableQueue() } as const;
+
+type Fn = (...a: unknown[]) => unknown;
+
+/**
+ * The part's functions as {@link NativeAddon} has them: the table operations of `xt` and `nft`, whose
+ * raw entry points check their arguments and return the number of a job that the part's `start(n)`
+ * queues, go through their {@link TableQueue}; commit() stringifies the plan. The rest is the part's own.
+ */
+function ordered(part: AddonPart, raw: NativeAddon): NativeAddon {
+  if (part === 'core') return raw;
+  const r = raw as unknown as Record<string, Fn>;
+  const q = part === 'xt' ? tableQueues.xt : tableQueues.nft;
+  const queued =
+    (name: string) =>
+    (...args: unknown[]): Promise<unknown> => {
+      const id = r[name]!(...args);
+      return q.run(() => r.start!(id) as Promise<unknown>);
+    };
+  const out: Record<string, unknown> = { ...raw };
+  delete out.start;
+  if (part === 'xt') {
+    const commitJson = queued('commit');
+    out.commitJson = commitJson;
+    out.commit = (tx: unknown, ...rest: unknown[]) => {
+      let json: unknown;
+      try {
+        json = JSON.stringify(tx);
+      } catch (e) {
+        throw new TypeError(`transaction: cannot be written as JSON (${(e as Error).message})`);
+      }
+      if (typeof json !== 'string') throw new TypeError('transaction: must be an object');
+      return commitJson(json, ...rest);
+    };
+    for (const name of ['read', 'prefetch', 'releasePrefetch']) out[name] = queued(name);
+  } else {
+    for (const name of ['nftCommit', 'nftRead']) out[name] = queued(name);
+  }
+  return out as unknown as NativeAddon;
+}
+
 const parts = new Map<AddonPart, LoadResult>();
 const assembled = new Map<string, LoadResult>();
 
@@ -288,6 +376,7 @@ export function loadAddonPart(part: AddonPart): LoadResult {
     };
   } else {
     r = loadAddonFrom(addonPath(part));
+    if (r.ok) r = { ...r, addon: ordered(part, r.addon) };
     if (!r.ok && r.reason === 'library-missing') {
       // The one dlopen named, and the others this part links (dlopen stops at the first missing).
       const named = /^apt-get install -y (\S+)$/.exec(r.fix)?.[1];

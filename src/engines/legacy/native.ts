@@ -28,16 +28,6 @@ export function mapNativeError(e: unknown): IptlbError {
   return new IptlbError(code, message, opts);
 }
 
-/** `JSON.stringify(tx)`, or undefined when it cannot stand for `tx` (then the object itself is passed). */
-function planJson(tx: Transaction): string | undefined {
-  try {
-    const json: unknown = JSON.stringify(tx);
-    return typeof json === 'string' ? json : undefined;
-  } catch {
-    return undefined; // e.g. a BigInt or a cycle: commit() reports what is wrong with the object
-  }
-}
-
 export class NativeExecutor implements LegacyExecutor {
   readonly kind = 'native' as const;
   readonly engine = 'legacy' as const;
@@ -52,10 +42,8 @@ export class NativeExecutor implements LegacyExecutor {
 
   async commit(tx: Transaction): Promise<CommitResult> {
     try {
-      // As JSON text the plan is decoded on the addon's worker thread, not read field by field here.
-      const json = planJson(tx);
-      const opts = { lockWaitMs: this.lockWaitMs };
-      const r = await (json !== undefined ? this.addon.commitJson(json, opts) : this.addon.commit(tx, opts));
+      // The plan crosses as JSON text, decoded on the addon's thread (docs/architecture.md).
+      const r = await this.addon.commit(tx, { lockWaitMs: this.lockWaitMs });
       return { durationMs: r.durationMs };
     } catch (e) {
       throw mapNativeError(e);

@@ -1,0 +1,34 @@
+// Argument helpers shared by the addon's entry points (addon_core.cc, addon_xt.cc, addon_nft.cc).
+#pragma once
+#include <napi.h>
+
+#include <string>
+
+namespace iptlb {
+
+// Bumped whenever the JS-visible interface changes; src/native/addon.ts checks it. All three
+// .node files (iptlb_core, iptlb_xt, iptlb_nft) export the same number.
+// 13: table operations return a job number for start(n) (JavaScript orders them), the legacy plan crosses as
+// JSON text only (commit(json)); 11: three parts (10) and the legacy gate.
+constexpr int kAbiVersion = 13;
+
+constexpr int kDefaultLockWaitMs = 10000;
+// The longest plan text commit() takes (UTF-16 units): 10,000 profiles are about 6 MB.
+constexpr size_t kMaxPlanJson = 256u << 20;
+constexpr double kMaxWaitMs = 3600000;
+
+inline int WaitMs(const Napi::Value &v, const std::string &field) {
+  if (!v.IsNumber()) throw Napi::TypeError::New(v.Env(), field + ": must be a number");
+  const double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= 0 && d <= kMaxWaitMs)) throw Napi::TypeError::New(v.Env(), field + ": must be from 0 to 3600000");
+  return static_cast<int>(d);
+}
+
+inline int LockWait(const Napi::CallbackInfo &info, size_t index) {
+  if (info.Length() <= index || info[index].IsUndefined()) return kDefaultLockWaitMs;
+  if (!info[index].IsObject()) throw Napi::TypeError::New(info.Env(), "options: must be an object");
+  Napi::Value v = info[index].As<Napi::Object>().Get("lockWaitMs");
+  return v.IsUndefined() ? kDefaultLockWaitMs : WaitMs(v, "options.lockWaitMs");
+}
+
+}  // namespace iptlb

@@ -1,0 +1,44 @@
+// The AsyncWorkers of the nftables executor: nftCommit(tx) and nftRead(family). Arguments are converted
+// to plain C++ data on the JS thread; Execute() only talks netlink; OnOK() builds the JS result.
+#pragma once
+#include <napi.h>
+
+#include "nft_ops.h"
+#include "nft_read.h"
+#include "promise_worker.h"
+
+namespace iptlb {
+
+class NftCommitWorker : public PromiseWorker {
+ public:
+  NftCommitWorker(Napi::Env env, nft::Transaction tx);
+
+ protected:
+  void Work() override;
+  void OnOK() override;
+
+ private:
+  nft::Transaction tx_;
+  double duration_ms_ = 0;
+  uint32_t genid_ = 0;
+};
+
+class NftReadWorker : public PromiseWorker {
+ public:
+  NftReadWorker(Napi::Env env, nft::Family family);
+
+ protected:
+  void Work() override;
+  void OnOK() override;
+
+ private:
+  nft::Family family_;
+  nft::View view_;
+};
+
+// nftCommit(tx) / nftRead(family?): argument checks (TypeErrors); they return a job number for
+// start(n) (pending.h): JavaScript orders the calls.
+Napi::Value NftCommit(const Napi::CallbackInfo &info);
+Napi::Value NftRead(const Napi::CallbackInfo &info);
+
+}  // namespace iptlb

@@ -1,0 +1,72 @@
+// iptlb_xt.node: the x_tables (legacy) engine over libiptc (libip4tc/libip6tc). Arguments are checked
+// on the JS thread (synchronous TypeErrors naming the field); each table entry point returns a job
+// number for start(n) (pending.h); the jobs run on the x_tables job thread (XtablesThread), not the pool.
+#include <napi.h>
+
+#include "addon_args.h"
+#include "iptc_handle.h"
+#include "commit_worker.h"
+#include "prefetch.h"
+#include "plan.h"
+#include "read_worker.h"
+#include "pending.h"
+#include "xtables_lock.h"
+
+namespace iptlb {
+namespace {
+
+// commit(json: string, opts?: { lockWaitMs?: number }): job number; start(n): Promise<{ durationMs, attempts }>
+// The transaction crosses as JSON.stringify text, decoded and checked on the job thread: the JS
+// thread only copies one string (docs/architecture.md has the measurement against N-API objects).
+// A plan that fails a check rejects with code EPLAN, the message naming the field.
+Napi::Value Commit(const Napi::CallbackInfo &info) {
+  if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(info.Env(), "json: must be a string");
+  const Napi::String text = info[0].As<Napi::String>();
+  size_t length = 0;  // UTF-16 units: the UTF-8 copy is at most 3 times as long
+  napi_get_value_string_utf16(info.Env(), text, nullptr, 0, &length);
+  if (length == 0) throw Napi::TypeError::New(info.Env(), "json: must not be empty");
+  if (length > kMaxPlanJson)
+    throw Napi::TypeError::New(info.Env(), "json: longer than " + std::to_string(kMaxPlanJson) + " characters");
+  const int wait = LockWait(info, 1);
+  return Pending(info.Env(), new CommitWorker(info.Env(), text.Utf8Value(), wait),
+                 [](CommitWorker *w) { w->Start(XtablesThread()); });
+}
+
+// read(family?: 'ipv4' | 'ipv6'): job number; start(n): Promise<KernelView> (default ipv4)
+Napi::Value Read(const Napi::CallbackInfo &info) {
+  Family family = Family::kIpv4;
+  if (info.Length() >= 1 && !info[0].IsUndefined()) {
+    const std::string f = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : std::string();
+    if (f != "ipv4" && f != "ipv6") throw Napi::TypeError::New(info.Env(), "family: must be \"ipv4\" or \"ipv6\"");
+    family = f == "ipv6" ? Family::kIpv6 : Family::kIpv4;
+  }
+  return Pending(info.Env(), new ReadWorker(info.Env(), family), [](ReadWorker *w) { w->Start(XtablesThread()); });
+}
+
+// info(): { libiptc: true, xtablesLockPath: string }
+Napi::Value Info(const Napi::CallbackInfo &info) {
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("libiptc", true);
+  o.Set("xtablesLockPath", XtablesLockPath());
+  return o;
+}
+
+}  // namespace
+
+static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  FixMallocThresholds();  // legacy: the table copies must not stay in the heap (see iptc_handle.h)
+  exports.Set("abiVersion", Napi::Number::New(env, kAbiVersion));
+  exports.Set("part", Napi::String::New(env, "xt"));
+  exports.Set("commit", Napi::Function::New(env, Commit, "commit"));
+  exports.Set("read", Napi::Function::New(env, Read, "read"));
+  exports.Set("prefetch", Napi::Function::New(env, Prefetch, "prefetch"));
+  exports.Set("releasePrefetch", Napi::Function::New(env, ReleasePrefetch, "releasePrefetch"));
+  exports.Set("info", Napi::Function::New(env, Info, "info"));
+  exports.Set("start", Napi::Function::New(env, StartPending, "start"));
+  return exports;
+}
+
+}  // namespace iptlb
+
+static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) { return iptlb::Init(env, exports); }
+NODE_API_MODULE(iptlb_xt, InitAddon)

@@ -1,0 +1,108 @@
+#include "commit_worker.h"
+
+#include <cerrno>
+#include <chrono>
+#include <mutex>
+
+#include "iptc_handle.h"
+#include "ipset.h"
+#include "prefetch.h"
+#include "thread_priority.h"
+#include "transaction.h"
+#include "xtables_lock.h"
+
+namespace iptlb {
+namespace {
+// iptc_commit fails with EAGAIN when the table changed between iptc_init and the commit (a writer
+// that does not take the xtables lock); we start again from a fresh copy, this many times at most.
+constexpr int kMaxAttempts = 8;
+}  // namespace
+
+CommitWorker::CommitWorker(Napi::Env env, std::string json, int lock_wait_ms)
+    : ThreadJob(env, "iptlb.commit"),
+      json_(std::move(json)),
+      lock_path_(XtablesLockPath()),
+      lock_wait_ms_(lock_wait_ms) {}
+
+void CommitWorker::Work() {
+  BackgroundPriority background;
+  const auto t0 = std::chrono::steady_clock::now();
+  tx_ = TransactionFromJson(std::move(json_));  // throws EPLAN, before any lock or table is touched
+  json_.clear();
+  std::lock_guard<std::mutex> serial(LibiptcMutex());
+  // A handle prefetch() prepared (ipv4 only) holds the xtables lock already (see prefetch.h). An ipv4
+  // commit takes both over. An ipv6 commit needs the same lock (ip6tables takes the same file), which
+  // a second open+flock of ours would wait for in vain: it works under the held lock and leaves the
+  // prepared handle (still current: nothing else can write while the lock is held) to the ipv4 commit.
+  const bool v6 = tx_.family == Family::kIpv6;
+  std::unique_ptr<Prefetched> pre = v6 ? nullptr : TakePrefetched();
+  FlockGuard lock;
+  NativeError error;
+  if (!pre && !PrefetchHoldsLock() && !lock.Acquire(lock_path_, kXtablesLockOpen, lock_wait_ms_, &error)) {
+    if (error.code == "EPERM") error.message += "; changing netfilter rules needs root (CAP_NET_ADMIN)";
+    return Fail(std::move(error));
+  }
+  const bool ok = v6 ? Run<Ip6Tables>(nullptr) : Run<Ip4Tables>(pre ? pre->handle.get() : nullptr);
+  pre.reset();
+  lock.Release();
+  if (ok) duration_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  ReleaseFreedMemory();  // after the lock is given back: the handle's copy of the table is freed
+}
+
+template <typename F>
+bool CommitWorker::Run(XtHandle<F> *prepared) {
+  NativeError error;
+  // The gate's set (src/gate.ts for the order): created, and the transaction's elements added,
+  // before the commit that installs their rules; stale elements deleted, or the set destroyed when no
+  // rule behind a gate remains, after it.
+  GateWork gate;
+  const std::vector<SetElement> adds = GateElements(tx_);
+  if (!adds.empty()) {
+    if (!EnsureGateSet(F::kFamily, &gate.set_index, &error) || !ChangeGateSet(F::kFamily, adds, false, &error)) {
+      Fail(std::move(error));
+      return false;
+    }
+    gate.has_index = true;
+  }
+  for (attempts_ = 1;; attempts_++) {
+    std::unique_ptr<XtHandle<F>> fresh;
+    if (attempts_ > 1 || !prepared) fresh = std::make_unique<XtHandle<F>>("nat");
+    XtHandle<F> &h = fresh ? *fresh : *prepared;
+    if (!h.ok()) {
+      Fail(h.error());
+      return false;
+    }
+    if (!ApplyTransaction<F>(h.get(), tx_, &gate, &error)) {
+      Fail(std::move(error));
+      return false;
+    }
+    if (F::Commit(h.get())) {
+      // The rules are committed. A failure to tidy the set is not the commit's: an element too many
+      // only sends its packets through the dispatch chain and back; the next commit tidies again.
+      NativeError ignored;
+      if (gate.need_set)
+        ChangeGateSet(F::kFamily, gate.stale, true, &ignored);
+      else
+        DestroyGateSet(F::kFamily, &ignored);
+      return true;
+    }
+    const int err = errno;
+    if (err != EAGAIN || attempts_ == kMaxAttempts) {
+      std::string context =
+          F::kFamily == Family::kIpv6 ? " while committing table nat (ip6tables)" : " while committing table nat";
+      if (err == EAGAIN) context += " (the table kept changing: " + std::to_string(attempts_) + " attempts)";
+      Fail(XtError<F>(std::string(F::kLibrary) + "_commit", err, context));
+      return false;
+    }
+  }
+}
+
+void CommitWorker::OnOK() {
+  Napi::Env env = Env();
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("durationMs", duration_ms_);
+  r.Set("attempts", attempts_);
+  Resolve(r);
+}
+
+}  // namespace iptlb

@@ -1,0 +1,38 @@
+// AsyncWorker that commits one Transaction to the nat table of its family: under the process's
+// libiptc mutex and the xtables lock (one lock file for iptables and ip6tables), a fresh libiptc
+// (ipv4) or libip6tc (ipv6) handle, the changes, one commit; retried from a fresh handle on EAGAIN.
+#pragma once
+#include <napi.h>
+
+#include <string>
+
+#include "iptc_handle.h"
+#include "plan.h"
+#include "job_thread.h"
+
+namespace iptlb {
+
+class CommitWorker : public ThreadJob {
+ public:
+  // `json` is the transaction as JSON text, decoded and checked in Work() (TransactionFromJson); a
+  // plan that fails a check rejects with code EPLAN and the field in the message.
+  CommitWorker(Napi::Env env, std::string json, int lock_wait_ms);
+
+ protected:
+  void Work() override;  // no N-API in here
+  void OnOK() override;
+
+ private:
+  // Applies and commits tx_ with F's library, starting from `prepared` when given; false after Fail().
+  template <typename F>
+  bool Run(XtHandle<F> *prepared);
+
+  Transaction tx_;
+  std::string json_;       // decoded into tx_ first (job thread)
+  std::string lock_path_;  // read from the environment on the JS thread
+  int lock_wait_ms_;
+  double duration_ms_ = 0;
+  int attempts_ = 0;
+};
+
+}  // namespace iptlb

@@ -1,0 +1,49 @@
+// AsyncWorker that reads iptlb's objects from the nat table of one family (iptables' through
+// libiptc, ip6tables' through libip6tc): chains named IPTLB_* and rules of the
+// built-in chains whose comment starts with "iptlb:", decoded, with their counters. In the shape
+// parseSave gives (src/gate.ts): rules of the dispatch chains IPTLB_OUTPUT/IPTLB_PREROUTING are hook
+// rules of OUTPUT/PREROUTING, those in the built-in chains themselves `direct`; `gate` says which
+// gates and dispatch chains exist. Like
+// iptables-save it takes no xtables lock (the kernel hands out a consistent copy of the table).
+#pragma once
+#include <napi.h>
+
+#include <string>
+#include <vector>
+
+#include "job_thread.h"
+#include "rule_decoder.h"
+
+namespace iptlb {
+
+class ReadWorker : public ThreadJob {
+ public:
+  ReadWorker(Napi::Env env, Family family);
+
+ protected:
+  void Work() override;  // no N-API in here
+  void OnOK() override;
+
+ private:
+  template <typename F>
+  void ReadTable();
+
+  Family family_;
+  struct ChainView {
+    std::string name;
+    std::vector<DecodedRule> rules;
+  };
+  struct HookView {
+    std::string chain;
+    std::string owner;
+    unsigned position;
+    DecodedRule rule;
+    bool direct = false;  // in OUTPUT/PREROUTING itself: the layout before the gate
+  };
+  std::vector<ChainView> chains_;
+  std::vector<HookView> hooks_;
+  std::vector<std::string> gates_;     // hooks whose gate rule exists
+  std::vector<std::string> dispatch_;  // hooks whose dispatch chain exists
+};
+
+}  // namespace iptlb
