@@ -6,8 +6,8 @@
  * both measured side by side with this script. Must run in a throwaway namespace:
  *   npx tsc -p . && unshare -n -- node dist/bench/plan-crossing.js [iterations]
  */
-import { loadAddon } from '../src/native/addon.js';
-import type { Rule, Transaction } from '../src/types.js';
+import { loadAddon } from '../src/platform/addon.js';
+import type { Rule, Transaction } from '../src/model/types.js';
 
 const loaded = loadAddon();
 if (!loaded.ok) throw new Error(`${loaded.reason}: ${loaded.detail}`);

@@ -76,7 +76,7 @@ describe('native addon in the kernel (fresh network namespaces)', { skip: SKIP }
     assert.ok(r.jumpMissing.unchanged);
     assert.equal(r.lockTimeout.code, 'ELOCK');
     assert.ok(r.lockWaitedMs >= 290, `gave up after ${r.lockWaitedMs} ms, before lockWaitMs 300`);
-    assert.ok(r.ticksWhileWaiting >= 10, `event loop turned ${r.ticksWhileWaiting} times while the commit waited`);
+    assert.equal(r.loopRanWhileWaiting, true, 'the event loop ran while the commit waited');
     assert.equal(r.lockThenRelease.ok, true, JSON.stringify(r.lockThenRelease));
     assert.ok(r.lockReleaseWaitedMs >= 150, 'the commit waited for the holder');
     assert.ok(r.finalHasWeb);
