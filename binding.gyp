@@ -1,7 +1,7 @@
 {
   # The native executor, as three N-API addons so that a host with only one engine's libraries still
   # loads that engine natively (see docs/install.md):
-  #   iptlb_core.node  file locks + conntrack flushes     links libmnl
+  #   iptlb_core.node  file locks + conntrack flushes + health prober   links libmnl
   #   iptlb_xt.node    legacy (x_tables) engine, libiptc  links libip4tc, libip6tc
   #   iptlb_nft.node   nft engine, netlink                links libnftnl, libmnl
   # scripts/build-addon.js checks `pkg-config --exists libiptc libip6tc xtables libnftnl libmnl` before
@@ -25,6 +25,7 @@
         "native/conntrack_worker.cc",
         "native/errors.cc",
         "native/file_lock.cc",
+        "native/health/prober.cc",
         "native/nft_netlink.cc",
         "native/xtables_lock.cc"
       ],

@@ -8,7 +8,7 @@ namespace iptlb {
 
 // Bumped whenever the JS-visible interface changes; src/native/addon.ts checks it. All three
 // .node files (iptlb_core, iptlb_xt, iptlb_nft) export the same number.
-constexpr int kAbiVersion = 11;  // 11: three parts (10) and the legacy gate (read() reports `gate` and `direct`)
+constexpr int kAbiVersion = 12;  // 12: the health prober (iptlb_core HealthProber); 11: the legacy gate
 
 constexpr int kDefaultLockWaitMs = 10000;
 constexpr double kMaxWaitMs = 3600000;

@@ -17,7 +17,8 @@ import type { Core, TransactionResult } from '../lb.js';
 import type { Profile } from '../types.js';
 import { sameHealth, type HealthConfig } from './config.js';
 import { effectiveProfile, healthFileOf, type DestinationHealth, type DestinationHealthInfo } from './effective.js';
-import { probe as realProbe, type Probe } from './probe.js';
+import type { Probe } from './probe.js';
+import { createProber, type Prober } from './native-probe.js';
 import { promises as fsp } from 'node:fs';
 
 export interface HealthCheckerOptions {
@@ -42,7 +43,12 @@ export interface HealthCheckerOptions {
   restoreOnStop?: boolean;
   /** Jitter of the interval, as a fraction. Default 0.1. */
   jitter?: number;
-  /** @internal tests and benchmarks: the probe function and the random source. */
+  /**
+   * Who sends tcp probes: `native` (the addon's prober thread), `node` (Node sockets), or `auto` (the default: native
+   * when the addon loads, else Node, logged once). http probes always use Node sockets.
+   */
+  prober?: 'auto' | 'native' | 'node';
+  /** @internal tests and benchmarks: the probe function (replaces the prober) and the random source. */
   probe?: Probe;
   random?: () => number;
 }
@@ -115,7 +121,9 @@ interface Target {
 export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: [Error] }> {
   private readonly host: HealthHost;
   private readonly log: (line: string) => void;
-  private readonly probe: Probe;
+  private readonly probeFn?: Probe;
+  private readonly proberKind: 'auto' | 'native' | 'node';
+  private prober?: Prober;
   private readonly random: () => number;
   private readonly jitter: number;
   private readonly batchMs: number;
@@ -152,7 +160,8 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     super();
     this.host = 'healthHost' in target ? target.healthHost() : target;
     this.log = opts.log ?? (() => {});
-    this.probe = opts.probe ?? realProbe;
+    if (opts.probe) this.probeFn = opts.probe;
+    this.proberKind = opts.prober ?? 'auto';
     this.random = opts.random ?? Math.random;
     this.jitter = opts.jitter ?? 0.1;
     this.batchMs = opts.batchMs ?? 0;
@@ -166,6 +175,10 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
   /** Reads the profiles and starts checking. */
   async start(): Promise<void> {
     if (this.running) return;
+    this.prober ??= createProber(
+      { prober: this.proberKind, ...(this.probeFn ? { probe: this.probeFn } : {}) },
+      this.log,
+    );
     this.running = true;
     // This process decides the health now: stop following another's published file.
     this.host.core.health.follow(undefined);
@@ -198,6 +211,8 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     this.timer = undefined;
     this.timerAt = Infinity;
     if (this.inFlight > 0) await new Promise<void>((r) => this.idleWaiters.push(r));
+    this.prober?.close();
+    this.prober = undefined;
     while (this.committing) await new Promise((r) => setTimeout(r, 5));
     if (this.restoreOnStop) {
       for (const name of this.byProfile.keys()) this.host.core.health.forget(name);
@@ -213,6 +228,11 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
       }
     }
     if (this.publishFile) await fsp.unlink(this.publishFile).catch(() => {});
+  }
+
+  /** Who sends the tcp probes while running: `native` (the addon's prober) or `node`; undefined when stopped. */
+  get probing(): 'native' | 'node' | undefined {
+    return this.prober?.kind;
   }
 
   /** Every checked destination, by profile then destination order. */
@@ -437,6 +457,7 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     if (!this.running) return;
     const now = Date.now();
     while (this.heap.length && this.heap[0].due <= now) this.check(this.popMin(), now);
+    this.prober?.flush(); // the probes due in this tick, handed over in one call
     this.arm();
   }
 
@@ -445,16 +466,16 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     t.inFlight = true;
     this.inFlight++;
     const cfg = t.cfg;
-    this.probe({
-      kind: cfg.kind,
-      host: t.host,
-      port: t.port,
-      timeoutMs: cfg.timeoutMs,
-      ...(cfg.path ? { path: cfg.path } : {}),
-      ...(cfg.expect ? { expect: cfg.expect } : {}),
-    }).then(
-      () => this.results(t, now, undefined),
-      (err: Error) => this.results(t, now, err?.message ?? String(err)),
+    this.prober!.start(
+      {
+        kind: cfg.kind,
+        host: t.host,
+        port: t.port,
+        timeoutMs: cfg.timeoutMs,
+        ...(cfg.path ? { path: cfg.path } : {}),
+        ...(cfg.expect ? { expect: cfg.expect } : {}),
+      },
+      (error) => this.results(t, now, error),
     );
   }
 
