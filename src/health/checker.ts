@@ -7,9 +7,13 @@
  * the first checks are spread over the first interval, so many profiles do not probe in lock-step.
  *
  * Transitions: `fall` consecutive failures → down (drained); `rise` consecutive successes → up.
- * A destination starts `unchecked`, which the kernel treats as up (its configured weight). All
- * transitions decided while a commit is in flight (or within `batchMs`) are committed together, in
- * one transaction per address family; the state file is never written for them.
+ * A destination starts `unchecked`, which the kernel treats as up (its configured weight). The
+ * transitions of one interval are committed together, in one transaction per address family (the
+ * state file is never written for them): a transition opens a commit window that stays open while
+ * other destinations are part way through a failure (or success) streak, until each has crossed its
+ * threshold or broken its streak, at most the checks they still need (a few intervals); with no
+ * other destination part way, the commit is at once. Transitions decided while a commit is in flight
+ * go in the next one.
  */
 import { EventEmitter } from 'node:events';
 import { parseEndpoint } from '../address.js';
@@ -25,10 +29,14 @@ export interface HealthCheckerOptions {
   /** One line per transition and per failed commit. Default: none. */
   log?: (line: string) => void;
   /**
-   * Wait this long after a transition before committing, to carry more in one transaction, ms. Default 0 (group commit
-   * only).
+   * Wait this long more after the commit window closes (see the class comment) before committing, ms. Default 0.
    */
   batchMs?: number;
+  /**
+   * Commit windows: a transition waits for the destinations part way through a streak (default true). false: commit
+   * each transition at once (only those decided while a commit is in flight go together).
+   */
+  windows?: boolean;
   /** How often the profiles are re-read (new, changed or deleted profiles), ms. Default 1000. */
   refreshMs?: number;
   /**
@@ -141,6 +149,9 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
   private committing = false;
   private flushAgain = false;
   private flushTimer?: NodeJS.Timeout;
+  private readonly windows: boolean;
+  /** The open commit window: the targets still part way through a streak, and its deadline. */
+  private window?: { waiting: Set<Target>; timer: NodeJS.Timeout; opened: number };
   private refreshTimer?: NodeJS.Timeout;
   private publishTimer?: NodeJS.Timeout;
   private dirty = false;
@@ -165,6 +176,7 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     this.random = opts.random ?? Math.random;
     this.jitter = opts.jitter ?? 0.1;
     this.batchMs = opts.batchMs ?? 0;
+    this.windows = opts.windows ?? true;
     this.refreshMs = opts.refreshMs ?? 1000;
     this.publishMs = opts.publishMs ?? 2000;
     this.restoreOnStop = opts.restoreOnStop ?? true;
@@ -207,7 +219,9 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
   async stop(): Promise<void> {
     if (!this.running) return;
     this.running = false;
-    for (const t of [this.timer, this.flushTimer, this.refreshTimer, this.publishTimer]) if (t) clearTimeout(t);
+    for (const t of [this.timer, this.flushTimer, this.refreshTimer, this.publishTimer, this.window?.timer])
+      if (t) clearTimeout(t);
+    this.window = undefined;
     this.timer = undefined;
     this.timerAt = Infinity;
     if (this.inFlight > 0) await new Promise<void>((r) => this.idleWaiters.push(r));
@@ -319,7 +333,7 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
       this.host.core.health.forget(name);
       changed = true;
     }
-    if (changed && this.host.core.health.hasPending) this.requestFlush();
+    if (changed && this.host.core.health.hasPending) this.requestFlush(false);
   }
 
   private syncInfo(profile: string): void {
@@ -376,6 +390,7 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
       t.removed = true;
       this.unschedule(t);
       this.targets.delete(t.key);
+      this.settled(t);
     }
   }
 
@@ -487,6 +502,7 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     this.counters.probes++;
     const now = Date.now();
     for (const e of t.entries) this.result(e, now, error);
+    if (this.window?.waiting.has(t) && !this.unsettled(t)) this.settled(t);
     // Next check: one interval after this one started, ±jitter, never before now.
     const j = 1 + this.jitter * (2 * this.random() - 1);
     t.due = Math.max(now, started + t.cfg.intervalMs * j);
@@ -568,17 +584,71 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
 
   // --- commits -------------------------------------------------------------------------------
 
-  private requestFlush(): void {
+  /** A commit is needed: after the commit in flight, or when the commit window closes (`windowed`), or at once. */
+  private requestFlush(windowed = true): void {
     if (!this.running) return;
     if (this.committing) {
       this.flushAgain = true;
       return;
     }
+    if (this.flushTimer || this.window) return;
+    if (windowed && this.windows) this.openWindow();
+    if (!this.window) this.scheduleFlush();
+  }
+
+  private scheduleFlush(): void {
     if (this.flushTimer) return;
     this.flushTimer = setTimeout(() => {
       this.flushTimer = undefined;
       void this.flush();
     }, this.batchMs);
+  }
+
+  /**
+   * Checks still to come of `t` that could end a streak part way (0: none is part way): a destination up or unchecked
+   * with failures in a row but fewer than `fall`, or a down one with successes in a row but fewer than `rise`.
+   */
+  private unsettled(t: Target): number {
+    let n = 0;
+    for (const e of t.entries) {
+      if (e.removed) continue;
+      if (e.state !== 'down' && e.failRun > 0 && e.failRun < e.cfg.fall) n = Math.max(n, e.cfg.fall - e.failRun);
+      else if (e.state === 'down' && e.okRun > 0 && e.okRun < e.cfg.rise) n = Math.max(n, e.cfg.rise - e.okRun);
+    }
+    return n;
+  }
+
+  /**
+   * Opens a commit window when some destinations are part way through a streak: the commit waits until each has
+   * crossed its threshold or broken its streak, at most the checks each still needs (interval + jitter each, plus a
+   * timeout). Scans every target once per window.
+   */
+  private openWindow(): void {
+    const now = Date.now();
+    const waiting = new Set<Target>();
+    let until = now;
+    for (const t of this.targets.values()) {
+      const n = this.unsettled(t);
+      if (n === 0) continue;
+      waiting.add(t);
+      const next = t.heap >= 0 ? Math.max(now, t.due) : now; // in flight: its result is due within the timeout
+      until = Math.max(until, next + (n - 1) * t.cfg.intervalMs * (1 + this.jitter) + t.cfg.timeoutMs + 1);
+    }
+    if (waiting.size === 0) return;
+    this.window = { waiting, opened: now, timer: setTimeout(() => this.closeWindow(), until - now) };
+  }
+
+  private settled(t: Target): void {
+    const w = this.window;
+    if (!w || !w.waiting.delete(t) || w.waiting.size > 0) return;
+    this.closeWindow();
+  }
+
+  private closeWindow(): void {
+    if (!this.window) return;
+    clearTimeout(this.window.timer);
+    this.window = undefined;
+    if (this.running) this.scheduleFlush();
   }
 
   private async flush(): Promise<void> {
