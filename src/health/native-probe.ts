@@ -145,11 +145,12 @@ let fallbackLogged = false;
 export function createProber(
   opts: { prober?: 'auto' | 'native' | 'node'; probe?: Probe },
   log: (line: string) => void,
+  load: typeof loadAddon = loadAddon,
 ): Prober {
   if (opts.probe) return new PromiseProber(opts.probe);
   const want = opts.prober ?? 'auto';
   if (want === 'node') return new PromiseProber();
-  const loaded = loadAddon('core');
+  const loaded = load('core');
   const ctor = loaded.ok ? loaded.addon.HealthProber : undefined;
   if (ctor) return new NativeProber(ctor);
   const why = loaded.ok ? 'the addon has no HealthProber' : `${loaded.reason}: ${loaded.detail}`;
