@@ -195,6 +195,12 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     // This process decides the health now: stop following another's published file.
     this.host.core.health.follow(undefined);
     await this.refresh();
+    if (!this.probeFn)
+      this.log(
+        this.prober.kind === 'native'
+          ? 'health: tcp checks sent by the native prober (one thread, epoll), http checks by Node sockets'
+          : 'health: tcp and http checks sent by Node sockets',
+      );
     const tick = (): void => {
       if (!this.running) return;
       this.refresh()
