@@ -52,6 +52,12 @@ export interface HealthCheckerOptions {
   /** Jitter of the interval, as a fraction. Default 0.1. */
   jitter?: number;
   /**
+   * Scheduler tick, ms: due checks are started at the next multiple of it, so one timer and one hand-over to the
+   * prober serve every check due within it (at 1,000 checks/s: 100 ticks/s rather than 1,000). Default 10; 0: a timer
+   * per due time.
+   */
+  tickMs?: number;
+  /**
    * Who sends tcp probes: `native` (the addon's prober thread), `node` (Node sockets), or `auto` (the default: native
    * when the addon loads, else Node, logged once). http probes always use Node sockets.
    */
@@ -134,6 +140,7 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
   private prober?: Prober;
   private readonly random: () => number;
   private readonly jitter: number;
+  private readonly tickMs: number;
   private readonly batchMs: number;
   private readonly refreshMs: number;
   private readonly publishMs: number;
@@ -175,6 +182,7 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     this.proberKind = opts.prober ?? 'auto';
     this.random = opts.random ?? Math.random;
     this.jitter = opts.jitter ?? 0.1;
+    this.tickMs = opts.tickMs ?? 10;
     this.batchMs = opts.batchMs ?? 0;
     this.windows = opts.windows ?? true;
     this.refreshMs = opts.refreshMs ?? 1000;
@@ -465,7 +473,8 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
   /** Arms the single timer for the earliest due check. */
   private arm(): void {
     if (!this.running || this.heap.length === 0) return;
-    const at = this.heap[0].due;
+    const due = this.heap[0].due;
+    const at = this.tickMs > 0 ? Math.ceil(due / this.tickMs) * this.tickMs : due;
     if (this.timer && at >= this.timerAt) return;
     if (this.timer) clearTimeout(this.timer);
     this.timerAt = at;
