@@ -1,7 +1,7 @@
 {
   # The native executor, as three N-API addons so that a host with only one engine's libraries still
   # loads that engine natively (see docs/install.md):
-  #   iptlb_core.node  file locks + conntrack flushes     links libmnl
+  #   iptlb_core.node  file locks + conntrack flushes + health prober   links libmnl
   #   iptlb_xt.node    legacy (x_tables) engine, libiptc  links libip4tc, libip6tc
   #   iptlb_nft.node   nft engine, netlink                links libnftnl, libmnl
   # scripts/build-addon.js checks `pkg-config --exists libiptc libip6tc xtables libnftnl libmnl` before
@@ -10,7 +10,7 @@
   "target_defaults": {
     "include_dirs": [
       "<!@(node -p \"require('node-addon-api').include\")",
-      "native/common", "native/conntrack", "native/xtables", "native/nftables"
+      "native/common", "native/conntrack", "native/xtables", "native/nftables", "native/health"
     ],
     "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
     "cflags": ["-Wall", "-Wextra", "<!@(pkg-config --cflags libiptc libip6tc xtables libnftnl libmnl 2>/dev/null || echo)"],
@@ -29,7 +29,8 @@
         "native/common/nft_netlink.cc",
         "native/common/xtables_lock.cc",
         "native/conntrack/conntrack.cc",
-        "native/conntrack/conntrack_worker.cc"
+        "native/conntrack/conntrack_worker.cc",
+        "native/health/prober.cc"
       ],
       "libraries": ["<!@(pkg-config --libs libmnl 2>/dev/null || echo -lmnl)"]
     },

@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- apply|churn|cli|nft|health] [--json] [--sizes 0,1000,10000] [--runs N]`
+ * `npm run bench [-- apply|churn|cli|nft|health|metrics] [--json] [--sizes 0,1000,10000] [--runs N]`
  * Every scenario runs inside a throwaway network namespace (the program re-executes itself under
  * `unshare -n`). Figures are medians measured side by side in one run; read the ratios.
  */
@@ -20,6 +20,7 @@ import { renderNft } from '../src/engines/nft/render.js';
 import { connect, createServer, type Server } from 'node:net';
 import type { Profile } from '../src/model/types.js';
 import { benchHealth } from './health.js';
+import { benchMetrics } from './metrics.js';
 import { benchDataplane, benchLockWait, benchRss, preloadLegacy } from './legacy-perf.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -34,7 +35,7 @@ const JSON_OUT = args.includes('--json');
 const SIZES = (flag('--sizes') ?? '0,1000,10000').split(',').map(Number);
 const RUNS = Number(flag('--runs') ?? 31);
 const scenarios = args.filter((a) =>
-  ['apply', 'churn', 'cli', 'nft', 'health', 'dataplane', 'lockwait', 'rss', 'fleet'].includes(a),
+  ['apply', 'churn', 'cli', 'nft', 'health', 'metrics', 'dataplane', 'lockwait', 'rss', 'fleet'].includes(a),
 );
 // fleet (needs etcd): only when named
 const wanted = (s: string): boolean => (scenarios.length === 0 && s !== 'fleet') || scenarios.includes(s);
@@ -526,6 +527,7 @@ if (wanted('nft')) await benchNft();
 if (wanted('churn')) await benchChurn();
 if (wanted('cli')) await benchCli();
 if (wanted('health')) results.health = await benchHealth(log);
+if (wanted('metrics')) results.metrics = await benchMetrics(log);
 if (wanted('lockwait'))
   results.legacyLockWait = await benchLockWait({
     log,

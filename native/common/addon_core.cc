@@ -1,11 +1,12 @@
-// iptlb_core.node: what both engines use and needs no netfilter table library: file locks (libc) and
-// conntrack flushes (ctnetlink over libmnl). Arguments are checked on the JS thread (synchronous
-// TypeErrors naming the field); the work runs in AsyncWorkers and comes back as promises.
+// iptlb_core.node: what both engines use and needs no netfilter table library: file locks (libc),
+// conntrack flushes (ctnetlink over libmnl) and the health checks' TCP prober (health/prober.h). Arguments are checked
+// on the JS thread (synchronous TypeErrors naming the field); the work runs in AsyncWorkers and comes back as promises.
 #include <napi.h>
 
 #include "addon_args.h"
 #include "conntrack_worker.h"
 #include "file_lock.h"
+#include "prober.h"
 
 namespace iptlb {
 namespace {
@@ -32,6 +33,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("part", Napi::String::New(env, "core"));
   exports.Set("flock", Napi::Function::New(env, Flock, "flock"));
   exports.Set("conntrackFlush", Napi::Function::New(env, ConntrackFlush, "conntrackFlush"));
+  exports.Set("HealthProber", HealthProber::Class(env));
   return exports;
 }
 

@@ -16,7 +16,7 @@ import type { NftFamily, NftTransaction, NftView } from '../engines/nft/ops.js';
 import { packageRoot } from './paths.js';
 
 /** ABI of the addon this TypeScript expects (native/common/addon_args.h: kAbiVersion). */
-export const EXPECTED_ABI = 13;
+export const EXPECTED_ABI = 15;
 
 /**
  * Conntrack entries to delete: original destination `vip`, protocol, reply source `destination` (flows DNATed to it).
@@ -116,6 +116,21 @@ export interface NativeAddon {
    * code 'EINVAL' naming the field; rejects with 'EPERM' (no CAP_NET_ADMIN) or 'EKERNEL'.
    */
   conntrackFlush(flows: ConntrackFlow[], opts?: { kernelFilter?: boolean }): Promise<ConntrackFlushResult>;
+  /**
+   * The health checks' TCP prober (iptlb_core, native/health/prober.h): one thread, one epoll set, non-blocking
+   * connects closed with an RST. `probe(jobs)` hands over a batch of {@link PROBE_JOB_BYTES}-byte jobs (see
+   * src/health/native-probe.ts); `onResults` gets (id, errno) pairs in batches, errno 0 for success and ETIMEDOUT for
+   * a timeout. Idle, it does not keep the process alive.
+   */
+  HealthProber: new (onResults: (results: Int32Array) => void) => NativeHealthProber;
+}
+
+/** Bytes of one job of {@link NativeHealthProber.probe}. */
+export const PROBE_JOB_BYTES = 28;
+
+export interface NativeHealthProber {
+  probe(jobs: Uint8Array): void;
+  close(): void;
 }
 
 /** The three addon files; see the top of this file. */

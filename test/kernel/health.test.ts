@@ -15,6 +15,7 @@ for (const pair of PAIRS) {
     test('stopped backend drained, no failed connection after; back when started; http 500 drained; separate check port; all down kept or drained; /metrics and /healthz', async () => {
       const r: any = await runJsonInFreshNetns(FX, [pair.name], { timeoutMs: 240_000 });
       const ctx = `\n--- watch log:\n${r.log}`;
+      assert.match(r.log, /health: tcp checks sent by the native prober/, 'the native prober is the default' + ctx);
       for (const k of ['applyWeb', 'applyApi', 'applySep', 'applyDr']) ok(r[k], k);
       assert.equal(r.badFlag.code, 2);
       assert.match(r.badFlag.stderr, /^iptlb: error: health\.fall: "0" must be a whole number from 1 to 100\n$/);

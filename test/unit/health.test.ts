@@ -266,6 +266,71 @@ test('transitions of many destinations decided together are one transaction; lat
   await checker.stop();
 });
 
+/** A seeded pseudo-random source (so jittered schedules are the same on every run). */
+function lcg(seed: number): () => number {
+  let x = seed >>> 0;
+  return () => (x = (Math.imul(x, 1664525) + 1013904223) >>> 0) / 2 ** 32;
+}
+
+for (const windows of [true, false]) {
+  test(`1,000 destinations failing within one interval: ${windows ? 'one commit (commit window, the default)' : 'many commits without commit windows'}; a lone transition commits at once`, async (t) => {
+    mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_000_000 });
+    t.after(() => mock.timers.reset());
+    const ex = new FakeExecutor();
+    const commitsAt: number[] = [];
+    const commit = ex.commit.bind(ex);
+    ex.commit = async (tx: Transaction) => (commitsAt.push(Date.now()), commit(tx));
+    const core = new Core({ stateFile: false }, ex);
+    const dests = Array.from({ length: 1001 }, (_, i) => `127.0.0.1:${10000 + i}`);
+    await core.transact(
+      () => ({
+        upsert: [validateProfile({ name: 'big', source: '127.100.0.10:80', destination: dests, health })],
+        remove: [],
+      }),
+      { run: true },
+    );
+    ex.txs.length = 0;
+    commitsAt.length = 0;
+    const probes = new Probes();
+    const events: { at: number; d: string; state: string }[] = [];
+    const checker = new HealthChecker(coreHost(core), {
+      probe: probes.probe,
+      random: lcg(7),
+      ...(windows ? {} : { windows: false }),
+    });
+    checker.on('health', (e) => events.push({ at: e.at, d: e.destination, state: e.state }));
+    await checker.start();
+    await advance(250);
+    assert.equal(ex.txs.length, 0);
+    // 1,000 of the 1,001 fail from now on; their checks are spread over the interval (jitter).
+    for (const d of dests.slice(0, 1000)) probes.outcome.set(d, false);
+    await advance(700);
+    const down = checker.states().filter((s) => s.state === 'down').length;
+    assert.equal(down, 1000);
+    if (windows) {
+      assert.equal(ex.txs.length, 1, `${ex.txs.length} commits for 1,000 transitions`);
+      assert.deepEqual(dnats(ex.txs[0]!, 'big'), [dests[1000]]);
+      // Bounded: the commit comes at most (fall - 1) intervals (+ jitter, + timeout) after the first transition.
+      const first = Math.min(...events.filter((e) => e.state === 'down').map((e) => e.at));
+      assert.ok(commitsAt[0]! - first <= 2 * 110 + 50 + 20, `commit ${commitsAt[0]! - first} ms after the first`);
+    } else {
+      assert.ok(ex.txs.length > 5, `${ex.txs.length} commits`);
+    }
+    // They come back; then one destination alone fails: its drain is committed in the tick it is decided.
+    for (const d of dests.slice(0, 1000)) probes.outcome.delete(d);
+    await advance(700);
+    assert.equal(checker.states().filter((s) => s.state === 'down').length, 0);
+    const before = ex.txs.length;
+    probes.outcome.set(dests[5]!, false);
+    await advance(500);
+    const ev = events.filter((e) => e.d === dests[5] && e.state === 'down').at(-1)!;
+    assert.ok(ev);
+    assert.equal(ex.txs.length, before + 1);
+    assert.ok(commitsAt.at(-1)! - ev.at <= 10, `lone transition committed ${commitsAt.at(-1)! - ev.at} ms after`);
+    await checker.stop();
+  });
+}
+
 test('stop gives the kernel back the configured weights in one commit', async (t) => {
   const { ex, probes, checker } = await setup(t, [{ name: 'web', source: '127.100.0.10:80', destination: D, health }]);
   probes.outcome.set(D[2], false);
@@ -473,7 +538,8 @@ test('real probes: tcp connect and refusal, http status range, timeout (local so
 test('open({ health }) attaches a checker: health events, the drain goes through the group commit, close restores', async () => {
   const { open } = await import('../../src/index.js');
   const net = await import('node:net');
-  const up = net.createServer((c) => c.end());
+  // The native prober closes a connected check with an RST: the accepted socket sees ECONNRESET.
+  const up = net.createServer((c) => c.on('error', () => {}).end());
   await new Promise<void>((r) => up.listen(0, '127.0.0.1', () => r()));
   const upPort = (up.address() as { port: number }).port;
   const gone = net.createServer();
