@@ -20,6 +20,7 @@ import { renderNft } from '../src/nft/ops.js';
 import { connect, createServer, type Server } from 'node:net';
 import type { Profile } from '../src/types.js';
 import { benchHealth } from './health.js';
+import { benchStateFile } from './statefile.js';
 import { benchDataplane, benchLockWait, benchRss, preloadLegacy } from './legacy-perf.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -34,7 +35,7 @@ const JSON_OUT = args.includes('--json');
 const SIZES = (flag('--sizes') ?? '0,1000,10000').split(',').map(Number);
 const RUNS = Number(flag('--runs') ?? 31);
 const scenarios = args.filter((a) =>
-  ['apply', 'churn', 'cli', 'nft', 'health', 'dataplane', 'lockwait', 'rss', 'fleet'].includes(a),
+  ['apply', 'churn', 'cli', 'nft', 'health', 'dataplane', 'lockwait', 'rss', 'fleet', 'statefile'].includes(a),
 );
 // fleet (needs etcd): only when named
 const wanted = (s: string): boolean => (scenarios.length === 0 && s !== 'fleet') || scenarios.includes(s);
@@ -523,6 +524,17 @@ async function benchNft(): Promise<void> {
 
 if (wanted('apply')) await benchApply();
 if (wanted('nft')) await benchNft();
+if (wanted('statefile'))
+  results.stateFile = await benchStateFile({
+    log,
+    runs: Math.min(RUNS, Number(flag('--runs') ?? 5)),
+    sizes: SIZES,
+    profile: (i) => profile(i),
+    preloadNft: (ps) => {
+      flushNat();
+      preloadNft(ps);
+    },
+  });
 if (wanted('churn')) await benchChurn();
 if (wanted('cli')) await benchCli();
 if (wanted('health')) results.health = await benchHealth(log);

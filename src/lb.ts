@@ -362,6 +362,14 @@ export class Core {
     return r.profiles;
   }
 
+  /**
+   * Counts changes of the profiles this instance holds (in memory, or cached from the state file; a
+   * re-read of the file counts too): what callers derive from them stays valid while it is unchanged.
+   */
+  get stateGeneration(): number {
+    return this.statePath === null ? this.memoryGeneration : this.fileGeneration;
+  }
+
   /** The generation of `state` when it is a long-lived map of this instance (memory, or the cached file state). */
   private generationOf(state: ReadonlyMap<string, Profile>): number | undefined {
     if (state === this.memory) return this.memoryGeneration;
