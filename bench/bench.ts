@@ -552,6 +552,7 @@ if (wanted('nft')) await benchNft();
 if (wanted('statefile'))
   results.stateFile = await benchStateFile({
     log,
+    cli: CLI,
     runs: Math.min(RUNS, Number(flag('--runs') ?? 5)),
     sizes: SIZES,
     profile: (i) => profile(i),

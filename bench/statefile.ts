@@ -6,6 +6,7 @@
  * measured side by side in each run; figures are the median of the per-run medians with their
  * [min..max] over the runs.
  */
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -15,6 +16,8 @@ import { serializeState } from '../src/state.js';
 import type { Profile } from '../src/types.js';
 
 export interface StateFileBenchDeps {
+  /** The CLI (bin/iptlb.cjs). */
+  cli: string;
   log: (s: string) => void;
   runs: number;
   sizes: number[];
@@ -98,5 +101,68 @@ export async function benchStateFile(d: StateFileBenchDeps): Promise<Record<stri
     );
   }
   d.log(`  load average (1 min) at the start of each run: ${loads.map((l) => l.toFixed(2)).join(', ')}`);
+  out.cli = await benchCliSizes(d);
   return out;
+}
+
+/** Wall time of one process, ms (it must exit 0). */
+function timeProcess(argv: string[]): number {
+  const t0 = performance.now();
+  const r = spawnSync(argv[0], argv.slice(1), { stdio: 'ignore' });
+  if (r.status !== 0) throw new Error(`${argv.join(' ')} exited ${r.status}`);
+  return performance.now() - t0;
+}
+
+/**
+ * The CLI's apply of one profile (nft native, the whole process) with N other profiles in the kernel
+ * and the state file; `node -e 0` beside it. Median of 5 per size and run.
+ */
+async function benchCliSizes(d: StateFileBenchDeps): Promise<Record<string, unknown>> {
+  const per: Record<string, number[]> = Object.fromEntries(['node', ...d.sizes.map(String)].map((k) => [k, []]));
+  const loads: number[] = [];
+  for (let run = 0; run < d.runs; run++) {
+    loads.push(loadavg()[0]);
+    for (const n of d.sizes) {
+      const others = Array.from({ length: n }, (_, i) => d.profile(i + 1));
+      d.preloadNft(others);
+      const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-sfcli-'));
+      const file = path.join(dir, 'state.db');
+      writeFileSync(file, serializeState(others), { mode: 0o600 });
+      const t: number[] = [];
+      const node: number[] = [];
+      for (let r = 0; r < 5; r++) {
+        node.push(timeProcess([process.execPath, '-e', '0']));
+        t.push(
+          timeProcess([
+            process.execPath,
+            d.cli,
+            '--engine=nft',
+            '--executor=native',
+            `-state-file=${file}`,
+            '-q',
+            '-run',
+            '-reset',
+            '-profile=p0',
+            '-src-addr=127.100.0.0:8081',
+            `-dest-addr=127.0.0.1:${9001 + r},127.0.0.1:9010`,
+          ]),
+        );
+      }
+      per[String(n)].push(median(t));
+      per.node.push(median(node));
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+  const fmt = (xs: number[]): string =>
+    `${median(xs).toFixed(1)} [${Math.min(...xs).toFixed(1)}..${Math.max(...xs).toFixed(1)}]`;
+  const lo = per[String(d.sizes[0])];
+  const hi = per[String(d.sizes[d.sizes.length - 1])];
+  const ratios = hi.map((x, i) => x / lo[i]);
+  d.log(
+    `statefile cli: ms per \`iptlb -run -reset\` of one profile (nft native, whole process), N others in the kernel and the state file; ${d.runs} runs\n` +
+      `  node -e 0 ${fmt(per.node)}  ` +
+      d.sizes.map((n) => `${n}: ${fmt(per[String(n)])}`).join('  ') +
+      `  | ${d.sizes[d.sizes.length - 1]}/${d.sizes[0]} ${fmt(ratios)}x; load average ${loads.map((l) => l.toFixed(2)).join(', ')}`,
+  );
+  return { ...per, ratio: ratios.map((x) => Number(x.toFixed(2))), loadavg1: loads.map((l) => Number(l.toFixed(2))) };
 }
