@@ -358,7 +358,9 @@ export class Core {
       journal: r.journal,
     };
     this.fileGeneration++;
-    if (r.journal) this.scheduleFold();
+    // A journal left by another handle (or one that died): folded on this handle's schedule. A core
+    // that does not journal (the CLI) folds only when it writes, so reading commands write nothing.
+    if (r.journal && this.foldMs > 0) this.scheduleFold();
     return r.profiles;
   }
 

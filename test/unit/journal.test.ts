@@ -203,3 +203,51 @@ test('stateFoldMs is validated: a bad value is one EUSAGE line naming it', async
       (e: IptlbError) => e.code === 'EUSAGE' && e.field === 'stateFoldMs',
     );
 });
+
+test('watch sees a journaled change: the journal file event and its version bring a sync of the new state', async () => {
+  const { startWatch } = await import('../../src/watch.js');
+  const file = stateFile();
+  const lb = await open({ stateFile: file, stateFoldMs: 60_000 }, new FakeLegacyKernel());
+  await lb.apply(prof('a', 1001));
+  const reader = new Core({ stateFile: file }, new FakeLegacyKernel());
+  const seen: string[][] = [];
+  const core = {
+    statePath: file,
+    readState: () => reader.readState(),
+    sync: async (o?: { guard?: () => Promise<boolean> }) => {
+      if (o?.guard && !(await o.guard())) return { skipped: true } as never;
+      seen.push(names(await reader.readState()));
+      return { before: [], committed: false, commitMs: 0 } as never;
+    },
+  };
+  const w = startWatch(core as never, { log: () => {}, settleMs: 30, debounceMs: 5, intervalMs: 60_000 });
+  const until = async (f: () => boolean): Promise<void> => {
+    const t0 = Date.now();
+    while (!f() && Date.now() - t0 < 20_000) await new Promise((r) => setTimeout(r, 10));
+  };
+  await until(() => seen.length > 0); // the sync at start
+  await lb.apply(prof('b', 1002)); // an append only: the YAML is untouched
+  await until(() => seen.some((s) => s.includes('b')));
+  assert.ok(
+    seen.some((s) => s.join() === 'a,b'),
+    `watch synced ${JSON.stringify(seen)}`,
+  );
+  await w.stop();
+  await lb.close();
+});
+
+test('status of another handle sees the journaled change (drift is judged against YAML + journal)', async () => {
+  const file = stateFile();
+  const kernel = new FakeNftKernel();
+  const lb = await open({ stateFile: file, stateFoldMs: 60_000, engine: 'nft' }, kernel);
+  await lb.apply([prof('a', 1001), prof('b', 1002)]);
+  await lb.delete('a');
+  const other = await open({ stateFile: file, stateFoldMs: 60_000, engine: 'nft' }, kernel);
+  const st = await other.status();
+  assert.deepEqual(
+    st.map((r) => `${r.name}:${r.status}`),
+    ['b:in-sync'],
+  );
+  await other.close();
+  await lb.close();
+});
