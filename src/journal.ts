@@ -140,6 +140,11 @@ export interface JournalAt {
   validEnd: number;
   /** Inode of the journal file: an append goes to this file only. */
   ino: bigint;
+  /**
+   * The journal kept open by the last append of this process (closed with {@link closeJournal}):
+   * valid for the next append while the files' version is still the one that append left.
+   */
+  fh?: fsp.FileHandle;
 }
 
 async function syncDir(dir: string): Promise<void> {
@@ -151,39 +156,61 @@ async function syncDir(dir: string): Promise<void> {
   }
 }
 
+/** Closes the descriptor an append kept open, if any. */
+export function closeJournal(at: JournalAt | null | undefined): void {
+  const fh = at?.fh;
+  if (!fh) return;
+  at.fh = undefined;
+  fh.close().catch(() => {});
+}
+
 /**
- * Appends one record, durably (returns after the data is synced). `at` is the journal this process
- * read under the state-file lock, or null when there is no valid journal over `base` (then a new
- * one is created, replacing a void one). The caller holds the state-file lock.
+ * Appends one record, durably (returns after the data is synced), and the journal's stat after it.
+ * `at` is the journal this process read (or last appended to) under the state-file lock, its files
+ * unchanged since (the caller compared their version), or null when there is no valid journal over
+ * `base` (then a new one is created, replacing a void one). The caller holds the state-file lock.
+ * The journal stays open in the returned {@link JournalAt} for the next append.
  */
 export async function appendRecord(
   stateFile: string,
   base: string,
   at: JournalAt | null,
   rec: JournalRecord,
-): Promise<JournalAt> {
+): Promise<{ at: JournalAt; st: BigIntStats }> {
   const file = journalPath(stateFile);
-  const line = encodeRecord(rec);
+  const buf = Buffer.from(encodeRecord(rec));
   if (at && at.base === base) {
-    let fh: fsp.FileHandle | undefined;
-    try {
-      fh = await fsp.open(file, C.O_WRONLY | C.O_APPEND | C.O_NOFOLLOW);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    let fh = at.fh;
+    at.fh = undefined;
+    if (!fh) {
+      try {
+        fh = await fsp.open(file, C.O_WRONLY | C.O_APPEND | C.O_NOFOLLOW);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      }
+      if (fh) {
+        const st = await fh.stat({ bigint: true }).catch(async (e) => {
+          await fh!.close();
+          throw e;
+        });
+        if (!st.isFile() || st.ino !== at.ino) {
+          await fh.close();
+          fh = undefined;
+        } else if (st.size !== BigInt(at.validEnd)) {
+          // A torn append of a killed writer after the good records: cut it, or it would hide this one.
+          await fh.truncate(at.validEnd);
+        }
+      }
     }
     if (fh) {
       try {
+        await fh.write(buf, 0, buf.length);
+        await fh.datasync();
         const st = await fh.stat({ bigint: true });
-        if (st.isFile() && st.ino === at.ino) {
-          // A torn append of a killed writer after the good records: cut it, or it would hide this one.
-          if (st.size !== BigInt(at.validEnd)) await fh.truncate(at.validEnd);
-          const buf = Buffer.from(line);
-          await fh.write(buf, 0, buf.length);
-          await fh.datasync();
-          return { base, validEnd: at.validEnd + buf.length, ino: at.ino };
-        }
-      } finally {
-        await fh.close();
+        return { at: { base, validEnd: at.validEnd + buf.length, ino: at.ino, fh }, st };
+      } catch (e) {
+        await fh.close().catch(() => {});
+        throw e;
       }
     }
   }
@@ -192,18 +219,19 @@ export async function appendRecord(
     if (e.code !== 'ENOENT') throw e;
   });
   const fh = await fsp.open(file, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_APPEND | C.O_NOFOLLOW, 0o600);
-  let ino: bigint;
-  const buf = Buffer.from(journalHeader(base) + line);
+  const all = Buffer.concat([Buffer.from(journalHeader(base)), buf]);
+  let st: BigIntStats;
   try {
-    await fh.write(buf, 0, buf.length);
+    await fh.write(all, 0, all.length);
     await fh.sync();
-    ino = (await fh.stat({ bigint: true })).ino;
-  } finally {
-    await fh.close();
+    st = await fh.stat({ bigint: true });
+    // Its name must survive a crash too.
+    await syncDir(path.dirname(file));
+  } catch (e) {
+    await fh.close().catch(() => {});
+    throw e;
   }
-  // Its name must survive a crash too.
-  await syncDir(path.dirname(file));
-  return { base, validEnd: buf.length, ino };
+  return { at: { base, validEnd: all.length, ino: st.ino, fh }, st };
 }
 
 /** Removes the journal (after a fold wrote the YAML it is part of). */

@@ -20,8 +20,16 @@ import {
   validateProfile,
   weightOf,
 } from './profile.js';
-import { readStateFull, resolveStatePath, stateVersion, writeState } from './state.js';
-import { appendRecord, journalPath, profileBody, removeJournal, type JournalAt, type RawState } from './journal.js';
+import { fileVersionOf, readStateFull, resolveStatePath, stateVersion, writeState } from './state.js';
+import {
+  appendRecord,
+  closeJournal,
+  journalPath,
+  profileBody,
+  removeJournal,
+  type JournalAt,
+  type RawState,
+} from './journal.js';
 import { hasNetAdmin } from './caps.js';
 import { ConntrackJanitor, staleFlows } from './conntrack.js';
 import type { ProfileReport } from './drift.js';
@@ -351,6 +359,7 @@ export class Core {
     if (version !== undefined && this.cached && this.cached.version === version) return this.cached.state;
     const r = await readStateFull(this.statePath);
     // The version is taken before the read: if the files changed in between, the next call reads again.
+    closeJournal(this.cached?.journal);
     this.cached = {
       version: version === undefined ? `unknown ${Math.random()}` : version,
       state: r.profiles,
@@ -396,6 +405,7 @@ export class Core {
         const c = this.cached!;
         if (!c.journal) return false;
         this.cached = undefined;
+        closeJournal(c.journal);
         const base = await writeState(file, state.values());
         await removeJournal(file);
         this.cached = { version: await stateVersion(file), state, base, journal: null };
@@ -614,23 +624,29 @@ export class Core {
     // The transaction read the state through currentState, so the cache is what it decided on.
     if (!c || c.state !== state) throw new Error('Core.record: the state is not the cached state');
     this.cached = undefined;
+    let version: string | null | undefined;
     if (this.foldMs > 0) {
       const set: RawState = {};
       const del: string[] = [];
       for (const n of change.remove) if (state.has(n) && !change.upsert.some((p) => p.name === n)) del.push(n);
       for (const p of change.upsert) set[p.name] = profileBody(p);
-      c.journal = await appendRecord(file, c.base, c.journal, { ...(del.length ? { del } : {}), set });
+      const appended = await appendRecord(file, c.base, c.journal, { ...(del.length ? { del } : {}), set });
+      c.journal = appended.at;
+      // The YAML is as it was (its part of the version stands); the journal's part from its stat.
+      const yaml = c.version?.startsWith('unknown') ? undefined : c.version?.split('|')[0];
+      if (yaml !== undefined) version = `${yaml}|${fileVersionOf(appended.st)}`;
       this.scheduleFold();
       this.log(`state change journaled to ${journalPath(file)} (${next.size} profile(s))`);
     } else {
       c.base = await writeState(file, next.values());
       // Void now (it names the YAML replaced): removed, not to mislead anyone reading it by hand.
+      closeJournal(c.journal);
       await removeJournal(file);
       c.journal = null;
       this.log(`state written to ${file} (${next.size} profile(s))`);
     }
     applyTo(c.state);
-    c.version = await stateVersion(file);
+    c.version = version !== undefined ? version : await stateVersion(file);
     this.cached = c;
     this.fileGeneration++;
     this.selected?.provider.changed?.(edits, { generation: this.fileGeneration });

@@ -105,10 +105,14 @@ export async function stateVersion(file: string): Promise<string | null> {
   return y === null && j === null ? null : `${y ?? '-'}|${j ?? '-'}`;
 }
 
+/** One file's part of {@link stateVersion}, from its stat. */
+export function fileVersionOf(st: BigIntStats): string {
+  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}:${st.mode}`;
+}
+
 async function fileVersion(file: string): Promise<string | null> {
   try {
-    const st = await fsp.lstat(file, { bigint: true });
-    return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}:${st.mode}`;
+    return fileVersionOf(await fsp.lstat(file, { bigint: true }));
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
     throw e;
