@@ -129,6 +129,9 @@ export interface OpenOptions {
   stateFoldMs?: number;
 }
 
+/** A journal larger than this is folded at once (whatever `stateFoldMs` says). */
+export const FOLD_BYTES = 4 * 1024 * 1024;
+
 /** Default {@link OpenOptions.stateFoldMs} of `open()`. */
 export const DEFAULT_STATE_FOLD_MS = 1000;
 
@@ -636,6 +639,14 @@ export class Core {
       const yaml = c.version?.startsWith('unknown') ? undefined : c.version?.split('|')[0];
       if (yaml !== undefined) version = `${yaml}|${fileVersionOf(appended.st)}`;
       this.scheduleFold();
+      // A journal past FOLD_BYTES is folded now, whatever stateFoldMs says (queued behind this call):
+      // it stays far below the 64 MiB a reader accepts, and replaying it stays cheap.
+      if (appended.at.validEnd > FOLD_BYTES)
+        setImmediate(() =>
+          this.foldState().catch((e: Error) =>
+            this.log(`could not fold the state journal into ${file} (${e.message}); kept, retried later`),
+          ),
+        );
       this.log(`state change journaled to ${journalPath(file)} (${next.size} profile(s))`);
     } else {
       c.base = await writeState(file, next.values());

@@ -251,3 +251,27 @@ test('status of another handle sees the journaled change (drift is judged agains
   await other.close();
   await lb.close();
 });
+
+test('a journal past 4 MiB is folded at once, whatever stateFoldMs says', async () => {
+  const { FOLD_BYTES } = await import('../../src/lb.js');
+  const file = stateFile();
+  const lb = await open({ stateFile: file, stateFoldMs: 600_000, coalesce: false }, new FakeLegacyKernel());
+  const big = (i: number): Profile =>
+    validateProfile({
+      name: 'big',
+      source: '127.100.0.1:80',
+      destination: Array.from({ length: 1000 }, (_, k) => `127.0.${k >> 8}.${k & 255}:${1000 + (i % 2)}`),
+    });
+  let folded = false;
+  let maxSize = 0;
+  for (let i = 0; i < 400 && !folded; i++) {
+    await lb.apply(big(i));
+    const size = existsSync(journalPath(file)) ? statSync(journalPath(file)).size : 0;
+    maxSize = Math.max(maxSize, size);
+    folded = i > 0 && size < maxSize;
+  }
+  assert.ok(folded, `never folded; the journal reached ${maxSize} bytes`);
+  assert.ok(maxSize < FOLD_BYTES + 64 * 1024, `the journal reached ${maxSize} bytes`);
+  await lb.close();
+  assert.equal((await parseState(readFileSync(file, 'utf8'))).get('big')!.destination.length, 1000);
+});
