@@ -138,11 +138,15 @@ export const DEFAULT_STATE_FOLD_MS = 1000;
 /** Cores with a journal not yet folded: folded when the process is about to exit normally. */
 const unfolded = new Set<Core>();
 let exitHook = false;
+/** Set once the process is exiting: a fold that fails then is not tried again (the exit would never come). */
+let exiting = false;
 function foldBeforeExit(core: Core): void {
+  if (exiting) return;
   unfolded.add(core);
   if (exitHook) return;
   exitHook = true;
   process.on('beforeExit', () => {
+    exiting = true;
     for (const c of [...unfolded]) {
       unfolded.delete(c);
       c.foldState().catch(() => {});
@@ -420,14 +424,20 @@ export class Core {
     });
   }
 
+  /** A fold that failed: the journal stays valid; the next change schedules a fold again, and so does the exit. */
+  private foldFailed(e: Error): void {
+    this.log(
+      `could not fold the state journal into ${this.statePath} (${e.message}); it stays, and is folded after the next change or at exit`,
+    );
+    foldBeforeExit(this);
+  }
+
   private scheduleFold(): void {
     if (this.foldTimer || this.statePath === null) return;
     this.foldTimer = setTimeout(
       () => {
         this.foldTimer = undefined;
-        this.foldState().catch((e: Error) =>
-          this.log(`could not fold the state journal into ${this.statePath} (${e.message}); kept, retried later`),
-        );
+        this.foldState().catch((e: Error) => this.foldFailed(e));
       },
       Math.max(this.foldMs, 1),
     );
@@ -642,11 +652,7 @@ export class Core {
       // A journal past FOLD_BYTES is folded now, whatever stateFoldMs says (queued behind this call):
       // it stays far below the 64 MiB a reader accepts, and replaying it stays cheap.
       if (appended.at.validEnd > FOLD_BYTES)
-        setImmediate(() =>
-          this.foldState().catch((e: Error) =>
-            this.log(`could not fold the state journal into ${file} (${e.message}); kept, retried later`),
-          ),
-        );
+        setImmediate(() => this.foldState().catch((e: Error) => this.foldFailed(e)));
       this.log(`state change journaled to ${journalPath(file)} (${next.size} profile(s))`);
     } else {
       c.base = await writeState(file, next.values());
