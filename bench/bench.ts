@@ -5,7 +5,7 @@
  */
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
-import { tmpdir, cpus } from 'node:os';
+import { tmpdir, cpus, loadavg } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
@@ -21,6 +21,7 @@ import { connect, createServer, type Server } from 'node:net';
 import type { Profile } from '../src/model/types.js';
 import { benchHealth } from './health.js';
 import { benchMetrics } from './metrics.js';
+import { benchStateFile } from './statefile.js';
 import { benchDataplane, benchLockWait, benchRss, preloadLegacy } from './legacy-perf.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -35,7 +36,9 @@ const JSON_OUT = args.includes('--json');
 const SIZES = (flag('--sizes') ?? '0,1000,10000').split(',').map(Number);
 const RUNS = Number(flag('--runs') ?? 31);
 const scenarios = args.filter((a) =>
-  ['apply', 'churn', 'cli', 'nft', 'health', 'metrics', 'dataplane', 'lockwait', 'rss', 'fleet'].includes(a),
+  ['apply', 'churn', 'cli', 'nft', 'health', 'metrics', 'dataplane', 'lockwait', 'rss', 'fleet', 'statefile'].includes(
+    a,
+  ),
 );
 // fleet (needs etcd): only when named
 const wanted = (s: string): boolean => (scenarios.length === 0 && s !== 'fleet') || scenarios.includes(s);
@@ -218,6 +221,10 @@ async function benchChurn(): Promise<void> {
   const PROFILES = 200;
   const UPDATES = Number(flag('--updates') ?? (ex === 'native' ? 20000 : 2000));
   const INFLIGHT = 64;
+  // Each mode `--churn-runs` times (default 5), with no background load and beside a busy loop on
+  // one core that the bench starts itself (`--background idle|busy|both`, default both).
+  const CHURN_RUNS = Number(flag('--churn-runs') ?? 5);
+  const backgrounds = (flag('--background') ?? 'both') === 'both' ? ['idle', 'busy'] : [flag('--background')!];
   const out: Record<string, unknown> = {};
   const modes = [
     { key: 'coalesced', coalesce: true, file: false, engine: 'legacy' as const },
@@ -227,7 +234,11 @@ async function benchChurn(): Promise<void> {
   ];
   // `--mode coalesced` (repeatable, or comma-separated) runs only the rows named.
   const only = (flag('--mode') ?? '').split(',').filter(Boolean);
-  for (const { key, coalesce, file, engine } of modes.filter((m) => !only.length || only.includes(m.key))) {
+  const runOne = async (
+    coalesce: boolean,
+    file: boolean,
+    engine: 'legacy' | 'nft',
+  ): Promise<{ updatesPerSec: number; commitsPerSec: number; loopDelayP99Ms: number; finalStateExact: boolean }> => {
     flushNat();
     if (engine === 'nft') spawnSync('nft', ['delete', 'table', 'ip', 'iptlb'], { stdio: 'ignore' });
     const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-churn-'));
@@ -258,19 +269,36 @@ async function benchChurn(): Promise<void> {
     const exact = status.every((s) => s.status === 'in-sync' && s.destinations[0]?.destination === last.get(s.name));
     await lb.close();
     rmSync(dir, { recursive: true, force: true });
-    const row = {
-      engine,
-      executor: ex,
-      updates: UPDATES,
+    return {
       updatesPerSec: Math.round(UPDATES / secs),
       commitsPerSec: Math.round(commits / secs),
       loopDelayP99Ms: Number((h.percentile(99) / 1e6).toFixed(2)),
       finalStateExact: exact,
     };
-    out[key] = row;
-    log(
-      `churn ${key.padEnd(14)} ${ex}: ${row.updatesPerSec} updates/s, ${row.commitsPerSec} commits/s, event-loop p99 ${row.loopDelayP99Ms} ms, final kernel state exact: ${exact}`,
-    );
+  };
+  const spread = (xs: number[]): string => `${median(xs)} [${Math.min(...xs)}..${Math.max(...xs)}]`;
+  for (const bg of backgrounds) {
+    // The background load: one busy loop (a separate process, niced 0), for the whole set of runs.
+    const busy = bg === 'busy' ? spawn(process.execPath, ['-e', 'for(;;){}'], { stdio: 'ignore' }) : undefined;
+    try {
+      for (const { key, coalesce, file, engine } of modes.filter((m) => !only.length || only.includes(m.key))) {
+        const runs = [];
+        const loads: number[] = [];
+        for (let r = 0; r < CHURN_RUNS; r++) {
+          loads.push(Number(loadavg()[0].toFixed(2)));
+          runs.push(await runOne(coalesce, file, engine));
+        }
+        const row = { engine, executor: ex, updates: UPDATES, background: bg, loadavg1: loads, runs };
+        out[`${key}, ${bg}`] = row;
+        log(
+          `churn ${key.padEnd(14)} ${ex} ${bg.padEnd(4)}: updates/s ${spread(runs.map((x) => x.updatesPerSec))}, ` +
+            `event-loop p99 ms ${spread(runs.map((x) => x.loopDelayP99Ms))}, commits/s ${spread(runs.map((x) => x.commitsPerSec))}, ` +
+            `final kernel state exact in every run: ${runs.every((x) => x.finalStateExact)}; load average ${loads.join(', ')}`,
+        );
+      }
+    } finally {
+      busy?.kill('SIGKILL');
+    }
   }
   flushNat();
   spawnSync('nft', ['delete', 'table', 'ip', 'iptlb'], { stdio: 'ignore' });
@@ -524,6 +552,18 @@ async function benchNft(): Promise<void> {
 
 if (wanted('apply')) await benchApply();
 if (wanted('nft')) await benchNft();
+if (wanted('statefile'))
+  results.stateFile = await benchStateFile({
+    log,
+    cli: CLI,
+    runs: Math.min(RUNS, Number(flag('--runs') ?? 5)),
+    sizes: SIZES,
+    profile: (i) => profile(i),
+    preloadNft: (ps) => {
+      flushNat();
+      preloadNft(ps);
+    },
+  });
 if (wanted('churn')) await benchChurn();
 if (wanted('cli')) await benchCli();
 if (wanted('health')) results.health = await benchHealth(log);

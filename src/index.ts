@@ -10,7 +10,7 @@
  * ```
  */
 import { EventEmitter } from 'node:events';
-import { Core, type OpenOptions, type TransactionResult } from './core/core.js';
+import { Core, DEFAULT_STATE_FOLD_MS, type OpenOptions, type TransactionResult } from './core/core.js';
 import { CommitQueue, type CommitEvent } from './core/batch.js';
 import { validateName, validateProfile } from './model/profile.js';
 import { IptlbError } from './model/errors.js';
@@ -266,6 +266,7 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
     this.closed = true;
     if (this.driftTimer) clearInterval(this.driftTimer);
     await this.queue.idle();
+    await this.core.foldState();
     await this.core.conntrackIdle();
   }
 }
@@ -277,7 +278,7 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
 export async function open(options: IptlbOptions = {}, executor?: Executor): Promise<Iptlb> {
   validateOpenOptions(options, true);
   options ??= {};
-  const core = new Core(options, executor);
+  const core = new Core({ ...options, stateFoldMs: options.stateFoldMs ?? DEFAULT_STATE_FOLD_MS }, executor);
   await core.select(); // choose (and validate) the engine and executor now, so a forced `native` fails here
   const lb = new Iptlb(core, options.coalesce ?? true, options.driftCheckMs);
   if (options.health) {

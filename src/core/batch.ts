@@ -122,8 +122,9 @@ export class CommitQueue {
   private pending: Call[] = [];
   private running = false;
   /**
-   * Memory mode: the working set (profiles and index) left by the last successful commit, valid while
-   * the core's profiles are still the ones that commit produced; saves rebuilding the index per batch.
+   * The working set (profiles and index) left by the last successful commit, valid while the core's
+   * profiles (in memory, or cached from the state file) are still the ones that commit produced;
+   * saves rebuilding the index per batch (O(all profiles)).
    */
   private cached?: { generation: number; working: Working };
 
@@ -178,7 +179,7 @@ export class CommitQueue {
         (state) => {
           accepted.length = 0;
           refused.length = 0;
-          const reuse = this.core.statePath === null && this.cached?.generation === this.core.memoryGeneration;
+          const reuse = this.cached?.generation === this.core.stateGeneration;
           const working = reuse ? this.cached!.working : new Working(state);
           this.cached = undefined;
           used = working;
@@ -217,9 +218,7 @@ export class CommitQueue {
       for (const call of batch) call.reject(e);
       return;
     }
-    if (this.core.statePath === null && used) {
-      this.cached = { generation: this.core.memoryGeneration, working: used };
-    }
+    if (used) this.cached = { generation: this.core.stateGeneration, working: used };
     for (const [call, e] of refused) call.reject(e);
     this.opts.onCommit({
       durationMs: result.commitMs,

@@ -20,7 +20,16 @@ import {
   validateProfile,
   weightOf,
 } from '../model/profile.js';
-import { readState, resolveStatePath, stateVersion, writeState } from './state.js';
+import { fileVersionOf, readStateFull, resolveStatePath, stateVersion, writeState } from './state.js';
+import {
+  appendRecord,
+  closeJournal,
+  journalPath,
+  profileBody,
+  removeJournal,
+  type JournalAt,
+  type RawState,
+} from './journal.js';
 import { hasNetAdmin } from '../platform/caps.js';
 import { ConntrackJanitor, staleFlows } from './conntrack.js';
 import type { ProfileReport } from '../model/report.js';
@@ -100,6 +109,50 @@ export interface OpenOptions {
    * executor, else with `conntrack -D`.
    */
   keepConntrack?: boolean;
+  /**
+   * How a change reaches the state file, ms. 0: the whole YAML is rewritten (temp file, fsync,
+   * rename) on every change, as the original does. Above 0: the change is appended to the journal
+   * beside it (`<state file>.journal`, synced: durable when the call returns, O(change)) and the
+   * journal is folded into the YAML at most this long after its first change, at `close()` and when
+   * the process exits normally; see docs/state-file.md. Default: 0 for a bare `Core`, 1000 through `open()`.
+   */
+  stateFoldMs?: number;
+}
+
+/** A journal larger than this is folded at once (whatever `stateFoldMs` says). */
+export const FOLD_BYTES = 4 * 1024 * 1024;
+
+/** Default {@link OpenOptions.stateFoldMs} of `open()`. */
+export const DEFAULT_STATE_FOLD_MS = 1000;
+
+/** Cores with a journal not yet folded: folded when the process is about to exit normally. */
+const unfolded = new Set<Core>();
+let exitHook = false;
+/** Set once the process is exiting: a fold that fails then is not tried again (the exit would never come). */
+let exiting = false;
+function foldBeforeExit(core: Core): void {
+  if (exiting) return;
+  unfolded.add(core);
+  if (exitHook) return;
+  exitHook = true;
+  process.on('beforeExit', () => {
+    exiting = true;
+    for (const c of [...unfolded]) {
+      unfolded.delete(c);
+      c.foldState().catch(() => {});
+    }
+  });
+}
+
+/** What a Core last read of its state file (or wrote there): the profiles and where the files stood. */
+interface CachedState {
+  /** {@link stateVersion} of the files when read (a version never seen: re-read next time). */
+  version: string | null;
+  state: Map<string, Profile>;
+  /** Identity of the YAML. */
+  base: string;
+  /** The valid journal over it, or null. */
+  journal: JournalAt | null;
 }
 
 /** What one transaction did. */
@@ -149,6 +202,11 @@ export class Core {
   readonly engineChoice: EngineChoice;
   readonly lockWaitMs: number;
   private readonly keepConntrack: boolean;
+  /** {@link OpenOptions.stateFoldMs}. */
+  readonly foldMs: number;
+  private foldTimer?: NodeJS.Timeout;
+  /** Counts changes of the cached file profiles (as memoryGeneration in memory mode). */
+  private fileGeneration = 0;
   private selected?: Selection;
   private selecting?: Promise<Selection>;
   private readonly injected: boolean;
@@ -192,6 +250,7 @@ export class Core {
     this.engineChoice = opts.engine ?? parseEngineChoice(process.env.IPTLB_ENGINE);
     this.lockWaitMs = opts.lockWaitMs ?? DEFAULT_LOCK_WAIT_MS;
     this.keepConntrack = opts.keepConntrack ?? false;
+    this.foldMs = opts.stateFoldMs ?? 0;
     this.log = opts.log ?? (() => {});
     this.logging = opts.log !== undefined;
     this.conntrack = new ConntrackJanitor({
@@ -279,19 +338,101 @@ export class Core {
     return p;
   }
 
-  private cached?: { version: string | null; state: Map<string, Profile> };
+  private cached?: CachedState;
 
   /**
-   * The state file's profiles. Parsed once and cached by the file's identity (device, inode, size,
-   * times): it is read again only when another process has replaced or edited it.
+   * The state file's profiles (the YAML and its journal). Parsed once and cached by the files'
+   * identities (device, inode, size, times): read again only when another process has replaced,
+   * edited or appended to them.
    */
   async readState(): Promise<Map<string, Profile>> {
-    if (this.statePath === null) return new Map(this.memory);
+    return new Map(await this.currentState());
+  }
+
+  /** The profiles, not copied: the in-memory map, or the cached file state (callers must not change it). */
+  private async currentState(): Promise<Map<string, Profile>> {
+    if (this.statePath === null) return this.memory;
     const version = await stateVersion(this.statePath).catch(() => undefined);
-    if (version !== undefined && this.cached && this.cached.version === version) return new Map(this.cached.state);
-    const state = await readState(this.statePath);
-    if (version !== undefined) this.cached = { version, state };
-    return new Map(state);
+    if (version !== undefined && this.cached && this.cached.version === version) return this.cached.state;
+    const r = await readStateFull(this.statePath);
+    // The version is taken before the read: if the files changed in between, the next call reads again.
+    closeJournal(this.cached?.journal);
+    this.cached = {
+      version: version === undefined ? `unknown ${Math.random()}` : version,
+      state: r.profiles,
+      base: r.base,
+      journal: r.journal,
+    };
+    this.fileGeneration++;
+    // A journal left by another handle (or one that died): folded on this handle's schedule. A core
+    // that does not journal (the CLI) folds only when it writes, so reading commands write nothing.
+    if (r.journal && this.foldMs > 0) this.scheduleFold();
+    return r.profiles;
+  }
+
+  /**
+   * Counts changes of the profiles this instance holds (in memory, or cached from the state file; a
+   * re-read of the file counts too): what callers derive from them stays valid while it is unchanged.
+   */
+  get stateGeneration(): number {
+    return this.statePath === null ? this.memoryGeneration : this.fileGeneration;
+  }
+
+  /** The generation of `state` when it is a long-lived map of this instance (memory, or the cached file state). */
+  private generationOf(state: ReadonlyMap<string, Profile>): number | undefined {
+    if (state === this.memory) return this.memoryGeneration;
+    if (this.cached && state === this.cached.state) return this.fileGeneration;
+    return undefined;
+  }
+
+  /**
+   * Folds the journal into the YAML now, under the state-file lock: the YAML is written whole (as
+   * with {@link OpenOptions.stateFoldMs} 0) and the journal removed. Returns whether there was one.
+   */
+  foldState(): Promise<boolean> {
+    if (this.foldTimer) clearTimeout(this.foldTimer);
+    this.foldTimer = undefined;
+    unfolded.delete(this);
+    const file = this.statePath;
+    if (file === null) return Promise.resolve(false);
+    return this.serial(async () => {
+      const lock = await this.lock();
+      try {
+        const state = await this.currentState();
+        const c = this.cached!;
+        if (!c.journal) return false;
+        this.cached = undefined;
+        closeJournal(c.journal);
+        const base = await writeState(file, state.values());
+        await removeJournal(file);
+        this.cached = { version: await stateVersion(file), state, base, journal: null };
+        this.log(`state journal folded into ${file} (${state.size} profile(s))`);
+        return true;
+      } finally {
+        lock.release();
+      }
+    });
+  }
+
+  /** A fold that failed: the journal stays valid; the next change schedules a fold again, and so does the exit. */
+  private foldFailed(e: Error): void {
+    this.log(
+      `could not fold the state journal into ${this.statePath} (${e.message}); it stays, and is folded after the next change or at exit`,
+    );
+    foldBeforeExit(this);
+  }
+
+  private scheduleFold(): void {
+    if (this.foldTimer || this.statePath === null) return;
+    this.foldTimer = setTimeout(
+      () => {
+        this.foldTimer = undefined;
+        this.foldState().catch((e: Error) => this.foldFailed(e));
+      },
+      Math.max(this.foldMs, 1),
+    );
+    this.foldTimer.unref();
+    foldBeforeExit(this);
   }
 
   /**
@@ -304,8 +445,9 @@ export class Core {
       if (engine) this.checkPrivileges();
       const lock = await this.lock();
       try {
-        // In memory mode the map itself (decide never changes it; `next` is a copy): no copy per batch.
-        const state = this.statePath === null ? this.memory : await this.readState();
+        // The long-lived map itself, in memory or cached from the file (decide never changes it; `next`
+        // is a view): no copy per batch. `record` changes it once the change is recorded.
+        const state = await this.currentState();
         const change = decide(state);
         // What the profiles will be: a view over `state` and the change (O(change), not O(profiles)).
         const next = new ChangedProfiles(state, change);
@@ -367,8 +509,9 @@ export class Core {
    * is that map), and whether the profiles are only those this instance was told about.
    */
   private planContext(state: ReadonlyMap<string, Profile>): PlanContext {
+    const generation = this.generationOf(state);
     return {
-      ...(state === this.memory ? { memo: { generation: this.memoryGeneration } } : {}),
+      ...(generation !== undefined ? { memo: { generation } } : {}),
       partial: this.statePath === null,
     };
   }
@@ -450,7 +593,8 @@ export class Core {
 
   /**
    * Records a change the kernel accepted (or a state-only change): in place in memory mode, O(change);
-   * else the state file is rewritten. Returns whether the file was written.
+   * else appended to the state journal (O(change)) or the state file rewritten (`stateFoldMs` 0), and
+   * then the cached profiles changed in place. Returns whether the file was written.
    */
   private async record(
     state: ReadonlyMap<string, Profile>,
@@ -461,25 +605,58 @@ export class Core {
       change.remove.some((n) => state.has(n)) ||
       change.upsert.some((p) => !state.has(p.name) || !sameProfile(state.get(p.name)!, p));
     if (!changed) return false;
-    if (this.statePath === null) {
-      const edits: [Profile | undefined, Profile | undefined][] = [];
+    const edits: [Profile | undefined, Profile | undefined][] = [];
+    const applyTo = (map: Map<string, Profile>): void => {
       for (const n of change.remove) {
-        edits.push([this.memory.get(n), undefined]);
-        this.memory.delete(n);
+        edits.push([map.get(n), undefined]);
+        map.delete(n);
       }
       for (const p of change.upsert) {
-        edits.push([this.memory.get(p.name), p]);
-        this.memory.set(p.name, p);
+        edits.push([map.get(p.name), p]);
+        map.set(p.name, p);
       }
+    };
+    if (this.statePath === null) {
+      applyTo(this.memory);
       this.memoryGeneration++;
       this.selected?.provider.changed?.(edits, { generation: this.memoryGeneration });
       return false;
     }
+    const file = this.statePath;
+    const c = this.cached;
+    // The transaction read the state through currentState, so the cache is what it decided on.
+    if (!c || c.state !== state) throw new Error('Core.record: the state is not the cached state');
     this.cached = undefined;
-    const written = new Map(next);
-    await writeState(this.statePath, written.values());
-    this.cached = { version: await stateVersion(this.statePath), state: written };
-    this.log(`state written to ${this.statePath} (${next.size} profile(s))`);
+    let version: string | null | undefined;
+    if (this.foldMs > 0) {
+      const set: RawState = {};
+      const del: string[] = [];
+      for (const n of change.remove) if (state.has(n) && !change.upsert.some((p) => p.name === n)) del.push(n);
+      for (const p of change.upsert) set[p.name] = profileBody(p);
+      const appended = await appendRecord(file, c.base, c.journal, { ...(del.length ? { del } : {}), set });
+      c.journal = appended.at;
+      // The YAML is as it was (its part of the version stands); the journal's part from its stat.
+      const yaml = c.version?.startsWith('unknown') ? undefined : c.version?.split('|')[0];
+      if (yaml !== undefined) version = `${yaml}|${fileVersionOf(appended.st)}`;
+      this.scheduleFold();
+      // A journal past FOLD_BYTES is folded now, whatever stateFoldMs says (queued behind this call):
+      // it stays far below the 64 MiB a reader accepts, and replaying it stays cheap.
+      if (appended.at.validEnd > FOLD_BYTES)
+        setImmediate(() => this.foldState().catch((e: Error) => this.foldFailed(e)));
+      this.log(`state change journaled to ${journalPath(file)} (${next.size} profile(s))`);
+    } else {
+      c.base = await writeState(file, next.values());
+      // Void now (it names the YAML replaced): removed, not to mislead anyone reading it by hand.
+      closeJournal(c.journal);
+      await removeJournal(file);
+      c.journal = null;
+      this.log(`state written to ${file} (${next.size} profile(s))`);
+    }
+    applyTo(c.state);
+    c.version = version !== undefined ? version : await stateVersion(file);
+    this.cached = c;
+    this.fileGeneration++;
+    this.selected?.provider.changed?.(edits, { generation: this.fileGeneration });
     return true;
   }
 
@@ -489,9 +666,10 @@ export class Core {
    */
   private ofFamily(state: ReadonlyMap<string, Profile>, f: Family): ReadonlyMap<string, Profile> {
     let v6: number;
-    if (state === this.memory) {
-      if (this.v6Count?.generation !== this.memoryGeneration)
-        this.v6Count = { generation: this.memoryGeneration, n: countV6(state) };
+    const generation = this.generationOf(state);
+    if (generation !== undefined) {
+      if (this.v6Count?.generation !== generation || this.v6Count.of !== state)
+        this.v6Count = { generation, of: state, n: countV6(state) };
       v6 = this.v6Count.n;
     } else {
       v6 = countV6(state);
@@ -500,7 +678,7 @@ export class Core {
     if (mine === state.size) return state;
     return mine === 0 ? new Map() : profilesOf(state, f);
   }
-  private v6Count?: { generation: number; n: number };
+  private v6Count?: { generation: number; of: ReadonlyMap<string, Profile>; n: number };
 
   /**
    * The families worth looking at in the kernel for `state`: those with profiles, and those whose

@@ -20,7 +20,7 @@ function shown(v: unknown): string {
 /** The longest lock wait accepted, ms (one day): anything longer is a mistake, not a wait. */
 export const MAX_LOCK_WAIT_MS = 86_400_000;
 
-const CORE_KEYS = ['stateFile', 'executor', 'engine', 'lockWaitMs', 'log', 'keepConntrack'];
+const CORE_KEYS = ['stateFile', 'executor', 'engine', 'lockWaitMs', 'log', 'keepConntrack', 'stateFoldMs'];
 const HANDLE_KEYS = ['coalesce', 'driftCheckMs', 'health'];
 
 /**
@@ -64,6 +64,15 @@ export function validateOpenOptions(options: unknown, handle: boolean): void {
     throw usage('log', `must be a function (line: string) => void, got ${shown(v.log)}`);
   if (v.keepConntrack !== undefined && typeof v.keepConntrack !== 'boolean')
     throw usage('keepConntrack', `must be true or false, got ${shown(v.keepConntrack)}`);
+  if (
+    v.stateFoldMs !== undefined &&
+    (typeof v.stateFoldMs !== 'number' ||
+      !Number.isInteger(v.stateFoldMs) ||
+      v.stateFoldMs < 0 ||
+      v.stateFoldMs > MAX_LOCK_WAIT_MS)
+  ) {
+    throw usage('stateFoldMs', `${shown(v.stateFoldMs)} must be a whole number of ms from 0 to ${MAX_LOCK_WAIT_MS}`);
+  }
   if (handle) {
     if (v.coalesce !== undefined && typeof v.coalesce !== 'boolean')
       throw usage('coalesce', `must be true or false, got ${shown(v.coalesce)}`);

@@ -3,13 +3,14 @@
  * written byte-compatibly. Reading refuses symlinks, non-regular files, aliases and wrong types;
  * writing goes through a 0600 temp file + fsync + rename + directory fsync.
  */
-import { constants as C, promises as fsp } from 'node:fs';
+import { constants as C, promises as fsp, type BigIntStats } from 'node:fs';
 import * as path from 'node:path';
 import { IptlbError } from '../model/errors.js';
 import { checkDirChain, checkTrusted } from '../platform/fsafety.js';
 import { checkSet, show, validateProfile } from '../model/profile.js';
 import type { Profile } from '../model/types.js';
 import { HEALTH_KEYS_SORTED } from '../health/config.js';
+import { applyRecords, baseIdentity, decodeJournal, journalPath, type JournalAt, type RawState } from './journal.js';
 
 export const DEFAULT_STATE_FILE = 'local/state.db';
 import { MAX_STATE_BYTES, readCapped } from '../model/limits.js';
@@ -95,11 +96,23 @@ function serializeOne(p: Profile): string {
   return out.join('\n') + '\n';
 }
 
-/** Identity of the file's current version: changes whenever it is replaced or edited. Null when absent. */
+/**
+ * Identity of the state's current version, the YAML's and its journal's: changes whenever either is
+ * replaced, edited or appended to. Null when neither exists.
+ */
 export async function stateVersion(file: string): Promise<string | null> {
+  const [y, j] = await Promise.all([fileVersion(file), fileVersion(journalPath(file))]);
+  return y === null && j === null ? null : `${y ?? '-'}|${j ?? '-'}`;
+}
+
+/** One file's part of {@link stateVersion}, from its stat. */
+export function fileVersionOf(st: BigIntStats): string {
+  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}:${st.mode}`;
+}
+
+async function fileVersion(file: string): Promise<string | null> {
   try {
-    const st = await fsp.lstat(file, { bigint: true });
-    return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}:${st.mode}`;
+    return fileVersionOf(await fsp.lstat(file, { bigint: true }));
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
     throw e;
@@ -250,8 +263,11 @@ function parseLines(text: string): Record<string, Record<string, unknown>> | nul
  * `logLevel` a string, `logEnabled` a boolean, `destination` a list of strings.
  */
 export async function parseState(text: string, file = '<state>'): Promise<Map<string, Profile>> {
-  const data: unknown = parseCanonical(text) ?? (await parseYaml(text, file));
-  return toProfiles(data, file);
+  return toProfiles(await parseRaw(text, file), file);
+}
+
+async function parseRaw(text: string, file: string): Promise<unknown> {
+  return parseCanonical(text) ?? (await parseYaml(text, file));
 }
 
 async function parseYaml(text: string, file: string): Promise<unknown> {
@@ -354,31 +370,62 @@ function oneLine(s: string): string {
   return s.split('\n')[0].slice(0, 160);
 }
 
-/** Reads the state file. A missing file is an empty state; anything unsafe or malformed is an error. */
+/**
+ * Reads the state file (the YAML and its journal). A missing file is an empty state; anything unsafe or malformed is
+ * an error.
+ */
 export async function readState(file: string): Promise<Map<string, Profile>> {
+  return (await readStateFull(file)).profiles;
+}
+
+/** What {@link readStateFull} read: the profiles, and where the YAML and its journal stood. */
+export interface StateRead {
+  profiles: Map<string, Profile>;
+  /** Identity of the YAML read ({@link baseIdentity}). */
+  base: string;
+  /** The valid journal over that YAML, null when there is none. */
+  journal: JournalAt | null;
+  /** Records of that journal applied. */
+  records: number;
+}
+
+/** Opens one of the state's files for reading, checked; null when absent. */
+async function openChecked(file: string, what: string): Promise<{ fh: fsp.FileHandle; st: BigIntStats } | null> {
   let fh: fsp.FileHandle;
   try {
     fh = await fsp.open(file, C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK);
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
-    if (err.code === 'ENOENT') return new Map();
+    if (err.code === 'ENOENT') return null;
     if (err.code === 'ELOOP') throw stateError(file, 'is a symbolic link; refusing to follow it');
     if (err.code === 'EACCES' || err.code === 'EPERM')
-      throw new IptlbError('EPERM', `state file ${file}: permission denied`);
+      throw new IptlbError('EPERM', `${what} ${file}: permission denied`);
     throw stateError(file, `cannot be opened (${err.code ?? err.message})`);
   }
   try {
-    const st = await fh.stat();
+    const st = await fh.stat({ bigint: true });
     if (!st.isFile()) throw stateError(file, st.isDirectory() ? 'is a directory' : 'is not a regular file');
     // The file opened is the file checked (fstat of the descriptor), and so is the way to it.
-    checkTrusted(file, st, 'state file');
+    checkTrusted(file, { uid: Number(st.uid), mode: Number(st.mode) }, what);
     checkDirChain(file);
-    const tooBig = (): IptlbError =>
-      stateError(file, `is larger than ${MAX_STATE_BYTES} bytes (64 MiB, the limit of a state file)`);
-    if (st.size > MAX_STATE_BYTES) throw tooBig();
+    if (st.size > BigInt(MAX_STATE_BYTES)) throw tooBig(file);
+    return { fh, st };
+  } catch (e) {
+    await fh.close();
+    if (e instanceof IptlbError) throw e;
+    const err = e as NodeJS.ErrnoException;
+    throw stateError(file, `cannot be read (${err.code ?? err.message})`);
+  }
+}
+
+function tooBig(file: string): IptlbError {
+  return stateError(file, `is larger than ${MAX_STATE_BYTES} bytes (64 MiB, the limit of a state file)`);
+}
+
+async function readOpened(file: string, fh: fsp.FileHandle): Promise<string> {
+  try {
     // Capped even so: the file may grow between the fstat and the read.
-    const text = await readCapped(fh, MAX_STATE_BYTES, tooBig);
-    return await parseState(text, file);
+    return await readCapped(fh, MAX_STATE_BYTES, () => tooBig(file));
   } catch (e) {
     if (e instanceof IptlbError) throw e;
     const err = e as NodeJS.ErrnoException;
@@ -388,21 +435,53 @@ export async function readState(file: string): Promise<Map<string, Profile>> {
   }
 }
 
+/**
+ * Reads the YAML, then the journal beside it (see journal.ts): its records apply when its header
+ * names the YAML version read, which holds whatever a concurrent fold does (a fold replaces the
+ * YAML before it removes the journal). Needs no lock: a reader sees a complete version.
+ */
+export async function readStateFull(file: string): Promise<StateRead> {
+  const y = await openChecked(file, 'state file');
+  const base = baseIdentity(y?.st ?? null);
+  const text = y ? await readOpened(file, y.fh) : '';
+  let data: unknown = await parseRaw(text, file);
+  let journal: JournalAt | null = null;
+  let records = 0;
+  const jf = journalPath(file);
+  const j = await openChecked(jf, 'state journal');
+  if (j) {
+    const decoded = decodeJournal(await readOpened(jf, j.fh), base);
+    if (decoded.valid) {
+      journal = { base, validEnd: decoded.validEnd, ino: j.st.ino };
+      records = decoded.records.length;
+      if (records > 0 && (data === null || data === undefined)) data = {};
+      if (records > 0 && typeof data === 'object' && !Array.isArray(data))
+        data = applyRecords(data as RawState, decoded.records);
+    }
+  }
+  return { profiles: toProfiles(data, file), base, journal, records };
+}
+
 /** Creates the state file's directory (0700) when missing. */
 export async function ensureStateDir(file: string): Promise<void> {
   await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
 }
 
-/** Writes the whole state atomically: temp file (0600, O_EXCL) + fsync + rename + directory fsync. */
-export async function writeState(file: string, profiles: Iterable<Profile>): Promise<void> {
+/**
+ * Writes the whole state atomically: temp file (0600, O_EXCL) + fsync + rename + directory fsync.
+ * Returns the new YAML's identity ({@link baseIdentity}). A journal beside it is void from then on.
+ */
+export async function writeState(file: string, profiles: Iterable<Profile>): Promise<string> {
   const text = serializeState(profiles);
   await ensureStateDir(file);
   const dir = path.dirname(file);
   const tmp = path.join(dir, `.${path.basename(file)}.tmp-${process.pid}-${Math.random().toString(36).slice(2, 10)}`);
   const fh = await fsp.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
+  let base: string;
   try {
     await fh.writeFile(text, 'utf8');
     await fh.sync();
+    base = baseIdentity(await fh.stat({ bigint: true }));
   } catch (e) {
     await fh.close().catch(() => {});
     await fsp.unlink(tmp).catch(() => {});
@@ -427,4 +506,5 @@ export async function writeState(file: string, profiles: Iterable<Profile>): Pro
   } finally {
     await dh.close();
   }
+  return base;
 }

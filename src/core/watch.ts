@@ -6,12 +6,14 @@
  * writer should write a temporary file in the same directory and rename it over the state file (as
  * iptlb does), which the watcher sees as one change of complete content. A periodic check
  * re-applies rules someone else flushed (it too waits while the file is changing); SIGHUP checks at
- * once. SIGTERM/SIGINT stop the watcher and leave the rules and the state file as they are.
+ * once. SIGTERM/SIGINT stop the watcher and leave the rules and the state file as they are. An
+ * append to the state file's journal (see journal.ts) is a change like a rewrite of the file.
  */
 import { watch, type FSWatcher } from 'node:fs';
 import * as path from 'node:path';
 import type { Core } from './core.js';
 import { stateVersion } from './state.js';
+import { journalPath } from './journal.js';
 
 export interface WatchOptions {
   /** Periodic drift check, ms. Default 5000. */
@@ -91,9 +93,11 @@ class StateFileWatcher {
   /** Watches the directory, arms the periodic check and SIGHUP, and applies the file as it is. */
   start(): void {
     const base = path.basename(this.file);
+    const journalName = path.basename(journalPath(this.file));
     try {
       this.fsw = watch(path.dirname(this.file), { persistent: true }, (_event, name) => {
-        if (name !== null && name !== base) return;
+        // The YAML, or its journal (a library handle's appends: see journal.ts).
+        if (name !== null && name !== base && name !== journalName) return;
         this.changed();
       });
     } catch (e) {

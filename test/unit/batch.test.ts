@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { readState } from '../../src/core/state.js';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import fc from 'fast-check';
@@ -62,8 +63,11 @@ test('concurrent calls coalesce into few commits; the last call per profile wins
     list.map((p) => p.destination[0]),
     Array.from({ length: 10 }, (_, i) => `127.0.0.1:${9090 + i}`),
   );
-  assert.match(readFileSync(file, 'utf8'), /p9:\n  destination:\n  - 127\.0\.0\.1:9099\n/);
+  // Journaled (another reader sees it at once); folded into the YAML at close at the latest.
+  assert.equal((await readState(file)).get('p9')!.destination[0], '127.0.0.1:9099');
   await lb.close();
+  assert.match(readFileSync(file, 'utf8'), /p9:\n  destination:\n  - 127\.0\.0\.1:9099\n/);
+  assert.equal(existsSync(`${file}.journal`), false);
 });
 
 test('without coalescing every call is its own commit', async () => {

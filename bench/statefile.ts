@@ -1,0 +1,168 @@
+/**
+ * `npm run bench -- statefile`: the cost of the state file per change (issue 18). One 3-destination
+ * profile applied through the library API, nft native, with N other profiles in the kernel and in
+ * the state file: without a file, with the journal (the default of `open()`), and with the whole
+ * YAML rewritten per change (`stateFoldMs: 0`, as before the journal). Every variant and size is
+ * measured side by side in each run; figures are the median of the per-run medians with their
+ * [min..max] over the runs.
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { open } from '../src/index.js';
+import { validateProfile } from '../src/model/profile.js';
+import { serializeState } from '../src/core/state.js';
+import type { Profile } from '../src/model/types.js';
+
+export interface StateFileBenchDeps {
+  /** The CLI (bin/iptlb.cjs). */
+  cli: string;
+  log: (s: string) => void;
+  runs: number;
+  sizes: number[];
+  profile: (i: number) => Profile;
+  /** Loads the profiles into table ip iptlb (not measured). */
+  preloadNft: (profiles: Profile[]) => void;
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+
+const VARIANTS = [
+  { key: 'no file', stateFile: false as const },
+  { key: 'journal', stateFile: true, foldMs: 1000 },
+  { key: 'whole YAML', stateFile: true, foldMs: 0 },
+];
+
+/** Applies profile p0 `n` times with changing destinations after a warm-up; the median call time. */
+async function timeApplies(lb: Awaited<ReturnType<typeof open>>, base: Profile, n: number): Promise<number> {
+  const at = (r: number): Profile =>
+    validateProfile({ ...base, destination: [`127.0.0.1:${9001 + (r % 5)}`, '127.0.0.1:9010', '127.0.0.1:9011'] });
+  for (let r = 0; r < 5; r++) await lb.apply(at(r + 1));
+  const times: number[] = [];
+  for (let r = 0; r < n; r++) {
+    const t0 = performance.now();
+    await lb.apply(at(r));
+    times.push(performance.now() - t0);
+  }
+  return median(times);
+}
+
+export async function benchStateFile(d: StateFileBenchDeps): Promise<Record<string, unknown>> {
+  const per: Record<string, Record<string, number[]>> = {};
+  for (const v of VARIANTS) per[v.key] = Object.fromEntries(d.sizes.map((n) => [String(n), []]));
+  const loads: number[] = [];
+  d.log(
+    `statefile: median ms per apply of one profile (API, nft native, coalesce off), N other profiles in the kernel and the state file; ${d.runs} runs side by side`,
+  );
+  for (let run = 0; run < d.runs; run++) {
+    loads.push(loadavg()[0]);
+    for (const n of d.sizes) {
+      const others = Array.from({ length: n }, (_, i) => d.profile(i + 1));
+      for (const v of VARIANTS) {
+        d.preloadNft(others);
+        const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-sf-'));
+        const file = path.join(dir, 'state.db');
+        writeFileSync(file, serializeState(others), { mode: 0o600 });
+        const lb = await open({
+          stateFile: v.stateFile ? file : false,
+          ...(v.stateFile ? { stateFoldMs: v.foldMs } : {}),
+          engine: 'nft',
+          executor: 'native',
+          coalesce: false,
+        });
+        // The handle learns the N profiles (from the file; without one, by applying them once).
+        if (!v.stateFile && n) await lb.apply(others);
+        per[v.key][String(n)].push(await timeApplies(lb, d.profile(0), 41));
+        await lb.close();
+        rmSync(dir, { recursive: true, force: true });
+      }
+    }
+  }
+  const out: Record<string, unknown> = { loadavg1: loads.map((l) => Number(l.toFixed(2))) };
+  const fmt = (xs: number[]): string =>
+    `${median(xs).toFixed(2)} [${Math.min(...xs).toFixed(2)}..${Math.max(...xs).toFixed(2)}]`;
+  const lo = String(d.sizes[0]);
+  const hi = String(d.sizes[d.sizes.length - 1]);
+  for (const v of VARIANTS) {
+    const rows = per[v.key];
+    const ratios = rows[hi].map((x, i) => x / rows[lo][i]);
+    out[v.key] = {
+      ...Object.fromEntries(d.sizes.map((n) => [String(n), rows[String(n)].map((x) => Number(x.toFixed(3)))])),
+      [`ratio ${hi}/${lo}`]: ratios.map((x) => Number(x.toFixed(2))),
+    };
+    d.log(
+      `  ${v.key.padEnd(10)} ` +
+        d.sizes.map((n) => `${n}: ${fmt(rows[String(n)])} ms`).join('  ') +
+        `  | ${hi}/${lo} ${fmt(ratios)}x`,
+    );
+  }
+  d.log(`  load average (1 min) at the start of each run: ${loads.map((l) => l.toFixed(2)).join(', ')}`);
+  out.cli = await benchCliSizes(d);
+  return out;
+}
+
+/** Wall time of one process, ms (it must exit 0). */
+function timeProcess(argv: string[]): number {
+  const t0 = performance.now();
+  const r = spawnSync(argv[0], argv.slice(1), { stdio: 'ignore' });
+  if (r.status !== 0) throw new Error(`${argv.join(' ')} exited ${r.status}`);
+  return performance.now() - t0;
+}
+
+/**
+ * The CLI's apply of one profile (nft native, the whole process) with N other profiles in the kernel
+ * and the state file; `node -e 0` beside it. Median of 5 per size and run.
+ */
+async function benchCliSizes(d: StateFileBenchDeps): Promise<Record<string, unknown>> {
+  const per: Record<string, number[]> = Object.fromEntries(['node', ...d.sizes.map(String)].map((k) => [k, []]));
+  const loads: number[] = [];
+  for (let run = 0; run < d.runs; run++) {
+    loads.push(loadavg()[0]);
+    for (const n of d.sizes) {
+      const others = Array.from({ length: n }, (_, i) => d.profile(i + 1));
+      d.preloadNft(others);
+      const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-sfcli-'));
+      const file = path.join(dir, 'state.db');
+      writeFileSync(file, serializeState(others), { mode: 0o600 });
+      const t: number[] = [];
+      const node: number[] = [];
+      for (let r = 0; r < 5; r++) {
+        node.push(timeProcess([process.execPath, '-e', '0']));
+        t.push(
+          timeProcess([
+            process.execPath,
+            d.cli,
+            '--engine=nft',
+            '--executor=native',
+            `-state-file=${file}`,
+            '-q',
+            '-run',
+            '-reset',
+            '-profile=p0',
+            '-src-addr=127.100.0.0:8081',
+            `-dest-addr=127.0.0.1:${9001 + r},127.0.0.1:9010`,
+          ]),
+        );
+      }
+      per[String(n)].push(median(t));
+      per.node.push(median(node));
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+  const fmt = (xs: number[]): string =>
+    `${median(xs).toFixed(1)} [${Math.min(...xs).toFixed(1)}..${Math.max(...xs).toFixed(1)}]`;
+  const lo = per[String(d.sizes[0])];
+  const hi = per[String(d.sizes[d.sizes.length - 1])];
+  const ratios = hi.map((x, i) => x / lo[i]);
+  d.log(
+    `statefile cli: ms per \`iptlb -run -reset\` of one profile (nft native, whole process), N others in the kernel and the state file; ${d.runs} runs\n` +
+      `  node -e 0 ${fmt(per.node)}  ` +
+      d.sizes.map((n) => `${n}: ${fmt(per[String(n)])}`).join('  ') +
+      `  | ${d.sizes[d.sizes.length - 1]}/${d.sizes[0]} ${fmt(ratios)}x; load average ${loads.map((l) => l.toFixed(2)).join(', ')}`,
+  );
+  return { ...per, ratio: ratios.map((x) => Number(x.toFixed(2))), loadavg1: loads.map((l) => Number(l.toFixed(2))) };
+}

@@ -1,0 +1,284 @@
+/**
+ * The state journal (src/journal.ts) without root: a library handle journals each change and folds
+ * it into the YAML; a reader that does not know journals sees an older complete YAML; every torn
+ * append, every crash point of a fold and a foreign rewrite of the YAML read back correctly.
+ */
+import { test, mock } from 'node:test';
+import assert from 'node:assert/strict';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { open, IptlbError, validateProfile } from '../../src/index.js';
+import { Core } from '../../src/core/core.js';
+import { decodeJournal, encodeRecord, journalHeader, journalPath } from '../../src/core/journal.js';
+import {
+  parseState,
+  readState,
+  readStateFull,
+  serializeState,
+  stateVersion,
+  writeState,
+} from '../../src/core/state.js';
+import { FakeLegacyKernel, FakeNftKernel } from '../harness/fake-kernel.js';
+import type { Profile } from '../../src/model/types.js';
+
+const stateFile = (): string => path.join(mkdtempSync(path.join(tmpdir(), 'iptlb-journal-')), 'state.db');
+const prof = (name: string, port: number, dest = 9000): Profile =>
+  validateProfile({ name, source: `127.100.0.${port % 250}:${port}`, destination: [`127.0.0.1:${dest}`] });
+const names = (m: Map<string, Profile>): string[] => [...m.keys()].sort();
+
+test('decodeJournal: records up to the first torn or corrupt one; another base voids the journal', () => {
+  const r1 = encodeRecord({ set: { a: { destination: ['127.0.0.1:1'], source: '127.0.0.1:80' } } });
+  const r2 = encodeRecord({ del: ['a'] });
+  const text = journalHeader('1:2:3:4') + r1 + r2;
+  assert.equal(decodeJournal(text, '1:2:3:4').records.length, 2);
+  assert.equal(decodeJournal(text, '1:2:3:4').validEnd, Buffer.byteLength(text));
+  assert.equal(decodeJournal(text, '1:2:3:5').valid, false);
+  // Every cut inside the second record keeps the first one only.
+  for (let cut = text.length - r2.length; cut < text.length; cut++) {
+    const d = decodeJournal(text.slice(0, cut), '1:2:3:4');
+    assert.equal(d.records.length, 1, `cut at ${cut}`);
+    assert.equal(d.validEnd, text.length - r2.length);
+  }
+  // A torn header: no journal.
+  for (let cut = 0; cut < journalHeader('1:2:3:4').length; cut++)
+    assert.equal(decodeJournal(text.slice(0, cut), '1:2:3:4').valid, false);
+  // A flipped byte in a record's JSON fails its digest; a record of another shape is refused.
+  const bad = text.replace('"a"]', '"b"]');
+  assert.equal(decodeJournal(bad, '1:2:3:4').records.length, 1);
+  const json = JSON.stringify({ put: 1 });
+  const other = journalHeader('x') + encodeRecord({}).slice(0, 0) + `${'0'.repeat(16)} ${json}\n`;
+  assert.equal(decodeJournal(other, 'x').records.length, 0);
+});
+
+test('a handle journals each change (the YAML stays the older complete version) and folds it at close', async () => {
+  const file = stateFile();
+  const lb = await open({ stateFile: file, stateFoldMs: 60_000 }, new FakeLegacyKernel());
+  await lb.apply(prof('a', 1001));
+  const yamlBefore = existsSync(file) ? readFileSync(file, 'utf8') : null;
+  await lb.apply(prof('b', 1002));
+  await lb.apply(prof('a', 1001, 9001));
+  await lb.delete('b');
+  // Old readers (the Go tool, older iptlb) read the YAML: unchanged, complete.
+  assert.equal(existsSync(file) ? readFileSync(file, 'utf8') : null, yamlBefore);
+  // Readers that know the journal see every change, durable already.
+  const now = await readStateFull(file);
+  assert.deepEqual(names(now.profiles), ['a']);
+  assert.equal(now.profiles.get('a')!.destination[0], '127.0.0.1:9001');
+  assert.equal(now.records, 4);
+  await lb.close();
+  assert.equal(existsSync(journalPath(file)), false);
+  assert.equal(readFileSync(file, 'utf8'), serializeState([prof('a', 1001, 9001)]));
+});
+
+test('the fold runs stateFoldMs after the first journaled change (mock timers), not later with each change', async () => {
+  const file = stateFile();
+  mock.timers.enable({ apis: ['setTimeout'] });
+  try {
+    const lb = await open({ stateFile: file, stateFoldMs: 500, coalesce: false }, new FakeNftKernel());
+    await lb.apply(prof('a', 1001));
+    mock.timers.tick(300);
+    await lb.apply(prof('b', 1002));
+    assert.equal(existsSync(journalPath(file)), true);
+    mock.timers.tick(199);
+    for (let i = 0; i < 50; i++) await new Promise((r) => setImmediate(r));
+    assert.equal(existsSync(journalPath(file)), true, 'not folded before 500 ms');
+    mock.timers.tick(1);
+    // The fold is queued behind the calls; wait until it removed the journal (real file-system calls).
+    const t0 = Date.now();
+    while (existsSync(journalPath(file)) && Date.now() - t0 < 10_000) await new Promise((r) => setImmediate(r));
+    assert.equal(existsSync(journalPath(file)), false, 'folded 500 ms after the first change');
+    assert.deepEqual(names(await parseState(readFileSync(file, 'utf8'))), ['a', 'b']);
+    await lb.close();
+  } finally {
+    mock.timers.reset();
+  }
+});
+
+test('stateVersion changes with every append, so watch and other processes notice journaled changes', async () => {
+  const file = stateFile();
+  const lb = await open({ stateFile: file, stateFoldMs: 60_000 }, new FakeLegacyKernel());
+  await lb.apply(prof('a', 1001));
+  const v1 = await stateVersion(file);
+  await lb.apply(prof('a', 1001, 9002));
+  const v2 = await stateVersion(file);
+  assert.notEqual(v1, v2);
+  // Another handle on the same file reads the journal, appends to it, and the first sees that.
+  const other = new Core({ stateFile: file, stateFoldMs: 60_000 }, new FakeLegacyKernel());
+  assert.equal((await other.readState()).get('a')!.destination[0], '127.0.0.1:9002');
+  await other.transact(() => ({ upsert: [prof('c', 1003)], remove: [] }), { run: false });
+  assert.deepEqual(names(await lb.list().then((l) => new Map(l.map((p) => [p.name, p])))), ['a', 'c']);
+  await other.foldState();
+  await lb.close();
+  assert.deepEqual(names(await parseState(readFileSync(file, 'utf8'))), ['a', 'c']);
+});
+
+test('a torn append at every byte of the last record reads as the change before it; the next append cuts it', async () => {
+  const file = stateFile();
+  const lb = await open({ stateFile: file, stateFoldMs: 60_000 }, new FakeLegacyKernel());
+  await lb.apply(prof('a', 1001));
+  await lb.close(); // the YAML holds a
+  const lb2 = await open({ stateFile: file, stateFoldMs: 60_000 }, new FakeLegacyKernel());
+  await lb2.apply(prof('b', 1002));
+  const before = readFileSync(journalPath(file));
+  await lb2.apply(prof('c', 1003));
+  const full = readFileSync(journalPath(file));
+  const saved = path.join(path.dirname(file), 'saved');
+  copyFileSync(journalPath(file), saved);
+  for (let cut = before.length; cut < full.length; cut++) {
+    writeFileSync(journalPath(file), full.subarray(0, cut));
+    assert.deepEqual(names(await readState(file)), ['a', 'b'], `cut at ${cut}`);
+  }
+  // A new writer after a torn tail: its record is not hidden behind the garbage.
+  writeFileSync(journalPath(file), Buffer.concat([full.subarray(0, before.length + 5)]));
+  const core = new Core({ stateFile: file, stateFoldMs: 60_000 }, new FakeLegacyKernel());
+  await core.transact(() => ({ upsert: [prof('d', 1004)], remove: [] }), { run: false });
+  assert.deepEqual(names(await readState(file)), ['a', 'b', 'd']);
+  // A torn header (a writer killed creating the journal): the YAML alone.
+  copyFileSync(saved, journalPath(file));
+  truncateSync(journalPath(file), 10);
+  assert.deepEqual(names(await readState(file)), ['a']);
+  await core.foldState();
+  await lb2.close();
+});
+
+test('a fold killed at any step reads correctly: before the rename the journal applies, after it the journal is void', async () => {
+  const file = stateFile();
+  const lb = await open({ stateFile: file, stateFoldMs: 60_000 }, new FakeLegacyKernel());
+  await lb.apply([prof('a', 1001), prof('b', 1002)]);
+  await lb.delete('a');
+  await lb.apply(prof('c', 1003));
+  const journal = readFileSync(journalPath(file));
+  const expect = names(await readState(file));
+  assert.deepEqual(expect, ['b', 'c']);
+  // Killed after the temp file was written, before the rename: the old YAML + the journal.
+  const tmp = path.join(path.dirname(file), `.state.db.tmp-999999-abc`);
+  writeFileSync(tmp, serializeState((await readState(file)).values()), { mode: 0o600 });
+  assert.deepEqual(names(await readState(file)), expect);
+  // Killed after the rename, before the journal was removed: the new YAML, the journal void (it
+  // names the YAML it replaced), not applied twice.
+  await writeState(file, (await readState(file)).values());
+  writeFileSync(journalPath(file), journal, { mode: 0o600 });
+  const r = await readStateFull(file);
+  assert.deepEqual(names(r.profiles), expect);
+  assert.equal(r.journal, null);
+  await lb.close();
+});
+
+test('a YAML replaced by a writer that does not know journals voids the journal: that writer wins', async () => {
+  const file = stateFile();
+  const lb = await open({ stateFile: file, stateFoldMs: 60_000 }, new FakeLegacyKernel());
+  await lb.apply(prof('a', 1001));
+  await lb.close();
+  const lb2 = await open({ stateFile: file, stateFoldMs: 60_000 }, new FakeLegacyKernel());
+  await lb2.apply(prof('b', 1002));
+  // The Go tool rewrites the YAML in place (same inode, new size and time).
+  writeFileSync(file, serializeState([prof('a', 1001), prof('z', 1026)]));
+  assert.deepEqual(names(await readState(file)), ['a', 'z']);
+  await lb2.close();
+});
+
+test('the CLI core (stateFoldMs 0) writes the YAML whole and removes a journal a library handle left', async () => {
+  const file = stateFile();
+  const lb = await open({ stateFile: file, stateFoldMs: 60_000 }, new FakeLegacyKernel());
+  await lb.apply(prof('a', 1001));
+  await lb.apply(prof('b', 1002));
+  // The process dies without folding: the journal stays (durable), the YAML is older.
+  const cli = new Core({ stateFile: file }, new FakeLegacyKernel());
+  assert.equal(cli.foldMs, 0);
+  await cli.transact(() => ({ upsert: [prof('c', 1003)], remove: [] }), { run: false });
+  assert.equal(existsSync(journalPath(file)), false);
+  assert.deepEqual(names(await parseState(readFileSync(file, 'utf8'))), ['a', 'b', 'c']);
+  assert.equal(statSync(file).mode & 0o777, 0o600);
+});
+
+test('a journal that is not a regular file, or writable by others, is refused like the YAML', async () => {
+  const file = stateFile();
+  const lb = await open({ stateFile: file, stateFoldMs: 60_000 }, new FakeLegacyKernel());
+  await lb.apply(prof('a', 1001));
+  const { chmodSync } = await import('node:fs');
+  chmodSync(journalPath(file), 0o666);
+  await assert.rejects(readState(file), (e: IptlbError) => e.code === 'ESTATE' && /journal.*writable/.test(e.message));
+  chmodSync(journalPath(file), 0o600);
+  await lb.close();
+});
+
+test('stateFoldMs is validated: a bad value is one EUSAGE line naming it', async () => {
+  for (const bad of [-1, 1.5, '10', 86_400_001])
+    await assert.rejects(
+      open({ stateFile: stateFile(), stateFoldMs: bad as number }, new FakeLegacyKernel()),
+      (e: IptlbError) => e.code === 'EUSAGE' && e.field === 'stateFoldMs',
+    );
+});
+
+test('watch sees a journaled change: the journal file event and its version bring a sync of the new state', async () => {
+  const { startWatch } = await import('../../src/core/watch.js');
+  const file = stateFile();
+  const lb = await open({ stateFile: file, stateFoldMs: 60_000 }, new FakeLegacyKernel());
+  await lb.apply(prof('a', 1001));
+  const reader = new Core({ stateFile: file }, new FakeLegacyKernel());
+  const seen: string[][] = [];
+  const core = {
+    statePath: file,
+    readState: () => reader.readState(),
+    sync: async (o?: { guard?: () => Promise<boolean> }) => {
+      if (o?.guard && !(await o.guard())) return { skipped: true } as never;
+      seen.push(names(await reader.readState()));
+      return { before: [], committed: false, commitMs: 0 } as never;
+    },
+  };
+  const w = startWatch(core as never, { log: () => {}, settleMs: 30, debounceMs: 5, intervalMs: 60_000 });
+  const until = async (f: () => boolean): Promise<void> => {
+    const t0 = Date.now();
+    while (!f() && Date.now() - t0 < 20_000) await new Promise((r) => setTimeout(r, 10));
+  };
+  await until(() => seen.length > 0); // the sync at start
+  await lb.apply(prof('b', 1002)); // an append only: the YAML is untouched
+  await until(() => seen.some((s) => s.includes('b')));
+  assert.ok(
+    seen.some((s) => s.join() === 'a,b'),
+    `watch synced ${JSON.stringify(seen)}`,
+  );
+  await w.stop();
+  await lb.close();
+});
+
+test('status of another handle sees the journaled change (drift is judged against YAML + journal)', async () => {
+  const file = stateFile();
+  const kernel = new FakeNftKernel();
+  const lb = await open({ stateFile: file, stateFoldMs: 60_000, engine: 'nft' }, kernel);
+  await lb.apply([prof('a', 1001), prof('b', 1002)]);
+  await lb.delete('a');
+  const other = await open({ stateFile: file, stateFoldMs: 60_000, engine: 'nft' }, kernel);
+  const st = await other.status();
+  assert.deepEqual(
+    st.map((r) => `${r.name}:${r.status}`),
+    ['b:in-sync'],
+  );
+  await other.close();
+  await lb.close();
+});
+
+test('a journal past 4 MiB is folded at once, whatever stateFoldMs says', async () => {
+  const { FOLD_BYTES } = await import('../../src/core/core.js');
+  const file = stateFile();
+  const lb = await open({ stateFile: file, stateFoldMs: 600_000, coalesce: false }, new FakeLegacyKernel());
+  const big = (i: number): Profile =>
+    validateProfile({
+      name: 'big',
+      source: '127.100.0.1:80',
+      destination: Array.from({ length: 1000 }, (_, k) => `127.0.${k >> 8}.${k & 255}:${1000 + (i % 2)}`),
+    });
+  let folded = false;
+  let maxSize = 0;
+  for (let i = 0; i < 400 && !folded; i++) {
+    await lb.apply(big(i));
+    const size = existsSync(journalPath(file)) ? statSync(journalPath(file)).size : 0;
+    maxSize = Math.max(maxSize, size);
+    folded = i > 0 && size < maxSize;
+  }
+  assert.ok(folded, `never folded; the journal reached ${maxSize} bytes`);
+  assert.ok(maxSize < FOLD_BYTES + 64 * 1024, `the journal reached ${maxSize} bytes`);
+  await lb.close();
+  assert.equal((await parseState(readFileSync(file, 'utf8'))).get('big')!.destination.length, 1000);
+});
