@@ -27,6 +27,9 @@ CommitWorker::CommitWorker(Napi::Env env, std::string json, int lock_wait_ms)
 void CommitWorker::Work() {
   BackgroundPriority background;
   const auto t0 = std::chrono::steady_clock::now();
+  struct TrimAfter {
+    ~TrimAfter() { ReleaseFreedMemory(); }  // last, after the lock is given back: the table copies are freed
+  } trim;
   tx_ = TransactionFromJson(std::move(json_));  // throws EPLAN, before any lock or table is touched
   json_.clear();
   std::lock_guard<std::mutex> serial(LibiptcMutex());
@@ -46,22 +49,18 @@ void CommitWorker::Work() {
   pre.reset();
   lock.Release();
   if (ok) duration_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  ReleaseFreedMemory();  // after the lock is given back: the handle's copy of the table is freed
 }
 
 template <typename F>
 bool CommitWorker::Run(XtHandle<F> *prepared) {
-  NativeError error;
   // The gate's set (src/gate.ts for the order): created, and the transaction's elements added,
   // before the commit that installs their rules; stale elements deleted, or the set destroyed when no
   // rule behind a gate remains, after it.
   GateWork gate;
   const std::vector<SetElement> adds = GateElements(tx_);
   if (!adds.empty()) {
-    if (!EnsureGateSet(F::kFamily, &gate.set_index, &error) || !ChangeGateSet(F::kFamily, adds, false, &error)) {
-      Fail(std::move(error));
-      return false;
-    }
+    gate.set_index = EnsureGateSet(F::kFamily);
+    ChangeGateSet(F::kFamily, adds, false);
     gate.has_index = true;
   }
   for (attempts_ = 1;; attempts_++) {
@@ -72,18 +71,17 @@ bool CommitWorker::Run(XtHandle<F> *prepared) {
       Fail(h.error());
       return false;
     }
-    if (!ApplyTransaction<F>(h.get(), tx_, &gate, &error)) {
-      Fail(std::move(error));
-      return false;
-    }
+    ApplyTransaction<F>(h.get(), tx_, &gate);
     if (F::Commit(h.get())) {
       // The rules are committed. A failure to tidy the set is not the commit's: an element too many
       // only sends its packets through the dispatch chain and back; the next commit tidies again.
-      NativeError ignored;
-      if (gate.need_set)
-        ChangeGateSet(F::kFamily, gate.stale, true, &ignored);
-      else
-        DestroyGateSet(F::kFamily, &ignored);
+      try {
+        if (gate.need_set)
+          ChangeGateSet(F::kFamily, gate.stale, true);
+        else
+          DestroyGateSet(F::kFamily);
+      } catch (const NativeFailure &) {
+      }
       return true;
     }
     const int err = errno;
