@@ -14,8 +14,8 @@ namespace iptlb {
 constexpr int kAbiVersion = 15;
 
 constexpr int kDefaultLockWaitMs = 10000;
-// The longest plan text commit() takes (UTF-16 units): 10,000 profiles are about 6 MB.
-constexpr size_t kMaxPlanJson = 256u << 20;
+// The longest plan text commit() takes (UTF-16 units, 128 Mi): 10,000 profiles are about 6 MB.
+constexpr size_t kMaxPlanJson = 128u << 20;
 constexpr double kMaxWaitMs = 3600000;
 
 inline int WaitMs(const Napi::Value &v, const std::string &field) {

@@ -62,8 +62,7 @@ FlockWorker::~FlockWorker() {
 
 void FlockWorker::Work() {
   FlockGuard guard;
-  NativeError error;
-  if (!guard.Acquire(path_, kStateFileLockOpen, wait_ms_, &error)) return Fail(std::move(error));
+  guard.Acquire(path_, kStateFileLockOpen, wait_ms_);
   fd_ = guard.Detach();
 }
 

@@ -92,23 +92,22 @@ std::string XtablesLockPath() {
   return env && *env ? env : "/run/xtables.lock";
 }
 
-bool FlockGuard::Acquire(const std::string &path, int open_flags, int wait_ms, NativeError *error) {
+void FlockGuard::Acquire(const std::string &path, int open_flags, int wait_ms) {
   Release();
   int fd;
   do fd = open(path.c_str(), open_flags, 0600);
   while (fd < 0 && errno == EINTR);
   if (fd < 0) {
     const int err = errno;
-    *error = NativeError::FromErrno(
+    Throw(NativeError::FromErrno(
         "ELOCK", err,
         "cannot open lock file " + path + ": " + std::strerror(err) + " (errno " + std::to_string(err) + ")",
-        kNoAccess);
-    return false;
+        kNoAccess));
   }
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
   if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
     fd_ = fd;
-    return true;
+    return;
   }
   // IPTLB_XTLOCK_WAIT=poll: the wait of earlier versions (LOCK_NB polled with a backoff from 50 us to
   // 5 ms), kept for the side-by-side rows of `npm run bench -- lockwait` only.
@@ -125,14 +124,13 @@ bool FlockGuard::Acquire(const std::string &path, int open_flags, int wait_ms, N
       timer.Disarm();
       if (r == 0) {
         fd_ = fd;
-        return true;
+        return;
       }
       if (err != EINTR) {
         close(fd);
-        *error = NativeError::FromErrno(
+        Throw(NativeError::FromErrno(
             "ELOCK", err, "cannot lock " + path + ": " + std::strerror(err) + " (errno " + std::to_string(err) + ")",
-            kNoAccess);
-        return false;
+            kNoAccess));
       }
       // EINTR: the time limit, or another signal; the loop looks at the clock.
     }
@@ -142,25 +140,32 @@ bool FlockGuard::Acquire(const std::string &path, int open_flags, int wait_ms, N
   for (;;) {
     if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
       fd_ = fd;
-      return true;
+      return;
     }
     const int err = errno;
     if (err != EWOULDBLOCK && err != EINTR) {
       close(fd);
-      *error = NativeError::FromErrno(
+      Throw(NativeError::FromErrno(
           "ELOCK", err, "cannot lock " + path + ": " + std::strerror(err) + " (errno " + std::to_string(err) + ")",
-          kNoAccess);
-      return false;
+          kNoAccess));
     }
     if (std::chrono::steady_clock::now() >= deadline) {
       close(fd);
-      *error =
+      Throw(
           NativeError{"ELOCK", EWOULDBLOCK,
-                      "another process holds the lock " + path + "; gave up after " + std::to_string(wait_ms) + " ms"};
-      return false;
+                      "another process holds the lock " + path + "; gave up after " + std::to_string(wait_ms) + " ms"});
     }
     std::this_thread::sleep_for(pause);
     if (backoff && pause < std::chrono::milliseconds(5)) pause *= 2;
+  }
+}
+
+bool FlockGuard::TryAcquire(const std::string &path, int open_flags) {
+  try {
+    Acquire(path, open_flags, 0);
+    return true;
+  } catch (const NativeFailure &) {
+    return false;
   }
 }
 

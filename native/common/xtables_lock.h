@@ -23,9 +23,11 @@ class FlockGuard {
   FlockGuard(const FlockGuard &) = delete;
   FlockGuard &operator=(const FlockGuard &) = delete;
 
-  // Opens `path` (`open_flags`, mode 0600) and waits up to `wait_ms` for LOCK_EX. On failure fills
-  // *error: ELOCK on timeout or an unusable file, EPERM when permission is denied.
-  bool Acquire(const std::string &path, int open_flags, int wait_ms, NativeError *error);
+  // Opens `path` (`open_flags`, mode 0600) and waits up to `wait_ms` for LOCK_EX. Throws NativeFailure:
+  // ELOCK on timeout or an unusable file, EPERM when permission is denied.
+  void Acquire(const std::string &path, int open_flags, int wait_ms);
+  // Without waiting; false when the lock is busy or cannot be taken.
+  bool TryAcquire(const std::string &path, int open_flags);
   void Release();
   // Gives the locked descriptor to the caller, who must close it.
   int Detach();

@@ -27,6 +27,9 @@ CommitWorker::CommitWorker(Napi::Env env, std::string json, int lock_wait_ms)
 void CommitWorker::Work() {
   BackgroundPriority background;
   const auto t0 = std::chrono::steady_clock::now();
+  struct TrimAfter {
+    ~TrimAfter() { ReleaseFreedMemory(); }  // last, after the lock is given back: the table copies are freed
+  } trim;
   tx_ = TransactionFromJson(std::move(json_));  // throws EPLAN, before any lock or table is touched
   json_.clear();
   std::lock_guard<std::mutex> serial(LibiptcMutex());
@@ -37,62 +40,59 @@ void CommitWorker::Work() {
   const bool v6 = tx_.family == Family::kIpv6;
   std::unique_ptr<Prefetched> pre = v6 ? nullptr : TakePrefetched();
   FlockGuard lock;
-  NativeError error;
-  if (!pre && !PrefetchHoldsLock() && !lock.Acquire(lock_path_, kXtablesLockOpen, lock_wait_ms_, &error)) {
-    if (error.code == "EPERM") error.message += "; changing netfilter rules needs root (CAP_NET_ADMIN)";
-    return Fail(std::move(error));
+  if (!pre && !PrefetchHoldsLock()) {
+    try {
+      lock.Acquire(lock_path_, kXtablesLockOpen, lock_wait_ms_);
+    } catch (NativeFailure &f) {
+      if (f.error.code == "EPERM") f.error.message += "; changing netfilter rules needs root (CAP_NET_ADMIN)";
+      throw;
+    }
   }
-  const bool ok = v6 ? Run<Ip6Tables>(nullptr) : Run<Ip4Tables>(pre ? pre->handle.get() : nullptr);
+  if (v6)
+    Run<Ip6Tables>(nullptr);
+  else
+    Run<Ip4Tables>(pre ? pre->handle.get() : nullptr);
   pre.reset();
   lock.Release();
-  if (ok) duration_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  ReleaseFreedMemory();  // after the lock is given back: the handle's copy of the table is freed
+  duration_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
 template <typename F>
-bool CommitWorker::Run(XtHandle<F> *prepared) {
-  NativeError error;
+void CommitWorker::Run(XtHandle<F> *prepared) {
   // The gate's set (src/gate.ts for the order): created, and the transaction's elements added,
   // before the commit that installs their rules; stale elements deleted, or the set destroyed when no
   // rule behind a gate remains, after it.
   GateWork gate;
   const std::vector<SetElement> adds = GateElements(tx_);
   if (!adds.empty()) {
-    if (!EnsureGateSet(F::kFamily, &gate.set_index, &error) || !ChangeGateSet(F::kFamily, adds, false, &error)) {
-      Fail(std::move(error));
-      return false;
-    }
+    gate.set_index = EnsureGateSet(F::kFamily);
+    ChangeGateSet(F::kFamily, adds, false);
     gate.has_index = true;
   }
   for (attempts_ = 1;; attempts_++) {
     std::unique_ptr<XtHandle<F>> fresh;
     if (attempts_ > 1 || !prepared) fresh = std::make_unique<XtHandle<F>>("nat");
     XtHandle<F> &h = fresh ? *fresh : *prepared;
-    if (!h.ok()) {
-      Fail(h.error());
-      return false;
-    }
-    if (!ApplyTransaction<F>(h.get(), tx_, &gate, &error)) {
-      Fail(std::move(error));
-      return false;
-    }
+    if (!h.ok()) Throw(h.error());
+    ApplyTransaction<F>(h.get(), tx_, &gate);
     if (F::Commit(h.get())) {
       // The rules are committed. A failure to tidy the set is not the commit's: an element too many
       // only sends its packets through the dispatch chain and back; the next commit tidies again.
-      NativeError ignored;
-      if (gate.need_set)
-        ChangeGateSet(F::kFamily, gate.stale, true, &ignored);
-      else
-        DestroyGateSet(F::kFamily, &ignored);
-      return true;
+      try {
+        if (gate.need_set)
+          ChangeGateSet(F::kFamily, gate.stale, true);
+        else
+          DestroyGateSet(F::kFamily);
+      } catch (const NativeFailure &) {
+      }
+      return;
     }
     const int err = errno;
     if (err != EAGAIN || attempts_ == kMaxAttempts) {
       std::string context =
           F::kFamily == Family::kIpv6 ? " while committing table nat (ip6tables)" : " while committing table nat";
       if (err == EAGAIN) context += " (the table kept changing: " + std::to_string(attempts_) + " attempts)";
-      Fail(XtError<F>(std::string(F::kLibrary) + "_commit", err, context));
-      return false;
+      Throw(XtError<F>(std::string(F::kLibrary) + "_commit", err, context));
     }
   }
 }

@@ -23,9 +23,9 @@ class CommitWorker : public ThreadJob {
   void OnOK() override;
 
  private:
-  // Applies and commits tx_ with F's library, starting from `prepared` when given; false after Fail().
+  // Applies and commits tx_ with F's library, starting from `prepared` when given; throws NativeFailure.
   template <typename F>
-  bool Run(XtHandle<F> *prepared);
+  void Run(XtHandle<F> *prepared);
 
   Transaction tx_;
   std::string json_;       // decoded into tx_ first (job thread)

@@ -53,14 +53,11 @@ struct SocketCloser {
 // ipset's private code) is returned in *err.
 class Ipset {
  public:
-  bool Open(NativeError *error) {
+  void Open() {
     sock_.reset(mnl_socket_open(NETLINK_NETFILTER));
-    if (!sock_ || mnl_socket_bind(sock_.get(), 0, MNL_SOCKET_AUTOPID) < 0) {
-      *error = IpsetError("ipset netlink socket", errno);
-      return false;
-    }
+    if (!sock_ || mnl_socket_bind(sock_.get(), 0, MNL_SOCKET_AUTOPID) < 0)
+      Throw(IpsetError("ipset netlink socket", errno));
     portid_ = mnl_socket_get_portid(sock_.get());
-    return true;
   }
 
   struct nlmsghdr *Start(Family family, int cmd) {
@@ -137,20 +134,19 @@ bool ElementOfRule(const Rule &r, SetElement *e) {
 
 const char *GateSetName(Family family) { return family == Family::kIpv6 ? "iptlb-vip-inet6" : "iptlb-vip-inet"; }
 
-bool SetIndexByName(const std::string &name, uint16_t *index, NativeError *error) {
+uint16_t SetIndexByName(const std::string &name) {
   int fd = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
   if (fd < 0) {
-    *error = IpsetError("ipset index of " + name + ": socket", errno);
-    return false;
+    Throw(IpsetError("ipset index of " + name + ": socket", errno));
   }
   struct ip_set_req_version ver;
   std::memset(&ver, 0, sizeof(ver));
   ver.op = IP_SET_OP_VERSION;
   socklen_t len = sizeof(ver);
   if (getsockopt(fd, SOL_IP, SO_IP_SET, &ver, &len) != 0) {
-    *error = IpsetError("ipset index of " + name + ": version", errno);
+    const int err = errno;
     close(fd);
-    return false;
+    Throw(IpsetError("ipset index of " + name + ": version", err));
   }
   struct ip_set_req_get_set req;
   std::memset(&req, 0, sizeof(req));
@@ -162,19 +158,17 @@ bool SetIndexByName(const std::string &name, uint16_t *index, NativeError *error
   const int err = errno;
   close(fd);
   if (r != 0) {
-    *error = IpsetError("ipset index of " + name, err);
-    return false;
+    Throw(IpsetError("ipset index of " + name, err));
   }
-  *index = req.set.index;
-  return true;
+  return req.set.index;
 }
 
-bool EnsureGateSet(Family family, uint16_t *index, NativeError *error) {
+uint16_t EnsureGateSet(Family family) {
   const char *name = GateSetName(family);
-  if (!SetIndexByName(name, index, error)) return false;
-  if (*index != IPSET_INVALID_ID) return true;
+  uint16_t index = SetIndexByName(name);
+  if (index != IPSET_INVALID_ID) return index;
   Ipset s;
-  if (!s.Open(error)) return false;
+  s.Open();
   int err = 0;
   for (int rev = kNewestRevision; rev >= 0; rev--) {
     struct nlmsghdr *nlh = s.Start(family, IPSET_CMD_CREATE);
@@ -189,22 +183,20 @@ bool EnsureGateSet(Family family, uint16_t *index, NativeError *error) {
     if (err != IPSET_ERR_FIND_TYPE) break;  // an older kernel: try the revision below
   }
   if (err != 0 && err != IPSET_ERR_EXIST_SETNAME2 && err != EEXIST) {
-    *error = IpsetError(std::string("creating ipset ") + name, err);
-    return false;
+    Throw(IpsetError(std::string("creating ipset ") + name, err));
   }
-  if (!SetIndexByName(name, index, error)) return false;
-  if (*index == IPSET_INVALID_ID) {
-    *error = IpsetError(std::string("ipset ") + name + " vanished after its creation", ENOENT);
-    return false;
+  index = SetIndexByName(name);
+  if (index == IPSET_INVALID_ID) {
+    Throw(IpsetError(std::string("ipset ") + name + " vanished after its creation", ENOENT));
   }
-  return true;
+  return index;
 }
 
-bool ChangeGateSet(Family family, const std::vector<SetElement> &elements, bool del, NativeError *error) {
-  if (elements.empty()) return true;
+void ChangeGateSet(Family family, const std::vector<SetElement> &elements, bool del) {
+  if (elements.empty()) return;
   const char *name = GateSetName(family);
   Ipset s;
-  if (!s.Open(error)) return false;
+  s.Open();
   for (size_t at = 0; at < elements.size(); at += kPerMessage) {
     struct nlmsghdr *nlh = s.Start(family, del ? IPSET_CMD_DEL : IPSET_CMD_ADD);
     mnl_attr_put_strz(nlh, IPSET_ATTR_SETNAME, name);
@@ -214,25 +206,21 @@ bool ChangeGateSet(Family family, const std::vector<SetElement> &elements, bool 
     mnl_attr_nest_end(nlh, adt);
     const int err = s.Send(nlh);
     if (err != 0) {
-      *error = IpsetError(std::string(del ? "deleting elements of ipset " : "adding elements to ipset ") + name, err);
-      return false;
+      Throw(IpsetError(std::string(del ? "deleting elements of ipset " : "adding elements to ipset ") + name, err));
     }
   }
-  return true;
 }
 
-bool DestroyGateSet(Family family, NativeError *error) {
+void DestroyGateSet(Family family) {
   const char *name = GateSetName(family);
   Ipset s;
-  if (!s.Open(error)) return false;
+  s.Open();
   struct nlmsghdr *nlh = s.Start(family, IPSET_CMD_DESTROY);
   mnl_attr_put_strz(nlh, IPSET_ATTR_SETNAME, name);
   const int err = s.Send(nlh);
   if (err != 0 && err != ENOENT) {
-    *error = IpsetError(std::string("destroying ipset ") + name, err);
-    return false;
+    Throw(IpsetError(std::string("destroying ipset ") + name, err));
   }
-  return true;
 }
 
 }  // namespace iptlb

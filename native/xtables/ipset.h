@@ -26,16 +26,17 @@ bool ElementOfRule(const Rule &r, SetElement *e);
 const char *GateSetName(Family family);
 
 // The set's kernel index (IPSET_INVALID_ID, 65535, when there is no such set), through
-// getsockopt(SO_IP_SET) as iptables' libxt_set asks it; false with *error when it cannot be asked.
-bool SetIndexByName(const std::string &name, uint16_t *index, NativeError *error);
+// getsockopt(SO_IP_SET) as iptables' libxt_set asks it. These functions throw NativeFailure
+// (EKERNEL, or EPERM) when the kernel cannot be asked or refuses.
+uint16_t SetIndexByName(const std::string &name);
 
 // Creates the family's gate set when it does not exist (hash:ip,port, maxelem 1048576) and returns its index.
-bool EnsureGateSet(Family family, uint16_t *index, NativeError *error);
+uint16_t EnsureGateSet(Family family);
 
 // Adds (del = false) or deletes elements of the family's gate set; existing (or missing) elements are ignored.
-bool ChangeGateSet(Family family, const std::vector<SetElement> &elements, bool del, NativeError *error);
+void ChangeGateSet(Family family, const std::vector<SetElement> &elements, bool del);
 
 // Destroys the family's gate set; a missing set is no error.
-bool DestroyGateSet(Family family, NativeError *error);
+void DestroyGateSet(Family family);
 
 }  // namespace iptlb

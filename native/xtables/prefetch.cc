@@ -51,9 +51,8 @@ void PrefetchWorker::Work() {
     return;
   }
   FlockGuard lock;
-  NativeError error;
   // No waiting: when someone else holds the lock, the commit will wait for it itself.
-  if (!lock.Acquire(lock_path_, kXtablesLockOpen, 0, &error)) return;
+  if (!lock.TryAcquire(lock_path_, kXtablesLockOpen)) return;
   auto handle = std::make_unique<IptcHandle>("nat");
   if (!handle->ok()) return;  // the commit reports it, with its own context
   slot = std::make_unique<Prefetched>(lock.Detach(), std::move(handle));

@@ -166,7 +166,7 @@ void ReadWorker::Work() {
 template <typename F>
 void ReadWorker::ReadTable() {
   XtHandle<F> h("nat");
-  if (!h.ok()) return Fail(h.error());
+  if (!h.ok()) Throw(h.error());
   // Built-in chains first, then user chains (as iptables-save prints them).
   for (const char *hook : kHooks) {
     unsigned pos = 0;

@@ -17,10 +17,10 @@ const xt_chainlabel kHooks[] = {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"};
 
 const char *const kGated[] = {"OUTPUT", "PREROUTING"};
 
+// Throws the failure of the library call just made (its errno) while doing `what`.
 template <typename F>
-bool Fail(NativeError *error, const std::string &what) {
-  *error = XtError<F>(what, errno);
-  return false;
+[[noreturn]] void Fail(const std::string &what) {
+  Throw(XtError<F>(what, errno));
 }
 
 bool IsGated(const std::string &hook) { return hook == "OUTPUT" || hook == "PREROUTING"; }
@@ -37,7 +37,7 @@ std::vector<SetElement> GateElements(const Transaction &tx) {
 }
 
 template <typename F>
-bool ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gate, NativeError *error) {
+void ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gate) {
   using Entry = typename F::Entry;
   // 1. The owners' rules in the built-in chains (an older layout's, and POSTROUTING's) and in the
   // dispatch chains, deleted from the bottom up so numbers stay valid.
@@ -60,7 +60,7 @@ bool ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gat
       }
       for (auto it = doomed.rbegin(); it != doomed.rend(); ++it) {
         if (!F::DeleteNumEntry(hook, *it, h))
-          return Fail<F>(error, std::string("deleting rule ") + std::to_string(*it + 1) + " of " + hook);
+          Fail<F>(std::string("deleting rule ") + std::to_string(*it + 1) + " of " + hook);
       }
     }
   }
@@ -68,16 +68,16 @@ bool ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gat
   for (const std::string &c : tx.delete_chains) {
     const Label label(c);
     if (!F::IsChain(label.get(), h)) continue;
-    if (!F::FlushEntries(label.get(), h)) return Fail<F>(error, "flushing chain " + c);
-    if (!F::DeleteChain(label.get(), h)) return Fail<F>(error, "deleting chain " + c);
+    if (!F::FlushEntries(label.get(), h)) Fail<F>("flushing chain " + c);
+    if (!F::DeleteChain(label.get(), h)) Fail<F>("deleting chain " + c);
   }
   // 3. Chains created, or flushed and refilled.
   for (const Chain &c : tx.chains) {
     const Label label(c.name);
     if (F::IsChain(label.get(), h)) {
-      if (!F::FlushEntries(label.get(), h)) return Fail<F>(error, "flushing chain " + c.name);
+      if (!F::FlushEntries(label.get(), h)) Fail<F>("flushing chain " + c.name);
     } else if (!F::CreateChain(label.get(), h)) {
-      return Fail<F>(error, "creating chain " + c.name);
+      Fail<F>("creating chain " + c.name);
     }
   }
   for (const Chain &c : tx.chains) {
@@ -86,11 +86,10 @@ bool ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gat
       std::string why;
       std::vector<uint8_t> entry = EncodeRule<F>(c.rules[i], &why);
       if (entry.empty()) {
-        *error = NativeError{"EKERNEL", EINVAL, "rule " + std::to_string(i + 1) + " of " + c.name + ": " + why};
-        return false;
+        Throw(NativeError{"EKERNEL", EINVAL, "rule " + std::to_string(i + 1) + " of " + c.name + ": " + why});
       }
       if (!F::AppendEntry(label.get(), reinterpret_cast<const Entry *>(entry.data()), h)) {
-        return Fail<F>(error, "appending rule " + std::to_string(i + 1) + " to " + c.name);
+        Fail<F>("appending rule " + std::to_string(i + 1) + " to " + c.name);
       }
     }
   }
@@ -100,16 +99,15 @@ bool ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gat
     std::string why;
     std::vector<uint8_t> entry = EncodeRule<F>(hr.rule, &why);
     if (entry.empty()) {
-      *error = NativeError{"EKERNEL", EINVAL, "rule of " + hr.owner + " in " + hr.chain + ": " + why};
-      return false;
+      Throw(NativeError{"EKERNEL", EINVAL, "rule of " + hr.owner + " in " + hr.chain + ": " + why});
     }
     const std::string chain = IsGated(hr.chain) ? "IPTLB_" + hr.chain : hr.chain;
     const Label label(chain);
     if (IsGated(hr.chain) && !F::IsChain(label.get(), h) && !F::CreateChain(label.get(), h))
-      return Fail<F>(error, "creating chain " + chain);
+      Fail<F>("creating chain " + chain);
     unsigned &pos = position[chain];
     if (!F::InsertEntry(label.get(), reinterpret_cast<const Entry *>(entry.data()), pos, h)) {
-      return Fail<F>(error, "inserting the rule of " + hr.owner + " at " + std::to_string(pos + 1) + " of " + chain);
+      Fail<F>("inserting the rule of " + hr.owner + " at " + std::to_string(pos + 1) + " of " + chain);
     }
     pos++;
   }
@@ -129,9 +127,8 @@ bool ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gat
       gate->need_set = true;
       if (!gates.empty()) continue;
       if (!gate->has_index) {
-        *error = NativeError{"EKERNEL", EINVAL,
-                             std::string("the gate of ") + hook + " is missing and no set index was given"};
-        return false;
+        Throw(NativeError{"EKERNEL", EINVAL,
+                          std::string("the gate of ") + hook + " is missing and no set index was given"});
       }
       Rule g;
       Match m(Match::kSetDstDst);
@@ -143,18 +140,17 @@ bool ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gat
       std::string why;
       std::vector<uint8_t> entry = EncodeRule<F>(g, &why);
       if (entry.empty()) {
-        *error = NativeError{"EKERNEL", EINVAL, std::string("the gate of ") + hook + ": " + why};
-        return false;
+        Throw(NativeError{"EKERNEL", EINVAL, std::string("the gate of ") + hook + ": " + why});
       }
       if (!F::InsertEntry(hook, reinterpret_cast<const Entry *>(entry.data()), 0, h))
-        return Fail<F>(error, std::string("inserting the gate of ") + hook);
+        Fail<F>(std::string("inserting the gate of ") + hook);
     } else {
       for (auto it = gates.rbegin(); it != gates.rend(); ++it) {
-        if (!F::DeleteNumEntry(hook, *it, h)) return Fail<F>(error, std::string("deleting the gate of ") + hook);
+        if (!F::DeleteNumEntry(hook, *it, h)) Fail<F>(std::string("deleting the gate of ") + hook);
       }
       if (exists) {
-        if (!F::FlushEntries(dispatch.get(), h)) return Fail<F>(error, std::string("flushing chain IPTLB_") + hook);
-        if (!F::DeleteChain(dispatch.get(), h)) return Fail<F>(error, std::string("deleting chain IPTLB_") + hook);
+        if (!F::FlushEntries(dispatch.get(), h)) Fail<F>(std::string("flushing chain IPTLB_") + hook);
+        if (!F::DeleteChain(dispatch.get(), h)) Fail<F>(std::string("deleting chain IPTLB_") + hook);
       }
     }
   }
@@ -162,7 +158,7 @@ bool ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gat
   // The transaction's own rules keep theirs (a replaced profile); only otherwise are the chains read.
   for (const SetElement &e : GateElements(tx)) removed.erase(e);
   gate->stale.clear();
-  if (removed.empty()) return true;
+  if (removed.empty()) return;
   std::set<SetElement> live;
   for (const char *hook : kGated) {
     const Label dispatch("IPTLB_" + std::string(hook));
@@ -175,10 +171,9 @@ bool ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gat
   for (const SetElement &e : removed) {
     if (!live.count(e)) gate->stale.push_back(e);
   }
-  return true;
 }
 
-template bool ApplyTransaction<Ip4Tables>(struct xtc_handle *, const Transaction &, GateWork *, NativeError *);
-template bool ApplyTransaction<Ip6Tables>(struct xtc_handle *, const Transaction &, GateWork *, NativeError *);
+template void ApplyTransaction<Ip4Tables>(struct xtc_handle *, const Transaction &, GateWork *);
+template void ApplyTransaction<Ip6Tables>(struct xtc_handle *, const Transaction &, GateWork *);
 
 }  // namespace iptlb

@@ -29,6 +29,7 @@ std::vector<SetElement> GateElements(const Transaction &tx);
 
 // `h` is a handle of F's library (tx.family is F's). Instantiated for Ip4Tables and Ip6Tables.
 template <typename F>
-bool ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gate, NativeError *error);
+// Throws NativeFailure (EKERNEL with the library's message, or EPERM) naming what failed.
+void ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gate);
 
 }  // namespace iptlb
