@@ -260,13 +260,18 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
     return this.core.readKernel(family);
   }
 
-  /** Waits for queued calls and their conntrack cleanup, then ends the handle. Rules stay in the kernel. */
+  /**
+   * Waits for queued calls and their conntrack cleanup, folds the state journal into the state file
+   * (see `stateFoldMs`; a failure is logged, the journal stays valid), then ends the handle. Rules
+   * stay in the kernel.
+   */
   async close(): Promise<void> {
     if (this.healthChecker) await this.healthChecker.stop();
     this.closed = true;
     if (this.driftTimer) clearInterval(this.driftTimer);
     await this.queue.idle();
-    await this.core.foldState();
+    // The journal is durable already: a fold that fails (lock held too long, disk full) is logged, not thrown.
+    await this.core.foldState().catch((e: Error) => this.core.foldFailed(e));
     await this.core.conntrackIdle();
   }
 }

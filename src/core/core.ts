@@ -346,15 +346,21 @@ export class Core {
    * edited or appended to them.
    */
   async readState(): Promise<Map<string, Profile>> {
-    return new Map(await this.currentState());
+    return new Map(await this.currentState(false));
   }
 
-  /** The profiles, not copied: the in-memory map, or the cached file state (callers must not change it). */
-  private async currentState(): Promise<Map<string, Profile>> {
+  /**
+   * The profiles, not copied: the in-memory map, or the cached file state (callers must not change
+   * it). Only the transactions and folds (`store`, in the serial queue, under the lock) replace the
+   * cache: a reader beside them (list, the conntrack janitor, health) must not swap the map a
+   * transaction has decided on.
+   */
+  private async currentState(store = true): Promise<Map<string, Profile>> {
     if (this.statePath === null) return this.memory;
     const version = await stateVersion(this.statePath).catch(() => undefined);
     if (version !== undefined && this.cached && this.cached.version === version) return this.cached.state;
     const r = await readStateFull(this.statePath);
+    if (!store) return r.profiles;
     // The version is taken before the read: if the files changed in between, the next call reads again.
     closeJournal(this.cached?.journal);
     this.cached = {
@@ -415,7 +421,7 @@ export class Core {
   }
 
   /** A fold that failed: the journal stays valid; the next change schedules a fold again, and so does the exit. */
-  private foldFailed(e: Error): void {
+  foldFailed(e: Error): void {
     this.log(
       `could not fold the state journal into ${this.statePath} (${e.message}); it stays, and is folded after the next change or at exit`,
     );

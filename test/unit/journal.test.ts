@@ -282,3 +282,33 @@ test('a journal past 4 MiB is folded at once, whatever stateFoldMs says', async 
   await lb.close();
   assert.equal((await parseState(readFileSync(file, 'utf8'))).get('big')!.destination.length, 1000);
 });
+
+test('readers beside the transactions (list, the conntrack janitor, health) never swap the state a transaction decided on', async () => {
+  const file = stateFile();
+  // A kernel that takes a moment per commit, as a real one does: the readers' reads overlap the transactions.
+  const kernel = new FakeLegacyKernel();
+  const commit = kernel.commit.bind(kernel);
+  kernel.commit = async (tx) => {
+    await new Promise((r) => setTimeout(r, 1));
+    return commit(tx);
+  };
+  const core = new Core({ stateFile: file, stateFoldMs: 60_000 }, kernel);
+  let stop = false;
+  const readers = Array.from({ length: 4 }, async (_, k) => {
+    while (!stop) {
+      await core.readState();
+      if (k % 2) await new Promise((r) => setImmediate(r));
+    }
+  });
+  try {
+    for (let i = 0; i < 150; i++)
+      await core.transact(() => ({ upsert: [prof(`p${i % 7}`, 1000 + (i % 7), 9000 + i)], remove: [] }), {
+        run: true,
+      });
+  } finally {
+    stop = true;
+    await Promise.all(readers);
+  }
+  assert.equal((await readState(file)).get('p3')!.destination[0], `127.0.0.1:${9000 + 143}`);
+  await core.foldState();
+});
