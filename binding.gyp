@@ -8,7 +8,7 @@
   # node-gyp runs; the `|| echo` fallbacks only keep gyp itself from failing when pkg-config is absent.
   # -Wl,--as-needed: a part records (DT_NEEDED) only the libraries it calls.
   "target_defaults": {
-    "include_dirs": ["<!@(node -p \"require('node-addon-api').include\")"],
+    "include_dirs": ["<!@(node -p \"require('node-addon-api').include\")", "native", "native/common"],
     "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
     "cflags": ["-Wall", "-Wextra", "<!@(pkg-config --cflags libiptc libip6tc xtables libnftnl libmnl 2>/dev/null || echo)"],
     "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra"],
@@ -35,6 +35,7 @@
       "sources": [
         "native/addon_xt.cc",
         "native/commit_worker.cc",
+        "native/common/memory.cc",
         "native/errors.cc",
         "native/iptc_handle.cc",
         "native/ipset.cc",
@@ -57,6 +58,7 @@
       "target_name": "iptlb_nft",
       "sources": [
         "native/addon_nft.cc",
+        "native/common/memory.cc",
         "native/errors.cc",
         "native/ip_text.cc",
         "native/nft_batch.cc",
