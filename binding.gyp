@@ -21,6 +21,7 @@
       "target_name": "iptlb_core",
       "sources": [
         "native/addon_core.cc",
+        "native/common/v8_memory.cc",
         "native/conntrack.cc",
         "native/conntrack_worker.cc",
         "native/errors.cc",
@@ -28,7 +29,7 @@
         "native/nft_netlink.cc",
         "native/xtables_lock.cc"
       ],
-      "libraries": ["<!@(pkg-config --libs libmnl 2>/dev/null || echo -lmnl)"]
+      "libraries": ["<!@(pkg-config --libs libmnl 2>/dev/null || echo -lmnl)", "-ldl"]
     },
     {
       "target_name": "iptlb_xt",

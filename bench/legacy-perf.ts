@@ -234,32 +234,56 @@ export async function benchLockWait(
 /**
  * `rss`: resident memory of a process holding 10,000 profiles (state file synced into the kernel,
  * then one apply), legacy and nft, of an empty instance, and of a bare Node process; each a fresh
- * child (bench/rss-child.ts, with --expose-gc), `runs` times, interleaved.
+ * child (bench/rss-child.ts, with --expose-gc) in a network namespace of its own, the four of a run
+ * side by side, `runs` runs. Two figures each: settled (600 ms after the last change, after a forced
+ * GC) and idle (IPTLB_BENCH_RSS_IDLE_MS, default 20 s, after it, no forced GC since; see rss-child.ts).
  */
 export async function benchRss(io: BenchIo & { flush: () => void }): Promise<Record<string, unknown>> {
   const child = path.join(HERE, 'rss-child.js');
   const cases: [string, string[]][] = [
     ['bare node', ['0', 'legacy', 'bare']],
     ['empty instance (legacy)', ['0', 'legacy']],
+    ['empty instance (nft)', ['0', 'nft']],
     ['legacy 10,000', ['10000', 'legacy']],
     ['nft 10,000', ['10000', 'nft']],
   ];
-  const got: Record<string, number[]> = {};
+  const run = (args: string[]): Promise<[number, number]> =>
+    new Promise((resolve, reject) => {
+      const c = spawn(
+        'unshare',
+        ['-n', 'sh', '-c', 'ip link set lo up && exec "$@"', 'sh', process.execPath, '--expose-gc', child, ...args],
+        { stdio: ['ignore', 'pipe', 'inherit'] },
+      );
+      let out = '';
+      c.stdout!.on('data', (d) => (out += d));
+      c.on('error', reject);
+      c.on('close', (code) => {
+        const v = out.trim().split(' ').map(Number);
+        if (code !== 0 || v.length !== 2 || v.some((x) => !Number.isFinite(x)))
+          reject(new Error(`rss-child ${args.join(' ')} exited ${code}: ${out}`));
+        else resolve([v[0], v[1]]);
+      });
+    });
+  const settled: Record<string, number[]> = {};
+  const idle: Record<string, number[]> = {};
   for (let r = 0; r < io.runs; r++) {
-    for (const [name, args] of cases) {
-      io.flush();
-      const out = execFileSync(process.execPath, ['--expose-gc', child, ...args], { maxBuffer: 1 << 20 })
-        .toString()
-        .trim();
-      (got[name] ??= []).push(Number(out));
-    }
+    const got = await Promise.all(cases.map(([, args]) => run(args)));
+    cases.forEach(([name], i) => {
+      (settled[name] ??= []).push(got[i][0]);
+      (idle[name] ??= []).push(got[i][1]);
+    });
   }
-  io.flush();
+  const bare = { settled: median(settled['bare node']), idle: median(idle['bare node']) };
   io.log(
-    `RSS (MiB) of a process holding profiles (${io.runs} fresh processes each, interleaved; after one apply and a 600 ms settle):\n` +
-      Object.entries(got)
-        .map(([k, v]) => `  ${k.padEnd(24)} ${spread(v, 1)}`)
+    `RSS (MiB) of a process holding profiles (${io.runs} runs of fresh processes, the ${cases.length} of a run side by side, each in its own namespace):\n` +
+      `  ${''.padEnd(24)} settled (0.9 s after the last change, forced GC)      idle (${Number(process.env.IPTLB_BENCH_RSS_IDLE_MS ?? 20000) / 1000} s after it, no forced GC)\n` +
+      Object.keys(settled)
+        .map(
+          (k) =>
+            `  ${k.padEnd(24)} ${spread(settled[k], 1).padEnd(34)} ${k === 'bare node' ? '        ' : `+${(median(settled[k]) - bare.settled).toFixed(1).padStart(5)}  `}` +
+            `    ${spread(idle[k], 1).padEnd(34)} ${k === 'bare node' ? '' : `+${(median(idle[k]) - bare.idle).toFixed(1)}`}`,
+        )
         .join('\n'),
   );
-  return got;
+  return { settled, idle };
 }

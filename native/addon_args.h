@@ -8,7 +8,8 @@ namespace iptlb {
 
 // Bumped whenever the JS-visible interface changes; src/native/addon.ts checks it. All three
 // .node files (iptlb_core, iptlb_xt, iptlb_nft) export the same number.
-constexpr int kAbiVersion = 11;  // 11: three parts (10) and the legacy gate (read() reports `gate` and `direct`)
+constexpr int kAbiVersion = 14;  // 14: core exports reduceMemory().  11: three parts (10) and the legacy gate (read()
+                                 // reports `gate` and `direct`)
 
 constexpr int kDefaultLockWaitMs = 10000;
 constexpr double kMaxWaitMs = 3600000;

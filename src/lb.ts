@@ -22,6 +22,7 @@ import {
 } from './profile.js';
 import { readState, resolveStatePath, stateVersion, writeState } from './state.js';
 import { hasNetAdmin } from './caps.js';
+import { noteChange } from './platform/heap.js';
 import { ConntrackJanitor, staleFlows } from './conntrack.js';
 import type { ProfileReport } from './drift.js';
 import {
@@ -357,6 +358,7 @@ export class Core {
         // Handed to the janitor, not awaited: the next change need not wait for the cleanup of this
         // one (over netlink when it went through the native executor, else `conntrack -D`).
         if (stale.length) this.conntrack.add(stale);
+        if (!this.injected) noteChange(change.upsert.length + change.remove.length);
         return {
           applied: change.upsert,
           deleted: change.remove,
@@ -714,6 +716,7 @@ export class Core {
           commitMs += ms;
         }
         if (!committed && !opts.quietWhenInSync) this.log('kernel already matches the state file; nothing to do');
+        if (committed && !this.injected) noteChange(state.size);
         return { before, committed, commitMs };
       } finally {
         lock.release();

@@ -16,7 +16,7 @@ import type { NftFamily, NftTransaction, NftView } from '../nft/ops.js';
 import { packageRoot } from '../paths.js';
 
 /** ABI of the addon this TypeScript expects (native/addon.cc exports the same number). */
-export const EXPECTED_ABI = 11;
+export const EXPECTED_ABI = 14;
 
 /**
  * Conntrack entries to delete: original destination `vip`, protocol, reply source `destination` (flows DNATed to it).
@@ -115,6 +115,13 @@ export interface NativeAddon {
    * code 'EINVAL' naming the field; rejects with 'EPERM' (no CAP_NET_ADMIN) or 'EKERNEL'.
    */
   conntrackFlush(flows: ConntrackFlow[], opts?: { kernelFilter?: boolean }): Promise<ConntrackFlushResult>;
+  /**
+   * Tells V8 the memory pressure is moderate (1: an incremental, memory-reducing mark-compact starts)
+   * or critical (2: a memory-reducing full GC, synchronously), then back to none
+   * (`v8::Isolate::MemoryPressureNotification`). False (and nothing done) when the runtime does not
+   * export that function. Another level is a TypeError.
+   */
+  reduceMemory(level: 1 | 2): boolean;
 }
 
 /** The three addon files; see the top of this file. */
