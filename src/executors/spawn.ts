@@ -3,7 +3,8 @@
  * `iptables-legacy-restore --noflush` process fed on stdin (never a shell string); IPv6 transactions
  * and reads go to `ip6tables-legacy-save`/`ip6tables-legacy-restore` the same way.
  */
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import type { ChildProcessWithoutNullStreams } from 'node:child_process';
+import { childProcess } from '../platform/builtins.js';
 import { accessSync, constants as C } from 'node:fs';
 import * as path from 'node:path';
 import { inheritedLockFds } from '../lock.js';
@@ -38,7 +39,7 @@ interface RunResult {
 export function run(file: string, args: string[], input?: string): Promise<RunResult> {
   return new Promise((resolve, reject) => {
     // Held state-file locks go along (as fds 3…): a child that outlives us keeps them (see lock.ts).
-    const child = spawn(file, args, {
+    const child = childProcess().spawn(file, args, {
       stdio: ['pipe', 'pipe', 'pipe', ...inheritedLockFds()],
     }) as ChildProcessWithoutNullStreams;
     let stdout = '';
