@@ -337,6 +337,29 @@ class ElementOps {
   }
 }
 
+/**
+ * A profile changed in place (same dispatch set or round-robin rule, address, protocol and slot
+ * count): only the elements that differ are deleted and added. An unchanged element (its dispatch
+ * element; a backend slot that keeps its destination) stays as it is, with its counters; and a
+ * transaction that deletes no element spares a one-shot process the kernel's wait for an RCU grace
+ * period when its netfilter socket closes (see docs/engines.md).
+ */
+function inPlace(o: NftProfilePlan, n: NftProfilePlan, dels: ElementOps, adds: ElementOps): void {
+  const sameDispatch = o.set !== null && o.set === n.set && sameEndpoint(o.vip, n.vip);
+  if (o.set !== null && !sameDispatch) dels.addDispatch(o.set, o.vip);
+  if (n.set !== null && !sameDispatch) adds.addDispatch(n.set, n.vip);
+  const oldSlots = new Map(o.backends.map((b) => [b.index, b]));
+  const newSlots = new Map(n.backends.map((b) => [b.index, b]));
+  const kept = (b: NftBackendElement, other: Map<number, NftBackendElement>): boolean => {
+    const x = other.get(b.index);
+    return x !== undefined && sameEndpoint(x.vip, b.vip) && sameEndpoint(x.to, b.to);
+  };
+  const gone = o.backends.filter((b) => !kept(b, newSlots));
+  const come = n.backends.filter((b) => !kept(b, oldSlots));
+  if (gone.length) dels.addBackends(o.proto, gone);
+  if (come.length) adds.addBackends(n.proto, come);
+}
+
 function skeleton(ops: NftOp[]): void {
   ops.push({ op: 'addTable' });
   for (const proto of NFT_PROTOCOLS) ops.push({ op: 'addBackendMap', proto });
@@ -439,6 +462,10 @@ export function planNftChange(
       )
         dels.addBackends(o.proto, o.backends);
       else later.addBackends(o.proto, o.backends);
+      continue;
+    }
+    if (o && n) {
+      inPlace(o, n, dels, adds);
       continue;
     }
     if (o) dels.add(o);
