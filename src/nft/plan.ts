@@ -338,26 +338,27 @@ class ElementOps {
 }
 
 /**
- * A profile changed in place (same dispatch set or round-robin rule, address, protocol and slot
- * count): only the elements that differ are deleted and added. An unchanged element (its dispatch
- * element; a backend slot that keeps its destination) stays as it is, with its counters; and a
- * transaction that deletes no element spares a one-shot process the kernel's wait for an RCU grace
- * period when its netfilter socket closes (see docs/engines.md).
+ * A profile re-applied in place (same dispatch set or round-robin rule, address, protocol and slot
+ * count). When its elements are exactly those it had (a reset with the same destinations and
+ * weights), none is deleted or added: the kernel already holds them, and a transaction that deletes
+ * no element spares a one-shot process the kernel's wait for an RCU grace period when its netfilter
+ * socket closes (see docs/performance.md). Otherwise all of its elements are replaced, as before, so
+ * its per-destination counters start again from zero, as on the legacy engine.
  */
 function inPlace(o: NftProfilePlan, n: NftProfilePlan, dels: ElementOps, adds: ElementOps): void {
-  const sameDispatch = o.set !== null && o.set === n.set && sameEndpoint(o.vip, n.vip);
-  if (o.set !== null && !sameDispatch) dels.addDispatch(o.set, o.vip);
-  if (n.set !== null && !sameDispatch) adds.addDispatch(n.set, n.vip);
-  const oldSlots = new Map(o.backends.map((b) => [b.index, b]));
-  const newSlots = new Map(n.backends.map((b) => [b.index, b]));
-  const kept = (b: NftBackendElement, other: Map<number, NftBackendElement>): boolean => {
-    const x = other.get(b.index);
-    return x !== undefined && sameEndpoint(x.vip, b.vip) && sameEndpoint(x.to, b.to);
-  };
-  const gone = o.backends.filter((b) => !kept(b, newSlots));
-  const come = n.backends.filter((b) => !kept(b, oldSlots));
-  if (gone.length) dels.addBackends(o.proto, gone);
-  if (come.length) adds.addBackends(n.proto, come);
+  const same =
+    o.set === n.set &&
+    sameEndpoint(o.vip, n.vip) &&
+    o.backends.length === n.backends.length &&
+    o.backends.every(
+      (b, i) =>
+        b.index === n.backends[i].index &&
+        sameEndpoint(b.vip, n.backends[i].vip) &&
+        sameEndpoint(b.to, n.backends[i].to),
+    );
+  if (same) return;
+  dels.add(o);
+  adds.add(n);
 }
 
 function skeleton(ops: NftOp[]): void {
