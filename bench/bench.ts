@@ -287,6 +287,27 @@ function timeProcess(argv: string[]): Promise<number> {
   });
 }
 
+/**
+ * CPU time (user + system, ms) of a process running `argv`, through bash's `times` (its children's
+ * times, in ms): on a loaded host a process's CPU time is disturbed far less than its wall-clock time.
+ */
+function cpuOfProcess(argv: string[]): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const c = spawn('bash', ['-c', '"$@" >/dev/null 2>&1; rc=$?; times; exit $rc', 'bash', ...argv], {
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
+    let out = '';
+    c.stdout!.on('data', (d) => (out += d));
+    c.on('error', reject);
+    c.on('close', (code) => {
+      const line = out.trim().split('\n')[1] ?? '';
+      const ms = [...line.matchAll(/(\d+)m([\d.]+)s/g)].map((m) => (Number(m[1]) * 60 + Number(m[2])) * 1000);
+      if (code !== 0 || ms.length !== 2) reject(new Error(`${argv.join(' ')} exited ${code}: ${out}`));
+      else resolve(ms[0] + ms[1]);
+    });
+  });
+}
+
 async function benchCli(): Promise<void> {
   flushNat();
   const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-cli-'));
@@ -334,19 +355,32 @@ async function benchCli(): Promise<void> {
   }
   rounds.push(['--help', () => [node, CLI, '--help']], ['--version', () => [node, CLI, '--version']]);
   const times: Record<string, number[]> = Object.fromEntries(rounds.map(([k]) => [k.trim(), []]));
-  for (let r = 0; r < RUNS; r++) for (const [k, argv] of rounds) times[k.trim()].push(await timeProcess(argv(r)));
+  const cpu: Record<string, number[]> = Object.fromEntries(rounds.map(([k]) => [k.trim(), []]));
+  // Each round runs the sequence twice: once timed (wall clock), once for each process's CPU time (through bash).
+  for (let r = 0; r < RUNS; r++) {
+    for (const [k, argv] of rounds) times[k.trim()].push(await timeProcess(argv(r)));
+    for (const [k, argv] of rounds) cpu[k.trim()].push(await cpuOfProcess(argv(r)));
+  }
   const base = median(times['node -e 0']);
-  const cli: Record<string, { medianMs: number; ratio: number; min: number; max: number }> = {};
-  log(`cli start, ${RUNS} interleaved rounds, median (min-max) ms and median / median of node -e 0:`);
+  const cpuBase = median(cpu['node -e 0']);
+  const cli: Record<
+    string,
+    { medianMs: number; ratio: number; min: number; max: number; cpuMs: number; cpuRatio: number }
+  > = {};
+  log(
+    `cli start, ${RUNS} interleaved rounds: wall clock median (min-max) ms, its ratio to node -e 0; CPU time (user + system) median ms, its ratio:`,
+  );
   for (const [k, t] of Object.entries(times)) {
     cli[k] = {
       medianMs: Number(median(t).toFixed(1)),
       ratio: Number((median(t) / base).toFixed(2)),
       min: Number(Math.min(...t).toFixed(1)),
       max: Number(Math.max(...t).toFixed(1)),
+      cpuMs: Number(median(cpu[k]).toFixed(1)),
+      cpuRatio: Number((median(cpu[k]) / cpuBase).toFixed(2)),
     };
     log(
-      `cli ${k.padEnd(46)} ${median(t).toFixed(1).padStart(6)} ms (${Math.min(...t).toFixed(1)}-${Math.max(...t).toFixed(1)})  ${(median(t) / base).toFixed(2)}x node`,
+      `cli ${k.padEnd(46)} ${median(t).toFixed(1).padStart(6)} ms (${Math.min(...t).toFixed(1)}-${Math.max(...t).toFixed(1)})  ${(median(t) / base).toFixed(2)}x node   CPU ${median(cpu[k]).toFixed(1).padStart(5)} ms  ${(median(cpu[k]) / cpuBase).toFixed(2)}x node`,
     );
   }
   // Bulk: 1,000 profiles applied and deleted with one transaction each.
