@@ -26,13 +26,14 @@
         "native/common/addon_core.cc",
         "native/common/errors.cc",
         "native/common/file_lock.cc",
+        "native/common/v8_memory.cc",
         "native/common/nft_netlink.cc",
         "native/common/xtables_lock.cc",
         "native/conntrack/conntrack.cc",
         "native/conntrack/conntrack_worker.cc",
         "native/health/prober.cc"
       ],
-      "libraries": ["<!@(pkg-config --libs libmnl 2>/dev/null || echo -lmnl)"]
+      "libraries": ["<!@(pkg-config --libs libmnl 2>/dev/null || echo -lmnl)", "-ldl"]
     },
     {
       "target_name": "iptlb_xt",
@@ -40,6 +41,7 @@
         "native/common/errors.cc",
         "native/common/ip_text.cc",
         "native/common/job_thread.cc",
+        "native/common/memory.cc",
         "native/common/pending.cc",
         "native/common/thread_priority.cc",
         "native/common/xtables_lock.cc",
@@ -63,6 +65,7 @@
       "sources": [
         "native/common/errors.cc",
         "native/common/ip_text.cc",
+        "native/common/memory.cc",
         "native/common/nft_netlink.cc",
         "native/common/pending.cc",
         "native/common/thread_priority.cc",

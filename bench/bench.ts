@@ -316,50 +316,104 @@ function timeProcess(argv: string[]): Promise<number> {
   });
 }
 
+/**
+ * CPU time (user + system, ms) of a process running `argv`, through bash's `times` (its children's
+ * times, in ms): on a loaded host a process's CPU time is disturbed far less than its wall-clock time.
+ */
+function cpuOfProcess(argv: string[]): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const c = spawn('bash', ['-c', '"$@" >/dev/null 2>&1; rc=$?; times; exit $rc', 'bash', ...argv], {
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
+    let out = '';
+    c.stdout!.on('data', (d) => (out += d));
+    c.on('error', reject);
+    c.on('close', (code) => {
+      const line = out.trim().split('\n')[1] ?? '';
+      const ms = [...line.matchAll(/(\d+)m([\d.]+)s/g)].map((m) => (Number(m[1]) * 60 + Number(m[2])) * 1000);
+      if (code !== 0 || ms.length !== 2) reject(new Error(`${argv.join(' ')} exited ${code}: ${out}`));
+      else resolve(ms[0] + ms[1]);
+    });
+  });
+}
+
 async function benchCli(): Promise<void> {
   flushNat();
   const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-cli-'));
   const state = path.join(dir, 'state.db');
   const node = process.execPath;
-  const cases: Record<string, string[]> = {
-    'node -e 0': [node, '-e', '0'],
-    'iptlb -run (apply)': [
+  // Every command, both engines, one round = every case once (node -e 0 first and in the middle), RUNS rounds.
+  // Within a round an engine's cases go: apply (create x) … delete x, so each round starts from the same kernel.
+  const vip = '127.100.0.10:8081';
+  const dests = (k: number): string => `127.0.0.1:${9001 + 10 * k},127.0.0.1:9002,127.0.0.1:9003`;
+  const rounds: [string, (r: number) => string[]][] = [['node -e 0', () => [node, '-e', '0']]];
+  for (const engine of ['legacy', 'nft'] as const) {
+    const st = `--state-file=${state}.${engine}`;
+    const e = `--engine=${engine}`;
+    const run = (r: number, k: number) => [
       node,
       CLI,
-      '--engine=legacy',
-      `-state-file=${state}`,
+      e,
+      `-${st.slice(2)}`,
       '-run',
       '-reset',
       '-profile=x',
-      '-src-addr=127.100.0.10:8081',
-      '-dest-addr=127.0.0.1:9001,127.0.0.1:9002,127.0.0.1:9003',
-    ],
-    'iptlb -run (nft)': [
-      node,
-      CLI,
-      '--engine=nft',
-      `-state-file=${state}.nft`,
-      '-run',
-      '-reset',
-      '-profile=x',
-      '-src-addr=127.100.0.10:8081',
-      '-dest-addr=127.0.0.1:9001,127.0.0.1:9002,127.0.0.1:9003',
-    ],
-    'iptlb list': [node, CLI, 'list', `--state-file=${state}`],
-    // The engine given: with profiles in both engines (the two applies above) auto would say "not ready".
-    'iptlb doctor': [node, CLI, 'doctor', '--engine=legacy', `--state-file=${state}`],
-    'iptlb --help': [node, CLI, '--help'],
-  };
-  const times: Record<string, number[]> = Object.fromEntries(Object.keys(cases).map((k) => [k, []]));
-  for (let r = 0; r < RUNS; r++) for (const [k, argv] of Object.entries(cases)) times[k].push(await timeProcess(argv));
+      `-src-addr=${vip}`,
+      `-dest-addr=${dests(k)}`,
+    ];
+    rounds.push(
+      [
+        `apply (${engine})`,
+        () => [node, CLI, 'apply', e, st, '-q', '--profile=x', `--src-addr=${vip}`, `--dest-addr=${dests(0)}`],
+      ],
+      [`-run -reset, same destinations (${engine})`, (r) => run(r, 0)],
+      [`-run -reset, one destination changed (${engine})`, (r) => run(r, 1 + (r % 2))],
+      [`list (${engine})`, () => [node, CLI, 'list', e, st]],
+      [`show (${engine})`, () => [node, CLI, 'show', e, st, 'x']],
+      [`status (${engine})`, () => [node, CLI, 'status', e, st]],
+      [
+        `plan (${engine})`,
+        () => [node, CLI, 'plan', e, st, '--profile=y', '--src-addr=127.100.0.11:8081', `--dest-addr=${dests(0)}`],
+      ],
+      [`sync (${engine})`, () => [node, CLI, 'sync', e, st, '-q']],
+      // The engine given: with profiles in both engines auto would say "not ready".
+      [`doctor (${engine})`, () => [node, CLI, 'doctor', e, st]],
+      [`delete (${engine})`, () => [node, CLI, 'delete', e, st, '-q', 'x']],
+    );
+    if (engine === 'legacy') rounds.push(['node -e 0 ', () => [node, '-e', '0']]);
+  }
+  rounds.push(['--help', () => [node, CLI, '--help']], ['--version', () => [node, CLI, '--version']]);
+  const times: Record<string, number[]> = Object.fromEntries(rounds.map(([k]) => [k.trim(), []]));
+  const cpu: Record<string, number[]> = Object.fromEntries(rounds.map(([k]) => [k.trim(), []]));
+  // Each round runs the sequence twice: once timed (wall clock), once for each process's CPU time (through bash).
+  for (let r = 0; r < RUNS; r++) {
+    for (const [k, argv] of rounds) times[k.trim()].push(await timeProcess(argv(r)));
+    for (const [k, argv] of rounds) cpu[k.trim()].push(await cpuOfProcess(argv(r)));
+  }
   const base = median(times['node -e 0']);
-  const cli: Record<string, { medianMs: number; ratio: number }> = {};
+  const cpuBase = median(cpu['node -e 0']);
+  const cli: Record<
+    string,
+    { medianMs: number; ratio: number; min: number; max: number; cpuMs: number; cpuRatio: number }
+  > = {};
+  log(
+    `cli start, ${RUNS} interleaved rounds: wall clock median (min-max) ms, its ratio to node -e 0; CPU time (user + system) median ms, its ratio:`,
+  );
   for (const [k, t] of Object.entries(times)) {
-    cli[k] = { medianMs: Number(median(t).toFixed(1)), ratio: Number((median(t) / base).toFixed(2)) };
-    log(`cli ${k.padEnd(20)} ${median(t).toFixed(1).padStart(6)} ms  ${(median(t) / base).toFixed(2)}x node`);
+    cli[k] = {
+      medianMs: Number(median(t).toFixed(1)),
+      ratio: Number((median(t) / base).toFixed(2)),
+      min: Number(Math.min(...t).toFixed(1)),
+      max: Number(Math.max(...t).toFixed(1)),
+      cpuMs: Number(median(cpu[k]).toFixed(1)),
+      cpuRatio: Number((median(cpu[k]) / cpuBase).toFixed(2)),
+    };
+    log(
+      `cli ${k.padEnd(46)} ${median(t).toFixed(1).padStart(6)} ms (${Math.min(...t).toFixed(1)}-${Math.max(...t).toFixed(1)})  ${(median(t) / base).toFixed(2)}x node   CPU ${median(cpu[k]).toFixed(1).padStart(5)} ms  ${(median(cpu[k]) / cpuBase).toFixed(2)}x node`,
+    );
   }
   // Bulk: 1,000 profiles applied and deleted with one transaction each.
-  const single = median(times['iptlb -run (apply)']);
+  const single = median(times['-run -reset, same destinations (legacy)']);
   const bulkState = path.join(dir, 'bulk.db');
   writeFileSync(bulkState, serializeState(Array.from({ length: 1000 }, (_, i) => profile(i + 1))), { mode: 0o600 });
   flushNat();

@@ -7,6 +7,7 @@
 #include "conntrack_worker.h"
 #include "file_lock.h"
 #include "prober.h"
+#include "v8_memory.h"
 
 namespace iptlb {
 namespace {
@@ -25,6 +26,15 @@ Napi::Value Flock(const Napi::CallbackInfo &info) {
   return p;
 }
 
+// reduceMemory(level: 1 | 2): boolean — memory pressure for V8 (see common/v8_memory.h).
+Napi::Value ReduceMemory(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsNumber()) throw Napi::TypeError::New(env, "level: must be 1 or 2");
+  const int level = info[0].As<Napi::Number>().Int32Value();
+  if (level != 1 && level != 2) throw Napi::TypeError::New(env, "level: must be 1 or 2");
+  return Napi::Boolean::New(env, MemoryPressure(level));
+}
+
 }  // namespace
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -34,6 +44,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("flock", Napi::Function::New(env, Flock, "flock"));
   exports.Set("conntrackFlush", Napi::Function::New(env, ConntrackFlush, "conntrackFlush"));
   exports.Set("HealthProber", HealthProber::Class(env));
+  exports.Set("reduceMemory", Napi::Function::New(env, ReduceMemory, "reduceMemory"));
   return exports;
 }
 

@@ -3,12 +3,14 @@
 #include <napi.h>
 
 #include "addon_args.h"
+#include "memory.h"
 #include "nft_workers.h"
 #include "pending.h"
 
 namespace iptlb {
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  FixMallocThresholds();  // a transaction's batch and a read's view must not stay in the heap (common/memory.h)
   exports.Set("abiVersion", Napi::Number::New(env, kAbiVersion));
   exports.Set("part", Napi::String::New(env, "nft"));
   exports.Set("nftCommit", Napi::Function::New(env, NftCommit, "nftCommit"));

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <new>
 
+#include "memory.h"
 #include "nft_netlink.h"
 #include "nft_shared_socket.h"
 #include "pending.h"
@@ -158,6 +159,7 @@ void NftCommitWorker::OnOK() {
   r.Set("durationMs", duration_ms_);
   r.Set("genid", genid_);
   Resolve(r);
+  ReleaseFreedMemory();  // the transaction and its batch are freed with this worker (a large sync: MiBs)
 }
 
 // ---- nftRead ----------------------------------------------------------------------------------
@@ -173,6 +175,7 @@ void NftReadWorker::Work() {
 }
 
 void NftReadWorker::OnOK() {
+  ReleaseFreedMemory();  // the view is freed with this worker, once converted below
   Napi::Env env = Env();
   const nft::View &v = view_;
   Napi::Object r = Napi::Object::New(env);

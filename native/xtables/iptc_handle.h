@@ -8,6 +8,7 @@
 #include <string>
 
 #include "errors.h"
+#include "memory.h"
 #include "xt_family.h"
 
 namespace iptlb {
@@ -15,13 +16,9 @@ namespace iptlb {
 // Held by every worker for the whole of its libiptc/libip6tc work: transactions are serialised.
 std::mutex &LibiptcMutex();
 
-// Gives the memory a freed handle of a large table leaves in malloc's free lists back to the kernel
-// (malloc_trim, on a background thread once the table work has been quiet for 250 ms): a handle holds
-// a copy of the whole table and its rules, tens of MiB at 10,000 profiles, which glibc otherwise
-// keeps in the worker thread's arena for good. Called after the handle is gone.
-void ReleaseFreedMemory();
-// Fixed malloc mmap/trim thresholds for the process (at addon load), see iptc_handle.cc.
-void FixMallocThresholds();
+// After a handle is gone: ReleaseFreedMemory() (common/memory.h) gives the memory a freed handle of a
+// large table leaves in malloc's free lists back to the kernel: a handle holds a copy of the whole
+// table and its rules, tens of MiB at 10,000 profiles.
 
 // An EKERNEL (or EPERM) error for the library call `what` that just failed with `err`:
 // "<what>: <strerror of F's library> (errno N)<context>".

@@ -6,7 +6,7 @@
  * (`conntrackFlush`) when the change went through the native executor, else with `conntrack -D`.
  * IPv4 and IPv6 profiles alike (`[v6]:port` endpoints: `conntrack -D -f ipv6`).
  */
-import { spawn } from 'node:child_process';
+import { childProcess } from '../platform/builtins.js';
 import { readFileSync } from 'node:fs';
 import { parseEndpoint, type Endpoint } from '../model/address.js';
 import { findBinary } from '../platform/spawn.js';
@@ -61,7 +61,7 @@ export const HALF_OPEN_STATES = ['SYN_SENT'] as const;
 
 function run(file: string, args: string[]): Promise<{ code: number | null; out: string }> {
   return new Promise((resolve) => {
-    const c = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const c = childProcess().spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     c.stdout.on('data', (d) => (out += d));
     c.stderr.on('data', (d) => (out += d));

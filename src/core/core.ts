@@ -31,6 +31,7 @@ import {
   type RawState,
 } from './journal.js';
 import { hasNetAdmin } from '../platform/caps.js';
+import { noteChange } from '../platform/heap.js';
 import { ConntrackJanitor, staleFlows } from './conntrack.js';
 import type { ProfileReport } from '../model/report.js';
 import {
@@ -495,6 +496,7 @@ export class Core {
         // Handed to the janitor, not awaited: the next change need not wait for the cleanup of this
         // one (over netlink when it went through the native executor, else `conntrack -D`).
         if (stale.length) this.conntrack.add(stale);
+        if (!this.injected) noteChange(change.upsert.length + change.remove.length);
         return {
           applied: change.upsert,
           deleted: change.remove,
@@ -888,6 +890,7 @@ export class Core {
           commitMs += ms;
         }
         if (!committed && !opts.quietWhenInSync) this.log('kernel already matches the state file; nothing to do');
+        if (committed && !this.injected) noteChange(state.size);
         return { before, committed, commitMs };
       } finally {
         lock.release();

@@ -16,7 +16,7 @@
  * journal (a writer killed in the middle of its append: its call had not returned). Records hold
  * whole profiles as the YAML spells them (`set`) and names (`del`), so replaying is idempotent.
  */
-import { createHash } from 'node:crypto';
+import { nodeCrypto } from '../platform/builtins.js';
 import { constants as C, promises as fsp, type BigIntStats } from 'node:fs';
 import * as path from 'node:path';
 import type { Profile } from '../model/types.js';
@@ -61,7 +61,7 @@ export function profileBody(p: Profile): Record<string, unknown> {
 }
 
 function digest(json: string): string {
-  return createHash('sha256').update(json).digest('hex').slice(0, 16);
+  return nodeCrypto().createHash('sha256').update(json).digest('hex').slice(0, 16);
 }
 
 /** One record's line. */

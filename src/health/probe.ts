@@ -3,7 +3,7 @@
  * Each resolves on success and rejects with a one-line reason. They run from the process's own
  * network namespace and source address (the kernel picks it, as for any local connection).
  */
-import * as net from 'node:net';
+import { nodeNet } from '../platform/builtins.js';
 import { parseExpect } from './config.js';
 
 export interface ProbeTarget {
@@ -20,7 +20,7 @@ export type Probe = (t: ProbeTarget) => Promise<void>;
 export const probe: Probe = (t) =>
   new Promise<void>((resolve, reject) => {
     let done = false;
-    const sock = net.connect({ host: t.host, port: t.port, noDelay: true });
+    const sock = nodeNet().connect({ host: t.host, port: t.port, noDelay: true });
     const finish = (err?: string): void => {
       if (done) return;
       done = true;

@@ -4,7 +4,7 @@
  * `status` reads, read on each scrape (no timer). Written by hand rather than with prom-client: the
  * few metric families below need no registry, and the process then loads no extra dependency.
  */
-import * as http from 'node:http';
+import { nodeHttp } from '../platform/builtins.js';
 import { IptlbError } from '../model/errors.js';
 import type { Core } from '../core/core.js';
 import type { ProfileReport } from '../model/report.js';
@@ -235,7 +235,7 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
   if (!core) throw new IptlbError('EUSAGE', 'startMetricsServer: give iptlb (a handle) or core', { field: 'iptlb' });
   const checker = options.checker ?? options.iptlb?.healthChecker;
   const opts = { ...options, core, ...(checker ? { checker } : {}) };
-  const server = http.createServer((req, res) => {
+  const server = nodeHttp().createServer((req, res) => {
     const url = (req.url ?? '/').split('?')[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.writeHead(405, { allow: 'GET, HEAD' }).end();

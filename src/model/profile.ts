@@ -3,7 +3,7 @@
  * (`IptlbError` with code EINVAL_PROFILE, or ECONFLICT for clashes with other profiles).
  */
 import { formatEndpoint, parseEndpoint, unicastProblem, type Endpoint, type Family } from './address.js';
-import { createHash } from 'node:crypto';
+import { nodeCrypto } from '../platform/builtins.js';
 import { IptlbError, invalid } from './errors.js';
 import { normalizeHealth, sameHealth } from '../health/config.js';
 import {
@@ -106,7 +106,7 @@ function base32(bytes: Uint8Array, chars: number): string {
  */
 export function chainSuffix(name: string): string {
   if (name.length <= MAX_PLAIN_CHAIN_NAME) return name.toUpperCase().replace(/-/g, '_');
-  return base32(createHash('sha256').update(name, 'utf8').digest(), 16);
+  return base32(nodeCrypto().createHash('sha256').update(name, 'utf8').digest(), 16);
 }
 
 /**

@@ -123,6 +123,13 @@ export interface NativeAddon {
    * a timeout. Idle, it does not keep the process alive.
    */
   HealthProber: new (onResults: (results: Int32Array) => void) => NativeHealthProber;
+  /**
+   * Tells V8 the memory pressure is moderate (1: an incremental, memory-reducing mark-compact starts)
+   * or critical (2: a memory-reducing full GC, synchronously), then back to none
+   * (`v8::Isolate::MemoryPressureNotification`). False (and nothing done) when the runtime does not
+   * export that function. Another level is a TypeError.
+   */
+  reduceMemory(level: 1 | 2): boolean;
 }
 
 /** Bytes of one job of {@link NativeHealthProber.probe}. */

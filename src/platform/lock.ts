@@ -5,7 +5,7 @@
  * stdin is our pipe: when we exit, it sees EOF and lets go.
  */
 import { pidAlive } from './pid.js';
-import { spawn } from 'node:child_process';
+import { childProcess } from './builtins.js';
 import { fstatSync, futimesSync, lstatSync, promises as fsp, statSync, utimesSync, type Stats } from 'node:fs';
 import * as path from 'node:path';
 import { checkDirChain, checkTrusted, fsFailure } from './fsafety.js';
@@ -256,7 +256,7 @@ export async function removeStaleTemps(
 function flockChild(lockPath: string, waitMs: number, reportAs: string, totalMs: number): Promise<HeldLock> {
   return new Promise((resolve, reject) => {
     const seconds = Math.max(0.001, waitMs / 1000).toFixed(3);
-    const child = spawn(
+    const child = childProcess().spawn(
       'flock',
       ['--exclusive', '--wait', seconds, lockPath, '-c', 'echo locked; exec cat >/dev/null'],
       {

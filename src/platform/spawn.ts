@@ -2,7 +2,8 @@
  * Running the host's tools: finding an executable (PATH and the sbin directories) and running it with its
  * input on stdin, never through a shell.
  */
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import type { ChildProcessWithoutNullStreams } from 'node:child_process';
+import { childProcess } from './builtins.js';
 import { accessSync, constants as C } from 'node:fs';
 import * as path from 'node:path';
 import { inheritedLockFds } from './lock.js';
@@ -33,7 +34,7 @@ export interface RunResult {
 export function run(file: string, args: string[], input?: string): Promise<RunResult> {
   return new Promise((resolve, reject) => {
     // Held state-file locks go along (as fds 3…): a child that outlives us keeps them (see lock.ts).
-    const child = spawn(file, args, {
+    const child = childProcess().spawn(file, args, {
       stdio: ['pipe', 'pipe', 'pipe', ...inheritedLockFds()],
     }) as ChildProcessWithoutNullStreams;
     let stdout = '';

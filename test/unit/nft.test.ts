@@ -82,6 +82,15 @@ test('replacing destinations with the same count touches elements only, whatever
   assert.equal(renderNft(tx).split('\n').filter(Boolean).length, 4);
 });
 
+test('re-applying a profile unchanged (a reset with the same destinations) plans no element change', () => {
+  // Re-applying the same profile (a reset with the same destinations) plans no element change at all.
+  const same = planNftChange(m(web, dns), m({ ...web }, dns), ['web']);
+  assert.ok(
+    same.every((t) => !t.ops.some((o) => /Elements$/.test(o.op))),
+    JSON.stringify(same),
+  );
+});
+
 test('a new destination count moves the profile in two steps: into the new set, then out of the old one', () => {
   const steps = planNftChange(m(web, dns), m({ ...web, destination: ['127.0.0.1:9001'] }, dns), ['web']);
   assert.equal(steps.length, 2);

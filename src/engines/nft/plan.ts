@@ -337,6 +337,30 @@ class ElementOps {
   }
 }
 
+/**
+ * A profile re-applied in place (same dispatch set or round-robin rule, address, protocol and slot
+ * count). When its elements are exactly those it had (a reset with the same destinations and
+ * weights), none is deleted or added: the kernel already holds them, and a transaction that deletes
+ * no element spares a one-shot process the kernel's wait for an RCU grace period when its netfilter
+ * socket closes (see docs/performance.md). Otherwise all of its elements are replaced, as before, so
+ * its per-destination counters start again from zero, as on the legacy engine.
+ */
+function inPlace(o: NftProfilePlan, n: NftProfilePlan, dels: ElementOps, adds: ElementOps): void {
+  const same =
+    o.set === n.set &&
+    sameEndpoint(o.vip, n.vip) &&
+    o.backends.length === n.backends.length &&
+    o.backends.every(
+      (b, i) =>
+        b.index === n.backends[i].index &&
+        sameEndpoint(b.vip, n.backends[i].vip) &&
+        sameEndpoint(b.to, n.backends[i].to),
+    );
+  if (same) return;
+  dels.add(o);
+  adds.add(n);
+}
+
 function skeleton(ops: NftOp[]): void {
   ops.push({ op: 'addTable' });
   for (const proto of NFT_PROTOCOLS) ops.push({ op: 'addBackendMap', proto });
@@ -489,6 +513,10 @@ function sortElements(
         !old!.affinity &&
         !now!.affinity;
       (sameKeys ? dels : later).addBackends(o.proto, o.backends);
+      continue;
+    }
+    if (o && n) {
+      inPlace(o, n, dels, adds);
       continue;
     }
     if (o) dels.add(o);
