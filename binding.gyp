@@ -10,7 +10,8 @@
   "target_defaults": {
     "include_dirs": [
       "<!@(node -p \"require('node-addon-api').include\")",
-      "native/common", "native/conntrack", "native/xtables", "native/nftables", "native/health"
+      "native/common", "native/conntrack", "native/xtables", "native/xtables/codec", "native/nftables",
+      "native/nftables/rules", "native/health"
     ],
     "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
     "cflags": ["-Wall", "-Wextra", "<!@(pkg-config --cflags libiptc libip6tc xtables libnftnl libmnl 2>/dev/null || echo)"],
@@ -46,6 +47,18 @@
         "native/common/thread_priority.cc",
         "native/common/xtables_lock.cc",
         "native/xtables/addon_xt.cc",
+        "native/xtables/codec/addrtype.cc",
+        "native/xtables/codec/codec.cc",
+        "native/xtables/codec/comment.cc",
+        "native/xtables/codec/conntrack.cc",
+        "native/xtables/codec/dnat.cc",
+        "native/xtables/codec/log.cc",
+        "native/xtables/codec/masquerade.cc",
+        "native/xtables/codec/port.cc",
+        "native/xtables/codec/recent.cc",
+        "native/xtables/codec/set.cc",
+        "native/xtables/codec/statistic.cc",
+        "native/xtables/codec/verdict.cc",
         "native/xtables/commit_worker.cc",
         "native/xtables/ipset.cc",
         "native/xtables/iptc_handle.cc",
@@ -75,7 +88,13 @@
         "native/nftables/nft_read.cc",
         "native/nftables/nft_rules.cc",
         "native/nftables/nft_shared_socket.cc",
-        "native/nftables/nft_workers.cc"
+        "native/nftables/nft_workers.cc",
+        "native/nftables/rules/aff.cc",
+        "native/nftables/rules/dispatch.cc",
+        "native/nftables/rules/expr.cc",
+        "native/nftables/rules/log.cc",
+        "native/nftables/rules/masq.cc",
+        "native/nftables/rules/rr.cc"
       ],
       "libraries": ["<!@(pkg-config --libs libnftnl libmnl 2>/dev/null || echo -lnftnl -lmnl)"]
     }

@@ -556,111 +556,128 @@ class Encoder {
 
   void Encode(const Op &op, int i) {
     switch (op.kind) {
-      case Op::Kind::kAddTable: {
-        TablePtr t = Own<TablePtr>(nftnl_table_alloc());
-        nftnl_table_set_str(t.get(), NFTNL_TABLE_NAME, kTable);
-        nftnl_table_set_u32(t.get(), NFTNL_TABLE_FLAGS, 0);
-        auto *nlh = Msg(NFT_MSG_NEWTABLE, 0, 256, i);
-        nftnl_table_nlmsg_build_payload(nlh, t.get());
-        b_->Finish(nlh);
-        break;
-      }
-      case Op::Kind::kDeleteTable: {
-        TablePtr t = Own<TablePtr>(nftnl_table_alloc());
-        nftnl_table_set_str(t.get(), NFTNL_TABLE_NAME, kTable);
-        auto *nlh = Msg(NFT_MSG_DELTABLE, 0, 256, i);
-        nftnl_table_nlmsg_build_payload(nlh, t.get());
-        b_->Finish(nlh);
-        set_ids_.clear();
-        break;
-      }
+      case Op::Kind::kAddTable:
+        return AddTable(i);
+      case Op::Kind::kDeleteTable:
+        return DeleteTable(i);
       case Op::Kind::kAddBackendMap:
-        AddSet(BackendMapName(op.proto), true, op.proto, i);
-        break;
+        return AddSet(BackendMapName(op.proto), true, op.proto, i);
       case Op::Kind::kAddDispatchSet:
-        AddSet(op.name, false, Proto::kTcp, i);
-        break;
-      case Op::Kind::kAddAffinitySet: {
-        // type ipv4_addr (ipv6_addr); size 65535; flags dynamic,timeout; timeout <s>s;
-        SetPtr s = NewSet(op.name);
-        const uint32_t id = next_set_id_++;
-        Udata ud;
-        ud.U32(kUdKeyByteorder, kByteorderBigEndian);
-        nftnl_set_set_u32(s.get(), NFTNL_SET_FLAGS, NFT_SET_TIMEOUT | NFT_SET_EVAL);
-        nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_TYPE, l_.addr_type);
-        nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_LEN, l_.addr_len);
-        nftnl_set_set_u64(s.get(), NFTNL_SET_TIMEOUT, static_cast<uint64_t>(op.timeout) * 1000);
-        nftnl_set_set_u32(s.get(), NFTNL_SET_DESC_SIZE, 65535);
-        nftnl_set_set_u32(s.get(), NFTNL_SET_ID, id);
-        ud.Set(s.get());
-        auto *nlh = Msg(NFT_MSG_NEWSET, NLM_F_CREATE, 1024, i);
-        nftnl_set_nlmsg_build_payload(nlh, s.get());
-        b_->Finish(nlh);
-        set_ids_[op.name] = id;
-        break;
-      }
-      case Op::Kind::kDeleteSet: {
-        SetPtr s = NewSet(op.name);
-        auto *nlh = Msg(NFT_MSG_DELSET, 0, 512, i);
-        nftnl_set_nlmsg_build_payload(nlh, s.get());
-        b_->Finish(nlh);
-        set_ids_.erase(op.name);
-        break;
-      }
-      case Op::Kind::kAddBaseChain: {
-        ChainPtr c = Own<ChainPtr>(nftnl_chain_alloc());
-        nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_FAMILY, l_.nfproto);
-        nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TABLE, kTable);
-        nftnl_chain_set_str(c.get(), NFTNL_CHAIN_NAME, ChainName(op.chain));
-        uint32_t hook = NF_INET_LOCAL_OUT;
-        int32_t prio = -100;
-        if (op.chain == BaseChain::kPrerouting) hook = NF_INET_PRE_ROUTING;
-        if (op.chain == BaseChain::kPostrouting) hook = NF_INET_POST_ROUTING, prio = 100;
-        nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_HOOKNUM, hook);
-        nftnl_chain_set_s32(c.get(), NFTNL_CHAIN_PRIO, prio);
-        nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TYPE, "nat");
-        nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_POLICY, NF_ACCEPT);
-        auto *nlh = Msg(NFT_MSG_NEWCHAIN, NLM_F_CREATE, 512, i);
-        nftnl_chain_nlmsg_build_payload(nlh, c.get());
-        b_->Finish(nlh);
-        break;
-      }
-      case Op::Kind::kFlushChain: {
-        RulePtr r = Own<RulePtr>(nftnl_rule_alloc());
-        nftnl_rule_set_u32(r.get(), NFTNL_RULE_FAMILY, l_.nfproto);
-        nftnl_rule_set_str(r.get(), NFTNL_RULE_TABLE, kTable);
-        nftnl_rule_set_str(r.get(), NFTNL_RULE_CHAIN, ChainName(op.chain));
-        auto *nlh = Msg(NFT_MSG_DELRULE, 0, 256, i);
-        nftnl_rule_nlmsg_build_payload(nlh, r.get());
-        b_->Finish(nlh);
-        break;
-      }
-      case Op::Kind::kAddRule: {
-        LookupIds ids;
-        if (op.rule.kind == Rule::Kind::kDispatch) {
-          ids.dispatch_set = SetId(DispatchSetName(op.rule.hook, op.rule.proto, op.rule.n));
-          ids.backend_map = SetId(BackendMapName(op.rule.proto));
-        } else if (op.rule.kind == Rule::Kind::kRr) {
-          ids.backend_map = SetId(BackendMapName(op.rule.proto));
-        } else if (op.rule.kind == Rule::Kind::kAff) {
-          ids.affinity_set = SetId(op.rule.set);
-        }
-        RulePtr r = BuildRule(family_, op.chain, op.rule, ids);
-        auto *nlh = Msg(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, 4096, i);
-        nftnl_rule_nlmsg_build_payload(nlh, r.get());
-        b_->Finish(nlh);
-        break;
-      }
+        return AddSet(op.name, false, Proto::kTcp, i);
+      case Op::Kind::kAddAffinitySet:
+        return AddAffinitySet(op, i);
+      case Op::Kind::kDeleteSet:
+        return DeleteSet(op, i);
+      case Op::Kind::kAddBaseChain:
+        return AddBaseChain(op, i);
+      case Op::Kind::kFlushChain:
+        return FlushChain(op, i);
+      case Op::Kind::kAddRule:
+        return AddRule(op, i);
       case Op::Kind::kAddDispatchElements:
       case Op::Kind::kDeleteDispatchElements:
       case Op::Kind::kAddBackendElements:
       case Op::Kind::kDeleteBackendElements:
-        Elements(op, i);
-        break;
+        return Elements(op, i);
     }
   }
 
  private:
+  // add table <f> iptlb
+  void AddTable(int i) {
+    TablePtr t = Own<TablePtr>(nftnl_table_alloc());
+    nftnl_table_set_str(t.get(), NFTNL_TABLE_NAME, kTable);
+    nftnl_table_set_u32(t.get(), NFTNL_TABLE_FLAGS, 0);
+    auto *nlh = Msg(NFT_MSG_NEWTABLE, 0, 256, i);
+    nftnl_table_nlmsg_build_payload(nlh, t.get());
+    b_->Finish(nlh);
+  }
+
+  // delete table <f> iptlb (and the ids of the sets created in this batch with it)
+  void DeleteTable(int i) {
+    TablePtr t = Own<TablePtr>(nftnl_table_alloc());
+    nftnl_table_set_str(t.get(), NFTNL_TABLE_NAME, kTable);
+    auto *nlh = Msg(NFT_MSG_DELTABLE, 0, 256, i);
+    nftnl_table_nlmsg_build_payload(nlh, t.get());
+    b_->Finish(nlh);
+    set_ids_.clear();
+  }
+
+  void AddAffinitySet(const Op &op, int i) {
+    // type ipv4_addr (ipv6_addr); size 65535; flags dynamic,timeout; timeout <s>s;
+    SetPtr s = NewSet(op.name);
+    const uint32_t id = next_set_id_++;
+    Udata ud;
+    ud.U32(kUdKeyByteorder, kByteorderBigEndian);
+    nftnl_set_set_u32(s.get(), NFTNL_SET_FLAGS, NFT_SET_TIMEOUT | NFT_SET_EVAL);
+    nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_TYPE, l_.addr_type);
+    nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_LEN, l_.addr_len);
+    nftnl_set_set_u64(s.get(), NFTNL_SET_TIMEOUT, static_cast<uint64_t>(op.timeout) * 1000);
+    nftnl_set_set_u32(s.get(), NFTNL_SET_DESC_SIZE, 65535);
+    nftnl_set_set_u32(s.get(), NFTNL_SET_ID, id);
+    ud.Set(s.get());
+    auto *nlh = Msg(NFT_MSG_NEWSET, NLM_F_CREATE, 1024, i);
+    nftnl_set_nlmsg_build_payload(nlh, s.get());
+    b_->Finish(nlh);
+    set_ids_[op.name] = id;
+  }
+
+  // delete set <f> iptlb <name>
+  void DeleteSet(const Op &op, int i) {
+    SetPtr s = NewSet(op.name);
+    auto *nlh = Msg(NFT_MSG_DELSET, 0, 512, i);
+    nftnl_set_nlmsg_build_payload(nlh, s.get());
+    b_->Finish(nlh);
+    set_ids_.erase(op.name);
+  }
+
+  // add chain <f> iptlb <chain> { type nat hook <hook> priority <p>; policy accept; }
+  void AddBaseChain(const Op &op, int i) {
+    ChainPtr c = Own<ChainPtr>(nftnl_chain_alloc());
+    nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_FAMILY, l_.nfproto);
+    nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TABLE, kTable);
+    nftnl_chain_set_str(c.get(), NFTNL_CHAIN_NAME, ChainName(op.chain));
+    uint32_t hook = NF_INET_LOCAL_OUT;
+    int32_t prio = -100;
+    if (op.chain == BaseChain::kPrerouting) hook = NF_INET_PRE_ROUTING;
+    if (op.chain == BaseChain::kPostrouting) hook = NF_INET_POST_ROUTING, prio = 100;
+    nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_HOOKNUM, hook);
+    nftnl_chain_set_s32(c.get(), NFTNL_CHAIN_PRIO, prio);
+    nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TYPE, "nat");
+    nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_POLICY, NF_ACCEPT);
+    auto *nlh = Msg(NFT_MSG_NEWCHAIN, NLM_F_CREATE, 512, i);
+    nftnl_chain_nlmsg_build_payload(nlh, c.get());
+    b_->Finish(nlh);
+  }
+
+  // flush chain <f> iptlb <chain>
+  void FlushChain(const Op &op, int i) {
+    RulePtr r = Own<RulePtr>(nftnl_rule_alloc());
+    nftnl_rule_set_u32(r.get(), NFTNL_RULE_FAMILY, l_.nfproto);
+    nftnl_rule_set_str(r.get(), NFTNL_RULE_TABLE, kTable);
+    nftnl_rule_set_str(r.get(), NFTNL_RULE_CHAIN, ChainName(op.chain));
+    auto *nlh = Msg(NFT_MSG_DELRULE, 0, 256, i);
+    nftnl_rule_nlmsg_build_payload(nlh, r.get());
+    b_->Finish(nlh);
+  }
+
+  // add rule <f> iptlb <chain> …: the rule codec (nft_rules.h), referring to sets created in this batch by id
+  void AddRule(const Op &op, int i) {
+    LookupIds ids;
+    if (op.rule.kind == Rule::Kind::kDispatch) {
+      ids.dispatch_set = SetId(DispatchSetName(op.rule.hook, op.rule.proto, op.rule.n));
+      ids.backend_map = SetId(BackendMapName(op.rule.proto));
+    } else if (op.rule.kind == Rule::Kind::kRr) {
+      ids.backend_map = SetId(BackendMapName(op.rule.proto));
+    } else if (op.rule.kind == Rule::Kind::kAff) {
+      ids.affinity_set = SetId(op.rule.set);
+    }
+    RulePtr r = BuildRule(family_, op.chain, op.rule, ids);
+    auto *nlh = Msg(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, 4096, i);
+    nftnl_rule_nlmsg_build_payload(nlh, r.get());
+    b_->Finish(nlh);
+  }
+
   uint32_t SetId(const std::string &name) const {
     auto it = set_ids_.find(name);
     return it == set_ids_.end() ? 0 : it->second;

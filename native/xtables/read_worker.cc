@@ -87,7 +87,10 @@ Napi::Value MatchToJs(Napi::Env env, Family family, const Match &m) {
       o.Set("ctorigdst", Cidr(family, m.addr, m.mask));
       o.Set("ctorigdstport", m.port);
       break;
-    case Match::kSetDstDst:
+    case Match::kSetDstDst:  // the gate's match: not one a profile writes
+      o.Set("name", "unknown");
+      o.Set("ext", "set");
+      break;
     case Match::kUnknown:
       o.Set("name", "unknown");
       o.Set("ext", m.text);

@@ -36,42 +36,54 @@ std::vector<SetElement> GateElements(const Transaction &tx) {
   return {out.begin(), out.end()};
 }
 
+namespace {
+
+// The owners' rules in the built-in chains (an older layout's, and POSTROUTING's) and in the
+// dispatch chains, deleted from the bottom up so numbers stay valid.
+// Returns the gate elements those dispatch rules selected.
 template <typename F>
-void ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gate) {
+std::set<SetElement> DeleteOwnedRules(struct xtc_handle *h, const Transaction &tx) {
   using Entry = typename F::Entry;
-  // 1. The owners' rules in the built-in chains (an older layout's, and POSTROUTING's) and in the
-  // dispatch chains, deleted from the bottom up so numbers stay valid.
   std::set<std::string> owned;
   for (const std::string &o : tx.owners) owned.insert("iptlb:" + o);
+  if (owned.empty()) return {};
   std::set<SetElement> removed;
-  if (!owned.empty()) {
-    static const xt_chainlabel kAll[] = {"PREROUTING",  "INPUT",        "OUTPUT",
-                                         "POSTROUTING", "IPTLB_OUTPUT", "IPTLB_PREROUTING"};
-    for (const char *hook : kAll) {
-      const bool dispatch = hook[0] == 'I' && hook[1] == 'P';
-      if (dispatch && !F::IsChain(hook, h)) continue;
-      std::vector<unsigned> doomed;
-      unsigned n = 0;
-      for (const Entry *e = F::FirstRule(hook, h); e; e = F::NextRule(e, h), n++) {
-        if (!owned.count(CommentOf<F>(e))) continue;
-        doomed.push_back(n);
-        SetElement el;
-        if (dispatch && ElementOfRule(DecodeRule<F>(e, h).rule, &el)) removed.insert(el);
-      }
-      for (auto it = doomed.rbegin(); it != doomed.rend(); ++it) {
-        if (!F::DeleteNumEntry(hook, *it, h))
-          Fail<F>(std::string("deleting rule ") + std::to_string(*it + 1) + " of " + hook);
-      }
+  static const xt_chainlabel kAll[] = {"PREROUTING",  "INPUT",        "OUTPUT",
+                                       "POSTROUTING", "IPTLB_OUTPUT", "IPTLB_PREROUTING"};
+  for (const char *hook : kAll) {
+    const bool dispatch = hook[0] == 'I' && hook[1] == 'P';
+    if (dispatch && !F::IsChain(hook, h)) continue;
+    std::vector<unsigned> doomed;
+    unsigned n = 0;
+    for (const Entry *e = F::FirstRule(hook, h); e; e = F::NextRule(e, h), n++) {
+      if (!owned.count(CommentOf<F>(e))) continue;
+      doomed.push_back(n);
+      SetElement el;
+      if (dispatch && ElementOfRule(DecodeRule<F>(e, h).rule, &el)) removed.insert(el);
+    }
+    for (auto it = doomed.rbegin(); it != doomed.rend(); ++it) {
+      if (!F::DeleteNumEntry(hook, *it, h))
+        Fail<F>(std::string("deleting rule ") + std::to_string(*it + 1) + " of " + hook);
     }
   }
-  // 2. Chains of deleted profiles.
+  return removed;
+}
+
+// Chains of deleted profiles.
+template <typename F>
+void DeleteChains(struct xtc_handle *h, const Transaction &tx) {
   for (const std::string &c : tx.delete_chains) {
     const Label label(c);
     if (!F::IsChain(label.get(), h)) continue;
     if (!F::FlushEntries(label.get(), h)) Fail<F>("flushing chain " + c);
     if (!F::DeleteChain(label.get(), h)) Fail<F>("deleting chain " + c);
   }
-  // 3. Chains created, or flushed and refilled.
+}
+
+// Chains created, or flushed and refilled.
+template <typename F>
+void FillChains(struct xtc_handle *h, const Transaction &tx) {
+  using Entry = typename F::Entry;
   for (const Chain &c : tx.chains) {
     const Label label(c.name);
     if (F::IsChain(label.get(), h)) {
@@ -93,7 +105,12 @@ void ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gat
       }
     }
   }
-  // 4. Hook rules at the top of their dispatch chain (OUTPUT/PREROUTING) or of POSTROUTING, in order.
+}
+
+// Hook rules at the top of their dispatch chain (OUTPUT/PREROUTING) or of POSTROUTING, in order.
+template <typename F>
+void InsertHookRules(struct xtc_handle *h, const Transaction &tx) {
+  using Entry = typename F::Entry;
   std::map<std::string, unsigned> position;
   for (const HookRule &hr : tx.hook_rules) {
     std::string why;
@@ -111,7 +128,12 @@ void ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gat
     }
     pos++;
   }
-  // 5. Gates: one per dispatch chain that has rules; none (and no chain) for an empty one.
+}
+
+// Gates: one per dispatch chain that has rules; none (and no chain) for an empty one.
+template <typename F>
+void SyncGates(struct xtc_handle *h, GateWork *gate) {
+  using Entry = typename F::Entry;
   gate->need_set = false;
   for (const char *hook : kGated) {
     const Label dispatch("IPTLB_" + std::string(hook));
@@ -154,8 +176,13 @@ void ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gat
       }
     }
   }
-  // 6. Elements of removed rules that no rule behind a gate selects any more: deleted after the commit.
-  // The transaction's own rules keep theirs (a replaced profile); only otherwise are the chains read.
+}
+
+// Elements of removed rules that no rule behind a gate selects any more: deleted after the commit.
+// The transaction's own rules keep theirs (a replaced profile); only otherwise are the chains read.
+template <typename F>
+void CollectStale(struct xtc_handle *h, const Transaction &tx, std::set<SetElement> removed, GateWork *gate) {
+  using Entry = typename F::Entry;
   for (const SetElement &e : GateElements(tx)) removed.erase(e);
   gate->stale.clear();
   if (removed.empty()) return;
@@ -171,6 +198,18 @@ void ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gat
   for (const SetElement &e : removed) {
     if (!live.count(e)) gate->stale.push_back(e);
   }
+}
+
+}  // namespace
+
+template <typename F>
+void ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gate) {
+  std::set<SetElement> removed = DeleteOwnedRules<F>(h, tx);
+  DeleteChains<F>(h, tx);
+  FillChains<F>(h, tx);
+  InsertHookRules<F>(h, tx);
+  SyncGates<F>(h, gate);
+  CollectStale<F>(h, tx, std::move(removed), gate);
 }
 
 template void ApplyTransaction<Ip4Tables>(struct xtc_handle *, const Transaction &, GateWork *);

@@ -1,0 +1,168 @@
+// One destination of a profile with source affinity:
+// ip daddr V P dport port [fib daddr type local] <pick> update @S { ip saddr } counter dnat to D
+#include "expr.h"
+
+namespace iptlb {
+namespace nft {
+namespace rules {
+namespace aff {
+
+namespace {
+
+// <pick>: which connections without an affinity entry this rule takes (see NftRule 'aff' in
+// src/engines/nft/ops.ts). hit: `ip saddr @S`; random: `numgen random mod M < L`; inc: `numgen inc
+// mod M 0`; rest: nothing. As nft 1.0.6 encodes them: numgen into reg 1, `<` on the big-endian value.
+void EncodePick(const Shape &f, RuleBuilder *b, const Rule &r, const LookupIds &ids) {
+  if (r.pick == Rule::Pick::kHit) {
+    b->Payload(NFT_PAYLOAD_NETWORK_HEADER, f.l.saddr_offset, f.l.addr_len, NFT_REG_1);
+    b->Lookup(r.set, ids.affinity_set, -1);
+    return;
+  }
+  if (r.pick != Rule::Pick::kRandom && r.pick != Rule::Pick::kInc) return;
+  ExprPtr ng = b->New("numgen");
+  nftnl_expr_set_u32(ng.get(), NFTNL_EXPR_NG_DREG, NFT_REG_1);
+  nftnl_expr_set_u32(ng.get(), NFTNL_EXPR_NG_MODULUS, r.mod);
+  nftnl_expr_set_u32(ng.get(), NFTNL_EXPR_NG_TYPE, r.pick == Rule::Pick::kRandom ? NFT_NG_RANDOM : NFT_NG_INCREMENTAL);
+  nftnl_expr_set_u32(ng.get(), NFTNL_EXPR_NG_OFFSET, 0);
+  b->Raw(std::move(ng));
+  if (r.pick == Rule::Pick::kRandom) {
+    ExprPtr bo = b->New("byteorder");
+    nftnl_expr_set_u32(bo.get(), NFTNL_EXPR_BYTEORDER_SREG, NFT_REG_1);
+    nftnl_expr_set_u32(bo.get(), NFTNL_EXPR_BYTEORDER_DREG, NFT_REG_1);
+    nftnl_expr_set_u32(bo.get(), NFTNL_EXPR_BYTEORDER_OP, NFT_BYTEORDER_HTON);
+    nftnl_expr_set_u32(bo.get(), NFTNL_EXPR_BYTEORDER_LEN, 4);
+    nftnl_expr_set_u32(bo.get(), NFTNL_EXPR_BYTEORDER_SIZE, 4);
+    b->Raw(std::move(bo));
+    const uint32_t lt = htonl(r.lt);
+    b->Cmp(NFT_CMP_LT, &lt, 4);
+  } else {
+    const uint32_t zero = 0;
+    b->Cmp(NFT_CMP_EQ, &zero, 4);
+  }
+}
+
+// `update @S { ip saddr } counter dnat to D`: the destination in reg 1 (address) and reg 2 (port).
+void EncodeUpdateAndDnat(const Shape &f, RuleBuilder *b, const Rule &r, const LookupIds &ids) {
+  b->Payload(NFT_PAYLOAD_NETWORK_HEADER, f.l.saddr_offset, f.l.addr_len, NFT_REG_1);
+  ExprPtr ds = b->New("dynset");
+  nftnl_expr_set_u32(ds.get(), NFTNL_EXPR_DYNSET_SREG_KEY, NFT_REG_1);
+  nftnl_expr_set_u32(ds.get(), NFTNL_EXPR_DYNSET_OP, NFT_DYNSET_OP_UPDATE);
+  nftnl_expr_set_str(ds.get(), NFTNL_EXPR_DYNSET_SET_NAME, r.set.c_str());
+  if (ids.affinity_set) nftnl_expr_set_u32(ds.get(), NFTNL_EXPR_DYNSET_SET_ID, ids.affinity_set);
+  b->Raw(std::move(ds));
+  b->Raw(b->New("counter"));
+  ExprPtr ip = b->New("immediate");
+  nftnl_expr_set_u32(ip.get(), NFTNL_EXPR_IMM_DREG, NFT_REG_1);
+  nftnl_expr_set(ip.get(), NFTNL_EXPR_IMM_DATA, r.to.ip.data(), f.l.addr_len);
+  b->Raw(std::move(ip));
+  ExprPtr port = b->New("immediate");
+  nftnl_expr_set_u32(port.get(), NFTNL_EXPR_IMM_DREG, NFT_REG_2);
+  nftnl_expr_set(port.get(), NFTNL_EXPR_IMM_DATA, &r.to.port, 2);
+  b->Raw(std::move(port));
+  b->Dnat(f.l.nfproto, NFT_REG_2, NF_NAT_RANGE_PROTO_SPECIFIED);
+}
+
+// The name of expression `i`, "" past the end.
+std::string NameAt(const Exprs &x, size_t i) { return i < x.size() ? Name(x[i]) : std::string(); }
+
+// `numgen random mod M` + byteorder + `< L`, or `numgen inc mod M` + `== 0`, from the cursor on.
+bool DecodeNumgenPick(const Exprs &x, Cursor *c, Rule *r) {
+  const size_t at = c->pos();
+  const nftnl_expr *ng = x[at];
+  if (!U32Is(ng, NFTNL_EXPR_NG_DREG, NFT_REG_1) || !nftnl_expr_is_set(ng, NFTNL_EXPR_NG_MODULUS)) return false;
+  if (nftnl_expr_is_set(ng, NFTNL_EXPR_NG_OFFSET) && nftnl_expr_get_u32(ng, NFTNL_EXPR_NG_OFFSET) != 0) return false;
+  r->mod = nftnl_expr_get_u32(ng, NFTNL_EXPR_NG_MODULUS);
+  c->seek(at + 1);
+  if (U32Is(ng, NFTNL_EXPR_NG_TYPE, NFT_NG_RANDOM)) {
+    const nftnl_expr *bo = NameAt(x, at + 1) == "byteorder" ? x[at + 1] : nullptr;
+    if (!bo || !U32Is(bo, NFTNL_EXPR_BYTEORDER_SREG, NFT_REG_1) || !U32Is(bo, NFTNL_EXPR_BYTEORDER_DREG, NFT_REG_1) ||
+        !U32Is(bo, NFTNL_EXPR_BYTEORDER_OP, NFT_BYTEORDER_HTON) || !U32Is(bo, NFTNL_EXPR_BYTEORDER_LEN, 4) ||
+        !U32Is(bo, NFTNL_EXPR_BYTEORDER_SIZE, 4))
+      return false;
+    c->seek(at + 2);
+    uint32_t lt = 0;
+    if (!c->Cmp(NFT_CMP_LT, &lt, 4)) return false;
+    r->pick = Rule::Pick::kRandom;
+    r->lt = ntohl(lt);
+    return true;
+  }
+  if (U32Is(ng, NFTNL_EXPR_NG_TYPE, NFT_NG_INCREMENTAL)) {
+    uint32_t v = 1;
+    if (!c->Cmp(NFT_CMP_EQ, &v, 4) || v != 0) return false;
+    r->pick = Rule::Pick::kInc;
+    return true;
+  }
+  return false;
+}
+
+// <pick> (see EncodePick); `hit_set` gets the set a hit rule looks up.
+bool DecodePick(const Shape &f, const Exprs &x, Cursor *c, Rule *r, std::string *hit_set) {
+  const size_t at = c->pos();
+  if (NameAt(x, at) == "numgen") return DecodeNumgenPick(x, c, r);
+  if (NameAt(x, at) == "payload" && NameAt(x, at + 1) == "lookup") {
+    if (!(c->Payload(NFT_PAYLOAD_NETWORK_HEADER, f.l.saddr_offset, f.l.addr_len, NFT_REG_1) && c->Lookup(hit_set, -1)))
+      return false;
+    r->pick = Rule::Pick::kHit;
+    return true;
+  }
+  r->pick = Rule::Pick::kRest;
+  return true;
+}
+
+// `update @S { ip saddr } counter dnat to D` from the cursor to the end (see EncodeUpdateAndDnat).
+bool DecodeUpdateAndDnat(const Shape &f, const Exprs &x, Cursor *c, Rule *r) {
+  if (!c->Payload(NFT_PAYLOAD_NETWORK_HEADER, f.l.saddr_offset, f.l.addr_len, NFT_REG_1)) return false;
+  const size_t at = c->pos();
+  if (NameAt(x, at) != "dynset" || NameAt(x, at + 1) != "counter" || NameAt(x, at + 2) != "immediate" ||
+      NameAt(x, at + 3) != "immediate" || NameAt(x, at + 4) != "nat" || at + 5 != x.size())
+    return false;
+  const nftnl_expr *ds = x[at];
+  if (!U32Is(ds, NFTNL_EXPR_DYNSET_SREG_KEY, NFT_REG_1) || !U32Is(ds, NFTNL_EXPR_DYNSET_OP, NFT_DYNSET_OP_UPDATE) ||
+      nftnl_expr_is_set(ds, NFTNL_EXPR_DYNSET_SREG_DATA) || !nftnl_expr_is_set(ds, NFTNL_EXPR_DYNSET_SET_NAME))
+    return false;
+  if (nftnl_expr_is_set(ds, NFTNL_EXPR_DYNSET_TIMEOUT) && nftnl_expr_get_u64(ds, NFTNL_EXPR_DYNSET_TIMEOUT) != 0)
+    return false;
+  r->set = nftnl_expr_get_str(ds, NFTNL_EXPR_DYNSET_SET_NAME);
+  const nftnl_expr *ctr = x[at + 1];
+  r->packets = nftnl_expr_is_set(ctr, NFTNL_EXPR_CTR_PACKETS) ? nftnl_expr_get_u64(ctr, NFTNL_EXPR_CTR_PACKETS) : 0;
+  r->bytes = nftnl_expr_is_set(ctr, NFTNL_EXPR_CTR_BYTES) ? nftnl_expr_get_u64(ctr, NFTNL_EXPR_CTR_BYTES) : 0;
+  uint32_t len = 0;
+  const nftnl_expr *ia = x[at + 2];
+  const void *a = U32Is(ia, NFTNL_EXPR_IMM_DREG, NFT_REG_1) ? nftnl_expr_get(ia, NFTNL_EXPR_IMM_DATA, &len) : nullptr;
+  if (!a || len != f.l.addr_len) return false;
+  std::memcpy(r->to.ip.data(), a, len);
+  const nftnl_expr *ipt = x[at + 3];
+  const void *p = U32Is(ipt, NFTNL_EXPR_IMM_DREG, NFT_REG_2) ? nftnl_expr_get(ipt, NFTNL_EXPR_IMM_DATA, &len) : nullptr;
+  if (!p || len != 2) return false;
+  std::memcpy(&r->to.port, p, 2);
+  c->seek(at + 4);
+  return c->Dnat(f.l.nfproto, NFT_REG_2) && c->done();  // the immediates' registers
+}
+
+}  // namespace
+
+void Encode(const Shape &f, RuleBuilder *b, const Rule &r, const LookupIds &ids) {
+  EncodeVipSelector(f, b, r);
+  EncodePick(f, b, r, ids);
+  EncodeUpdateAndDnat(f, b, r, ids);
+}
+
+bool Decode(const Shape &f, const Exprs &x, Rule *out) {
+  Cursor c(x);
+  Rule r;
+  std::string hit_set;
+  if (!VipSelector(f, &c, &r) || !DecodePick(f, x, &c, &r, &hit_set) || !DecodeUpdateAndDnat(f, x, &c, &r))
+    return false;
+  if (!AffinitySetTimeout(r.set) || (r.pick == Rule::Pick::kHit && hit_set != r.set)) return false;
+  if ((r.pick == Rule::Pick::kRandom && (r.lt == 0 || r.lt > r.mod)) ||
+      ((r.pick == Rule::Pick::kRandom || r.pick == Rule::Pick::kInc) && r.mod == 0))
+    return false;
+  r.kind = Rule::Kind::kAff;
+  *out = std::move(r);
+  return true;
+}
+
+}  // namespace aff
+}  // namespace rules
+}  // namespace nft
+}  // namespace iptlb
