@@ -1,5 +1,5 @@
 /**
- * TableQueue (src/native/addon.ts): the addon's table operations of one engine run one at a time, in
+ * TableQueue (src/platform/addon.ts): the addon's table operations of one engine run one at a time, in
  * call order, each started only when the one before it settled, whatever order they would settle in;
  * a start that throws or rejects is that call's rejection and does not stop the queue. No root, no addon.
  */
