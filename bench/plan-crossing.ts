@@ -7,50 +7,25 @@
  *   npx tsc -p . && unshare -n -- node dist/bench/plan-crossing.js [iterations]
  */
 import { loadAddon } from '../src/platform/addon.js';
-import type { Rule, Transaction } from '../src/model/types.js';
+import type { Transaction } from '../src/model/types.js';
+import { validateProfile } from '../src/model/profile.js';
+import { planTransaction } from '../src/engines/legacy/plan.js';
 
 const loaded = loadAddon();
 if (!loaded.ok) throw new Error(`${loaded.reason}: ${loaded.detail}`);
 const A = loaded.addon;
 const N = Number(process.argv[2] ?? 200);
 
+/** The plan of `profiles` profiles of `dests` destinations each, as the legacy planner writes it. */
 function plan(profiles: number, dests: number): Transaction {
-  const tx: Transaction = { family: 'ipv4', table: 'nat', owners: [], deleteChains: [], chains: [], hookRules: [] };
-  for (let i = 0; i < profiles; i++) {
-    const name = `p${i}`;
-    const chain = `IPTLB_NAT_P${i}`;
-    const vip = `127.${100 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`;
-    const rules: Rule[] = [];
-    for (let d = 0; d < dests; d++)
-      rules.push({
-        dst: `${vip}/32`,
-        proto: 'tcp',
-        matches: [
-          { name: 'tcp', dport: 80 },
-          ...(d < dests - 1
-            ? [{ name: 'statistic' as const, mode: 'random' as const, probability: (1 / (dests - d)).toFixed(10) }]
-            : []),
-        ],
-        target: { name: 'DNAT', toDestination: `127.0.0.1:${8000 + d}` },
-      });
-    rules.push({ matches: [], target: { name: 'RETURN' } });
-    tx.owners.push(name);
-    tx.chains.push({ name: chain, rules });
-    tx.hookRules.push({
-      chain: 'OUTPUT',
-      owner: name,
-      rule: {
-        dst: `${vip}/32`,
-        proto: 'tcp',
-        matches: [
-          { name: 'comment', comment: `iptlb:${name}` },
-          { name: 'tcp', dport: 80 },
-        ],
-        target: { name: 'jump', chain },
-      },
-    });
-  }
-  return tx;
+  const ps = Array.from({ length: profiles }, (_, i) =>
+    validateProfile({
+      name: `p${i}`,
+      source: `127.${100 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}:80`,
+      destination: Array.from({ length: dests }, (_, d) => `127.0.0.1:${8000 + d}`),
+    }),
+  );
+  return planTransaction(ps, []);
 }
 
 const ways: Record<string, (tx: Transaction) => Promise<unknown>> = { json: (tx) => A.commit(tx) };
