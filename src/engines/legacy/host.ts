@@ -31,5 +31,6 @@ export function legacyHostChecks(): HostCheck[] {
     },
     tool('iptables-legacy-restore', 'spawn executor of the legacy engine'),
     tool('ip6tables-legacy-restore', 'spawn executor of the legacy engine, IPv6 profiles'),
+    tool('ipset', "spawn executor of the legacy engine: the gate's set of virtual addresses"),
   ];
 }

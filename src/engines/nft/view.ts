@@ -206,16 +206,12 @@ function countersOf(
 function driftDetail(
   p: Profile,
   plan: ReturnType<typeof planNftProfile>,
-  view: NftView,
   idx: ViewIndex,
   found: { set: string }[],
+  mine: { set: string } | undefined,
+  haveBackends: number,
   ownRulesHere: number,
 ): string | undefined {
-  const vip = key(plan.vip);
-  const mine = found.find((f) => f.set === plan.set);
-  const haveBackends = plan.backends.filter(
-    (b) => idx.backends.get(`${plan.proto}/${vip}/${b.index}`)?.to === key(b.to),
-  ).length;
   const haveOwnRules = plan.rules.filter((r) => idx.haveRules.has(idx.ruleKey(r.chain, r.rule))).length;
   const missingSet = plan.affinitySets.find((x) => idx.affSets.get(x.name) !== x.timeout);
   let detail: string | undefined;
@@ -276,14 +272,16 @@ function compareProfile(p: Profile, view: NftView, idx: ViewIndex, claims: Claim
     (n, ch) => n + ch.rules.filter((r) => isOwnRule(r) && r.owner === p.name).length,
     0,
   );
-  const anyBackend = plan.backends.some((b) => idx.backends.get(`${plan.proto}/${vip}/${b.index}`)?.to === key(b.to));
-  if (found.length === 0 && !anyBackend && ownRulesHere === 0)
+  const haveBackends = plan.backends.filter(
+    (b) => idx.backends.get(`${plan.proto}/${vip}/${b.index}`)?.to === key(b.to),
+  ).length;
+  if (found.length === 0 && haveBackends === 0 && ownRulesHere === 0)
     return {
       ...base,
       status: 'missing',
       detail: view.exists ? `no elements in ${idx.table}` : `${idx.table} does not exist`,
     };
-  const detail = driftDetail(p, plan, view, idx, found, ownRulesHere);
+  const detail = driftDetail(p, plan, idx, found, mine, haveBackends, ownRulesHere);
   return detail ? { ...base, status: 'modified', detail } : { ...base, status: 'in-sync' };
 }
 
