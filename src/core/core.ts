@@ -853,9 +853,10 @@ export class Core {
     opts: {
       quietWhenInSync?: boolean;
       /**
-       * Checked under the lock, before the state is read: when it answers false, nothing is done
-       * (`skipped`). Watch mode passes "the file is still the version that settled", so a file
-       * rewritten since is never applied half-written.
+       * Checked under the lock, before the state is read and again once it is read: when it answers
+       * false, nothing is done (`skipped`). Watch mode passes "the file is still the version that
+       * settled", so a file rewritten since is never applied half-written, even by a writer that
+       * truncates it while this sync reads it (writers in place take no lock).
        */
       guard?: () => Promise<boolean>;
     } = {},
@@ -865,9 +866,12 @@ export class Core {
       this.checkPrivileges();
       const lock = await this.lock();
       try {
-        if (opts.guard && !(await opts.guard())) return { before: [], committed: false, commitMs: 0, skipped: true };
+        const skipped = { before: [], committed: false, commitMs: 0, skipped: true };
+        if (opts.guard && !(await opts.guard())) return skipped;
+        const read = await this.readState();
+        if (opts.guard && !(await opts.guard())) return skipped;
         this.health.refresh();
-        const state = this.health.kernelState(await this.readState());
+        const state = this.health.kernelState(read);
         const before: ProfileReport[] = [];
         let committed = false;
         let commitMs = 0;

@@ -6,11 +6,11 @@
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { Core, upsertChange, deleteChange } from '../../src/core/core.js';
-import { open } from '../../src/index.js';
+import { open, serializeState } from '../../src/index.js';
 import { validateProfile } from '../../src/model/profile.js';
 import { FakeLegacyKernel, FakeNftKernel, kernelError } from '../harness/fake-kernel.js';
 import type { EngineName, ProfileInput } from '../../src/model/types.js';
@@ -84,6 +84,35 @@ for (const engine of ['legacy', 'nft'] as const) {
         const again = await core.sync();
         assert.equal(again.committed, false);
         assert.ok(lines.some((l) => /kernel already matches/.test(l)));
+      } finally {
+        done();
+      }
+    });
+
+    test('sync with a guard: a file rewritten in place while the sync reads it (truncated, here) is not applied', async () => {
+      const { core, kernels, done, file } = coreOn(engine);
+      try {
+        await apply(core, web(1), web(2));
+        const commits = (): number =>
+          engine === 'legacy' ? kernels.legacy.commits.length : kernels.nft.commits.length;
+        const before = commits();
+        // The guard holds when first asked (the version that settled); a writer then truncates the file
+        // in place, without the lock, before the sync reads it: the second look finds another version.
+        let asked = 0;
+        const r = await core.sync({
+          guard: async () => {
+            if (++asked === 1) {
+              writeFileSync(file, '');
+              return true;
+            }
+            return false;
+          },
+        });
+        assert.equal(asked, 2, 'asked before and after the read');
+        assert.equal(r.skipped, true);
+        assert.equal(commits(), before, 'nothing committed: the empty file would have removed both profiles');
+        writeFileSync(file, serializeState([validateProfile(web(1)), validateProfile(web(2))]));
+        assert.deepEqual(await statuses(core), { web1: 'in-sync', web2: 'in-sync' });
       } finally {
         done();
       }
