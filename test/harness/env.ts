@@ -82,3 +82,12 @@ function probe(): Support {
     reason: `cannot create a network namespace with a legacy nat table here (unshare -n iptables-legacy -t nat -S, 3 tries: ${why})`,
   };
 }
+
+/**
+ * The environment for a command that may reach the npm registry: the runner (scripts/run-tests.js)
+ * moves NODE_EXTRA_CA_CERTS aside for the tests' own Node processes, and npm gets it back here.
+ */
+export function registryEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  const ca = env.IPTLB_TEST_NODE_EXTRA_CA_CERTS;
+  return ca ? { ...env, NODE_EXTRA_CA_CERTS: ca } : env;
+}

@@ -26,7 +26,7 @@ import {
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { PROJECT_ROOT } from '../harness/env.js';
+import { PROJECT_ROOT, registryEnv } from '../harness/env.js';
 import { findBinary } from '../../src/platform/spawn.js';
 
 const prebuilt = path.join(PROJECT_ROOT, 'prebuilds', `${process.platform}-${process.arch}`);
@@ -47,7 +47,7 @@ function sh(
     encoding: 'utf8',
     timeout: opts.timeout ?? 120_000,
     cwd: opts.cwd,
-    env: opts.env ?? process.env,
+    env: registryEnv(opts.env),
     maxBuffer: 64 << 20,
   });
   return {

@@ -1,4 +1,5 @@
 /** Shared helpers of the kernel tests: which executors can run here, and the step runner. */
+import { describe } from 'node:test';
 import { kernelTestSupport } from '../harness/env.js';
 import { runJsonInFreshNetns } from '../harness/netns.js';
 import { loadAddon } from '../../src/platform/addon.js';
@@ -37,6 +38,18 @@ export const PAIRS: Pair[] = [
   { engine: 'nft', executor: 'native', name: 'nft/native', skip: KERNEL_SKIP || nftNativeSkip },
   { engine: 'nft', executor: 'spawn', name: 'nft/spawn', skip: KERNEL_SKIP || nftSkip },
 ];
+/**
+ * A suite per pair, the pairs side by side and each pair's tests in order: `title over <pair>`,
+ * inside a suite `title`. Every kernel case runs in namespaces of its own, so pairs share nothing but
+ * the host-wide xtables lock, which legacy cases wait for. A file's time is then its longest pair's,
+ * not the sum of four.
+ */
+export function describePairs(title: string, body: (pair: Pair) => void, pairs: Pair[] = PAIRS): void {
+  describe(title, { concurrency: pairs.length }, () => {
+    for (const p of pairs) describe(`${title} over ${p.name}`, { skip: p.skip, concurrency: 1 }, () => body(p));
+  });
+}
+
 /** The legacy pairs only (tests of x_tables specifics). */
 export const EXECUTORS = PAIRS.filter((p) => p.engine === 'legacy').map((p) => ({ name: p.executor, skip: p.skip }));
 

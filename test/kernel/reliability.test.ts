@@ -2,10 +2,10 @@
  * Issue 5's promises, each a test that can fail: no gap during changes, crash safety, concurrent
  * resets, privileges. Long variants: IPTLB_SOAK=1 (npm run soak) uses the full counts.
  */
-import { describe, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { runJsonInFreshNetns } from '../harness/netns.js';
-import { PAIRS, VIP, cli, ok, runSteps, type Proc } from './common.js';
+import { VIP, cli, describePairs, ok, runSteps, type Proc } from './common.js';
 import { pairOf } from '../harness/pair.js';
 
 const SOAK = !!process.env.IPTLB_SOAK;
@@ -29,92 +29,84 @@ async function noGap(ex: string, resets: number, minOk: number, mode?: string): 
   assert.equal(r.failures, 0, `failed connections: ${JSON.stringify(r.errorsSample)}`);
 }
 
-for (const { name: ex, skip } of PAIRS) {
-  describe(`reliability over ${ex}`, { skip }, () => {
-    const resets = SOAK || pairOf(ex).executor === 'native' ? 500 : 200;
-    test(`no gap: ${resets} consecutive resets that change the destinations while a client connects without pause: zero failures`, () =>
-      noGap(ex, resets, 100));
+describePairs('reliability', ({ name: ex }) => {
+  const resets = SOAK || pairOf(ex).executor === 'native' ? 500 : 200;
+  test(`no gap: ${resets} consecutive resets that change the destinations while a client connects without pause: zero failures`, () =>
+    noGap(ex, resets, 100));
 
-    test('no gap with weights and round-robin: resets that change weights (some drained) and the scheduler while a client connects: zero failures', () =>
-      noGap(ex, SOAK ? 500 : 150, 50, 'mixed'));
+  test('no gap with weights and round-robin: resets that change weights (some drained) and the scheduler while a client connects: zero failures', () =>
+    noGap(ex, SOAK ? 500 : 150, 50, 'mixed'));
 
-    test('no gap with session affinity: resets that switch affinity on and off, change its timeout, the weights and the scheduler while a client connects: zero failures', () =>
-      noGap(ex, SOAK ? 500 : 150, 50, 'affinity'));
+  test('no gap with session affinity: resets that switch affinity on and off, change its timeout, the weights and the scheduler while a client connects: zero failures', () =>
+    noGap(ex, SOAK ? 500 : 150, 50, 'affinity'));
 
-    test('crash safety: SIGKILL at random moments of apply/reset/delete never leaves half a profile, a broken state file or a held lock', async () => {
-      const kills = SOAK ? 200 : 60;
-      const r = (await runJsonInFreshNetns(fixture('crash.js'), [ex, String(kills)], { timeoutMs: 600_000 })) as {
-        killed: number;
-        problems: string[];
-        problemCount: number;
-      };
-      assert.equal(r.problemCount, 0, r.problems.join('\n'));
-      assert.ok(r.killed > kills / 4, `only ${r.killed} of ${kills} runs were killed mid-way`);
-    });
-
-    test('concurrent resets of one profile: the kernel and the state file agree at the end', async () => {
-      const runs = Array.from({ length: 16 }, (_, i) => [
-        ...pairOf(ex).flags,
-        '-state-file=$WORK/state.db',
-        '-q',
-        '-run',
-        '-reset',
-        '-profile=web',
-        `-src-addr=${VIP}:80`,
-        `-dest-addr=127.0.0.1:${9000 + i}`,
-      ]);
-      const r = await runSteps([{ op: 'parallel-cli', runs }, cli(ex, 'status', '--json')]);
-      r[0].forEach((p: Proc) => ok(p));
-      const status = JSON.parse(r[1].stdout);
-      assert.equal(r[1].code, 0, r[1].stdout);
-      assert.equal(status.inSync, true);
-    });
-
-    test('without CAP_NET_ADMIN: one line that says so, exit 1, nothing created', async () => {
-      const r = await runSteps([
-        {
-          op: 'sh',
-          argv: [
-            'setpriv',
-            '--inh-caps=-net_admin',
-            '--bounding-set=-net_admin',
-            '--',
-            process.execPath,
-            '$CLI',
-            ...pairOf(ex).flags,
-            '-state-file=$WORK/x/state.db',
-            '-run',
-            '-profile=web',
-            `-src-addr=${VIP}:80`,
-            '-dest-addr=127.0.0.1:9001',
-          ],
-        },
-        { op: 'sh', argv: ['ls', '$WORK'] },
-      ]);
-      assert.equal(r[0].code, 1, r[0].stderr);
-      assert.equal(r[0].stderr.trim().split('\n').length, 1);
-      assert.match(r[0].stderr, /CAP_NET_ADMIN/);
-      assert.doesNotMatch(r[1].stdout, /\bx\b/, 'no state directory created');
-    });
+  test('crash safety: SIGKILL at random moments of apply/reset/delete never leaves half a profile, a broken state file or a held lock', async () => {
+    const kills = SOAK ? 200 : 60;
+    const r = (await runJsonInFreshNetns(fixture('crash.js'), [ex, String(kills)], { timeoutMs: 600_000 })) as {
+      killed: number;
+      problems: string[];
+      problemCount: number;
+    };
+    assert.equal(r.problemCount, 0, r.problems.join('\n'));
+    assert.ok(r.killed > kills / 4, `only ${r.killed} of ${kills} runs were killed mid-way`);
   });
-}
 
-for (const { name: ex, skip } of PAIRS) {
+  test('concurrent resets of one profile: the kernel and the state file agree at the end', async () => {
+    const runs = Array.from({ length: 16 }, (_, i) => [
+      ...pairOf(ex).flags,
+      '-state-file=$WORK/state.db',
+      '-q',
+      '-run',
+      '-reset',
+      '-profile=web',
+      `-src-addr=${VIP}:80`,
+      `-dest-addr=127.0.0.1:${9000 + i}`,
+    ]);
+    const r = await runSteps([{ op: 'parallel-cli', runs }, cli(ex, 'status', '--json')]);
+    r[0].forEach((p: Proc) => ok(p));
+    const status = JSON.parse(r[1].stdout);
+    assert.equal(r[1].code, 0, r[1].stdout);
+    assert.equal(status.inSync, true);
+  });
+
+  test('without CAP_NET_ADMIN: one line that says so, exit 1, nothing created', async () => {
+    const r = await runSteps([
+      {
+        op: 'sh',
+        argv: [
+          'setpriv',
+          '--inh-caps=-net_admin',
+          '--bounding-set=-net_admin',
+          '--',
+          process.execPath,
+          '$CLI',
+          ...pairOf(ex).flags,
+          '-state-file=$WORK/x/state.db',
+          '-run',
+          '-profile=web',
+          `-src-addr=${VIP}:80`,
+          '-dest-addr=127.0.0.1:9001',
+        ],
+      },
+      { op: 'sh', argv: ['ls', '$WORK'] },
+    ]);
+    assert.equal(r[0].code, 1, r[0].stderr);
+    assert.equal(r[0].stderr.trim().split('\n').length, 1);
+    assert.match(r[0].stderr, /CAP_NET_ADMIN/);
+    assert.doesNotMatch(r[1].stdout, /\bx\b/, 'no state directory created');
+  });
+
   const ops = pairOf(ex).executor === 'native' || SOAK ? 1000 : 300;
-  test(
-    `foreign rules untouched (${ex}): ${ops} random operations and the deletion of every profile leave iptables-save byte-identical`,
-    { skip },
-    async () => {
-      const r = (await runJsonInFreshNetns(fixture('foreign.js'), [ex, String(ops)], { timeoutMs: 300_000 })) as {
-        applied: number;
-        deleted: number;
-        changedMidway: boolean;
-        identical: boolean;
-        diff: string;
-      };
-      assert.ok(r.applied > ops / 2 && r.deleted > 10, JSON.stringify(r));
-      assert.ok(r.changedMidway, 'iptlb did write rules in between');
-      assert.ok(r.identical, r.diff);
-    },
-  );
-}
+  test(`foreign rules untouched (${ex}): ${ops} random operations and the deletion of every profile leave iptables-save byte-identical`, async () => {
+    const r = (await runJsonInFreshNetns(fixture('foreign.js'), [ex, String(ops)], { timeoutMs: 300_000 })) as {
+      applied: number;
+      deleted: number;
+      changedMidway: boolean;
+      identical: boolean;
+      diff: string;
+    };
+    assert.ok(r.applied > ops / 2 && r.deleted > 10, JSON.stringify(r));
+    assert.ok(r.changedMidway, 'iptlb did write rules in between');
+    assert.ok(r.identical, r.diff);
+  });
+});
