@@ -166,15 +166,18 @@ class StateFileWatcher {
     }
   }
 
-  /** Looks at the file; the ms it has still to stay unchanged before it counts as settled (0: settled). */
-  private async observe(): Promise<number> {
+  /**
+   * Looks at the file: the version seen, and the ms it has still to stay unchanged before it counts
+   * as settled (0: settled).
+   */
+  private async observe(): Promise<{ version: string | null; wait: number }> {
     const v = await this.versionOrUnreadable();
     const now = Date.now();
     if (v !== this.seen) {
       this.seen = v;
       this.seenAt = now;
     }
-    return Math.max(0, this.settleMs - (now - this.seenAt));
+    return { version: v, wait: Math.max(0, this.settleMs - (now - this.seenAt)) };
   }
 
   private armSettle(ms: number): void {
@@ -188,16 +191,20 @@ class StateFileWatcher {
     );
   }
 
-  /** Applies the file if it has settled and parses as a whole; else waits for it. */
+  /**
+   * Applies the file if it has settled and parses as a whole; else waits for it. Only the version
+   * this call saw settle may be applied: checks run side by side (a file event, the periodic check),
+   * and one that looked before a writer truncated the file must not apply what another saw after.
+   */
   private async settled(reason: string): Promise<void> {
     if (this.stopped) return;
-    const wait = await this.observe();
+    const { version, wait } = await this.observe();
     if (wait > 0) return this.armSettle(wait);
     try {
       await this.core.readState();
     } catch (e) {
-      if (this.unparsed !== this.seen) {
-        this.unparsed = this.seen;
+      if (this.unparsed !== version) {
+        this.unparsed = version;
         this.opts.log(
           `watch: ${this.file} is not applied: ${(e as Error).message}; the kernel keeps the last state applied (write a temporary file and rename it over the state file)`,
         );
@@ -205,7 +212,7 @@ class StateFileWatcher {
       return;
     }
     this.unparsed = undefined;
-    await this.check(reason, this.seen);
+    await this.check(reason, version);
   }
 
   /** The state file changed (as a file-system event says): debounced, then applied once settled. */

@@ -467,6 +467,58 @@ test('13: watch applies a changed file only once it has settled (no change for s
   await w.stop();
 });
 
+test('13: watch: a check that saw the file settled applies only that version, even when a writer truncates the file while it parses it and another check sees the empty file (mock timers)', async (t) => {
+  t.mock.timers.enable({ apis: ['setTimeout', 'setInterval', 'Date'], now: 1_000_000 });
+  const { startWatch } = await import('../../src/core/watch.js');
+  let v = 'v0';
+  const syncs: string[] = [];
+  let raced = false;
+  const flush = async (): Promise<void> => {
+    for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+  };
+  // eslint-disable-next-line prefer-const
+  let w: ReturnType<typeof startWatch>;
+  const core = {
+    statePath: '/nonexistent-iptlb-dir/state.db',
+    // As the core does: the guard is asked under the lock, before (and after) the file is read.
+    async sync(o?: { guard?: () => Promise<boolean> }) {
+      if (o?.guard && !(await o.guard())) return { before: [], committed: false, commitMs: 0, skipped: true };
+      syncs.push(v);
+      return { before: [], committed: true, commitMs: 1 };
+    },
+    async readState() {
+      // The periodic check saw 'v0' settled and parses the file; meanwhile a writer truncates it (an
+      // empty file parses: no profiles) and the file event's check sees the new version.
+      if (syncs.length > 0 && !raced) {
+        raced = true;
+        v = 'empty';
+        w.changed();
+        t.mock.timers.tick(25);
+        await flush();
+      }
+      return new Map();
+    },
+  };
+  w = startWatch(core as never, { intervalMs: 300, settleMs: 1000, log: () => {}, version: async () => v });
+  await flush();
+  assert.deepEqual(syncs, ['v0'], 'the start check applies the file as it is');
+  t.mock.timers.tick(300);
+  for (let i = 0; i < 4; i++) await flush(); // the periodic check, the file event's check inside it, and its end
+  assert.equal(raced, true, 'the periodic check ran while the writer truncated the file');
+  assert.deepEqual(syncs, ['v0'], 'the empty file is not applied: it has not settled');
+  v = 'whole';
+  w.changed();
+  for (let i = 0; i < 12; i++) {
+    t.mock.timers.tick(100);
+    await flush();
+  }
+  assert.deepEqual(
+    syncs.filter((x, k) => x !== syncs[k - 1]),
+    ['v0', 'whole'],
+  );
+  await w.stop();
+});
+
 test('12: names: 1-63 of A-Za-z0-9_-, not starting with -; up to 18 keep their chain name, longer ones get a stable hashed one; old state files stay valid', async () => {
   const { chainName, validateName } = await import('../../src/model/profile.js');
   const { planTransaction } = await import('../../src/engines/legacy/plan.js');
