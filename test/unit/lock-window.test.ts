@@ -17,7 +17,7 @@ import { readStateFull } from '../../src/core/state.js';
 import { decodeJournal, journalPath } from '../../src/core/journal.js';
 import { loadAddon } from '../../src/platform/addon.js';
 
-/** Records transactions; each commit waits `delayMs` on a timer; prefetch()/releasePrefetch() as the native executor's. */
+/** Records transactions; each commit waits `delayMs` on a timer; prefetch as the native executor has it. */
 class Fake implements LegacyExecutor {
   readonly kind = 'native' as const;
   readonly engine = 'legacy' as const;
