@@ -252,9 +252,48 @@ async function benchChurn(): Promise<void> {
     // JavaScript thread alone allows, the ceiling the kernel's part is added to (issue 18).
     { key: 'coalesced nokernel', coalesce: true, file: false, engine: 'legacy' as const, nokernel: true },
     { key: 'coalesced+file nokernel', coalesce: true, file: true, engine: 'legacy' as const, nokernel: true },
+    // And the kernel alone: the same 64-profile commits (two, alternated) fed to the addon back to
+    // back, with no planning in between: the ceiling the JavaScript part is added to.
+    { key: 'kernel only', coalesce: true, file: false, engine: 'legacy' as const, nokernel: true, kernelOnly: true },
   ];
   // `--mode coalesced` (repeatable, or comma-separated) runs only the rows named.
   const only = (flag('--mode') ?? '').split(',').filter(Boolean);
+  const runKernelOnly = async (): Promise<Awaited<ReturnType<typeof runOne>>> => {
+    flushNat();
+    const lb = await open({ stateFile: false, engine: 'legacy', executor: 'native' });
+    await lb.apply(Array.from({ length: PROFILES }, (_, i) => profile(i)));
+    const core = (lb as unknown as { core: { lastTransaction?: unknown } }).core;
+    const batch = (k: number): Profile[] =>
+      Array.from({ length: INFLIGHT }, (_, i) =>
+        validateProfile({ ...profile(i), destination: [`127.0.0.1:${10000 + k}`, `127.0.0.1:${20000 + k}`] }),
+      );
+    const txs: string[] = [];
+    for (const k of [1, 2]) {
+      await lb.apply(batch(k));
+      txs.push(JSON.stringify(core.lastTransaction));
+    }
+    const loaded = loadAddon();
+    if (!loaded.ok) throw new Error('kernel only: the native addon is needed');
+    const A = loaded.addon;
+    // Even: the last commit fed is batch 2, what the handle last applied (status checks it below).
+    const commits = 2 * Math.ceil(UPDATES / INFLIGHT / 2);
+    const h = monitorEventLoopDelay({ resolution: 1 });
+    h.enable();
+    let kernelMs = 0;
+    const t0 = performance.now();
+    for (let n = 0; n < commits; n++) kernelMs += (await A.commitJson(txs[n % 2])).durationMs;
+    const secs = (performance.now() - t0) / 1000;
+    h.disable();
+    const exact = (await lb.status()).every((s) => s.status === 'in-sync');
+    await lb.close();
+    return {
+      updatesPerSec: Math.round((commits * INFLIGHT) / secs),
+      commitsPerSec: Math.round(commits / secs),
+      loopDelayP99Ms: Number((h.percentile(99) / 1e6).toFixed(2)),
+      kernelMsPerCommit: Number((kernelMs / commits).toFixed(2)),
+      finalStateExact: exact,
+    };
+  };
   const runOne = async (
     coalesce: boolean,
     file: boolean,
@@ -330,14 +369,14 @@ async function benchChurn(): Promise<void> {
     // The background load: one busy loop (a separate process, niced 0), for the whole set of runs.
     const busy = bg === 'busy' ? spawn(process.execPath, ['-e', 'for(;;){}'], { stdio: 'ignore' }) : undefined;
     try {
-      for (const { key, coalesce, file, engine, nokernel } of modes.filter((m) =>
+      for (const { key, coalesce, file, engine, nokernel, kernelOnly } of modes.filter((m) =>
         only.length ? only.includes(m.key) : !m.nokernel,
       )) {
         const runs = [];
         const loads: number[] = [];
         for (let r = 0; r < CHURN_RUNS; r++) {
           loads.push(Number(loadavg()[0].toFixed(2)));
-          runs.push(await runOne(coalesce, file, engine, nokernel));
+          runs.push(kernelOnly ? await runKernelOnly() : await runOne(coalesce, file, engine, nokernel));
         }
         const row = { engine, executor: ex, updates: UPDATES, background: bg, loadavg1: loads, runs };
         out[`${key}, ${bg}`] = row;
@@ -345,7 +384,7 @@ async function benchChurn(): Promise<void> {
           `churn ${key.padEnd(14)} ${ex} ${bg.padEnd(4)}: updates/s ${spread(runs.map((x) => x.updatesPerSec))}, ` +
             `event-loop p99 ms ${spread(runs.map((x) => x.loopDelayP99Ms))}, commits/s ${spread(runs.map((x) => x.commitsPerSec))}, ` +
             `kernel ms/commit ${spread(runs.map((x) => x.kernelMsPerCommit))}, ` +
-            `final kernel state exact in every run: ${nokernel ? 'n/a (no kernel)' : runs.every((x) => x.finalStateExact)}` +
+            `final kernel state exact in every run: ${nokernel && !kernelOnly ? 'n/a (no kernel)' : runs.every((x) => x.finalStateExact)}` +
             (file ? `, state file exact in every run: ${runs.every((x) => x.stateFileExact)}` : '') +
             `; load average ${loads.join(', ')}`,
         );
