@@ -332,19 +332,23 @@ export class Core {
     // that only the timeouts ended; issue 13, lock starvation). Within a window the state-file lock
     // is already held, and the window gives back what was prepared before it gives the lock up.
     if (this.statePath !== null && !this.window) return false;
-    const prepared = this.selected?.provider.prefetch?.() ?? false;
-    if (prepared) this.prefetched = true;
+    const provider = this.selected?.provider;
+    const prepared = provider?.prefetch?.() ?? false;
+    if (prepared) this.prefetchedBy = provider;
     return prepared;
   }
 
   /** Gives back what {@link prefetchCommit} prepared when no commit used it; resolves once given back. */
   releasePrefetch(): Promise<void> {
-    if (!this.prefetched) return Promise.resolve();
-    this.prefetched = false;
-    return this.selected?.provider.releasePrefetch?.() ?? Promise.resolve();
+    const by = this.prefetchedBy;
+    this.prefetchedBy = undefined;
+    return by?.releasePrefetch?.() ?? Promise.resolve();
   }
-  /** Something may be prepared (see {@link prefetchCommit}): a release is owed before the lock window ends. */
-  private prefetched = false;
+  /**
+   * The engine that may hold something prepared (see {@link prefetchCommit}): a release is owed to it
+   * (even after `migrate` chose another engine) before the lock window ends.
+   */
+  private prefetchedBy?: Engine;
 
   /**
    * The state-file lock kept between the commits of a run (a drain of the commit queue): taken by the
