@@ -14,11 +14,12 @@ import { loadAddon } from '../src/platform/addon.js';
 import { planTransaction } from '../src/engines/legacy/plan.js';
 import { renderRule } from '../src/engines/legacy/restore.js';
 import { validateProfile } from '../src/model/profile.js';
-import { serializeState } from '../src/core/state.js';
+import { readStateFull, serializeState } from '../src/core/state.js';
 import { planNftRebuild } from '../src/engines/nft/plan.js';
 import { renderNft } from '../src/engines/nft/render.js';
 import { connect, createServer, type Server } from 'node:net';
-import type { Profile } from '../src/model/types.js';
+import type { CommitResult, KernelView, Profile } from '../src/model/types.js';
+import type { LegacyExecutor } from '../src/engines/legacy/executor.js';
 import { benchHealth } from './health.js';
 import { benchMetrics } from './metrics.js';
 import { benchStateFile } from './statefile.js';
@@ -215,6 +216,22 @@ async function benchApply(): Promise<void> {
   results.apply = table;
 }
 
+/** An executor with no kernel behind it: each commit is one setImmediate (the churn rows' "nokernel"). */
+class NoKernel implements LegacyExecutor {
+  readonly kind = 'native' as const;
+  readonly engine = 'legacy' as const;
+  async commit(): Promise<CommitResult> {
+    await new Promise<void>((r) => setImmediate(r));
+    return { durationMs: 0 };
+  }
+  async read(): Promise<KernelView> {
+    return { chains: [], hookRules: [] };
+  }
+  async render(): Promise<string> {
+    return '';
+  }
+}
+
 async function benchChurn(): Promise<void> {
   const addon = loadAddon();
   const ex = addon.ok ? 'native' : 'spawn';
@@ -231,21 +248,83 @@ async function benchChurn(): Promise<void> {
     { key: 'coalesced+file', coalesce: true, file: true, engine: 'legacy' as const },
     { key: 'uncoalesced', coalesce: false, file: false, engine: 'legacy' as const },
     { key: 'coalesced nft', coalesce: true, file: false, engine: 'nft' as const },
+    // The same loops with no kernel at all (an executor whose commit is one setImmediate): what the
+    // JavaScript thread alone allows, the ceiling the kernel's part is added to (issue 18).
+    { key: 'coalesced nokernel', coalesce: true, file: false, engine: 'legacy' as const, nokernel: true },
+    { key: 'coalesced+file nokernel', coalesce: true, file: true, engine: 'legacy' as const, nokernel: true },
+    // And the kernel alone: the same 64-profile commits (two, alternated) fed to the addon back to
+    // back, with no planning in between: the ceiling the JavaScript part is added to.
+    { key: 'kernel only', coalesce: true, file: false, engine: 'legacy' as const, nokernel: true, kernelOnly: true },
   ];
   // `--mode coalesced` (repeatable, or comma-separated) runs only the rows named.
   const only = (flag('--mode') ?? '').split(',').filter(Boolean);
+  const runKernelOnly = async (): Promise<Awaited<ReturnType<typeof runOne>>> => {
+    flushNat();
+    const lb = await open({ stateFile: false, engine: 'legacy', executor: 'native' });
+    await lb.apply(Array.from({ length: PROFILES }, (_, i) => profile(i)));
+    const core = (lb as unknown as { core: { lastTransaction?: unknown } }).core;
+    const batch = (k: number): Profile[] =>
+      Array.from({ length: INFLIGHT }, (_, i) =>
+        validateProfile({ ...profile(i), destination: [`127.0.0.1:${10000 + k}`, `127.0.0.1:${20000 + k}`] }),
+      );
+    const txs: string[] = [];
+    for (const k of [1, 2]) {
+      await lb.apply(batch(k));
+      txs.push(JSON.stringify(core.lastTransaction));
+    }
+    const loaded = loadAddon();
+    if (!loaded.ok) throw new Error('kernel only: the native addon is needed');
+    const A = loaded.addon;
+    // Even: the last commit fed is batch 2, what the handle last applied (status checks it below).
+    const commits = 2 * Math.ceil(UPDATES / INFLIGHT / 2);
+    const h = monitorEventLoopDelay({ resolution: 1 });
+    h.enable();
+    let kernelMs = 0;
+    const t0 = performance.now();
+    for (let n = 0; n < commits; n++) kernelMs += (await A.commitJson(txs[n % 2])).durationMs;
+    const secs = (performance.now() - t0) / 1000;
+    h.disable();
+    const exact = (await lb.status()).every((s) => s.status === 'in-sync');
+    await lb.close();
+    return {
+      updatesPerSec: Math.round((commits * INFLIGHT) / secs),
+      commitsPerSec: Math.round(commits / secs),
+      loopDelayP99Ms: Number((h.percentile(99) / 1e6).toFixed(2)),
+      kernelMsPerCommit: Number((kernelMs / commits).toFixed(2)),
+      finalStateExact: exact,
+    };
+  };
   const runOne = async (
     coalesce: boolean,
     file: boolean,
     engine: 'legacy' | 'nft',
-  ): Promise<{ updatesPerSec: number; commitsPerSec: number; loopDelayP99Ms: number; finalStateExact: boolean }> => {
+    nokernel = false,
+  ): Promise<{
+    updatesPerSec: number;
+    commitsPerSec: number;
+    loopDelayP99Ms: number;
+    kernelMsPerCommit: number;
+    finalStateExact: boolean;
+    stateFileExact?: boolean;
+  }> => {
     flushNat();
     if (engine === 'nft') spawnSync('nft', ['delete', 'table', 'ip', 'iptlb'], { stdio: 'ignore' });
     const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-churn-'));
-    const lb = await open({ stateFile: file ? path.join(dir, 'state.db') : false, engine, executor: ex, coalesce });
+    const statePath = path.join(dir, 'state.db');
+    const opts = {
+      stateFile: file ? statePath : (false as const),
+      engine,
+      executor: ex as 'native' | 'spawn',
+      coalesce,
+    };
+    const lb = nokernel ? await open(opts, new NoKernel()) : await open(opts);
     await lb.apply(Array.from({ length: PROFILES }, (_, i) => profile(i)));
     let commits = 0;
-    lb.on('commit', () => commits++);
+    let kernelMs = 0;
+    lb.on('commit', (e) => {
+      commits++;
+      kernelMs += e.durationMs;
+    });
     const last = new Map<string, string>();
     const h = monitorEventLoopDelay({ resolution: 1 });
     h.enable();
@@ -265,15 +344,24 @@ async function benchChurn(): Promise<void> {
     await Promise.all(Array.from({ length: INFLIGHT }, worker));
     const secs = (performance.now() - t0) / 1000;
     h.disable();
-    const status = await lb.status();
+    // No kernel: nothing to compare there (the executor holds nothing).
+    const status = nokernel ? [] : await lb.status();
     const exact = status.every((s) => s.status === 'in-sync' && s.destinations[0]?.destination === last.get(s.name));
+    // The state file (YAML and journal, as another process reads them) holds the last update of every profile too.
+    const fileState = file ? (await readStateFull(statePath)).profiles : undefined;
+    const fileExact =
+      fileState &&
+      [...last].every(([name, dest]) => fileState.get(name)?.destination[0] === dest) &&
+      fileState.size === PROFILES;
     await lb.close();
     rmSync(dir, { recursive: true, force: true });
     return {
       updatesPerSec: Math.round(UPDATES / secs),
       commitsPerSec: Math.round(commits / secs),
       loopDelayP99Ms: Number((h.percentile(99) / 1e6).toFixed(2)),
+      kernelMsPerCommit: Number((kernelMs / Math.max(commits, 1)).toFixed(2)),
       finalStateExact: exact,
+      ...(fileExact !== undefined ? { stateFileExact: fileExact } : {}),
     };
   };
   const spread = (xs: number[]): string => `${median(xs)} [${Math.min(...xs)}..${Math.max(...xs)}]`;
@@ -281,19 +369,24 @@ async function benchChurn(): Promise<void> {
     // The background load: one busy loop (a separate process, niced 0), for the whole set of runs.
     const busy = bg === 'busy' ? spawn(process.execPath, ['-e', 'for(;;){}'], { stdio: 'ignore' }) : undefined;
     try {
-      for (const { key, coalesce, file, engine } of modes.filter((m) => !only.length || only.includes(m.key))) {
+      for (const { key, coalesce, file, engine, nokernel, kernelOnly } of modes.filter((m) =>
+        only.length ? only.includes(m.key) : !m.nokernel,
+      )) {
         const runs = [];
         const loads: number[] = [];
         for (let r = 0; r < CHURN_RUNS; r++) {
           loads.push(Number(loadavg()[0].toFixed(2)));
-          runs.push(await runOne(coalesce, file, engine));
+          runs.push(kernelOnly ? await runKernelOnly() : await runOne(coalesce, file, engine, nokernel));
         }
         const row = { engine, executor: ex, updates: UPDATES, background: bg, loadavg1: loads, runs };
         out[`${key}, ${bg}`] = row;
         log(
           `churn ${key.padEnd(14)} ${ex} ${bg.padEnd(4)}: updates/s ${spread(runs.map((x) => x.updatesPerSec))}, ` +
             `event-loop p99 ms ${spread(runs.map((x) => x.loopDelayP99Ms))}, commits/s ${spread(runs.map((x) => x.commitsPerSec))}, ` +
-            `final kernel state exact in every run: ${runs.every((x) => x.finalStateExact)}; load average ${loads.join(', ')}`,
+            `kernel ms/commit ${spread(runs.map((x) => x.kernelMsPerCommit))}, ` +
+            `final kernel state exact in every run: ${nokernel && !kernelOnly ? 'n/a (no kernel)' : runs.every((x) => x.finalStateExact)}` +
+            (file ? `, state file exact in every run: ${runs.every((x) => x.stateFileExact)}` : '') +
+            `; load average ${loads.join(', ')}`,
         );
       }
     } finally {

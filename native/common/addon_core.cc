@@ -1,7 +1,12 @@
 // iptlb_core.node: what both engines use and needs no netfilter table library: file locks (libc),
 // conntrack flushes (ctnetlink over libmnl) and the health checks' TCP prober (health/prober.h). Arguments are checked
 // on the JS thread (synchronous TypeErrors naming the field); the work runs in AsyncWorkers and comes back as promises.
+#include <fcntl.h>
 #include <napi.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include "addon_args.h"
 #include "conntrack_worker.h"
@@ -26,6 +31,26 @@ Napi::Value Flock(const Napi::CallbackInfo &info) {
   return p;
 }
 
+// flockBusy(path: string): boolean — whether someone holds an flock on `path`, asked without waiting
+// (synchronous: an open and a non-blocking flock, on this thread). A file that does not exist or cannot
+// be opened is not busy. A long-lived writer holding the state-file lock across a run of group
+// commits asks this of the queue lock (`<state file>.lock.queue`, held by every waiter while it
+// waits): busy means another process waits, and the writer gives the lock up (src/core/core.ts).
+Napi::Value FlockBusy(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "path: must be a string");
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  if (path.empty() || path.size() > 4095 || path.find('\0') != std::string::npos)
+    throw Napi::TypeError::New(env, "path: must be a file path");
+  int fd;
+  do fd = open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  while (fd < 0 && errno == EINTR);
+  if (fd < 0) return Napi::Boolean::New(env, false);
+  const bool busy = flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+  close(fd);  // lets go of the probe's own lock, if it got one
+  return Napi::Boolean::New(env, busy);
+}
+
 // reduceMemory(level: 1 | 2): boolean — memory pressure for V8 (see common/v8_memory.h).
 Napi::Value ReduceMemory(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
@@ -44,6 +69,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("flock", Napi::Function::New(env, Flock, "flock"));
   exports.Set("conntrackFlush", Napi::Function::New(env, ConntrackFlush, "conntrackFlush"));
   exports.Set("HealthProber", HealthProber::Class(env));
+  exports.Set("flockBusy", Napi::Function::New(env, FlockBusy, "flockBusy"));
   exports.Set("reduceMemory", Napi::Function::New(env, ReduceMemory, "reduceMemory"));
   return exports;
 }

@@ -147,25 +147,35 @@ export class CommitQueue {
 
   private async drain(): Promise<void> {
     this.running = true;
-    let prefetched = false;
+    // With a state file, a drain of several batches keeps its lock between them (see
+    // Core.beginLockWindow): taken once, given up when another process waits for it.
+    let window = false;
     try {
       while (this.pending.length) {
         const batch = this.opts.coalesce ? this.pending.splice(0) : this.pending.splice(0, 1);
         await this.commit(batch);
+        const more = this.opts.coalesce && batch.length > 1;
+        if (more && !window) window = this.core.beginLockWindow();
+        // Another process waiting for the state-file lock gets it now (before anything is prefetched under it).
+        const kept = window && (await this.core.lockWindowCheck());
         // Under churn (a batch of several calls) the callers just settled are about to call again:
         // the legacy native executor starts the next commit's kernel work (lock, table copy) on its
-        // worker while this thread settles them and plans (released below if nothing follows).
+        // worker while this thread settles them and plans (released below if nothing follows). With
+        // a state file only while its lock is kept (the lock order: see Core.prefetchCommit).
         // (A batch can end without a kernel commit, all refused or unchanged: what was prepared then
         // waits for the next one, and the drain gives it back at the end in any case.)
-        if (this.opts.coalesce && batch.length > 1 && this.core.prefetchCommit()) prefetched = true;
+        if (more && (kept || !window)) this.core.prefetchCommit();
         // Let the callers this commit settled queue their next calls before the next batch is cut
         // (their continuations are a few microtask hops away): batches fill up instead of halving.
         // A lone call pays nothing: the first batch of a drain goes at once.
         if (this.opts.coalesce) await new Promise<void>((r) => setImmediate(r));
       }
     } finally {
-      if (prefetched) this.core.releasePrefetch();
+      if (window) await this.core.endLockWindow();
+      else await this.core.releasePrefetch();
       this.running = false;
+      // Calls that came while the lock or the prefetch was given back: a drain of their own.
+      if (this.pending.length) void this.drain();
     }
   }
 

@@ -9,7 +9,7 @@ import { validateOpenOptions } from './options.js';
 import { fsFailure } from '../platform/fsafety.js';
 import { parseExecutorChoice } from '../engines/executors.js';
 import { parseEngineChoice, selectEngine } from '../engines/select.js';
-import { DEFAULT_LOCK_WAIT_MS, lockStateFile } from '../platform/lock.js';
+import { DEFAULT_LOCK_WAIT_MS, lockStateFile, lockWaiters, type HeldLock } from '../platform/lock.js';
 import {
   checkConflicts,
   familyOfProfile,
@@ -20,9 +20,10 @@ import {
   validateProfile,
   weightOf,
 } from '../model/profile.js';
-import { fileVersionOf, readStateFull, resolveStatePath, stateVersion, writeState } from './state.js';
+import { fileVersionOf, readStateFull, resolveStatePath, stateVersion, stateVersionSync, writeState } from './state.js';
 import {
   appendRecord,
+  withdrawRecord,
   closeJournal,
   journalPath,
   profileBody,
@@ -76,6 +77,48 @@ export function changeOfFamily(change: Change, state: ReadonlyMap<string, Profil
   return { upsert, remove };
 }
 
+/** A promise's outcome, as a value. */
+type Settled<T> = { ok: true; value: T } | { ok: false; error: unknown };
+function settle<T>(p: Promise<T>): Promise<Settled<T>> {
+  return p.then(
+    (value) => ({ ok: true as const, value }),
+    (error: unknown) => ({ ok: false as const, error }),
+  );
+}
+
+/** Whether `change` changes anything of `state`. */
+function changedBy(state: ReadonlyMap<string, Profile>, change: Change): boolean {
+  return (
+    change.remove.some((n) => state.has(n)) ||
+    change.upsert.some((p) => !state.has(p.name) || !sameProfile(state.get(p.name)!, p))
+  );
+}
+
+/** Applies `change` to `map` in place, noting each profile before and after in `edits`. */
+function applyChange(
+  map: Map<string, Profile>,
+  change: Change,
+  edits: [Profile | undefined, Profile | undefined][],
+): void {
+  for (const n of change.remove) {
+    edits.push([map.get(n), undefined]);
+    map.delete(n);
+  }
+  for (const p of change.upsert) {
+    edits.push([map.get(p.name), p]);
+    map.set(p.name, p);
+  }
+}
+
+/** The state's version read now (on this thread), or one never seen when it cannot be read (then it is read again). */
+function knownVersion(file: string): string | null {
+  try {
+    return stateVersionSync(file);
+  } catch {
+    return `unknown ${Math.random()}`;
+  }
+}
+
 /** Options of {@link open}. */
 export interface OpenOptions {
   /**
@@ -119,6 +162,13 @@ export interface OpenOptions {
    */
   stateFoldMs?: number;
 }
+
+/**
+ * The longest a run of group commits keeps the state-file lock without giving it up once (see
+ * {@link Core.beginLockWindow}), ms: a writer that waits for it without the queue lock (an older
+ * iptlb) gets its turn at least this often.
+ */
+export const LOCK_WINDOW_MS = 100;
 
 /** A journal larger than this is folded at once (whatever `stateFoldMs` says). */
 export const FOLD_BYTES = 4 * 1024 * 1024;
@@ -275,17 +325,86 @@ export class Core {
    * prefetch.h in the addon). Returns whether it did.
    */
   prefetchCommit(): boolean {
-    // Only without a state file: the prepared commit holds the xtables lock until the next batch,
-    // and with a state file the next batch first takes the state-file lock. A CLI holding that
-    // lock while it waits for the xtables lock would wait for us while we wait for it (a lock-order
-    // inversion that only the timeouts ended: issue 13, lock starvation).
-    if (this.statePath !== null) return false;
-    return this.selected?.provider.prefetch?.() ?? false;
+    // Without a state file, or with its lock kept across the run of commits (the lock window): the
+    // prepared commit holds the xtables lock until the next batch, and with a state file the next
+    // batch first takes the state-file lock. Taking it again while holding the xtables lock would
+    // invert the order a CLI takes them in (it would wait for us while we wait for it: a deadlock
+    // that only the timeouts ended; issue 13, lock starvation). Within a window the state-file lock
+    // is already held, and the window gives back what was prepared before it gives the lock up.
+    if (this.statePath !== null && !this.window) return false;
+    const provider = this.selected?.provider;
+    const prepared = provider?.prefetch?.() ?? false;
+    if (prepared) this.prefetchedBy = provider;
+    return prepared;
   }
 
-  /** Gives back what {@link prefetchCommit} prepared when no commit used it. */
-  releasePrefetch(): void {
-    this.selected?.provider.releasePrefetch?.();
+  /** Gives back what {@link prefetchCommit} prepared when no commit used it; resolves once given back. */
+  releasePrefetch(): Promise<void> {
+    const by = this.prefetchedBy;
+    this.prefetchedBy = undefined;
+    return by?.releasePrefetch?.() ?? Promise.resolve();
+  }
+  /**
+   * The engine that may hold something prepared (see {@link prefetchCommit}): a release is owed to it
+   * (even after `migrate` chose another engine) before the lock window ends.
+   */
+  private prefetchedBy?: Engine;
+
+  /**
+   * The state-file lock kept between the commits of a run (a drain of the commit queue): taken by the
+   * run's first transaction, kept until another process waits for it, {@link LOCK_WINDOW_MS} have
+   * passed, or the run ends.
+   */
+  private window?: { lock: HeldLock; since: number };
+  /** Set by {@link beginLockWindow}: the next lock taken is kept as the window. */
+  private keepLock = false;
+
+  /**
+   * The commit queue starts a run of group commits: from now on the state-file lock, once taken, is
+   * kept between its commits (no lock round trip per commit, and the next commit can be prefetched
+   * under it), until {@link lockWindowCheck} finds another process waiting for it or the run ends
+   * ({@link endLockWindow}). Only when this process can see waiters without waiting (the native
+   * addon): otherwise false, and each commit takes the lock as before.
+   */
+  beginLockWindow(): boolean {
+    if (this.statePath === null || lockWaiters(this.statePath) === undefined) return false;
+    this.keepLock = true;
+    return true;
+  }
+
+  /**
+   * Between two commits of a run: when another process waits for the kept state-file lock (or it was
+   * kept {@link LOCK_WINDOW_MS}), gives back what was prefetched under it and then the lock. The
+   * next commit takes it again, queued behind the waiter. Returns whether the lock is still kept.
+   */
+  lockWindowCheck(now = Date.now()): Promise<boolean> {
+    return this.serial(async () => {
+      const w = this.window;
+      if (!w) return false;
+      if (now - w.since < LOCK_WINDOW_MS && !lockWaiters(this.statePath!)) return true;
+      await this.closeWindow();
+      return false;
+    });
+  }
+
+  /** The run of commits ended: gives back what was prefetched, then the kept state-file lock. */
+  endLockWindow(): Promise<void> {
+    this.keepLock = false;
+    return this.serial(async () => {
+      this.keepLock = false;
+      await this.releasePrefetch();
+      await this.closeWindow();
+    });
+  }
+
+  /** In the serial queue: what was prepared under the window first (the lock order), then its lock. */
+  private async closeWindow(): Promise<void> {
+    const w = this.window;
+    if (!w) return;
+    // Before the lock: a waiter that takes it next then takes the xtables lock (the lock order).
+    await this.releasePrefetch();
+    this.window = undefined;
+    w.lock.release();
   }
 
   /** The engine and executor, chosen on first use (see {@link selectEngine}). */
@@ -358,7 +477,10 @@ export class Core {
    */
   private async currentState(store = true): Promise<Map<string, Profile>> {
     if (this.statePath === null) return this.memory;
-    const version = await stateVersion(this.statePath).catch(() => undefined);
+    // Within a lock window (a run of commits keeping the lock) without the thread pool's round trip.
+    const version = await (
+      this.window ? Promise.resolve().then(() => stateVersionSync(this.statePath!)) : stateVersion(this.statePath)
+    ).catch(() => undefined);
     if (version !== undefined && this.cached && this.cached.version === version) return this.cached.state;
     const r = await readStateFull(this.statePath);
     if (!store) return r.profiles;
@@ -461,7 +583,18 @@ export class Core {
         // The kernel's part: effective profiles (health), from what the kernel holds to what it should.
         this.health.refresh();
         const k = this.health.begin(state, change);
-        const done = engine ? await this.commitChange(engine, k.state, k.change) : [];
+        // With the journal, its record is written and synced while the kernel commits the change (each
+        // a wait on another thread): the call returns once both are done, as before, and a change the
+        // kernel refuses is taken back out of the journal (see withdraw).
+        const early =
+          engine && this.statePath !== null && this.foldMs > 0 ? settle(this.appendChange(state, change)) : undefined;
+        let done: (DoneFamily & { ms: number })[];
+        try {
+          done = engine ? await this.commitChange(engine, k.state, k.change) : [];
+        } catch (e) {
+          if (early) await this.withdraw(await early);
+          throw e;
+        }
         const committed = done.length > 0;
         const commitMs = done.reduce((ms, d) => ms + d.ms, 0);
         if (committed) this.logCommit(engine!, k.change, k.state, done, commitMs);
@@ -472,7 +605,7 @@ export class Core {
             : [];
         let stateWritten: boolean;
         try {
-          stateWritten = await this.record(state, change, next);
+          stateWritten = early ? this.recorded(state, change, await early) : await this.record(state, change, next);
         } catch (e) {
           // The kernel holds the change but the state file cannot record it (a full disk, a
           // read-only remount, quota): left so, the profile would be an orphan that the next
@@ -609,63 +742,114 @@ export class Core {
     change: Change,
     next: ReadonlyMap<string, Profile>,
   ): Promise<boolean> {
-    const changed =
-      change.remove.some((n) => state.has(n)) ||
-      change.upsert.some((p) => !state.has(p.name) || !sameProfile(state.get(p.name)!, p));
-    if (!changed) return false;
+    if (this.statePath !== null && this.foldMs > 0)
+      return this.recorded(state, change, await settle(this.appendChange(state, change)));
+    if (!changedBy(state, change)) return false;
     const edits: [Profile | undefined, Profile | undefined][] = [];
-    const applyTo = (map: Map<string, Profile>): void => {
-      for (const n of change.remove) {
-        edits.push([map.get(n), undefined]);
-        map.delete(n);
-      }
-      for (const p of change.upsert) {
-        edits.push([map.get(p.name), p]);
-        map.set(p.name, p);
-      }
-    };
     if (this.statePath === null) {
-      applyTo(this.memory);
+      applyChange(this.memory, change, edits);
       this.memoryGeneration++;
       this.selected?.provider.changed?.(edits, { generation: this.memoryGeneration });
       return false;
     }
     const file = this.statePath;
-    const c = this.cached;
-    // The transaction read the state through currentState, so the cache is what it decided on.
-    if (!c || c.state !== state) throw new Error('Core.record: the state is not the cached state');
-    this.cached = undefined;
-    let version: string | null | undefined;
-    if (this.foldMs > 0) {
-      const set: RawState = {};
-      const del: string[] = [];
-      for (const n of change.remove) if (state.has(n) && !change.upsert.some((p) => p.name === n)) del.push(n);
-      for (const p of change.upsert) set[p.name] = profileBody(p);
-      const appended = await appendRecord(file, c.base, c.journal, { ...(del.length ? { del } : {}), set });
-      c.journal = appended.at;
-      // The YAML is as it was (its part of the version stands); the journal's part from its stat.
-      const yaml = c.version?.startsWith('unknown') ? undefined : c.version?.split('|')[0];
-      if (yaml !== undefined) version = `${yaml}|${fileVersionOf(appended.st)}`;
-      this.scheduleFold();
-      // A journal past FOLD_BYTES is folded now, whatever stateFoldMs says (queued behind this call):
-      // it stays far below the 64 MiB a reader accepts, and replaying it stays cheap.
-      if (appended.at.validEnd > FOLD_BYTES)
-        setImmediate(() => this.foldState().catch((e: Error) => this.foldFailed(e)));
-      this.log(`state change journaled to ${journalPath(file)} (${next.size} profile(s))`);
-    } else {
-      c.base = await writeState(file, next.values());
-      // Void now (it names the YAML replaced): removed, not to mislead anyone reading it by hand.
-      closeJournal(c.journal);
-      await removeJournal(file);
-      c.journal = null;
-      this.log(`state written to ${file} (${next.size} profile(s))`);
-    }
-    applyTo(c.state);
-    c.version = version !== undefined ? version : await stateVersion(file);
+    const c = this.cachedFor(state);
+    c.base = await writeState(file, next.values());
+    // Void now (it names the YAML replaced): removed, not to mislead anyone reading it by hand.
+    closeJournal(c.journal);
+    await removeJournal(file);
+    c.journal = null;
+    this.log(`state written to ${file} (${next.size} profile(s))`);
+    applyChange(c.state, change, edits);
+    c.version = await stateVersion(file);
     this.cached = c;
     this.fileGeneration++;
     this.selected?.provider.changed?.(edits, { generation: this.fileGeneration });
     return true;
+  }
+
+  /**
+   * The cache a transaction decided on (it read the state through currentState), taken out: until the
+   * record is done, a failure leaves no cache and the next transaction reads the files again.
+   */
+  private cachedFor(state: ReadonlyMap<string, Profile>, take = true): CachedState {
+    const c = this.cached;
+    if (!c || c.state !== state) throw new Error('Core.record: the state is not the cached state');
+    if (take) this.cached = undefined;
+    return c;
+  }
+
+  /**
+   * The journal's part of {@link record}: appends the change's record and syncs it; null when the change
+   * changes nothing. May run while the kernel commits the same change (see transact): the cache stays
+   * as it is meanwhile (the planner's memo is keyed by it), {@link recorded} changes it, and a failed
+   * append takes it out (the next transaction reads the files again).
+   */
+  private async appendChange(
+    state: ReadonlyMap<string, Profile>,
+    change: Change,
+  ): Promise<{ c: CachedState; appended: Awaited<ReturnType<typeof appendRecord>> } | null> {
+    if (!changedBy(state, change)) return null;
+    const c = this.cachedFor(state, false);
+    const set: RawState = {};
+    const del: string[] = [];
+    for (const n of change.remove) if (state.has(n) && !change.upsert.some((p) => p.name === n)) del.push(n);
+    for (const p of change.upsert) set[p.name] = profileBody(p);
+    try {
+      const appended = await appendRecord(this.statePath!, c.base, c.journal, { ...(del.length ? { del } : {}), set });
+      return { c, appended };
+    } catch (e) {
+      if (this.cached === c) this.cached = undefined;
+      throw e;
+    }
+  }
+
+  /** Ends a journaled {@link record}: the cache changed in place and put back (throws what the append threw). */
+  private recorded(
+    state: ReadonlyMap<string, Profile>,
+    change: Change,
+    r: Settled<Awaited<ReturnType<Core['appendChange']>>>,
+  ): boolean {
+    if (!r.ok) throw r.error;
+    if (r.value === null) return false;
+    const { c, appended } = r.value;
+    if (this.cached !== c) throw new Error('Core.record: the cache changed during the transaction');
+    c.journal = appended.at;
+    // The YAML is as it was (its part of the version stands); the journal's part from its stat.
+    const yaml = c.version?.startsWith('unknown') ? undefined : c.version?.split('|')[0];
+    c.version = yaml !== undefined ? `${yaml}|${fileVersionOf(appended.st)}` : knownVersion(this.statePath!);
+    this.scheduleFold();
+    // A journal past FOLD_BYTES is folded now, whatever stateFoldMs says (queued behind this call):
+    // it stays far below the 64 MiB a reader accepts, and replaying it stays cheap.
+    if (appended.at.validEnd > FOLD_BYTES) setImmediate(() => this.foldState().catch((e: Error) => this.foldFailed(e)));
+    const edits: [Profile | undefined, Profile | undefined][] = [];
+    applyChange(c.state, change, edits);
+    this.fileGeneration++;
+    this.selected?.provider.changed?.(edits, { generation: this.fileGeneration });
+    this.log(`state change journaled to ${journalPath(this.statePath!)} (${c.state.size} profile(s))`);
+    return true;
+  }
+
+  /**
+   * The kernel refused a change whose journal record was written beside its commit: the record is cut
+   * off again (and synced), and the cache put back as it was. If that fails too, the cache stays out
+   * (the next transaction reads the files) and the journal may still hold the refused change: said
+   * in the log, and `iptlb sync` reports it.
+   */
+  private async withdraw(r: Settled<Awaited<ReturnType<Core['appendChange']>>>): Promise<void> {
+    if (!r.ok || r.value === null) return;
+    const { c, appended } = r.value;
+    try {
+      const cut = await withdrawRecord(appended.at, appended.recordStart);
+      c.journal = cut.at;
+      const yaml = c.version?.startsWith('unknown') ? undefined : c.version?.split('|')[0];
+      c.version = yaml !== undefined ? `${yaml}|${fileVersionOf(cut.st)}` : knownVersion(this.statePath!);
+    } catch (e) {
+      if (this.cached === c) this.cached = undefined;
+      this.log(
+        `could not take the refused change back out of the state journal ${journalPath(this.statePath!)} (${(e as Error).message}); \`iptlb sync\` will report it`,
+      );
+    }
   }
 
   /**
@@ -734,8 +918,12 @@ export class Core {
 
   /** The state-file lock; nothing to lock when profiles live in memory (calls are serialised in-process). */
   private async lock(): Promise<{ release(): void }> {
-    if (this.statePath === null) return { release() {} };
-    return lockStateFile(this.statePath, this.lockWaitMs, this.log);
+    if (this.statePath === null || this.window) return { release() {} };
+    const held = await lockStateFile(this.statePath, this.lockWaitMs, this.log);
+    if (!this.keepLock) return held;
+    // A run of commits: kept (see beginLockWindow); given up between two of its commits.
+    this.window = { lock: held, since: Date.now() };
+    return { release() {} };
   }
 
   /** Fails early, with one line and nothing touched, when the kernel would refuse us anyway. */
@@ -791,7 +979,7 @@ export class Core {
   driftCheck(): Promise<ProfileReport[] | null> {
     return this.serial(async () => {
       let lock: { release(): void } | undefined;
-      if (this.statePath !== null) {
+      if (this.statePath !== null && !this.window) {
         try {
           lock = await lockStateFile(this.statePath, 0);
         } catch (e) {

@@ -17,7 +17,7 @@
  * whole profiles as the YAML spells them (`set`) and names (`del`), so replaying is idempotent.
  */
 import { nodeCrypto } from '../platform/builtins.js';
-import { constants as C, promises as fsp, type BigIntStats } from 'node:fs';
+import { constants as C, fstatSync, promises as fsp, type BigIntStats } from 'node:fs';
 import * as path from 'node:path';
 import type { Profile } from '../model/types.js';
 
@@ -169,14 +169,15 @@ export function closeJournal(at: JournalAt | null | undefined): void {
  * `at` is the journal this process read (or last appended to) under the state-file lock, its files
  * unchanged since (the caller compared their version), or null when there is no valid journal over
  * `base` (then a new one is created, replacing a void one). The caller holds the state-file lock.
- * The journal stays open in the returned {@link JournalAt} for the next append.
+ * The journal stays open in the returned {@link JournalAt} for the next append. `recordStart`: where
+ * the record begins (what {@link withdrawRecord} cuts back to).
  */
 export async function appendRecord(
   stateFile: string,
   base: string,
   at: JournalAt | null,
   rec: JournalRecord,
-): Promise<{ at: JournalAt; st: BigIntStats }> {
+): Promise<{ at: JournalAt; st: BigIntStats; recordStart: number }> {
   const file = journalPath(stateFile);
   const buf = Buffer.from(encodeRecord(rec));
   if (at && at.base === base) {
@@ -184,7 +185,7 @@ export async function appendRecord(
     at.fh = undefined;
     if (!fh) {
       try {
-        fh = await fsp.open(file, C.O_WRONLY | C.O_APPEND | C.O_NOFOLLOW);
+        fh = await fsp.open(file, C.O_WRONLY | C.O_APPEND | C.O_NOFOLLOW | C.O_DSYNC);
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
       }
@@ -204,10 +205,15 @@ export async function appendRecord(
     }
     if (fh) {
       try {
-        await fh.write(buf, 0, buf.length);
-        await fh.datasync();
-        const st = await fh.stat({ bigint: true });
-        return { at: { base, validEnd: at.validEnd + buf.length, ino: at.ino, fh }, st };
+        // One trip through the thread pool, not three: the journal is open with O_DSYNC, so the
+        // write returns once its data is synced (as write + fdatasync), and the stat reads the inode
+        // on this thread. (Not the write on this thread: an append that grows the file may wait
+        // there for the file system's journal commit, milliseconds on a busy disk.)
+        const { bytesWritten } = await fh.write(buf, 0, buf.length);
+        if (bytesWritten !== buf.length)
+          throw new Error(`short write to the journal (${bytesWritten} of ${buf.length} bytes)`);
+        const st = fstatSync(fh.fd, { bigint: true });
+        return { at: { base, validEnd: at.validEnd + buf.length, ino: at.ino, fh }, st, recordStart: at.validEnd };
       } catch (e) {
         await fh.close().catch(() => {});
         throw e;
@@ -218,8 +224,9 @@ export async function appendRecord(
   await fsp.unlink(file).catch((e: NodeJS.ErrnoException) => {
     if (e.code !== 'ENOENT') throw e;
   });
-  const fh = await fsp.open(file, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_APPEND | C.O_NOFOLLOW, 0o600);
-  const all = Buffer.concat([Buffer.from(journalHeader(base)), buf]);
+  const fh = await fsp.open(file, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_APPEND | C.O_NOFOLLOW | C.O_DSYNC, 0o600);
+  const header = Buffer.from(journalHeader(base));
+  const all = Buffer.concat([header, buf]);
   let st: BigIntStats;
   try {
     await fh.write(all, 0, all.length);
@@ -231,7 +238,28 @@ export async function appendRecord(
     await fh.close().catch(() => {});
     throw e;
   }
-  return { at: { base, validEnd: all.length, ino: st.ino, fh }, st };
+  return { at: { base, validEnd: all.length, ino: st.ino, fh }, st, recordStart: header.length };
+}
+
+/**
+ * Takes the last record appended to the journal `at` back out (a change the kernel then refused):
+ * cuts the file to `recordStart` and syncs it. The caller holds the state-file lock; the journal
+ * stays open in the returned {@link JournalAt}. Throws (and the journal is closed) when the file
+ * cannot be cut or synced.
+ */
+export async function withdrawRecord(at: JournalAt, recordStart: number): Promise<{ at: JournalAt; st: BigIntStats }> {
+  const fh = at.fh;
+  at.fh = undefined;
+  if (!fh) throw new Error('the journal is not open');
+  try {
+    await fh.truncate(recordStart);
+    await fh.datasync();
+    const st = fstatSync(fh.fd, { bigint: true });
+    return { at: { base: at.base, validEnd: recordStart, ino: at.ino, fh }, st };
+  } catch (e) {
+    await fh.close().catch(() => {});
+    throw e;
+  }
 }
 
 /** Removes the journal (after a fold wrote the YAML it is part of). */

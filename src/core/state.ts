@@ -3,7 +3,7 @@
  * written byte-compatibly. Reading refuses symlinks, non-regular files, aliases and wrong types;
  * writing goes through a 0600 temp file + fsync + rename + directory fsync.
  */
-import { constants as C, promises as fsp, type BigIntStats } from 'node:fs';
+import { constants as C, lstatSync, promises as fsp, type BigIntStats } from 'node:fs';
 import * as path from 'node:path';
 import { IptlbError } from '../model/errors.js';
 import { checkDirChain, checkTrusted } from '../platform/fsafety.js';
@@ -102,6 +102,24 @@ function serializeOne(p: Profile): string {
  */
 export async function stateVersion(file: string): Promise<string | null> {
   const [y, j] = await Promise.all([fileVersion(file), fileVersion(journalPath(file))]);
+  return y === null && j === null ? null : `${y ?? '-'}|${j ?? '-'}`;
+}
+
+/**
+ * {@link stateVersion} without the thread pool (two lstat calls on this thread, microseconds on a local
+ * file system): for a writer that holds the state-file lock across a run of commits.
+ */
+export function stateVersionSync(file: string): string | null {
+  const one = (f: string): string | null => {
+    try {
+      return fileVersionOf(lstatSync(f, { bigint: true }));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw e;
+    }
+  };
+  const y = one(file);
+  const j = one(journalPath(file));
   return y === null && j === null ? null : `${y ?? '-'}|${j ?? '-'}`;
 }
 

@@ -149,7 +149,8 @@ export interface Engine<View = unknown, Tx = unknown> {
   changed?(edits: readonly [Profile | undefined, Profile | undefined][], memo: Memo): void;
   /** Native legacy only: prepare the next commit while JavaScript plans (see prefetch.h). */
   prefetch?(): boolean;
-  releasePrefetch?(): void;
+  /** Gives back what {@link prefetch} prepared; resolves once it is given back (never rejects). */
+  releasePrefetch?(): Promise<void>;
 }
 
 /** The profiles after a change, as a read-only view over the profiles before it: building it costs O(change). */

@@ -90,6 +90,12 @@ export interface NativeAddon {
   read(family?: Family): Promise<KernelView>;
   /** An exclusive flock(2) on `path` (created 0600, symlinks refused), waiting at most `waitMs`. */
   flock(path: string, waitMs: number): Promise<FileLock>;
+  /**
+   * Whether another open file holds an flock on `path`, asked without waiting (synchronous, on this
+   * thread); a file that does not exist or cannot be opened is not busy. Absent from addons built
+   * before it (then callers do without).
+   */
+  flockBusy?(path: string): boolean;
   info(): { libiptc: true; xtablesLockPath: string };
   /**
    * Commits all ops of `tx` on table `<tx.family> iptlb` (ip or ip6) in one nf_tables netlink batch

@@ -212,6 +212,17 @@ export async function lockStateFile(
   return held;
 }
 
+/**
+ * Whether another process waits for the state-file lock of `statePath` (it holds the queue lock while
+ * it waits: see {@link lockStateFile}), asked without waiting and without a trip through the thread
+ * pool; undefined when this process cannot tell (no native addon, or one built without `flockBusy`).
+ */
+export function lockWaiters(statePath: string): boolean | undefined {
+  const loaded = loadAddon('core');
+  if (!loaded.ok || typeof loaded.addon.flockBusy !== 'function') return undefined;
+  return loaded.addon.flockBusy(`${statePath}.lock.queue`);
+}
+
 /** A temporary file {@link writeState} makes: `.<state file name>.tmp-<pid>-<random>`. */
 export function tempPattern(statePath: string): RegExp {
   const base = path.basename(statePath).replace(/[.*+?^${}()|[\]\\]/g, '\\$&');

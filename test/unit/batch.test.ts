@@ -214,9 +214,10 @@ test('under churn the queue prefetches the next legacy commit, and gives what it
       this.prefetches++;
       this.held = 1;
     }
-    releasePrefetch(): void {
+    releasePrefetch(): Promise<void> {
       this.releases++;
       this.held = 0;
+      return Promise.resolve();
     }
     override async commit(tx: Transaction) {
       this.committedHeld += this.held;

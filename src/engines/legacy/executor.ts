@@ -17,8 +17,9 @@ export interface LegacyExecutor {
   /**
    * Native only: start preparing the next commit now (take the xtables lock and copy the table out
    * on a worker thread), because one is about to follow. Every `prefetch()` must be followed by a
-   * `commit()` (which uses it) or a `releasePrefetch()`; never throws.
+   * `commit()` (which uses it) or a `releasePrefetch()`; never throws. `releasePrefetch()` resolves
+   * once the xtables lock is given back (it never rejects).
    */
   prefetch?(): void;
-  releasePrefetch?(): void;
+  releasePrefetch?(): Promise<void>;
 }

@@ -144,7 +144,7 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
     return true;
   }
 
-  releasePrefetch(): void {
-    this.executor.releasePrefetch?.();
+  releasePrefetch(): Promise<void> {
+    return this.executor.releasePrefetch?.() ?? Promise.resolve();
   }
 }

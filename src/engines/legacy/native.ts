@@ -54,8 +54,11 @@ export class NativeExecutor implements LegacyExecutor {
     this.addon.prefetch().catch(() => {}); // a failed prefetch only means the commit does the work
   }
 
-  releasePrefetch(): void {
-    this.addon.releasePrefetch().catch(() => {});
+  releasePrefetch(): Promise<void> {
+    return this.addon.releasePrefetch().then(
+      () => {},
+      () => {},
+    );
   }
 
   /** The nat table of `family` (default ipv4; ipv6: that of ip6tables, through libip6tc). */
