@@ -7,8 +7,15 @@ import { constants as C, promises as fsp, type BigIntStats } from 'node:fs';
 import * as path from 'node:path';
 import { IptlbError } from '../model/errors.js';
 import { checkDirChain, checkTrusted } from '../platform/fsafety.js';
-import { checkSet, plainProfile, show, validateProfile } from '../model/profile.js';
-import { PROTOCOLS, RULES_BACKENDS, type Profile } from '../model/types.js';
+import {
+  EXISTING_NAME,
+  PLAIN_UNICAST_V4_LINE,
+  checkSet,
+  plainProfile,
+  show,
+  validateProfile,
+} from '../model/profile.js';
+import type { Profile } from '../model/types.js';
 import { HEALTH_KEYS_SORTED } from '../health/config.js';
 import { applyRecords, baseIdentity, decodeJournal, journalPath, type JournalAt, type RawState } from './journal.js';
 
@@ -194,74 +201,51 @@ function parseExact(text: string): Record<string, Record<string, unknown>> | nul
 
 /** Names whose plain form YAML 1.1 might read as something else start with one of these. */
 const YAML11_FIRST = /^[-+.0-9~yYnNtTfFoO]/;
-const LEVELS = ['0', '1', '2', '3', '4', '5', '6', '7'];
-const BOOLEANS = ['false', 'true'];
 
-/** Which of `values` the line at `at` holds after `prefix` (`prefix` + value + newline), or null. */
-function lineOf(text: string, at: number, prefix: string, values: readonly string[]): string | null {
-  if (!text.startsWith(prefix, at)) return null;
-  const from = at + prefix.length;
-  for (const v of values) if (text.startsWith(v, from) && text.charCodeAt(from + v.length) === 10) return v;
-  return null;
-}
+/**
+ * One plain profile exactly as serializeOne writes it, its name and addresses checked by the
+ * pattern itself (what validateProfile accepts of them, in canonical text): the checks run in the
+ * regular expression engine's native code, which matters for a one-shot process, whose JavaScript
+ * is still cold.
+ */
+const PLAIN_BLOCK = new RegExp(
+  `("?)(${EXISTING_NAME})\\1:\\n  destination:\\n((?:  - ${PLAIN_UNICAST_V4_LINE})+)  logEnabled: (true|false)\\n  logLevel: "([0-7])"\\n(  masquerade: true\\n)?  protocol: (tcp|udp|sctp)\\n  rulesBackend: (client|proxy|server)\\n  source: (${PLAIN_UNICAST_V4_LINE})`,
+  'y',
+);
 
 /**
  * The profiles of a file laid out exactly as {@link serializeState} writes it, every profile a plain
- * one ({@link plainProfile}: IPv4, no weights, scheduler, affinity or health). A scan of fixed
- * prefixes that allocates only what the profiles keep (a profile's name, addresses, and its block
- * as its serialised text, so writing the file back costs a concatenation). Null as soon as anything
- * is laid out or written otherwise (the general path then reads the file, with its messages).
- * Conflicts between profiles are not checked here.
+ * one ({@link plainProfile}: IPv4, no weights, scheduler, affinity or health): one match of
+ * {@link PLAIN_BLOCK} per profile, then the checks between fields (no destination twice or the
+ * source itself; masquerade only with proxy). Each profile keeps its block as its serialised text,
+ * so writing the file back costs a concatenation. Null as soon as anything is laid out or written
+ * otherwise (the general path then reads the file, with its messages). Conflicts between profiles
+ * are not checked here.
  */
 function loadExact(text: string): Map<string, Profile> | null {
   const out = new Map<string, Profile>();
   if (text === '{}\n') return out;
-  const n = text.length;
-  let at = 0;
-  while (at < n) {
-    const start = at;
-    const colon = text.indexOf(':\n  destination:\n', at);
-    if (colon <= at) return null;
-    let name = text.slice(at, colon);
-    // Quoted only when YAML 1.1 would read it as something else, as scalar() writes it; plainProfile
-    // checks the name's characters (no ':', '"', newline or space passes).
-    if (name.charCodeAt(0) === 34 /* " */) {
-      const quoted = name;
-      name = name.slice(1, -1);
-      if (scalar(name) !== quoted) return null;
-    } else if (YAML11_FIRST.test(name) && scalar(name) !== name) return null;
+  PLAIN_BLOCK.lastIndex = 0;
+  while (PLAIN_BLOCK.lastIndex < text.length) {
+    const m = PLAIN_BLOCK.exec(text);
+    if (m === null) return null;
+    const name = m[2];
+    // Quoted exactly when YAML 1.1 would read the plain name as something else (as scalar() writes it).
+    if (m[1] !== '' ? scalar(name) === name : YAML11_FIRST.test(name) && scalar(name) !== name) return null;
     if (out.has(name)) return null;
-    at = colon + 17;
-    const destination: string[] = [];
-    while (text.startsWith('  - ', at)) {
-      const e = text.indexOf('\n', at);
-      if (e < 0) return null;
-      destination.push(text.slice(at + 4, e));
-      at = e + 1;
-    }
-    const enabled = lineOf(text, at, '  logEnabled: ', BOOLEANS);
-    if (enabled === null) return null;
-    at += 14 + enabled.length + 1;
-    if (!text.startsWith('  logLevel: "', at) || !text.startsWith('"\n', at + 14)) return null;
-    const level = text.charCodeAt(at + 13) - 48;
-    if (!(level >= 0 && level <= 7)) return null;
-    at += 16;
-    const masquerade = text.startsWith('  masquerade: true\n', at);
-    if (masquerade) at += 19;
-    const protocol = lineOf(text, at, '  protocol: ', PROTOCOLS);
-    if (protocol === null) return null;
-    at += 12 + protocol.length + 1;
-    const backend = lineOf(text, at, '  rulesBackend: ', RULES_BACKENDS);
-    if (backend === null) return null;
-    at += 16 + backend.length + 1;
-    if (!text.startsWith('  source: ', at)) return null;
-    const e = text.indexOf('\n', at);
-    if (e < 0) return null;
-    const source = text.slice(at + 10, e);
-    at = e + 1;
-    const p = plainProfile(name, source, destination, protocol, backend, enabled === 'true', LEVELS[level], masquerade);
+    const p = plainProfile(
+      name,
+      m[9].slice(0, -1),
+      m[3].slice(4, -1).split('\n  - '),
+      m[7],
+      m[8],
+      m[4] === 'true',
+      m[5],
+      m[6] !== undefined,
+      true,
+    );
     if (p === null) return null;
-    chunks.set(p, text.slice(start, at));
+    chunks.set(p, m[0]);
     out.set(name, p);
   }
   return out;
@@ -463,7 +447,7 @@ function toProfiles(data: unknown, file: string): Map<string, Profile> {
 /** `profiles` once checked for conflicts between them (a chain name or a source/protocol used twice). */
 function checkedSet(profiles: Map<string, Profile>, file: string): Map<string, Profile> {
   try {
-    checkSet([...profiles.values()]);
+    checkSet(profiles.values());
   } catch (e) {
     if (e instanceof IptlbError) throw stateError(file, e.message, e.field);
     throw e;

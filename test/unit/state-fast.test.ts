@@ -8,7 +8,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { plainProfile, validateProfile } from '../../src/model/profile.js';
+import {
+  EXISTING_NAME,
+  LEGACY_NAME_PATTERN,
+  NAME_PATTERN,
+  PLAIN_UNICAST_V4_LINE,
+  isPlainUnicastV4,
+  plainProfile,
+  validateProfile,
+} from '../../src/model/profile.js';
 import { parseExactProfiles, parseState, parseStateReference, serializeState } from '../../src/core/state.js';
 import type { Profile } from '../../src/model/types.js';
 import YAML from 'yaml';
@@ -112,6 +120,32 @@ test('plainProfile makes exactly what validateProfile makes, or declines', () =>
         }
       },
     ),
+    { numRuns: 3000 },
+  );
+});
+
+test('the patterns the fast reader matches accept exactly what the checks accept', () => {
+  const line = new RegExp(`^${PLAIN_UNICAST_V4_LINE}$`);
+  const name = new RegExp(`^${EXISTING_NAME}$`);
+  fc.assert(
+    fc.property(wildEndpoint, (e) => {
+      assert.equal(line.test(`${e}\n`), isPlainUnicastV4(e), e);
+      if (isPlainUnicastV4(e)) {
+        let ok = true;
+        try {
+          validateProfile({ name: 'a', source: e, destination: [e === '9.9.9.9:9' ? '9.9.9.9:8' : '9.9.9.9:9'] });
+        } catch {
+          ok = false;
+        }
+        assert.ok(ok, e);
+      }
+    }),
+    { numRuns: 5000 },
+  );
+  for (const e of ['0.0.0.0:1', '255.255.255.255:1', '224.0.0.1:1', '239.1.1.1:1', '240.0.0.1:1', '1.2.3.4:65535'])
+    assert.equal(line.test(`${e}\n`), isPlainUnicastV4(e), e);
+  fc.assert(
+    fc.property(wildName, (n) => assert.equal(name.test(n), NAME_PATTERN.test(n) || LEGACY_NAME_PATTERN.test(n), n)),
     { numRuns: 3000 },
   );
 });
