@@ -1,5 +1,6 @@
 /**
  * `npm run bench [-- apply|churn|cli|nft|health|metrics] [--json] [--sizes 0,1000,10000] [--runs N]`
+ * (statefile: also `--cli-only`, `--cli-engines nft,legacy`, `--baseline-cli <bin/iptlb.cjs of another build>`)
  * Every scenario runs inside a throwaway network namespace (the program re-executes itself under
  * `unshare -n`). Figures are medians measured side by side in one run; read the ratios.
  */
@@ -710,6 +711,13 @@ if (wanted('statefile'))
       flushNat();
       preloadNft(ps);
     },
+    preloadLegacy: (ps) => {
+      flushNat();
+      preloadLegacy(ps);
+    },
+    cliEngines: (flag('--cli-engines') ?? 'nft,legacy').split(',') as ('nft' | 'legacy')[],
+    ...(flag('--baseline-cli') ? { baselineCli: path.resolve(flag('--baseline-cli')!) } : {}),
+    cliOnly: args.includes('--cli-only'),
   });
 if (wanted('churn')) await benchChurn();
 if (wanted('cli')) await benchCli();

@@ -24,6 +24,14 @@ export interface StateFileBenchDeps {
   profile: (i: number) => Profile;
   /** Loads the profiles into table ip iptlb (not measured). */
   preloadNft: (profiles: Profile[]) => void;
+  /** Loads the profiles into the x_tables nat table (not measured); needed when `cliEngines` has legacy. */
+  preloadLegacy?: (profiles: Profile[]) => void;
+  /** Engines of the CLI rows (default nft). */
+  cliEngines?: ('nft' | 'legacy')[];
+  /** Another build's CLI, measured beside this one on the same files (`--baseline-cli`). */
+  baselineCli?: string;
+  /** Only the CLI rows (`--cli-only`). */
+  cliOnly?: boolean;
 }
 
 const median = (xs: number[]): number => {
@@ -52,6 +60,7 @@ async function timeApplies(lb: Awaited<ReturnType<typeof open>>, base: Profile, 
 }
 
 export async function benchStateFile(d: StateFileBenchDeps): Promise<Record<string, unknown>> {
+  if (d.cliOnly) return { cli: await benchCliSizes(d) };
   const per: Record<string, Record<string, number[]>> = {};
   for (const v of VARIANTS) per[v.key] = Object.fromEntries(d.sizes.map((n) => [String(n), []]));
   const loads: number[] = [];
@@ -114,55 +123,81 @@ function timeProcess(argv: string[]): number {
 }
 
 /**
- * The CLI's apply of one profile (nft native, the whole process) with N other profiles in the kernel
- * and the state file; `node -e 0` beside it. Median of 5 per size and run.
+ * The CLI's `-run -reset` of one profile (native executor, the whole process) with N other profiles
+ * in the kernel and the state file, on each engine; `node -e 0` beside it, and with
+ * `--baseline-cli <path>` another build's CLI (e.g. the tree before a change) on the same files,
+ * interleaved. Median of 5 per size, engine and run; the ratios are per run.
  */
 async function benchCliSizes(d: StateFileBenchDeps): Promise<Record<string, unknown>> {
-  const per: Record<string, number[]> = Object.fromEntries(['node', ...d.sizes.map(String)].map((k) => [k, []]));
+  const engines = d.cliEngines ?? ['nft'];
+  const clis: [string, string][] = [
+    ['cli', d.cli],
+    ...(d.baselineCli ? [['baseline', d.baselineCli] as [string, string]] : []),
+  ];
+  const per: Record<string, number[]> = { node: [] };
+  const key = (c: string, e: string, n: number): string => `${c} ${e} ${n}`;
+  for (const [c] of clis) for (const e of engines) for (const n of d.sizes) per[key(c, e, n)] = [];
   const loads: number[] = [];
   for (let run = 0; run < d.runs; run++) {
     loads.push(loadavg()[0]);
-    for (const n of d.sizes) {
-      const others = Array.from({ length: n }, (_, i) => d.profile(i + 1));
-      d.preloadNft(others);
-      const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-sfcli-'));
-      const file = path.join(dir, 'state.db');
-      writeFileSync(file, serializeState(others), { mode: 0o600 });
-      const t: number[] = [];
-      const node: number[] = [];
-      for (let r = 0; r < 5; r++) {
-        node.push(timeProcess([process.execPath, '-e', '0']));
-        t.push(
-          timeProcess([
-            process.execPath,
-            d.cli,
-            '--engine=nft',
-            '--executor=native',
-            `-state-file=${file}`,
-            '-q',
-            '-run',
-            '-reset',
-            '-profile=p0',
-            '-src-addr=127.100.0.0:8081',
-            `-dest-addr=127.0.0.1:${9001 + r},127.0.0.1:9010`,
-          ]),
-        );
+    const node: number[] = [];
+    for (const e of engines) {
+      for (const n of d.sizes) {
+        const others = Array.from({ length: n }, (_, i) => d.profile(i + 1));
+        if (e === 'nft') d.preloadNft(others);
+        else d.preloadLegacy!(others);
+        const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-sfcli-'));
+        const file = path.join(dir, 'state.db');
+        writeFileSync(file, serializeState(others), { mode: 0o600 });
+        const t: Record<string, number[]> = Object.fromEntries(clis.map(([c]) => [c, []]));
+        for (let r = 0; r < 5; r++) {
+          node.push(timeProcess([process.execPath, '-e', '0']));
+          for (const [c, cli] of clis)
+            t[c].push(
+              timeProcess([
+                process.execPath,
+                cli,
+                `--engine=${e}`,
+                '--executor=native',
+                `-state-file=${file}`,
+                '-q',
+                '-run',
+                '-reset',
+                '-profile=p0',
+                '-src-addr=127.100.0.0:8081',
+                `-dest-addr=127.0.0.1:${9001 + r},127.0.0.1:9010`,
+              ]),
+            );
+        }
+        for (const [c] of clis) per[key(c, e, n)].push(median(t[c]));
+        rmSync(dir, { recursive: true, force: true });
       }
-      per[String(n)].push(median(t));
-      per.node.push(median(node));
-      rmSync(dir, { recursive: true, force: true });
     }
+    per.node.push(median(node));
   }
   const fmt = (xs: number[]): string =>
     `${median(xs).toFixed(1)} [${Math.min(...xs).toFixed(1)}..${Math.max(...xs).toFixed(1)}]`;
-  const lo = per[String(d.sizes[0])];
-  const hi = per[String(d.sizes[d.sizes.length - 1])];
-  const ratios = hi.map((x, i) => x / lo[i]);
+  const lo = d.sizes[0];
+  const hi = d.sizes[d.sizes.length - 1];
+  const out: Record<string, unknown> = { node: per.node, loadavg1: loads.map((l) => Number(l.toFixed(2))) };
   d.log(
-    `statefile cli: ms per \`iptlb -run -reset\` of one profile (nft native, whole process), N others in the kernel and the state file; ${d.runs} runs\n` +
-      `  node -e 0 ${fmt(per.node)}  ` +
-      d.sizes.map((n) => `${n}: ${fmt(per[String(n)])}`).join('  ') +
-      `  | ${d.sizes[d.sizes.length - 1]}/${d.sizes[0]} ${fmt(ratios)}x; load average ${loads.map((l) => l.toFixed(2)).join(', ')}`,
+    `statefile cli: ms per \`iptlb -run -reset\` of one profile (native executor, whole process), N others in the kernel and the state file; ${d.runs} runs, median [min..max] of the per-run medians of 5\n` +
+      `  node -e 0 ${fmt(per.node)}`,
   );
-  return { ...per, ratio: ratios.map((x) => Number(x.toFixed(2))), loadavg1: loads.map((l) => Number(l.toFixed(2))) };
+  for (const [c] of clis)
+    for (const e of engines) {
+      const rows = d.sizes.map((n) => per[key(c, e, n)]);
+      const ratios = per[key(c, e, hi)].map((x, i) => x / per[key(c, e, lo)][i]);
+      out[`${c} ${e}`] = {
+        ...Object.fromEntries(d.sizes.map((n, i) => [String(n), rows[i].map((x) => Number(x.toFixed(1)))])),
+        [`ratio ${hi}/${lo}`]: ratios.map((x) => Number(x.toFixed(2))),
+      };
+      d.log(
+        `  ${`${c} ${e}`.padEnd(15)} ` +
+          d.sizes.map((n, i) => `${n}: ${fmt(rows[i])}`).join('  ') +
+          `  | ${hi}/${lo} ${fmt(ratios)}x`,
+      );
+    }
+  d.log(`  load average (1 min) at the start of each run: ${loads.map((l) => l.toFixed(2)).join(', ')}`);
+  return out;
 }

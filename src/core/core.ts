@@ -1163,8 +1163,10 @@ export function upsertChange(state: Map<string, Profile>, inputs: (ProfileInput 
       throw new IptlbError('EUSAGE', `name: ${show(p.name)} is given twice in one change`, { field: 'name' });
     names.add(p.name);
   }
-  const others = [...state.values()].filter((o) => !names.has(o.name));
-  upsert.forEach((p, i) => checkConflicts(p, [...others, ...upsert.slice(0, i)]));
+  upsert.forEach((p, i) => {
+    checkConflicts(p, state.values(), names);
+    checkConflicts(p, upsert.slice(0, i));
+  });
   // Replacement needs no explicit removal: every upserted profile's old objects are owned by its name.
   return { upsert, remove: [] };
 }

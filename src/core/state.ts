@@ -7,7 +7,14 @@ import { constants as C, lstatSync, promises as fsp, type BigIntStats } from 'no
 import * as path from 'node:path';
 import { IptlbError } from '../model/errors.js';
 import { checkDirChain, checkTrusted } from '../platform/fsafety.js';
-import { checkSet, show, validateProfile } from '../model/profile.js';
+import {
+  EXISTING_NAME,
+  PLAIN_UNICAST_V4_LINE,
+  checkSet,
+  plainProfile,
+  show,
+  validateProfile,
+} from '../model/profile.js';
 import type { Profile } from '../model/types.js';
 import { HEALTH_KEYS_SORTED } from '../health/config.js';
 import { applyRecords, baseIdentity, decodeJournal, journalPath, type JournalAt, type RawState } from './journal.js';
@@ -142,9 +149,13 @@ function stateError(file: string, message: string, field?: string): IptlbError {
 }
 
 const HEADER = /^(?:([A-Za-z0-9_-]+)|"([A-Za-z0-9_-]+)"):$/;
-const ITEM = /^  - ([0-9.:]+)$/;
+// A plain scalar cannot end with ':' (YAML reads that as a key).
+// Nor can an item be a number (`- 1`) or YAML 1.1's base 60 (`1:20`): a dot comes before the first ':'.
+const ITEM = /^  - ([0-9]+\.[0-9.]*:[0-9.:]*[0-9.])$/;
 const KEY =
   /^  (affinity|destination|logEnabled|logLevel|masquerade|protocol|rulesBackend|scheduler|source|weights):(?: (.*))?$/;
+/** YAML 1.1's base-60 numbers (`1:20`), which the `yaml` package reads as numbers. */
+const SEXAGESIMAL = /^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$/;
 const WEIGHT = /^    ([0-9.:]+): (0|[1-9][0-9]{0,6})$/;
 
 const STATE_KEYS = [
@@ -178,7 +189,7 @@ export function parseCanonical(text: string): Record<string, Record<string, unkn
  * their valid values and the source must hold a ':', so no value here is a YAML 1.1 non-string.
  */
 const BLOCK =
-  /(?:([A-Za-z0-9_-]+)|"([A-Za-z0-9_-]+)"):\n  destination:\n((?:  - [0-9.:]+\n)+)  logEnabled: (true|false)\n  logLevel: "([a-z0-9]+)"\n(?:  masquerade: (true|false)\n)?  protocol: (tcp|udp|sctp)\n  rulesBackend: (client|proxy|server)\n  source: ([0-9.]*:[0-9.:]*)\n/y;
+  /(?:([A-Za-z0-9_-]+)|"([A-Za-z0-9_-]+)"):\n  destination:\n((?:  - [0-9]+\.[0-9.]*:[0-9.:]*[0-9.]\n)+)  logEnabled: (true|false)\n  logLevel: "([a-z0-9]+)"\n(?:  masquerade: (true|false)\n)?  protocol: (tcp|udp|sctp)\n  rulesBackend: (client|proxy|server)\n  source: ([0-9.]*:[0-9.:]*[0-9.])\n/y;
 
 /** The file as this module writes it, one regular-expression match per profile (a bulk load reads
  * thousands; per line, cold JavaScript is what the CLI's start-up pays for). Null when any profile
@@ -202,6 +213,58 @@ function parseExact(text: string): Record<string, Record<string, unknown>> | nul
     body.rulesBackend = m[8];
     body.source = m[9];
     out[name] = body;
+  }
+  return out;
+}
+
+/** Names whose plain form YAML 1.1 might read as something else start with one of these. */
+const YAML11_FIRST = /^[-+.0-9~yYnNtTfFoO]/;
+
+/**
+ * One plain profile exactly as serializeOne writes it, its name and addresses checked by the
+ * pattern itself (what validateProfile accepts of them, in canonical text): the checks run in the
+ * regular expression engine's native code, which matters for a one-shot process, whose JavaScript
+ * is still cold.
+ */
+const PLAIN_BLOCK = new RegExp(
+  `("?)(${EXISTING_NAME})\\1:\\n  destination:\\n((?:  - ${PLAIN_UNICAST_V4_LINE})+)  logEnabled: (true|false)\\n  logLevel: "([0-7])"\\n(  masquerade: true\\n)?  protocol: (tcp|udp|sctp)\\n  rulesBackend: (client|proxy|server)\\n  source: (${PLAIN_UNICAST_V4_LINE})`,
+  'y',
+);
+
+/**
+ * The profiles of a file laid out exactly as {@link serializeState} writes it, every profile a plain
+ * one ({@link plainProfile}: IPv4, no weights, scheduler, affinity or health): one match of
+ * {@link PLAIN_BLOCK} per profile, then the checks between fields (no destination twice or the
+ * source itself; masquerade only with proxy). Each profile keeps its block as its serialised text,
+ * so writing the file back costs a concatenation. Null as soon as anything is laid out or written
+ * otherwise (the general path then reads the file, with its messages). Conflicts between profiles
+ * are not checked here.
+ */
+function loadExact(text: string): Map<string, Profile> | null {
+  const out = new Map<string, Profile>();
+  if (text === '{}\n') return out;
+  PLAIN_BLOCK.lastIndex = 0;
+  while (PLAIN_BLOCK.lastIndex < text.length) {
+    const m = PLAIN_BLOCK.exec(text);
+    if (m === null) return null;
+    const name = m[2];
+    // Quoted exactly when YAML 1.1 would read the plain name as something else (as scalar() writes it).
+    if (m[1] !== '' ? scalar(name) === name : YAML11_FIRST.test(name) && scalar(name) !== name) return null;
+    if (out.has(name)) return null;
+    const p = plainProfile(
+      name,
+      m[9].slice(0, -1),
+      m[3].slice(4, -1).split('\n  - '),
+      m[7],
+      m[8],
+      m[4] === 'true',
+      m[5],
+      m[6] !== undefined,
+      true,
+    );
+    if (p === null) return null;
+    chunks.set(p, m[0]);
+    out.set(name, p);
   }
   return out;
 }
@@ -261,7 +324,11 @@ function parseLines(text: string): Record<string, Record<string, unknown>> | nul
         cur[key] = q[1];
       } else {
         // No YAML 1.1 non-string form has a ':' (the common case: an address), so those skip the list.
-        if (!/^[a-z0-9.:]+$/.test(value) || (!value.includes(':') && YAML11_NON_STRING.some((re) => re.test(value))))
+        if (
+          !/^[a-z0-9.:]*[a-z0-9.]$/.test(value) ||
+          SEXAGESIMAL.test(value) ||
+          (!value.includes(':') && YAML11_NON_STRING.some((re) => re.test(value)))
+        )
           return null;
         cur[key] = value;
       }
@@ -270,8 +337,10 @@ function parseLines(text: string): Record<string, Record<string, unknown>> | nul
     }
   }
   for (const name in out) {
-    const w = out[name].weights;
+    // `destination:` or `weights:` with nothing under it is null in YAML, not an empty list or map.
+    const { weights: w, destination: d } = out[name];
     if (w && Object.keys(w).length === 0) return null;
+    if (Array.isArray(d) && d.length === 0) return null;
   }
   return out;
 }
@@ -281,7 +350,22 @@ function parseLines(text: string): Record<string, Record<string, unknown>> | nul
  * `logLevel` a string, `logEnabled` a boolean, `destination` a list of strings.
  */
 export async function parseState(text: string, file = '<state>'): Promise<Map<string, Profile>> {
+  const exact = loadExact(text);
+  if (exact !== null) return checkedSet(exact, file);
   return toProfiles(await parseRaw(text, file), file);
+}
+
+/**
+ * The reference reading of state-file text: the `yaml` package and the general validation, no fast
+ * path. The tests hold every fast path to it.
+ */
+export async function parseStateReference(text: string, file = '<state>'): Promise<Map<string, Profile>> {
+  return toProfiles(await parseYaml(text, file), file);
+}
+
+/** {@link loadExact}, for the tests: the profiles when `text` is read without the general path, else null. */
+export function parseExactProfiles(text: string): Map<string, Profile> | null {
+  return loadExact(text);
 }
 
 async function parseRaw(text: string, file: string): Promise<unknown> {
@@ -375,13 +459,18 @@ function toProfiles(data: unknown, file: string): Map<string, Profile> {
       throw e;
     }
   }
+  return checkedSet(result, file);
+}
+
+/** `profiles` once checked for conflicts between them (a chain name or a source/protocol used twice). */
+function checkedSet(profiles: Map<string, Profile>, file: string): Map<string, Profile> {
   try {
-    checkSet([...result.values()]);
+    checkSet(profiles.values());
   } catch (e) {
     if (e instanceof IptlbError) throw stateError(file, e.message, e.field);
     throw e;
   }
-  return result;
+  return profiles;
 }
 
 function oneLine(s: string): string {
@@ -462,7 +551,9 @@ export async function readStateFull(file: string): Promise<StateRead> {
   const y = await openChecked(file, 'state file');
   const base = baseIdentity(y?.st ?? null);
   const text = y ? await readOpened(file, y.fh) : '';
-  let data: unknown = await parseRaw(text, file);
+  // The file as iptlb writes it: read without the general path (see loadExact).
+  const exact = loadExact(text);
+  let data: unknown = exact === null ? await parseRaw(text, file) : undefined;
   let journal: JournalAt | null = null;
   let records = 0;
   const jf = journalPath(file);
@@ -472,12 +563,14 @@ export async function readStateFull(file: string): Promise<StateRead> {
     if (decoded.valid) {
       journal = { base, validEnd: decoded.validEnd, ino: j.st.ino };
       records = decoded.records.length;
+      if (records > 0 && exact !== null) data = parseCanonical(text);
       if (records > 0 && (data === null || data === undefined)) data = {};
       if (records > 0 && typeof data === 'object' && !Array.isArray(data))
         data = applyRecords(data as RawState, decoded.records);
     }
   }
-  return { profiles: toProfiles(data, file), base, journal, records };
+  const profiles = records === 0 && exact !== null ? checkedSet(exact, file) : toProfiles(data, file);
+  return { profiles, base, journal, records };
 }
 
 /** Creates the state file's directory (0700) when missing. */

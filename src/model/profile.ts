@@ -323,6 +323,106 @@ export function validateProfile(input: ProfileInput | unknown, opts: { existing?
 }
 
 /**
+ * Whether `s` is an IPv4 endpoint in canonical text that {@link validateProfile} accepts as it is:
+ * `a.b.c.d:port`, octets 0-255 and port 1-65535 without leading zeros, a unicast address. One pass
+ * over the characters, no allocation (a state file of 10,000 profiles holds 40,000 of them).
+ */
+export function isPlainUnicastV4(s: string): boolean {
+  const n = s.length;
+  let i = 0;
+  let first = 0;
+  let allZero = true;
+  let allOnes = true;
+  for (let octet = 0; octet < 4; octet++) {
+    const start = i;
+    let v = 0;
+    while (i < n) {
+      const c = s.charCodeAt(i);
+      if (c < 48 || c > 57) break;
+      v = v * 10 + (c - 48);
+      i++;
+    }
+    const len = i - start;
+    if (len === 0 || len > 3 || v > 255 || (len > 1 && s.charCodeAt(start) === 48)) return false;
+    if (i >= n || s.charCodeAt(i) !== (octet < 3 ? 46 /* . */ : 58) /* : */) return false;
+    i++;
+    if (octet === 0) first = v;
+    if (v !== 0) allZero = false;
+    if (v !== 255) allOnes = false;
+  }
+  const start = i;
+  let port = 0;
+  for (; i < n; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 48 || c > 57) return false;
+    port = port * 10 + (c - 48);
+  }
+  const len = i - start;
+  if (len === 0 || len > 5 || s.charCodeAt(start) === 48 || port > 65535) return false;
+  return !allZero && !allOnes && (first < 224 || first > 239);
+}
+
+const OCTET = '(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])';
+/** A first octet that is not multicast (224-239). */
+const FIRST_OCTET = '(?:25[0-5]|24[0-9]|2[01][0-9]|22[0-3]|1[0-9][0-9]|[1-9]?[0-9])';
+const PORT_1_65535 = '(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})';
+/**
+ * A regular expression (source, no anchors or groups that capture) matching exactly the strings
+ * {@link isPlainUnicastV4} accepts, followed by a newline: a pattern over many profiles checks their
+ * addresses in native code.
+ */
+export const PLAIN_UNICAST_V4_LINE = `(?!0\\.0\\.0\\.0:|255\\.255\\.255\\.255:)${FIRST_OCTET}\\.${OCTET}\\.${OCTET}\\.${OCTET}:${PORT_1_65535}\\n`;
+/** The names {@link validateName} accepts for an existing profile, as a pattern (no anchors, no capture). */
+export const EXISTING_NAME = '(?:[A-Za-z0-9_][A-Za-z0-9_-]{0,62}|-[A-Za-z0-9_-]{0,17})';
+
+/**
+ * The profile {@link validateProfile} makes of these fields, when they are already exactly what it
+ * would make (an IPv4 profile without weights, scheduler, affinity or health, every field in its
+ * canonical text): what a state file written by iptlb holds. Null when anything is outside that
+ * subset; the caller then validates the fields with {@link validateProfile}, which gives the
+ * messages. Costs about a microsecond, against ~10 for the general path. `destination` is kept
+ * (frozen) in the profile. `addressesChecked`: the caller matched the name against
+ * {@link EXISTING_NAME} and every address against {@link PLAIN_UNICAST_V4_LINE}.
+ */
+export function plainProfile(
+  name: string,
+  source: string,
+  destination: string[],
+  protocol: string,
+  rulesBackend: string,
+  logEnabled: boolean,
+  logLevel: string,
+  masquerade: boolean,
+  addressesChecked = false,
+): Profile | null {
+  if (!addressesChecked && !NAME_PATTERN.test(name) && !LEGACY_NAME_PATTERN.test(name)) return null;
+  if (protocol !== 'tcp' && protocol !== 'udp' && protocol !== 'sctp') return null;
+  if (rulesBackend !== 'client' && rulesBackend !== 'proxy' && rulesBackend !== 'server') return null;
+  if (logLevel.length !== 1 || logLevel < '0' || logLevel > '7') return null;
+  if (masquerade && rulesBackend !== 'proxy') return null;
+  const n = destination.length;
+  if (n === 0 || n > MAX_DESTINATIONS || (!addressesChecked && !isPlainUnicastV4(source))) return null;
+  for (let i = 0; i < n; i++) {
+    const d = destination[i];
+    if (d === source || (!addressesChecked && !isPlainUnicastV4(d))) return null;
+    if (n <= 16) for (let j = 0; j < i; j++) if (destination[j] === d) return null;
+  }
+  if (n > 16 && new Set(destination).size !== n) return null;
+  const profile: Profile = {
+    name,
+    source,
+    destination: Object.freeze(destination) as string[],
+    protocol: protocol as Protocol,
+    rulesBackend: rulesBackend as RulesBackend,
+    logEnabled,
+    logLevel,
+  };
+  if (masquerade) profile.masquerade = true;
+  VALIDATED.add(Object.freeze(profile));
+  return profile;
+}
+
+/**
  * The destinations in canonical text (a comma-separated string or a list), each of the source's family, none twice,
  * none the virtual address itself; with the weights written as `ip:port*W`.
  */
@@ -389,15 +489,23 @@ function weightsOf(destination: string[], weightMap: Map<string, number>): Recor
   return weights;
 }
 
+/** Length of a name's {@link chainSuffix}: two names can share a chain only when these are equal. */
+function suffixLength(name: string): number {
+  return name.length <= MAX_PLAIN_CHAIN_NAME ? name.length : 16;
+}
+
 /**
- * Checks that `candidate` can live beside `others` (profiles it does not replace): its chain name
- * and its source+protocol must be its own. Throws ECONFLICT naming the other profile.
+ * Checks that `candidate` can live beside `others` (profiles it does not replace; those named in
+ * `skip` are left out): its chain name and its source+protocol must be its own. Throws ECONFLICT
+ * naming the other profile. A chain name is computed only for names whose chain could be the same
+ * (suffixes of equal length), so a check against thousands of profiles costs a comparison each.
  */
-export function checkConflicts(candidate: Profile, others: Iterable<Profile>): void {
+export function checkConflicts(candidate: Profile, others: Iterable<Profile>, skip?: ReadonlySet<string>): void {
   const chain = chainName(candidate.name);
+  const len = suffixLength(candidate.name);
   for (const o of others) {
-    if (o.name === candidate.name) continue;
-    if (chainName(o.name) === chain) {
+    if (o.name === candidate.name || skip?.has(o.name)) continue;
+    if (suffixLength(o.name) === len && chainName(o.name) === chain) {
       throw new IptlbError(
         'ECONFLICT',
         `name: ${show(candidate.name)} maps to chain ${chain}, already used by profile ${show(o.name)}`,
@@ -415,18 +523,21 @@ export function checkConflicts(candidate: Profile, others: Iterable<Profile>): v
 }
 
 /** Validates a whole set (e.g. a state file): each profile alone, then pairwise conflicts. */
-export function checkSet(profiles: Profile[]): void {
+export function checkSet(profiles: Iterable<Profile>): void {
   const byChain = new Map<string, Profile>();
-  const bySource = new Map<string, Profile>();
+  // By source, one map per protocol (no key to build per profile).
+  const bySource = new Map<string, Map<string, Profile>>();
   for (const p of profiles) {
-    const chain = chainName(p.name);
+    // The suffix of the chain name (a long name's hash is computed once, cached by chainName).
+    const chain = p.name.length <= MAX_PLAIN_CHAIN_NAME ? chainSuffix(p.name) : chainName(p.name).slice(10);
     const prev = byChain.get(chain);
     if (prev) checkConflicts(p, [prev]);
-    const key = `${p.source}/${p.protocol}`;
-    const prevSrc = bySource.get(key);
+    let sources = bySource.get(p.protocol);
+    if (sources === undefined) bySource.set(p.protocol, (sources = new Map()));
+    const prevSrc = sources.get(p.source);
     if (prevSrc) checkConflicts(p, [prevSrc]);
     byChain.set(chain, p);
-    bySource.set(key, p);
+    sources.set(p.source, p);
   }
 }
 
