@@ -23,7 +23,6 @@ import {
 import { fileVersionOf, readStateFull, resolveStatePath, stateVersion, stateVersionSync, writeState } from './state.js';
 import {
   appendRecord,
-  withdrawRecord,
   closeJournal,
   journalPath,
   profileBody,
@@ -583,18 +582,11 @@ export class Core {
         // The kernel's part: effective profiles (health), from what the kernel holds to what it should.
         this.health.refresh();
         const k = this.health.begin(state, change);
-        // With the journal, its record is written and synced while the kernel commits the change (each
-        // a wait on another thread): the call returns once both are done, as before, and a change the
-        // kernel refuses is taken back out of the journal (see withdraw).
-        const early =
-          engine && this.statePath !== null && this.foldMs > 0 ? settle(this.appendChange(state, change)) : undefined;
-        let done: (DoneFamily & { ms: number })[];
-        try {
-          done = engine ? await this.commitChange(engine, k.state, k.change) : [];
-        } catch (e) {
-          if (early) await this.withdraw(await early);
-          throw e;
-        }
+        // The state is written only once the kernel has accepted the change (below): a change the state
+        // file holds is one the kernel held. (Writing the journal's record beside the commit saved one
+        // pool trip per commit under churn, but a process killed between the two left a change in the
+        // state file that the kernel never had.)
+        const done: (DoneFamily & { ms: number })[] = engine ? await this.commitChange(engine, k.state, k.change) : [];
         const committed = done.length > 0;
         const commitMs = done.reduce((ms, d) => ms + d.ms, 0);
         if (committed) this.logCommit(engine!, k.change, k.state, done, commitMs);
@@ -605,7 +597,7 @@ export class Core {
             : [];
         let stateWritten: boolean;
         try {
-          stateWritten = early ? this.recorded(state, change, await early) : await this.record(state, change, next);
+          stateWritten = await this.record(state, change, next);
         } catch (e) {
           // The kernel holds the change but the state file cannot record it (a full disk, a
           // read-only remount, quota): left so, the profile would be an orphan that the next
@@ -781,9 +773,9 @@ export class Core {
 
   /**
    * The journal's part of {@link record}: appends the change's record and syncs it; null when the change
-   * changes nothing. May run while the kernel commits the same change (see transact): the cache stays
-   * as it is meanwhile (the planner's memo is keyed by it), {@link recorded} changes it, and a failed
-   * append takes it out (the next transaction reads the files again).
+   * changes nothing. The cache stays as it is meanwhile (the planner's memo is keyed by it),
+   * {@link recorded} changes it, and a failed append takes it out (the next transaction reads the files
+   * again).
    */
   private async appendChange(
     state: ReadonlyMap<string, Profile>,
@@ -828,28 +820,6 @@ export class Core {
     this.selected?.provider.changed?.(edits, { generation: this.fileGeneration });
     this.log(`state change journaled to ${journalPath(this.statePath!)} (${c.state.size} profile(s))`);
     return true;
-  }
-
-  /**
-   * The kernel refused a change whose journal record was written beside its commit: the record is cut
-   * off again (and synced), and the cache put back as it was. If that fails too, the cache stays out
-   * (the next transaction reads the files) and the journal may still hold the refused change: said
-   * in the log, and `iptlb sync` reports it.
-   */
-  private async withdraw(r: Settled<Awaited<ReturnType<Core['appendChange']>>>): Promise<void> {
-    if (!r.ok || r.value === null) return;
-    const { c, appended } = r.value;
-    try {
-      const cut = await withdrawRecord(appended.at, appended.recordStart);
-      c.journal = cut.at;
-      const yaml = c.version?.startsWith('unknown') ? undefined : c.version?.split('|')[0];
-      c.version = yaml !== undefined ? `${yaml}|${fileVersionOf(cut.st)}` : knownVersion(this.statePath!);
-    } catch (e) {
-      if (this.cached === c) this.cached = undefined;
-      this.log(
-        `could not take the refused change back out of the state journal ${journalPath(this.statePath!)} (${(e as Error).message}); \`iptlb sync\` will report it`,
-      );
-    }
   }
 
   /**

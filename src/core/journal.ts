@@ -169,15 +169,14 @@ export function closeJournal(at: JournalAt | null | undefined): void {
  * `at` is the journal this process read (or last appended to) under the state-file lock, its files
  * unchanged since (the caller compared their version), or null when there is no valid journal over
  * `base` (then a new one is created, replacing a void one). The caller holds the state-file lock.
- * The journal stays open in the returned {@link JournalAt} for the next append. `recordStart`: where
- * the record begins (what {@link withdrawRecord} cuts back to).
+ * The journal stays open in the returned {@link JournalAt} for the next append.
  */
 export async function appendRecord(
   stateFile: string,
   base: string,
   at: JournalAt | null,
   rec: JournalRecord,
-): Promise<{ at: JournalAt; st: BigIntStats; recordStart: number }> {
+): Promise<{ at: JournalAt; st: BigIntStats }> {
   const file = journalPath(stateFile);
   const buf = Buffer.from(encodeRecord(rec));
   if (at && at.base === base) {
@@ -213,7 +212,7 @@ export async function appendRecord(
         if (bytesWritten !== buf.length)
           throw new Error(`short write to the journal (${bytesWritten} of ${buf.length} bytes)`);
         const st = fstatSync(fh.fd, { bigint: true });
-        return { at: { base, validEnd: at.validEnd + buf.length, ino: at.ino, fh }, st, recordStart: at.validEnd };
+        return { at: { base, validEnd: at.validEnd + buf.length, ino: at.ino, fh }, st };
       } catch (e) {
         await fh.close().catch(() => {});
         throw e;
@@ -238,28 +237,7 @@ export async function appendRecord(
     await fh.close().catch(() => {});
     throw e;
   }
-  return { at: { base, validEnd: all.length, ino: st.ino, fh }, st, recordStart: header.length };
-}
-
-/**
- * Takes the last record appended to the journal `at` back out (a change the kernel then refused):
- * cuts the file to `recordStart` and syncs it. The caller holds the state-file lock; the journal
- * stays open in the returned {@link JournalAt}. Throws (and the journal is closed) when the file
- * cannot be cut or synced.
- */
-export async function withdrawRecord(at: JournalAt, recordStart: number): Promise<{ at: JournalAt; st: BigIntStats }> {
-  const fh = at.fh;
-  at.fh = undefined;
-  if (!fh) throw new Error('the journal is not open');
-  try {
-    await fh.truncate(recordStart);
-    await fh.datasync();
-    const st = fstatSync(fh.fd, { bigint: true });
-    return { at: { base: at.base, validEnd: recordStart, ino: at.ino, fh }, st };
-  } catch (e) {
-    await fh.close().catch(() => {});
-    throw e;
-  }
+  return { at: { base, validEnd: all.length, ino: st.ino, fh }, st };
 }
 
 /** Removes the journal (after a fold wrote the YAML it is part of). */

@@ -138,7 +138,7 @@ test(
   },
 );
 
-test('the kernel refuses a change whose journal record was written beside its commit: the record is taken back out', async () => {
+test('the kernel refuses a change: the journal never holds it (its record is written only once the kernel accepted a change)', async () => {
   const file = stateFile();
   const ex = new Fake((tx) => JSON.stringify(tx).includes('127.0.0.1:6666'));
   const lb = await open({ stateFile: file, stateFoldMs: 60_000 }, ex);
