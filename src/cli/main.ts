@@ -54,7 +54,11 @@ const COMMANDS: [string | null, { register(program: Command, io: Out): void }][]
  * about 3 % of a Node start). Help (which lists them all), `completion` (which reads them all) and a
  * bare `iptlb` get every one.
  */
-function commandsFor(argv: readonly string[]): typeof COMMANDS {
+export function commandsFor(argv: readonly string[]): (string | null)[] {
+  return commandsOf(argv).map(([name]) => name);
+}
+
+function commandsOf(argv: readonly string[]): typeof COMMANDS {
   const all = argv.length === 0 || argv.some((a) => a === 'help' || a === 'completion' || a === '-h' || a === '--help');
   return all ? COMMANDS : COMMANDS.filter(([name]) => name === null || argv.includes(name));
 }
@@ -99,7 +103,7 @@ export async function main(argv: string[], io: Out = processOut()): Promise<numb
   try {
     if (argv.length === 0) return (buildProgram(io, packageVersion()).outputHelp(), 0); // a bare `iptlb` shows the help
     const args = normalizeArgv(argv);
-    await buildProgram(io, packageVersion(), commandsFor(args)).parseAsync(args, { from: 'user' });
+    await buildProgram(io, packageVersion(), commandsOf(args)).parseAsync(args, { from: 'user' });
     return 0;
   } catch (e) {
     if (e instanceof ExitCode) return e.code;

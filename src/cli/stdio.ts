@@ -10,7 +10,8 @@
  */
 import { writeSync } from 'node:fs';
 
-function lineWriter(fd: 1 | 2, stream: () => NodeJS.WriteStream): (s: string) => void {
+/** One descriptor's lines: written to `fd` directly until that fails, then (and from then on) to `stream()`. */
+export function lineWriter(fd: number, stream: () => Pick<NodeJS.WritableStream, 'write'>): (s: string) => void {
   let viaStream = false;
   return (s: string) => {
     const line = s + '\n';
