@@ -69,6 +69,20 @@ await build({
   banner: { js: 'const __IPTLB_IMPORT_META_URL__ = require("node:url").pathToFileURL(__filename).href;' },
   logLevel: 'warning',
 });
+// The library as one ESM file (dist/index.mjs), for import 'iptlb': the same sources, dependencies left
+// to import. Loading the ~100 files of dist/src/ one by one costs an importing process about 6 MiB of
+// resident memory (Node's ESM loader resolves each import through its URL code, hot enough for
+// TurboFan, whose code is then paged in) and their start-up time; dist/src/ stays for the types.
+await build({
+  entryPoints: [path.join(root, 'src', 'index.ts')],
+  outfile: path.join(root, 'dist', 'index.mjs'),
+  bundle: true,
+  platform: 'node',
+  format: 'esm',
+  target: 'node18',
+  packages: 'external',
+  logLevel: 'warning',
+});
 const cjsTypes = path.join(root, 'dist', 'cjs');
 rmSync(cjsTypes, { recursive: true, force: true });
 cpSync(path.join(root, 'dist', 'src'), cjsTypes, { recursive: true, filter: (f) => !/\.(js|js\.map)$/.test(f) });
