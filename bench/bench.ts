@@ -411,7 +411,12 @@ async function benchCli(): Promise<void> {
   const times: Record<string, number[]> = {};
   const cpu: Record<string, number[]> = {};
   const key = (e: string, k: string): string => (e ? `${e}: ${k.trim()}` : k.trim());
-  for (const [e] of envs) for (const [k] of rounds) ((times[key(e, k)] = []), (cpu[key(e, k)] = []));
+  for (const [e] of envs) {
+    for (const [k] of rounds) {
+      times[key(e, k)] = [];
+      cpu[key(e, k)] = [];
+    }
+  }
   // Each round runs the sequence twice per environment: once timed (wall clock), once for each
   // process's CPU time (through bash).
   for (let r = 0; r < RUNS; r++) {
