@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 'use strict';
 // The CLI bundle (dist/iptlb.cjs, made by `npm run build`): one file, compiled with the code cache
-// written next to it at build time, so start-up costs about as much as Node itself.
+// written next to it at build time, so that V8 does not compile again what the cached commands ran.
 const path = require('node:path');
 // The CLI writes its lines straight to fd 1 and 2 (src/cli/stdio.ts) and creates process.stdout or
 // process.stderr only when that fails: note which ones exist, so that the exit below waits for those
