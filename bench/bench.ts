@@ -27,7 +27,8 @@ import { benchStateFile } from './statefile.js';
 import { benchDataplane, benchLockWait, benchRss, preloadLegacy } from './legacy-perf.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const CLI = path.join(ROOT, 'bin', 'iptlb.cjs');
+// IPTLB_BENCH_CLI: another entry point to time (e.g. an older build's bin, for before/after figures).
+const CLI = process.env.IPTLB_BENCH_CLI ?? path.join(ROOT, 'bin', 'iptlb.cjs');
 
 const args = process.argv.slice(2);
 const flag = (name: string): string | undefined => {
@@ -399,10 +400,10 @@ async function benchChurn(): Promise<void> {
   results.churn = out;
 }
 
-function timeProcess(argv: string[]): Promise<number> {
+function timeProcess(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
-    const c = spawn(argv[0], argv.slice(1), { stdio: 'ignore' });
+    const c = spawn(argv[0], argv.slice(1), { stdio: 'ignore', env });
     c.on('error', reject);
     c.on('close', (code) =>
       code === 0 ? resolve(performance.now() - t0) : reject(new Error(`${argv.join(' ')} exited ${code}`)),
@@ -414,10 +415,11 @@ function timeProcess(argv: string[]): Promise<number> {
  * CPU time (user + system, ms) of a process running `argv`, through bash's `times` (its children's
  * times, in ms): on a loaded host a process's CPU time is disturbed far less than its wall-clock time.
  */
-function cpuOfProcess(argv: string[]): Promise<number> {
+function cpuOfProcess(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
   return new Promise((resolve, reject) => {
     const c = spawn('bash', ['-c', '"$@" >/dev/null 2>&1; rc=$?; times; exit $rc', 'bash', ...argv], {
       stdio: ['ignore', 'pipe', 'ignore'],
+      env,
     });
     let out = '';
     c.stdout!.on('data', (d) => (out += d));
@@ -477,37 +479,75 @@ async function benchCli(): Promise<void> {
     if (engine === 'legacy') rounds.push(['node -e 0 ', () => [node, '-e', '0']]);
   }
   rounds.push(['--help', () => [node, CLI, '--help']], ['--version', () => [node, CLI, '--version']]);
-  const times: Record<string, number[]> = Object.fromEntries(rounds.map(([k]) => [k.trim(), []]));
-  const cpu: Record<string, number[]> = Object.fromEntries(rounds.map(([k]) => [k.trim(), []]));
-  // Each round runs the sequence twice: once timed (wall clock), once for each process's CPU time (through bash).
-  for (let r = 0; r < RUNS; r++) {
-    for (const [k, argv] of rounds) times[k.trim()].push(await timeProcess(argv(r)));
-    for (const [k, argv] of rounds) cpu[k.trim()].push(await cpuOfProcess(argv(r)));
+  // The floor: Node running an empty file, and Node loading the CLI bundle (with its code cache) without
+  // running any command.
+  const empty = path.join(dir, 'empty.cjs');
+  writeFileSync(empty, '');
+  const loader = path.join(ROOT, 'bin', 'load-bundle.cjs');
+  const bundle = path.join(ROOT, 'dist', 'iptlb.cjs');
+  rounds.push(
+    ['floor: node <empty file>', () => [node, empty]],
+    [
+      'floor: node, CLI bundle loaded, no command',
+      () => [node, '-e', `require(${JSON.stringify(loader)}).loadBundle(${JSON.stringify(bundle)})`],
+    ],
+  );
+  // NODE_EXTRA_CA_CERTS makes every Node process parse those certificates at start (about 40 ms of CPU
+  // on the reference machine, whose agents' environment sets it): a bare `node -e 0` then costs about 3x
+  // what it costs without, and every ratio to it looks smaller. When it is set, each round runs every
+  // case both ways, side by side: as inherited, and without it (as a host without it runs iptlb).
+  const envs: [string, NodeJS.ProcessEnv][] = [['', process.env]];
+  if (process.env.NODE_EXTRA_CA_CERTS !== undefined) {
+    const clean = { ...process.env };
+    delete clean.NODE_EXTRA_CA_CERTS;
+    envs.splice(0, 1, ['with NODE_EXTRA_CA_CERTS as inherited', process.env], ['without NODE_EXTRA_CA_CERTS', clean]);
   }
-  const base = median(times['node -e 0']);
-  const cpuBase = median(cpu['node -e 0']);
+  const times: Record<string, number[]> = {};
+  const cpu: Record<string, number[]> = {};
+  const key = (e: string, k: string): string => (e ? `${e}: ${k.trim()}` : k.trim());
+  for (const [e] of envs) {
+    for (const [k] of rounds) {
+      times[key(e, k)] = [];
+      cpu[key(e, k)] = [];
+    }
+  }
+  // Each round runs the sequence twice per environment: once timed (wall clock), once for each
+  // process's CPU time (through bash).
+  for (let r = 0; r < RUNS; r++) {
+    for (const [e, env] of envs) {
+      for (const [k, argv] of rounds) times[key(e, k)].push(await timeProcess(argv(r), env));
+      for (const [k, argv] of rounds) cpu[key(e, k)].push(await cpuOfProcess(argv(r), env));
+    }
+  }
   const cli: Record<
     string,
     { medianMs: number; ratio: number; min: number; max: number; cpuMs: number; cpuRatio: number }
   > = {};
-  log(
-    `cli start, ${RUNS} interleaved rounds: wall clock median (min-max) ms, its ratio to node -e 0; CPU time (user + system) median ms, its ratio:`,
-  );
-  for (const [k, t] of Object.entries(times)) {
-    cli[k] = {
-      medianMs: Number(median(t).toFixed(1)),
-      ratio: Number((median(t) / base).toFixed(2)),
-      min: Number(Math.min(...t).toFixed(1)),
-      max: Number(Math.max(...t).toFixed(1)),
-      cpuMs: Number(median(cpu[k]).toFixed(1)),
-      cpuRatio: Number((median(cpu[k]) / cpuBase).toFixed(2)),
-    };
+  for (const [e] of envs) {
+    const base = median(times[key(e, 'node -e 0')]);
+    const cpuBase = median(cpu[key(e, 'node -e 0')]);
     log(
-      `cli ${k.padEnd(46)} ${median(t).toFixed(1).padStart(6)} ms (${Math.min(...t).toFixed(1)}-${Math.max(...t).toFixed(1)})  ${(median(t) / base).toFixed(2)}x node   CPU ${median(cpu[k]).toFixed(1).padStart(5)} ms  ${(median(cpu[k]) / cpuBase).toFixed(2)}x node`,
+      `cli start${e ? ` ${e}` : ''}, ${RUNS} interleaved rounds: wall clock median (min-max) ms, its ratio to node -e 0; CPU time (user + system) median (min-max) ms, its ratio:`,
     );
+    for (const k0 of new Set(rounds.map(([k]) => k.trim()))) {
+      const k = key(e, k0);
+      const t = times[k];
+      const c = cpu[k];
+      cli[k] = {
+        medianMs: Number(median(t).toFixed(1)),
+        ratio: Number((median(t) / base).toFixed(2)),
+        min: Number(Math.min(...t).toFixed(1)),
+        max: Number(Math.max(...t).toFixed(1)),
+        cpuMs: Number(median(c).toFixed(1)),
+        cpuRatio: Number((median(c) / cpuBase).toFixed(2)),
+      };
+      log(
+        `cli ${k0.padEnd(46)} ${median(t).toFixed(1).padStart(6)} ms (${Math.min(...t).toFixed(1)}-${Math.max(...t).toFixed(1)})  ${(median(t) / base).toFixed(2)}x node   CPU ${median(c).toFixed(1).padStart(5)} ms (${Math.min(...c)}-${Math.max(...c)})  ${(median(c) / cpuBase).toFixed(2)}x node`,
+      );
+    }
   }
   // Bulk: 1,000 profiles applied and deleted with one transaction each.
-  const single = median(times['-run -reset, same destinations (legacy)']);
+  const single = median(times[key(envs[0][0], '-run -reset, same destinations (legacy)')]);
   const bulkState = path.join(dir, 'bulk.db');
   writeFileSync(bulkState, serializeState(Array.from({ length: 1000 }, (_, i) => profile(i + 1))), { mode: 0o600 });
   flushNat();

@@ -8,7 +8,8 @@
  *  - `idle`: IDLE_MS (default 20 s) after that apply, with no forced GC since: what a held instance
  *    that is left alone settles at, once V8's memory reducer has shrunk the heap (it starts about 8 s
  *    after the last full GC).
- * `bare` prints the same two figures of a Node process that loaded nothing.
+ * `bare` prints the same two figures of a Node process that loaded nothing. The library is the
+ * package's ESM entry, dist/index.mjs (IPTLB_BENCH_RSS_ENTRY=../src/index.js: the unbundled files).
  */
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -31,9 +32,9 @@ const measure = async (t0: number): Promise<void> => {
 if (bare) {
   await measure(performance.now());
 } else {
-  const { open } = await import('../src/index.js');
-  const { validateProfile } = await import('../src/model/profile.js');
-  const { serializeState } = await import('../src/core/state.js');
+  // The package's ESM entry as `import 'iptlb'` loads it (dist/index.mjs, one bundled file).
+  const entry = process.env.IPTLB_BENCH_RSS_ENTRY ?? '../index.mjs';
+  const { open, validateProfile, serializeState } = (await import(entry)) as typeof import('../src/index.js');
   const n = Number(nText);
   const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-rss-'));
   const stateFile = path.join(dir, 'state.db');

@@ -5,7 +5,8 @@
 const fs = require('node:fs');
 const path = require('node:path');
 const vm = require('node:vm');
-const { createRequire } = require('node:module');
+// Module.createRequire, without loading node:module (which brings Node's ESM loader along).
+const createRequire = module.constructor.createRequire;
 
 /** Compiles and runs the bundle as a CommonJS module; returns the script (for its cache) and the exports. */
 function compileBundle(file, cachedData) {

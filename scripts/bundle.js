@@ -32,6 +32,20 @@ for (const k of ${JSON.stringify(childProcessKeys)}) {
   },
 };
 
+// node:module (with Node's ESM loader and source-map support behind it) is imported only for
+// createRequire(import.meta.url), and import.meta.url is the bundle's own file: in the CLI bundle
+// that is the bundle's own require, which loads nothing more.
+const ownRequire = {
+  name: 'own-require',
+  setup(b) {
+    b.onResolve({ filter: /^(node:)?module$/ }, () => ({ path: 'module', namespace: 'own-require' }));
+    b.onLoad({ filter: /.*/, namespace: 'own-require' }, () => ({
+      loader: 'js',
+      contents: 'module.exports = { createRequire: () => require };',
+    }));
+  },
+};
+
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 await build({
   entryPoints: [path.join(root, 'src', 'cli', 'main.ts')],
@@ -48,7 +62,7 @@ await build({
   define: { __IPTLB_BUNDLE_FILE__: '__filename', 'import.meta.url': '__IPTLB_IMPORT_META_URL__' },
   banner: { js: 'const __IPTLB_IMPORT_META_URL__ = require("node:url").pathToFileURL(__filename).href;' },
   logLevel: 'warning',
-  plugins: [lazyChildProcess],
+  plugins: [lazyChildProcess, ownRequire],
 });
 
 // V8's code cache for the bundle, made in a fresh process (see scripts/code-cache.cjs).
@@ -67,6 +81,20 @@ await build({
   packages: 'external',
   define: { __IPTLB_BUNDLE_FILE__: '__filename', 'import.meta.url': '__IPTLB_IMPORT_META_URL__' },
   banner: { js: 'const __IPTLB_IMPORT_META_URL__ = require("node:url").pathToFileURL(__filename).href;' },
+  logLevel: 'warning',
+});
+// The library as one ESM file (dist/index.mjs), for import 'iptlb': the same sources, dependencies left
+// to import. Loading the ~100 files of dist/src/ one by one costs an importing process about 6 MiB of
+// resident memory (Node's ESM loader resolves each import through its URL code, hot enough for
+// TurboFan, whose code is then paged in) and their start-up time; dist/src/ stays for the types.
+await build({
+  entryPoints: [path.join(root, 'src', 'index.ts')],
+  outfile: path.join(root, 'dist', 'index.mjs'),
+  bundle: true,
+  platform: 'node',
+  format: 'esm',
+  target: 'node18',
+  packages: 'external',
   logLevel: 'warning',
 });
 const cjsTypes = path.join(root, 'dist', 'cjs');

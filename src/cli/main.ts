@@ -8,6 +8,7 @@ import { IptlbError } from '../model/errors.js';
 import { packageVersion } from '../platform/paths.js';
 import { normalizeArgv } from './flags.js';
 import { ExitCode, coresIdle, type Out } from './context.js';
+import { processOut } from './stdio.js';
 import * as original from './commands/original.js';
 import * as apply from './commands/apply.js';
 import * as del from './commands/delete.js';
@@ -27,27 +28,42 @@ import * as completion from './commands/completion.js';
 
 export { normalizeArgv } from './flags.js';
 
-/** The commands, in the order --help lists them. */
-const COMMANDS: { register(program: Command, io: Out): void }[] = [
-  original,
-  apply,
-  del,
-  list,
-  showCmd,
-  plan,
-  status,
-  top,
-  sync,
-  watch,
-  migrate,
-  agent,
-  fleet,
-  doctor,
-  demo,
-  completion,
+/** The commands, in the order --help lists them, by name (`original` is the program itself: always there). */
+const COMMANDS: [string | null, { register(program: Command, io: Out): void }][] = [
+  [null, original],
+  ['apply', apply],
+  ['delete', del],
+  ['list', list],
+  ['show', showCmd],
+  ['plan', plan],
+  ['status', status],
+  ['top', top],
+  ['sync', sync],
+  ['watch', watch],
+  ['migrate', migrate],
+  ['agent', agent],
+  ['fleet', fleet],
+  ['doctor', doctor],
+  ['demo', demo],
+  ['completion', completion],
 ];
 
-function buildProgram(io: Out, version: string): Command {
+/**
+ * Which commands a run needs: commander dispatches to the command named by an argument, so a command
+ * whose name is none of the arguments can be left out (registering all 16 with their options costs
+ * about 3 % of a Node start). Help (which lists them all), `completion` (which reads them all) and a
+ * bare `iptlb` get every one.
+ */
+export function commandsFor(argv: readonly string[]): (string | null)[] {
+  return commandsOf(argv).map(([name]) => name);
+}
+
+function commandsOf(argv: readonly string[]): typeof COMMANDS {
+  const all = argv.length === 0 || argv.some((a) => a === 'help' || a === 'completion' || a === '-h' || a === '--help');
+  return all ? COMMANDS : COMMANDS.filter(([name]) => name === null || argv.includes(name));
+}
+
+function buildProgram(io: Out, version: string, commands: typeof COMMANDS = COMMANDS): Command {
   const program = new Command('iptlb');
   program
     .description(
@@ -78,19 +94,16 @@ Without -run only the state file is written. Engine auto: the one already holdin
 nft when the host's iptables is the nf_tables flavour or x_tables is missing, else legacy (see doctor).
 Exit status: 0 done, 1 refused (conflict, kernel, state, lock), 2 bad input or usage, 3 drift found by status.`,
     );
-  for (const command of COMMANDS) command.register(program, io);
+  for (const [, command] of commands) command.register(program, io);
   return program;
 }
 
 /** Runs the CLI; resolves with the exit code. */
-export async function main(
-  argv: string[],
-  io: Out = { out: (s) => process.stdout.write(s + '\n'), err: (s) => process.stderr.write(s + '\n') },
-): Promise<number> {
+export async function main(argv: string[], io: Out = processOut()): Promise<number> {
   try {
-    const program = buildProgram(io, packageVersion());
-    if (argv.length === 0) return (program.outputHelp(), 0); // a bare `iptlb` shows the help
-    await program.parseAsync(normalizeArgv(argv), { from: 'user' });
+    if (argv.length === 0) return (buildProgram(io, packageVersion()).outputHelp(), 0); // a bare `iptlb` shows the help
+    const args = normalizeArgv(argv);
+    await buildProgram(io, packageVersion(), commandsOf(args)).parseAsync(args, { from: 'user' });
     return 0;
   } catch (e) {
     if (e instanceof ExitCode) return e.code;

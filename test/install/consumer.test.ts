@@ -80,6 +80,7 @@ test(
         'LICENSE',
         'docs/install.md',
         'dist/index.cjs',
+        'dist/index.mjs',
         'dist/cjs/index.d.ts',
         'dist/iptlb.1',
         'scripts/install.js',

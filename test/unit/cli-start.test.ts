@@ -1,0 +1,114 @@
+/**
+ * The CLI's start-up shortcuts (issue 18), without root: its lines go to the descriptor directly and
+ * move to the stream (in order, nothing lost) once a direct write fails; a run registers only the
+ * commands named on its command line, and what it prints and exits with is what the full program
+ * gives: every command's --help, the program's help, completion, unknown commands and options.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { commandsFor, main } from '../../src/cli/main.js';
+import { lineWriter } from '../../src/cli/stdio.js';
+import { CLI_PATH } from '../harness/env.js';
+
+async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  const out: string[] = [];
+  const err: string[] = [];
+  const code = await main(argv, { out: (s) => out.push(s), err: (s) => err.push(s) });
+  return { code, out: out.join('\n'), err: err.join('\n') };
+}
+
+test('lines are written to the descriptor directly, in order, with their newline', () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-stdio-'));
+  try {
+    const file = path.join(dir, 'out');
+    const fd = openSync(file, 'w');
+    const streamed: unknown[] = [];
+    const write = lineWriter(fd, () => ({ write: (c: unknown) => (streamed.push(c), true) }));
+    write('first');
+    write('é ünïcode');
+    write('');
+    closeSync(fd);
+    assert.equal(readFileSync(file, 'utf8'), 'first\né ünïcode\n\n');
+    assert.deepEqual(streamed, [], 'the stream is not touched while direct writes work');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('once a direct write fails, that line and every later one go to the stream', () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-stdio-'));
+  try {
+    const fd = openSync(path.join(dir, 'gone'), 'w');
+    closeSync(fd); // EBADF from now on
+    const streamed: string[] = [];
+    const write = lineWriter(fd, () => ({ write: (c: string | Uint8Array) => (streamed.push(String(c)), true) }));
+    write('one');
+    write('two');
+    assert.deepEqual(streamed, ['one\n', 'two\n']);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+const COMMANDS = ['apply', 'delete', 'list', 'show', 'plan', 'status', 'top', 'sync', 'watch', 'migrate', 'agent'];
+const MORE = ['fleet', 'doctor', 'demo', 'completion'];
+
+test('a run registers the command its arguments name (and the program), every one for help and completion', () => {
+  const all = [null, ...COMMANDS, ...MORE];
+  for (const name of [...COMMANDS, ...MORE]) {
+    assert.deepEqual(commandsFor([name, '--engine=nft', 'x']), name === 'completion' ? all : [null, name], name);
+    assert.deepEqual(commandsFor(['--engine=nft', name]), name === 'completion' ? all : [null, name], name);
+  }
+  assert.deepEqual(commandsFor(['--run', '--profile=web']), [null]);
+  assert.deepEqual(commandsFor(['delete', 'list']), [null, 'delete', 'list']); // a profile named like a command
+  for (const argv of [[], ['--help'], ['-h'], ['help'], ['apply', '--help'], ['help', 'apply']])
+    assert.deepEqual(commandsFor(argv), all, argv.join(' '));
+});
+
+test("each command's --help and its errors come from that command", async () => {
+  for (const name of [...COMMANDS, ...MORE]) {
+    const help = await run([name, '--help']);
+    assert.equal(help.code, 0, name);
+    assert.match(help.out, new RegExp(`^Usage: iptlb ${name} `), name);
+    const bad = await run([name, '--no-such-flag']);
+    assert.equal(bad.code, 2, name);
+    assert.match(bad.err, /^iptlb: error: (unknown option '--no-such-flag'|required option)/, name);
+  }
+});
+
+test('the program help and completion list every command; unknown input fails as before', async () => {
+  const help = await run(['--help']);
+  for (const name of [...COMMANDS, ...MORE]) assert.match(help.out, new RegExp(`^  ${name}\\b`, 'm'), name);
+  const completion = await run(['completion', 'bash']);
+  assert.equal(completion.code, 0);
+  for (const name of [...COMMANDS, ...MORE]) assert.ok(completion.out.includes(name), name);
+  const unknown = await run(['lsit']);
+  assert.equal(unknown.code, 2);
+  assert.match(unknown.err, /too many arguments|unknown command/);
+  const badOption = await run(['list', '--stat-file=x']);
+  assert.equal(badOption.code, 2);
+  assert.match(badOption.err, /unknown option '--stat-file=x'/);
+  assert.match(badOption.err, /Did you mean --state-file\?/);
+});
+
+test('the bin creates neither process.stdout nor process.stderr for a one-shot command', () => {
+  // A preload that reports, at exit, whether Node's stdio streams were created (their modules loaded).
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-stdio-'));
+  try {
+    const probe = path.join(dir, 'probe.cjs');
+    writeFileSync(
+      probe,
+      `process.on('exit', () => require('node:fs').writeSync(2, 'STREAMS ' + process.moduleLoadList.some((m) => m === 'NativeModule internal/fs/sync_write_stream' || m === 'NativeModule net' || m === 'NativeModule tty') + '\\n'));`,
+    );
+    const r = spawnSync(process.execPath, ['-r', probe, CLI_PATH, '--version'], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /^\d+\.\d+\.\d+\n$/);
+    assert.match(r.stderr, /STREAMS false/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
