@@ -46,8 +46,9 @@ describePairs('reliability', ({ name: ex }) => {
       killed: number;
       problems: string[];
       problemCount: number;
+      firstProblem?: unknown;
     };
-    assert.equal(r.problemCount, 0, r.problems.join('\n'));
+    assert.equal(r.problemCount, 0, `${r.problems.join('\n')}\nfirst: ${JSON.stringify(r.firstProblem, null, 1)}`);
     assert.ok(r.killed > kills / 4, `only ${r.killed} of ${kills} runs were killed mid-way`);
   });
 
