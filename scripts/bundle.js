@@ -71,32 +71,27 @@ spawnSync(process.execPath, [path.join(root, 'scripts', 'code-cache.cjs')], { st
 // The library as CommonJS (dist/index.cjs), for require('iptlb'): the same sources, dependencies left
 // to require(). Its types are the ESM declarations copied under dist/cjs/, whose package.json says
 // "commonjs", so TypeScript reads them as the CommonJS module they describe.
-await build({
+// Both library bundles: the same sources, dependencies left to the runtime's require() or import.
+const library = {
   entryPoints: [path.join(root, 'src', 'index.ts')],
-  outfile: path.join(root, 'dist', 'index.cjs'),
   bundle: true,
   platform: 'node',
-  format: 'cjs',
   target: 'node18',
   packages: 'external',
+  logLevel: 'warning',
+};
+await build({
+  ...library,
+  outfile: path.join(root, 'dist', 'index.cjs'),
+  format: 'cjs',
   define: { __IPTLB_BUNDLE_FILE__: '__filename', 'import.meta.url': '__IPTLB_IMPORT_META_URL__' },
   banner: { js: 'const __IPTLB_IMPORT_META_URL__ = require("node:url").pathToFileURL(__filename).href;' },
-  logLevel: 'warning',
 });
 // The library as one ESM file (dist/index.mjs), for import 'iptlb': the same sources, dependencies left
 // to import. Loading the ~100 files of dist/src/ one by one costs an importing process about 6 MiB of
 // resident memory (Node's ESM loader resolves each import through its URL code, hot enough for
 // TurboFan, whose code is then paged in) and their start-up time; dist/src/ stays for the types.
-await build({
-  entryPoints: [path.join(root, 'src', 'index.ts')],
-  outfile: path.join(root, 'dist', 'index.mjs'),
-  bundle: true,
-  platform: 'node',
-  format: 'esm',
-  target: 'node18',
-  packages: 'external',
-  logLevel: 'warning',
-});
+await build({ ...library, outfile: path.join(root, 'dist', 'index.mjs'), format: 'esm' });
 const cjsTypes = path.join(root, 'dist', 'cjs');
 rmSync(cjsTypes, { recursive: true, force: true });
 cpSync(path.join(root, 'dist', 'src'), cjsTypes, { recursive: true, filter: (f) => !/\.(js|js\.map)$/.test(f) });

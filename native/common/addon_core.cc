@@ -17,13 +17,20 @@
 namespace iptlb {
 namespace {
 
-// flock(path: string, waitMs: number): Promise<FileLock>
-Napi::Value Flock(const Napi::CallbackInfo &info) {
+// The first argument as a file path: a string of 1-4095 bytes without NUL (else a TypeError naming it).
+std::string PathArg(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "path: must be a string");
   std::string path = info[0].As<Napi::String>().Utf8Value();
   if (path.empty() || path.size() > 4095 || path.find('\0') != std::string::npos)
     throw Napi::TypeError::New(env, "path: must be a file path");
+  return path;
+}
+
+// flock(path: string, waitMs: number): Promise<FileLock>
+Napi::Value Flock(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  std::string path = PathArg(info);
   const int wait = WaitMs(info.Length() < 2 ? env.Undefined() : info[1], "waitMs");
   auto *w = new FlockWorker(env, std::move(path), wait);
   Napi::Promise p = w->Promise();
@@ -38,10 +45,7 @@ Napi::Value Flock(const Napi::CallbackInfo &info) {
 // waits): busy means another process waits, and the writer gives the lock up (src/core/core.ts).
 Napi::Value FlockBusy(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "path: must be a string");
-  std::string path = info[0].As<Napi::String>().Utf8Value();
-  if (path.empty() || path.size() > 4095 || path.find('\0') != std::string::npos)
-    throw Napi::TypeError::New(env, "path: must be a file path");
+  std::string path = PathArg(info);
   int fd;
   do fd = open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
   while (fd < 0 && errno == EINTR);
