@@ -45,6 +45,26 @@ const apply = (core: Core, ...inputs: ProfileInput[]) =>
   core.transact((state) => upsertChange(state, inputs), { run: true });
 const statuses = async (core: Core) => Object.fromEntries((await core.status()).map((r) => [r.name, r.status]));
 
+test('nft: with the table gone (a process killed after deleting the last profile, before its state write), the next change creates every profile of the state, not only its own', async () => {
+  const { core, kernels, done } = coreOn('nft');
+  try {
+    await apply(core, {
+      name: 'a',
+      source: '127.100.0.1:80',
+      destination: ['127.0.0.1:9046'],
+      scheduler: 'round-robin',
+    });
+    // The delete of the last profile removed the table; its state write never happened.
+    kernels.nft.tables.delete('ip');
+    assert.deepEqual(await statuses(core), { a: 'missing' });
+    await apply(core, { name: 'c', source: '127.100.0.3:80', destination: ['127.0.0.1:9036'] });
+    // Before: a's round-robin rule came back in the base chain without its backend element.
+    assert.deepEqual(await statuses(core), { a: 'in-sync', c: 'in-sync' });
+  } finally {
+    done();
+  }
+});
+
 for (const engine of ['legacy', 'nft'] as const) {
   describe(`core over the ${engine} fake kernel`, () => {
     test('apply, status in sync; tampering found; sync repairs it in one transaction per family; orphans removed', async () => {

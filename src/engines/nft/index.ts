@@ -174,7 +174,10 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     const steps = stray.length
       ? [planNftRebuild(next.values(), undefined, nf)]
       : fresh
-        ? planNftChange(new Map(), next, touched)
+        ? // No table (a process killed after removing it with the last profile, before its state
+          // write, or someone else removed it): every profile is created, not only the touched ones,
+          // or the base chains would get the rules of the others without their elements.
+          planNftChange(new Map(), next, next.keys())
         : planNftChange(state, next, touched, usage, kernelSets);
     return {
       family: f,
