@@ -76,15 +76,6 @@ export function changeOfFamily(change: Change, state: ReadonlyMap<string, Profil
   return { upsert, remove };
 }
 
-/** A promise's outcome, as a value. */
-type Settled<T> = { ok: true; value: T } | { ok: false; error: unknown };
-function settle<T>(p: Promise<T>): Promise<Settled<T>> {
-  return p.then(
-    (value) => ({ ok: true as const, value }),
-    (error: unknown) => ({ ok: false as const, error }),
-  );
-}
-
 /** Whether `change` changes anything of `state`. */
 function changedBy(state: ReadonlyMap<string, Profile>, change: Change): boolean {
   return (
@@ -735,7 +726,7 @@ export class Core {
     next: ReadonlyMap<string, Profile>,
   ): Promise<boolean> {
     if (this.statePath !== null && this.foldMs > 0)
-      return this.recorded(state, change, await settle(this.appendChange(state, change)));
+      return this.recorded(state, change, await this.appendChange(state, change));
     if (!changedBy(state, change)) return false;
     const edits: [Profile | undefined, Profile | undefined][] = [];
     if (this.statePath === null) {
@@ -796,15 +787,14 @@ export class Core {
     }
   }
 
-  /** Ends a journaled {@link record}: the cache changed in place and put back (throws what the append threw). */
+  /** Ends a journaled {@link record}: the cache changed in place and put back. */
   private recorded(
     state: ReadonlyMap<string, Profile>,
     change: Change,
-    r: Settled<Awaited<ReturnType<Core['appendChange']>>>,
+    r: Awaited<ReturnType<Core['appendChange']>>,
   ): boolean {
-    if (!r.ok) throw r.error;
-    if (r.value === null) return false;
-    const { c, appended } = r.value;
+    if (r === null) return false;
+    const { c, appended } = r;
     if (this.cached !== c) throw new Error('Core.record: the cache changed during the transaction');
     c.journal = appended.at;
     // The YAML is as it was (its part of the version stands); the journal's part from its stat.

@@ -20,6 +20,14 @@ function shown(v: unknown): string {
 /** The longest lock wait accepted, ms (one day): anything longer is a mistake, not a wait. */
 export const MAX_LOCK_WAIT_MS = 86_400_000;
 
+/** Refuses `o[field]` unless absent or a whole number of ms from 0 to {@link MAX_LOCK_WAIT_MS}. */
+function wholeMs(o: Record<string, unknown>, field: string): void {
+  const x = o[field];
+  if (x === undefined) return;
+  if (typeof x !== 'number' || !Number.isInteger(x) || x < 0 || x > MAX_LOCK_WAIT_MS)
+    throw usage(field, `${shown(x)} must be a whole number of ms from 0 to ${MAX_LOCK_WAIT_MS}`);
+}
+
 const CORE_KEYS = ['stateFile', 'executor', 'engine', 'lockWaitMs', 'log', 'keepConntrack', 'stateFoldMs'];
 const HANDLE_KEYS = ['coalesce', 'driftCheckMs', 'health'];
 
@@ -51,28 +59,12 @@ export function validateOpenOptions(options: unknown, handle: boolean): void {
   if (v.engine !== undefined && !['auto', 'legacy', 'nft'].includes(v.engine as string)) {
     throw usage('engine', `${shown(v.engine)} is not one of legacy, nft, auto`);
   }
-  if (
-    v.lockWaitMs !== undefined &&
-    (typeof v.lockWaitMs !== 'number' ||
-      !Number.isInteger(v.lockWaitMs) ||
-      v.lockWaitMs < 0 ||
-      v.lockWaitMs > MAX_LOCK_WAIT_MS)
-  ) {
-    throw usage('lockWaitMs', `${shown(v.lockWaitMs)} must be a whole number of ms from 0 to ${MAX_LOCK_WAIT_MS}`);
-  }
+  wholeMs(v, 'lockWaitMs');
   if (v.log !== undefined && typeof v.log !== 'function')
     throw usage('log', `must be a function (line: string) => void, got ${shown(v.log)}`);
   if (v.keepConntrack !== undefined && typeof v.keepConntrack !== 'boolean')
     throw usage('keepConntrack', `must be true or false, got ${shown(v.keepConntrack)}`);
-  if (
-    v.stateFoldMs !== undefined &&
-    (typeof v.stateFoldMs !== 'number' ||
-      !Number.isInteger(v.stateFoldMs) ||
-      v.stateFoldMs < 0 ||
-      v.stateFoldMs > MAX_LOCK_WAIT_MS)
-  ) {
-    throw usage('stateFoldMs', `${shown(v.stateFoldMs)} must be a whole number of ms from 0 to ${MAX_LOCK_WAIT_MS}`);
-  }
+  wholeMs(v, 'stateFoldMs');
   if (handle) {
     if (v.coalesce !== undefined && typeof v.coalesce !== 'boolean')
       throw usage('coalesce', `must be true or false, got ${shown(v.coalesce)}`);
