@@ -9,6 +9,7 @@ import { packageVersion } from '../platform/paths.js';
 import { normalizeArgv } from './flags.js';
 import { ExitCode, coresIdle, type Out } from './context.js';
 import { processOut } from './stdio.js';
+import { syncFs, useSyncFs } from '../platform/fsp.js';
 import * as original from './commands/original.js';
 import * as apply from './commands/apply.js';
 import * as del from './commands/delete.js';
@@ -98,12 +99,34 @@ Exit status: 0 done, 1 refused (conflict, kernel, state, lock), 2 bad input or u
   return program;
 }
 
+/**
+ * Commands that do one thing and exit: their file calls run on the main thread (see
+ * platform/fsp.ts). The others (top, watch, agent, fleet, demo) keep running, serve or watch, and an
+ * fsync must not stall them.
+ */
+const ONE_SHOT = new Set<string | null>([
+  null,
+  'apply',
+  'delete',
+  'list',
+  'show',
+  'plan',
+  'status',
+  'sync',
+  'migrate',
+  'doctor',
+  'completion',
+]);
+
 /** Runs the CLI; resolves with the exit code. */
 export async function main(argv: string[], io: Out = processOut()): Promise<number> {
+  const wasSync = syncFs();
   try {
     if (argv.length === 0) return (buildProgram(io, packageVersion()).outputHelp(), 0); // a bare `iptlb` shows the help
     const args = normalizeArgv(argv);
-    await buildProgram(io, packageVersion(), commandsOf(args)).parseAsync(args, { from: 'user' });
+    const commands = commandsOf(args);
+    useSyncFs(commands.every(([name]) => ONE_SHOT.has(name)));
+    await buildProgram(io, packageVersion(), commands).parseAsync(args, { from: 'user' });
     return 0;
   } catch (e) {
     if (e instanceof ExitCode) return e.code;
@@ -122,5 +145,6 @@ export async function main(argv: string[], io: Out = processOut()): Promise<numb
   } finally {
     // One-shot: no conntrack cleanup may be cut short by the exit (each change awaits its own already).
     await coresIdle();
+    useSyncFs(wasSync);
   }
 }

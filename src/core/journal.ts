@@ -17,7 +17,8 @@
  * whole profiles as the YAML spells them (`set`) and names (`del`), so replaying is idempotent.
  */
 import { nodeCrypto } from '../platform/builtins.js';
-import { constants as C, fstatSync, promises as fsp, type BigIntStats } from 'node:fs';
+import { constants as C, fstatSync, type BigIntStats } from 'node:fs';
+import * as fsp from '../platform/fsp.js';
 import * as path from 'node:path';
 import type { Profile } from '../model/types.js';
 

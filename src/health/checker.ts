@@ -23,7 +23,7 @@ import { sameHealth, type HealthConfig } from './config.js';
 import { effectiveProfile, healthFileOf, type DestinationHealth, type DestinationHealthInfo } from './effective.js';
 import type { Probe } from './probe.js';
 import { createProber, type Prober } from './native-probe.js';
-import { promises as fsp } from 'node:fs';
+import * as fsp from '../platform/fsp.js';
 
 export interface HealthCheckerOptions {
   /** One line per transition and per failed commit. Default: none. */

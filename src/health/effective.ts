@@ -16,7 +16,8 @@
  * effective profiles.
  */
 import { pidAlive } from '../platform/pid.js';
-import { promises as fsp, readFileSync, statSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
+import * as fsp from '../platform/fsp.js';
 import * as path from 'node:path';
 import type { Profile } from '../model/types.js';
 import type { DestinationCounters } from '../model/report.js';

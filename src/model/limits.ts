@@ -2,7 +2,7 @@
  * Size limits of every input iptlb reads, and a reader that never reads past them: a file that is
  * larger (or endless, as /dev/zero) fails with one line as soon as the limit is passed.
  */
-import { promises as fsp } from 'node:fs';
+import * as fsp from '../platform/fsp.js';
 import { IptlbError } from './errors.js';
 
 /** The state file: 64 MiB (about 300,000 profiles of two destinations). */

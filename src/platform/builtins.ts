@@ -11,7 +11,9 @@ import type * as Crypto from 'node:crypto';
 import type * as Http from 'node:http';
 import type * as Net from 'node:net';
 
-const load = createRequire(import.meta.url);
+// Made on first use: in the CLI bundle import.meta.url is computed when read (scripts/bundle.js).
+let req: NodeRequire | undefined;
+const load = (id: string): unknown => (req ??= createRequire(import.meta.url))(id);
 let cp: typeof ChildProcess | undefined;
 let crypto: typeof Crypto | undefined;
 let http: typeof Http | undefined;

@@ -6,7 +6,8 @@
  */
 import { pidAlive } from './pid.js';
 import { childProcess } from './builtins.js';
-import { fstatSync, futimesSync, lstatSync, promises as fsp, statSync, utimesSync, type Stats } from 'node:fs';
+import { fstatSync, futimesSync, lstatSync, statSync, utimesSync, type Stats } from 'node:fs';
+import * as fsp from './fsp.js';
 import * as path from 'node:path';
 import { checkDirChain, checkTrusted, fsFailure } from './fsafety.js';
 import { IptlbError } from '../model/errors.js';

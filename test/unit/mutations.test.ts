@@ -10,6 +10,7 @@ import * as fsp from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { writeState, readState } from '../../src/core/state.js';
+import { FileHandle } from '../../src/platform/fsp.js';
 import { parseSave } from '../../src/engines/legacy/restore.js';
 import { planNftProfile } from '../../src/engines/nft/plan.js';
 import { validateProfile } from '../../src/model/profile.js';
@@ -17,9 +18,8 @@ import { validateProfile } from '../../src/model/profile.js';
 test('writeState syncs the new file before it replaces the old one, then the directory', async (t) => {
   const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-fsync-'));
   try {
-    const probe = await fsp.open(path.join(dir, 'probe'), 'w');
-    const proto = Object.getPrototypeOf(probe) as { sync: () => Promise<void> };
-    await probe.close();
+    // The state code's file handles (platform/fsp.ts).
+    const proto = FileHandle.prototype as { sync: () => Promise<void> };
     const file = path.join(dir, 'state.db');
     const seen: string[] = [];
     const real = proto.sync;

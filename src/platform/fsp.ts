@@ -1,0 +1,157 @@
+/**
+ * The part of `node:fs/promises` iptlb uses, on Node's callback API, with a synchronous mode for
+ * one-shot CLI runs.
+ *
+ * Why not `node:fs/promises` itself: the first use of `fs.promises` loads about ten of Node's internal
+ * modules (file handles, directory streams, watchers, readline) and every call goes through a
+ * promise-based request; in a one-shot `iptlb` process that costs about 5 % of a bare Node start.
+ * The callback API is already loaded.
+ *
+ * {@link useSyncFs}: a one-shot command (apply, list, status…) does one thing at a time, so each call
+ * may as well run on the main thread. The functions then do the `*Sync` call and return a settled
+ * promise: callers see the same promises and the same errors (same `code`), without the thread
+ * pool's round trips. Long-running processes (the library, watch, agent) keep the asynchronous
+ * calls, so that an fsync never stalls their event loop.
+ */
+import * as fs from 'node:fs';
+
+let syncMode = false;
+
+/** Makes every call of this module synchronous (on) or asynchronous again (off). */
+export function useSyncFs(on = true): void {
+  syncMode = on;
+}
+
+/** Whether calls are synchronous now ({@link useSyncFs}). */
+export function syncFs(): boolean {
+  return syncMode;
+}
+
+type Callback<T> = (err: NodeJS.ErrnoException | null, value: T) => void;
+
+/** Runs `sync` in synchronous mode, else `async` with a callback; a promise either way. */
+function run<T>(sync: () => T, async: (cb: Callback<T>) => void): Promise<T> {
+  if (syncMode) {
+    try {
+      return Promise.resolve(sync());
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+  return new Promise<T>((resolve, reject) => async((err, value) => (err ? reject(err) : resolve(value))));
+}
+
+type StatOptions = { bigint?: boolean };
+
+/** An open file, as much of `fs.promises.FileHandle` as iptlb uses. */
+export class FileHandle {
+  constructor(readonly fd: number) {}
+
+  stat(opts: { bigint: true }): Promise<fs.BigIntStats>;
+  stat(opts?: { bigint?: false }): Promise<fs.Stats>;
+  stat(opts: StatOptions = {}): Promise<fs.Stats | fs.BigIntStats> {
+    return run(
+      () => fs.fstatSync(this.fd, opts as fs.StatSyncOptions) as fs.Stats | fs.BigIntStats,
+      (cb) => fs.fstat(this.fd, opts as fs.StatOptions, cb as Callback<fs.Stats | fs.BigIntStats>),
+    );
+  }
+
+  read(
+    buffer: Buffer,
+    offset: number,
+    length: number,
+    position: number | null,
+  ): Promise<{ bytesRead: number; buffer: Buffer }> {
+    return run(
+      () => ({ bytesRead: fs.readSync(this.fd, buffer, offset, length, position), buffer }),
+      (cb) => fs.read(this.fd, buffer, offset, length, position, (err, bytesRead) => cb(err, { bytesRead, buffer })),
+    );
+  }
+
+  write(buffer: Buffer, offset: number, length: number): Promise<{ bytesWritten: number; buffer: Buffer }> {
+    return run(
+      () => ({ bytesWritten: fs.writeSync(this.fd, buffer, offset, length), buffer }),
+      (cb) => fs.write(this.fd, buffer, offset, length, (err, bytesWritten) => cb(err, { bytesWritten, buffer })),
+    );
+  }
+
+  /** Writes all of `data` from the current position (as FileHandle.writeFile on a file just opened). */
+  writeFile(data: string | Buffer, encoding: BufferEncoding = 'utf8'): Promise<void> {
+    return run(
+      () => fs.writeFileSync(this.fd, data, encoding),
+      (cb) => fs.writeFile(this.fd, data, encoding, (err) => cb(err, undefined)),
+    );
+  }
+
+  truncate(len = 0): Promise<void> {
+    return run(
+      () => fs.ftruncateSync(this.fd, len),
+      (cb) => fs.ftruncate(this.fd, len, (err) => cb(err, undefined)),
+    );
+  }
+
+  sync(): Promise<void> {
+    return run(
+      () => fs.fsyncSync(this.fd),
+      (cb) => fs.fsync(this.fd, (err) => cb(err, undefined)),
+    );
+  }
+
+  close(): Promise<void> {
+    return run(
+      () => fs.closeSync(this.fd),
+      (cb) => fs.close(this.fd, (err) => cb(err, undefined)),
+    );
+  }
+}
+
+export function open(file: string, flags: string | number, mode?: number): Promise<FileHandle> {
+  return run(
+    () => new FileHandle(fs.openSync(file, flags, mode)),
+    (cb) => fs.open(file, flags, mode, (err, fd) => cb(err, err ? (undefined as never) : new FileHandle(fd))),
+  );
+}
+
+export function lstat(file: string, opts: { bigint: true }): Promise<fs.BigIntStats>;
+export function lstat(file: string, opts?: { bigint?: false }): Promise<fs.Stats>;
+export function lstat(file: string, opts: StatOptions = {}): Promise<fs.Stats | fs.BigIntStats> {
+  return run(
+    () => fs.lstatSync(file, opts as fs.StatSyncOptions) as fs.Stats | fs.BigIntStats,
+    (cb) => fs.lstat(file, opts as fs.StatOptions, cb as Callback<fs.Stats | fs.BigIntStats>),
+  );
+}
+
+export function mkdir(dir: string, opts: fs.MakeDirectoryOptions & { recursive: true }): Promise<string | undefined> {
+  return run(
+    () => fs.mkdirSync(dir, opts),
+    (cb) => fs.mkdir(dir, opts, cb),
+  );
+}
+
+export function readdir(dir: string): Promise<string[]> {
+  return run(
+    () => fs.readdirSync(dir),
+    (cb) => fs.readdir(dir, cb),
+  );
+}
+
+export function rename(from: string, to: string): Promise<void> {
+  return run(
+    () => fs.renameSync(from, to),
+    (cb) => fs.rename(from, to, (err) => cb(err, undefined)),
+  );
+}
+
+export function unlink(file: string): Promise<void> {
+  return run(
+    () => fs.unlinkSync(file),
+    (cb) => fs.unlink(file, (err) => cb(err, undefined)),
+  );
+}
+
+export function writeFile(file: string, data: string, opts: { mode: number }): Promise<void> {
+  return run(
+    () => fs.writeFileSync(file, data, opts),
+    (cb) => fs.writeFile(file, data, opts, (err) => cb(err, undefined)),
+  );
+}
