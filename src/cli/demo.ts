@@ -9,9 +9,9 @@
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import * as net from 'node:net';
-import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { findBinary } from '../platform/spawn.js';
+import { nodeOs } from '../platform/builtins.js';
 
 type Out = { out: (s: string) => void; err: (s: string) => void };
 
@@ -225,7 +225,7 @@ export async function demo(o: DemoOptions, io: Out): Promise<number> {
   }
   if (!process.env.IPTLB_DEMO_IN_NETNS) return inNamespace(o, io);
   const say: Say = (s = '') => io.out(s);
-  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-demo-'));
+  const dir = mkdtempSync(path.join(nodeOs().tmpdir(), 'iptlb-demo-'));
   const state = path.join(dir, 'state.db');
   const iptlb: Iptlb = (args) => run(process.execPath, [o.cli, ...args]);
   let servers: net.Server[] = [];

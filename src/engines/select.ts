@@ -4,10 +4,10 @@
  * is unavailable, else legacy. Each step is reported by `iptlb doctor`.
  */
 import { existsSync, readFileSync, realpathSync, readdirSync } from 'node:fs';
-import { release } from 'node:os';
 import { IptlbError } from '../model/errors.js';
 import { findBinary, run } from '../platform/spawn.js';
 import type { EngineChoice, EngineName } from '../model/types.js';
+import { nodeOs } from '../platform/builtins.js';
 
 export function parseEngineChoice(value: string | undefined): EngineChoice {
   const v = (value ?? 'auto').toLowerCase();
@@ -40,7 +40,7 @@ export function ip6tablesTables(): string[] | null {
 /** Whether this kernel can do x_tables: loaded, or its module is installed. */
 export function xtablesAvailable(): boolean {
   if (xtablesTables() !== null || existsSync('/sys/module/ip_tables')) return true;
-  const dir = `/lib/modules/${release()}/kernel/net/ipv4/netfilter`;
+  const dir = `/lib/modules/${nodeOs().release()}/kernel/net/ipv4/netfilter`;
   try {
     return readdirSync(dir).some((f) => f.startsWith('ip_tables.ko'));
   } catch {

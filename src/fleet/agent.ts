@@ -14,7 +14,6 @@
  * --state-file` work on it as on any state file.
  */
 import { EventEmitter } from 'node:events';
-import { hostname } from 'node:os';
 import { Core, type OpenOptions } from '../core/core.js';
 import { IptlbError } from '../model/errors.js';
 import type { EngineChoice, ExecutorChoice, EngineName, Profile } from '../model/types.js';
@@ -30,6 +29,7 @@ import {
   type Refusal,
 } from './reconcile.js';
 import { EtcdStore, prefixEnd, type EtcdOptions, type FleetStore, type StoreEvent, type WatchHandle } from './store.js';
+import { nodeOs } from '../platform/builtins.js';
 
 export const DEFAULT_AGENT_STATE_FILE = '/var/lib/iptlb/agent.db';
 
@@ -153,7 +153,7 @@ export class Agent extends EventEmitter<AgentEvents> {
   constructor(private readonly opts: AgentOptions) {
     super();
     this.prefix = validatePrefix(opts.prefix ?? DEFAULT_PREFIX);
-    this.host = validateHost(opts.host ?? hostname());
+    this.host = validateHost(opts.host ?? nodeOs().hostname());
     this.o = {
       minSyncMs: int(opts.minSyncMs ?? 100, 'minSyncMs', 0),
       pageSize: int(opts.pageSize ?? 1000, 'pageSize', 1),

@@ -6,8 +6,8 @@
  * Node sockets ({@link probe}). Without the addon (not built, or IPTLB_NO_NATIVE=1), every probe
  * uses Node sockets, and the process logs that once.
  */
-import { constants as osConstants } from 'node:os';
 import { ipv4Problem, ipv6Groups } from '../model/address.js';
+import { nodeOs } from '../platform/builtins.js';
 import { loadAddon, PROBE_JOB_BYTES, type NativeHealthProber } from '../platform/addon.js';
 import { probe as nodeProbe, type Probe, type ProbeTarget } from './probe.js';
 
@@ -40,9 +40,14 @@ export class PromiseProber implements Prober {
   }
 }
 
-const ERRNO_NAMES = new Map<number, string>();
-for (const [name, n] of Object.entries(osConstants.errno)) if (!ERRNO_NAMES.has(n)) ERRNO_NAMES.set(n, name);
-const ETIMEDOUT = osConstants.errno.ETIMEDOUT;
+/** errno numbers to names, made on first use (node:os is loaded only then). */
+let errnoNames: Map<number, string> | undefined;
+function errnoNamesOf(): Map<number, string> {
+  if (errnoNames) return errnoNames;
+  errnoNames = new Map<number, string>();
+  for (const [name, n] of Object.entries(nodeOs().constants.errno)) if (!errnoNames.has(n)) errnoNames.set(n, name);
+  return errnoNames;
+}
 
 /** The 28-byte job of `host`:`port` (id and timeout written per probe), or a reason it cannot be one. */
 export function encodeJob(host: string, port: number): Buffer | string {
@@ -65,8 +70,8 @@ export function encodeJob(host: string, port: number): Buffer | string {
 /** Text of a native result: undefined for success, else the reason as the Node prober words it. */
 export function nativeReason(errno: number, timeoutMs: number): string | undefined {
   if (errno === 0) return undefined;
-  if (errno === ETIMEDOUT) return `no connection within ${timeoutMs} ms`;
-  return `${ERRNO_NAMES.get(errno) ?? `errno ${errno}`} (connect)`;
+  if (errno === nodeOs().constants.errno.ETIMEDOUT) return `no connection within ${timeoutMs} ms`;
+  return `${errnoNamesOf().get(errno) ?? `errno ${errno}`} (connect)`;
 }
 
 interface Pending {
