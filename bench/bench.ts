@@ -1,6 +1,6 @@
 /**
  * `npm run bench [-- apply|churn|cli|nft|health|metrics] [--json] [--sizes 0,1000,10000] [--runs N]`
- * (statefile: also `--cli-only`, `--cli-engines nft,legacy`, `--baseline-cli <bin/iptlb.cjs of another build>`)
+ * (`--load busy`: one busy loop beside the whole run; statefile: also `--cli-only`, `--cli-engines nft,legacy`, `--baseline-cli <bin/iptlb.cjs of another build>`)
  * Every scenario runs inside a throwaway network namespace (the program re-executes itself under
  * `unshare -n`). Figures are medians measured side by side in one run; read the ratios.
  */
@@ -58,6 +58,16 @@ if (!process.env.IPTLB_BENCH_IN_NETNS) {
   process.exit(r.status ?? 1);
 }
 execFileSync('ip', ['link', 'set', 'lo', 'up']);
+// `--load busy`: every scenario beside one busy loop (a Node process spinning on one core, nice 0) for
+// the whole run, the contention rows of issue 18 (churn has its own, `--background`).
+const LOAD = flag('--load') ?? 'idle';
+if (LOAD !== 'idle' && LOAD !== 'busy') throw new Error(`--load: idle or busy, got ${LOAD}`);
+const spinner = LOAD === 'busy' ? spawn(process.execPath, ['-e', 'for(;;){}'], { stdio: 'ignore' }) : undefined;
+if (spinner) {
+  spinner.unref();
+  process.on('exit', () => spinner.kill('SIGKILL'));
+  console.error('bench: --load busy: one busy loop beside every scenario of this run');
+}
 
 const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
