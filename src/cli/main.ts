@@ -100,23 +100,11 @@ Exit status: 0 done, 1 refused (conflict, kernel, state, lock), 2 bad input or u
 }
 
 /**
- * Commands that do one thing and exit: their file calls run on the main thread (see
- * platform/fsp.ts). The others (top, watch, agent, fleet, demo) keep running, serve or watch, and an
- * fsync must not stall them.
+ * Commands that keep running (they serve, watch or refresh): their file calls stay asynchronous, so an
+ * fsync never stalls them. Every other command does one thing and exits: its file calls run on the
+ * main thread (see platform/fsp.ts).
  */
-const ONE_SHOT = new Set<string | null>([
-  null,
-  'apply',
-  'delete',
-  'list',
-  'show',
-  'plan',
-  'status',
-  'sync',
-  'migrate',
-  'doctor',
-  'completion',
-]);
+const LONG_RUNNING = new Set<string | null>(['top', 'watch', 'agent', 'fleet', 'demo']);
 
 /** Runs the CLI; resolves with the exit code. */
 export async function main(argv: string[], io: Out = processOut()): Promise<number> {
@@ -125,7 +113,7 @@ export async function main(argv: string[], io: Out = processOut()): Promise<numb
     if (argv.length === 0) return (buildProgram(io, packageVersion()).outputHelp(), 0); // a bare `iptlb` shows the help
     const args = normalizeArgv(argv);
     const commands = commandsOf(args);
-    useSyncFs(commands.every(([name]) => ONE_SHOT.has(name)));
+    useSyncFs(!commands.some(([name]) => LONG_RUNNING.has(name)));
     await buildProgram(io, packageVersion(), commands).parseAsync(args, { from: 'user' });
     return 0;
   } catch (e) {
