@@ -1,6 +1,7 @@
 /**
  * `npm run bench [-- apply|churn|cli|nft|health|metrics] [--json] [--sizes 0,1000,10000] [--runs N]`
- * (`--load busy`: one busy loop beside the whole run; statefile: also `--cli-only`, `--cli-engines nft,legacy`, `--baseline-cli <bin/iptlb.cjs of another build>`)
+ * (`--load busy`: one busy loop beside the whole run;
+ * statefile: also `--cli-only`, `--cli-engines nft,legacy`, `--baseline-cli <bin/iptlb.cjs of another build>`)
  * Every scenario runs inside a throwaway network namespace (the program re-executes itself under
  * `unshare -n`). Figures are medians measured side by side in one run; read the ratios.
  */
