@@ -71,7 +71,8 @@ export function serializeState(profiles: Iterable<Profile>): string {
   return text;
 }
 
-function serializeOne(p: Profile): string {
+/** One profile's block of the file, as {@link serializeState} writes it. */
+export function serializeOne(p: Profile): string {
   const out: string[] = [];
   {
     out.push(`${scalar(p.name)}:`);
@@ -226,7 +227,7 @@ const YAML11_FIRST = /^[-+.0-9~yYnNtTfFoO]/;
  * regular expression engine's native code, which matters for a one-shot process, whose JavaScript
  * is still cold.
  */
-const PLAIN_BLOCK = new RegExp(
+export const PLAIN_BLOCK = new RegExp(
   `("?)(${EXISTING_NAME})\\1:\\n  destination:\\n((?:  - ${PLAIN_UNICAST_V4_LINE})+)  logEnabled: (true|false)\\n  logLevel: "([0-7])"\\n(  masquerade: true\\n)?  protocol: (tcp|udp|sctp)\\n  rulesBackend: (client|proxy|server)\\n  source: (${PLAIN_UNICAST_V4_LINE})`,
   'y',
 );
@@ -247,26 +248,38 @@ function loadExact(text: string): Map<string, Profile> | null {
   while (PLAIN_BLOCK.lastIndex < text.length) {
     const m = PLAIN_BLOCK.exec(text);
     if (m === null) return null;
-    const name = m[2];
-    // Quoted exactly when YAML 1.1 would read the plain name as something else (as scalar() writes it).
-    if (m[1] !== '' ? scalar(name) === name : YAML11_FIRST.test(name) && scalar(name) !== name) return null;
-    if (out.has(name)) return null;
-    const p = plainProfile(
-      name,
-      m[9].slice(0, -1),
-      m[3].slice(4, -1).split('\n  - '),
-      m[7],
-      m[8],
-      m[4] === 'true',
-      m[5],
-      m[6] !== undefined,
-      true,
-    );
-    if (p === null) return null;
-    chunks.set(p, m[0]);
-    out.set(name, p);
+    const p = plainBlockProfile(m);
+    if (p === null || out.has(p.name)) return null;
+    out.set(p.name, p);
   }
   return out;
+}
+
+/** Whether a {@link PLAIN_BLOCK} match's name is quoted exactly when YAML 1.1 would read it plain as something else (as scalar() writes it). */
+export function plainNameQuoting(quote: string, name: string): boolean {
+  return quote !== '' ? scalar(name) !== name : !YAML11_FIRST.test(name) || scalar(name) === name;
+}
+
+/**
+ * The profile of one {@link PLAIN_BLOCK} match (its name's quoting and the checks between fields:
+ * {@link plainProfile}), its block kept as its serialised text; null when the general path must read it.
+ */
+export function plainBlockProfile(m: RegExpExecArray): Profile | null {
+  const name = m[2];
+  if (!plainNameQuoting(m[1], name)) return null;
+  const p = plainProfile(
+    name,
+    m[9].slice(0, -1),
+    m[3].slice(4, -1).split('\n  - '),
+    m[7],
+    m[8],
+    m[4] === 'true',
+    m[5],
+    m[6] !== undefined,
+    true,
+  );
+  if (p !== null) chunks.set(p, m[0]);
+  return p;
 }
 
 /** The canonical layout line by line: keys in any order, any of them missing. */
@@ -547,16 +560,29 @@ async function readOpened(file: string, fh: fsp.FileHandle): Promise<string> {
  * names the YAML version read, which holds whatever a concurrent fold does (a fold replaces the
  * YAML before it removes the journal). Needs no lock: a reader sees a complete version.
  */
-export async function readStateFull(file: string): Promise<StateRead> {
+export async function readStateFull(
+  file: string,
+  /**
+   * Reads the text of a file without a journal into a map instead of {@link loadExact} (the CLI's
+   * index, see state-index.ts), which checks what {@link checkedSet} checks; null: the usual way.
+   */
+  indexed?: (text: string) => Map<string, Profile> | null,
+): Promise<StateRead> {
   const y = await openChecked(file, 'state file');
   const base = baseIdentity(y?.st ?? null);
   const text = y ? await readOpened(file, y.fh) : '';
+  const jf = journalPath(file);
+  if (indexed) {
+    const j = await openChecked(jf, 'state journal');
+    if (j) await j.fh.close();
+    const index = j ? null : indexed(text);
+    if (index) return { profiles: index, base, journal: null, records: 0 };
+  }
   // The file as iptlb writes it: read without the general path (see loadExact).
   const exact = loadExact(text);
   let data: unknown = exact === null ? await parseRaw(text, file) : undefined;
   let journal: JournalAt | null = null;
   let records = 0;
-  const jf = journalPath(file);
   const j = await openChecked(jf, 'state journal');
   if (j) {
     const decoded = decodeJournal(await readOpened(jf, j.fh), base);
@@ -582,8 +608,9 @@ export async function ensureStateDir(file: string): Promise<void> {
  * Writes the whole state atomically: temp file (0600, O_EXCL) + fsync + rename + directory fsync.
  * Returns the new YAML's identity ({@link baseIdentity}). A journal beside it is void from then on.
  */
-export async function writeState(file: string, profiles: Iterable<Profile>): Promise<string> {
-  const text = serializeState(profiles);
+export async function writeState(file: string, profiles: Iterable<Profile>, text?: string): Promise<string> {
+  // `text`: the profiles already serialised (the CLI's splice of its change into the file read, see state-index.ts).
+  text ??= serializeState(profiles);
   await ensureStateDir(file);
   const dir = path.dirname(file);
   const tmp = path.join(dir, `.${path.basename(file)}.tmp-${process.pid}-${Math.random().toString(36).slice(2, 10)}`);

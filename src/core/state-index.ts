@@ -1,0 +1,339 @@
+/**
+ * The CLI's reading of a state file: an index of the text instead of a profile per block. A one-shot
+ * change touches one profile of thousands, so the file is checked as {@link parseState} checks it (the
+ * layout of each block, every name and address, the checks between fields and between profiles) in
+ * one pass that builds no profile, and only the profiles looked up are built. The change is then
+ * spliced into the text read: the file written is byte for byte what {@link serializeState} writes
+ * for the profiles after it, without serialising or even building the others.
+ *
+ * It is a `Map` by its interface: whatever iterates it (list, sync, a base-chain rewrite) gets every
+ * profile, built then from the text with the usual fast reader. What a change needs without
+ * iterating is asked for explicitly: the profiles by shape ({@link IndexedState.shapes}, for the
+ * planners' per-family and per-set counts), the conflicts of a candidate
+ * ({@link IndexedState.conflictOf}) and the text after a change ({@link IndexedState.spliced}); each
+ * answers only while the map is as read (null otherwise: the caller then iterates).
+ */
+import { IptlbError } from '../model/errors.js';
+import { MAX_DESTINATIONS, chainName, show } from '../model/profile.js';
+import type { Profile } from '../model/types.js';
+import type { Change } from '../engines/engine.js';
+import { PLAIN_BLOCK, parseExactProfiles, plainBlockProfile, plainNameQuoting, serializeOne } from './state.js';
+
+/** The destinations of a block: a line is repeated (the lines before it are whole lines, so `\1` starts a line). */
+const REPEATED_LINE = /^(  - [^\n]+\n)(?:  - [^\n]+\n)*?\1/m;
+const PROTOCOLS = ['tcp', 'udp', 'sctp'];
+const BACKENDS = ['client', 'proxy', 'server'];
+
+/** The first of the sorted `names` not below `name` (in the writer's order). */
+function lowerBound(names: readonly string[], name: string): number {
+  let lo = 0;
+  let hi = names.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (names[mid] < name) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/** Where `name` is in the sorted `names`, or -1. */
+function find(names: readonly string[], name: string): number {
+  const i = lowerBound(names, name);
+  return i < names.length && names[i] === name ? i : -1;
+}
+
+/** Whether two names' chain suffixes can only be equal when the names are (see {@link IndexedState}). */
+function special(name: string): boolean {
+  return name.length === 16 || name.length > 18 || /[A-Z_-]/.test(name);
+}
+
+/** The chain suffix of a name (chainName without its prefix; a long name's hash is cached there). */
+function suffixOf(name: string): string {
+  return chainName(name).slice(10);
+}
+
+/**
+ * The profiles of a state file's text, indexed (see the module's comment). Built by
+ * {@link indexState} only for a file laid out exactly as the writer lays it out, in name order, every
+ * profile a plain one, no two in conflict.
+ *
+ * Chain names: a name of 18 characters or fewer has its upper-cased self (`-` as `_`) as suffix, a
+ * longer one a 16-character hash. A name of letters `a-z` and digits only, of another length than
+ * 16 and at most 18 ("ordinary"), shares its suffix with no other ordinary name; so only the other
+ * names ("special") have their suffix kept (in a map), and an ordinary name's suffix is its name
+ * upper-cased: looked up by binary search in the sorted names.
+ */
+export class IndexedState extends Map<string, Profile> {
+  /** Every profile built (looked up), by block. */
+  private readonly built = new Map<number, Profile>();
+  /** Set and deleted since the index was read (null: none), a deleted one as null. */
+  private edits: Map<string, Profile | null> | null = null;
+  private count: number;
+  /** Every profile built into the Map itself: from then on it is a plain Map. */
+  private full = false;
+
+  /** @internal use {@link indexState} */
+  constructor(
+    private readonly text: string,
+    /** The names, sorted (as the file is). */
+    private readonly names: string[],
+    /** Where each block starts; one more entry: the end of the text. */
+    private readonly starts: number[],
+    /** The chain suffix of each special name → its block. */
+    private readonly suffixes: Map<string, number>,
+    /** Per protocol (tcp, udp, sctp): each source (its text and a newline) → its block. */
+    private readonly sources: Map<string, number>[],
+    /** First block and number of blocks of each shape (see {@link shapes}). */
+    private readonly shapeBlocks: Map<number, [number, number]>,
+  ) {
+    super();
+    this.count = names.length;
+  }
+
+  /** Whether nothing was set or deleted since the text was read (the fast answers hold). */
+  get pristine(): boolean {
+    return !this.full && this.edits === null;
+  }
+
+  /** Whether every profile has been built (the index is a plain Map from then on); for the tests. */
+  get materialized(): boolean {
+    return this.full;
+  }
+
+  /** The block of `name`, or -1. */
+  private find(name: string): number {
+    return find(this.names, name);
+  }
+
+  private lowerBound(name: string): number {
+    return lowerBound(this.names, name);
+  }
+
+  private block(i: number): Profile {
+    let p = this.built.get(i);
+    if (p === undefined) {
+      PLAIN_BLOCK.lastIndex = this.starts[i];
+      const m = PLAIN_BLOCK.exec(this.text);
+      p = m === null ? null! : plainBlockProfile(m)!;
+      if (!p) throw new Error(`state index: block ${i} no longer reads`); // indexed from the same text
+      this.built.set(i, p);
+    }
+    return p;
+  }
+
+  /** Builds every profile into the Map itself (the text's, then the edits). */
+  private materialize(): void {
+    if (this.full) return;
+    const all = parseExactProfiles(this.text);
+    if (all === null) throw new Error('state index: the text no longer reads');
+    for (const [n, p] of all) super.set(n, this.built.get(this.find(n)) ?? p);
+    for (const [n, p] of this.edits ?? []) {
+      if (p === null) super.delete(n);
+      else super.set(n, p);
+    }
+    this.edits = null;
+    this.full = true;
+  }
+
+  override get size(): number {
+    return this.full ? super.size : this.count;
+  }
+  override get(name: string): Profile | undefined {
+    if (this.full) return super.get(name);
+    const e = this.edits?.get(name);
+    if (e !== undefined) return e ?? undefined;
+    const i = this.find(name);
+    return i < 0 ? undefined : this.block(i);
+  }
+  override has(name: string): boolean {
+    return this.get(name) !== undefined;
+  }
+  override set(name: string, p: Profile): this {
+    if (this.full) return super.set(name, p);
+    if (this.get(name) === undefined) this.count++;
+    (this.edits ??= new Map()).set(name, p);
+    return this;
+  }
+  override delete(name: string): boolean {
+    if (this.full) return super.delete(name);
+    if (this.get(name) === undefined) return false;
+    this.count--;
+    (this.edits ??= new Map()).set(name, null);
+    return true;
+  }
+  override clear(): void {
+    this.materialize();
+    super.clear();
+  }
+  override entries(): ReturnType<Map<string, Profile>['entries']> {
+    this.materialize();
+    return super.entries();
+  }
+  override keys(): ReturnType<Map<string, Profile>['keys']> {
+    this.materialize();
+    return super.keys();
+  }
+  override values(): ReturnType<Map<string, Profile>['values']> {
+    this.materialize();
+    return super.values();
+  }
+  override forEach(fn: (value: Profile, key: string, map: Map<string, Profile>) => void, thisArg?: unknown): void {
+    this.materialize();
+    super.forEach(fn, thisArg);
+  }
+  override [Symbol.iterator](): ReturnType<Map<string, Profile>['entries']> {
+    return this.entries();
+  }
+
+  /**
+   * The profiles grouped by shape (every field but the name and the addresses: the family, the
+   * number of destinations, protocol, mode, logging, masquerade; none has weights, a scheduler,
+   * affinity or a health check): one profile of each shape and how many have it. Null once the map
+   * has changed.
+   */
+  shapes(): [Profile, number][] | null {
+    if (!this.pristine) return null;
+    return [...this.shapeBlocks.values()].map(([first, n]) => [this.block(first), n]);
+  }
+
+  /**
+   * What {@link checkConflicts} says of `candidate` against these profiles (those named in `skip`,
+   * and its own name, left out): the error for the first profile in the file's order whose chain
+   * name or source and protocol it shares, or null. Undefined once the map has changed.
+   */
+  conflictOf(candidate: Profile, skip?: ReadonlySet<string>): IptlbError | null | undefined {
+    if (!this.pristine) return undefined;
+    const mine = (i: number | undefined): i is number =>
+      i !== undefined && i >= 0 && this.names[i] !== candidate.name && !skip?.has(this.names[i]);
+    const chain = suffixOf(candidate.name);
+    let byChain = this.suffixes.get(chain);
+    if (!mine(byChain) && /^[A-Z0-9]+$/.test(chain) && chain.length !== 16 && chain.length <= 18)
+      byChain = this.find(chain.toLowerCase());
+    const proto = PROTOCOLS.indexOf(candidate.protocol);
+    const bySource = proto < 0 ? undefined : this.sources[proto].get(`${candidate.source}\n`);
+    const c = mine(byChain) ? byChain : Infinity;
+    const s = mine(bySource) ? bySource : Infinity;
+    if (c === Infinity && s === Infinity) return null;
+    if (c <= s)
+      return new IptlbError(
+        'ECONFLICT',
+        `name: ${show(candidate.name)} maps to chain ${chainName(candidate.name)}, already used by profile ${show(this.names[c])}`,
+        { field: 'name' },
+      );
+    return new IptlbError(
+      'ECONFLICT',
+      `source: ${show(candidate.source)}/${candidate.protocol} already belongs to profile ${show(this.names[s])}`,
+      { field: 'source' },
+    );
+  }
+
+  /**
+   * The text {@link serializeState} writes for these profiles after `change` (removals, then the
+   * upserts replacing or adding, as {@link ChangedProfiles} reads it): the blocks of the others as
+   * read, the changed ones serialised, in name order. Null once the map has changed.
+   */
+  spliced(change: Change): string | null {
+    if (!this.pristine) return null;
+    const upserts = new Map<string, Profile>();
+    for (const p of change.upsert) upserts.set(p.name, p);
+    // Block → its new text ('' removed); insertions before a block (names in order).
+    const replaced = new Map<number, string>();
+    const inserted = new Map<number, Profile[]>();
+    for (const n of change.remove) {
+      const i = this.find(n);
+      if (i >= 0 && !upserts.has(n)) replaced.set(i, '');
+    }
+    for (const p of upserts.values()) {
+      const i = this.find(p.name);
+      if (i >= 0) replaced.set(i, serializeOne(p));
+      else {
+        const at = this.lowerBound(p.name);
+        const list = inserted.get(at);
+        if (list) list.push(p);
+        else inserted.set(at, [p]);
+      }
+    }
+    const cuts = [...new Set([...replaced.keys(), ...inserted.keys()])].sort((a, b) => a - b);
+    let out = '';
+    let from = 0;
+    for (const i of cuts) {
+      const start = this.starts[i];
+      out += this.text.slice(from, start);
+      from = start;
+      const before = inserted.get(i);
+      if (before)
+        for (const p of before.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) out += serializeOne(p);
+      const r = replaced.get(i);
+      if (r !== undefined) {
+        out += r;
+        from = this.starts[i + 1];
+      }
+    }
+    out += this.text.slice(from);
+    return out === '' ? '{}\n' : out;
+  }
+}
+
+/**
+ * The index of a state file's text, or null when it is not exactly what the writer writes for
+ * plain profiles in name order, or when two of them conflict (the general reading then reads it,
+ * and says what is wrong). The checks are those of {@link parseState}'s fast reader (one
+ * {@link PLAIN_BLOCK} match per profile, the name's quoting, the checks between fields of
+ * {@link plainProfile}) and of {@link checkSet}, without building a profile.
+ */
+export function indexState(text: string): IndexedState | null {
+  const names: string[] = [];
+  const starts: number[] = [];
+  const suffixes = new Map<string, number>();
+  const sources: Map<string, number>[] = [new Map(), new Map(), new Map()];
+  const shapes = new Map<number, [number, number]>();
+  // An empty state: no block (and nothing of `{}` kept when a profile is added).
+  if (text === '' || text === '{}\n') return new IndexedState('', names, [0], suffixes, sources, shapes);
+  let prev = '';
+  PLAIN_BLOCK.lastIndex = 0;
+  while (PLAIN_BLOCK.lastIndex < text.length) {
+    const at = PLAIN_BLOCK.lastIndex;
+    const m = PLAIN_BLOCK.exec(text);
+    if (m === null) return null;
+    const i = names.length;
+    const name = m[2];
+    // In the writer's order, no name twice.
+    if (i > 0 && !(prev < name)) return null;
+    if (!plainNameQuoting(m[1], name)) return null;
+    // plainProfile's checks between fields.
+    const backend = BACKENDS.indexOf(m[8]);
+    if (m[6] !== undefined && backend !== 1) return null;
+    const dests = m[3];
+    let count = 0;
+    for (let k = dests.indexOf('\n'); k >= 0; k = dests.indexOf('\n', k + 1)) count++;
+    if (count > MAX_DESTINATIONS) return null;
+    if (dests.includes(`  - ${m[9]}`)) return null;
+    if (count > 1 && REPEATED_LINE.test(dests)) return null;
+    // checkSet: no chain name or source and protocol twice.
+    if (special(name)) {
+      const s = suffixOf(name);
+      if (suffixes.has(s)) return null;
+      suffixes.set(s, i);
+    }
+    const proto = PROTOCOLS.indexOf(m[7]);
+    const bySource = sources[proto];
+    if (bySource.has(m[9])) return null;
+    bySource.set(m[9], i);
+    const shape =
+      (((((m[4] === 'true' ? 8 : 0) + Number(m[5])) * 2 + (m[6] ? 1 : 0)) * 3 + proto) * 3 + backend) * 2048 + count;
+    const sh = shapes.get(shape);
+    if (sh) sh[1]++;
+    else shapes.set(shape, [i, 1]);
+    names.push(name);
+    starts.push(at);
+    prev = name;
+  }
+  starts.push(text.length);
+  // A special name whose suffix is an ordinary name upper-cased shares that name's chain.
+  for (const [s, i] of suffixes) {
+    if (!/^[A-Z0-9]+$/.test(s) || s.length === 16 || s.length > 18) continue;
+    const j = find(names, s.toLowerCase());
+    if (j >= 0 && j !== i) return null;
+  }
+  return new IndexedState(text, names, starts, suffixes, sources, shapes);
+}
