@@ -255,7 +255,10 @@ function loadExact(text: string): Map<string, Profile> | null {
   return out;
 }
 
-/** Whether a {@link PLAIN_BLOCK} match's name is quoted exactly when YAML 1.1 would read it plain as something else (as scalar() writes it). */
+/**
+ * Whether a {@link PLAIN_BLOCK} match's name is quoted exactly when YAML 1.1 would read it plain as
+ * something else (as scalar() writes it).
+ */
 export function plainNameQuoting(quote: string, name: string): boolean {
   return quote !== '' ? scalar(name) !== name : !YAML11_FIRST.test(name) || scalar(name) === name;
 }
