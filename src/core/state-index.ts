@@ -14,13 +14,33 @@
  * answers only while the map is as read (null otherwise: the caller then iterates).
  */
 import { IptlbError } from '../model/errors.js';
-import { MAX_DESTINATIONS, chainName, show } from '../model/profile.js';
+import { EXISTING_NAME, MAX_DESTINATIONS, PLAIN_UNICAST_V4_LINE, chainName, show } from '../model/profile.js';
 import type { Profile } from '../model/types.js';
 import type { Change } from '../engines/engine.js';
-import { PLAIN_BLOCK, parseExactProfiles, plainBlockProfile, plainNameQuoting, serializeOne } from './state.js';
+import {
+  PLAIN_BLOCK,
+  YAML11_FIRST,
+  parseExactProfiles,
+  plainBlockProfile,
+  plainNameQuoting,
+  serializeOne,
+} from './state.js';
 
-/** The destinations of a block: a line is repeated (the lines before it are whole lines, so `\1` starts a line). */
-const REPEATED_LINE = /^(  - [^\n]+\n)(?:  - [^\n]+\n)*?\1/m;
+const TAIL = `  logEnabled: [a-z]+\\n  logLevel: "[0-7]"\\n(?:  masquerade: true\\n)?  protocol: [a-z]+\\n  rulesBackend: [a-z]+\\n  source: `;
+/**
+ * {@link PLAIN_BLOCK} with plainProfile's checks between fields in it (no destination twice or the
+ * source itself: each destination line is looked for among the lines after it and on the source
+ * line; masquerade only with proxy), so that the regular expression engine runs them, not cold
+ * JavaScript. It matches the same span as PLAIN_BLOCK does from the same place, or nothing.
+ * Captures: 1 the name's quote, 2 the name, 3 the destination lines, 4 (one of them), 5
+ * logEnabled, 6 logLevel, 7 masquerade, 8 protocol, 9 rulesBackend, 10 the source line.
+ */
+const INDEX_BLOCK = new RegExp(
+  `("?)(${EXISTING_NAME})\\1:\\n  destination:\\n((?:  - (${PLAIN_UNICAST_V4_LINE})(?!(?:  - [^\\n]*\\n)*  - \\4)(?!(?:  - [^\\n]*\\n)*${TAIL}\\4))+)` +
+    `  logEnabled: (true|false)\\n  logLevel: "([0-7])"\\n(  masquerade: true\\n(?=  protocol: [a-z]+\\n  rulesBackend: proxy\\n))?` +
+    `  protocol: (tcp|udp|sctp)\\n  rulesBackend: (client|proxy|server)\\n  source: (${PLAIN_UNICAST_V4_LINE})`,
+  'y',
+);
 const PROTOCOLS = ['tcp', 'udp', 'sctp'];
 const BACKENDS = ['client', 'proxy', 'server'];
 
@@ -31,6 +51,18 @@ function lowerBound(names: readonly string[], name: string): number {
   while (lo < hi) {
     const mid = (lo + hi) >>> 1;
     if (names[mid] < name) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/** The first of the sorted `xs` above `x`. */
+function upperBound(xs: readonly number[], x: number): number {
+  let lo = 0;
+  let hi = xs.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (xs[mid] <= x) lo = mid + 1;
     else hi = mid;
   }
   return lo;
@@ -74,6 +106,7 @@ export class IndexedState extends Map<string, Profile> {
 
   /** @internal use {@link indexState} */
   constructor(
+    /** The file's text: only ever blocks {@link INDEX_BLOCK} matches. */
     private readonly text: string,
     /** The names, sorted (as the file is). */
     private readonly names: string[],
@@ -81,8 +114,6 @@ export class IndexedState extends Map<string, Profile> {
     private readonly starts: number[],
     /** The chain suffix of each special name → its block. */
     private readonly suffixes: Map<string, number>,
-    /** Per protocol (tcp, udp, sctp): each source (its text and a newline) → its block. */
-    private readonly sources: Map<string, number>[],
     /** First block and number of blocks of each shape (see {@link shapes}). */
     private readonly shapeBlocks: Map<number, [number, number]>,
   ) {
@@ -209,8 +240,13 @@ export class IndexedState extends Map<string, Profile> {
     let byChain = this.suffixes.get(chain);
     if (!mine(byChain) && /^[A-Z0-9]+$/.test(chain) && chain.length !== 16 && chain.length <= 18)
       byChain = this.find(chain.toLowerCase());
-    const proto = PROTOCOLS.indexOf(candidate.protocol);
-    const bySource = proto < 0 ? undefined : this.sources[proto].get(`${candidate.source}\n`);
+    // Its source line (a line that starts so is one: the text is all blocks as the writer lays them out).
+    let bySource: number | undefined;
+    const line = `\n  source: ${candidate.source}\n`;
+    for (let at = this.text.indexOf(line); at >= 0 && bySource === undefined; at = this.text.indexOf(line, at + 1)) {
+      const i = upperBound(this.starts, at) - 1;
+      if (this.block(i).protocol === candidate.protocol && mine(i)) bySource = i;
+    }
     const c = mine(byChain) ? byChain : Infinity;
     const s = mine(bySource) ? bySource : Infinity;
     if (c === Infinity && s === Infinity) return null;
@@ -285,42 +321,40 @@ export function indexState(text: string): IndexedState | null {
   const names: string[] = [];
   const starts: number[] = [];
   const suffixes = new Map<string, number>();
-  const sources: Map<string, number>[] = [new Map(), new Map(), new Map()];
+  // Per protocol (tcp, udp, sctp), the source lines: none twice.
+  const sources = [new Set<string>(), new Set<string>(), new Set<string>()];
   const shapes = new Map<number, [number, number]>();
   // An empty state: no block (and nothing of `{}` kept when a profile is added).
-  if (text === '' || text === '{}\n') return new IndexedState('', names, [0], suffixes, sources, shapes);
+  if (text === '' || text === '{}\n') return new IndexedState('', names, [0], suffixes, shapes);
   let prev = '';
-  PLAIN_BLOCK.lastIndex = 0;
-  while (PLAIN_BLOCK.lastIndex < text.length) {
-    const at = PLAIN_BLOCK.lastIndex;
-    const m = PLAIN_BLOCK.exec(text);
+  INDEX_BLOCK.lastIndex = 0;
+  while (INDEX_BLOCK.lastIndex < text.length) {
+    const at = INDEX_BLOCK.lastIndex;
+    const m = INDEX_BLOCK.exec(text);
     if (m === null) return null;
     const i = names.length;
     const name = m[2];
-    // In the writer's order, no name twice.
+    // In the writer's order, no name twice; quoted as the writer quotes.
     if (i > 0 && !(prev < name)) return null;
-    if (!plainNameQuoting(m[1], name)) return null;
-    // plainProfile's checks between fields.
-    const backend = BACKENDS.indexOf(m[8]);
-    if (m[6] !== undefined && backend !== 1) return null;
+    if ((m[1] !== '' || YAML11_FIRST.test(name)) && !plainNameQuoting(m[1], name)) return null;
     const dests = m[3];
     let count = 0;
     for (let k = dests.indexOf('\n'); k >= 0; k = dests.indexOf('\n', k + 1)) count++;
     if (count > MAX_DESTINATIONS) return null;
-    if (dests.includes(`  - ${m[9]}`)) return null;
-    if (count > 1 && REPEATED_LINE.test(dests)) return null;
     // checkSet: no chain name or source and protocol twice.
     if (special(name)) {
       const s = suffixOf(name);
       if (suffixes.has(s)) return null;
       suffixes.set(s, i);
     }
-    const proto = PROTOCOLS.indexOf(m[7]);
+    const proto = PROTOCOLS.indexOf(m[8]);
     const bySource = sources[proto];
-    if (bySource.has(m[9])) return null;
-    bySource.set(m[9], i);
+    const n = bySource.size;
+    bySource.add(m[10]);
+    if (bySource.size === n) return null;
+    const backend = BACKENDS.indexOf(m[9]);
     const shape =
-      (((((m[4] === 'true' ? 8 : 0) + Number(m[5])) * 2 + (m[6] ? 1 : 0)) * 3 + proto) * 3 + backend) * 2048 + count;
+      (((((m[5] === 'true' ? 8 : 0) + Number(m[6])) * 2 + (m[7] ? 1 : 0)) * 3 + proto) * 3 + backend) * 2048 + count;
     const sh = shapes.get(shape);
     if (sh) sh[1]++;
     else shapes.set(shape, [i, 1]);
@@ -335,5 +369,5 @@ export function indexState(text: string): IndexedState | null {
     const j = find(names, s.toLowerCase());
     if (j >= 0 && j !== i) return null;
   }
-  return new IndexedState(text, names, starts, suffixes, sources, shapes);
+  return new IndexedState(text, names, starts, suffixes, shapes);
 }

@@ -219,7 +219,7 @@ function parseExact(text: string): Record<string, Record<string, unknown>> | nul
 }
 
 /** Names whose plain form YAML 1.1 might read as something else start with one of these. */
-const YAML11_FIRST = /^[-+.0-9~yYnNtTfFoO]/;
+export const YAML11_FIRST = /^[-+.0-9~yYnNtTfFoO]/;
 
 /**
  * One plain profile exactly as serializeOne writes it, its name and addresses checked by the
