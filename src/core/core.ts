@@ -20,7 +20,7 @@ import {
   validateProfile,
   weightOf,
 } from '../model/profile.js';
-import { IndexedState, indexState } from './state-index.js';
+import { IndexedState, indexStateBytes } from './state-index.js';
 import { fileVersionOf, readStateFull, resolveStatePath, stateVersion, stateVersionSync, writeState } from './state.js';
 import {
   appendRecord,
@@ -486,7 +486,7 @@ export class Core {
       this.window ? Promise.resolve().then(() => stateVersionSync(this.statePath!)) : stateVersion(this.statePath)
     ).catch(() => undefined);
     if (version !== undefined && this.cached && this.cached.version === version) return this.cached.state;
-    const r = await readStateFull(this.statePath, this.indexedReads && store ? indexState : undefined);
+    const r = await readStateFull(this.statePath, this.indexedReads && store ? indexStateBytes : undefined);
     if (!store) return r.profiles;
     // The version is taken before the read: if the files changed in between, the next call reads again.
     closeJournal(this.cached?.journal);
@@ -755,7 +755,7 @@ export class Core {
     c.base = await writeState(
       file,
       next.values(),
-      (c.state instanceof IndexedState ? c.state.spliced(change) : null) ?? undefined,
+      (c.state instanceof IndexedState ? c.state.splicedBytes(change) : null) ?? undefined,
     );
     // Void now (it names the YAML replaced): removed, not to mislead anyone reading it by hand.
     closeJournal(c.journal);

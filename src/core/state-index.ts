@@ -116,6 +116,8 @@ export class IndexedState extends Map<string, Profile> {
     private readonly suffixes: Map<string, number>,
     /** First block and number of blocks of each shape (see {@link shapes}). */
     private readonly shapeBlocks: Map<number, [number, number]>,
+    /** The bytes the text was read from (its Latin-1 encoding: it is ASCII), when there are. */
+    private bytes?: Buffer,
   ) {
     super();
     this.count = names.length;
@@ -269,6 +271,23 @@ export class IndexedState extends Map<string, Profile> {
    * read, the changed ones serialised, in name order. Null once the map has changed.
    */
   spliced(change: Change): string | null {
+    const pieces = this.splice(change);
+    return pieces && pieces.map((p) => (typeof p === 'string' ? p : this.text.slice(p[0], p[1]))).join('');
+  }
+
+  /**
+   * {@link spliced} as the bytes to write: the others' blocks are the bytes read, not copied (the
+   * text is ASCII: its offsets are the bytes').
+   */
+  splicedBytes(change: Change): Buffer[] | null {
+    const pieces = this.splice(change);
+    if (pieces === null) return null;
+    const bytes = (this.bytes ??= Buffer.from(this.text, 'latin1'));
+    return pieces.map((p) => (typeof p === 'string' ? Buffer.from(p, 'utf8') : bytes.subarray(p[0], p[1])));
+  }
+
+  /** {@link spliced} as pieces: a range of the text read, or new text. */
+  private splice(change: Change): ([number, number] | string)[] | null {
     if (!this.pristine) return null;
     const upserts = new Map<string, Profile>();
     for (const p of change.upsert) upserts.set(p.name, p);
@@ -290,23 +309,24 @@ export class IndexedState extends Map<string, Profile> {
       }
     }
     const cuts = [...new Set([...replaced.keys(), ...inserted.keys()])].sort((a, b) => a - b);
-    let out = '';
+    const out: ([number, number] | string)[] = [];
     let from = 0;
     for (const i of cuts) {
       const start = this.starts[i];
-      out += this.text.slice(from, start);
+      if (start > from) out.push([from, start]);
       from = start;
       const before = inserted.get(i);
       if (before)
-        for (const p of before.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) out += serializeOne(p);
+        for (const p of before.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)))
+          out.push(serializeOne(p));
       const r = replaced.get(i);
       if (r !== undefined) {
-        out += r;
+        if (r !== '') out.push(r);
         from = this.starts[i + 1];
       }
     }
-    out += this.text.slice(from);
-    return out === '' ? '{}\n' : out;
+    if (this.text.length > from) out.push([from, this.text.length]);
+    return out.length === 0 ? ['{}\n'] : out;
   }
 }
 
@@ -317,7 +337,7 @@ export class IndexedState extends Map<string, Profile> {
  * {@link PLAIN_BLOCK} match per profile, the name's quoting, the checks between fields of
  * {@link plainProfile}) and of {@link checkSet}, without building a profile.
  */
-export function indexState(text: string): IndexedState | null {
+export function indexState(text: string, bytes?: Buffer): IndexedState | null {
   const names: string[] = [];
   const starts: number[] = [];
   const suffixes = new Map<string, number>();
@@ -369,5 +389,10 @@ export function indexState(text: string): IndexedState | null {
     const j = find(names, s.toLowerCase());
     if (j >= 0 && j !== i) return null;
   }
-  return new IndexedState(text, names, starts, suffixes, shapes);
+  return new IndexedState(text, names, starts, suffixes, shapes, bytes);
+}
+
+/** {@link indexState} of a file's bytes (as ASCII: a file with any other byte is not indexed). */
+export function indexStateBytes(bytes: Buffer): IndexedState | null {
+  return indexState(bytes.toString('latin1'), bytes);
 }

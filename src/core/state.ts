@@ -20,7 +20,7 @@ import { HEALTH_KEYS_SORTED } from '../health/config.js';
 import { applyRecords, baseIdentity, decodeJournal, journalPath, type JournalAt, type RawState } from './journal.js';
 
 export const DEFAULT_STATE_FILE = 'local/state.db';
-import { MAX_STATE_BYTES, readCapped } from '../model/limits.js';
+import { MAX_STATE_BYTES, readCappedBytes } from '../model/limits.js';
 export { MAX_STATE_BYTES };
 
 /** `IPTLB_STATE_FILE`, else `local/state.db` relative to the working directory (as the original). */
@@ -546,9 +546,14 @@ function tooBig(file: string): IptlbError {
 }
 
 async function readOpened(file: string, fh: fsp.FileHandle): Promise<string> {
+  return (await readOpenedBytes(file, fh)).toString('utf8');
+}
+
+/** {@link readOpened}'s bytes, undecoded; `size`: the file's, from its fstat (read in one buffer). */
+async function readOpenedBytes(file: string, fh: fsp.FileHandle, size?: number): Promise<Buffer> {
   try {
     // Capped even so: the file may grow between the fstat and the read.
-    return await readCapped(fh, MAX_STATE_BYTES, () => tooBig(file));
+    return await readCappedBytes(fh, MAX_STATE_BYTES, () => tooBig(file), size);
   } catch (e) {
     if (e instanceof IptlbError) throw e;
     const err = e as NodeJS.ErrnoException;
@@ -569,18 +574,19 @@ export async function readStateFull(
    * Reads the text of a file without a journal into a map instead of {@link loadExact} (the CLI's
    * index, see state-index.ts), which checks what {@link checkedSet} checks; null: the usual way.
    */
-  indexed?: (text: string) => Map<string, Profile> | null,
+  indexed?: (bytes: Buffer) => Map<string, Profile> | null,
 ): Promise<StateRead> {
   const y = await openChecked(file, 'state file');
   const base = baseIdentity(y?.st ?? null);
-  const text = y ? await readOpened(file, y.fh) : '';
+  const bytes = y ? await readOpenedBytes(file, y.fh, Number(y.st.size)) : Buffer.alloc(0);
   const jf = journalPath(file);
   if (indexed) {
     const j = await openChecked(jf, 'state journal');
     if (j) await j.fh.close();
-    const index = j ? null : indexed(text);
+    const index = j ? null : indexed(bytes);
     if (index) return { profiles: index, base, journal: null, records: 0 };
   }
+  const text = bytes.toString('utf8');
   // The file as iptlb writes it: read without the general path (see loadExact).
   const exact = loadExact(text);
   let data: unknown = exact === null ? await parseRaw(text, file) : undefined;
@@ -611,16 +617,20 @@ export async function ensureStateDir(file: string): Promise<void> {
  * Writes the whole state atomically: temp file (0600, O_EXCL) + fsync + rename + directory fsync.
  * Returns the new YAML's identity ({@link baseIdentity}). A journal beside it is void from then on.
  */
-export async function writeState(file: string, profiles: Iterable<Profile>, text?: string): Promise<string> {
-  // `text`: the profiles already serialised (the CLI's splice of its change into the file read, see state-index.ts).
-  text ??= serializeState(profiles);
+export async function writeState(
+  file: string,
+  profiles: Iterable<Profile>,
+  /** The profiles already serialised (the CLI's splice of its change into the bytes read, see state-index.ts). */
+  serialised?: readonly Buffer[],
+): Promise<string> {
   await ensureStateDir(file);
   const dir = path.dirname(file);
   const tmp = path.join(dir, `.${path.basename(file)}.tmp-${process.pid}-${Math.random().toString(36).slice(2, 10)}`);
   const fh = await fsp.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
   let base: string;
   try {
-    await fh.writeFile(text, 'utf8');
+    if (serialised) await writeAll(fh, serialised);
+    else await fh.writeFile(serializeState(profiles), 'utf8');
     await fh.sync();
     base = baseIdentity(await fh.stat({ bigint: true }));
   } catch (e) {
@@ -648,4 +658,18 @@ export async function writeState(file: string, profiles: Iterable<Profile>, text
     await dh.close();
   }
   return base;
+}
+
+/** Writes every byte of `chunks` in order (a vectored write, again for whatever it left). */
+export async function writeAll(fh: Pick<fsp.FileHandle, 'writev'>, chunks: readonly Buffer[]): Promise<void> {
+  let rest = chunks.filter((c) => c.length > 0);
+  while (rest.length) {
+    let { bytesWritten: n } = await fh.writev(rest as Buffer[]);
+    if (n === 0) throw new Error('writev wrote nothing');
+    while (rest.length && n >= rest[0].length) {
+      n -= rest[0].length;
+      rest = rest.slice(1);
+    }
+    if (n > 0) rest = [rest[0].subarray(n), ...rest.slice(1)];
+  }
 }

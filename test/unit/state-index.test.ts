@@ -14,7 +14,7 @@ import fc from 'fast-check';
 import YAML from 'yaml';
 import { checkConflicts, familyOfProfile, slotCount, validateProfile } from '../../src/model/profile.js';
 import { parseStateReference, serializeState } from '../../src/core/state.js';
-import { IndexedState, indexState } from '../../src/core/state-index.js';
+import { IndexedState, indexState, indexStateBytes } from '../../src/core/state-index.js';
 import { ChangedProfiles, type Change } from '../../src/engines/engine.js';
 import { Core, upsertChange, deleteChange } from '../../src/core/core.js';
 import { IptlbError } from '../../src/model/errors.js';
@@ -169,7 +169,8 @@ test('the spliced text is byte for byte what the writer writes after the change;
       plainStateArb.chain((s) => fc.tuple(fc.constant(s), changeArb(s))),
       async ([profiles, raw]) => {
         const text = serializeState(profiles);
-        const index = indexState(text)!;
+        // As the CLI reads it: from the file's bytes.
+        const index = indexStateBytes(Buffer.from(text, 'utf8'))!;
         assert.ok(index, text);
         const reference = await parseStateReference(text);
         const upsert = raw.upsert.filter((p): p is Profile => !!p);
@@ -192,6 +193,8 @@ test('the spliced text is byte for byte what the writer writes after the change;
         const spliced = index.spliced(change)!;
         const expected = serializeState(new ChangedProfiles(reference, change).values());
         assert.equal(spliced, expected);
+        // The bytes written: the same, the unchanged blocks being the bytes read.
+        assert.equal(Buffer.concat(index.splicedBytes(change)!).toString('utf8'), expected);
         assert.deepEqual(YAML.parse(spliced, { version: '1.1' }), YAML.parse(expected, { version: '1.1' }));
         assert.equal(index.materialized, false);
         // After the change is applied to it (as Core.record does), it answers from the edits, and
@@ -375,4 +378,21 @@ test('hand-edited files: what the index takes, the reference reads the same; the
     { numRuns: 1500 },
   );
   assert.ok(taken > 50 && declined > 50, `taken ${taken}, declined ${declined}`);
+});
+
+test('the spliced bytes are written whole whatever each vectored write takes', async () => {
+  const { writeAll } = await import('../../src/core/state.js');
+  const chunks = ['ab', '', 'cdefg', 'h', 'ijklmnopq'].map((s) => Buffer.from(s));
+  for (const most of [1, 2, 3, 7, 100]) {
+    let written = '';
+    const fh = {
+      writev: async (bufs: Buffer[]) => {
+        const all = Buffer.concat(bufs).subarray(0, most);
+        written += all.toString();
+        return { bytesWritten: all.length, buffers: bufs };
+      },
+    };
+    await writeAll(fh as never, chunks);
+    assert.equal(written, 'abcdefghijklmnopq', `at most ${most} byte(s) per call`);
+  }
 });
