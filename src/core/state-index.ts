@@ -31,18 +31,20 @@ const TAIL = `  logEnabled: [a-z]+\\n  logLevel: "[0-7]"\\n(?:  masquerade: true
  * {@link PLAIN_BLOCK} with plainProfile's checks between fields in it (no destination twice or the
  * source itself: each destination line is looked for among the lines after it and on the source
  * line; masquerade only with proxy), so that the regular expression engine runs them, not cold
- * JavaScript. It matches the same span as PLAIN_BLOCK does from the same place, or nothing.
- * Captures: 1 the name's quote, 2 the name, 3 the destination lines, 4 (one of them), 5
- * logEnabled, 6 logLevel, 7 masquerade, 8 protocol, 9 rulesBackend, 10 the source line.
+ * JavaScript (per block, every call an interpreted loop makes costs). It matches the same span as
+ * PLAIN_BLOCK does from the same place, or nothing. Captures: 1 an ordinary name (letters `a-z`
+ * and digits, 1 to 15 or 17 to 18 of them, not quoted and not starting as a YAML 1.1 non-string
+ * may: the common case, which needs no check of its quoting or of its chain suffix), else 2 the
+ * name's quote and 3 the name; 4 the destination lines, 5 (one of them); 6 the fields between the
+ * destinations and the source (with the number of destinations: the shape); 7 the source line.
  */
 const INDEX_BLOCK = new RegExp(
-  `("?)(${EXISTING_NAME})\\1:\\n  destination:\\n((?:  - (${PLAIN_UNICAST_V4_LINE})(?!(?:  - [^\\n]*\\n)*  - \\4)(?!(?:  - [^\\n]*\\n)*${TAIL}\\4))+)` +
-    `  logEnabled: (true|false)\\n  logLevel: "([0-7])"\\n(  masquerade: true\\n(?=  protocol: [a-z]+\\n  rulesBackend: proxy\\n))?` +
-    `  protocol: (tcp|udp|sctp)\\n  rulesBackend: (client|proxy|server)\\n  source: (${PLAIN_UNICAST_V4_LINE})`,
+  `(?:(?![-+.0-9~yYnNtTfFoO])(?=[a-z0-9]{1,15}:|[a-z0-9]{17,18}:)([a-z0-9]+)|("?)(${EXISTING_NAME})\\2):\\n  destination:\\n` +
+    `((?:  - (${PLAIN_UNICAST_V4_LINE})(?!(?:  - [^\\n]*\\n)*  - \\5)(?!(?:  - [^\\n]*\\n)*${TAIL}\\5))+)` +
+    `(  logEnabled: (?:true|false)\\n  logLevel: "[0-7]"\\n(?:  masquerade: true\\n(?=  protocol: [a-z]+\\n  rulesBackend: proxy\\n))?` +
+    `  protocol: (?:tcp|udp|sctp)\\n  rulesBackend: (?:client|proxy|server)\\n)  source: (${PLAIN_UNICAST_V4_LINE})`,
   'y',
 );
-const PROTOCOLS = ['tcp', 'udp', 'sctp'];
-const BACKENDS = ['client', 'proxy', 'server'];
 
 /** The first of the sorted `names` not below `name` (in the writer's order). */
 function lowerBound(names: readonly string[], name: string): number {
@@ -115,7 +117,7 @@ export class IndexedState extends Map<string, Profile> {
     /** The chain suffix of each special name → its block. */
     private readonly suffixes: Map<string, number>,
     /** First block and number of blocks of each shape (see {@link shapes}). */
-    private readonly shapeBlocks: Map<number, [number, number]>,
+    private readonly shapeBlocks: readonly [number, number][],
     /** The bytes the text was read from (its Latin-1 encoding: it is ASCII), when there are. */
     private bytes?: Buffer,
   ) {
@@ -226,7 +228,7 @@ export class IndexedState extends Map<string, Profile> {
    */
   shapes(): [Profile, number][] | null {
     if (!this.pristine) return null;
-    return [...this.shapeBlocks.values()].map(([first, n]) => [this.block(first), n]);
+    return this.shapeBlocks.map(([first, n]) => [this.block(first), n]);
   }
 
   /**
@@ -343,52 +345,62 @@ export function indexState(text: string, bytes?: Buffer): IndexedState | null {
   const suffixes = new Map<string, number>();
   // Per protocol (tcp, udp, sctp), the source lines: none twice.
   const sources = [new Set<string>(), new Set<string>(), new Set<string>()];
-  const shapes = new Map<number, [number, number]>();
+  // Per distinct fields between destinations and source: their protocol, and per number of destinations the
+  // first block and the number of blocks (so that a block costs two lookups, not the parsing of its fields).
+  const tails = new Map<string, { protocol: number; counts: Map<number, [number, number]> }>();
   // An empty state: no block (and nothing of `{}` kept when a profile is added).
-  if (text === '' || text === '{}\n') return new IndexedState('', names, [0], suffixes, shapes);
+  if (text === '' || text === '{}\n') return new IndexedState('', names, [0], suffixes, []);
   let prev = '';
+  let i = 0;
   INDEX_BLOCK.lastIndex = 0;
   while (INDEX_BLOCK.lastIndex < text.length) {
     const at = INDEX_BLOCK.lastIndex;
     const m = INDEX_BLOCK.exec(text);
     if (m === null) return null;
-    const i = names.length;
-    const name = m[2];
-    // In the writer's order, no name twice; quoted as the writer quotes.
+    let name = m[1];
+    if (name === undefined) {
+      name = m[3];
+      // Quoted as the writer quotes; checkSet: no chain name twice (by suffix, see IndexedState).
+      if ((m[2] !== '' || YAML11_FIRST.test(name)) && !plainNameQuoting(m[2], name)) return null;
+      if (special(name)) {
+        const s = suffixOf(name);
+        if (suffixes.has(s)) return null;
+        suffixes.set(s, i);
+      }
+    }
+    // In the writer's order, no name twice.
     if (i > 0 && !(prev < name)) return null;
-    if ((m[1] !== '' || YAML11_FIRST.test(name)) && !plainNameQuoting(m[1], name)) return null;
-    const dests = m[3];
+    const dests = m[4];
     let count = 0;
     for (let k = dests.indexOf('\n'); k >= 0; k = dests.indexOf('\n', k + 1)) count++;
-    if (count > MAX_DESTINATIONS) return null;
-    // checkSet: no chain name or source and protocol twice.
-    if (special(name)) {
-      const s = suffixOf(name);
-      if (suffixes.has(s)) return null;
-      suffixes.set(s, i);
+    let tail = tails.get(m[6]);
+    if (tail === undefined) {
+      const protocol = /  protocol: (tcp|udp|sctp)\n/.exec(m[6])![1];
+      tails.set(m[6], (tail = { protocol: protocol === 'tcp' ? 0 : protocol === 'udp' ? 1 : 2, counts: new Map() }));
     }
-    const proto = PROTOCOLS.indexOf(m[8]);
-    const bySource = sources[proto];
+    // checkSet: no source and protocol twice.
+    const bySource = sources[tail.protocol];
     const n = bySource.size;
-    bySource.add(m[10]);
+    bySource.add(m[7]);
     if (bySource.size === n) return null;
-    const backend = BACKENDS.indexOf(m[9]);
-    const shape =
-      (((((m[5] === 'true' ? 8 : 0) + Number(m[6])) * 2 + (m[7] ? 1 : 0)) * 3 + proto) * 3 + backend) * 2048 + count;
-    const sh = shapes.get(shape);
-    if (sh) sh[1]++;
-    else shapes.set(shape, [i, 1]);
-    names.push(name);
-    starts.push(at);
+    const shape = tail.counts.get(count);
+    if (shape) shape[1]++;
+    else if (count > MAX_DESTINATIONS) return null;
+    else tail.counts.set(count, [i, 1]);
+    names[i] = name;
+    starts[i] = at;
     prev = name;
+    i++;
   }
   starts.push(text.length);
   // A special name whose suffix is an ordinary name upper-cased shares that name's chain.
-  for (const [s, i] of suffixes) {
+  for (const [s, j] of suffixes) {
     if (!/^[A-Z0-9]+$/.test(s) || s.length === 16 || s.length > 18) continue;
-    const j = find(names, s.toLowerCase());
-    if (j >= 0 && j !== i) return null;
+    const k = find(names, s.toLowerCase());
+    if (k >= 0 && k !== j) return null;
   }
+  const shapes: [number, number][] = [];
+  for (const t of tails.values()) shapes.push(...t.counts.values());
   return new IndexedState(text, names, starts, suffixes, shapes, bytes);
 }
 
