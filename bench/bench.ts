@@ -39,10 +39,34 @@ const flag = (name: string): string | undefined => {
 const JSON_OUT = args.includes('--json');
 const SIZES = (flag('--sizes') ?? '0,1000,10000').split(',').map(Number);
 const RUNS = Number(flag('--runs') ?? 31);
-const scenarios = args.filter((a) =>
-  ['apply', 'churn', 'cli', 'nft', 'health', 'metrics', 'dataplane', 'lockwait', 'rss', 'fleet', 'statefile'].includes(
-    a,
-  ),
+// A flag's value is no scenario (`--cli-engines nft` does not run the nft scenario).
+const VALUE_FLAGS = [
+  '--background',
+  '--baseline-cli',
+  '--churn-runs',
+  '--cli-engines',
+  '--conns',
+  '--mode',
+  '--runs',
+  '--sizes',
+  '--updates',
+];
+const scenarios = args.filter(
+  (a, i) =>
+    !VALUE_FLAGS.includes(args[i - 1]) &&
+    [
+      'apply',
+      'churn',
+      'cli',
+      'nft',
+      'health',
+      'metrics',
+      'dataplane',
+      'lockwait',
+      'rss',
+      'fleet',
+      'statefile',
+    ].includes(a),
 );
 // fleet (needs etcd): only when named
 const wanted = (s: string): boolean => (scenarios.length === 0 && s !== 'fleet') || scenarios.includes(s);

@@ -152,7 +152,7 @@ async function benchCliSizes(d: StateFileBenchDeps): Promise<Record<string, unkn
         const t: Record<string, number[]> = Object.fromEntries(clis.map(([c]) => [c, []]));
         for (let r = 0; r < 5; r++) {
           node.push(timeProcess([process.execPath, '-e', '0']));
-          for (const [c, cli] of clis)
+          clis.forEach(([c, cli], k) =>
             t[c].push(
               timeProcess([
                 process.execPath,
@@ -165,9 +165,12 @@ async function benchCliSizes(d: StateFileBenchDeps): Promise<Record<string, unkn
                 '-reset',
                 '-profile=p0',
                 '-src-addr=127.100.0.0:8081',
-                `-dest-addr=127.0.0.1:${9001 + r},127.0.0.1:9010`,
+                // Each call a change (another first destination than the call before, whichever CLI made
+                // it): re-applying the profile the other CLI just applied would change nothing.
+                `-dest-addr=127.0.0.1:${9001 + r * clis.length + k},127.0.0.1:9100`,
               ]),
-            );
+            ),
+          );
         }
         for (const [c] of clis) per[key(c, e, n)].push(median(t[c]));
         rmSync(dir, { recursive: true, force: true });

@@ -43,6 +43,8 @@ export function makeCore(o: GlobalOpts, io: Out): Core {
     keepConntrack: !!o.keepConntrack,
     ...(quiet ? {} : { log: (line: string) => io.err(`iptlb: ${line}`) }),
   });
+  // One change of a one-shot process: the state file is indexed, not read into a profile per block.
+  core.indexedReads = true;
   cores.add(core);
   // Health is checked by a long-running process (watch, agent); follow what it publishes.
   if (core.statePath !== null) core.health.follow(healthFileOf(core.statePath));

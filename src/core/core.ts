@@ -20,6 +20,7 @@ import {
   validateProfile,
   weightOf,
 } from '../model/profile.js';
+import { IndexedState, indexStateBytes } from './state-index.js';
 import { fileVersionOf, readStateFull, resolveStatePath, stateVersion, stateVersionSync, writeState } from './state.js';
 import {
   appendRecord,
@@ -37,6 +38,7 @@ import type { ProfileReport } from '../model/report.js';
 import {
   ChangedProfiles,
   FAMILIES,
+  shapesOf,
   type Change,
   type Engine,
   type FamilyPlan,
@@ -51,6 +53,11 @@ export { FAMILIES, type Change } from '../engines/engine.js';
 
 function countV6(state: ReadonlyMap<string, Profile>): number {
   let n = 0;
+  const shapes = shapesOf(state);
+  if (shapes) {
+    for (const [p, k] of shapes) if (familyOfProfile(p) === 'ipv6') n += k;
+    return n;
+  }
   for (const p of state.values()) if (familyOfProfile(p) === 'ipv6') n++;
   return n;
 }
@@ -264,6 +271,13 @@ export class Core {
    */
   readonly health = new HealthOverlay();
 
+  /**
+   * Reads the state file into an index of its text when it is as iptlb writes it (see
+   * state-index.ts): for a one-shot change (the CLI), which looks up a few profiles of thousands and
+   * writes the file back with its change spliced in. A long-lived handle builds every profile.
+   */
+  indexedReads = false;
+
   /** Executors supplied per engine (tests against fake kernels, embedders with their own): used instead of choosing. */
   private readonly supplied?: Partial<Record<EngineName, Executor>>;
 
@@ -472,7 +486,7 @@ export class Core {
       this.window ? Promise.resolve().then(() => stateVersionSync(this.statePath!)) : stateVersion(this.statePath)
     ).catch(() => undefined);
     if (version !== undefined && this.cached && this.cached.version === version) return this.cached.state;
-    const r = await readStateFull(this.statePath);
+    const r = await readStateFull(this.statePath, this.indexedReads && store ? indexStateBytes : undefined);
     if (!store) return r.profiles;
     // The version is taken before the read: if the files changed in between, the next call reads again.
     closeJournal(this.cached?.journal);
@@ -737,7 +751,12 @@ export class Core {
     }
     const file = this.statePath;
     const c = this.cachedFor(state);
-    c.base = await writeState(file, next.values());
+    // The CLI's index: the change spliced into the text read (the others' blocks as they were).
+    c.base = await writeState(
+      file,
+      next.values(),
+      (c.state instanceof IndexedState ? c.state.splicedBytes(change) : null) ?? undefined,
+    );
     // Void now (it names the YAML replaced): removed, not to mislead anyone reading it by hand.
     closeJournal(c.journal);
     await removeJournal(file);
@@ -1124,7 +1143,10 @@ export function upsertChange(state: Map<string, Profile>, inputs: (ProfileInput 
     names.add(p.name);
   }
   upsert.forEach((p, i) => {
-    checkConflicts(p, state.values(), names);
+    // The CLI's index of the state file answers without building every profile.
+    const indexed = state instanceof IndexedState ? state.conflictOf(p, names) : undefined;
+    if (indexed) throw indexed;
+    if (indexed === undefined) checkConflicts(p, state.values(), names);
     checkConflicts(p, upsert.slice(0, i));
   });
   // Replacement needs no explicit removal: every upserted profile's old objects are owned by its name.

@@ -21,7 +21,7 @@ import { HEALTH_KEYS_SORTED } from '../health/config.js';
 import { applyRecords, baseIdentity, decodeJournal, journalPath, type JournalAt, type RawState } from './journal.js';
 
 export const DEFAULT_STATE_FILE = 'local/state.db';
-import { MAX_STATE_BYTES, readCapped } from '../model/limits.js';
+import { MAX_STATE_BYTES, readCappedBytes } from '../model/limits.js';
 export { MAX_STATE_BYTES };
 
 /** `IPTLB_STATE_FILE`, else `local/state.db` relative to the working directory (as the original). */
@@ -72,7 +72,8 @@ export function serializeState(profiles: Iterable<Profile>): string {
   return text;
 }
 
-function serializeOne(p: Profile): string {
+/** One profile's block of the file, as {@link serializeState} writes it. */
+export function serializeOne(p: Profile): string {
   const out: string[] = [];
   {
     out.push(`${scalar(p.name)}:`);
@@ -219,7 +220,7 @@ function parseExact(text: string): Record<string, Record<string, unknown>> | nul
 }
 
 /** Names whose plain form YAML 1.1 might read as something else start with one of these. */
-const YAML11_FIRST = /^[-+.0-9~yYnNtTfFoO]/;
+export const YAML11_FIRST = /^[-+.0-9~yYnNtTfFoO]/;
 
 /**
  * One plain profile exactly as serializeOne writes it, its name and addresses checked by the
@@ -227,7 +228,7 @@ const YAML11_FIRST = /^[-+.0-9~yYnNtTfFoO]/;
  * regular expression engine's native code, which matters for a one-shot process, whose JavaScript
  * is still cold.
  */
-const PLAIN_BLOCK = new RegExp(
+export const PLAIN_BLOCK = new RegExp(
   `("?)(${EXISTING_NAME})\\1:\\n  destination:\\n((?:  - ${PLAIN_UNICAST_V4_LINE})+)  logEnabled: (true|false)\\n  logLevel: "([0-7])"\\n(  masquerade: true\\n)?  protocol: (tcp|udp|sctp)\\n  rulesBackend: (client|proxy|server)\\n  source: (${PLAIN_UNICAST_V4_LINE})`,
   'y',
 );
@@ -253,26 +254,41 @@ function loadExact(text: string): Map<string, Profile> | null {
   while (PLAIN_BLOCK.lastIndex < text.length) {
     const m = PLAIN_BLOCK.exec(subject);
     if (m === null) return null;
-    const name = m[2];
-    // Quoted exactly when YAML 1.1 would read the plain name as something else (as scalar() writes it).
-    if (m[1] !== '' ? scalar(name) === name : YAML11_FIRST.test(name) && scalar(name) !== name) return null;
-    if (out.has(name)) return null;
-    const p = plainProfile(
-      name,
-      m[9].slice(0, -1),
-      m[3].slice(4, -1).split('\n  - '),
-      m[7],
-      m[8],
-      m[4] === 'true',
-      m[5],
-      m[6] !== undefined,
-      true,
-    );
-    if (p === null) return null;
-    chunks.set(p, m[0]);
-    out.set(name, p);
+    const p = plainBlockProfile(m);
+    if (p === null || out.has(p.name)) return null;
+    out.set(p.name, p);
   }
   return out;
+}
+
+/**
+ * Whether a {@link PLAIN_BLOCK} match's name is quoted exactly when YAML 1.1 would read it plain as
+ * something else (as scalar() writes it).
+ */
+export function plainNameQuoting(quote: string, name: string): boolean {
+  return quote !== '' ? scalar(name) !== name : !YAML11_FIRST.test(name) || scalar(name) === name;
+}
+
+/**
+ * The profile of one {@link PLAIN_BLOCK} match (its name's quoting and the checks between fields:
+ * {@link plainProfile}), its block kept as its serialised text; null when the general path must read it.
+ */
+export function plainBlockProfile(m: RegExpExecArray): Profile | null {
+  const name = m[2];
+  if (!plainNameQuoting(m[1], name)) return null;
+  const p = plainProfile(
+    name,
+    m[9].slice(0, -1),
+    m[3].slice(4, -1).split('\n  - '),
+    m[7],
+    m[8],
+    m[4] === 'true',
+    m[5],
+    m[6] !== undefined,
+    true,
+  );
+  if (p !== null) chunks.set(p, m[0]);
+  return p;
 }
 
 /** The canonical layout line by line: keys in any order, any of them missing. */
@@ -536,9 +552,14 @@ function tooBig(file: string): IptlbError {
 }
 
 async function readOpened(file: string, fh: fsp.FileHandle): Promise<string> {
+  return (await readOpenedBytes(file, fh)).toString('utf8');
+}
+
+/** {@link readOpened}'s bytes, undecoded; `size`: the file's, from its fstat (read in one buffer). */
+async function readOpenedBytes(file: string, fh: fsp.FileHandle, size?: number): Promise<Buffer> {
   try {
     // Capped even so: the file may grow between the fstat and the read.
-    return await readCapped(fh, MAX_STATE_BYTES, () => tooBig(file));
+    return await readCappedBytes(fh, MAX_STATE_BYTES, () => tooBig(file), size);
   } catch (e) {
     if (e instanceof IptlbError) throw e;
     const err = e as NodeJS.ErrnoException;
@@ -553,16 +574,30 @@ async function readOpened(file: string, fh: fsp.FileHandle): Promise<string> {
  * names the YAML version read, which holds whatever a concurrent fold does (a fold replaces the
  * YAML before it removes the journal). Needs no lock: a reader sees a complete version.
  */
-export async function readStateFull(file: string): Promise<StateRead> {
+export async function readStateFull(
+  file: string,
+  /**
+   * Reads the text of a file without a journal into a map instead of {@link loadExact} (the CLI's
+   * index, see state-index.ts), which checks what {@link checkedSet} checks; null: the usual way.
+   */
+  indexed?: (bytes: Buffer) => Map<string, Profile> | null,
+): Promise<StateRead> {
   const y = await openChecked(file, 'state file');
   const base = baseIdentity(y?.st ?? null);
-  const text = y ? await readOpened(file, y.fh) : '';
+  const bytes = y ? await readOpenedBytes(file, y.fh, Number(y.st.size)) : Buffer.alloc(0);
+  const jf = journalPath(file);
+  if (indexed) {
+    const j = await openChecked(jf, 'state journal');
+    if (j) await j.fh.close();
+    const index = j ? null : indexed(bytes);
+    if (index) return { profiles: index, base, journal: null, records: 0 };
+  }
+  const text = bytes.toString('utf8');
   // The file as iptlb writes it: read without the general path (see loadExact).
   const exact = loadExact(text);
   let data: unknown = exact === null ? await parseRaw(text, file) : undefined;
   let journal: JournalAt | null = null;
   let records = 0;
-  const jf = journalPath(file);
   const j = await openChecked(jf, 'state journal');
   if (j) {
     const decoded = decodeJournal(await readOpened(jf, j.fh), base);
@@ -588,15 +623,20 @@ export async function ensureStateDir(file: string): Promise<void> {
  * Writes the whole state atomically: temp file (0600, O_EXCL) + fsync + rename + directory fsync.
  * Returns the new YAML's identity ({@link baseIdentity}). A journal beside it is void from then on.
  */
-export async function writeState(file: string, profiles: Iterable<Profile>): Promise<string> {
-  const text = serializeState(profiles);
+export async function writeState(
+  file: string,
+  profiles: Iterable<Profile>,
+  /** The profiles already serialised (the CLI's splice of its change into the bytes read, see state-index.ts). */
+  serialised?: readonly Buffer[],
+): Promise<string> {
   await ensureStateDir(file);
   const dir = path.dirname(file);
   const tmp = path.join(dir, `.${path.basename(file)}.tmp-${process.pid}-${Math.random().toString(36).slice(2, 10)}`);
   const fh = await fsp.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
   let base: string;
   try {
-    await fh.writeFile(text, 'utf8');
+    if (serialised) await writeAll(fh, serialised);
+    else await fh.writeFile(serializeState(profiles), 'utf8');
     await fh.sync();
     base = baseIdentity(await fh.stat({ bigint: true }));
   } catch (e) {
@@ -624,4 +664,18 @@ export async function writeState(file: string, profiles: Iterable<Profile>): Pro
     await dh.close();
   }
   return base;
+}
+
+/** Writes every byte of `chunks` in order (a vectored write, again for whatever it left). */
+export async function writeAll(fh: Pick<fsp.FileHandle, 'writev'>, chunks: readonly Buffer[]): Promise<void> {
+  let rest = chunks.filter((c) => c.length > 0);
+  while (rest.length) {
+    let { bytesWritten: n } = await fh.writev(rest as Buffer[]);
+    if (n === 0) throw new Error('writev wrote nothing');
+    while (rest.length && n >= rest[0].length) {
+      n -= rest[0].length;
+      rest = rest.slice(1);
+    }
+    if (n > 0) rest = [rest[0].subarray(n), ...rest.slice(1)];
+  }
 }

@@ -153,6 +153,23 @@ export interface Engine<View = unknown, Tx = unknown> {
   releasePrefetch?(): Promise<void>;
 }
 
+/**
+ * A profile map that can group its profiles by shape without building each one: every field but
+ * the name and the addresses (the family, the number of destinations, protocol, mode, logging,
+ * masquerade; no weights, scheduler, affinity or health check) is the same within a shape. The CLI's
+ * index of the state file is one (src/core/state-index.ts).
+ */
+export interface ShapedProfiles {
+  /** One profile of each shape and how many have it; null when not known without iterating. */
+  shapes(): [Profile, number][] | null;
+}
+
+/** {@link ShapedProfiles.shapes} of `profiles` when it has them, else null (then iterate it). */
+export function shapesOf(profiles: ReadonlyMap<string, Profile>): [Profile, number][] | null {
+  const shapes = (profiles as Partial<ShapedProfiles>).shapes;
+  return typeof shapes === 'function' ? shapes.call(profiles) : null;
+}
+
 /** The profiles after a change, as a read-only view over the profiles before it: building it costs O(change). */
 export class ChangedProfiles implements ReadonlyMap<string, Profile> {
   private readonly upsert = new Map<string, Profile>();

@@ -19,23 +19,36 @@ function mib(n: number): string {
  * chunks, so a device or pipe without end costs at most `max` bytes and the time to read them.
  */
 export async function readCapped(fh: fsp.FileHandle | number, max: number, tooBig: () => Error): Promise<string> {
+  return (await readCappedBytes(fh, max, tooBig)).toString('utf8');
+}
+
+/**
+ * {@link readCapped}'s bytes, undecoded. `expected`: the size the file should have (its fstat): the
+ * first read asks for one byte more, so that a file of that size is read in one buffer (no copy).
+ */
+export async function readCappedBytes(
+  fh: fsp.FileHandle | number,
+  max: number,
+  tooBig: () => Error,
+  expected?: number,
+): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let total = 0;
   const chunk = 1 << 20;
   const { read } = await import('node:fs');
   const readFd = (fd: number, buf: Buffer): Promise<number> =>
     new Promise((resolve, reject) => read(fd, buf, 0, buf.length, null, (err, n) => (err ? reject(err) : resolve(n))));
+  let size = expected !== undefined && expected >= chunk ? expected + 1 : chunk;
   for (;;) {
-    const buf = Buffer.allocUnsafe(Math.min(chunk, max + 1 - total));
+    const buf = Buffer.allocUnsafe(Math.min(size, max + 1 - total));
+    size = chunk;
     const n = typeof fh === 'number' ? await readFd(fh, buf) : (await fh.read(buf, 0, buf.length, null)).bytesRead;
     if (n === 0) break;
     total += n;
     if (total > max) throw tooBig();
     chunks.push(n === buf.length ? buf : buf.subarray(0, n));
   }
-  const all = Buffer.concat(chunks, total);
-  const text = all.toString('utf8');
-  return text;
+  return chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, total);
 }
 
 /** Reads a profile file (`-`: standard input) for `field`, at most {@link MAX_INPUT_BYTES}. */

@@ -12,6 +12,7 @@ import { familyOfProfile, slotCount } from '../../model/profile.js';
 import {
   baseUnchanged,
   countUsage,
+  dispatchSetOf,
   dispatchSetUsage,
   foreignObjects,
   keepsAnything,
@@ -32,6 +33,7 @@ import type { Profile } from '../../model/types.js';
 import type { NftExecutor } from './executor.js';
 import {
   ChangedProfiles,
+  shapesOf,
   type Change,
   type Engine,
   type FamilyCommit,
@@ -94,6 +96,16 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
 
   /** Profiles per dispatch set of `state`: O(1) for a long-lived map once counted, else a scan. */
   private setUsage(f: Family, state: ReadonlyMap<string, Profile>, memo?: Memo): Map<string, number> {
+    // A map that knows its profiles by shape (the CLI's index of the state file): counted per shape.
+    const shapes = shapesOf(state);
+    if (shapes) {
+      const counts = new Map<string, number>();
+      for (const [p, n] of shapes) {
+        const set = dispatchSetOf(p);
+        if (set !== null) counts.set(set, (counts.get(set) ?? 0) + n);
+      }
+      return counts;
+    }
     if (!memo) return dispatchSetUsage(state.values());
     let u = this.usage.get(f);
     if (u?.generation !== memo.generation)
@@ -178,7 +190,7 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
           // write, or someone else removed it): every profile is created, not only the touched ones,
           // or the base chains would get the rules of the others without their elements.
           planNftChange(new Map(), next, next.keys())
-        : planNftChange(state, next, touched, usage, kernelSets);
+        : planNftChange(state, next, touched, usage, kernelSets, nf);
     return {
       family: f,
       steps,

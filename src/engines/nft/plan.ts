@@ -417,7 +417,8 @@ export function planNftChange(
   const names = new Set(touched);
   // O(touched): the touched profiles, old and new, must be of the table's family.
   const fam = familyFor(
-    next.values().next().value ?? prev.values().next().value,
+    // Only without `family`: iterating a map may cost more than this plan (the CLI's index, see shapesOf).
+    family === undefined ? (next.values().next().value ?? prev.values().next().value) : undefined,
     family,
     [...names].flatMap((n) => [prev.get(n), next.get(n)]),
   );
