@@ -20,6 +20,7 @@ import type { Change } from '../engines/engine.js';
 import {
   PLAIN_BLOCK,
   YAML11_FIRST,
+  matchSubject,
   parseExactProfiles,
   plainBlockProfile,
   plainNameQuoting,
@@ -148,7 +149,7 @@ export class IndexedState extends Map<string, Profile> {
     let p = this.built.get(i);
     if (p === undefined) {
       PLAIN_BLOCK.lastIndex = this.starts[i];
-      const m = PLAIN_BLOCK.exec(this.text);
+      const m = PLAIN_BLOCK.exec(matchSubject(this.text));
       p = m === null ? null! : plainBlockProfile(m)!;
       if (!p) throw new Error(`state index: block ${i} no longer reads`); // indexed from the same text
       this.built.set(i, p);
@@ -352,10 +353,11 @@ export function indexState(text: string, bytes?: Buffer): IndexedState | null {
   if (text === '' || text === '{}\n') return new IndexedState('', names, [0], suffixes, []);
   let prev = '';
   let i = 0;
+  const subject = matchSubject(text);
   INDEX_BLOCK.lastIndex = 0;
   while (INDEX_BLOCK.lastIndex < text.length) {
     const at = INDEX_BLOCK.lastIndex;
-    const m = INDEX_BLOCK.exec(text);
+    const m = INDEX_BLOCK.exec(subject);
     if (m === null) return null;
     let name = m[1];
     if (name === undefined) {

@@ -75,6 +75,14 @@ export class FileHandle {
     );
   }
 
+  /** One vectored write from the current position (it may write less than all of them). */
+  writev(buffers: Buffer[]): Promise<{ bytesWritten: number; buffers: Buffer[] }> {
+    return run(
+      () => ({ bytesWritten: fs.writevSync(this.fd, buffers), buffers }),
+      (cb) => fs.writev(this.fd, buffers, (err, bytesWritten) => cb(err, { bytesWritten, buffers })),
+    );
+  }
+
   /** Writes all of `data` from the current position (as FileHandle.writeFile on a file just opened). */
   writeFile(data: string | Buffer, encoding: BufferEncoding = 'utf8'): Promise<void> {
     return run(

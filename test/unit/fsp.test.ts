@@ -43,6 +43,8 @@ for (const sync of [false, true]) {
       await fh.writeFile('héllo\n', 'utf8');
       const w = await fh.write(Buffer.from('more\n'), 0, 5);
       assert.equal(w.bytesWritten, 5);
+      const v = await fh.writev([Buffer.from('ab'), Buffer.from('c\n')]);
+      assert.equal(v.bytesWritten, 4);
       await fh.sync();
       const st = await fh.stat({ bigint: true });
       assert.equal(typeof st.size, 'bigint');
@@ -50,7 +52,7 @@ for (const sync of [false, true]) {
         [st.size, st.ino, st.mode & 0o777n],
         [(await ref.stat(file, { bigint: true })).size, (await ref.stat(file, { bigint: true })).ino, 0o600n],
       );
-      assert.equal((await fh.stat()).size, 12);
+      assert.equal((await fh.stat()).size, 16);
       await fh.truncate(7);
       await fh.close();
       assert.equal(readFileSync(file, 'utf8'), 'héllo\n');
