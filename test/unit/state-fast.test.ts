@@ -311,3 +311,18 @@ test('the fast reader keeps each profile as written: a change writes the other p
   const expected = serializeState([...profiles.filter((p) => p.name !== 'p7' && p.name !== 'p9'), next.get('p7')!]);
   assert.equal(serializeState(next.values()), expected);
 });
+
+test('a short file is matched past its end (V8 compiles the pattern natively) without reading past it', async () => {
+  const one = serializeState([
+    validateProfile({ name: 'web', source: '127.100.0.10:80', destination: ['127.0.0.1:9001', '127.0.0.1:9002'] }),
+  ]);
+  assert.ok(one.length < 1000, 'shorter than the length at which V8 compiles at once');
+  assert.deepEqual([...(parseExactProfiles(one) ?? new Map()).keys()], ['web']);
+  // Without its last newline, or with a NUL where the padding goes, the file is not in the layout.
+  assert.equal(parseExactProfiles(one.slice(0, -1)), null);
+  assert.equal(parseExactProfiles(`${one.slice(0, -1)}\0`), null);
+  assert.equal(parseExactProfiles(`${one}\0`), null);
+  // Both readings agree on those (the general path refuses or reads them as the yaml package does).
+  for (const text of [one, one.slice(0, -1)])
+    assert.deepEqual(await outcome(() => parseState(text)), await outcome(() => parseStateReference(text)));
+});
