@@ -328,6 +328,12 @@ export class Core {
     return prepared;
   }
 
+  /**
+   * Whether the last transaction asked for `prefetchNext` started the prefetch itself, right after its
+   * kernel commit (the queue then does not ask again).
+   */
+  prefetchedNext = false;
+
   /** Gives back what {@link prefetchCommit} prepared when no commit used it; resolves once given back. */
   releasePrefetch(): Promise<void> {
     const by = this.prefetchedBy;
@@ -558,8 +564,12 @@ export class Core {
    * The transaction: lock → read state → decide → (kernel commit when `run`) → write state → unlock.
    * Nothing changes anywhere when `decide` throws or the kernel refuses.
    */
-  transact(decide: (state: Map<string, Profile>) => Change, opts: { run: boolean }): Promise<TransactionResult> {
+  transact(
+    decide: (state: Map<string, Profile>) => Change,
+    opts: { run: boolean; prefetchNext?: boolean },
+  ): Promise<TransactionResult> {
     return this.serial(async () => {
+      this.prefetchedNext = false;
       const engine = opts.run ? (await this.select()).provider : undefined;
       if (engine) this.checkPrivileges();
       const lock = await this.lock();
@@ -579,6 +589,10 @@ export class Core {
         // state file that the kernel never had.)
         const done: (DoneFamily & { ms: number })[] = engine ? await this.commitChange(engine, k.state, k.change) : [];
         const committed = done.length > 0;
+        // More calls are queued behind this one (see CommitQueue): the next commit's kernel work
+        // starts now, on the worker, while this thread records the change and settles the calls
+        // (rather than after them: the copy-out is then off the path between two commits).
+        if (committed && opts.prefetchNext) this.prefetchedNext = this.prefetchCommit();
         const commitMs = done.reduce((ms, d) => ms + d.ms, 0);
         if (committed) this.logCommit(engine!, k.change, k.state, done, commitMs);
         // Flows to destinations this change removes (decided now: in memory mode `state` changes below).

@@ -247,3 +247,34 @@ test('under churn the queue prefetches the next legacy commit, and gives what it
   assert.deepEqual({ p: ex.prefetches, r: ex.releases }, before);
   await lb.close();
 });
+
+test('under churn the next commit is prefetched as soon as the kernel accepted a batch, before the batch is settled, once per batch', async () => {
+  let events = 0; // 'commit' events: emitted once a batch is recorded, right before its calls settle
+  class OrderExecutor extends FakeExecutor {
+    /** Per prefetch: the kernel commits made so far, and the 'commit' events emitted by then. */
+    seen: { commits: number; events: number }[] = [];
+    prefetch(): void {
+      this.seen.push({ commits: this.txs.length, events });
+    }
+    releasePrefetch(): Promise<void> {
+      return Promise.resolve();
+    }
+  }
+  const ex = new OrderExecutor(() => false, 2);
+  const lb = await open({ stateFile: false }, ex);
+  lb.on('commit', () => events++);
+  let issued = 0;
+  const worker = async (): Promise<void> => {
+    while (issued < 300) {
+      const i = issued++;
+      await lb.apply(prof(`p${i % 20}`, 1000 + (i % 20), 9000 + i));
+    }
+  };
+  await Promise.all(Array.from({ length: 16 }, worker));
+  await lb.close();
+  assert.ok(ex.seen.length > 3, 'batches of several calls prefetched');
+  // One prefetch per batch (the queue does not ask again after the transaction did), each asked for
+  // after its kernel commit and before that batch was recorded and settled.
+  assert.equal(new Set(ex.seen.map((s) => s.commits)).size, ex.seen.length, 'one prefetch per commit');
+  for (const s of ex.seen) assert.equal(s.events, s.commits - 1, `prefetch after commit ${s.commits}`);
+});
