@@ -4,6 +4,8 @@
 #pragma once
 #include <napi.h>
 
+#include <functional>
+#include <future>
 #include <string>
 
 #include "iptc_handle.h"
@@ -14,13 +16,17 @@ namespace iptlb {
 
 class CommitWorker : public ThreadJob {
  public:
-  // `json` is the transaction as JSON text, decoded and checked in Work() (TransactionFromJson); a
-  // plan that fails a check rejects with code EPLAN and the field in the message.
-  CommitWorker(Napi::Env env, std::string json, int lock_wait_ms);
+  // `json` is the transaction as JSON text, decoded and checked off the JS thread (TransactionFromJson,
+  // on a decoder thread of its own, started at once: it runs while the job thread still does the work
+  // before this commit, such as a prefetch); a plan that fails a check rejects with code EPLAN and the
+  // field in the message. `prefetch_after`: once the commit succeeded and its result was handed back,
+  // the job thread prefetches the next commit (as prefetch() does) before it takes its next job.
+  CommitWorker(Napi::Env env, std::string json, int lock_wait_ms, bool prefetch_after = false);
 
  protected:
   void Work() override;  // no N-API in here
   void OnOK() override;
+  std::function<void()> Tail() override;
 
  private:
   // Applies and commits tx_ with F's library, starting from `prepared` when given; throws NativeFailure.
@@ -28,11 +34,12 @@ class CommitWorker : public ThreadJob {
   void Run(XtHandle<F> *prepared);
 
   Transaction tx_;
-  std::string json_;       // decoded into tx_ first (job thread)
-  std::string lock_path_;  // read from the environment on the JS thread
+  std::future<Transaction> decoded_;  // the JSON text decoded on the decoder thread; taken into tx_ by Work()
+  std::string lock_path_;             // read from the environment on the JS thread
   int lock_wait_ms_;
   double duration_ms_ = 0;
   int attempts_ = 0;
+  bool prefetch_after_;
 };
 
 }  // namespace iptlb

@@ -328,6 +328,14 @@ export class Core {
     return prepared;
   }
 
+  /** {@link prefetchCommit}, done by the engine's next commit itself once it succeeded (when it can). */
+  private armPrefetch(engine: Engine): boolean {
+    if (this.statePath !== null && !this.window) return false; // the lock order: see prefetchCommit
+    if (!engine.prefetchAfterCommit?.(true)) return false;
+    this.prefetchedBy = engine;
+    return true;
+  }
+
   /**
    * Whether the last transaction asked for `prefetchNext` started the prefetch itself, right after its
    * kernel commit (the queue then does not ask again).
@@ -587,12 +595,20 @@ export class Core {
         // file holds is one the kernel held. (Writing the journal's record beside the commit saved one
         // pool trip per commit under churn, but a process killed between the two left a change in the
         // state file that the kernel never had.)
-        const done: (DoneFamily & { ms: number })[] = engine ? await this.commitChange(engine, k.state, k.change) : [];
+        // More calls are queued behind this one (see CommitQueue): the next commit's kernel work starts
+        // as soon as this one is in the kernel, on the worker, while this thread records the change and
+        // settles the calls (not after them: the copy-out is then off the path between two commits).
+        // The native legacy executor does it itself, armed here, right after its commit (one thread hop
+        // earlier); another engine is asked once the commit returned.
+        const armed = engine && opts.prefetchNext ? this.armPrefetch(engine) : false;
+        let done: (DoneFamily & { ms: number })[];
+        try {
+          done = engine ? await this.commitChange(engine, k.state, k.change) : [];
+        } finally {
+          if (armed) engine!.prefetchAfterCommit!(false); // not left armed for a commit of another run
+        }
         const committed = done.length > 0;
-        // More calls are queued behind this one (see CommitQueue): the next commit's kernel work
-        // starts now, on the worker, while this thread records the change and settles the calls
-        // (rather than after them: the copy-out is then off the path between two commits).
-        if (committed && opts.prefetchNext) this.prefetchedNext = this.prefetchCommit();
+        if (committed && opts.prefetchNext) this.prefetchedNext = armed || this.prefetchCommit();
         const commitMs = done.reduce((ms, d) => ms + d.ms, 0);
         if (committed) this.logCommit(engine!, k.change, k.state, done, commitMs);
         // Flows to destinations this change removes (decided now: in memory mode `state` changes below).

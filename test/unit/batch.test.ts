@@ -278,3 +278,57 @@ test('under churn the next commit is prefetched as soon as the kernel accepted a
   assert.equal(new Set(ex.seen.map((s) => s.commits)).size, ex.seen.length, 'one prefetch per commit');
   for (const s of ex.seen) assert.equal(s.events, s.commits - 1, `prefetch after commit ${s.commits}`);
 });
+
+test('an executor that prefetches after its own commit is armed for the commits of a run, and never left armed', async () => {
+  class ArmedExecutor extends FakeExecutor {
+    armed = false;
+    /** Per commit: whether it was armed, and how many calls were pending then (not known here: the batch size). */
+    commits: { armed: boolean; chains: number }[] = [];
+    prefetches = 0;
+    releases = 0;
+    prefetch(): void {
+      this.prefetches++;
+    }
+    releasePrefetch(): Promise<void> {
+      this.releases++;
+      return Promise.resolve();
+    }
+    prefetchAfterCommit(on: boolean): void {
+      this.armed = on;
+    }
+    override async commit(tx: Transaction) {
+      this.commits.push({ armed: this.armed, chains: tx.chains.length });
+      this.armed = false; // a commit takes it, as the native executor's does
+      return super.commit(tx);
+    }
+  }
+  const ex = new ArmedExecutor(() => false, 2);
+  const lb = await open({ stateFile: false }, ex);
+  let issued = 0;
+  const worker = async (): Promise<void> => {
+    while (issued < 300) {
+      const i = issued++;
+      await lb.apply(prof(`p${i % 20}`, 1000 + (i % 20), 9000 + i));
+    }
+  };
+  await Promise.all(Array.from({ length: 16 }, worker));
+  await new Promise((r) => setTimeout(r, 20));
+  assert.ok(
+    ex.commits.filter((c) => c.armed).length > 3,
+    'commits of batches of several calls prefetch after themselves',
+  );
+  assert.ok(
+    ex.commits.every((c) => !c.armed || c.chains > 1),
+    'only a batch of several calls arms the prefetch',
+  );
+  assert.equal(ex.prefetches, 0, 'the queue does not ask for a prefetch of its own');
+  assert.equal(ex.armed, false, 'not left armed');
+  assert.ok(ex.releases >= 1, 'what was prepared is given back when the drain ends');
+  // A lone call later: not armed, nothing prepared, nothing owed.
+  const releases = ex.releases;
+  await lb.apply(prof('lone', 2000));
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(ex.commits.at(-1)!.armed, false);
+  assert.equal(ex.releases, releases);
+  await lb.close();
+});
