@@ -41,16 +41,9 @@ void ThreadJob::Start(JobThread *thread) {
 void ThreadJob::Run() {
   RunCatching(
       name_, [this] { Work(); }, [this](NativeError e) { Fail(std::move(e)); });
-  std::function<void()> tail = failed_ ? nullptr : Tail();  // taken now: `this` may be gone below
   auto back = back_;
   if (back.BlockingCall(this) != napi_ok) delete this;  // the environment is gone: nobody to tell
   back.Release();
-  if (tail) {
-    try {
-      tail();
-    } catch (...) {
-    }
-  }
 }
 
 void ThreadJob::Settle() {

@@ -12,7 +12,6 @@
 
 #include <condition_variable>
 #include <deque>
-#include <functional>
 #include <mutex>
 #include <optional>
 
@@ -55,10 +54,6 @@ class ThreadJob {
   Napi::Env Env() const { return env_; }
   virtual void Work() = 0;  // on the job thread; no N-API in here
   virtual void OnOK() = 0;  // JS thread: Resolve(...)
-  // Job thread, after a Work() that succeeded: more work to do on this thread once the result has been
-  // handed back to the JS thread, before the thread takes its next job (the job itself may be gone by
-  // then: the returned function must not refer to it). Must not throw; none by default.
-  virtual std::function<void()> Tail() { return nullptr; }
   void Fail(NativeError e) {
     error_ = std::move(e);
     failed_ = true;

@@ -15,9 +15,7 @@
 namespace iptlb {
 namespace {
 
-// commit(json: string, opts?: { lockWaitMs?: number, prefetchAfter?: boolean }): job number;
-// start(n): Promise<{ durationMs, attempts }>. prefetchAfter: once committed, prefetch the next commit
-// (prefetch.h) on the job thread, right after the result is handed back.
+// commit(json: string, opts?: { lockWaitMs?: number }): job number; start(n): Promise<{ durationMs, attempts }>
 // The transaction crosses as JSON.stringify text, decoded and checked on the job thread: the JS
 // thread only copies one string (docs/architecture.md has the measurement against N-API objects).
 // A plan that fails a check rejects with code EPLAN, the message naming the field.
@@ -30,14 +28,7 @@ Napi::Value Commit(const Napi::CallbackInfo &info) {
   if (length > kMaxPlanJson)
     throw Napi::TypeError::New(info.Env(), "json: longer than " + std::to_string(kMaxPlanJson) + " characters");
   const int wait = LockWait(info, 1);
-  bool prefetch_after = false;
-  if (info.Length() > 1 && info[1].IsObject()) {
-    const Napi::Value v = info[1].As<Napi::Object>().Get("prefetchAfter");
-    if (!v.IsUndefined() && !v.IsBoolean())
-      throw Napi::TypeError::New(info.Env(), "options.prefetchAfter: must be a boolean");
-    prefetch_after = v.IsBoolean() && v.As<Napi::Boolean>().Value();
-  }
-  return Pending(info.Env(), new CommitWorker(info.Env(), text.Utf8Value(), wait, prefetch_after),
+  return Pending(info.Env(), new CommitWorker(info.Env(), text.Utf8Value(), wait),
                  [](CommitWorker *w) { w->Start(XtablesThread()); });
 }
 

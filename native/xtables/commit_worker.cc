@@ -25,23 +25,20 @@ constexpr int kMaxAttempts = 8;
 // One thread that decodes the plans' JSON text, in the order the commits were made. Under churn the
 // x_tables job thread is the busy one (a commit, then the prefetch of the next: both kernel work) and
 // the JS thread waits for it; decoding the next plan here, while the job thread still copies the table
-// out, takes it off the path between two commits (about 0.15 ms of 64 updates at 200 profiles). At
-// the workers' background priority (thread_priority.h), for its whole life.
+// out, takes it off the path between two commits (about 0.15 ms of 64 updates at 200 profiles). The
+// job thread decodes a plan itself when its turn comes before the decoder began it (a decoder starved
+// of CPU on a busy host costs no waiting). At the workers' background priority (thread_priority.h).
 class Decoder {
  public:
   Decoder() {
     std::thread([this] { Loop(); }).detach();
   }
-  std::future<Transaction> Decode(std::string json) {
-    std::packaged_task<Transaction()> task(
-        [text = std::move(json)]() mutable { return TransactionFromJson(std::move(text)); });
-    std::future<Transaction> result = task.get_future();
+  void Post(std::shared_ptr<PlanDecode> job) {
     {
       std::lock_guard<std::mutex> l(m_);
-      queue_.push_back(std::move(task));
+      queue_.push_back(std::move(job));
     }
     cv_.notify_one();
-    return result;
   }
 
  private:
@@ -49,19 +46,19 @@ class Decoder {
     pthread_setname_np(pthread_self(), "iptlb-decode");
     BackgroundPriority background;
     for (;;) {
-      std::packaged_task<Transaction()> task;
+      std::shared_ptr<PlanDecode> job;
       {
         std::unique_lock<std::mutex> l(m_);
         cv_.wait(l, [this] { return !queue_.empty(); });
-        task = std::move(queue_.front());
+        job = std::move(queue_.front());
         queue_.pop_front();
       }
-      task();  // what TransactionFromJson throws is kept in the future, for Work() to rethrow
+      job->Run();
     }
   }
   std::mutex m_;
   std::condition_variable cv_;
-  std::deque<std::packaged_task<Transaction()>> queue_;
+  std::deque<std::shared_ptr<PlanDecode>> queue_;
 };
 
 Decoder &PlanDecoder() {
@@ -71,16 +68,29 @@ Decoder &PlanDecoder() {
 
 }  // namespace
 
-CommitWorker::CommitWorker(Napi::Env env, std::string json, int lock_wait_ms, bool prefetch_after)
+CommitWorker::CommitWorker(Napi::Env env, std::string json, int lock_wait_ms)
     : ThreadJob(env, "iptlb.commit"),
-      decoded_(PlanDecoder().Decode(std::move(json))),
+      decode_(std::make_shared<PlanDecode>(std::move(json))),
       lock_path_(XtablesLockPath()),
-      lock_wait_ms_(lock_wait_ms),
-      prefetch_after_(prefetch_after) {}
+      lock_wait_ms_(lock_wait_ms) {
+  PlanDecoder().Post(decode_);
+}
 
-std::function<void()> CommitWorker::Tail() {
-  if (!prefetch_after_) return nullptr;
-  return [path = lock_path_] { PrefetchNow(path); };
+PlanDecode::PlanDecode(std::string json) : text_(std::move(json)), result_(promise_.get_future()) {}
+
+bool PlanDecode::Run() {
+  if (claimed_.exchange(true)) return false;  // the job thread took it
+  try {
+    promise_.set_value(TransactionFromJson(std::move(text_)));
+  } catch (...) {
+    promise_.set_exception(std::current_exception());
+  }
+  return true;
+}
+
+Transaction PlanDecode::Take() {
+  if (!claimed_.exchange(true)) return TransactionFromJson(std::move(text_));  // not begun: here
+  return result_.get();  // begun (or done) on the decoder: its result, or what it threw
 }
 
 void CommitWorker::Work() {
@@ -89,7 +99,7 @@ void CommitWorker::Work() {
   struct TrimAfter {
     ~TrimAfter() { ReleaseFreedMemory(); }  // last, after the lock is given back: the table copies are freed
   } trim;
-  tx_ = decoded_.get();  // rethrows EPLAN, before any lock or table is touched
+  tx_ = decode_->Take();  // throws EPLAN, before any lock or table is touched
   std::lock_guard<std::mutex> serial(LibiptcMutex());
   // A handle prefetch() prepared (ipv4 only) holds the xtables lock already (see prefetch.h). An ipv4
   // commit takes both over. An ipv6 commit needs the same lock (ip6tables takes the same file), which

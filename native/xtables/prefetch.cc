@@ -37,34 +37,26 @@ PrefetchWorker::PrefetchWorker(Napi::Env env, bool release)
       release_(release),
       lock_path_(XtablesLockPath()) {}
 
-bool PrefetchNow(const std::string &lock_path) {
-  try {
-    BackgroundPriority background;
-    std::lock_guard<std::mutex> serial(LibiptcMutex());
-    std::unique_ptr<Prefetched> &slot = Slot();
-    if (slot) return true;
-    FlockGuard lock;
-    // No waiting: when someone else holds the lock, the commit will wait for it itself.
-    if (!lock.TryAcquire(lock_path, kXtablesLockOpen)) return false;
-    auto handle = std::make_unique<IptcHandle>("nat");
-    if (!handle->ok()) return false;  // the commit reports it, with its own context
-    slot = std::make_unique<Prefetched>(lock.Detach(), std::move(handle));
-    return true;
-  } catch (...) {
-    return false;  // a failed prefetch only means the commit does the work itself
-  }
-}
-
 void PrefetchWorker::Work() {
-  if (!release_) {
-    prepared_ = PrefetchNow(lock_path_);
-    return;
-  }
   BackgroundPriority background;
   std::lock_guard<std::mutex> serial(LibiptcMutex());
   std::unique_ptr<Prefetched> &slot = Slot();
-  prepared_ = slot != nullptr;
-  slot.reset();
+  if (release_) {
+    prepared_ = slot != nullptr;
+    slot.reset();
+    return;
+  }
+  if (slot) {
+    prepared_ = true;
+    return;
+  }
+  FlockGuard lock;
+  // No waiting: when someone else holds the lock, the commit will wait for it itself.
+  if (!lock.TryAcquire(lock_path_, kXtablesLockOpen)) return;
+  auto handle = std::make_unique<IptcHandle>("nat");
+  if (!handle->ok()) return;  // the commit reports it, with its own context
+  slot = std::make_unique<Prefetched>(lock.Detach(), std::move(handle));
+  prepared_ = true;
 }
 
 void PrefetchWorker::OnOK() { Resolve(Napi::Boolean::New(Env(), prepared_)); }

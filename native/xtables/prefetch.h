@@ -40,11 +40,6 @@ std::unique_ptr<Prefetched> TakePrefetched();
 // that lock rather than wait for it). On the x_tables job thread only.
 bool PrefetchHoldsLock();
 
-// Prepares the next ipv4 commit now (the work of prefetch(), on the calling thread, which must be the
-// x_tables job thread): takes the xtables lock at `lock_path` without waiting and copies the nat table
-// out. Returns whether a prepared handle is held (also when one already was). Never throws.
-bool PrefetchNow(const std::string &lock_path);
-
 class PrefetchWorker : public ThreadJob {
  public:
   // `release`: drop a prepared handle (and its lock) instead of making one.

@@ -164,8 +164,7 @@ export class CommitQueue {
         // a state file only while its lock is kept (the lock order: see Core.prefetchCommit).
         // (A batch can end without a kernel commit, all refused or unchanged: what was prepared then
         // waits for the next one, and the drain gives it back at the end in any case.)
-        // (Usually the transaction already did, as soon as the kernel accepted the commit.)
-        if (more && (kept || !window) && !this.core.prefetchedNext) this.core.prefetchCommit();
+        if (more && (kept || !window)) this.core.prefetchCommit();
         // Let the callers this commit settled queue their next calls before the next batch is cut
         // (their continuations are a few microtask hops away): batches fill up instead of halving.
         // A lone call pays nothing: the first batch of a drain goes at once.
@@ -217,7 +216,7 @@ export class CommitQueue {
           }
           return { upsert, remove };
         },
-        { run: true, prefetchNext: this.opts.coalesce && batch.length > 1 },
+        { run: true },
       );
     } catch (e) {
       if (e instanceof IptlbError && e.code === 'EKERNEL' && batch.length > 1) {

@@ -328,20 +328,6 @@ export class Core {
     return prepared;
   }
 
-  /** {@link prefetchCommit}, done by the engine's next commit itself once it succeeded (when it can). */
-  private armPrefetch(engine: Engine): boolean {
-    if (this.statePath !== null && !this.window) return false; // the lock order: see prefetchCommit
-    if (!engine.prefetchAfterCommit?.(true)) return false;
-    this.prefetchedBy = engine;
-    return true;
-  }
-
-  /**
-   * Whether the last transaction asked for `prefetchNext` started the prefetch itself, right after its
-   * kernel commit (the queue then does not ask again).
-   */
-  prefetchedNext = false;
-
   /** Gives back what {@link prefetchCommit} prepared when no commit used it; resolves once given back. */
   releasePrefetch(): Promise<void> {
     const by = this.prefetchedBy;
@@ -572,12 +558,8 @@ export class Core {
    * The transaction: lock → read state → decide → (kernel commit when `run`) → write state → unlock.
    * Nothing changes anywhere when `decide` throws or the kernel refuses.
    */
-  transact(
-    decide: (state: Map<string, Profile>) => Change,
-    opts: { run: boolean; prefetchNext?: boolean },
-  ): Promise<TransactionResult> {
+  transact(decide: (state: Map<string, Profile>) => Change, opts: { run: boolean }): Promise<TransactionResult> {
     return this.serial(async () => {
-      this.prefetchedNext = false;
       const engine = opts.run ? (await this.select()).provider : undefined;
       if (engine) this.checkPrivileges();
       const lock = await this.lock();
@@ -595,20 +577,8 @@ export class Core {
         // file holds is one the kernel held. (Writing the journal's record beside the commit saved one
         // pool trip per commit under churn, but a process killed between the two left a change in the
         // state file that the kernel never had.)
-        // More calls are queued behind this one (see CommitQueue): the next commit's kernel work starts
-        // as soon as this one is in the kernel, on the worker, while this thread records the change and
-        // settles the calls (not after them: the copy-out is then off the path between two commits).
-        // The native legacy executor does it itself, armed here, right after its commit (one thread hop
-        // earlier); another engine is asked once the commit returned.
-        const armed = engine && opts.prefetchNext ? this.armPrefetch(engine) : false;
-        let done: (DoneFamily & { ms: number })[];
-        try {
-          done = engine ? await this.commitChange(engine, k.state, k.change) : [];
-        } finally {
-          if (armed) engine!.prefetchAfterCommit!(false); // not left armed for a commit of another run
-        }
+        const done: (DoneFamily & { ms: number })[] = engine ? await this.commitChange(engine, k.state, k.change) : [];
         const committed = done.length > 0;
-        if (committed && opts.prefetchNext) this.prefetchedNext = armed || this.prefetchCommit();
         const commitMs = done.reduce((ms, d) => ms + d.ms, 0);
         if (committed) this.logCommit(engine!, k.change, k.state, done, commitMs);
         // Flows to destinations this change removes (decided now: in memory mode `state` changes below).

@@ -149,11 +149,6 @@ export interface Engine<View = unknown, Tx = unknown> {
   changed?(edits: readonly [Profile | undefined, Profile | undefined][], memo: Memo): void;
   /** Native legacy only: prepare the next commit while JavaScript plans (see prefetch.h). */
   prefetch?(): boolean;
-  /**
-   * Native legacy only: arms (`true`) or disarms the prefetch by the next commit itself, once it has
-   * succeeded (see LegacyExecutor.prefetchAfterCommit); false when the engine cannot.
-   */
-  prefetchAfterCommit?(on: boolean): boolean;
   /** Gives back what {@link prefetch} prepared; resolves once it is given back (never rejects). */
   releasePrefetch?(): Promise<void>;
 }

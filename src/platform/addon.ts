@@ -72,9 +72,9 @@ export interface NativeAddon {
    * cannot carry, such as a BigInt, is a TypeError here), decoded and checked on the addon's thread: a
    * plan that fails a check rejects with code 'EPLAN', the message naming the field.
    */
-  commit(tx: Transaction, opts?: CommitOptions): Promise<{ durationMs: number; attempts: number }>;
+  commit(tx: Transaction, opts?: { lockWaitMs?: number }): Promise<{ durationMs: number; attempts: number }>;
   /** The same commit, given the JSON text itself (the one way a plan crosses into the addon). */
-  commitJson(json: string, opts?: CommitOptions): Promise<{ durationMs: number; attempts: number }>;
+  commitJson(json: string, opts?: { lockWaitMs?: number }): Promise<{ durationMs: number; attempts: number }>;
   /**
    * Prepares the next commit on a worker thread: takes the xtables lock (without waiting) and copies
    * the nat table out; the next commit()/commitJson() uses both. Resolves false when the lock was busy
@@ -136,17 +136,6 @@ export interface NativeAddon {
    * export that function. Another level is a TypeError.
    */
   reduceMemory(level: 1 | 2): boolean;
-}
-
-/** Options of the legacy {@link NativeAddon.commit}. */
-export interface CommitOptions {
-  /** How long to wait for the xtables lock, ms (default 10,000). */
-  lockWaitMs?: number;
-  /**
-   * Once committed, prefetch the next commit (as {@link NativeAddon.prefetch}) on the job thread, right
-   * after the result is handed back; a prefetch or a releasePrefetch() is then owed as after prefetch().
-   */
-  prefetchAfter?: boolean;
 }
 
 /** Bytes of one job of {@link NativeHealthProber.probe}. */

@@ -130,12 +130,6 @@ describe('prefetch (the next legacy commit prepared while JavaScript plans)', { 
       otherWaited: true,
       otherExit: 0,
       bothLanded: true,
-      heldAfterPrefetchingCommit: true,
-      commitAfterPrefetchingCommit: { attempts: 1, free: true, landed: true },
-      releasedAfterPrefetchingCommit: true,
-      failedCommit: 'EPLAN',
-      freeAfterFailedCommit: true,
-      badOption: 'options.prefetchAfter: must be a boolean',
       busyPrefetch: false,
       freeAtEnd: true,
     });

@@ -22,11 +22,4 @@ export interface LegacyExecutor {
    */
   prefetch?(): void;
   releasePrefetch?(): Promise<void>;
-  /**
-   * Native only: while armed (`true`), the next `commit()` prefetches the one after it as soon as it
-   * has succeeded, on the worker, right after handing its result back (as if `prefetch()` were called
-   * at that moment, one thread hop earlier); a `commit()` disarms it. The caller disarms it (`false`)
-   * when no commit took it, and owes a `commit()` or a `releasePrefetch()` as after `prefetch()`.
-   */
-  prefetchAfterCommit?(on: boolean): void;
 }

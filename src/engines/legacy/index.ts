@@ -144,12 +144,6 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
     return true;
   }
 
-  prefetchAfterCommit(on: boolean): boolean {
-    if (!this.executor.prefetchAfterCommit) return false;
-    this.executor.prefetchAfterCommit(on);
-    return true;
-  }
-
   releasePrefetch(): Promise<void> {
     return this.executor.releasePrefetch?.() ?? Promise.resolve();
   }

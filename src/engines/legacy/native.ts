@@ -40,18 +40,10 @@ export class NativeExecutor implements LegacyExecutor {
     this.lockWaitMs = opts.lockWaitMs ?? 10_000;
   }
 
-  /** Set by {@link prefetchAfterCommit}: the next commit prefetches the one after it. */
-  private prefetchAfter = false;
-
   async commit(tx: Transaction): Promise<CommitResult> {
-    const prefetchAfter = this.prefetchAfter;
-    this.prefetchAfter = false;
     try {
-      // The plan crosses as JSON text, decoded on the addon's threads (docs/architecture.md).
-      const r = await this.addon.commit(
-        tx,
-        prefetchAfter ? { lockWaitMs: this.lockWaitMs, prefetchAfter } : { lockWaitMs: this.lockWaitMs },
-      );
+      // The plan crosses as JSON text, decoded on the addon's thread (docs/architecture.md).
+      const r = await this.addon.commit(tx, { lockWaitMs: this.lockWaitMs });
       return { durationMs: r.durationMs };
     } catch (e) {
       throw mapNativeError(e);
@@ -60,10 +52,6 @@ export class NativeExecutor implements LegacyExecutor {
 
   prefetch(): void {
     this.addon.prefetch().catch(() => {}); // a failed prefetch only means the commit does the work
-  }
-
-  prefetchAfterCommit(on: boolean): void {
-    this.prefetchAfter = on;
   }
 
   releasePrefetch(): Promise<void> {
