@@ -61,7 +61,7 @@ void ReleaseFreedMemory() {
 }
 
 void FixMallocThresholds() {
-  mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+  mallopt(M_MMAP_THRESHOLD, 2 * 1024 * 1024);  // see memory.h
   mallopt(M_TRIM_THRESHOLD, 1024 * 1024);
 }
 

@@ -4,6 +4,9 @@
 #pragma once
 #include <napi.h>
 
+#include <atomic>
+#include <future>
+#include <memory>
 #include <string>
 
 #include "iptc_handle.h"
@@ -12,10 +15,27 @@
 
 namespace iptlb {
 
+// A plan's JSON text, decoded once: by the decoder thread (Run, when it gets there first) or by the
+// commit's own Work (Take, which otherwise waits for the decoder's result). Thread-safe.
+class PlanDecode {
+ public:
+  explicit PlanDecode(std::string json);
+  bool Run();          // decoder thread: decodes unless Take() claimed it first; whether it did
+  Transaction Take();  // job thread: the transaction (or what decoding it threw), decoded here if not begun
+
+ private:
+  std::atomic<bool> claimed_{false};
+  std::string text_;
+  std::promise<Transaction> promise_;
+  std::future<Transaction> result_;
+};
+
 class CommitWorker : public ThreadJob {
  public:
-  // `json` is the transaction as JSON text, decoded and checked in Work() (TransactionFromJson); a
-  // plan that fails a check rejects with code EPLAN and the field in the message.
+  // `json` is the transaction as JSON text, decoded and checked off the JS thread (TransactionFromJson:
+  // on the decoder thread, started at once, so it runs while the job thread still does the work queued
+  // before this commit, such as a prefetch; or in Work() when the decoder had not begun it); a plan
+  // that fails a check rejects with code EPLAN and the field in the message.
   CommitWorker(Napi::Env env, std::string json, int lock_wait_ms);
 
  protected:
@@ -28,8 +48,8 @@ class CommitWorker : public ThreadJob {
   void Run(XtHandle<F> *prepared);
 
   Transaction tx_;
-  std::string json_;       // decoded into tx_ first (job thread)
-  std::string lock_path_;  // read from the environment on the JS thread
+  std::shared_ptr<PlanDecode> decode_;  // the JSON text, decoded on the decoder thread or in Work()
+  std::string lock_path_;               // read from the environment on the JS thread
   int lock_wait_ms_;
   double duration_ms_ = 0;
   int attempts_ = 0;

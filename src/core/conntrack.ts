@@ -7,7 +7,7 @@
  * IPv4 and IPv6 profiles alike (`[v6]:port` endpoints: `conntrack -D -f ipv6`).
  */
 import { childProcess } from '../platform/builtins.js';
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readSync } from 'node:fs';
 import { parseEndpoint, type Endpoint } from '../model/address.js';
 import { findBinary } from '../platform/spawn.js';
 import { loadAddon, type ConntrackFlow, type NativeAddon } from '../platform/addon.js';
@@ -151,16 +151,33 @@ async function flushSpawned(flows: StaleFlows[], runner?: FlushOptions['run']): 
   return lines;
 }
 
+const COUNT_FILE = '/proc/sys/net/netfilter/nf_conntrack_count';
+/** The open count file of this process's network namespace (close-on-exec, as Node opens every file). */
+const count: { fd?: number; buf: Buffer } = { buf: Buffer.alloc(32) };
+
 /**
  * The number of conntrack entries of this process's network namespace (`nf_conntrack_count`, a
  * per-namespace sysctl); 0 when the file is absent (conntrack is not loaded: there is no table).
  * `undefined` when it cannot be read otherwise.
  */
 export function conntrackEntries(): number | undefined {
+  // Asked after every commit: the file is kept open and read again at offset 0 (a sysctl prints its
+  // current value on every read from the start), one pread instead of open + fstat + read + close.
   try {
-    const n = Number(readFileSync('/proc/sys/net/netfilter/nf_conntrack_count', 'latin1'));
+    count.fd ??= openSync(COUNT_FILE, 'r');
+    const len = readSync(count.fd, count.buf, 0, count.buf.length, 0);
+    const n = len > 0 ? Number(count.buf.toString('latin1', 0, len)) : NaN;
     return Number.isInteger(n) ? n : undefined;
   } catch (e) {
+    // Opened again next time (conntrack may be loaded, or come back, meanwhile).
+    if (count.fd !== undefined) {
+      try {
+        closeSync(count.fd);
+      } catch {
+        // gone already
+      }
+      count.fd = undefined;
+    }
     return (e as NodeJS.ErrnoException).code === 'ENOENT' ? 0 : undefined;
   }
 }

@@ -8,12 +8,13 @@ import { fixture, kernelSkip, runInNetns } from './netns-child.js';
 
 describe('worker priority', { skip: kernelSkip() }, () => {
   test('a commit runs at nice IPTLB_WORKER_NICE on its worker thread; every thread is back at nice 0 after it', async () => {
-    const r = await runInNetns<{ seenDuringCommits: number; afterCommits: number[]; trimmer: number[] }>(
-      fixture('priority'),
-      [],
-      { timeoutMs: 60_000, env: { IPTLB_WORKER_NICE: '7' } },
-    );
-    // The malloc trimmer (started by the first commit) runs at the workers' nice for good.
-    assert.deepEqual(r, { seenDuringCommits: 7, afterCommits: [0], trimmer: [7] });
+    const r = await runInNetns<{
+      seenDuringCommits: number;
+      afterCommits: number[];
+      helpers: number[];
+      decoder: boolean;
+    }>(fixture('priority'), [], { timeoutMs: 60_000, env: { IPTLB_WORKER_NICE: '7' } });
+    // The malloc trimmer and the plan decoder (started by the first commit) run at the workers' nice for good.
+    assert.deepEqual(r, { seenDuringCommits: 7, afterCommits: [0], helpers: [7], decoder: true });
   });
 });

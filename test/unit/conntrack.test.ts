@@ -4,8 +4,10 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { existsSync, readFileSync } from 'node:fs';
 import {
   ConntrackJanitor,
+  conntrackEntries,
   flushStaleFlows,
   staleFlows,
   type StaleFlows,
@@ -410,5 +412,16 @@ test('janitor: paced (waits pace × the last flush, at most 100 ms, before the n
     }
     assert.equal(starts.length, 2, how);
     await j.idle();
+  }
+});
+
+test('conntrackEntries reads the namespace count again on every call (the file kept open), 0 without conntrack', () => {
+  const file = '/proc/sys/net/netfilter/nf_conntrack_count';
+  const fresh = (): number => (existsSync(file) ? Number(readFileSync(file, 'latin1')) : 0);
+  for (let i = 0; i < 3; i++) {
+    const n = conntrackEntries();
+    assert.equal(typeof n, 'number');
+    // The host's count may move between the two reads; a stale value read at offset 0 would not.
+    assert.ok(Math.abs(n! - fresh()) <= 1000, `${n} vs ${fresh()}`);
   }
 });
