@@ -65,6 +65,62 @@ test('nft: with the table gone (a process killed after deleting the last profile
   }
 });
 
+test('nft: a rebuild empties the table in place and keeps it (its NAT hooks): an in-memory instance adding a round-robin profile beside profiles it was not told about', async () => {
+  const kernels = fakes();
+  const inMemory = () =>
+    new Core({ stateFile: false, engine: 'nft' }, kernels as unknown as Record<EngineName, Executor>);
+  const first = inMemory();
+  await apply(
+    first,
+    { name: 'p0', source: '127.100.0.10:80', destination: ['127.0.0.1:9001', '127.0.0.1:9002'] },
+    {
+      name: 'p2',
+      source: '127.100.0.10:82',
+      destination: ['127.0.0.1:9002', '127.0.0.1:9003'],
+      scheduler: 'round-robin',
+    },
+    { name: 'p3', source: '127.100.0.10:83', destination: ['127.0.0.1:9003', '127.0.0.1:9004'], affinity: 30 },
+  );
+  // The restarted agent: nothing in memory; a round-robin profile rewrites the base chains.
+  const second = inMemory();
+  const from = kernels.nft.commits.length;
+  await apply(second, {
+    name: 'p5',
+    source: '127.100.0.10:85',
+    destination: ['127.0.0.1:9005'],
+    scheduler: 'round-robin',
+  });
+  const ops = kernels.nft.commits.slice(from).flatMap((tx) => tx.ops.map((o) => o.op));
+  assert.ok(ops.includes('flushChain'), 'the base chains were rewritten');
+  assert.ok(!ops.includes('deleteTable'), `the table (and its hooks) stays: ${ops.join(' ')}`);
+  // The kernel holds what one instance told about all four would have written.
+  const all = fakes();
+  const whole = new Core({ stateFile: false, engine: 'nft' }, all as unknown as Record<EngineName, Executor>);
+  await apply(
+    whole,
+    { name: 'p0', source: '127.100.0.10:80', destination: ['127.0.0.1:9001', '127.0.0.1:9002'] },
+    {
+      name: 'p2',
+      source: '127.100.0.10:82',
+      destination: ['127.0.0.1:9002', '127.0.0.1:9003'],
+      scheduler: 'round-robin',
+    },
+    { name: 'p3', source: '127.100.0.10:83', destination: ['127.0.0.1:9003', '127.0.0.1:9004'], affinity: 30 },
+    { name: 'p5', source: '127.100.0.10:85', destination: ['127.0.0.1:9005'], scheduler: 'round-robin' },
+  );
+  const content = (k: FakeNftKernel) => {
+    const t = k.tables.get('ip')!;
+    const sorted = (xs: Iterable<unknown>) => [...xs].map((x) => JSON.stringify(x)).sort();
+    return {
+      sets: sorted([...t.sets].map(([n, e]) => [n, [...e].sort()])),
+      maps: sorted([...t.maps].map(([n, e]) => [n, sorted(e)])),
+      affinity: sorted(t.affinitySets),
+      chains: sorted([...t.chains].map(([n, r]) => [n, sorted(r)])),
+    };
+  };
+  assert.deepEqual(content(kernels.nft), content(all.nft));
+});
+
 for (const engine of ['legacy', 'nft'] as const) {
   describe(`core over the ${engine} fake kernel`, () => {
     test('apply, status in sync; tampering found; sync repairs it in one transaction per family; orphans removed', async () => {

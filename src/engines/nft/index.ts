@@ -180,11 +180,11 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
       const kept = unknownObjects(view, known, touchedSet);
       if (keepsAnything(kept)) {
         const note = `${this.where(f)} holds ${kept.vips.size} virtual address(es) this in-memory instance was not told about: kept as they are`;
-        return { family: f, steps: [planNftMergedRebuild(next.values(), kept, nf)], next, note, partial };
+        return { family: f, steps: [planNftMergedRebuild(next.values(), kept, nf, view)], next, note, partial };
       }
     }
     const steps = stray.length
-      ? [planNftRebuild(next.values(), undefined, nf)]
+      ? [planNftRebuild(next.values(), undefined, nf, view)]
       : fresh
         ? // No table (a process killed after removing it with the last profile, before its state
           // write, or someone else removed it): every profile is created, not only the touched ones,
@@ -222,16 +222,17 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
       return { durationMs, committed };
     } catch (e) {
       if (!outOfStep(e)) throw e;
-      let rebuild = planNftRebuild(plan.next.values(), undefined, nf);
+      // The table as it is now, so that the rebuild empties it in place (see rebuildStart in plan.ts).
+      const view = await this.executor.read(nf);
+      let rebuild = planNftRebuild(plan.next.values(), undefined, nf, view);
       if (plan.partial) {
         // In memory: what the kernel holds beyond this instance's profiles stays (see planChange).
-        const view = await this.executor.read(nf);
         const kept = view.exists ? unknownObjects(view, plan.next.values(), new Set(plan.next.keys())) : undefined;
         if (kept && keepsAnything(kept)) {
           log(
             `table ${nf} iptlb is not as this in-memory instance's profiles say (${(e as Error).message}); replacing its ${plan.next.size} profile(s) in one transaction and keeping the ${kept.vips.size} virtual address(es) it was not told about`,
           );
-          rebuild = planNftMergedRebuild(plan.next.values(), kept, nf);
+          rebuild = planNftMergedRebuild(plan.next.values(), kept, nf, view);
           durationMs += (await this.executor.commit(rebuild)).durationMs;
           return { durationMs, committed: rebuild };
         }
@@ -245,7 +246,7 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
   }
 
   planReplace(f: Family, profiles: ReadonlyMap<string, Profile>, view: NftView): NftTransaction {
-    return planNftRebuild(profiles.values(), view.genid || undefined, nftTableFamily(f));
+    return planNftRebuild(profiles.values(), view.genid || undefined, nftTableFamily(f), view);
   }
 
   async planRemoveAll(f: Family): Promise<NftTransaction | undefined> {
