@@ -67,11 +67,9 @@ test('nft: with the table gone (a process killed after deleting the last profile
 
 test('nft: a rebuild empties the table in place and keeps it (its NAT hooks): an in-memory instance adding a round-robin profile beside profiles it was not told about', async () => {
   const kernels = fakes();
-  const inMemory = () =>
-    new Core({ stateFile: false, engine: 'nft' }, kernels as unknown as Record<EngineName, Executor>);
-  const first = inMemory();
-  await apply(
-    first,
+  const inMemory = (k = kernels) =>
+    new Core({ stateFile: false, engine: 'nft' }, k as unknown as Record<EngineName, Executor>);
+  const before: ProfileInput[] = [
     { name: 'p0', source: '127.100.0.10:80', destination: ['127.0.0.1:9001', '127.0.0.1:9002'] },
     {
       name: 'p2',
@@ -80,34 +78,23 @@ test('nft: a rebuild empties the table in place and keeps it (its NAT hooks): an
       scheduler: 'round-robin',
     },
     { name: 'p3', source: '127.100.0.10:83', destination: ['127.0.0.1:9003', '127.0.0.1:9004'], affinity: 30 },
-  );
-  // The restarted agent: nothing in memory; a round-robin profile rewrites the base chains.
-  const second = inMemory();
-  const from = kernels.nft.commits.length;
-  await apply(second, {
+  ];
+  const added: ProfileInput = {
     name: 'p5',
     source: '127.100.0.10:85',
     destination: ['127.0.0.1:9005'],
     scheduler: 'round-robin',
-  });
+  };
+  await apply(inMemory(), ...before);
+  // The restarted agent: nothing in memory; a round-robin profile rewrites the base chains.
+  const from = kernels.nft.commits.length;
+  await apply(inMemory(), added);
   const ops = kernels.nft.commits.slice(from).flatMap((tx) => tx.ops.map((o) => o.op));
   assert.ok(ops.includes('flushChain'), 'the base chains were rewritten');
   assert.ok(!ops.includes('deleteTable'), `the table (and its hooks) stays: ${ops.join(' ')}`);
   // The kernel holds what one instance told about all four would have written.
   const all = fakes();
-  const whole = new Core({ stateFile: false, engine: 'nft' }, all as unknown as Record<EngineName, Executor>);
-  await apply(
-    whole,
-    { name: 'p0', source: '127.100.0.10:80', destination: ['127.0.0.1:9001', '127.0.0.1:9002'] },
-    {
-      name: 'p2',
-      source: '127.100.0.10:82',
-      destination: ['127.0.0.1:9002', '127.0.0.1:9003'],
-      scheduler: 'round-robin',
-    },
-    { name: 'p3', source: '127.100.0.10:83', destination: ['127.0.0.1:9003', '127.0.0.1:9004'], affinity: 30 },
-    { name: 'p5', source: '127.100.0.10:85', destination: ['127.0.0.1:9005'], scheduler: 'round-robin' },
-  );
+  await apply(inMemory(all), ...before, added);
   const content = (k: FakeNftKernel) => {
     const t = k.tables.get('ip')!;
     const sorted = (xs: Iterable<unknown>) => [...xs].map((x) => JSON.stringify(x)).sort();

@@ -3,6 +3,24 @@ import assert from 'node:assert/strict';
 import { IptlbError } from '../../src/model/errors.js';
 import { parseCanonical, parseState, serializeState } from '../../src/core/state.js';
 import type { Profile } from '../../src/model/types.js';
+import { validateProfile } from '../../src/model/profile.js';
+
+/**
+ * The profile of `input` (its destinations already drawn) with the field its `kind` adds, validated;
+ * null when the draw is not a valid profile.
+ */
+export function profileOfKind(input: Record<string, unknown>, kind: string): Profile | null {
+  const dests = input.destination as string[];
+  if (kind === 'weights') input.weights = { [dests[0]]: 3 };
+  if (kind === 'scheduler') input.scheduler = 'round-robin';
+  if (kind === 'affinity') input.affinity = 60;
+  if (kind === 'health') input.health = { kind: 'tcp' };
+  try {
+    return validateProfile(input);
+  } catch {
+    return null;
+  }
+}
 
 /**
  * `text` (one profile, `p`, as serialiseState writes it) takes the fast path, parses back to `p`, is

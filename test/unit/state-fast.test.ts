@@ -20,6 +20,7 @@ import {
 import { parseExactProfiles, parseState, parseStateReference, serializeState } from '../../src/core/state.js';
 import type { Profile } from '../../src/model/types.js';
 import YAML from 'yaml';
+import { profileOfKind } from './state-checks.js';
 
 /**
  * Names the `yaml` package reads back as themselves. It reads a few plain names Go's yaml.v2 (and
@@ -184,16 +185,7 @@ const profileArb = fc
           masquerade: r.masquerade && r.rulesBackend === 'proxy',
         };
         if ((input.destination as string[]).length === 0) input.destination = [r.source.replace(/:\d+$/, ':1')];
-        const dests = input.destination as string[];
-        if (kind === 'weights') input.weights = { [dests[0]]: 3 };
-        if (kind === 'scheduler') input.scheduler = 'round-robin';
-        if (kind === 'affinity') input.affinity = 60;
-        if (kind === 'health') input.health = { kind: 'tcp' };
-        try {
-          return validateProfile(input);
-        } catch {
-          return null;
-        }
+        return profileOfKind(input, kind);
       }),
   );
 const stateArb = fc.array(profileArb, { minLength: 0, maxLength: 12 }).map((ps) => {

@@ -20,6 +20,7 @@ import { Core, upsertChange, deleteChange } from '../../src/core/core.js';
 import { IptlbError } from '../../src/model/errors.js';
 import type { Profile } from '../../src/model/types.js';
 import { FakeNftKernel } from '../harness/fake-kernel.js';
+import { profileOfKind } from './state-checks.js';
 
 // Small pools, so that names collide by chain (case, `-` and `_`) and sources by address.
 const nameArb = fc.oneof(
@@ -58,16 +59,7 @@ const profileArb = fc
     };
     input.destination = (input.destination as string[]).filter((d) => d !== input.source);
     if ((input.destination as string[]).length === 0) return null;
-    const dests = input.destination as string[];
-    if (kind === 'weights') input.weights = { [dests[0]]: 3 };
-    if (kind === 'scheduler') input.scheduler = 'round-robin';
-    if (kind === 'affinity') input.affinity = 60;
-    if (kind === 'health') input.health = { kind: 'tcp' };
-    try {
-      return validateProfile(input);
-    } catch {
-      return null;
-    }
+    return profileOfKind(input, kind);
   });
 
 /** Profiles that can live side by side (the writer only ever writes such a set). */
