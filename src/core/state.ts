@@ -593,11 +593,12 @@ export async function readStateFull(
   const y = await openChecked(file, 'state file');
   const base = baseIdentity(y?.st ?? null);
   const bytes = y ? await readOpenedBytes(file, y.fh, Number(y.st.size)) : Buffer.alloc(0);
+  // The journal is read after the YAML (see above), once, whichever way the YAML is read.
   const jf = journalPath(file);
-  if (indexed) {
-    const j = await openChecked(jf, 'state journal');
-    if (j) await j.fh.close();
-    const index = j ? null : indexed(bytes);
+  const j = await openChecked(jf, 'state journal');
+  const journalText = j ? await readOpened(jf, j.fh) : null;
+  if (indexed && j === null) {
+    const index = indexed(bytes);
     if (index) return { profiles: index, base, journal: null, records: 0 };
   }
   const text = bytes.toString('utf8');
@@ -606,9 +607,8 @@ export async function readStateFull(
   let data: unknown = exact === null ? await parseRaw(text, file) : undefined;
   let journal: JournalAt | null = null;
   let records = 0;
-  const j = await openChecked(jf, 'state journal');
   if (j) {
-    const decoded = decodeJournal(await readOpened(jf, j.fh), base);
+    const decoded = decodeJournal(journalText!, base);
     if (decoded.valid) {
       journal = { base, validEnd: decoded.validEnd, ino: j.st.ino };
       records = decoded.records.length;

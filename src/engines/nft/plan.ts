@@ -572,9 +572,9 @@ export function planNftRebuild(
  * affinity sets deleted) and the rest of the transaction fills it again. The table and its base
  * chains stay, and so do their hooks: deleting and adding the table in one transaction unregisters
  * the NAT hooks and registers new ones, and a connection that opened at that moment went through
- * no NAT at all (refused: about one run in twelve of an in-memory agent's restart beside traffic,
- * test/kernel/rel13.test.ts "10:"). Without a view (or no table), or when the table holds objects iptlb
- * did not make (which a rebuild removes, as `sync` promises), the table is deleted first.
+ * no NAT at all (refused: an in-memory agent's restart beside traffic, test/kernel/rel13.test.ts
+ * "10:", failed in 2 of 75 runs in a loop). Without a view (or no table), or when the table holds
+ * objects iptlb did not make (which a rebuild removes, as `sync` promises), the table is deleted first.
  */
 function rebuildStart(view: NftView | undefined, family: NftFamily): NftOp[] {
   if (!view?.exists || view.foreign.length > 0) return [{ op: 'addTable' }, { op: 'deleteTable' }];
