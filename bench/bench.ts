@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { open } from '../src/index.js';
-import { loadAddon } from '../src/platform/addon.js';
+import { addonPath, loadAddon } from '../src/platform/addon.js';
 import { planTransaction } from '../src/engines/legacy/plan.js';
 import { renderRule } from '../src/engines/legacy/restore.js';
 import { validateProfile } from '../src/model/profile.js';
@@ -527,6 +527,16 @@ async function benchCli(): Promise<void> {
       () => [node, '-e', `require(${JSON.stringify(loader)}).loadBundle(${JSON.stringify(bundle)})`],
     ],
   );
+  // And what a change costs below the CLI's JavaScript: Node loading the addon parts the engine needs,
+  // taking the state file's lock, committing the same kind of change as "-run -reset, one destination
+  // changed" (the transaction the library planned for it, on a profile of its own) and writing a state
+  // file durably (write, fsync, rename, directory fsync). No CLI can do that change for less. A pass of
+  // its own, after the commands' (their `sync` rows would remove that profile), with its own node -e 0.
+  // Its profile is made when the pass starts (the commands' `status` rows would see it as drift).
+  const floors: Partial<Record<'legacy' | 'nft', string>> = {};
+  const floorRounds: [string, (r: number) => string[]][] = [['node -e 0 (floor pass)', () => [node, '-e', '0']]];
+  for (const engine of ['legacy', 'nft'] as const)
+    floorRounds.push([`floor: addon, lock, commit, durable write (${engine})`, () => [node, floors[engine]!]]);
   // NODE_EXTRA_CA_CERTS makes every Node process parse those certificates at start (about 40 ms of CPU
   // on the reference machine, whose agents' environment sets it): a bare `node -e 0` then costs about 3x
   // what it costs without, and every ratio to it looks smaller. When it is set, each round runs every
@@ -541,17 +551,21 @@ async function benchCli(): Promise<void> {
   const cpu: Record<string, number[]> = {};
   const key = (e: string, k: string): string => (e ? `${e}: ${k.trim()}` : k.trim());
   for (const [e] of envs) {
-    for (const [k] of rounds) {
+    for (const [k] of [...rounds, ...floorRounds]) {
       times[key(e, k)] = [];
       cpu[key(e, k)] = [];
     }
   }
   // Each round runs the sequence twice per environment: once timed (wall clock), once for each
   // process's CPU time (through bash).
-  for (let r = 0; r < RUNS; r++) {
-    for (const [e, env] of envs) {
-      for (const [k, argv] of rounds) times[key(e, k)].push(await timeProcess(argv(r), env));
-      for (const [k, argv] of rounds) cpu[key(e, k)].push(await cpuOfProcess(argv(r), env));
+  for (const pass of [rounds, floorRounds]) {
+    if (pass === floorRounds)
+      for (const engine of ['legacy', 'nft'] as const) floors[engine] = await changeFloor(dir, engine);
+    for (let r = 0; r < RUNS; r++) {
+      for (const [e, env] of envs) {
+        for (const [k, argv] of pass) times[key(e, k)].push(await timeProcess(argv(r), env));
+        for (const [k, argv] of pass) cpu[key(e, k)].push(await cpuOfProcess(argv(r), env));
+      }
     }
   }
   const cli: Record<
@@ -559,26 +573,31 @@ async function benchCli(): Promise<void> {
     { medianMs: number; ratio: number; min: number; max: number; cpuMs: number; cpuRatio: number }
   > = {};
   for (const [e] of envs) {
-    const base = median(times[key(e, 'node -e 0')]);
-    const cpuBase = median(cpu[key(e, 'node -e 0')]);
-    log(
-      `cli start${e ? ` ${e}` : ''}, ${RUNS} interleaved rounds: wall clock median (min-max) ms, its ratio to node -e 0; CPU time (user + system) median (min-max) ms, its ratio:`,
-    );
-    for (const k0 of new Set(rounds.map(([k]) => k.trim()))) {
-      const k = key(e, k0);
-      const t = times[k];
-      const c = cpu[k];
-      cli[k] = {
-        medianMs: Number(median(t).toFixed(1)),
-        ratio: Number((median(t) / base).toFixed(2)),
-        min: Number(Math.min(...t).toFixed(1)),
-        max: Number(Math.max(...t).toFixed(1)),
-        cpuMs: Number(median(c).toFixed(1)),
-        cpuRatio: Number((median(c) / cpuBase).toFixed(2)),
-      };
+    for (const [pass, baseKey] of [
+      [rounds, 'node -e 0'],
+      [floorRounds, 'node -e 0 (floor pass)'],
+    ] as const) {
+      const base = median(times[key(e, baseKey)]);
+      const cpuBase = median(cpu[key(e, baseKey)]);
       log(
-        `cli ${k0.padEnd(46)} ${median(t).toFixed(1).padStart(6)} ms (${Math.min(...t).toFixed(1)}-${Math.max(...t).toFixed(1)})  ${(median(t) / base).toFixed(2)}x node   CPU ${median(c).toFixed(1).padStart(5)} ms (${Math.min(...c)}-${Math.max(...c)})  ${(median(c) / cpuBase).toFixed(2)}x node`,
+        `cli start${e ? ` ${e}` : ''}${pass === floorRounds ? ' (floor pass)' : ''}, ${RUNS} interleaved rounds: wall clock median (min-max) ms, its ratio to ${baseKey}; CPU time (user + system) median (min-max) ms, its ratio:`,
       );
+      for (const k0 of new Set(pass.map(([k]) => k.trim()))) {
+        const k = key(e, k0);
+        const t = times[k];
+        const c = cpu[k];
+        cli[k] = {
+          medianMs: Number(median(t).toFixed(1)),
+          ratio: Number((median(t) / base).toFixed(2)),
+          min: Number(Math.min(...t).toFixed(1)),
+          max: Number(Math.max(...t).toFixed(1)),
+          cpuMs: Number(median(c).toFixed(1)),
+          cpuRatio: Number((median(c) / cpuBase).toFixed(2)),
+        };
+        log(
+          `cli ${k0.padEnd(46)} ${median(t).toFixed(1).padStart(6)} ms (${Math.min(...t).toFixed(1)}-${Math.max(...t).toFixed(1)})  ${(median(t) / base).toFixed(2)}x node   CPU ${median(c).toFixed(1).padStart(5)} ms (${Math.min(...c)}-${Math.max(...c)})  ${(median(c) / cpuBase).toFixed(2)}x node`,
+        );
+      }
     }
   }
   // Bulk: 1,000 profiles applied and deleted with one transaction each.
@@ -616,6 +635,59 @@ async function benchCli(): Promise<void> {
   results.cli = { ...cli, bulk1000: bulk };
   flushNat();
   rmSync(dir, { recursive: true, force: true });
+}
+
+/**
+ * A script doing a one-shot change's work below the CLI's JavaScript on `engine` (see benchCli's floor rows):
+ * it commits the library's own transactions for a profile moved between two destinations, alternately, so
+ * that each run is a real change (on nft, one that deletes an element, as the CLI's row does).
+ */
+async function changeFloor(dir: string, engine: 'legacy' | 'nft'): Promise<string> {
+  const lb = await open({ stateFile: false, engine, executor: 'native' });
+  const p = (k: number): Profile =>
+    validateProfile({ name: `floor${engine}`, source: '127.100.0.12:8081', destination: [`127.0.0.1:${9100 + k}`] });
+  const core = (lb as unknown as { core: { lastTransaction?: unknown } }).core;
+  const txs: string[] = [];
+  await lb.apply(p(0));
+  for (const k of [1, 0]) {
+    await lb.apply(p(k));
+    txs.push(JSON.stringify(core.lastTransaction));
+  }
+  await lb.close();
+  const f = (name: string): string => path.join(dir, `floor-${engine}-${name}`);
+  for (const [i, tx] of txs.entries()) writeFileSync(f(`tx${i}.json`), tx);
+  writeFileSync(f('n'), '0');
+  const part = engine === 'nft' ? 'nft' : 'xt';
+  const script = f('run.cjs');
+  writeFileSync(
+    script,
+    `'use strict';
+const fs = require('node:fs');
+const core = require(${JSON.stringify(addonPath('core'))});
+const part = require(${JSON.stringify(addonPath(part))});
+(async () => {
+  const lock = await core.flock(${JSON.stringify(f('state.lock'))}, 5000);
+  const n = Number(fs.readFileSync(${JSON.stringify(f('n'))}, 'utf8'));
+  fs.writeFileSync(${JSON.stringify(f('n'))}, String(n + 1));
+  const tx = fs.readFileSync(${JSON.stringify(f('tx'))} + (n % 2) + '.json', 'utf8');
+  await part.start(${engine === 'nft' ? 'part.nftCommit(JSON.parse(tx))' : 'part.commit(tx, {})'});
+  const tmp = ${JSON.stringify(f('state.db.tmp'))};
+  const fd = fs.openSync(tmp, 'w', 0o600);
+  fs.writeSync(fd, 'floor:\\n  source: 127.100.0.12:8081\\n  destination: [127.0.0.1:' + (9100 + (n % 2)) + ']\\n');
+  fs.fsyncSync(fd);
+  fs.closeSync(fd);
+  fs.renameSync(tmp, ${JSON.stringify(f('state.db'))});
+  const d = fs.openSync(${JSON.stringify(dir)}, 'r');
+  fs.fsyncSync(d);
+  fs.closeSync(d);
+  lock.release();
+})().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
+`,
+  );
+  return script;
 }
 
 /**
