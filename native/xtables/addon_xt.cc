@@ -15,7 +15,8 @@
 namespace iptlb {
 namespace {
 
-// commit(json: string, opts?: { lockWaitMs?: number }): job number; start(n): Promise<{ durationMs, attempts }>
+// commit(json: string, opts?: { lockWaitMs?: number, append?: { fd, data } }): job number;
+// start(n): Promise<{ durationMs, attempts, appended? }> (appended: { written, errno } when append was given)
 // The transaction crosses as JSON.stringify text, decoded and checked on the job thread: the JS
 // thread only copies one string (docs/architecture.md has the measurement against N-API objects).
 // A plan that fails a check rejects with code EPLAN, the message naming the field.
@@ -28,7 +29,29 @@ Napi::Value Commit(const Napi::CallbackInfo &info) {
   if (length > kMaxPlanJson)
     throw Napi::TypeError::New(info.Env(), "json: longer than " + std::to_string(kMaxPlanJson) + " characters");
   const int wait = LockWait(info, 1);
-  return Pending(info.Env(), new CommitWorker(info.Env(), text.Utf8Value(), wait),
+  // options.append: { fd, data }: bytes the job thread writes to fd right after the commit succeeded
+  // (the state journal's record; see CommitWorker::Append). Checked here, copied once.
+  int append_fd = -1;
+  std::string append_data;
+  if (info.Length() > 1 && info[1].IsObject()) {
+    const Napi::Value a = info[1].As<Napi::Object>().Get("append");
+    if (!a.IsUndefined()) {
+      if (!a.IsObject()) throw Napi::TypeError::New(info.Env(), "options.append: must be an object");
+      const Napi::Object o = a.As<Napi::Object>();
+      const Napi::Value fd = o.Get("fd");
+      const Napi::Value data = o.Get("data");
+      if (!fd.IsNumber() || fd.As<Napi::Number>().DoubleValue() != fd.As<Napi::Number>().Int32Value() ||
+          fd.As<Napi::Number>().Int32Value() < 0)
+        throw Napi::TypeError::New(info.Env(), "options.append.fd: must be a file descriptor (an integer >= 0)");
+      if (!data.IsTypedArray() || data.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+        throw Napi::TypeError::New(info.Env(), "options.append.data: must be a Uint8Array");
+      const Napi::Uint8Array bytes = data.As<Napi::Uint8Array>();
+      if (bytes.ByteLength() == 0) throw Napi::TypeError::New(info.Env(), "options.append.data: must not be empty");
+      append_fd = fd.As<Napi::Number>().Int32Value();
+      append_data.assign(reinterpret_cast<const char *>(bytes.Data()), bytes.ByteLength());
+    }
+  }
+  return Pending(info.Env(), new CommitWorker(info.Env(), text.Utf8Value(), wait, append_fd, std::move(append_data)),
                  [](CommitWorker *w) { w->Start(XtablesThread()); });
 }
 

@@ -1,6 +1,7 @@
 #include "commit_worker.h"
 
 #include <pthread.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
@@ -68,11 +69,13 @@ Decoder &PlanDecoder() {
 
 }  // namespace
 
-CommitWorker::CommitWorker(Napi::Env env, std::string json, int lock_wait_ms)
+CommitWorker::CommitWorker(Napi::Env env, std::string json, int lock_wait_ms, int append_fd, std::string append_data)
     : ThreadJob(env, "iptlb.commit"),
       decode_(std::make_shared<PlanDecode>(std::move(json))),
       lock_path_(XtablesLockPath()),
-      lock_wait_ms_(lock_wait_ms) {
+      lock_wait_ms_(lock_wait_ms),
+      append_fd_(append_fd),
+      append_data_(std::move(append_data)) {
   PlanDecoder().Post(decode_);
 }
 
@@ -94,11 +97,27 @@ Transaction PlanDecode::Take() {
 }
 
 void CommitWorker::Work() {
-  BackgroundPriority background;
-  const auto t0 = std::chrono::steady_clock::now();
   struct TrimAfter {
     ~TrimAfter() { ReleaseFreedMemory(); }  // last, after the lock is given back: the table copies are freed
   } trim;
+  Commit();
+  // The kernel holds the change: now its record (the caller's O_DSYNC descriptor: durable on return).
+  // At the thread's own priority, not the commit's background one: the JS thread only waits for it.
+  // A failure is not the commit's: it goes back in the result, and the caller undoes the change.
+  while (append_fd_ >= 0 && appended_ < append_data_.size()) {
+    const ssize_t n = write(append_fd_, append_data_.data() + appended_, append_data_.size() - appended_);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      append_errno_ = n < 0 ? errno : EIO;
+      break;
+    }
+    appended_ += static_cast<size_t>(n);
+  }
+}
+
+void CommitWorker::Commit() {
+  BackgroundPriority background;
+  const auto t0 = std::chrono::steady_clock::now();
   tx_ = decode_->Take();  // throws EPLAN, before any lock or table is touched
   std::lock_guard<std::mutex> serial(LibiptcMutex());
   // A handle prefetch() prepared (ipv4 only) holds the xtables lock already (see prefetch.h). An ipv4
@@ -170,6 +189,12 @@ void CommitWorker::OnOK() {
   Napi::Object r = Napi::Object::New(env);
   r.Set("durationMs", duration_ms_);
   r.Set("attempts", attempts_);
+  if (append_fd_ >= 0) {
+    Napi::Object a = Napi::Object::New(env);
+    a.Set("written", static_cast<double>(appended_));
+    a.Set("errno", append_errno_);
+    r.Set("appended", a);
+  }
   Resolve(r);
 }
 

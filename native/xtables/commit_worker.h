@@ -36,13 +36,20 @@ class CommitWorker : public ThreadJob {
   // on the decoder thread, started at once, so it runs while the job thread still does the work queued
   // before this commit, such as a prefetch; or in Work() when the decoder had not begun it); a plan
   // that fails a check rejects with code EPLAN and the field in the message.
-  CommitWorker(Napi::Env env, std::string json, int lock_wait_ms);
+  // `append_fd` >= 0: `append_data` is written to it on the job thread right after the commit
+  // succeeded, before the result goes back (the state journal's record, its descriptor opened with
+  // O_APPEND | O_DSYNC by the caller, who keeps it open until the result came back): a record is
+  // written only once the kernel holds its change, without a thread hop in between. Not when the
+  // commit failed. The result's `appended` says how many bytes were written and the errno of a failure.
+  CommitWorker(Napi::Env env, std::string json, int lock_wait_ms, int append_fd = -1, std::string append_data = {});
 
  protected:
   void Work() override;  // no N-API in here
   void OnOK() override;
 
  private:
+  // Decodes, locks and commits (at the background priority); throws NativeFailure.
+  void Commit();
   // Applies and commits tx_ with F's library, starting from `prepared` when given; throws NativeFailure.
   template <typename F>
   void Run(XtHandle<F> *prepared);
@@ -53,6 +60,10 @@ class CommitWorker : public ThreadJob {
   int lock_wait_ms_;
   double duration_ms_ = 0;
   int attempts_ = 0;
+  int append_fd_;
+  std::string append_data_;
+  size_t appended_ = 0;
+  int append_errno_ = 0;
 };
 
 }  // namespace iptlb

@@ -26,9 +26,12 @@ import {
   appendRecord,
   closeJournal,
   journalPath,
+  prepareAppend,
   profileBody,
   removeJournal,
   type JournalAt,
+  type JournalRecord,
+  type PreparedAppend,
   type RawState,
 } from './journal.js';
 import { hasNetAdmin } from '../platform/caps.js';
@@ -41,11 +44,20 @@ import {
   shapesOf,
   type Change,
   type Engine,
+  type FamilyCommit,
   type FamilyPlan,
   type PlanContext,
 } from '../engines/engine.js';
 import { createEngine, engineOver } from '../engines/registry.js';
-import type { EngineChoice, EngineName, ExecutorChoice, Family, Profile, ProfileInput } from '../model/types.js';
+import type {
+  AfterCommit,
+  EngineChoice,
+  EngineName,
+  ExecutorChoice,
+  Family,
+  Profile,
+  ProfileInput,
+} from '../model/types.js';
 import type { AnyTransaction, AnyView, Executor } from '../engines/engine.js';
 import { HealthOverlay } from '../health/effective.js';
 
@@ -203,6 +215,15 @@ interface CachedState {
   journal: JournalAt | null;
 }
 
+/** A change's journal record: the profiles it writes, whole, and the names it deletes. */
+function recordOf(state: ReadonlyMap<string, Profile>, change: Change): JournalRecord {
+  const set: RawState = {};
+  const del: string[] = [];
+  for (const n of change.remove) if (state.has(n) && !change.upsert.some((p) => p.name === n)) del.push(n);
+  for (const p of change.upsert) set[p.name] = profileBody(p);
+  return { ...(del.length ? { del } : {}), set };
+}
+
 /** What one transaction did. */
 export interface TransactionResult {
   /** Profiles created or replaced. */
@@ -238,6 +259,8 @@ interface DoneFamily {
   family: Family;
   state: ReadonlyMap<string, Profile>;
   change: Change;
+  /** The executor wrote the journal's record after this commit (see {@link Core.journalAhead}). */
+  appended?: FamilyCommit['appended'];
 }
 
 export class Core {
@@ -591,7 +614,11 @@ export class Core {
         // file holds is one the kernel held. (Writing the journal's record beside the commit saved one
         // pool trip per commit under churn, but a process killed between the two left a change in the
         // state file that the kernel never had.)
-        const done: (DoneFamily & { ms: number })[] = engine ? await this.commitChange(engine, k.state, k.change) : [];
+        // The journal's record, handed to the executor to write right after the kernel accepted it.
+        const ahead = engine ? this.journalAhead(state, change) : null;
+        const done: (DoneFamily & { ms: number })[] = engine
+          ? await this.commitChange(engine, k.state, k.change, ahead ?? undefined)
+          : [];
         const committed = done.length > 0;
         const commitMs = done.reduce((ms, d) => ms + d.ms, 0);
         if (committed) this.logCommit(engine!, k.change, k.state, done, commitMs);
@@ -602,7 +629,8 @@ export class Core {
             : [];
         let stateWritten: boolean;
         try {
-          stateWritten = await this.record(state, change, next);
+          const appended = done.find((d) => d.appended)?.appended;
+          stateWritten = await this.record(state, change, next, appended && ahead ? { ahead, appended } : undefined);
         } catch (e) {
           // The kernel holds the change but the state file cannot record it (a full disk, a
           // read-only remount, quota): left so, the profile would be an orphan that the next
@@ -663,16 +691,26 @@ export class Core {
     engine: Engine,
     state: ReadonlyMap<string, Profile>,
     change: Change,
+    after?: AfterCommit,
   ): Promise<(DoneFamily & { ms: number })[]> {
     const done: (DoneFamily & { ms: number })[] = [];
-    for (const f of FAMILIES) {
-      const changeF = changeOfFamily(change, state, f);
-      if (changeF.upsert.length === 0 && changeF.remove.length === 0) continue;
+    const parts = FAMILIES.map((f) => [f, changeOfFamily(change, state, f)] as const).filter(
+      ([, c]) => c.upsert.length > 0 || c.remove.length > 0,
+    );
+    for (const [f, changeF] of parts) {
       const stateF = this.ofFamily(state, f);
       try {
         const plan = await engine.planChange(f, stateF, changeF, this.planContext(stateF));
         if (!plan.steps.length) continue;
-        done.push({ family: f, state: stateF, change: changeF, ms: await this.commitPlan(engine, plan) });
+        // `after` only with a change of one family: written once the whole change is in the kernel.
+        const r = await this.commitPlan(engine, plan, parts.length === 1 ? after : undefined);
+        done.push({
+          family: f,
+          state: stateF,
+          change: changeF,
+          ms: r.ms,
+          ...(r.appended ? { appended: r.appended } : {}),
+        });
       } catch (e) {
         for (const d of done.reverse()) await this.undoFamily(engine, d, 'the next part failed');
         throw e;
@@ -681,10 +719,14 @@ export class Core {
     return done;
   }
 
-  private async commitPlan(engine: Engine, plan: FamilyPlan): Promise<number> {
-    const { durationMs, committed } = await engine.commitPlan(plan, (line) => this.log(line));
+  private async commitPlan(
+    engine: Engine,
+    plan: FamilyPlan,
+    after?: AfterCommit,
+  ): Promise<{ ms: number; appended?: FamilyCommit['appended'] }> {
+    const { durationMs, committed, appended } = await engine.commitPlan(plan, (line) => this.log(line), after);
     this.lastTransaction = committed as AnyTransaction;
-    return durationMs;
+    return { ms: durationMs, appended };
   }
 
   /** The change's one log line per profile (when logging) and its summary line. */
@@ -738,9 +780,10 @@ export class Core {
     state: ReadonlyMap<string, Profile>,
     change: Change,
     next: ReadonlyMap<string, Profile>,
+    by?: { ahead: PreparedAppend; appended: NonNullable<FamilyCommit['appended']> },
   ): Promise<boolean> {
     if (this.statePath !== null && this.foldMs > 0)
-      return this.recorded(state, change, await this.appendChange(state, change));
+      return this.recorded(state, change, by ? this.appendedBy(state, by) : await this.appendChange(state, change));
     if (!changedBy(state, change)) return false;
     const edits: [Profile | undefined, Profile | undefined][] = [];
     if (this.statePath === null) {
@@ -793,13 +836,37 @@ export class Core {
   ): Promise<{ c: CachedState; appended: Awaited<ReturnType<typeof appendRecord>> } | null> {
     if (!changedBy(state, change)) return null;
     const c = this.cachedFor(state, false);
-    const set: RawState = {};
-    const del: string[] = [];
-    for (const n of change.remove) if (state.has(n) && !change.upsert.some((p) => p.name === n)) del.push(n);
-    for (const p of change.upsert) set[p.name] = profileBody(p);
     try {
-      const appended = await appendRecord(this.statePath!, c.base, c.journal, { ...(del.length ? { del } : {}), set });
+      const appended = await appendRecord(this.statePath!, c.base, c.journal, recordOf(state, change));
       return { c, appended };
+    } catch (e) {
+      if (this.cached === c) this.cached = undefined;
+      throw e;
+    }
+  }
+
+  /**
+   * The journal's record of a change, prepared before its kernel commit for the executor to write
+   * right after it (the native one does, on the thread that committed: no hop back to JavaScript and
+   * out to the thread pool between the two; a record is still written only once the kernel accepted
+   * its change). Only when the change changes the state and the journal is open from the last
+   * append (the steady state of a long-lived handle); else null, and {@link appendChange} does it.
+   */
+  private journalAhead(state: ReadonlyMap<string, Profile>, change: Change): PreparedAppend | null {
+    const c = this.cached;
+    if (this.statePath === null || this.foldMs <= 0 || !c || c.state !== state || !c.journal?.fh) return null;
+    if (!changedBy(state, change)) return null;
+    return prepareAppend(c.base, c.journal, recordOf(state, change));
+  }
+
+  /** {@link appendChange}'s result for a record the executor wrote (see {@link journalAhead}). */
+  private appendedBy(
+    state: ReadonlyMap<string, Profile>,
+    by: { ahead: PreparedAppend; appended: NonNullable<FamilyCommit['appended']> },
+  ): { c: CachedState; appended: Awaited<ReturnType<typeof appendRecord>> } {
+    const c = this.cachedFor(state, false);
+    try {
+      return { c, appended: by.ahead.finish(by.appended) };
     } catch (e) {
       if (this.cached === c) this.cached = undefined;
       throw e;

@@ -209,9 +209,12 @@ export async function appendRecord(
         // write returns once its data is synced (as write + fdatasync), and the stat reads the inode
         // on this thread. (Not the write on this thread: an append that grows the file may wait
         // there for the file system's journal commit, milliseconds on a busy disk.)
-        const { bytesWritten } = await fh.write(buf, 0, buf.length);
-        if (bytesWritten !== buf.length)
-          throw new Error(`short write to the journal (${bytesWritten} of ${buf.length} bytes)`);
+        // A short write (a file system filling up) goes on with the rest: the next write says why.
+        for (let off = 0; off < buf.length;) {
+          const { bytesWritten } = await fh.write(buf, off, buf.length - off);
+          if (bytesWritten <= 0) throw new Error(`short write to the journal (${off} of ${buf.length} bytes)`);
+          off += bytesWritten;
+        }
         const st = fstatSync(fh.fd, { bigint: true });
         return { at: { base, validEnd: at.validEnd + buf.length, ino: at.ino, fh }, st };
       } catch (e) {
@@ -239,6 +242,50 @@ export async function appendRecord(
     throw e;
   }
   return { at: { base, validEnd: all.length, ino: st.ino, fh }, st };
+}
+
+/** An append that the thread committing the change makes (see {@link prepareAppend}). */
+export interface PreparedAppend {
+  /** The open journal's descriptor (`O_APPEND | O_DSYNC`) and the record's line, for the writer. */
+  fd: number;
+  data: Buffer;
+  /**
+   * What the writer reported: the same result as {@link appendRecord}'s, or its error thrown (the
+   * descriptor closed; the next append reopens the journal and cuts a torn record off).
+   */
+  finish(r: { written: number; error?: Error }): { at: JournalAt; st: BigIntStats };
+}
+
+/**
+ * An append made by another thread: the native executor writes the record on its own thread right
+ * after the kernel accepted the change (no hop back to this thread and out to the pool in between).
+ * Only onto the journal this process holds open over `base` (what {@link appendRecord} appends to
+ * without a check); null otherwise, and then the caller appends with appendRecord. The caller holds
+ * the state-file lock, and the descriptor stays open until {@link PreparedAppend.finish}.
+ */
+export function prepareAppend(base: string, at: JournalAt | null, rec: JournalRecord): PreparedAppend | null {
+  const fh = at?.fh;
+  if (!at || !fh || at.base !== base) return null;
+  const data = Buffer.from(encodeRecord(rec));
+  return {
+    fd: fh.fd,
+    data,
+    finish(r) {
+      try {
+        if (at.fh !== fh) throw new Error('the journal was closed during the append');
+        if (r.error) throw r.error;
+        if (r.written !== data.length)
+          throw new Error(`short write to the journal (${r.written} of ${data.length} bytes)`);
+        const st = fstatSync(fh.fd, { bigint: true });
+        at.fh = undefined;
+        return { at: { base, validEnd: at.validEnd + data.length, ino: at.ino, fh }, st };
+      } catch (e) {
+        if (at.fh === fh) at.fh = undefined;
+        fh.close().catch(() => {});
+        throw e;
+      }
+    },
+  };
 }
 
 /** Removes the journal (after a fold wrote the YAML it is part of). */

@@ -9,7 +9,7 @@
  */
 import type { Family } from '../model/address.js';
 import type { ProfileReport } from '../model/report.js';
-import type { EngineName, KernelView, Profile, Transaction } from '../model/types.js';
+import type { AfterCommit, CommitResult, EngineName, KernelView, Profile, Transaction } from '../model/types.js';
 import type { NftTransaction, NftView } from './nft/ops.js';
 import type { LegacyExecutor } from './legacy/executor.js';
 import type { NftExecutor } from './nft/executor.js';
@@ -70,6 +70,8 @@ export interface FamilyCommit<Tx = unknown> {
   durationMs: number;
   /** The transaction(s) that reached the kernel, as one (for `--verbose`). */
   committed: Tx;
+  /** The executor wrote the plan's {@link AfterCommit} bytes after its last commit (see CommitResult). */
+  appended?: CommitResult['appended'];
 }
 
 /** A profile's objects in the kernel, as `iptlb show` prints them. */
@@ -122,7 +124,7 @@ export interface Engine<View = unknown, Tx = unknown> {
    * Commits a plan; when the kernel is not as planned, replaces the family's objects with `plan.next` if the engine
    * can.
    */
-  commitPlan(plan: FamilyPlan<Tx>, log: (line: string) => void): Promise<FamilyCommit<Tx>>;
+  commitPlan(plan: FamilyPlan<Tx>, log: (line: string) => void, after?: AfterCommit): Promise<FamilyCommit<Tx>>;
   /**
    * One transaction that makes family `f`'s objects exactly `profiles` (which are all of that
    * family), given the kernel as read in `view`: sync, repair, and the install half of a migration.

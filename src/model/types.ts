@@ -203,6 +203,21 @@ export interface KernelView {
 export interface CommitResult {
   /** Wall time of the kernel commit path (lock + read + modify + commit), milliseconds. */
   durationMs: number;
+  /**
+   * Set when the executor wrote the commit's {@link AfterCommit} bytes itself (after the kernel
+   * accepted the commit): `error` when that write failed (`written` bytes of them got there).
+   */
+  appended?: { written: number; error?: NodeJS.ErrnoException };
+}
+
+/**
+ * Bytes to write to an open descriptor right after the kernel accepted a commit, by the thread that
+ * committed (the state journal's record, on a descriptor opened `O_APPEND | O_DSYNC`): no thread hop
+ * between the commit and its record. An executor that cannot leaves them to the caller (no `appended`).
+ */
+export interface AfterCommit {
+  fd: number;
+  data: Uint8Array;
 }
 
 /**

@@ -62,6 +62,25 @@ export interface FileLock {
  * per engine (see {@link TableQueue}). Rejections are Errors with `code` ('EKERNEL' | 'ELOCK' |
  * 'EPERM' | 'ERESTART', or 'EPLAN' for a legacy plan that fails a check) and a numeric `errno`.
  */
+/** Options of {@link NativeAddon.commit}. */
+export interface CommitOptions {
+  lockWaitMs?: number;
+  /**
+   * Written to `fd` on the addon's thread right after the commit succeeded (never when it failed),
+   * before the promise settles; the descriptor must stay open until then. Addons built before it
+   * ignore it (no `appended` in the result).
+   */
+  append?: { fd: number; data: Uint8Array };
+}
+
+/** What {@link NativeAddon.commit} resolves with. */
+export interface NativeCommitResult {
+  durationMs: number;
+  attempts: number;
+  /** With `append`: the bytes written, and the errno of a write that failed (0: all written). */
+  appended?: { written: number; errno: number };
+}
+
 export interface NativeAddon {
   readonly abiVersion: number;
   /** Which file(s) this object was assembled from ('core', 'xt', 'nft'); see {@link loadAddon}. */
@@ -72,9 +91,9 @@ export interface NativeAddon {
    * cannot carry, such as a BigInt, is a TypeError here), decoded and checked on the addon's thread: a
    * plan that fails a check rejects with code 'EPLAN', the message naming the field.
    */
-  commit(tx: Transaction, opts?: { lockWaitMs?: number }): Promise<{ durationMs: number; attempts: number }>;
+  commit(tx: Transaction, opts?: CommitOptions): Promise<NativeCommitResult>;
   /** The same commit, given the JSON text itself (the one way a plan crosses into the addon). */
-  commitJson(json: string, opts?: { lockWaitMs?: number }): Promise<{ durationMs: number; attempts: number }>;
+  commitJson(json: string, opts?: CommitOptions): Promise<NativeCommitResult>;
   /**
    * Prepares the next commit on a worker thread: takes the xtables lock (without waiting) and copies
    * the nat table out; the next commit()/commitJson() uses both. Resolves false when the lock was busy

@@ -301,6 +301,12 @@ describe('addon exports and input checking', { skip: NO_ADDON }, () => {
     ['options not an object', 5, /^options: must be an object/],
     ['lockWaitMs not a number', { lockWaitMs: 'soon' }, /^options\.lockWaitMs: must be a number/],
     ['lockWaitMs negative', { lockWaitMs: -1 }, /^options\.lockWaitMs/],
+    ['append not an object', { append: 3 }, /^options\.append: must be an object/],
+    ['append.fd missing', { append: { data: new Uint8Array(1) } }, /^options\.append\.fd: must be a file descriptor/],
+    ['append.fd negative', { append: { fd: -1, data: new Uint8Array(1) } }, /^options\.append\.fd/],
+    ['append.fd fractional', { append: { fd: 1.5, data: new Uint8Array(1) } }, /^options\.append\.fd/],
+    ['append.data a string', { append: { fd: 1, data: 'x' } }, /^options\.append\.data: must be a Uint8Array/],
+    ['append.data empty', { append: { fd: 1, data: new Uint8Array(0) } }, /^options\.append\.data: must not be empty/],
   ];
   // The options are checked on the JS thread: a synchronous TypeError.
   const all: [string, unknown[], RegExp][] = optionCases.map(([l, o, re]): [string, unknown[], RegExp] => [

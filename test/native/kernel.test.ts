@@ -113,6 +113,23 @@ describe('native addon in the kernel (fresh network namespaces)', { skip: SKIP }
   });
 });
 
+describe('commit with append (the state journal written right after the kernel commit)', { skip: kernelSkip() }, () => {
+  test('the bytes are written after a commit that succeeded, never after one refused; a failed write comes back in appended', async () => {
+    const r = await runInNetns<Record<string, unknown>>(fixture('append'), [], { timeoutMs: 60_000 });
+    assert.deepEqual(r, {
+      firstAppended: { written: 6, errno: 0 },
+      firstInKernel: true,
+      fileAfterFirst: 'first\n',
+      refused: 'EKERNEL',
+      fileAfterRefused: 'first\n',
+      withoutAppend: false,
+      readOnlyAppended: { written: 0, errno: 9 },
+      thirdInKernel: true,
+      fileAtEnd: 'first\n',
+    });
+  });
+});
+
 describe('prefetch (the next legacy commit prepared while JavaScript plans)', { skip: kernelSkip() }, () => {
   test('holds the xtables lock until a commit uses it or it is released; never waits for the lock; others wait for it', async () => {
     const r = await runInNetns<Record<string, unknown>>(fixture('prefetch'), [], { timeoutMs: 60_000 });

@@ -5,7 +5,16 @@
  */
 import { test, mock } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, existsSync, mkdtempSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync,
+  existsSync,
+  mkdtempSync,
+  readFileSync,
+  statSync,
+  truncateSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { open, IptlbError, validateProfile } from '../../src/index.js';
@@ -20,7 +29,7 @@ import {
   writeState,
 } from '../../src/core/state.js';
 import { FakeLegacyKernel, FakeNftKernel } from '../harness/fake-kernel.js';
-import type { Profile } from '../../src/model/types.js';
+import type { AfterCommit, CommitResult, Profile, Transaction } from '../../src/model/types.js';
 
 const stateFile = (): string => path.join(mkdtempSync(path.join(tmpdir(), 'iptlb-journal-')), 'state.db');
 const prof = (name: string, port: number, dest = 9000): Profile =>
@@ -311,4 +320,60 @@ test('readers beside the transactions (list, the conntrack janitor, health) neve
   }
   assert.equal((await readState(file)).get('p3')!.destination[0], `127.0.0.1:${9000 + 143}`);
   await core.foldState();
+});
+
+/** A fake native executor that writes the journal's record itself after its commit, as the addon does. */
+class AppendingKernel extends FakeLegacyKernel {
+  appends = 0;
+  /** Makes the next append write this many bytes and fail with ENOSPC. */
+  failNext?: number;
+  override async commit(tx: Transaction, after?: AfterCommit): Promise<CommitResult> {
+    const r = await super.commit(tx);
+    if (!after) return r;
+    this.appends++;
+    const { fd, data } = after;
+    if (this.failNext !== undefined) {
+      const written = writeSync(fd, data, 0, this.failNext);
+      this.failNext = undefined;
+      const error = Object.assign(new Error('ENOSPC: write failed (errno 28)'), { code: 'ENOSPC', errno: -28 });
+      return { ...r, appended: { written, error } };
+    }
+    return { ...r, appended: { written: writeSync(fd, data) } };
+  }
+}
+
+test('an executor that writes the record after its commit (AfterCommit): one record per change, read back exactly; a failed write undoes the kernel change and the next change cuts the torn record', async () => {
+  const file = stateFile();
+  const kernel = new AppendingKernel();
+  const lb = await open({ stateFile: file, stateFoldMs: 60_000 }, kernel);
+  await lb.apply(prof('a', 1001)); // creates the journal (this thread)
+  await lb.apply(prof('b', 1002));
+  await lb.apply(prof('a', 1001, 9001));
+  await lb.delete('b');
+  assert.equal(kernel.appends, 3, 'every change after the first was written by the executor');
+  let now = await readStateFull(file);
+  assert.equal(now.records, 4);
+  assert.deepEqual(names(now.profiles), ['a']);
+  assert.equal(now.profiles.get('a')!.destination[0], '127.0.0.1:9001');
+  const tablesBefore = JSON.stringify([...kernel.tables]);
+  const journalBefore = readFileSync(journalPath(file));
+
+  kernel.failNext = 7;
+  await assert.rejects(lb.apply(prof('c', 1003)), (e: IptlbError) => {
+    assert.equal(e.code, 'ESTATE');
+    assert.match(e.message, /\(ENOSPC\); the kernel change was undone, nothing was changed$/);
+    return true;
+  });
+  assert.equal(JSON.stringify([...kernel.tables]), tablesBefore, 'the fake kernel is as before');
+  assert.equal(readFileSync(journalPath(file)).length, journalBefore.length + 7, 'a torn record is left');
+  assert.deepEqual(names((await readStateFull(file)).profiles), ['a'], 'and read past');
+
+  await lb.apply(prof('c', 1003)); // reopens the journal, cuts the torn record off (this thread)
+  await lb.apply(prof('d', 1004)); // the executor again
+  assert.equal(kernel.appends, 5);
+  now = await readStateFull(file);
+  assert.deepEqual(names(now.profiles), ['a', 'c', 'd']);
+  assert.equal(now.records, 6);
+  await lb.close();
+  assert.deepEqual(names((await readStateFull(file)).profiles), ['a', 'c', 'd']);
 });

@@ -1,6 +1,6 @@
 /** The legacy engine's executor contract: the native (libiptc) and spawn (iptables-restore) executors implement it. */
 import type { Family } from '../../model/address.js';
-import type { CommitResult, KernelView, Transaction } from '../../model/types.js';
+import type { AfterCommit, CommitResult, KernelView, Transaction } from '../../model/types.js';
 
 /**
  * How rules reach the x_tables nat table. Both implementations give the same kernel result for the same transaction.
@@ -8,8 +8,11 @@ import type { CommitResult, KernelView, Transaction } from '../../model/types.js
 export interface LegacyExecutor {
   readonly kind: 'native' | 'spawn';
   readonly engine: 'legacy';
-  /** Commits to the nat table of `tx.family`. */
-  commit(tx: Transaction): Promise<CommitResult>;
+  /**
+   * Commits to the nat table of `tx.family`. With `after`, an executor that can writes those bytes
+   * itself once the kernel accepted the commit (and says so in `appended`); one that cannot ignores it.
+   */
+  commit(tx: Transaction, after?: AfterCommit): Promise<CommitResult>;
   /** iptlb's objects in the nat table of `family` (default ipv4). */
   read(family?: Family): Promise<KernelView>;
   /** The exact text an iptables-restore would be fed for this transaction against the current kernel (read-only). */

@@ -9,7 +9,7 @@ import { chainName, familyOfProfile } from '../../model/profile.js';
 import { hookChainOf, isEmptyTransaction, planProfile, planTransaction } from './plan.js';
 import { renderRule } from './restore.js';
 import type { Family } from '../../model/address.js';
-import type { KernelView, Profile, Transaction } from '../../model/types.js';
+import type { AfterCommit, KernelView, Profile, Transaction } from '../../model/types.js';
 import type { LegacyExecutor } from './executor.js';
 import {
   ChangedProfiles,
@@ -69,10 +69,20 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
     return { family: f, steps: isEmptyTransaction(tx) ? [] : [tx], next: new ChangedProfiles(state, change) };
   }
 
-  async commitPlan(plan: FamilyPlan<Transaction>): Promise<FamilyCommit<Transaction>> {
+  async commitPlan(
+    plan: FamilyPlan<Transaction>,
+    _log?: (line: string) => void,
+    after?: AfterCommit,
+  ): Promise<FamilyCommit<Transaction>> {
     let durationMs = 0;
-    for (const tx of plan.steps) durationMs += (await this.executor.commit(tx)).durationMs;
-    return { durationMs, committed: plan.steps[0] };
+    let appended: FamilyCommit['appended'];
+    for (const [i, tx] of plan.steps.entries()) {
+      // `after` goes with the last step: written once the whole plan is in the kernel.
+      const r = await this.executor.commit(tx, i === plan.steps.length - 1 ? after : undefined);
+      durationMs += r.durationMs;
+      appended = r.appended;
+    }
+    return { durationMs, committed: plan.steps[0], ...(appended ? { appended } : {}) };
   }
 
   planReplace(f: Family, profiles: ReadonlyMap<string, Profile>, view: KernelView): Transaction {

@@ -2,10 +2,11 @@
  * The native executor: commits through the addon (libiptc in-process, on a worker thread, under the
  * xtables lock); reads back iptlb's rules with their counters.
  */
+import { getSystemErrorName } from 'node:util';
 import { IptlbError, type ErrorCode } from '../../model/errors.js';
 import { renderRestore } from './restore.js';
 import type { NativeAddon } from '../../platform/addon.js';
-import type { CommitResult, Family, KernelView, Transaction } from '../../model/types.js';
+import type { AfterCommit, CommitResult, Family, KernelView, Transaction } from '../../model/types.js';
 import type { LegacyExecutor } from './executor.js';
 
 /** Maps what the addon throws or rejects with to an {@link IptlbError}, keeping the code, errno and message. */
@@ -28,6 +29,17 @@ export function mapNativeError(e: unknown): IptlbError {
   return new IptlbError(code, message, opts);
 }
 
+/** The error of a write that failed with `errno`, as node:fs reports one (`code`, `errno`, `syscall`). */
+function writeError(errno: number): NodeJS.ErrnoException {
+  let code: string;
+  try {
+    code = getSystemErrorName(-errno);
+  } catch {
+    code = 'EIO';
+  }
+  return Object.assign(new Error(`${code}: write failed (errno ${errno})`), { code, errno: -errno, syscall: 'write' });
+}
+
 export class NativeExecutor implements LegacyExecutor {
   readonly kind = 'native' as const;
   readonly engine = 'legacy' as const;
@@ -40,14 +52,17 @@ export class NativeExecutor implements LegacyExecutor {
     this.lockWaitMs = opts.lockWaitMs ?? 10_000;
   }
 
-  async commit(tx: Transaction): Promise<CommitResult> {
+  async commit(tx: Transaction, after?: AfterCommit): Promise<CommitResult> {
+    let r: Awaited<ReturnType<NativeAddon['commit']>>;
     try {
       // The plan crosses as JSON text, decoded on the addon's thread (docs/architecture.md).
-      const r = await this.addon.commit(tx, { lockWaitMs: this.lockWaitMs });
-      return { durationMs: r.durationMs };
+      r = await this.addon.commit(tx, { lockWaitMs: this.lockWaitMs, ...(after ? { append: after } : {}) });
     } catch (e) {
       throw mapNativeError(e);
     }
+    if (!r.appended) return { durationMs: r.durationMs };
+    const { written, errno } = r.appended;
+    return { durationMs: r.durationMs, appended: errno === 0 ? { written } : { written, error: writeError(errno) } };
   }
 
   prefetch(): void {
