@@ -161,16 +161,27 @@ export function continuousTcp(
     concurrency?: number;
     maxDurationMs?: number;
     sourceAddress?: string;
+    /**
+     * Each connection from the next of these addresses in turn (instead of `sourceAddress`). One
+     * address opening connections without pause reuses its source ports within seconds, while the
+     * kernel still remembers the previous connection on that port (its TIME_WAIT socket, its conntrack
+     * entry): about 1 connection in 10,000 then waits for a SYN retransmission, 1 s or more, whatever
+     * the rules (docs/reliability.md). Spread over many addresses, no port comes round again in a test.
+     */
+    sourceAddresses?: readonly string[];
   } = {},
 ): Continuous {
   let stopped = false;
   const t0 = Date.now();
   const r: ContinuousResult = { ok: 0, failures: 0, errorsSample: [], counts: {}, elapsedMs: 0 };
   const deadline = t0 + (opts.maxDurationMs ?? 600_000);
+  const sources = opts.sourceAddresses;
+  let next = 0;
   const loop = async (): Promise<void> => {
     while (!stopped && Date.now() < deadline) {
       try {
-        const id = await tcpProbe(vip, port, opts.timeoutMs ?? 2000, opts.sourceAddress);
+        const from = sources?.length ? sources[next++ % sources.length] : opts.sourceAddress;
+        const id = await tcpProbe(vip, port, opts.timeoutMs ?? 2000, from);
         r.ok++;
         r.counts[id] = (r.counts[id] ?? 0) + 1;
       } catch (e) {
