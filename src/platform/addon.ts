@@ -11,7 +11,7 @@
 import { createRequire } from 'node:module';
 import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
-import type { Family, KernelView, Transaction } from '../model/types.js';
+import type { AfterCommit, Family, KernelView, Transaction } from '../model/types.js';
 import type { NftFamily, NftTransaction, NftView } from '../engines/nft/ops.js';
 import { packageRoot } from './paths.js';
 
@@ -54,14 +54,6 @@ export interface FileLock {
   readonly fd: number;
 }
 
-/**
- * The addon as {@link loadAddon} hands it out. Every method checks its arguments synchronously (a
- * TypeError naming the field) and does its kernel or file work off the JavaScript thread: the legacy
- * engine's on one thread of its own (a commit waiting for the xtables lock never holds a libuv pool
- * thread), the rest on the libuv pool. The table operations are kept in call order here, one in flight
- * per engine (see {@link TableQueue}). Rejections are Errors with `code` ('EKERNEL' | 'ELOCK' |
- * 'EPERM' | 'ERESTART', or 'EPLAN' for a legacy plan that fails a check) and a numeric `errno`.
- */
 /** Options of {@link NativeAddon.commit}. */
 export interface CommitOptions {
   lockWaitMs?: number;
@@ -70,7 +62,7 @@ export interface CommitOptions {
    * before the promise settles; the descriptor must stay open until then. Addons built before it
    * ignore it (no `appended` in the result).
    */
-  append?: { fd: number; data: Uint8Array };
+  append?: AfterCommit;
 }
 
 /** What {@link NativeAddon.commit} resolves with. */
@@ -81,6 +73,14 @@ export interface NativeCommitResult {
   appended?: { written: number; errno: number };
 }
 
+/**
+ * The addon as {@link loadAddon} hands it out. Every method checks its arguments synchronously (a
+ * TypeError naming the field) and does its kernel or file work off the JavaScript thread: the legacy
+ * engine's on one thread of its own (a commit waiting for the xtables lock never holds a libuv pool
+ * thread), the rest on the libuv pool. The table operations are kept in call order here, one in flight
+ * per engine (see {@link TableQueue}). Rejections are Errors with `code` ('EKERNEL' | 'ELOCK' |
+ * 'EPERM' | 'ERESTART', or 'EPLAN' for a legacy plan that fails a check) and a numeric `errno`.
+ */
 export interface NativeAddon {
   readonly abiVersion: number;
   /** Which file(s) this object was assembled from ('core', 'xt', 'nft'); see {@link loadAddon}. */
