@@ -630,7 +630,7 @@ export class Core {
         let stateWritten: boolean;
         try {
           const appended = done.find((d) => d.appended)?.appended;
-          stateWritten = await this.record(state, change, next, appended && ahead ? { ahead, appended } : undefined);
+          stateWritten = await this.record(state, change, next, ahead, appended);
         } catch (e) {
           // The kernel holds the change but the state file cannot record it (a full disk, a
           // read-only remount, quota): left so, the profile would be an orphan that the next
@@ -780,10 +780,19 @@ export class Core {
     state: ReadonlyMap<string, Profile>,
     change: Change,
     next: ReadonlyMap<string, Profile>,
-    by?: { ahead: PreparedAppend; appended: NonNullable<FamilyCommit['appended']> },
+    ahead?: PreparedAppend | null,
+    appended?: FamilyCommit['appended'],
   ): Promise<boolean> {
+    // The record the executor wrote (see journalAhead); else appended here, from the line prepared
+    // for it when there is one (an executor that does not write records: encoded once all the same).
     if (this.statePath !== null && this.foldMs > 0)
-      return this.recorded(state, change, by ? this.appendedBy(state, by) : await this.appendChange(state, change));
+      return this.recorded(
+        state,
+        change,
+        ahead && appended
+          ? this.appendedBy(state, { ahead, appended })
+          : await this.appendChange(state, change, ahead?.data),
+      );
     if (!changedBy(state, change)) return false;
     const edits: [Profile | undefined, Profile | undefined][] = [];
     if (this.statePath === null) {
@@ -833,11 +842,12 @@ export class Core {
   private async appendChange(
     state: ReadonlyMap<string, Profile>,
     change: Change,
+    line?: Buffer,
   ): Promise<{ c: CachedState; appended: Awaited<ReturnType<typeof appendRecord>> } | null> {
     if (!changedBy(state, change)) return null;
     const c = this.cachedFor(state, false);
     try {
-      const appended = await appendRecord(this.statePath!, c.base, c.journal, recordOf(state, change));
+      const appended = await appendRecord(this.statePath!, c.base, c.journal, line ?? recordOf(state, change));
       return { c, appended };
     } catch (e) {
       if (this.cached === c) this.cached = undefined;

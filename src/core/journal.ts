@@ -176,10 +176,11 @@ export async function appendRecord(
   stateFile: string,
   base: string,
   at: JournalAt | null,
-  rec: JournalRecord,
+  rec: JournalRecord | Buffer,
 ): Promise<{ at: JournalAt; st: BigIntStats }> {
   const file = journalPath(stateFile);
-  const buf = Buffer.from(encodeRecord(rec));
+  // A record, or its line already encoded (prepareAppend's, when its writer did not write it).
+  const buf = Buffer.isBuffer(rec) ? rec : Buffer.from(encodeRecord(rec));
   if (at && at.base === base) {
     let fh = at.fh;
     at.fh = undefined;
