@@ -157,7 +157,7 @@ export class CommitQueue {
         const more = this.opts.coalesce && batch.length > 1;
         if (more && !window) window = this.core.beginLockWindow();
         // Another process waiting for the state-file lock gets it now (before anything is prefetched under it).
-        const kept = window && (await this.core.lockWindowCheck());
+        const kept = window && (this.core.lockWindowKeptNow() ?? (await this.core.lockWindowCheck()));
         // Under churn (a batch of several calls) the callers just settled are about to call again:
         // the legacy native executor starts the next commit's kernel work (lock, table copy) on its
         // worker while this thread settles them and plans (released below if nothing follows). With

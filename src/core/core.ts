@@ -414,6 +414,20 @@ export class Core {
     });
   }
 
+  /**
+   * {@link lockWindowCheck}'s answer when it can be given now, without a turn of the serial queue:
+   * true when nothing else is queued on this instance and the window stays (kept under
+   * {@link LOCK_WINDOW_MS}, no other process waiting). Otherwise undefined: ask
+   * {@link lockWindowCheck}. Under churn this lets the next commit's prefetch start before the
+   * callers the last commit settled run their next calls (about 0.25 ms of JavaScript for 64).
+   */
+  lockWindowKeptNow(now = Date.now()): true | undefined {
+    const w = this.window;
+    if (!w || this.serialPending > 0 || now - w.since >= LOCK_WINDOW_MS || lockWaiters(this.statePath!))
+      return undefined;
+    return true;
+  }
+
   /** The run of commits ended: gives back what was prefetched, then the kept state-file lock. */
   endLockWindow(): Promise<void> {
     this.keepLock = false;
@@ -480,10 +494,16 @@ export class Core {
 
   /** Runs `fn` after every earlier call on this instance has finished. */
   private serial<T>(fn: () => Promise<T>): Promise<T> {
+    this.serialPending++;
     const p = this.queue.then(fn, fn);
-    this.queue = p.catch(() => {});
+    this.queue = p.then(
+      () => void this.serialPending--,
+      () => void this.serialPending--,
+    );
     return p;
   }
+  /** Calls of {@link serial} not finished yet. */
+  private serialPending = 0;
 
   private cached?: CachedState;
 

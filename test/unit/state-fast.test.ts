@@ -89,7 +89,11 @@ test('plainProfile makes exactly what validateProfile makes, or declines', () =>
         const input = { name, source, destination, protocol, rulesBackend, logEnabled, logLevel, masquerade };
         let reference: Profile | null = null;
         try {
-          reference = validateProfile({ ...input, destination: [...destination] }, { existing: true });
+          // `health: undefined` keeps validateProfile on its general path (its plain fast path is plainProfile).
+          reference = validateProfile(
+            { ...input, destination: [...destination], health: undefined },
+            { existing: true },
+          );
         } catch {
           reference = null;
         }
@@ -123,6 +127,73 @@ test('plainProfile makes exactly what validateProfile makes, or declines', () =>
     ),
     { numRuns: 3000 },
   );
+});
+
+test("validateProfile's fast path for plain inputs gives what its general path gives: the profile, or the error", () => {
+  /** The outcome of one validation: the profile as plain data and whether it is frozen, or the error. */
+  const outcomeOf = (input: Record<string, unknown>, existing: boolean): unknown => {
+    try {
+      const p = validateProfile(input, { existing });
+      assert.ok(Object.isFrozen(p) && Object.isFrozen(p.destination));
+      assert.equal(validateProfile(p), p, 'the result is known as validated');
+      return { profile: JSON.parse(JSON.stringify(p)) };
+    } catch (e) {
+      const err = e as { code?: string; message?: string; field?: string };
+      return { error: err.code, message: err.message, field: err.field };
+    }
+  };
+  /** An optional field: absent, a value validation takes as it is, or one it converts or refuses. */
+  const field = <T, U>(good: fc.Arbitrary<T>, other: fc.Arbitrary<U>): fc.Arbitrary<T | U | undefined> =>
+    fc.oneof(
+      { weight: 5, arbitrary: fc.constant(undefined) },
+      { weight: 4, arbitrary: good },
+      { weight: 1, arbitrary: other },
+    );
+  // Mostly valid ones (what callers pass), and the wild ones above.
+  const goodEndpoint = fc
+    .tuple(fc.integer({ min: 1, max: 223 }), fc.nat(255), fc.nat(255), fc.integer({ min: 1, max: 254 }))
+    .chain(([a, b, c, d]) => fc.integer({ min: 1, max: 65535 }).map((port) => `${a}.${b}.${c}.${d}:${port}`));
+  const anyEndpoint = fc.oneof({ weight: 3, arbitrary: goodEndpoint }, { weight: 1, arbitrary: wildEndpoint });
+  let fast = 0;
+  fc.assert(
+    fc.property(
+      fc.oneof({ weight: 3, arbitrary: fc.stringMatching(/^[a-z][a-z0-9-]{0,10}$/) }, wildName, fc.constant(7)),
+      fc.oneof({ weight: 9, arbitrary: anyEndpoint }, { weight: 1, arbitrary: fc.constant(12) }),
+      fc.oneof(
+        { weight: 8, arbitrary: fc.array(fc.oneof(anyEndpoint, fc.constant('1.2.3.4:5')), { maxLength: 20 }) },
+        { weight: 8, arbitrary: fc.uniqueArray(goodEndpoint, { minLength: 1, maxLength: 20 }) },
+        { weight: 1, arbitrary: fc.constant('1.2.3.4:5,1.2.3.5:5') },
+        { weight: 1, arbitrary: fc.constant(['1.2.3.4:5*2', 5]) },
+      ),
+      field(fc.constantFrom('tcp', 'udp', 'sctp'), fc.constantFrom('TCP', 'icmp', '', 6)),
+      field(fc.constantFrom('client', 'proxy', 'server'), fc.constantFrom('Client', 'nat')),
+      field(fc.boolean(), fc.constant('yes')),
+      field(fc.constantFrom('0', '4', '7'), fc.constantFrom('8', 'warning', ' 4', '44', '', 4)),
+      field(fc.constant(false), fc.constantFrom(true, 1)),
+      fc.boolean(),
+      fc.constantFrom(undefined, 'scheduler', 'bogus'),
+      (name, source, destination, protocol, rulesBackend, logEnabled, logLevel, masquerade, existing, extra) => {
+        const input: Record<string, unknown> = { name, source, destination };
+        const fields = { protocol, rulesBackend, logEnabled, logLevel, masquerade };
+        for (const [k, v] of Object.entries(fields)) if (v !== undefined) input[k] = v;
+        if (extra === 'scheduler') input.scheduler = 'random';
+        if (extra === 'bogus') input.bogus = 1;
+        const copy = (): Record<string, unknown> => ({
+          ...input,
+          destination: Array.isArray(destination) ? [...destination] : destination,
+        });
+        const got = outcomeOf(copy(), existing);
+        // `health: undefined` keeps validateProfile on its general path.
+        const want = outcomeOf({ ...copy(), health: undefined }, existing);
+        assert.deepEqual(got, want, JSON.stringify(input));
+        if ((got as { profile?: unknown }).profile && extra === undefined) fast++;
+        // The caller's list is not kept (the profile's is frozen; the caller may change its own).
+        if (Array.isArray(destination)) assert.ok(!Object.isFrozen(input.destination));
+      },
+    ),
+    { numRuns: 4000 },
+  );
+  assert.ok(fast > 100, `only ${fast} inputs were valid plain profiles: the fast path was hardly exercised`);
 });
 
 test('the patterns the fast reader matches accept exactly what the checks accept', () => {
