@@ -70,12 +70,22 @@ class Working {
     this.profiles.delete(name);
   }
 
+  /** {@link fits} for a call of one profile, without its sets (the common call under churn). */
+  private fitsOne(p: Profile): boolean {
+    if (!this.exact) return false;
+    const c = this.byChain.get(chainName(p.name));
+    if (c && c.name !== p.name) return false;
+    const o = this.bySource.get(sourceKey(p));
+    return !o || o.name === p.name;
+  }
+
   /**
    * Whether `profiles` (one call's, names distinct) fit: none shares a chain or a source/protocol
    * with a profile it does not replace, nor with an earlier one of the call — exactly what
    * {@link checkConflicts} checks against those others.
    */
   fits(profiles: Profile[], names: Set<string>): boolean {
+    if (profiles.length === 1) return this.fitsOne(profiles[0]!);
     if (!this.exact) return false;
     const chains = new Set<string>();
     const sources = new Set<string>();
@@ -97,12 +107,15 @@ function sourceKey(p: Profile): string {
   return `${p.source}/${p.protocol}`;
 }
 
+/** The names given to {@link Working.fits} for a call of one profile (which it does not read then). */
+const ONE: Set<string> = new Set();
+
 /** Applies one call onto `working`, or throws why it cannot be applied (before changing anything). */
 function applyOp(working: Working, op: Op): void {
   if (op.kind === 'apply') {
-    const names = new Set(op.profiles.map((p) => p.name));
-    if (!working.fits(op.profiles, names)) {
+    if (!working.fits(op.profiles, op.profiles.length === 1 ? ONE : new Set(op.profiles.map((p) => p.name)))) {
       // Some profile conflicts: find and report the first, exactly as checked one by one.
+      const names = new Set(op.profiles.map((p) => p.name));
       const others = [...working.profiles.values()].filter((o) => !names.has(o.name));
       op.profiles.forEach((p, i) => checkConflicts(p, [...others, ...op.profiles.slice(0, i)]));
     }

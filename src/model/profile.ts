@@ -258,15 +258,26 @@ const KNOWN_KEYS = new Set([
   'health',
 ]);
 
-/** Profiles this module returned: frozen, so they are still valid when they come back. */
-const VALIDATED = new WeakSet<object>();
+/**
+ * The mark of a profile this module returned: frozen, so it is still valid when it comes back. A
+ * non-enumerable own property, so a copy (`{ ...p }`, `Object.assign`, JSON, a structured clone)
+ * does not carry it and is validated again. (A WeakSet did the same, but under churn, where every
+ * update is a new profile, its entries cost the garbage collector more than the check saves.)
+ */
+const VALIDATED: unique symbol = Symbol('iptlb.validated');
+
+/** Marks `profile` as made here and freezes it. */
+function sealValidated(profile: Profile): Profile {
+  Object.defineProperty(profile, VALIDATED, { value: true });
+  return Object.freeze(profile);
+}
 
 /**
  * Validates one profile on its own (no knowledge of other profiles) and fills in defaults. The
  * result is frozen; passing it again (e.g. to `apply`) costs nothing.
  */
 export function validateProfile(input: ProfileInput | unknown, opts: { existing?: boolean } = {}): Profile {
-  if (typeof input === 'object' && input !== null && VALIDATED.has(input)) return input as Profile;
+  if (typeof input === 'object' && input !== null && Object.hasOwn(input, VALIDATED)) return input as Profile;
   if (input === null || typeof input !== 'object' || Array.isArray(input)) {
     throw invalid('profile', `must be an object, got ${show(input)}`);
   }
@@ -320,7 +331,7 @@ export function validateProfile(input: ProfileInput | unknown, opts: { existing?
       );
   }
   Object.freeze(destination);
-  VALIDATED.add(Object.freeze(profile));
+  sealValidated(profile);
   return profile;
 }
 
@@ -454,7 +465,7 @@ export function plainProfile(
     logLevel,
   };
   if (masquerade) profile.masquerade = true;
-  VALIDATED.add(Object.freeze(profile));
+  sealValidated(profile);
   return profile;
 }
 

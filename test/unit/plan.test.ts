@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { planProfile, planTransaction, cascadeProbability } from '../../src/engines/legacy/plan.js';
+import fc from 'fast-check';
+import { planGeneral, planProfile, planTransaction, cascadeProbability } from '../../src/engines/legacy/plan.js';
 import {
   renderRestore,
   renderRule,
@@ -273,4 +274,50 @@ test('gate: a profile whose rules sit behind a missing gate is modified, and syn
   assert.match(fix, /\n-I OUTPUT 1 -m set --match-set iptlb-vip-inet dst,dst -j IPTLB_OUTPUT\n/);
   assert.ok(!fix.includes(':IPTLB_OUTPUT'), 'the existing dispatch chain is not re-declared (that would flush it)');
   assert.equal(compare(new Map([['a', a]]), parseSave(installed))[0].status, 'in-sync');
+});
+
+test("the planner's path for plain profiles plans exactly what its general path plans", () => {
+  const ep = (a: number, b: number, port: number): string => `127.${a}.${b}.1:${port}`;
+  let plain = 0;
+  let general = 0;
+  fc.assert(
+    fc.property(
+      fc.stringMatching(/^[a-z][a-z0-9-]{0,24}$/),
+      fc.uniqueArray(fc.tuple(fc.nat(255), fc.nat(255), fc.integer({ min: 1, max: 65535 })), {
+        minLength: 2,
+        maxLength: 17,
+        selector: ([a, b, port]) => ep(a, b, port),
+      }),
+      fc.record(
+        {
+          protocol: fc.constantFrom('tcp', 'udp', 'sctp'),
+          rulesBackend: fc.constantFrom('client', 'proxy', 'server'),
+          logEnabled: fc.boolean(),
+          logLevel: fc.constantFrom('0', '4', '7'),
+          masquerade: fc.boolean(),
+          scheduler: fc.constantFrom('random', 'round-robin'),
+          affinity: fc.constantFrom(0, 30),
+          weighted: fc.boolean(),
+        },
+        { requiredKeys: [] },
+      ),
+      (name, eps, extra) => {
+        const [src, ...dests] = eps.map(([a, b, port]) => ep(a, b, port));
+        const input: Record<string, unknown> = { name, source: src, destination: dests };
+        for (const k of ['protocol', 'rulesBackend', 'logEnabled', 'logLevel', 'scheduler', 'affinity'] as const)
+          if (extra[k] !== undefined) input[k] = extra[k];
+        if (extra.masquerade && extra.rulesBackend === 'proxy') input.masquerade = true;
+        if (extra.weighted) input.weights = { [dests[0]!]: 3 };
+        const p = validateProfile(input);
+        const want = JSON.stringify(planGeneral(p));
+        assert.equal(JSON.stringify(planProfile(p)), want, JSON.stringify(input));
+        const isPlain =
+          !p.logEnabled && !p.weights && !p.scheduler && !p.affinity && !p.masquerade && p.rulesBackend !== 'server';
+        if (isPlain) plain++;
+        else general++;
+      },
+    ),
+    { numRuns: 1500 },
+  );
+  assert.ok(plain > 20 && general > 20, `both kinds of profile: ${plain} plain, ${general} others`);
 });

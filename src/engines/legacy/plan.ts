@@ -50,7 +50,58 @@ export interface ProfilePlan {
   hookRules: HookRulePlan[];
 }
 
+/** `(1 / k).toFixed(10)` for each destination count, made once: the plain cascade's probabilities. */
+const CASCADE: string[] = [];
+
+/**
+ * {@link planProfile} for the common profile: no logging, weights, scheduler or affinity, `client` or
+ * `proxy` (no addrtype match), no masquerade. The same plan as the general path (a property test
+ * checks it), built with fewer allocations: under churn the planner runs for every update.
+ */
+function planPlain(p: Profile, port: number, dst: string): ProfilePlan {
+  const proto = p.protocol;
+  const chain = chainName(p.name);
+  const d = p.destination;
+  const n = d.length;
+  const rules: Rule[] = new Array<Rule>(n + 1);
+  for (let i = 0; i < n; i++) {
+    const k = n - i;
+    const matches: Match[] =
+      k > 1
+        ? [
+            { name: proto, dport: port },
+            { name: 'statistic', mode: 'random', probability: (CASCADE[k] ??= weightedProbability(1, k)) },
+          ]
+        : [{ name: proto, dport: port }];
+    rules[i] = { dst, proto, matches, target: { name: 'DNAT', toDestination: d[i]! } };
+  }
+  rules[n] = { matches: [], target: { name: 'RETURN' } };
+  const jump: HookRulePlan = {
+    chain: hookChainOf(p),
+    owner: p.name,
+    rule: {
+      dst,
+      proto,
+      matches: [
+        { name: 'comment', comment: OWNER_PREFIX + p.name },
+        { name: proto, dport: port },
+      ],
+      target: { name: 'jump', chain },
+    },
+  };
+  return { chain: { name: chain, rules }, hookRules: [jump] };
+}
+
 export function planProfile(p: Profile): ProfilePlan {
+  const vip = parseEndpoint(p.source);
+  if (typeof vip === 'string') throw new Error(`planProfile: unvalidated source ${p.source}`);
+  if (!p.logEnabled && !p.weights && !p.scheduler && !p.affinity && !p.masquerade && p.rulesBackend !== 'server')
+    return planPlain(p, vip.port, hostCidr(vip));
+  return planGeneral(p);
+}
+
+/** {@link planProfile}'s general path (every profile; {@link planPlain} makes the same plan for the common ones). */
+export function planGeneral(p: Profile): ProfilePlan {
   const vip = parseEndpoint(p.source);
   if (typeof vip === 'string') throw new Error(`planProfile: unvalidated source ${p.source}`);
   const dst = hostCidr(vip);
