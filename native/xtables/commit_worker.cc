@@ -146,22 +146,25 @@ void CommitWorker::Commit() {
 
 template <typename F>
 void CommitWorker::Run(XtHandle<F> *prepared) {
-  // The gate's set (src/gate.ts for the order): created, and the transaction's elements added,
-  // before the commit that installs their rules; stale elements deleted, or the set destroyed when no
-  // rule behind a gate remains, after it.
+  // The gate's set (src/gate.ts for the order): the elements of the transaction's dispatch rules are
+  // added before the commit that installs their rules (only those the rules they replace did not
+  // select: under churn a profile keeps its address and port, and nothing is sent to the set); stale
+  // elements are deleted, or the set destroyed when no rule behind a gate remains, after it. A set that
+  // had to be created (it did not exist) is filled with every dispatch rule's element.
   GateWork gate;
-  const std::vector<SetElement> adds = GateElements(tx_);
-  if (!adds.empty()) {
-    gate.set_index = EnsureGateSet(F::kFamily);
-    ChangeGateSet(F::kFamily, adds, false);
-    gate.has_index = true;
-  }
   for (attempts_ = 1;; attempts_++) {
     std::unique_ptr<XtHandle<F>> fresh;
     if (attempts_ > 1 || !prepared) fresh = std::make_unique<XtHandle<F>>("nat");
     XtHandle<F> &h = fresh ? *fresh : *prepared;
     if (!h.ok()) Throw(h.error());
     ApplyTransaction<F>(h.get(), tx_, &gate);
+    bool no_set = false;
+    ChangeGateSet(F::kFamily, gate.created ? LiveGateElements<F>(h.get()) : gate.adds, false, &no_set);
+    if (no_set) {
+      EnsureGateSet(F::kFamily);
+      gate.created = true;
+      ChangeGateSet(F::kFamily, LiveGateElements<F>(h.get()), false);
+    }
     if (F::Commit(h.get())) {
       // The rules are committed. A failure to tidy the set is not the commit's: an element too many
       // only sends its packets through the dispatch chain and back; the next commit tidies again.

@@ -49,19 +49,23 @@ struct SocketCloser {
   void operator()(struct mnl_socket *s) const { mnl_socket_close(s); }
 };
 
-// Sends the messages in `buf` one by one, each acknowledged; the first error (positive errno or
-// ipset's private code) is returned in *err.
+// Sends the messages it builds one by one, each acknowledged; the first error (positive errno or
+// ipset's private code) is returned. One per thread (Conn()), its socket kept open.
 class Ipset {
  public:
   void Open() {
+    if (sock_) return;
     sock_.reset(mnl_socket_open(NETLINK_NETFILTER));
-    if (!sock_ || mnl_socket_bind(sock_.get(), 0, MNL_SOCKET_AUTOPID) < 0)
-      Throw(IpsetError("ipset netlink socket", errno));
+    if (!sock_ || mnl_socket_bind(sock_.get(), 0, MNL_SOCKET_AUTOPID) < 0) {
+      const int err = errno;
+      sock_.reset();
+      Throw(IpsetError("ipset netlink socket", err));
+    }
     portid_ = mnl_socket_get_portid(sock_.get());
   }
 
   struct nlmsghdr *Start(Family family, int cmd) {
-    buf_.assign(1 << 16, 0);
+    if (buf_.empty()) buf_.resize(1 << 16);  // every byte of a message is written by libmnl's put calls
     struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf_.data());
     nlh->nlmsg_type = (NFNL_SUBSYS_IPSET << 8) | cmd;
     nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
@@ -74,25 +78,37 @@ class Ipset {
     return nlh;
   }
 
-  // 0, or the errno / ipset code of the kernel's answer.
+  // 0, or the errno / ipset code of the kernel's answer. A failure of the socket itself (not an
+  // answer) closes it: the next message opens a new one, with no stale answer waiting in it.
   int Send(struct nlmsghdr *nlh) {
-    if (mnl_socket_sendto(sock_.get(), nlh, nlh->nlmsg_len) < 0) return errno;
+    if (mnl_socket_sendto(sock_.get(), nlh, nlh->nlmsg_len) < 0) return Broken(errno);
     char reply[MNL_SOCKET_BUFFER_SIZE];
     for (;;) {
       const ssize_t n = mnl_socket_recvfrom(sock_.get(), reply, sizeof reply);
-      if (n < 0) return errno;
+      if (n < 0) return Broken(errno);
       const int r = mnl_cb_run(reply, n, nlh->nlmsg_seq, portid_, nullptr, nullptr);
-      if (r == MNL_CB_ERROR) return errno;
+      if (r == MNL_CB_ERROR) return errno == ESRCH || errno == EPROTO ? Broken(errno) : errno;
       if (r == MNL_CB_STOP) return 0;
     }
   }
 
  private:
+  int Broken(int err) {
+    sock_.reset();
+    return err;
+  }
   std::unique_ptr<struct mnl_socket, SocketCloser> sock_;
   unsigned portid_ = 0;
   uint32_t seq_ = static_cast<uint32_t>(time(nullptr));
   std::vector<char> buf_;
 };
+
+// This thread's connection, opened.
+Ipset &Conn() {
+  static thread_local Ipset conn;
+  conn.Open();
+  return conn;
+}
 
 void PutElement(struct nlmsghdr *nlh, Family family, const SetElement &e) {
   struct nlattr *data = mnl_attr_nest_start(nlh, IPSET_ATTR_DATA);
@@ -163,12 +179,12 @@ uint16_t SetIndexByName(const std::string &name) {
   return req.set.index;
 }
 
-uint16_t EnsureGateSet(Family family) {
+uint16_t EnsureGateSet(Family family, bool *created) {
   const char *name = GateSetName(family);
   uint16_t index = SetIndexByName(name);
+  if (created) *created = false;
   if (index != IPSET_INVALID_ID) return index;
-  Ipset s;
-  s.Open();
+  Ipset &s = Conn();
   int err = 0;
   for (int rev = kNewestRevision; rev >= 0; rev--) {
     struct nlmsghdr *nlh = s.Start(family, IPSET_CMD_CREATE);
@@ -185,6 +201,7 @@ uint16_t EnsureGateSet(Family family) {
   if (err != 0 && err != IPSET_ERR_EXIST_SETNAME2 && err != EEXIST) {
     Throw(IpsetError(std::string("creating ipset ") + name, err));
   }
+  if (created) *created = err == 0;
   index = SetIndexByName(name);
   if (index == IPSET_INVALID_ID) {
     Throw(IpsetError(std::string("ipset ") + name + " vanished after its creation", ENOENT));
@@ -192,11 +209,11 @@ uint16_t EnsureGateSet(Family family) {
   return index;
 }
 
-void ChangeGateSet(Family family, const std::vector<SetElement> &elements, bool del) {
+void ChangeGateSet(Family family, const std::vector<SetElement> &elements, bool del, bool *no_set) {
+  if (no_set) *no_set = false;
   if (elements.empty()) return;
   const char *name = GateSetName(family);
-  Ipset s;
-  s.Open();
+  Ipset &s = Conn();
   for (size_t at = 0; at < elements.size(); at += kPerMessage) {
     struct nlmsghdr *nlh = s.Start(family, del ? IPSET_CMD_DEL : IPSET_CMD_ADD);
     mnl_attr_put_strz(nlh, IPSET_ATTR_SETNAME, name);
@@ -205,6 +222,10 @@ void ChangeGateSet(Family family, const std::vector<SetElement> &elements, bool 
     for (size_t i = at; i < elements.size() && i < at + kPerMessage; i++) PutElement(nlh, family, elements[i]);
     mnl_attr_nest_end(nlh, adt);
     const int err = s.Send(nlh);
+    if (err == ENOENT && no_set && at == 0) {
+      *no_set = true;
+      return;
+    }
     if (err != 0) {
       Throw(IpsetError(std::string(del ? "deleting elements of ipset " : "adding elements to ipset ") + name, err));
     }
@@ -213,8 +234,7 @@ void ChangeGateSet(Family family, const std::vector<SetElement> &elements, bool 
 
 void DestroyGateSet(Family family) {
   const char *name = GateSetName(family);
-  Ipset s;
-  s.Open();
+  Ipset &s = Conn();
   struct nlmsghdr *nlh = s.Start(family, IPSET_CMD_DESTROY);
   mnl_attr_put_strz(nlh, IPSET_ATTR_SETNAME, name);
   const int err = s.Send(nlh);

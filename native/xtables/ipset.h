@@ -10,6 +10,9 @@
 
 namespace iptlb {
 
+// The netlink socket these functions speak over is opened once per thread and kept (a thread's
+// network namespace does not change under it), re-opened after a failure of the socket itself.
+
 // One element `ip,proto:port` of a hash:ip,port set.
 struct SetElement {
   Address addr{};
@@ -30,11 +33,13 @@ const char *GateSetName(Family family);
 // (EKERNEL, or EPERM) when the kernel cannot be asked or refuses.
 uint16_t SetIndexByName(const std::string &name);
 
-// Creates the family's gate set when it does not exist (hash:ip,port, maxelem 1048576) and returns its index.
-uint16_t EnsureGateSet(Family family);
+// Creates the family's gate set when it does not exist (hash:ip,port, maxelem 1048576) and returns its index;
+// `*created` (when given) says whether it had to be made.
+uint16_t EnsureGateSet(Family family, bool *created = nullptr);
 
 // Adds (del = false) or deletes elements of the family's gate set; existing (or missing) elements are ignored.
-void ChangeGateSet(Family family, const std::vector<SetElement> &elements, bool del);
+// With `no_set` given, a set that does not exist is no error: *no_set says so, and nothing was changed.
+void ChangeGateSet(Family family, const std::vector<SetElement> &elements, bool del, bool *no_set = nullptr);
 
 // Destroys the family's gate set; a missing set is no error.
 void DestroyGateSet(Family family);

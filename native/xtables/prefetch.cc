@@ -19,7 +19,7 @@ std::unique_ptr<Prefetched> &Slot() {
 }  // namespace
 
 JobThread *XtablesThread() {
-  static JobThread *thread = new JobThread();  // never destroyed: it lives as long as the process
+  static JobThread *thread = new JobThread("iptlb-xt");  // never destroyed: it lives as long as the process
   return thread;
 }
 
@@ -64,6 +64,11 @@ void PrefetchWorker::OnOK() { Resolve(Napi::Boolean::New(Env(), prepared_)); }
 Napi::Value Prefetch(const Napi::CallbackInfo &info) {
   return Pending(info.Env(), new PrefetchWorker(info.Env(), false),
                  [](PrefetchWorker *w) { w->Start(XtablesThread()); });
+}
+
+Napi::Value PrefetchQuiet(const Napi::CallbackInfo &info) {
+  (new PrefetchWorker(info.Env(), false))->Detach(XtablesThread());
+  return info.Env().Undefined();
 }
 
 Napi::Value ReleasePrefetch(const Napi::CallbackInfo &info) {

@@ -149,8 +149,10 @@ void SyncGates(struct xtc_handle *h, GateWork *gate) {
       gate->need_set = true;
       if (!gates.empty()) continue;
       if (!gate->has_index) {
-        Throw(NativeError{"EKERNEL", EINVAL,
-                          std::string("the gate of ") + hook + " is missing and no set index was given"});
+        bool created = false;
+        gate->set_index = EnsureGateSet(F::kFamily, &created);
+        gate->has_index = true;
+        gate->created = gate->created || created;
       }
       Rule g;
       Match m(Match::kSetDstDst);
@@ -178,14 +180,9 @@ void SyncGates(struct xtc_handle *h, GateWork *gate) {
   }
 }
 
-// Elements of removed rules that no rule behind a gate selects any more: deleted after the commit.
-// The transaction's own rules keep theirs (a replaced profile); only otherwise are the chains read.
 template <typename F>
-void CollectStale(struct xtc_handle *h, const Transaction &tx, std::set<SetElement> removed, GateWork *gate) {
+std::set<SetElement> LiveSet(struct xtc_handle *h) {
   using Entry = typename F::Entry;
-  for (const SetElement &e : GateElements(tx)) removed.erase(e);
-  gate->stale.clear();
-  if (removed.empty()) return;
   std::set<SetElement> live;
   for (const char *hook : kGated) {
     const Label dispatch("IPTLB_" + std::string(hook));
@@ -195,6 +192,18 @@ void CollectStale(struct xtc_handle *h, const Transaction &tx, std::set<SetEleme
       if (ElementOfRule(DecodeRule<F>(e, h).rule, &el)) live.insert(el);
     }
   }
+  return live;
+}
+
+// Elements of removed rules that no rule behind a gate selects any more: deleted after the commit.
+// The transaction's own rules keep theirs (a replaced profile); only otherwise are the chains read.
+template <typename F>
+void CollectStale(struct xtc_handle *h, const std::vector<SetElement> &mine, std::set<SetElement> removed,
+                  GateWork *gate) {
+  for (const SetElement &e : mine) removed.erase(e);
+  gate->stale.clear();
+  if (removed.empty()) return;
+  const std::set<SetElement> live = LiveSet<F>(h);
   for (const SetElement &e : removed) {
     if (!live.count(e)) gate->stale.push_back(e);
   }
@@ -203,16 +212,29 @@ void CollectStale(struct xtc_handle *h, const Transaction &tx, std::set<SetEleme
 }  // namespace
 
 template <typename F>
+std::vector<SetElement> LiveGateElements(struct xtc_handle *h) {
+  const std::set<SetElement> live = LiveSet<F>(h);
+  return {live.begin(), live.end()};
+}
+
+template <typename F>
 void ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gate) {
   std::set<SetElement> removed = DeleteOwnedRules<F>(h, tx);
   DeleteChains<F>(h, tx);
   FillChains<F>(h, tx);
   InsertHookRules<F>(h, tx);
   SyncGates<F>(h, gate);
-  CollectStale<F>(h, tx, std::move(removed), gate);
+  const std::vector<SetElement> mine = GateElements(tx);
+  gate->adds.clear();
+  for (const SetElement &e : mine) {
+    if (!removed.count(e)) gate->adds.push_back(e);
+  }
+  CollectStale<F>(h, mine, std::move(removed), gate);
 }
 
 template void ApplyTransaction<Ip4Tables>(struct xtc_handle *, const Transaction &, GateWork *);
 template void ApplyTransaction<Ip6Tables>(struct xtc_handle *, const Transaction &, GateWork *);
+template std::vector<SetElement> LiveGateElements<Ip4Tables>(struct xtc_handle *);
+template std::vector<SetElement> LiveGateElements<Ip6Tables>(struct xtc_handle *);
 
 }  // namespace iptlb

@@ -15,17 +15,27 @@ namespace iptlb {
 // The gate (src/gate.ts): OUTPUT/PREROUTING hook rules go into the dispatch chains IPTLB_OUTPUT /
 // IPTLB_PREROUTING, reached from their hook through `-m set --match-set <set> dst,dst`.
 struct GateWork {
-  // In: the gate set's index, needed when a gate has to be inserted (`has_index` false: none may be).
+  // The gate set's index, looked up (and the set created when there is none) when a gate has to be
+  // inserted; `created`: it had to be created then (it holds none of the dispatch rules' elements).
   bool has_index = false;
   uint16_t set_index = 0;
-  // Out: elements no remaining dispatch rule selects any more (delete them after the commit), and
-  // whether any dispatch rule remains (if not, the set can be destroyed after the commit).
+  bool created = false;
+  // Out: the elements of the transaction's dispatch rules that none of the dispatch rules it replaces
+  // selected (add them to the set before the commit: the replaced rules' elements are in the set
+  // already, added before the commit that installed them and not deleted while a rule selects them);
+  // elements no remaining dispatch rule selects any more (delete them after the commit), and whether
+  // any dispatch rule remains (if not, the set can be destroyed after the commit).
+  std::vector<SetElement> adds;
   std::vector<SetElement> stale;
   bool need_set = false;
 };
 
-// The elements of the transaction's OUTPUT/PREROUTING hook rules (add them before the commit).
+// The elements of the transaction's OUTPUT/PREROUTING hook rules.
 std::vector<SetElement> GateElements(const Transaction &tx);
+
+// The elements every rule of the dispatch chains in `h` selects (what a new set must be filled with).
+template <typename F>
+std::vector<SetElement> LiveGateElements(struct xtc_handle *h);
 
 // `h` is a handle of F's library (tx.family is F's). Instantiated for Ip4Tables and Ip6Tables.
 template <typename F>

@@ -130,6 +130,23 @@ describe('commit with append (the state journal written right after the kernel c
   });
 });
 
+describe('gate set (legacy): what a commit sends to the set', { skip: kernelSkip() }, () => {
+  test("only the elements the replaced rules did not select; stale ones deleted; a set created anew is filled with every dispatch rule's element", async () => {
+    const r = await runInNetns<Record<string, unknown>>(fixture('gate-set'), [], { timeoutMs: 60_000 });
+    assert.deepEqual(r, {
+      two: ['127.100.0.20,tcp:8080', '127.100.0.21,tcp:8080'],
+      afterChurn: ['127.100.0.20,tcp:8080', '127.100.0.21,tcp:8080'],
+      newPort: ['127.100.0.20,tcp:8081', '127.100.0.21,tcp:8080'],
+      destroyed: null,
+      refilled: ['127.100.0.20,tcp:8081', '127.100.0.21,tcp:8080'],
+      gates: 1,
+      oneLeft: ['127.100.0.21,tcp:8080'],
+      atEnd: null,
+      gatesAtEnd: 0,
+    });
+  });
+});
+
 describe('prefetch (the next legacy commit prepared while JavaScript plans)', { skip: kernelSkip() }, () => {
   test('holds the xtables lock until a commit uses it or it is released; never waits for the lock; others wait for it', async () => {
     const r = await runInNetns<Record<string, unknown>>(fixture('prefetch'), [], { timeoutMs: 60_000 });
@@ -141,6 +158,12 @@ describe('prefetch (the next legacy commit prepared while JavaScript plans)', { 
       released: true,
       freeAfterRelease: true,
       releaseWithNothing: false,
+      heldAfterQuiet: true,
+      quietReleased: true,
+      freeAfterQuietRelease: true,
+      quietCommitAttempts: 1,
+      freeAfterQuietCommit: true,
+      quietRuleCommitted: true,
       commitAttempts: 1,
       freeAfterCommit: true,
       ruleCommitted: true,
