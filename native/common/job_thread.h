@@ -6,18 +6,13 @@
 // A ThreadJob has the shape of PromiseWorker (promise_worker.h): Work() off the JS thread (no
 // N-API), then OnOK() or the rejection with the NativeError it failed with. Work() may also throw
 // NativeFailure (errors.h); std::bad_alloc and other exceptions become EKERNEL rejections. The result
-// comes back through the environment's one thread-safe function (made at its first job and kept: one
-// per job cost the JS thread an async resource and a libuv handle to make and close for every job);
-// it is ref'd while a job of that environment is in flight, so the event loop stays alive until the
-// job settled, and unref'd when none is, so an idle process still exits. A job started with Detach()
-// has no promise and calls nothing back: it is done when its Work() returns.
+// comes back through a thread-safe function, which keeps the event loop alive until it settled.
 #pragma once
 #include <napi.h>
 
 #include <condition_variable>
 #include <deque>
 #include <mutex>
-#include <memory>
 #include <optional>
 
 #include "errors.h"
@@ -26,7 +21,6 @@ namespace iptlb {
 
 class ThreadJob;
 void SettleThreadJob(Napi::Env env, Napi::Function, std::nullptr_t *, ThreadJob *job);
-struct JobChannel;  // an environment's way back from the job threads (job_thread.cc)
 
 class JobThread {
  public:
@@ -54,9 +48,6 @@ class ThreadJob {
   }
   // JS thread: hands the job to `thread`. The job deletes itself once its promise has settled.
   void Start(JobThread *thread);
-  // JS thread: hands the job to `thread` with no promise and nothing called back (no OnOK, the
-  // failure dropped); it deletes itself on that thread after Work(), and keeps no event loop alive.
-  void Detach(JobThread *thread);
 
  protected:
   ThreadJob(Napi::Env env, const char *name);
@@ -78,7 +69,7 @@ class ThreadJob {
   Napi::Env env_;
   const char *name_;
   std::optional<Napi::Promise::Deferred> deferred_;
-  std::shared_ptr<JobChannel> back_;  // null for a detached job
+  Napi::TypedThreadSafeFunction<std::nullptr_t, ThreadJob, SettleThreadJob> back_;
   NativeError error_;
   bool failed_ = false;
 };

@@ -100,7 +100,6 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("commit", Napi::Function::New(env, Commit, "commit"));
   exports.Set("read", Napi::Function::New(env, Read, "read"));
   exports.Set("prefetch", Napi::Function::New(env, Prefetch, "prefetch"));
-  exports.Set("prefetchQuiet", Napi::Function::New(env, PrefetchQuiet, "prefetchQuiet"));
   exports.Set("releasePrefetch", Napi::Function::New(env, ReleasePrefetch, "releasePrefetch"));
   exports.Set("info", Napi::Function::New(env, Info, "info"));
   exports.Set("start", Napi::Function::New(env, StartPending, "start"));

@@ -147,10 +147,10 @@ void CommitWorker::Commit() {
 template <typename F>
 void CommitWorker::Run(XtHandle<F> *prepared) {
   // The gate's set (src/gate.ts for the order): the elements of the transaction's dispatch rules are
-  // added before the commit that installs their rules (only those the rules they replace did not
-  // select: under churn a profile keeps its address and port, and nothing is sent to the set); stale
-  // elements are deleted, or the set destroyed when no rule behind a gate remains, after it. A set that
-  // had to be created (it did not exist) is filled with every dispatch rule's element.
+  // added before the commit that installs their rules (one netlink message on the thread's kept
+  // socket; the set's index is looked up only when a gate is inserted); stale elements are deleted,
+  // or the set destroyed when no rule behind a gate remains, after it. A set that had to be created
+  // (it did not exist) is filled with every dispatch rule's element, not only the transaction's.
   GateWork gate;
   for (attempts_ = 1;; attempts_++) {
     std::unique_ptr<XtHandle<F>> fresh;

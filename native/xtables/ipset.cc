@@ -55,7 +55,7 @@ class Ipset {
  public:
   void Open() {
     if (sock_) return;
-    sock_.reset(mnl_socket_open(NETLINK_NETFILTER));
+    sock_.reset(mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC));  // kept open: not for child processes
     if (!sock_ || mnl_socket_bind(sock_.get(), 0, MNL_SOCKET_AUTOPID) < 0) {
       const int err = errno;
       sock_.reset();

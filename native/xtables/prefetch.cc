@@ -66,11 +66,6 @@ Napi::Value Prefetch(const Napi::CallbackInfo &info) {
                  [](PrefetchWorker *w) { w->Start(XtablesThread()); });
 }
 
-Napi::Value PrefetchQuiet(const Napi::CallbackInfo &info) {
-  (new PrefetchWorker(info.Env(), false))->Detach(XtablesThread());
-  return info.Env().Undefined();
-}
-
 Napi::Value ReleasePrefetch(const Napi::CallbackInfo &info) {
   return Pending(info.Env(), new PrefetchWorker(info.Env(), true),
                  [](PrefetchWorker *w) { w->Start(XtablesThread()); });

@@ -58,10 +58,6 @@ class PrefetchWorker : public ThreadJob {
 // prefetch(): Promise<boolean> (false when the lock was busy or the table unreadable: the commit
 // then does the work itself); releasePrefetch(): Promise<boolean> (whether there was one).
 Napi::Value Prefetch(const Napi::CallbackInfo &info);
-// prefetchQuiet(): undefined — the same prefetch, queued on the x_tables thread at once, with no promise
-// and nothing called back to JavaScript (no wake-up of the JS thread for a result nobody needs: a
-// prefetch that did not happen only means the commit does the work itself).
-Napi::Value PrefetchQuiet(const Napi::CallbackInfo &info);
 Napi::Value ReleasePrefetch(const Napi::CallbackInfo &info);
 
 }  // namespace iptlb

@@ -224,12 +224,8 @@ void ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gat
   FillChains<F>(h, tx);
   InsertHookRules<F>(h, tx);
   SyncGates<F>(h, gate);
-  const std::vector<SetElement> mine = GateElements(tx);
-  gate->adds.clear();
-  for (const SetElement &e : mine) {
-    if (!removed.count(e)) gate->adds.push_back(e);
-  }
-  CollectStale<F>(h, mine, std::move(removed), gate);
+  gate->adds = GateElements(tx);
+  CollectStale<F>(h, gate->adds, std::move(removed), gate);
 }
 
 template void ApplyTransaction<Ip4Tables>(struct xtc_handle *, const Transaction &, GateWork *);

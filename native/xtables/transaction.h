@@ -20,11 +20,11 @@ struct GateWork {
   bool has_index = false;
   uint16_t set_index = 0;
   bool created = false;
-  // Out: the elements of the transaction's dispatch rules that none of the dispatch rules it replaces
-  // selected (add them to the set before the commit: the replaced rules' elements are in the set
-  // already, added before the commit that installed them and not deleted while a rule selects them);
-  // elements no remaining dispatch rule selects any more (delete them after the commit), and whether
-  // any dispatch rule remains (if not, the set can be destroyed after the commit).
+  // Out: the elements of the transaction's dispatch rules (add them to the set before the commit;
+  // all of them, also those the rules they replace selected: a commit, and `sync` above all, puts back
+  // an element someone deleted by hand); elements no remaining dispatch rule selects any more (delete
+  // them after the commit), and whether any dispatch rule remains (if not, the set can be destroyed
+  // after the commit).
   std::vector<SetElement> adds;
   std::vector<SetElement> stale;
   bool need_set = false;

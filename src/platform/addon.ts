@@ -16,7 +16,7 @@ import type { NftFamily, NftTransaction, NftView } from '../engines/nft/ops.js';
 import { packageRoot } from './paths.js';
 
 /** ABI of the addon this TypeScript expects (native/common/addon_args.h: kAbiVersion). */
-export const EXPECTED_ABI = 16;
+export const EXPECTED_ABI = 15;
 
 /**
  * Conntrack entries to delete: original destination `vip`, protocol, reply source `destination` (flows DNATed to it).
@@ -101,12 +101,6 @@ export interface NativeAddon {
    * by releasePrefetch(), which gives the lock back (ordered with commits and reads, in call order).
    */
   prefetch(): Promise<boolean>;
-  /**
-   * The same prefetch, with no promise and nothing called back: the JavaScript thread is not woken for
-   * its result (what the legacy engine uses under churn: a prefetch that did not happen only means the
-   * commit does the work itself). The same rule: a commit or releasePrefetch() must follow.
-   */
-  prefetchQuiet(): void;
   releasePrefetch(): Promise<boolean>;
   /**
    * iptlb's chains (IPTLB_*) and comment-owned hook rules of the nat table of `family` (default ipv4: iptables; ipv6:
@@ -410,7 +404,6 @@ function ordered(part: AddonPart, raw: NativeAddon): NativeAddon {
     // has seen the prefetch settle (a wake-up of each thread less on the path between two commits).
     // A prefetch only prepares (the lock and a copy of the table); nothing queued behind it minds.
     for (const name of ['prefetch', 'releasePrefetch']) out[name] = (...args: unknown[]) => r.start(r[name]!(...args));
-    // prefetchQuiet() goes to the job thread at once too, and returns nothing to start.
   } else {
     for (const name of ['nftCommit', 'nftRead']) out[name] = queued(name);
   }

@@ -117,17 +117,7 @@ describe('loader', () => {
     assert.ok(all.ok);
     if (all.ok) {
       assert.deepEqual(all.addon.parts, ['core', 'xt', 'nft']);
-      for (const f of [
-        'commit',
-        'commitJson',
-        'read',
-        'prefetch',
-        'prefetchQuiet',
-        'releasePrefetch',
-        'info',
-        'nftCommit',
-        'nftRead',
-      ])
+      for (const f of ['commit', 'commitJson', 'read', 'prefetch', 'releasePrefetch', 'info', 'nftCommit', 'nftRead'])
         assert.equal(typeof (all.addon as unknown as Record<string, unknown>)[f], 'function', f);
     }
     for (const p of ['core', 'xt', 'nft'] as const) {

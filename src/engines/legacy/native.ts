@@ -66,7 +66,7 @@ export class NativeExecutor implements LegacyExecutor {
   }
 
   prefetch(): void {
-    this.addon.prefetchQuiet(); // no result comes back: a failed prefetch only means the commit does the work
+    this.addon.prefetch().catch(() => {}); // a failed prefetch only means the commit does the work
   }
 
   releasePrefetch(): Promise<void> {
