@@ -68,7 +68,7 @@ int Batch::OpOfSeq(uint32_t seq) const {
 // Socket
 
 Socket::Socket() : rbuf_(kReceiveBuffer) {
-  nl_ = mnl_socket_open(NETLINK_NETFILTER);
+  nl_ = mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC);  // kept open (the shared socket): not for child processes
   if (!nl_) ThrowErrno("EKERNEL", errno, "opening a netfilter netlink socket");
   if (mnl_socket_bind(nl_, 0, MNL_SOCKET_AUTOPID) < 0) {
     const int err = errno;

@@ -149,6 +149,13 @@ describe('gate set (legacy): what a commit sends to the set', { skip: kernelSkip
   });
 });
 
+describe('sockets kept between commits', { skip: kernelSkip() }, () => {
+  test('are not inherited by child processes (the nft shared socket, the ipset socket)', async () => {
+    const r = await runInNetns<Record<string, unknown>>(fixture('cloexec'), [], { timeoutMs: 60_000 });
+    assert.deepEqual(r, { before: [], nft: [], legacy: [] });
+  });
+});
+
 describe('prefetch (the next legacy commit prepared while JavaScript plans)', { skip: kernelSkip() }, () => {
   test('holds the xtables lock until a commit uses it or it is released; never waits for the lock; others wait for it', async () => {
     const r = await runInNetns<Record<string, unknown>>(fixture('prefetch'), [], { timeoutMs: 60_000 });
