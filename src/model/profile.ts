@@ -243,7 +243,8 @@ function splitWeight(item: unknown): { text: unknown; weight?: string } {
   return { text: item.slice(0, at).trim(), weight: item.slice(at + 1).trim() };
 }
 
-const KNOWN_KEYS = new Set([
+/** The fields of a profile in {@link plainProfile}'s subset (what {@link plainInput} takes). */
+const PLAIN_FIELDS = [
   'name',
   'source',
   'destination',
@@ -252,11 +253,9 @@ const KNOWN_KEYS = new Set([
   'logEnabled',
   'logLevel',
   'masquerade',
-  'weights',
-  'scheduler',
-  'affinity',
-  'health',
-]);
+];
+const PLAIN_KEYS = new Set(PLAIN_FIELDS);
+const KNOWN_KEYS = new Set([...PLAIN_FIELDS, 'weights', 'scheduler', 'affinity', 'health']);
 
 /**
  * The mark of a profile this module returned: frozen, so it is still valid when it comes back. A
@@ -334,18 +333,6 @@ export function validateProfile(input: ProfileInput | unknown, opts: { existing?
   sealValidated(profile);
   return profile;
 }
-
-/** The fields {@link plainInput} takes: those of a profile in {@link plainProfile}'s subset. */
-const PLAIN_KEYS = new Set([
-  'name',
-  'source',
-  'destination',
-  'protocol',
-  'rulesBackend',
-  'logEnabled',
-  'logLevel',
-  'masquerade',
-]);
 
 /**
  * {@link validateProfile}'s result for an input already in canonical form within
