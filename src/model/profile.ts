@@ -340,7 +340,7 @@ export function validateProfile(input: ProfileInput | unknown, opts: { existing?
  * `{ ...profile, destination }`), at a tenth of the general path's cost; null for anything else, which
  * the general path then checks and reports. The input's destination list is copied, not kept.
  */
-function plainInput(p: Record<string, unknown>, existing: boolean): Profile | null {
+export function plainInput(p: Record<string, unknown>, existing: boolean): Profile | null {
   const { name, source, destination, protocol, rulesBackend, logEnabled, logLevel, masquerade } = p;
   if (typeof name !== 'string' || typeof source !== 'string' || !Array.isArray(destination)) return null;
   if (!existing && !NAME_PATTERN.test(name)) return null;

@@ -1,7 +1,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { planGeneral, planProfile, planTransaction, cascadeProbability } from '../../src/engines/legacy/plan.js';
+import {
+  planGeneral,
+  planPlain,
+  planProfile,
+  planTransaction,
+  cascadeProbability,
+} from '../../src/engines/legacy/plan.js';
+import { hostCidr, parseEndpoint } from '../../src/model/address.js';
 import {
   renderRestore,
   renderRule,
@@ -313,8 +320,13 @@ test("the planner's path for plain profiles plans exactly what its general path 
         assert.equal(JSON.stringify(planProfile(p)), want, JSON.stringify(input));
         const isPlain =
           !p.logEnabled && !p.weights && !p.scheduler && !p.affinity && !p.masquerade && p.rulesBackend !== 'server';
-        if (isPlain) plain++;
-        else general++;
+        if (isPlain) {
+          // The plain path itself, not only planProfile (which takes it for these).
+          const vip = parseEndpoint(p.source);
+          assert.ok(typeof vip !== 'string');
+          assert.equal(JSON.stringify(planPlain(p, vip.port, hostCidr(vip))), want, JSON.stringify(input));
+          plain++;
+        } else general++;
       },
     ),
     { numRuns: 1500 },

@@ -14,6 +14,7 @@ import {
   NAME_PATTERN,
   PLAIN_UNICAST_V4_LINE,
   isPlainUnicastV4,
+  plainInput,
   plainProfile,
   validateProfile,
 } from '../../src/model/profile.js';
@@ -186,7 +187,22 @@ test("validateProfile's fast path for plain inputs gives what its general path g
         // `health: undefined` keeps validateProfile on its general path.
         const want = outcomeOf({ ...copy(), health: undefined }, existing);
         assert.deepEqual(got, want, JSON.stringify(input));
-        if ((got as { profile?: unknown }).profile && extra === undefined) fast++;
+        // The fast path itself: it takes every valid input already in canonical form (each field as
+        // the profile has it) without other fields, and gives the same profile.
+        const out = (got as { profile?: Record<string, unknown> }).profile;
+        const canonical =
+          out !== undefined &&
+          extra === undefined &&
+          Array.isArray(destination) &&
+          JSON.stringify(out.destination) === JSON.stringify(destination) &&
+          out.source === source &&
+          Object.entries(fields).every(([k, v]) => v === undefined || out[k] === v);
+        if (canonical) {
+          const taken = plainInput(copy(), existing);
+          assert.ok(taken, `the fast path declined ${JSON.stringify(input)}`);
+          assert.deepEqual({ profile: JSON.parse(JSON.stringify(taken)) }, want);
+          fast++;
+        }
         // The caller's list is not kept (the profile's is frozen; the caller may change its own).
         if (Array.isArray(destination)) assert.ok(!Object.isFrozen(input.destination));
       },

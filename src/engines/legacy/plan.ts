@@ -58,7 +58,7 @@ const CASCADE: string[] = [];
  * `proxy` (no addrtype match), no masquerade. The same plan as the general path (a property test
  * checks it), built with fewer allocations: under churn the planner runs for every update.
  */
-function planPlain(p: Profile, port: number, dst: string): ProfilePlan {
+export function planPlain(p: Profile, port: number, dst: string): ProfilePlan {
   const proto = p.protocol;
   const chain = chainName(p.name);
   const d = p.destination;
