@@ -70,34 +70,26 @@ class Working {
     this.profiles.delete(name);
   }
 
-  /** {@link fits} for a call of one profile, without its sets (the common call under churn). */
-  private fitsOne(p: Profile): boolean {
-    if (!this.exact) return false;
-    const c = this.byChain.get(chainName(p.name));
-    if (c && c.name !== p.name) return false;
-    const o = this.bySource.get(sourceKey(p));
-    return !o || o.name === p.name;
-  }
-
   /**
    * Whether `profiles` (one call's, names distinct) fit: none shares a chain or a source/protocol
    * with a profile it does not replace, nor with an earlier one of the call — exactly what
-   * {@link checkConflicts} checks against those others.
+   * {@link checkConflicts} checks against those others. A call of one profile (the common one under
+   * churn) builds no sets: it has no earlier profile to clash with.
    */
-  fits(profiles: Profile[], names: Set<string>): boolean {
-    if (profiles.length === 1) return this.fitsOne(profiles[0]!);
+  fits(profiles: Profile[], names: ReadonlySet<string>): boolean {
     if (!this.exact) return false;
-    const chains = new Set<string>();
-    const sources = new Set<string>();
+    const many = profiles.length > 1;
+    const chains = many ? new Set<string>() : undefined;
+    const sources = many ? new Set<string>() : undefined;
     for (const p of profiles) {
       const chain = chainName(p.name);
       const src = sourceKey(p);
       const c = this.byChain.get(chain);
-      if ((c && c.name !== p.name && !names.has(c.name)) || chains.has(chain)) return false;
+      if ((c && c.name !== p.name && !names.has(c.name)) || chains?.has(chain)) return false;
       const o = this.bySource.get(src);
-      if ((o && o.name !== p.name && !names.has(o.name)) || sources.has(src)) return false;
-      chains.add(chain);
-      sources.add(src);
+      if ((o && o.name !== p.name && !names.has(o.name)) || sources?.has(src)) return false;
+      chains?.add(chain);
+      sources?.add(src);
     }
     return true;
   }
@@ -107,8 +99,11 @@ function sourceKey(p: Profile): string {
   return `${p.source}/${p.protocol}`;
 }
 
-/** The names given to {@link Working.fits} for a call of one profile (which it does not read then). */
-const ONE: Set<string> = new Set();
+/**
+ * The names given to {@link Working.fits} for a call of one profile: its own name need not be in
+ * them, since fits skips a profile's own entries before it looks at the names.
+ */
+const ONE: ReadonlySet<string> = new Set();
 
 /** Applies one call onto `working`, or throws why it cannot be applied (before changing anything). */
 function applyOp(working: Working, op: Op): void {

@@ -408,7 +408,7 @@ export class Core {
     return this.serial(async () => {
       const w = this.window;
       if (!w) return false;
-      if (now - w.since < LOCK_WINDOW_MS && !lockWaiters(this.statePath!)) return true;
+      if (this.windowStays(w, now)) return true;
       await this.closeWindow();
       return false;
     });
@@ -423,9 +423,12 @@ export class Core {
    */
   lockWindowKeptNow(now = Date.now()): true | undefined {
     const w = this.window;
-    if (!w || this.serialPending > 0 || now - w.since >= LOCK_WINDOW_MS || lockWaiters(this.statePath!))
-      return undefined;
-    return true;
+    return w && this.serialPending === 0 && this.windowStays(w, now) ? true : undefined;
+  }
+
+  /** Whether the lock window `w` is kept on: under {@link LOCK_WINDOW_MS} old, and no other process waiting. */
+  private windowStays(w: { since: number }, now: number): boolean {
+    return now - w.since < LOCK_WINDOW_MS && !lockWaiters(this.statePath!);
   }
 
   /** The run of commits ended: gives back what was prefetched, then the kept state-file lock. */

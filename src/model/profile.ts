@@ -337,8 +337,8 @@ export function validateProfile(input: ProfileInput | unknown, opts: { existing?
 /**
  * {@link validateProfile}'s result for an input already in canonical form within
  * {@link plainProfile}'s subset (what a caller that changes one field of a profile it holds passes:
- * `{ ...profile, destination }`), at a tenth of the general path's cost; null for anything else, which
- * the general path then checks and reports. The input's destination list is copied, not kept.
+ * `{ ...profile, destination }`), at about a seventh of the general path's cost; null for anything
+ * else, which the general path then checks and reports. The input's destination list is copied, not kept.
  */
 export function plainInput(p: Record<string, unknown>, existing: boolean): Profile | null {
   const { name, source, destination, protocol, rulesBackend, logEnabled, logLevel, masquerade } = p;
