@@ -9,7 +9,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { PAIRS, VIP, cli, ok, runSteps } from './common.js';
-import { planProfile } from '../../src/engines/legacy/plan.js';
+import { earlierChainRules, planProfile } from '../../src/engines/legacy/plan.js';
 import { renderRule } from '../../src/engines/legacy/restore.js';
 import { validateProfile } from '../../src/model/profile.js';
 import { countsFor } from '../harness/traffic.js';
@@ -17,12 +17,18 @@ import { countsFor } from '../harness/traffic.js';
 const A = validateProfile({ name: 'a', source: `${VIP}:80`, destination: ['127.0.0.1:9001', '127.0.0.1:9002'] });
 const B = validateProfile({ name: 'b', source: `${VIP}:81`, destination: ['127.0.0.1:9003'] });
 
-/** What iptlb before the gate wrote for `profiles`: chains, and every jump in nat OUTPUT itself. */
+/**
+ * What iptlb before the gate wrote for `profiles`: chains (each rule checking the port, `-j RETURN`
+ * last), and every jump in nat OUTPUT itself.
+ */
 function oldLayout(): string {
   const out = ['*nat'];
   const plans = [A, B].map(planProfile);
   for (const p of plans) out.push(`:${p.chain.name} - [0:0]`);
-  for (const p of plans) for (const r of p.chain.rules) out.push(`-A ${p.chain.name} ${renderRule(r)}`);
+  [A, B].forEach((profile, i) => {
+    const c = plans[i].chain;
+    for (const r of earlierChainRules(profile, c.rules)) out.push(`-A ${c.name} ${renderRule(r)}`);
+  });
   for (const p of plans) for (const h of p.hookRules) out.push(`-A ${h.chain} ${renderRule(h.rule)}`);
   out.push('COMMIT', '');
   return out.join('\n');
@@ -81,6 +87,8 @@ for (const pair of PAIRS.filter((p) => p.engine === 'legacy')) {
       const save: string = r[9];
       assert.ok(save.includes(GATE), save);
       assert.doesNotMatch(save, /-A OUTPUT -d /, 'no jump left in OUTPUT itself');
+      assert.doesNotMatch(save, /-A IPTLB_NAT_. .*--dport|-j RETURN/, "the chains were rewritten in today's layout");
+      assert.match(save, /-A IPTLB_NAT_A -d 127\.100\.0\.10\/32 -p tcp -m statistic --mode random --probability 0\.5/);
       assert.match(
         save,
         /-A IPTLB_OUTPUT -d 127\.100\.0\.10\/32 -p tcp -m comment --comment "?iptlb:a"? -m tcp --dport 80 -j IPTLB_NAT_A/,
@@ -115,6 +123,65 @@ for (const pair of PAIRS.filter((p) => p.engine === 'legacy')) {
       const [d1, d2] = countsFor(r[21], [9001, 9002]);
       assert.equal(d1 + d2, 40, JSON.stringify(r[21]));
       assert.equal(JSON.parse(r[22].stdout).inSync, true);
+    });
+
+    test("a chain in the layout before 2026-12-05 (the port in every rule, -j RETURN last) is in sync and balances; the profile's next change rewrites it", async () => {
+      const sh = (cmd: string) => ({ op: 'sh' as const, argv: ['bash', '-c', cmd] });
+      const older = [
+        '*nat',
+        ':IPTLB_NAT_A - [0:0]', // declared again: --noflush flushes this chain only
+        ...earlierChainRules(A, planProfile(A).chain.rules).map((r) => `-A IPTLB_NAT_A ${renderRule(r)}`),
+        'COMMIT',
+        '',
+      ].join('\n');
+      const r = await runSteps([
+        { op: 'backends', tcp: [9001, 9002, 9003] }, // 0
+        cli(pair, '-q', '-run', '-profile=a', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001,127.0.0.1:9002'), // 1
+        { op: 'write', file: '$WORK/older.rules', text: older }, // 2
+        sh('iptables-legacy-restore --noflush < $WORK/older.rules'), // 3
+        { op: 'save' }, // 4
+        cli(pair, 'status', '--json'), // 5
+        { op: 'tcp', vip: VIP, port: 80, count: 40 }, // 6
+        cli(
+          pair,
+          '-q',
+          '-run',
+          '-reset',
+          '-profile=a',
+          `-src-addr=${VIP}:80`,
+          '-dest-addr=127.0.0.1:9001,127.0.0.1:9003',
+        ), // 7
+        { op: 'save' }, // 8
+        cli(pair, 'status', '--json'), // 9
+        { op: 'tcp', vip: VIP, port: 80, count: 40 }, // 10
+      ]);
+      for (const i of [1, 7]) ok(r[i]);
+      assert.equal(r[3].code, 0, r[3].stderr);
+      const chainOf = (save: string): string[] => save.split('\n').filter((l) => l.startsWith('-A IPTLB_NAT_A '));
+      // The older layout really is in the kernel: otherwise "in sync" below proves nothing.
+      assert.deepEqual(
+        chainOf(r[4]).map((l) => l.replace(/ -m statistic .* -j/, ' -m statistic … -j')),
+        [
+          '-A IPTLB_NAT_A -d 127.100.0.10/32 -p tcp -m tcp --dport 80 -m statistic … -j DNAT --to-destination 127.0.0.1:9001',
+          '-A IPTLB_NAT_A -d 127.100.0.10/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 127.0.0.1:9002',
+          '-A IPTLB_NAT_A -j RETURN',
+        ],
+      );
+      assert.equal(JSON.parse(r[5].stdout).inSync, true, r[5].stdout);
+      const [c1, c2] = countsFor(r[6], [9001, 9002]);
+      assert.equal(c1 + c2, 40, JSON.stringify(r[6]));
+      assert.ok(c1 > 0 && c2 > 0, `both destinations take connections: ${c1}/${c2}`);
+      assert.deepEqual(
+        chainOf(r[8]).map((l) => l.replace(/ -m statistic .* -j/, ' -m statistic … -j')),
+        [
+          '-A IPTLB_NAT_A -d 127.100.0.10/32 -p tcp -m statistic … -j DNAT --to-destination 127.0.0.1:9001',
+          '-A IPTLB_NAT_A -d 127.100.0.10/32 -p tcp -j DNAT --to-destination 127.0.0.1:9003',
+        ],
+      );
+      assert.equal(JSON.parse(r[9].stdout).inSync, true, r[9].stdout);
+      const [d1, d3] = countsFor(r[10], [9001, 9003]);
+      assert.equal(d1 + d3, 40, JSON.stringify(r[10]));
+      assert.ok(d1 > 0 && d3 > 0, `both destinations take connections: ${d1}/${d3}`);
     });
   });
 }

@@ -130,13 +130,12 @@ test('legacy planner: per live destination a recent --update rule first, then th
   const n1 = recentName('web', '127.0.0.1:9001');
   const n3 = recentName('web', '127.0.0.1:9003');
   assert.equal(n1, 'IPTLB_WEB_127_0_0_1_9001');
-  const v = '-d 127.100.0.10/32 -p tcp -m tcp --dport 8081';
+  const v = '-d 127.100.0.10/32 -p tcp';
   assert.deepEqual(text, [
     `${v} -m recent --update --seconds 2 --reap --name ${n1} --mask 255.255.255.255 --rsource -j DNAT --to-destination 127.0.0.1:9001`,
     `${v} -m recent --update --seconds 2 --reap --name ${n3} --mask 255.255.255.255 --rsource -j DNAT --to-destination 127.0.0.1:9003`,
     `${v} -m statistic --mode random --probability 0.3333333333 -m recent --set --name ${n1} --mask 255.255.255.255 --rsource -j DNAT --to-destination 127.0.0.1:9001`,
     `${v} -m recent --set --name ${n3} --mask 255.255.255.255 --rsource -j DNAT --to-destination 127.0.0.1:9003`,
-    '-j RETURN',
   ]);
   // drained 9002 has neither an affinity rule nor a balancing rule: its clients are not honoured
   assert.ok(!text.some((t) => t.includes('9002')));
@@ -151,7 +150,7 @@ test('legacy planner: per live destination a recent --update rule first, then th
 test('legacy planner: round-robin with affinity records the choice on each nth rule; the restore text parses back', () => {
   const p = validateProfile({ ...base, destination: D, scheduler: 'round-robin', affinity: 30 });
   const rules = planProfile(p).chain.rules;
-  assert.equal(rules.length, 3 + 3 + 1);
+  assert.equal(rules.length, 3 + 3);
   assert.match(
     renderRule(rules[3]),
     /-m statistic --mode nth --every 3 --packet 0 -m recent --set --name IPTLB_WEB_127_0_0_1_9001 /,
@@ -159,7 +158,7 @@ test('legacy planner: round-robin with affinity records the choice on each nth r
   for (const r of rules) assert.deepEqual(parseRule(splitWords(renderRule(r))), r);
   // iptables-save's own spelling parses to the same rule
   const saved =
-    '-d 127.100.0.10/32 -p tcp -m tcp --dport 8081 -m recent --update --seconds 30 --reap --name IPTLB_WEB_127_0_0_1_9001 --mask 255.255.255.255 --rsource -j DNAT --to-destination 127.0.0.1:9001';
+    '-d 127.100.0.10/32 -p tcp -m recent --update --seconds 30 --reap --name IPTLB_WEB_127_0_0_1_9001 --mask 255.255.255.255 --rsource -j DNAT --to-destination 127.0.0.1:9001';
   assert.deepEqual(parseRule(splitWords(saved)), rules[0]);
   // shapes iptlb never writes are not taken for its own
   for (const other of [

@@ -36,7 +36,7 @@ test('probabilities: 1/(n-i) with 10 decimals, distinct even for hundreds of des
   assert.equal(new Set(ps.map(canonicalProbability)).size, n - 1);
 });
 
-test('client profile: chain with DNAT cascade and RETURN; jump in IPTLB_OUTPUT, comment-owned, behind a new gate in OUTPUT', () => {
+test('client profile: chain with the DNAT cascade (its end returns); jump in IPTLB_OUTPUT, comment-owned, behind a new gate in OUTPUT', () => {
   const text = renderRestore(planTransaction([web], []), empty);
   assert.equal(
     text,
@@ -44,10 +44,9 @@ test('client profile: chain with DNAT cascade and RETURN; jump in IPTLB_OUTPUT, 
       '*nat',
       ':IPTLB_OUTPUT - [0:0]',
       ':IPTLB_NAT_WEB - [0:0]',
-      '-A IPTLB_NAT_WEB -d 127.100.0.10/32 -p tcp -m tcp --dport 8081 -m statistic --mode random --probability 0.3333333333 -j DNAT --to-destination 127.0.0.1:9001',
-      '-A IPTLB_NAT_WEB -d 127.100.0.10/32 -p tcp -m tcp --dport 8081 -m statistic --mode random --probability 0.5000000000 -j DNAT --to-destination 127.0.0.1:9002',
-      '-A IPTLB_NAT_WEB -d 127.100.0.10/32 -p tcp -m tcp --dport 8081 -j DNAT --to-destination 127.0.0.1:9003',
-      '-A IPTLB_NAT_WEB -j RETURN',
+      '-A IPTLB_NAT_WEB -d 127.100.0.10/32 -p tcp -m statistic --mode random --probability 0.3333333333 -j DNAT --to-destination 127.0.0.1:9001',
+      '-A IPTLB_NAT_WEB -d 127.100.0.10/32 -p tcp -m statistic --mode random --probability 0.5000000000 -j DNAT --to-destination 127.0.0.1:9002',
+      '-A IPTLB_NAT_WEB -d 127.100.0.10/32 -p tcp -j DNAT --to-destination 127.0.0.1:9003',
       '-I IPTLB_OUTPUT 1 -d 127.100.0.10/32 -p tcp -m comment --comment "iptlb:web" -m tcp --dport 8081 -j IPTLB_NAT_WEB',
       '-I OUTPUT 1 -m set --match-set iptlb-vip-inet dst,dst -j IPTLB_OUTPUT',
       'COMMIT',
@@ -92,10 +91,14 @@ test('modes: proxy → PREROUTING; server → PREROUTING with addrtype LOCAL (ne
 test('udp and sctp profiles match their own protocol everywhere (the original made udp jump into tcp rules)', () => {
   for (const proto of ['udp', 'sctp'] as const) {
     const plan = planProfile(validateProfile({ ...web, protocol: proto }));
-    for (const r of [...plan.chain.rules, ...plan.hookRules.map((h) => h.rule)]) {
-      if (r.target.name === 'RETURN') continue;
+    // the chain's rules check the protocol (its port was checked by the jump, the only way in)
+    for (const r of plan.chain.rules) {
       assert.equal(r.proto, proto);
-      assert.ok(r.matches.some((m) => m.name === proto));
+      assert.ok(!r.matches.some((m) => m.name === 'tcp'));
+    }
+    for (const { rule: r } of plan.hookRules) {
+      assert.equal(r.proto, proto);
+      assert.ok(r.matches.some((m) => m.name === proto && m.dport === 8081));
       assert.ok(!r.matches.some((m) => m.name === 'tcp'));
     }
   }
@@ -123,7 +126,7 @@ test('reset: old hook rules deleted by their exact text, chain re-declared (flus
     '-D OUTPUT -d 127.100.0.10/32 -p tcp -m comment --comment "iptlb:web" -m tcp --dport 8081 -j IPTLB_NAT_WEB',
   );
   assert.equal(
-    lines[5],
+    lines[4],
     '-I IPTLB_OUTPUT 1 -d 127.100.0.10/32 -p tcp -m comment --comment "iptlb:web" -m tcp --dport 8081 -j IPTLB_NAT_WEB',
   );
   assert.ok(!text.includes('RAW'), "another profile's rule is not touched");
@@ -281,6 +284,51 @@ test('gate: a profile whose rules sit behind a missing gate is modified, and syn
   assert.match(fix, /\n-I OUTPUT 1 -m set --match-set iptlb-vip-inet dst,dst -j IPTLB_OUTPUT\n/);
   assert.ok(!fix.includes(':IPTLB_OUTPUT'), 'the existing dispatch chain is not re-declared (that would flush it)');
   assert.equal(compare(new Map([['a', a]]), parseSave(installed))[0].status, 'in-sync');
+});
+
+test("a chain in an older iptlb's layout (the port checked in every rule, -j RETURN last) is in sync; anything else in it is not", async () => {
+  const { compare, syncTransaction } = await import('../../src/engines/legacy/drift.js');
+  for (const p of [
+    validateProfile({ name: 'a', source: '127.100.0.10:8081', destination: ['127.0.0.1:9001', '127.0.0.1:9002'] }),
+    validateProfile({
+      name: 'a',
+      source: '127.100.0.10:8081',
+      destination: ['127.0.0.1:9001', '127.0.0.1:9002*2'],
+      protocol: 'udp',
+      affinity: 30,
+      logEnabled: true,
+      scheduler: 'round-robin',
+    }),
+  ]) {
+    const installed = renderRestore(planTransaction([p], []), empty).replace(/-I (\S+) \d+/g, '-A $1');
+    const proto = p.protocol;
+    // what iptlb wrote before 2026-12-05, as iptables-save prints it
+    const older = installed
+      .replace(/^(-A IPTLB_NAT_A -d 127\.100\.0\.10\/32 -p \w+)/gm, `$1 -m ${proto} --dport 8081`)
+      .replace(/^(-A IPTLB_OUTPUT .*\n)/m, '-A IPTLB_NAT_A -j RETURN\n$1');
+    assert.notEqual(older, installed);
+    const chainRules = installed.match(/^-A IPTLB_NAT_A -d /gm)!.length;
+    assert.ok(chainRules >= 2);
+    assert.equal(older.match(/--dport 8081/g)!.length, installed.match(/--dport 8081/g)!.length + chainRules);
+    const state = new Map([['a', p]]);
+    assert.equal(compare(state, parseSave(older))[0].status, 'in-sync');
+    assert.equal(compare(state, parseSave(installed))[0].status, 'in-sync');
+    // the older layout with another port, or without its RETURN, or with a RETURN in the new one: modified
+    for (const changed of [
+      older.replace(/(-A IPTLB_NAT_A .*)--dport 8081/, '$1--dport 8082'),
+      older.replace(/^-A IPTLB_NAT_A -j RETURN\n/m, ''),
+      installed.replace(/^(-A IPTLB_OUTPUT .*\n)/m, '-A IPTLB_NAT_A -j RETURN\n$1'),
+    ]) {
+      assert.notEqual(changed, older);
+      const [r] = compare(state, parseSave(changed));
+      assert.equal(r.status, 'modified', changed);
+      assert.match(r.detail ?? '', /chain IPTLB_NAT_A has \d+ rules that differ/);
+      // sync re-declares (flushes) the chain and writes it in today's layout
+      const fix = renderRestore(syncTransaction(state, parseSave(changed)), parseSave(changed));
+      assert.match(fix, /^:IPTLB_NAT_A - \[0:0\]$/m);
+      assert.ok(!fix.includes('-j RETURN'));
+    }
+  }
 });
 
 test("the planner's path for plain profiles plans exactly what its general path plans", () => {

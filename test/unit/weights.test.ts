@@ -197,10 +197,9 @@ test('legacy planner: weighted cascade, drained destinations get no rule; equal 
   });
   const rules = planProfile(p).chain.rules.map(renderRule);
   assert.deepEqual(rules, [
-    '-d 127.100.0.10/32 -p tcp -m tcp --dport 8081 -m statistic --mode random --probability 0.1666666667 -j DNAT --to-destination 127.0.0.1:9001',
-    '-d 127.100.0.10/32 -p tcp -m tcp --dport 8081 -m statistic --mode random --probability 0.4000000000 -j DNAT --to-destination 127.0.0.1:9002',
-    '-d 127.100.0.10/32 -p tcp -m tcp --dport 8081 -j DNAT --to-destination 127.0.0.1:9003',
-    '-j RETURN',
+    '-d 127.100.0.10/32 -p tcp -m statistic --mode random --probability 0.1666666667 -j DNAT --to-destination 127.0.0.1:9001',
+    '-d 127.100.0.10/32 -p tcp -m statistic --mode random --probability 0.4000000000 -j DNAT --to-destination 127.0.0.1:9002',
+    '-d 127.100.0.10/32 -p tcp -j DNAT --to-destination 127.0.0.1:9003',
   ]);
   const plain = validateProfile({ ...base, destination: D });
   assert.deepEqual(
@@ -219,10 +218,9 @@ test('legacy planner: round-robin is an nth cascade over the slots, in list orde
   });
   const rules = planProfile(p).chain.rules;
   assert.deepEqual(rules.map(renderRule), [
-    '-d 127.100.0.10/32 -p tcp -m tcp --dport 8081 -m statistic --mode nth --every 3 --packet 0 -j DNAT --to-destination 127.0.0.1:9001',
-    '-d 127.100.0.10/32 -p tcp -m tcp --dport 8081 -m statistic --mode nth --every 2 --packet 0 -j DNAT --to-destination 127.0.0.1:9002',
-    '-d 127.100.0.10/32 -p tcp -m tcp --dport 8081 -j DNAT --to-destination 127.0.0.1:9002',
-    '-j RETURN',
+    '-d 127.100.0.10/32 -p tcp -m statistic --mode nth --every 3 --packet 0 -j DNAT --to-destination 127.0.0.1:9001',
+    '-d 127.100.0.10/32 -p tcp -m statistic --mode nth --every 2 --packet 0 -j DNAT --to-destination 127.0.0.1:9002',
+    '-d 127.100.0.10/32 -p tcp -j DNAT --to-destination 127.0.0.1:9002',
   ]);
   for (const r of rules) assert.deepEqual(parseRule(renderRule(r).split(' ')), r);
   // iptables-save leaves out --packet 0

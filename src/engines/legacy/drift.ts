@@ -3,7 +3,7 @@
  */
 import { isGatedHook, type GatedHook } from './gate.js';
 import { chainName, profilesOf, weightOf } from '../../model/profile.js';
-import { planProfile, planTransaction, CHAIN_PREFIX } from './plan.js';
+import { earlierChainRules, planProfile, planTransaction, CHAIN_PREFIX } from './plan.js';
 import { canonicalProbability, renderRule } from './restore.js';
 import type { Family, KernelView, Profile, Rule, Transaction } from '../../model/types.js';
 import type { DestinationCounters, ProfileReport } from '../../model/report.js';
@@ -17,6 +17,10 @@ export function canonicalRule(r: Rule): string {
     ),
   };
   return renderRule(c);
+}
+
+function sameRules(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((r, i) => r === b[i]);
 }
 
 /** The hook whose gate (src/engines/legacy/gate.ts) is missing although the profile's rules sit behind it, or null. */
@@ -76,7 +80,7 @@ export function compare(allState: Map<string, Profile>, view: KernelView, family
     const haveHooks = hooks.map((h) => `${h.chain} ${canonicalRule(h.rule)}`).sort();
     let detail: string | undefined;
     if (!chain) detail = `chain ${plan.chain.name} is missing`;
-    else if (want.join('\n') !== have.join('\n'))
+    else if (!sameRules(have, want) && !sameRules(have, earlierChainRules(p, plan.chain.rules).map(canonicalRule)))
       detail = `chain ${plan.chain.name} has ${have.length} rules that differ from the ${want.length} planned`;
     else if (wantHooks.join('\n') !== haveHooks.join('\n'))
       detail = `its rules in the built-in chains differ (${haveHooks.length} found, ${wantHooks.length} planned)`;

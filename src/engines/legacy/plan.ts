@@ -63,19 +63,13 @@ export function planPlain(p: Profile, port: number, dst: string): ProfilePlan {
   const chain = chainName(p.name);
   const d = p.destination;
   const n = d.length;
-  const rules: Rule[] = new Array<Rule>(n + 1);
+  const rules: Rule[] = new Array<Rule>(n);
   for (let i = 0; i < n; i++) {
     const k = n - i;
     const matches: Match[] =
-      k > 1
-        ? [
-            { name: proto, dport: port },
-            { name: 'statistic', mode: 'random', probability: (CASCADE[k] ??= weightedProbability(1, k)) },
-          ]
-        : [{ name: proto, dport: port }];
+      k > 1 ? [{ name: 'statistic', mode: 'random', probability: (CASCADE[k] ??= weightedProbability(1, k)) }] : [];
     rules[i] = { dst, proto, matches, target: { name: 'DNAT', toDestination: d[i]! } };
   }
-  rules[n] = { matches: [], target: { name: 'RETURN' } };
   const jump: HookRulePlan = {
     chain: hookChainOf(p),
     owner: p.name,
@@ -124,7 +118,6 @@ export function planGeneral(p: Profile): ProfilePlan {
   if (affinity > 0) {
     for (const s of slots) {
       const matches: Match[] = [
-        { ...portMatch },
         { name: 'recent', mode: 'update', recentName: recentName(p.name, s.destination), seconds: affinity },
       ];
       rules.push({ dst, proto, matches, target: { name: 'DNAT', toDestination: s.destination } });
@@ -137,7 +130,7 @@ export function planGeneral(p: Profile): ProfilePlan {
     const list = slots.flatMap((s) => Array<string>(s.slots).fill(s.destination));
     const n = list.length;
     list.forEach((d, i) => {
-      const matches: Match[] = [{ ...portMatch }];
+      const matches: Match[] = [];
       if (i < n - 1) matches.push({ name: 'statistic', mode: 'nth', every: n - i, packet: 0 });
       matches.push(...remember(d));
       rules.push({ dst, proto, matches, target: { name: 'DNAT', toDestination: d } });
@@ -147,7 +140,7 @@ export function planGeneral(p: Profile): ProfilePlan {
     // All weights 1: 1/(n-i), the original's split. Drained destinations have no rule.
     let rest = slots.reduce((a, s) => a + s.slots, 0);
     slots.forEach((s, i) => {
-      const matches: Match[] = [{ ...portMatch }];
+      const matches: Match[] = [];
       if (i < slots.length - 1)
         matches.push({ name: 'statistic', mode: 'random', probability: weightedProbability(s.slots, rest) });
       rest -= s.slots;
@@ -155,7 +148,6 @@ export function planGeneral(p: Profile): ProfilePlan {
       rules.push({ dst, proto, matches, target: { name: 'DNAT', toDestination: s.destination } });
     });
   }
-  rules.push({ matches: [], target: { name: 'RETURN' } });
 
   const hook = hookChainOf(p);
   const owner = p.name;
@@ -189,6 +181,23 @@ export function planGeneral(p: Profile): ProfilePlan {
     });
   }
   return { chain: { name: chain, rules }, hookRules };
+}
+
+/**
+ * A profile's chain rules as iptlb wrote them before 2026-12-05 (the original's layout): each rule
+ * with the virtual address also checked the port first, as the jump does, and the chain ended with
+ * `-j RETURN`. Both are redundant (the jump is the only way into the chain, and a chain's end returns),
+ * and each cost the kernel a match or an entry more at every commit of the nat table. A chain written
+ * so works the same, so drift takes it as in sync.
+ */
+export function earlierChainRules(p: Profile, rules: readonly Rule[]): Rule[] {
+  const vip = parseEndpoint(p.source);
+  if (typeof vip === 'string') throw new Error(`earlierChainRules: unvalidated source ${p.source}`);
+  const port: Match = { name: p.protocol, dport: vip.port };
+  return [
+    ...rules.map((r) => (r.dst === undefined ? r : { ...r, matches: [{ ...port }, ...r.matches] })),
+    { matches: [], target: { name: 'RETURN' } },
+  ];
 }
 
 /**
