@@ -215,7 +215,7 @@ test('the spliced text is byte for byte what the writer writes after the change;
     { numRuns: 1500 },
   );
   // Every branch ran. A name conflict is the rarest: 43-93 of 1,500 runs over 22 runs of this test
-  // (mean 67, spread 12), so a bound of 50 failed about one run in eight; 20 is three to four spreads below.
+  // (mean 67, spread 12), so a bound of 50 failed about one run in eleven (3 of 33 here); 20 is four spreads below.
   for (const [k, n] of Object.entries(seen)) assert.ok(n > 20, `${k}: ${n}`);
 });
 
