@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import {
+  earlierChainRules,
   planGeneral,
   planPlain,
   planProfile,
@@ -18,7 +19,7 @@ import {
   canonicalProbability,
 } from '../../src/engines/legacy/restore.js';
 import { validateProfile } from '../../src/model/profile.js';
-import type { KernelView } from '../../src/model/types.js';
+import type { KernelView, Profile } from '../../src/model/types.js';
 
 const web = validateProfile({
   name: 'web',
@@ -331,12 +332,14 @@ test("a chain in an older iptlb's layout (the port checked in every rule, -j RET
   }
 });
 
-test("the planner's path for plain profiles plans exactly what its general path plans", () => {
+/**
+ * Profiles of every kind the legacy planner knows (IPv4 on 127/8): protocols, modes, logging,
+ * masquerade, weights, round-robin, affinity.
+ */
+const anyProfile = ((): fc.Arbitrary<{ p: Profile; input: Record<string, unknown> }> => {
   const ep = (a: number, b: number, port: number): string => `127.${a}.${b}.1:${port}`;
-  let plain = 0;
-  let general = 0;
-  fc.assert(
-    fc.property(
+  return fc
+    .tuple(
       fc.stringMatching(/^[a-z][a-z0-9-]{0,24}$/),
       fc.uniqueArray(fc.tuple(fc.nat(255), fc.nat(255), fc.integer({ min: 1, max: 65535 })), {
         minLength: 2,
@@ -356,28 +359,77 @@ test("the planner's path for plain profiles plans exactly what its general path 
         },
         { requiredKeys: [] },
       ),
-      (name, eps, extra) => {
-        const [src, ...dests] = eps.map(([a, b, port]) => ep(a, b, port));
-        const input: Record<string, unknown> = { name, source: src, destination: dests };
-        for (const k of ['protocol', 'rulesBackend', 'logEnabled', 'logLevel', 'scheduler', 'affinity'] as const)
-          if (extra[k] !== undefined) input[k] = extra[k];
-        if (extra.masquerade && extra.rulesBackend === 'proxy') input.masquerade = true;
-        if (extra.weighted) input.weights = { [dests[0]!]: 3 };
-        const p = validateProfile(input);
-        const want = JSON.stringify(planGeneral(p));
-        assert.equal(JSON.stringify(planProfile(p)), want, JSON.stringify(input));
-        const isPlain =
-          !p.logEnabled && !p.weights && !p.scheduler && !p.affinity && !p.masquerade && p.rulesBackend !== 'server';
-        if (isPlain) {
-          // The plain path itself, not only planProfile (which takes it for these).
-          const vip = parseEndpoint(p.source);
-          assert.ok(typeof vip !== 'string');
-          assert.equal(JSON.stringify(planPlain(p, vip.port, hostCidr(vip))), want, JSON.stringify(input));
-          plain++;
-        } else general++;
-      },
-    ),
+    )
+    .map(([name, eps, extra]) => {
+      const [src, ...dests] = eps.map(([a, b, port]) => ep(a, b, port));
+      const input: Record<string, unknown> = { name, source: src, destination: dests };
+      for (const k of ['protocol', 'rulesBackend', 'logEnabled', 'logLevel', 'scheduler', 'affinity'] as const)
+        if (extra[k] !== undefined) input[k] = extra[k];
+      if (extra.masquerade && extra.rulesBackend === 'proxy') input.masquerade = true;
+      if (extra.weighted) input.weights = { [dests[0]!]: 3 };
+      return { p: validateProfile(input), input };
+    });
+})();
+
+test("the planner's path for plain profiles plans exactly what its general path plans", () => {
+  let plain = 0;
+  let general = 0;
+  fc.assert(
+    fc.property(anyProfile, ({ p, input }) => {
+      const want = JSON.stringify(planGeneral(p));
+      assert.equal(JSON.stringify(planProfile(p)), want, JSON.stringify(input));
+      const isPlain =
+        !p.logEnabled && !p.weights && !p.scheduler && !p.affinity && !p.masquerade && p.rulesBackend !== 'server';
+      if (isPlain) {
+        // The plain path itself, not only planProfile (which takes it for these).
+        const vip = parseEndpoint(p.source);
+        assert.ok(typeof vip !== 'string');
+        assert.equal(JSON.stringify(planPlain(p, vip.port, hostCidr(vip))), want, JSON.stringify(input));
+        plain++;
+      } else general++;
+    }),
     { numRuns: 1500 },
   );
   assert.ok(plain > 20 && general > 20, `both kinds of profile: ${plain} plain, ${general} others`);
+});
+
+test("every kind of profile: its chain in an older iptlb's layout reads back in sync, and with the port or the RETURN changed it does not", async () => {
+  const { compare } = await import('../../src/engines/legacy/drift.js');
+  let withLog = 0;
+  fc.assert(
+    fc.property(anyProfile, ({ p, input }) => {
+      const plan = planProfile(p);
+      const c = plan.chain.name;
+      // As iptables-save prints a table that an older iptlb wrote: its chain, then today's hook rules and gate.
+      const save = (rules: string[]): KernelView =>
+        parseSave(
+          renderRestore(planTransaction([p], []), empty)
+            .replace(/-I (\S+) \d+/g, '-A $1')
+            .split('\n')
+            .filter((l) => !l.startsWith(`-A ${c} `))
+            .map((l) => (l === 'COMMIT' ? [...rules.map((r) => `-A ${c} ${r}`), l].join('\n') : l))
+            .join('\n'),
+        );
+      const older = earlierChainRules(p, plan.chain.rules).map(renderRule);
+      const state = new Map([[p.name, p]]);
+      const status = (rules: string[]): string => compare(state, save(rules))[0].status;
+      assert.equal(status(plan.chain.rules.map(renderRule)), 'in-sync', JSON.stringify(input));
+      assert.equal(status(older), 'in-sync', JSON.stringify(input));
+      const vip = parseEndpoint(p.source);
+      assert.ok(typeof vip !== 'string');
+      const port = String(vip.port);
+      const other = String((Number(port) % 65535) + 1);
+      const i = older.findIndex((r) => r.includes(`--dport ${port} `));
+      assert.ok(i >= 0);
+      for (const changed of [
+        older.slice(0, -1), // no RETURN
+        older.map((r, k) => (k === i ? r.replace(`--dport ${port} `, `--dport ${other} `) : r)), // another port
+        [...plan.chain.rules.map(renderRule), '-j RETURN'], // today's layout with a RETURN
+      ])
+        assert.equal(status(changed), 'modified', `${JSON.stringify(input)}\n${changed.join('\n')}`);
+      if (p.logEnabled) withLog++;
+    }),
+    { numRuns: 400 },
+  );
+  assert.ok(withLog > 20, `profiles with a LOG rule in their chain: ${withLog}`);
 });
