@@ -18,17 +18,17 @@ const A = validateProfile({ name: 'a', source: `${VIP}:80`, destination: ['127.0
 const B = validateProfile({ name: 'b', source: `${VIP}:81`, destination: ['127.0.0.1:9003'] });
 
 /**
- * What iptlb before the gate wrote for `profiles`: chains (each rule checking the port, `-j RETURN`
+ * What iptlb before the gate wrote for A and B: their chains (each rule checking the port, `-j RETURN`
  * last), and every jump in nat OUTPUT itself.
  */
 function oldLayout(): string {
-  const out = ['*nat'];
-  const plans = [A, B].map(planProfile);
-  for (const p of plans) out.push(`:${p.chain.name} - [0:0]`);
-  [A, B].forEach((profile, i) => {
-    const c = plans[i].chain;
-    for (const r of earlierChainRules(profile, c.rules)) out.push(`-A ${c.name} ${renderRule(r)}`);
+  const plans = [A, B].map((p) => {
+    const plan = planProfile(p);
+    return { ...plan, older: earlierChainRules(p, plan.chain.rules) };
   });
+  const out = ['*nat'];
+  for (const p of plans) out.push(`:${p.chain.name} - [0:0]`);
+  for (const p of plans) for (const r of p.older) out.push(`-A ${p.chain.name} ${renderRule(r)}`);
   for (const p of plans) for (const h of p.hookRules) out.push(`-A ${h.chain} ${renderRule(h.rule)}`);
   out.push('COMMIT', '');
   return out.join('\n');
