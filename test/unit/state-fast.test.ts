@@ -209,7 +209,9 @@ test("validateProfile's fast path for plain inputs gives what its general path g
     ),
     { numRuns: 4000 },
   );
-  assert.ok(fast > 100, `only ${fast} inputs were valid plain profiles: the fast path was hardly exercised`);
+  // 91-145 of 4,000 runs over 30 runs of this test (mean 120, spread 12): a bound of 100 failed about one
+  // run in twenty (CI failed on exactly 100); 40 is six spreads below.
+  assert.ok(fast > 40, `only ${fast} inputs were valid plain profiles: the fast path was hardly exercised`);
 });
 
 test('the patterns the fast reader matches accept exactly what the checks accept', () => {
