@@ -69,6 +69,10 @@ const r = spawnSync(
   [
     '--expose-gc',
     '--test',
+    // A file whose tests have all ended exits even when a failed test left a timer or a socket behind
+    // (its `after` hooks and the harness's exit handlers still run). Without it, that file's process,
+    // and with it the whole run, waited forever: CI would end only at its time limit.
+    '--test-force-exit',
     `--test-concurrency=${concurrency}`,
     `--test-reporter=${reporter}`,
     '--test-reporter-destination=stdout',
