@@ -367,7 +367,10 @@ function parseLines(text: string): Record<string, Record<string, unknown>> | nul
     }
   }
   for (const name in out) {
-    // `destination:` or `weights:` with nothing under it is null in YAML, not an empty list or map.
+    // A name with nothing under it (`web:` then another name, or the end) is null in YAML, not an
+    // empty mapping; so is `destination:` or `weights:` with nothing under it, not an empty list or map.
+    // The general path says so.
+    if (Object.keys(out[name]).length === 0) return null;
     const { weights: w, destination: d } = out[name];
     if (w && Object.keys(w).length === 0) return null;
     if (Array.isArray(d) && d.length === 0) return null;

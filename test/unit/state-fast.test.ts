@@ -379,6 +379,15 @@ test('hand-edited files: the fast reader hands them to the general path, which r
   );
 });
 
+test('a name with nothing under it is null, as in YAML, not an empty profile (found by the property above)', async () => {
+  const good = serializeState([validateProfile({ name: 'a', source: '1.0.0.0:1', destination: ['1.0.0.0:2'] })]);
+  for (const text of ['web:\n', `A:\n${good}`, `${good}B:\n`, `web:\n${good.replace(/^a:/, 'b:')}`]) {
+    const want = await outcome(() => parseStateReference(text));
+    assert.match(JSON.stringify(want), /must be a mapping, got null/, text);
+    assert.deepEqual(await outcome(() => parseState(text)), want, text);
+  }
+});
+
 test('the fast reader keeps each profile as written: a change writes the other profiles back byte for byte', async () => {
   const profiles = Array.from({ length: 50 }, (_, i) =>
     validateProfile({ name: `p${i}`, source: `127.100.0.${i + 1}:8081`, destination: [`127.0.0.1:${9001 + i}`] }),
