@@ -57,8 +57,13 @@ const chunks = new WeakMap<Profile, string>();
  * Serialises profiles exactly as the original (Go yaml.v2) writes them. Profiles are treated as immutable: each one's
  * text is cached.
  */
+/** The writer's order of profiles: by name, as JavaScript compares strings. */
+function byName(a: Profile, b: Profile): number {
+  return a.name < b.name ? -1 : a.name > b.name ? 1 : 0;
+}
+
 export function serializeState(profiles: Iterable<Profile>): string {
-  const list = [...profiles].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const list = [...profiles].sort(byName);
   if (list.length === 0) return '{}\n';
   let text = '';
   for (const p of list) {
@@ -500,8 +505,17 @@ function checkedSet(profiles: Map<string, Profile>, file: string): Map<string, P
   try {
     checkSet(profiles.values());
   } catch (e) {
-    if (e instanceof IptlbError) throw stateError(file, e.message, e.field);
-    throw e;
+    if (!(e instanceof IptlbError)) throw e;
+    // Which of two profiles a conflict names depends on the order they are met in, and readings
+    // differ there: the yaml package puts names such as "123" first, the fast reader keeps the
+    // file's order. So the error is the one met in the writer's order, whatever this reading's was.
+    let err: IptlbError = e;
+    try {
+      checkSet([...profiles.values()].sort(byName));
+    } catch (sorted) {
+      if (sorted instanceof IptlbError) err = sorted;
+    }
+    throw stateError(file, err.message, err.field);
   }
   return profiles;
 }

@@ -388,6 +388,18 @@ test('a name with nothing under it is null, as in YAML, not an empty profile (fo
   }
 });
 
+test('a conflict names the same profile whatever order a reading meets them in (found by the property above)', async () => {
+  // The yaml package reads "123" before "0a" (an integer-like key comes first in an object); the fast
+  // reader reads the file in its order. Both name the conflict as met in the writer's order.
+  const p = (name: string, dest: string) =>
+    validateProfile({ name, source: '1.0.0.0:7', destination: [dest] }, { existing: true });
+  const text = serializeState([p('0a', '1.0.0.0:1'), p('123', '1.0.0.0:2')]);
+  assert.ok(parseExactProfiles(text), 'the fast reader takes the file');
+  const want = await outcome(() => parseStateReference(text));
+  assert.match(JSON.stringify(want), /already belongs to profile \\"0a\\"/);
+  assert.deepEqual(await outcome(() => parseState(text)), want);
+});
+
 test('the fast reader keeps each profile as written: a change writes the other profiles back byte for byte', async () => {
   const profiles = Array.from({ length: 50 }, (_, i) =>
     validateProfile({ name: `p${i}`, source: `127.100.0.${i + 1}:8081`, destination: [`127.0.0.1:${9001 + i}`] }),
