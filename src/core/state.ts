@@ -53,15 +53,15 @@ function scalar(s: string): string {
 
 const chunks = new WeakMap<Profile, string>();
 
-/**
- * Serialises profiles exactly as the original (Go yaml.v2) writes them. Profiles are treated as immutable: each one's
- * text is cached.
- */
 /** The writer's order of profiles: by name, as JavaScript compares strings. */
 function byName(a: Profile, b: Profile): number {
   return a.name < b.name ? -1 : a.name > b.name ? 1 : 0;
 }
 
+/**
+ * Serialises profiles exactly as the original (Go yaml.v2) writes them. Profiles are treated as immutable: each one's
+ * text is cached.
+ */
 export function serializeState(profiles: Iterable<Profile>): string {
   const list = [...profiles].sort(byName);
   if (list.length === 0) return '{}\n';
