@@ -79,13 +79,14 @@ export function compare(allState: Map<string, Profile>, view: KernelView, family
     const wantHooks = plan.hookRules.map((h) => `${h.chain} ${canonicalRule(h.rule)}`).sort();
     const haveHooks = hooks.map((h) => `${h.chain} ${canonicalRule(h.rule)}`).sort();
     let detail: string | undefined;
+    let gateless: string | null = null;
     if (!chain) detail = `chain ${plan.chain.name} is missing`;
     else if (!sameRules(have, want) && !sameRules(have, earlierChainRules(p, plan.chain.rules).map(canonicalRule)))
       detail = `chain ${plan.chain.name} has ${have.length} rules that differ from the ${want.length} planned`;
-    else if (wantHooks.join('\n') !== haveHooks.join('\n'))
+    else if (!sameRules(haveHooks, wantHooks))
       detail = `its rules in the built-in chains differ (${haveHooks.length} found, ${wantHooks.length} planned)`;
-    else if (missingGate(hooks, view))
-      detail = `the gate in nat ${missingGate(hooks, view)} that leads to its rules is missing: \`iptlb sync\` restores it`;
+    else if ((gateless = missingGate(hooks, view)))
+      detail = `the gate in nat ${gateless} that leads to its rules is missing: \`iptlb sync\` restores it`;
     else if (hooks.some((h) => h.direct))
       detail =
         'its jump sits in nat OUTPUT/PREROUTING itself (the layout before the gate): `iptlb sync` or its next change moves it behind the gate';
