@@ -1,7 +1,9 @@
 /**
  * `npm run bench [-- apply|churn|cli|nft|health|metrics] [--json] [--sizes 0,1000,10000] [--runs N]`
  * (`--load busy`: one busy loop beside the whole run;
- * statefile: also `--cli-only`, `--cli-engines nft,legacy`, `--baseline-cli <bin/iptlb.cjs of another build>`)
+ * statefile: also `--cli-only`, `--cli-engines nft,legacy`, `--baseline-cli <bin/iptlb.cjs of another build>`;
+ * churn: also `--mode <rows>`, `--churn-runs N` (5), `--churn-warmup N` (1), `--background idle|busy|both`,
+ * `--bystander`)
  * Every scenario runs inside a throwaway network namespace (the program re-executes itself under
  * `unshare -n`). Figures are medians measured side by side in one run; read the ratios.
  */
@@ -44,6 +46,7 @@ const VALUE_FLAGS = [
   '--background',
   '--baseline-cli',
   '--churn-runs',
+  '--churn-warmup',
   '--cli-engines',
   '--conns',
   '--mode',
@@ -269,6 +272,45 @@ class NoKernel implements LegacyExecutor {
   }
 }
 
+/**
+ * `--bystander` (churn): an empty event loop in a process of its own (a 1 ms timer, nice 0, nothing
+ * else) for the whole of each row. Its delays inside a run's window are what the machine's scheduler
+ * alone did to an event loop at that moment, with the run's threads and the background on the two
+ * cores: beside each run's p99, the floor it was measured on.
+ */
+function startBystander(): { stop(): Promise<number[]> } {
+  const code =
+    "const { performance } = require('node:perf_hooks'); const out = []; let last = performance.now();" +
+    'setInterval(() => { const n = performance.now(); out.push(performance.timeOrigin + n, n - last - 1); last = n; }, 1);' +
+    "process.on('SIGTERM', () => process.stdout.write(JSON.stringify(out), () => process.exit(0)));" +
+    "process.stdout.write('ready\\n');";
+  const child = spawn(process.execPath, ['-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let text = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => (text += d));
+  const ready = new Promise<void>((resolve) => {
+    const check = (): void => (text.includes('ready\n') ? resolve() : void setTimeout(check, 5));
+    check();
+  });
+  return {
+    stop: async () => {
+      await ready;
+      const done = new Promise<void>((resolve) => child.on('close', () => resolve()));
+      child.kill('SIGTERM');
+      await done;
+      return JSON.parse(text.slice(text.indexOf('ready\n') + 6)) as number[];
+    },
+  };
+}
+
+/** The bystander's p99 and largest delay (ms) among its samples between `from` and `to` (ms since the epoch). */
+function bystanderIn(samples: number[], [from, to]: [number, number]): { p99: number; max: number } {
+  const d: number[] = [];
+  for (let i = 0; i < samples.length; i += 2) if (samples[i] >= from && samples[i] <= to) d.push(samples[i + 1]);
+  d.sort((a, b) => a - b);
+  const at = (q: number): number => (d.length ? d[Math.max(0, Math.ceil(q * d.length) - 1)] : NaN);
+  return { p99: Number(at(0.99).toFixed(2)), max: Number(at(1).toFixed(2)) };
+}
+
 async function benchChurn(): Promise<void> {
   const addon = loadAddon();
   const ex = addon.ok ? 'native' : 'spawn';
@@ -278,6 +320,12 @@ async function benchChurn(): Promise<void> {
   // Each mode `--churn-runs` times (default 5), with no background load and beside a busy loop on
   // one core that the bench starts itself (`--background idle|busy|both`, default both).
   const CHURN_RUNS = Number(flag('--churn-runs') ?? 5);
+  // Before a row's measured runs, `--churn-warmup` runs (default 1) of the same mode that are shown but
+  // not counted. A process's first 20,000 updates pay V8's warm-up: its hot functions still run in the
+  // interpreter for the first ~100 ms, and the young generation grows from 1 to 16 MB (27 scavenges in
+  // that run against 8 in a warm one). That run's p99 was 4.9-6.5 ms where the warm runs' was 2.0-4.8
+  // (docs/performance.md, "Churn: the first run of a process"); whichever row came first paid it.
+  const CHURN_WARMUP = Number(flag('--churn-warmup') ?? 1);
   const backgrounds = (flag('--background') ?? 'both') === 'both' ? ['idle', 'busy'] : [flag('--background')!];
   const out: Record<string, unknown> = {};
   const modes = [
@@ -319,7 +367,8 @@ async function benchChurn(): Promise<void> {
     let kernelMs = 0;
     const t0 = performance.now();
     for (let n = 0; n < commits; n++) kernelMs += (await A.commitJson(txs[n % 2])).durationMs;
-    const secs = (performance.now() - t0) / 1000;
+    const t1 = performance.now();
+    const secs = (t1 - t0) / 1000;
     h.disable();
     const exact = (await lb.status()).every((s) => s.status === 'in-sync');
     await lb.close();
@@ -329,6 +378,7 @@ async function benchChurn(): Promise<void> {
       loopDelayP99Ms: Number((h.percentile(99) / 1e6).toFixed(2)),
       kernelMsPerCommit: Number((kernelMs / commits).toFixed(2)),
       finalStateExact: exact,
+      window: [performance.timeOrigin + t0, performance.timeOrigin + t1] as [number, number],
     };
   };
   const runOne = async (
@@ -343,6 +393,8 @@ async function benchChurn(): Promise<void> {
     kernelMsPerCommit: number;
     finalStateExact: boolean;
     stateFileExact?: boolean;
+    /** When the measured updates began and ended (ms since the epoch), for the bystander's samples. */
+    window: [number, number];
   }> => {
     flushNat();
     if (engine === 'nft') spawnSync('nft', ['delete', 'table', 'ip', 'iptlb'], { stdio: 'ignore' });
@@ -384,7 +436,8 @@ async function benchChurn(): Promise<void> {
       }
     };
     await Promise.all(Array.from({ length: INFLIGHT }, worker));
-    const secs = (performance.now() - t0) / 1000;
+    const t1 = performance.now();
+    const secs = (t1 - t0) / 1000;
     h.disable();
     // No kernel: nothing to compare there (the executor holds nothing).
     const status = nokernel ? [] : await lb.status();
@@ -404,6 +457,7 @@ async function benchChurn(): Promise<void> {
       kernelMsPerCommit: Number((kernelMs / Math.max(commits, 1)).toFixed(2)),
       finalStateExact: exact,
       ...(fileExact !== undefined ? { stateFileExact: fileExact } : {}),
+      window: [performance.timeOrigin + t0, performance.timeOrigin + t1],
     };
   };
   const spread = (xs: number[]): string => `${median(xs)} [${Math.min(...xs)}..${Math.max(...xs)}]`;
@@ -416,11 +470,26 @@ async function benchChurn(): Promise<void> {
       )) {
         const runs = [];
         const loads: number[] = [];
+        const warmup = [];
+        const bystander = args.includes('--bystander') ? startBystander() : undefined;
+        for (let r = 0; r < CHURN_WARMUP; r++)
+          warmup.push(kernelOnly ? await runKernelOnly() : await runOne(coalesce, file, engine, nokernel));
         for (let r = 0; r < CHURN_RUNS; r++) {
           loads.push(Number(loadavg()[0].toFixed(2)));
           runs.push(kernelOnly ? await runKernelOnly() : await runOne(coalesce, file, engine, nokernel));
         }
-        const row = { engine, executor: ex, updates: UPDATES, background: bg, loadavg1: loads, runs };
+        const samples = await bystander?.stop();
+        const floor = samples && runs.map((x) => bystanderIn(samples, x.window));
+        const row = {
+          engine,
+          executor: ex,
+          updates: UPDATES,
+          background: bg,
+          loadavg1: loads,
+          runs,
+          warmup,
+          bystander: floor,
+        };
         out[`${key}, ${bg}`] = row;
         log(
           `churn ${key.padEnd(14)} ${ex} ${bg.padEnd(4)}: updates/s ${spread(runs.map((x) => x.updatesPerSec))}, ` +
@@ -428,7 +497,14 @@ async function benchChurn(): Promise<void> {
             `kernel ms/commit ${spread(runs.map((x) => x.kernelMsPerCommit))}, ` +
             `final kernel state exact in every run: ${nokernel && !kernelOnly ? 'n/a (no kernel)' : runs.every((x) => x.finalStateExact)}` +
             (file ? `, state file exact in every run: ${runs.every((x) => x.stateFileExact)}` : '') +
-            `; load average ${loads.join(', ')}`,
+            `; load average ${loads.join(', ')}` +
+            (floor
+              ? `; an empty event loop beside each run: p99 ms ${floor.map((f) => f.p99).join(', ')}, largest delay ms ${floor.map((f) => f.max).join(', ')}`
+              : '') +
+            (warmup.length
+              ? `; not counted, ${warmup.length} warm-up run${warmup.length > 1 ? 's' : ''} first: ` +
+                warmup.map((x) => `${x.updatesPerSec}/s, p99 ${x.loopDelayP99Ms} ms`).join('; ')
+              : ''),
         );
       }
     } finally {
