@@ -86,18 +86,20 @@ describePairs('issue 13', (pair) => {
     assert.equal(r.driftEvents, 0, r.drift.join('\n'));
   });
 
-  test('13: watch never applies a file still being written: in-place rewrite in two writes 700 ms apart, then truncate and a slow write; profiles of both versions never leave the kernel', async () => {
+  test('13: watch never applies a file still being written: in-place rewrite in two writes 1.2 s apart, then truncate and a slow write; profiles of both versions never leave the kernel', async () => {
     const r = (await runJsonInFreshNetns(fixture('watchsettle.js'), [pair.name], { timeoutMs: 120_000 })) as Record<
       string,
       unknown
     >;
     assert.equal(r.started, true, String(r.log));
-    assert.ok((r.polls as number) > 50, `only ${r.polls} polls`);
+    // Readings of the kernel close enough to see a profile go missing for about a second (what applying
+    // the first, half-written version would do), however few a loaded host allowed in all.
+    assert.ok((r.maxGap as number) < 1000, `${r.polls} polls, up to ${r.maxGap} ms apart`);
     // The writer's pauses must have been shorter than the settle time (3 s), or the file did settle.
     const pauses = r.pauses as number[];
     assert.ok(
       Math.max(...pauses) < 3000,
-      `the host stretched a 700 ms pause of the writer to ${Math.max(...pauses)} ms`,
+      `the host stretched a pause of the writer (1.2 s at most) to ${Math.max(...pauses)} ms`,
     );
     assert.equal(
       r.missing,
