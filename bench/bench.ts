@@ -324,7 +324,7 @@ async function benchChurn(): Promise<void> {
   // not counted. A process's first 20,000 updates pay V8's warm-up: its hot functions still run in the
   // interpreter for the first ~100 ms, and the young generation grows from 1 to 16 MB (27 scavenges in
   // that run against 8 in a warm one). That run's p99 was 4.9-6.5 ms where the warm runs' was 2.0-4.8
-  // (docs/performance.md, "Churn: the first run of a process"); whichever row came first paid it.
+  // (docs/performance.md, "Churn, round six"); whichever row came first paid it.
   const CHURN_WARMUP = Number(flag('--churn-warmup') ?? 1);
   const backgrounds = (flag('--background') ?? 'both') === 'both' ? ['idle', 'busy'] : [flag('--background')!];
   const out: Record<string, unknown> = {};
