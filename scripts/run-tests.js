@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Runs every compiled test file with node's built-in test runner. Arguments narrow the set:
 // `node scripts/run-tests.js unit` runs the files whose path contains "unit".
-import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
@@ -48,7 +48,13 @@ if (!files.length) {
 }
 // The reporter adds the kernel cases per pair and the skipped tests to the summary, and leaves its
 // verdict in a file: as root, a skipped test fails the run.
-const verdictFile = path.join(mkdtempSync(path.join(tmpdir(), 'iptlb-tests-')), 'verdict.json');
+const runDir = mkdtempSync(path.join(tmpdir(), 'iptlb-tests-'));
+const verdictFile = path.join(runDir, 'verdict.json');
+// Every test process gets this run's own temporary directory (TMPDIR, which os.tmpdir() and mktemp
+// follow), removed with everything in it when the run ends: the state files, sockets and data
+// directories the tests make do not pile up in /tmp, also when a test fails before its cleanup.
+const testTmp = path.join(runDir, 'tmp');
+mkdirSync(testTmp, { mode: 0o700 });
 const reporter = path.join(root, 'scripts', 'reporter.mjs');
 // Test files run side by side, each in its own process (kernel cases each in their own namespaces; the
 // legacy ones share the host-wide xtables lock, which they wait for): cores + 1 at once by default, as
@@ -59,11 +65,14 @@ const concurrency = process.env.IPTLB_TEST_CONCURRENCY ?? String(availableParall
 // of CPU). The suite starts over a thousand Node processes (CLI calls, fixtures) and none of them
 // makes a TLS connection to a public host, so the tests run without it; the install test hands it
 // back to npm, which may need it to reach the registry (test/harness/env.ts, registryEnv).
-const env = { ...process.env, IPTLB_TEST_VERDICT: verdictFile };
+const env = { ...process.env, IPTLB_TEST_VERDICT: verdictFile, TMPDIR: testTmp };
 if (env.NODE_EXTRA_CA_CERTS) {
   env.IPTLB_TEST_NODE_EXTRA_CA_CERTS = env.NODE_EXTRA_CA_CERTS;
   delete env.NODE_EXTRA_CA_CERTS;
 }
+// Ctrl-C reaches the test runner too (one process group): this process waits for it to end, then
+// removes the run's directory, instead of dying at once and leaving it behind.
+process.on('SIGINT', () => {});
 const r = spawnSync(
   process.execPath,
   [
@@ -88,5 +97,5 @@ let verdict = { failed: false };
 try {
   verdict = JSON.parse(readFileSync(verdictFile, 'utf8'));
 } catch {}
-rmSync(path.dirname(verdictFile), { recursive: true, force: true });
+rmSync(runDir, { recursive: true, force: true });
 process.exit(r.status !== 0 ? (r.status ?? 1) : verdict.failed ? 1 : 0);

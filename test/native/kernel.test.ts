@@ -4,13 +4,24 @@
  * touches netfilter. Skipped, with the reason, when not root or the addon is not built.
  * IPTLB_SOAK=1 runs the long versions (10,000 contended commits, 100,000 memory cycles).
  */
-import { describe, test } from 'node:test';
+import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
 import { fixture, kernelSkip, runInNetns } from './netns-child.js';
 
 const SKIP = kernelSkip();
 const SOAK = !!process.env.IPTLB_SOAK;
-const lockFile = (): string => `/tmp/iptlb-test-xtables-${process.pid}-${Math.random().toString(36).slice(2)}.lock`;
+// In /tmp itself (not the run's TMPDIR, which is root's alone): the EPERM case opens it as nobody.
+// Removed when the file's tests end.
+const lockFiles: string[] = [];
+const lockFile = (): string => {
+  const p = `/tmp/iptlb-test-xtables-${process.pid}-${Math.random().toString(36).slice(2)}.lock`;
+  lockFiles.push(p);
+  return p;
+};
+after(() => {
+  for (const p of lockFiles) rmSync(p, { force: true });
+});
 
 describe('native addon in the kernel (fresh network namespaces)', { skip: SKIP }, () => {
   test('fixed plan: save identical to iptables-legacy-restore, read() round trip, reset in place, delete by owner, foreign rules untouched', async () => {
