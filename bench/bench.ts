@@ -793,7 +793,9 @@ async function benchNft(): Promise<void> {
     const row: Record<string, number> = {};
     for (const pair of pairs) {
       if (pair.engine === 'legacy') {
-        preload(n, path.join(mkdtempSync(path.join(tmpdir(), 'iptlb-nftb-')), 'state.db'));
+        const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-nftb-'));
+        preload(n, path.join(dir, 'state.db'));
+        rmSync(dir, { recursive: true, force: true });
         flushNft();
       } else {
         flushNat();
