@@ -7,7 +7,7 @@
 import { IptlbError } from '../model/errors.js';
 import { chainName, checkConflicts, show } from '../model/profile.js';
 import type { Core, TransactionResult } from './core.js';
-import type { EngineName, Profile } from '../model/types.js';
+import type { EngineName, Profile, Protocol } from '../model/types.js';
 
 export type Op = { kind: 'apply'; profiles: Profile[] } | { kind: 'delete'; names: string[] };
 
@@ -31,42 +31,53 @@ export interface CommitEvent {
 /**
  * The profiles a batch builds on, with an index of the chain names and source/protocol pairs in use,
  * so that a call is checked against the others in O(its profiles), not O(all profiles).
+ *
+ * Under churn most calls replace a profile with one of the same name and source: its entries are then
+ * overwritten in place (no delete and insert), and the source is looked up by the profile's own string
+ * in a map per protocol (no key string built per lookup). Measured: this bookkeeping was about a sixth
+ * of the event loop's work per update in the churn bench (`fits`, `index`, `unindex`).
  */
 class Working {
   readonly profiles: Map<string, Profile>;
   private readonly byChain = new Map<string, Profile>();
-  private readonly bySource = new Map<string, Profile>();
+  private readonly bySource: Record<Protocol, Map<string, Profile>> = {
+    tcp: new Map(),
+    udp: new Map(),
+    sctp: new Map(),
+  };
   /** False when the state itself has a clash (then the index cannot vouch for anything). */
   private readonly exact: boolean = true;
 
   constructor(state: Map<string, Profile>) {
     this.profiles = new Map(state);
     for (const p of state.values()) {
-      if (this.byChain.has(chainName(p.name)) || this.bySource.has(sourceKey(p))) this.exact = false;
-      this.index(p);
+      const chain = chainName(p.name);
+      const sources = this.bySource[p.protocol];
+      if (this.byChain.has(chain) || sources.has(p.source)) this.exact = false;
+      this.byChain.set(chain, p);
+      sources.set(p.source, p);
     }
   }
 
-  private index(p: Profile): void {
-    this.byChain.set(chainName(p.name), p);
-    this.bySource.set(sourceKey(p), p);
-  }
-  private unindex(p: Profile): void {
-    const chain = chainName(p.name);
-    if (this.byChain.get(chain) === p) this.byChain.delete(chain);
-    const src = sourceKey(p);
-    if (this.bySource.get(src) === p) this.bySource.delete(src);
-  }
   set(p: Profile): void {
     const old = this.profiles.get(p.name);
-    if (old) this.unindex(old);
+    // The same name is the same chain: p takes the chain's entry whoever held it (as removing old's
+    // entry and adding p's would).
+    this.byChain.set(chainName(p.name), p);
+    if (old && (old.source !== p.source || old.protocol !== p.protocol)) {
+      const sources = this.bySource[old.protocol];
+      if (sources.get(old.source) === old) sources.delete(old.source);
+    }
+    this.bySource[p.protocol].set(p.source, p);
     this.profiles.set(p.name, p);
-    this.index(p);
   }
   delete(name: string): void {
     const old = this.profiles.get(name);
     if (!old) return;
-    this.unindex(old);
+    const chain = chainName(old.name);
+    if (this.byChain.get(chain) === old) this.byChain.delete(chain);
+    const sources = this.bySource[old.protocol];
+    if (sources.get(old.source) === old) sources.delete(old.source);
     this.profiles.delete(name);
   }
 
@@ -83,20 +94,19 @@ class Working {
     const sources = many ? new Set<string>() : undefined;
     for (const p of profiles) {
       const chain = chainName(p.name);
-      const src = sourceKey(p);
       const c = this.byChain.get(chain);
       if ((c && c.name !== p.name && !names.has(c.name)) || chains?.has(chain)) return false;
-      const o = this.bySource.get(src);
-      if ((o && o.name !== p.name && !names.has(o.name)) || sources?.has(src)) return false;
+      const o = this.bySource[p.protocol].get(p.source);
+      if (o && o.name !== p.name && !names.has(o.name)) return false;
+      if (sources) {
+        const src = `${p.source}/${p.protocol}`;
+        if (sources.has(src)) return false;
+        sources.add(src);
+      }
       chains?.add(chain);
-      sources?.add(src);
     }
     return true;
   }
-}
-
-function sourceKey(p: Profile): string {
-  return `${p.source}/${p.protocol}`;
 }
 
 /**
