@@ -67,7 +67,7 @@ int Batch::OpOfSeq(uint32_t seq) const {
 // ---------------------------------------------------------------------------------------------
 // Socket
 
-Socket::Socket() : rbuf_(kReceiveBuffer) {
+Socket::Socket() : rbuf_(new uint8_t[kReceiveBuffer]) {
   nl_ = mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC);  // kept open (the shared socket): not for child processes
   if (!nl_) ThrowErrno("EKERNEL", errno, "opening a netfilter netlink socket");
   if (mnl_socket_bind(nl_, 0, MNL_SOCKET_AUTOPID) < 0) {
@@ -112,7 +112,7 @@ ssize_t Socket::Receive(int timeout_ms) {
     if (r == 0) ThrowErrno("EKERNEL", ETIMEDOUT, "waiting for netlink replies");
     break;
   }
-  const ssize_t n = mnl_socket_recvfrom(nl_, rbuf_.data(), rbuf_.size());
+  const ssize_t n = mnl_socket_recvfrom(nl_, rbuf_.get(), kReceiveBuffer);
   if (n < 0 && errno == ENOBUFS) return -ENOBUFS;
   if (n < 0) ThrowErrno("EKERNEL", errno, "reading netlink replies");
   return n;
@@ -167,7 +167,7 @@ std::vector<NlAck> Socket::SendBatch(const Batch &b) {
       if (!errors.empty()) break;
       ThrowErrno("EKERNEL", ENOBUFS, "reading the replies to the nftables batch (outcome unknown)");
     }
-    const auto *nlh = reinterpret_cast<const struct nlmsghdr *>(rbuf_.data());
+    const auto *nlh = reinterpret_cast<const struct nlmsghdr *>(rbuf_.get());
     int len = static_cast<int>(n);
     for (; mnl_nlmsg_ok(nlh, len); nlh = mnl_nlmsg_next(nlh, &len)) {
       if (nlh->nlmsg_pid != portid_ && nlh->nlmsg_pid != 0) continue;
@@ -197,7 +197,7 @@ int Socket::Request(struct nlmsghdr *req, const std::function<void(const struct 
   for (;;) {
     const ssize_t n = Receive(kReplyTimeoutMs);
     if (n == -ENOBUFS) ThrowErrno("EKERNEL", ENOBUFS, "reading netlink replies (dump)");
-    const auto *nlh = reinterpret_cast<const struct nlmsghdr *>(rbuf_.data());
+    const auto *nlh = reinterpret_cast<const struct nlmsghdr *>(rbuf_.get());
     int len = static_cast<int>(n);
     for (; mnl_nlmsg_ok(nlh, len); nlh = mnl_nlmsg_next(nlh, &len)) {
       if (nlh->nlmsg_seq != seq) continue;

@@ -17,6 +17,7 @@ namespace iptlb {
 namespace {
 
 constexpr uint32_t kMaxElem = 1 << 20;
+constexpr size_t kMessageBuffer = 1 << 16;
 constexpr size_t kPerMessage = 256;  // elements per netlink message (about 40 bytes each)
 constexpr int kNewestRevision = 7;   // hash:ip,port as ipset 7.17 creates it (with bucketsize)
 
@@ -65,8 +66,9 @@ class Ipset {
   }
 
   struct nlmsghdr *Start(Family family, int cmd) {
-    if (buf_.empty()) buf_.resize(1 << 16);  // every byte of a message is written by libmnl's put calls
-    struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf_.data());
+    // Not cleared: every byte of a message is written by libmnl's put calls (header, attributes, padding).
+    if (!buf_) buf_.reset(new char[kMessageBuffer]);
+    struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf_.get());
     nlh->nlmsg_type = (NFNL_SUBSYS_IPSET << 8) | cmd;
     nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
     nlh->nlmsg_seq = ++seq_;
@@ -100,7 +102,7 @@ class Ipset {
   std::unique_ptr<struct mnl_socket, SocketCloser> sock_;
   unsigned portid_ = 0;
   uint32_t seq_ = static_cast<uint32_t>(time(nullptr));
-  std::vector<char> buf_;
+  std::unique_ptr<char[]> buf_;
 };
 
 // This thread's connection, opened.
