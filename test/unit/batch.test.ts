@@ -137,12 +137,19 @@ test('a coalesced batch accepts and refuses exactly what the calls one at a time
   const names = ['a', 'A', 'b', 'c-d', 'c_d', 'e'];
   const op = fc.oneof(
     fc
-      .uniqueArray(fc.record({ name: fc.constantFrom(...names), port: fc.integer({ min: 5000, max: 5003 }) }), {
-        minLength: 1,
-        maxLength: 3,
-        selector: (x) => x.name,
-      })
-      .map((ps): Call => ({ kind: 'apply', profiles: ps.map((x) => prof(x.name, x.port)) })),
+      .uniqueArray(
+        fc.record({
+          name: fc.constantFrom(...names),
+          port: fc.integer({ min: 5000, max: 5003 }),
+          // The same source with another protocol is another pair; a profile may change its protocol.
+          protocol: fc.constantFrom('tcp', 'udp'),
+        }),
+        { minLength: 1, maxLength: 3, selector: (x) => x.name },
+      )
+      .map((ps): Call => ({
+        kind: 'apply',
+        profiles: ps.map((x) => ({ ...prof(x.name, x.port), protocol: x.protocol })),
+      })),
     fc.constantFrom(...names).map((n): Call => ({ kind: 'delete', names: [n] })),
   );
   await fc.assert(
@@ -177,8 +184,10 @@ test('a coalesced batch accepts and refuses exactly what the calls one at a time
       );
       assert.deepEqual(got, expected);
       assert.deepEqual(
-        (await lb.list()).map((p) => `${p.name} ${p.source}`),
-        [...model.values()].sort((x, y) => (x.name < y.name ? -1 : 1)).map((p) => `${p.name} ${p.source}`),
+        (await lb.list()).map((p) => `${p.name} ${p.source} ${p.protocol}`),
+        [...model.values()]
+          .sort((x, y) => (x.name < y.name ? -1 : 1))
+          .map((p) => `${p.name} ${p.source} ${p.protocol}`),
       );
       await lb.close();
     }),
