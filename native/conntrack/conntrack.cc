@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <libmnl/libmnl.h>
+#include <linux/netfilter/nf_conntrack_common.h>
 #include <linux/netfilter/nf_conntrack_tcp.h>
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netfilter/nfnetlink_conntrack.h>
@@ -24,9 +25,14 @@ namespace iptlb {
 namespace ct {
 namespace {
 
-// A bit of CTA_FILTER_ORIG_FLAGS (include/uapi/.../nfnetlink_conntrack.h of newer kernels; the
-// value is ABI, older userspace headers lack the name): filter on the layer-4 protocol only.
+// Bits of CTA_FILTER_ORIG_FLAGS and CTA_FILTER_REPLY_FLAGS (CTA_FILTER_F_* in
+// include/uapi/.../nfnetlink_conntrack.h of newer kernels; the values are ABI, older userspace
+// headers lack the names): which fields of the tuple given beside the filter must match.
+constexpr uint32_t kFilterIpSrc = 1u << 0;
+constexpr uint32_t kFilterIpDst = 1u << 1;
 constexpr uint32_t kFilterProtoNum = 1u << 3;
+constexpr uint32_t kFilterProtoSrcPort = 1u << 4;
+constexpr uint32_t kFilterProtoDstPort = 1u << 5;
 
 constexpr const char *kPermissionHint =
     "permission denied: reading and deleting conntrack entries needs CAP_NET_ADMIN (run as root)";
@@ -318,6 +324,77 @@ int Delete(nft::Socket *s, const Entry &e) {
   return err;
 }
 
+// Deletes, in one pass of the kernel over its table, the tcp entries of IPv4 flow `f` that have seen no
+// reply (IPS_SEEN_REPLY clear) when the kernel reaches them: the kernel checks each entry and deletes
+// it in the same step, so a handshake the destination answers after the dump (its SYN-ACK sets
+// IPS_SEEN_REPLY) is left alone. Deleting such an entry by tuple would cut a connection that has just
+// been established: the rest of its packets would no longer be translated. A delete message with
+// CTA_FILTER and a partial tuple is a filtered flush from Linux 6.12 on ("support CTA_FILTER for
+// flush"); earlier kernels read the partial tuple as an exact one and refuse it (EINVAL, nothing
+// deleted). Returns 0, or that EINVAL (EOPNOTSUPP: a kernel that has CTA_FILTER but refuses it in a
+// flush); other errors throw.
+int DeleteUnanswered(nft::Socket *s, const Flow &f) {
+  alignas(struct nlmsghdr) char buf[MNL_SOCKET_BUFFER_SIZE];
+  const uint8_t family = f.vip.family;
+  struct nlmsghdr *nlh = PutHeader(buf, IPCTNL_MSG_CT_DELETE, 0, s->NextSeq(), family);
+  const size_t len = family == AF_INET6 ? 16 : 4;
+  // The original direction: to the virtual address and port.
+  struct nlattr *tuple = mnl_attr_nest_start(nlh, CTA_TUPLE_ORIG);
+  struct nlattr *ip = mnl_attr_nest_start(nlh, CTA_TUPLE_IP);
+  mnl_attr_put(nlh, family == AF_INET6 ? CTA_IP_V6_DST : CTA_IP_V4_DST, len, f.vip.ip.data());
+  mnl_attr_nest_end(nlh, ip);
+  struct nlattr *proto = mnl_attr_nest_start(nlh, CTA_TUPLE_PROTO);
+  mnl_attr_put_u8(nlh, CTA_PROTO_NUM, f.proto);
+  mnl_attr_put_u16(nlh, CTA_PROTO_DST_PORT, htons(f.vip.port));
+  mnl_attr_nest_end(nlh, proto);
+  mnl_attr_nest_end(nlh, tuple);
+  // The reply direction: from the removed destination.
+  tuple = mnl_attr_nest_start(nlh, CTA_TUPLE_REPLY);
+  ip = mnl_attr_nest_start(nlh, CTA_TUPLE_IP);
+  mnl_attr_put(nlh, family == AF_INET6 ? CTA_IP_V6_SRC : CTA_IP_V4_SRC, len, f.destination.ip.data());
+  mnl_attr_nest_end(nlh, ip);
+  proto = mnl_attr_nest_start(nlh, CTA_TUPLE_PROTO);
+  mnl_attr_put_u8(nlh, CTA_PROTO_NUM, f.proto);
+  mnl_attr_put_u16(nlh, CTA_PROTO_SRC_PORT, htons(f.destination.port));
+  mnl_attr_nest_end(nlh, proto);
+  mnl_attr_nest_end(nlh, tuple);
+  struct nlattr *filter = mnl_attr_nest_start(nlh, CTA_FILTER);
+  mnl_attr_put_u32(nlh, CTA_FILTER_ORIG_FLAGS, kFilterIpDst | kFilterProtoNum | kFilterProtoDstPort);
+  mnl_attr_put_u32(nlh, CTA_FILTER_REPLY_FLAGS, kFilterIpSrc | kFilterProtoNum | kFilterProtoSrcPort);
+  mnl_attr_nest_end(nlh, filter);
+  // status & IPS_SEEN_REPLY == 0: not answered.
+  mnl_attr_put_u32(nlh, CTA_STATUS, htonl(0));
+  mnl_attr_put_u32(nlh, CTA_STATUS_MASK, htonl(IPS_SEEN_REPLY));
+  const int err = s->Request(nlh, [](const struct nlmsghdr *) {});
+  if (err && err != EINVAL && err != EOPNOTSUPP)
+    Throw(err, std::string("deleting the unanswered conntrack entries of tcp ") +
+                   EndpointText(family, f.vip.ip, f.vip.port) + " -> " +
+                   EndpointText(family, f.destination.ip, f.destination.port));
+  return err;
+}
+
+// Whether entry `e` (the same entry: its id, when the dump gave one) is still in the table.
+bool StillThere(nft::Socket *s, const Entry &e) {
+  alignas(struct nlmsghdr) char buf[MNL_SOCKET_BUFFER_SIZE];
+  struct nlmsghdr *nlh = PutHeader(buf, IPCTNL_MSG_CT_GET, 0, s->NextSeq(), e.orig.family);
+  PutTuple(nlh, CTA_TUPLE_ORIG, e.orig, true, true, true);
+  if (e.has_zone) mnl_attr_put_u16(nlh, CTA_ZONE, e.zone_be);
+  bool same = false;
+  const int err = s->Request(nlh, [&](const struct nlmsghdr *m) {
+    Entry now;
+    if (NFNL_MSG_TYPE(m->nlmsg_type) == IPCTNL_MSG_CT_NEW && ParseEntry(m, &now))
+      same = !e.has_id || !now.has_id || now.id_be == e.id_be;  // another id: a new connection on the same ports
+  });
+  if (err == ENOENT) return false;
+  if (err) {
+    const Tuple &t = e.orig;
+    Throw(err, std::string("reading the conntrack entry ") + ProtoText(t.proto) + " " +
+                   EndpointText(t.family, t.src, ntohs(t.sport_be)) + " -> " +
+                   EndpointText(t.family, t.dst, ntohs(t.dport_be)));
+  }
+  return same;
+}
+
 }  // namespace
 
 // A connection whose destination has not answered (yet): the client's next SYN should go elsewhere.
@@ -333,6 +410,7 @@ bool TcpOpen(uint8_t state) {
 FlushResult Flush(const std::vector<Flow> &flows, bool kernel_filter) {
   FlushResult r;
   r.kernel_filter = kernel_filter;
+  r.conditional_delete = kernel_filter;
   r.counts.resize(flows.size());
   if (flows.empty()) return r;
   // Every requested flow, by what a dumped entry shows of it; the same flow twice: the first counts.
@@ -380,13 +458,38 @@ FlushResult Flush(const std::vector<Flow> &flows, bool kernel_filter) {
     r.dumps++;
     Dump(&s, v4 && v6 ? AF_UNSPEC : (v6 ? AF_INET6 : AF_INET), 0, match, &found);
   }
+  // The tcp flows whose unanswered entries the kernel has deleted itself (DeleteUnanswered).
+  std::vector<bool> swept(flows.size(), false);
   for (const auto &[e, i] : found) {
     FlowCount &c = r.counts[i];
-    // tcp: only half-open entries go. Open connections are left to finish and counted; closed ones
-    // (TIME_WAIT, CLOSE) are left to expire, uncounted. No state in the dump: left, counted.
-    if (flows[i].proto == IPPROTO_TCP && !(e.has_tcp_state && TcpHalfOpen(e.tcp_state))) {
-      if (!e.has_tcp_state || TcpOpen(e.tcp_state)) c.kept++;
-      continue;
+    if (flows[i].proto == IPPROTO_TCP) {
+      // tcp: only half-open entries go. Open connections are left to finish and counted; closed ones
+      // (TIME_WAIT, CLOSE) are left to expire, uncounted. No state in the dump: left, counted.
+      if (!(e.has_tcp_state && TcpHalfOpen(e.tcp_state))) {
+        if (!e.has_tcp_state || TcpOpen(e.tcp_state)) c.kept++;
+        continue;
+      }
+      // Half-open in the dump: the kernel deletes the flow's entries that are still unanswered (one
+      // pass for the flow, at its first such entry); each one found is then counted by whether it
+      // is gone. One the destination answered meanwhile is still there: an open connection, kept.
+      // IPv4 only: the kernel's filter compares IPv6 addresses the wrong way round (it skips the
+      // entries whose address equals the filter's: `!ipv6_addr_cmp` in ctnetlink_filter_match_tuple,
+      // up to 6.18 at least), so an IPv6 filtered flush would delete other addresses' entries.
+      // IPv6 entries go one by one, by tuple, as the dump saw them.
+      if (r.conditional_delete && flows[i].vip.family == AF_INET && !swept[i]) {
+        r.sweeps++;
+        if (DeleteUnanswered(&s, flows[i]) == 0)
+          swept[i] = true;
+        else
+          r.conditional_delete = false;  // a kernel before 6.12: one by one, by tuple, from here on
+      }
+      if (swept[i]) {
+        if (StillThere(&s, e))
+          c.kept++;
+        else
+          c.deleted++;
+        continue;
+      }
     }
     if (Delete(&s, e) == 0) c.deleted++;
   }

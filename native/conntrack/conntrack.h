@@ -40,6 +40,11 @@ struct FlushResult {
   bool kernel_filter = true;      // false: the kernel refused the dump filter and the table was read whole
   bool skipped = false;           // nf_conntrack_count was 0 (or absent): no dump at all
   uint32_t dumps = 0;             // dumps made: one per address family and protocol, or one of the whole table
+  // true: the half-open IPv4 tcp entries went by the kernel's own check (a filtered flush, Linux
+  // 6.12+), or there were none; false: deleted one by one by tuple (older kernels, or
+  // `kernel_filter` false). IPv6 tcp entries always go one by one.
+  bool conditional_delete = true;
+  uint32_t sweeps = 0;  // filtered flushes asked for: one per IPv4 tcp flow with half-open entries
 };
 
 // A tcp entry in this conntrack state has not been answered by its destination (SYN_SENT, or no
@@ -56,9 +61,14 @@ bool TcpOpen(uint8_t state);
 // in one dump when both are asked); matches every entry against all the requested flows through a
 // hash table (a dump walks the kernel's whole hash table however few entries it has, so not one per
 // virtual address), then deletes the matching entries one by one (by tuple and id, so an entry
-// that was replaced meanwhile is left alone): every match for udp and sctp, only half-open ones for
-// tcp. An entry that vanished before its delete (expired) is not counted. Throws nft::NftFailure.
-// `kernel_filter` false: do not ask the kernel to filter (the path of kernels before 5.8; tests).
+// that was replaced meanwhile is left alone): every match for udp and sctp. For tcp, only entries
+// half-open in the dump, and for IPv4 only if still unanswered when deleted: the kernel checks and
+// deletes them in one step (a filtered flush per flow, Linux 6.12+), so a handshake answered after
+// the dump is not cut; IPv6 (whose address filter the kernel gets wrong) and older kernels: one by
+// one by tuple, as the dump saw them. An entry that vanished
+// before its delete (expired) is not counted. Throws nft::NftFailure.
+// `kernel_filter` false: do not ask the kernel to filter, in dumps or deletes (the path of kernels
+// before 5.8; tests).
 FlushResult Flush(const std::vector<Flow> &flows, bool kernel_filter = true);
 
 }  // namespace ct

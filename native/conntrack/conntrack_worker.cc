@@ -100,6 +100,8 @@ void ConntrackFlushWorker::OnOK() {
   r.Set("kernelFilter", result_.kernel_filter);
   r.Set("skipped", result_.skipped);
   r.Set("dumps", result_.dumps);
+  r.Set("conditionalDelete", result_.conditional_delete);
+  r.Set("sweeps", result_.sweeps);
   Napi::Array counts = Napi::Array::New(env, result_.counts.size());
   for (size_t i = 0; i < result_.counts.size(); i++) {
     Napi::Object c = Napi::Object::New(env);

@@ -40,6 +40,15 @@ export interface ConntrackFlushResult {
    * the whole table; 0 when skipped.
    */
   dumps: number;
+  /**
+   * `true`: the IPv4 tcp entries half-open in the dump were deleted by the kernel's own check, only if still
+   * unanswered then (a filtered flush per flow, Linux 6.12+), or there were none; `false`: one by one by tuple, as
+   * the dump saw them (older kernels, or `kernelFilter: false`). IPv6 tcp entries always go one by one: the kernel's
+   * filter compares IPv6 addresses the wrong way round.
+   */
+  conditionalDelete: boolean;
+  /** Filtered flushes asked for: one per IPv4 tcp flow that had half-open entries. */
+  sweeps: number;
   /** `deleted`: entries deleted; `kept`: tcp connections still open (established or closing), left to finish. */
   flows: { deleted: number; kept: number }[];
 }
@@ -134,10 +143,12 @@ export interface NativeAddon {
    * network namespace that go to `vip` with `protocol` and were DNATed to `destination`
    * (ctnetlink: one dump per address family and protocol asked, filtered in the kernel, for every
    * virtual address at once, then one delete per entry). udp and sctp: every such entry;
-   * tcp: only entries the destination has not answered (SYN_SENT); open
-   * connections are left to finish and counted as `kept` (TIME_WAIT and CLOSE entries are left
-   * to expire, uncounted). `opts.kernelFilter: false` reads the table whole and filters in the
-   * addon, as on kernels before 5.8 (default `true`). Bad input is a synchronous TypeError with
+   * tcp: only entries the destination has not answered (SYN_SENT), and for IPv4 on Linux 6.12+
+   * only if still unanswered when the kernel deletes them (one filtered flush per flow; a
+   * handshake answered after the dump is kept); open connections are left to finish and counted as `kept`
+   * (TIME_WAIT and CLOSE entries are left to expire, uncounted). `opts.kernelFilter: false` reads
+   * the table whole and filters in the addon, as on kernels before 5.8, and deletes tcp entries
+   * by tuple (default `true`). Bad input is a synchronous TypeError with
    * code 'EINVAL' naming the field; rejects with 'EPERM' (no CAP_NET_ADMIN) or 'EKERNEL'.
    */
   conntrackFlush(flows: ConntrackFlow[], opts?: { kernelFilter?: boolean }): Promise<ConntrackFlushResult>;

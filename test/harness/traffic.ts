@@ -42,10 +42,15 @@ export function tcpProbe(host: string, port: number, timeoutMs = 2000, localAddr
       else resolve(v!);
     };
     // A wall-clock limit for the whole exchange (setTimeout on the socket only measures idleness).
-    const timer = setTimeout(
-      () => finish(new Error(`tcp ${host}:${port}: no complete answer within ${timeoutMs} ms`)),
-      timeoutMs,
-    );
+    // The message says how far the exchange got: a handshake that never completed (a SYN lost or
+    // unanswered) and a connection that completed but got no answer (its packets lost after the
+    // handshake, or a stalled backend) have different causes.
+    const timer = setTimeout(() => {
+      const how = c.connecting
+        ? 'handshake not completed'
+        : `connected from port ${c.localPort ?? '?'}, ${data.length} byte(s) received`;
+      finish(new Error(`tcp ${host}:${port}: no complete answer within ${timeoutMs} ms (${how})`));
+    }, timeoutMs);
     c.setEncoding('utf8');
     c.on('data', (d: string) => {
       data += d;

@@ -49,7 +49,15 @@ function fakeAddon(counts: { deleted: number; kept: number }[]) {
   const addon = {
     async conntrackFlush(flows: any[]) {
       calls.push(flows);
-      return { durationMs: 0.1, kernelFilter: true, skipped: false, dumps: 3, flows: counts };
+      return {
+        durationMs: 0.1,
+        kernelFilter: true,
+        skipped: false,
+        dumps: 3,
+        conditionalDelete: true,
+        sweeps: 0,
+        flows: counts,
+      };
     },
   };
   return { calls, addon };
