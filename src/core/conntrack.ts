@@ -54,10 +54,34 @@ export interface FlushOptions {
   addon?: Pick<NativeAddon, 'conntrackFlush'>;
   /** The spawner to use instead of running the `conntrack` binary (tests): resolves with exit code and output. */
   run?: (args: string[]) => Promise<{ code: number | null; out: string }>;
+  /** The pause between listing half-open tcp entries and deleting them, when spawning (tests). */
+  sleep?: (ms: number) => Promise<void>;
 }
 
-/** The tcp states `conntrack -D --state` is run with (one state per run) when spawning. */
-export const HALF_OPEN_STATES = ['SYN_SENT'] as const;
+/** The tcp state whose entries are deleted: the destination has not answered. */
+export const HALF_OPEN_STATE = 'SYN_SENT';
+
+/**
+ * Spawning, a half-open tcp entry is deleted only if it was already half-open this long before (ms): listed first,
+ * deleted after the pause, each by its own tuple and only if still in SYN_SENT then. The `conntrack` tool deletes
+ * what its own dump saw, so a handshake that completes between its dump and its delete is cut (its later packets are
+ * no longer translated). A live destination answers a SYN in well under this; one that has not answered for this
+ * long is the case the cleanup is for, and its client retransmits its SYN only after 1 s.
+ */
+export const HALF_OPEN_GRACE_MS = 250;
+
+/** Above this many half-open entries of one flow (a dead destination under load), one delete for the whole flow. */
+export const HALF_OPEN_ONE_BY_ONE_MAX = 16;
+
+/** The original source (client) address and port of each entry `conntrack -L` printed. */
+export function listedClients(out: string): { ip: string; port: number }[] {
+  const found: { ip: string; port: number }[] = [];
+  for (const line of out.split('\n')) {
+    const m = /\bsrc=(\S+) dst=\S+ sport=(\d+)/.exec(line);
+    if (m) found.push({ ip: m[1], port: Number(m[2]) });
+  }
+  return found;
+}
 
 function run(file: string, args: string[]): Promise<{ code: number | null; out: string }> {
   return new Promise((resolve) => {
@@ -103,7 +127,11 @@ async function flushNative(addon: Pick<NativeAddon, 'conntrackFlush'>, flows: St
   }
 }
 
-async function flushSpawned(flows: StaleFlows[], runner?: FlushOptions['run']): Promise<string[]> {
+async function flushSpawned(
+  flows: StaleFlows[],
+  runner?: FlushOptions['run'],
+  sleep: (ms: number) => Promise<void> = (ms) => new Promise((r) => setTimeout(r, ms)),
+): Promise<string[]> {
   let exec = runner;
   if (!exec) {
     const bin = findBinary('conntrack');
@@ -113,13 +141,26 @@ async function flushSpawned(flows: StaleFlows[], runner?: FlushOptions['run']): 
       ];
     exec = (args) => run(bin, args);
   }
-  const lines: string[] = [];
+  const deletedIn = (out: string): number | undefined => {
+    const m = /(\d+) flow entries have been deleted/.exec(out);
+    return m ? Number(m[1]) : undefined;
+  };
+  const firstLine = (out: string): string => out.trim().split('\n')[0];
+  interface Work {
+    f: StaleFlows;
+    /** The flow's selectors (family, protocol, virtual address, destination). */
+    args: string[];
+    deleted: number;
+    failure?: string;
+    /** tcp: the clients of the entries listed half-open. */
+    clients?: { ip: string; port: number }[];
+  }
+  const work: Work[] = [];
   for (const f of flows) {
     const ends = flowEndpoints(f);
     if (!ends) continue;
     const { vip, dst } = ends;
     const args = [
-      '-D',
       ...(vip.family === 'ipv6' ? ['-f', 'ipv6'] : []),
       '-p',
       f.protocol,
@@ -132,19 +173,42 @@ async function flushSpawned(flows: StaleFlows[], runner?: FlushOptions['run']): 
       '--reply-port-src',
       String(dst.port),
     ];
-    // tcp: only entries still in their handshake; established connections are left to finish.
-    const runs = f.protocol === 'tcp' ? HALF_OPEN_STATES.map((s) => [...args, '--state', s]) : [args];
-    let deleted = 0;
-    let failure: string | undefined;
+    const w: Work = { f, args, deleted: 0 };
+    work.push(w);
+    if (f.protocol !== 'tcp') {
+      // udp and sctp: every entry.
+      const r = await exec(['-D', ...args]);
+      const n = deletedIn(r.out);
+      if (n === undefined) w.failure = firstLine(r.out);
+      else w.deleted = n;
+      continue;
+    }
+    // tcp: only entries still in their handshake; established connections are left to finish. Listed now, deleted
+    // after the pause if still half-open (HALF_OPEN_GRACE_MS).
+    const r = await exec(['-L', ...args, '--state', HALF_OPEN_STATE]);
+    if (!/flow entries have been shown/.test(r.out)) w.failure = firstLine(r.out);
+    else w.clients = listedClients(r.out);
+  }
+  const halfOpen = work.filter((w) => w.clients?.length);
+  if (halfOpen.length) await sleep(HALF_OPEN_GRACE_MS);
+  for (const w of halfOpen) {
+    const clients = w.clients!;
+    const runs =
+      clients.length > HALF_OPEN_ONE_BY_ONE_MAX
+        ? [['-D', ...w.args, '--state', HALF_OPEN_STATE]]
+        : clients.map((c) => ['-D', ...w.args, '-s', c.ip, '--sport', String(c.port), '--state', HALF_OPEN_STATE]);
     for (const a of runs) {
       const r = await exec(a);
-      const m = /(\d+) flow entries have been deleted/.exec(r.out);
-      if (m) deleted += Number(m[1]);
-      else failure ??= r.out.trim().split('\n')[0];
+      const n = deletedIn(r.out);
+      if (n === undefined) w.failure ??= firstLine(r.out);
+      else w.deleted += n;
     }
-    if (failure !== undefined) lines.push(`conntrack: could not remove flows of ${what(f)}: ${failure}`);
+  }
+  const lines: string[] = [];
+  for (const w of work) {
+    if (w.failure !== undefined) lines.push(`conntrack: could not remove flows of ${what(w.f)}: ${w.failure}`);
     else {
-      const line = removedLine(f, deleted);
+      const line = removedLine(w.f, w.deleted);
       if (line) lines.push(line);
     }
   }
@@ -195,7 +259,7 @@ export async function flushStaleFlows(flows: StaleFlows[], opts: FlushOptions = 
     const loaded = loadAddon('core');
     if (loaded.ok) return flushNative(loaded.addon, flows);
   }
-  return flushSpawned(flows, opts.run);
+  return flushSpawned(flows, opts.run, opts.sleep);
 }
 
 /** The longest wait between two flushes, ms. */

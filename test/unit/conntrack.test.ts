@@ -7,8 +7,11 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import {
   ConntrackJanitor,
+  HALF_OPEN_GRACE_MS,
+  HALF_OPEN_ONE_BY_ONE_MAX,
   conntrackEntries,
   flushStaleFlows,
+  listedClients,
   staleFlows,
   type StaleFlows,
   type StalePair,
@@ -111,21 +114,52 @@ test('native: a refusal is one line per flow with the code and message', async (
   );
 });
 
-test('spawn: conntrack -D per flow; tcp only SYN_SENT (unanswered); failures said', async () => {
+const listing = (entries: [string, number][], dst = '127.100.0.10') =>
+  entries
+    .map(
+      ([ip, port]) =>
+        `tcp      6 119 SYN_SENT src=${ip} dst=${dst} sport=${port} dport=5353 [UNREPLIED] src=127.0.0.1 dst=${ip} sport=9003 dport=${port} mark=0 use=1\n`,
+    )
+    .join('') + `conntrack v1.4.7 (conntrack-tools): ${entries.length} flow entries have been shown.\n`;
+
+test('spawn: conntrack -D per udp flow; tcp: SYN_SENT entries listed, then after a pause each deleted by its client if still SYN_SENT; failures said', async () => {
   const runs: string[][] = [];
+  const events: string[] = [];
   const run = async (args: string[]) => {
     runs.push(args);
+    events.push(args[0]);
     if (args.includes('9009'))
       return { code: 1, out: 'conntrack v1.4.7 (conntrack-tools): Operation failed: invalid parameters' };
-    const n = args.includes('SYN_SENT') ? 2 : args.includes('SYN_RECV') ? 1 : args.includes('9002') ? 0 : 5;
+    if (args[0] === '-L')
+      return {
+        code: 0,
+        out: listing(
+          args.includes('9003')
+            ? [
+                ['127.0.0.5', 40001],
+                ['127.0.0.6', 40002],
+              ]
+            : [],
+        ),
+      };
+    // The second tcp entry answered during the pause: still listed, no longer SYN_SENT, not deleted.
+    const n = args.includes('40002') ? 0 : args.includes('SYN_SENT') ? 1 : args.includes('9002') ? 0 : 5;
     return { code: n ? 0 : 1, out: `conntrack v1.4.7 (conntrack-tools): ${n} flow entries have been deleted.` };
   };
+  const sleep = async (ms: number) => {
+    events.push(`sleep ${ms}`);
+  };
   const lines = await flushStaleFlows(
-    [flow('127.0.0.1:9001'), flow('127.0.0.1:9002'), flow('127.0.0.1:9003', 'tcp'), flow('127.0.0.1:9009')],
-    { run },
+    [
+      flow('127.0.0.1:9001'),
+      flow('127.0.0.1:9002'),
+      flow('127.0.0.1:9003', 'tcp'),
+      flow('127.0.0.1:9004', 'tcp'),
+      flow('127.0.0.1:9009'),
+    ],
+    { run, sleep },
   );
   const base = (port: string, proto = 'udp') => [
-    '-D',
     '-p',
     proto,
     '--orig-dst',
@@ -137,12 +171,70 @@ test('spawn: conntrack -D per flow; tcp only SYN_SENT (unanswered); failures sai
     '--reply-port-src',
     port,
   ];
-  assert.deepEqual(runs, [base('9001'), base('9002'), [...base('9003', 'tcp'), '--state', 'SYN_SENT'], base('9009')]);
+  assert.deepEqual(runs, [
+    ['-D', ...base('9001')],
+    ['-D', ...base('9002')],
+    ['-L', ...base('9003', 'tcp'), '--state', 'SYN_SENT'],
+    ['-L', ...base('9004', 'tcp'), '--state', 'SYN_SENT'],
+    ['-D', ...base('9009')],
+    ['-D', ...base('9003', 'tcp'), '-s', '127.0.0.5', '--sport', '40001', '--state', 'SYN_SENT'],
+    ['-D', ...base('9003', 'tcp'), '-s', '127.0.0.6', '--sport', '40002', '--state', 'SYN_SENT'],
+  ]);
+  assert.deepEqual(events, ['-D', '-D', '-L', '-L', '-D', `sleep ${HALF_OPEN_GRACE_MS}`, '-D', '-D']);
   assert.deepEqual(lines, [
     'conntrack: removed 5 flow(s) of 127.100.0.10:5353/udp to 127.0.0.1:9001',
-    'conntrack: removed 2 half-open flow(s) of 127.100.0.10:5353/tcp to 127.0.0.1:9003',
+    'conntrack: removed 1 half-open flow(s) of 127.100.0.10:5353/tcp to 127.0.0.1:9003',
     'conntrack: could not remove flows of 127.100.0.10:5353/udp to 127.0.0.1:9009: conntrack v1.4.7 (conntrack-tools): Operation failed: invalid parameters',
   ]);
+});
+
+test('spawn, tcp: no half-open entry listed, no pause; more than HALF_OPEN_ONE_BY_ONE_MAX of one flow: one delete for the flow; a refused listing is said', async () => {
+  const runs: string[][] = [];
+  let slept = 0;
+  const many = Array.from({ length: HALF_OPEN_ONE_BY_ONE_MAX + 1 }, (_, i): [string, number] => [
+    '127.0.0.5',
+    40000 + i,
+  ]);
+  const run = async (args: string[]) => {
+    runs.push(args);
+    if (args.includes('9008')) return { code: 1, out: 'conntrack v1.4.7 (conntrack-tools): Operation failed: EPERM' };
+    if (args[0] === '-L') return { code: 0, out: listing(args.includes('9003') ? many : []) };
+    return { code: 0, out: `conntrack v1.4.7 (conntrack-tools): ${many.length} flow entries have been deleted.` };
+  };
+  const sleep = async () => {
+    slept++;
+  };
+  assert.deepEqual(await flushStaleFlows([flow('127.0.0.1:9004', 'tcp')], { run, sleep }), []);
+  assert.equal(slept, 0, 'nothing listed: no pause');
+  runs.length = 0;
+  const lines = await flushStaleFlows([flow('127.0.0.1:9003', 'tcp'), flow('127.0.0.1:9008', 'tcp')], { run, sleep });
+  assert.equal(slept, 1);
+  assert.deepEqual(
+    runs.map((a) => a.join(' ')),
+    [
+      '-L -p tcp --orig-dst 127.100.0.10 --orig-port-dst 5353 --reply-src 127.0.0.1 --reply-port-src 9003 --state SYN_SENT',
+      '-L -p tcp --orig-dst 127.100.0.10 --orig-port-dst 5353 --reply-src 127.0.0.1 --reply-port-src 9008 --state SYN_SENT',
+      '-D -p tcp --orig-dst 127.100.0.10 --orig-port-dst 5353 --reply-src 127.0.0.1 --reply-port-src 9003 --state SYN_SENT',
+    ],
+  );
+  assert.deepEqual(lines, [
+    `conntrack: removed ${many.length} half-open flow(s) of 127.100.0.10:5353/tcp to 127.0.0.1:9003`,
+    'conntrack: could not remove flows of 127.100.0.10:5353/tcp to 127.0.0.1:9008: conntrack v1.4.7 (conntrack-tools): Operation failed: EPERM',
+  ]);
+});
+
+test('listedClients: the original source of each line conntrack -L printed (IPv4 and IPv6), nothing from the summary', () => {
+  assert.deepEqual(
+    listedClients(
+      listing([['127.0.0.5', 40001]]) +
+        'tcp      6 119 SYN_SENT src=2001:db8::5 dst=2001:db8::10 sport=40002 dport=5353 [UNREPLIED] src=::1 dst=2001:db8::5 sport=9001 dport=40002 mark=0 use=1\n',
+    ),
+    [
+      { ip: '127.0.0.5', port: 40001 },
+      { ip: '2001:db8::5', port: 40002 },
+    ],
+  );
+  assert.deepEqual(listedClients('conntrack v1.4.7 (conntrack-tools): 0 flow entries have been shown.\n'), []);
 });
 
 // Validated, as every profile the core hands to staleFlows is: any spelling of an IPv6 address becomes its canonical
@@ -219,6 +311,11 @@ test('spawn, IPv6: conntrack -D -f ipv6 with the addresses without brackets; tcp
   const runs: string[][] = [];
   const run = async (args: string[]) => {
     runs.push(args);
+    if (args[0] === '-L')
+      return {
+        code: 0,
+        out: 'tcp      6 119 SYN_SENT src=2001:db8::5 dst=2001:db8::10 sport=40002 dport=5353 [UNREPLIED] src=::1 dst=2001:db8::5 sport=9002 dport=40002 mark=0 use=1\nconntrack v1.4.7 (conntrack-tools): 1 flow entries have been shown.\n',
+      };
     return {
       code: 0,
       out: `conntrack v1.4.7 (conntrack-tools): ${args.includes('tcp') ? 1 : 3} flow entries have been deleted.`,
@@ -226,10 +323,10 @@ test('spawn, IPv6: conntrack -D -f ipv6 with the addresses without brackets; tcp
   };
   const lines = await flushStaleFlows(
     [flow6('[2001:db8::1]:9001'), flow6('[::1]:9002', 'tcp'), flow6('127.0.0.1:9001'), flow('127.0.0.1:9001', 'sctp')],
-    { run },
+    { run, sleep: async () => {} },
   );
-  const args6 = (proto: string, dst: string, port: string) => [
-    '-D',
+  const args6 = (op: string, proto: string, dst: string, port: string) => [
+    op,
     '-f',
     'ipv6',
     '-p',
@@ -244,8 +341,8 @@ test('spawn, IPv6: conntrack -D -f ipv6 with the addresses without brackets; tcp
     port,
   ];
   assert.deepEqual(runs, [
-    args6('udp', '2001:db8::1', '9001'),
-    [...args6('tcp', '::1', '9002'), '--state', 'SYN_SENT'],
+    args6('-D', 'udp', '2001:db8::1', '9001'),
+    [...args6('-L', 'tcp', '::1', '9002'), '--state', 'SYN_SENT'],
     [
       '-D',
       '-p',
@@ -259,6 +356,7 @@ test('spawn, IPv6: conntrack -D -f ipv6 with the addresses without brackets; tcp
       '--reply-port-src',
       '9001',
     ],
+    [...args6('-D', 'tcp', '::1', '9002'), '-s', '2001:db8::5', '--sport', '40002', '--state', 'SYN_SENT'],
   ]);
   assert.deepEqual(lines, [
     'conntrack: removed 3 flow(s) of [2001:db8::10]:5353/udp to [2001:db8::1]:9001',
