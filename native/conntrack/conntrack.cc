@@ -14,6 +14,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
+#include <thread>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -37,6 +39,8 @@ constexpr uint32_t kFilterProtoDstPort = 1u << 5;
 constexpr const char *kPermissionHint =
     "permission denied: reading and deleting conntrack entries needs CAP_NET_ADMIN (run as root)";
 constexpr int kDumpAttempts = 3;
+// How long a half-open tcp entry deleted by tuple must have stayed unanswered (ms); see Flush.
+constexpr int kHalfOpenGraceMs = 250;
 
 std::string ErrText(int err) {
   char buf[256];
@@ -373,17 +377,17 @@ int DeleteUnanswered(nft::Socket *s, const Flow &f) {
   return err;
 }
 
-// Whether entry `e` (the same entry: its id, when the dump gave one) is still in the table.
-bool StillThere(nft::Socket *s, const Entry &e) {
+// Entry `e` as the table holds it now, into `now`: false when it is gone, or when its tuple now
+// belongs to another entry (another id: a new connection on the same ports).
+bool LookUp(nft::Socket *s, const Entry &e, Entry *now) {
   alignas(struct nlmsghdr) char buf[MNL_SOCKET_BUFFER_SIZE];
   struct nlmsghdr *nlh = PutHeader(buf, IPCTNL_MSG_CT_GET, 0, s->NextSeq(), e.orig.family);
   PutTuple(nlh, CTA_TUPLE_ORIG, e.orig, true, true, true);
   if (e.has_zone) mnl_attr_put_u16(nlh, CTA_ZONE, e.zone_be);
   bool same = false;
   const int err = s->Request(nlh, [&](const struct nlmsghdr *m) {
-    Entry now;
-    if (NFNL_MSG_TYPE(m->nlmsg_type) == IPCTNL_MSG_CT_NEW && ParseEntry(m, &now))
-      same = !e.has_id || !now.has_id || now.id_be == e.id_be;  // another id: a new connection on the same ports
+    if (NFNL_MSG_TYPE(m->nlmsg_type) == IPCTNL_MSG_CT_NEW && ParseEntry(m, now))
+      same = !e.has_id || !now->has_id || now->id_be == e.id_be;
   });
   if (err == ENOENT) return false;
   if (err) {
@@ -460,6 +464,7 @@ FlushResult Flush(const std::vector<Flow> &flows, bool kernel_filter) {
   }
   // The tcp flows whose unanswered entries the kernel has deleted itself (DeleteUnanswered).
   std::vector<bool> swept(flows.size(), false);
+  std::vector<std::pair<Entry, size_t>> later;  // half-open tcp entries to delete by tuple
   for (const auto &[e, i] : found) {
     FlowCount &c = r.counts[i];
     if (flows[i].proto == IPPROTO_TCP) {
@@ -475,7 +480,7 @@ FlushResult Flush(const std::vector<Flow> &flows, bool kernel_filter) {
       // IPv4 only: the kernel's filter compares IPv6 addresses the wrong way round (it skips the
       // entries whose address equals the filter's: `!ipv6_addr_cmp` in ctnetlink_filter_match_tuple,
       // up to 6.18 at least), so an IPv6 filtered flush would delete other addresses' entries.
-      // IPv6 entries go one by one, by tuple, as the dump saw them.
+      // IPv6 entries go one by one, by tuple, after a pause (below).
       if (r.conditional_delete && flows[i].vip.family == AF_INET && !swept[i]) {
         r.sweeps++;
         if (DeleteUnanswered(&s, flows[i]) == 0)
@@ -484,14 +489,35 @@ FlushResult Flush(const std::vector<Flow> &flows, bool kernel_filter) {
           r.conditional_delete = false;  // a kernel before 6.12: one by one, by tuple, from here on
       }
       if (swept[i]) {
-        if (StillThere(&s, e))
+        Entry now;
+        if (LookUp(&s, e, &now))
           c.kept++;
         else
           c.deleted++;
         continue;
       }
+      later.emplace_back(e, i);  // by tuple, after the pause
+      continue;
     }
     if (Delete(&s, e) == 0) c.deleted++;
+  }
+  // tcp entries deleted by tuple (IPv6, older kernels): only if still half-open after a pause, read
+  // again right before each delete. A live destination answers a SYN far sooner; a client whose SYN
+  // went unanswered retransmits it only after 1 s. So a handshake completing between the dump and
+  // the delete is not cut, short of one completing between this read and the delete that follows.
+  if (!later.empty()) {
+    r.paused = true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(kHalfOpenGraceMs));
+    for (const auto &[e, i] : later) {
+      FlowCount &c = r.counts[i];
+      Entry now;
+      if (!LookUp(&s, e, &now)) continue;  // gone (expired), or its ports reused: not ours to count
+      if (now.has_tcp_state && TcpHalfOpen(now.tcp_state)) {
+        if (Delete(&s, e) == 0) c.deleted++;
+      } else if (!now.has_tcp_state || TcpOpen(now.tcp_state)) {
+        c.kept++;  // answered meanwhile: an open connection, left to finish
+      }
+    }
   }
   return r;
 }

@@ -45,6 +45,8 @@ struct FlushResult {
   // `kernel_filter` false). IPv6 tcp entries always go one by one.
   bool conditional_delete = true;
   uint32_t sweeps = 0;  // filtered flushes asked for: one per IPv4 tcp flow with half-open entries
+  // true: half-open tcp entries were deleted by tuple, after a 250 ms pause, each read again first
+  bool paused = false;
 };
 
 // A tcp entry in this conntrack state has not been answered by its destination (SYN_SENT, or no
@@ -65,7 +67,8 @@ bool TcpOpen(uint8_t state);
 // half-open in the dump, and for IPv4 only if still unanswered when deleted: the kernel checks and
 // deletes them in one step (a filtered flush per flow, Linux 6.12+), so a handshake answered after
 // the dump is not cut; IPv6 (whose address filter the kernel gets wrong) and older kernels: one by
-// one by tuple, as the dump saw them. An entry that vanished
+// one by tuple, after a 250 ms pause (on this worker thread), each read again just before and
+// deleted only if still half-open. An entry that vanished
 // before its delete (expired) is not counted. Throws nft::NftFailure.
 // `kernel_filter` false: do not ask the kernel to filter, in dumps or deletes (the path of kernels
 // before 5.8; tests).

@@ -102,6 +102,7 @@ void ConntrackFlushWorker::OnOK() {
   r.Set("dumps", result_.dumps);
   r.Set("conditionalDelete", result_.conditional_delete);
   r.Set("sweeps", result_.sweeps);
+  r.Set("paused", result_.paused);
   Napi::Array counts = Napi::Array::New(env, result_.counts.size());
   for (size_t i = 0; i < result_.counts.size(); i++) {
     Napi::Object c = Napi::Object::New(env);

@@ -49,6 +49,11 @@ export interface ConntrackFlushResult {
   conditionalDelete: boolean;
   /** Filtered flushes asked for: one per IPv4 tcp flow that had half-open entries. */
   sweeps: number;
+  /**
+   * `true` when half-open tcp entries were deleted by tuple (IPv6, older kernels): after a 250 ms pause, each read
+   * again first and deleted only if still half-open (one answered meanwhile counts as kept).
+   */
+  paused: boolean;
   /** `deleted`: entries deleted; `kept`: tcp connections still open (established or closing), left to finish. */
   flows: { deleted: number; kept: number }[];
 }
@@ -143,9 +148,9 @@ export interface NativeAddon {
    * network namespace that go to `vip` with `protocol` and were DNATed to `destination`
    * (ctnetlink: one dump per address family and protocol asked, filtered in the kernel, for every
    * virtual address at once, then one delete per entry). udp and sctp: every such entry;
-   * tcp: only entries the destination has not answered (SYN_SENT), and for IPv4 on Linux 6.12+
-   * only if still unanswered when the kernel deletes them (one filtered flush per flow; a
-   * handshake answered after the dump is kept); open connections are left to finish and counted as `kept`
+   * tcp: only entries the destination has not answered (SYN_SENT), and only if still unanswered
+   * when deleted: for IPv4 on Linux 6.12+ the kernel checks (one filtered flush per flow), else
+   * each is read again after a 250 ms pause (a handshake answered after the dump is kept); open connections are left to finish and counted as `kept`
    * (TIME_WAIT and CLOSE entries are left to expire, uncounted). `opts.kernelFilter: false` reads
    * the table whole and filters in the addon, as on kernels before 5.8, and deletes tcp entries
    * by tuple (default `true`). Bad input is a synchronous TypeError with

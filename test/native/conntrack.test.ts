@@ -158,6 +158,7 @@ describe('conntrackFlush in the kernel (fresh network namespaces)', { skip: skip
         const checked = filtered && (major > 6 || (major === 6 && minor >= 12));
         assert.equal(r.conditionalDelete, checked);
         assert.equal(r.sweeps, filtered ? 1 : 0, 'one filtered flush for the tcp flow (tried, on older kernels)');
+        assert.equal(r.paused, !checked, 'by tuple: after the pause, each entry read again');
         assert.deepEqual(r.flows, [
           { deleted: 1, kept: 0 }, // sctp, established: deleted all the same
           { deleted: 1, kept: 0 }, // udp in zone 7

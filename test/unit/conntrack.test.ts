@@ -58,6 +58,7 @@ function fakeAddon(counts: { deleted: number; kept: number }[]) {
         skipped: false,
         dumps: 3,
         conditionalDelete: true,
+        paused: false,
         sweeps: 0,
         flows: counts,
       };
