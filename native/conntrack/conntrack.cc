@@ -15,10 +15,10 @@
 
 #include <cerrno>
 #include <chrono>
-#include <thread>
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <unordered_map>
 
 #include "nft_netlink.h"
@@ -490,10 +490,10 @@ FlushResult Flush(const std::vector<Flow> &flows, bool kernel_filter) {
       }
       if (swept[i]) {
         Entry now;
-        if (LookUp(&s, e, &now))
-          c.kept++;
-        else
+        if (!LookUp(&s, e, &now))
           c.deleted++;
+        else if (!now.has_tcp_state || TcpOpen(now.tcp_state))
+          c.kept++;  // answered after the dump: an open connection, left to finish
         continue;
       }
       later.emplace_back(e, i);  // by tuple, after the pause

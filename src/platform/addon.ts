@@ -51,7 +51,7 @@ export interface ConntrackFlushResult {
   sweeps: number;
   /**
    * `true` when half-open tcp entries were deleted by tuple (IPv6, older kernels): after a 250 ms pause, each read
-   * again first and deleted only if still half-open (one answered meanwhile counts as kept).
+   * again first and deleted only if still half-open (one answered meanwhile is left; counted as kept if open).
    */
   paused: boolean;
   /** `deleted`: entries deleted; `kept`: tcp connections still open (established or closing), left to finish. */
@@ -150,11 +150,12 @@ export interface NativeAddon {
    * virtual address at once, then one delete per entry). udp and sctp: every such entry;
    * tcp: only entries the destination has not answered (SYN_SENT), and only if still unanswered
    * when deleted: for IPv4 on Linux 6.12+ the kernel checks (one filtered flush per flow), else
-   * each is read again after a 250 ms pause (a handshake answered after the dump is kept); open connections are left to finish and counted as `kept`
-   * (TIME_WAIT and CLOSE entries are left to expire, uncounted). `opts.kernelFilter: false` reads
-   * the table whole and filters in the addon, as on kernels before 5.8, and deletes tcp entries
-   * by tuple (default `true`). Bad input is a synchronous TypeError with
-   * code 'EINVAL' naming the field; rejects with 'EPERM' (no CAP_NET_ADMIN) or 'EKERNEL'.
+   * each is read again after a 250 ms pause (a handshake answered after the dump is left); open
+   * connections are left to finish and counted as `kept` (TIME_WAIT and CLOSE entries are left to
+   * expire, uncounted). `opts.kernelFilter: false` reads the table whole and filters in the addon,
+   * as on kernels before 5.8, and deletes tcp entries by tuple (default `true`). Bad input is a
+   * synchronous TypeError with code 'EINVAL' naming the field; rejects with 'EPERM' (no
+   * CAP_NET_ADMIN) or 'EKERNEL'.
    */
   conntrackFlush(flows: ConntrackFlow[], opts?: { kernelFilter?: boolean }): Promise<ConntrackFlushResult>;
   /**
