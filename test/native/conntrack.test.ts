@@ -255,6 +255,18 @@ describe('conntrackFlush in the kernel (fresh network namespaces)', { skip: skip
     );
   }
 
+  test(
+    'spawn (conntrack -L, then -D): a half-open tcp entry answered during the pause is left; the other one goes',
+    { skip: noTool },
+    async () => {
+      const r = await runInNetns<Record<string, any>>(fixture('conntrack'), ['answered'], { timeoutMs: 60_000 });
+      assert.deepEqual(r.before, ['1003 SYN_SENT', '1008 SYN_SENT']);
+      assert.deepEqual(r.during, ['1003 SYN_SENT', '1008 ESTABLISHED'], 'the pause ran after the listing');
+      assert.deepEqual(r.lines, ['conntrack: removed 1 half-open flow(s) of 127.100.0.10:5353/tcp to 127.0.0.1:9001']);
+      assert.deepEqual(r.after, ['1008 ESTABLISHED']);
+    },
+  );
+
   for (const how of ['filtered', 'unfiltered', 'spawn'] as const) {
     test(
       `IPv6 and IPv4 entries in one table (sctp, a zone, tcp states, 200 of one flow): exactly the matching ones go (${how === 'spawn' ? 'conntrack -D' : how === 'filtered' ? 'kernel-side dump filter' : 'whole table'})`,
