@@ -312,6 +312,12 @@ struct KeyHash {
 
 // Deletes one entry by its original tuple (and id and zone, when the dump gave them). Returns 0,
 // or ENOENT when it is gone already; other errors throw.
+// `tcp 10.0.0.1:40000 -> 10.0.0.10:80`: an entry's original tuple, for error messages.
+std::string TupleText(const Tuple &t) {
+  return std::string(ProtoText(t.proto)) + " " + EndpointText(t.family, t.src, ntohs(t.sport_be)) + " -> " +
+         EndpointText(t.family, t.dst, ntohs(t.dport_be));
+}
+
 int Delete(nft::Socket *s, const Entry &e) {
   alignas(struct nlmsghdr) char buf[MNL_SOCKET_BUFFER_SIZE];
   struct nlmsghdr *nlh = PutHeader(buf, IPCTNL_MSG_CT_DELETE, 0, s->NextSeq(), e.orig.family);
@@ -319,12 +325,7 @@ int Delete(nft::Socket *s, const Entry &e) {
   if (e.has_id) mnl_attr_put_u32(nlh, CTA_ID, e.id_be);
   if (e.has_zone) mnl_attr_put_u16(nlh, CTA_ZONE, e.zone_be);
   const int err = s->Request(nlh, [](const struct nlmsghdr *) {});
-  if (err && err != ENOENT) {
-    const Tuple &t = e.orig;
-    Throw(err, std::string("deleting the conntrack entry ") + ProtoText(t.proto) + " " +
-                   EndpointText(t.family, t.src, ntohs(t.sport_be)) + " -> " +
-                   EndpointText(t.family, t.dst, ntohs(t.dport_be)));
-  }
+  if (err && err != ENOENT) Throw(err, "deleting the conntrack entry " + TupleText(e.orig));
   return err;
 }
 
@@ -341,27 +342,18 @@ int DeleteUnanswered(nft::Socket *s, const Flow &f) {
   alignas(struct nlmsghdr) char buf[MNL_SOCKET_BUFFER_SIZE];
   const uint8_t family = f.vip.family;
   struct nlmsghdr *nlh = PutHeader(buf, IPCTNL_MSG_CT_DELETE, 0, s->NextSeq(), family);
-  const size_t len = family == AF_INET6 ? 16 : 4;
-  // The original direction: to the virtual address and port.
-  struct nlattr *tuple = mnl_attr_nest_start(nlh, CTA_TUPLE_ORIG);
-  struct nlattr *ip = mnl_attr_nest_start(nlh, CTA_TUPLE_IP);
-  mnl_attr_put(nlh, family == AF_INET6 ? CTA_IP_V6_DST : CTA_IP_V4_DST, len, f.vip.ip.data());
-  mnl_attr_nest_end(nlh, ip);
-  struct nlattr *proto = mnl_attr_nest_start(nlh, CTA_TUPLE_PROTO);
-  mnl_attr_put_u8(nlh, CTA_PROTO_NUM, f.proto);
-  mnl_attr_put_u16(nlh, CTA_PROTO_DST_PORT, htons(f.vip.port));
-  mnl_attr_nest_end(nlh, proto);
-  mnl_attr_nest_end(nlh, tuple);
-  // The reply direction: from the removed destination.
-  tuple = mnl_attr_nest_start(nlh, CTA_TUPLE_REPLY);
-  ip = mnl_attr_nest_start(nlh, CTA_TUPLE_IP);
-  mnl_attr_put(nlh, family == AF_INET6 ? CTA_IP_V6_SRC : CTA_IP_V4_SRC, len, f.destination.ip.data());
-  mnl_attr_nest_end(nlh, ip);
-  proto = mnl_attr_nest_start(nlh, CTA_TUPLE_PROTO);
-  mnl_attr_put_u8(nlh, CTA_PROTO_NUM, f.proto);
-  mnl_attr_put_u16(nlh, CTA_PROTO_SRC_PORT, htons(f.destination.port));
-  mnl_attr_nest_end(nlh, proto);
-  mnl_attr_nest_end(nlh, tuple);
+  // The original direction: to the virtual address and port; the reply direction: from the
+  // removed destination and port. PutTuple also writes the reply's destination port (0 here): the
+  // kernel reads only the fields the filter's flags name.
+  Tuple orig, reply;
+  orig.family = reply.family = family;
+  orig.proto = reply.proto = f.proto;
+  orig.dst = f.vip.ip;
+  orig.dport_be = htons(f.vip.port);
+  reply.src = f.destination.ip;
+  reply.sport_be = htons(f.destination.port);
+  PutTuple(nlh, CTA_TUPLE_ORIG, orig, false, true, true);
+  PutTuple(nlh, CTA_TUPLE_REPLY, reply, true, false, true);
   struct nlattr *filter = mnl_attr_nest_start(nlh, CTA_FILTER);
   mnl_attr_put_u32(nlh, CTA_FILTER_ORIG_FLAGS, kFilterIpDst | kFilterProtoNum | kFilterProtoDstPort);
   mnl_attr_put_u32(nlh, CTA_FILTER_REPLY_FLAGS, kFilterIpSrc | kFilterProtoNum | kFilterProtoSrcPort);
@@ -390,12 +382,7 @@ bool LookUp(nft::Socket *s, const Entry &e, Entry *now) {
       same = !e.has_id || !now->has_id || now->id_be == e.id_be;
   });
   if (err == ENOENT) return false;
-  if (err) {
-    const Tuple &t = e.orig;
-    Throw(err, std::string("reading the conntrack entry ") + ProtoText(t.proto) + " " +
-                   EndpointText(t.family, t.src, ntohs(t.sport_be)) + " -> " +
-                   EndpointText(t.family, t.dst, ntohs(t.dport_be)));
-  }
+  if (err) Throw(err, "reading the conntrack entry " + TupleText(e.orig));
   return same;
 }
 
