@@ -39,7 +39,8 @@ constexpr uint32_t kFilterProtoDstPort = 1u << 5;
 constexpr const char *kPermissionHint =
     "permission denied: reading and deleting conntrack entries needs CAP_NET_ADMIN (run as root)";
 constexpr int kDumpAttempts = 3;
-// How long a half-open tcp entry deleted by tuple must have stayed unanswered (ms); see Flush.
+// How long a half-open tcp entry deleted by tuple must have stayed unanswered (ms); see Flush. The
+// spawn path waits as long (HALF_OPEN_GRACE_MS in src/core/conntrack.ts): keep the two equal.
 constexpr int kHalfOpenGraceMs = 250;
 
 std::string ErrText(int err) {

@@ -68,8 +68,8 @@ bool TcpOpen(uint8_t state);
 // deletes them in one step (a filtered flush per flow, Linux 6.12+), so a handshake answered after
 // the dump is not cut; IPv6 (whose address filter the kernel gets wrong) and older kernels: one by
 // one by tuple, after a 250 ms pause (on this worker thread), each read again just before and
-// deleted only if still half-open. An entry that vanished
-// before its delete (expired) is not counted. Throws nft::NftFailure.
+// deleted only if still half-open. An entry that vanished before its delete (expired) is not
+// counted. Throws nft::NftFailure.
 // `kernel_filter` false: do not ask the kernel to filter, in dumps or deletes (the path of kernels
 // before 5.8; tests).
 FlushResult Flush(const std::vector<Flow> &flows, bool kernel_filter = true);

@@ -66,7 +66,8 @@ export const HALF_OPEN_STATE = 'SYN_SENT';
  * deleted after the pause, each by its own tuple and only if still in SYN_SENT then. The `conntrack` tool deletes
  * what its own dump saw, so a handshake that completes between its dump and its delete is cut (its later packets are
  * no longer translated). A live destination answers a SYN in well under this; one that has not answered for this
- * long is the case the cleanup is for, and its client retransmits its SYN only after 1 s.
+ * long is the case the cleanup is for, and its client retransmits its SYN only after 1 s. The addon waits as long
+ * before it deletes by tuple (kHalfOpenGraceMs in native/conntrack/conntrack.cc): keep the two equal.
  */
 export const HALF_OPEN_GRACE_MS = 250;
 
