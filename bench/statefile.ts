@@ -45,6 +45,9 @@ const VARIANTS = [
   { key: 'whole YAML', stateFile: true, foldMs: 0 },
 ];
 
+/** Whether the sizes are those issue 18's targets name: from 0 to 10,000 profiles. */
+const issueSizes = (sizes: readonly number[]): boolean => sizes[0] === 0 && sizes[sizes.length - 1] === 10000;
+
 /** Applies profile p0 `n` times with changing destinations after a warm-up; the median call time. */
 async function timeApplies(lb: Awaited<ReturnType<typeof open>>, base: Profile, n: number): Promise<number> {
   const at = (r: number): Profile =>
@@ -107,6 +110,19 @@ export async function benchStateFile(d: StateFileBenchDeps): Promise<Record<stri
       `  ${v.key.padEnd(10)} ` +
         d.sizes.map((n) => `${n}: ${fmt(rows[String(n)])} ms`).join('  ') +
         `  | ${hi}/${lo} ${fmt(ratios)}x`,
+    );
+  }
+  // Issue 18's target for the library with the state file (the journal, open()'s default): every
+  // size's median at most 3 ms, and the largest size over the smallest at most 1.5 (median of the runs).
+  if (issueSizes(d.sizes)) {
+    const rows = per.journal;
+    const worst = Math.max(...d.sizes.map((n) => median(rows[String(n)])));
+    const ratio = median(rows[hi].map((x, i) => x / rows[lo][i]));
+    const met = worst <= 3 && ratio <= 1.5;
+    out.target = { met, worstMs: Number(worst.toFixed(2)), ratio: Number(ratio.toFixed(2)) };
+    d.log(
+      `  target (journal: at most 3 ms at every size, ${hi}/${lo} at most 1.50): ${met ? 'met' : 'not met'}; ` +
+        `slowest size ${worst.toFixed(2)} ms, ${hi}/${lo} ${ratio.toFixed(2)}x`,
     );
   }
   d.log(`  load average (1 min) at the start of each run: ${loads.map((l) => l.toFixed(2)).join(', ')}`);
@@ -178,8 +194,8 @@ async function benchCliSizes(d: StateFileBenchDeps): Promise<Record<string, unkn
     }
     per.node.push(median(node));
   }
-  const fmt = (xs: number[]): string =>
-    `${median(xs).toFixed(1)} [${Math.min(...xs).toFixed(1)}..${Math.max(...xs).toFixed(1)}]`;
+  const fmt = (xs: number[], digits = 1): string =>
+    `${median(xs).toFixed(digits)} [${Math.min(...xs).toFixed(digits)}..${Math.max(...xs).toFixed(digits)}]`;
   const lo = d.sizes[0];
   const hi = d.sizes[d.sizes.length - 1];
   const out: Record<string, unknown> = { node: per.node, loadavg1: loads.map((l) => Number(l.toFixed(2))) };
@@ -198,8 +214,17 @@ async function benchCliSizes(d: StateFileBenchDeps): Promise<Record<string, unkn
       d.log(
         `  ${`${c} ${e}`.padEnd(15)} ` +
           d.sizes.map((n, i) => `${n}: ${fmt(rows[i])}`).join('  ') +
-          `  | ${hi}/${lo} ${fmt(ratios)}x`,
+          `  | ${hi}/${lo} ${fmt(ratios, 2)}x`,
       );
+      // Issue 18's target for the CLI (nft): the largest size over the smallest at most 1.5, in the
+      // median of the runs' ratios.
+      if (c === 'cli' && e === 'nft' && issueSizes(d.sizes)) {
+        const ratio = median(ratios);
+        out.target = { met: ratio <= 1.5, ratio: Number(ratio.toFixed(2)) };
+        d.log(
+          `  cli target (nft, ${hi}/${lo} at most 1.50, median of the runs): ${ratio <= 1.5 ? 'met' : 'not met'}; ${ratio.toFixed(2)}x`,
+        );
+      }
     }
   d.log(`  load average (1 min) at the start of each run: ${loads.map((l) => l.toFixed(2)).join(', ')}`);
   return out;
