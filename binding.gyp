@@ -29,6 +29,7 @@
         "native/common/file_lock.cc",
         "native/common/v8_memory.cc",
         "native/common/nft_netlink.cc",
+        "native/common/read_text.cc",
         "native/common/xtables_lock.cc",
         "native/conntrack/conntrack.cc",
         "native/conntrack/conntrack_worker.cc",

@@ -1,6 +1,8 @@
 // iptlb_core.node: what both engines use and needs no netfilter table library: file locks (libc),
-// conntrack flushes (ctnetlink over libmnl) and the health checks' TCP prober (health/prober.h). Arguments are checked
-// on the JS thread (synchronous TypeErrors naming the field); the work runs in AsyncWorkers and comes back as promises.
+// conntrack flushes (ctnetlink over libmnl), the health checks' TCP prober (health/prober.h) and the
+// reading of a large state file (read_text.h). Arguments are checked on the JS thread (synchronous
+// TypeErrors naming the field); the work runs in AsyncWorkers and comes back as promises, but for
+// flockBusy and readText, which are synchronous.
 #include <fcntl.h>
 #include <napi.h>
 #include <sys/file.h>
@@ -12,6 +14,7 @@
 #include "conntrack_worker.h"
 #include "file_lock.h"
 #include "prober.h"
+#include "read_text.h"
 #include "v8_memory.h"
 
 namespace iptlb {
@@ -75,6 +78,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("HealthProber", HealthProber::Class(env));
   exports.Set("flockBusy", Napi::Function::New(env, FlockBusy, "flockBusy"));
   exports.Set("reduceMemory", Napi::Function::New(env, ReduceMemory, "reduceMemory"));
+  exports.Set("readText", Napi::Function::New(env, ReadText, "readText"));
   return exports;
 }
 

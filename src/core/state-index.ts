@@ -406,7 +406,10 @@ export function indexState(text: string, bytes?: Buffer): IndexedState | null {
   return new IndexedState(text, names, starts, suffixes, shapes, bytes);
 }
 
-/** {@link indexState} of a file's bytes (as ASCII: a file with any other byte is not indexed). */
-export function indexStateBytes(bytes: Buffer): IndexedState | null {
-  return indexState(bytes.toString('latin1'), bytes);
+/**
+ * {@link indexState} of a file's bytes (as ASCII: a file with any other byte is not indexed); `latin1`:
+ * their text, when the reader has it already (state.ts, readForIndex).
+ */
+export function indexStateBytes(bytes: Buffer, latin1?: string): IndexedState | null {
+  return indexState(latin1 ?? bytes.toString('latin1'), bytes);
 }

@@ -16,7 +16,7 @@ import type { NftFamily, NftTransaction, NftView } from '../engines/nft/ops.js';
 import { packageRoot } from './paths.js';
 
 /** ABI of the addon this TypeScript expects (native/common/addon_args.h: kAbiVersion). */
-export const EXPECTED_ABI = 15;
+export const EXPECTED_ABI = 16;
 
 /**
  * Conntrack entries to delete: original destination `vip`, protocol, reply source `destination` (flows DNATed to it).
@@ -172,6 +172,15 @@ export interface NativeAddon {
    * export that function. Another level is a TypeError.
    */
   reduceMemory(level: 1 | 2): boolean;
+  /**
+   * A large state file's bytes (native/common/read_text.h): read from `fd` (at offset 0, synchronously) into
+   * memory mapped whole and populated at once, and given back twice without a copy, as an external Buffer and
+   * an external Latin-1 string over the same bytes (a copy of them where Node has no external strings). It
+   * spares the page faults of Node's two fresh copies (the Buffer, then the string). null when the file
+   * holds more than `size` bytes (it grew since its fstat) or the runtime refuses external memory: read it
+   * the usual way. A read error throws an Error whose `code` is the errno's name; bad arguments a TypeError.
+   */
+  readText(fd: number, size: number): { text: string; bytes: Buffer } | null;
 }
 
 /** Bytes of one job of {@link NativeHealthProber.probe}. */

@@ -1,10 +1,22 @@
 /**
  * The native addon without the kernel (no root needed): the loader's classification, synchronous
- * TypeErrors for bad input, the file lock, and the executor's error mapping.
+ * TypeErrors for bad input, the file lock, the executor's error mapping, and readText (the large state file
+ * read without copies).
  */
-import { describe, test } from 'node:test';
+import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, symlinkSync, writeFileSync, mkdirSync } from 'node:fs';
+import {
+  closeSync,
+  fstatSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import {
@@ -20,6 +32,9 @@ import {
 } from '../../src/platform/addon.js';
 import { mapNativeError, NativeExecutor } from '../../src/engines/legacy/native.js';
 import { IptlbError } from '../../src/model/errors.js';
+import { validateProfile } from '../../src/model/profile.js';
+import { NATIVE_READ_MIN_BYTES, readStateFull, serializeState } from '../../src/core/state.js';
+import { IndexedState, indexStateBytes } from '../../src/core/state-index.js';
 
 const loaded = loadAddon();
 const NO_ADDON = loaded.ok ? false : `native addon unavailable: ${loaded.reason}: ${loaded.detail}`;
@@ -515,4 +530,101 @@ describe('native executor error mapping', () => {
       (e: IptlbError) => e.code === 'ENATIVE' && e.field === 'transaction.hookRules[0].chain',
     );
   });
+});
+
+describe('readText: a large state file read without copies (native/common/read_text.h)', { skip: NO_ADDON }, () => {
+  const core = loadAddon('core');
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-readtext-'));
+  const big = path.join(dir, 'state.db');
+  const profiles = Array.from({ length: 1500 }, (_, i) =>
+    validateProfile({
+      name: `p${i + 1}`,
+      source: `127.100.${i >> 8}.${i & 255}:8081`,
+      destination: ['127.0.0.1:9001', '127.0.0.1:9002', '127.0.0.1:9003'],
+    }),
+  );
+  writeFileSync(big, serializeState(profiles), { mode: 0o600 });
+  const withFd = <T>(file: string, f: (fd: number, size: number) => T): T => {
+    const fd = openSync(file, 'r');
+    try {
+      return f(fd, fstatSync(fd).size);
+    } finally {
+      closeSync(fd);
+    }
+  };
+  const addon = core.ok ? core.addon : (null as never);
+
+  test('the bytes and the Latin-1 text are those Node reads, also for bytes above 0x7f', () => {
+    const odd = path.join(dir, 'odd');
+    writeFileSync(odd, Buffer.from([0x61, 0xe9, 0x0a, 0xff, 0x00, 0x62]));
+    for (const file of [big, odd]) {
+      const r = withFd(file, (fd, size) => addon.readText(fd, size));
+      assert.ok(r);
+      const want = readFileSync(file);
+      assert.ok(Buffer.isBuffer(r.bytes));
+      assert.equal(Buffer.compare(r.bytes, want), 0);
+      assert.equal(r.text, want.toString('latin1'));
+    }
+  });
+
+  test('a file larger than its size is null (it grew: read the usual way); a smaller one gives what it holds', () => {
+    assert.equal(
+      withFd(big, (fd, size) => addon.readText(fd, size - 1)),
+      null,
+    );
+    const r = withFd(big, (fd, size) => addon.readText(fd, size + 10));
+    assert.equal(r?.bytes.length, readFileSync(big).length);
+  });
+
+  test('bad arguments are TypeErrors naming the field; a read error carries its errno name', () => {
+    assert.throws(() => addon.readText('3' as never, 5), /^TypeError: fd: must be a number$/);
+    assert.throws(() => addon.readText(-1, 5), /^TypeError: fd: must be a file descriptor$/);
+    assert.throws(() => addon.readText(1.5, 5), /^TypeError: fd: must be a file descriptor$/);
+    assert.throws(() => withFd(big, (fd) => addon.readText(fd, 0)), /^TypeError: size: must be a whole number/);
+    assert.throws(() => withFd(big, (fd) => addon.readText(fd, 2 ** 26 + 1)), /^TypeError: size: must be a whole/);
+    const d = openSync(dir, 'r');
+    try {
+      assert.throws(
+        () => addon.readText(d, 10),
+        (e: NodeJS.ErrnoException) => e.code === 'EISDIR' && /^readText: read: /.test(e.message),
+      );
+    } finally {
+      closeSync(d);
+    }
+  });
+
+  test('the views outlive the descriptor and survive collection of each other', async () => {
+    let r = withFd(big, (fd, size) => addon.readText(fd, size));
+    const bytes = r!.bytes;
+    r = null;
+    for (let i = 0; i < 3; i++) {
+      // Another round of large reads and dropped views, for the finalizers to run between them.
+      withFd(big, (fd, size) => addon.readText(fd, size));
+      await new Promise((res) => setImmediate(res));
+      (globalThis as { gc?: () => void }).gc?.();
+    }
+    assert.equal(Buffer.compare(bytes, readFileSync(big)), 0);
+  });
+
+  test('the CLI index reads a file of 256 KiB or more through it, a smaller one the usual way; both the same', async () => {
+    assert.ok(statSync(big).size >= NATIVE_READ_MIN_BYTES, 'the large file is large enough');
+    const small = path.join(dir, 'small.db');
+    writeFileSync(small, serializeState(profiles.slice(0, 100)), { mode: 0o600 });
+    const viaAddon = await readStateFull(big, indexStateBytes);
+    assert.ok(viaAddon.profiles instanceof IndexedState);
+    assert.equal(viaAddon.profiles.size, 1500);
+    assert.deepEqual(
+      viaAddon.profiles.get('p777'),
+      profiles.find((p) => p.name === 'p777'),
+    );
+    const usual = await readStateFull(small, indexStateBytes);
+    assert.ok(usual.profiles instanceof IndexedState);
+    assert.equal(usual.profiles.size, 100);
+    const seen: boolean[] = [];
+    const spy = (bytes: Buffer, latin1?: string) => (seen.push(latin1 !== undefined), indexStateBytes(bytes, latin1));
+    await readStateFull(big, spy);
+    await readStateFull(small, spy);
+    assert.deepEqual(seen, [true, false], 'the text came with the bytes only for the large file');
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
 });
