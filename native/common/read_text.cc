@@ -33,6 +33,8 @@ void Drop(napi_env, void *, void *hint) {
   delete m;
 }
 
+// The errno's name for the Error's `code`, as Node's own file errors have it; null for one the state
+// file's read is not expected to meet (the message then says it, from strerror).
 const char *ErrnoName(int err) {
   switch (err) {
     case EIO:
@@ -51,14 +53,18 @@ const char *ErrnoName(int err) {
       return "EACCES";
     case EPERM:
       return "EPERM";
+    case ESTALE:
+      return "ESTALE";
+    case EOVERFLOW:
+      return "EOVERFLOW";
     default:
-      return "EIO";
+      return nullptr;
   }
 }
 
 [[noreturn]] void ThrowErrno(Napi::Env env, const char *what, int err) {
   Napi::Error e = Napi::Error::New(env, std::string(what) + ": " + std::strerror(err));
-  e.Set("code", Napi::String::New(env, ErrnoName(err)));
+  if (const char *name = ErrnoName(err)) e.Set("code", Napi::String::New(env, name));
   e.Set("errno", Napi::Number::New(env, -err));
   throw e;
 }

@@ -13,9 +13,9 @@ namespace iptlb {
 // readText(fd: number, size: number): { text: string, bytes: Buffer } | null, synchronous. `fd` is read
 // from offset 0 (pread: the descriptor's offset is left alone); `size` is the file's size from its
 // fstat, 1 to 64 MiB. null when the file holds more than `size` bytes (it grew since) or when this
-// runtime refuses external memory: the caller then reads it the usual way. Fewer bytes are fine (it shrank:
-// the bytes read). A read error throws an Error whose
-// `code` is the errno's name ("EIO"). Bad arguments: a TypeError naming the field.
+// runtime refuses external memory: the caller then reads it the usual way. Fewer bytes are fine (it
+// shrank: the bytes read). A read error throws an Error whose `code` is the errno's name ("EIO"; the
+// message names it in any case). Bad arguments: a TypeError naming the field.
 Napi::Value ReadText(const Napi::CallbackInfo &info);
 
 }  // namespace iptlb
