@@ -311,14 +311,14 @@ struct KeyHash {
   }
 };
 
-// Deletes one entry by its original tuple (and id and zone, when the dump gave them). Returns 0,
-// or ENOENT when it is gone already; other errors throw.
 // `tcp 10.0.0.1:40000 -> 10.0.0.10:80`: an entry's original tuple, for error messages.
 std::string TupleText(const Tuple &t) {
   return std::string(ProtoText(t.proto)) + " " + EndpointText(t.family, t.src, ntohs(t.sport_be)) + " -> " +
          EndpointText(t.family, t.dst, ntohs(t.dport_be));
 }
 
+// Deletes one entry by its original tuple (and id and zone, when the dump gave them). Returns 0,
+// or ENOENT when it is gone already; other errors throw.
 int Delete(nft::Socket *s, const Entry &e) {
   alignas(struct nlmsghdr) char buf[MNL_SOCKET_BUFFER_SIZE];
   struct nlmsghdr *nlh = PutHeader(buf, IPCTNL_MSG_CT_DELETE, 0, s->NextSeq(), e.orig.family);

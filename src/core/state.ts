@@ -19,10 +19,10 @@ import {
 import type { Profile } from '../model/types.js';
 import { HEALTH_KEYS_SORTED } from '../health/config.js';
 import { applyRecords, baseIdentity, decodeJournal, journalPath, type JournalAt, type RawState } from './journal.js';
-
-export const DEFAULT_STATE_FILE = 'local/state.db';
 import { MAX_STATE_BYTES, readCappedBytes } from '../model/limits.js';
 import { loadAddon } from '../platform/addon.js';
+
+export const DEFAULT_STATE_FILE = 'local/state.db';
 export { MAX_STATE_BYTES };
 
 /** `IPTLB_STATE_FILE`, else `local/state.db` relative to the working directory (as the original). */
