@@ -217,7 +217,7 @@ interface CachedState {
 
 /** A change's journal record: the profiles it writes, whole, and the names it deletes. */
 function recordOf(state: ReadonlyMap<string, Profile>, change: Change): JournalRecord {
-  const set: RawState = {};
+  const set: RawState = Object.create(null); // a profile may be named `__proto__`
   const del: string[] = [];
   for (const n of change.remove) if (state.has(n) && !change.upsert.some((p) => p.name === n)) del.push(n);
   for (const p of change.upsert) set[p.name] = profileBody(p);

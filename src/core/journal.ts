@@ -21,6 +21,8 @@ import { constants as C, fstatSync, type BigIntStats } from 'node:fs';
 import * as fsp from '../platform/fsp.js';
 import * as path from 'node:path';
 import type { Profile } from '../model/types.js';
+import { IptlbError } from '../model/errors.js';
+import { MAX_STATE_BYTES } from '../model/limits.js';
 
 export const JOURNAL_SUFFIX = '.journal';
 const MAGIC = 'iptlb-journal 1 base=';
@@ -157,6 +159,30 @@ async function syncDir(dir: string): Promise<void> {
   }
 }
 
+/**
+ * Writes all of `buf`. A short write (a file system filling up, a file size limit) goes on with the
+ * rest, so the next write says why; a write of nothing throws.
+ */
+async function writeWhole(fh: fsp.FileHandle, buf: Buffer): Promise<void> {
+  for (let off = 0; off < buf.length;) {
+    const { bytesWritten } = await fh.write(buf, off, buf.length - off);
+    if (bytesWritten <= 0) throw new Error(`short write to the journal (${off} of ${buf.length} bytes)`);
+    off += bytesWritten;
+  }
+}
+
+/**
+ * A journal longer than a reader accepts ({@link MAX_STATE_BYTES}) would make the state unreadable:
+ * the append is refused (the caller undoes the change's kernel commit, as for any failed write).
+ */
+function checkJournalSize(file: string, size: number): void {
+  if (size > MAX_STATE_BYTES)
+    throw new IptlbError(
+      'ESTATE',
+      `state journal ${file}: would be ${size} bytes, more than ${MAX_STATE_BYTES} (64 MiB, the limit of a state file)`,
+    );
+}
+
 /** Closes the descriptor an append kept open, if any. */
 export function closeJournal(at: JournalAt | null | undefined): void {
   const fh = at?.fh;
@@ -181,6 +207,7 @@ export async function appendRecord(
   const file = journalPath(stateFile);
   // A record, or its line already encoded (prepareAppend's, when its writer did not write it).
   const buf = Buffer.isBuffer(rec) ? rec : Buffer.from(encodeRecord(rec));
+  checkJournalSize(file, (at && at.base === base ? at.validEnd : Buffer.byteLength(journalHeader(base))) + buf.length);
   if (at && at.base === base) {
     let fh = at.fh;
     at.fh = undefined;
@@ -200,7 +227,10 @@ export async function appendRecord(
           fh = undefined;
         } else if (st.size !== BigInt(at.validEnd)) {
           // A torn append of a killed writer after the good records: cut it, or it would hide this one.
-          await fh.truncate(at.validEnd);
+          await fh.truncate(at.validEnd).catch(async (e) => {
+            await fh!.close();
+            throw e;
+          });
         }
       }
     }
@@ -210,12 +240,7 @@ export async function appendRecord(
         // write returns once its data is synced (as write + fdatasync), and the stat reads the inode
         // on this thread. (Not the write on this thread: an append that grows the file may wait
         // there for the file system's journal commit, milliseconds on a busy disk.)
-        // A short write (a file system filling up) goes on with the rest: the next write says why.
-        for (let off = 0; off < buf.length;) {
-          const { bytesWritten } = await fh.write(buf, off, buf.length - off);
-          if (bytesWritten <= 0) throw new Error(`short write to the journal (${off} of ${buf.length} bytes)`);
-          off += bytesWritten;
-        }
+        await writeWhole(fh, buf);
         const st = fstatSync(fh.fd, { bigint: true });
         return { at: { base, validEnd: at.validEnd + buf.length, ino: at.ino, fh }, st };
       } catch (e) {
@@ -233,7 +258,7 @@ export async function appendRecord(
   const all = Buffer.concat([header, buf]);
   let st: BigIntStats;
   try {
-    await fh.write(all, 0, all.length);
+    await writeWhole(fh, all);
     await fh.sync();
     st = await fh.stat({ bigint: true });
     // Its name must survive a crash too.
@@ -268,6 +293,8 @@ export function prepareAppend(base: string, at: JournalAt | null, rec: JournalRe
   const fh = at?.fh;
   if (!at || !fh || at.base !== base) return null;
   const data = Buffer.from(encodeRecord(rec));
+  // Too long: appendRecord, called instead, refuses it after the commit (then undone).
+  if (at.validEnd + data.length > MAX_STATE_BYTES) return null;
   return {
     fd: fh.fd,
     data,

@@ -627,9 +627,12 @@ async function readForIndex(file: string, fh: fsp.FileHandle, size: number): Pro
 }
 
 /**
- * Reads the YAML, then the journal beside it (see journal.ts): its records apply when its header
- * names the YAML version read, which holds whatever a concurrent fold does (a fold replaces the
- * YAML before it removes the journal). Needs no lock: a reader sees a complete version.
+ * Reads the YAML and the journal beside it (see journal.ts): the journal's records apply when its
+ * header names the YAML version read. Needs no lock: a reader sees a complete version, whatever a
+ * concurrent fold does. A fold replaces the YAML, then removes the journal; so the journal is opened
+ * first. A journal opened first is over the YAML opened after it (its records apply) or over an
+ * older one (void: the YAML opened already holds them); opened the other way round, a fold between
+ * the two opens would leave the old YAML without its journal, and changes that had returned unseen.
  */
 export async function readStateFull(
   file: string,
@@ -639,17 +642,25 @@ export async function readStateFull(
    */
   indexed?: (bytes: Buffer, latin1?: string) => Map<string, Profile> | null,
 ): Promise<StateRead> {
-  const y = await openChecked(file, 'state file');
-  const base = baseIdentity(y?.st ?? null);
-  const read = !y
-    ? { bytes: Buffer.alloc(0) }
-    : indexed
-      ? await readForIndex(file, y.fh, Number(y.st.size))
-      : { bytes: await readOpenedBytes(file, y.fh, Number(y.st.size)) };
-  const bytes = read.bytes;
-  // The journal is read after the YAML (see above), once, whichever way the YAML is read.
   const jf = journalPath(file);
   const j = await openChecked(jf, 'state journal');
+  let base: string;
+  let read: { bytes: Buffer; text?: string };
+  try {
+    const y = await openChecked(file, 'state file');
+    base = baseIdentity(y?.st ?? null);
+    read = !y
+      ? { bytes: Buffer.alloc(0) }
+      : indexed
+        ? await readForIndex(file, y.fh, Number(y.st.size))
+        : { bytes: await readOpenedBytes(file, y.fh, Number(y.st.size)) };
+  } catch (e) {
+    if (j) await j.fh.close();
+    throw e;
+  }
+  const bytes = read.bytes;
+  // The journal's text is read after the YAML's: it only grows (a fold removes it, and a new
+  // journal is a new file), so it holds at least the records it held when it was opened.
   const journalText = j ? await readOpened(jf, j.fh) : null;
   if (indexed && j === null) {
     const index = indexed(bytes, read.text);
@@ -691,14 +702,20 @@ export async function writeState(
   /** The profiles already serialised (the CLI's splice of its change into the bytes read, see state-index.ts). */
   serialised?: readonly Buffer[],
 ): Promise<string> {
+  const text = serialised ? undefined : serializeState(profiles);
+  // A file longer than a reader accepts would make the state unreadable: refused (the caller undoes
+  // the change's kernel commit, as for any failed write).
+  const size = text === undefined ? serialised!.reduce((n, b) => n + b.length, 0) : Buffer.byteLength(text);
+  if (size > MAX_STATE_BYTES)
+    throw stateError(file, `would be ${size} bytes, more than ${MAX_STATE_BYTES} (64 MiB, the limit of a state file)`);
   await ensureStateDir(file);
   const dir = path.dirname(file);
   const tmp = path.join(dir, `.${path.basename(file)}.tmp-${process.pid}-${Math.random().toString(36).slice(2, 10)}`);
   const fh = await fsp.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
   let base: string;
   try {
-    if (serialised) await writeAll(fh, serialised);
-    else await fh.writeFile(serializeState(profiles), 'utf8');
+    if (text === undefined) await writeAll(fh, serialised!);
+    else await fh.writeFile(text, 'utf8');
     await fh.sync();
     base = baseIdentity(await fh.stat({ bigint: true }));
   } catch (e) {

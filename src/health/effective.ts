@@ -245,7 +245,7 @@ export class HealthOverlay {
 
   /** The overlay as the published file holds it: what the kernel holds, and what the checks found. */
   snapshot(): PublishedHealth {
-    const profiles: PublishedHealth['profiles'] = {};
+    const profiles: PublishedHealth['profiles'] = Object.create(null); // a profile may be named `__proto__`
     for (const [name, m] of this.info) {
       const destinations: Record<string, DestinationHealthInfo> = {};
       for (const [d, i] of m) destinations[d] = i;

@@ -5,21 +5,29 @@
  */
 import { test, mock } from 'node:test';
 import assert from 'node:assert/strict';
-import {
+import fs, {
+  appendFileSync,
   copyFileSync,
   existsSync,
   mkdtempSync,
   readFileSync,
+  readdirSync,
+  readlinkSync,
+  renameSync,
   statSync,
   truncateSync,
+  unlinkSync,
   writeFileSync,
   writeSync,
 } from 'node:fs';
+import { syncBuiltinESMExports } from 'node:module';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { open, IptlbError, validateProfile } from '../../src/index.js';
 import { Core } from '../../src/core/core.js';
-import { decodeJournal, encodeRecord, journalHeader, journalPath } from '../../src/core/journal.js';
+import { appendRecord, decodeJournal, encodeRecord, journalHeader, journalPath } from '../../src/core/journal.js';
+import { FileHandle } from '../../src/platform/fsp.js';
+import { MAX_STATE_BYTES } from '../../src/model/limits.js';
 import {
   parseState,
   readState,
@@ -376,4 +384,145 @@ test('an executor that writes the record after its commit (AfterCommit): one rec
   assert.equal(now.records, 6);
   await lb.close();
   assert.deepEqual(names((await readStateFull(file)).profiles), ['a', 'c', 'd']);
+});
+
+test('a profile named __proto__ is journaled as any other: another reader and a reader after a crash see it', async () => {
+  const file = stateFile();
+  const lb = await open({ stateFile: file, stateFoldMs: 60_000 }, new FakeLegacyKernel());
+  await lb.apply(prof('__proto__', 1001));
+  await lb.apply(prof('web', 1002));
+  // Read while the handle is open and has not folded: what a crash now would leave.
+  const now = await readStateFull(file);
+  assert.equal(now.records, 2);
+  assert.deepEqual(names(now.profiles), ['__proto__', 'web']);
+  assert.equal(now.profiles.get('__proto__')!.source, '127.100.0.1:1001');
+  await lb.close();
+  assert.deepEqual(names(await readState(file)), ['__proto__', 'web']);
+});
+
+test('a reader beside a fold sees every change that returned: the journal is opened before the YAML', async () => {
+  const file = stateFile();
+  const core = new Core({ stateFile: file, stateFoldMs: 60_000 }, new FakeLegacyKernel());
+  await core.transact(() => ({ upsert: [prof('a', 1001)], remove: [] }), { run: true });
+  await core.foldState(); // the YAML holds a
+  await core.transact(() => ({ upsert: [prof('b', 1002)], remove: [] }), { run: true }); // the journal holds b
+  // Another process's fold lands between the reader's two opens: the YAML with a and b renamed in,
+  // then the journal removed.
+  const folded = serializeState([prof('a', 1001), prof('b', 1002)]);
+  const realOpen = fs.open;
+  let opened: string | undefined;
+  fs.open = ((p: fs.PathLike, ...rest: unknown[]) => {
+    const cb = rest.pop() as (err: NodeJS.ErrnoException | null, fd: number) => void;
+    return (realOpen as (...a: unknown[]) => void)(p, ...rest, (err: NodeJS.ErrnoException | null, fd: number) => {
+      if (opened === undefined && (p === file || p === journalPath(file))) {
+        opened = String(p);
+        writeFileSync(`${file}.other`, folded);
+        renameSync(`${file}.other`, file);
+        unlinkSync(journalPath(file));
+      }
+      cb(err, fd);
+    });
+  }) as typeof fs.open;
+  syncBuiltinESMExports();
+  let read: Awaited<ReturnType<typeof readStateFull>>;
+  try {
+    read = await readStateFull(file);
+  } finally {
+    fs.open = realOpen;
+    syncBuiltinESMExports();
+  }
+  assert.equal(opened, journalPath(file), "the fold came after the first open, the journal's");
+  assert.deepEqual(names(read.profiles), ['a', 'b']);
+  assert.equal(read.records, 0, 'the journal opened named the YAML before the fold: void');
+  await core.foldState();
+});
+
+test('a short write when the journal is created fails the change and undoes it, as any failed append', async () => {
+  const file = stateFile();
+  const kernel = new FakeLegacyKernel();
+  const lb = await open({ stateFile: file, stateFoldMs: 60_000 }, kernel);
+  // The file system takes 10 bytes of the header and the record, then says it is full.
+  let calls = 0;
+  const write = mock.method(FileHandle.prototype, 'write', async function (this: FileHandle, buf: Buffer) {
+    if (calls++ === 0) return { bytesWritten: 10, buffer: buf };
+    throw Object.assign(new Error('EFBIG: file too large, write'), { code: 'EFBIG', errno: -27 });
+  });
+  try {
+    await assert.rejects(lb.apply(prof('a', 1001)), (e: IptlbError) => {
+      assert.equal(e.code, 'ESTATE');
+      assert.match(e.message, /EFBIG.*the kernel change was undone, nothing was changed$/);
+      return true;
+    });
+  } finally {
+    write.mock.restore();
+  }
+  assert.equal(calls, 2, 'the rest was written again after the short write');
+  const ipv4 = kernel.tables.get('ipv4')!;
+  assert.deepEqual([Object.keys(ipv4.chains), ...Object.values(ipv4.hooks)], [[], [], [], [], []], 'no rule is left');
+  assert.deepEqual(names(await readState(file)), []);
+  await lb.apply(prof('a', 1001)); // and the next change goes through
+  assert.deepEqual(names(await readState(file)), ['a']);
+  await lb.close();
+});
+
+test('a state file or journal longer than a reader accepts (64 MiB) is not written: the change is refused', async () => {
+  const file = stateFile();
+  const huge = Buffer.allocUnsafe(MAX_STATE_BYTES + 1);
+  await assert.rejects(writeState(file, [], [huge]), (e: IptlbError) => {
+    assert.equal(e.code, 'ESTATE');
+    assert.match(e.message, /would be 67108865 bytes, more than 67108864 \(64 MiB, the limit of a state file\)$/);
+    return true;
+  });
+  assert.equal(existsSync(file), false);
+  await writeState(file, [prof('a', 1001)]);
+  const base = `${statSync(file, { bigint: true }).dev}:x`;
+  // An append that would take the journal past the limit, onto one this process holds, or a new one.
+  const at = { base, validEnd: MAX_STATE_BYTES - 10, ino: 1n };
+  const line = Buffer.from(encodeRecord({ del: ['a'] }));
+  for (const over of [at, null])
+    await assert.rejects(
+      appendRecord(file, base, over, over ? line : Buffer.allocUnsafe(MAX_STATE_BYTES)),
+      (e: IptlbError) => {
+        assert.equal(e.code, 'ESTATE');
+        assert.match(e.message, /^state journal .*: would be \d+ bytes, more than 67108864/);
+        return true;
+      },
+    );
+  assert.equal(existsSync(journalPath(file)), false);
+});
+
+test('cutting a torn tail that fails fails the change and closes the journal it opened', async () => {
+  const file = stateFile();
+  const first = new Core({ stateFile: file, stateFoldMs: 60_000 }, new FakeLegacyKernel());
+  await first.transact(() => ({ upsert: [prof('a', 1001)], remove: [] }), { run: true });
+  await first.foldState();
+  await first.transact(() => ({ upsert: [prof('b', 1002)], remove: [] }), { run: true });
+  const other = new Core({ stateFile: file, stateFoldMs: 60_000 }, new FakeLegacyKernel());
+  await other.readState(); // reads the journal; its first append reopens it
+  appendFileSync(journalPath(file), 'deadbeef torn'); // a writer killed in its append
+  const journalFds = (): number =>
+    readdirSync('/proc/self/fd').filter((f) => {
+      try {
+        return readlinkSync(`/proc/self/fd/${f}`) === journalPath(file);
+      } catch {
+        return false;
+      }
+    }).length;
+  const before = journalFds();
+  const truncate = mock.method(FileHandle.prototype, 'truncate', async () => {
+    throw Object.assign(new Error('EPERM: operation not permitted, ftruncate'), { code: 'EPERM', errno: -1 });
+  });
+  try {
+    for (let i = 0; i < 3; i++)
+      await assert.rejects(
+        other.transact(() => ({ upsert: [prof(`c${i}`, 1003 + i)], remove: [] }), { run: true }),
+        (e: IptlbError) => e.code === 'ESTATE' && /EPERM/.test(e.message),
+      );
+  } finally {
+    truncate.mock.restore();
+  }
+  assert.equal(journalFds(), before, 'no descriptor of the journal is left open');
+  await other.transact(() => ({ upsert: [prof('c', 1003)], remove: [] }), { run: true });
+  assert.deepEqual(names(await readState(file)), ['a', 'b', 'c']);
+  await other.foldState();
 });
