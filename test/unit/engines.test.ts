@@ -65,6 +65,33 @@ test('nft: with the table gone (a process killed after deleting the last profile
   }
 });
 
+test('nft: profiles written to the state file without -run are committed when applied unchanged with -run (a table without them, or none)', async () => {
+  for (const tableFirst of [false, true]) {
+    const { core, done } = coreOn('nft');
+    try {
+      if (tableFirst) await apply(core, { name: 'a', source: '127.100.0.1:80', destination: ['127.0.0.1:9001'] });
+      const stateOnly: ProfileInput[] = [
+        { name: 'p', source: '127.100.0.2:80', destination: ['127.0.0.1:9002'] },
+        {
+          name: 'r',
+          source: '127.100.0.3:80',
+          destination: ['127.0.0.1:9003', '127.0.0.1:9004'],
+          scheduler: 'round-robin',
+        },
+      ];
+      await core.transact((state) => upsertChange(state, stateOnly), { run: false });
+      assert.deepEqual(await statuses(core), { ...(tableFirst ? { a: 'in-sync' } : {}), p: 'missing', r: 'missing' });
+      // The same profiles again, now with -run: before, an empty plan was committed and reported.
+      await apply(core, stateOnly[0]);
+      assert.equal((await statuses(core)).p, 'in-sync', `p, with a table first: ${tableFirst}`);
+      await apply(core, ...stateOnly);
+      assert.deepEqual(await statuses(core), { ...(tableFirst ? { a: 'in-sync' } : {}), p: 'in-sync', r: 'in-sync' });
+    } finally {
+      done();
+    }
+  }
+});
+
 test('nft: a rebuild empties the table in place and keeps it (its NAT hooks): an in-memory instance adding a round-robin profile beside profiles it was not told about', async () => {
   const kernels = fakes();
   const inMemory = (k = kernels) =>

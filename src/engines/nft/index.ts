@@ -10,6 +10,7 @@ import { nftTableExistsViaCli } from '../select.js';
 import { findBinary } from '../../platform/spawn.js';
 import { familyOfProfile, slotCount } from '../../model/profile.js';
 import {
+  baseContent,
   baseUnchanged,
   countUsage,
   dispatchSetOf,
@@ -45,6 +46,15 @@ import {
 
 /** A bulk change of at least this many profiles, all of them, plans from nothing when the table is absent. */
 const BULK = 256;
+
+/** Whether `now` plans exactly what `old` planned: its elements and its rules in the base chains. */
+function samePlan(old: Profile | undefined, now: Profile): boolean {
+  return (
+    old !== undefined &&
+    JSON.stringify(planNftProfile(old)) === JSON.stringify(planNftProfile(now)) &&
+    JSON.stringify(baseContent([old])) === JSON.stringify(baseContent([now]))
+  );
+}
 
 /**
  * True when a commit failed because the kernel does not hold what the plan assumed (an element or set missing or
@@ -148,7 +158,12 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     // which dispatch sets the kernel really fills first, so no rule another process left in use is
     // dropped. Element-only changes, the common case, read nothing. One read serves both.
     const baseChanges = state.size === 0 || !baseUnchanged(state, next, touchedSet, usage);
-    const view = all || baseChanges || next.size === 0 ? await this.executor.read(nf) : undefined;
+    // A profile re-applied as the state holds it plans nothing, which is right only when the kernel
+    // holds it. One written to the state file without -run (and then applied with -run, or with
+    // -use-state -run) is not there: such profiles are looked up in a read of the table (below).
+    // An in-memory instance's profiles are the ones it committed.
+    const unchanged = partial ? [] : change.upsert.filter((p) => samePlan(state.get(p.name), p));
+    const view = all || baseChanges || next.size === 0 || unchanged.length ? await this.executor.read(nf) : undefined;
     if (next.size === 0 && view?.exists) {
       // The last profile of the table goes. If someone else keeps objects in it, the table stays:
       // only iptlb's content goes, and never a chain, set, map or rule iptlb did not make.
@@ -183,6 +198,19 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
         return { family: f, steps: [planNftMergedRebuild(next.values(), kept, nf, view)], next, note, partial };
       }
     }
+    const absent =
+      view?.exists && unchanged.length
+        ? compareNft(new Map(unchanged.map((p) => [p.name, p])), view)
+            .filter((r) => touchedSet.has(r.name) && r.status !== 'in-sync')
+            .map((r) => r.name)
+        : [];
+    if (absent.length)
+      return {
+        family: f,
+        steps: [planNftRebuild(next.values(), view!.genid || undefined, nf, view)],
+        next,
+        note: `${this.where(f)} does not hold ${absent.length > 1 ? 'profiles' : 'profile'} ${absent.slice(0, 3).join(', ')}${absent.length > 3 ? ', …' : ''} as the state file does (written without -run?); replacing it with all ${next.size} profile(s) in one transaction`,
+      };
     const steps = stray.length
       ? [planNftRebuild(next.values(), undefined, nf, view)]
       : fresh
