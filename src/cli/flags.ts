@@ -5,7 +5,9 @@
 import { Command, Option } from 'commander';
 import { IptlbError } from '../model/errors.js';
 import { DEFAULTS, show, splitDestinations } from '../model/profile.js';
-import type { ProfileInput } from '../model/types.js';
+import type { Profile, ProfileInput } from '../model/types.js';
+import { readInputFile } from '../model/limits.js';
+import { parseState } from '../core/state.js';
 import { HEALTH_FLAGS, addHealthFlags, healthInput, type HealthOpts } from './health.js';
 
 /** Flags of the original, with their kind, accepted with one dash and `=value` (Go `flag` style). */
@@ -196,4 +198,26 @@ export function profileInput(o: ProfileOpts): ProfileInput {
   const health = healthInput(o);
   if (health) input.health = health;
   return input;
+}
+
+/**
+ * The profiles of `--file` (`apply`, `fleet apply`): a YAML file in the state-file format (`-`:
+ * standard input), read with the input limits. Its content is input as flags are: what is wrong in
+ * it is a usage error naming the file (exit 2), and so is a file that holds no profile.
+ */
+export async function profilesOfFile(file: string): Promise<ProfileInput[]> {
+  const label = file === '-' ? 'standard input' : JSON.stringify(file);
+  const name = file === '-' ? '<stdin>' : file;
+  const text = await readInputFile(file, 'file');
+  let profiles: Map<string, Profile>;
+  try {
+    profiles = await parseState(text, name);
+  } catch (e) {
+    if (!(e instanceof IptlbError) || e.code !== 'ESTATE') throw e;
+    const prefix = `state file ${name}: `;
+    const what = e.message.startsWith(prefix) ? e.message.slice(prefix.length) : e.message;
+    throw new IptlbError('EUSAGE', `file: ${label}: ${what}`, { field: 'file' });
+  }
+  if (profiles.size === 0) throw new IptlbError('EUSAGE', `file: ${label} holds no profiles`, { field: 'file' });
+  return [...profiles.values()];
 }

@@ -74,7 +74,8 @@ function buildProgram(io: Out, version: string, commands: typeof COMMANDS = COMM
     .helpOption('-h, --help', 'show help')
     .configureOutput({
       writeOut: (s) => io.out(s.trimEnd()),
-      writeErr: (s) => io.err(s.startsWith('error:') ? `iptlb: ${s.trimEnd()}` : s.trimEnd()),
+      // An error is one line: commander's suggestion ("(Did you mean --profile?)") joins it.
+      writeErr: (s) => io.err(s.startsWith('error:') ? `iptlb: ${s.trim().replace(/\s*\n\s*/g, ' ')}` : s.trimEnd()),
     })
     .exitOverride()
     .allowExcessArguments(false)
@@ -111,7 +112,16 @@ export async function main(argv: string[], io: Out = processOut()): Promise<numb
   const wasSync = syncFs();
   try {
     if (argv.length === 0) return (buildProgram(io, packageVersion()).outputHelp(), 0); // a bare `iptlb` shows the help
-    const args = normalizeArgv(argv);
+    let args = normalizeArgv(argv);
+    // `iptlb help [command]`: the help of the program or of that command.
+    if (args[0] === 'help') args = args.length > 1 ? [args[1], '--help'] : ['--help'];
+    // A word first is a command: the original's flags take no arguments of their own.
+    const first = args[0];
+    if (first !== undefined && !first.startsWith('-') && !COMMANDS.some(([n]) => n === first))
+      throw new IptlbError(
+        'EUSAGE',
+        `unknown command ${JSON.stringify(first)} (commands: ${COMMANDS.flatMap(([n]) => (n ? [n] : [])).join(', ')})`,
+      );
     const commands = commandsOf(args);
     useSyncFs(!commands.some(([name]) => LONG_RUNNING.has(name)));
     await buildProgram(io, packageVersion(), commands).parseAsync(args, { from: 'user' });

@@ -55,6 +55,48 @@ test('usage errors exit 2 with one line; help exits 0 and lists the original fla
   assert.match(noRun.err, /-delete needs -run/);
 });
 
+test('a mistyped command, a suggestion and `help`: one line and exit 2, or the help', async () => {
+  for (const word of ['aply', 'frobnicate']) {
+    const r = await cli([word, '-q']);
+    assert.equal(r.code, 2);
+    assert.equal(r.err.trim().split('\n').length, 1);
+    assert.match(r.err, new RegExp(`^iptlb: error: unknown command "${word}" \\(commands: apply, delete, list,`));
+  }
+  const suggested = await cli(['plan', '--file', 'x.yaml']);
+  assert.equal(suggested.code, 2);
+  assert.equal(suggested.err.trim().split('\n').length, 1, suggested.err);
+  assert.match(suggested.err, /^iptlb: error: unknown option '--file' \(Did you mean --profile\?\)$/m);
+  const help = await cli(['help']);
+  assert.equal(help.code, 0);
+  assert.match(help.out, /^Usage: iptlb \[options\] \[command\]/);
+  const applyHelp = await cli(['help', 'apply']);
+  assert.equal(applyHelp.code, 0);
+  assert.match(applyHelp.out, /^Usage: iptlb apply \[options\]/);
+});
+
+test('apply --file: what is wrong in the file is a usage error naming it (exit 2), and so is a file without profiles', async () => {
+  const { mkdtempSync, writeFileSync, existsSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-file-'));
+  const state = path.join(dir, 'state.db');
+  const file = (name: string, text: string): string => (
+    writeFileSync(path.join(dir, name), text),
+    path.join(dir, name)
+  );
+  const bad = file('bad.yaml', 'q:\n  destination: ["127.0.0.1:9001"]\n  source: 127.100.0.9:80\n  protocol: 6\n');
+  const r = await cli(['apply', '--file', bad, '--state-file', state]);
+  assert.equal(r.code, 2);
+  assert.equal(r.err, `iptlb: error: file: ${JSON.stringify(bad)}: profile "q": protocol must be a string, got 6\n`);
+  for (const text of ['', '{}\n', 'null\n', '# nothing\n']) {
+    const empty = file('empty.yaml', text);
+    const e = await cli(['apply', '--file', empty, '--state-file', state]);
+    assert.equal(e.code, 2, JSON.stringify(text));
+    assert.equal(e.err, `iptlb: error: file: ${JSON.stringify(empty)} holds no profiles\n`);
+  }
+  assert.equal(existsSync(state), false, 'nothing was written');
+});
+
 test('the CLI bundle is started with its V8 code cache, which V8 accepts; without it the bundle still loads', async () => {
   const { spawnSync } = await import('node:child_process');
   const path = await import('node:path');

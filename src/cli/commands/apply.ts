@@ -1,11 +1,9 @@
 /** `iptlb apply`: create or replace a profile (or every profile of --file), in one transaction. */
 import type { Command } from 'commander';
 import { IptlbError } from '../../model/errors.js';
-import { readInputFile } from '../../model/limits.js';
 import { upsertChange } from '../../core/core.js';
-import { parseState } from '../../core/state.js';
 import type { ProfileInput } from '../../model/types.js';
-import { addGlobal, addProfileFlags, profileInput, withGlobals, type ProfileOpts } from '../flags.js';
+import { addGlobal, addProfileFlags, profileInput, profilesOfFile, withGlobals, type ProfileOpts } from '../flags.js';
 import { makeCore, report, transact, verboseRules, type Out } from '../context.js';
 
 async function applyCommand(o: ProfileOpts & { file?: string }, io: Out): Promise<void> {
@@ -14,8 +12,7 @@ async function applyCommand(o: ProfileOpts & { file?: string }, io: Out): Promis
   if (o.file !== undefined) {
     if (o.srcAddr !== undefined || o.destAddr !== undefined)
       throw new IptlbError('EUSAGE', 'apply: --file cannot be combined with -src-addr/-dest-addr');
-    const text = await readInputFile(o.file, 'file');
-    inputs = [...(await parseState(text, o.file === '-' ? '<stdin>' : o.file)).values()];
+    inputs = await profilesOfFile(o.file);
   } else {
     inputs = [profileInput(o)];
   }

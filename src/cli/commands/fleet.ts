@@ -2,10 +2,8 @@
 import type { Command } from 'commander';
 import { IptlbError } from '../../model/errors.js';
 import { show } from '../../model/profile.js';
-import { readInputFile } from '../../model/limits.js';
-import { parseState } from '../../core/state.js';
 import type { ProfileInput } from '../../model/types.js';
-import { addProfileFlags, profileInput, type ProfileOpts } from '../flags.js';
+import { addProfileFlags, profileInput, profilesOfFile, type ProfileOpts } from '../flags.js';
 import { ExitCode, describeProfile, type Out } from '../context.js';
 import { addEtcdFlags, etcdOptions, ownOptions, type EtcdFlags } from '../etcd-flags.js';
 import type { FleetStore } from '../../fleet/store.js';
@@ -30,8 +28,7 @@ async function applyCommand(o: ApplyOpts, io: Out): Promise<void> {
   if (o.file !== undefined) {
     if (o.srcAddr !== undefined || o.destAddr !== undefined)
       throw new IptlbError('EUSAGE', 'fleet apply: --file cannot be combined with -src-addr/-dest-addr');
-    const text = await readInputFile(o.file, 'file');
-    inputs = [...(await parseState(text, o.file === '-' ? '<stdin>' : o.file)).values()];
+    inputs = await profilesOfFile(o.file);
   } else inputs = [profileInput(o as unknown as ProfileOpts)];
   const { fleetApply } = await import('../../fleet/fleet.js');
   const r = await withStore(o, (s, prefix) => fleetApply(s, prefix, inputs));
