@@ -51,6 +51,8 @@ export async function doctor(
       field: 'state-file',
     });
   const statePath = resolveStatePath(o.stateFile);
+  // A state file no command can read: every command fails, so the host is not ready.
+  let stateOk = true;
   try {
     const state = await readState(statePath);
     checks.push({
@@ -59,6 +61,7 @@ export async function doctor(
       detail: `${statePath}: ${existsSync(statePath) ? `${state.size} profile(s)` : 'not created yet'}`,
     });
   } catch (e) {
+    stateOk = false;
     checks.push({ name: 'state file', ok: false, detail: (e as Error).message, fix: 'repair or move the file aside' });
   }
   let executor = 'none';
@@ -85,7 +88,7 @@ export async function doctor(
   }
   if (warning)
     checks.push({ name: 'engines', ok: false, detail: warning, fix: 'iptlb migrate --to nft (or --to legacy)' });
-  const ok = usable && cap && !warning;
+  const ok = usable && cap && !warning && stateOk;
   if (o.json) {
     io.out(JSON.stringify({ ok, engine, engineReason, executor, executorReason: reason, native, checks }));
   } else {

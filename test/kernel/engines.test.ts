@@ -57,6 +57,9 @@ describe('engine selection and nft repair', { skip: nftSpawn.skip || legacySpawn
       auto('doctor', '--json'),
       auto('-run', '-profile=b', `-src-addr=${VIP}:81`, '-dest-addr=127.0.0.1:9002'),
       { op: 'save' },
+      // A state file no command can read: not ready.
+      { op: 'write', file: '$WORK/bad.db', text: 'a: [\n' },
+      { op: 'cli', args: ['--executor=spawn', 'doctor', '--json', '-state-file=$WORK/bad.db'] },
     ]);
     // The host's flavour as iptables itself reports it ("iptables v1.8.9 (nf_tables)"), not as the product decides it.
     const version = execFileSync('iptables', ['--version'], { encoding: 'utf8' });
@@ -69,6 +72,10 @@ describe('engine selection and nft repair', { skip: nftSpawn.skip || legacySpawn
     ok(r[3]);
     assert.match(r[4], /iptlb:b/, 'the second profile joined the first in the legacy engine');
     assert.doesNotMatch(r[4], /table ip iptlb/);
+    assert.equal(r[6].code, 1, r[6].stdout);
+    const broken = JSON.parse(r[6].stdout) as { ok: boolean; checks: { name: string; ok: boolean }[] };
+    assert.equal(broken.ok, false);
+    assert.equal(broken.checks.find((c) => c.name === 'state file')?.ok, false);
   });
 
   test('nft: after someone deletes table ip iptlb, the next change replaces it whole from the state, in one transaction', async () => {
