@@ -25,8 +25,16 @@ import { loadAddon } from '../platform/addon.js';
 export const DEFAULT_STATE_FILE = 'local/state.db';
 export { MAX_STATE_BYTES };
 
-/** `IPTLB_STATE_FILE`, else `local/state.db` relative to the working directory (as the original). */
+/**
+ * `IPTLB_STATE_FILE`, else `local/state.db` relative to the working directory (as the original).
+ * The variable set but empty (`IPTLB_STATE_FILE=$UNSET_VAR`) is a usage error, as `-state-file=` is,
+ * not the default in whatever directory the command runs in.
+ */
 export function resolveStatePath(explicit?: string): string {
+  if (!explicit && process.env.IPTLB_STATE_FILE === '')
+    throw new IptlbError('EUSAGE', 'IPTLB_STATE_FILE: must not be empty (unset it for the default ./local/state.db)', {
+      field: 'IPTLB_STATE_FILE',
+    });
   const p = explicit || process.env.IPTLB_STATE_FILE || DEFAULT_STATE_FILE;
   return path.resolve(p);
 }

@@ -97,6 +97,24 @@ test('apply --file: what is wrong in the file is a usage error naming it (exit 2
   assert.equal(existsSync(state), false, 'nothing was written');
 });
 
+test('IPTLB_STATE_FILE set but empty is a usage error, as -state-file= is, not the default in the working directory', async () => {
+  const saved = process.env.IPTLB_STATE_FILE;
+  process.env.IPTLB_STATE_FILE = '';
+  try {
+    for (const args of [['list'], ['-profile=a', '-src-addr=127.100.0.1:80', '-dest-addr=127.0.0.1:9001']]) {
+      const r = await cli(args);
+      assert.equal(r.code, 2, r.err);
+      assert.equal(
+        r.err,
+        'iptlb: error: IPTLB_STATE_FILE: must not be empty (unset it for the default ./local/state.db)\n',
+      );
+    }
+  } finally {
+    if (saved === undefined) delete process.env.IPTLB_STATE_FILE;
+    else process.env.IPTLB_STATE_FILE = saved;
+  }
+});
+
 test('the CLI bundle is started with its V8 code cache, which V8 accepts; without it the bundle still loads', async () => {
   const { spawnSync } = await import('node:child_process');
   const path = await import('node:path');
