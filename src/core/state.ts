@@ -656,6 +656,16 @@ export async function readStateFull(
   let read: { bytes: Buffer; text?: string };
   try {
     const y = await openChecked(file, 'state file');
+    if (y && y.st.size === 0n) {
+      // No writer leaves it empty (none of profiles is `{}`): a file cut short, as a rename without
+      // fsync (the original's way) can leave after a power loss. Read as no profiles, a sync would
+      // remove every rule.
+      await y.fh.close();
+      throw stateError(
+        file,
+        'is empty (0 bytes), which no writer leaves (a file cut short by a crash?): restore it, or remove it to start with no profiles',
+      );
+    }
     base = baseIdentity(y?.st ?? null);
     read = !y
       ? { bytes: Buffer.alloc(0) }

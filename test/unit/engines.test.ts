@@ -179,20 +179,20 @@ for (const engine of ['legacy', 'nft'] as const) {
       }
     });
 
-    test('sync with a guard: a file rewritten in place while the sync reads it (truncated, here) is not applied', async () => {
+    test('sync with a guard: a file rewritten in place while the sync reads it (emptied, here) is not applied', async () => {
       const { core, kernels, done, file } = coreOn(engine);
       try {
         await apply(core, web(1), web(2));
         const commits = (): number =>
           engine === 'legacy' ? kernels.legacy.commits.length : kernels.nft.commits.length;
         const before = commits();
-        // The guard holds when first asked (the version that settled); a writer then truncates the file
+        // The guard holds when first asked (the version that settled); a writer then empties the file
         // in place, without the lock, before the sync reads it: the second look finds another version.
         let asked = 0;
         const r = await core.sync({
           guard: async () => {
             if (++asked === 1) {
-              writeFileSync(file, '');
+              writeFileSync(file, '{}\n');
               return true;
             }
             return false;

@@ -526,3 +526,22 @@ test('cutting a torn tail that fails fails the change and closes the journal it 
   assert.deepEqual(names(await readState(file)), ['a', 'b', 'c']);
   await other.foldState();
 });
+
+test('a state file of 0 bytes, which no writer leaves, is refused (read as no profiles, a sync would remove every rule)', async () => {
+  const file = stateFile();
+  writeFileSync(file, serializeState([]));
+  assert.equal(readFileSync(file, 'utf8'), '{}\n', 'no profiles is written as {}');
+  assert.equal((await readStateFull(file)).profiles.size, 0);
+  writeFileSync(file, '');
+  await assert.rejects(readStateFull(file), (e: IptlbError) => {
+    assert.equal(e.code, 'ESTATE');
+    assert.equal(
+      e.message,
+      `state file ${file}: is empty (0 bytes), which no writer leaves (a file cut short by a crash?): restore it, or remove it to start with no profiles`,
+    );
+    return true;
+  });
+  const core = new Core({ stateFile: file }, new FakeLegacyKernel());
+  await assert.rejects(core.sync(), /is empty \(0 bytes\)/);
+  assert.equal(readFileSync(file, 'utf8'), '', 'left as it was');
+});
