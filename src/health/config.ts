@@ -128,7 +128,7 @@ export function normalizeHealth(input: unknown, family: Family): HealthConfig | 
   const timeoutMs =
     h.timeoutMs === undefined
       ? Math.min(HEALTH_DEFAULTS.timeoutMs, intervalMs)
-      : int('health.timeoutMs', h.timeoutMs, 1, intervalMs, 'a whole number of ms (at most health.intervalMs)');
+      : int('health.timeoutMs', h.timeoutMs, 1, intervalMs, 'a whole number of ms not above health.intervalMs,');
   const rise = h.rise === undefined ? HEALTH_DEFAULTS.rise : int('health.rise', h.rise, 1, 100, 'a whole number');
   const fall = h.fall === undefined ? HEALTH_DEFAULTS.fall : int('health.fall', h.fall, 1, 100, 'a whole number');
   const out: HealthConfig = { kind, intervalMs, timeoutMs, rise, fall };

@@ -144,7 +144,8 @@ function parseEndpointUncached(text: string): Endpoint | string {
   if (ip.includes(':')) return 'is an IPv6 address without brackets; write it as [ipv6]:port';
   const ipErr = ipv4Problem(ip);
   if (ipErr) return ipErr;
-  if (!PORT.test(portText) || Number(portText) > 65535) return 'has a port outside 1-65535';
+  const portErr = portProblem(portText);
+  if (portErr) return portErr;
   return { ip, port: Number(portText), family: 'ipv4' };
 }
 
@@ -157,8 +158,18 @@ function parseIpv6Endpoint(text: string): Endpoint | string {
   if (ip === null) return 'is not a [ipv6]:port address (the part in brackets is not an IPv6 address)';
   if (text[close + 1] !== ':') return 'is not a [ipv6]:port address (no port after the brackets)';
   const portText = text.slice(close + 2);
-  if (!PORT.test(portText) || Number(portText) > 65535) return 'has a port outside 1-65535';
+  const portErr = portProblem(portText);
+  if (portErr) return portErr;
   return { ip, port: Number(portText), family: 'ipv6' };
+}
+
+/** What is wrong with a port's text, or null: decimal digits, 1-65535, no leading zero. */
+function portProblem(portText: string): string | null {
+  if (PORT.test(portText) && Number(portText) <= 65535) return null;
+  if (portText === '') return 'has no port after the colon';
+  if (!/^[0-9]+$/.test(portText)) return `has a port ${JSON.stringify(portText)} that is not a number (1-65535)`;
+  if (/^0[0-9]/.test(portText)) return `has a port ${JSON.stringify(portText)} with a leading zero`;
+  return 'has a port outside 1-65535';
 }
 
 /** `a.b.c.d:port` or `[v6]:port`. */

@@ -433,3 +433,17 @@ test("every kind of profile: its chain in an older iptlb's layout reads back in 
   );
   assert.ok(withLog > 20, `profiles with a LOG rule in their chain: ${withLog}`);
 });
+
+test('a bad port says what is wrong with it: not a number, a leading zero, none, or out of range', () => {
+  const cases: [string, string][] = [
+    ['127.1.1.1:8a', 'has a port "8a" that is not a number (1-65535)'],
+    ['127.1.1.1:80 ', 'has a port "80 " that is not a number (1-65535)'],
+    ['[::1]:x', 'has a port "x" that is not a number (1-65535)'],
+    ['127.1.1.1:080', 'has a port "080" with a leading zero'],
+    ['127.1.1.1:', 'has no port after the colon'],
+    ['127.1.1.1:0', 'has a port outside 1-65535'],
+    ['[2001:db8::1]:65536', 'has a port outside 1-65535'],
+  ];
+  for (const [text, why] of cases) assert.equal(parseEndpoint(text), why, text);
+  assert.deepEqual(parseEndpoint('127.1.1.1:65535'), { ip: '127.1.1.1', port: 65535, family: 'ipv4' });
+});
