@@ -425,14 +425,21 @@ async function parseYaml(text: string, file: string): Promise<unknown> {
   try {
     doc = YAML.parseDocument(text, { version: '1.1', uniqueKeys: true, prettyErrors: false });
   } catch (e) {
-    throw stateError(file, `is not valid YAML (${oneLine((e as Error).message)})`);
+    throw stateError(file, `is not valid YAML (${yamlProblem(e)})`);
   }
-  if (doc.errors.length > 0) throw stateError(file, `is not valid YAML (${oneLine(doc.errors[0].message)})`);
+  if (doc.errors.length > 0) throw stateError(file, `is not valid YAML (${yamlProblem(doc.errors[0])})`);
   try {
     return doc.toJS({ maxAliasCount: 0 });
   } catch (e) {
-    throw stateError(file, `is not usable YAML (${oneLine((e as Error).message)})`);
+    throw stateError(file, `is not usable YAML (${yamlProblem(e)})`);
   }
+}
+
+/** The parser's complaint in the file's terms, not the library's (its API, its stack). */
+function yamlProblem(e: unknown): string {
+  const message = oneLine((e as Error).message);
+  if (e instanceof RangeError || /Maximum call stack/.test(message)) return 'nested too deeply';
+  return /multiple documents/.test(message) ? 'more than one document; a state file is one mapping' : message;
 }
 
 function toProfiles(data: unknown, file: string): Map<string, Profile> {

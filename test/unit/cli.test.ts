@@ -94,6 +94,17 @@ test('apply --file: what is wrong in the file is a usage error naming it (exit 2
     assert.equal(e.code, 2, JSON.stringify(text));
     assert.equal(e.err, `iptlb: error: file: ${JSON.stringify(empty)} holds no profiles\n`);
   }
+  // The YAML parser's own words (its API, a stack overflow) are said in the file's terms.
+  const multi = file('multi.yaml', 'a: 1\n---\nb: 2\n');
+  const deep = file('deep.yaml', `a: ${'['.repeat(5000)}${']'.repeat(5000)}\n`);
+  for (const [f, why] of [
+    [multi, 'more than one document; a state file is one mapping'],
+    [deep, 'nested too deeply'],
+  ]) {
+    const e = await cli(['apply', '--file', f, '--state-file', state]);
+    assert.equal(e.code, 2);
+    assert.equal(e.err, `iptlb: error: file: ${JSON.stringify(f)}: is not valid YAML (${why})\n`);
+  }
   assert.equal(existsSync(state), false, 'nothing was written');
 });
 
