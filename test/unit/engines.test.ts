@@ -67,7 +67,7 @@ test('nft: with the table gone (a process killed after deleting the last profile
 
 test('nft: profiles written to the state file without -run are committed when applied unchanged with -run (a table without them, or none)', async () => {
   for (const tableFirst of [false, true]) {
-    const { core, done } = coreOn('nft');
+    const { core, done, lines } = coreOn('nft');
     try {
       if (tableFirst) await apply(core, { name: 'a', source: '127.100.0.1:80', destination: ['127.0.0.1:9001'] });
       const stateOnly: ProfileInput[] = [
@@ -82,8 +82,14 @@ test('nft: profiles written to the state file without -run are committed when ap
       await core.transact((state) => upsertChange(state, stateOnly), { run: false });
       assert.deepEqual(await statuses(core), { ...(tableFirst ? { a: 'in-sync' } : {}), p: 'missing', r: 'missing' });
       // The same profiles again, now with -run: before, an empty plan was committed and reported.
+      lines.length = 0;
       await apply(core, stateOnly[0]);
       assert.equal((await statuses(core)).p, 'in-sync', `p, with a table first: ${tableFirst}`);
+      // With the table and p's dispatch set there, p's elements were added again in place (no read,
+      // no replacement); without a table the batch failed on its first element and the table was made.
+      const replaced = lines.filter((l) => /replacing it/.test(l));
+      if (tableFirst) assert.deepEqual(replaced, []);
+      else assert.match(replaced.join('\n'), /is not as the state says \(table ip iptlb does not exist/);
       await apply(core, ...stateOnly);
       assert.deepEqual(await statuses(core), { ...(tableFirst ? { a: 'in-sync' } : {}), p: 'in-sync', r: 'in-sync' });
     } finally {

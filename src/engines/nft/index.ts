@@ -47,6 +47,12 @@ import {
 /** A bulk change of at least this many profiles, all of them, plans from nothing when the table is absent. */
 const BULK = 256;
 
+/** Whether a profile has rules of its own in the base chains (round-robin, affinity, logging, masquerade). */
+function hasOwnRules(p: Profile): boolean {
+  const plan = planNftProfile(p);
+  return plan.set === null || plan.rules.length > 0;
+}
+
 /** Whether `now` plans exactly what `old` planned: its elements and its rules in the base chains. */
 function samePlan(old: Profile | undefined, now: Profile): boolean {
   return (
@@ -160,10 +166,14 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     const baseChanges = state.size === 0 || !baseUnchanged(state, next, touchedSet, usage);
     // A profile re-applied as the state holds it plans nothing, which is right only when the kernel
     // holds it. One written to the state file without -run (and then applied with -run, or with
-    // -use-state -run) is not there: such profiles are looked up in a read of the table (below).
+    // -use-state -run) is not there. Its elements are added again (a no-op for elements the kernel
+    // holds; a missing set fails the batch, and the table is replaced, see commitPlan); a profile
+    // with rules of its own in the base chains is looked up in a read of the table instead (below).
     // An in-memory instance's profiles are the ones it committed.
     const unchanged = partial ? [] : change.upsert.filter((p) => samePlan(state.get(p.name), p));
-    const view = all || baseChanges || next.size === 0 || unchanged.length ? await this.executor.read(nf) : undefined;
+    const readd = new Set(unchanged.filter((p) => !hasOwnRules(p)).map((p) => p.name));
+    const lookUp = unchanged.filter((p) => !readd.has(p.name));
+    const view = all || baseChanges || next.size === 0 || lookUp.length ? await this.executor.read(nf) : undefined;
     if (next.size === 0 && view?.exists) {
       // The last profile of the table goes. If someone else keeps objects in it, the table stays:
       // only iptlb's content goes, and never a chain, set, map or rule iptlb did not make.
@@ -218,7 +228,7 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
           // write, or someone else removed it): every profile is created, not only the touched ones,
           // or the base chains would get the rules of the others without their elements.
           planNftChange(new Map(), next, next.keys())
-        : planNftChange(state, next, touched, usage, kernelSets, nf);
+        : planNftChange(state, next, touched, usage, kernelSets, nf, readd);
     return {
       family: f,
       steps,

@@ -345,7 +345,7 @@ class ElementOps {
  * socket closes (see docs/performance.md). Otherwise all of its elements are replaced, as before, so
  * its per-destination counters start again from zero, as on the legacy engine.
  */
-function inPlace(o: NftProfilePlan, n: NftProfilePlan, dels: ElementOps, adds: ElementOps): void {
+function inPlace(o: NftProfilePlan, n: NftProfilePlan, dels: ElementOps, adds: ElementOps, readd: boolean): void {
   const same =
     o.set === n.set &&
     sameEndpoint(o.vip, n.vip) &&
@@ -356,7 +356,10 @@ function inPlace(o: NftProfilePlan, n: NftProfilePlan, dels: ElementOps, adds: E
         sameEndpoint(b.vip, n.backends[i].vip) &&
         sameEndpoint(b.to, n.backends[i].to),
     );
-  if (same) return;
+  if (same) {
+    if (readd) adds.add(n);
+    return;
+  }
   dels.add(o);
   adds.add(n);
 }
@@ -413,6 +416,13 @@ export function planNftChange(
    * The table (`ip` or `ip6`); by default that of the profiles. `prev` and `next` hold profiles of this family only.
    */
   family?: NftFamily,
+  /**
+   * Touched profiles planned exactly as in `prev`, whose elements are added again all the same: an
+   * add of an element the set holds with the same data changes nothing (no `NLM_F_EXCL`), and one
+   * the kernel does not hold (a profile written without -run) is added, or fails the batch when its
+   * set is missing. Profiles with rules of their own in the base chains are not for this.
+   */
+  readd?: ReadonlySet<string>,
 ): NftTransaction[] {
   const names = new Set(touched);
   // O(touched): the touched profiles, old and new, must be of the table's family.
@@ -427,7 +437,7 @@ export function planNftChange(
   const fast = usage !== undefined && prev.size > 0 && baseUnchanged(prev, next, names, usage);
   const before = fast ? EMPTY_CONTENT : baseContent(prev.values());
   const after = fast ? EMPTY_CONTENT : baseContent(next.values());
-  const { moving, dels, adds, later } = sortElements(prev, next, names);
+  const { moving, dels, adds, later } = sortElements(prev, next, names, readd);
   // Sets the kernel still fills after each step, beyond what the profiles say.
   const left = (step: 1 | 2): string[] =>
     [...(kernelSets ?? [])]
@@ -490,6 +500,7 @@ function sortElements(
   prev: ReadonlyMap<string, Profile>,
   next: ReadonlyMap<string, Profile>,
   names: Set<string>,
+  readd?: ReadonlySet<string>,
 ): { moving: Profile[]; dels: ElementOps; adds: ElementOps; later: ElementOps } {
   const moving: Profile[] = [];
   const dels = new ElementOps();
@@ -517,7 +528,7 @@ function sortElements(
       continue;
     }
     if (o && n) {
-      inPlace(o, n, dels, adds);
+      inPlace(o, n, dels, adds, readd?.has(name) ?? false);
       continue;
     }
     if (o) dels.add(o);
