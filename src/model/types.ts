@@ -176,7 +176,8 @@ export interface KernelRule {
 }
 
 /**
- * iptlb's objects as they are in the kernel: chains named IPTLB_* and hook rules whose comment starts with `iptlb:`.
+ * iptlb's objects as they are in the kernel: chains named IPTLB_* (the legacy engine keeps its own, IPTLB_NAT_*) and
+ * hook rules whose comment starts with `iptlb:`.
  */
 export interface KernelView {
   chains: { name: string; rules: KernelRule[] }[];

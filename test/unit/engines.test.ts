@@ -98,6 +98,29 @@ test('nft: profiles written to the state file without -run are committed when ap
   }
 });
 
+test("legacy: chains named IPTLB_ that are not a profile's (IPTLB_NAT_ and its suffix) are someone else's: never orphans, never removed", async () => {
+  const { core, kernels, done } = coreOn('legacy');
+  try {
+    await apply(core, { name: 'web', source: '127.100.0.1:80', destination: ['127.0.0.1:9001'] });
+    const t = kernels.legacy.tables.get('ipv4')!;
+    const rule = t.chains.get('IPTLB_NAT_WEB')![0];
+    // Another tool's chains with the same prefix, and the chain of a profile whose process died
+    // before its state write (an orphan: iptlb's by its name).
+    for (const name of ['IPTLB_X', 'IPTLB_OUTPUT2', 'IPTLB_nat_lower', 'IPTLB_NAT_OLD']) t.chains.set(name, [rule]);
+    assert.deepEqual(await statuses(core), { web: 'in-sync', IPTLB_NAT_OLD: 'orphaned' });
+    await core.sync();
+    const after = kernels.legacy.tables.get('ipv4')!;
+    assert.deepEqual(
+      [...after.chains.keys()].sort(),
+      ['IPTLB_NAT_WEB', 'IPTLB_OUTPUT2', 'IPTLB_X', 'IPTLB_nat_lower'],
+      'sync removed the orphan only',
+    );
+    assert.deepEqual(await statuses(core), { web: 'in-sync' });
+  } finally {
+    done();
+  }
+});
+
 test('nft: a rebuild empties the table in place and keeps it (its NAT hooks): an in-memory instance adding a round-robin profile beside profiles it was not told about', async () => {
   const kernels = fakes();
   const inMemory = (k = kernels) =>

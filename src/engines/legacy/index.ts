@@ -6,7 +6,7 @@
 import { xtablesTables, ip6tablesTables } from '../select.js';
 import { compare, syncTransaction } from './drift.js';
 import { chainName, familyOfProfile } from '../../model/profile.js';
-import { hookChainOf, isEmptyTransaction, planProfile, planTransaction } from './plan.js';
+import { OWN_CHAIN, hookChainOf, isEmptyTransaction, planProfile, planTransaction } from './plan.js';
 import { renderRule } from './restore.js';
 import type { Family } from '../../model/address.js';
 import type { AfterCommit, KernelView, Profile, Transaction } from '../../model/types.js';
@@ -46,9 +46,16 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
     return !this.realTables || (tablesOf(f)?.includes('nat') ?? false);
   }
 
-  /** An absent nat table is read as empty: asking the kernel for it by name would create it. */
+  /**
+   * An absent nat table is read as empty: asking the kernel for it by name would create it. Only
+   * iptlb's own chains are in the view ({@link OWN_CHAIN}): what is not read is never removed.
+   */
   async read(f: Family): Promise<KernelView> {
-    return this.mayHold(f) ? this.executor.read(f) : EMPTY;
+    if (!this.mayHold(f)) return EMPTY;
+    const view = await this.executor.read(f);
+    return view.chains.every((c) => OWN_CHAIN.test(c.name))
+      ? view
+      : { ...view, chains: view.chains.filter((c) => OWN_CHAIN.test(c.name)) };
   }
 
   async holdsObjects(): Promise<boolean> {

@@ -16,6 +16,12 @@ import type {
 
 export const OWNER_PREFIX = 'iptlb:';
 export const CHAIN_PREFIX = 'IPTLB_';
+/**
+ * iptlb's own chains in the nat table: a profile's, `IPTLB_NAT_` and up to 18 of A-Z 0-9 _ (see
+ * chainName; the original named its chains so too). Another chain whose name starts with `IPTLB_`
+ * is someone else's: never read as iptlb's, never reported or removed as an orphan.
+ */
+export const OWN_CHAIN = /^IPTLB_NAT_[A-Z0-9_]{1,18}$/;
 
 /** The built-in chain that holds a profile's jump. */
 export function hookChainOf(p: Profile): HookChain {
