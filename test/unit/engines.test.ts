@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { Core, upsertChange, deleteChange } from '../../src/core/core.js';
-import { open, serializeState } from '../../src/index.js';
+import { IptlbError, open, serializeState } from '../../src/index.js';
 import { validateProfile } from '../../src/model/profile.js';
 import { FakeLegacyKernel, FakeNftKernel, kernelError } from '../harness/fake-kernel.js';
 import type { EngineName, ProfileInput } from '../../src/model/types.js';
@@ -116,6 +116,36 @@ test("legacy: chains named IPTLB_ that are not a profile's (IPTLB_NAT_ and its s
       'sync removed the orphan only',
     );
     assert.deepEqual(await statuses(core), { web: 'in-sync' });
+  } finally {
+    done();
+  }
+});
+
+test('nft: a change that would rewrite a base chain holding a rule iptlb did not write is refused, nothing changed', async () => {
+  const { core, kernels, done } = coreOn('nft');
+  try {
+    await apply(core, { name: 'web', source: '127.100.0.1:80', destination: ['127.0.0.1:9001', '127.0.0.1:9002'] });
+    kernels.nft.tables.get('ip')!.chains.get('output')!.unshift({ kind: 'foreign', text: 'ip daddr 10.0.0.1 accept' });
+    const before = JSON.stringify([...kernels.nft.tables.get('ip')!.chains]);
+    const commits = kernels.nft.commits.length;
+    // Three destinations: a dispatch set of its own, so a new rule in chain output (a rewrite).
+    await assert.rejects(
+      apply(core, {
+        name: 'web',
+        source: '127.100.0.1:80',
+        destination: ['127.0.0.1:9001', '127.0.0.1:9002', '127.0.0.1:9003'],
+      }),
+      (e: IptlbError) =>
+        e.code === 'ECONFLICT' &&
+        /holds rules iptlb did not write in its base chain output; this change rewrites it and would remove those rules: delete them first$/.test(
+          e.message,
+        ),
+    );
+    assert.equal(kernels.nft.commits.length, commits, 'nothing committed');
+    assert.equal(JSON.stringify([...kernels.nft.tables.get('ip')!.chains]), before);
+    // A change of elements only does not rewrite the chain: it goes through, the rule stays.
+    await apply(core, { name: 'web', source: '127.100.0.1:80', destination: ['127.0.0.1:9001', '127.0.0.1:9004'] });
+    assert.equal(kernels.nft.tables.get('ip')!.chains.get('output')![0].kind, 'foreign');
   } finally {
     done();
   }

@@ -229,6 +229,19 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
           // or the base chains would get the rules of the others without their elements.
           planNftChange(new Map(), next, next.keys())
         : planNftChange(state, next, touched, usage, kernelSets, nf, readd);
+    // A change that rewrites a base chain holding rules iptlb did not write would drop them (a rule
+    // is not carried over from what a read shows of it): refused, as removing the last profile is.
+    if (view?.exists && !stray.length) {
+      const rewritten = new Set<string>(
+        steps.flatMap((t) => t.ops.flatMap((o) => (o.op === 'flushChain' ? [o.name] : []))),
+      );
+      const held = foreignObjects(view).foreignRules.filter((c) => rewritten.has(c));
+      if (held.length)
+        throw new IptlbError(
+          'ECONFLICT',
+          `${this.where(f)} holds rules iptlb did not write in its base chain${held.length > 1 ? 's' : ''} ${held.join(', ')}; this change rewrites ${held.length > 1 ? 'them' : 'it'} and would remove those rules: delete them first`,
+        );
+    }
     return {
       family: f,
       steps,
