@@ -1188,6 +1188,15 @@ export class Core {
         const state = await this.readState();
         const target = this.engineFor(to).engine;
         const from: EngineName = to === 'nft' ? 'legacy' : 'nft';
+        const source = this.engineFor(from).engine;
+        // The removal is planned first: one the source engine refuses (another tool's rule in a
+        // chain iptlb would rewrite) stops the move before anything changed.
+        const removals: { f: Family; tx: unknown }[] = [];
+        for (const f of FAMILIES) {
+          const tx = await source.planRemoveAll(f);
+          if (tx !== undefined) removals.push({ f, tx });
+        }
+        const targetHeld = await target.holdsObjects();
         let installMs = 0;
         let installs = 0;
         for (const f of FAMILIES) {
@@ -1199,17 +1208,18 @@ export class Core {
         this.log(
           `installed ${state.size} profile(s) in the ${to} engine in ${installs > 1 ? `${installs} transactions (one per address family)` : 'one transaction'} (${target.executor.kind}, ${installMs.toFixed(2)} ms)`,
         );
-        const source = this.engineFor(from).engine;
         let removeMs = 0;
-        let removals = 0;
-        for (const f of FAMILIES) {
-          const tx = await source.planRemoveAll(f);
-          if (tx === undefined) continue;
-          removeMs += await source.commit(tx);
-          removals++;
+        let removed = 0;
+        for (const { tx } of removals) {
+          try {
+            removeMs += await source.commit(tx);
+          } catch (e) {
+            throw await this.migrateFailed(e as Error, { to, from, target, source, targetHeld, removed });
+          }
+          removed++;
         }
-        const removedFrom = removals > 0;
-        const how = removals > 1 ? `${removals} transactions (one per address family)` : 'one transaction';
+        const removedFrom = removed > 0;
+        const how = removed > 1 ? `${removed} transactions (one per address family)` : 'one transaction';
         this.log(
           removedFrom
             ? `removed iptlb's objects from the ${from} engine in ${how} (${source.executor.kind}, ${removeMs.toFixed(2)} ms)`
@@ -1222,6 +1232,40 @@ export class Core {
         lock.release();
       }
     });
+  }
+
+  /**
+   * A migration whose removal from the source engine failed after the install: the install is undone
+   * when it can be (the target held nothing of iptlb's before, and no family was removed from the
+   * source yet), so the move changed nothing; else the error says that both engines now hold the rules.
+   */
+  private async migrateFailed(
+    e: Error,
+    m: { to: EngineName; from: EngineName; target: Engine; source: Engine; targetHeld: boolean; removed: number },
+  ): Promise<IptlbError> {
+    const why = `removing iptlb's objects from the ${m.from} engine failed (${e.message})`;
+    if (!m.targetHeld && m.removed === 0) {
+      try {
+        for (const f of FAMILIES) {
+          const tx = await m.target.planRemoveAll(f);
+          if (tx !== undefined) await m.target.commit(tx);
+        }
+        return new IptlbError('EKERNEL', `${why}; the install in the ${m.to} engine was undone, nothing was changed`, {
+          cause: e,
+        });
+      } catch (u) {
+        return new IptlbError(
+          'EKERNEL',
+          `${why}, and undoing the install in the ${m.to} engine failed too (${(u as Error).message}): both engines hold iptlb's rules; fix the cause and run migrate again`,
+          { cause: e },
+        );
+      }
+    }
+    return new IptlbError(
+      'EKERNEL',
+      `${why}: both engines hold iptlb's rules now; fix the cause and run migrate again`,
+      { cause: e },
+    );
   }
 
   /**

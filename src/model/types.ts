@@ -197,8 +197,15 @@ export interface KernelView {
      */
     direct?: boolean;
   }[];
-  /** Legacy engine: which gates and dispatch chains exist (gate.ts); absent means none. */
-  gate?: { gates: ('OUTPUT' | 'PREROUTING')[]; dispatch: ('OUTPUT' | 'PREROUTING')[] };
+  /**
+   * Legacy engine: which gates and dispatch chains exist (gate.ts); absent means none. `foreign`:
+   * dispatch chains that also hold rules iptlb did not write (they keep the chain and its gate).
+   */
+  gate?: {
+    gates: ('OUTPUT' | 'PREROUTING')[];
+    dispatch: ('OUTPUT' | 'PREROUTING')[];
+    foreign?: ('OUTPUT' | 'PREROUTING')[];
+  };
 }
 
 export interface CommitResult {

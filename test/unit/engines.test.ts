@@ -384,6 +384,50 @@ for (const [from, to] of [
   });
 }
 
+test('migrate: a source that refuses its removal stops the move before anything changed; a removal that fails undoes the install', async () => {
+  // nft → legacy, another tool's rule in a base chain of table ip iptlb: refused when planned, first.
+  {
+    const kernels = fakes();
+    const a = coreOn('nft', kernels);
+    try {
+      await apply(a.core, web(1));
+      kernels.nft.tables.get('ip')!.chains.get('output')!.push({ kind: 'foreign', text: 'ip daddr 10.0.0.1 accept' });
+      await assert.rejects(a.core.migrate('legacy'), (e: IptlbError) =>
+        /^table ip iptlb holds rules iptlb did not write in its base chain output; removing iptlb's objects would remove them/.test(
+          e.message,
+        ),
+      );
+      assert.equal(kernels.legacy.commits.length, 0, 'nothing installed in legacy');
+      assert.equal(kernels.nft.tables.get('ip')!.chains.get('output')!.length, 2);
+    } finally {
+      a.done();
+    }
+  }
+  // legacy → nft, the legacy removal refused by the kernel after the nft install: the install is undone.
+  {
+    const kernels = fakes();
+    const a = coreOn('legacy', kernels);
+    try {
+      await apply(a.core, web(1));
+      const legacyBefore = JSON.stringify([...kernels.legacy.tables]);
+      kernels.legacy.fail = (tx) =>
+        tx.deleteChains.length ? kernelError(31, 'deleting chain: Too many links') : undefined;
+      await assert.rejects(a.core.migrate('nft'), (e: IptlbError) =>
+        /^removing iptlb's objects from the legacy engine failed \(.*Too many links.*\); the install in the nft engine was undone, nothing was changed$/.test(
+          e.message,
+        ),
+      );
+      assert.equal(kernels.nft.tables.has('ip'), false, 'table ip iptlb is gone again');
+      assert.equal(JSON.stringify([...kernels.legacy.tables]), legacyBefore);
+      kernels.legacy.fail = undefined;
+      await a.core.migrate('nft');
+      assert.equal(kernels.nft.tables.has('ip'), true);
+    } finally {
+      a.done();
+    }
+  }
+});
+
 test('group commit: a batch the kernel refuses is split until the culprit is alone; every other call lands', async () => {
   for (const engine of ['legacy', 'nft'] as const) {
     const kernels = fakes();

@@ -10,6 +10,7 @@ import {
   cascadeProbability,
 } from '../../src/engines/legacy/plan.js';
 import { hostCidr, parseEndpoint } from '../../src/model/address.js';
+import { planGate } from '../../src/engines/legacy/gate.js';
 import {
   renderRestore,
   renderRule,
@@ -226,7 +227,7 @@ test('splitWords honours quotes and escapes; parseRule refuses what iptlb does n
 });
 
 test('gate: set elements are added for planned jumps and deleted only when no remaining rule needs them; old-layout rules are direct and drift says so', async () => {
-  const { planGate, elementOf } = await import('../../src/engines/legacy/gate.js');
+  const { elementOf } = await import('../../src/engines/legacy/gate.js');
   const { compare } = await import('../../src/engines/legacy/drift.js');
   const a = validateProfile({ name: 'a', source: '127.100.0.10:8081', destination: ['127.0.0.1:9001'] });
   const b = validateProfile({
@@ -446,4 +447,31 @@ test('a bad port says what is wrong with it: not a number, a leading zero, none,
   ];
   for (const [text, why] of cases) assert.equal(parseEndpoint(text), why, text);
   assert.deepEqual(parseEndpoint('127.1.1.1:65535'), { ip: '127.1.1.1', port: 65535, family: 'ipv4' });
+});
+
+test("spawn: another tool's rule in a dispatch chain keeps the chain, its gate and the set, as the native executor does", () => {
+  const save = [
+    '*nat',
+    ':OUTPUT ACCEPT [0:0]',
+    ':IPTLB_NAT_WEB - [0:0]',
+    ':IPTLB_OUTPUT - [0:0]',
+    '-A OUTPUT -m set --match-set iptlb-vip-inet dst,dst -j IPTLB_OUTPUT',
+    '-A IPTLB_NAT_WEB -d 127.100.0.1/32 -p tcp -j DNAT --to-destination 127.0.0.1:9001',
+    '-A IPTLB_OUTPUT -d 127.100.0.1/32 -p tcp -m comment --comment "iptlb:web" -m tcp --dport 80 -j IPTLB_NAT_WEB',
+    '-A IPTLB_OUTPUT -m comment --comment admin -j RETURN',
+    'COMMIT',
+    '',
+  ].join('\n');
+  const view = parseSave(save);
+  assert.deepEqual(view.gate, { gates: ['OUTPUT'], dispatch: ['OUTPUT'], foreign: ['OUTPUT'] });
+  const tx = planTransaction([], ['web']);
+  const text = renderRestore(tx, view);
+  assert.match(text, /^-D IPTLB_OUTPUT .*iptlb:web/m);
+  assert.doesNotMatch(text, /^-X IPTLB_OUTPUT$/m);
+  assert.doesNotMatch(text, /^-D OUTPUT /m);
+  assert.equal(planGate(tx, view).needSet, true);
+  // Without the foreign rule the chain and its gate go with iptlb's last rule.
+  const alone = parseSave(save.replace('-A IPTLB_OUTPUT -m comment --comment admin -j RETURN\n', ''));
+  assert.equal(alone.gate?.foreign, undefined);
+  assert.match(renderRestore(tx, alone), /^-X IPTLB_OUTPUT$/m);
 });

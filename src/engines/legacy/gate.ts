@@ -90,10 +90,12 @@ export interface GatePlan {
 
 export function planGate(
   tx: { owners: string[]; hookRules: { chain: HookChain; rule: Rule }[] },
-  view: Pick<KernelView, 'hookRules'>,
+  view: Pick<KernelView, 'hookRules' | 'gate'>,
 ): GatePlan {
   const owners = new Set(tx.owners);
   const remaining: Record<GatedHook, number> = { OUTPUT: 0, PREROUTING: 0 };
+  // Another tool's rule in a dispatch chain keeps it, its gate and the set (as the native executor).
+  for (const h of view.gate?.foreign ?? []) remaining[h]++;
   const live = new Set<string>();
   const removed = new Set<string>();
   for (const h of view.hookRules) {

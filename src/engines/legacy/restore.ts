@@ -119,7 +119,11 @@ export type SavedView = KernelView;
  */
 export function parseSave(text: string): KernelView {
   const view: KernelView = { chains: [], hookRules: [] };
-  const gate: { gates: GatedHook[]; dispatch: GatedHook[] } = { gates: [], dispatch: [] };
+  const gate: { gates: GatedHook[]; dispatch: GatedHook[]; foreign: GatedHook[] } = {
+    gates: [],
+    dispatch: [],
+    foreign: [],
+  };
   const chains = new Map<string, KernelView['chains'][number]>();
   const positions = new Map<string, number>();
   let inNat = false;
@@ -160,9 +164,13 @@ export function parseSave(text: string): KernelView {
     const c = chains.get(chain);
     const behind = hookOfDispatch(chain);
     if (behind) {
-      // A profile's rule behind the gate: read as the hook rule it stands for.
+      // A profile's rule behind the gate: read as the hook rule it stands for. Another's keeps the
+      // chain and its gate (as the native executor does).
       const owner = ownerOf(words);
-      if (owner === null) continue;
+      if (owner === null) {
+        if (!gate.foreign.includes(behind)) gate.foreign.push(behind);
+        continue;
+      }
       const rule = parseRule(words) ?? { matches: [], target: { name: 'unknown', raw: args } as unknown as Target };
       view.hookRules.push({ chain: behind, owner, position: pos, rule, packets, bytes, raw: args });
     } else if (c) {
@@ -189,6 +197,7 @@ export function parseSave(text: string): KernelView {
       view.hookRules.push(h);
     }
   }
-  if (gate.gates.length || gate.dispatch.length) view.gate = gate;
+  if (gate.gates.length || gate.dispatch.length)
+    view.gate = gate.foreign.length ? gate : { gates: gate.gates, dispatch: gate.dispatch };
   return view;
 }

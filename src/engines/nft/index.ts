@@ -300,8 +300,20 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     return planNftRebuild(profiles.values(), view.genid || undefined, nftTableFamily(f), view);
   }
 
+  /**
+   * As deleting the last profile does: the table goes when iptlb made everything in it; objects of
+   * another tool keep it (only iptlb's content goes); a rule of another tool in a base chain refuses.
+   */
   async planRemoveAll(f: Family): Promise<NftTransaction | undefined> {
-    return (await this.read(f)).exists ? planNftRemoveAll(nftTableFamily(f)) : undefined;
+    const view = await this.read(f);
+    if (!view.exists) return undefined;
+    const { foreign, foreignRules } = foreignObjects(view);
+    if (foreignRules.length)
+      throw new IptlbError(
+        'ECONFLICT',
+        `${this.where(f)} holds rules iptlb did not write in its base chain${foreignRules.length > 1 ? 's' : ''} ${foreignRules.join(', ')}; removing iptlb's objects would remove them: delete those rules first`,
+      );
+    return foreign.length ? planNftClear(view, nftTableFamily(f)) : planNftRemoveAll(nftTableFamily(f));
   }
 
   async commit(tx: NftTransaction): Promise<number> {
