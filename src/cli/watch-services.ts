@@ -36,7 +36,8 @@ export async function startWatchServices(
   return {
     onSync: (r) => stats.observeSync(r),
     async start() {
-      if (checker) await checker.start();
+      // The address first: one that cannot be listened on (in use, not local) fails before the
+      // checks start, so no health file is left behind.
       if (o.metricsAddress !== undefined) {
         server = await startMetricsServer({
           address: o.metricsAddress,
@@ -45,10 +46,17 @@ export async function startWatchServices(
           ...(checker ? { checker } : {}),
           ...(o.extra ? { extra: o.extra } : {}),
         });
+      }
+      try {
+        if (checker) await checker.start();
+      } catch (e) {
+        await server?.close();
+        throw e;
+      }
+      if (server)
         o.log(
           `${o.who ?? 'watch'}: serving /metrics and /healthz on ${server.host.includes(':') ? `[${server.host}]` : server.host}:${server.port}`,
         );
-      }
     },
     stop() {
       stopped ??= (async () => {

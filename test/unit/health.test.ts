@@ -15,6 +15,7 @@ import {
   type Transaction,
 } from '../../src/index.js';
 import { Core } from '../../src/core/core.js';
+import { FakeLegacyKernel } from '../harness/fake-kernel.js';
 import { HealthChecker, coreHost } from '../../src/health/checker.js';
 import { effectiveProfile } from '../../src/health/effective.js';
 import { ProcessStats, parseListenAddress } from '../../src/metrics/server.js';
@@ -665,4 +666,34 @@ test('metrics text and /healthz from a core: families, labels escaped, 503 with 
     await server.close();
   }
   await assert.rejects(startMetricsServer({ address: '127.0.0.1:x', core }), /metrics-address: /);
+});
+
+test('watch services: a metrics address that cannot be listened on fails before the checks start; no health file is left', async () => {
+  const { startWatchServices } = await import('../../src/cli/watch-services.js');
+  const net = await import('node:net');
+  const { mkdtempSync, readdirSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-ws-'));
+  const core = new Core({ stateFile: path.join(dir, 'state.db'), engine: 'legacy' }, new FakeLegacyKernel());
+  const taken = net.createServer().listen(0, '127.0.0.1');
+  await new Promise((r) => taken.once('listening', r));
+  try {
+    const port = (taken.address() as { port: number }).port;
+    const lines: string[] = [];
+    const services = await startWatchServices(core, {
+      metricsAddress: `127.0.0.1:${port}`,
+      health: true,
+      log: (l) => lines.push(l),
+    });
+    await assert.rejects(
+      services.start(),
+      /^IptlbError: metrics-address: cannot listen on 127\.0\.0\.1:\d+ \(EADDRINUSE\)$/,
+    );
+    await services.stop();
+    assert.deepEqual(readdirSync(dir), [], 'no health file');
+    assert.deepEqual(lines, [], 'nothing started, nothing said');
+  } finally {
+    taken.close();
+  }
 });

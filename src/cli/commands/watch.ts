@@ -49,9 +49,11 @@ export function register(program: Command, io: Out): void {
           health: o.healthChecks,
           log,
         });
+        // The services first: a metrics address that cannot be listened on fails before the watch
+        // starts (one line, nothing left behind).
+        await services.start();
         const w = startWatch(core, { intervalMs: interval, settleMs: settle, log, onSync: services.onSync });
         io.err(`iptlb: watch: watching ${core.statePath} (check every ${interval} ms)`);
-        await services.start();
         w.done.then(() => services.stop()).catch(() => {});
         const stop = (): void => void w.stop().then(() => services.stop());
         process.once('SIGTERM', stop);
