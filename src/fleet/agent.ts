@@ -353,11 +353,14 @@ export class Agent extends EventEmitter<AgentEvents> {
   /** Folds one watch response into the mirror and schedules a commit. */
   private fold(events: StoreEvent[], revision: number): void {
     const start = this.profilesPrefix;
+    // Already in the listed set, or already seen: older than what the responses before this one
+    // brought. (Not compared with a response's header revision: a watcher catching up sends older
+    // events under a newer header. Nor with the events before it in this response: the events of
+    // one transaction, `fleet apply --file` or `fleet delete a b`, share its revision.)
+    const seen = this.eventRevision;
     for (const e of events) {
-      // Already in the listed set, or already seen. (Not compared with a response's header revision:
-      // a watcher catching up sends older events under a newer header.)
-      if (e.modRevision <= this.eventRevision) continue;
-      this.eventRevision = e.modRevision;
+      if (e.modRevision <= seen) continue;
+      if (e.modRevision > this.eventRevision) this.eventRevision = e.modRevision;
       const name = e.key.slice(start.length);
       if (e.type === 'delete') this.mirror.delete(name);
       else this.mirror.set(name, { ...parseStored(name, e.value ?? ''), modRevision: e.modRevision });

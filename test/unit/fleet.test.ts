@@ -347,6 +347,23 @@ describe('fleet: agent against a fake store and the fake nft kernel', () => {
     await a.stop();
   });
 
+  test('the events of one transaction share its revision (fleet apply --file, fleet delete a b): every one is applied', async () => {
+    const store = new FakeStore();
+    const kernel = new FakeNftKernel();
+    const a = makeAgent(store, kernel, stateFile());
+    putProf(store, 'a', 1);
+    await a.start();
+    await a.ready;
+    await until(() => a.status().watch === 'watching', 'watching');
+    const put = (name: string, port: number) => ({ put: profileKey(P, name), value: JSON.stringify(prof(name, port)) });
+    const rev = store.write([put('m1', 2), put('m2', 3), put('m3', 4)]);
+    await until(async () => (await inKernel(a)).join() === 'a,m1,m2,m3', 'all three applied');
+    await until(() => a.status().revision === rev, 'at the transaction revision');
+    store.write([{ delete: profileKey(P, 'm1') }, { delete: profileKey(P, 'm3') }]);
+    await until(async () => (await inKernel(a)).join() === 'a,m2', 'both deleted');
+    await a.stop();
+  });
+
   test('host key: a failed lease grant is retried with backoff', async () => {
     const store = new FakeStore();
     store.leaseFails = 3;
