@@ -151,6 +151,36 @@ test('nft: a change that would rewrite a base chain holding a rule iptlb did not
   }
 });
 
+test('nft: profiles that swap addresses, or one that takes the address another leaves, in one commit keep their elements', async () => {
+  const P = (name: string, vip: string, dest = 9001): ProfileInput => ({
+    name,
+    source: `${vip}:80`,
+    destination: [`127.0.0.1:${dest}`],
+  });
+  for (const stateFile of [true, false]) {
+    const kernels = fakes();
+    const handle = stateFile ? coreOn('nft', kernels) : undefined;
+    const lb = handle ? undefined : await open({ stateFile: false }, kernels.nft as Executor);
+    const run = (...inputs: ProfileInput[]) => (handle ? apply(handle.core, ...inputs) : lb!.apply(inputs));
+    const check = async (want: Record<string, string>) => {
+      const reports = handle ? await handle.core.status() : await lb!.status();
+      assert.deepEqual(Object.fromEntries(reports.map((r) => [r.name, r.status])), want, `state file: ${stateFile}`);
+    };
+    try {
+      await run(P('s1', '127.105.0.7'), P('s2', '127.105.0.8'));
+      await run(P('s1', '127.105.0.8'), P('s2', '127.105.0.7')); // swap, same destinations
+      await check({ s1: 'in-sync', s2: 'in-sync' });
+      await run(P('s1', '127.105.0.7', 9002), P('s2', '127.105.0.8', 9003)); // swap back, other destinations
+      await check({ s1: 'in-sync', s2: 'in-sync' });
+      await run(P('s2', '127.105.0.9', 9003), P('s1', '127.105.0.8', 9003)); // s1 takes the address s2 leaves
+      await check({ s1: 'in-sync', s2: 'in-sync' });
+    } finally {
+      handle?.done();
+      await lb?.close();
+    }
+  }
+});
+
 test('nft: a rebuild empties the table in place and keeps it (its NAT hooks): an in-memory instance adding a round-robin profile beside profiles it was not told about', async () => {
   const kernels = fakes();
   const inMemory = (k = kernels) =>

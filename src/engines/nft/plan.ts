@@ -317,6 +317,28 @@ class ElementOps {
     if (plan.set !== null) this.addDispatch(plan.set, plan.vip);
     this.addBackends(plan.proto, plan.backends);
   }
+  /** Moves to `to` the elements of these ops that `other` carries too (same set or map, same key). */
+  moveShared(other: ElementOps, to: ElementOps): void {
+    for (const [set, elements] of this.dispatch) {
+      const theirs = new Set((other.dispatch.get(set) ?? []).map((e) => `${e.ip} ${e.port}`));
+      const shared = elements.filter((e) => theirs.has(`${e.ip} ${e.port}`));
+      if (!shared.length) continue;
+      for (const e of shared) to.addDispatch(set, e);
+      const rest = elements.filter((e) => !theirs.has(`${e.ip} ${e.port}`));
+      if (rest.length) this.dispatch.set(set, rest);
+      else this.dispatch.delete(set);
+    }
+    for (const [proto, elements] of this.backends) {
+      const keyOf = (b: NftBackendElement): string => `${b.vip.ip} ${b.vip.port} ${b.index}`;
+      const theirs = new Set((other.backends.get(proto) ?? []).map(keyOf));
+      const shared = elements.filter((b) => theirs.has(keyOf(b)));
+      if (!shared.length) continue;
+      to.addBackends(proto, shared);
+      const rest = elements.filter((b) => !theirs.has(keyOf(b)));
+      if (rest.length) this.backends.set(proto, rest);
+      else this.backends.delete(proto);
+    }
+  }
   emit(kind: 'add' | 'delete', ops: NftOp[]): void {
     // Deletes: dispatch first (the profile stops matching), then its backends; adds the other way round.
     const dispatch = (): void => {
@@ -534,6 +556,10 @@ function sortElements(
     if (o) dels.add(o);
     if (n) adds.add(n);
   }
+  // An element a moving profile leaves that another profile takes in this change (two profiles that
+  // swap addresses, or one that takes the address another leaves): deleted in the first step, before
+  // the add of the same key, not in the second, where it would delete what the other now uses.
+  later.moveShared(adds, dels);
   return { moving, dels, adds, later };
 }
 
