@@ -13,7 +13,8 @@ export type ErrorCode =
   | 'ERESTART' // the nf_tables ruleset changed under a read-modify-write commit; retried, then reported
   | 'EPERM' // missing CAP_NET_ADMIN or file permission
   | 'ENATIVE' // the native addon cannot be used
-  | 'EEXECUTOR'; // no executor can run on this machine
+  | 'EEXECUTOR' // no executor can run on this machine
+  | 'ESTORE'; // the fleet's store (etcd) could not be reached or refused the request
 
 export class IptlbError extends Error {
   readonly code: ErrorCode;

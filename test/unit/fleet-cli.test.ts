@@ -13,3 +13,33 @@ test('agent metrics: applied revision, owned and refused profiles, one watch sta
   for (const family of ['applied_revision', 'profiles', 'refused_profiles', 'watch_state'])
     assert.match(text, new RegExp(`^# TYPE iptlb_agent_${family} gauge$`, 'm'));
 });
+
+test('fleet commands: etcd unreachable (or refusing) is one line naming the endpoints, exit 1, not an internal error', async () => {
+  const { mock } = await import('node:test');
+  const { EtcdStore } = await import('../../src/fleet/store.js');
+  const { main } = await import('../../src/cli/main.js');
+  const connect = mock.method(EtcdStore, 'connect', async () => {
+    throw new Error(
+      '14 UNAVAILABLE: No connection established. Last error: Error: connect ECONNREFUSED 127.0.0.1:1. Resolution note: \nmore',
+    );
+  });
+  try {
+    for (const args of [
+      ['fleet', 'status'],
+      ['fleet', 'list'],
+      ['fleet', 'delete', 'a'],
+      ['fleet', 'apply', '-profile=a', '-src-addr=127.100.0.1:80', '-dest-addr=127.0.0.1:9001'],
+    ]) {
+      let err = '';
+      const code = await main([...args, '--etcd', '127.0.0.1:1'], { out: () => {}, err: (s) => (err += s + '\n') });
+      assert.equal(code, 1, args.join(' '));
+      assert.equal(
+        err,
+        'iptlb: error: etcd 127.0.0.1:1: 14 UNAVAILABLE: No connection established. Last error: Error: connect ECONNREFUSED 127.0.0.1:1.\n',
+        args.join(' '),
+      );
+    }
+  } finally {
+    connect.mock.restore();
+  }
+});

@@ -11,11 +11,28 @@ import type { FleetStore } from '../../fleet/store.js';
 async function withStore<T>(o: EtcdFlags, fn: (store: FleetStore, prefix: string) => Promise<T>): Promise<T> {
   const { etcd, prefix } = etcdOptions(o);
   const { EtcdStore } = await import('../../fleet/store.js');
-  const store = await EtcdStore.connect(etcd);
+  // What etcd or its client says (unreachable, a deadline, refused credentials) is one line naming
+  // the endpoints, not an internal error.
+  const storeError = (e: unknown): unknown =>
+    e instanceof IptlbError
+      ? e
+      : new IptlbError(
+          'ESTORE',
+          `etcd ${etcd.endpoints.join(',')}: ${String((e as Error)?.message ?? e)
+            .split('\n')[0]!
+            .replace(/\s*Resolution note:\s*$/, '')
+            .trim()}`,
+          { field: 'etcd' },
+        );
+  const store = await EtcdStore.connect(etcd).catch((e: unknown) => {
+    throw storeError(e);
+  });
   try {
-    return await fn(store, prefix);
+    return await fn(store, prefix).catch((e: unknown) => {
+      throw storeError(e);
+    });
   } finally {
-    await store.close();
+    await store.close().catch(() => {});
   }
 }
 
