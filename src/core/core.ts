@@ -1191,10 +1191,10 @@ export class Core {
         const source = this.engineFor(from).engine;
         // The removal is planned first: one the source engine refuses (another tool's rule in a
         // chain iptlb would rewrite) stops the move before anything changed.
-        const removals: { f: Family; tx: unknown }[] = [];
+        const removals: unknown[] = [];
         for (const f of FAMILIES) {
           const tx = await source.planRemoveAll(f);
-          if (tx !== undefined) removals.push({ f, tx });
+          if (tx !== undefined) removals.push(tx);
         }
         const targetHeld = await target.holdsObjects();
         let installMs = 0;
@@ -1210,7 +1210,7 @@ export class Core {
         );
         let removeMs = 0;
         let removed = 0;
-        for (const { tx } of removals) {
+        for (const tx of removals) {
           try {
             removeMs += await source.commit(tx);
           } catch (e) {

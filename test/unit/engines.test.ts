@@ -137,7 +137,7 @@ test('nft: a change that would rewrite a base chain holding a rule iptlb did not
       }),
       (e: IptlbError) =>
         e.code === 'ECONFLICT' &&
-        /holds rules iptlb did not write in its base chain output; this change rewrites it and would remove those rules: delete them first$/.test(
+        /holds rules iptlb did not write in its base chain output; this change rewrites it, which would remove them: delete those rules first$/.test(
           e.message,
         ),
     );

@@ -179,10 +179,7 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
       // only iptlb's content goes, and never a chain, set, map or rule iptlb did not make.
       const { foreign, foreignRules } = foreignObjects(view);
       if (foreignRules.length) {
-        throw new IptlbError(
-          'ECONFLICT',
-          `${this.where(f)} holds rules iptlb did not write in its base chain${foreignRules.length > 1 ? 's' : ''} ${foreignRules.join(', ')}; removing its last profile would remove them: delete those rules first`,
-        );
+        throw this.foreignRulesRefusal(f, foreignRules, 'removing its last profile would remove them');
       }
       if (foreign.length) {
         const note = `${this.where(f)} also holds objects iptlb did not make (${foreign.slice(0, 5).join(', ')}${foreign.length > 5 ? ', …' : ''}): removing only iptlb's rules, sets and elements, and keeping the table`;
@@ -237,9 +234,10 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
       );
       const held = foreignObjects(view).foreignRules.filter((c) => rewritten.has(c));
       if (held.length)
-        throw new IptlbError(
-          'ECONFLICT',
-          `${this.where(f)} holds rules iptlb did not write in its base chain${held.length > 1 ? 's' : ''} ${held.join(', ')}; this change rewrites ${held.length > 1 ? 'them' : 'it'} and would remove those rules: delete them first`,
+        throw this.foreignRulesRefusal(
+          f,
+          held,
+          `this change rewrites ${held.length > 1 ? 'them' : 'it'}, which would remove them`,
         );
     }
     return {
@@ -309,11 +307,16 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     if (!view.exists) return undefined;
     const { foreign, foreignRules } = foreignObjects(view);
     if (foreignRules.length)
-      throw new IptlbError(
-        'ECONFLICT',
-        `${this.where(f)} holds rules iptlb did not write in its base chain${foreignRules.length > 1 ? 's' : ''} ${foreignRules.join(', ')}; removing iptlb's objects would remove them: delete those rules first`,
-      );
+      throw this.foreignRulesRefusal(f, foreignRules, "removing iptlb's objects would remove them");
     return foreign.length ? planNftClear(view, nftTableFamily(f)) : planNftRemoveAll(nftTableFamily(f));
+  }
+
+  /** A change refused because base chains `chains` hold rules another tool wrote: `what` would remove them. */
+  private foreignRulesRefusal(f: Family, chains: string[], what: string): IptlbError {
+    return new IptlbError(
+      'ECONFLICT',
+      `${this.where(f)} holds rules iptlb did not write in its base chain${chains.length > 1 ? 's' : ''} ${chains.join(', ')}; ${what}: delete those rules first`,
+    );
   }
 
   async commit(tx: NftTransaction): Promise<number> {
