@@ -78,9 +78,15 @@ test('nft: profiles written to the state file without -run are committed when ap
           destination: ['127.0.0.1:9003', '127.0.0.1:9004'],
           scheduler: 'round-robin',
         },
+        { name: 'l', source: '127.100.0.4:80', destination: ['127.0.0.1:9005'], logEnabled: true },
       ];
       await core.transact((state) => upsertChange(state, stateOnly), { run: false });
-      assert.deepEqual(await statuses(core), { ...(tableFirst ? { a: 'in-sync' } : {}), p: 'missing', r: 'missing' });
+      assert.deepEqual(await statuses(core), {
+        ...(tableFirst ? { a: 'in-sync' } : {}),
+        p: 'missing',
+        r: 'missing',
+        l: 'missing',
+      });
       // The same profiles again, now with -run: before, an empty plan was committed and reported.
       lines.length = 0;
       await apply(core, stateOnly[0]);
@@ -91,10 +97,27 @@ test('nft: profiles written to the state file without -run are committed when ap
       if (tableFirst) assert.deepEqual(replaced, []);
       else assert.match(replaced.join('\n'), /is not as the state says \(table ip iptlb does not exist/);
       await apply(core, ...stateOnly);
-      assert.deepEqual(await statuses(core), { ...(tableFirst ? { a: 'in-sync' } : {}), p: 'in-sync', r: 'in-sync' });
+      assert.deepEqual(await statuses(core), {
+        ...(tableFirst ? { a: 'in-sync' } : {}),
+        p: 'in-sync',
+        r: 'in-sync',
+        l: 'in-sync',
+      });
     } finally {
       done();
     }
+  }
+  // A profile with rules of its own (logging here), alone in the state without -run beside one that
+  // is in the kernel: it is looked up in a read of the table, and the table replaced.
+  const { core, done } = coreOn('nft');
+  try {
+    await apply(core, { name: 'a', source: '127.100.0.1:80', destination: ['127.0.0.1:9001'] });
+    const l: ProfileInput = { name: 'l', source: '127.100.0.4:80', destination: ['127.0.0.1:9005'], logEnabled: true };
+    await core.transact((state) => upsertChange(state, [l]), { run: false });
+    await apply(core, l);
+    assert.deepEqual(await statuses(core), { a: 'in-sync', l: 'in-sync' });
+  } finally {
+    done();
   }
 });
 

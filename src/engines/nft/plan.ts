@@ -293,6 +293,24 @@ export function baseUnchanged(
 }
 
 /** Collects element ops, one op per set and kind. */
+/** Takes out of `mine` the elements whose key `theirs` has under the same name, handing them to `take`. */
+function moveKeyed<K, E>(
+  mine: Map<K, E[]>,
+  theirs: ReadonlyMap<K, E[]>,
+  key: (e: E) => string,
+  take: (name: K, elements: E[]) => void,
+): void {
+  for (const [name, elements] of mine) {
+    const keys = new Set((theirs.get(name) ?? []).map(key));
+    const shared = elements.filter((e) => keys.has(key(e)));
+    if (!shared.length) continue;
+    take(name, shared);
+    const rest = elements.filter((e) => !keys.has(key(e)));
+    if (rest.length) mine.set(name, rest);
+    else mine.delete(name);
+  }
+}
+
 class ElementOps {
   private dispatch = new Map<string, NftEndpoint[]>();
   private backends = new Map<Protocol, NftBackendElement[]>();
@@ -319,25 +337,10 @@ class ElementOps {
   }
   /** Moves to `to` the elements of these ops that `other` carries too (same set or map, same key). */
   moveShared(other: ElementOps, to: ElementOps): void {
-    for (const [set, elements] of this.dispatch) {
-      const theirs = new Set((other.dispatch.get(set) ?? []).map((e) => `${e.ip} ${e.port}`));
-      const shared = elements.filter((e) => theirs.has(`${e.ip} ${e.port}`));
-      if (!shared.length) continue;
-      for (const e of shared) to.addDispatch(set, e);
-      const rest = elements.filter((e) => !theirs.has(`${e.ip} ${e.port}`));
-      if (rest.length) this.dispatch.set(set, rest);
-      else this.dispatch.delete(set);
-    }
-    for (const [proto, elements] of this.backends) {
-      const keyOf = (b: NftBackendElement): string => `${b.vip.ip} ${b.vip.port} ${b.index}`;
-      const theirs = new Set((other.backends.get(proto) ?? []).map(keyOf));
-      const shared = elements.filter((b) => theirs.has(keyOf(b)));
-      if (!shared.length) continue;
-      to.addBackends(proto, shared);
-      const rest = elements.filter((b) => !theirs.has(keyOf(b)));
-      if (rest.length) this.backends.set(proto, rest);
-      else this.backends.delete(proto);
-    }
+    const vipKey = (e: NftEndpoint): string => `${e.ip} ${e.port}`;
+    const backendKey = (b: NftBackendElement): string => `${vipKey(b.vip)} ${b.index}`;
+    moveKeyed(this.dispatch, other.dispatch, vipKey, (set, vips) => vips.forEach((v) => to.addDispatch(set, v)));
+    moveKeyed(this.backends, other.backends, backendKey, (proto, b) => to.addBackends(proto, b));
   }
   emit(kind: 'add' | 'delete', ops: NftOp[]): void {
     // Deletes: dispatch first (the profile stops matching), then its backends; adds the other way round.
