@@ -27,6 +27,7 @@ import {
   validatePrefix,
   type Parsed,
   type Refusal,
+  type StoredEntry,
 } from './reconcile.js';
 import { EtcdStore, prefixEnd, type EtcdOptions, type FleetStore, type StoreEvent, type WatchHandle } from './store.js';
 import { nodeOs } from '../platform/builtins.js';
@@ -94,6 +95,9 @@ export interface AgentEvents {
   status: [HostStatus];
 }
 
+/** A profile of the store as the agent's mirror holds it. */
+type Mirrored = StoredEntry & { modRevision: number };
+
 const sleep = (ms: number, signal?: { stopped: boolean; wake?: () => void }): Promise<void> =>
   new Promise((r) => {
     const t = setTimeout(r, ms);
@@ -119,7 +123,7 @@ export class Agent extends EventEmitter<AgentEvents> {
   >;
   private readonly log: (line: string) => void;
   /** The store's profiles as this agent knows them: name → parsed value, and the revision it is complete up to. */
-  private mirror = new Map<string, Parsed & { modRevision: number }>();
+  private mirror = new Map<string, Mirrored>();
   private mirrorRevision = 0;
   /** The newest event folded into the mirror (the listed revision at first). */
   private eventRevision = 0;
@@ -188,6 +192,8 @@ export class Agent extends EventEmitter<AgentEvents> {
   /** Chooses the engine, connects, and starts the loop (returns once started, not once synced: see {@link ready}). */
   async start(): Promise<void> {
     await this.core.select();
+    // What the kernel keeps from the last run counts until the first list is committed (etcd may be down).
+    this.ownedCount = (await this.core.readState()).size;
     const e = this.opts.etcd;
     this.store = 'range' in e ? e : await EtcdStore.connect(e);
     const s = this.core.selection;
@@ -257,7 +263,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     // All pages at the revision of the first one.
     const start = this.profilesPrefix;
     const end = prefixEnd(start);
-    const listed = new Map<string, Parsed & { modRevision: number }>();
+    const listed = new Map<string, Mirrored>();
     let revision = 0;
     let from = start;
     let pages = 0;
@@ -269,6 +275,7 @@ export class Agent extends EventEmitter<AgentEvents> {
         listed.set(kv.key.slice(start.length), {
           ...this.parse(kv.key.slice(start.length), kv.value, kv.modRevision),
           modRevision: kv.modRevision,
+          createRevision: kv.createRevision,
         });
       if (!page.more || !page.kvs.length) break;
       from = page.kvs[page.kvs.length - 1]!.key + '\0';
@@ -363,7 +370,12 @@ export class Agent extends EventEmitter<AgentEvents> {
       if (e.modRevision > this.eventRevision) this.eventRevision = e.modRevision;
       const name = e.key.slice(start.length);
       if (e.type === 'delete') this.mirror.delete(name);
-      else this.mirror.set(name, { ...parseStored(name, e.value ?? ''), modRevision: e.modRevision });
+      else
+        this.mirror.set(name, {
+          ...parseStored(name, e.value ?? ''),
+          modRevision: e.modRevision,
+          ...(e.createRevision ? { createRevision: e.createRevision } : {}),
+        });
     }
     // The mirror is complete up to the newest event; a response without events (a progress
     // notification) says it is complete up to its revision.

@@ -5,8 +5,8 @@
 import { IptlbError } from '../model/errors.js';
 import { checkConflicts, show, validateName, validateProfile } from '../model/profile.js';
 import type { Profile, ProfileInput } from '../model/types.js';
-import { hostKey, parseStored, profileKey, type Parsed } from './reconcile.js';
-import { MAX_TXN_OPS, prefixEnd, type FleetStore } from './store.js';
+import { decide, hostKey, parseStored, profileKey, type Parsed, type Refusal } from './reconcile.js';
+import { MAX_TXN_OPS, prefixEnd, type FleetStore, type StoreKV } from './store.js';
 import type { HostStatus } from './agent.js';
 
 /** Every key of `prefix`, in pages of `pageSize`, all at the revision of the first page. */
@@ -14,9 +14,9 @@ export async function listPrefix(
   store: FleetStore,
   prefix: string,
   pageSize = 1000,
-): Promise<{ kvs: { key: string; value: string; modRevision: number }[]; revision: number }> {
+): Promise<{ kvs: StoreKV[]; revision: number }> {
   const end = prefixEnd(prefix);
-  const kvs: { key: string; value: string; modRevision: number }[] = [];
+  const kvs: StoreKV[] = [];
   let revision = 0;
   let from = prefix;
   for (;;) {
@@ -33,7 +33,10 @@ export interface StoredProfile {
   name: string;
   key: string;
   modRevision: number;
+  createRevision: number;
   parsed: Parsed;
+  /** Set for a valid profile that every agent refuses: an earlier stored profile claims its chain or source. */
+  conflict?: Refusal;
 }
 
 export async function fleetList(
@@ -42,13 +45,27 @@ export async function fleetList(
 ): Promise<{ profiles: StoredProfile[]; revision: number }> {
   const base = `${prefix}profiles/`;
   const { kvs, revision } = await listPrefix(store, base);
-  return {
-    revision,
-    profiles: kvs.map((kv) => {
-      const name = kv.key.slice(base.length);
-      return { name, key: kv.key, modRevision: kv.modRevision, parsed: parseStored(name, kv.value) };
-    }),
-  };
+  const profiles: StoredProfile[] = kvs.map((kv) => {
+    const name = kv.key.slice(base.length);
+    return {
+      name,
+      key: kv.key,
+      modRevision: kv.modRevision,
+      createRevision: kv.createRevision,
+      parsed: parseStored(name, kv.value),
+    };
+  });
+  // What every agent decides from the store alone (an agent's older versions of refused values aside).
+  const { refused } = decide(
+    new Map(profiles.map((p) => [p.name, { ...p.parsed, createRevision: p.createRevision }])),
+    new Map(),
+  );
+  const conflicts = new Map(refused.filter((r) => r.code === 'ECONFLICT').map((r) => [r.name, r]));
+  for (const p of profiles) {
+    const c = p.parsed.ok ? conflicts.get(p.name) : undefined;
+    if (c) p.conflict = c;
+  }
+  return { revision, profiles };
 }
 
 /**
@@ -74,15 +91,29 @@ export async function fleetApply(
       { field: 'profiles' },
     );
   if (!profiles.length) throw new IptlbError('EUSAGE', 'profiles: nothing to apply', { field: 'profiles' });
-  const { profiles: stored } = await fleetList(store, prefix);
-  const others: Profile[] = [];
-  for (const s of stored) if (s.parsed.ok && !names.has(s.name)) others.push(s.parsed.profile);
-  profiles.forEach((p, i) => checkConflicts(p, [...others, ...profiles.slice(0, i)]));
-  const revision = await store.txn(
-    profiles.map((p) => ({ put: profileKey(prefix, p.name), value: JSON.stringify(profileJson(p)) })),
-  );
-  return { revision, applied: profiles };
+  const base = `${prefix}profiles/`;
+  for (let attempt = 1; ; attempt++) {
+    const { profiles: stored, revision: listed } = await fleetList(store, prefix);
+    const others: Profile[] = [];
+    for (const s of stored) if (s.parsed.ok && !names.has(s.name)) others.push(s.parsed.profile);
+    profiles.forEach((p, i) => checkConflicts(p, [...others, ...profiles.slice(0, i)]));
+    // Written only if no profile was stored since the list: two writers at once cannot both store
+    // profiles that conflict (each checked against a list without the other's).
+    const revision = await store.txn(
+      profiles.map((p) => ({ put: profileKey(prefix, p.name), value: JSON.stringify(profileJson(p)) })),
+      { start: base, end: prefixEnd(base), revision: listed },
+    );
+    if (revision !== null) return { revision, applied: profiles };
+    if (attempt === APPLY_ATTEMPTS)
+      throw new IptlbError(
+        'ESTORE',
+        `etcd: other writers changed the stored profiles during each of ${attempt} attempts to check and write these; nothing was written`,
+      );
+  }
 }
+
+/** How often `fleetApply` lists, checks and writes again when another writer got in between. */
+const APPLY_ATTEMPTS = 5;
 
 /** The profile as stored: the state file's and the API's fields, defaults included. */
 export function profileJson(p: Profile): Record<string, unknown> {
@@ -111,7 +142,7 @@ export async function fleetDelete(
         field: 'name',
       });
   }
-  const revision = await store.txn(list.map((n) => ({ delete: profileKey(prefix, n) })));
+  const revision = (await store.txn(list.map((n) => ({ delete: profileKey(prefix, n) })))) as number; // no guard
   return { revision, deleted: list };
 }
 
@@ -139,6 +170,12 @@ export async function fleetStatus(
 ): Promise<{ storeRevision: number; target: number; hosts: HostRow[]; converged: boolean }> {
   const hostsBase = `${prefix}hosts/`;
   const { kvs, revision: storeRevision } = await listPrefix(store, hostsBase);
+  if (opts.revision !== undefined && opts.revision > storeRevision)
+    throw new IptlbError(
+      'EUSAGE',
+      `revision: ${opts.revision} is past the store's revision ${storeRevision}: no host can have applied it`,
+      { field: 'revision' },
+    );
   let target = opts.revision ?? 0;
   if (opts.revision === undefined) {
     const { kvs: profiles } = await listPrefix(store, `${prefix}profiles/`);

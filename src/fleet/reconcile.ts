@@ -66,63 +66,78 @@ export interface Refusal {
   message: string;
 }
 
+/** A stored profile as the agent knows it: parsed, with the revision that created its key. */
+export type StoredEntry = Parsed & { createRevision?: number };
+
 /**
- * The change from `owned` to what `stored` says. Profiles that are unchanged, and the old versions
- * of owned profiles whose new value is refused, are placed first; then the new and changed ones in
- * name order, each refused (ECONFLICT) when its chain or source/protocol is taken. Owned profiles the
- * store no longer has are removed. Profiles the agent does not own are not in `owned` and never touched.
+ * The change from `owned` to what `stored` says, decided from the store alone wherever the store
+ * decides, so that every host reaches the same answer whatever it held before.
+ *
+ * Profiles claim their chain and source/protocol in the order their keys were created in the store
+ * (etcd's create revision; a key deleted and put again is created again; ties and a missing revision
+ * by name): a profile whose claim an earlier one holds is refused (ECONFLICT). So a new profile that
+ * takes a serving profile's address is refused on every host, a fresh one included; a serving
+ * profile changed to take an older one's address loses it, and its rules go.
+ *
+ * What only this host knows: an owned profile whose new value is refused (invalid, or a conflict)
+ * keeps its old version, in its place in that order, when nothing before it claims what that version
+ * does; else it is removed. Owned profiles the store no longer has are removed. Profiles the agent
+ * does not own are not in `owned` and never touched.
  */
 export function decide(
-  stored: ReadonlyMap<string, Parsed>,
+  stored: ReadonlyMap<string, StoredEntry>,
   owned: ReadonlyMap<string, Profile>,
 ): { change: Change; refused: Refusal[] } {
   const byChain = new Map<string, string>();
   const bySource = new Map<string, string>();
+  /** Why `p` cannot have its claims (an earlier profile holds one), or undefined. */
+  const clash = (p: Profile): Refusal | undefined => {
+    const c = byChain.get(chainName(p.name));
+    if (c !== undefined && c !== p.name)
+      return {
+        name: p.name,
+        code: 'ECONFLICT',
+        message: `name: ${show(p.name)} maps to chain ${chainName(p.name)}, already used by profile ${show(c)}, stored first`,
+      };
+    const o = bySource.get(`${p.source}/${p.protocol}`);
+    if (o !== undefined && o !== p.name)
+      return {
+        name: p.name,
+        code: 'ECONFLICT',
+        message: `source: ${show(p.source)}/${p.protocol} already belongs to profile ${show(o)}, stored first`,
+      };
+    return undefined;
+  };
   const place = (p: Profile): void => {
     byChain.set(chainName(p.name), p.name);
     bySource.set(`${p.source}/${p.protocol}`, p.name);
   };
   const refused: Refusal[] = [];
   const remove: string[] = [];
-  const candidates: Profile[] = [];
-  const keptOld = new Map<string, Profile>();
-  for (const [name, old] of owned) {
-    const s = stored.get(name);
-    if (!s) remove.push(name);
-    else if (!s.ok) place(old);
-    else if (s.profile === old || sameProfile(s.profile, old)) place(old);
-    else keptOld.set(name, old);
-  }
-  for (const [name, s] of stored) {
-    if (!s.ok) refused.push({ name, code: s.code, message: s.message });
-    else if (!owned.has(name) || keptOld.has(name)) candidates.push(s.profile);
-  }
-  candidates.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   const upsert: Profile[] = [];
-  for (const p of candidates) {
-    const c = byChain.get(chainName(p.name));
-    const o = bySource.get(`${p.source}/${p.protocol}`);
-    if ((c !== undefined && c !== p.name) || (o !== undefined && o !== p.name)) {
-      refused.push(
-        c !== undefined && c !== p.name
-          ? {
-              name: p.name,
-              code: 'ECONFLICT',
-              message: `name: ${show(p.name)} maps to chain ${chainName(p.name)}, already used by profile ${show(c)}`,
-            }
-          : {
-              name: p.name,
-              code: 'ECONFLICT',
-              message: `source: ${show(p.source)}/${p.protocol} already belongs to profile ${show(o)}`,
-            },
-      );
-      const old = keptOld.get(p.name);
-      if (old) place(old);
-      continue;
+  for (const name of owned.keys()) if (!stored.has(name)) remove.push(name);
+  const order = [...stored].map(([name, s]) => ({ name, s, at: s.createRevision ?? Number.MAX_SAFE_INTEGER }));
+  order.sort((a, b) => a.at - b.at || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  for (const { name, s } of order) {
+    const old = owned.get(name);
+    let keepOld = !!old;
+    if (!s.ok) refused.push({ name, code: s.code, message: s.message });
+    else {
+      const same = !!old && (s.profile === old || sameProfile(s.profile, old));
+      const why = clash(s.profile);
+      if (!why) {
+        place(s.profile);
+        if (!same) upsert.push(s.profile);
+        continue;
+      }
+      refused.push(why);
+      keepOld = !!old && !same;
     }
-    place(p);
-    upsert.push(p);
+    // Refused: the old version stays where nothing before it claims what it does; else it goes.
+    if (keepOld && !clash(old!)) place(old!);
+    else if (old) remove.push(name);
   }
+  upsert.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   refused.sort((a, b) => (a.name < b.name ? -1 : 1));
   return { change: { upsert, remove }, refused };
 }

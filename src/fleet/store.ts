@@ -9,6 +9,8 @@ export interface StoreKV {
   key: string;
   value: string;
   modRevision: number;
+  /** The revision that created the key (a key deleted and put again is created again). */
+  createRevision: number;
 }
 export interface StoreEvent {
   type: 'put' | 'delete';
@@ -16,6 +18,8 @@ export interface StoreEvent {
   /** Set for `put`. */
   value?: string;
   modRevision: number;
+  /** Set for `put`: the revision that created the key. */
+  createRevision?: number;
 }
 export interface WatchHandlers {
   /** One watch response: its events (in revision order) and the store revision it was sent at. */
@@ -28,6 +32,12 @@ export interface WatchHandle {
 }
 /** A write of `iptlb fleet`: one transaction. */
 export type StoreOp = { put: string; value: string } | { delete: string };
+/** A transaction's condition: no key of [start, end) was created or changed after `revision`. */
+export interface StoreGuard {
+  start: string;
+  end: string;
+  revision: number;
+}
 
 export interface FleetStore {
   /** Keys of [start, end) in key order, at most `limit`, at `revision` (default: the current one, linearizable). */
@@ -47,8 +57,11 @@ export interface FleetStore {
    * Puts `key` under this client's lease of `ttlSec` seconds (granted on first use, granted again after it is lost).
    */
   putLeased(key: string, value: string, ttlSec: number): Promise<void>;
-  /** One transaction (at most 128 operations); returns its revision. */
-  txn(ops: StoreOp[]): Promise<number>;
+  /**
+   * One transaction (at most 128 operations); returns its revision, or `null` when `guard` is given
+   * and does not hold (nothing written).
+   */
+  txn(ops: StoreOp[], guard?: StoreGuard): Promise<number | null>;
   close(): Promise<void>;
 }
 
@@ -179,6 +192,7 @@ export class EtcdStore implements FleetStore {
         key: kv.key.toString('latin1'),
         value: str(kv.value),
         modRevision: num(kv.mod_revision),
+        createRevision: num(kv.create_revision),
       })),
       more: !!res.more,
       revision: num(res.header?.revision),
@@ -220,7 +234,9 @@ export class EtcdStore implements FleetStore {
       const events: StoreEvent[] = (res.events ?? []).map((e: any) => ({
         type: e.type === 'Delete' || e.type === 1 ? 'delete' : 'put',
         key: e.kv.key.toString('latin1'),
-        ...(e.type === 'Delete' || e.type === 1 ? {} : { value: str(e.kv.value) }),
+        ...(e.type === 'Delete' || e.type === 1
+          ? {}
+          : { value: str(e.kv.value), createRevision: num(e.kv.create_revision) }),
         modRevision: num(e.kv.mod_revision),
       }));
       h.events(events, num(res.header?.revision));
@@ -268,7 +284,7 @@ export class EtcdStore implements FleetStore {
     }
   }
 
-  async txn(ops: StoreOp[]): Promise<number> {
+  async txn(ops: StoreOp[], guard?: StoreGuard): Promise<number | null> {
     if (ops.length > MAX_TXN_OPS)
       throw new IptlbError(
         'EUSAGE',
@@ -276,7 +292,18 @@ export class EtcdStore implements FleetStore {
         { field: 'profiles' },
       );
     const res = await this.client.kv.txn({
-      compare: [],
+      // etcd compares every key of the range (an empty range holds): none modified after the revision.
+      compare: guard
+        ? [
+            {
+              key: Buffer.from(guard.start, 'latin1'),
+              range_end: Buffer.from(guard.end, 'latin1'),
+              target: 'Mod',
+              result: 'Less',
+              mod_revision: guard.revision + 1,
+            },
+          ]
+        : [],
       success: ops.map((o) =>
         'put' in o
           ? { request_put: { key: Buffer.from(o.put, 'latin1'), value: Buffer.from(o.value) } }
@@ -284,6 +311,7 @@ export class EtcdStore implements FleetStore {
       ),
       failure: [],
     });
+    if (guard && !res.succeeded) return null;
     return num(res.header?.revision);
   }
 

@@ -5,11 +5,21 @@
  * `down` (every call rejects, watches die), `quorumLost` (watches stay open and silent, linearizable
  * reads and writes reject).
  */
-import type { FleetStore, StoreEvent, StoreKV, StoreOp, WatchHandle, WatchHandlers } from '../../src/fleet/store.js';
+import type {
+  FleetStore,
+  StoreEvent,
+  StoreGuard,
+  StoreKV,
+  StoreOp,
+  WatchHandle,
+  WatchHandlers,
+} from '../../src/fleet/store.js';
 
 interface Version {
   revision: number;
   value: string | null; // null: deleted
+  /** The revision that created the key (set for a put). */
+  created: number;
 }
 
 export class FakeStore implements FleetStore {
@@ -35,12 +45,14 @@ export class FakeStore implements FleetStore {
     for (const o of ops) {
       const key = 'put' in o ? o.put : o.delete;
       const h = this.history.get(key) ?? [];
+      const last = h[h.length - 1];
       if ('put' in o) {
-        h.push({ revision: rev, value: o.value });
-        events.push({ type: 'put', key, value: o.value, modRevision: rev });
+        const created = last && last.value !== null ? last.created : rev;
+        h.push({ revision: rev, value: o.value, created });
+        events.push({ type: 'put', key, value: o.value, modRevision: rev, createRevision: created });
       } else {
-        if (!h.length || h[h.length - 1]!.value === null) continue;
-        h.push({ revision: rev, value: null });
+        if (!last || last.value === null) continue;
+        h.push({ revision: rev, value: null, created: 0 });
         events.push({ type: 'delete', key, modRevision: rev });
       }
       this.history.set(key, h);
@@ -98,7 +110,7 @@ export class FakeStore implements FleetStore {
     const kvs: StoreKV[] = [];
     for (const k of keys) {
       const v = this.at(k, revision);
-      if (v) kvs.push({ key: k, value: v.value!, modRevision: v.revision });
+      if (v) kvs.push({ key: k, value: v.value!, modRevision: v.revision, createRevision: v.created });
     }
     return { kvs: kvs.slice(0, opts.limit), more: kvs.length > opts.limit, revision: this.rev };
   }
@@ -120,7 +132,7 @@ export class FakeStore implements FleetStore {
           past.push(
             v.value === null
               ? { type: 'delete', key, modRevision: v.revision }
-              : { type: 'put', key, value: v.value, modRevision: v.revision },
+              : { type: 'put', key, value: v.value, modRevision: v.revision, createRevision: v.created },
           );
     }
     past.sort((a, b) => a.modRevision - b.modRevision);
@@ -152,11 +164,21 @@ export class FakeStore implements FleetStore {
     this.leased.set(key, value);
   }
 
-  async txn(ops: StoreOp[]): Promise<number> {
+  /** Called at the start of each txn (a test's hook: a write that races the caller). */
+  beforeTxn?: () => void;
+
+  async txn(ops: StoreOp[], guard?: StoreGuard): Promise<number | null> {
     await Promise.resolve();
     this.fail();
     if (this.quorumLost) throw new Error('4 DEADLINE_EXCEEDED (fake: no quorum)');
     if (ops.length > 128) throw new Error('etcdserver: too many operations in txn request');
+    this.beforeTxn?.();
+    if (guard) {
+      for (const [k, h] of this.history) {
+        const last = h[h.length - 1]!;
+        if (k >= guard.start && k < guard.end && last.value !== null && last.revision > guard.revision) return null;
+      }
+    }
     return this.write(ops);
   }
 

@@ -13,7 +13,7 @@ import { promisify } from 'node:util';
 import { NetnsTopology, type Spawned } from '../harness/netns.js';
 import { CLI_PATH } from '../harness/env.js';
 import { PAIRS, KERNEL_SKIP, type Pair } from './common.js';
-import { EtcdStore } from '../../src/fleet/store.js';
+import { EtcdStore, prefixEnd } from '../../src/fleet/store.js';
 import { fleetApply, fleetDelete } from '../../src/fleet/fleet.js';
 import { hostKey, profileKey } from '../../src/fleet/reconcile.js';
 import type { HostStatus } from '../../src/fleet/agent.js';
@@ -426,7 +426,7 @@ test(
             put: profileKey(P, `p${j}`),
             value: JSON.stringify(prof(`p${j}`, `127.101.${Math.floor(j / 250)}.${(j % 250) + 1}`)),
           });
-        last = await s.txn(ops);
+        last = (await s.txn(ops)) as number;
       }
       await NetnsTopology.with(['h1'], async (t) => {
         await backends(t, 'h1');
@@ -437,6 +437,59 @@ test(
         await waitLog(a, /10000 applied, 0 removed in one transaction/, 'one transaction');
         await balanced(t, 'h1', '127.101.0.1');
         await balanced(t, 'h1', `127.101.${Math.floor((N - 1) / 250)}.${((N - 1) % 250) + 1}`);
+      });
+    } finally {
+      await s.close();
+      await c.stop();
+    }
+  },
+);
+
+test(
+  'fleet (nft/native): a VIP claimed twice goes to the profile stored first on every host, fresh or not; a write checked against a stale list is not made',
+  { skip: SKIP || nftNative.skip, timeout: 90_000 },
+  async () => {
+    const c = await Cluster.start(['m1']);
+    const s = await c.client('m1');
+    const base = `${P}profiles/`;
+    try {
+      await NetnsTopology.with(['h1', 'h2'], async (t) => {
+        for (const h of t.hosts) await backends(t, h);
+        startAgent(t, c, 'h1', 'm1', nftNative);
+        const listed = await s.range(base, prefixEnd(base), { limit: 10 });
+        await waitFor('h1 watching', async () => (await hostStatus(s, 'h1'))?.watch === 'watching');
+        // h1 sees both by its watch: "zeta" first, then "alpha" (written past fleet apply's check) on its address.
+        const rz = (await fleetApply(s, P, [prof('zeta', '127.100.0.10')])).revision;
+        await waitApplied(s, 'h1', rz);
+        const ra = (await s.txn([
+          { put: profileKey(P, 'alpha'), value: JSON.stringify(prof('alpha', '127.100.0.10')) },
+        ])) as number;
+        const kvs = (await s.range(base, prefixEnd(base), { limit: 10 })).kvs;
+        assert.deepEqual(
+          kvs.map((kv) => [kv.key.slice(base.length), kv.createRevision]),
+          [
+            ['alpha', ra],
+            ['zeta', rz],
+          ],
+        );
+        // etcd's compare over the range: a write guarded by a list older than a stored profile is not made.
+        const stale = await s.txn(
+          [{ put: profileKey(P, 'late'), value: JSON.stringify(prof('late', '127.100.0.12')) }],
+          { start: base, end: prefixEnd(base), revision: listed.revision },
+        );
+        assert.equal(stale, null);
+        assert.equal((await s.range(profileKey(P, 'late'), profileKey(P, 'late') + '\0', { limit: 1 })).kvs.length, 0);
+        startAgent(t, c, 'h2', 'm1', nftNative);
+        for (const h of t.hosts) {
+          const st = await waitApplied(s, h, ra);
+          assert.deepEqual(
+            st.refused.map((r) => [r.name, r.code]),
+            [['alpha', 'ECONFLICT']],
+            `${h}: the newer claim is refused`,
+          );
+          assert.equal(st.profiles, 1, h);
+          await balanced(t, h, '127.100.0.10');
+        }
       });
     } finally {
       await s.close();

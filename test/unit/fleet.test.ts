@@ -121,6 +121,89 @@ describe('fleet: decide (pure)', () => {
     assert.match(refused.find((r) => r.name === 'm')!.message, /does not match its key/);
     assert.match(refused.find((r) => r.name === 'a')!.message, /^source:/);
   });
+  test('conflicts go by the order of creation in the store, so a fresh host decides as one that held the older profile', () => {
+    const at = (name: string, port: number, createRevision: number, dest = 9000) => ({
+      ...v(name, port, dest),
+      createRevision,
+    });
+    // "web" (created at 5) serves :1; "api" (created at 9, a name that sorts first) takes the same address.
+    const stored = new Map([
+      ['web', at('web', 1, 5)],
+      ['api', at('api', 1, 9)],
+    ]);
+    for (const owned of [new Map([['web', validateProfile(prof('web', 1))]]), new Map<string, never>()]) {
+      const { change, refused } = decide(stored, owned);
+      assert.deepEqual(
+        change.upsert.map((p) => p.name),
+        owned.size ? [] : ['web'],
+      );
+      assert.deepEqual(change.remove, []);
+      assert.deepEqual(
+        refused.map((r) => [r.name, r.code]),
+        [['api', 'ECONFLICT']],
+      );
+      assert.match(
+        refused[0]!.message,
+        /^source: "127\.100\.0\.1:1"\/tcp already belongs to profile "web", stored first$/,
+      );
+    }
+    // An older profile changed to take a newer one's address gets it on every host; the newer one goes.
+    const owned = new Map([
+      ['old', validateProfile(prof('old', 2))],
+      ['new', validateProfile(prof('new', 3))],
+    ]);
+    const moved = new Map([
+      ['old', at('old', 3, 2)],
+      ['new', at('new', 3, 4)],
+    ]);
+    let d = decide(moved, owned);
+    assert.deepEqual(
+      d.change.upsert.map((p) => p.name),
+      ['old'],
+    );
+    assert.deepEqual(d.change.remove, ['new']);
+    assert.deepEqual(
+      d.refused.map((r) => r.name),
+      ['new'],
+    );
+    assert.deepEqual(decide(moved, new Map()).refused, d.refused);
+    // A refused new value keeps its old version only where nothing created before it claims what that
+    // version does: "b" (created at 7) moves to "c"'s address and is refused; its old address was
+    // taken by "a" (created at 3), so "b" goes.
+    d = decide(
+      new Map([
+        ['a', at('a', 10, 3)],
+        ['c', at('c', 11, 6)],
+        ['b', at('b', 11, 7)],
+      ]),
+      new Map([
+        ['a', validateProfile(prof('a', 12))],
+        ['b', validateProfile(prof('b', 10))],
+        ['c', validateProfile(prof('c', 11))],
+      ]),
+    );
+    assert.deepEqual(
+      d.change.upsert.map((p) => p.name),
+      ['a'],
+    );
+    assert.deepEqual(d.change.remove, ['b']);
+    // Without "a" taking it, "b" keeps its old version.
+    d = decide(
+      new Map([
+        ['c', at('c', 11, 6)],
+        ['b', at('b', 11, 7)],
+      ]),
+      new Map([
+        ['b', validateProfile(prof('b', 10))],
+        ['c', validateProfile(prof('c', 11))],
+      ]),
+    );
+    assert.deepEqual(d.change, { upsert: [], remove: [] });
+    assert.deepEqual(
+      d.refused.map((r) => r.name),
+      ['b'],
+    );
+  });
   test('prefixEnd and endpoints', () => {
     assert.equal(prefixEnd('/iptlb/v1/profiles/'), '/iptlb/v1/profiles0');
     assert.deepEqual(parseEndpoints('http://a:2379, unix:///run/e:1'), ['http://a:2379', 'unix:///run/e:1']);
@@ -224,6 +307,41 @@ describe('fleet: agent against a fake store and the fake nft kernel', () => {
       ['old'],
     );
     await a.stop();
+  });
+
+  test('a VIP conflict is decided alike on a host that served the older profile and on a fresh one', async () => {
+    const store = new FakeStore();
+    const k1 = new FakeNftKernel();
+    const a1 = makeAgent(store, k1, stateFile());
+    putProf(store, 'web', 1);
+    await a1.start();
+    await a1.ready;
+    // Written past `fleet apply`'s check (etcdctl, another tool): a newer profile, a name that sorts first.
+    const r = putProf(store, 'api', 1, 9500);
+    await until(() => a1.status().revision >= r, 'h1 at the revision');
+    const a2 = makeAgent(store, new FakeNftKernel(), stateFile(), { host: 'h2' });
+    await a2.start();
+    await a2.ready;
+    for (const a of [a1, a2]) {
+      assert.deepEqual(await inKernel(a), ['web'], `${a.host}: the profile stored first serves`);
+      assert.deepEqual(
+        a.status().refused.map((x) => [x.name, x.code]),
+        [['api', 'ECONFLICT']],
+        a.host,
+      );
+    }
+    // Deleted and stored again, "web" is the newer one: both hosts hand the address to "api".
+    store.del(profileKey(P, 'web'));
+    const r2 = putProf(store, 'web', 1);
+    for (const a of [a1, a2]) {
+      await until(() => a.status().revision >= r2, `${a.host} at the revision`);
+      assert.deepEqual(await inKernel(a), ['api'], a.host);
+      assert.deepEqual(
+        a.status().refused.map((x) => x.name),
+        ['web'],
+        a.host,
+      );
+    }
   });
 
   test('restart: orphans of its own are removed in the same transaction that applies the listed set; profiles it does not own are not touched', async () => {
@@ -480,6 +598,70 @@ describe('fleet: operators side against the fake store', () => {
     const only = await fleetStatus(store, P, { revision: d.revision });
     assert.equal(only.converged, true);
     await a.stop();
+  });
+});
+
+describe('fleet: writers at once', () => {
+  test('apply writes only if no profile was stored since its check: a racing conflicting write is seen, a harmless one retried', async () => {
+    const store = new FakeStore();
+    let races = 1;
+    store.beforeTxn = () => {
+      if (races-- > 0) store.put(profileKey(P, 'other'), JSON.stringify(prof('other', 1)));
+    };
+    await assert.rejects(
+      fleetApply(store, P, [prof('mine', 1)] as never),
+      (e: IptlbError) => e.code === 'ECONFLICT' && /already belongs to profile "other"/.test(e.message),
+    );
+    assert.deepEqual(
+      (await fleetList(store, P)).profiles.map((p) => p.name),
+      ['other'],
+      'nothing written',
+    );
+    races = 2;
+    let n = 0;
+    store.beforeTxn = () => {
+      if (races-- > 0) putProf(store, `busy${++n}`, 100 + n);
+    };
+    const r = await fleetApply(store, P, [prof('mine', 2)] as never);
+    assert.equal(r.revision, store.rev);
+    races = Infinity;
+    await assert.rejects(
+      fleetApply(store, P, [prof('late', 3)] as never),
+      (e: IptlbError) => e.code === 'ESTORE' && /during each of 5 attempts/.test(e.message),
+    );
+    assert.ok(!(await fleetList(store, P)).profiles.some((p) => p.name === 'late'), 'nothing written');
+  });
+  test('list marks the profiles every agent refuses; status refuses a revision the store has not reached', async () => {
+    const store = new FakeStore();
+    putProf(store, 'web', 1);
+    putProf(store, 'api', 1);
+    const l = await fleetList(store, P);
+    assert.deepEqual(
+      l.profiles.map((p) => [p.name, p.conflict?.code ?? null]),
+      [
+        ['api', 'ECONFLICT'],
+        ['web', null],
+      ],
+    );
+    await assert.rejects(
+      fleetStatus(store, P, { revision: store.rev + 1 }),
+      (e: IptlbError) => e.code === 'EUSAGE' && e.field === 'revision' && /past the store's revision/.test(e.message),
+    );
+  });
+  test("the agent's profile count is its state file's until the store answers", async () => {
+    const store = new FakeStore();
+    const kernel = new FakeNftKernel();
+    const file = stateFile();
+    putProf(store, 'a', 1);
+    putProf(store, 'b', 2);
+    const a1 = makeAgent(store, kernel, file);
+    await a1.start();
+    await a1.ready;
+    await a1.stop();
+    store.setDown(true);
+    const a2 = makeAgent(store, kernel, file);
+    await a2.start();
+    assert.equal(a2.status().profiles, 2);
   });
 });
 

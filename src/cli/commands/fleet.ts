@@ -66,7 +66,11 @@ async function listCommand(o: EtcdFlags & { json?: boolean }, io: Out): Promise<
   if (o.json) {
     const profiles = r.profiles.map((p) =>
       p.parsed.ok
-        ? { ...p.parsed.profile, modRevision: p.modRevision }
+        ? {
+            ...p.parsed.profile,
+            modRevision: p.modRevision,
+            ...(p.conflict ? { error: { code: p.conflict.code, message: p.conflict.message } } : {}),
+          }
         : {
             name: p.name,
             key: p.key,
@@ -80,7 +84,11 @@ async function listCommand(o: EtcdFlags & { json?: boolean }, io: Out): Promise<
   io.out('NAME\tSOURCE\tMODE\tDESTINATIONS');
   for (const p of r.profiles)
     io.out(
-      p.parsed.ok ? describeProfile(p.parsed.profile) : `${p.name}\tINVALID (${p.parsed.code}): ${p.parsed.message}`,
+      !p.parsed.ok
+        ? `${p.name}\tINVALID (${p.parsed.code}): ${p.parsed.message}`
+        : p.conflict
+          ? `${p.name}\tREFUSED (${p.conflict.code}): ${p.conflict.message}`
+          : describeProfile(p.parsed.profile),
     );
 }
 
@@ -163,7 +171,11 @@ export function register(program: Command, io: Out): void {
       deleteCommand(names, ownOptions<EtcdFlags & { json?: boolean }>(cmd), io),
     );
 
-  addEtcdFlags(fleet.command('list').description('list the profiles kept in etcd (invalid ones with their error)'))
+  addEtcdFlags(
+    fleet
+      .command('list')
+      .description('list the profiles kept in etcd (invalid ones, and those every agent refuses, with their error)'),
+  )
     .option('--json', 'print the result as JSON')
     .action(async (_o: unknown, cmd: Command) => listCommand(ownOptions<EtcdFlags & { json?: boolean }>(cmd), io));
 
