@@ -48,6 +48,67 @@ const YAML11_NON_STRING = [
   /^[-+]?0x[0-9a-fA-F_]+$/,
   /^[-+]?(\.[0-9]+|[0-9][0-9_]*(\.[0-9_]*)?)([eE][-+]?[0-9]+)?$/,
 ];
+/** yaml.v2's resolve table: the first characters whose plain scalars may be something other than a string. */
+const GO_HINT = /^[-+.0-9yYnNtTfFoO~]/;
+const GO_WORDS = new Set(
+  'y Y yes Yes YES true True TRUE on On ON n N no No NO false False FALSE off Off OFF ~ null Null NULL .nan .NaN .NAN .inf .Inf .INF +.inf +.Inf +.INF -.inf -.Inf -.INF'.split(
+    ' ',
+  ),
+);
+const U64_MAX = (1n << 64n) - 1n;
+const I64_MAX = (1n << 63n) - 1n;
+
+/** Whether Go's `strconv.ParseInt(s, 0, 64)` or `ParseUint(s, 0, 64)` accepts `s` (no underscores in it). */
+function goInt(s: string): boolean {
+  const sign = s[0] === '-' || s[0] === '+' ? s[0] : '';
+  const t = s.slice(sign.length);
+  if (t === '') return false;
+  let digits = t;
+  let radix = '';
+  if (t[0] === '0') {
+    const p = t.length >= 3 ? t[1]!.toLowerCase() : '';
+    if (p === 'b' || p === 'o' || p === 'x') [radix, digits] = [`0${p}`, t.slice(2)];
+    else [radix, digits] = ['0o', t.slice(1)];
+  }
+  const ok = { '': /^[0-9]+$/, '0b': /^[01]+$/, '0o': /^[0-7]*$/, '0x': /^[0-9a-fA-F]+$/ }[radix]!;
+  if (!ok.test(digits)) return false;
+  const v = digits === '' ? 0n : BigInt(radix + digits);
+  // ParseInt takes a sign and int64; ParseUint no sign, and uint64.
+  return sign === '-' ? v <= I64_MAX + 1n : sign === '+' ? v <= I64_MAX : v <= U64_MAX;
+}
+
+/** Whether Go's `time.Parse("2006-1-2", s)` accepts `s` (yaml.v2's one timestamp form without ':' or a space). */
+function goDate(s: string): boolean {
+  const m = /^([0-9]{4})-([0-9]{1,2})-([0-9]{1,2})$/.exec(s);
+  if (!m) return false;
+  const [y, mo, d] = [Number(m[1]), Number(m[2]), Number(m[3])];
+  return (
+    mo >= 1 && mo <= 12 && d >= 1 && d <= new Date(Date.UTC(2000, mo, 0)).getUTCDate() - (mo === 2 && !leap(y) ? 1 : 0)
+  );
+}
+const leap = (y: number): boolean => (y % 4 === 0 && y % 100 !== 0) || y % 400 === 0;
+
+/**
+ * Whether Go's yaml.v2 (2.4, `resolve`) reads plain scalar `s` as something other than a string:
+ * a bool or null word, an int as Go's `strconv.ParseInt(_, 0, 64)` reads one after removing every
+ * `_` (`0x1F`, `0X1F`, `0o17`, `017`, `0b1`, in 64 bits), a float, or a date (`2021-1-2`). For the
+ * characters iptlb writes plain (letters, digits, `_ . : -`; no space).
+ */
+export function goYamlNonString(s: string): boolean {
+  if (!GO_HINT.test(s)) return false;
+  if (GO_WORDS.has(s)) return true;
+  const c = s[0]!;
+  if (c === '.') return /^\.[0-9]+([eE][-+]?[0-9]+)?$/.test(s) && Number.isFinite(Number(s));
+  if (!/[-+0-9]/.test(c)) return false;
+  if (goDate(s)) return true;
+  const plain = s.replace(/_/g, '');
+  if (goInt(plain)) return true;
+  return /^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$/.test(plain) && Number.isFinite(Number(plain));
+}
+
+/** What a reader's fast path leaves to the general one: anything YAML 1.1 or yaml.v2 may read as a non-string. */
+const nonString = (s: string): boolean => YAML11_NON_STRING.some((re) => re.test(s)) || goYamlNonString(s);
+
 /**
  * Writes a scalar the way Go's yaml.v2 does for the values iptlb stores: plain unless it would not read back as a
  * string.
@@ -55,8 +116,7 @@ const YAML11_NON_STRING = [
 function scalar(s: string): string {
   // An IPv6 endpoint starts with a flow indicator, so yaml.v2 single-quotes it (it holds no quote).
   if (s.charCodeAt(0) === 91 /* [ */ && /^\[[0-9a-f:.]+\]:[0-9]+$/.test(s)) return `'${s}'`;
-  if (s === '' || s === '-' || /[^A-Za-z0-9_.:-]/.test(s) || YAML11_NON_STRING.some((re) => re.test(s)))
-    return JSON.stringify(s);
+  if (s === '' || s === '-' || /[^A-Za-z0-9_.:-]/.test(s) || goYamlNonString(s)) return JSON.stringify(s);
   return s;
 }
 
@@ -217,8 +277,7 @@ function parseExact(text: string): Record<string, Record<string, unknown>> | nul
     const m = BLOCK.exec(text);
     if (m === null) return null;
     const name = m[1] ?? m[2];
-    if (name in out || (m[1] !== undefined && (name === '-' || YAML11_NON_STRING.some((re) => re.test(name)))))
-      return null;
+    if (name in out || (m[1] !== undefined && (name === '-' || nonString(name)))) return null;
     const body: Record<string, unknown> = {
       destination: m[3].slice(4, -1).split('\n  - '),
       logEnabled: m[4] === 'true',
@@ -329,7 +388,7 @@ function parseLines(text: string): Record<string, Record<string, unknown>> | nul
     if (line.charCodeAt(0) !== 32) {
       if (!(m = HEADER.exec(line))) return null;
       const name = m[1] ?? m[2];
-      if (m[1] !== undefined && (name === '-' || YAML11_NON_STRING.some((re) => re.test(name)))) return null;
+      if (m[1] !== undefined && (name === '-' || nonString(name))) return null;
       if (name in out) return null;
       cur = out[name] = {};
       list = null;
@@ -371,7 +430,7 @@ function parseLines(text: string): Record<string, Record<string, unknown>> | nul
         if (
           !/^[a-z0-9.:]*[a-z0-9.]$/.test(value) ||
           SEXAGESIMAL.test(value) ||
-          (!value.includes(':') && YAML11_NON_STRING.some((re) => re.test(value)))
+          (!value.includes(':') && nonString(value))
         )
           return null;
         cur[key] = value;

@@ -60,6 +60,62 @@ test('names that YAML 1.1 would read as numbers or booleans are quoted', async (
   }
 });
 
+test("names are quoted exactly when Go's yaml.v2 would not read them plain as strings (its ints, floats, dates)", async () => {
+  const { goYamlNonString } = await import('../../src/core/state.js');
+  const one = (name: string) =>
+    serializeState([
+      {
+        name,
+        source: '127.0.0.1:80',
+        destination: ['127.0.0.1:81'],
+        protocol: 'tcp',
+        rulesBackend: 'client',
+        logEnabled: false,
+        logLevel: '4',
+      },
+    ]);
+  // strconv.ParseInt(_, 0, 64) after removing "_": any prefix case, 0o, leading-zero octal; dates of time.Parse("2006-1-2").
+  const quoted = [
+    '0o17',
+    '0O17',
+    '0X1F',
+    '0B101',
+    '0_7',
+    '-0x1F',
+    '1e-5',
+    '1_0e1_0',
+    '08',
+    '2021-12-24',
+    '2021-1-2',
+    '2020-2-29',
+  ];
+  // Out of int64/uint64 (hex, octal, binary are not floats either), no date, or no number at all.
+  const plain = [
+    '0x1ffffffffffffffff',
+    '0o',
+    '0x',
+    '2021-13-1',
+    '2021-2-29',
+    '2021-12-245',
+    '202-1-1',
+    'web10',
+    'a-1',
+    '1a',
+    '-',
+    '0b2',
+  ];
+  for (const name of quoted) {
+    assert.ok(goYamlNonString(name), name);
+    assert.ok(one(name).startsWith(`"${name}":`), one(name));
+    assert.deepEqual([...(await parseState(one(name))).keys()], [name]);
+  }
+  for (const name of plain) assert.equal(goYamlNonString(name), false, name);
+  for (const name of plain.filter((n) => n !== '-')) {
+    assert.ok(one(name).startsWith(`${name}:`), one(name));
+    assert.deepEqual([...(await parseState(one(name))).keys()], [name]);
+  }
+});
+
 async function refused(text: string, re: RegExp): Promise<void> {
   await assert.rejects(parseState(text, 'f'), (e: unknown) => {
     assert.ok(e instanceof IptlbError);
