@@ -74,7 +74,8 @@ test("names are quoted exactly when Go's yaml.v2 would not read them plain as st
         logLevel: '4',
       },
     ]);
-  // strconv.ParseInt(_, 0, 64) after removing "_": any prefix case, 0o, leading-zero octal; dates of time.Parse("2006-1-2").
+  // strconv.ParseInt(_, 0, 64) after removing "_": any prefix case, 0o, leading-zero octal;
+  // dates of time.Parse("2006-1-2").
   const quoted = [
     '0o17',
     '0O17',
