@@ -47,6 +47,8 @@ const YAML11_NON_STRING = [
   /^[-+]?0[0-7_]+$/,
   /^[-+]?0x[0-9a-fA-F_]+$/,
   /^[-+]?(\.[0-9]+|[0-9][0-9_]*(\.[0-9_]*)?)([eE][-+]?[0-9]+)?$/,
+  // A date as the `yaml` package reads one, also where no such day exists (2021-02-29).
+  /^[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}$/,
 ];
 /** yaml.v2's resolve table: the first characters whose plain scalars may be something other than a string. */
 const GO_HINT = /^[-+.0-9yYnNtTfFoO~]/;
@@ -116,7 +118,9 @@ const nonString = (s: string): boolean => YAML11_NON_STRING.some((re) => re.test
 function scalar(s: string): string {
   // An IPv6 endpoint starts with a flow indicator, so yaml.v2 single-quotes it (it holds no quote).
   if (s.charCodeAt(0) === 91 /* [ */ && /^\[[0-9a-f:.]+\]:[0-9]+$/.test(s)) return `'${s}'`;
-  if (s === '' || s === '-' || /[^A-Za-z0-9_.:-]/.test(s) || goYamlNonString(s)) return JSON.stringify(s);
+  // (Also where the `yaml` package, the general reader, would not read a string: hex, octal and
+  // binary integers beyond 64 bits, which yaml.v2 reads as strings. Quoted, yaml.v2 reads them too.)
+  if (s === '' || s === '-' || /[^A-Za-z0-9_.:-]/.test(s) || nonString(s)) return JSON.stringify(s);
   return s;
 }
 
