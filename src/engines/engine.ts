@@ -52,6 +52,11 @@ export interface FamilyPlan<Tx = unknown> {
   note?: string;
   /** The profiles given are not all the kernel may hold (see {@link PlanContext.partial}). */
   partial?: boolean;
+  /**
+   * The old versions of the profiles the change touches: with `next`, every profile whose objects a
+   * replacement may drop. A replacement keeps what the kernel holds for any other profile.
+   */
+  known?: { old: Profile[] };
 }
 
 /** What the core tells an engine about the profiles it plans against. */

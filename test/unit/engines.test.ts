@@ -248,6 +248,55 @@ test('nft: a rebuild empties the table in place and keeps it (its NAT hooks): an
 });
 
 for (const engine of ['legacy', 'nft'] as const) {
+  test(`${engine}: two state files on one kernel: no apply, reset or delete of one removes the other's profiles`, async () => {
+    const kernels = fakes();
+    const A = coreOn(engine, kernels);
+    const B = coreOn(engine, kernels);
+    try {
+      // A: a plain profile, a round-robin one and a logging one (rules of their own in the base chains).
+      await apply(
+        A.core,
+        { name: 'a1', source: '127.100.0.1:80', destination: ['127.0.0.1:9001', '127.0.0.1:9002'] },
+        { name: 'a2', source: '127.100.0.2:80', destination: ['127.0.0.1:9001'], scheduler: 'round-robin' },
+        { name: 'a3', source: '127.100.0.3:80', destination: ['127.0.0.1:9003'], logEnabled: true },
+      );
+      const mine = async (core: Core, names: string[]) =>
+        Object.fromEntries(Object.entries(await statuses(core)).filter(([n]) => names.includes(n)));
+      const aIntact = async (what: string) =>
+        assert.deepEqual(await mine(A.core, ['a1', 'a2', 'a3']), { a1: 'in-sync', a2: 'in-sync', a3: 'in-sync' }, what);
+      // B: a destination count A does not use (a new dispatch set: the base chains are rewritten).
+      await apply(B.core, {
+        name: 'b',
+        source: '127.100.0.9:80',
+        destination: ['127.0.0.1:9001', '127.0.0.1:9002', '127.0.0.1:9003'],
+      });
+      await aIntact('after B added a profile');
+      await apply(B.core, { name: 'b', source: '127.100.0.9:80', destination: ['127.0.0.1:9001'] }); // a move
+      await aIntact('after B reset its profile');
+      await B.core.transact((state) => deleteChange(state, ['b']), { run: true }); // B's last profile
+      await aIntact('after B deleted its last profile');
+      // Written without -run, then applied unchanged with -run: the kernel lacks what B's state says.
+      const stateOnly: ProfileInput[] = [
+        { name: 'c', source: '127.100.0.10:80', destination: ['127.0.0.1:9004', '127.0.0.1:9005'] },
+        { name: 'd', source: '127.100.0.11:80', destination: ['127.0.0.1:9004'], logEnabled: true },
+      ];
+      await B.core.transact((state) => upsertChange(state, stateOnly), { run: false });
+      await apply(B.core, ...stateOnly);
+      assert.deepEqual(await mine(B.core, ['c', 'd']), { c: 'in-sync', d: 'in-sync' });
+      await aIntact('after B applied profiles written without -run');
+      await B.core.transact((state) => deleteChange(state, ['c', 'd']), { run: true });
+      await aIntact('after B deleted them');
+      // Only sync makes the kernel exactly one state file's profiles (documented).
+      await B.core.sync();
+      assert.deepEqual(await mine(A.core, ['a1', 'a2', 'a3']), { a1: 'missing', a2: 'missing', a3: 'missing' });
+    } finally {
+      A.done();
+      B.done();
+    }
+  });
+}
+
+for (const engine of ['legacy', 'nft'] as const) {
   describe(`core over the ${engine} fake kernel`, () => {
     test('apply, status in sync; tampering found; sync repairs it in one transaction per family; orphans removed', async () => {
       const { core, kernels, lines, done } = coreOn(engine);

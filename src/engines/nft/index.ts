@@ -172,13 +172,41 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     const readd = new Set(partial ? [] : change.upsert.filter((p) => !ownsRules(p)).map((p) => p.name));
     const lookUp = partial ? [] : change.upsert.filter((p) => ownsRules(p) && samePlan(state.get(p.name), p));
     const view = all || baseChanges || next.size === 0 || lookUp.length ? await this.executor.read(nf) : undefined;
+    // The profiles this change knows of: those after it, and the old versions of those it touches.
+    // The table may hold others: another state file's in the same table, an in-memory instance's
+    // unknowns (its own before a restart, another agent's), or leftovers of an interrupted change
+    // (`status` shows them as orphaned; `sync` removes them). No change of these profiles drops
+    // them: a plan that replaces the base chains or the table carries them over, in the same
+    // transaction. (Only `sync` and `migrate` make the table exactly one state's profiles.)
+    const old = touched.flatMap((n) => (state.get(n) ? [state.get(n)!] : []));
+    const others = (): ReturnType<typeof unknownObjects> | undefined => {
+      if (!view?.exists) return undefined;
+      const kept = unknownObjects(view, [...next.values(), ...old], touchedSet);
+      return keepsAnything(kept) ? kept : undefined;
+    };
+    const keptNote = (kept: { vips: Set<string> }): string =>
+      partial
+        ? `${this.where(f)} holds ${kept.vips.size} virtual address(es) this in-memory instance was not told about: kept as they are`
+        : `${this.where(f)} holds ${kept.vips.size} virtual address(es) of profiles this state file does not hold (another state file's, or left by an interrupted change): kept as they are`;
+    const known = { old };
     if (next.size === 0 && view?.exists) {
-      // The last profile of the table goes. If someone else keeps objects in it, the table stays:
-      // only iptlb's content goes, and never a chain, set, map or rule iptlb did not make.
+      // The last profile of this state goes. Profiles it does not hold stay, and so does the table
+      // when someone else keeps objects in it: only these profiles' content goes, and never a chain,
+      // set, map or rule iptlb did not make.
       const { foreign, foreignRules } = foreignObjects(view);
       if (foreignRules.length) {
         throw this.foreignRulesRefusal(f, foreignRules, 'removing its last profile would remove them');
       }
+      const kept = others();
+      if (kept)
+        return {
+          family: f,
+          steps: [planNftMergedRebuild([], kept, nf, view)],
+          next,
+          note: keptNote(kept),
+          known,
+          ...(partial ? { partial } : {}),
+        };
       if (foreign.length) {
         const note = `${this.where(f)} also holds objects iptlb did not make (${foreign.slice(0, 5).join(', ')}${foreign.length > 5 ? ', …' : ''}): removing only iptlb's rules, sets and elements, and keeping the table`;
         return { family: f, steps: [planNftClear(view, nf)], next, note };
@@ -187,46 +215,42 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     const fresh = view !== undefined && !view.exists;
     const kernelSets =
       view?.exists && baseChanges ? new Map(view.dispatchSets.map((d) => [d.name, d.elements.length])) : undefined;
+    const kept = view?.exists && (baseChanges || lookUp.length) ? others() : undefined;
     // A round-robin rule the state does not explain (a process killed between its commit and its
     // state write, or between the two steps of a move) would be dropped by the rewrite and leave its
     // backends behind; a dispatch element of a round-robin profile's address would shadow its rule.
     // Either way the incremental plan is wrong: replace the table instead.
     const stray = view?.exists && baseChanges && !fresh ? strayRoundRobin(state, view) : [];
-    // An in-memory instance knows only the profiles it was told about: the table may hold others (its
-    // own before a restart, another agent's). A plan that rewrites the base chains or the table
-    // carries them over untouched, in the same transaction.
-    if (partial && view?.exists && baseChanges) {
-      const known = [...next.values(), ...touched.flatMap((n) => (state.get(n) ? [state.get(n)!] : []))];
-      const kept = unknownObjects(view, known, touchedSet);
-      if (keepsAnything(kept)) {
-        const note = `${this.where(f)} holds ${kept.vips.size} virtual address(es) this in-memory instance was not told about: kept as they are`;
-        return { family: f, steps: [planNftMergedRebuild(next.values(), kept, nf, view)], next, note, partial };
-      }
-    }
     const absent =
       view?.exists && lookUp.length
         ? compareNft(new Map(lookUp.map((p) => [p.name, p])), view)
             .filter((r) => touchedSet.has(r.name) && r.status !== 'in-sync')
             .map((r) => r.name)
         : [];
-    if (absent.length)
-      return {
-        family: f,
-        steps: [planNftRebuild(next.values(), view!.genid || undefined, nf, view)],
-        next,
-        note: `${this.where(f)} does not hold ${absent.length > 1 ? 'profiles' : 'profile'} ${absent.slice(0, 3).join(', ')}${absent.length > 3 ? ', …' : ''} as the state file does (written without -run?); replacing it with all ${next.size} profile(s) in one transaction`,
-      };
-    const steps = stray.length
-      ? [planNftRebuild(next.values(), undefined, nf, view)]
-      : fresh
-        ? // No table (a process killed after removing it with the last profile, before its state
-          // write, or someone else removed it): every profile is created, not only the touched ones,
-          // or the base chains would get the rules of the others without their elements.
-          planNftChange(new Map(), next, next.keys())
-        : planNftChange(state, next, touched, usage, kernelSets, nf, readd);
+    let note: string | undefined;
+    let steps: NftTransaction[];
+    // An incremental rewrite of the base chains keeps the dispatch rules of the sets the kernel still
+    // fills (kernelSets), but not the rules of others' profiles (round-robin, affinity, logging,
+    // masquerade): with those, or a table to replace, the plan carries everything over instead.
+    const merged = !!kept && ((baseChanges && (kept.rules.length > 0 || stray.length > 0)) || absent.length > 0);
+    if (merged) {
+      steps = [planNftMergedRebuild(next.values(), kept!, nf, view)];
+      note = keptNote(kept!);
+    } else if (absent.length) {
+      steps = [planNftRebuild(next.values(), view!.genid || undefined, nf, view)];
+      note = `${this.where(f)} does not hold ${absent.length > 1 ? 'profiles' : 'profile'} ${absent.slice(0, 3).join(', ')}${absent.length > 3 ? ', …' : ''} as the state file does (written without -run?); replacing it with all ${next.size} profile(s) in one transaction`;
+    } else if (stray.length) {
+      steps = [planNftRebuild(next.values(), undefined, nf, view)];
+      note = `${this.where(f)} holds objects of round-robin profiles the state does not explain (${stray.slice(0, 3).join(', ')}); replacing it with all ${next.size} profile(s) in one transaction`;
+    } else if (fresh) {
+      // No table (a process killed after removing it with the last profile, before its state
+      // write, or someone else removed it): every profile is created, not only the touched ones,
+      // or the base chains would get the rules of the others without their elements.
+      steps = planNftChange(new Map(), next, next.keys());
+    } else steps = planNftChange(state, next, touched, usage, kernelSets, nf, readd);
     // A change that rewrites a base chain holding rules iptlb did not write would drop them (a rule
     // is not carried over from what a read shows of it): refused, as removing the last profile is.
-    if (view?.exists && !stray.length) {
+    if (view?.exists && (merged || !stray.length)) {
       const rewritten = new Set<string>(
         steps.flatMap((t) => t.ops.flatMap((o) => (o.op === 'flushChain' ? [o.name] : []))),
       );
@@ -238,17 +262,7 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
           `this change rewrites ${held.length > 1 ? 'them' : 'it'}, which would remove them`,
         );
     }
-    return {
-      family: f,
-      steps,
-      next,
-      partial,
-      ...(stray.length
-        ? {
-            note: `${this.where(f)} holds objects of round-robin profiles the state does not explain (${stray.slice(0, 3).join(', ')}); replacing it with all ${next.size} profile(s) in one transaction`,
-          }
-        : {}),
-    };
+    return { family: f, steps, next, known, ...(note ? { note } : {}), ...(partial ? { partial } : {}) };
   }
 
   async commitPlan(
@@ -272,17 +286,18 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
       // The table as it is now, so that the rebuild empties it in place (see rebuildStart in plan.ts).
       const view = await this.executor.read(nf);
       let rebuild = planNftRebuild(plan.next.values(), undefined, nf, view);
-      if (plan.partial) {
-        // In memory: what the kernel holds beyond this instance's profiles stays (see planChange).
-        const kept = view.exists ? unknownObjects(view, plan.next.values(), new Set(plan.next.keys())) : undefined;
-        if (kept && keepsAnything(kept)) {
-          log(
-            `table ${nf} iptlb is not as this in-memory instance's profiles say (${(e as Error).message}); replacing its ${plan.next.size} profile(s) in one transaction and keeping the ${kept.vips.size} virtual address(es) it was not told about`,
-          );
-          rebuild = planNftMergedRebuild(plan.next.values(), kept, nf, view);
-          durationMs += (await this.executor.commit(rebuild)).durationMs;
-          return { durationMs, committed: rebuild };
-        }
+      // What the kernel holds beyond the profiles this change knows of stays (see planChange).
+      const old = plan.known?.old ?? [];
+      const kept = view.exists
+        ? unknownObjects(view, [...plan.next.values(), ...old], new Set(old.map((p) => p.name)))
+        : undefined;
+      if (kept && keepsAnything(kept)) {
+        log(
+          `table ${nf} iptlb is not as ${plan.partial ? "this in-memory instance's profiles say" : 'the state says'} (${(e as Error).message}); replacing its ${plan.next.size} profile(s) in one transaction and keeping the ${kept.vips.size} virtual address(es) of profiles ${plan.partial ? 'it was not told about' : 'this state file does not hold'}`,
+        );
+        rebuild = planNftMergedRebuild(plan.next.values(), kept, nf, view);
+        durationMs += (await this.executor.commit(rebuild)).durationMs;
+        return { durationMs, committed: rebuild };
       }
       log(
         `table ${nf} iptlb is not as the state says (${(e as Error).message}); replacing it with all ${plan.next.size} profile(s) in one transaction`,

@@ -682,8 +682,7 @@ export function unknownObjects(view: NftView, known: Iterable<Profile>, touched:
   const vips = new Set<string>();
   const names = new Set<string>(touched);
   for (const p of known) {
-    const plan = planNftProfile(p);
-    vips.add(vipKey(plan.proto, plan.vip));
+    vips.add(vipKey(p.protocol, endpoint(p.source)));
     names.add(p.name);
   }
   const kept: KeptObjects = {
@@ -743,7 +742,11 @@ export function planNftMergedRebuild(
   view?: NftView,
 ): NftTransaction {
   const list = [...profiles];
-  const ops = rebuildStart(view, family);
+  // Emptied in place (see rebuildStart), also when another tool keeps objects in the table: this
+  // carries over what others hold, so it removes nothing of theirs.
+  const ops: NftOp[] = view?.exists
+    ? [{ op: 'addTable' }, ...planNftClear(view, family).ops]
+    : rebuildStart(view, family);
   skeleton(ops);
   const content = baseContent(list, [], kept.dispatch.keys());
   for (const name of content.sets) ops.push({ op: 'addDispatchSet', name });
