@@ -7,7 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { runJsonInFreshNetns } from '../harness/netns.js';
-import { PAIRS, VIP, cli, ok, runSteps } from './common.js';
+import { DEST, PAIRS, VIP, cli, ok, runSteps } from './common.js';
 
 const fixture = (f: string): string => new URL(`./fixtures/${f}`, import.meta.url).pathname;
 const nftSpawn = PAIRS.find((p) => p.name === 'nft/spawn')!;
@@ -99,3 +99,46 @@ describe('engine selection and nft repair', { skip: nftSpawn.skip || legacySpawn
     assert.equal(r[6].failures, 0);
   });
 });
+
+for (const pair of PAIRS) {
+  test(
+    `${pair.name}: two state files on one host: no apply, reset or delete through one removes the other's profiles (real traffic)`,
+    { skip: pair.skip },
+    async () => {
+      const B = '-state-file=$WORK/b.db';
+      const served = { op: 'tcp' as const, vip: VIP, port: 80, count: 12 };
+      const rr = { op: 'tcp' as const, vip: VIP, port: 82, count: 12 };
+      const r = await runSteps([
+        { op: 'backends', tcp: [9001, 9002, 9003] },
+        cli(pair, '-q', '-run', '-profile=a', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001,127.0.0.1:9002'),
+        cli(
+          pair,
+          '-q',
+          '-run',
+          '-profile=r',
+          `-src-addr=${VIP}:82`,
+          '-dest-addr=127.0.0.1:9003',
+          '--scheduler=round-robin',
+        ),
+        cli(pair, '-q', B, '-run', '-profile=b', `-src-addr=${VIP}:81`, `-dest-addr=${DEST}`),
+        served,
+        rr,
+        cli(pair, '-q', B, '-run', '-reset', '-profile=b', `-src-addr=${VIP}:81`, '-dest-addr=127.0.0.1:9003'),
+        served,
+        rr,
+        cli(pair, '-q', B, '-run', '-delete', '-profile=b'),
+        served,
+        rr,
+        cli(pair, '-q', B, '-profile=c', `-src-addr=${VIP}:83`, '-dest-addr=127.0.0.1:9002'), // state only
+        cli(pair, '-q', B, '-run', '-use-state'),
+        served,
+        rr,
+        { op: 'tcp', vip: VIP, port: 83, count: 6 },
+      ]);
+      for (const i of [1, 2, 3, 6, 9, 12, 13]) ok(r[i]);
+      for (const i of [4, 5, 7, 8, 10, 11, 14, 15, 16])
+        assert.equal(r[i].failures, 0, `step ${i}: ${JSON.stringify(r[i])}`);
+      assert.deepEqual(Object.keys(r[4].counts).sort(), ['backend:9001', 'backend:9002'], JSON.stringify(r[4]));
+    },
+  );
+}
