@@ -198,7 +198,8 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
     const list = Array.isArray(profiles) ? profiles : [profiles];
     let valid;
     try {
-      valid = list.map((p) => validateProfile(p));
+      // Array.from, not map: a hole of a sparse array is a profile that is not an object, not skipped.
+      valid = Array.from(list, (p) => validateProfile(p));
       const names = new Set<string>();
       for (const p of valid) {
         if (names.has(p.name))
@@ -218,7 +219,7 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
     this.check();
     const list = Array.isArray(names) ? names : [names];
     try {
-      list.forEach((n) => validateName(n, 'name', { existing: true }));
+      for (let i = 0; i < list.length; i++) validateName(list[i], 'name', { existing: true }); // holes too
     } catch (e) {
       return this.track(Promise.reject(e));
     }

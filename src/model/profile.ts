@@ -237,7 +237,8 @@ export function slotCount(p: Profile): number {
 
 /** `ip:port*W` as written on the command line: the destination and its weight. */
 function splitWeight(item: unknown): { text: unknown; weight?: string } {
-  if (typeof item !== 'string') return { text: item };
+  // Spaces around the entry are refused as for one without a weight (spaces around `*` are not).
+  if (typeof item !== 'string' || item.trim() !== item) return { text: item };
   const at = item.indexOf('*');
   if (at < 0) return { text: item };
   return { text: item.slice(0, at).trim(), weight: item.slice(at + 1).trim() };
@@ -475,7 +476,9 @@ function validateDestinations(
   const seen = new Set<string>();
   const destination: string[] = [];
   const weightMap = new Map<string, number>();
-  dests.forEach((item, i) => {
+  // Every index, holes of a sparse array included (each is reported as an entry that is not ip:port).
+  for (let i = 0; i < dests.length; i++) {
+    const item: unknown = dests[i];
     const field = `destination[${i}]`;
     const { text: d, weight } = splitWeight(item);
     const e = endpoint(field, d);
@@ -491,7 +494,7 @@ function validateDestinations(
     seen.add(key);
     destination.push(key);
     if (weight !== undefined) weightMap.set(key, weightValue('weights', weight, `${field} ${show(item)}`));
-  });
+  }
   return { destination, weightMap };
 }
 

@@ -45,6 +45,21 @@ const apply = (core: Core, ...inputs: ProfileInput[]) =>
   core.transact((state) => upsertChange(state, inputs), { run: true });
 const statuses = async (core: Core) => Object.fromEntries((await core.status()).map((r) => [r.name, r.status]));
 
+test('API: a sparse list of profiles or names is refused with the field named, nothing changed', async () => {
+  const kernels = fakes();
+  const lb = await open({ stateFile: false }, kernels.nft as Executor);
+  try {
+    await assert.rejects(
+      lb.apply(new Array(1)),
+      (e: IptlbError) => e.code === 'EINVAL_PROFILE' && e.field === 'profile',
+    );
+    await assert.rejects(lb.delete(new Array(1)), (e: IptlbError) => e.code === 'EINVAL_PROFILE' && e.field === 'name');
+    assert.equal(kernels.nft.commits.length, 0);
+  } finally {
+    await lb.close();
+  }
+});
+
 test('nft: with the table gone (a process killed after deleting the last profile, before its state write), the next change creates every profile of the state, not only its own', async () => {
   const { core, kernels, done } = coreOn('nft');
   try {

@@ -86,6 +86,22 @@ test('destinations: empty, duplicate, malformed, the VIP itself, too many', () =
   rejects({ ...base, destination: many }, 'destination', /at most/);
 });
 
+test('a sparse destination list: each hole is an entry that is not ip:port (never a profile without destinations)', () => {
+  const holes = ['127.0.0.1:9001'];
+  delete holes[0];
+  rejects({ ...base, destination: holes }, 'destination[0]');
+  rejects({ ...base, destination: new Array(2) }, 'destination[0]');
+  const later = ['127.0.0.1:9001', '127.0.0.1:9002'];
+  delete later[1];
+  rejects({ ...base, destination: later }, 'destination[1]');
+  // Spaces around an entry are refused with a weight as without one.
+  rejects({ ...base, destination: [' 127.0.0.1:9001 '] }, 'destination[0]');
+  rejects({ ...base, destination: [' 127.0.0.1:9001 * 2'] }, 'destination[0]');
+  assert.deepEqual(validateProfile({ ...base, destination: ['127.0.0.1:9001 * 2', '127.0.0.1:9002'] }).weights, {
+    '127.0.0.1:9001': 2,
+  });
+});
+
 test('protocol, rulesBackend, log level, masquerade', () => {
   rejects({ ...base, protocol: 'icmp' }, 'protocol');
   rejects({ ...base, rulesBackend: 'INPUT' }, 'rulesBackend');
