@@ -124,9 +124,14 @@ export async function renderMetrics(
     'gauge',
     'Whether the kernel holds the profile as planned (1) or not (0); orphans have profile="" and the owner in "orphan".',
   );
+  // One series per orphan: the same one may be in both address families' tables.
+  const orphans = new Set<string>();
   for (const r of reports) {
-    if (r.status === 'orphaned') t.sample('iptlb_profile_in_sync', { profile: '', orphan: r.name }, 0);
-    else t.sample('iptlb_profile_in_sync', { profile: r.name }, r.status === 'in-sync' ? 1 : 0);
+    if (r.status !== 'orphaned') t.sample('iptlb_profile_in_sync', { profile: r.name }, r.status === 'in-sync' ? 1 : 0);
+    else if (!orphans.has(r.name)) {
+      orphans.add(r.name);
+      t.sample('iptlb_profile_in_sync', { profile: '', orphan: r.name }, 0);
+    }
   }
   t.family(
     'iptlb_destination_packets_total',
@@ -212,7 +217,10 @@ export async function healthz(
   const last = opts.stats?.lastSync;
   if (last && !last.ok) return { ok: false, reason: `last sync failed: ${last.error}` };
   try {
-    const drifted = (await opts.core.status()).filter((r) => r.status !== 'in-sync');
+    const seen = new Set<string>(); // an orphan may be in both address families' tables: once
+    const drifted = (await opts.core.status()).filter(
+      (r) => r.status !== 'in-sync' && !seen.has(`${r.status}:${r.name}`) && !!seen.add(`${r.status}:${r.name}`),
+    );
     if (drifted.length)
       return {
         ok: false,

@@ -623,6 +623,8 @@ test('metrics text and /healthz from a core: families, labels escaped, 503 with 
       ],
     },
     { name: 'x"y', status: 'orphaned', packets: 0, bytes: 0, destinations: [] },
+    // The same orphan in the other address family's table: one series all the same.
+    { name: 'x"y', status: 'orphaned', packets: 0, bytes: 0, destinations: [] },
   ];
   const core = { status: async () => reports } as unknown as Core;
   const stats = new ProcessStats();
@@ -641,8 +643,13 @@ test('metrics text and /healthz from a core: families, labels escaped, 503 with 
   assert.match(text, /^iptlb_profiles 1$/m);
   assert.match(text, /^iptlb_commit_duration_seconds_bucket\{le="\+Inf"\} 0$/m);
   assert.match(text, /^agent_revision 7\n$/m);
-  for (const line of text.trimEnd().split('\n'))
+  const series = new Set<string>();
+  for (const line of text.trimEnd().split('\n')) {
     assert.match(line, /^(# (HELP|TYPE) [a-z_]+ .+|[a-z_]+(\{[^}]*\})? -?[0-9.e+-]+)$/, line);
+    const key = line.startsWith('#') ? line : line.slice(0, line.lastIndexOf(' '));
+    assert.ok(!series.has(key), `one series or comment once (Prometheus refuses a scrape otherwise): ${key}`);
+    series.add(key);
+  }
   assert.deepEqual(await healthz({ core, stats }), {
     ok: false,
     reason: 'kernel does not match the state file: 1 profile(s) x"y orphaned',

@@ -370,3 +370,20 @@ test('a dispatch set the kernel still fills keeps its rule (left by a process ki
   assert.match(second, /delete set ip iptlb out_tcp_3\n/);
   assert.doesNotMatch(first + second, /delete set ip iptlb out_tcp_5/);
 });
+
+test("a foreign rule's orphan name does not change as packets pass (its counters' values are not part of it)", async () => {
+  const { emptyNftView } = await import('../../src/engines/nft/view.js');
+  const names = [
+    '[ counter pkts 0 bytes 0 ]',
+    '[ counter pkts 17 bytes 1020 ]',
+    '{"counter":{"packets":3,"bytes":180}}',
+  ].map((text) => {
+    const view = emptyNftView();
+    view.exists = true;
+    view.chains.push({ name: 'output', rules: [{ kind: 'foreign', text }] });
+    return compareNft(new Map(), view).map((r) => r.name);
+  });
+  assert.deepEqual(names[0], names[1]);
+  assert.deepEqual(names[0], ['foreign:output:[ counter pkts N bytes N ]']);
+  assert.deepEqual(names[2], ['foreign:output:{"counter":{"packets":N,"bytes":N}}']);
+});

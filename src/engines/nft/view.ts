@@ -302,7 +302,7 @@ function orphansOf(state: Map<string, Profile>, view: NftView, idx: ViewIndex, c
       if (isOwnRule(r) && !state.has(r.owner))
         orphans.set(`rule:${r.owner}`, `a ${r.kind} rule of ${r.owner} in chain ${c.name}`);
       if (r.kind === 'foreign')
-        orphans.set(`foreign:${c.name}:${r.text}`, `a rule iptlb did not write in chain ${c.name}`);
+        orphans.set(`foreign:${c.name}:${withoutCounts(r.text)}`, `a rule iptlb did not write in chain ${c.name}`);
     }
   }
   for (const name of idx.affSets.keys())
@@ -318,6 +318,9 @@ function orphansOf(state: Map<string, Profile>, view: NftView, idx: ViewIndex, c
     bytes: 0,
   }));
 }
+
+/** A rule's text without the values of its counters, so that it names the rule the same as packets pass. */
+const withoutCounts = (text: string): string => text.replace(/\b(pkts|packets|bytes)(["\s:]+)\d+/g, '$1$2N');
 
 /**
  * Each profile of the state compared with table `<view.family> iptlb`, plus what no profile owns,
