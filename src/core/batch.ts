@@ -1,8 +1,8 @@
 /**
  * Group commit. Calls queue while a commit is in flight; the next commit carries everything queued.
  * Calls are applied in order onto the state (so the last call for a profile wins); a call that does
- * not fit (conflict, unknown name) is rejected alone; when the kernel refuses a batch, the batch is
- * split in halves until the culprit is alone, so every other call still lands.
+ * not fit (conflict, unknown name) is rejected alone; when the kernel or the engine refuses a batch, the
+ * batch is split in halves until the culprit is alone, so every other call still lands.
  */
 import { IptlbError } from '../model/errors.js';
 import { chainName, checkConflicts, show } from '../model/profile.js';
@@ -237,7 +237,10 @@ export class CommitQueue {
         { run: true },
       );
     } catch (e) {
-      if (e instanceof IptlbError && e.code === 'EKERNEL' && batch.length > 1) {
+      // The kernel refused the batch, or the engine did before committing (a change it will not
+      // make, such as one that would drop another tool's rules): find the culprit by halves. Other
+      // failures (the lock, the state file, privileges) are the batch's, not a call's.
+      if (e instanceof IptlbError && (e.code === 'EKERNEL' || e.code === 'ECONFLICT') && batch.length > 1) {
         const half = Math.ceil(batch.length / 2);
         await this.commit(batch.slice(0, half));
         await this.commit(batch.slice(half));

@@ -720,10 +720,15 @@ export class Core {
     const parts = FAMILIES.map((f) => [f, changeOfFamily(change, state, f)] as const).filter(
       ([, c]) => c.upsert.length > 0 || c.remove.length > 0,
     );
+    // Every family planned before any is committed: a plan the engine refuses (another tool's rule
+    // in a base chain, say) changes nothing, not even for a moment in the other family.
+    const plans: [Family, ReadonlyMap<string, Profile>, Change, FamilyPlan][] = [];
     for (const [f, changeF] of parts) {
       const stateF = this.ofFamily(state, f);
+      plans.push([f, stateF, changeF, await engine.planChange(f, stateF, changeF, this.planContext(stateF))]);
+    }
+    for (const [f, stateF, changeF, plan] of plans) {
       try {
-        const plan = await engine.planChange(f, stateF, changeF, this.planContext(stateF));
         if (!plan.steps.length) continue;
         // `after` only with a change of one family: written once the whole change is in the kernel.
         const r = await this.commitPlan(engine, plan, parts.length === 1 ? after : undefined);

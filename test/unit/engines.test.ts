@@ -189,6 +189,47 @@ test('nft: a change that would rewrite a base chain holding a rule iptlb did not
   }
 });
 
+test('nft: a change of both families that the engine refuses for one commits nothing in the other; in a batch, only that call is refused', async () => {
+  const { core, kernels, done } = coreOn('nft');
+  try {
+    await apply(
+      core,
+      { name: 'foo', source: '127.100.0.1:80', destination: ['127.0.0.1:9001'] },
+      { name: 'bar6', source: '[2001:db8::10]:80', destination: ['[2001:db8::1]:9001'] },
+    );
+    // Another tool's rule in ip6 iptlb's chain output: deleting bar6 (the last IPv6 profile) is refused.
+    kernels.nft.tables.get('ip6')!.chains.get('output')!.unshift({ kind: 'foreign', text: 'ip6 daddr 2001:db8::99' });
+    const commits = kernels.nft.commits.length;
+    await assert.rejects(
+      core.transact((state) => deleteChange(state, ['foo', 'bar6']), { run: true }),
+      (e: IptlbError) => e.code === 'ECONFLICT',
+    );
+    assert.equal(kernels.nft.commits.length, commits, 'no commit and no undo: table ip iptlb was never touched');
+    // The same through the API's group commit: four calls in flight, the refused one alone fails.
+    kernels.nft.tables.get('ip6')!.chains.get('output')!.shift(); // the tool's rule goes for a while
+    const lb = await open({ stateFile: false }, kernels.nft as Executor);
+    try {
+      await lb.apply({ name: 'v6', source: '[2001:db8::11]:80', destination: ['[2001:db8::1]:9002'] });
+      kernels.nft.tables.get('ip6')!.chains.get('output')!.unshift({ kind: 'foreign', text: 'ip6 daddr 2001:db8::98' });
+      const calls = [
+        lb.apply({ name: 'a', source: '127.100.0.21:80', destination: ['127.0.0.1:9001'] }),
+        lb.apply({ name: 'b', source: '127.100.0.22:80', destination: ['127.0.0.1:9001'] }),
+        lb.delete('v6'),
+        lb.apply({ name: 'c', source: '127.100.0.23:80', destination: ['127.0.0.1:9001'] }),
+      ];
+      const settled = await Promise.allSettled(calls);
+      assert.deepEqual(
+        settled.map((x) => (x.status === 'fulfilled' ? 'ok' : (x.reason as IptlbError).code)),
+        ['ok', 'ok', 'ECONFLICT', 'ok'],
+      );
+    } finally {
+      await lb.close();
+    }
+  } finally {
+    done();
+  }
+});
+
 test('nft: profiles that swap addresses, or one that takes the address another leaves, in one commit keep their elements', async () => {
   const P = (name: string, vip: string, dest = 9001): ProfileInput => ({
     name,
