@@ -163,7 +163,8 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
   private publishTimer?: NodeJS.Timeout;
   private dirty = false;
   private inFlight = 0;
-  private idleWaiters: (() => void)[] = [];
+  /** Counts the stops: an answer to a probe of an earlier run is ignored. */
+  private run = 0;
   /** Counters for metrics: checks and failed checks per profile, health commits. */
   readonly counters = {
     checks: new Map<string, number>(),
@@ -238,7 +239,11 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     this.window = undefined;
     this.timer = undefined;
     this.timerAt = Infinity;
-    if (this.inFlight > 0) await new Promise<void>((r) => this.idleWaiters.push(r));
+    // Probes in flight are dropped, not waited for (a timeout may be long: a stop must not wait for
+    // it); their answers, if any still come, belong to a stopped run and are ignored.
+    this.run++;
+    this.inFlight = 0;
+    for (const t of this.targets.values()) t.inFlight = false;
     this.prober?.close();
     this.prober = undefined;
     while (this.committing) await new Promise((r) => setTimeout(r, 5));
@@ -496,6 +501,7 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     t.inFlight = true;
     this.inFlight++;
     const cfg = t.cfg;
+    const run = this.run;
     this.prober!.start(
       {
         kind: cfg.kind,
@@ -505,14 +511,15 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
         ...(cfg.path ? { path: cfg.path } : {}),
         ...(cfg.expect ? { expect: cfg.expect } : {}),
       },
-      (error) => this.results(t, now, error),
+      (error) => {
+        if (run === this.run) this.results(t, now, error);
+      },
     );
   }
 
   private results(t: Target, started: number, error: string | undefined): void {
     t.inFlight = false;
     this.inFlight--;
-    if (this.inFlight === 0 && this.idleWaiters.length) for (const w of this.idleWaiters.splice(0)) w();
     if (t.removed || !this.running) return;
     this.counters.probes++;
     const now = Date.now();

@@ -27,9 +27,11 @@ export interface Prober {
 export class PromiseProber implements Prober {
   readonly kind = 'node' as const;
   private closed = false;
+  /** Aborts the probes in flight when closed (their sockets and timers go at once). */
+  private readonly stop = new AbortController();
   constructor(private readonly fn: Probe = nodeProbe) {}
   start(t: ProbeTarget, done: (error: string | undefined) => void): void {
-    this.fn(t).then(
+    this.fn(t, this.stop.signal).then(
       () => !this.closed && done(undefined),
       (err: Error) => !this.closed && done(err?.message ?? String(err)),
     );
@@ -37,6 +39,7 @@ export class PromiseProber implements Prober {
   flush(): void {}
   close(): void {
     this.closed = true;
+    this.stop.abort();
   }
 }
 

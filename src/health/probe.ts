@@ -15,20 +15,24 @@ export interface ProbeTarget {
   expect?: string;
 }
 
-export type Probe = (t: ProbeTarget) => Promise<void>;
+/** A probe; `signal` aborts it (its socket and timer go at once, and it rejects). */
+export type Probe = (t: ProbeTarget, signal?: AbortSignal) => Promise<void>;
 
-export const probe: Probe = (t) =>
+export const probe: Probe = (t, signal) =>
   new Promise<void>((resolve, reject) => {
     let done = false;
     const sock = nodeNet().connect({ host: t.host, port: t.port, noDelay: true });
+    const abort = (): void => finish('stopped');
     const finish = (err?: string): void => {
       if (done) return;
       done = true;
       clearTimeout(timer);
+      signal?.removeEventListener('abort', abort);
       sock.destroy();
       if (err === undefined) resolve();
       else reject(new Error(err));
     };
+    signal?.addEventListener('abort', abort, { once: true });
     const timer = setTimeout(
       () => finish(`no ${t.kind === 'http' ? 'answer' : 'connection'} within ${t.timeoutMs} ms`),
       t.timeoutMs,

@@ -193,6 +193,36 @@ test('at most one probe in flight per destination, however long it hangs', async
   await checker.stop();
 });
 
+test('stop does not wait for a probe in flight (its timeout may be an hour): it is aborted, and a late answer is ignored', async (t) => {
+  const { probes, checker, events } = await setup(
+    t,
+    [
+      {
+        name: 'web',
+        source: '127.100.0.10:80',
+        destination: [D[0]],
+        health: { ...health, intervalMs: 3_600_000, timeoutMs: 3_600_000 },
+      },
+    ],
+    { random: () => 0 },
+  );
+  const signals: AbortSignal[] = [];
+  const inner = probes.probe;
+  (checker as unknown as { prober: { fn: unknown } }).prober.fn = (x: ProbeTarget, signal?: AbortSignal) => {
+    if (signal) signals.push(signal);
+    return inner(x);
+  };
+  probes.outcome.set(D[0], 'hang');
+  await advance(200);
+  assert.equal(probes.hanging.length, 1, 'one probe hangs');
+  const seen = events.length;
+  await checker.stop(); // before: waited for the hanging probe, forever here
+  assert.equal(signals.at(-1)!.aborted, true, "the probe's socket and timer are aborted");
+  probes.hanging.splice(0).forEach((r) => r());
+  await settle();
+  assert.equal(events.length, seen, 'a late answer to a stopped run changes nothing');
+});
+
 test('jitter: first checks spread over the first interval, then one interval ±10 % apart', async (t) => {
   let seed = 42;
   const random = (): number => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
