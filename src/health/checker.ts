@@ -341,6 +341,8 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
       for (const e of old.values()) this.removeEntry(e);
       const down = new Set(entries.filter((e) => e.state === 'down').map((e) => e.destination));
       this.byProfile.set(p.name, { cfg: p.health, profile: p, entries, down });
+      // Both counters exist from the start at 0 (a rate over the first failures needs the 0 before them).
+      for (const c of [this.counters.checks, this.counters.failures]) if (!c.has(p.name)) c.set(p.name, 0);
       this.host.core.health.setDown(p.name, down);
       this.syncInfo(p.name);
       changed = true;
@@ -350,6 +352,9 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
       for (const e of p.entries) this.removeEntry(e);
       this.byProfile.delete(name);
       this.host.core.health.forget(name);
+      // A profile no longer checked has no series (a later one of that name counts from 0 again).
+      this.counters.checks.delete(name);
+      this.counters.failures.delete(name);
       changed = true;
     }
     if (changed && this.host.core.health.hasPending) this.requestFlush(false);

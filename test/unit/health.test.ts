@@ -379,6 +379,8 @@ test('profiles added, changed or deleted while running are followed; a removed c
   const { ex, core, probes, checker } = await setup(t, [
     { name: 'web', source: '127.100.0.10:80', destination: D, health },
   ]);
+  // Both counters are there from the start, at 0.
+  assert.deepEqual([checker.counters.checks.get('web'), checker.counters.failures.get('web')], [0, 0]);
   probes.outcome.set(D[0], false);
   await advance(400);
   assert.deepEqual(dnats(ex.txs.at(-1)!, 'web'), D.slice(1));
@@ -400,6 +402,7 @@ test('profiles added, changed or deleted while running are followed; a removed c
   assert.deepEqual(dnats(ex.txs.at(-1)!, 'web'), D);
   assert.equal(checker.states().length, 0);
   assert.equal(core.health.active, false);
+  assert.deepEqual([checker.counters.checks.has('web'), checker.counters.failures.has('web')], [false, false]);
   await checker.stop();
 });
 
