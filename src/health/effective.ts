@@ -15,7 +15,7 @@
  * publishes beside the state file ({@link healthFileOf}), so its status, sync and apply plan the same
  * effective profiles.
  */
-import { pidAlive } from '../platform/pid.js';
+import { pidAlive, pidIdentity } from '../platform/pid.js';
 import { readFileSync, statSync } from 'node:fs';
 import * as fsp from '../platform/fsp.js';
 import * as path from 'node:path';
@@ -253,7 +253,8 @@ export class HealthOverlay {
     }
     for (const [name, down] of this.committed)
       if (!profiles[name]) profiles[name] = { drained: [...down], destinations: {} };
-    return { version: 1, pid: process.pid, updatedAt: Date.now(), profiles };
+    const start = (ownIdentity ??= pidIdentity(process.pid) ?? '');
+    return { version: 1, pid: process.pid, ...(start ? { pidStart: start } : {}), updatedAt: Date.now(), profiles };
   }
 
   /** Writes {@link snapshot} to `file` atomically (temp file + rename). */
@@ -283,7 +284,7 @@ export class HealthOverlay {
       version = undefined;
     }
     if (version === this.followVersion && version !== undefined) {
-      if (this.writerPid === undefined || pidAlive(this.writerPid)) return;
+      if (this.writerPid === undefined || writerRuns(this.writerPid, this.writerStart)) return;
     }
     this.followVersion = version;
     this.committed = new Map();
@@ -291,6 +292,7 @@ export class HealthOverlay {
     this.pending.clear();
     this.info.clear();
     this.writerPid = undefined;
+    this.writerStart = undefined;
     if (version === undefined) return;
     let data: PublishedHealth;
     try {
@@ -302,11 +304,12 @@ export class HealthOverlay {
       data?.version !== 1 ||
       typeof data.pid !== 'number' ||
       data.pid === process.pid ||
-      !pidAlive(data.pid) ||
+      !writerRuns(data.pid, data.pidStart) ||
       typeof data.profiles !== 'object'
     )
       return;
     this.writerPid = data.pid;
+    this.writerStart = data.pidStart;
     for (const [name, p] of Object.entries(data.profiles)) {
       if (Array.isArray(p.drained) && p.drained.length) {
         const s = new Set(p.drained.map(String));
@@ -319,11 +322,25 @@ export class HealthOverlay {
     }
   }
   private writerPid?: number;
+  private writerStart?: string;
+}
+
+let ownIdentity: string | undefined;
+
+/**
+ * Whether the process that wrote the file still runs: its pid is alive and, when the file says when
+ * it started, it is that process (a pid reused after a crash or a reboot is not).
+ */
+function writerRuns(pid: number, start: unknown): boolean {
+  if (!pidAlive(pid)) return false;
+  return typeof start !== 'string' || pidIdentity(pid) === start;
 }
 
 export interface PublishedHealth {
   version: 1;
   pid: number;
+  /** The writer's boot id and start time ({@link pidIdentity}); absent from files of older versions. */
+  pidStart?: string;
   updatedAt: number;
   profiles: Record<string, { drained: string[]; destinations: Record<string, DestinationHealthInfo> }>;
 }

@@ -737,3 +737,46 @@ test('watch services: a metrics address that cannot be listened on fails before 
     taken.close();
   }
 });
+
+test('a health file is followed only while its writer runs: a pid given to another process is not that writer', async () => {
+  const { HealthOverlay } = await import('../../src/health/effective.js');
+  const { pidIdentity } = await import('../../src/platform/pid.js');
+  const { spawn } = await import('node:child_process');
+  const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-hf-'));
+  const other = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' });
+  try {
+    const file = path.join(dir, 'state.db.health');
+    const write = (pidStart?: string) =>
+      writeFileSync(
+        file,
+        JSON.stringify({
+          version: 1,
+          pid: other.pid,
+          ...(pidStart !== undefined ? { pidStart } : {}),
+          updatedAt: 0,
+          profiles: { web: { drained: [D[0]], destinations: {} } },
+        }),
+      );
+    const follow = () => {
+      const o = new HealthOverlay();
+      o.follow(file);
+      o.refresh();
+      return [...(o.committedDown('web') ?? [])];
+    };
+    const own = pidIdentity(other.pid!);
+    assert.ok(own, 'the running process has an identity');
+    write(own);
+    assert.deepEqual(follow(), [D[0]], 'its writer runs: followed');
+    write(`${own}0`); // the pid alive, but started at another time: a reused pid
+    assert.deepEqual(follow(), [], 'not its writer: ignored, the configured weights hold');
+    write(); // a file of an older version, without the start time: the pid alone decides
+    assert.deepEqual(follow(), [D[0]]);
+    assert.match(JSON.stringify(new HealthOverlay().snapshot()), /"pidStart":"[0-9a-f-]+:[0-9]+"/);
+  } finally {
+    other.kill();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
