@@ -342,9 +342,11 @@ for (const engine of ['legacy', 'nft'] as const) {
       await aIntact('after B applied profiles written without -run');
       await B.core.transact((state) => deleteChange(state, ['c', 'd']), { run: true });
       await aIntact('after B deleted them');
-      // Only sync makes the kernel exactly one state file's profiles (documented).
+      // Only sync makes the kernel exactly one state file's profiles (documented); B has none left,
+      // so nothing of iptlb's stays (on nft, not an empty table with its NAT hooks).
       await B.core.sync();
       assert.deepEqual(await mine(A.core, ['a1', 'a2', 'a3']), { a1: 'missing', a2: 'missing', a3: 'missing' });
+      if (engine === 'nft') assert.equal(kernels.nft.tables.has('ip'), false, 'table ip iptlb removed');
     } finally {
       A.done();
       B.done();

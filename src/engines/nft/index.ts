@@ -308,6 +308,12 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
   }
 
   planReplace(f: Family, profiles: ReadonlyMap<string, Profile>, view: NftView): NftTransaction {
+    // No profile of this family: the table goes, as with the last profile deleted (not left empty,
+    // its NAT hooks registered).
+    if (profiles.size === 0) {
+      const tx = planNftRemoveAll(nftTableFamily(f));
+      return view.genid ? { ...tx, expectGenid: view.genid } : tx;
+    }
     return planNftRebuild(profiles.values(), view.genid || undefined, nftTableFamily(f), view);
   }
 
