@@ -41,11 +41,18 @@ namespace {
 // The owners' rules in the built-in chains (an older layout's, and POSTROUTING's) and in the
 // dispatch chains, deleted from the bottom up so numbers stay valid.
 // Returns the gate elements those dispatch rules selected.
+//
+// Also a rule without a comment of iptlb's in a built-in chain that jumps to a chain this change
+// deletes or refills: the original iptlb's jump (`-I OUTPUT 1 -p tcp -d VIP --dport P -j
+// IPTLB_NAT_<NAME>`, no comment). iptlb's chains are its own by name; left, such a jump keeps the
+// chain from being deleted (EMLINK) and a replaced profile reachable by the old way too.
 template <typename F>
 std::set<SetElement> DeleteOwnedRules(struct xtc_handle *h, const Transaction &tx) {
   using Entry = typename F::Entry;
   std::set<std::string> owned;
   for (const std::string &o : tx.owners) owned.insert("iptlb:" + o);
+  std::set<std::string> targets(tx.delete_chains.begin(), tx.delete_chains.end());
+  for (const Chain &c : tx.chains) targets.insert(c.name);
   if (owned.empty()) return {};
   std::set<SetElement> removed;
   static const xt_chainlabel kAll[] = {"PREROUTING",  "INPUT",        "OUTPUT",
@@ -56,7 +63,11 @@ std::set<SetElement> DeleteOwnedRules(struct xtc_handle *h, const Transaction &t
     std::vector<unsigned> doomed;
     unsigned n = 0;
     for (const Entry *e = F::FirstRule(hook, h); e; e = F::NextRule(e, h), n++) {
-      if (!owned.count(CommentOf<F>(e))) continue;
+      const std::string comment = CommentOf<F>(e);
+      if (!owned.count(comment)) {
+        const char *t = dispatch || comment.rfind("iptlb:", 0) == 0 ? nullptr : F::GetTarget(e, h);
+        if (!t || !targets.count(t)) continue;
+      }
       doomed.push_back(n);
       SetElement el;
       if (dispatch && ElementOfRule(DecodeRule<F>(e, h).rule, &el)) removed.insert(el);

@@ -142,3 +142,84 @@ for (const pair of PAIRS) {
     },
   );
 }
+
+for (const pair of PAIRS.filter((p) => p.engine === 'legacy')) {
+  test(
+    `${pair.name}: the original iptlb's rules (jumps without a comment) are taken over by a reset and removed by a delete`,
+    { skip: pair.skip },
+    async () => {
+      const ipt = (...a: string[]) => ({ op: 'sh' as const, argv: ['iptables-legacy', '-w', '-t', 'nat', ...a] });
+      // As the original writes them (seed-behaviour.md): its chain, a cascade, RETURN, a jump at the top of OUTPUT.
+      const original = (name: string, port: number, dests: string[]) => [
+        ipt('-N', `IPTLB_NAT_${name.toUpperCase()}`),
+        ...dests.map((d, i) =>
+          ipt(
+            '-A',
+            `IPTLB_NAT_${name.toUpperCase()}`,
+            '-p',
+            'tcp',
+            '-d',
+            VIP,
+            '--dport',
+            String(port),
+            ...(i < dests.length - 1
+              ? ['-m', 'statistic', '--mode', 'random', '--probability', (1 / (dests.length - i)).toFixed(5)]
+              : []),
+            '-j',
+            'DNAT',
+            '--to-destination',
+            d,
+          ),
+        ),
+        ipt('-A', `IPTLB_NAT_${name.toUpperCase()}`, '-j', 'RETURN'),
+        ipt(
+          '-I',
+          'OUTPUT',
+          '1',
+          '-p',
+          'tcp',
+          '-d',
+          VIP,
+          '--dport',
+          String(port),
+          '-j',
+          `IPTLB_NAT_${name.toUpperCase()}`,
+        ),
+      ];
+      const block = (name: string, port: number, dests: string[]) =>
+        `${name}:\n  destination:\n${dests.map((d) => `  - ${d}\n`).join('')}  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: ${VIP}:${port}\n`;
+      const two = ['127.0.0.1:9001', '127.0.0.1:9002'];
+      const setup = [
+        { op: 'backends' as const, tcp: [9001, 9002, 9003] },
+        ...original('test', 8081, two),
+        ...original('web', 8082, two),
+        { op: 'write' as const, file: '$WORK/state.db', text: block('test', 8081, two) + block('web', 8082, two) },
+      ];
+      const r = (
+        await runSteps([
+          ...setup,
+          { op: 'tcp', vip: VIP, port: 8081, count: 10 },
+          cli(pair, '-q', '-run', '-reset', '-profile=web', `-src-addr=${VIP}:8082`, '-dest-addr=127.0.0.1:9003'),
+          { op: 'tcp', vip: VIP, port: 8082, count: 10 },
+          cli(pair, '-q', '-run', '-delete', '-profile=test'),
+          { op: 'tcp', vip: VIP, port: 8081, count: 3 },
+          ipt('-S'),
+          cli(pair, 'status', '--json'),
+        ])
+      ).slice(setup.length);
+      const [served, reset, afterReset, del, afterDelete, rules, status] = r;
+      assert.equal(served.failures, 0, "the original's rules serve");
+      ok(reset, 'reset of a profile the original applied');
+      assert.deepEqual(
+        Object.keys(afterReset.counts),
+        ['backend:9003'],
+        `only the reset's destination: ${JSON.stringify(afterReset)}`,
+      );
+      ok(del, 'delete of a profile the original applied');
+      assert.equal(afterDelete.failures, 3, 'test is gone');
+      assert.doesNotMatch(rules.stdout, /IPTLB_NAT_TEST/, rules.stdout);
+      assert.doesNotMatch(rules.stdout, /^-A OUTPUT .*-j IPTLB_NAT_/m, "the original's jumps are gone");
+      assert.equal(JSON.parse(status.stdout).inSync, true, status.stdout);
+    },
+  );
+}

@@ -475,3 +475,33 @@ test("spawn: another tool's rule in a dispatch chain keeps the chain, its gate a
   assert.equal(alone.gate?.foreign, undefined);
   assert.match(renderRestore(tx, alone), /^-X IPTLB_OUTPUT$/m);
 });
+
+test("spawn: the original iptlb's jumps (no comment) to iptlb's chains are read, and deleted with the chain they jump to", () => {
+  const save = [
+    '*nat',
+    ':OUTPUT ACCEPT [0:0]',
+    ':IPTLB_NAT_TEST - [0:0]',
+    ':IPTLB_NAT_WEB - [0:0]',
+    ':OTHER - [0:0]',
+    '[1:60] -A OUTPUT -d 127.100.0.10/32 -p tcp -m tcp --dport 8081 -j IPTLB_NAT_TEST',
+    '[0:0] -A OUTPUT -d 127.100.0.10/32 -p tcp -m tcp --dport 8082 -j IPTLB_NAT_WEB',
+    '[0:0] -A OUTPUT -d 127.100.0.11/32 -j OTHER',
+    '[0:0] -A IPTLB_NAT_TEST -p tcp -d 127.100.0.10/32 --dport 8081 -j DNAT --to-destination 127.0.0.1:9001',
+    'COMMIT',
+  ].join('\n');
+  const view = parseSave(save);
+  assert.deepEqual(
+    view.bareJumps?.map((b) => [b.chain, b.target]),
+    [
+      ['OUTPUT', 'IPTLB_NAT_TEST'],
+      ['OUTPUT', 'IPTLB_NAT_WEB'],
+    ],
+  );
+  const text = renderRestore(
+    { family: 'ipv4', table: 'nat', owners: ['test'], deleteChains: ['IPTLB_NAT_TEST'], chains: [], hookRules: [] },
+    view,
+  );
+  assert.match(text, /^-D OUTPUT -d 127\.100\.0\.10\/32 -p tcp -m tcp --dport 8081 -j IPTLB_NAT_TEST$/m);
+  assert.doesNotMatch(text, /IPTLB_NAT_WEB|OTHER/, 'only the jump to the chain this change deletes');
+  assert.ok(text.indexOf('-D OUTPUT') < text.indexOf('-X IPTLB_NAT_TEST'), 'the jump goes before its chain');
+});

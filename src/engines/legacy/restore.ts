@@ -3,7 +3,7 @@
  * `iptables-save` output back into rules. Pure functions.
  */
 import type { Family, HookChain, KernelView, Rule, Target, Transaction } from '../../model/types.js';
-import { CHAIN_PREFIX, OWNER_PREFIX } from './plan.js';
+import { CHAIN_PREFIX, OWN_CHAIN, OWNER_PREFIX } from './plan.js';
 import { familyOf } from '../../model/address.js';
 import { renderRuleOf, parseRule } from './codec/index.js';
 import { DISPATCH, GATED_HOOKS, gateRuleText, hookOfDispatch, isGatedHook, planGate, type GatedHook } from './gate.js';
@@ -57,6 +57,10 @@ export function renderRestore(tx: Transaction, view: KernelView): string {
     const chain = isGatedHook(h.chain) && !h.direct ? DISPATCH[h.chain] : h.chain;
     if (owners.has(h.owner)) out.push(`-D ${chain} ${parsed || !h.raw ? renderRuleOf(h.rule, tx.family) : h.raw}`);
   }
+  // The original iptlb's jumps (no comment) to a chain this change deletes or refills: they would
+  // keep the chain from being deleted, and a replaced profile reachable the old way too.
+  const targets = new Set([...tx.deleteChains, ...tx.chains.map((c) => c.name)]);
+  for (const b of view.bareJumps ?? []) if (targets.has(b.target)) out.push(`-D ${b.chain} ${b.raw}`);
   for (const h of unneeded) {
     if (gates.has(h)) out.push(`-D ${h} ${gateRuleText(h, tx.family)}`);
     if (dispatch.has(h)) out.push(`-X ${DISPATCH[h]}`);
@@ -182,7 +186,11 @@ export function parseSave(text: string): KernelView {
         continue;
       }
       const owner = ownerOf(words);
-      if (owner === null) continue;
+      if (owner === null) {
+        const target = words[words.length - 2] === '-j' ? words[words.length - 1]! : '';
+        if (OWN_CHAIN.test(target)) (view.bareJumps ??= []).push({ chain, target, raw: args });
+        continue;
+      }
       const rule = parseRule(words) ?? { matches: [], target: { name: 'unknown', raw: args } as unknown as Target };
       const h: KernelView['hookRules'][number] = {
         chain: chain as HookChain,
