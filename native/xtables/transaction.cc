@@ -25,6 +25,19 @@ template <typename F>
 
 bool IsGated(const std::string &hook) { return hook == "OUTPUT" || hook == "PREROUTING"; }
 
+// A profile's chain as iptlb (and the original) names it: IPTLB_NAT_ and 1-18 of A-Z 0-9 _.
+bool IsProfileChain(const std::string &name) {
+  static const std::string kPrefix = "IPTLB_NAT_";
+  if (name.compare(0, kPrefix.size(), kPrefix) != 0) return false;
+  const size_t n = name.size() - kPrefix.size();
+  if (n < 1 || n > 18) return false;
+  for (size_t i = kPrefix.size(); i < name.size(); i++) {
+    const char c = name[i];
+    if (!((c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_')) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 std::vector<SetElement> GateElements(const Transaction &tx) {
@@ -42,7 +55,7 @@ namespace {
 // dispatch chains, deleted from the bottom up so numbers stay valid.
 // Returns the gate elements those dispatch rules selected.
 //
-// Also a rule without a comment of iptlb's in a built-in chain that jumps to a chain this change
+// Also a rule without any comment in a built-in chain that jumps to a profile chain this change
 // deletes or refills: the original iptlb's jump (`-I OUTPUT 1 -p tcp -d VIP --dport P -j
 // IPTLB_NAT_<NAME>`, no comment). iptlb's chains are its own by name; left, such a jump keeps the
 // chain from being deleted (EMLINK) and a replaced profile reachable by the old way too.
@@ -65,8 +78,9 @@ std::set<SetElement> DeleteOwnedRules(struct xtc_handle *h, const Transaction &t
     for (const Entry *e = F::FirstRule(hook, h); e; e = F::NextRule(e, h), n++) {
       const std::string comment = CommentOf<F>(e);
       if (!owned.count(comment)) {
-        const char *t = dispatch || comment.rfind("iptlb:", 0) == 0 ? nullptr : F::GetTarget(e, h);
-        if (!t || !targets.count(t)) continue;
+        // Without any comment (another tool's comment makes it that tool's), to one of iptlb's chains.
+        const char *t = dispatch || !comment.empty() ? nullptr : F::GetTarget(e, h);
+        if (!t || !IsProfileChain(t) || !targets.count(t)) continue;
       }
       doomed.push_back(n);
       SetElement el;

@@ -165,6 +165,9 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
   private inFlight = 0;
   /** Counts the stops: an answer to a probe of an earlier run is ignored. */
   private run = 0;
+  /** The last reason a refresh or a commit failed for, while it keeps failing (logged once). */
+  private readFailure?: string;
+  private commitFailure?: string;
   /** Counters for metrics: checks and failed checks per profile, health commits. */
   readonly counters = {
     checks: new Map<string, number>(),
@@ -213,7 +216,20 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     const tick = (): void => {
       if (!this.running) return;
       this.refresh()
-        .catch((e: Error) => this.log(`health: cannot read the profiles (${e.message})`))
+        .then(
+          () => {
+            if (this.readFailure !== undefined) this.log('health: the profiles can be read again');
+            this.readFailure = undefined;
+          },
+          (e: Error) => {
+            // Said once, and again only when the reason changes (the refresh runs every second).
+            if (e.message !== this.readFailure)
+              this.log(
+                `health: cannot read the profiles (${e.message}); checks go on with the profiles read before, drains wait until it can be read`,
+              );
+            this.readFailure = e.message;
+          },
+        )
         .finally(() => {
           if (this.running) this.refreshTimer = setTimeout(tick, this.refreshMs);
         });
@@ -685,11 +701,16 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     try {
       const r = await this.host.commit();
       this.counters.commits++;
+      if (this.commitFailure !== undefined) this.log('health: committing again');
+      this.commitFailure = undefined;
       if (r.committed) this.log(`health: committed in ${r.commitMs.toFixed(2)} ms (${r.engine}/${r.executor})`);
       if (this.publishFile) await this.publishNow();
     } catch (e) {
       this.counters.commitFailures++;
-      this.log(`health: commit failed (${(e as Error).message}); retrying`);
+      // Retried every second: said once per reason.
+      if ((e as Error).message !== this.commitFailure)
+        this.log(`health: commit failed (${(e as Error).message}); retrying every second`);
+      this.commitFailure = (e as Error).message;
       if (this.listenerCount('error') > 0) this.emit('error', e as Error);
       this.committing = false;
       if (this.running) this.flushTimer = setTimeout(() => ((this.flushTimer = undefined), void this.flush()), 1000);

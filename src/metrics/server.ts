@@ -109,12 +109,21 @@ export async function renderMetrics(
   const t = new Text();
   let reports: ProfileReport[] = [];
   let readOk = 1;
+  let stateOk = 1;
   try {
     reports = await opts.core.status();
-  } catch {
+  } catch (e) {
+    // An unreadable state file is not a kernel that cannot be read: the kernel is not read then.
+    if (e instanceof IptlbError && e.code === 'ESTATE') stateOk = 0;
     readOk = 0;
   }
   const profiles = reports.filter((r) => r.status !== 'orphaned');
+  t.family(
+    'iptlb_state_read_success',
+    'gauge',
+    'Whether this scrape could read the state file (1) or not (0: nothing else is read, the kernel keeps its rules).',
+  );
+  t.sample('iptlb_state_read_success', {}, stateOk);
   t.family('iptlb_kernel_read_success', 'gauge', 'Whether this scrape could read the kernel counters (1) or not (0).');
   t.sample('iptlb_kernel_read_success', {}, readOk);
   t.family('iptlb_profiles', 'gauge', 'Profiles in the state file.');
@@ -231,6 +240,8 @@ export async function healthz(
         profiles: drifted.map((r) => r.name),
       };
   } catch (e) {
+    if (e instanceof IptlbError && e.code === 'ESTATE')
+      return { ok: false, reason: `cannot read the state file: ${e.message}` };
     return { ok: false, reason: `cannot read the kernel: ${(e as Error).message}` };
   }
   return { ok: true, reason: 'kernel matches the state file' };

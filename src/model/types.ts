@@ -202,8 +202,8 @@ export interface KernelView {
    * dispatch chains that also hold rules iptlb did not write (they keep the chain and its gate).
    */
   /**
-   * Legacy engine, spawn executor's read: rules without an `iptlb:` comment in a built-in chain that
-   * jump to one of iptlb's chains (the original iptlb's jumps), with their saved text. A change that
+   * Legacy engine, spawn executor's read: rules without any comment in a built-in chain that jump to
+   * a profile's chain (the original iptlb's jumps), with their saved text. A change that
    * deletes or refills that chain deletes them (the native executor does so in its commit).
    */
   bareJumps?: { chain: string; target: string; raw: string }[];

@@ -221,19 +221,23 @@ describePairs('core', (ex) => {
   // engine's refusals are in test/native/nft.test.ts).
   if (!nft)
     test('kernel refusal: EKERNEL error, exit 1, nothing changed in the kernel or the state file', async () => {
-      // A foreign jump from nat INPUT into the chain the profile will use makes its DNAT rules illegal.
+      // A foreign jump reachable from nat INPUT into the chain the profile will use makes its DNAT
+      // rules illegal. (Through a chain of its own: a jump from INPUT itself is the original iptlb's
+      // server mode, which a change of that chain deletes.)
       const r = await runSteps([
         { op: 'sh', argv: ['iptables-legacy', '-t', 'nat', '-N', 'IPTLB_NAT_WEB'] },
-        { op: 'sh', argv: ['iptables-legacy', '-t', 'nat', '-A', 'INPUT', '-j', 'IPTLB_NAT_WEB'] },
+        { op: 'sh', argv: ['iptables-legacy', '-t', 'nat', '-N', 'FOREIGN'] },
+        { op: 'sh', argv: ['iptables-legacy', '-t', 'nat', '-A', 'FOREIGN', '-j', 'IPTLB_NAT_WEB'] },
+        { op: 'sh', argv: ['iptables-legacy', '-t', 'nat', '-A', 'INPUT', '-j', 'FOREIGN'] },
         { op: 'save' },
         cli(ex, '-run', '-profile=web', `-src-addr=${VIP}:8081`, `-dest-addr=${DEST}`),
         { op: 'save' },
         { op: 'read', file: '$WORK/state.db' },
       ]);
-      assert.equal(r[3].code, 1, r[3].stderr);
-      assert.match(r[3].stderr, /^iptlb: error: .+/m);
-      assert.equal(r[4], r[2], 'kernel unchanged');
-      assert.equal(r[5], null, 'state file not written');
+      assert.equal(r[5].code, 1, r[5].stderr);
+      assert.match(r[5].stderr, /^iptlb: error: .+/m);
+      assert.equal(r[6], r[4], 'kernel unchanged');
+      assert.equal(r[7], null, 'state file not written');
     });
 
   test('a state file written by the original applies with -use-state -run; a hand-edited number logLevel is refused', async () => {

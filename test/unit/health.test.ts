@@ -223,6 +223,19 @@ test('stop does not wait for a probe in flight (its timeout may be an hour): it 
   assert.equal(events.length, seen, 'a late answer to a stopped run changes nothing');
 });
 
+test('a state file that cannot be read is said once while it lasts (the refresh runs every second), and when it can be read again', async (t) => {
+  const { core, log } = await setup(t, [{ name: 'web', source: '127.100.0.10:80', destination: [D[0]], health }]);
+  const readState = core.readState.bind(core);
+  core.readState = async () => {
+    throw new IptlbError('ESTATE', 'state file f: profile "x": health.timeoutMs: 3000 is above health.intervalMs');
+  };
+  await advance(3500, 50);
+  assert.equal(log.filter((l) => /cannot read the profiles/.test(l)).length, 1, log.join('\n'));
+  core.readState = readState;
+  await advance(1500, 50);
+  assert.equal(log.filter((l) => /can be read again/.test(l)).length, 1, log.join('\n'));
+});
+
 test('jitter: first checks spread over the first interval, then one interval ±10 % apart', async (t) => {
   let seed = 42;
   const random = (): number => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
@@ -690,6 +703,20 @@ test('metrics text and /healthz from a core: families, labels escaped, 503 with 
   });
   reports = reports.slice(0, 1);
   assert.equal((await healthz({ core, stats })).ok, true);
+  // A state file that cannot be read is said to be that, not a kernel that cannot be read.
+  const unreadable = {
+    status: async () => {
+      throw new IptlbError('ESTATE', 'state file f: not valid YAML');
+    },
+  } as unknown as Core;
+  const bad = await renderMetrics({ core: unreadable });
+  assert.match(bad, /^iptlb_state_read_success 0$/m);
+  assert.match(bad, /^iptlb_kernel_read_success 0$/m);
+  assert.deepEqual(await healthz({ core: unreadable }), {
+    ok: false,
+    reason: 'cannot read the state file: state file f: not valid YAML',
+  });
+  assert.match(text, /^iptlb_state_read_success 1$/m);
   stats.observeSync(new Error('EKERNEL: refused'));
   assert.deepEqual(await healthz({ core, stats }), { ok: false, reason: 'last sync failed: EKERNEL: refused' });
   // Served over HTTP on a free loopback port.

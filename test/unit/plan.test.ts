@@ -486,6 +486,8 @@ test("spawn: the original iptlb's jumps (no comment) to iptlb's chains are read,
     '[1:60] -A OUTPUT -d 127.100.0.10/32 -p tcp -m tcp --dport 8081 -j IPTLB_NAT_TEST',
     '[0:0] -A OUTPUT -d 127.100.0.10/32 -p tcp -m tcp --dport 8082 -j IPTLB_NAT_WEB',
     '[0:0] -A OUTPUT -d 127.100.0.11/32 -j OTHER',
+    // Another tool's jump into it (its own comment): that tool's, kept.
+    '[0:0] -A PREROUTING -m comment --comment foreign-ref -j IPTLB_NAT_TEST',
     '[0:0] -A IPTLB_NAT_TEST -p tcp -d 127.100.0.10/32 --dport 8081 -j DNAT --to-destination 127.0.0.1:9001',
     'COMMIT',
   ].join('\n');
@@ -502,6 +504,6 @@ test("spawn: the original iptlb's jumps (no comment) to iptlb's chains are read,
     view,
   );
   assert.match(text, /^-D OUTPUT -d 127\.100\.0\.10\/32 -p tcp -m tcp --dport 8081 -j IPTLB_NAT_TEST$/m);
-  assert.doesNotMatch(text, /IPTLB_NAT_WEB|OTHER/, 'only the jump to the chain this change deletes');
+  assert.doesNotMatch(text, /IPTLB_NAT_WEB|OTHER|foreign-ref/, 'only the bare jump to the chain this change deletes');
   assert.ok(text.indexOf('-D OUTPUT') < text.indexOf('-X IPTLB_NAT_TEST'), 'the jump goes before its chain');
 });

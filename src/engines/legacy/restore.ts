@@ -187,8 +187,10 @@ export function parseSave(text: string): KernelView {
       }
       const owner = ownerOf(words);
       if (owner === null) {
+        // Without any comment (another tool's comment makes it that tool's), to a profile's chain.
         const target = words[words.length - 2] === '-j' ? words[words.length - 1]! : '';
-        if (OWN_CHAIN.test(target)) (view.bareJumps ??= []).push({ chain, target, raw: args });
+        if (OWN_CHAIN.test(target) && !words.includes('--comment'))
+          (view.bareJumps ??= []).push({ chain, target, raw: args });
         continue;
       }
       const rule = parseRule(words) ?? { matches: [], target: { name: 'unknown', raw: args } as unknown as Target };
