@@ -42,19 +42,23 @@ test('keys sorted, profiles sorted, empty state is {}', async () => {
   assert.equal((await parseState('')).size, 0);
 });
 
+/** The state file of one plain profile named `name`. */
+const one = (name: string): string =>
+  serializeState([
+    {
+      name,
+      source: '127.0.0.1:80',
+      destination: ['127.0.0.1:81'],
+      protocol: 'tcp',
+      rulesBackend: 'client',
+      logEnabled: false,
+      logLevel: '4',
+    },
+  ]);
+
 test('names that YAML 1.1 would read as numbers or booleans are quoted', async () => {
   for (const name of ['123', 'yes', 'No', 'on', 'null', '1e5', '0x1F', '-']) {
-    const text = serializeState([
-      {
-        name,
-        source: '127.0.0.1:80',
-        destination: ['127.0.0.1:81'],
-        protocol: 'tcp',
-        rulesBackend: 'client',
-        logEnabled: false,
-        logLevel: '4',
-      },
-    ]);
+    const text = one(name);
     assert.ok(text.startsWith(`"${name}":`), text);
     if (name !== '-') assert.deepEqual([...(await parseState(text)).keys()], [name]);
   }
@@ -62,18 +66,6 @@ test('names that YAML 1.1 would read as numbers or booleans are quoted', async (
 
 test("names are quoted exactly when Go's yaml.v2 would not read them plain as strings (its ints, floats, dates)", async () => {
   const { goYamlNonString } = await import('../../src/core/state.js');
-  const one = (name: string) =>
-    serializeState([
-      {
-        name,
-        source: '127.0.0.1:80',
-        destination: ['127.0.0.1:81'],
-        protocol: 'tcp',
-        rulesBackend: 'client',
-        logEnabled: false,
-        logLevel: '4',
-      },
-    ]);
   // strconv.ParseInt(_, 0, 64) after removing "_": any prefix case, 0o, leading-zero octal;
   // dates of time.Parse("2006-1-2").
   const quoted = [
