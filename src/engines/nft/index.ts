@@ -209,7 +209,7 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
         };
       if (foreign.length) {
         const note = `${this.where(f)} also holds objects iptlb did not make (${foreign.slice(0, 5).join(', ')}${foreign.length > 5 ? ', …' : ''}): removing only iptlb's rules, sets and elements, and keeping the table`;
-        return { family: f, steps: [planNftClear(view, nf)], next, note };
+        return { family: f, steps: [planNftClear(view, nf)], next, note, known };
       }
     }
     const fresh = view !== undefined && !view.exists;
