@@ -333,9 +333,10 @@ export class Agent extends EventEmitter<AgentEvents> {
     let timer: NodeJS.Timeout | undefined;
     try {
       // Bounded here too, not only by the client's call deadline.
-      await Promise.race([
-        this.store!.revision(this.profilesPrefix),
-        new Promise(
+      const key = hostKey(this.prefix, this.host);
+      const [, own] = await Promise.race([
+        Promise.all([this.store!.revision(this.profilesPrefix), this.store!.range(key, `${key}\0`, { limit: 1 })]),
+        new Promise<never>(
           (_, reject) =>
             (timer = setTimeout(
               () => reject(new Error(`no answer within ${this.o.checkTimeoutMs} ms`)),
@@ -343,6 +344,12 @@ export class Agent extends EventEmitter<AgentEvents> {
             )),
         ),
       ]);
+      // The host key went with its lease (the agent stopped past the lease's TTL, someone revoked it):
+      // written again under a new lease, or the host stays "unknown" until the next change.
+      if (!own.kvs.length && !this.statusWriting && !this.statusTimer && !this.stopped && session === this.session) {
+        this.log(`agent: host key ${key} is gone (its lease lost); writing it again`);
+        this.writeStatus();
+      }
     } catch (e) {
       if (session === this.session) this.sessionFailed?.(`linearizable read failed: ${(e as Error).message}`);
     } finally {

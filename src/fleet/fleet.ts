@@ -94,8 +94,10 @@ export async function fleetApply(
   const base = `${prefix}profiles/`;
   for (let attempt = 1; ; attempt++) {
     const { profiles: stored, revision: listed } = await fleetList(store, prefix);
+    // Checked against the profiles the agents serve: one every agent refuses (a conflict written past
+    // this check) claims nothing, so the profile that holds the address can still be changed.
     const others: Profile[] = [];
-    for (const s of stored) if (s.parsed.ok && !names.has(s.name)) others.push(s.parsed.profile);
+    for (const s of stored) if (s.parsed.ok && !s.conflict && !names.has(s.name)) others.push(s.parsed.profile);
     profiles.forEach((p, i) => checkConflicts(p, [...others, ...profiles.slice(0, i)]));
     // Written only if no profile was stored since the list: two writers at once cannot both store
     // profiles that conflict (each checked against a list without the other's).
@@ -186,7 +188,10 @@ export async function fleetStatus(
     const host = kv.key.slice(hostsBase.length);
     try {
       const st = JSON.parse(kv.value) as HostStatus;
-      if (typeof st.revision !== 'number') throw new Error('no revision');
+      if (typeof st !== 'object' || st === null || typeof st.revision !== 'number') throw new Error('no revision');
+      // Written by another version or tool: what the rows show is read defensively.
+      if (!Array.isArray(st.refused)) st.refused = [];
+      if (typeof st.profiles !== 'number') st.profiles = 0;
       rows.set(host, { host, status: st, converged: st.revision >= target, lag: Math.max(0, target - st.revision) });
     } catch (e) {
       rows.set(host, {

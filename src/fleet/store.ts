@@ -276,6 +276,9 @@ export class EtcdStore implements FleetStore {
     const lease = this.lease;
     try {
       await lease.put(key).value(value).exec();
+      // A lease revoked or expired while this process did not run may not say so: the key is checked
+      // (see the agent's check) and, gone, written again; a put under a dead lease fails and the next
+      // one grants a new lease.
     } catch (e) {
       // A failed grant closes the lease object without `lost`: drop it, the next put grants a new one.
       if (this.lease === lease) this.lease = undefined;

@@ -112,6 +112,11 @@ export class FakeStore implements FleetStore {
       const v = this.at(k, revision);
       if (v) kvs.push({ key: k, value: v.value!, modRevision: v.revision, createRevision: v.created });
     }
+    // Leased keys (host keys) are in etcd's key space too, at the current revision.
+    for (const [k, value] of this.leased)
+      if (k >= start && k < end && !kvs.some((x) => x.key === k))
+        kvs.push({ key: k, value, modRevision: this.rev, createRevision: this.rev });
+    kvs.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
     return { kvs: kvs.slice(0, opts.limit), more: kvs.length > opts.limit, revision: this.rev };
   }
 

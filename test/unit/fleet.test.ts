@@ -496,6 +496,21 @@ describe('fleet: agent against a fake store and the fake nft kernel', () => {
     await a.stop();
   });
 
+  test('a host key gone with its lease (stopped past its TTL, revoked) is written again by the next check', async () => {
+    const store = new FakeStore();
+    const lines: string[] = [];
+    const a = makeAgent(store, new FakeNftKernel(), stateFile(), { log: (l) => lines.push(l) });
+    putProf(store, 'a', 1);
+    await a.start();
+    await a.ready;
+    const key = `${P}hosts/h1`;
+    await until(() => store.leased.has(key), 'host key written');
+    store.leased.delete(key); // the lease expired while the process was stopped
+    await until(() => store.leased.has(key), 'host key written again, without a profile change');
+    assert.ok(lines.some((l) => /host key \/iptlb\/v1\/hosts\/h1 is gone/.test(l)));
+    await a.stop();
+  });
+
   test('kernel drift (flushed table) is repaired by the periodic sync without re-listing', async () => {
     const store = new FakeStore();
     const kernel = new FakeNftKernel();
@@ -630,6 +645,31 @@ describe('fleet: writers at once', () => {
       (e: IptlbError) => e.code === 'ESTORE' && /during each of 5 attempts/.test(e.message),
     );
     assert.ok(!(await fleetList(store, P)).profiles.some((p) => p.name === 'late'), 'nothing written');
+  });
+  test('the profile that holds an address can still be changed while a conflicting one (written past the check) is refused', async () => {
+    const store = new FakeStore();
+    putProf(store, 'web', 1);
+    putProf(store, 'api', 1); // etcdctl: same address, created later, refused by every agent
+    const r = await fleetApply(store, P, [prof('web', 1, 9500)] as never);
+    assert.equal(r.revision, store.rev);
+    await assert.rejects(
+      fleetApply(store, P, [prof('api', 1, 9600)] as never),
+      (e: IptlbError) => e.code === 'ECONFLICT' && /already belongs to profile "web"/.test(e.message),
+    );
+  });
+  test('status reads a host key of another version (no refused list) without failing; --expect names must be host names', async () => {
+    const store = new FakeStore();
+    store.put(`${P}hosts/g`, JSON.stringify({ host: 'g', revision: 5 }));
+    const s = await fleetStatus(store, P, { revision: 1 });
+    assert.deepEqual(s.hosts[0]!.status!.refused, []);
+    const { main } = await import('../../src/cli/main.js');
+    let err = '';
+    const code = await main(['fleet', 'status', '--etcd', 'unix:///nonexistent/e:1', '--expect', 'a,bad host'], {
+      out: () => {},
+      err: (x) => (err += x + '\n'),
+    });
+    assert.equal(code, 2);
+    assert.match(err, /^iptlb: error: expect: "bad host" must be/m);
   });
   test('list marks the profiles every agent refuses; status refuses a revision the store has not reached', async () => {
     const store = new FakeStore();

@@ -125,10 +125,12 @@ function convergenceLine(r: FleetStatus): string {
 /** `fleet status`: exit 3 when the target revision has not converged on every host. */
 async function statusCommand(o: StatusOpts, io: Out): Promise<void> {
   const revision = parseRevision(o.revision);
+  const { validateHost } = await import('../../fleet/reconcile.js');
   const expect = (o.expect ?? '')
     .split(',')
     .map((s) => s.trim())
-    .filter(Boolean);
+    .filter(Boolean)
+    .map((h) => validateHost(h, 'expect'));
   const { fleetStatus } = await import('../../fleet/fleet.js');
   const r = await withStore(o, (s, prefix) =>
     fleetStatus(s, prefix, { ...(revision !== undefined ? { revision } : {}), expect }),
