@@ -164,8 +164,12 @@ export class Agent extends EventEmitter<AgentEvents> {
       leaseTtlSec: int(opts.leaseTtlSec ?? 10, 'leaseTtlSec', 2),
       checkMs: int(opts.checkMs ?? 2000, 'checkMs', 10),
       syncMs: int(opts.syncMs ?? 10000, 'syncMs', 0),
+      // A call may wait for one member's deadline before the next member answers (several endpoints).
       checkTimeoutMs: int(
-        opts.checkTimeoutMs ?? ('endpoints' in opts.etcd ? (opts.etcd.callTimeoutMs ?? 5000) + 1000 : 6000),
+        opts.checkTimeoutMs ??
+          ('endpoints' in opts.etcd
+            ? (opts.etcd.callTimeoutMs ?? 5000) * (opts.etcd.endpoints.length > 1 ? 2 : 1) + 1000
+            : 6000),
         'checkTimeoutMs',
         10,
       ),

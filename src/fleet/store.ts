@@ -134,8 +134,8 @@ export class EtcdStore implements FleetStore {
   ) {}
 
   static async connect(o: EtcdOptions): Promise<EtcdStore> {
-    const { Etcd3 } = await import('etcd3');
-    const { noop } = await import('cockatiel');
+    const { Etcd3, isRecoverableError } = await import('etcd3');
+    const { noop, circuitBreaker, retry, handleWhen, ConsecutiveBreaker } = await import('cockatiel');
     const read = (f: string | undefined, field: string): Buffer | undefined => {
       if (!f) return undefined;
       try {
@@ -168,8 +168,22 @@ export class EtcdStore implements FleetStore {
           }
         : {}),
       ...(o.user ? { auth: { username: o.user, password: o.password ?? '' } } : {}),
-      // Our own retries (capped, jittered) decide; etcd3's breaker would block every call for 5 s after three failures.
-      faultHandling: { host: () => noop, global: noop },
+      // One endpoint: our own retries (capped, jittered) decide; etcd3's breaker would block every
+      // call for 5 s after three failures. Several: a call that fails on one member for want of it
+      // (unavailable, a deadline) is tried on the next one, and a member that just failed is passed
+      // over for 5 s, so one member down out of three costs no call (one stalled costs a call's
+      // deadline every 5 s, then the next member answers).
+      faultHandling:
+        hosts.length > 1
+          ? {
+              host: () =>
+                circuitBreaker(handleWhen(isRecoverableError), {
+                  halfOpenAfter: 5000,
+                  breaker: new ConsecutiveBreaker(1),
+                }),
+              global: retry(handleWhen(isRecoverableError), { maxAttempts: hosts.length - 1 }),
+            }
+          : { host: () => noop, global: noop },
       // A bigger receive limit than grpc-js's 4 MiB is not needed: lists go in pages.
       defaultCallOptions: (ctx: { isStream: boolean }) => (ctx.isStream ? {} : { deadline: Date.now() + timeout }),
     });

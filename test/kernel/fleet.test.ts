@@ -14,7 +14,7 @@ import { NetnsTopology, type Spawned } from '../harness/netns.js';
 import { CLI_PATH } from '../harness/env.js';
 import { PAIRS, KERNEL_SKIP, type Pair } from './common.js';
 import { EtcdStore, prefixEnd } from '../../src/fleet/store.js';
-import { fleetApply, fleetDelete } from '../../src/fleet/fleet.js';
+import { fleetApply, fleetDelete, fleetList, fleetStatus } from '../../src/fleet/fleet.js';
 import { hostKey, profileKey } from '../../src/fleet/reconcile.js';
 import type { HostStatus } from '../../src/fleet/agent.js';
 import type { Split } from '../harness/traffic.js';
@@ -493,6 +493,58 @@ test(
       });
     } finally {
       await s.close();
+      await c.stop();
+    }
+  },
+);
+
+test(
+  'fleet: given three endpoints, one member killed costs no call (list, apply, status), for the operators and the agent',
+  { skip: SKIP || nftNative.skip, timeout: 90_000 },
+  async () => {
+    const c = await Cluster.start(['m1', 'm2', 'm3']);
+    const all = await EtcdStore.connect({ endpoints: c.members.map((m) => c.endpoint(m)), callTimeoutMs: 2000 });
+    try {
+      await NetnsTopology.with(['h1'], async (t) => {
+        await backends(t, 'h1');
+        const agent = t.spawn('h1', [
+          process.execPath,
+          CLI_PATH,
+          'agent',
+          '--etcd',
+          c.members.map((m) => c.endpoint(m)).join(','),
+          '--host',
+          'h1',
+          '--state-file',
+          path.join(c.dir, 'h1.db'),
+          '--engine',
+          'nft',
+          '--executor',
+          'native',
+          '--min-sync-ms',
+          '0',
+          '--check-ms',
+          '100',
+          '--etcd-timeout-ms',
+          '1000',
+        ]);
+        const first = await fleetApply(all, P, [prof('web', '127.100.0.10')]);
+        await waitApplied(all, 'h1', first.revision);
+        await c.kill('m3');
+        const mark = agent.stderr().length;
+        for (let i = 0; i < 12; i++) {
+          await fleetList(all, P);
+          await fleetStatus(all, P);
+        }
+        const r = await fleetApply(all, P, [prof(`w${Date.now() % 1000}`, '127.100.0.11')]);
+        await waitApplied(all, 'h1', r.revision);
+        await balanced(t, 'h1', '127.100.0.11');
+        await new Promise((res) => setTimeout(res, 1500)); // about 15 checks of the agent
+        assert.doesNotMatch(agent.stderr().slice(mark), /linearizable read failed|store: /, 'no session ended');
+        assert.equal((await hostStatus(all, 'h1'))!.watch, 'watching');
+      });
+    } finally {
+      await all.close();
       await c.stop();
     }
   },
