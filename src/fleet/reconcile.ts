@@ -3,8 +3,9 @@
  * owns (its state file), the one change to commit and the profiles refused.
  */
 import { IptlbError, type ErrorCode } from '../model/errors.js';
-import { chainName, sameProfile, show, validateProfile } from '../model/profile.js';
-import type { Profile } from '../model/types.js';
+import { chainName, normalizeProtocol, sameProfile, show, validateProfile } from '../model/profile.js';
+import { formatEndpoint, parseEndpoint, unicastProblem } from '../model/address.js';
+import type { Profile, Protocol } from '../model/types.js';
 import type { Change } from '../core/core.js';
 
 export const DEFAULT_PREFIX = '/iptlb/v1/';
@@ -34,15 +35,37 @@ export function validateHost(host: unknown, field = 'host'): string {
 }
 
 /** A stored profile: valid, or refused with the error that says why. */
-export type Parsed = { ok: true; profile: Profile } | { ok: false; code: ErrorCode; message: string };
+export type Parsed =
+  | { ok: true; profile: Profile }
+  | {
+      ok: false;
+      code: ErrorCode;
+      message: string;
+      /** The address an invalid value still claims, when its source (and protocol) are valid. */
+      claim?: { source: string; protocol: Protocol };
+    };
+
+/** The source/protocol a value claims, read from its own fields when the rest of it is invalid. */
+function claimOf(input: unknown): { source: string; protocol: Protocol } | undefined {
+  if (input === null || typeof input !== 'object' || Array.isArray(input)) return undefined;
+  const r = input as Record<string, unknown>;
+  if (typeof r.source !== 'string') return undefined;
+  const e = parseEndpoint(r.source);
+  if (typeof e === 'string' || unicastProblem(e)) return undefined;
+  try {
+    return { source: formatEndpoint(e), protocol: r.protocol === undefined ? 'tcp' : normalizeProtocol(r.protocol) };
+  } catch {
+    return undefined;
+  }
+}
 
 /**
  * Parses and validates the value of a profile key exactly as `iptlb apply --file` / the API would; the key's last part
  * must be the name.
  */
 export function parseStored(name: string, value: string): Parsed {
+  let input: unknown;
   try {
-    let input: unknown;
     try {
       input = JSON.parse(value);
     } catch (e) {
@@ -55,8 +78,12 @@ export function parseStored(name: string, value: string): Parsed {
       });
     return { ok: true, profile: p };
   } catch (e) {
-    if (e instanceof IptlbError) return { ok: false, code: e.code, message: e.message };
-    return { ok: false, code: 'EINVAL_PROFILE', message: (e as Error).message };
+    const claim = claimOf(input);
+    const why =
+      e instanceof IptlbError
+        ? { code: e.code, message: e.message }
+        : { code: 'EINVAL_PROFILE' as const, message: (e as Error).message };
+    return { ok: false, ...why, ...(claim ? { claim } : {}) };
   }
 }
 
@@ -121,8 +148,15 @@ export function decide(
   for (const { name, s } of order) {
     const old = owned.get(name);
     let keepOld = !!old;
-    if (!s.ok) refused.push({ name, code: s.code, message: s.message });
-    else {
+    if (!s.ok) {
+      refused.push({ name, code: s.code, message: s.message });
+      // An invalid value still holds its key's place: its chain, and the address it names when that
+      // part of it is valid, so a newer profile does not take them on a host that never had the old
+      // version (and every host decides alike).
+      if (!byChain.has(chainName(name))) byChain.set(chainName(name), name);
+      const key = s.claim && `${s.claim.source}/${s.claim.protocol}`;
+      if (key && !bySource.has(key)) bySource.set(key, name);
+    } else {
       const same = !!old && (s.profile === old || sameProfile(s.profile, old));
       const why = clash(s.profile);
       if (!why) {
@@ -133,7 +167,7 @@ export function decide(
       refused.push(why);
       keepOld = !!old && !same;
     }
-    // Refused: the old version stays where nothing before it claims what it does; else it goes.
+    // Refused: the old version stays where nothing before it (but itself) claims what it does; else it goes.
     if (keepOld && !clash(old!)) place(old!);
     else if (old) remove.push(name);
   }

@@ -204,6 +204,28 @@ describe('fleet: decide (pure)', () => {
       ['b'],
     );
   });
+  test('an invalid value of the profile stored first still holds its address, on a fresh host too', () => {
+    const bad = {
+      ...parseStored('web', JSON.stringify({ ...prof('web', 1), destination: ['127.0.0.1:99999'] })),
+      createRevision: 5,
+    };
+    assert.equal(bad.ok, false);
+    const stored = new Map([
+      ['web', bad],
+      ['api', { ...v('api', 1, 9500), createRevision: 9 }],
+    ]);
+    for (const owned of [new Map([['web', validateProfile(prof('web', 1))]]), new Map<string, never>()]) {
+      const { change, refused } = decide(stored, owned);
+      assert.deepEqual(change, { upsert: [], remove: [] }, `${owned.size ? 'old' : 'fresh'} host`);
+      assert.deepEqual(
+        refused.map((r) => [r.name, r.code]),
+        [
+          ['api', 'ECONFLICT'],
+          ['web', 'EINVAL_PROFILE'],
+        ],
+      );
+    }
+  });
   test('prefixEnd and endpoints', () => {
     assert.equal(prefixEnd('/iptlb/v1/profiles/'), '/iptlb/v1/profiles0');
     assert.deepEqual(parseEndpoints('http://a:2379, unix:///run/e:1'), ['http://a:2379', 'unix:///run/e:1']);
