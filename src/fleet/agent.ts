@@ -33,6 +33,9 @@ import { EtcdStore, prefixEnd, type EtcdOptions, type FleetStore, type StoreEven
 import { nodeOs } from '../platform/builtins.js';
 
 export const DEFAULT_AGENT_STATE_FILE = '/var/lib/iptlb/agent.db';
+/** Refused profiles listed in the host key (all are counted), and logged when the set changes. */
+export const MAX_REFUSED_LISTED = 100;
+const MAX_REFUSED_LOGGED = 20;
 
 export interface AgentOptions {
   /** The store: etcd connection options, or a {@link FleetStore} (tests, embedders). */
@@ -76,8 +79,13 @@ export interface HostStatus {
   executor: 'native' | 'spawn' | null;
   /** Profiles the agent owns (applied). */
   profiles: number;
-  /** Profiles of the store this host refused, with the error code. */
+  /**
+   * Profiles of the store this host refused, with the error code: the first {@link MAX_REFUSED_LISTED}
+   * by name (a host key must stay well under etcd's request limit).
+   */
   refused: Refusal[];
+  /** How many profiles this host refused in all. */
+  refusedCount: number;
   /** `listing`, `watching`, `unreachable` (retrying) or `stopped`. */
   watch: 'listing' | 'watching' | 'unreachable' | 'stopped';
   /** The last failure (store or kernel), if the agent is retrying. */
@@ -225,7 +233,8 @@ export class Agent extends EventEmitter<AgentEvents> {
       engine: sel?.engine ?? null,
       executor: sel?.executor.kind ?? null,
       profiles: this.ownedCount,
-      refused: this.refused,
+      refused: this.refused.slice(0, MAX_REFUSED_LISTED),
+      refusedCount: this.refused.length,
       watch: this.watchState,
       ...(this.error ? { error: this.error } : {}),
       updated: new Date().toISOString(),
@@ -440,8 +449,12 @@ export class Agent extends EventEmitter<AgentEvents> {
         const was = this.refused.map((x) => `${x.name}:${x.message}`).join('\n');
         this.refused = refused;
         if (refused.map((x) => `${x.name}:${x.message}`).join('\n') !== was) {
-          for (const x of refused)
+          for (const x of refused.slice(0, MAX_REFUSED_LOGGED))
             this.log(`agent: refused profile ${JSON.stringify(x.name)} (${x.code}): ${x.message}`);
+          if (refused.length > MAX_REFUSED_LOGGED)
+            this.log(
+              `agent: ... and ${refused.length - MAX_REFUSED_LOGGED} more refused profile(s) (${refused.length} in all; \`iptlb fleet list\` shows each)`,
+            );
         }
         if (this.error?.startsWith('kernel:')) this.error = undefined;
         const totalMs = performance.now() - t0;

@@ -191,6 +191,7 @@ export async function fleetStatus(
       if (typeof st !== 'object' || st === null || typeof st.revision !== 'number') throw new Error('no revision');
       // Written by another version or tool: what the rows show is read defensively.
       if (!Array.isArray(st.refused)) st.refused = [];
+      if (typeof st.refusedCount !== 'number') st.refusedCount = st.refused.length;
       if (typeof st.profiles !== 'number') st.profiles = 0;
       rows.set(host, { host, status: st, converged: st.revision >= target, lag: Math.max(0, target - st.revision) });
     } catch (e) {

@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 test('agent metrics: applied revision, owned and refused profiles, one watch state set', async () => {
   const { agentMetrics } = await import('../../src/cli/commands/agent.js');
-  const text = agentMetrics({ revision: 42, profiles: 3, refused: [{}], watch: 'watching' });
+  const text = agentMetrics({ revision: 42, profiles: 3, refused: [{}], refusedCount: 1, watch: 'watching' });
   assert.match(text, /^iptlb_agent_applied_revision 42$/m);
   assert.match(text, /^iptlb_agent_profiles 3$/m);
   assert.match(text, /^iptlb_agent_refused_profiles 1$/m);
@@ -42,4 +42,22 @@ test('fleet commands: etcd unreachable (or refusing) is one line naming the endp
   } finally {
     connect.mock.restore();
   }
+});
+
+test('agent metrics: each committed batch is a sync (commits counted, last sync 1); a kernel refusal a failed one, once', async () => {
+  const { wireAgentSyncs } = await import('../../src/cli/commands/agent.js');
+  const { ProcessStats } = await import('../../src/metrics/server.js');
+  const { EventEmitter } = await import('node:events');
+  const agent = new EventEmitter();
+  const stats = new ProcessStats();
+  wireAgentSyncs(agent, (r) => stats.observeSync(r));
+  agent.emit('applied', { upserted: 2, removed: 1, commitMs: 1.5 });
+  assert.equal(stats.commits, 1);
+  assert.equal(stats.lastSync?.ok, true);
+  for (let i = 0; i < 3; i++) agent.emit('status', { error: 'kernel: EKERNEL refused' });
+  assert.equal(stats.syncFailures, 1);
+  assert.equal(stats.lastSync?.ok, false);
+  agent.emit('status', {});
+  agent.emit('applied', { upserted: 0, removed: 0, commitMs: 0 });
+  assert.deepEqual([stats.commits, stats.lastSync?.ok], [1, true]);
 });

@@ -533,6 +533,23 @@ describe('fleet: agent against a fake store and the fake nft kernel', () => {
     await a.stop();
   });
 
+  test('many refused profiles: the host key lists the first 100 and counts all; the log says 20 and how many more', async () => {
+    const store = new FakeStore();
+    const lines: string[] = [];
+    for (let i = 0; i < 150; i++) store.put(profileKey(P, `bad${String(i).padStart(3, '0')}`), '{not json');
+    putProf(store, 'good', 1);
+    const a = makeAgent(store, new FakeNftKernel(), stateFile(), { log: (l) => lines.push(l) });
+    await a.start();
+    await a.ready;
+    const st = a.status();
+    assert.equal(st.refused.length, 100);
+    assert.equal(st.refusedCount, 150);
+    assert.equal(st.refused[0]!.name, 'bad000');
+    assert.equal(lines.filter((l) => /refused profile "bad/.test(l)).length, 20);
+    assert.ok(lines.some((l) => /and 130 more refused profile\(s\) \(150 in all/.test(l)));
+    await a.stop();
+  });
+
   test('kernel drift (flushed table) is repaired by the periodic sync without re-listing', async () => {
     const store = new FakeStore();
     const kernel = new FakeNftKernel();

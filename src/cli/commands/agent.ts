@@ -95,6 +95,7 @@ export function register(program: Command, io: Out): void {
         extra: () => agentMetrics(agent.status()),
       });
       agent.attachments.close = () => services.stop();
+      wireAgentSyncs(agent, services.onSync);
       await services.start(); // at once, not after the first list: /healthz answers while etcd is unreachable too
       await new Promise<void>((resolve) => {
         const stop = (): void => void agent.stop().then(resolve, resolve);
@@ -104,8 +105,32 @@ export function register(program: Command, io: Out): void {
     });
 }
 
+/**
+ * Each committed batch is the agent's sync: the sync gauges and counters follow it (they said "never
+ * synced" on an agent that had committed), and a kernel refusal is a failed one.
+ */
+export function wireAgentSyncs(
+  agent: Pick<import('node:events').EventEmitter, 'on'>,
+  onSync: (r: { drifted: number; committed: boolean; commitMs: number } | Error) => void,
+): void {
+  agent.on('applied', (e: { upserted: number; removed: number; commitMs: number }) =>
+    onSync({ drifted: 0, committed: e.upserted + e.removed > 0, commitMs: e.commitMs }),
+  );
+  let lastError: string | undefined;
+  agent.on('status', (st: { error?: string }) => {
+    if (st.error?.startsWith('kernel:') && st.error !== lastError) onSync(new Error(st.error));
+    lastError = st.error;
+  });
+}
+
 /** The agent's own metric families, in the Prometheus text format. */
-export function agentMetrics(st: { revision: number; profiles: number; refused: unknown[]; watch: string }): string {
+export function agentMetrics(st: {
+  revision: number;
+  profiles: number;
+  refused: unknown[];
+  refusedCount?: number;
+  watch: string;
+}): string {
   const watchStates = ['listing', 'watching', 'unreachable', 'stopped'];
   return [
     '# HELP iptlb_agent_applied_revision The etcd revision whose profiles the kernel holds.',
@@ -116,7 +141,7 @@ export function agentMetrics(st: { revision: number; profiles: number; refused: 
     `iptlb_agent_profiles ${st.profiles}`,
     '# HELP iptlb_agent_refused_profiles Profiles of the store this host refused.',
     '# TYPE iptlb_agent_refused_profiles gauge',
-    `iptlb_agent_refused_profiles ${st.refused.length}`,
+    `iptlb_agent_refused_profiles ${st.refusedCount ?? st.refused.length}`,
     '# HELP iptlb_agent_watch_state The agent watch state (1 for the current one).',
     '# TYPE iptlb_agent_watch_state gauge',
     ...watchStates.map((w) => `iptlb_agent_watch_state{state="${w}"} ${st.watch === w ? 1 : 0}`),

@@ -108,7 +108,10 @@ function hostLine(row: FleetStatus['hosts'][number]): string {
   if (!st)
     return `${row.host}\t-\tunknown\t-\t-\t-\t-\t${row.invalid ?? 'no host key (agent down, or lease expired): unknown, not "no rules"'}`;
   const state = row.converged ? 'current' : `lagging by ${row.lag}`;
-  const refused = st.refused.length ? st.refused.map((x) => `${x.name}:${x.code}`).join(',') : '-';
+  const more = (st.refusedCount ?? st.refused.length) - st.refused.length;
+  const refused = st.refused.length
+    ? st.refused.map((x) => `${x.name}:${x.code}`).join(',') + (more > 0 ? `,… ${more} more` : '')
+    : '-';
   return `${row.host}\t${st.revision}\t${state}\t${st.watch}\t${st.engine ?? '-'}/${st.executor ?? '-'}\t${st.profiles}\t${refused}\t${st.error ?? '-'}`;
 }
 
