@@ -346,9 +346,8 @@ export class Agent extends EventEmitter<AgentEvents> {
     let timer: NodeJS.Timeout | undefined;
     try {
       // Bounded here too, not only by the client's call deadline.
-      const key = hostKey(this.prefix, this.host);
-      const [, own] = await Promise.race([
-        Promise.all([this.store!.revision(this.profilesPrefix), this.store!.range(key, `${key}\0`, { limit: 1 })]),
+      await Promise.race([
+        this.store!.revision(this.profilesPrefix),
         new Promise<never>(
           (_, reject) =>
             (timer = setTimeout(
@@ -358,8 +357,18 @@ export class Agent extends EventEmitter<AgentEvents> {
         ),
       ]);
       // The host key went with its lease (the agent stopped past the lease's TTL, someone revoked it):
-      // written again under a new lease, or the host stays "unknown" until the next change.
-      if (!own.kvs.length && !this.statusWriting && !this.statusTimer && !this.stopped && session === this.session) {
+      // written again under a new lease, or the host stays "unknown" until the next change. (Not part
+      // of the session's check: a role that may not read the key only loses this repair.)
+      const key = hostKey(this.prefix, this.host);
+      const own = await this.store!.range(key, `${key}\0`, { limit: 1 }).catch(() => undefined);
+      if (
+        own &&
+        !own.kvs.length &&
+        !this.statusWriting &&
+        !this.statusTimer &&
+        !this.stopped &&
+        session === this.session
+      ) {
         this.log(`agent: host key ${key} is gone (its lease lost); writing it again`);
         this.writeStatus();
       }
