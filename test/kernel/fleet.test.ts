@@ -117,11 +117,12 @@ class Cluster {
   }
 }
 
+/** An agent on `host` given the endpoint of `member` (or of each of several). */
 function startAgent(
   t: NetnsTopology,
   c: Cluster,
   host: string,
-  member: string,
+  member: string | string[],
   pair: Pair,
   extra: string[] = [],
 ): Spawned {
@@ -130,7 +131,7 @@ function startAgent(
     CLI_PATH,
     'agent',
     '--etcd',
-    c.endpoint(member),
+    (Array.isArray(member) ? member : [member]).map((m) => c.endpoint(m)).join(','),
     '--host',
     host,
     '--state-file',
@@ -507,27 +508,7 @@ test(
     try {
       await NetnsTopology.with(['h1'], async (t) => {
         await backends(t, 'h1');
-        const agent = t.spawn('h1', [
-          process.execPath,
-          CLI_PATH,
-          'agent',
-          '--etcd',
-          c.members.map((m) => c.endpoint(m)).join(','),
-          '--host',
-          'h1',
-          '--state-file',
-          path.join(c.dir, 'h1.db'),
-          '--engine',
-          'nft',
-          '--executor',
-          'native',
-          '--min-sync-ms',
-          '0',
-          '--check-ms',
-          '100',
-          '--etcd-timeout-ms',
-          '1000',
-        ]);
+        const agent = startAgent(t, c, 'h1', c.members, nftNative, ['--check-ms', '100']);
         const first = await fleetApply(all, P, [prof('web', '127.100.0.10')]);
         await waitApplied(all, 'h1', first.revision);
         await c.kill('m3');
