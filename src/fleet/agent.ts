@@ -4,10 +4,12 @@
  * A session lists `<prefix>profiles/` at one revision, in pages, commits the whole listed set as one
  * change (profiles the agent owns and the store no longer has are removed in that same change), then
  * watches from that revision + 1. Watch responses are folded into the agent's mirror of the store and
- * committed as one kernel transaction per batch, at most one per `minSyncMs`. When the watch dies
- * (cancelled, compacted, disconnected) or a periodic linearizable read fails (quorum lost: a watch
- * then stays silent), the session ends; the kernel keeps its rules and a new session starts after a
- * capped, jittered backoff, re-lists at a fresh revision and commits the difference.
+ * committed as one kernel transaction per batch, at most one per `minSyncMs`. A watch whose
+ * connection was lost (its member went away) is opened again from the mirror's revision, without
+ * re-listing. When the watch dies otherwise (cancelled, compacted, lost again and again, or cannot be
+ * opened again) or a periodic linearizable read fails (quorum lost: a watch then stays silent), the
+ * session ends; the kernel keeps its rules and a new session starts after a capped, jittered backoff,
+ * re-lists at a fresh revision and commits the difference.
  *
  * Ownership: the agent's own state file (default /var/lib/iptlb/agent.db) holds the profiles it
  * applied, so that after a restart it removes only its own orphans and `iptlb status|sync
@@ -33,6 +35,9 @@ import { EtcdStore, prefixEnd, type EtcdOptions, type FleetStore, type StoreEven
 import { nodeOs } from '../platform/builtins.js';
 
 export const DEFAULT_AGENT_STATE_FILE = '/var/lib/iptlb/agent.db';
+/** A lost watch is resumed at most this many times within RESUME_WINDOW_MS before the agent re-lists. */
+const MAX_RESUMES = 3;
+const RESUME_WINDOW_MS = 60_000;
 /** Refused profiles listed in the host key (all are counted), and logged when the set changes. */
 export const MAX_REFUSED_LISTED = 100;
 const MAX_REFUSED_LOGGED = 20;
@@ -311,22 +316,44 @@ export class Agent extends EventEmitter<AgentEvents> {
         if (this.stopped) return resolve();
         // Checked from now on: a watch that is never created is as silent as one that stalls.
         this.checkTimer = setInterval(() => void this.check(session), this.o.checkMs);
-        store
-          .watch(start, end, revision + 1, {
-            events: (events, rev) => {
-              if (session !== this.session) return;
-              this.fold(events, rev);
-            },
-            failed: (why) => {
-              if (session === this.session) this.sessionFailed?.(why);
-            },
-          })
-          .then((w) => {
-            watch = w;
-            if (session !== this.session || this.stopped) return void w.cancel();
-            this.error = undefined;
-            this.setWatch('watching');
-          }, reject);
+        // A watch whose member went away is opened again (on another member, by the client) from the
+        // revision the mirror is complete to: nothing is missed and nothing re-listed. A few times in a
+        // row at most; then, or when creating it fails, the session ends and the agent re-lists.
+        let current = 0;
+        const resumes: number[] = [];
+        const open = (from: number): void => {
+          const id = ++current;
+          store
+            .watch(start, end, from, {
+              events: (events, rev) => {
+                if (session !== this.session || id !== current) return;
+                this.fold(events, rev);
+              },
+              failed: (why, resumable) => {
+                if (session !== this.session || id !== current) return;
+                const now = performance.now();
+                while (resumes.length && now - resumes[0]! > RESUME_WINDOW_MS) resumes.shift();
+                if (!resumable || this.stopped || resumes.length >= MAX_RESUMES) return this.sessionFailed?.(why);
+                resumes.push(now);
+                const next = this.mirrorRevision + 1;
+                const delay = resumes.length > 1 ? this.backoff(resumes.length - 2) : 0;
+                this.log(`agent: ${why}; watching again from revision ${next}, without re-listing`);
+                const old = watch;
+                watch = undefined;
+                void old?.cancel();
+                void sleep(delay, this.sleeper).then(() => {
+                  if (session === this.session && !this.stopped && id === current) open(next);
+                });
+              },
+            })
+            .then((w) => {
+              if (session !== this.session || this.stopped || id !== current) return void w.cancel();
+              watch = w;
+              this.error = undefined;
+              this.setWatch('watching');
+            }, reject);
+        };
+        open(revision + 1);
       });
     } finally {
       if (this.checkTimer) clearInterval(this.checkTimer);

@@ -24,8 +24,11 @@ export interface StoreEvent {
 export interface WatchHandlers {
   /** One watch response: its events (in revision order) and the store revision it was sent at. */
   events(events: StoreEvent[], revision: number): void;
-  /** The watch is dead (cancelled, compacted start revision, disconnected): re-list. */
-  failed(reason: string): void;
+  /**
+   * The watch is dead. `resumable`: only its connection was lost (a member went away), so a new watch
+   * from the last revision seen misses nothing; otherwise (cancelled, compacted start revision) re-list.
+   */
+  failed(reason: string, resumable?: boolean): void;
 }
 export interface WatchHandle {
   cancel(): Promise<void>;
@@ -215,11 +218,13 @@ export class EtcdStore implements FleetStore {
 
   async watch(start: string, end: string, fromRevision: number, h: WatchHandlers): Promise<WatchHandle> {
     let dead = false;
-    const fail = (why: string): void => {
+    const fail = (why: string, resumable = false): void => {
       if (dead) return;
       dead = true;
+      // (etcd3 would re-attach this watcher itself, from the header revision after the last response:
+      // past events a catching-up watch had not sent yet. The agent resumes from its own revision.)
       void w.cancel().catch(() => {});
-      h.failed(why);
+      h.failed(why, resumable);
     };
     // create() resolves once etcd confirms the watch: bounded like a call, so that a stalled member is noticed.
     const creating = this.client
@@ -256,7 +261,7 @@ export class EtcdStore implements FleetStore {
       h.events(events, num(res.header?.revision));
     });
     w.on('error', (e: Error) => fail(`watch error: ${e.message || e.name || 'cancelled'}`));
-    w.on('disconnected', (e: Error) => fail(`watch disconnected: ${e?.message ?? ''}`));
+    w.on('disconnected', (e: Error) => fail(`watch disconnected: ${e?.message ?? ''}`, true));
     w.on('end', () => fail('watch ended'));
     return {
       cancel: async () => {

@@ -31,6 +31,8 @@ export class FakeStore implements FleetStore {
   quorumLost = false;
   /** Events held back while quorum is lost (a real member does not commit them either). */
   ranges = 0;
+  /** Ranges over profile keys (lists), apart from other reads such as the agent's host-key check. */
+  profileRanges = 0;
   leased = new Map<string, string>();
   leaseFails = 0;
 
@@ -73,18 +75,23 @@ export class FakeStore implements FleetStore {
     this.compacted = rev;
   }
   /** Kills every watch (a disconnect / cancel). */
-  killWatches(reason = 'watch disconnected (fake)'): void {
+  /** Watches open now. */
+  get watching(): number {
+    return [...this.watchers].filter((w) => !w.dead).length;
+  }
+  /** Ends every watch; `resumable` as when only the connection to a member was lost. */
+  killWatches(reason = 'watch disconnected (fake)', resumable = false): void {
     for (const w of this.watchers) {
       if (!w.dead) {
         w.dead = true;
-        queueMicrotask(() => w.h.failed(reason));
+        queueMicrotask(() => w.h.failed(reason, resumable));
       }
     }
     this.watchers.clear();
   }
   setDown(down: boolean): void {
     this.down = down;
-    if (down) this.killWatches('14 UNAVAILABLE (fake)');
+    if (down) this.killWatches('watch disconnected: 14 UNAVAILABLE (fake)', true);
   }
 
   private at(key: string, revision: number): Version | undefined {
@@ -106,6 +113,7 @@ export class FakeStore implements FleetStore {
     const revision = opts.revision ?? this.rev;
     if (revision < this.compacted) throw new Error('11 OUT_OF_RANGE: mvcc: required revision has been compacted');
     this.ranges++;
+    if (start.includes('/profiles/')) this.profileRanges++;
     const keys = [...this.history.keys()].filter((k) => k >= start && k < end).sort();
     const kvs: StoreKV[] = [];
     for (const k of keys) {

@@ -10,6 +10,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
+import { get } from 'node:http';
 import { NetnsTopology, type Spawned } from '../harness/netns.js';
 import { CLI_PATH } from '../harness/env.js';
 import { PAIRS, KERNEL_SKIP, type Pair } from './common.js';
@@ -99,6 +100,17 @@ class Cluster {
     const p = this.procs.get(m)!;
     p.kill('SIGKILL');
     if (p.exitCode === null && !p.signalCode) await new Promise((r) => p.once('exit', r));
+  }
+  /** Watchers open on member `m` now (its `/metrics`, on the client socket). */
+  watchers(m: string): Promise<number> {
+    return new Promise((resolve, reject) => {
+      get({ socketPath: path.join(this.dir, `${m}c:1`), path: '/metrics' }, (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (d: string) => (body += d));
+        res.on('end', () => resolve(Number(/^etcd_debugging_mvcc_watcher_total (\d+)$/m.exec(body)?.[1] ?? NaN)));
+      }).on('error', reject);
+    });
   }
   client(m: string): Promise<EtcdStore> {
     return EtcdStore.connect({ endpoints: [this.endpoint(m)], callTimeoutMs: 2000 });
@@ -511,8 +523,16 @@ test(
         const agent = startAgent(t, c, 'h1', c.members, nftNative, ['--check-ms', '100']);
         const first = await fleetApply(all, P, [prof('web', '127.100.0.10')]);
         await waitApplied(all, 'h1', first.revision);
-        await c.kill('m3');
+        // The member holding the agent's watch is the one killed: its watch must move, not re-list.
+        const counts = await Promise.all(c.members.map((m) => c.watchers(m)));
+        assert.deepEqual(
+          counts.filter((n) => n > 0),
+          [1],
+          `one watcher in all: ${counts.join(',')}`,
+        );
+        const watched = c.members[counts.indexOf(1)]!;
         const mark = agent.stderr().length;
+        await c.kill(watched);
         for (let i = 0; i < 12; i++) {
           await fleetList(all, P);
           await fleetStatus(all, P);
@@ -521,7 +541,10 @@ test(
         await waitApplied(all, 'h1', r.revision);
         await balanced(t, 'h1', '127.100.0.11');
         await new Promise((res) => setTimeout(res, 1500)); // about 15 checks of the agent
-        assert.doesNotMatch(agent.stderr().slice(mark), /linearizable read failed|store: /, 'no session ended');
+        const log = agent.stderr().slice(mark);
+        assert.doesNotMatch(log, /linearizable read failed|store: /, 'no session ended');
+        assert.match(log, /watch disconnected: .*; watching again from revision \d+, without re-listing/);
+        assert.doesNotMatch(log, /listed \d+ profile/, 'no re-list');
         assert.equal((await hostStatus(all, 'h1'))!.watch, 'watching');
       });
     } finally {

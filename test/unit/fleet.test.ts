@@ -402,7 +402,7 @@ describe('fleet: agent against a fake store and the fake nft kernel', () => {
     putProf(store, 'b', 2);
     await a.start();
     await a.ready;
-    const ranges = store.ranges;
+    const ranges = store.profileRanges;
     // Partition: the watch dies; meanwhile the store changes and is compacted past the agent's revision.
     store.setDown(true);
     await until(() => a.status().watch === 'unreachable', 'unreachable');
@@ -412,7 +412,7 @@ describe('fleet: agent against a fake store and the fake nft kernel', () => {
     putProf(store, 'c', 3);
     store.compact();
     await until(async () => (await inKernel(a)).join() === 'b,c', 're-listed and applied the difference');
-    assert.ok(store.ranges > ranges, 're-listed');
+    assert.ok(store.profileRanges > ranges, 're-listed');
     // A watch killed (cancel) without an outage: re-list too.
     store.killWatches('watch cancelled: ');
     putProf(store, 'd', 4);
@@ -434,6 +434,53 @@ describe('fleet: agent against a fake store and the fake nft kernel', () => {
     store.killWatches();
     await until(async () => (await inKernel(a)).join() === 'b,c,d,e', 'e after the compacted watch');
     assert.ok(compactedOnce);
+    await a.stop();
+  });
+
+  test("a watch whose member went away is opened again from the mirror's revision: nothing missed, nothing re-listed; again and again, or compacted meanwhile: re-list", async () => {
+    const store = new FakeStore();
+    const kernel = new FakeNftKernel();
+    const lines: string[] = [];
+    const a = makeAgent(store, kernel, stateFile(), { log: (l) => lines.push(l) });
+    putProf(store, 'a', 1);
+    await a.start();
+    await a.ready;
+    await until(() => store.watching === 1, 'watching');
+    const ranges = store.profileRanges;
+    // The connection is lost; a put and a delete land before the watch is opened again.
+    store.killWatches('watch disconnected: 14 UNAVAILABLE: Connection dropped', true);
+    putProf(store, 'b', 2);
+    putProf(store, 'c', 3);
+    store.del(profileKey(P, 'c'));
+    await until(async () => (await inKernel(a)).join() === 'a,b', 'b by the reopened watch');
+    putProf(store, 'd', 4);
+    await until(async () => (await inKernel(a)).join() === 'a,b,d', 'd by the reopened watch');
+    assert.equal(store.profileRanges, ranges, 'no re-list');
+    assert.equal(a.status().watch, 'watching');
+    assert.ok(
+      lines.some((l) => /watch disconnected: .*; watching again from revision \d+, without re-listing/.test(l)),
+    );
+    assert.ok(!lines.some((l) => /agent: store: /.test(l)), 'no session ended');
+    // Lost again and again: after three resumes in a minute the agent re-lists.
+    for (let i = 0; i < 2; i++) {
+      const before = lines.length;
+      store.killWatches('watch disconnected: flapping', true);
+      await until(() => lines.slice(before).some((l) => /flapping; watching again/.test(l)), `resume ${i + 2}`);
+      await until(() => store.watching === 1, 'the watch opened again');
+    }
+    const before = lines.length;
+    store.killWatches('watch disconnected: flapping', true);
+    await until(() => store.profileRanges > ranges, 're-listed after four losses in a minute');
+    assert.ok(lines.slice(before).some((l) => /agent: store: watch disconnected: flapping/.test(l)));
+    await until(() => a.status().watch === 'watching' && store.watching === 1, 'watching after the re-list');
+    // Compacted past the mirror's revision while the connection was lost: the reopened watch is
+    // cancelled, and the agent re-lists.
+    const listed = store.profileRanges;
+    store.killWatches('watch disconnected: again', true);
+    putProf(store, 'e', 5);
+    store.compact();
+    await until(async () => (await inKernel(a)).join() === 'a,b,d,e', 'e by the re-list');
+    assert.ok(store.profileRanges > listed, 're-listed');
     await a.stop();
   });
 
@@ -560,10 +607,10 @@ describe('fleet: agent against a fake store and the fake nft kernel', () => {
     await a.ready;
     kernel.tables.delete('ip'); // someone ran `nft delete table ip iptlb`
     assert.deepEqual(await inKernel(a), []);
-    const ranges = store.ranges;
+    const ranges = store.profileRanges;
     assert.equal(await a.repairDrift(), true);
     assert.deepEqual(await inKernel(a), ['a', 'b']);
-    assert.equal(store.ranges, ranges, 'no re-list');
+    assert.equal(store.profileRanges, ranges, 'no re-list (the periodic host-key reads are not lists)');
     await a.stop();
   });
 
