@@ -276,6 +276,7 @@ export class Agent extends EventEmitter<AgentEvents> {
   /** One session: list, commit, watch until the watch or a check fails (then throws). */
   private async runSession(session: number): Promise<void> {
     const store = this.store!;
+    this.checkFailingSince = undefined;
     this.setWatch('listing');
     const t0 = performance.now();
     // All pages at the revision of the first one.
@@ -365,12 +366,19 @@ export class Agent extends EventEmitter<AgentEvents> {
   }
   private stopHook?: () => void;
 
-  /** A silent watch is not trusted: a linearizable read must answer (it fails or times out without quorum). */
+  /**
+   * A silent watch is not trusted: a linearizable read must answer (it fails or times out without
+   * quorum). A read that gets no answer within checkTimeoutMs ends the session at once; reads that
+   * fail with an answer (a leader election: "leader changed") end it once they have failed for that
+   * long, so that an election does not cost a re-list.
+   */
   private checking = false;
+  private checkFailingSince: number | undefined;
   private async check(session: number): Promise<void> {
     if (this.checking) return;
     this.checking = true;
     let timer: NodeJS.Timeout | undefined;
+    let timedOut = false;
     try {
       // Bounded here too, not only by the client's call deadline.
       await Promise.race([
@@ -378,11 +386,12 @@ export class Agent extends EventEmitter<AgentEvents> {
         new Promise<never>(
           (_, reject) =>
             (timer = setTimeout(
-              () => reject(new Error(`no answer within ${this.o.checkTimeoutMs} ms`)),
+              () => ((timedOut = true), reject(new Error(`no answer within ${this.o.checkTimeoutMs} ms`))),
               this.o.checkTimeoutMs,
             )),
         ),
       ]);
+      if (session === this.session) this.checkFailingSince = undefined;
       // The host key went with its lease (the agent stopped past the lease's TTL, someone revoked it):
       // written again under a new lease, or the host stays "unknown" until the next change. (Not part
       // of the session's check: a role that may not read the key only loses this repair.)
@@ -400,7 +409,15 @@ export class Agent extends EventEmitter<AgentEvents> {
         this.writeStatus();
       }
     } catch (e) {
-      if (session === this.session) this.sessionFailed?.(`linearizable read failed: ${(e as Error).message}`);
+      if (session === this.session) {
+        const now = performance.now();
+        this.checkFailingSince ??= now;
+        const failing = now - this.checkFailingSince;
+        if (timedOut || failing >= this.o.checkTimeoutMs)
+          this.sessionFailed?.(
+            `linearizable read failed: ${(e as Error).message}${failing > 0 ? ` (failing for ${Math.round(failing)} ms)` : ''}`,
+          );
+      }
     } finally {
       clearTimeout(timer);
       this.checking = false;

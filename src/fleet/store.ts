@@ -179,11 +179,16 @@ export class EtcdStore implements FleetStore {
       faultHandling:
         hosts.length > 1
           ? {
+              // "leader changed" says the cluster elects a leader, not that this member is gone: every
+              // member says it then, and passing over all of them would block every call for 5 s.
               host: () =>
-                circuitBreaker(handleWhen(isRecoverableError), {
-                  halfOpenAfter: 5000,
-                  breaker: new ConsecutiveBreaker(1),
-                }),
+                circuitBreaker(
+                  handleWhen((e) => isRecoverableError(e) && !/leader changed/.test(e.message)),
+                  {
+                    halfOpenAfter: 5000,
+                    breaker: new ConsecutiveBreaker(1),
+                  },
+                ),
               global: retry(handleWhen(isRecoverableError), { maxAttempts: hosts.length - 1 }),
             }
           : { host: () => noop, global: noop },
@@ -217,32 +222,41 @@ export class EtcdStore implements FleetStore {
   }
 
   async watch(start: string, end: string, fromRevision: number, h: WatchHandlers): Promise<WatchHandle> {
+    // A watch manager (one gRPC stream) of its own for each watch: etcd3 shares one per namespace, and
+    // a watch that ended (cancelled before its creation was confirmed, compacted, its member gone)
+    // could leave that manager confused about the next one (CI saw etcd3 throw "Failed to find watcher
+    // for IWatchResponse" from the stream, which ended the agent). What the manager still throws ends
+    // this watch's stream, not the process.
+    const ns = this.client.namespace('');
+    const wm = (ns as unknown as { watchManager?: Record<string, unknown> }).watchManager;
+    if (wm && typeof wm.handleError === 'function')
+      for (const name of ['handleResponse', 'handleCreatedResponse']) {
+        const f = wm[name];
+        if (typeof f === 'function')
+          wm[name] = (res: unknown): unknown => {
+            try {
+              return f.call(wm, res);
+            } catch (e) {
+              return (wm.handleError as (e: unknown) => void).call(wm, e);
+            }
+          };
+      }
     let dead = false;
+    let created = false;
+    const w = ns
+      .watch()
+      .inRange({ start: Buffer.from(start, 'latin1'), end: Buffer.from(end, 'latin1') })
+      .startRevision(String(fromRevision))
+      .watcher();
     const fail = (why: string, resumable = false): void => {
       if (dead) return;
       dead = true;
       // (etcd3 would re-attach this watcher itself, from the header revision after the last response:
       // past events a catching-up watch had not sent yet. The agent resumes from its own revision.)
       void w.cancel().catch(() => {});
-      h.failed(why, resumable);
+      if (created) h.failed(why, resumable);
     };
-    // create() resolves once etcd confirms the watch: bounded like a call, so that a stalled member is noticed.
-    const creating = this.client
-      .watch()
-      .inRange({ start: Buffer.from(start, 'latin1'), end: Buffer.from(end, 'latin1') })
-      .startRevision(String(fromRevision))
-      .create();
-    let timer: NodeJS.Timeout | undefined;
-    const w = await Promise.race([
-      creating,
-      new Promise((_, reject) => {
-        timer = setTimeout(() => {
-          void creating.then((x: any) => x.cancel()).catch(() => {});
-          reject(new Error(`watch not created within ${this.timeout} ms`));
-        }, this.timeout);
-      }),
-    ]).finally(() => clearTimeout(timer));
-
+    // Every listener from the start: an 'error' without one would be thrown.
     w.on('data', (res: any) => {
       if (dead) return;
       if (res.canceled || res.compact_revision > 0)
@@ -260,9 +274,35 @@ export class EtcdStore implements FleetStore {
       }));
       h.events(events, num(res.header?.revision));
     });
-    w.on('error', (e: Error) => fail(`watch error: ${e.message || e.name || 'cancelled'}`));
-    w.on('disconnected', (e: Error) => fail(`watch disconnected: ${e?.message ?? ''}`, true));
-    w.on('end', () => fail('watch ended'));
+    let creation: { resolve: () => void; reject: (e: Error) => void } | undefined;
+    w.on('connected', () => {
+      if (created) return; // etcd3 re-attached it (after a disconnection this watch does not survive)
+      created = true;
+      creation?.resolve();
+    });
+    w.on('error', (e: Error) => {
+      const why = `watch error: ${e?.message || e?.name || 'cancelled'}`;
+      if (!created) creation?.reject(new Error(why));
+      fail(why);
+    });
+    // Before creation, etcd3 reconnects by itself (bounded below); after, the agent decides.
+    w.on('disconnected', (e: Error) => created && fail(`watch disconnected: ${e?.message ?? ''}`, true));
+    w.on('end', () => created && fail('watch ended'));
+    // Bounded like a call, so that a stalled member is noticed.
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        creation = { resolve, reject };
+        timer = setTimeout(() => reject(new Error(`watch not created within ${this.timeout} ms`)), this.timeout);
+      });
+    } catch (e) {
+      dead = true;
+      void w.cancel().catch(() => {});
+      throw e;
+    } finally {
+      clearTimeout(timer);
+      creation = undefined;
+    }
     return {
       cancel: async () => {
         dead = true;

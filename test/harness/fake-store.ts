@@ -159,9 +159,15 @@ export class FakeStore implements FleetStore {
     };
   }
 
+  /** The next this many revision() calls fail with an answer (as during a leader election). */
+  revisionFails = 0;
   async revision(): Promise<number> {
     await Promise.resolve();
     this.fail();
+    if (this.revisionFails > 0) {
+      this.revisionFails--;
+      throw new Error('14 UNAVAILABLE: etcdserver: leader changed (fake)');
+    }
     if (this.quorumLost) throw new Error('4 DEADLINE_EXCEEDED (fake: no quorum)');
     return this.rev;
   }

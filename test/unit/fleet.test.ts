@@ -51,6 +51,7 @@ function makeAgent(store: FakeStore, kernel: FakeNftKernel, file: string, extra:
     stateFile: file,
     minSyncMs: 0,
     checkMs: 20,
+    checkTimeoutMs: 200,
     syncMs: 0,
     backoffMs: 5,
     backoffMaxMs: 40,
@@ -272,12 +273,13 @@ describe('fleet: agent against a fake store and the fake nft kernel', () => {
     const r1 = putProf(store, 'web', 8080);
     await until(async () => (await inKernel(a)).includes('web'), 'web applied');
     await until(() => a.status().revision >= r1, 'revision advanced');
-    const host = JSON.parse(store.leased.get(`${P}hosts/h1`) ?? 'null') as HostStatus | null;
     await until(
       () => (JSON.parse(store.leased.get(`${P}hosts/h1`) ?? '{}') as HostStatus).revision >= r1,
       'host key written',
     );
-    assert.ok(host === null || host.host === 'h1');
+    const host = JSON.parse(store.leased.get(`${P}hosts/h1`)!) as HostStatus;
+    assert.equal(host.host, 'h1');
+    assert.equal(host.watch, 'watching');
     const before = ipCommits(kernel).length;
     for (let i = 0; i < 40; i++) putProf(store, `b${i}`, 3000 + i);
     await until(async () => (await inKernel(a)).length === 41, '40 more applied');
@@ -500,6 +502,33 @@ describe('fleet: agent against a fake store and the fake nft kernel', () => {
     store.quorumLost = false;
     await until(async () => (await inKernel(a)).join() === 'a,b', 'b applied after quorum is back');
     await until(() => a.status().watch === 'watching' && a.status().error === undefined, 'watching again');
+    await a.stop();
+  });
+
+  test('checks that fail with an answer (a leader election) end the session only once they have failed for checkTimeoutMs', async () => {
+    const store = new FakeStore();
+    const lines: string[] = [];
+    const a = makeAgent(store, new FakeNftKernel(), stateFile(), { log: (l) => lines.push(l) });
+    putProf(store, 'a', 1);
+    await a.start();
+    await a.ready;
+    await until(() => store.watching === 1, 'watching');
+    const ranges = store.profileRanges;
+    // Three checks in a row fail (20 ms apart: 40 ms of failing, less than 200), then they answer again.
+    store.revisionFails = 3;
+    await until(() => store.revisionFails === 0, 'three failed checks');
+    putProf(store, 'b', 2);
+    await until(async () => (await inKernel(a)).join() === 'a,b', 'b by the same watch');
+    assert.equal(store.profileRanges, ranges, 'no re-list');
+    assert.ok(!lines.some((l) => /linearizable read failed/.test(l)), lines.join('\n'));
+    // Failing for longer than checkTimeoutMs ends the session (and the agent re-lists).
+    store.revisionFails = 1_000_000;
+    await until(
+      () => lines.some((l) => /linearizable read failed: .*leader changed.*\(failing for \d+ ms\)/.test(l)),
+      'session ended',
+    );
+    store.revisionFails = 0;
+    await until(() => store.profileRanges > ranges && a.status().watch === 'watching', 're-listed');
     await a.stop();
   });
 
