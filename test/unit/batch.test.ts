@@ -197,7 +197,8 @@ test('a coalesced batch accepts and refuses exactly what the calls one at a time
 
 test('drift: status() and the periodic check emit the reports that are not in sync', async () => {
   const ex = new FakeExecutor();
-  const lb = await open({ stateFile: stateFile(), driftCheckMs: 20 }, ex); // the fake kernel never holds anything
+  const file = stateFile();
+  const lb = await open({ stateFile: file, driftCheckMs: 20 }, ex); // the fake kernel never holds anything
   await lb.apply(prof('web', 80));
   const alive = setTimeout(() => {}, 5000); // the check's timer is unref'd: keep this test's loop alive
   const seen = new Promise<string[]>((resolve) =>
@@ -205,11 +206,14 @@ test('drift: status() and the periodic check emit the reports that are not in sy
   );
   assert.deepEqual(await seen, ['web:missing']);
   clearTimeout(alive);
-  let viaStatus: string[] = [];
-  lb.once('drift', (reports) => (viaStatus = reports.map((r) => r.name)));
-  await lb.status();
-  assert.deepEqual(viaStatus, ['web']);
   await lb.close();
+  // status() emits too: on an instance whose periodic check does not run meanwhile.
+  const quiet = await open({ stateFile: file, driftCheckMs: 600_000 }, ex);
+  let viaStatus: string[] = [];
+  quiet.once('drift', (reports) => (viaStatus = reports.map((r) => r.name)));
+  await quiet.status();
+  assert.deepEqual(viaStatus, ['web']);
+  await quiet.close();
   await assert.rejects(open({ stateFile: stateFile(), driftCheckMs: 0 }, ex), /driftCheckMs/);
 });
 

@@ -43,8 +43,11 @@ test('3: list --json of 1,000 profiles into a slow pipe: every byte arrives, val
     writeFileSync(state, manyProfiles(1000), { mode: 0o600 });
     // The reader starts reading 1 s after the CLI has written: far more than a pipe's 64 KiB waits.
     const r = spawnSync(
-      'sh',
-      ['-c', `"${process.execPath}" "${CLI_PATH}" list --json --state-file "${state}" | (sleep 1; cat > "${dir}/out")`],
+      'bash',
+      [
+        '-c',
+        `"${process.execPath}" "${CLI_PATH}" list --json --state-file "${state}" | (sleep 1; cat > "${dir}/out"); exit \${PIPESTATUS[0]}`,
+      ],
       {
         encoding: 'utf8',
         env: { ...process.env, NODE_OPTIONS: '' },
@@ -57,14 +60,14 @@ test('3: list --json of 1,000 profiles into a slow pipe: every byte arrives, val
     assert.equal(parsed.length, 1000);
     // The exit status survives the wait for the pipe.
     const bad = spawnSync(
-      'sh',
+      'bash',
       [
         '-c',
-        `"${process.execPath}" "${CLI_PATH}" list --json --state-file "${state}" --bogus | (sleep 0.2; cat >/dev/null); exit 0`,
+        `"${process.execPath}" "${CLI_PATH}" list --json --state-file "${state}" --bogus | (sleep 0.2; cat >/dev/null); exit \${PIPESTATUS[0]}`,
       ],
       { encoding: 'utf8' },
     );
-    assert.equal(bad.status, 0);
+    assert.equal(bad.status, 2, bad.stderr);
     const code = spawnSync(process.execPath, [CLI_PATH, 'list', '--bogus'], { encoding: 'utf8' });
     assert.equal(code.status, 2);
   } finally {
