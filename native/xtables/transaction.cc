@@ -66,7 +66,8 @@ std::set<SetElement> DeleteOwnedRules(struct xtc_handle *h, const Transaction &t
   for (const std::string &o : tx.owners) owned.insert("iptlb:" + o);
   std::set<std::string> targets(tx.delete_chains.begin(), tx.delete_chains.end());
   for (const Chain &c : tx.chains) targets.insert(c.name);
-  if (owned.empty()) return {};
+  // (A removal of everything, as migrate's, names no owner: the original's jumps still go.)
+  if (owned.empty() && targets.empty()) return {};
   std::set<SetElement> removed;
   static const xt_chainlabel kAll[] = {"PREROUTING",  "INPUT",        "OUTPUT",
                                        "POSTROUTING", "IPTLB_OUTPUT", "IPTLB_PREROUTING"};

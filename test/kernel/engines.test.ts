@@ -220,6 +220,25 @@ for (const pair of PAIRS.filter((p) => p.engine === 'legacy')) {
       assert.doesNotMatch(rules.stdout, /IPTLB_NAT_TEST/, rules.stdout);
       assert.doesNotMatch(rules.stdout, /^-A OUTPUT .*-j IPTLB_NAT_/m, "the original's jumps are gone");
       assert.equal(JSON.parse(status.stdout).inSync, true, status.stdout);
+
+      // migrate takes the original's rules away from the legacy engine too (its jumps would keep
+      // their chains from being deleted: EMLINK, and the move undone).
+      const m = (
+        await runSteps([
+          ...setup,
+          {
+            op: 'cli',
+            args: ['--executor', pair.executor, '-state-file=$WORK/state.db', 'migrate', '--to', 'nft'],
+          },
+          { op: 'tcp', vip: VIP, port: 8081, count: 10 },
+          { op: 'tcp', vip: VIP, port: 8082, count: 10 },
+          ipt('-S'),
+        ])
+      ).slice(setup.length);
+      ok(m[0], `migrate of the original's rules: ${m[0].stderr}`);
+      assert.equal(m[1].failures, 0, 'test served by nft');
+      assert.equal(m[2].failures, 0, 'web served by nft');
+      assert.doesNotMatch(m[3].stdout, /IPTLB_NAT_/, m[3].stdout);
     },
   );
 }
