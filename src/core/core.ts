@@ -1131,17 +1131,35 @@ export class Core {
        * truncates it while this sync reads it (writers in place take no lock).
        */
       guard?: () => Promise<boolean>;
+      /**
+       * The profiles to make the kernel match instead of the state file's (watch mode: the last
+       * version it applied, while the file cannot be applied). `guard` is not asked then.
+       */
+      profiles?: ReadonlyMap<string, Profile>;
+      /**
+       * The profiles the kernel was last brought in step with (watch mode): the flows to destinations
+       * the sync removes from them are cleaned up as a change's are (unless keepConntrack).
+       */
+      previous?: ReadonlyMap<string, Profile>;
     } = {},
-  ): Promise<{ before: ProfileReport[]; committed: boolean; commitMs: number; skipped?: boolean }> {
+  ): Promise<{
+    before: ProfileReport[];
+    committed: boolean;
+    commitMs: number;
+    skipped?: boolean;
+    /** The profiles the kernel was made to match. */
+    state?: ReadonlyMap<string, Profile>;
+  }> {
     return this.serial(async () => {
       const { provider } = await this.select();
       this.checkPrivileges();
       const lock = await this.lock();
       try {
         const skipped = { before: [], committed: false, commitMs: 0, skipped: true };
-        if (opts.guard && !(await opts.guard())) return skipped;
-        const read = await this.readState();
-        if (opts.guard && !(await opts.guard())) return skipped;
+        const guard = opts.profiles ? undefined : opts.guard;
+        if (guard && !(await guard())) return skipped;
+        const read = opts.profiles ? new Map(opts.profiles) : await this.readState();
+        if (guard && !(await guard())) return skipped;
         this.health.refresh();
         const state = this.health.kernelState(read);
         const before: ProfileReport[] = [];
@@ -1167,7 +1185,14 @@ export class Core {
         }
         if (!committed && !opts.quietWhenInSync) this.log('kernel already matches the state file; nothing to do');
         if (committed && !this.injected) noteChange(state.size);
-        return { before, committed, commitMs };
+        if (committed && opts.previous && !this.keepConntrack && !this.injected && this.conntrack.needed()) {
+          const native = provider.executor.kind === 'native';
+          const stale = [...opts.previous].flatMap(([name, old]) =>
+            staleFlows(old, read.get(name)).map((f) => ({ ...f, profile: name, native })),
+          );
+          if (stale.length) this.conntrack.add(stale);
+        }
+        return { before, committed, commitMs, state: read };
       } finally {
         lock.release();
       }

@@ -8,10 +8,14 @@
  * re-applies rules someone else flushed (it too waits while the file is changing); SIGHUP checks at
  * once. SIGTERM/SIGINT stop the watcher and leave the rules and the state file as they are. An
  * append to the state file's journal (see journal.ts) is a change like a rewrite of the file.
+ * A file that is absent or does not parse is not applied (said once per version): the kernel keeps
+ * the last version applied, and the periodic check and SIGHUP repair drift toward that version; the
+ * flows of destinations a new version removes are cleaned up as a change's are.
  */
 import { watch, type FSWatcher } from 'node:fs';
 import * as path from 'node:path';
 import type { Core } from './core.js';
+import type { Profile } from '../model/types.js';
 import { stateVersion } from './state.js';
 import { journalPath } from './journal.js';
 
@@ -77,6 +81,8 @@ class StateFileWatcher {
   /** The file version the next sync may apply (set by a settled check); undefined: any (start, SIGHUP). */
   private applyOnly: string | null | undefined;
   private readonly onHup = (): void => void this.check('SIGHUP');
+  /** The profiles of the last version of the file applied (the kernel was brought in step with them). */
+  private applied: ReadonlyMap<string, Profile> | undefined;
 
   constructor(
     private readonly core: WatchedCore,
@@ -136,26 +142,71 @@ class StateFileWatcher {
     }
   }
 
-  /** One sync. Only the version that settled (and parsed) is applied: one rewritten since waits for its own settle. */
+  /**
+   * One sync. Only the version that settled (and parsed) is applied: one rewritten since waits for its
+   * own settle. A file that is absent or does not parse is not applied: the kernel keeps the last
+   * version applied, and drift is repaired toward that version (nothing, before one was applied).
+   */
   private async syncOnce(reason: string): Promise<void> {
     try {
       const only = this.applyOnly;
+      const why = await this.whyNotApplicable();
+      if (why !== undefined && !this.applied) return;
+      const held = why !== undefined ? this.applied : undefined;
       const r = await this.core.sync({
         quietWhenInSync: true,
-        ...(only !== undefined ? { guard: async () => (await this.versionOrUnreadable()) === only } : {}),
+        ...(held
+          ? { profiles: held }
+          : {
+              ...(this.applied ? { previous: this.applied } : {}),
+              ...(only !== undefined ? { guard: async () => (await this.versionOrUnreadable()) === only } : {}),
+            }),
       });
       if (r.skipped) return;
+      if (!held && r.state) this.applied = r.state;
       this.opts.onSync?.({
         drifted: r.before.filter((x) => x.status !== 'in-sync').length,
         committed: r.committed,
         commitMs: r.commitMs,
       });
       if (r.committed)
-        this.opts.log(`watch: ${reason}: kernel brought in step with ${this.file} (${r.commitMs.toFixed(2)} ms)`);
+        this.opts.log(
+          held
+            ? `watch: ${reason}: kernel brought back to the last version of ${this.file} applied, which cannot be applied now (${r.commitMs.toFixed(2)} ms)`
+            : `watch: ${reason}: kernel brought in step with ${this.file} (${r.commitMs.toFixed(2)} ms)`,
+        );
     } catch (e) {
       this.opts.onSync?.(e as Error);
       this.opts.log(`watch: ${reason}: ${(e as Error).message}`);
     }
+  }
+
+  /**
+   * Why the file cannot be applied now (absent, or it does not parse), logged once per version; undefined
+   * when it can. An absent file is not "no profiles": a file removed before a new one is copied in, or
+   * a wrong path, would remove every rule (an empty state file, `{}`, does that on purpose).
+   */
+  private async whyNotApplicable(): Promise<string | undefined> {
+    const version = await this.versionOrUnreadable();
+    let why: string | undefined;
+    if (version === null) why = `it does not exist (an empty state file, {}, is how to remove every profile)`;
+    else
+      try {
+        await this.core.readState();
+      } catch (e) {
+        why = `${(e as Error).message} (write a temporary file and rename it over the state file)`;
+      }
+    if (why === undefined) {
+      this.unparsed = undefined;
+      return undefined;
+    }
+    if (this.unparsed !== version) {
+      this.unparsed = version;
+      this.opts.log(
+        `watch: ${this.file} is not applied: ${why}; ${this.applied ? 'the kernel keeps the last version applied' : 'the kernel is left as it is'}`,
+      );
+    }
+    return why;
   }
 
   private async versionOrUnreadable(): Promise<string | null> {
@@ -200,18 +251,7 @@ class StateFileWatcher {
     if (this.stopped) return;
     const { version, wait } = await this.observe();
     if (wait > 0) return this.armSettle(wait);
-    try {
-      await this.core.readState();
-    } catch (e) {
-      if (this.unparsed !== version) {
-        this.unparsed = version;
-        this.opts.log(
-          `watch: ${this.file} is not applied: ${(e as Error).message}; the kernel keeps the last state applied (write a temporary file and rename it over the state file)`,
-        );
-      }
-      return;
-    }
-    this.unparsed = undefined;
+    // (A version that cannot be applied is said so once, and the kernel held to the last one applied.)
     await this.check(reason, version);
   }
 

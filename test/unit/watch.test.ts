@@ -1,0 +1,104 @@
+/**
+ * Watch mode against a fake core (mock timers): a state file that is absent or does not parse is not
+ * applied, and the kernel is held to the last version applied (drift repaired toward it); a new
+ * version is synced with the previous one, for the conntrack cleanup of removed destinations.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { validateProfile } from '../../src/index.js';
+import type { Profile } from '../../src/model/types.js';
+
+type SyncOpts = {
+  profiles?: ReadonlyMap<string, Profile>;
+  previous?: ReadonlyMap<string, Profile>;
+  guard?: () => Promise<boolean>;
+};
+
+const prof = (dest: string): Profile =>
+  validateProfile({ name: 'web', source: '127.100.0.10:80', destination: [dest] }) as Profile;
+
+test('watch: an absent or unparsable file is not applied; the kernel is held to the last version applied; a new version is synced with the previous one (mock timers)', async (t) => {
+  t.mock.timers.enable({ apis: ['setTimeout', 'setInterval', 'Date'], now: 1_000_000 });
+  const { startWatch } = await import('../../src/core/watch.js');
+  // The file: absent (null), or a version with its profiles, or one that does not parse.
+  let file: { v: string; profiles?: Map<string, Profile> } | null = null;
+  const syncs: SyncOpts[] = [];
+  const logs: string[] = [];
+  const core = {
+    statePath: '/nonexistent-iptlb-dir/state.db',
+    async readState() {
+      if (file === null) return new Map(); // as the core reads an absent file: no profiles
+      if (!file.profiles) throw new Error('state file x: is not valid YAML');
+      return file.profiles;
+    },
+    async sync(o: SyncOpts = {}) {
+      syncs.push(o);
+      if (o.guard && !(await o.guard())) return { before: [], committed: false, commitMs: 0, skipped: true };
+      const state = o.profiles ?? (await core.readState());
+      return { before: [], committed: true, commitMs: 1, state };
+    },
+  };
+  const flush = async (): Promise<void> => {
+    for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+  };
+  const advance = async (ms: number): Promise<void> => {
+    for (let left = ms; left > 0; left -= 10) {
+      t.mock.timers.tick(Math.min(10, left));
+      await flush();
+    }
+  };
+  const w = startWatch(core as never, {
+    intervalMs: 300,
+    settleMs: 100,
+    log: (l) => logs.push(l),
+    version: async () => file?.v ?? null,
+  });
+  await flush();
+  // Absent at start (a wrong path, a file not copied in yet): nothing synced, said once.
+  await advance(1000);
+  assert.equal(syncs.length, 0, 'an absent file is not "no profiles"');
+  assert.equal(logs.filter((l) => /is not applied: it does not exist/.test(l)).length, 1, logs.join('\n'));
+  assert.match(logs.join('\n'), /the kernel is left as it is/);
+  // It appears: applied, without a previous version (none was applied).
+  const v1 = new Map([['web', prof('127.0.0.1:9001')]]);
+  file = { v: 'v1', profiles: v1 };
+  w.changed();
+  await advance(300);
+  assert.ok(syncs.length >= 1);
+  assert.equal(syncs[0]!.profiles, undefined);
+  assert.equal(syncs[0]!.previous, undefined);
+  // A new version: synced with v1 as the previous one.
+  const v2 = new Map([['web', prof('127.0.0.1:9002')]]);
+  file = { v: 'v2', profiles: v2 };
+  w.changed();
+  await advance(300);
+  const toV2 = syncs.find((o) => o.profiles === undefined && o.previous !== undefined);
+  assert.equal(toV2?.previous, v1, 'the previous version, for the conntrack cleanup');
+  // Removed (rm before a copy): not applied; the periodic check holds the kernel to v2.
+  file = null;
+  w.changed();
+  const n = syncs.length;
+  await advance(1000);
+  assert.ok(syncs.length > n, 'the periodic check still runs');
+  assert.ok(
+    syncs.slice(n).every((o) => o.profiles === v2),
+    'held to the last version applied, never to "no profiles"',
+  );
+  assert.match(logs.join('\n'), /is not applied: it does not exist .*; the kernel keeps the last version applied/);
+  // Does not parse: the same (drift repaired toward v2), said once for that version.
+  file = { v: 'broken' };
+  w.changed();
+  const m = syncs.length;
+  await advance(1000);
+  assert.ok(syncs.length > m);
+  assert.ok(syncs.slice(m).every((o) => o.profiles === v2));
+  assert.equal(logs.filter((l) => /is not applied: state file x: is not valid YAML/.test(l)).length, 1);
+  // Fixed: applied, with v2 as the previous version.
+  const v3 = new Map([['web', prof('127.0.0.1:9003')]]);
+  file = { v: 'v3', profiles: v3 };
+  w.changed();
+  await advance(300);
+  const toV3 = syncs.slice(m).find((o) => o.profiles === undefined);
+  assert.equal(toV3?.previous, v2);
+  await w.stop();
+});
