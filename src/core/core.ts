@@ -263,6 +263,14 @@ interface DoneFamily {
   appended?: FamilyCommit['appended'];
 }
 
+/** Lines a process says once (the first instance that meets the condition says it). */
+const said = new Set<string>();
+function sayOnce(key: string, line: string, log: (line: string) => void): void {
+  if (said.has(key)) return;
+  said.add(key);
+  log(line);
+}
+
 export class Core {
   /** Absolute path of the state file, or `null` when profiles are kept in memory. */
   readonly statePath: string | null;
@@ -466,7 +474,11 @@ export class Core {
         legacyHasRules: () => holds('legacy'),
         nftHasTable: () => holds('nft'),
       });
-      const { engine, reason } = this.engineFor(e.engine);
+      const { engine, reason, broken } = this.engineFor(e.engine);
+      // Said once per process: what only doctor said before.
+      if (broken && this.logging)
+        sayOnce(`broken:${e.engine}`, `${e.engine} engine: ${broken}; the spawn executor is used`, this.log);
+      if (e.warning && this.logging) sayOnce('engines-split', `warning: ${e.warning}`, this.log);
       this.selected = {
         provider: engine,
         executor: engine.executor,
@@ -481,7 +493,7 @@ export class Core {
     return this.selecting;
   }
   /** Engine `name` over the executor supplied for it, else over the one `executorChoice` selects. */
-  private engineFor(name: EngineName): { engine: Engine; reason: string } {
+  private engineFor(name: EngineName): { engine: Engine; reason: string; broken?: string } {
     const supplied = this.supplied?.[name];
     if (supplied) return { engine: engineOver(supplied), reason: 'executor supplied by the caller' };
     if (this.supplied)

@@ -3,7 +3,7 @@
  */
 import { existsSync } from 'node:fs';
 import { hasNetAdmin } from '../platform/caps.js';
-import { addonPath, buildLogTail, loadAddonPart, type AddonPart } from '../platform/addon.js';
+import { buildLogTail, loadAddonPart, type AddonPart } from '../platform/addon.js';
 import { parseExecutorChoice } from '../engines/executors.js';
 import { parseEngineChoice } from '../engines/select.js';
 import { ENGINE_NAMES, engineNeeds } from '../engines/registry.js';
@@ -116,14 +116,16 @@ export function nativeReport(): {
   buildLog?: { path: string; lines: string[] };
 } {
   const one = (part: AddonPart): EngineNative => {
+    const files: string[] = [];
     for (const p of ['core', part] as AddonPart[]) {
       const r = loadAddonPart(p);
       if (!r.ok) {
         const detail = r.detail.includes(`iptlb_${p}.node`) ? r.detail : `iptlb_${p}.node: ${r.detail}`;
         return { executor: 'spawn', files: [], reason: `${r.reason}: ${detail}`, fix: r.fix };
       }
+      files.push(r.path);
     }
-    return { executor: 'native', files: [addonPath('core'), addonPath(part)] };
+    return { executor: 'native', files };
   };
   const engines = Object.fromEntries(ENGINE_NAMES.map((n) => [n, one(engineNeeds(n).addonPart)])) as Record<
     EngineName,

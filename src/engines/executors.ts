@@ -11,6 +11,11 @@ export interface ExecutorSelection {
   executor: Executor;
   /** Why this executor was chosen, in one line. */
   reason: string;
+  /**
+   * Set when the spawn executor stands in for an addon that is there but does not load (a damaged
+   * file, another ABI): unlike an addon never built (said at install), nothing said so yet.
+   */
+  broken?: string;
 }
 
 export function parseExecutorChoice(value: string | undefined): ExecutorChoice {
@@ -48,8 +53,10 @@ export function selectExecutor(
       `native executor unavailable: ${loaded.reason}: ${loaded.detail}; fix: ${loaded.fix}`,
     );
   }
+  const reason = `native addon unavailable (${loaded.reason}: ${loaded.detail}); fix: ${loaded.fix}`;
   return {
     executor: kinds.spawn(opts),
-    reason: `native addon unavailable (${loaded.reason}: ${loaded.detail}); fix: ${loaded.fix}`,
+    reason,
+    ...(loaded.reason === 'load-failed' || loaded.reason === 'abi-mismatch' ? { broken: reason } : {}),
   };
 }

@@ -52,9 +52,9 @@ export function createEngine(
   name: EngineName,
   choice: ExecutorChoice,
   opts: { lockWaitMs?: number } = {},
-): { engine: Engine; reason: string } {
+): { engine: Engine; reason: string; broken?: string } {
   const s = selectExecutor(choice, opts, ENGINES[name]);
-  return { engine: ENGINES[name].over(s.executor, true), reason: s.reason };
+  return { engine: ENGINES[name].over(s.executor, true), reason: s.reason, ...(s.broken ? { broken: s.broken } : {}) };
 }
 
 /** The engine over a given executor (an embedder's or a test's). */

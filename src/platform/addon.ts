@@ -454,7 +454,21 @@ export function loadAddonPart(part: AddonPart): LoadResult {
       fix: 'reinstall iptlb',
     };
   } else {
-    r = loadAddonFrom(addonPath(part));
+    // The first file that loads: a local build that does not (damaged, another ABI) leaves the
+    // shipped prebuild to serve; when none loads, the first one's failure is reported.
+    const files = addonDirs()
+      .map((d) => path.join(d, `iptlb_${part}.node`))
+      .filter((f) => existsSync(f));
+    let first: LoadResult | undefined;
+    for (const f of files) {
+      const x = loadAddonFrom(f);
+      first ??= x;
+      if (x.ok) {
+        first = x;
+        break;
+      }
+    }
+    r = first ?? loadAddonFrom(addonPath(part));
     if (r.ok) r = { ...r, addon: ordered(part, r.addon) };
     if (!r.ok && r.reason === 'library-missing') {
       // The one dlopen named, and the others this part links (dlopen stops at the first missing).

@@ -5,8 +5,10 @@
  */
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import {
   closeSync,
+  cpSync,
   fstatSync,
   mkdirSync,
   mkdtempSync,
@@ -112,6 +114,71 @@ describe('loader', () => {
     assert.match(g.fix, /npm rebuild iptlb --foreground-scripts \(builds it from source/);
     assert.equal(classifyLoadError('/x/iptlb_xt.node: undefined symbol: iptc_frobnicate').reason, 'load-failed');
   });
+  test(
+    'a local build that does not load leaves the prebuild to serve; with none that loads, a damaged addon is said (`broken`), one never built is not',
+    { skip: NO_ADDON },
+    async () => {
+      // A copy of the built modules under a package root of its own, with its own build/ and prebuilds/.
+      const root = mkdtempSync(path.join(tmpdir(), 'iptlb-root-'));
+      try {
+        const here = new URL('../..', import.meta.url).pathname; // dist/
+        const repo = path.dirname(here.replace(/\/$/, ''));
+        cpSync(path.join(here, 'src'), path.join(root, 'dist', 'src'), { recursive: true });
+        writeFileSync(path.join(root, 'package.json'), JSON.stringify({ name: 'iptlb', type: 'module' }));
+        symlinkSync(path.join(repo, 'node_modules'), path.join(root, 'node_modules'));
+        const build = path.join(root, 'build', 'Release');
+        const pre = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`);
+        mkdirSync(build, { recursive: true });
+        mkdirSync(pre, { recursive: true });
+        const real = (part: string): string => {
+          const r = loadAddonPart(part as 'core');
+          assert.ok(r.ok);
+          return r.path;
+        };
+        for (const part of ['core', 'nft', 'xt']) {
+          writeFileSync(path.join(build, `iptlb_${part}.node`), 'not an ELF file');
+          cpSync(real(part), path.join(pre, `iptlb_${part}.node`));
+        }
+        const script = (body: string): { code: number | null; out: string; err: string } => {
+          const r = spawnSync(process.execPath, ['--input-type=module', '-e', body], {
+            cwd: root,
+            encoding: 'utf8',
+            env: { ...process.env, IPTLB_NO_NATIVE: '' },
+          });
+          return { code: r.status, out: r.stdout, err: r.stderr };
+        };
+        const report = `import { nativeReport } from './dist/src/core/doctor.js';
+          process.stdout.write(JSON.stringify(nativeReport().engines));`;
+        const a = script(report);
+        assert.equal(a.code, 0, a.err);
+        const engines = JSON.parse(a.out) as Record<string, { executor: string; files: string[] }>;
+        for (const e of ['legacy', 'nft']) {
+          assert.equal(engines[e]!.executor, 'native', `${e}: ${a.out}`);
+          for (const f of engines[e]!.files) assert.ok(f.startsWith(pre), `${e} loaded ${f} (the prebuild)`);
+        }
+        // No prebuild: the damaged build is all there is. The spawn executor stands in, and says why.
+        rmSync(pre, { recursive: true });
+        const select = `import { selectExecutor } from './dist/src/engines/executors.js';
+          const s = selectExecutor('auto', {}, { native: () => ({ kind: 'native' }), spawn: () => ({ kind: 'spawn' }), addonUse: 'nft' });
+          process.stdout.write(JSON.stringify({ kind: s.executor.kind, broken: s.broken ?? null }));`;
+        const b = script(select);
+        assert.equal(b.code, 0, b.err);
+        const damaged = JSON.parse(b.out) as { kind: string; broken: string | null };
+        assert.equal(damaged.kind, 'spawn');
+        assert.match(
+          damaged.broken ?? '',
+          /^native addon unavailable \((load-failed|abi-mismatch): .*iptlb_core\.node.*\); fix: /,
+        );
+        // Never built (no file at all): said at install, not again here.
+        rmSync(path.join(root, 'build'), { recursive: true });
+        const c = script(select);
+        assert.equal(c.code, 0, c.err);
+        assert.deepEqual(JSON.parse(c.out), { kind: 'spawn', broken: null });
+      } finally {
+        rmSync(root, { recursive: true, force: true });
+      }
+    },
+  );
   test('loadAddon is memoised, per use and per part', () => {
     assert.equal(loadAddon(), loadAddon());
     assert.equal(loadAddon('nft'), loadAddon('nft'));
