@@ -102,9 +102,9 @@ export async function selectEngine(choice: EngineChoice, probe: EngineProbe): Pr
     };
   }
   if (!xt) return { engine: 'nft', reason: 'x_tables is not available in this kernel' };
+  if (await probe.nftHasTable()) return { engine: 'nft', reason: 'table ip (or ip6) iptlb already holds iptlb rules' };
   if (flavour === 'nft')
     return { engine: 'nft', reason: "no iptlb rules yet, and this host's iptables is the nf_tables flavour" };
-  if (await probe.nftHasTable()) return { engine: 'nft', reason: 'table ip (or ip6) iptlb already holds iptlb rules' };
   return {
     engine: 'legacy',
     reason: `no iptlb rules yet, and this host's iptables is ${flavour === 'none' ? 'not installed' : 'the legacy flavour'}`,
