@@ -73,6 +73,14 @@ export function normalizeArgv(argv: string[]): string[] {
       } else
         throw new IptlbError('EUSAGE', `-${name}: ${show(value)} is not a boolean (true or false)`, { field: name });
     } else {
+      // A flag that takes a value, followed by another flag: its value was left out (taken as given,
+      // the next flag would be the value and what follows an extra argument).
+      const next = value === undefined && VALUE_FLAGS.has(name) ? argv[i + 1] : undefined;
+      const nm = next === undefined ? null : /^--?([a-z][a-z-]*)(?:=|$)/.exec(next);
+      if (nm && (VALUE_FLAGS.has(nm[1]!) || BOOL_FLAGS.has(nm[1]!)))
+        throw new IptlbError('EUSAGE', `${name}: the value is missing (the next argument, ${show(next!)}, is a flag)`, {
+          field: name,
+        });
       out.push(value === undefined ? `--${name}` : `--${name}=${value}`);
     }
   }

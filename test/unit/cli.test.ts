@@ -16,6 +16,27 @@ test('Go-style flags: one or two dashes, =value or a space, booleans with =true/
   assert.throws(() => normalizeArgv(['-run=maybe']), /run/);
 });
 
+test('a flag whose value was left out, followed by another flag: EUSAGE naming it (not "too many arguments", nor the flag as its value)', async () => {
+  for (const [args, field, next] of [
+    [['apply', '--src-addr', '--dest-addr', '127.0.0.1:9001'], 'src-addr', '--dest-addr'],
+    [['-profile', '-run'], 'profile', '-run'],
+    [['-profile=x', '-src-addr', '-dest-addr=127.0.0.1:9001'], 'src-addr', '-dest-addr=127.0.0.1:9001'],
+  ] as const) {
+    assert.throws(
+      () => normalizeArgv([...args]),
+      (e: Error & { code?: string; field?: string }) =>
+        e.code === 'EUSAGE' && e.field === field && e.message.includes(JSON.stringify(next)),
+    );
+    const r = await cli([...args, '--state-file', '/nonexistent-iptlb-dir/state.db']);
+    assert.equal(r.code, 2);
+    assert.equal(r.err.trim().split('\n').length, 1, r.err);
+    assert.match(r.err, new RegExp(`^iptlb: error: ${field}: the value is missing`));
+  }
+  // A value that only looks like a flag is a value: a negative number, a word.
+  assert.deepEqual(normalizeArgv(['--weight', '-1']), ['--weight', '-1']);
+  assert.deepEqual(normalizeArgv(['--profile', '-x']), ['--profile', '-x']);
+});
+
 async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
   let out = '';
   let err = '';
