@@ -240,6 +240,22 @@ describePairs('core', (ex) => {
       assert.equal(r[7], null, 'state file not written');
     });
 
+  if (!nft)
+    test("a delete refused because another tool's chain jumps to the profile's: the error says so and how to find the jump", async () => {
+      const r = await runSteps([
+        cli(ex, '-q', '-run', '-profile=web', `-src-addr=${VIP}:8081`, `-dest-addr=${DEST}`),
+        { op: 'sh', argv: ['iptables-legacy', '-t', 'nat', '-N', 'FOREIGN'] },
+        { op: 'sh', argv: ['iptables-legacy', '-t', 'nat', '-A', 'FOREIGN', '-j', 'IPTLB_NAT_WEB'] },
+        cli(ex, '-run', '-delete', '-profile=web'),
+      ]);
+      ok(r[0]);
+      assert.equal(r[3].code, 1, r[3].stderr);
+      assert.match(
+        r[3].stderr,
+        /^iptlb: error: .*IPTLB_NAT_WEB.*; another rule still jumps to IPTLB_NAT_WEB .*iptables-legacy-save -t nat \| grep -- '-j IPTLB_NAT_WEB'/m,
+      );
+    });
+
   test('a state file written by the original applies with -use-state -run; a hand-edited number logLevel is refused', async () => {
     const r = await runSteps([
       { op: 'backends', tcp: [9001, 9002] },

@@ -4,7 +4,7 @@
  */
 import { getSystemErrorName } from 'node:util';
 import { IptlbError, type ErrorCode } from '../../model/errors.js';
-import { renderRestore } from './restore.js';
+import { chainInUse, renderRestore } from './restore.js';
 import type { NativeAddon } from '../../platform/addon.js';
 import type { AfterCommit, CommitResult, Family, KernelView, Transaction } from '../../model/types.js';
 import type { LegacyExecutor } from './executor.js';
@@ -26,7 +26,8 @@ export function mapNativeError(e: unknown): IptlbError {
   const code: ErrorCode =
     err.code === 'ELOCK' || err.code === 'EPERM' || err.code === 'ERESTART' ? err.code : 'EKERNEL';
   const opts = typeof err.errno === 'number' ? { errno: err.errno, cause: e } : { cause: e };
-  return new IptlbError(code, message, opts);
+  const inUse = err.errno === 31 ? /^deleting chain (\S+):/.exec(message) : null; // EMLINK
+  return new IptlbError(code, inUse ? `${message}; ${chainInUse(inUse[1]!)}` : message, opts);
 }
 
 /** The error of a write that failed with `errno`, as node:fs reports one (`code`, `errno`, `syscall`). */

@@ -211,3 +211,12 @@ export function parseSave(text: string): KernelView {
     view.gate = gate.foreign.length ? gate : { gates: gate.gates, dispatch: gate.dispatch };
   return view;
 }
+
+/**
+ * Why a profile chain cannot be deleted, and what to do: a rule of another tool (in a chain of its own,
+ * or with a comment of its own in a built-in chain) still jumps to it.
+ */
+export function chainInUse(chain: string, tool = 'iptables-legacy'): string {
+  const save = tool.startsWith('ip6') ? 'ip6tables-legacy-save' : 'iptables-legacy-save';
+  return `another rule still jumps to ${chain} (iptlb deletes only its own jumps, and the original iptlb's): find it with \`${save} -t nat | grep -- '-j ${chain}'\` and remove it`;
+}

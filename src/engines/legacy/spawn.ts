@@ -5,7 +5,7 @@
  */
 import { findBinary, run } from '../../platform/spawn.js';
 import { IptlbError } from '../../model/errors.js';
-import { parseSave, renderRestore } from './restore.js';
+import { chainInUse, parseSave, renderRestore } from './restore.js';
 import { GATE_SET, planGate, SET_FAMILY } from './gate.js';
 import type { CommitResult, Family, KernelView, Transaction } from '../../model/types.js';
 import type { LegacyExecutor } from './executor.js';
@@ -22,8 +22,11 @@ export function restoreError(stderr: string, input: string, tool: string): Iptlb
   }
   const m = /line (\d+) failed/.exec(stderr);
   const lines = input.split('\n');
-  const detail = m ? ` at line ${m[1]}: ${lines[Number(m[1]) - 1] ?? ''}` : '';
-  return new IptlbError('EKERNEL', `${tool}: ${text.join('; ')}${detail}`);
+  const line = m ? (lines[Number(m[1]) - 1] ?? '') : '';
+  const detail = m ? ` at line ${m[1]}: ${line}` : '';
+  // A chain that cannot be deleted: iptables-restore does not say why; it is (nearly) always a jump.
+  const x = /^-X (\S+)$/.exec(line);
+  return new IptlbError('EKERNEL', `${tool}: ${text.join('; ')}${detail}${x ? `; ${chainInUse(x[1]!, tool)}` : ''}`);
 }
 
 /** The save and restore tools of one family. */
