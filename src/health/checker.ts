@@ -218,12 +218,14 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
       this.refresh()
         .then(
           () => {
-            if (this.readFailure !== undefined) this.log('health: the profiles can be read again');
+            if (this.readFailure !== undefined && this.byProfile.size > 0)
+              this.log('health: the profiles can be read again');
             this.readFailure = undefined;
           },
           (e: Error) => {
-            // Said once, and again only when the reason changes (the refresh runs every second).
-            if (e.message !== this.readFailure)
+            // Said once, and again only when the reason changes (the refresh runs every second); not
+            // at all while no profile has checks (watch mode says it for itself).
+            if (e.message !== this.readFailure && this.byProfile.size > 0)
               this.log(
                 `health: cannot read the profiles (${e.message}); checks go on with the profiles read before, drains wait until it can be read`,
               );

@@ -262,6 +262,22 @@ test('a state file that cannot be read is said once while it lasts (the refresh 
   assert.equal(log.filter((l) => /can be read again/.test(l)).length, 1, log.join('\n'));
 });
 
+test('without a profile that has checks, an unreadable state file is not said by health (watch mode says it)', async (t) => {
+  const { core, log } = await setup(t, [{ name: 'web', source: '127.100.0.10:80', destination: [D[0]] }]);
+  const readState = core.readState.bind(core);
+  core.readState = async () => {
+    throw new IptlbError('ESTATE', 'state file f: is not valid YAML');
+  };
+  await advance(2500, 50);
+  core.readState = readState;
+  await advance(1500, 50);
+  assert.deepEqual(
+    log.filter((l) => /cannot read the profiles|can be read again/.test(l)),
+    [],
+    log.join('\n'),
+  );
+});
+
 test('jitter: first checks spread over the first interval, then one interval ±10 % apart', async (t) => {
   let seed = 42;
   const random = (): number => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
