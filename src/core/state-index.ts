@@ -263,7 +263,7 @@ export class IndexedState extends Map<string, Profile> {
       );
     return new IptlbError(
       'ECONFLICT',
-      `source: ${show(candidate.source)}/${candidate.protocol} already belongs to profile ${show(this.names[s])}`,
+      `source: ${show(candidate.source)}/${candidate.protocol} of profile ${show(candidate.name)} already belongs to profile ${show(this.names[s])}`,
       { field: 'source' },
     );
   }

@@ -552,7 +552,7 @@ export function checkConflicts(candidate: Profile, others: Iterable<Profile>, sk
     if (o.source === candidate.source && o.protocol === candidate.protocol) {
       throw new IptlbError(
         'ECONFLICT',
-        `source: ${show(candidate.source)}/${candidate.protocol} already belongs to profile ${show(o.name)}`,
+        `source: ${show(candidate.source)}/${candidate.protocol} of profile ${show(candidate.name)} already belongs to profile ${show(o.name)}`,
         { field: 'source' },
       );
     }

@@ -134,7 +134,10 @@ test('IPv6 profiles validate like IPv4 ones; families never mix; unusable addres
   // Two spellings of one virtual address are one address.
   const a = validateProfile({ name: 'a', source: '[2001:db8::10]:80', destination: ['[2001:db8::1]:80'] });
   const b = validateProfile({ name: 'b', source: '[2001:db8:0:0::10]:80', destination: ['[2001:db8::2]:80'] });
-  assert.throws(() => checkSet([a, b]), /source: "\[2001:db8::10\]:80"\/tcp already belongs to profile "a"/);
+  assert.throws(
+    () => checkSet([a, b]),
+    /source: "\[2001:db8::10\]:80"\/tcp of profile "b" already belongs to profile "a"/,
+  );
 });
 
 test('state file: IPv6 endpoints single-quoted as yaml.v2 writes them; round trip; IPv4 files unchanged', async () => {
