@@ -413,7 +413,9 @@ export class Agent extends EventEmitter<AgentEvents> {
         const now = performance.now();
         this.checkFailingSince ??= now;
         const failing = now - this.checkFailingSince;
-        if (timedOut || failing >= this.o.checkTimeoutMs)
+        // No answer: this timer's, or the call's own deadline (quorum lost: the read hangs until then).
+        const unanswered = timedOut || /DEADLINE_EXCEEDED|deadline exceeded/i.test((e as Error).message);
+        if (unanswered || failing >= this.o.checkTimeoutMs)
           this.sessionFailed?.(
             `linearizable read failed: ${(e as Error).message}${failing > 0 ? ` (failing for ${Math.round(failing)} ms)` : ''}`,
           );

@@ -489,7 +489,9 @@ describe('fleet: agent against a fake store and the fake nft kernel', () => {
   test('quorum lost: the watch is silent, the linearizable check notices, rules stay; quorum back: re-list applies what was missed', async () => {
     const store = new FakeStore();
     const kernel = new FakeNftKernel();
-    const a = makeAgent(store, kernel, stateFile());
+    // A read past its deadline is a read without answer: it ends the session at once, not after
+    // checkTimeoutMs of failing.
+    const a = makeAgent(store, kernel, stateFile(), { checkTimeoutMs: 600_000 });
     putProf(store, 'a', 1);
     await a.start();
     await a.ready;
