@@ -1,5 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
 import { normalizeArgv, main } from '../../src/cli/main.js';
 
 test('Go-style flags: one or two dashes, =value or a space, booleans with =true/=false (last wins)', () => {
@@ -176,4 +179,25 @@ test('the CLI bundle is started with its V8 code cache, which V8 accepts; withou
     { rejected: true, main: 'function' },
     'a rejected cache only costs the compile',
   );
+});
+
+test("bad input given by flags leaves nothing in the state file's directory, not even the lock's files", async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-cli-'));
+  try {
+    const st = path.join(dir, 'state.db');
+    for (const args of [
+      ['-profile=x', '-src-addr=bad', '-dest-addr=127.0.0.1:1', `-state-file=${st}`],
+      ['-run', '-profile=x', '-src-addr=1.2.3.4:80', '-dest-addr=127.0.0.1:0', `-state-file=${st}`],
+      ['-profile=bad name', '-src-addr=1.2.3.4:80', '-dest-addr=127.0.0.1:1', `-state-file=${st}`],
+      ['apply', '--profile', 'x', '--src-addr', '1.2.3.4:0', '--dest-addr', '127.0.0.1:1', '--state-file', st],
+      ['apply', '--profile', 'x', '--src-addr', '1.2.3.4:80', '--dest-addr', '127.0.0.1:1*0', '--state-file', st],
+    ]) {
+      const r = await cli(args);
+      assert.equal(r.code, 2, `${args.join(' ')}: ${r.err}`);
+      assert.equal(r.err.trim().split('\n').length, 1, r.err);
+      assert.deepEqual(readdirSync(dir), [], args.join(' '));
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { IptlbError } from '../../model/errors.js';
 import { upsertChange } from '../../core/core.js';
 import type { ProfileInput } from '../../model/types.js';
+import { validateProfile } from '../../model/profile.js';
 import { addGlobal, addProfileFlags, profileInput, profilesOfFile, withGlobals, type ProfileOpts } from '../flags.js';
 import { makeCore, report, transact, verboseRules, type Out } from '../context.js';
 
@@ -14,7 +15,8 @@ async function applyCommand(o: ProfileOpts & { file?: string }, io: Out): Promis
       throw new IptlbError('EUSAGE', 'apply: --file cannot be combined with -src-addr/-dest-addr');
     inputs = await profilesOfFile(o.file);
   } else {
-    inputs = [profileInput(o)];
+    // Checked before the lock is taken: bad input leaves nothing behind, not even the lock's files.
+    inputs = [validateProfile(profileInput(o))];
   }
   const result = await transact(core, (state) => upsertChange(state, inputs), { run: true });
   report(result, o, io, verboseRules(core, io));

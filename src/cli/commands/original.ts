@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { IptlbError } from '../../model/errors.js';
 import { deleteChange, upsertChange } from '../../core/core.js';
-import { sameProfile, show, validateName } from '../../model/profile.js';
+import { sameProfile, show, validateName, validateProfile } from '../../model/profile.js';
 import { addGlobal, addProfileFlags, profileInput, type LegacyOpts } from '../flags.js';
 import { makeCore, report, transact, verboseRules, type Out } from '../context.js';
 
@@ -15,6 +15,12 @@ async function legacyAction(o: LegacyOpts, io: Out): Promise<void> {
   if (o.delete && !o.run) throw new IptlbError('EUSAGE', '-delete needs -run (it removes rules from the kernel)');
   if (o.useState && !o.run)
     throw new IptlbError('EUSAGE', '-use-state needs -run (it applies the state file to the kernel)');
+  // A profile given by flags is checked before the lock is taken: bad input leaves nothing behind,
+  // not even the lock's files. (Without -src-addr and -dest-addr, what to do depends on the state.)
+  if (!o.useState && !o.delete && (o.srcAddr !== undefined || o.destAddr !== undefined)) {
+    validateName(o.profile, 'name', { existing: true }); // first, as below
+    validateProfile(profileInput(o));
+  }
   const core = makeCore(o, io);
   const result = await transact(
     core,
