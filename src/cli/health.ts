@@ -4,6 +4,7 @@
  */
 import type { Command } from 'commander';
 import type { HealthInput } from '../health/config.js';
+import { IptlbError } from '../model/errors.js';
 
 export const HEALTH_FLAGS = [
   'health',
@@ -67,5 +68,21 @@ export function healthInput(o: HealthOpts): HealthInput | undefined {
   if (o.healthPath !== undefined) h.path = o.healthPath;
   if (o.healthExpect !== undefined) h.expect = o.healthExpect;
   if (o.healthAllDown !== undefined) h.allDown = o.healthAllDown;
+  // A setting of a check without the check: refused, not taken as `--health tcp` (a check that
+  // drains destinations would start without having been asked for).
+  if (h.kind === undefined && Object.keys(h).length) {
+    const flag = {
+      intervalMs: 'health-interval',
+      timeoutMs: 'health-timeout',
+      rise: 'health-rise',
+      fall: 'health-fall',
+      port: 'health-port',
+      address: 'health-address',
+      path: 'health-path',
+      expect: 'health-expect',
+      allDown: 'health-all-down',
+    }[Object.keys(h)[0] as Exclude<keyof HealthInput, 'kind'>];
+    throw new IptlbError('EUSAGE', `${flag}: needs --health tcp or --health http (the check it sets)`, { field: flag });
+  }
   return Object.keys(h).length ? h : undefined;
 }

@@ -191,12 +191,18 @@ test("bad input given by flags leaves nothing in the state file's directory, not
       ['-profile=bad name', '-src-addr=1.2.3.4:80', '-dest-addr=127.0.0.1:1', `-state-file=${st}`],
       ['apply', '--profile', 'x', '--src-addr', '1.2.3.4:0', '--dest-addr', '127.0.0.1:1', '--state-file', st],
       ['apply', '--profile', 'x', '--src-addr', '1.2.3.4:80', '--dest-addr', '127.0.0.1:1*0', '--state-file', st],
+      // A setting of a health check without the check: refused, not taken as --health tcp.
+      ['-profile=x', '-src-addr=1.2.3.4:80', '-dest-addr=127.0.0.1:1', '-health-fall=2', `-state-file=${st}`],
     ]) {
       const r = await cli(args);
       assert.equal(r.code, 2, `${args.join(' ')}: ${r.err}`);
       assert.equal(r.err.trim().split('\n').length, 1, r.err);
       assert.deepEqual(readdirSync(dir), [], args.join(' '));
     }
+    assert.match(
+      (await cli(['-profile=x', '-src-addr=1.2.3.4:80', '-dest-addr=127.0.0.1:1', '-health-fall=2'])).err,
+      /^iptlb: error: health-fall: needs --health tcp or --health http/,
+    );
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
