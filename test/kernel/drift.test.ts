@@ -95,11 +95,12 @@ for (const { name: ex, skip } of PAIRS) {
 
     test('top: per-destination connection rates while traffic flows, refreshed every interval', async () => {
       const top = `${process.execPath} $CLI ${pairOf(ex).flags.join(' ')} -state-file=$WORK/state.db top --json --count 4 --interval 300 > $WORK/top.json`;
-      const traffic = `for i in $(seq 300); do (exec 3<>/dev/tcp/${VIP}/8081) 2>/dev/null; sleep 0.003; done`;
+      // Connections for as long as top runs (however late a loaded host starts it).
+      const traffic = `while kill -0 $TOP 2>/dev/null; do (exec 3<>/dev/tcp/${VIP}/8081) 2>/dev/null; sleep 0.003; done`;
       const r = await runSteps([
         { op: 'backends', tcp: [9001, 9002] },
         cli(ex, '-q', '-run', '-profile=web', `-src-addr=${VIP}:8081`, '-dest-addr=127.0.0.1:9001,127.0.0.1:9002'),
-        { op: 'sh', argv: ['bash', '-c', `${top} & ${traffic}; wait`] },
+        { op: 'sh', argv: ['bash', '-c', `${top} & TOP=$!; ${traffic}; wait`] },
         { op: 'read', file: '$WORK/top.json' },
       ]);
       ok(r[1]);

@@ -191,6 +191,9 @@ test("bad input given by flags leaves nothing in the state file's directory, not
       ['-profile=bad name', '-src-addr=1.2.3.4:80', '-dest-addr=127.0.0.1:1', `-state-file=${st}`],
       ['apply', '--profile', 'x', '--src-addr', '1.2.3.4:0', '--dest-addr', '127.0.0.1:1', '--state-file', st],
       ['apply', '--profile', 'x', '--src-addr', '1.2.3.4:80', '--dest-addr', '127.0.0.1:1*0', '--state-file', st],
+      // Settings of --watch without it.
+      ['status', '--interval', '0', '--state-file', st],
+      ['status', '--count', '3', '--state-file', st],
       // A setting of a health check without the check: refused, not taken as --health tcp.
       ['-profile=x', '-src-addr=1.2.3.4:80', '-dest-addr=127.0.0.1:1', '-health-fall=2', `-state-file=${st}`],
     ]) {

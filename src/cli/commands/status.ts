@@ -1,5 +1,6 @@
 /** `iptlb status`: the state file compared with the kernel, with counters and health (exit 3 on drift). */
 import type { Command } from 'commander';
+import { IptlbError } from '../../model/errors.js';
 import { addGlobal, withGlobals, type GlobalOpts } from '../flags.js';
 import { ExitCode, makeCore, type Out } from '../context.js';
 import { topCommand } from './top.js';
@@ -61,6 +62,9 @@ export function register(program: Command, io: Out): void {
     .option('--count <n>', 'with --watch: stop after n refreshes')
     .action(async (o: GlobalOpts & { watch?: boolean; interval?: string; count?: string }, cmd: Command) => {
       if (o.watch) return topCommand(withGlobals(o, cmd), io);
+      for (const f of ['interval', 'count'] as const)
+        if (cmd.getOptionValueSource(f) === 'cli')
+          throw new IptlbError('EUSAGE', `${f}: needs --watch (a one-shot status takes no ${f})`, { field: f });
       const code = await statusCommand(withGlobals(o, cmd), io);
       if (code !== 0) throw new ExitCode(code);
     });
