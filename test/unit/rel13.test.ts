@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { open, IptlbError, serializeState, validateProfile } from '../../src/index.js';
 import { main } from '../../src/cli/main.js';
 import { CLI_PATH } from '../harness/env.js';
+import { advance as advanceClock, flush } from '../harness/mock-clock.js';
 
 function tmpdir(): string {
   return mkdtempSync(path.join(os.tmpdir(), 'iptlb-rel13-'));
@@ -410,15 +411,7 @@ test('13: watch applies a changed file only once it has settled (no change for s
       return new Map();
     },
   };
-  const flush = async (): Promise<void> => {
-    for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
-  };
-  const advance = async (ms: number): Promise<void> => {
-    for (let left = ms; left > 0; left -= 10) {
-      t.mock.timers.tick(Math.min(10, left));
-      await flush();
-    }
-  };
+  const advance = (ms: number): Promise<void> => advanceClock(t, ms);
   // What was applied, in order (the periodic check may apply the same settled file again: harmless).
   const applied = (): string[] => syncs.filter((x, k) => x !== syncs[k - 1]);
   const w = startWatch(core as never, {
@@ -476,9 +469,6 @@ test('13: watch: a check that saw the file settled applies only that version, ev
   let v = 'v0';
   const syncs: string[] = [];
   let raced = false;
-  const flush = async (): Promise<void> => {
-    for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
-  };
   // eslint-disable-next-line prefer-const
   let w: ReturnType<typeof startWatch>;
   const core = {

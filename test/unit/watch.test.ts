@@ -7,6 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { validateProfile } from '../../src/index.js';
 import type { Profile } from '../../src/model/types.js';
+import { advance as advanceClock, flush } from '../harness/mock-clock.js';
 
 type SyncOpts = {
   profiles?: ReadonlyMap<string, Profile>;
@@ -38,15 +39,7 @@ test('watch: an absent or unparsable file is not applied; the kernel is held to 
       return { before: [], committed: true, commitMs: 1, state };
     },
   };
-  const flush = async (): Promise<void> => {
-    for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
-  };
-  const advance = async (ms: number): Promise<void> => {
-    for (let left = ms; left > 0; left -= 10) {
-      t.mock.timers.tick(Math.min(10, left));
-      await flush();
-    }
-  };
+  const advance = (ms: number): Promise<void> => advanceClock(t, ms);
   const w = startWatch(core as never, {
     intervalMs: 300,
     settleMs: 100,
