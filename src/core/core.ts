@@ -1144,8 +1144,9 @@ export class Core {
        */
       guard?: () => Promise<boolean>;
       /**
-       * The profiles to make the kernel match instead of the state file's (watch mode: the last
-       * version it applied, while the file cannot be applied). `guard` is not asked then.
+       * The profiles to make the kernel match, read already, instead of reading the state file (watch
+       * mode: the version it read, with a guard that it is still the file's; or the last version it
+       * applied, while the file cannot be applied).
        */
       profiles?: ReadonlyMap<string, Profile>;
       /**
@@ -1168,10 +1169,9 @@ export class Core {
       const lock = await this.lock();
       try {
         const skipped = { before: [], committed: false, commitMs: 0, skipped: true };
-        const guard = opts.profiles ? undefined : opts.guard;
-        if (guard && !(await guard())) return skipped;
+        if (opts.guard && !(await opts.guard())) return skipped;
         const read = opts.profiles ? new Map(opts.profiles) : await this.readState();
-        if (guard && !(await guard())) return skipped;
+        if (opts.guard && !opts.profiles && !(await opts.guard())) return skipped;
         this.health.refresh();
         const state = this.health.kernelState(read);
         const before: ProfileReport[] = [];

@@ -150,16 +150,20 @@ class StateFileWatcher {
   private async syncOnce(reason: string): Promise<void> {
     try {
       const only = this.applyOnly;
-      const why = await this.whyNotApplicable();
-      if (why !== undefined && !this.applied) return;
-      const held = why !== undefined ? this.applied : undefined;
+      const file = await this.readFile();
+      if (file.why !== undefined && !this.applied) return;
+      const held = file.why !== undefined ? this.applied : undefined;
+      // The version read is applied only while it is the file (asked under the lock), and, after a
+      // settle, only if it is the version that settled: one rewritten since waits for its own settle.
+      if (!held && only !== undefined && file.version !== only) return;
       const r = await this.core.sync({
         quietWhenInSync: true,
         ...(held
           ? { profiles: held }
           : {
+              profiles: file.profiles!,
               ...(this.applied ? { previous: this.applied } : {}),
-              ...(only !== undefined ? { guard: async () => (await this.versionOrUnreadable()) === only } : {}),
+              guard: async () => (await this.versionOrUnreadable()) === file.version,
             }),
       });
       if (r.skipped) return;
@@ -182,23 +186,25 @@ class StateFileWatcher {
   }
 
   /**
-   * Why the file cannot be applied now (absent, or it does not parse), logged once per version; undefined
-   * when it can. An absent file is not "no profiles": a file removed before a new one is copied in, or
-   * a wrong path, would remove every rule (an empty state file, `{}`, does that on purpose).
+   * The file read once: its version (taken before the read) and its profiles, or why it cannot be
+   * applied (absent, or it does not parse), logged once per version. An absent file is not "no
+   * profiles": a file removed before a new one is copied in, or a wrong path, would remove every rule
+   * (an empty state file, `{}`, does that on purpose).
    */
-  private async whyNotApplicable(): Promise<string | undefined> {
+  private async readFile(): Promise<{ version: string | null; profiles?: Map<string, Profile>; why?: string }> {
     const version = await this.versionOrUnreadable();
     let why: string | undefined;
+    let profiles: Map<string, Profile> | undefined;
     if (version === null) why = `it does not exist (an empty state file, {}, is how to remove every profile)`;
     else
       try {
-        await this.core.readState();
+        profiles = await this.core.readState();
       } catch (e) {
         why = `${(e as Error).message} (write a temporary file and rename it over the state file)`;
       }
     if (why === undefined) {
       this.unparsed = undefined;
-      return undefined;
+      return { version, profiles: profiles! };
     }
     if (this.unparsed !== version) {
       this.unparsed = version;
@@ -206,7 +212,7 @@ class StateFileWatcher {
         `watch: ${this.file} is not applied: ${why}; ${this.applied ? 'the kernel keeps the last version applied' : 'the kernel is left as it is'}`,
       );
     }
-    return why;
+    return { version, why };
   }
 
   private async versionOrUnreadable(): Promise<string | null> {

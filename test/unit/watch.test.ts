@@ -58,14 +58,15 @@ test('watch: an absent or unparsable file is not applied; the kernel is held to 
   w.changed();
   await advance(300);
   assert.ok(syncs.length >= 1);
-  assert.equal(syncs[0]!.profiles, undefined);
+  assert.equal(syncs[0]!.profiles, v1, 'the version read once, handed to sync');
+  assert.ok(syncs[0]!.guard, 'with a guard that it is still the file');
   assert.equal(syncs[0]!.previous, undefined);
   // A new version: synced with v1 as the previous one.
   const v2 = new Map([['web', prof('127.0.0.1:9002')]]);
   file = { v: 'v2', profiles: v2 };
   w.changed();
   await advance(300);
-  const toV2 = syncs.find((o) => o.profiles === undefined && o.previous !== undefined);
+  const toV2 = syncs.find((o) => o.guard !== undefined && o.profiles === v2);
   assert.equal(toV2?.previous, v1, 'the previous version, for the conntrack cleanup');
   // Removed (rm before a copy): not applied; the periodic check holds the kernel to v2.
   file = null;
@@ -74,7 +75,7 @@ test('watch: an absent or unparsable file is not applied; the kernel is held to 
   await advance(1000);
   assert.ok(syncs.length > n, 'the periodic check still runs');
   assert.ok(
-    syncs.slice(n).every((o) => o.profiles === v2),
+    syncs.slice(n).every((o) => o.profiles === v2 && o.guard === undefined && o.previous === undefined),
     'held to the last version applied, never to "no profiles"',
   );
   assert.match(logs.join('\n'), /is not applied: it does not exist .*; the kernel keeps the last version applied/);
@@ -84,14 +85,16 @@ test('watch: an absent or unparsable file is not applied; the kernel is held to 
   const m = syncs.length;
   await advance(1000);
   assert.ok(syncs.length > m);
-  assert.ok(syncs.slice(m).every((o) => o.profiles === v2));
+  assert.ok(syncs.slice(m).every((o) => o.profiles === v2 && o.guard === undefined));
   assert.equal(logs.filter((l) => /is not applied: state file x: is not valid YAML/.test(l)).length, 1);
   // Fixed: applied, with v2 as the previous version.
   const v3 = new Map([['web', prof('127.0.0.1:9003')]]);
   file = { v: 'v3', profiles: v3 };
   w.changed();
   await advance(300);
-  const toV3 = syncs.slice(m).find((o) => o.profiles === undefined);
+  const toV3 = syncs.slice(m).find((o) => o.guard !== undefined && o.profiles === v3);
   assert.equal(toV3?.previous, v2);
+  // The file is read once per check: every sync is handed the profiles read, never reads them again.
+  assert.ok(syncs.every((o) => o.profiles !== undefined));
   await w.stop();
 });
