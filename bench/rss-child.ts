@@ -32,7 +32,7 @@ const measure = async (t0: number): Promise<void> => {
 if (bare) {
   await measure(performance.now());
 } else {
-  // The package's ESM entry as `import 'iptlb'` loads it (dist/index.mjs, one bundled file).
+  // The package's ESM entry as `import 'iptlb'` loads it (dist/index.mjs: the one CommonJS bundle, re-exported).
   const entry = process.env.IPTLB_BENCH_RSS_ENTRY ?? '../index.mjs';
   const { open, validateProfile, serializeState } = (await import(entry)) as typeof import('../src/index.js');
   const n = Number(nText);

@@ -97,11 +97,27 @@ await build({
     js: 'const __IPTLB_IMPORT_META = { get url() { return require("node:url").pathToFileURL(__filename).href; } };',
   },
 });
-// The library as one ESM file (dist/index.mjs), for import 'iptlb': the same sources, dependencies left
-// to import. Loading the ~100 files of dist/src/ one by one costs an importing process about 6 MiB of
-// resident memory (Node's ESM loader resolves each import through its URL code, hot enough for
-// TurboFan, whose code is then paged in) and their start-up time; dist/src/ stays for the types.
-await build({ ...library, outfile: path.join(root, 'dist', 'index.mjs'), format: 'esm' });
+// The library for import 'iptlb' (dist/index.mjs): the CommonJS bundle itself, re-exported by name.
+// One copy of the library per process, whichever way it is loaded: an application (or two of its
+// dependencies) that both imports and requires iptlb shares one IptlbError (instanceof holds across
+// them), one addon loader (a missing addon is said once) and one commit queue per handle. It is one
+// file too: loading the ~100 files of dist/src/ one by one cost an importing process about 6 MiB of
+// resident memory (Node's ESM loader resolving each import) and their start-up time; dist/src/ stays
+// for the types.
+const names = JSON.parse(
+  spawnSync(
+    process.execPath,
+    [
+      '-e',
+      `process.stdout.write(JSON.stringify(Object.keys(require(${JSON.stringify(path.join(root, 'dist', 'index.cjs'))}))))`,
+    ],
+    { encoding: 'utf8' },
+  ).stdout,
+);
+writeFileSync(
+  path.join(root, 'dist', 'index.mjs'),
+  `import lib from './index.cjs';\nexport const { ${names.join(', ')} } = lib;\n`,
+);
 const cjsTypes = path.join(root, 'dist', 'cjs');
 rmSync(cjsTypes, { recursive: true, force: true });
 cpSync(path.join(root, 'dist', 'src'), cjsTypes, { recursive: true, filter: (f) => !/\.(js|js\.map)$/.test(f) });

@@ -41,7 +41,7 @@ export interface IptlbOptions extends OpenOptions {
    */
   coalesce?: boolean;
   /**
-   * Compare the kernel with the profiles every this many ms and emit `drift` when they differ (for
+   * Compare the kernel with the profiles every this many ms (10 to 86400000) and emit `drift` when they differ (for
    * example after someone flushed the rules). Default: off. The timer does not keep the process alive.
    */
   driftCheckMs?: number;
@@ -136,14 +136,8 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
     super();
     this.core = core;
     this.queue = new CommitQueue(core, { coalesce, onCommit: (e) => this.emit('commit', e) });
+    // (driftCheckMs was checked by open(): a whole number of ms from 10 to one day.)
     if (driftCheckMs !== undefined) {
-      if (!Number.isInteger(driftCheckMs) || driftCheckMs < 10) {
-        throw new IptlbError(
-          'EUSAGE',
-          `driftCheckMs: ${JSON.stringify(driftCheckMs)} must be a whole number of ms, at least 10`,
-          { field: 'driftCheckMs' },
-        );
-      }
       let running = false;
       this.driftTimer = setInterval(() => {
         if (running || this.closed) return;
@@ -258,6 +252,10 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
    */
   async kernel(family: Family = 'ipv4'): Promise<KernelView | NftView> {
     this.check();
+    if (family !== 'ipv4' && family !== 'ipv6')
+      throw new IptlbError('EUSAGE', `family: ${JSON.stringify(family) ?? String(family)} is not one of ipv4, ipv6`, {
+        field: 'family',
+      });
     return this.core.readKernel(family);
   }
 

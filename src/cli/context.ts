@@ -4,8 +4,8 @@
  */
 import { IptlbError } from '../model/errors.js';
 import { Core, type TransactionResult } from '../core/core.js';
-import { parseExecutorChoice } from '../engines/executors.js';
-import { parseEngineChoice } from '../engines/select.js';
+import { executorChoiceOf } from '../engines/executors.js';
+import { engineChoiceOf } from '../engines/select.js';
 import { weightOf } from '../model/profile.js';
 import type { Profile } from '../model/types.js';
 import { healthFileOf } from '../health/effective.js';
@@ -38,8 +38,8 @@ export function makeCore(o: GlobalOpts, io: Out): Core {
   const quiet = o.quiet;
   const core = new Core({
     stateFile: o.stateFile,
-    executor: parseExecutorChoice(o.executor ?? process.env.IPTLB_EXECUTOR),
-    engine: parseEngineChoice(o.engine ?? process.env.IPTLB_ENGINE),
+    executor: executorChoiceOf(o.executor),
+    engine: engineChoiceOf(o.engine),
     keepConntrack: !!o.keepConntrack,
     ...(quiet ? {} : { log: (line: string) => io.err(`iptlb: ${line}`) }),
   });

@@ -18,7 +18,7 @@ interface Call {
 }
 
 export interface CommitEvent {
-  /** Kernel commit time, ms (0 when nothing reached the kernel). */
+  /** Kernel commit time, ms. */
   durationMs: number;
   /** Profiles created, replaced or deleted by this commit. */
   size: number;
@@ -251,17 +251,28 @@ export class CommitQueue {
     }
     if (used) this.cached = { generation: this.core.stateGeneration, working: used };
     for (const [call, e] of refused) call.reject(e);
-    this.opts.onCommit({
-      durationMs: result.commitMs,
-      size: result.applied.length + result.deleted.length,
-      calls: accepted.length,
-      engine: result.engine!, // set: the queue always commits with run: true
-      executor: result.executor!, // set: the queue always commits with run: true
-    });
     for (const call of accepted) {
       const own =
         call.op.kind === 'apply' ? { applied: call.op.profiles, deleted: [] } : { applied: [], deleted: call.op.names };
       call.resolve({ ...result, ...own });
+    }
+    // A `commit` event is a kernel transaction's: none for a batch that was all refused, unchanged
+    // or empty. Emitted after the calls settled, and a listener's throw cannot undo that or stop the
+    // queue: it is thrown again on its own, as an uncaught exception, which is where a bug in a
+    // listener belongs (it was an unhandled rejection of the drain that left every call pending).
+    if (!result.committed) return;
+    try {
+      this.opts.onCommit({
+        durationMs: result.commitMs,
+        size: result.applied.length + result.deleted.length,
+        calls: accepted.length,
+        engine: result.engine!, // set: committed
+        executor: result.executor!, // set: committed
+      });
+    } catch (e) {
+      process.nextTick(() => {
+        throw e;
+      });
     }
   }
 }

@@ -7,8 +7,8 @@
 import { IptlbError } from '../model/errors.js';
 import { validateOpenOptions } from './options.js';
 import { fsFailure } from '../platform/fsafety.js';
-import { parseExecutorChoice } from '../engines/executors.js';
-import { parseEngineChoice, selectEngine } from '../engines/select.js';
+import { executorChoiceOf } from '../engines/executors.js';
+import { engineChoiceOf, selectEngine } from '../engines/select.js';
 import { DEFAULT_LOCK_WAIT_MS, lockStateFile, lockWaiters, type HeldLock } from '../platform/lock.js';
 import {
   checkConflicts,
@@ -332,8 +332,8 @@ export class Core {
     }
     this.injected = !!injected;
     this.statePath = opts.stateFile === false ? null : resolveStatePath(opts.stateFile);
-    this.executorChoice = opts.executor ?? parseExecutorChoice(process.env.IPTLB_EXECUTOR);
-    this.engineChoice = opts.engine ?? parseEngineChoice(process.env.IPTLB_ENGINE);
+    this.executorChoice = opts.executor ?? executorChoiceOf(undefined);
+    this.engineChoice = opts.engine ?? engineChoiceOf(undefined);
     this.lockWaitMs = opts.lockWaitMs ?? DEFAULT_LOCK_WAIT_MS;
     this.keepConntrack = opts.keepConntrack ?? false;
     this.foldMs = opts.stateFoldMs ?? 0;

@@ -4,8 +4,8 @@
 import { existsSync } from 'node:fs';
 import { hasNetAdmin } from '../platform/caps.js';
 import { buildLogTail, loadAddonPart, type AddonPart } from '../platform/addon.js';
-import { parseExecutorChoice } from '../engines/executors.js';
-import { parseEngineChoice } from '../engines/select.js';
+import { executorChoiceOf } from '../engines/executors.js';
+import { engineChoiceOf } from '../engines/select.js';
 import { ENGINE_NAMES, engineNeeds } from '../engines/registry.js';
 import type { HostCheck } from '../engines/engine.js';
 import { Core } from './core.js';
@@ -73,8 +73,8 @@ export async function doctor(
   try {
     const core = new Core({
       stateFile: statePath,
-      executor: parseExecutorChoice(o.executor ?? process.env.IPTLB_EXECUTOR),
-      engine: parseEngineChoice(o.engine ?? process.env.IPTLB_ENGINE),
+      executor: executorChoiceOf(o.executor),
+      engine: engineChoiceOf(o.engine),
     });
     const sel = await core.select();
     executor = sel.executor.kind;

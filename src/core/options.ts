@@ -70,9 +70,16 @@ export function validateOpenOptions(options: unknown, handle: boolean): void {
       throw usage('coalesce', `must be true or false, got ${shown(v.coalesce)}`);
     if (
       v.driftCheckMs !== undefined &&
-      (typeof v.driftCheckMs !== 'number' || !Number.isInteger(v.driftCheckMs) || v.driftCheckMs < 10)
+      (typeof v.driftCheckMs !== 'number' ||
+        !Number.isInteger(v.driftCheckMs) ||
+        v.driftCheckMs < 10 ||
+        v.driftCheckMs > MAX_LOCK_WAIT_MS)
     ) {
-      throw usage('driftCheckMs', `${shown(v.driftCheckMs)} must be a whole number of ms, at least 10`);
+      // (Node's timers take at most 2^31-1 ms and fire every millisecond beyond it.)
+      throw usage(
+        'driftCheckMs',
+        `${shown(v.driftCheckMs)} must be a whole number of ms from 10 to ${MAX_LOCK_WAIT_MS}`,
+      );
     }
     if (
       v.health !== undefined &&

@@ -18,12 +18,17 @@ export interface ExecutorSelection {
   broken?: string;
 }
 
-export function parseExecutorChoice(value: string | undefined): ExecutorChoice {
+export function parseExecutorChoice(value: string | undefined, field = 'executor'): ExecutorChoice {
   const v = (value ?? 'auto').toLowerCase();
   if (v === 'auto' || v === 'native' || v === 'spawn') return v;
-  throw new IptlbError('EUSAGE', `executor: ${JSON.stringify(value)} is not one of native, spawn, auto`, {
-    field: 'executor',
-  });
+  throw new IptlbError('EUSAGE', `${field}: ${JSON.stringify(value)} is not one of native, spawn, auto`, { field });
+}
+
+/** The executor asked for: `given` when set, else the environment's `IPTLB_EXECUTOR`, named as such when bad. */
+export function executorChoiceOf(given: string | undefined): ExecutorChoice {
+  return given !== undefined
+    ? parseExecutorChoice(given)
+    : parseExecutorChoice(process.env.IPTLB_EXECUTOR, 'IPTLB_EXECUTOR');
 }
 
 /** How an engine's two executors are made: over the loaded addon, or spawning the engine's tools. */

@@ -9,12 +9,15 @@ import { findBinary, run } from '../platform/spawn.js';
 import type { EngineChoice, EngineName } from '../model/types.js';
 import { nodeOs } from '../platform/builtins.js';
 
-export function parseEngineChoice(value: string | undefined): EngineChoice {
+export function parseEngineChoice(value: string | undefined, field = 'engine'): EngineChoice {
   const v = (value ?? 'auto').toLowerCase();
   if (v === 'auto' || v === 'legacy' || v === 'nft') return v;
-  throw new IptlbError('EUSAGE', `engine: ${JSON.stringify(value)} is not one of legacy, nft, auto`, {
-    field: 'engine',
-  });
+  throw new IptlbError('EUSAGE', `${field}: ${JSON.stringify(value)} is not one of legacy, nft, auto`, { field });
+}
+
+/** The engine asked for: `given` (an option or flag) when set, else `IPTLB_ENGINE`, named as such when bad. */
+export function engineChoiceOf(given: string | undefined): EngineChoice {
+  return given !== undefined ? parseEngineChoice(given) : parseEngineChoice(process.env.IPTLB_ENGINE, 'IPTLB_ENGINE');
 }
 
 /** Tables x_tables has instantiated in this network namespace; null when x_tables is not loaded. */

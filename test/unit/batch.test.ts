@@ -260,3 +260,78 @@ test('under churn the queue prefetches the next legacy commit, and gives what it
   assert.deepEqual({ p: ex.prefetches, r: ex.releases }, before);
   await lb.close();
 });
+
+test('commit events: one per kernel transaction, none for a batch that reached no kernel', async () => {
+  const ex = new FakeExecutor(undefined, 0);
+  const lb = await open({ stateFile: false }, ex);
+  const events: { calls: number; engine: string | null; executor: string | null }[] = [];
+  lb.on('commit', (e) => events.push({ calls: e.calls, engine: e.engine, executor: e.executor }));
+  await lb.apply(prof('a', 4000));
+  await lb.delete([]);
+  await assert.rejects(lb.delete('missing'), (e: IptlbError) => e.code === 'ENOTFOUND');
+  await assert.rejects(lb.apply(prof('clash', 4000)), (e: IptlbError) => e.code === 'ECONFLICT');
+  assert.deepEqual(events, [{ calls: 1, engine: 'legacy', executor: 'spawn' }]);
+  assert.equal(ex.txs.length, 1);
+  await lb.close();
+});
+
+test('a commit listener that throws: the call still settles, the queue goes on, the throw is uncaught', async () => {
+  // In a process of its own: the listener's throw is meant to reach `uncaughtException`.
+  const { spawnSync } = await import('node:child_process');
+  const index = new URL('../../src/index.js', import.meta.url).pathname;
+  const script = `
+    const { open } = await import(${JSON.stringify(index)});
+    const ex = { kind: 'spawn', engine: 'legacy', async commit() { return { durationMs: 0 }; },
+      async read() { return { chains: [], hookRules: [] }; }, async render() { return ''; } };
+    const uncaught = [];
+    process.on('uncaughtException', (e) => uncaught.push(e.message));
+    const lb = await open({ stateFile: false }, ex);
+    lb.on('commit', () => { throw new Error('listener bug'); });
+    const r = await lb.apply({ name: 'a', source: '127.100.0.1:80', destination: ['127.0.0.1:9000'] });
+    const r2 = await lb.apply({ name: 'b', source: '127.100.0.1:81', destination: ['127.0.0.1:9000'] });
+    await new Promise((r) => setTimeout(r, 10));
+    console.log(JSON.stringify({ a: r.applied[0].name, b: r2.applied[0].name, uncaught }));
+    await lb.close();`;
+  const out = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8' });
+  assert.equal(out.status, 0, out.stderr);
+  assert.deepEqual(JSON.parse(out.stdout), { a: 'a', b: 'b', uncaught: ['listener bug', 'listener bug'] });
+});
+
+test('kernel(family) takes ipv4 or ipv6 only: anything else is EUSAGE naming family', async () => {
+  const lb = await open({ stateFile: false }, new FakeExecutor(undefined, 0));
+  for (const bad of ['IPV6', 'ipx', 42, null])
+    await assert.rejects(
+      lb.kernel(bad as never),
+      (e: IptlbError) => e.code === 'EUSAGE' && e.field === 'family' && /is not one of ipv4, ipv6/.test(e.message),
+    );
+  assert.deepEqual(await lb.kernel('ipv6'), { chains: [], hookRules: [] });
+  await lb.close();
+});
+
+test('engine and executor left out come from IPTLB_ENGINE / IPTLB_EXECUTOR, and a bad value names the variable', async () => {
+  const saved = { e: process.env.IPTLB_ENGINE, x: process.env.IPTLB_EXECUTOR };
+  try {
+    process.env.IPTLB_ENGINE = 'bogus';
+    await assert.rejects(
+      open({ stateFile: false }),
+      (e: IptlbError) =>
+        e.code === 'EUSAGE' && e.field === 'IPTLB_ENGINE' && /^IPTLB_ENGINE: "bogus" is not one of/.test(e.message),
+    );
+    delete process.env.IPTLB_ENGINE;
+    process.env.IPTLB_EXECUTOR = 'fork';
+    await assert.rejects(
+      open({ stateFile: false }),
+      (e: IptlbError) => e.code === 'EUSAGE' && e.field === 'IPTLB_EXECUTOR',
+    );
+    // An option given wins over the variable.
+    process.env.IPTLB_ENGINE = 'bogus';
+    await assert.rejects(open({ stateFile: false, engine: 'bogus' as never }), (e: IptlbError) => e.field === 'engine');
+  } finally {
+    for (const [k, v] of [
+      ['IPTLB_ENGINE', saved.e],
+      ['IPTLB_EXECUTOR', saved.x],
+    ] as const)
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+  }
+});

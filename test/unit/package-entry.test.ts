@@ -1,7 +1,8 @@
 /**
- * The package's entry points (issue 18): `import 'iptlb'` is one ESM bundle, dist/index.mjs, made by
- * `npm run build`; it exports exactly what src/index.ts does and imports none of the files under
- * dist/src/ (only packages and Node built-ins).
+ * The package's entry points (issue 18): `import 'iptlb'` is dist/index.mjs, made by `npm run build`:
+ * the CommonJS bundle dist/index.cjs re-exported by name, so it exports exactly what src/index.ts does,
+ * loads none of the files under dist/src/, and a process that both imports and requires iptlb has one
+ * copy of it.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -20,24 +21,29 @@ test('package.json: import gives dist/index.mjs, require dist/index.cjs, both sh
   assert.ok(pkg.files.includes('dist/index.cjs'));
 });
 
-test('dist/index.mjs exports what src/index.ts exports, and imports no file of dist/src/', () => {
+test('dist/index.mjs exports what src/index.ts exports, as the CommonJS bundle: one copy of the library per process', () => {
   const file = path.join(PROJECT_ROOT, 'dist', 'index.mjs');
+  const cjs = path.join(PROJECT_ROOT, 'dist', 'index.cjs');
   const r = spawnSync(
     process.execPath,
     [
       '--input-type=module',
       '-e',
-      `const m = await import(${JSON.stringify(pathToFileURL(file).href)}); process.stdout.write(JSON.stringify(Object.keys(m).sort()));`,
+      `const m = await import(${JSON.stringify(pathToFileURL(file).href)});
+       const { createRequire } = await import('node:module');
+       const c = createRequire(import.meta.url)(${JSON.stringify(cjs)});
+       const e = new c.IptlbError('EUSAGE', 'x');
+       process.stdout.write(JSON.stringify({ keys: Object.keys(m).sort(), same: Object.keys(m).every((k) => m[k] === c[k]), instance: e instanceof m.IptlbError }));`,
     ],
     { encoding: 'utf8' },
   );
   assert.equal(r.status, 0, r.stderr);
-  assert.deepEqual(JSON.parse(r.stdout), Object.keys(source).sort());
-  // Only packages and Node built-ins are left to import: no relative specifier at all.
+  const out = JSON.parse(r.stdout) as { keys: string[]; same: boolean; instance: boolean };
+  assert.deepEqual(out.keys, Object.keys(source).sort());
+  // import and require give the same objects: an IptlbError from one is an instance of the other's.
+  assert.equal(out.same, true);
+  assert.equal(out.instance, true);
+  // It imports the CommonJS bundle and nothing else: no file of dist/src/.
   const specifiers = [...readFileSync(file, 'utf8').matchAll(/^import\b[^'"]*['"]([^'"]+)['"]/gm)].map((m) => m[1]);
-  assert.ok(specifiers.length > 0);
-  assert.deepEqual(
-    specifiers.filter((s) => s.startsWith('.') || s.startsWith('/')),
-    [],
-  );
+  assert.deepEqual(specifiers, ['./index.cjs']);
 });

@@ -97,6 +97,7 @@ test('5: every open() option is validated: a typed EUSAGE naming the option, bef
     [{ coalesce: 'no' }, 'coalesce'],
     [{ driftCheckMs: 5 }, 'driftCheckMs'],
     [{ driftCheckMs: '100' }, 'driftCheckMs'],
+    [{ driftCheckMs: 2 ** 31 }, 'driftCheckMs'],
     [{ statefile: '/x' }, 'statefile'],
   ];
   for (const [opts, field] of cases) {

@@ -1,8 +1,8 @@
 /** `iptlb agent`: registered on the program by src/cli/main.ts. */
 import { Option, type Command } from 'commander';
 import { IptlbError } from '../../model/errors.js';
-import { parseEngineChoice } from '../../engines/select.js';
-import { parseExecutorChoice } from '../../engines/executors.js';
+import { engineChoiceOf } from '../../engines/select.js';
+import { executorChoiceOf } from '../../engines/executors.js';
 import { addEtcdFlags, etcdOptions, ownOptions, type EtcdFlags } from '../etcd-flags.js';
 import { DEFAULT_AGENT_STATE_FILE } from '../../fleet/agent.js';
 
@@ -73,8 +73,8 @@ export function register(program: Command, io: Out): void {
         prefix,
         ...(o.host !== undefined ? { host: o.host } : {}),
         ...(o.stateFile !== undefined ? { stateFile: o.stateFile } : {}),
-        engine: parseEngineChoice(o.engine ?? process.env.IPTLB_ENGINE),
-        executor: parseExecutorChoice(o.executor ?? process.env.IPTLB_EXECUTOR),
+        engine: engineChoiceOf(o.engine),
+        executor: executorChoiceOf(o.executor),
         minSyncMs: whole(o.minSyncMs, 'min-sync-ms', 0),
         leaseTtlSec: whole(o.leaseTtl, 'lease-ttl', 2),
         checkMs: whole(o.checkMs, 'check-ms', 10),
