@@ -4,7 +4,8 @@
  * /healthz server.
  */
 import type { Core } from '../core/core.js';
-import { HealthChecker, coreHost } from '../health/checker.js';
+import { HealthChecker, coreHost, heldHost } from '../health/checker.js';
+import type { Profile } from '../model/types.js';
 import { ProcessStats, parseListenAddress, startMetricsServer, type MetricsServer } from '../metrics/server.js';
 
 export interface WatchServices {
@@ -19,11 +20,19 @@ export interface WatchServices {
  */
 export async function startWatchServices(
   core: Core,
-  o: { metricsAddress?: string; health: boolean; log: (l: string) => void; extra?: () => string; who?: string },
+  o: {
+    metricsAddress?: string;
+    health: boolean;
+    log: (l: string) => void;
+    extra?: () => string;
+    who?: string;
+    /** Watch mode: the profiles the kernel was last brought in step with; the health checks follow them (heldHost). */
+    held?: () => ReadonlyMap<string, Profile> | undefined;
+  },
 ): Promise<WatchServices> {
   if (o.metricsAddress !== undefined) parseListenAddress(o.metricsAddress); // bad input: fail before anything starts
   const stats = new ProcessStats();
-  const host = coreHost(core);
+  const host = o.held ? heldHost(core, o.held) : coreHost(core);
   const commit = host.commit;
   host.commit = async () => {
     const r = await commit();

@@ -630,7 +630,18 @@ export class Core {
    * The transaction: lock → read state → decide → (kernel commit when `run`) → write state → unlock.
    * Nothing changes anywhere when `decide` throws or the kernel refuses.
    */
-  transact(decide: (state: Map<string, Profile>) => Change, opts: { run: boolean }): Promise<TransactionResult> {
+  transact(
+    decide: (state: Map<string, Profile>) => Change,
+    opts: {
+      run: boolean;
+      /**
+       * The profiles the kernel holds, planned against instead of the state file's, for a change that
+       * records nothing (it must be empty): the health checks' commits in watch mode, where the kernel
+       * holds the last version of the file applied and the file may be ahead of it, not yet settled.
+       */
+      holds?: ReadonlyMap<string, Profile>;
+    },
+  ): Promise<TransactionResult> {
     return this.serial(async () => {
       const engine = opts.run ? (await this.select()).provider : undefined;
       if (engine) this.checkPrivileges();
@@ -638,8 +649,10 @@ export class Core {
       try {
         // The long-lived map itself, in memory or cached from the file (decide never changes it; `next`
         // is a view): no copy per batch. `record` changes it once the change is recorded.
-        const state = await this.currentState();
+        const state = opts.holds ? new Map(opts.holds) : await this.currentState();
         const change = decide(state);
+        if (opts.holds && (change.upsert.length || change.remove.length))
+          throw new Error('a transaction planned against the profiles the kernel holds changes no profile');
         // What the profiles will be: a view over `state` and the change (O(change), not O(profiles)).
         const next = new ChangedProfiles(state, change);
         // The kernel's part: effective profiles (health), from what the kernel holds to what it should.
@@ -650,7 +663,7 @@ export class Core {
         // pool trip per commit under churn, but a process killed between the two left a change in the
         // state file that the kernel never had.)
         // The journal's record, handed to the executor to write right after the kernel accepted it.
-        const ahead = engine ? this.journalAhead(state, change) : null;
+        const ahead = engine && !opts.holds ? this.journalAhead(state, change) : null;
         const done: (DoneFamily & { ms: number })[] = engine
           ? await this.commitChange(engine, k.state, k.change, ahead ?? undefined)
           : [];
@@ -665,7 +678,7 @@ export class Core {
         let stateWritten: boolean;
         try {
           const appended = done.find((d) => d.appended)?.appended;
-          stateWritten = await this.record(state, change, next, ahead, appended);
+          stateWritten = opts.holds ? false : await this.record(state, change, next, ahead, appended);
         } catch (e) {
           // The kernel holds the change but the state file cannot record it (a full disk, a
           // read-only remount, quota): left so, the profile would be an orphan that the next

@@ -3,6 +3,7 @@
  * is chosen or touched, and a bad one is a typed EUSAGE error naming it.
  */
 import { IptlbError } from '../model/errors.js';
+import { validateCheckerOptions } from '../health/checker.js';
 
 function usage(field: string, message: string): IptlbError {
   return new IptlbError('EUSAGE', `${field}: ${message}`, { field });
@@ -88,5 +89,6 @@ export function validateOpenOptions(options: unknown, handle: boolean): void {
     ) {
       throw usage('health', `must be true, false or the options of a HealthChecker, got ${shown(v.health)}`);
     }
+    if (typeof v.health === 'object') validateCheckerOptions(v.health, 'health.');
   }
 }

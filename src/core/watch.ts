@@ -44,6 +44,8 @@ export interface Watcher {
   stop(): Promise<void>;
   /** Resolves when stopped. */
   done: Promise<void>;
+  /** The profiles of the last version of the file applied (what the kernel should hold); undefined before one was. */
+  applied(): ReadonlyMap<string, Profile> | undefined;
 }
 
 type WatchedCore = Pick<Core, 'statePath' | 'sync' | 'readState'>;
@@ -51,7 +53,13 @@ type WatchedCore = Pick<Core, 'statePath' | 'sync' | 'readState'>;
 export function startWatch(core: WatchedCore, opts: WatchOptions): Watcher {
   const w = new StateFileWatcher(core, opts);
   w.start();
-  return { check: (reason) => w.check(reason), changed: () => w.changed(), stop: () => w.stop(), done: w.done };
+  return {
+    check: (reason) => w.check(reason),
+    changed: () => w.changed(),
+    stop: () => w.stop(),
+    done: w.done,
+    applied: () => w.lastApplied,
+  };
 }
 
 /**
@@ -83,6 +91,10 @@ class StateFileWatcher {
   private readonly onHup = (): void => void this.check('SIGHUP');
   /** The profiles of the last version of the file applied (the kernel was brought in step with them). */
   private applied: ReadonlyMap<string, Profile> | undefined;
+
+  get lastApplied(): ReadonlyMap<string, Profile> | undefined {
+    return this.applied;
+  }
 
   constructor(
     private readonly core: WatchedCore,
@@ -280,7 +292,7 @@ class StateFileWatcher {
     this.fsw?.close();
     process.off('SIGHUP', this.onHup);
     if (this.running) await this.running.catch(() => {});
-    this.opts.log('watch: stopped; rules and state file left as they are');
+    this.opts.log("watch: stopped; the state file and the profiles' rules stay as they are");
     this.stopResolve();
   }
 }

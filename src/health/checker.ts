@@ -24,6 +24,7 @@ import { effectiveProfile, healthFileOf, type DestinationHealth, type Destinatio
 import type { Probe } from './probe.js';
 import { createProber, type Prober } from './native-probe.js';
 import * as fsp from '../platform/fsp.js';
+import { IptlbError } from '../model/errors.js';
 
 export interface HealthCheckerOptions {
   /** One line per transition and per failed commit. Default: none. */
@@ -67,6 +68,58 @@ export interface HealthCheckerOptions {
   random?: () => number;
 }
 
+const ONE_DAY_MS = 86_400_000;
+/** Each option's check: undefined when fine, else what it must be. */
+const CHECKER_OPTIONS: Record<keyof HealthCheckerOptions, (v: unknown) => string | undefined> = {
+  log: (v) => (typeof v === 'function' ? undefined : 'must be a function (line: string) => void'),
+  batchMs: (v) => wholeIn(v, 0, ONE_DAY_MS, 'ms'),
+  windows: (v) => (typeof v === 'boolean' ? undefined : 'must be true or false'),
+  refreshMs: (v) => wholeIn(v, 10, ONE_DAY_MS, 'ms'),
+  publish: (v) => (typeof v === 'boolean' ? undefined : 'must be true or false'),
+  publishMs: (v) => wholeIn(v, 10, ONE_DAY_MS, 'ms'),
+  restoreOnStop: (v) => (typeof v === 'boolean' ? undefined : 'must be true or false'),
+  jitter: (v) =>
+    typeof v === 'number' && Number.isFinite(v) && v >= 0 && v <= 1 ? undefined : 'must be a fraction from 0 to 1',
+  tickMs: (v) => wholeIn(v, 0, 1000, 'ms'),
+  prober: (v) => (v === 'auto' || v === 'native' || v === 'node' ? undefined : 'must be one of auto, native, node'),
+  probe: (v) => (typeof v === 'function' ? undefined : 'must be a function'),
+  random: (v) => (typeof v === 'function' ? undefined : 'must be a function'),
+};
+
+function wholeIn(v: unknown, min: number, max: number, unit: string): string | undefined {
+  return typeof v === 'number' && Number.isInteger(v) && v >= min && v <= max
+    ? undefined
+    : `must be a whole number of ${unit} from ${min} to ${max}`;
+}
+
+/**
+ * Checks a {@link HealthCheckerOptions} object: an unknown key or a bad value is an `EUSAGE` error
+ * naming it (`prefix` + key: `health.refreshMs` for `open({ health })`). A refresh every 0 ms, say,
+ * would re-read the state file in a loop.
+ */
+export function validateCheckerOptions(opts: unknown, prefix = ''): void {
+  if (opts === undefined) return;
+  if (opts === null || typeof opts !== 'object' || Array.isArray(opts))
+    throw new IptlbError('EUSAGE', `${prefix || 'options'}: must be an object of HealthChecker options`, {
+      field: prefix ? prefix.replace(/\.$/, '') : 'options',
+    });
+  for (const [k, v] of Object.entries(opts)) {
+    const check = (CHECKER_OPTIONS as Record<string, ((v: unknown) => string | undefined) | undefined>)[k];
+    if (!check)
+      throw new IptlbError(
+        'EUSAGE',
+        `${prefix}${k}: unknown option (known: ${Object.keys(CHECKER_OPTIONS).join(', ')})`,
+        { field: `${prefix}${k}` },
+      );
+    if (v === undefined) continue;
+    const why = check(v);
+    if (why)
+      throw new IptlbError('EUSAGE', `${prefix}${k}: ${why}, got ${JSON.stringify(v) ?? typeof v}`, {
+        field: `${prefix}${k}`,
+      });
+  }
+}
+
 /** A transition of one destination. */
 export interface HealthEvent {
   profile: string;
@@ -93,6 +146,12 @@ export interface DestinationHealthState extends DestinationHealthInfo {
 export interface HealthHost {
   core: Core;
   commit(): Promise<TransactionResult>;
+  /**
+   * The profiles whose destinations are checked: those the kernel is meant to hold. Default: the
+   * core's (its state file, or its in-memory profiles). Watch mode gives the last version of the
+   * file it applied, with a commit planned against them: the file may be ahead of the kernel.
+   */
+  profiles?(): Promise<ReadonlyMap<string, Profile>>;
   emit?(e: HealthEvent): void;
 }
 
@@ -180,6 +239,7 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
   /** @param target an {@link Iptlb} handle (its commits go through its group commit) or a {@link HealthHost}. */
   constructor(target: { healthHost(): HealthHost } | HealthHost, opts: HealthCheckerOptions = {}) {
     super();
+    validateCheckerOptions(opts);
     this.host = 'healthHost' in target ? target.healthHost() : target;
     this.log = opts.log ?? (() => {});
     if (opts.probe) this.probeFn = opts.probe;
@@ -310,7 +370,7 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
 
   /** Re-reads the profiles: adds, changes and removes checks. */
   async refresh(): Promise<void> {
-    const state = await this.host.core.readState();
+    const state = this.host.profiles ? await this.host.profiles() : await this.host.core.readState();
     const now = Date.now();
     const seen = new Set<string>();
     let changed = false;
@@ -599,15 +659,20 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
         p.down = down;
         this.host.core.health.setDown(e.profile, down);
         const eff = effectiveProfile(p.profile, down);
-        const all = eff === p.profile && down.size > 0 && next === 'down';
+        // Every destination that takes connections (configured weight above 0) is down.
+        const weight = (d: string): number => p.profile.weights?.[d] ?? 1;
+        const active = p.profile.destination.filter((d) => weight(d) > 0);
+        const all = eff === p.profile && next === 'down' && active.length > 0 && active.every((d) => down.has(d));
         this.log(
           `health ${e.profile} ${e.destination}: ${next} after ${reason}; ` +
             (next === 'down'
-              ? all
-                ? 'every destination is down: keeping all of them (health.allDown: keep)'
-                : eff === null
-                  ? 'every destination is down: profile drained (health.allDown: drain)'
-                  : 'drained (weight 0: no new connections)'
+              ? weight(e.destination) === 0
+                ? 'its configured weight is 0: nothing to drain'
+                : all
+                  ? 'every destination is down: keeping all of them (health.allDown: keep)'
+                  : eff === null
+                    ? 'every destination is down: profile drained (health.allDown: drain)'
+                    : 'drained (weight 0: no new connections)'
               : 'back at its configured weight'),
         );
         this.requestFlush();
@@ -742,5 +807,19 @@ export function coreHost(core: Core, emit?: (e: HealthEvent) => void): HealthHos
     core,
     commit: () => core.transact(() => ({ upsert: [], remove: [] }), { run: true }),
     ...(emit ? { emit } : {}),
+  };
+}
+
+/**
+ * A host whose checks and commits follow `held()`, the profiles the kernel was last brought in step
+ * with (watch mode: the last version of the state file applied; none before one was): a health
+ * commit changes the weights of those, and never carries a version of the file that has not settled.
+ */
+export function heldHost(core: Core, held: () => ReadonlyMap<string, Profile> | undefined): HealthHost {
+  const none: ReadonlyMap<string, Profile> = new Map();
+  return {
+    core,
+    profiles: () => Promise.resolve(held() ?? none),
+    commit: () => core.transact(() => ({ upsert: [], remove: [] }), { run: true, holds: held() ?? none }),
   };
 }

@@ -2,7 +2,7 @@
  * The `health` field of a profile: which active check its destinations get. Opt-in: without it (or
  * with `kind: none`) nothing is probed and the state file is byte-identical to one without health.
  */
-import { canonicalIpv6, ipv4Problem } from '../model/address.js';
+import { canonicalIpv6, ipv4Problem, unicastProblem, type Endpoint } from '../model/address.js';
 import { invalid } from '../model/errors.js';
 import type { Family } from '../model/address.js';
 
@@ -145,6 +145,9 @@ export function normalizeHealth(input: unknown, family: Family): HealthConfig | 
       if (p) throw invalid('health.address', `${q(a)} ${p} (the profile is IPv4)`);
       out.address = a;
     }
+    // A check of 0.0.0.0 reaches this host, not a destination; a broadcast or multicast one never answers.
+    const u = unicastProblem({ family, ip: out.address, port: 0 } as Endpoint);
+    if (u) throw invalid('health.address', `${q(a)} ${u}`);
   }
   if (kind === 'http') {
     const path = h.path ?? HEALTH_DEFAULTS.path;

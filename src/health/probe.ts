@@ -57,7 +57,8 @@ export const probe: Probe = (t, signal) =>
     let head = '';
     sock.on('data', (chunk: Buffer) => {
       head += chunk.toString('latin1');
-      const eol = head.indexOf('\r\n');
+      // (The status line ends at CRLF; a bare LF, which some servers send and curl accepts, too.)
+      const eol = head.indexOf('\n');
       if (eol < 0 && head.length < 512) return;
       const m = /^HTTP\/1\.[01] ([0-9]{3})/.exec(head);
       if (!m) return finish('answer is not HTTP');

@@ -6,6 +6,7 @@
  */
 import { nodeHttp } from '../platform/builtins.js';
 import { IptlbError } from '../model/errors.js';
+import { canonicalIpv6, ipv4Problem } from '../model/address.js';
 import type { Core } from '../core/core.js';
 import type { ProfileReport } from '../model/report.js';
 import type { HealthChecker } from '../health/checker.js';
@@ -76,7 +77,15 @@ export interface MetricsServer {
 export function parseListenAddress(text: string): { host: string; port: number } {
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+|localhost)):([0-9]{1,5})$/.exec(text);
   const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535)
+  // A dotted quad (not `0`, `127.1` or `2130706433`, which the resolver would widen or look up) or an
+  // IPv6 address in brackets.
+  const host = m ? (m[1] ?? m[2]) : '';
+  const badHost = m
+    ? m[1] !== undefined
+      ? canonicalIpv6(host) === null
+      : host !== 'localhost' && ipv4Problem(host) !== null
+    : true;
+  if (!m || port > 65535 || badHost)
     throw new IptlbError(
       'EUSAGE',
       `metrics-address: ${JSON.stringify(text)} must be host:port, e.g. 127.0.0.1:9469 or [::1]:9469 (port 0: any free one)`,

@@ -17,6 +17,9 @@ for (const pair of PAIRS) {
       const ctx = `\n--- watch log:\n${r.log}`;
       assert.match(r.log, /health: tcp checks sent by the native prober/, 'the native prober is the default' + ctx);
       for (const k of ['applyWeb', 'applyApi', 'applySep', 'applyDr']) ok(r[k], k);
+      assert.equal(r.badFileWatch.running, true, 'a watch of a file that does not parse keeps running');
+      assert.equal(r.badFileWatch.code, 0, 'and stops cleanly on SIGTERM' + r.badFileWatch.log);
+      assert.match(r.badFileWatch.log, /is not applied: .*the kernel is left as it is/);
       assert.equal(r.badFlag.code, 2);
       assert.match(r.badFlag.stderr, /^iptlb: error: health\.fall: "0" must be a whole number from 1 to 100\n$/);
       assert.deepEqual(r.oneShotNoProbe, ['unchecked', 'unchecked', 'unchecked'], 'a one-shot CLI never probes');

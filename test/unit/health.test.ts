@@ -16,7 +16,7 @@ import {
 } from '../../src/index.js';
 import { Core } from '../../src/core/core.js';
 import { FakeLegacyKernel } from '../harness/fake-kernel.js';
-import { HealthChecker, coreHost } from '../../src/health/checker.js';
+import { HealthChecker, coreHost, heldHost } from '../../src/health/checker.js';
 import { effectiveProfile } from '../../src/health/effective.js';
 import { ProcessStats, parseListenAddress } from '../../src/metrics/server.js';
 import type { ProbeTarget } from '../../src/health/probe.js';
@@ -174,6 +174,22 @@ test('allDown: keep, destinations failing one after the other: the first is drai
     'never an empty profile',
   );
   assert.match(log.join('\n'), /every destination is down: keeping all of them \(health\.allDown: keep\)/);
+  await checker.stop();
+});
+
+test('a destination configured at weight 0 that fails: said as such, not as every destination down', async (t) => {
+  const { ex, probes, checker, log } = await setup(t, [
+    { name: 'w0', source: '127.100.0.10:80', destination: [D[0], `${D[1]}*0`], health: { ...health, fall: 2 } },
+  ]);
+  probes.outcome.set(D[1], false);
+  await advance(300);
+  assert.equal(checker.states()[1].state, 'down');
+  assert.match(
+    log.join('\n'),
+    /health w0 127\.0\.0\.1:9002: down after .*; its configured weight is 0: nothing to drain/,
+  );
+  assert.doesNotMatch(log.join('\n'), /every destination is down/);
+  assert.equal(ex.txs.length, 0, 'nothing to commit');
   await checker.stop();
 });
 
@@ -529,6 +545,8 @@ test('health config: defaults, state file round trip, files without it byte-iden
     [{ fall: 'x' }, /^health\.fall: /],
     [{ port: 70000 }, /^health\.port: /],
     [{ address: '::1' }, /^health\.address: .*IPv4/],
+    [{ address: '0.0.0.0' }, /^health\.address: "0\.0\.0\.0" is not a unicast address$/],
+    [{ address: '255.255.255.255' }, /^health\.address: .* is not a unicast address$/],
     [{ kind: 'tcp', path: '/x' }, /^health\.path: only applies/],
     [{ kind: 'http', path: 'x' }, /^health\.path: /],
     [{ kind: 'http', expect: '399-200' }, /^health\.expect: /],
@@ -553,7 +571,17 @@ test('health config: defaults, state file round trip, files without it byte-iden
 test('metrics helpers: listen address parsing, commit histogram and sync counters', () => {
   assert.deepEqual(parseListenAddress('127.0.0.1:9469'), { host: '127.0.0.1', port: 9469 });
   assert.deepEqual(parseListenAddress('[::1]:0'), { host: '::1', port: 0 });
-  for (const bad of ['9469', 'host', '127.0.0.1:99999', 'example.com:80'])
+  for (const bad of [
+    '9469',
+    'host',
+    '127.0.0.1:99999',
+    'example.com:80',
+    '0:0',
+    '127.1:0',
+    '2130706433:80',
+    '999.1.1.1:80',
+    '[1.2.3.4]:80',
+  ])
     assert.throws(() => parseListenAddress(bad), /^IptlbError: metrics-address: /);
   const s = new ProcessStats();
   s.observeCommit(3);
@@ -581,6 +609,9 @@ test('real probes: tcp connect and refusal, http status range, timeout (local so
   const web = http.createServer((req, res) => res.writeHead(req.url === '/healthz' ? code : 404).end());
   await new Promise<void>((r) => web.listen(0, '127.0.0.1', () => r()));
   const webPort = (web.address() as { port: number }).port;
+  const lf = net.createServer((c) => c.on('error', () => {}).end('HTTP/1.1 200 OK\nContent-Length: 2\n\nok'));
+  await new Promise<void>((r) => lf.listen(0, '127.0.0.1', () => r()));
+  const lfPort = (lf.address() as { port: number }).port;
   try {
     await probe({ kind: 'tcp', host: '127.0.0.1', port: tcpPort, timeoutMs: 2000 });
     await tcpClosedPort(tcpPort);
@@ -605,10 +636,13 @@ test('real probes: tcp connect and refusal, http status range, timeout (local so
       probe({ kind: 'http', host: '127.0.0.1', port: silentPort, timeoutMs: 50, path: '/' }),
       /^Error: no answer within 50 ms$/,
     );
+    // A status line ending in a bare LF (curl accepts it) is read as one.
+    await probe({ kind: 'http', host: '127.0.0.1', port: lfPort, timeoutMs: 2000, path: '/', expect: '200' });
   } finally {
     tcp.close();
     silent.close();
     web.close();
+    lf.close();
   }
   async function tcpClosedPort(open: number): Promise<void> {
     // A port nobody listens on: take one, close it, probe it.
@@ -848,4 +882,57 @@ test('a health file is followed only while its writer runs: a pid given to anoth
     other.kill();
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('watch mode (heldHost): checks and drains follow the version applied; a state file ahead of it is not carried into the kernel', async (t) => {
+  mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_000_000 });
+  t.after(() => mock.timers.reset());
+  const { mkdtempSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-held-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const ex = new FakeExecutor();
+  const core = new Core({ stateFile: path.join(dir, 'state.db') }, ex);
+  const web = (dest: string[]) =>
+    validateProfile({ name: 'web', source: '127.100.0.10:80', destination: dest, health });
+  // v1 applied (what the watch last brought the kernel in step with)…
+  await core.transact(() => ({ upsert: [web([D[0], D[1]])], remove: [] }), { run: true });
+  const held = new Map(await core.readState());
+  // …then the file moves ahead without -run (a version the watch has not applied: not settled yet).
+  const extra = validateProfile({ name: 'extra', source: '127.100.0.11:80', destination: [D[0]] });
+  await core.transact(() => ({ upsert: [web([D[0], D[2]]), extra], remove: [] }), { run: false });
+  ex.txs.length = 0;
+  const probes = new Probes();
+  const checker = new HealthChecker(
+    heldHost(core, () => held),
+    {
+      probe: probes.probe,
+      random: () => 0.5,
+      log: () => {},
+      restoreOnStop: false,
+    },
+  );
+  await checker.start();
+  probes.outcome.set(D[1], false);
+  await advance(400);
+  assert.ok(
+    probes.calls.some((c) => c.key === D[1]),
+    "the applied version's destination is checked",
+  );
+  assert.ok(!probes.calls.some((c) => c.key === D[2]), "the file's newer destination is not (not applied yet)");
+  assert.equal(checker.states()[1].state, 'down');
+  // The commit takes the state file's lock (real file I/O beside the mocked clock).
+  for (let i = 0; i < 2_000 && ex.txs.length < 1; i++) {
+    await new Promise((r) => setImmediate(r));
+    if (i % 20 === 19) await advance(1, 1);
+  }
+  assert.equal(ex.txs.length, 1, 'one commit for the drain');
+  assert.deepEqual(dnats(ex.txs[0], 'web'), [D[0]], 'v1 without the drained destination; not the file version');
+  assert.equal(dnats(ex.txs[0], 'extra'), null, 'a profile only the file holds is not committed');
+  const { readState } = await import('../../src/core/state.js');
+  const file = await readState(path.join(dir, 'state.db'));
+  assert.deepEqual(file.get('web')!.destination, [D[0], D[2]], 'the state file is left as it is');
+  assert.ok(file.has('extra'));
+  await checker.stop();
 });

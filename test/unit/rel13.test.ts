@@ -98,6 +98,12 @@ test('5: every open() option is validated: a typed EUSAGE naming the option, bef
     [{ driftCheckMs: 5 }, 'driftCheckMs'],
     [{ driftCheckMs: '100' }, 'driftCheckMs'],
     [{ driftCheckMs: 2 ** 31 }, 'driftCheckMs'],
+    [{ health: { bogus: 1 } }, 'health.bogus'],
+    [{ health: { prober: 'nope' } }, 'health.prober'],
+    [{ health: { refreshMs: 0 } }, 'health.refreshMs'],
+    [{ health: { refreshMs: 'x' } }, 'health.refreshMs'],
+    [{ health: { tickMs: -1 } }, 'health.tickMs'],
+    [{ health: { jitter: 5 } }, 'health.jitter'],
     [{ statefile: '/x' }, 'statefile'],
   ];
   for (const [opts, field] of cases) {

@@ -10,7 +10,7 @@ export function register(program: Command, io: Out): void {
     program
       .command('watch')
       .description(
-        'keep the kernel in step with the state file (for a systemd unit); SIGHUP checks at once, SIGTERM stops and leaves the rules',
+        'keep the kernel in step with the state file (for a systemd unit); SIGHUP checks at once, SIGTERM stops and leaves the rules (health-drained destinations get their weights back)',
       ),
   )
     .option('--interval <ms>', 'periodic drift check', '5000')
@@ -44,15 +44,21 @@ export function register(program: Command, io: Out): void {
         const { startWatch } = await import('../../core/watch.js');
         const { startWatchServices } = await import('../watch-services.js');
         const log = g.quiet ? () => {} : (l: string) => io.err(`iptlb: ${l}`);
+        // The health checks follow the version of the file the watch applied, not the file itself:
+        // a version that has not settled (or does not parse) is not the kernel's, and a health commit
+        // must not carry it there ahead of the watch.
+        const started: { watch?: ReturnType<typeof startWatch> } = {};
         const services = await startWatchServices(core, {
           metricsAddress: o.metricsAddress,
           health: o.healthChecks,
           log,
+          held: () => started.watch?.applied(),
         });
         // The services first: a metrics address that cannot be listened on fails before the watch
         // starts (one line, nothing left behind).
         await services.start();
         const w = startWatch(core, { intervalMs: interval, settleMs: settle, log, onSync: services.onSync });
+        started.watch = w;
         io.err(`iptlb: watch: watching ${core.statePath} (check every ${interval} ms)`);
         w.done.then(() => services.stop()).catch(() => {});
         const stop = (): void => void w.stop().then(() => services.stop());
