@@ -460,6 +460,16 @@ Transaction TransactionFromJs(const Napi::Value &v) {
   return tx;
 }
 
+std::vector<Endpoint> EndpointsFromJs(const Napi::Value &v, Family f, const std::string &path) {
+  if (!v.IsArray()) Bad(v.Env(), path, "must be an array of { ip, port }");
+  Napi::Array a = v.As<Napi::Array>();
+  std::vector<Endpoint> out;
+  out.reserve(a.Length());
+  for (uint32_t i = 0; i < a.Length(); i++)
+    out.push_back(EndpointFromJs(a.Get(i), f, [&] { return path + "[" + std::to_string(i) + "]"; }));
+  return out;
+}
+
 Family FamilyFromJs(const Napi::Value &v, const std::string &path) {
   Family f = Family::kIpv4;
   if (v.IsUndefined()) return f;

@@ -132,6 +132,8 @@ struct Transaction {
 Transaction TransactionFromJs(const Napi::Value &v);
 // nftRead's optional argument: undefined (ip), 'ip' or 'ip6'; throws Napi::TypeError otherwise.
 Family FamilyFromJs(const Napi::Value &v, const std::string &path);
+// nftRead's `addresses` argument: an array of { ip, port } of family `f`; throws Napi::TypeError otherwise.
+std::vector<Endpoint> EndpointsFromJs(const Napi::Value &v, Family f, const std::string &path);
 
 // Worker thread: appends the messages of all ops (not the batch framing) to `b`.
 void EncodeOps(const Transaction &tx, Batch *b);

@@ -117,6 +117,31 @@ void DumpElements(Socket *s, Family f, const std::string &name, bool *intr, F on
         "listing the elements of set " + name);
 }
 
+// Whether set `name` holds the element `key` (`addr . port`, the port padded to 4 bytes): one
+// NFT_MSG_GETSETELEM for that key, answered with the element or ENOENT.
+bool HasElement(Socket *s, Family f, const std::string &name, const Endpoint &key) {
+  const uint32_t alen = LayoutOf(f).addr_len;
+  uint8_t k[16 + 4] = {};
+  std::memcpy(k, key.ip.data(), alen);
+  std::memcpy(k + alen, &key.port, 2);
+  RequestBuf b;
+  struct nlmsghdr *nlh =
+      nftnl_nlmsg_build_hdr(b.data, NFT_MSG_GETSETELEM, LayoutOf(f).nfproto, NLM_F_ACK, s->NextSeq());
+  SetPtr q = Own<SetPtr>(nftnl_set_alloc());
+  nftnl_set_set_str(q.get(), NFTNL_SET_TABLE, kTable);
+  nftnl_set_set_str(q.get(), NFTNL_SET_NAME, name.c_str());
+  struct nftnl_set_elem *e = nftnl_set_elem_alloc();
+  if (!e) ThrowErrno("EKERNEL", ENOMEM, "looking up an element of set " + name);
+  nftnl_set_elem_set(e, NFTNL_SET_ELEM_KEY, k, alen + 4);
+  nftnl_set_elem_add(q.get(), e);  // owned by the set from here
+  nftnl_set_elems_nlmsg_build_payload(nlh, q.get());
+  bool found = false;
+  const int err = s->Request(nlh, [&](const struct nlmsghdr *) { found = true; });
+  if (err == ENOENT) return false;
+  Check(err, "looking up an element of set " + name);
+  return found;
+}
+
 // An `addr . port` key (the port padded to 4 bytes); 4 + addr_len bytes at `p`.
 Endpoint EndpointAt(const uint8_t *p, uint32_t addr_len) {
   Endpoint e;
@@ -193,7 +218,7 @@ bool TableExists(Socket *s, Family f) {
 // kernel grows it in a deferred worker after a large insert) is walked in another order, so the
 // dump repeats some elements and leaves out as many others, without NLM_F_DUMP_INTR and with the
 // generation unchanged. A key seen twice is that case: the whole read is done again.
-bool ReadOnce(Socket *s, View *v) {
+bool ReadOnce(Socket *s, View *v, const std::vector<Endpoint> *only) {
   bool intr = false;
   const Family f = v->family;
   const uint32_t alen = LayoutOf(f).addr_len;
@@ -211,6 +236,12 @@ bool ReadOnce(Socket *s, View *v) {
       if (ParseDispatchSetName(set.name, &h, &p, &n) && !(set.flags & NFT_SET_MAP) && set.key_len == dispatch_key) {
         View::DispatchSet d;
         d.name = set.name;
+        if (only) {
+          for (const Endpoint &e : *only)
+            if (HasElement(s, f, set.name, e)) d.elements.emplace_back(e, Counted{});
+          v->dispatch_sets.push_back(std::move(d));
+          continue;
+        }
         std::unordered_set<std::string> seen;
         DumpElements(s, f, set.name, &intr, [&](const uint8_t *k, uint32_t klen, const uint8_t *, uint32_t, Counted c) {
           if (klen != dispatch_key) return;
@@ -222,6 +253,10 @@ bool ReadOnce(Socket *s, View *v) {
                  set.data_len == backend_data) {
         View::BackendMap m;
         m.proto = p;
+        if (only) {
+          v->backend_maps.push_back(std::move(m));
+          continue;
+        }
         std::unordered_set<std::string> seen;
         DumpElements(s, f, set.name, &intr,
                      [&](const uint8_t *k, uint32_t klen, const uint8_t *d, uint32_t dlen, Counted c) {
@@ -259,11 +294,11 @@ bool ReadOnce(Socket *s, View *v) {
 
 }  // namespace
 
-View ReadView(Socket *s, Family f) {
+View ReadView(Socket *s, Family f, const std::vector<Endpoint> *only) {
   for (int attempt = 0; attempt < kMaxAttempts; attempt++) {
     View v;
     v.family = f;
-    if (ReadOnce(s, &v)) return v;
+    if (ReadOnce(s, &v, only)) return v;
   }
   ThrowErrno("EKERNEL", EAGAIN, "reading " + TableText(f) + " (the ruleset kept changing)");
 }

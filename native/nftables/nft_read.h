@@ -44,8 +44,11 @@ struct View {
   std::vector<std::string> foreign;
 };
 
-// Worker thread; throws NftFailure.
-View ReadView(Socket *s, Family f);
+// Worker thread; throws NftFailure. With `only`, a narrow read: of the dispatch sets' elements just
+// those whose key is one of `only` (looked up one by one, not dumped), no backend map elements; the
+// rest as usual. What a change that gives a profile a new address asks the kernel (who serves it
+// already?) at a cost that does not grow with the table's elements.
+View ReadView(Socket *s, Family f, const std::vector<Endpoint> *only = nullptr);
 
 }  // namespace nft
 }  // namespace iptlb

@@ -164,13 +164,13 @@ void NftCommitWorker::OnOK() {
 
 // ---- nftRead ----------------------------------------------------------------------------------
 
-NftReadWorker::NftReadWorker(Napi::Env env, nft::Family family)
-    : PromiseWorker(env, "iptlb.nftRead"), family_(family) {}
+NftReadWorker::NftReadWorker(Napi::Env env, nft::Family family, std::optional<std::vector<nft::Endpoint>> only)
+    : PromiseWorker(env, "iptlb.nftRead"), family_(family), only_(std::move(only)) {}
 
 void NftReadWorker::Work() {
   std::lock_guard<std::mutex> one(nft::TableMutex());
   nft::SharedSocketLease lease;
-  view_ = nft::ReadView(lease.get(), family_);
+  view_ = nft::ReadView(lease.get(), family_, only_ ? &*only_ : nullptr);
   lease.Keep();
 }
 
@@ -183,6 +183,7 @@ void NftReadWorker::OnOK() {
   // Only for ip6: a read of table ip iptlb has no `family` (absent means ip, as before).
   if (v.family == nft::Family::kIpv6) r.Set("family", nft::LayoutOf(v.family).name);
   r.Set("exists", v.exists);
+  if (only_) r.Set("narrow", true);
   Napi::Array sets = Napi::Array::New(env, v.dispatch_sets.size());
   for (size_t i = 0; i < v.dispatch_sets.size(); i++) {
     const auto &d = v.dispatch_sets[i];
@@ -256,7 +257,10 @@ Napi::Value NftCommit(const Napi::CallbackInfo &info) {
 
 Napi::Value NftRead(const Napi::CallbackInfo &info) {
   const nft::Family family = nft::FamilyFromJs(info[0], "family");
-  return Pending(info.Env(), new NftReadWorker(info.Env(), family), [](NftReadWorker *w) { w->Queue(); });
+  std::optional<std::vector<nft::Endpoint>> only;
+  if (info.Length() > 1 && !info[1].IsUndefined()) only = nft::EndpointsFromJs(info[1], family, "addresses");
+  return Pending(info.Env(), new NftReadWorker(info.Env(), family, std::move(only)),
+                 [](NftReadWorker *w) { w->Queue(); });
 }
 
 }  // namespace iptlb

@@ -3,6 +3,9 @@
 #pragma once
 #include <napi.h>
 
+#include <optional>
+#include <vector>
+
 #include "nft_ops.h"
 #include "nft_read.h"
 #include "promise_worker.h"
@@ -25,7 +28,7 @@ class NftCommitWorker : public PromiseWorker {
 
 class NftReadWorker : public PromiseWorker {
  public:
-  NftReadWorker(Napi::Env env, nft::Family family);
+  NftReadWorker(Napi::Env env, nft::Family family, std::optional<std::vector<nft::Endpoint>> only = std::nullopt);
 
  protected:
   void Work() override;
@@ -33,10 +36,11 @@ class NftReadWorker : public PromiseWorker {
 
  private:
   nft::Family family_;
+  std::optional<std::vector<nft::Endpoint>> only_;
   nft::View view_;
 };
 
-// nftCommit(tx) / nftRead(family?): argument checks (TypeErrors); they return a job number for
+// nftCommit(tx) / nftRead(family?, addresses?): argument checks (TypeErrors); they return a job number for
 // start(n) (pending.h): JavaScript orders the calls.
 Napi::Value NftCommit(const Napi::CallbackInfo &info);
 Napi::Value NftRead(const Napi::CallbackInfo &info);

@@ -55,6 +55,8 @@ class JsonValue {
   bool IsNumber() const { return Is(JsonDoc::kNumber); }
   bool IsArray() const { return Is(JsonDoc::kArray); }
   bool IsObject() const { return Is(JsonDoc::kObject); }
+  bool IsBool() const { return Is(JsonDoc::kBool); }
+  bool Bool() const { return doc_->boolean(n_); }
   std::string String() const { return doc_->string(n_); }
   double Number() const { return doc_->number(n_); }
   JsonValue Get(const char *key) const { return JsonValue(doc_, doc_->Find(n_, key)); }
@@ -305,6 +307,11 @@ Transaction TransactionFrom(const V &value) {
   if (!table.IsString() || table.String() != "nat") Fail(root.Key("table"), "must be \"nat\"");
   Transaction tx;
   tx.family = f == "ipv6" ? Family::kIpv6 : Family::kIpv4;
+  V exclusive = o.Get("exclusive");
+  if (!exclusive.IsUndefined()) {
+    if (!exclusive.IsBool()) Fail(root.Key("exclusive"), "must be true or false");
+    tx.exclusive = exclusive.Bool();
+  }
   const Path of = root.Key("owners");
   V owners = Arr(o.Get("owners"), of);
   for (uint32_t i = 0; i < owners.Length(); i++) tx.owners.push_back(Owner(owners.At(i), of.Index(i)));

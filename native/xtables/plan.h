@@ -83,6 +83,10 @@ struct HookRule {
 
 struct Transaction {
   Family family = Family::kIpv4;
+  // Refuse (ECONFLICT) a hook rule whose address, protocol and port a rule of another profile (not
+  // among the owners) already sends to its chain: a state-file instance does not take over an
+  // address the kernel gives to a profile it does not hold.
+  bool exclusive = false;
   std::vector<std::string> owners;
   std::vector<std::string> delete_chains;
   std::vector<Chain> chains;

@@ -243,9 +243,39 @@ std::vector<SetElement> LiveGateElements(struct xtc_handle *h) {
   return {live.begin(), live.end()};
 }
 
+// With tx.exclusive: a rule of another profile (commented iptlb:<name>, the name not among the
+// owners) in a dispatch chain that selects the address, protocol and port of one of the rules this
+// transaction inserts there. Run after the owners' rules are deleted: what is left is not theirs.
+template <typename F>
+void RefuseTaken(struct xtc_handle *h, const Transaction &tx) {
+  using Entry = typename F::Entry;
+  if (!tx.exclusive) return;
+  std::map<std::string, std::map<SetElement, const HookRule *>> mine;  // dispatch chain -> element -> rule
+  for (const HookRule &hr : tx.hook_rules) {
+    SetElement el;
+    if (IsGated(hr.chain) && ElementOfRule(hr.rule, &el)) mine["IPTLB_" + hr.chain].emplace(el, &hr);
+  }
+  for (const auto &[chain, elements] : mine) {
+    const Label label(chain);
+    if (!F::IsChain(label.get(), h)) continue;
+    for (const Entry *e = F::FirstRule(label.get(), h); e; e = F::NextRule(e, h)) {
+      const std::string comment = CommentOf<F>(e);
+      if (comment.compare(0, 6, "iptlb:") != 0) continue;
+      SetElement el;
+      if (!ElementOfRule(DecodeRule<F>(e, h).rule, &el)) continue;
+      const auto it = elements.find(el);
+      if (it == elements.end()) continue;
+      Throw(NativeError{"ECONFLICT", EEXIST,
+                        "profile " + it->second->owner + ": its address is taken in the kernel by profile " +
+                            comment.substr(6) + " (rule " + comment + " in " + chain + ")"});
+    }
+  }
+}
+
 template <typename F>
 void ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gate) {
   std::set<SetElement> removed = DeleteOwnedRules<F>(h, tx);
+  RefuseTaken<F>(h, tx);
   DeleteChains<F>(h, tx);
   FillChains<F>(h, tx);
   InsertHookRules<F>(h, tx);

@@ -56,7 +56,7 @@ export interface FamilyPlan<Tx = unknown> {
    * The old versions of the profiles the change touches: with `next`, every profile whose objects a
    * replacement may drop. A replacement keeps what the kernel holds for any other profile.
    */
-  known?: { old: Profile[] };
+  known?: { old: Profile[]; /** The names of the profiles the change touches. */ touched?: string[] };
 }
 
 /** What the core tells an engine about the profiles it plans against. */

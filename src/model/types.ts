@@ -162,6 +162,12 @@ export interface Transaction {
    */
   family: Family;
   table: 'nat';
+  /**
+   * Refuse (ECONFLICT) a hook rule whose address:port/protocol a rule of a profile not among
+   * `owners` already sends to its chain (set by a state-file instance's changes: it does not take
+   * over an address the kernel gives to a profile it does not hold).
+   */
+  exclusive?: boolean;
   owners: string[];
   deleteChains: string[];
   chains: ChainPlan[];

@@ -12,11 +12,11 @@ import { createRequire } from 'node:module';
 import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import type { AfterCommit, Family, KernelView, Transaction } from '../model/types.js';
-import type { NftFamily, NftTransaction, NftView } from '../engines/nft/ops.js';
+import type { NftEndpoint, NftFamily, NftTransaction, NftView } from '../engines/nft/ops.js';
 import { packageRoot } from './paths.js';
 
 /** ABI of the addon this TypeScript expects (native/common/addon_args.h: kAbiVersion). */
-export const EXPECTED_ABI = 16;
+export const EXPECTED_ABI = 17;
 
 /**
  * Conntrack entries to delete: original destination `vip`, protocol, reply source `destination` (flows DNATed to it).
@@ -142,7 +142,8 @@ export interface NativeAddon {
    * Table `<family> iptlb` (default ip) as the kernel holds it, with counters (a missing table is `exists: false`; an
    * ip6 view has `family: 'ip6'`).
    */
-  nftRead(family?: NftFamily): Promise<NftView>;
+  /** Table `<family> iptlb`; with `addresses`, a narrow read of those (see NftExecutor.lookup). */
+  nftRead(family?: NftFamily, addresses?: NftEndpoint[]): Promise<NftView>;
   /**
    * Deletes the conntrack entries (IPv4 or IPv6, as the flow's addresses are) of the current
    * network namespace that go to `vip` with `protocol` and were DNATed to `destination`

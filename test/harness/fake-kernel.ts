@@ -236,6 +236,7 @@ export class FakeNftKernel implements NftExecutor {
   }
 
   async read(family: NftFamily = 'ip'): Promise<NftView> {
+    this.asked.reads++;
     const t = this.tables.get(family);
     if (!t)
       return { genid: this.genid, family, exists: false, dispatchSets: [], backendMaps: [], chains: [], foreign: [] };
@@ -261,6 +262,23 @@ export class FakeNftKernel implements NftExecutor {
       chains: [...t.chains].map(([name, rules]) => ({ name, rules: clone(rules) })),
       affinitySets: [...t.affinitySets].map(([name, timeout]) => ({ name, timeout })),
       foreign: [...t.foreign],
+    };
+  }
+
+  /** Whole reads and narrow ones (lookup) so far: what a change costs. */
+  readonly asked = { reads: 0, lookups: 0 };
+
+  /** As the addon's narrow read: of the dispatch sets' elements only those asked for; no backend elements. */
+  async lookup(family: NftFamily, addresses: NftEndpoint[]): Promise<NftView> {
+    this.asked.lookups++;
+    this.asked.reads--; // (read() below counts itself)
+    const v = await this.read(family);
+    const wanted = new Set(addresses.map(key));
+    return {
+      ...v,
+      dispatchSets: v.dispatchSets.map((s) => ({ ...s, elements: s.elements.filter((e) => wanted.has(key(e.key))) })),
+      backendMaps: v.backendMaps.map((m) => ({ ...m, elements: [] })),
+      narrow: true,
     };
   }
 

@@ -143,6 +143,70 @@ for (const pair of PAIRS) {
   );
 }
 
+for (const pair of PAIRS) {
+  test(
+    `${pair.name}: an address another state file's profile holds is refused (ECONFLICT naming source), and nothing changes (real traffic)`,
+    { skip: pair.skip },
+    async () => {
+      const B = '-state-file=$WORK/b.db';
+      const r = await runSteps([
+        { op: 'backends', tcp: [9001, 9002, 9003] },
+        cli(pair, '-q', '-run', '-profile=a', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001,127.0.0.1:9002'),
+        cli(
+          pair,
+          '-q',
+          '-run',
+          '-profile=r',
+          `-src-addr=${VIP}:82`,
+          '-dest-addr=127.0.0.1:9003',
+          '--scheduler=round-robin',
+        ),
+        // 3: B holds nothing yet: a round-robin profile's address (rules, not elements).
+        cli(pair, B, '-run', '-profile=b2', `-src-addr=${VIP}:82`, '-dest-addr=127.0.0.1:9001'),
+        cli(pair, '-q', B, '-run', '-profile=bb', `-src-addr=${VIP}:84`, '-dest-addr=127.0.0.1:9001'),
+        // 5: B holds a profile: on nft the change reads no table and meets the address in the kernel.
+        cli(pair, B, '-run', '-profile=b', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9003'),
+        // 6: moving B's own profile onto it is refused the same way.
+        cli(pair, B, '-run', '-reset', '-profile=bb', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9003'),
+        { op: 'tcp', vip: VIP, port: 80, count: 12 },
+        { op: 'tcp', vip: VIP, port: 82, count: 6 },
+        { op: 'tcp', vip: VIP, port: 84, count: 6 },
+        cli(pair, 'status', '--json'),
+        cli(pair, B, 'list'),
+      ]);
+      for (const i of [1, 2, 4]) ok(r[i]);
+      for (const [i, name] of [
+        [3, 'b2'],
+        [5, 'b'],
+        [6, 'bb'],
+      ] as const) {
+        assert.equal(r[i].code, 1, `step ${i}: ${r[i].stderr}`);
+        assert.match(
+          r[i].stderr,
+          new RegExp(`^iptlb: error: source: profile ${name}: its address .*taken in .*by (a )?profile`),
+          `step ${i}`,
+        );
+        assert.equal(r[i].stderr.split('\n').length, 2, `one line: ${r[i].stderr}`);
+      }
+      assert.equal(r[7].failures, 0, JSON.stringify(r[7]));
+      assert.deepEqual(Object.keys(r[7].counts).sort(), ['backend:9001', 'backend:9002'], 'a keeps its address');
+      assert.deepEqual(Object.keys(r[8].counts), ['backend:9003'], 'r keeps its address');
+      assert.deepEqual(Object.keys(r[9].counts), ['backend:9001'], 'bb stays where it was');
+      // A's profiles are untouched (B's own shows there as orphaned: several state files share a table).
+      const mine = (JSON.parse(r[10].stdout) as { profiles: { name: string; status: string }[] }).profiles.filter((p) =>
+        ['a', 'r'].includes(p.name),
+      );
+      assert.deepEqual(
+        mine.map((p) => `${p.name} ${p.status}`),
+        ['a in-sync', 'r in-sync'],
+        r[10].stdout,
+      );
+      assert.match(r[11].stdout, /^bb\b/m);
+      assert.doesNotMatch(r[11].stdout, /^b2?\b/m, 'refused profiles are not recorded');
+    },
+  );
+}
+
 for (const pair of PAIRS.filter((p) => p.engine === 'legacy')) {
   test(
     `${pair.name}: the original iptlb's rules (jumps without a comment) are taken over by a reset and removed by a delete`,

@@ -354,6 +354,77 @@ for (const engine of ['legacy', 'nft'] as const) {
   });
 }
 
+test('nft: a state file does not take over an address another state file holds: ECONFLICT naming source, asked with a narrow read', async () => {
+  const kernels = fakes();
+  const A = coreOn('nft', kernels);
+  const B = coreOn('nft', kernels);
+  try {
+    await apply(A.core, { name: 'a1', source: '127.100.0.1:80', destination: ['127.0.0.1:9001', '127.0.0.1:9002'] });
+    await apply(A.core, {
+      name: 'a2',
+      source: '127.100.0.2:80',
+      destination: ['127.0.0.1:9001'],
+      scheduler: 'round-robin',
+    });
+    await apply(B.core, { name: 'bb', source: '127.100.0.9:80', destination: ['127.0.0.1:9003'] });
+    const commits = kernels.nft.commits.length;
+    const asked = { ...kernels.nft.asked };
+    const taken = (name: string) => (e: IptlbError) =>
+      e.code === 'ECONFLICT' &&
+      e.field === 'source' &&
+      new RegExp(
+        `^source: profile ${name}: its address .* is taken in table ip iptlb by a profile this state file does not hold`,
+      ).test(e.message);
+    // Another destination count than a1's (no element key collides: the kernel would take it silently).
+    await assert.rejects(
+      apply(B.core, { name: 'b', source: '127.100.0.1:80', destination: ['127.0.0.1:9003'] }),
+      taken('b'),
+    );
+    assert.ok(kernels.nft.asked.lookups > asked.lookups, 'asked with a narrow read');
+    // A round-robin profile's address (a rule, not an element); B's own profile moved onto a1's.
+    await assert.rejects(
+      apply(B.core, { name: 'b2', source: '127.100.0.2:80', destination: ['127.0.0.1:9003'] }),
+      taken('b2'),
+    );
+    await assert.rejects(
+      apply(B.core, { name: 'bb', source: '127.100.0.1:80', destination: ['127.0.0.1:9003'] }),
+      taken('bb'),
+    );
+    assert.equal(kernels.nft.commits.length, commits, 'nothing committed');
+    assert.deepEqual(await statuses(B.core), {
+      bb: 'in-sync',
+      '127.100.0.1:80': 'orphaned',
+      '127.100.0.2:80': 'orphaned',
+      'rule:a2': 'orphaned',
+    });
+    assert.deepEqual(await statuses(A.core), { a1: 'in-sync', a2: 'in-sync', '127.100.0.9:80': 'orphaned' });
+    assert.deepEqual([...(await B.core.readState()).keys()], ['bb'], 'nothing recorded');
+    // A free address: one narrow read, no whole one (the cost does not grow with the table).
+    const before = { ...kernels.nft.asked };
+    await apply(B.core, { name: 'b3', source: '127.100.0.3:80', destination: ['127.0.0.1:9003'] });
+    assert.deepEqual(kernels.nft.asked, { reads: before.reads, lookups: before.lookups + 1 });
+    // A change interrupted before its state write left a profile in the kernel: applying it again
+    // from a state file that lacks it completes it (the table holds it exactly as planned).
+    const C = coreOn('nft', kernels);
+    try {
+      await apply(C.core, { name: 'b3', source: '127.100.0.3:80', destination: ['127.0.0.1:9003'] });
+      assert.deepEqual(Object.keys(await statuses(C.core)).includes('b3'), true);
+    } finally {
+      C.done();
+    }
+    // An in-memory instance cannot tell its own profiles of before a restart from another's: it takes the address.
+    const lb = await open({ stateFile: false }, kernels.nft as Executor);
+    try {
+      await lb.apply({ name: 'm', source: '127.100.0.9:80', destination: ['127.0.0.1:9004'] });
+    } finally {
+      await lb.close();
+    }
+  } finally {
+    A.done();
+    B.done();
+  }
+});
+
 for (const engine of ['legacy', 'nft'] as const) {
   describe(`core over the ${engine} fake kernel`, () => {
     test('apply, status in sync; tampering found; sync repairs it in one transaction per family; orphans removed', async () => {

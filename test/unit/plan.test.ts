@@ -21,6 +21,7 @@ import {
 } from '../../src/engines/legacy/restore.js';
 import { validateProfile } from '../../src/model/profile.js';
 import type { KernelView, Profile } from '../../src/model/types.js';
+import type { IptlbError } from '../../src/model/errors.js';
 
 const web = validateProfile({
   name: 'web',
@@ -506,4 +507,34 @@ test("spawn: the original iptlb's jumps (no comment) to iptlb's chains are read,
   assert.match(text, /^-D OUTPUT -d 127\.100\.0\.10\/32 -p tcp -m tcp --dport 8081 -j IPTLB_NAT_TEST$/m);
   assert.doesNotMatch(text, /IPTLB_NAT_WEB|OTHER|foreign-ref/, 'only the bare jump to the chain this change deletes');
   assert.ok(text.indexOf('-D OUTPUT') < text.indexOf('-X IPTLB_NAT_TEST'), 'the jump goes before its chain');
+});
+
+test('an exclusive transaction (a state-file change) refuses an address a dispatch rule of another profile selects; the owners may', () => {
+  const other = planProfile(validateProfile({ ...web, name: 'other' }));
+  const view: KernelView = {
+    chains: [{ name: 'IPTLB_NAT_OTHER', rules: [] }],
+    hookRules: [
+      { chain: 'OUTPUT', owner: 'other', position: 1, rule: other.hookRules[0].rule, packets: 0n, bytes: 0n },
+    ],
+    gate: { gates: ['OUTPUT'], dispatch: ['OUTPUT'] },
+  };
+  const tx = { ...planTransaction([web], []), exclusive: true };
+  assert.throws(
+    () => renderRestore(tx, view),
+    (e: IptlbError) =>
+      e.code === 'ECONFLICT' &&
+      e.field === 'source' &&
+      /^source: profile web: its address is taken in the kernel by profile other \(rule iptlb:other in IPTLB_OUTPUT\), which is not part of this change/.test(
+        e.message,
+      ),
+  );
+  // Not exclusive (an in-memory instance), or the other profile among the owners (a move in one change): rendered.
+  assert.match(renderRestore(planTransaction([web], []), view), /-I IPTLB_OUTPUT 1 .*iptlb:web/);
+  assert.match(
+    renderRestore({ ...planTransaction([web], ['other']), exclusive: true }, view),
+    /-D IPTLB_OUTPUT .*iptlb:other[\s\S]*-I IPTLB_OUTPUT 1 .*iptlb:web/,
+  );
+  // Another address: no conflict.
+  const elsewhere = validateProfile({ ...web, source: '127.100.0.11:8081' });
+  assert.match(renderRestore({ ...planTransaction([elsewhere], []), exclusive: true }, view), /iptlb:web/);
 });

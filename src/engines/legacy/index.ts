@@ -17,6 +17,7 @@ import {
   type Engine,
   type FamilyCommit,
   type FamilyPlan,
+  type PlanContext,
   type ShownProfile,
 } from '../engine.js';
 
@@ -71,8 +72,17 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
   }
 
   /** A legacy plan touches only the chains and jumps of the profiles it names: nothing of others is ever at stake. */
-  async planChange(f: Family, state: ReadonlyMap<string, Profile>, change: Change): Promise<FamilyPlan<Transaction>> {
+  async planChange(
+    f: Family,
+    state: ReadonlyMap<string, Profile>,
+    change: Change,
+    ctx: PlanContext = {},
+  ): Promise<FamilyPlan<Transaction>> {
     const tx = planTransaction(change.upsert, change.remove, f);
+    // A state-file instance does not take over an address the kernel gives to a profile it does not
+    // hold (refused at commit, where the kernel's rules are at hand); an in-memory one cannot tell its
+    // own profiles of before a restart from another's, and takes it.
+    if (!ctx.partial && tx.hookRules.length) tx.exclusive = true;
     return { family: f, steps: isEmptyTransaction(tx) ? [] : [tx], next: new ChangedProfiles(state, change) };
   }
 

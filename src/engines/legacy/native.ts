@@ -4,7 +4,7 @@
  */
 import { getSystemErrorName } from 'node:util';
 import { IptlbError, type ErrorCode } from '../../model/errors.js';
-import { chainInUse, renderRestore } from './restore.js';
+import { TAKEN_HINT, chainInUse, renderRestore } from './restore.js';
 import type { NativeAddon } from '../../platform/addon.js';
 import type { AfterCommit, CommitResult, Family, KernelView, Transaction } from '../../model/types.js';
 import type { LegacyExecutor } from './executor.js';
@@ -23,6 +23,8 @@ export function mapNativeError(e: unknown): IptlbError {
       field ? { field, cause: e } : { cause: e },
     );
   }
+  if (err.code === 'ECONFLICT')
+    return new IptlbError('ECONFLICT', `source: ${message}${TAKEN_HINT}`, { field: 'source', cause: e });
   const code: ErrorCode =
     err.code === 'ELOCK' || err.code === 'EPERM' || err.code === 'ERESTART' ? err.code : 'EKERNEL';
   const opts = typeof err.errno === 'number' ? { errno: err.errno, cause: e } : { cause: e };

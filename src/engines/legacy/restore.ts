@@ -6,7 +6,17 @@ import type { Family, HookChain, KernelView, Rule, Target, Transaction } from '.
 import { CHAIN_PREFIX, OWN_CHAIN, OWNER_PREFIX } from './plan.js';
 import { familyOf } from '../../model/address.js';
 import { renderRuleOf, parseRule } from './codec/index.js';
-import { DISPATCH, GATED_HOOKS, gateRuleText, hookOfDispatch, isGatedHook, planGate, type GatedHook } from './gate.js';
+import {
+  DISPATCH,
+  GATED_HOOKS,
+  elementOf,
+  gateRuleText,
+  hookOfDispatch,
+  isGatedHook,
+  planGate,
+  type GatedHook,
+} from './gate.js';
+import { IptlbError } from '../../model/errors.js';
 
 /**
  * The family of a planned or parsed rule: that of the first address it holds (IPv6 text has colons, an IPv4 endpoint
@@ -40,6 +50,7 @@ export function renderRule(r: Rule): string {
 export function renderRestore(tx: Transaction, view: KernelView): string {
   const existing = new Set(view.chains.map((c) => c.name));
   const owners = new Set(tx.owners);
+  if (tx.exclusive) refuseTaken(tx, view, owners);
   const gate = planGate(tx, view);
   const gates = new Set(view.gate?.gates ?? []);
   const dispatch = new Set(view.gate?.dispatch ?? []);
@@ -77,6 +88,34 @@ export function renderRestore(tx: Transaction, view: KernelView): string {
   for (const h of needed) if (!gates.has(h)) out.push(`-I ${h} 1 ${gateRuleText(h, tx.family)}`);
   out.push('COMMIT', '');
   return out.join('\n');
+}
+
+/** What follows the addon's message that a profile's address is taken by another's rule. */
+export const TAKEN_HINT =
+  ', which is not part of this change: delete it where it is held (another state file), or, if this state file holds it at another address, apply it with -run (`iptlb status` shows it)';
+
+/**
+ * With `tx.exclusive`: refuses a hook rule of the transaction whose address, protocol and port a
+ * dispatch rule of a profile not among the owners already selects (as the native executor does; the
+ * message is the same).
+ */
+function refuseTaken(tx: Transaction, view: KernelView, owners: ReadonlySet<string>): void {
+  const mine = new Map<string, string>(); // dispatch chain + element -> owner
+  for (const h of tx.hookRules) {
+    const el = isGatedHook(h.chain) ? elementOf(h.rule) : null;
+    if (el) mine.set(`${DISPATCH[h.chain as GatedHook]} ${el}`, h.owner);
+  }
+  for (const h of view.hookRules) {
+    if (owners.has(h.owner) || !isGatedHook(h.chain) || h.direct) continue;
+    const el = elementOf(h.rule);
+    const owner = el ? mine.get(`${DISPATCH[h.chain]} ${el}`) : undefined;
+    if (owner === undefined) continue;
+    throw new IptlbError(
+      'ECONFLICT',
+      `source: profile ${owner}: its address is taken in the kernel by profile ${h.owner} (rule iptlb:${h.owner} in ${DISPATCH[h.chain]})${TAKEN_HINT}`,
+      { field: 'source' },
+    );
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 /** The nft engine's executor contract: the native (netlink) and spawn (`nft -f`) executors implement it. */
 import type { CommitResult } from '../../model/types.js';
-import type { NftFamily, NftTransaction, NftView } from './ops.js';
+import type { NftEndpoint, NftFamily, NftTransaction, NftView } from './ops.js';
 
 /** How ops reach table ip iptlb: one netlink batch (native) or one `nft -f -` (spawn); same kernel result. */
 export interface NftExecutor {
@@ -13,6 +13,12 @@ export interface NftExecutor {
   commit(tx: NftTransaction): Promise<CommitResult>;
   /** Table `<family> iptlb` (default `ip`). */
   read(family?: NftFamily): Promise<NftView>;
+  /**
+   * A narrow read of table `<family> iptlb` for `addresses` (see NftView.narrow): what a change that
+   * gives a profile a new address asks, at a cost that does not grow with the table's elements.
+   * Optional: without it the engine reads the whole table.
+   */
+  lookup?(family: NftFamily, addresses: NftEndpoint[]): Promise<NftView>;
   /** The `nft -f` text of the transaction. */
   render(tx: NftTransaction): Promise<string>;
 }

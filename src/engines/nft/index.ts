@@ -21,6 +21,9 @@ import {
   planNftMergedRebuild,
   unknownObjects,
   nftHookOf,
+  profileEndpoint,
+  profileVipKey,
+  servesAddress,
   ownsRules,
   planNftChange,
   planNftProfile,
@@ -188,7 +191,8 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
       partial
         ? `${this.where(f)} holds ${kept.vips.size} virtual address(es) this in-memory instance was not told about: kept as they are`
         : `${this.where(f)} holds ${kept.vips.size} virtual address(es) of profiles this state file does not hold (another state file's, or left by an interrupted change): kept as they are`;
-    const known = { old };
+    const known = { old, touched };
+    if (!partial) await this.refuseTaken(f, next, known, view);
     if (next.size === 0 && view?.exists) {
       // The last profile of this state goes. Profiles it does not hold stay, and so does the table
       // when someone else keeps objects in it: only these profiles' content goes, and never a chain,
@@ -285,6 +289,7 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
       if (!outOfStep(e)) throw e;
       // The table as it is now, so that the rebuild empties it in place (see rebuildStart in plan.ts).
       const view = await this.executor.read(nf);
+      if (!plan.partial && plan.known) await this.refuseTaken(plan.family, plan.next, plan.known, view);
       let rebuild = planNftRebuild(plan.next.values(), undefined, nf, view);
       // What the kernel holds beyond the profiles this change knows of stays (see planChange).
       const old = plan.known?.old ?? [];
@@ -304,6 +309,52 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
       );
       durationMs += (await this.executor.commit(rebuild)).durationMs;
       return { durationMs, committed: rebuild };
+    }
+  }
+
+  /**
+   * A state-file instance does not take over an address the kernel gives to a profile it does not
+   * hold. A profile this change creates, or moves to another address, whose address the table
+   * already serves (another state file's profile, or one left by an interrupted change) is refused,
+   * unless the table holds that very profile as planned (a change interrupted before its state write
+   * leaves that: applying it again completes it). Asked with `view` when the plan read the table,
+   * else with a narrow read (NftExecutor.lookup, confirmed by a whole read when it finds something).
+   * Elements carry no profile name: the other profile is not named. (An in-memory instance cannot
+   * tell its own profiles of before a restart from another's, and takes the address.)
+   */
+  private async refuseTaken(
+    f: Family,
+    next: ReadonlyMap<string, Profile>,
+    known: { old: Profile[]; touched?: string[] },
+    view: NftView | undefined,
+  ): Promise<void> {
+    // (Another profile of this state file cannot hold the address: the core refused that already.)
+    const before = new Set(known.old.map((p) => profileVipKey(p)));
+    const moved: Profile[] = [];
+    for (const n of known.touched ?? []) {
+      const p = next.get(n);
+      if (p && !before.has(profileVipKey(p))) moved.push(p);
+    }
+    if (!moved.length) return;
+    const nf = nftTableFamily(f);
+    let v =
+      view ??
+      (this.executor.lookup
+        ? await this.executor.lookup(
+            nf,
+            moved.map((p) => profileEndpoint(p)),
+          )
+        : await this.executor.read(nf));
+    if (!v.exists) return;
+    for (const p of moved) {
+      if (!servesAddress(v, p)) continue;
+      if (v.narrow) v = await this.executor.read(nf);
+      if (!servesAddress(v, p) || compareNft(new Map([[p.name, p]]), v)[0]?.status === 'in-sync') continue;
+      throw new IptlbError(
+        'ECONFLICT',
+        `source: profile ${p.name}: its address ${p.source}/${p.protocol} is taken in ${this.where(f)} by a profile this state file does not hold: another state file's (delete it there), or one left by an interrupted change (\`iptlb status\` shows it orphaned; \`iptlb sync\` removes it)`,
+        { field: 'source' },
+      );
     }
   }
 

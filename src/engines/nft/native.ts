@@ -2,7 +2,7 @@
  * The nft engine's native executor: the addon builds the netlink messages of the ops and sends them
  * as one batch, on a worker thread; reads table ip iptlb (or ip6 iptlb) back with its counters.
  */
-import { type NftFamily, type NftTransaction, type NftView } from './ops.js';
+import { type NftEndpoint, type NftFamily, type NftTransaction, type NftView } from './ops.js';
 import { renderNft } from './render.js';
 import type { NativeAddon } from '../../platform/addon.js';
 import type { CommitResult } from '../../model/types.js';
@@ -28,6 +28,14 @@ export class NftNativeExecutor implements NftExecutor {
     try {
       // Without an argument for ip: the addon's default, as before.
       return await (family === 'ip' ? this.addon.nftRead() : this.addon.nftRead(family));
+    } catch (e) {
+      throw mapNativeError(e);
+    }
+  }
+
+  async lookup(family: NftFamily, addresses: NftEndpoint[]): Promise<NftView> {
+    try {
+      return await this.addon.nftRead(family, addresses);
     } catch (e) {
       throw mapNativeError(e);
     }

@@ -239,6 +239,11 @@ export interface NftView {
   affinitySets?: { name: string; timeout: number }[];
   /** Names of the table's objects iptlb does not know (other sets or chains): drift. */
   foreign: string[];
+  /**
+   * A narrow read (NftExecutor.lookup): the dispatch sets hold only the elements asked for, the
+   * backend maps none; the rest as in a whole read. Only for "does the table serve this address?".
+   */
+  narrow?: true;
 }
 
 /** nft's address type of a family's tables: `ipv4_addr` / `ipv6_addr`. */

@@ -672,6 +672,33 @@ export interface KeptObjects {
 
 const vipKey = (proto: Protocol, v: NftEndpoint): string => `${proto} ${v.ip} ${v.port}`;
 
+/** A profile's address as {@link unknownObjects} keys the addresses it finds (`KeptObjects.vips`). */
+export function profileVipKey(p: Profile): string {
+  return vipKey(p.protocol, endpoint(p.source));
+}
+
+/** A profile's address as the table's keys hold it. */
+export function profileEndpoint(p: Profile): NftEndpoint {
+  return endpoint(p.source);
+}
+
+/**
+ * Whether the table (a read, or a narrow one: see NftExecutor.lookup) serves `p`'s address and
+ * protocol: a dispatch element, backend elements, or a rule of a round-robin or affinity profile.
+ */
+export function servesAddress(view: NftView, p: Profile): boolean {
+  const k = profileVipKey(p);
+  for (const s of view.dispatchSets) {
+    const d = parseDispatchSetName(s.name);
+    if (d && s.elements.some((e) => vipKey(d.proto, e.key) === k)) return true;
+  }
+  for (const m of view.backendMaps) if (m.elements.some((e) => vipKey(m.proto, e.vip) === k)) return true;
+  for (const c of view.chains)
+    for (const r of c.rules)
+      if (r.kind !== 'foreign' && r.kind !== 'dispatch' && vipKey(r.proto, r.vip) === k) return true;
+  return false;
+}
+
 /**
  * What the kernel holds for virtual addresses that none of `known` (the profiles after a change,
  * and the old versions of those it touches) uses and for owners it does not name: the profiles of
