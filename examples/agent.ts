@@ -10,6 +10,7 @@ import { createServer, connect, type Server } from 'node:net';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
+// In this repository the example runs against the sources; in your project: from 'iptlb'.
 import { open, IptlbError, type ProfileInput } from '../src/index.js';
 
 interface Instance {

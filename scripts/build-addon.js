@@ -1,16 +1,27 @@
 #!/usr/bin/env node
 // Builds the native addon from source (build/Release/iptlb_core.node, iptlb_xt.node, iptlb_nft.node,
-// see binding.gyp). Run by scripts/install.js when no prebuilt binary fits this host (soft: a missing
-// toolchain or library never fails the install; the spawn executor is used instead and `iptlb doctor`
-// says why), by `npm run build:addon` (--verbose: full output, fails loudly) and by
-// `npm run prebuild`.
+// see binding.gyp). Run by scripts/install.js when no prebuilt binary fits this host or a build is
+// forced (soft: a missing toolchain or library never fails the install; what loads instead is used,
+// the prebuilt files when they load here, else the spawn executors, and `iptlb doctor` says why), by
+// `npm run build:addon` (--verbose: full output, fails loudly) and by `npm run prebuild`.
 //
 // node-gyp is never downloaded: it is npm's own bundled copy (npm hands its path to install scripts
 // as npm_config_node_gyp), the pinned devDependency in a checkout of this repo, or the copy bundled
 // with the npm beside this node binary.
 // The whole output of the last run is kept in build/build-addon.log; `iptlb doctor` shows its end.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import {
+  accessSync,
+  appendFileSync,
+  constants,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
+import { createRequire } from 'node:module';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -19,34 +30,92 @@ const verbose = process.argv.includes('--verbose');
 const log = path.join(root, 'build', 'build-addon.log');
 // In a consumer project (this package under node_modules) `npm run build:addon` does not exist.
 const consumer = root.split(path.sep).includes('node_modules');
-const rebuild = consumer ? 'npm rebuild iptlb --foreground-scripts' : 'npm run build:addon';
+// A build forced over prebuilt files that load (scripts/install.js): a plain rebuild would take those again.
+const forced = process.env.IPTLB_BUILD_FROM_SOURCE === '1' || process.env.npm_config_build_from_source === 'true';
+const rebuild = consumer
+  ? `${forced ? 'IPTLB_BUILD_FROM_SOURCE=1 ' : ''}npm rebuild iptlb --foreground-scripts`
+  : 'npm run build:addon';
 const BUILD_PACKAGES = 'libiptc-dev libxtables-dev libnftnl-dev libmnl-dev pkg-config g++ make python3';
 const FIX = `apt-get install -y ${BUILD_PACKAGES} && ${rebuild}`;
 
+let logged = false;
+/** Starts the log of this run, then adds to it (the outcome after node-gyp's output). */
 function writeLog(text) {
   try {
     mkdirSync(path.dirname(log), { recursive: true });
-    writeFileSync(log, `${new Date().toISOString()} iptlb: building the native addon from source in ${root}\n${text}`);
+    if (logged) appendFileSync(log, text);
+    else
+      writeFileSync(
+        log,
+        `${new Date().toISOString()} iptlb: building the native addon from source in ${root}\n${text}`,
+      );
+    logged = true;
   } catch {
     /* a read-only install: the message on stderr is all there is */
   }
 }
 
+/**
+ * What iptlb will use without this build, as src/platform/addon.ts loads it: per part the first of
+ * build/Release/ (an earlier build) and prebuilds/<platform>-<arch>/ whose file loads in this node;
+ * an engine runs natively when core and its own part load, else its spawn executor.
+ */
+function instead() {
+  const req = createRequire(import.meta.url);
+  const dirs = [path.join('build', 'Release'), path.join('prebuilds', `${process.platform}-${process.arch}`)];
+  const from = {};
+  for (const part of ['core', 'xt', 'nft']) {
+    from[part] = dirs.find((d) => {
+      try {
+        req(path.join(root, d, `iptlb_${part}.node`));
+        return true;
+      } catch {
+        return false;
+      }
+    });
+  }
+  const what = (d) =>
+    d.startsWith('prebuilds') ? `the prebuilt native addon (${d}/)` : `the native addon of an earlier build (${d}/)`;
+  const legacy = from.core && from.xt ? from.xt : undefined;
+  const nft = from.core && from.nft ? from.nft : undefined;
+  if (!legacy && !nft) return 'the spawn executors (iptables-legacy-restore, nft) will be used';
+  if (legacy && legacy === nft && from.core === legacy) return `${what(legacy)} will be used`;
+  const use = (d, program) => (d ? what(d) : `its spawn executor (${program})`);
+  return `the legacy engine will use ${use(legacy, 'iptables-legacy-restore')}, the nft engine ${use(nft, 'nft')}`;
+}
+
 function skip(reason, missing) {
   writeLog(`not built: ${reason}\n`);
   const fix = missing ? `apt-get install -y ${missing} && ${rebuild}` : FIX;
-  console.error(
-    `iptlb: native addon not built (${reason}); the spawn executors (iptables-legacy-restore, nft) will be used. Fix: ${fix}. Log: ${log}`,
-  );
+  console.error(`iptlb: native addon not built (${reason}); ${instead()}. Fix: ${fix}. Log: ${log}`);
   process.exit(verbose ? 1 : 0);
 }
 
-/** The first program of `names` on PATH. */
+/** The program `name` on PATH (an executable file, as node-gyp and make look for it). */
 function which(name) {
   for (const d of (process.env.PATH ?? '').split(':')) {
-    if (d && existsSync(path.join(d, name))) return path.join(d, name);
+    const f = d && path.join(d, name);
+    try {
+      if (f && statSync(f).isFile()) {
+        accessSync(f, constants.X_OK);
+        return f;
+      }
+    } catch {
+      /* not there, or not executable: keep looking */
+    }
   }
   return undefined;
+}
+
+/** What a failed node-gyp run left in build/ (its Makefiles, config.gypi, objects): all but the log. */
+function removeLeftovers() {
+  const dir = path.dirname(log);
+  try {
+    for (const f of readdirSync(dir))
+      if (f !== path.basename(log)) rmSync(path.join(dir, f), { recursive: true, force: true });
+  } catch {
+    /* nothing there, or read-only */
+  }
 }
 
 if (process.platform !== 'linux') skip(`${process.platform} has no netfilter`);
@@ -122,6 +191,8 @@ if (r.status !== 0) {
       .split('\n')
       .filter((l) => /error/i.test(l))
       .slice(0, 2);
+    // node-gyp rebuild cleaned build/ first: what it left is no addon, and the log tells what happened.
+    removeLeftovers();
     skip(`compilation failed${lines.length ? `: ${lines.join(' | ').trim()}` : ''}`);
   }
   console.error(`iptlb: native addon build failed; log: ${log}`);

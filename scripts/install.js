@@ -56,7 +56,7 @@ if (libs.every(([, so]) => so && SONAME_PACKAGES[so])) {
   const pkgs = [...new Set(libs.flatMap(([p, so]) => [SONAME_PACKAGES[so], ...PART_PACKAGES[p]]))].join(' ');
   const engines = libs.map(([p]) => (p === 'xt' ? 'legacy' : p === 'nft' ? 'nft' : 'locks/conntrack')).join(', ');
   console.error(
-    `iptlb: prebuilt native addon installed; ${engines}: ${libs.map(([, so]) => so).join(', ')} not found on this host, so ${libs.length > 1 ? 'those parts use' : 'that part uses'} the spawn executor. Fix: apt-get install -y ${pkgs} (no rebuild needed)`,
+    `iptlb: prebuilt native addon installed; ${engines}: ${[...new Set(libs.map(([, so]) => so))].join(', ')} not found on this host, so ${libs.length > 1 ? 'those parts use' : 'that part uses'} the spawn executor. Fix: apt-get install -y ${pkgs} (no rebuild needed)`,
   );
   process.exit(0);
 }

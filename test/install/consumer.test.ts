@@ -78,7 +78,12 @@ test(
       const shipped = info!.files.map((f) => f.path);
       for (const f of [
         'LICENSE',
+        'LICENSE-GPL-2.0',
+        'README.md',
         'docs/install.md',
+        'docs/operations.md',
+        'docs/state-file.md',
+        'examples/agent.ts',
         'dist/index.cjs',
         'dist/index.mjs',
         'dist/cjs/index.d.ts',
@@ -88,6 +93,11 @@ test(
       ])
         assert.ok(shipped.includes(f), `${f} in the tarball`);
       assert.ok(!shipped.some((f) => f.startsWith('test/') || f.startsWith('dist/test/')), 'no tests in the tarball');
+      // The library is the bundles: dist/src/ and dist/cjs/ hold declarations only.
+      assert.deepEqual(
+        shipped.filter((f) => /^dist\/(src|cjs)\//.test(f) && !/\.d\.ts$|^dist\/cjs\/package\.json$/.test(f)),
+        [],
+      );
 
       const app = path.join(dir, 'app');
       mkdirSync(app);
@@ -124,6 +134,13 @@ test(
       assert.doesNotMatch(log, /gyp info|node-gyp|not built/);
       const pkg = path.join(app, 'node_modules', 'iptlb');
       assert.ok(!existsSync(path.join(pkg, 'build')), 'nothing was built');
+      // The README's and the docs' relative links lead to installed files.
+      for (const page of ['README.md', ...readdirSync(path.join(pkg, 'docs')).map((f) => `docs/${f}`)])
+        for (const m of readFileSync(path.join(pkg, page), 'utf8').matchAll(/\]\(([^)#\s]+)(?:#[^)]*)?\)/g))
+          if (!/^[a-z]+:/.test(m[1]!))
+            assert.ok(existsSync(path.join(pkg, path.dirname(page), m[1]!)), `${page} -> ${m[1]} installed`);
+      // commander is in the CLI bundle: not installed with iptlb.
+      assert.ok(!existsSync(path.join(app, 'node_modules', 'commander')), 'commander not installed');
 
       // ESM and CommonJS: the same exports.
       const esm = sh(
@@ -227,7 +244,7 @@ test(
       assert.equal(rebuild.status, 0, rebuild.err + rebuild.out);
       assert.match(
         rebuild.out + rebuild.err,
-        /iptlb: native addon not built \(missing to build it: libiptc-dev libxtables-dev libnftnl-dev libmnl-dev g\+\+ make python3\); .* Fix: apt-get install -y libiptc-dev libxtables-dev libnftnl-dev libmnl-dev g\+\+ make python3 && npm rebuild iptlb --foreground-scripts\. Log: /,
+        /iptlb: native addon not built \(missing to build it: libiptc-dev libxtables-dev libnftnl-dev libmnl-dev g\+\+ make python3\); the prebuilt native addon \(prebuilds\/linux-x64\/\) will be used\. Fix: apt-get install -y libiptc-dev libxtables-dev libnftnl-dev libmnl-dev g\+\+ make python3 && IPTLB_BUILD_FROM_SOURCE=1 npm rebuild iptlb --foreground-scripts\. Log: /,
       );
       assert.match(readFileSync(path.join(pkg, 'build', 'build-addon.log'), 'utf8'), /not built: missing to build it/);
       assert.deepEqual(readdirSync(path.join(pkg, 'build')), ['build-addon.log']);

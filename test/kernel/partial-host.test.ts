@@ -125,3 +125,63 @@ for (const c of cases) {
     },
   );
 }
+
+// The install script on hosts missing libraries of several parts: each library is named once (libmnl,
+// linked by two parts, was listed twice), and the "none of the libraries" row of docs/install.md's
+// table is what it prints.
+const hosts = [
+  {
+    host: 'libmnl and libip4tc absent',
+    hide: [
+      ['core', 'libmnl.so.0'],
+      ['xt', 'libip4tc.so.2'],
+    ],
+    says: 'locks/conntrack, legacy, nft: libmnl.so.0, libip4tc.so.2 not found on this host, so those parts use the spawn executor. Fix: apt-get install -y libmnl0 libip4tc2 libip6tc2 libnftnl11 (no rebuild needed)',
+  },
+  {
+    host: 'none of the libraries',
+    hide: [
+      ['core', 'libmnl.so.0'],
+      ['xt', 'libip4tc.so.2'],
+      ['xt', 'libip6tc.so.2'],
+      ['nft', 'libnftnl.so.11'],
+    ],
+    // The table's row, word for word.
+    says: /^\| none of the libraries \| `… ([^`]+)` \|/m.exec(
+      readFileSync(path.join(PROJECT_ROOT, 'docs', 'install.md'), 'utf8'),
+    )?.[1],
+  },
+] as const;
+
+for (const h of hosts) {
+  test(`install script, ${h.host}: one line naming each missing library once`, { skip, timeout: 60_000 }, () => {
+    assert.ok(h.says, 'the row of docs/install.md');
+    const libs = [...new Set(h.hide.map(([part, so]) => libraryOf(addonPath(part), so)))];
+    assert.ok(libs.every(Boolean), `ldd finds ${h.hide.map(([, so]) => so).join(', ')}: ${libs.join(', ')}`);
+    const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-partial-'));
+    try {
+      const prebuilt = path.join(PROJECT_ROOT, 'prebuilds', `${process.platform}-${process.arch}`);
+      mkdirSync(path.join(dir, 'pkg', 'scripts'), { recursive: true });
+      copyFileSync(path.join(PROJECT_ROOT, 'scripts', 'install.js'), path.join(dir, 'pkg', 'scripts', 'install.js'));
+      writeFileSync(path.join(dir, 'pkg', 'package.json'), '{ "type": "module" }\n');
+      cpSync(
+        existsSync(prebuilt) ? prebuilt : path.dirname(addonPath('core')),
+        path.join(dir, 'pkg', 'prebuilds', `${process.platform}-${process.arch}`),
+        { recursive: true, filter: (f) => !f.endsWith('.d') && !/obj\.target|\.deps/.test(f) },
+      );
+      const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
+      const script = [
+        ...libs.map((l) => `mount --bind /dev/null ${q(l!)} || exit 90`),
+        `${q(process.execPath)} ${q(`${dir}/pkg/scripts/install.js`)}`,
+      ].join('\n');
+      const r = spawnSync('unshare', ['-m', '-n', '--propagation', 'private', '--', 'sh', '-c', script], {
+        encoding: 'utf8',
+        timeout: 50_000,
+      });
+      assert.equal(r.status, 0, `${r.stderr}${r.error?.message ?? ''}`);
+      assert.equal(r.stderr.trim(), `iptlb: prebuilt native addon installed; ${h.says}`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+}
