@@ -1,7 +1,7 @@
 /** The etcd flags shared by `iptlb agent` and `iptlb fleet` (with their environment variables). */
 import { Option, type Command } from 'commander';
 import { IptlbError } from '../model/errors.js';
-import { parseEndpoints, type EtcdOptions } from '../fleet/store.js';
+import { checkEtcdOptions, parseEndpoints, type EtcdOptions } from '../fleet/store.js';
 import { DEFAULT_PREFIX, validatePrefix } from '../fleet/reconcile.js';
 
 export interface EtcdFlags {
@@ -22,13 +22,18 @@ export function addEtcdFlags(cmd: Command): Command {
         'etcd endpoints, comma-separated: http(s)://host:port or unix:///path (env IPTLB_ETCD_ENDPOINTS)',
       ),
     )
-    .addOption(new Option('--etcd-ca <file>', 'CA certificate (PEM) to verify etcd over TLS (env IPTLB_ETCD_CA)'))
+    .addOption(
+      new Option(
+        '--etcd-ca <file>',
+        'CA certificate (PEM) to verify etcd over TLS; TLS needs https:// (or host:port) endpoints (env IPTLB_ETCD_CA)',
+      ),
+    )
     .addOption(new Option('--etcd-cert <file>', 'client certificate (PEM) for etcd (env IPTLB_ETCD_CERT)'))
     .addOption(new Option('--etcd-key <file>', 'key of the client certificate (env IPTLB_ETCD_KEY)'))
     .addOption(
       new Option(
         '--etcd-user <name>',
-        'etcd user; the password comes from env IPTLB_ETCD_PASSWORD (env IPTLB_ETCD_USER)',
+        'etcd user (env IPTLB_ETCD_USER); its password must be in env IPTLB_ETCD_PASSWORD (never a flag)',
       ),
     )
     .addOption(
@@ -55,17 +60,16 @@ export function etcdOptions(o: EtcdFlags): { etcd: EtcdOptions; prefix: string }
       `etcd-timeout-ms: ${JSON.stringify(o.etcdTimeoutMs)} must be a whole number of ms, at least 10`,
       { field: 'etcd-timeout-ms' },
     );
-  return {
-    etcd: {
-      endpoints,
-      callTimeoutMs: timeout,
-      ...(ca ? { caFile: ca } : {}),
-      ...(cert ? { certFile: cert } : {}),
-      ...(key ? { keyFile: key } : {}),
-      ...(user ? { user, password: env.IPTLB_ETCD_PASSWORD ?? '' } : {}),
-    },
-    prefix: validatePrefix(pick(o.prefix, 'IPTLB_ETCD_PREFIX') ?? DEFAULT_PREFIX),
+  const etcd: EtcdOptions = {
+    endpoints,
+    callTimeoutMs: timeout,
+    ...(ca ? { caFile: ca } : {}),
+    ...(cert ? { certFile: cert } : {}),
+    ...(key ? { keyFile: key } : {}),
+    ...(user ? { user, ...(env.IPTLB_ETCD_PASSWORD !== undefined ? { password: env.IPTLB_ETCD_PASSWORD } : {}) } : {}),
   };
+  checkEtcdOptions(etcd); // before any connection (and, for the agent, before the engine is chosen)
+  return { etcd, prefix: validatePrefix(pick(o.prefix, 'IPTLB_ETCD_PREFIX') ?? DEFAULT_PREFIX) };
 }
 
 /**

@@ -26,12 +26,22 @@ import {
   hostKey,
   parseStored,
   validateHost,
+  oneLine,
   validatePrefix,
   type Parsed,
   type Refusal,
   type StoredEntry,
 } from './reconcile.js';
-import { EtcdStore, prefixEnd, type EtcdOptions, type FleetStore, type StoreEvent, type WatchHandle } from './store.js';
+import { familyOfProfile } from '../model/profile.js';
+import {
+  EtcdStore,
+  prefixEnd,
+  storeErrorMessage,
+  type EtcdOptions,
+  type FleetStore,
+  type StoreEvent,
+  type WatchHandle,
+} from './store.js';
 import { nodeOs } from '../platform/builtins.js';
 
 export const DEFAULT_AGENT_STATE_FILE = '/var/lib/iptlb/agent.db';
@@ -41,6 +51,11 @@ const RESUME_WINDOW_MS = 60_000;
 /** Refused profiles listed in the host key (all are counted), and logged when the set changes. */
 export const MAX_REFUSED_LISTED = 100;
 const MAX_REFUSED_LOGGED = 20;
+/** Longest error kept in the host key and logged (an error may quote what the store holds). */
+const MAX_ERROR_LENGTH = 500;
+/** etcd refused the credentials (user, password, token, certificate) or the role's permissions. */
+const AUTH_ERROR =
+  /authentication failed|invalid auth token|user name not found|auth: |permission denied|UNAUTHENTICATED|PERMISSION_DENIED/i;
 
 export interface AgentOptions {
   /** The store: etcd connection options, or a {@link FleetStore} (tests, embedders). */
@@ -97,6 +112,12 @@ export interface HostStatus {
   error?: string;
   /** When this status was written (ISO time). */
   updated: string;
+  /**
+   * Which agent process wrote it (`<pid>-<random>`, new at each start): another value in this host's key means
+   * another agent runs with the same `--host` (cloned machines share host names), or a predecessor's key has not
+   * expired yet.
+   */
+  instance?: string;
 }
 
 export interface AgentEvents {
@@ -217,6 +238,10 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.log(
       `agent ${this.host}: ${s.engine}/${s.executor.kind}, state file ${this.core.statePath}, prefix ${this.prefix}`,
     );
+    const key = hostKey(this.prefix, this.host);
+    // (Not fatal: etcd may be down; the loop retries.)
+    const held = await this.store.range(key, `${key}\0`, { limit: 1 }).catch(() => undefined);
+    this.checkHostKeyOwner(held?.kvs[0]?.value, true);
     this.loop = this.run();
     if (this.o.syncMs > 0) {
       this.syncTimer = setInterval(() => void this.repairDrift(), this.o.syncMs);
@@ -243,9 +268,46 @@ export class Agent extends EventEmitter<AgentEvents> {
       watch: this.watchState,
       ...(this.error ? { error: this.error } : {}),
       updated: new Date().toISOString(),
+      instance: this.instance,
     };
   }
   private ownedCount = 0;
+  /** This process's mark in the host key (see {@link HostStatus.instance}). */
+  readonly instance = `${process.pid}-${Math.floor(Math.random() * 2 ** 32)
+    .toString(16)
+    .padStart(8, '0')}`;
+  /** Whether a status of this agent was written (another instance in the host key after that: a live agent). */
+  private statusWritten = false;
+  private warnedInstance?: string;
+
+  /**
+   * The host key holds the status of another agent instance: at start, a predecessor whose lease has not expired or
+   * another agent with this `--host`; once this agent wrote its own, another live agent with this `--host` (a dead
+   * one writes nothing). Said once per other instance.
+   */
+  private checkHostKeyOwner(value: string | undefined, atStart: boolean): void {
+    if (value === undefined) return;
+    let other: Partial<HostStatus>;
+    try {
+      other = JSON.parse(value) as Partial<HostStatus>;
+    } catch {
+      return;
+    }
+    const inst = typeof other?.instance === 'string' ? oneLine(other.instance, 40) : undefined;
+    if (!inst || inst === this.instance || inst === this.warnedInstance) return;
+    const key = hostKey(this.prefix, this.host);
+    const what = `instance ${inst}${typeof other.updated === 'string' ? `, updated ${oneLine(other.updated, 40)}` : ''}`;
+    if (atStart) {
+      this.log(
+        `agent: host key ${key} holds the status of another agent (${what}): a stopped predecessor whose lease expires within its TTL, or another agent running with --host ${this.host} (cloned machines share host names: give each agent its own --host)`,
+      );
+      return; // said again, as a warning, if it writes the key after this agent did
+    }
+    this.warnedInstance = inst;
+    this.log(
+      `agent: WARNING: another live agent runs with --host ${this.host}: it wrote host key ${key} (${what}) after this agent (instance ${this.instance}); their statuses overwrite each other and \`fleet status\` can hide one host's lag: give each agent its own --host`,
+    );
+  }
 
   private backoff(attempt: number): number {
     const cap = Math.min(this.o.backoffMaxMs, this.o.backoffMs * 2 ** Math.min(attempt, 20));
@@ -254,24 +316,40 @@ export class Agent extends EventEmitter<AgentEvents> {
 
   private async run(): Promise<void> {
     let attempt = 0;
+    let authSaid = false;
     while (!this.stopped) {
       const session = ++this.session;
+      this.watchingSince = undefined;
       try {
         await this.runSession(session);
         attempt = 0;
       } catch (e) {
         if (this.stopped) break;
-        const msg = (e as Error).message || String(e);
+        // A session that was healthy (watching) for at least the backoff's cap starts the backoff again:
+        // a recovery hours later waits 200 ms, not the cap. One that fails sooner (a member that accepts
+        // the watch and drops it) keeps the backoff growing.
+        if (this.watchingSince !== undefined && performance.now() - this.watchingSince >= this.o.backoffMaxMs)
+          attempt = 0;
+        const msg = storeErrorMessage(e);
         const delay = this.backoff(attempt++);
-        this.error = msg;
+        this.error = oneLine(msg, MAX_ERROR_LENGTH);
         this.setWatch('unreachable');
+        if (AUTH_ERROR.test(msg)) {
+          if (!authSaid)
+            this.log(
+              `agent: etcd refused this agent's credentials (${oneLine(msg, MAX_ERROR_LENGTH)}): check --etcd-user and IPTLB_ETCD_PASSWORD (or the client certificate) and the user's roles; retrying with backoff until etcd accepts them`,
+            );
+          authSaid = true;
+        } else authSaid = false;
         this.log(
-          `agent: store: ${msg}; kernel keeps the rules of revision ${this.applyRevision}; retrying in ${delay} ms (attempt ${attempt})`,
+          `agent: store: ${oneLine(msg, MAX_ERROR_LENGTH)}; kernel keeps the rules of revision ${this.applyRevision}; retrying in ${delay} ms (attempt ${attempt})`,
         );
         await sleep(delay, this.sleeper);
       }
     }
   }
+  /** When the current session's watch was created (it is healthy from then on). */
+  private watchingSince: number | undefined;
 
   /** One session: list, commit, watch until the watch or a check fails (then throws). */
   private async runSession(session: number): Promise<void> {
@@ -314,6 +392,8 @@ export class Agent extends EventEmitter<AgentEvents> {
       await new Promise<void>((resolve, reject) => {
         this.sessionFailed = (why) => reject(new Error(why));
         this.stopHook = () => resolve();
+        this.relistHook = () => resolve(); // a new session at once, without backoff
+
         if (this.stopped) return resolve();
         // Checked from now on: a watch that is never created is as silent as one that stalls.
         this.checkTimer = setInterval(() => void this.check(session), this.o.checkMs);
@@ -351,6 +431,7 @@ export class Agent extends EventEmitter<AgentEvents> {
               if (session !== this.session || this.stopped || id !== current) return void w.cancel();
               watch = w;
               this.error = undefined;
+              this.watchingSince ??= performance.now();
               this.setWatch('watching');
             }, reject);
         };
@@ -360,11 +441,28 @@ export class Agent extends EventEmitter<AgentEvents> {
       if (this.checkTimer) clearInterval(this.checkTimer);
       this.checkTimer = undefined;
       this.sessionFailed = undefined;
+      this.relistHook = undefined;
       this.session++; // events of this session's watch are ignored from now on
       await watch?.cancel();
     }
   }
   private stopHook?: () => void;
+  private relistHook?: () => void;
+
+  /**
+   * Checks now (`iptlb agent` on SIGHUP, as `iptlb watch` does): compares the kernel with the state
+   * file and repairs drift, then reads the store again: the watching session re-lists at a fresh
+   * revision (and commits the difference), a session waiting to retry the store retries at once.
+   */
+  async checkNow(why = 'check requested'): Promise<void> {
+    if (this.stopped) return;
+    this.log(`agent: ${why}: checking the kernel for drift and re-reading the store now`);
+    const repaired = await this.repairDrift(true);
+    if (repaired === false) this.log('agent: drift check: the kernel holds what the state file says');
+    if (this.stopped) return;
+    if (this.relistHook) this.relistHook();
+    else this.sleeper.wake?.();
+  }
 
   /**
    * A silent watch is not trusted: a linearizable read must answer (it fails or times out without
@@ -396,7 +494,9 @@ export class Agent extends EventEmitter<AgentEvents> {
       // written again under a new lease, or the host stays "unknown" until the next change. (Not part
       // of the session's check: a role that may not read the key only loses this repair.)
       const key = hostKey(this.prefix, this.host);
+      const wrote = this.statusWritten; // read after this agent's write: another writer is alive
       const own = await this.store!.range(key, `${key}\0`, { limit: 1 }).catch(() => undefined);
+      if (own?.kvs.length && wrote) this.checkHostKeyOwner(own.kvs[0]!.value, false);
       if (
         own &&
         !own.kvs.length &&
@@ -488,12 +588,24 @@ export class Agent extends EventEmitter<AgentEvents> {
     const mirror = this.mirror;
     const t0 = performance.now();
     let refused: Refusal[] = [];
+    const families = new Set<string>();
     this.committing = (async () => {
       try {
         const r = await this.core.transact(
           (owned) => {
             const d = decide(mirror, owned);
             refused = d.refused;
+            families.clear();
+            for (const p of d.change.upsert) families.add(familyOfProfile(p));
+            for (const n of d.change.remove) {
+              const old = owned.get(n);
+              if (old) families.add(familyOfProfile(old));
+            }
+            // A changed profile that moved family is removed from the other one too.
+            for (const p of d.change.upsert) {
+              const old = owned.get(p.name);
+              if (old) families.add(familyOfProfile(old));
+            }
             return d.change;
           },
           { run: true },
@@ -501,21 +613,13 @@ export class Agent extends EventEmitter<AgentEvents> {
         const owned = await this.core.readState();
         this.ownedCount = owned.size;
         this.applyRevision = revision;
-        const was = this.refused.map((x) => `${x.name}:${x.message}`).join('\n');
+        this.logRefusals(this.refused, refused);
         this.refused = refused;
-        if (refused.map((x) => `${x.name}:${x.message}`).join('\n') !== was) {
-          for (const x of refused.slice(0, MAX_REFUSED_LOGGED))
-            this.log(`agent: refused profile ${JSON.stringify(x.name)} (${x.code}): ${x.message}`);
-          if (refused.length > MAX_REFUSED_LOGGED)
-            this.log(
-              `agent: ... and ${refused.length - MAX_REFUSED_LOGGED} more refused profile(s) (${refused.length} in all; \`iptlb fleet list\` shows each)`,
-            );
-        }
         if (this.error?.startsWith('kernel:')) this.error = undefined;
         const totalMs = performance.now() - t0;
         if (r.committed)
           this.log(
-            `agent: revision ${revision}: ${r.applied.length} applied, ${r.deleted.length} removed in one transaction (${r.commitMs.toFixed(2)} ms kernel, ${totalMs.toFixed(1)} ms in all)`,
+            `agent: revision ${revision}: ${r.applied.length} applied, ${r.deleted.length} removed as one change (${families.size > 1 ? `a kernel transaction per address family, ${[...families].sort().join(' and ')}` : `one kernel transaction, ${[...families][0] ?? 'ipv4'}`}; ${r.commitMs.toFixed(2)} ms kernel, ${totalMs.toFixed(1)} ms in all)`,
           );
         this.readyResolve();
         this.emit('applied', {
@@ -533,7 +637,7 @@ export class Agent extends EventEmitter<AgentEvents> {
         }
       } catch (e) {
         // Nothing changed (the core's transaction is all or nothing): retry the whole difference later.
-        this.error = `kernel: ${(e as Error).message}`;
+        this.error = `kernel: ${oneLine((e as Error).message, MAX_ERROR_LENGTH)}`;
         this.log(
           `agent: revision ${revision} not applied: ${(e as Error).message}; the kernel keeps revision ${this.applyRevision}; retrying`,
         );
@@ -556,12 +660,33 @@ export class Agent extends EventEmitter<AgentEvents> {
   }
 
   /**
+   * Logs what changed in the refused set: profiles newly refused (or refused for another reason), at most
+   * MAX_REFUSED_LOGGED lines, and those no longer refused in one line. Unchanged refusals are not logged again.
+   */
+  private logRefusals(before: Refusal[], after: Refusal[]): void {
+    const was = new Map(before.map((x) => [x.name, `${x.code}:${x.message}`]));
+    const now = new Set(after.map((x) => x.name));
+    const changed = after.filter((x) => was.get(x.name) !== `${x.code}:${x.message}`);
+    for (const x of changed.slice(0, MAX_REFUSED_LOGGED))
+      this.log(`agent: refused profile ${JSON.stringify(x.name)} (${x.code}): ${x.message}`);
+    if (changed.length > MAX_REFUSED_LOGGED)
+      this.log(
+        `agent: ... and ${changed.length - MAX_REFUSED_LOGGED} more newly refused profile(s) (${after.length} refused in all; \`iptlb fleet list\` shows each)`,
+      );
+    const gone = before.filter((x) => !now.has(x.name)).map((x) => JSON.stringify(x.name));
+    if (gone.length)
+      this.log(
+        `agent: no longer refused: ${gone.slice(0, MAX_REFUSED_LOGGED).join(', ')}${gone.length > MAX_REFUSED_LOGGED ? ` and ${gone.length - MAX_REFUSED_LOGGED} more` : ''} (${after.length} refused now)`,
+      );
+  }
+
+  /**
    * Drift (someone flushed the rules): the periodic check makes the kernel match the agent's state file, without
    * re-listing.
    */
   private repairing = false;
-  async repairDrift(): Promise<boolean> {
-    if (this.repairing || this.stopped) return false;
+  async repairDrift(report = false): Promise<boolean | undefined> {
+    if (this.repairing || this.stopped) return report ? undefined : false;
     this.repairing = true;
     try {
       const reports = await this.core.status();
@@ -577,7 +702,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       return r.committed;
     } catch (e) {
       this.log(`agent: drift check: ${(e as Error).message}`);
-      return false;
+      return report ? undefined : false;
     } finally {
       this.repairing = false;
     }
@@ -607,6 +732,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       .then(
         () => {
           this.statusAttempt = 0;
+          this.statusWritten = true;
         },
         (e: Error) => {
           this.statusAgain = true;
@@ -628,8 +754,12 @@ export class Agent extends EventEmitter<AgentEvents> {
   }
 
   /** Stops watching; the kernel keeps the rules and the state file stays. Revokes the host key's lease. */
-  async stop(): Promise<void> {
+  async stop(why?: string): Promise<void> {
     if (this.stopped) return;
+    if (why)
+      this.log(
+        `agent: ${why}: stopping; the kernel keeps the rules of revision ${this.applyRevision}, the host key goes with its lease`,
+      );
     this.stopped = true;
     this.sleeper.wake?.();
     this.stopHook?.();

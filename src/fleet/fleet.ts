@@ -5,7 +5,7 @@
 import { IptlbError } from '../model/errors.js';
 import { checkConflicts, show, validateName, validateProfile } from '../model/profile.js';
 import type { Profile, ProfileInput } from '../model/types.js';
-import { decide, hostKey, parseStored, profileKey, type Parsed, type Refusal } from './reconcile.js';
+import { decide, hostKey, parseStored, profileKey, type Parsed, type Refusal, type StoredEntry } from './reconcile.js';
 import { MAX_TXN_OPS, prefixEnd, type FleetStore, type StoreKV } from './store.js';
 import type { HostStatus } from './agent.js';
 
@@ -99,6 +99,9 @@ export async function fleetApply(
     const others: Profile[] = [];
     for (const s of stored) if (s.parsed.ok && !s.conflict && !names.has(s.name)) others.push(s.parsed.profile);
     profiles.forEach((p, i) => checkConflicts(p, [...others, ...profiles.slice(0, i)]));
+    // And exactly what the agents will decide from the store once these are written (an invalid value
+    // keeps its chain and the address it names: every agent would refuse a profile that takes them).
+    refuseWhatAgentsRefuse(prefix, stored, profiles, listed);
     // Written only if no profile was stored since the list: two writers at once cannot both store
     // profiles that conflict (each checked against a list without the other's).
     const revision = await store.txn(
@@ -112,6 +115,30 @@ export async function fleetApply(
         `etcd: other writers changed the stored profiles during each of ${attempt} attempts to check and write these; nothing was written`,
       );
   }
+}
+
+/**
+ * Runs the agents' decision over the store as it will be once `profiles` are written (a new key is created after every
+ * stored one; a changed key keeps its place) and refuses (ECONFLICT, nothing written) any of them an agent would
+ * refuse.
+ */
+function refuseWhatAgentsRefuse(prefix: string, stored: StoredProfile[], profiles: Profile[], listed: number): void {
+  const after = new Map<string, StoredEntry>(
+    stored.map((s) => [s.name, { ...s.parsed, createRevision: s.createRevision }]),
+  );
+  for (const p of profiles)
+    after.set(p.name, { ok: true, profile: p, createRevision: after.get(p.name)?.createRevision ?? listed + 1 });
+  const { refused, holders } = decide(after, new Map());
+  const mine = new Set(profiles.map((p) => p.name));
+  const r = refused.find((x) => mine.has(x.name));
+  if (!r) return;
+  const h = holders.get(r.name);
+  const field = /^(\w+):/.exec(r.message)?.[1];
+  throw new IptlbError(
+    'ECONFLICT',
+    `${r.message}; every agent would refuse profile ${show(r.name)}${h?.invalid ? ` (fix or delete ${profileKey(prefix, h.name)})` : ''}; nothing written`,
+    field ? { field } : {},
+  );
 }
 
 /** How often `fleetApply` lists, checks and writes again when another writer got in between. */
@@ -162,14 +189,25 @@ export interface HostRow {
 
 /**
  * One row per host key (plus the `expect`ed hosts without a key, as unknown) and whether `target`
- * has converged everywhere. Default target: the newest modification revision of a stored profile
- * (a deletion leaves no key: pass the revision `fleet delete` printed).
+ * has converged everywhere: applied on every host, and no profile refused by any of them (a refused
+ * profile is not served, whatever revision the host applied). Default target: the newest modification
+ * revision of a stored profile (a deletion leaves no key: pass the revision `fleet delete` printed).
  */
 export async function fleetStatus(
   store: FleetStore,
   prefix: string,
   opts: { revision?: number; expect?: string[] } = {},
-): Promise<{ storeRevision: number; target: number; hosts: HostRow[]; converged: boolean }> {
+): Promise<{
+  storeRevision: number;
+  target: number;
+  hosts: HostRow[];
+  /** Profiles refused by hosts that applied the target (from their host keys: the first 100 of each), by name. */
+  refused: { name: string; code: string; hosts: string[] }[];
+  /** Refused profiles a host counted beyond those its key lists (the most of any current host). */
+  refusedUnlisted: number;
+  /** Every host applied the target and refused no profile. */
+  converged: boolean;
+}> {
   const hostsBase = `${prefix}hosts/`;
   const { kvs, revision: storeRevision } = await listPrefix(store, hostsBase);
   if (opts.revision !== undefined && opts.revision > storeRevision)
@@ -207,7 +245,28 @@ export async function fleetStatus(
   for (const h of opts.expect ?? [])
     if (!rows.has(h)) rows.set(h, { host: h, status: null, converged: false, lag: null });
   const hosts = [...rows.values()].sort((a, b) => (a.host < b.host ? -1 : 1));
-  return { storeRevision, target, hosts, converged: hosts.length > 0 && hosts.every((h) => h.converged) };
+  // A host that applied the target but refused profiles does not serve them: not converged either.
+  const byName = new Map<string, { name: string; code: string; hosts: string[] }>();
+  let unlisted = 0;
+  for (const h of hosts) {
+    if (!h.converged || !h.status) continue;
+    for (const r of h.status.refused) {
+      if (typeof r?.name !== 'string') continue;
+      const e = byName.get(r.name) ?? { name: r.name, code: String(r.code), hosts: [] };
+      e.hosts.push(h.host);
+      byName.set(r.name, e);
+    }
+    unlisted = Math.max(unlisted, h.status.refusedCount - h.status.refused.length);
+  }
+  const refused = [...byName.values()].sort((a, b) => (a.name < b.name ? -1 : 1));
+  return {
+    storeRevision,
+    target,
+    hosts,
+    refused,
+    refusedUnlisted: unlisted,
+    converged: hosts.length > 0 && hosts.every((h) => h.converged) && !refused.length && !unlisted,
+  };
 }
 
 export { hostKey };

@@ -34,6 +34,32 @@ export function validateHost(host: unknown, field = 'host'): string {
   return host;
 }
 
+/** Longest refusal message kept (host key, log, `fleet list`); a longer one is cut. */
+export const MAX_REFUSAL_MESSAGE = 300;
+
+/**
+ * Text from the store (a refusal's message, a key's name) made fit for one log line and a small host key: control
+ * characters (and the line and paragraph separators) escaped as in JSON, cut to `max` characters.
+ */
+export function oneLine(text: string, max = MAX_REFUSAL_MESSAGE): string {
+  // eslint-disable-next-line no-control-regex -- control characters are what it escapes
+  const s = text.replace(/[\x00-\x1f\x7f-\x9f\u2028\u2029]/g, (c) =>
+    c === '\n'
+      ? '\\n'
+      : c === '\r'
+        ? '\\r'
+        : c === '\t'
+          ? '\\t'
+          : `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
+  );
+  return s.length > max ? `${s.slice(0, max - 3)}...` : s;
+}
+
+/** A stored key's name as refusals show it: as it is when it could be a profile name, else made one short line. */
+export function refusalName(name: string): string {
+  return /^[A-Za-z0-9_-]{1,63}$/.test(name) ? name : oneLine(name, 80);
+}
+
 /** A stored profile: valid, or refused with the error that says why. */
 export type Parsed =
   | { ok: true; profile: Profile }
@@ -81,8 +107,8 @@ export function parseStored(name: string, value: string): Parsed {
     const claim = claimOf(input);
     const why =
       e instanceof IptlbError
-        ? { code: e.code, message: e.message }
-        : { code: 'EINVAL_PROFILE' as const, message: (e as Error).message };
+        ? { code: e.code, message: oneLine(e.message) }
+        : { code: 'EINVAL_PROFILE' as const, message: oneLine((e as Error).message) };
     return { ok: false, ...why, ...(claim ? { claim } : {}) };
   }
 }
@@ -114,25 +140,36 @@ export type StoredEntry = Parsed & { createRevision?: number };
 export function decide(
   stored: ReadonlyMap<string, StoredEntry>,
   owned: ReadonlyMap<string, Profile>,
-): { change: Change; refused: Refusal[] } {
+): { change: Change; refused: Refusal[]; holders: Map<string, { name: string; invalid: boolean }> } {
   const byChain = new Map<string, string>();
   const bySource = new Map<string, string>();
+  /** Refused for a conflict: the profile that holds the claim (an invalid value holds its own). */
+  const holders = new Map<string, { name: string; invalid: boolean }>();
+  let lastHolder = '';
+  const held = (other: string): string => {
+    const s = stored.get(other);
+    return s && !s.ok ? ', stored first (an invalid value: refused, yet it keeps its claim)' : ', stored first';
+  };
   /** Why `p` cannot have its claims (an earlier profile holds one), or undefined. */
   const clash = (p: Profile): Refusal | undefined => {
     const c = byChain.get(chainName(p.name));
-    if (c !== undefined && c !== p.name)
+    if (c !== undefined && c !== p.name) {
+      lastHolder = c;
       return {
         name: p.name,
         code: 'ECONFLICT',
-        message: `name: ${show(p.name)} maps to chain ${chainName(p.name)}, already used by profile ${show(c)}, stored first`,
+        message: `name: ${show(p.name)} maps to chain ${chainName(p.name)}, already used by profile ${show(c)}${held(c)}`,
       };
+    }
     const o = bySource.get(`${p.source}/${p.protocol}`);
-    if (o !== undefined && o !== p.name)
+    if (o !== undefined && o !== p.name) {
+      lastHolder = o;
       return {
         name: p.name,
         code: 'ECONFLICT',
-        message: `source: ${show(p.source)}/${p.protocol} already belongs to profile ${show(o)}, stored first`,
+        message: `source: ${show(p.source)}/${p.protocol} already belongs to profile ${show(o)}${held(o)}`,
       };
+    }
     return undefined;
   };
   const place = (p: Profile): void => {
@@ -149,7 +186,7 @@ export function decide(
     const old = owned.get(name);
     let keepOld = !!old;
     if (!s.ok) {
-      refused.push({ name, code: s.code, message: s.message });
+      refused.push({ name: refusalName(name), code: s.code, message: s.message });
       // An invalid value still holds its key's place: its chain, and the address it names when that
       // part of it is valid, so a newer profile does not take them on a host that never had the old
       // version (and every host decides alike).
@@ -165,6 +202,7 @@ export function decide(
         continue;
       }
       refused.push(why);
+      holders.set(name, { name: lastHolder, invalid: stored.get(lastHolder)?.ok === false });
       keepOld = !!old && !same;
     }
     // Refused: the old version stays where nothing before it (but itself) claims what it does; else it goes.
@@ -173,5 +211,5 @@ export function decide(
   }
   upsert.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   refused.sort((a, b) => (a.name < b.name ? -1 : 1));
-  return { change: { upsert, remove }, refused };
+  return { change: { upsert, remove }, refused, holders };
 }

@@ -68,6 +68,18 @@ export interface FleetStore {
   close(): Promise<void>;
 }
 
+/**
+ * What a store call's failure says, in one line: its first line, without the gRPC client's empty
+ * "Resolution note:" (etcd3 errors end with it).
+ */
+export function storeErrorMessage(e: unknown): string {
+  const m = String((e as Error)?.message || e);
+  return m
+    .split('\n')[0]!
+    .replace(/\s*Resolution note:\s*$/, '')
+    .trim();
+}
+
 /** etcd's limit of operations per transaction. */
 export const MAX_TXN_OPS = 128;
 
@@ -92,7 +104,7 @@ export interface EtcdOptions {
   caFile?: string;
   certFile?: string;
   keyFile?: string;
-  /** etcd user and password (role-based access). */
+  /** etcd user and password (role-based access; a user without a password is refused). */
   user?: string;
   password?: string;
   /** Deadline of each unary call, ms. Default 5000 (a linearizable read blocks while quorum is lost). */
@@ -123,6 +135,38 @@ export function parseEndpoints(text: string | undefined, field = 'etcd'): string
   return list;
 }
 
+/**
+ * Options that cannot work together, refused before any connection: TLS files with an endpoint that
+ * names a scheme other than https:// (grpc would switch it to TLS and fail obscurely), a user without a
+ * password.
+ */
+export function checkEtcdOptions(o: EtcdOptions): void {
+  const tls = o.caFile ? 'etcd-ca' : o.certFile ? 'etcd-cert' : o.keyFile ? 'etcd-key' : undefined;
+  if (tls) {
+    const plain = o.endpoints.find((e) => /^(http|unix):/.test(e));
+    if (plain)
+      throw new IptlbError(
+        'EUSAGE',
+        `${tls}: TLS needs https:// endpoints (or host:port); ${JSON.stringify(plain)} is not one`,
+        { field: tls },
+      );
+  }
+  if (o.user !== undefined && o.password === undefined)
+    throw new IptlbError(
+      'EUSAGE',
+      `etcd-user: ${JSON.stringify(o.user)} needs a password: set it in the environment variable IPTLB_ETCD_PASSWORD`,
+      { field: 'etcd-user' },
+    );
+}
+
+/** Whether a file read as a PEM file holds the block it must (a CA or client certificate, a key). */
+function pemProblem(data: Buffer, what: 'CERTIFICATE' | 'PRIVATE KEY'): string | undefined {
+  const text = data.toString('latin1');
+  const ok =
+    what === 'CERTIFICATE' ? /-----BEGIN CERTIFICATE-----/.test(text) : /-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(text);
+  return ok ? undefined : `holds no PEM ${what.toLowerCase()} ("-----BEGIN ${what}-----")`;
+}
+
 const num = (v: unknown): number => Number(v ?? 0);
 const str = (b: unknown): string => (Buffer.isBuffer(b) ? b.toString('utf8') : String(b ?? ''));
 
@@ -139,19 +183,24 @@ export class EtcdStore implements FleetStore {
   static async connect(o: EtcdOptions): Promise<EtcdStore> {
     const { Etcd3, isRecoverableError } = await import('etcd3');
     const { noop, circuitBreaker, retry, handleWhen, ConsecutiveBreaker } = await import('cockatiel');
-    const read = (f: string | undefined, field: string): Buffer | undefined => {
+    checkEtcdOptions(o);
+    const read = (f: string | undefined, field: string, what: 'CERTIFICATE' | 'PRIVATE KEY'): Buffer | undefined => {
       if (!f) return undefined;
+      let data: Buffer;
       try {
-        return readFileSync(f);
+        data = readFileSync(f);
       } catch (e) {
         throw new IptlbError('EUSAGE', `${field}: cannot read ${JSON.stringify(f)} (${(e as Error).message})`, {
           field,
         });
       }
+      const why = pemProblem(data, what);
+      if (why) throw new IptlbError('EUSAGE', `${field}: ${JSON.stringify(f)} ${why}`, { field });
+      return data;
     };
-    const ca = read(o.caFile, 'etcd-ca');
-    const cert = read(o.certFile, 'etcd-cert');
-    const key = read(o.keyFile, 'etcd-key');
+    const ca = read(o.caFile, 'etcd-ca', 'CERTIFICATE');
+    const cert = read(o.certFile, 'etcd-cert', 'CERTIFICATE');
+    const key = read(o.keyFile, 'etcd-key', 'PRIVATE KEY');
     if (!!cert !== !!key)
       throw new IptlbError(
         'EUSAGE',
@@ -170,7 +219,7 @@ export class EtcdStore implements FleetStore {
             },
           }
         : {}),
-      ...(o.user ? { auth: { username: o.user, password: o.password ?? '' } } : {}),
+      ...(o.user ? { auth: { username: o.user, password: o.password! } } : {}),
       // One endpoint: our own retries (capped, jittered) decide; etcd3's breaker would block every
       // call for 5 s after three failures. Several: a call that fails on one member for want of it
       // (unavailable, a deadline) is tried on the next one, and a member that just failed is passed

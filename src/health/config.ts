@@ -3,7 +3,7 @@
  * with `kind: none`) nothing is probed and the state file is byte-identical to one without health.
  */
 import { canonicalIpv6, ipv4Problem, unicastProblem, type Endpoint } from '../model/address.js';
-import { invalid } from '../model/errors.js';
+import { fieldLabel, invalid } from '../model/errors.js';
 import type { Family } from '../model/address.js';
 
 export type HealthKind = 'tcp' | 'http';
@@ -112,7 +112,7 @@ export function normalizeHealth(input: unknown, family: Family): HealthConfig | 
   const h = input as Record<string, unknown>;
   for (const k of Object.keys(h)) {
     if (!(HEALTH_KEYS as readonly string[]).includes(k))
-      throw invalid(`health.${k}`, `is not a health field (known: ${HEALTH_KEYS.join(', ')})`);
+      throw invalid(`health.${fieldLabel(k)}`, `is not a health field (known: ${HEALTH_KEYS.join(', ')})`);
   }
   const kind = h.kind ?? 'tcp';
   if (kind === 'none') {

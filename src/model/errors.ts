@@ -32,6 +32,17 @@ export class IptlbError extends Error {
   }
 }
 
+/**
+ * A field name taken from input (an unknown key of a profile) as an error message shows it: as it is when it is a
+ * short plain word, else JSON-quoted (control characters escaped, so the message stays one line) and cut to a few
+ * dozen characters (a 600 KB key made a 600 KB message, too large for the fleet agent's host key).
+ */
+export function fieldLabel(key: string): string {
+  if (/^[A-Za-z0-9_.-]{1,40}$/.test(key)) return key;
+  const q = JSON.stringify(key);
+  return q.length > 44 ? `${q.slice(0, 40)}..."` : q;
+}
+
 export function invalid(field: string, message: string): IptlbError {
   return new IptlbError('EINVAL_PROFILE', `${field}: ${message}`, { field });
 }

@@ -4,7 +4,7 @@
  */
 import { formatEndpoint, parseEndpoint, unicastProblem, type Endpoint, type Family } from './address.js';
 import { nodeCrypto } from '../platform/builtins.js';
-import { IptlbError, invalid } from './errors.js';
+import { fieldLabel, IptlbError, invalid } from './errors.js';
 import { normalizeHealth, sameHealth } from '../health/config.js';
 import {
   PROTOCOLS,
@@ -285,7 +285,8 @@ export function validateProfile(input: ProfileInput | unknown, opts: { existing?
   const plain = plainInput(p, opts.existing === true);
   if (plain) return plain;
   for (const key of Object.keys(p)) {
-    if (!KNOWN_KEYS.has(key)) throw invalid(key, `is not a profile field (known: ${[...KNOWN_KEYS].join(', ')})`);
+    if (!KNOWN_KEYS.has(key))
+      throw invalid(fieldLabel(key), `is not a profile field (known: ${[...KNOWN_KEYS].join(', ')})`);
   }
   const name = validateName(p.name, 'name', opts);
   if (p.source === undefined || p.source === '')

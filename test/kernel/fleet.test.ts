@@ -309,7 +309,11 @@ test(
           const x = await hostStatus(s, 'h1');
           return x && x.revision >= rd && x.watch === 'watching';
         });
-        await waitLog(agent, /1 applied, 1 removed in one transaction/, 'one transaction at start-up');
+        await waitLog(
+          agent,
+          /1 applied, 1 removed as one change \(one kernel transaction, ipv4;/,
+          'one transaction at start-up',
+        );
         await new Promise((r) => setTimeout(r, 300));
         const res = JSON.parse((await cont.kill('SIGTERM')).stdout.trim().split('\n').pop()!) as {
           ok: number;
@@ -452,7 +456,7 @@ test(
         const st = await waitApplied(s, 'h1', last, 60_000);
         assert.equal(st.profiles, N);
         await waitLog(a, /listed 10000 profile\(s\) at revision \d+ in 10 page\(s\)/, 'listed in pages');
-        await waitLog(a, /10000 applied, 0 removed in one transaction/, 'one transaction');
+        await waitLog(a, /10000 applied, 0 removed as one change \(one kernel transaction, ipv4;/, 'one transaction');
         await balanced(t, 'h1', '127.101.0.1');
         await balanced(t, 'h1', `127.101.${Math.floor((N - 1) / 250)}.${((N - 1) % 250) + 1}`);
       });

@@ -249,7 +249,7 @@ describe('fleet: agent against a fake store and the fake nft kernel', () => {
     let pages = 0;
     store.range = async (s, e, o) => {
       const r = await range(s, e, o);
-      if (++pages === 2) putProf(store, 'late', 2000);
+      if (s.startsWith(`${P}profiles/`) && ++pages === 2) putProf(store, 'late', 2000); // (not the host key's read)
       return r;
     };
     const applied: number[] = [];
@@ -611,7 +611,7 @@ describe('fleet: agent against a fake store and the fake nft kernel', () => {
     await a.stop();
   });
 
-  test('many refused profiles: the host key lists the first 100 and counts all; the log says 20 and how many more', async () => {
+  test('many refused profiles: the host key lists the first 100 and counts all; the log says 20 and how many more; later, only what changed is logged', async () => {
     const store = new FakeStore();
     const lines: string[] = [];
     for (let i = 0; i < 150; i++) store.put(profileKey(P, `bad${String(i).padStart(3, '0')}`), '{not json');
@@ -624,7 +624,22 @@ describe('fleet: agent against a fake store and the fake nft kernel', () => {
     assert.equal(st.refusedCount, 150);
     assert.equal(st.refused[0]!.name, 'bad000');
     assert.equal(lines.filter((l) => /refused profile "bad/.test(l)).length, 20);
-    assert.ok(lines.some((l) => /and 130 more refused profile\(s\) \(150 in all/.test(l)));
+    assert.ok(lines.some((l) => /and 130 more newly refused profile\(s\) \(150 refused in all/.test(l)));
+    // One more refused, one fixed: two lines, not the whole list again.
+    lines.length = 0;
+    store.put(profileKey(P, 'bad999'), '{not json');
+    store.put(profileKey(P, 'bad000'), JSON.stringify(prof('bad000', 2)));
+    await until(
+      () => a.status().refusedCount === 150 && lines.some((l) => /no longer refused/.test(l)),
+      'both changes',
+    );
+    assert.deepEqual(
+      lines.filter((l) => /refused/.test(l)),
+      [
+        'agent: refused profile "bad999" (EINVAL_PROFILE): value: not JSON (Expected property name or \'}\' in JSON at position 1)',
+        'agent: no longer refused: "bad000" (150 refused now)',
+      ],
+    );
     await a.stop();
   });
 

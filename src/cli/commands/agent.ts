@@ -39,7 +39,7 @@ export function register(program: Command, io: Out): void {
     program
       .command('agent')
       .description(
-        'follow the profiles kept in etcd: list <prefix>profiles/ at one revision, apply them in one transaction, then watch; SIGTERM stops and leaves the rules',
+        'follow the profiles kept in etcd: list <prefix>profiles/ at one revision, apply them as one change, then watch; SIGHUP checks now (drift, a re-read of the store); SIGTERM stops and leaves the rules',
       ),
   )
     .option('--host <name>', 'this host in <prefix>hosts/<host> (default: the host name)')
@@ -97,12 +97,32 @@ export function register(program: Command, io: Out): void {
       agent.attachments.close = () => services.stop();
       wireAgentSyncs(agent, services.onSync);
       await services.start(); // at once, not after the first list: /healthz answers while etcd is unreachable too
-      await new Promise<void>((resolve) => {
-        const stop = (): void => void agent.stop().then(resolve, resolve);
-        process.once('SIGTERM', stop);
-        process.once('SIGINT', stop);
-      });
+      await agentSignals(agent, process);
     });
+}
+
+/**
+ * SIGTERM and SIGINT stop the agent (logged; the rules stay); SIGHUP checks now, as in `iptlb watch`:
+ * a drift check and a re-read of the store (it killed the agent silently, exit 129). Resolves once stopped.
+ */
+export function agentSignals(
+  agent: { stop(why?: string): Promise<void>; checkNow(why?: string): Promise<void> },
+  proc: Pick<NodeJS.Process, 'on' | 'removeListener'>,
+): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const hup = (): void => void agent.checkNow('SIGHUP');
+    const stop = (sig: string) => (): void => {
+      proc.removeListener('SIGHUP', hup);
+      proc.removeListener('SIGTERM', term);
+      proc.removeListener('SIGINT', int);
+      void agent.stop(sig).then(resolve, resolve);
+    };
+    const term = stop('SIGTERM');
+    const int = stop('SIGINT');
+    proc.on('SIGHUP', hup);
+    proc.on('SIGTERM', term);
+    proc.on('SIGINT', int);
+  });
 }
 
 /**

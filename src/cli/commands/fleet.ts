@@ -10,20 +10,13 @@ import type { FleetStore } from '../../fleet/store.js';
 
 async function withStore<T>(o: EtcdFlags, fn: (store: FleetStore, prefix: string) => Promise<T>): Promise<T> {
   const { etcd, prefix } = etcdOptions(o);
-  const { EtcdStore } = await import('../../fleet/store.js');
+  const { EtcdStore, storeErrorMessage } = await import('../../fleet/store.js');
   // What etcd or its client says (unreachable, a deadline, refused credentials) is one line naming
   // the endpoints, not an internal error.
   const storeError = (e: unknown): unknown =>
     e instanceof IptlbError
       ? e
-      : new IptlbError(
-          'ESTORE',
-          `etcd ${etcd.endpoints.join(',')}: ${String((e as Error)?.message ?? e)
-            .split('\n')[0]!
-            .replace(/\s*Resolution note:\s*$/, '')
-            .trim()}`,
-          { field: 'etcd' },
-        );
+      : new IptlbError('ESTORE', `etcd ${etcd.endpoints.join(',')}: ${storeErrorMessage(e)}`, { field: 'etcd' });
   const store = await EtcdStore.connect(etcd).catch((e: unknown) => {
     throw storeError(e);
   });
@@ -62,6 +55,7 @@ async function deleteCommand(names: string[], o: EtcdFlags & { json?: boolean },
 
 async function listCommand(o: EtcdFlags & { json?: boolean }, io: Out): Promise<void> {
   const { fleetList } = await import('../../fleet/fleet.js');
+  const { refusalName } = await import('../../fleet/reconcile.js');
   const r = await withStore(o, (s, prefix) => fleetList(s, prefix));
   if (o.json) {
     const profiles = r.profiles.map((p) =>
@@ -85,7 +79,7 @@ async function listCommand(o: EtcdFlags & { json?: boolean }, io: Out): Promise<
   for (const p of r.profiles)
     io.out(
       !p.parsed.ok
-        ? `${p.name}\tINVALID (${p.parsed.code}): ${p.parsed.message}`
+        ? `${refusalName(p.name)}\tINVALID (${p.parsed.code}): ${p.parsed.message}`
         : p.conflict
           ? `${p.name}\tREFUSED (${p.conflict.code}): ${p.conflict.message}`
           : describeProfile(p.parsed.profile),
@@ -117,15 +111,25 @@ function hostLine(row: FleetStatus['hosts'][number]): string {
 
 function convergenceLine(r: FleetStatus): string {
   const lagging = r.hosts.filter((x) => !x.converged).map((x) => x.host);
-  const verdict = r.converged
-    ? `converged on all ${r.hosts.length} host(s)`
-    : r.hosts.length
-      ? `NOT converged (${lagging.join(', ')})`
-      : 'no hosts known';
+  const all = r.hosts.length;
+  const refused = r.refused.length + r.refusedUnlisted;
+  const names = r.refused
+    .slice(0, 10)
+    .map(
+      (x) => `${x.name}:${x.code} on ${x.hosts.length === all && !lagging.length ? 'every host' : x.hosts.join(',')}`,
+    );
+  if (r.refused.length > 10 || r.refusedUnlisted) names.push('…');
+  const verdict = lagging.length
+    ? `NOT converged (${lagging.join(', ')})`
+    : !all
+      ? 'no hosts known'
+      : refused
+        ? `REFUSED: applied on all ${all} host(s), but profiles are refused (${names.join(', ')}): not served; \`iptlb fleet list\` says why`
+        : `converged on all ${all} host(s)`;
   return `revision ${r.target} (store at ${r.storeRevision}): ${verdict}`;
 }
 
-/** `fleet status`: exit 3 when the target revision has not converged on every host. */
+/** `fleet status`: exit 3 when the target revision has not converged on every host, or a host refused profiles. */
 async function statusCommand(o: StatusOpts, io: Out): Promise<void> {
   const revision = parseRevision(o.revision);
   const { validateHost } = await import('../../fleet/reconcile.js');
@@ -157,7 +161,7 @@ export function register(program: Command, io: Out): void {
       fleet
         .command('apply')
         .description(
-          'validate a profile (or every profile of --file) as `iptlb apply` does and write it to etcd, in one transaction',
+          'validate a profile (or every profile of --file) as `iptlb apply` does, refuse what every agent would refuse (an address or chain a stored profile holds, an invalid one too), and write it to etcd, in one transaction',
         ),
     ),
   )
@@ -188,7 +192,7 @@ export function register(program: Command, io: Out): void {
     fleet
       .command('status')
       .description(
-        'one row per host: the revision it applied against the target, lagging or not, refused profiles; exit 3 when the target has not converged everywhere',
+        'one row per host: the revision it applied against the target, lagging or not, refused profiles; exit 3 when the target has not converged everywhere or a host refused profiles',
       ),
   )
     .option(
