@@ -251,14 +251,23 @@ void RefuseTaken(struct xtc_handle *h, const Transaction &tx) {
   using Entry = typename F::Entry;
   if (!tx.exclusive) return;
   std::map<std::string, std::map<SetElement, const HookRule *>> mine;  // dispatch chain -> element -> rule
+  // The addresses and protocols among them: the rules of other addresses (nearly all, in a churn of
+  // one table) are passed over on their header, not decoded.
+  std::set<std::pair<std::string, uint8_t>> heads;
   for (const HookRule &hr : tx.hook_rules) {
     SetElement el;
-    if (IsGated(hr.chain) && ElementOfRule(hr.rule, &el)) mine["IPTLB_" + hr.chain].emplace(el, &hr);
+    if (!IsGated(hr.chain) || !ElementOfRule(hr.rule, &el)) continue;
+    mine["IPTLB_" + hr.chain].emplace(el, &hr);
+    heads.emplace(std::string(reinterpret_cast<const char *>(&el.addr), sizeof(el.addr)), el.proto);
   }
   for (const auto &[chain, elements] : mine) {
     const Label label(chain);
     if (!F::IsChain(label.get(), h)) continue;
     for (const Entry *e = F::FirstRule(label.get(), h); e; e = F::NextRule(e, h)) {
+      Rule head;
+      if (!GetHeader<F>(e, &head) || !head.has_dst ||
+          !heads.count({std::string(reinterpret_cast<const char *>(&head.dst), sizeof(head.dst)), head.proto}))
+        continue;
       const std::string comment = CommentOf<F>(e);
       if (comment.compare(0, 6, "iptlb:") != 0) continue;
       SetElement el;
