@@ -17,24 +17,7 @@ import { EtcdStore } from '../../src/fleet/store.js';
 import { IptlbError } from '../../src/model/errors.js';
 import { FakeNftKernel } from '../harness/fake-kernel.js';
 import { FakeStore } from '../harness/fake-store.js';
-
-const P = '/iptlb/v1/';
-const prof = (name: string, port: number, dest = 9000): Record<string, unknown> => ({
-  name,
-  source: `127.100.0.1:${port}`,
-  destination: [`127.0.0.1:${dest}`, `127.0.0.1:${dest + 1}`],
-});
-const putProf = (s: FakeStore, name: string, port: number): number =>
-  s.put(profileKey(P, name), JSON.stringify(prof(name, port)));
-const stateFile = (): string => path.join(mkdtempSync(path.join(tmpdir(), 'iptlb-fleet-')), 'agent.db');
-
-async function until(cond: () => boolean | Promise<boolean>, what: string, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for: ${what}`);
-    await new Promise((r) => setTimeout(r, 2));
-  }
-}
+import { P, fastAgent, prof, putProf, stateFile, until } from '../harness/fleet-agents.js';
 
 const agents: Agent[] = [];
 afterEach(async () => {
@@ -42,20 +25,7 @@ afterEach(async () => {
 });
 
 function makeAgent(store: FakeStore, extra: Partial<AgentOptions> = {}): Agent {
-  const a = new Agent({
-    etcd: store,
-    host: 'h1',
-    executorInstance: new FakeNftKernel(),
-    stateFile: stateFile(),
-    minSyncMs: 0,
-    checkMs: 20,
-    checkTimeoutMs: 200,
-    syncMs: 0,
-    backoffMs: 5,
-    backoffMaxMs: 40,
-    keepConntrack: true,
-    ...extra,
-  });
+  const a = fastAgent(store, new FakeNftKernel(), stateFile(), extra);
   agents.push(a);
   return a;
 }

@@ -4,8 +4,6 @@
  */
 import { afterEach, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { Agent, type AgentOptions, type HostStatus } from '../../src/fleet/agent.js';
 import { decide, parseStored, profileKey } from '../../src/fleet/reconcile.js';
@@ -16,26 +14,8 @@ import { validateProfile } from '../../src/model/profile.js';
 import { IptlbError } from '../../src/model/errors.js';
 import { FakeNftKernel } from '../harness/fake-kernel.js';
 import { FakeStore } from '../harness/fake-store.js';
+import { P, fastAgent, prof, putProf, stateFile, until } from '../harness/fleet-agents.js';
 import type { NftTransaction } from '../../src/engines/nft/ops.js';
-
-const P = '/iptlb/v1/';
-const prof = (name: string, port: number, dest = 9000): Record<string, unknown> => ({
-  name,
-  source: `127.100.0.1:${port}`,
-  destination: [`127.0.0.1:${dest}`, `127.0.0.1:${dest + 1}`],
-});
-const putProf = (s: FakeStore, name: string, port: number, dest = 9000): number =>
-  s.put(profileKey(P, name), JSON.stringify(prof(name, port, dest)));
-const stateFile = (): string => path.join(mkdtempSync(path.join(tmpdir(), 'iptlb-fleet-')), 'agent.db');
-
-/** Polls `cond` (the agent works on microtasks and short timers); fails after `ms`. */
-async function until(cond: () => boolean | Promise<boolean>, what: string, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for: ${what}`);
-    await new Promise((r) => setTimeout(r, 2));
-  }
-}
 
 /** The agents a test made: stopped after it, also when it failed (a running one keeps the file's process alive). */
 const agents: Agent[] = [];
@@ -44,20 +24,7 @@ afterEach(async () => {
 });
 
 function makeAgent(store: FakeStore, kernel: FakeNftKernel, file: string, extra: Partial<AgentOptions> = {}): Agent {
-  const a = new Agent({
-    etcd: store,
-    host: 'h1',
-    executorInstance: kernel,
-    stateFile: file,
-    minSyncMs: 0,
-    checkMs: 20,
-    checkTimeoutMs: 200,
-    syncMs: 0,
-    backoffMs: 5,
-    backoffMaxMs: 40,
-    keepConntrack: true,
-    ...extra,
-  });
+  const a = fastAgent(store, kernel, file, extra);
   agents.push(a);
   return a;
 }
