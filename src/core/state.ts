@@ -485,16 +485,77 @@ async function parseRaw(text: string, file: string): Promise<unknown> {
 async function parseYaml(text: string, file: string): Promise<unknown> {
   const YAML = await import('yaml');
   let doc;
+  const lines = new YAML.LineCounter();
   try {
-    doc = YAML.parseDocument(text, { version: '1.1', uniqueKeys: true, prettyErrors: false });
+    // Keys are compared by their text below (uniqueKeys compares what they resolve to).
+    doc = YAML.parseDocument(text, { version: '1.1', uniqueKeys: false, prettyErrors: false, lineCounter: lines });
   } catch (e) {
     throw stateError(file, `is not valid YAML (${yamlProblem(e)})`);
   }
   if (doc.errors.length > 0) throw stateError(file, `is not valid YAML (${yamlProblem(doc.errors[0])})`);
+  keysAsText(YAML, doc.contents, [], file, (offset) => lines.linePos(offset).line);
   try {
     return doc.toJS({ maxAliasCount: 0 });
   } catch (e) {
     throw stateError(file, `is not usable YAML (${yamlProblem(e)})`);
+  }
+}
+
+/**
+ * Gives every mapping key its text, as Go's yaml.v2 does when it decodes a key into a string (the
+ * original's `map[string]…`: the scalar as written, not what it resolves to): a profile `0x1F:` is
+ * named "0x1F", not "31"; `yes:` "yes", not "true". A key that reads as null (`~`, `null`, nothing),
+ * which yaml.v2 makes an empty name, and a key given twice in one mapping (yaml.v2 keeps the last
+ * silently) are refused with their lines.
+ */
+function keysAsText(
+  YAML: typeof import('yaml'),
+  node: unknown,
+  where: string[],
+  file: string,
+  lineOf: (offset: number) => number,
+): void {
+  if (YAML.isSeq(node)) {
+    for (const item of node.items) keysAsText(YAML, item, where, file, lineOf);
+    return;
+  }
+  if (!YAML.isMap(node)) return;
+  const inside =
+    where.length === 0
+      ? ''
+      : `profile ${show(where[0])}: ${where
+          .slice(1)
+          .map((k) => `${k}: `)
+          .join('')}`;
+  const seen = new Map<string, number>();
+  for (const pair of node.items) {
+    const key = pair.key;
+    let name: string | undefined;
+    if (YAML.isScalar(key) && typeof key.value !== 'symbol' /* a merge key, `<<` */) {
+      const line = key.range ? lineOf(key.range[0]) : 0;
+      if (key.value === null) {
+        const text = key.source === '' || key.source === undefined ? 'an empty key' : `key ${show(key.source)}`;
+        throw stateError(
+          file,
+          where.length === 0
+            ? `line ${line}: ${text} reads as null in YAML, not a profile name (the original would read an empty name)`
+            : `${inside}line ${line}: ${text} reads as null in YAML, not a key`,
+        );
+      }
+      name = typeof key.value === 'string' ? key.value : (key.source ?? String(key.value));
+      key.value = name;
+      const first = seen.get(name);
+      if (first !== undefined)
+        throw stateError(
+          file,
+          where.length === 0
+            ? `profile ${show(name)} appears twice (lines ${first} and ${line}); keep one of them`
+            : `${inside}key ${show(name)} appears twice (lines ${first} and ${line}); keep one of them`,
+          name,
+        );
+      seen.set(name, line);
+    }
+    keysAsText(YAML, pair.value, name === undefined ? where : [...where, name], file, lineOf);
   }
 }
 
