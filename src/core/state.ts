@@ -18,7 +18,15 @@ import {
 } from '../model/profile.js';
 import type { Profile } from '../model/types.js';
 import { HEALTH_KEYS_SORTED } from '../health/config.js';
-import { applyRecords, baseIdentity, decodeJournal, journalPath, type JournalAt, type RawState } from './journal.js';
+import {
+  applyRecords,
+  baseIdentity,
+  decodeJournal,
+  journalPath,
+  type JournalAt,
+  type JournalRecord,
+  type RawState,
+} from './journal.js';
 import { MAX_STATE_BYTES, readCappedBytes } from '../model/limits.js';
 import { loadAddon } from '../platform/addon.js';
 
@@ -821,6 +829,7 @@ export async function readStateFull(
   let data: unknown = exact === null ? await parseRaw(text, file) : undefined;
   let journal: JournalAt | null = null;
   let records = 0;
+  let replayed: { yaml: RawState; records: JournalRecord[] } | undefined;
   if (j) {
     const decoded = decodeJournal(journalText!, base);
     if (decoded.valid) {
@@ -828,12 +837,61 @@ export async function readStateFull(
       records = decoded.records.length;
       if (records > 0 && exact !== null) data = parseCanonical(text);
       if (records > 0 && (data === null || data === undefined)) data = {};
-      if (records > 0 && typeof data === 'object' && !Array.isArray(data))
+      if (records > 0 && typeof data === 'object' && !Array.isArray(data)) {
+        replayed = { yaml: data as RawState, records: decoded.records };
         data = applyRecords(data as RawState, decoded.records);
+      }
     }
   }
-  const profiles = records === 0 && exact !== null ? checkedSet(exact, file) : toProfiles(data, file);
-  return { profiles, base, journal, records };
+  try {
+    const profiles = records === 0 && exact !== null ? checkedSet(exact, file) : toProfiles(data, file);
+    return { profiles, base, journal, records };
+  } catch (e) {
+    if (replayed && e instanceof IptlbError) throw journalFault(e, file, replayed.yaml, replayed.records, journalText!);
+    throw e;
+  }
+}
+
+/**
+ * The error of a state whose journal's records make it invalid, said of the journal: the record that
+ * did it (the first whose replay fails validation) and how to read the state without it. When the
+ * YAML alone is invalid too, its own error (`e`'s cause is the YAML then).
+ */
+function journalFault(e: IptlbError, file: string, yaml: RawState, records: JournalRecord[], text: string): IptlbError {
+  const fails = (n: number): IptlbError | null => {
+    try {
+      toProfiles(n === 0 ? yaml : applyRecords(yaml, records.slice(0, n)), file);
+      return null;
+    } catch (err) {
+      if (err instanceof IptlbError) return err;
+      throw err;
+    }
+  };
+  const alone = fails(0);
+  if (alone) return alone;
+  // The YAML alone is valid, all the records are not: the first record after which it is not.
+  let [lo, hi] = [0, records.length];
+  let err = e;
+  while (hi - lo > 1) {
+    const mid = (lo + hi) >>> 1;
+    const f = fails(mid);
+    if (f) [hi, err] = [mid, f];
+    else lo = mid;
+  }
+  // Where record `hi` starts (the header is line 1): cutting the journal there keeps the records before it.
+  let at = 0;
+  for (let i = 0; i < hi; i++) at = text.indexOf('\n', at) + 1;
+  const cut = Buffer.byteLength(text.slice(0, at));
+  const jf = journalPath(file);
+  const what = err.message.startsWith(`state file ${file}: `)
+    ? err.message.slice(`state file ${file}: `.length)
+    : err.message;
+  const after = records.length - hi;
+  return new IptlbError(
+    'ESTATE',
+    `state journal ${jf}: record ${hi} (line ${hi + 1}): ${what}; ${file} alone is valid: \`truncate -s ${cut} ${jf}\` drops this record${after ? ` and the ${after} after it` : ''}, moving the journal aside drops all ${records.length} (the changes since the last fold; \`iptlb sync\` then makes the kernel match)`,
+    err.field !== undefined ? { field: err.field } : {},
+  );
 }
 
 /** Creates the state file's directory (0700) when missing. */
