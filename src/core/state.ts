@@ -133,6 +133,8 @@ function scalar(s: string): string {
 }
 
 const chunks = new WeakMap<Profile, string>();
+/** The text of a profile's logLevel as the file had it, where that is a level's name (see toProfiles). */
+const levelText = new WeakMap<Profile, string>();
 
 /** The writer's order of profiles: by name, as JavaScript compares strings. */
 function byName(a: Profile, b: Profile): number {
@@ -177,7 +179,8 @@ export function serializeOne(p: Profile): string {
           );
     }
     out.push(`  logEnabled: ${p.logEnabled ? 'true' : 'false'}`);
-    out.push(`  logLevel: ${JSON.stringify(p.logLevel)}`);
+    const level = levelText.get(p);
+    out.push(`  logLevel: ${level !== undefined ? scalar(level) : JSON.stringify(p.logLevel)}`);
     if (p.masquerade) out.push('  masquerade: true');
     out.push(`  protocol: ${p.protocol}`);
     out.push(`  rulesBackend: ${p.rulesBackend}`);
@@ -638,14 +641,38 @@ function toProfiles(data: unknown, file: string): Map<string, Profile> {
         throw stateError(file, `profile ${show(name)}: ${k} must be a string, got ${show(b[k])}`, k);
       }
     }
+    let p: Profile;
     try {
-      result.set(name, validateProfile({ ...b, name }, { existing: true }));
+      p = validateProfile({ ...b, name }, { existing: true });
     } catch (e) {
-      if (e instanceof IptlbError) throw stateError(file, `profile ${show(name)}: ${e.message}`, e.field);
+      if (e instanceof IptlbError)
+        throw stateError(
+          file,
+          `profile ${show(name)}: ${e.message}${e.field === 'name' ? originalNameAdvice(name) : ''}`,
+          e.field,
+        );
       throw e;
     }
+    // A level the original wrote as a name (`-log-level=warning`) is written back so (read as its number).
+    if (typeof b.logLevel === 'string' && b.logLevel !== p.logLevel && /^[a-z]+$/.test(b.logLevel))
+      levelText.set(p, b.logLevel);
+    result.set(name, p);
   }
   return checkedSet(result, file);
+}
+
+/**
+ * What to do with a profile of the original's whose name iptlb does not take (`web.v1`, `über`,
+ * `my svc`, longer than 63): whether the original could have made its chain (`IPTLB_NAT_` + the name
+ * upper-cased rune by rune as Go does, `-` as `_`; iptables takes up to 28 bytes, no space), so that
+ * rules of it may be in the kernel.
+ */
+function originalNameAdvice(name: string): string {
+  const chain = `IPTLB_NAT_${[...name.replace(/-/g, '_')].map((c) => (c.toUpperCase().length === c.length ? c.toUpperCase() : c)).join('')}`;
+  const applied = Buffer.byteLength(chain) <= 28 && !/\s/.test(chain);
+  return applied
+    ? ` (iptlb cannot take this name: delete the profile with the original, \`-run -delete -profile=${name}\`, or take it out of the file and delete the original's chain ${chain} and its jump by hand; then add it under a valid name)`
+    : ` (iptlb cannot take this name, and the original could not apply it either, iptables refuses its chain name ${show(chain)}: take it out of the file; then add it under a valid name)`;
 }
 
 /** `profiles` once checked for conflicts between them (a chain name or a source/protocol used twice). */

@@ -274,3 +274,54 @@ test('fast canonical parser agrees with the full YAML parser on what the seriali
     assert.equal(parseCanonical(t), null, t);
   }
 });
+
+test("names of the original's that iptlb does not take: the line names the profile, the original's chain, and what to do", async () => {
+  const b = (key: string): string => block(key, 90);
+  for (const [key, name, chain] of [
+    ['web.v1', 'web.v1', 'IPTLB_NAT_WEB.V1'],
+    ['über', 'über', 'IPTLB_NAT_ÜBER'],
+    ['a-b.c', 'a-b.c', 'IPTLB_NAT_A_B.C'],
+  ])
+    await refused(
+      b(key),
+      new RegExp(
+        `^state file f: profile "${name}": name: .* \\(iptlb cannot take this name: delete the profile with the original, \`-run -delete -profile=${name}\`, or take it out of the file and delete the original's chain ${chain} and its jump by hand; then add it under a valid name\\)$`,
+      ),
+    );
+  for (const [key, chain] of [
+    ['"my svc"', '"IPTLB_NAT_MY SVC"'],
+    ['a'.repeat(19) + '.', '"IPTLB_NAT_' + 'A'.repeat(19) + '."'],
+  ])
+    await refused(
+      b(key),
+      new RegExp(
+        `name: .* \\(iptlb cannot take this name, and the original could not apply it either, iptables refuses its chain name ${chain}: take it out of the file; then add it under a valid name\\)$`,
+      ),
+    );
+});
+
+test("logLevel as a level's name (the original's -log-level=warning) is written back as it was while the profile is unchanged", async () => {
+  const text =
+    block('a', 90).replace('logLevel: "4"', 'logLevel: warning') +
+    block('b', 91).replace('logLevel: "4"', 'logLevel: debug');
+  const state = await parseState(text);
+  assert.equal(state.get('a')!.logLevel, '4');
+  assert.equal(state.get('b')!.logLevel, '7');
+  assert.equal(serializeState(state.values()), text);
+  // Through a change of another profile, on every reader (the CLI's index leaves such a file to the general path).
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-state-'));
+  const file = path.join(dir, 's.db');
+  writeFileSync(file, text, { mode: 0o600 });
+  const core = new Core({ stateFile: file }, new FakeNftKernel());
+  core.indexedReads = true;
+  const c = validateProfile({ name: 'c', source: '127.0.0.2:80', destination: ['127.0.0.1:82'] });
+  await core.transact((s) => upsertChange(s, [c]), { run: true });
+  assert.equal(readFileSync(file, 'utf8'), text + serializeState([c]));
+  // A change of the profile itself writes the number; a name in capitals is read, and written as the number.
+  const a = validateProfile({ ...state.get('a')!, destination: ['127.0.0.1:83'] });
+  await core.transact((s) => upsertChange(s, [a]), { run: true });
+  assert.match(readFileSync(file, 'utf8'), /^a:\n(?:.*\n)*?  logLevel: "4"\n/);
+  assert.match(readFileSync(file, 'utf8'), /logLevel: debug/);
+  const caps = block('a', 90).replace('logLevel: "4"', 'logLevel: WARNING');
+  assert.equal(serializeState((await parseState(caps)).values()), block('a', 90));
+});
