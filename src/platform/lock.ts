@@ -187,23 +187,26 @@ export async function lockStateFile(
   const lockPath = `${statePath}.lock`;
   // The directories that exist are checked before any is created: a refused run leaves nothing
   // behind (`sudo iptlb` in a user's directory made `local/` there, then refused it).
+  const existing = existingPart(statePath);
   try {
-    checkDirChain(existingPart(statePath));
+    checkDirChain(existing);
   } catch (e) {
     throw fsFailure(e, 'check the directories of the state file', statePath);
   }
   const unlocked: HeldLock = { unlocked: true, release() {} };
-  try {
-    await ensureStateDir(statePath);
-  } catch (e) {
-    const err = fsFailure(e, 'create the directory of the state file', statePath);
-    if (opts.readOnly && onReadOnlyFs(err)) return unlocked;
-    throw err;
-  }
-  try {
-    checkDirChain(statePath);
-  } catch (e) {
-    throw fsFailure(e, 'check the directories of the state file', statePath);
+  if (existing !== statePath) {
+    try {
+      await ensureStateDir(statePath);
+    } catch (e) {
+      const err = fsFailure(e, 'create the directory of the state file', statePath);
+      if (opts.readOnly && onReadOnlyFs(err)) return unlocked;
+      throw err;
+    }
+    try {
+      checkDirChain(statePath);
+    } catch (e) {
+      throw fsFailure(e, 'check the directories of the state file', statePath);
+    }
   }
   // The wait measures a lack of progress: while the lock keeps changing hands (each holder stamps
   // the lock file's time, see below) a waiter queued behind many others waits on, up to
