@@ -120,7 +120,11 @@ test(
       `mkdir "${dir}/ro" && mount -t tmpfs -o size=1m,mode=0755 tmpfs "${dir}/ro"`,
       `${iptlb} -q -profile=web -src-addr=127.100.0.9:80 -dest-addr=127.0.0.1:9001`,
       // No lock files yet: the lock cannot even be created.
-      `rm -f "${dir}/ro/s.db.lock" "${dir}/ro/s.db.lock.queue" && mount -o remount,ro "${dir}/ro"`,
+      // (Without the addon the lock was held by a flock(1) child, which exits once it sees its parent
+      // gone: until then its open lock file keeps the mount busy.)
+      `rm -f "${dir}/ro/s.db.lock" "${dir}/ro/s.db.lock.queue"`,
+      `for i in $(seq 100); do mount -o remount,ro "${dir}/ro" 2>/dev/null && break; sleep 0.05; done`,
+      `touch "${dir}/ro/x" 2>/dev/null; test ! -e "${dir}/ro/x"`,
       `${iptlb} -use-state -run 2>&1; echo "rc=$?"`,
       `${iptlb} sync 2>&1; echo "rc=$?"`,
       `${iptlb} -q -profile=b -src-addr=127.100.0.8:80 -dest-addr=127.0.0.1:9001 -run 2>&1; echo "rc=$?"`,
