@@ -158,7 +158,11 @@ export function withGlobals<T extends GlobalOpts>(o: T, cmd: Command): T {
 export function addProfileFlags(cmd: Command): Command {
   return addHealthFlags(
     cmd
-      .option('--profile <name>', 'profile name: 1-63 of A-Z a-z 0-9 _ -, not starting with -', 'default')
+      .option(
+        '--profile <name>',
+        'profile name: 1-63 of A-Z a-z 0-9 _ -, not starting with - (a profile of an older state file, 1-18 of them, may: -run -delete and -run without addresses take it)',
+        'default',
+      )
       .option(
         '--src-addr <ip:port>',
         'virtual address and port that is balanced: a.b.c.d:port, or [v6]:port for IPv6 (then every destination is IPv6 too)',

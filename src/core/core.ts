@@ -645,7 +645,7 @@ export class Core {
     return this.serial(async () => {
       const engine = opts.run ? (await this.select()).provider : undefined;
       if (engine) this.checkPrivileges();
-      const lock = await this.lock();
+      const lock = await this.lock(true);
       try {
         // The long-lived map itself, in memory or cached from the file (decide never changes it; `next`
         // is a view): no copy per batch. `record` changes it once the change is recorded.
@@ -653,6 +653,14 @@ export class Core {
         const change = decide(state);
         if (opts.holds && (change.upsert.length || change.remove.length))
           throw new Error('a transaction planned against the profiles the kernel holds changes no profile');
+        // Without the lock (a read-only file system) only a change the state file already holds (as
+        // `-use-state -run`) may go on; any other would fail to be recorded: refused before the kernel.
+        if (lock.unlocked && changedBy(state, change))
+          throw new IptlbError(
+            'ESTATE',
+            `cannot write the state file ${this.statePath}: the file system is read-only (EROFS); nothing was changed`,
+          );
+        if (lock.unlocked) this.withoutLock();
         // What the profiles will be: a view over `state` and the change (O(change), not O(profiles)).
         const next = new ChangedProfiles(state, change);
         // The kernel's part: effective profiles (health), from what the kernel holds to what it should.
@@ -1025,14 +1033,29 @@ export class Core {
     }
   }
 
-  /** The state-file lock; nothing to lock when profiles live in memory (calls are serialised in-process). */
-  private async lock(): Promise<{ release(): void }> {
+  /**
+   * The state-file lock; nothing to lock when profiles live in memory (calls are serialised in-process).
+   * `readOnly`: the caller writes nothing to the state file, or refuses to when the lock comes back
+   * `unlocked` (the file system is read-only here: see lockStateFile).
+   */
+  private async lock(readOnly = false): Promise<{ release(): void; unlocked?: true }> {
     if (this.statePath === null || this.window) return { release() {} };
-    const held = await lockStateFile(this.statePath, this.lockWaitMs, this.log);
-    if (!this.keepLock) return held;
+    const held = await lockStateFile(this.statePath, this.lockWaitMs, this.log, { readOnly });
+    if (!this.keepLock || held.unlocked) return held;
     // A run of commits: kept (see beginLockWindow); given up between two of its commits.
     this.window = { lock: held, since: Date.now() };
     return { release() {} };
+  }
+
+  private saidWithoutLock = false;
+
+  /** Says once that this instance goes on without the state-file lock (a read-only file system). */
+  private withoutLock(): void {
+    if (this.saidWithoutLock) return;
+    this.saidWithoutLock = true;
+    this.log(
+      `the file system of ${this.statePath} is read-only here: going on without the state-file lock (this writes nothing to the state file, and nothing can write it here)`,
+    );
   }
 
   /** Fails early, with one line and nothing touched, when the kernel would refuse us anyway. */
@@ -1090,7 +1113,7 @@ export class Core {
       let lock: { release(): void } | undefined;
       if (this.statePath !== null && !this.window) {
         try {
-          lock = await lockStateFile(this.statePath, 0);
+          lock = await lockStateFile(this.statePath, 0, undefined, { readOnly: true });
         } catch (e) {
           if (e instanceof IptlbError && e.code === 'ELOCK' && e.errno === 11) return null;
           throw e;
@@ -1179,7 +1202,9 @@ export class Core {
     return this.serial(async () => {
       const { provider } = await this.select();
       this.checkPrivileges();
-      const lock = await this.lock();
+      // A sync writes nothing to the state file.
+      const lock = await this.lock(true);
+      if (lock.unlocked) this.withoutLock();
       try {
         const skipped = { before: [], committed: false, commitMs: 0, skipped: true };
         if (opts.guard && !(await opts.guard())) return skipped;

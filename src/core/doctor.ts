@@ -10,6 +10,7 @@ import { ENGINE_NAMES, engineNeeds } from '../engines/registry.js';
 import type { HostCheck } from '../engines/engine.js';
 import { Core } from './core.js';
 import { readState, resolveStatePath } from './state.js';
+import { journalPath } from './journal.js';
 import { IptlbError } from '../model/errors.js';
 import type { EngineName } from '../model/types.js';
 
@@ -62,7 +63,16 @@ export async function doctor(
     });
   } catch (e) {
     stateOk = false;
-    checks.push({ name: 'state file', ok: false, detail: (e as Error).message, fix: 'repair or move the file aside' });
+    const message = (e as Error).message;
+    checks.push({
+      name: 'state file',
+      ok: false,
+      detail: message,
+      // A record of the journal beside the file (see docs/state-file.md): the line says how to cut it.
+      fix: message.startsWith('state journal ')
+        ? `cut the journal as the line says, or move ${journalPath(statePath)} aside`
+        : 'repair or move the file aside',
+    });
   }
   let executor = 'none';
   let reason = '';

@@ -18,7 +18,15 @@ import {
 } from '../model/profile.js';
 import type { Profile } from '../model/types.js';
 import { HEALTH_KEYS_SORTED } from '../health/config.js';
-import { applyRecords, baseIdentity, decodeJournal, journalPath, type JournalAt, type RawState } from './journal.js';
+import {
+  applyRecords,
+  baseIdentity,
+  decodeJournal,
+  journalPath,
+  type JournalAt,
+  type JournalRecord,
+  type RawState,
+} from './journal.js';
 import { MAX_STATE_BYTES, readCappedBytes } from '../model/limits.js';
 import { loadAddon } from '../platform/addon.js';
 
@@ -125,6 +133,8 @@ function scalar(s: string): string {
 }
 
 const chunks = new WeakMap<Profile, string>();
+/** The text of a profile's logLevel as the file had it, where that is a level's name (see toProfiles). */
+const levelText = new WeakMap<Profile, string>();
 
 /** The writer's order of profiles: by name, as JavaScript compares strings. */
 function byName(a: Profile, b: Profile): number {
@@ -169,7 +179,8 @@ export function serializeOne(p: Profile): string {
           );
     }
     out.push(`  logEnabled: ${p.logEnabled ? 'true' : 'false'}`);
-    out.push(`  logLevel: ${JSON.stringify(p.logLevel)}`);
+    const level = levelText.get(p);
+    out.push(`  logLevel: ${level !== undefined ? scalar(level) : JSON.stringify(p.logLevel)}`);
     if (p.masquerade) out.push('  masquerade: true');
     out.push(`  protocol: ${p.protocol}`);
     out.push(`  rulesBackend: ${p.rulesBackend}`);
@@ -485,16 +496,77 @@ async function parseRaw(text: string, file: string): Promise<unknown> {
 async function parseYaml(text: string, file: string): Promise<unknown> {
   const YAML = await import('yaml');
   let doc;
+  const lines = new YAML.LineCounter();
   try {
-    doc = YAML.parseDocument(text, { version: '1.1', uniqueKeys: true, prettyErrors: false });
+    // Keys are compared by their text below (uniqueKeys compares what they resolve to).
+    doc = YAML.parseDocument(text, { version: '1.1', uniqueKeys: false, prettyErrors: false, lineCounter: lines });
   } catch (e) {
     throw stateError(file, `is not valid YAML (${yamlProblem(e)})`);
   }
   if (doc.errors.length > 0) throw stateError(file, `is not valid YAML (${yamlProblem(doc.errors[0])})`);
+  keysAsText(YAML, doc.contents, [], file, (offset) => lines.linePos(offset).line);
   try {
     return doc.toJS({ maxAliasCount: 0 });
   } catch (e) {
     throw stateError(file, `is not usable YAML (${yamlProblem(e)})`);
+  }
+}
+
+/**
+ * Gives every mapping key its text, as Go's yaml.v2 does when it decodes a key into a string (the
+ * original's `map[string]…`: the scalar as written, not what it resolves to): a profile `0x1F:` is
+ * named "0x1F", not "31"; `yes:` "yes", not "true". A key that reads as null (`~`, `null`, nothing),
+ * which yaml.v2 makes an empty name, and a key given twice in one mapping (yaml.v2 keeps the last
+ * silently) are refused with their lines.
+ */
+function keysAsText(
+  YAML: typeof import('yaml'),
+  node: unknown,
+  where: string[],
+  file: string,
+  lineOf: (offset: number) => number,
+): void {
+  if (YAML.isSeq(node)) {
+    for (const item of node.items) keysAsText(YAML, item, where, file, lineOf);
+    return;
+  }
+  if (!YAML.isMap(node)) return;
+  const inside =
+    where.length === 0
+      ? ''
+      : `profile ${show(where[0])}: ${where
+          .slice(1)
+          .map((k) => `${k}: `)
+          .join('')}`;
+  const seen = new Map<string, number>();
+  for (const pair of node.items) {
+    const key = pair.key;
+    let name: string | undefined;
+    if (YAML.isScalar(key) && typeof key.value !== 'symbol' /* a merge key, `<<` */) {
+      const line = key.range ? lineOf(key.range[0]) : 0;
+      if (key.value === null) {
+        const text = key.source === '' || key.source === undefined ? 'an empty key' : `key ${show(key.source)}`;
+        throw stateError(
+          file,
+          where.length === 0
+            ? `line ${line}: ${text} reads as null in YAML, not a profile name (the original would read an empty name)`
+            : `${inside}line ${line}: ${text} reads as null in YAML, not a key`,
+        );
+      }
+      name = typeof key.value === 'string' ? key.value : (key.source ?? String(key.value));
+      key.value = name;
+      const first = seen.get(name);
+      if (first !== undefined)
+        throw stateError(
+          file,
+          where.length === 0
+            ? `profile ${show(name)} appears twice (lines ${first} and ${line}); keep one of them`
+            : `${inside}key ${show(name)} appears twice (lines ${first} and ${line}); keep one of them`,
+          name,
+        );
+      seen.set(name, line);
+    }
+    keysAsText(YAML, pair.value, name === undefined ? where : [...where, name], file, lineOf);
   }
 }
 
@@ -569,14 +641,38 @@ function toProfiles(data: unknown, file: string): Map<string, Profile> {
         throw stateError(file, `profile ${show(name)}: ${k} must be a string, got ${show(b[k])}`, k);
       }
     }
+    let p: Profile;
     try {
-      result.set(name, validateProfile({ ...b, name }, { existing: true }));
+      p = validateProfile({ ...b, name }, { existing: true });
     } catch (e) {
-      if (e instanceof IptlbError) throw stateError(file, `profile ${show(name)}: ${e.message}`, e.field);
+      if (e instanceof IptlbError)
+        throw stateError(
+          file,
+          `profile ${show(name)}: ${e.message}${e.field === 'name' ? originalNameAdvice(name) : ''}`,
+          e.field,
+        );
       throw e;
     }
+    // A level the original wrote as a name (`-log-level=warning`) is written back so (read as its number).
+    if (typeof b.logLevel === 'string' && b.logLevel !== p.logLevel && /^[a-z]+$/.test(b.logLevel))
+      levelText.set(p, b.logLevel);
+    result.set(name, p);
   }
   return checkedSet(result, file);
+}
+
+/**
+ * What to do with a profile of the original's whose name iptlb does not take (`web.v1`, `über`,
+ * `my svc`, longer than 63): whether the original could have made its chain (`IPTLB_NAT_` + the name
+ * upper-cased rune by rune as Go does, `-` as `_`; iptables takes up to 28 bytes, no space), so that
+ * rules of it may be in the kernel.
+ */
+function originalNameAdvice(name: string): string {
+  const chain = `IPTLB_NAT_${[...name.replace(/-/g, '_')].map((c) => (c.toUpperCase().length === c.length ? c.toUpperCase() : c)).join('')}`;
+  const applied = Buffer.byteLength(chain) <= 28 && !/\s/.test(chain);
+  return applied
+    ? ` (iptlb cannot take this name: delete the profile with the original, \`-run -delete -profile=${name}\`, or take it out of the file and delete the original's chain ${chain} and its jump by hand; then add it under a valid name)`
+    : ` (iptlb cannot take this name, and the original could not apply it either, iptables refuses its chain name ${show(chain)}: take it out of the file; then add it under a valid name)`;
 }
 
 /** `profiles` once checked for conflicts between them (a chain name or a source/protocol used twice). */
@@ -760,6 +856,7 @@ export async function readStateFull(
   let data: unknown = exact === null ? await parseRaw(text, file) : undefined;
   let journal: JournalAt | null = null;
   let records = 0;
+  let replayed: { yaml: RawState; records: JournalRecord[] } | undefined;
   if (j) {
     const decoded = decodeJournal(journalText!, base);
     if (decoded.valid) {
@@ -767,12 +864,61 @@ export async function readStateFull(
       records = decoded.records.length;
       if (records > 0 && exact !== null) data = parseCanonical(text);
       if (records > 0 && (data === null || data === undefined)) data = {};
-      if (records > 0 && typeof data === 'object' && !Array.isArray(data))
+      if (records > 0 && typeof data === 'object' && !Array.isArray(data)) {
+        replayed = { yaml: data as RawState, records: decoded.records };
         data = applyRecords(data as RawState, decoded.records);
+      }
     }
   }
-  const profiles = records === 0 && exact !== null ? checkedSet(exact, file) : toProfiles(data, file);
-  return { profiles, base, journal, records };
+  try {
+    const profiles = records === 0 && exact !== null ? checkedSet(exact, file) : toProfiles(data, file);
+    return { profiles, base, journal, records };
+  } catch (e) {
+    if (replayed && e instanceof IptlbError) throw journalFault(e, file, replayed.yaml, replayed.records, journalText!);
+    throw e;
+  }
+}
+
+/**
+ * The error of a state whose journal's records make it invalid, said of the journal: the record that
+ * did it (the first whose replay fails validation) and how to read the state without it. When the
+ * YAML alone is invalid too, its own error (`e`'s cause is the YAML then).
+ */
+function journalFault(e: IptlbError, file: string, yaml: RawState, records: JournalRecord[], text: string): IptlbError {
+  const fails = (n: number): IptlbError | null => {
+    try {
+      toProfiles(n === 0 ? yaml : applyRecords(yaml, records.slice(0, n)), file);
+      return null;
+    } catch (err) {
+      if (err instanceof IptlbError) return err;
+      throw err;
+    }
+  };
+  const alone = fails(0);
+  if (alone) return alone;
+  // The YAML alone is valid, all the records are not: the first record after which it is not.
+  let [lo, hi] = [0, records.length];
+  let err = e;
+  while (hi - lo > 1) {
+    const mid = (lo + hi) >>> 1;
+    const f = fails(mid);
+    if (f) [hi, err] = [mid, f];
+    else lo = mid;
+  }
+  // Where record `hi` starts (the header is line 1): cutting the journal there keeps the records before it.
+  let at = 0;
+  for (let i = 0; i < hi; i++) at = text.indexOf('\n', at) + 1;
+  const cut = Buffer.byteLength(text.slice(0, at));
+  const jf = journalPath(file);
+  const what = err.message.startsWith(`state file ${file}: `)
+    ? err.message.slice(`state file ${file}: `.length)
+    : err.message;
+  const after = records.length - hi;
+  return new IptlbError(
+    'ESTATE',
+    `state journal ${jf}: record ${hi} (line ${hi + 1}): ${what}; ${file} alone is valid: \`truncate -s ${cut} ${jf}\` drops this record${after ? ` and the ${after} after it` : ''}, moving the journal aside drops all ${records.length} (the changes since the last fold; \`iptlb sync\` then makes the kernel match)`,
+    err.field !== undefined ? { field: err.field } : {},
+  );
 }
 
 /** Creates the state file's directory (0700) when missing. */

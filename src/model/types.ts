@@ -24,8 +24,8 @@ export const RULES_BACKENDS: readonly RulesBackend[] = ['client', 'proxy', 'serv
 /** A validated, normalised profile: exactly what the state file stores. */
 export interface Profile {
   /**
-   * Profile name: 1-63 of `A-Za-z0-9_-`, not starting with `-` (names of older state files: also the old rule, 1-18 of
-   * them).
+   * Profile name: 1-63 of `A-Za-z0-9_-`, not starting with `-`; a profile read from the state file, or looked up by
+   * name (to delete it), may also follow the old rule: 1-18 of them, a leading `-` allowed (`-x`).
    */
   name: string;
   /** Virtual address, `ipv4:port` or `[ipv6]:port` (canonical RFC 5952 text). */

@@ -80,5 +80,6 @@ export function fsFailure(e: unknown, doing: string, p: string): IptlbError {
   return new IptlbError(
     code === 'EACCES' || code === 'EPERM' ? 'EPERM' : 'ESTATE',
     `cannot ${doing} ${p}: ${why}${code ? ` (${code})` : ''}`,
+    { cause: e },
   );
 }

@@ -6,7 +6,7 @@
  */
 import { pidAlive } from './pid.js';
 import { childProcess } from './builtins.js';
-import { fstatSync, futimesSync, lstatSync, statSync, utimesSync, type Stats } from 'node:fs';
+import { existsSync, fstatSync, futimesSync, lstatSync, statSync, utimesSync, type Stats } from 'node:fs';
 import * as fsp from './fsp.js';
 import * as path from 'node:path';
 import { checkDirChain, checkTrusted, fsFailure } from './fsafety.js';
@@ -16,6 +16,16 @@ import { ensureStateDir } from '../core/state.js';
 
 export interface HeldLock {
   release(): void;
+  /**
+   * No lock was taken: the state file's directory is on a file system mounted read-only here (see
+   * {@link lockStateFile}'s `readOnly`), so the state file cannot be written by this process.
+   */
+  readonly unlocked?: true;
+}
+
+/** Whether `e` is a failure to create or open a file because the file system is read-only (EROFS). */
+export function onReadOnlyFs(e: unknown): boolean {
+  return e instanceof IptlbError && (e.cause as NodeJS.ErrnoException | undefined)?.code === 'EROFS';
 }
 
 export const DEFAULT_LOCK_WAIT_MS = 10_000;
@@ -139,6 +149,16 @@ function lockMark(lockPath: string): string {
   }
 }
 
+/**
+ * `file` itself when its directory exists, else a path in the deepest directory above it that does
+ * (for {@link checkDirChain} before anything is created).
+ */
+function existingPart(file: string): string {
+  let dir = path.dirname(file);
+  while (!existsSync(dir) && path.dirname(dir) !== dir) dir = path.dirname(dir);
+  return path.join(dir, path.basename(file));
+}
+
 /** State files whose stale temporary files this process has already looked for. */
 const swept = new Set<string>();
 
@@ -154,17 +174,39 @@ export async function lockStateFile(
   statePath: string,
   waitMs = DEFAULT_LOCK_WAIT_MS,
   log?: (line: string) => void,
+  opts: {
+    /**
+     * The caller writes nothing to the state file (or refuses to, when it finds the lock
+     * {@link HeldLock.unlocked}): where the lock file cannot be created or opened because the file
+     * system is read-only (a boot-time restore from a read-only root), nothing is locked and the
+     * lock returned is `unlocked` (the caller says so). Nobody writes the state file there either.
+     */
+    readOnly?: boolean;
+  } = {},
 ): Promise<HeldLock> {
   const lockPath = `${statePath}.lock`;
+  // The directories that exist are checked before any is created: a refused run leaves nothing
+  // behind (`sudo iptlb` in a user's directory made `local/` there, then refused it).
+  const existing = existingPart(statePath);
   try {
-    await ensureStateDir(statePath);
-  } catch (e) {
-    throw fsFailure(e, 'create the directory of the state file', statePath);
-  }
-  try {
-    checkDirChain(statePath);
+    checkDirChain(existing);
   } catch (e) {
     throw fsFailure(e, 'check the directories of the state file', statePath);
+  }
+  const unlocked: HeldLock = { unlocked: true, release() {} };
+  if (existing !== statePath) {
+    try {
+      await ensureStateDir(statePath);
+    } catch (e) {
+      const err = fsFailure(e, 'create the directory of the state file', statePath);
+      if (opts.readOnly && onReadOnlyFs(err)) return unlocked;
+      throw err;
+    }
+    try {
+      checkDirChain(statePath);
+    } catch (e) {
+      throw fsFailure(e, 'check the directories of the state file', statePath);
+    }
   }
   // The wait measures a lack of progress: while the lock keeps changing hands (each holder stamps
   // the lock file's time, see below) a waiter queued behind many others waits on, up to
@@ -183,6 +225,7 @@ export async function lockStateFile(
       }
       break;
     } catch (e) {
+      if (opts.readOnly && onReadOnlyFs(e)) return unlocked;
       if (!(e instanceof IptlbError && e.code === 'ELOCK' && e.errno === EWOULDBLOCK)) throw e;
       const now = lockMark(lockPath);
       const waited = Date.now() - started;
@@ -311,9 +354,11 @@ function flockChild(lockPath: string, waitMs: number, reportAs: string, totalMs:
       if (settled) return;
       settled = true;
       reject(
-        code === 1
-          ? lockTimeout(reportAs, totalMs)
-          : new IptlbError('ELOCK', `cannot lock ${lockPath}: ${err.trim() || `flock exited ${code}`}`),
+        /Read-only file system/.test(err)
+          ? fsFailure(Object.assign(new Error(err.trim()), { code: 'EROFS' }), 'open the lock file', lockPath)
+          : code === 1
+            ? lockTimeout(reportAs, totalMs)
+            : new IptlbError('ELOCK', `cannot lock ${lockPath}: ${err.trim() || `flock exited ${code}`}`),
       );
     });
   });

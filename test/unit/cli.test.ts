@@ -210,3 +210,40 @@ test("bad input given by flags leaves nothing in the state file's directory, not
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a name starting with - : refused for a new profile, taken from a state file (list, delete); --help says both', async () => {
+  const help = (await cli(['--help'])).out.replace(/\s+/g, ' ');
+  assert.match(
+    help,
+    /--profile <name> profile name: 1-63 of A-Z a-z 0-9 _ -, not starting with - \(a profile of an older state file, 1-18 of them, may: -run -delete and -run without addresses take it\)/,
+  );
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-cli-'));
+  try {
+    const st = path.join(dir, 's.db');
+    const created = await cli([
+      '-profile=-x',
+      '-src-addr=127.100.0.1:80',
+      '-dest-addr=127.0.0.1:81',
+      `-state-file=${st}`,
+    ]);
+    assert.equal(created.code, 2);
+    assert.match(created.err, /name: "-x" must be 1-63 characters .*not starting with -/);
+    const { writeFileSync } = await import('node:fs');
+    writeFileSync(
+      st,
+      '"-x":\n  destination:\n  - 127.0.0.1:81\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: 127.100.0.1:80\n',
+      { mode: 0o600 },
+    );
+    const listed = await cli(['list', `--state-file=${st}`]);
+    assert.equal(listed.code, 0, listed.err);
+    assert.match(listed.out, /^-x\t127\.100\.0\.1:80\/tcp/m);
+    const { Core, deleteChange } = await import('../../src/core/core.js');
+    const { FakeNftKernel } = await import('../harness/fake-kernel.js');
+    const { validateName } = await import('../../src/model/profile.js');
+    const core = new Core({ stateFile: st }, new FakeNftKernel());
+    await core.transact((s) => deleteChange(s, [validateName('-x', 'name', { existing: true })]), { run: true });
+    assert.equal((await cli(['list', `--state-file=${st}`])).out.includes('-x'), false);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

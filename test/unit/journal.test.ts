@@ -9,6 +9,7 @@ import fs, {
   appendFileSync,
   copyFileSync,
   existsSync,
+  lstatSync,
   mkdtempSync,
   readFileSync,
   readdirSync,
@@ -25,7 +26,15 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { open, IptlbError, validateProfile } from '../../src/index.js';
 import { Core } from '../../src/core/core.js';
-import { appendRecord, decodeJournal, encodeRecord, journalHeader, journalPath } from '../../src/core/journal.js';
+import {
+  appendRecord,
+  baseIdentity,
+  decodeJournal,
+  encodeRecord,
+  journalHeader,
+  journalPath,
+  profileBody,
+} from '../../src/core/journal.js';
 import { FileHandle } from '../../src/platform/fsp.js';
 import { MAX_STATE_BYTES } from '../../src/model/limits.js';
 import {
@@ -544,4 +553,41 @@ test('a state file of 0 bytes, which no writer leaves, is refused (read as no pr
   const core = new Core({ stateFile: file }, new FakeLegacyKernel());
   await assert.rejects(core.sync(), /is empty \(0 bytes\)/);
   assert.equal(readFileSync(file, 'utf8'), '', 'left as it was');
+});
+
+test('a journal record that makes the state invalid is said of the journal (the record, its line) with a cut that works', async () => {
+  const file = stateFile();
+  await writeState(file, [prof('a', 1001)]);
+  const base = baseIdentity(lstatSync(file, { bigint: true }));
+  const good = encodeRecord({ set: { b: { ...profileBody(prof('b', 1002)) } } });
+  const bad = encodeRecord({ set: { j6: { ...profileBody(prof('j6', 1003)), source: '1.2.3:80' } } });
+  const later = encodeRecord({ del: ['b'] });
+  const header = journalHeader(base);
+  writeFileSync(journalPath(file), header + good + bad + later, { mode: 0o600 });
+  const jf = journalPath(file);
+  const cut = Buffer.byteLength(header + good);
+  await assert.rejects(readState(file), (e: unknown) => {
+    assert.ok(e instanceof IptlbError);
+    assert.equal(e.code, 'ESTATE');
+    assert.equal(e.field, 'source');
+    assert.equal(
+      e.message,
+      `state journal ${jf}: record 2 (line 3): profile "j6": source: "1.2.3:80" is not a dotted-quad IPv4 address; ${file} alone is valid: \`truncate -s ${cut} ${jf}\` drops this record and the 1 after it, moving the journal aside drops all 3 (the changes since the last fold; \`iptlb sync\` then makes the kernel match)`,
+    );
+    return true;
+  });
+  // The cut it names works: the records before it stay.
+  truncateSync(jf, cut);
+  assert.deepEqual(names(await readState(file)), ['a', 'b']);
+  // A conflict between a record's profile and the YAML's: the record that made it.
+  const clash = encodeRecord({ set: { c: { ...profileBody(prof('c', 1001)) } } });
+  writeFileSync(jf, header + good + later + clash, { mode: 0o600 });
+  await assert.rejects(
+    readState(file),
+    /state journal .*: record 3 \(line 4\): source: "127\.100\.0\.1:1001"\/tcp of profile "c" already belongs to profile "a"; .* alone is valid: `truncate -s \d+ .*` drops this record, moving/,
+  );
+  // A YAML that is itself invalid: its own error, as without a journal.
+  writeFileSync(file, readFileSync(file, 'utf8').replace('logLevel: "4"', 'logLevel: 4'));
+  writeFileSync(jf, journalHeader(baseIdentity(lstatSync(file, { bigint: true }))) + good + bad, { mode: 0o600 });
+  await assert.rejects(readState(file), /: state file .*: profile "a": logLevel must be a quoted string/);
 });

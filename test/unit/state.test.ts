@@ -3,8 +3,12 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync, readFileSync, symlinkSync, mkdirSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { parseState, serializeState, readState, writeState } from '../../src/core/state.js';
+import { parseState, serializeState, readState, readStateFull, writeState } from '../../src/core/state.js';
+import { indexStateBytes } from '../../src/core/state-index.js';
+import { Core, upsertChange } from '../../src/core/core.js';
+import { validateProfile } from '../../src/model/profile.js';
 import { IptlbError } from '../../src/model/errors.js';
+import { FakeNftKernel } from '../harness/fake-kernel.js';
 
 // Written by the original Go iptlb (its README).
 const ORIGINAL = `test:
@@ -124,9 +128,81 @@ test('wrong types, unknown keys, aliases, garbage are refused with one line', as
   const bomb =
     'a: &a ["x","x","x","x","x","x","x","x","x"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n';
   await refused(bomb, /alias|YAML/i);
-  await refused(ORIGINAL + ORIGINAL, /YAML/);
+  await refused(
+    ORIGINAL + ORIGINAL,
+    /^state file f: profile "test" appears twice \(lines 1 and 9\); keep one of them$/,
+  );
   const two = ORIGINAL + ORIGINAL.replace('test:', 'test2:');
   await refused(two, /already belongs to profile/);
+});
+
+/** A plain profile's block under the key `key` as written (a hand edit). */
+const block = (key: string, port: number): string =>
+  `${key}:\n  destination:\n  - 127.0.0.1:81\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: 127.0.0.1:${port}\n`;
+
+test("a plain key is read as its text, as Go's yaml.v2 reads a key into a string: 0x1F, 017, 1_000, yes, Off stay names", async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-state-'));
+  const keys = ['0x1F', '017', '1_000', '1e3', 'yes', 'on', 'Off', 'no', '1000', 'web'];
+  const sorted = [...keys].sort();
+  // Laid out as iptlb writes it (but the keys plain), and hand-edited (keys out of order, a comment).
+  const canonical = sorted.map((k, i) => block(k, 100 + i)).join('');
+  const edited = '# edited\n' + keys.map((k, i) => block(k, 200 + i).replace(/  logEnabled: false\n/, '')).join('');
+  for (const text of [canonical, edited]) {
+    assert.deepEqual(
+      [...(await parseState(text))].map(([k, p]) => [k, p.name]).sort(),
+      sorted.map((k) => [k, k]),
+    );
+    const file = path.join(dir, `s${text.length}.db`);
+    writeFileSync(file, text, { mode: 0o600 });
+    // Every reader: the library's, and the CLI's index (which leaves such a file to the general path).
+    assert.deepEqual([...(await readStateFull(file)).profiles.keys()].sort(), sorted);
+    assert.deepEqual([...(await readStateFull(file, indexStateBytes)).profiles.keys()].sort(), sorted);
+    // The next change writes them back under their own names (quoted where yaml.v2 quotes them).
+    const core = new Core({ stateFile: file }, new FakeNftKernel());
+    core.indexedReads = true;
+    const added = validateProfile({ name: 'zz', source: '127.0.0.2:80', destination: ['127.0.0.1:82'] });
+    await core.transact((s) => upsertChange(s, [added]), { run: true });
+    const written = readFileSync(file, 'utf8');
+    for (const k of ['0x1F', '017', '1_000', '1e3', 'yes', 'on', 'Off', 'no', '1000'])
+      assert.match(written, new RegExp(`^"${k}":$`, 'm'));
+    assert.match(written, /^web:$/m);
+    assert.doesNotMatch(written, /^"?(31|15|true|false)"?:$/m);
+    assert.deepEqual([...(await readState(file)).keys()].sort(), [...sorted, 'zz'].sort());
+  }
+});
+
+test('a key that reads as null, or a key given twice, is refused naming it and its lines', async () => {
+  const a = block('a', 90);
+  for (const key of ['~', 'null', 'NULL', '']) {
+    const re =
+      key === ''
+        ? /^state file f: line 1: an empty key reads as null/
+        : new RegExp(`^state file f: line 1: key "${key}" reads as null in YAML, not a profile name`);
+    await refused(block(key, 91) + a, re);
+  }
+  await refused(
+    a.replace('  protocol:', '  ~: 1\n  protocol:'),
+    /^state file f: profile "a": line 6: key "~" reads as null in YAML, not a key$/,
+  );
+  // Two blocks of one profile, also where one is quoted; a key twice in one profile, or in its weights.
+  await refused(
+    a + block('b', 91) + block('a', 92),
+    /^state file f: profile "a" appears twice \(lines 1 and 17\); keep one of them$/,
+  );
+  await refused(a + block('"a"', 92), /^state file f: profile "a" appears twice \(lines 1 and 9\)/);
+  await refused(
+    a.replace('  source:', '  source: 127.0.0.1:95\n  source:'),
+    /^state file f: profile "a": key "source" appears twice \(lines 8 and 9\); keep one of them$/,
+  );
+  const w =
+    a.replace('  - 127.0.0.1:81\n', '  - 127.0.0.1:81\n  - 127.0.0.1:82\n') +
+    '  weights:\n    127.0.0.1:82: 2\n    127.0.0.1:82: 3\n';
+  await refused(w, /^state file f: profile "a": weights: key "127.0.0.1:82" appears twice \(lines 11 and 12\)/);
+  // Keys that yaml.v2 reads as distinct strings are distinct, though they resolve alike (1000, true).
+  assert.deepEqual(
+    [...(await parseState(block('1000', 91) + block('1_000', 92) + block('yes', 93) + block('on', 94))).keys()].sort(),
+    ['1000', '1_000', 'on', 'yes'],
+  );
 });
 
 test('files: missing is empty, symlink/directory refused, written 0600 in a 0700 directory', async () => {
@@ -197,4 +273,55 @@ test('fast canonical parser agrees with the full YAML parser on what the seriali
   ]) {
     assert.equal(parseCanonical(t), null, t);
   }
+});
+
+test("names of the original's that iptlb does not take: the line names the profile, the original's chain, and what to do", async () => {
+  const b = (key: string): string => block(key, 90);
+  for (const [key, name, chain] of [
+    ['web.v1', 'web.v1', 'IPTLB_NAT_WEB.V1'],
+    ['über', 'über', 'IPTLB_NAT_ÜBER'],
+    ['a-b.c', 'a-b.c', 'IPTLB_NAT_A_B.C'],
+  ])
+    await refused(
+      b(key),
+      new RegExp(
+        `^state file f: profile "${name}": name: .* \\(iptlb cannot take this name: delete the profile with the original, \`-run -delete -profile=${name}\`, or take it out of the file and delete the original's chain ${chain} and its jump by hand; then add it under a valid name\\)$`,
+      ),
+    );
+  for (const [key, chain] of [
+    ['"my svc"', '"IPTLB_NAT_MY SVC"'],
+    ['a'.repeat(19) + '.', '"IPTLB_NAT_' + 'A'.repeat(19) + '."'],
+  ])
+    await refused(
+      b(key),
+      new RegExp(
+        `name: .* \\(iptlb cannot take this name, and the original could not apply it either, iptables refuses its chain name ${chain}: take it out of the file; then add it under a valid name\\)$`,
+      ),
+    );
+});
+
+test("logLevel as a level's name (the original's -log-level=warning) is written back as it was while the profile is unchanged", async () => {
+  const text =
+    block('a', 90).replace('logLevel: "4"', 'logLevel: warning') +
+    block('b', 91).replace('logLevel: "4"', 'logLevel: debug');
+  const state = await parseState(text);
+  assert.equal(state.get('a')!.logLevel, '4');
+  assert.equal(state.get('b')!.logLevel, '7');
+  assert.equal(serializeState(state.values()), text);
+  // Through a change of another profile, on every reader (the CLI's index leaves such a file to the general path).
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-state-'));
+  const file = path.join(dir, 's.db');
+  writeFileSync(file, text, { mode: 0o600 });
+  const core = new Core({ stateFile: file }, new FakeNftKernel());
+  core.indexedReads = true;
+  const c = validateProfile({ name: 'c', source: '127.0.0.2:80', destination: ['127.0.0.1:82'] });
+  await core.transact((s) => upsertChange(s, [c]), { run: true });
+  assert.equal(readFileSync(file, 'utf8'), text + serializeState([c]));
+  // A change of the profile itself writes the number; a name in capitals is read, and written as the number.
+  const a = validateProfile({ ...state.get('a')!, destination: ['127.0.0.1:83'] });
+  await core.transact((s) => upsertChange(s, [a]), { run: true });
+  assert.match(readFileSync(file, 'utf8'), /^a:\n(?:.*\n)*?  logLevel: "4"\n/);
+  assert.match(readFileSync(file, 'utf8'), /logLevel: debug/);
+  const caps = block('a', 90).replace('logLevel: "4"', 'logLevel: WARNING');
+  assert.equal(serializeState((await parseState(caps)).values()), block('a', 90));
 });
