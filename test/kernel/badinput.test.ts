@@ -168,7 +168,7 @@ const STATE_CASES: [string, string, RegExp][] = [
   ],
   ['truncated', GOOD_STATE.slice(0, 30), /state file/],
   ['binary garbage', '\u0000\u0001\u0002\uFFFD{[', /state file/],
-  ['duplicate profile', GOOD_STATE + GOOD_STATE, /YAML|duplicate|unique/i],
+  ['duplicate profile', GOOD_STATE + GOOD_STATE, /profile "keep" appears twice \(lines 1 and \d+\); keep one of them/],
   ['two profiles, one source', GOOD_STATE + GOOD_STATE.replace('keep:', 'keep2:'), /already belongs/],
   [
     'chain collision in the file',
