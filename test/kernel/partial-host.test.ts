@@ -23,6 +23,22 @@ function libraryOf(file: string, soname: string): string | undefined {
   return new RegExp(`^\\s*${soname.replace(/\./g, '\\.')} => (\\S+)`, 'm').exec(r.stdout ?? '')?.[1];
 }
 
+/**
+ * A package in `dir`/pkg as the tarball ships it: the install script and the addon's files (the
+ * prebuilt ones; the local build when prebuilds/ was not made, the same code).
+ */
+function packageIn(dir: string): void {
+  const prebuilt = path.join(PROJECT_ROOT, 'prebuilds', `${process.platform}-${process.arch}`);
+  mkdirSync(path.join(dir, 'pkg', 'scripts'), { recursive: true });
+  copyFileSync(path.join(PROJECT_ROOT, 'scripts', 'install.js'), path.join(dir, 'pkg', 'scripts', 'install.js'));
+  writeFileSync(path.join(dir, 'pkg', 'package.json'), '{ "type": "module" }\n');
+  cpSync(
+    existsSync(prebuilt) ? prebuilt : path.dirname(addonPath('core')),
+    path.join(dir, 'pkg', 'prebuilds', `${process.platform}-${process.arch}`),
+    { recursive: true, filter: (f) => !f.endsWith('.d') && !/obj\.target|\.deps/.test(f) },
+  );
+}
+
 const cases = [
   {
     host: 'nftables only (libip4tc/libip6tc absent)',
@@ -56,16 +72,7 @@ for (const c of cases) {
       const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-partial-'));
       try {
         const state = path.join(dir, 'state.db');
-        const prebuilt = path.join(PROJECT_ROOT, 'prebuilds', `${process.platform}-${process.arch}`);
-        mkdirSync(path.join(dir, 'pkg', 'scripts'), { recursive: true });
-        copyFileSync(path.join(PROJECT_ROOT, 'scripts', 'install.js'), path.join(dir, 'pkg', 'scripts', 'install.js'));
-        writeFileSync(path.join(dir, 'pkg', 'package.json'), '{ "type": "module" }\n');
-        // The files the package ships; the local build when prebuilds/ was not made (the same code).
-        cpSync(
-          existsSync(prebuilt) ? prebuilt : path.dirname(addonPath('core')),
-          path.join(dir, 'pkg', 'prebuilds', `${process.platform}-${process.arch}`),
-          { recursive: true, filter: (f) => !f.endsWith('.d') && !/obj\.target|\.deps/.test(f) },
-        );
+        packageIn(dir);
         const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
         const node = q(process.execPath);
         const cli = q(CLI_PATH);
@@ -160,15 +167,7 @@ for (const h of hosts) {
     assert.ok(libs.every(Boolean), `ldd finds ${h.hide.map(([, so]) => so).join(', ')}: ${libs.join(', ')}`);
     const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-partial-'));
     try {
-      const prebuilt = path.join(PROJECT_ROOT, 'prebuilds', `${process.platform}-${process.arch}`);
-      mkdirSync(path.join(dir, 'pkg', 'scripts'), { recursive: true });
-      copyFileSync(path.join(PROJECT_ROOT, 'scripts', 'install.js'), path.join(dir, 'pkg', 'scripts', 'install.js'));
-      writeFileSync(path.join(dir, 'pkg', 'package.json'), '{ "type": "module" }\n');
-      cpSync(
-        existsSync(prebuilt) ? prebuilt : path.dirname(addonPath('core')),
-        path.join(dir, 'pkg', 'prebuilds', `${process.platform}-${process.arch}`),
-        { recursive: true, filter: (f) => !f.endsWith('.d') && !/obj\.target|\.deps/.test(f) },
-      );
+      packageIn(dir);
       const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
       const script = [
         ...libs.map((l) => `mount --bind /dev/null ${q(l!)} || exit 90`),
