@@ -730,13 +730,22 @@ export class Core {
    * What the engine is told of `state`: the long-lived profile map's memo (memory mode, when `state`
    * is that map), and whether the profiles are only those this instance was told about.
    */
-  private planContext(state: ReadonlyMap<string, Profile>): PlanContext {
-    const generation = this.generationOf(state);
+  private planContext(state?: ReadonlyMap<string, Profile>): PlanContext {
+    const generation = state ? this.generationOf(state) : undefined;
     return {
       ...(generation !== undefined ? { memo: { generation } } : {}),
       partial: this.statePath === null,
+      exclusive: this.statePath !== null && !this.takesAddresses,
     };
   }
+
+  /**
+   * @internal Whether a change may create or move a profile onto an address the kernel serves for a
+   * profile this instance does not hold (else ECONFLICT, see PlanContext.exclusive). An in-memory
+   * instance always may. The fleet agent sets it: its profiles come from etcd, and one refused would
+   * hold back every later revision; it takes the address, as before.
+   */
+  takesAddresses = false;
 
   /**
    * One kernel transaction per address family the change touches (a profile is of one family; the
@@ -1019,9 +1028,7 @@ export class Core {
     try {
       await this.commitPlan(
         engine,
-        await engine.planChange(d.family, new ChangedProfiles(d.state, d.change), undo, {
-          partial: this.statePath === null,
-        }),
+        await engine.planChange(d.family, new ChangedProfiles(d.state, d.change), undo, this.planContext()),
       );
       this.log(`undid the ${engine.where(d.family)} part of the change, because ${because}`);
       return true;
@@ -1086,9 +1093,7 @@ export class Core {
       for (const f of FAMILIES) {
         const changeF = changeOfFamily(k.change, k.state, f);
         if (changeF.upsert.length === 0 && changeF.remove.length === 0) continue;
-        plans.push(
-          await provider.planChange(f, this.ofFamily(k.state, f), changeF, { partial: this.statePath === null }),
-        );
+        plans.push(await provider.planChange(f, this.ofFamily(k.state, f), changeF, this.planContext()));
       }
       return { provider, change, plans };
     });

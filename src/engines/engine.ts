@@ -52,6 +52,8 @@ export interface FamilyPlan<Tx = unknown> {
   note?: string;
   /** The profiles given are not all the kernel may hold (see {@link PlanContext.partial}). */
   partial?: boolean;
+  /** See {@link PlanContext.exclusive}: checked again when the commit finds the kernel out of step. */
+  exclusive?: boolean;
   /**
    * The old versions of the profiles the change touches: with `next`, every profile whose objects a
    * replacement may drop. A replacement keeps what the kernel holds for any other profile.
@@ -68,6 +70,11 @@ export interface PlanContext {
    * after a restart): the kernel may hold others, which no plan may drop.
    */
   partial?: boolean;
+  /**
+   * Refuse (ECONFLICT) a profile created or moved onto an address the kernel serves for a profile these
+   * profiles do not hold. Default: `!partial` (a state file's profiles).
+   */
+  exclusive?: boolean;
 }
 
 /** What a commit of a {@link FamilyPlan} did. */

@@ -335,6 +335,27 @@ describe('fleet: agent against a fake store and the fake nft kernel', () => {
     }
   });
 
+  test("an address a local state file's profile holds: the agent applies its profile there (a refusal would hold back every later revision)", async () => {
+    const store = new FakeStore();
+    const kernel = new FakeNftKernel();
+    const file = stateFile();
+    const other = new Core({ stateFile: path.join(path.dirname(file), 'cli.db'), keepConntrack: true }, kernel);
+    await other.transact(() => ({ upsert: [validateProfile(prof('local', 1, 7000))], remove: [] }), { run: true });
+    putProf(store, 'a', 1); // the local profile's address
+    putProf(store, 'b', 2);
+    const a = makeAgent(store, kernel, file);
+    await a.start();
+    // (Refused, the revision would be retried forever: `ready` never comes.)
+    await until(async () => (await inKernel(a)).join() === 'a,b', 'both applied');
+    assert.deepEqual(a.status().refused, []);
+    // A state-file core (the local CLI) is refused the agent's address instead.
+    await assert.rejects(
+      other.transact(() => ({ upsert: [validateProfile(prof('local2', 2, 7000))], remove: [] }), { run: true }),
+      (e: IptlbError) => e.code === 'ECONFLICT' && e.field === 'source',
+    );
+    await a.stop();
+  });
+
   test('restart: orphans of its own are removed in the same transaction that applies the listed set; profiles it does not own are not touched', async () => {
     const store = new FakeStore();
     const kernel = new FakeNftKernel();

@@ -81,8 +81,8 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
     const tx = planTransaction(change.upsert, change.remove, f);
     // A state-file instance does not take over an address the kernel gives to a profile it does not
     // hold (refused at commit, where the kernel's rules are at hand); an in-memory one cannot tell its
-    // own profiles of before a restart from another's, and takes it.
-    if (!ctx.partial && tx.hookRules.length) tx.exclusive = true;
+    // own profiles of before a restart from another's, and takes it, as the fleet agent does.
+    if ((ctx.exclusive ?? !ctx.partial) && tx.hookRules.length) tx.exclusive = true;
     return { family: f, steps: isEmptyTransaction(tx) ? [] : [tx], next: new ChangedProfiles(state, change) };
   }
 

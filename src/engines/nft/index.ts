@@ -151,6 +151,7 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     ctx: PlanContext = {},
   ): Promise<FamilyPlan<NftTransaction>> {
     const { memo, partial } = ctx;
+    const exclusive = ctx.exclusive ?? !partial;
     const nf = nftTableFamily(f);
     const next = new ChangedProfiles(state, change);
     const touched = [...change.upsert.map((p) => p.name), ...change.remove];
@@ -192,7 +193,7 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
         ? `${this.where(f)} holds ${kept.vips.size} virtual address(es) this in-memory instance was not told about: kept as they are`
         : `${this.where(f)} holds ${kept.vips.size} virtual address(es) of profiles this state file does not hold (another state file's, or left by an interrupted change): kept as they are`;
     const known = { old, touched };
-    if (!partial) await this.refuseTaken(f, next, known, view);
+    if (exclusive) await this.refuseTaken(f, next, known, view);
     if (next.size === 0 && view?.exists) {
       // The last profile of this state goes. Profiles it does not hold stay, and so does the table
       // when someone else keeps objects in it: only these profiles' content goes, and never a chain,
@@ -266,7 +267,15 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
           `this change rewrites ${held.length > 1 ? 'them' : 'it'}, which would remove them`,
         );
     }
-    return { family: f, steps, next, known, ...(note ? { note } : {}), ...(partial ? { partial } : {}) };
+    return {
+      family: f,
+      steps,
+      next,
+      known,
+      ...(note ? { note } : {}),
+      ...(partial ? { partial } : {}),
+      ...(exclusive ? { exclusive } : {}),
+    };
   }
 
   async commitPlan(
@@ -289,7 +298,7 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
       if (!outOfStep(e)) throw e;
       // The table as it is now, so that the rebuild empties it in place (see rebuildStart in plan.ts).
       const view = await this.executor.read(nf);
-      if (!plan.partial && plan.known) await this.refuseTaken(plan.family, plan.next, plan.known, view);
+      if (plan.exclusive && plan.known) await this.refuseTaken(plan.family, plan.next, plan.known, view);
       let rebuild = planNftRebuild(plan.next.values(), undefined, nf, view);
       // What the kernel holds beyond the profiles this change knows of stays (see planChange).
       const old = plan.known?.old ?? [];
