@@ -173,6 +173,15 @@ for (const pair of PAIRS) {
         { op: 'tcp', vip: VIP, port: 84, count: 6 },
         cli(pair, 'status', '--json'),
         cli(pair, B, 'list'),
+        // 12-14: one change of two profiles, one at a free address, one at a's: refused whole; the
+        // legacy gate set gets no element of it (the spawn executor added them before its check).
+        {
+          op: 'write',
+          file: '$WORK/two.yaml',
+          text: `x1:\n  destination:\n  - 127.0.0.1:9001\n  source: ${VIP}:86\nx2:\n  destination:\n  - 127.0.0.1:9001\n  source: ${VIP}:80\n`,
+        },
+        cli(pair, B, 'apply', '--file', '$WORK/two.yaml'),
+        { op: 'sh', argv: ['sh', '-c', 'ipset list iptlb-vip-inet 2>/dev/null || true'] },
       ]);
       for (const i of [1, 2, 4]) ok(r[i]);
       for (const [i, name] of [
@@ -203,6 +212,10 @@ for (const pair of PAIRS) {
       );
       assert.match(r[11].stdout, /^bb\b/m);
       assert.doesNotMatch(r[11].stdout, /^b2?\b/m, 'refused profiles are not recorded');
+      assert.equal(r[13].code, 1, r[13].stderr);
+      assert.match(r[13].stderr, /^iptlb: error: source: profile x2: /);
+      assert.doesNotMatch(r[14].stdout, /:86\b/, `no element of the refused change: ${r[14].stdout}`);
+      if (pair.engine === 'legacy') assert.match(r[14].stdout, /127\.100\.0\.10,tcp:80/, r[14].stdout);
     },
   );
 }

@@ -6,7 +6,7 @@
 import { findBinary, run } from '../../platform/spawn.js';
 import { IptlbError } from '../../model/errors.js';
 import { chainInUse, parseSave, renderRestore } from './restore.js';
-import { GATE_SET, planGate, SET_FAMILY } from './gate.js';
+import { GATE_SET, elementOf, isGatedHook, planGate, SET_FAMILY } from './gate.js';
 import type { CommitResult, Family, KernelView, Transaction } from '../../model/types.js';
 import type { LegacyExecutor } from './executor.js';
 
@@ -110,15 +110,26 @@ export class SpawnExecutor implements LegacyExecutor {
     const gate = planGate(tx, view);
     const set = GATE_SET[tx.family];
     const setExists = (view.gate?.gates.length ?? 0) > 0 || (await this.setExists(set));
+    // The text first: a change it refuses (an address another profile's rule takes) touches nothing.
+    const text = renderRestore(tx, view);
     // 1. Before the commit: the set (iptables-restore resolves it by name) and the new elements.
     const before: string[] = [];
     if (gate.needSet && !setExists)
       before.push(`create ${set} hash:ip,port family ${SET_FAMILY[tx.family]} maxelem 1048576`);
     if (gate.needSet) for (const e of gate.add) before.push(`add ${set} ${e}`);
     await this.ipset(before);
-    const text = renderRestore(tx, view);
     const r = await run(restore, ['--noflush', `--wait=${this.lockWaitSeconds}`], text);
-    if (r.code !== 0) throw restoreError(r.stderr, text, TOOL_NAMES[tx.family].restore);
+    if (r.code !== 0) {
+      // Refused: the elements added for it go again (those no rule in the kernel selects), and the
+      // set when it was made for it.
+      const live = new Set(view.hookRules.map((h) => (isGatedHook(h.chain) && !h.direct ? elementOf(h.rule) : null)));
+      const undo =
+        !setExists && before.length
+          ? [`destroy ${set}`]
+          : gate.add.filter((e) => !live.has(e)).map((e) => `del ${set} ${e}`);
+      await this.ipset(undo).catch(() => {});
+      throw restoreError(r.stderr, text, TOOL_NAMES[tx.family].restore);
+    }
     // 2. After it: elements no rule needs any more, and the set once no gate refers to it.
     const after: string[] = [];
     if (gate.needSet) for (const e of gate.del) after.push(`del ${set} ${e}`);
