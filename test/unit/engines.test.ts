@@ -354,6 +354,27 @@ for (const engine of ['legacy', 'nft'] as const) {
   });
 }
 
+test('nft: a tcp and a udp profile on one address and port (DNS) are both in sync; a sync commits nothing', async () => {
+  const { core, kernels, done } = coreOn('nft');
+  try {
+    await apply(
+      core,
+      { name: 't', source: '127.100.0.53:53', destination: ['127.0.0.1:9001'] },
+      { name: 'u', source: '127.100.0.53:53', destination: ['127.0.0.1:9002'], protocol: 'udp' },
+    );
+    assert.deepEqual(await statuses(core), { t: 'in-sync', u: 'in-sync' });
+    const commits = kernels.nft.commits.length;
+    const r = await core.sync();
+    assert.equal(r.committed, false);
+    assert.equal(kernels.nft.commits.length, commits);
+    // One of them gone from the kernel: that one is missing, the other still in sync.
+    await core.transact((state) => deleteChange(state, ['u']), { run: true });
+    assert.deepEqual(await statuses(core), { t: 'in-sync' });
+  } finally {
+    done();
+  }
+});
+
 test('nft: a state file does not take over an address another state file holds: ECONFLICT naming source, asked with a narrow read', async () => {
   const kernels = fakes();
   const A = coreOn('nft', kernels);

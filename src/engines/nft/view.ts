@@ -112,6 +112,7 @@ const key = (e: NftEndpoint): string => formatEndpoint(e);
 interface ViewIndex {
   family: NftFamily;
   table: string;
+  /** By `proto/ip:port`: the sets holding the address (one for a profile in step). */
   dispatch: Map<string, { set: string; packets: bigint; bytes: bigint }[]>;
   backends: Map<string, { to: string; packets: bigint; bytes: bigint }>;
   affSets: Map<string, number>;
@@ -135,8 +136,10 @@ function indexView(view: NftView): ViewIndex {
   const family = view.family ?? 'ip';
   const dispatch: ViewIndex['dispatch'] = new Map();
   for (const s of view.dispatchSets) {
+    // Keyed by protocol too: a tcp and a udp profile may share an address and port (DNS on :53).
+    const proto = parseDispatchSetName(s.name)?.proto ?? 'tcp';
     for (const e of s.elements) {
-      const k = key(e.key);
+      const k = `${proto}/${key(e.key)}`;
       dispatch.set(k, [...(dispatch.get(k) ?? []), { set: s.name, packets: e.packets, bytes: e.bytes }]);
     }
   }
@@ -248,8 +251,8 @@ function dispatchRuleOf(p: Profile, idx: ViewIndex): string {
 function compareProfile(p: Profile, view: NftView, idx: ViewIndex, claims: Claims): ProfileReport {
   const plan = planNftProfile(p);
   const vip = key(plan.vip);
-  const found = idx.dispatch.get(vip) ?? [];
-  claims.dispatch.add(vip);
+  const found = idx.dispatch.get(`${plan.proto}/${vip}`) ?? [];
+  claims.dispatch.add(`${plan.proto}/${vip}`);
   const c = countersOf(p, plan, view, idx, claims);
   // A round-robin (or affinity) profile has no dispatch element: its connections are the sum of its slots (rules).
   const mine = found.find((f) => f.set === plan.set);
@@ -288,8 +291,10 @@ function compareProfile(p: Profile, view: NftView, idx: ViewIndex, claims: Claim
 /** What the kernel holds that no profile of the state file claims, and what iptlb did not write. */
 function orphansOf(state: Map<string, Profile>, view: NftView, idx: ViewIndex, claims: Claims): ProfileReport[] {
   const orphans = new Map<string, string>();
-  for (const [vip, sets] of idx.dispatch)
-    if (!claims.dispatch.has(vip)) orphans.set(vip, `element ${vip} of set ${sets[0].set}`);
+  for (const [k, sets] of idx.dispatch) {
+    const vip = k.slice(k.indexOf('/') + 1);
+    if (!claims.dispatch.has(k)) orphans.set(vip, `element ${vip} of set ${sets[0].set}`);
+  }
   for (const m of view.backendMaps) {
     for (const e of m.elements) {
       const vip = key(e.vip);
