@@ -884,6 +884,49 @@ test('a health file is followed only while its writer runs: a pid given to anoth
   }
 });
 
+test('a health file whose writer died but was not reaped yet (a zombie) is not followed', async () => {
+  const { HealthOverlay } = await import('../../src/health/effective.js');
+  const { pidAlive } = await import('../../src/platform/pid.js');
+  const { spawn } = await import('node:child_process');
+  const { mkdtempSync, writeFileSync, rmSync, readFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-hz-'));
+  // The shell starts `true` in the background, prints its pid and becomes `sleep`, which never
+  // reaps it: the writer exits and stays a zombie while the parent lives.
+  const parent = spawn('sh', ['-c', 'true & echo $!; exec sleep 30'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  try {
+    const pid = Number(
+      await new Promise<string>((resolve) => parent.stdout!.once('data', (b: Buffer) => resolve(b.toString()))),
+    );
+    assert.ok(pid > 0);
+    for (let i = 0; i < 500 && !/\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'latin1')); i++)
+      await new Promise((r) => setImmediate(r));
+    assert.match(readFileSync(`/proc/${pid}/stat`, 'latin1'), /\) Z /, 'the writer is a zombie');
+    assert.equal(pidAlive(pid), false, 'a zombie does not run');
+    assert.equal(pidAlive(parent.pid!), true, 'its parent does');
+    const file = path.join(dir, 'state.db.health');
+    const write = (p: number) =>
+      writeFileSync(
+        file,
+        JSON.stringify({ version: 1, pid: p, updatedAt: 0, profiles: { web: { drained: [D[0]], destinations: {} } } }),
+      );
+    const follow = () => {
+      const o = new HealthOverlay();
+      o.follow(file);
+      o.refresh();
+      return [...(o.committedDown('web') ?? [])];
+    };
+    write(parent.pid!);
+    assert.deepEqual(follow(), [D[0]], 'a running writer: followed');
+    write(pid);
+    assert.deepEqual(follow(), [], 'a zombie writer: ignored, the configured weights hold');
+  } finally {
+    parent.kill();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('watch mode (heldHost): checks and drains follow the version applied; a state file ahead of it is not carried into the kernel', async (t) => {
   mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_000_000 });
   t.after(() => mock.timers.reset());
