@@ -3,7 +3,7 @@
 // see binding.gyp). Run by scripts/install.js when no prebuilt binary fits this host or a build is
 // forced (soft: a missing toolchain or library never fails the install; what loads instead is used,
 // the prebuilt files when they load here, else the spawn executors, and `iptlb doctor` says why), by
-// `npm run build:addon` (--verbose: full output, fails loudly) and by `npm run prebuild`.
+// `npm run build:addon` (--verbose: full output, fails loudly; --stamp) and by `npm run prebuild`.
 //
 // node-gyp is never downloaded: it is npm's own bundled copy (npm hands its path to install scripts
 // as npm_config_node_gyp), the pinned devDependency in a checkout of this repo, or the copy bundled
@@ -167,6 +167,11 @@ if (!gyp)
     "node-gyp not found (neither npm_config_node_gyp from npm, node_modules/node-gyp, nor npm's bundled copy)",
     'npm',
   );
+// --stamp (`npm run build:addon`): record what this build is made of (scripts/addon-sources.js), taken
+// before it starts, so that `npm run prebuilds` can copy these binaries instead of building again. Not
+// in a consumer's copy of the package, which never passes it and does not ship that file.
+const stamp = process.argv.includes('--stamp') ? await import('./addon-sources.js') : undefined;
+const digest = stamp?.sourcesDigest(root);
 const gypArgs = ['rebuild', '--jobs=max'];
 // Build against the headers of the node that runs us (no download): npm passes them as
 // npm_config_nodedir; otherwise they sit in <prefix>/include/node beside the binary.
@@ -198,6 +203,7 @@ if (r.status !== 0) {
   console.error(`iptlb: native addon build failed; log: ${log}`);
   process.exit(1);
 }
+if (stamp) writeFileSync(path.join(root, stamp.STAMP), `${digest}\n`);
 console.error(
   `iptlb: native addon built from source: ${path.join(root, 'build', 'Release')}/iptlb_{core,xt,nft}.node (log: ${log})`,
 );

@@ -1,0 +1,31 @@
+// What the native addon in build/Release/ was built from: a digest of its sources (binding.gyp and
+// native/), the node that built it and the compiler's environment. `npm run build:addon` records it
+// beside the binaries (build/Release/iptlb-sources.sha256); `npm run prebuilds` copies those binaries
+// when the digest still matches, instead of compiling the same sources a second time.
+import { createHash } from 'node:crypto';
+import { readFileSync, readdirSync, statSync } from 'node:fs';
+import * as path from 'node:path';
+
+export const STAMP = path.join('build', 'Release', 'iptlb-sources.sha256');
+
+function walk(root, rel) {
+  const p = path.join(root, rel);
+  if (!statSync(p).isDirectory()) return [rel];
+  return readdirSync(p)
+    .sort()
+    .flatMap((f) => walk(root, path.join(rel, f)));
+}
+
+/** The digest of what a build of the addon in `root` depends on. */
+export function sourcesDigest(root) {
+  const h = createHash('sha256');
+  for (const v of [process.version, process.platform, process.arch]) h.update(`${v}\0`);
+  for (const k of ['CC', 'CXX', 'CFLAGS', 'CXXFLAGS', 'CPPFLAGS', 'LDFLAGS', 'npm_config_nodedir'])
+    h.update(`${k}=${process.env[k] ?? ''}\0`);
+  for (const f of [...walk(root, 'binding.gyp'), ...walk(root, 'native')]) {
+    h.update(`${f}\0`);
+    h.update(readFileSync(path.join(root, f)));
+    h.update('\0');
+  }
+  return h.digest('hex');
+}
