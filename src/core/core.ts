@@ -34,7 +34,7 @@ import {
   type PreparedAppend,
   type RawState,
 } from './journal.js';
-import { hasNetAdmin } from '../platform/caps.js';
+import { capsMessage, missingCaps } from '../platform/caps.js';
 import { noteChange } from '../platform/heap.js';
 import { ConntrackJanitor, staleFlows } from './conntrack.js';
 import type { ProfileReport } from '../model/report.js';
@@ -48,7 +48,7 @@ import {
   type FamilyPlan,
   type PlanContext,
 } from '../engines/engine.js';
-import { createEngine, engineOver } from '../engines/registry.js';
+import { createEngine, engineNeeds, engineOver } from '../engines/registry.js';
 import type {
   AfterCommit,
   EngineChoice,
@@ -463,16 +463,45 @@ export class Core {
   select(): Promise<Selection> {
     if (this.selected) return Promise.resolve(this.selected);
     this.selecting ??= (async () => {
-      const holds = async (name: EngineName): Promise<boolean> => {
+      const made = (name: EngineName): { engine: Engine } | { error: IptlbError } => {
         try {
-          return await this.engineFor(name).engine.holdsObjects();
-        } catch {
-          return false;
+          return { engine: this.engineFor(name).engine };
+        } catch (e) {
+          return { error: e instanceof IptlbError ? e : new IptlbError('EEXECUTOR', String(e)) };
+        }
+      };
+      // A read that fails is an error, never "no rules": that would put the profiles in the other engine.
+      const holds = async (name: EngineName): Promise<boolean> => {
+        const where = name === 'legacy' ? 'the x_tables nat table' : 'table ip (or ip6) iptlb';
+        const m = made(name);
+        if ('error' in m) {
+          // Executors supplied for one engine only: the other holds nothing this instance could touch. An nft
+          // engine that cannot run here is not asked (nothing cheap says whether its table exists).
+          if (this.supplied || name === 'nft') return false;
+          throw new IptlbError(
+            m.error.code,
+            `engine: cannot tell whether ${where} holds iptlb rules: the ${name} engine cannot run here (${m.error.message}); fix that, or choose the engine with --engine nft`,
+            { field: 'engine' },
+          );
+        }
+        try {
+          return await m.engine.holdsObjects();
+        } catch (e) {
+          const err = e instanceof IptlbError ? e : new IptlbError('EKERNEL', String((e as Error)?.message ?? e));
+          throw new IptlbError(err.code, `engine: cannot tell whether ${where} holds iptlb rules: ${err.message}`, {
+            field: 'engine',
+            cause: e,
+          });
         }
       };
       const e = await selectEngine(this.engineChoice, {
         legacyHasRules: () => holds('legacy'),
         nftHasTable: () => holds('nft'),
+        cannotRun: (name) => {
+          if (this.supplied) return undefined;
+          const m = made(name);
+          return 'error' in m ? m.error.message : undefined;
+        },
       });
       const { engine, reason, broken } = this.engineFor(e.engine);
       // Said once per process: what only doctor said before.
@@ -644,7 +673,7 @@ export class Core {
   ): Promise<TransactionResult> {
     return this.serial(async () => {
       const engine = opts.run ? (await this.select()).provider : undefined;
-      if (engine) this.checkPrivileges();
+      if (engine) this.checkPrivileges(engine.name);
       const lock = await this.lock(true);
       try {
         // The long-lived map itself, in memory or cached from the file (decide never changes it; `next`
@@ -1065,14 +1094,14 @@ export class Core {
     );
   }
 
-  /** Fails early, with one line and nothing touched, when the kernel would refuse us anyway. */
-  private checkPrivileges(): void {
-    if (!this.injected && !hasNetAdmin()) {
-      throw new IptlbError(
-        'EPERM',
-        'permission denied: changing netfilter rules needs CAP_NET_ADMIN (run iptlb as root)',
-      );
-    }
+  /**
+   * Fails early, with one line and nothing touched, when the kernel would refuse us anyway: the
+   * capabilities the engines `engines` need (the legacy engine CAP_NET_RAW too), naming what is missing.
+   */
+  private checkPrivileges(...engines: EngineName[]): void {
+    if (this.injected) return;
+    const missing = missingCaps([...new Set(engines.flatMap((e) => engineNeeds(e).capabilities))]);
+    if (missing.length > 0) throw new IptlbError('EPERM', capsMessage(missing));
   }
 
   /**
@@ -1206,7 +1235,7 @@ export class Core {
   }> {
     return this.serial(async () => {
       const { provider } = await this.select();
-      this.checkPrivileges();
+      this.checkPrivileges(provider.name);
       // A sync writes nothing to the state file.
       const lock = await this.lock(true);
       if (lock.unlocked) this.withoutLock();
@@ -1267,7 +1296,7 @@ export class Core {
           'EUSAGE',
           'migrate needs an executor per engine (one injected executor serves one engine)',
         );
-      this.checkPrivileges();
+      this.checkPrivileges('legacy', 'nft');
       const lock = await this.lock();
       try {
         const state = await this.readState();

@@ -2,10 +2,10 @@
  * `iptlb doctor`: which engine and executor would be used and why, what is missing, how to fix it.
  */
 import { existsSync } from 'node:fs';
-import { hasNetAdmin } from '../platform/caps.js';
+import { hasCap } from '../platform/caps.js';
 import { buildLogTail, loadAddonPart, type AddonPart } from '../platform/addon.js';
 import { executorChoiceOf } from '../engines/executors.js';
-import { engineChoiceOf } from '../engines/select.js';
+import { describeOriginalChains, engineChoiceOf, originalNftChains } from '../engines/select.js';
 import { ENGINE_NAMES, engineNeeds } from '../engines/registry.js';
 import type { HostCheck } from '../engines/engine.js';
 import { Core } from './core.js';
@@ -23,13 +23,9 @@ export async function doctor(
   io: Out,
 ): Promise<number> {
   const checks: Check[] = [];
-  const cap = hasNetAdmin();
-  checks.push({
-    name: 'privileges',
-    ok: cap,
-    detail: cap ? 'CAP_NET_ADMIN present' : 'CAP_NET_ADMIN missing',
-    fix: cap ? undefined : 'run iptlb as root (sudo) or grant CAP_NET_ADMIN',
-  });
+  // Filled in once the engine is known: the legacy engine needs CAP_NET_RAW too.
+  const privileges: Check = { name: 'privileges', ok: false, detail: '' };
+  checks.push(privileges);
   for (const name of ENGINE_NAMES) checks.push(...engineNeeds(name).hostChecks());
   // The addon per engine: each engine runs natively when its file and iptlb_core.node load, and
   // falls back to spawning its tools otherwise (see src/platform/addon.ts).
@@ -95,10 +91,38 @@ export async function doctor(
   } catch (e) {
     usable = false;
     reason = e instanceof IptlbError ? e.message : String(e);
+    // A probe this process may not make (not root): which engine holds the rules is not known.
+    if (e instanceof IptlbError && e.code === 'EPERM') {
+      engine = 'unknown';
+      engineReason = reason.replace(/^engine: /, '');
+      reason = 'not chosen: the engine is not known';
+    }
   }
+  const admin = hasCap('CAP_NET_ADMIN');
+  const raw = hasCap('CAP_NET_RAW');
+  // CAP_NET_RAW: libiptc and iptables-legacy reach x_tables through a raw socket; nft is netlink only.
+  const needsRaw = engine !== 'nft';
+  const missing = [...(admin ? [] : ['CAP_NET_ADMIN' as const]), ...(raw || !needsRaw ? [] : ['CAP_NET_RAW' as const])];
+  privileges.ok = missing.length === 0;
+  privileges.detail = [
+    `CAP_NET_ADMIN ${admin ? 'present' : 'missing'}`,
+    `CAP_NET_RAW ${raw ? 'present' : needsRaw ? 'missing (the legacy engine needs it: x_tables is reached through a raw socket)' : 'missing (only the legacy engine needs it)'}`,
+  ].join(', ');
+  if (missing.length)
+    privileges.fix = `run iptlb as root (sudo) or grant ${missing.join(' and ')}${admin ? ' too' : ''} (systemd: AmbientCapabilities= and CapabilityBoundingSet=)`;
   if (warning)
     checks.push({ name: 'engines', ok: false, detail: warning, fix: 'iptlb migrate --to nft (or --to legacy)' });
-  const ok = usable && cap && !warning && stateOk;
+  // The original iptlb's rules on a host whose iptables is the nf_tables flavour: in iptables-nft's nat
+  // tables, which iptlb neither reads nor changes; they go on balancing their addresses.
+  const original = admin ? await originalNftChains() : undefined;
+  if (original?.length)
+    checks.push({
+      name: 'original rules',
+      ok: false,
+      detail: describeOriginalChains(original),
+      fix: 'delete them with the original (iptlb -run -delete -profile NAME) or by hand (iptables-nft -t nat: the OUTPUT/PREROUTING jumps with -D, then -F and -X the chain; ip6tables-nft for table ip6 nat); see docs/state-file.md',
+    });
+  const ok = usable && privileges.ok && !warning && stateOk && !original?.length;
   if (o.json) {
     io.out(JSON.stringify({ ok, engine, engineReason, executor, executorReason: reason, native, checks }));
   } else {

@@ -13,6 +13,8 @@ import type { LegacyExecutor } from './legacy/executor.js';
 import type { NftExecutor } from './nft/executor.js';
 import type { Engine, HostCheck } from './engine.js';
 import type { AddonPart } from '../platform/addon.js';
+import type { Capability } from '../platform/caps.js';
+import { LEGACY_CAPABILITIES } from './legacy/executor.js';
 import { legacyHostChecks } from './legacy/host.js';
 import { nftHostChecks } from './nft/host.js';
 import { LegacyEngine } from './legacy/index.js';
@@ -25,6 +27,8 @@ interface EngineEntry extends ExecutorKinds {
   addonPart: AddonPart;
   /** What it needs of the host (tools, kernel), for `iptlb doctor`. */
   hostChecks(): HostCheck[];
+  /** The capabilities reading and changing its rules takes, with either executor. */
+  capabilities: readonly Capability[];
 }
 
 /** Each engine: its executors, the engine over one, and what it needs. */
@@ -33,6 +37,7 @@ const ENGINES: Record<EngineName, EngineEntry> = {
     addonUse: 'legacy',
     addonPart: 'xt',
     hostChecks: legacyHostChecks,
+    capabilities: LEGACY_CAPABILITIES,
     native: (addon, opts) => new NativeExecutor(addon, opts),
     spawn: (opts) => new SpawnExecutor(opts),
     over: (executor, real) => new LegacyEngine(executor as LegacyExecutor, real),
@@ -43,6 +48,8 @@ const ENGINES: Record<EngineName, EngineEntry> = {
     addonUse: 'nft',
     addonPart: 'nft',
     hostChecks: nftHostChecks,
+    // netlink only
+    capabilities: ['CAP_NET_ADMIN'],
     over: (executor, real) => new NftEngine(executor as NftExecutor, real),
   },
 };
@@ -65,7 +72,11 @@ export function engineOver(executor: Executor): Engine {
 /** The engines, in the order doctor reports them. */
 export const ENGINE_NAMES = Object.keys(ENGINES) as EngineName[];
 
-/** What engine `name` needs: its addon file, and its host checks. */
-export function engineNeeds(name: EngineName): { addonPart: AddonPart; hostChecks(): HostCheck[] } {
+/** What engine `name` needs: its addon file, its host checks, its capabilities. */
+export function engineNeeds(name: EngineName): {
+  addonPart: AddonPart;
+  hostChecks(): HostCheck[];
+  capabilities: readonly Capability[];
+} {
   return ENGINES[name];
 }

@@ -20,27 +20,36 @@ export function engineChoiceOf(given: string | undefined): EngineChoice {
   return given !== undefined ? parseEngineChoice(given) : parseEngineChoice(process.env.IPTLB_ENGINE, 'IPTLB_ENGINE');
 }
 
-/** Tables x_tables has instantiated in this network namespace; null when x_tables is not loaded. */
-export function xtablesTables(): string[] | null {
+/**
+ * The tables listed in /proc/net/`file`: null when it does not exist (that x_tables module is not
+ * loaded), 'unreadable' when it exists but this process may not read it (mode 0440: not root).
+ */
+function tableNames(file: string): string[] | null | 'unreadable' {
   try {
-    return readFileSync('/proc/net/ip_tables_names', 'utf8').split('\n').filter(Boolean);
-  } catch {
-    return null;
+    return readFileSync(`/proc/net/${file}`, 'utf8').split('\n').filter(Boolean);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    return code === 'EACCES' || code === 'EPERM' ? 'unreadable' : null;
   }
 }
 
 /**
- * Tables x_tables has instantiated for IPv6 (ip6tables) in this network namespace; null when ip6_tables is not loaded.
+ * Tables x_tables has instantiated in this network namespace; null when x_tables is not loaded,
+ * 'unreadable' when this process may not tell (not root).
  */
-export function ip6tablesTables(): string[] | null {
-  try {
-    return readFileSync('/proc/net/ip6_tables_names', 'utf8').split('\n').filter(Boolean);
-  } catch {
-    return null;
-  }
+export function xtablesTables(): string[] | null | 'unreadable' {
+  return tableNames('ip_tables_names');
 }
 
-/** Whether this kernel can do x_tables: loaded, or its module is installed. */
+/**
+ * Tables x_tables has instantiated for IPv6 (ip6tables) in this network namespace; null when ip6_tables is not
+ * loaded, 'unreadable' when this process may not tell (not root).
+ */
+export function ip6tablesTables(): string[] | null | 'unreadable' {
+  return tableNames('ip6_tables_names');
+}
+
+/** Whether this kernel can do x_tables: loaded (its table list exists, readable or not), or its module is installed. */
 export function xtablesAvailable(): boolean {
   if (xtablesTables() !== null || existsSync('/sys/module/ip_tables')) return true;
   const dir = `/lib/modules/${nodeOs().release()}/kernel/net/ipv4/netfilter`;
@@ -62,19 +71,90 @@ export function iptablesFlavour(): 'nft' | 'legacy' | 'none' {
   }
 }
 
+/** `nft list <what>`'s output; a failure is an error (a denied read is not an empty kernel). */
+async function nftList(nft: string, what: string[]): Promise<string> {
+  const r = await run(nft, ['list', ...what]);
+  if (r.code === 0) return r.stdout;
+  const first = r.stderr.trim().split('\n')[0] ?? `exit status ${r.code}`;
+  if (/Operation not permitted|Permission denied/.test(r.stderr))
+    throw new IptlbError(
+      'EPERM',
+      `nft list ${what.join(' ')}: permission denied: reading netfilter rules needs CAP_NET_ADMIN (run iptlb as root)`,
+    );
+  throw new IptlbError('EKERNEL', `nft list ${what.join(' ')}: ${first.replace(/^.*?Error:\s*/, '')}`);
+}
+
 /** Whether table ip iptlb or ip6 iptlb exists, asked of `nft` (only tables are listed: cheap at any size). */
 export async function nftTableExistsViaCli(): Promise<boolean> {
   const nft = findBinary('nft');
   if (!nft) return false;
-  const r = await run(nft, ['list', 'tables']);
-  return r.code === 0 && /^table ip6? iptlb$/m.test(r.stdout);
+  return /^table ip6? iptlb$/m.test(await nftList(nft, ['tables']));
+}
+
+/**
+ * Chains named as the original iptlb's (`IPTLB_NAT_…`) in iptables-nft's `table ip nat` and `table ip6 nat`:
+ * the original's rules on a host whose iptables is the nf_tables flavour, which iptlb neither reads nor
+ * changes. Asked of `nft` (chain names only, read-only); undefined when it cannot tell (no `nft`, no privileges).
+ */
+export async function originalNftChains(): Promise<{ table: string; chain: string }[] | undefined> {
+  const nft = findBinary('nft');
+  if (!nft) return undefined;
+  let text: string;
+  try {
+    text = await nftList(nft, ['chains']);
+  } catch {
+    return undefined;
+  }
+  return parseOriginalNftChains(text);
+}
+
+/** What {@link originalNftChains} found, in one line: where, and that iptlb leaves them be. */
+export function describeOriginalChains(found: readonly { table: string; chain: string }[]): string {
+  return `${found.map((o) => `table ${o.table}: chain ${o.chain}`).join(', ')}: the original iptlb's rules (iptables-nft), which iptlb neither reads nor changes; the addresses they match still go where they say`;
+}
+
+/** The `IPTLB_NAT_…` chains of `table ip nat` / `table ip6 nat` in the text of `nft list chains`. */
+export function parseOriginalNftChains(text: string): { table: string; chain: string }[] {
+  const found: { table: string; chain: string }[] = [];
+  let table = '';
+  for (const line of text.split('\n')) {
+    const t = /^table (\S+ \S+) \{/.exec(line);
+    if (t) table = t[1]!;
+    const c = /^\s+chain (IPTLB_NAT_\S+) \{/.exec(line);
+    if (c && (table === 'ip nat' || table === 'ip6 nat')) found.push({ table, chain: c[1]! });
+  }
+  return found;
 }
 
 export interface EngineProbe {
-  /** Whether the x_tables nat table holds iptlb chains or rules (read only when nat exists). */
+  /**
+   * Whether the x_tables nat table holds iptlb chains or rules (read only when nat exists); rejects when it
+   * cannot tell.
+   */
   legacyHasRules(): Promise<boolean>;
-  /** Whether table ip iptlb or ip6 iptlb exists. */
+  /** Whether table ip iptlb or ip6 iptlb exists; rejects when it cannot tell. */
   nftHasTable(): Promise<boolean>;
+  /** Why engine `name` cannot run here (its executor cannot be made: tools or addon missing); undefined when it can. */
+  cannotRun?(name: EngineName): string | undefined;
+  /** The host's facts (tests); read from /proc and the file system by default. */
+  host?: HostFacts;
+}
+
+/** What selection reads of the host. */
+export interface HostFacts {
+  xtables: string[] | null | 'unreadable';
+  ip6tables: string[] | null | 'unreadable';
+  flavour: 'nft' | 'legacy' | 'none';
+  xtablesAvailable: boolean;
+}
+
+function hostFacts(): HostFacts {
+  return {
+    xtables: xtablesTables(),
+    ip6tables: ip6tablesTables(),
+    flavour: iptablesFlavour(),
+    xtablesAvailable: xtablesAvailable(),
+  };
 }
 
 export interface EngineSelection {
@@ -87,10 +167,15 @@ export interface EngineSelection {
 
 export async function selectEngine(choice: EngineChoice, probe: EngineProbe): Promise<EngineSelection> {
   if (choice !== 'auto') return { engine: choice, reason: `${choice} engine requested` };
-  const natExists = (xtablesTables()?.includes('nat') ?? false) || (ip6tablesTables()?.includes('nat') ?? false);
+  const host = probe.host ?? hostFacts();
+  if (host.xtables === 'unreadable' || host.ip6tables === 'unreadable')
+    throw new IptlbError(
+      'EPERM',
+      `engine: cannot tell without root whether the x_tables nat table holds iptlb rules (/proc/net/${host.xtables === 'unreadable' ? 'ip' : 'ip6'}_tables_names is not readable): run iptlb as root, or choose the engine with --engine legacy or --engine nft`,
+      { field: 'engine' },
+    );
+  const natExists = (host.xtables?.includes('nat') ?? false) || (host.ip6tables?.includes('nat') ?? false);
   const legacy = natExists ? await probe.legacyHasRules() : false;
-  const flavour = iptablesFlavour();
-  const xt = xtablesAvailable();
   if (legacy) {
     const nft = await probe.nftHasTable();
     return {
@@ -104,12 +189,22 @@ export async function selectEngine(choice: EngineChoice, probe: EngineProbe): Pr
         : {}),
     };
   }
-  if (!xt) return { engine: 'nft', reason: 'x_tables is not available in this kernel' };
+  if (!host.xtablesAvailable) return { engine: 'nft', reason: 'x_tables is not available in this kernel' };
   if (await probe.nftHasTable()) return { engine: 'nft', reason: 'table ip (or ip6) iptlb already holds iptlb rules' };
-  if (flavour === 'nft')
-    return { engine: 'nft', reason: "no iptlb rules yet, and this host's iptables is the nf_tables flavour" };
-  return {
-    engine: 'legacy',
-    reason: `no iptlb rules yet, and this host's iptables is ${flavour === 'none' ? 'not installed' : 'the legacy flavour'}`,
-  };
+  const rule: EngineSelection =
+    host.flavour === 'nft'
+      ? { engine: 'nft', reason: "no iptlb rules yet, and this host's iptables is the nf_tables flavour" }
+      : {
+          engine: 'legacy',
+          reason: `no iptlb rules yet, and this host's iptables is ${host.flavour === 'none' ? 'not installed' : 'the legacy flavour'}`,
+        };
+  // Nothing of iptlb in the kernel: an engine that cannot run here gives way to one that can.
+  const other: EngineName = rule.engine === 'nft' ? 'legacy' : 'nft';
+  const why = probe.cannotRun?.(rule.engine);
+  if (why !== undefined && probe.cannotRun?.(other) === undefined)
+    return {
+      engine: other,
+      reason: `${rule.reason}, but the ${rule.engine} engine cannot run here (${why}): the ${other} engine can`,
+    };
+  return rule;
 }

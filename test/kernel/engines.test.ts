@@ -319,3 +319,227 @@ for (const pair of PAIRS.filter((p) => p.engine === 'legacy')) {
     },
   );
 }
+
+/** A command with only the capabilities `caps` (as a unit's AmbientCapabilities= and CapabilityBoundingSet= give). */
+const withCaps = (caps: string, ...args: string[]) => ({
+  op: 'sh' as const,
+  argv: [
+    'setpriv',
+    `--bounding-set=-all,${caps}`,
+    `--inh-caps=-all,${caps}`,
+    `--ambient-caps=-all,${caps}`,
+    '--',
+    process.execPath,
+    '$CLI',
+    '-state-file=$WORK/state.db',
+    ...args,
+  ],
+});
+
+describe('capabilities and what selection cannot read', { skip: legacySpawn.skip || nftSpawn.skip }, () => {
+  test("CAP_NET_ADMIN alone: the legacy engine's commands name CAP_NET_RAW; auto over the original's legacy rules stops instead of installing into nft; with CAP_NET_RAW they work", async () => {
+    const admin = '+net_admin';
+    const both = '+net_admin,+net_raw';
+    const r = await runSteps([
+      // The original's rules (its chain and an uncommented jump), and its state file.
+      { op: 'sh', argv: ['iptables-legacy', '-w', '-t', 'nat', '-N', 'IPTLB_NAT_TEST'] },
+      {
+        op: 'sh',
+        argv: [
+          'iptables-legacy',
+          '-w',
+          '-t',
+          'nat',
+          '-A',
+          'IPTLB_NAT_TEST',
+          '-p',
+          'tcp',
+          '-d',
+          VIP,
+          '--dport',
+          '8081',
+          '-j',
+          'DNAT',
+          '--to-destination',
+          '127.0.0.1:9001',
+        ],
+      },
+      {
+        op: 'sh',
+        argv: [
+          'iptables-legacy',
+          '-w',
+          '-t',
+          'nat',
+          '-I',
+          'OUTPUT',
+          '1',
+          '-p',
+          'tcp',
+          '-d',
+          VIP,
+          '--dport',
+          '8081',
+          '-j',
+          'IPTLB_NAT_TEST',
+        ],
+      },
+      {
+        op: 'write',
+        file: '$WORK/state.db',
+        text: `test:\n  destination:\n  - 127.0.0.1:9001\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: ${VIP}:8081\n`,
+      },
+      withCaps(admin, 'sync'), // 4: auto, as watch and the agent select
+      { op: 'sh', argv: ['nft', 'list', 'tables'] },
+      withCaps(admin, '--engine=legacy', '--executor=native', 'status'),
+      withCaps(admin, '--engine=legacy', '--executor=spawn', 'status'),
+      withCaps(admin, '--engine=legacy', '-run', '-profile=web', `-src-addr=${VIP}:8082`, '-dest-addr=127.0.0.1:9002'),
+      withCaps(admin, '--engine=legacy', 'doctor', '--json'), // 9
+      withCaps(admin, '--engine=nft', 'doctor', '--json'),
+      withCaps(both, 'sync'),
+      withCaps(both, 'status', '--json'),
+      withCaps(both, 'doctor', '--json'),
+    ]);
+    const [sync, tables, native, spawn, apply, doctorLegacy, doctorNft, sync2, status, doctor2] = r.slice(4);
+    assert.equal(sync.code, 1, sync.stderr);
+    assert.match(
+      sync.stderr,
+      /^iptlb: error: engine: cannot tell whether the x_tables nat table holds iptlb rules: .*needs CAP_NET_RAW as well as CAP_NET_ADMIN/,
+    );
+    assert.equal(sync.stderr.trim().split('\n').length, 1, sync.stderr);
+    assert.doesNotMatch(tables.stdout, /iptlb/, 'nothing installed into nft beside the legacy rules');
+    for (const p of [native, spawn, apply]) {
+      assert.equal(p.code, 1, p.stderr);
+      assert.match(p.stderr, /needs CAP_NET_RAW as well as CAP_NET_ADMIN/);
+      assert.doesNotMatch(p.stderr, /needs (root \()?CAP_NET_ADMIN\)? ?\(?run/);
+    }
+    const priv = (d: { stdout: string }) =>
+      (JSON.parse(d.stdout) as { checks: { name: string; ok: boolean; detail: string }[] }).checks.find(
+        (c) => c.name === 'privileges',
+      )!;
+    assert.equal(doctorLegacy.code, 1, doctorLegacy.stdout);
+    assert.deepEqual(
+      [priv(doctorLegacy).ok, priv(doctorLegacy).detail],
+      [
+        false,
+        'CAP_NET_ADMIN present, CAP_NET_RAW missing (the legacy engine needs it: x_tables is reached through a raw socket)',
+      ],
+    );
+    assert.equal(priv(doctorNft).ok, true, doctorNft.stdout);
+    ok(sync2, 'sync with CAP_NET_RAW');
+    assert.equal(JSON.parse(status.stdout).inSync, true, status.stdout);
+    assert.equal(JSON.parse(doctor2.stdout).engine, 'legacy', doctor2.stdout);
+    assert.equal(priv(doctor2).ok, true, doctor2.stdout);
+  });
+
+  test('--executor spawn on a host with nft but without the iptables tools: auto picks nft (nothing of iptlb in the kernel) and commits', async () => {
+    // The tools hidden in a private mount namespace: /dev/null over each (PATH cannot hide them: sbin is searched too).
+    const hidden = (...args: string[]) => ({
+      op: 'sh' as const,
+      argv: [
+        'unshare',
+        '-m',
+        '--propagation',
+        'private',
+        '--',
+        'sh',
+        '-c',
+        'for f in /usr/sbin/iptables* /usr/sbin/ip6tables* /usr/sbin/ipset /sbin/iptables* /sbin/ip6tables* /sbin/ipset; do [ -e "$f" ] && { mount --bind /dev/null "$f" || exit 90; }; done; exec "$@"',
+        'x',
+        process.execPath,
+        '$CLI',
+        '--executor=spawn',
+        '-state-file=$WORK/state.db',
+        ...args,
+      ],
+    });
+    const r = await runSteps([
+      hidden('doctor', '--json'),
+      hidden('-q', '-run', '-profile=web', `-src-addr=${VIP}:8081`, '-dest-addr=127.0.0.1:9001'),
+      { op: 'sh', argv: ['nft', 'list', 'tables'] },
+    ]);
+    const d = JSON.parse(r[0].stdout) as { engine: string; engineReason: string; executor: string };
+    assert.equal(d.engine, 'nft', r[0].stdout);
+    assert.equal(d.executor, 'spawn', r[0].stdout);
+    assert.match(
+      d.engineReason,
+      /but the legacy engine cannot run here \(iptables-legacy-save\/-restore not found; .*\): the nft engine can$/,
+    );
+    ok(r[1], 'apply with the spawn executor');
+    assert.match(r[2].stdout, /^table ip iptlb$/m);
+  });
+
+  test('not root: doctor says it cannot tell which engine holds the rules, not that x_tables is unavailable', async () => {
+    const r = await runSteps([
+      { op: 'sh', argv: ['iptables-legacy', '-w', '-t', 'nat', '-N', 'OTHER'] },
+      {
+        op: 'sh',
+        argv: [
+          'setpriv',
+          '--reuid=65534',
+          '--regid=65534',
+          '--clear-groups',
+          '--',
+          process.execPath,
+          '$CLI',
+          'doctor',
+          '--json',
+          '-state-file=/nonexistent/state.db',
+        ],
+      },
+    ]);
+    const d = JSON.parse(r[1].stdout) as {
+      ok: boolean;
+      engine: string;
+      engineReason: string;
+      checks: { name: string; detail: string }[];
+    };
+    assert.equal(d.ok, false);
+    assert.equal(d.engine, 'unknown', r[1].stdout);
+    assert.match(d.engineReason, /^cannot tell without root whether the x_tables nat table holds iptlb rules/);
+    assert.match(d.checks.find((c) => c.name === 'x_tables')!.detail, /^available/);
+  });
+
+  test("the original's rules in iptables-nft's table ip nat: doctor is not ready and names them, status warns; neither touches them", async () => {
+    const ipt = (...a: string[]) => ({ op: 'sh' as const, argv: ['iptables-nft', '-w', '-t', 'nat', ...a] });
+    const r = await runSteps([
+      ipt('-N', 'IPTLB_NAT_TEST'),
+      ipt(
+        '-A',
+        'IPTLB_NAT_TEST',
+        '-p',
+        'tcp',
+        '-d',
+        VIP,
+        '--dport',
+        '8081',
+        '-j',
+        'DNAT',
+        '--to-destination',
+        '127.0.0.1:9001',
+      ),
+      ipt('-I', 'OUTPUT', '1', '-p', 'tcp', '-d', VIP, '--dport', '8081', '-j', 'IPTLB_NAT_TEST'),
+      { op: 'sh', argv: ['nft', 'list', 'table', 'ip', 'nat'] },
+      {
+        op: 'write',
+        file: '$WORK/state.db',
+        text: `test:\n  destination:\n  - 127.0.0.1:9001\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: ${VIP}:8081\n`,
+      },
+      { op: 'cli', args: ['--executor=spawn', '-state-file=$WORK/state.db', 'doctor', '--json'] },
+      { op: 'cli', args: ['--executor=spawn', '-state-file=$WORK/state.db', 'status'] },
+      { op: 'sh', argv: ['nft', 'list', 'table', 'ip', 'nat'] },
+    ]);
+    const [before, , doctor, status, after] = r.slice(3);
+    const d = JSON.parse(doctor.stdout) as {
+      ok: boolean;
+      checks: { name: string; ok: boolean; detail: string; fix?: string }[];
+    };
+    assert.equal(doctor.code, 1, doctor.stdout);
+    const original = d.checks.find((c) => c.name === 'original rules');
+    assert.ok(original && !original.ok, doctor.stdout);
+    assert.match(original.detail, /^table ip nat: chain IPTLB_NAT_TEST: the original iptlb's rules \(iptables-nft\)/);
+    assert.match(original.fix!, /iptables-nft -t nat/);
+    assert.match(status.stderr, /^warning: table ip nat: chain IPTLB_NAT_TEST: the original iptlb's rules/m);
+    assert.equal(after.stdout, before.stdout, 'table ip nat untouched');
+  });
+});

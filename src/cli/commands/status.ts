@@ -4,6 +4,7 @@ import { IptlbError } from '../../model/errors.js';
 import { addGlobal, withGlobals, type GlobalOpts } from '../flags.js';
 import { ExitCode, makeCore, type Out } from '../context.js';
 import { topCommand } from './top.js';
+import { describeOriginalChains, originalNftChains } from '../../engines/select.js';
 
 /** `\tup`, `\tdown (drained; last check 2026-…: ECONNREFUSED)`: empty for destinations without a health check. */
 function healthColumn(d: {
@@ -29,6 +30,9 @@ async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
   const core = makeCore(o, io);
   const reports = await core.status();
   const drifted = reports.some((r) => r.status !== 'in-sync');
+  // The original's rules in iptables-nft's nat tables balance beside (or instead of) iptlb's: said, not touched.
+  const original = await originalNftChains();
+  if (original?.length) io.err(`warning: ${describeOriginalChains(original)} (iptlb doctor says how to remove them)`);
   if (o.json) {
     io.out(JSON.stringify({ inSync: !drifted, profiles: reports }));
   } else if (!reports.length) {

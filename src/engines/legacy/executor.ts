@@ -1,6 +1,27 @@
 /** The legacy engine's executor contract: the native (libiptc) and spawn (iptables-restore) executors implement it. */
 import type { Family } from '../../model/address.js';
 import type { AfterCommit, CommitResult, KernelView, Transaction } from '../../model/types.js';
+import { capsMessage, missingCaps, type Capability } from '../../platform/caps.js';
+
+/**
+ * What reading and changing x_tables takes, with either executor: libiptc and iptables-legacy open a
+ * raw socket (CAP_NET_RAW) and set it up with setsockopt (CAP_NET_ADMIN).
+ */
+export const LEGACY_CAPABILITIES: readonly Capability[] = ['CAP_NET_ADMIN', 'CAP_NET_RAW'];
+
+/**
+ * The message of a permission failure of x_tables: `message` with its hint replaced by one naming the
+ * capability this process lacks; `message` as it is when it lacks none (the failure is something else's).
+ */
+export function legacyPermissionMessage(message: string, has?: (c: Capability) => boolean): string {
+  const missing = missingCaps(LEGACY_CAPABILITIES, has);
+  if (missing.length === 0) return message;
+  const hint = capsMessage(missing);
+  // The addon's "<call>: <strerror> (permission denied: …)", the spawn executor's "<tool>: permission denied: …".
+  if (/ \(permission denied: .*\)$/.test(message)) return message.replace(/ \(permission denied: .*\)$/, ` (${hint})`);
+  if (/: permission denied: .*$/.test(message)) return message.replace(/: permission denied: .*$/, `: ${hint}`);
+  return `${message} (${hint})`;
+}
 
 /**
  * How rules reach the x_tables nat table. Both implementations give the same kernel result for the same transaction.

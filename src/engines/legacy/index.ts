@@ -23,8 +23,8 @@ import {
 
 const EMPTY: KernelView = { chains: [], hookRules: [] };
 
-/** Tables x_tables has instantiated for family `f` in this network namespace. */
-function tablesOf(f: Family): string[] | null {
+/** Tables x_tables has instantiated for family `f` in this network namespace ('unreadable': not root). */
+function tablesOf(f: Family): string[] | null | 'unreadable' {
   return f === 'ipv6' ? ip6tablesTables() : xtablesTables();
 }
 
@@ -44,7 +44,10 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
   }
 
   mayHold(f: Family): boolean {
-    return !this.realTables || (tablesOf(f)?.includes('nat') ?? false);
+    if (!this.realTables) return true;
+    const tables = tablesOf(f);
+    // A list this process may not read (not root): the read says why it fails, or what is there.
+    return tables === 'unreadable' || (tables?.includes('nat') ?? false);
   }
 
   /**

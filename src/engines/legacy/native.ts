@@ -7,7 +7,7 @@ import { IptlbError, type ErrorCode } from '../../model/errors.js';
 import { TAKEN_HINT, chainInUse, renderRestore } from './restore.js';
 import type { NativeAddon } from '../../platform/addon.js';
 import type { AfterCommit, CommitResult, Family, KernelView, Transaction } from '../../model/types.js';
-import type { LegacyExecutor } from './executor.js';
+import { legacyPermissionMessage, type LegacyExecutor } from './executor.js';
 
 /** Maps what the addon throws or rejects with to an {@link IptlbError}, keeping the code, errno and message. */
 export function mapNativeError(e: unknown): IptlbError {
@@ -29,6 +29,8 @@ export function mapNativeError(e: unknown): IptlbError {
     err.code === 'ELOCK' || err.code === 'EPERM' || err.code === 'ERESTART' ? err.code : 'EKERNEL';
   const opts = typeof err.errno === 'number' ? { errno: err.errno, cause: e } : { cause: e };
   const inUse = err.errno === 31 ? /^deleting chain (\S+):/.exec(message) : null; // EMLINK
+  // A permission failure names the capability that is missing (CAP_NET_RAW under a unit granting CAP_NET_ADMIN only).
+  if (code === 'EPERM') return new IptlbError(code, legacyPermissionMessage(message), opts);
   return new IptlbError(code, inUse ? `${message}; ${chainInUse(inUse[1]!)}` : message, opts);
 }
 

@@ -8,14 +8,16 @@ import { IptlbError } from '../../model/errors.js';
 import { chainInUse, parseSave, renderRestore } from './restore.js';
 import { GATE_SET, elementOf, isGatedHook, planGate, SET_FAMILY } from './gate.js';
 import type { CommitResult, Family, KernelView, Transaction } from '../../model/types.js';
-import type { LegacyExecutor } from './executor.js';
+import { legacyPermissionMessage, type LegacyExecutor } from './executor.js';
 
 /** Turns iptables' own error text into a typed error, naming the failing restore line. */
 export function restoreError(stderr: string, input: string, tool: string): IptlbError {
   const text = stderr.trim().split('\n').filter(Boolean);
   const first = text[0] ?? `${tool} failed`;
   if (/Permission denied|must be root|Operation not permitted/i.test(stderr)) {
-    return new IptlbError('EPERM', `${tool}: permission denied: changing netfilter rules needs root (CAP_NET_ADMIN)`);
+    const message = `${tool}: permission denied: changing netfilter rules needs root (CAP_NET_ADMIN)`;
+    // ipset talks netlink (CAP_NET_ADMIN alone); iptables-legacy a raw socket too: name what is missing.
+    return new IptlbError('EPERM', tool.startsWith('ipset') ? message : legacyPermissionMessage(message));
   }
   if (/xtables lock|holding the xtables/i.test(stderr)) {
     return new IptlbError('ELOCK', `${tool}: ${first}`);
