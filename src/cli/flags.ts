@@ -119,7 +119,10 @@ export interface LegacyOpts extends ProfileOpts {
 
 export function addGlobal(cmd: Command): Command {
   return cmd
-    .option('--state-file <path>', 'state file (env IPTLB_STATE_FILE; default ./local/state.db)')
+    .option(
+      '--state-file <path>',
+      'state file (env IPTLB_STATE_FILE; default ./local/state.db, relative to the working directory)',
+    )
     .addOption(new Option('--executor <kind>', 'native, spawn or auto (env IPTLB_EXECUTOR; default auto)'))
     .addOption(
       new Option(

@@ -89,11 +89,14 @@ Original flags (one or two dashes, -flag=value or -flag value):
                                    weights: 9001 takes every new connection, 9002 is drained
   iptlb -run -profile=web -src-addr=127.100.0.10:8081 -dest-addr=127.0.0.1:9001,127.0.0.1:9002 -scheduler=round-robin
   iptlb -run -delete -profile=web
-  iptlb -use-state -run            apply every profile of the state file in one transaction
+  iptlb -use-state -run            apply every profile of the state file (it must exist) in one transaction
   iptlb top                        connections per second per destination, refreshed every second
   iptlb migrate --to nft           move every profile to the nft engine, no address ever without rules
-Without -run only the state file is written. Engine auto: the one already holding iptlb's rules, else
-nft when the host's iptables is the nf_tables flavour or x_tables is missing, else legacy (see doctor).
+Without -run only the state file is written. A state file that does not exist is not "no profiles":
+-use-state, sync, migrate and plan --use-state refuse it (exit 1); an empty one ({}) holds none.
+Engine auto: the one already holding iptlb's rules, else nft when the host's iptables is the nf_tables
+flavour or x_tables is missing, else legacy (see doctor); after a reboot it picks again, so keep a
+migrated engine with IPTLB_ENGINE or --engine.
 Exit status: 0 done, 1 refused (conflict, kernel, state, lock), 2 bad input or usage, 3 drift found by status.`,
     );
   for (const [, command] of commands) command.register(program, io);

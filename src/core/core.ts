@@ -271,6 +271,19 @@ function sayOnce(key: string, line: string, log: (line: string) => void): void {
   log(line);
 }
 
+/**
+ * A state file that does not exist, refused by a command that reads it to decide what the kernel
+ * should hold (`sync`, `migrate`, `-use-state -run`, their `plan`): an absent file is not "no
+ * profiles" (a wrong path would remove every rule); an empty one, `{}`, is.
+ */
+export function absentStateFile(file: string): IptlbError {
+  return new IptlbError(
+    'ESTATE',
+    `state-file: ${file} does not exist; nothing was changed (a wrong path, or the working directory for a relative one? an empty state file, {}, holds no profiles)`,
+    { field: 'state-file' },
+  );
+}
+
 export class Core {
   /** Absolute path of the state file, or `null` when profiles are kept in memory. */
   readonly statePath: string | null;
@@ -561,6 +574,20 @@ export class Core {
   }
 
   /**
+   * Whether the state file exists (the YAML or its journal); true for an instance that keeps its
+   * profiles in memory.
+   */
+  async stateFileExists(): Promise<boolean> {
+    if (this.statePath === null) return true;
+    return (await stateVersion(this.statePath).catch(() => 'unreadable')) !== null;
+  }
+
+  /** Refuses a state file that does not exist ({@link absentStateFile}) when `required`. */
+  private async requireStateFile(required: boolean | undefined): Promise<void> {
+    if (required && !(await this.stateFileExists())) throw absentStateFile(this.statePath!);
+  }
+
+  /**
    * The profiles, not copied: the in-memory map, or the cached file state (callers must not change
    * it). Only the transactions and folds (`store`, in the serial queue, under the lock) replace the
    * cache: a reader beside them (list, the conntrack janitor, health) must not swap the map a
@@ -669,13 +696,21 @@ export class Core {
        * holds the last version of the file applied and the file may be ahead of it, not yet settled.
        */
       holds?: ReadonlyMap<string, Profile>;
+      /**
+       * The change is decided from the state file's profiles (`-use-state -run`): a file that does not
+       * exist is refused ({@link absentStateFile}) before anything is created or the kernel is read.
+       */
+      requireFile?: boolean;
     },
   ): Promise<TransactionResult> {
     return this.serial(async () => {
+      await this.requireStateFile(opts.requireFile);
       const engine = opts.run ? (await this.select()).provider : undefined;
       if (engine) this.checkPrivileges(engine.name);
       const lock = await this.lock(true);
       try {
+        // Again under the lock: removed meanwhile, it would read as no profiles.
+        await this.requireStateFile(opts.requireFile);
         // The long-lived map itself, in memory or cached from the file (decide never changes it; `next`
         // is a view): no copy per batch. `record` changes it once the change is recorded.
         const state = opts.holds ? new Map(opts.holds) : await this.currentState();
@@ -1110,8 +1145,10 @@ export class Core {
    */
   plan(
     decide: (state: Map<string, Profile>) => Change,
+    opts: { requireFile?: boolean } = {},
   ): Promise<{ provider: Engine; change: Change; plans: FamilyPlan[] }> {
     return this.serial(async () => {
+      await this.requireStateFile(opts.requireFile);
       const { provider } = await this.select();
       const state = await this.readState();
       const change = decide(state);
@@ -1224,6 +1261,11 @@ export class Core {
        * the sync removes from them are cleaned up as a change's are (unless keepConntrack).
        */
       previous?: ReadonlyMap<string, Profile>;
+      /**
+       * Refuse a state file that does not exist ({@link absentStateFile}) before anything is created
+       * or the kernel is read, and again under the lock (the CLI's `sync`): else it reads as no profiles.
+       */
+      requireFile?: boolean;
     } = {},
   ): Promise<{
     before: ProfileReport[];
@@ -1234,12 +1276,15 @@ export class Core {
     state?: ReadonlyMap<string, Profile>;
   }> {
     return this.serial(async () => {
+      const requireFile = opts.requireFile && !opts.profiles;
+      await this.requireStateFile(requireFile);
       const { provider } = await this.select();
       this.checkPrivileges(provider.name);
       // A sync writes nothing to the state file.
       const lock = await this.lock(true);
       if (lock.unlocked) this.withoutLock();
       try {
+        await this.requireStateFile(requireFile);
         const skipped = { before: [], committed: false, commitMs: 0, skipped: true };
         if (opts.guard && !(await opts.guard())) return skipped;
         const read = opts.profiles ? new Map(opts.profiles) : await this.readState();
@@ -1289,20 +1334,35 @@ export class Core {
    * hook a flow meets binds it, so no virtual address is ever without rules), then iptlb's objects
    * are removed from the other engine. The next selection (`auto`) finds them in `to`.
    */
-  migrate(to: EngineName): Promise<{ moved: number; installMs: number; removeMs: number; removedFrom: boolean }> {
+  migrate(
+    to: EngineName,
+    opts: {
+      /** Refuse a state file that does not exist ({@link absentStateFile}), as the CLI's `migrate` does. */
+      requireFile?: boolean;
+    } = {},
+  ): Promise<{ moved: number; installMs: number; removeMs: number; removedFrom: boolean }> {
     return this.serial(async () => {
       if (this.injected && !this.supplied)
         throw new IptlbError(
           'EUSAGE',
           'migrate needs an executor per engine (one injected executor serves one engine)',
         );
+      await this.requireStateFile(opts.requireFile);
       this.checkPrivileges('legacy', 'nft');
       const lock = await this.lock();
       try {
+        await this.requireStateFile(opts.requireFile);
         const state = await this.readState();
         const target = this.engineFor(to).engine;
         const from: EngineName = to === 'nft' ? 'legacy' : 'nft';
         const source = this.engineFor(from).engine;
+        // Both engines end up with exactly this state's profiles: what either holds for profiles the
+        // state does not (another state file's, or left by an interrupted change) would lose its rules.
+        for (const [name, engine] of [
+          [from, source],
+          [to, target],
+        ] as const)
+          await this.refuseOthers(name, engine, state);
         // The removal is planned first: one the source engine refuses (another tool's rule in a
         // chain iptlb would rewrite) stops the move before anything changed.
         const removals: unknown[] = [];
@@ -1341,11 +1401,56 @@ export class Core {
         );
         this.selected = undefined;
         this.selecting = undefined;
+        await this.sayHowToKeep(to);
         return { moved: state.size, installMs, removeMs, removedFrom };
       } finally {
         lock.release();
       }
     });
+  }
+
+  /**
+   * Refuses a migration when `engine` holds iptlb objects of profiles `state` does not hold: the move
+   * makes both engines exactly `state`'s profiles, so their virtual addresses would be left without
+   * rules. (nft names an orphan by its address, or `rule:NAME` for a profile without a dispatch
+   * element; legacy by its profile name.)
+   */
+  private async refuseOthers(name: EngineName, engine: Engine, state: ReadonlyMap<string, Profile>): Promise<void> {
+    const others: string[] = [];
+    for (const { family, profiles } of this.familiesOf(engine, state)) {
+      const reports = engine.compare(profiles, await engine.read(family));
+      // Not a profile's: another tool's objects (`foreign:…`, which the move keeps or refuses on its
+      // own) and an affinity set without its rule (`set:…`, no address is served by it).
+      const orphans = reports.filter((r) => r.status === 'orphaned' && !/^(foreign|set):/.test(r.name));
+      others.push(...orphans.map((r) => r.name));
+    }
+    if (!others.length) return;
+    const file = this.statePath ?? 'this instance';
+    const shown = `${others.slice(0, 5).join(', ')}${others.length > 5 ? `, … (${others.length} in all)` : ''}`;
+    throw new IptlbError(
+      'ECONFLICT',
+      `state-file: the ${name} engine holds iptlb rules of profiles ${file} does not hold (${shown}: another state file's, or left by an interrupted change); migrate would leave them without rules, so nothing was changed: put every profile of this host in one state file (iptlb --state-file ${file} apply --file OTHER_STATE_FILE) or delete them with the state file that holds them, then migrate again`,
+      { field: 'state-file' },
+    );
+  }
+
+  /**
+   * After a migration: the engine is not recorded anywhere. While the rules stay, `auto` finds them in
+   * `to`; after a reboot (an empty kernel) it picks again, and a pinned other engine would split them.
+   */
+  private async sayHowToKeep(to: EngineName): Promise<void> {
+    if (this.engineChoice === to) return;
+    if (this.engineChoice !== 'auto') {
+      this.log(
+        `warning: --engine (or IPTLB_ENGINE) says ${this.engineChoice}: commands run with it put rules in the ${this.engineChoice} engine again, beside the ${to} engine's; set it to ${to} (the systemd unit's Environment= too)`,
+      );
+      return;
+    }
+    const fresh = await selectEngine('auto', { legacyHasRules: async () => false, nftHasTable: async () => false });
+    if (fresh.engine === to) return;
+    this.log(
+      `the engine is not recorded: after a reboot (no rules yet) auto picks ${fresh.engine} (${fresh.reason.replace(/^no iptlb rules yet, and /, '')}); to keep ${to}, set IPTLB_ENGINE=${to} (or --engine ${to}) wherever iptlb runs at boot (the systemd unit's Environment=)`,
+    );
   }
 
   /**

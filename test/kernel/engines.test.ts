@@ -92,7 +92,7 @@ describe('engine selection and nft repair', { skip: nftSpawn.skip || legacySpawn
     ok(r[3]);
     assert.match(
       r[3].stderr,
-      /table ip iptlb is not as the state says .*replacing it with all 2 profile\(s\) in one transaction/,
+      /table ip iptlb does not exist yet \(after a reboot, or deleted\); creating it with all 2 profile\(s\) in one transaction/,
     );
     assert.equal(JSON.parse(r[4].stdout).inSync, true, r[4].stdout);
     assert.equal(r[5].failures, 0);
@@ -543,3 +543,138 @@ describe('capabilities and what selection cannot read', { skip: legacySpawn.skip
     assert.equal(after.stdout, before.stdout, 'table ip nat untouched');
   });
 });
+
+/** a (127.100.0.10:80) in $WORK/s.db on legacy, b (127.100.0.2:80) in $WORK/n.db on nft: a split host. */
+const splitHost = [
+  { op: 'backends' as const, tcp: [9001, 9002] },
+  {
+    op: 'cli' as const,
+    args: [
+      '--engine=legacy',
+      '-state-file=$WORK/s.db',
+      '-q',
+      '-run',
+      '-profile=a',
+      `-src-addr=${VIP}:80`,
+      '-dest-addr=127.0.0.1:9001',
+    ],
+  },
+  {
+    op: 'cli' as const,
+    args: [
+      '--engine=nft',
+      '-state-file=$WORK/n.db',
+      '-q',
+      '-run',
+      '-profile=b',
+      '-src-addr=127.100.0.2:80',
+      '-dest-addr=127.0.0.1:9002',
+    ],
+  },
+];
+
+test(
+  'a state file that does not exist: sync, migrate, -use-state -run (-delete) and plan --use-state refuse it on either engine (exit 1, one line naming it, no directory or lock file made, the kernel unchanged); {} is no profiles; a first -run still creates the file',
+  { skip: nftNative.skip || legacySpawn.skip },
+  async () => {
+    const wrong = '-state-file=$WORK/x/nonexistent/state.db';
+    const refused = ['legacy', 'nft'].flatMap((engine) =>
+      [
+        ['sync'],
+        ['migrate', '--to', engine === 'nft' ? 'legacy' : 'nft'],
+        ['-use-state', '-run'],
+        ['-use-state', '-run', '-delete'],
+        ['plan', '--use-state'],
+      ].map((args) => ({ op: 'cli' as const, args: [`--engine=${engine}`, wrong, ...args] })),
+    );
+    const r = (
+      await runSteps([
+        ...splitHost,
+        { op: 'save' },
+        ...refused,
+        { op: 'save' },
+        { op: 'sh', argv: ['test', '-e', '$WORK/x'] },
+        { op: 'tcp', vip: VIP, port: 80, count: 5 },
+        { op: 'tcp', vip: '127.100.0.2', port: 80, count: 5 },
+        { op: 'write', file: '$WORK/e.db', text: '{}\n' },
+        { op: 'cli', args: ['--engine=nft', '-state-file=$WORK/e.db', 'sync'] },
+        { op: 'tcp', vip: '127.100.0.2', port: 80, count: 3 },
+        {
+          op: 'cli',
+          args: [
+            '-state-file=$WORK/new/dir/state.db',
+            '-q',
+            '-run',
+            '-profile=c',
+            '-src-addr=127.100.0.3:80',
+            '-dest-addr=127.0.0.1:9002',
+          ],
+        },
+        { op: 'tcp', vip: '127.100.0.3', port: 80, count: 5 },
+      ])
+    ).slice(splitHost.length);
+    const [before, ...rest] = r;
+    const runs = rest.slice(0, refused.length);
+    const [after, exists, a, b, , emptySync, bGone, first, c] = rest.slice(refused.length);
+    runs.forEach((p, i) => {
+      const what = refused[i].args.join(' ');
+      assert.equal(p.code, 1, `${what}: ${p.stderr}`);
+      assert.match(
+        p.stderr,
+        /^iptlb: error: state-file: \S+\/x\/nonexistent\/state\.db does not exist; nothing was changed \(.*\)\n$/,
+        what,
+      );
+    });
+    assert.equal(after, before, 'the kernel is unchanged');
+    assert.equal(exists.code, 1, 'no directory was made');
+    assert.equal(a.failures, 0);
+    assert.equal(b.failures, 0);
+    ok(emptySync, 'sync of {}');
+    assert.equal(bGone.failures, 3, '{} holds no profiles: b is gone');
+    ok(first, 'a first -run in a directory that does not exist');
+    assert.equal(c.failures, 0);
+  },
+);
+
+test(
+  "migrate refuses, changing nothing, when either engine holds iptlb rules of profiles its state file does not hold (another state file's); with every profile in one state file it moves them",
+  { skip: nftNative.skip || legacySpawn.skip },
+  async () => {
+    const moves = [
+      ['-state-file=$WORK/s.db', 'migrate', '--to', 'legacy'],
+      ['-state-file=$WORK/s.db', 'migrate', '--to', 'nft'],
+      ['-state-file=$WORK/n.db', 'migrate', '--to', 'nft'],
+    ];
+    const r = (
+      await runSteps([
+        ...splitHost,
+        { op: 'save' },
+        ...moves.map((args) => ({ op: 'cli' as const, args })),
+        { op: 'save' },
+        { op: 'tcp', vip: '127.100.0.2', port: 80, count: 5 },
+        { op: 'cli', args: ['-state-file=$WORK/s.db', '-q', 'apply', '--file', '$WORK/n.db'] },
+        { op: 'cli', args: ['-state-file=$WORK/s.db', 'migrate', '--to', 'legacy'] },
+        { op: 'tcp', vip: VIP, port: 80, count: 5 },
+        { op: 'tcp', vip: '127.100.0.2', port: 80, count: 5 },
+        { op: 'sh', argv: ['nft', 'list', 'tables'] },
+      ])
+    ).slice(splitHost.length);
+    const [before, toLegacy, toNft, nToNft, after, bServed, merge, moved, a, b, tables] = r;
+    for (const [p, other] of [
+      [toLegacy, /the nft engine holds iptlb rules of profiles \S+\/s\.db does not hold \(127\.100\.0\.2:80:/],
+      [toNft, /the nft engine holds iptlb rules of profiles \S+\/s\.db does not hold \(127\.100\.0\.2:80:/],
+      [nToNft, /the legacy engine holds iptlb rules of profiles \S+\/n\.db does not hold \(a:/],
+    ] as const) {
+      assert.equal(p.code, 1, p.stderr);
+      assert.match(p.stderr, other);
+      assert.equal(p.stderr.trim().split('\n').length, 1, p.stderr);
+    }
+    assert.equal(after, before, 'nothing was changed');
+    assert.equal(bServed.failures, 0);
+    ok(merge, 'apply --file of the other state file');
+    ok(moved, 'migrate with every profile in one state file');
+    assert.equal(a.failures, 0);
+    assert.equal(b.failures, 0);
+    assert.doesNotMatch(tables.stdout, /iptlb/);
+  },
+);

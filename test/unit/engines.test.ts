@@ -6,10 +6,11 @@
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { Core, upsertChange, deleteChange } from '../../src/core/core.js';
+import { selectEngine } from '../../src/engines/select.js';
 import { IptlbError, open, serializeState } from '../../src/index.js';
 import { validateProfile } from '../../src/model/profile.js';
 import { FakeLegacyKernel, FakeNftKernel, kernelError } from '../harness/fake-kernel.js';
@@ -110,7 +111,15 @@ test('nft: profiles written to the state file without -run are committed when ap
       // no replacement); without a table the batch failed on its first element and the table was made.
       const replaced = lines.filter((l) => /replacing it/.test(l));
       if (tableFirst) assert.deepEqual(replaced, []);
-      else assert.match(replaced.join('\n'), /is not as the state says \(table ip iptlb does not exist/);
+      else {
+        // No table at all (a boot re-applying the state file): said as such, not as drift.
+        const created = lines.filter((l) => /creating it/.test(l));
+        assert.match(
+          created.join('\n'),
+          /^table ip iptlb does not exist yet \(after a reboot, or deleted\); creating it/,
+        );
+        assert.doesNotMatch(lines.join('\n'), /not as the state says/);
+      }
       await apply(core, ...stateOnly);
       assert.deepEqual(await statuses(core), {
         ...(tableFirst ? { a: 'in-sync' } : {}),
@@ -588,7 +597,7 @@ test('nft: a table someone deleted is replaced whole by the next change, with ev
     kernels.nft.tables.delete('ip');
     await apply(core, web(3));
     assert.ok(
-      lines.some((l) => /table ip iptlb is not as the state says .*replacing it with all 3 profile\(s\)/.test(l)),
+      lines.some((l) => /table ip iptlb does not exist yet .*creating it with all 3 profile\(s\)/.test(l)),
       lines.join('\n'),
     );
     assert.deepEqual(await statuses(core), { web1: 'in-sync', web2: 'in-sync', web3: 'in-sync' });
@@ -674,6 +683,123 @@ test('migrate: a source that refuses its removal stops the move before anything 
       kernels.legacy.fail = undefined;
       await a.core.migrate('nft');
       assert.equal(kernels.nft.tables.has('ip'), true);
+    } finally {
+      a.done();
+    }
+  }
+});
+
+test('a state file that does not exist is refused by sync, migrate, -use-state and their plan when they require it: ESTATE naming it, before anything is created or committed; {} is no profiles', async () => {
+  const kernels = fakes();
+  const a = coreOn('nft', kernels);
+  const dir = path.join(path.dirname(a.file), 'x');
+  try {
+    await apply(a.core, web(1));
+    const commits = kernels.nft.commits.length + kernels.legacy.commits.length;
+    const wrong = new Core(
+      { stateFile: path.join(dir, 'nonexistent', 'state.db'), engine: 'nft' },
+      kernels as unknown as Record<EngineName, Executor>,
+    );
+    const useState = (state: Map<string, unknown>) => ({ upsert: [], remove: [...state.keys()] });
+    for (const [what, call] of [
+      ['sync', () => wrong.sync({ requireFile: true })],
+      ['migrate', () => wrong.migrate('legacy', { requireFile: true })],
+      ['-use-state -run -delete', () => wrong.transact(useState, { run: true, requireFile: true })],
+      ['plan --use-state --delete', () => wrong.plan(useState, { requireFile: true })],
+    ] as const) {
+      await assert.rejects(
+        (call as () => Promise<unknown>)(),
+        (e: IptlbError) =>
+          e.code === 'ESTATE' &&
+          e.field === 'state-file' &&
+          e.exitCode === 1 &&
+          /^state-file: \S+\/x\/nonexistent\/state\.db does not exist; nothing was changed/.test(e.message),
+        what,
+      );
+      assert.equal(existsSync(dir), false, `${what}: no directory, no lock file`);
+    }
+    assert.equal(kernels.nft.commits.length + kernels.legacy.commits.length, commits, 'nothing committed');
+    assert.deepEqual(await statuses(a.core), { web1: 'in-sync' });
+    // Without requireFile (the library's sync, watch's own checks) it is read as before.
+    assert.equal(await wrong.stateFileExists(), false);
+    // An existing empty file is no profiles: its sync removes web1.
+    const empty = path.join(path.dirname(a.file), 'empty.db');
+    writeFileSync(empty, '{}\n');
+    const e = new Core({ stateFile: empty, engine: 'nft' }, kernels as unknown as Record<EngineName, Executor>);
+    assert.equal((await e.sync({ requireFile: true })).committed, true);
+    assert.deepEqual(await statuses(a.core), { web1: 'missing' });
+  } finally {
+    a.done();
+  }
+});
+
+test("migrate refuses, changing nothing, when either engine holds profiles its state file does not hold (another state file's)", async () => {
+  const kernels = fakes();
+  const a = coreOn('legacy', kernels);
+  const b = coreOn('nft', kernels);
+  try {
+    await apply(a.core, web(1));
+    await apply(b.core, web(2));
+    const before = JSON.stringify([[...kernels.legacy.tables], [...kernels.nft.tables]]);
+    const commits = kernels.nft.commits.length + kernels.legacy.commits.length;
+    for (const [core, to, holder, other] of [
+      [a.core, 'legacy', 'nft', '127.100.0.12:80'],
+      [a.core, 'nft', 'nft', '127.100.0.12:80'],
+      [b.core, 'nft', 'legacy', 'web1'],
+      [b.core, 'legacy', 'legacy', 'web1'],
+    ] as const)
+      await assert.rejects(
+        core.migrate(to),
+        (e: IptlbError) =>
+          e.code === 'ECONFLICT' &&
+          e.field === 'state-file' &&
+          e.message.startsWith(`state-file: the ${holder} engine holds iptlb rules of profiles `) &&
+          e.message.includes(`(${other}: another state file's`) &&
+          e.message.includes('migrate would leave them without rules, so nothing was changed'),
+        `${to} from ${holder}`,
+      );
+    assert.equal(kernels.nft.commits.length + kernels.legacy.commits.length, commits, 'nothing committed');
+    assert.equal(JSON.stringify([[...kernels.legacy.tables], [...kernels.nft.tables]]), before);
+  } finally {
+    a.done();
+    b.done();
+  }
+});
+
+test('migrate says how to keep the engine past a reboot: auto picks again from an empty kernel; a pinned other engine is a warning', async () => {
+  const fresh = (await selectEngine('auto', { legacyHasRules: async () => false, nftHasTable: async () => false }))
+    .engine;
+  const other = fresh === 'nft' ? 'legacy' : 'nft';
+  {
+    const lines: string[] = [];
+    const a = coreOn('auto' as EngineName, fakes(), lines);
+    try {
+      await apply(a.core, web(1));
+      lines.length = 0;
+      await a.core.migrate(other);
+      assert.match(
+        lines.at(-1)!,
+        new RegExp(
+          `^the engine is not recorded: after a reboot \\(no rules yet\\) auto picks ${fresh} \\(.*\\); to keep ${other}, set IPTLB_ENGINE=${other} \\(or --engine ${other}\\)`,
+        ),
+      );
+      lines.length = 0;
+      await a.core.migrate(fresh);
+      assert.doesNotMatch(lines.join('\n'), /not recorded|IPTLB_ENGINE/, 'auto picks it anyway');
+    } finally {
+      a.done();
+    }
+  }
+  {
+    const lines: string[] = [];
+    const a = coreOn('nft', fakes(), lines);
+    try {
+      await apply(a.core, web(1));
+      await a.core.migrate('legacy');
+      assert.match(
+        lines.at(-1)!,
+        /^warning: --engine \(or IPTLB_ENGINE\) says nft: commands run with it put rules in the nft engine again, beside the legacy engine's; set it to legacy/,
+      );
     } finally {
       a.done();
     }

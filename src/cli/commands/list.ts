@@ -7,7 +7,12 @@ async function listCommand(o: GlobalOpts, io: Out): Promise<void> {
   const core = makeCore(o, io);
   const profiles = [...(await core.readState()).values()].sort((a, b) => (a.name < b.name ? -1 : 1));
   if (o.json) return io.out(JSON.stringify(profiles));
-  if (!profiles.length) return io.out(`no profiles in ${core.statePath}`);
+  if (!profiles.length)
+    return io.out(
+      (await core.stateFileExists())
+        ? `no profiles in ${core.statePath}`
+        : `no profiles: the state file ${core.statePath} does not exist`,
+    );
   io.out('NAME\tSOURCE\tMODE\tDESTINATIONS');
   for (const p of profiles) io.out(describeProfile(p));
 }

@@ -10,7 +10,7 @@ export function register(program: Command, io: Out): void {
     program
       .command('migrate')
       .description(
-        'move every profile to the other engine: one transaction to install them there, one to remove them here; no virtual address is ever without rules',
+        "move every profile to the other engine: one transaction to install them there, one to remove them here; no virtual address is ever without rules. Refused when the state file does not exist, or when either engine holds profiles it does not hold (another state file's). Not recorded: keep the engine past a reboot with IPTLB_ENGINE or --engine",
       ),
   )
     .requiredOption('--to <engine>', 'legacy or nft')
@@ -18,7 +18,7 @@ export function register(program: Command, io: Out): void {
       const g = withGlobals(o, cmd);
       const to = parseEngineChoice(o.to);
       if (to === 'auto') throw new IptlbError('EUSAGE', 'to: migrate needs --to legacy or --to nft', { field: 'to' });
-      const r = await makeCore(g, io).migrate(to);
+      const r = await makeCore(g, io).migrate(to, { requireFile: true });
       if (g.json) io.out(JSON.stringify({ to, ...r }));
     });
 }

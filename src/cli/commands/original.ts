@@ -45,7 +45,8 @@ async function legacyAction(o: LegacyOpts, io: Out): Promise<void> {
       }
       return change;
     },
-    { run: !!o.run },
+    // -use-state decides from the state file: one that does not exist is refused, not read as no profiles.
+    { run: !!o.run, requireFile: !!o.useState },
   );
   if (!o.run && !o.quiet) io.err(`iptlb: state only (no -run): the kernel was not changed`);
   report(result, o, io, verboseRules(core, io));
@@ -57,6 +58,9 @@ export function register(program: Command, io: Out): void {
     .option('--reset', 'replace an existing profile (old and new rules swap in one commit)')
     .option('--delete', 'delete the profile (needs -run)')
     .option('--run', 'apply to the kernel; without it only the state file is written')
-    .option('--use-state', 'apply (or with -delete remove) every profile of the state file')
+    .option(
+      '--use-state',
+      'apply (or with -delete remove) every profile of the state file (refused when it does not exist)',
+    )
     .action(async (o: LegacyOpts) => legacyAction(o, io));
 }

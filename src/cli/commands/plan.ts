@@ -8,12 +8,15 @@ import { describeDestinations, makeCore, type Out } from '../context.js';
 /** `iptlb plan`: what `apply` would commit, planned by the same code with the same kernel reads; changes nothing. */
 async function planCommand(o: LegacyOpts, io: Out): Promise<void> {
   const core = makeCore({ ...o, quiet: true }, io);
-  const { provider, change, plans } = await core.plan((state) => {
-    if (o.useState)
-      return o.delete ? { upsert: [], remove: [...state.keys()] } : { upsert: [...state.values()], remove: [] };
-    if (o.delete) return deleteChange(state, [validateName(o.profile, 'name', { existing: true })]);
-    return upsertChange(state, [profileInput(o)]);
-  });
+  const { provider, change, plans } = await core.plan(
+    (state) => {
+      if (o.useState)
+        return o.delete ? { upsert: [], remove: [...state.keys()] } : { upsert: [...state.values()], remove: [] };
+      if (o.delete) return deleteChange(state, [validateName(o.profile, 'name', { existing: true })]);
+      return upsertChange(state, [profileInput(o)]);
+    },
+    { requireFile: !!o.useState },
+  );
   // Weights and the scheduler, which the rule text only implies, as comment lines (both dialects take them).
   const header = change.upsert
     .filter((p) => p.weights || p.scheduler || p.affinity)

@@ -33,10 +33,18 @@ async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
   // The original's rules in iptables-nft's nat tables balance beside (or instead of) iptlb's: said, not touched.
   const original = await originalNftChains();
   if (original?.length) io.err(`warning: ${describeOriginalChains(original)} (iptlb doctor says how to remove them)`);
+  // A wrong path (or working directory) reads as no profiles: every iptlb rule is an orphan then.
+  const absent = !(await core.stateFileExists());
+  if (absent && reports.length && !o.quiet && !o.json)
+    io.err(`iptlb: the state file ${core.statePath} does not exist: the kernel's iptlb rules are reported orphaned`);
   if (o.json) {
     io.out(JSON.stringify({ inSync: !drifted, profiles: reports }));
   } else if (!reports.length) {
-    io.out(`no profiles in ${core.statePath} and no iptlb rules in the kernel`);
+    io.out(
+      absent
+        ? `no profiles (the state file ${core.statePath} does not exist) and no iptlb rules in the kernel`
+        : `no profiles in ${core.statePath} and no iptlb rules in the kernel`,
+    );
   } else {
     const withHealth = reports.some((r) => r.destinations.some((d) => d.health !== undefined));
     io.out(`PROFILE\tSTATUS\tPACKETS\tDESTINATION\tCONNECTIONS\tBYTES${withHealth ? '\tHEALTH' : ''}`);

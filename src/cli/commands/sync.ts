@@ -4,11 +4,15 @@ import { addGlobal, withGlobals, type GlobalOpts } from '../flags.js';
 import { makeCore, type Out } from '../context.js';
 
 export function register(program: Command, io: Out): void {
-  addGlobal(program.command('sync').description('make the kernel match the state file, in one transaction')).action(
-    async (o: GlobalOpts, cmd: Command) => {
-      const g = withGlobals(o, cmd);
-      const r = await makeCore(g, io).sync();
-      if (g.json) io.out(JSON.stringify(r));
-    },
-  );
+  addGlobal(
+    program
+      .command('sync')
+      .description(
+        'make the kernel match the state file, in one transaction (refused when it does not exist; {} holds no profiles)',
+      ),
+  ).action(async (o: GlobalOpts, cmd: Command) => {
+    const g = withGlobals(o, cmd);
+    const r = await makeCore(g, io).sync({ requireFile: true });
+    if (g.json) io.out(JSON.stringify(r));
+  });
 }

@@ -314,7 +314,11 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
         return { durationMs, committed: rebuild };
       }
       log(
-        `table ${nf} iptlb is not as the state says (${(e as Error).message}); replacing it with all ${plan.next.size} profile(s) in one transaction`,
+        view.exists
+          ? `table ${nf} iptlb is not as the state says (${(e as Error).message}); replacing it with all ${plan.next.size} profile(s) in one transaction`
+          : // No table at all: a boot (or a new network namespace) re-applying the state file, or a table
+            // someone deleted. Nothing of it is out of step; said plainly, not as drift.
+            `table ${nf} iptlb does not exist yet (after a reboot, or deleted); creating it with all ${plan.next.size} profile(s) in one transaction`,
       );
       durationMs += (await this.executor.commit(rebuild)).durationMs;
       return { durationMs, committed: rebuild };
