@@ -12,11 +12,15 @@ import { parseEndpoint, type Endpoint } from '../model/address.js';
 import { findBinary } from '../platform/spawn.js';
 import { loadAddon, type ConntrackFlow, type NativeAddon } from '../platform/addon.js';
 import type { Profile, Protocol } from '../model/types.js';
+import { sameProfile } from '../model/profile.js';
 
 export interface StaleFlows {
   protocol: Protocol;
   source: string;
+  /** The destination the flows were DNATed to; the virtual address itself for {@link untranslatedFlows}. */
   destination: string;
+  /** Flows to the destination a health check drained (told so in the log). */
+  drained?: boolean;
 }
 
 /**
@@ -34,6 +38,81 @@ export function staleFlows(old: Profile, next: Profile | undefined): StaleFlows[
     gone = gone.filter((d) => !kept.has(d));
   }
   return gone.map((destination) => ({ protocol: old.protocol, source: old.source, destination }));
+}
+
+/**
+ * Flows of `p`'s virtual address that no rule translated: made while the kernel held no rule for it
+ * (before a first apply, while a profile was deleted or drained whole, before a reboot's `-use-state
+ * -run` or a sync's repair). A UDP client that keeps sending would match such an entry for as long as
+ * it sends, and never be balanced; a TCP client retransmitting its SYN likewise. The entry's reply
+ * comes from the virtual address itself, so these are the flows "DNATed to the virtual address":
+ * for udp and sctp every one, for tcp those not answered (SYN_SENT), as for removed destinations. An
+ * established connection to a real service on that address (server mode) is left to finish.
+ */
+export function untranslatedFlows(p: Profile): StaleFlows {
+  return { protocol: p.protocol, source: p.source, destination: p.source };
+}
+
+/**
+ * Destinations a health check drained: those `before` gave connections to (weight above 0) that
+ * `after` gives none, and that `configured` does (its own weight above 0: not the operator's drain,
+ * whose flows are left alone). `after` undefined: the whole profile left the kernel
+ * (`health.allDown: drain`). Their backends do not answer checks: their UDP flows would go nowhere.
+ */
+export function drainedFlows(configured: Profile, before: Profile, after: Profile | undefined): StaleFlows[] {
+  if (before.source !== configured.source || before.protocol !== configured.protocol) return [];
+  const weight = (p: Profile, d: string): number => (p.destination.includes(d) ? (p.weights?.[d] ?? 1) : 0);
+  return before.destination
+    .filter((d) => weight(before, d) > 0 && weight(configured, d) > 0 && (!after || weight(after, d) === 0))
+    .map((destination) => ({ protocol: before.protocol, source: before.source, destination, drained: true }));
+}
+
+/**
+ * The conntrack entries a committed change leaves wrong, for the janitor: flows to destinations that
+ * `change` removes from profiles of `state` (what they were) and `next` (what they are now); flows to
+ * destinations a health check drained (the kernel's part of the change, `kernel`, gives them weight 0
+ * or drops the profile); and flows of a virtual address the kernel starts serving that no rule
+ * translated before: a new profile, one moved to another address, one the health checks bring back,
+ * and one applied again unchanged, which is how a reboot's `-use-state -run` and a profile recorded
+ * without `-run` reach the kernel.
+ */
+export function changeFlows(
+  change: { upsert: readonly Profile[]; remove: readonly string[] },
+  state: ReadonlyMap<string, Profile>,
+  next: ReadonlyMap<string, Profile>,
+  kernel: {
+    state: ReadonlyMap<string, Profile>;
+    change: { upsert: readonly Profile[]; remove: readonly string[] };
+  },
+): (StaleFlows & { profile: string })[] {
+  const out: (StaleFlows & { profile: string })[] = [];
+  const add = (flows: StaleFlows[], profile: string): void => {
+    for (const f of flows) out.push({ ...f, profile });
+  };
+  // Profiles the change applies again as they are (not the health checks' own upserts).
+  const again = new Set<string>();
+  for (const p of change.upsert) {
+    const old = state.get(p.name);
+    if (old) add(staleFlows(old, p), p.name);
+    if (old && (old === p || sameProfile(old, p))) again.add(p.name);
+  }
+  for (const n of change.remove) {
+    const old = state.get(n);
+    if (old) add(staleFlows(old, next.get(n)), n);
+  }
+  for (const e of kernel.change.upsert) {
+    const before = kernel.state.get(e.name);
+    const configured = next.get(e.name);
+    if (before && configured) add(drainedFlows(configured, before, e), e.name);
+    const served = before !== undefined && before.source === e.source && before.protocol === e.protocol;
+    if (!served || again.has(e.name)) add([untranslatedFlows(e)], e.name);
+  }
+  for (const n of kernel.change.remove) {
+    const before = kernel.state.get(n);
+    const configured = next.get(n);
+    if (before && configured) add(drainedFlows(configured, before, undefined), n);
+  }
+  return out;
 }
 
 /**
@@ -95,7 +174,10 @@ function run(file: string, args: string[]): Promise<{ code: number | null; out: 
   });
 }
 
-const what = (f: StaleFlows): string => `${f.source}/${f.protocol} to ${f.destination}`;
+const what = (f: StaleFlows): string =>
+  f.destination === f.source
+    ? `${f.source}/${f.protocol} made before its rules (never balanced)`
+    : `${f.source}/${f.protocol} to ${f.destination}${f.drained ? ' (drained: its health check failed)' : ''}`;
 
 /**
  * The line for `deleted` entries of `f` (and `kept` established tcp connections), or none when there is nothing to say.
@@ -277,7 +359,7 @@ export interface StalePair extends StaleFlows {
 export interface JanitorOptions {
   /** Receives the log lines of each flush (as {@link flushStaleFlows} returns them). */
   log: (line: string) => void;
-  /** The profiles as they are now, read right before each flush. */
+  /** The profiles as the kernel has them now (health drains applied), read right before each flush. */
   current: () => ReadonlyMap<string, Profile> | Promise<ReadonlyMap<string, Profile>>;
   /** The flush to use instead of {@link flushStaleFlows} (tests). */
   flush?: (flows: StaleFlows[], native: boolean) => Promise<string[]>;
@@ -374,7 +456,12 @@ export class ConntrackJanitor {
         for (const native of [true, false]) {
           const flows = live
             .filter((p) => p.native === native)
-            .map(({ protocol, source, destination }) => ({ protocol, source, destination }));
+            .map(({ protocol, source, destination, drained }) => ({
+              protocol,
+              source,
+              destination,
+              ...(drained ? { drained } : {}),
+            }));
           if (!flows.length) continue;
           this.stats.flushes++;
           this.stats.pairs += flows.length;
@@ -417,6 +504,11 @@ export class ConntrackJanitor {
       }
       return byAddress.get(`${p.protocol} ${p.source}`);
     };
-    return batch.filter((p) => !owner(p)?.destination.includes(p.destination));
+    return batch.filter((p) => {
+      const o = owner(p);
+      if (!o?.destination.includes(p.destination)) return true;
+      // A drained destination is live again once the kernel gives it connections again.
+      return p.drained === true && (o.weights?.[p.destination] ?? 1) === 0;
+    });
   }
 }

@@ -36,7 +36,7 @@ import {
 } from './journal.js';
 import { capsMessage, missingCaps } from '../platform/caps.js';
 import { noteChange } from '../platform/heap.js';
-import { ConntrackJanitor, staleFlows } from './conntrack.js';
+import { ConntrackJanitor, changeFlows, staleFlows, untranslatedFlows } from './conntrack.js';
 import type { ProfileReport } from '../model/report.js';
 import {
   ChangedProfiles,
@@ -354,7 +354,8 @@ export class Core {
     this.logging = opts.log !== undefined;
     this.conntrack = new ConntrackJanitor({
       log: (line) => this.log(line),
-      current: () => (this.statePath === null ? this.memory : this.readState()),
+      // As the kernel has them: a destination a health check drained has weight 0 there.
+      current: async () => this.health.kernelState(this.statePath === null ? this.memory : await this.readState()),
     });
   }
 
@@ -745,7 +746,7 @@ export class Core {
         // Flows to destinations this change removes (decided now: in memory mode `state` changes below).
         const stale =
           committed && !this.keepConntrack && !this.injected && this.conntrack.needed()
-            ? this.staleOf(change, state, next, engine!.executor.kind === 'native')
+            ? changeFlows(change, state, next, k).map((f) => ({ ...f, native: engine!.executor.kind === 'native' }))
             : [];
         let stateWritten: boolean;
         try {
@@ -886,23 +887,6 @@ export class Core {
       `committed ${change.upsert.length + change.remove.length} profile change(s) in ${done.length === 1 ? 'one transaction' : `${done.length} transactions`} ` +
         `(${done.map((d) => engine.where(d.family)).join(' and ')}, ${engine.name}/${engine.executor.kind}, ${commitMs.toFixed(2)} ms)`,
     );
-  }
-
-  /** The flows to destinations that `change` removes from profiles of `state`, for the conntrack janitor. */
-  private staleOf(
-    change: Change,
-    state: ReadonlyMap<string, Profile>,
-    next: ReadonlyMap<string, Profile>,
-    native: boolean,
-  ) {
-    return [
-      ...change.upsert.flatMap((p) =>
-        state.has(p.name) ? staleFlows(state.get(p.name)!, p).map((f) => ({ ...f, profile: p.name, native })) : [],
-      ),
-      ...change.remove.flatMap((n) =>
-        state.has(n) ? staleFlows(state.get(n)!, next.get(n)).map((f) => ({ ...f, profile: n, native })) : [],
-      ),
-    ];
   }
 
   /**
@@ -1294,6 +1278,8 @@ export class Core {
         const before: ProfileReport[] = [];
         let committed = false;
         let commitMs = 0;
+        // Profiles the kernel lacked or held otherwise: their virtual addresses may have flows no rule translated.
+        const repaired: Profile[] = [];
         for (const { family, profiles } of this.familiesOf(provider, state)) {
           let reports: ProfileReport[] = [];
           let drifted: ProfileReport[] = [];
@@ -1306,6 +1292,10 @@ export class Core {
           });
           before.push(...reports);
           if (ms === undefined) continue;
+          for (const r of drifted) {
+            const p = r.status === 'missing' || r.status === 'modified' ? state.get(r.name) : undefined;
+            if (p) repaired.push(p);
+          }
           this.log(
             `committed the sync of ${drifted.length} profile(s) in one transaction (${provider.where(family)}, ${provider.name}/${provider.executor.kind}, ${ms.toFixed(2)} ms)`,
           );
@@ -1314,11 +1304,12 @@ export class Core {
         }
         if (!committed && !opts.quietWhenInSync) this.log('kernel already matches the state file; nothing to do');
         if (committed && !this.injected) noteChange(state.size);
-        if (committed && opts.previous && !this.keepConntrack && !this.injected && this.conntrack.needed()) {
+        if (committed && !this.keepConntrack && !this.injected && this.conntrack.needed()) {
           const native = provider.executor.kind === 'native';
-          const stale = [...opts.previous].flatMap(([name, old]) =>
+          const stale = [...(opts.previous ?? [])].flatMap(([name, old]) =>
             staleFlows(old, read.get(name)).map((f) => ({ ...f, profile: name, native })),
           );
+          for (const p of repaired) stale.push({ ...untranslatedFlows(p), profile: p.name, native });
           if (stale.length) this.conntrack.add(stale);
         }
         return { before, committed, commitMs, state: read };

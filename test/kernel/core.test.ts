@@ -390,6 +390,19 @@ describePairs('core', (ex) => {
         assert.doesNotMatch(k.log, /conntrack:/);
       });
     }
+    test('udp, a flow that began before the profile (the address had no rule: its entry is untranslated) is balanced once the profile is applied; kept, it is not', async () => {
+      const f = await run('before', 'flush');
+      assert.equal(f.code, 0, f.log);
+      assert.ok(f.sentBefore && f.tracked, `the flow was tracked before the profile (${JSON.stringify(f)})`);
+      assert.ok(f.settled && f.drained, JSON.stringify(f));
+      assert.ok(f.afterA >= 50, 'the flow reaches the destination');
+      assert.match(f.log, /conntrack: removed 1 flow\(s\) of 127\.100\.0\.10:5353\/udp made before its rules/);
+      const k = await run('before', 'keep');
+      assert.equal(k.code, 0, k.log);
+      assert.ok(k.tracked && k.settled && k.drained, JSON.stringify(k));
+      assert.equal(k.afterA, 0, 'kept: the flow stays untranslated');
+      assert.doesNotMatch(k.log, /conntrack:/);
+    });
     test('tcp, reset: a half-open connection moves to the live destination on its next SYN; an established one is left to finish; kept, the SYN goes to A again', async () => {
       const f = await run('tcp', 'flush');
       assert.equal(f.code, 0, f.log);

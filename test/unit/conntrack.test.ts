@@ -9,6 +9,7 @@ import {
   ConntrackJanitor,
   HALF_OPEN_GRACE_MS,
   HALF_OPEN_ONE_BY_ONE_MAX,
+  changeFlows,
   conntrackEntries,
   flushStaleFlows,
   listedClients,
@@ -531,4 +532,116 @@ test('conntrackEntries reads the namespace count again on every call (the file k
     // The host's count may move between the two reads; a stale value read at offset 0 would not.
     assert.ok(Math.abs(n! - fresh()) <= 1000, `${n} vs ${fresh()}`);
   }
+});
+
+test('changeFlows: a virtual address the kernel starts serving (new, moved, back from an all-down drain, applied again unchanged) has its untranslated flows deleted; a reset at the same address does not', () => {
+  const dns = p();
+  const state = new Map([['dns', dns]]);
+  const none = new Map<string, Profile>();
+  const flows = (
+    change: { upsert: Profile[]; remove: string[] },
+    st: Map<string, Profile>,
+    kernel?: { state: Map<string, Profile>; change: { upsert: Profile[]; remove: string[] } },
+  ) => {
+    const next = new Map(st);
+    for (const q of change.upsert) next.set(q.name, q);
+    for (const n of change.remove) next.delete(n);
+    return changeFlows(change, st, next, kernel ?? { state: st, change }).map(
+      (f) => `${f.profile} ${f.protocol} ${f.source} ${f.destination}${f.drained ? ' drained' : ''}`,
+    );
+  };
+  // A new profile: its own address, as the flows' destination (entries whose reply comes from the VIP).
+  assert.deepEqual(flows({ upsert: [dns], remove: [] }, none), ['dns udp 127.100.0.10:5353 127.100.0.10:5353']);
+  // Applied again unchanged (a reboot's -use-state -run; a profile recorded without -run): the same.
+  assert.deepEqual(flows({ upsert: [dns], remove: [] }, state), ['dns udp 127.100.0.10:5353 127.100.0.10:5353']);
+  assert.deepEqual(flows({ upsert: [p()], remove: [] }, state), ['dns udp 127.100.0.10:5353 127.100.0.10:5353']);
+  // A reset at the same address (the churn): only the destinations it drops.
+  assert.deepEqual(flows({ upsert: [p({ destination: ['127.0.0.1:9001'] })], remove: [] }, state), [
+    'dns udp 127.100.0.10:5353 127.0.0.1:9002',
+  ]);
+  // Moved to another address: every old destination of the old address, and the new address's untranslated flows.
+  assert.deepEqual(flows({ upsert: [p({ source: '127.100.0.11:53' })], remove: [] }, state), [
+    'dns udp 127.100.0.10:5353 127.0.0.1:9001',
+    'dns udp 127.100.0.10:5353 127.0.0.1:9002',
+    'dns udp 127.100.0.11:53 127.100.0.11:53',
+  ]);
+  // Deleted: every destination; nothing untranslated to delete.
+  assert.deepEqual(flows({ upsert: [], remove: ['dns'] }, state), [
+    'dns udp 127.100.0.10:5353 127.0.0.1:9001',
+    'dns udp 127.100.0.10:5353 127.0.0.1:9002',
+  ]);
+  // Health brings back a profile it had taken out whole (allDown: drain): the kernel did not serve it.
+  assert.deepEqual(flows({ upsert: [], remove: [] }, state, { state: none, change: { upsert: [dns], remove: [] } }), [
+    'dns udp 127.100.0.10:5353 127.100.0.10:5353',
+  ]);
+});
+
+test('changeFlows: destinations a health check drains lose their flows (the operator’s weight 0 keeps them); a profile drained whole loses them all', () => {
+  const dns = p({
+    destination: ['127.0.0.1:9001', '127.0.0.1:9002', '127.0.0.1:9003'],
+    weights: { '127.0.0.1:9003': 0 },
+  });
+  const state = new Map([['dns', dns]]);
+  const drained = p({ ...dns, weights: { '127.0.0.1:9002': 0, '127.0.0.1:9003': 0 } });
+  const show = (fs: ReturnType<typeof changeFlows>) =>
+    fs.map((f) => `${f.protocol} ${f.destination}${f.drained ? ' drained' : ''}`);
+  // A health-only transaction: the profile change is empty, the kernel's part gives 9002 weight 0.
+  const empty = { upsert: [] as Profile[], remove: [] as string[] };
+  assert.deepEqual(show(changeFlows(empty, state, state, { state, change: { upsert: [drained], remove: [] } })), [
+    'udp 127.0.0.1:9002 drained',
+  ]);
+  // Already drained before: nothing new.
+  const kstate = new Map([['dns', drained]]);
+  assert.deepEqual(
+    show(changeFlows(empty, state, state, { state: kstate, change: { upsert: [drained], remove: [] } })),
+    [],
+  );
+  // Back up: nothing to delete.
+  assert.deepEqual(
+    show(changeFlows(empty, state, state, { state: kstate, change: { upsert: [dns], remove: [] } })),
+    [],
+  );
+  // Every destination down with allDown: drain: the profile leaves the kernel; each destination that took connections.
+  assert.deepEqual(show(changeFlows(empty, state, state, { state, change: { upsert: [], remove: ['dns'] } })), [
+    'udp 127.0.0.1:9001 drained',
+    'udp 127.0.0.1:9002 drained',
+  ]);
+  // The operator's weight 0 (a graceful drain) is not health's: its flows stay.
+  const zero = p({ ...dns, weights: { '127.0.0.1:9001': 0, '127.0.0.1:9003': 0 } });
+  const next = new Map([['dns', zero]]);
+  assert.deepEqual(
+    show(changeFlows({ upsert: [zero], remove: [] }, state, next, { state, change: { upsert: [zero], remove: [] } })),
+    [],
+  );
+});
+
+test('janitor: a drained pair is dropped once its destination takes connections again; log lines say what the flows were', async () => {
+  const calls: StaleFlows[][] = [];
+  const dns = p({ weights: { '127.0.0.1:9002': 0 } });
+  const j = new ConntrackJanitor({
+    log: () => {},
+    current: async () => new Map([['dns', dns]]),
+    flush: async (flows) => {
+      calls.push(flows);
+      return [];
+    },
+  });
+  j.add([
+    { ...pair('127.0.0.1:9001'), drained: true }, // up again (weight 1 in the kernel): dropped
+    { ...pair('127.0.0.1:9002'), drained: true }, // still weight 0 in the kernel: flushed
+    { ...pair('127.100.0.10:5353') }, // untranslated: flushed
+  ]);
+  await j.idle();
+  assert.deepEqual(
+    calls.flat().map((f) => `${f.destination}${f.drained ? ' drained' : ''}`),
+    ['127.0.0.1:9002 drained', '127.100.0.10:5353'],
+  );
+  const lines = await flushStaleFlows(
+    [{ ...flow('127.0.0.1:9002'), drained: true }, { ...flow('127.100.0.10:5353') }],
+    { addon: { conntrackFlush: async () => ({ flows: [{ deleted: 2 }, { deleted: 1 }] }) } as never },
+  );
+  assert.deepEqual(lines, [
+    'conntrack: removed 2 flow(s) of 127.100.0.10:5353/udp to 127.0.0.1:9002 (drained: its health check failed)',
+    'conntrack: removed 1 flow(s) of 127.100.0.10:5353/udp made before its rules (never balanced)',
+  ]);
 });
