@@ -4,6 +4,8 @@
  * then write the state. Everything engine-specific is behind the {@link Engine} seam
  * (src/engines/): the core never asks which engine it drives.
  */
+import { existsSync } from 'node:fs';
+import * as path from 'node:path';
 import { IptlbError } from '../model/errors.js';
 import { validateOpenOptions } from './options.js';
 import { fsFailure } from '../platform/fsafety.js';
@@ -1151,11 +1153,24 @@ export class Core {
 
   /**
    * Each profile of the state file compared with the kernel, plus the kernel's orphans, with
-   * counters. Runs between this instance's transactions, never during one (a commit in flight has
-   * changed the kernel but not yet the profiles: comparing then would report drift that is not).
+   * counters. Runs between this instance's transactions, never during one, and under the state-file
+   * lock (shared with nothing but writers: it waits for theirs, as they do), so never during another
+   * process's either: a commit in flight has changed the kernel but not yet the state file, and
+   * comparing then would report drift that is not. Where the state file's directory does not exist,
+   * nobody writes there and nothing is created for the lock.
    */
   status(): Promise<ProfileReport[]> {
-    return this.serial(() => this.statusNow());
+    return this.serial(async () => {
+      const lock =
+        this.statePath !== null && !this.window && existsSync(path.dirname(this.statePath))
+          ? await lockStateFile(this.statePath, this.lockWaitMs, this.log, { readOnly: true })
+          : undefined;
+      try {
+        return await this.statusNow();
+      } finally {
+        lock?.release();
+      }
+    });
   }
 
   /**

@@ -12,7 +12,7 @@
  * the last version applied, and the periodic check and SIGHUP repair drift toward that version; the
  * flows of destinations a new version removes are cleaned up as a change's are.
  */
-import { watch, type FSWatcher } from 'node:fs';
+import { lstatSync, watch, type FSWatcher } from 'node:fs';
 import * as path from 'node:path';
 import type { Core } from './core.js';
 import type { Profile } from '../model/types.js';
@@ -88,7 +88,9 @@ class StateFileWatcher {
   private unparsed: string | null | undefined;
   /** The file version the next sync may apply (set by a settled check); undefined: any (start, SIGHUP). */
   private applyOnly: string | null | undefined;
-  private readonly onHup = (): void => void this.check('SIGHUP');
+  private readonly onHup = (): void => void this.hup();
+  /** The next sync brings the kernel back to the version last applied, without reading the file. */
+  private holdApplied = false;
   /** The profiles of the last version of the file applied (the kernel was brought in step with them). */
   private applied: ReadonlyMap<string, Profile> | undefined;
 
@@ -125,18 +127,52 @@ class StateFileWatcher {
     }
     this.timer = setInterval(() => void this.settled('periodic check'), this.intervalMs);
     process.on('SIGHUP', this.onHup);
-    // At start the file counts as settled: it is what the last writer left.
+    // At start the file is what the last writer left, settled unless it (or its journal) changed
+    // within the settle time: a watch (re)started while a writer rewrites the file in place waits.
     void (async () => {
       this.seen = await this.versionOrUnreadable();
-      this.seenAt = -Infinity;
-      await this.check('start');
+      this.seenAt = this.lastWritten();
+      if (Date.now() - this.seenAt >= this.settleMs) await this.check('start');
+      else await this.settled('start');
     })();
   }
 
+  /**
+   * When the file or its journal last changed, on this watcher's clock (`Date.now()`, which tests
+   * mock: the age is taken on the real clock); -Infinity when neither exists.
+   */
+  private lastWritten(): number {
+    let t = -Infinity;
+    for (const f of [this.file, journalPath(this.file)]) {
+      try {
+        const st = lstatSync(f);
+        t = Math.max(t, st.mtimeMs, st.ctimeMs);
+      } catch {
+        /* absent */
+      }
+    }
+    const age = performance.timeOrigin + performance.now() - t;
+    return Date.now() - Math.max(0, age);
+  }
+
+  /**
+   * SIGHUP (`systemctl reload`): a check now. A file that has settled is applied; one that is still
+   * changing (a writer part way through an in-place rewrite) is not applied half-written: the kernel
+   * is brought back to the version last applied now, and the file waits for its settle time.
+   */
+  private async hup(): Promise<void> {
+    if (this.stopped) return;
+    const { version, wait } = await this.observe();
+    if (wait === 0) return this.check('SIGHUP', version);
+    this.armSettle(wait);
+    if (this.applied) await this.check('SIGHUP', undefined, true);
+  }
+
   /** One sync at a time; a check while one runs makes it run again (for the latest version asked for). */
-  async check(reason: string, settledVersion?: string | null): Promise<void> {
+  async check(reason: string, settledVersion?: string | null, holdApplied = false): Promise<void> {
     if (this.stopped) return;
     this.applyOnly = settledVersion;
+    this.holdApplied = holdApplied;
     if (this.running) {
       this.again = true;
       return this.running;
@@ -162,7 +198,7 @@ class StateFileWatcher {
   private async syncOnce(reason: string): Promise<void> {
     try {
       const only = this.applyOnly;
-      const file = await this.readFile();
+      const file = this.holdApplied ? { version: null, why: 'held' } : await this.readFile();
       if (file.why !== undefined && !this.applied) return;
       const held = file.why !== undefined ? this.applied : undefined;
       // The version read is applied only while it is the file (asked under the lock), and, after a

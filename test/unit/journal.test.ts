@@ -591,3 +591,39 @@ test('a journal record that makes the state invalid is said of the journal (the 
   writeFileSync(jf, journalHeader(baseIdentity(lstatSync(file, { bigint: true }))) + good + bad, { mode: 0o600 });
   await assert.rejects(readState(file), /: state file .*: profile "a": logLevel must be a quoted string/);
 });
+
+test('status waits for the state-file lock another writer holds (its commit may be in flight: the kernel ahead of the file), then compares', async () => {
+  const { lockStateFile } = await import('../../src/platform/lock.js');
+  const { serializeState } = await import('../../src/core/state.js');
+  const file = stateFile();
+  const kernel = new FakeLegacyKernel();
+  const writer = new Core({ stateFile: file, stateFoldMs: 0 }, kernel);
+  await writer.transact(() => ({ upsert: [prof('web', 80)], remove: [] }), { run: true });
+  const reader = new Core({ stateFile: file, stateFoldMs: 0 }, kernel);
+  // Another process's change in flight: it holds the lock and the kernel has its new destination; the file not yet.
+  const held = await lockStateFile(file, 1000);
+  type Provider = {
+    read(f: 'ipv4'): Promise<unknown>;
+    planReplace(f: 'ipv4', p: Map<string, Profile>, view: unknown): unknown;
+    commit(tx: unknown): Promise<unknown>;
+  };
+  const { provider } = await (writer as unknown as { select(): Promise<{ provider: Provider }> }).select();
+  const next = prof('web', 80, 9100);
+  await provider.commit(provider.planReplace('ipv4', new Map([['web', next]]), await provider.read('ipv4')));
+  const order: string[] = [];
+  const status = reader.status().then((r) => {
+    order.push('status');
+    return r;
+  });
+  await new Promise((r) => setTimeout(r, 50));
+  // Its state write, then its release.
+  writeFileSync(file, serializeState([next]));
+  order.push('released');
+  held.release();
+  const reports = await status;
+  assert.deepEqual(order, ['released', 'status'], 'status waited for the lock');
+  assert.deepEqual(
+    reports.map((r) => `${r.name}:${r.status}`),
+    ['web:in-sync'],
+  );
+});

@@ -470,6 +470,86 @@ test('13: watch applies a changed file only once it has settled (no change for s
   await w.stop();
 });
 
+test('13: watch: SIGHUP while the file is being rewritten in place applies no half of it: the kernel is held to the version applied, the file applied once settled (mock timers)', async (t) => {
+  t.mock.timers.enable({ apis: ['setTimeout', 'setInterval', 'Date'], now: 1_000_000 });
+  const { startWatch } = await import('../../src/core/watch.js');
+  let v = 'v0';
+  const syncs: string[] = [];
+  const logs: string[] = [];
+  const core = {
+    statePath: '/nonexistent-iptlb-dir/state.db',
+    async sync(opts: { profiles: Map<string, unknown> }) {
+      syncs.push(String(opts.profiles.get('version')));
+      return { before: [], committed: true, commitMs: 1, state: opts.profiles };
+    },
+    async readState() {
+      return new Map([['version', v]]);
+    },
+  };
+  const w = startWatch(core as never, {
+    intervalMs: 60_000,
+    settleMs: 2000,
+    log: (l) => logs.push(l),
+    version: async () => v,
+  });
+  await flush();
+  assert.deepEqual(syncs, ['v0']);
+  // A writer truncates the file and writes its first part; 300 ms later the operator reloads.
+  v = 'half';
+  w.changed();
+  await advanceClock(t, 300);
+  process.emit('SIGHUP');
+  await flush();
+  assert.deepEqual(syncs, ['v0', 'v0'], 'SIGHUP repairs toward the version applied, not the half-written file');
+  assert.match(logs.join('\n'), /SIGHUP/);
+  await advanceClock(t, 500);
+  v = 'whole';
+  w.changed();
+  await advanceClock(t, 1900);
+  assert.ok(!syncs.includes('half') && !syncs.includes('whole'), syncs.join());
+  await advanceClock(t, 200);
+  assert.deepEqual(syncs.slice(2), ['whole'], 'the whole file, once settled');
+  // SIGHUP with the file settled applies it at once.
+  process.emit('SIGHUP');
+  await flush();
+  assert.deepEqual(syncs.slice(2), ['whole', 'whole']);
+  await w.stop();
+});
+
+test('13: watch started while the file is being written (changed within the settle time) waits for it to settle (mock timers)', async (t) => {
+  const dir = tmpdir();
+  const file = path.join(dir, 'state.db');
+  writeFileSync(file, '{}\n'); // just now, as by a writer part way through
+  t.mock.timers.enable({ apis: ['setTimeout', 'setInterval', 'Date'], now: 1_000_000 });
+  try {
+    const { startWatch } = await import('../../src/core/watch.js');
+    const syncs: string[] = [];
+    const core = {
+      statePath: file,
+      async sync() {
+        syncs.push('sync');
+        return { before: [], committed: false, commitMs: 0 };
+      },
+      async readState() {
+        return new Map();
+      },
+    };
+    const w = startWatch(core as never, {
+      intervalMs: 60_000,
+      settleMs: 1000,
+      log: () => {},
+      version: async () => 'v',
+    });
+    await flush();
+    assert.deepEqual(syncs, [], 'not applied at start: written within the settle time');
+    await advanceClock(t, 1100);
+    assert.deepEqual(syncs, ['sync'], 'applied once settled');
+    await w.stop();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('13: watch: a check that saw the file settled applies only that version, even when a writer truncates the file while it parses it and another check sees the empty file (mock timers)', async (t) => {
   t.mock.timers.enable({ apis: ['setTimeout', 'setInterval', 'Date'], now: 1_000_000 });
   const { startWatch } = await import('../../src/core/watch.js');
