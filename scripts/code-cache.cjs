@@ -5,11 +5,13 @@
 // writing a state file in a temporary directory; nothing touches the kernel or loads the addon).
 // bin/iptlb.cjs hands it to V8, which then skips compiling those functions: about 5 ms of CPU per
 // start on the 2-core reference machine. V8 ignores a cache made by another Node/V8 version or for
-// another bundle, so a stale file costs only its read.
+// another bundle, so a stale file costs only its read. The file starts with the path of the bundle
+// it was made for (V8 keeps that name for stack traces: see bin/load-bundle.cjs); npm's install
+// script runs this again where the package is installed (scripts/install.js).
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { compileBundle } = require('../bin/load-bundle.cjs');
+const { cacheFileData, compileBundle } = require('../bin/load-bundle.cjs');
 
 const dist = path.resolve(__dirname, '..', 'dist');
 const file = path.join(dist, 'iptlb.cjs');
@@ -38,7 +40,10 @@ async function main() {
     process.exitCode = saved;
     fs.rmSync(tmp, { recursive: true, force: true });
   }
-  fs.writeFileSync(`${file}.cache`, script.createCachedData());
+  // Written whole under another name, then renamed: a run meanwhile reads the old cache or the new.
+  const tmpCache = `${file}.cache.${process.pid}`;
+  fs.writeFileSync(tmpCache, cacheFileData(file, script.createCachedData()));
+  fs.renameSync(tmpCache, `${file}.cache`);
 }
 
 main().catch((e) => {

@@ -11,7 +11,23 @@ import type { Profile } from '../model/types.js';
 import { healthFileOf } from '../health/effective.js';
 import type { GlobalOpts } from './flags.js';
 
-export type Out = { out: (s: string) => void; err: (s: string) => void };
+/**
+ * Where a command's lines go. `closed` (the process's own output, src/cli/stdio.ts) is aborted once the
+ * reader of stdout or stderr has gone away: a long-running command then stops as on SIGTERM.
+ */
+export type Out = { out: (s: string) => void; err: (s: string) => void; closed?: AbortSignal };
+
+/** Calls `stop` once the output of `io` is gone (at once when it already is); returns the unsubscribe. */
+export function onClosed(io: Out, stop: () => void): () => void {
+  const signal = io.closed;
+  if (!signal) return () => {};
+  if (signal.aborted) {
+    queueMicrotask(stop);
+    return () => {};
+  }
+  signal.addEventListener('abort', stop, { once: true });
+  return () => signal.removeEventListener('abort', stop);
+}
 
 /** Ends the run with this exit status (no message: the command printed what it had to say). */
 export class ExitCode extends Error {

@@ -3,35 +3,69 @@
  * command never creates `process.stdout`/`process.stderr`. Creating them costs a start-up about 5 %
  * of a bare `node -e 0`: Node's stream modules for a file, also `node:net` for a pipe and `node:tty`
  * for a terminal (and opening a pipe as a stream sets it non-blocking for every process sharing it).
- * If a direct write fails (EAGAIN: a non-blocking pipe that is full; EPIPE; anything else), that line
- * and every later one of the descriptor go through Node's stream instead, which queues, reports the
- * error its usual way, and which bin/iptlb.cjs drains before it exits: the bytes and their order
- * are the same either way.
+ * If a direct write fails (EAGAIN: a non-blocking pipe that is full; anything else), that line and
+ * every later one of the descriptor go through Node's stream instead, which queues, and which
+ * bin/iptlb.cjs drains before it exits: the bytes and their order are the same either way.
+ *
+ * When the reader has gone away (EPIPE: `iptlb top | head -3` after head exited), nothing more can be
+ * delivered: that line and every later one of the descriptor are dropped, and `closed` is aborted, so
+ * that a long-running command (top, status --watch, watch, agent) stops as on SIGTERM, without a stack,
+ * as a Unix tool dies of SIGPIPE. A one-shot command finishes and keeps its exit status.
  */
 import { writeSync } from 'node:fs';
 
-/** One descriptor's lines: written to `fd` directly until that fails, then (and from then on) to `stream()`. */
-export function lineWriter(fd: number, stream: () => Pick<NodeJS.WritableStream, 'write'>): (s: string) => void {
+type Stream = Pick<NodeJS.WritableStream, 'write'> & Partial<Pick<NodeJS.WritableStream, 'on'>>;
+
+/**
+ * One descriptor's lines: written to `fd` directly until that fails, then (and from then on) to
+ * `stream()`; dropped once the reader is gone (EPIPE, or any error of the stream), which calls `gone`.
+ */
+export function lineWriter(fd: number, stream: () => Stream, gone: () => void = () => {}): (s: string) => void {
   let viaStream = false;
-  return (s: string) => {
-    const line = s + '\n';
+  let closed = false;
+  const close = (): void => {
+    if (closed) return;
+    closed = true;
+    gone();
+  };
+  let s: Stream | undefined;
+  const sink = (): Stream => {
+    if (s) return s;
+    s = stream();
+    // An error of the stream (EPIPE…) is reported here, not thrown as an unhandled 'error' event.
+    s.on?.('error', close);
+    return s;
+  };
+  return (text: string) => {
+    if (closed) return;
+    const line = text + '\n';
     if (!viaStream) {
       const buf = Buffer.from(line, 'utf8');
       let done = 0;
       try {
         while (done < buf.length) done += writeSync(fd, buf, done, buf.length - done);
         return;
-      } catch {
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException)?.code === 'EPIPE') return close();
         viaStream = true;
-        stream().write(buf.subarray(done));
+        sink().write(buf.subarray(done));
         return;
       }
     }
-    stream().write(line);
+    sink().write(line);
   };
 }
 
-/** The default output of `iptlb`: lines to stdout and stderr. */
-export function processOut(): { out: (s: string) => void; err: (s: string) => void } {
-  return { out: lineWriter(1, () => process.stdout), err: lineWriter(2, () => process.stderr) };
+/**
+ * The default output of `iptlb`: lines to stdout and stderr; `closed` is aborted once the reader of
+ * either has gone away.
+ */
+export function processOut(): { out: (s: string) => void; err: (s: string) => void; closed: AbortSignal } {
+  const ac = new AbortController();
+  const gone = (): void => ac.abort();
+  return {
+    out: lineWriter(1, () => process.stdout, gone),
+    err: lineWriter(2, () => process.stderr, gone),
+    closed: ac.signal,
+  };
 }

@@ -276,6 +276,9 @@ for (const pair of PAIRS.filter((p) => p.engine === 'legacy')) {
         await runSteps([
           ...setup,
           { op: 'tcp', vip: VIP, port: 8081, count: 10 },
+          // plan prints what the change commits, the -D of the original's jump included (native left it out).
+          cli(pair, 'plan', '-reset', '-profile=web', `-src-addr=${VIP}:8082`, '-dest-addr=127.0.0.1:9003'),
+          cli(pair, 'plan', '--delete', '-profile=test'),
           cli(pair, '-q', '-run', '-reset', '-profile=web', `-src-addr=${VIP}:8082`, '-dest-addr=127.0.0.1:9003'),
           { op: 'tcp', vip: VIP, port: 8082, count: 10 },
           cli(pair, '-q', '-run', '-delete', '-profile=test'),
@@ -284,8 +287,12 @@ for (const pair of PAIRS.filter((p) => p.engine === 'legacy')) {
           cli(pair, 'status', '--json'),
         ])
       ).slice(setup.length);
-      const [served, reset, afterReset, del, afterDelete, rules, status] = r;
+      const [served, planReset, planDelete, reset, afterReset, del, afterDelete, rules, status] = r;
       assert.equal(served.failures, 0, "the original's rules serve");
+      ok(planReset, 'plan of the reset');
+      assert.match(planReset.stdout, /^-D OUTPUT .*--dport 8082 -j IPTLB_NAT_WEB$/m, planReset.stdout);
+      ok(planDelete, 'plan of the delete');
+      assert.match(planDelete.stdout, /^-D OUTPUT .*--dport 8081 -j IPTLB_NAT_TEST$/m, planDelete.stdout);
       ok(reset, 'reset of a profile the original applied');
       assert.deepEqual(
         Object.keys(afterReset.counts),

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { runJsonInFreshNetns } from '../harness/netns.js';
 import { serializeState, validateProfile } from '../../src/index.js';
 import { VIP, cli, describePairs, ok, pairFlags, runSteps } from './common.js';
+import type { Step } from './fixtures/steps.js';
 
 const fixture = (f: string): string => new URL(`./fixtures/${f}`, import.meta.url).pathname;
 
@@ -267,6 +268,43 @@ describePairs('issue 13', (pair) => {
     const st = JSON.parse(out) as { inSync: boolean; profiles: unknown[] };
     assert.equal(st.profiles.length, 1000);
     assert.equal(st.inSync, true);
+  });
+
+  test('3b: top, status --watch and watch into a pipe whose reader has gone (`| head -1`): stop at once, no stack, exit 0', async () => {
+    const iptlb = `"${process.execPath}" "$CLI" ${pairFlags(pair).join(' ')} -state-file=$WORK/state.db`;
+    const piped = (args: string, fd: string): Step => ({
+      op: 'sh',
+      argv: ['bash', '-c', `timeout 20 ${iptlb} ${args} ${fd}| head -1 >/dev/null; exit \${PIPESTATUS[0]}`],
+    });
+    const r = await runSteps([
+      cli(pair, '-q', '-run', '-profile=web', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001'),
+      piped('top --interval 100', ''),
+      piped('status --watch --interval 100 --json', ''),
+      // watch writes only to stderr, and only now and then: its reader is gone before it starts.
+      {
+        op: 'sh',
+        argv: [
+          process.execPath,
+          '-e',
+          `const c = require('node:child_process').spawn(process.argv[1], process.argv.slice(2), { stdio: ['ignore', 'ignore', 'pipe'] });
+          c.stderr.destroy();
+          const t = setTimeout(() => c.kill('SIGKILL'), 20000);
+          c.on('exit', (code) => (clearTimeout(t), process.exit(code ?? 124)));`,
+          process.execPath,
+          '$CLI',
+          ...pairFlags(pair),
+          '-state-file=$WORK/state.db',
+          'watch',
+          '--interval=100',
+          '--no-health-checks',
+        ],
+      },
+    ]);
+    ok(r[0]);
+    for (const [i, what] of ['top', 'status --watch', 'watch'].entries()) {
+      assert.equal(r[i + 1].code, 0, `${what}: ${r[i + 1].stderr}`);
+      assert.equal(r[i + 1].stderr, '', `${what}: no stack`);
+    }
   });
 
   test('7: an API instance doing 200+ applies without pause beside 50 CLI -run invocations: all 50 succeed, kernel in step', async () => {

@@ -80,3 +80,14 @@ test('the man page (dist/iptlb.1, made by npm run build) holds the help of every
   const doctorHelp = (await run(['doctor', '--help'])).out.split('\n')[0]!;
   assert.ok(man.includes(doctorHelp.replace(/-/g, '\\-')), doctorHelp);
 });
+
+test('migrate --to names --to on a bad engine (it said `engine: "bogus"`), auto included; nothing is read or changed', async () => {
+  for (const to of ['bogus', 'auto', '']) {
+    const r = await run(['migrate', '--to', to, '--state-file', '/nonexistent/iptlb-state.db']);
+    assert.equal(r.code, 2, r.err);
+    assert.equal(
+      r.err,
+      `iptlb: error: to: ${JSON.stringify(to)} must be legacy or nft (migrate needs --to legacy or --to nft)`,
+    );
+  }
+});

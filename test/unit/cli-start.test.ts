@@ -54,6 +54,60 @@ test('once a direct write fails, that line and every later one go to the stream'
   }
 });
 
+test('a stream that fails (EPIPE…) reports it once through gone; later lines are dropped, nothing is thrown', async () => {
+  const { EventEmitter } = await import('node:events');
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-stdio-'));
+  try {
+    const fd = openSync(path.join(dir, 'gone'), 'w');
+    closeSync(fd); // EBADF: the lines go to the stream
+    const stream = Object.assign(new EventEmitter(), { written: [] as string[] });
+    const written = stream.written;
+    let gone = 0;
+    const write = lineWriter(
+      fd,
+      () => Object.assign(stream, { write: (c: string | Uint8Array) => (written.push(String(c)), true) }) as never,
+      () => gone++,
+    );
+    write('one');
+    assert.equal(stream.listenerCount('error'), 1, 'the stream has an error listener: no unhandled error event');
+    stream.emit('error', Object.assign(new Error('write EPIPE'), { code: 'EPIPE' }));
+    write('two');
+    stream.emit('error', Object.assign(new Error('write EPIPE'), { code: 'EPIPE' }));
+    assert.deepEqual(written, ['one\n']);
+    assert.equal(gone, 1);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a pipe whose reader went away (`| head`): no stack, closed is aborted, later lines are dropped, no stream made', () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-stdio-'));
+  try {
+    const child = path.join(dir, 'child.mjs');
+    const stdio = new URL('../../src/cli/stdio.js', import.meta.url).href;
+    writeFileSync(
+      child,
+      `import { processOut } from ${JSON.stringify(stdio)};
+const io = processOut();
+let n = 0;
+while (!io.closed.aborted && n < 100000) io.out('line ' + n++ + ' ' + 'x'.repeat(200));
+io.out('after');
+io.err('stderr still works after ' + n + ' lines; closed ' + io.closed.aborted + '; streams ' +
+  process.moduleLoadList.some((m) => m === 'NativeModule net' || m === 'NativeModule internal/fs/sync_write_stream'));`,
+    );
+    const r = spawnSync(
+      'bash',
+      ['-c', `"${process.execPath}" "${child}" | head -1 >/dev/null; exit \${PIPESTATUS[0]}`],
+      { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '' } },
+    );
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /^stderr still works after \d+ lines; closed true; streams false\n$/);
+    assert.ok(Number(/after (\d+)/.exec(r.stderr)![1]) < 100000);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 const COMMANDS = ['apply', 'delete', 'list', 'show', 'plan', 'status', 'top', 'sync', 'watch', 'migrate', 'agent'];
 const MORE = ['fleet', 'doctor', 'demo', 'completion'];
 

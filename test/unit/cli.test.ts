@@ -170,7 +170,7 @@ test('the CLI bundle is started with its V8 code cache, which V8 accepts; withou
     return JSON.parse(r.stdout);
   };
   assert.deepEqual(
-    probe(`fs.readFileSync(${JSON.stringify(bundle + '.cache')})`),
+    probe(`l.readCache(${JSON.stringify(bundle)})`),
     { rejected: false, main: 'function' },
     'npm run build writes a cache this Node accepts',
   );
@@ -179,6 +179,58 @@ test('the CLI bundle is started with its V8 code cache, which V8 accepts; withou
     { rejected: true, main: 'function' },
     'a rejected cache only costs the compile',
   );
+});
+
+test('stack traces of the bundle name the file that ran, not the one the code cache was made for; a copy makes its own cache, which V8 accepts', async () => {
+  const { spawnSync } = await import('node:child_process');
+  const fs = await import('node:fs');
+  const { PROJECT_ROOT } = await import('../harness/env.js');
+  const copy = mkdtempSync(path.join(tmpdir(), 'iptlb-copy-'));
+  try {
+    // An installed package elsewhere: the bin, the bundle with the cache made at build time, the cache script.
+    for (const d of ['bin', 'dist', 'scripts']) fs.mkdirSync(path.join(copy, d));
+    for (const f of [
+      'bin/iptlb.cjs',
+      'bin/load-bundle.cjs',
+      'dist/iptlb.cjs',
+      'dist/iptlb.cjs.cache',
+      'scripts/code-cache.cjs',
+    ])
+      fs.copyFileSync(path.join(PROJECT_ROOT, f), path.join(copy, f));
+    fs.copyFileSync(path.join(PROJECT_ROOT, 'package.json'), path.join(copy, 'package.json'));
+    fs.symlinkSync(path.join(PROJECT_ROOT, 'node_modules'), path.join(copy, 'node_modules'));
+    const bundle = path.join(copy, 'dist', 'iptlb.cjs');
+    const probe = (): { cache: boolean; rejected?: boolean; frame: string } => {
+      const code = `const l = require(${JSON.stringify(path.join(copy, 'bin', 'load-bundle.cjs'))});
+        const data = l.readCache(${JSON.stringify(bundle)});
+        const r = l.compileBundle(${JSON.stringify(bundle)}, data);
+        let frame = '';
+        try { r.exports.normalizeArgv(null); } catch (e) { frame = e.stack.split('\\n').find((x) => x.includes('iptlb.cjs')); }
+        process.stdout.write(JSON.stringify({ cache: !!data, rejected: r.script.cachedDataRejected, frame }));`;
+      const r = spawnSync(process.execPath, ['-e', code], {
+        encoding: 'utf8',
+        env: { ...process.env, NODE_OPTIONS: '' },
+      });
+      assert.equal(r.status, 0, r.stderr);
+      return JSON.parse(r.stdout);
+    };
+    const before = probe();
+    assert.equal(before.cache, false, "the build tree's cache is not used for the copy");
+    assert.ok(before.frame.includes(`(${bundle}:`), before.frame);
+    // What npm's install script runs where the package is installed.
+    const made = spawnSync(process.execPath, [path.join(copy, 'scripts', 'code-cache.cjs')], { encoding: 'utf8' });
+    assert.equal(made.status, 0, made.stderr);
+    const after = probe();
+    assert.equal(after.cache, true);
+    assert.equal(after.rejected, false, 'V8 takes the cache made for the copy');
+    assert.ok(after.frame.includes(`(${bundle}:`), after.frame);
+    const version = spawnSync(process.execPath, [path.join(copy, 'bin', 'iptlb.cjs'), '--version'], {
+      encoding: 'utf8',
+    });
+    assert.match(version.stdout, /^\d+\.\d+\.\d+\n$/);
+  } finally {
+    rmSync(copy, { recursive: true, force: true });
+  }
 });
 
 test("bad input given by flags leaves nothing in the state file's directory, not even the lock's files", async () => {

@@ -892,16 +892,17 @@ test('a health file whose writer died but was not reaped yet (a zombie) is not f
   const { tmpdir } = await import('node:os');
   const path = await import('node:path');
   const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-hz-'));
-  // The shell starts `true` in the background, prints its pid and becomes `sleep`, which never
-  // reaps it: the writer exits and stays a zombie while the parent lives.
-  const parent = spawn('sh', ['-c', 'true & echo $!; exec sleep 30'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  // The shell starts a short `sleep` in the background, prints its pid and becomes `sleep 30`, which
+  // never reaps it: the writer exits and stays a zombie while the parent lives. (With `true` the
+  // child could exit before the exec, and the shell reap it: /proc/<pid> gone, ENOENT, now and then.)
+  const parent = spawn('sh', ['-c', 'sleep 0.1 & echo $!; exec sleep 30'], { stdio: ['ignore', 'pipe', 'ignore'] });
   try {
     const pid = Number(
       await new Promise<string>((resolve) => parent.stdout!.once('data', (b: Buffer) => resolve(b.toString()))),
     );
     assert.ok(pid > 0);
     for (let i = 0; i < 500 && !/\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'latin1')); i++)
-      await new Promise((r) => setImmediate(r));
+      await new Promise((r) => setTimeout(r, 10));
     assert.match(readFileSync(`/proc/${pid}/stat`, 'latin1'), /\) Z /, 'the writer is a zombie');
     assert.equal(pidAlive(pid), false, 'a zombie does not run');
     assert.equal(pidAlive(parent.pid!), true, 'its parent does');

@@ -9,6 +9,7 @@ import { DEFAULT_AGENT_STATE_FILE } from '../../fleet/agent.js';
 interface Out {
   out(s: string): void;
   err(s: string): void;
+  closed?: AbortSignal;
 }
 interface AgentFlags extends EtcdFlags {
   host?: string;
@@ -97,17 +98,19 @@ export function register(program: Command, io: Out): void {
       agent.attachments.close = () => services.stop();
       wireAgentSyncs(agent, services.onSync);
       await services.start(); // at once, not after the first list: /healthz answers while etcd is unreachable too
-      await agentSignals(agent, process);
+      await agentSignals(agent, process, io.closed);
     });
 }
 
 /**
  * SIGTERM and SIGINT stop the agent (logged; the rules stay); SIGHUP checks now, as in `iptlb watch`:
- * a drift check and a re-read of the store (it killed the agent silently, exit 129). Resolves once stopped.
+ * a drift check and a re-read of the store (it killed the agent silently, exit 129). The reader of its
+ * output gone (`closed` aborted: `iptlb agent 2>&1 | head`) stops it as SIGTERM does. Resolves once stopped.
  */
 export function agentSignals(
   agent: { stop(why?: string): Promise<void>; checkNow(why?: string): Promise<void> },
   proc: Pick<NodeJS.Process, 'on' | 'removeListener'>,
+  closed?: AbortSignal,
 ): Promise<void> {
   return new Promise<void>((resolve) => {
     const hup = (): void => void agent.checkNow('SIGHUP');
@@ -115,13 +118,17 @@ export function agentSignals(
       proc.removeListener('SIGHUP', hup);
       proc.removeListener('SIGTERM', term);
       proc.removeListener('SIGINT', int);
+      closed?.removeEventListener('abort', gone);
       void agent.stop(sig).then(resolve, resolve);
     };
     const term = stop('SIGTERM');
     const int = stop('SIGINT');
+    const gone = stop('output closed');
     proc.on('SIGHUP', hup);
     proc.on('SIGTERM', term);
     proc.on('SIGINT', int);
+    if (closed?.aborted) gone();
+    else closed?.addEventListener('abort', gone, { once: true });
   });
 }
 

@@ -1,7 +1,6 @@
 /** `iptlb migrate --to ENGINE`: move every profile to the other engine. */
 import type { Command } from 'commander';
 import { IptlbError } from '../../model/errors.js';
-import { parseEngineChoice } from '../../engines/select.js';
 import { addGlobal, withGlobals, type GlobalOpts } from '../flags.js';
 import { makeCore, type Out } from '../context.js';
 
@@ -16,8 +15,16 @@ export function register(program: Command, io: Out): void {
     .requiredOption('--to <engine>', 'legacy or nft')
     .action(async (o: GlobalOpts & { to: string }, cmd: Command) => {
       const g = withGlobals(o, cmd);
-      const to = parseEngineChoice(o.to);
-      if (to === 'auto') throw new IptlbError('EUSAGE', 'to: migrate needs --to legacy or --to nft', { field: 'to' });
+      // Named as the flag it came from (it said `engine: "bogus" …`).
+      const to = o.to.toLowerCase();
+      if (to !== 'legacy' && to !== 'nft')
+        throw new IptlbError(
+          'EUSAGE',
+          `to: ${JSON.stringify(o.to)} must be legacy or nft (migrate needs --to legacy or --to nft)`,
+          {
+            field: 'to',
+          },
+        );
       const r = await makeCore(g, io).migrate(to, { requireFile: true });
       if (g.json) io.out(JSON.stringify({ to, ...r }));
     });

@@ -3,12 +3,12 @@ import type { Command } from 'commander';
 import { IptlbError } from '../../model/errors.js';
 import { show } from '../../model/profile.js';
 import { addGlobal, withGlobals, type GlobalOpts } from '../flags.js';
-import { makeCore, type Out } from '../context.js';
+import { makeCore, onClosed, type Out } from '../context.js';
 
 /**
  * `iptlb top` / `iptlb status --watch`: per-destination new connections per second, refreshed every
  * interval, as one would watch a rollout. `--count N` stops after N refreshes; `--json` prints one
- * line per refresh.
+ * line per refresh. SIGINT, SIGTERM and a reader gone away (`iptlb top | head`) stop it: exit 0.
  */
 export async function topCommand(o: GlobalOpts & { interval?: string; count?: string }, io: Out): Promise<void> {
   const interval = Number(o.interval ?? 1000);
@@ -20,16 +20,26 @@ export async function topCommand(o: GlobalOpts & { interval?: string; count?: st
   if (!(count === Infinity || (Number.isInteger(count) && count > 0)))
     throw new IptlbError('EUSAGE', `count: ${show(o.count)} must be a positive whole number`, { field: 'count' });
   const core = makeCore({ ...o, quiet: true }, io);
-  const tty = !o.json && process.stdout.isTTY;
+  // isatty, not process.stdout.isTTY: that would create the stream, and make a pipe non-blocking.
+  const tty = !o.json && (await import('node:tty')).isatty(1);
   let stop = false;
-  const onSignal = (): void => void (stop = true);
+  let wake = (): void => {};
+  const onSignal = (): void => {
+    stop = true;
+    wake();
+  };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
+  const unsubscribe = onClosed(io, onSignal);
   const prev = new Map<string, number>();
   let prevAt = 0;
   try {
     for (let i = 0; i < count && !stop; i++) {
-      if (i > 0) await new Promise((r) => setTimeout(r, interval));
+      if (i > 0)
+        await new Promise<void>((r) => {
+          const t = setTimeout(r, interval);
+          wake = () => (clearTimeout(t), r());
+        });
       if (stop) break;
       const reports = await core.status();
       const at = performance.now();
@@ -76,6 +86,7 @@ export async function topCommand(o: GlobalOpts & { interval?: string; count?: st
   } finally {
     process.removeListener('SIGINT', onSignal);
     process.removeListener('SIGTERM', onSignal);
+    unsubscribe();
   }
 }
 

@@ -4,7 +4,8 @@
  */
 import { getSystemErrorName } from 'node:util';
 import { IptlbError, type ErrorCode } from '../../model/errors.js';
-import { TAKEN_HINT, chainInUse, renderRestore } from './restore.js';
+import { TAKEN_HINT, chainInUse, parseSave, renderRestore } from './restore.js';
+import { findBinary, run } from '../../platform/spawn.js';
 import type { NativeAddon } from '../../platform/addon.js';
 import type { AfterCommit, CommitResult, Family, KernelView, Transaction } from '../../model/types.js';
 import { legacyPermissionMessage, type LegacyExecutor } from './executor.js';
@@ -44,6 +45,9 @@ function writeError(errno: number): NodeJS.ErrnoException {
   }
   return Object.assign(new Error(`${code}: write failed (errno ${errno})`), { code, errno: -errno, syscall: 'write' });
 }
+
+/** The save tool of each family: `render` reads the original iptlb's jumps with it. */
+const TOOL_NAMES: Record<Family, string> = { ipv4: 'iptables-legacy-save', ipv6: 'ip6tables-legacy-save' };
 
 export class NativeExecutor implements LegacyExecutor {
   readonly kind = 'native' as const;
@@ -90,8 +94,24 @@ export class NativeExecutor implements LegacyExecutor {
     }
   }
 
-  /** What iptables-legacy-restore would be fed for `tx` against the kernel as it is now (read-only). */
+  /**
+   * What iptables-legacy-restore would be fed for `tx` against the kernel as it is now (read-only).
+   * The addon's read leaves out the original iptlb's jumps (no comment, to a profile chain) that its
+   * commit deletes with a chain it deletes or refills (transaction.cc): `plan` (native) left their `-D`
+   * out. They are read with iptables-legacy-save here; without it, a comment line says they go too.
+   */
   async render(tx: Transaction): Promise<string> {
-    return renderRestore(tx, await this.read(tx.family));
+    const view = await this.read(tx.family);
+    if (tx.chains.length === 0 && tx.deleteChains.length === 0) return renderRestore(tx, view);
+    const tool = TOOL_NAMES[tx.family];
+    const save = findBinary(tool);
+    const r = save ? await run(save, ['-t', 'nat']) : null;
+    if (!r || r.code !== 0)
+      return (
+        `# and any jump of the original iptlb (no comment) to these chains: not listed (${tool} ${save ? 'failed' : 'not found'})\n` +
+        renderRestore(tx, view)
+      );
+    const bareJumps = parseSave(r.stdout).bareJumps;
+    return renderRestore(tx, bareJumps ? { ...view, bareJumps } : view);
   }
 }
