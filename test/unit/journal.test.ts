@@ -159,6 +159,28 @@ test('a fold that fails on a busy lock is tried again, after stateFoldMs, doubli
   }
 });
 
+test('doctor counts the profiles of a state that is only a journal (a handle killed before its first fold)', async () => {
+  const { doctor } = await import('../../src/core/doctor.js');
+  const file = stateFile();
+  const lb = await open({ stateFile: file, stateFoldMs: 60_000 }, new FakeNftKernel());
+  await lb.apply([prof('a', 1001), prof('b', 1002)]);
+  assert.equal(existsSync(file), false, 'no YAML before the first fold');
+  const stateCheck = async (): Promise<string> => {
+    let out = '';
+    await doctor({ stateFile: file, json: true }, { out: (l) => (out += l), err: () => {} });
+    const checks = (JSON.parse(out) as { checks: { name: string; ok: boolean; detail: string }[] }).checks;
+    const c = checks.find((x) => x.name === 'state file');
+    assert.equal(c?.ok, true);
+    return c!.detail;
+  };
+  assert.equal(
+    await stateCheck(),
+    `${file}: 2 profile(s), only in the journal (1 change(s) in ${journalPath(file)}, not folded yet; the file is not created yet)`,
+  );
+  await lb.close();
+  assert.equal(await stateCheck(), `${file}: 2 profile(s)`);
+});
+
 test('stateVersion changes with every append, so watch and other processes notice journaled changes', async () => {
   const file = stateFile();
   const lb = await open({ stateFile: file, stateFoldMs: 60_000 }, new FakeLegacyKernel());
