@@ -270,7 +270,7 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
     if (this.driftTimer) clearInterval(this.driftTimer);
     await this.queue.idle();
     // The journal is durable already: a fold that fails (lock held too long, disk full) is logged, not thrown.
-    await this.core.foldState().catch((e: Error) => this.core.foldFailed(e));
+    await this.core.foldState().catch((e: Error) => this.core.foldFailed(e, false));
     await this.core.conntrackIdle();
   }
 }

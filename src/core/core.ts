@@ -187,6 +187,13 @@ export const FOLD_BYTES = 4 * 1024 * 1024;
 /** Default {@link OpenOptions.stateFoldMs} of `open()`. */
 export const DEFAULT_STATE_FOLD_MS = 1000;
 
+/**
+ * A fold that failed is tried again after `stateFoldMs` (at least this many ms), doubling with each
+ * failure in a row up to {@link FOLD_RETRY_MAX_MS}.
+ */
+export const FOLD_RETRY_MIN_MS = 100;
+export const FOLD_RETRY_MAX_MS = 60_000;
+
 /** Cores with a journal not yet folded: folded when the process is about to exit normally. */
 const unfolded = new Set<Core>();
 let exitHook = false;
@@ -299,6 +306,8 @@ export class Core {
   /** {@link OpenOptions.stateFoldMs}. */
   readonly foldMs: number;
   private foldTimer?: NodeJS.Timeout;
+  /** Folds that failed in a row (the retry's backoff); 0 after one that ran. */
+  private foldFailures = 0;
   /** Counts changes of the cached file profiles (as memoryGeneration in memory mode). */
   private fileGeneration = 0;
   private selected?: Selection;
@@ -650,13 +659,17 @@ export class Core {
       try {
         const state = await this.currentState();
         const c = this.cached!;
-        if (!c.journal) return false;
+        if (!c.journal) {
+          this.foldFailures = 0;
+          return false;
+        }
         this.cached = undefined;
         closeJournal(c.journal);
         const base = await writeState(file, state.values());
         await removeJournal(file);
         this.cached = { version: await stateVersion(file), state, base, journal: null };
         this.log(`state journal folded into ${file} (${state.size} profile(s))`);
+        this.foldFailures = 0;
         return true;
       } finally {
         lock.release();
@@ -664,22 +677,33 @@ export class Core {
     });
   }
 
-  /** A fold that failed: the journal stays valid; the next change schedules a fold again, and so does the exit. */
-  foldFailed(e: Error): void {
+  /**
+   * A fold that failed (the lock busy for the whole wait, a full disk): the journal stays valid. The
+   * fold is tried again after `stateFoldMs` (at least {@link FOLD_RETRY_MIN_MS}), doubling with each
+   * failure in a row up to {@link FOLD_RETRY_MAX_MS}, unless `retry` is false (the handle is closing);
+   * the exit folds it too.
+   */
+  foldFailed(e: Error, retry = true): void {
+    this.foldFailures++;
+    const again =
+      retry && !exiting && !this.foldTimer
+        ? Math.min(Math.max(this.foldMs, FOLD_RETRY_MIN_MS) * 2 ** (this.foldFailures - 1), FOLD_RETRY_MAX_MS)
+        : undefined;
     this.log(
-      `could not fold the state journal into ${this.statePath} (${e.message}); it stays, and is folded after the next change or at exit`,
+      `could not fold the state journal into ${this.statePath} (${e.message}); it stays, and ${again !== undefined ? `the fold is tried again in ${again} ms` : 'is folded at exit or by the next iptlb that writes the file'}`,
     );
-    foldBeforeExit(this);
+    if (again !== undefined) this.scheduleFold(again);
+    else foldBeforeExit(this);
   }
 
-  private scheduleFold(): void {
+  private scheduleFold(ms = this.foldMs): void {
     if (this.foldTimer || this.statePath === null) return;
     this.foldTimer = setTimeout(
       () => {
         this.foldTimer = undefined;
         this.foldState().catch((e: Error) => this.foldFailed(e));
       },
-      Math.max(this.foldMs, 1),
+      Math.max(ms, 1),
     );
     this.foldTimer.unref();
     foldBeforeExit(this);

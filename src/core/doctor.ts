@@ -9,7 +9,7 @@ import { describeOriginalChains, engineChoiceOf, originalNftChains } from '../en
 import { ENGINE_NAMES, engineNeeds } from '../engines/registry.js';
 import type { HostCheck } from '../engines/engine.js';
 import { Core } from './core.js';
-import { readState, resolveStatePath } from './state.js';
+import { readStateFull, resolveStatePath } from './state.js';
 import { journalPath } from './journal.js';
 import { IptlbError } from '../model/errors.js';
 import type { EngineName } from '../model/types.js';
@@ -51,11 +51,20 @@ export async function doctor(
   // A state file no command can read: every command fails, so the host is not ready.
   let stateOk = true;
   try {
-    const state = await readState(statePath);
+    // The profiles of the YAML and its journal, as every command reads them: a handle killed before
+    // its first fold leaves only the journal.
+    const { profiles, journal, records } = await readStateFull(statePath);
+    const unfolded = journal && records > 0 ? `${records} change(s) in ${journalPath(statePath)}, not folded yet` : '';
     checks.push({
       name: 'state file',
       ok: true,
-      detail: `${statePath}: ${existsSync(statePath) ? `${state.size} profile(s)` : 'not created yet'}`,
+      detail: `${statePath}: ${
+        existsSync(statePath)
+          ? `${profiles.size} profile(s)${unfolded ? ` (${unfolded})` : ''}`
+          : unfolded
+            ? `${profiles.size} profile(s), only in the journal (${unfolded}; the file is not created yet)`
+            : 'not created yet'
+      }`,
     });
   } catch (e) {
     stateOk = false;

@@ -72,9 +72,55 @@ function lockTimeout(lockPath: string, waitMs: number): IptlbError {
 const EWOULDBLOCK = 11;
 
 /**
- * Takes one flock on `lockPath`, waiting at most `waitMs`. A lock file that cannot be opened (a
- * read-only file system, permissions, a path in /proc) is reported as such, at once: only a lock
- * held by someone else for the whole wait is a timeout.
+ * This process's turns at each lock file (by resolved path): present while one of its takers holds
+ * or waits for the file's flock, with the takers that wait behind it, in order. Several handles of
+ * one process on one state file so queue here, behind one wait in the kernel: each native wait holds
+ * a libuv pool thread, and with a waiter per handle (five handles, or four and a journal write) the
+ * pool was full, so the holder's own state writes could not run until the waiters timed out.
+ */
+const turns = new Map<string, Array<() => void>>();
+
+/**
+ * Takes this process's turn at `key`, waiting at most `waitMs` (FIFO); resolves to its release, or to
+ * undefined when another taker of this process kept it for the whole wait.
+ */
+function processTurn(key: string, waitMs: number): Promise<(() => void) | undefined> {
+  const release = (): (() => void) => {
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      const next = turns.get(key)?.shift();
+      if (next) next();
+      else turns.delete(key);
+    };
+  };
+  const queue = turns.get(key);
+  if (!queue) {
+    turns.set(key, []);
+    return Promise.resolve(release());
+  }
+  if (waitMs <= 0) return Promise.resolve(undefined);
+  return new Promise((resolve) => {
+    const grant = (): void => {
+      clearTimeout(timer);
+      resolve(release());
+    };
+    queue.push(grant);
+    const timer = setTimeout(() => {
+      const i = queue.indexOf(grant);
+      if (i >= 0) queue.splice(i, 1);
+      resolve(undefined);
+    }, waitMs);
+  });
+}
+
+/**
+ * Takes one flock on `lockPath`, waiting at most `waitMs`: first this process's turn at the file (see
+ * {@link turns}), then the flock itself, and the turn is kept until the lock is released. A lock
+ * file that cannot be opened (a read-only file system, permissions, a path in /proc) is reported as
+ * such, at once when no other taker of this process has the file: only a lock held by someone else
+ * for the whole wait is a timeout.
  */
 async function flockOne(
   lockPath: string,
@@ -83,6 +129,32 @@ async function flockOne(
   totalMs: number,
 ): Promise<HeldLock & { fd: number }> {
   checkLockPath(lockPath);
+  const deadline = Date.now() + waitMs;
+  const turn = await processTurn(path.resolve(lockPath), waitMs);
+  if (!turn) throw lockTimeout(reportAs, totalMs);
+  let held: HeldLock & { fd: number };
+  try {
+    held = await flockFile(lockPath, Math.max(0, deadline - Date.now()), reportAs, totalMs);
+  } catch (e) {
+    turn();
+    throw e;
+  }
+  return {
+    fd: held.fd,
+    release() {
+      held.release();
+      turn();
+    },
+  };
+}
+
+/** {@link flockOne} without the turn: the flock itself, natively or through flock(1). */
+async function flockFile(
+  lockPath: string,
+  waitMs: number,
+  reportAs: string,
+  totalMs: number,
+): Promise<HeldLock & { fd: number }> {
   const loaded = loadAddon('core');
   if (loaded.ok) {
     let lock;

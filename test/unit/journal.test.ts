@@ -121,6 +121,66 @@ test('the fold runs stateFoldMs after the first journaled change (mock timers), 
   }
 });
 
+test('a fold that fails on a busy lock is tried again, after stateFoldMs, doubling (mock timers)', async () => {
+  const { lockStateFile } = await import('../../src/platform/lock.js');
+  const file = stateFile();
+  mock.timers.enable({ apis: ['setTimeout'] });
+  try {
+    const lines: string[] = [];
+    const lb = await open(
+      { stateFile: file, stateFoldMs: 300, lockWaitMs: 1000, coalesce: false, log: (l) => lines.push(l) },
+      new FakeNftKernel(),
+    );
+    await lb.apply(prof('a', 1001));
+    // Another taker holds the state-file lock (here: of this process, whose waiters time out on a timer).
+    const holder = await lockStateFile(file, 0);
+    const failed = () => lines.filter((l) => l.startsWith('could not fold'));
+    // Ticks of 100 ms until `done`, letting the file-system calls in between run (real time, 10 s at most).
+    const until = async (done: () => boolean): Promise<void> => {
+      const t0 = Date.now();
+      while (!done() && Date.now() - t0 < 10_000) {
+        mock.timers.tick(100);
+        for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+      }
+    };
+    await until(() => failed().length === 1);
+    assert.match(failed()[0] ?? '', /gave up after 1000 ms\); it stays, and the fold is tried again in 300 ms$/);
+    await until(() => failed().length === 2);
+    assert.match(failed()[1] ?? '', /the fold is tried again in 600 ms$/);
+    assert.equal(existsSync(journalPath(file)), true);
+    holder.release();
+    await until(() => !existsSync(journalPath(file)));
+    assert.equal(existsSync(journalPath(file)), false, 'folded once the lock was free');
+    assert.deepEqual(names(await parseState(readFileSync(file, 'utf8'))), ['a']);
+    assert.equal(failed().length, 2);
+    await lb.close();
+  } finally {
+    mock.timers.reset();
+  }
+});
+
+test('doctor counts the profiles of a state that is only a journal (a handle killed before its first fold)', async () => {
+  const { doctor } = await import('../../src/core/doctor.js');
+  const file = stateFile();
+  const lb = await open({ stateFile: file, stateFoldMs: 60_000 }, new FakeNftKernel());
+  await lb.apply([prof('a', 1001), prof('b', 1002)]);
+  assert.equal(existsSync(file), false, 'no YAML before the first fold');
+  const stateCheck = async (): Promise<string> => {
+    let out = '';
+    await doctor({ stateFile: file, json: true }, { out: (l) => (out += l), err: () => {} });
+    const checks = (JSON.parse(out) as { checks: { name: string; ok: boolean; detail: string }[] }).checks;
+    const c = checks.find((x) => x.name === 'state file');
+    assert.equal(c?.ok, true);
+    return c!.detail;
+  };
+  assert.equal(
+    await stateCheck(),
+    `${file}: 2 profile(s), only in the journal (1 change(s) in ${journalPath(file)}, not folded yet; the file is not created yet)`,
+  );
+  await lb.close();
+  assert.equal(await stateCheck(), `${file}: 2 profile(s)`);
+});
+
 test('stateVersion changes with every append, so watch and other processes notice journaled changes', async () => {
   const file = stateFile();
   const lb = await open({ stateFile: file, stateFoldMs: 60_000 }, new FakeLegacyKernel());
