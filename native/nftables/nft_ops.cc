@@ -324,9 +324,16 @@ Rule RuleFromJs(const Napi::Value &v, Family f, const std::string &path) {
     Napi::Value local = o.Get("local");
     if (!local.IsBoolean()) Bad(env, path + ".local", "must be a boolean");
     r.local = local.As<Napi::Boolean>().Value();
-    r.set = Str(o.Get("set"), path + ".set");
-    if (!AffinitySetTimeout(r.set) || r.set.size() >= NFT_SET_MAXNAMELEN)
-      Bad(env, path + ".set", "not an affinity set name (aff_<NAME>_…_<seconds>)");
+    // set and gate: absent in a fallback rule; a rule with a gate has a set.
+    for (const char *key : {"set", "gate"}) {
+      Napi::Value v = o.Get(key);
+      if (v.IsUndefined()) continue;
+      std::string name = Str(v, path + "." + key);
+      if (!AffinitySetTimeout(name) || name.size() >= NFT_SET_MAXNAMELEN)
+        Bad(env, path + "." + key, "not an affinity set name (aff_<NAME>_…_<seconds>)");
+      (std::string(key) == "set" ? r.set : r.gate) = std::move(name);
+    }
+    if (r.set.empty() && !r.gate.empty()) Bad(env, path + ".set", "must be given with gate");
     r.to = EndpointFromJs(o.Get("to"), f, [&] { return path + ".to"; });
     Napi::Object pick = Obj(o.Get("pick"), path + ".pick");
     const std::string mode = Str(pick.Get("mode"), path + ".pick.mode");
@@ -342,6 +349,7 @@ Rule RuleFromJs(const Napi::Value &v, Family f, const std::string &path) {
     } else {
       Bad(env, path + ".pick.mode", "must be 'hit', 'random', 'inc' or 'rest'");
     }
+    if (r.pick == Rule::Pick::kHit && r.set.empty()) Bad(env, path + ".set", "must be given with pick 'hit'");
   } else {
     Bad(env, path + ".kind", "must be 'dispatch', 'log', 'masq', 'rr' or 'aff'");
   }
@@ -386,6 +394,8 @@ Op OpFromJs(const Napi::Value &v, Family f, const std::string &path) {
       if (!AffinitySetTimeout(op.name) || op.name.size() >= NFT_SET_MAXNAMELEN)
         Bad(env, path + ".name", "not an affinity set name (aff_<NAME>_…_<seconds>)");
       op.timeout = static_cast<uint32_t>(Int(o.Get("timeout"), 1, 86400, [&] { return path + ".timeout"; }));
+      if (!o.Get("size").IsUndefined())
+        op.size = static_cast<uint32_t>(Int(o.Get("size"), 1, 1 << 24, [&] { return path + ".size"; }));
       break;
     case Op::Kind::kDeleteSet:
       op.name = Str(o.Get("name"), path + ".name");
@@ -614,7 +624,7 @@ class Encoder {
   }
 
   void AddAffinitySet(const Op &op, int i) {
-    // type ipv4_addr (ipv6_addr); size 65535; flags dynamic,timeout; timeout <s>s;
+    // type ipv4_addr (ipv6_addr); size <size>; flags dynamic,timeout; timeout <s>s;
     SetPtr s = NewSet(op.name);
     const uint32_t id = next_set_id_++;
     Udata ud;
@@ -623,7 +633,7 @@ class Encoder {
     nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_TYPE, l_.addr_type);
     nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_LEN, l_.addr_len);
     nftnl_set_set_u64(s.get(), NFTNL_SET_TIMEOUT, static_cast<uint64_t>(op.timeout) * 1000);
-    nftnl_set_set_u32(s.get(), NFTNL_SET_DESC_SIZE, 65535);
+    nftnl_set_set_u32(s.get(), NFTNL_SET_DESC_SIZE, op.size);
     nftnl_set_set_u32(s.get(), NFTNL_SET_ID, id);
     ud.Set(s.get());
     auto *nlh = Msg(NFT_MSG_NEWSET, NLM_F_CREATE, 1024, i);
@@ -681,6 +691,7 @@ class Encoder {
       ids.backend_map = SetId(BackendMapName(op.rule.proto));
     } else if (op.rule.kind == Rule::Kind::kAff) {
       ids.affinity_set = SetId(op.rule.set);
+      ids.client_set = SetId(op.rule.gate);
     }
     RulePtr r = BuildRule(family_, op.chain, op.rule, ids);
     auto *nlh = Msg(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, 4096, i);

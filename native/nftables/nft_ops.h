@@ -77,7 +77,8 @@ struct Rule {
   Pick pick = Pick::kRest;  // aff
   uint32_t mod = 0;         // aff random/inc: numgen modulus
   uint32_t lt = 0;          // aff random: numgen result below this
-  std::string set;          // aff: the destination's affinity set
+  std::string set;          // aff: the destination's affinity set; empty in a fallback rule (records nothing)
+  std::string gate;         // aff: the profile's client set (aff_<SUFFIX>_C_<s>), updated before the pick; may be empty
   Endpoint to;              // aff: the destination
   uint64_t packets = 0;     // aff, read back: the rule's counter
   uint64_t bytes = 0;
@@ -109,8 +110,9 @@ struct Op {
   };
   Kind kind = Kind::kAddTable;
   Proto proto = Proto::kTcp;
-  std::string name;      // set name (dispatch sets, deleteSet, element ops on dispatch sets, affinity sets)
-  uint32_t timeout = 0;  // addAffinitySet: seconds
+  std::string name;       // set name (dispatch sets, deleteSet, element ops on dispatch sets, affinity sets)
+  uint32_t timeout = 0;   // addAffinitySet: seconds
+  uint32_t size = 65535;  // addAffinitySet: most elements
   BaseChain chain = BaseChain::kOutput;
   Rule rule;
   std::vector<Endpoint> dispatch;

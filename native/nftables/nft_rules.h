@@ -15,6 +15,7 @@ struct LookupIds {
   uint32_t dispatch_set = 0;
   uint32_t backend_map = 0;
   uint32_t affinity_set = 0;
+  uint32_t client_set = 0;
 };
 
 // A rule for `add rule <ip|ip6> iptlb <chain> …` (expressions and the comment userdata).

@@ -103,7 +103,8 @@ Napi::Object RuleJs(Napi::Env env, const nft::Rule &r, nft::Family f) {
           break;
       }
       o.Set("pick", pick);
-      o.Set("set", r.set);
+      if (!r.set.empty()) o.Set("set", r.set);
+      if (!r.gate.empty()) o.Set("gate", r.gate);
       o.Set("to", EndpointJs(env, r.to, f));
       o.Set("packets", Napi::BigInt::New(env, r.packets));
       o.Set("bytes", Napi::BigInt::New(env, r.bytes));

@@ -123,7 +123,7 @@ const key = (e: NftEndpoint): string => `${e.ip} . ${e.port}`;
 function setsOf(r: NftRule | { kind: 'foreign' }): string[] {
   if (r.kind === 'dispatch') return [`${r.hook}_${r.proto}_${r.n}`, `be_${r.proto}`];
   if (r.kind === 'rr') return [`be_${r.proto}`];
-  if (r.kind === 'aff') return [r.set];
+  if (r.kind === 'aff') return [r.gate, r.set].filter((x): x is string => x !== undefined);
   return [];
 }
 

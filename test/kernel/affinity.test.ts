@@ -76,4 +76,27 @@ for (const pair of PAIRS) {
       assert.equal(r.status.inSync, true, JSON.stringify(r.status));
     });
   });
+
+  test('a full affinity set (nft: 6 clients) refuses no client: 60 clients all connect over both backends, the first 6 keep theirs', async () => {
+    const r = await run(pair.name, 'full');
+    ok(r.apply, 'apply');
+    const firsts: (number | string)[] = r.firsts;
+    const bad = firsts.map((v, i) => [i, v]).filter(([, v]) => v !== 9001 && v !== 9002);
+    assert.deepEqual(bad, [], 'every client connected');
+    // beyond the limit clients are balanced at 1:1 unremembered: both backends take some of the 54 (all on one:
+    // probability 2 * 2^-54)
+    assert.equal(new Set(firsts.slice(6)).size, 2, firsts.join(','));
+    const known: (number | string)[][] = r.known;
+    for (const [i, seq] of known.entries())
+      assert.ok(
+        seq.every((v) => v === firsts[i]),
+        `client ${i} kept ${firsts[i]}: ${seq.join(',')}`,
+      );
+    assert.equal(r.status.inSync, true, JSON.stringify(r.status));
+    assert.equal(
+      r.status.profiles[0].destinations.reduce((a: number, d: any) => a + d.packets, 0),
+      60 + 6 * 3,
+      'status counts every connection once',
+    );
+  });
 }

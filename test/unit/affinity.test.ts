@@ -214,7 +214,7 @@ import { compareNft, decodeRuleJson, parseNftJson } from '../../src/engines/nft/
 
 const pm = (...ps: Profile[]): Map<string, Profile> => new Map(ps.map((p) => [p.name, p]));
 
-test('nft planner: an affinity profile has per-destination sets and its own rules (hits first, then a cascade recording the choice), no dispatch element, no backends', () => {
+test('nft planner: an affinity profile has per-destination sets, a client set and its own rules (hits first, then a cascade recording the client and the choice, then the cascade again recording nothing), no dispatch element, no backends', () => {
   const p = validateProfile({
     ...base,
     destination: ['127.0.0.1:9001', '127.0.0.1:9002*0', '127.0.0.1:9003*2'],
@@ -226,27 +226,34 @@ test('nft planner: an affinity profile has per-destination sets and its own rule
   assert.deepEqual(plan.affinitySets, [
     { name: 'aff_WEB_127_0_0_1_9001_2', timeout: 2 },
     { name: 'aff_WEB_127_0_0_1_9003_2', timeout: 2 },
+    { name: 'aff_WEB_C_2', timeout: 2 },
   ]);
   const v = 'ip daddr 127.100.0.10 tcp dport 8081';
+  const c = 'update @aff_WEB_C_2 { ip saddr }';
   assert.deepEqual(
     plan.rules.map((r) => `${r.chain} ${renderNftRule(r.rule)}`),
     [
-      `output ${v} ip saddr @aff_WEB_127_0_0_1_9001_2 update @aff_WEB_127_0_0_1_9001_2 { ip saddr } counter dnat to 127.0.0.1:9001 comment "iptlb:web"`,
-      `output ${v} ip saddr @aff_WEB_127_0_0_1_9003_2 update @aff_WEB_127_0_0_1_9003_2 { ip saddr } counter dnat to 127.0.0.1:9003 comment "iptlb:web"`,
-      `output ${v} numgen random mod 3 < 1 update @aff_WEB_127_0_0_1_9001_2 { ip saddr } counter dnat to 127.0.0.1:9001 comment "iptlb:web"`,
-      `output ${v} update @aff_WEB_127_0_0_1_9003_2 { ip saddr } counter dnat to 127.0.0.1:9003 comment "iptlb:web"`,
+      `output ${v} ip saddr @aff_WEB_127_0_0_1_9001_2 ${c} update @aff_WEB_127_0_0_1_9001_2 { ip saddr } counter dnat to 127.0.0.1:9001 comment "iptlb:web"`,
+      `output ${v} ip saddr @aff_WEB_127_0_0_1_9003_2 ${c} update @aff_WEB_127_0_0_1_9003_2 { ip saddr } counter dnat to 127.0.0.1:9003 comment "iptlb:web"`,
+      `output ${v} ${c} numgen random mod 3 < 1 update @aff_WEB_127_0_0_1_9001_2 { ip saddr } counter dnat to 127.0.0.1:9001 comment "iptlb:web"`,
+      `output ${v} ${c} update @aff_WEB_127_0_0_1_9003_2 { ip saddr } counter dnat to 127.0.0.1:9003 comment "iptlb:web"`,
+      `output ${v} numgen random mod 3 < 1 counter dnat to 127.0.0.1:9001 comment "iptlb:web"`,
+      `output ${v} counter dnat to 127.0.0.1:9003 comment "iptlb:web"`,
     ],
   );
   const rr = planNftProfile(
     validateProfile({ ...base, destination: D, scheduler: 'round-robin', affinity: 5, rulesBackend: 'server' }),
   );
   assert.deepEqual(
-    rr.rules.slice(3).map((r) => renderNftRule(r.rule).replace(/ update.*/, '')),
+    rr.rules.slice(3).map((r) => renderNftRule(r.rule).replace(/ counter.*/, '')),
     [
+      `${v} fib daddr type local ${c} numgen inc mod 3 0 update @aff_WEB_127_0_0_1_9001_5 { ip saddr }`,
+      `${v} fib daddr type local ${c} numgen inc mod 2 0 update @aff_WEB_127_0_0_1_9002_5 { ip saddr }`,
+      `${v} fib daddr type local ${c} update @aff_WEB_127_0_0_1_9003_5 { ip saddr }`,
       `${v} fib daddr type local numgen inc mod 3 0`,
       `${v} fib daddr type local numgen inc mod 2 0`,
       `${v} fib daddr type local`,
-    ],
+    ].map((x) => x.replace(/aff_WEB_C_2/, 'aff_WEB_C_5')),
   );
 });
 
@@ -259,10 +266,14 @@ test('nft planner: sets are added before the rules that use them and deleted aft
   const firstRule = text.indexOf('add rule');
   for (const d of [9001, 9002, 9003]) {
     const at = text.indexOf(
-      `add set ip iptlb aff_WEB_127_0_0_1_${d}_2 { type ipv4_addr; size 65535; flags dynamic,timeout; timeout 2s; }`,
+      `add set ip iptlb aff_WEB_127_0_0_1_${d}_2 { type ipv4_addr; size 131070; flags dynamic,timeout; timeout 2s; }`,
     );
     assert.ok(at >= 0 && at < firstRule, text);
   }
+  const clients = text.indexOf(
+    'add set ip iptlb aff_WEB_C_2 { type ipv4_addr; size 65535; flags dynamic,timeout; timeout 2s; }',
+  );
+  assert.ok(clients >= 0 && clients < firstRule, text);
   assert.ok(
     !/add element ip iptlb (be_tcp|out_tcp_3) \{ 127\.100\.0\.10/.test(text),
     'no dispatch element, no backends',
@@ -304,11 +315,15 @@ function jsonRule(r: NftRule, packets: number): Record<string, unknown> {
     m({ payload: { protocol: a.proto, field: 'dport' } }, a.vip.port),
   ];
   if (a.local) expr.push(m({ fib: { result: 'type', flags: ['daddr'] } }, 'local'));
+  const update = (set: string): unknown => ({
+    set: { op: 'update', elem: { payload: { protocol: 'ip', field: 'saddr' } }, set: `@${set}` },
+  });
   if (a.pick.mode === 'hit') expr.push(m({ payload: { protocol: 'ip', field: 'saddr' } }, `@${a.set}`));
+  if (a.gate) expr.push(update(a.gate));
   if (a.pick.mode === 'random')
     expr.push(m({ numgen: { mode: 'random', mod: a.pick.mod, offset: 0 } }, a.pick.lt, '<'));
   if (a.pick.mode === 'inc') expr.push(m({ numgen: { mode: 'inc', mod: a.pick.mod, offset: 0 } }, 0));
-  expr.push({ set: { op: 'update', elem: { payload: { protocol: 'ip', field: 'saddr' } }, set: `@${a.set}` } });
+  if (a.set) expr.push(update(a.set));
   expr.push({ counter: { packets, bytes: packets * 60 } }, { dnat: { addr: a.to.ip, port: a.to.port } });
   return { family: 'ip', table: 'iptlb', chain: 'output', handle: 9, comment: `iptlb:${a.owner}`, expr };
 }
@@ -353,16 +368,16 @@ test('nft view: affinity rules and sets decode from nft -j (elements the kernel 
   };
   const view: NftView = parseNftJson(JSON.stringify(doc));
   assert.deepEqual(view.foreign, []);
-  assert.equal(view.affinitySets?.length, 3);
+  assert.equal(view.affinitySets?.length, 4);
   const [r, ...rest] = compareNft(pm(p), view);
   assert.equal(r.status, 'in-sync', JSON.stringify(r));
   assert.deepEqual(rest, []);
-  // hits are rules 1-3, choices 4-6: per destination i, (i + 1) + (i + 4)
+  // hits are rules 1-3, choices 4-6, fallback choices 7-9: per destination i, (i + 1) + (i + 4) + (i + 7)
   assert.deepEqual(
     r.destinations.map((d) => d.packets),
-    [1 + 4, 2 + 5, 3 + 6],
+    [1 + 4 + 7, 2 + 5 + 8, 3 + 6 + 9],
   );
-  assert.equal(r.packets, 21);
+  assert.equal(r.packets, 45);
   assert.equal(r.affinity, 2);
   // a missing set, or another timeout, is drift; a set no profile uses is an orphan
   const noSet = { ...view, affinitySets: view.affinitySets!.slice(1) };

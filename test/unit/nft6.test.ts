@@ -17,6 +17,7 @@ import {
   type NftTransaction,
 } from '../../src/engines/nft/ops.js';
 import { renderNft, renderNftRule } from '../../src/engines/nft/render.js';
+import type { NftRule } from '../../src/engines/nft/ops.js';
 import { compareNft, decodeRuleJson, parseNftJson, strayRoundRobin } from '../../src/engines/nft/view.js';
 import { validateProfile } from '../../src/model/profile.js';
 import type { Profile, ProfileInput } from '../../src/model/types.js';
@@ -198,18 +199,23 @@ test('ip6: rules of their own render with ip6 daddr/saddr, ct original ip6 daddr
   const set1 = 'aff_AFF6_2001_DB8_0_0_0_0_0_1_9001_30';
   assert.match(
     text,
-    new RegExp(`add set ip6 iptlb ${set1} \\{ type ipv6_addr; size 65535; flags dynamic,timeout; timeout 30s; \\}`),
+    new RegExp(`add set ip6 iptlb ${set1} \\{ type ipv6_addr; size 131070; flags dynamic,timeout; timeout 30s; \\}`),
+  );
+  assert.match(
+    text,
+    /add set ip6 iptlb aff_AFF6_C_30 \{ type ipv6_addr; size 65535; flags dynamic,timeout; timeout 30s; \}/,
   );
   assert.match(
     text,
     new RegExp(
-      `ip6 daddr 2001:db8::14 tcp dport 80 ip6 saddr @${set1} update @${set1} \\{ ip6 saddr \\} counter dnat to \\[2001:db8::1\\]:9001 comment "iptlb:aff6"`,
+      `ip6 daddr 2001:db8::14 tcp dport 80 ip6 saddr @${set1} update @aff_AFF6_C_30 \\{ ip6 saddr \\} update @${set1} \\{ ip6 saddr \\} counter dnat to \\[2001:db8::1\\]:9001 comment "iptlb:aff6"`,
     ),
   );
   assert.match(
     text,
-    /numgen random mod 2 < 1 update @aff_AFF6_2001_DB8_0_0_0_0_0_1_9001_30 \{ ip6 saddr \} counter dnat to \[2001:db8::1\]:9001/,
+    /update @aff_AFF6_C_30 \{ ip6 saddr \} numgen random mod 2 < 1 update @aff_AFF6_2001_DB8_0_0_0_0_0_1_9001_30 \{ ip6 saddr \} counter dnat to \[2001:db8::1\]:9001/,
   );
+  assert.match(text, /tcp dport 80 numgen random mod 2 < 1 counter dnat to \[2001:db8::1\]:9001 comment "iptlb:aff6"/);
   assert.doesNotMatch(text, /\bip daddr|\bip saddr|ipv4_addr/);
 });
 
@@ -226,7 +232,7 @@ test('ip6: affinity set names spell all eight groups (unambiguous, upper case), 
   assert.equal(affinitySetName('X', { ip: '127.0.0.1', port: 80 }, 60), 'aff_X_127_0_0_1_80_60');
   assert.deepEqual(
     planNftProfile(aff6).affinitySets.map((s) => s.name),
-    ['aff_AFF6_2001_DB8_0_0_0_0_0_1_9001_30', 'aff_AFF6_2001_DB8_0_0_0_0_0_2_9002_30'],
+    ['aff_AFF6_2001_DB8_0_0_0_0_0_1_9001_30', 'aff_AFF6_2001_DB8_0_0_0_0_0_2_9002_30', 'aff_AFF6_C_30'],
   );
 });
 
@@ -401,6 +407,7 @@ test('ip6: a rule of the other family decodes as foreign; rules render back to w
       { match: { op: '==', left: P('ip6', 'daddr'), right: '2001:db8::14' } },
       { match: { op: '==', left: P('tcp', 'dport'), right: 80 } },
       { match: { op: '==', left: P('ip6', 'saddr'), right: '@aff_AFF6_2001_DB8_0_0_0_0_0_1_9001_30' } },
+      { set: { op: 'update', elem: P('ip6', 'saddr'), set: '@aff_AFF6_C_30' } },
       { set: { op: 'update', elem: P('ip6', 'saddr'), set: '@aff_AFF6_2001_DB8_0_0_0_0_0_1_9001_30' } },
       { counter: { packets: 2, bytes: 120 } },
       { dnat: { addr: '2001:db8::1', port: 9001 } },
@@ -408,4 +415,13 @@ test('ip6: a rule of the other family decodes as foreign; rules render back to w
   };
   const hit = planNftProfile(aff6).rules[0].rule;
   assert.deepEqual(decodeRuleJson(aff, 'ip6'), { ...hit, packets: 2n, bytes: 120n });
+  // a rule written before the client set reads back without it (so status says modified, and sync rewrites it)
+  const old = { ...aff, expr: aff.expr.filter((_, i) => i !== 3) };
+  const { gate: _gate, ...withoutGate } = hit as Extract<NftRule, { kind: 'aff' }>;
+  assert.deepEqual(decodeRuleJson(old, 'ip6'), { ...withoutGate, packets: 2n, bytes: 120n });
+  // a fallback rule: no update
+  const fallback = planNftProfile(aff6).rules.at(-2)!.rule;
+  const ng = { match: { op: '<', left: { numgen: { mode: 'random', mod: 2, offset: 0 } }, right: 1 } };
+  const fb = { ...aff, expr: [...aff.expr.slice(0, 2), ng, ...aff.expr.slice(5)] };
+  assert.deepEqual(decodeRuleJson(fb, 'ip6'), { ...fallback, packets: 2n, bytes: 120n });
 });

@@ -90,6 +90,36 @@ export function affinitySetName(suffix: string, to: NftEndpoint, timeout: number
   const ip = groups ? groups.map((g) => g.toString(16).toUpperCase()).join('_') : to.ip.replace(/\./g, '_');
   return `aff_${suffix}_${ip}_${to.port}_${timeout}`;
 }
+/**
+ * Name of the set of every client profile `suffix` (its chain suffix) holds an affinity entry for, with affinity
+ * `timeout` seconds: `aff_<SUFFIX>_C_<timeout>`. A destination's set never ends in `_C_<timeout>` (its last part but
+ * one is a port), so the names cannot meet. Each balancing rule records the client here before its choice: when this
+ * set is full, every rule that records fails alike whatever it would choose, and the fallback rules balance the
+ * client unrecorded (see docs/balancing.md).
+ */
+export function affinityClientSetName(suffix: string, timeout: number): string {
+  return `aff_${suffix}_C_${timeout}`;
+}
+/** Whether an affinity set name is a profile's client set ({@link affinityClientSetName}). */
+export function isAffinityClientSet(name: string): boolean {
+  return /_C_[1-9][0-9]*$/.test(name);
+}
+/**
+ * Client addresses a session-affinity profile remembers at once (the size of its client set). A destination's set
+ * holds at most the clients of the client set (both are refreshed together) and is made twice as large, so it is never
+ * the one that fills. Elements are allocated as clients come: a full IPv6 set of 65,535 takes about 9 MB of kernel
+ * memory (docs/balancing.md). IPTLB_TEST_AFFINITY_CLIENTS sets a smaller size for tests.
+ */
+export const AFFINITY_CLIENTS = 65535;
+export function affinityClients(): number {
+  const v = process.env.IPTLB_TEST_AFFINITY_CLIENTS;
+  const n = v === undefined ? NaN : Number(v);
+  return Number.isInteger(n) && n >= 1 && n <= AFFINITY_CLIENTS ? n : AFFINITY_CLIENTS;
+}
+/** The size an affinity set is made with: the client limit for a client set, twice that for a destination's. */
+export function affinitySetSize(name: string): number {
+  return isAffinityClientSet(name) ? affinityClients() : 2 * affinityClients();
+}
 export const AFFINITY_SET_PATTERN = /^aff_[A-Z0-9_]+_([1-9][0-9]*)$/;
 /** The timeout (seconds) of an affinity set, from its name; null when the name is not one. */
 export function affinitySetTimeout(name: string): number | null {
@@ -144,11 +174,12 @@ export type NftRule =
       /**
        * A session-affinity profile's rule (it has no dispatch element and no backends; its rules are
        * self-contained, after the dispatch rules of its chain):
-       * `ip daddr V P dport port [fib daddr type local] <pick> update @S { ip saddr } counter dnat to D comment
-       * "iptlb:<owner>"`
-       * where <pick> is `ip saddr @S` (hit: the client's entry is live, refreshed by the update),
-       * `numgen random mod M < K` (weighted cascade), `numgen inc mod M 0` (round-robin cascade) or
-       * nothing (the last destination). S is the destination's affinity set.
+       * `ip daddr V P dport port [fib daddr type local] [ip saddr @S] update @C { ip saddr } <pick> update @S
+       * { ip saddr } counter dnat to D comment "iptlb:<owner>"`
+       * where `ip saddr @S` makes a hit rule (the client's entry is live, refreshed by the updates) and <pick> is
+       * `numgen random mod M < K` (weighted cascade), `numgen inc mod M 0` (round-robin cascade) or nothing (the last
+       * destination, or a hit). S is the destination's affinity set, C the profile's client set. After them the
+       * fallback rules, the same cascade without `update`s, for the clients the full client set refused.
        */
       kind: 'aff';
       owner: string;
@@ -157,7 +188,17 @@ export type NftRule =
       local: boolean;
       pick:
         { mode: 'hit' } | { mode: 'random'; mod: number; lt: number } | { mode: 'inc'; mod: number } | { mode: 'rest' };
-      set: string;
+      /**
+       * The destination's affinity set (`update @S { ip saddr }`); absent in a fallback rule, which records nothing:
+       * `<selector> <pick> counter dnat to D` (never 'hit').
+       */
+      set?: string;
+      /**
+       * The profile's client set ({@link affinityClientSetName}), updated before <pick>: `… [ip saddr @S] update @C
+       * { ip saddr } <pick> update @S …`. Absent in a fallback rule, and in rules written before the client set
+       * (read back only).
+       */
+      gate?: string;
       to: NftEndpoint;
       /** Read back only: the rule's counter (new connections it sent). */
       packets?: bigint;
@@ -191,10 +232,10 @@ export type NftOp =
   | { op: 'addDispatchSet'; name: string }
   | { op: 'deleteSet'; name: string }
   /**
-   * `add set ip iptlb <name> { type ipv4_addr; size 65535; flags dynamic,timeout; timeout <s>s; }` (no-op when it
-   * exists)
+   * `add set ip iptlb <name> { type ipv4_addr; size <size>; flags dynamic,timeout; timeout <s>s; }` (no-op when it
+   * exists). The planner gives `size` ({@link affinitySetSize}); absent means 65535.
    */
-  | { op: 'addAffinitySet'; name: string; timeout: number }
+  | { op: 'addAffinitySet'; name: string; timeout: number; size?: number }
   /** `add chain ip iptlb <name> { type nat hook <hook> priority <prio>; policy accept; }` */
   | { op: 'addBaseChain'; name: NftBaseChain }
   | { op: 'flushChain'; name: NftBaseChain }

@@ -16,7 +16,9 @@ import type { Profile, Protocol } from '../../model/types.js';
 export { backendOffset } from './ops.js';
 import {
   affinitySetName,
+  affinitySetSize,
   affinitySetTimeout,
+  affinityClientSetName,
   backendOffset,
   rrOffset,
   dispatchSetName,
@@ -125,25 +127,32 @@ function logRules(p: Profile, vip: NftEndpoint, hook: NftHook): NftProfilePlan['
 /**
  * A session-affinity profile: no dispatch element and no backends, only rules of its own (after the
  * dispatch rules): per destination that takes connections, a rule that sends a client whose entry in
- * the destination's set is live back there (refreshing the entry); then the balancing rules, each
- * recording the client in the set of the destination it chose: a weighted cascade
- * (`numgen random mod R < w`, exact integer odds) or, for round-robin, an nth cascade over the slots
- * (`numgen inc mod S-i 0`, each rule its own counter, as legacy's `statistic --mode nth`).
+ * the destination's set is live back there (refreshing the entry and the client's entry in the profile's client set);
+ * then the balancing rules, each recording the client in the client set and then in the set of the destination it
+ * chose: a weighted cascade (`numgen random mod R < w`, exact integer odds) or, for round-robin, an nth cascade over
+ * the slots (`numgen inc mod S-i 0`, each rule its own counter, as legacy's `statistic --mode nth`); then the same
+ * cascade without recording (fallback rules). When the client set is full every recording rule fails at its first
+ * `update`, before its pick, whatever it would choose: the client falls through to the fallback cascade and is
+ * balanced at the same odds, unrecorded. A destination's set is twice the client set's size and holds only clients
+ * of it, so it does not fill first (a full destination set would skew the split).
  */
 function planAffinityProfile(p: Profile, vip: NftEndpoint, hook: NftHook, n: number): NftProfilePlan {
   const suffix = chainSuffix(p.name);
   const chain = baseChainOf(hook);
   const timeout = p.affinity!;
+  const gate = affinityClientSetName(suffix, timeout);
   const base = { kind: 'aff' as const, owner: p.name, vip, proto: p.protocol, local: hook === 'loc' };
   const slots = slotsOf(p).map((s) => ({ ...s, to: endpoint(s.destination) }));
   const setOf = (to: NftEndpoint): string => affinitySetName(suffix, to, timeout);
   const rules: NftProfilePlan['rules'] = logRules(p, vip, hook);
-  for (const s of slots) rules.push({ chain, rule: { ...base, pick: { mode: 'hit' }, set: setOf(s.to), to: s.to } });
+  for (const s of slots)
+    rules.push({ chain, rule: { ...base, pick: { mode: 'hit' }, set: setOf(s.to), gate, to: s.to } });
+  const cascade: { pick: Extract<NftRule, { kind: 'aff' }>['pick']; to: NftEndpoint }[] = [];
   if (p.scheduler === 'round-robin') {
     const list = slots.flatMap((s) => Array<NftEndpoint>(s.slots).fill(s.to));
     list.forEach((to, i) => {
       const pick = i < list.length - 1 ? { mode: 'inc' as const, mod: list.length - i } : { mode: 'rest' as const };
-      rules.push({ chain, rule: { ...base, pick, set: setOf(to), to } });
+      cascade.push({ pick, to });
     });
   } else {
     let rest = n;
@@ -151,9 +160,11 @@ function planAffinityProfile(p: Profile, vip: NftEndpoint, hook: NftHook, n: num
       const pick =
         i < slots.length - 1 ? { mode: 'random' as const, mod: rest, lt: s.slots } : { mode: 'rest' as const };
       rest -= s.slots;
-      rules.push({ chain, rule: { ...base, pick, set: setOf(s.to), to: s.to } });
+      cascade.push({ pick, to: s.to });
     });
   }
+  for (const c of cascade) rules.push({ chain, rule: { ...base, pick: c.pick, set: setOf(c.to), gate, to: c.to } });
+  for (const c of cascade) rules.push({ chain, rule: { ...base, pick: c.pick, to: c.to } });
   if (p.masquerade) rules.push({ chain: 'postrouting', rule: { kind: 'masq', owner: p.name, vip, proto: p.protocol } });
   return {
     set: null,
@@ -162,7 +173,10 @@ function planAffinityProfile(p: Profile, vip: NftEndpoint, hook: NftHook, n: num
     proto: p.protocol,
     backends: [],
     rules,
-    affinitySets: slots.map((s) => ({ name: setOf(s.to), timeout })),
+    affinitySets: [
+      ...slots.map((s) => ({ name: setOf(s.to), timeout })),
+      ...(slots.length ? [{ name: gate, timeout }] : []),
+    ],
   };
 }
 
@@ -170,7 +184,10 @@ function planAffinityProfile(p: Profile, vip: NftEndpoint, hook: NftHook, n: num
 export function affinitySetsOf(content: { chains: Record<NftBaseChain, NftRule[]> }): Map<string, number> {
   const out = new Map<string, number>();
   for (const c of NFT_BASE_CHAINS)
-    for (const r of content.chains[c]) if (r.kind === 'aff') out.set(r.set, affinitySetTimeout(r.set) ?? 1);
+    for (const r of content.chains[c]) {
+      if (r.kind !== 'aff') continue;
+      for (const name of [r.gate, r.set]) if (name !== undefined) out.set(name, affinitySetTimeout(name) ?? 1);
+    }
   return out;
 }
 
@@ -480,7 +497,8 @@ export function planNftChange(
     skeleton(first);
     for (const name of newSets) first.push({ op: 'addDispatchSet', name });
     // Affinity sets are added (a no-op when they exist, so their clients stay) before the rules that use them.
-    for (const [name, timeout] of affinitySetsOf(middle)) first.push({ op: 'addAffinitySet', name, timeout });
+    for (const [name, timeout] of affinitySetsOf(middle))
+      first.push({ op: 'addAffinitySet', name, timeout, size: affinitySetSize(name) });
   }
   dels.emit('delete', first);
   adds.emit('add', first);
@@ -595,7 +613,8 @@ export function planNftRebuild(
   skeleton(ops);
   const content = baseContent(list);
   for (const name of content.sets) ops.push({ op: 'addDispatchSet', name });
-  for (const [name, timeout] of affinitySetsOf(content)) ops.push({ op: 'addAffinitySet', name, timeout });
+  for (const [name, timeout] of affinitySetsOf(content))
+    ops.push({ op: 'addAffinitySet', name, timeout, size: affinitySetSize(name) });
   const adds = new ElementOps();
   for (const p of list) adds.add(planNftProfile(p));
   adds.emit('add', ops);
@@ -747,7 +766,9 @@ export function unknownObjects(view: NftView, known: Iterable<Profile>, touched:
       if (names.has(r.owner) || vips.has(vipKey(r.proto, r.vip))) continue;
       kept.rules.push({ chain: c.name, rule: r });
       kept.vips.add(vipKey(r.proto, r.vip));
-      if (r.kind === 'aff') kept.affinitySets.set(r.set, affinitySetTimeout(r.set) ?? 1);
+      if (r.kind === 'aff')
+        for (const name of [r.gate, r.set])
+          if (name !== undefined) kept.affinitySets.set(name, affinitySetTimeout(name) ?? 1);
     }
   }
   return kept;
@@ -778,7 +799,8 @@ export function planNftMergedRebuild(
   const content = baseContent(list, [], kept.dispatch.keys());
   for (const name of content.sets) ops.push({ op: 'addDispatchSet', name });
   const affinity = new Map([...affinitySetsOf(content), ...kept.affinitySets]);
-  for (const [name, timeout] of affinity) ops.push({ op: 'addAffinitySet', name, timeout });
+  for (const [name, timeout] of affinity)
+    ops.push({ op: 'addAffinitySet', name, timeout, size: affinitySetSize(name) });
   const adds = new ElementOps();
   for (const p of list) adds.add(planNftProfile(p));
   for (const [set, vips] of kept.dispatch) for (const v of vips) adds.addDispatch(set, v);

@@ -45,7 +45,7 @@ export function renderNft(tx: NftTransaction): string {
         break;
       case 'addAffinitySet':
         lines.push(
-          `add set ${T} ${o.name} { type ${addr}; size 65535; flags dynamic,timeout; timeout ${o.timeout}s; }`,
+          `add set ${T} ${o.name} { type ${addr}; size ${o.size ?? 65535}; flags dynamic,timeout; timeout ${o.timeout}s; }`,
         );
         break;
       case 'deleteSet':
