@@ -892,10 +892,14 @@ test('a health file whose writer died but was not reaped yet (a zombie) is not f
   const { tmpdir } = await import('node:os');
   const path = await import('node:path');
   const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-hz-'));
-  // The shell starts a short `sleep` in the background, prints its pid and becomes `sleep 30`, which
-  // never reaps it: the writer exits and stays a zombie while the parent lives. (With `true` the
-  // child could exit before the exec, and the shell reap it: /proc/<pid> gone, ENOENT, now and then.)
-  const parent = spawn('sh', ['-c', 'sleep 0.1 & echo $!; exec sleep 30'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  // A parent that forks a child which exits at once, prints its pid and never waits for it: the
+  // writer stays a zombie while the parent lives. (A shell's background job could be reaped by the
+  // shell before its exec under load: /proc/<pid> gone, ENOENT, now and then.)
+  const parent = spawn(
+    'python3',
+    ['-c', 'import os, sys, time\npid = os.fork()\nif pid == 0: os._exit(0)\nprint(pid, flush=True)\ntime.sleep(30)'],
+    { stdio: ['ignore', 'pipe', 'ignore'] },
+  );
   try {
     const pid = Number(
       await new Promise<string>((resolve) => parent.stdout!.once('data', (b: Buffer) => resolve(b.toString()))),
