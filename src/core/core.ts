@@ -8,7 +8,14 @@ import { IptlbError } from '../model/errors.js';
 import { validateOpenOptions } from './options.js';
 import { fsFailure } from '../platform/fsafety.js';
 import { executorChoiceOf } from '../engines/executors.js';
-import { engineChoiceOf, selectEngine } from '../engines/select.js';
+import { engineChoiceOf, enginesHolding, selectEngine, splitLine } from '../engines/select.js';
+import {
+  engineRecordOf,
+  engineRecordText,
+  engineRecordVersion,
+  readEngineRecord,
+  writeEngineRecord,
+} from './engine-record.js';
 import { DEFAULT_LOCK_WAIT_MS, lockStateFile, lockWaiters, type HeldLock } from '../platform/lock.js';
 import {
   checkConflicts,
@@ -252,6 +259,8 @@ export interface Selection {
   engineReason: string;
   /** Set when both engines hold iptlb objects. */
   engineWarning?: string;
+  /** Set when a change through this engine would put iptlb's profiles in both engines: writers refuse with it. */
+  refusal?: string;
 }
 
 /** What one family's part of a change planned and the kernel accepted (for undo and logging). */
@@ -288,6 +297,11 @@ export class Core {
   private fileGeneration = 0;
   private selected?: Selection;
   private selecting?: Promise<Selection>;
+  /**
+   * The engine record's identity (see engine-record.ts) read before {@link selected} was chosen: when the record
+   * is no longer so under the state-file lock, `migrate` moved the profiles since, and the engine is chosen again.
+   */
+  private selectedRecord?: string | null;
   private readonly injected: boolean;
   private readonly log: (line: string) => void;
   private readonly logging: boolean;
@@ -463,6 +477,9 @@ export class Core {
   select(): Promise<Selection> {
     if (this.selected) return Promise.resolve(this.selected);
     this.selecting ??= (async () => {
+      // Read before the kernel is asked: a migrate that ends after this read changes the record, and
+      // the writer that selected here sees it under the lock (see selectionNow).
+      const record = this.statePath === null ? undefined : readEngineRecord(engineRecordOf(this.statePath));
       const holds = async (name: EngineName): Promise<boolean> => {
         try {
           return await this.engineFor(name).engine.holdsObjects();
@@ -470,15 +487,22 @@ export class Core {
           return false;
         }
       };
-      const e = await selectEngine(this.engineChoice, {
-        legacyHasRules: () => holds('legacy'),
-        nftHasTable: () => holds('nft'),
-      });
+      const e = await selectEngine(
+        this.engineChoice,
+        { legacyHasRules: () => holds('legacy'), nftHasTable: () => holds('nft'), ...this.fakeNat() },
+        record?.engine ? { engine: record.engine, file: engineRecordOf(this.statePath!) } : undefined,
+      );
       const { engine, reason, broken } = this.engineFor(e.engine);
       // Said once per process: what only doctor said before.
       if (broken && this.logging)
         sayOnce(`broken:${e.engine}`, `${e.engine} engine: ${broken}; the spawn executor is used`, this.log);
-      if (e.warning && this.logging) sayOnce('engines-split', `warning: ${e.warning}`, this.log);
+      const before = this.followed;
+      if (before && before !== e.engine && record?.engine === e.engine)
+        this.log(
+          `${this.statePath}: \`iptlb migrate\` moved the profiles from the ${before} engine to ${e.engine}; following them`,
+        );
+      this.followed = e.engine;
+      this.selectedRecord = record?.version ?? null;
       this.selected = {
         provider: engine,
         executor: engine.executor,
@@ -486,12 +510,66 @@ export class Core {
         engine: e.engine,
         engineReason: e.reason,
         ...(e.warning ? { engineWarning: e.warning } : {}),
+        ...(e.refusal ? { refusal: e.refusal } : {}),
       };
       return this.selected;
     })();
     this.selecting.catch(() => (this.selecting = undefined));
     return this.selecting;
   }
+  /** Executors supplied per engine (fake kernels) answer without a nat table of this host's: asked whatever it has. */
+  private fakeNat(): { natExists?: () => boolean } {
+    return this.supplied ? { natExists: () => true } : {};
+  }
+
+  /** The engine the last selection chose (to say when a later one follows a migrate elsewhere). */
+  private followed?: EngineName;
+
+  /**
+   * The selection as it stands now: chosen again when the engine record changed since it was made (another
+   * process's `migrate`). One lstat; none when `kept` (the state-file lock was kept since the last check, so
+   * nothing could have changed it) or without a state file. Under the state-file lock for a writer.
+   */
+  private async selectionNow(kept = false): Promise<Selection> {
+    const sel = await this.select();
+    if (kept || this.statePath === null || (this.injected && !this.supplied)) return sel;
+    if (engineRecordVersion(engineRecordOf(this.statePath)) === this.selectedRecord) return sel;
+    if (this.selected === sel) {
+      this.selected = undefined;
+      this.selecting = undefined;
+    }
+    return this.select();
+  }
+
+  /** {@link selectionNow} for a change: refused when it would put iptlb's profiles in both engines. */
+  private async writerSelection(kept: boolean): Promise<Selection> {
+    const sel = await this.selectionNow(kept);
+    if (sel.refusal) throw new IptlbError('ECONFLICT', sel.refusal, { field: 'engine' });
+    return sel;
+  }
+
+  /**
+   * When iptlb's objects are in both engines (a migrate killed between its two transactions, an older iptlb
+   * or another tool): the line that says so and how to keep one copy. Asks both engines; for `status`.
+   */
+  async engineSplit(): Promise<string | undefined> {
+    if (this.injected && !this.supplied) return undefined;
+    const sel = await this.selectionNow();
+    const holds = async (name: EngineName): Promise<boolean> => {
+      try {
+        return await this.engineFor(name).engine.holdsObjects();
+      } catch {
+        return false;
+      }
+    };
+    const held = await enginesHolding({
+      legacyHasRules: () => holds('legacy'),
+      nftHasTable: () => holds('nft'),
+      ...this.fakeNat(),
+    });
+    return held.length > 1 ? splitLine(sel.engine) : undefined;
+  }
+
   /** Engine `name` over the executor supplied for it, else over the one `executorChoice` selects. */
   private engineFor(name: EngineName): { engine: Engine; reason: string; broken?: string } {
     const supplied = this.supplied?.[name];
@@ -643,10 +721,14 @@ export class Core {
     },
   ): Promise<TransactionResult> {
     return this.serial(async () => {
-      const engine = opts.run ? (await this.select()).provider : undefined;
-      if (engine) this.checkPrivileges();
+      if (opts.run) {
+        await this.select();
+        this.checkPrivileges();
+      }
       const lock = await this.lock(true);
       try {
+        // Chosen again under the lock when another process's migrate moved the profiles since.
+        const engine = opts.run ? (await this.writerSelection(!!lock.kept)).provider : undefined;
         // The long-lived map itself, in memory or cached from the file (decide never changes it; `next`
         // is a view): no copy per batch. `record` changes it once the change is recorded.
         const state = opts.holds ? new Map(opts.holds) : await this.currentState();
@@ -1045,8 +1127,10 @@ export class Core {
    * `readOnly`: the caller writes nothing to the state file, or refuses to when the lock comes back
    * `unlocked` (the file system is read-only here: see lockStateFile).
    */
-  private async lock(readOnly = false): Promise<{ release(): void; unlocked?: true }> {
-    if (this.statePath === null || this.window) return { release() {} };
+  private async lock(readOnly = false): Promise<{ release(): void; unlocked?: true; kept?: true }> {
+    if (this.statePath === null) return { release() {} };
+    // Kept since an earlier transaction of this run took it: nothing another process writes under it changed.
+    if (this.window) return { release() {}, kept: true };
     const held = await lockStateFile(this.statePath, this.lockWaitMs, this.log, { readOnly });
     if (!this.keepLock || held.unlocked) return held;
     // A run of commits: kept (see beginLockWindow); given up between two of its commits.
@@ -1083,7 +1167,7 @@ export class Core {
     decide: (state: Map<string, Profile>) => Change,
   ): Promise<{ provider: Engine; change: Change; plans: FamilyPlan[] }> {
     return this.serial(async () => {
-      const { provider } = await this.select();
+      const { provider } = await this.selectionNow();
       const state = await this.readState();
       const change = decide(state);
       // The kernel's part, as transact computes it (health overlay included); nothing is marked done.
@@ -1133,7 +1217,7 @@ export class Core {
   }
 
   private async statusNow(): Promise<ProfileReport[]> {
-    const { provider } = await this.select();
+    const { provider } = await this.selectionNow();
     const state = await this.readState();
     this.health.refresh();
     const kstate = this.health.kernelState(state);
@@ -1205,12 +1289,13 @@ export class Core {
     state?: ReadonlyMap<string, Profile>;
   }> {
     return this.serial(async () => {
-      const { provider } = await this.select();
+      await this.select();
       this.checkPrivileges();
       // A sync writes nothing to the state file.
       const lock = await this.lock(true);
       if (lock.unlocked) this.withoutLock();
       try {
+        const { provider } = await this.writerSelection(!!lock.kept);
         const skipped = { before: [], committed: false, commitMs: 0, skipped: true };
         if (opts.guard && !(await opts.guard())) return skipped;
         const read = opts.profiles ? new Map(opts.profiles) : await this.readState();
@@ -1293,16 +1378,33 @@ export class Core {
         this.log(
           `installed ${state.size} profile(s) in the ${to} engine in ${installs > 1 ? `${installs} transactions (one per address family)` : 'one transaction'} (${target.executor.kind}, ${installMs.toFixed(2)} ms)`,
         );
+        // Every profile is in `to` now: recorded before the removal, so that a writer waiting for the lock (or
+        // a migrate killed from here on) goes on in `to`, never in the engine being emptied.
+        const record = this.statePath === null ? null : engineRecordOf(this.statePath);
+        const recordBefore = record === null ? null : engineRecordText(record);
+        const m = { to, from, target, source, targetHeld, removed: 0 };
+        if (record !== null) {
+          try {
+            await writeEngineRecord(this.statePath!, `${to}\n`);
+          } catch (e) {
+            const why = fsFailure(e, 'write the engine record', record);
+            throw await this.migrateFailed(why, { ...m, what: `recording the ${to} engine` });
+          }
+        }
         let removeMs = 0;
-        let removed = 0;
         for (const tx of removals) {
           try {
             removeMs += await source.commit(tx);
           } catch (e) {
-            throw await this.migrateFailed(e as Error, { to, from, target, source, targetHeld, removed });
+            const failed = await this.migrateFailed(e as Error, m);
+            // Undone: the profiles are where they were, and so is the record.
+            if (record !== null && m.removed === 0 && !m.targetHeld)
+              await writeEngineRecord(this.statePath!, recordBefore).catch(() => {});
+            throw failed;
           }
-          removed++;
+          m.removed++;
         }
+        const removed = m.removed;
         const removedFrom = removed > 0;
         const how = removed > 1 ? `${removed} transactions (one per address family)` : 'one transaction';
         this.log(
@@ -1326,9 +1428,18 @@ export class Core {
    */
   private async migrateFailed(
     e: Error,
-    m: { to: EngineName; from: EngineName; target: Engine; source: Engine; targetHeld: boolean; removed: number },
+    m: {
+      to: EngineName;
+      from: EngineName;
+      target: Engine;
+      source: Engine;
+      targetHeld: boolean;
+      removed: number;
+      /** What failed, when not the removal. */
+      what?: string;
+    },
   ): Promise<IptlbError> {
-    const why = `removing iptlb's objects from the ${m.from} engine failed (${e.message})`;
+    const why = `${m.what ?? `removing iptlb's objects from the ${m.from} engine`} failed (${e.message})`;
     if (!m.targetHeld && m.removed === 0) {
       try {
         for (const f of FAMILIES) {

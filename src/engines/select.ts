@@ -75,6 +75,8 @@ export interface EngineProbe {
   legacyHasRules(): Promise<boolean>;
   /** Whether table ip iptlb or ip6 iptlb exists. */
   nftHasTable(): Promise<boolean>;
+  /** Whether the x_tables nat table exists, so that legacy may be asked (default: /proc; fakes say true). */
+  natExists?(): boolean;
 }
 
 export interface EngineSelection {
@@ -83,12 +85,75 @@ export interface EngineSelection {
   reason: string;
   /** Set when both engines hold iptlb objects: the fix is `iptlb migrate`. */
   warning?: string;
+  /**
+   * Set when a change through this engine would put iptlb's profiles in both engines (an explicit engine while
+   * the other holds them or the record names it; both holding them already, without a record): one line with the
+   * fix. Writers refuse with it; reads (status, show) go on.
+   */
+  refusal?: string;
 }
 
-export async function selectEngine(choice: EngineChoice, probe: EngineProbe): Promise<EngineSelection> {
-  if (choice !== 'auto') return { engine: choice, reason: `${choice} engine requested` };
-  const natExists = (xtablesTables()?.includes('nat') ?? false) || (ip6tablesTables()?.includes('nat') ?? false);
-  const legacy = natExists ? await probe.legacyHasRules() : false;
+/** What `iptlb migrate` recorded beside the state file (see src/core/engine-record.ts). */
+export interface EngineRecord {
+  engine: EngineName;
+  /** The record's path, for the messages. */
+  file: string;
+}
+
+/** Whether the x_tables nat table exists (IPv4 or IPv6): legacy is asked only then, which creates nothing. */
+function natTableExists(): boolean {
+  return (xtablesTables()?.includes('nat') ?? false) || (ip6tablesTables()?.includes('nat') ?? false);
+}
+
+/** The engines holding iptlb's objects, asked of both (`iptlb status`: profiles in both engines is drift). */
+export async function enginesHolding(probe: EngineProbe): Promise<EngineName[]> {
+  const held: EngineName[] = [];
+  if ((probe.natExists ?? natTableExists)() && (await probe.legacyHasRules())) held.push('legacy');
+  if (await probe.nftHasTable()) held.push('nft');
+  return held;
+}
+
+/** The line `status` exits 3 with when both engines hold iptlb's objects; `to` is the engine to keep. */
+export function splitLine(to: EngineName): string {
+  return `iptlb's rules are in both engines (the x_tables nat table and table ip/ip6 iptlb), and traffic may use either copy: run \`iptlb migrate --to ${to}\` to keep them in one`;
+}
+
+/**
+ * `recorded`: the engine `iptlb migrate` moved the state file's profiles to. `auto` takes it without asking the
+ * kernel; an explicit engine that is not the recorded one (or, without a record, while the other engine holds
+ * iptlb's objects) gets a {@link EngineSelection.refusal}.
+ */
+export async function selectEngine(
+  choice: EngineChoice,
+  probe: EngineProbe,
+  recorded?: EngineRecord,
+): Promise<EngineSelection> {
+  if (choice !== 'auto') {
+    const requested = { engine: choice, reason: `${choice} engine requested` };
+    const other: EngineName = choice === 'nft' ? 'legacy' : 'nft';
+    const asked = `engine: ${choice} was asked for (--engine or IPTLB_ENGINE)`;
+    const fix = `run \`iptlb migrate --to ${choice}\` to move them, or leave the engine auto`;
+    if (recorded)
+      return recorded.engine === choice
+        ? requested
+        : {
+            ...requested,
+            refusal: `${asked}, but \`iptlb migrate\` moved this state file's profiles to the ${other} engine (${recorded.file}): ${fix}`,
+          };
+    const held =
+      other === 'legacy'
+        ? (probe.natExists ?? natTableExists)() && (await probe.legacyHasRules())
+        : await probe.nftHasTable();
+    return held
+      ? { ...requested, refusal: `${asked}, but iptlb's rules are in the ${other} engine: ${fix}` }
+      : requested;
+  }
+  if (recorded)
+    return {
+      engine: recorded.engine,
+      reason: `\`iptlb migrate\` moved this state file's profiles to it (${recorded.file})`,
+    };
+  const legacy = (probe.natExists ?? natTableExists)() ? await probe.legacyHasRules() : false;
   const flavour = iptablesFlavour();
   const xt = xtablesAvailable();
   if (legacy) {
@@ -100,6 +165,7 @@ export async function selectEngine(choice: EngineChoice, probe: EngineProbe): Pr
         ? {
             warning:
               'table ip (or ip6) iptlb also exists: profiles are split across engines; run `iptlb migrate --to legacy` (or --to nft)',
+            refusal: `${splitLine('legacy')} (or --to nft)`,
           }
         : {}),
     };

@@ -28,9 +28,12 @@ function healthColumn(d: {
 async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
   const core = makeCore(o, io);
   const reports = await core.status();
-  const drifted = reports.some((r) => r.status !== 'in-sync');
+  // iptlb's rules in both engines is drift too: traffic may use the copy no change reaches.
+  const split = await core.engineSplit();
+  const drifted = !!split || reports.some((r) => r.status !== 'in-sync');
+  if (split) io.err(`iptlb: ${split}`);
   if (o.json) {
-    io.out(JSON.stringify({ inSync: !drifted, profiles: reports }));
+    io.out(JSON.stringify({ inSync: !drifted, ...(split ? { split } : {}), profiles: reports }));
   } else if (!reports.length) {
     io.out(`no profiles in ${core.statePath} and no iptlb rules in the kernel`);
   } else {
@@ -54,7 +57,7 @@ export function register(program: Command, io: Out): void {
     program
       .command('status')
       .description(
-        'compare the state file with the kernel: in-sync, missing, modified or orphaned, with counters (exit 3 when anything drifted)',
+        "compare the state file with the kernel: in-sync, missing, modified or orphaned, with counters (exit 3 when anything drifted, or iptlb's rules are in both engines)",
       ),
   )
     .option('--watch', 'refresh per-destination connection rates every --interval ms (the same as iptlb top)')
