@@ -115,7 +115,7 @@ export async function enginesHolding(probe: EngineProbe): Promise<EngineName[]> 
 
 /** The line `status` exits 3 with when both engines hold iptlb's objects; `to` is the engine to keep. */
 export function splitLine(to: EngineName): string {
-  return `iptlb's rules are in both engines (the x_tables nat table and table ip/ip6 iptlb), and traffic may use either copy: run \`iptlb migrate --to ${to}\` to keep them in one`;
+  return `iptlb's rules are in both engines (the x_tables nat table and table ip/ip6 iptlb), and traffic may use either copy: run \`iptlb migrate --to ${to}\` (or --to ${to === 'nft' ? 'legacy' : 'nft'}) to keep them in one`;
 }
 
 /**
@@ -165,7 +165,7 @@ export async function selectEngine(
         ? {
             warning:
               'table ip (or ip6) iptlb also exists: profiles are split across engines; run `iptlb migrate --to legacy` (or --to nft)',
-            refusal: `${splitLine('legacy')} (or --to nft)`,
+            refusal: splitLine('legacy'),
           }
         : {}),
     };

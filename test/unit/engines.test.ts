@@ -766,14 +766,20 @@ test('an explicit engine while the other holds iptlb rules refuses changes (migr
     const auto = another(a.file, 'auto', both);
     assert.equal(
       await auto.engineSplit(),
-      "iptlb's rules are in both engines (the x_tables nat table and table ip/ip6 iptlb), and traffic may use either copy: run `iptlb migrate --to legacy` to keep them in one",
+      "iptlb's rules are in both engines (the x_tables nat table and table ip/ip6 iptlb), and traffic may use either copy: run `iptlb migrate --to legacy` (or --to nft) to keep them in one",
     );
-    await assert.rejects(apply(auto, web(3)), refusedByEngine(/^iptlb's rules are in both engines .*\(or --to nft\)$/));
+    await assert.rejects(
+      apply(auto, web(3)),
+      refusedByEngine(/^iptlb's rules are in both engines .*\(or --to nft\) to keep them in one$/),
+    );
     // A migrate killed between its install and its removal: the record names the engine every profile is in.
     writeFileSync(`${a.file}.engine`, 'nft\n');
     const after = another(a.file, 'auto', both);
     assert.equal((await apply(after, web(3))).engine, 'nft');
-    assert.match((await after.engineSplit()) ?? '', /run `iptlb migrate --to nft` to keep them in one$/);
+    assert.match(
+      (await after.engineSplit()) ?? '',
+      /run `iptlb migrate --to nft` \(or --to legacy\) to keep them in one$/,
+    );
   } finally {
     a.done();
     b.done();
