@@ -19,12 +19,9 @@ export function engineRecordOf(statePath: string): string {
 
 /** The record's identity (changes whenever it is replaced or edited), null when there is none. One lstat. */
 export function engineRecordVersion(file: string): string | null {
-  try {
-    return fileVersionOf(lstatSync(file, { bigint: true }));
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw e;
-  }
+  // No exception for a missing record (the usual case): about 3 µs instead of 20.
+  const st = lstatSync(file, { bigint: true, throwIfNoEntry: false });
+  return st === undefined ? null : fileVersionOf(st);
 }
 
 /** The recorded engine and the record's identity (read first), or `engine` undefined when there is no record. */
