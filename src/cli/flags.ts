@@ -127,7 +127,7 @@ export function addGlobal(cmd: Command): Command {
     .addOption(
       new Option(
         '--engine <engine>',
-        'legacy (x_tables nat tables), nft (tables ip/ip6 iptlb) or auto (env IPTLB_ENGINE; default auto)',
+        'legacy (x_tables nat tables), nft (tables ip/ip6 iptlb) or auto: the engine iptlb migrate recorded, else the one holding the rules (env IPTLB_ENGINE; default auto); a change through the engine the rules are not in is refused',
       ),
     )
     .option('--json', 'print the result as JSON on stdout')

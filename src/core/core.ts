@@ -10,7 +10,14 @@ import { IptlbError } from '../model/errors.js';
 import { validateOpenOptions } from './options.js';
 import { fsFailure } from '../platform/fsafety.js';
 import { executorChoiceOf } from '../engines/executors.js';
-import { engineChoiceOf, selectEngine } from '../engines/select.js';
+import { engineChoiceOf, enginesHolding, selectEngine, splitLine } from '../engines/select.js';
+import {
+  engineRecordOf,
+  engineRecordText,
+  engineRecordVersion,
+  readEngineRecord,
+  writeEngineRecord,
+} from './engine-record.js';
 import { DEFAULT_LOCK_WAIT_MS, lockStateFile, lockWaiters, type HeldLock } from '../platform/lock.js';
 import {
   checkConflicts,
@@ -261,6 +268,8 @@ export interface Selection {
   engineReason: string;
   /** Set when both engines hold iptlb objects. */
   engineWarning?: string;
+  /** Set when a change through this engine would put iptlb's profiles in both engines: writers refuse with it. */
+  refusal?: string;
 }
 
 /** What one family's part of a change planned and the kernel accepted (for undo and logging). */
@@ -312,6 +321,11 @@ export class Core {
   private fileGeneration = 0;
   private selected?: Selection;
   private selecting?: Promise<Selection>;
+  /**
+   * The engine record's identity (see engine-record.ts) read before {@link selected} was chosen: when the record
+   * is no longer so under the state-file lock, `migrate` moved the profiles since, and the engine is chosen again.
+   */
+  private selectedRecord?: string | null;
   private readonly injected: boolean;
   private readonly log: (line: string) => void;
   private readonly logging: boolean;
@@ -488,6 +502,9 @@ export class Core {
   select(): Promise<Selection> {
     if (this.selected) return Promise.resolve(this.selected);
     this.selecting ??= (async () => {
+      // Read before the kernel is asked: a migrate that ends after this read changes the record, and
+      // the writer that selected here sees it under the lock (see selectionNow).
+      const record = this.statePath === null ? undefined : readEngineRecord(engineRecordOf(this.statePath));
       const made = (name: EngineName): { engine: Engine } | { error: IptlbError } => {
         try {
           return { engine: this.engineFor(name).engine };
@@ -519,20 +536,31 @@ export class Core {
           });
         }
       };
-      const e = await selectEngine(this.engineChoice, {
-        legacyHasRules: () => holds('legacy'),
-        nftHasTable: () => holds('nft'),
-        cannotRun: (name) => {
-          if (this.supplied) return undefined;
-          const m = made(name);
-          return 'error' in m ? m.error.message : undefined;
+      const e = await selectEngine(
+        this.engineChoice,
+        {
+          legacyHasRules: () => holds('legacy'),
+          nftHasTable: () => holds('nft'),
+          ...this.fakeNat(),
+          cannotRun: (name) => {
+            if (this.supplied) return undefined;
+            const m = made(name);
+            return 'error' in m ? m.error.message : undefined;
+          },
         },
-      });
+        record?.engine ? { engine: record.engine, file: engineRecordOf(this.statePath!) } : undefined,
+      );
       const { engine, reason, broken } = this.engineFor(e.engine);
       // Said once per process: what only doctor said before.
       if (broken && this.logging)
         sayOnce(`broken:${e.engine}`, `${e.engine} engine: ${broken}; the spawn executor is used`, this.log);
-      if (e.warning && this.logging) sayOnce('engines-split', `warning: ${e.warning}`, this.log);
+      const before = this.followed;
+      if (before && before !== e.engine && record?.engine === e.engine)
+        this.log(
+          `${this.statePath}: \`iptlb migrate\` moved the profiles from the ${before} engine to ${e.engine}; following them`,
+        );
+      this.followed = e.engine;
+      this.selectedRecord = record?.version ?? null;
       this.selected = {
         provider: engine,
         executor: engine.executor,
@@ -540,12 +568,66 @@ export class Core {
         engine: e.engine,
         engineReason: e.reason,
         ...(e.warning ? { engineWarning: e.warning } : {}),
+        ...(e.refusal ? { refusal: e.refusal } : {}),
       };
       return this.selected;
     })();
     this.selecting.catch(() => (this.selecting = undefined));
     return this.selecting;
   }
+  /** Executors supplied per engine (fake kernels) answer without a nat table of this host's: asked whatever it has. */
+  private fakeNat(): { natExists?: () => boolean } {
+    return this.supplied ? { natExists: () => true } : {};
+  }
+
+  /** The engine the last selection chose (to say when a later one follows a migrate elsewhere). */
+  private followed?: EngineName;
+
+  /**
+   * The selection as it stands now: chosen again when the engine record changed since it was made (another
+   * process's `migrate`). One lstat; none when `kept` (the state-file lock was kept since the last check, so
+   * nothing could have changed it) or without a state file. Under the state-file lock for a writer.
+   */
+  private async selectionNow(kept = false): Promise<Selection> {
+    const sel = await this.select();
+    if (kept || this.statePath === null || (this.injected && !this.supplied)) return sel;
+    if (engineRecordVersion(engineRecordOf(this.statePath)) === this.selectedRecord) return sel;
+    if (this.selected === sel) {
+      this.selected = undefined;
+      this.selecting = undefined;
+    }
+    return this.select();
+  }
+
+  /** {@link selectionNow} for a change: refused when it would put iptlb's profiles in both engines. */
+  private async writerSelection(kept: boolean): Promise<Selection> {
+    const sel = await this.selectionNow(kept);
+    if (sel.refusal) throw new IptlbError('ECONFLICT', sel.refusal, { field: 'engine' });
+    return sel;
+  }
+
+  /**
+   * When iptlb's objects are in both engines (a migrate killed between its two transactions, an older iptlb
+   * or another tool): the line that says so and how to keep one copy. Asks both engines; for `status`.
+   */
+  async engineSplit(): Promise<string | undefined> {
+    if (this.injected && !this.supplied) return undefined;
+    const sel = await this.selectionNow();
+    const holds = async (name: EngineName): Promise<boolean> => {
+      try {
+        return await this.engineFor(name).engine.holdsObjects();
+      } catch {
+        return false;
+      }
+    };
+    const held = await enginesHolding({
+      legacyHasRules: () => holds('legacy'),
+      nftHasTable: () => holds('nft'),
+      ...this.fakeNat(),
+    });
+    return held.length > 1 ? splitLine(sel.engine) : undefined;
+  }
+
   /** Engine `name` over the executor supplied for it, else over the one `executorChoice` selects. */
   private engineFor(name: EngineName): { engine: Engine; reason: string; broken?: string } {
     const supplied = this.supplied?.[name];
@@ -732,12 +814,14 @@ export class Core {
   ): Promise<TransactionResult> {
     return this.serial(async () => {
       await this.requireStateFile(opts.requireFile);
-      const engine = opts.run ? (await this.select()).provider : undefined;
-      if (engine) this.checkPrivileges(engine.name);
+      if (opts.run) this.checkPrivileges((await this.select()).provider.name);
       const lock = await this.lock(true);
       try {
         // Again under the lock: removed meanwhile, it would read as no profiles.
         await this.requireStateFile(opts.requireFile);
+        // Chosen again under the lock when another process's migrate moved the profiles since.
+        const engine = opts.run ? (await this.writerSelection(!!lock.kept)).provider : undefined;
+        if (engine) this.checkPrivileges(engine.name);
         // The long-lived map itself, in memory or cached from the file (decide never changes it; `next`
         // is a view): no copy per batch. `record` changes it once the change is recorded.
         const state = opts.holds ? new Map(opts.holds) : await this.currentState();
@@ -1119,8 +1203,10 @@ export class Core {
    * `readOnly`: the caller writes nothing to the state file, or refuses to when the lock comes back
    * `unlocked` (the file system is read-only here: see lockStateFile).
    */
-  private async lock(readOnly = false): Promise<{ release(): void; unlocked?: true }> {
-    if (this.statePath === null || this.window) return { release() {} };
+  private async lock(readOnly = false): Promise<{ release(): void; unlocked?: true; kept?: true }> {
+    if (this.statePath === null) return { release() {} };
+    // Kept since an earlier transaction of this run took it: nothing another process writes under it changed.
+    if (this.window) return { release() {}, kept: true };
     const held = await lockStateFile(this.statePath, this.lockWaitMs, this.log, { readOnly });
     if (!this.keepLock || held.unlocked) return held;
     // A run of commits: kept (see beginLockWindow); given up between two of its commits.
@@ -1159,7 +1245,7 @@ export class Core {
   ): Promise<{ provider: Engine; change: Change; plans: FamilyPlan[] }> {
     return this.serial(async () => {
       await this.requireStateFile(opts.requireFile);
-      const { provider } = await this.select();
+      const { provider } = await this.selectionNow();
       const state = await this.readState();
       const change = decide(state);
       // The kernel's part, as transact computes it (health overlay included); nothing is marked done.
@@ -1222,7 +1308,7 @@ export class Core {
   }
 
   private async statusNow(): Promise<ProfileReport[]> {
-    const { provider } = await this.select();
+    const { provider } = await this.selectionNow();
     const state = await this.readState();
     this.health.refresh();
     const kstate = this.health.kernelState(state);
@@ -1301,13 +1387,14 @@ export class Core {
     return this.serial(async () => {
       const requireFile = opts.requireFile && !opts.profiles;
       await this.requireStateFile(requireFile);
-      const { provider } = await this.select();
-      this.checkPrivileges(provider.name);
+      this.checkPrivileges((await this.select()).provider.name);
       // A sync writes nothing to the state file.
       const lock = await this.lock(true);
       if (lock.unlocked) this.withoutLock();
       try {
         await this.requireStateFile(requireFile);
+        const { provider } = await this.writerSelection(!!lock.kept);
+        this.checkPrivileges(provider.name);
         const skipped = { before: [], committed: false, commitMs: 0, skipped: true };
         if (opts.guard && !(await opts.guard())) return skipped;
         const read = opts.profiles ? new Map(opts.profiles) : await this.readState();
@@ -1412,16 +1499,33 @@ export class Core {
         this.log(
           `installed ${state.size} profile(s) in the ${to} engine in ${installs > 1 ? `${installs} transactions (one per address family)` : 'one transaction'} (${target.executor.kind}, ${installMs.toFixed(2)} ms)`,
         );
+        // Every profile is in `to` now: recorded before the removal, so that a writer waiting for the lock (or
+        // a migrate killed from here on) goes on in `to`, never in the engine being emptied.
+        const record = this.statePath === null ? null : engineRecordOf(this.statePath);
+        const recordBefore = record === null ? null : engineRecordText(record);
+        const m = { to, from, target, source, targetHeld, removed: 0 };
+        if (record !== null) {
+          try {
+            await writeEngineRecord(this.statePath!, `${to}\n`);
+          } catch (e) {
+            const why = fsFailure(e, 'write the engine record', record);
+            throw await this.migrateFailed(why, { ...m, what: `recording the ${to} engine` });
+          }
+        }
         let removeMs = 0;
-        let removed = 0;
         for (const tx of removals) {
           try {
             removeMs += await source.commit(tx);
           } catch (e) {
-            throw await this.migrateFailed(e as Error, { to, from, target, source, targetHeld, removed });
+            const failed = await this.migrateFailed(e as Error, m);
+            // Undone: the profiles are where they were, and so is the record.
+            if (record !== null && m.removed === 0 && !m.targetHeld)
+              await writeEngineRecord(this.statePath!, recordBefore).catch(() => {});
+            throw failed;
           }
-          removed++;
+          m.removed++;
         }
+        const removed = m.removed;
         const removedFrom = removed > 0;
         const how = removed > 1 ? `${removed} transactions (one per address family)` : 'one transaction';
         this.log(
@@ -1465,21 +1569,25 @@ export class Core {
   }
 
   /**
-   * After a migration: the engine is not recorded anywhere. While the rules stay, `auto` finds them in
-   * `to`; after a reboot (an empty kernel) it picks again, and a pinned other engine would split them.
+   * After a migration: what keeps the engine. With a state file, the record beside it
+   * ({@link engineRecordOf}) makes `auto` take `to` from now on, after a reboot too; an explicit other
+   * engine (--engine, IPTLB_ENGINE) is refused by every change until it says `to`. Without one (an
+   * in-memory instance) nothing is recorded: `auto` finds the rules in `to` while they stay, and
+   * picks again from an empty kernel.
    */
   private async sayHowToKeep(to: EngineName): Promise<void> {
     if (this.engineChoice === to) return;
     if (this.engineChoice !== 'auto') {
       this.log(
-        `warning: --engine (or IPTLB_ENGINE) says ${this.engineChoice}: commands run with it put rules in the ${this.engineChoice} engine again, beside the ${to} engine's; set it to ${to} (the systemd unit's Environment= too)`,
+        `warning: --engine (or IPTLB_ENGINE) says ${this.engineChoice}: changes made with it are refused now that the profiles are in the ${to} engine; set it to ${to} (the systemd unit's Environment= too), or leave it auto`,
       );
       return;
     }
+    if (this.statePath !== null) return;
     const fresh = await selectEngine('auto', { legacyHasRules: async () => false, nftHasTable: async () => false });
     if (fresh.engine === to) return;
     this.log(
-      `the engine is not recorded: after a reboot (no rules yet) auto picks ${fresh.engine} (${fresh.reason.replace(/^no iptlb rules yet, and /, '')}); to keep ${to}, set IPTLB_ENGINE=${to} (or --engine ${to}) wherever iptlb runs at boot (the systemd unit's Environment=)`,
+      `the engine is not recorded for an instance without a state file: from an empty kernel auto picks ${fresh.engine} (${fresh.reason.replace(/^no iptlb rules yet, and /, '')}); to keep ${to}, pass engine: '${to}'`,
     );
   }
 
@@ -1490,9 +1598,18 @@ export class Core {
    */
   private async migrateFailed(
     e: Error,
-    m: { to: EngineName; from: EngineName; target: Engine; source: Engine; targetHeld: boolean; removed: number },
+    m: {
+      to: EngineName;
+      from: EngineName;
+      target: Engine;
+      source: Engine;
+      targetHeld: boolean;
+      removed: number;
+      /** What failed, when not the removal. */
+      what?: string;
+    },
   ): Promise<IptlbError> {
-    const why = `removing iptlb's objects from the ${m.from} engine failed (${e.message})`;
+    const why = `${m.what ?? `removing iptlb's objects from the ${m.from} engine`} failed (${e.message})`;
     if (!m.targetHeld && m.removed === 0) {
       try {
         for (const f of FAMILIES) {

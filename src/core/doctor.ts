@@ -96,7 +96,8 @@ export async function doctor(
     reason = sel.reason;
     engine = sel.engine;
     engineReason = sel.engineReason;
-    warning = sel.engineWarning;
+    // Both engines holding iptlb's rules, or an explicit engine that would make it so.
+    warning = (await core.engineSplit()) ?? sel.refusal;
   } catch (e) {
     usable = false;
     reason = e instanceof IptlbError ? e.message : String(e);

@@ -134,6 +134,8 @@ export interface EngineProbe {
   legacyHasRules(): Promise<boolean>;
   /** Whether table ip iptlb or ip6 iptlb exists; rejects when it cannot tell. */
   nftHasTable(): Promise<boolean>;
+  /** Whether the x_tables nat table exists, so that legacy may be asked (default: /proc; fakes say true). */
+  natExists?(): boolean;
   /** Why engine `name` cannot run here (its executor cannot be made: tools or addon missing); undefined when it can. */
   cannotRun?(name: EngineName): string | undefined;
   /** The host's facts (tests); read from /proc and the file system by default. */
@@ -163,19 +165,93 @@ export interface EngineSelection {
   reason: string;
   /** Set when both engines hold iptlb objects: the fix is `iptlb migrate`. */
   warning?: string;
+  /**
+   * Set when a change through this engine would put iptlb's profiles in both engines (an explicit engine while
+   * the other holds them or the record names it; both holding them already, without a record): one line with the
+   * fix. Writers refuse with it; reads (status, show) go on.
+   */
+  refusal?: string;
 }
 
-export async function selectEngine(choice: EngineChoice, probe: EngineProbe): Promise<EngineSelection> {
-  if (choice !== 'auto') return { engine: choice, reason: `${choice} engine requested` };
-  const host = probe.host ?? hostFacts();
+/** What `iptlb migrate` recorded beside the state file (see src/core/engine-record.ts). */
+export interface EngineRecord {
+  engine: EngineName;
+  /** The record's path, for the messages. */
+  file: string;
+}
+
+/**
+ * Whether the x_tables nat table exists (IPv4 or IPv6): legacy is asked only then, which creates
+ * nothing. Throws when a non-root caller cannot read the table lists.
+ */
+function natExistsOf(probe: EngineProbe, host: HostFacts): boolean {
+  if (probe.natExists) return probe.natExists();
   if (host.xtables === 'unreadable' || host.ip6tables === 'unreadable')
     throw new IptlbError(
       'EPERM',
       `engine: cannot tell without root whether the x_tables nat table holds iptlb rules (/proc/net/${host.xtables === 'unreadable' ? 'ip' : 'ip6'}_tables_names is not readable): run iptlb as root, or choose the engine with --engine legacy or --engine nft`,
       { field: 'engine' },
     );
-  const natExists = (host.xtables?.includes('nat') ?? false) || (host.ip6tables?.includes('nat') ?? false);
-  const legacy = natExists ? await probe.legacyHasRules() : false;
+  return (host.xtables?.includes('nat') ?? false) || (host.ip6tables?.includes('nat') ?? false);
+}
+
+/** The engines holding iptlb's objects, asked of both (`iptlb status`: profiles in both engines is drift). */
+export async function enginesHolding(probe: EngineProbe): Promise<EngineName[]> {
+  const held: EngineName[] = [];
+  if (natExistsOf(probe, probe.host ?? hostFacts()) && (await probe.legacyHasRules())) held.push('legacy');
+  if (await probe.nftHasTable()) held.push('nft');
+  return held;
+}
+
+/** The line `status` exits 3 with when both engines hold iptlb's objects; `to` is the engine to keep. */
+export function splitLine(to: EngineName): string {
+  return `iptlb's rules are in both engines (the x_tables nat table and table ip/ip6 iptlb), and traffic may use either copy: run \`iptlb migrate --to ${to}\` (or --to ${to === 'nft' ? 'legacy' : 'nft'}) to keep them in one`;
+}
+
+/**
+ * `recorded`: the engine `iptlb migrate` moved the state file's profiles to. `auto` takes it without asking the
+ * kernel; an explicit engine that is not the recorded one (or, without a record, while the other engine holds
+ * iptlb's objects) gets a {@link EngineSelection.refusal}.
+ */
+export async function selectEngine(
+  choice: EngineChoice,
+  probe: EngineProbe,
+  recorded?: EngineRecord,
+): Promise<EngineSelection> {
+  if (choice !== 'auto') {
+    const requested = { engine: choice, reason: `${choice} engine requested` };
+    const other: EngineName = choice === 'nft' ? 'legacy' : 'nft';
+    const asked = `engine: ${choice} was asked for (--engine or IPTLB_ENGINE)`;
+    const fix = `run \`iptlb migrate --to ${choice}\` to move them, or leave the engine auto`;
+    if (recorded)
+      return recorded.engine === choice
+        ? requested
+        : {
+            ...requested,
+            refusal: `${asked}, but \`iptlb migrate\` moved this state file's profiles to the ${other} engine (${recorded.file}): ${fix}`,
+          };
+    // The engine asked for is used whatever the other can tell: one that cannot be read here (no
+    // root, no CAP_NET_RAW for legacy) holds nothing this caller could have put there.
+    let held = false;
+    try {
+      held =
+        other === 'legacy'
+          ? natExistsOf(probe, probe.host ?? hostFacts()) && (await probe.legacyHasRules())
+          : await probe.nftHasTable();
+    } catch {
+      held = false;
+    }
+    return held
+      ? { ...requested, refusal: `${asked}, but iptlb's rules are in the ${other} engine: ${fix}` }
+      : requested;
+  }
+  if (recorded)
+    return {
+      engine: recorded.engine,
+      reason: `\`iptlb migrate\` moved this state file's profiles to it (${recorded.file})`,
+    };
+  const host = probe.host ?? hostFacts();
+  const legacy = natExistsOf(probe, host) ? await probe.legacyHasRules() : false;
   if (legacy) {
     const nft = await probe.nftHasTable();
     return {
@@ -185,6 +261,7 @@ export async function selectEngine(choice: EngineChoice, probe: EngineProbe): Pr
         ? {
             warning:
               'table ip (or ip6) iptlb also exists: profiles are split across engines; run `iptlb migrate --to legacy` (or --to nft)',
+            refusal: splitLine('legacy'),
           }
         : {}),
     };

@@ -45,7 +45,71 @@ for (const ex of ['spawn', 'native'] as const) {
   );
 }
 
+for (const ex of ['spawn', 'native'] as const) {
+  const skip = ex === 'spawn' ? nftSpawn.skip || legacySpawn.skip : nftNative.skip;
+  test(
+    `migrate (${ex}) beside a running watch and a library handle: they follow it; the rules in one engine only, later changes reach the traffic`,
+    { skip },
+    async () => {
+      type Split = { counts: Record<string, number>; failures: number; errors: string[] };
+      const r = (await runJsonInFreshNetns(fixture('migrate-beside.js'), [ex], { timeoutMs: 120_000 })) as {
+        before: string[];
+        migrate: { code: number; log: string };
+        apply: { code: number; log: string };
+        where: { legacy: boolean; nft: boolean };
+        status: { code: number; stderr: string };
+        handleStatus: string[];
+        a: Split;
+        b: Split;
+        watchLog: string;
+        handleLog: string[];
+      };
+      const all = JSON.stringify(r, null, 1);
+      assert.deepEqual(r.before, ['in-sync', 'in-sync']);
+      assert.equal(r.migrate.code, 0, r.migrate.log);
+      assert.equal(r.apply.code, 0, r.apply.log);
+      assert.deepEqual(r.where, { legacy: false, nft: true }, all);
+      assert.equal(r.status.code, 0, all);
+      assert.deepEqual(r.handleStatus, ['a:in-sync', 'b:in-sync'], all);
+      assert.deepEqual(r.a.counts, { 'backend:9002': 20 }, `the handle's change reaches the traffic: ${all}`);
+      assert.deepEqual(r.b.counts, { 'backend:9003': 20 }, `the CLI's change reaches the traffic: ${all}`);
+      assert.doesNotMatch(r.watchLog, /sync \w+: missing/, 'watch never put the profiles back in legacy');
+      assert.match(r.watchLog, /moved the profiles from the legacy engine to nft; following them/);
+      assert.ok(
+        r.handleLog.some((l) => /following them$/.test(l)),
+        all,
+      );
+    },
+  );
+}
+
 describe('engine selection and nft repair', { skip: nftSpawn.skip || legacySpawn.skip }, () => {
+  test('an explicit engine while the other holds the rules refuses a change; rules in both engines: status exits 3 with the fix', async () => {
+    const r = await runSteps([
+      cli(legacySpawn, '-q', '-run', '-profile=a', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001'),
+      cli(nftSpawn, '-q', '-run', '-profile=b', `-src-addr=${VIP}:81`, '-dest-addr=127.0.0.1:9002'),
+      { op: 'sh', argv: ['nft', 'list', 'tables'] },
+      // Another state file's profile in nft, as an older iptlb (or a migrate killed midway) leaves it.
+      {
+        op: 'sh',
+        argv: ['nft', 'add table ip iptlb; add chain ip iptlb output { type nat hook output priority -100; }'],
+      },
+      { op: 'cli', args: ['--executor=spawn', '-state-file=$WORK/state.db', 'status', '-q'] },
+    ]);
+    ok(r[0]);
+    assert.equal(r[1].code, 1, r[1].stderr);
+    assert.equal(
+      r[1].stderr.trim(),
+      "iptlb: error: engine: nft was asked for (--engine or IPTLB_ENGINE), but iptlb's rules are in the legacy engine: run `iptlb migrate --to nft` to move them, or leave the engine auto",
+    );
+    assert.equal(r[2].stdout.trim(), '', 'nothing in nft');
+    assert.equal(r[4].code, 3, r[4].stderr);
+    assert.equal(
+      r[4].stderr.trim(),
+      "iptlb: iptlb's rules are in both engines (the x_tables nat table and table ip/ip6 iptlb), and traffic may use either copy: run `iptlb migrate --to legacy` (or --to nft) to keep them in one",
+    );
+  });
+
   test('auto: a fresh host follows its iptables flavour; iptlb rules already in one engine keep every profile there', async () => {
     const auto = (...a: string[]) => ({
       op: 'cli' as const,

@@ -6,11 +6,10 @@
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { Core, upsertChange, deleteChange } from '../../src/core/core.js';
-import { selectEngine } from '../../src/engines/select.js';
 import { IptlbError, open, serializeState } from '../../src/index.js';
 import { validateProfile } from '../../src/model/profile.js';
 import { FakeLegacyKernel, FakeNftKernel, kernelError } from '../harness/fake-kernel.js';
@@ -680,12 +679,118 @@ test('migrate: a source that refuses its removal stops the move before anything 
       );
       assert.equal(kernels.nft.tables.has('ip'), false, 'table ip iptlb is gone again');
       assert.equal(JSON.stringify([...kernels.legacy.tables]), legacyBefore);
+      assert.equal(existsSync(`${a.file}.engine`), false, 'no engine recorded');
       kernels.legacy.fail = undefined;
       await a.core.migrate('nft');
       assert.equal(kernels.nft.tables.has('ip'), true);
     } finally {
       a.done();
     }
+  }
+});
+
+/** A Core of its own (another process) on state file `file`, over the same fake kernels. */
+const another = (file: string, engine: EngineName | 'auto', kernels: ReturnType<typeof fakes>, lines: string[] = []) =>
+  new Core({ stateFile: file, engine, log: (l) => lines.push(l) }, kernels as unknown as Record<EngineName, Executor>);
+const refusedByEngine = (re: RegExp) => (e: IptlbError) =>
+  e.code === 'ECONFLICT' && e.field === 'engine' && re.test(e.message);
+
+test("another process's migrate: a running writer (auto) follows it under the lock; one that asked for the engine left is refused", async () => {
+  const kernels = fakes();
+  const seed = coreOn('legacy', kernels);
+  try {
+    await apply(seed.core, web(1));
+    const lines: string[] = [];
+    const handle = another(seed.file, 'auto', kernels, lines);
+    const pinned = another(seed.file, 'legacy', kernels);
+    await apply(handle, web(2));
+    await apply(pinned, web(3));
+    assert.equal(kernels.nft.commits.length, 0);
+    const r = await another(seed.file, 'auto', kernels).migrate('nft');
+    assert.equal(r.moved, 3);
+    assert.equal(
+      readFileSync(`${seed.file}.engine`, 'utf8'),
+      'nft\n',
+      'migrate records the engine beside the state file',
+    );
+    const legacyCommits = kernels.legacy.commits.length;
+    // The handle chose legacy at its start; its next change goes where the profiles are now.
+    const done = await apply(handle, web(4));
+    assert.equal(done.engine, 'nft');
+    assert.equal(kernels.legacy.commits.length, legacyCommits, 'nothing committed to the engine migrate left');
+    assert.ok(
+      lines.some((l) => /moved the profiles from the legacy engine to nft; following them$/.test(l)),
+      lines.join('\n'),
+    );
+    assert.deepEqual(await statuses(handle), { web1: 'in-sync', web2: 'in-sync', web3: 'in-sync', web4: 'in-sync' });
+    assert.equal(await handle.engineSplit(), undefined);
+    // Its sync (watch mode's repair) too: the kernel is in step on nft, nothing to do, nothing put back in legacy.
+    assert.equal((await handle.sync()).committed, false);
+    // --engine=legacy (or IPTLB_ENGINE) against the record: refused, for a change and a sync, nothing changed.
+    await assert.rejects(
+      apply(pinned, web(5)),
+      refusedByEngine(
+        /^engine: legacy was asked for \(--engine or IPTLB_ENGINE\), but `iptlb migrate` moved this state file's profiles to the nft engine \(.*state\.db\.engine\): run `iptlb migrate --to legacy` to move them, or leave the engine auto$/,
+      ),
+    );
+    await assert.rejects(pinned.sync(), refusedByEngine(/^engine: legacy was asked for/));
+    assert.equal(kernels.legacy.commits.length, legacyCommits);
+    assert.deepEqual((await handle.readState()).has('web5'), false);
+    // A fresh process with auto takes the recorded engine without asking the kernel (it survives a reboot).
+    assert.equal((await another(seed.file, 'auto', kernels).select()).engine, 'nft');
+  } finally {
+    seed.done();
+  }
+});
+
+test('an explicit engine while the other holds iptlb rules refuses changes (migrate itself goes on); both engines holding them is a split', async () => {
+  const kernels = fakes();
+  const seed = coreOn('legacy', kernels);
+  try {
+    await apply(seed.core, web(1));
+    const nft = another(seed.file, 'nft', kernels);
+    await assert.rejects(
+      apply(nft, web(2)),
+      refusedByEngine(
+        /^engine: nft was asked for \(--engine or IPTLB_ENGINE\), but iptlb's rules are in the legacy engine: run `iptlb migrate --to nft` to move them, or leave the engine auto$/,
+      ),
+    );
+    assert.equal(kernels.nft.commits.length, 0);
+    assert.deepEqual([...(await nft.readState()).keys()], ['web1']);
+    assert.deepEqual(await statuses(nft), { web1: 'missing' }, 'a read goes on');
+    await nft.migrate('nft');
+    await apply(nft, web(2));
+    assert.deepEqual(await statuses(nft), { web1: 'in-sync', web2: 'in-sync' });
+  } finally {
+    seed.done();
+  }
+  // Both engines hold iptlb's objects (another state file's writer over the nft executor alone, an older iptlb).
+  const both = fakes();
+  const a = coreOn('legacy', both);
+  const b = tmpState();
+  try {
+    await apply(a.core, web(1));
+    await apply(new Core({ stateFile: b.file }, both.nft as Executor), web(2));
+    const auto = another(a.file, 'auto', both);
+    assert.equal(
+      await auto.engineSplit(),
+      "iptlb's rules are in both engines (the x_tables nat table and table ip/ip6 iptlb), and traffic may use either copy: run `iptlb migrate --to legacy` (or --to nft) to keep them in one",
+    );
+    await assert.rejects(
+      apply(auto, web(3)),
+      refusedByEngine(/^iptlb's rules are in both engines .*\(or --to nft\) to keep them in one$/),
+    );
+    // A migrate killed between its install and its removal: the record names the engine every profile is in.
+    writeFileSync(`${a.file}.engine`, 'nft\n');
+    const after = another(a.file, 'auto', both);
+    assert.equal((await apply(after, web(3))).engine, 'nft');
+    assert.match(
+      (await after.engineSplit()) ?? '',
+      /run `iptlb migrate --to nft` \(or --to legacy\) to keep them in one$/,
+    );
+  } finally {
+    a.done();
+    b.done();
   }
 });
 
@@ -739,7 +844,9 @@ test("migrate refuses, changing nothing, when either engine holds profiles its s
   const b = coreOn('nft', kernels);
   try {
     await apply(a.core, web(1));
-    await apply(b.core, web(2));
+    // Another state file's writer with an executor of its own (a handle given only the nft executor):
+    // an explicit engine over both kernels would be refused while legacy holds rules.
+    await apply(new Core({ stateFile: b.file, engine: 'nft' }, kernels.nft as unknown as Executor), web(2));
     const before = JSON.stringify([[...kernels.legacy.tables], [...kernels.nft.tables]]);
     const commits = kernels.nft.commits.length + kernels.legacy.commits.length;
     for (const [core, to, holder, other] of [
@@ -766,26 +873,16 @@ test("migrate refuses, changing nothing, when either engine holds profiles its s
   }
 });
 
-test('migrate says how to keep the engine past a reboot: auto picks again from an empty kernel; a pinned other engine is a warning', async () => {
-  const fresh = (await selectEngine('auto', { legacyHasRules: async () => false, nftHasTable: async () => false }))
-    .engine;
-  const other = fresh === 'nft' ? 'legacy' : 'nft';
+test('migrate says what keeps the engine: the record beside the state file (auto takes it), a pinned other engine is a warning', async () => {
   {
     const lines: string[] = [];
     const a = coreOn('auto' as EngineName, fakes(), lines);
     try {
       await apply(a.core, web(1));
       lines.length = 0;
-      await a.core.migrate(other);
-      assert.match(
-        lines.at(-1)!,
-        new RegExp(
-          `^the engine is not recorded: after a reboot \\(no rules yet\\) auto picks ${fresh} \\(.*\\); to keep ${other}, set IPTLB_ENGINE=${other} \\(or --engine ${other}\\)`,
-        ),
-      );
-      lines.length = 0;
-      await a.core.migrate(fresh);
-      assert.doesNotMatch(lines.join('\n'), /not recorded|IPTLB_ENGINE/, 'auto picks it anyway');
+      await a.core.migrate('legacy');
+      await a.core.migrate('nft');
+      assert.doesNotMatch(lines.join('\n'), /not recorded|IPTLB_ENGINE/, 'recorded: nothing to do');
     } finally {
       a.done();
     }
@@ -798,7 +895,7 @@ test('migrate says how to keep the engine past a reboot: auto picks again from a
       await a.core.migrate('legacy');
       assert.match(
         lines.at(-1)!,
-        /^warning: --engine \(or IPTLB_ENGINE\) says nft: commands run with it put rules in the nft engine again, beside the legacy engine's; set it to legacy/,
+        /^warning: --engine \(or IPTLB_ENGINE\) says nft: changes made with it are refused now that the profiles are in the legacy engine; set it to legacy/,
       );
     } finally {
       a.done();

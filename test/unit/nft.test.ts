@@ -317,7 +317,24 @@ test('engine choice: legacy, nft or auto, anything else names the field', async 
     /^IptlbError: engine: "iptables" is not one of legacy, nft, auto$/,
   );
   const never = { legacyHasRules: async () => assert.fail('probed'), nftHasTable: async () => assert.fail('probed') };
-  assert.deepEqual(await selectEngine('legacy', never), { engine: 'legacy', reason: 'legacy engine requested' });
+  // The engine `iptlb migrate` recorded: asked for, or taken by auto, without asking the kernel.
+  const recorded = { engine: 'legacy', file: '/s/state.db.engine' } as const;
+  assert.deepEqual(await selectEngine('legacy', never, recorded), {
+    engine: 'legacy',
+    reason: 'legacy engine requested',
+  });
+  assert.equal((await selectEngine('auto', never, recorded)).engine, 'legacy');
+  assert.equal(
+    (await selectEngine('nft', never, recorded)).refusal,
+    "engine: nft was asked for (--engine or IPTLB_ENGINE), but `iptlb migrate` moved this state file's profiles to the legacy engine (/s/state.db.engine): run `iptlb migrate --to nft` to move them, or leave the engine auto",
+  );
+  // Without a record, an explicit engine asks only the other one, and refuses changes while it holds iptlb's rules.
+  const nft = (has: boolean) => ({ ...never, natExists: () => true, nftHasTable: async () => has });
+  assert.deepEqual(await selectEngine('legacy', nft(false)), { engine: 'legacy', reason: 'legacy engine requested' });
+  assert.match(
+    (await selectEngine('legacy', nft(true))).refusal ?? '',
+    /^engine: legacy was asked for \(--engine or IPTLB_ENGINE\), but iptlb's rules are in the nft engine: run `iptlb migrate --to legacy`/,
+  );
 });
 
 test('with the usage counts of the profiles, a change that leaves the base chains alone is planned in O(change)', () => {

@@ -9,7 +9,7 @@ export function register(program: Command, io: Out): void {
     program
       .command('migrate')
       .description(
-        "move every profile to the other engine: one transaction to install them there, one to remove them here; no virtual address is ever without rules. Refused when the state file does not exist, or when either engine holds profiles it does not hold (another state file's). Not recorded: keep the engine past a reboot with IPTLB_ENGINE or --engine",
+        "move every profile to the other engine: one transaction to install them there, one to remove them here; no virtual address is ever without rules. Refused when the state file does not exist, or when either engine holds profiles it does not hold (another state file's). The engine is recorded beside the state file (<state file>.engine): every later command, watch, the agent and open library handles follow it, after a reboot too",
       ),
   )
     .requiredOption('--to <engine>', 'legacy or nft')

@@ -29,7 +29,10 @@ function healthColumn(d: {
 async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
   const core = makeCore(o, io);
   const reports = await core.status();
-  const drifted = reports.some((r) => r.status !== 'in-sync');
+  // iptlb's rules in both engines is drift too: traffic may use the copy no change reaches.
+  const split = await core.engineSplit();
+  const drifted = !!split || reports.some((r) => r.status !== 'in-sync');
+  if (split) io.err(`iptlb: ${split}`);
   // The original's rules in iptables-nft's nat tables balance beside (or instead of) iptlb's: said, not touched.
   const original = await originalNftChains();
   if (original?.length) io.err(`warning: ${describeOriginalChains(original)} (iptlb doctor says how to remove them)`);
@@ -38,7 +41,7 @@ async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
   if (absent && reports.length && !o.quiet && !o.json)
     io.err(`iptlb: the state file ${core.statePath} does not exist: the kernel's iptlb rules are reported orphaned`);
   if (o.json) {
-    io.out(JSON.stringify({ inSync: !drifted, profiles: reports }));
+    io.out(JSON.stringify({ inSync: !drifted, ...(split ? { split } : {}), profiles: reports }));
   } else if (!reports.length) {
     io.out(
       absent
@@ -66,7 +69,7 @@ export function register(program: Command, io: Out): void {
     program
       .command('status')
       .description(
-        'compare the state file with the kernel: in-sync, missing, modified or orphaned, with counters (exit 3 when anything drifted)',
+        "compare the state file with the kernel: in-sync, missing, modified or orphaned, with counters (exit 3 when anything drifted, or iptlb's rules are in both engines)",
       ),
   )
     .option('--watch', 'refresh per-destination connection rates every --interval ms (the same as iptlb top)')
