@@ -13,7 +13,8 @@ import type { GlobalOpts } from './flags.js';
 
 /**
  * Where a command's lines go. `closed` (the process's own output, src/cli/stdio.ts) is aborted once the
- * reader of stdout or stderr has gone away: a long-running command then stops as on SIGTERM.
+ * reader of stdout or stderr has gone away: `top` and `status --watch` then stop as on SIGTERM (the
+ * daemons, watch and agent, go on without their log).
  */
 export type Out = { out: (s: string) => void; err: (s: string) => void; closed?: AbortSignal };
 

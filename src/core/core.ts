@@ -1563,7 +1563,7 @@ export class Core {
     const shown = `${others.slice(0, 5).join(', ')}${others.length > 5 ? `, … (${others.length} in all)` : ''}`;
     throw new IptlbError(
       'ECONFLICT',
-      `state-file: the ${name} engine holds iptlb rules of profiles ${file} does not hold (${shown}: another state file's, or left by an interrupted change); migrate would leave them without rules, so nothing was changed: put every profile of this host in one state file (iptlb --state-file ${file} apply --file OTHER_STATE_FILE) or delete them with the state file that holds them, then migrate again`,
+      `state-file: the ${name} engine holds iptlb rules of profiles ${file} does not hold (${shown}: another state file's, or left by an interrupted change); migrate would leave them without rules, so nothing was changed: put every profile of this host in one state file (both are YAML maps of profiles: append the other state file's profiles to ${file}, under the lock of neither while no iptlb runs) or delete them with the state file that holds them, then migrate again`,
       { field: 'state-file' },
     );
   }

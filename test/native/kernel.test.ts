@@ -11,6 +11,8 @@ import { fixture, kernelSkip, runInNetns } from './netns-child.js';
 
 const SKIP = kernelSkip();
 const SOAK = !!process.env.IPTLB_SOAK;
+/** Random profile sets compared (IPTLB_SOAK: 200). */
+const SETS = SOAK ? 200 : 120;
 // In /tmp itself (not the run's TMPDIR, which is root's alone): the EPERM case opens it as nobody.
 // Removed when the file's tests end.
 const lockFiles: string[] = [];
@@ -29,14 +31,14 @@ describe('native addon in the kernel (fresh network namespaces)', { skip: SKIP }
     assert.deepEqual(r.failures, []);
   });
 
-  test('200 random profile sets from the planner: save identical to iptables-legacy-restore of the rendered plan; read() decodes them', async () => {
+  test(`${SETS} random profile sets from the planner: save identical to iptables-legacy-restore of the rendered plan; read() decodes them`, async () => {
     const r = await runInNetns<{ sets: number; rules: number; mismatches: string[]; mismatchCount: number }>(
       fixture('equivalence'),
-      ['200'],
+      [String(SETS)],
       { timeoutMs: 300_000 },
     );
-    assert.equal(r.sets, 200);
-    assert.ok(r.rules > 2000, `only ${r.rules} rules compared`);
+    assert.equal(r.sets, SETS);
+    assert.ok(r.rules > 10 * SETS, `only ${r.rules} rules compared`);
     assert.equal(r.mismatchCount, 0, r.mismatches.join('\n'));
   });
 

@@ -241,26 +241,6 @@ describe('agent: store backoff, SIGHUP, stop, log lines', () => {
     assert.equal(proc.listenerCount('SIGHUP'), 0);
   });
 
-  test('the reader of its output gone (closed aborted) stops the agent as SIGTERM does: logged, the rules kept', async () => {
-    const store = new FakeStore();
-    const lines: string[] = [];
-    const kernel = new FakeNftKernel();
-    putProf(store, 'a', 1);
-    const a = makeAgent(store, { executorInstance: kernel, log: (l) => lines.push(l) });
-    await a.start();
-    await a.ready;
-    const { agentSignals } = await import('../../src/cli/commands/agent.js');
-    const proc = new EventEmitter();
-    const closed = new AbortController();
-    const stopped = agentSignals(a, proc as never, closed.signal);
-    closed.abort();
-    await stopped;
-    assert.match(lines.at(-1)!, /^agent: output closed: stopping; the kernel keeps the rules of revision \d+/);
-    assert.equal(proc.listenerCount('SIGTERM'), 0);
-    assert.equal(proc.listenerCount('SIGHUP'), 0);
-    assert.ok(kernel.tables.has('ip'), 'the rules stay');
-  });
-
   test('a commit that touches both families says so (it was "in one transaction")', async () => {
     const store = new FakeStore();
     const lines: string[] = [];

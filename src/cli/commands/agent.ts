@@ -98,19 +98,20 @@ export function register(program: Command, io: Out): void {
       agent.attachments.close = () => services.stop();
       wireAgentSyncs(agent, services.onSync);
       await services.start(); // at once, not after the first list: /healthz answers while etcd is unreachable too
-      await agentSignals(agent, process, io.closed);
+      await agentSignals(agent, process);
     });
 }
 
 /**
  * SIGTERM and SIGINT stop the agent (logged; the rules stay); SIGHUP checks now, as in `iptlb watch`:
  * a drift check and a re-read of the store (it killed the agent silently, exit 129). The reader of its
- * output gone (`closed` aborted: `iptlb agent 2>&1 | head`) stops it as SIGTERM does. Resolves once stopped.
+ * output gone (`closed` aborted: a log pipe that broke) does not stop it: a daemon that keeps the
+ * kernel in step goes on without its log (its lines are dropped), since a supervisor that restarts it
+ * only on failure would not restart an agent that ended with 0. Resolves once stopped.
  */
 export function agentSignals(
   agent: { stop(why?: string): Promise<void>; checkNow(why?: string): Promise<void> },
   proc: Pick<NodeJS.Process, 'on' | 'removeListener'>,
-  closed?: AbortSignal,
 ): Promise<void> {
   return new Promise<void>((resolve) => {
     const hup = (): void => void agent.checkNow('SIGHUP');
@@ -118,17 +119,13 @@ export function agentSignals(
       proc.removeListener('SIGHUP', hup);
       proc.removeListener('SIGTERM', term);
       proc.removeListener('SIGINT', int);
-      closed?.removeEventListener('abort', gone);
       void agent.stop(sig).then(resolve, resolve);
     };
     const term = stop('SIGTERM');
     const int = stop('SIGINT');
-    const gone = stop('output closed');
     proc.on('SIGHUP', hup);
     proc.on('SIGTERM', term);
     proc.on('SIGINT', int);
-    if (closed?.aborted) gone();
-    else closed?.addEventListener('abort', gone, { once: true });
   });
 }
 

@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { IptlbError } from '../../model/errors.js';
 import { show } from '../../model/profile.js';
 import { addGlobal, withGlobals, type GlobalOpts } from '../flags.js';
-import { makeCore, onClosed, type Out } from '../context.js';
+import { makeCore, type Out } from '../context.js';
 
 export function register(program: Command, io: Out): void {
   addGlobal(
@@ -64,10 +64,9 @@ export function register(program: Command, io: Out): void {
         const stop = (): void => void w.stop().then(() => services.stop());
         process.once('SIGTERM', stop);
         process.once('SIGINT', stop);
-        // The reader of its output gone (`iptlb watch 2>&1 | head`): stop as on SIGTERM, quietly.
-        const unsubscribe = onClosed(io, stop);
+        // The reader of its output gone (a log pipe that broke): it goes on, its lines dropped. It keeps
+        // the kernel in step; under `Restart=on-failure` a watch that ended with 0 would not come back.
         await w.done;
-        unsubscribe();
         await services.stop();
       },
     );
