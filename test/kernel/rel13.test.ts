@@ -297,11 +297,25 @@ describePairs('issue 13', (pair) => {
             if (!exited) process.stdout.write('ended before SIGTERM\\n');
             process.exit(code ?? 124);
           });
-          setTimeout(() => {
-            process.stdout.write('running\\n');
-            exited = true;
-            c.kill('SIGTERM');
-          }, 1500);`,
+          // Once it handles SIGTERM (its SigCgt mask: it has started), and a few checks later.
+          const caught = () => {
+            try {
+              const m = /^SigCgt:\\s*([0-9a-f]+)/m.exec(require('node:fs').readFileSync('/proc/' + c.pid + '/status', 'latin1'));
+              return m !== null && (BigInt('0x' + m[1]) & (1n << 14n)) !== 0n;
+            } catch {
+              return false;
+            }
+          };
+          const poll = setInterval(() => {
+            if (!caught()) return;
+            clearInterval(poll);
+            setTimeout(() => {
+              process.stdout.write('running\\n');
+              exited = true;
+              c.kill('SIGTERM');
+            }, 1000);
+          }, 50);
+          setTimeout(() => c.kill('SIGKILL'), 30000);`,
           process.execPath,
           '$CLI',
           ...pairFlags(pair),
