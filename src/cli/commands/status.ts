@@ -4,7 +4,6 @@ import { IptlbError } from '../../model/errors.js';
 import { addGlobal, withGlobals, type GlobalOpts } from '../flags.js';
 import { ExitCode, makeCore, type Out } from '../context.js';
 import { topCommand } from './top.js';
-import { describeOriginalChains, originalNftChains } from '../../engines/select.js';
 
 /** `\tup`, `\tdown (drained; last check 2026-…: ECONNREFUSED)`: empty for destinations without a health check. */
 function healthColumn(d: {
@@ -30,12 +29,12 @@ async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
   const core = makeCore(o, io);
   const reports = await core.status();
   // iptlb's rules in both engines is drift too: traffic may use the copy no change reaches.
-  const split = await core.engineSplit();
+  // Only the other engine is asked: the reports say whether the selected one holds anything of iptlb's.
+  const split = await core.engineSplit(reports.some((r) => r.status !== 'missing'));
   const drifted = !!split || reports.some((r) => r.status !== 'in-sync');
   if (split) io.err(`iptlb: ${split}`);
-  // The original's rules in iptables-nft's nat tables balance beside (or instead of) iptlb's: said, not touched.
-  const original = await originalNftChains();
-  if (original?.length) io.err(`warning: ${describeOriginalChains(original)} (iptlb doctor says how to remove them)`);
+  // (The original's rules in iptables-nft's nat tables are doctor's to name: listing them spawns `nft`,
+  // which cost every status about 40 ms.)
   // A wrong path (or working directory) reads as no profiles: every iptlb rule is an orphan then.
   const absent = !(await core.stateFileExists());
   if (absent && reports.length && !o.quiet && !o.json)
