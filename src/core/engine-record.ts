@@ -6,7 +6,6 @@
  */
 import { lstatSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { constants as C } from 'node:fs';
 import * as fsp from '../platform/fsp.js';
 import { IptlbError } from '../model/errors.js';
 import type { EngineName } from '../model/types.js';
@@ -63,32 +62,12 @@ export function engineRecordText(file: string): string | null {
  */
 export async function writeEngineRecord(statePath: string, text: string | null): Promise<void> {
   const file = engineRecordOf(statePath);
-  const dir = path.dirname(file);
   if (text === null) {
     await fsp.unlink(file).catch((e: NodeJS.ErrnoException) => {
       if (e.code !== 'ENOENT') throw e;
     });
+    await fsp.syncDir(path.dirname(file));
   } else {
-    const tmp = path.join(
-      dir,
-      `.${path.basename(statePath)}.tmp-${process.pid}-${Math.random().toString(36).slice(2, 10)}`,
-    );
-    const fh = await fsp.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
-    try {
-      await fh.writeFile(text, 'utf8');
-      await fh.sync();
-      await fh.close();
-      await fsp.rename(tmp, file);
-    } catch (e) {
-      await fh.close().catch(() => {});
-      await fsp.unlink(tmp).catch(() => {});
-      throw e;
-    }
-  }
-  const dh = await fsp.open(dir, C.O_RDONLY | C.O_DIRECTORY);
-  try {
-    await dh.sync();
-  } finally {
-    await dh.close();
+    await fsp.replaceFile(file, (fh) => fh.writeFile(text, 'utf8'), { tmpName: path.basename(statePath) });
   }
 }

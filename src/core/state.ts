@@ -943,39 +943,21 @@ export async function writeState(
   if (size > MAX_STATE_BYTES)
     throw stateError(file, `would be ${size} bytes, more than ${MAX_STATE_BYTES} (64 MiB, the limit of a state file)`);
   await ensureStateDir(file);
-  const dir = path.dirname(file);
-  const tmp = path.join(dir, `.${path.basename(file)}.tmp-${process.pid}-${Math.random().toString(36).slice(2, 10)}`);
-  const fh = await fsp.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
-  let base: string;
-  try {
-    if (text === undefined) await writeAll(fh, serialised!);
-    else await fh.writeFile(text, 'utf8');
-    await fh.sync();
-    base = baseIdentity(await fh.stat({ bigint: true }));
-  } catch (e) {
-    await fh.close().catch(() => {});
-    await fsp.unlink(tmp).catch(() => {});
-    throw e;
-  }
-  await fh.close();
-  try {
-    const st = await fsp.lstat(file).catch(() => null);
-    if (st && !st.isFile())
-      throw stateError(
-        file,
-        st.isSymbolicLink() ? 'is a symbolic link; refusing to replace it' : 'is not a regular file',
-      );
-    await fsp.rename(tmp, file);
-  } catch (e) {
-    await fsp.unlink(tmp).catch(() => {});
-    throw e;
-  }
-  const dh = await fsp.open(dir, C.O_RDONLY | C.O_DIRECTORY);
-  try {
-    await dh.sync();
-  } finally {
-    await dh.close();
-  }
+  const st = await fsp.replaceFile(
+    file,
+    (fh) => (text === undefined ? writeAll(fh, serialised!) : fh.writeFile(text, 'utf8')),
+    {
+      beforeRename: async () => {
+        const cur = await fsp.lstat(file).catch(() => null);
+        if (cur && !cur.isFile())
+          throw stateError(
+            file,
+            cur.isSymbolicLink() ? 'is a symbolic link; refusing to replace it' : 'is not a regular file',
+          );
+      },
+    },
+  );
+  const base = baseIdentity(st);
   return base;
 }
 

@@ -14,6 +14,7 @@
  * calls, so that an fsync never stalls their event loop.
  */
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 
 let syncMode = false;
 
@@ -162,4 +163,55 @@ export function writeFile(file: string, data: string, opts: { mode: number }): P
     () => fs.writeFileSync(file, data, opts),
     (cb) => fs.writeFile(file, data, opts, (err) => cb(err, undefined)),
   );
+}
+
+/** fsyncs directory `dir`, so that a rename or unlink in it survives a power loss. */
+export async function syncDir(dir: string): Promise<void> {
+  const dh = await open(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+  try {
+    await dh.sync();
+  } finally {
+    await dh.close();
+  }
+}
+
+/**
+ * Replaces `file` durably and atomically, the way the state file and the files beside it are
+ * written: `write` fills a new temporary file (0600, O_EXCL, O_NOFOLLOW) in the same directory, named
+ * `.<tmpName>.tmp-<pid>-<random>` (a killed writer's cleanup removes those of the state file's name),
+ * which is fsynced, `beforeRename` may still refuse the replacement, then the rename and a directory
+ * fsync. The temporary file is removed on any failure. Returns the new file's stat (taken after its fsync).
+ */
+export async function replaceFile(
+  file: string,
+  write: (fh: FileHandle) => Promise<void>,
+  opts: { tmpName?: string; beforeRename?: () => Promise<void> } = {},
+): Promise<fs.BigIntStats> {
+  const dir = path.dirname(file);
+  const tmp = path.join(
+    dir,
+    `.${opts.tmpName ?? path.basename(file)}.tmp-${process.pid}-${Math.random().toString(36).slice(2, 10)}`,
+  );
+  const C = fs.constants;
+  const fh = await open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
+  let st: fs.BigIntStats;
+  try {
+    await write(fh);
+    await fh.sync();
+    st = await fh.stat({ bigint: true });
+  } catch (e) {
+    await fh.close().catch(() => {});
+    await unlink(tmp).catch(() => {});
+    throw e;
+  }
+  await fh.close();
+  try {
+    await opts.beforeRename?.();
+    await rename(tmp, file);
+  } catch (e) {
+    await unlink(tmp).catch(() => {});
+    throw e;
+  }
+  await syncDir(dir);
+  return st;
 }
