@@ -1,9 +1,11 @@
 // What the native addon in build/Release/ was built from: a digest of its sources (binding.gyp and
 // native/), the node that built it and the compiler's environment. `npm run build:addon` records it
-// beside the binaries (build/Release/iptlb-sources.sha256); `npm run prebuilds` copies those binaries
-// when the digest still matches, instead of compiling the same sources a second time.
+// beside the binaries (build/Release/iptlb-sources.sha256); when the digest still matches, `npm run
+// prebuilds` copies those binaries and `npm run build:addon` (and the install script in a clone)
+// leaves them, instead of compiling the same sources a second time (--fresh compiles anyway).
 import { createHash } from 'node:crypto';
-import { readFileSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import * as path from 'node:path';
 
 export const STAMP = path.join('build', 'Release', 'iptlb-sources.sha256');
@@ -28,4 +30,28 @@ export function sourcesDigest(root) {
     h.update('\0');
   }
   return h.digest('hex');
+}
+
+/**
+ * build/Release/ when `npm run build:addon` made it from the sources as they are now (its stamp
+ * matches: the same binding.gyp, native/, node and compiler environment) and each of its three files
+ * loads in this node; undefined otherwise.
+ */
+export function currentBuild(root) {
+  const dir = path.join(root, 'build', 'Release');
+  let recorded;
+  try {
+    recorded = readFileSync(path.join(root, STAMP), 'utf8').trim();
+  } catch {
+    return undefined;
+  }
+  const files = ['core', 'xt', 'nft'].map((p) => path.join(dir, `iptlb_${p}.node`));
+  if (!files.every((f) => existsSync(f)) || recorded !== sourcesDigest(root)) return undefined;
+  const req = createRequire(import.meta.url);
+  try {
+    for (const f of files) req(f);
+  } catch {
+    return undefined;
+  }
+  return dir;
 }

@@ -3,7 +3,8 @@
 // see binding.gyp). Run by scripts/install.js when no prebuilt binary fits this host or a build is
 // forced (soft: a missing toolchain or library never fails the install; what loads instead is used,
 // the prebuilt files when they load here, else the spawn executors, and `iptlb doctor` says why), by
-// `npm run build:addon` (--verbose: full output, fails loudly; --stamp) and by `npm run prebuild`.
+// `npm run build:addon` (--verbose: full output, fails loudly; --stamp: records what it was built from,
+// and builds nothing when that is what build/Release/ already holds, unless --fresh) and by `npm run prebuild`.
 //
 // node-gyp is never downloaded: it is npm's own bundled copy (npm hands its path to install scripts
 // as npm_config_node_gyp), the pinned devDependency in a checkout of this repo, or the copy bundled
@@ -171,6 +172,15 @@ if (!gyp)
 // before it starts, so that `npm run prebuilds` can copy these binaries instead of building again. Not
 // in a consumer's copy of the package, which never passes it and does not ship that file.
 const stamp = process.argv.includes('--stamp') ? await import('./addon-sources.js') : undefined;
+// Nothing to do when build/Release/ was built from these very sources and loads (--fresh builds anyway):
+// a clone's `npm ci` builds it through the install script, and CI's `npm run build:addon` after it
+// would compile the same sources again (about 2 minutes on 2 cores).
+if (stamp && !process.argv.includes('--fresh') && stamp.currentBuild(root)) {
+  console.error(
+    `iptlb: native addon up to date: build/Release/ was built from these sources (${stamp.STAMP}); --fresh rebuilds it`,
+  );
+  process.exit(0);
+}
 const digest = stamp?.sourcesDigest(root);
 const gypArgs = ['rebuild', '--jobs=max'];
 // Build against the headers of the node that runs us (no download): npm passes them as

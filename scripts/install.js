@@ -36,10 +36,18 @@ if (
 )
   spawnSync(process.execPath, [codeCache], { stdio: 'inherit' });
 
+// In a clone of the repository (scripts/addon-sources.js is not shipped in the package) the build records
+// what it was made from, as `npm run build:addon` does, which then has nothing to compile again.
+const stampArg = existsSync(path.join(root, 'scripts', 'addon-sources.js')) ? ['--stamp'] : [];
+
 function build() {
-  const r = spawnSync(process.execPath, [path.join(root, 'scripts', 'build-addon.js'), ...process.argv.slice(2)], {
-    stdio: 'inherit',
-  });
+  const r = spawnSync(
+    process.execPath,
+    [path.join(root, 'scripts', 'build-addon.js'), ...stampArg, ...process.argv.slice(2)],
+    {
+      stdio: 'inherit',
+    },
+  );
   process.exit(r.status ?? 1);
 }
 

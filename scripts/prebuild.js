@@ -8,33 +8,16 @@
 // measured here to raise the glibc the files need from 2.33 to 2.36 (Debian 12's libstdc++.a calls
 // arc4random) and to grow them 2-3x; docs/install.md lists what the prebuilt files need.
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { copyFileSync, cpSync, mkdirSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { STAMP, sourcesDigest } from './addon-sources.js';
+import { STAMP, currentBuild } from './addon-sources.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const PARTS = ['core', 'xt', 'nft'];
 
-/**
- * build/Release/ when `npm run build:addon` made it from the sources as they are now (its stamp
- * matches: the same binding.gyp, native/, node and compiler environment) and --fresh is not given.
- */
-function currentBuild() {
-  if (process.argv.includes('--fresh')) return undefined;
-  const dir = path.join(root, 'build', 'Release');
-  let recorded;
-  try {
-    recorded = readFileSync(path.join(root, STAMP), 'utf8').trim();
-  } catch {
-    return undefined;
-  }
-  if (!PARTS.every((p) => existsSync(path.join(dir, `iptlb_${p}.node`)))) return undefined;
-  return recorded === sourcesDigest(root) ? dir : undefined;
-}
-
-let from = currentBuild();
+let from = process.argv.includes('--fresh') ? undefined : currentBuild(root);
 let work;
 if (from) {
   console.error(`iptlb: build/Release/ was built from these sources (${STAMP}): copying it`);

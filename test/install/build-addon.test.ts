@@ -111,3 +111,73 @@ for (const withPrebuilds of [true, false]) {
     },
   );
 }
+
+test(
+  'in a clone, build:addon and the install script compile nothing when build/Release/ was built from these sources and loads; a changed source or --fresh compiles',
+  { skip, timeout: 120_000 },
+  () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-build-stamp-'));
+    try {
+      // A clone's layout: scripts/addon-sources.js is there (the package does not ship it).
+      const pkg = installCopy(dir, false);
+      copyFileSync(
+        path.join(PROJECT_ROOT, 'scripts', 'addon-sources.js'),
+        path.join(pkg, 'scripts', 'addon-sources.js'),
+      );
+      const release = path.join(pkg, 'build', 'Release');
+      mkdirSync(release, { recursive: true });
+      for (const p of ['core', 'xt', 'nft'] as const) copyFileSync(addonPath(p), path.join(release, `iptlb_${p}.node`));
+      const digest = spawnSync(
+        process.execPath,
+        [
+          '--input-type=module',
+          '-e',
+          `import { sourcesDigest } from ${JSON.stringify(path.join(pkg, 'scripts', 'addon-sources.js'))}; console.log(sourcesDigest(${JSON.stringify(pkg)}))`,
+        ],
+        { encoding: 'utf8' },
+      ).stdout.trim();
+      assert.match(digest, /^[0-9a-f]{64}$/);
+      writeFileSync(path.join(release, 'iptlb-sources.sha256'), `${digest}\n`);
+      // Any compilation would run this `make`, which fails and says so.
+      const bin = path.join(dir, 'bin');
+      mkdirSync(bin);
+      writeFileSync(path.join(bin, 'make'), '#!/bin/sh\necho "make: called" >&2\nexit 2\n');
+      chmodSync(path.join(bin, 'make'), 0o755);
+      const run = (script: string, ...args: string[]) =>
+        spawnSync(process.execPath, [path.join(pkg, 'scripts', script), ...args], {
+          cwd: pkg,
+          encoding: 'utf8',
+          timeout: 100_000,
+          env: { ...process.env, PATH: `${bin}:${process.env.PATH}`, npm_config_node_gyp: gyp },
+        });
+      const upToDate =
+        'iptlb: native addon up to date: build/Release/ was built from these sources (build/Release/iptlb-sources.sha256); --fresh rebuilds it';
+      for (const [script, args] of [
+        ['build-addon.js', ['--verbose', '--stamp']],
+        ['install.js', []],
+      ] as const) {
+        const r = run(script, ...args);
+        assert.equal(r.status, 0, r.stderr);
+        assert.equal(r.stderr.trim(), upToDate, script);
+      }
+      assert.ok(existsSync(path.join(release, 'iptlb_nft.node')));
+      // --fresh compiles anyway (here: the failing make runs).
+      const fresh = run('build-addon.js', '--stamp', '--fresh');
+      assert.equal(fresh.status, 0);
+      assert.match(fresh.stderr, /native addon not built \(compilation failed/);
+      // A changed source no longer matches the record: the install script compiles. (The failed
+      // build above left only its log in build/.)
+      mkdirSync(release, { recursive: true });
+      for (const p of ['core', 'xt', 'nft'] as const) copyFileSync(addonPath(p), path.join(release, `iptlb_${p}.node`));
+      writeFileSync(path.join(release, 'iptlb-sources.sha256'), `${digest}\n`);
+      assert.equal(run('build-addon.js', '--stamp').stderr.trim(), upToDate);
+      const src = path.join(pkg, 'native', 'common', 'errors.cc');
+      writeFileSync(src, `${readFileSync(src, 'utf8')}\n// changed\n`);
+      const changed = run('install.js');
+      assert.equal(changed.status, 0);
+      assert.match(changed.stderr, /native addon not built \(compilation failed/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);
