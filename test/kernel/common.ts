@@ -50,6 +50,25 @@ export function describePairs(title: string, body: (pair: Pair) => void, pairs: 
   });
 }
 
+/** IPTLB_SOAK=1 (`npm run soak`): every pair runs every test, with the long counts. */
+export const SOAK = !!process.env.IPTLB_SOAK;
+
+/**
+ * Whether `pair` runs a test of a layer above the executor: the state file's journal, watch's
+ * settling, the CLI's output into pipes, health checks. Such a test commits through the executor as
+ * any other, but what it checks is code that does not depend on which executor commits, and the
+ * executors' own behaviour is proved by the tests that run on all four pairs. These tests run on the
+ * native pairs (both engines), and on the spawn pairs too with IPTLB_SOAK=1: CI's time (the suite is
+ * CPU-bound on 2 cores). The test is then not registered on the spawn pairs (as root a skipped test
+ * fails the run), so the kernel cases per pair differ; the summary counts them.
+ */
+export function aboveExecutor(pair: Pick<Pair, 'executor'>): boolean {
+  return SOAK || pair.executor === 'native';
+}
+
+/** The pairs that run the tests of layers above the executor ({@link aboveExecutor}). */
+export const ABOVE_EXECUTOR_PAIRS: Pair[] = PAIRS.filter(aboveExecutor);
+
 /** The legacy pairs only (tests of x_tables specifics). */
 export const EXECUTORS = PAIRS.filter((p) => p.engine === 'legacy').map((p) => ({ name: p.executor, skip: p.skip }));
 

@@ -1,16 +1,17 @@
 /**
  * Health checks and metrics (issue 15) with real TCP and HTTP backends in a fresh network namespace,
- * on every engine × executor pair: see fixtures/health.ts for the scenario.
+ * on the native pairs of both engines (every pair with IPTLB_SOAK=1: the checker and the overlay are a
+ * layer above the executor, see aboveExecutor in common.ts): see fixtures/health.ts for the scenario.
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { runJsonInFreshNetns } from '../harness/netns.js';
-import { PAIRS } from './common.js';
+import { ABOVE_EXECUTOR_PAIRS } from './common.js';
 
 const FX = new URL('./fixtures/health.js', import.meta.url).pathname;
 const ok = (r: { code: number; stderr: string }, what: string): void => assert.equal(r.code, 0, `${what}: ${r.stderr}`);
 
-for (const pair of PAIRS) {
+for (const pair of ABOVE_EXECUTOR_PAIRS) {
   describe(`health checks and metrics over ${pair.name}`, { skip: pair.skip }, () => {
     test('stopped backend drained, no failed connection after; back when started; http 500 drained; separate check port; all down kept or drained; /metrics and /healthz', async () => {
       const r: any = await runJsonInFreshNetns(FX, [pair.name], { timeoutMs: 240_000 });

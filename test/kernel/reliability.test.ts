@@ -33,15 +33,15 @@ describePairs('reliability', ({ name: ex }) => {
   // The spawn executor's commits are whole processes (iptables-legacy-restore, nft, ipset, conntrack): its
   // variants run fewer rounds, to keep CI within minutes; IPTLB_SOAK=1 runs every pair in full.
   const spawned = !SOAK && pairOf(ex).executor === 'spawn';
-  const resets = spawned ? 100 : 500;
+  const resets = spawned ? 60 : 500;
   test(`no gap: ${resets} consecutive resets that change the destinations while a client connects without pause: zero failures`, () =>
     noGap(ex, resets, 100));
 
   test('no gap with weights and round-robin: resets that change weights (some drained) and the scheduler while a client connects: zero failures', () =>
-    noGap(ex, SOAK ? 500 : spawned ? 75 : 150, 40, 'mixed'));
+    noGap(ex, SOAK ? 500 : spawned ? 50 : 150, 40, 'mixed'));
 
   test('no gap with session affinity: resets that switch affinity on and off, change its timeout, the weights and the scheduler while a client connects: zero failures', () =>
-    noGap(ex, SOAK ? 500 : spawned ? 75 : 150, 40, 'affinity'));
+    noGap(ex, SOAK ? 500 : spawned ? 50 : 150, 40, 'affinity'));
 
   test('crash safety: SIGKILL at random moments of apply/reset/delete never leaves half a profile, a broken state file or a held lock', async () => {
     const kills = SOAK ? 200 : spawned ? 30 : 60;
