@@ -74,9 +74,12 @@ export async function doctor(
       ok: false,
       detail: message,
       // A record of the journal beside the file (see docs/state-file.md): the line says how to cut it.
-      fix: message.startsWith('state journal ')
-        ? `cut the journal as the line says, or move ${journalPath(statePath)} aside`
-        : 'repair or move the file aside',
+      fix:
+        e instanceof IptlbError && e.code === 'EPERM'
+          ? 'run iptlb as root (sudo), or as the user the state file belongs to'
+          : message.startsWith('state journal ')
+            ? `cut the journal as the line says, or move ${journalPath(statePath)} aside`
+            : 'repair or move the file aside',
     });
   }
   let executor = 'none';

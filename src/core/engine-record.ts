@@ -8,6 +8,7 @@ import { lstatSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import * as fsp from '../platform/fsp.js';
 import { IptlbError } from '../model/errors.js';
+import { fsFailure } from '../platform/fsafety.js';
 import type { EngineName } from '../model/types.js';
 import { fileVersionOf } from './state.js';
 
@@ -19,7 +20,14 @@ export function engineRecordOf(statePath: string): string {
 /** The record's identity (changes whenever it is replaced or edited), null when there is none. One lstat. */
 export function engineRecordVersion(file: string): string | null {
   // No exception for a missing record (the usual case): about 3 µs instead of 20.
-  const st = lstatSync(file, { bigint: true, throwIfNoEntry: false });
+  let st;
+  try {
+    st = lstatSync(file, { bigint: true, throwIfNoEntry: false });
+  } catch (e) {
+    // EACCES (a state directory only root may search, as the default one), ENOTDIR…: one line that
+    // says which file, with code EPERM when it is a permission (doctor: the engine is not known).
+    throw fsFailure(e, 'read the engine record', file);
+  }
   return st === undefined ? null : fileVersionOf(st);
 }
 

@@ -558,6 +558,24 @@ describe('capabilities and what selection cannot read', { skip: legacySpawn.skip
           '-state-file=/nonexistent/state.db',
         ],
       },
+      // A state directory only root may search (as the default one is): the engine record cannot be
+      // looked at, which is a reason of its own, not an engine ("none") with an error as executor.
+      { op: 'sh', argv: ['sh', '-c', 'mkdir -m 700 $WORK/private'] },
+      {
+        op: 'sh',
+        argv: [
+          'setpriv',
+          '--reuid=65534',
+          '--regid=65534',
+          '--clear-groups',
+          '--',
+          process.execPath,
+          '$CLI',
+          'doctor',
+          '--json',
+          '-state-file=$WORK/private/state.db',
+        ],
+      },
     ]);
     const d = JSON.parse(r[1].stdout) as {
       ok: boolean;
@@ -569,6 +587,13 @@ describe('capabilities and what selection cannot read', { skip: legacySpawn.skip
     assert.equal(d.engine, 'unknown', r[1].stdout);
     assert.match(d.engineReason, /^cannot tell without root whether the x_tables nat table holds iptlb rules/);
     assert.match(d.checks.find((c) => c.name === 'x_tables')!.detail, /^available/);
+    const p = JSON.parse(r[3].stdout) as Omit<typeof d, 'checks'> & { checks: { name: string; fix?: string }[] };
+    assert.equal(p.engine, 'unknown', r[3].stdout);
+    assert.match(
+      p.engineReason,
+      /^cannot read the engine record .*\/private\/state\.db\.engine: permission denied \(EACCES\)$/,
+    );
+    assert.match(p.checks.find((c) => c.name === 'state file')!.fix!, /^run iptlb as root/);
   });
 
   test("the original's rules in iptables-nft's table ip nat: doctor is not ready and names them; neither doctor nor status touches them", async () => {
