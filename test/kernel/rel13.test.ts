@@ -79,7 +79,7 @@ describePairs('issue 13', (pair) => {
   });
 
   // Spawned commits are whole processes: fewer of them on the spawn pairs (CI time), all with IPTLB_SOAK=1.
-  const commits = !SOAK && pair.executor === 'spawn' ? 40 : 150;
+  const commits = SOAK ? 150 : pair.executor === 'spawn' ? 40 : 100;
   test(`11: no false drift events while commits are in flight (driftCheckMs 10, ${commits} commits of the instance beside CLI commits)`, async () => {
     const r = (await runJsonInFreshNetns(fixture('driftinflight.js'), [pair.name, String(commits)], {
       timeoutMs: 300_000,
