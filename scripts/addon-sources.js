@@ -22,8 +22,15 @@ function walk(root, rel) {
 export function sourcesDigest(root) {
   const h = createHash('sha256');
   for (const v of [process.version, process.platform, process.arch]) h.update(`${v}\0`);
-  for (const k of ['CC', 'CXX', 'CFLAGS', 'CXXFLAGS', 'CPPFLAGS', 'LDFLAGS', 'npm_config_nodedir'])
+  for (const k of ['CC', 'CXX', 'CFLAGS', 'CXXFLAGS', 'CPPFLAGS', 'LDFLAGS'])
     h.update(`${k}=${process.env[k] ?? ''}\0`);
+  // The headers built against, as build-addon.js picks them: npm's nodedir (npm passes it to the
+  // scripts it runs), else the ones beside this node. So a script run by npm and the same one run with
+  // node directly (the tests run prebuild.js so) agree when both mean the same headers.
+  const prefix = path.resolve(path.dirname(process.execPath), '..');
+  const nodedir =
+    process.env.npm_config_nodedir || (existsSync(path.join(prefix, 'include', 'node', 'node_api.h')) ? prefix : '');
+  h.update(`nodedir=${nodedir ? path.resolve(nodedir) : ''}\0`);
   for (const f of [...walk(root, 'binding.gyp'), ...walk(root, 'native')]) {
     h.update(`${f}\0`);
     h.update(readFileSync(path.join(root, f)));
