@@ -312,6 +312,20 @@ Transaction TransactionFrom(const V &value) {
     if (!exclusive.IsBool()) Fail(root.Key("exclusive"), "must be true or false");
     tx.exclusive = exclusive.Bool();
   }
+  const Path crf = root.Key("created");
+  V created = o.Get("created");
+  if (!created.IsUndefined()) {
+    Arr(created, crf);
+    for (uint32_t i = 0; i < created.Length(); i++) {
+      const Path f = crf.Index(i);
+      V c = Obj(created.At(i), f);
+      Created entry;
+      entry.name = Owner(c.Get("name"), f.Key("name"));
+      V chain = c.Get("chain");
+      if (!chain.IsUndefined()) entry.chain = ChainName(chain, f.Key("chain"));
+      tx.created.push_back(std::move(entry));
+    }
+  }
   const Path of = root.Key("owners");
   V owners = Arr(o.Get("owners"), of);
   for (uint32_t i = 0; i < owners.Length(); i++) tx.owners.push_back(Owner(owners.At(i), of.Index(i)));

@@ -81,12 +81,24 @@ struct HookRule {
   Rule rule;
 };
 
+// A profile a change creates (a name the state file does not hold) and its chain; the chain is
+// empty when a profile this state file holds keeps it in the same change (a rename between names
+// that share a chain).
+struct Created {
+  std::string name;
+  std::string chain;
+};
+
 struct Transaction {
   Family family = Family::kIpv4;
   // Refuse (ECONFLICT) a hook rule whose address, protocol and port a rule of another profile (not
   // among the owners) already sends to its chain: a state-file instance does not take over an
   // address the kernel gives to a profile it does not hold.
   bool exclusive = false;
+  // With `exclusive`: refuse (ECONFLICT, the message starting "name: ") a created profile whose
+  // chain the table has, or whose name rules carry, unless the table holds it exactly as planned:
+  // a state-file instance does not take over a profile the kernel holds for another state file.
+  std::vector<Created> created;
   std::vector<std::string> owners;
   std::vector<std::string> delete_chains;
   std::vector<Chain> chains;

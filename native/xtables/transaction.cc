@@ -25,6 +25,76 @@ template <typename F>
 
 bool IsGated(const std::string &hook) { return hook == "OUTPUT" || hook == "PREROUTING"; }
 
+// A rule of a profile the change creates, found in the table: the hook it stands for (OUTPUT for
+// one in IPTLB_OUTPUT), the chain it is in, whether it sits in the built-in chain itself.
+struct HeldRule {
+  std::string hook;
+  std::string where;
+  bool direct = false;
+  Rule rule;
+};
+// Profile name -> its rules in the table.
+using HeldRules = std::map<std::string, std::vector<HeldRule>>;
+
+bool SameAddress(const Address &a, const Address &b) { return std::memcmp(&a, &b, sizeof(a)) == 0; }
+
+// Whether two matches are the same, field by field for their kind (the decoder recognises exactly
+// what the encoder writes: a match read back compares equal to the planned one it was written from).
+bool SameMatch(const Match &a, const Match &b) {
+  if (a.kind != b.kind) return false;
+  switch (a.kind) {
+    case Match::kTcp:
+    case Match::kUdp:
+    case Match::kSctp:
+      return a.port == b.port;
+    case Match::kStatistic:
+      return a.probability == b.probability;
+    case Match::kStatisticNth:
+      return a.every == b.every && a.packet == b.packet;
+    case Match::kRecentSet:
+      return a.text == b.text;
+    case Match::kRecentUpdate:
+      return a.text == b.text && a.seconds == b.seconds;
+    case Match::kComment:
+      return a.text == b.text;
+    case Match::kAddrtypeLocal:
+      return true;
+    case Match::kConntrackDnat:
+      return SameAddress(a.addr, b.addr) && SameAddress(a.mask, b.mask) && a.port == b.port;
+    case Match::kSetDstDst:
+    case Match::kUnknown:
+      return false;  // never planned in a profile's rule
+  }
+  return false;
+}
+
+bool SameTarget(const Target &a, const Target &b) {
+  if (a.kind != b.kind) return false;
+  switch (a.kind) {
+    case Target::kDnat:
+      return SameAddress(a.addr, b.addr) && a.port == b.port;
+    case Target::kLog:
+      return a.prefix == b.prefix && a.level == b.level;
+    case Target::kReturn:
+    case Target::kMasquerade:
+      return true;
+    case Target::kJump:
+      return a.chain == b.chain;
+    case Target::kUnknown:
+      return false;
+  }
+  return false;
+}
+
+bool SameRule(const Rule &a, const Rule &b) {
+  if (a.has_dst != b.has_dst || a.proto != b.proto || a.matches.size() != b.matches.size()) return false;
+  if (a.has_dst && (!SameAddress(a.dst, b.dst) || !SameAddress(a.dmsk, b.dmsk))) return false;
+  for (size_t i = 0; i < a.matches.size(); i++) {
+    if (!SameMatch(a.matches[i], b.matches[i])) return false;
+  }
+  return SameTarget(a.target, b.target);
+}
+
 // A profile's chain as iptlb (and the original) names it: IPTLB_NAT_ and 1-18 of A-Z 0-9 _.
 bool IsProfileChain(const std::string &name) {
   static const std::string kPrefix = "IPTLB_NAT_";
@@ -60,10 +130,14 @@ namespace {
 // IPTLB_NAT_<NAME>`, no comment). iptlb's chains are its own by name; left, such a jump keeps the
 // chain from being deleted (EMLINK) and a replaced profile reachable by the old way too.
 template <typename F>
-std::set<SetElement> DeleteOwnedRules(struct xtc_handle *h, const Transaction &tx) {
+std::set<SetElement> DeleteOwnedRules(struct xtc_handle *h, const Transaction &tx, HeldRules *held) {
   using Entry = typename F::Entry;
   std::set<std::string> owned;
   for (const std::string &o : tx.owners) owned.insert("iptlb:" + o);
+  // The profiles this change creates: their rules, if the table has any, are read on the way (the
+  // walk that deletes the owners' rules reads every comment anyway), for RefuseHeld.
+  std::set<std::string> created;
+  for (const Created &c : tx.created) created.insert("iptlb:" + c.name);
   std::set<std::string> targets(tx.delete_chains.begin(), tx.delete_chains.end());
   for (const Chain &c : tx.chains) targets.insert(c.name);
   // (A removal of everything, as migrate's, names no owner: the original's jumps still go.)
@@ -84,6 +158,14 @@ std::set<SetElement> DeleteOwnedRules(struct xtc_handle *h, const Transaction &t
         if (!t || !IsProfileChain(t) || !targets.count(t)) continue;
       }
       doomed.push_back(n);
+      if (created.count(comment)) {
+        HeldRule r;
+        r.hook = dispatch ? hook + 6 : hook;
+        r.where = hook;
+        r.direct = !dispatch && IsGated(hook);
+        r.rule = DecodeRule<F>(e, h).rule;
+        (*held)[comment.substr(6)].push_back(std::move(r));
+      }
       SetElement el;
       if (dispatch && ElementOfRule(DecodeRule<F>(e, h).rule, &el)) removed.insert(el);
     }
@@ -243,6 +325,67 @@ std::vector<SetElement> LiveGateElements(struct xtc_handle *h) {
   return {live.begin(), live.end()};
 }
 
+namespace {
+
+// Whether the table holds the created profile `c` exactly as `tx` plans it: its chain with the
+// planned rules, and the planned rules in the hooks (behind the gate), nothing else of its name.
+// (A change interrupted after its kernel commit and before its state write leaves that: applying it
+// again completes it.)
+template <typename F>
+bool HeldAsPlanned(struct xtc_handle *h, const Transaction &tx, const Created &c, const std::vector<HeldRule> &held) {
+  using Entry = typename F::Entry;
+  if (!c.chain.empty()) {
+    const Chain *planned = nullptr;
+    for (const Chain &ch : tx.chains) {
+      if (ch.name == c.chain) planned = &ch;
+    }
+    const Label label(c.chain);
+    if (!planned || !F::IsChain(label.get(), h)) return false;
+    size_t i = 0;
+    for (const Entry *e = F::FirstRule(label.get(), h); e; e = F::NextRule(e, h), i++) {
+      if (i >= planned->rules.size() || !SameRule(DecodeRule<F>(e, h).rule, planned->rules[i])) return false;
+    }
+    if (i != planned->rules.size()) return false;
+  }
+  std::vector<bool> used(held.size(), false);
+  size_t wanted = 0;
+  for (const HookRule &hr : tx.hook_rules) {
+    if (hr.owner != c.name) continue;
+    wanted++;
+    bool found = false;
+    for (size_t k = 0; k < held.size() && !found; k++) {
+      if (used[k] || held[k].direct || held[k].hook != hr.chain || !SameRule(held[k].rule, hr.rule)) continue;
+      used[k] = found = true;
+    }
+    if (!found) return false;
+  }
+  return wanted == held.size();
+}
+
+}  // namespace
+
+// With tx.exclusive: a profile the change creates (a name the state file does not hold) whose chain
+// the table has, or whose name a rule carries, is another state file's (or left by an interrupted
+// change), unless the table holds it exactly as planned. `held`: its rules, as DeleteOwnedRules
+// found them. The message starts with "name: " (the address conflict's does not).
+template <typename F>
+void RefuseHeld(struct xtc_handle *h, const Transaction &tx, const HeldRules &held) {
+  static const std::vector<HeldRule> kNone;
+  for (const Created &c : tx.created) {
+    const auto it = held.find(c.name);
+    const std::vector<HeldRule> &rules = it == held.end() ? kNone : it->second;
+    const bool chain = !c.chain.empty() && F::IsChain(Label(c.chain).get(), h);
+    if (!chain && rules.empty()) continue;
+    if (HeldAsPlanned<F>(h, tx, c, rules)) continue;
+    std::string found = chain ? "chain " + c.chain : std::string();
+    if (!rules.empty())
+      found += (found.empty() ? "" : ", ") + std::string("rule iptlb:") + c.name + " in " + rules[0].where;
+    Throw(NativeError{"ECONFLICT", EEXIST,
+                      "name: profile " + c.name + ": the " + (F::kFamily == Family::kIpv6 ? "ip6tables " : "") +
+                          "nat table already holds a profile of that name (" + found + ")"});
+  }
+}
+
 // With tx.exclusive: a rule of another profile (commented iptlb:<name>, the name not among the
 // owners) in a dispatch chain that selects the address, protocol and port of one of the rules this
 // transaction inserts there. Run after the owners' rules are deleted: what is left is not theirs.
@@ -283,7 +426,9 @@ void RefuseTaken(struct xtc_handle *h, const Transaction &tx) {
 
 template <typename F>
 void ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gate) {
-  std::set<SetElement> removed = DeleteOwnedRules<F>(h, tx);
+  HeldRules held;
+  std::set<SetElement> removed = DeleteOwnedRules<F>(h, tx, &held);
+  if (tx.exclusive) RefuseHeld<F>(h, tx, held);
   RefuseTaken<F>(h, tx);
   DeleteChains<F>(h, tx);
   FillChains<F>(h, tx);

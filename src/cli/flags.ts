@@ -163,7 +163,7 @@ export function addProfileFlags(cmd: Command): Command {
     cmd
       .option(
         '--profile <name>',
-        'profile name: 1-63 of A-Z a-z 0-9 _ -, not starting with - (a profile of an older state file, 1-18 of them, may: -run -delete and -run without addresses take it)',
+        'profile name: 1-63 of A-Z a-z 0-9 _ -, not starting with - (a profile of an older state file, 1-18 of them, may: -run -delete and -run without addresses take it); names are one namespace per host: creating a profile whose name the kernel holds for another state file is refused',
         'default',
       )
       .option(

@@ -922,9 +922,10 @@ export class Core {
 
   /**
    * @internal Whether a change may create or move a profile onto an address the kernel serves for a
-   * profile this instance does not hold (else ECONFLICT, see PlanContext.exclusive). An in-memory
-   * instance always may. The fleet agent sets it: its profiles come from etcd, and one refused would
-   * hold back every later revision; it takes the address, as before.
+   * profile this instance does not hold, and create a profile under a name the kernel holds a
+   * profile of that this instance does not hold (else ECONFLICT, see PlanContext.exclusive). An
+   * in-memory instance always may. The fleet agent sets it: its profiles come from etcd, and one
+   * refused would hold back every later revision; it takes the address and the name, as before.
    */
   takesAddresses = false;
 

@@ -29,6 +29,13 @@ export interface HostCheck {
   fix?: string;
 }
 
+/**
+ * What follows the message that the kernel already holds a profile of the name a change creates
+ * (ECONFLICT naming `name`, both engines).
+ */
+export const HELD_HINT =
+  ', which this state file does not hold: delete it through the state file that holds it, or, if an interrupted change left it, `iptlb status` shows it orphaned and `iptlb sync` removes it';
+
 /** The address families, in the order a change commits them. */
 export const FAMILIES: readonly Family[] = ['ipv4', 'ipv6'];
 
@@ -72,7 +79,9 @@ export interface PlanContext {
   partial?: boolean;
   /**
    * Refuse (ECONFLICT) a profile created or moved onto an address the kernel serves for a profile these
-   * profiles do not hold. Default: `!partial` (a state file's profiles).
+   * profiles do not hold, and a profile created (a name these profiles do not hold) under a name
+   * the kernel already holds a profile of, unless the kernel holds it exactly as planned. Default:
+   * `!partial` (a state file's profiles).
    */
   exclusive?: boolean;
 }

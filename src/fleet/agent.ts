@@ -220,8 +220,8 @@ export class Agent extends EventEmitter<AgentEvents> {
       log: (l) => this.log(l),
     };
     this.core = new Core(coreOpts, opts.executorInstance);
-    // A profile of the store's whose address a local state file's profile holds is applied, as before:
-    // refused, it would hold back every later revision (see Core.takesAddresses).
+    // A profile of the store's whose address or name a local state file's profile holds is applied, as
+    // before: refused, it would hold back every later revision (see Core.takesAddresses).
     this.core.takesAddresses = true;
     this.ready = new Promise((r) => (this.readyResolve = r));
   }

@@ -168,6 +168,16 @@ export interface Transaction {
    * over an address the kernel gives to a profile it does not hold).
    */
   exclusive?: boolean;
+  /**
+   * With `exclusive`: the profiles this change creates (names the state file does not hold) and
+   * their chains. Refuse (ECONFLICT naming `name`) one whose chain the table already has, or whose
+   * name rules carry (`iptlb:<name>`), unless the table holds it exactly as planned (a change
+   * interrupted before its state write: applying it again completes it). A state-file instance does
+   * not take over a profile the kernel holds for another state file. `chain` is left out when a
+   * profile the state file holds keeps that chain in the same change (a rename between two names
+   * that share a chain, such as `web` and `WEB`).
+   */
+  created?: { name: string; chain?: string }[];
   owners: string[];
   deleteChains: string[];
   chains: ChainPlan[];

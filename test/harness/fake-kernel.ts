@@ -6,7 +6,7 @@
  * against something that remembers. Tamper with `tables` to simulate other tools, reboots and flushes.
  */
 import { IptlbError } from '../../src/model/errors.js';
-import { renderRestore } from '../../src/engines/legacy/restore.js';
+import { refuseHeld, renderRestore } from '../../src/engines/legacy/restore.js';
 import {
   type NftBaseChain,
   type NftEndpoint,
@@ -52,6 +52,9 @@ export class FakeLegacyKernel implements LegacyExecutor {
   async commit(tx: Transaction): Promise<CommitResult> {
     const refused = this.fail?.(tx);
     if (refused) throw refused;
+    // A state-file instance's change: a profile it creates under a name the table holds is refused,
+    // as the native executor's commit does (the same check as the spawn executor's, restore.ts).
+    if (tx.exclusive) refuseHeld(tx, await this.read(tx.family));
     const t = clone(this.tables.get(tx.family) ?? emptyNat());
     const owners = new Set(tx.owners);
     for (const k of Object.keys(t.hooks) as (keyof FakeNatTable['hooks'])[])

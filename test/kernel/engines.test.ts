@@ -284,6 +284,96 @@ for (const pair of PAIRS) {
   );
 }
 
+for (const pair of PAIRS) {
+  test(
+    `${pair.name}: a profile name another state file's profile holds is refused (ECONFLICT naming name, IPv4 and IPv6), and nothing changes (real traffic); an interrupted create is completed by applying it again`,
+    { skip: pair.skip },
+    async () => {
+      const B = '-state-file=$WORK/b.db';
+      const V6 = '2001:db8::10';
+      // On nft only rules carry a profile's name (elements are keyed by address): A's profiles log there.
+      const named = pair.engine === 'nft' ? ['-log-custom-chain'] : [];
+      const done = [
+        '-q',
+        '-run',
+        '-profile=done',
+        `-src-addr=${VIP}:83`,
+        '-dest-addr=127.0.0.1:9002,127.0.0.1:9003*2',
+        '-scheduler=round-robin',
+        '-log-custom-chain',
+      ];
+      const r = await runSteps([
+        { op: 'backends', tcp: [9001, 9002, 9003] },
+        { op: 'sh', argv: ['ip', '-6', 'addr', 'add', `${V6}/128`, 'dev', 'lo', 'nodad'] },
+        { op: 'sh', argv: ['ip', '-6', 'addr', 'add', '2001:db8::1/128', 'dev', 'lo', 'nodad'] },
+        { op: 'backends', tcp: [9004], host: '2001:db8::1' },
+        // 4-5: A's profiles.
+        cli(
+          pair,
+          '-q',
+          '-run',
+          '-profile=web',
+          `-src-addr=${VIP}:80`,
+          '-dest-addr=127.0.0.1:9001,127.0.0.1:9002',
+          ...named,
+        ),
+        cli(pair, '-q', '-run', '-profile=web6', `-src-addr=[${V6}]:80`, '-dest-addr=[2001:db8::1]:9004', ...named),
+        // 6-7: B's profiles of the same names, at other addresses: refused.
+        cli(pair, B, '-run', '-profile=web', `-src-addr=${VIP}:81`, '-dest-addr=127.0.0.1:9003'),
+        cli(pair, B, '-run', '-profile=web6', `-src-addr=[${V6}]:81`, '-dest-addr=[2001:db8::1]:9004'),
+        { op: 'tcp', vip: VIP, port: 80, count: 12 },
+        { op: 'tcp', vip: V6, port: 80, count: 6 },
+        cli(pair, 'status', '--json'),
+        cli(pair, B, 'list'),
+        // 12-16: a create interrupted after its kernel commit, before its state write (C's state file
+        // lost): D applies the same profile, which completes it.
+        cli(pair, '-state-file=$WORK/c.db', ...done),
+        { op: 'sh', argv: ['rm', '$WORK/c.db'] },
+        cli(pair, '-state-file=$WORK/d.db', ...done),
+        { op: 'tcp', vip: VIP, port: 83, count: 6 },
+        cli(pair, '-state-file=$WORK/d.db', 'status', '--json'),
+      ]);
+      for (const i of [4, 5, 12, 14]) ok(r[i]);
+      for (const [i, name, table] of [
+        [6, 'web', pair.engine === 'legacy' ? 'the nat table' : 'table ip iptlb'],
+        [7, 'web6', pair.engine === 'legacy' ? 'the ip6tables nat table' : 'table ip6 iptlb'],
+      ] as const) {
+        assert.equal(r[i].code, 1, `step ${i}: ${r[i].stderr}`);
+        assert.ok(
+          r[i].stderr.startsWith(
+            `iptlb: error: name: profile ${name}: ${table} already holds a profile of that name (`,
+          ) &&
+            r[i].stderr.endsWith(
+              '), which this state file does not hold: delete it through the state file that holds it, or, if an interrupted change left it, `iptlb status` shows it orphaned and `iptlb sync` removes it\n',
+            ),
+          `step ${i}: ${r[i].stderr}`,
+        );
+        assert.equal(r[i].stderr.split('\n').length, 2, `one line: ${r[i].stderr}`);
+      }
+      assert.equal(r[8].failures, 0, JSON.stringify(r[8]));
+      assert.deepEqual(Object.keys(r[8].counts).sort(), ['backend:9001', 'backend:9002'], "web is still A's");
+      assert.equal(r[9].failures, 0, JSON.stringify(r[9]));
+      assert.deepEqual(Object.keys(r[9].counts), ['backend:9004'], "web6 is still A's");
+      const mine = (JSON.parse(r[10].stdout) as { profiles: { name: string; status: string }[] }).profiles.filter((p) =>
+        ['web', 'web6'].includes(p.name),
+      );
+      assert.deepEqual(
+        mine.map((p) => `${p.name} ${p.status}`),
+        ['web in-sync', 'web6 in-sync'],
+        r[10].stdout,
+      );
+      assert.doesNotMatch(r[11].stdout, /^web/m, 'refused profiles are not recorded');
+      // (A's profiles show there as orphaned: several state files share a table.)
+      const completed = (JSON.parse(r[16].stdout) as { profiles: { name: string; status: string }[] }).profiles.find(
+        (p) => p.name === 'done',
+      );
+      assert.equal(completed?.status, 'in-sync', r[16].stdout);
+      assert.equal(r[15].failures, 0, JSON.stringify(r[15]));
+      assert.deepEqual(Object.keys(r[15].counts).sort(), ['backend:9002', 'backend:9003'], JSON.stringify(r[15]));
+    },
+  );
+}
+
 for (const pair of PAIRS.filter((p) => p.engine === 'legacy')) {
   test(
     `${pair.name}: the original iptlb's rules (jumps without a comment) are taken over by a reset and removed by a delete`,

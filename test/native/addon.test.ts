@@ -243,6 +243,14 @@ describe('addon exports and input checking', { skip: NO_ADDON }, () => {
       { ...tx, owners: ['o'.repeat(250)] },
       /^transaction\.owners\[0\]: is longer than 249/,
     ],
+    ['created not an array', { ...tx, created: 'web' }, /^transaction\.created: must be an array/],
+    ['created entry not an object', { ...tx, created: ['web'] }, /^transaction\.created\[0\]: must be an object/],
+    ['created name empty', { ...tx, created: [{ name: '' }] }, /^transaction\.created\[0\]\.name: must not be empty/],
+    [
+      'created chain a built-in',
+      { ...tx, created: [{ name: 'web', chain: 'OUTPUT' }] },
+      /^transaction\.created\[0\]\.chain: must not be the built-in name OUTPUT/,
+    ],
     ['chains missing', { ...tx, chains: undefined }, /^transaction\.chains: must be an array/],
     [
       'chain name too long',
@@ -553,6 +561,33 @@ describe('native executor error mapping', () => {
     );
     assert.equal(p.code, 'EPERM');
     assert.equal(p.errno, 1);
+  });
+  test('a conflict names its field: a profile name the table holds (name), else an address (source)', () => {
+    const n = mapNativeError(
+      Object.assign(
+        new Error(
+          'name: profile web: the nat table already holds a profile of that name (chain IPTLB_NAT_WEB, rule iptlb:web in IPTLB_OUTPUT)',
+        ),
+        { code: 'ECONFLICT', errno: 17 },
+      ),
+    );
+    assert.equal(n.code, 'ECONFLICT');
+    assert.equal(n.field, 'name');
+    assert.equal(
+      n.message,
+      'name: profile web: the nat table already holds a profile of that name (chain IPTLB_NAT_WEB, rule iptlb:web in IPTLB_OUTPUT), which this state file does not hold: delete it through the state file that holds it, or, if an interrupted change left it, `iptlb status` shows it orphaned and `iptlb sync` removes it',
+    );
+    const a = mapNativeError(
+      Object.assign(
+        new Error('profile b: its address is taken in the kernel by profile a (rule iptlb:a in IPTLB_OUTPUT)'),
+        {
+          code: 'ECONFLICT',
+          errno: 17,
+        },
+      ),
+    );
+    assert.equal(a.field, 'source');
+    assert.match(a.message, /^source: profile b: its address is taken/);
   });
   test('a TypeError from the addon names the field', () => {
     const e = mapNativeError(new TypeError('transaction.chains[0].name: is longer than 28 bytes'));

@@ -267,7 +267,7 @@ test('a name starting with - : refused for a new profile, taken from a state fil
   const help = (await cli(['--help'])).out.replace(/\s+/g, ' ');
   assert.match(
     help,
-    /--profile <name> profile name: 1-63 of A-Z a-z 0-9 _ -, not starting with - \(a profile of an older state file, 1-18 of them, may: -run -delete and -run without addresses take it\)/,
+    /--profile <name> profile name: 1-63 of A-Z a-z 0-9 _ -, not starting with - \(a profile of an older state file, 1-18 of them, may: -run -delete and -run without addresses take it\); names are one namespace per host: creating a profile whose name the kernel holds for another state file is refused/,
   );
   const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-cli-'));
   try {

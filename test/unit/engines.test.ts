@@ -455,6 +455,128 @@ test('nft: a state file does not take over an address another state file holds: 
 });
 
 for (const engine of ['legacy', 'nft'] as const) {
+  test(`${engine}: a state file does not take a profile name another state file holds (ECONFLICT naming name, IPv4 and IPv6, nothing changed); an interrupted create is completed by applying again`, async () => {
+    const kernels = fakes();
+    const A = coreOn(engine, kernels);
+    const B = coreOn(engine, kernels);
+    const kernel = engine === 'legacy' ? kernels.legacy : kernels.nft;
+    // On nft only rules carry a profile's name (elements are keyed by address): A's profiles log.
+    const logs = engine === 'nft' ? { logEnabled: true } : {};
+    const where = (v6: boolean) =>
+      engine === 'legacy' ? `the ${v6 ? 'ip6tables ' : ''}nat table` : `table ${v6 ? 'ip6' : 'ip'} iptlb`;
+    const held =
+      (name: string, v6 = false) =>
+      (e: IptlbError) =>
+        e.code === 'ECONFLICT' &&
+        e.field === 'name' &&
+        e.message.startsWith(`name: profile ${name}: ${where(v6)} already holds a profile of that name (`) &&
+        e.message.endsWith(
+          '), which this state file does not hold: delete it through the state file that holds it, or, if an interrupted change left it, `iptlb status` shows it orphaned and `iptlb sync` removes it',
+        ) &&
+        !e.message.includes('\n');
+    try {
+      await apply(
+        A.core,
+        { name: 'web', source: '127.100.0.1:80', destination: ['127.0.0.1:9001', '127.0.0.1:9002'], ...logs },
+        { name: 'web6', source: '[2001:db8::1]:80', destination: ['[2001:db8::a]:9001'], ...logs },
+        { name: 'rr', source: '127.100.0.2:80', destination: ['127.0.0.1:9001'], scheduler: 'round-robin' },
+      );
+      const commits = kernel.commits.length;
+      const tables = JSON.stringify([...kernel.tables], (_, v) => (v instanceof Map || v instanceof Set ? [...v] : v));
+      // Another address, another destination: the name alone is A's.
+      await assert.rejects(
+        apply(B.core, { name: 'web', source: '127.100.0.9:80', destination: ['127.0.0.1:9003'] }),
+        held('web'),
+      );
+      await assert.rejects(
+        apply(B.core, { name: 'web6', source: '[2001:db8::9]:80', destination: ['[2001:db8::a]:9003'] }),
+        held('web6', true),
+      );
+      // A round-robin profile's name (a rule of its own on both engines), in a change of two.
+      await assert.rejects(
+        apply(
+          B.core,
+          { name: 'free', source: '127.100.0.8:80', destination: ['127.0.0.1:9003'] },
+          { name: 'rr', source: '127.100.0.7:80', destination: ['127.0.0.1:9003'] },
+        ),
+        held('rr'),
+      );
+      if (engine === 'legacy')
+        // A name that shares A's chain (IPTLB_NAT_WEB) is A's profile to the kernel too.
+        await assert.rejects(
+          apply(B.core, { name: 'WEB', source: '127.100.0.9:80', destination: ['127.0.0.1:9003'] }),
+          (e: IptlbError) => e.field === 'name' && /\(chain IPTLB_NAT_WEB\)/.test(e.message),
+        );
+      assert.equal(kernel.commits.length, commits, 'nothing committed');
+      assert.equal(
+        JSON.stringify([...kernel.tables], (_, v) => (v instanceof Map || v instanceof Set ? [...v] : v)),
+        tables,
+      );
+      assert.deepEqual([...(await B.core.readState()).keys()], [], 'nothing recorded');
+      assert.deepEqual(
+        Object.fromEntries(Object.entries(await statuses(A.core)).filter(([n]) => ['web', 'web6', 'rr'].includes(n))),
+        { web: 'in-sync', web6: 'in-sync', rr: 'in-sync' },
+      );
+      // A change interrupted after its kernel commit, before its state write (C's file lost): applying
+      // the profile again from a state file that lacks it completes it, IPv4 and IPv6 alike.
+      const C = coreOn(engine, kernels);
+      const D = coreOn(engine, kernels);
+      try {
+        const again: ProfileInput[] = [
+          {
+            name: 'done',
+            source: '127.100.0.5:80',
+            destination: ['127.0.0.1:9001', '127.0.0.1:9002'],
+            weights: { '127.0.0.1:9002': 2 },
+            scheduler: 'round-robin',
+            logEnabled: true,
+          },
+          { name: 'done6', source: '[2001:db8::5]:80', destination: ['[2001:db8::a]:9001'], affinity: 30, ...logs },
+        ];
+        await apply(C.core, ...again);
+        await apply(D.core, ...again);
+        const d = await statuses(D.core);
+        assert.deepEqual([d.done, d.done6], ['in-sync', 'in-sync']);
+        // Not as planned (another destination): that is another profile of the name, refused.
+        const E = coreOn(engine, kernels);
+        try {
+          await assert.rejects(
+            apply(E.core, { ...again[0], destination: ['127.0.0.1:9009'], weights: {} }),
+            held('done'),
+          );
+        } finally {
+          E.done();
+        }
+      } finally {
+        C.done();
+        D.done();
+      }
+      // A profile this state file holds keeps its chain through a rename onto a name sharing it.
+      if (engine === 'legacy') {
+        await A.core.transact(
+          (state) => ({
+            upsert: [validateProfile({ name: 'WEB', source: '127.100.0.1:80', destination: ['127.0.0.1:9001'] })],
+            remove: [...state.keys()].filter((n) => n === 'web'),
+          }),
+          { run: true },
+        );
+        assert.equal((await statuses(A.core)).WEB, 'in-sync');
+      }
+      // An in-memory instance cannot tell its own profiles of before a restart from another's: it takes the name.
+      const lb = await open({ stateFile: false }, kernel as Executor);
+      try {
+        await lb.apply({ name: 'rr', source: '127.100.0.6:80', destination: ['127.0.0.1:9004'] });
+      } finally {
+        await lb.close();
+      }
+    } finally {
+      A.done();
+      B.done();
+    }
+  });
+}
+
+for (const engine of ['legacy', 'nft'] as const) {
   describe(`core over the ${engine} fake kernel`, () => {
     test('apply, status in sync; tampering found; sync repairs it in one transaction per family; orphans removed', async () => {
       const { core, kernels, lines, done } = coreOn(engine);

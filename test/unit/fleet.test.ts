@@ -356,6 +356,23 @@ describe('fleet: agent against a fake store and the fake nft kernel', () => {
     await a.stop();
   });
 
+  test("a name a local state file's profile holds: the agent applies its profile of that name too, as it takes an address (a refusal would hold back every later revision)", async () => {
+    const store = new FakeStore();
+    const kernel = new FakeNftKernel();
+    const file = stateFile();
+    const other = new Core({ stateFile: path.join(path.dirname(file), 'cli.db'), keepConntrack: true }, kernel);
+    // Logging: a rule carries the name in the table (a state-file core creating "web" is refused it).
+    const local = validateProfile({ ...prof('web', 7, 7000), logEnabled: true });
+    await other.transact(() => ({ upsert: [local], remove: [] }), { run: true });
+    putProf(store, 'web', 1); // another address, the same name
+    const a = makeAgent(store, kernel, file);
+    await a.start();
+    // (Refused, the revision would be retried forever: `ready` never comes.)
+    await until(async () => (await inKernel(a)).includes('web'), 'web applied');
+    assert.deepEqual(a.status().refused, []);
+    await a.stop();
+  });
+
   test('restart: orphans of its own are removed in the same transaction that applies the listed set; profiles it does not own are not touched', async () => {
     const store = new FakeStore();
     const kernel = new FakeNftKernel();

@@ -509,6 +509,66 @@ test("spawn: the original iptlb's jumps (no comment) to iptlb's chains are read,
   assert.ok(text.indexOf('-D OUTPUT') < text.indexOf('-X IPTLB_NAT_TEST'), 'the jump goes before its chain');
 });
 
+test('an exclusive transaction refuses a profile it creates whose chain or name the table holds, unless held exactly as planned (the spawn executor, as the native one)', () => {
+  const heldAs = (p: Profile): KernelView => {
+    const plan = planProfile(p);
+    return {
+      chains: [{ name: plan.chain.name, rules: plan.chain.rules.map((rule) => ({ rule, packets: 0n, bytes: 0n })) }],
+      hookRules: plan.hookRules.map((h, i) => ({
+        chain: h.chain,
+        owner: h.owner,
+        position: i + 1,
+        rule: h.rule,
+        packets: 0n,
+        bytes: 0n,
+      })),
+      gate: { gates: ['OUTPUT'], dispatch: ['OUTPUT'] },
+    };
+  };
+  const creating = (p: Profile) => ({
+    ...planTransaction([p], [], p.source.startsWith('[') ? 'ipv6' : 'ipv4'),
+    exclusive: true,
+    created: [{ name: p.name, chain: planProfile(p).chain.name }],
+  });
+  const theirs = validateProfile({ ...web, source: '127.100.0.20:80', destination: ['127.0.0.1:9009'] });
+  const refused = (re: RegExp) => (e: IptlbError) =>
+    e.code === 'ECONFLICT' && e.field === 'name' && re.test(e.message) && !e.message.includes('\n');
+  assert.throws(
+    () => renderRestore(creating(web), heldAs(theirs)),
+    refused(
+      /^name: profile web: the nat table already holds a profile of that name \(chain IPTLB_NAT_WEB, rule iptlb:web in IPTLB_OUTPUT\), which this state file does not hold: delete it through the state file that holds it, or, if an interrupted change left it, `iptlb status` shows it orphaned and `iptlb sync` removes it$/,
+    ),
+  );
+  // The chain alone (a profile whose jumps are gone), or the rules alone.
+  const chainOnly = { ...heldAs(theirs), hookRules: [] };
+  assert.throws(() => renderRestore(creating(web), chainOnly), refused(/\(chain IPTLB_NAT_WEB\)/));
+  const rulesOnly = { ...heldAs(theirs), chains: [] };
+  assert.throws(() => renderRestore(creating(web), rulesOnly), refused(/\(rule iptlb:web in IPTLB_OUTPUT\)/));
+  // Exactly as planned (an interrupted create): rendered, as a replacement of itself.
+  assert.match(
+    renderRestore(creating(web), heldAs(web)),
+    /-D IPTLB_OUTPUT .*iptlb:web[\s\S]*-I IPTLB_OUTPUT 1 .*iptlb:web/,
+  );
+  // As planned but its jump in OUTPUT itself (the layout before the gate): not as planned.
+  const direct = heldAs(web);
+  direct.hookRules = direct.hookRules.map((h) => ({ ...h, direct: true }));
+  assert.throws(() => renderRestore(creating(web), direct), refused(/rule iptlb:web in OUTPUT\)/));
+  // Not exclusive (an in-memory instance), or not created (the state file holds it): no question asked.
+  assert.match(renderRestore(planTransaction([web], []), heldAs(theirs)), /iptlb:web/);
+  assert.match(renderRestore({ ...planTransaction([web], []), exclusive: true }, heldAs(theirs)), /iptlb:web/);
+  // A chain this state keeps through the change (a rename onto a name that shares it): only the name's rules count.
+  const renamed = validateProfile({ ...web, name: 'WEB' });
+  const rename = { ...planTransaction([renamed], ['web']), exclusive: true, created: [{ name: 'WEB' }] };
+  assert.match(renderRestore(rename, heldAs(web)), /-I IPTLB_OUTPUT 1 .*iptlb:WEB/);
+  // IPv6: the ip6tables table is named.
+  const six = validateProfile({ name: 'six', source: '[2001:db8::1]:80', destination: ['[2001:db8::a]:9001'] });
+  const sixTheirs = validateProfile({ ...six, destination: ['[2001:db8::a]:9009'] });
+  assert.throws(
+    () => renderRestore(creating(six), heldAs(sixTheirs)),
+    refused(/^name: profile six: the ip6tables nat table already holds a profile of that name \(chain IPTLB_NAT_SIX, /),
+  );
+});
+
 test('an exclusive transaction (a state-file change) refuses an address a dispatch rule of another profile selects; the owners may', () => {
   const other = planProfile(validateProfile({ ...web, name: 'other' }));
   const view: KernelView = {

@@ -4,20 +4,11 @@
 import { isGatedHook, type GatedHook } from './gate.js';
 import { chainName, profilesOf, weightOf } from '../../model/profile.js';
 import { earlierChainRules, planProfile, planTransaction, CHAIN_PREFIX } from './plan.js';
-import { canonicalProbability, renderRule } from './restore.js';
-import type { Family, KernelView, Profile, Rule, Transaction } from '../../model/types.js';
+import { canonicalRule } from './restore.js';
+import type { Family, KernelView, Profile, Transaction } from '../../model/types.js';
 import type { DestinationCounters, ProfileReport } from '../../model/report.js';
 
-/** Canonical text of a rule, as the kernel keeps it: probabilities at the kernel's precision, /32 explicit. */
-export function canonicalRule(r: Rule): string {
-  const c: Rule = {
-    ...r,
-    matches: r.matches.map((m) =>
-      m.name === 'statistic' && m.mode === 'random' ? { ...m, probability: canonicalProbability(m.probability) } : m,
-    ),
-  };
-  return renderRule(c);
-}
+export { canonicalRule } from './restore.js';
 
 function sameRules(a: readonly string[], b: readonly string[]): boolean {
   return a.length === b.length && a.every((r, i) => r === b[i]);

@@ -83,9 +83,22 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
   ): Promise<FamilyPlan<Transaction>> {
     const tx = planTransaction(change.upsert, change.remove, f);
     // A state-file instance does not take over an address the kernel gives to a profile it does not
-    // hold (refused at commit, where the kernel's rules are at hand); an in-memory one cannot tell its
-    // own profiles of before a restart from another's, and takes it, as the fleet agent does.
-    if ((ctx.exclusive ?? !ctx.partial) && tx.hookRules.length) tx.exclusive = true;
+    // hold, nor a profile of a name it does not hold (refused at commit, where the kernel's rules are
+    // at hand: the native commit reads every rule's comment anyway); an in-memory one cannot tell its
+    // own profiles of before a restart from another's, and takes them, as the fleet agent does.
+    if ((ctx.exclusive ?? !ctx.partial) && tx.hookRules.length) {
+      tx.exclusive = true;
+      const fresh = change.upsert.filter((p) => !state.has(p.name));
+      if (fresh.length) {
+        // A chain a profile this state holds keeps through this change is its own (a rename from
+        // `web` to `WEB` in one change): only the new name's rules are asked about.
+        const kept = new Set<string>();
+        for (const n of tx.owners) if (state.has(n)) kept.add(chainName(n));
+        tx.created = fresh.map((p) =>
+          kept.has(chainName(p.name)) ? { name: p.name } : { name: p.name, chain: chainName(p.name) },
+        );
+      }
+    }
     return { family: f, steps: isEmptyTransaction(tx) ? [] : [tx], next: new ChangedProfiles(state, change) };
   }
 

@@ -9,6 +9,7 @@ import { findBinary, run } from '../../platform/spawn.js';
 import type { NativeAddon } from '../../platform/addon.js';
 import type { AfterCommit, CommitResult, Family, KernelView, Transaction } from '../../model/types.js';
 import { legacyPermissionMessage, type LegacyExecutor } from './executor.js';
+import { HELD_HINT } from '../engine.js';
 
 /** Maps what the addon throws or rejects with to an {@link IptlbError}, keeping the code, errno and message. */
 export function mapNativeError(e: unknown): IptlbError {
@@ -24,6 +25,9 @@ export function mapNativeError(e: unknown): IptlbError {
       field ? { field, cause: e } : { cause: e },
     );
   }
+  // A profile name the table holds for a profile the state file does not (transaction.cc RefuseHeld), else an address.
+  if (err.code === 'ECONFLICT' && message.startsWith('name: '))
+    return new IptlbError('ECONFLICT', `${message}${HELD_HINT}`, { field: 'name', cause: e });
   if (err.code === 'ECONFLICT')
     return new IptlbError('ECONFLICT', `source: ${message}${TAKEN_HINT}`, { field: 'source', cause: e });
   const code: ErrorCode =

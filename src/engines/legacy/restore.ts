@@ -5,7 +5,7 @@
 import type { Family, HookChain, KernelView, Rule, Target, Transaction } from '../../model/types.js';
 import { CHAIN_PREFIX, OWN_CHAIN, OWNER_PREFIX } from './plan.js';
 import { familyOf } from '../../model/address.js';
-import { renderRuleOf, parseRule } from './codec/index.js';
+import { canonicalProbability, renderRuleOf, parseRule } from './codec/index.js';
 import {
   DISPATCH,
   GATED_HOOKS,
@@ -17,6 +17,7 @@ import {
   type GatedHook,
 } from './gate.js';
 import { IptlbError } from '../../model/errors.js';
+import { HELD_HINT } from '../engine.js';
 
 /**
  * The family of a planned or parsed rule: that of the first address it holds (IPv6 text has colons, an IPv4 endpoint
@@ -30,6 +31,17 @@ export function familyOfRule(r: Rule): Family {
 }
 
 export { canonicalProbability, parseRule, renderRuleOf } from './codec/index.js';
+
+/** Canonical text of a rule, as the kernel keeps it: probabilities at the kernel's precision, /32 explicit. */
+export function canonicalRule(r: Rule): string {
+  const c: Rule = {
+    ...r,
+    matches: r.matches.map((m) =>
+      m.name === 'statistic' && m.mode === 'random' ? { ...m, probability: canonicalProbability(m.probability) } : m,
+    ),
+  };
+  return renderRule(c);
+}
 
 const HOOKS: readonly string[] = ['PREROUTING', 'INPUT', 'OUTPUT', 'POSTROUTING'];
 
@@ -50,7 +62,10 @@ export function renderRule(r: Rule): string {
 export function renderRestore(tx: Transaction, view: KernelView): string {
   const existing = new Set(view.chains.map((c) => c.name));
   const owners = new Set(tx.owners);
-  if (tx.exclusive) refuseTaken(tx, view, owners);
+  if (tx.exclusive) {
+    refuseHeld(tx, view);
+    refuseTaken(tx, view, owners);
+  }
   const gate = planGate(tx, view);
   const gates = new Set(view.gate?.gates ?? []);
   const dispatch = new Set(view.gate?.dispatch ?? []);
@@ -93,6 +108,69 @@ export function renderRestore(tx: Transaction, view: KernelView): string {
 /** What follows the addon's message that a profile's address is taken by another's rule. */
 export const TAKEN_HINT =
   ', which is not part of this change: delete it where it is held (another state file), or, if this state file holds it at another address, apply it with -run (`iptlb status` shows it)';
+
+/**
+ * With `tx.exclusive`: refuses a profile the transaction creates (`tx.created`: a name the state
+ * file does not hold) whose chain the table has, or whose name a rule carries, unless the table
+ * holds it exactly as planned (a change interrupted before its state write: applying it again
+ * completes it). As the native executor does, with the same message. The table is read whole for
+ * the spawn executor's commit anyway; the rules are gone through once.
+ */
+export function refuseHeld(tx: Transaction, view: KernelView): void {
+  if (!tx.created?.length) return;
+  const names = new Set(tx.created.map((c) => c.name));
+  const rulesOf = new Map<string, KernelView['hookRules']>();
+  for (const h of view.hookRules) {
+    if (!names.has(h.owner)) continue;
+    const list = rulesOf.get(h.owner);
+    if (list) list.push(h);
+    else rulesOf.set(h.owner, [h]);
+  }
+  for (const { name, chain } of tx.created) {
+    const held = chain === undefined ? undefined : view.chains.find((c) => c.name === chain);
+    const rules = rulesOf.get(name) ?? [];
+    if (!held && !rules.length) continue;
+    if (heldAsPlanned(tx, name, held, chain !== undefined, rules)) continue;
+    const where = (h: KernelView['hookRules'][number]): string =>
+      isGatedHook(h.chain) && !h.direct ? DISPATCH[h.chain] : h.chain;
+    const found = [
+      ...(held ? [`chain ${held.name}`] : []),
+      ...rules.slice(0, 1).map((h) => `rule iptlb:${name} in ${where(h)}`),
+    ];
+    throw new IptlbError(
+      'ECONFLICT',
+      `name: profile ${name}: the ${tx.family === 'ipv6' ? 'ip6tables ' : ''}nat table already holds a profile of that name (${found.join(', ')})${HELD_HINT}`,
+      { field: 'name' },
+    );
+  }
+}
+
+/**
+ * Whether the table holds profile `name` exactly as `tx` plans it: its chain (when `withChain`) with
+ * the planned rules, and the planned rules in the hooks, behind the gate.
+ */
+function heldAsPlanned(
+  tx: Transaction,
+  name: string,
+  chain: KernelView['chains'][number] | undefined,
+  withChain: boolean,
+  rules: KernelView['hookRules'],
+): boolean {
+  if (withChain) {
+    const planned = tx.chains.find((c) => c.name === chain?.name);
+    if (!chain || !planned) return false;
+    const have = chain.rules.map((k) => canonicalRule(k.rule));
+    const want = planned.rules.map(canonicalRule);
+    if (have.length !== want.length || have.some((r, i) => r !== want[i])) return false;
+  }
+  if (rules.some((h) => h.direct)) return false;
+  const have = rules.map((h) => `${h.chain} ${canonicalRule(h.rule)}`).sort();
+  const want = tx.hookRules
+    .filter((h) => h.owner === name)
+    .map((h) => `${h.chain} ${canonicalRule(h.rule)}`)
+    .sort();
+  return have.length === want.length && have.every((r, i) => r === want[i]);
+}
 
 /**
  * With `tx.exclusive`: refuses a hook rule of the transaction whose address, protocol and port a

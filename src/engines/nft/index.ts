@@ -30,7 +30,14 @@ import {
   planNftRebuild,
   planNftRemoveAll,
 } from './plan.js';
-import { dispatchSetName, nftTableFamily, type NftRule, type NftTransaction, type NftView } from './ops.js';
+import {
+  dispatchSetName,
+  nftTableFamily,
+  type NftEndpoint,
+  type NftRule,
+  type NftTransaction,
+  type NftView,
+} from './ops.js';
 import { renderNft, renderNftRule } from './render.js';
 import { compareNft, strayRoundRobin } from './view.js';
 import type { Family } from '../../model/address.js';
@@ -38,6 +45,7 @@ import type { Profile } from '../../model/types.js';
 import type { NftExecutor } from './executor.js';
 import {
   ChangedProfiles,
+  HELD_HINT,
   shapesOf,
   type Change,
   type Engine,
@@ -331,13 +339,17 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
 
   /**
    * A state-file instance does not take over an address the kernel gives to a profile it does not
-   * hold. A profile this change creates, or moves to another address, whose address the table
-   * already serves (another state file's profile, or one left by an interrupted change) is refused,
-   * unless the table holds that very profile as planned (a change interrupted before its state write
-   * leaves that: applying it again completes it). Asked with `view` when the plan read the table,
-   * else with a narrow read (NftExecutor.lookup, confirmed by a whole read when it finds something).
-   * Elements carry no profile name: the other profile is not named. (An in-memory instance cannot
-   * tell its own profiles of before a restart from another's, and takes the address.)
+   * hold, nor a profile of a name it does not hold. A profile this change creates (a name this state
+   * does not hold) whose name a rule of the table carries (`comment "iptlb:<name>"`: logging,
+   * masquerade, round-robin and affinity rules; elements carry no name), or one it creates or moves
+   * to another address whose address the table already serves (another state file's profile, or
+   * one left by an interrupted change), is refused, unless the table holds that very profile as
+   * planned (a change interrupted before its state write leaves that: applying it again completes
+   * it). Asked with `view` when the plan read the table, else with a narrow read (NftExecutor.lookup:
+   * the addresses' elements and the base chains' rules), confirmed by a whole read when it finds
+   * something. Elements carry no profile name: the other profile of an address is not named. (An
+   * in-memory instance cannot tell its own profiles of before a restart from another's, and takes
+   * the address and the name.)
    */
   private async refuseTaken(
     f: Family,
@@ -347,26 +359,47 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
   ): Promise<void> {
     // (Another profile of this state file cannot hold the address: the core refused that already.)
     const before = new Set(known.old.map((p) => profileVipKey(p)));
+    const held = new Set(known.old.map((p) => p.name));
     const moved: Profile[] = [];
+    const created: Profile[] = [];
     for (const n of known.touched ?? []) {
       const p = next.get(n);
-      if (p && !before.has(profileVipKey(p))) moved.push(p);
+      if (!p) continue;
+      if (!held.has(n)) created.push(p);
+      if (!before.has(profileVipKey(p))) moved.push(p);
     }
-    if (!moved.length) return;
+    if (!moved.length && !created.length) return;
     const nf = nftTableFamily(f);
+    const asked = new Map<string, NftEndpoint>();
+    for (const p of [...moved, ...created]) asked.set(profileVipKey(p), profileEndpoint(p));
     let v =
       view ??
-      (this.executor.lookup
-        ? await this.executor.lookup(
-            nf,
-            moved.map((p) => profileEndpoint(p)),
-          )
-        : await this.executor.read(nf));
+      (this.executor.lookup ? await this.executor.lookup(nf, [...asked.values()]) : await this.executor.read(nf));
     if (!v.exists) return;
+    const asPlanned = async (p: Profile): Promise<boolean> => {
+      if (v.narrow) v = await this.executor.read(nf);
+      return compareNft(new Map([[p.name, p]]), v)[0]?.status === 'in-sync';
+    };
+    if (created.length) {
+      const names = new Set(created.map((p) => p.name));
+      const ruleOf = new Map<string, string>(); // name -> the base chain of its first rule
+      for (const c of v.chains)
+        for (const r of c.rules)
+          if ('owner' in r && names.has(r.owner) && !ruleOf.has(r.owner)) ruleOf.set(r.owner, c.name);
+      for (const p of created) {
+        const chain = ruleOf.get(p.name);
+        if (chain === undefined || (await asPlanned(p))) continue;
+        throw new IptlbError(
+          'ECONFLICT',
+          `name: profile ${p.name}: ${this.where(f)} already holds a profile of that name (rule iptlb:${p.name} in chain ${chain})${HELD_HINT}`,
+          { field: 'name' },
+        );
+      }
+    }
     for (const p of moved) {
       if (!servesAddress(v, p)) continue;
       if (v.narrow) v = await this.executor.read(nf);
-      if (!servesAddress(v, p) || compareNft(new Map([[p.name, p]]), v)[0]?.status === 'in-sync') continue;
+      if (!servesAddress(v, p) || (await asPlanned(p))) continue;
       throw new IptlbError(
         'ECONFLICT',
         `source: profile ${p.name}: its address ${p.source}/${p.protocol} is taken in ${this.where(f)} by a profile this state file does not hold: another state file's (delete it there), or one left by an interrupted change (\`iptlb status\` shows it orphaned; \`iptlb sync\` removes it)`,
