@@ -136,7 +136,10 @@ export function addGlobal(cmd: Command): Command {
       '--keep-conntrack',
       'keep conntrack entries of flows to destinations a change removes (default: delete them)',
     )
-    .option('--verbose', 'also log every rule written');
+    .option(
+      '--verbose',
+      'also log the rules each commit wrote or removed (apply, delete, sync, migrate, -run), each in the chain it is in',
+    );
 }
 
 export const GLOBAL_KEYS = ['stateFile', 'executor', 'engine', 'json', 'quiet', 'verbose', 'keepConntrack'] as const;

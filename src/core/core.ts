@@ -332,8 +332,16 @@ export class Core {
   private queue: Promise<unknown> = Promise.resolve();
   /** Deletes the conntrack entries of removed destinations after the changes, off the commit path. */
   readonly conntrack: ConntrackJanitor;
-  /** The last transaction committed by this instance (for `--verbose`). */
-  lastTransaction?: AnyTransaction;
+  /**
+   * The transactions the last change, sync or migration of this instance committed, in order, each
+   * with the engine that committed it (a migration commits through both): what `--verbose` prints.
+   * Empty when it committed nothing.
+   */
+  commits: { engine: Engine; tx: AnyTransaction }[] = [];
+  /** The last of {@link commits}. */
+  get lastTransaction(): AnyTransaction | undefined {
+    return this.commits.at(-1)?.tx;
+  }
   /**
    * Runtime health of destinations: the kernel gets effective profiles (down destinations drained), the state file the
    * configured ones.
@@ -819,6 +827,7 @@ export class Core {
     },
   ): Promise<TransactionResult> {
     return this.serial(async () => {
+      this.commits = [];
       await this.requireStateFile(opts.requireFile);
       if (opts.run) this.checkPrivileges((await this.select()).provider.name);
       const lock = await this.lock(true);
@@ -976,7 +985,7 @@ export class Core {
     after?: AfterCommit,
   ): Promise<{ ms: number; appended?: FamilyCommit['appended'] }> {
     const { durationMs, committed, appended } = await engine.commitPlan(plan, (line) => this.log(line), after);
-    this.lastTransaction = committed as AnyTransaction;
+    this.commits.push({ engine, tx: committed as AnyTransaction });
     return { ms: durationMs, appended };
   }
 
@@ -1346,7 +1355,10 @@ export class Core {
       const view = await engine.read(f);
       if (!needed(view, attempt)) return undefined;
       try {
-        return await engine.commit(engine.planReplace(f, profiles, view));
+        const tx = engine.planReplace(f, profiles, view);
+        const ms = await engine.commit(tx);
+        this.commits.push({ engine: engine as Engine, tx: tx as AnyTransaction });
+        return ms;
       } catch (e) {
         if (e instanceof IptlbError && e.code === 'ERESTART' && attempt < 5) continue;
         throw e;
@@ -1391,6 +1403,7 @@ export class Core {
     state?: ReadonlyMap<string, Profile>;
   }> {
     return this.serial(async () => {
+      this.commits = [];
       const requireFile = opts.requireFile && !opts.profiles;
       await this.requireStateFile(requireFile);
       this.checkPrivileges((await this.select()).provider.name);
@@ -1465,6 +1478,7 @@ export class Core {
     } = {},
   ): Promise<{ moved: number; installMs: number; removeMs: number; removedFrom: boolean }> {
     return this.serial(async () => {
+      this.commits = [];
       if (this.injected && !this.supplied)
         throw new IptlbError(
           'EUSAGE',
@@ -1522,6 +1536,7 @@ export class Core {
         for (const tx of removals) {
           try {
             removeMs += await source.commit(tx);
+            this.commits.push({ engine: source, tx: tx as AnyTransaction });
           } catch (e) {
             const failed = await this.migrateFailed(e as Error, m);
             // Undone: the profiles are where they were, and so is the record.

@@ -7,11 +7,17 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { Core, deleteChange, upsertChange } from '../../src/core/core.js';
+import { verboseRules } from '../../src/cli/context.js';
 import { LegacyEngine } from '../../src/engines/legacy/index.js';
 import { planTransaction } from '../../src/engines/legacy/plan.js';
 import { validateProfile } from '../../src/model/profile.js';
-import { FakeLegacyKernel } from '../harness/fake-kernel.js';
-import type { Family, KernelView, ProfileInput } from '../../src/model/types.js';
+import { FakeLegacyKernel, FakeNftKernel } from '../harness/fake-kernel.js';
+import type { EngineName, Family, KernelView, ProfileInput } from '../../src/model/types.js';
+import type { Executor } from '../../src/engines/engine.js';
 
 const web = (n: number, more: Partial<ProfileInput> = {}): ProfileInput => ({
   name: `web${n}`,
@@ -19,6 +25,101 @@ const web = (n: number, more: Partial<ProfileInput> = {}): ProfileInput => ({
   destination: ['127.0.0.1:9001', '127.0.0.1:9002'],
   ...more,
 });
+
+function setup(engine: EngineName) {
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-commits-'));
+  const file = path.join(dir, 'state.db');
+  const kernels = { legacy: new FakeLegacyKernel(), nft: new FakeNftKernel() };
+  const lines: string[] = [];
+  const core = new Core(
+    { stateFile: file, engine, log: (l) => lines.push(l) },
+    kernels as unknown as Record<EngineName, Executor>,
+  );
+  return { core, kernels, file, lines, done: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** What `--verbose` prints after the core's last change, sync or migration. */
+function verbose(core: Core): string[] {
+  const err: string[] = [];
+  verboseRules(core, { out: () => {}, err: (s) => err.push(s) })();
+  return err.map((l) => l.replace(/^iptlb: {3}/, ''));
+}
+
+const apply = (core: Core, ...inputs: ProfileInput[]) =>
+  core.transact((state) => upsertChange(state, inputs), { run: true });
+
+for (const engine of ['legacy', 'nft'] as const) {
+  test(`--verbose on ${engine}: delete, sync and migrate print what they committed, as apply does; a sync with nothing to do prints nothing`, async () => {
+    const { core, kernels, done } = setup(engine);
+    try {
+      await apply(core, web(1), web(2));
+      const applied = verbose(core);
+      assert.ok(applied.length > 0, 'apply');
+
+      await core.transact((state) => deleteChange(state, ['web2']), { run: true });
+      const deleted = verbose(core);
+      if (engine === 'legacy')
+        assert.deepEqual(deleted, [
+          '[delete] nat: the rules commented "iptlb:web2"',
+          '[delete] nat/IPTLB_NAT_WEB2: the chain',
+        ]);
+      else {
+        assert.ok(deleted.length > 0 && deleted.every((l) => l.startsWith('[nft] ')), deleted.join('\n'));
+        assert.ok(
+          deleted.some((l) => /^\[nft\] delete element ip iptlb be_tcp \{ 127\.100\.0\.12 \. 80 /.test(l)),
+          deleted.join('\n'),
+        );
+      }
+
+      // Someone flushed web1's rules: the sync puts them back, and says which.
+      if (engine === 'legacy') kernels.legacy.tables.get('ipv4')!.chains.set('IPTLB_NAT_WEB1', []);
+      else kernels.nft.tables.get('ip')!.maps.get('be_tcp')!.clear();
+      const r = await core.sync();
+      assert.equal(r.committed, true);
+      const synced = verbose(core);
+      if (engine === 'legacy')
+        assert.deepEqual(synced, [
+          '[append] nat/IPTLB_NAT_WEB1: -d 127.100.0.11/32 -p tcp -m statistic --mode random --probability 0.5000000000 -j DNAT --to-destination 127.0.0.1:9001',
+          '[append] nat/IPTLB_NAT_WEB1: -d 127.100.0.11/32 -p tcp -j DNAT --to-destination 127.0.0.1:9002',
+          '[insert] nat/IPTLB_OUTPUT: -d 127.100.0.11/32 -p tcp -m comment --comment "iptlb:web1" -m tcp --dport 80 -j IPTLB_NAT_WEB1',
+        ]);
+      else
+        assert.ok(
+          synced.some((l) => /^\[nft\] add element ip iptlb be_tcp \{ 127\.100\.0\.11 \. 80 /.test(l)),
+          synced.join('\n'),
+        );
+
+      assert.equal((await core.sync()).committed, false);
+      assert.deepEqual(verbose(core), [], 'nothing committed, nothing printed');
+
+      // A migration commits through both engines: the install in the other, then the removal here.
+      const other = engine === 'legacy' ? 'nft' : 'legacy';
+      await core.migrate(other);
+      const moved = verbose(core);
+      const nftLines = moved.filter((l) => l.startsWith('[nft] '));
+      const legacyLines = moved.filter((l) => !l.startsWith('[nft] '));
+      assert.ok(nftLines.length > 0 && legacyLines.length > 0, moved.join('\n'));
+      if (engine === 'legacy') {
+        assert.ok(moved.indexOf(nftLines[0]) < moved.indexOf(legacyLines[0]), 'installed first');
+        assert.deepEqual(legacyLines, [
+          '[delete] nat: the rules commented "iptlb:web1"',
+          '[delete] nat/IPTLB_NAT_WEB1: the chain',
+        ]);
+      } else {
+        assert.ok(moved.indexOf(legacyLines[0]) < moved.indexOf(nftLines[0]), 'installed first');
+        assert.ok(
+          legacyLines.includes(
+            '[insert] nat/IPTLB_OUTPUT: -d 127.100.0.11/32 -p tcp -m comment --comment "iptlb:web1" -m tcp --dport 80 -j IPTLB_NAT_WEB1',
+          ),
+          legacyLines.join('\n'),
+        );
+        assert.deepEqual(nftLines, ['[nft] add table ip iptlb', '[nft] delete table ip iptlb']);
+      }
+    } finally {
+      done();
+    }
+  });
+}
 
 test('legacy: --verbose, the apply log line and show name the chain a rule is in: IPTLB_OUTPUT / IPTLB_PREROUTING behind the gate, POSTROUTING, and OUTPUT only for an older jump sitting in OUTPUT itself', async () => {
   const client = validateProfile(web(1));

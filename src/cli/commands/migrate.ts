@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { IptlbError } from '../../model/errors.js';
 import { addGlobal, withGlobals, type GlobalOpts } from '../flags.js';
-import { makeCore, type Out } from '../context.js';
+import { makeCore, report, verboseRules, type Out } from '../context.js';
 
 export function register(program: Command, io: Out): void {
   addGlobal(
@@ -25,7 +25,8 @@ export function register(program: Command, io: Out): void {
             field: 'to',
           },
         );
-      const r = await makeCore(g, io).migrate(to, { requireFile: true });
-      if (g.json) io.out(JSON.stringify({ to, ...r }));
+      const core = makeCore(g, io);
+      const r = await core.migrate(to, { requireFile: true });
+      report({ to, ...r }, g, io, verboseRules(core, io));
     });
 }

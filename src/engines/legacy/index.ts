@@ -131,7 +131,11 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
    */
   describeTransaction(tx: Transaction): string[] {
     const table = tx.family === 'ipv6' ? 'ip6tables nat' : 'nat';
+    // Every rule of an owner is deleted first; an owner whose rules come back is a replacement, said by its inserts.
+    const inserted = new Set(tx.hookRules.map((h) => h.owner));
     return [
+      ...tx.owners.filter((o) => !inserted.has(o)).map((o) => `[delete] ${table}: the rules commented "iptlb:${o}"`),
+      ...tx.deleteChains.map((c) => `[delete] ${table}/${c}: the chain`),
       ...tx.chains.flatMap((c) => c.rules.map((r) => `[append] ${table}/${c.name}: ${renderRule(r)}`)),
       ...tx.hookRules.map((h) => `[insert] ${table}/${physicalChain(h.chain)}: ${renderRule(h.rule)}`),
     ];
