@@ -1476,7 +1476,15 @@ export class Core {
       /** Refuse a state file that does not exist ({@link absentStateFile}), as the CLI's `migrate` does. */
       requireFile?: boolean;
     } = {},
-  ): Promise<{ moved: number; installMs: number; removeMs: number; removedFrom: boolean }> {
+  ): Promise<{
+    /** Profiles installed in `to` (those it did not hold already, in step). */
+    moved: number;
+    installMs: number;
+    removeMs: number;
+    removedFrom: boolean;
+    /** Nothing was changed: the profiles were in `to` already, the other engine held nothing, the record said `to`. */
+    unchanged: boolean;
+  }> {
     return this.serial(async () => {
       this.commits = [];
       if (this.injected && !this.supplied)
@@ -1510,19 +1518,49 @@ export class Core {
         const targetHeld = await target.holdsObjects();
         let installMs = 0;
         let installs = 0;
+        let moved = 0;
         for (const f of FAMILIES) {
           const profiles = this.ofFamily(state, f);
           if (profiles.size === 0) continue;
-          installMs += (await this.replaceFamily(target, f, profiles, () => true))!;
+          // A family the target already holds exactly (a migration run twice, or rules put there by
+          // --engine) is left as it is, as sync leaves it: no commit, its counters kept.
+          const ms = await this.replaceFamily(target, f, profiles, (view) =>
+            target.compare(profiles, view).some((r) => r.status !== 'in-sync'),
+          );
+          if (ms === undefined) continue;
+          installMs += ms;
           installs++;
+          moved += profiles.size;
+        }
+        const record = this.statePath === null ? null : engineRecordOf(this.statePath);
+        const recordBefore = record === null ? null : engineRecordText(record);
+        if (installs === 0 && removals.length === 0) {
+          // Nothing to move: the rules are in `to` already, and the other engine holds none of iptlb's.
+          const where = `the rules are already in the ${to} engine (${state.size} profile(s) of ${this.statePath ?? 'this instance'}, in step) and the ${from} engine holds none of iptlb's`;
+          if (record === null || recordBefore === `${to}\n`) {
+            this.log(`${where}: nothing was changed`);
+            await this.sayHowToKeep(to);
+            return { moved: 0, installMs: 0, removeMs: 0, removedFrom: false, unchanged: true };
+          }
+          try {
+            await writeEngineRecord(this.statePath!, `${to}\n`);
+          } catch (e) {
+            const why = fsFailure(e, 'write the engine record', record);
+            throw new IptlbError(why.code, `${why.message}; nothing was changed`, { cause: e });
+          }
+          this.log(`${where}: the kernel was not changed; the ${to} engine is now recorded in ${record}`);
+          this.selected = undefined;
+          this.selecting = undefined;
+          await this.sayHowToKeep(to);
+          return { moved: 0, installMs: 0, removeMs: 0, removedFrom: false, unchanged: false };
         }
         this.log(
-          `installed ${state.size} profile(s) in the ${to} engine in ${installs > 1 ? `${installs} transactions (one per address family)` : 'one transaction'} (${target.executor.kind}, ${installMs.toFixed(2)} ms)`,
+          installs
+            ? `installed ${moved} profile(s) in the ${to} engine in ${installs > 1 ? `${installs} transactions (one per address family)` : 'one transaction'} (${target.executor.kind}, ${installMs.toFixed(2)} ms)${moved < state.size ? `; it held the other ${state.size - moved} already, in step` : ''}`
+            : `the ${to} engine already holds the ${state.size} profile(s), in step: nothing installed`,
         );
         // Every profile is in `to` now: recorded before the removal, so that a writer waiting for the lock (or
         // a migrate killed from here on) goes on in `to`, never in the engine being emptied.
-        const record = this.statePath === null ? null : engineRecordOf(this.statePath);
-        const recordBefore = record === null ? null : engineRecordText(record);
         const m = { to, from, target, source, targetHeld, removed: 0 };
         if (record !== null) {
           try {
@@ -1557,7 +1595,7 @@ export class Core {
         this.selected = undefined;
         this.selecting = undefined;
         await this.sayHowToKeep(to);
-        return { moved: state.size, installMs, removeMs, removedFrom };
+        return { moved, installMs, removeMs, removedFrom, unchanged: false };
       } finally {
         lock.release();
       }

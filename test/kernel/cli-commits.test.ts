@@ -16,6 +16,13 @@ const rulesOf = (p: Proc): string[] =>
     .split('\n')
     .filter((l) => l.startsWith('iptlb:   '))
     .map((l) => l.slice('iptlb:   '.length));
+/** Everything the kernel holds, with counters and nft handles: any commit shows. */
+const KERNEL = [
+  'sh',
+  '-c',
+  '(iptables-legacy-save -c; ip6tables-legacy-save -c; nft -a list ruleset; ipset list) 2>&1 | grep -v "^#"',
+] as const;
+const FILES = ['stat', '-c', '%n %i %s %y', '$WORK/state.db', '$WORK/state.db.engine'] as const;
 
 describePairs('the CLI on what it committed', (pair) => {
   const other = pair.engine === 'legacy' ? 'nft' : 'legacy';
@@ -99,5 +106,52 @@ describePairs('the CLI on what it committed', (pair) => {
     const legacyFirst = moved.findIndex((l) => !l.startsWith('[nft] '));
     assert.ok(nftFirst >= 0 && legacyFirst >= 0, migrated.stderr);
     assert.equal(nftFirst < legacyFirst, other === 'nft', migrated.stderr);
+  });
+
+  test(`migrate --to ${pair.engine} with the rules in ${pair.engine} already: says so, exit 0, the kernel, the state file and the record unchanged`, async () => {
+    const to = ['-state-file=$WORK/state.db', executor, 'migrate', '--to', pair.engine];
+    const r = (await runSteps([
+      cli(pair, 'apply', '-profile=web', `-src-addr=${VIP}:8081`, `-dest-addr=${DEST}`),
+      cli(pair, 'apply', '-profile=six', '-src-addr=[::1]:8081', '-dest-addr=[::1]:9001'),
+      // Connections through the rules: their counters, which a commit that rewrote the rules would reset.
+      { op: 'backends', tcp: [9001, 9002] },
+      { op: 'tcp', vip: VIP, port: 8081, count: 6 },
+      // Put there with --engine: no record yet; the first migrate writes it and commits nothing.
+      { op: 'sh', argv: [...KERNEL] },
+      { op: 'cli', args: [...to, '--verbose'] },
+      { op: 'sh', argv: [...KERNEL] },
+      { op: 'sh', argv: [...FILES] },
+      { op: 'cli', args: [...to, '--verbose'] },
+      { op: 'cli', args: [...to, '--json'] },
+      { op: 'sh', argv: [...KERNEL] },
+      { op: 'sh', argv: [...FILES] },
+      { op: 'read', file: '$WORK/state.db.engine' },
+    ])) as (Proc | string)[];
+    const [, , , , k0, recorded, k1, f1, again, json, k2, f2, record] = r as Proc[];
+    ok(recorded, 'first migrate');
+    ok(again, 'second migrate');
+    ok(json, 'migrate --json');
+    assert.match(k0.stdout, pair.engine === 'legacy' ? /^\[[1-9]\d*:\d+\] -A IPTLB_OUTPUT /m : /counter packets [1-9]/);
+    assert.equal(k1.stdout, k0.stdout, 'the first migrate committed nothing');
+    assert.equal(k2.stdout, k0.stdout, 'nor did the next ones');
+    assert.equal(f2.stdout, f1.stdout, 'state file and record untouched');
+    const already = `the rules are already in the ${pair.engine} engine \\(2 profile\\(s\\) of /\\S+/state\\.db, in step\\) and the ${other} engine holds none of iptlb's`;
+    assert.match(
+      recorded.stderr,
+      new RegExp(
+        `^iptlb: ${already}: the kernel was not changed; the ${pair.engine} engine is now recorded in /\\S+/state\\.db\\.engine\n$`,
+      ),
+    );
+    for (const p of [again, json]) assert.match(p.stderr, new RegExp(`^iptlb: ${already}: nothing was changed\n$`));
+    assert.deepEqual(rulesOf(again), [], 'nothing committed, nothing printed');
+    assert.deepEqual(JSON.parse(json.stdout), {
+      to: pair.engine,
+      moved: 0,
+      installMs: 0,
+      removeMs: 0,
+      removedFrom: false,
+      unchanged: true,
+    });
+    assert.equal(record as unknown as string, `${pair.engine}\n`);
   });
 });

@@ -7,7 +7,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { Core, deleteChange, upsertChange } from '../../src/core/core.js';
@@ -181,3 +181,63 @@ test('legacy: --verbose, the apply log line and show name the chain a rule is in
     'IPTLB_NAT_WEB1',
   ]);
 });
+
+for (const engine of ['legacy', 'nft'] as const) {
+  test(`migrate --to ${engine} when the rules are in ${engine} already: it says so, and changes nothing (no commit, state file and record untouched)`, async () => {
+    const { core, kernels, file, lines, done } = setup(engine);
+    try {
+      await apply(core, web(1), web(2), { name: 'six', source: '[::1]:80', destination: ['[::1]:9001'] });
+      // No record yet (the rules were put in with --engine): the kernel is left alone, the engine recorded.
+      const commits = () => kernels.legacy.commits.length + kernels.nft.commits.length;
+      const before = commits();
+      const tables = () =>
+        JSON.stringify([
+          [...kernels.legacy.tables],
+          [...kernels.nft.tables].map(([f, t]) => [f, [...t.maps].map(([n, m]) => [n, [...m]])]),
+        ]);
+      const kernelBefore = tables();
+      lines.length = 0;
+      const recorded = await core.migrate(engine);
+      assert.equal(commits(), before, 'nothing committed');
+      assert.equal(tables(), kernelBefore);
+      assert.equal(recorded.unchanged, false);
+      assert.equal(readFileSync(`${file}.engine`, 'utf8'), `${engine}\n`);
+      assert.deepEqual(lines, [
+        `the rules are already in the ${engine} engine (3 profile(s) of ${file}, in step) and the ${engine === 'nft' ? 'legacy' : 'nft'} engine holds none of iptlb's: the kernel was not changed; the ${engine} engine is now recorded in ${file}.engine`,
+      ]);
+
+      // Recorded: nothing at all.
+      const stat = (f: string) => {
+        const s = statSync(f, { bigint: true });
+        return [readFileSync(f, 'utf8'), s.mtimeNs, s.ino];
+      };
+      const files = [stat(file), stat(`${file}.engine`)];
+      lines.length = 0;
+      const again = await core.migrate(engine);
+      assert.deepEqual(again, { moved: 0, installMs: 0, removeMs: 0, removedFrom: false, unchanged: true });
+      assert.equal(commits(), before, 'nothing committed');
+      assert.equal(tables(), kernelBefore);
+      assert.deepEqual([stat(file), stat(`${file}.engine`)], files, 'state file and record untouched');
+      assert.deepEqual(lines, [
+        `the rules are already in the ${engine} engine (3 profile(s) of ${file}, in step) and the ${engine === 'nft' ? 'legacy' : 'nft'} engine holds none of iptlb's: nothing was changed`,
+      ]);
+      assert.deepEqual(verbose(core), []);
+
+      // One family out of step: only it is installed again; the log says so.
+      if (engine === 'legacy') kernels.legacy.tables.get('ipv6')!.chains.set('IPTLB_NAT_SIX', []);
+      else kernels.nft.tables.get('ip6')!.maps.get('be_tcp')!.clear();
+      lines.length = 0;
+      const repaired = await core.migrate(engine);
+      assert.equal(repaired.moved, 1);
+      assert.equal(commits(), before + 1);
+      assert.match(
+        lines[0],
+        new RegExp(
+          `^installed 1 profile\\(s\\) in the ${engine} engine in one transaction .*; it held the other 2 already, in step$`,
+        ),
+      );
+    } finally {
+      done();
+    }
+  });
+}
