@@ -5,7 +5,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { main } from '../../src/cli/main.js';
 import { PROJECT_ROOT } from '../harness/env.js';
@@ -89,5 +90,39 @@ test('migrate --to names --to on a bad engine (it said `engine: "bogus"`), auto 
       r.err,
       `iptlb: error: to: ${JSON.stringify(to)} must be legacy or nft (migrate needs --to legacy or --to nft)`,
     );
+  }
+});
+
+test('too many arguments: one line naming the command (a fleet subcommand by its two words), how many it got and what it takes; exit 2, nothing run', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-args-'));
+  const state = path.join(dir, 'none', 'state.db');
+  try {
+    for (const [args, line] of [
+      [['list', 'x'], 'list: too many arguments (1: "x"); it takes none'],
+      [['sync', 'x', 'y'], 'sync: too many arguments (2: "x" "y"); it takes none'],
+      [['show', 'a', 'b'], 'show: too many arguments (2: "a" "b"); it takes one: the profile name'],
+      [
+        ['completion', 'bash', 'zsh'],
+        'completion: too many arguments (2: "bash" "zsh"); it takes one: the shell (bash)',
+      ],
+      [['fleet', 'list', 'x'], 'fleet list: too many arguments (1: "x"); it takes none'],
+      [['--engine', 'nft', 'migrate', '--to', 'nft', 'x'], 'migrate: too many arguments (1: "x"); it takes none'],
+      [
+        ['status', '1', '2', '3', '4', '5', '6'],
+        'status: too many arguments (6: "1" "2" "3" "4" "5" …); it takes none',
+      ],
+      [
+        ['-run', 'x'],
+        'too many arguments (1: "x"); the original\'s form takes flags only (-run -profile=… -src-addr=… -dest-addr=…), and a command goes first: iptlb COMMAND [flags]',
+      ],
+    ] as const) {
+      const r = await run([...args, '--state-file', state]);
+      assert.equal(r.code, 2, args.join(' '));
+      assert.equal(r.err, `iptlb: error: ${line}`);
+      assert.equal(r.out, '');
+    }
+    assert.equal(existsSync(path.dirname(state)), false, 'nothing made');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });

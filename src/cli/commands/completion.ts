@@ -41,7 +41,7 @@ export function register(program: Command, io: Out): void {
   program
     .command('completion')
     .description('print a shell completion script: source <(iptlb completion bash)')
-    .argument('<shell>', 'bash')
+    .argument('<shell>', 'the shell (bash)')
     .action((shell: string) => {
       if (shell !== 'bash')
         throw new IptlbError('EUSAGE', `shell: ${JSON.stringify(shell)} is not supported (bash is)`, {
