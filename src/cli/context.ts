@@ -68,17 +68,21 @@ export function makeCore(o: GlobalOpts, io: Out): Core {
   return core;
 }
 
-export function report(result: TransactionResult, o: GlobalOpts, io: Out, verbose?: () => void): void {
+/** A command's result: with --verbose what it committed ({@link verboseRules}), with --json the result on stdout. */
+export function report(result: object, o: GlobalOpts, io: Out, verbose?: () => void): void {
   if (o.verbose) verbose?.();
   if (o.json) io.out(JSON.stringify(result));
 }
 
-/** Prints what the last commit wrote, as its engine describes it (restore rules, or nft lines). */
+/**
+ * Prints what the last change, sync or migration of `core` committed, each transaction as the engine
+ * that committed it describes it (restore rules, or nft lines): `--verbose` of every command that
+ * commits.
+ */
 export function verboseRules(core: Core, io: Out): () => void {
   return () => {
-    const tx = core.lastTransaction;
-    if (!tx) return;
-    for (const line of core.selection.provider.describeTransaction(tx)) io.err(`iptlb:   ${line}`);
+    for (const { engine, tx } of core.commits)
+      for (const line of engine.describeTransaction(tx)) io.err(`iptlb:   ${line}`);
   };
 }
 

@@ -11,7 +11,6 @@ import { parseState } from '../core/state.js';
 import { HEALTH_FLAGS, addHealthFlags, healthInput, type HealthOpts } from './health.js';
 
 /** Flags of the original, with their kind, accepted with one dash and `=value` (Go `flag` style). */
-/** Flags of the original, with their kind, accepted with one dash and `=value` (Go `flag` style). */
 const VALUE_FLAGS = new Set([
   'settle',
   'src-addr',
@@ -47,6 +46,11 @@ const BOOL_FLAGS = new Set([
   'version',
   'keep-conntrack',
 ]);
+
+/** Whether the command line takes flag `--name` with one dash too (`-name`, `-name=value`): the original's flags. */
+export function takesOneDash(name: string): boolean {
+  return VALUE_FLAGS.has(name) || BOOL_FLAGS.has(name);
+}
 
 /** Rewrites Go-style flags (`-src-addr=x`, `-run=true`) into the `--src-addr=x` form commander parses. */
 export function normalizeArgv(argv: string[]): string[] {
@@ -136,7 +140,10 @@ export function addGlobal(cmd: Command): Command {
       '--keep-conntrack',
       'keep conntrack entries of flows to destinations a change removes (default: delete them)',
     )
-    .option('--verbose', 'also log every rule written');
+    .option(
+      '--verbose',
+      'also log the rules each commit wrote or removed (apply, delete, sync, migrate, -run), each in the chain it is in',
+    );
 }
 
 export const GLOBAL_KEYS = ['stateFile', 'executor', 'engine', 'json', 'quiet', 'verbose', 'keepConntrack'] as const;

@@ -47,7 +47,7 @@ export function addHealthFlags(cmd: Command): Command {
     )
     .option('--health-port <port>', "probe this port instead of each destination's own")
     .option('--health-address <ip>', "probe this address instead of each destination's own")
-    .option('--health-path <path>', 'http: request path (default /)')
+    .option('--health-path <url-path>', 'http: request path (default /)')
     .option('--health-expect <range>', 'http: accepted status codes, e.g. 200 or 200-299 (default 200-399)')
     .option(
       '--health-all-down <what>',

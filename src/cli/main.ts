@@ -5,6 +5,7 @@
  */
 import { Command, CommanderError } from 'commander';
 import { IptlbError } from '../model/errors.js';
+import { show } from '../model/profile.js';
 import { packageVersion } from '../platform/paths.js';
 import { normalizeArgv } from './flags.js';
 import { ExitCode, coresIdle, type Out } from './context.js';
@@ -78,7 +79,9 @@ function buildProgram(io: Out, version: string, commands: typeof COMMANDS = COMM
       writeErr: (s) => io.err(s.startsWith('error:') ? `iptlb: ${s.trim().replace(/\s*\n\s*/g, ' ')}` : s.trimEnd()),
     })
     .exitOverride()
-    .allowExcessArguments(false)
+    // Extra arguments are refused by refuseExcessArguments (commander's own message names no command).
+    .allowExcessArguments(true)
+    .hook('preAction', (_program, cmd) => refuseExcessArguments(cmd))
     .addHelpText(
       'after',
       `
@@ -101,6 +104,34 @@ Exit status: 0 done, 1 refused (conflict, kernel, state, lock), 2 bad input or u
     );
   for (const [, command] of commands) command.register(program, io);
   return program;
+}
+
+/** A command as the command line names it (`list`, `fleet list`); null for the program itself. */
+function commandPath(cmd: Command): string | null {
+  const names: string[] = [];
+  for (let c: Command | null = cmd; c?.parent; c = c.parent) names.unshift(c.name());
+  return names.length ? names.join(' ') : null;
+}
+
+/**
+ * More arguments than `cmd` takes: one line naming the command, how many it got (and which) and what
+ * it takes, exit 2. (A variadic argument takes any number.)
+ */
+function refuseExcessArguments(cmd: Command): void {
+  const declared = cmd.registeredArguments;
+  if (declared.at(-1)?.variadic || cmd.args.length <= declared.length) return;
+  const shown = cmd.args.slice(0, 5).map((a) => show(a));
+  const got = `too many arguments (${cmd.args.length}: ${shown.join(' ')}${cmd.args.length > 5 ? ' …' : ''})`;
+  const name = commandPath(cmd);
+  if (name === null)
+    throw new IptlbError(
+      'EUSAGE',
+      `${got}; the original's form takes flags only (-run -profile=… -src-addr=… -dest-addr=…), and a command goes first: iptlb COMMAND [flags]`,
+    );
+  const takes = declared.length
+    ? `it takes ${declared.length === 1 ? 'one' : declared.length}: ${declared.map((a) => a.description || a.name()).join(', ')}`
+    : 'it takes none';
+  throw new IptlbError('EUSAGE', `${name}: ${got}; ${takes}`);
 }
 
 /**

@@ -332,8 +332,16 @@ export class Core {
   private queue: Promise<unknown> = Promise.resolve();
   /** Deletes the conntrack entries of removed destinations after the changes, off the commit path. */
   readonly conntrack: ConntrackJanitor;
-  /** The last transaction committed by this instance (for `--verbose`). */
-  lastTransaction?: AnyTransaction;
+  /**
+   * The transactions the last change, sync or migration of this instance committed, in order, each
+   * with the engine that committed it (a migration commits through both): what `--verbose` prints.
+   * Empty when it committed nothing.
+   */
+  commits: { engine: Engine; tx: AnyTransaction }[] = [];
+  /** The last of {@link commits}. */
+  get lastTransaction(): AnyTransaction | undefined {
+    return this.commits.at(-1)?.tx;
+  }
   /**
    * Runtime health of destinations: the kernel gets effective profiles (down destinations drained), the state file the
    * configured ones.
@@ -819,6 +827,7 @@ export class Core {
     },
   ): Promise<TransactionResult> {
     return this.serial(async () => {
+      this.commits = [];
       await this.requireStateFile(opts.requireFile);
       if (opts.run) this.checkPrivileges((await this.select()).provider.name);
       const lock = await this.lock(true);
@@ -977,7 +986,7 @@ export class Core {
     after?: AfterCommit,
   ): Promise<{ ms: number; appended?: FamilyCommit['appended'] }> {
     const { durationMs, committed, appended } = await engine.commitPlan(plan, (line) => this.log(line), after);
-    this.lastTransaction = committed as AnyTransaction;
+    this.commits.push({ engine, tx: committed as AnyTransaction });
     return { ms: durationMs, appended };
   }
 
@@ -1347,7 +1356,10 @@ export class Core {
       const view = await engine.read(f);
       if (!needed(view, attempt)) return undefined;
       try {
-        return await engine.commit(engine.planReplace(f, profiles, view));
+        const tx = engine.planReplace(f, profiles, view);
+        const ms = await engine.commit(tx);
+        this.commits.push({ engine: engine as Engine, tx: tx as AnyTransaction });
+        return ms;
       } catch (e) {
         if (e instanceof IptlbError && e.code === 'ERESTART' && attempt < 5) continue;
         throw e;
@@ -1392,6 +1404,7 @@ export class Core {
     state?: ReadonlyMap<string, Profile>;
   }> {
     return this.serial(async () => {
+      this.commits = [];
       const requireFile = opts.requireFile && !opts.profiles;
       await this.requireStateFile(requireFile);
       this.checkPrivileges((await this.select()).provider.name);
@@ -1464,8 +1477,17 @@ export class Core {
       /** Refuse a state file that does not exist ({@link absentStateFile}), as the CLI's `migrate` does. */
       requireFile?: boolean;
     } = {},
-  ): Promise<{ moved: number; installMs: number; removeMs: number; removedFrom: boolean }> {
+  ): Promise<{
+    /** Profiles installed in `to` (those it did not hold already, in step). */
+    moved: number;
+    installMs: number;
+    removeMs: number;
+    removedFrom: boolean;
+    /** Nothing was changed: the profiles were in `to` already, the other engine held nothing, the record said `to`. */
+    unchanged: boolean;
+  }> {
     return this.serial(async () => {
+      this.commits = [];
       if (this.injected && !this.supplied)
         throw new IptlbError(
           'EUSAGE',
@@ -1497,19 +1519,49 @@ export class Core {
         const targetHeld = await target.holdsObjects();
         let installMs = 0;
         let installs = 0;
+        let moved = 0;
         for (const f of FAMILIES) {
           const profiles = this.ofFamily(state, f);
           if (profiles.size === 0) continue;
-          installMs += (await this.replaceFamily(target, f, profiles, () => true))!;
+          // A family the target already holds exactly (a migration run twice, or rules put there by
+          // --engine) is left as it is, as sync leaves it: no commit, its counters kept.
+          const ms = await this.replaceFamily(target, f, profiles, (view) =>
+            target.compare(profiles, view).some((r) => r.status !== 'in-sync'),
+          );
+          if (ms === undefined) continue;
+          installMs += ms;
           installs++;
+          moved += profiles.size;
+        }
+        const record = this.statePath === null ? null : engineRecordOf(this.statePath);
+        const recordBefore = record === null ? null : engineRecordText(record);
+        if (installs === 0 && removals.length === 0) {
+          // Nothing to move: the rules are in `to` already, and the other engine holds none of iptlb's.
+          const where = `the rules are already in the ${to} engine (${state.size} profile(s) of ${this.statePath ?? 'this instance'}, in step) and the ${from} engine holds none of iptlb's`;
+          if (record === null || recordBefore === `${to}\n`) {
+            this.log(`${where}: nothing was changed`);
+            await this.sayHowToKeep(to);
+            return { moved: 0, installMs: 0, removeMs: 0, removedFrom: false, unchanged: true };
+          }
+          try {
+            await writeEngineRecord(this.statePath!, `${to}\n`);
+          } catch (e) {
+            const why = fsFailure(e, 'write the engine record', record);
+            throw new IptlbError(why.code, `${why.message}; nothing was changed`, { cause: e });
+          }
+          this.log(`${where}: the kernel was not changed; the ${to} engine is now recorded in ${record}`);
+          this.selected = undefined;
+          this.selecting = undefined;
+          await this.sayHowToKeep(to);
+          return { moved: 0, installMs: 0, removeMs: 0, removedFrom: false, unchanged: false };
         }
         this.log(
-          `installed ${state.size} profile(s) in the ${to} engine in ${installs > 1 ? `${installs} transactions (one per address family)` : 'one transaction'} (${target.executor.kind}, ${installMs.toFixed(2)} ms)`,
+          installs
+            ? `installed ${moved} profile(s) in the ${to} engine in ${installs > 1 ? `${installs} transactions (one per address family)` : 'one transaction'} (${target.executor.kind}, ${installMs.toFixed(2)} ms)${moved < state.size ? `; it held the other ${state.size - moved} already, in step` : ''}`
+            : `the ${to} engine already holds the ${state.size} profile(s), in step: nothing installed`,
         );
         // Every profile is in `to` now: recorded before the removal, so that a writer waiting for the lock (or
         // a migrate killed from here on) goes on in `to`, never in the engine being emptied.
-        const record = this.statePath === null ? null : engineRecordOf(this.statePath);
-        const recordBefore = record === null ? null : engineRecordText(record);
         const m = { to, from, target, source, targetHeld, removed: 0 };
         if (record !== null) {
           try {
@@ -1523,6 +1575,7 @@ export class Core {
         for (const tx of removals) {
           try {
             removeMs += await source.commit(tx);
+            this.commits.push({ engine: source, tx: tx as AnyTransaction });
           } catch (e) {
             const failed = await this.migrateFailed(e as Error, m);
             // Undone: the profiles are where they were, and so is the record.
@@ -1543,7 +1596,7 @@ export class Core {
         this.selected = undefined;
         this.selecting = undefined;
         await this.sayHowToKeep(to);
-        return { moved: state.size, installMs, removeMs, removedFrom };
+        return { moved, installMs, removeMs, removedFrom, unchanged: false };
       } finally {
         lock.release();
       }

@@ -5,9 +5,11 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { main } from '../../src/cli/main.js';
+import { spawnSync } from 'node:child_process';
+import { main, normalizeArgv } from '../../src/cli/main.js';
 import { PROJECT_ROOT } from '../harness/env.js';
 
 async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
@@ -46,15 +48,96 @@ test('a bare iptlb prints the help, as --help does, and exits 0', async () => {
   for (const c of COMMANDS) assert.match(bare.out, new RegExp(`^  ${c}\\b`, 'm'), c);
 });
 
-test("completion bash: every command, and each command's flags", async () => {
+/** The commands `--help` lists under `path` ('' the program, `fleet`), each with the flags its own `--help` lists. */
+async function helpLevels(path: string[] = []): Promise<{ path: string[]; flags: string[]; commands: string[] }[]> {
+  const help = (await run([...path, '--help'])).out.split('\n');
+  const section = (title: string): string[] => {
+    const at = help.indexOf(title);
+    if (at < 0) return [];
+    const end = help.findIndex((l, i) => i > at && l === '');
+    return help.slice(at + 1, end < 0 ? undefined : end);
+  };
+  const flags = section('Options:').flatMap((l) => /^ {2}(-[^\s,]+(?:, -[^\s,]+)*)/.exec(l)?.[1]?.split(', ') ?? []);
+  const commands = section('Commands:').flatMap((l) => /^ {2}([a-z][a-z-]*)/.exec(l)?.[1] ?? []);
+  const levels = [{ path, flags, commands }];
+  for (const c of commands) if (c !== 'help') levels.push(...(await helpLevels([...path, c])));
+  return levels;
+}
+
+/** Every form of `flag` the command line takes: the original's flags with one dash too (normalizeArgv). */
+function forms(flag: string): string[] {
+  if (!flag.startsWith('--')) return [flag];
+  const name = flag.slice(2);
+  return normalizeArgv([`-${name}=1`])[0]?.startsWith(flag) ? [flag, `-${name}`] : [flag];
+}
+
+/** Runs the completion script in bash: what it offers for each list of words (the last one is being completed). */
+function completions(script: string, cases: string[][]): string[][] {
+  const q = (w: string): string => `'${w.replace(/'/g, "'\\''")}'`;
+  const r = spawnSync(
+    'bash',
+    [
+      '-c',
+      `${script}
+try() { COMP_WORDS=("$@"); COMP_CWORD=$((\${#COMP_WORDS[@]} - 1)); COMPREPLY=(); _iptlb; echo "\${COMPREPLY[*]}"; }
+${cases.map((words) => `try ${words.map(q).join(' ')}`).join('\n')}`,
+    ],
+    { encoding: 'utf8' },
+  );
+  assert.equal(r.status, 0, r.stderr);
+  return r.stdout
+    .split('\n')
+    .slice(0, cases.length)
+    .map((l) => l.split(' ').filter(Boolean));
+}
+
+test("completion bash completes every command and subcommand and every flag the command line takes, the original's one-dash forms too, also after global flags", async () => {
   const r = await run(['completion', 'bash']);
   assert.equal(r.code, 0, r.err);
   assert.match(r.out, /^complete -F _iptlb iptlb$/m);
-  const words = /compgen -W "([^"]+)" -- "\$cur"\)\); return/.exec(r.out)?.[1]?.split(' ');
-  assert.deepEqual(words, COMMANDS);
-  assert.match(r.out, /^ {4}migrate\) opts="[^"]*--to[^"]*"/m);
-  assert.match(r.out, /^ {4}demo\) opts="--connections --help"/m);
-  assert.match(r.out, /^ {4}apply\) opts="--profile --src-addr --dest-addr [^"]*--file --help"/m);
+  const levels = await helpLevels();
+  assert.deepEqual(levels[0]!.commands, COMMANDS);
+  assert.deepEqual(
+    levels.filter((l) => l.path.length === 2).map((l) => l.path.join(' ')),
+    ['fleet apply', 'fleet delete', 'fleet list', 'fleet status'],
+  );
+  // The one-dash forms are taken: the original's flags, as its README gives them.
+  const top = levels[0]!.flags.flatMap(forms);
+  for (const flag of ['-run', '-use-state', '-reset', '-delete', '-profile', '-src-addr', '-dest-addr', '-state-file'])
+    assert.ok(top.includes(flag), flag);
+  // Given first, or after global flags (a value flag's value is not the command: `--engine nft`, `-state-file=…`).
+  const before = [[], ['--engine', 'nft'], ['-q', '-state-file', '=', '/tmp/s.db', '--executor', 'spawn']];
+  const cases: { words: string[]; want: string[] }[] = [];
+  for (const b of before) {
+    for (const l of levels) {
+      const at = ['iptlb', ...b, ...l.path];
+      cases.push({ words: [...at, '-'], want: l.flags.flatMap(forms) });
+      // `iptlb help [command]` is taken by main() (commander lists no help command for a program with an action).
+      cases.push({ words: [...at, ''], want: l.path.length ? l.commands : [...l.commands, 'help'] });
+    }
+    cases.push({ words: ['iptlb', ...b, 'help', ''], want: COMMANDS });
+  }
+  const offered = completions(
+    r.out,
+    cases.map((c) => c.words),
+  );
+  const missing = cases.flatMap((c, i) => {
+    const lacking = c.want.filter((w) => !offered[i]!.includes(w));
+    return lacking.length ? [`${c.words.join(' ')}: ${lacking.join(' ')}`] : [];
+  });
+  assert.deepEqual(missing, []);
+  // A prefix is completed; a flag's value is not a command or a flag: files for a path, else nothing.
+  assert.deepEqual(
+    completions(r.out, [
+      ['iptlb', '--engine', 'nft', 'ap'],
+      ['iptlb', '-run', '-use'],
+      ['iptlb', '--state-file', '/'],
+      ['iptlb', 'apply', '--file', '=', '/'],
+      ['iptlb', '--engine', ''],
+      ['iptlb', 'show', ''],
+    ]).map((c) => c.filter((w) => !w.startsWith('/') || w === '/tmp')),
+    [['apply'], ['-use-state'], ['/tmp'], ['/tmp'], [], []],
+  );
 });
 
 test('completion and demo refuse bad input by field, exit 2, nothing run', async () => {
@@ -89,5 +172,39 @@ test('migrate --to names --to on a bad engine (it said `engine: "bogus"`), auto 
       r.err,
       `iptlb: error: to: ${JSON.stringify(to)} must be legacy or nft (migrate needs --to legacy or --to nft)`,
     );
+  }
+});
+
+test('too many arguments: one line naming the command (a fleet subcommand by its two words), how many it got and what it takes; exit 2, nothing run', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-args-'));
+  const state = path.join(dir, 'none', 'state.db');
+  try {
+    for (const [args, line] of [
+      [['list', 'x'], 'list: too many arguments (1: "x"); it takes none'],
+      [['sync', 'x', 'y'], 'sync: too many arguments (2: "x" "y"); it takes none'],
+      [['show', 'a', 'b'], 'show: too many arguments (2: "a" "b"); it takes one: the profile name'],
+      [
+        ['completion', 'bash', 'zsh'],
+        'completion: too many arguments (2: "bash" "zsh"); it takes one: the shell (bash)',
+      ],
+      [['fleet', 'list', 'x'], 'fleet list: too many arguments (1: "x"); it takes none'],
+      [['--engine', 'nft', 'migrate', '--to', 'nft', 'x'], 'migrate: too many arguments (1: "x"); it takes none'],
+      [
+        ['status', '1', '2', '3', '4', '5', '6'],
+        'status: too many arguments (6: "1" "2" "3" "4" "5" …); it takes none',
+      ],
+      [
+        ['-run', 'x'],
+        'too many arguments (1: "x"); the original\'s form takes flags only (-run -profile=… -src-addr=… -dest-addr=…), and a command goes first: iptlb COMMAND [flags]',
+      ],
+    ] as const) {
+      const r = await run([...args, '--state-file', state]);
+      assert.equal(r.code, 2, args.join(' '));
+      assert.equal(r.err, `iptlb: error: ${line}`);
+      assert.equal(r.out, '');
+    }
+    assert.equal(existsSync(path.dirname(state)), false, 'nothing made');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });

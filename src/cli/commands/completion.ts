@@ -1,37 +1,128 @@
 /**
- * `iptlb completion bash`: a bash completion script made from the commander program itself, so it lists
- * exactly what --help lists (as the man page does, scripts/man.js).
+ * `iptlb completion bash`: a bash completion script made from the commander program itself, so it
+ * completes exactly what the command line takes (as the man page lists it, scripts/man.js): every
+ * command and subcommand (`fleet apply`), every flag in its two-dash form, and in its one-dash form
+ * too where the command line takes one (the original's Go-style flags, see {@link takesOneDash}). A
+ * command is found after flags given before it (`iptlb --engine nft apply --…`), flag values skipped.
  */
 import type { Command, Option } from 'commander';
 import { IptlbError } from '../../model/errors.js';
+import { takesOneDash } from '../flags.js';
 import type { Out } from '../context.js';
 
-/** The flags of a command as its --help lists them (long and short forms). */
-function flagsOf(cmd: Command): string[] {
-  const opts = (cmd as unknown as { options: Option[] }).options;
-  return [...opts.flatMap((o) => [o.long, o.short].filter((f): f is string => !!f)), '--help'];
+/** What is completed at one level: after `iptlb`, or after `iptlb <command> [<subcommand>]`. */
+export interface CompletionLevel {
+  /** The command words that lead here: '' for the program, `apply`, `fleet list`. */
+  path: string;
+  /** The flags taken here, every form the command line takes (`--state-file`, `-state-file`, `-q`). */
+  flags: string[];
+  /** Those of them that take a value (the next word, or after `=`). */
+  valued: string[];
+  /** Those whose value is a file. */
+  files: string[];
+  /** The commands that may follow (`help` too where it is taken). */
+  commands: string[];
 }
 
-/** A bash completion script: subcommands first, then each command's flags. */
+/** Every option of `cmd`, its help option too (commander makes that one on demand). */
+function optionsOf(cmd: Command): Option[] {
+  const visible = cmd.createHelp().visibleOptions(cmd);
+  return [...cmd.options, ...visible.filter((o) => !cmd.options.includes(o))];
+}
+
+/** Every form of an option the command line takes: `--long`, `-s`, and `-long` for the original's flags. */
+function formsOf(o: Option): string[] {
+  const forms: string[] = [];
+  if (o.long) {
+    forms.push(o.long);
+    if (takesOneDash(o.long.slice(2))) forms.push(o.long.slice(1));
+  }
+  if (o.short) forms.push(o.short);
+  return forms;
+}
+
+/** The levels of the program: the program itself, each command, each subcommand, in --help order. */
+export function completionLevels(program: Command): CompletionLevel[] {
+  const levels: CompletionLevel[] = [];
+  const walk = (cmd: Command, path: string): void => {
+    const subs = cmd.createHelp().visibleCommands(cmd);
+    const commands = subs.map((c) => c.name());
+    // `iptlb help [command]` is taken by main() itself (the program has an action, so commander lists no help command).
+    if (path === '' && !commands.includes('help')) commands.push('help');
+    const options = optionsOf(cmd);
+    const forms = (filter: (o: Option) => boolean): string[] => options.filter(filter).flatMap(formsOf);
+    levels.push({
+      path,
+      flags: forms(() => true),
+      valued: forms((o) => o.required || o.optional),
+      files: forms((o) => /<(path|file)>/.test(o.flags)),
+      commands,
+    });
+    for (const c of subs) if (c.name() !== 'help') walk(c, path ? `${path} ${c.name()}` : c.name());
+  };
+  walk(program, '');
+  // After `help`, a command's name.
+  levels.push({ path: 'help', flags: [], valued: [], files: [], commands: program.commands.map((c) => c.name()) });
+  return levels;
+}
+
+const quoted = (words: string[]): string => JSON.stringify(words.join(' '));
+
+/** A bash completion script for `program`. */
 export function bashCompletion(program: Command): string {
-  const cmds = program.commands.map((c) => c.name());
-  const cases = program.commands
-    .map((c) => `    ${c.name()}) opts=${JSON.stringify(flagsOf(c).join(' '))} ;;`)
+  const cases = completionLevels(program)
+    .map(
+      (l) =>
+        `    ${JSON.stringify(l.path)}) flags=${quoted(l.flags)} valued=${quoted(l.valued)} files=${quoted(l.files)} commands=${quoted(l.commands)} ;;`,
+    )
     .join('\n');
-  return `# bash completion for iptlb (made by \`iptlb completion bash\`). Load it with
+  return `# bash completion for iptlb (made by \`iptlb completion bash\` from the command line's own definitions). Load it with
 #   source <(iptlb completion bash)
 # or install it: iptlb completion bash > /etc/bash_completion.d/iptlb
-_iptlb() {
-  local cur=\${COMP_WORDS[COMP_CWORD]} cmd="" i opts
-  for ((i = 1; i < COMP_CWORD; i++)); do
-    case \${COMP_WORDS[i]} in -*) ;; *) cmd=\${COMP_WORDS[i]}; break ;; esac
-  done
-  case $cmd in
+_iptlb_level() {
+  case $1 in
 ${cases}
-    *) opts=${JSON.stringify([...flagsOf(program), '--version'].join(' '))}
-       if [[ $cur != -* ]]; then COMPREPLY=($(compgen -W ${JSON.stringify(cmds.join(' '))} -- "$cur")); return; fi ;;
+    *) flags="" valued="" files="" commands="" ;;
   esac
-  COMPREPLY=($(compgen -W "$opts" -- "$cur"))
+}
+_iptlb() {
+  local cur=\${COMP_WORDS[COMP_CWORD]} prev="" path="" i=1 w flags valued files commands
+  _iptlb_level ""
+  # The command words before the cursor, past flags and their values (-flag value, -flag=value:
+  # bash splits the = into a word of its own).
+  while ((i < COMP_CWORD)); do
+    w=\${COMP_WORDS[i]}
+    if [[ $w == "=" ]]; then
+      ((i += 2))
+    elif [[ $w == -* ]]; then
+      if [[ " $valued " == *" $w "* && \${COMP_WORDS[i + 1]} != "=" ]]; then ((i += 2)); else ((i += 1)); fi
+    elif [[ " $commands " == *" $w "* ]]; then
+      path=\${path:+$path }$w
+      _iptlb_level "$path"
+      ((i += 1))
+    else
+      break
+    fi
+  done
+  # The value of a flag: a file name where it is one, else nothing to offer.
+  if [[ $cur == "=" ]]; then
+    prev=\${COMP_WORDS[COMP_CWORD - 1]}
+    cur=""
+  elif ((COMP_CWORD > 1)) && [[ \${COMP_WORDS[COMP_CWORD - 1]} == "=" ]]; then
+    prev=\${COMP_WORDS[COMP_CWORD - 2]}
+  elif ((COMP_CWORD > 1)); then
+    prev=\${COMP_WORDS[COMP_CWORD - 1]}
+    [[ " $valued " == *" $prev "* ]] || prev=""
+  fi
+  if [[ -n $prev && " $valued " == *" $prev "* ]]; then
+    if [[ " $files " == *" $prev "* ]]; then COMPREPLY=($(compgen -f -- "$cur")); else COMPREPLY=(); fi
+    return
+  fi
+  if [[ $cur == -* ]]; then
+    COMPREPLY=($(compgen -W "$flags" -- "$cur"))
+  else
+    COMPREPLY=($(compgen -W "$commands" -- "$cur"))
+  fi
 }
 complete -F _iptlb iptlb
 `;
@@ -41,7 +132,7 @@ export function register(program: Command, io: Out): void {
   program
     .command('completion')
     .description('print a shell completion script: source <(iptlb completion bash)')
-    .argument('<shell>', 'bash')
+    .argument('<shell>', 'the shell (bash)')
     .action((shell: string) => {
       if (shell !== 'bash')
         throw new IptlbError('EUSAGE', `shell: ${JSON.stringify(shell)} is not supported (bash is)`, {

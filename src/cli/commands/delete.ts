@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { IptlbError } from '../../model/errors.js';
 import { deleteChange } from '../../core/core.js';
 import { addGlobal, withGlobals, type GlobalOpts } from '../flags.js';
-import { makeCore, report, transact, type Out } from '../context.js';
+import { makeCore, report, transact, verboseRules, type Out } from '../context.js';
 
 async function deleteCommand(names: string[], o: GlobalOpts & { all?: boolean }, io: Out): Promise<void> {
   if (o.all && names.length) throw new IptlbError('EUSAGE', 'delete: give profile names or --all, not both');
@@ -14,7 +14,7 @@ async function deleteCommand(names: string[], o: GlobalOpts & { all?: boolean },
     (state) => (o.all ? { upsert: [], remove: [...state.keys()] } : deleteChange(state, names)),
     { run: true },
   );
-  report(result, o, io);
+  report(result, o, io, verboseRules(core, io));
 }
 
 export function register(program: Command, io: Out): void {

@@ -2,14 +2,14 @@
 import type { Command } from 'commander';
 import { IptlbError } from '../../model/errors.js';
 import { addGlobal, withGlobals, type GlobalOpts } from '../flags.js';
-import { makeCore, type Out } from '../context.js';
+import { makeCore, report, verboseRules, type Out } from '../context.js';
 
 export function register(program: Command, io: Out): void {
   addGlobal(
     program
       .command('migrate')
       .description(
-        "move every profile to the other engine: one transaction to install them there, one to remove them here; no virtual address is ever without rules. Refused when the state file does not exist, or when either engine holds profiles it does not hold (another state file's). The engine is recorded beside the state file (<state file>.engine): every later command, watch, the agent and open library handles follow it, after a reboot too",
+        "move every profile to the other engine: one transaction to install them there, one to remove them here; no virtual address is ever without rules. Refused when the state file does not exist, or when either engine holds profiles it does not hold (another state file's). The engine is recorded beside the state file (<state file>.engine): every later command, watch, the agent and open library handles follow it, after a reboot too. When the rules are in that engine already (in step, the other engine holding none), it says so and changes nothing",
       ),
   )
     .requiredOption('--to <engine>', 'legacy or nft')
@@ -25,7 +25,8 @@ export function register(program: Command, io: Out): void {
             field: 'to',
           },
         );
-      const r = await makeCore(g, io).migrate(to, { requireFile: true });
-      if (g.json) io.out(JSON.stringify({ to, ...r }));
+      const core = makeCore(g, io);
+      const r = await core.migrate(to, { requireFile: true });
+      report({ to, ...r }, g, io, verboseRules(core, io));
     });
 }

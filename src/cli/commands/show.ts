@@ -30,6 +30,9 @@ async function showCommand(name: string, o: GlobalOpts, io: Out): Promise<void> 
 
 export function register(program: Command, io: Out): void {
   addGlobal(
-    program.command('show').description('show a profile and its rules in the kernel, with counters').argument('<name>'),
+    program
+      .command('show')
+      .description('show a profile and its rules in the kernel, with counters')
+      .argument('<name>', 'the profile name'),
   ).action(async (name: string, o: GlobalOpts, cmd: Command) => showCommand(name, withGlobals(o, cmd), io));
 }

@@ -1,7 +1,7 @@
 /** `iptlb sync`: make the kernel match the state file, in one transaction. */
 import type { Command } from 'commander';
 import { addGlobal, withGlobals, type GlobalOpts } from '../flags.js';
-import { makeCore, type Out } from '../context.js';
+import { makeCore, report, verboseRules, type Out } from '../context.js';
 
 export function register(program: Command, io: Out): void {
   addGlobal(
@@ -12,7 +12,8 @@ export function register(program: Command, io: Out): void {
       ),
   ).action(async (o: GlobalOpts, cmd: Command) => {
     const g = withGlobals(o, cmd);
-    const r = await makeCore(g, io).sync({ requireFile: true });
-    if (g.json) io.out(JSON.stringify(r));
+    const core = makeCore(g, io);
+    const r = await core.sync({ requireFile: true });
+    report(r, g, io, verboseRules(core, io));
   });
 }

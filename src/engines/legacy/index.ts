@@ -8,6 +8,7 @@ import { compare, syncTransaction } from './drift.js';
 import { chainName, familyOfProfile } from '../../model/profile.js';
 import { OWN_CHAIN, hookChainOf, isEmptyTransaction, planProfile, planTransaction } from './plan.js';
 import { renderRule } from './restore.js';
+import { DISPATCH, isGatedHook, physicalChain } from './gate.js';
 import type { Family } from '../../model/address.js';
 import type { AfterCommit, KernelView, Profile, Transaction } from '../../model/types.js';
 import type { LegacyExecutor } from './executor.js';
@@ -135,16 +136,28 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
     return this.executor.render(tx);
   }
 
+  /**
+   * Each chain named as the kernel has it: a profile's jump (and LOG rule) goes into the dispatch
+   * chain IPTLB_OUTPUT / IPTLB_PREROUTING behind the gate (gate.ts), not into OUTPUT / PREROUTING.
+   * The gate rule and the set element the executor adds with the first profile behind a gate are not
+   * part of the transaction, and not listed.
+   */
   describeTransaction(tx: Transaction): string[] {
+    const table = tx.family === 'ipv6' ? 'ip6tables nat' : 'nat';
+    // Every rule of an owner is deleted first; an owner whose rules come back is a replacement, said by its inserts.
+    const inserted = new Set(tx.hookRules.map((h) => h.owner));
     return [
-      ...tx.chains.flatMap((c) => c.rules.map((r) => `[append] nat/${c.name}: ${renderRule(r)}`)),
-      ...tx.hookRules.map((h) => `[insert] nat/${h.chain}: ${renderRule(h.rule)}`),
+      ...tx.owners.filter((o) => !inserted.has(o)).map((o) => `[delete] ${table}: the rules commented "iptlb:${o}"`),
+      ...tx.deleteChains.map((c) => `[delete] ${table}/${c}: the chain`),
+      ...tx.chains.flatMap((c) => c.rules.map((r) => `[append] ${table}/${c.name}: ${renderRule(r)}`)),
+      ...tx.hookRules.map((h) => `[insert] ${table}/${physicalChain(h.chain)}: ${renderRule(h.rule)}`),
     ];
   }
 
   describeProfile(p: Profile): string {
+    const hook = hookChainOf(p);
     return (
-      `${p.rulesBackend}: jump in ${familyOfProfile(p) === 'ipv6' ? 'ip6tables ' : ''}nat ${hookChainOf(p)}, chain ${chainName(p.name)} with ${planProfile(p).chain.rules.length} rules` +
+      `${p.rulesBackend}: jump in ${familyOfProfile(p) === 'ipv6' ? 'ip6tables ' : ''}nat ${physicalChain(hook)} (behind the gate in ${hook}), chain ${chainName(p.name)} with ${planProfile(p).chain.rules.length} rules` +
       `${p.scheduler === 'round-robin' ? ', round-robin' : ''}${p.affinity ? `, affinity ${p.affinity} s` : ''}` +
       `${p.logEnabled ? `, logging at level ${p.logLevel}` : ''}${p.masquerade ? ', masquerade in POSTROUTING' : ''}`
     );
@@ -166,8 +179,10 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
       if (chain || hooks.length) break;
     }
     const lines = [
+      // The chain the rule is in: behind the gate, the dispatch chain; an older iptlb's jump, the hook itself.
       ...hooks.map(
-        (h) => `${h.chain} #${h.position}\t${h.packets} pkts ${h.bytes} bytes\t${h.raw ?? renderRule(h.rule)}`,
+        (h) =>
+          `${isGatedHook(h.chain) && !h.direct ? DISPATCH[h.chain] : h.chain} #${h.position}\t${h.packets} pkts ${h.bytes} bytes\t${h.raw ?? renderRule(h.rule)}`,
       ),
       ...(chain
         ? chain.rules.map((r) => `${chain!.name}\t${r.packets} pkts ${r.bytes} bytes\t${renderRule(r.rule)}`)

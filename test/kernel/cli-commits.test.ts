@@ -1,0 +1,157 @@
+/**
+ * What the CLI says a commit did, on each engine × executor pair in a fresh namespace: `--verbose`
+ * prints the committed rules for delete, sync and migrate as for apply; the chains it and `show` name
+ * are the chains the rules are in (`iptables-legacy-save -t nat`, `nft list ruleset`); a migration to
+ * the engine that already holds the rules says so and changes nothing. (The same without root, over
+ * the fake kernels: test/unit/cli-commits.test.ts.)
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { VIP, cli, describePairs, ok, runSteps, type Proc } from './common.js';
+
+const DEST = '127.0.0.1:9001,127.0.0.1:9002';
+/** The `--verbose` lines of a run (the rules, indented under `iptlb:`). */
+const rulesOf = (p: Proc): string[] =>
+  p.stderr
+    .split('\n')
+    .filter((l) => l.startsWith('iptlb:   '))
+    .map((l) => l.slice('iptlb:   '.length));
+/** Everything the kernel holds, with counters and nft handles: any commit shows. */
+const KERNEL = [
+  'sh',
+  '-c',
+  '(iptables-legacy-save -c; ip6tables-legacy-save -c; nft -a list ruleset; ipset list) 2>&1 | grep -v "^#"',
+] as const;
+const FILES = ['stat', '-c', '%n %i %s %y', '$WORK/state.db', '$WORK/state.db.engine'] as const;
+
+describePairs('the CLI on what it committed', (pair) => {
+  const other = pair.engine === 'legacy' ? 'nft' : 'legacy';
+  const executor = `--executor=${pair.executor}`;
+
+  test('--verbose prints the rules delete, sync and migrate committed, as apply; they and show name the chain each rule is in', async () => {
+    const tamper =
+      pair.engine === 'legacy'
+        ? ['iptables-legacy', '-t', 'nat', '-F', 'IPTLB_NAT_WEB']
+        : ['nft', 'flush', 'map', 'ip', 'iptlb', 'be_tcp'];
+    const r = await runSteps([
+      cli(pair, '--verbose', 'apply', '-profile=web', `-src-addr=${VIP}:8081`, `-dest-addr=${DEST}`),
+      cli(pair, '--verbose', 'apply', '-profile=two', '-src-addr=127.100.0.11:8081', `-dest-addr=${DEST}`),
+      { op: 'sh', argv: ['iptables-legacy-save', '-t', 'nat'] },
+      { op: 'sh', argv: ['nft', 'list', 'ruleset'] },
+      cli(pair, 'show', 'web'),
+      { op: 'sh', argv: tamper },
+      cli(pair, '--verbose', 'sync'),
+      cli(pair, 'sync', '--verbose'),
+      cli(pair, 'delete', 'two', '--verbose'),
+      { op: 'cli', args: [executor, '-state-file=$WORK/state.db', 'migrate', '--to', other, '--verbose'] },
+    ]);
+    const [applied, , save, ruleset, shown, , synced, inStep, deleted, migrated] = r as Proc[];
+    for (const [i, p] of r.entries()) if (p) ok(p, `step ${i}: ${p.stderr}`);
+    assert.ok(rulesOf(applied).length > 0, applied.stderr);
+    const savedText = save.stdout;
+    if (pair.engine === 'legacy') {
+      // The jump is in IPTLB_OUTPUT, reached from OUTPUT through the gate: so say the verbose lines, the log and show.
+      assert.match(savedText, /^-A IPTLB_OUTPUT -d 127\.100\.0\.10\/32 .*iptlb:web.* -j IPTLB_NAT_WEB$/m);
+      assert.doesNotMatch(savedText, /^-A OUTPUT .*iptlb:web/m);
+      assert.ok(
+        rulesOf(applied).some((l) => l.startsWith('[insert] nat/IPTLB_OUTPUT: ')),
+        applied.stderr,
+      );
+      assert.ok(!rulesOf(applied).some((l) => /nat\/OUTPUT/.test(l)), applied.stderr);
+      assert.match(
+        applied.stderr,
+        /\(client: jump in nat IPTLB_OUTPUT \(behind the gate in OUTPUT\), chain IPTLB_NAT_WEB /,
+      );
+      // At the position iptables-legacy-save gives it in that chain (two was inserted above it).
+      const position = savedText
+        .split('\n')
+        .filter((l) => l.startsWith('-A IPTLB_OUTPUT '))
+        .findIndex((l) => l.includes('iptlb:web'));
+      assert.equal(position, 1, savedText);
+      assert.match(shown.stdout, /^ {2}IPTLB_OUTPUT #2\t.*iptlb:web/m);
+      assert.doesNotMatch(shown.stdout, /^ {2}OUTPUT /m);
+    } else {
+      // Every chain, set and map show and the verbose lines name is one `nft list ruleset` has.
+      const named = [
+        ...shown.stdout.matchAll(/^ {2}(chain|set|map) (\S+)\t/gm),
+        ...rulesOf(applied).flatMap((l) => [
+          ...l.matchAll(/^\[nft\] add (chain|set|map|rule|element) ip iptlb (\w+)/g),
+        ]),
+      ].map((m) => m[2]);
+      assert.ok(named.length > 0, shown.stdout);
+      for (const n of named) assert.match(ruleset.stdout, new RegExp(`^\\t(chain|set|map) ${n} \\{`, 'm'), n);
+    }
+    // sync put web back (and says with what); a second sync has nothing to commit, nothing to print.
+    const sync = rulesOf(synced);
+    assert.ok(
+      pair.engine === 'legacy'
+        ? sync.includes(`[append] nat/IPTLB_NAT_WEB: -d ${VIP}/32 -p tcp -j DNAT --to-destination 127.0.0.1:9002`) &&
+            sync.some((l) => l.startsWith('[insert] nat/IPTLB_OUTPUT: '))
+        : sync.some((l) => /^\[nft\] add element ip iptlb be_tcp \{ .*127\.100\.0\.10 \. 8081 /.test(l)),
+      synced.stderr,
+    );
+    assert.deepEqual(rulesOf(inStep), [], inStep.stderr);
+    assert.match(inStep.stderr, /kernel already matches the state file; nothing to do/);
+    assert.deepEqual(
+      rulesOf(deleted),
+      pair.engine === 'legacy'
+        ? ['[delete] nat: the rules commented "iptlb:two"', '[delete] nat/IPTLB_NAT_TWO: the chain']
+        : rulesOf(deleted).filter((l) => l.startsWith('[nft] ')),
+      deleted.stderr,
+    );
+    assert.ok(rulesOf(deleted).length > 0, deleted.stderr);
+    // The migration's install in the other engine, then its removal from this one.
+    const moved = rulesOf(migrated);
+    const nftFirst = moved.findIndex((l) => l.startsWith('[nft] '));
+    const legacyFirst = moved.findIndex((l) => !l.startsWith('[nft] '));
+    assert.ok(nftFirst >= 0 && legacyFirst >= 0, migrated.stderr);
+    assert.equal(nftFirst < legacyFirst, other === 'nft', migrated.stderr);
+  });
+
+  test(`migrate --to ${pair.engine} with the rules in ${pair.engine} already: says so, exit 0, the kernel, the state file and the record unchanged`, async () => {
+    const to = ['-state-file=$WORK/state.db', executor, 'migrate', '--to', pair.engine];
+    const r = (await runSteps([
+      cli(pair, 'apply', '-profile=web', `-src-addr=${VIP}:8081`, `-dest-addr=${DEST}`),
+      cli(pair, 'apply', '-profile=six', '-src-addr=[::1]:8081', '-dest-addr=[::1]:9001'),
+      // Connections through the rules: their counters, which a commit that rewrote the rules would reset.
+      { op: 'backends', tcp: [9001, 9002] },
+      { op: 'tcp', vip: VIP, port: 8081, count: 6 },
+      // Put there with --engine: no record yet; the first migrate writes it and commits nothing.
+      { op: 'sh', argv: [...KERNEL] },
+      { op: 'cli', args: [...to, '--verbose'] },
+      { op: 'sh', argv: [...KERNEL] },
+      { op: 'sh', argv: [...FILES] },
+      { op: 'cli', args: [...to, '--verbose'] },
+      { op: 'cli', args: [...to, '--json'] },
+      { op: 'sh', argv: [...KERNEL] },
+      { op: 'sh', argv: [...FILES] },
+      { op: 'read', file: '$WORK/state.db.engine' },
+    ])) as (Proc | string)[];
+    const [, , , , k0, recorded, k1, f1, again, json, k2, f2, record] = r as Proc[];
+    ok(recorded, 'first migrate');
+    ok(again, 'second migrate');
+    ok(json, 'migrate --json');
+    assert.match(k0.stdout, pair.engine === 'legacy' ? /^\[[1-9]\d*:\d+\] -A IPTLB_OUTPUT /m : /counter packets [1-9]/);
+    assert.equal(k1.stdout, k0.stdout, 'the first migrate committed nothing');
+    assert.equal(k2.stdout, k0.stdout, 'nor did the next ones');
+    assert.equal(f2.stdout, f1.stdout, 'state file and record untouched');
+    const already = `the rules are already in the ${pair.engine} engine \\(2 profile\\(s\\) of /\\S+/state\\.db, in step\\) and the ${other} engine holds none of iptlb's`;
+    assert.match(
+      recorded.stderr,
+      new RegExp(
+        `^iptlb: ${already}: the kernel was not changed; the ${pair.engine} engine is now recorded in /\\S+/state\\.db\\.engine\n$`,
+      ),
+    );
+    for (const p of [again, json]) assert.match(p.stderr, new RegExp(`^iptlb: ${already}: nothing was changed\n$`));
+    assert.deepEqual(rulesOf(again), [], 'nothing committed, nothing printed');
+    assert.deepEqual(JSON.parse(json.stdout), {
+      to: pair.engine,
+      moved: 0,
+      installMs: 0,
+      removeMs: 0,
+      removedFrom: false,
+      unchanged: true,
+    });
+    assert.equal(record as unknown as string, `${pair.engine}\n`);
+  });
+});
