@@ -14,7 +14,7 @@ describePairs(
   'state journal',
   ({ name: pair }) => {
     test('SIGKILL during appends and folds: every returned change is in the state, the YAML alone always parses and is never newer, the CLI folds the rest', async () => {
-      const kills = SOAK ? 150 : 30;
+      const kills = SOAK ? 150 : 20;
       const r = (await runJsonInFreshNetns(fixture('journal-crash.js'), [pair, String(kills)], {
         timeoutMs: 600_000,
       })) as { killed: number; acked: number; withJournal: number; problems: string[]; problemCount: number };

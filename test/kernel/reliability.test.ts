@@ -35,15 +35,18 @@ describePairs('reliability', ({ name: ex }) => {
   // executor's fewest, as its commits are whole processes (iptables-legacy-restore, nft, ipset, conntrack).
   const spawned = pairOf(ex).executor === 'spawn';
   const rounds = (soak: number, native: number, spawn: number): number => (SOAK ? soak : spawned ? spawn : native);
+  // On the spawn pairs the mixed and affinity runs below change the destinations as this one does
+  // (and more), so in CI this one runs on the native pairs only.
   const resets = rounds(500, 300, 60);
-  test(`no gap: ${resets} consecutive resets that change the destinations while a client connects without pause: zero failures`, () =>
-    noGap(ex, resets, 100));
+  if (SOAK || !spawned)
+    test(`no gap: ${resets} consecutive resets that change the destinations while a client connects without pause: zero failures`, () =>
+      noGap(ex, resets, 100));
 
   test('no gap with weights and round-robin: resets that change weights (some drained) and the scheduler while a client connects: zero failures', () =>
-    noGap(ex, rounds(500, 100, 50), 40, 'mixed'));
+    noGap(ex, rounds(500, 100, 40), 30, 'mixed'));
 
   test('no gap with session affinity: resets that switch affinity on and off, change its timeout, the weights and the scheduler while a client connects: zero failures', () =>
-    noGap(ex, rounds(500, 100, 50), 40, 'affinity'));
+    noGap(ex, rounds(500, 100, 40), 30, 'affinity'));
 
   test('crash safety: SIGKILL at random moments of apply/reset/delete never leaves half a profile, a broken state file or a held lock', async () => {
     const kills = rounds(200, 40, 30);
