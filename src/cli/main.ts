@@ -65,8 +65,28 @@ function commandsOf(argv: readonly string[]): typeof COMMANDS {
   return all ? COMMANDS : COMMANDS.filter(([name]) => name === null || argv.includes(name));
 }
 
+/**
+ * A command whose usage errors name it (`iptlb: error: show: missing required argument 'name'`), as
+ * iptlb's own errors name their field: commander's messages (unknown option, missing argument, bad
+ * option value…) name neither. Its subcommands are of the same kind.
+ */
+class NamedCommand extends Command {
+  override createCommand(name?: string): Command {
+    return new NamedCommand(name);
+  }
+
+  override error(message: string, errorOptions?: { code?: string; exitCode?: number }): never {
+    const name = commandPath(this);
+    const named =
+      name !== null && message.startsWith('error: ') && !message.startsWith(`error: ${name}: `)
+        ? `error: ${name}: ${message.slice('error: '.length)}`
+        : message;
+    return super.error(named, errorOptions);
+  }
+}
+
 function buildProgram(io: Out, version: string, commands: typeof COMMANDS = COMMANDS): Command {
-  const program = new Command('iptlb');
+  const program = new NamedCommand('iptlb');
   program
     .description(
       'Linux NAT load balancer: balances a virtual ip:port over destinations with NAT rules committed atomically, in the x_tables nat tables of iptables and ip6tables (--engine legacy) or the nf_tables tables ip iptlb and ip6 iptlb (--engine nft)',
@@ -97,9 +117,9 @@ Original flags (one or two dashes, -flag=value or -flag value):
   iptlb migrate --to nft           move every profile to the nft engine, no address ever without rules
 Without -run only the state file is written. A state file that does not exist is not "no profiles":
 -use-state, sync, migrate and plan --use-state refuse it (exit 1); an empty one ({}) holds none.
-Engine auto: the one already holding iptlb's rules, else nft when the host's iptables is the nf_tables
-flavour or x_tables is missing, else legacy (see doctor); after a reboot it picks again, so keep a
-migrated engine with IPTLB_ENGINE or --engine.
+Engine auto: the one \`iptlb migrate\` recorded beside the state file (also after a reboot), else the
+one already holding iptlb's rules, else nft when the host's iptables is the nf_tables flavour or
+x_tables is missing, else legacy (see doctor).
 Exit status: 0 done, 1 refused (conflict, kernel, state, lock), 2 bad input or usage, 3 drift found by status.`,
     );
   for (const [, command] of commands) command.register(program, io);

@@ -130,7 +130,12 @@ test("each command's --help and its errors come from that command", async () => 
     assert.match(help.out, new RegExp(`^Usage: iptlb ${name} `), name);
     const bad = await run([name, '--no-such-flag']);
     assert.equal(bad.code, 2, name);
-    assert.match(bad.err, /^iptlb: error: (unknown option '--no-such-flag'|required option)/, name);
+    // The error names the command it comes from.
+    assert.match(
+      bad.err,
+      new RegExp(`^iptlb: error: ${name}: (unknown option '--no-such-flag'|required option)`),
+      name,
+    );
   }
 });
 

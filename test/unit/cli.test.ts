@@ -89,7 +89,11 @@ test('a mistyped command, a suggestion and `help`: one line and exit 2, or the h
   const suggested = await cli(['plan', '--file', 'x.yaml']);
   assert.equal(suggested.code, 2);
   assert.equal(suggested.err.trim().split('\n').length, 1, suggested.err);
-  assert.match(suggested.err, /^iptlb: error: unknown option '--file' \(Did you mean --profile\?\)$/m);
+  assert.match(suggested.err, /^iptlb: error: plan: unknown option '--file' \(Did you mean --profile\?\)$/m);
+  // commander's other usage errors name the command too.
+  const missing = await cli(['show']);
+  assert.equal(missing.code, 2);
+  assert.equal(missing.err, "iptlb: error: show: missing required argument 'name'\n");
   const help = await cli(['help']);
   assert.equal(help.code, 0);
   assert.match(help.out, /^Usage: iptlb \[options\] \[command\]/);
