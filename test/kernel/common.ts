@@ -54,8 +54,9 @@ export function describePairs(title: string, body: (pair: Pair) => void, pairs: 
 export const SOAK = !!process.env.IPTLB_SOAK;
 
 /**
- * Whether `pair` runs a test of a layer above the executor: the state file's journal, watch's
- * settling, the CLI's output into pipes, health checks. Such a test commits through the executor as
+ * Whether `pair` runs a test of a layer above the executor: the state file's journal, the lock
+ * (fairness, concurrent invocations), validation, the core's drift checks beside its own commits,
+ * watch's settling, the CLI's output into pipes, health checks. Such a test commits through the executor as
  * any other, but what it checks is code that does not depend on which executor commits, and the
  * executors' own behaviour is proved by the tests that run on all four pairs. These tests run on the
  * native pairs (both engines), and on the spawn pairs too with IPTLB_SOAK=1: CI's time (the suite is

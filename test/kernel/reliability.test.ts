@@ -60,23 +60,25 @@ describePairs('reliability', ({ name: ex }) => {
     assert.ok(r.killed > kills / 4, `only ${r.killed} of ${kills} runs were killed mid-way`);
   });
 
-  test('concurrent resets of one profile: the kernel and the state file agree at the end', async () => {
-    const runs = Array.from({ length: 16 }, (_, i) => [
-      ...pairOf(ex).flags,
-      '-state-file=$WORK/state.db',
-      '-q',
-      '-run',
-      '-reset',
-      '-profile=web',
-      `-src-addr=${VIP}:80`,
-      `-dest-addr=127.0.0.1:${9000 + i}`,
-    ]);
-    const r = await runSteps([{ op: 'parallel-cli', runs }, cli(ex, 'status', '--json')]);
-    r[0].forEach((p: Proc) => ok(p));
-    const status = JSON.parse(r[1].stdout);
-    assert.equal(r[1].code, 0, r[1].stdout);
-    assert.equal(status.inSync, true);
-  });
+  // The lock's doing, a layer above the executor (aboveExecutor in common.ts): native pairs in CI.
+  if (SOAK || !spawned)
+    test('concurrent resets of one profile: the kernel and the state file agree at the end', async () => {
+      const runs = Array.from({ length: 16 }, (_, i) => [
+        ...pairOf(ex).flags,
+        '-state-file=$WORK/state.db',
+        '-q',
+        '-run',
+        '-reset',
+        '-profile=web',
+        `-src-addr=${VIP}:80`,
+        `-dest-addr=127.0.0.1:${9000 + i}`,
+      ]);
+      const r = await runSteps([{ op: 'parallel-cli', runs }, cli(ex, 'status', '--json')]);
+      r[0].forEach((p: Proc) => ok(p));
+      const status = JSON.parse(r[1].stdout);
+      assert.equal(r[1].code, 0, r[1].stdout);
+      assert.equal(status.inSync, true);
+    });
 
   test('without CAP_NET_ADMIN: one line that says so, exit 1, nothing created', async () => {
     const r = await runSteps([
@@ -105,7 +107,7 @@ describePairs('reliability', ({ name: ex }) => {
     assert.doesNotMatch(r[1].stdout, /\bx\b/, 'no state directory created');
   });
 
-  const ops = rounds(1000, 600, 150);
+  const ops = rounds(1000, 600, 100);
   test(`foreign rules untouched (${ex}): ${ops} random operations and the deletion of every profile leave iptables-save byte-identical`, async () => {
     const r = (await runJsonInFreshNetns(fixture('foreign.js'), [ex, String(ops)], { timeoutMs: 300_000 })) as {
       applied: number;
