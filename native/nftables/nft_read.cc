@@ -303,5 +303,28 @@ View ReadView(Socket *s, Family f, const std::vector<Endpoint> *only) {
   ThrowErrno("EKERNEL", EAGAIN, "reading " + TableText(f) + " (the ruleset kept changing)");
 }
 
+std::vector<std::string> ChainNames(Socket *s, Family f, const std::string &table) {
+  RequestBuf b;
+  struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(b.data, NFT_MSG_GETCHAIN, LayoutOf(f).nfproto, NLM_F_DUMP, s->NextSeq());
+  ChainPtr q = Own<ChainPtr>(nftnl_chain_alloc());
+  nftnl_chain_set_str(q.get(), NFTNL_CHAIN_TABLE, table.c_str());
+  nftnl_chain_nlmsg_build_payload(nlh, q.get());
+  std::vector<std::string> out;
+  bool intr = false;
+  const int err = s->Request(
+      nlh,
+      [&](const struct nlmsghdr *m) {
+        ChainPtr c = Own<ChainPtr>(nftnl_chain_alloc());
+        if (nftnl_chain_nlmsg_parse(m, c.get()) < 0) return;
+        const char *t = nftnl_chain_get_str(c.get(), NFTNL_CHAIN_TABLE);
+        const char *n = nftnl_chain_get_str(c.get(), NFTNL_CHAIN_NAME);
+        if (t && n && table == t) out.push_back(n);
+      },
+      &intr);
+  if (err == ENOENT) return {};
+  Check(err, "listing the chains of table " + std::string(LayoutOf(f).name) + " " + table);
+  return out;
+}
+
 }  // namespace nft
 }  // namespace iptlb

@@ -50,5 +50,10 @@ struct View {
 // already?) at a cost that does not grow with the table's elements.
 View ReadView(Socket *s, Family f, const std::vector<Endpoint> *only = nullptr);
 
+// Worker thread; throws NftFailure. The names of the chains of table `table` of family `f` (any
+// table, not only iptlb's; none when it does not exist): what doctor asks of iptables-nft's
+// `table ip nat` (the original iptlb's chains there), without a process of nft's own.
+std::vector<std::string> ChainNames(Socket *s, Family f, const std::string &table);
+
 }  // namespace nft
 }  // namespace iptlb

@@ -264,4 +264,33 @@ Napi::Value NftRead(const Napi::CallbackInfo &info) {
                  [](NftReadWorker *w) { w->Queue(); });
 }
 
+// ---- nftChains --------------------------------------------------------------------------------
+
+NftChainsWorker::NftChainsWorker(Napi::Env env, nft::Family family, std::string table)
+    : PromiseWorker(env, "iptlb.nftChains"), family_(family), table_(std::move(table)) {}
+
+void NftChainsWorker::Work() {
+  // Another table than iptlb's: no need for iptlb's table mutex, only a socket.
+  nft::SharedSocketLease lease;
+  names_ = nft::ChainNames(lease.get(), family_, table_);
+  lease.Keep();
+}
+
+void NftChainsWorker::OnOK() {
+  Napi::Env env = Env();
+  Napi::Array out = Napi::Array::New(env, names_.size());
+  for (size_t i = 0; i < names_.size(); i++) out.Set(static_cast<uint32_t>(i), names_[i]);
+  Resolve(out);
+}
+
+Napi::Value NftChains(const Napi::CallbackInfo &info) {
+  const nft::Family family = nft::FamilyFromJs(info[0], "family");
+  if (info.Length() < 2 || !info[1].IsString())
+    throw Napi::TypeError::New(info.Env(), "table: must be a string (a table name, e.g. nat)");
+  std::string table = info[1].As<Napi::String>().Utf8Value();
+  if (table.empty() || table.size() > 255) throw Napi::TypeError::New(info.Env(), "table: must be 1 to 255 characters");
+  return Pending(info.Env(), new NftChainsWorker(info.Env(), family, std::move(table)),
+                 [](NftChainsWorker *w) { w->Queue(); });
+}
+
 }  // namespace iptlb

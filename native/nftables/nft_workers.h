@@ -40,9 +40,24 @@ class NftReadWorker : public PromiseWorker {
   nft::View view_;
 };
 
-// nftCommit(tx) / nftRead(family?, addresses?): argument checks (TypeErrors); they return a job number for
-// start(n) (pending.h): JavaScript orders the calls.
+class NftChainsWorker : public PromiseWorker {
+ public:
+  NftChainsWorker(Napi::Env env, nft::Family family, std::string table);
+
+ protected:
+  void Work() override;
+  void OnOK() override;
+
+ private:
+  nft::Family family_;
+  std::string table_;
+  std::vector<std::string> names_;
+};
+
+// nftCommit(tx) / nftRead(family?, addresses?) / nftChains(family, table): argument checks (TypeErrors);
+// they return a job number for start(n) (pending.h): JavaScript orders the calls.
 Napi::Value NftCommit(const Napi::CallbackInfo &info);
 Napi::Value NftRead(const Napi::CallbackInfo &info);
+Napi::Value NftChains(const Napi::CallbackInfo &info);
 
 }  // namespace iptlb

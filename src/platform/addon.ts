@@ -16,7 +16,7 @@ import type { NftEndpoint, NftFamily, NftTransaction, NftView } from '../engines
 import { packageRoot } from './paths.js';
 
 /** ABI of the addon this TypeScript expects (native/common/addon_args.h: kAbiVersion). */
-export const EXPECTED_ABI = 18;
+export const EXPECTED_ABI = 19;
 
 /**
  * Conntrack entries to delete: original destination `vip`, protocol, reply source `destination` (flows DNATed to it).
@@ -144,6 +144,11 @@ export interface NativeAddon {
    */
   /** Table `<family> iptlb`; with `addresses`, a narrow read of those (see NftExecutor.lookup). */
   nftRead(family?: NftFamily, addresses?: NftEndpoint[]): Promise<NftView>;
+  /**
+   * The names of the chains of any nftables table `<family> <table>` (none when it does not exist):
+   * doctor's look for the original iptlb's chains in iptables-nft's `table ip nat`, without spawning nft.
+   */
+  nftChains(family: NftFamily, table: string): Promise<string[]>;
   /**
    * Deletes the conntrack entries (IPv4 or IPv6, as the flow's addresses are) of the current
    * network namespace that go to `vip` with `protocol` and were DNATed to `destination`
@@ -432,7 +437,7 @@ function ordered(part: AddonPart, raw: NativeAddon): NativeAddon {
     // A prefetch only prepares (the lock and a copy of the table); nothing queued behind it minds.
     for (const name of ['prefetch', 'releasePrefetch']) out[name] = (...args: unknown[]) => r.start(r[name]!(...args));
   } else {
-    for (const name of ['nftCommit', 'nftRead']) out[name] = queued(name);
+    for (const name of ['nftCommit', 'nftRead', 'nftChains']) out[name] = queued(name);
   }
   return out as unknown as NativeAddon;
 }

@@ -43,6 +43,16 @@ describe('nftables executor in the kernel (fresh network namespaces)', { skip: S
     assert.match(r.foreign.output[1].text, /comment "not-ours"/);
   });
 
+  test("nftChains: the chain names of any table (iptables-nft's nat tables), none of a missing one; bad arguments are TypeErrors", async () => {
+    const r = await runInNetns<Record<string, any>>(fixture('nft'), ['chains'], { timeoutMs: 60_000 });
+    assert.deepEqual(r.before, { ip: [], ip6: [] });
+    assert.deepEqual(r.after.ip, ['IPTLB_NAT_WEB', 'OTHER']);
+    assert.deepEqual(r.after.ip6, ['IPTLB_NAT_SIX']);
+    assert.deepEqual(r.after.missing, []);
+    assert.equal(r.errors.length, 5);
+    for (const e of r.errors) assert.match(e, /^TypeError: (family|table): /, e);
+  });
+
   test('refusals: failing op named by index (EKERNEL, errno), nothing applied; stale expectGenid is ERESTART; bad input is a TypeError', async () => {
     const r = await runInNetns<Record<string, any>>(fixture('nft'), ['errors'], { timeoutMs: 60_000 });
     const m = r.missingElement;
