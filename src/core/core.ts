@@ -1485,6 +1485,8 @@ export class Core {
     removedFrom: boolean;
     /** Nothing was changed: the profiles were in `to` already, the other engine held nothing, the record said `to`. */
     unchanged: boolean;
+    /** The engine record beside the state file was written (it names `to` now). */
+    recorded: boolean;
   }> {
     return this.serial(async () => {
       this.commits = [];
@@ -1541,7 +1543,7 @@ export class Core {
           if (record === null || recordBefore === `${to}\n`) {
             this.log(`${where}: nothing was changed`);
             await this.sayHowToKeep(to);
-            return { moved: 0, installMs: 0, removeMs: 0, removedFrom: false, unchanged: true };
+            return { moved: 0, installMs: 0, removeMs: 0, removedFrom: false, unchanged: true, recorded: false };
           }
           try {
             await writeEngineRecord(this.statePath!, `${to}\n`);
@@ -1553,7 +1555,7 @@ export class Core {
           this.selected = undefined;
           this.selecting = undefined;
           await this.sayHowToKeep(to);
-          return { moved: 0, installMs: 0, removeMs: 0, removedFrom: false, unchanged: false };
+          return { moved: 0, installMs: 0, removeMs: 0, removedFrom: false, unchanged: false, recorded: true };
         }
         this.log(
           installs
@@ -1596,7 +1598,7 @@ export class Core {
         this.selected = undefined;
         this.selecting = undefined;
         await this.sayHowToKeep(to);
-        return { moved, installMs, removeMs, removedFrom, unchanged: false };
+        return { moved, installMs, removeMs, removedFrom, unchanged: false, recorded: record !== null };
       } finally {
         lock.release();
       }

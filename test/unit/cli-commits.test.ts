@@ -201,6 +201,9 @@ for (const engine of ['legacy', 'nft'] as const) {
       assert.equal(commits(), before, 'nothing committed');
       assert.equal(tables(), kernelBefore);
       assert.equal(recorded.unchanged, false);
+      // What tells a script (migrate --json) that only the record was written.
+      assert.equal(recorded.recorded, true);
+      assert.equal(recorded.moved, 0);
       assert.equal(readFileSync(`${file}.engine`, 'utf8'), `${engine}\n`);
       assert.deepEqual(lines, [
         `the rules are already in the ${engine} engine (3 profile(s) of ${file}, in step) and the ${engine === 'nft' ? 'legacy' : 'nft'} engine holds none of iptlb's: the kernel was not changed; the ${engine} engine is now recorded in ${file}.engine`,
@@ -214,7 +217,14 @@ for (const engine of ['legacy', 'nft'] as const) {
       const files = [stat(file), stat(`${file}.engine`)];
       lines.length = 0;
       const again = await core.migrate(engine);
-      assert.deepEqual(again, { moved: 0, installMs: 0, removeMs: 0, removedFrom: false, unchanged: true });
+      assert.deepEqual(again, {
+        moved: 0,
+        installMs: 0,
+        removeMs: 0,
+        removedFrom: false,
+        unchanged: true,
+        recorded: false,
+      });
       assert.equal(commits(), before, 'nothing committed');
       assert.equal(tables(), kernelBefore);
       assert.deepEqual([stat(file), stat(`${file}.engine`)], files, 'state file and record untouched');
