@@ -151,6 +151,7 @@ describePairs('the CLI on what it committed', (pair) => {
       removeMs: 0,
       removedFrom: false,
       unchanged: true,
+      recorded: false,
     });
     assert.equal(record as unknown as string, `${pair.engine}\n`);
   });
