@@ -155,25 +155,28 @@ struct ChainInfo {
   bool base = false;  // has a hook
 };
 
-std::vector<ChainInfo> DumpChains(Socket *s, Family f, bool *intr) {
+// The chains of table `table` of family `f` into `out`; returns 0 or the kernel's errno.
+int RequestChains(Socket *s, Family f, const char *table, bool *intr, std::vector<ChainInfo> *out) {
   RequestBuf b;
   struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(b.data, NFT_MSG_GETCHAIN, LayoutOf(f).nfproto, NLM_F_DUMP, s->NextSeq());
   ChainPtr q = Own<ChainPtr>(nftnl_chain_alloc());
-  nftnl_chain_set_str(q.get(), NFTNL_CHAIN_TABLE, kTable);
+  nftnl_chain_set_str(q.get(), NFTNL_CHAIN_TABLE, table);
   nftnl_chain_nlmsg_build_payload(nlh, q.get());
+  return s->Request(
+      nlh,
+      [&](const struct nlmsghdr *m) {
+        ChainPtr c = Own<ChainPtr>(nftnl_chain_alloc());
+        if (nftnl_chain_nlmsg_parse(m, c.get()) < 0) return;
+        const char *t = nftnl_chain_get_str(c.get(), NFTNL_CHAIN_TABLE);
+        const char *n = nftnl_chain_get_str(c.get(), NFTNL_CHAIN_NAME);
+        if (t && n && std::strcmp(t, table) == 0) out->push_back({n, nftnl_chain_is_set(c.get(), NFTNL_CHAIN_HOOKNUM)});
+      },
+      intr);
+}
+
+std::vector<ChainInfo> DumpChains(Socket *s, Family f, bool *intr) {
   std::vector<ChainInfo> out;
-  Check(s->Request(
-            nlh,
-            [&](const struct nlmsghdr *m) {
-              ChainPtr c = Own<ChainPtr>(nftnl_chain_alloc());
-              if (nftnl_chain_nlmsg_parse(m, c.get()) < 0) return;
-              const char *t = nftnl_chain_get_str(c.get(), NFTNL_CHAIN_TABLE);
-              const char *n = nftnl_chain_get_str(c.get(), NFTNL_CHAIN_NAME);
-              if (t && n && std::strcmp(t, kTable) == 0)
-                out.push_back({n, nftnl_chain_is_set(c.get(), NFTNL_CHAIN_HOOKNUM)});
-            },
-            intr),
-        "listing the chains of " + TableText(f));
+  Check(RequestChains(s, f, kTable, intr, &out), "listing the chains of " + TableText(f));
   return out;
 }
 
@@ -304,25 +307,13 @@ View ReadView(Socket *s, Family f, const std::vector<Endpoint> *only) {
 }
 
 std::vector<std::string> ChainNames(Socket *s, Family f, const std::string &table) {
-  RequestBuf b;
-  struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(b.data, NFT_MSG_GETCHAIN, LayoutOf(f).nfproto, NLM_F_DUMP, s->NextSeq());
-  ChainPtr q = Own<ChainPtr>(nftnl_chain_alloc());
-  nftnl_chain_set_str(q.get(), NFTNL_CHAIN_TABLE, table.c_str());
-  nftnl_chain_nlmsg_build_payload(nlh, q.get());
-  std::vector<std::string> out;
+  std::vector<ChainInfo> chains;
   bool intr = false;
-  const int err = s->Request(
-      nlh,
-      [&](const struct nlmsghdr *m) {
-        ChainPtr c = Own<ChainPtr>(nftnl_chain_alloc());
-        if (nftnl_chain_nlmsg_parse(m, c.get()) < 0) return;
-        const char *t = nftnl_chain_get_str(c.get(), NFTNL_CHAIN_TABLE);
-        const char *n = nftnl_chain_get_str(c.get(), NFTNL_CHAIN_NAME);
-        if (t && n && table == t) out.push_back(n);
-      },
-      &intr);
-  if (err == ENOENT) return {};
+  const int err = RequestChains(s, f, table.c_str(), &intr, &chains);
+  if (err == ENOENT) return {};  // no such table
   Check(err, "listing the chains of table " + std::string(LayoutOf(f).name) + " " + table);
+  std::vector<std::string> out;
+  for (ChainInfo &c : chains) out.push_back(std::move(c.name));
   return out;
 }
 
