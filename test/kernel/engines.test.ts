@@ -8,6 +8,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { runJsonInFreshNetns } from '../harness/netns.js';
 import { DEST, PAIRS, VIP, cli, ok, runSteps } from './common.js';
+import type { Step } from './fixtures/steps.js';
 
 const fixture = (f: string): string => new URL(`./fixtures/${f}`, import.meta.url).pathname;
 const nftSpawn = PAIRS.find((p) => p.name === 'nft/spawn')!;
@@ -630,42 +631,22 @@ describe('capabilities and what selection cannot read', { skip: legacySpawn.skip
     assert.match(r[2].stdout, /^table ip iptlb$/m);
   });
 
+  // `iptlb doctor --json` as user nobody (no capabilities), with state file `stateFile`.
+  const doctorAsNobody = (stateFile: string): Step => ({
+    op: 'sh',
+    argv: [
+      ...['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--'],
+      ...[process.execPath, '$CLI', 'doctor', '--json', `-state-file=${stateFile}`],
+    ],
+  });
   test('not root: doctor says it cannot tell which engine holds the rules, not that x_tables is unavailable', async () => {
     const r = await runSteps([
       { op: 'sh', argv: ['iptables-legacy', '-w', '-t', 'nat', '-N', 'OTHER'] },
-      {
-        op: 'sh',
-        argv: [
-          'setpriv',
-          '--reuid=65534',
-          '--regid=65534',
-          '--clear-groups',
-          '--',
-          process.execPath,
-          '$CLI',
-          'doctor',
-          '--json',
-          '-state-file=/nonexistent/state.db',
-        ],
-      },
+      doctorAsNobody('/nonexistent/state.db'),
       // A state directory only root may search (as the default one is): the engine record cannot be
       // looked at, which is a reason of its own, not an engine ("none") with an error as executor.
       { op: 'sh', argv: ['sh', '-c', 'mkdir -m 700 $WORK/private'] },
-      {
-        op: 'sh',
-        argv: [
-          'setpriv',
-          '--reuid=65534',
-          '--regid=65534',
-          '--clear-groups',
-          '--',
-          process.execPath,
-          '$CLI',
-          'doctor',
-          '--json',
-          '-state-file=$WORK/private/state.db',
-        ],
-      },
+      doctorAsNobody('$WORK/private/state.db'),
     ]);
     const d = JSON.parse(r[1].stdout) as {
       ok: boolean;
