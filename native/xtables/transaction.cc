@@ -142,6 +142,28 @@ std::set<SetElement> DeleteOwnedRules(struct xtc_handle *h, const Transaction &t
   for (const Chain &c : tx.chains) targets.insert(c.name);
   // (A removal of everything, as migrate's, names no owner: the original's jumps still go.)
   if (owned.empty() && targets.empty()) return {};
+  // The profiles this change replaces that the state file holds (tx.held): the addresses their
+  // dispatch rules may select (by comment), and their chains with the lengths of their names (a
+  // profile of another name that shares a chain has a name of the same length: `web`, `WEB`).
+  std::map<std::string, std::set<SetElement>> expected;
+  std::map<std::string, std::string> held_chains;  // chain -> held profile
+  std::set<size_t> held_lengths;
+  if (tx.exclusive) {
+    for (const Held &hp : tx.held) {
+      std::set<SetElement> &at = expected["iptlb:" + hp.name];
+      SetElement el;
+      if (hp.has_was && ElementOfRule(hp.was, &el)) at.insert(el);
+      held_lengths.insert(hp.name.size());
+    }
+    for (const HookRule &hr : tx.hook_rules) {
+      const auto it = expected.find("iptlb:" + hr.owner);
+      if (it == expected.end() || !IsGated(hr.chain)) continue;
+      SetElement el;
+      if (ElementOfRule(hr.rule, &el)) it->second.insert(el);
+      if (hr.rule.target.kind == Target::kJump) held_chains.emplace(hr.rule.target.chain, hr.owner);
+    }
+  }
+  const char *table = F::kFamily == Family::kIpv6 ? "the ip6tables nat table" : "the nat table";
   std::set<SetElement> removed;
   static const xt_chainlabel kAll[] = {"PREROUTING",  "INPUT",        "OUTPUT",
                                        "POSTROUTING", "IPTLB_OUTPUT", "IPTLB_PREROUTING"};
@@ -153,6 +175,16 @@ std::set<SetElement> DeleteOwnedRules(struct xtc_handle *h, const Transaction &t
     for (const Entry *e = F::FirstRule(hook, h); e; e = F::NextRule(e, h), n++) {
       const std::string comment = CommentOf<F>(e);
       if (!owned.count(comment)) {
+        // Another profile's rule to the chain of a held profile (see RefuseHeld for created ones).
+        if (dispatch && !held_chains.empty() && comment.compare(0, 6, "iptlb:") == 0 &&
+            held_lengths.count(comment.size() - 6)) {
+          const auto it = held_chains.find(F::GetTarget(e, h));
+          if (it != held_chains.end())
+            Throw(NativeError{"ECONFLICT", EEXIST,
+                              "name: profile " + it->second + ": " + table +
+                                  " already holds a profile of that name (chain " + it->first + ", rule " + comment +
+                                  " in " + hook + ")"});
+        }
         // Without any comment (another tool's comment makes it that tool's), to one of iptlb's chains.
         const char *t = dispatch || !comment.empty() ? nullptr : F::GetTarget(e, h);
         if (!t || !IsProfileChain(t) || !targets.count(t)) continue;
@@ -167,7 +199,15 @@ std::set<SetElement> DeleteOwnedRules(struct xtc_handle *h, const Transaction &t
         (*held)[comment.substr(6)].push_back(std::move(r));
       }
       SetElement el;
-      if (dispatch && ElementOfRule(DecodeRule<F>(e, h).rule, &el)) removed.insert(el);
+      if (!dispatch || !ElementOfRule(DecodeRule<F>(e, h).rule, &el)) continue;
+      removed.insert(el);
+      // A held profile's rule at neither of its addresses: another state file's profile of its name.
+      const auto at = expected.find(comment);
+      if (at != expected.end() && !at->second.count(el))
+        Throw(NativeError{"ECONFLICT", EEXIST,
+                          "name: profile " + comment.substr(6) + ": " + table +
+                              " holds a profile of that name at another address than this state file's (rule " +
+                              comment + " in " + hook + ")"});
     }
     for (auto it = doomed.rbegin(); it != doomed.rend(); ++it) {
       if (!F::DeleteNumEntry(hook, *it, h))

@@ -36,6 +36,19 @@ export interface HostCheck {
 export const HELD_HINT =
   ', which this state file does not hold: delete it through the state file that holds it, or, if an interrupted change left it, `iptlb status` shows it orphaned and `iptlb sync` removes it';
 
+/**
+ * How the refusal of a profile the state file holds says that the kernel has its name at another
+ * address (both engines; the legacy addon's message says it too).
+ */
+export const MOVED_AT = ' holds a profile of that name at another address than this state file';
+
+/**
+ * What follows the message that the kernel holds a profile of the name a change replaces at another
+ * address than the state file's (ECONFLICT naming `name`, both engines).
+ */
+export const MOVED_HINT =
+  ": another state file's profile of that name (delete it there, or give this one another name; -delete without -run removes this one from this state file only), or one an interrupted change of this state file moved (`iptlb sync` puts back this state file's)";
+
 /** The address families, in the order a change commits them. */
 export const FAMILIES: readonly Family[] = ['ipv4', 'ipv6'];
 

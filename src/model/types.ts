@@ -178,6 +178,15 @@ export interface Transaction {
    * that share a chain, such as `web` and `WEB`).
    */
   created?: { name: string; chain?: string }[];
+  /**
+   * With `exclusive`: the profiles this change replaces or deletes that the state file holds, each
+   * with a dispatch rule of the version the state file holds (`was`) when that selects another
+   * address than the planned hook rules (always, for a deleted one). Refuse (ECONFLICT naming `name`) one whose name a dispatch rule of the
+   * table carries at neither address, or whose chain a dispatch rule of a profile not among the
+   * owners jumps to: another state file's profile (a profile written to this state file without
+   * `-run`, then applied, would take it over), or one an interrupted change of this state file moved.
+   */
+  held?: { name: string; was?: Rule }[];
   owners: string[];
   deleteChains: string[];
   chains: ChainPlan[];

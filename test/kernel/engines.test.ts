@@ -287,7 +287,7 @@ for (const pair of PAIRS) {
 
 for (const pair of PAIRS) {
   test(
-    `${pair.name}: a profile name another state file's profile holds is refused (ECONFLICT naming name, IPv4 and IPv6), and nothing changes (real traffic); an interrupted create is completed by applying it again`,
+    `${pair.name}: a profile name another state file's profile holds is refused (ECONFLICT naming name, IPv4 and IPv6), and nothing changes (real traffic); an interrupted create is completed by applying it again; a profile of that name recorded without -run is refused by -use-state -run`,
     { skip: pair.skip },
     async () => {
       const B = '-state-file=$WORK/b.db';
@@ -333,8 +333,64 @@ for (const pair of PAIRS) {
         cli(pair, '-state-file=$WORK/d.db', ...done),
         { op: 'tcp', vip: VIP, port: 83, count: 6 },
         cli(pair, '-state-file=$WORK/d.db', 'status', '--json'),
+        // 17-21: B records a profile of A's name at another address without -run (a round-robin one:
+        // on nft rules carry the name), then applies its file, or deletes the profile: refused, and
+        // A's profile keeps its traffic.
+        cli(
+          pair,
+          B,
+          '-q',
+          '-profile=web',
+          `-src-addr=${VIP}:81`,
+          '-dest-addr=127.0.0.1:9003',
+          '-scheduler=round-robin',
+        ),
+        cli(pair, B, '-use-state', '-run'),
+        cli(pair, B, '-run', '-delete', '-profile=web'),
+        { op: 'tcp', vip: VIP, port: 80, count: 12 },
+        cli(pair, 'status', '--json'),
+        // 22-23 (legacy): E records a name that shares the chain of A's web (IPTLB_NAT_WEB), then applies it.
+        ...(pair.engine === 'legacy'
+          ? [
+              cli(
+                pair,
+                '-state-file=$WORK/e.db',
+                '-q',
+                '-profile=WEB',
+                `-src-addr=${VIP}:82`,
+                '-dest-addr=127.0.0.1:9003',
+              ),
+              cli(pair, '-state-file=$WORK/e.db', '-use-state', '-run'),
+            ]
+          : []),
       ]);
-      for (const i of [4, 5, 12, 14]) ok(r[i]);
+      for (const i of [4, 5, 12, 14, 17]) ok(r[i]);
+      for (const i of [18, 19]) {
+        assert.equal(r[i].code, 1, r[i].stderr);
+        assert.equal(
+          r[i].stderr,
+          `iptlb: error: name: profile web: ${pair.engine === 'legacy' ? "the nat table holds a profile of that name at another address than this state file's (rule iptlb:web in IPTLB_OUTPUT)" : "table ip iptlb holds a profile of that name at another address than this state file's (rule iptlb:web in chain output)"}: another state file's profile of that name (delete it there, or give this one another name; -delete without -run removes this one from this state file only), or one an interrupted change of this state file moved (\`iptlb sync\` puts back this state file's)\n`,
+        );
+      }
+      assert.equal(r[20].failures, 0, JSON.stringify(r[20]));
+      assert.deepEqual(Object.keys(r[20].counts).sort(), ['backend:9001', 'backend:9002'], "web is still A's");
+      assert.equal(
+        (JSON.parse(r[21].stdout) as { profiles: { name: string; status: string }[] }).profiles.find(
+          (p) => p.name === 'web',
+        )?.status,
+        'in-sync',
+        r[21].stdout,
+      );
+      if (pair.engine === 'legacy') {
+        ok(r[22]);
+        assert.equal(r[23].code, 1, r[23].stderr);
+        assert.ok(
+          r[23].stderr.startsWith(
+            'iptlb: error: name: profile WEB: the nat table already holds a profile of that name (chain IPTLB_NAT_WEB, rule iptlb:web in IPTLB_OUTPUT), which this state file does not hold',
+          ),
+          r[23].stderr,
+        );
+      } else assert.equal(r.length, 22);
       for (const [i, name, table] of [
         [6, 'web', pair.engine === 'legacy' ? 'the nat table' : 'table ip iptlb'],
         [7, 'web6', pair.engine === 'legacy' ? 'the ip6tables nat table' : 'table ip6 iptlb'],

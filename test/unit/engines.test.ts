@@ -577,6 +577,113 @@ for (const engine of ['legacy', 'nft'] as const) {
 }
 
 for (const engine of ['legacy', 'nft'] as const) {
+  test(`${engine}: a profile the state file holds whose name the kernel has at another address is refused (ECONFLICT naming name, IPv4 and IPv6, nothing changed): written without -run and then applied, it would take over another state file's profile; one an interrupted change moved is refused until sync puts it back`, async () => {
+    const kernels = fakes();
+    const A = coreOn(engine, kernels);
+    const B = coreOn(engine, kernels);
+    const kernel = engine === 'legacy' ? kernels.legacy : kernels.nft;
+    const snapshot = () =>
+      JSON.stringify([...kernel.tables], (_, v) => (v instanceof Map || v instanceof Set ? [...v] : v));
+    const where = (v6: boolean) =>
+      engine === 'legacy' ? `the ${v6 ? 'ip6tables ' : ''}nat table` : `table ${v6 ? 'ip6' : 'ip'} iptlb`;
+    const elsewhere =
+      (name: string, v6 = false) =>
+      (e: IptlbError) =>
+        e.code === 'ECONFLICT' &&
+        e.field === 'name' &&
+        e.message.startsWith(
+          `name: profile ${name}: ${where(v6)} holds a profile of that name at another address than this state file's (rule iptlb:${name} in `,
+        ) &&
+        e.message.endsWith(
+          "): another state file's profile of that name (delete it there, or give this one another name; -delete without -run removes this one from this state file only), or one an interrupted change of this state file moved (`iptlb sync` puts back this state file's)",
+        ) &&
+        !e.message.includes('\n');
+    // Every profile has rules of its own on nft (only rules carry a name there): round-robin, or logging.
+    const rr = { scheduler: 'round-robin' } as const;
+    const logs = { logEnabled: true };
+    const useState = (core: Core) =>
+      core.transact((state) => ({ upsert: [...state.values()], remove: [] }), { run: true });
+    try {
+      await apply(
+        A.core,
+        { name: 'web', source: '127.100.0.1:80', destination: ['127.0.0.1:9001', '127.0.0.1:9002'], ...logs },
+        { name: 'web6', source: '[2001:db8::1]:80', destination: ['[2001:db8::a]:9001'], ...rr },
+        { name: 'CHAIN', source: '127.100.0.3:80', destination: ['127.0.0.1:9001'], ...logs },
+      );
+      const before = snapshot();
+      const commits = kernel.commits.length;
+      // B records profiles of A's names at other addresses without -run, then applies its file.
+      const cases: [ProfileInput & { name: string; source: string }, boolean][] = [
+        [{ name: 'web', source: '127.100.0.9:80', destination: ['127.0.0.1:9003'], ...rr }, false],
+        [{ name: 'web6', source: '[2001:db8::9]:80', destination: ['[2001:db8::a]:9003'], ...logs }, true],
+      ];
+      for (const [p, v6] of cases) {
+        await B.core.transact((state) => upsertChange(state, [p]), { run: false });
+        await assert.rejects(useState(B.core), elsewhere(p.name, v6));
+        // Applying it alone, or moving it elsewhere, is refused the same way.
+        await assert.rejects(apply(B.core, p), elsewhere(p.name, v6));
+        const moved = { ...p, source: v6 ? '[2001:db8::8]:80' : '127.100.0.8:80' };
+        await assert.rejects(apply(B.core, moved), elsewhere(p.name, v6));
+        // Deleting it would delete A's rules of the name: refused too; without run it leaves the file.
+        await assert.rejects(
+          B.core.transact((state) => deleteChange(state, [p.name]), { run: true }),
+          elsewhere(p.name, v6),
+        );
+        await B.core.transact((state) => deleteChange(state, [p.name]), { run: false });
+      }
+      if (engine === 'legacy') {
+        // A name that shares the chain of A's profile (IPTLB_NAT_CHAIN), recorded without -run.
+        await B.core.transact(
+          (state) =>
+            upsertChange(state, [{ name: 'chain', source: '127.100.0.7:80', destination: ['127.0.0.1:9003'] }]),
+          { run: false },
+        );
+        await assert.rejects(
+          useState(B.core),
+          (e: IptlbError) =>
+            e.field === 'name' &&
+            e.message.startsWith(
+              'name: profile chain: the nat table already holds a profile of that name (chain IPTLB_NAT_CHAIN, rule iptlb:CHAIN in IPTLB_OUTPUT)',
+            ),
+        );
+      }
+      assert.equal(kernel.commits.length, commits, 'nothing committed');
+      assert.equal(snapshot(), before);
+      assert.deepEqual(
+        Object.fromEntries(
+          Object.entries(await statuses(A.core)).filter(([n]) => ['web', 'web6', 'CHAIN'].includes(n)),
+        ),
+        { web: 'in-sync', web6: 'in-sync', CHAIN: 'in-sync' },
+      );
+      // A's own changes of those profiles go on (its file holds them where the kernel does).
+      await A.core.transact(
+        (state) =>
+          upsertChange(state, [{ ...state.get('web')!, source: '127.100.0.2:80', destination: ['127.0.0.1:9002'] }]),
+        { run: true },
+      );
+      await useState(A.core);
+      // An interrupted move (the kernel committed it, the state file did not record it): applying the
+      // file is refused as above; repeating the move completes it, and sync puts the file's back.
+      const file = readFileSync(A.file);
+      await apply(A.core, { name: 'web', source: '127.100.0.4:80', destination: ['127.0.0.1:9002'], ...logs });
+      writeFileSync(A.file, file);
+      rmSync(`${A.file}.journal`, { force: true });
+      await assert.rejects(useState(A.core), elsewhere('web'));
+      await apply(A.core, { name: 'web', source: '127.100.0.4:80', destination: ['127.0.0.1:9002'], ...logs });
+      assert.equal((await statuses(A.core)).web, 'in-sync');
+      writeFileSync(A.file, file);
+      rmSync(`${A.file}.journal`, { force: true });
+      await A.core.sync();
+      await useState(A.core);
+      assert.equal((await statuses(A.core)).web, 'in-sync');
+    } finally {
+      A.done();
+      B.done();
+    }
+  });
+}
+
+for (const engine of ['legacy', 'nft'] as const) {
   describe(`core over the ${engine} fake kernel`, () => {
     test('apply, status in sync; tampering found; sync repairs it in one transaction per family; orphans removed', async () => {
       const { core, kernels, lines, done } = coreOn(engine);

@@ -87,7 +87,8 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
     // hold, nor a profile of a name it does not hold (refused at commit, where the kernel's rules are
     // at hand: the native commit reads every rule's comment anyway); an in-memory one cannot tell its
     // own profiles of before a restart from another's, and takes them, as the fleet agent does.
-    if ((ctx.exclusive ?? !ctx.partial) && tx.hookRules.length) {
+    const exclusive = ctx.exclusive ?? !ctx.partial;
+    if (exclusive && tx.hookRules.length) {
       tx.exclusive = true;
       const fresh = change.upsert.filter((p) => !state.has(p.name));
       if (fresh.length) {
@@ -98,6 +99,26 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
         tx.created = fresh.map((p) =>
           kept.has(chainName(p.name)) ? { name: p.name } : { name: p.name, chain: chainName(p.name) },
         );
+      }
+    }
+    // A profile the state file holds, replaced or deleted: its name's rules in the table must be its
+    // own, at the address the state file has it or at the new one (asked in the commit's walk).
+    if (exclusive) {
+      const held: NonNullable<Transaction['held']> = [];
+      const upserts = new Map(change.upsert.map((p) => [p.name, p]));
+      for (const name of tx.owners) {
+        const was = state.get(name);
+        if (!was) continue;
+        const now = upserts.get(name);
+        const rule =
+          now && was.source === now.source && was.protocol === now.protocol
+            ? undefined
+            : planProfile(was).hookRules.find((h) => isGatedHook(h.chain))?.rule;
+        held.push(rule ? { name, was: rule } : { name });
+      }
+      if (held.length) {
+        tx.exclusive = true;
+        tx.held = held;
       }
     }
     return { family: f, steps: isEmptyTransaction(tx) ? [] : [tx], next: new ChangedProfiles(state, change) };

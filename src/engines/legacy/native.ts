@@ -9,7 +9,7 @@ import { findBinary, run } from '../../platform/spawn.js';
 import type { NativeAddon } from '../../platform/addon.js';
 import type { AfterCommit, CommitResult, Family, KernelView, Transaction } from '../../model/types.js';
 import { legacyPermissionMessage, type LegacyExecutor } from './executor.js';
-import { HELD_HINT } from '../engine.js';
+import { HELD_HINT, MOVED_AT, MOVED_HINT } from '../engine.js';
 
 /** Maps what the addon throws or rejects with to an {@link IptlbError}, keeping the code, errno and message. */
 export function mapNativeError(e: unknown): IptlbError {
@@ -25,9 +25,13 @@ export function mapNativeError(e: unknown): IptlbError {
       field ? { field, cause: e } : { cause: e },
     );
   }
-  // A profile name the table holds for a profile the state file does not (transaction.cc RefuseHeld), else an address.
+  // A profile name the table holds for a profile the state file does not (transaction.cc RefuseHeld),
+  // or at another address than the state file's (DeleteOwnedRules, for tx.held); else an address.
   if (err.code === 'ECONFLICT' && message.startsWith('name: '))
-    return new IptlbError('ECONFLICT', `${message}${HELD_HINT}`, { field: 'name', cause: e });
+    return new IptlbError('ECONFLICT', `${message}${message.includes(MOVED_AT) ? MOVED_HINT : HELD_HINT}`, {
+      field: 'name',
+      cause: e,
+    });
   if (err.code === 'ECONFLICT')
     return new IptlbError('ECONFLICT', `source: ${message}${TAKEN_HINT}`, { field: 'source', cause: e });
   const code: ErrorCode =

@@ -17,7 +17,7 @@ import {
   type GatedHook,
 } from './gate.js';
 import { IptlbError } from '../../model/errors.js';
-import { HELD_HINT } from '../engine.js';
+import { HELD_HINT, MOVED_AT, MOVED_HINT } from '../engine.js';
 
 /**
  * The family of a planned or parsed rule: that of the first address it holds (IPv6 text has colons, an IPv4 endpoint
@@ -117,6 +117,7 @@ export const TAKEN_HINT =
  * the spawn executor's commit anyway; the rules are gone through once.
  */
 export function refuseHeld(tx: Transaction, view: KernelView): void {
+  refuseMoved(tx, view);
   if (!tx.created?.length) return;
   const names = new Set(tx.created.map((c) => c.name));
   const rulesOf = new Map<string, KernelView['hookRules']>();
@@ -140,6 +141,53 @@ export function refuseHeld(tx: Transaction, view: KernelView): void {
     throw new IptlbError(
       'ECONFLICT',
       `name: profile ${name}: the ${tx.family === 'ipv6' ? 'ip6tables ' : ''}nat table already holds a profile of that name (${found.join(', ')})${HELD_HINT}`,
+      { field: 'name' },
+    );
+  }
+}
+
+/**
+ * With `tx.exclusive`: refuses a profile the transaction replaces that the state file holds
+ * (`tx.held`) whose name a dispatch rule carries at another address than the planned one and the
+ * state file's (`was`), or whose chain a dispatch rule of a profile not among the owners jumps to:
+ * another state file's profile of that name, which the change would take over. As the native
+ * executor does in its walk, with the same messages.
+ */
+function refuseMoved(tx: Transaction, view: KernelView): void {
+  if (!tx.held?.length) return;
+  const owners = new Set(tx.owners);
+  const expected = new Map<string, Set<string>>(); // name -> the elements its dispatch rules may select
+  for (const { name, was } of tx.held) {
+    const el = was ? elementOf(was) : null;
+    expected.set(name, new Set(el ? [el] : []));
+  }
+  const chains = new Map<string, string>(); // chain -> held profile
+  for (const h of tx.hookRules) {
+    const at = expected.get(h.owner);
+    if (!at || !isGatedHook(h.chain)) continue;
+    const el = elementOf(h.rule);
+    if (el) at.add(el);
+    if (h.rule.target.name === 'jump') chains.set(h.rule.target.chain, h.owner);
+  }
+  const table = `the ${tx.family === 'ipv6' ? 'ip6tables ' : ''}nat table`;
+  for (const h of view.hookRules) {
+    if (!isGatedHook(h.chain) || h.direct) continue;
+    const at = expected.get(h.owner);
+    if (at) {
+      const el = elementOf(h.rule);
+      if (el === null || at.has(el)) continue;
+      throw new IptlbError(
+        'ECONFLICT',
+        `name: profile ${h.owner}: ${table}${MOVED_AT}'s (rule iptlb:${h.owner} in ${DISPATCH[h.chain]})${MOVED_HINT}`,
+        { field: 'name' },
+      );
+    }
+    if (owners.has(h.owner) || h.rule.target.name !== 'jump') continue;
+    const name = chains.get(h.rule.target.chain);
+    if (name === undefined) continue;
+    throw new IptlbError(
+      'ECONFLICT',
+      `name: profile ${name}: ${table} already holds a profile of that name (chain ${h.rule.target.chain}, rule iptlb:${h.owner} in ${DISPATCH[h.chain]})${HELD_HINT}`,
       { field: 'name' },
     );
   }

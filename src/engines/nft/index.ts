@@ -24,6 +24,7 @@ import {
   profileEndpoint,
   profileVipKey,
   servesAddress,
+  ruleElsewhere,
   ownsRules,
   planNftChange,
   planNftProfile,
@@ -46,6 +47,8 @@ import type { NftExecutor } from './executor.js';
 import {
   ChangedProfiles,
   HELD_HINT,
+  MOVED_AT,
+  MOVED_HINT,
   shapesOf,
   type Change,
   type Engine,
@@ -368,6 +371,26 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
       if (!held.has(n)) created.push(p);
       if (!before.has(profileVipKey(p))) moved.push(p);
     }
+    // A profile this state file holds, replaced or deleted: a rule of its name at neither the address
+    // the state file has it at nor the new one is another state file's profile of that name (one written to
+    // this file without -run, then applied, would take it over: a plan drops the rules of the names it
+    // knows), or one an interrupted change moved. Asked of the table when the plan read it (only a
+    // plan that reads the table rewrites rules), or of the narrow read below.
+    const addresses = new Map<string, Set<string>>();
+    for (const o of known.old) {
+      const p = next.get(o.name);
+      addresses.set(o.name, new Set([profileVipKey(o), ...(p ? [profileVipKey(p)] : [])]));
+    }
+    const refuseElsewhere = (v: NftView): void => {
+      const r = addresses.size ? ruleElsewhere(v, addresses) : undefined;
+      if (r)
+        throw new IptlbError(
+          'ECONFLICT',
+          `name: profile ${r.owner}: ${this.where(f)}${MOVED_AT}'s (rule iptlb:${r.owner} in chain ${r.chain})${MOVED_HINT}`,
+          { field: 'name' },
+        );
+    };
+    if (view?.exists) refuseElsewhere(view);
     if (!moved.length && !created.length) return;
     const nf = nftTableFamily(f);
     const asked = new Map<string, NftEndpoint>();
@@ -376,6 +399,7 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
       view ??
       (this.executor.lookup ? await this.executor.lookup(nf, [...asked.values()]) : await this.executor.read(nf));
     if (!v.exists) return;
+    if (!view) refuseElsewhere(v);
     const asPlanned = async (p: Profile): Promise<boolean> => {
       if (v.narrow) v = await this.executor.read(nf);
       return compareNft(new Map([[p.name, p]]), v)[0]?.status === 'in-sync';

@@ -719,6 +719,24 @@ export function servesAddress(view: NftView, p: Profile): boolean {
 }
 
 /**
+ * The first rule of the table (a read, or a narrow one) that carries the name of a profile of `held`
+ * (name -> the addresses it may have, as {@link profileVipKey} writes them) at another address: its
+ * owner and base chain.
+ */
+export function ruleElsewhere(
+  view: NftView,
+  held: ReadonlyMap<string, ReadonlySet<string>>,
+): { owner: string; chain: string } | undefined {
+  for (const c of view.chains)
+    for (const r of c.rules) {
+      if (r.kind === 'foreign' || r.kind === 'dispatch') continue;
+      const at = held.get(r.owner);
+      if (at && !at.has(vipKey(r.proto, r.vip))) return { owner: r.owner, chain: c.name };
+    }
+  return undefined;
+}
+
+/**
  * What the kernel holds for virtual addresses that none of `known` (the profiles after a change,
  * and the old versions of those it touches) uses and for owners it does not name: the profiles of
  * another process (an agent before its restart, with `stateFile: false`). An in-memory instance
