@@ -326,22 +326,11 @@ Transaction TransactionFrom(const V &value) {
       tx.created.push_back(std::move(entry));
     }
   }
-  const Path hdf = root.Key("held");
-  V held = o.Get("held");
-  if (!held.IsUndefined()) {
-    Arr(held, hdf);
-    for (uint32_t i = 0; i < held.Length(); i++) {
-      const Path f = hdf.Index(i);
-      V c = Obj(held.At(i), f);
-      Held entry;
-      entry.name = Owner(c.Get("name"), f.Key("name"));
-      V was = c.Get("was");
-      if (!was.IsUndefined()) {
-        entry.was = RuleFrom(tx.family, was, f.Key("was"));
-        entry.has_was = true;
-      }
-      tx.held.push_back(std::move(entry));
-    }
+  const Path wf = root.Key("was");
+  V was = o.Get("was");
+  if (!was.IsUndefined()) {
+    Arr(was, wf);
+    for (uint32_t i = 0; i < was.Length(); i++) tx.was.push_back(RuleFrom(tx.family, was.At(i), wf.Index(i)));
   }
   const Path of = root.Key("owners");
   V owners = Arr(o.Get("owners"), of);

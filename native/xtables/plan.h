@@ -89,15 +89,6 @@ struct Created {
   std::string chain;
 };
 
-// A profile the change replaces or deletes that the state file holds. Its name's rules in the
-// dispatch chains must select the address of a planned hook rule of it, or that of `was` (a dispatch
-// rule of the version the state file holds, when that selects another address; always for a delete).
-struct Held {
-  std::string name;
-  bool has_was = false;
-  Rule was;
-};
-
 struct Transaction {
   Family family = Family::kIpv4;
   // Refuse (ECONFLICT) a hook rule whose address, protocol and port a rule of another profile (not
@@ -108,10 +99,12 @@ struct Transaction {
   // chain the table has, or whose name rules carry, unless the table holds it exactly as planned:
   // a state-file instance does not take over a profile the kernel holds for another state file.
   std::vector<Created> created;
-  // With `exclusive`: refuse (ECONFLICT, the message starting "name: ") a held profile whose name a
-  // dispatch rule carries at another address, or whose chain a dispatch rule of a profile not among
-  // the owners jumps to (another state file's profile, which the change would take over).
-  std::vector<Held> held;
+  // With `exclusive`, of the profiles the change replaces or deletes that the state file holds (the
+  // owners not created): a dispatch rule of the version the state file holds of each one it moves or
+  // deletes. Refuse (ECONFLICT, the message starting "name: ") such a profile whose name a dispatch
+  // rule carries at an address neither planned nor here, or whose chain a rule of a profile not
+  // among the owners jumps to (another state file's profile, which the change would take over).
+  std::vector<Rule> was;
   std::vector<std::string> owners;
   std::vector<std::string> delete_chains;
   std::vector<Chain> chains;

@@ -1,5 +1,6 @@
 #include "transaction.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <map>
@@ -130,7 +131,8 @@ namespace {
 // IPTLB_NAT_<NAME>`, no comment). iptlb's chains are its own by name; left, such a jump keeps the
 // chain from being deleted (EMLINK) and a replaced profile reachable by the old way too.
 template <typename F>
-std::set<SetElement> DeleteOwnedRules(struct xtc_handle *h, const Transaction &tx, HeldRules *held) {
+std::set<SetElement> DeleteOwnedRules(struct xtc_handle *h, const Transaction &tx,
+                                      const std::vector<SetElement> &planned, HeldRules *held) {
   using Entry = typename F::Entry;
   std::set<std::string> owned;
   for (const std::string &o : tx.owners) owned.insert("iptlb:" + o);
@@ -142,26 +144,18 @@ std::set<SetElement> DeleteOwnedRules(struct xtc_handle *h, const Transaction &t
   for (const Chain &c : tx.chains) targets.insert(c.name);
   // (A removal of everything, as migrate's, names no owner: the original's jumps still go.)
   if (owned.empty() && targets.empty()) return {};
-  // The profiles this change replaces that the state file holds (tx.held): the addresses their
-  // dispatch rules may select (by comment), and their chains with the lengths of their names (a
-  // profile of another name that shares a chain has a name of the same length: `web`, `WEB`).
-  std::map<std::string, std::set<SetElement>> expected;
-  std::map<std::string, std::string> held_chains;  // chain -> held profile
-  std::set<size_t> held_lengths;
-  if (tx.exclusive) {
-    for (const Held &hp : tx.held) {
-      std::set<SetElement> &at = expected["iptlb:" + hp.name];
+  // With tx.exclusive, the addresses the dispatch rules of the profiles this change replaces or
+  // deletes that the state file holds (owners not created) may select: planned, or in tx.was.
+  const std::vector<SetElement> *allowed = &planned;
+  std::vector<SetElement> with_was;
+  if (tx.exclusive && !tx.was.empty()) {
+    with_was = planned;
+    for (const Rule &r : tx.was) {
       SetElement el;
-      if (hp.has_was && ElementOfRule(hp.was, &el)) at.insert(el);
-      held_lengths.insert(hp.name.size());
+      if (ElementOfRule(r, &el)) with_was.push_back(el);
     }
-    for (const HookRule &hr : tx.hook_rules) {
-      const auto it = expected.find("iptlb:" + hr.owner);
-      if (it == expected.end() || !IsGated(hr.chain)) continue;
-      SetElement el;
-      if (ElementOfRule(hr.rule, &el)) it->second.insert(el);
-      if (hr.rule.target.kind == Target::kJump) held_chains.emplace(hr.rule.target.chain, hr.owner);
-    }
+    std::sort(with_was.begin(), with_was.end());
+    allowed = &with_was;
   }
   const char *table = F::kFamily == Family::kIpv6 ? "the ip6tables nat table" : "the nat table";
   std::set<SetElement> removed;
@@ -175,16 +169,6 @@ std::set<SetElement> DeleteOwnedRules(struct xtc_handle *h, const Transaction &t
     for (const Entry *e = F::FirstRule(hook, h); e; e = F::NextRule(e, h), n++) {
       const std::string comment = CommentOf<F>(e);
       if (!owned.count(comment)) {
-        // Another profile's rule to the chain of a held profile (see RefuseHeld for created ones).
-        if (dispatch && !held_chains.empty() && comment.compare(0, 6, "iptlb:") == 0 &&
-            held_lengths.count(comment.size() - 6)) {
-          const auto it = held_chains.find(F::GetTarget(e, h));
-          if (it != held_chains.end())
-            Throw(NativeError{"ECONFLICT", EEXIST,
-                              "name: profile " + it->second + ": " + table +
-                                  " already holds a profile of that name (chain " + it->first + ", rule " + comment +
-                                  " in " + hook + ")"});
-        }
         // Without any comment (another tool's comment makes it that tool's), to one of iptlb's chains.
         const char *t = dispatch || !comment.empty() ? nullptr : F::GetTarget(e, h);
         if (!t || !IsProfileChain(t) || !targets.count(t)) continue;
@@ -201,9 +185,9 @@ std::set<SetElement> DeleteOwnedRules(struct xtc_handle *h, const Transaction &t
       SetElement el;
       if (!dispatch || !ElementOfRule(DecodeRule<F>(e, h).rule, &el)) continue;
       removed.insert(el);
-      // A held profile's rule at neither of its addresses: another state file's profile of its name.
-      const auto at = expected.find(comment);
-      if (at != expected.end() && !at->second.count(el))
+      // A held profile's rule at an address neither planned nor the state file's: another state
+      // file's profile of its name.
+      if (tx.exclusive && !created.count(comment) && !std::binary_search(allowed->begin(), allowed->end(), el))
         Throw(NativeError{"ECONFLICT", EEXIST,
                           "name: profile " + comment.substr(6) + ": " + table +
                               " holds a profile of that name at another address than this state file's (rule " +
@@ -228,6 +212,38 @@ void DeleteChains(struct xtc_handle *h, const Transaction &tx) {
   }
 }
 
+// With tx.exclusive, for a chain about to be refilled that a rule still jumps to once the owners'
+// rules are deleted: when it is the chain of a held profile (tx.held), that rule is another
+// profile's (`WEB` shares `web`'s chain), which refilling the chain would take over. The rule is
+// looked for in the hooks and dispatch chains to name it.
+template <typename F>
+void RefuseShared(struct xtc_handle *h, const Transaction &tx, const std::string &chain) {
+  using Entry = typename F::Entry;
+  const std::string *owner = nullptr;
+  for (const HookRule &hr : tx.hook_rules) {
+    if (hr.rule.target.kind == Target::kJump && hr.rule.target.chain == chain) owner = &hr.owner;
+  }
+  for (const Created &c : tx.created) {
+    if (owner && c.name == *owner) return;  // RefuseHeld's
+  }
+  if (!owner) return;
+  static const xt_chainlabel kAll[] = {"PREROUTING",  "INPUT",        "OUTPUT",
+                                       "POSTROUTING", "IPTLB_OUTPUT", "IPTLB_PREROUTING"};
+  std::string by;
+  for (const char *hook : kAll) {
+    if (!F::IsChain(hook, h)) continue;
+    for (const Entry *e = F::FirstRule(hook, h); e && by.empty(); e = F::NextRule(e, h)) {
+      if (chain != F::GetTarget(e, h)) continue;
+      const std::string comment = CommentOf<F>(e);
+      by = (comment.empty() ? std::string("a rule") : "rule " + comment) + " in " + hook;
+    }
+  }
+  Throw(NativeError{"ECONFLICT", EEXIST,
+                    "name: profile " + *owner + ": the " + (F::kFamily == Family::kIpv6 ? "ip6tables " : "") +
+                        "nat table already holds a profile of that name (chain " + chain + (by.empty() ? "" : ", ") +
+                        by + ")"});
+}
+
 // Chains created, or flushed and refilled.
 template <typename F>
 void FillChains(struct xtc_handle *h, const Transaction &tx) {
@@ -235,6 +251,8 @@ void FillChains(struct xtc_handle *h, const Transaction &tx) {
   for (const Chain &c : tx.chains) {
     const Label label(c.name);
     if (F::IsChain(label.get(), h)) {
+      unsigned refs = 0;
+      if (tx.exclusive && F::GetReferences(&refs, label.get(), h) && refs > 0) RefuseShared<F>(h, tx, c.name);
       if (!F::FlushEntries(label.get(), h)) Fail<F>("flushing chain " + c.name);
     } else if (!F::CreateChain(label.get(), h)) {
       Fail<F>("creating chain " + c.name);
@@ -467,14 +485,15 @@ void RefuseTaken(struct xtc_handle *h, const Transaction &tx) {
 template <typename F>
 void ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gate) {
   HeldRules held;
-  std::set<SetElement> removed = DeleteOwnedRules<F>(h, tx, &held);
+  std::vector<SetElement> planned = GateElements(tx);
+  std::set<SetElement> removed = DeleteOwnedRules<F>(h, tx, planned, &held);
   if (tx.exclusive) RefuseHeld<F>(h, tx, held);
   RefuseTaken<F>(h, tx);
   DeleteChains<F>(h, tx);
   FillChains<F>(h, tx);
   InsertHookRules<F>(h, tx);
   SyncGates<F>(h, gate);
-  gate->adds = GateElements(tx);
+  gate->adds = std::move(planned);
   CollectStale<F>(h, gate->adds, std::move(removed), gate);
 }
 

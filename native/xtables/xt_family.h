@@ -38,6 +38,9 @@ namespace iptlb {
   static const char *GetTarget(const Entry *e, struct xtc_handle *h) { return prefix##_get_target(e, h); }         \
   static int IsChain(const char *chain, struct xtc_handle *h) { return prefix##_is_chain(chain, h); }              \
   static int Builtin(const char *chain, struct xtc_handle *h) { return prefix##_builtin(chain, h); }               \
+  static int GetReferences(unsigned *refs, const char *chain, struct xtc_handle *h) {                              \
+    return prefix##_get_references(refs, chain, h);                                                                \
+  }                                                                                                                \
   static int CreateChain(const char *chain, struct xtc_handle *h) { return prefix##_create_chain(chain, h); }      \
   static int FlushEntries(const char *chain, struct xtc_handle *h) { return prefix##_flush_entries(chain, h); }    \
   static int DeleteChain(const char *chain, struct xtc_handle *h) { return prefix##_delete_chain(chain, h); }      \

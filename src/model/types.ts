@@ -179,14 +179,15 @@ export interface Transaction {
    */
   created?: { name: string; chain?: string }[];
   /**
-   * With `exclusive`: the profiles this change replaces or deletes that the state file holds, each
-   * with a dispatch rule of the version the state file holds (`was`) when that selects another
-   * address than the planned hook rules (always, for a deleted one). Refuse (ECONFLICT naming `name`) one whose name a dispatch rule of the
-   * table carries at neither address, or whose chain a dispatch rule of a profile not among the
-   * owners jumps to: another state file's profile (a profile written to this state file without
-   * `-run`, then applied, would take it over), or one an interrupted change of this state file moved.
+   * With `exclusive`, of the profiles this change replaces or deletes that the state file holds (the
+   * owners not `created`): a dispatch rule of the version the state file holds of each one it moves
+   * to another address or deletes. Refuse (ECONFLICT naming `name`) such a profile whose name a
+   * dispatch rule of the table carries at an address neither planned nor here, or whose chain a rule
+   * of a profile not among the owners jumps to: another state file's profile of that name (one
+   * written to this state file without `-run`, then applied, would take it over), or one an
+   * interrupted change of this state file moved.
    */
-  held?: { name: string; was?: Rule }[];
+  was?: Rule[];
   owners: string[];
   deleteChains: string[];
   chains: ChainPlan[];

@@ -251,6 +251,8 @@ describe('addon exports and input checking', { skip: NO_ADDON }, () => {
       { ...tx, created: [{ name: 'web', chain: 'OUTPUT' }] },
       /^transaction\.created\[0\]\.chain: must not be the built-in name OUTPUT/,
     ],
+    ['was not an array', { ...tx, was: {} }, /^transaction\.was: must be an array/],
+    ['was entry not an object', { ...tx, was: ['web'] }, /^transaction\.was\[0\]: must be an object/],
     ['chains missing', { ...tx, chains: undefined }, /^transaction\.chains: must be an array/],
     [
       'chain name too long',

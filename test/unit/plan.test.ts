@@ -553,9 +553,26 @@ test('an exclusive transaction refuses a profile it creates whose chain or name 
   const direct = heldAs(web);
   direct.hookRules = direct.hookRules.map((h) => ({ ...h, direct: true }));
   assert.throws(() => renderRestore(creating(web), direct), refused(/rule iptlb:web in OUTPUT\)/));
-  // Not exclusive (an in-memory instance), or not created (the state file holds it): no question asked.
+  // Not exclusive (an in-memory instance): no question asked.
   assert.match(renderRestore(planTransaction([web], []), heldAs(theirs)), /iptlb:web/);
-  assert.match(renderRestore({ ...planTransaction([web], []), exclusive: true }, heldAs(theirs)), /iptlb:web/);
+  // Not created (the state file holds it): its name's rules at an address neither planned nor the
+  // state file's (a rule of it in `was`) are another profile's.
+  assert.throws(
+    () => renderRestore({ ...planTransaction([web], []), exclusive: true }, heldAs(theirs)),
+    refused(
+      /^name: profile web: the nat table holds a profile of that name at another address than this state file's \(rule iptlb:web in IPTLB_OUTPUT\): another state file's profile/,
+    ),
+  );
+  const was = [planProfile(theirs).hookRules[0]!.rule];
+  assert.match(renderRestore({ ...planTransaction([web], []), exclusive: true, was }, heldAs(theirs)), /iptlb:web/);
+  assert.match(
+    renderRestore({ ...planTransaction([], ['web']), exclusive: true, was }, heldAs(theirs)),
+    /-D .*iptlb:web/,
+  );
+  assert.throws(
+    () => renderRestore({ ...planTransaction([], ['web']), exclusive: true }, heldAs(theirs)),
+    refused(/at another address than this state file's/),
+  );
   // A chain this state keeps through the change (a rename onto a name that shares it): only the name's rules count.
   const renamed = validateProfile({ ...web, name: 'WEB' });
   const rename = { ...planTransaction([renamed], ['web']), exclusive: true, created: [{ name: 'WEB' }] };

@@ -10,7 +10,7 @@ import { OWN_CHAIN, hookChainOf, isEmptyTransaction, planProfile, planTransactio
 import { renderRule } from './restore.js';
 import { DISPATCH, isGatedHook, physicalChain } from './gate.js';
 import type { Family } from '../../model/address.js';
-import type { AfterCommit, KernelView, Profile, Transaction } from '../../model/types.js';
+import type { AfterCommit, KernelView, Profile, Rule, Transaction } from '../../model/types.js';
 import type { LegacyExecutor } from './executor.js';
 import {
   ChangedProfiles,
@@ -103,23 +103,18 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
     }
     // A profile the state file holds, replaced or deleted: its name's rules in the table must be its
     // own, at the address the state file has it or at the new one (asked in the commit's walk).
-    if (exclusive) {
-      const held: NonNullable<Transaction['held']> = [];
+    if (exclusive && (tx.hookRules.length || change.remove.length)) {
+      tx.exclusive = true;
       const upserts = new Map(change.upsert.map((p) => [p.name, p]));
+      const was: Rule[] = [];
       for (const name of tx.owners) {
-        const was = state.get(name);
-        if (!was) continue;
+        const old = state.get(name);
         const now = upserts.get(name);
-        const rule =
-          now && was.source === now.source && was.protocol === now.protocol
-            ? undefined
-            : planProfile(was).hookRules.find((h) => isGatedHook(h.chain))?.rule;
-        held.push(rule ? { name, was: rule } : { name });
+        if (!old || (now && old.source === now.source && old.protocol === now.protocol)) continue;
+        const rule = planProfile(old).hookRules.find((h) => isGatedHook(h.chain))?.rule;
+        if (rule) was.push(rule);
       }
-      if (held.length) {
-        tx.exclusive = true;
-        tx.held = held;
-      }
+      if (was.length) tx.was = was;
     }
     return { family: f, steps: isEmptyTransaction(tx) ? [] : [tx], next: new ChangedProfiles(state, change) };
   }

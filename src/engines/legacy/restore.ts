@@ -147,47 +147,45 @@ export function refuseHeld(tx: Transaction, view: KernelView): void {
 }
 
 /**
- * With `tx.exclusive`: refuses a profile the transaction replaces that the state file holds
- * (`tx.held`) whose name a dispatch rule carries at another address than the planned one and the
- * state file's (`was`), or whose chain a dispatch rule of a profile not among the owners jumps to:
- * another state file's profile of that name, which the change would take over. As the native
- * executor does in its walk, with the same messages.
+ * With `tx.exclusive`: refuses a profile the transaction replaces or deletes that the state file
+ * holds (an owner not created) whose name a dispatch rule carries at an address neither planned nor
+ * the state file's (`tx.was`), or whose chain a dispatch rule of a profile not among the owners jumps
+ * to: another state file's profile of that name, which the change would take over. As the native
+ * executor does (in its walk, and before it refills a chain), with the same messages.
  */
 function refuseMoved(tx: Transaction, view: KernelView): void {
-  if (!tx.held?.length) return;
   const owners = new Set(tx.owners);
-  const expected = new Map<string, Set<string>>(); // name -> the elements its dispatch rules may select
-  for (const { name, was } of tx.held) {
-    const el = was ? elementOf(was) : null;
-    expected.set(name, new Set(el ? [el] : []));
-  }
-  const chains = new Map<string, string>(); // chain -> held profile
+  const created = new Set((tx.created ?? []).map((c) => c.name));
+  const allowed = new Set<string>(); // the elements a held profile's dispatch rules may select: planned, or tx.was
+  const chains = new Map<string, string>(); // a held profile's chain -> the profile
   for (const h of tx.hookRules) {
-    const at = expected.get(h.owner);
-    if (!at || !isGatedHook(h.chain)) continue;
+    if (!isGatedHook(h.chain)) continue;
     const el = elementOf(h.rule);
-    if (el) at.add(el);
-    if (h.rule.target.name === 'jump') chains.set(h.rule.target.chain, h.owner);
+    if (el) allowed.add(el);
+    if (h.rule.target.name === 'jump' && !created.has(h.owner)) chains.set(h.rule.target.chain, h.owner);
+  }
+  for (const r of tx.was ?? []) {
+    const el = elementOf(r);
+    if (el) allowed.add(el);
   }
   const table = `the ${tx.family === 'ipv6' ? 'ip6tables ' : ''}nat table`;
   for (const h of view.hookRules) {
     if (!isGatedHook(h.chain) || h.direct) continue;
-    const at = expected.get(h.owner);
-    if (at) {
-      const el = elementOf(h.rule);
-      if (el === null || at.has(el)) continue;
+    if (owners.has(h.owner)) {
+      const el = created.has(h.owner) ? null : elementOf(h.rule);
+      if (el === null || allowed.has(el)) continue;
       throw new IptlbError(
         'ECONFLICT',
         `name: profile ${h.owner}: ${table}${MOVED_AT}'s (rule iptlb:${h.owner} in ${DISPATCH[h.chain]})${MOVED_HINT}`,
         { field: 'name' },
       );
     }
-    if (owners.has(h.owner) || h.rule.target.name !== 'jump') continue;
-    const name = chains.get(h.rule.target.chain);
-    if (name === undefined) continue;
+    const target = h.rule.target;
+    const name = target.name === 'jump' ? chains.get(target.chain) : undefined;
+    if (name === undefined || target.name !== 'jump') continue;
     throw new IptlbError(
       'ECONFLICT',
-      `name: profile ${name}: ${table} already holds a profile of that name (chain ${h.rule.target.chain}, rule iptlb:${h.owner} in ${DISPATCH[h.chain]})${HELD_HINT}`,
+      `name: profile ${name}: ${table} already holds a profile of that name (chain ${target.chain}, rule iptlb:${h.owner} in ${DISPATCH[h.chain]})${HELD_HINT}`,
       { field: 'name' },
     );
   }
