@@ -3,7 +3,7 @@
  * and adds subcommands, one file each under src/cli/commands/. Exit codes: 0 done, 1 refused (conflict,
  * kernel, state), 2 usage/bad input, 3 drift found by status.
  */
-import { Command, CommanderError } from 'commander';
+import { Command, CommanderError, type HelpContext } from 'commander';
 import { IptlbError } from '../model/errors.js';
 import { show } from '../model/profile.js';
 import { packageVersion } from '../platform/paths.js';
@@ -75,17 +75,40 @@ class NamedCommand extends Command {
     return new NamedCommand(name);
   }
 
+  /** A command group given no command (`iptlb fleet`): one line naming it and its commands, not the whole help. */
+  override help(context?: HelpContext): never;
+  override help(cb?: (str: string) => string): never;
+  override help(context?: HelpContext | ((str: string) => string)): never {
+    if (typeof context === 'object' && context.error && this.parent && this.commands.length)
+      this.error(
+        `error: missing command (one of: ${this.commands.map((c) => c.name()).join(', ')}; iptlb ${commandPath(this)} --help says more)`,
+        { code: 'commander.missingCommand', exitCode: 2 },
+      );
+    return super.help(context as HelpContext);
+  }
+
   override error(message: string, errorOptions?: { code?: string; exitCode?: number }): never {
-    const name = commandPath(this);
+    // The program's own options are parsed wherever they stand: an error in one after a command
+    // (`iptlb apply --profile`) names that command.
+    const name = commandPath(this) ?? this.commandIn(this.userArgs);
     const named =
       name !== null && message.startsWith('error: ') && !message.startsWith(`error: ${name}: `)
         ? `error: ${name}: ${message.slice('error: '.length)}`
         : message;
     return super.error(named, errorOptions);
   }
+
+  /** The command line this program parses (set by main). */
+  userArgs?: readonly string[];
+
+  /** The first of `args` that names a command of this one. */
+  private commandIn(args: readonly string[] | undefined): string | null {
+    const names = new Set(this.commands.map((c) => c.name()));
+    return args?.find((a) => names.has(a)) ?? null;
+  }
 }
 
-function buildProgram(io: Out, version: string, commands: typeof COMMANDS = COMMANDS): Command {
+function buildProgram(io: Out, version: string, commands: typeof COMMANDS = COMMANDS): NamedCommand {
   const program = new NamedCommand('iptlb');
   program
     .description(
@@ -178,7 +201,9 @@ export async function main(argv: string[], io: Out = processOut()): Promise<numb
       );
     const commands = commandsOf(args);
     useSyncFs(!commands.some(([name]) => LONG_RUNNING.has(name)));
-    await buildProgram(io, packageVersion(), commands).parseAsync(args, { from: 'user' });
+    const program = buildProgram(io, packageVersion(), commands);
+    program.userArgs = args;
+    await program.parseAsync(args, { from: 'user' });
     return 0;
   } catch (e) {
     if (e instanceof ExitCode) return e.code;

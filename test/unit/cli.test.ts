@@ -79,7 +79,7 @@ test('usage errors exit 2 with one line; help exits 0 and lists the original fla
   assert.match(noRun.err, /-delete needs -run/);
 });
 
-test('a mistyped command, a suggestion and `help`: one line and exit 2, or the help', async () => {
+test('a mistyped command, a suggestion, a missing argument or command and `help`: one line and exit 2, or the help', async () => {
   for (const word of ['aply', 'frobnicate']) {
     const r = await cli([word, '-q']);
     assert.equal(r.code, 2);
@@ -94,6 +94,19 @@ test('a mistyped command, a suggestion and `help`: one line and exit 2, or the h
   const missing = await cli(['show']);
   assert.equal(missing.code, 2);
   assert.equal(missing.err, "iptlb: error: show: missing required argument 'name'\n");
+  // A program option after a command (parsed by the program) names the command; alone, none.
+  const global = await cli(['apply', '--profile']);
+  assert.equal(global.code, 2);
+  assert.equal(global.err, "iptlb: error: apply: option '--profile <name>' argument missing\n");
+  assert.equal((await cli(['--profile'])).err, "iptlb: error: option '--profile <name>' argument missing\n");
+  // A command group without its command: one line naming them, not the whole help.
+  const group = await cli(['fleet']);
+  assert.equal(group.code, 2);
+  assert.equal(
+    group.err,
+    'iptlb: error: fleet: missing command (one of: apply, delete, list, status; iptlb fleet --help says more)\n',
+  );
+  assert.equal(group.out, '');
   const help = await cli(['help']);
   assert.equal(help.code, 0);
   assert.match(help.out, /^Usage: iptlb \[options\] \[command\]/);
