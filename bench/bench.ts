@@ -86,6 +86,12 @@ if (!process.env.IPTLB_BENCH_IN_NETNS) {
   process.exit(r.status ?? 1);
 }
 execFileSync('ip', ['link', 'set', 'lo', 'up']);
+// The state-file registry (src/core/registry.ts) of this throwaway namespace: not left in /run.
+if (!process.env.IPTLB_REGISTRY_DIR) {
+  const registry = mkdtempSync(path.join(tmpdir(), 'iptlb-bench-registry-'));
+  process.env.IPTLB_REGISTRY_DIR = registry;
+  process.on('exit', () => rmSync(registry, { recursive: true, force: true }));
+}
 // `--load busy`: every scenario beside one busy loop (a Node process spinning on one core, nice 0) for
 // the whole run, the contention rows of issue 18 (churn has its own, `--background`).
 const LOAD = flag('--load') ?? 'idle';

@@ -227,6 +227,8 @@ export async function demo(o: DemoOptions, io: Out): Promise<number> {
   const say: Say = (s = '') => io.out(s);
   const dir = mkdtempSync(path.join(nodeOs().tmpdir(), 'iptlb-demo-'));
   const state = path.join(dir, 'state.db');
+  // The state-file registry (src/core/registry.ts) of this throwaway namespace goes with it.
+  process.env.IPTLB_REGISTRY_DIR = path.join(dir, 'registry');
   const iptlb: Iptlb = (args) => run(process.execPath, [o.cli, ...args]);
   let servers: net.Server[] = [];
   try {

@@ -30,7 +30,17 @@ import {
   weightOf,
 } from '../model/profile.js';
 import { IndexedState, indexStateBytes } from './state-index.js';
-import { fileVersionOf, readStateFull, resolveStatePath, stateVersion, stateVersionSync, writeState } from './state.js';
+import {
+  fileVersionOf,
+  readState as readStateFile,
+  readStateFull,
+  resolveStatePath,
+  stateVersion,
+  stateVersionSync,
+  writeState,
+} from './state.js';
+import { otherStateFiles, registerStateFile } from './registry.js';
+import { formatEndpoint, parseEndpoint } from '../model/address.js';
 import {
   appendRecord,
   closeJournal,
@@ -171,6 +181,13 @@ export interface OpenOptions {
    * executor, else with `conntrack -D`.
    */
   keepConntrack?: boolean;
+  /**
+   * Where the state files of this host register (a directory per network namespace), so that one
+   * state file's `sync` and `status` leave another's profiles alone: an absolute directory, or
+   * `false` for none. Default: env `IPTLB_REGISTRY_DIR`, else `/run/iptlb/state-files`; none for a
+   * handle without a state file or over an executor supplied by the caller.
+   */
+  stateRegistry?: string | false;
   /**
    * How a change reaches the state file, ms. 0: the whole YAML is rewritten (temp file, fsync,
    * rename) on every change, as the original does. Above 0: the change is appended to the journal
@@ -327,6 +344,8 @@ export class Core {
    */
   private selectedRecord?: string | null;
   private readonly injected: boolean;
+  /** The state-file registry's directory (registry.ts): null for none, undefined for the default. */
+  private readonly registry: string | null | undefined;
   private readonly log: (line: string) => void;
   private readonly logging: boolean;
   private queue: Promise<unknown> = Promise.resolve();
@@ -382,6 +401,11 @@ export class Core {
     this.engineChoice = opts.engine ?? engineChoiceOf(undefined);
     this.lockWaitMs = opts.lockWaitMs ?? DEFAULT_LOCK_WAIT_MS;
     this.keepConntrack = opts.keepConntrack ?? false;
+    // null: none; undefined: the default directory (registry.ts).
+    this.registry =
+      this.statePath === null || opts.stateRegistry === false || (injected && opts.stateRegistry === undefined)
+        ? null
+        : opts.stateRegistry;
     this.foldMs = opts.stateFoldMs ?? 0;
     this.log = opts.log ?? (() => {});
     this.logging = opts.log !== undefined;
@@ -985,9 +1009,62 @@ export class Core {
     plan: FamilyPlan,
     after?: AfterCommit,
   ): Promise<{ ms: number; appended?: FamilyCommit['appended'] }> {
+    this.register();
     const { durationMs, committed, appended } = await engine.commitPlan(plan, (line) => this.log(line), after);
     this.commits.push({ engine, tx: committed as AnyTransaction });
     return { ms: durationMs, appended };
+  }
+
+  /**
+   * Registers the state file (registry.ts) before its first commit, so that another state file's
+   * sync never takes this one's profiles for leftovers. Once per process; best effort.
+   */
+  private register(): void {
+    if (this.registry !== null) registerStateFile(this.statePath!, this.registry);
+  }
+
+  /**
+   * The profiles of the other state files registered in this network namespace, by name, without
+   * those of a name or an address of `mine` (the state file's own win). An unreadable one holds none.
+   */
+  private async otherProfiles(mine: ReadonlyMap<string, Profile>): Promise<Map<string, Profile>> {
+    const out = new Map<string, Profile>();
+    if (this.registry === null) return out;
+    const taken = new Set([...mine.values()].map((p) => `${p.protocol} ${p.source}`));
+    for (const file of otherStateFiles(this.statePath!, this.registry)) {
+      let theirs: Map<string, Profile>;
+      try {
+        theirs = await readStateFile(file);
+      } catch {
+        continue;
+      }
+      for (const [n, p] of theirs)
+        if (!mine.has(n) && !out.has(n) && !taken.has(`${p.protocol} ${p.source}`)) out.set(n, p);
+    }
+    return out;
+  }
+
+  /**
+   * `engine.compare` of this state's profiles of one family, with another state file's (`keep`)
+   * claiming what is theirs: their objects are neither reported nor orphaned.
+   */
+  private compareMine(
+    engine: Engine,
+    profiles: ReadonlyMap<string, Profile>,
+    keep: ReadonlyMap<string, Profile>,
+    view: unknown,
+  ): ProfileReport[] {
+    if (!keep.size) return engine.compare(profiles, view);
+    const all = new Map([...keep, ...profiles]);
+    // Their reports, and what the kernel holds of theirs beyond their file (a destination their
+    // health checks drained, say): reported by name, by rule owner (nft) or by address (nft).
+    const theirs = new Set<string>();
+    for (const p of keep.values()) {
+      theirs.add(p.name).add(`rule:${p.name}`);
+      const e = parseEndpoint(p.source);
+      if (typeof e !== 'string') theirs.add(formatEndpoint(e));
+    }
+    return engine.compare(all, view).filter((r) => profiles.has(r.name) || !theirs.has(r.name));
   }
 
   /** The change's one log line per profile (when logging) and its summary line. */
@@ -1328,9 +1405,10 @@ export class Core {
     const state = await this.readState();
     this.health.refresh();
     const kstate = this.health.kernelState(state);
+    const others = await this.otherProfiles(state);
     const reports: ProfileReport[] = [];
     for (const { family, profiles } of this.familiesOf(provider, kstate))
-      reports.push(...provider.compare(profiles, await provider.read(family)));
+      reports.push(...this.compareMine(provider, profiles, this.ofFamily(others, family), await provider.read(family)));
     return this.health.annotate(reports, state, kstate, (p) => ({
       name: p.name,
       status: 'in-sync',
@@ -1351,12 +1429,14 @@ export class Core {
     f: Family,
     profiles: ReadonlyMap<string, Profile>,
     needed: (view: View, attempt: number) => boolean,
+    keep?: ReadonlyMap<string, Profile>,
   ): Promise<number | undefined> {
     for (let attempt = 1; ; attempt++) {
       const view = await engine.read(f);
       if (!needed(view, attempt)) return undefined;
       try {
-        const tx = engine.planReplace(f, profiles, view);
+        this.register();
+        const tx = engine.planReplace(f, profiles, view, keep);
         const ms = await engine.commit(tx);
         this.commits.push({ engine: engine as Engine, tx: tx as AnyTransaction });
         return ms;
@@ -1426,16 +1506,25 @@ export class Core {
         let commitMs = 0;
         // Profiles the kernel lacked or held otherwise: their virtual addresses may have flows no rule translated.
         const repaired: Profile[] = [];
+        // Another state file's profiles are not leftovers of this one's: kept as they are.
+        const others = await this.otherProfiles(read);
         for (const { family, profiles } of this.familiesOf(provider, state)) {
           let reports: ProfileReport[] = [];
           let drifted: ProfileReport[] = [];
-          const ms = await this.replaceFamily(provider, family, profiles, (view, attempt) => {
-            reports = provider.compare(profiles, view);
-            drifted = reports.filter((r) => r.status !== 'in-sync');
-            if (attempt === 1)
-              for (const r of drifted) this.log(`sync ${r.name}: ${r.status}${r.detail ? ` (${r.detail})` : ''}`);
-            return drifted.length > 0;
-          });
+          const keep = this.ofFamily(others, family);
+          const ms = await this.replaceFamily(
+            provider,
+            family,
+            profiles,
+            (view, attempt) => {
+              reports = this.compareMine(provider, profiles, keep, view);
+              drifted = reports.filter((r) => r.status !== 'in-sync');
+              if (attempt === 1)
+                for (const r of drifted) this.log(`sync ${r.name}: ${r.status}${r.detail ? ` (${r.detail})` : ''}`);
+              return drifted.length > 0;
+            },
+            keep,
+          );
           before.push(...reports);
           if (ms === undefined) continue;
           for (const r of drifted) {

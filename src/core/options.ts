@@ -29,7 +29,16 @@ function wholeMs(o: Record<string, unknown>, field: string): void {
     throw usage(field, `${shown(x)} must be a whole number of ms from 0 to ${MAX_LOCK_WAIT_MS}`);
 }
 
-const CORE_KEYS = ['stateFile', 'executor', 'engine', 'lockWaitMs', 'log', 'keepConntrack', 'stateFoldMs'];
+const CORE_KEYS = [
+  'stateFile',
+  'executor',
+  'engine',
+  'lockWaitMs',
+  'log',
+  'keepConntrack',
+  'stateFoldMs',
+  'stateRegistry',
+];
 const HANDLE_KEYS = ['coalesce', 'driftCheckMs', 'health'];
 
 /**
@@ -65,6 +74,12 @@ export function validateOpenOptions(options: unknown, handle: boolean): void {
     throw usage('log', `must be a function (line: string) => void, got ${shown(v.log)}`);
   if (v.keepConntrack !== undefined && typeof v.keepConntrack !== 'boolean')
     throw usage('keepConntrack', `must be true or false, got ${shown(v.keepConntrack)}`);
+  if (
+    v.stateRegistry !== undefined &&
+    v.stateRegistry !== false &&
+    (typeof v.stateRegistry !== 'string' || !v.stateRegistry.startsWith('/'))
+  )
+    throw usage('stateRegistry', `must be an absolute directory path or false, got ${shown(v.stateRegistry)}`);
   wholeMs(v, 'stateFoldMs');
   if (handle) {
     if (v.coalesce !== undefined && typeof v.coalesce !== 'boolean')

@@ -162,8 +162,9 @@ export interface Engine<View = unknown, Tx = unknown> {
   /**
    * One transaction that makes family `f`'s objects exactly `profiles` (which are all of that
    * family), given the kernel as read in `view`: sync, repair, and the install half of a migration.
+   * The objects of `keep` (another state file's profiles of that family) stay as they are.
    */
-  planReplace(f: Family, profiles: ReadonlyMap<string, Profile>, view: View): Tx;
+  planReplace(f: Family, profiles: ReadonlyMap<string, Profile>, view: View, keep?: ReadonlyMap<string, Profile>): Tx;
   /** One transaction that removes every iptlb object of family `f`; undefined when there is none. */
   planRemoveAll(f: Family): Promise<Tx | undefined>;
   /** Commits one transaction. */

@@ -12,7 +12,9 @@
  */
 import { spawn, spawnSync, execFile, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 
@@ -136,11 +138,24 @@ export function runInFreshNetns(
     scriptPath,
     ...args,
   ];
+  // A state-file registry of its own (src/core/registry.ts): a namespace's inode is reused once
+  // another is gone, and the registry is keyed by it.
+  const registry = newRegistry();
   const child = spawn('unshare', ['-n', '--', ...node], {
-    env: { ...process.env, ...opts.env, ...(loopback ? { IPTLB_HARNESS_LO_UP: '1' } : {}) },
+    env: {
+      ...process.env,
+      IPTLB_REGISTRY_DIR: registry,
+      ...opts.env,
+      ...(loopback ? { IPTLB_HARNESS_LO_UP: '1' } : {}),
+    },
     stdio: ['pipe', 'pipe', 'pipe'],
   });
-  return collect(child, opts, scriptPath, 120_000);
+  return collect(child, opts, scriptPath, 120_000).finally(() => rmSync(registry, { recursive: true, force: true }));
+}
+
+/** A fresh directory for IPTLB_REGISTRY_DIR. */
+function newRegistry(): string {
+  return mkdtempSync(path.join(tmpdir(), 'iptlb-registry-'));
 }
 
 /**
@@ -197,6 +212,8 @@ export class NetnsTopology {
   private readonly children: Spawned[] = [];
   private readonly devs = new Map<string, number>();
   private destroyed = false;
+  /** The state-file registry of its namespaces (see runInFreshNetns). */
+  private readonly registry = newRegistry();
 
   private constructor(readonly id: string) {}
 
@@ -327,7 +344,7 @@ export class NetnsTopology {
   /** Runs `ip netns exec NS argv…`; rejects when it fails unless `allowFail`. Default time limit 60 s. */
   async exec(host: string, argv: string[], opts: RunOptions & { allowFail?: boolean } = {}): Promise<ChildResult> {
     const child = spawn('ip', ['netns', 'exec', this.ns(host), ...argv], {
-      env: { ...process.env, ...opts.env },
+      env: { ...process.env, IPTLB_REGISTRY_DIR: this.registry, ...opts.env },
       stdio: ['pipe', 'pipe', 'pipe'],
     });
     const r = await collect(child, opts, `[${host}] ${argv.join(' ')}`, 60_000);
@@ -342,7 +359,7 @@ export class NetnsTopology {
   /** Starts a long-running command in host's namespace; `destroy()` kills it if still running. */
   spawn(host: string, argv: string[], env?: Record<string, string>): Spawned {
     const child = spawn('ip', ['netns', 'exec', this.ns(host), ...argv], {
-      env: { ...process.env, ...env },
+      env: { ...process.env, IPTLB_REGISTRY_DIR: this.registry, ...env },
       stdio: ['pipe', 'pipe', 'pipe'],
     });
     let out = '';
@@ -428,6 +445,7 @@ export class NetnsTopology {
       await execFileP('ip', ['netns', 'del', ns], { timeout: 10_000 }).catch(() => {});
     }
     this.names.clear();
+    rmSync(this.registry, { recursive: true, force: true });
     live.delete(this);
   }
 
@@ -447,6 +465,7 @@ export class NetnsTopology {
       }
       spawnSync('ip', ['netns', 'del', ns], { timeout: 5000 });
     }
+    rmSync(this.registry, { recursive: true, force: true });
     live.delete(this);
   }
 }

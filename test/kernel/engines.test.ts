@@ -210,7 +210,7 @@ for (const pair of PAIRS) {
 
 for (const pair of PAIRS) {
   test(
-    `${pair.name}: an address another state file's profile holds is refused (ECONFLICT naming source), and nothing changes (real traffic)`,
+    `${pair.name}: an address another state file's profile holds is refused (ECONFLICT naming source), and nothing changes (real traffic); each state file's sync and status leave the other's profiles alone`,
     { skip: pair.skip },
     async () => {
       const B = '-state-file=$WORK/b.db';
@@ -247,8 +247,26 @@ for (const pair of PAIRS) {
         },
         cli(pair, B, 'apply', '--file', '$WORK/two.yaml'),
         { op: 'sh', argv: ['sh', '-c', 'ipset list iptlb-vip-inet 2>/dev/null || true'] },
+        // 15-20: each state file's sync and status leave the other's profiles alone (the registry).
+        cli(pair, B, 'sync'),
+        cli(pair, 'status', '--json'),
+        cli(pair, B, 'status', '--json'),
+        { op: 'tcp', vip: VIP, port: 80, count: 6 },
+        cli(pair, 'sync'),
+        { op: 'tcp', vip: VIP, port: 84, count: 6 },
       ]);
-      for (const i of [1, 2, 4]) ok(r[i]);
+      for (const i of [1, 2, 4, 15, 19]) ok(r[i]);
+      const profilesOf = (i: number) =>
+        (JSON.parse(r[i].stdout) as { profiles: { name: string; status: string }[] }).profiles.map(
+          (p) => `${p.name} ${p.status}`,
+        );
+      assert.deepEqual(profilesOf(16), ['a in-sync', 'r in-sync'], r[16].stdout);
+      assert.deepEqual(profilesOf(17), ['bb in-sync'], r[17].stdout);
+      assert.equal(r[16].code, 0, 'in sync: exit 0');
+      assert.equal(r[18].failures, 0, JSON.stringify(r[18]));
+      assert.deepEqual(Object.keys(r[18].counts).sort(), ['backend:9001', 'backend:9002'], "B's sync kept a");
+      assert.equal(r[20].failures, 0, JSON.stringify(r[20]));
+      assert.deepEqual(Object.keys(r[20].counts), ['backend:9001'], "A's sync kept bb");
       for (const [i, name] of [
         [3, 'b2'],
         [5, 'b'],

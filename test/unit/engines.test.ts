@@ -684,6 +684,84 @@ for (const engine of ['legacy', 'nft'] as const) {
 }
 
 for (const engine of ['legacy', 'nft'] as const) {
+  test(`${engine}: sync and status of one state file leave another registered state file's profiles alone; a leftover of no registered state file is removed`, async () => {
+    const kernels = fakes();
+    const registry = mkdtempSync(path.join(tmpdir(), 'iptlb-registry-'));
+    const on = () => {
+      const s = tmpState();
+      const core = new Core(
+        { stateFile: s.file, engine, stateRegistry: registry },
+        kernels as unknown as Record<EngineName, Executor>,
+      );
+      return { core, done: s.done, file: s.file };
+    };
+    const A = on();
+    const B = on();
+    const C = on();
+    try {
+      await apply(
+        A.core,
+        { name: 'web', source: '127.100.0.1:80', destination: ['127.0.0.1:9001', '127.0.0.1:9002'], logEnabled: true },
+        { name: 'web6', source: '[2001:db8::1]:80', destination: ['[2001:db8::a]:9001'], scheduler: 'round-robin' },
+        { name: 'aff', source: '127.100.0.3:80', destination: ['127.0.0.1:9001'], affinity: 30 },
+      );
+      await apply(B.core, { name: 'api', source: '127.100.0.2:80', destination: ['127.0.0.1:9003'] });
+      // C's change reaches the kernel, then C's state file is lost: a leftover of no registered file.
+      await apply(C.core, {
+        name: 'gone',
+        source: '127.100.0.4:80',
+        destination: ['127.0.0.1:9004'],
+        logEnabled: true,
+      });
+      C.done();
+      const statusOf = async (core: Core) =>
+        Object.fromEntries((await core.status()).map((r) => [r.name, r.status])) as Record<string, string>;
+      // B's status: its own profile, and the leftover; A's are A's.
+      const b = await statusOf(B.core);
+      assert.equal(b.api, 'in-sync');
+      for (const n of [
+        'web',
+        'web6',
+        'aff',
+        'rule:web',
+        'rule:web6',
+        'rule:aff',
+        '127.100.0.1:80',
+        '127.100.0.3:80',
+        '[2001:db8::1]:80',
+      ])
+        assert.equal(b[n], undefined, `${n} is A's: ${JSON.stringify(b)}`);
+      assert.ok(
+        Object.entries(b).some(([n, st]) => st === 'orphaned' && /gone|127\.100\.0\.4/.test(n)),
+        JSON.stringify(b),
+      );
+      const r = await B.core.sync();
+      assert.equal(r.committed, true, 'the leftover is removed');
+      assert.deepEqual(await statusOf(A.core), { web: 'in-sync', web6: 'in-sync', aff: 'in-sync' });
+      assert.deepEqual(await statusOf(B.core), { api: 'in-sync' });
+      // A's sync: nothing to do; B's profile stays.
+      assert.equal((await A.core.sync()).committed, false);
+      assert.deepEqual(await statusOf(B.core), { api: 'in-sync' });
+      // Without a registry (another host layout, or an older iptlb), B's sync removes A's profiles, as before.
+      const plain = new Core(
+        { stateFile: B.file, engine, stateRegistry: false },
+        kernels as unknown as Record<EngineName, Executor>,
+      );
+      await plain.sync();
+      assert.deepEqual(
+        Object.values(await statusOf(A.core)).filter((st) => st === 'in-sync'),
+        [],
+        'removed without the registry',
+      );
+    } finally {
+      A.done();
+      B.done();
+      rmSync(registry, { recursive: true, force: true });
+    }
+  });
+}
+
+for (const engine of ['legacy', 'nft'] as const) {
   describe(`core over the ${engine} fake kernel`, () => {
     test('apply, status in sync; tampering found; sync repairs it in one transaction per family; orphans removed', async () => {
       const { core, kernels, lines, done } = coreOn(engine);

@@ -119,12 +119,16 @@ export function syncTransaction(
   allState: Map<string, Profile>,
   view: KernelView,
   family: Family = 'ipv4',
+  /** Another state file's profiles: their rules and chains stay as they are. */
+  keep?: ReadonlyMap<string, Profile>,
 ): Transaction {
   const state = profilesOf(allState, family);
   const profiles = [...state.values()];
-  const orphanOwners = [...new Set(view.hookRules.map((h) => h.owner).filter((o) => !state.has(o)))];
+  const theirs = (o: string): boolean => !!keep?.has(o) && !state.has(o);
+  const orphanOwners = [...new Set(view.hookRules.map((h) => h.owner).filter((o) => !state.has(o) && !theirs(o)))];
   const tx = planTransaction(profiles, orphanOwners, family);
   const claimed = new Set(profiles.map((p) => chainName(p.name)));
+  for (const n of keep?.keys() ?? []) if (theirs(n)) claimed.add(chainName(n));
   const extra = view.chains
     .map((c) => c.name)
     .filter((c) => c.startsWith(CHAIN_PREFIX) && !claimed.has(c) && !tx.deleteChains.includes(c));

@@ -135,8 +135,13 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
     return { durationMs, committed: plan.steps[0], ...(appended ? { appended } : {}) };
   }
 
-  planReplace(f: Family, profiles: ReadonlyMap<string, Profile>, view: KernelView): Transaction {
-    return syncTransaction(profiles as Map<string, Profile>, view, f);
+  planReplace(
+    f: Family,
+    profiles: ReadonlyMap<string, Profile>,
+    view: KernelView,
+    keep?: ReadonlyMap<string, Profile>,
+  ): Transaction {
+    return syncTransaction(profiles as Map<string, Profile>, view, f, keep);
   }
 
   async planRemoveAll(f: Family): Promise<Transaction | undefined> {

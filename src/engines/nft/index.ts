@@ -24,6 +24,7 @@ import {
   profileEndpoint,
   profileVipKey,
   servesAddress,
+  objectsOf,
   ruleElsewhere,
   ownsRules,
   planNftChange,
@@ -432,7 +433,15 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     }
   }
 
-  planReplace(f: Family, profiles: ReadonlyMap<string, Profile>, view: NftView): NftTransaction {
+  planReplace(
+    f: Family,
+    profiles: ReadonlyMap<string, Profile>,
+    view: NftView,
+    keep?: ReadonlyMap<string, Profile>,
+  ): NftTransaction {
+    // Another state file's profiles (keep) stay as they are, carried over by the rebuild.
+    const kept = keep?.size && view.exists ? objectsOf(view, profiles.values(), keep.values()) : undefined;
+    if (kept && keepsAnything(kept)) return planNftMergedRebuild(profiles.values(), kept, nftTableFamily(f), view);
     // No profile of this family: the table goes, as with the last profile deleted (not left empty,
     // its NAT hooks registered).
     if (profiles.size === 0) {

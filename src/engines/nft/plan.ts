@@ -792,6 +792,51 @@ export function unknownObjects(view: NftView, known: Iterable<Profile>, touched:
   return kept;
 }
 
+/**
+ * The objects of {@link unknownObjects} (none of `known`'s) that are `keep`'s: the elements and rules
+ * of their addresses, and the rules of their names (another state file's profiles, which a sync of
+ * this one carries over as they are).
+ */
+export function objectsOf(view: NftView, known: Iterable<Profile>, keep: Iterable<Profile>): KeptObjects {
+  const all = unknownObjects(view, known, new Set());
+  const vips = new Set<string>();
+  const names = new Set<string>();
+  for (const p of keep) {
+    vips.add(profileVipKey(p));
+    names.add(p.name);
+  }
+  const kept: KeptObjects = {
+    dispatch: new Map(),
+    backends: new Map(),
+    rules: [],
+    affinitySets: new Map(),
+    vips: new Set(),
+  };
+  for (const [set, list] of all.dispatch) {
+    const d = parseDispatchSetName(set);
+    const theirs = d ? list.filter((e) => vips.has(vipKey(d.proto, e))) : [];
+    if (!d || !theirs.length) continue;
+    kept.dispatch.set(set, theirs);
+    for (const e of theirs) kept.vips.add(vipKey(d.proto, e));
+  }
+  for (const [proto, list] of all.backends) {
+    const theirs = list.filter((e) => vips.has(vipKey(proto, e.vip)));
+    if (!theirs.length) continue;
+    kept.backends.set(proto, theirs);
+    for (const e of theirs) kept.vips.add(vipKey(proto, e.vip));
+  }
+  for (const k of all.rules) {
+    const r = k.rule;
+    if (!names.has(r.owner) && !vips.has(vipKey(r.proto, r.vip))) continue;
+    kept.rules.push(k);
+    kept.vips.add(vipKey(r.proto, r.vip));
+    if (r.kind === 'aff')
+      for (const name of [r.gate, r.set])
+        if (name !== undefined) kept.affinitySets.set(name, all.affinitySets.get(name) ?? 1);
+  }
+  return kept;
+}
+
 /** Whether {@link unknownObjects} found anything. */
 export function keepsAnything(k: KeptObjects): boolean {
   return k.dispatch.size > 0 || k.backends.size > 0 || k.rules.length > 0;

@@ -1,0 +1,138 @@
+/**
+ * The state files that changed this network namespace's NAT rules, so that one state file's `sync`
+ * and `status` tell the profiles of another from leftovers of their own interrupted changes.
+ *
+ * One small file per state file in `/run/iptlb/state-files/<network namespace>/` (tmpfs: gone at a
+ * reboot, as the rules are), holding the state file's absolute path. A state-file instance writes
+ * its entry after its first commit that reached the kernel (one `stat` per process and state file
+ * when it is there); a reader drops an entry whose state file no longer exists. Best effort both
+ * ways: a registry that cannot be written or read is no other state file, as before it existed.
+ * `IPTLB_REGISTRY_DIR` puts it elsewhere.
+ */
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  readdirSync,
+  renameSync,
+  statSync,
+  unlinkSync,
+  writeSync,
+} from 'node:fs';
+import * as path from 'node:path';
+import { journalPath } from './journal.js';
+
+const DEFAULT_DIR = '/run/iptlb/state-files';
+
+/** This process's network namespace, as the kernel names it (the inode of /proc/self/ns/net). */
+function netnsId(): string | null {
+  try {
+    return String(statSync('/proc/self/ns/net').ino);
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The registry directory of this network namespace under `base` (default: env `IPTLB_REGISTRY_DIR`,
+ * else /run/iptlb/state-files), or null when the namespace cannot be named.
+ */
+export function registryDir(base?: string): string | null {
+  const ns = netnsId();
+  return ns === null ? null : path.join(base ?? (process.env.IPTLB_REGISTRY_DIR || DEFAULT_DIR), ns);
+}
+
+/** An entry's file name: a 64-bit FNV-1a of the path, in hex (no crypto module for a one-shot CLI). */
+function entryName(file: string): string {
+  let h = 0xcbf29ce484222325n;
+  for (const b of Buffer.from(file, 'utf8')) h = BigInt.asUintN(64, (h ^ BigInt(b)) * 0x100000001b3n);
+  return `${h.toString(16).padStart(16, '0')}.path`;
+}
+
+const registered = new Set<string>();
+
+/** Records `stateFile` (absolute) in the registry, once per process; errors are ignored. */
+export function registerStateFile(stateFile: string, base?: string): void {
+  const dir = registryDir(base);
+  if (dir === null) return;
+  const key = `${dir}\0${stateFile}`;
+  if (registered.has(key)) return;
+  const entry = path.join(dir, entryName(stateFile));
+  try {
+    try {
+      if (readFileSync(entry, 'utf8') === `${stateFile}\n`) {
+        registered.add(key);
+        return;
+      }
+    } catch {
+      // absent: written below
+    }
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const tmp = `${entry}.${process.pid}.tmp`;
+    const fd = openSync(tmp, 'w', 0o600);
+    try {
+      writeSync(fd, `${stateFile}\n`);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(tmp, entry);
+    registered.add(key);
+  } catch {
+    // A registry that cannot be written: this state file's profiles look orphaned to another's status.
+  }
+}
+
+/**
+ * The state files of the registry other than `stateFile` that exist (an entry whose file is gone is
+ * removed). `stateFile` is compared by path and by identity (a link to it is itself).
+ */
+export function otherStateFiles(stateFile: string, base?: string): string[] {
+  const dir = registryDir(base);
+  if (dir === null) return [];
+  let names: string[];
+  try {
+    names = readdirSync(dir).filter((n) => n.endsWith('.path'));
+  } catch {
+    return [];
+  }
+  let own: { dev: number; ino: number } | undefined;
+  try {
+    own = statSync(stateFile);
+  } catch {
+    own = undefined;
+  }
+  const out: string[] = [];
+  for (const n of names) {
+    const entry = path.join(dir, n);
+    let file: string;
+    try {
+      file = readFileSync(entry, 'utf8').replace(/\n$/, '');
+    } catch {
+      continue;
+    }
+    if (!path.isAbsolute(file) || file === stateFile) continue;
+    let st: { dev: number; ino: number } | undefined;
+    try {
+      st = statSync(file);
+    } catch (e) {
+      // A state file is its YAML or its journal alone (a handle that has not folded yet).
+      if (existsSync(journalPath(file))) {
+        out.push(file);
+        continue;
+      }
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
+        try {
+          unlinkSync(entry);
+        } catch {
+          // another reader removed it
+        }
+      }
+      continue;
+    }
+    if (own && st.dev === own.dev && st.ino === own.ino) continue;
+    out.push(file);
+  }
+  return out.sort();
+}
