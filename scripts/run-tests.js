@@ -65,7 +65,14 @@ const concurrency = process.env.IPTLB_TEST_CONCURRENCY ?? String(availableParall
 // of CPU). The suite starts over a thousand Node processes (CLI calls, fixtures) and none of them
 // makes a TLS connection to a public host, so the tests run without it; the install test hands it
 // back to npm, which may need it to reach the registry (test/harness/env.ts, registryEnv).
-const env = { ...process.env, IPTLB_TEST_VERDICT: verdictFile, TMPDIR: testTmp };
+// The state-file registry (src/core/registry.ts) of processes that run iptlb outside the harness's
+// namespaces (which give each namespace a registry of its own): in the run's directory, not /run.
+const env = {
+  ...process.env,
+  IPTLB_TEST_VERDICT: verdictFile,
+  TMPDIR: testTmp,
+  IPTLB_REGISTRY_DIR: path.join(runDir, 'registry'),
+};
 if (env.NODE_EXTRA_CA_CERTS) {
   env.IPTLB_TEST_NODE_EXTRA_CA_CERTS = env.NODE_EXTRA_CA_CERTS;
   delete env.NODE_EXTRA_CA_CERTS;

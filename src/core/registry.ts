@@ -4,10 +4,10 @@
  *
  * One small file per state file in `/run/iptlb/state-files/<network namespace>/` (tmpfs: gone at a
  * reboot, as the rules are), holding the state file's absolute path. A state-file instance writes
- * its entry after its first commit that reached the kernel (one `stat` per process and state file
- * when it is there); a reader drops an entry whose state file no longer exists. Best effort both
- * ways: a registry that cannot be written or read is no other state file, as before it existed.
- * `IPTLB_REGISTRY_DIR` puts it elsewhere.
+ * its entry before its first commit (one read of the entry per process and state file when it is
+ * there already); a reader drops an entry whose state file no longer exists. Best effort both ways:
+ * a registry that cannot be written or read is no other state file, as before it existed.
+ * `IPTLB_REGISTRY_DIR` (or the `stateRegistry` option) puts it elsewhere.
  */
 import {
   closeSync,
@@ -55,10 +55,12 @@ const registered = new Set<string>();
 
 /** Records `stateFile` (absolute) in the registry, once per process; errors are ignored. */
 export function registerStateFile(stateFile: string, base?: string): void {
+  // Asked before every commit: answered from memory after the first time (a process that moves to
+  // another network namespace registers again only for another state file or registry).
+  const key = `${base ?? ''}\0${stateFile}`;
+  if (registered.has(key)) return;
   const dir = registryDir(base);
   if (dir === null) return;
-  const key = `${dir}\0${stateFile}`;
-  if (registered.has(key)) return;
   const entry = path.join(dir, entryName(stateFile));
   try {
     try {
@@ -80,7 +82,9 @@ export function registerStateFile(stateFile: string, base?: string): void {
     renameSync(tmp, entry);
     registered.add(key);
   } catch {
-    // A registry that cannot be written: this state file's profiles look orphaned to another's status.
+    // A registry that cannot be written: this state file's profiles look orphaned to another's
+    // status. Not tried again by this process (it is asked before every commit).
+    registered.add(key);
   }
 }
 

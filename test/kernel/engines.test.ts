@@ -817,7 +817,7 @@ const splitHost = [
 ];
 
 test(
-  'a state file that does not exist: sync, migrate, -use-state -run (-delete) and plan --use-state refuse it on either engine (exit 1, one line naming it, no directory or lock file made, the kernel unchanged); {} is no profiles; a first -run still creates the file',
+  "a state file that does not exist: sync, migrate, -use-state -run (-delete) and plan --use-state refuse it on either engine (exit 1, one line naming it, no directory or lock file made, the kernel unchanged); {} is no profiles (its sync keeps another state file's, removes a leftover); a first -run still creates the file",
   { skip: nftNative.skip || legacySpawn.skip },
   async () => {
     const wrong = '-state-file=$WORK/x/nonexistent/state.db';
@@ -843,6 +843,10 @@ test(
         { op: 'write', file: '$WORK/e.db.engine', text: 'nft\n' },
         { op: 'cli', args: ['--engine=nft', '-state-file=$WORK/e.db', 'sync'] },
         { op: 'tcp', vip: '127.100.0.2', port: 80, count: 3 },
+        // b is n.db's (registered): kept; once n.db is gone, a leftover: removed.
+        { op: 'sh', argv: ['rm', '$WORK/n.db'] },
+        { op: 'cli', args: ['--engine=nft', '-state-file=$WORK/e.db', 'sync'] },
+        { op: 'tcp', vip: '127.100.0.2', port: 80, count: 3 },
         {
           op: 'cli',
           args: [
@@ -859,7 +863,7 @@ test(
     ).slice(splitHost.length);
     const [before, ...rest] = r;
     const runs = rest.slice(0, refused.length);
-    const [after, exists, a, b, , , emptySync, bGone, first, c] = rest.slice(refused.length);
+    const [after, exists, a, b, , , emptySync, bKept, , leftoverSync, bGone, first, c] = rest.slice(refused.length);
     runs.forEach((p, i) => {
       const what = refused[i].args.join(' ');
       assert.equal(p.code, 1, `${what}: ${p.stderr}`);
@@ -874,7 +878,9 @@ test(
     assert.equal(a.failures, 0);
     assert.equal(b.failures, 0);
     ok(emptySync, 'sync of {}');
-    assert.equal(bGone.failures, 3, '{} holds no profiles: b is gone');
+    assert.equal(bKept.failures, 0, "{} holds no profiles, and b is another state file's: kept");
+    ok(leftoverSync, 'sync of {} again');
+    assert.equal(bGone.failures, 3, 'b of no state file: gone');
     ok(first, 'a first -run in a directory that does not exist');
     assert.equal(c.failures, 0);
   },

@@ -94,6 +94,8 @@ test('5: every open() option is validated: a typed EUSAGE naming the option, bef
     [{ stateFile: 'a\0b' }, 'stateFile'],
     [{ log: 'yes' }, 'log'],
     [{ keepConntrack: 1 }, 'keepConntrack'],
+    [{ stateRegistry: true }, 'stateRegistry'],
+    [{ stateRegistry: 'relative/dir' }, 'stateRegistry'],
     [{ coalesce: 'no' }, 'coalesce'],
     [{ driftCheckMs: 5 }, 'driftCheckMs'],
     [{ driftCheckMs: '100' }, 'driftCheckMs'],
