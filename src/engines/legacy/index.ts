@@ -6,7 +6,7 @@
 import { xtablesTables, ip6tablesTables } from '../select.js';
 import { compare, syncTransaction } from './drift.js';
 import { chainName, familyOfProfile } from '../../model/profile.js';
-import { OWN_CHAIN, hookChainOf, isEmptyTransaction, planProfile, planTransaction } from './plan.js';
+import { OWN_CHAIN, addressRule, hookChainOf, isEmptyTransaction, planProfile, planTransaction } from './plan.js';
 import { renderRule } from './restore.js';
 import { DISPATCH, isGatedHook, physicalChain } from './gate.js';
 import type { Family } from '../../model/address.js';
@@ -111,8 +111,7 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
         const old = state.get(name);
         const now = upserts.get(name);
         if (!old || (now && old.source === now.source && old.protocol === now.protocol)) continue;
-        const rule = planProfile(old).hookRules.find((h) => isGatedHook(h.chain))?.rule;
-        if (rule) was.push(rule);
+        was.push(addressRule(old));
       }
       if (was.length) tx.was = was;
     }

@@ -92,6 +92,21 @@ export function planPlain(p: Profile, port: number, dst: string): ProfilePlan {
   return { chain: { name: chain, rules }, hookRules: [jump] };
 }
 
+/**
+ * A rule that selects what `p`'s dispatch rules select (its address, protocol and port), and does
+ * nothing else: a transaction's `was` (see Transaction), without planning the whole profile.
+ */
+export function addressRule(p: Profile): Rule {
+  const vip = parseEndpoint(p.source);
+  if (typeof vip === 'string') throw new Error(`addressRule: unvalidated source ${p.source}`);
+  return {
+    dst: hostCidr(vip),
+    proto: p.protocol,
+    matches: [{ name: p.protocol, dport: vip.port }],
+    target: { name: 'RETURN' },
+  };
+}
+
 export function planProfile(p: Profile): ProfilePlan {
   const vip = parseEndpoint(p.source);
   if (typeof vip === 'string') throw new Error(`planProfile: unvalidated source ${p.source}`);
