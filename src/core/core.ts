@@ -77,7 +77,7 @@ import type {
   Profile,
   ProfileInput,
 } from '../model/types.js';
-import type { AnyTransaction, AnyView, Executor } from '../engines/engine.js';
+import type { AnyTransaction, AnyView, Executor, KeepOthers } from '../engines/engine.js';
 import { HealthOverlay } from '../health/effective.js';
 
 export { FAMILIES, type Change } from '../engines/engine.js';
@@ -1028,20 +1028,47 @@ export class Core {
    * those of a name or an address of `mine` (the state file's own win). An unreadable one holds none.
    */
   private async otherProfiles(mine: ReadonlyMap<string, Profile>): Promise<Map<string, Profile>> {
-    const out = new Map<string, Profile>();
-    if (this.registry === null) return out;
+    return (await this.othersOf(mine, false)).profiles;
+  }
+
+  /**
+   * {@link otherProfiles}; with `lock`, each other state file read under its lock, taken without
+   * waiting (this process holds its own: waiting could deadlock with another's sync) and held until
+   * `release()`: a change of that file is not between its kernel commit and its state write while
+   * a sync of this one decides what is a leftover. `busy`: some other file's lock was held (a
+   * change of it in flight: what the kernel holds beyond the files may be that change's).
+   */
+  private async othersOf(
+    mine: ReadonlyMap<string, Profile>,
+    lock: boolean,
+  ): Promise<{ profiles: Map<string, Profile>; busy: boolean; release(): void }> {
+    const profiles = new Map<string, Profile>();
+    const held: HeldLock[] = [];
+    const release = (): void => {
+      for (const l of held.splice(0)) l.release();
+    };
+    let busy = false;
+    if (this.registry === null) return { profiles, busy, release };
     const taken = new Set([...mine.values()].map((p) => `${p.protocol} ${p.source}`));
     for (const file of otherStateFiles(this.statePath!, this.registry)) {
       let theirs: Map<string, Profile>;
       try {
+        if (lock) {
+          try {
+            held.push(await lockStateFile(file, 0, undefined, { readOnly: true }));
+          } catch (e) {
+            if (!(e instanceof IptlbError && e.code === 'ELOCK')) throw e;
+            busy = true;
+          }
+        }
         theirs = await readStateFile(file);
       } catch {
         continue;
       }
       for (const [n, p] of theirs)
-        if (!mine.has(n) && !out.has(n) && !taken.has(`${p.protocol} ${p.source}`)) out.set(n, p);
+        if (!mine.has(n) && !profiles.has(n) && !taken.has(`${p.protocol} ${p.source}`)) profiles.set(n, p);
     }
-    return out;
+    return { profiles, busy, release };
   }
 
   /**
@@ -1429,7 +1456,7 @@ export class Core {
     f: Family,
     profiles: ReadonlyMap<string, Profile>,
     needed: (view: View, attempt: number) => boolean,
-    keep?: ReadonlyMap<string, Profile>,
+    keep?: KeepOthers,
   ): Promise<number | undefined> {
     for (let attempt = 1; ; attempt++) {
       const view = await engine.read(f);
@@ -1506,37 +1533,47 @@ export class Core {
         let commitMs = 0;
         // Profiles the kernel lacked or held otherwise: their virtual addresses may have flows no rule translated.
         const repaired: Profile[] = [];
-        // Another state file's profiles are not leftovers of this one's: kept as they are.
-        const others = await this.otherProfiles(read);
-        for (const { family, profiles } of this.familiesOf(provider, state)) {
-          let reports: ProfileReport[] = [];
-          let drifted: ProfileReport[] = [];
-          const keep = this.ofFamily(others, family);
-          const ms = await this.replaceFamily(
-            provider,
-            family,
-            profiles,
-            (view, attempt) => {
-              reports = this.compareMine(provider, profiles, keep, view);
-              drifted = reports.filter((r) => r.status !== 'in-sync');
-              if (attempt === 1)
-                for (const r of drifted) this.log(`sync ${r.name}: ${r.status}${r.detail ? ` (${r.detail})` : ''}`);
-              return drifted.length > 0;
-            },
-            keep,
-          );
-          before.push(...reports);
-          if (ms === undefined) continue;
-          for (const r of drifted) {
-            const p = r.status === 'missing' || r.status === 'modified' ? state.get(r.name) : undefined;
-            if (p) repaired.push(p);
+        // Another state file's profiles are not leftovers of this one's: kept as they are. Their
+        // files stay locked until this sync is committed; while one of them is changing (its lock
+        // held), nothing beyond the files is removed: it may be that change's.
+        const others = await this.othersOf(read, true);
+        try {
+          for (const { family, profiles } of this.familiesOf(provider, state)) {
+            let reports: ProfileReport[] = [];
+            let drifted: ProfileReport[] = [];
+            const keep = this.ofFamily(others.profiles, family);
+            const ms = await this.replaceFamily(
+              provider,
+              family,
+              profiles,
+              (view, attempt) => {
+                reports = this.compareMine(provider, profiles, keep, view);
+                drifted = reports.filter((r) => r.status !== 'in-sync' && !(others.busy && r.status === 'orphaned'));
+                if (attempt === 1)
+                  for (const r of drifted) this.log(`sync ${r.name}: ${r.status}${r.detail ? ` (${r.detail})` : ''}`);
+                return drifted.length > 0;
+              },
+              { keep, keepUnknown: others.busy },
+            );
+            before.push(...reports);
+            if (ms === undefined) continue;
+            for (const r of drifted) {
+              const p = r.status === 'missing' || r.status === 'modified' ? state.get(r.name) : undefined;
+              if (p) repaired.push(p);
+            }
+            this.log(
+              `committed the sync of ${drifted.length} profile(s) in one transaction (${provider.where(family)}, ${provider.name}/${provider.executor.kind}, ${ms.toFixed(2)} ms)`,
+            );
+            committed = true;
+            commitMs += ms;
           }
-          this.log(
-            `committed the sync of ${drifted.length} profile(s) in one transaction (${provider.where(family)}, ${provider.name}/${provider.executor.kind}, ${ms.toFixed(2)} ms)`,
-          );
-          committed = true;
-          commitMs += ms;
+        } finally {
+          others.release();
         }
+        if (others.busy)
+          this.log(
+            'another state file was being changed: what the kernel holds beyond the state files is left for the next sync',
+          );
         if (!committed && !opts.quietWhenInSync) this.log('kernel already matches the state file; nothing to do');
         if (committed && !this.injected) noteChange(state.size);
         if (committed && !this.keepConntrack && !this.injected && this.conntrack.needed()) {

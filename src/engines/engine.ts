@@ -52,6 +52,14 @@ export const MOVED_HINT =
 /** The address families, in the order a change commits them. */
 export const FAMILIES: readonly Family[] = ['ipv4', 'ipv6'];
 
+/** What a replacement of one family's objects (a sync) leaves as it is. */
+export interface KeepOthers {
+  /** Another state file's profiles of that family: their objects. */
+  keep?: ReadonlyMap<string, Profile>;
+  /** Every object no profile of the replacement claims (another state file's change is in flight). */
+  keepUnknown?: boolean;
+}
+
 /** A change decided against the current profiles: profiles created or replaced, names removed. */
 export interface Change {
   upsert: Profile[];
@@ -162,9 +170,9 @@ export interface Engine<View = unknown, Tx = unknown> {
   /**
    * One transaction that makes family `f`'s objects exactly `profiles` (which are all of that
    * family), given the kernel as read in `view`: sync, repair, and the install half of a migration.
-   * The objects of `keep` (another state file's profiles of that family) stay as they are.
+   * What `keep` names stays as it is.
    */
-  planReplace(f: Family, profiles: ReadonlyMap<string, Profile>, view: View, keep?: ReadonlyMap<string, Profile>): Tx;
+  planReplace(f: Family, profiles: ReadonlyMap<string, Profile>, view: View, keep?: KeepOthers): Tx;
   /** One transaction that removes every iptlb object of family `f`; undefined when there is none. */
   planRemoveAll(f: Family): Promise<Tx | undefined>;
   /** Commits one transaction. */

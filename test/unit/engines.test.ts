@@ -13,6 +13,7 @@ import { Core, upsertChange, deleteChange } from '../../src/core/core.js';
 import { IptlbError, open, serializeState } from '../../src/index.js';
 import { validateProfile } from '../../src/model/profile.js';
 import { FakeLegacyKernel, FakeNftKernel, kernelError } from '../harness/fake-kernel.js';
+import { lockStateFile } from '../../src/platform/lock.js';
 import type { EngineName, ProfileInput } from '../../src/model/types.js';
 import type { Executor } from '../../src/engines/engine.js';
 
@@ -735,6 +736,23 @@ for (const engine of ['legacy', 'nft'] as const) {
         Object.entries(b).some(([n, st]) => st === 'orphaned' && /gone|127\.100\.0\.4/.test(n)),
         JSON.stringify(b),
       );
+      // While A's state file is locked (a change of A in flight: the kernel may hold what A's file
+      // does not have yet), B's sync removes nothing beyond the files, and says so.
+      const held = await lockStateFile(A.file, 1000);
+      try {
+        const lines: string[] = [];
+        const logged = new Core(
+          { stateFile: B.file, engine, stateRegistry: registry, log: (l) => lines.push(l) },
+          kernels as unknown as Record<EngineName, Executor>,
+        );
+        assert.equal((await logged.sync()).committed, false, 'the leftover is kept while A is busy');
+        assert.ok(
+          lines.some((l) => l.startsWith('another state file was being changed')),
+          lines.join('\n'),
+        );
+      } finally {
+        held.release();
+      }
       const r = await B.core.sync();
       assert.equal(r.committed, true, 'the leftover is removed');
       assert.deepEqual(await statusOf(A.core), { web: 'in-sync', web6: 'in-sync', aff: 'in-sync' });

@@ -7,6 +7,7 @@ import { earlierChainRules, planProfile, planTransaction, CHAIN_PREFIX } from '.
 import { canonicalRule } from './restore.js';
 import type { Family, KernelView, Profile, Transaction } from '../../model/types.js';
 import type { DestinationCounters, ProfileReport } from '../../model/report.js';
+import type { KeepOthers } from '../engine.js';
 
 export { canonicalRule } from './restore.js';
 
@@ -119,19 +120,21 @@ export function syncTransaction(
   allState: Map<string, Profile>,
   view: KernelView,
   family: Family = 'ipv4',
-  /** Another state file's profiles: their rules and chains stay as they are. */
-  keep?: ReadonlyMap<string, Profile>,
+  /** Another state file's profiles (`keep`), or every other owner and chain (`keepUnknown`): left as they are. */
+  { keep, keepUnknown }: KeepOthers = {},
 ): Transaction {
   const state = profilesOf(allState, family);
   const profiles = [...state.values()];
-  const theirs = (o: string): boolean => !!keep?.has(o) && !state.has(o);
+  const theirs = (o: string): boolean => !!keepUnknown || (!!keep?.has(o) && !state.has(o));
   const orphanOwners = [...new Set(view.hookRules.map((h) => h.owner).filter((o) => !state.has(o) && !theirs(o)))];
   const tx = planTransaction(profiles, orphanOwners, family);
   const claimed = new Set(profiles.map((p) => chainName(p.name)));
   for (const n of keep?.keys() ?? []) if (theirs(n)) claimed.add(chainName(n));
-  const extra = view.chains
-    .map((c) => c.name)
-    .filter((c) => c.startsWith(CHAIN_PREFIX) && !claimed.has(c) && !tx.deleteChains.includes(c));
+  const extra = keepUnknown
+    ? []
+    : view.chains
+        .map((c) => c.name)
+        .filter((c) => c.startsWith(CHAIN_PREFIX) && !claimed.has(c) && !tx.deleteChains.includes(c));
   tx.deleteChains.push(...extra);
   return tx;
 }

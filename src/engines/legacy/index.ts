@@ -18,6 +18,7 @@ import {
   type Engine,
   type FamilyCommit,
   type FamilyPlan,
+  type KeepOthers,
   type PlanContext,
   type ShownProfile,
 } from '../engine.js';
@@ -138,9 +139,9 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
     f: Family,
     profiles: ReadonlyMap<string, Profile>,
     view: KernelView,
-    keep?: ReadonlyMap<string, Profile>,
+    others: KeepOthers = {},
   ): Transaction {
-    return syncTransaction(profiles as Map<string, Profile>, view, f, keep);
+    return syncTransaction(profiles as Map<string, Profile>, view, f, others);
   }
 
   async planRemoveAll(f: Family): Promise<Transaction | undefined> {

@@ -55,6 +55,7 @@ import {
   type Engine,
   type FamilyCommit,
   type FamilyPlan,
+  type KeepOthers,
   type Memo,
   type PlanContext,
   type ShownProfile,
@@ -437,10 +438,17 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     f: Family,
     profiles: ReadonlyMap<string, Profile>,
     view: NftView,
-    keep?: ReadonlyMap<string, Profile>,
+    { keep, keepUnknown }: KeepOthers = {},
   ): NftTransaction {
-    // Another state file's profiles (keep) stay as they are, carried over by the rebuild.
-    const kept = keep?.size && view.exists ? objectsOf(view, profiles.values(), keep.values()) : undefined;
+    // Another state file's profiles (keep), or everything no profile here claims, stay as they are,
+    // carried over by the rebuild.
+    const kept = !view.exists
+      ? undefined
+      : keepUnknown
+        ? unknownObjects(view, profiles.values(), new Set())
+        : keep?.size
+          ? objectsOf(view, profiles.values(), keep.values())
+          : undefined;
     if (kept && keepsAnything(kept)) return planNftMergedRebuild(profiles.values(), kept, nftTableFamily(f), view);
     // No profile of this family: the table goes, as with the last profile deleted (not left empty,
     // its NAT hooks registered).
