@@ -7,7 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { runJsonInFreshNetns } from '../harness/netns.js';
-import { DEST, PAIRS, VIP, cli, ok, runSteps } from './common.js';
+import { ABOVE_EXECUTOR_PAIRS, DEST, PAIRS, VIP, cli, ok, runSteps } from './common.js';
 import type { Step } from './fixtures/steps.js';
 
 const fixture = (f: string): string => new URL(`./fixtures/${f}`, import.meta.url).pathname;
@@ -299,6 +299,40 @@ for (const pair of PAIRS) {
       assert.match(r[13].stderr, /^iptlb: error: source: profile x2: /);
       assert.doesNotMatch(r[14].stdout, /:86\b/, `no element of the refused change: ${r[14].stdout}`);
       if (pair.engine === 'legacy') assert.match(r[14].stdout, /127\.100\.0\.10,tcp:80/, r[14].stdout);
+    },
+  );
+}
+
+for (const pair of ABOVE_EXECUTOR_PAIRS) {
+  test(
+    `${pair.name}: one state file's syncs while another's changes run beside them never remove the other's profiles (each other file is locked from its read to the sync's commit)`,
+    { skip: pair.skip },
+    async () => {
+      const flags = `--engine=${pair.engine} --executor=${pair.executor}`;
+      // 12 rounds: B creates a profile (a new name and address) while A syncs, side by side.
+      const script = `for i in $(seq 1 12); do
+  ${process.execPath} "$CLI" ${flags} -state-file=$WORK/b.db -q -run -profile=q$i -src-addr=${VIP}:$((1000 + i)) -dest-addr=127.0.0.1:9001 &
+  ${process.execPath} "$CLI" ${flags} -state-file=$WORK/state.db -q sync || echo "sync $i failed"
+  wait $! || echo "create $i failed"
+done`;
+      const r = await runSteps([
+        { op: 'backends', tcp: [9001] },
+        cli(pair, '-q', '-run', '-profile=a', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001'),
+        { op: 'sh', argv: ['sh', '-c', script] },
+        cli(pair, '-state-file=$WORK/b.db', 'status', '--json'),
+        cli(pair, 'status', '--json'),
+        { op: 'tcp', vip: VIP, port: 1012, count: 3 },
+      ]);
+      ok(r[1]);
+      assert.equal(r[2].code, 0, r[2].stderr);
+      assert.doesNotMatch(r[2].stdout, /failed/, r[2].stdout + r[2].stderr);
+      const statuses = (i: number) =>
+        (JSON.parse(r[i].stdout) as { profiles: { name: string; status: string }[] }).profiles.map(
+          (p) => `${p.name} ${p.status}`,
+        );
+      assert.deepEqual(statuses(3), Array.from({ length: 12 }, (_, i) => `q${i + 1} in-sync`).sort(), r[3].stdout);
+      assert.deepEqual(statuses(4), ['a in-sync'], r[4].stdout);
+      assert.equal(r[5].failures, 0, JSON.stringify(r[5]));
     },
   );
 }
