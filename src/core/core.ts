@@ -1041,34 +1041,51 @@ export class Core {
   private async othersOf(
     mine: ReadonlyMap<string, Profile>,
     lock: boolean,
-  ): Promise<{ profiles: Map<string, Profile>; busy: boolean; release(): void }> {
+  ): Promise<{ profiles: Map<string, Profile>; busy: boolean; update(): Promise<boolean>; release(): void }> {
     const profiles = new Map<string, Profile>();
     const held: HeldLock[] = [];
-    const release = (): void => {
-      for (const l of held.splice(0)) l.release();
-    };
-    let busy = false;
-    if (this.registry === null) return { profiles, busy, release };
+    const seen = new Set<string>();
     const taken = new Set([...mine.values()].map((p) => `${p.protocol} ${p.source}`));
-    for (const file of otherStateFiles(this.statePath!, this.registry)) {
-      let theirs: Map<string, Profile>;
-      try {
-        if (lock) {
+    const others = {
+      profiles,
+      busy: false,
+      /**
+       * Reads the registry again and takes in the state files it did not list before; true when
+       * there were some. A state file registers before its first commit: a sync that read the
+       * kernel after this call returned false knows every file whose objects it saw.
+       */
+      update: async (): Promise<boolean> => {
+        if (this.registry === null) return false;
+        let added = false;
+        for (const file of otherStateFiles(this.statePath!, this.registry)) {
+          if (seen.has(file)) continue;
+          seen.add(file);
+          added = true;
+          let theirs: Map<string, Profile>;
           try {
-            held.push(await lockStateFile(file, 0, undefined, { readOnly: true }));
-          } catch (e) {
-            if (!(e instanceof IptlbError && e.code === 'ELOCK')) throw e;
-            busy = true;
+            if (lock) {
+              try {
+                held.push(await lockStateFile(file, 0, undefined, { readOnly: true }));
+              } catch (e) {
+                if (!(e instanceof IptlbError && e.code === 'ELOCK')) throw e;
+                others.busy = true;
+              }
+            }
+            theirs = await readStateFile(file);
+          } catch {
+            continue;
           }
+          for (const [n, p] of theirs)
+            if (!mine.has(n) && !profiles.has(n) && !taken.has(`${p.protocol} ${p.source}`)) profiles.set(n, p);
         }
-        theirs = await readStateFile(file);
-      } catch {
-        continue;
-      }
-      for (const [n, p] of theirs)
-        if (!mine.has(n) && !profiles.has(n) && !taken.has(`${p.protocol} ${p.source}`)) profiles.set(n, p);
-    }
-    return { profiles, busy, release };
+        return added;
+      },
+      release: (): void => {
+        for (const l of held.splice(0)) l.release();
+      },
+    };
+    await others.update();
+    return others;
   }
 
   /**
@@ -1456,14 +1473,17 @@ export class Core {
     f: Family,
     profiles: ReadonlyMap<string, Profile>,
     needed: (view: View, attempt: number) => boolean,
-    keep?: KeepOthers,
+    others?: { keep(): KeepOthers; update(): Promise<boolean> },
   ): Promise<number | undefined> {
     for (let attempt = 1; ; attempt++) {
-      const view = await engine.read(f);
+      let view = await engine.read(f);
+      // A state file that registered since the others were read may have objects in this view:
+      // taken in (locked, read), and the kernel read again.
+      for (let round = 0; others && round < 5 && (await others.update()); round++) view = await engine.read(f);
       if (!needed(view, attempt)) return undefined;
       try {
         this.register();
-        const tx = engine.planReplace(f, profiles, view, keep);
+        const tx = engine.planReplace(f, profiles, view, others?.keep());
         const ms = await engine.commit(tx);
         this.commits.push({ engine: engine as Engine, tx: tx as AnyTransaction });
         return ms;
@@ -1541,19 +1561,19 @@ export class Core {
           for (const { family, profiles } of this.familiesOf(provider, state)) {
             let reports: ProfileReport[] = [];
             let drifted: ProfileReport[] = [];
-            const keep = this.ofFamily(others.profiles, family);
+            const keep = (): ReadonlyMap<string, Profile> => this.ofFamily(others.profiles, family);
             const ms = await this.replaceFamily(
               provider,
               family,
               profiles,
               (view, attempt) => {
-                reports = this.compareMine(provider, profiles, keep, view);
+                reports = this.compareMine(provider, profiles, keep(), view);
                 drifted = reports.filter((r) => r.status !== 'in-sync' && !(others.busy && r.status === 'orphaned'));
                 if (attempt === 1)
                   for (const r of drifted) this.log(`sync ${r.name}: ${r.status}${r.detail ? ` (${r.detail})` : ''}`);
                 return drifted.length > 0;
               },
-              { keep, keepUnknown: others.busy },
+              { keep: () => ({ keep: keep(), keepUnknown: others.busy }), update: () => others.update() },
             );
             before.push(...reports);
             if (ms === undefined) continue;

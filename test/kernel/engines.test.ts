@@ -251,7 +251,8 @@ for (const pair of PAIRS) {
         cli(pair, B, 'sync'),
         cli(pair, 'status', '--json'),
         cli(pair, B, 'status', '--json'),
-        { op: 'tcp', vip: VIP, port: 80, count: 6 },
+        // 20 connections: both of a's destinations are seen but with probability 2^-19.
+        { op: 'tcp', vip: VIP, port: 80, count: 20 },
         cli(pair, 'sync'),
         { op: 'tcp', vip: VIP, port: 84, count: 6 },
       ]);

@@ -449,7 +449,11 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
         : keep?.size
           ? objectsOf(view, profiles.values(), keep.values())
           : undefined;
-    if (kept && keepsAnything(kept)) return planNftMergedRebuild(profiles.values(), kept, nftTableFamily(f), view);
+    if (kept && keepsAnything(kept)) {
+      // Only if the table is still as read: what another state file adds meanwhile is not in `kept`.
+      const tx = planNftMergedRebuild(profiles.values(), kept, nftTableFamily(f), view);
+      return view.genid ? { ...tx, expectGenid: view.genid } : tx;
+    }
     // No profile of this family: the table goes, as with the last profile deleted (not left empty,
     // its NAT hooks registered).
     if (profiles.size === 0) {
