@@ -39,7 +39,7 @@ import {
   stateVersionSync,
   writeState,
 } from './state.js';
-import { otherStateFiles, registerStateFile } from './registry.js';
+import { dropEntry, otherStateFiles, registerStateFile } from './registry.js';
 import { formatEndpoint, parseEndpoint } from '../model/address.js';
 import {
   appendRecord,
@@ -1057,10 +1057,29 @@ export class Core {
       update: async (): Promise<boolean> => {
         if (this.registry === null) return false;
         let added = false;
-        for (const file of otherStateFiles(this.statePath!, this.registry)) {
+        for (const { file, entry, exists } of otherStateFiles(this.statePath!, this.registry)) {
           if (seen.has(file)) continue;
           seen.add(file);
           added = true;
+          if (!exists) {
+            // Registered, not written: another process's first change in flight (its lock held,
+            // then busy), or a file that is gone (its entry dropped). A status only passes it by.
+            if (!lock) continue;
+            if (existsSync(`${file}.lock`)) {
+              try {
+                const l = await lockStateFile(file, 0, undefined, { readOnly: true });
+                const still = await stateVersion(file).catch(() => 'unreadable');
+                l.release();
+                if (still !== null)
+                  seen.delete(file); // written meanwhile: read on the next update
+                else dropEntry(entry);
+              } catch (e) {
+                if (!(e instanceof IptlbError && e.code === 'ELOCK')) continue;
+                others.busy = true;
+              }
+            } else dropEntry(entry);
+            continue;
+          }
           let theirs: Map<string, Profile>;
           try {
             if (lock) {

@@ -88,11 +88,19 @@ export function registerStateFile(stateFile: string, base?: string): void {
   }
 }
 
+/** A state file of the registry: its path, its entry, and whether it exists (its YAML or its journal). */
+export interface Registered {
+  file: string;
+  entry: string;
+  exists: boolean;
+}
+
 /**
- * The state files of the registry other than `stateFile` that exist (an entry whose file is gone is
- * removed). `stateFile` is compared by path and by identity (a link to it is itself).
+ * The state files of the registry other than `stateFile` (compared by path and by identity: a link
+ * to it is itself). One that does not exist may be another process's first change in flight (it
+ * registers before its first commit and writes the file after it): see {@link dropEntry}.
  */
-export function otherStateFiles(stateFile: string, base?: string): string[] {
+export function otherStateFiles(stateFile: string, base?: string): Registered[] {
   const dir = registryDir(base);
   if (dir === null) return [];
   let names: string[];
@@ -107,7 +115,7 @@ export function otherStateFiles(stateFile: string, base?: string): string[] {
   } catch {
     own = undefined;
   }
-  const out: string[] = [];
+  const out: Registered[] = [];
   for (const n of names) {
     const entry = path.join(dir, n);
     let file: string;
@@ -120,23 +128,22 @@ export function otherStateFiles(stateFile: string, base?: string): string[] {
     let st: { dev: number; ino: number } | undefined;
     try {
       st = statSync(file);
-    } catch (e) {
+    } catch {
       // A state file is its YAML or its journal alone (a handle that has not folded yet).
-      if (existsSync(journalPath(file))) {
-        out.push(file);
-        continue;
-      }
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
-        try {
-          unlinkSync(entry);
-        } catch {
-          // another reader removed it
-        }
-      }
+      out.push({ file, entry, exists: existsSync(journalPath(file)) });
       continue;
     }
     if (own && st.dev === own.dev && st.ino === own.ino) continue;
-    out.push(file);
+    out.push({ file, entry, exists: true });
   }
-  return out.sort();
+  return out.sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : 0));
+}
+
+/** Removes a registry entry (its state file is gone); errors are ignored. */
+export function dropEntry(entry: string): void {
+  try {
+    unlinkSync(entry);
+  } catch {
+    // another reader removed it
+  }
 }

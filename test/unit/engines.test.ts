@@ -14,6 +14,7 @@ import { IptlbError, open, serializeState } from '../../src/index.js';
 import { validateProfile } from '../../src/model/profile.js';
 import { FakeLegacyKernel, FakeNftKernel, kernelError } from '../harness/fake-kernel.js';
 import { lockStateFile } from '../../src/platform/lock.js';
+import { otherStateFiles, registerStateFile } from '../../src/core/registry.js';
 import type { EngineName, ProfileInput } from '../../src/model/types.js';
 import type { Executor } from '../../src/engines/engine.js';
 
@@ -753,8 +754,26 @@ for (const engine of ['legacy', 'nft'] as const) {
       } finally {
         held.release();
       }
-      const r = await B.core.sync();
-      assert.equal(r.committed, true, 'the leftover is removed');
+      // A state file registered and not written yet (another process's first change in flight, its
+      // lock held): the same. Once its lock is free and it still does not exist, its entry goes.
+      const D = tmpState();
+      try {
+        registerStateFile(D.file, registry);
+        const dLock = await lockStateFile(D.file, 1000);
+        try {
+          assert.equal((await B.core.sync()).committed, false, 'the leftover is kept while D is busy');
+        } finally {
+          dLock.release();
+        }
+        const r = await B.core.sync();
+        assert.equal(r.committed, true, 'the leftover is removed');
+        assert.ok(
+          !otherStateFiles(B.file, registry).some((o) => o.file === D.file),
+          "D's entry is dropped: its file does not exist and nobody holds its lock",
+        );
+      } finally {
+        D.done();
+      }
       assert.deepEqual(await statusOf(A.core), { web: 'in-sync', web6: 'in-sync', aff: 'in-sync' });
       assert.deepEqual(await statusOf(B.core), { api: 'in-sync' });
       // A's sync: nothing to do; B's profile stays.
