@@ -736,6 +736,24 @@ export function ruleElsewhere(
   return undefined;
 }
 
+/** The addresses ({@link profileVipKey}) and the names of `profiles`, with `names` among the names. */
+function addressesAndNames(
+  profiles: Iterable<Profile>,
+  names: Iterable<string> = [],
+): { vips: Set<string>; names: Set<string> } {
+  const out = { vips: new Set<string>(), names: new Set<string>(names) };
+  for (const p of profiles) {
+    out.vips.add(profileVipKey(p));
+    out.names.add(p.name);
+  }
+  return out;
+}
+
+/** {@link KeptObjects} that hold nothing. */
+function noObjects(): KeptObjects {
+  return { dispatch: new Map(), backends: new Map(), rules: [], affinitySets: new Map(), vips: new Set() };
+}
+
 /**
  * What the kernel holds for virtual addresses that none of `known` (the profiles after a change,
  * and the old versions of those it touches) uses and for owners it does not name: the profiles of
@@ -743,19 +761,8 @@ export function ruleElsewhere(
  * leaves them as they are: a rebuild of the table carries them over.
  */
 export function unknownObjects(view: NftView, known: Iterable<Profile>, touched: ReadonlySet<string>): KeptObjects {
-  const vips = new Set<string>();
-  const names = new Set<string>(touched);
-  for (const p of known) {
-    vips.add(vipKey(p.protocol, endpoint(p.source)));
-    names.add(p.name);
-  }
-  const kept: KeptObjects = {
-    dispatch: new Map(),
-    backends: new Map(),
-    rules: [],
-    affinitySets: new Map(),
-    vips: new Set(),
-  };
+  const { vips, names } = addressesAndNames(known, touched);
+  const kept = noObjects();
   for (const s of view.dispatchSets) {
     const d = parseDispatchSetName(s.name);
     if (!d) continue;
@@ -799,19 +806,8 @@ export function unknownObjects(view: NftView, known: Iterable<Profile>, touched:
  */
 export function objectsOf(view: NftView, known: Iterable<Profile>, keep: Iterable<Profile>): KeptObjects {
   const all = unknownObjects(view, known, new Set());
-  const vips = new Set<string>();
-  const names = new Set<string>();
-  for (const p of keep) {
-    vips.add(profileVipKey(p));
-    names.add(p.name);
-  }
-  const kept: KeptObjects = {
-    dispatch: new Map(),
-    backends: new Map(),
-    rules: [],
-    affinitySets: new Map(),
-    vips: new Set(),
-  };
+  const { vips, names } = addressesAndNames(keep);
+  const kept = noObjects();
   for (const [set, list] of all.dispatch) {
     const d = parseDispatchSetName(set);
     const theirs = d ? list.filter((e) => vips.has(vipKey(d.proto, e))) : [];
