@@ -33,11 +33,16 @@ function fakes(): { legacy: FakeLegacyKernel; nft: FakeNftKernel } {
   return { legacy: new FakeLegacyKernel(), nft: new FakeNftKernel() };
 }
 
-/** A core over both fakes, on engine `engine`, with a state file in a fresh directory. */
-function coreOn(engine: EngineName, kernels = fakes(), lines: string[] = []) {
+/** How a refusal names the table of a family on `engine`. */
+function tableOf(engine: EngineName, v6: boolean): string {
+  return engine === 'legacy' ? `the ${v6 ? 'ip6tables ' : ''}nat table` : `table ${v6 ? 'ip6' : 'ip'} iptlb`;
+}
+
+/** A core over both fakes, on engine `engine`, with a state file in a fresh directory (and `opts`). */
+function coreOn(engine: EngineName, kernels = fakes(), lines: string[] = [], opts: { stateRegistry?: string } = {}) {
   const s = tmpState();
   const core = new Core(
-    { stateFile: s.file, engine, log: (l) => lines.push(l) },
+    { stateFile: s.file, engine, log: (l) => lines.push(l), ...opts },
     kernels as unknown as Record<EngineName, Executor>,
   );
   return { core, kernels, lines, done: s.done, file: s.file };
@@ -464,14 +469,12 @@ for (const engine of ['legacy', 'nft'] as const) {
     const kernel = engine === 'legacy' ? kernels.legacy : kernels.nft;
     // On nft only rules carry a profile's name (elements are keyed by address): A's profiles log.
     const logs = engine === 'nft' ? { logEnabled: true } : {};
-    const where = (v6: boolean) =>
-      engine === 'legacy' ? `the ${v6 ? 'ip6tables ' : ''}nat table` : `table ${v6 ? 'ip6' : 'ip'} iptlb`;
     const held =
       (name: string, v6 = false) =>
       (e: IptlbError) =>
         e.code === 'ECONFLICT' &&
         e.field === 'name' &&
-        e.message.startsWith(`name: profile ${name}: ${where(v6)} already holds a profile of that name (`) &&
+        e.message.startsWith(`name: profile ${name}: ${tableOf(engine, v6)} already holds a profile of that name (`) &&
         e.message.endsWith(
           '), which this state file does not hold: delete it through the state file that holds it, or, if an interrupted change left it, `iptlb status` shows it orphaned and `iptlb sync` removes it',
         ) &&
@@ -586,15 +589,13 @@ for (const engine of ['legacy', 'nft'] as const) {
     const kernel = engine === 'legacy' ? kernels.legacy : kernels.nft;
     const snapshot = () =>
       JSON.stringify([...kernel.tables], (_, v) => (v instanceof Map || v instanceof Set ? [...v] : v));
-    const where = (v6: boolean) =>
-      engine === 'legacy' ? `the ${v6 ? 'ip6tables ' : ''}nat table` : `table ${v6 ? 'ip6' : 'ip'} iptlb`;
     const elsewhere =
       (name: string, v6 = false) =>
       (e: IptlbError) =>
         e.code === 'ECONFLICT' &&
         e.field === 'name' &&
         e.message.startsWith(
-          `name: profile ${name}: ${where(v6)} holds a profile of that name at another address than this state file's (rule iptlb:${name} in `,
+          `name: profile ${name}: ${tableOf(engine, v6)} holds a profile of that name at another address than this state file's (rule iptlb:${name} in `,
         ) &&
         e.message.endsWith(
           "): another state file's profile of that name (delete it there, or give this one another name; -delete without -run removes this one from this state file only), or one an interrupted change of this state file moved (`iptlb sync` puts back this state file's)",
@@ -689,14 +690,7 @@ for (const engine of ['legacy', 'nft'] as const) {
   test(`${engine}: sync and status of one state file leave another registered state file's profiles alone; a leftover of no registered state file is removed`, async () => {
     const kernels = fakes();
     const registry = mkdtempSync(path.join(tmpdir(), 'iptlb-registry-'));
-    const on = () => {
-      const s = tmpState();
-      const core = new Core(
-        { stateFile: s.file, engine, stateRegistry: registry },
-        kernels as unknown as Record<EngineName, Executor>,
-      );
-      return { core, done: s.done, file: s.file };
-    };
+    const on = () => coreOn(engine, kernels, [], { stateRegistry: registry });
     const A = on();
     const B = on();
     const C = on();

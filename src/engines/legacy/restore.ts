@@ -181,8 +181,9 @@ function refuseMoved(tx: Transaction, view: KernelView): void {
       );
     }
     const target = h.rule.target;
-    const name = target.name === 'jump' ? chains.get(target.chain) : undefined;
-    if (name === undefined || target.name !== 'jump') continue;
+    if (target.name !== 'jump') continue;
+    const name = chains.get(target.chain);
+    if (name === undefined) continue;
     throw new IptlbError(
       'ECONFLICT',
       `name: profile ${name}: ${table} already holds a profile of that name (chain ${target.chain}, rule iptlb:${h.owner} in ${DISPATCH[h.chain]})${HELD_HINT}`,
