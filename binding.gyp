@@ -27,6 +27,7 @@
         "native/common/addon_core.cc",
         "native/common/errors.cc",
         "native/common/file_lock.cc",
+        "native/common/job_thread.cc",
         "native/common/v8_memory.cc",
         "native/common/nft_netlink.cc",
         "native/common/read_text.cc",

@@ -16,6 +16,7 @@
 #include "prober.h"
 #include "read_text.h"
 #include "v8_memory.h"
+#include "xtables_lock.h"
 
 namespace iptlb {
 namespace {
@@ -35,10 +36,29 @@ Napi::Value Flock(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   std::string path = PathArg(info);
   const int wait = WaitMs(info.Length() < 2 ? env.Undefined() : info[1], "waitMs");
-  auto *w = new FlockWorker(env, std::move(path), wait);
-  Napi::Promise p = w->Promise();
-  w->Queue();
-  return p;
+  // Free (the usual case): taken here, with no thread at all. Busy: waited for on a thread of its own.
+  // Any other failure (the file cannot be opened…) rejects with the error the wait would have given.
+  auto deferred = Napi::Promise::Deferred::New(env);
+  NativeError failed;
+  int fd = -1;
+  RunCatching(
+      "iptlb.flock",
+      [&] {
+        FlockGuard guard;
+        if (guard.TryAcquireOrThrow(path, kStateFileLockOpen)) fd = guard.Detach();
+      },
+      [&](NativeError e) { failed = std::move(e); });
+  if (!failed.empty()) {
+    deferred.Reject(ToJsError(env, failed).Value());
+  } else if (fd >= 0) {
+    deferred.Resolve(FileLock::NewInstance(env, fd));
+  } else {
+    auto *w = new FlockWaiter(env, std::move(path), wait);
+    Napi::Promise p = w->Promise();
+    w->StartAlone("iptlb-flock");
+    return p;
+  }
+  return deferred.Promise();
 }
 
 // flockBusy(path: string): boolean — whether someone holds an flock on `path`, asked without waiting

@@ -53,20 +53,20 @@ Napi::Value FileLock::Release(const Napi::CallbackInfo &info) {
   return info.Env().Undefined();
 }
 
-FlockWorker::FlockWorker(Napi::Env env, std::string path, int wait_ms)
-    : PromiseWorker(env, "iptlb.flock"), path_(std::move(path)), wait_ms_(wait_ms) {}
+FlockWaiter::FlockWaiter(Napi::Env env, std::string path, int wait_ms)
+    : ThreadJob(env, "iptlb.flock"), path_(std::move(path)), wait_ms_(wait_ms) {}
 
-FlockWorker::~FlockWorker() {
+FlockWaiter::~FlockWaiter() {
   if (fd_ >= 0) close(fd_);  // never handed over (environment torn down first)
 }
 
-void FlockWorker::Work() {
+void FlockWaiter::Work() {
   FlockGuard guard;
   guard.Acquire(path_, kStateFileLockOpen, wait_ms_);
   fd_ = guard.Detach();
 }
 
-void FlockWorker::OnOK() {
+void FlockWaiter::OnOK() {
   Napi::Object lock = FileLock::NewInstance(Env(), fd_);
   fd_ = -1;  // the FileLock owns it now
   Resolve(lock);

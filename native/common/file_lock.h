@@ -1,12 +1,16 @@
 // The state-file lock for JavaScript: flock(path, waitMs) resolves to a FileLock whose release()
 // closes the descriptor (idempotent; the finalizer and process death release it too). FileLock
-// objects can only be made by FlockWorker (the constructor wants a private token, not an fd).
+// objects can only be made by NewInstance (the constructor wants a private token, not an fd).
+//
+// A free lock is taken on the JS thread (an open and a non-blocking flock). A held one is waited for
+// by a FlockWaiter on a thread of its own, never a libuv pool thread: a process waiting for four
+// state files held by others filled the pool, and its fs work (and its own state writes) stalled.
 #pragma once
 #include <napi.h>
 
 #include <string>
 
-#include "promise_worker.h"
+#include "job_thread.h"
 
 namespace iptlb {
 
@@ -27,10 +31,10 @@ class FileLock : public Napi::ObjectWrap<FileLock> {
   int fd_ = -1;
 };
 
-class FlockWorker : public PromiseWorker {
+class FlockWaiter : public ThreadJob {
  public:
-  FlockWorker(Napi::Env env, std::string path, int wait_ms);
-  ~FlockWorker() override;
+  FlockWaiter(Napi::Env env, std::string path, int wait_ms);
+  ~FlockWaiter() override;
 
  protected:
   void Work() override;  // no N-API in here

@@ -4,6 +4,7 @@
 
 #include <cerrno>
 #include <new>
+#include <system_error>
 #include <thread>
 
 namespace iptlb {
@@ -41,6 +42,21 @@ ThreadJob::ThreadJob(Napi::Env env, const char *name) : env_(env), name_(name) {
 void ThreadJob::Start(JobThread *thread) {
   back_ = Napi::TypedThreadSafeFunction<std::nullptr_t, ThreadJob, SettleThreadJob>::New(env_, name_, 0, 1);
   thread->Post(this);
+}
+
+void ThreadJob::StartAlone(const char *thread_name) {
+  back_ = Napi::TypedThreadSafeFunction<std::nullptr_t, ThreadJob, SettleThreadJob>::New(env_, name_, 0, 1);
+  try {
+    std::thread([this, thread_name] {
+      pthread_setname_np(pthread_self(), thread_name);
+      Run();
+    }).detach();
+  } catch (const std::system_error &e) {  // no thread could be made (EAGAIN: a thread or memory limit)
+    back_.Release();
+    Fail(NativeError{"EKERNEL", e.code().value(), std::string("cannot start a thread: ") + e.what()});
+    Settle();  // on the JS thread already: reject now
+    delete this;
+  }
 }
 
 void ThreadJob::Run() {

@@ -48,6 +48,9 @@ class ThreadJob {
   }
   // JS thread: hands the job to `thread`. The job deletes itself once its promise has settled.
   void Start(JobThread *thread);
+  // JS thread: runs the job on a thread of its own, named `thread_name`, which ends with it: for waits
+  // that may each last long and must not queue behind one another (one JobThread would run them in turn).
+  void StartAlone(const char *thread_name);
 
  protected:
   ThreadJob(Napi::Env env, const char *name);

@@ -160,6 +160,33 @@ void FlockGuard::Acquire(const std::string &path, int open_flags, int wait_ms) {
   }
 }
 
+bool FlockGuard::TryAcquireOrThrow(const std::string &path, int open_flags) {
+  Release();
+  int fd;
+  do fd = open(path.c_str(), open_flags, 0600);
+  while (fd < 0 && errno == EINTR);
+  if (fd < 0) {
+    const int err = errno;
+    Throw(NativeError::FromErrno(
+        "ELOCK", err,
+        "cannot open lock file " + path + ": " + std::strerror(err) + " (errno " + std::to_string(err) + ")",
+        kNoAccess));
+  }
+  int r;
+  do r = flock(fd, LOCK_EX | LOCK_NB);
+  while (r != 0 && errno == EINTR);
+  if (r == 0) {
+    fd_ = fd;
+    return true;
+  }
+  const int err = errno;
+  close(fd);
+  if (err == EWOULDBLOCK) return false;
+  Throw(NativeError::FromErrno(
+      "ELOCK", err, "cannot lock " + path + ": " + std::strerror(err) + " (errno " + std::to_string(err) + ")",
+      kNoAccess));
+}
+
 bool FlockGuard::TryAcquire(const std::string &path, int open_flags) {
   try {
     Acquire(path, open_flags, 0);

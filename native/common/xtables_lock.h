@@ -28,6 +28,9 @@ class FlockGuard {
   void Acquire(const std::string &path, int open_flags, int wait_ms);
   // Without waiting; false when the lock is busy or cannot be taken.
   bool TryAcquire(const std::string &path, int open_flags);
+  // Without waiting; false when the lock is busy, NativeFailure as Acquire when the file cannot be
+  // opened or locked for another reason.
+  bool TryAcquireOrThrow(const std::string &path, int open_flags);
   void Release();
   // Gives the locked descriptor to the caller, who must close it.
   int Detach();

@@ -74,9 +74,9 @@ const EWOULDBLOCK = 11;
 /**
  * This process's turns at each lock file (by resolved path): present while one of its takers holds
  * or waits for the file's flock, with the takers that wait behind it, in order. Several handles of
- * one process on one state file so queue here, behind one wait in the kernel: each native wait holds
- * a libuv pool thread, and with a waiter per handle (five handles, or four and a journal write) the
- * pool was full, so the holder's own state writes could not run until the waiters timed out.
+ * one process on one state file so queue here, behind one wait in the kernel, and get the lock in
+ * call order. (Each native wait used to hold a libuv pool thread, and with a waiter per handle the
+ * pool was full; the addon now waits on a thread of its own per wait, and takes a free lock at once.)
  */
 const turns = new Map<string, Array<() => void>>();
 

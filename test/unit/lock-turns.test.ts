@@ -101,3 +101,68 @@ test(
     }
   },
 );
+
+test(
+  'eight waits for eight different lock files held elsewhere: the thread pool stays free, and each wait ends when its lock is let go',
+  { skip },
+  async () => {
+    if (!native.ok) return;
+    const addon = native.addon;
+    const dir = tmp();
+    try {
+      const files = Array.from({ length: 8 }, (_, i) => path.join(dir, `s${i}.lock`));
+      // A lock taken by another open file description conflicts as another process's would.
+      const held = await Promise.all(files.map((f) => addon.flock(f, 0)));
+      const events: string[] = [];
+      const waits = files.map((f, i) =>
+        addon.flock(f, 30_000).then(
+          (l) => {
+            events.push(`lock ${i}`);
+            l.release();
+          },
+          (e: Error) => events.push(`lock ${i} failed: ${e.message}`),
+        ),
+      );
+      // A pool job while eight native waits are pending (4 pool threads unless UV_THREADPOOL_SIZE says
+      // otherwise): it completes first, before any lock is let go. Had the waits taken pool threads,
+      // it would queue behind them until their 30 s ran out.
+      await fsp.readFile(files[0]);
+      events.push('pool read');
+      for (const l of held) l.release();
+      await Promise.all(waits);
+      assert.equal(events[0], 'pool read');
+      assert.deepEqual(events.slice(1).sort(), files.map((_, i) => `lock ${i}`).sort());
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);
+
+test(
+  'the native lock: a free lock is taken at once; an unusable lock file rejects with its errno',
+  { skip },
+  async () => {
+    if (!native.ok) return;
+    const addon = native.addon;
+    const dir = tmp();
+    try {
+      const f = path.join(dir, 'a.lock');
+      const a = await addon.flock(f, 0);
+      assert.ok(a.fd >= 0);
+      // Busy and no wait: the timeout's errno (EWOULDBLOCK).
+      await assert.rejects(addon.flock(f, 0), (e: { errno?: number }) => e.errno === 11);
+      a.release();
+      const b = await addon.flock(f, 0);
+      b.release();
+      // A directory cannot be opened read-write: EISDIR (21), at once.
+      await assert.rejects(addon.flock(dir, 10_000), (e: { errno?: number }) => e.errno === 21);
+      // A missing directory: ENOENT (2).
+      await assert.rejects(
+        addon.flock(path.join(dir, 'no', 'x.lock'), 10_000),
+        (e: { errno?: number }) => e.errno === 2,
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);
