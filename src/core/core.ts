@@ -258,6 +258,12 @@ function recordOf(state: ReadonlyMap<string, Profile>, change: Change): JournalR
 }
 
 /** What one transaction did. */
+/** Another state file registered in this network namespace, and its profiles a status of this one left out. */
+export interface OtherStateFile {
+  stateFile: string;
+  profiles: string[];
+}
+
 export interface TransactionResult {
   /** Profiles created or replaced. */
   applied: Profile[];
@@ -1027,8 +1033,11 @@ export class Core {
    * The profiles of the other state files registered in this network namespace, by name, without
    * those of a name or an address of `mine` (the state file's own win). An unreadable one holds none.
    */
-  private async otherProfiles(mine: ReadonlyMap<string, Profile>): Promise<Map<string, Profile>> {
-    return (await this.othersOf(mine, false)).profiles;
+  private async otherProfiles(
+    mine: ReadonlyMap<string, Profile>,
+  ): Promise<{ profiles: Map<string, Profile>; files: OtherStateFile[] }> {
+    const { profiles, files } = await this.othersOf(mine, false);
+    return { profiles, files };
   }
 
   /**
@@ -1041,13 +1050,21 @@ export class Core {
   private async othersOf(
     mine: ReadonlyMap<string, Profile>,
     lock: boolean,
-  ): Promise<{ profiles: Map<string, Profile>; busy: boolean; update(): Promise<boolean>; release(): void }> {
+  ): Promise<{
+    profiles: Map<string, Profile>;
+    files: OtherStateFile[];
+    busy: boolean;
+    update(): Promise<boolean>;
+    release(): void;
+  }> {
     const profiles = new Map<string, Profile>();
+    const files: OtherStateFile[] = [];
     const held: HeldLock[] = [];
     const seen = new Set<string>();
     const taken = new Set([...mine.values()].map((p) => `${p.protocol} ${p.source}`));
     const others = {
       profiles,
+      files,
       busy: false,
       /**
        * Reads the registry again and takes in the state files it did not list before; true when
@@ -1094,8 +1111,13 @@ export class Core {
           } catch {
             continue;
           }
+          const names: string[] = [];
           for (const [n, p] of theirs)
-            if (!mine.has(n) && !profiles.has(n) && !taken.has(`${p.protocol} ${p.source}`)) profiles.set(n, p);
+            if (!mine.has(n) && !profiles.has(n) && !taken.has(`${p.protocol} ${p.source}`)) {
+              profiles.set(n, p);
+              names.push(n);
+            }
+          if (names.length) files.push({ stateFile: file, profiles: names });
         }
         return added;
       },
@@ -1425,14 +1447,14 @@ export class Core {
    * comparing then would report drift that is not. Where the state file's directory does not exist,
    * nobody writes there and nothing is created for the lock.
    */
-  status(): Promise<ProfileReport[]> {
+  status(found?: { others: OtherStateFile[] }): Promise<ProfileReport[]> {
     return this.serial(async () => {
       const lock =
         this.statePath !== null && !this.window && existsSync(path.dirname(this.statePath))
           ? await lockStateFile(this.statePath, this.lockWaitMs, this.log, { readOnly: true })
           : undefined;
       try {
-        return await this.statusNow();
+        return await this.statusNow(found);
       } finally {
         lock?.release();
       }
@@ -1463,12 +1485,13 @@ export class Core {
     });
   }
 
-  private async statusNow(): Promise<ProfileReport[]> {
+  private async statusNow(found?: { others: OtherStateFile[] }): Promise<ProfileReport[]> {
     const { provider } = await this.selectionNow();
     const state = await this.readState();
     this.health.refresh();
     const kstate = this.health.kernelState(state);
-    const others = await this.otherProfiles(state);
+    const { profiles: others, files } = await this.otherProfiles(state);
+    if (found) found.others = files;
     const reports: ProfileReport[] = [];
     for (const { family, profiles } of this.familiesOf(provider, kstate))
       reports.push(...this.compareMine(provider, profiles, this.ofFamily(others, family), await provider.read(family)));

@@ -6,6 +6,7 @@
 import { execFileSync } from 'node:child_process';
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import * as path from 'node:path';
 import { runJsonInFreshNetns } from '../harness/netns.js';
 import { ABOVE_EXECUTOR_PAIRS, DEST, PAIRS, VIP, cli, ok, runSteps } from './common.js';
 import type { Step } from './fixtures/steps.js';
@@ -255,8 +256,18 @@ for (const pair of PAIRS) {
         { op: 'tcp', vip: VIP, port: 80, count: 20 },
         cli(pair, 'sync'),
         { op: 'tcp', vip: VIP, port: 84, count: 6 },
+        // 21: B's status in text says whose the profiles it leaves out are.
+        cli(pair, B, 'status'),
       ]);
       for (const i of [1, 2, 4, 15, 19]) ok(r[i]);
+      const othersOf = (i: number) =>
+        (
+          JSON.parse(r[i].stdout) as { otherStateFiles?: { stateFile: string; profiles: string[] }[] }
+        ).otherStateFiles?.map((f) => `${path.basename(f.stateFile)}: ${[...f.profiles].sort().join(' ')}`);
+      assert.deepEqual(othersOf(16), ['b.db: bb'], r[16].stdout);
+      assert.deepEqual(othersOf(17), ['state.db: a r'], r[17].stdout);
+      assert.equal(r[21].code, 0, r[21].stderr);
+      assert.match(r[21].stderr, /^iptlb: not listed here, other state files' profiles: \/\S*\/state\.db \(a, r\)$/m);
       const profilesOf = (i: number) =>
         (JSON.parse(r[i].stdout) as { profiles: { name: string; status: string }[] }).profiles.map(
           (p) => `${p.name} ${p.status}`,

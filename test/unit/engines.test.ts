@@ -731,6 +731,13 @@ for (const engine of ['legacy', 'nft'] as const) {
         Object.entries(b).some(([n, st]) => st === 'orphaned' && /gone|127\.100\.0\.4/.test(n)),
         JSON.stringify(b),
       );
+      // Whose they are: A's state file and its profiles (the CLI's status names them).
+      const found: { others: { stateFile: string; profiles: string[] }[] } = { others: [] };
+      await B.core.status(found);
+      assert.deepEqual(
+        found.others.map((o) => ({ ...o, profiles: [...o.profiles].sort() })),
+        [{ stateFile: A.file, profiles: ['aff', 'web', 'web6'] }],
+      );
       // While A's state file is locked (a change of A in flight: the kernel may hold what A's file
       // does not have yet), B's sync removes nothing beyond the files, and says so.
       const held = await lockStateFile(A.file, 1000);

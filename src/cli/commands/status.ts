@@ -1,5 +1,6 @@
 /** `iptlb status`: the state file compared with the kernel, with counters and health (exit 3 on drift). */
 import type { Command } from 'commander';
+import type { OtherStateFile } from '../../core/core.js';
 import { IptlbError } from '../../model/errors.js';
 import { addGlobal, withGlobals, type GlobalOpts } from '../flags.js';
 import { ExitCode, makeCore, type Out } from '../context.js';
@@ -25,9 +26,17 @@ function healthColumn(d: {
   return `\t${d.health}${notes.length ? ` (${notes.join('; ')})` : ''}`;
 }
 
+/** `not listed here, other state files' profiles: /a.db (web, api); /b.db (x, y, z and 9 more)`. */
+export function othersLine(others: readonly OtherStateFile[]): string {
+  const names = (n: readonly string[]): string =>
+    n.length <= 4 ? n.join(', ') : `${n.slice(0, 3).join(', ')} and ${n.length - 3} more`;
+  return `not listed here, other state files' profiles: ${others.map((f) => `${f.stateFile} (${names(f.profiles)})`).join('; ')}`;
+}
+
 async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
   const core = makeCore(o, io);
-  const reports = await core.status();
+  const found: { others: OtherStateFile[] } = { others: [] };
+  const reports = await core.status(found);
   // iptlb's rules in both engines is drift too: traffic may use the copy no change reaches.
   // Only the other engine is asked: the reports say whether the selected one holds anything of iptlb's.
   const split = await core.engineSplit(reports.some((r) => r.status !== 'missing'));
@@ -39,8 +48,17 @@ async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
   const absent = !(await core.stateFileExists());
   if (absent && reports.length && !o.quiet && !o.json)
     io.err(`iptlb: the state file ${core.statePath} does not exist: the kernel's iptlb rules are reported orphaned`);
+  // The other state files' profiles are neither listed nor orphans here: say whose they are.
+  if (found.others.length && !o.quiet && !o.json) io.err(`iptlb: ${othersLine(found.others)}`);
   if (o.json) {
-    io.out(JSON.stringify({ inSync: !drifted, ...(split ? { split } : {}), profiles: reports }));
+    io.out(
+      JSON.stringify({
+        inSync: !drifted,
+        ...(split ? { split } : {}),
+        profiles: reports,
+        ...(found.others.length ? { otherStateFiles: found.others } : {}),
+      }),
+    );
   } else if (!reports.length) {
     io.out(
       absent
