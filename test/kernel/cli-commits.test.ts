@@ -39,13 +39,14 @@ describePairs('the CLI on what it committed', (pair) => {
       { op: 'sh', argv: ['iptables-legacy-save', '-t', 'nat'] },
       { op: 'sh', argv: ['nft', 'list', 'ruleset'] },
       cli(pair, 'show', 'web'),
+      cli(pair, 'show', '--json', 'web'),
       { op: 'sh', argv: tamper },
       cli(pair, '--verbose', 'sync'),
       cli(pair, 'sync', '--verbose'),
       cli(pair, 'delete', 'two', '--verbose'),
       { op: 'cli', args: [executor, '-state-file=$WORK/state.db', 'migrate', '--to', other, '--verbose'] },
     ]);
-    const [applied, , save, ruleset, shown, , synced, inStep, deleted, migrated] = r as Proc[];
+    const [applied, , save, ruleset, shown, shownJson, , synced, inStep, deleted, migrated] = r as Proc[];
     for (const [i, p] of r.entries()) if (p) ok(p, `step ${i}: ${p.stderr}`);
     assert.ok(rulesOf(applied).length > 0, applied.stderr);
     const savedText = save.stdout;
@@ -70,6 +71,14 @@ describePairs('the CLI on what it committed', (pair) => {
       assert.equal(position, 1, savedText);
       assert.match(shown.stdout, /^ {2}IPTLB_OUTPUT #2\t.*iptlb:web/m);
       assert.doesNotMatch(shown.stdout, /^ {2}OUTPUT /m);
+      // --json says the same: the chain the rule is in and its position there, and the hook it serves.
+      const hooks = (JSON.parse(shownJson.stdout) as { kernel: { hookRules: Record<string, unknown>[] } }).kernel
+        .hookRules;
+      assert.deepEqual(
+        hooks.map((h) => ({ chain: h.chain, position: h.position, hook: h.hook })),
+        [{ chain: 'IPTLB_OUTPUT', position: 2, hook: 'OUTPUT' }],
+        shownJson.stdout,
+      );
     } else {
       // Every chain, set and map show and the verbose lines name is one `nft list ruleset` has.
       const named = [

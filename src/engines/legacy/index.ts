@@ -199,11 +199,12 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
       family = f;
       if (chain || hooks.length) break;
     }
+    // The chain the rule is in: behind the gate, the dispatch chain; an older iptlb's jump, the hook itself.
+    const inChain = (h: KernelView['hookRules'][number]): string =>
+      isGatedHook(h.chain) && !h.direct ? DISPATCH[h.chain] : h.chain;
     const lines = [
-      // The chain the rule is in: behind the gate, the dispatch chain; an older iptlb's jump, the hook itself.
       ...hooks.map(
-        (h) =>
-          `${isGatedHook(h.chain) && !h.direct ? DISPATCH[h.chain] : h.chain} #${h.position}\t${h.packets} pkts ${h.bytes} bytes\t${h.raw ?? renderRule(h.rule)}`,
+        (h) => `${inChain(h)} #${h.position}\t${h.packets} pkts ${h.bytes} bytes\t${h.raw ?? renderRule(h.rule)}`,
       ),
       ...(chain
         ? chain.rules.map((r) => `${chain!.name}\t${r.packets} pkts ${r.bytes} bytes\t${renderRule(r.rule)}`)
@@ -213,7 +214,9 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
       found: !!chain || hooks.length > 0,
       where: `${this.where(family)}, ${this.name}/${this.executor.kind}`,
       lines: lines.length ? lines : ['no rules in the kernel'],
-      json: { chain: chain ?? null, hookRules: hooks },
+      // `chain` as in the text (the chain the rule is in, with `position` in it); `hook` the built-in
+      // chain whose packets reach it.
+      json: { chain: chain ?? null, hookRules: hooks.map((h) => ({ ...h, chain: inChain(h), hook: h.chain })) },
     };
   }
 
