@@ -190,6 +190,9 @@ export function normalizeAffinity(value: unknown, field = 'affinity'): number {
 
 function weightValue(field: string, value: unknown, what: string): number {
   let w: unknown = value;
+  // As a port's: decimal digits without a leading zero (`*01` is refused as `:09001` is).
+  if (typeof w === 'string' && /^0[0-9]/.test(w))
+    throw invalid(field, `${what}: weight ${show(value)} has a leading zero`);
   if (typeof w === 'string' && /^[0-9]{1,7}$/.test(w)) w = Number(w);
   if (typeof w !== 'number' || !Number.isInteger(w) || w < 0 || w > MAX_WEIGHT) {
     throw invalid(field, `${what}: weight ${show(value)} must be an integer from 0 to ${MAX_WEIGHT}`);

@@ -59,6 +59,12 @@ test('weights: bad values are one-line errors naming the field', () => {
   );
   refused({ ...base, destination: ['127.0.0.1:9001*x'] }, 'weights', /must be an integer from 0 to 1000/);
   refused({ ...base, destination: ['127.0.0.1:9001*1.5'] }, 'weights', /integer/);
+  refused({ ...base, destination: ['127.0.0.1:9001*01'] }, 'weights', /weight "01" has a leading zero$/);
+  refused({ ...base, destination: ['127.0.0.1:9001*00'] }, 'weights', /weight "00" has a leading zero$/);
+  assert.deepEqual(validateProfile({ ...base, destination: ['127.0.0.1:9001*0', '127.0.0.1:9002*10'] }).weights, {
+    '127.0.0.1:9001': 0,
+    '127.0.0.1:9002': 10,
+  });
   refused({ ...base, destination: ['127.0.0.1:9001*1001'] }, 'weights', /0 to 1000/);
   refused({ ...base, destination: ['127.0.0.1:9001*-1'] }, 'weights', /0 to 1000/);
   refused({ ...base, destination: D, weights: { '127.0.0.1:9001': 2.5 } }, 'weights', /integer/);
