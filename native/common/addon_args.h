@@ -14,7 +14,7 @@ namespace iptlb {
 // (iptlb_core); 15: the merge of 12, 13 and 14; 14: reduceMemory (iptlb_core); 13: table operations return a job number
 // for start(n) (JavaScript orders them), the legacy plan crosses as JSON text only (commit(json)); 12: the health
 // prober (iptlb_core HealthProber); 11: three parts (10) and the legacy gate.
-constexpr int kAbiVersion = 20;
+constexpr int kAbiVersion = 21;
 
 constexpr int kDefaultLockWaitMs = 10000;
 // The longest plan text commit() takes (UTF-16 units, 128 Mi): 10,000 profiles are about 6 MB.

@@ -296,6 +296,43 @@ Rule RuleFrom(Family family, const V &value, const Path &field) {
   return r;
 }
 
+// One element of `was`: `ip,proto:port` (ipset's text of a gate element), as the rule of a profile's
+// dispatch rules' address, protocol and port (what ElementOfRule reads back).
+template <typename V>
+Rule WasFrom(Family family, const V &value, const Path &field) {
+  const std::string text = Str(value, field, kMaxCidr + 16);
+  const size_t comma = text.find(',');
+  const size_t colon = text.rfind(':');
+  Rule r;
+  if (comma == std::string::npos || colon == std::string::npos || colon < comma ||
+      !ParseCidr(family, text.substr(0, comma), &r.dst, &r.dmsk) || text.find('/') != std::string::npos)
+    Fail(field, family == Family::kIpv4 ? "must be a.b.c.d,proto:port" : "must be v6,proto:port");
+  r.has_dst = true;
+  const std::string proto = text.substr(comma + 1, colon - comma - 1);
+  Match m;
+  if (proto == "tcp") {
+    r.proto = IPPROTO_TCP;
+    m.kind = Match::kTcp;
+  } else if (proto == "udp") {
+    r.proto = IPPROTO_UDP;
+    m.kind = Match::kUdp;
+  } else if (proto == "sctp") {
+    r.proto = IPPROTO_SCTP;
+    m.kind = Match::kSctp;
+  } else {
+    Fail(field, "must name tcp, udp or sctp");
+  }
+  const std::string port = text.substr(colon + 1);
+  char *end = nullptr;
+  const long n = std::strtol(port.c_str(), &end, 10);
+  if (port.empty() || port[0] < '1' || port[0] > '9' || *end != '\0' || n > 65535)
+    Fail(field, "must end in a port from 1 to 65535");
+  m.port = static_cast<uint16_t>(n);
+  r.matches.push_back(m);
+  r.target = Target{};
+  return r;
+}
+
 template <typename V>
 Transaction TransactionFrom(const V &value) {
   const Path root{nullptr, "transaction", 0};
@@ -330,7 +367,8 @@ Transaction TransactionFrom(const V &value) {
   V was = o.Get("was");
   if (!was.IsUndefined()) {
     Arr(was, wf);
-    for (uint32_t i = 0; i < was.Length(); i++) tx.was.push_back(RuleFrom(tx.family, was.At(i), wf.Index(i)));
+    tx.was.reserve(was.Length());
+    for (uint32_t i = 0; i < was.Length(); i++) tx.was.push_back(WasFrom(tx.family, was.At(i), wf.Index(i)));
   }
   const Path of = root.Key("owners");
   V owners = Arr(o.Get("owners"), of);

@@ -100,8 +100,9 @@ struct Transaction {
   // a state-file instance does not take over a profile the kernel holds for another state file.
   std::vector<Created> created;
   // With `exclusive`, of the profiles the change replaces or deletes that the state file holds (the
-  // owners not created): a dispatch rule of the version the state file holds of each one it moves or
-  // deletes. Refuse (ECONFLICT, the message starting "name: ") such a profile whose name a dispatch
+  // owners not created): the address of the version the state file holds of each one it moves or
+  // deletes (given as its gate element `ip,proto:port`, kept here as a rule of that address,
+  // protocol and port). Refuse (ECONFLICT, the message starting "name: ") such a profile whose name a dispatch
   // rule carries at an address neither planned nor here, or whose chain a rule of a profile not
   // among the owners jumps to (another state file's profile, which the change would take over).
   std::vector<Rule> was;

@@ -180,14 +180,15 @@ export interface Transaction {
   created?: { name: string; chain?: string }[];
   /**
    * With `exclusive`, of the profiles this change replaces or deletes that the state file holds (the
-   * owners not `created`): a dispatch rule of the version the state file holds of each one it moves
-   * to another address or deletes. Refuse (ECONFLICT naming `name`) such a profile whose name a
-   * dispatch rule of the table carries at an address neither planned nor here, or whose chain a rule
-   * of a profile not among the owners jumps to: another state file's profile of that name (one
-   * written to this state file without `-run`, then applied, would take it over), or one an
-   * interrupted change of this state file moved.
+   * owners not `created`): the address of the version the state file holds of each one it moves to
+   * another address or deletes, as its gate element `ip,proto:port` (ipset's text; IPv6 without
+   * brackets), one short string each (a `delete --all` of 10,000 profiles sends 10,000). Refuse
+   * (ECONFLICT naming `name`) such a profile whose name a dispatch rule of the table carries at an
+   * address neither planned nor here, or whose chain a rule of a profile not among the owners jumps
+   * to: another state file's profile of that name (one written to this state file without `-run`,
+   * then applied, would take it over), or one an interrupted change of this state file moved.
    */
-  was?: Rule[];
+  was?: string[];
   owners: string[];
   deleteChains: string[];
   chains: ChainPlan[];

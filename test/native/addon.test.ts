@@ -252,7 +252,34 @@ describe('addon exports and input checking', { skip: NO_ADDON }, () => {
       /^transaction\.created\[0\]\.chain: must not be the built-in name OUTPUT/,
     ],
     ['was not an array', { ...tx, was: {} }, /^transaction\.was: must be an array/],
-    ['was entry not an object', { ...tx, was: ['web'] }, /^transaction\.was\[0\]: must be an object/],
+    ['was entry not a string', { ...tx, was: [{ dst: '127.0.0.1' }] }, /^transaction\.was\[0\]: must be a string/],
+    ['was entry not an element', { ...tx, was: ['web'] }, /^transaction\.was\[0\]: must be a\.b\.c\.d,proto:port/],
+    [
+      'was entry a network',
+      { ...tx, was: ['10.0.0.0/8,tcp:80'] },
+      /^transaction\.was\[0\]: must be a\.b\.c\.d,proto:port/,
+    ],
+    [
+      'was entry of the other family',
+      { ...tx, was: ['::1,tcp:80'] },
+      /^transaction\.was\[0\]: must be a\.b\.c\.d,proto:port/,
+    ],
+    ['was entry protocol', { ...tx, was: ['127.0.0.1,icmp:80'] }, /^transaction\.was\[0\]: must name tcp, udp or sctp/],
+    [
+      'was entry port 0',
+      { ...tx, was: ['127.0.0.1,tcp:0'] },
+      /^transaction\.was\[0\]: must end in a port from 1 to 65535/,
+    ],
+    [
+      'was entry port too big',
+      { ...tx, was: ['127.0.0.1,tcp:65536'] },
+      /^transaction\.was\[0\]: must end in a port from 1 to 65535/,
+    ],
+    [
+      'was entry port leading zero',
+      { ...tx, was: ['127.0.0.1,udp:080'] },
+      /^transaction\.was\[0\]: must end in a port from 1 to 65535/,
+    ],
     ['chains missing', { ...tx, chains: undefined }, /^transaction\.chains: must be an array/],
     [
       'chain name too long',

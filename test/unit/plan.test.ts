@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import {
+  addressElement,
   earlierChainRules,
   planGeneral,
   planPlain,
@@ -10,7 +11,7 @@ import {
   cascadeProbability,
 } from '../../src/engines/legacy/plan.js';
 import { hostCidr, parseEndpoint } from '../../src/model/address.js';
-import { planGate } from '../../src/engines/legacy/gate.js';
+import { elementOf, planGate } from '../../src/engines/legacy/gate.js';
 import {
   renderRestore,
   renderRule,
@@ -563,7 +564,8 @@ test('an exclusive transaction refuses a profile it creates whose chain or name 
       /^name: profile web: the nat table holds a profile of that name at another address than this state file's \(rule iptlb:web in IPTLB_OUTPUT\): another state file's profile/,
     ),
   );
-  const was = [planProfile(theirs).hookRules[0]!.rule];
+  const was = [addressElement(theirs)];
+  assert.deepEqual(was, [elementOf(planProfile(theirs).hookRules[0]!.rule)], 'the element of its dispatch rule');
   assert.match(renderRestore({ ...planTransaction([web], []), exclusive: true, was }, heldAs(theirs)), /iptlb:web/);
   assert.match(
     renderRestore({ ...planTransaction([], ['web']), exclusive: true, was }, heldAs(theirs)),
@@ -614,4 +616,22 @@ test('an exclusive transaction (a state-file change) refuses an address a dispat
   // Another address: no conflict.
   const elsewhere = validateProfile({ ...web, source: '127.100.0.11:8081' });
   assert.match(renderRestore({ ...planTransaction([elsewhere], []), exclusive: true }, view), /iptlb:web/);
+});
+
+test("addressElement: the gate element of a profile's address, as elementOf gives it for its dispatch rule (IPv4 cut from the text, IPv6 canonical)", () => {
+  for (const [source, protocol] of [
+    ['127.100.0.1:80', 'tcp'],
+    ['10.0.0.255:65535', 'udp'],
+    ['[2001:db8::1]:443', 'tcp'],
+    ['[2001:DB8:0:0:0:0:0:a]:53', 'udp'],
+    ['[::1]:8080', 'sctp'],
+  ] as const) {
+    const p = validateProfile({
+      name: 'x',
+      source,
+      protocol,
+      destination: [source.startsWith('[') ? '[::1]:9' : '127.0.0.1:9'],
+    });
+    assert.equal(addressElement(p), elementOf(planProfile(p).hookRules[0]!.rule), source);
+  }
 });

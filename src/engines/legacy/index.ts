@@ -6,11 +6,11 @@
 import { xtablesTables, ip6tablesTables } from '../select.js';
 import { compare, syncTransaction } from './drift.js';
 import { chainName, familyOfProfile } from '../../model/profile.js';
-import { OWN_CHAIN, addressRule, hookChainOf, isEmptyTransaction, planProfile, planTransaction } from './plan.js';
+import { OWN_CHAIN, addressElement, hookChainOf, isEmptyTransaction, planProfile, planTransaction } from './plan.js';
 import { renderRule } from './restore.js';
 import { DISPATCH, isGatedHook, physicalChain } from './gate.js';
 import type { Family } from '../../model/address.js';
-import type { AfterCommit, KernelView, Profile, Rule, Transaction } from '../../model/types.js';
+import type { AfterCommit, KernelView, Profile, Transaction } from '../../model/types.js';
 import type { LegacyExecutor } from './executor.js';
 import {
   ChangedProfiles,
@@ -107,12 +107,12 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
     if (exclusive && (tx.hookRules.length || change.remove.length)) {
       tx.exclusive = true;
       const upserts = new Map(change.upsert.map((p) => [p.name, p]));
-      const was: Rule[] = [];
+      const was: string[] = [];
       for (const name of tx.owners) {
         const old = state.get(name);
         const now = upserts.get(name);
         if (!old || (now && old.source === now.source && old.protocol === now.protocol)) continue;
-        was.push(addressRule(old));
+        was.push(addressElement(old));
       }
       if (was.length) tx.was = was;
     }

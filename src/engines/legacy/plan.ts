@@ -107,6 +107,19 @@ export function addressRule(p: Profile): Rule {
   };
 }
 
+/**
+ * The gate element (`ip,proto:port`, ipset's text: what `elementOf` gives for its dispatch rules) of
+ * `p`'s address, protocol and port: a transaction's `was`. A validated IPv4 source is already the
+ * text the kernel gives back (no leading zeros), so it is cut, not parsed; IPv6 goes through the rule.
+ */
+export function addressElement(p: Profile): string {
+  const colon = p.source.lastIndexOf(':');
+  if (p.source[0] !== '[' && colon > 0) return `${p.source.slice(0, colon)},${p.protocol}:${p.source.slice(colon + 1)}`;
+  const r = addressRule(p);
+  const slash = r.dst!.indexOf('/');
+  return `${slash < 0 ? r.dst : r.dst!.slice(0, slash)},${p.protocol}:${p.source.slice(colon + 1)}`;
+}
+
 export function planProfile(p: Profile): ProfilePlan {
   const vip = parseEndpoint(p.source);
   if (typeof vip === 'string') throw new Error(`planProfile: unvalidated source ${p.source}`);

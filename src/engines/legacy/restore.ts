@@ -164,10 +164,7 @@ function refuseMoved(tx: Transaction, view: KernelView): void {
     if (el) allowed.add(el);
     if (h.rule.target.name === 'jump' && !created.has(h.owner)) chains.set(h.rule.target.chain, h.owner);
   }
-  for (const r of tx.was ?? []) {
-    const el = elementOf(r);
-    if (el) allowed.add(el);
-  }
+  for (const el of tx.was ?? []) allowed.add(el);
   const table = `the ${tx.family === 'ipv6' ? 'ip6tables ' : ''}nat table`;
   for (const h of view.hookRules) {
     if (!isGatedHook(h.chain) || h.direct) continue;
