@@ -5,11 +5,15 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { main, normalizeArgv } from '../../src/cli/main.js';
+import { FLAG_VALUES } from '../../src/cli/commands/completion.js';
+import { parseEngineChoice } from '../../src/engines/select.js';
+import { parseExecutorChoice } from '../../src/engines/executors.js';
+import { validateProfile } from '../../src/model/profile.js';
 import { PROJECT_ROOT } from '../harness/env.js';
 
 async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
@@ -71,9 +75,18 @@ function forms(flag: string): string[] {
   return normalizeArgv([`-${name}=1`])[0]?.startsWith(flag) ? [flag, `-${name}`] : [flag];
 }
 
-/** Runs the completion script in bash: what it offers for each list of words (the last one is being completed). */
-function completions(script: string, cases: string[][]): string[][] {
+/**
+ * Runs the completion script in bash: what it offers for each list of words (the last one is being
+ * completed). `iptlb` (which the script runs for profile names) is this tree's, through a shim on PATH.
+ */
+function completions(script: string, cases: string[][], env: NodeJS.ProcessEnv = process.env): string[][] {
   const q = (w: string): string => `'${w.replace(/'/g, "'\\''")}'`;
+  const bin = mkdtempSync(path.join(tmpdir(), 'iptlb-shim-'));
+  writeFileSync(
+    path.join(bin, 'iptlb'),
+    `#!/bin/sh\nexec ${q(process.execPath)} ${q(path.join(PROJECT_ROOT, 'bin', 'iptlb.cjs'))} "$@"\n`,
+    { mode: 0o755 },
+  );
   const r = spawnSync(
     'bash',
     [
@@ -82,8 +95,9 @@ function completions(script: string, cases: string[][]): string[][] {
 try() { COMP_WORDS=("$@"); COMP_CWORD=$((\${#COMP_WORDS[@]} - 1)); COMPREPLY=(); _iptlb; echo "\${COMPREPLY[*]}"; }
 ${cases.map((words) => `try ${words.map(q).join(' ')}`).join('\n')}`,
     ],
-    { encoding: 'utf8' },
+    { encoding: 'utf8', env: { ...env, PATH: `${bin}:${env.PATH ?? ''}` } },
   );
+  rmSync(bin, { recursive: true, force: true });
   assert.equal(r.status, 0, r.stderr);
   return r.stdout
     .split('\n')
@@ -133,11 +147,97 @@ test("completion bash completes every command and subcommand and every flag the 
       ['iptlb', '-run', '-use'],
       ['iptlb', '--state-file', '/'],
       ['iptlb', 'apply', '--file', '=', '/'],
-      ['iptlb', '--engine', ''],
-      ['iptlb', 'show', ''],
+      ['iptlb', '--src-addr', ''],
     ]).map((c) => c.filter((w) => !w.startsWith('/') || w === '/tmp')),
-    [['apply'], ['-use-state'], ['/tmp'], ['/tmp'], [], []],
+    [['apply'], ['-use-state'], ['/tmp'], ['/tmp'], []],
   );
+});
+
+test('completion bash completes the values of flags that take a few, and profile names from the state file the command line names', async () => {
+  const r = await run(['completion', 'bash']);
+  assert.equal(r.code, 0, r.err);
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-comp-'));
+  try {
+    const st = path.join(dir, 'state.db');
+    for (const [i, name] of ['web', 'api', 'web2'].entries())
+      assert.equal(
+        (
+          await run([
+            `-state-file=${st}`,
+            `-profile=${name}`,
+            `-src-addr=127.100.0.${i + 1}:80`,
+            '-dest-addr=127.0.0.1:9001',
+            '-q',
+          ])
+        ).code,
+        0,
+      );
+    const other = path.join(dir, 'other.db');
+    assert.equal(
+      (
+        await run([
+          `-state-file=${other}`,
+          '-profile=dns',
+          '-src-addr=127.100.0.9:53',
+          '-dest-addr=127.0.0.1:9053',
+          '-q',
+        ])
+      ).code,
+      0,
+    );
+    const offered = completions(
+      r.out,
+      [
+        ['iptlb', '--engine', ''],
+        ['iptlb', '-engine', '=', 'n'],
+        ['iptlb', 'migrate', '--to', ''],
+        ['iptlb', 'apply', '--protocol', 'u'],
+        ['iptlb', '-scheduler', '=', ''],
+        ['iptlb', 'apply', '--rules-backend', 'p'],
+        ['iptlb', 'apply', '--log-level', 'e'],
+        ['iptlb', 'apply', '--health', ''],
+        ['iptlb', 'apply', '--health-all-down', ''],
+        ['iptlb', '--state-file', st, 'show', ''],
+        ['iptlb', 'delete', '-state-file', '=', st, 'web', 'w'],
+        ['iptlb', `-state-file=${st}`.split('=')[0]!, '=', st, '-run', '-delete', '-profile', 'a'],
+        ['iptlb', 'show', ''],
+        ['iptlb', '--state-file', path.join(dir, 'none.db'), 'show', ''],
+      ],
+      { ...process.env, IPTLB_STATE_FILE: other },
+    );
+    assert.deepEqual(offered, [
+      ['legacy', 'nft', 'auto'],
+      ['nft'],
+      ['legacy', 'nft'],
+      ['udp'],
+      ['random', 'round-robin'],
+      ['proxy'],
+      ['emerg', 'err'],
+      ['tcp', 'http', 'none'],
+      ['keep', 'drain'],
+      ['api', 'web', 'web2'],
+      ['web', 'web2'],
+      ['api'],
+      ['dns'], // no -state-file: IPTLB_STATE_FILE's
+      [], // a state file that does not exist holds no names
+    ]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('the values completion offers are the ones the checks take', () => {
+  for (const v of FLAG_VALUES.engine!.split(' ')) assert.equal(parseEngineChoice(v), v);
+  for (const v of FLAG_VALUES.to!.split(' ')) assert.equal(parseEngineChoice(v), v);
+  for (const v of FLAG_VALUES.executor!.split(' ')) assert.equal(parseExecutorChoice(v), v);
+  const base = { name: 'x', source: '127.100.0.1:80', destination: ['127.0.0.1:9001'] };
+  for (const v of FLAG_VALUES.protocol!.split(' ')) assert.equal(validateProfile({ ...base, protocol: v }).protocol, v);
+  for (const v of FLAG_VALUES.scheduler!.split(' ')) validateProfile({ ...base, scheduler: v });
+  for (const v of FLAG_VALUES['rules-backend']!.split(' ')) validateProfile({ ...base, rulesBackend: v });
+  for (const v of FLAG_VALUES['log-level']!.split(' ')) validateProfile({ ...base, logEnabled: true, logLevel: v });
+  for (const v of FLAG_VALUES.health!.split(' ')) validateProfile({ ...base, health: { kind: v } });
+  for (const v of FLAG_VALUES['health-all-down']!.split(' '))
+    validateProfile({ ...base, health: { kind: 'tcp', allDown: v } });
 });
 
 test('completion and demo refuse bad input by field, exit 2, nothing run', async () => {

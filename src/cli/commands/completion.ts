@@ -4,11 +4,33 @@
  * command and subcommand (`fleet apply`), every flag in its two-dash form, and in its one-dash form
  * too where the command line takes one (the original's Go-style flags, see {@link takesOneDash}). A
  * command is found after flags given before it (`iptlb --engine nft apply --…`), flag values skipped.
+ * It also completes the values of the flags that take a few ({@link FLAG_VALUES}), and profile names
+ * (after `show` and `delete`, and as `-profile`'s value) from the state file the command line names.
  */
 import type { Command, Option } from 'commander';
 import { IptlbError } from '../../model/errors.js';
 import { takesOneDash } from '../flags.js';
 import type { Out } from '../context.js';
+
+/**
+ * The values a flag takes, by its long name, as its checks accept them (cli-extras.test.ts holds them
+ * to that); `@names`: the profile names of the state file the command line names (`iptlb list --names`).
+ */
+export const FLAG_VALUES: Readonly<Record<string, string>> = {
+  engine: 'legacy nft auto',
+  to: 'legacy nft',
+  executor: 'native spawn auto',
+  scheduler: 'random round-robin',
+  'rules-backend': 'client proxy server',
+  protocol: 'tcp udp sctp',
+  'log-level': '0 1 2 3 4 5 6 7 emerg alert crit err warning notice info debug',
+  health: 'tcp http none',
+  'health-all-down': 'keep drain',
+  profile: '@names',
+};
+
+/** The commands whose arguments are profile names of the state file. */
+const NAME_ARGUMENTS = new Set(['show', 'delete']);
 
 /** What is completed at one level: after `iptlb`, or after `iptlb <command> [<subcommand>]`. */
 export interface CompletionLevel {
@@ -22,6 +44,8 @@ export interface CompletionLevel {
   files: string[];
   /** The commands that may follow (`help` too where it is taken). */
   commands: string[];
+  /** Whether the words after it are profile names of the state file (`show`, `delete`). */
+  names?: boolean;
 }
 
 /** Every option of `cmd`, its help option too (commander makes that one on demand). */
@@ -57,6 +81,7 @@ export function completionLevels(program: Command): CompletionLevel[] {
       valued: forms((o) => o.required || o.optional),
       files: forms((o) => /<(path|file)>/.test(o.flags)),
       commands,
+      ...(NAME_ARGUMENTS.has(path) ? { names: true } : {}),
     });
     for (const c of subs) if (c.name() !== 'help') walk(c, path ? `${path} ${c.name()}` : c.name());
   };
@@ -73,7 +98,12 @@ export function bashCompletion(program: Command): string {
   const cases = completionLevels(program)
     .map(
       (l) =>
-        `    ${JSON.stringify(l.path)}) flags=${quoted(l.flags)} valued=${quoted(l.valued)} files=${quoted(l.files)} commands=${quoted(l.commands)} ;;`,
+        `    ${JSON.stringify(l.path)}) flags=${quoted(l.flags)} valued=${quoted(l.valued)} files=${quoted(l.files)} commands=${quoted(l.commands)} names=${l.names ? 1 : '""'} ;;`,
+    )
+    .join('\n');
+  const values = Object.entries(FLAG_VALUES)
+    .map(
+      ([flag, v]) => `    ${JSON.stringify(flag)}) ${v === '@names' ? '_iptlb_names' : `echo ${JSON.stringify(v)}`} ;;`,
     )
     .join('\n');
   return `# bash completion for iptlb (made by \`iptlb completion bash\` from the command line's own definitions). Load it with
@@ -82,19 +112,33 @@ export function bashCompletion(program: Command): string {
 _iptlb_level() {
   case $1 in
 ${cases}
-    *) flags="" valued="" files="" commands="" ;;
+    *) flags="" valued="" files="" commands="" names="" ;;
+  esac
+}
+# The profile names of the state file given on the command line (or IPTLB_STATE_FILE, or the default).
+_iptlb_names() {
+  iptlb list --names \${_iptlb_state:+--state-file="$_iptlb_state"} 2>/dev/null
+}
+# The values a flag takes (by its long name), if they are few.
+_iptlb_values() {
+  local f=\${1#-}
+  case \${f#-} in
+${values}
   esac
 }
 _iptlb() {
-  local cur=\${COMP_WORDS[COMP_CWORD]} prev="" path="" i=1 w flags valued files commands
+  local cur=\${COMP_WORDS[COMP_CWORD]} prev="" path="" i=1 w flags valued files commands names _iptlb_state=""
   _iptlb_level ""
   # The command words before the cursor, past flags and their values (-flag value, -flag=value:
-  # bash splits the = into a word of its own).
+  # bash splits the = into a word of its own). The state file's path is noted on the way.
   while ((i < COMP_CWORD)); do
     w=\${COMP_WORDS[i]}
     if [[ $w == "=" ]]; then
       ((i += 2))
     elif [[ $w == -* ]]; then
+      if [[ $w == --state-file || $w == -state-file ]]; then
+        if [[ \${COMP_WORDS[i + 1]} == "=" ]]; then _iptlb_state=\${COMP_WORDS[i + 2]}; else _iptlb_state=\${COMP_WORDS[i + 1]}; fi
+      fi
       if [[ " $valued " == *" $w "* && \${COMP_WORDS[i + 1]} != "=" ]]; then ((i += 2)); else ((i += 1)); fi
     elif [[ " $commands " == *" $w "* ]]; then
       path=\${path:+$path }$w
@@ -115,11 +159,17 @@ _iptlb() {
     [[ " $valued " == *" $prev "* ]] || prev=""
   fi
   if [[ -n $prev && " $valued " == *" $prev "* ]]; then
-    if [[ " $files " == *" $prev "* ]]; then COMPREPLY=($(compgen -f -- "$cur")); else COMPREPLY=(); fi
+    if [[ " $files " == *" $prev "* ]]; then
+      COMPREPLY=($(compgen -f -- "$cur"))
+    else
+      COMPREPLY=($(compgen -W "$(_iptlb_values "$prev")" -- "$cur"))
+    fi
     return
   fi
   if [[ $cur == -* ]]; then
     COMPREPLY=($(compgen -W "$flags" -- "$cur"))
+  elif [[ -n $names ]]; then
+    COMPREPLY=($(compgen -W "$(_iptlb_names)" -- "$cur"))
   else
     COMPREPLY=($(compgen -W "$commands" -- "$cur"))
   fi
