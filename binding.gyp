@@ -62,6 +62,7 @@
         "native/xtables/codec/statistic.cc",
         "native/xtables/codec/verdict.cc",
         "native/xtables/commit_worker.cc",
+        "native/xtables/holds_worker.cc",
         "native/xtables/ipset.cc",
         "native/xtables/iptc_handle.cc",
         "native/xtables/json.cc",

@@ -9,6 +9,7 @@
 #include "addon_args.h"
 #include "iptc_handle.h"
 #include "commit_worker.h"
+#include "holds_worker.h"
 #include "prefetch.h"
 #include "plan.h"
 #include "read_worker.h"
@@ -83,6 +84,18 @@ Napi::Value Read(const Napi::CallbackInfo &info) {
   return Pending(info.Env(), new ReadWorker(info.Env(), family), [](ReadWorker *w) { w->Start(XtablesThread()); });
 }
 
+// holds(family?: "ipv4" | "ipv6"): job number; start(n): Promise<boolean> — whether the nat table holds
+// any of iptlb's objects (holds_worker.h), asked without libiptc. Only for a nat table that exists.
+Napi::Value Holds(const Napi::CallbackInfo &info) {
+  Family family = Family::kIpv4;
+  if (info.Length() >= 1 && !info[0].IsUndefined()) {
+    const std::string f = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : std::string();
+    if (f != "ipv4" && f != "ipv6") throw Napi::TypeError::New(info.Env(), "family: must be \"ipv4\" or \"ipv6\"");
+    family = f == "ipv6" ? Family::kIpv6 : Family::kIpv4;
+  }
+  return Pending(info.Env(), new HoldsWorker(info.Env(), family), [](HoldsWorker *w) { w->Start(XtablesThread()); });
+}
+
 // info(): { libiptc: true, xtablesLockPath: string }
 Napi::Value Info(const Napi::CallbackInfo &info) {
   Napi::Object o = Napi::Object::New(info.Env());
@@ -99,6 +112,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("part", Napi::String::New(env, "xt"));
   exports.Set("commit", Napi::Function::New(env, Commit, "commit"));
   exports.Set("read", Napi::Function::New(env, Read, "read"));
+  exports.Set("holds", Napi::Function::New(env, Holds, "holds"));
   exports.Set("prefetch", Napi::Function::New(env, Prefetch, "prefetch"));
   exports.Set("releasePrefetch", Napi::Function::New(env, ReleasePrefetch, "releasePrefetch"));
   exports.Set("info", Napi::Function::New(env, Info, "info"));

@@ -162,6 +162,36 @@ describe('gate set (legacy): what a commit sends to the set', { skip: kernelSkip
   });
 });
 
+describe(
+  "holds (legacy): whether the nat table holds any of iptlb's objects, without libiptc",
+  { skip: kernelSkip() },
+  () => {
+    test('answers as a read does, both families, a big foreign table with and without one iptlb rule', async () => {
+      const r = await runInNetns<Record<string, unknown>>(fixture('holds'), [], { timeoutMs: 60_000 });
+      const want = (h: boolean) => ({ holds: h, read: h });
+      const table = {
+        empty: want(false),
+        'foreign rules only': want(false),
+        'a foreign chain holding a rule commented iptlb:': want(false),
+        'a chain named IPTLB_ that is not a profile chain': want(false),
+        'an empty dispatch chain': want(false),
+        'a profile chain alone': want(true),
+        'a jump behind the gate': want(true),
+        'a masquerade rule in POSTROUTING': want(true),
+        'an older jump in OUTPUT itself, another comment first': want(false),
+        'an older jump in PREROUTING': want(true),
+      };
+      assert.deepEqual(r, {
+        ipv4: table,
+        ipv6: table,
+        bigForeign: want(false),
+        bigWithOne: want(true),
+        bad: 'family: must be "ipv4" or "ipv6"',
+      });
+    });
+  },
+);
+
 describe('sockets kept between commits', { skip: kernelSkip() }, () => {
   test('are not inherited by child processes (the nft shared socket, the ipset socket)', async () => {
     const r = await runInNetns<Record<string, unknown>>(fixture('cloexec'), [], { timeoutMs: 60_000 });

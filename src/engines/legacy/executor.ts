@@ -36,6 +36,11 @@ export interface LegacyExecutor {
   commit(tx: Transaction, after?: AfterCommit): Promise<CommitResult>;
   /** iptlb's objects in the nat table of `family` (default ipv4). */
   read(family?: Family): Promise<KernelView>;
+  /**
+   * Whether `read(family)` would find any of iptlb's objects, asked more cheaply (native only: without
+   * libiptc's parse of the whole table, about 150 ms at 20,000 foreign rules).
+   */
+  holds?(family: Family): Promise<boolean>;
   /** The exact text an iptables-restore would be fed for this transaction against the current kernel (read-only). */
   render(tx: Transaction): Promise<string>;
   /**

@@ -6,7 +6,15 @@
 import { xtablesTables, ip6tablesTables } from '../select.js';
 import { compare, syncTransaction } from './drift.js';
 import { chainName, familyOfProfile } from '../../model/profile.js';
-import { OWN_CHAIN, addressElement, hookChainOf, isEmptyTransaction, planProfile, planTransaction } from './plan.js';
+import {
+  OWN_CHAIN,
+  addressElement,
+  holdsAny,
+  hookChainOf,
+  isEmptyTransaction,
+  planProfile,
+  planTransaction,
+} from './plan.js';
 import { renderRule } from './restore.js';
 import { DISPATCH, isGatedHook, physicalChain } from './gate.js';
 import type { Family } from '../../model/address.js';
@@ -66,8 +74,9 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
 
   async holdsObjects(): Promise<boolean> {
     for (const f of ['ipv4', 'ipv6'] as const) {
-      const view = await this.read(f);
-      if (view.hookRules.length > 0 || view.chains.length > 0) return true;
+      if (!this.mayHold(f)) continue;
+      // The native executor asks without libiptc's parse of the whole table (someone else's rules included).
+      if (this.executor.holds ? await this.executor.holds(f) : holdsAny(await this.read(f))) return true;
     }
     return false;
   }

@@ -10,6 +10,7 @@ import type { NativeAddon } from '../../platform/addon.js';
 import type { AfterCommit, CommitResult, Family, KernelView, Transaction } from '../../model/types.js';
 import { legacyPermissionMessage, type LegacyExecutor } from './executor.js';
 import { HELD_HINT, MOVED_AT, MOVED_HINT } from '../engine.js';
+import { holdsAny } from './plan.js';
 
 /** Maps what the addon throws or rejects with to an {@link IptlbError}, keeping the code, errno and message. */
 export function mapNativeError(e: unknown): IptlbError {
@@ -97,6 +98,15 @@ export class NativeExecutor implements LegacyExecutor {
   async read(family: Family = 'ipv4'): Promise<KernelView> {
     try {
       return await this.addon.read(family);
+    } catch (e) {
+      throw mapNativeError(e);
+    }
+  }
+
+  /** Whether `read(family)` would find any of iptlb's objects: the addon's walk of the raw table. */
+  async holds(family: Family): Promise<boolean> {
+    try {
+      return this.addon.holds ? await this.addon.holds(family) : holdsAny(await this.addon.read(family));
     } catch (e) {
       throw mapNativeError(e);
     }

@@ -8,6 +8,7 @@ import type {
   Family,
   HookChain,
   HookRulePlan,
+  KernelView,
   Match,
   Profile,
   Rule,
@@ -22,6 +23,11 @@ export const CHAIN_PREFIX = 'IPTLB_';
  * is someone else's: never read as iptlb's, never reported or removed as an orphan.
  */
 export const OWN_CHAIN = /^IPTLB_NAT_[A-Z0-9_]{1,18}$/;
+
+/** Whether a view of a nat table holds any of iptlb's objects: a hook rule of it, or a profile chain. */
+export function holdsAny(view: KernelView): boolean {
+  return view.hookRules.length > 0 || view.chains.some((c) => OWN_CHAIN.test(c.name));
+}
 
 /** The built-in chain that holds a profile's jump. */
 export function hookChainOf(p: Profile): HookChain {
