@@ -1022,6 +1022,19 @@ export class Core {
   }
 
   /**
+   * How long a sync waits for another state file's lock (it holds its own meanwhile): long enough
+   * for a change in flight to end, or for a long-lived handle that keeps its lock across a run of
+   * commits to give it up (it does when someone waits: see lockWaiters); short enough that two syncs
+   * waiting for each other's locks only delay each other (both then count the other as busy).
+   */
+  private otherLockWaitMs(): number {
+    return Math.min(this.lockWaitMs, 1000);
+  }
+
+  /** Whether the last sync said another state file was busy (said once per run of such syncs). */
+  private saidBusy = false;
+
+  /**
    * Registers the state file (registry.ts) before its first commit, so that another state file's
    * sync never takes this one's profiles for leftovers. Once per process; best effort.
    */
@@ -1041,11 +1054,12 @@ export class Core {
   }
 
   /**
-   * {@link otherProfiles}; with `lock`, each other state file read under its lock, taken without
-   * waiting (this process holds its own: waiting could deadlock with another's sync) and held until
-   * `release()`: a change of that file is not between its kernel commit and its state write while
-   * a sync of this one decides what is a leftover. `busy`: some other file's lock was held (a
-   * change of it in flight: what the kernel holds beyond the files may be that change's).
+   * {@link otherProfiles}; with `lock`, each other state file read under its lock, waited for at most
+   * {@link otherLockWaitMs} (this process holds its own: a longer wait could hold up another file's
+   * sync waiting for it in turn) and held until `release()`: a change of that file is not between its
+   * kernel commit and its state write while a sync of this one decides what is a leftover. `busy`:
+   * some other file's lock stayed held (a change of it in flight: what the kernel holds beyond the
+   * files may be that change's).
    */
   private async othersOf(
     mine: ReadonlyMap<string, Profile>,
@@ -1084,7 +1098,7 @@ export class Core {
             if (!lock) continue;
             if (existsSync(`${file}.lock`)) {
               try {
-                const l = await lockStateFile(file, 0, undefined, { readOnly: true });
+                const l = await lockStateFile(file, this.otherLockWaitMs(), undefined, { readOnly: true });
                 const still = await stateVersion(file).catch(() => 'unreadable');
                 l.release();
                 if (still !== null)
@@ -1101,7 +1115,7 @@ export class Core {
           try {
             if (lock) {
               try {
-                held.push(await lockStateFile(file, 0, undefined, { readOnly: true }));
+                held.push(await lockStateFile(file, this.otherLockWaitMs(), undefined, { readOnly: true }));
               } catch (e) {
                 if (!(e instanceof IptlbError && e.code === 'ELOCK')) throw e;
                 others.busy = true;
@@ -1632,10 +1646,12 @@ export class Core {
         } finally {
           others.release();
         }
-        if (others.busy)
+        // Once per run of syncs that find one busy (a watch syncs every few seconds).
+        if (others.busy && !this.saidBusy)
           this.log(
             'another state file was being changed: what the kernel holds beyond the state files is left for the next sync',
           );
+        this.saidBusy = others.busy;
         if (!committed && !opts.quietWhenInSync) this.log('kernel already matches the state file; nothing to do');
         if (committed && !this.injected) noteChange(state.size);
         if (committed && !this.keepConntrack && !this.injected && this.conntrack.needed()) {

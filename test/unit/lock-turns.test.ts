@@ -166,3 +166,73 @@ test(
     }
   },
 );
+
+test(
+  "a sync beside another state file's handle that keeps its lock across runs of commits gets that lock in turn, and removes a leftover of no state file; the busy line is said once per run of busy syncs",
+  { skip },
+  async () => {
+    const dir = tmp();
+    try {
+      const kernel = new FakeNftKernel();
+      const stateRegistry = path.join(dir, 'registry');
+      const file = (n: string) => path.join(dir, `${n}.db`);
+      // A leftover: C's profile reaches the kernel, then C's state file is lost.
+      const c = await open({ stateFile: file('c'), stateRegistry }, kernel);
+      await c.apply({ name: 'gone', source: '127.94.0.99:80', destination: ['127.0.0.1:9009'] });
+      await c.close();
+      rmSync(file('c'), { force: true });
+      const a = await open({ stateFile: file('a'), stateRegistry, stateFoldMs: 50 }, kernel);
+      const lines: string[] = [];
+      const b = await open({ stateFile: file('b'), stateRegistry, log: (l) => lines.push(l) }, kernel);
+      // A churns (runs of group commits under a kept lock) until B's sync is done, and a little after.
+      let synced = false;
+      let after = 0;
+      let n = 0;
+      const worker = async (): Promise<void> => {
+        while (!synced || after < 50) {
+          const k = n++;
+          await a.apply({
+            name: `a${k % 8}`,
+            source: `127.94.1.${(k % 8) + 1}:80`,
+            destination: [`127.0.0.1:${9100 + k}`],
+          });
+          if (synced) after++;
+        }
+      };
+      const churn = Promise.all(Array.from({ length: 8 }, worker));
+      while (n < 40) await new Promise((r) => setImmediate(r));
+      const r = await b.sync();
+      synced = true;
+      await churn;
+      assert.equal(r.committed, true, `the leftover is removed beside the churn: ${lines.join('\n')}`);
+      assert.ok(!lines.some((l) => l.startsWith('another state file was being changed')), lines.join('\n'));
+      const names = (await b.status()).map((p) => `${p.name} ${p.status}`);
+      assert.deepEqual(names, [], "B holds nothing; A's profiles are A's, the leftover is gone");
+      assert.equal((await a.list()).length, 8);
+      assert.deepEqual(
+        (await a.status()).map((p) => p.status),
+        Array(8).fill('in-sync'),
+      );
+      // A's lock held elsewhere the whole time: busy, said once for two syncs in a row, then again
+      // after a sync that was not busy.
+      const held = await lockStateFile(file('a'), 1000);
+      const busyLines = (): number => lines.filter((l) => l.startsWith('another state file was being changed')).length;
+      const quick = await open(
+        { stateFile: file('b'), stateRegistry, lockWaitMs: 100, log: (l) => lines.push(l) },
+        kernel,
+      );
+      await quick.sync();
+      await quick.sync();
+      assert.equal(busyLines(), 1);
+      held.release();
+      await quick.sync();
+      const again = await lockStateFile(file('a'), 1000);
+      await quick.sync();
+      again.release();
+      assert.equal(busyLines(), 2);
+      for (const h of [a, b, quick]) await h.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);
