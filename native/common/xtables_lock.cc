@@ -92,8 +92,10 @@ std::string XtablesLockPath() {
   return env && *env ? env : "/run/xtables.lock";
 }
 
-void FlockGuard::Acquire(const std::string &path, int open_flags, int wait_ms) {
-  Release();
+namespace {
+
+// Opens the lock file (mode 0600 when created); NativeFailure ELOCK (EPERM for a permission) when it cannot.
+int OpenLockFile(const std::string &path, int open_flags) {
   int fd;
   do fd = open(path.c_str(), open_flags, 0600);
   while (fd < 0 && errno == EINTR);
@@ -104,6 +106,14 @@ void FlockGuard::Acquire(const std::string &path, int open_flags, int wait_ms) {
         "cannot open lock file " + path + ": " + std::strerror(err) + " (errno " + std::to_string(err) + ")",
         kNoAccess));
   }
+  return fd;
+}
+
+}  // namespace
+
+void FlockGuard::Acquire(const std::string &path, int open_flags, int wait_ms) {
+  Release();
+  const int fd = OpenLockFile(path, open_flags);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
   if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
     fd_ = fd;
@@ -162,16 +172,7 @@ void FlockGuard::Acquire(const std::string &path, int open_flags, int wait_ms) {
 
 bool FlockGuard::TryAcquireOrThrow(const std::string &path, int open_flags) {
   Release();
-  int fd;
-  do fd = open(path.c_str(), open_flags, 0600);
-  while (fd < 0 && errno == EINTR);
-  if (fd < 0) {
-    const int err = errno;
-    Throw(NativeError::FromErrno(
-        "ELOCK", err,
-        "cannot open lock file " + path + ": " + std::strerror(err) + " (errno " + std::to_string(err) + ")",
-        kNoAccess));
-  }
+  const int fd = OpenLockFile(path, open_flags);
   int r;
   do r = flock(fd, LOCK_EX | LOCK_NB);
   while (r != 0 && errno == EINTR);
