@@ -33,7 +33,7 @@ function compileBundle(file, cachedData) {
   return { script, exports: mod.exports };
 }
 
-/** The cache file's contents for `file`: its path, a NUL byte, then V8's data. */
+/** The cache file's contents for `file`: its path, NUL bytes up to a multiple of 8, then V8's data. */
 function cacheFileData(file, data) {
   const name = Buffer.from(`${file}\0`, 'utf8');
   return Buffer.concat([name, Buffer.alloc(dataOffset(name.length - 1) - name.length), data]);

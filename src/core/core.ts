@@ -257,13 +257,13 @@ function recordOf(state: ReadonlyMap<string, Profile>, change: Change): JournalR
   return { ...(del.length ? { del } : {}), set };
 }
 
-/** What one transaction did. */
 /** Another state file registered in this network namespace, and its profiles a status of this one left out. */
 export interface OtherStateFile {
   stateFile: string;
   profiles: string[];
 }
 
+/** What one transaction did. */
 export interface TransactionResult {
   /** Profiles created or replaced. */
   applied: Profile[];
