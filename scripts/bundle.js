@@ -119,9 +119,13 @@ const names = JSON.parse(
     { encoding: 'utf8' },
   ).stdout,
 );
+// Loaded with require(), not `import lib from './index.cjs'`: an import of a CommonJS file has Node
+// parse it for its export names (cjs-module-lexer, a WebAssembly instance) and keep an ES module
+// facade of it, about 11 MiB of resident memory for this bundle against about 2 through require()
+// (an empty instance measured +12.7 MiB over bare Node through the import, against the +8 allowed).
 writeFileSync(
   path.join(root, 'dist', 'index.mjs'),
-  `import lib from './index.cjs';\nexport const { ${names.join(', ')} } = lib;\n`,
+  `import { createRequire } from 'node:module';\nconst lib = createRequire(import.meta.url)('./index.cjs');\nexport const { ${names.join(', ')} } = lib;\n`,
 );
 const cjsTypes = path.join(root, 'dist', 'cjs');
 rmSync(cjsTypes, { recursive: true, force: true });
