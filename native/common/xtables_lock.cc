@@ -190,8 +190,7 @@ bool FlockGuard::TryAcquireOrThrow(const std::string &path, int open_flags) {
 
 bool FlockGuard::TryAcquire(const std::string &path, int open_flags) {
   try {
-    Acquire(path, open_flags, 0);
-    return true;
+    return TryAcquireOrThrow(path, open_flags);
   } catch (const NativeFailure &) {
     return false;
   }

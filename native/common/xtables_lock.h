@@ -26,7 +26,7 @@ class FlockGuard {
   // Opens `path` (`open_flags`, mode 0600) and waits up to `wait_ms` for LOCK_EX. Throws NativeFailure:
   // ELOCK on timeout or an unusable file, EPERM when permission is denied.
   void Acquire(const std::string &path, int open_flags, int wait_ms);
-  // Without waiting; false when the lock is busy or cannot be taken.
+  // Without waiting; false when the lock is busy or cannot be taken (TryAcquireOrThrow's failures too).
   bool TryAcquire(const std::string &path, int open_flags);
   // Without waiting; false when the lock is busy, NativeFailure as Acquire when the file cannot be
   // opened or locked for another reason.

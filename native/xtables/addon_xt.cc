@@ -73,26 +73,24 @@ Napi::Value Commit(const Napi::CallbackInfo &info) {
       [](CommitWorker *w) { w->Start(XtablesThread()); });
 }
 
+// The optional first argument `family`: "ipv4" (the default) or "ipv6"; a TypeError naming it otherwise.
+Family FamilyArg(const Napi::CallbackInfo &info) {
+  if (info.Length() < 1 || info[0].IsUndefined()) return Family::kIpv4;
+  const std::string f = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : std::string();
+  if (f != "ipv4" && f != "ipv6") throw Napi::TypeError::New(info.Env(), "family: must be \"ipv4\" or \"ipv6\"");
+  return f == "ipv6" ? Family::kIpv6 : Family::kIpv4;
+}
+
 // read(family?: 'ipv4' | 'ipv6'): job number; start(n): Promise<KernelView> (default ipv4)
 Napi::Value Read(const Napi::CallbackInfo &info) {
-  Family family = Family::kIpv4;
-  if (info.Length() >= 1 && !info[0].IsUndefined()) {
-    const std::string f = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : std::string();
-    if (f != "ipv4" && f != "ipv6") throw Napi::TypeError::New(info.Env(), "family: must be \"ipv4\" or \"ipv6\"");
-    family = f == "ipv6" ? Family::kIpv6 : Family::kIpv4;
-  }
+  const Family family = FamilyArg(info);
   return Pending(info.Env(), new ReadWorker(info.Env(), family), [](ReadWorker *w) { w->Start(XtablesThread()); });
 }
 
 // holds(family?: "ipv4" | "ipv6"): job number; start(n): Promise<boolean> — whether the nat table holds
 // any of iptlb's objects (holds_worker.h), asked without libiptc. Only for a nat table that exists.
 Napi::Value Holds(const Napi::CallbackInfo &info) {
-  Family family = Family::kIpv4;
-  if (info.Length() >= 1 && !info[0].IsUndefined()) {
-    const std::string f = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : std::string();
-    if (f != "ipv4" && f != "ipv6") throw Napi::TypeError::New(info.Env(), "family: must be \"ipv4\" or \"ipv6\"");
-    family = f == "ipv6" ? Family::kIpv6 : Family::kIpv4;
-  }
+  const Family family = FamilyArg(info);
   return Pending(info.Env(), new HoldsWorker(info.Env(), family), [](HoldsWorker *w) { w->Start(XtablesThread()); });
 }
 

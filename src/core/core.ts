@@ -1049,8 +1049,7 @@ export class Core {
   private async otherProfiles(
     mine: ReadonlyMap<string, Profile>,
   ): Promise<{ profiles: Map<string, Profile>; files: OtherStateFile[] }> {
-    const { profiles, files } = await this.othersOf(mine, false);
-    return { profiles, files };
+    return this.othersOf(mine, false);
   }
 
   /**

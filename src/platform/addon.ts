@@ -125,9 +125,9 @@ export interface NativeAddon {
    * Whether the nat table of `family` holds any of iptlb's objects (what {@link read} would find: a
    * rule commented `iptlb:` in a built-in or dispatch chain, or a profile chain), asked without
    * libiptc: one copy of the table's entries, walked once. Only for a nat table that exists (asking
-   * creates it). Absent from addons built before it.
+   * creates it).
    */
-  holds?(family?: Family): Promise<boolean>;
+  holds(family?: Family): Promise<boolean>;
   /** An exclusive flock(2) on `path` (created 0600, symlinks refused), waiting at most `waitMs`. */
   flock(path: string, waitMs: number): Promise<FileLock>;
   /**
@@ -437,7 +437,7 @@ function ordered(part: AddonPart, raw: NativeAddon): NativeAddon {
       return commitJson(json, ...rest);
     };
     out.read = queued('read');
-    if (typeof r.holds === 'function') out.holds = queued('holds');
+    out.holds = queued('holds');
     // A prefetch (and its release) goes to the job thread at once, not through the queue: the thread
     // runs its jobs in the order they were handed to it, so the commit that follows still finds it
     // done, and it starts the moment the prefetch ends on that thread rather than after this thread

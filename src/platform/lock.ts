@@ -46,8 +46,8 @@ export function inheritedLockFds(): number[] {
  * creates it when absent.
  */
 function checkLockPath(lockPath: string): void {
-  // Synchronous: between the queue lock and the lock, no trip through the thread pool, which waiting
-  // flock workers of this process may fill.
+  // Synchronous: between the queue lock and the lock, no trip through the thread pool (a free lock is
+  // then taken without one too, see flockFile).
   let st: Stats | null;
   try {
     st = lstatSync(lockPath);

@@ -10,7 +10,6 @@ import type { NativeAddon } from '../../platform/addon.js';
 import type { AfterCommit, CommitResult, Family, KernelView, Transaction } from '../../model/types.js';
 import { legacyPermissionMessage, type LegacyExecutor } from './executor.js';
 import { HELD_HINT, MOVED_AT, MOVED_HINT } from '../engine.js';
-import { holdsAny } from './plan.js';
 
 /** Maps what the addon throws or rejects with to an {@link IptlbError}, keeping the code, errno and message. */
 export function mapNativeError(e: unknown): IptlbError {
@@ -106,7 +105,7 @@ export class NativeExecutor implements LegacyExecutor {
   /** Whether `read(family)` would find any of iptlb's objects: the addon's walk of the raw table. */
   async holds(family: Family): Promise<boolean> {
     try {
-      return this.addon.holds ? await this.addon.holds(family) : holdsAny(await this.addon.read(family));
+      return await this.addon.holds(family);
     } catch (e) {
       throw mapNativeError(e);
     }
