@@ -14,23 +14,13 @@
 #include <string>
 
 #include "errors.h"
+#include "plan.h"
 
 namespace iptlb {
 namespace {
 
 // The text of a fixed-size name field, without reading past it.
 std::string FieldText(const char *p, size_t max) { return std::string(p, strnlen(p, max)); }
-
-// A profile chain as src/engines/legacy/plan.ts's OWN_CHAIN says: IPTLB_NAT_ and 1-18 of A-Z 0-9 _.
-bool IsProfileChainName(const std::string &c) {
-  constexpr size_t kPrefix = 10;  // "IPTLB_NAT_"
-  if (c.size() <= kPrefix || c.size() > kPrefix + 18 || c.compare(0, kPrefix, "IPTLB_NAT_") != 0) return false;
-  for (size_t i = kPrefix; i < c.size(); i++) {
-    const char ch = c[i];
-    if (!((ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_')) return false;
-  }
-  return true;
-}
 
 // Where an entry's matches start: right after the family's entry header.
 size_t HeaderSize(Family family) { return family == Family::kIpv6 ? sizeof(ip6t_entry) : sizeof(ipt_entry); }
@@ -88,7 +78,7 @@ bool EntriesHoldIptlb(Family family, const unsigned char *entries, size_t size, 
       // A user chain's head (the last entry of the table is one named ERROR).
       const std::string name =
           FieldText(reinterpret_cast<const xt_error_target *>(t)->errorname, XT_FUNCTION_MAXNAMELEN);
-      if (IsProfileChainName(name)) return true;
+      if (IsProfileChain(name)) return true;
       chain = name == "IPTLB_OUTPUT" || name == "IPTLB_PREROUTING" ? kDispatch : kOther;
     } else if (chain != kOther && IptlbComment(family, e, target_offset)) {
       return true;

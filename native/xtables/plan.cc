@@ -458,4 +458,16 @@ Transaction TransactionFromJson(std::string text) {
   }
 }
 
+bool IsProfileChain(const std::string &name) {
+  static const std::string kPrefix = "IPTLB_NAT_";
+  if (name.compare(0, kPrefix.size(), kPrefix) != 0) return false;
+  const size_t n = name.size() - kPrefix.size();
+  if (n < 1 || n > 18) return false;
+  for (size_t i = kPrefix.size(); i < name.size(); i++) {
+    const char c = name[i];
+    if (!((c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_')) return false;
+  }
+  return true;
+}
+
 }  // namespace iptlb

@@ -120,4 +120,8 @@ Transaction TransactionFromJson(std::string text);
 // when malformed or of the other family. The address comes back masked.
 bool ParseCidr(Family family, const std::string &text, Address *addr, Address *mask);
 
+// A profile's chain as iptlb (and the original) names it (src/engines/legacy/plan.ts OWN_CHAIN):
+// IPTLB_NAT_ and 1-18 of A-Z 0-9 _.
+bool IsProfileChain(const std::string &name);
+
 }  // namespace iptlb

@@ -182,6 +182,8 @@ void ReadWorker::ReadTable() {
         continue;
       }
       const std::string comment = CommentOf<F>(e);
+      // As the commit decides (transaction.cc): no comment text, a profile chain as the target.
+      if (comment.empty() && target && IsProfileChain(target)) bare_.push_back({hook, target});
       if (comment.compare(0, 6, "iptlb:") != 0) continue;
       const bool direct = std::strcmp(hook, "OUTPUT") == 0 || std::strcmp(hook, "PREROUTING") == 0;
       hooks_.push_back({hook, comment.substr(6), pos, DecodeRule<F>(e, h.get()), direct});
@@ -246,6 +248,16 @@ void ReadWorker::OnOK() {
     gate.Set("gates", gates);
     gate.Set("dispatch", dispatch);
     view.Set("gate", gate);
+  }
+  if (!bare_.empty()) {
+    Napi::Array bare = Napi::Array::New(env, bare_.size());
+    for (uint32_t i = 0; i < bare_.size(); i++) {
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("chain", bare_[i].first);
+      o.Set("target", bare_[i].second);
+      bare.Set(i, o);
+    }
+    view.Set("bareJumps", bare);
   }
   Resolve(view);
 }

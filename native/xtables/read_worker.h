@@ -44,6 +44,8 @@ class ReadWorker : public ThreadJob {
   std::vector<HookView> hooks_;
   std::vector<std::string> gates_;     // hooks whose gate rule exists
   std::vector<std::string> dispatch_;  // hooks whose dispatch chain exists
+  // The original iptlb's jumps: no comment, in a built-in chain, to a profile's chain (hook, target).
+  std::vector<std::pair<std::string, std::string>> bare_;
 };
 
 }  // namespace iptlb

@@ -96,19 +96,6 @@ bool SameRule(const Rule &a, const Rule &b) {
   return SameTarget(a.target, b.target);
 }
 
-// A profile's chain as iptlb (and the original) names it: IPTLB_NAT_ and 1-18 of A-Z 0-9 _.
-bool IsProfileChain(const std::string &name) {
-  static const std::string kPrefix = "IPTLB_NAT_";
-  if (name.compare(0, kPrefix.size(), kPrefix) != 0) return false;
-  const size_t n = name.size() - kPrefix.size();
-  if (n < 1 || n > 18) return false;
-  for (size_t i = kPrefix.size(); i < name.size(); i++) {
-    const char c = name[i];
-    if (!((c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_')) return false;
-  }
-  return true;
-}
-
 }  // namespace
 
 std::vector<SetElement> GateElements(const Transaction &tx) {

@@ -229,11 +229,12 @@ export interface KernelView {
    * dispatch chains that also hold rules iptlb did not write (they keep the chain and its gate).
    */
   /**
-   * Legacy engine, spawn executor's read: rules without any comment in a built-in chain that jump to
-   * a profile's chain (the original iptlb's jumps), with their saved text. A change that
-   * deletes or refills that chain deletes them (the native executor does so in its commit).
+   * Legacy engine: rules without any comment in a built-in chain that jump to a profile's chain (the
+   * original iptlb's jumps). A change that deletes or refills that chain deletes them (the native
+   * executor does so in its commit). `raw`, their saved text, comes with the spawn executor's read;
+   * the native read says only where they are and where they jump.
    */
-  bareJumps?: { chain: string; target: string; raw: string }[];
+  bareJumps?: { chain: string; target: string; raw?: string }[];
   gate?: {
     gates: ('OUTPUT' | 'PREROUTING')[];
     dispatch: ('OUTPUT' | 'PREROUTING')[];

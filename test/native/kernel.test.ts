@@ -166,9 +166,19 @@ describe(
   "holds (legacy): whether the nat table holds any of iptlb's objects, without libiptc",
   { skip: kernelSkip() },
   () => {
-    test('answers as a read does, both families, a big foreign table with and without one iptlb rule', async () => {
+    test("answers as a read does, both families, a big foreign table with and without one iptlb rule; read() reports the original iptlb's jumps", async () => {
       const r = await runInNetns<Record<string, unknown>>(fixture('holds'), [], { timeoutMs: 60_000 });
       const want = (h: boolean) => ({ holds: h, read: h });
+      // read(): the original's jumps, in table order (built-in chains first); not another tool's (its comment),
+      // not one in a user chain, not one to a chain that is not a profile's (X, IPTLB_NAT_web).
+      const bareWant = {
+        none: null,
+        some: [
+          { chain: 'PREROUTING', target: 'IPTLB_NAT_OLD' },
+          { chain: 'OUTPUT', target: 'IPTLB_NAT_WEB' },
+          { chain: 'POSTROUTING', target: 'IPTLB_NAT_WEB' },
+        ],
+      };
       const table = {
         empty: want(false),
         'foreign rules only': want(false),
@@ -187,6 +197,7 @@ describe(
         bigForeign: want(false),
         bigWithOne: want(true),
         bad: 'family: must be "ipv4" or "ipv6"',
+        bare: { ipv4: bareWant, ipv6: bareWant },
       });
     });
   },

@@ -21,6 +21,11 @@ import {
   canonicalProbability,
 } from '../../src/engines/legacy/restore.js';
 import { validateProfile } from '../../src/model/profile.js';
+import { NativeExecutor } from '../../src/engines/legacy/native.js';
+import type { NativeAddon } from '../../src/platform/addon.js';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
 import type { KernelView, Profile } from '../../src/model/types.js';
 import type { IptlbError } from '../../src/model/errors.js';
 
@@ -508,6 +513,56 @@ test("spawn: the original iptlb's jumps (no comment) to iptlb's chains are read,
   assert.match(text, /^-D OUTPUT -d 127\.100\.0\.10\/32 -p tcp -m tcp --dport 8081 -j IPTLB_NAT_TEST$/m);
   assert.doesNotMatch(text, /IPTLB_NAT_WEB|OTHER|foreign-ref/, 'only the bare jump to the chain this change deletes');
   assert.ok(text.indexOf('-D OUTPUT') < text.indexOf('-X IPTLB_NAT_TEST'), 'the jump goes before its chain');
+});
+
+test("native: plan reads the original iptlb's jumps' text (iptables-legacy-save, a process) only when the change touches a chain one jumps to", async () => {
+  // A stand-in iptables-legacy-save first on PATH: it counts its calls and prints the original's jump.
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-plan-save-'));
+  const calls = path.join(dir, 'calls');
+  writeFileSync(
+    path.join(dir, 'iptables-legacy-save'),
+    `#!/bin/sh\necho "$@" >> ${calls}\nprintf '%s\\n' '*nat' ':OUTPUT ACCEPT [0:0]' ':IPTLB_NAT_WEB - [0:0]' ` +
+      `'[0:0] -A OUTPUT -d 127.100.0.10/32 -p tcp -m tcp --dport 8081 -j IPTLB_NAT_WEB' COMMIT\n`,
+    { mode: 0o755 },
+  );
+  const savedPath = process.env.PATH;
+  process.env.PATH = `${dir}:${savedPath ?? ''}`;
+  try {
+    const called = (): number => (existsSync(calls) ? readFileSync(calls, 'utf8').split('\n').length - 1 : 0);
+    const table = (bare: boolean): KernelView => ({
+      chains: [{ name: 'IPTLB_NAT_WEB', rules: [] }],
+      hookRules: [],
+      ...(bare ? { bareJumps: [{ chain: 'OUTPUT', target: 'IPTLB_NAT_WEB' }] } : {}),
+    });
+    let view = table(false);
+    const ex = new NativeExecutor({ read: async () => view } as unknown as NativeAddon);
+    const reset = planTransaction([web], ['web'], 'ipv4');
+    const other = planTransaction([{ ...web, name: 'api', source: '127.100.0.11:8081' }], ['api'], 'ipv4');
+    // No jump of the original's in the table: no process.
+    assert.doesNotMatch(await ex.render(reset), /-D OUTPUT/);
+    assert.equal(called(), 0);
+    view = table(true);
+    // One, to a chain this change does not touch: still none.
+    assert.doesNotMatch(await ex.render(other), /IPTLB_NAT_WEB/);
+    assert.equal(called(), 0);
+    // One to the chain the reset refills: its text, read once, in a -D before the chain is filled.
+    const text = await ex.render(reset);
+    assert.equal(called(), 1);
+    assert.match(text, /^-D OUTPUT -d 127\.100\.0\.10\/32 -p tcp -m tcp --dport 8081 -j IPTLB_NAT_WEB$/m);
+    assert.ok(text.indexOf('-D OUTPUT') < text.indexOf('-A IPTLB_NAT_WEB'));
+    // The tool failing: a comment names the jump and says its text was not read.
+    writeFileSync(path.join(dir, 'iptables-legacy-save'), '#!/bin/sh\nexit 3\n', { mode: 0o755 });
+    const failed = await ex.render(reset);
+    assert.match(
+      failed,
+      /^# the original iptlb's jumps \(no comment\) below: their text not read \(iptables-legacy-save failed\)$/m,
+    );
+    assert.match(failed, /^# and the original iptlb's jump in OUTPUT to IPTLB_NAT_WEB$/m);
+    assert.doesNotMatch(failed, /^-D OUTPUT/m);
+  } finally {
+    process.env.PATH = savedPath;
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('an exclusive transaction refuses a profile it creates whose chain or name the table holds, unless held exactly as planned (the spawn executor, as the native one)', () => {

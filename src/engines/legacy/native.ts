@@ -4,7 +4,7 @@
  */
 import { getSystemErrorName } from 'node:util';
 import { IptlbError, type ErrorCode } from '../../model/errors.js';
-import { TAKEN_HINT, chainInUse, parseSave, renderRestore } from './restore.js';
+import { TAKEN_HINT, bareJumpsOf, chainInUse, parseSave, renderRestore } from './restore.js';
 import { findBinary, run } from '../../platform/spawn.js';
 import type { NativeAddon } from '../../platform/addon.js';
 import type { AfterCommit, CommitResult, Family, KernelView, Transaction } from '../../model/types.js';
@@ -113,22 +113,22 @@ export class NativeExecutor implements LegacyExecutor {
 
   /**
    * What iptables-legacy-restore would be fed for `tx` against the kernel as it is now (read-only).
-   * The addon's read leaves out the original iptlb's jumps (no comment, to a profile chain) that its
-   * commit deletes with a chain it deletes or refills (transaction.cc): `plan` (native) left their `-D`
-   * out. They are read with iptables-legacy-save here; without it, a comment line says they go too.
+   * The addon's read says where the original iptlb's jumps (no comment, to a profile chain) are, not
+   * their text, and the commit deletes those to a chain it deletes or refills (transaction.cc). Only
+   * when `tx` touches such a chain is their text read, with iptables-legacy-save (a process: as rare
+   * as hosts the original ran on); without it, a comment line names each jump.
    */
   async render(tx: Transaction): Promise<string> {
     const view = await this.read(tx.family);
-    if (tx.chains.length === 0 && tx.deleteChains.length === 0) return renderRestore(tx, view);
+    if (bareJumpsOf(tx, view).length === 0) return renderRestore(tx, view);
     const tool = TOOL_NAMES[tx.family];
     const save = findBinary(tool);
     const r = save ? await run(save, ['-t', 'nat']) : null;
     if (!r || r.code !== 0)
       return (
-        `# and any jump of the original iptlb (no comment) to these chains: not listed (${tool} ${save ? 'failed' : 'not found'})\n` +
+        `# the original iptlb's jumps (no comment) below: their text not read (${tool} ${save ? 'failed' : 'not found'})\n` +
         renderRestore(tx, view)
       );
-    const bareJumps = parseSave(r.stdout).bareJumps;
-    return renderRestore(tx, bareJumps ? { ...view, bareJumps } : view);
+    return renderRestore(tx, { ...view, bareJumps: parseSave(r.stdout).bareJumps ?? [] });
   }
 }

@@ -59,6 +59,13 @@ export function renderRule(r: Rule): string {
  * dispatch chain are created with the first rule behind them and deleted with the last. The gate's
  * set must exist when the text is fed to iptables-restore (it resolves the set by name).
  */
+/** The original iptlb's jumps in `view` (no comment, see {@link KernelView}) to a chain `tx` deletes or refills. */
+export function bareJumpsOf(tx: Transaction, view: KernelView): NonNullable<KernelView['bareJumps']> {
+  if (!view.bareJumps) return [];
+  const targets = new Set([...tx.deleteChains, ...tx.chains.map((c) => c.name)]);
+  return view.bareJumps.filter((b) => targets.has(b.target));
+}
+
 export function renderRestore(tx: Transaction, view: KernelView): string {
   const existing = new Set(view.chains.map((c) => c.name));
   const owners = new Set(tx.owners);
@@ -85,8 +92,10 @@ export function renderRestore(tx: Transaction, view: KernelView): string {
   }
   // The original iptlb's jumps (no comment) to a chain this change deletes or refills: they would
   // keep the chain from being deleted, and a replaced profile reachable the old way too.
-  const targets = new Set([...tx.deleteChains, ...tx.chains.map((c) => c.name)]);
-  for (const b of view.bareJumps ?? []) if (targets.has(b.target)) out.push(`-D ${b.chain} ${b.raw}`);
+  for (const b of bareJumpsOf(tx, view))
+    out.push(
+      b.raw === undefined ? `# and the original iptlb's jump in ${b.chain} to ${b.target}` : `-D ${b.chain} ${b.raw}`,
+    );
   for (const h of unneeded) {
     if (gates.has(h)) out.push(`-D ${h} ${gateRuleText(h, tx.family)}`);
     if (dispatch.has(h)) out.push(`-X ${DISPATCH[h]}`);
