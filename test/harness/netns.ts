@@ -12,7 +12,7 @@
  */
 import { spawn, spawnSync, execFile, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -141,16 +141,24 @@ export function runInFreshNetns(
   // A state-file registry of its own (src/core/registry.ts): a namespace's inode is reused once
   // another is gone, and the registry is keyed by it.
   const registry = newRegistry();
+  // And a temporary directory of its own, removed with it: what a fixture makes under os.tmpdir() goes
+  // too, also when the test runs without scripts/run-tests.js (which removes its run's TMPDIR).
+  const tmp = mkdtempSync(path.join(tmpdir(), 'iptlb-child-'));
+  chmodSync(tmp, 0o1777); // as /tmp: a fixture run as another user (setpriv) can use it too
   const child = spawn('unshare', ['-n', '--', ...node], {
     env: {
       ...process.env,
       IPTLB_REGISTRY_DIR: registry,
+      TMPDIR: tmp,
       ...opts.env,
       ...(loopback ? { IPTLB_HARNESS_LO_UP: '1' } : {}),
     },
     stdio: ['pipe', 'pipe', 'pipe'],
   });
-  return collect(child, opts, scriptPath, 120_000).finally(() => rmSync(registry, { recursive: true, force: true }));
+  return collect(child, opts, scriptPath, 120_000).finally(() => {
+    rmSync(registry, { recursive: true, force: true });
+    rmSync(tmp, { recursive: true, force: true });
+  });
 }
 
 /** A fresh directory for IPTLB_REGISTRY_DIR. */

@@ -4,7 +4,9 @@
  * in the test process itself, and the namespace (with every rule in it) dies with the child.
  */
 import { spawn } from 'node:child_process';
-import { readlinkSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readlinkSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
 import { loadAddon } from '../../src/platform/addon.js';
 
 export interface NetnsChildOptions {
@@ -37,8 +39,11 @@ export function kernelSkip(): string | false {
 export function runInNetns<T = any>(script: string, args: string[] = [], opts: NetnsChildOptions = {}): Promise<T> {
   return new Promise((resolve, reject) => {
     const argv = ['-n', '--', ...(opts.wrapper ?? []), process.execPath, ...(opts.nodeArgs ?? []), script, ...args];
+    // A temporary directory of its own, removed when it ends (what the fixture makes under os.tmpdir()).
+    const tmp = mkdtempSync(path.join(tmpdir(), 'iptlb-child-'));
+    chmodSync(tmp, 0o1777); // as /tmp: a fixture run as another user (setpriv) can use it too
     const child = spawn('unshare', argv, {
-      env: { ...process.env, ...opts.env, IPTLB_TEST_HOST_NETNS: readlinkSync('/proc/self/ns/net') },
+      env: { ...process.env, TMPDIR: tmp, ...opts.env, IPTLB_TEST_HOST_NETNS: readlinkSync('/proc/self/ns/net') },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';
@@ -49,10 +54,12 @@ export function runInNetns<T = any>(script: string, args: string[] = [], opts: N
     const timer = setTimeout(() => child.kill('SIGKILL'), limit);
     child.on('error', (e) => {
       clearTimeout(timer);
+      rmSync(tmp, { recursive: true, force: true });
       reject(e);
     });
     child.on('close', (code, signal) => {
       clearTimeout(timer);
+      rmSync(tmp, { recursive: true, force: true });
       const tails = `\n--- stderr:\n${err.slice(-4000)}\n--- stdout:\n${out.slice(-2000)}`;
       if (code !== 0)
         return reject(
