@@ -18,7 +18,7 @@ import { validateOpenOptions } from './core/options.js';
 import type { EngineName, Family, KernelView, Profile, ProfileInput } from './model/types.js';
 import type { Executor } from './engines/engine.js';
 import type { NftView } from './engines/nft/ops.js';
-import type { ProfileReport } from './model/report.js';
+import type { ProfileReport, StatusReport } from './model/report.js';
 import { HealthChecker, type HealthCheckerOptions, type HealthEvent, type HealthHost } from './health/checker.js';
 export { HealthChecker } from './health/checker.js';
 export type { HealthCheckerOptions, HealthEvent, DestinationHealthState } from './health/checker.js';
@@ -26,7 +26,13 @@ export type { HealthConfig, HealthInput } from './health/config.js';
 export type { DestinationHealth } from './health/effective.js';
 export { startMetricsServer, ProcessStats } from './metrics/server.js';
 export type { MetricsServer, MetricsServerOptions } from './metrics/server.js';
-export type { ProfileReport, ProfileStatus, DestinationCounters } from './model/report.js';
+export type {
+  ProfileReport,
+  ProfileStatus,
+  DestinationCounters,
+  StatusReport,
+  OtherStateFile,
+} from './model/report.js';
 
 export { IptlbError } from './model/errors.js';
 export type { ErrorCode } from './model/errors.js';
@@ -236,6 +242,19 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
     const reports = await this.core.status();
     this.reportDrift(reports);
     return reports;
+  }
+
+  /**
+   * {@link status} whole, as `iptlb status --json` prints it: `inSync`; `split` when iptlb's rules
+   * are in both engines (what to run about it); `profiles`, the reports; `otherStateFiles` when the
+   * kernel holds profiles of other state files (their paths and profile names), which the reports
+   * neither list nor call orphaned.
+   */
+  async statusReport(): Promise<StatusReport> {
+    this.check();
+    const report = await this.core.statusReport();
+    this.reportDrift(report.profiles);
+    return report;
   }
 
   /** Makes the kernel match the state file in one transaction. */

@@ -56,7 +56,7 @@ import {
 import { capsMessage, missingCaps } from '../platform/caps.js';
 import { noteChange } from '../platform/heap.js';
 import { ConntrackJanitor, changeFlows, staleFlows, untranslatedFlows } from './conntrack.js';
-import type { ProfileReport } from '../model/report.js';
+import type { OtherStateFile, ProfileReport, StatusReport } from '../model/report.js';
 import {
   ChangedProfiles,
   FAMILIES,
@@ -258,10 +258,6 @@ function recordOf(state: ReadonlyMap<string, Profile>, change: Change): JournalR
 }
 
 /** Another state file registered in this network namespace, and its profiles a status of this one left out. */
-export interface OtherStateFile {
-  stateFile: string;
-  profiles: string[];
-}
 
 /** What one transaction did. */
 export interface TransactionResult {
@@ -1460,14 +1456,35 @@ export class Core {
    * comparing then would report drift that is not. Where the state file's directory does not exist,
    * nobody writes there and nothing is created for the lock.
    */
-  status(found?: { others: OtherStateFile[] }): Promise<ProfileReport[]> {
+  status(): Promise<ProfileReport[]> {
+    return this.statusOf().then((r) => r.reports);
+  }
+
+  /**
+   * {@link status} with what `iptlb status --json` adds: whether iptlb's rules are in both engines
+   * (`split`, drift too: traffic may use the copy no change reaches; only the engine not selected is
+   * asked, the reports say whether the selected one holds anything), and the other state files whose
+   * profiles the kernel holds, read in the same pass.
+   */
+  async statusReport(): Promise<StatusReport> {
+    const { reports, others } = await this.statusOf();
+    const split = await this.engineSplit(reports.some((r) => r.status !== 'missing'));
+    return {
+      inSync: !split && reports.every((r) => r.status === 'in-sync'),
+      ...(split ? { split } : {}),
+      profiles: reports,
+      ...(others.length ? { otherStateFiles: others } : {}),
+    };
+  }
+
+  private statusOf(): Promise<{ reports: ProfileReport[]; others: OtherStateFile[] }> {
     return this.serial(async () => {
       const lock =
         this.statePath !== null && !this.window && existsSync(path.dirname(this.statePath))
           ? await lockStateFile(this.statePath, this.lockWaitMs, this.log, { readOnly: true })
           : undefined;
       try {
-        return await this.statusNow(found);
+        return await this.statusNow();
       } finally {
         lock?.release();
       }
@@ -1491,31 +1508,31 @@ export class Core {
         }
       }
       try {
-        return await this.statusNow();
+        return (await this.statusNow()).reports;
       } finally {
         lock?.release();
       }
     });
   }
 
-  private async statusNow(found?: { others: OtherStateFile[] }): Promise<ProfileReport[]> {
+  private async statusNow(): Promise<{ reports: ProfileReport[]; others: OtherStateFile[] }> {
     const { provider } = await this.selectionNow();
     const state = await this.readState();
     this.health.refresh();
     const kstate = this.health.kernelState(state);
     const { profiles: others, files } = await this.otherProfiles(state);
-    if (found) found.others = files;
     const reports: ProfileReport[] = [];
     for (const { family, profiles } of this.familiesOf(provider, kstate))
       reports.push(...this.compareMine(provider, profiles, this.ofFamily(others, family), await provider.read(family)));
-    return this.health.annotate(reports, state, kstate, (p) => ({
+    const annotated = this.health.annotate(reports, state, kstate, (p) => ({
       name: p.name,
-      status: 'in-sync',
+      status: 'in-sync' as const,
       detail: 'every destination is down: drained (health.allDown: drain)',
       destinations: p.destination.map((d) => ({ destination: d, packets: 0, bytes: 0 })),
       packets: 0,
       bytes: 0,
     }));
+    return { reports: annotated, others: files };
   }
 
   /**

@@ -35,3 +35,21 @@ export interface ProfileReport {
   /** Session affinity of the profile (seconds), when it has one. */
   affinity?: number;
 }
+
+/** Another state file's profiles in the kernel, which this state file's `status` neither lists nor calls orphaned. */
+export interface OtherStateFile {
+  stateFile: string;
+  profiles: string[];
+}
+
+/** What `status` finds, whole: `iptlb status --json` prints it, `statusReport()` returns it. */
+export interface StatusReport {
+  /** Every profile in sync, and iptlb's rules in one engine only. */
+  inSync: boolean;
+  /** Set when iptlb's rules are in both engines (traffic may use the copy no change reaches): what to run. */
+  split?: string;
+  /** This state file's profiles, then the kernel's rules no state file owns (`orphaned`). */
+  profiles: ProfileReport[];
+  /** The other state files (in the registry) whose profiles the kernel holds; absent when there are none. */
+  otherStateFiles?: OtherStateFile[];
+}

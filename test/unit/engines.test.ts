@@ -731,13 +731,30 @@ for (const engine of ['legacy', 'nft'] as const) {
         Object.entries(b).some(([n, st]) => st === 'orphaned' && /gone|127\.100\.0\.4/.test(n)),
         JSON.stringify(b),
       );
-      // Whose they are: A's state file and its profiles (the CLI's status names them).
-      const found: { others: { stateFile: string; profiles: string[] }[] } = { others: [] };
-      await B.core.status(found);
+      // Whose they are: A's state file and its profiles (statusReport(), which the CLI's status prints).
+      const report = await B.core.statusReport();
       assert.deepEqual(
-        found.others.map((o) => ({ ...o, profiles: [...o.profiles].sort() })),
+        report.otherStateFiles?.map((o) => ({ ...o, profiles: [...o.profiles].sort() })),
         [{ stateFile: A.file, profiles: ['aff', 'web', 'web6'] }],
       );
+      assert.deepEqual(report.profiles, await B.core.status(), 'the same reports as status()');
+      assert.equal(report.inSync, false, 'the orphan is drift');
+      // And A's names B's. The library's handle returns the same (and emits the drift).
+      assert.deepEqual((await A.core.statusReport()).otherStateFiles, [{ stateFile: B.file, profiles: ['api'] }]);
+      const lb = await open({ stateFile: B.file, engine, stateRegistry: registry }, kernels[engine] as Executor);
+      try {
+        const drift: string[][] = [];
+        lb.on('drift', (r) => drift.push(r.map((x) => x.name)));
+        const viaApi = await lb.statusReport();
+        assert.deepEqual(viaApi, { ...report, otherStateFiles: viaApi.otherStateFiles });
+        assert.deepEqual(
+          viaApi.otherStateFiles?.map((o) => o.stateFile),
+          [A.file],
+        );
+        assert.equal(drift.length, 1);
+      } finally {
+        await lb.close();
+      }
       // While A's state file is locked (a change of A in flight: the kernel may hold what A's file
       // does not have yet), B's sync removes nothing beyond the files, and says so.
       const held = await lockStateFile(A.file, 1000);

@@ -1,6 +1,6 @@
 /** `iptlb status`: the state file compared with the kernel, with counters and health (exit 3 on drift). */
 import type { Command } from 'commander';
-import type { OtherStateFile } from '../../core/core.js';
+import type { OtherStateFile } from '../../model/report.js';
 import { IptlbError } from '../../model/errors.js';
 import { addGlobal, withGlobals, type GlobalOpts } from '../flags.js';
 import { ExitCode, makeCore, type Out } from '../context.js';
@@ -35,12 +35,9 @@ export function othersLine(others: readonly OtherStateFile[]): string {
 
 async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
   const core = makeCore(o, io);
-  const found: { others: OtherStateFile[] } = { others: [] };
-  const reports = await core.status(found);
-  // iptlb's rules in both engines is drift too: traffic may use the copy no change reaches.
-  // Only the other engine is asked: the reports say whether the selected one holds anything of iptlb's.
-  const split = await core.engineSplit(reports.some((r) => r.status !== 'missing'));
-  const drifted = !!split || reports.some((r) => r.status !== 'in-sync');
+  // iptlb's rules in both engines is drift too (split): traffic may use the copy no change reaches.
+  const report = await core.statusReport();
+  const { profiles: reports, split, otherStateFiles: others } = report;
   if (split) io.err(`iptlb: ${split}`);
   // (The original's rules in iptables-nft's nat tables are doctor's to name: listing them spawns `nft`,
   // which cost every status about 40 ms.)
@@ -49,16 +46,9 @@ async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
   if (absent && reports.length && !o.quiet && !o.json)
     io.err(`iptlb: the state file ${core.statePath} does not exist: the kernel's iptlb rules are reported orphaned`);
   // The other state files' profiles are neither listed nor orphans here: say whose they are.
-  if (found.others.length && !o.quiet && !o.json) io.err(`iptlb: ${othersLine(found.others)}`);
+  if (others && !o.quiet && !o.json) io.err(`iptlb: ${othersLine(others)}`);
   if (o.json) {
-    io.out(
-      JSON.stringify({
-        inSync: !drifted,
-        ...(split ? { split } : {}),
-        profiles: reports,
-        ...(found.others.length ? { otherStateFiles: found.others } : {}),
-      }),
-    );
+    io.out(JSON.stringify(report));
   } else if (!reports.length) {
     io.out(
       absent
@@ -78,7 +68,7 @@ async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
         );
     }
   }
-  return drifted ? 3 : 0;
+  return report.inSync ? 0 : 3;
 }
 
 export function register(program: Command, io: Out): void {
