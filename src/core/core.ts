@@ -291,6 +291,18 @@ export interface Selection {
   refusal?: string;
 }
 
+/** Another state file's profile of a name this state file holds, at another address (see {@link Core.sync}). */
+interface Contested {
+  name: string;
+  stateFile: string;
+  profile: Profile;
+}
+
+/** `another state file, /a.db, holds a profile of this name at 127.0.0.1:80/tcp`. */
+function contestedLine(c: Contested): string {
+  return `another state file, ${c.stateFile}, holds a profile of this name at ${c.profile.source}/${c.profile.protocol}`;
+}
+
 /** What one family's part of a change planned and the kernel accepted (for undo and logging). */
 interface DoneFamily {
   family: Family;
@@ -1040,16 +1052,9 @@ export class Core {
 
   /**
    * The profiles of the other state files registered in this network namespace, by name, without
-   * those of a name or an address of `mine` (the state file's own win). An unreadable one holds none.
-   */
-  private async otherProfiles(
-    mine: ReadonlyMap<string, Profile>,
-  ): Promise<{ profiles: Map<string, Profile>; files: OtherStateFile[] }> {
-    return this.othersOf(mine, false);
-  }
-
-  /**
-   * {@link otherProfiles}; with `lock`, each other state file read under its lock, waited for at most
+   * those of a name or an address of `mine` (the state file's own win; another's profile of one of
+   * its names at another address is `contested`). An unreadable one holds none. With `lock`, each
+   * other state file read under its lock, waited for at most
    * {@link otherLockWaitMs} (this process holds its own: a longer wait could hold up another file's
    * sync waiting for it in turn) and held until `release()`: a change of that file is not between its
    * kernel commit and its state write while a sync of this one decides what is a leftover. `busy`:
@@ -1062,18 +1067,21 @@ export class Core {
   ): Promise<{
     profiles: Map<string, Profile>;
     files: OtherStateFile[];
+    contested: Contested[];
     busy: boolean;
     update(): Promise<boolean>;
     release(): void;
   }> {
     const profiles = new Map<string, Profile>();
     const files: OtherStateFile[] = [];
+    const contested: Contested[] = [];
     const held: HeldLock[] = [];
     const seen = new Set<string>();
     const taken = new Set([...mine.values()].map((p) => `${p.protocol} ${p.source}`));
     const others = {
       profiles,
       files,
+      contested,
       busy: false,
       /**
        * Reads the registry again and takes in the state files it did not list before; true when
@@ -1121,11 +1129,18 @@ export class Core {
             continue;
           }
           const names: string[] = [];
-          for (const [n, p] of theirs)
-            if (!mine.has(n) && !profiles.has(n) && !taken.has(`${p.protocol} ${p.source}`)) {
+          for (const [n, p] of theirs) {
+            const own = mine.get(n);
+            if (own && (own.protocol !== p.protocol || own.source !== p.source)) {
+              // A name of this state file's, another's profile at another address: names are one per
+              // host, and the kernel can hold only one of them as named (see sync).
+              contested.push({ name: n, stateFile: file, profile: p });
+              names.push(n);
+            } else if (!own && !profiles.has(n) && !taken.has(`${p.protocol} ${p.source}`)) {
               profiles.set(n, p);
               names.push(n);
             }
+          }
           if (names.length) files.push({ stateFile: file, profiles: names });
         }
         return added;
@@ -1147,17 +1162,24 @@ export class Core {
     profiles: ReadonlyMap<string, Profile>,
     keep: ReadonlyMap<string, Profile>,
     view: unknown,
+    contested: readonly Contested[] = [],
   ): ProfileReport[] {
-    if (!keep.size) return engine.compare(profiles, view);
+    if (!keep.size && !contested.length) return engine.compare(profiles, view);
     const all = new Map([...keep, ...profiles]);
     // Their reports, and what the kernel holds of theirs beyond their file (a destination their
     // health checks drained, say): reported by name, by rule owner (nft) or by address (nft).
     const theirs = new Set<string>();
-    for (const p of keep.values()) {
-      theirs.add(p.name).add(`rule:${p.name}`);
+    const addressOf = (p: Profile): void => {
       const e = parseEndpoint(p.source);
       if (typeof e !== 'string') theirs.add(formatEndpoint(e));
+    };
+    for (const p of keep.values()) {
+      theirs.add(p.name).add(`rule:${p.name}`);
+      addressOf(p);
     }
+    // Another's profile of one of this file's names: its address is theirs (nft holds both profiles
+    // when neither has rules of its own), its name is this file's.
+    for (const c of contested) addressOf(c.profile);
     return engine.compare(all, view).filter((r) => profiles.has(r.name) || !theirs.has(r.name));
   }
 
@@ -1520,10 +1542,22 @@ export class Core {
     const state = await this.readState();
     this.health.refresh();
     const kstate = this.health.kernelState(state);
-    const { profiles: others, files } = await this.otherProfiles(state);
+    const { profiles: others, files, contested } = await this.othersOf(state, false);
     const reports: ProfileReport[] = [];
     for (const { family, profiles } of this.familiesOf(provider, kstate))
-      reports.push(...this.compareMine(provider, profiles, this.ofFamily(others, family), await provider.read(family)));
+      reports.push(
+        ...this.compareMine(
+          provider,
+          profiles,
+          this.ofFamily(others, family),
+          await provider.read(family),
+          contested.filter((c) => familyOfProfile(c.profile) === family),
+        ),
+      );
+    for (const r of reports) {
+      const c = contested.find((x) => x.name === r.name);
+      if (c && r.status !== 'in-sync') r.detail = `${r.detail ? `${r.detail}; ` : ''}${contestedLine(c)}`;
+    }
     const annotated = this.health.annotate(reports, state, kstate, (p) => ({
       name: p.name,
       status: 'in-sync' as const,
@@ -1630,7 +1664,31 @@ export class Core {
         // held), nothing beyond the files is removed: it may be that change's.
         const others = await this.othersOf(read, true);
         try {
-          for (const { family, profiles } of this.familiesOf(provider, state)) {
+          const families = this.familiesOf(provider, state);
+          const contestedOf = (f: Family): Contested[] =>
+            others.contested.filter((c) => familyOfProfile(c.profile) === f);
+          // A name of this file's that another file's profile has at another address: the kernel can
+          // hold only one of them by that name (legacy: one chain; nft: the rules named after it), and
+          // a sync would take the other's over, or remove it. So a sync that would change anything
+          // while a name is contested changes nothing, and says which name and whose (checked for
+          // every family before any is committed).
+          if (others.contested.length)
+            for (const { family, profiles } of families) {
+              const keep = this.ofFamily(others.profiles, family);
+              const view = await provider.read(family);
+              const reports = this.compareMine(provider, profiles, keep, view, contestedOf(family));
+              const drifted = reports.filter(
+                (r) => r.status !== 'in-sync' && !(others.busy && r.status === 'orphaned'),
+              );
+              if (!drifted.length) continue;
+              const c = others.contested.find((x) => drifted.some((r) => r.name === x.name)) ?? others.contested[0]!;
+              throw new IptlbError(
+                'ECONFLICT',
+                `name: profile ${c.name}: ${contestedLine(c)}: this sync would take it over, so it changes nothing (${drifted.map((r) => `${r.name} ${r.status}`).join(', ')}); give one of them another name, or delete it from one state file`,
+                { field: 'name' },
+              );
+            }
+          for (const { family, profiles } of families) {
             let reports: ProfileReport[] = [];
             let drifted: ProfileReport[] = [];
             const keep = (): ReadonlyMap<string, Profile> => this.ofFamily(others.profiles, family);
@@ -1639,7 +1697,7 @@ export class Core {
               family,
               profiles,
               (view, attempt) => {
-                reports = this.compareMine(provider, profiles, keep(), view);
+                reports = this.compareMine(provider, profiles, keep(), view, contestedOf(family));
                 drifted = reports.filter((r) => r.status !== 'in-sync' && !(others.busy && r.status === 'orphaned'));
                 if (attempt === 1)
                   for (const r of drifted) this.log(`sync ${r.name}: ${r.status}${r.detail ? ` (${r.detail})` : ''}`);

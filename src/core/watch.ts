@@ -93,6 +93,8 @@ class StateFileWatcher {
   private holdApplied = false;
   /** The profiles of the last version of the file applied (the kernel was brought in step with them). */
   private applied: ReadonlyMap<string, Profile> | undefined;
+  /** The last sync's error message, until a sync succeeds: logged once while it repeats. */
+  private lastError: string | undefined;
 
   get lastApplied(): ReadonlyMap<string, Profile> | undefined {
     return this.applied;
@@ -227,9 +229,13 @@ class StateFileWatcher {
             ? `watch: ${reason}: kernel brought back to the last version of ${this.file} applied, which cannot be applied now (${r.commitMs.toFixed(2)} ms)`
             : `watch: ${reason}: kernel brought in step with ${this.file} (${r.commitMs.toFixed(2)} ms)`,
         );
+      this.lastError = undefined;
     } catch (e) {
       this.opts.onSync?.(e as Error);
-      this.opts.log(`watch: ${reason}: ${(e as Error).message}`);
+      // Said once while it repeats (a check every few seconds that meets the same refusal), again when it changes.
+      const message = (e as Error).message;
+      if (message !== this.lastError) this.opts.log(`watch: ${reason}: ${message}`);
+      this.lastError = message;
     }
   }
 

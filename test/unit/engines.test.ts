@@ -687,6 +687,72 @@ for (const engine of ['legacy', 'nft'] as const) {
 }
 
 for (const engine of ['legacy', 'nft'] as const) {
+  test(`${engine}: a name two state files give profiles at different addresses: the sync of the one the kernel does not hold changes nothing (ECONFLICT naming name and the other file); its status says whose; where both are held (nft, no rules of their own) a sync keeps both`, async () => {
+    const kernels = fakes();
+    const registry = mkdtempSync(path.join(tmpdir(), 'iptlb-registry-'));
+    const on = () => coreOn(engine, kernels, [], { stateRegistry: registry });
+    const A = on();
+    const B = on();
+    try {
+      await apply(A.core, { name: 'web', source: '127.100.0.1:80', destination: ['127.0.0.1:9001'], logEnabled: true });
+      await apply(A.core, { name: 'other', source: '127.100.0.3:80', destination: ['127.0.0.1:9001'] });
+      // B records a profile of that name at another address without running it (as -profile without -run).
+      await B.core.transact(
+        (state) => upsertChange(state, [{ name: 'web', source: '127.100.0.2:80', destination: ['127.0.0.1:9002'] }]),
+        { run: false },
+      );
+      const kernel = () => kernels[engine].commits.length; // commits made (a refusal makes none)
+      const before = kernel();
+      await assert.rejects(B.core.sync(), (e: IptlbError) => {
+        assert.equal(e.code, 'ECONFLICT');
+        assert.equal(e.field, 'name');
+        assert.match(
+          e.message,
+          new RegExp(
+            `^name: profile web: another state file, ${A.file.replaceAll('.', '\\.')}, holds a profile of this name at 127\\.100\\.0\\.1:80/tcp: this sync would take it over, so it changes nothing`,
+          ),
+        );
+        return true;
+      });
+      assert.equal(kernel(), before, 'nothing changed');
+      assert.deepEqual(await statuses(A.core), { web: 'in-sync', other: 'in-sync' });
+      const web = (await B.core.status()).find((r) => r.name === 'web');
+      assert.notEqual(web?.status, 'in-sync');
+      assert.match(
+        web?.detail ?? '',
+        new RegExp(
+          `another state file, ${A.file.replaceAll('.', '\\.')}, holds a profile of this name at 127\\.100\\.0\\.1:80/tcp$`,
+        ),
+      );
+      const report = await B.core.statusReport();
+      assert.deepEqual(
+        report.otherStateFiles?.map((f) => [f.stateFile, [...f.profiles].sort()]),
+        [[A.file, ['other', 'web']]],
+      );
+      // A's own sync is not held back: the kernel holds A's.
+      assert.equal((await A.core.sync()).committed, false);
+      if (engine === 'nft') {
+        // Profiles without rules of their own leave no name in table ip iptlb: both can be held, each at its
+        // address (docs/state-file.md). A sync of either keeps the other's.
+        await apply(A.core, { name: 'solo', source: '127.100.0.4:80', destination: ['127.0.0.1:9001'] });
+        await apply(B.core, { name: 'solo', source: '127.100.0.5:80', destination: ['127.0.0.1:9002'] });
+        await B.core.transact((state) => ({ upsert: [], remove: state.has('web') ? ['web'] : [] }), { run: false });
+        const held = kernel();
+        assert.equal((await B.core.sync()).committed, false);
+        assert.equal((await A.core.sync()).committed, false);
+        assert.equal(kernel(), held);
+        assert.equal((await statuses(A.core)).solo, 'in-sync');
+        assert.equal((await statuses(B.core)).solo, 'in-sync');
+      }
+    } finally {
+      A.done();
+      B.done();
+      rmSync(registry, { recursive: true, force: true });
+    }
+  });
+}
+
+for (const engine of ['legacy', 'nft'] as const) {
   test(`${engine}: sync and status of one state file leave another registered state file's profiles alone; a leftover of no registered state file is removed`, async () => {
     const kernels = fakes();
     const registry = mkdtempSync(path.join(tmpdir(), 'iptlb-registry-'));

@@ -98,3 +98,43 @@ test('watch: an absent or unparsable file is not applied; the kernel is held to 
   assert.ok(syncs.every((o) => o.profiles !== undefined));
   await w.stop();
 });
+
+test('watch: a sync refused the same way at every check is said once; a new refusal is said, and again after a sync that succeeded (mock timers)', async (t) => {
+  t.mock.timers.enable({ apis: ['setTimeout', 'setInterval', 'Date'], now: 1_000_000 });
+  const { startWatch } = await import('../../src/core/watch.js');
+  const v1 = new Map([['web', prof('127.0.0.1:9001')]]);
+  let refusal: string | null = 'name: profile web: another state file, /a.db, holds a profile of this name';
+  let syncs = 0;
+  const logs: string[] = [];
+  const core = {
+    statePath: '/nonexistent-iptlb-dir/state.db',
+    async readState() {
+      return v1;
+    },
+    async sync(o: SyncOpts = {}) {
+      syncs++;
+      if (refusal !== null) throw new Error(refusal);
+      return { before: [], committed: false, commitMs: 0, state: o.profiles ?? v1 };
+    },
+  };
+  const w = startWatch(core as never, {
+    intervalMs: 300,
+    settleMs: 100,
+    log: (l) => logs.push(l),
+    version: async () => 'v1',
+  });
+  await flush();
+  await advanceClock(t, 3000);
+  const said = (re: RegExp) => logs.filter((l) => re.test(l)).length;
+  assert.ok(syncs >= 5, `checks ran: ${syncs}`);
+  assert.equal(said(/another state file, \/a\.db/), 1, logs.join('\n'));
+  refusal = 'another refusal';
+  await advanceClock(t, 1000);
+  assert.equal(said(/another refusal/), 1, logs.join('\n'));
+  refusal = null;
+  await advanceClock(t, 1000);
+  refusal = 'another refusal';
+  await advanceClock(t, 1000);
+  assert.equal(said(/another refusal/), 2, 'said again once a sync succeeded in between');
+  await w.stop();
+});
