@@ -35,6 +35,7 @@ import {
   readState as readStateFile,
   readStateFull,
   resolveStatePath,
+  stateFileExists,
   stateVersion,
   stateVersionSync,
   writeState,
@@ -862,11 +863,20 @@ export class Core {
        * exist is refused ({@link absentStateFile}) before anything is created or the kernel is read.
        */
       requireFile?: boolean;
+      /**
+       * `decide` has no effect but its result and its throws (the CLI's): where the state file does not
+       * exist yet (a first change, a wrong path), it is called once against no profiles before the lock
+       * makes the file's directory and lock files, so that bad input leaves nothing behind; a state
+       * file that is not a file is refused then too, as a read would refuse it.
+       */
+      decideFirst?: boolean;
     },
   ): Promise<TransactionResult> {
     return this.serial(async () => {
       this.commits = [];
       await this.requireStateFile(opts.requireFile);
+      if (opts.decideFirst && this.statePath !== null && !this.cached && !stateFileExists(this.statePath))
+        decide(new Map());
       if (opts.run) this.checkPrivileges((await this.select()).provider.name);
       const lock = await this.lock(true);
       try {

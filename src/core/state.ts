@@ -3,7 +3,7 @@
  * written byte-compatibly. Reading refuses symlinks, non-regular files, aliases and wrong types;
  * writing goes through a 0600 temp file + fsync + rename + directory fsync.
  */
-import { constants as C, lstatSync, type BigIntStats } from 'node:fs';
+import { constants as C, lstatSync, type BigIntStats, type Stats } from 'node:fs';
 import * as fsp from '../platform/fsp.js';
 import * as path from 'node:path';
 import { IptlbError } from '../model/errors.js';
@@ -716,6 +716,23 @@ export interface StateRead {
   journal: JournalAt | null;
   /** Records of that journal applied. */
   records: number;
+}
+
+/**
+ * Without opening it: whether the state file exists (false: ENOENT along the way); one that is not
+ * a regular file is refused as reading it would refuse it (a directory, a device). Other failures
+ * are left to the read. Before a lock is taken, so that bad input makes no directory or lock file.
+ */
+export function stateFileExists(file: string): boolean {
+  let st: Stats;
+  try {
+    st = lstatSync(file);
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code !== 'ENOENT';
+  }
+  if (st.isSymbolicLink()) throw stateError(file, 'is a symbolic link; refusing to follow it');
+  if (!st.isFile()) throw stateError(file, st.isDirectory() ? 'is a directory' : 'is not a regular file');
+  return true;
 }
 
 /** Opens one of the state's files for reading, checked; null when absent. */
