@@ -193,10 +193,41 @@ export function addProfileFlags(cmd: Command): Command {
       )
       .option('--protocol <proto>', 'tcp, udp or sctp', DEFAULTS.protocol)
       .option('--log-custom-chain', 'log packets that enter the profile (kernel log, see dmesg)')
-      .option('--log-level <level>', 'syslog level of those logs: 0-7 or emerg..debug', DEFAULTS.logLevel)
+      .option('--log-level <level>', 'syslog level of those logs: 0-7 or emerg (panic)..debug', DEFAULTS.logLevel)
       .option('--masquerade', 'proxy mode: masquerade balanced flows so replies return through this host'),
   );
 }
+
+/**
+ * The profile flags given on the command line (`--protocol`, `--health-fall`…), as written, for a
+ * command that takes its profiles elsewhere (`--file`): commander may give a flag the program and a
+ * subcommand both know to the program, so both are asked.
+ */
+export function profileFlagsGiven(cmd: Command): string[] {
+  const given: string[] = [];
+  const owner = cmd.parent ?? cmd;
+  for (const opt of cmd.options) {
+    const key = opt.attributeName();
+    const flag = opt.long?.replace(/^--/, '') ?? key;
+    if (!PROFILE_FLAGS.has(flag) && !HEALTH_FLAGS.includes(flag)) continue;
+    if (cmd.getOptionValueSource(key) === 'cli' || (owner !== cmd && owner.getOptionValueSource(key) === 'cli'))
+      given.push(flag);
+  }
+  return given;
+}
+
+const PROFILE_FLAGS = new Set([
+  'profile',
+  'src-addr',
+  'dest-addr',
+  'scheduler',
+  'affinity',
+  'rules-backend',
+  'protocol',
+  'log-custom-chain',
+  'log-level',
+  'masquerade',
+]);
 
 export function profileInput(o: ProfileOpts): ProfileInput {
   if (o.srcAddr === undefined)
@@ -242,4 +273,17 @@ export async function profilesOfFile(file: string): Promise<ProfileInput[]> {
   }
   if (profiles.size === 0) throw new IptlbError('EUSAGE', `file: ${label} holds no profiles`, { field: 'file' });
   return [...profiles.values()];
+}
+
+/**
+ * A flag's whole number of milliseconds from `min` to `max` (Node's timers take at most 2^31 - 1 ms, and
+ * turn more into 1 ms), or a one-line EUSAGE naming it.
+ */
+export function wholeMs(value: string | undefined, field: string, min: number, max: number): number {
+  const n = Number(value);
+  if (value === undefined || value.trim() === '' || !Number.isInteger(n) || n < min || n > max)
+    throw new IptlbError('EUSAGE', `${field}: ${show(value)} must be a whole number of ms from ${min} to ${max}`, {
+      field,
+    });
+  return n;
 }

@@ -35,8 +35,10 @@ export const MAX_SLOTS = 1024;
 export const MAX_AFFINITY = 86400;
 export const DEFAULTS = { protocol: 'tcp', rulesBackend: 'client', logEnabled: false, logLevel: '4' } as const;
 
+// As iptables' LOG target names them (panic is emerg), and err/warn, which syslog knows too.
 const LEVEL_NAMES: Record<string, number> = {
   emerg: 0,
+  panic: 0,
   alert: 1,
   crit: 2,
   error: 3,
@@ -150,7 +152,7 @@ export function normalizeLogLevel(value: unknown, field = 'logLevel'): string {
   }
   throw invalid(
     field,
-    `${show(value)} is not a syslog level (0-7 or emerg, alert, crit, error, warning, notice, info, debug)`,
+    `${show(value)} is not a syslog level (0-7 or emerg (panic), alert, crit, error, warning, notice, info, debug)`,
   );
 }
 

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { normalizeArgv, main } from '../../src/cli/main.js';
@@ -257,6 +257,9 @@ test('stack traces of the bundle name the file that ran, not the one the code ca
 
 test("bad input given by flags leaves nothing in the state file's directory, not even the lock's files", async () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-cli-'));
+  const files = mkdtempSync(path.join(tmpdir(), 'iptlb-cli-file-'));
+  const file = path.join(files, 'profiles.yaml');
+  writeFileSync(file, 'af1:\n  destination:\n  - 127.0.0.1:9001\n  source: 127.0.13.1:80\n');
   try {
     const st = path.join(dir, 'state.db');
     for (const args of [
@@ -270,6 +273,22 @@ test("bad input given by flags leaves nothing in the state file's directory, not
       ['status', '--count', '3', '--state-file', st],
       // A setting of a health check without the check: refused, not taken as --health tcp.
       ['-profile=x', '-src-addr=1.2.3.4:80', '-dest-addr=127.0.0.1:1', '-health-fall=2', `-state-file=${st}`],
+      // No addresses, where the state file does not exist (so no profile to re-apply): decided before the lock.
+      ['-run', `-state-file=${st}`],
+      ['-reset', '-profile=x', `-state-file=${st}`],
+      ['-log-level', '4', `-state-file=${st}`],
+      ['apply', '--profile', 'x', '--state-file', st],
+      // Periods Node's timers cannot take (over 2^31 - 1 ms: they would fire every millisecond).
+      ['watch', '--interval', '3000000000', '--state-file', st],
+      ['watch', '--interval', '86400001', '--state-file', st],
+      ['watch', '--settle', '600001', '--state-file', st],
+      ['top', '--interval', '2147483648', '--state-file', st],
+      ['status', '--watch', '--interval', '1e10', '--state-file', st],
+      // A profile flag beside --file would be ignored: refused.
+      ['apply', '--file', file, '--protocol', 'udp', '--state-file', st],
+      ['apply', '--file', file, '--profile', 'other', '--state-file', st],
+      ['--protocol=udp', 'apply', '--file', file, '--state-file', st],
+      ['apply', '--file', file, '--health-fall', '2', '--state-file', st],
     ]) {
       const r = await cli(args);
       assert.equal(r.code, 2, `${args.join(' ')}: ${r.err}`);
@@ -277,11 +296,34 @@ test("bad input given by flags leaves nothing in the state file's directory, not
       assert.deepEqual(readdirSync(dir), [], args.join(' '));
     }
     assert.match(
+      (await cli(['watch', '--interval', '3000000000', '--state-file', st])).err,
+      /^iptlb: error: interval: "3000000000" must be a whole number of ms from 100 to 86400000$/m,
+    );
+    assert.match(
+      (await cli(['apply', '--file', file, '--protocol', 'udp', '--state-file', st])).err,
+      /^iptlb: error: protocol: cannot be combined with --file \(each profile of the file has its own settings\)$/m,
+    );
+    // A profile deleted from a state file that does not exist: not found (exit 1), nothing made either.
+    const del = await cli(['-run', '-delete', '-profile=x', `-state-file=${st}`]);
+    assert.equal(del.code, 1, del.err);
+    assert.deepEqual(readdirSync(dir), []);
+    // A state file that is a directory: refused before any lock file is made beside it.
+    mkdirSync(path.join(dir, 'sub'));
+    const sub = await cli([
+      '-profile=x',
+      '-src-addr=1.2.3.4:80',
+      '-dest-addr=127.0.0.1:1',
+      `-state-file=${path.join(dir, 'sub')}`,
+    ]);
+    assert.match(sub.err, /^iptlb: error: state file .*\/sub: is a directory$/m);
+    assert.deepEqual(readdirSync(dir), ['sub']);
+    assert.match(
       (await cli(['-profile=x', '-src-addr=1.2.3.4:80', '-dest-addr=127.0.0.1:1', '-health-fall=2'])).err,
       /^iptlb: error: health-fall: needs --health tcp or --health http/,
     );
   } finally {
     rmSync(dir, { recursive: true, force: true });
+    rmSync(files, { recursive: true, force: true });
   }
 });
 

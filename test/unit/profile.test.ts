@@ -116,6 +116,9 @@ test('protocol, rulesBackend, log level, masquerade', () => {
   assert.equal(normalizeLogLevel('debug'), '7');
   assert.equal(normalizeLogLevel('warning'), '4');
   assert.equal(normalizeLogLevel(6), '6');
+  // iptables' LOG target takes panic (as emerg): the original passed -log-level through and wrote it to its state file.
+  assert.equal(normalizeLogLevel('panic'), '0');
+  assert.equal(validateProfile({ ...base, logEnabled: true, logLevel: 'panic' }).logLevel, '0');
 });
 
 test('names: charset, length, injection attempts', () => {

@@ -4,15 +4,29 @@ import { IptlbError } from '../../model/errors.js';
 import { upsertChange } from '../../core/core.js';
 import type { ProfileInput } from '../../model/types.js';
 import { validateProfile } from '../../model/profile.js';
-import { addGlobal, addProfileFlags, profileInput, profilesOfFile, withGlobals, type ProfileOpts } from '../flags.js';
+import {
+  addGlobal,
+  addProfileFlags,
+  profileFlagsGiven,
+  profileInput,
+  profilesOfFile,
+  withGlobals,
+  type ProfileOpts,
+} from '../flags.js';
 import { makeCore, report, transact, verboseRules, type Out } from '../context.js';
 
-async function applyCommand(o: ProfileOpts & { file?: string }, io: Out): Promise<void> {
+async function applyCommand(o: ProfileOpts & { file?: string }, cmd: Command, io: Out): Promise<void> {
   const core = makeCore(o, io);
   let inputs: ProfileInput[];
   if (o.file !== undefined) {
-    if (o.srcAddr !== undefined || o.destAddr !== undefined)
-      throw new IptlbError('EUSAGE', 'apply: --file cannot be combined with -src-addr/-dest-addr');
+    // Each profile of the file has its own settings: a profile flag beside it would be ignored.
+    const given = profileFlagsGiven(cmd);
+    if (given.length)
+      throw new IptlbError(
+        'EUSAGE',
+        `${given[0]}: cannot be combined with --file (each profile of the file has its own settings)`,
+        { field: given[0]! },
+      );
     inputs = await profilesOfFile(o.file);
   } else {
     // Checked before the lock is taken: bad input leaves nothing behind, not even the lock's files.
@@ -34,5 +48,5 @@ export function register(program: Command, io: Out): void {
       '--file <path>',
       'apply every profile of a YAML file in the state file format (- reads standard input; at most 64 MiB), in one transaction',
     )
-    .action(async (o: ProfileOpts & { file?: string }, cmd: Command) => applyCommand(withGlobals(o, cmd), io));
+    .action(async (o: ProfileOpts & { file?: string }, cmd: Command) => applyCommand(withGlobals(o, cmd), cmd, io));
 }

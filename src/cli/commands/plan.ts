@@ -52,7 +52,9 @@ export function register(program: Command, io: Out): void {
     addProfileFlags(
       program
         .command('plan')
-        .description('print the exact iptables-restore text a change would commit; changes nothing'),
+        .description(
+          'print the exact text a change would commit (iptables-restore for legacy, nft -f for nft); changes nothing',
+        ),
     ),
   )
     .option('--delete', 'plan the deletion of -profile')

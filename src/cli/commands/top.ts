@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { IptlbError } from '../../model/errors.js';
 import { show } from '../../model/profile.js';
-import { addGlobal, withGlobals, type GlobalOpts } from '../flags.js';
+import { addGlobal, wholeMs, withGlobals, type GlobalOpts } from '../flags.js';
 import { makeCore, onClosed, type Out } from '../context.js';
 
 /**
@@ -11,11 +11,7 @@ import { makeCore, onClosed, type Out } from '../context.js';
  * line per refresh. SIGINT, SIGTERM and a reader gone away (`iptlb top | head`) stop it: exit 0.
  */
 export async function topCommand(o: GlobalOpts & { interval?: string; count?: string }, io: Out): Promise<void> {
-  const interval = Number(o.interval ?? 1000);
-  if (!Number.isInteger(interval) || interval < 100)
-    throw new IptlbError('EUSAGE', `interval: ${show(o.interval)} must be a whole number of ms, at least 100`, {
-      field: 'interval',
-    });
+  const interval = wholeMs(o.interval ?? '1000', 'interval', 100, 86_400_000);
   const count = o.count === undefined ? Infinity : Number(o.count);
   if (!(count === Infinity || (Number.isInteger(count) && count > 0)))
     throw new IptlbError('EUSAGE', `count: ${show(o.count)} must be a positive whole number`, { field: 'count' });

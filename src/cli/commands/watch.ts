@@ -1,8 +1,6 @@
 /** `iptlb watch`: keep the kernel in step with the state file, with health checks and metrics. */
 import type { Command } from 'commander';
-import { IptlbError } from '../../model/errors.js';
-import { show } from '../../model/profile.js';
-import { addGlobal, withGlobals, type GlobalOpts } from '../flags.js';
+import { addGlobal, wholeMs, withGlobals, type GlobalOpts } from '../flags.js';
 import { makeCore, type Out } from '../context.js';
 
 export function register(program: Command, io: Out): void {
@@ -30,16 +28,9 @@ export function register(program: Command, io: Out): void {
         cmd: Command,
       ) => {
         const g = withGlobals(o, cmd);
-        const interval = Number(o.interval);
-        if (!Number.isInteger(interval) || interval < 100)
-          throw new IptlbError('EUSAGE', `interval: ${show(o.interval)} must be a whole number of ms, at least 100`, {
-            field: 'interval',
-          });
-        const settle = Number(o.settle);
-        if (!Number.isInteger(settle) || settle < 0 || settle > 600_000)
-          throw new IptlbError('EUSAGE', `settle: ${show(o.settle)} must be a whole number of ms from 0 to 600000`, {
-            field: 'settle',
-          });
+        // At most a day, as the library's driftCheckMs.
+        const interval = wholeMs(o.interval, 'interval', 100, 86_400_000);
+        const settle = wholeMs(o.settle, 'settle', 0, 600_000);
         const core = makeCore(g, io);
         const { startWatch } = await import('../../core/watch.js');
         const { startWatchServices } = await import('../watch-services.js');

@@ -74,7 +74,7 @@ export function compare(allState: Map<string, Profile>, view: KernelView, family
     let gateless: string | null = null;
     if (!chain) detail = `chain ${plan.chain.name} is missing`;
     else if (!sameRules(have, want) && !sameRules(have, earlierChainRules(p, plan.chain.rules).map(canonicalRule)))
-      detail = `chain ${plan.chain.name} has ${have.length} rules that differ from the ${want.length} planned`;
+      detail = `chain ${plan.chain.name} differs from the plan (${have.length} rule${have.length === 1 ? '' : 's'} found, ${want.length} planned)`;
     else if (!sameRules(haveHooks, wantHooks))
       detail = `its rules in the built-in chains differ (${haveHooks.length} found, ${wantHooks.length} planned)`;
     else if ((gateless = missingGate(hooks, view)))
