@@ -183,7 +183,7 @@ export interface Engine<View = unknown, Tx = unknown> {
   describeTransaction(tx: Tx): string[];
   /** Where an applied profile's rules went, for its log line. */
   describeProfile(p: Profile): string;
-  /** The log line of a deleted profile. */
+  /** The log line of a deleted profile: true whether or not the kernel held it (a profile recorded without -run). */
   describeRemoval(name: string, f: Family): string;
   /** A profile's objects in the kernel, looked for in `families` in order. */
   show(name: string, profile: Profile | undefined, families: readonly Family[]): Promise<ShownProfile>;

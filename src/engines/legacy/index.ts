@@ -194,7 +194,7 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
   }
 
   describeRemoval(name: string, f: Family): string {
-    return `delete profile ${name}: jump rules and chain ${chainName(name)} removed from the ${this.where(f)}`;
+    return `delete profile ${name}: no jump rule or chain ${chainName(name)} of it left in the ${this.where(f)}`;
   }
 
   async show(name: string, profile: Profile | undefined, families: readonly Family[]): Promise<ShownProfile> {

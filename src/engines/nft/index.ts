@@ -510,7 +510,7 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
   }
 
   describeRemoval(name: string, f: Family): string {
-    return `delete profile ${name}: its elements and rules removed from ${this.where(f)}`;
+    return `delete profile ${name}: no element or rule of it left in ${this.where(f)}`;
   }
 
   async show(name: string, profile: Profile | undefined, families: readonly Family[]): Promise<ShownProfile> {
