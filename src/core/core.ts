@@ -853,9 +853,10 @@ export class Core {
     opts: {
       run: boolean;
       /**
-       * The profiles the kernel holds, planned against instead of the state file's, for a change that
-       * records nothing (it must be empty): the health checks' commits in watch mode, where the kernel
-       * holds the last version of the file applied and the file may be ahead of it, not yet settled.
+       * For a change that records nothing (it must be empty): the health checks' commits in watch mode.
+       * The profiles of the last version of the file the watch applied; the file may be ahead of it, not
+       * yet settled (or refused). The commit plans against the state file as it is now, except a profile
+       * whose version there the kernel does not hold (see {@link heldBase}).
        */
       holds?: ReadonlyMap<string, Profile>;
       /**
@@ -887,7 +888,7 @@ export class Core {
         if (engine) this.checkPrivileges(engine.name);
         // The long-lived map itself, in memory or cached from the file (decide never changes it; `next`
         // is a view): no copy per batch. `record` changes it once the change is recorded.
-        const state = opts.holds ? new Map(opts.holds) : await this.currentState();
+        const state = opts.holds ? await this.heldBase(engine, opts.holds) : await this.currentState();
         const change = decide(state);
         if (opts.holds && (change.upsert.length || change.remove.length))
           throw new Error('a transaction planned against the profiles the kernel holds changes no profile');
@@ -962,6 +963,60 @@ export class Core {
         lock.release();
       }
     });
+  }
+
+  /**
+   * What a health commit of watch mode plans against (under the lock): the state file's profiles as
+   * they are now, except where the file is ahead of the kernel. `held` is the version of the file the
+   * watch last applied; a profile that differs between the two takes the file's version only when the
+   * kernel holds it (a change a one-shot command committed since, which the watch has not taken in: a
+   * health commit must not undo it), else the held one (a version of the file not applied yet, not
+   * settled or refused: a health commit must not carry it into the kernel ahead of the watch). A file
+   * that is absent or does not parse, or a commit without the kernel: the held profiles. Reads the
+   * kernel (once per family) only when the file and `held` differ.
+   */
+  private async heldBase(
+    engine: Engine | undefined,
+    held: ReadonlyMap<string, Profile>,
+  ): Promise<Map<string, Profile>> {
+    const base = new Map(held);
+    if (!engine || this.statePath === null) return base;
+    let file: ReadonlyMap<string, Profile>;
+    try {
+      if (!(await this.stateFileExists())) return base;
+      file = await this.currentState(false);
+    } catch {
+      return base;
+    }
+    const differ = [...new Set([...held.keys(), ...file.keys()])].filter((n) => {
+      const a = held.get(n);
+      const b = file.get(n);
+      return !(a && b && sameProfile(a, b));
+    });
+    if (differ.length === 0) return base;
+    // The kernel's status of each profile of `m` (health drains included; one read per family): by name.
+    const views = new Map<Family, Promise<unknown>>();
+    const statuses = async (m: Map<string, Profile>): Promise<Map<string, string>> => {
+      const out = new Map<string, string>();
+      const k = this.health.kernelState(m);
+      for (const f of FAMILIES) {
+        const mine = this.ofFamily(k, f);
+        if (mine.size === 0) continue;
+        if (!views.has(f)) views.set(f, engine.read(f));
+        for (const r of engine.compare(mine, await views.get(f))) if (mine.has(r.name)) out.set(r.name, r.status);
+      }
+      return out;
+    };
+    // A profile of the file the kernel holds as it is there; one the file no longer has, gone from the kernel.
+    // (A profile whose destinations are all drained has no rules to tell the versions apart: held.)
+    const inFile = await statuses(new Map(differ.flatMap((n) => (file.has(n) ? [[n, file.get(n)!] as const] : []))));
+    const gone = await statuses(new Map(differ.flatMap((n) => (file.has(n) ? [] : [[n, held.get(n)!] as const]))));
+    for (const name of differ) {
+      const p = file.get(name);
+      if (p && inFile.get(name) === 'in-sync') base.set(name, p);
+      else if (!p && gone.get(name) === 'missing') base.delete(name);
+    }
+    return base;
   }
 
   /**

@@ -811,9 +811,11 @@ export function coreHost(core: Core, emit?: (e: HealthEvent) => void): HealthHos
 }
 
 /**
- * A host whose checks and commits follow `held()`, the profiles the kernel was last brought in step
- * with (watch mode: the last version of the state file applied; none before one was): a health
- * commit changes the weights of those, and never carries a version of the file that has not settled.
+ * A host whose checks follow `held()`, the profiles the kernel was last brought in step with (watch
+ * mode: the last version of the state file applied; none before one was). A health commit plans
+ * against the state file as it is under the lock, but keeps the held version of a profile whose
+ * version in the file the kernel does not hold (Core.transact's `holds`): it never carries a version
+ * of the file that has not settled, and never undoes a change a one-shot `-run` committed since.
  */
 export function heldHost(core: Core, held: () => ReadonlyMap<string, Profile> | undefined): HealthHost {
   const none: ReadonlyMap<string, Profile> = new Map();

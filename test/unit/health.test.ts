@@ -986,3 +986,69 @@ test('watch mode (heldHost): checks and drains follow the version applied; a sta
   assert.ok(file.has('extra'));
   await checker.stop();
 });
+
+for (const engine of ['legacy', 'nft'] as const)
+  test(`watch mode (heldHost, ${engine}): a change a one-shot command committed since the watch applied its version is not undone by a drain; one only in the file is not carried in`, async (t) => {
+    mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_000_000 });
+    t.after(() => mock.timers.reset());
+    const { mkdtempSync, rmSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const path = await import('node:path');
+    const { FakeNftKernel } = await import('../harness/fake-kernel.js');
+    const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-held-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const file = path.join(dir, 'state.db');
+    const kernel = engine === 'legacy' ? new FakeLegacyKernel() : new FakeNftKernel();
+    const log: string[] = [];
+    // The watch's core, and a one-shot command's (another process: the same file and kernel).
+    const core = new Core({ stateFile: file, log: (l) => log.push(l) }, kernel);
+    const oneShot = new Core({ stateFile: file }, kernel);
+    const web = (dest: string[]) =>
+      validateProfile({ name: 'web', source: '127.100.0.10:80', destination: dest, health: { ...health, fall: 2 } });
+    const other = (n: number) => validateProfile({ name: `p${n}`, source: `127.100.0.2${n}:80`, destination: [D[0]] });
+    // The version the watch applied…
+    await core.transact(() => ({ upsert: [web([D[0], D[1]]), other(1), other(2)], remove: [] }), { run: true });
+    const held = new Map(await core.readState());
+    // …then `iptlb apply` (with -run) adds a destination to web and a profile, and deletes one: kernel and file.
+    await oneShot.transact(() => ({ upsert: [web([D[0], D[1], D[2]]), other(3)], remove: ['p2'] }), { run: true });
+    // …and a change only in the file (written without -run): the kernel has p1 as held.
+    await oneShot.transact(() => ({ upsert: [validateProfile({ ...other(1), destination: [D[1]] })], remove: [] }), {
+      run: false,
+    });
+    const probes = new Probes();
+    const checker = new HealthChecker(
+      heldHost(core, () => held),
+      { probe: probes.probe, random: () => 0.5, log: () => {}, restoreOnStop: false, publish: false },
+    );
+    await checker.start();
+    probes.outcome.set(D[1], false);
+    await advance(300);
+    assert.equal(checker.states()[1].state, 'down');
+    // The commit takes the state file's lock (real file I/O beside the mocked clock): see the test above.
+    const c = checker.counters;
+    for (let i = 0; c.commits + c.commitFailures === 0 && i < 1_000_000; i++) {
+      await new Promise((r) => setImmediate(r));
+      if (i % 20 === 19 && i < 2_000) await advance(1, 1);
+    }
+    assert.deepEqual([c.commits, c.commitFailures], [1, 0], 'the drain committed');
+    assert.doesNotMatch(
+      log.join('\n'),
+      /is not as the state says|replacing it/,
+      'planned against what the kernel holds',
+    );
+    // Compared with what the kernel should hold: the one-shot change kept, D[1] drained, p1 as held.
+    const expected = new Map([
+      ['web', validateProfile({ ...web([D[0], D[1], D[2]]), weights: { [D[1]]: 0 } })],
+      ['p1', other(1)],
+      ['p3', other(3)],
+    ]);
+    const memory = new Core({ stateFile: false }, kernel);
+    await memory.transact(() => ({ upsert: [...expected.values()], remove: [] }), { run: false });
+    const reports = await memory.status();
+    assert.deepEqual(
+      reports.map((r) => `${r.name} ${r.status}`).sort(),
+      ['p1 in-sync', 'p3 in-sync', 'web in-sync'],
+      JSON.stringify(reports),
+    );
+    await checker.stop();
+  });
