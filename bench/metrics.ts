@@ -95,7 +95,7 @@ async function promScraper(rs: ProfileReport[]): Promise<() => Promise<string>> 
 
 async function child(variant: string): Promise<void> {
   const rs = reports();
-  const core = { status: async () => rs } as unknown as Core;
+  const core = { statusReport: async () => ({ inSync: true, profiles: rs }) } as unknown as Core;
   const scrape =
     variant === 'prom' ? await promScraper(rs) : variant === 'hand' ? () => renderMetrics({ core }) : async () => '';
   let bytes = 0;

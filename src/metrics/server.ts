@@ -119,8 +119,12 @@ export async function renderMetrics(
   let reports: ProfileReport[] = [];
   let readOk = 1;
   let stateOk = 1;
+  let split = 0;
   try {
-    reports = await opts.core.status();
+    // One status pass, and the other engine asked once (not per profile) whether it holds iptlb's rules too.
+    const r = await opts.core.statusReport();
+    reports = r.profiles;
+    split = r.split ? 1 : 0;
   } catch (e) {
     // An unreadable state file is not a kernel that cannot be read: the kernel is not read then.
     if (e instanceof IptlbError && e.code === 'ESTATE') stateOk = 0;
@@ -135,6 +139,12 @@ export async function renderMetrics(
   t.sample('iptlb_state_read_success', {}, stateOk);
   t.family('iptlb_kernel_read_success', 'gauge', 'Whether this scrape could read the kernel counters (1) or not (0).');
   t.sample('iptlb_kernel_read_success', {}, readOk);
+  t.family(
+    'iptlb_engines_split',
+    'gauge',
+    "Whether iptlb's rules are in both engines (1: traffic may use either copy; iptlb migrate keeps one) or not (0).",
+  );
+  t.sample('iptlb_engines_split', {}, split);
   t.family('iptlb_profiles', 'gauge', 'Profiles in the state file.');
   t.sample('iptlb_profiles', {}, profiles.length);
   t.family(
@@ -228,15 +238,20 @@ export async function renderMetrics(
   return text;
 }
 
-/** `/healthz`: 200 while the last sync succeeded and the kernel matches the state (with health), else 503 and why. */
+/**
+ * `/healthz`: 200 while the last sync succeeded, iptlb's rules are in one engine only and the kernel matches the
+ * state (with health), else 503 and why.
+ */
 export async function healthz(
   opts: Omit<MetricsServerOptions, 'address' | 'core'> & { core: Core },
 ): Promise<{ ok: boolean; reason: string; profiles?: string[] }> {
   const last = opts.stats?.lastSync;
   if (last && !last.ok) return { ok: false, reason: `last sync failed: ${last.error}` };
   try {
+    const report = await opts.core.statusReport();
+    if (report.split) return { ok: false, reason: report.split };
     const seen = new Set<string>(); // an orphan may be in both address families' tables: once
-    const drifted = (await opts.core.status()).filter(
+    const drifted = report.profiles.filter(
       (r) => r.status !== 'in-sync' && !seen.has(`${r.status}:${r.name}`) && !!seen.add(`${r.status}:${r.name}`),
     );
     if (drifted.length)

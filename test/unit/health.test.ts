@@ -748,7 +748,8 @@ test('metrics text and /healthz from a core: families, labels escaped, 503 with 
     // The same orphan in the other address family's table: one series all the same.
     { name: 'x"y', status: 'orphaned', packets: 0, bytes: 0, destinations: [] },
   ];
-  const core = { status: async () => reports } as unknown as Core;
+  let split: string | undefined;
+  const core = { statusReport: async () => ({ inSync: false, profiles: reports, split }) } as unknown as Core;
   const stats = new ProcessStats();
   stats.observeSync({ drifted: 0, committed: false, commitMs: 0 });
   const text = await renderMetrics({
@@ -779,9 +780,15 @@ test('metrics text and /healthz from a core: families, labels escaped, 503 with 
   });
   reports = reports.slice(0, 1);
   assert.equal((await healthz({ core, stats })).ok, true);
+  assert.match(text, /^iptlb_engines_split 0$/m);
+  // iptlb's rules in both engines (status says split, exits 3): 503 with the split line, and the gauge at 1.
+  split = "iptlb's rules are in both engines (…): run `iptlb migrate --to nft` …";
+  assert.deepEqual(await healthz({ core, stats }), { ok: false, reason: split });
+  assert.match(await renderMetrics({ core, stats }), /^iptlb_engines_split 1$/m);
+  split = undefined;
   // A state file that cannot be read is said to be that, not a kernel that cannot be read.
   const unreadable = {
-    status: async () => {
+    statusReport: async () => {
       throw new IptlbError('ESTATE', 'state file f: not valid YAML');
     },
   } as unknown as Core;
@@ -809,6 +816,34 @@ test('metrics text and /healthz from a core: families, labels escaped, 503 with 
     await server.close();
   }
   await assert.rejects(startMetricsServer({ address: '127.0.0.1:x', core }), /metrics-address: /);
+});
+
+test('/healthz and /metrics of a core whose rules are in both engines: 503 with the split line, iptlb_engines_split 1', async (t) => {
+  const { renderMetrics, healthz } = await import('../../src/metrics/server.js');
+  const { mkdtempSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  const { FakeNftKernel } = await import('../harness/fake-kernel.js');
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-split-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const kernels = { legacy: new FakeLegacyKernel(), nft: new FakeNftKernel() };
+  const web = (n: number) => validateProfile({ name: `web${n}`, source: `127.100.0.${n}:80`, destination: [D[0]] });
+  const a = path.join(dir, 'a.db');
+  const onBoth = new Core({ stateFile: a, engine: 'legacy' }, kernels as never);
+  await onBoth.transact(() => ({ upsert: [web(1)], remove: [] }), { run: true });
+  const stats = new ProcessStats();
+  stats.observeSync({ drifted: 0, committed: false, commitMs: 0 });
+  assert.deepEqual(await healthz({ core: onBoth, stats }), { ok: true, reason: 'kernel matches the state file' });
+  assert.match(await renderMetrics({ core: onBoth, stats }), /^iptlb_engines_split 0$/m);
+  // Another state file's writer over the nft executor alone (an older iptlb): the rules are in both engines.
+  const other = new Core({ stateFile: path.join(dir, 'b.db') }, kernels.nft);
+  await other.transact(() => ({ upsert: [web(2)], remove: [] }), { run: true });
+  const split = await onBoth.engineSplit();
+  assert.match(split ?? '', /^iptlb's rules are in both engines/);
+  assert.deepEqual(await healthz({ core: onBoth, stats }), { ok: false, reason: split });
+  const text = await renderMetrics({ core: onBoth, stats });
+  assert.match(text, /^iptlb_engines_split 1$/m);
+  assert.match(text, /^iptlb_profile_in_sync\{profile="web1"\} 1$/m, 'the profile itself is in step');
 });
 
 test('watch services: a metrics address that cannot be listened on fails before the checks start; no health file is left', async () => {
