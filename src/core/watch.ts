@@ -18,6 +18,8 @@ import type { Core } from './core.js';
 import type { Profile } from '../model/types.js';
 import { stateVersion } from './state.js';
 import { journalPath } from './journal.js';
+import { formatEndpoint, parseEndpoint } from '../model/address.js';
+import type { ProfileReport } from '../model/report.js';
 
 export interface WatchOptions {
   /** Periodic drift check, ms. Default 5000. */
@@ -34,6 +36,37 @@ export interface WatchOptions {
 }
 
 export const DEFAULT_SETTLE_MS = 1000;
+
+/**
+ * How many profiles a sync found out of step: each report not in sync counts once per profile. An
+ * orphan belongs to the profile whose it is (its rules' owner, `rule:<name>` on nft, or the virtual
+ * address of a profile of the version synced or of the one before it: on nft a profile whose
+ * destinations changed leaves its address's element in the set of its old size, an orphan beside
+ * its own `modified`), so one changed profile counts once on either engine; an orphan no such profile
+ * had counts once (once also when both address families' tables hold it).
+ */
+export function driftedProfiles(
+  reports: readonly Pick<ProfileReport, 'name' | 'status'>[],
+  profiles: ReadonlyMap<string, Profile>,
+  previous?: ReadonlyMap<string, Profile>,
+): number {
+  let owners: Map<string, string> | undefined;
+  const ownerOf = (orphan: string): string => {
+    if (orphan.startsWith('rule:')) return orphan.slice('rule:'.length);
+    if (!owners) {
+      owners = new Map();
+      for (const m of [previous, profiles])
+        for (const p of m?.values() ?? []) {
+          const e = parseEndpoint(p.source);
+          if (typeof e !== 'string') owners.set(formatEndpoint(e), p.name);
+        }
+    }
+    return owners.get(orphan) ?? orphan;
+  };
+  const out = new Set<string>();
+  for (const r of reports) if (r.status !== 'in-sync') out.add(r.status === 'orphaned' ? ownerOf(r.name) : r.name);
+  return out.size;
+}
 
 export interface Watcher {
   /** Checks now (as SIGHUP does), without waiting for the file to settle. */
@@ -217,9 +250,10 @@ class StateFileWatcher {
             }),
       });
       if (r.skipped) return;
+      const previous = this.applied;
       if (!held && r.state) this.applied = r.state;
       this.opts.onSync?.({
-        drifted: r.before.filter((x) => x.status !== 'in-sync').length,
+        drifted: driftedProfiles(r.before, held ?? file.profiles!, previous),
         committed: r.committed,
         commitMs: r.commitMs,
       });

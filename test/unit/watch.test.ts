@@ -138,3 +138,75 @@ test('watch: a sync refused the same way at every check is said once; a new refu
   assert.equal(said(/another refusal/), 2, 'said again once a sync succeeded in between');
   await w.stop();
 });
+
+for (const engine of ['legacy', 'nft'] as const)
+  test(`watch (${engine}, fake kernel): a change of the state file only counts each profile it changed or deleted once as drift`, async (t) => {
+    const { mkdtempSync, rmSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const path = await import('node:path');
+    const { Core } = await import('../../src/core/core.js');
+    const { FakeLegacyKernel, FakeNftKernel } = await import('../harness/fake-kernel.js');
+    const { startWatch } = await import('../../src/core/watch.js');
+    const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-drift-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const file = path.join(dir, 'state.db');
+    const kernel = engine === 'legacy' ? new FakeLegacyKernel() : new FakeNftKernel();
+    const p = (name: string, n: number, dest: string[]) =>
+      validateProfile({ name, source: `127.100.0.${n}:80`, destination: dest }) as Profile;
+    const D = ['127.0.0.1:9001', '127.0.0.1:9002', '127.0.0.1:9003'];
+    const core = new Core({ stateFile: file }, kernel);
+    await core.transact(
+      () => ({ upsert: [p('plain', 12, D.slice(0, 2)), p('gone', 13, [D[0]]), p('kept', 14, D)], remove: [] }),
+      {
+        run: true,
+      },
+    );
+    const syncs: { drifted: number; committed: boolean }[] = [];
+    const w = startWatch(core, {
+      intervalMs: 600_000,
+      settleMs: 0,
+      log: () => {},
+      onSync: (r) => {
+        assert.ok(!(r instanceof Error), String(r));
+        syncs.push(r);
+      },
+    });
+    t.after(() => w.stop());
+    await w.check('start');
+    assert.equal(
+      syncs.reduce((n, s) => n + s.drifted, 0),
+      0,
+      'in step at start',
+    );
+    // The state file only (no -run): plain gets a destination more, gone is deleted.
+    const oneShot = new Core({ stateFile: file }, kernel);
+    await oneShot.transact(() => ({ upsert: [p('plain', 12, D)], remove: ['gone'] }), { run: false });
+    await w.check('SIGHUP');
+    await new Promise((r) => setTimeout(r, 100)); // a sync the directory's file event started, if any
+    await w.check('SIGHUP');
+    assert.equal(
+      syncs.reduce((n, s) => n + s.drifted, 0),
+      2,
+      JSON.stringify(syncs),
+    );
+    assert.equal(syncs.filter((s) => s.drifted > 0 && s.committed).length, 1, 'repaired by one sync');
+    assert.deepEqual(
+      (await core.status()).map((r) => `${r.name} ${r.status}`),
+      ['kept in-sync', 'plain in-sync'],
+    );
+  });
+
+test('driftedProfiles: an orphan of a profile of the version synced or the one before counts with it; others once each', async () => {
+  const { driftedProfiles } = await import('../../src/core/watch.js');
+  const web = new Map([
+    ['web', validateProfile({ name: 'web', source: '[::1]:80', destination: ['[::1]:9001'] }) as Profile],
+  ]);
+  const old = new Map([
+    ['old', validateProfile({ name: 'old', source: '127.100.0.9:80', destination: ['127.0.0.1:1'] }) as Profile],
+  ]);
+  const r = (name: string, status: 'in-sync' | 'modified' | 'missing' | 'orphaned') => ({ name, status });
+  assert.equal(driftedProfiles([r('web', 'modified'), r('[::1]:80', 'orphaned')], web), 1);
+  assert.equal(driftedProfiles([r('127.100.0.9:80', 'orphaned'), r('rule:old', 'orphaned')], web, old), 1);
+  assert.equal(driftedProfiles([r('127.100.0.9:80', 'orphaned'), r('127.100.0.9:80', 'orphaned')], web), 1);
+  assert.equal(driftedProfiles([r('web', 'in-sync'), r('set:aff_1', 'orphaned'), r('other', 'orphaned')], web), 2);
+});
