@@ -308,3 +308,40 @@ test('too many arguments: one line naming the command (a fleet subcommand by its
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('top: a counter lower than at the last refresh was reset (a health commit rewrote the rules): its rate is what it counted since, not 0.0; the HEALTH column has its header', async () => {
+  const { topRows, topLines } = await import('../../src/cli/commands/top.js');
+  const report = (p1: number, p2: number, drained: boolean) => ({
+    name: 'web',
+    status: 'in-sync' as const,
+    packets: p1 + p2,
+    bytes: 0,
+    destinations: [
+      { destination: '127.0.0.1:9001', packets: p1, bytes: 0, health: 'up' as const },
+      {
+        destination: '127.0.0.1:9002',
+        packets: p2,
+        bytes: 0,
+        health: drained ? ('down' as const) : ('up' as const),
+        ...(drained ? { effectiveWeight: 0 } : {}),
+      },
+    ],
+  });
+  const prev = new Map<string, number>();
+  const first = topRows([report(100, 100, false)], prev, 0);
+  assert.equal(first[0]!.rate, null, 'no rate on the first refresh');
+  const steady = topRows([report(120, 110, false)], prev, 2);
+  assert.deepEqual([steady[0]!.rate, ...steady[0]!.destinations.map((d) => d.rate)], [15, 10, 5]);
+  // A health commit drained 9002 and rewrote the profile: both counters start again from 0.
+  const after = topRows([report(8, 0, true)], prev, 2);
+  assert.deepEqual([after[0]!.rate, ...after[0]!.destinations.map((d) => d.rate)], [4, 4, 0]);
+  const lines = topLines(after, 2, new Date(0));
+  const header = lines[1]!.split('\t');
+  assert.deepEqual(header, ['PROFILE', 'STATUS', 'DESTINATION', 'CONN/S', 'TOTAL', 'HEALTH']);
+  assert.deepEqual(lines[2]!.split('\t'), ['web', 'in-sync', '*', '4.0', '8']);
+  assert.deepEqual(lines[4]!.split('\t'), ['', '', '127.0.0.1:9002', '0.0', '0', 'down (drained)']);
+  for (const l of lines.slice(3)) assert.equal(l.split('\t').length, header.length, l);
+  // Without checked destinations: no HEALTH column.
+  const plain = topRows([{ ...report(1, 1, false), destinations: [] }], new Map(), 0);
+  assert.equal(topLines(plain, 1)[1], 'PROFILE\tSTATUS\tDESTINATION\tCONN/S\tTOTAL');
+});

@@ -4,6 +4,7 @@ import { IptlbError } from '../../model/errors.js';
 import { show } from '../../model/profile.js';
 import { addGlobal, wholeMs, withGlobals, type GlobalOpts } from '../flags.js';
 import { makeCore, onClosed, type Out } from '../context.js';
+import type { ProfileReport } from '../../model/report.js';
 
 /**
  * `iptlb top` / `iptlb status --watch`: per-destination new connections per second, refreshed every
@@ -40,43 +41,13 @@ export async function topCommand(o: GlobalOpts & { interval?: string; count?: st
       const reports = await core.status();
       const at = performance.now();
       const secs = prevAt ? (at - prevAt) / 1000 : 0;
-      const rate = (key: string, packets: number): number | null => {
-        const before = prev.get(key);
-        prev.set(key, packets);
-        return secs > 0 && before !== undefined ? Math.max(0, (packets - before) / secs) : null;
-      };
-      const rows = reports.map((r) => ({
-        name: r.name,
-        status: r.status,
-        packets: r.packets,
-        rate: rate(r.name, r.packets),
-        destinations: r.destinations.map((d) => ({
-          destination: d.destination,
-          ...(d.weight !== undefined ? { weight: d.weight } : {}),
-          ...(d.health !== undefined ? { health: d.health } : {}),
-          ...(d.effectiveWeight !== undefined ? { effectiveWeight: d.effectiveWeight } : {}),
-          packets: d.packets,
-          rate: rate(`${r.name} ${d.destination}`, d.packets),
-        })),
-      }));
+      const rows = topRows(reports, prev, secs);
       prevAt = at;
       if (o.json) {
         io.out(JSON.stringify({ at: new Date().toISOString(), intervalMs: interval, profiles: rows }));
         continue;
       }
-      const fmt = (x: number | null): string => (x === null ? '-' : x.toFixed(1));
-      const lines = [
-        `iptlb top  ${new Date().toISOString()}  new connections per second over ${(secs || interval / 1000).toFixed(1)} s (Ctrl-C stops)`,
-        'PROFILE\tSTATUS\tDESTINATION\tCONN/S\tTOTAL',
-      ];
-      for (const r of rows) {
-        lines.push(`${r.name}\t${r.status}\t*\t${fmt(r.rate)}\t${r.packets}`);
-        for (const d of r.destinations)
-          lines.push(
-            `\t\t${d.destination}${d.weight !== undefined ? `*${d.weight}` : ''}\t${fmt(d.rate)}\t${d.packets}${d.health !== undefined ? `\t${d.health}${d.effectiveWeight === 0 ? ' (drained)' : ''}` : ''}`,
-          );
-      }
-      if (!rows.length) lines.push('(no profiles and no iptlb rules)');
+      const lines = topLines(rows, secs || interval / 1000);
       io.out((tty ? '\x1b[H\x1b[2J' : i > 0 ? '\n' : '') + lines.join('\n'));
     }
   } finally {
@@ -84,6 +55,70 @@ export async function topCommand(o: GlobalOpts & { interval?: string; count?: st
     process.removeListener('SIGTERM', onSignal);
     unsubscribe();
   }
+}
+
+/** One row of `iptlb top`: a profile (or orphan), its rate and its destinations'. */
+export interface TopRow {
+  name: string;
+  status: string;
+  packets: number;
+  rate: number | null;
+  destinations: {
+    destination: string;
+    weight?: number;
+    health?: string;
+    effectiveWeight?: number;
+    packets: number;
+    rate: number | null;
+  }[];
+}
+
+/**
+ * The rows of one refresh: new connections per second since the last (`prev`: the counters then, by
+ * profile and by destination, updated here; `secs` since then, 0 on the first refresh: no rate). A
+ * counter lower than before was reset (a health commit or a sync rewrote the rules: docs/metrics.md):
+ * its rate is what it counted since, over the interval (the reset was within it: a lower bound), not 0.
+ */
+export function topRows(reports: readonly ProfileReport[], prev: Map<string, number>, secs: number): TopRow[] {
+  const rate = (key: string, packets: number): number | null => {
+    const before = prev.get(key);
+    prev.set(key, packets);
+    if (!(secs > 0) || before === undefined) return null;
+    return (packets >= before ? packets - before : packets) / secs;
+  };
+  return reports.map((r) => ({
+    name: r.name,
+    status: r.status,
+    packets: r.packets,
+    rate: rate(r.name, r.packets),
+    destinations: r.destinations.map((d) => ({
+      destination: d.destination,
+      ...(d.weight !== undefined ? { weight: d.weight } : {}),
+      ...(d.health !== undefined ? { health: d.health } : {}),
+      ...(d.effectiveWeight !== undefined ? { effectiveWeight: d.effectiveWeight } : {}),
+      packets: d.packets,
+      rate: rate(`${r.name} ${d.destination}`, d.packets),
+    })),
+  }));
+}
+
+/** The text of one refresh (tab-separated; a HEALTH column when some destination is checked). */
+export function topLines(rows: readonly TopRow[], secs: number, now = new Date()): string[] {
+  const fmt = (x: number | null): string => (x === null ? '-' : x.toFixed(1));
+  const checked = rows.some((r) => r.destinations.some((d) => d.health !== undefined));
+  const lines = [
+    `iptlb top  ${now.toISOString()}  new connections per second over ${secs.toFixed(1)} s (Ctrl-C stops)`,
+    `PROFILE\tSTATUS\tDESTINATION\tCONN/S\tTOTAL${checked ? '\tHEALTH' : ''}`,
+  ];
+  for (const r of rows) {
+    lines.push(`${r.name}\t${r.status}\t*\t${fmt(r.rate)}\t${r.packets}`);
+    for (const d of r.destinations)
+      lines.push(
+        `\t\t${d.destination}${d.weight !== undefined ? `*${d.weight}` : ''}\t${fmt(d.rate)}\t${d.packets}${d.health !== undefined ? `\t${d.health}${d.effectiveWeight === 0 ? ' (drained)' : ''}` : ''}`,
+      );
+  }
+  if (!rows.length) lines.push('(no profiles and no iptlb rules)');
+  return lines;
 }
 
 export function register(program: Command, io: Out): void {
