@@ -1087,3 +1087,44 @@ for (const engine of ['legacy', 'nft'] as const)
     );
     await checker.stop();
   });
+
+test('watch mode (heldHost): while the state file does not parse, a drain is committed against the version applied (docs/health.md, known limits); health says nothing of the file', async (t) => {
+  mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_000_000 });
+  t.after(() => mock.timers.reset());
+  const { mkdtempSync, rmSync, writeFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-held-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const file = path.join(dir, 'state.db');
+  const kernel = new FakeLegacyKernel();
+  const core = new Core({ stateFile: file }, kernel);
+  const web = validateProfile({
+    name: 'web',
+    source: '127.100.0.10:80',
+    destination: D,
+    health: { ...health, fall: 2 },
+  });
+  await core.transact(() => ({ upsert: [web], remove: [] }), { run: true });
+  const held = new Map(await core.readState());
+  writeFileSync(file, 'web: [half written\n');
+  await assert.rejects(core.readState());
+  const log: string[] = [];
+  const probes = new Probes();
+  const checker = new HealthChecker(
+    heldHost(core, () => held),
+    { probe: probes.probe, random: () => 0.5, log: (l) => log.push(l), restoreOnStop: false, publish: false },
+  );
+  await checker.start();
+  probes.outcome.set(D[1], false);
+  await advance(300);
+  const c = checker.counters;
+  for (let i = 0; c.commits + c.commitFailures === 0 && i < 1_000_000; i++) {
+    await new Promise((r) => setImmediate(r));
+    if (i % 20 === 19 && i < 2_000) await advance(1, 1);
+  }
+  assert.deepEqual([c.commits, c.commitFailures], [1, 0], log.join('\n'));
+  assert.deepEqual(dnats(kernel.commits.at(-1)!, 'web'), [D[0], D[2]], 'the applied version, D[1] drained');
+  assert.doesNotMatch(log.join('\n'), /cannot read the profiles|commit failed/);
+  await checker.stop();
+});
