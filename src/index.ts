@@ -163,7 +163,9 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
   }
 
   private reportDrift(reports: ProfileReport[]): void {
-    const drifted = reports.filter((r) => r.status !== 'in-sync');
+    // What sync() repairs: an in-memory handle leaves what it was not given alone, orphans included.
+    const memory = this.core.statePath === null;
+    const drifted = reports.filter((r) => r.status !== 'in-sync' && !(memory && r.status === 'orphaned'));
     if (drifted.length) this.emit('drift', drifted);
   }
 

@@ -313,14 +313,6 @@ interface DoneFamily {
   appended?: FamilyCommit['appended'];
 }
 
-/** Lines a process says once (the first instance that meets the condition says it). */
-const said = new Set<string>();
-function sayOnce(key: string, line: string, log: (line: string) => void): void {
-  if (said.has(key)) return;
-  said.add(key);
-  log(line);
-}
-
 /**
  * A state file that does not exist, refused by a command that reads it to decide what the kernel
  * should hold (`sync`, `migrate`, `-use-state -run`, their `plan`): an absent file is not "no
@@ -598,9 +590,11 @@ export class Core {
         record?.engine ? { engine: record.engine, file: engineRecordOf(this.statePath!) } : undefined,
       );
       const { engine, reason, broken } = this.engineFor(e.engine);
-      // Said once per process: what only doctor said before.
-      if (broken && this.logging)
-        sayOnce(`broken:${e.engine}`, `${e.engine} engine: ${broken}; the spawn executor is used`, this.log);
+      // Said once by each instance with a log (docs/install.md): what only doctor said before.
+      if (broken && this.logging && !this.saidBroken.has(e.engine)) {
+        this.saidBroken.add(e.engine);
+        this.log(`${e.engine} engine: ${broken}; the spawn executor is used`);
+      }
       const before = this.followed;
       if (before && before !== e.engine && record?.engine === e.engine)
         this.log(
@@ -1104,6 +1098,8 @@ export class Core {
     return Math.min(this.lockWaitMs, 1000);
   }
 
+  /** The engines whose native part is broken, said by this instance (once each). */
+  private readonly saidBroken = new Set<EngineName>();
   /** Whether the last sync said another state file was busy (said once per run of such syncs). */
   private saidBusy = false;
 
@@ -1728,6 +1724,11 @@ export class Core {
         // files stay locked until this sync is committed; while one of them is changing (its lock
         // held), nothing beyond the files is removed: it may be that change's.
         const others = await this.othersOf(read, true);
+        // What the kernel holds beyond the profiles is left as it is while another state file is
+        // changing (it may be that change's), and always by an in-memory instance, which cannot tell
+        // its own leftovers from another's objects (docs/guarantees.md: it changes only the profiles
+        // it is given).
+        const leaveUnknown = (): boolean => others.busy || this.statePath === null;
         try {
           const families = this.familiesOf(provider, state);
           const contestedOf = (f: Family): Contested[] =>
@@ -1743,7 +1744,7 @@ export class Core {
               const view = await provider.read(family);
               const reports = this.compareMine(provider, profiles, keep, view, contestedOf(family));
               const drifted = reports.filter(
-                (r) => r.status !== 'in-sync' && !(others.busy && r.status === 'orphaned'),
+                (r) => r.status !== 'in-sync' && !(leaveUnknown() && r.status === 'orphaned'),
               );
               if (!drifted.length) continue;
               const c = others.contested.find((x) => drifted.some((r) => r.name === x.name)) ?? others.contested[0]!;
@@ -1763,12 +1764,12 @@ export class Core {
               profiles,
               (view, attempt) => {
                 reports = this.compareMine(provider, profiles, keep(), view, contestedOf(family));
-                drifted = reports.filter((r) => r.status !== 'in-sync' && !(others.busy && r.status === 'orphaned'));
+                drifted = reports.filter((r) => r.status !== 'in-sync' && !(leaveUnknown() && r.status === 'orphaned'));
                 if (attempt === 1)
                   for (const r of drifted) this.log(`sync ${r.name}: ${r.status}${r.detail ? ` (${r.detail})` : ''}`);
                 return drifted.length > 0;
               },
-              { keep: () => ({ keep: keep(), keepUnknown: others.busy }), update: () => others.update() },
+              { keep: () => ({ keep: keep(), keepUnknown: leaveUnknown() }), update: () => others.update() },
             );
             before.push(...reports);
             if (ms === undefined) continue;

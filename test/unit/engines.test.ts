@@ -687,6 +687,39 @@ for (const engine of ['legacy', 'nft'] as const) {
 }
 
 for (const engine of ['legacy', 'nft'] as const) {
+  test(`${engine}: an in-memory handle's sync and drift events leave every profile it was not given alone (another state file's, or a leftover)`, async () => {
+    const kernels = fakes();
+    const owner = coreOn(engine, kernels);
+    try {
+      await apply(owner.core, { name: 'keep', source: '127.100.3.1:80', destination: ['127.0.0.1:9001'], logEnabled: true });
+      const mem = await open({ stateFile: false, engine }, kernels[engine] as Executor);
+      try {
+        const drift: string[][] = [];
+        mem.on('drift', (r) => drift.push(r.map((x) => `${x.name}:${x.status}`)));
+        await mem.apply({ name: 'mine', source: '127.100.3.2:80', destination: ['127.0.0.1:9002'] });
+        // status reports what it does not know as orphaned; sync leaves it, and no drift event names it.
+        assert.ok((await mem.status()).some((r) => r.status === 'orphaned'));
+        const commits = kernels[engine].commits.length;
+        const r = await mem.sync();
+        assert.equal(r.committed, false);
+        assert.equal(kernels[engine].commits.length, commits);
+        assert.deepEqual(drift, []);
+        // (An in-memory handle registers no state file: the owner sees its profile as orphaned.)
+        assert.equal((await statuses(owner.core)).keep, 'in-sync');
+        await mem.apply({ name: 'mine', source: '127.100.3.2:80', destination: ['127.0.0.1:9003'] });
+        assert.equal((await mem.sync()).committed, false);
+        assert.equal((await statuses(owner.core)).keep, 'in-sync');
+        assert.equal((await mem.status()).find((x) => x.name === 'mine')?.status, 'in-sync');
+      } finally {
+        await mem.close();
+      }
+    } finally {
+      owner.done();
+    }
+  });
+}
+
+for (const engine of ['legacy', 'nft'] as const) {
   test(`${engine}: a name two state files give profiles at different addresses: the sync of the one the kernel does not hold changes nothing (ECONFLICT naming name and the other file); its status says whose; where both are held (nft, no rules of their own) a sync keeps both`, async () => {
     const kernels = fakes();
     const registry = mkdtempSync(path.join(tmpdir(), 'iptlb-registry-'));
