@@ -691,7 +691,12 @@ for (const engine of ['legacy', 'nft'] as const) {
     const kernels = fakes();
     const owner = coreOn(engine, kernels);
     try {
-      await apply(owner.core, { name: 'keep', source: '127.100.3.1:80', destination: ['127.0.0.1:9001'], logEnabled: true });
+      await apply(owner.core, {
+        name: 'keep',
+        source: '127.100.3.1:80',
+        destination: ['127.0.0.1:9001'],
+        logEnabled: true,
+      });
       const mem = await open({ stateFile: false, engine }, kernels[engine] as Executor);
       try {
         const drift: string[][] = [];
