@@ -132,6 +132,16 @@ export interface AgentEvents {
 /** A profile of the store as the agent's mirror holds it. */
 type Mirrored = StoredEntry & { modRevision: number };
 
+/** The `instance` a host key's value names (undefined: none, or not JSON). */
+function instanceOf(value: string): string | undefined {
+  try {
+    const v = JSON.parse(value) as Partial<HostStatus> | null;
+    return typeof v?.instance === 'string' ? v.instance : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 const sleep = (ms: number, signal?: { stopped: boolean; wake?: () => void }): Promise<void> =>
   new Promise((r) => {
     const t = setTimeout(r, ms);
@@ -381,6 +391,11 @@ export class Agent extends EventEmitter<AgentEvents> {
       from = page.kvs[page.kvs.length - 1]!.key + '\0';
     }
     if (this.stopped || session !== this.session) return;
+    if (revision < this.mirrorRevision && !this.wentBackSaid)
+      this.log(
+        `agent: the store is at revision ${revision}, below revision ${this.mirrorRevision} this agent had seen (etcd restored from a snapshot?): the listed set replaces what the agent knew`,
+      );
+    this.wentBackSaid = false;
     this.mirror = listed;
     this.mirrorRevision = revision;
     this.eventRevision = revision;
@@ -425,9 +440,18 @@ export class Agent extends EventEmitter<AgentEvents> {
                 const old = watch;
                 watch = undefined;
                 void old?.cancel();
-                void sleep(delay, this.sleeper).then(() => {
-                  if (session === this.session && !this.stopped && id === current) open(next);
-                });
+                const live = (): boolean => session === this.session && !this.stopped && id === current;
+                void sleep(delay, this.sleeper)
+                  // A store restored from a snapshot is behind the mirror: a watch from `next` would
+                  // stay silent until the store passed it. (A read that fails: the watch's own
+                  // creation says whether the store answers.)
+                  .then(() => (live() ? store.revision(start).catch(() => undefined) : undefined))
+                  .then((rev) => {
+                    if (!live()) return;
+                    if (rev !== undefined && rev < this.mirrorRevision)
+                      return this.storeWentBack(rev, 'resuming the watch');
+                    open(next);
+                  });
               },
             })
             .then((w) => {
@@ -451,6 +475,21 @@ export class Agent extends EventEmitter<AgentEvents> {
   }
   private stopHook?: () => void;
   private relistHook?: () => void;
+
+  /**
+   * The store answered with a revision below the mirror's: etcd was restored from a snapshot (or
+   * replaced), and a watch from the mirror's revision would stay silent until the store passed it. The
+   * session ends and a new one re-lists at once (as SIGHUP does); its commit writes the host key again.
+   */
+  private wentBackSaid = false;
+  private storeWentBack(revision: number, where: string): void {
+    if (!this.relistHook) return;
+    this.wentBackSaid = true;
+    this.log(
+      `agent: store revision ${revision} is below revision ${this.mirrorRevision} this agent had seen (${where}): etcd was restored from a snapshot or replaced; re-listing`,
+    );
+    this.relistHook();
+  }
 
   /**
    * Checks now (`iptlb agent` on SIGHUP, as `iptlb watch` does): compares the kernel with the state
@@ -482,7 +521,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     let timedOut = false;
     try {
       // Bounded here too, not only by the client's call deadline.
-      await Promise.race([
+      const revision = await Promise.race([
         this.store!.revision(this.profilesPrefix),
         new Promise<never>(
           (_, reject) =>
@@ -493,22 +532,34 @@ export class Agent extends EventEmitter<AgentEvents> {
         ),
       ]);
       if (session === this.session) this.checkFailingSince = undefined;
-      // The host key went with its lease (the agent stopped past the lease's TTL, someone revoked it):
-      // written again under a new lease, or the host stays "unknown" until the next change. (Not part
-      // of the session's check: a role that may not read the key only loses this repair.)
+      if (session === this.session && revision < this.mirrorRevision)
+        return this.storeWentBack(revision, 'linearizable check');
+      // The host key went with its lease (the agent stopped past the lease's TTL, someone revoked it),
+      // or holds another status of this agent than its last write (etcd restored from a snapshot): written
+      // again (under a new lease if need be), or the host stays "unknown" or stale until the next change.
+      // A key another instance wrote is not fought over (checkHostKeyOwner warns). (Not part of the
+      // session's check: a role that may not read the key only loses this repair.)
       const key = hostKey(this.prefix, this.host);
       const wrote = this.statusWritten; // read after this agent's write: another writer is alive
+      const puts = this.statusPuts;
       const own = await this.store!.range(key, `${key}\0`, { limit: 1 }).catch(() => undefined);
-      if (own?.kvs.length && wrote) this.checkHostKeyOwner(own.kvs[0]!.value, false);
+      const value = own?.kvs[0]?.value;
+      if (value !== undefined && wrote) this.checkHostKeyOwner(value, false);
       if (
         own &&
-        !own.kvs.length &&
+        (value === undefined || value !== this.statusLastWritten) &&
+        puts === this.statusPuts && // no write of this agent began meanwhile (the read may predate it)
         !this.statusWriting &&
         !this.statusTimer &&
         !this.stopped &&
-        session === this.session
+        session === this.session &&
+        (value === undefined || [undefined, this.instance].includes(instanceOf(value)))
       ) {
-        this.log(`agent: host key ${key} is gone (its lease lost); writing it again`);
+        this.log(
+          value === undefined
+            ? `agent: host key ${key} is gone (its lease lost); writing it again`
+            : `agent: host key ${key} does not hold this agent's last status (etcd restored from a snapshot?); writing it again`,
+        );
         this.writeStatus();
       }
     } catch (e) {
@@ -720,6 +771,9 @@ export class Agent extends EventEmitter<AgentEvents> {
   /** Writes the host key (coalesced; under the lease; a failure is retried with backoff). */
   private statusWriting = false;
   private statusAgain = false;
+  /** Host key writes begun, and the value of the last one that succeeded. */
+  private statusPuts = 0;
+  private statusLastWritten?: string;
   private writeStatus(): void {
     const st = this.status();
     this.emit('status', st);
@@ -730,12 +784,15 @@ export class Agent extends EventEmitter<AgentEvents> {
     }
     if (this.statusTimer) return;
     this.statusWriting = true;
+    this.statusPuts++;
+    const value = JSON.stringify(this.status());
     this.store
-      .putLeased(hostKey(this.prefix, this.host), JSON.stringify(this.status()), this.o.leaseTtlSec)
+      .putLeased(hostKey(this.prefix, this.host), value, this.o.leaseTtlSec)
       .then(
         () => {
           this.statusAttempt = 0;
           this.statusWritten = true;
+          this.statusLastWritten = value;
         },
         (e: Error) => {
           this.statusAgain = true;

@@ -74,6 +74,23 @@ export class FakeStore implements FleetStore {
   compact(rev = this.rev): void {
     this.compacted = rev;
   }
+  /**
+   * etcd restored from a snapshot taken at `rev`: what was written after it is gone and the revision
+   * goes back to it; the members restart (every watch's connection is lost, resumable; `keepWatches`: a
+   * watch that stays open, as one the client opened again meanwhile). Leased keys
+   * (host keys) are `leased` as the snapshot held them (by default as they are now).
+   */
+  restore(rev: number, leased: Map<string, string> = this.leased, keepWatches = false): void {
+    for (const [k, h] of this.history) {
+      const kept = h.filter((v) => v.revision <= rev);
+      if (kept.length) this.history.set(k, kept);
+      else this.history.delete(k);
+    }
+    this.rev = rev;
+    this.compacted = Math.min(this.compacted, rev);
+    this.leased = new Map(leased);
+    if (!keepWatches) this.killWatches('watch disconnected: 14 UNAVAILABLE: Connection dropped (fake restore)', true);
+  }
   /** Kills every watch (a disconnect / cancel). */
   /** Watches open now. */
   get watching(): number {
