@@ -80,6 +80,33 @@ export function storeErrorMessage(e: unknown): string {
     .trim();
 }
 
+/**
+ * A response over the client's gRPC receive limit (4 MiB): grpc-js says "8 RESOURCE_EXHAUSTED: Received
+ * message larger than max (4889395 vs 4194304)".
+ */
+export function isResponseTooLarge(e: unknown): boolean {
+  return /RESOURCE_EXHAUSTED|larger than max/i.test(String((e as Error)?.message ?? e));
+}
+
+/**
+ * One page of at most `limit` keys (`fetch(limit)`): a response over the receive limit is fetched again with
+ * half the limit, down to one key per page (a key of etcd's is at most its request limit, 1.5 MiB by default,
+ * so one always fits). Returns the page and the limit it was fetched with.
+ */
+export async function fetchPageHalving<T>(
+  fetch: (limit: number) => Promise<T>,
+  limit: number,
+): Promise<{ page: T; limit: number }> {
+  for (;;) {
+    try {
+      return { page: await fetch(limit), limit };
+    } catch (e) {
+      if (limit <= 1 || !isResponseTooLarge(e)) throw e;
+      limit = Math.max(1, Math.floor(limit / 2));
+    }
+  }
+}
+
 /** etcd's limit of operations per transaction. */
 export const MAX_TXN_OPS = 128;
 
@@ -174,6 +201,11 @@ const str = (b: unknown): string => (Buffer.isBuffer(b) ? b.toString('utf8') : S
 export class EtcdStore implements FleetStore {
   private lease?: any;
   private leaseTtl = 0;
+  /**
+   * The page limit that fit the receive limit after a page did not: the rest of that list asks for no more
+   * (rather than fetching a page too large again for each one); forgotten at the list's last page.
+   */
+  private pageCap?: number;
 
   private constructor(
     private readonly client: any,
@@ -241,7 +273,8 @@ export class EtcdStore implements FleetStore {
               global: retry(handleWhen(isRecoverableError), { maxAttempts: hosts.length - 1 }),
             }
           : { host: () => noop, global: noop },
-      // A bigger receive limit than grpc-js's 4 MiB is not needed: lists go in pages.
+      // grpc-js's receive limit stays 4 MiB: lists go in pages, and a page over it is fetched again with
+      // half as many keys (see range).
       defaultCallOptions: (ctx: { isStream: boolean }) => (ctx.isStream ? {} : { deadline: Date.now() + timeout }),
     });
     return new EtcdStore(client, timeout);
@@ -252,12 +285,20 @@ export class EtcdStore implements FleetStore {
     end: string,
     opts: { limit: number; revision?: number },
   ): Promise<{ kvs: StoreKV[]; more: boolean; revision: number }> {
-    const res = await this.client.kv.range({
-      key: Buffer.from(start, 'latin1'),
-      range_end: Buffer.from(end, 'latin1'),
-      limit: opts.limit,
-      ...(opts.revision ? { revision: opts.revision } : {}),
-    });
+    // A page may hold fewer keys than asked for (`more` says whether others follow): callers go on from its
+    // last key.
+    const { page: res, limit } = await fetchPageHalving<any>(
+      (limit) =>
+        this.client.kv.range({
+          key: Buffer.from(start, 'latin1'),
+          range_end: Buffer.from(end, 'latin1'),
+          limit,
+          ...(opts.revision ? { revision: opts.revision } : {}),
+        }),
+      Math.min(opts.limit, this.pageCap ?? Infinity),
+    );
+    if (res.more && limit < opts.limit) this.pageCap = limit;
+    else if (!res.more && opts.limit >= (this.pageCap ?? Infinity)) this.pageCap = undefined; // a list's last page
     return {
       kvs: (res.kvs ?? []).map((kv: any) => ({
         key: kv.key.toString('latin1'),

@@ -8,6 +8,8 @@ import { afterEach, describe, mock, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Agent, AgentOptions, HostStatus } from '../../src/fleet/agent.js';
 import { profileKey } from '../../src/fleet/reconcile.js';
+import { listPrefix } from '../../src/fleet/fleet.js';
+import { EtcdStore, fetchPageHalving } from '../../src/fleet/store.js';
 import { FakeNftKernel } from '../harness/fake-kernel.js';
 import { FakeStore } from '../harness/fake-store.js';
 import { P, fastAgent, putProf, stateFile } from '../harness/fleet-agents.js';
@@ -120,5 +122,94 @@ describe('fleet agent: etcd restored from a snapshot (its revision goes back)', 
     mock.timers.tick(200);
     await settle(50);
     assert.equal(store.leased.get(key), other);
+  });
+});
+
+describe('lists over the 4 MiB gRPC receive limit', () => {
+  /**
+   * An etcd3 client whose kv.range answers from `store` and fails as grpc-js does when the response would be
+   * over 4 MiB, each key weighing `bytes` (250 profiles of 1,024 destinations: about 20 KB each).
+   */
+  function bigClient(store: FakeStore, bytes: number) {
+    const calls: number[] = [];
+    const client = {
+      kv: {
+        range: async (req: { key: Buffer; range_end: Buffer; limit: number; revision?: number }) => {
+          calls.push(req.limit);
+          const r = await store.range(req.key.toString('latin1'), req.range_end.toString('latin1'), {
+            limit: req.limit,
+            ...(req.revision ? { revision: req.revision } : {}),
+          });
+          const size = r.kvs.length * bytes;
+          if (size > 4194304)
+            throw new Error(`8 RESOURCE_EXHAUSTED: Received message larger than max (${size} vs 4194304)`);
+          return {
+            kvs: r.kvs.map((kv) => ({
+              key: Buffer.from(kv.key, 'latin1'),
+              value: Buffer.from(kv.value),
+              mod_revision: String(kv.modRevision),
+              create_revision: String(kv.createRevision),
+            })),
+            more: r.more,
+            header: { revision: String(r.revision) },
+          };
+        },
+      },
+      close: () => {},
+    };
+    const Ctor = EtcdStore as unknown as new (client: unknown, timeout: number) => EtcdStore;
+    return { etcd: new Ctor(client, 5000), calls };
+  }
+
+  test('a page over the limit is fetched again with half the limit (down to one key); the rest of that list asks for no more', async () => {
+    const store = new FakeStore();
+    for (let i = 0; i < 250; i++) putProf(store, `p${String(i).padStart(3, '0')}`, 1000 + i);
+    const { etcd, calls } = bigClient(store, 20_000);
+    const { kvs, revision } = await listPrefix(etcd, `${P}profiles/`);
+    assert.equal(kvs.length, 250);
+    assert.equal(new Set(kvs.map((k) => k.key)).size, 250);
+    assert.equal(revision, store.rev);
+    // 1000 and 500 and 250 are over 4 MiB at 20 KB a key, 125 fits: the second page asks for 125 at once.
+    assert.deepEqual(calls, [1000, 500, 250, 125, 125]);
+    // The next list learns again (the profiles may have shrunk), and the agent lists through the same call.
+    calls.length = 0;
+    await listPrefix(etcd, `${P}profiles/`);
+    assert.deepEqual(calls, [1000, 500, 250, 125, 125]);
+    // A key that is alone over the limit is an error (etcd's request limit makes one impossible): no loop.
+    const huge = bigClient(store, 5_000_000);
+    await assert.rejects(listPrefix(huge.etcd, `${P}profiles/`), /RESOURCE_EXHAUSTED/);
+    assert.equal(huge.calls.at(-1), 1);
+    assert.deepEqual(huge.calls, [1000, 500, 250, 125, 62, 31, 15, 7, 3, 1]);
+  });
+
+  test('the agent lists 250 profiles of 20 KB each over the receive limit and applies them all', async (t) => {
+    mockTimers(t);
+    const store = new FakeStore();
+    for (let i = 0; i < 250; i++) putProf(store, `p${String(i).padStart(3, '0')}`, 1000 + i);
+    const { etcd } = bigClient(store, 20_000);
+    const watch = store.watch.bind(store);
+    Object.assign(etcd, {
+      watch: watch,
+      revision: store.revision.bind(store),
+      putLeased: store.putLeased.bind(store),
+      close: async () => {},
+    });
+    const a = fastAgent(etcd as never, new FakeNftKernel(), stateFile());
+    agents.push(a);
+    await a.start();
+    await until(() => a.status().profiles === 250 && a.status().revision === store.rev, 'all 250 applied');
+  });
+
+  test('fetchPageHalving passes other errors on at once', async () => {
+    const limits: number[] = [];
+    await assert.rejects(
+      fetchPageHalving(async (l) => {
+        limits.push(l);
+        throw new Error('14 UNAVAILABLE: connect ECONNREFUSED');
+      }, 1000),
+      /UNAVAILABLE/,
+    );
+    assert.deepEqual(limits, [1000]);
+    assert.deepEqual(await fetchPageHalving(async (l) => l, 7), { page: 7, limit: 7 });
   });
 });
