@@ -1,7 +1,7 @@
 /** The etcd flags shared by `iptlb agent` and `iptlb fleet` (with their environment variables). */
 import { Option, type Command } from 'commander';
 import { IptlbError } from '../model/errors.js';
-import { checkEtcdOptions, parseEndpoints, type EtcdOptions } from '../fleet/store.js';
+import { checkEtcdOptions, MAX_CALL_TIMEOUT_MS, parseEndpoints, type EtcdOptions } from '../fleet/store.js';
 import { DEFAULT_PREFIX, validatePrefix } from '../fleet/reconcile.js';
 
 export interface EtcdFlags {
@@ -39,7 +39,7 @@ export function addEtcdFlags(cmd: Command): Command {
     .addOption(
       new Option(
         '--etcd-timeout-ms <ms>',
-        'deadline of each etcd call (a linearizable read blocks while quorum is lost)',
+        'deadline of each etcd call (a linearizable read blocks while quorum is lost; 10-3600000)',
       ).default('5000'),
     )
     .addOption(new Option('--prefix <prefix>', `key prefix (env IPTLB_ETCD_PREFIX; default ${DEFAULT_PREFIX})`));
@@ -54,10 +54,10 @@ export function etcdOptions(o: EtcdFlags): { etcd: EtcdOptions; prefix: string }
   const key = pick(o.etcdKey, 'IPTLB_ETCD_KEY');
   const user = pick(o.etcdUser, 'IPTLB_ETCD_USER');
   const timeout = Number(o.etcdTimeoutMs ?? '5000');
-  if (!/^\d+$/.test(o.etcdTimeoutMs ?? '5000') || timeout < 10)
+  if (!/^\d+$/.test(o.etcdTimeoutMs ?? '5000') || timeout < 10 || timeout > MAX_CALL_TIMEOUT_MS)
     throw new IptlbError(
       'EUSAGE',
-      `etcd-timeout-ms: ${JSON.stringify(o.etcdTimeoutMs)} must be a whole number of ms, at least 10`,
+      `etcd-timeout-ms: ${JSON.stringify(o.etcdTimeoutMs)} must be a whole number of ms from 10 to ${MAX_CALL_TIMEOUT_MS}`,
       { field: 'etcd-timeout-ms' },
     );
   const etcd: EtcdOptions = {

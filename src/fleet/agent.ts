@@ -45,6 +45,18 @@ import {
 import { nodeOs } from '../platform/builtins.js';
 
 export const DEFAULT_AGENT_STATE_FILE = '/var/lib/iptlb/agent.db';
+/**
+ * Longest duration option of the agent, ms (an hour, as the CLI's other ms options). Node's timers hold at most
+ * 2^31-1 ms and turn a longer delay into 1 ms.
+ */
+export const MAX_AGENT_MS = 3_600_000;
+/**
+ * The host key's lease TTL, s: at least 2, at most a day. etcd allows 9,000,000,000 s, but its client keeps a lease
+ * alive with timers of the TTL in ms (a TTL past 2,147,483 s would time out at once), and a key that outlives a dead
+ * agent by more than a day says nothing true.
+ */
+export const MIN_LEASE_TTL_SEC = 2;
+export const MAX_LEASE_TTL_SEC = 86_400;
 /** A lost watch is resumed at most this many times within RESUME_WINDOW_MS before the agent re-lists. */
 const MAX_RESUMES = 3;
 const RESUME_WINDOW_MS = 60_000;
@@ -70,11 +82,11 @@ export interface AgentOptions {
   executorInstance?: Executor;
   /** The agent's own state file (what it owns). Default /var/lib/iptlb/agent.db. */
   stateFile?: string;
-  /** At least this many ms between two kernel commits of watch batches. Default 100. */
+  /** At least this many ms between two kernel commits of watch batches. Default 100. (Each ms option: at most 1 h.) */
   minSyncMs?: number;
   /** Keys per page when listing. Default 1000. */
   pageSize?: number;
-  /** TTL of the host status key's lease, s. Default 10. */
+  /** TTL of the host status key's lease, s (2 to 86,400). Default 10. */
   leaseTtlSec?: number;
   /** Linearizable read every this many ms (a silent watch is not trusted). Default 2000. */
   checkMs?: number;
@@ -148,9 +160,13 @@ const sleep = (ms: number, signal?: { stopped: boolean; wake?: () => void }): Pr
     if (signal) signal.wake = () => (clearTimeout(t), r());
   });
 
-function int(v: unknown, field: string, min: number): number {
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min)
-    throw new IptlbError('EUSAGE', `${field}: ${JSON.stringify(v)} must be a whole number, at least ${min}`, { field });
+function int(v: unknown, field: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max)
+    throw new IptlbError(
+      'EUSAGE',
+      `${field}: ${JSON.stringify(v)} must be a whole number, ${max === Number.MAX_SAFE_INTEGER ? `at least ${min}` : `from ${min} to ${max}`}`,
+      { field },
+    );
   return v;
 }
 
@@ -203,11 +219,11 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.prefix = validatePrefix(opts.prefix ?? DEFAULT_PREFIX);
     this.host = validateHost(opts.host ?? nodeOs().hostname());
     this.o = {
-      minSyncMs: int(opts.minSyncMs ?? 100, 'minSyncMs', 0),
+      minSyncMs: int(opts.minSyncMs ?? 100, 'minSyncMs', 0, MAX_AGENT_MS),
       pageSize: int(opts.pageSize ?? 1000, 'pageSize', 1),
-      leaseTtlSec: int(opts.leaseTtlSec ?? 10, 'leaseTtlSec', 2),
-      checkMs: int(opts.checkMs ?? 2000, 'checkMs', 10),
-      syncMs: int(opts.syncMs ?? 10000, 'syncMs', 0),
+      leaseTtlSec: int(opts.leaseTtlSec ?? 10, 'leaseTtlSec', MIN_LEASE_TTL_SEC, MAX_LEASE_TTL_SEC),
+      checkMs: int(opts.checkMs ?? 2000, 'checkMs', 10, MAX_AGENT_MS),
+      syncMs: int(opts.syncMs ?? 10000, 'syncMs', 0, MAX_AGENT_MS),
       // A call may wait for one member's deadline before the next member answers (several endpoints).
       checkTimeoutMs: int(
         opts.checkTimeoutMs ??
@@ -216,9 +232,10 @@ export class Agent extends EventEmitter<AgentEvents> {
             : 6000),
         'checkTimeoutMs',
         10,
+        2 * MAX_AGENT_MS + 1000, // twice the longest call deadline, and a second
       ),
-      backoffMs: int(opts.backoffMs ?? 200, 'backoffMs', 1),
-      backoffMaxMs: int(opts.backoffMaxMs ?? 10000, 'backoffMaxMs', 1),
+      backoffMs: int(opts.backoffMs ?? 200, 'backoffMs', 1, MAX_AGENT_MS),
+      backoffMaxMs: int(opts.backoffMaxMs ?? 10000, 'backoffMaxMs', 1, MAX_AGENT_MS),
     };
     this.log = opts.log ?? (() => {});
     const coreOpts: OpenOptions = {

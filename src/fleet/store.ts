@@ -134,9 +134,12 @@ export interface EtcdOptions {
   /** etcd user and password (role-based access; a user without a password is refused). */
   user?: string;
   password?: string;
-  /** Deadline of each unary call, ms. Default 5000 (a linearizable read blocks while quorum is lost). */
+  /** Deadline of each unary call, ms (10 to 3,600,000). Default 5000 (a linearizable read blocks without quorum). */
   callTimeoutMs?: number;
 }
+
+/** Longest call deadline, ms (an hour; Node's timers, which bound a watch's creation, hold at most 2^31-1 ms). */
+export const MAX_CALL_TIMEOUT_MS = 3_600_000;
 
 /** Parses `--etcd a,b,c` / `IPTLB_ETCD_ENDPOINTS`. */
 export function parseEndpoints(text: string | undefined, field = 'etcd'): string[] {
@@ -168,6 +171,13 @@ export function parseEndpoints(text: string | undefined, field = 'etcd'): string
  * password.
  */
 export function checkEtcdOptions(o: EtcdOptions): void {
+  const t = o.callTimeoutMs;
+  if (t !== undefined && (!Number.isInteger(t) || t < 10 || t > MAX_CALL_TIMEOUT_MS))
+    throw new IptlbError(
+      'EUSAGE',
+      `etcd-timeout-ms: ${JSON.stringify(t)} must be a whole number of ms from 10 to ${MAX_CALL_TIMEOUT_MS}`,
+      { field: 'etcd-timeout-ms' },
+    );
   const tls = o.caFile ? 'etcd-ca' : o.certFile ? 'etcd-cert' : o.keyFile ? 'etcd-key' : undefined;
   if (tls) {
     const plain = o.endpoints.find((e) => /^(http|unix):/.test(e));

@@ -213,3 +213,63 @@ describe('lists over the 4 MiB gRPC receive limit', () => {
     assert.deepEqual(await fetchPageHalving(async (l) => l, 7), { page: 7, limit: 7 });
   });
 });
+
+describe('agent duration options are bounded (etcd refuses a lease TTL that large; Node turns a timer past 2^31-1 ms into 1 ms)', () => {
+  async function cli(...argv: string[]): Promise<{ code: number; err: string; connects: number }> {
+    const { main } = await import('../../src/cli/main.js');
+    const connect = mock.method(EtcdStore, 'connect', async () => {
+      throw new Error('connect must not be reached');
+    });
+    let err = '';
+    try {
+      const code = await main(argv, { out: () => {}, err: (s) => (err += s + '\n') });
+      return { code, err, connects: connect.mock.callCount() };
+    } finally {
+      connect.mock.restore();
+    }
+  }
+  const etcd = ['--etcd', 'unix:///nonexistent/e:1', '--state-file', '/nonexistent/iptlb-agent.db'];
+
+  for (const [flag, value, range] of [
+    ['lease-ttl', '99999999999', 'from 2 to 86400'],
+    ['lease-ttl', '86401', 'from 2 to 86400'],
+    ['check-ms', '2147483648', 'from 10 to 3600000'],
+    ['sync-ms', '3600001', 'from 0 to 3600000'],
+    ['min-sync-ms', '2147483648', 'from 0 to 3600000'],
+    ['backoff-max-ms', '99999999999', 'from 1 to 3600000'],
+    ['etcd-timeout-ms', '2147483648', 'from 10 to 3600000'],
+  ] as const)
+    test(`agent --${flag} ${value}: one-line EUSAGE naming ${flag}, exit 2, no connection`, async () => {
+      const r = await cli('agent', ...etcd, `--${flag}`, value);
+      assert.equal(r.code, 2);
+      assert.equal(r.connects, 0);
+      const unit = flag === 'lease-ttl' ? 'seconds' : 'ms';
+      assert.equal(r.err, `iptlb: error: ${flag}: "${value}" must be a whole number of ${unit} ${range}\n`);
+    });
+
+  test('the library refuses the same (leaseTtlSec, checkMs, syncMs, minSyncMs, backoffMs, backoffMaxMs, checkTimeoutMs, callTimeoutMs)', async () => {
+    const store = new FakeStore();
+    const { Agent } = await import('../../src/fleet/agent.js');
+    for (const [field, v] of [
+      ['leaseTtlSec', 86_401],
+      ['checkMs', 2 ** 31],
+      ['syncMs', 3_600_001],
+      ['minSyncMs', 3_600_001],
+      ['backoffMs', 3_600_001],
+      ['backoffMaxMs', 2 ** 31],
+      ['checkTimeoutMs', 2 ** 31],
+    ] as const)
+      assert.throws(
+        () => new Agent({ etcd: store, host: 'h', [field]: v }),
+        (e: Error & { code?: string; field?: string }) =>
+          e.code === 'EUSAGE' && e.field === field && /must be a whole number, from \d+ to \d+$/.test(e.message),
+        field,
+      );
+    // The bounds themselves are accepted.
+    new Agent({ etcd: store, host: 'h', leaseTtlSec: 86_400, checkMs: 3_600_000, backoffMaxMs: 3_600_000 });
+    await assert.rejects(
+      EtcdStore.connect({ endpoints: ['unix:///nonexistent/e:1'], callTimeoutMs: 2 ** 31 }),
+      (e: Error & { field?: string }) => e.field === 'etcd-timeout-ms',
+    );
+  });
+});

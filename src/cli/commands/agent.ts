@@ -4,7 +4,7 @@ import { IptlbError } from '../../model/errors.js';
 import { engineChoiceOf } from '../../engines/select.js';
 import { executorChoiceOf } from '../../engines/executors.js';
 import { addEtcdFlags, etcdOptions, ownOptions, type EtcdFlags } from '../etcd-flags.js';
-import { DEFAULT_AGENT_STATE_FILE } from '../../fleet/agent.js';
+import { DEFAULT_AGENT_STATE_FILE, MAX_AGENT_MS, MAX_LEASE_TTL_SEC, MIN_LEASE_TTL_SEC } from '../../fleet/agent.js';
 
 interface Out {
   out(s: string): void;
@@ -28,10 +28,14 @@ interface AgentFlags extends EtcdFlags {
   healthChecks?: boolean;
 }
 
-function whole(v: string, field: string, min: number): number {
+function whole(v: string, field: string, min: number, max = Number.MAX_SAFE_INTEGER, unit = ''): number {
   const n = Number(v);
-  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < min)
-    throw new IptlbError('EUSAGE', `${field}: ${JSON.stringify(v)} must be a whole number, at least ${min}`, { field });
+  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < min || n > max)
+    throw new IptlbError(
+      'EUSAGE',
+      `${field}: ${JSON.stringify(v)} must be a whole number${unit}${max === Number.MAX_SAFE_INTEGER ? `, at least ${min}` : ` from ${min} to ${max}`}`,
+      { field },
+    );
   return n;
 }
 
@@ -50,11 +54,11 @@ export function register(program: Command, io: Out): void {
     )
     .addOption(new Option('--engine <engine>', 'legacy, nft or auto (env IPTLB_ENGINE; default auto)'))
     .addOption(new Option('--executor <kind>', 'native, spawn or auto (env IPTLB_EXECUTOR; default auto)'))
-    .option('--min-sync-ms <ms>', 'at least this long between two commits of watch batches', '100')
-    .option('--lease-ttl <s>', 'TTL of the host status key, seconds', '10')
-    .option('--check-ms <ms>', 'linearizable read every this long: a silent watch is not trusted', '2000')
-    .option('--sync-ms <ms>', 'drift check and repair every this long, without re-listing (0: off)', '10000')
-    .option('--backoff-max-ms <ms>', 'cap of the jittered backoff after a store failure', '10000')
+    .option('--min-sync-ms <ms>', 'at least this long between two commits of watch batches (0-3600000)', '100')
+    .option('--lease-ttl <s>', 'TTL of the host status key, seconds (2-86400)', '10')
+    .option('--check-ms <ms>', 'linearizable read every this long: a silent watch is not trusted (10-3600000)', '2000')
+    .option('--sync-ms <ms>', 'drift check and repair every this long, without re-listing (0: off; 0-3600000)', '10000')
+    .option('--backoff-max-ms <ms>', 'cap of the jittered backoff after a store failure (1-3600000)', '10000')
     .option('--page-size <n>', 'keys per page when listing', '1000')
     .option('--keep-conntrack', 'keep conntrack entries of flows to destinations a change removes')
     .option(
@@ -76,12 +80,12 @@ export function register(program: Command, io: Out): void {
         ...(o.stateFile !== undefined ? { stateFile: o.stateFile } : {}),
         engine: engineChoiceOf(o.engine),
         executor: executorChoiceOf(o.executor),
-        minSyncMs: whole(o.minSyncMs, 'min-sync-ms', 0),
-        leaseTtlSec: whole(o.leaseTtl, 'lease-ttl', 2),
-        checkMs: whole(o.checkMs, 'check-ms', 10),
-        syncMs: whole(o.syncMs, 'sync-ms', 0),
+        minSyncMs: whole(o.minSyncMs, 'min-sync-ms', 0, MAX_AGENT_MS, ' of ms'),
+        leaseTtlSec: whole(o.leaseTtl, 'lease-ttl', MIN_LEASE_TTL_SEC, MAX_LEASE_TTL_SEC, ' of seconds'),
+        checkMs: whole(o.checkMs, 'check-ms', 10, MAX_AGENT_MS, ' of ms'),
+        syncMs: whole(o.syncMs, 'sync-ms', 0, MAX_AGENT_MS, ' of ms'),
         pageSize: whole(o.pageSize, 'page-size', 1),
-        backoffMaxMs: whole(o.backoffMaxMs, 'backoff-max-ms', 1),
+        backoffMaxMs: whole(o.backoffMaxMs, 'backoff-max-ms', 1, MAX_AGENT_MS, ' of ms'),
         keepConntrack: !!o.keepConntrack,
         log: o.quiet ? () => {} : (l) => io.err(`iptlb: ${l}`),
       });
