@@ -244,7 +244,9 @@ export class Agent extends EventEmitter<AgentEvents> {
       ...(opts.executor ? { executor: opts.executor } : {}),
       ...(opts.lockWaitMs !== undefined ? { lockWaitMs: opts.lockWaitMs } : {}),
       ...(opts.keepConntrack !== undefined ? { keepConntrack: opts.keepConntrack } : {}),
-      log: (l) => this.log(l),
+      // While a failing commit is retried, the core's lines of each attempt are held back, and dropped when
+      // the attempt fails as the one before (see commitNow).
+      log: (l) => (this.coreLines ? this.coreLines.push(l) : this.log(l)),
     };
     this.core = new Core(coreOpts, opts.executorInstance);
     // A profile of the store's whose address or name a local state file's profile holds is applied, as
@@ -644,6 +646,12 @@ export class Agent extends EventEmitter<AgentEvents> {
     else this.commitTimer = setTimeout(() => void this.commitNow(), wait);
   }
 
+  /** Failed commits in a row (the retry's backoff grows with them), and the last one's message. */
+  private commitFailures = 0;
+  private commitFailure?: string;
+  /** The core's log lines of a retried commit, held back until its outcome is known. */
+  private coreLines?: string[];
+
   /** Commits the mirror's difference with what the agent owns, as one transaction. */
   private async commitNow(): Promise<void> {
     if (this.commitTimer) clearTimeout(this.commitTimer);
@@ -660,6 +668,12 @@ export class Agent extends EventEmitter<AgentEvents> {
     const t0 = performance.now();
     let refused: Refusal[] = [];
     const families = new Set<string>();
+    if (this.commitFailure !== undefined) this.coreLines = [];
+    const flush = (): void => {
+      const held = this.coreLines ?? [];
+      this.coreLines = undefined;
+      for (const l of held) this.log(l);
+    };
     this.committing = (async () => {
       try {
         const r = await this.core.transact(
@@ -681,6 +695,11 @@ export class Agent extends EventEmitter<AgentEvents> {
           },
           { run: true },
         );
+        flush();
+        if (this.commitFailure !== undefined)
+          this.log(`agent: revision ${revision} applied after ${this.commitFailures} failed attempt(s)`);
+        this.commitFailures = 0;
+        this.commitFailure = undefined;
         const owned = await this.core.readState();
         this.ownedCount = owned.size;
         this.applyRevision = revision;
@@ -707,13 +726,21 @@ export class Agent extends EventEmitter<AgentEvents> {
           this.log(`agent: attachment: ${(e as Error).message}`);
         }
       } catch (e) {
-        // Nothing changed (the core's transaction is all or nothing): retry the whole difference later.
-        this.error = `kernel: ${oneLine((e as Error).message, MAX_ERROR_LENGTH)}`;
-        this.log(
-          `agent: revision ${revision} not applied: ${(e as Error).message}; the kernel keeps revision ${this.applyRevision}; retrying`,
-        );
+        // Nothing changed (the core's transaction is all or nothing): retry the whole difference later, with
+        // a growing backoff. Said once per run of identical failures (again when it changes, or after a success).
+        const msg = (e as Error).message;
+        this.error = `kernel: ${oneLine(msg, MAX_ERROR_LENGTH)}`;
+        this.commitFailures++;
+        if (msg !== this.commitFailure) {
+          flush();
+          this.log(
+            `agent: revision ${revision} not applied: ${msg}; the kernel keeps revision ${this.applyRevision}; retrying with backoff (said again when the failure changes)`,
+          );
+        } else this.coreLines = undefined; // the same failure again: its lines are dropped
+        this.commitFailure = msg;
         this.dirty = true;
       } finally {
+        flush(); // (a failure above already dealt with the held lines)
         this.lastCommitAt = performance.now();
       }
     })();
@@ -725,7 +752,8 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.writeStatus();
     if (this.dirty && !this.stopped) {
       if (this.error?.startsWith('kernel:')) {
-        this.commitTimer = setTimeout(() => void this.commitNow(), this.backoff(2));
+        // The store path's backoff: doubling from backoffMs up to backoffMaxMs, jittered.
+        this.commitTimer = setTimeout(() => void this.commitNow(), this.backoff(this.commitFailures - 1));
       } else this.schedule();
     }
   }

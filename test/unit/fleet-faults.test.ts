@@ -12,6 +12,7 @@ import { listPrefix } from '../../src/fleet/fleet.js';
 import { EtcdStore, fetchPageHalving } from '../../src/fleet/store.js';
 import { FakeNftKernel } from '../harness/fake-kernel.js';
 import { FakeStore } from '../harness/fake-store.js';
+import { IptlbError } from '../../src/model/errors.js';
 import { P, fastAgent, putProf, stateFile } from '../harness/fleet-agents.js';
 
 const agents: Agent[] = [];
@@ -45,6 +46,14 @@ async function until(cond: () => boolean | Promise<boolean>, what: string, maxMs
     if (await cond()) return ms;
     if (ms >= maxMs) throw new Error(`not within ${maxMs} mocked ms: ${what}`);
     mock.timers.tick(1);
+    await settle();
+  }
+}
+
+/** Moves the mocked clock `ms` in `step` ms steps, letting promises and I/O settle after each. */
+async function advance(ms: number, step = 10): Promise<void> {
+  for (let t = 0; t < ms; t += step) {
+    mock.timers.tick(step);
     await settle();
   }
 }
@@ -271,5 +280,49 @@ describe('agent duration options are bounded (etcd refuses a lease TTL that larg
       EtcdStore.connect({ endpoints: ['unix:///nonexistent/e:1'], callTimeoutMs: 2 ** 31 }),
       (e: Error & { field?: string }) => e.field === 'etcd-timeout-ms',
     );
+  });
+});
+
+describe('a kernel refusal that persists', () => {
+  test('is retried with the growing backoff of the store path (doubling to backoffMaxMs) and said once per run of identical failures', async (t) => {
+    mockTimers(t);
+    const store = new FakeStore();
+    const kernel = new FakeNftKernel();
+    const lines: string[] = [];
+    const a = makeAgent(store, { log: (l) => lines.push(l), backoffMs: 100, backoffMaxMs: 10_000 }, kernel);
+    putProf(store, 'a', 1);
+    await a.start();
+    await until(async () => (await inKernel(a)) === 'a' && a.status().watch === 'watching', 'a applied');
+    let attempts = 0;
+    let message = 'fake refusal';
+    kernel.fail = () => (attempts++, new IptlbError('EKERNEL', message));
+    lines.length = 0;
+    putProf(store, 'b', 2);
+    await advance(60_000);
+    // Backoff 100, 200, ... 6,400 ms, then 10,000 (each jittered to between half and all of it): about 7
+    // attempts in the first 13 s, then one every 5-10 s. A fixed 400-800 ms made 75-150 in a minute.
+    assert.ok(attempts >= 8 && attempts <= 22, `${attempts} attempts in 60 s`);
+    const said = (): string[] => lines.filter((l) => /agent: revision \d+ not applied: /.test(l));
+    assert.equal(said().length, 1, lines.join('\n'));
+    assert.match(said()[0]!, /not applied: fake refusal; the kernel keeps revision \d+; retrying with backoff/);
+    assert.match(a.status().error ?? '', /^kernel: fake refusal/);
+    // Another failure: said again.
+    message = 'another refusal';
+    await advance(20_000);
+    assert.equal(said().length, 2);
+    assert.match(said()[1]!, /not applied: another refusal/);
+    // The kernel takes it: applied, and the backoff starts again.
+    kernel.fail = undefined;
+    await until(async () => (await inKernel(a)) === 'a,b', 'b applied', 20_000);
+    assert.ok(lines.some((l) => /agent: revision \d+ applied after \d+ failed attempt\(s\)/.test(l)));
+    assert.equal(a.status().error, undefined);
+    // The first failure again, after a success: said again, and retried after 50-100 ms, not the cap.
+    attempts = 0;
+    kernel.fail = () => (attempts++, new IptlbError('EKERNEL', 'another refusal'));
+    putProf(store, 'c', 3);
+    await until(() => attempts === 1, 'c refused');
+    await advance(100, 1);
+    assert.equal(attempts, 2, 'retried within 100 ms');
+    assert.equal(said().length, 3);
   });
 });
