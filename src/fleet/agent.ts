@@ -842,7 +842,10 @@ export class Agent extends EventEmitter<AgentEvents> {
         (e: Error) => {
           this.statusAgain = true;
           const delay = this.backoff(this.statusAttempt++);
-          if (this.statusAttempt === 1) this.log(`agent: host status not written: ${e.message}; retrying with backoff`);
+          if (this.statusAttempt === 1)
+            this.log(
+              `agent: host status not written: ${oneLine(storeErrorMessage(e), MAX_ERROR_LENGTH)}; retrying with backoff`,
+            );
           this.statusTimer = setTimeout(() => {
             this.statusTimer = undefined;
             if (this.statusAgain) this.writeStatus();

@@ -326,3 +326,26 @@ describe('a kernel refusal that persists', () => {
     assert.equal(said().length, 3);
   });
 });
+
+test('"host status not written" says the store error as the other store errors do: its first line, without the client\'s empty "Resolution note:"', async (t) => {
+  mockTimers(t);
+  const store = new FakeStore();
+  const lines: string[] = [];
+  let fails = 2;
+  const put = store.putLeased.bind(store);
+  store.putLeased = async (key: string, value: string) => {
+    if (fails-- > 0)
+      throw new Error('14 UNAVAILABLE: No connection established. Last error: connect ENOENT. Resolution note: \nmore');
+    return put(key, value);
+  };
+  const a = makeAgent(store, { log: (l) => lines.push(l) });
+  putProf(store, 'a', 1);
+  await a.start();
+  await until(() => hostStatus(store) !== undefined, 'host key written after two failures');
+  assert.deepEqual(
+    lines.filter((l) => /host status not written/.test(l)),
+    [
+      'agent: host status not written: 14 UNAVAILABLE: No connection established. Last error: connect ENOENT.; retrying with backoff',
+    ],
+  );
+});
