@@ -6,6 +6,9 @@
  */
 import { afterEach, describe, mock, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
 import type { Agent, AgentOptions, HostStatus } from '../../src/fleet/agent.js';
 import { profileKey } from '../../src/fleet/reconcile.js';
 import { listPrefix } from '../../src/fleet/fleet.js';
@@ -348,4 +351,60 @@ test('"host status not written" says the store error as the other store errors d
       'agent: host status not written: 14 UNAVAILABLE: No connection established. Last error: connect ENOENT.; retrying with backoff',
     ],
   );
+});
+
+describe('fleet apply --file with profile flags', () => {
+  async function cli(...argv: string[]): Promise<{ code: number; err: string; connects: number; written: boolean }> {
+    const { main } = await import('../../src/cli/main.js');
+    const store = new FakeStore();
+    const connect = mock.method(EtcdStore, 'connect', async () => store);
+    let err = '';
+    try {
+      const code = await main(argv, { out: () => {}, err: (s) => (err += s + '\n') });
+      return { code, err, connects: connect.mock.callCount(), written: store.rev > 1 };
+    } finally {
+      connect.mock.restore();
+    }
+  }
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-fleet-file-'));
+  const file = path.join(dir, 'f.yaml');
+  writeFileSync(file, 'web:\n  source: 127.100.0.9:80\n  destination: ["127.0.0.1:9001"]\n');
+  const apply = ['fleet', 'apply', '--etcd', 'unix:///nonexistent/e:1', '--file', file];
+
+  test('every profile flag is refused, one line naming each given, exit 2, nothing written', async () => {
+    let r = await cli(...apply, '--profile', 'zz', '--protocol', 'udp');
+    assert.equal(r.code, 2);
+    assert.equal(r.connects, 0);
+    assert.equal(
+      r.err,
+      'iptlb: error: fleet apply: --file cannot be combined with the profile flags --profile, --protocol (the file gives every field of its profiles); nothing written\n',
+    );
+    for (const flag of [
+      ['--scheduler', 'round-robin'],
+      ['--affinity', '30'],
+      ['--rules-backend', 'proxy'],
+      ['--log-custom-chain'],
+      ['--log-level', '4'],
+      ['--masquerade'],
+      ['--health-interval', '1000'],
+      ['--src-addr', '127.100.0.1:80'],
+      ['--dest-addr', '127.0.0.1:1'],
+      ['-protocol', 'udp'], // the single-dash spelling of the older CLI
+    ]) {
+      r = await cli(...apply, ...flag);
+      assert.equal(r.code, 2, flag.join(' '));
+      assert.equal(r.connects, 0);
+      const name = flag[0]!.replace(/^-+/, '');
+      assert.match(
+        r.err,
+        new RegExp(`^iptlb: error: fleet apply: --file cannot be combined with the profile flag --${name} \\(`),
+      );
+      assert.equal(r.err.split('\n').length, 2, 'one line');
+      assert.ok(!r.written);
+    }
+    // Without them the file is written.
+    r = await cli(...apply);
+    assert.equal(r.code, 0, r.err);
+    assert.ok(r.written);
+  });
 });

@@ -1,5 +1,5 @@
 /** `iptlb fleet apply|delete|list|status`: registered on the program by src/cli/main.ts. */
-import type { Command } from 'commander';
+import { Command } from 'commander';
 import { IptlbError } from '../../model/errors.js';
 import { show } from '../../model/profile.js';
 import type { ProfileInput } from '../../model/types.js';
@@ -32,12 +32,36 @@ async function withStore<T>(o: EtcdFlags, fn: (store: FleetStore, prefix: string
 type ApplyOpts = EtcdFlags & { file?: string; json?: boolean; srcAddr?: string; destAddr?: string };
 type StatusOpts = EtcdFlags & { revision?: string; expect?: string; json?: boolean };
 
+/**
+ * The profile flags (`addProfileFlags`: --profile, --src-addr, --protocol, the health flags, ...) given on the
+ * command line of `cmd`, as `--flag`.
+ */
+function profileFlagsGiven(cmd: Command): string[] {
+  const own = new Set(cmd.options.map((x) => x.attributeName()));
+  let root: Command = cmd;
+  while (root.parent) root = root.parent;
+  return addProfileFlags(new Command())
+    .options.filter((x) => {
+      const k = x.attributeName();
+      return (
+        cmd.getOptionValueSource(k) === 'cli' || (own.has(k) && root !== cmd && root.getOptionValueSource(k) === 'cli')
+      );
+    })
+    .map((x) => x.long ?? x.flags);
+}
+
 /** `fleet apply`: validated as `iptlb apply` validates (the same flags, or a --file read with the same limits). */
-async function applyCommand(o: ApplyOpts, io: Out): Promise<void> {
+async function applyCommand(o: ApplyOpts, io: Out, cmd: Command): Promise<void> {
   let inputs: ProfileInput[];
   if (o.file !== undefined) {
-    if (o.srcAddr !== undefined || o.destAddr !== undefined)
-      throw new IptlbError('EUSAGE', 'fleet apply: --file cannot be combined with -src-addr/-dest-addr');
+    // The file gives every field of its profiles: a profile flag beside it would be ignored.
+    const given = profileFlagsGiven(cmd);
+    if (given.length)
+      throw new IptlbError(
+        'EUSAGE',
+        `fleet apply: --file cannot be combined with the profile flag${given.length > 1 ? 's' : ''} ${given.join(', ')} (the file gives every field of its profiles); nothing written`,
+        { field: given[0]!.replace(/^--/, '') },
+      );
     inputs = await profilesOfFile(o.file);
   } else inputs = [profileInput(o as unknown as ProfileOpts)];
   const { fleetApply } = await import('../../fleet/fleet.js');
@@ -170,7 +194,7 @@ export function register(program: Command, io: Out): void {
       'every profile of a YAML file in the state file format (- reads standard input; at most 128 profiles, 64 MiB)',
     )
     .option('--json', 'print the result as JSON')
-    .action(async (_o: unknown, cmd: Command) => applyCommand(ownOptions<ApplyOpts>(cmd), io));
+    .action(async (_o: unknown, cmd: Command) => applyCommand(ownOptions<ApplyOpts>(cmd), io, cmd));
 
   addEtcdFlags(
     fleet.command('delete').description('delete profiles from etcd by name, in one transaction').argument('<names...>'),
