@@ -201,8 +201,11 @@ export async function fleetStatus(
   storeRevision: number;
   target: number;
   hosts: HostRow[];
-  /** Profiles refused by hosts that applied the target (from their host keys: the first 100 of each), by name. */
-  refused: { name: string; code: string; hosts: string[] }[];
+  /**
+   * Profiles refused by hosts that applied the target (from their host keys: the first 100 of each), by name;
+   * `kept`: those of `hosts` that still serve an older version of it (the rest serve none).
+   */
+  refused: { name: string; code: string; hosts: string[]; kept: string[] }[];
   /** Refused profiles a host counted beyond those its key lists (the most of any current host). */
   refusedUnlisted: number;
   /** Every host applied the target and refused no profile. */
@@ -246,14 +249,15 @@ export async function fleetStatus(
     if (!rows.has(h)) rows.set(h, { host: h, status: null, converged: false, lag: null });
   const hosts = [...rows.values()].sort((a, b) => (a.host < b.host ? -1 : 1));
   // A host that applied the target but refused profiles does not serve them: not converged either.
-  const byName = new Map<string, { name: string; code: string; hosts: string[] }>();
+  const byName = new Map<string, { name: string; code: string; hosts: string[]; kept: string[] }>();
   let unlisted = 0;
   for (const h of hosts) {
     if (!h.converged || !h.status) continue;
     for (const r of h.status.refused) {
       if (typeof r?.name !== 'string') continue;
-      const e = byName.get(r.name) ?? { name: r.name, code: String(r.code), hosts: [] };
+      const e = byName.get(r.name) ?? { name: r.name, code: String(r.code), hosts: [], kept: [] };
       e.hosts.push(h.host);
+      if (r.kept === true) e.kept.push(h.host);
       byName.set(r.name, e);
     }
     unlisted = Math.max(unlisted, h.status.refusedCount - h.status.refused.length);

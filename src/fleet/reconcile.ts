@@ -117,6 +117,8 @@ export interface Refusal {
   name: string;
   code: ErrorCode;
   message: string;
+  /** This host still serves an older version of the profile (what only a host that had it knows). */
+  kept?: true;
 }
 
 /** A stored profile as the agent knows it: parsed, with the revision that created its key. */
@@ -185,8 +187,10 @@ export function decide(
   for (const { name, s } of order) {
     const old = owned.get(name);
     let keepOld = !!old;
+    let refusal: Refusal;
     if (!s.ok) {
-      refused.push({ name: refusalName(name), code: s.code, message: s.message });
+      refusal = { name: refusalName(name), code: s.code, message: s.message };
+      refused.push(refusal);
       // An invalid value still holds its key's place: its chain, and the address it names when that
       // part of it is valid, so a newer profile does not take them on a host that never had the old
       // version (and every host decides alike).
@@ -201,13 +205,16 @@ export function decide(
         if (!same) upsert.push(s.profile);
         continue;
       }
+      refusal = why;
       refused.push(why);
       holders.set(name, { name: lastHolder, invalid: stored.get(lastHolder)?.ok === false });
       keepOld = !!old && !same;
     }
     // Refused: the old version stays where nothing before it (but itself) claims what it does; else it goes.
-    if (keepOld && !clash(old!)) place(old!);
-    else if (old) remove.push(name);
+    if (keepOld && !clash(old!)) {
+      place(old!);
+      refusal.kept = true;
+    } else if (old) remove.push(name);
   }
   upsert.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   refused.sort((a, b) => (a.name < b.name ? -1 : 1));

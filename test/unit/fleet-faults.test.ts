@@ -11,12 +11,12 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import type { Agent, AgentOptions, HostStatus } from '../../src/fleet/agent.js';
 import { profileKey } from '../../src/fleet/reconcile.js';
-import { listPrefix } from '../../src/fleet/fleet.js';
+import { fleetStatus, listPrefix } from '../../src/fleet/fleet.js';
 import { EtcdStore, fetchPageHalving } from '../../src/fleet/store.js';
 import { FakeNftKernel } from '../harness/fake-kernel.js';
 import { FakeStore } from '../harness/fake-store.js';
 import { IptlbError } from '../../src/model/errors.js';
-import { P, fastAgent, putProf, stateFile } from '../harness/fleet-agents.js';
+import { P, fastAgent, prof, putProf, stateFile } from '../harness/fleet-agents.js';
 
 const agents: Agent[] = [];
 afterEach(async () => {
@@ -407,4 +407,61 @@ describe('fleet apply --file with profile flags', () => {
     assert.equal(r.code, 0, r.err);
     assert.ok(r.written);
   });
+});
+
+test('fleet status says which hosts kept the previous version of a profile whose new value they refuse, and where it is not served', async (t) => {
+  mockTimers(t);
+  const store = new FakeStore();
+  putProf(store, 'web', 1);
+  putProf(store, 'm1', 2);
+  const a = makeAgent(store);
+  await a.start();
+  await until(async () => (await inKernel(a)) === 'm1,web' && hostStatus(store)?.revision === store.rev, 'h1 serves');
+  // m1's new value is invalid: h1 keeps the version it serves; h2, fresh, has none to keep.
+  store.put(profileKey(P, 'm1'), JSON.stringify({ ...prof('m1', 2), destination: ['127.0.0.1:99999'] }));
+  await until(() => hostStatus(store)?.revision === store.rev, 'h1 applied the target');
+  assert.deepEqual(
+    hostStatus(store)!.refused.map((r) => [r.name, r.code, r.kept]),
+    [['m1', 'EINVAL_PROFILE', true]],
+  );
+  assert.equal(await inKernel(a), 'm1,web', 'h1 still serves the previous m1');
+  const all = await fleetStatus(store, P);
+  assert.deepEqual(all.refused, [{ name: 'm1', code: 'EINVAL_PROFILE', hosts: ['h1'], kept: ['h1'] }]);
+  assert.equal(all.converged, false, 'the stored value is served nowhere');
+  const { main } = await import('../../src/cli/main.js');
+  const status = async (): Promise<{ code: number; out: string }> => {
+    const connect = mock.method(EtcdStore, 'connect', async () => store);
+    let out = '';
+    try {
+      const code = await main(['fleet', 'status', '--etcd', '127.0.0.1:1'], {
+        out: (s) => (out += s + '\n'),
+        err: () => {},
+      });
+      return { code, out };
+    } finally {
+      connect.mock.restore();
+    }
+  };
+  let r = await status();
+  assert.equal(r.code, 3);
+  assert.match(r.out, /^h1\t\d+\tcurrent\twatching\t.*\tm1:EINVAL_PROFILE\(previous version kept\)\t/m);
+  assert.match(
+    r.out,
+    /REFUSED: applied on all 1 host\(s\), but profiles are refused \(m1:EINVAL_PROFILE on every host: each kept the previous version\); `iptlb fleet list` says why$/m,
+  );
+  const b = makeAgent(store, { host: 'h2' });
+  await b.start();
+  await until(
+    () =>
+      store.leased.has(`${P}hosts/h2`) &&
+      /"revision":(\d+)/.exec(store.leased.get(`${P}hosts/h2`)!)?.[1] === String(store.rev),
+    'h2',
+  );
+  assert.equal(await inKernel(b), 'web', 'a fresh host serves no m1');
+  r = await status();
+  assert.equal(r.code, 3);
+  assert.match(
+    r.out,
+    /profiles are refused \(m1:EINVAL_PROFILE on every host: h1 kept the previous version, not served on h2\);/m,
+  );
 });

@@ -100,13 +100,13 @@ describe('fleet apply refuses what every agent refuses; fleet status does not ca
       ],
       'both applied the target revision',
     );
-    assert.deepEqual(s.refused, [{ name: 'api', code: 'ECONFLICT', hosts: ['h1', 'h2'] }]);
+    assert.deepEqual(s.refused, [{ name: 'api', code: 'ECONFLICT', hosts: ['h1', 'h2'], kept: [] }]);
     assert.equal(s.converged, false);
     const r = await cli(store, 'fleet', 'status', '--etcd', '127.0.0.1:1');
     assert.equal(r.code, 3);
     assert.match(
       r.out,
-      /^revision \d+ \(store at \d+\): REFUSED: applied on all 2 host\(s\), but profiles are refused \(api:ECONFLICT on every host\): not served; `iptlb fleet list` says why$/m,
+      /^revision \d+ \(store at \d+\): REFUSED: applied on all 2 host\(s\), but profiles are refused \(api:ECONFLICT on every host: not served\); `iptlb fleet list` says why$/m,
     );
     // Deleted, nothing refused: converged, exit 0.
     store.del(profileKey(P, 'api'));

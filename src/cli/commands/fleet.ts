@@ -128,7 +128,8 @@ function hostLine(row: FleetStatus['hosts'][number]): string {
   const state = row.converged ? 'current' : `lagging by ${row.lag}`;
   const more = (st.refusedCount ?? st.refused.length) - st.refused.length;
   const refused = st.refused.length
-    ? st.refused.map((x) => `${x.name}:${x.code}`).join(',') + (more > 0 ? `,… ${more} more` : '')
+    ? st.refused.map((x) => `${x.name}:${x.code}${x.kept === true ? '(previous version kept)' : ''}`).join(',') +
+      (more > 0 ? `,… ${more} more` : '')
     : '-';
   return `${row.host}\t${st.revision}\t${state}\t${st.watch}\t${st.engine ?? '-'}/${st.executor ?? '-'}\t${st.profiles}\t${refused}\t${st.error ?? '-'}`;
 }
@@ -137,18 +138,26 @@ function convergenceLine(r: FleetStatus): string {
   const lagging = r.hosts.filter((x) => !x.converged).map((x) => x.host);
   const all = r.hosts.length;
   const refused = r.refused.length + r.refusedUnlisted;
-  const names = r.refused
-    .slice(0, 10)
-    .map(
-      (x) => `${x.name}:${x.code} on ${x.hosts.length === all && !lagging.length ? 'every host' : x.hosts.join(',')}`,
-    );
+  // Each refused profile: where, and whether those hosts serve an older version of it or nothing.
+  const names = r.refused.slice(0, 10).map((x) => {
+    const every = x.hosts.length === all && !lagging.length;
+    const kept = x.kept ?? [];
+    const served = !kept.length
+      ? 'not served'
+      : kept.length === x.hosts.length
+        ? every
+          ? 'each kept the previous version'
+          : 'kept the previous version'
+        : `${kept.join(',')} kept the previous version, not served on ${x.hosts.filter((h) => !kept.includes(h)).join(',')}`;
+    return `${x.name}:${x.code} on ${every ? 'every host' : x.hosts.join(',')}: ${served}`;
+  });
   if (r.refused.length > 10 || r.refusedUnlisted) names.push('…');
   const verdict = lagging.length
     ? `NOT converged (${lagging.join(', ')})`
     : !all
       ? 'no hosts known'
       : refused
-        ? `REFUSED: applied on all ${all} host(s), but profiles are refused (${names.join(', ')}): not served; \`iptlb fleet list\` says why`
+        ? `REFUSED: applied on all ${all} host(s), but profiles are refused (${names.join('; ')}); \`iptlb fleet list\` says why`
         : `converged on all ${all} host(s)`;
   return `revision ${r.target} (store at ${r.storeRevision}): ${verdict}`;
 }
