@@ -199,35 +199,35 @@ export function addProfileFlags(cmd: Command): Command {
 }
 
 /**
- * The profile flags given on the command line (`--protocol`, `--health-fall`…), as written, for a
- * command that takes its profiles elsewhere (`--file`): commander may give a flag the program and a
- * subcommand both know to the program, so both are asked.
+ * The profile flags given on the command line (`protocol`, `health-fall`…), for a command that takes
+ * its profiles elsewhere (`--file`). Commander gives a flag the program knows too to the program,
+ * wherever it stands on the line: the root command is asked as well.
  */
 export function profileFlagsGiven(cmd: Command): string[] {
-  const given: string[] = [];
-  const owner = cmd.parent ?? cmd;
-  for (const opt of cmd.options) {
-    const key = opt.attributeName();
-    const flag = opt.long?.replace(/^--/, '') ?? key;
-    if (!PROFILE_FLAGS.has(flag) && !HEALTH_FLAGS.includes(flag)) continue;
-    if (cmd.getOptionValueSource(key) === 'cli' || (owner !== cmd && owner.getOptionValueSource(key) === 'cli'))
-      given.push(flag);
-  }
-  return given;
+  const own = new Set(cmd.options.map((x) => x.attributeName()));
+  let root: Command = cmd;
+  while (root.parent) root = root.parent;
+  return addProfileFlags(new Command())
+    .options.filter((x) => {
+      const k = x.attributeName();
+      return (
+        cmd.getOptionValueSource(k) === 'cli' || (own.has(k) && root !== cmd && root.getOptionValueSource(k) === 'cli')
+      );
+    })
+    .map((x) => (x.long ?? x.flags).replace(/^--/, ''));
 }
 
-const PROFILE_FLAGS = new Set([
-  'profile',
-  'src-addr',
-  'dest-addr',
-  'scheduler',
-  'affinity',
-  'rules-backend',
-  'protocol',
-  'log-custom-chain',
-  'log-level',
-  'masquerade',
-]);
+/** Refuses the profile flags given beside `--file` (they would be ignored): one line naming them, the first as field. */
+export function refuseProfileFlagsWithFile(cmd: Command): void {
+  const given = profileFlagsGiven(cmd);
+  if (!given.length) return;
+  const more = given.length > 1 ? `; also given: ${given.slice(1).join(', ')}` : '';
+  throw new IptlbError(
+    'EUSAGE',
+    `${given[0]}: cannot be combined with --file (the file gives every field of its profiles${more})`,
+    { field: given[0]! },
+  );
+}
 
 export function profileInput(o: ProfileOpts): ProfileInput {
   if (o.srcAddr === undefined)

@@ -301,7 +301,7 @@ test("bad input given by flags leaves nothing in the state file's directory, not
     );
     assert.match(
       (await cli(['apply', '--file', file, '--protocol', 'udp', '--state-file', st])).err,
-      /^iptlb: error: protocol: cannot be combined with --file \(each profile of the file has its own settings\)$/m,
+      /^iptlb: error: protocol: cannot be combined with --file \(the file gives every field of its profiles\)$/m,
     );
     // A profile deleted from a state file that does not exist: not found (exit 1), nothing made either.
     const del = await cli(['-run', '-delete', '-profile=x', `-state-file=${st}`]);

@@ -377,7 +377,7 @@ describe('fleet apply --file with profile flags', () => {
     assert.equal(r.connects, 0);
     assert.equal(
       r.err,
-      'iptlb: error: fleet apply: --file cannot be combined with the profile flags --profile, --protocol (the file gives every field of its profiles); nothing written\n',
+      'iptlb: error: profile: cannot be combined with --file (the file gives every field of its profiles; also given: protocol)\n',
     );
     for (const flag of [
       ['--scheduler', 'round-robin'],
@@ -397,7 +397,10 @@ describe('fleet apply --file with profile flags', () => {
       const name = flag[0]!.replace(/^-+/, '');
       assert.match(
         r.err,
-        new RegExp(`^iptlb: error: fleet apply: --file cannot be combined with the profile flag --${name} \\(`),
+        new RegExp(
+          `^iptlb: error: ${name}: cannot be combined with --file \\(the file gives every field of its profiles\\)$`,
+          'm',
+        ),
       );
       assert.equal(r.err.split('\n').length, 2, 'one line');
       assert.ok(!r.written);

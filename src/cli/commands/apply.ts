@@ -7,9 +7,9 @@ import { validateProfile } from '../../model/profile.js';
 import {
   addGlobal,
   addProfileFlags,
-  profileFlagsGiven,
   profileInput,
   profilesOfFile,
+  refuseProfileFlagsWithFile,
   withGlobals,
   type ProfileOpts,
 } from '../flags.js';
@@ -19,14 +19,7 @@ async function applyCommand(o: ProfileOpts & { file?: string }, cmd: Command, io
   const core = makeCore(o, io);
   let inputs: ProfileInput[];
   if (o.file !== undefined) {
-    // Each profile of the file has its own settings: a profile flag beside it would be ignored.
-    const given = profileFlagsGiven(cmd);
-    if (given.length)
-      throw new IptlbError(
-        'EUSAGE',
-        `${given[0]}: cannot be combined with --file (each profile of the file has its own settings)`,
-        { field: given[0]! },
-      );
+    refuseProfileFlagsWithFile(cmd); // they would be ignored
     inputs = await profilesOfFile(o.file);
   } else {
     // Checked before the lock is taken: bad input leaves nothing behind, not even the lock's files.

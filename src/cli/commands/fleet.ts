@@ -3,7 +3,13 @@ import { Command } from 'commander';
 import { IptlbError } from '../../model/errors.js';
 import { show } from '../../model/profile.js';
 import type { ProfileInput } from '../../model/types.js';
-import { addProfileFlags, profileInput, profilesOfFile, type ProfileOpts } from '../flags.js';
+import {
+  addProfileFlags,
+  profileInput,
+  profilesOfFile,
+  refuseProfileFlagsWithFile,
+  type ProfileOpts,
+} from '../flags.js';
 import { ExitCode, describeProfile, type Out } from '../context.js';
 import { addEtcdFlags, etcdOptions, ownOptions, type EtcdFlags } from '../etcd-flags.js';
 import type { FleetStore } from '../../fleet/store.js';
@@ -32,36 +38,11 @@ async function withStore<T>(o: EtcdFlags, fn: (store: FleetStore, prefix: string
 type ApplyOpts = EtcdFlags & { file?: string; json?: boolean; srcAddr?: string; destAddr?: string };
 type StatusOpts = EtcdFlags & { revision?: string; expect?: string; json?: boolean };
 
-/**
- * The profile flags (`addProfileFlags`: --profile, --src-addr, --protocol, the health flags, ...) given on the
- * command line of `cmd`, as `--flag`.
- */
-function profileFlagsGiven(cmd: Command): string[] {
-  const own = new Set(cmd.options.map((x) => x.attributeName()));
-  let root: Command = cmd;
-  while (root.parent) root = root.parent;
-  return addProfileFlags(new Command())
-    .options.filter((x) => {
-      const k = x.attributeName();
-      return (
-        cmd.getOptionValueSource(k) === 'cli' || (own.has(k) && root !== cmd && root.getOptionValueSource(k) === 'cli')
-      );
-    })
-    .map((x) => x.long ?? x.flags);
-}
-
 /** `fleet apply`: validated as `iptlb apply` validates (the same flags, or a --file read with the same limits). */
 async function applyCommand(o: ApplyOpts, io: Out, cmd: Command): Promise<void> {
   let inputs: ProfileInput[];
   if (o.file !== undefined) {
-    // The file gives every field of its profiles: a profile flag beside it would be ignored.
-    const given = profileFlagsGiven(cmd);
-    if (given.length)
-      throw new IptlbError(
-        'EUSAGE',
-        `fleet apply: --file cannot be combined with the profile flag${given.length > 1 ? 's' : ''} ${given.join(', ')} (the file gives every field of its profiles); nothing written`,
-        { field: given[0]!.replace(/^--/, '') },
-      );
+    refuseProfileFlagsWithFile(cmd); // the file gives every field of its profiles: they would be ignored
     inputs = await profilesOfFile(o.file);
   } else inputs = [profileInput(o as unknown as ProfileOpts)];
   const { fleetApply } = await import('../../fleet/fleet.js');
