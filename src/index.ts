@@ -169,8 +169,12 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
     if (drifted.length) this.emit('drift', drifted);
   }
 
-  private track<T>(p: Promise<T>): Promise<T> {
-    return p.catch((e: Error) => {
+  /** A call: refused on a closed handle; its failure also emitted as `error` (when listened to). */
+  private call<T>(body: () => Promise<T> | T): Promise<T> {
+    return (async () => {
+      this.check();
+      return body();
+    })().catch((e: Error) => {
       if (this.listenerCount('error') > 0) this.emit('error', e);
       throw e;
     });
@@ -195,13 +199,11 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
    * Creates or replaces profiles, all in one kernel transaction, then records them in the state
    * file. Rejects with EINVAL_PROFILE / ECONFLICT (nothing changed) or EKERNEL (nothing changed).
    */
-  async apply(profiles: ProfileInput | ProfileInput[]): Promise<TransactionResult> {
-    this.check();
-    const list = Array.isArray(profiles) ? profiles : [profiles];
-    let valid;
-    try {
+  apply(profiles: ProfileInput | ProfileInput[]): Promise<TransactionResult> {
+    return this.call(() => {
+      const list = Array.isArray(profiles) ? profiles : [profiles];
       // Array.from, not map: a hole of a sparse array is a profile that is not an object, not skipped.
-      valid = Array.from(list, (p) => validateProfile(p));
+      const valid = Array.from(list, (p) => validateProfile(p));
       const names = new Set<string>();
       for (const p of valid) {
         if (names.has(p.name))
@@ -210,40 +212,37 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
           });
         names.add(p.name);
       }
-    } catch (e) {
-      return this.track(Promise.reject(e));
-    }
-    return this.track(this.queue.submit({ kind: 'apply', profiles: valid }));
+      return this.queue.submit({ kind: 'apply', profiles: valid });
+    });
   }
 
   /** Deletes profiles by name in one kernel transaction. Unknown names reject with ENOTFOUND. */
-  async delete(names: string | string[]): Promise<TransactionResult> {
-    this.check();
-    const list = Array.isArray(names) ? names : [names];
-    try {
+  delete(names: string | string[]): Promise<TransactionResult> {
+    return this.call(() => {
+      const list = Array.isArray(names) ? names : [names];
       for (let i = 0; i < list.length; i++) validateName(list[i], 'name', { existing: true }); // holes too
-    } catch (e) {
-      return this.track(Promise.reject(e));
-    }
-    return this.track(this.queue.submit({ kind: 'delete', names: [...new Set(list)] }));
+      return this.queue.submit({ kind: 'delete', names: [...new Set(list)] });
+    });
   }
 
   /** The profiles recorded in the state file, sorted by name. */
-  async list(): Promise<Profile[]> {
-    this.check();
-    const state = await this.core.readState();
-    return [...state.values()].sort((a, b) => (a.name < b.name ? -1 : 1));
+  list(): Promise<Profile[]> {
+    return this.call(async () => {
+      const state = await this.core.readState();
+      return [...state.values()].sort((a, b) => (a.name < b.name ? -1 : 1));
+    });
   }
 
   /**
    * Each profile of the state file compared with the kernel (`in-sync`, `missing`, `modified`, or
    * `orphaned` for kernel rules no profile owns), with per-destination packet and byte counters.
    */
-  async status(): Promise<ProfileReport[]> {
-    this.check();
-    const reports = await this.core.status();
-    this.reportDrift(reports);
-    return reports;
+  status(): Promise<ProfileReport[]> {
+    return this.call(async () => {
+      const reports = await this.core.status();
+      this.reportDrift(reports);
+      return reports;
+    });
   }
 
   /**
@@ -252,32 +251,35 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
    * kernel holds profiles of other state files (their paths and profile names), which the reports
    * neither list nor call orphaned.
    */
-  async statusReport(): Promise<StatusReport> {
-    this.check();
-    const report = await this.core.statusReport();
-    this.reportDrift(report.profiles);
-    return report;
+  statusReport(): Promise<StatusReport> {
+    return this.call(async () => {
+      const report = await this.core.statusReport();
+      this.reportDrift(report.profiles);
+      return report;
+    });
   }
 
   /** Makes the kernel match the state file in one transaction. */
-  async sync(): Promise<{ before: ProfileReport[]; committed: boolean; commitMs: number }> {
-    this.check();
-    const r = await this.core.sync();
-    this.reportDrift(r.before);
-    return r;
+  sync(): Promise<{ before: ProfileReport[]; committed: boolean; commitMs: number }> {
+    return this.call(async () => {
+      const r = await this.core.sync();
+      this.reportDrift(r.before);
+      return r;
+    });
   }
 
   /**
    * iptlb's rules as they are in the kernel, with counters, for the profiles of one address family
    * (default `ipv4`; `ipv6`: the ip6tables nat table, or table ip6 iptlb).
    */
-  async kernel(family: Family = 'ipv4'): Promise<KernelView | NftView> {
-    this.check();
-    if (family !== 'ipv4' && family !== 'ipv6')
-      throw new IptlbError('EUSAGE', `family: ${JSON.stringify(family) ?? String(family)} is not one of ipv4, ipv6`, {
-        field: 'family',
-      });
-    return this.core.readKernel(family);
+  kernel(family: Family = 'ipv4'): Promise<KernelView | NftView> {
+    return this.call(() => {
+      if (family !== 'ipv4' && family !== 'ipv6')
+        throw new IptlbError('EUSAGE', `family: ${JSON.stringify(family) ?? String(family)} is not one of ipv4, ipv6`, {
+          field: 'family',
+        });
+      return this.core.readKernel(family);
+    });
   }
 
   /**

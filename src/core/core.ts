@@ -1108,7 +1108,12 @@ export class Core {
    * sync never takes this one's profiles for leftovers. Once per process; best effort.
    */
   private register(): void {
-    if (this.registry !== null) registerStateFile(this.statePath!, this.registry);
+    if (this.registry === null) return;
+    const failed = registerStateFile(this.statePath!, this.registry);
+    if (failed)
+      this.log(
+        `state-file registry: ${failed}: another state file's sync and status on this host cannot tell this file's profiles from leftovers (a sync of theirs removes them)`,
+      );
   }
 
   /**

@@ -77,7 +77,7 @@ export function validateOpenOptions(options: unknown, handle: boolean): void {
   if (
     v.stateRegistry !== undefined &&
     v.stateRegistry !== false &&
-    (typeof v.stateRegistry !== 'string' || !v.stateRegistry.startsWith('/'))
+    (typeof v.stateRegistry !== 'string' || !v.stateRegistry.startsWith('/') || v.stateRegistry.includes('\0'))
   )
     throw usage('stateRegistry', `must be an absolute directory path or false, got ${shown(v.stateRegistry)}`);
   wholeMs(v, 'stateFoldMs');

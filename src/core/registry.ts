@@ -54,7 +54,7 @@ function entryName(file: string): string {
 const registered = new Set<string>();
 
 /** Records `stateFile` (absolute) in the registry, once per process; errors are ignored. */
-export function registerStateFile(stateFile: string, base?: string): void {
+export function registerStateFile(stateFile: string, base?: string): string | undefined {
   // Asked before every commit: answered from memory after the first time (a process that moves to
   // another network namespace registers again only for another state file or registry).
   const key = `${base ?? ''}\0${stateFile}`;
@@ -81,11 +81,15 @@ export function registerStateFile(stateFile: string, base?: string): void {
     }
     renameSync(tmp, entry);
     registered.add(key);
-  } catch {
+  } catch (e) {
     // A registry that cannot be written: this state file's profiles look orphaned to another's
-    // status. Not tried again by this process (it is asked before every commit).
+    // status, and another's sync removes them. Not tried again by this process (it is asked before
+    // every commit); the caller says so once.
     registered.add(key);
+    const err = e as NodeJS.ErrnoException;
+    return `cannot register ${stateFile} in ${dir} (${err.code ?? err.message})`;
   }
+  return undefined;
 }
 
 /** A state file of the registry: its path, its entry, and whether it exists (its YAML or its journal). */

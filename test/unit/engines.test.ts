@@ -686,6 +686,27 @@ for (const engine of ['legacy', 'nft'] as const) {
   });
 }
 
+test("a state-file registry that cannot be written is said once (its profiles are not protected from another file's sync), and the change goes on", async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-registry-'));
+  try {
+    writeFileSync(path.join(dir, 'file'), 'x');
+    const lines: string[] = [];
+    const c = coreOn('nft', fakes(), lines, { stateRegistry: path.join(dir, 'file', 'registry') });
+    try {
+      await apply(c.core, { name: 'a', source: '127.100.4.1:80', destination: ['127.0.0.1:9001'] });
+      await apply(c.core, { name: 'b', source: '127.100.4.2:80', destination: ['127.0.0.1:9001'] });
+      const said = lines.filter((l) => l.startsWith('state-file registry: cannot register'));
+      assert.equal(said.length, 1, lines.join('\n'));
+      assert.match(said[0]!, /\(ENOTDIR\): another state file's sync and status on this host cannot tell/);
+      assert.deepEqual(await statuses(c.core), { a: 'in-sync', b: 'in-sync' });
+    } finally {
+      c.done();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 for (const engine of ['legacy', 'nft'] as const) {
   test(`${engine}: an in-memory handle's sync and drift events leave every profile it was not given alone (another state file's, or a leftover)`, async () => {
     const kernels = fakes();
@@ -1397,4 +1418,24 @@ test('group commit: a batch the kernel refuses is split until the culprit is alo
       );
     await lb.close();
   }
+});
+
+test("API: every failed call is also an 'error' event when listened to (sync, kernel, list, a closed handle's calls), once each", async () => {
+  const kernels = fakes();
+  const lb = await open({ stateFile: false }, kernels.nft as Executor);
+  const errors: string[] = [];
+  lb.on('error', (e) => errors.push((e as IptlbError).code));
+  await lb.apply({ name: 'a', source: '127.100.5.1:80', destination: ['127.0.0.1:9001'] });
+  // The kernel refuses the sync's repair (the profile's element flushed by hand first).
+  kernels.nft.tables.get('ip')!.sets.forEach((set) => set.clear());
+  kernels.nft.fail = () => new IptlbError('EKERNEL', 'refused');
+  await assert.rejects(lb.sync(), (e: IptlbError) => e.code === 'EKERNEL');
+  kernels.nft.fail = undefined;
+  await assert.rejects(lb.kernel('ipv7' as never), (e: IptlbError) => e.code === 'EUSAGE');
+  await assert.rejects(lb.apply({ name: 'bad name', source: '127.100.5.2:80', destination: ['127.0.0.1:1'] }));
+  assert.deepEqual(errors, ['EKERNEL', 'EUSAGE', 'EINVAL_PROFILE']);
+  await lb.close();
+  for (const f of [() => lb.list(), () => lb.status(), () => lb.apply([]), () => lb.delete('a'), () => lb.sync()])
+    await assert.rejects(f(), (e: IptlbError) => e.code === 'EUSAGE');
+  assert.deepEqual(errors.slice(3), ['EUSAGE', 'EUSAGE', 'EUSAGE', 'EUSAGE', 'EUSAGE']);
 });

@@ -96,6 +96,7 @@ test('5: every open() option is validated: a typed EUSAGE naming the option, bef
     [{ keepConntrack: 1 }, 'keepConntrack'],
     [{ stateRegistry: true }, 'stateRegistry'],
     [{ stateRegistry: 'relative/dir' }, 'stateRegistry'],
+    [{ stateRegistry: '/tmp/registry\0' }, 'stateRegistry'],
     [{ coalesce: 'no' }, 'coalesce'],
     [{ driftCheckMs: 5 }, 'driftCheckMs'],
     [{ driftCheckMs: '100' }, 'driftCheckMs'],
