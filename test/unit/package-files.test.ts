@@ -160,3 +160,23 @@ test(
     assert.match(readFileSync(path.join(PROJECT_ROOT, 'dist', 'iptlb.cjs'), 'utf8'), /commander\.invalidArgument/);
   },
 );
+
+test('npm run soak selects every kernel and native test file whose counts or pairs IPTLB_SOAK changes (docs/development.md)', () => {
+  const pkg = JSON.parse(readFileSync(path.join(PROJECT_ROOT, 'package.json'), 'utf8')) as {
+    scripts: Record<string, string>;
+  };
+  const filters = /run-tests\.js (.*)$/.exec(pkg.scripts.soak!)![1]!.split(' ');
+  const soaked: string[] = [];
+  for (const dir of ['kernel', 'native']) {
+    for (const name of readdirSync(path.join(PROJECT_ROOT, 'test', dir))) {
+      if (!name.endsWith('.test.ts')) continue;
+      const text = readFileSync(path.join(PROJECT_ROOT, 'test', dir, name), 'utf8');
+      if (/\bSOAK\b|aboveExecutor|ABOVE_EXECUTOR_PAIRS/.test(text))
+        soaked.push(`${dir}/${name.replace(/\.ts$/, '.js')}`);
+    }
+  }
+  assert.ok(soaked.length >= 5, soaked.join(' '));
+  // As scripts/run-tests.js selects: a file whose path contains one of the filters.
+  const missed = soaked.filter((f) => !filters.some((x) => `dist/test/${f}`.includes(x)));
+  assert.deepEqual(missed, []);
+});
