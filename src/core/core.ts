@@ -258,8 +258,6 @@ function recordOf(state: ReadonlyMap<string, Profile>, change: Change): JournalR
   return { ...(del.length ? { del } : {}), set };
 }
 
-/** Another state file registered in this network namespace, and its profiles a status of this one left out. */
-
 /** What one transaction did. */
 export interface TransactionResult {
   /** Profiles created or replaced. */
@@ -1755,7 +1753,7 @@ export class Core {
               const c = others.contested.find((x) => drifted.some((r) => r.name === x.name)) ?? others.contested[0]!;
               throw new IptlbError(
                 'ECONFLICT',
-                `name: profile ${c.name}: ${contestedLine(c)}: this sync would take it over, so it changes nothing (${drifted.map((r) => `${r.name} ${r.status}`).join(', ')}); give one of them another name, or delete it from one state file`,
+                `name: profile ${c.name}: ${contestedLine(c)}: this sync would take it over or remove it, so it changes nothing (${drifted.map((r) => `${r.name} ${r.status}`).join(', ')}); give one of them another name, or delete it from one state file`,
                 { field: 'name' },
               );
             }

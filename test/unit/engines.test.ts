@@ -768,7 +768,7 @@ for (const engine of ['legacy', 'nft'] as const) {
         assert.match(
           e.message,
           new RegExp(
-            `^name: profile web: another state file, ${A.file.replaceAll('.', '\\.')}, holds a profile of this name at 127\\.100\\.0\\.1:80/tcp: this sync would take it over, so it changes nothing`,
+            `^name: profile web: another state file, ${A.file.replaceAll('.', '\\.')}, holds a profile of this name at 127\\.100\\.0\\.1:80/tcp: this sync would take it over or remove it, so it changes nothing`,
           ),
         );
         return true;
