@@ -217,7 +217,7 @@ export function profileFlagsGiven(cmd: Command): string[] {
     .map((x) => (x.long ?? x.flags).replace(/^--/, ''));
 }
 
-/** Refuses the profile flags given beside `--file` (they would be ignored): one line naming them, the first as field. */
+/** Refuses profile flags given beside `--file` (they would be ignored): one line naming them, the first the field. */
 export function refuseProfileFlagsWithFile(cmd: Command): void {
   const given = profileFlagsGiven(cmd);
   if (!given.length) return;

@@ -1,6 +1,5 @@
 /** `iptlb apply`: create or replace a profile (or every profile of --file), in one transaction. */
 import type { Command } from 'commander';
-import { IptlbError } from '../../model/errors.js';
 import { upsertChange } from '../../core/core.js';
 import type { ProfileInput } from '../../model/types.js';
 import { validateProfile } from '../../model/profile.js';
