@@ -7,7 +7,7 @@
  * shown empty. Exit status 0 only when every connection was answered and nothing was left behind.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readlinkSync, rmSync } from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { findBinary } from '../platform/spawn.js';
@@ -115,6 +115,25 @@ function chiSquare(counts: number[]): { statistic: number; df: number; pValue: n
   return { statistic, df: counts.length - 1, pValue: Math.exp(-statistic / 2) };
 }
 
+/** This process's network namespace (`net:[4026531840]`), or '' when /proc cannot tell. */
+function ownNetns(): string {
+  try {
+    return readlinkSync('/proc/self/ns/net');
+  } catch {
+    return '';
+  }
+}
+
+/**
+ * Whether this process is the demo re-run by {@link inNamespace}: `IPTLB_DEMO_IN_NETNS` names the
+ * namespace it was started from, and this one is another. A variable left in the environment (or
+ * set by hand) is not enough: the demo never changes the namespace it was started in.
+ */
+export function inOwnNamespace(env: NodeJS.ProcessEnv = process.env, own = ownNetns()): boolean {
+  const from = env.IPTLB_DEMO_IN_NETNS;
+  return !!from && !!own && from.startsWith('net:') && from !== own;
+}
+
 /** Runs the demo again inside a new network namespace (`unshare -n`); its exit status. */
 function inNamespace(o: DemoOptions, io: Out): number {
   if (process.getuid?.() !== 0) {
@@ -123,7 +142,7 @@ function inNamespace(o: DemoOptions, io: Out): number {
   }
   const r = spawnSync('unshare', ['-n', '--', process.execPath, o.cli, 'demo', `--connections=${o.connections}`], {
     stdio: 'inherit',
-    env: { ...process.env, IPTLB_DEMO_IN_NETNS: '1' },
+    env: { ...process.env, IPTLB_DEMO_IN_NETNS: ownNetns() || 'unknown' },
     timeout: 180_000,
   });
   if (r.error) io.err(`iptlb: error: demo: could not run unshare -n (util-linux): ${r.error.message}`);
@@ -223,7 +242,17 @@ export async function demo(o: DemoOptions, io: Out): Promise<number> {
     );
     return 2;
   }
-  if (!process.env.IPTLB_DEMO_IN_NETNS) return inNamespace(o, io);
+  const from = process.env.IPTLB_DEMO_IN_NETNS;
+  // Not the re-run (a value inNamespace does not write, as a stale `1`, is not taken for one either).
+  if (from === undefined || (from !== 'unknown' && !from.startsWith('net:'))) return inNamespace(o, io);
+  if (!inOwnNamespace()) {
+    io.err(
+      from === 'unknown' || !ownNetns()
+        ? 'iptlb: error: demo: cannot tell its network namespace (/proc/self/ns/net): not run'
+        : 'iptlb: error: demo: unshare -n left it in the namespace it was started in: not run',
+    );
+    return 1;
+  }
   const say: Say = (s = '') => io.out(s);
   const dir = mkdtempSync(path.join(nodeOs().tmpdir(), 'iptlb-demo-'));
   const state = path.join(dir, 'state.db');

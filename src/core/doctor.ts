@@ -87,6 +87,7 @@ export async function doctor(
   let engine = 'none';
   let engineReason = '';
   let warning: string | undefined;
+  let warningFix = 'iptlb migrate --to nft (or --to legacy)';
   let usable = true;
   try {
     const core = new Core({
@@ -99,8 +100,17 @@ export async function doctor(
     reason = sel.reason;
     engine = sel.engine;
     engineReason = sel.engineReason;
-    // Both engines holding iptlb's rules, or an explicit engine that would make it so.
-    warning = (await core.engineSplit()) ?? sel.refusal;
+    // Both engines holding iptlb's rules, or an explicit engine that would make it so. A process
+    // that may not ask the other engine (not root) keeps the engine chosen, and says it could not.
+    try {
+      warning = (await core.engineSplit()) ?? sel.refusal;
+    } catch (e) {
+      if (!(e instanceof IptlbError && e.code === 'EPERM')) throw e;
+      // (The probe's own advice, to run as root or to choose an engine, is the fix below, or done.)
+      const why = e.message.replace(/^engine: /, '').replace(/: run iptlb as root.*$/, '');
+      warning = `the other engine not asked: ${why}`;
+      warningFix = 'run iptlb doctor as root';
+    }
   } catch (e) {
     usable = false;
     reason = e instanceof IptlbError ? e.message : String(e);
@@ -123,8 +133,7 @@ export async function doctor(
   ].join(', ');
   if (missing.length)
     privileges.fix = `run iptlb as root (sudo) or grant ${missing.join(' and ')}${admin ? ' too' : ''} (systemd: AmbientCapabilities= and CapabilityBoundingSet=)`;
-  if (warning)
-    checks.push({ name: 'engines', ok: false, detail: warning, fix: 'iptlb migrate --to nft (or --to legacy)' });
+  if (warning) checks.push({ name: 'engines', ok: false, detail: warning, fix: warningFix });
   // The original iptlb's rules on a host whose iptables is the nf_tables flavour: in iptables-nft's nat
   // tables, which iptlb neither reads nor changes; they go on balancing their addresses.
   const original = admin ? await originalNftChains() : undefined;

@@ -752,11 +752,11 @@ describe('capabilities and what selection cannot read', { skip: legacySpawn.skip
   });
 
   // `iptlb doctor --json` as user nobody (no capabilities), with state file `stateFile`.
-  const doctorAsNobody = (stateFile: string): Step => ({
+  const doctorAsNobody = (stateFile: string, ...more: string[]): Step => ({
     op: 'sh',
     argv: [
       ...['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--'],
-      ...[process.execPath, '$CLI', 'doctor', '--json', `-state-file=${stateFile}`],
+      ...[process.execPath, '$CLI', 'doctor', '--json', `-state-file=${stateFile}`, ...more],
     ],
   });
   test('not root: doctor says it cannot tell which engine holds the rules, not that x_tables is unavailable', async () => {
@@ -767,6 +767,9 @@ describe('capabilities and what selection cannot read', { skip: legacySpawn.skip
       // looked at, which is a reason of its own, not an engine ("none") with an error as executor.
       { op: 'sh', argv: ['sh', '-c', 'mkdir -m 700 $WORK/private'] },
       doctorAsNobody('$WORK/private/state.db'),
+      // An engine given: that engine, and the other not asked (it could not be), said as such.
+      doctorAsNobody('/nonexistent/state.db', '--engine', 'legacy'),
+      doctorAsNobody('/nonexistent/state.db', '--engine', 'nft'),
     ]);
     const d = JSON.parse(r[1].stdout) as {
       ok: boolean;
@@ -785,6 +788,21 @@ describe('capabilities and what selection cannot read', { skip: legacySpawn.skip
       /^cannot read the engine record .*\/private\/state\.db\.engine: permission denied \(EACCES\)$/,
     );
     assert.match(p.checks.find((c) => c.name === 'state file')!.fix!, /^run iptlb as root/);
+    for (const [i, engine] of [
+      [4, 'legacy'],
+      [5, 'nft'],
+    ] as const) {
+      const e = JSON.parse(r[i].stdout) as Omit<typeof d, 'checks'> & {
+        executor: string;
+        checks: { name: string; detail: string; fix?: string }[];
+      };
+      assert.equal(e.engine, engine, r[i].stdout);
+      assert.equal(e.executor, 'native', r[i].stdout);
+      const split = e.checks.find((c) => c.name === 'engines')!;
+      assert.match(split.detail, /^the other engine not asked: cannot tell without root /);
+      assert.doesNotMatch(split.detail, /--engine/, 'not the advice it already followed');
+      assert.equal(split.fix, 'run iptlb doctor as root');
+    }
   });
 
   test("the original's rules in iptables-nft's table ip nat: doctor is not ready and names them; neither doctor nor status touches them", async () => {

@@ -345,3 +345,13 @@ test('top: a counter lower than at the last refresh was reset (a health commit r
   const plain = topRows([{ ...report(1, 1, false), destinations: [] }], new Map(), 0);
   assert.equal(topLines(plain, 1)[1], 'PROFILE\tSTATUS\tDESTINATION\tCONN/S\tTOTAL');
 });
+
+test('demo runs its scenario only in a namespace other than the one it was started in: a stale or hand-set IPTLB_DEMO_IN_NETNS is not enough', async () => {
+  const { inOwnNamespace } = await import('../../src/cli/demo.js');
+  const own = 'net:[4026531840]';
+  assert.equal(inOwnNamespace({}, own), false);
+  assert.equal(inOwnNamespace({ IPTLB_DEMO_IN_NETNS: '1' }, own), false, 'a stale value');
+  assert.equal(inOwnNamespace({ IPTLB_DEMO_IN_NETNS: own }, own), false, 'the same namespace');
+  assert.equal(inOwnNamespace({ IPTLB_DEMO_IN_NETNS: 'net:[4026532000]' }, own), true, 'started from another');
+  assert.equal(inOwnNamespace({ IPTLB_DEMO_IN_NETNS: 'net:[4026532000]' }, ''), false, '/proc cannot tell');
+});
