@@ -7,7 +7,7 @@
  * The test suite runs this file (test/kernel/agent.test.ts).
  */
 import { createServer, connect, type Server } from 'node:net';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 // In this repository the example runs against the sources; in your project: from 'iptlb'.
@@ -51,7 +51,8 @@ function ask(vip: string): Promise<string> {
 
 async function main(): Promise<void> {
   const servers = await Promise.all(catalogue.web.instances.map((i) => backend(i.port)));
-  const lb = await open({ stateFile: path.join(mkdtempSync(path.join(tmpdir(), 'agent-')), 'state.db') });
+  const dir = mkdtempSync(path.join(tmpdir(), 'agent-'));
+  const lb = await open({ stateFile: path.join(dir, 'state.db') });
   lb.on('commit', (e) =>
     console.log(
       `commit: ${e.calls} call(s), ${e.size} profile change(s), ${e.durationMs.toFixed(2)} ms (${e.engine}/${e.executor})`,
@@ -99,6 +100,7 @@ async function main(): Promise<void> {
   console.log(`all down: the virtual address is ${gone}`);
 
   await lb.close();
+  rmSync(dir, { recursive: true, force: true }); // the example's own state file (a real agent keeps it)
   for (const s of servers) s.close();
   const ok = seen.size === 4 && after.size === 2 && !after.has('instance:9101') && gone === 'refused';
   console.log(ok ? 'agent example: OK' : 'agent example: FAILED');
