@@ -993,3 +993,36 @@ test(
     assert.doesNotMatch(tables.stdout, /iptlb/);
   },
 );
+
+test(
+  "sync after a migrate killed between its install and its removal: the kernel matches the state file in the recorded engine, and sync says the other engine's copy may still take the traffic (exit 3)",
+  { skip: nftNative.skip || legacySpawn.skip },
+  async () => {
+    const r = await runSteps([
+      {
+        op: 'cli',
+        args: [
+          '-state-file=$WORK/state.db',
+          '--engine=legacy',
+          '-q',
+          '-run',
+          '-profile=web',
+          `-src-addr=${VIP}:8081`,
+          '-dest-addr=127.0.0.1:9001',
+        ],
+      },
+      { op: 'write', file: '$WORK/state.db.engine', text: 'legacy\n' },
+      // What a killed migrate from nft leaves: its copy in table ip iptlb.
+      { op: 'sh', argv: ['nft', 'add', 'table', 'ip', 'iptlb'] },
+      { op: 'cli', args: ['-state-file=$WORK/state.db', 'sync'] },
+      { op: 'cli', args: ['-state-file=$WORK/state.db', 'migrate', '--to', 'legacy'] },
+      { op: 'cli', args: ['-state-file=$WORK/state.db', 'sync'] },
+    ]);
+    ok(r[0], 'apply');
+    assert.equal(r[3].code, 3, r[3].stderr);
+    assert.match(r[3].stderr, /^iptlb: iptlb's rules are in both engines .*migrate --to legacy/m);
+    ok(r[4], 'migrate');
+    ok(r[5], 'sync after the migrate');
+    assert.doesNotMatch(r[5].stderr, /both engines/);
+  },
+);

@@ -1,7 +1,7 @@
 /** `iptlb sync`: make the kernel match the state file, in one transaction. */
 import type { Command } from 'commander';
 import { addGlobal, withGlobals, type GlobalOpts } from '../flags.js';
-import { makeCore, report, verboseRules, type Out } from '../context.js';
+import { ExitCode, makeCore, report, verboseRules, type Out } from '../context.js';
 
 export function register(program: Command, io: Out): void {
   addGlobal(
@@ -15,5 +15,12 @@ export function register(program: Command, io: Out): void {
     const core = makeCore(g, io);
     const r = await core.sync({ requireFile: true });
     report(r, g, io, verboseRules(core, io));
+    // The kernel matches the state file in the engine the profiles are in; a copy in the other engine
+    // (a migrate killed between its install and its removal) may still take the traffic: said, exit 3.
+    const split = await core.engineSplit((r.state?.size ?? 0) > 0 ? true : undefined);
+    if (split) {
+      io.err(`iptlb: ${split}`);
+      throw new ExitCode(3);
+    }
   });
 }
