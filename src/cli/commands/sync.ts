@@ -16,8 +16,9 @@ export function register(program: Command, io: Out): void {
     const r = await core.sync({ requireFile: true });
     report(r, g, io, verboseRules(core, io));
     // The kernel matches the state file in the engine the profiles are in; a copy in the other engine
-    // (a migrate killed between its install and its removal) may still take the traffic: said, exit 3.
-    const split = await core.engineSplit((r.state?.size ?? 0) > 0 ? true : undefined);
+    // (a migrate killed between its install and its removal) may still take the traffic: said, exit 3,
+    // as status does. A file without profiles has no copy anywhere: not asked.
+    const split = (r.state?.size ?? 0) > 0 ? await core.engineSplit(true) : undefined;
     if (split) {
       io.err(`iptlb: ${split}`);
       throw new ExitCode(3);
