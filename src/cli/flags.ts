@@ -121,7 +121,12 @@ export interface LegacyOpts extends ProfileOpts {
   useState?: boolean;
 }
 
-export function addGlobal(cmd: Command): Command {
+/**
+ * The flags every command takes. `changes: false` (a command that removes no destination: list, show,
+ * status, top, doctor, plan, migrate) still accepts --keep-conntrack, as scripts pass global flags
+ * everywhere, but leaves it out of its --help, where it would do nothing.
+ */
+export function addGlobal(cmd: Command, { changes = true }: { changes?: boolean } = {}): Command {
   return cmd
     .option(
       '--state-file <path>',
@@ -136,9 +141,11 @@ export function addGlobal(cmd: Command): Command {
     )
     .option('--json', 'print the result as JSON on stdout')
     .option('-q, --quiet', 'print no log lines')
-    .option(
-      '--keep-conntrack',
-      'keep conntrack entries of flows to destinations a change removes (default: delete them)',
+    .addOption(
+      new Option(
+        '--keep-conntrack',
+        'keep conntrack entries of flows to destinations a change removes (default: delete them)',
+      ).hideHelp(!changes),
     )
     .option(
       '--verbose',

@@ -355,3 +355,21 @@ test('demo runs its scenario only in a namespace other than the one it was start
   assert.equal(inOwnNamespace({ IPTLB_DEMO_IN_NETNS: 'net:[4026532000]' }, own), true, 'started from another');
   assert.equal(inOwnNamespace({ IPTLB_DEMO_IN_NETNS: 'net:[4026532000]' }, ''), false, '/proc cannot tell');
 });
+
+test('--keep-conntrack is in the --help of the commands that remove destinations only; the others accept it', async () => {
+  const changes = ['apply', 'delete', 'sync', 'watch'];
+  for (const c of [...changes, 'list', 'show', 'status', 'top', 'doctor', 'plan', 'migrate']) {
+    const help = await run([c, '--help']);
+    assert.equal(help.code, 0, c);
+    assert.equal(help.out.includes('--keep-conntrack'), changes.includes(c), c);
+  }
+  assert.match((await run(['--help'])).out, /--keep-conntrack/, 'the original command line (-run, -delete)');
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-kc-'));
+  try {
+    const r = await run(['list', '--keep-conntrack', '--state-file', path.join(dir, 'none.db')]);
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out + r.err, /does not exist/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -9,6 +9,7 @@ export function register(program: Command, io: Out): void {
     program
       .command('doctor')
       .description('say which engine and executor would be used and why, what is missing and how to fix it'),
+    { changes: false },
   ).action(async (o: GlobalOpts, cmd: Command) => {
     const code = await doctor(withGlobals(o, cmd), io);
     if (code !== 0) throw new ExitCode(code);

@@ -23,7 +23,7 @@ async function listCommand(o: GlobalOpts & { names?: boolean }, io: Out): Promis
 }
 
 export function register(program: Command, io: Out): void {
-  addGlobal(program.command('list').description('list the profiles of the state file'))
+  addGlobal(program.command('list').description('list the profiles of the state file'), { changes: false })
     .option('--names', 'print only the profile names, one a line (for scripts and shell completion)')
     .action(async (o: GlobalOpts & { names?: boolean }, cmd: Command) => listCommand(withGlobals(o, cmd), io));
 }

@@ -11,6 +11,7 @@ export function register(program: Command, io: Out): void {
       .description(
         "move every profile to the other engine: one transaction to install them there, one to remove them here; no virtual address is ever without rules. Refused when the state file does not exist, or when either engine holds profiles it does not hold (another state file's). The engine is recorded beside the state file (<state file>.engine): every later command, watch, the agent and open library handles follow it, after a reboot too. When the rules are in that engine already (in step, the other engine holding none), it says so and changes nothing",
       ),
+    { changes: false },
   )
     .requiredOption('--to <engine>', 'legacy or nft')
     .action(async (o: GlobalOpts & { to: string }, cmd: Command) => {

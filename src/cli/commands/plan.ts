@@ -56,6 +56,7 @@ export function register(program: Command, io: Out): void {
           'print the exact text a change would commit (iptables-restore for legacy, nft -f for nft); changes nothing',
         ),
     ),
+    { changes: false },
   )
     .option('--delete', 'plan the deletion of -profile')
     .option('--use-state', 'plan applying (or with --delete removing) every profile of the state file')

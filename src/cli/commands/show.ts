@@ -34,5 +34,6 @@ export function register(program: Command, io: Out): void {
       .command('show')
       .description('show a profile and its rules in the kernel, with counters')
       .argument('<name>', 'the profile name'),
+    { changes: false },
   ).action(async (name: string, o: GlobalOpts, cmd: Command) => showCommand(name, withGlobals(o, cmd), io));
 }

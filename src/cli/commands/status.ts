@@ -78,6 +78,7 @@ export function register(program: Command, io: Out): void {
       .description(
         "compare the state file with the kernel: in-sync, missing, modified or orphaned, with counters (exit 3 when anything drifted, or iptlb's rules are in both engines)",
       ),
+    { changes: false },
   )
     .option('--watch', 'refresh per-destination connection rates every --interval ms (the same as iptlb top)')
     .option('--interval <ms>', 'with --watch: refresh period', '1000')

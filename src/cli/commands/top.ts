@@ -126,6 +126,7 @@ export function register(program: Command, io: Out): void {
     program
       .command('top')
       .description('per-destination new connections per second, refreshed every second, as you would watch a rollout'),
+    { changes: false },
   )
     .option('--interval <ms>', 'refresh period', '1000')
     .option('--count <n>', 'stop after n refreshes')
