@@ -1953,6 +1953,23 @@ export class Core {
   }
 
   /**
+   * Which registered state file holds the profile an orphan of a view is named by (its name, `rule:NAME`
+   * or its address, as the engines name orphans), if any: so that a refusal can name it.
+   */
+  private async ownerOfOrphan(state: ReadonlyMap<string, Profile>): Promise<(orphan: string) => string | undefined> {
+    if (this.statePath === undefined || this.registry === null) return () => undefined;
+    const others = await this.othersOf(state, false);
+    await others.update();
+    const owners = new Map<string, string>();
+    for (const { stateFile, profiles } of others.files)
+      for (const n of profiles) {
+        const p = others.profiles.get(n);
+        for (const k of [n, `rule:${n}`, ...(p ? [p.source] : [])]) if (!owners.has(k)) owners.set(k, stateFile);
+      }
+    return (orphan) => owners.get(orphan);
+  }
+
+  /**
    * Refuses a migration when `engine` holds iptlb objects of profiles `state` does not hold: the move
    * makes both engines exactly `state`'s profiles, so their virtual addresses would be left without
    * rules. (nft names an orphan by its address, or `rule:NAME` for a profile without a dispatch
@@ -1969,10 +1986,17 @@ export class Core {
     }
     if (!others.length) return;
     const file = this.statePath ?? 'this instance';
-    const shown = `${others.slice(0, 5).join(', ')}${others.length > 5 ? `, … (${others.length} in all)` : ''}`;
+    const owner = await this.ownerOfOrphan(state);
+    const shown = `${others
+      .slice(0, 5)
+      .map((o) => {
+        const f = owner(o);
+        return f ? `${o}, a profile of ${f}` : `${o}: another state file's, or left by an interrupted change`;
+      })
+      .join('; ')}${others.length > 5 ? `; … (${others.length} in all)` : ''}`;
     throw new IptlbError(
       'ECONFLICT',
-      `state-file: the ${name} engine holds iptlb rules of profiles ${file} does not hold (${shown}: another state file's, or left by an interrupted change); migrate would leave them without rules, so nothing was changed: put every profile of this host in one state file (both are YAML maps of profiles: append the other state file's profiles to ${file}, under the lock of neither while no iptlb runs) or delete them with the state file that holds them, then migrate again`,
+      `state-file: the ${name} engine holds iptlb rules of profiles ${file} does not hold (${shown}); migrate would leave them without rules, so nothing was changed: put every profile of this host in one state file (both are YAML maps of profiles: append the other state file's profiles to ${file}, under the lock of neither while no iptlb runs) or delete them with the state file that holds them, then migrate again`,
       { field: 'state-file' },
     );
   }

@@ -976,9 +976,18 @@ test(
     ).slice(splitHost.length);
     const [before, toLegacy, toNft, nToNft, after, bServed, merge, moved, a, b, tables] = r;
     for (const [p, other] of [
-      [toLegacy, /the nft engine holds iptlb rules of profiles \S+\/s\.db does not hold \(127\.100\.0\.2:80:/],
-      [toNft, /the nft engine holds iptlb rules of profiles \S+\/s\.db does not hold \(127\.100\.0\.2:80:/],
-      [nToNft, /the legacy engine holds iptlb rules of profiles \S+\/n\.db does not hold \(a:/],
+      [
+        toLegacy,
+        /the nft engine holds iptlb rules of profiles \S+\/s\.db does not hold \(127\.100\.0\.2:80, a profile of \S+\/n\.db\); /,
+      ],
+      [
+        toNft,
+        /the nft engine holds iptlb rules of profiles \S+\/s\.db does not hold \(127\.100\.0\.2:80, a profile of \S+\/n\.db\); /,
+      ],
+      [
+        nToNft,
+        /the legacy engine holds iptlb rules of profiles \S+\/n\.db does not hold \(a, a profile of \S+\/s\.db\); /,
+      ],
     ] as const) {
       assert.equal(p.code, 1, p.stderr);
       assert.match(p.stderr, other);

@@ -1325,40 +1325,50 @@ test('a state file that does not exist is refused by sync, migrate, -use-state a
   }
 });
 
-test("migrate refuses, changing nothing, when either engine holds profiles its state file does not hold (another state file's)", async () => {
-  const kernels = fakes();
-  const a = coreOn('legacy', kernels);
-  const b = coreOn('nft', kernels);
-  try {
-    await apply(a.core, web(1));
-    // Another state file's writer with an executor of its own (a handle given only the nft executor):
-    // an explicit engine over both kernels would be refused while legacy holds rules.
-    await apply(new Core({ stateFile: b.file, engine: 'nft' }, kernels.nft as unknown as Executor), web(2));
-    const before = JSON.stringify([[...kernels.legacy.tables], [...kernels.nft.tables]]);
-    const commits = kernels.nft.commits.length + kernels.legacy.commits.length;
-    for (const [core, to, holder, other] of [
-      [a.core, 'legacy', 'nft', '127.100.0.12:80'],
-      [a.core, 'nft', 'nft', '127.100.0.12:80'],
-      [b.core, 'nft', 'legacy', 'web1'],
-      [b.core, 'legacy', 'legacy', 'web1'],
-    ] as const)
-      await assert.rejects(
-        core.migrate(to),
-        (e: IptlbError) =>
-          e.code === 'ECONFLICT' &&
-          e.field === 'state-file' &&
-          e.message.startsWith(`state-file: the ${holder} engine holds iptlb rules of profiles `) &&
-          e.message.includes(`(${other}: another state file's`) &&
-          e.message.includes('migrate would leave them without rules, so nothing was changed'),
-        `${to} from ${holder}`,
+for (const registered of [false, true])
+  test(`migrate refuses, changing nothing, when either engine holds profiles its state file does not hold (another state file's)${registered ? ', naming the registered state file that holds them' : ''}`, async () => {
+    const kernels = fakes();
+    const registry = registered ? mkdtempSync(path.join(tmpdir(), 'iptlb-reg-')) : undefined;
+    const opts = registry ? { stateRegistry: registry } : {};
+    const a = coreOn('legacy', kernels, [], opts);
+    const b = coreOn('nft', kernels);
+    try {
+      await apply(a.core, web(1));
+      // Another state file's writer with an executor of its own (a handle given only the nft executor):
+      // an explicit engine over both kernels would be refused while legacy holds rules.
+      await apply(new Core({ stateFile: b.file, engine: 'nft', ...opts }, kernels.nft as unknown as Executor), web(2));
+      const before = JSON.stringify([[...kernels.legacy.tables], [...kernels.nft.tables]]);
+      const commits = kernels.nft.commits.length + kernels.legacy.commits.length;
+      const bCore = new Core(
+        { stateFile: b.file, engine: 'nft', ...opts },
+        kernels as unknown as Record<EngineName, Executor>,
       );
-    assert.equal(kernels.nft.commits.length + kernels.legacy.commits.length, commits, 'nothing committed');
-    assert.equal(JSON.stringify([[...kernels.legacy.tables], [...kernels.nft.tables]]), before);
-  } finally {
-    a.done();
-    b.done();
-  }
-});
+      const owned = (o: string, file: string): string =>
+        registered ? `${o}, a profile of ${file}` : `${o}: another state file's, or left by an interrupted change`;
+      for (const [core, to, holder, other] of [
+        [a.core, 'legacy', 'nft', owned('127.100.0.12:80', b.file)],
+        [a.core, 'nft', 'nft', owned('127.100.0.12:80', b.file)],
+        [bCore, 'nft', 'legacy', owned('web1', a.file)],
+        [bCore, 'legacy', 'legacy', owned('web1', a.file)],
+      ] as const)
+        await assert.rejects(
+          core.migrate(to),
+          (e: IptlbError) =>
+            e.code === 'ECONFLICT' &&
+            e.field === 'state-file' &&
+            e.message.startsWith(`state-file: the ${holder} engine holds iptlb rules of profiles `) &&
+            e.message.includes(`(${other}); `) &&
+            e.message.includes('migrate would leave them without rules, so nothing was changed'),
+          `${to} from ${holder}`,
+        );
+      assert.equal(kernels.nft.commits.length + kernels.legacy.commits.length, commits, 'nothing committed');
+      assert.equal(JSON.stringify([[...kernels.legacy.tables], [...kernels.nft.tables]]), before);
+    } finally {
+      a.done();
+      b.done();
+      if (registry) rmSync(registry, { recursive: true, force: true });
+    }
+  });
 
 test('migrate says what keeps the engine: the record beside the state file (auto takes it), a pinned other engine is a warning', async () => {
   {
