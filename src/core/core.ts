@@ -297,6 +297,34 @@ interface Contested {
   profile: Profile;
 }
 
+/**
+ * What a sync repairs, counted for its log line: the profiles of `profiles` that drifted (an orphan an
+ * engine names after one of them, `rule:NAME` or its address, counts as that profile), and the orphans
+ * no profile owns (the old address of a profile changed without -run, a removed profile's rules).
+ */
+export function countDrifted(
+  drifted: readonly Pick<ProfileReport, 'name' | 'status'>[],
+  profiles: ReadonlyMap<string, Profile>,
+): { profiles: number; leftovers: number } {
+  const bySource = new Map<string, string>();
+  for (const p of profiles.values()) bySource.set(p.source, p.name);
+  const names = new Set<string>();
+  let leftovers = 0;
+  for (const r of drifted) {
+    if (r.status !== 'orphaned') names.add(r.name);
+    else {
+      const owner = profiles.has(r.name)
+        ? r.name
+        : r.name.startsWith('rule:') && profiles.has(r.name.slice(5))
+          ? r.name.slice(5)
+          : bySource.get(r.name);
+      if (owner === undefined) leftovers++;
+      else names.add(owner);
+    }
+  }
+  return { profiles: names.size, leftovers };
+}
+
 /** `another state file, /a.db, holds a profile of this name at 127.0.0.1:80/tcp`. */
 function contestedLine(c: Contested): string {
   return `another state file, ${c.stateFile}, holds a profile of this name at ${c.profile.source}/${c.profile.protocol}`;
@@ -1780,8 +1808,9 @@ export class Core {
               const p = r.status === 'missing' || r.status === 'modified' ? state.get(r.name) : undefined;
               if (p) repaired.push(p);
             }
+            const counted = countDrifted(drifted, profiles);
             this.log(
-              `committed the sync of ${drifted.length} profile(s) in one transaction (${provider.where(family)}, ${provider.name}/${provider.executor.kind}, ${ms.toFixed(2)} ms)`,
+              `committed the sync of ${counted.profiles} profile(s)${counted.leftovers ? ` and ${counted.leftovers} leftover(s) no profile of the state file owns` : ''} in one transaction (${provider.where(family)}, ${provider.name}/${provider.executor.kind}, ${ms.toFixed(2)} ms)`,
             );
             committed = true;
             commitMs += ms;

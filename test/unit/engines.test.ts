@@ -1449,3 +1449,54 @@ test("API: every failed call is also an 'error' event when listened to (sync, ke
     await assert.rejects(f(), (e: IptlbError) => e.code === 'EUSAGE');
   assert.deepEqual(errors.slice(3), ['EUSAGE', 'EUSAGE', 'EUSAGE', 'EUSAGE', 'EUSAGE']);
 });
+
+for (const engine of ['legacy', 'nft'] as const)
+  test(`${engine}: a sync's log line counts a profile once (its rules at an address it left are its own) and names the leftovers no profile owns`, async () => {
+    const lines: string[] = [];
+    const c = coreOn(engine, fakes(), lines);
+    try {
+      await apply(c.core, web(1), web(2), web(3));
+      // web1 moved to another address and web3 removed in the state file only (no -run): a sync repairs web1
+      // and removes web3's rules, a leftover; on nft web1's element at its old address is one more (nft
+      // names it by that address, which no profile has now), where legacy replaces web1's chain.
+      await c.core.transact(
+        (state) => {
+          const moved = upsertChange(state, [web(1, 3, '127.100.0.99:80')]);
+          return { upsert: moved.upsert, remove: ['web3'] };
+        },
+        { run: false },
+      );
+      lines.length = 0;
+      assert.equal((await c.core.sync()).committed, true);
+      const said = lines.filter((l) => l.startsWith('committed the sync of'));
+      assert.equal(said.length, 1, lines.join('\n'));
+      assert.match(
+        said[0]!,
+        new RegExp(
+          `^committed the sync of 1 profile\\(s\\) and ${engine === 'nft' ? 2 : 1} leftover\\(s\\) no profile of the state file owns in one`,
+        ),
+      );
+    } finally {
+      c.done();
+    }
+  });
+
+test('countDrifted: orphans named after a profile (rule:NAME, its address, its name) count as that profile', async () => {
+  const { countDrifted } = await import('../../src/core/core.js');
+  const profiles = new Map([web(1), web(2)].map((p) => [p.name, validateProfile(p)] as const));
+  const r = (name: string, status: 'orphaned' | 'missing' | 'modified') => ({ name, status });
+  assert.deepEqual(
+    countDrifted([r('web1', 'modified'), r('127.100.0.11:80', 'orphaned'), r('rule:web1', 'orphaned')], profiles),
+    {
+      profiles: 1,
+      leftovers: 0,
+    },
+  );
+  assert.deepEqual(
+    countDrifted([r('web2', 'missing'), r('web9', 'orphaned'), r('127.100.0.99:80', 'orphaned')], profiles),
+    {
+      profiles: 1,
+      leftovers: 2,
+    },
+  );
+});
