@@ -73,6 +73,13 @@ export function makeCore(o: GlobalOpts, io: Out): Core {
 export function report(result: object, o: GlobalOpts, io: Out, verbose?: () => void): void {
   if (o.verbose) verbose?.();
   if (o.json) io.out(JSON.stringify(result));
+  // A change committed while iptlb's rules are in both engines (after a killed migrate): said, exit 3, as
+  // status and sync do; --quiet does not hide it.
+  const split = (result as { split?: unknown }).split;
+  if (typeof split === 'string') {
+    io.err(`iptlb: ${split}`);
+    throw new ExitCode(3);
+  }
 }
 
 /**

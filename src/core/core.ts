@@ -15,8 +15,11 @@ import {
   engineRecordOf,
   engineRecordText,
   engineRecordVersion,
+  movingMarkerExists,
+  movingMarkerOf,
   readEngineRecord,
   writeEngineRecord,
+  writeMovingMarker,
 } from './engine-record.js';
 import { DEFAULT_LOCK_WAIT_MS, lockStateFile, lockWaiters, type HeldLock } from '../platform/lock.js';
 import {
@@ -274,6 +277,12 @@ export interface TransactionResult {
   executor: 'native' | 'spawn' | null;
   /** The engine that committed; `null` when the kernel was not touched. */
   engine: EngineName | null;
+  /**
+   * Set when iptlb's rules are in both engines after the change (a `migrate` killed between its install
+   * and its removal: the copy in the other engine may still take the traffic): the line that says so and
+   * which `migrate` keeps one copy. Asked only after such a migrate (a marker beside the state file).
+   */
+  split?: string;
 }
 
 /** The engine and executor in use, and why. */
@@ -647,6 +656,9 @@ export class Core {
     return this.supplied ? { natExists: () => true } : {};
   }
 
+  /** Whether the move marker of a killed migrate was there at the last look (see movingMarkerOf). */
+  private markerSeen = false;
+
   /** The engine the last selection chose (to say when a later one follows a migrate elsewhere). */
   private followed?: EngineName;
 
@@ -906,6 +918,10 @@ export class Core {
         // Chosen again under the lock when another process's migrate moved the profiles since.
         const engine = opts.run ? (await this.writerSelection(!!lock.kept)).provider : undefined;
         if (engine) this.checkPrivileges(engine.name);
+        // A migrate killed between its install and its removal (see movingMarkerOf): both engines asked below.
+        // One lstat; none while the lock was kept since the last look (no migrate could come in between).
+        if (engine && this.statePath !== null && !lock.kept) this.markerSeen = movingMarkerExists(this.statePath);
+        const moving = engine !== undefined && this.markerSeen;
         // The long-lived map itself, in memory or cached from the file (decide never changes it; `next`
         // is a view): no copy per batch. `record` changes it once the change is recorded.
         const state = opts.holds ? await this.heldBase(engine, opts.holds) : await this.currentState();
@@ -970,6 +986,17 @@ export class Core {
         // one (over netlink when it went through the native executor, else `conntrack -D`).
         if (stale.length) this.conntrack.add(stale);
         if (!this.injected) noteChange(change.upsert.length + change.remove.length);
+        // The change is in the engine the profiles are in; while a copy is in the other one too, traffic
+        // may take it: said in the result. Once it is not, the marker goes.
+        let split: string | undefined;
+        if (moving) {
+          split = await this.engineSplit().catch(() => undefined);
+          if (split === undefined)
+            await writeMovingMarker(this.statePath!, null).then(
+              () => (this.markerSeen = false),
+              () => {},
+            );
+        }
         return {
           applied: change.upsert,
           deleted: change.remove,
@@ -978,6 +1005,7 @@ export class Core {
           commitMs,
           executor: committed ? engine!.executor.kind : null,
           engine: committed ? engine!.name : null,
+          ...(split ? { split } : {}),
         };
       } finally {
         lock.release();
@@ -1895,6 +1923,19 @@ export class Core {
           if (tx !== undefined) removals.push(tx);
         }
         const targetHeld = await target.holdsObjects();
+        // Marked before the first commit, removed once the engine left is emptied: a migrate killed in
+        // between leaves the mark, and the next change asks both engines (see movingMarkerOf).
+        if (this.statePath !== null) {
+          try {
+            await writeMovingMarker(this.statePath, { from, to });
+          } catch (e) {
+            const why = fsFailure(e, 'write the move marker', movingMarkerOf(this.statePath));
+            throw new IptlbError(why.code, `${why.message}; nothing was changed`, { cause: e });
+          }
+        }
+        const unmark = async (): Promise<void> => {
+          if (this.statePath !== null) await writeMovingMarker(this.statePath, null).catch(() => {});
+        };
         let installMs = 0;
         let installs = 0;
         let moved = 0;
@@ -1917,6 +1958,7 @@ export class Core {
           // Nothing to move: the rules are in `to` already, and the other engine holds none of iptlb's.
           const where = `the rules are already in the ${to} engine (${state.size} profile(s) of ${this.statePath ?? 'this instance'}, in step) and the ${from} engine holds none of iptlb's`;
           if (record === null || recordBefore === `${to}\n`) {
+            await unmark();
             this.log(`${where}: nothing was changed`);
             await this.sayHowToKeep(to);
             return { moved: 0, installMs: 0, removeMs: 0, removedFrom: false, unchanged: true, recorded: false };
@@ -1927,6 +1969,7 @@ export class Core {
             const why = fsFailure(e, 'write the engine record', record);
             throw new IptlbError(why.code, `${why.message}; nothing was changed`, { cause: e });
           }
+          await unmark();
           this.log(`${where}: the kernel was not changed; the ${to} engine is now recorded in ${record}`);
           this.selected = undefined;
           this.selecting = undefined;
@@ -1963,6 +2006,7 @@ export class Core {
           }
           m.removed++;
         }
+        await unmark();
         const removed = m.removed;
         const removedFrom = removed > 0;
         const how = removed > 1 ? `${removed} transactions (one per address family)` : 'one transaction';

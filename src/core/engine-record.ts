@@ -79,3 +79,40 @@ export async function writeEngineRecord(statePath: string, text: string | null):
     await fsp.replaceFile(file, (fh) => fh.writeFile(text, 'utf8'), { tmpName: path.basename(statePath) });
   }
 }
+
+/**
+ * The move marker: `<state file>.engine.moving`, written by `iptlb migrate` under the lock before its
+ * first commit and removed once the engine it leaves is emptied. A migrate killed in between (or failed
+ * without its undo) leaves it: the next change under the lock asks both engines whether iptlb's rules
+ * are in each (a copy in the engine left may still take the traffic), says so while they are, and
+ * removes the marker once they are not. One lstat per change otherwise.
+ */
+export function movingMarkerOf(statePath: string): string {
+  return `${statePath}.engine.moving`;
+}
+
+/** Whether the move marker is there (one lstat; false when it cannot be read). */
+export function movingMarkerExists(statePath: string): boolean {
+  try {
+    return lstatSync(movingMarkerOf(statePath), { throwIfNoEntry: false }) !== undefined;
+  } catch {
+    return false;
+  }
+}
+
+/** Writes the move marker (`from to`, durable), or removes it when `move` is null. Under the lock. */
+export async function writeMovingMarker(
+  statePath: string,
+  move: { from: EngineName; to: EngineName } | null,
+): Promise<void> {
+  const file = movingMarkerOf(statePath);
+  if (move === null) {
+    await fsp.unlink(file).catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== 'ENOENT') throw e;
+    });
+    await fsp.syncDir(path.dirname(file));
+  } else
+    await fsp.replaceFile(file, (fh) => fh.writeFile(`${move.from} ${move.to}\n`, 'utf8'), {
+      tmpName: path.basename(statePath),
+    });
+}

@@ -1281,6 +1281,56 @@ test('an explicit engine while the other holds iptlb rules refuses changes (migr
   }
 });
 
+test('a change after a migrate killed between its install and its removal says that the rules are in both engines (result.split) until they are not; the move marker goes then', async () => {
+  const kernels = fakes();
+  const a = coreOn('legacy', kernels);
+  const marker = `${a.file}.engine.moving`;
+  try {
+    await apply(a.core, web(1));
+    // A migrate to nft: installed there, recorded, killed before emptying legacy (its marker left).
+    await new Core({ stateFile: a.file, engine: 'nft' }, kernels.nft as unknown as Executor).sync();
+    writeFileSync(`${a.file}.engine`, 'nft\n');
+    writeFileSync(marker, 'legacy nft\n');
+    const after = another(a.file, 'auto', kernels);
+    const r = await apply(after, web(2));
+    assert.equal(r.engine, 'nft');
+    assert.match(r.split ?? '', /^iptlb's rules are in both engines .*run `iptlb migrate --to nft`/);
+    assert.ok(existsSync(marker), 'kept while they are');
+    // migrate again: legacy emptied, the marker removed by the migrate itself.
+    await after.migrate('nft');
+    assert.equal(existsSync(marker), false);
+    assert.equal((await apply(after, web(3))).split, undefined);
+    // A marker with the rules in one engine (a migrate that failed and undid its install): the next change
+    // asks, finds no copy, says nothing and removes it.
+    writeFileSync(marker, 'nft legacy\n');
+    assert.equal((await apply(after, web(4))).split, undefined);
+    assert.equal(existsSync(marker), false);
+    // Without a marker a change does not ask the other engine (the state file says nothing of a move).
+    await new Core({ stateFile: a.file, engine: 'legacy' }, kernels.legacy as unknown as Executor).sync();
+    assert.equal((await apply(after, web(5))).split, undefined);
+  } finally {
+    a.done();
+  }
+});
+
+test('migrate leaves its move marker when it fails after marking, and removes it when it succeeds', async () => {
+  const kernels = fakes();
+  const a = coreOn('legacy', kernels);
+  const marker = `${a.file}.engine.moving`;
+  try {
+    await apply(a.core, web(1));
+    kernels.legacy.fail = () => kernelError(22, 'refused');
+    await assert.rejects(a.core.migrate('nft'));
+    kernels.legacy.fail = undefined;
+    assert.ok(existsSync(marker));
+    await a.core.migrate('nft');
+    assert.equal(existsSync(marker), false);
+    assert.equal(readFileSync(`${a.file}.engine`, 'utf8'), 'nft\n');
+  } finally {
+    a.done();
+  }
+});
+
 test('a state file that does not exist is refused by sync, migrate, -use-state and their plan when they require it: ESTATE naming it, before anything is created or committed; {} is no profiles', async () => {
   const kernels = fakes();
   const a = coreOn('nft', kernels);
