@@ -3,9 +3,19 @@
  * Validation is exactly the CLI's (validateProfile, conflicts with the other stored profiles).
  */
 import { IptlbError } from '../model/errors.js';
-import { checkConflicts, show, validateName, validateProfile } from '../model/profile.js';
+import { NAME_PATTERN, checkConflicts, show, validateName, validateProfile } from '../model/profile.js';
 import type { Profile, ProfileInput } from '../model/types.js';
-import { decide, hostKey, parseStored, profileKey, type Parsed, type Refusal, type StoredEntry } from './reconcile.js';
+import {
+  decide,
+  hostKey,
+  oneLine,
+  parseStored,
+  profileKey,
+  refusalName,
+  type Parsed,
+  type Refusal,
+  type StoredEntry,
+} from './reconcile.js';
 import { MAX_TXN_OPS, prefixEnd, type FleetStore, type StoreKV } from './store.js';
 import type { HostStatus } from './agent.js';
 
@@ -149,13 +159,20 @@ export function profileJson(p: Profile): Record<string, unknown> {
   return JSON.parse(JSON.stringify(p)) as Record<string, unknown>;
 }
 
-/** Deletes profiles by name in one transaction; unknown names are ENOTFOUND (nothing deleted). */
+/**
+ * Deletes profiles in one transaction; input that matches no key is ENOTFOUND (nothing deleted). A profile name is
+ * looked up as its key. Anything else names a key under `<prefix>profiles/` that is no profile key (`profiles/a/b`, a
+ * name iptlb refuses, written by etcdctl or another tool: every agent refuses it), so that it can be removed as it is
+ * listed: by its exact last part, by that part as typed in UTF-8 (keys are read as latin1 bytes), by its whole key,
+ * or by the name `fleet list`, `fleet status` and the host keys show ({@link refusalName}: escaped, cut). `deleted`
+ * holds the keys' last parts.
+ */
 export async function fleetDelete(
   store: FleetStore,
   prefix: string,
   names: string[],
 ): Promise<{ revision: number; deleted: string[] }> {
-  const list = [...new Set(names.map((n) => validateName(n)))];
+  const list = [...new Set(names.map((n) => (typeof n === 'string' ? n : validateName(n))))];
   if (!list.length) throw new IptlbError('EUSAGE', 'delete: name the profiles to delete');
   if (list.length > MAX_TXN_OPS)
     throw new IptlbError(
@@ -163,16 +180,49 @@ export async function fleetDelete(
       `names: ${list.length} deletions do not fit one etcd transaction (at most ${MAX_TXN_OPS})`,
       { field: 'names' },
     );
+  const base = `${prefix}profiles/`;
+  let stored: string[] | undefined; // every key under base, read once when a name is no profile name
+  const keys = new Set<string>();
   for (const n of list) {
-    const k = profileKey(prefix, n);
-    const r = await store.range(k, k + '\0', { limit: 1 });
-    if (!r.kvs.length)
-      throw new IptlbError('ENOTFOUND', `name: profile ${show(n)} does not exist in the store (${k})`, {
-        field: 'name',
-      });
+    if (NAME_PATTERN.test(n)) {
+      const k = profileKey(prefix, n);
+      const r = await store.range(k, k + '\0', { limit: 1 });
+      if (!r.kvs.length)
+        throw new IptlbError('ENOTFOUND', `name: profile ${show(n)} does not exist in the store (${k})`, {
+          field: 'name',
+        });
+      keys.add(k);
+      continue;
+    }
+    stored ??= (await listPrefix(store, base)).kvs.map((kv) => kv.key);
+    keys.add(storedKeyNamed(stored, base, n));
   }
-  const revision = (await store.txn(list.map((n) => ({ delete: profileKey(prefix, n) })))) as number; // no guard
-  return { revision, deleted: list };
+  const revision = (await store.txn([...keys].map((k) => ({ delete: k })))) as number; // no guard
+  return { revision, deleted: [...keys].map((k) => k.slice(base.length)) };
+}
+
+/**
+ * The key under `base` that `name` (no profile name) designates, among the `stored` ones: the key whose last part it
+ * is, as given or as typed in UTF-8; the key it is; else the one key whose name as listed ({@link refusalName}) it is.
+ */
+function storedKeyNamed(stored: string[], base: string, name: string): string {
+  const has = new Set(stored);
+  const utf8 = Buffer.from(name, 'utf8').toString('latin1');
+  for (const k of [base + name, base + utf8, name, utf8]) if (k.startsWith(base) && has.has(k)) return k;
+  const listed = stored.filter((k) => refusalName(k.slice(base.length)) === name);
+  if (listed.length === 1) return listed[0]!;
+  const shown = `"${oneLine(name, 80)}"`;
+  if (listed.length > 1)
+    throw new IptlbError(
+      'EUSAGE',
+      `name: ${shown} is how ${listed.length} keys under ${base} are listed (cut or escaped alike); give one's exact last part (\`iptlb fleet list --json\` shows it); nothing deleted`,
+      { field: 'name' },
+    );
+  throw new IptlbError(
+    'ENOTFOUND',
+    `name: ${shown} is no stored profile and names no key under ${base} (neither as its last part, its whole key, nor as \`iptlb fleet list\` shows it); nothing deleted`,
+    { field: 'name' },
+  );
 }
 
 export interface HostRow {

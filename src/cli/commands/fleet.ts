@@ -53,9 +53,11 @@ async function applyCommand(o: ApplyOpts, io: Out, cmd: Command): Promise<void> 
 
 async function deleteCommand(names: string[], o: EtcdFlags & { json?: boolean }, io: Out): Promise<void> {
   const { fleetDelete } = await import('../../fleet/fleet.js');
+  const { refusalName } = await import('../../fleet/reconcile.js');
   const r = await withStore(o, (s, prefix) => fleetDelete(s, prefix, names));
   if (o.json) io.out(JSON.stringify(r));
-  else io.err(`iptlb: fleet: deleted ${r.deleted.join(', ')} at revision ${r.revision}`);
+  // A key that is no profile key as it is listed: escaped, one line.
+  else io.err(`iptlb: fleet: deleted ${r.deleted.map(refusalName).join(', ')} at revision ${r.revision}`);
 }
 
 async function listCommand(o: EtcdFlags & { json?: boolean }, io: Out): Promise<void> {
@@ -187,7 +189,12 @@ export function register(program: Command, io: Out): void {
     .action(async (_o: unknown, cmd: Command) => applyCommand(ownOptions<ApplyOpts>(cmd), io, cmd));
 
   addEtcdFlags(
-    fleet.command('delete').description('delete profiles from etcd by name, in one transaction').argument('<names...>'),
+    fleet
+      .command('delete')
+      .description(
+        'delete profiles from etcd by name, in one transaction; a key under <prefix>profiles/ that is no profile key (every agent refuses it) by its name as `fleet list` or `fleet status` shows it, its exact last part or its whole key',
+      )
+      .argument('<names...>'),
   )
     .option('--json', 'print the result as JSON')
     .action(async (names: string[], _o: unknown, cmd: Command) =>
