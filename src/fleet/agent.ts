@@ -107,6 +107,13 @@ export interface HostStatus {
   host: string;
   /** The store revision whose profiles the kernel holds (0: nothing applied yet). */
   revision: number;
+  /**
+   * How many keys the store held under `<prefix>profiles/` at `revision`, valid or not (absent before the first
+   * commit, and from agents before 2026-12-06). With it, `fleet status --revision N` counts a host whose `revision`
+   * is below N as having N when no profile key changed between them: every stored key at N is older than `revision`
+   * and N has as many keys (revisions made by other writes, such as the hosts' own keys, change no profile).
+   */
+  profileKeys?: number;
   engine: EngineName | null;
   executor: 'native' | 'spawn' | null;
   /** Profiles the agent owns (applied). */
@@ -188,6 +195,8 @@ export class Agent extends EventEmitter<AgentEvents> {
   /** The newest event folded into the mirror (the listed revision at first). */
   private eventRevision = 0;
   private applyRevision = 0;
+  /** Keys of the mirror at applyRevision (see {@link HostStatus.profileKeys}); undefined before the first commit. */
+  private applyKeys?: number;
   private refused: Refusal[] = [];
   private watchState: HostStatus['watch'] = 'listing';
   private error?: string;
@@ -292,6 +301,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     return {
       host: this.host,
       revision: this.applyRevision,
+      ...(this.applyKeys !== undefined ? { profileKeys: this.applyKeys } : {}),
       engine: sel?.engine ?? null,
       executor: sel?.executor.kind ?? null,
       profiles: this.ownedCount,
@@ -633,6 +643,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     else if (!this.committing && !this.commitTimer && !this.dirty && this.applyRevision < this.mirrorRevision) {
       // A progress notification: nothing changed up to `revision`.
       this.applyRevision = this.mirrorRevision;
+      this.applyKeys = this.mirror.size;
       this.writeStatus();
     }
   }
@@ -663,8 +674,10 @@ export class Agent extends EventEmitter<AgentEvents> {
       return;
     }
     this.dirty = false;
-    const revision = this.mirrorRevision;
-    const mirror = this.mirror;
+    // What the commit holds: the mirror as it is when the change is decided (under the core's lock, maybe after
+    // events folded meanwhile), at the revision it is complete up to then, with its number of keys.
+    let revision = this.mirrorRevision;
+    let keys = this.mirror.size;
     const t0 = performance.now();
     let refused: Refusal[] = [];
     const families = new Set<string>();
@@ -678,7 +691,9 @@ export class Agent extends EventEmitter<AgentEvents> {
       try {
         const r = await this.core.transact(
           (owned) => {
-            const d = decide(mirror, owned);
+            revision = this.mirrorRevision;
+            keys = this.mirror.size;
+            const d = decide(this.mirror, owned);
             refused = d.refused;
             families.clear();
             for (const p of d.change.upsert) families.add(familyOfProfile(p));
@@ -703,6 +718,7 @@ export class Agent extends EventEmitter<AgentEvents> {
         const owned = await this.core.readState();
         this.ownedCount = owned.size;
         this.applyRevision = revision;
+        this.applyKeys = keys;
         this.logRefusals(this.refused, refused);
         this.refused = refused;
         if (this.error?.startsWith('kernel:')) this.error = undefined;

@@ -24,10 +24,12 @@ export async function listPrefix(
   store: FleetStore,
   prefix: string,
   pageSize = 1000,
+  /** Lists at this revision (default: the current one). */
+  at = 0,
 ): Promise<{ kvs: StoreKV[]; revision: number }> {
   const end = prefixEnd(prefix);
   const kvs: StoreKV[] = [];
-  let revision = 0;
+  let revision = at;
   let from = prefix;
   for (;;) {
     const page = await store.range(from, end, { limit: pageSize, ...(revision ? { revision } : {}) });
@@ -229,8 +231,13 @@ export interface HostRow {
   host: string;
   /** `null`: the host key is missing (unknown, never "no rules"). */
   status: HostStatus | null;
-  /** Whether the host has applied at least the target revision. */
+  /**
+   * Whether the host has applied the target revision: its revision is the target or later, or it is earlier and no
+   * profile key changed between them (its host key says how many profile keys its revision held, `profileKeys`).
+   */
   converged: boolean;
+  /** Set when `converged` holds for a revision below the target: no profile key changed after it up to the target. */
+  unchangedSince?: number;
   /** Profiles revisions the host is behind the target (0 when converged; null when unknown). */
   lag: number | null;
   /** Why a key could not be read. */
@@ -295,6 +302,30 @@ export async function fleetStatus(
       });
     }
   }
+  // A host below the target holds the target's profiles when no profile key changed in between: revisions reached
+  // by other writes (the hosts' own keys, other keys of etcd) change no profile, and an agent advances its revision
+  // on profile events only. Told from the profile keys at the target: each older than the host's revision, and as
+  // many as its revision held (a key deleted meanwhile is missing; one stored meanwhile, changed, or deleted and
+  // stored again is newer). Needs the host's count (agents before 2026-12-06 do not write it: they stay lagging).
+  // (The default target is a stored profile's modification: no host below it holds its profiles.)
+  const below = [...rows.values()].filter(
+    (r) =>
+      opts.revision !== undefined &&
+      r.status &&
+      !r.converged &&
+      r.status.revision > 0 &&
+      Number.isSafeInteger(r.status.profileKeys) &&
+      (r.status.profileKeys as number) >= 0,
+  );
+  if (below.length) {
+    const atTarget = await profileKeysAt(store, prefix, target, below[0]!);
+    for (const r of below)
+      if (atTarget.newest <= r.status!.revision && atTarget.count === r.status!.profileKeys) {
+        r.converged = true;
+        r.lag = 0;
+        r.unchangedSince = r.status!.revision;
+      }
+  }
   for (const h of opts.expect ?? [])
     if (!rows.has(h)) rows.set(h, { host: h, status: null, converged: false, lag: null });
   const hosts = [...rows.values()].sort((a, b) => (a.host < b.host ? -1 : 1));
@@ -321,6 +352,32 @@ export async function fleetStatus(
     refusedUnlisted: unlisted,
     converged: hosts.length > 0 && hosts.every((h) => h.converged) && !refused.length && !unlisted,
   };
+}
+
+/**
+ * How many keys `<prefix>profiles/` held at `revision`, and the newest modification among them. A compacted revision
+ * is EUSAGE naming `revision` (whether a profile changed since `row`'s revision can no longer be read).
+ */
+async function profileKeysAt(
+  store: FleetStore,
+  prefix: string,
+  revision: number,
+  row: HostRow,
+): Promise<{ count: number; newest: number }> {
+  let kvs: StoreKV[];
+  try {
+    ({ kvs } = await listPrefix(store, `${prefix}profiles/`, 1000, revision));
+  } catch (e) {
+    if (!/compacted|OUT_OF_RANGE/i.test(String((e as Error)?.message ?? e))) throw e;
+    throw new IptlbError(
+      'EUSAGE',
+      `revision: ${revision} is compacted in the store, and host ${row.host} applied revision ${row.status!.revision}: whether a profile changed between them cannot be read any more; ask for a later revision (the default is the newest stored profile's)`,
+      { field: 'revision' },
+    );
+  }
+  let newest = 0;
+  for (const kv of kvs) if (kv.modRevision > newest) newest = kv.modRevision;
+  return { count: kvs.length, newest };
 }
 
 export { hostKey };

@@ -563,3 +563,64 @@ test(
     }
   },
 );
+
+test(
+  'fleet (nft/native): a key that is no profile key is refused, then removed by fleet delete as listed; fleet status --revision of a later store revision (host keys, other keys) converges',
+  { skip: SKIP || nftNative.skip, timeout: 90_000 },
+  async () => {
+    const c = await Cluster.start(['m1']);
+    const s = await c.client('m1');
+    try {
+      await NetnsTopology.with(['h1'], async (t) => {
+        await backends(t, 'h1');
+        const agent = startAgent(t, c, 'h1', 'm1', nftNative);
+        const put = await fleetApply(s, P, [prof('web', '127.100.0.10')]);
+        await waitApplied(s, 'h1', put.revision);
+        // Written past fleet apply (etcdctl): a key under profiles/ whose last part is no profile name.
+        const odd = (await s.txn([{ put: profileKey(P, 'a/b'), value: JSON.stringify(prof('b', '127.100.0.20')) }]))!;
+        const st = await waitApplied(s, 'h1', odd);
+        assert.deepEqual(
+          st.refused.map((r) => [r.name, r.code]),
+          [['a/b', 'EINVAL_PROFILE']],
+        );
+        assert.equal(st.profileKeys, 2);
+        const refused = await fleetStatus(s, P, { revision: odd });
+        assert.deepEqual(
+          refused.refused.map((r) => r.name),
+          ['a/b'],
+        );
+        assert.equal(refused.converged, false);
+        await assert.rejects(fleetDelete(s, P, ['a/c']), /^IptlbError: name: "a\/c" .*nothing deleted$/);
+        const del = await fleetDelete(s, P, ['a/b']);
+        assert.deepEqual(del.deleted, ['a/b']);
+        assert.deepEqual(
+          (await fleetList(s, P)).profiles.map((p) => p.name),
+          ['web'],
+        );
+        await waitFor('refusal gone', async () => {
+          const x = await hostStatus(s, 'h1');
+          return x && x.revision >= del.revision && x.refusedCount === 0;
+        });
+        // The host key's write and other keys move the store's revision past the host's: no profile changed.
+        await s.txn([{ put: `${P}notes/x`, value: '1' }]);
+        const n = await s.revision();
+        assert.ok(n > del.revision + 1, `store at ${n}, the delete at ${del.revision}`);
+        const ok = await fleetStatus(s, P, { revision: n });
+        assert.deepEqual(
+          ok.hosts.map((h) => [h.host, h.converged, h.unchangedSince]),
+          [['h1', true, del.revision]],
+        );
+        assert.equal(ok.converged, true);
+        await balanced(t, 'h1', '127.100.0.10');
+        // A profile change after that: applied, and the store's revision converges again.
+        const later = await fleetApply(s, P, [prof('api', '127.100.0.11')]);
+        await waitApplied(s, 'h1', later.revision);
+        assert.equal((await fleetStatus(s, P, { revision: await s.revision() })).converged, true);
+        assert.equal((await agent.kill('SIGTERM')).code, 0);
+      });
+    } finally {
+      await s.close();
+      await c.stop();
+    }
+  },
+);

@@ -1,7 +1,8 @@
 /**
- * Keys under the profiles prefix that are no profile keys (`profiles/a/b`, a name iptlb refuses) could
- * only be removed with etcdctl. Fake store and fake nft kernel; no root, no timing assumptions (polling
- * with a bound only).
+ * Two fleet defects: keys under the profiles prefix that are no profile keys (`profiles/a/b`, a name
+ * iptlb refuses) could only be removed with etcdctl; `fleet status --revision N` never converged when N
+ * was reached by writes that are not profile events (hosts' own keys). Fake store and fake nft kernel;
+ * no root, no timing assumptions (polling with a bound only).
  */
 import { afterEach, describe, mock, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -166,5 +167,106 @@ describe('keys under profiles/ that are no profile keys', () => {
     r = await cli(store, 'fleet', 'delete', 'web', '--etcd', '127.0.0.1:1', '--json');
     assert.equal(r.code, 0, r.err);
     assert.deepEqual(JSON.parse(r.out), { revision: store.rev, deleted: ['web'] });
+  });
+});
+
+describe('fleet status --revision N reached by writes that are not profile events', () => {
+  test("a host whose applied revision holds N's profiles (no profile changed between) has N; an agent says how many keys it holds", async () => {
+    const store = new FakeStore();
+    putProf(store, 'web', 1);
+    store.put(profileKey(P, 'a/b'), '{}'); // refused, yet a key the host's revision holds
+    const a = makeAgent(store);
+    await a.start();
+    await a.ready;
+    const r1 = putProf(store, 'api', 2);
+    await until(() => (hostKeyOf(store)?.revision ?? 0) >= r1, 'api applied');
+    assert.equal(hostKeyOf(store)!.profileKeys, 3, 'every key under profiles/, refused or not');
+    // Writes that are no profile events (in etcd, the hosts' own keys are such writes).
+    store.put('/elsewhere/x', '1');
+    const n = store.put(`${P}other`, '2');
+    assert.ok(n > r1);
+    const s = await fleetStatus(store, P, { revision: n });
+    assert.deepEqual(
+      s.hosts.map((h) => [h.host, h.converged, h.lag]),
+      [['h1', true, 0]],
+    );
+    assert.equal(s.target, n);
+    const refused = s.refused.map((x) => x.name);
+    assert.deepEqual(refused, ['a/b'], 'its refusals count: it has the target');
+    await fleetDelete(store, P, ['a/b']);
+    const rd = store.rev;
+    await until(() => (hostKeyOf(store)?.revision ?? 0) >= rd, 'delete applied');
+    const n2 = store.put('/elsewhere/x', '3');
+    const ok = await fleetStatus(store, P, { revision: n2 });
+    assert.equal(ok.converged, true);
+    const r = await cli(store, 'fleet', 'status', '--etcd', '127.0.0.1:1', '--revision', String(n2));
+    assert.equal(r.code, 0, r.out + r.err);
+    assert.match(r.out, new RegExp(`^h1\\t${rd}\\tcurrent \\(no profile change after ${rd}\\)\\t`, 'm'));
+    assert.match(r.out, new RegExp(`^revision ${n2} \\(store at ${n2}\\): converged on all 1 host\\(s\\)$`, 'm'));
+  });
+
+  test("a profile put, changed or deleted after the host's revision (up to N) keeps it lagging; older agents (no count) as before", async () => {
+    const store = new FakeStore();
+    const host = (name: string, revision: number, profileKeys?: number): void => {
+      const st = { host: name, revision, profiles: 0, refused: [], refusedCount: 0, watch: 'watching' };
+      store.leased.set(`${P}hosts/${name}`, JSON.stringify(profileKeys === undefined ? st : { ...st, profileKeys }));
+    };
+    putProf(store, 'a', 1);
+    const r2 = putProf(store, 'b', 2);
+    const n1 = store.put('/elsewhere/x', '1');
+    host('holds', r2, 2);
+    host('old', r2); // an agent of before: no profileKeys
+    host('wrong', r2, 3); // a count that does not match: not the same set
+    const at = async (revision: number): Promise<Record<string, boolean>> =>
+      Object.fromEntries((await fleetStatus(store, P, { revision })).hosts.map((h) => [h.host, h.converged]));
+    assert.deepEqual(await at(n1), { holds: true, old: false, wrong: false });
+    assert.deepEqual(await at(r2), { holds: true, old: true, wrong: true });
+    const rd = store.del(profileKey(P, 'a'));
+    const n2 = store.put('/elsewhere/x', '2');
+    assert.deepEqual(await at(n1), { holds: true, old: false, wrong: false }, 'N before the delete');
+    assert.deepEqual(await at(n2), { holds: false, old: false, wrong: false }, 'a deleted after r2');
+    const lagging = (await fleetStatus(store, P, { revision: n2 })).hosts.find((h) => h.host === 'holds')!;
+    assert.equal(lagging.lag, n2 - r2);
+    host('afterDelete', rd, 1);
+    const rc = putProf(store, 'b', 2, 9500); // b changed
+    assert.equal((await at(n2)).afterDelete, true);
+    assert.equal((await at(rc)).afterDelete, false, 'b changed after its revision');
+    host('afterChange', rc, 1);
+    const rn = putProf(store, 'c', 3); // a new key
+    const n3 = store.put('/elsewhere/x', '3');
+    assert.equal((await at(n3)).afterChange, false, 'c put after its revision');
+    host('fresh', rn, 2);
+    assert.equal((await at(n3)).fresh, true);
+    // Deleted and stored again after the host's revision: a new key (its modification revision says so).
+    store.del(profileKey(P, 'c'));
+    putProf(store, 'c', 3);
+    const n4 = store.put('/elsewhere/x', '4');
+    assert.equal((await at(n4)).fresh, false);
+  });
+
+  test('N compacted while a host is below it: said in one line naming the field (whether a profile changed cannot be read)', async () => {
+    const store = new FakeStore();
+    const r1 = putProf(store, 'a', 1);
+    const n = store.put('/elsewhere/x', '1');
+    const st = {
+      host: 'h',
+      revision: r1,
+      profiles: 1,
+      refused: [],
+      refusedCount: 0,
+      watch: 'watching',
+      profileKeys: 1,
+    };
+    store.leased.set(`${P}hosts/h`, JSON.stringify(st));
+    store.put('/elsewhere/x', '2');
+    store.compact(store.rev);
+    await assert.rejects(
+      fleetStatus(store, P, { revision: n }),
+      (e: IptlbError) =>
+        e.code === 'EUSAGE' && e.field === 'revision' && /compacted/.test(e.message) && !e.message.includes('\n'),
+    );
+    // A host at N or past it needs no read at N.
+    store.leased.set(`${P}hosts/h`, JSON.stringify({ ...st, revision: n }));
+    assert.equal((await fleetStatus(store, P, { revision: n })).converged, true);
   });
 });

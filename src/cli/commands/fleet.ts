@@ -108,7 +108,11 @@ function hostLine(row: FleetStatus['hosts'][number]): string {
   const st = row.status;
   if (!st)
     return `${row.host}\t-\tunknown\t-\t-\t-\t-\t${row.invalid ?? 'no host key (agent down, or lease expired): unknown, not "no rules"'}`;
-  const state = row.converged ? 'current' : `lagging by ${row.lag}`;
+  const state = row.converged
+    ? row.unchangedSince !== undefined
+      ? `current (no profile change after ${row.unchangedSince})`
+      : 'current'
+    : `lagging by ${row.lag}`;
   const more = (st.refusedCount ?? st.refused.length) - st.refused.length;
   const refused = st.refused.length
     ? st.refused.map((x) => `${x.name}:${x.code}${x.kept === true ? '(previous version kept)' : ''}`).join(',') +
