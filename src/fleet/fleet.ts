@@ -238,6 +238,11 @@ export interface HostRow {
   converged: boolean;
   /** Set when `converged` holds for a revision below the target: no profile key changed after it up to the target. */
   unchangedSince?: number;
+  /**
+   * The default target only: the host's revision is the target or later, but it held another number of profile keys
+   * than the store holds now (`profileKeys`): a deletion after the target it has not applied. Not converged.
+   */
+  deletionPending?: boolean;
   /** Profiles revisions the host is behind the target (0 when converged; null when unknown). */
   lag: number | null;
   /** Why a key could not be read. */
@@ -277,9 +282,12 @@ export async function fleetStatus(
       { field: 'revision' },
     );
   let target = opts.revision ?? 0;
+  /** Keys under profiles/ now (the default target only). */
+  let storedKeys: number | undefined;
   if (opts.revision === undefined) {
     const { kvs: profiles } = await listPrefix(store, `${prefix}profiles/`);
     for (const kv of profiles) if (kv.modRevision > target) target = kv.modRevision;
+    storedKeys = profiles.length;
   }
   const rows = new Map<string, HostRow>();
   for (const kv of kvs) {
@@ -326,6 +334,18 @@ export async function fleetStatus(
         r.unchangedSince = r.status!.revision;
       }
   }
+  // The default target is the newest stored key's modification: a deletion after it leaves no key to tell. A host at
+  // the target or past it whose revision held another number of keys than the store holds now has not applied a
+  // deletion (no key was stored or changed after the target): behind, by how much unknown.
+  if (storedKeys !== undefined)
+    for (const r of rows.values()) {
+      const held = r.status?.profileKeys;
+      if (r.converged && Number.isSafeInteger(held) && held !== storedKeys) {
+        r.converged = false;
+        r.lag = null;
+        r.deletionPending = true;
+      }
+    }
   for (const h of opts.expect ?? [])
     if (!rows.has(h)) rows.set(h, { host: h, status: null, converged: false, lag: null });
   const hosts = [...rows.values()].sort((a, b) => (a.host < b.host ? -1 : 1));

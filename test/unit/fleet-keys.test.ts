@@ -270,3 +270,31 @@ describe('fleet status --revision N reached by writes that are not profile event
     assert.equal((await fleetStatus(store, P, { revision: n })).converged, true);
   });
 });
+
+describe('fleet status without --revision after a deletion (the newest stored key is older than the deletion)', () => {
+  test('a host at the target whose revision held more profile keys than the store holds now has not applied a deletion: lagging, exit 3; once it has, converged', async () => {
+    const store = new FakeStore();
+    const host = (name: string, revision: number, profileKeys?: number): void => {
+      const st = { host: name, revision, profiles: 0, refused: [], refusedCount: 0, watch: 'watching' };
+      store.leased.set(`${P}hosts/${name}`, JSON.stringify(profileKeys === undefined ? st : { ...st, profileKeys }));
+    };
+    putProf(store, 'a', 1);
+    const r2 = putProf(store, 'b', 2);
+    host('h1', r2, 2);
+    host('old', r2); // an agent of before: no count, judged by its revision as before
+    assert.equal((await fleetStatus(store, P)).converged, true);
+    const rd = store.del(profileKey(P, 'a'));
+    const s = await fleetStatus(store, P);
+    assert.equal(s.target, r2, 'the newest stored key');
+    const rows = Object.fromEntries(s.hosts.map((h) => [h.host, [h.converged, h.lag, h.deletionPending ?? false]]));
+    assert.deepEqual(rows, { h1: [false, null, true], old: [true, 0, false] });
+    assert.equal(s.converged, false);
+    let r = await cli(store, 'fleet', 'status', '--etcd', '127.0.0.1:1');
+    assert.equal(r.code, 3, r.out + r.err);
+    assert.match(r.out, /^h1\t\d+\tlagging \(holds 2 profile key\(s\), the store fewer: a deletion not applied\)\t/m);
+    host('h1', rd, 1);
+    assert.equal((await fleetStatus(store, P)).converged, true);
+    r = await cli(store, 'fleet', 'status', '--etcd', '127.0.0.1:1');
+    assert.equal(r.code, 0, r.out + r.err);
+  });
+});

@@ -112,7 +112,9 @@ function hostLine(row: FleetStatus['hosts'][number]): string {
     ? row.unchangedSince !== undefined
       ? `current (no profile change after ${row.unchangedSince})`
       : 'current'
-    : `lagging by ${row.lag}`;
+    : row.deletionPending
+      ? `lagging (holds ${st.profileKeys} profile key(s), the store fewer: a deletion not applied)`
+      : `lagging by ${row.lag}`;
   const more = (st.refusedCount ?? st.refused.length) - st.refused.length;
   const refused = st.refused.length
     ? st.refused.map((x) => `${x.name}:${x.code}${x.kept === true ? '(previous version kept)' : ''}`).join(',') +
