@@ -614,7 +614,7 @@ export class Core {
         this.engineChoice,
         {
           legacyHasRules: () => holds('legacy'),
-          nftHasTable: () => holds('nft'),
+          nftHasRules: () => holds('nft'),
           ...this.fakeNat(),
           cannotRun: (name) => {
             if (this.supplied) return undefined;
@@ -706,7 +706,7 @@ export class Core {
     };
     const held = await enginesHolding({
       legacyHasRules: () => holds('legacy'),
-      nftHasTable: () => holds('nft'),
+      nftHasRules: () => holds('nft'),
       ...this.fakeNat(),
       ...(selectedHolds && sel.engine === 'legacy' ? { natExists: () => true } : {}),
     });
@@ -2090,7 +2090,7 @@ export class Core {
       return;
     }
     if (this.statePath !== null) return;
-    const fresh = await selectEngine('auto', { legacyHasRules: async () => false, nftHasTable: async () => false });
+    const fresh = await selectEngine('auto', { legacyHasRules: async () => false, nftHasRules: async () => false });
     if (fresh.engine === to) return;
     this.log(
       `the engine is not recorded for an instance without a state file: from an empty kernel auto picks ${fresh.engine} (${fresh.reason.replace(/^no iptlb rules yet, and /, '')}); to keep ${to}, pass engine: '${to}'`,

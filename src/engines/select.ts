@@ -85,11 +85,12 @@ async function nftList(nft: string, what: string[]): Promise<string> {
   throw new IptlbError('EKERNEL', `nft list ${what.join(' ')}: ${first.replace(/^.*?Error:\s*/, '')}`);
 }
 
-/** Whether table ip iptlb or ip6 iptlb exists, asked of `nft` (only tables are listed: cheap at any size). */
-export async function nftTableExistsViaCli(): Promise<boolean> {
+/** Which of tables ip iptlb and ip6 iptlb exist, asked of `nft` (only tables are listed: cheap at any size). */
+export async function nftTablesViaCli(): Promise<('ip' | 'ip6')[]> {
   const nft = findBinary('nft');
-  if (!nft) return false;
-  return /^table ip6? iptlb$/m.test(await nftList(nft, ['tables']));
+  if (!nft) return [];
+  const listed = await nftList(nft, ['tables']);
+  return (['ip', 'ip6'] as const).filter((f) => new RegExp(`^table ${f} iptlb$`, 'm').test(listed));
 }
 
 /**
@@ -147,8 +148,11 @@ export interface EngineProbe {
    * cannot tell.
    */
   legacyHasRules(): Promise<boolean>;
-  /** Whether table ip iptlb or ip6 iptlb exists; rejects when it cannot tell. */
-  nftHasTable(): Promise<boolean>;
+  /**
+   * Whether table ip iptlb or ip6 iptlb holds iptlb's rules or sets (not merely exists: another tool's objects may
+   * keep it); rejects when it cannot tell.
+   */
+  nftHasRules(): Promise<boolean>;
   /** Whether the x_tables nat table exists, so that legacy may be asked (default: /proc; fakes say true). */
   natExists?(): boolean;
   /** Why engine `name` cannot run here (its executor cannot be made: tools or addon missing); undefined when it can. */
@@ -214,7 +218,7 @@ function natExistsOf(probe: EngineProbe, host: HostFacts): boolean {
 export async function enginesHolding(probe: EngineProbe): Promise<EngineName[]> {
   const held: EngineName[] = [];
   if (natExistsOf(probe, probe.host ?? hostFacts()) && (await probe.legacyHasRules())) held.push('legacy');
-  if (await probe.nftHasTable()) held.push('nft');
+  if (await probe.nftHasRules()) held.push('nft');
   return held;
 }
 
@@ -252,7 +256,7 @@ export async function selectEngine(
       held =
         other === 'legacy'
           ? natExistsOf(probe, probe.host ?? hostFacts()) && (await probe.legacyHasRules())
-          : await probe.nftHasTable();
+          : await probe.nftHasRules();
     } catch {
       held = false;
     }
@@ -268,21 +272,21 @@ export async function selectEngine(
   const host = probe.host ?? hostFacts();
   const legacy = natExistsOf(probe, host) ? await probe.legacyHasRules() : false;
   if (legacy) {
-    const nft = await probe.nftHasTable();
+    const nft = await probe.nftHasRules();
     return {
       engine: 'legacy',
       reason: 'the x_tables nat table already holds iptlb rules',
       ...(nft
         ? {
             warning:
-              'table ip (or ip6) iptlb also exists: profiles are split across engines; run `iptlb migrate --to legacy` (or --to nft)',
+              'table ip (or ip6) iptlb also holds iptlb rules: profiles are split across engines; run `iptlb migrate --to legacy` (or --to nft)',
             refusal: splitLine('legacy'),
           }
         : {}),
     };
   }
   if (!host.xtablesAvailable) return { engine: 'nft', reason: 'x_tables is not available in this kernel' };
-  if (await probe.nftHasTable()) return { engine: 'nft', reason: 'table ip (or ip6) iptlb already holds iptlb rules' };
+  if (await probe.nftHasRules()) return { engine: 'nft', reason: 'table ip (or ip6) iptlb already holds iptlb rules' };
   const rule: EngineSelection =
     host.flavour === 'nft'
       ? { engine: 'nft', reason: "no iptlb rules yet, and this host's iptables is the nf_tables flavour" }

@@ -8,7 +8,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { runJsonInFreshNetns } from '../harness/netns.js';
-import { ABOVE_EXECUTOR_PAIRS, DEST, PAIRS, VIP, cli, ok, runSteps } from './common.js';
+import { ABOVE_EXECUTOR_PAIRS, BACKENDS, DEST, PAIRS, VIP, cli, ok, runSteps } from './common.js';
 import type { Step } from './fixtures/steps.js';
 
 const fixture = (f: string): string => new URL(`./fixtures/${f}`, import.meta.url).pathname;
@@ -91,10 +91,14 @@ describe('engine selection and nft repair', { skip: nftSpawn.skip || legacySpawn
       cli(legacySpawn, '-q', '-run', '-profile=a', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001'),
       cli(nftSpawn, '-q', '-run', '-profile=b', `-src-addr=${VIP}:81`, '-dest-addr=127.0.0.1:9002'),
       { op: 'sh', argv: ['nft', 'list', 'tables'] },
-      // Another state file's profile in nft, as an older iptlb (or a migrate killed midway) leaves it.
+      // Another state file's profile in nft, as an older iptlb (or a migrate killed midway) leaves it: a dispatch
+      // set of iptlb's with its element (the table or an empty base chain alone is no iptlb rule).
       {
         op: 'sh',
-        argv: ['nft', 'add table ip iptlb; add chain ip iptlb output { type nat hook output priority -100; }'],
+        argv: [
+          'nft',
+          `add table ip iptlb; add chain ip iptlb output { type nat hook output priority -100; }; add set ip iptlb out_tcp_1 { type ipv4_addr . inet_service; counter; }; add element ip iptlb out_tcp_1 { ${VIP} . 82 }`,
+        ],
       },
       { op: 'cli', args: ['--executor=spawn', '-state-file=$WORK/state.db', 'status', '-q'] },
     ]);
@@ -848,6 +852,86 @@ describe('capabilities and what selection cannot read', { skip: legacySpawn.skip
   });
 });
 
+for (const ex of ['spawn', 'native'] as const) {
+  const skip = ex === 'spawn' ? nftSpawn.skip || legacySpawn.skip : nftNative.skip || legacySpawn.skip;
+  test(
+    `migrate (${ex}) nft → legacy with another tool's set in table ip iptlb: the set and the table stay, and nothing of iptlb's in it reads as rules in both engines (status, sync, doctor exit 0), a fresh state file applies`,
+    { skip },
+    async () => {
+      const as = (...args: string[]): Step => ({ op: 'cli', args: [`--executor=${ex}`, ...args] });
+      const r = await runSteps([
+        { op: 'backends', tcp: BACKENDS },
+        as(
+          '--engine=nft',
+          '-state-file=$WORK/s.db',
+          '-q',
+          '-run',
+          '-profile=a',
+          `-src-addr=${VIP}:80`,
+          `-dest-addr=${DEST}`,
+        ),
+        {
+          op: 'sh',
+          argv: [
+            'sh',
+            '-ec',
+            'nft add set ip iptlb theirs "{ type ipv4_addr; }"; nft add element ip iptlb theirs "{ 10.9.9.9 }"',
+          ],
+        },
+        as('-state-file=$WORK/s.db', 'migrate', '--to', 'legacy'), // 3
+        as('-state-file=$WORK/s.db', 'status'),
+        as('-state-file=$WORK/s.db', 'status', '--json'), // 5
+        as('-state-file=$WORK/s.db', 'sync'),
+        as('-state-file=$WORK/s.db', 'doctor', '--json'), // 7
+        as('-state-file=$WORK/s.db', 'migrate', '--to', 'legacy'),
+        { op: 'sh', argv: ['nft', 'list', 'table', 'ip', 'iptlb'] }, // 9
+        // Another state file, without a record: auto finds iptlb's rules in legacy only.
+        as(
+          '-state-file=$WORK/f.db',
+          '-q',
+          '-run',
+          '-profile=b',
+          '-src-addr=127.100.0.2:80',
+          '-dest-addr=127.0.0.1:9002',
+        ),
+        as('-state-file=$WORK/f.db', 'status', '--json'), // 11
+        { op: 'tcp', vip: VIP, port: 80, count: 6 },
+        { op: 'tcp', vip: '127.100.0.2', port: 80, count: 4 }, // 13
+        { op: 'sh', argv: ['nft', 'list', 'set', 'ip', 'iptlb', 'theirs'] },
+      ]);
+      const [, applied, added, migrated, status, json, sync, doctor, again, table, fresh, freshJson, a, b, set] = r;
+      ok(applied, 'the nft apply');
+      ok(added, 'the set of another tool');
+      ok(migrated, 'migrate --to legacy');
+      assert.equal(status.code, 0, status.stderr);
+      assert.doesNotMatch(status.stderr, /both engines/);
+      const report = JSON.parse(json.stdout) as { inSync: boolean; split?: string };
+      assert.equal(report.split, undefined, json.stdout);
+      assert.equal(report.inSync, true, json.stdout);
+      assert.equal(sync.code, 0, sync.stderr);
+      assert.doesNotMatch(sync.stderr, /both engines/);
+      const d = JSON.parse(doctor.stdout) as { engine: string; checks: { name: string; detail: string }[] };
+      assert.equal(d.engine, 'legacy', doctor.stdout);
+      assert.equal(
+        d.checks.find((c) => c.name === 'engines'),
+        undefined,
+        doctor.stdout,
+      );
+      ok(again, 'migrate --to legacy again');
+      assert.match(table.stdout, /set theirs/, 'the table stays with the set of another tool');
+      assert.doesNotMatch(table.stdout, /set (out|pre|loc)_|dnat|elements = \{ 127\./, table.stdout);
+      ok(fresh, 'a -run with a fresh state file');
+      const f = JSON.parse(freshJson.stdout) as { split?: string; profiles: { name: string; status: string }[] };
+      assert.equal(f.split, undefined, freshJson.stdout);
+      assert.equal(f.profiles.find((p) => p.name === 'b')?.status, 'in-sync', freshJson.stdout);
+      assert.equal(a.failures, 0);
+      assert.equal(b.failures, 0);
+      ok(set, 'the set of another tool');
+      assert.match(set.stdout, /10\.9\.9\.9/);
+    },
+  );
+}
+
 /** a (127.100.0.10:80) in $WORK/s.db on legacy, b (127.100.0.2:80) in $WORK/n.db on nft: a split host. */
 const splitHost = [
   { op: 'backends' as const, tcp: [9001, 9002] },
@@ -1063,8 +1147,14 @@ test(
         ],
       },
       { op: 'write', file: '$WORK/state.db.engine', text: 'legacy\n' },
-      // What a killed migrate from nft leaves: its copy in table ip iptlb.
-      { op: 'sh', argv: ['nft', 'add', 'table', 'ip', 'iptlb'] },
+      // What a killed migrate from nft leaves: its copy in table ip iptlb (here the dispatch element alone).
+      {
+        op: 'sh',
+        argv: [
+          'nft',
+          `add table ip iptlb; add set ip iptlb out_tcp_1 { type ipv4_addr . inet_service; counter; }; add element ip iptlb out_tcp_1 { ${VIP} . 8081 }`,
+        ],
+      },
       { op: 'cli', args: ['-state-file=$WORK/state.db', 'sync'] },
       { op: 'cli', args: ['-state-file=$WORK/state.db', 'migrate', '--to', 'legacy'] },
       { op: 'cli', args: ['-state-file=$WORK/state.db', 'sync'] },

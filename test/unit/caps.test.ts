@@ -62,7 +62,7 @@ const host = (h: Partial<HostFacts> = {}): HostFacts => ({
   xtablesAvailable: true,
   ...h,
 });
-const none = { legacyHasRules: async () => false, nftHasTable: async () => false };
+const none = { legacyHasRules: async () => false, nftHasRules: async () => false };
 
 test('auto: a table list this process may not read (not root) is "cannot tell", not "x_tables is not available"', async () => {
   await assert.rejects(
@@ -78,7 +78,7 @@ test('auto: a table list this process may not read (not root) is "cannot tell", 
   await assert.rejects(
     selectEngine('auto', {
       legacyHasRules: () => Promise.reject(denied),
-      nftHasTable: async () => false,
+      nftHasRules: async () => false,
       host: host({ xtables: ['nat'] }),
     }),
     /denied/,

@@ -17,6 +17,7 @@ import { lockStateFile } from '../../src/platform/lock.js';
 import { otherStateFiles, registerStateFile } from '../../src/core/registry.js';
 import type { EngineName, ProfileInput } from '../../src/model/types.js';
 import type { Executor } from '../../src/engines/engine.js';
+import { NftEngine } from '../../src/engines/nft/index.js';
 
 const web = (n: number, dests = 3, source = `127.100.0.${10 + n}:80`): ProfileInput => ({
   name: `web${n}`,
@@ -1130,6 +1131,111 @@ for (const [from, to] of [
     }
   });
 }
+
+test("nft → legacy with another tool's set in table ip iptlb: the table it keeps holds none of iptlb's rules, so no split; the set stays, a second state file applies, migrate again changes nothing", async () => {
+  const kernels = fakes();
+  const a = coreOn('nft', kernels);
+  const b = tmpState();
+  try {
+    await apply(a.core, web(1), { name: 'v6', source: '[2001:db8::10]:80', destination: ['[2001:db8::1]:9001'] });
+    kernels.nft.tables.get('ip')!.foreign.push('theirs');
+    await a.core.migrate('legacy');
+    const t = kernels.nft.tables.get('ip');
+    assert.ok(t, 'table ip iptlb stays: another tool keeps a set in it');
+    assert.deepEqual(t.foreign, ['theirs']);
+    assert.equal(t.sets.size, 0, "iptlb's dispatch sets went");
+    assert.ok(
+      [...t.chains.values()].every((rules) => rules.length === 0),
+      "iptlb's base chains are empty",
+    );
+    assert.equal(kernels.nft.tables.has('ip6'), false, 'table ip6 iptlb held only iptlb objects: gone');
+    const engine = new NftEngine(kernels.nft);
+    const reads = kernels.nft.asked.reads;
+    assert.equal(await engine.holdsObjects(), false);
+    assert.equal(kernels.nft.asked.reads, reads, 'asked with narrow reads only');
+    const auto = another(a.file, 'auto', kernels);
+    const report = await auto.statusReport();
+    assert.equal(report.split, undefined);
+    assert.equal(report.inSync, true);
+    assert.equal(await auto.engineSplit(), undefined);
+    // Not recorded: auto finds the rules in legacy, and nft is not asked to refuse them.
+    rmSync(`${a.file}.engine`, { force: true });
+    assert.equal((await another(a.file, 'auto', kernels).select()).engine, 'legacy');
+    // A migrate to legacy again has nothing to remove from table ip iptlb: no nft commit.
+    const nftCommits = kernels.nft.commits.length;
+    await a.core.migrate('legacy');
+    assert.equal(kernels.nft.commits.length, nftCommits);
+    assert.deepEqual(kernels.nft.tables.get('ip')!.foreign, ['theirs']);
+    // A state file without a record applies (auto: legacy, where iptlb's rules are).
+    const fresh = new Core({ stateFile: b.file }, kernels as unknown as Record<EngineName, Executor>);
+    assert.equal((await apply(fresh, web(2))).engine, 'legacy');
+    assert.equal((await statuses(fresh)).web2, 'in-sync');
+    assert.equal(await fresh.engineSplit(), undefined);
+    // A profile of iptlb's in the table (an element and its rule) is a split again.
+    await apply(new Core({ stateFile: false }, kernels.nft as Executor), web(3));
+    assert.equal(await engine.holdsObjects(), true);
+    assert.match((await fresh.engineSplit()) ?? '', /^iptlb's rules are in both engines/);
+  } finally {
+    a.done();
+    b.done();
+  }
+});
+
+test("nft holdsObjects: iptlb's rules or sets count, not the table; asked without a set's elements when it can be", async () => {
+  const kernels = fakes();
+  const nft = kernels.nft;
+  // The three ways the engine can ask: a narrow read (native), a read without elements (spawn's `nft -t`), a read.
+  const shapes: [string, Executor][] = [
+    ['lookup', nft as Executor],
+    [
+      'survey',
+      {
+        kind: 'spawn',
+        engine: 'nft',
+        commit: (tx) => nft.commit(tx),
+        render: (tx) => nft.render(tx),
+        read: () => Promise.reject(new Error('a whole read')),
+        survey: async (f) => {
+          const v = await nft.lookup(f, []);
+          return { ...v, narrow: undefined };
+        },
+      } as Executor,
+    ],
+    [
+      'read',
+      {
+        kind: 'spawn',
+        engine: 'nft',
+        commit: (tx) => nft.commit(tx),
+        render: (tx) => nft.render(tx),
+        read: (f) => nft.read(f),
+      } as Executor,
+    ],
+  ];
+  const holds = async (): Promise<boolean[]> =>
+    Promise.all(shapes.map(([, ex]) => new NftEngine(ex as never).holdsObjects()));
+  assert.deepEqual(await holds(), [false, false, false], 'no table');
+  const lb = await open({ stateFile: false }, nft as Executor);
+  try {
+    await lb.apply({ name: 'v6', source: '[2001:db8::10]:80', destination: ['[2001:db8::1]:9001'] });
+    assert.deepEqual(await holds(), [true, true, true], 'a profile in table ip6 iptlb');
+    nft.tables.get('ip6')!.foreign.push('theirs');
+    await lb.delete('v6');
+    const t = nft.tables.get('ip6')!;
+    assert.deepEqual(t.foreign, ['theirs'], 'the last profile went; the table stays with the set of another tool');
+    assert.deepEqual(await holds(), [false, false, false], "iptlb's empty base chains and maps are no rules");
+    // Another tool's rule in iptlb's base chain is not iptlb's either; an element no rule leads to only in a read.
+    t.chains.get('output')!.push({ kind: 'foreign', text: 'ip6 daddr 2001:db8::99 accept' });
+    assert.deepEqual(await holds(), [false, false, false]);
+    t.maps.get('be_tcp')!.set('2001:db8::10 . 80 . 0', '2001:db8::1 . 9001');
+    assert.deepEqual(await holds(), [false, false, true]);
+    t.maps.get('be_tcp')!.clear();
+    t.sets.set('out_tcp_1', new Set());
+    assert.deepEqual(await holds(), [true, true, true], 'a dispatch set');
+  } finally {
+    await lb.close();
+  }
+});
 
 test('migrate: a source that refuses its removal stops the move before anything changed; a removal that fails undoes the install', async () => {
   // nft → legacy, another tool's rule in a base chain of table ip iptlb: refused when planned, first.

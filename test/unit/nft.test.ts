@@ -316,7 +316,7 @@ test('engine choice: legacy, nft or auto, anything else names the field', async 
     () => parseEngineChoice('iptables'),
     /^IptlbError: engine: "iptables" is not one of legacy, nft, auto$/,
   );
-  const never = { legacyHasRules: async () => assert.fail('probed'), nftHasTable: async () => assert.fail('probed') };
+  const never = { legacyHasRules: async () => assert.fail('probed'), nftHasRules: async () => assert.fail('probed') };
   // The engine `iptlb migrate` recorded: asked for, or taken by auto, without asking the kernel.
   const recorded = { engine: 'legacy', file: '/s/state.db.engine' } as const;
   assert.deepEqual(await selectEngine('legacy', never, recorded), {
@@ -329,7 +329,7 @@ test('engine choice: legacy, nft or auto, anything else names the field', async 
     "engine: nft was asked for (--engine or IPTLB_ENGINE), but `iptlb migrate` moved this state file's profiles to the legacy engine (/s/state.db.engine): run `iptlb migrate --to nft` to move them, or leave the engine auto",
   );
   // Without a record, an explicit engine asks only the other one, and refuses changes while it holds iptlb's rules.
-  const nft = (has: boolean) => ({ ...never, natExists: () => true, nftHasTable: async () => has });
+  const nft = (has: boolean) => ({ ...never, natExists: () => true, nftHasRules: async () => has });
   assert.deepEqual(await selectEngine('legacy', nft(false)), { engine: 'legacy', reason: 'legacy engine requested' });
   assert.match(
     (await selectEngine('legacy', nft(true))).refusal ?? '',

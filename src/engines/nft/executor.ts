@@ -19,6 +19,13 @@ export interface NftExecutor {
    * Optional: without it the engine reads the whole table.
    */
   lookup?(family: NftFamily, addresses: NftEndpoint[]): Promise<NftView>;
+  /**
+   * Table `<family> iptlb` without any set's elements: its sets and maps by name, its base chains with their
+   * rules (dispatch sets and backend maps empty, as a narrow read for no address has them). What
+   * NftEngine.holdsObjects asks, at a cost that does not grow with the table's elements. Optional: without it
+   * the engine asks `lookup` for no address, or reads the whole table.
+   */
+  survey?(family: NftFamily): Promise<NftView>;
   /** The `nft -f` text of the transaction. */
   render(tx: NftTransaction): Promise<string>;
 }

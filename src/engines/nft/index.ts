@@ -6,7 +6,7 @@
  * flush, a process killed between its commit and its state write), the table is replaced whole.
  */
 import { IptlbError } from '../../model/errors.js';
-import { nftTableExistsViaCli } from '../select.js';
+import { nftTablesViaCli } from '../select.js';
 import { findBinary } from '../../platform/spawn.js';
 import { familyOfProfile, slotCount } from '../../model/profile.js';
 import {
@@ -16,6 +16,7 @@ import {
   dispatchSetOf,
   dispatchSetUsage,
   foreignObjects,
+  holdsOwn,
   keepsAnything,
   planNftClear,
   planNftMergedRebuild,
@@ -114,14 +115,28 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     return this.executor.read(nftTableFamily(f));
   }
 
+  /**
+   * Whether either table holds iptlb's rules or sets ({@link holdsOwn}), not merely exists: another tool's
+   * object keeps table ip iptlb after iptlb's last profile left it (a migrate to legacy, a delete), with
+   * iptlb's empty base chains and maps, and that is no copy of iptlb's rules.
+   */
   async holdsObjects(): Promise<boolean> {
-    // A narrow read for no address (the native executor) reads the base chains, not a set's elements:
-    // cheap at any table size, and no process (`nft list tables` costs a CLI command about 40 ms).
-    if (this.executor.lookup)
-      return (await this.executor.lookup('ip', [])).exists || (await this.executor.lookup('ip6', [])).exists;
-    // `nft list tables` lists names only: cheap at any table size.
-    if (this.listTables && findBinary('nft')) return nftTableExistsViaCli();
-    return (await this.read('ipv4')).exists || (await this.read('ipv6')).exists;
+    const { executor } = this;
+    // A narrow read for no address (the native executor) reads the sets' names and the base chains' rules,
+    // not a set's elements: cheap at any table size, and no process (`nft list tables` costs a CLI command
+    // about 40 ms).
+    if (executor.lookup) {
+      for (const nf of ['ip', 'ip6'] as const) if (holdsOwn(await executor.lookup(nf, []))) return true;
+      return false;
+    }
+    // `nft list tables` lists names only, and `nft -t` leaves out the sets' elements: cheap at any table
+    // size, and one process more only for a table that exists.
+    const tables = this.listTables && findBinary('nft') ? await nftTablesViaCli() : (['ip', 'ip6'] as const);
+    for (const nf of tables) {
+      const view = executor.survey ? await executor.survey(nf) : await executor.read(nf);
+      if (holdsOwn(view)) return true;
+    }
+    return false;
   }
 
   compare(profiles: ReadonlyMap<string, Profile>, view: NftView) {
@@ -465,15 +480,19 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
 
   /**
    * As deleting the last profile does: the table goes when iptlb made everything in it; objects of
-   * another tool keep it (only iptlb's content goes); a rule of another tool in a base chain refuses.
+   * another tool keep it (only iptlb's content goes, and nothing when none is left: a table a move
+   * to legacy left to another tool's objects); a rule of another tool in a base chain refuses, unless
+   * nothing of iptlb's is left to remove.
    */
   async planRemoveAll(f: Family): Promise<NftTransaction | undefined> {
     const view = await this.read(f);
     if (!view.exists) return undefined;
     const { foreign, foreignRules } = foreignObjects(view);
+    if (!foreign.length && !foreignRules.length) return planNftRemoveAll(nftTableFamily(f));
+    if (!holdsOwn(view)) return undefined;
     if (foreignRules.length)
       throw this.foreignRulesRefusal(f, foreignRules, "removing iptlb's objects would remove them");
-    return foreign.length ? planNftClear(view, nftTableFamily(f)) : planNftRemoveAll(nftTableFamily(f));
+    return planNftClear(view, nftTableFamily(f));
   }
 
   /** A change refused because base chains `chains` hold rules another tool wrote: `what` would remove them. */

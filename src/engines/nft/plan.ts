@@ -649,6 +649,20 @@ export function planNftRemoveAll(family: NftFamily = 'ip'): NftTransaction {
 }
 
 /**
+ * Whether `view` holds anything of iptlb's that serves or keeps a profile: a rule iptlb wrote in a base chain, a
+ * dispatch or affinity set, or an element of a backend map (a narrow read, or one without set elements, has none:
+ * an element no rule or set leads to serves no address). Not the table's existence, nor iptlb's empty base chains
+ * and backend maps, which are what the table keeps when another tool's objects hold it after iptlb's last profile
+ * went (see {@link planNftClear}): such a table holds no iptlb rules.
+ */
+export function holdsOwn(view: NftView): boolean {
+  if (!view.exists) return false;
+  if (view.dispatchSets.length || view.affinitySets?.length) return true;
+  if (view.chains.some((c) => c.rules.some((r) => r.kind !== 'foreign'))) return true;
+  return view.backendMaps.some((m) => m.elements.length > 0);
+}
+
+/**
  * Objects of table `<family> iptlb` that iptlb did not make: other chains, sets or maps (`foreign`),
  * and rules iptlb did not write in its base chains (`foreignRules`, by chain).
  */

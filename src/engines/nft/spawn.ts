@@ -43,10 +43,19 @@ export class NftSpawnExecutor implements NftExecutor {
     this.nft = nft;
   }
 
-  async read(family: NftFamily = 'ip'): Promise<NftView> {
+  read(family: NftFamily = 'ip'): Promise<NftView> {
+    return this.list(family, false);
+  }
+
+  /** `nft -t` (terse): sets and maps without their elements, so one process whatever the table's size. */
+  survey(family: NftFamily): Promise<NftView> {
+    return this.list(family, true);
+  }
+
+  private async list(family: NftFamily, terse: boolean): Promise<NftView> {
     if (family !== 'ip' && family !== 'ip6')
       throw new IptlbError('EUSAGE', `nft read: family must be 'ip' or 'ip6', got ${String(family)}`);
-    const r = await run(this.nft, ['-j', 'list', 'table', family, 'iptlb']);
+    const r = await run(this.nft, [...(terse ? ['-t'] : []), '-j', 'list', 'table', family, 'iptlb']);
     if (r.code !== 0) {
       if (/No such file or directory/.test(r.stderr)) return parseNftJson('', 0, family);
       throw nftError(r.stderr);
