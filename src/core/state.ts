@@ -588,7 +588,12 @@ function toProfiles(data: unknown, file: string): Map<string, Profile> {
     }
     const b = body as Record<string, unknown>;
     for (const k of Object.keys(b)) {
-      if (!STATE_KEYS.includes(k)) throw stateError(file, `profile ${show(name)}: unknown key ${show(k)}`, k);
+      if (!STATE_KEYS.includes(k))
+        throw stateError(
+          file,
+          `profile ${show(name)}: unknown key ${show(k)} (a profile's keys are ${STATE_KEYS.join(', ')}; the original ignored others, iptlb refuses them so that a misspelt key is not a profile without it: correct or remove it)`,
+          k,
+        );
     }
     if (b.logLevel !== undefined && typeof b.logLevel !== 'string') {
       throw stateError(

@@ -99,7 +99,9 @@ export async function nftTablesViaCli(): Promise<('ip' | 'ip6')[]> {
  * changes. Asked natively (the addon's nftChains) or of `nft` (chain names only, read-only); undefined when
  * it cannot tell (no addon nor `nft`, no privileges).
  */
-export async function originalNftChains(): Promise<{ table: string; chain: string }[] | undefined> {
+export async function originalNftChains(
+  opts: { spawn?: boolean } = {},
+): Promise<{ table: string; chain: string }[] | undefined> {
   // Natively when the addon's nft part loads: two netlink dumps instead of an nft process (about 35 ms).
   const a = loadAddon('nft');
   if (a.ok && typeof a.addon.nftChains === 'function') {
@@ -113,6 +115,8 @@ export async function originalNftChains(): Promise<{ table: string; chain: strin
       // Then as without the addon.
     }
   }
+  // `spawn: false` (status): an `nft` process costs about 40 ms; doctor asks it.
+  if (opts.spawn === false) return undefined;
   const nft = findBinary('nft');
   if (!nft) return undefined;
   let text: string;

@@ -809,7 +809,7 @@ describe('capabilities and what selection cannot read', { skip: legacySpawn.skip
     }
   });
 
-  test("the original's rules in iptables-nft's table ip nat: doctor is not ready and names them; neither doctor nor status touches them", async () => {
+  test("the original's rules in iptables-nft's table ip nat: doctor is not ready and names them, status says them (its exit status unchanged); neither doctor nor status touches them", async () => {
     const ipt = (...a: string[]) => ({ op: 'sh' as const, argv: ['iptables-nft', '-w', '-t', 'nat', ...a] });
     const r = await runSteps([
       ipt('-N', 'IPTLB_NAT_TEST'),
@@ -836,9 +836,19 @@ describe('capabilities and what selection cannot read', { skip: legacySpawn.skip
       },
       { op: 'cli', args: ['--executor=spawn', '-state-file=$WORK/state.db', 'doctor', '--json'] },
       { op: 'cli', args: ['--executor=spawn', '-state-file=$WORK/state.db', 'status'] },
+      { op: 'cli', args: ['--executor=spawn', '-state-file=$WORK/state.db', 'status', '--json'] },
       { op: 'sh', argv: ['nft', 'list', 'table', 'ip', 'nat'] },
     ]);
-    const [before, , doctor, , after] = r.slice(3);
+    const [before, , doctor, status, statusJson, after] = r.slice(3);
+    // The profile is not in iptlb's table (missing: exit 3, drift), and the original's chain is said apart.
+    assert.equal(status.code, 3, status.stderr);
+    assert.match(
+      status.stderr,
+      /^iptlb: table ip nat: chain IPTLB_NAT_TEST: the original iptlb's rules \(iptables-nft\), .*\(iptlb doctor says how to delete them\)$/m,
+    );
+    assert.deepEqual((JSON.parse(statusJson.stdout) as { originalRules?: unknown }).originalRules, [
+      { table: 'ip nat', chain: 'IPTLB_NAT_TEST' },
+    ]);
     const d = JSON.parse(doctor.stdout) as {
       ok: boolean;
       checks: { name: string; ok: boolean; detail: string; fix?: string }[];

@@ -120,7 +120,10 @@ test('wrong types, unknown keys, aliases, garbage are refused with one line', as
   await refused(ORIGINAL.replace('logLevel: "4"', 'logLevel: 4'), /logLevel must be a quoted string/);
   await refused(ORIGINAL.replace('logEnabled: true', 'logEnabled: "true"'), /logEnabled/);
   await refused(ORIGINAL.replace('protocol: tcp', 'protocol: icmp'), /protocol/);
-  await refused(ORIGINAL.replace('protocol: tcp', 'weight: 3'), /unknown key "weight"/);
+  await refused(
+    ORIGINAL.replace('protocol: tcp', 'weight: 3'),
+    /unknown key "weight" \(a profile's keys are affinity, destination, .*, weights; .*correct or remove it\)/,
+  );
   await refused(ORIGINAL.replace('- 10.0.1.4:8080', '- 1.2.3:80'), /destination\[0\]/);
   await refused('- a\n- b\n', /mapping/);
   await refused('test: [1\n', /not valid YAML/);

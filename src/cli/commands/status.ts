@@ -5,6 +5,7 @@ import { IptlbError } from '../../model/errors.js';
 import { addGlobal, withGlobals, type GlobalOpts } from '../flags.js';
 import { ExitCode, makeCore, type Out } from '../context.js';
 import { topCommand } from './top.js';
+import { describeOriginalChains, originalNftChains } from '../../engines/select.js';
 
 /** `\tup`, `\tdown (drained; last check 2026-…: ECONNREFUSED)`: empty for destinations without a health check. */
 function healthColumn(d: {
@@ -39,8 +40,13 @@ async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
   const report = await core.statusReport();
   const { profiles: reports, split, otherStateFiles: others } = report;
   if (split) io.err(`iptlb: ${split}`);
-  // (The original's rules in iptables-nft's nat tables are doctor's to name: listing them spawns `nft`,
-  // which cost every status about 40 ms.)
+  // The original's rules in iptables-nft's nat tables still balance the addresses they match, whatever iptlb
+  // does (a profile taken into iptlb's table and deleted there keeps them): said when the addon's nft part
+  // can ask (two netlink dumps of chain names; doctor also asks `nft`, a process of about 40 ms). Not drift:
+  // they are not iptlb's to change, so the exit status stays.
+  const original = (await originalNftChains({ spawn: false }).catch(() => undefined)) ?? [];
+  if (original.length && !o.quiet && !o.json)
+    io.err(`iptlb: ${describeOriginalChains(original)} (iptlb doctor says how to delete them)`);
   // A wrong path (or working directory) reads as no profiles: every iptlb rule is an orphan then.
   const absent = !(await core.stateFileExists());
   if (absent && reports.length && !o.quiet && !o.json)
@@ -48,7 +54,7 @@ async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
   // The other state files' profiles are neither listed nor orphans here: say whose they are.
   if (others && !o.quiet && !o.json) io.err(`iptlb: ${othersLine(others)}`);
   if (o.json) {
-    io.out(JSON.stringify(report));
+    io.out(JSON.stringify(original.length ? { ...report, originalRules: original } : report));
   } else if (!reports.length) {
     io.out(
       absent
