@@ -2030,7 +2030,7 @@ export class Core {
    * or its address, as the engines name orphans), if any: so that a refusal can name it.
    */
   private async ownerOfOrphan(state: ReadonlyMap<string, Profile>): Promise<(orphan: string) => string | undefined> {
-    if (this.statePath === undefined || this.registry === null) return () => undefined;
+    if (this.statePath === null || this.registry === null) return () => undefined;
     const others = await this.othersOf(state, false);
     await others.update();
     const owners = new Map<string, string>();
