@@ -41,16 +41,37 @@ async function settle(turns = 5): Promise<void> {
 }
 
 /**
- * Moves the mocked clock 1 ms at a time, letting promises and I/O settle after each, until `cond` holds;
- * fails after `maxMs` of mocked time. Returns the mocked ms it took.
+ * Moves the mocked clock 1 ms at a time (see {@link tick}), letting promises and I/O settle after each, until
+ * `cond` holds once no agent is in a commit; fails after `maxMs` of mocked time. Returns the mocked ms it took.
+ * (A commit ends after the kernel took it: the state file is read again and the agent's status set after.)
  */
 async function until(cond: () => boolean | Promise<boolean>, what: string, maxMs = 10_000): Promise<number> {
   for (let ms = 0; ; ms++) {
+    await quiet();
     if (await cond()) return ms;
     if (ms >= maxMs) throw new Error(`not within ${maxMs} mocked ms: ${what}`);
-    mock.timers.tick(1);
-    await settle();
+    await tick(1);
   }
+}
+
+/** Whether an agent of this test is in a commit (the state file's I/O and lock: real time, beside the mocked clock). */
+const committing = (): boolean =>
+  agents.some((a) => (a as unknown as { committing?: Promise<void> }).committing !== undefined);
+
+/** Waits, without moving the mocked clock, until no agent is in a commit. */
+async function quiet(): Promise<void> {
+  await unmoved(() => !committing(), 'the commits in flight done');
+}
+
+/**
+ * Moves the mocked clock `ms`, once no agent is in a commit, and lets promises settle. A commit's I/O can take
+ * thousands of event-loop turns on a loaded machine: had the clock moved meanwhile, those ms would have been
+ * counted against the backoffs and intervals the tests check (CI: 'retried within 100 ms').
+ */
+async function tick(ms: number): Promise<void> {
+  await quiet();
+  mock.timers.tick(ms);
+  await settle();
 }
 
 /**
@@ -65,12 +86,9 @@ async function unmoved(cond: () => boolean, what: string): Promise<void> {
   }
 }
 
-/** Moves the mocked clock `ms` in `step` ms steps, letting promises and I/O settle after each. */
+/** Moves the mocked clock `ms` in `step` ms steps (see {@link tick}). */
 async function advance(ms: number, step = 10): Promise<void> {
-  for (let t = 0; t < ms; t += step) {
-    mock.timers.tick(step);
-    await settle();
-  }
+  for (let t = 0; t < ms; t += step) await tick(step);
 }
 
 async function inKernel(a: Agent): Promise<string> {
