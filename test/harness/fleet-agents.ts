@@ -2,11 +2,13 @@
  * What the fleet unit tests share: the key prefix, a profile value and its put, a fresh state file,
  * polling, and an agent over a fake store and fake nft kernel with fast timers (no root).
  */
+import { mock } from 'node:test';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { Agent, type AgentOptions } from '../../src/fleet/agent.js';
 import { profileKey } from '../../src/fleet/reconcile.js';
+import { EtcdStore } from '../../src/fleet/store.js';
 import type { FakeNftKernel } from './fake-kernel.js';
 import type { FakeStore } from './fake-store.js';
 
@@ -53,4 +55,27 @@ export function fastAgent(
     keepConntrack: true,
     ...extra,
   });
+}
+
+/** `iptlb <argv>` run in this process, with EtcdStore.connect handing out `store` (no etcd; none given: not mocked). */
+export async function cliWithStore(
+  store: FakeStore | undefined,
+  ...argv: string[]
+): Promise<{ code: number; out: string; err: string }> {
+  const { main } = await import('../../src/cli/main.js');
+  const connect = store ? mock.method(EtcdStore, 'connect', async () => store) : undefined;
+  let out = '';
+  let err = '';
+  try {
+    const code = await main(argv, { out: (s) => (out += s + '\n'), err: (s) => (err += s + '\n') });
+    return { code, out, err };
+  } finally {
+    connect?.mock.restore();
+  }
+}
+
+/** Writes host `name`'s key as an agent would (`profileKeys` left out: an agent before 2026-12-06). */
+export function putHostKey(store: FakeStore, name: string, revision: number, profileKeys?: number): void {
+  const st = { host: name, revision, profiles: 0, refused: [], refusedCount: 0, watch: 'watching' };
+  store.leased.set(`${P}hosts/${name}`, JSON.stringify(profileKeys === undefined ? st : { ...st, profileKeys }));
 }

@@ -4,16 +4,15 @@
  * was reached by writes that are not profile events (hosts' own keys). Fake store and fake nft kernel;
  * no root, no timing assumptions (polling with a bound only).
  */
-import { afterEach, describe, mock, test } from 'node:test';
+import { afterEach, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Agent, type AgentOptions, type HostStatus } from '../../src/fleet/agent.js';
 import { profileKey, refusalName } from '../../src/fleet/reconcile.js';
 import { fleetDelete, fleetList, fleetStatus } from '../../src/fleet/fleet.js';
-import { EtcdStore } from '../../src/fleet/store.js';
 import { IptlbError } from '../../src/model/errors.js';
 import { FakeNftKernel } from '../harness/fake-kernel.js';
 import { FakeStore } from '../harness/fake-store.js';
-import { P, fastAgent, prof, putProf, stateFile, until } from '../harness/fleet-agents.js';
+import { P, fastAgent, prof, putProf, stateFile, until, cliWithStore, putHostKey } from '../harness/fleet-agents.js';
 
 const agents: Agent[] = [];
 afterEach(async () => {
@@ -26,19 +25,7 @@ function makeAgent(store: FakeStore, extra: Partial<AgentOptions> = {}): Agent {
   return a;
 }
 
-/** `iptlb <argv>` with EtcdStore.connect handing out `store` (no etcd). */
-async function cli(store: FakeStore, ...argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  const { main } = await import('../../src/cli/main.js');
-  const connect = mock.method(EtcdStore, 'connect', async () => store);
-  let out = '';
-  let err = '';
-  try {
-    const code = await main(argv, { out: (s) => (out += s + '\n'), err: (s) => (err += s + '\n') });
-    return { code, out, err };
-  } finally {
-    connect.mock.restore();
-  }
-}
+const cli = cliWithStore;
 
 const hostKeyOf = (store: FakeStore, host = 'h1'): HostStatus | undefined => {
   const v = store.leased.get(`${P}hosts/${host}`);
@@ -207,10 +194,8 @@ describe('fleet status --revision N reached by writes that are not profile event
 
   test("a profile put, changed or deleted after the host's revision (up to N) keeps it lagging; older agents (no count) as before", async () => {
     const store = new FakeStore();
-    const host = (name: string, revision: number, profileKeys?: number): void => {
-      const st = { host: name, revision, profiles: 0, refused: [], refusedCount: 0, watch: 'watching' };
-      store.leased.set(`${P}hosts/${name}`, JSON.stringify(profileKeys === undefined ? st : { ...st, profileKeys }));
-    };
+    const host = (name: string, revision: number, profileKeys?: number): void =>
+      putHostKey(store, name, revision, profileKeys);
     putProf(store, 'a', 1);
     const r2 = putProf(store, 'b', 2);
     const n1 = store.put('/elsewhere/x', '1');
@@ -274,10 +259,8 @@ describe('fleet status --revision N reached by writes that are not profile event
 describe('fleet status without --revision after a deletion (the newest stored key is older than the deletion)', () => {
   test('a host at the target whose revision held more profile keys than the store holds now has not applied a deletion: lagging, exit 3; once it has, converged', async () => {
     const store = new FakeStore();
-    const host = (name: string, revision: number, profileKeys?: number): void => {
-      const st = { host: name, revision, profiles: 0, refused: [], refusedCount: 0, watch: 'watching' };
-      store.leased.set(`${P}hosts/${name}`, JSON.stringify(profileKeys === undefined ? st : { ...st, profileKeys }));
-    };
+    const host = (name: string, revision: number, profileKeys?: number): void =>
+      putHostKey(store, name, revision, profileKeys);
     putProf(store, 'a', 1);
     const r2 = putProf(store, 'b', 2);
     host('h1', r2, 2);

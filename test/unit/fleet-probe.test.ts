@@ -4,7 +4,7 @@
  * checks now, etcd options that cannot work are refused up front, a second agent with the same --host
  * is noticed. Fake store and fake nft kernel; no root.
  */
-import { afterEach, describe, mock, test } from 'node:test';
+import { afterEach, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import { mkdtempSync, writeFileSync } from 'node:fs';
@@ -17,7 +17,7 @@ import { EtcdStore } from '../../src/fleet/store.js';
 import { IptlbError } from '../../src/model/errors.js';
 import { FakeNftKernel } from '../harness/fake-kernel.js';
 import { FakeStore } from '../harness/fake-store.js';
-import { P, fastAgent, prof, putProf, stateFile, until } from '../harness/fleet-agents.js';
+import { P, fastAgent, prof, putProf, stateFile, until, cliWithStore } from '../harness/fleet-agents.js';
 
 const agents: Agent[] = [];
 afterEach(async () => {
@@ -30,22 +30,7 @@ function makeAgent(store: FakeStore, extra: Partial<AgentOptions> = {}): Agent {
   return a;
 }
 
-/** `iptlb <argv>` with EtcdStore.connect handing out `store` (no etcd). */
-async function cli(
-  store: FakeStore | undefined,
-  ...argv: string[]
-): Promise<{ code: number; out: string; err: string }> {
-  const { main } = await import('../../src/cli/main.js');
-  const connect = store ? mock.method(EtcdStore, 'connect', async () => store) : undefined;
-  let out = '';
-  let err = '';
-  try {
-    const code = await main(argv, { out: (s) => (out += s + '\n'), err: (s) => (err += s + '\n') });
-    return { code, out, err };
-  } finally {
-    connect?.mock.restore();
-  }
-}
+const cli = cliWithStore;
 
 describe('fleet apply refuses what every agent refuses; fleet status does not call refusals converged', () => {
   test('an invalid stored value keeps its address and chain: apply of a profile that takes either is ECONFLICT naming the field and the key', async () => {
