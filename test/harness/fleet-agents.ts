@@ -2,14 +2,14 @@
  * What the fleet unit tests share: the key prefix, a profile value and its put, a fresh state file,
  * polling, and an agent over a fake store and fake nft kernel with fast timers (no root).
  */
-import { mock } from 'node:test';
+import { afterEach, mock } from 'node:test';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { Agent, type AgentOptions } from '../../src/fleet/agent.js';
 import { profileKey } from '../../src/fleet/reconcile.js';
 import { EtcdStore } from '../../src/fleet/store.js';
-import type { FakeNftKernel } from './fake-kernel.js';
+import { FakeNftKernel } from './fake-kernel.js';
 import type { FakeStore } from './fake-store.js';
 
 export const P = '/iptlb/v1/';
@@ -78,4 +78,20 @@ export async function cliWithStore(
 export function putHostKey(store: FakeStore, name: string, revision: number, profileKeys?: number): void {
   const st = { host: name, revision, profiles: 0, refused: [], refusedCount: 0, watch: 'watching' };
   store.leased.set(`${P}hosts/${name}`, JSON.stringify(profileKeys === undefined ? st : { ...st, profileKeys }));
+}
+
+/**
+ * `makeAgent(store, extra)`: an agent of {@link fastAgent} over a fresh fake nft kernel and state file, stopped after
+ * each test of the file that calls this once at its top level.
+ */
+export function agentsStoppedAfterEach(): (store: FakeStore, extra?: Partial<AgentOptions>) => Agent {
+  const agents: Agent[] = [];
+  afterEach(async () => {
+    for (const a of agents.splice(0)) await a.stop();
+  });
+  return (store, extra = {}) => {
+    const a = fastAgent(store, new FakeNftKernel(), stateFile(), extra);
+    agents.push(a);
+    return a;
+  };
 }

@@ -4,26 +4,16 @@
  * was reached by writes that are not profile events (hosts' own keys). Fake store and fake nft kernel;
  * no root, no timing assumptions (polling with a bound only).
  */
-import { afterEach, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Agent, type AgentOptions, type HostStatus } from '../../src/fleet/agent.js';
+import type { HostStatus } from '../../src/fleet/agent.js';
 import { profileKey, refusalName } from '../../src/fleet/reconcile.js';
 import { fleetDelete, fleetList, fleetStatus } from '../../src/fleet/fleet.js';
 import { IptlbError } from '../../src/model/errors.js';
-import { FakeNftKernel } from '../harness/fake-kernel.js';
 import { FakeStore } from '../harness/fake-store.js';
-import { P, fastAgent, prof, putProf, stateFile, until, cliWithStore, putHostKey } from '../harness/fleet-agents.js';
+import { P, prof, putProf, until, cliWithStore, agentsStoppedAfterEach, putHostKey } from '../harness/fleet-agents.js';
 
-const agents: Agent[] = [];
-afterEach(async () => {
-  for (const a of agents.splice(0)) await a.stop();
-});
-
-function makeAgent(store: FakeStore, extra: Partial<AgentOptions> = {}): Agent {
-  const a = fastAgent(store, new FakeNftKernel(), stateFile(), extra);
-  agents.push(a);
-  return a;
-}
+const makeAgent = agentsStoppedAfterEach();
 
 const cli = cliWithStore;
 

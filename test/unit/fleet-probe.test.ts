@@ -4,31 +4,21 @@
  * checks now, etcd options that cannot work are refused up front, a second agent with the same --host
  * is noticed. Fake store and fake nft kernel; no root.
  */
-import { afterEach, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { Agent, type AgentOptions } from '../../src/fleet/agent.js';
 import { oneLine, parseStored, profileKey } from '../../src/fleet/reconcile.js';
 import { fleetApply, fleetStatus } from '../../src/fleet/fleet.js';
 import { EtcdStore } from '../../src/fleet/store.js';
 import { IptlbError } from '../../src/model/errors.js';
 import { FakeNftKernel } from '../harness/fake-kernel.js';
 import { FakeStore } from '../harness/fake-store.js';
-import { P, fastAgent, prof, putProf, stateFile, until, cliWithStore } from '../harness/fleet-agents.js';
+import { P, prof, putProf, until, cliWithStore, agentsStoppedAfterEach } from '../harness/fleet-agents.js';
 
-const agents: Agent[] = [];
-afterEach(async () => {
-  for (const a of agents.splice(0)) await a.stop();
-});
-
-function makeAgent(store: FakeStore, extra: Partial<AgentOptions> = {}): Agent {
-  const a = fastAgent(store, new FakeNftKernel(), stateFile(), extra);
-  agents.push(a);
-  return a;
-}
+const makeAgent = agentsStoppedAfterEach();
 
 const cli = cliWithStore;
 
