@@ -32,6 +32,7 @@ export type {
   DestinationCounters,
   StatusReport,
   OtherStateFile,
+  ForeignObjects,
 } from './model/report.js';
 
 export { IptlbError } from './model/errors.js';
@@ -249,7 +250,8 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
    * {@link status} whole, as `iptlb status --json` prints it: `inSync`; `split` when iptlb's rules
    * are in both engines (what to run about it); `profiles`, the reports; `otherStateFiles` when the
    * kernel holds profiles of other state files (their paths and profile names), which the reports
-   * neither list nor call orphaned.
+   * neither list nor call orphaned; `foreignObjects` when iptlb's nft tables hold another tool's chains,
+   * sets or maps, which iptlb keeps (neither drift nor orphans, never a `drift` event).
    */
   statusReport(): Promise<StatusReport> {
     return this.call(async () => {

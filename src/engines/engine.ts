@@ -153,6 +153,11 @@ export interface Engine<View = unknown, Tx = unknown> {
   /** Each profile (all of family `f`) compared with `view`, plus the view's orphans, with counters. */
   compare(profiles: ReadonlyMap<string, Profile>, view: View): ProfileReport[];
   /**
+   * Objects of another tool that `view` holds where iptlb keeps its own (nft: a chain, set or map in table
+   * `<family> iptlb`), which iptlb leaves as they are: not drift, not orphans (`status` lists them apart).
+   */
+  othersObjects?(view: View): string[];
+  /**
    * Plans the part of `change` of family `f` against `state` (that family's profiles now), making the
    * kernel reads the plan needs (see {@link PlanContext}).
    */

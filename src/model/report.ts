@@ -42,6 +42,17 @@ export interface OtherStateFile {
   profiles: string[];
 }
 
+/**
+ * Another tool's objects where iptlb keeps its own (nft: chains, sets and maps in table ip/ip6 iptlb), which iptlb
+ * leaves as they are: neither drift nor orphans.
+ */
+export interface ForeignObjects {
+  /** `table ip iptlb` or `table ip6 iptlb`. */
+  where: string;
+  /** Their names. */
+  objects: string[];
+}
+
 /** What `status` finds, whole: `iptlb status --json` prints it, `statusReport()` returns it. */
 export interface StatusReport {
   /** Every profile in sync, and iptlb's rules in one engine only. */
@@ -52,4 +63,6 @@ export interface StatusReport {
   profiles: ProfileReport[];
   /** The other state files (in the registry) whose profiles the kernel holds; absent when there are none. */
   otherStateFiles?: OtherStateFile[];
+  /** Another tool's chains, sets and maps in iptlb's nft tables, which iptlb keeps (not drift); absent when none. */
+  foreignObjects?: ForeignObjects[];
 }

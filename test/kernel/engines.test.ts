@@ -1,7 +1,7 @@
 /**
  * The two engines side by side, in fresh namespaces: `auto` follows the rules already there,
  * `migrate` moves every profile with no moment without rules, and the nft engine repairs a table
- * someone else changed by replacing it whole.
+ * someone else changed by rebuilding iptlb's content in it (another tool's objects there stay).
  */
 import { execFileSync } from 'node:child_process';
 import { describe, test } from 'node:test';
@@ -938,6 +938,94 @@ for (const ex of ['spawn', 'native'] as const) {
       assert.equal(b.failures, 0);
       ok(set, 'the set of another tool');
       assert.match(set.stdout, /10\.9\.9\.9/);
+    },
+  );
+}
+
+for (const ex of ['spawn', 'native'] as const) {
+  const skip = ex === 'spawn' ? nftSpawn.skip || legacySpawn.skip : nftNative.skip || legacySpawn.skip;
+  test(
+    `nft (${ex}): another tool's set (with an element) and chain in table ip iptlb survive migrate --to nft, sync after drift and the rebuild of a change; status lists them apart, not as drift; traffic flows`,
+    { skip },
+    async () => {
+      const as = (...args: string[]): Step => ({
+        op: 'cli',
+        args: [`--executor=${ex}`, '-state-file=$WORK/s.db', ...args],
+      });
+      const sh = (script: string): Step => ({ op: 'sh', argv: ['sh', '-ec', script] });
+      const theirs: Step = sh('nft list set ip iptlb theirs; nft list chain ip iptlb zombie');
+      const r = await runSteps([
+        { op: 'backends', tcp: BACKENDS },
+        as('--engine=legacy', '-q', '-run', '-profile=a', `-src-addr=${VIP}:80`, `-dest-addr=${DEST}`),
+        // The other tool's objects, there before iptlb moves to nft: a set with an element, a chain using it.
+        sh(
+          'nft add table ip iptlb; nft add set ip iptlb theirs "{ type ipv4_addr; }"; nft add element ip iptlb theirs "{ 10.9.9.9 }"; nft add chain ip iptlb zombie; nft add rule ip iptlb zombie ip daddr @theirs counter',
+        ),
+        as('migrate', '--to', 'nft'), // 3
+        theirs,
+        { op: 'tcp', vip: VIP, port: 80, count: 6 }, // 5
+        as('status', '--json'),
+        as('status'), // 7
+        as('sync'),
+        // Drift: someone flushes iptlb's chain output.
+        sh('nft flush chain ip iptlb output'), // 9
+        as('status', '--json'),
+        as('sync'), // 11
+        theirs,
+        { op: 'tcp', vip: VIP, port: 80, count: 6 }, // 13
+        // iptlb's rule and its dispatch set gone: the next change finds the table not as planned and rebuilds it.
+        sh(
+          "nft flush chain ip iptlb output; for s in $(nft list table ip iptlb | grep -o 'set out_[a-z]*_[0-9]*' | cut -d' ' -f2); do nft delete set ip iptlb $s; done",
+        ), // 14
+        as('-run', '-profile=b', '-src-addr=127.100.0.2:80', `-dest-addr=${DEST}`),
+        theirs, // 16
+        { op: 'tcp', vip: VIP, port: 80, count: 6 },
+        { op: 'tcp', vip: '127.100.0.2', port: 80, count: 6 }, // 18
+        as('status', '--json'),
+      ]);
+      const [, applied, added, migrated, kept1, t1, json1, text, sync1, flushed, json2, sync2, kept2, t2, broken, b] =
+        r.slice(0, 16);
+      const [kept3, t3, t4, json3] = r.slice(16);
+      ok(applied, 'the legacy apply');
+      ok(added, "the other tool's objects");
+      ok(migrated, 'migrate --to nft');
+      for (const [i, k] of [kept1, kept2, kept3].entries()) {
+        ok(k, `their set and chain are there (${i})`);
+        assert.match(k.stdout, /10\.9\.9\.9/, k.stdout);
+        assert.match(k.stdout, /ip daddr @theirs counter/, k.stdout);
+      }
+      for (const t of [t1, t2, t3, t4]) assert.equal(t.failures, 0);
+      const report = JSON.parse(json1.stdout) as {
+        inSync: boolean;
+        profiles: { name: string; status: string }[];
+        foreignObjects?: { where: string; objects: string[] }[];
+      };
+      assert.equal(json1.code, 0, json1.stdout);
+      assert.equal(report.inSync, true, json1.stdout);
+      assert.deepEqual(
+        report.profiles.map((p) => [p.name, p.status]),
+        [['a', 'in-sync']],
+      );
+      assert.deepEqual(
+        report.foreignObjects?.map((f) => [f.where, [...f.objects].sort()]),
+        [['table ip iptlb', ['theirs', 'zombie']]],
+      );
+      assert.equal(text.code, 0, text.stderr);
+      assert.match(
+        text.stderr,
+        /table ip iptlb also holds objects of another tool \((theirs, zombie|zombie, theirs)\)/,
+      );
+      assert.equal(sync1.code, 0, sync1.stderr);
+      assert.match(sync1.stderr, /nothing to do/, 'in step: their objects are no drift');
+      ok(flushed, 'the flush');
+      assert.equal(json2.code, 3, json2.stdout);
+      ok(sync2, 'the sync after drift');
+      assert.match(sync2.stderr, /committed the sync/);
+      ok(broken, "iptlb's set deleted");
+      ok(b, 'the change that rebuilds');
+      assert.match(b.stderr, /not as the state says/, b.stderr);
+      assert.equal(json3.code, 0, json3.stdout);
+      assert.equal(JSON.parse(json3.stdout).inSync, true, json3.stdout);
     },
   );
 }

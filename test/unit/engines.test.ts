@@ -175,6 +175,135 @@ test("legacy: chains named IPTLB_ that are not a profile's (IPTLB_NAT_ and its s
   }
 });
 
+test("nft: another tool's sets, maps and chains in table ip/ip6 iptlb survive sync after drift, the rebuild of a change, migrate --to nft and the last delete; status lists them apart, not as drift", async () => {
+  const kernels = fakes();
+  const lines: string[] = [];
+  const { core: before, done, file } = coreOn('legacy', kernels, lines);
+  // After the move, the engine the record beside the state file names (auto).
+  const core = new Core(
+    { stateFile: file, log: (l) => lines.push(l) },
+    kernels as unknown as Record<EngineName, Executor>,
+  );
+  const theirs = ['their_set', 'their_map', 'their_chain'];
+  try {
+    await apply(before, web(1), { name: 'v6', source: '[2001:db8::10]:80', destination: ['[2001:db8::1]:9001'] });
+    // The other tool made its objects in the nft tables before iptlb moved there.
+    await kernels.nft.commit({ family: 'ip', table: 'iptlb', ops: [{ op: 'addTable' }] });
+    await kernels.nft.commit({ family: 'ip6', table: 'iptlb', ops: [{ op: 'addTable' }] });
+    kernels.nft.tables.get('ip')!.foreign.push(...theirs);
+    kernels.nft.tables.get('ip6')!.foreign.push('their6');
+    await before.migrate('nft');
+    assert.deepEqual(kernels.nft.tables.get('ip')!.foreign, theirs, 'migrate --to nft kept them');
+    assert.deepEqual(kernels.nft.tables.get('ip6')!.foreign, ['their6']);
+    assert.ok(
+      kernels.nft.commits.every((tx) => !tx.ops.some((o) => o.op === 'deleteTable')),
+      'no table deleted',
+    );
+    // Not drift, not orphans: listed apart.
+    const report = await core.statusReport();
+    assert.equal(report.inSync, true);
+    assert.deepEqual(
+      report.profiles.map((r) => [r.name, r.status]),
+      [
+        ['web1', 'in-sync'],
+        ['v6', 'in-sync'],
+      ],
+    );
+    assert.deepEqual(report.foreignObjects, [
+      { where: 'table ip iptlb', objects: theirs },
+      { where: 'table ip6 iptlb', objects: ['their6'] },
+    ]);
+    // In step with them there: a sync changes nothing.
+    const commits = kernels.nft.commits.length;
+    assert.equal((await core.sync()).committed, false);
+    assert.equal(kernels.nft.commits.length, commits);
+    // Drift (someone flushed iptlb's chain and emptied its set): sync repairs iptlb's objects only.
+    const t = kernels.nft.tables.get('ip')!;
+    t.chains.set('output', []);
+    for (const s of t.sets.values()) s.clear();
+    assert.deepEqual(await statuses(core), { v6: 'in-sync', web1: 'modified' });
+    assert.equal((await core.sync()).committed, true);
+    assert.deepEqual(kernels.nft.tables.get('ip')!.foreign, theirs, 'sync kept them');
+    assert.deepEqual(await statuses(core), { v6: 'in-sync', web1: 'in-sync' });
+    // A change that finds the table not as planned (the dispatch set deleted) replaces iptlb's content: they stay.
+    const u = kernels.nft.tables.get('ip')!;
+    u.chains.set('output', []);
+    u.sets.clear();
+    await apply(core, web(2));
+    assert.ok(
+      lines.some((l) => /is not as the state says .*replacing it/.test(l)),
+      lines.join('\n'),
+    );
+    assert.deepEqual(kernels.nft.tables.get('ip')!.foreign, theirs, 'the rebuild kept them');
+    assert.deepEqual(await statuses(core), { v6: 'in-sync', web1: 'in-sync', web2: 'in-sync' });
+    // Orphans of iptlb's only, with no profile of the family left: the sync removes iptlb's content, not the table.
+    await core.transact((state) => deleteChange(state, ['v6']), { run: true });
+    assert.deepEqual(kernels.nft.tables.get('ip6')!.foreign, ['their6'], 'the last delete kept them');
+    await new Core({ stateFile: false }, kernels.nft as Executor).transact(
+      (state) =>
+        upsertChange(state, [{ name: 'stray6', source: '[2001:db8::11]:80', destination: ['[2001:db8::1]:1'] }]),
+      { run: true },
+    );
+    assert.deepEqual(await statuses(core), { web1: 'in-sync', web2: 'in-sync', '[2001:db8::11]:80': 'orphaned' });
+    assert.equal((await core.sync()).committed, true);
+    assert.deepEqual(kernels.nft.tables.get('ip6')!.foreign, ['their6'], 'the sync of no profile kept them');
+    assert.deepEqual(await statuses(core), { web1: 'in-sync', web2: 'in-sync' });
+  } finally {
+    done();
+  }
+});
+
+test('nft: sync, and migrate --to nft, with a rule iptlb did not write in a base chain are refused (it would be flushed), nothing changed; status reports it', async () => {
+  {
+    const { core, kernels, done } = coreOn('nft');
+    try {
+      await apply(core, web(1));
+      const t = kernels.nft.tables.get('ip')!;
+      t.chains.get('output')!.unshift({ kind: 'foreign', text: 'ip daddr 10.0.0.1 accept' });
+      for (const s of t.sets.values()) s.clear(); // drift too
+      const before = JSON.stringify([...kernels.nft.tables.get('ip')!.chains]);
+      const commits = kernels.nft.commits.length;
+      const reports = await core.status();
+      const rule = reports.find((r) => r.name.startsWith('foreign:output:'));
+      assert.equal(rule?.status, 'orphaned');
+      assert.match(rule.detail!, /iptlb does not remove it/);
+      await assert.rejects(
+        core.sync(),
+        (e: IptlbError) =>
+          e.code === 'ECONFLICT' &&
+          /^table ip iptlb holds rules iptlb did not write in its base chain output; .*delete those rules first$/.test(
+            e.message,
+          ),
+      );
+      assert.equal(kernels.nft.commits.length, commits, 'nothing committed');
+      assert.equal(JSON.stringify([...kernels.nft.tables.get('ip')!.chains]), before);
+    } finally {
+      done();
+    }
+  }
+  {
+    const kernels = fakes();
+    const { core, done, file } = coreOn('legacy', kernels);
+    try {
+      await apply(core, web(1));
+      await kernels.nft.commit({
+        family: 'ip',
+        table: 'iptlb',
+        ops: [{ op: 'addTable' }, { op: 'addBaseChain', name: 'output' }],
+      });
+      kernels.nft.tables.get('ip')!.chains.get('output')!.push({ kind: 'foreign', text: 'ip daddr 10.0.0.1 accept' });
+      const legacy = JSON.stringify([...kernels.legacy.tables]);
+      const commits = kernels.nft.commits.length;
+      await assert.rejects(core.migrate('nft'), (e: IptlbError) => e.code === 'ECONFLICT');
+      assert.equal(kernels.nft.commits.length, commits, 'nothing installed');
+      assert.equal(JSON.stringify([...kernels.legacy.tables]), legacy, 'nothing removed');
+      assert.equal(existsSync(`${file}.engine.moving`), false, 'no move marker left');
+    } finally {
+      done();
+    }
+  }
+});
+
 test('nft: a change that would rewrite a base chain holding a rule iptlb did not write is refused, nothing changed', async () => {
   const { core, kernels, done } = coreOn('nft');
   try {

@@ -53,6 +53,12 @@ async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
     io.err(`iptlb: the state file ${core.statePath} does not exist: the kernel's iptlb rules are reported orphaned`);
   // The other state files' profiles are neither listed nor orphans here: say whose they are.
   if (others && !o.quiet && !o.json) io.err(`iptlb: ${othersLine(others)}`);
+  // Another tool's chains, sets and maps in iptlb's nft table: kept by every change and sync, so not drift.
+  for (const f of report.foreignObjects ?? [])
+    if (!o.quiet && !o.json)
+      io.err(
+        `iptlb: ${f.where} also holds objects of another tool (${f.objects.slice(0, 5).join(', ')}${f.objects.length > 5 ? `, … (${f.objects.length} in all)` : ''}): iptlb leaves them as they are (not drift)`,
+      );
   if (o.json) {
     io.out(JSON.stringify(original.length ? { ...report, originalRules: original } : report));
   } else if (!reports.length) {

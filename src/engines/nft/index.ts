@@ -287,7 +287,7 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     } else steps = planNftChange(state, next, touched, usage, kernelSets, nf, readd);
     // A change that rewrites a base chain holding rules iptlb did not write would drop them (a rule
     // is not carried over from what a read shows of it): refused, as removing the last profile is.
-    if (view?.exists && (merged || !stray.length)) {
+    if (view?.exists) {
       const rewritten = new Set<string>(
         steps.flatMap((t) => t.ops.flatMap((o) => (o.op === 'flushChain' ? [o.name] : []))),
       );
@@ -330,6 +330,11 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
       if (!outOfStep(e)) throw e;
       // The table as it is now, so that the rebuild empties it in place (see rebuildStart in plan.ts).
       const view = await this.executor.read(nf);
+      this.refuseForeignRules(
+        plan.family,
+        view,
+        `the table is not as planned (${(e as Error).message}) and replacing its content rewrites them, which would remove them`,
+      );
       if (plan.exclusive && plan.known) await this.refuseTaken(plan.family, plan.next, plan.known, view);
       let rebuild = planNftRebuild(plan.next.values(), undefined, nf, view);
       // What the kernel holds beyond the profiles this change knows of stays (see planChange).
@@ -455,6 +460,8 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     view: NftView,
     { keep, keepUnknown }: KeepOthers = {},
   ): NftTransaction {
+    // The replacement flushes the base chains: another tool's rule in one of them would go.
+    this.refuseForeignRules(f, view, 'replacing its content (sync, migrate) rewrites them, which would remove them');
     // Another state file's profiles (keep), or everything no profile here claims, stay as they are,
     // carried over by the rebuild.
     const kept = !view.exists
@@ -470,9 +477,9 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
       return view.genid ? { ...tx, expectGenid: view.genid } : tx;
     }
     // No profile of this family: the table goes, as with the last profile deleted (not left empty,
-    // its NAT hooks registered).
+    // its NAT hooks registered), unless another tool's objects keep it: then only iptlb's content goes.
     if (profiles.size === 0) {
-      const tx = planNftRemoveAll(nftTableFamily(f));
+      const tx = view.foreign.length ? planNftClear(view, nftTableFamily(f)) : planNftRemoveAll(nftTableFamily(f));
       return view.genid ? { ...tx, expectGenid: view.genid } : tx;
     }
     return planNftRebuild(profiles.values(), view.genid || undefined, nftTableFamily(f), view);
@@ -493,6 +500,25 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     if (foreignRules.length)
       throw this.foreignRulesRefusal(f, foreignRules, "removing iptlb's objects would remove them");
     return planNftClear(view, nftTableFamily(f));
+  }
+
+  /**
+   * Refuses a replacement of iptlb's content (which flushes every base chain) when a base chain of `view` holds a rule
+   * another tool wrote: nothing is changed, and the refusal says which chains.
+   */
+  private refuseForeignRules(f: Family, view: NftView, what: string): void {
+    if (!view.exists) return;
+    const { foreignRules } = foreignObjects(view);
+    if (foreignRules.length) throw this.foreignRulesRefusal(f, foreignRules, what);
+  }
+
+  /**
+   * Another tool's chains, sets and maps in table `<family> iptlb`, which iptlb keeps: not drift, and no change, sync
+   * or migrate removes them (a rule another tool wrote in one of iptlb's base chains is not among them: it is
+   * reported orphaned, see compareNft).
+   */
+  othersObjects(view: NftView): string[] {
+    return view.exists ? [...view.foreign] : [];
   }
 
   /** A change refused because base chains `chains` hold rules another tool wrote: `what` would remove them. */

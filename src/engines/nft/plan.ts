@@ -598,7 +598,8 @@ function dropAffinitySets(
 }
 
 /**
- * The whole table for `profiles`, replacing whatever table `<family> iptlb` holds, in one transaction.
+ * The whole table for `profiles`, replacing what iptlb holds in table `<family> iptlb` (another tool's
+ * chains, sets and maps there stay: see rebuildStart), in one transaction.
  * `family` defaults to that of the profiles (`ip` when there are none); all must be of it.
  */
 export function planNftRebuild(
@@ -632,11 +633,14 @@ export function planNftRebuild(
  * chains stay, and so do their hooks: deleting and adding the table in one transaction unregisters
  * the NAT hooks and registers new ones, and a connection that opened at that moment went through
  * no NAT at all (refused: an in-memory agent's restart beside traffic, test/kernel/rel13.test.ts
- * "10:", failed in 2 of 75 runs in a loop). Without a view (or no table), or when the table holds
- * objects iptlb did not make (which a rebuild removes, as `sync` promises), the table is deleted first.
+ * "10:", failed in 2 of 75 runs in a loop). Another tool's chains, sets and maps in the table (and
+ * their rules and elements) stay too: a rebuild (`sync`, `migrate --to nft`, the repair after a
+ * flush) removes only what iptlb made. (A rule another tool wrote in one of iptlb's base chains
+ * would go with the flush: the engine refuses such a rebuild before planning it, see
+ * NftEngine.refuseForeignRules.) Without a view, or no table, the table is deleted first.
  */
 function rebuildStart(view: NftView | undefined, family: NftFamily): NftOp[] {
-  if (!view?.exists || view.foreign.length > 0) return [{ op: 'addTable' }, { op: 'deleteTable' }];
+  if (!view?.exists) return [{ op: 'addTable' }, { op: 'deleteTable' }];
   return [{ op: 'addTable' }, ...planNftClear(view, family).ops];
 }
 
@@ -863,11 +867,8 @@ export function planNftMergedRebuild(
   view?: NftView,
 ): NftTransaction {
   const list = [...profiles];
-  // Emptied in place (see rebuildStart), also when another tool keeps objects in the table: this
-  // carries over what others hold, so it removes nothing of theirs.
-  const ops: NftOp[] = view?.exists
-    ? [{ op: 'addTable' }, ...planNftClear(view, family).ops]
-    : rebuildStart(view, family);
+  // Emptied in place (see rebuildStart): this carries over what others hold, so it removes nothing of theirs.
+  const ops: NftOp[] = rebuildStart(view, family);
   skeleton(ops);
   const content = baseContent(list, [], kept.dispatch.keys());
   for (const name of content.sets) ops.push({ op: 'addDispatchSet', name });

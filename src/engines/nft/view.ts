@@ -307,13 +307,16 @@ function orphansOf(state: Map<string, Profile>, view: NftView, idx: ViewIndex, c
       if (isOwnRule(r) && !state.has(r.owner))
         orphans.set(`rule:${r.owner}`, `a ${r.kind} rule of ${r.owner} in chain ${c.name}`);
       if (r.kind === 'foreign')
-        orphans.set(`foreign:${c.name}:${withoutCounts(r.text)}`, `a rule iptlb did not write in chain ${c.name}`);
+        orphans.set(
+          `foreign:${c.name}:${withoutCounts(r.text)}`,
+          `a rule iptlb did not write in its chain ${c.name}: iptlb does not remove it, and refuses a change or sync that rewrites the chain until it is deleted`,
+        );
     }
   }
   for (const name of idx.affSets.keys())
     if (!claims.affSets.has(name)) orphans.set(`set:${name}`, `affinity set ${name}`);
-  for (const f of view.foreign)
-    orphans.set(`foreign:${f}`, `${f}, a set or chain in ${idx.table} that iptlb did not make`);
+  // Another tool's chains, sets and maps (view.foreign) are neither orphans nor drift: every change,
+  // sync and migrate keeps them (see NftEngine.othersObjects; `status` lists them apart).
   return [...orphans].sort().map(([name, what]) => ({
     name,
     status: 'orphaned' as const,
