@@ -104,15 +104,21 @@ const hostStatus = (store: FakeStore): HostStatus | undefined => {
   return v === undefined ? undefined : (JSON.parse(v) as HostStatus);
 };
 
+/** Mocked timers, a fake store holding profile `a`, and a started agent whose log lines are kept. */
+async function startedWithA(t: TestContext): Promise<{ store: FakeStore; lines: string[]; a: Agent }> {
+  mockTimers(t);
+  const store = new FakeStore();
+  const lines: string[] = [];
+  const a = makeAgent(store, { log: (l) => lines.push(l) });
+  putProf(store, 'a', 1);
+  await a.start();
+  return { store, lines, a };
+}
+
 describe('fleet agent: etcd restored from a snapshot (its revision goes back)', () => {
   for (const how of ['resuming the watch', 'linearizable check'] as const)
     test(`noticed ${how === 'resuming the watch' ? 'when the watch is resumed' : 'by the periodic check'}: the agent re-lists, applies what the store holds and writes its host key again`, async (t) => {
-      mockTimers(t);
-      const store = new FakeStore();
-      const lines: string[] = [];
-      const a = makeAgent(store, { log: (l) => lines.push(l) });
-      putProf(store, 'a', 1);
-      await a.start();
+      const { store, lines, a } = await startedWithA(t);
       await until(async () => (await inKernel(a)) === 'a' && hostStatus(store)?.watch === 'watching', 'a applied');
       const snapshot = store.rev;
       const snapshotLeased = new Map(store.leased); // the host key as the snapshot holds it
@@ -145,12 +151,7 @@ describe('fleet agent: etcd restored from a snapshot (its revision goes back)', 
     });
 
   test("a host key holding another status of this agent than its last write is written again by the next check (not only a missing one); another instance's is not fought over", async (t) => {
-    mockTimers(t);
-    const store = new FakeStore();
-    const lines: string[] = [];
-    const a = makeAgent(store, { log: (l) => lines.push(l) });
-    putProf(store, 'a', 1);
-    await a.start();
+    const { store, lines } = await startedWithA(t);
     const key = `${P}hosts/h1`;
     await until(() => hostStatus(store)?.watch === 'watching' && hostStatus(store)?.revision === store.rev, 'written');
     const stale = JSON.stringify({ ...hostStatus(store), revision: 1, watch: 'listing' });
