@@ -251,7 +251,8 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
    * are in both engines (what to run about it); `profiles`, the reports; `otherStateFiles` when the
    * kernel holds profiles of other state files (their paths and profile names), which the reports
    * neither list nor call orphaned; `foreignObjects` when iptlb's nft tables hold another tool's chains,
-   * sets or maps, which iptlb keeps (neither drift nor orphans, never a `drift` event).
+   * sets or maps, which iptlb keeps (neither drift nor orphans, never a `drift` event); `originalRules`
+   * when iptables-nft's nat tables hold the original iptlb's chains, which still balance their addresses.
    */
   statusReport(): Promise<StatusReport> {
     return this.call(async () => {

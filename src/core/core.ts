@@ -10,7 +10,7 @@ import { IptlbError } from '../model/errors.js';
 import { validateOpenOptions } from './options.js';
 import { fsFailure } from '../platform/fsafety.js';
 import { executorChoiceOf } from '../engines/executors.js';
-import { engineChoiceOf, enginesHolding, selectEngine, splitLine } from '../engines/select.js';
+import { engineChoiceOf, enginesHolding, originalNftChains, selectEngine, splitLine } from '../engines/select.js';
 import {
   engineRecordOf,
   engineRecordText,
@@ -44,7 +44,7 @@ import {
   writeState,
 } from './state.js';
 import { dropEntry, otherStateFiles, registerStateFile } from './registry.js';
-import { formatEndpoint, parseEndpoint } from '../model/address.js';
+import { countDrifted, orphanAddress, orphanNames } from './orphans.js';
 import {
   appendRecord,
   closeJournal,
@@ -304,34 +304,6 @@ interface Contested {
   name: string;
   stateFile: string;
   profile: Profile;
-}
-
-/**
- * What a sync repairs, counted for its log line: the profiles of `profiles` that drifted (an orphan an
- * engine names after one of them, `rule:NAME` or its address, counts as that profile), and the orphans
- * no profile owns (the old address of a profile changed without -run, a removed profile's rules).
- */
-export function countDrifted(
-  drifted: readonly Pick<ProfileReport, 'name' | 'status'>[],
-  profiles: ReadonlyMap<string, Profile>,
-): { profiles: number; leftovers: number } {
-  const bySource = new Map<string, string>();
-  for (const p of profiles.values()) bySource.set(p.source, p.name);
-  const names = new Set<string>();
-  let leftovers = 0;
-  for (const r of drifted) {
-    if (r.status !== 'orphaned') names.add(r.name);
-    else {
-      const owner = profiles.has(r.name)
-        ? r.name
-        : r.name.startsWith('rule:') && profiles.has(r.name.slice(5))
-          ? r.name.slice(5)
-          : bySource.get(r.name);
-      if (owner === undefined) leftovers++;
-      else names.add(owner);
-    }
-  }
-  return { profiles: names.size, leftovers };
 }
 
 /** `another state file, /a.db, holds a profile of this name at 127.0.0.1:80/tcp`. */
@@ -1289,17 +1261,13 @@ export class Core {
     // Their reports, and what the kernel holds of theirs beyond their file (a destination their
     // health checks drained, say): reported by name, by rule owner (nft) or by address (nft).
     const theirs = new Set<string>();
-    const addressOf = (p: Profile): void => {
-      const e = parseEndpoint(p.source);
-      if (typeof e !== 'string') theirs.add(formatEndpoint(e));
-    };
-    for (const p of keep.values()) {
-      theirs.add(p.name).add(`rule:${p.name}`);
-      addressOf(p);
-    }
+    for (const p of keep.values()) for (const k of orphanNames(p)) theirs.add(k);
     // Another's profile of one of this file's names: its address is theirs (nft holds both profiles
     // when neither has rules of its own), its name is this file's.
-    for (const c of contested) addressOf(c.profile);
+    for (const c of contested) {
+      const address = orphanAddress(c.profile);
+      if (address !== undefined) theirs.add(address);
+    }
     return engine.compare(all, view).filter((r) => profiles.has(r.name) || !theirs.has(r.name));
   }
 
@@ -1611,12 +1579,15 @@ export class Core {
   async statusReport(): Promise<StatusReport> {
     const { reports, others, foreign } = await this.statusOf();
     const split = await this.engineSplit(reports.some((r) => r.status !== 'missing'));
+    // Two netlink dumps of chain names when the addon's nft part loads; `doctor` also asks `nft` (a process).
+    const original = this.injected ? undefined : await originalNftChains({ spawn: false }).catch(() => undefined);
     return {
       inSync: !split && reports.every((r) => r.status === 'in-sync'),
       ...(split ? { split } : {}),
       profiles: reports,
       ...(others.length ? { otherStateFiles: others } : {}),
       ...(foreign.length ? { foreignObjects: foreign } : {}),
+      ...(original?.length ? { originalRules: original } : {}),
     };
   }
 
@@ -2059,7 +2030,7 @@ export class Core {
     for (const { stateFile, profiles } of others.files)
       for (const n of profiles) {
         const p = others.profiles.get(n);
-        for (const k of [n, `rule:${n}`, ...(p ? [p.source] : [])]) if (!owners.has(k)) owners.set(k, stateFile);
+        for (const k of p ? orphanNames(p) : [n, `rule:${n}`]) if (!owners.has(k)) owners.set(k, stateFile);
       }
     return (orphan) => owners.get(orphan);
   }

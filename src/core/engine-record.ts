@@ -65,19 +65,24 @@ export function engineRecordText(file: string): string | null {
 }
 
 /**
- * Writes the record atomically (a temporary file named as the state file's, which a killed writer's
- * cleanup removes, fsync, rename, directory fsync), or removes it when `text` is null. Under the lock.
+ * Writes the record atomically (see {@link writeBeside}), or removes it when `text` is null. Under the lock.
  */
-export async function writeEngineRecord(statePath: string, text: string | null): Promise<void> {
-  const file = engineRecordOf(statePath);
+export function writeEngineRecord(statePath: string, text: string | null): Promise<void> {
+  return writeBeside(statePath, engineRecordOf(statePath), text);
+}
+
+/**
+ * Writes `file`, beside state file `statePath`, atomically (a temporary file named as the state file's,
+ * which a killed writer's cleanup removes, fsync, rename, directory fsync), or removes it (and fsyncs the
+ * directory) when `text` is null.
+ */
+async function writeBeside(statePath: string, file: string, text: string | null): Promise<void> {
   if (text === null) {
     await fsp.unlink(file).catch((e: NodeJS.ErrnoException) => {
       if (e.code !== 'ENOENT') throw e;
     });
     await fsp.syncDir(path.dirname(file));
-  } else {
-    await fsp.replaceFile(file, (fh) => fh.writeFile(text, 'utf8'), { tmpName: path.basename(statePath) });
-  }
+  } else await fsp.replaceFile(file, (fh) => fh.writeFile(text, 'utf8'), { tmpName: path.basename(statePath) });
 }
 
 /**
@@ -101,18 +106,6 @@ export function movingMarkerExists(statePath: string): boolean {
 }
 
 /** Writes the move marker (`from to`, durable), or removes it when `move` is null. Under the lock. */
-export async function writeMovingMarker(
-  statePath: string,
-  move: { from: EngineName; to: EngineName } | null,
-): Promise<void> {
-  const file = movingMarkerOf(statePath);
-  if (move === null) {
-    await fsp.unlink(file).catch((e: NodeJS.ErrnoException) => {
-      if (e.code !== 'ENOENT') throw e;
-    });
-    await fsp.syncDir(path.dirname(file));
-  } else
-    await fsp.replaceFile(file, (fh) => fh.writeFile(`${move.from} ${move.to}\n`, 'utf8'), {
-      tmpName: path.basename(statePath),
-    });
+export function writeMovingMarker(statePath: string, move: { from: EngineName; to: EngineName } | null): Promise<void> {
+  return writeBeside(statePath, movingMarkerOf(statePath), move && `${move.from} ${move.to}\n`);
 }

@@ -18,7 +18,7 @@ import type { Core } from './core.js';
 import type { Profile } from '../model/types.js';
 import { stateVersion } from './state.js';
 import { journalPath } from './journal.js';
-import { formatEndpoint, parseEndpoint } from '../model/address.js';
+import { countDrifted } from './orphans.js';
 import type { ProfileReport } from '../model/report.js';
 
 export interface WatchOptions {
@@ -50,22 +50,8 @@ export function driftedProfiles(
   profiles: ReadonlyMap<string, Profile>,
   previous?: ReadonlyMap<string, Profile>,
 ): number {
-  let owners: Map<string, string> | undefined;
-  const ownerOf = (orphan: string): string => {
-    if (orphan.startsWith('rule:')) return orphan.slice('rule:'.length);
-    if (!owners) {
-      owners = new Map();
-      for (const m of [previous, profiles])
-        for (const p of m?.values() ?? []) {
-          const e = parseEndpoint(p.source);
-          if (typeof e !== 'string') owners.set(formatEndpoint(e), p.name);
-        }
-    }
-    return owners.get(orphan) ?? orphan;
-  };
-  const out = new Set<string>();
-  for (const r of reports) if (r.status !== 'in-sync') out.add(r.status === 'orphaned' ? ownerOf(r.name) : r.name);
-  return out.size;
+  const n = countDrifted(reports, previous, profiles);
+  return n.profiles + n.leftovers;
 }
 
 export interface Watcher {

@@ -65,4 +65,10 @@ export interface StatusReport {
   otherStateFiles?: OtherStateFile[];
   /** Another tool's chains, sets and maps in iptlb's nft tables, which iptlb keeps (not drift); absent when none. */
   foreignObjects?: ForeignObjects[];
+  /**
+   * The original iptlb's chains in iptables-nft's nat tables (`table ip nat`, `ip6 nat`), which still balance the
+   * addresses they match and which iptlb never changes (not drift); asked through the addon's nft part only (no
+   * process); absent when none, or when it cannot ask.
+   */
+  originalRules?: { table: string; chain: string }[];
 }

@@ -1767,7 +1767,7 @@ for (const engine of ['legacy', 'nft'] as const)
   });
 
 test('countDrifted: orphans named after a profile (rule:NAME, its address, its name) count as that profile', async () => {
-  const { countDrifted } = await import('../../src/core/core.js');
+  const { countDrifted } = await import('../../src/core/orphans.js');
   const profiles = new Map([web(1), web(2)].map((p) => [p.name, validateProfile(p)] as const));
   const r = (name: string, status: 'orphaned' | 'missing' | 'modified') => ({ name, status });
   assert.deepEqual(

@@ -5,7 +5,7 @@ import { IptlbError } from '../../model/errors.js';
 import { addGlobal, withGlobals, type GlobalOpts } from '../flags.js';
 import { ExitCode, makeCore, type Out } from '../context.js';
 import { topCommand } from './top.js';
-import { describeOriginalChains, originalNftChains } from '../../engines/select.js';
+import { describeOriginalChains } from '../../engines/select.js';
 
 /** `\tup`, `\tdown (drained; last check 2026-…: ECONNREFUSED)`: empty for destinations without a health check. */
 function healthColumn(d: {
@@ -41,12 +41,10 @@ async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
   const { profiles: reports, split, otherStateFiles: others } = report;
   if (split) io.err(`iptlb: ${split}`);
   // The original's rules in iptables-nft's nat tables still balance the addresses they match, whatever iptlb
-  // does (a profile taken into iptlb's table and deleted there keeps them): said when the addon's nft part
-  // can ask (two netlink dumps of chain names; doctor also asks `nft`, a process of about 40 ms). Not drift:
-  // they are not iptlb's to change, so the exit status stays.
-  const original = (await originalNftChains({ spawn: false }).catch(() => undefined)) ?? [];
-  if (original.length && !o.quiet && !o.json)
-    io.err(`iptlb: ${describeOriginalChains(original)} (iptlb doctor says how to delete them)`);
+  // does (a profile taken into iptlb's table and deleted there keeps them). Not drift: they are not iptlb's to
+  // change, so the exit status stays.
+  if (report.originalRules && !o.quiet && !o.json)
+    io.err(`iptlb: ${describeOriginalChains(report.originalRules)} (iptlb doctor says how to delete them)`);
   // A wrong path (or working directory) reads as no profiles: every iptlb rule is an orphan then.
   const absent = !(await core.stateFileExists());
   if (absent && reports.length && !o.quiet && !o.json)
@@ -60,7 +58,7 @@ async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
         `iptlb: ${f.where} also holds objects of another tool (${f.objects.slice(0, 5).join(', ')}${f.objects.length > 5 ? `, … (${f.objects.length} in all)` : ''}): iptlb leaves them as they are (not drift)`,
       );
   if (o.json) {
-    io.out(JSON.stringify(original.length ? { ...report, originalRules: original } : report));
+    io.out(JSON.stringify(report));
   } else if (!reports.length) {
     io.out(
       absent
