@@ -1576,11 +1576,19 @@ export class Core {
    * asked, the reports say whether the selected one holds anything), and the other state files whose
    * profiles the kernel holds, read in the same pass.
    */
-  async statusReport(): Promise<StatusReport> {
+  async statusReport(
+    opts: {
+      /** Ask for the original iptlb's chains (`originalRules`); false for readers that do not show them (metrics). */
+      original?: boolean;
+    } = {},
+  ): Promise<StatusReport> {
     const { reports, others, foreign } = await this.statusOf();
     const split = await this.engineSplit(reports.some((r) => r.status !== 'missing'));
     // Two netlink dumps of chain names when the addon's nft part loads; `doctor` also asks `nft` (a process).
-    const original = this.injected ? undefined : await originalNftChains({ spawn: false }).catch(() => undefined);
+    const original =
+      this.injected || opts.original === false
+        ? undefined
+        : await originalNftChains({ spawn: false }).catch(() => undefined);
     return {
       inSync: !split && reports.every((r) => r.status === 'in-sync'),
       ...(split ? { split } : {}),

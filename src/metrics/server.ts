@@ -122,7 +122,7 @@ export async function renderMetrics(
   let split = 0;
   try {
     // One status pass, and the other engine asked once (not per profile) whether it holds iptlb's rules too.
-    const r = await opts.core.statusReport();
+    const r = await opts.core.statusReport({ original: false });
     reports = r.profiles;
     split = r.split ? 1 : 0;
   } catch (e) {
@@ -248,7 +248,7 @@ export async function healthz(
   const last = opts.stats?.lastSync;
   if (last && !last.ok) return { ok: false, reason: `last sync failed: ${last.error}` };
   try {
-    const report = await opts.core.statusReport();
+    const report = await opts.core.statusReport({ original: false });
     if (report.split) return { ok: false, reason: report.split };
     const seen = new Set<string>(); // an orphan may be in both address families' tables: once
     const drifted = report.profiles.filter(
