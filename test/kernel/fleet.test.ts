@@ -223,46 +223,56 @@ async function backends(t: NetnsTopology, host: string): Promise<Spawned> {
   return b;
 }
 
+/** A one-member etcd cluster, its client, namespaces `hosts` with their backends, for `fn`; all stopped after. */
+async function onHosts(
+  hosts: string[],
+  fn: (c: Cluster, s: EtcdStore, t: NetnsTopology) => Promise<void>,
+): Promise<void> {
+  const c = await Cluster.start(['m1']);
+  const s = await c.client('m1');
+  try {
+    await NetnsTopology.with(hosts, async (t) => {
+      for (const h of t.hosts) await backends(t, h);
+      await fn(c, s, t);
+    });
+  } finally {
+    await s.close();
+    await c.stop();
+  }
+}
+
 for (const pair of PAIRS) {
   test(
     `fleet (${pair.name}): put → balanced on every host; delete → gone; SIGTERM leaves the rules and drops the host key`,
     { skip: SKIP || pair.skip, timeout: 90_000 },
     async () => {
-      const c = await Cluster.start(['m1']);
-      const s = await c.client('m1');
-      try {
-        await NetnsTopology.with(['h1', 'h2'], async (t) => {
-          for (const h of t.hosts) await backends(t, h);
-          const agents = t.hosts.map((h) => startAgent(t, c, h, 'm1', pair));
-          const put = await fleetApply(s, P, [prof('web', '127.100.0.10')]);
-          for (const h of t.hosts) {
-            const st = await waitApplied(s, h, put.revision);
-            assert.equal(st.engine, pair.engine);
-            assert.equal(st.executor, pair.executor);
-            await balanced(t, h, '127.100.0.10');
-          }
-          const del = await fleetDelete(s, P, ['web']);
-          for (const h of t.hosts) {
-            await waitApplied(s, h, del.revision);
-            await gone(t, h, '127.100.0.10');
-          }
-          await fleetApply(s, P, [prof('api', '127.100.0.11')]).then((r) =>
-            Promise.all(t.hosts.map((h) => waitApplied(s, h, r.revision))),
+      await onHosts(['h1', 'h2'], async (c, s, t) => {
+        const agents = t.hosts.map((h) => startAgent(t, c, h, 'm1', pair));
+        const put = await fleetApply(s, P, [prof('web', '127.100.0.10')]);
+        for (const h of t.hosts) {
+          const st = await waitApplied(s, h, put.revision);
+          assert.equal(st.engine, pair.engine);
+          assert.equal(st.executor, pair.executor);
+          await balanced(t, h, '127.100.0.10');
+        }
+        const del = await fleetDelete(s, P, ['web']);
+        for (const h of t.hosts) {
+          await waitApplied(s, h, del.revision);
+          await gone(t, h, '127.100.0.10');
+        }
+        await fleetApply(s, P, [prof('api', '127.100.0.11')]).then((r) =>
+          Promise.all(t.hosts.map((h) => waitApplied(s, h, r.revision))),
+        );
+        for (const a of agents) assert.equal((await a.kill('SIGTERM')).code, 0);
+        for (const h of t.hosts) {
+          assert.equal(
+            await hostStatus(s, h),
+            null,
+            `${h}: the host key went with its lease (unknown, not "no rules")`,
           );
-          for (const a of agents) assert.equal((await a.kill('SIGTERM')).code, 0);
-          for (const h of t.hosts) {
-            assert.equal(
-              await hostStatus(s, h),
-              null,
-              `${h}: the host key went with its lease (unknown, not "no rules")`,
-            );
-            await balanced(t, h, '127.100.0.11'); // the rules stay after the agent stops
-          }
-        });
-      } finally {
-        await s.close();
-        await c.stop();
-      }
+          await balanced(t, h, '127.100.0.11'); // the rules stay after the agent stops
+        }
+      });
     },
   );
 }
@@ -271,72 +281,64 @@ test(
   'fleet (nft/native): invalid profile isolated; SIGKILL + restart with zero failed connections to the other VIPs; drift repaired',
   { skip: SKIP || nftNative.skip, timeout: 120_000 },
   async () => {
-    const c = await Cluster.start(['m1']);
-    const s = await c.client('m1');
-    try {
-      await NetnsTopology.with(['h1'], async (t) => {
-        await backends(t, 'h1');
-        let agent = startAgent(t, c, 'h1', 'm1', nftNative, ['--sync-ms', '300']);
-        await fleetApply(s, P, [prof('a', '127.100.0.10')]);
-        await s.txn([
-          {
-            put: profileKey(P, 'bad'),
-            value: JSON.stringify({ ...prof('bad', '127.100.0.20'), destination: ['127.0.0.1:notaport'] }),
-          },
-        ]);
-        const rb = (await fleetApply(s, P, [prof('b', '127.100.0.11')])).revision;
-        const st = await waitApplied(s, 'h1', rb);
-        assert.deepEqual(
-          st.refused.map((r) => [r.name, r.code]),
-          [['bad', 'EINVAL_PROFILE']],
-        );
-        assert.equal(st.profiles, 2);
-        await balanced(t, 'h1', '127.100.0.10');
-        await balanced(t, 'h1', '127.100.0.11');
-        await gone(t, 'h1', '127.100.0.20');
+    await onHosts(['h1'], async (c, s, t) => {
+      let agent = startAgent(t, c, 'h1', 'm1', nftNative, ['--sync-ms', '300']);
+      await fleetApply(s, P, [prof('a', '127.100.0.10')]);
+      await s.txn([
+        {
+          put: profileKey(P, 'bad'),
+          value: JSON.stringify({ ...prof('bad', '127.100.0.20'), destination: ['127.0.0.1:notaport'] }),
+        },
+      ]);
+      const rb = (await fleetApply(s, P, [prof('b', '127.100.0.11')])).revision;
+      const st = await waitApplied(s, 'h1', rb);
+      assert.deepEqual(
+        st.refused.map((r) => [r.name, r.code]),
+        [['bad', 'EINVAL_PROFILE']],
+      );
+      assert.equal(st.profiles, 2);
+      await balanced(t, 'h1', '127.100.0.10');
+      await balanced(t, 'h1', '127.100.0.11');
+      await gone(t, 'h1', '127.100.0.20');
 
-        // SIGKILL: the kernel keeps everything; changes made while it is down are applied at restart in one
-        // transaction.
-        const cont = t.spawn('h1', [process.execPath, FIX, 'continuous', '127.100.0.10', '8080']);
-        await cont.waitFor(/started/);
-        await agent.kill('SIGKILL');
-        const rc = (await fleetApply(s, P, [prof('c', '127.100.0.12')])).revision;
-        const rd = (await fleetDelete(s, P, ['b'])).revision;
-        assert.ok(rd > rc);
-        agent = startAgent(t, c, 'h1', 'm1', nftNative, ['--sync-ms', '300']);
-        await waitLog(agent, /listed 3 profile\(s\) at revision/, 'the re-list');
-        await waitFor('restart applied', async () => {
-          const x = await hostStatus(s, 'h1');
-          return x && x.revision >= rd && x.watch === 'watching';
-        });
-        await waitLog(
-          agent,
-          /1 applied, 1 removed as one change \(one kernel transaction, ipv4;/,
-          'one transaction at start-up',
-        );
-        await new Promise((r) => setTimeout(r, 300));
-        const res = JSON.parse((await cont.kill('SIGTERM')).stdout.trim().split('\n').pop()!) as {
-          ok: number;
-          failures: number;
-          errorsSample: string[];
-        };
-        assert.equal(res.failures, 0, `connections to a during the restart: ${res.errorsSample.join('; ')}`);
-        assert.ok(res.ok > 20, `${res.ok} connections made`);
-        await balanced(t, 'h1', '127.100.0.12');
-        await gone(t, 'h1', '127.100.0.11');
-
-        // Drift: someone deletes the table; the periodic sync restores it (no re-list).
-        const beforeDrift = agent.stderr().length;
-        await t.exec('h1', ['nft', 'delete', 'table', 'ip', 'iptlb']);
-        await waitLog(agent, /drift repaired/, 'drift repaired', 15_000, beforeDrift);
-        await balanced(t, 'h1', '127.100.0.10');
-        await balanced(t, 'h1', '127.100.0.12');
-        assert.equal((await agent.kill('SIGTERM')).code, 0);
+      // SIGKILL: the kernel keeps everything; changes made while it is down are applied at restart in one
+      // transaction.
+      const cont = t.spawn('h1', [process.execPath, FIX, 'continuous', '127.100.0.10', '8080']);
+      await cont.waitFor(/started/);
+      await agent.kill('SIGKILL');
+      const rc = (await fleetApply(s, P, [prof('c', '127.100.0.12')])).revision;
+      const rd = (await fleetDelete(s, P, ['b'])).revision;
+      assert.ok(rd > rc);
+      agent = startAgent(t, c, 'h1', 'm1', nftNative, ['--sync-ms', '300']);
+      await waitLog(agent, /listed 3 profile\(s\) at revision/, 'the re-list');
+      await waitFor('restart applied', async () => {
+        const x = await hostStatus(s, 'h1');
+        return x && x.revision >= rd && x.watch === 'watching';
       });
-    } finally {
-      await s.close();
-      await c.stop();
-    }
+      await waitLog(
+        agent,
+        /1 applied, 1 removed as one change \(one kernel transaction, ipv4;/,
+        'one transaction at start-up',
+      );
+      await new Promise((r) => setTimeout(r, 300));
+      const res = JSON.parse((await cont.kill('SIGTERM')).stdout.trim().split('\n').pop()!) as {
+        ok: number;
+        failures: number;
+        errorsSample: string[];
+      };
+      assert.equal(res.failures, 0, `connections to a during the restart: ${res.errorsSample.join('; ')}`);
+      assert.ok(res.ok > 20, `${res.ok} connections made`);
+      await balanced(t, 'h1', '127.100.0.12');
+      await gone(t, 'h1', '127.100.0.11');
+
+      // Drift: someone deletes the table; the periodic sync restores it (no re-list).
+      const beforeDrift = agent.stderr().length;
+      await t.exec('h1', ['nft', 'delete', 'table', 'ip', 'iptlb']);
+      await waitLog(agent, /drift repaired/, 'drift repaired', 15_000, beforeDrift);
+      await balanced(t, 'h1', '127.100.0.10');
+      await balanced(t, 'h1', '127.100.0.12');
+      assert.equal((await agent.kill('SIGTERM')).code, 0);
+    });
   },
 );
 
@@ -568,59 +570,51 @@ test(
   'fleet (nft/native): a key that is no profile key is refused, then removed by fleet delete as listed; fleet status --revision of a later store revision (host keys, other keys) converges',
   { skip: SKIP || nftNative.skip, timeout: 90_000 },
   async () => {
-    const c = await Cluster.start(['m1']);
-    const s = await c.client('m1');
-    try {
-      await NetnsTopology.with(['h1'], async (t) => {
-        await backends(t, 'h1');
-        const agent = startAgent(t, c, 'h1', 'm1', nftNative);
-        const put = await fleetApply(s, P, [prof('web', '127.100.0.10')]);
-        await waitApplied(s, 'h1', put.revision);
-        // Written past fleet apply (etcdctl): a key under profiles/ whose last part is no profile name.
-        const odd = (await s.txn([{ put: profileKey(P, 'a/b'), value: JSON.stringify(prof('b', '127.100.0.20')) }]))!;
-        const st = await waitApplied(s, 'h1', odd);
-        assert.deepEqual(
-          st.refused.map((r) => [r.name, r.code]),
-          [['a/b', 'EINVAL_PROFILE']],
-        );
-        assert.equal(st.profileKeys, 2);
-        const refused = await fleetStatus(s, P, { revision: odd });
-        assert.deepEqual(
-          refused.refused.map((r) => r.name),
-          ['a/b'],
-        );
-        assert.equal(refused.converged, false);
-        await assert.rejects(fleetDelete(s, P, ['a/c']), /^IptlbError: name: "a\/c" .*nothing deleted$/);
-        const del = await fleetDelete(s, P, ['a/b']);
-        assert.deepEqual(del.deleted, ['a/b']);
-        assert.deepEqual(
-          (await fleetList(s, P)).profiles.map((p) => p.name),
-          ['web'],
-        );
-        await waitFor('refusal gone', async () => {
-          const x = await hostStatus(s, 'h1');
-          return x && x.revision >= del.revision && x.refusedCount === 0;
-        });
-        // The host key's write and other keys move the store's revision past the host's: no profile changed.
-        await s.txn([{ put: `${P}notes/x`, value: '1' }]);
-        const n = await s.revision();
-        assert.ok(n > del.revision + 1, `store at ${n}, the delete at ${del.revision}`);
-        const ok = await fleetStatus(s, P, { revision: n });
-        assert.deepEqual(
-          ok.hosts.map((h) => [h.host, h.converged, h.unchangedSince]),
-          [['h1', true, del.revision]],
-        );
-        assert.equal(ok.converged, true);
-        await balanced(t, 'h1', '127.100.0.10');
-        // A profile change after that: applied, and the store's revision converges again.
-        const later = await fleetApply(s, P, [prof('api', '127.100.0.11')]);
-        await waitApplied(s, 'h1', later.revision);
-        assert.equal((await fleetStatus(s, P, { revision: await s.revision() })).converged, true);
-        assert.equal((await agent.kill('SIGTERM')).code, 0);
+    await onHosts(['h1'], async (c, s, t) => {
+      const agent = startAgent(t, c, 'h1', 'm1', nftNative);
+      const put = await fleetApply(s, P, [prof('web', '127.100.0.10')]);
+      await waitApplied(s, 'h1', put.revision);
+      // Written past fleet apply (etcdctl): a key under profiles/ whose last part is no profile name.
+      const odd = (await s.txn([{ put: profileKey(P, 'a/b'), value: JSON.stringify(prof('b', '127.100.0.20')) }]))!;
+      const st = await waitApplied(s, 'h1', odd);
+      assert.deepEqual(
+        st.refused.map((r) => [r.name, r.code]),
+        [['a/b', 'EINVAL_PROFILE']],
+      );
+      assert.equal(st.profileKeys, 2);
+      const refused = await fleetStatus(s, P, { revision: odd });
+      assert.deepEqual(
+        refused.refused.map((r) => r.name),
+        ['a/b'],
+      );
+      assert.equal(refused.converged, false);
+      await assert.rejects(fleetDelete(s, P, ['a/c']), /^IptlbError: name: "a\/c" .*nothing deleted$/);
+      const del = await fleetDelete(s, P, ['a/b']);
+      assert.deepEqual(del.deleted, ['a/b']);
+      assert.deepEqual(
+        (await fleetList(s, P)).profiles.map((p) => p.name),
+        ['web'],
+      );
+      await waitFor('refusal gone', async () => {
+        const x = await hostStatus(s, 'h1');
+        return x && x.revision >= del.revision && x.refusedCount === 0;
       });
-    } finally {
-      await s.close();
-      await c.stop();
-    }
+      // The host key's write and other keys move the store's revision past the host's: no profile changed.
+      await s.txn([{ put: `${P}notes/x`, value: '1' }]);
+      const n = await s.revision();
+      assert.ok(n > del.revision + 1, `store at ${n}, the delete at ${del.revision}`);
+      const ok = await fleetStatus(s, P, { revision: n });
+      assert.deepEqual(
+        ok.hosts.map((h) => [h.host, h.converged, h.unchangedSince]),
+        [['h1', true, del.revision]],
+      );
+      assert.equal(ok.converged, true);
+      await balanced(t, 'h1', '127.100.0.10');
+      // A profile change after that: applied, and the store's revision converges again.
+      const later = await fleetApply(s, P, [prof('api', '127.100.0.11')]);
+      await waitApplied(s, 'h1', later.revision);
+      assert.equal((await fleetStatus(s, P, { revision: await s.revision() })).converged, true);
+      assert.equal((await agent.kill('SIGTERM')).code, 0);
+    });
   },
 );
