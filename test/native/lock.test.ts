@@ -70,21 +70,25 @@ test(
   },
 );
 
-/** The pid of `pid`'s child (the shell the runner started, which exec'd sleep). */
+/**
+ * The pid of `pid`'s child (the shell the runner started), once it has exec'd sleep. Before that the
+ * shell still writes its pid to the holder's stderr pipe: killing the holder then would end the shell
+ * with SIGPIPE, and the lock with it.
+ */
 async function childOf(pid: number): Promise<number> {
   const { readFileSync } = await import('node:fs');
-  for (let i = 0; i < 100; i++) {
+  for (let i = 0; i < 250; i++) {
     try {
       const kids = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8')
         .trim()
         .split(/\s+/)
         .filter(Boolean)
         .map(Number);
-      if (kids.length) return kids[0];
+      if (kids.length && readFileSync(`/proc/${kids[0]}/comm`, 'utf8').trim() === 'sleep') return kids[0];
     } catch {
       /* not yet */
     }
     await new Promise((r) => setTimeout(r, 20));
   }
-  throw new Error(`process ${pid} started no child`);
+  throw new Error(`process ${pid} started no child that runs sleep`);
 }
