@@ -316,7 +316,14 @@ export async function open(options: IptlbOptions = {}, executor?: Executor): Pro
       ...(options.log ? { log: options.log } : {}),
       ...(typeof options.health === 'object' ? options.health : {}),
     });
-    await lb.healthChecker.start();
+    try {
+      await lb.healthChecker.start();
+    } catch (e) {
+      // Refused (another process checks this state file: ELOCK) or failed: the handle is not
+      // returned, so nothing of it is left running.
+      await lb.close().catch(() => {});
+      throw e;
+    }
   }
   return lb;
 }

@@ -20,7 +20,15 @@ import { parseEndpoint } from '../model/address.js';
 import type { Core, TransactionResult } from '../core/core.js';
 import type { Profile } from '../model/types.js';
 import { sameHealth, type HealthConfig } from './config.js';
-import { effectiveProfile, healthFileOf, type DestinationHealth, type DestinationHealthInfo } from './effective.js';
+import {
+  checkerLockOf,
+  effectiveProfile,
+  healthFileOf,
+  publisherOf,
+  type DestinationHealth,
+  type DestinationHealthInfo,
+} from './effective.js';
+import { tryLockFile, type HeldLock } from '../platform/lock.js';
 import type { Probe } from './probe.js';
 import { createProber, type Prober } from './native-probe.js';
 import * as fsp from '../platform/fsp.js';
@@ -43,7 +51,8 @@ export interface HealthCheckerOptions {
   /**
    * Publish the health beside the state file (`<state file>.health.json`), so one-shot `iptlb status`
    * shows it and `iptlb sync`/`apply` keep drained destinations drained. Default true when the core
-   * has a state file.
+   * has a state file. A checker that publishes holds `<state file>.health.lock` while it runs: one
+   * per state file ({@link HealthChecker.start} refuses a second with ELOCK).
    */
   publish?: boolean;
   /** How often the published file is refreshed with new check times, ms. Default 2000 (at once after a transition). */
@@ -205,6 +214,8 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
   private readonly publishMs: number;
   private readonly restoreOnStop: boolean;
   private readonly publishFile?: string;
+  /** Held from start() to the end of stop() by a checker that publishes ({@link checkerLockOf}). */
+  private checkerLock?: HeldLock;
   private entries = new Map<string, Entry>();
   private byProfile = new Map<string, { cfg: HealthConfig; profile: Profile; entries: Entry[]; down: Set<string> }>();
   private heap: Target[] = [];
@@ -256,9 +267,30 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     if ((opts.publish ?? true) && sp !== null) this.publishFile = healthFileOf(sp);
   }
 
-  /** Reads the profiles and starts checking. */
+  /**
+   * Reads the profiles and starts checking. A checker that publishes (the default, with a state file)
+   * first takes the state file's checker lock ({@link checkerLockOf}): while another process (or
+   * another checker of this one) checks that state file, it refuses to start (ELOCK), and nothing
+   * changes.
+   */
   async start(): Promise<void> {
     if (this.running) return;
+    const sp = this.host.core.statePath;
+    if (this.publishFile && sp !== null && !this.checkerLock) {
+      const lock = await tryLockFile(checkerLockOf(sp));
+      if (!lock) {
+        const pid = publisherOf(this.publishFile);
+        throw new IptlbError(
+          'ELOCK',
+          `health checks: ${pid === process.pid ? `another checker of this process (${pid})` : pid !== undefined ? `process ${pid}` : 'another process'} already checks the destinations of ${sp} (it holds ${checkerLockOf(sp)}); one process checks a state file, two would undo each other's drains: stop that one, or run this one without health checks`,
+        );
+      }
+      if (this.running) {
+        lock.release(); // a concurrent start() won
+        return;
+      }
+      this.checkerLock = lock;
+    }
     this.prober ??= createProber(
       { prober: this.proberKind, ...(this.probeFn ? { probe: this.probeFn } : {}) },
       this.log,
@@ -339,6 +371,8 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
       }
     }
     if (this.publishFile) await fsp.unlink(this.publishFile).catch(() => {});
+    this.checkerLock?.release();
+    this.checkerLock = undefined;
   }
 
   /** Who sends the tcp probes while running: `native` (the addon's prober) or `node`; undefined when stopped. */

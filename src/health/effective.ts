@@ -40,6 +40,27 @@ export function healthFileOf(statePath: string): string {
   return `${statePath}.health.json`;
 }
 
+/**
+ * The lock the process that checks a state file's destinations holds while it runs its checks,
+ * beside the state file: `<state file>.health.lock`. One checker per state file: a second one would
+ * publish its own view over the first's, and give the kernel back the weights the first drained when
+ * it stops.
+ */
+export function checkerLockOf(statePath: string): string {
+  return `${statePath}.health.lock`;
+}
+
+/** The pid of the live process that published `file` ({@link healthFileOf}), if any (this one included). */
+export function publisherOf(file: string): number | undefined {
+  try {
+    const data = JSON.parse(readFileSync(file, 'utf8')) as Partial<PublishedHealth>;
+    const pid = data?.pid;
+    return typeof pid === 'number' && (pid === process.pid || writerRuns(pid, data.pidStart)) ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 type DownSets = Map<string, ReadonlySet<string>>;
 
 const effCache = new WeakMap<Profile, { down: ReadonlySet<string>; eff: Profile | null }>();

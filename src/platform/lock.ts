@@ -127,6 +127,7 @@ async function flockOne(
   waitMs: number,
   reportAs: string,
   totalMs: number,
+  inherit = true,
 ): Promise<HeldLock & { fd: number }> {
   checkLockPath(lockPath);
   const deadline = Date.now() + waitMs;
@@ -134,7 +135,7 @@ async function flockOne(
   if (!turn) throw lockTimeout(reportAs, totalMs);
   let held: HeldLock & { fd: number };
   try {
-    held = await flockFile(lockPath, Math.max(0, deadline - Date.now()), reportAs, totalMs);
+    held = await flockFile(lockPath, Math.max(0, deadline - Date.now()), reportAs, totalMs, inherit);
   } catch (e) {
     turn();
     throw e;
@@ -148,12 +149,16 @@ async function flockOne(
   };
 }
 
-/** {@link flockOne} without the turn: the flock itself, natively or through flock(1). */
+/**
+ * {@link flockOne} without the turn: the flock itself, natively or through flock(1). With `inherit`,
+ * the children the spawn executors start hold it too ({@link inheritedLockFds}).
+ */
 async function flockFile(
   lockPath: string,
   waitMs: number,
   reportAs: string,
   totalMs: number,
+  inherit = true,
 ): Promise<HeldLock & { fd: number }> {
   const loaded = loadAddon('core');
   if (loaded.ok) {
@@ -177,7 +182,7 @@ async function flockFile(
       lock.release();
       throw e;
     }
-    if (fd >= 0) heldFds.add(fd);
+    if (fd >= 0 && inherit) heldFds.add(fd);
     return {
       fd,
       release() {
@@ -326,6 +331,20 @@ export async function lockStateFile(
     await removeStaleTemps(statePath, log).catch(() => {});
   }
   return held;
+}
+
+/**
+ * Takes an flock on `lockPath` (created when absent, checked as the state file's lock is) without
+ * waiting, held until released, not by the children this process spawns; undefined when another
+ * holder has it (another process, or another taker of this process).
+ */
+export async function tryLockFile(lockPath: string): Promise<HeldLock | undefined> {
+  try {
+    return await flockOne(lockPath, 0, lockPath, 0, false);
+  } catch (e) {
+    if (e instanceof IptlbError && e.code === 'ELOCK' && e.errno === EWOULDBLOCK) return undefined;
+    throw e;
+  }
 }
 
 /**

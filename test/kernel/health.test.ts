@@ -28,6 +28,13 @@ for (const pair of ABOVE_EXECUTOR_PAIRS) {
       assert.equal(r.drained.health, 'down');
       assert.match(r.drained.lastError, /ECONNREFUSED/);
       assert.deepEqual(r.statusDrained, { code: 0, inSync: true });
+      assert.equal(r.secondWatch.killed, false, 'a second watch of the state file does not run' + r.secondWatch.stderr);
+      assert.notEqual(r.secondWatch.code, 0);
+      assert.match(
+        r.secondWatch.stderr,
+        /^iptlb: error: health checks: process \d+ already checks the destinations of \S+ \(it holds \S+\.health\.lock\); one process checks a state file, two would undo each other's drains: stop that one, or run this one without health checks\n$/,
+      );
+      assert.equal(r.drainedAfterSecond, 0, 'the first watch keeps its drain');
       ok(r.sync, 'sync');
       assert.equal(r.splitDown.failures, 0, JSON.stringify(r.splitDown.errors) + ctx);
       assert.equal(r.splitDown.counts['backend:9002'] ?? 0, 0, 'no new connection to the stopped backend');

@@ -1128,3 +1128,63 @@ test('watch mode (heldHost): while the state file does not parse, a drain is com
   assert.doesNotMatch(log.join('\n'), /cannot read the profiles|commit failed/);
   await checker.stop();
 });
+
+test('one checker per state file: a second one, of this process or another, refuses to start (ELOCK) and changes nothing; it starts once the first stopped', async () => {
+  const { mkdtempSync, readFileSync, rmSync, existsSync } = await import('node:fs');
+  const { spawn } = await import('node:child_process');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-checkers-'));
+  const file = path.join(dir, 'state.db');
+  const kernel = new FakeLegacyKernel();
+  const web = validateProfile({ name: 'web', source: '127.0.0.10:80', destination: ['127.0.0.1:9001'], health: {} });
+  const first = new Core({ stateFile: file, engine: 'legacy' }, kernel);
+  await first.transact(() => ({ upsert: [web], remove: [] }), { run: true });
+  const second = new Core({ stateFile: file, engine: 'legacy' }, kernel);
+  const probes = new Probes();
+  const checker = (core: Core, log: string[]) =>
+    new HealthChecker(coreHost(core), { probe: probes.probe, random: () => 0.5, log: (l) => log.push(l) });
+  const a = checker(first, []);
+  const bLog: string[] = [];
+  const b = checker(second, bLog);
+  try {
+    await a.start();
+    const published = readFileSync(`${file}.health.json`, 'utf8');
+    const lock = `${file}.health.lock`;
+    await assert.rejects(b.start(), (e: IptlbError) => {
+      assert.equal(e.code, 'ELOCK');
+      assert.equal(
+        e.message,
+        `health checks: another checker of this process (${process.pid}) already checks the destinations of ${file} (it holds ${lock}); one process checks a state file, two would undo each other's drains: stop that one, or run this one without health checks`,
+      );
+      return true;
+    });
+    assert.equal(b.probing, undefined, 'the refused checker sends no probe');
+    assert.deepEqual(bLog, []);
+    assert.equal(readFileSync(`${file}.health.json`, 'utf8'), published, "the first checker's file is untouched");
+    await a.stop();
+    await b.start();
+    assert.ok(existsSync(`${file}.health.json`), 'the second checker publishes once it runs');
+    await b.stop();
+    // Another process holding the lock (flock(1)): refused too, without a pid to name.
+    // (-o: the command does not hold it, flock(1) does, so killing the group frees it.)
+    const holder = spawn('flock', ['--exclusive', '-o', lock, 'sh', '-c', 'echo locked; exec sleep 60'], {
+      stdio: ['ignore', 'pipe', 'ignore'],
+      detached: true,
+    });
+    await new Promise((r) => holder.stdout.once('data', r));
+    try {
+      await assert.rejects(b.start(), /^IptlbError: health checks: another process already checks the destinations/);
+    } finally {
+      const exited = new Promise((r) => holder.once('exit', r));
+      process.kill(-holder.pid!, 'SIGKILL');
+      await exited;
+    }
+    await b.start();
+    await b.stop();
+  } finally {
+    await a.stop();
+    await b.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
