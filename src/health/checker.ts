@@ -21,6 +21,7 @@ import type { Core, TransactionResult } from '../core/core.js';
 import type { Profile } from '../model/types.js';
 import { sameHealth, type HealthConfig } from './config.js';
 import {
+  CHECKER_LOCK_SUFFIX,
   checkerLockOf,
   effectiveProfile,
   healthFileOf,
@@ -28,7 +29,7 @@ import {
   type DestinationHealth,
   type DestinationHealthInfo,
 } from './effective.js';
-import { tryLockFile, type HeldLock } from '../platform/lock.js';
+import { tryLockBeside, type HeldLock } from '../platform/lock.js';
 import type { Probe } from './probe.js';
 import { createProber, type Prober } from './native-probe.js';
 import * as fsp from '../platform/fsp.js';
@@ -277,7 +278,7 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     if (this.running) return;
     const sp = this.host.core.statePath;
     if (this.publishFile && sp !== null && !this.checkerLock) {
-      const lock = await tryLockFile(checkerLockOf(sp));
+      const lock = await tryLockBeside(sp, CHECKER_LOCK_SUFFIX);
       if (!lock) {
         const pid = publisherOf(this.publishFile);
         throw new IptlbError(

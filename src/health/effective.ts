@@ -47,8 +47,9 @@ export function healthFileOf(statePath: string): string {
  * it stops.
  */
 export function checkerLockOf(statePath: string): string {
-  return `${statePath}.health.lock`;
+  return `${statePath}${CHECKER_LOCK_SUFFIX}`;
 }
+export const CHECKER_LOCK_SUFFIX = '.health.lock';
 
 /** The pid of the live process that published `file` ({@link healthFileOf}), if any (this one included). */
 export function publisherOf(file: string): number | undefined {

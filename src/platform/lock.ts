@@ -240,6 +240,35 @@ function existingPart(file: string): string {
 const swept = new Set<string>();
 
 /**
+ * Checks the directories of `statePath` and creates the missing ones (0700). The directories that
+ * exist are checked before any is created: a refused run leaves nothing behind (`sudo iptlb` in a
+ * user's directory made `local/` there, then refused it). With `readOnly`, false where the directory
+ * cannot be created because the file system is read-only; else true.
+ */
+async function prepareStateDir(statePath: string, readOnly: boolean): Promise<boolean> {
+  const existing = existingPart(statePath);
+  try {
+    checkDirChain(existing);
+  } catch (e) {
+    throw fsFailure(e, 'check the directories of the state file', statePath);
+  }
+  if (existing === statePath) return true;
+  try {
+    await ensureStateDir(statePath);
+  } catch (e) {
+    const err = fsFailure(e, 'create the directory of the state file', statePath);
+    if (readOnly && onReadOnlyFs(err)) return false;
+    throw err;
+  }
+  try {
+    checkDirChain(statePath);
+  } catch (e) {
+    throw fsFailure(e, 'check the directories of the state file', statePath);
+  }
+  return true;
+}
+
+/**
  * Takes the state-file lock, fairly: a waiter first takes the queue lock `<state file>.lock.queue`
  * and holds it while it waits for the lock itself, and every taker goes through the queue lock. So a
  * process that releases the lock and at once wants it again (an API instance doing one group commit
@@ -262,29 +291,8 @@ export async function lockStateFile(
   } = {},
 ): Promise<HeldLock> {
   const lockPath = `${statePath}.lock`;
-  // The directories that exist are checked before any is created: a refused run leaves nothing
-  // behind (`sudo iptlb` in a user's directory made `local/` there, then refused it).
-  const existing = existingPart(statePath);
-  try {
-    checkDirChain(existing);
-  } catch (e) {
-    throw fsFailure(e, 'check the directories of the state file', statePath);
-  }
   const unlocked: HeldLock = { unlocked: true, release() {} };
-  if (existing !== statePath) {
-    try {
-      await ensureStateDir(statePath);
-    } catch (e) {
-      const err = fsFailure(e, 'create the directory of the state file', statePath);
-      if (opts.readOnly && onReadOnlyFs(err)) return unlocked;
-      throw err;
-    }
-    try {
-      checkDirChain(statePath);
-    } catch (e) {
-      throw fsFailure(e, 'check the directories of the state file', statePath);
-    }
-  }
+  if (!(await prepareStateDir(statePath, !!opts.readOnly))) return unlocked;
   // The wait measures a lack of progress: while the lock keeps changing hands (each holder stamps
   // the lock file's time, see below) a waiter queued behind many others waits on, up to
   // MAX_WAIT_FACTOR times the wait; a holder that keeps it for the whole wait times it out.
@@ -334,15 +342,20 @@ export async function lockStateFile(
 }
 
 /**
- * Takes an flock on `lockPath` (created when absent, checked as the state file's lock is) without
- * waiting, held until released, not by the children this process spawns; undefined when another
- * holder has it (another process, or another taker of this process).
+ * Takes an flock on `<statePath><suffix>` beside the state file without waiting, held until released
+ * and not by the children this process spawns; undefined when another holder has it (another
+ * process, or another taker of this one). The directories are checked and created first, and the
+ * lock file checked, as {@link lockStateFile} does. Where the file system is read-only (nothing can be
+ * written beside the state file there), an `unlocked` lock.
  */
-export async function tryLockFile(lockPath: string): Promise<HeldLock | undefined> {
+export async function tryLockBeside(statePath: string, suffix: string): Promise<HeldLock | undefined> {
+  const unlocked: HeldLock = { unlocked: true, release() {} };
+  if (!(await prepareStateDir(statePath, true))) return unlocked;
   try {
-    return await flockOne(lockPath, 0, lockPath, 0, false);
+    return await flockOne(`${statePath}${suffix}`, 0, `${statePath}${suffix}`, 0, false);
   } catch (e) {
     if (e instanceof IptlbError && e.code === 'ELOCK' && e.errno === EWOULDBLOCK) return undefined;
+    if (onReadOnlyFs(e)) return unlocked;
     throw e;
   }
 }

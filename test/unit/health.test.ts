@@ -1188,3 +1188,25 @@ test('one checker per state file: a second one, of this process or another, refu
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("a checker of a state file whose directory does not exist yet creates it (as the state file's lock does), takes its lock there and publishes: nothing said", async () => {
+  const { mkdtempSync, rmSync, existsSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-checker-dir-'));
+  const file = path.join(dir, 'local', 'state.db');
+  const log: string[] = [];
+  const c = new HealthChecker(coreHost(new Core({ stateFile: file, engine: 'legacy' }, new FakeLegacyKernel())), {
+    probe: new Probes().probe,
+    log: (l) => log.push(l),
+  });
+  try {
+    await c.start();
+    assert.ok(existsSync(`${file}.health.lock`) && existsSync(`${file}.health.json`));
+    await c.stop();
+    assert.deepEqual(log, []);
+  } finally {
+    await c.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
