@@ -265,9 +265,9 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
   /** Makes the kernel match the state file in one transaction. */
   sync(): Promise<{ before: ProfileReport[]; committed: boolean; commitMs: number }> {
     return this.call(async () => {
-      const r = await this.core.sync();
-      this.reportDrift(r.before);
-      return r;
+      const { before, committed, commitMs } = await this.core.sync();
+      this.reportDrift(before);
+      return { before, committed, commitMs }; // what it declares: not the core's map of the profiles it read
     });
   }
 

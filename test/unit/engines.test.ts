@@ -858,6 +858,7 @@ for (const engine of ['legacy', 'nft'] as const) {
         const commits = kernels[engine].commits.length;
         const r = await mem.sync();
         assert.equal(r.committed, false);
+        assert.deepEqual(Object.keys(r).sort(), ['before', 'commitMs', 'committed'], 'what sync() declares, no more');
         assert.equal(kernels[engine].commits.length, commits);
         assert.deepEqual(drift, []);
         // (An in-memory handle registers no state file: the owner sees its profile as orphaned.)
