@@ -307,6 +307,12 @@ test("bad input given by flags leaves nothing in the state file's directory, not
     const del = await cli(['-run', '-delete', '-profile=x', `-state-file=${st}`]);
     assert.equal(del.code, 1, del.err);
     assert.deepEqual(readdirSync(dir), []);
+    // Every profile deleted from a state file that does not exist: refused as sync refuses it (a wrong
+    // path would otherwise say nothing and leave every rule), nothing made.
+    const all = await cli(['delete', '--all', `--state-file=${st}`]);
+    assert.equal(all.code, 1, all.err);
+    assert.match(all.err, /^iptlb: error: state-file: \S+ does not exist; nothing was changed/);
+    assert.deepEqual(readdirSync(dir), []);
     // A state file that is a directory: refused before any lock file is made beside it.
     mkdirSync(path.join(dir, 'sub'));
     const sub = await cli([

@@ -12,7 +12,8 @@ async function deleteCommand(names: string[], o: GlobalOpts & { all?: boolean },
   const result = await transact(
     core,
     (state) => (o.all ? { upsert: [], remove: [...state.keys()] } : deleteChange(state, names)),
-    { run: true },
+    // --all decides from the state file: one that does not exist is refused (a wrong path), as sync does.
+    { run: true, ...(o.all ? { requireFile: true } : {}) },
   );
   report(result, o, io, verboseRules(core, io));
 }
@@ -24,7 +25,7 @@ export function register(program: Command, io: Out): void {
       .description('delete profiles from the kernel and the state file, in one transaction')
       .argument('[names...]'),
   )
-    .option('--all', 'delete every profile of the state file')
+    .option('--all', 'delete every profile of the state file (which must exist)')
     .action(async (names: string[], o: GlobalOpts & { all?: boolean }, cmd: Command) =>
       deleteCommand(names, withGlobals(o, cmd), io),
     );
