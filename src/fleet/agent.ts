@@ -40,6 +40,7 @@ import {
   type EtcdOptions,
   type FleetStore,
   type StoreEvent,
+  type StoreKV,
   type WatchHandle,
 } from './store.js';
 import { nodeOs } from '../platform/builtins.js';
@@ -151,6 +152,18 @@ export interface AgentEvents {
 /** A profile of the store as the agent's mirror holds it. */
 type Mirrored = StoredEntry & { modRevision: number };
 
+/**
+ * A write this agent saw the store make: a profile put or delete it listed or folded, or its own host key put (the
+ * put's revision; `value`: what it wrote). The store's history at `revision` must still show it: a store restored
+ * from a snapshot taken before it does not, whatever revision the store has reached since.
+ */
+interface Witness {
+  key: string;
+  revision: number;
+  deleted?: boolean;
+  value?: string;
+}
+
 /** The `instance` a host key's value names (undefined: none, or not JSON). */
 function instanceOf(value: string): string | undefined {
   try {
@@ -194,6 +207,13 @@ export class Agent extends EventEmitter<AgentEvents> {
   private mirrorRevision = 0;
   /** The newest event folded into the mirror (the listed revision at first). */
   private eventRevision = 0;
+  /**
+   * The newest write this agent knows the store made (see {@link Witness}), and the one the next periodic check
+   * verifies: the newest as the check before it began (a write of a restored store's new history, folded or put
+   * since, cannot have replaced it yet).
+   */
+  private witness?: Witness;
+  private anchor?: Witness;
   private applyRevision = 0;
   /** Keys of the mirror at applyRevision (see {@link HostStatus.profileKeys}); undefined before the first commit. */
   private applyKeys?: number;
@@ -428,6 +448,12 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.mirror = listed;
     this.mirrorRevision = revision;
     this.eventRevision = revision;
+    // The listed set replaces what the agent knew: the newest listed key is the write to verify from now on.
+    let newest: Mirrored | undefined;
+    let newestName = '';
+    for (const [name, m] of listed) if (!newest || m.modRevision > newest.modRevision) [newest, newestName] = [m, name];
+    this.witness = newest ? { key: start + newestName, revision: newest.modRevision } : undefined;
+    this.anchor = this.witness;
     this.log(
       `agent: listed ${listed.size} profile(s) at revision ${revision} in ${pages} page(s) (${(performance.now() - t0).toFixed(1)} ms)`,
     );
@@ -464,6 +490,8 @@ export class Agent extends EventEmitter<AgentEvents> {
                 if (!resumable || this.stopped || resumes.length >= MAX_RESUMES) return this.sessionFailed?.(why);
                 resumes.push(now);
                 const next = this.mirrorRevision + 1;
+                // The newest write seen before the connection was lost: none of a restored store's yet.
+                const seen = this.witness;
                 const delay = resumes.length > 1 ? this.backoff(resumes.length - 2) : 0;
                 this.log(`agent: ${why}; watching again from revision ${next}, without re-listing`);
                 const old = watch;
@@ -472,14 +500,18 @@ export class Agent extends EventEmitter<AgentEvents> {
                 const live = (): boolean => session === this.session && !this.stopped && id === current;
                 void sleep(delay, this.sleeper)
                   // A store restored from a snapshot is behind the mirror: a watch from `next` would
-                  // stay silent until the store passed it. (A read that fails: the watch's own
-                  // creation says whether the store answers.)
+                  // stay silent until the store passed it. One written past the mirror since is not, but its
+                  // history no longer holds the newest write the agent saw: a watch from `next` would skip
+                  // what it lost and what it holds instead. (A read that fails: the watch's own creation says
+                  // whether the store answers.)
                   .then(() => (live() ? store.revision(start).catch(() => undefined) : undefined))
-                  .then((rev) => {
+                  .then(async (rev) => {
                     if (!live()) return;
                     if (rev !== undefined && rev < this.mirrorRevision)
                       return this.storeWentBack(rev, 'resuming the watch');
-                    open(next);
+                    if (rev !== undefined && seen && (await this.witnessHeld(seen)) === false && live())
+                      return this.storeLost(seen, 'resuming the watch');
+                    if (live()) open(next);
                   });
               },
             })
@@ -512,12 +544,49 @@ export class Agent extends EventEmitter<AgentEvents> {
    */
   private wentBackSaid = false;
   private storeWentBack(revision: number, where: string): void {
+    this.restored(`store revision ${revision} is below revision ${this.mirrorRevision} this agent had seen (${where})`);
+  }
+  /** The store's history no longer holds write `w` the agent saw (see {@link witnessHeld}): as above. */
+  private storeLost(w: Witness, where: string): void {
+    this.restored(
+      `the store no longer holds the ${w.deleted ? 'delete' : 'write'} of ${oneLine(w.key, 120)} at revision ${w.revision} this agent saw (${where})`,
+    );
+  }
+  private restored(what: string): void {
     if (!this.relistHook) return;
     this.wentBackSaid = true;
-    this.log(
-      `agent: store revision ${revision} is below revision ${this.mirrorRevision} this agent had seen (${where}): etcd was restored from a snapshot or replaced; re-listing`,
-    );
+    this.log(`agent: ${what}: etcd was restored from a snapshot or replaced; re-listing`);
     this.relistHook();
+  }
+
+  /** Notes a write the store made (see {@link Witness}) when it is the newest known. */
+  private saw(w: Witness): void {
+    if (!this.witness || w.revision > this.witness.revision) this.witness = w;
+  }
+
+  /**
+   * Whether the store still holds write `w`: true when it does (the key's newest version is it, or a read at its
+   * revision finds it); false when the store has not reached that revision or its history there differs (another
+   * version of the key, or none; a deleted key present); undefined when it cannot tell (the revision compacted, the
+   * key unreadable, the store unreachable). `now`: the key read at the current revision, when the caller has it.
+   * (A write of the new history that lands on the same key at the same revision, with the same value for a host key,
+   * looks like `w`: etcd's revisions and values are all a client can compare.)
+   */
+  private async witnessHeld(w: Witness, now?: { kvs: StoreKV[]; revision: number }): Promise<boolean | undefined> {
+    const store = this.store!;
+    const end = `${w.key}\0`;
+    const same = (kv: StoreKV | undefined): boolean =>
+      w.deleted ? kv === undefined : kv?.modRevision === w.revision && (w.value === undefined || kv.value === w.value);
+    try {
+      if (!w.deleted) {
+        now ??= await store.range(w.key, end, { limit: 1 });
+        if (same(now.kvs[0])) return true;
+        if (now.revision < w.revision) return false;
+      }
+      return same((await store.range(w.key, end, { limit: 1, revision: w.revision })).kvs[0]);
+    } catch (e) {
+      return /future revision/i.test(storeErrorMessage(e)) ? false : undefined;
+    }
   }
 
   /**
@@ -548,6 +617,9 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.checking = true;
     let timer: NodeJS.Timeout | undefined;
     let timedOut = false;
+    // The write this check verifies, and the newest one now: verified by the next check.
+    const anchor = this.anchor;
+    const newest = this.witness;
     try {
       // Bounded here too, not only by the client's call deadline.
       const revision = await Promise.race([
@@ -572,6 +644,16 @@ export class Agent extends EventEmitter<AgentEvents> {
       const wrote = this.statusWritten; // read after this agent's write: another writer is alive
       const puts = this.statusPuts;
       const own = await this.store!.range(key, `${key}\0`, { limit: 1 }).catch(() => undefined);
+      // A store restored from a snapshot and written past the mirror's revision since: its history no longer
+      // holds a write this agent saw before this check's predecessor began (a newer one could be the new
+      // history's own). Not when the key went with its lease, another instance wrote it, or the revision is
+      // compacted: the write is still there, or the check cannot tell.
+      if (anchor && session === this.session) {
+        const held = await this.witnessHeld(anchor, anchor.key === key ? own : undefined);
+        if (session !== this.session) return;
+        if (held === false) return this.storeLost(anchor, 'periodic check');
+      }
+      if (session === this.session) this.anchor = newest;
       const value = own?.kvs[0]?.value;
       if (value !== undefined && wrote) this.checkHostKeyOwner(value, false);
       if (
@@ -626,6 +708,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     for (const e of events) {
       if (e.modRevision <= seen) continue;
       if (e.modRevision > this.eventRevision) this.eventRevision = e.modRevision;
+      this.saw({ key: e.key, revision: e.modRevision, ...(e.type === 'delete' ? { deleted: true } : {}) });
       const name = e.key.slice(start.length);
       if (e.type === 'delete') this.mirror.delete(name);
       else
@@ -850,10 +933,12 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.store
       .putLeased(hostKey(this.prefix, this.host), value, this.o.leaseTtlSec)
       .then(
-        () => {
+        (revision) => {
           this.statusAttempt = 0;
           this.statusWritten = true;
           this.statusLastWritten = value;
+          if (typeof revision === 'number' && revision > 0)
+            this.saw({ key: hostKey(this.prefix, this.host), revision, value });
         },
         (e: Error) => {
           this.statusAgain = true;

@@ -58,8 +58,9 @@ export interface FleetStore {
   revision(within?: string): Promise<number>;
   /**
    * Puts `key` under this client's lease of `ttlSec` seconds (granted on first use, granted again after it is lost).
+   * Resolves to the put's revision (the key's mod revision) when the store says it.
    */
-  putLeased(key: string, value: string, ttlSec: number): Promise<void>;
+  putLeased(key: string, value: string, ttlSec: number): Promise<number | void>;
   /**
    * One transaction (at most 128 operations); returns its revision, or `null` when `guard` is given
    * and does not hold (nothing written).
@@ -423,7 +424,7 @@ export class EtcdStore implements FleetStore {
     return num(res.header?.revision);
   }
 
-  async putLeased(key: string, value: string, ttlSec: number): Promise<void> {
+  async putLeased(key: string, value: string, ttlSec: number): Promise<number> {
     if (!this.lease || this.leaseTtl !== ttlSec) {
       const lease = this.client.lease(ttlSec, { autoKeepAlive: true });
       lease.on('lost', () => {
@@ -434,10 +435,11 @@ export class EtcdStore implements FleetStore {
     }
     const lease = this.lease;
     try {
-      await lease.put(key).value(value).exec();
+      const res = await lease.put(key).value(value).exec();
       // A lease revoked or expired while this process did not run may not say so: the key is checked
       // (see the agent's check) and, gone, written again; a put under a dead lease fails and the next
       // one grants a new lease.
+      return num(res?.header?.revision);
     } catch (e) {
       // A failed grant closes the lease object without `lost`: drop it, the next put grants a new one.
       if (this.lease === lease) this.lease = undefined;

@@ -35,6 +35,16 @@ export class FakeStore implements FleetStore {
   profileRanges = 0;
   leased = new Map<string, string>();
   leaseFails = 0;
+  /** Keys put by putLeased (with `leasedRevisions`). */
+  private readonly leasedKeys = new Set<string>();
+
+  /**
+   * `leasedRevisions`: a leased put (a host key) is a write of its own, as in etcd: it takes a revision, which it
+   * returns, and is kept in the history (read at a past revision, restored, compacted); {@link expire} deletes it as
+   * an expired lease does. Without it (the default, which the older tests assume), a leased put takes no revision,
+   * returns none and is read at the current revision only.
+   */
+  constructor(private readonly opts: { leasedRevisions?: boolean } = {}) {}
 
   private fail(): void {
     if (this.down) throw new Error('14 UNAVAILABLE: connect ECONNREFUSED (fake)');
@@ -89,6 +99,14 @@ export class FakeStore implements FleetStore {
     this.rev = rev;
     this.compacted = Math.min(this.compacted, rev);
     this.leased = new Map(leased);
+    if (this.opts.leasedRevisions) {
+      // As the restored history holds them.
+      this.leased.clear();
+      for (const k of this.leasedKeys) {
+        const v = this.at(k, rev);
+        if (v) this.leased.set(k, v.value!);
+      }
+    }
     if (!keepWatches) this.killWatches('watch disconnected: 14 UNAVAILABLE: Connection dropped (fake restore)', true);
   }
   /** Kills every watch (a disconnect / cancel). */
@@ -129,8 +147,11 @@ export class FakeStore implements FleetStore {
     if (!opts.revision && this.quorumLost) throw new Error('4 DEADLINE_EXCEEDED (fake: no quorum)');
     const revision = opts.revision ?? this.rev;
     if (revision < this.compacted) throw new Error('11 OUT_OF_RANGE: mvcc: required revision has been compacted');
+    if (revision > this.rev)
+      throw new Error('11 OUT_OF_RANGE: etcdserver: mvcc: required revision is a future revision');
     this.ranges++;
-    if (start.includes('/profiles/')) this.profileRanges++;
+    // A list: the whole of a `profiles/` prefix, page by page (the end of the prefix range).
+    if (end.endsWith('/profiles0')) this.profileRanges++;
     const keys = [...this.history.keys()].filter((k) => k >= start && k < end).sort();
     const kvs: StoreKV[] = [];
     for (const k of keys) {
@@ -138,8 +159,9 @@ export class FakeStore implements FleetStore {
       if (v) kvs.push({ key: k, value: v.value!, modRevision: v.revision, createRevision: v.created });
     }
     // Leased keys (host keys) are in etcd's key space too, at the current revision.
+    // (With `leasedRevisions`, those put by putLeased are in the history.)
     for (const [k, value] of this.leased)
-      if (k >= start && k < end && !kvs.some((x) => x.key === k))
+      if (k >= start && k < end && !this.leasedKeys.has(k) && !kvs.some((x) => x.key === k))
         kvs.push({ key: k, value, modRevision: this.rev, createRevision: this.rev });
     kvs.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
     return { kvs: kvs.slice(0, opts.limit), more: kvs.length > opts.limit, revision: this.rev };
@@ -189,7 +211,7 @@ export class FakeStore implements FleetStore {
     return this.rev;
   }
 
-  async putLeased(key: string, value: string): Promise<void> {
+  async putLeased(key: string, value: string): Promise<number | void> {
     await Promise.resolve();
     this.fail();
     if (this.quorumLost) throw new Error('4 DEADLINE_EXCEEDED (fake: no quorum)');
@@ -198,6 +220,15 @@ export class FakeStore implements FleetStore {
       throw new Error('lease grant failed (fake)');
     }
     this.leased.set(key, value);
+    if (!this.opts.leasedRevisions) return;
+    this.leasedKeys.add(key);
+    return this.put(key, value);
+  }
+
+  /** A leased key's lease expired (or was revoked): the key is deleted (with `leasedRevisions`, at a revision). */
+  expire(key: string): void {
+    this.leased.delete(key);
+    if (this.opts.leasedRevisions) this.del(key);
   }
 
   /** Called at the start of each txn (a test's hook: a write that races the caller). */

@@ -150,6 +150,99 @@ describe('fleet agent: etcd restored from a snapshot (its revision goes back)', 
       await until(async () => (await inKernel(a)) === 'a,d,e', 'e by the watch');
     });
 
+  // Restored, then written past every revision the agent saw before it looks: the store's revision does not go
+  // back, but its history no longer holds the newest write the agent saw.
+  for (const leasedRevisions of [true, false])
+    for (const how of ['resuming the watch', 'periodic check'] as const)
+      test(`restored and written past the revisions the agent saw before it looks: noticed ${how === 'resuming the watch' ? 'when the watch is resumed' : 'by the periodic check (a watch that stays open)'}, by ${leasedRevisions ? 'its own host key put (a write of its own, as in etcd)' : 'the newest profile write (a store whose host key puts say no revision)'}; the agent re-lists and serves what the store holds`, async (t) => {
+        mockTimers(t);
+        const store = new FakeStore({ leasedRevisions });
+        const lines: string[] = [];
+        const a = makeAgent(store, { log: (l) => lines.push(l) });
+        putProf(store, 'a', 1);
+        await a.start();
+        await until(async () => (await inKernel(a)) === 'a' && hostStatus(store)?.watch === 'watching', 'a applied');
+        const snapshot = store.rev;
+        putProf(store, 'b', 2);
+        const c = putProf(store, 'c', 3);
+        await until(async () => (await inKernel(a)) === 'a,b,c' && hostStatus(store)?.revision === c, 'b, c');
+        // The periodic check verifies the newest write as the check before it began: a few checks go by.
+        await advance(100);
+        const newest = store.rev; // c's, or the host key's put after it
+        const ranges = store.profileRanges;
+        // Restored: b and c are gone; d, e and other keys are written past every revision the agent saw.
+        store.restore(snapshot, undefined, how === 'periodic check');
+        const d = putProf(store, 'd', 4);
+        assert.ok(d <= c);
+        while (store.rev <= newest) store.put('/elsewhere/k', String(store.rev));
+        const e = putProf(store, 'e', 5);
+        assert.ok(e > newest);
+        await until(async () => (await inKernel(a)) === 'a,d,e', 'the store as it is now: d included, b and c gone');
+        assert.ok(store.profileRanges > ranges, 're-listed');
+        const key = leasedRevisions ? `${P}hosts/h1` : profileKey(P, 'c');
+        assert.ok(
+          lines.some(
+            (l) =>
+              l ===
+              `agent: the store no longer holds the write of ${key} at revision ${newest} this agent saw (${how}): etcd was restored from a snapshot or replaced; re-listing`,
+          ),
+          lines.join('\n'),
+        );
+        assert.ok(!lines.some((l) => /is below revision/.test(l)), 'the revision did not go back');
+        await until(
+          () => (hostStatus(store)?.revision ?? 0) >= e && hostStatus(store)?.watch === 'watching',
+          'host key',
+        );
+        // And the watch follows the store from there, without re-listing again.
+        const listed = store.profileRanges;
+        putProf(store, 'f', 6);
+        await until(async () => (await inKernel(a)) === 'a,d,e,f', 'f by the watch');
+        await advance(200);
+        assert.equal(store.profileRanges, listed, 'listed once');
+        assert.equal(lines.filter((l) => /restored from a snapshot or replaced/.test(l)).length, 1);
+      });
+
+  test('not taken for a restore: the host key gone with its lease or written by another instance, a lost watch resumed, a profile deleted and written again, the revisions seen compacted', async (t) => {
+    mockTimers(t);
+    const store = new FakeStore({ leasedRevisions: true });
+    const lines: string[] = [];
+    const a = makeAgent(store, { log: (l) => lines.push(l) });
+    putProf(store, 'a', 1);
+    await a.start();
+    await until(async () => (await inKernel(a)) === 'a' && hostStatus(store)?.watch === 'watching', 'a applied');
+    await advance(100);
+    const ranges = store.profileRanges;
+    const key = `${P}hosts/h1`;
+    store.expire(key);
+    await until(() => store.leased.has(key), 'the host key written again');
+    assert.ok(lines.some((l) => l === `agent: host key ${key} is gone (its lease lost); writing it again`));
+    await advance(200);
+    store.killWatches('watch disconnected: 14 UNAVAILABLE (fake)', true);
+    await until(() => lines.some((l) => /watching again from revision/.test(l)) && store.watching === 1, 'resumed');
+    const b = putProf(store, 'b', 2);
+    await until(async () => (await inKernel(a)) === 'a,b' && hostStatus(store)?.revision === b, 'b');
+    await advance(200);
+    const other = JSON.stringify({ ...hostStatus(store), instance: '1-00000000' });
+    await store.putLeased(key, other);
+    await until(() => lines.some((l) => /WARNING: another live agent runs with --host h1/.test(l)), 'warned');
+    await advance(200);
+    store.del(profileKey(P, 'b'));
+    await until(async () => (await inKernel(a)) === 'a', 'b deleted');
+    await advance(200);
+    const b2 = putProf(store, 'b', 3);
+    await until(async () => (await inKernel(a)) === 'a,b' && hostStatus(store)?.revision === b2, 'b again');
+    store.compact();
+    await advance(200);
+    const c = putProf(store, 'c', 4);
+    store.del(profileKey(P, 'c'));
+    store.compact();
+    await until(async () => (await inKernel(a)) === 'a,b' && (hostStatus(store)?.revision ?? 0) > c, 'c and gone');
+    store.compact();
+    await advance(200);
+    assert.equal(store.profileRanges, ranges, 'no re-list');
+    assert.ok(!lines.some((l) => /restored from a snapshot or replaced/.test(l)), lines.join('\n'));
+  });
+
   test("a host key holding another status of this agent than its last write is written again by the next check (not only a missing one); another instance's is not fought over", async (t) => {
     const { store, lines } = await startedWithA(t);
     const key = `${P}hosts/h1`;

@@ -554,9 +554,13 @@ describe('fleet: agent against a fake store and the fake nft kernel', () => {
     await a.ready;
     await until(() => handlers !== undefined, 'watch created');
     const L = store.rev;
-    // The store reaches L + 5 (keys outside the prefix): the agent's check takes a store behind its
-    // mirror for one restored from a snapshot.
-    for (let i = 0; i < 5; i++) store.put('/elsewhere/k', String(i));
+    // The store reaches L + 5, x and y written at L + 1 and L + 3 (as the events below say: the agent's checks
+    // verify the newest write it saw) and other keys between: the agent's check takes a store behind its mirror
+    // for one restored from a snapshot.
+    putProf(store, 'x', 2);
+    store.put('/elsewhere/k', '1');
+    putProf(store, 'y', 3);
+    for (let i = 0; i < 2; i++) store.put('/elsewhere/k', String(i));
     const ev = (name: string, port: number, rev: number) => ({
       type: 'put' as const,
       key: profileKey(P, name),
