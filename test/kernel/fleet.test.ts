@@ -618,3 +618,79 @@ test(
     });
   },
 );
+
+test(
+  'fleet (nft/native): etcd restored from a snapshot (etcdctl snapshot save, restore into a new data directory, restart) and written past every revision the agent saw before it looks: the agent re-lists and serves what the store holds',
+  { skip: SKIP || nftNative.skip, timeout: 90_000 },
+  async () => {
+    await onHosts(['h1'], async (c, s, t) => {
+      const agent = startAgent(t, c, 'h1', 'm1', nftNative);
+      const ra = (await fleetApply(s, P, [prof('a', '127.100.0.10')])).revision;
+      await waitApplied(s, 'h1', ra);
+      const snap = path.join(c.dir, 'snap.db');
+      const etcdctl = (args: string[]) =>
+        execFileP('etcdctl', args, { cwd: c.dir, env: { ...process.env, ETCDCTL_API: '3' } });
+      await etcdctl(['--endpoints', c.endpoint('m1'), 'snapshot', 'save', snap]);
+      const rbc = (await fleetApply(s, P, [prof('b', '127.100.0.11'), prof('c', '127.100.0.12')])).revision;
+      await waitFor('b and c applied, watching', async () => {
+        const x = await hostStatus(s, 'h1');
+        return x && x.revision >= rbc && x.watch === 'watching';
+      });
+      await balanced(t, 'h1', '127.100.0.11');
+      // The newest write the agent made: its host key's put, after its commit of b and c.
+      const key = hostKey(P, 'h1');
+      const seen = (await s.range(key, `${key}\0`, { limit: 1 })).kvs[0]!.modRevision;
+      assert.ok(seen > rbc);
+
+      // The agent does not run while etcd is restored and written past every revision it saw.
+      agent.child.kill('SIGSTOP');
+      let s2: EtcdStore | undefined;
+      try {
+        await c.kill('m1');
+        rmSync(path.join(c.dir, 'm1'), { recursive: true, force: true });
+        await etcdctl([
+          'snapshot',
+          'restore',
+          snap,
+          '--data-dir',
+          path.join(c.dir, 'm1'),
+          '--name',
+          'm1',
+          '--initial-cluster',
+          'm1=unix://m1p:1',
+          '--initial-advertise-peer-urls',
+          'unix://m1p:1',
+        ]);
+        c.run('m1');
+        s2 = await c.client('m1');
+        const restored = await waitFor('etcd restored', () => s2!.revision());
+        assert.ok(restored < rbc, `restored at ${restored}, b and c at ${rbc}`);
+        const rd = (await fleetApply(s2, P, [prof('d', '127.100.0.13')])).revision;
+        assert.ok(rd <= rbc, `d at ${rd}: a revision the agent has seen`);
+        while ((await s2.revision()) <= seen) await s2.txn([{ put: `${P}notes/x`, value: '1' }]);
+        const re = (await fleetApply(s2, P, [prof('e', '127.100.0.14')])).revision;
+        assert.ok(re > seen);
+        const mark = agent.stderr().length;
+        agent.child.kill('SIGCONT');
+        // (Resumed from the mirror's revision, the watch would skip d and serve b and c on.)
+        await waitFor('e applied, watching', async () => {
+          const x = await hostStatus(s2!, 'h1');
+          return x && x.revision >= re && x.watch === 'watching';
+        });
+        for (const vip of ['127.100.0.10', '127.100.0.13', '127.100.0.14']) await balanced(t, 'h1', vip);
+        for (const vip of ['127.100.0.11', '127.100.0.12']) await gone(t, 'h1', vip);
+        await waitLog(
+          agent,
+          /the store no longer holds the write of \S+ at revision \d+ this agent saw \(.*\): etcd was restored from a snapshot or replaced; re-listing/,
+          'the restore noticed',
+          20_000,
+          mark,
+        );
+        assert.equal((await agent.kill('SIGTERM')).code, 0);
+      } finally {
+        agent.child.kill('SIGCONT');
+        await s2?.close();
+      }
+    });
+  },
+);
