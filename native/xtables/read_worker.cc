@@ -183,7 +183,8 @@ void ReadWorker::ReadTable() {
       }
       const std::string comment = CommentOf<F>(e);
       // As the commit decides (transaction.cc): no comment text, a profile chain as the target.
-      if (comment.empty() && target && IsProfileChain(target)) bare_.push_back({hook, target});
+      if (comment.empty() && target && IsProfileChain(target))
+        bare_.push_back({hook, target, DecodeRule<F>(e, h.get()).rule});
       if (comment.compare(0, 6, "iptlb:") != 0) continue;
       const bool direct = std::strcmp(hook, "OUTPUT") == 0 || std::strcmp(hook, "PREROUTING") == 0;
       hooks_.push_back({hook, comment.substr(6), pos, DecodeRule<F>(e, h.get()), direct});
@@ -253,8 +254,9 @@ void ReadWorker::OnOK() {
     Napi::Array bare = Napi::Array::New(env, bare_.size());
     for (uint32_t i = 0; i < bare_.size(); i++) {
       Napi::Object o = Napi::Object::New(env);
-      o.Set("chain", bare_[i].first);
-      o.Set("target", bare_[i].second);
+      o.Set("chain", bare_[i].hook);
+      o.Set("target", bare_[i].target);
+      o.Set("rule", RuleToJs(env, family_, bare_[i].rule));
       bare.Set(i, o);
     }
     view.Set("bareJumps", bare);

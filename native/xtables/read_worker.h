@@ -44,8 +44,13 @@ class ReadWorker : public ThreadJob {
   std::vector<HookView> hooks_;
   std::vector<std::string> gates_;     // hooks whose gate rule exists
   std::vector<std::string> dispatch_;  // hooks whose dispatch chain exists
-  // The original iptlb's jumps: no comment, in a built-in chain, to a profile's chain (hook, target).
-  std::vector<std::pair<std::string, std::string>> bare_;
+  // The original iptlb's jumps: no comment, in a built-in chain, to a profile's chain.
+  struct BareJump {
+    std::string hook;
+    std::string target;
+    Rule rule;  // its address, protocol and port (a profile's change at that address is refused)
+  };
+  std::vector<BareJump> bare_;
 };
 
 }  // namespace iptlb

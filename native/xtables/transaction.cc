@@ -7,6 +7,7 @@
 #include <set>
 
 #include "iptc_handle.h"
+#include "ip_text.h"
 #include "rule_decoder.h"
 #include "rule_encoder.h"
 
@@ -201,8 +202,11 @@ void DeleteChains(struct xtc_handle *h, const Transaction &tx) {
 
 // With tx.exclusive, for a chain about to be refilled that a rule still jumps to once the owners'
 // rules are deleted: when it is the chain of a held profile (tx.held), that rule is another
-// profile's (`WEB` shares `web`'s chain), which refilling the chain would take over. The rule is
-// looked for in the hooks and dispatch chains to name it.
+// profile's (`WEB` shares `web`'s chain), which refilling the chain would take over; or a rule iptlb
+// did not write (another tool's comment, or in a chain of its own), whose packets refilling the chain
+// would send to this profile's new rules. The rule is looked for in every chain, to name it; a
+// profile's is named first. The text of the second refusal is the spawn executor's too (restore.ts
+// jumpedBy).
 template <typename F>
 void RefuseShared(struct xtc_handle *h, const Transaction &tx, const std::string &chain) {
   using Entry = typename F::Entry;
@@ -214,21 +218,32 @@ void RefuseShared(struct xtc_handle *h, const Transaction &tx, const std::string
     if (owner && c.name == *owner) return;  // RefuseHeld's
   }
   if (!owner) return;
-  static const xt_chainlabel kAll[] = {"PREROUTING",  "INPUT",        "OUTPUT",
-                                       "POSTROUTING", "IPTLB_OUTPUT", "IPTLB_PREROUTING"};
-  std::string by;
-  for (const char *hook : kAll) {
-    if (!F::IsChain(hook, h)) continue;
-    for (const Entry *e = F::FirstRule(hook, h); e && by.empty(); e = F::NextRule(e, h)) {
-      if (chain != F::GetTarget(e, h)) continue;
+  std::string profile;  // a profile's rule: "rule iptlb:<name> in <chain>"
+  std::string other;    // the chain of a rule iptlb did not write
+  for (const char *c = F::FirstChain(h); c && profile.empty(); c = F::NextChain(h)) {
+    for (const Entry *e = F::FirstRule(c, h); e; e = F::NextRule(e, h)) {
+      const char *t = F::GetTarget(e, h);
+      if (!t || chain != t) continue;
       const std::string comment = CommentOf<F>(e);
-      by = (comment.empty() ? std::string("a rule") : "rule " + comment) + " in " + hook;
+      if (comment.compare(0, 6, "iptlb:") == 0) {
+        profile = "rule " + comment + " in " + c;
+        break;
+      }
+      if (other.empty()) other = c;
     }
   }
+  const std::string table = F::kFamily == Family::kIpv6 ? "ip6tables " : "";
+  if (profile.empty() && !other.empty())
+    Throw(NativeError{"ECONFLICT", EEXIST,
+                      "name: profile " + *owner + ": its chain " + chain +
+                          ", which this change refills, is jumped to by a rule iptlb did not write (in " + other +
+                          "), whose packets would reach this profile's new rules: remove that jump (`" +
+                          (F::kFamily == Family::kIpv6 ? "ip6" : "") + "iptables-legacy-save -t nat | grep -- '-j " +
+                          chain + "'` finds it), then apply again"});
   Throw(NativeError{"ECONFLICT", EEXIST,
-                    "name: profile " + *owner + ": the " + (F::kFamily == Family::kIpv6 ? "ip6tables " : "") +
-                        "nat table already holds a profile of that name (chain " + chain + (by.empty() ? "" : ", ") +
-                        by + ")"});
+                    "name: profile " + *owner + ": the " + table +
+                        "nat table already holds a profile of that name (chain " + chain +
+                        (profile.empty() ? "" : ", ") + profile + ")"});
 }
 
 // Chains created, or flushed and refilled.
@@ -434,6 +449,23 @@ void RefuseHeld(struct xtc_handle *h, const Transaction &tx, const HeldRules &he
 // With tx.exclusive: a rule of another profile (commented iptlb:<name>, the name not among the
 // owners) in a dispatch chain that selects the address, protocol and port of one of the rules this
 // transaction inserts there. Run after the owners' rules are deleted: what is left is not theirs.
+// The refusal of a profile's rule at the address of the original iptlb's jump (no comment, in a
+// built-in chain, to a profile chain this change leaves as it is). The text is the spawn executor's
+// too (restore.ts originalTaken): what to do, and the command that deletes that jump.
+std::string OriginalTaken(Family family, const std::string &owner, const std::string &hook, const SetElement &el,
+                          const std::string &target) {
+  const char *proto = el.proto == IPPROTO_TCP ? "tcp" : el.proto == IPPROTO_UDP ? "udp" : "sctp";
+  const std::string addr = family == Family::kIpv6 ? Ipv6Text(el.addr.in6.s6_addr)
+                                                   : Ipv4Text(reinterpret_cast<const uint8_t *>(&el.addr.in.s_addr));
+  const std::string rule =
+      std::string("-p ") + proto + " -d " + addr + " --dport " + std::to_string(el.port) + " -j " + target;
+  return "profile " + owner + ": its address is served by the original iptlb's rule in " + hook + " (" + rule +
+         ", no comment), which this change would leave in place (two rules for one address: the first in " + hook +
+         " wins): take that profile over under its original name (the one chain " + target +
+         " was made from, applied with -run through the state file that holds it), or delete the original's rule: " +
+         (family == Family::kIpv6 ? "ip6tables-legacy" : "iptables-legacy") + " -t nat -D " + hook + " " + rule;
+}
+
 template <typename F>
 void RefuseTaken(struct xtc_handle *h, const Transaction &tx) {
   using Entry = typename F::Entry;
@@ -465,6 +497,25 @@ void RefuseTaken(struct xtc_handle *h, const Transaction &tx) {
       Throw(NativeError{"ECONFLICT", EEXIST,
                         "profile " + it->second->owner + ": its address is taken in the kernel by profile " +
                             comment.substr(6) + " (rule " + comment + " in " + chain + ")"});
+    }
+  }
+  // The original iptlb's jumps in the built-in chain itself: those to a chain this change deletes or
+  // refills are gone (DeleteOwnedRules); one left selecting a planned address would serve it too.
+  for (const char *hook : kGated) {
+    const auto m = mine.find(std::string("IPTLB_") + hook);
+    if (m == mine.end()) continue;
+    for (const Entry *e = F::FirstRule(hook, h); e; e = F::NextRule(e, h)) {
+      const char *target = F::GetTarget(e, h);
+      Rule head;
+      if (!target || !IsProfileChain(target) || !GetHeader<F>(e, &head) || !head.has_dst ||
+          !heads.count({std::string(reinterpret_cast<const char *>(&head.dst), sizeof(head.dst)), head.proto}) ||
+          !CommentOf<F>(e).empty())
+        continue;
+      SetElement el;
+      if (!ElementOfRule(DecodeRule<F>(e, h).rule, &el)) continue;
+      const auto it = m->second.find(el);
+      if (it == m->second.end()) continue;
+      Throw(NativeError{"ECONFLICT", EEXIST, OriginalTaken(F::kFamily, it->second->owner, hook, el, target)});
     }
   }
 }

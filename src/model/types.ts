@@ -232,9 +232,16 @@ export interface KernelView {
    * Legacy engine: rules without any comment in a built-in chain that jump to a profile's chain (the
    * original iptlb's jumps). A change that deletes or refills that chain deletes them (the native
    * executor does so in its commit). `raw`, their saved text, comes with the spawn executor's read;
-   * the native read says only where they are and where they jump.
+   * `rule` (their address, protocol and port: a change that puts a profile's rule at the address of
+   * one it leaves is refused) with both reads, when the rule is one iptlb reads.
    */
-  bareJumps?: { chain: string; target: string; raw?: string }[];
+  bareJumps?: { chain: string; target: string; raw?: string; rule?: Rule }[];
+  /**
+   * Legacy engine, the spawn executor's read: rules iptlb did not write (another tool's comment, or in a chain of its
+   * own) that jump to a profile's chain. With `exclusive`, a change that refills the chain of a profile the state file
+   * holds is refused while one does (the native executor's commit counts the chain's references instead).
+   */
+  otherJumps?: { chain: string; target: string }[];
   gate?: {
     gates: ('OUTPUT' | 'PREROUTING')[];
     dispatch: ('OUTPUT' | 'PREROUTING')[];

@@ -16,7 +16,7 @@ import type { NftEndpoint, NftFamily, NftTransaction, NftView } from '../engines
 import { packageRoot } from './paths.js';
 
 /** ABI of the addon this TypeScript expects (native/common/addon_args.h: kAbiVersion). */
-export const EXPECTED_ABI = 22;
+export const EXPECTED_ABI = 23;
 
 /**
  * Conntrack entries to delete: original destination `vip`, protocol, reply source `destination` (flows DNATed to it).

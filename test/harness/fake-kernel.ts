@@ -6,7 +6,8 @@
  * against something that remembers. Tamper with `tables` to simulate other tools, reboots and flushes.
  */
 import { IptlbError } from '../../src/model/errors.js';
-import { refuseHeld, renderRestore } from '../../src/engines/legacy/restore.js';
+import { refuseConflicts, renderRestore } from '../../src/engines/legacy/restore.js';
+import { OWN_CHAIN } from '../../src/engines/legacy/plan.js';
 import {
   type NftBaseChain,
   type NftEndpoint,
@@ -52,13 +53,21 @@ export class FakeLegacyKernel implements LegacyExecutor {
   async commit(tx: Transaction): Promise<CommitResult> {
     const refused = this.fail?.(tx);
     if (refused) throw refused;
-    // A state-file instance's change: a profile it creates under a name the table holds is refused,
-    // as the native executor's commit does (the same check as the spawn executor's, restore.ts).
-    if (tx.exclusive) refuseHeld(tx, await this.read(tx.family));
+    // A state-file instance's change: a profile it creates under a name the table holds, or at an
+    // address another's rule (or the original iptlb's jump) serves, is refused, as the native
+    // executor's commit does (the same checks as the spawn executor's, restore.ts).
+    refuseConflicts(tx, await this.read(tx.family));
     const t = clone(this.tables.get(tx.family) ?? emptyNat());
     const owners = new Set(tx.owners);
+    // The original iptlb's jumps (no owner here: no comment) to a chain the change deletes or refills go too.
+    const targets = new Set([...tx.deleteChains, ...tx.chains.map((c) => c.name)]);
+    const bare = (r: { owner?: string; rule: Rule }): boolean =>
+      !r.owner && r.rule.target.name === 'jump' && OWN_CHAIN.test(r.rule.target.chain);
     for (const k of Object.keys(t.hooks) as (keyof FakeNatTable['hooks'])[])
-      t.hooks[k] = t.hooks[k].filter((r) => !r.owner || !owners.has(r.owner));
+      t.hooks[k] = t.hooks[k].filter(
+        (r) =>
+          (!r.owner || !owners.has(r.owner)) && !(bare(r) && targets.has((r.rule.target as { chain: string }).chain)),
+      );
     for (const c of tx.deleteChains) {
       if (!t.chains.has(c)) continue;
       const referenced = [
@@ -90,19 +99,36 @@ export class FakeLegacyKernel implements LegacyExecutor {
   async read(family: Family = 'ipv4'): Promise<KernelView> {
     const t = this.tables.get(family) ?? emptyNat();
     const hookRules: KernelView['hookRules'] = [];
+    const bareJumps: NonNullable<KernelView['bareJumps']> = [];
     for (const [chain, rules] of Object.entries(t.hooks) as [HookChain | 'INPUT', { owner?: string; rule: Rule }[]][]) {
       rules.forEach((r, i) => {
         if (r.owner)
           hookRules.push({ chain, owner: r.owner, position: i + 1, rule: clone(r.rule), packets: 0n, bytes: 0n });
+        // No owner (no comment), a jump to a profile's chain: the original iptlb's, as the addon reads it.
+        else if (r.rule.target.name === 'jump' && OWN_CHAIN.test(r.rule.target.chain))
+          bareJumps.push({ chain, target: r.rule.target.chain, rule: clone(r.rule) });
       });
     }
+    // Another tool's chains' jumps to a profile's chain (as the spawn executor's read reports them).
+    const otherJumps: NonNullable<KernelView['otherJumps']> = [];
+    for (const [name, rules] of t.chains)
+      if (!name.startsWith('IPTLB_'))
+        for (const r of rules)
+          if (r.target.name === 'jump' && OWN_CHAIN.test(r.target.chain))
+            otherJumps.push({ chain: name, target: r.target.chain });
     const chains = [...t.chains]
       .filter(([name]) => name.startsWith('IPTLB_'))
       .map(([name, rules]) => ({ name, rules: rules.map((rule) => ({ rule: clone(rule), packets: 0n, bytes: 0n })) }));
     // The gated layout (src/engines/legacy/gate.ts): iptlb's OUTPUT/PREROUTING rules sit behind a gate per hook, which
     // exists while the hook has any; the fake keeps them in the hook's list and reports the gates.
     const gated = (['OUTPUT', 'PREROUTING'] as const).filter((h) => t.hooks[h].some((r) => r.owner));
-    return { chains, hookRules, ...(gated.length ? { gate: { gates: [...gated], dispatch: [...gated] } } : {}) };
+    return {
+      chains,
+      hookRules,
+      ...(gated.length ? { gate: { gates: [...gated], dispatch: [...gated] } } : {}),
+      ...(bareJumps.length ? { bareJumps } : {}),
+      ...(otherJumps.length ? { otherJumps } : {}),
+    };
   }
 
   async render(tx: Transaction): Promise<string> {

@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { Core, upsertChange, deleteChange } from '../../src/core/core.js';
 import { IptlbError, open, serializeState } from '../../src/index.js';
 import { validateProfile } from '../../src/model/profile.js';
-import { FakeLegacyKernel, FakeNftKernel, kernelError } from '../harness/fake-kernel.js';
+import { FakeLegacyKernel, FakeNftKernel, kernelError, type FakeNatTable } from '../harness/fake-kernel.js';
 import { lockStateFile } from '../../src/platform/lock.js';
 import { otherStateFiles, registerStateFile } from '../../src/core/registry.js';
 import type { EngineName, ProfileInput } from '../../src/model/types.js';
@@ -1785,4 +1785,137 @@ test('countDrifted: orphans named after a profile (rule:NAME, its address, its n
       leftovers: 2,
     },
   );
+});
+
+/**
+ * The original iptlb's rules in a fake table, as it writes them (seed-behaviour.md): its chain with a DNAT rule and
+ * RETURN, and a jump without a comment (no owner here) at the top of OUTPUT.
+ */
+function originalRules(kernel: FakeLegacyKernel, family: 'ipv4' | 'ipv6', name: string, vip: string, port: number) {
+  const v6 = family === 'ipv6';
+  const t: FakeNatTable = kernel.tables.get(family) ?? {
+    hooks: { OUTPUT: [], PREROUTING: [], POSTROUTING: [], INPUT: [] },
+    chains: new Map(),
+  };
+  const chain = `IPTLB_NAT_${name.toUpperCase()}`;
+  const dst = `${vip}/${v6 ? 128 : 32}`;
+  const head = { dst, proto: 'tcp' as const, matches: [{ name: 'tcp' as const, dport: port }] };
+  t.chains.set(chain, [
+    { ...head, target: { name: 'DNAT', toDestination: v6 ? '[2001:db8::a]:9001' : '127.0.0.1:9001' } },
+    { matches: [], target: { name: 'RETURN' } },
+  ]);
+  t.hooks.OUTPUT.unshift({ rule: { ...head, target: { name: 'jump', chain } } });
+  kernel.tables.set(family, t);
+}
+
+const tablesText = (k: FakeLegacyKernel): string =>
+  JSON.stringify([...k.tables], (_, v) => (v instanceof Map || v instanceof Set ? [...v] : v));
+
+test("legacy: a new profile at the address of the original iptlb's jump (no comment) is refused naming source, IPv4 and IPv6, nothing changed; the original's profile is still taken over under its name", async () => {
+  const kernels = fakes();
+  originalRules(kernels.legacy, 'ipv4', 'test', '127.100.0.10', 8081);
+  originalRules(kernels.legacy, 'ipv6', 'six', '2001:db8::1', 8081);
+  const A = coreOn('legacy', kernels);
+  try {
+    const before = tablesText(kernels.legacy);
+    const commits = kernels.legacy.commits.length;
+    for (const [p, hook, rule] of [
+      [
+        { name: 'web2', source: '127.100.0.10:8081', destination: ['127.0.0.1:9003'] },
+        'OUTPUT',
+        'iptables-legacy -t nat -D OUTPUT -p tcp -d 127.100.0.10 --dport 8081 -j IPTLB_NAT_TEST',
+      ],
+      [
+        { name: 'web6', source: '[2001:db8::1]:8081', destination: ['[2001:db8::a]:9003'] },
+        'OUTPUT',
+        'ip6tables-legacy -t nat -D OUTPUT -p tcp -d 2001:db8::1 --dport 8081 -j IPTLB_NAT_SIX',
+      ],
+    ] as [ProfileInput, string, string][]) {
+      await assert.rejects(apply(A.core, p), (e: IptlbError) => {
+        assert.equal(e.code, 'ECONFLICT');
+        assert.equal(e.field, 'source');
+        assert.ok(
+          e.message.startsWith(
+            `source: profile ${p.name}: its address is served by the original iptlb's rule in ${hook} (`,
+          ),
+          e.message,
+        );
+        assert.ok(e.message.includes('take that profile over under its original name'), e.message);
+        assert.ok(e.message.endsWith(`delete the original's rule: ${rule}`), e.message);
+        assert.ok(!e.message.includes('\n'), 'one line');
+        return true;
+      });
+    }
+    assert.equal(kernels.legacy.commits.length, commits, 'nothing committed');
+    assert.equal(tablesText(kernels.legacy), before, 'the tables unchanged');
+    assert.equal(existsSync(A.file), false, 'no state file written');
+    // Another port of the same address is free; so is the address in PREROUTING (another hook).
+    await apply(A.core, { name: 'other', source: '127.100.0.10:8082', destination: ['127.0.0.1:9003'] });
+    const P = coreOn('legacy', kernels);
+    await apply(P.core, {
+      name: 'proxy',
+      source: '127.100.0.10:8081',
+      destination: ['127.0.0.1:9003'],
+      rulesBackend: 'proxy',
+    });
+    P.done();
+    // The original's own profile, from its state file: taken over, its jump deleted with the chain refilled.
+    const B = coreOn('legacy', kernels);
+    try {
+      writeFileSync(
+        B.file,
+        'test:\n  destination:\n  - 127.0.0.1:9001\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: 127.100.0.10:8081\n',
+      );
+      await apply(B.core, { name: 'test', source: '127.100.0.10:8081', destination: ['127.0.0.1:9004'] });
+      const out = kernels.legacy.tables.get('ipv4')!.hooks.OUTPUT;
+      assert.deepEqual(
+        out.map((r) => r.owner ?? 'none'),
+        ['test', 'other'],
+        "the original's jump is gone",
+      );
+      // Now iptlb's: a new profile at that address is refused as another profile's.
+      await assert.rejects(
+        apply(A.core, { name: 'web2', source: '127.100.0.10:8081', destination: ['127.0.0.1:9003'] }),
+        (e: IptlbError) => e.field === 'source' && /its address is taken in the kernel by profile test/.test(e.message),
+      );
+    } finally {
+      B.done();
+    }
+  } finally {
+    A.done();
+  }
+});
+
+test("legacy: a profile the state file holds whose chain another tool's chain jumps to (the original's chain, taken over): the refusal says so, not that the state file does not hold it; nothing changed", async () => {
+  const kernels = fakes();
+  originalRules(kernels.legacy, 'ipv4', 'test', '127.100.0.10', 8081);
+  const t = kernels.legacy.tables.get('ipv4')!;
+  t.chains.set('MYCHAIN', [{ matches: [], target: { name: 'jump', chain: 'IPTLB_NAT_TEST' } }]);
+  const A = coreOn('legacy', kernels);
+  try {
+    const original =
+      'test:\n  destination:\n  - 127.0.0.1:9001\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: 127.100.0.10:8081\n';
+    writeFileSync(A.file, original);
+    const before = tablesText(kernels.legacy);
+    await assert.rejects(
+      apply(A.core, { name: 'test', source: '127.100.0.10:8081', destination: ['127.0.0.1:9003'] }),
+      (e: IptlbError) => {
+        assert.equal(e.code, 'ECONFLICT');
+        assert.equal(e.field, 'name');
+        assert.equal(
+          e.message,
+          "name: profile test: its chain IPTLB_NAT_TEST, which this change refills, is jumped to by a rule iptlb did not write (in MYCHAIN), whose packets would reach this profile's new rules: remove that jump (`iptables-legacy-save -t nat | grep -- '-j IPTLB_NAT_TEST'` finds it), then apply again",
+        );
+        return true;
+      },
+    );
+    assert.equal(tablesText(kernels.legacy), before, 'the table unchanged');
+    assert.equal(readFileSync(A.file, 'utf8'), original, 'the state file unchanged');
+    // Without that jump, the original's profile is taken over.
+    t.chains.delete('MYCHAIN');
+    await apply(A.core, { name: 'test', source: '127.100.0.10:8081', destination: ['127.0.0.1:9003'] });
+    assert.deepEqual(await statuses(A.core), { test: 'in-sync' });
+  } finally {
+    A.done();
+  }
 });

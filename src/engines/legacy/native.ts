@@ -4,7 +4,7 @@
  */
 import { getSystemErrorName } from 'node:util';
 import { IptlbError, type ErrorCode } from '../../model/errors.js';
-import { TAKEN_HINT, bareJumpsOf, chainInUse, parseSave, renderRestore } from './restore.js';
+import { JUMPED_BY, ORIGINAL_AT, TAKEN_HINT, bareJumpsOf, chainInUse, parseSave, renderRestore } from './restore.js';
 import { findBinary, run } from '../../platform/spawn.js';
 import type { NativeAddon } from '../../platform/addon.js';
 import type { AfterCommit, CommitResult, Family, KernelView, Transaction } from '../../model/types.js';
@@ -27,11 +27,17 @@ export function mapNativeError(e: unknown): IptlbError {
   }
   // A profile name the table holds for a profile the state file does not (transaction.cc RefuseHeld),
   // or at another address than the state file's (DeleteOwnedRules, for tx.held); else an address.
+  // A rule iptlb did not write jumps to the chain of a profile the state file holds (RefuseShared: it says what to do).
+  if (err.code === 'ECONFLICT' && message.startsWith('name: ') && message.includes(JUMPED_BY))
+    return new IptlbError('ECONFLICT', message, { field: 'name', cause: e });
   if (err.code === 'ECONFLICT' && message.startsWith('name: '))
     return new IptlbError('ECONFLICT', `${message}${message.includes(MOVED_AT) ? MOVED_HINT : HELD_HINT}`, {
       field: 'name',
       cause: e,
     });
+  // The original iptlb's jump at the address (transaction.cc OriginalTaken: the message says what to do).
+  if (err.code === 'ECONFLICT' && message.includes(ORIGINAL_AT))
+    return new IptlbError('ECONFLICT', `source: ${message}`, { field: 'source', cause: e });
   if (err.code === 'ECONFLICT')
     return new IptlbError('ECONFLICT', `source: ${message}${TAKEN_HINT}`, { field: 'source', cause: e });
   const code: ErrorCode =

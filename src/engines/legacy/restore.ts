@@ -69,10 +69,7 @@ export function bareJumpsOf(tx: Transaction, view: KernelView): NonNullable<Kern
 export function renderRestore(tx: Transaction, view: KernelView): string {
   const existing = new Set(view.chains.map((c) => c.name));
   const owners = new Set(tx.owners);
-  if (tx.exclusive) {
-    refuseHeld(tx, view);
-    refuseTaken(tx, view, owners);
-  }
+  refuseConflicts(tx, view);
   const gate = planGate(tx, view);
   const gates = new Set(view.gate?.gates ?? []);
   const dispatch = new Set(view.gate?.dispatch ?? []);
@@ -112,6 +109,17 @@ export function renderRestore(tx: Transaction, view: KernelView): string {
   for (const h of needed) if (!gates.has(h)) out.push(`-I ${h} 1 ${gateRuleText(h, tx.family)}`);
   out.push('COMMIT', '');
   return out.join('\n');
+}
+
+/**
+ * With `tx.exclusive`: the refusals of a state-file instance's change against the table `view` (a
+ * profile of another state file's name, an address another's rule or the original iptlb's jump
+ * serves), as the native executor's commit makes them.
+ */
+export function refuseConflicts(tx: Transaction, view: KernelView): void {
+  if (!tx.exclusive) return;
+  refuseHeld(tx, view);
+  refuseTaken(tx, view, new Set(tx.owners));
 }
 
 /** What follows the addon's message that a profile's address is taken by another's rule. */
@@ -196,6 +204,26 @@ function refuseMoved(tx: Transaction, view: KernelView): void {
       { field: 'name' },
     );
   }
+  // A rule iptlb did not write that jumps to such a chain the table has (refilled, it would send that
+  // rule's packets to the profile's new rules), as the native commit refuses it (RefuseShared).
+  const existing = new Set(view.chains.map((c) => c.name));
+  for (const o of view.otherJumps ?? []) {
+    const name = chains.get(o.target);
+    if (name === undefined || !existing.has(o.target)) continue;
+    throw new IptlbError('ECONFLICT', `name: ${jumpedBy(tx.family, name, o.target, o.chain)}`, { field: 'name' });
+  }
+}
+
+/** How the refusal of a profile whose chain a rule iptlb did not write jumps to says it (the addon says the same). */
+export const JUMPED_BY = ', which this change refills, is jumped to by a rule iptlb did not write (in ';
+
+/**
+ * The refusal of profile `owner`, held by the state file, whose chain `chain` a rule iptlb did not write (in chain
+ * `where`) jumps to: what to do (as transaction.cc RefuseShared writes it).
+ */
+export function jumpedBy(family: Family, owner: string, chain: string, where: string): string {
+  const save = family === 'ipv6' ? 'ip6tables-legacy-save' : 'iptables-legacy-save';
+  return `profile ${owner}: its chain ${chain}${JUMPED_BY}${where}), whose packets would reach this profile's new rules: remove that jump (\`${save} -t nat | grep -- '-j ${chain}'\` finds it), then apply again`;
 }
 
 /**
@@ -247,6 +275,41 @@ function refuseTaken(tx: Transaction, view: KernelView, owners: ReadonlySet<stri
       { field: 'source' },
     );
   }
+  // The original iptlb's jumps (no comment) in the built-in chain itself, to a chain this change
+  // leaves as it is (those to a chain it deletes or refills go with it): one at a planned address
+  // would serve it too, and it comes first (the original inserts at position 1).
+  if (!view.bareJumps) return;
+  const left = new Set(bareJumpsOf(tx, view));
+  for (const b of view.bareJumps) {
+    if (left.has(b) || !isGatedHook(b.chain) || !b.rule) continue;
+    const el = elementOf(b.rule);
+    const owner = el ? mine.get(`${DISPATCH[b.chain]} ${el}`) : undefined;
+    if (owner === undefined) continue;
+    throw new IptlbError('ECONFLICT', `source: ${originalTaken(tx.family, owner, b.chain, el!, b.target)}`, {
+      field: 'source',
+    });
+  }
+}
+
+/** What the refusal of a profile at the address of the original iptlb's jump says (the addon's message is the same). */
+export const ORIGINAL_AT = " is served by the original iptlb's rule in ";
+
+/**
+ * The refusal of profile `owner`'s rule in `hook` at gate element `el` (`ip,proto:port`), where the original iptlb's
+ * jump to `target` (no comment) is: what to do, and the command that deletes that jump (as transaction.cc
+ * OriginalTaken writes it).
+ */
+export function originalTaken(family: Family, owner: string, hook: string, el: string, target: string): string {
+  const comma = el.lastIndexOf(',');
+  const colon = el.lastIndexOf(':');
+  const rule = `-p ${el.slice(comma + 1, colon)} -d ${el.slice(0, comma)} --dport ${el.slice(colon + 1)} -j ${target}`;
+  const tool = family === 'ipv6' ? 'ip6tables-legacy' : 'iptables-legacy';
+  return (
+    `profile ${owner}: its address${ORIGINAL_AT}${hook} (${rule}, no comment), which this change would leave in place ` +
+    `(two rules for one address: the first in ${hook} wins): take that profile over under its original name (the one ` +
+    `chain ${target} was made from, applied with -run through the state file that holds it), or delete the ` +
+    `original's rule: ${tool} -t nat -D ${hook} ${rule}`
+  );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -337,12 +400,17 @@ export function parseSave(text: string): KernelView {
     const words = splitWords(args);
     const c = chains.get(chain);
     const behind = hookOfDispatch(chain);
+    const jumpsTo = words[words.length - 2] === '-j' ? words[words.length - 1]! : '';
+    const other = (): void => {
+      if (OWN_CHAIN.test(jumpsTo)) (view.otherJumps ??= []).push({ chain, target: jumpsTo });
+    };
     if (behind) {
       // A profile's rule behind the gate: read as the hook rule it stands for. Another's keeps the
       // chain and its gate (as the native executor does).
       const owner = ownerOf(words);
       if (owner === null) {
         if (!gate.foreign.includes(behind)) gate.foreign.push(behind);
+        other();
         continue;
       }
       const rule = parseRule(words) ?? { matches: [], target: { name: 'unknown', raw: args } as unknown as Target };
@@ -358,9 +426,10 @@ export function parseSave(text: string): KernelView {
       const owner = ownerOf(words);
       if (owner === null) {
         // Without any comment (another tool's comment makes it that tool's), to a profile's chain.
-        const target = words[words.length - 2] === '-j' ? words[words.length - 1]! : '';
-        if (OWN_CHAIN.test(target) && !words.includes('--comment'))
-          (view.bareJumps ??= []).push({ chain, target, raw: args });
+        if (OWN_CHAIN.test(jumpsTo) && !words.includes('--comment')) {
+          const rule = parseRule(words);
+          (view.bareJumps ??= []).push({ chain, target: jumpsTo, raw: args, ...(rule ? { rule } : {}) });
+        } else other();
         continue;
       }
       const rule = parseRule(words) ?? { matches: [], target: { name: 'unknown', raw: args } as unknown as Target };
@@ -375,7 +444,7 @@ export function parseSave(text: string): KernelView {
       };
       if (isGatedHook(chain)) h.direct = true;
       view.hookRules.push(h);
-    }
+    } else if (!c) other(); // a chain of another tool's
   }
   if (gate.gates.length || gate.dispatch.length)
     view.gate = gate.foreign.length ? gate : { gates: gate.gates, dispatch: gate.dispatch };
