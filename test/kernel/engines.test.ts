@@ -8,7 +8,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { runJsonInFreshNetns } from '../harness/netns.js';
-import { ABOVE_EXECUTOR_PAIRS, BACKENDS, DEST, PAIRS, VIP, cli, ok, runSteps } from './common.js';
+import { ABOVE_EXECUTOR_PAIRS, BACKENDS, DEST, PAIRS, VIP, cli, ok, pairFlags, runSteps } from './common.js';
 import type { Step } from './fixtures/steps.js';
 
 const fixture = (f: string): string => new URL(`./fixtures/${f}`, import.meta.url).pathname;
@@ -602,6 +602,101 @@ for (const pair of PAIRS.filter((p) => p.engine === 'legacy')) {
       assert.equal(m[1].failures, 0, 'test served by nft');
       assert.equal(m[2].failures, 0, 'web served by nft');
       assert.doesNotMatch(m[3].stdout, /IPTLB_NAT_/, m[3].stdout);
+    },
+  );
+}
+
+for (const pair of PAIRS.filter((p) => p.engine === 'legacy')) {
+  test(
+    `${pair.name}: a new profile at the address of the original iptlb's jump is refused naming source; a reset of the original's profile whose chain another chain jumps to is refused saying so; nothing changed`,
+    { skip: pair.skip },
+    async () => {
+      const ipt = (...a: string[]) => ({ op: 'sh' as const, argv: ['iptables-legacy', '-w', '-t', 'nat', ...a] });
+      const save = { op: 'sh' as const, argv: ['iptables-legacy-save', '-t', 'nat'] };
+      const state = (f: string) => ({ op: 'read' as const, file: f });
+      const original = `test:\n  destination:\n  - 127.0.0.1:9001\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: ${VIP}:8081\n`;
+      const other = `other:\n  destination:\n  - 127.0.0.1:9002\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: ${VIP}:8082\n`;
+      const mine = ['-state-file=$WORK/mine.db'];
+      // The rules iptables-legacy-save prints, without its time-stamped comment lines.
+      const rules = (p: { stdout: string }): string =>
+        p.stdout
+          .split('\n')
+          .filter((l) => !l.startsWith('#'))
+          .join('\n');
+      const r = await runSteps([
+        { op: 'backends', tcp: [9001, 9002, 9003] },
+        // The original's rules for test (seed-behaviour.md), and its state file.
+        ipt('-N', 'IPTLB_NAT_TEST'),
+        ipt(
+          '-A',
+          'IPTLB_NAT_TEST',
+          '-p',
+          'tcp',
+          '-d',
+          VIP,
+          '--dport',
+          '8081',
+          '-j',
+          'DNAT',
+          '--to-destination',
+          '127.0.0.1:9001',
+        ),
+        ipt('-A', 'IPTLB_NAT_TEST', '-j', 'RETURN'),
+        ipt('-I', 'OUTPUT', '1', '-p', 'tcp', '-d', VIP, '--dport', '8081', '-j', 'IPTLB_NAT_TEST'),
+        { op: 'write', file: '$WORK/state.db', text: original },
+        // Another state file with a profile of its own (its file must stay byte for byte).
+        { op: 'write', file: '$WORK/mine.db', text: other },
+        { op: 'cli', args: [...pairFlags(pair), ...mine, '-q', '-use-state', '-run'] },
+        save, // 8
+        state('$WORK/mine.db'),
+        // 10: a new profile at the original's address, through the other state file.
+        {
+          op: 'cli',
+          args: [
+            ...pairFlags(pair),
+            ...mine,
+            '-run',
+            '-profile=web2',
+            `-src-addr=${VIP}:8081`,
+            '-dest-addr=127.0.0.1:9003',
+          ],
+        },
+        save,
+        state('$WORK/mine.db'),
+        { op: 'tcp', vip: VIP, port: 8081, count: 10 },
+        // 14: a chain of another tool's that jumps to the original's chain: the reset of test refused.
+        ipt('-N', 'MYCHAIN'),
+        ipt('-A', 'MYCHAIN', '-j', 'IPTLB_NAT_TEST'),
+        save, // 16
+        state('$WORK/state.db'),
+        cli(pair, '-run', '-reset', '-profile=test', `-src-addr=${VIP}:8081`, '-dest-addr=127.0.0.1:9003'),
+        save,
+        state('$WORK/state.db'),
+        // 21: without that jump, the takeover under the original's name works.
+        ipt('-F', 'MYCHAIN'),
+        cli(pair, '-q', '-run', '-reset', '-profile=test', `-src-addr=${VIP}:8081`, '-dest-addr=127.0.0.1:9003'),
+        { op: 'tcp', vip: VIP, port: 8081, count: 10 },
+      ]);
+      ok(r[7], 'the other state file applied');
+      assert.equal(r[10].code, 1, r[10].stderr);
+      assert.equal(
+        r[10].stderr,
+        `iptlb: error: source: profile web2: its address is served by the original iptlb's rule in OUTPUT (-p tcp -d ${VIP} --dport 8081 -j IPTLB_NAT_TEST, no comment), which this change would leave in place (two rules for one address: the first in OUTPUT wins): take that profile over under its original name (the one chain IPTLB_NAT_TEST was made from, applied with -run through the state file that holds it), or delete the original's rule: iptables-legacy -t nat -D OUTPUT -p tcp -d ${VIP} --dport 8081 -j IPTLB_NAT_TEST\n`,
+      );
+      assert.match(rules(r[8]), /^-A OUTPUT -d \S+ -p tcp -m tcp --dport 8081 -j IPTLB_NAT_TEST$/m);
+      assert.equal(rules(r[11]), rules(r[8]), 'iptables-legacy-save unchanged');
+      assert.equal(r[12], other, 'state file unchanged, byte for byte');
+      assert.deepEqual(r[13].counts, { 'backend:9001': 10 }, "the original's rules still serve");
+      assert.equal(r[18].code, 1, r[18].stderr);
+      assert.equal(
+        r[18].stderr,
+        "iptlb: error: name: profile test: its chain IPTLB_NAT_TEST, which this change refills, is jumped to by a rule iptlb did not write (in MYCHAIN), whose packets would reach this profile's new rules: remove that jump (`iptables-legacy-save -t nat | grep -- '-j IPTLB_NAT_TEST'` finds it), then apply again\n",
+      );
+      assert.equal(rules(r[19]), rules(r[16]), 'iptables-legacy-save unchanged');
+      assert.equal(r[17], original, 'state file as the original wrote it');
+      assert.equal(r[20], original, 'state file unchanged, byte for byte');
+      ok(r[22], 'the takeover without the other jump');
+      assert.deepEqual(r[23].counts, { 'backend:9003': 10 }, 'test taken over');
     },
   );
 }
