@@ -171,13 +171,21 @@ describe(
       const want = (h: boolean) => ({ holds: h, read: h });
       // read(): the original's jumps, in table order (built-in chains first); not another tool's (its comment),
       // not one in a user chain, not one to a chain that is not a profile's (X, IPTLB_NAT_web).
-      const bareWant = {
-        none: null,
-        some: [
-          { chain: 'PREROUTING', target: 'IPTLB_NAT_OLD' },
-          { chain: 'OUTPUT', target: 'IPTLB_NAT_WEB' },
-          { chain: 'POSTROUTING', target: 'IPTLB_NAT_WEB' },
-        ],
+      // Each with its rule (address, protocol, port: ABI 23), as the spawn executor's parse gives it.
+      const bareWant = (dst: string) => {
+        const jump = (chain: string, target: string) => ({
+          chain,
+          target,
+          rule: { dst, proto: 'tcp', matches: [{ name: 'tcp', dport: 80 }], target: { name: 'jump', chain: target } },
+        });
+        return {
+          none: null,
+          some: [
+            jump('PREROUTING', 'IPTLB_NAT_OLD'),
+            jump('OUTPUT', 'IPTLB_NAT_WEB'),
+            jump('POSTROUTING', 'IPTLB_NAT_WEB'),
+          ],
+        };
       };
       const table = {
         empty: want(false),
@@ -197,7 +205,7 @@ describe(
         bigForeign: want(false),
         bigWithOne: want(true),
         bad: 'family: must be "ipv4" or "ipv6"',
-        bare: { ipv4: bareWant, ipv6: bareWant },
+        bare: { ipv4: bareWant('127.100.0.1/32'), ipv6: bareWant('2001:db8::1/128') },
       });
     });
   },
