@@ -75,11 +75,45 @@ export interface FleetStore {
  */
 export function storeErrorMessage(e: unknown): string {
   const m = String((e as Error)?.message || e);
-  return m
+  const line = m
     .split('\n')[0]!
     .replace(/\s*Resolution note:\s*$/, '')
     .trim();
+  return tlsMessage(line) ?? line;
 }
+
+/** Node's words for a server certificate it did not accept (grpc-js: "14 UNAVAILABLE: … Last error: Error: <it>."). */
+const SERVER_CERT_REFUSED =
+  /unable to verify the first certificate|unable to get (?:local )?issuer certificate|self[- ]signed certificate(?: in certificate chain)?|certificate has expired|certificate is not yet valid|certificate signature failure/i;
+const SERVER_NAME_REFUSED = /Hostname\/IP does not match certificate's altnames: (.*?)\.?$/i;
+/** OpenSSL's alert from a server that refused the client's certificate (or its absence). */
+const CLIENT_CERT_REFUSED =
+  /(?:sslv3|tlsv1[0-9]?) alert (bad certificate|certificate required|unknown ca|certificate unknown|certificate expired|certificate revoked|unsupported certificate)/i;
+
+/**
+ * A TLS failure said as what to check (grpc-js reports it as an unavailable member, with OpenSSL's
+ * internals: "…:SSL routines:ssl3_read_bytes:sslv3 alert bad certificate:../deps/openssl/…").
+ */
+function tlsMessage(line: string): string | undefined {
+  const name = SERVER_NAME_REFUSED.exec(line);
+  if (name)
+    return `TLS: etcd's server certificate does not name the endpoint's host (${name[1]!.trim()}): use an endpoint the certificate names, or a certificate that names it`;
+  const server = SERVER_CERT_REFUSED.exec(line);
+  if (server)
+    return `TLS: etcd's server certificate is not accepted (${server[0]}): check --etcd-ca (the CA certificate that signed etcd's server certificate)`;
+  const client = CLIENT_CERT_REFUSED.exec(line);
+  if (client)
+    return `TLS: etcd refused the client certificate (alert "${client[1]}"): etcd checks client certificates (--client-cert-auth); give --etcd-cert and --etcd-key, a certificate signed by a CA that etcd trusts`;
+  return undefined;
+}
+
+/**
+ * etcd refused the credentials (a user, password or token; a certificate's user) or a role's permissions:
+ * "3 INVALID_ARGUMENT: etcdserver: authentication failed, invalid user ID or password", "7 PERMISSION_DENIED:
+ * etcdserver: permission denied".
+ */
+export const CREDENTIALS_REFUSED =
+  /authentication failed|invalid auth token|user name not found|auth: |permission denied|UNAUTHENTICATED|PERMISSION_DENIED/i;
 
 /**
  * A response over the client's gRPC receive limit (4 MiB): grpc-js says "8 RESOURCE_EXHAUSTED: Received

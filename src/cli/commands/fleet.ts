@@ -16,13 +16,25 @@ import type { FleetStore } from '../../fleet/store.js';
 
 async function withStore<T>(o: EtcdFlags, fn: (store: FleetStore, prefix: string) => Promise<T>): Promise<T> {
   const { etcd, prefix } = etcdOptions(o);
-  const { EtcdStore, storeErrorMessage } = await import('../../fleet/store.js');
+  const { EtcdStore, storeErrorMessage, CREDENTIALS_REFUSED } = await import('../../fleet/store.js');
   // What etcd or its client says (unreachable, a deadline, refused credentials) is one line naming
-  // the endpoints, not an internal error.
-  const storeError = (e: unknown): unknown =>
-    e instanceof IptlbError
-      ? e
-      : new IptlbError('ESTORE', `etcd ${etcd.endpoints.join(',')}: ${storeErrorMessage(e)}`, { field: 'etcd' });
+  // the endpoints, not an internal error; refused credentials or permissions say what to check.
+  const who = etcd.user
+    ? `etcd user ${JSON.stringify(etcd.user)}`
+    : etcd.certFile
+      ? "the client certificate's etcd user (its common name)"
+      : 'no etcd user (--etcd-user)';
+  const hint = (msg: string): string =>
+    !CREDENTIALS_REFUSED.test(msg)
+      ? ''
+      : /permission denied/i.test(msg)
+        ? `: the roles of ${who} do not allow this (fleet apply and delete need readwrite on ${prefix}profiles/, list read on it, status read on it and on ${prefix}hosts/)`
+        : ': check --etcd-user and its password in IPTLB_ETCD_PASSWORD';
+  const storeError = (e: unknown): unknown => {
+    if (e instanceof IptlbError) return e;
+    const msg = storeErrorMessage(e);
+    return new IptlbError('ESTORE', `etcd ${etcd.endpoints.join(',')}: ${msg}${hint(msg)}`, { field: 'etcd' });
+  };
   const store = await EtcdStore.connect(etcd).catch((e: unknown) => {
     throw storeError(e);
   });
