@@ -45,7 +45,26 @@ export function addEtcdFlags(cmd: Command): Command {
     .addOption(new Option('--prefix <prefix>', `key prefix (env IPTLB_ETCD_PREFIX; default ${DEFAULT_PREFIX})`));
 }
 
+/**
+ * Node warns (DEP0123) when a TLS client names an IP address as the server name, which grpc-js does for
+ * every https://<address> endpoint: two lines of a deprecation meant for grpc-js's authors in front of
+ * each command's output. The CLI drops that one warning; every other is printed as before.
+ */
+let ipServernameQuiet = false;
+function quietIpServernameWarning(): void {
+  if (ipServernameQuiet) return;
+  ipServernameQuiet = true;
+  const emit = process.emitWarning;
+  process.emitWarning = function (this: unknown, warning: string | Error, ...rest: unknown[]): void {
+    const a = rest[0];
+    const code = typeof a === 'object' && a !== null ? (a as { code?: string }).code : rest[1];
+    if (code === 'DEP0123') return;
+    return (emit as (...args: unknown[]) => void).call(process, warning, ...rest);
+  } as typeof process.emitWarning;
+}
+
 export function etcdOptions(o: EtcdFlags): { etcd: EtcdOptions; prefix: string } {
+  quietIpServernameWarning();
   const env = process.env;
   const endpoints = parseEndpoints(o.etcd ?? env.IPTLB_ETCD_ENDPOINTS);
   const pick = (flag: string | undefined, name: string): string | undefined => flag ?? (env[name] || undefined);
