@@ -10,7 +10,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-PKGS=(iptables ipset libiptc-dev libxtables-dev nftables libnftnl-dev libmnl-dev pkg-config iproute2 util-linux conntrack make g++ python3 etcd-server etcd-client clang-format-14)
+PKGS=(iptables ipset libiptc-dev libxtables-dev nftables libnftnl-dev libmnl-dev pkg-config iproute2 util-linux conntrack make g++ python3 etcd-server etcd-client openssl clang-format-14)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
