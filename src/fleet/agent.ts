@@ -34,6 +34,7 @@ import {
 } from './reconcile.js';
 import { familyOfProfile } from '../model/profile.js';
 import {
+  CREDENTIALS_REFUSED,
   EtcdStore,
   prefixEnd,
   storeErrorMessage,
@@ -66,9 +67,6 @@ export const MAX_REFUSED_LISTED = 100;
 const MAX_REFUSED_LOGGED = 20;
 /** Longest error kept in the host key and logged (an error may quote what the store holds). */
 const MAX_ERROR_LENGTH = 500;
-/** etcd refused the credentials (user, password, token, certificate) or the role's permissions. */
-const AUTH_ERROR =
-  /authentication failed|invalid auth token|user name not found|auth: |permission denied|UNAUTHENTICATED|PERMISSION_DENIED/i;
 
 export interface AgentOptions {
   /** The store: etcd connection options, or a {@link FleetStore} (tests, embedders). */
@@ -396,7 +394,7 @@ export class Agent extends EventEmitter<AgentEvents> {
         const delay = this.backoff(attempt++);
         this.error = oneLine(msg, MAX_ERROR_LENGTH);
         this.setWatch('unreachable');
-        if (AUTH_ERROR.test(msg)) {
+        if (CREDENTIALS_REFUSED.test(msg)) {
           if (!authSaid)
             this.log(
               `agent: etcd refused this agent's credentials (${oneLine(msg, MAX_ERROR_LENGTH)}): check --etcd-user and IPTLB_ETCD_PASSWORD (or the client certificate) and the user's roles; retrying with backoff until etcd accepts them`,
