@@ -164,4 +164,23 @@ describePairs('the CLI on what it committed', (pair) => {
     });
     assert.equal(record as unknown as string, `${pair.engine}\n`);
   });
+  test('delete --all: every profile in one commit; again: says the state file holds none, exit 0; a state file that does not exist: refused, nothing made', async () => {
+    const r = await runSteps([
+      cli(pair, 'apply', '-profile=web', `-src-addr=${VIP}:8081`, `-dest-addr=${DEST}`),
+      cli(pair, 'apply', '-profile=two', '-src-addr=127.100.0.11:8081', `-dest-addr=${DEST}`),
+      cli(pair, 'delete', '--all'),
+      cli(pair, 'list'),
+      cli(pair, 'delete', '--all'),
+      { op: 'cli', args: [executor, '-state-file=$WORK/none/state.db', 'delete', '--all'] },
+      { op: 'sh', argv: ['sh', '-c', 'ls -A "$WORK"'] },
+    ]);
+    const [a, b, all, list, again, none, ls] = r as Proc[];
+    for (const p of [a, b, all, list, again]) ok(p, p.stderr);
+    assert.match(all.stderr, /committed 2 profile change\(s\) in one transaction/);
+    assert.match(list.stdout, /^no profiles in \S+\/state\.db\n$/);
+    assert.match(again.stderr, /^iptlb: delete --all: \S+\/state\.db holds no profiles; nothing was changed\n$/);
+    assert.equal(none.code, 1);
+    assert.match(none.stderr, /^iptlb: error: state-file: \S+\/none\/state\.db does not exist; nothing was changed/);
+    assert.doesNotMatch(ls.stdout, /^none$/m, 'no directory made for it');
+  });
 });

@@ -15,6 +15,8 @@ async function deleteCommand(names: string[], o: GlobalOpts & { all?: boolean },
     // --all decides from the state file: one that does not exist is refused (a wrong path), as sync does.
     { run: true, ...(o.all ? { requireFile: true } : {}) },
   );
+  if (o.all && result.deleted.length === 0 && !o.quiet)
+    io.err(`iptlb: delete --all: ${core.statePath} holds no profiles; nothing was changed`);
   report(result, o, io, verboseRules(core, io));
 }
 
