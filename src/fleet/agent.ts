@@ -35,6 +35,7 @@ import {
 import { familyOfProfile } from '../model/profile.js';
 import {
   CREDENTIALS_REFUSED,
+  TLS_FAILURE,
   EtcdStore,
   prefixEnd,
   storeErrorMessage,
@@ -374,9 +375,36 @@ export class Agent extends EventEmitter<AgentEvents> {
     return Math.round(cap / 2 + Math.random() * (cap / 2));
   }
 
+  /**
+   * A failure etcd keeps giving until someone fixes a setting (credentials refused, a TLS certificate not
+   * accepted): said once, with what to check; the retries are quiet until the reason changes, and its end is said
+   * once the agent watches again. `attempts`: the failed attempts since it was first said.
+   */
+  private refusal?: { reason: string; what: string; attempts: number };
+
+  /** The line that says a refusal `msg` of kind `what` (see {@link refusal}). */
+  private refusalLine(msg: string, what: 'credentials' | 'TLS'): string {
+    const m = oneLine(msg, MAX_ERROR_LENGTH);
+    const keeps = `the kernel keeps the rules of revision ${this.applyRevision}`;
+    return what === 'credentials'
+      ? `agent: etcd refused this agent's credentials (${m}): check --etcd-user and IPTLB_ETCD_PASSWORD (or the client certificate) and the user's roles; ${keeps}; retrying with backoff until etcd accepts them (not logged again unless the failure changes)`
+      : `agent: ${m}; ${keeps}; retrying with backoff until the TLS connection succeeds (not logged again unless the failure changes)`;
+  }
+
+  /** The session watches: a refusal said is over (said once). */
+  private refusalOver(): void {
+    const r = this.refusal;
+    if (!r) return;
+    this.refusal = undefined;
+    this.log(
+      r.what === 'credentials'
+        ? `agent: etcd accepted this agent's credentials after ${r.attempts} failed attempt(s); watching from revision ${this.mirrorRevision}`
+        : `agent: etcd accepted the TLS connection after ${r.attempts} failed attempt(s); watching from revision ${this.mirrorRevision}`,
+    );
+  }
+
   private async run(): Promise<void> {
     let attempt = 0;
-    let authSaid = false;
     while (!this.stopped) {
       const session = ++this.session;
       this.watchingSince = undefined;
@@ -394,16 +422,17 @@ export class Agent extends EventEmitter<AgentEvents> {
         const delay = this.backoff(attempt++);
         this.error = oneLine(msg, MAX_ERROR_LENGTH);
         this.setWatch('unreachable');
-        if (CREDENTIALS_REFUSED.test(msg)) {
-          if (!authSaid)
-            this.log(
-              `agent: etcd refused this agent's credentials (${oneLine(msg, MAX_ERROR_LENGTH)}): check --etcd-user and IPTLB_ETCD_PASSWORD (or the client certificate) and the user's roles; retrying with backoff until etcd accepts them`,
-            );
-          authSaid = true;
-        } else authSaid = false;
-        this.log(
-          `agent: store: ${oneLine(msg, MAX_ERROR_LENGTH)}; kernel keeps the rules of revision ${this.applyRevision}; retrying in ${delay} ms (attempt ${attempt})`,
-        );
+        const what = CREDENTIALS_REFUSED.test(msg) ? 'credentials' : TLS_FAILURE.test(msg) ? 'TLS' : undefined;
+        if (what) {
+          // Said once while the reason stays the same; the retries are quiet.
+          if (this.refusal?.reason !== msg) this.log(this.refusalLine(msg, what));
+          this.refusal = { reason: msg, what, attempts: (this.refusal?.attempts ?? 0) + 1 };
+        } else {
+          this.refusal = undefined; // another failure (unreachable): logged at each retry, and a refusal said again
+          this.log(
+            `agent: store: ${oneLine(msg, MAX_ERROR_LENGTH)}; kernel keeps the rules of revision ${this.applyRevision}; retrying in ${delay} ms (attempt ${attempt})`,
+          );
+        }
         await sleep(delay, this.sleeper);
       }
     }
@@ -519,6 +548,7 @@ export class Agent extends EventEmitter<AgentEvents> {
               this.error = undefined;
               this.watchingSince ??= performance.now();
               this.setWatch('watching');
+              this.refusalOver();
             }, reject);
         };
         open(revision + 1);
@@ -916,6 +946,9 @@ export class Agent extends EventEmitter<AgentEvents> {
   /** Host key writes begun, and the value of the last one that succeeded. */
   private statusPuts = 0;
   private statusLastWritten?: string;
+  /** A refusal of the host key write alone was said (see {@link writeStatus}). */
+  private statusRefusalSaid = false;
+
   private writeStatus(): void {
     const st = this.status();
     this.emit('status', st);
@@ -933,6 +966,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       .then(
         (revision) => {
           this.statusAttempt = 0;
+          this.statusRefusalSaid = false;
           this.statusWritten = true;
           this.statusLastWritten = value;
           if (typeof revision === 'number' && revision > 0)
@@ -941,10 +975,14 @@ export class Agent extends EventEmitter<AgentEvents> {
         (e: Error) => {
           this.statusAgain = true;
           const delay = this.backoff(this.statusAttempt++);
-          if (this.statusAttempt === 1)
-            this.log(
-              `agent: host status not written: ${oneLine(storeErrorMessage(e), MAX_ERROR_LENGTH)}; retrying with backoff`,
-            );
+          const msg = storeErrorMessage(e);
+          // Refused credentials or a TLS failure are said by the session (once); the host key's own refusal (a
+          // user that may read profiles/ but not write hosts/) is said once the session watches.
+          const refused = CREDENTIALS_REFUSED.test(msg) || TLS_FAILURE.test(msg);
+          if (refused ? this.watchState === 'watching' && !this.statusRefusalSaid : this.statusAttempt === 1) {
+            if (refused) this.statusRefusalSaid = true;
+            this.log(`agent: host status not written: ${oneLine(msg, MAX_ERROR_LENGTH)}; retrying with backoff`);
+          }
           this.statusTimer = setTimeout(() => {
             this.statusTimer = undefined;
             if (this.statusAgain) this.writeStatus();

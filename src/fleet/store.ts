@@ -107,6 +107,9 @@ function tlsMessage(line: string): string | undefined {
   return undefined;
 }
 
+/** A {@link storeErrorMessage} that is a TLS failure (a certificate not accepted, by either side). */
+export const TLS_FAILURE = /^TLS: /;
+
 /**
  * etcd refused the credentials (a user, password or token; a certificate's user) or a role's permissions:
  * "3 INVALID_ARGUMENT: etcdserver: authentication failed, invalid user ID or password", "7 PERMISSION_DENIED:

@@ -28,6 +28,8 @@ export class FakeStore implements FleetStore {
   private readonly history = new Map<string, Version[]>();
   private watchers = new Set<{ start: string; end: string; h: WatchHandlers; dead: boolean }>();
   down = false;
+  /** What every call rejects with while {@link down} (a TLS failure's grpc-js wording, say). */
+  downError = '14 UNAVAILABLE: connect ECONNREFUSED (fake)';
   quorumLost = false;
   /** Events held back while quorum is lost (a real member does not commit them either). */
   ranges = 0;
@@ -47,7 +49,7 @@ export class FakeStore implements FleetStore {
   constructor(private readonly opts: { leasedRevisions?: boolean } = {}) {}
 
   private fail(): void {
-    if (this.down) throw new Error('14 UNAVAILABLE: connect ECONNREFUSED (fake)');
+    if (this.down) throw new Error(this.downError);
   }
 
   /** Writes as a transaction (one revision). */

@@ -596,3 +596,87 @@ test('fleet status says which hosts kept the previous version of a profile whose
     /profiles are refused \(m1:EINVAL_PROFILE on every host: h1 kept the previous version, not served on h2\);/m,
   );
 });
+
+describe('a TLS failure or refused credentials that persist', () => {
+  /** grpc-js's words for a TLS failure (what store.ts's storeErrorMessage turns into one line). */
+  const UNAVAILABLE = '14 UNAVAILABLE: No connection established. Last error: Error: ';
+  const WRONG_CA = `${UNAVAILABLE}unable to verify the first certificate. Resolution note: `;
+  const NO_CLIENT_CERT = `${UNAVAILABLE.replace('Error: ', '')}80CC8196BB7F0000:error:0A000412:SSL routines:ssl3_read_bytes:sslv3 alert bad certificate:../deps/openssl/openssl/ssl/record/rec_layer_s3.c:1601:SSL alert number 42`;
+
+  test('are said once (again when the reason changes), retried quietly with backoff, and their end said once', async (t) => {
+    mockTimers(t);
+    const store = new FakeStore();
+    const lines: string[] = [];
+    putProf(store, 'a', 1);
+    let calls = 0;
+    const range = store.range.bind(store);
+    store.range = (...args) => (calls++, range(...args));
+    store.downError = WRONG_CA;
+    store.down = true;
+    const a = makeAgent(store, { log: (l) => lines.push(l), backoffMs: 100, backoffMaxMs: 1000 });
+    await a.start();
+    await advance(10_000);
+    assert.match(lines[0]!, /^agent h1: /);
+    assert.ok(calls >= 10, `${calls} attempts in 10 s`);
+    // One line, saying what to check and that it keeps retrying; nothing at each retry.
+    assert.deepEqual(lines.slice(1), [
+      "agent: TLS: etcd's server certificate is not accepted (unable to verify the first certificate): check --etcd-ca (the CA certificate that signed etcd's server certificate); the kernel keeps the rules of revision 0; retrying with backoff until the TLS connection succeeds (not logged again unless the failure changes)",
+    ]);
+    // The host status (as the metrics and `fleet status` read it) says the same as for refused credentials.
+    assert.equal(a.status().watch, 'unreachable');
+    assert.match(a.status().error ?? '', /^TLS: etcd's server certificate is not accepted/);
+    // Another reason: said again, once.
+    lines.length = 0;
+    store.downError = NO_CLIENT_CERT;
+    await advance(5_000);
+    assert.equal(lines.length, 1, lines.join('\n'));
+    assert.match(
+      lines[0]!,
+      /^agent: TLS: etcd refused the client certificate \(alert "bad certificate"\): .*; retrying/,
+    );
+    // It recovers: said once, and the host status is clear.
+    lines.length = 0;
+    store.down = false;
+    await until(() => a.status().watch === 'watching', 'watching', 5_000);
+    await advance(2_000);
+    const recovered = lines.filter((l) => /accepted/.test(l));
+    assert.equal(recovered.length, 1, lines.join('\n'));
+    assert.match(
+      recovered[0]!,
+      /^agent: etcd accepted the TLS connection after \d+ failed attempt\(s\); watching from/,
+    );
+    assert.equal(a.status().error, undefined);
+    assert.ok(!lines.some((l) => /TLS: /.test(l)));
+    // Unreachable is not a refusal: logged at each retry, as before.
+    lines.length = 0;
+    store.downError = '14 UNAVAILABLE: No connection established. Last error: connect ECONNREFUSED 127.0.0.1:2379.';
+    store.setDown(true);
+    await advance(3_000);
+    assert.ok(lines.filter((l) => /^agent: store: .*ECONNREFUSED.*retrying in \d+ ms/.test(l)).length >= 3);
+    // Then refused credentials: said once, quietly retried, their end said once.
+    lines.length = 0;
+    store.downError = '3 INVALID_ARGUMENT: etcdserver: authentication failed, invalid user ID or password';
+    await advance(10_000);
+    assert.equal(lines.length, 1, lines.join('\n'));
+    assert.match(
+      lines[0]!,
+      /^agent: etcd refused this agent's credentials \(3 INVALID_ARGUMENT: .*IPTLB_ETCD_PASSWORD/,
+    );
+    assert.equal(a.status().watch, 'unreachable');
+    assert.match(a.status().error ?? '', /authentication failed/);
+    lines.length = 0;
+    store.down = false;
+    await until(() => a.status().watch === 'watching', 'watching', 5_000);
+    await advance(2_000);
+    assert.equal(lines.filter((l) => /accepted/.test(l)).length, 1, lines.join('\n'));
+    assert.match(
+      lines.find((l) => /accepted/.test(l))!,
+      /^agent: etcd accepted this agent's credentials after \d+/,
+    );
+    // Refused again later: said again.
+    lines.length = 0;
+    store.setDown(true);
+    await advance(3_000);
+    assert.equal(lines.filter((l) => /refused this agent's credentials/.test(l)).length, 1, lines.join('\n'));
+  });
+});
