@@ -121,6 +121,10 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
   private readonly core: Core;
   private readonly queue: CommitQueue;
   private closed = false;
+  /** The first `close()`'s promise: a later (or concurrent) `close()` settles with it. */
+  private closing?: Promise<void>;
+  /** Calls (and the periodic drift check) in flight: `close()` waits for them. */
+  private readonly inFlight = new Set<Promise<unknown>>();
 
   private driftTimer?: NodeJS.Timeout;
   /** The checker started by `open({ health })`, if any. */
@@ -149,8 +153,7 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
       this.driftTimer = setInterval(() => {
         if (running || this.closed) return;
         running = true;
-        this.core
-          .driftCheck()
+        this.track(this.core.driftCheck())
           .then((reports) => {
             if (reports && !this.closed) this.reportDrift(reports);
           })
@@ -170,15 +173,25 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
     if (drifted.length) this.emit('drift', drifted);
   }
 
+  /** Keeps `p` in {@link inFlight} until it settles. */
+  private track<T>(p: Promise<T>): Promise<T> {
+    this.inFlight.add(p);
+    const done = (): void => void this.inFlight.delete(p);
+    p.then(done, done);
+    return p;
+  }
+
   /** A call: refused on a closed handle; its failure also emitted as `error` (when listened to). */
   private call<T>(body: () => Promise<T> | T): Promise<T> {
-    return (async () => {
-      this.check();
-      return body();
-    })().catch((e: Error) => {
-      if (this.listenerCount('error') > 0) this.emit('error', e);
-      throw e;
-    });
+    return this.track(
+      (async () => {
+        this.check();
+        return body();
+      })().catch((e: Error) => {
+        if (this.listenerCount('error') > 0) this.emit('error', e);
+        throw e;
+      }),
+    );
   }
 
   /** Absolute path of the state file this handle uses; `null` when profiles are kept in memory. */
@@ -286,14 +299,21 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
   }
 
   /**
-   * Waits for queued calls and their conntrack cleanup, folds the state journal into the state file
-   * (see `stateFoldMs`; a failure is logged, the journal stays valid), then ends the handle. Rules
-   * stay in the kernel.
+   * Refuses new calls at once, waits for the calls made before (apply, delete, status, sync…: once it
+   * resolves the handle reaches the kernel no more) and their conntrack cleanup, folds the state
+   * journal into the state file (see `stateFoldMs`; a failure is logged, the journal stays valid),
+   * then ends the handle. Rules stay in the kernel. Called again, it settles with the first call.
    */
-  async close(): Promise<void> {
-    if (this.healthChecker) await this.healthChecker.stop();
+  close(): Promise<void> {
+    return (this.closing ??= this.closeOnce());
+  }
+
+  private async closeOnce(): Promise<void> {
     this.closed = true;
     if (this.driftTimer) clearInterval(this.driftTimer);
+    // The checker commits through the queue, not through call(): it can still give weights back.
+    if (this.healthChecker) await this.healthChecker.stop();
+    while (this.inFlight.size) await Promise.allSettled([...this.inFlight]);
     await this.queue.idle();
     // The journal is durable already: a fold that fails (lock held too long, disk full) is logged, not thrown.
     await this.core.foldState().catch((e: Error) => this.core.foldFailed(e, false));

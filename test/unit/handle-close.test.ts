@@ -1,0 +1,85 @@
+/**
+ * `close()` of a library handle (docs/api.md): it waits for the calls made before it, so that once it
+ * resolves the handle touches the kernel no more; called again (also while the first is running) it
+ * settles with the first, after its work.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { open, type LegacyExecutor, type Transaction, type Family } from '../../src/index.js';
+import { FakeLegacyKernel } from '../harness/fake-kernel.js';
+
+/** A fake kernel whose reads wait for `open()` of the gate: a call held in flight without a clock. */
+class GatedKernel implements LegacyExecutor {
+  readonly kind = 'native' as const;
+  readonly engine = 'legacy' as const;
+  readonly k = new FakeLegacyKernel();
+  readonly log: string[] = [];
+  private gate: Promise<void> = Promise.resolve();
+  private release = (): void => {};
+  hold(): void {
+    this.gate = new Promise((r) => (this.release = r));
+  }
+  open(): void {
+    this.release();
+  }
+  async commit(tx: Transaction) {
+    const r = await this.k.commit(tx);
+    this.log.push('commit');
+    return r;
+  }
+  async read(family: Family) {
+    await this.gate;
+    this.log.push('read');
+    return this.k.read(family);
+  }
+  async render(): Promise<string> {
+    return '';
+  }
+}
+
+/** Lets everything that does not wait for the gate run (file system calls included). */
+const settle = async (): Promise<void> => {
+  for (let i = 0; i < 50; i++) await new Promise((r) => setImmediate(r));
+};
+
+const prof = { name: 'a', source: '127.100.0.1:1000', destination: ['127.0.0.1:9000'] };
+
+test('close() waits for a sync() (and status, kernel) in flight: nothing reaches the kernel after it resolved', async () => {
+  const ex = new GatedKernel();
+  const lb = await open({ stateFile: false, stateRegistry: false }, ex);
+  await lb.apply(prof);
+  ex.k.tables.clear(); // drift: sync() has something to repair
+  ex.hold();
+  const order: string[] = [];
+  const calls = [
+    lb.sync().then((r) => order.push(`sync ${r.committed}`)),
+    lb.status().then(() => order.push('status')),
+    lb.kernel().then(() => order.push('kernel')),
+  ];
+  const closed = lb.close().then(() => order.push('close'));
+  await settle();
+  ex.open();
+  await Promise.all([...calls, closed]);
+  assert.equal(order.at(-1), 'close', order.join(', '));
+  assert.ok(order.includes('sync true'), order.join(', '));
+  const after = ex.log.length;
+  await settle();
+  assert.equal(ex.log.length, after);
+});
+
+test('close() twice at once: the second settles with the first, after its work; the handle is closed at once', async () => {
+  const ex = new GatedKernel();
+  const lb = await open({ stateFile: false, stateRegistry: false }, ex);
+  await lb.apply(prof);
+  ex.hold();
+  const order: string[] = [];
+  const st = lb.status().then(() => order.push('status'));
+  const c1 = lb.close().then(() => order.push('close 1'));
+  const c2 = lb.close().then(() => order.push('close 2'));
+  await assert.rejects(lb.list(), (e: { code?: string }) => e.code === 'EUSAGE');
+  await settle();
+  ex.open();
+  await Promise.all([st, c1, c2]);
+  assert.deepEqual(order, ['status', 'close 1', 'close 2']);
+  await lb.close(); // a third, later: settles too
+});
