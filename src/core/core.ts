@@ -794,6 +794,9 @@ export class Core {
     const file = this.statePath;
     if (file === null) return Promise.resolve(false);
     return this.serial(async () => {
+      // No journal: nothing to fold, and no lock to take (a handle that only read, or a path not yet
+      // created, is left as it was: no directory, no lock file).
+      if (!this.cached?.journal && !existsSync(journalPath(file))) return false;
       const lock = await this.lock();
       try {
         const state = await this.currentState();

@@ -7,6 +7,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { open, type LegacyExecutor, type Transaction, type Family } from '../../src/index.js';
 import { FakeLegacyKernel } from '../harness/fake-kernel.js';
+import { existsSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
 
 /** A fake kernel whose reads wait for `open()` of the gate: a call held in flight without a clock. */
 class GatedKernel implements LegacyExecutor {
@@ -82,4 +85,13 @@ test('close() twice at once: the second settles with the first, after its work; 
   await Promise.all([st, c1, c2]);
   assert.deepEqual(order, ['status', 'close 1', 'close 2']);
   await lb.close(); // a third, later: settles too
+});
+
+test('open(), list(), status() and close() of a state file not yet created leave the disk as it was', async () => {
+  const dir = path.join(mkdtempSync(path.join(tmpdir(), 'iptlb-close-')), 'not', 'yet');
+  const lb = await open({ stateFile: path.join(dir, 'state.db'), stateRegistry: false }, new FakeLegacyKernel());
+  assert.deepEqual(await lb.list(), []);
+  assert.deepEqual(await lb.status(), []);
+  await lb.close();
+  assert.equal(existsSync(path.dirname(dir)), false);
 });
