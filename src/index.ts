@@ -173,12 +173,19 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
     if (drifted.length) this.emit('drift', drifted);
   }
 
-  /** Keeps `p` in {@link inFlight} until it settles. */
+  /**
+   * `p` as a promise to hand out, counted in {@link inFlight} until it settles. What is kept there is a
+   * promise that never rejects: the one handed out stays unhandled until its caller handles it (a call
+   * nobody awaits still ends as an unhandled rejection, as before `close()` waited for calls).
+   */
   private track<T>(p: Promise<T>): Promise<T> {
-    this.inFlight.add(p);
-    const done = (): void => void this.inFlight.delete(p);
-    p.then(done, done);
-    return p;
+    let done!: () => void;
+    const settled = new Promise<void>((r) => (done = r));
+    this.inFlight.add(settled);
+    return p.finally(() => {
+      this.inFlight.delete(settled);
+      done();
+    });
   }
 
   /** A call: refused on a closed handle; its failure also emitted as `error` (when listened to). */

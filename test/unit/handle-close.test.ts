@@ -10,6 +10,9 @@ import { FakeLegacyKernel } from '../harness/fake-kernel.js';
 import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { pathToFileURL } from 'node:url';
+import { PROJECT_ROOT } from '../harness/env.js';
 
 /** A fake kernel whose reads wait for `open()` of the gate: a call held in flight without a clock. */
 class GatedKernel implements LegacyExecutor {
@@ -94,4 +97,27 @@ test('open(), list(), status() and close() of a state file not yet created leave
   assert.deepEqual(await lb.status(), []);
   await lb.close();
   assert.equal(existsSync(path.dirname(dir)), false);
+});
+
+test('a call whose rejection nobody handles is still an unhandled rejection (close() waits for it without handling it)', () => {
+  const root = pathToFileURL(PROJECT_ROOT + '/').href;
+  const r = spawnSync(
+    process.execPath,
+    [
+      '--input-type=module',
+      '-e',
+      `const { open } = await import(${JSON.stringify(root + 'dist/src/index.js')});
+       const { FakeLegacyKernel } = await import(${JSON.stringify(root + 'dist/test/harness/fake-kernel.js')});
+       const seen = [];
+       process.on('unhandledRejection', (e) => seen.push(e.code));
+       const lb = await open({ stateFile: false, stateRegistry: false }, new FakeLegacyKernel());
+       lb.apply({ name: 'x' });
+       lb.delete('missing');
+       await lb.close();
+       setImmediate(() => process.stdout.write(JSON.stringify(seen.sort())));`,
+    ],
+    { encoding: 'utf8' },
+  );
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), ['EINVAL_PROFILE', 'ENOTFOUND']);
 });
