@@ -158,7 +158,7 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
             if (reports && !this.closed) this.reportDrift(reports);
           })
           .catch((e: Error) => {
-            if (this.listenerCount('error') > 0) this.emit('error', e);
+            if (this.listenerCount('error') > 0) this.emitApart('error', e);
           })
           .finally(() => (running = false));
       }, driftCheckMs);
@@ -170,7 +170,21 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
     // What sync() repairs: an in-memory handle leaves what it was not given alone, orphans included.
     const memory = this.core.statePath === null;
     const drifted = reports.filter((r) => r.status !== 'in-sync' && !(memory && r.status === 'orphaned'));
-    if (drifted.length) this.emit('drift', drifted);
+    if (drifted.length) this.emitApart('drift', drifted);
+  }
+
+  /**
+   * Emits an event about a call without letting a listener's throw become the call's outcome: the
+   * throw is thrown again on its own, as an uncaught exception (as the queue does for `commit`).
+   */
+  private emitApart<K extends 'drift' | 'error'>(event: K, ...args: IptlbEvents[K]): void {
+    try {
+      (this.emit as (e: K, ...a: IptlbEvents[K]) => boolean)(event, ...args);
+    } catch (e) {
+      process.nextTick(() => {
+        throw e;
+      });
+    }
   }
 
   /**
@@ -195,7 +209,7 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
         this.check();
         return body();
       })().catch((e: Error) => {
-        if (this.listenerCount('error') > 0) this.emit('error', e);
+        if (this.listenerCount('error') > 0) this.emitApart('error', e);
         throw e;
       }),
     );

@@ -1,7 +1,8 @@
 /**
  * `close()` of a library handle (docs/api.md): it waits for the calls made before it, so that once it
  * resolves the handle touches the kernel no more; called again (also while the first is running) it
- * settles with the first, after its work.
+ * settles with the first, after its work. And the outcome of a call is its own: neither close() nor a
+ * listener that throws changes it.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -120,4 +121,37 @@ test('a call whose rejection nobody handles is still an unhandled rejection (clo
   );
   assert.equal(r.status, 0, r.stderr);
   assert.deepEqual(JSON.parse(r.stdout), ['EINVAL_PROFILE', 'ENOTFOUND']);
+});
+
+test("a `drift` or `error` listener's throw does not change the call's outcome: it is thrown again on its own", () => {
+  const root = pathToFileURL(PROJECT_ROOT + '/').href;
+  const r = spawnSync(
+    process.execPath,
+    [
+      '--input-type=module',
+      '-e',
+      `const { open } = await import(${JSON.stringify(root + 'dist/src/index.js')});
+       const { FakeLegacyKernel } = await import(${JSON.stringify(root + 'dist/test/harness/fake-kernel.js')});
+       const thrown = [];
+       process.on('uncaughtException', (e) => thrown.push(e.message));
+       const k = new FakeLegacyKernel();
+       const lb = await open({ stateFile: false, stateRegistry: false }, k);
+       await lb.apply({ name: 'a', source: '127.100.0.1:1000', destination: ['127.0.0.1:9000'] });
+       lb.on('drift', () => { throw new Error('drift listener'); });
+       lb.on('error', () => { throw new Error('error listener'); });
+       k.tables.clear();
+       const out = {};
+       out.sync = await lb.sync().then((r) => r.committed, (e) => e.message);
+       out.delete = await lb.delete('missing').then(() => 'resolved', (e) => e.code);
+       await lb.close();
+       setImmediate(() => process.stdout.write(JSON.stringify({ ...out, thrown: thrown.sort() })));`,
+    ],
+    { encoding: 'utf8' },
+  );
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), {
+    sync: true,
+    delete: 'ENOTFOUND',
+    thrown: ['drift listener', 'error listener'],
+  });
 });
