@@ -138,7 +138,7 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
     return {
       core: this.core,
       commit: () => this.queue.submit({ kind: 'apply', profiles: [] }),
-      emit: (e) => this.emit('health', e),
+      emit: (e) => this.emitApart('health', e),
     };
   }
 
@@ -174,10 +174,11 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
   }
 
   /**
-   * Emits an event about a call without letting a listener's throw become the call's outcome: the
-   * throw is thrown again on its own, as an uncaught exception (as the queue does for `commit`).
+   * Emits an event about a call (or a checker's `health`) without letting a listener's throw become the
+   * call's outcome or stop the checker: the throw is thrown again on its own, as an uncaught exception
+   * (as the queue does for `commit`).
    */
-  private emitApart<K extends 'drift' | 'error'>(event: K, ...args: IptlbEvents[K]): void {
+  private emitApart<K extends 'drift' | 'error' | 'health'>(event: K, ...args: IptlbEvents[K]): void {
     try {
       (this.emit as (e: K, ...a: IptlbEvents[K]) => boolean)(event, ...args);
     } catch (e) {

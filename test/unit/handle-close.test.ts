@@ -123,7 +123,7 @@ test('a call whose rejection nobody handles is still an unhandled rejection (clo
   assert.deepEqual(JSON.parse(r.stdout), ['EINVAL_PROFILE', 'ENOTFOUND']);
 });
 
-test("a `drift` or `error` listener's throw does not change the call's outcome: it is thrown again on its own", () => {
+test("a `drift`, `error` or `health` listener's throw does not change the call's outcome: it is thrown again on its own", () => {
   const root = pathToFileURL(PROJECT_ROOT + '/').href;
   const r = spawnSync(
     process.execPath,
@@ -139,8 +139,12 @@ test("a `drift` or `error` listener's throw does not change the call's outcome: 
        await lb.apply({ name: 'a', source: '127.100.0.1:1000', destination: ['127.0.0.1:9000'] });
        lb.on('drift', () => { throw new Error('drift listener'); });
        lb.on('error', () => { throw new Error('error listener'); });
+       lb.on('health', () => { throw new Error('health listener'); });
        k.tables.clear();
        const out = {};
+       // What an attached checker calls for a destination's change (it must not throw into the checker).
+       try { lb.healthHost().emit({ profile: 'a', destination: '127.0.0.1:9000', state: 'down' }); out.health = 'returned'; }
+       catch (e) { out.health = e.message; }
        out.sync = await lb.sync().then((r) => r.committed, (e) => e.message);
        out.delete = await lb.delete('missing').then(() => 'resolved', (e) => e.code);
        await lb.close();
@@ -150,8 +154,9 @@ test("a `drift` or `error` listener's throw does not change the call's outcome: 
   );
   assert.equal(r.status, 0, r.stderr);
   assert.deepEqual(JSON.parse(r.stdout), {
+    health: 'returned',
     sync: true,
     delete: 'ENOTFOUND',
-    thrown: ['drift listener', 'error listener'],
+    thrown: ['drift listener', 'error listener', 'health listener'],
   });
 });
