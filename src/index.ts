@@ -54,7 +54,8 @@ export interface IptlbOptions extends OpenOptions {
   driftCheckMs?: number;
   /**
    * Run the health checks of the profiles that have one (see docs/health.md) in this process, with a
-   * {@link HealthChecker} attached to the handle (`iptlb.healthChecker`). Default `false`.
+   * {@link HealthChecker} attached to the handle (`iptlb.healthChecker`). Unlike the drift check, its
+   * timers keep the process alive until {@link Iptlb.close}. Default `false`.
    */
   health?: boolean | HealthCheckerOptions;
 }

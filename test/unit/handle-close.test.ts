@@ -160,3 +160,29 @@ test("a `drift`, `error` or `health` listener's throw does not change the call's
     thrown: ['drift listener', 'error listener', 'health listener'],
   });
 });
+
+test('after close() nothing of the handle keeps the process alive: drift check, health checker, state file', () => {
+  const root = pathToFileURL(PROJECT_ROOT + '/').href;
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-close-'));
+  const r = spawnSync(
+    process.execPath,
+    [
+      '--input-type=module',
+      '-e',
+      `const { open } = await import(${JSON.stringify(root + 'dist/src/index.js')});
+       const { FakeLegacyKernel } = await import(${JSON.stringify(root + 'dist/test/harness/fake-kernel.js')});
+       const lb = await open(
+         { stateFile: ${JSON.stringify(path.join(dir, 'state.db'))}, stateRegistry: false, driftCheckMs: 10, health: true },
+         new FakeLegacyKernel(),
+       );
+       await lb.apply({ name: 'a', source: '127.100.0.1:1000', destination: ['127.0.0.1:9'], health: { kind: 'tcp' } });
+       await lb.status();
+       await lb.close();
+       const left = process.getActiveResourcesInfo().filter((x) => x !== 'FSReqCallback' && x !== 'Immediate');
+       process.stdout.write(JSON.stringify(left));`,
+    ],
+    { encoding: 'utf8', timeout: 60_000 }, // (a guard against a hang, not a measure)
+  );
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), []);
+});
