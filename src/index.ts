@@ -124,8 +124,9 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
   private closed = false;
   /** The first `close()`'s promise: a later (or concurrent) `close()` settles with it. */
   private closing?: Promise<void>;
-  /** Calls (and the periodic drift check) in flight: `close()` waits for them. */
-  private readonly inFlight = new Set<Promise<unknown>>();
+  /** Calls (and the periodic drift check) in flight, and who waits for none to be: `close()`. */
+  private inFlight = 0;
+  private idleWaiters: (() => void)[] = [];
 
   private driftTimer?: NodeJS.Timeout;
   /** The checker started by `open({ health })`, if any. */
@@ -190,17 +191,14 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
   }
 
   /**
-   * `p` as a promise to hand out, counted in {@link inFlight} until it settles. What is kept there is a
-   * promise that never rejects: the one handed out stays unhandled until its caller handles it (a call
-   * nobody awaits still ends as an unhandled rejection, as before `close()` waited for calls).
+   * `p` as a promise to hand out, counted in {@link inFlight} until it settles (a counter, not a set of
+   * promises: one `finally` per call on the churn path). The promise handed out stays unhandled until
+   * its caller handles it: a call nobody awaits still ends as an unhandled rejection.
    */
   private track<T>(p: Promise<T>): Promise<T> {
-    let done!: () => void;
-    const settled = new Promise<void>((r) => (done = r));
-    this.inFlight.add(settled);
+    this.inFlight++;
     return p.finally(() => {
-      this.inFlight.delete(settled);
-      done();
+      if (--this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
     });
   }
 
@@ -336,7 +334,7 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
     if (this.driftTimer) clearInterval(this.driftTimer);
     // The checker commits through the queue, not through call(): it can still give weights back.
     if (this.healthChecker) await this.healthChecker.stop();
-    while (this.inFlight.size) await Promise.allSettled([...this.inFlight]);
+    while (this.inFlight > 0) await new Promise<void>((r) => this.idleWaiters.push(r));
     await this.queue.idle();
     // The journal is durable already: a fold that fails (lock held too long, disk full) is logged, not thrown.
     await this.core.foldState().catch((e: Error) => this.core.foldFailed(e, false));
