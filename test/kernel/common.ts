@@ -100,3 +100,23 @@ export const DEST = BACKENDS.map((p) => `127.0.0.1:${p}`).join(',');
 export function ok(p: Proc, what = 'iptlb'): void {
   if (p.code !== 0) throw new Error(`${what} exited ${p.code}: ${p.stderr.trim()}`);
 }
+
+/**
+ * Polls `fn` every 50 ms until it gives a truthy value, which it returns; after `ms` it throws, naming
+ * `what` and the last error `fn` threw (a hang guard for a test, not a measure).
+ */
+export async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, ms = 20_000): Promise<T> {
+  const end = Date.now() + ms;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > end)
+      throw new Error(`timed out waiting for ${what}${last ? ` (last error: ${(last as Error).message})` : ''}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}

@@ -505,43 +505,8 @@ for (const pair of PAIRS.filter((p) => p.engine === 'legacy')) {
     { skip: pair.skip },
     async () => {
       const ipt = (...a: string[]) => ({ op: 'sh' as const, argv: ['iptables-legacy', '-w', '-t', 'nat', ...a] });
-      // As the original writes them (seed-behaviour.md): its chain, a cascade, RETURN, a jump at the top of OUTPUT.
-      const original = (name: string, port: number, dests: string[]) => [
-        ipt('-N', `IPTLB_NAT_${name.toUpperCase()}`),
-        ...dests.map((d, i) =>
-          ipt(
-            '-A',
-            `IPTLB_NAT_${name.toUpperCase()}`,
-            '-p',
-            'tcp',
-            '-d',
-            VIP,
-            '--dport',
-            String(port),
-            ...(i < dests.length - 1
-              ? ['-m', 'statistic', '--mode', 'random', '--probability', (1 / (dests.length - i)).toFixed(5)]
-              : []),
-            '-j',
-            'DNAT',
-            '--to-destination',
-            d,
-          ),
-        ),
-        ipt('-A', `IPTLB_NAT_${name.toUpperCase()}`, '-j', 'RETURN'),
-        ipt(
-          '-I',
-          'OUTPUT',
-          '1',
-          '-p',
-          'tcp',
-          '-d',
-          VIP,
-          '--dport',
-          String(port),
-          '-j',
-          `IPTLB_NAT_${name.toUpperCase()}`,
-        ),
-      ];
+      const original = (name: string, port: number, dests: string[]) =>
+        originalRules('iptables-legacy', name, port, dests);
       const block = (name: string, port: number, dests: string[]) =>
         `${name}:\n  destination:\n${dests.map((d) => `  - ${d}\n`).join('')}  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: ${VIP}:${port}\n`;
       const two = ['127.0.0.1:9001', '127.0.0.1:9002'];
@@ -626,23 +591,7 @@ for (const pair of PAIRS.filter((p) => p.engine === 'legacy')) {
       const r = await runSteps([
         { op: 'backends', tcp: [9001, 9002, 9003] },
         // The original's rules for test (seed-behaviour.md), and its state file.
-        ipt('-N', 'IPTLB_NAT_TEST'),
-        ipt(
-          '-A',
-          'IPTLB_NAT_TEST',
-          '-p',
-          'tcp',
-          '-d',
-          VIP,
-          '--dport',
-          '8081',
-          '-j',
-          'DNAT',
-          '--to-destination',
-          '127.0.0.1:9001',
-        ),
-        ipt('-A', 'IPTLB_NAT_TEST', '-j', 'RETURN'),
-        ipt('-I', 'OUTPUT', '1', '-p', 'tcp', '-d', VIP, '--dport', '8081', '-j', 'IPTLB_NAT_TEST'),
+        ...originalRules('iptables-legacy', 'test', 8081, ['127.0.0.1:9001']),
         { op: 'write', file: '$WORK/state.db', text: original },
         // Another state file with a profile of its own (its file must stay byte for byte).
         { op: 'write', file: '$WORK/mine.db', text: other },
@@ -723,48 +672,7 @@ describe('capabilities and what selection cannot read', { skip: legacySpawn.skip
     const both = '+net_admin,+net_raw';
     const r = await runSteps([
       // The original's rules (its chain and an uncommented jump), and its state file.
-      { op: 'sh', argv: ['iptables-legacy', '-w', '-t', 'nat', '-N', 'IPTLB_NAT_TEST'] },
-      {
-        op: 'sh',
-        argv: [
-          'iptables-legacy',
-          '-w',
-          '-t',
-          'nat',
-          '-A',
-          'IPTLB_NAT_TEST',
-          '-p',
-          'tcp',
-          '-d',
-          VIP,
-          '--dport',
-          '8081',
-          '-j',
-          'DNAT',
-          '--to-destination',
-          '127.0.0.1:9001',
-        ],
-      },
-      {
-        op: 'sh',
-        argv: [
-          'iptables-legacy',
-          '-w',
-          '-t',
-          'nat',
-          '-I',
-          'OUTPUT',
-          '1',
-          '-p',
-          'tcp',
-          '-d',
-          VIP,
-          '--dport',
-          '8081',
-          '-j',
-          'IPTLB_NAT_TEST',
-        ],
-      },
+      ...originalRules('iptables-legacy', 'test', 8081, ['127.0.0.1:9001'], { noReturn: true }),
       {
         op: 'write',
         file: '$WORK/state.db',
@@ -905,24 +813,8 @@ describe('capabilities and what selection cannot read', { skip: legacySpawn.skip
   });
 
   test("the original's rules in iptables-nft's table ip nat: doctor is not ready and names them, status says them (its exit status unchanged); neither doctor nor status touches them", async () => {
-    const ipt = (...a: string[]) => ({ op: 'sh' as const, argv: ['iptables-nft', '-w', '-t', 'nat', ...a] });
     const r = await runSteps([
-      ipt('-N', 'IPTLB_NAT_TEST'),
-      ipt(
-        '-A',
-        'IPTLB_NAT_TEST',
-        '-p',
-        'tcp',
-        '-d',
-        VIP,
-        '--dport',
-        '8081',
-        '-j',
-        'DNAT',
-        '--to-destination',
-        '127.0.0.1:9001',
-      ),
-      ipt('-I', 'OUTPUT', '1', '-p', 'tcp', '-d', VIP, '--dport', '8081', '-j', 'IPTLB_NAT_TEST'),
+      ...originalRules('iptables-nft', 'test', 8081, ['127.0.0.1:9001'], { noReturn: true }),
       { op: 'sh', argv: ['nft', 'list', 'table', 'ip', 'nat'] },
       {
         op: 'write',
@@ -1360,3 +1252,39 @@ test(
     assert.doesNotMatch(r[5].stderr, /both engines/);
   },
 );
+
+/**
+ * The original iptlb's rules (seed-behaviour.md) for its profile `name` at VIP:`port`, written with
+ * `tool` in the nat table: its chain, a DNAT cascade over `dests` (5-decimal probabilities), RETURN
+ * (unless `noReturn`), and its uncommented jump at the top of OUTPUT.
+ */
+function originalRules(
+  tool: 'iptables-legacy' | 'iptables-nft',
+  name: string,
+  port: number,
+  dests: string[],
+  o: { noReturn?: boolean } = {},
+): Step[] {
+  const ipt = (...a: string[]): Step => ({ op: 'sh', argv: [tool, '-w', '-t', 'nat', ...a] });
+  const chain = `IPTLB_NAT_${name.toUpperCase()}`;
+  const match = ['-p', 'tcp', '-d', VIP, '--dport', String(port)];
+  return [
+    ipt('-N', chain),
+    ...dests.map((d, i) =>
+      ipt(
+        '-A',
+        chain,
+        ...match,
+        ...(i < dests.length - 1
+          ? ['-m', 'statistic', '--mode', 'random', '--probability', (1 / (dests.length - i)).toFixed(5)]
+          : []),
+        '-j',
+        'DNAT',
+        '--to-destination',
+        d,
+      ),
+    ),
+    ...(o.noReturn ? [] : [ipt('-A', chain, '-j', 'RETURN')]),
+    ipt('-I', 'OUTPUT', '1', ...match, '-j', chain),
+  ];
+}

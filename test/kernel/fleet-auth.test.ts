@@ -15,7 +15,7 @@ import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { NetnsTopology, type Spawned, type ChildResult } from '../harness/netns.js';
 import { CLI_PATH, PROJECT_ROOT } from '../harness/env.js';
-import { PAIRS, KERNEL_SKIP } from './common.js';
+import { PAIRS, KERNEL_SKIP, waitFor } from './common.js';
 import type { Split } from '../harness/traffic.js';
 
 const execFileP = promisify(execFile);
@@ -130,21 +130,6 @@ const tls = (cn = 'client', ca = 'ca'): string[] => [
   key(cn),
 ];
 
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, ms = 20_000): Promise<T> {
-  const end = Date.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > end)
-      throw new Error(`timed out waiting for ${what}${last ? ` (last error: ${(last as Error).message})` : ''}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 /**
  * A refusal the agent keeps meeting (`said`, one line) is said at least once and not again while it
  * retries for that reason: between two of its lines there is another failure's (`agent: store: …`: on a

@@ -13,7 +13,7 @@ import { promisify } from 'node:util';
 import { get } from 'node:http';
 import { NetnsTopology, type Spawned } from '../harness/netns.js';
 import { CLI_PATH } from '../harness/env.js';
-import { PAIRS, KERNEL_SKIP, type Pair } from './common.js';
+import { PAIRS, KERNEL_SKIP, waitFor, type Pair } from './common.js';
 import { EtcdStore, prefixEnd } from '../../src/fleet/store.js';
 import { fleetApply, fleetDelete, fleetList, fleetStatus } from '../../src/fleet/fleet.js';
 import { hostKey, profileKey } from '../../src/fleet/reconcile.js';
@@ -169,21 +169,6 @@ function startAgent(
 async function hostStatus(s: EtcdStore, host: string): Promise<HostStatus | null> {
   const r = await s.range(hostKey(P, host), hostKey(P, host) + '\0', { limit: 1 });
   return r.kvs.length ? (JSON.parse(r.kvs[0]!.value) as HostStatus) : null;
-}
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, ms = 20_000): Promise<T> {
-  const end = Date.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > end)
-      throw new Error(`timed out waiting for ${what}${last ? ` (last error: ${(last as Error).message})` : ''}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 const waitApplied = (s: EtcdStore, host: string, rev: number, ms?: number): Promise<HostStatus> =>
   waitFor(

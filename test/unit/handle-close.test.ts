@@ -11,7 +11,7 @@ import { FakeLegacyKernel } from '../harness/fake-kernel.js';
 import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { spawnSync } from 'node:child_process';
+import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { pathToFileURL } from 'node:url';
 import { PROJECT_ROOT } from '../harness/env.js';
 
@@ -101,38 +101,22 @@ test('open(), list(), status() and close() of a state file not yet created leave
 });
 
 test('a call whose rejection nobody handles is still an unhandled rejection (close() waits for it without handling it)', () => {
-  const root = pathToFileURL(PROJECT_ROOT + '/').href;
-  const r = spawnSync(
-    process.execPath,
-    [
-      '--input-type=module',
-      '-e',
-      `const { open } = await import(${JSON.stringify(root + 'dist/src/index.js')});
-       const { FakeLegacyKernel } = await import(${JSON.stringify(root + 'dist/test/harness/fake-kernel.js')});
-       const seen = [];
+  const r = inChild(
+    `const seen = [];
        process.on('unhandledRejection', (e) => seen.push(e.code));
        const lb = await open({ stateFile: false, stateRegistry: false }, new FakeLegacyKernel());
        lb.apply({ name: 'x' });
        lb.delete('missing');
        await lb.close();
        setImmediate(() => process.stdout.write(JSON.stringify(seen.sort())));`,
-    ],
-    { encoding: 'utf8' },
   );
   assert.equal(r.status, 0, r.stderr);
   assert.deepEqual(JSON.parse(r.stdout), ['EINVAL_PROFILE', 'ENOTFOUND']);
 });
 
 test("a `drift`, `error` or `health` listener's throw does not change the call's outcome: it is thrown again on its own", () => {
-  const root = pathToFileURL(PROJECT_ROOT + '/').href;
-  const r = spawnSync(
-    process.execPath,
-    [
-      '--input-type=module',
-      '-e',
-      `const { open } = await import(${JSON.stringify(root + 'dist/src/index.js')});
-       const { FakeLegacyKernel } = await import(${JSON.stringify(root + 'dist/test/harness/fake-kernel.js')});
-       const thrown = [];
+  const r = inChild(
+    `const thrown = [];
        process.on('uncaughtException', (e) => thrown.push(e.message));
        const k = new FakeLegacyKernel();
        const lb = await open({ stateFile: false, stateRegistry: false }, k);
@@ -149,8 +133,6 @@ test("a `drift`, `error` or `health` listener's throw does not change the call's
        out.delete = await lb.delete('missing').then(() => 'resolved', (e) => e.code);
        await lb.close();
        setImmediate(() => process.stdout.write(JSON.stringify({ ...out, thrown: thrown.sort() })));`,
-    ],
-    { encoding: 'utf8' },
   );
   assert.equal(r.status, 0, r.stderr);
   assert.deepEqual(JSON.parse(r.stdout), {
@@ -162,16 +144,9 @@ test("a `drift`, `error` or `health` listener's throw does not change the call's
 });
 
 test('after close() nothing of the handle keeps the process alive: drift check, health checker, state file', () => {
-  const root = pathToFileURL(PROJECT_ROOT + '/').href;
   const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-close-'));
-  const r = spawnSync(
-    process.execPath,
-    [
-      '--input-type=module',
-      '-e',
-      `const { open } = await import(${JSON.stringify(root + 'dist/src/index.js')});
-       const { FakeLegacyKernel } = await import(${JSON.stringify(root + 'dist/test/harness/fake-kernel.js')});
-       const lb = await open(
+  const r = inChild(
+    `const lb = await open(
          { stateFile: ${JSON.stringify(path.join(dir, 'state.db'))}, stateRegistry: false, driftCheckMs: 10, health: true },
          new FakeLegacyKernel(),
        );
@@ -180,9 +155,27 @@ test('after close() nothing of the handle keeps the process alive: drift check, 
        await lb.close();
        const left = process.getActiveResourcesInfo().filter((x) => x !== 'FSReqCallback' && x !== 'Immediate');
        process.stdout.write(JSON.stringify(left));`,
-    ],
-    { encoding: 'utf8', timeout: 60_000 }, // (a guard against a hang, not a measure)
+    60_000, // (a guard against a hang, not a measure)
   );
   assert.equal(r.status, 0, r.stderr);
   assert.deepEqual(JSON.parse(r.stdout), []);
 });
+
+/**
+ * Runs `body` as an ES module in a child Node, `open` and `FakeLegacyKernel` imported (from the built
+ * tree); `timeoutMs` only guards against a hang.
+ */
+function inChild(body: string, timeoutMs?: number): SpawnSyncReturns<string> {
+  const root = pathToFileURL(PROJECT_ROOT + '/').href;
+  return spawnSync(
+    process.execPath,
+    [
+      '--input-type=module',
+      '-e',
+      `const { open } = await import(${JSON.stringify(root + 'dist/src/index.js')});
+       const { FakeLegacyKernel } = await import(${JSON.stringify(root + 'dist/test/harness/fake-kernel.js')});
+       ${body}`,
+    ],
+    { encoding: 'utf8', ...(timeoutMs ? { timeout: timeoutMs } : {}) },
+  );
+}
