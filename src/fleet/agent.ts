@@ -54,6 +54,16 @@ export const DEFAULT_AGENT_STATE_FILE = '/var/lib/iptlb/agent.db';
  */
 export const MAX_AGENT_MS = 3_600_000;
 /**
+ * Most keys the agent asks etcd for in one page of a list. A page comes back as one gRPC message, and grpc-js (the
+ * etcd3 client's transport) receives at most 4 MiB: 100,000 keys fit only if each, with its value and the revisions
+ * etcd sends with it, takes under 42 bytes, less than the shortest valid profile (`//profiles/a` holding
+ * `{"name":"a","source":"1.1.1.1:1","destination":["1.1.1.1:1"]}`: about 90 bytes). A larger page could never arrive
+ * whole: it would be refused as too large and fetched again with half as many keys (see store.ts), after etcd built
+ * the whole response in its memory. (etcd's --max-request-bytes, 1.5 MiB by default, bounds one key and value, so
+ * one key per page always fits.)
+ */
+export const MAX_PAGE_SIZE = 100_000;
+/**
  * The host key's lease TTL, s: at least 2, at most a day. etcd allows 9,000,000,000 s, but its client keeps a lease
  * alive with timers of the TTL in ms (a TTL past 2,147,483 s would time out at once), and a key that outlives a dead
  * agent by more than a day says nothing true.
@@ -84,7 +94,7 @@ export interface AgentOptions {
   stateFile?: string;
   /** At least this many ms between two kernel commits of watch batches. Default 100. (Each ms option: at most 1 h.) */
   minSyncMs?: number;
-  /** Keys per page when listing. Default 1000. */
+  /** Keys per page when listing, 1 to {@link MAX_PAGE_SIZE} (100,000). Default 1000. */
   pageSize?: number;
   /** TTL of the host status key's lease, s (2 to 86,400). Default 10. */
   leaseTtlSec?: number;
@@ -248,7 +258,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.host = validateHost(opts.host ?? nodeOs().hostname());
     this.o = {
       minSyncMs: int(opts.minSyncMs ?? 100, 'minSyncMs', 0, MAX_AGENT_MS),
-      pageSize: int(opts.pageSize ?? 1000, 'pageSize', 1),
+      pageSize: int(opts.pageSize ?? 1000, 'pageSize', 1, MAX_PAGE_SIZE),
       leaseTtlSec: int(opts.leaseTtlSec ?? 10, 'leaseTtlSec', MIN_LEASE_TTL_SEC, MAX_LEASE_TTL_SEC),
       checkMs: int(opts.checkMs ?? 2000, 'checkMs', 10, MAX_AGENT_MS),
       syncMs: int(opts.syncMs ?? 10000, 'syncMs', 0, MAX_AGENT_MS),

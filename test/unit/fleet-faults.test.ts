@@ -350,7 +350,7 @@ describe('lists over the 4 MiB gRPC receive limit', () => {
   });
 });
 
-describe('agent duration options are bounded (etcd refuses a lease TTL that large; Node turns a timer past 2^31-1 ms into 1 ms)', () => {
+describe('agent duration options are bounded (etcd refuses a lease TTL that large; Node turns a timer past 2^31-1 ms into 1 ms), and its page size (a page is one gRPC message of at most 4 MiB)', () => {
   async function cli(...argv: string[]): Promise<{ code: number; err: string; connects: number }> {
     const { main } = await import('../../src/cli/main.js');
     const connect = mock.method(EtcdStore, 'connect', async () => {
@@ -374,16 +374,20 @@ describe('agent duration options are bounded (etcd refuses a lease TTL that larg
     ['min-sync-ms', '2147483648', 'from 0 to 3600000'],
     ['backoff-max-ms', '99999999999', 'from 1 to 3600000'],
     ['etcd-timeout-ms', '2147483648', 'from 10 to 3600000'],
+    ['page-size', '1000000000000', 'from 1 to 100000'],
+    ['page-size', '1e12', 'from 1 to 100000'],
+    ['page-size', '100001', 'from 1 to 100000'],
+    ['page-size', '0', 'from 1 to 100000'],
   ] as const)
     test(`agent --${flag} ${value}: one-line EUSAGE naming ${flag}, exit 2, no connection`, async () => {
       const r = await cli('agent', ...etcd, `--${flag}`, value);
       assert.equal(r.code, 2);
       assert.equal(r.connects, 0);
-      const unit = flag === 'lease-ttl' ? 'seconds' : 'ms';
+      const unit = flag === 'lease-ttl' ? 'seconds' : flag === 'page-size' ? 'keys' : 'ms';
       assert.equal(r.err, `iptlb: error: ${flag}: "${value}" must be a whole number of ${unit} ${range}\n`);
     });
 
-  test('the library refuses the same (leaseTtlSec, checkMs, syncMs, minSyncMs, backoffMs, backoffMaxMs, checkTimeoutMs, callTimeoutMs)', async () => {
+  test('the library refuses the same (leaseTtlSec, checkMs, syncMs, minSyncMs, backoffMs, backoffMaxMs, checkTimeoutMs, pageSize, callTimeoutMs)', async () => {
     const store = new FakeStore();
     const { Agent } = await import('../../src/fleet/agent.js');
     for (const [field, v] of [
@@ -394,6 +398,8 @@ describe('agent duration options are bounded (etcd refuses a lease TTL that larg
       ['backoffMs', 3_600_001],
       ['backoffMaxMs', 2 ** 31],
       ['checkTimeoutMs', 2 ** 31],
+      ['pageSize', 1e12],
+      ['pageSize', 100_001],
     ] as const)
       assert.throws(
         () => new Agent({ etcd: store, host: 'h', [field]: v }),
@@ -402,7 +408,14 @@ describe('agent duration options are bounded (etcd refuses a lease TTL that larg
         field,
       );
     // The bounds themselves are accepted.
-    new Agent({ etcd: store, host: 'h', leaseTtlSec: 86_400, checkMs: 3_600_000, backoffMaxMs: 3_600_000 });
+    new Agent({
+      etcd: store,
+      host: 'h',
+      leaseTtlSec: 86_400,
+      checkMs: 3_600_000,
+      backoffMaxMs: 3_600_000,
+      pageSize: 100_000,
+    });
     await assert.rejects(
       EtcdStore.connect({ endpoints: ['unix:///nonexistent/e:1'], callTimeoutMs: 2 ** 31 }),
       (e: Error & { field?: string }) => e.field === 'etcd-timeout-ms',

@@ -4,7 +4,13 @@ import { IptlbError } from '../../model/errors.js';
 import { engineChoiceOf } from '../../engines/select.js';
 import { executorChoiceOf } from '../../engines/executors.js';
 import { addEtcdFlags, etcdOptions, ownOptions, type EtcdFlags } from '../etcd-flags.js';
-import { DEFAULT_AGENT_STATE_FILE, MAX_AGENT_MS, MAX_LEASE_TTL_SEC, MIN_LEASE_TTL_SEC } from '../../fleet/agent.js';
+import {
+  DEFAULT_AGENT_STATE_FILE,
+  MAX_AGENT_MS,
+  MAX_LEASE_TTL_SEC,
+  MAX_PAGE_SIZE,
+  MIN_LEASE_TTL_SEC,
+} from '../../fleet/agent.js';
 
 interface Out {
   out(s: string): void;
@@ -59,7 +65,11 @@ export function register(program: Command, io: Out): void {
     .option('--check-ms <ms>', 'linearizable read every this long: a silent watch is not trusted (10-3600000)', '2000')
     .option('--sync-ms <ms>', 'drift check and repair every this long, without re-listing (0: off; 0-3600000)', '10000')
     .option('--backoff-max-ms <ms>', 'cap of the jittered backoff after a store failure (1-3600000)', '10000')
-    .option('--page-size <n>', 'keys per page when listing', '1000')
+    .option(
+      '--page-size <n>',
+      `keys per page when listing (1-${MAX_PAGE_SIZE}: a page is one gRPC message of at most 4 MiB)`,
+      '1000',
+    )
     .option('--keep-conntrack', 'keep conntrack entries of flows to destinations a change removes')
     .option(
       '--metrics-address <host:port>',
@@ -84,7 +94,7 @@ export function register(program: Command, io: Out): void {
         leaseTtlSec: whole(o.leaseTtl, 'lease-ttl', MIN_LEASE_TTL_SEC, MAX_LEASE_TTL_SEC, ' of seconds'),
         checkMs: whole(o.checkMs, 'check-ms', 10, MAX_AGENT_MS, ' of ms'),
         syncMs: whole(o.syncMs, 'sync-ms', 0, MAX_AGENT_MS, ' of ms'),
-        pageSize: whole(o.pageSize, 'page-size', 1),
+        pageSize: whole(o.pageSize, 'page-size', 1, MAX_PAGE_SIZE, ' of keys'),
         backoffMaxMs: whole(o.backoffMaxMs, 'backoff-max-ms', 1, MAX_AGENT_MS, ' of ms'),
         keepConntrack: !!o.keepConntrack,
         log: o.quiet ? () => {} : (l) => io.err(`iptlb: ${l}`),
