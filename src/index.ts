@@ -227,7 +227,7 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
   }
 
   private check(): void {
-    if (this.closed) throw new IptlbError('EUSAGE', 'this iptlb handle is closed');
+    if (this.closed) throw new IptlbError('EUSAGE', 'handle: this iptlb handle is closed', { field: 'handle' });
   }
 
   /**

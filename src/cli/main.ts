@@ -170,11 +170,12 @@ function refuseExcessArguments(cmd: Command): void {
     throw new IptlbError(
       'EUSAGE',
       `${got}; the original's form takes flags only (-run -profile=… -src-addr=… -dest-addr=…), and a command goes first: iptlb COMMAND [flags]`,
+      { field: 'arguments' },
     );
   const takes = declared.length
     ? `it takes ${declared.length === 1 ? 'one' : declared.length}: ${declared.map((a) => a.description || a.name()).join(', ')}`
     : 'it takes none';
-  throw new IptlbError('EUSAGE', `${name}: ${got}; ${takes}`);
+  throw new IptlbError('EUSAGE', `${name}: ${got}; ${takes}`, { field: 'arguments' });
 }
 
 /**
@@ -198,6 +199,7 @@ export async function main(argv: string[], io: Out = processOut()): Promise<numb
       throw new IptlbError(
         'EUSAGE',
         `unknown command ${JSON.stringify(first)} (commands: ${COMMANDS.flatMap(([n]) => (n ? [n] : [])).join(', ')})`,
+        { field: 'command' },
       );
     const commands = commandsOf(args);
     useSyncFs(!commands.some(([name]) => LONG_RUNNING.has(name)));

@@ -175,7 +175,7 @@ export async function fleetDelete(
   names: string[],
 ): Promise<{ revision: number; deleted: string[] }> {
   const list = [...new Set(names.map((n) => (typeof n === 'string' ? n : validateName(n))))];
-  if (!list.length) throw new IptlbError('EUSAGE', 'delete: name the profiles to delete');
+  if (!list.length) throw new IptlbError('EUSAGE', 'delete: name the profiles to delete', { field: 'names' });
   if (list.length > MAX_TXN_OPS)
     throw new IptlbError(
       'EUSAGE',

@@ -284,6 +284,7 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
         throw new IptlbError(
           'ELOCK',
           `health checks: ${pid === process.pid ? `another checker of this process (${pid})` : pid !== undefined ? `process ${pid}` : 'another process'} already checks the destinations of ${sp} (it holds ${checkerLockOf(sp)}); one process checks a state file, two would undo each other's drains: stop that one, or run this one without health checks`,
+          { field: 'health' },
         );
       }
       if (this.running) {

@@ -1210,3 +1210,29 @@ test("a checker of a state file whose directory does not exist yet creates it (a
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('errors name their field: open({ health }) refused because another process checks the state file (ELOCK, field health); a call on a closed handle (EUSAGE, field handle)', async () => {
+  const { open } = await import('../../src/index.js');
+  const { mkdtempSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-fields-'));
+  const file = path.join(dir, 'state.db');
+  const a = await open({ stateFile: file, stateRegistry: false, health: true }, new FakeExecutor());
+  try {
+    await assert.rejects(
+      open({ stateFile: file, stateRegistry: false, health: true }, new FakeExecutor()),
+      (e: IptlbError) =>
+        e.code === 'ELOCK' && e.field === 'health' && /^health checks: another checker of this process/.test(e.message),
+    );
+  } finally {
+    await a.close();
+  }
+  for (const call of [() => a.list(), () => a.apply([]), () => a.delete('web'), () => a.status(), () => a.sync()])
+    await assert.rejects(
+      call(),
+      (e: IptlbError) =>
+        e.code === 'EUSAGE' && e.field === 'handle' && e.message === 'handle: this iptlb handle is closed',
+    );
+  rmSync(dir, { recursive: true, force: true });
+});

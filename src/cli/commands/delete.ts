@@ -6,8 +6,10 @@ import { addGlobal, withGlobals, type GlobalOpts } from '../flags.js';
 import { makeCore, report, transact, verboseRules, type Out } from '../context.js';
 
 async function deleteCommand(names: string[], o: GlobalOpts & { all?: boolean }, io: Out): Promise<void> {
-  if (o.all && names.length) throw new IptlbError('EUSAGE', 'delete: give profile names or --all, not both');
-  if (!o.all && !names.length) throw new IptlbError('EUSAGE', 'delete: name the profiles to delete (or --all)');
+  if (o.all && names.length)
+    throw new IptlbError('EUSAGE', 'delete: give profile names or --all, not both', { field: 'all' });
+  if (!o.all && !names.length)
+    throw new IptlbError('EUSAGE', 'delete: name the profiles to delete (or --all)', { field: 'names' });
   const core = makeCore(o, io);
   const result = await transact(
     core,

@@ -9,12 +9,18 @@ import { makeCore, report, transact, verboseRules, type Out } from '../context.j
 /** The original's behaviour: flags decide create / reset / delete / use-state, `-run` touches the kernel. */
 async function legacyAction(o: LegacyOpts, io: Out): Promise<void> {
   if (o.useState && (o.srcAddr !== undefined || o.destAddr !== undefined)) {
-    throw new IptlbError('EUSAGE', '-use-state cannot be combined with -src-addr or -dest-addr');
+    throw new IptlbError('EUSAGE', '-use-state cannot be combined with -src-addr or -dest-addr', {
+      field: 'use-state',
+    });
   }
-  if (o.delete && o.reset) throw new IptlbError('EUSAGE', '-delete and -reset cannot be used together');
-  if (o.delete && !o.run) throw new IptlbError('EUSAGE', '-delete needs -run (it removes rules from the kernel)');
+  if (o.delete && o.reset)
+    throw new IptlbError('EUSAGE', '-delete and -reset cannot be used together', { field: 'delete' });
+  if (o.delete && !o.run)
+    throw new IptlbError('EUSAGE', '-delete needs -run (it removes rules from the kernel)', { field: 'delete' });
   if (o.useState && !o.run)
-    throw new IptlbError('EUSAGE', '-use-state needs -run (it applies the state file to the kernel)');
+    throw new IptlbError('EUSAGE', '-use-state needs -run (it applies the state file to the kernel)', {
+      field: 'use-state',
+    });
   // A profile given by flags is checked before the lock is taken: bad input leaves nothing behind,
   // not even the lock's files. (Without -src-addr and -dest-addr, what to do depends on the state.)
   if (!o.useState && !o.delete && (o.srcAddr !== undefined || o.destAddr !== undefined)) {

@@ -54,7 +54,9 @@ export class NftSpawnExecutor implements NftExecutor {
 
   private async list(family: NftFamily, terse: boolean): Promise<NftView> {
     if (family !== 'ip' && family !== 'ip6')
-      throw new IptlbError('EUSAGE', `nft read: family must be 'ip' or 'ip6', got ${String(family)}`);
+      throw new IptlbError('EUSAGE', `nft read: family must be 'ip' or 'ip6', got ${String(family)}`, {
+        field: 'family',
+      });
     const r = await run(this.nft, [...(terse ? ['-t'] : []), '-j', 'list', 'table', family, 'iptlb']);
     if (r.code !== 0) {
       if (/No such file or directory/.test(r.stderr)) return parseNftJson('', 0, family);
