@@ -323,7 +323,8 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
    * Refuses new calls at once, waits for the calls made before (apply, delete, status, sync…: once it
    * resolves the handle reaches the kernel no more) and their conntrack cleanup, folds the state
    * journal into the state file (see `stateFoldMs`; a failure is logged, the journal stays valid),
-   * then ends the handle. Rules stay in the kernel. Called again, it settles with the first call.
+   * then ends the handle. Rules stay in the kernel. Called again, it settles with the first call. When the
+   * health checker's `stop()` fails, the rest is done all the same and close() then rejects with that error.
    */
   close(): Promise<void> {
     return (this.closing ??= this.closeOnce());
@@ -332,13 +333,21 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
   private async closeOnce(): Promise<void> {
     this.closed = true;
     if (this.driftTimer) clearInterval(this.driftTimer);
-    // The checker commits through the queue, not through call(): it can still give weights back.
-    if (this.healthChecker) await this.healthChecker.stop();
+    // The checker commits through the queue, not through call(): it can still give weights back. Its
+    // failure does not skip the rest (the calls' end, the fold): it is thrown once they are done.
+    let stopFailed: { error: unknown } | undefined;
+    if (this.healthChecker)
+      try {
+        await this.healthChecker.stop();
+      } catch (e) {
+        stopFailed = { error: e };
+      }
     while (this.inFlight > 0) await new Promise<void>((r) => this.idleWaiters.push(r));
     await this.queue.idle();
     // The journal is durable already: a fold that fails (lock held too long, disk full) is logged, not thrown.
     await this.core.foldState().catch((e: Error) => this.core.foldFailed(e, false));
     await this.core.conntrackIdle();
+    if (stopFailed) throw stopFailed.error;
   }
 }
 

@@ -356,25 +356,30 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     this.run++;
     this.inFlight = 0;
     for (const t of this.targets.values()) t.inFlight = false;
-    this.prober?.close();
-    this.prober = undefined;
-    while (this.committing) await new Promise((r) => setTimeout(r, 5));
-    if (this.restoreOnStop) {
-      for (const name of this.byProfile.keys()) this.host.core.health.forget(name);
-      if (this.host.core.health.hasPending) {
-        try {
-          await this.host.commit();
-          this.log('health: stopped; configured weights given back to the kernel');
-        } catch (e) {
-          this.log(
-            `health: stopped; could not give back the configured weights (${(e as Error).message}); run \`iptlb sync\``,
-          );
+    try {
+      const prober = this.prober;
+      this.prober = undefined;
+      prober?.close();
+      while (this.committing) await new Promise((r) => setTimeout(r, 5));
+      if (this.restoreOnStop) {
+        for (const name of this.byProfile.keys()) this.host.core.health.forget(name);
+        if (this.host.core.health.hasPending) {
+          try {
+            await this.host.commit();
+            this.log('health: stopped; configured weights given back to the kernel');
+          } catch (e) {
+            this.log(
+              `health: stopped; could not give back the configured weights (${(e as Error).message}); run \`iptlb sync\``,
+            );
+          }
         }
       }
+    } finally {
+      // Whatever failed above, this process checks the state file no more: its file and lock go.
+      if (this.publishFile) await fsp.unlink(this.publishFile).catch(() => {});
+      this.checkerLock?.release();
+      this.checkerLock = undefined;
     }
-    if (this.publishFile) await fsp.unlink(this.publishFile).catch(() => {});
-    this.checkerLock?.release();
-    this.checkerLock = undefined;
   }
 
   /** Who sends the tcp probes while running: `native` (the addon's prober) or `node`; undefined when stopped. */

@@ -1236,3 +1236,47 @@ test('errors name their field: open({ health }) refused because another process 
     );
   rmSync(dir, { recursive: true, force: true });
 });
+
+test("close() whose health checker's stop() throws still ends the calls, folds the journal and releases the checker's lock, then rejects with that error", async () => {
+  const { open } = await import('../../src/index.js');
+  const { mkdtempSync, rmSync, existsSync, readFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-close-stop-'));
+  const file = path.join(dir, 'state.db');
+  try {
+    for (const how of ['prober', 'stop'] as const) {
+      const lb = await open({ stateFile: file, stateRegistry: false, health: true }, new FakeExecutor());
+      const checker = lb.healthChecker!;
+      const boom = new Error(`${how} failed`);
+      if (how === 'prober')
+        // Inside stop(): its prober's close throws.
+        (checker as unknown as { prober: { close(): void } }).prober.close = () => {
+          throw boom;
+        };
+      else checker.stop = () => Promise.reject(boom); // stop() itself
+      const applied = lb.apply({
+        name: `web-${how}`,
+        source: `127.100.0.10:${how === 'prober' ? 80 : 81}`,
+        destination: ['127.0.0.1:9001'],
+      });
+      await applied;
+      assert.ok(existsSync(`${file}.journal`), 'the change is in the journal, not yet folded');
+      await assert.rejects(lb.close(), (e) => e === boom);
+      await assert.rejects(lb.close(), (e) => e === boom, 'called again: the same settlement');
+      assert.equal(existsSync(`${file}.journal`), false, 'the journal was folded');
+      assert.match(readFileSync(file, 'utf8'), new RegExp(`^web-${how}:`, 'm'));
+      await assert.rejects(lb.list(), (e: IptlbError) => e.code === 'EUSAGE' && e.field === 'handle');
+      if (how === 'stop') {
+        await HealthChecker.prototype.stop.call(checker); // the real stop, which never ran
+        continue;
+      }
+      // The lock and the published file went with the failed stop: another checker of the file starts.
+      assert.equal(existsSync(`${file}.health.json`), false);
+      const next = await open({ stateFile: file, stateRegistry: false, health: true }, new FakeExecutor());
+      await next.close();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
