@@ -13,6 +13,7 @@
 #include "iptc_handle.h"
 #include "ipset.h"
 #include "prefetch.h"
+#include "read_worker.h"
 #include "thread_priority.h"
 #include "transaction.h"
 #include "xtables_lock.h"
@@ -157,7 +158,7 @@ void CommitWorker::Run(XtHandle<F> *prepared) {
     if (attempts_ > 1 || !prepared) fresh = std::make_unique<XtHandle<F>>("nat");
     XtHandle<F> &h = fresh ? *fresh : *prepared;
     if (!h.ok()) Throw(h.error());
-    ApplyTransaction<F>(h.get(), tx_, &gate);
+    ApplyTransaction<F>(h.get(), tx_, &gate, &originals_);
     bool no_set = false;
     ChangeGateSet(F::kFamily, gate.created ? LiveGateElements<F>(h.get()) : gate.adds, false, &no_set);
     if (no_set) {
@@ -197,6 +198,16 @@ void CommitWorker::OnOK() {
     a.Set("written", static_cast<double>(appended_));
     a.Set("errno", append_errno_);
     r.Set("appended", a);
+  }
+  if (!originals_.empty()) {
+    Napi::Array o = Napi::Array::New(env, originals_.size());
+    for (uint32_t i = 0; i < originals_.size(); i++) {
+      Napi::Object j = Napi::Object::New(env);
+      j.Set("chain", originals_[i].chain);
+      j.Set("rule", RuleToJs(env, tx_.family, originals_[i].rule));
+      o.Set(i, j);
+    }
+    r.Set("originals", o);
   }
   Resolve(r);
 }

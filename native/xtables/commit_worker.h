@@ -11,6 +11,7 @@
 
 #include "iptc_handle.h"
 #include "plan.h"
+#include "transaction.h"
 #include "job_thread.h"
 
 namespace iptlb {
@@ -55,6 +56,7 @@ class CommitWorker : public ThreadJob {
   void Run(XtHandle<F> *prepared);
 
   Transaction tx_;
+  std::vector<DeletedJump> originals_;  // the original iptlb's jumps the commit deleted (--verbose)
   std::shared_ptr<PlanDecode> decode_;  // the JSON text, decoded on the decoder thread or in Work()
   std::string lock_path_;               // read from the environment on the JS thread
   int lock_wait_ms_;

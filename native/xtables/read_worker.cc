@@ -131,6 +131,8 @@ Napi::Value TargetToJs(Napi::Env env, Family family, const Target &t) {
   return o;
 }
 
+}  // namespace
+
 // The Rule shape of src/types.ts (optional fields absent, not undefined, so deepEqual holds).
 Napi::Value RuleToJs(Napi::Env env, Family family, const Rule &rule) {
   Napi::Object r = Napi::Object::New(env);
@@ -147,6 +149,8 @@ Napi::Value RuleToJs(Napi::Env env, Family family, const Rule &rule) {
   r.Set("target", TargetToJs(env, family, rule.target));
   return r;
 }
+
+namespace {
 
 void SetCounters(Napi::Env env, Napi::Object o, const DecodedRule &d) {
   o.Set("packets", Napi::BigInt::New(env, static_cast<uint64_t>(d.packets)));

@@ -16,6 +16,9 @@
 
 namespace iptlb {
 
+// A decoded rule as JavaScript sees it: the Rule shape of src/model/types.ts.
+Napi::Value RuleToJs(Napi::Env env, Family family, const Rule &rule);
+
 class ReadWorker : public ThreadJob {
  public:
   ReadWorker(Napi::Env env, Family family);

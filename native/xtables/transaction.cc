@@ -120,7 +120,8 @@ namespace {
 // chain from being deleted (EMLINK) and a replaced profile reachable by the old way too.
 template <typename F>
 std::set<SetElement> DeleteOwnedRules(struct xtc_handle *h, const Transaction &tx,
-                                      const std::vector<SetElement> &planned, HeldRules *held) {
+                                      const std::vector<SetElement> &planned, HeldRules *held,
+                                      std::vector<DeletedJump> *originals) {
   using Entry = typename F::Entry;
   std::set<std::string> owned;
   for (const std::string &o : tx.owners) owned.insert("iptlb:" + o);
@@ -160,6 +161,7 @@ std::set<SetElement> DeleteOwnedRules(struct xtc_handle *h, const Transaction &t
         // Without any comment (another tool's comment makes it that tool's), to one of iptlb's chains.
         const char *t = dispatch || !comment.empty() ? nullptr : F::GetTarget(e, h);
         if (!t || !IsProfileChain(t) || !targets.count(t)) continue;
+        if (originals) originals->push_back({hook, DecodeRule<F>(e, h).rule});
       }
       doomed.push_back(n);
       if (created.count(comment)) {
@@ -521,10 +523,12 @@ void RefuseTaken(struct xtc_handle *h, const Transaction &tx) {
 }
 
 template <typename F>
-void ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gate) {
+void ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gate,
+                      std::vector<DeletedJump> *originals) {
   HeldRules held;
   std::vector<SetElement> planned = GateElements(tx);
-  std::set<SetElement> removed = DeleteOwnedRules<F>(h, tx, planned, &held);
+  if (originals) originals->clear();
+  std::set<SetElement> removed = DeleteOwnedRules<F>(h, tx, planned, &held, originals);
   if (tx.exclusive) RefuseHeld<F>(h, tx, held);
   RefuseTaken<F>(h, tx);
   DeleteChains<F>(h, tx);
@@ -535,8 +539,10 @@ void ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gat
   CollectStale<F>(h, gate->adds, std::move(removed), gate);
 }
 
-template void ApplyTransaction<Ip4Tables>(struct xtc_handle *, const Transaction &, GateWork *);
-template void ApplyTransaction<Ip6Tables>(struct xtc_handle *, const Transaction &, GateWork *);
+template void ApplyTransaction<Ip4Tables>(struct xtc_handle *, const Transaction &, GateWork *,
+                                          std::vector<DeletedJump> *);
+template void ApplyTransaction<Ip6Tables>(struct xtc_handle *, const Transaction &, GateWork *,
+                                          std::vector<DeletedJump> *);
 template std::vector<SetElement> LiveGateElements<Ip4Tables>(struct xtc_handle *);
 template std::vector<SetElement> LiveGateElements<Ip6Tables>(struct xtc_handle *);
 

@@ -37,9 +37,18 @@ std::vector<SetElement> GateElements(const Transaction &tx);
 template <typename F>
 std::vector<SetElement> LiveGateElements(struct xtc_handle *h);
 
+// A rule without any comment in a built-in chain that jumps to a profile chain the transaction deletes or
+// refills (the original iptlb's jump), which the transaction deleted: the chain and the rule, for `--verbose`.
+struct DeletedJump {
+  std::string chain;
+  Rule rule;
+};
+
 // `h` is a handle of F's library (tx.family is F's). Instantiated for Ip4Tables and Ip6Tables.
+// `originals`, when given, receives the original iptlb's jumps the transaction deleted.
 template <typename F>
 // Throws NativeFailure (EKERNEL with the library's message, or EPERM) naming what failed.
-void ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gate);
+void ApplyTransaction(struct xtc_handle *h, const Transaction &tx, GateWork *gate,
+                      std::vector<DeletedJump> *originals = nullptr);
 
 }  // namespace iptlb

@@ -11,7 +11,7 @@
 import { createRequire } from 'node:module';
 import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
-import type { AfterCommit, Family, KernelView, Transaction } from '../model/types.js';
+import type { AfterCommit, Family, KernelView, Rule, Transaction } from '../model/types.js';
 import type { NftEndpoint, NftFamily, NftTransaction, NftView } from '../engines/nft/ops.js';
 import { packageRoot } from './paths.js';
 
@@ -85,6 +85,8 @@ export interface NativeCommitResult {
   attempts: number;
   /** With `append`: the bytes written, and the errno of a write that failed (0: all written). */
   appended?: { written: number; errno: number };
+  /** The original iptlb's jumps (no comment, in a built-in chain) the commit deleted: their chain and rule. */
+  originals?: { chain: string; rule: Rule }[];
 }
 
 /**

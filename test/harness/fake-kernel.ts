@@ -6,7 +6,7 @@
  * against something that remembers. Tamper with `tables` to simulate other tools, reboots and flushes.
  */
 import { IptlbError } from '../../src/model/errors.js';
-import { refuseConflicts, renderRestore } from '../../src/engines/legacy/restore.js';
+import { deletedOriginals, refuseConflicts, renderRestore, renderRuleOf } from '../../src/engines/legacy/restore.js';
 import { OWN_CHAIN } from '../../src/engines/legacy/plan.js';
 import {
   type NftBaseChain,
@@ -63,11 +63,14 @@ export class FakeLegacyKernel implements LegacyExecutor {
     const targets = new Set([...tx.deleteChains, ...tx.chains.map((c) => c.name)]);
     const bare = (r: { owner?: string; rule: Rule }): boolean =>
       !r.owner && r.rule.target.name === 'jump' && OWN_CHAIN.test(r.rule.target.chain);
+    // Those are said as the executors say them (--verbose).
+    const originals: { chain: string; rule: string }[] = [];
     for (const k of Object.keys(t.hooks) as (keyof FakeNatTable['hooks'])[])
-      t.hooks[k] = t.hooks[k].filter(
-        (r) =>
-          (!r.owner || !owners.has(r.owner)) && !(bare(r) && targets.has((r.rule.target as { chain: string }).chain)),
-      );
+      t.hooks[k] = t.hooks[k].filter((r) => {
+        const original = bare(r) && targets.has((r.rule.target as { chain: string }).chain);
+        if (original) originals.push({ chain: k, rule: renderRuleOf(r.rule, tx.family) });
+        return (!r.owner || !owners.has(r.owner)) && !original;
+      });
     for (const c of tx.deleteChains) {
       if (!t.chains.has(c)) continue;
       const referenced = [
@@ -93,6 +96,7 @@ export class FakeLegacyKernel implements LegacyExecutor {
     this.tables.set(tx.family, t);
     this.commits.push(clone(tx));
     this.journal?.push(`legacy ${tx.family}`);
+    if (originals.length) deletedOriginals.set(tx, originals);
     return { durationMs: 0.1 };
   }
 

@@ -117,6 +117,53 @@ describePairs('the CLI on what it committed', (pair) => {
     assert.equal(nftFirst < legacyFirst, other === 'nft', migrated.stderr);
   });
 
+  if (pair.engine === 'legacy')
+    test("--verbose lists the original iptlb's jumps a change deletes: a takeover (-run -reset) and a delete of its profiles", async () => {
+      const ipt = (...a: string[]) => ({ op: 'sh' as const, argv: ['iptables-legacy', '-w', '-t', 'nat', ...a] });
+      // The original Go iptlb's rules for two profiles (seed-behaviour.md): a chain, and a jump without a comment.
+      const original = (name: string, port: number) => {
+        const chain = `IPTLB_NAT_${name.toUpperCase()}`;
+        const match = ['-p', 'tcp', '-d', VIP, '--dport', String(port)];
+        return [
+          ipt('-N', chain),
+          ipt('-A', chain, ...match, '-j', 'DNAT', '--to-destination', '127.0.0.1:9001'),
+          ipt('-A', chain, '-j', 'RETURN'),
+          ipt('-I', 'OUTPUT', '1', ...match, '-j', chain),
+        ];
+      };
+      const entry = (name: string, port: number) =>
+        `${name}:\n  destination:\n  - 127.0.0.1:9001\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: ${VIP}:${port}\n`;
+      const r = (await runSteps([
+        ...original('test', 8081),
+        ...original('gone', 8082),
+        { op: 'write', file: '$WORK/state.db', text: entry('test', 8081) + entry('gone', 8082) },
+        cli(pair, '--verbose', '-run', '-reset', '-profile=test', `-src-addr=${VIP}:8081`, '-dest-addr=127.0.0.1:9002'),
+        cli(pair, '--verbose', 'delete', 'gone'),
+        { op: 'sh', argv: ['iptables-legacy-save', '-t', 'nat'] },
+      ])) as Proc[];
+      const [taken, deleted, save] = r.slice(-3) as [Proc, Proc, Proc];
+      ok(taken, 'the takeover');
+      ok(deleted, 'the delete');
+      const jump = (port: number, chain: string) =>
+        `[delete] nat/OUTPUT: -d ${VIP}/32 -p tcp -m tcp --dport ${port} -j ${chain} (the original iptlb's jump, no comment)`;
+      assert.deepEqual(
+        rulesOf(taken).filter((l) => l.startsWith('[delete]')),
+        [jump(8081, 'IPTLB_NAT_TEST')],
+        taken.stderr,
+      );
+      assert.deepEqual(
+        rulesOf(deleted),
+        [
+          '[delete] nat: the rules commented "iptlb:gone"',
+          jump(8082, 'IPTLB_NAT_GONE'),
+          '[delete] nat/IPTLB_NAT_GONE: the chain',
+        ],
+        deleted.stderr,
+      );
+      // They are gone indeed: no rule without a comment jumps to a profile's chain.
+      assert.doesNotMatch(save.stdout, /^-A OUTPUT (?!.*--comment).*-j IPTLB_NAT_/m, save.stdout);
+    });
+
   test(`migrate --to ${pair.engine} with the rules in ${pair.engine} already: says so, exit 0, the kernel, the state file and the record unchanged`, async () => {
     const to = ['-state-file=$WORK/state.db', executor, 'migrate', '--to', pair.engine];
     const r = (await runSteps([

@@ -1886,6 +1886,42 @@ test("legacy: a new profile at the address of the original iptlb's jump (no comm
   }
 });
 
+test("legacy --verbose: the original iptlb's jumps a change deletes are listed (a takeover refills its chain, a delete removes it), IPv4 and IPv6", async () => {
+  const kernels = fakes();
+  originalRules(kernels.legacy, 'ipv4', 'test', '127.100.0.10', 8081);
+  originalRules(kernels.legacy, 'ipv6', 'six', '2001:db8::1', 8081);
+  const A = coreOn('legacy', kernels);
+  try {
+    writeFileSync(
+      A.file,
+      [
+        ['test', '127.100.0.10:8081', '127.0.0.1:9001'],
+        ['six', '"[2001:db8::1]:8081"', '"[2001:db8::a]:9001"'],
+      ]
+        .map(
+          ([n, s, d]) =>
+            `${n}:\n  destination:\n  - ${d}\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: ${s}\n`,
+        )
+        .join(''),
+    );
+    const described = (): string[] =>
+      A.core.commits.flatMap(({ engine, tx }) => engine.describeTransaction(tx)).filter((l) => l.includes('original'));
+    await apply(A.core, { name: 'test', source: '127.100.0.10:8081', destination: ['127.0.0.1:9004'] });
+    assert.deepEqual(described(), [
+      "[delete] nat/OUTPUT: -d 127.100.0.10/32 -p tcp -m tcp --dport 8081 -j IPTLB_NAT_TEST (the original iptlb's jump, no comment)",
+    ]);
+    await A.core.transact((state) => deleteChange(state, ['six']), { run: true });
+    assert.deepEqual(described(), [
+      "[delete] ip6tables nat/OUTPUT: -d 2001:db8::1/128 -p tcp -m tcp --dport 8081 -j IPTLB_NAT_SIX (the original iptlb's jump, no comment)",
+    ]);
+    // A change that deletes none lists none.
+    await apply(A.core, { name: 'test', source: '127.100.0.10:8081', destination: ['127.0.0.1:9005'] });
+    assert.deepEqual(described(), []);
+  } finally {
+    A.done();
+  }
+});
+
 test("legacy: a profile the state file holds whose chain another tool's chain jumps to (the original's chain, taken over): the refusal says so, not that the state file does not hold it; nothing changed", async () => {
   const kernels = fakes();
   originalRules(kernels.legacy, 'ipv4', 'test', '127.100.0.10', 8081);

@@ -15,7 +15,7 @@ import {
   planProfile,
   planTransaction,
 } from './plan.js';
-import { renderRule } from './restore.js';
+import { deletedOriginals, renderRule } from './restore.js';
 import { DISPATCH, isGatedHook, physicalChain } from './gate.js';
 import type { Family } from '../../model/address.js';
 import type { AfterCommit, KernelView, Profile, Transaction } from '../../model/types.js';
@@ -170,7 +170,8 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
    * Each chain named as the kernel has it: a profile's jump (and LOG rule) goes into the dispatch
    * chain IPTLB_OUTPUT / IPTLB_PREROUTING behind the gate (gate.ts), not into OUTPUT / PREROUTING.
    * The gate rule and the set element the executor adds with the first profile behind a gate are not
-   * part of the transaction, and not listed.
+   * part of the transaction, and not listed. The original iptlb's jumps (no comment) to a chain the transaction
+   * deletes or refills, which the commit deleted too, are listed as the executor found them.
    */
   describeTransaction(tx: Transaction): string[] {
     const table = tx.family === 'ipv6' ? 'ip6tables nat' : 'nat';
@@ -178,6 +179,9 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
     const inserted = new Set(tx.hookRules.map((h) => h.owner));
     return [
       ...tx.owners.filter((o) => !inserted.has(o)).map((o) => `[delete] ${table}: the rules commented "iptlb:${o}"`),
+      ...(deletedOriginals.get(tx) ?? []).map(
+        (b) => `[delete] ${table}/${b.chain}: ${b.rule} (the original iptlb's jump, no comment)`,
+      ),
       ...tx.deleteChains.map((c) => `[delete] ${table}/${c}: the chain`),
       ...tx.chains.flatMap((c) => c.rules.map((r) => `[append] ${table}/${c.name}: ${renderRule(r)}`)),
       ...tx.hookRules.map((h) => `[insert] ${table}/${physicalChain(h.chain)}: ${renderRule(h.rule)}`),

@@ -4,7 +4,17 @@
  */
 import { getSystemErrorName } from 'node:util';
 import { IptlbError, type ErrorCode } from '../../model/errors.js';
-import { JUMPED_BY, ORIGINAL_AT, TAKEN_HINT, bareJumpsOf, chainInUse, parseSave, renderRestore } from './restore.js';
+import {
+  JUMPED_BY,
+  ORIGINAL_AT,
+  TAKEN_HINT,
+  bareJumpsOf,
+  chainInUse,
+  deletedOriginals,
+  parseSave,
+  renderRestore,
+  renderRuleOf,
+} from './restore.js';
 import { findBinary, run } from '../../platform/spawn.js';
 import type { NativeAddon } from '../../platform/addon.js';
 import type { AfterCommit, CommitResult, Family, KernelView, Transaction } from '../../model/types.js';
@@ -83,6 +93,11 @@ export class NativeExecutor implements LegacyExecutor {
     } catch (e) {
       throw mapNativeError(e);
     }
+    if (r.originals?.length)
+      deletedOriginals.set(
+        tx,
+        r.originals.map((o) => ({ chain: o.chain, rule: renderRuleOf(o.rule, tx.family) })),
+      );
     if (!r.appended) return { durationMs: r.durationMs };
     const { written, errno } = r.appended;
     return { durationMs: r.durationMs, appended: errno === 0 ? { written } : { written, error: writeError(errno) } };

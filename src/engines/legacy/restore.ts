@@ -66,6 +66,13 @@ export function bareJumpsOf(tx: Transaction, view: KernelView): NonNullable<Kern
   return view.bareJumps.filter((b) => targets.has(b.target));
 }
 
+/**
+ * The original iptlb's jumps a committed transaction deleted (see {@link bareJumpsOf}), each as its chain and its
+ * rule's arguments: set by the executor that committed it, which alone knows them (the native commit finds them in
+ * its own walk of the table), for `--verbose` (LegacyEngine.describeTransaction).
+ */
+export const deletedOriginals = new WeakMap<Transaction, { chain: string; rule: string }[]>();
+
 export function renderRestore(tx: Transaction, view: KernelView): string {
   const existing = new Set(view.chains.map((c) => c.name));
   const owners = new Set(tx.owners);

@@ -5,7 +5,7 @@
  */
 import { findBinary, run } from '../../platform/spawn.js';
 import { IptlbError } from '../../model/errors.js';
-import { chainInUse, parseSave, renderRestore } from './restore.js';
+import { bareJumpsOf, chainInUse, deletedOriginals, parseSave, renderRestore, renderRuleOf } from './restore.js';
 import { GATE_SET, elementOf, isGatedHook, planGate, SET_FAMILY } from './gate.js';
 import type { CommitResult, Family, KernelView, Transaction } from '../../model/types.js';
 import { legacyPermissionMessage, type LegacyExecutor } from './executor.js';
@@ -139,6 +139,12 @@ export class SpawnExecutor implements LegacyExecutor {
     // The rules are committed. A failure to tidy the set is not the commit's: an element too many only
     // sends its packets through the dispatch chain and back; the next commit tidies again.
     await this.ipset(after).catch(() => {});
+    const originals = bareJumpsOf(tx, view);
+    if (originals.length)
+      deletedOriginals.set(
+        tx,
+        originals.map((b) => ({ chain: b.chain, rule: b.rule ? renderRuleOf(b.rule, tx.family) : (b.raw ?? '') })),
+      );
     return { durationMs: performance.now() - t0 };
   }
 
