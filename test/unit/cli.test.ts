@@ -284,6 +284,11 @@ test("bad input given by flags leaves nothing in the state file's directory, not
       ['watch', '--settle', '600001', '--state-file', st],
       ['top', '--interval', '2147483648', '--state-file', st],
       ['status', '--watch', '--interval', '1e10', '--state-file', st],
+      // A count Number() takes but that is no whole number written in digits (1e99 ran on for ever).
+      ['top', '--count', '1e99', '--state-file', st],
+      ['top', '--count', '0x10', '--state-file', st],
+      ['top', '--count', '2.0', '--state-file', st],
+      ['status', '--watch', '--count', '99999999999999999999', '--state-file', st],
       // A profile flag beside --file would be ignored: refused.
       ['apply', '--file', file, '--protocol', 'udp', '--state-file', st],
       ['apply', '--file', file, '--profile', 'other', '--state-file', st],

@@ -13,8 +13,9 @@ import type { ProfileReport } from '../../model/report.js';
  */
 export async function topCommand(o: GlobalOpts & { interval?: string; count?: string }, io: Out): Promise<void> {
   const interval = wholeMs(o.interval ?? '1000', 'interval', 100, 86_400_000);
-  const count = o.count === undefined ? Infinity : Number(o.count);
-  if (!(count === Infinity || (Number.isInteger(count) && count > 0)))
+  // Digits only: Number() also takes 1e99, 0x10 and 2.0 (1e99 ran on for ever, as without --count).
+  const count = o.count === undefined ? Infinity : /^[1-9][0-9]*$/.test(o.count) ? Number(o.count) : NaN;
+  if (!(count === Infinity || Number.isSafeInteger(count)))
     throw new IptlbError('EUSAGE', `count: ${show(o.count)} must be a positive whole number`, { field: 'count' });
   const core = makeCore({ ...o, quiet: true }, io);
   // isatty, not process.stdout.isTTY: that would create the stream, and make a pipe non-blocking.
