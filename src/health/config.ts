@@ -78,7 +78,8 @@ export const HEALTH_KEYS = [
 
 function q(v: unknown): string {
   try {
-    const s = JSON.stringify(v) ?? String(v);
+    // NaN and Infinity as they are, not as JSON's null.
+    const s = typeof v === 'number' && !Number.isFinite(v) ? String(v) : (JSON.stringify(v) ?? String(v));
     return s.length > 64 ? `${s.slice(0, 60)}...` : s;
   } catch {
     return String(v);

@@ -57,8 +57,8 @@ export function show(value: unknown): string {
     s =
       typeof value === 'string'
         ? JSON.stringify(value)
-        : typeof value === 'bigint'
-          ? `${value}`
+        : typeof value === 'bigint' || (typeof value === 'number' && !Number.isFinite(value))
+          ? `${value}` // NaN and Infinity as they are, not as JSON's null
           : (JSON.stringify(value) ?? String(value));
   } catch {
     s = Object.prototype.toString.call(value);

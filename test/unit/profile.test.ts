@@ -172,3 +172,18 @@ test('chain-name collisions and shared sources are conflicts; tcp and udp may sh
     validateProfile({ ...base, name: 'test2', source: '127.100.0.10:1' }),
   ]);
 });
+
+test('a number that is not finite is named as it is (NaN, Infinity), not as JSON writes it (null)', () => {
+  const base = { name: 'x', source: '10.9.0.2:80', destination: ['127.0.0.1:9001'] };
+  for (const [input, field, message] of [
+    [{ ...base, affinity: Infinity }, 'affinity', /^affinity: Infinity must be a whole number/],
+    [{ ...base, affinity: -Infinity }, 'affinity', /^affinity: -Infinity must be a whole number/],
+    [{ ...base, weights: { '127.0.0.1:9001': NaN } }, 'weights', /^weights: "127\.0\.0\.1:9001": weight NaN must be/],
+    [{ ...base, health: { intervalMs: Infinity } }, 'health.intervalMs', /^health\.intervalMs: Infinity must be/],
+  ] as [ProfileInput, string, RegExp][])
+    assert.throws(
+      () => validateProfile(input),
+      (e: IptlbError) => e.code === 'EINVAL_PROFILE' && e.field === field && message.test(e.message),
+      field,
+    );
+});
