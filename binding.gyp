@@ -88,6 +88,7 @@
         "native/nftables/addon_nft.cc",
         "native/nftables/nft_batch.cc",
         "native/nftables/nft_ops.cc",
+        "native/nftables/nft_original.cc",
         "native/nftables/nft_read.cc",
         "native/nftables/nft_rules.cc",
         "native/nftables/nft_shared_socket.cc",

@@ -16,6 +16,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("nftCommit", Napi::Function::New(env, NftCommit, "nftCommit"));
   exports.Set("nftRead", Napi::Function::New(env, NftRead, "nftRead"));
   exports.Set("nftChains", Napi::Function::New(env, NftChains, "nftChains"));
+  exports.Set("nftOriginalJumps", Napi::Function::New(env, NftOriginalJumps, "nftOriginalJumps"));
   exports.Set("start", Napi::Function::New(env, StartPending, "start"));
   return exports;
 }

@@ -25,33 +25,6 @@ void SetComment(nftnl_rule *r, const std::string &comment) {
   nftnl_rule_set_data(r, NFTNL_RULE_USERDATA, nftnl_udata_buf_data(ud.get()), nftnl_udata_buf_len(ud.get()));
 }
 
-// The comment of a rule (NFTNL_UDATA_RULE_COMMENT), if any.
-bool RuleComment(const nftnl_rule *r, std::string *comment) {
-  if (!nftnl_rule_is_set(r, NFTNL_RULE_USERDATA)) return false;
-  uint32_t len = 0;
-  const void *d = nftnl_rule_get_data(r, NFTNL_RULE_USERDATA, &len);
-  if (!d) return false;
-  struct Found {
-    std::string text;
-    bool found = false;
-  } f;
-  nftnl_udata_parse(
-      d, len,
-      [](const struct nftnl_udata *a, void *data) -> int {
-        auto *f = static_cast<Found *>(data);
-        if (nftnl_udata_type(a) != kUdataRuleComment) return 0;
-        const char *s = static_cast<const char *>(nftnl_udata_get(a));
-        const uint8_t l = nftnl_udata_len(a);
-        if (l == 0 || s[l - 1] != '\0') return 0;
-        f->text.assign(s, l - 1);
-        f->found = true;
-        return 0;
-      },
-      &f);
-  if (f.found) *comment = f.text;
-  return f.found;
-}
-
 std::string Describe(const Exprs &x, bool has_comment, const std::string &comment) {
   std::string s;
   char buf[512];
@@ -104,6 +77,32 @@ const Kind *KindOf(Rule::Kind k) {
 constexpr Rule::Kind kOwned[] = {Rule::Kind::kLog, Rule::Kind::kRr, Rule::Kind::kAff, Rule::Kind::kMasq};
 
 }  // namespace
+
+bool RuleComment(const nftnl_rule *r, std::string *comment) {
+  if (!nftnl_rule_is_set(r, NFTNL_RULE_USERDATA)) return false;
+  uint32_t len = 0;
+  const void *d = nftnl_rule_get_data(r, NFTNL_RULE_USERDATA, &len);
+  if (!d) return false;
+  struct Found {
+    std::string text;
+    bool found = false;
+  } f;
+  nftnl_udata_parse(
+      d, len,
+      [](const struct nftnl_udata *a, void *data) -> int {
+        auto *f = static_cast<Found *>(data);
+        if (nftnl_udata_type(a) != kUdataRuleComment) return 0;
+        const char *s = static_cast<const char *>(nftnl_udata_get(a));
+        const uint8_t l = nftnl_udata_len(a);
+        if (l == 0 || s[l - 1] != '\0') return 0;
+        f->text.assign(s, l - 1);
+        f->found = true;
+        return 0;
+      },
+      &f);
+  if (f.found) *comment = f.text;
+  return f.found;
+}
 
 RulePtr BuildRule(Family family, BaseChain chain, const Rule &r, const LookupIds &ids) {
   const rules::Shape f(family);

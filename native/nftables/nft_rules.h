@@ -3,6 +3,7 @@
 // else is a foreign rule with a one-line description).
 #pragma once
 #include <cstdint>
+#include <string>
 
 #include "nft_objects.h"
 #include "nft_ops.h"
@@ -20,6 +21,9 @@ struct LookupIds {
 
 // A rule for `add rule <ip|ip6> iptlb <chain> …` (expressions and the comment userdata).
 RulePtr BuildRule(Family f, BaseChain chain, const Rule &r, const LookupIds &ids);
+
+// The comment of a rule (NFTNL_UDATA_RULE_COMMENT, as nft keeps `comment "…"`), if any.
+bool RuleComment(const nftnl_rule *r, std::string *comment);
 
 // Decodes a rule dumped from table `f` iptlb; never fails (unknown shapes come back as Rule::Kind::kForeign).
 Rule DecodeRule(Family f, const nftnl_rule *r);

@@ -293,4 +293,39 @@ Napi::Value NftChains(const Napi::CallbackInfo &info) {
                  [](NftChainsWorker *w) { w->Queue(); });
 }
 
+// ---- nftOriginalJumps -------------------------------------------------------------------------
+
+NftOriginalWorker::NftOriginalWorker(Napi::Env env, nft::Family family)
+    : PromiseWorker(env, "iptlb.nftOriginalJumps"), family_(family) {}
+
+void NftOriginalWorker::Work() {
+  // Another table than iptlb's (iptables-nft's nat): no need for iptlb's table mutex, only a socket.
+  nft::SharedSocketLease lease;
+  jumps_ = nft::OriginalJumps(lease.get(), family_);
+  lease.Keep();
+}
+
+void NftOriginalWorker::OnOK() {
+  Napi::Env env = Env();
+  Napi::Array out = Napi::Array::New(env, jumps_.size());
+  for (size_t i = 0; i < jumps_.size(); i++) {
+    const nft::OriginalJump &j = jumps_[i];
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("chain", j.chain);
+    o.Set("handle", static_cast<double>(j.handle));
+    o.Set("target", j.target);
+    if (j.has_addr) o.Set("ip", nft::IpText(j.addr, family_));
+    if (j.proto >= 0) o.Set("proto", j.proto);
+    if (j.port >= 0) o.Set("port", j.port);
+    if (!j.unknown.empty()) o.Set("unknown", j.unknown);
+    out.Set(static_cast<uint32_t>(i), o);
+  }
+  Resolve(out);
+}
+
+Napi::Value NftOriginalJumps(const Napi::CallbackInfo &info) {
+  const nft::Family family = nft::FamilyFromJs(info[0], "family");
+  return Pending(info.Env(), new NftOriginalWorker(info.Env(), family), [](NftOriginalWorker *w) { w->Queue(); });
+}
+
 }  // namespace iptlb

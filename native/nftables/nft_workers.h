@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "nft_ops.h"
+#include "nft_original.h"
 #include "nft_read.h"
 #include "promise_worker.h"
 
@@ -54,10 +55,25 @@ class NftChainsWorker : public PromiseWorker {
   std::vector<std::string> names_;
 };
 
-// nftCommit(tx) / nftRead(family?, addresses?) / nftChains(family, table): argument checks (TypeErrors);
+class NftOriginalWorker : public PromiseWorker {
+ public:
+  NftOriginalWorker(Napi::Env env, nft::Family family);
+
+ protected:
+  void Work() override;
+  void OnOK() override;
+
+ private:
+  nft::Family family_;
+  std::vector<nft::OriginalJump> jumps_;
+};
+
+// nftCommit(tx) / nftRead(family?, addresses?) / nftChains(family, table) / nftOriginalJumps(family): argument checks
+// (TypeErrors);
 // they return a job number for start(n) (pending.h): JavaScript orders the calls.
 Napi::Value NftCommit(const Napi::CallbackInfo &info);
 Napi::Value NftRead(const Napi::CallbackInfo &info);
 Napi::Value NftChains(const Napi::CallbackInfo &info);
+Napi::Value NftOriginalJumps(const Napi::CallbackInfo &info);
 
 }  // namespace iptlb

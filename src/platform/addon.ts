@@ -12,11 +12,11 @@ import { createRequire } from 'node:module';
 import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import type { AfterCommit, Family, KernelView, Rule, Transaction } from '../model/types.js';
-import type { NftEndpoint, NftFamily, NftTransaction, NftView } from '../engines/nft/ops.js';
+import type { NftEndpoint, NftFamily, NftOriginalJump, NftTransaction, NftView } from '../engines/nft/ops.js';
 import { packageRoot } from './paths.js';
 
 /** ABI of the addon this TypeScript expects (native/common/addon_args.h: kAbiVersion). */
-export const EXPECTED_ABI = 23;
+export const EXPECTED_ABI = 24;
 
 /**
  * Conntrack entries to delete: original destination `vip`, protocol, reply source `destination` (flows DNATed to it).
@@ -158,6 +158,11 @@ export interface NativeAddon {
    * doctor's look for the original iptlb's chains in iptables-nft's `table ip nat`, without spawning nft.
    */
   nftChains(family: NftFamily, table: string): Promise<string[]>;
+  /**
+   * The original iptlb's jumps in iptables-nft's `table <family> nat`, chains OUTPUT and PREROUTING only (two filtered
+   * rule dumps; none when the table does not exist), with their match decoded (`proto` as a protocol number).
+   */
+  nftOriginalJumps(family: NftFamily): Promise<(Omit<NftOriginalJump, 'proto'> & { proto?: number })[]>;
   /**
    * Deletes the conntrack entries (IPv4 or IPv6, as the flow's addresses are) of the current
    * network namespace that go to `vip` with `protocol` and were DNATed to `destination`
@@ -447,7 +452,7 @@ function ordered(part: AddonPart, raw: NativeAddon): NativeAddon {
     // A prefetch only prepares (the lock and a copy of the table); nothing queued behind it minds.
     for (const name of ['prefetch', 'releasePrefetch']) out[name] = (...args: unknown[]) => r.start(r[name]!(...args));
   } else {
-    for (const name of ['nftCommit', 'nftRead', 'nftChains']) out[name] = queued(name);
+    for (const name of ['nftCommit', 'nftRead', 'nftChains', 'nftOriginalJumps']) out[name] = queued(name);
   }
   return out as unknown as NativeAddon;
 }

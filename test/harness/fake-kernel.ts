@@ -12,6 +12,7 @@ import {
   type NftBaseChain,
   type NftEndpoint,
   type NftFamily,
+  type NftOriginalJump,
   type NftRule,
   type NftTransaction,
   type NftView,
@@ -313,6 +314,18 @@ export class FakeNftKernel implements NftExecutor {
       backendMaps: v.backendMaps.map((m) => ({ ...m, elements: [] })),
       narrow: true,
     };
+  }
+
+  /**
+   * The original iptlb's jumps in iptables-nft's `table <family> nat` (chains OUTPUT and PREROUTING), as the executors
+   * read them: tests put them here (iptlb never changes them); `originalReads` counts the reads.
+   */
+  readonly originals = new Map<NftFamily, NftOriginalJump[]>();
+  originalReads = 0;
+
+  async originalJumps(family: NftFamily): Promise<NftOriginalJump[]> {
+    this.originalReads++;
+    return clone(this.originals.get(family) ?? []);
   }
 
   async render(tx: NftTransaction): Promise<string> {

@@ -10,6 +10,7 @@ import { capsMessage, effectiveCapsOf, missingCaps, type Capability } from '../.
 import { legacyPermissionMessage } from '../../src/engines/legacy/executor.js';
 import { engineNeeds } from '../../src/engines/registry.js';
 import { parseOriginalNftChains, selectEngine, type HostFacts } from '../../src/engines/select.js';
+import { parseOriginalJumpsJson } from '../../src/engines/nft/original.js';
 
 const only =
   (...caps: Capability[]) =>
@@ -132,4 +133,33 @@ test("the original's chains in iptables-nft's nat tables are found in `nft list 
     { table: 'ip6 nat', chain: 'IPTLB_NAT_V6' },
   ]);
   assert.deepEqual(parseOriginalNftChains(''), []);
+});
+
+test("the original's jumps in `nft -j list chain ip nat OUTPUT` (nft 1.0.6, rules written by iptables-nft 1.8.9): read whole, or with what is not read named; others' jumps and commented ones are not the original's", () => {
+  // Written in a namespace with: iptables-nft -t nat -I OUTPUT 1 -p tcp -d 127.100.0.10 --dport 8081 -j IPTLB_NAT_TEST;
+  // the same with -p sctp -d 127.100.0.12 --dport 99, -p tcp -d 127.100.0.14/31 --dport 100, -m comment --comment hi,
+  // and -p udp -d 127.100.0.16 --dport 53 -j OTHER.
+  const v4 =
+    '{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"chain": {"family": "ip", "table": "nat", "name": "OUTPUT", "handle": 2, "type": "nat", "hook": "output", "prio": -100, "policy": "accept"}}, {"rule": {"family": "ip", "table": "nat", "chain": "OUTPUT", "handle": 8, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "127.100.0.16"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 53}}, {"counter": {"packets": 0, "bytes": 0}}, {"jump": {"target": "OTHER"}}]}}, {"rule": {"family": "ip", "table": "nat", "chain": "OUTPUT", "handle": 6, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "127.100.0.15"}}, {"xt": {"type": "match", "name": "comment"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 100}}, {"counter": {"packets": 0, "bytes": 0}}, {"jump": {"target": "IPTLB_NAT_TEST"}}]}}, {"rule": {"family": "ip", "table": "nat", "chain": "OUTPUT", "handle": 5, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": "127.100.0.14", "len": 31}}}}, {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 100}}, {"counter": {"packets": 0, "bytes": 0}}, {"jump": {"target": "IPTLB_NAT_TEST"}}]}}, {"rule": {"family": "ip", "table": "nat", "chain": "OUTPUT", "handle": 4, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "sctp"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "127.100.0.12"}}, {"xt": {"type": "match", "name": "sctp"}}, {"counter": {"packets": 0, "bytes": 0}}, {"jump": {"target": "IPTLB_NAT_TEST"}}]}}, {"rule": {"family": "ip", "table": "nat", "chain": "OUTPUT", "handle": 3, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "127.100.0.10"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 8081}}, {"counter": {"packets": 0, "bytes": 0}}, {"jump": {"target": "IPTLB_NAT_TEST"}}]}}]}\n';
+  assert.deepEqual(parseOriginalJumpsJson(v4, 'ip', 'OUTPUT'), [
+    { chain: 'OUTPUT', handle: 5, target: 'IPTLB_NAT_TEST', proto: 'tcp', port: 100, unknown: 'ip daddr' },
+    {
+      chain: 'OUTPUT',
+      handle: 4,
+      target: 'IPTLB_NAT_TEST',
+      proto: 'sctp',
+      ip: '127.100.0.12',
+      unknown: 'xt match sctp',
+    },
+    { chain: 'OUTPUT', handle: 3, target: 'IPTLB_NAT_TEST', proto: 'tcp', ip: '127.100.0.10', port: 8081 },
+  ]);
+  // ip6tables-nft -t nat -I OUTPUT 1 -p udp -d 2001:db8::1 --dport 8081 -j IPTLB_NAT_SIX
+  const v6 =
+    '{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"chain": {"family": "ip6", "table": "nat", "name": "OUTPUT", "handle": 2, "type": "nat", "hook": "output", "prio": -100, "policy": "accept"}}, {"rule": {"family": "ip6", "table": "nat", "chain": "OUTPUT", "handle": 3, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "daddr"}}, "right": "2001:db8::1"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 8081}}, {"counter": {"packets": 0, "bytes": 0}}, {"jump": {"target": "IPTLB_NAT_SIX"}}]}}]}\n';
+  assert.deepEqual(parseOriginalJumpsJson(v6, 'ip6', 'OUTPUT'), [
+    { chain: 'OUTPUT', handle: 3, target: 'IPTLB_NAT_SIX', proto: 'udp', ip: '2001:db8::1', port: 8081 },
+  ]);
+  // Read as ip, an ip6 address is not one it reads; no rule at all, no text.
+  assert.equal(parseOriginalJumpsJson(v6, 'ip', 'OUTPUT')[0]!.unknown, 'ip6 daddr');
+  assert.deepEqual(parseOriginalJumpsJson('', 'ip', 'PREROUTING'), []);
 });

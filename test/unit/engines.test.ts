@@ -1955,3 +1955,165 @@ test("legacy: a profile the state file holds whose chain another tool's chain ju
     A.done();
   }
 });
+
+/**
+ * The original iptlb's jump in iptables-nft's `table <family> nat` as the nft executors read it: `-p tcp -d VIP
+ * --dport PORT -j IPTLB_NAT_<NAME>` (no comment) at the top of OUTPUT (seed-behaviour.md).
+ */
+function originalNftJump(kernel: FakeNftKernel, family: 'ip' | 'ip6', name: string, vip: string, port: number) {
+  const jumps = kernel.originals.get(family) ?? [];
+  jumps.unshift({
+    chain: 'OUTPUT',
+    handle: 4 + jumps.length,
+    target: `IPTLB_NAT_${name.toUpperCase()}`,
+    ip: vip,
+    proto: 'tcp',
+    port,
+  });
+  kernel.originals.set(family, jumps);
+}
+
+const nftTablesText = (k: FakeNftKernel): string =>
+  JSON.stringify([...k.tables], (_, v) => (v instanceof Map || v instanceof Set ? [...v] : v));
+
+test("nft: a new profile at the address of the original iptlb's jump (iptables-nft's table ip nat / ip6 nat) is refused naming source and the command that deletes it, IPv4 and IPv6, nothing changed; another port, protocol or hook is not; a profile moved there is", async () => {
+  const kernels = fakes();
+  originalNftJump(kernels.nft, 'ip', 'test', '127.100.0.10', 8081);
+  originalNftJump(kernels.nft, 'ip6', 'six', '2001:db8::1', 8081);
+  const A = coreOn('nft', kernels);
+  try {
+    const before = nftTablesText(kernels.nft);
+    for (const [p, rule] of [
+      [
+        { name: 'web2', source: '127.100.0.10:8081', destination: ['127.0.0.1:9003'] },
+        'table ip nat chain OUTPUT (-p tcp -d 127.100.0.10 --dport 8081 -j IPTLB_NAT_TEST, no comment)',
+      ],
+      [
+        { name: 'web6', source: '[2001:db8::1]:8081', destination: ['[2001:db8::a]:9003'] },
+        'table ip6 nat chain OUTPUT (-p tcp -d 2001:db8::1 --dport 8081 -j IPTLB_NAT_SIX, no comment)',
+      ],
+    ] as [ProfileInput, string][]) {
+      const v6 = p.name === 'web6';
+      await assert.rejects(apply(A.core, p), (e: IptlbError) => {
+        assert.equal(e.code, 'ECONFLICT');
+        assert.equal(e.field, 'source');
+        assert.equal(
+          e.message,
+          `source: profile ${p.name}: its address is served by the original iptlb's rule in ${rule}, which iptlb does not change and this change would leave in place (two tables' nat rules for one address: the chain the kernel registered first wins): delete the original's rule, then apply again: ${v6 ? 'ip6tables-nft -t nat -D OUTPUT -p tcp -d 2001:db8::1 --dport 8081 -j IPTLB_NAT_SIX' : 'iptables-nft -t nat -D OUTPUT -p tcp -d 127.100.0.10 --dport 8081 -j IPTLB_NAT_TEST'}`,
+        );
+        return true;
+      });
+    }
+    assert.equal(kernels.nft.commits.length, 0, 'nothing committed');
+    assert.equal(nftTablesText(kernels.nft), before, 'the tables unchanged');
+    assert.equal(existsSync(A.file), false, 'no state file written');
+    // Another port of the same address and another protocol are free (the address in PREROUTING below).
+    await apply(A.core, { name: 'other', source: '127.100.0.10:8082', destination: ['127.0.0.1:9003'] });
+    await apply(A.core, { name: 'dns', source: '127.100.0.10:8081', destination: ['127.0.0.1:9003'], protocol: 'udp' });
+    // A profile moved to that address is new there: refused, nothing changed.
+    const commits = kernels.nft.commits.length;
+    const state = readFileSync(A.file, 'utf8');
+    await assert.rejects(
+      apply(A.core, { name: 'other', source: '127.100.0.10:8081', destination: ['127.0.0.1:9003'] }),
+      (e: IptlbError) =>
+        e.field === 'source' &&
+        e.message.startsWith(
+          "source: profile other: its address is served by the original iptlb's rule in table ip nat chain OUTPUT (",
+        ),
+    );
+    assert.equal(kernels.nft.commits.length, commits, 'nothing committed');
+    assert.equal(readFileSync(A.file, 'utf8'), state, 'the state file unchanged');
+    // The address in PREROUTING (another hook) is free.
+    const P = coreOn('nft', kernels);
+    await apply(P.core, {
+      name: 'proxy',
+      source: '127.100.0.10:8081',
+      destination: ['127.0.0.1:9003'],
+      rulesBackend: 'proxy',
+    });
+    P.done();
+    // Once the jump is deleted, the profile applies.
+    kernels.nft.originals.delete('ip6');
+    await apply(A.core, { name: 'web6', source: '[2001:db8::1]:8081', destination: ['[2001:db8::a]:9003'] });
+    assert.equal((await statuses(A.core)).web6, 'in-sync');
+  } finally {
+    A.done();
+  }
+});
+
+test("nft: the original iptlb's jumps are read only for a change that makes a profile new at its address; the original's own profile, taken over through its state file, and an in-memory instance's are not refused", async () => {
+  const kernels = fakes();
+  originalNftJump(kernels.nft, 'ip', 'test', '127.100.0.10', 8081);
+  const A = coreOn('nft', kernels);
+  try {
+    await apply(A.core, { name: 'other', source: '127.100.0.10:8082', destination: ['127.0.0.1:9003'] });
+    assert.equal(kernels.nft.originalReads, 1, 'a new profile: read');
+    // Destinations changed, the same profile re-applied, a deletion: nothing new at an address, nothing read.
+    await apply(A.core, { name: 'other', source: '127.100.0.10:8082', destination: ['127.0.0.1:9004'] });
+    await apply(A.core, { name: 'other', source: '127.100.0.10:8082', destination: ['127.0.0.1:9004'] });
+    await A.core.transact((s) => deleteChange(s, ['other']), { run: true });
+    assert.equal(kernels.nft.originalReads, 1, 'no read for changes that make no profile new at its address');
+  } finally {
+    A.done();
+  }
+  // The original's own profile, from its state file (as it wrote it), at the address of its jump: applied (its rules
+  // in table ip nat stay: iptlb does not change them), without asking.
+  const B = coreOn('nft', kernels);
+  try {
+    writeFileSync(
+      B.file,
+      'test:\n  destination:\n  - 127.0.0.1:9001\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: 127.100.0.10:8081\n',
+    );
+    const reads = kernels.nft.originalReads;
+    await apply(B.core, { name: 'test', source: '127.100.0.10:8081', destination: ['127.0.0.1:9004'] });
+    assert.equal(kernels.nft.originalReads, reads, 'not asked');
+    assert.deepEqual(await statuses(B.core), { test: 'in-sync' });
+  } finally {
+    B.done();
+  }
+  // An in-memory instance takes the address (as it takes another state file's, and as on legacy).
+  const memory = fakes();
+  originalNftJump(memory.nft, 'ip', 'test', '127.100.0.10', 8081);
+  const lb = await open({ stateFile: false }, memory.nft as Executor);
+  try {
+    await lb.apply({ name: 'web2', source: '127.100.0.10:8081', destination: ['127.0.0.1:9003'] });
+    assert.equal(memory.nft.originalReads, 0);
+  } finally {
+    await lb.close();
+  }
+});
+
+test("nft: a jump of the original's whose match iptlb does not read whole is refused as one that may serve the address (what it reads of it decides), naming the rule's handle and the nft command that deletes it", async () => {
+  const kernels = fakes();
+  kernels.nft.originals.set('ip', [
+    {
+      chain: 'OUTPUT',
+      handle: 7,
+      target: 'IPTLB_NAT_S',
+      ip: '127.100.0.12',
+      proto: 'sctp',
+      unknown: 'xt match sctp',
+    },
+  ]);
+  const A = coreOn('nft', kernels);
+  try {
+    await assert.rejects(
+      apply(A.core, { name: 's', source: '127.100.0.12:99', destination: ['127.0.0.1:9003'], protocol: 'sctp' }),
+      (e: IptlbError) => {
+        assert.equal(e.code, 'ECONFLICT');
+        assert.equal(e.field, 'source');
+        assert.equal(
+          e.message,
+          "source: profile s: its address may be served by the original iptlb's rule in table ip nat chain OUTPUT (handle 7: -d 127.100.0.12 -j IPTLB_NAT_S, no comment, with a match iptlb does not read: xt match sctp), which iptlb does not change and this change would leave in place (two tables' nat rules for one address: the chain the kernel registered first wins): see it with `nft -a list chain ip nat OUTPUT`; if it matches 127.100.0.12:99/sctp, delete it, then apply again: nft delete rule ip nat OUTPUT handle 7",
+        );
+        return true;
+      },
+    );
+    assert.equal(kernels.nft.commits.length, 0);
+    // What it reads excludes these: another protocol, another address.
+    await apply(A.core, { name: 't', source: '127.100.0.12:99', destination: ['127.0.0.1:9003'] });
+    await apply(A.core, { name: 's', source: '127.100.0.13:99', destination: ['127.0.0.1:9003'], protocol: 'sctp' });
+  } finally {
+    A.done();
+  }
+});

@@ -1,6 +1,6 @@
 /** The nft engine's executor contract: the native (netlink) and spawn (`nft -f`) executors implement it. */
 import type { CommitResult } from '../../model/types.js';
-import type { NftEndpoint, NftFamily, NftTransaction, NftView } from './ops.js';
+import type { NftEndpoint, NftFamily, NftOriginalJump, NftTransaction, NftView } from './ops.js';
 
 /** How ops reach table ip iptlb: one netlink batch (native) or one `nft -f -` (spawn); same kernel result. */
 export interface NftExecutor {
@@ -26,6 +26,12 @@ export interface NftExecutor {
    * the engine asks `lookup` for no address, or reads the whole table.
    */
   survey?(family: NftFamily): Promise<NftView>;
+  /**
+   * The original iptlb's jumps in iptables-nft's `table <family> nat` (chains OUTPUT and PREROUTING only: no other
+   * chain of that table is read, whatever its size), none when it does not exist: what a state-file instance's change
+   * that gives a profile a new address asks (src/engines/nft/original.ts). Optional: without it nothing is asked.
+   */
+  originalJumps?(family: NftFamily): Promise<NftOriginalJump[]>;
   /** The `nft -f` text of the transaction. */
   render(tx: NftTransaction): Promise<string>;
 }

@@ -36,12 +36,15 @@ import {
 import {
   dispatchSetName,
   nftTableFamily,
+  type NftFamily,
+  type NftOriginalJump,
   type NftEndpoint,
   type NftRule,
   type NftTransaction,
   type NftView,
 } from './ops.js';
 import { renderNft, renderNftRule } from './render.js';
+import { originalServing, originalTakenError } from './original.js';
 import { compareNft, strayRoundRobin } from './view.js';
 import type { Family } from '../../model/address.js';
 import type { Profile } from '../../model/types.js';
@@ -86,6 +89,42 @@ function outOfStep(e: unknown): boolean {
   return (
     err instanceof IptlbError && err.code === 'EKERNEL' && (err.errno === 2 || err.errno === 17 || err.errno === 16)
   );
+}
+
+/**
+ * The profiles of `touched` that a change of `state` into `next` makes new at their address: created, or moved to
+ * another address, protocol or hook (its chain in iptables-nft's nat table). A profile the state file holds where
+ * it was is not (the original's own profile, taken over through its state file, as the legacy engine takes it over).
+ */
+function newAtAddress(
+  f: Family,
+  state: ReadonlyMap<string, Profile>,
+  next: ReadonlyMap<string, Profile>,
+  touched: readonly string[],
+): Profile[] {
+  const out: Profile[] = [];
+  for (const n of new Set(touched)) {
+    const p = next.get(n);
+    if (!p || familyOfProfile(p) !== f) continue;
+    const old = state.get(n);
+    // Compared as written (validated profiles' canonical text): no parse for the profiles a bulk change re-applies.
+    if (!old || old.source !== p.source || old.protocol !== p.protocol || nftHookOf(old) !== nftHookOf(p)) out.push(p);
+  }
+  return out;
+}
+
+/**
+ * A state-file instance does not put a profile beside the original iptlb's jump (iptables-nft's `table ip nat` /
+ * `ip6 nat`, which iptlb never changes) at the address it serves: `fresh`, the profiles new at their address, are
+ * refused when one of `jumps` serves one of them (or may: a match iptlb does not read whole), naming that rule and
+ * the command that deletes it. As the legacy engine refuses a new profile at its original's jump.
+ */
+function refuseOriginal(nf: NftFamily, fresh: readonly Profile[], jumps: readonly NftOriginalJump[]): void {
+  if (!jumps.length) return;
+  for (const p of fresh) {
+    const hit = originalServing(jumps, p);
+    if (hit) throw originalTakenError(nf, p, hit.jump, hit.sure);
+  }
 }
 
 export class NftEngine implements Engine<NftView, NftTransaction> {
@@ -193,6 +232,12 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     // small change just fails fast and falls back to the replacement in commitPlan.)
     let all = state.size >= BULK && touchedSet.size >= state.size;
     if (all) for (const n of state.keys()) if (!touchedSet.has(n)) all = false;
+    // The original iptlb's jumps in iptables-nft's nat table, asked only for a state-file instance's change that
+    // makes a profile new at its address (see refuseOriginal), started before the plan's reads (the spawn executor's
+    // processes run beside them) and awaited after refuseTaken, whose refusals come first.
+    const newHere = exclusive && this.executor.originalJumps ? newAtAddress(f, state, next, touched) : [];
+    const originals = newHere.length ? this.executor.originalJumps!(nf) : undefined;
+    originals?.catch(() => undefined); // a refusal before it is awaited must not leave its failure unhandled
     const usage = this.setUsage(f, state, memo);
     // The base chains change (a destination count, logging or masquerade starts or stops): read
     // which dispatch sets the kernel really fills first, so no rule another process left in use is
@@ -226,6 +271,7 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
         : `${this.where(f)} holds ${kept.vips.size} virtual address(es) of profiles this state file does not hold (another state file's, or left by an interrupted change): kept as they are`;
     const known = { old, touched };
     if (exclusive) await this.refuseTaken(f, next, known, view);
+    if (originals) refuseOriginal(nf, newHere, await originals);
     if (next.size === 0 && view?.exists) {
       // The last profile of this state goes. Profiles it does not hold stay, and so does the table
       // when someone else keeps objects in it: only these profiles' content goes, and never a chain,

@@ -2,7 +2,8 @@
  * The nft engine's native executor: the addon builds the netlink messages of the ops and sends them
  * as one batch, on a worker thread; reads table ip iptlb (or ip6 iptlb) back with its counters.
  */
-import { type NftEndpoint, type NftFamily, type NftTransaction, type NftView } from './ops.js';
+import { type NftEndpoint, type NftFamily, type NftOriginalJump, type NftTransaction, type NftView } from './ops.js';
+import { protoName } from './original.js';
 import { renderNft } from './render.js';
 import type { NativeAddon } from '../../platform/addon.js';
 import type { CommitResult } from '../../model/types.js';
@@ -36,6 +37,16 @@ export class NftNativeExecutor implements NftExecutor {
   async lookup(family: NftFamily, addresses: NftEndpoint[]): Promise<NftView> {
     try {
       return await this.addon.nftRead(family, addresses);
+    } catch (e) {
+      throw mapNativeError(e);
+    }
+  }
+
+  /** Two filtered rule dumps (OUTPUT, PREROUTING of `<family> nat`) in one call of the addon. */
+  async originalJumps(family: NftFamily): Promise<NftOriginalJump[]> {
+    try {
+      const jumps = await this.addon.nftOriginalJumps(family);
+      return jumps.map(({ proto, ...j }) => (proto === undefined ? j : { ...j, proto: protoName(proto) }));
     } catch (e) {
       throw mapNativeError(e);
     }

@@ -287,6 +287,27 @@ export interface NftView {
   narrow?: true;
 }
 
+/**
+ * The original iptlb's jump on a host whose iptables is the nf_tables one: a rule of iptables-nft's `table <family>
+ * nat`, chain OUTPUT or PREROUTING, without a comment, that jumps to a chain named `IPTLB_NAT_…`, with what it matches
+ * as far as iptlb reads it (NftExecutor.originalJumps).
+ */
+export interface NftOriginalJump {
+  chain: 'OUTPUT' | 'PREROUTING';
+  /** Its handle (`nft delete rule <family> nat <chain> handle N`). */
+  handle: number;
+  /** The chain it jumps to: `IPTLB_NAT_…`. */
+  target: string;
+  /** The destination address it matches; absent: any (or not read, see `unknown`). */
+  ip?: string;
+  /** The protocol it matches: a name (tcp, udp, sctp) or a number; absent: any. */
+  proto?: string;
+  /** The destination port it matches; absent: any. */
+  port?: number;
+  /** The parts of its match iptlb does not read (`xt match multiport`, `bitwise`…); absent when it read them all. */
+  unknown?: string;
+}
+
 /** nft's address type of a family's tables: `ipv4_addr` / `ipv6_addr`. */
 export function nftAddrType(family: NftFamily): string {
   return family === 'ip6' ? 'ipv6_addr' : 'ipv4_addr';

@@ -3,7 +3,8 @@
  * stdin (nft sends a file as one batch: one transaction), reads with `nft -j list table <ip|ip6> iptlb`.
  */
 import { IptlbError } from '../../model/errors.js';
-import { type NftFamily, type NftTransaction, type NftView } from './ops.js';
+import { type NftFamily, type NftOriginalJump, type NftTransaction, type NftView } from './ops.js';
+import { parseOriginalJumpsJson } from './original.js';
 import { renderNft } from './render.js';
 import { parseNftJson } from './view.js';
 import type { CommitResult } from '../../model/types.js';
@@ -63,6 +64,22 @@ export class NftSpawnExecutor implements NftExecutor {
       throw nftError(r.stderr);
     }
     return parseNftJson(r.stdout, 0, family);
+  }
+
+  /**
+   * `nft -j list chain <family> nat OUTPUT` and `… PREROUTING`, side by side (nft 1.0.6 does not list two chains in one
+   * run: a script of two `list` commands fails), so one process's time; no other chain of that table is listed.
+   */
+  async originalJumps(family: NftFamily): Promise<NftOriginalJump[]> {
+    const chains = ['OUTPUT', 'PREROUTING'] as const;
+    const lists = await Promise.all(chains.map((c) => run(this.nft, ['-j', 'list', 'chain', family, 'nat', c])));
+    return lists.flatMap((r, i) => {
+      if (r.code !== 0) {
+        if (/No such file or directory/.test(r.stderr)) return []; // no such table or chain
+        throw nftError(r.stderr);
+      }
+      return parseOriginalJumpsJson(r.stdout, family, chains[i]!);
+    });
   }
 
   async render(tx: NftTransaction): Promise<string> {
