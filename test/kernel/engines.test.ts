@@ -650,6 +650,80 @@ for (const pair of PAIRS.filter((p) => p.engine === 'legacy')) {
   );
 }
 
+for (const pair of PAIRS.filter((p) => p.engine === 'nft')) {
+  for (const family of ['IPv4', 'IPv6'] as const) {
+    test(
+      `${pair.name}, ${family}: a new profile at the address of the original iptlb's jump in iptables-nft's nat table is refused naming source and the command that deletes it; the ruleset and the state file unchanged, the original's rules still serving; once that jump is deleted it applies`,
+      { skip: pair.skip },
+      async () => {
+        const v6 = family === 'IPv6';
+        const vip = v6 ? '2001:db8::10' : VIP;
+        const host = v6 ? '2001:db8::1' : '127.0.0.1';
+        const at = (port: number): string => (v6 ? `[${host}]:${port}` : `${host}:${port}`);
+        const source = (port: number): string => (v6 ? `[${vip}]:${port}` : `${vip}:${port}`);
+        const tool = v6 ? 'ip6tables-nft' : 'iptables-nft';
+        const ipt = (...a: string[]): Step => ({ op: 'sh', argv: [tool, '-w', '-t', 'nat', ...a] });
+        const jump = ['-p', 'tcp', '-d', vip, '--dport', '8081', '-j', 'IPTLB_NAT_TEST'];
+        const ruleset: Step = { op: 'sh', argv: ['nft', 'list', 'ruleset'] };
+        const q = (text: string): string => (v6 ? `'${text}'` : text);
+        const other = `other:\n  destination:\n  - ${q(at(9002))}\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: ${q(source(8082))}\n`;
+        const mine = [...pairFlags(pair), '-state-file=$WORK/mine.db'];
+        const r = await runSteps([
+          ...(v6
+            ? [vip, host].map((a): Step => ({
+                op: 'sh',
+                argv: ['ip', '-6', 'addr', 'add', `${a}/128`, 'dev', 'lo', 'nodad'],
+              }))
+            : [null, null].map((): Step => ({ op: 'sh', argv: ['true'] }))),
+          { op: 'backends', tcp: [9001, 9002, 9003], host },
+          // The original's rules for test (seed-behaviour.md), written by iptables-nft into table ip nat / ip6 nat.
+          ipt('-N', 'IPTLB_NAT_TEST'),
+          ipt('-A', 'IPTLB_NAT_TEST', ...jump.slice(0, -2), '-j', 'DNAT', '--to-destination', at(9001)),
+          ipt('-A', 'IPTLB_NAT_TEST', '-j', 'RETURN'),
+          ipt('-I', 'OUTPUT', '1', ...jump), // 6
+          // A state file with a profile of its own at another port (its file must stay byte for byte).
+          { op: 'write', file: '$WORK/mine.db', text: other },
+          { op: 'cli', args: [...mine, '-q', '-use-state', '-run'] }, // 8
+          ruleset,
+          // 10: a new profile at the original's address.
+          {
+            op: 'cli',
+            args: [...mine, '-run', '-profile=web2', `-src-addr=${source(8081)}`, `-dest-addr=${at(9003)}`],
+          },
+          {
+            op: 'cli',
+            args: [...mine, 'apply', '--profile=web3', `--src-addr=${source(8081)}`, `--dest-addr=${at(9003)}`],
+          },
+          ruleset,
+          { op: 'read', file: '$WORK/mine.db' },
+          { op: 'tcp', vip, port: 8081, count: 10 }, // 14
+          // 15: the command the refusal names deletes the original's jump; then the profile applies and serves.
+          { op: 'sh', argv: [tool, '-t', 'nat', '-D', 'OUTPUT', ...jump] },
+          {
+            op: 'cli',
+            args: [...mine, '-q', '-run', '-profile=web2', `-src-addr=${source(8081)}`, `-dest-addr=${at(9003)}`],
+          },
+          { op: 'tcp', vip, port: 8081, count: 10 }, // 17
+        ]);
+        for (const i of [0, 1, 3, 4, 5, 6]) assert.equal(r[i].code, 0, r[i].stderr);
+        ok(r[8], 'the other state file applied');
+        const message = `iptlb: error: source: profile web2: its address is served by the original iptlb's rule in table ${v6 ? 'ip6' : 'ip'} nat chain OUTPUT (-p tcp -d ${vip} --dport 8081 -j IPTLB_NAT_TEST, no comment), which iptlb does not change and this change would leave in place (two tables' nat rules for one address: the chain the kernel registered first wins): delete the original's rule, then apply again: ${tool} -t nat -D OUTPUT -p tcp -d ${vip} --dport 8081 -j IPTLB_NAT_TEST\n`;
+        assert.equal(r[10].code, 1, r[10].stderr);
+        assert.equal(r[10].stderr, message);
+        assert.equal(r[11].code, 1, r[11].stderr);
+        assert.equal(r[11].stderr, message.replace('profile web2', 'profile web3'));
+        assert.match(r[9].stdout, /IPTLB_NAT_TEST/);
+        assert.equal(r[12].stdout, r[9].stdout, 'nft list ruleset unchanged');
+        assert.equal(r[13], other, 'state file unchanged, byte for byte');
+        assert.deepEqual(r[14].counts, { 'backend:9001': 10 }, "the original's rules still serve");
+        assert.equal(r[15].code, 0, r[15].stderr);
+        ok(r[16], 'applied once the jump is deleted');
+        assert.deepEqual(r[17].counts, { 'backend:9003': 10 }, 'served by iptlb');
+      },
+    );
+  }
+}
+
 /** A command with only the capabilities `caps` (as a unit's AmbientCapabilities= and CapabilityBoundingSet= give). */
 const withCaps = (caps: string, ...args: string[]) => ({
   op: 'sh' as const,

@@ -53,6 +53,43 @@ describe('nftables executor in the kernel (fresh network namespaces)', { skip: S
     for (const e of r.errors) assert.match(e, /^TypeError: (family|table): /, e);
   });
 
+  test("nftOriginalJumps: the original iptlb's jumps in iptables-nft's nat tables (OUTPUT, PREROUTING) with their match, as the spawn executor reads them, both families; what it does not read is named; commented jumps and others' are not the original's", async () => {
+    const r = await runInNetns<Record<string, any>>(fixture('nft'), ['originals'], { timeoutMs: 60_000 });
+    const none = { native: [], spawn: [] };
+    assert.deepEqual(r.before, { ip: none, ip6: none });
+    const j = (handle: number, chain: string, rest: Record<string, unknown>) => ({
+      chain,
+      handle,
+      target: 'IPTLB_NAT_TEST',
+      ...rest,
+    });
+    // Rules in the order written (-A); the handles between are the chains'.
+    assert.deepEqual(r.after.ip.native, [
+      j(4, 'OUTPUT', { ip: '127.100.0.10', proto: 6, port: 8081 }),
+      j(5, 'OUTPUT', { ip: '127.100.0.12', proto: 132, port: 99 }),
+      j(6, 'OUTPUT', { proto: 6, port: 100, unknown: 'bitwise' }),
+      j(8, 'OUTPUT', { ip: '127.100.0.17', proto: 6, port: 101, unknown: 'payload, bitwise' }),
+      j(9, 'OUTPUT', { ip: '127.100.0.19', proto: 17, unknown: 'xt match multiport' }),
+      j(12, 'PREROUTING', { ip: '127.100.0.11', proto: 17, port: 53 }),
+      j(13, 'PREROUTING', { ip: '127.100.0.11', proto: 17, port: 54, unknown: 'goto' }),
+    ]);
+    // The spawn executor reads the same of the rules iptables-nft writes as the original did; nft's JSON has no
+    // info of an xt match (sctp's port), and says a prefix and tcp flags its own way.
+    assert.deepEqual(r.after.ip.spawn, [
+      j(4, 'OUTPUT', { ip: '127.100.0.10', proto: 'tcp', port: 8081 }),
+      j(5, 'OUTPUT', { ip: '127.100.0.12', proto: 'sctp', unknown: 'xt match sctp' }),
+      j(6, 'OUTPUT', { proto: 'tcp', port: 100, unknown: 'ip daddr' }),
+      j(8, 'OUTPUT', { ip: '127.100.0.17', proto: 'tcp', port: 101, unknown: 'bitwise' }),
+      j(9, 'OUTPUT', { ip: '127.100.0.19', proto: 'udp', unknown: 'xt match multiport' }),
+      j(12, 'PREROUTING', { ip: '127.100.0.11', proto: 'udp', port: 53 }),
+      j(13, 'PREROUTING', { ip: '127.100.0.11', proto: 'udp', port: 54, unknown: 'goto' }),
+    ]);
+    const six = { chain: 'OUTPUT', handle: 3, target: 'IPTLB_NAT_SIX', ip: '2001:db8::1', port: 8081 };
+    assert.deepEqual(r.after.ip6, { native: [{ ...six, proto: 6 }], spawn: [{ ...six, proto: 'tcp' }] });
+    assert.equal(r.errors.length, 2);
+    for (const e of r.errors) assert.match(e, /^TypeError: family: /, e);
+  });
+
   test('refusals: failing op named by index (EKERNEL, errno), nothing applied; stale expectGenid is ERESTART; bad input is a TypeError', async () => {
     const r = await runInNetns<Record<string, any>>(fixture('nft'), ['errors'], { timeoutMs: 60_000 });
     const m = r.missingElement;

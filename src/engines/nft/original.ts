@@ -139,7 +139,8 @@ export function parseOriginalJumpsJson(
       ) {
         j.port = right;
         j.proto ??= payload.protocol;
-      } else note(payload ? `${payload.protocol} ${payload.field}` : 'match');
+      } else if (left['&'] || left['|'] || left['^']) note('bitwise');
+      else note(payload ? `${payload.protocol} ${payload.field}` : 'match');
     }
     if (commented) continue;
     if (unknown.length) j.unknown = unknown.join(', ');
