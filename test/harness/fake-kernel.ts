@@ -323,9 +323,12 @@ export class FakeNftKernel implements NftExecutor {
   readonly originals = new Map<NftFamily, NftOriginalJump[]>();
   originalReads = 0;
 
-  async originalJumps(family: NftFamily): Promise<NftOriginalJump[]> {
+  async originalJumps(
+    family: NftFamily,
+    chains: readonly NftOriginalJump['chain'][] = ['OUTPUT', 'PREROUTING'],
+  ): Promise<NftOriginalJump[]> {
     this.originalReads++;
-    return clone(this.originals.get(family) ?? []);
+    return clone((this.originals.get(family) ?? []).filter((j) => chains.includes(j.chain)));
   }
 
   async render(tx: NftTransaction): Promise<string> {

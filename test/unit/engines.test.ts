@@ -2117,3 +2117,39 @@ test("nft: a jump of the original's whose match iptlb does not read whole is ref
     A.done();
   }
 });
+
+test("nft: the original iptlb's jump in PREROUTING refuses a proxy or server profile at its address, not a client one (its rules see other packets); the change asks only for the chains its new profiles go to", async () => {
+  const kernels = fakes();
+  kernels.nft.originals.set('ip', [
+    { chain: 'PREROUTING', handle: 9, target: 'IPTLB_NAT_DNS', ip: '127.100.0.11', proto: 'udp', port: 53 },
+  ]);
+  const asked: string[][] = [];
+  const read = kernels.nft.originalJumps.bind(kernels.nft);
+  kernels.nft.originalJumps = (f, chains) => {
+    asked.push([...(chains ?? [])]);
+    return read(f, chains);
+  };
+  const A = coreOn('nft', kernels);
+  try {
+    for (const rulesBackend of ['proxy', 'server'] as const)
+      await assert.rejects(
+        apply(A.core, {
+          name: 'dns',
+          source: '127.100.0.11:53',
+          destination: ['127.0.0.1:9003'],
+          protocol: 'udp',
+          rulesBackend,
+        }),
+        (e: IptlbError) =>
+          e.field === 'source' &&
+          e.message.endsWith(
+            "in table ip nat chain PREROUTING (-p udp -d 127.100.0.11 --dport 53 -j IPTLB_NAT_DNS, no comment), which iptlb does not change and this change would leave in place (two tables' nat rules for one address: the chain the kernel registered first wins): delete the original's rule, then apply again: iptables-nft -t nat -D PREROUTING -p udp -d 127.100.0.11 --dport 53 -j IPTLB_NAT_DNS",
+          ),
+      );
+    assert.equal(kernels.nft.commits.length, 0);
+    await apply(A.core, { name: 'dns', source: '127.100.0.11:53', destination: ['127.0.0.1:9003'], protocol: 'udp' });
+    assert.deepEqual(asked, [['PREROUTING'], ['PREROUTING'], ['OUTPUT']]);
+  } finally {
+    A.done();
+  }
+});

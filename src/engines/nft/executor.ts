@@ -29,9 +29,11 @@ export interface NftExecutor {
   /**
    * The original iptlb's jumps in iptables-nft's `table <family> nat` (chains OUTPUT and PREROUTING only: no other
    * chain of that table is read, whatever its size), none when it does not exist: what a state-file instance's change
-   * that gives a profile a new address asks (src/engines/nft/original.ts). Optional: without it nothing is asked.
+   * that gives a profile a new address asks (src/engines/nft/original.ts). `chains`: those the change's profiles go
+   * to (the spawn executor lists only those, a process each; the native read takes both in one call). Optional:
+   * without it nothing is asked.
    */
-  originalJumps?(family: NftFamily): Promise<NftOriginalJump[]>;
+  originalJumps?(family: NftFamily, chains?: readonly NftOriginalJump['chain'][]): Promise<NftOriginalJump[]>;
   /** The `nft -f` text of the transaction. */
   render(tx: NftTransaction): Promise<string>;
 }

@@ -44,7 +44,7 @@ import {
   type NftView,
 } from './ops.js';
 import { renderNft, renderNftRule } from './render.js';
-import { originalServing, originalTakenError } from './original.js';
+import { originalChainOf, originalServing, originalTakenError } from './original.js';
 import { compareNft, strayRoundRobin } from './view.js';
 import type { Family } from '../../model/address.js';
 import type { Profile } from '../../model/types.js';
@@ -236,7 +236,9 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     // makes a profile new at its address (see refuseOriginal), started before the plan's reads (the spawn executor's
     // processes run beside them) and awaited after refuseTaken, whose refusals come first.
     const newHere = exclusive && this.executor.originalJumps ? newAtAddress(f, state, next, touched) : [];
-    const originals = newHere.length ? this.executor.originalJumps!(nf) : undefined;
+    const originals = newHere.length
+      ? this.executor.originalJumps!(nf, [...new Set(newHere.map(originalChainOf))])
+      : undefined;
     originals?.catch(() => undefined); // a refusal before it is awaited must not leave its failure unhandled
     const usage = this.setUsage(f, state, memo);
     // The base chains change (a destination count, logging or masquerade starts or stops): read

@@ -42,7 +42,10 @@ export class NftNativeExecutor implements NftExecutor {
     }
   }
 
-  /** Two filtered rule dumps (OUTPUT, PREROUTING of `<family> nat`) in one call of the addon. */
+  /**
+   * Two filtered rule dumps (OUTPUT, PREROUTING of `<family> nat`) in one call of the addon, whichever chains are
+   * asked for: a second dump costs less than a call.
+   */
   async originalJumps(family: NftFamily): Promise<NftOriginalJump[]> {
     try {
       const jumps = await this.addon.nftOriginalJumps(family);
