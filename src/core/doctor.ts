@@ -135,7 +135,7 @@ export async function doctor(
     privileges.fix = `run iptlb as root (sudo) or grant ${missing.join(' and ')}${admin ? ' too' : ''} (systemd: AmbientCapabilities= and CapabilityBoundingSet=)`;
   if (warning) checks.push({ name: 'engines', ok: false, detail: warning, fix: warningFix });
   // The original iptlb's rules on a host whose iptables is the nf_tables flavour: in iptables-nft's nat
-  // tables, which iptlb neither reads nor changes; they go on balancing their addresses.
+  // tables, which iptlb never changes; they go on balancing their addresses (a new profile at one is refused).
   const original = admin ? await originalNftChains() : undefined;
   if (original?.length)
     checks.push({
