@@ -3,12 +3,12 @@
  * IPTLB_NAT_<X>`, no comment) in iptables-nft's `table ip nat` / `table ip6 nat`, chains OUTPUT and PREROUTING. iptlb
  * never changes them, and its own table's nat chains have their priority (-100): a profile of iptlb's at an address
  * one of them matches would be served by two tables' rules, the first the kernel registered winning. A state-file
- * instance's change that gives a profile such an address (a new profile, or one moved to another address or hook) is
- * refused, as the legacy engine refuses it (src/engines/legacy/restore.ts originalTaken); one the state file holds at
- * that address already (the original's own profile, taken over through its state file) is not asked about.
+ * instance's change that gives a profile such an address (a new one, or one moved to another address, protocol or
+ * hook) is refused, as the legacy engine refuses it (src/engines/legacy/restore.ts originalTaken); one the state file
+ * holds at that address already (the original's own profile, taken over through its state file) is not asked about.
  */
 import { IptlbError } from '../../model/errors.js';
-import { familyOfProfile } from '../../model/profile.js';
+import { canonicalIpv6 } from '../../model/address.js';
 import type { Profile } from '../../model/types.js';
 import type { NftFamily, NftOriginalJump } from './ops.js';
 import { nftHookOf, profileEndpoint } from './plan.js';
@@ -38,7 +38,8 @@ export function originalServing(
   const chain = originalChainOf(p);
   for (const j of jumps) {
     if (j.chain !== chain) continue;
-    if (j.ip !== undefined && j.ip !== e.ip) continue;
+    // An IPv6 address as iptlb writes it (inet_ntop and nft may write an IPv4-mapped one otherwise).
+    if (j.ip !== undefined && (j.ip.includes(':') ? (canonicalIpv6(j.ip) ?? j.ip) : j.ip) !== e.ip) continue;
     if (j.proto !== undefined && j.proto !== p.protocol) continue;
     if (j.port !== undefined && j.port !== e.port) continue;
     return { jump: j, sure: j.unknown === undefined };
@@ -61,7 +62,7 @@ function ruleWords(j: NftOriginalJump): string {
 }
 
 /**
- * The refusal of profile `p` (of family `family`'s table), whose address the original iptlb's jump `jump` serves
+ * The refusal of profile `p` (of table `<nf> iptlb`), whose address the original iptlb's jump `jump` serves
  * (`sure`), or may serve (a match iptlb does not read whole): one line naming that rule, what iptlb leaves, and the
  * command that deletes the rule (iptables-nft's `-D` for a rule read whole, else `nft delete rule … handle N`).
  */
@@ -73,11 +74,6 @@ export function originalTakenError(nf: NftFamily, p: Profile, jump: NftOriginalJ
     ? `source: profile ${p.name}: its address${ORIGINAL_AT}${where} (${ruleWords(jump)}, no comment), which iptlb does not change and this change would leave in place (two tables' nat rules for one address: the chain the kernel registered first wins): delete the original's rule, then apply again: ${nf === 'ip6' ? 'ip6tables-nft' : 'iptables-nft'} -t nat -D ${jump.chain} ${ruleWords(jump)}`
     : `source: profile ${p.name}: its address may be served by the original iptlb's rule in ${where} (handle ${jump.handle}: ${jump.ip !== undefined ? `-d ${jump.ip} ` : ''}-j ${jump.target}, no comment, with a match iptlb does not read: ${jump.unknown}), which iptlb does not change and this change would leave in place (two tables' nat rules for one address: the chain the kernel registered first wins): see it with \`nft -a list chain ${nf} nat ${jump.chain}\`; if it matches ${p.source}/${p.protocol}, delete it, then apply again: ${byHandle}`;
   return new IptlbError('ECONFLICT', message, { field: 'source' });
-}
-
-/** The family of the table a profile's rules go to, as nft names it. */
-export function nftFamilyOf(p: Profile): NftFamily {
-  return familyOfProfile(p) === 'ipv6' ? 'ip6' : 'ip';
 }
 
 /**
