@@ -1808,7 +1808,8 @@ function originalRules(kernel: FakeLegacyKernel, family: 'ipv4' | 'ipv6', name: 
   kernel.tables.set(family, t);
 }
 
-const tablesText = (k: FakeLegacyKernel): string =>
+/** A fake kernel's tables as text: equal texts mean nothing changed. */
+const tablesText = (k: FakeLegacyKernel | FakeNftKernel): string =>
   JSON.stringify([...k.tables], (_, v) => (v instanceof Map || v instanceof Set ? [...v] : v));
 
 test("legacy: a new profile at the address of the original iptlb's jump (no comment) is refused naming source, IPv4 and IPv6, nothing changed; the original's profile is still taken over under its name", async () => {
@@ -1973,16 +1974,13 @@ function originalNftJump(kernel: FakeNftKernel, family: 'ip' | 'ip6', name: stri
   kernel.originals.set(family, jumps);
 }
 
-const nftTablesText = (k: FakeNftKernel): string =>
-  JSON.stringify([...k.tables], (_, v) => (v instanceof Map || v instanceof Set ? [...v] : v));
-
 test("nft: a new profile at the address of the original iptlb's jump (iptables-nft's table ip nat / ip6 nat) is refused naming source and the command that deletes it, IPv4 and IPv6, nothing changed; another port, protocol or hook is not; a profile moved there is", async () => {
   const kernels = fakes();
   originalNftJump(kernels.nft, 'ip', 'test', '127.100.0.10', 8081);
   originalNftJump(kernels.nft, 'ip6', 'six', '2001:db8::1', 8081);
   const A = coreOn('nft', kernels);
   try {
-    const before = nftTablesText(kernels.nft);
+    const before = tablesText(kernels.nft);
     for (const [p, rule] of [
       [
         { name: 'web2', source: '127.100.0.10:8081', destination: ['127.0.0.1:9003'] },
@@ -2005,7 +2003,7 @@ test("nft: a new profile at the address of the original iptlb's jump (iptables-n
       });
     }
     assert.equal(kernels.nft.commits.length, 0, 'nothing committed');
-    assert.equal(nftTablesText(kernels.nft), before, 'the tables unchanged');
+    assert.equal(tablesText(kernels.nft), before, 'the tables unchanged');
     assert.equal(existsSync(A.file), false, 'no state file written');
     // Another port of the same address and another protocol are free (the address in PREROUTING below).
     await apply(A.core, { name: 'other', source: '127.100.0.10:8082', destination: ['127.0.0.1:9003'] });
