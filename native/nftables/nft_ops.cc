@@ -184,6 +184,10 @@ const char *OpKindName(Op::Kind k) {
       return "deleteBackendElements";
     case Op::Kind::kAddAffinitySet:
       return "addAffinitySet";
+    case Op::Kind::kDeleteNatRule:
+      return "deleteNatRule";
+    case Op::Kind::kDeleteNatChain:
+      return "deleteNatChain";
   }
   return "?";
 }
@@ -208,6 +212,10 @@ std::string DescribeOp(const Op &op) {
     case Op::Kind::kFlushChain:
     case Op::Kind::kAddRule:
       return s + " " + ChainName(op.chain);
+    case Op::Kind::kDeleteNatRule:
+      return s + " " + op.nat_chain + " handle " + std::to_string(op.handle);
+    case Op::Kind::kDeleteNatChain:
+      return s + " " + op.nat_chain;
   }
   return s;
 }
@@ -364,7 +372,7 @@ Napi::Array ArrayFromJs(const Napi::Value &v, const std::string &path) {
 const std::map<std::string, Op::Kind> &OpKinds() {
   static const std::map<std::string, Op::Kind> kinds = [] {
     std::map<std::string, Op::Kind> m;
-    for (int k = 0; k <= static_cast<int>(Op::Kind::kAddAffinitySet); k++)
+    for (int k = 0; k <= static_cast<int>(Op::Kind::kDeleteNatChain); k++)
       m[OpKindName(static_cast<Op::Kind>(k))] = static_cast<Op::Kind>(k);
     return m;
   }();
@@ -412,6 +420,22 @@ Op OpFromJs(const Napi::Value &v, Family f, const std::string &path) {
         Bad(env, path + ".chain", "must be 'output', 'prerouting' or 'postrouting'");
       op.rule = RuleFromJs(o.Get("rule"), f, path + ".rule");
       break;
+    case Op::Kind::kDeleteNatRule:
+      op.nat_chain = Str(o.Get("chain"), path + ".chain");
+      if (op.nat_chain != "OUTPUT" && op.nat_chain != "PREROUTING")
+        Bad(env, path + ".chain", "must be 'OUTPUT' or 'PREROUTING'");
+      op.handle = static_cast<uint64_t>(Int(o.Get("handle"), 1, 9007199254740991.0, [&] { return path + ".handle"; }));
+      break;
+    case Op::Kind::kDeleteNatChain: {
+      // Only the original iptlb's chain: IPTLB_NAT_ and 1 to 18 of A-Z 0-9 _ (src/engines/legacy/plan.ts OWN_CHAIN).
+      op.nat_chain = Str(o.Get("name"), path + ".name");
+      const std::string &c = op.nat_chain;
+      bool ok = c.size() > 10 && c.size() <= 28 && c.compare(0, 10, "IPTLB_NAT_") == 0;
+      for (size_t k = 10; ok && k < c.size(); k++)
+        ok = (c[k] >= 'A' && c[k] <= 'Z') || (c[k] >= '0' && c[k] <= '9') || c[k] == '_';
+      if (!ok) Bad(env, path + ".name", "not a chain of the original iptlb (IPTLB_NAT_…)");
+      break;
+    }
     case Op::Kind::kAddDispatchElements:
     case Op::Kind::kDeleteDispatchElements: {
       op.name = DispatchNameFromJs(o.Get("set"), path + ".set");
@@ -492,6 +516,7 @@ Family FamilyFromJs(const Napi::Value &v, const std::string &path) {
 namespace {
 
 constexpr const char *kTable = "iptlb";
+constexpr const char *kNatTable = "nat";  // iptables-nft's: only the takeover ops (DeleteNatRule, DeleteNatChain)
 // Elements per NEWSETELEM/DELSETELEM message: the element list is one attribute, whose length
 // field is 16 bits. An encoded backend element takes 2 * address length + 32 bytes (nests and
 // attribute headers around key and data): 40 for IPv4 (1024 a message), 64 for IPv6 (fewer).
@@ -599,6 +624,10 @@ class Encoder {
       case Op::Kind::kAddBackendElements:
       case Op::Kind::kDeleteBackendElements:
         return Elements(op, i);
+      case Op::Kind::kDeleteNatRule:
+        return DeleteNatRule(op, i);
+      case Op::Kind::kDeleteNatChain:
+        return DeleteNatChain(op, i);
     }
   }
 
@@ -678,6 +707,38 @@ class Encoder {
     nftnl_rule_set_str(r.get(), NFTNL_RULE_CHAIN, ChainName(op.chain));
     auto *nlh = Msg(NFT_MSG_DELRULE, 0, 256, i);
     nftnl_rule_nlmsg_build_payload(nlh, r.get());
+    b_->Finish(nlh);
+  }
+
+  // delete rule <f> nat <OUTPUT|PREROUTING> handle N (iptables-nft's table: the original iptlb's jump). A handle that
+  // is gone fails the batch (ENOENT): the kernel deletes a rule by its handle only, never another one.
+  void DeleteNatRule(const Op &op, int i) {
+    RulePtr r = Own<RulePtr>(nftnl_rule_alloc());
+    nftnl_rule_set_u32(r.get(), NFTNL_RULE_FAMILY, l_.nfproto);
+    nftnl_rule_set_str(r.get(), NFTNL_RULE_TABLE, kNatTable);
+    nftnl_rule_set_str(r.get(), NFTNL_RULE_CHAIN, op.nat_chain.c_str());
+    nftnl_rule_set_u64(r.get(), NFTNL_RULE_HANDLE, op.handle);
+    auto *nlh = Msg(NFT_MSG_DELRULE, 0, 256, i);
+    nftnl_rule_nlmsg_build_payload(nlh, r.get());
+    b_->Finish(nlh);
+  }
+
+  // flush chain <f> nat IPTLB_NAT_…; delete chain <f> nat IPTLB_NAT_… (the original iptlb's chain, its jumps deleted
+  // before in the batch). A rule still jumping to it fails the batch (EBUSY).
+  void DeleteNatChain(const Op &op, int i) {
+    RulePtr r = Own<RulePtr>(nftnl_rule_alloc());
+    nftnl_rule_set_u32(r.get(), NFTNL_RULE_FAMILY, l_.nfproto);
+    nftnl_rule_set_str(r.get(), NFTNL_RULE_TABLE, kNatTable);
+    nftnl_rule_set_str(r.get(), NFTNL_RULE_CHAIN, op.nat_chain.c_str());
+    auto *flush = Msg(NFT_MSG_DELRULE, 0, 256, i);
+    nftnl_rule_nlmsg_build_payload(flush, r.get());
+    b_->Finish(flush);
+    ChainPtr c = Own<ChainPtr>(nftnl_chain_alloc());
+    nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_FAMILY, l_.nfproto);
+    nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TABLE, kNatTable);
+    nftnl_chain_set_str(c.get(), NFTNL_CHAIN_NAME, op.nat_chain.c_str());
+    auto *nlh = Msg(NFT_MSG_DELCHAIN, 0, 256, i);
+    nftnl_chain_nlmsg_build_payload(nlh, c.get());
     b_->Finish(nlh);
   }
 

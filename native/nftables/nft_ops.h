@@ -107,6 +107,9 @@ struct Op {
     kAddBackendElements,
     kDeleteBackendElements,
     kAddAffinitySet,
+    // iptables-nft's table <family> nat, not iptlb: the original iptlb's jump (by handle), its chain (flush + delete)
+    kDeleteNatRule,
+    kDeleteNatChain,
   };
   Kind kind = Kind::kAddTable;
   Proto proto = Proto::kTcp;
@@ -117,6 +120,8 @@ struct Op {
   Rule rule;
   std::vector<Endpoint> dispatch;
   std::vector<BackendElement> backend;
+  std::string nat_chain;  // deleteNatRule: OUTPUT or PREROUTING; deleteNatChain: the IPTLB_NAT_… chain
+  uint64_t handle = 0;    // deleteNatRule
 };
 
 const char *OpKindName(Op::Kind k);

@@ -179,6 +179,9 @@ export class FakeNftKernel implements NftExecutor {
       throw new IptlbError('ERESTART', `ruleset changed (generation ${this.genid}, expected ${tx.expectGenid})`);
     const before = this.tables.get(tx.family);
     let t: FakeNftTable | undefined = before && clone(before);
+    // iptables-nft's table nat: the original iptlb's jumps and chains, changed only by a takeover.
+    let jumps = clone(this.originals.get(tx.family) ?? []);
+    const natChains = new Set(this.natChains.get(tx.family));
     const need = (): FakeNftTable => {
       if (!t) throw kernelError(2, `table ${tx.family} iptlb does not exist`);
       return t;
@@ -259,10 +262,25 @@ export class FakeNftKernel implements NftExecutor {
             if (!map(`be_${op.proto}`).delete(k)) throw kernelError(2, `element ${k} is not in map be_${op.proto}`);
           }
           break;
+        case 'deleteNatRule': {
+          const n = jumps.length;
+          jumps = jumps.filter((j) => !(j.chain === op.chain && j.handle === op.handle));
+          if (jumps.length === n)
+            throw kernelError(2, `rule handle ${op.handle} is not in chain ${op.chain} of table ${tx.family} nat`);
+          break;
+        }
+        case 'deleteNatChain':
+          if (!natChains.has(op.name)) throw kernelError(2, `chain ${op.name} is not in table ${tx.family} nat`);
+          if (jumps.some((j) => j.target === op.name) || this.natJumpers.get(tx.family)?.includes(op.name))
+            throw kernelError(16, `chain ${op.name} of table ${tx.family} nat is in use`);
+          natChains.delete(op.name);
+          break;
       }
     }
     if (t) this.tables.set(tx.family, t);
     else this.tables.delete(tx.family);
+    if (this.originals.has(tx.family)) this.originals.set(tx.family, jumps);
+    if (this.natChains.has(tx.family)) this.natChains.set(tx.family, natChains);
     this.genid++;
     this.commits.push(clone(tx));
     this.journal?.push(`nft ${tx.family}`);
@@ -321,6 +339,10 @@ export class FakeNftKernel implements NftExecutor {
    * read them: tests put them here (iptlb never changes them); `originalReads` counts the reads.
    */
   readonly originals = new Map<NftFamily, NftOriginalJump[]>();
+  /** The chains of iptables-nft's `table <family> nat` the original's jumps go to (what a takeover deletes). */
+  readonly natChains = new Map<NftFamily, Set<string>>();
+  /** Chains of `table <family> nat` another rule (not one of `originals`) jumps to: deleting them fails (EBUSY). */
+  readonly natJumpers = new Map<NftFamily, string[]>();
   originalReads = 0;
 
   async originalJumps(

@@ -724,6 +724,127 @@ for (const pair of PAIRS.filter((p) => p.engine === 'nft')) {
   }
 }
 
+for (const pair of PAIRS.filter((p) => p.engine === 'nft')) {
+  for (const family of ['IPv4', 'IPv6'] as const) {
+    test(
+      `${pair.name}, ${family}: the original iptlb's rules in iptables-nft's nat table (its jump, no comment, and its chain) are taken over by -use-state -run and by a reset, in the batch of iptlb's change, and removed by a delete; nothing else of table nat touched`,
+      { skip: pair.skip },
+      async () => {
+        const v6 = family === 'IPv6';
+        const nf = v6 ? 'ip6' : 'ip';
+        const vip = v6 ? '2001:db8::10' : VIP;
+        const host = v6 ? '2001:db8::1' : '127.0.0.1';
+        const at = (port: number): string => (v6 ? `[${host}]:${port}` : `${host}:${port}`);
+        const source = (port: number): string => (v6 ? `[${vip}]:${port}` : `${vip}:${port}`);
+        const tool = v6 ? 'ip6tables-nft' : 'iptables-nft';
+        const ipt = (...a: string[]): Step => ({ op: 'sh', argv: [tool, '-w', '-t', 'nat', ...a] });
+        const q = (text: string): string => (v6 ? `'${text}'` : text);
+        // The original's rules for `name` (seed-behaviour.md), to at(9001), written by iptables-nft.
+        const original = (name: string, port: number): Step[] => {
+          const chain = `IPTLB_NAT_${name.toUpperCase()}`;
+          const match = ['-p', 'tcp', '-d', vip, '--dport', String(port)];
+          return [
+            ipt('-N', chain),
+            ipt('-A', chain, ...match, '-j', 'DNAT', '--to-destination', at(9001)),
+            ipt('-A', chain, '-j', 'RETURN'),
+            ipt('-I', 'OUTPUT', '1', ...match, '-j', chain),
+          ];
+        };
+        // The state file as the original wrote it, but to at(9002): what serves after the takeover is iptlb.
+        const block = (name: string, port: number): string =>
+          `${name}:\n  destination:\n  - ${q(at(9002))}\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: ${q(source(port))}\n`;
+        const natTable: Step = { op: 'sh', argv: ['nft', 'list', 'table', nf, 'nat'] };
+        const setup: Step[] = [
+          ...(v6
+            ? [vip, host].map((a): Step => ({
+                op: 'sh',
+                argv: ['ip', '-6', 'addr', 'add', `${a}/128`, 'dev', 'lo', 'nodad'],
+              }))
+            : []),
+          { op: 'backends', tcp: [9001, 9002, 9003], host },
+          ...original('test', 8081),
+          ...original('web', 8082),
+          // Another tool's rule in table nat's OUTPUT: never touched.
+          ipt('-A', 'OUTPUT', '-p', 'udp', '-d', vip, '--dport', '53', '-j', 'ACCEPT'),
+          { op: 'write', file: '$WORK/state.db', text: block('test', 8081) + block('web', 8082) },
+        ];
+        // -use-state -run takes over every profile of the state file.
+        const steps = async (more: Step[]) => {
+          const all = await runSteps([...setup, ...more]);
+          for (const [k, st] of setup.entries()) if (st.op === 'sh') assert.equal(all[k].code, 0, all[k].stderr);
+          return all.slice(setup.length);
+        };
+        // -use-state -run takes over every profile of the state file.
+        const u = await steps([
+          { op: 'tcp', vip, port: 8081, count: 10 },
+          cli(pair, '--verbose', '-use-state', '-run'),
+          { op: 'tcp', vip, port: 8081, count: 10 },
+          { op: 'tcp', vip, port: 8082, count: 10 },
+          natTable,
+          cli(pair, 'status', '--json'),
+        ]);
+        const [before, run, afterTest, afterWeb, table, status] = u;
+        assert.deepEqual(before.counts, { 'backend:9001': 10 }, "the original's rules serve");
+        ok(run, '-use-state -run');
+        for (const chain of ['IPTLB_NAT_TEST', 'IPTLB_NAT_WEB']) {
+          assert.match(
+            run.stderr + run.stdout,
+            new RegExp(
+              `delete rule ${nf} nat OUTPUT handle \\d+ \\(the original iptlb's jump to ${chain}, no comment\\)`,
+            ),
+          );
+          assert.match(
+            run.stderr + run.stdout,
+            new RegExp(`delete chain ${nf} nat ${chain} \\(the original iptlb's chain\\)`),
+          );
+        }
+        assert.deepEqual(afterTest.counts, { 'backend:9002': 10 }, `served by iptlb: ${JSON.stringify(afterTest)}`);
+        assert.deepEqual(afterWeb.counts, { 'backend:9002': 10 }, `served by iptlb: ${JSON.stringify(afterWeb)}`);
+        ok(table, 'nft list table nat');
+        assert.doesNotMatch(table.stdout, /IPTLB_NAT_/, table.stdout);
+        assert.match(table.stdout, /udp dport 53 .*accept/, "another tool's rule kept");
+        assert.equal(JSON.parse(status.stdout).inSync, true, status.stdout);
+
+        // A delete removes the original's rules of the profile it deletes (and -run applies the state file's
+        // other profiles: their original's rules taken over too); plan says what a reset deletes.
+        const r = await steps([
+          cli(pair, 'plan', '-reset', '-profile=test', `-src-addr=${source(8081)}`, `-dest-addr=${at(9003)}`),
+          cli(pair, '--verbose', '-run', '-delete', '-profile=web'),
+          { op: 'tcp', vip, port: 8082, count: 3 },
+          { op: 'tcp', vip, port: 8081, count: 10 },
+          natTable,
+          cli(pair, '-q', '-run', '-reset', '-profile=test', `-src-addr=${source(8081)}`, `-dest-addr=${at(9003)}`),
+          { op: 'tcp', vip, port: 8081, count: 10 },
+          cli(pair, 'status', '--json'),
+        ]);
+        const [plan, del, afterDelete, testNow, table2, reset, afterReset, status2] = r;
+        ok(plan, 'plan of the reset');
+        assert.match(plan.stdout, new RegExp(`^delete rule ${nf} nat OUTPUT handle \\d+$`, 'm'), plan.stdout);
+        assert.match(plan.stdout, new RegExp(`^delete chain ${nf} nat IPTLB_NAT_TEST$`, 'm'), plan.stdout);
+        ok(del, 'delete of a profile the original applied');
+        assert.match(
+          del.stderr + del.stdout,
+          new RegExp(
+            `delete rule ${nf} nat OUTPUT handle \\d+ \\(the original iptlb's jump to IPTLB_NAT_WEB, no comment\\)`,
+          ),
+        );
+        assert.equal(afterDelete.failures, 3, 'web is gone');
+        assert.deepEqual(testNow.counts, { 'backend:9002': 10 }, `test served by iptlb: ${JSON.stringify(testNow)}`);
+        ok(table2, 'nft list table nat');
+        assert.doesNotMatch(table2.stdout, /IPTLB_NAT_/, table2.stdout);
+        assert.match(table2.stdout, /udp dport 53 .*accept/, "another tool's rule kept");
+        ok(reset, 'reset');
+        assert.deepEqual(
+          afterReset.counts,
+          { 'backend:9003': 10 },
+          `the reset's destination: ${JSON.stringify(afterReset)}`,
+        );
+        assert.equal(JSON.parse(status2.stdout).inSync, true, status2.stdout);
+      },
+    );
+  }
+}
+
 /** A command with only the capabilities `caps` (as a unit's AmbientCapabilities= and CapabilityBoundingSet= give). */
 const withCaps = (caps: string, ...args: string[]) => ({
   op: 'sh' as const,

@@ -90,6 +90,27 @@ describe('nftables executor in the kernel (fresh network namespaces)', { skip: S
     for (const e of r.errors) assert.match(e, /^TypeError: family: /, e);
   });
 
+  test("takeover ops (the original iptlb's jump by handle, its chain) in the batch of iptlb's change, natively and by nft -f: a handle gone (ENOENT) or the chain jumped to by another rule (EBUSY) fails the batch whole, table ip nat and ip iptlb unchanged; else the jump and the chain go, nothing else of table ip nat; names not the original's are TypeErrors", async () => {
+    const r = await runInNetns<Record<string, any>>(fixture('nft'), ['takeover'], { timeoutMs: 60_000 });
+    for (const how of ['native', 'spawn']) {
+      const x = r[how];
+      assert.equal(x.jump.target, 'IPTLB_NAT_TEST', how);
+      assert.equal(x.gone.ok, false, how);
+      assert.equal(x.gone.errno, ENOENT, `${how}: ${x.gone.message}`);
+      assert.ok(x.gone.unchanged, `${how}: nothing of the batch made`);
+      assert.equal(x.busy.ok, false, how);
+      assert.equal(x.busy.errno, 16, `${how}: ${x.busy.message}`);
+      assert.ok(x.busy.unchanged, `${how}: nothing of the batch made`);
+      assert.equal(x.done.ok, true, how);
+      assert.doesNotMatch(x.done.nat, /IPTLB_NAT_TEST/, x.done.nat);
+      assert.match(x.done.nat, /chain OTHER \{[^}]*udp dport 53[^}]*accept/, "another tool's chain kept");
+      assert.match(x.done.nat, /chain OUTPUT \{[^}]*jump OTHER/, "another tool's jump kept");
+      assert.ok(x.iptlb, `${how}: table ip iptlb made in the same batch`);
+    }
+    assert.equal(r.errors.length, 4);
+    for (const e of r.errors) assert.match(e, /^TypeError: ops\[0\]\.(name|chain|handle): /, e);
+  });
+
   test('refusals: failing op named by index (EKERNEL, errno), nothing applied; stale expectGenid is ERESTART; bad input is a TypeError', async () => {
     const r = await runInNetns<Record<string, any>>(fixture('nft'), ['errors'], { timeoutMs: 60_000 });
     const m = r.missingElement;

@@ -1972,6 +1972,7 @@ function originalNftJump(kernel: FakeNftKernel, family: 'ip' | 'ip6', name: stri
     port,
   });
   kernel.originals.set(family, jumps);
+  kernel.natChains.set(family, new Set([...(kernel.natChains.get(family) ?? []), `IPTLB_NAT_${name.toUpperCase()}`]));
 }
 
 test("nft: a new profile at the address of the original iptlb's jump (iptables-nft's table ip nat / ip6 nat) is refused naming source and the command that deletes it, IPv4 and IPv6, nothing changed; another port, protocol or hook is not; a profile moved there is", async () => {
@@ -2039,33 +2040,35 @@ test("nft: a new profile at the address of the original iptlb's jump (iptables-n
   }
 });
 
-test("nft: the original iptlb's jumps are read only for a change that makes a profile new at its address; the original's own profile, taken over through its state file, and an in-memory instance's are not refused", async () => {
+test("nft: the original iptlb's jumps are read only by a state-file instance's change that makes a profile new at its address or applies or deletes one of its state file; the original's own profile, applied through its state file, takes its rules over", async () => {
   const kernels = fakes();
   originalNftJump(kernels.nft, 'ip', 'test', '127.100.0.10', 8081);
   const A = coreOn('nft', kernels);
   try {
     await apply(A.core, { name: 'other', source: '127.100.0.10:8082', destination: ['127.0.0.1:9003'] });
     assert.equal(kernels.nft.originalReads, 1, 'a new profile: read');
-    // Destinations changed, the same profile re-applied, a deletion: nothing new at an address, nothing read.
-    await apply(A.core, { name: 'other', source: '127.100.0.10:8082', destination: ['127.0.0.1:9004'] });
+    // Changes of a profile of the state file: read (the original's rules of that name would be taken over), nothing
+    // of table ip nat deleted (no jump to IPTLB_NAT_OTHER).
     await apply(A.core, { name: 'other', source: '127.100.0.10:8082', destination: ['127.0.0.1:9004'] });
     await A.core.transact((s) => deleteChange(s, ['other']), { run: true });
-    assert.equal(kernels.nft.originalReads, 1, 'no read for changes that make no profile new at its address');
+    assert.equal(kernels.nft.originalReads, 3);
+    assert.equal(kernels.nft.originals.get('ip')!.length, 1, "the original's jump to another chain kept");
+    assert.ok(kernels.nft.commits.every((tx) => tx.ops.every((o) => !o.op.startsWith('deleteNat'))));
   } finally {
     A.done();
   }
-  // The original's own profile, from its state file (as it wrote it), at the address of its jump: applied (its rules
-  // in table ip nat stay: iptlb does not change them), without asking.
+  // The original's own profile, from its state file (as it wrote it), at the address of its jump: applied, not
+  // refused, and its rules in table ip nat taken over in the same transaction.
   const B = coreOn('nft', kernels);
   try {
     writeFileSync(
       B.file,
       'test:\n  destination:\n  - 127.0.0.1:9001\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: 127.100.0.10:8081\n',
     );
-    const reads = kernels.nft.originalReads;
     await apply(B.core, { name: 'test', source: '127.100.0.10:8081', destination: ['127.0.0.1:9004'] });
-    assert.equal(kernels.nft.originalReads, reads, 'not asked');
     assert.deepEqual(await statuses(B.core), { test: 'in-sync' });
+    assert.deepEqual(kernels.nft.originals.get('ip'), []);
+    assert.deepEqual([...kernels.nft.natChains.get('ip')!], []);
   } finally {
     B.done();
   }
@@ -2147,6 +2150,120 @@ test("nft: the original iptlb's jump in PREROUTING refuses a proxy or server pro
     assert.equal(kernels.nft.commits.length, 0);
     await apply(A.core, { name: 'dns', source: '127.100.0.11:53', destination: ['127.0.0.1:9003'], protocol: 'udp' });
     assert.deepEqual(asked, [['PREROUTING'], ['PREROUTING'], ['OUTPUT']]);
+  } finally {
+    A.done();
+  }
+});
+
+/** A state file as the original iptlb wrote it: profiles `[name, source, destination]`, client, tcp. */
+const originalStateText = (profiles: string[][]): string =>
+  profiles
+    .map(
+      ([n, s, d]) =>
+        `${n}:\n  destination:\n  - ${d}\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: ${s}\n`,
+    )
+    .join('');
+
+test("nft: a change that applies or deletes a profile of the state file takes the original iptlb's rules of that name over (its jumps by handle and its chain, in iptables-nft's table ip nat / ip6 nat) in the same transaction, IPv4 and IPv6; --verbose lists them; nothing else of table nat is touched", async () => {
+  const kernels = fakes();
+  originalNftJump(kernels.nft, 'ip', 'test', '127.100.0.10', 8081);
+  originalNftJump(kernels.nft, 'ip', 'keep', '127.100.0.11', 8081);
+  originalNftJump(kernels.nft, 'ip6', 'six', '2001:db8::1', 8081);
+  const A = coreOn('nft', kernels);
+  try {
+    writeFileSync(
+      A.file,
+      originalStateText([
+        ['test', '127.100.0.10:8081', '127.0.0.1:9001'],
+        ['six', '"[2001:db8::1]:8081"', '"[2001:db8::a]:9001"'],
+      ]),
+    );
+    const described = (): string[] =>
+      A.core.commits.flatMap(({ engine, tx }) => engine.describeTransaction(tx)).filter((l) => / ip6? nat /.test(l));
+    // Applied (as -run -reset does): the jump and the chain go in the commit that writes the profile.
+    await apply(A.core, { name: 'test', source: '127.100.0.10:8081', destination: ['127.0.0.1:9004'] });
+    const tx = kernels.nft.commits.at(-1)!;
+    assert.deepEqual(
+      tx.ops.slice(0, 2),
+      [
+        { op: 'deleteNatRule', chain: 'OUTPUT', handle: 4, target: 'IPTLB_NAT_TEST' },
+        { op: 'deleteNatChain', name: 'IPTLB_NAT_TEST' },
+      ],
+      'in the same batch as the profile',
+    );
+    assert.ok(tx.ops.slice(2).length > 0);
+    assert.deepEqual(described(), [
+      "[nft] delete rule ip nat OUTPUT handle 4 (the original iptlb's jump to IPTLB_NAT_TEST, no comment)",
+      '[nft] flush chain ip nat IPTLB_NAT_TEST',
+      "[nft] delete chain ip nat IPTLB_NAT_TEST (the original iptlb's chain)",
+    ]);
+    assert.equal(
+      (await kernels.nft.render(tx)).split('\n').slice(0, 3).join('\n'),
+      'delete rule ip nat OUTPUT handle 4\nflush chain ip nat IPTLB_NAT_TEST\ndelete chain ip nat IPTLB_NAT_TEST',
+    );
+    assert.deepEqual(
+      kernels.nft.originals.get('ip')!.map((j) => j.target),
+      ['IPTLB_NAT_KEEP'],
+      'another profile of the original, not of this state file, kept',
+    );
+    assert.deepEqual([...kernels.nft.natChains.get('ip')!], ['IPTLB_NAT_KEEP']);
+    assert.equal((await statuses(A.core)).test, 'in-sync');
+    // Deleted: the profile's elements and the original's rules of it go together.
+    await A.core.transact((state) => deleteChange(state, ['six']), { run: true });
+    assert.deepEqual(described(), [
+      "[nft] delete rule ip6 nat OUTPUT handle 4 (the original iptlb's jump to IPTLB_NAT_SIX, no comment)",
+      '[nft] flush chain ip6 nat IPTLB_NAT_SIX',
+      "[nft] delete chain ip6 nat IPTLB_NAT_SIX (the original iptlb's chain)",
+    ]);
+    assert.deepEqual(kernels.nft.originals.get('ip6'), []);
+    assert.deepEqual([...kernels.nft.natChains.get('ip6')!], []);
+    // Nothing of the original's left to take over: nothing of table nat in the next change.
+    await apply(A.core, { name: 'test', source: '127.100.0.10:8081', destination: ['127.0.0.1:9005'] });
+    assert.deepEqual(described(), []);
+  } finally {
+    A.done();
+  }
+});
+
+test("nft: the original's chain that another rule jumps to is not taken over: refused (ECONFLICT) naming the chain, nothing changed; a jump deleted between the read and the commit fails the batch (ENOENT), and the change is made again with the original's rules as they are then", async () => {
+  const kernels = fakes();
+  originalNftJump(kernels.nft, 'ip', 'test', '127.100.0.10', 8081);
+  kernels.nft.natJumpers.set('ip', ['IPTLB_NAT_TEST']);
+  const A = coreOn('nft', kernels);
+  try {
+    writeFileSync(A.file, originalStateText([['test', '127.100.0.10:8081', '127.0.0.1:9001']]));
+    const state = readFileSync(A.file, 'utf8');
+    await assert.rejects(
+      apply(A.core, { name: 'test', source: '127.100.0.10:8081', destination: ['127.0.0.1:9004'] }),
+      (e: IptlbError) => {
+        assert.equal(e.code, 'ECONFLICT');
+        assert.equal(
+          e.message,
+          "name: profile test: the original iptlb's chain IPTLB_NAT_TEST in table ip nat, whose jumps (no comment) this change deletes to take it over, is jumped to by another rule (another tool's, or one with a comment), which iptlb does not delete: nothing changed; remove that jump (`nft -a list table ip nat | grep -- 'IPTLB_NAT_TEST'` finds it), then apply again",
+        );
+        return true;
+      },
+    );
+    assert.equal(kernels.nft.commits.length, 0, 'nothing committed');
+    assert.equal(kernels.nft.originals.get('ip')!.length, 1);
+    assert.deepEqual([...kernels.nft.natChains.get('ip')!], ['IPTLB_NAT_TEST']);
+    assert.equal(readFileSync(A.file, 'utf8'), state, 'the state file unchanged');
+    // That jump gone: the takeover goes through. But the original's jump is deleted (by someone else) between the
+    // read and the commit: the batch fails on its handle, nothing of it made; made again with a fresh read.
+    kernels.nft.natJumpers.delete('ip');
+    const read = kernels.nft.originalJumps.bind(kernels.nft);
+    let first = true;
+    kernels.nft.originalJumps = async (f, chains) => {
+      const jumps = await read(f, chains);
+      if (first) kernels.nft.originals.set('ip', []);
+      first = false;
+      return jumps;
+    };
+    await apply(A.core, { name: 'test', source: '127.100.0.10:8081', destination: ['127.0.0.1:9004'] });
+    assert.equal(kernels.nft.commits.length, 1, 'one batch committed');
+    const ops = kernels.nft.commits[0]!.ops;
+    assert.ok(!ops.some((o) => o.op === 'deleteNatRule'), 'no handle asked for that was not there');
+    assert.equal((await statuses(A.core)).test, 'in-sync');
   } finally {
     A.done();
   }

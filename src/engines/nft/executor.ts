@@ -29,7 +29,8 @@ export interface NftExecutor {
   /**
    * The original iptlb's jumps in iptables-nft's `table <family> nat` (chains OUTPUT and PREROUTING only: no other
    * chain of that table is read, whatever its size), none when it does not exist: what a state-file instance's change
-   * that gives a profile a new address asks (src/engines/nft/original.ts). `chains`: those the change's profiles go
+   * that gives a profile a new address, or applies or deletes a profile of its state file, asks
+   * (src/engines/nft/original.ts: refused, or taken over). `chains`: those the change's profiles go
    * to (the spawn executor lists only those, a process each; the native read takes both in one call). Optional:
    * without it nothing is asked.
    */

@@ -8,7 +8,7 @@
 import { IptlbError } from '../../model/errors.js';
 import { nftTablesViaCli } from '../select.js';
 import { findBinary } from '../../platform/spawn.js';
-import { familyOfProfile, slotCount } from '../../model/profile.js';
+import { chainName, familyOfProfile, slotCount } from '../../model/profile.js';
 import {
   baseContent,
   baseUnchanged,
@@ -44,7 +44,14 @@ import {
   type NftView,
 } from './ops.js';
 import { renderNft, renderNftRule } from './render.js';
-import { originalChainOf, originalServing, originalTakenError } from './original.js';
+import {
+  originalChainOf,
+  originalServing,
+  originalTakenError,
+  takeoverBusyError,
+  takeoverOps,
+  takesOver,
+} from './original.js';
 import { compareNft, strayRoundRobin } from './view.js';
 import type { Family } from '../../model/address.js';
 import type { Profile } from '../../model/types.js';
@@ -115,9 +122,10 @@ function newAtAddress(
 
 /**
  * A state-file instance does not put a profile beside the original iptlb's jump (iptables-nft's `table ip nat` /
- * `ip6 nat`, which iptlb never changes) at the address it serves: `fresh`, the profiles new at their address, are
- * refused when one of `jumps` serves one of them (or may: a match iptlb does not read whole), naming that rule and
- * the command that deletes it. As the legacy engine refuses a new profile at its original's jump.
+ * `ip6 nat`, which iptlb changes only to take over a profile's, see takeoverOps) at the address it serves: `fresh`,
+ * the profiles new at their address, are refused when one of `jumps` serves one of them (or may: a match iptlb does
+ * not read whole), naming that rule and the command that deletes it. As the legacy engine refuses a new profile at
+ * its original's jump.
  */
 function refuseOriginal(nf: NftFamily, fresh: readonly Profile[], jumps: readonly NftOriginalJump[]): void {
   if (!jumps.length) return;
@@ -125,6 +133,25 @@ function refuseOriginal(nf: NftFamily, fresh: readonly Profile[], jumps: readonl
     const hit = originalServing(jumps, p);
     if (hit) throw originalTakenError(nf, p, hit.jump, hit.sure);
   }
+}
+
+/**
+ * The chains the original iptlb used for the profiles of `touched` that the state file holds in family `f`
+ * (`IPTLB_NAT_<NAME>`, as the legacy engine names a profile's chain: chainName), each with the chain of iptables-nft's
+ * nat table its jumps are in (that of the hook the state file has the profile at): what a state-file instance's change
+ * that applies or deletes them takes over.
+ */
+function takeoverTargets(
+  f: Family,
+  state: ReadonlyMap<string, Profile>,
+  touched: readonly string[],
+): Map<string, NftOriginalJump['chain']> {
+  const out = new Map<string, NftOriginalJump['chain']>();
+  for (const n of touched) {
+    const old = state.get(n);
+    if (old && familyOfProfile(old) === f) out.set(chainName(n), originalChainOf(old));
+  }
+  return out;
 }
 
 export class NftEngine implements Engine<NftView, NftTransaction> {
@@ -236,9 +263,11 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     // makes a profile new at its address (see refuseOriginal), started before the plan's reads (the spawn executor's
     // processes run beside them) and awaited after refuseTaken, whose refusals come first.
     const newHere = exclusive && this.executor.originalJumps ? newAtAddress(f, state, next, touched) : [];
-    const originals = newHere.length
-      ? this.executor.originalJumps!(nf, [...new Set(newHere.map(originalChainOf))])
-      : undefined;
+    // And the original's own rules of the profiles of the state file this change applies or deletes (its jumps to the
+    // chain it used for the profile, in the chain of the hook the state file has it at): taken over (takeoverOps).
+    const takeover = exclusive && this.executor.originalJumps ? takeoverTargets(f, state, touched) : new Map();
+    const readChains = new Set([...newHere.map(originalChainOf), ...takeover.values()]);
+    const originals = readChains.size ? this.executor.originalJumps!(nf, [...readChains]) : undefined;
     originals?.catch(() => undefined); // a refusal before it is awaited must not leave its failure unhandled
     const usage = this.setUsage(f, state, memo);
     // The base chains change (a destination count, logging or masquerade starts or stops): read
@@ -273,7 +302,21 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
         : `${this.where(f)} holds ${kept.vips.size} virtual address(es) of profiles this state file does not hold (another state file's, or left by an interrupted change): kept as they are`;
     const known = { old, touched };
     if (exclusive) await this.refuseTaken(f, next, known, view);
-    if (originals) refuseOriginal(nf, newHere, await originals);
+    const jumps = originals ? await originals : [];
+    const targets = new Set(takeover.keys());
+    // A jump this change takes over serves no address after it: not in the way of a profile new there.
+    refuseOriginal(
+      nf,
+      newHere,
+      jumps.filter((j) => !targets.has(j.target)),
+    );
+    let takeOps = takeoverOps(jumps, targets);
+    const taking = (steps: NftTransaction[]): NftTransaction[] => {
+      if (!takeOps.length) return steps;
+      const [first, ...rest] = steps;
+      const tx: NftTransaction = first ?? { family: nf, table: 'iptlb', ops: [] };
+      return [{ ...tx, ops: [...takeOps, ...tx.ops] }, ...rest];
+    };
     if (next.size === 0 && view?.exists) {
       // The last profile of this state goes. Profiles it does not hold stay, and so does the table
       // when someone else keeps objects in it: only these profiles' content goes, and never a chain,
@@ -286,7 +329,7 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
       if (kept)
         return {
           family: f,
-          steps: [planNftMergedRebuild([], kept, nf, view)],
+          steps: taking([planNftMergedRebuild([], kept, nf, view)]),
           next,
           note: keptNote(kept),
           known,
@@ -294,7 +337,7 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
         };
       if (foreign.length) {
         const note = `${this.where(f)} also holds objects iptlb did not make (${foreign.slice(0, 5).join(', ')}${foreign.length > 5 ? ', …' : ''}): removing only iptlb's rules, sets and elements, and keeping the table`;
-        return { family: f, steps: [planNftClear(view, nf)], next, note, known };
+        return { family: f, steps: taking([planNftClear(view, nf)]), next, note, known };
       }
     }
     const fresh = view !== undefined && !view.exists;
@@ -333,6 +376,14 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
       // or the base chains would get the rules of the others without their elements.
       steps = planNftChange(new Map(), next, next.keys());
     } else steps = planNftChange(state, next, touched, usage, kernelSets, nf, readd);
+    // A plan that writes every profile of the table (a rebuild) applies the state file's untouched profiles too: the
+    // original's rules of those are taken over as well (one more read, only for such a plan).
+    if (exclusive && this.executor.originalJumps && (merged || absent.length || stray.length || fresh)) {
+      const all = takeoverTargets(f, state, [...next.keys()]);
+      for (const [t, c] of takeover) all.set(t, c);
+      if (all.size > takeover.size)
+        takeOps = takeoverOps(await this.executor.originalJumps(nf, [...new Set(all.values())]), new Set(all.keys()));
+    }
     // A change that rewrites a base chain holding rules iptlb did not write would drop them (a rule
     // is not carried over from what a read shows of it): refused, as removing the last profile is.
     if (view?.exists) {
@@ -349,7 +400,7 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     }
     return {
       family: f,
-      steps,
+      steps: taking(steps),
       next,
       known,
       ...(note ? { note } : {}),
@@ -365,10 +416,40 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     const nf = nftTableFamily(plan.family);
     if (plan.note) log(plan.note);
     let durationMs = 0;
+    // The original iptlb's rules this plan takes over (takeoverOps): its chains, each with the chain of its jumps.
+    const taken = new Map<string, NftOriginalJump['chain']>();
+    for (const o of plan.steps[0]?.ops ?? []) if (o.op === 'deleteNatRule') taken.set(o.target, o.chain);
+    // A commit of a takeover that fails with EBUSY: a rule other than the original's jumps still jumps to its chain.
+    const commit = async (tx: NftTransaction): Promise<number> => {
+      try {
+        return (await this.executor.commit(tx)).durationMs;
+      } catch (e) {
+        if ((e as IptlbError).errno === 16 && takesOver(tx)) {
+          const chains = tx.ops.flatMap((o) => (o.op === 'deleteNatChain' ? [o.name] : []));
+          const name = plan.known?.touched?.find((n) => chains.includes(chainName(n))) ?? chains[0]!;
+          throw takeoverBusyError(nf, name, chains);
+        }
+        throw e;
+      }
+    };
+    // The takeover again, of the original's rules as they are now (a jump deleted meanwhile is not asked for).
+    const retake = async (tx: NftTransaction): Promise<NftTransaction> => {
+      if (!plan.exclusive || !this.executor.originalJumps) return tx;
+      // The replacement writes every profile of the state file: the original's rules of each are taken over (not
+      // those of a profile this change creates: not the original's, refused at the original's address).
+      const old = new Set(plan.known?.old.map((p) => p.name));
+      const created = new Set(plan.known?.touched?.filter((n) => !old.has(n)));
+      for (const p of plan.next.values())
+        if (!created.has(p.name) && !taken.has(chainName(p.name))) taken.set(chainName(p.name), originalChainOf(p));
+      if (!taken.size) return tx;
+      const jumps = await this.executor.originalJumps(nf, [...new Set(taken.values())]);
+      const ops = takeoverOps(jumps, new Set(taken.keys()));
+      return ops.length ? { ...tx, ops: [...ops, ...tx.ops] } : tx;
+    };
     try {
       // A second step only removes what the first one superseded; if it fails, the replacement below
       // (or, for another error, the next change or `sync`) removes the leftovers.
-      for (const step of plan.steps) durationMs += (await this.executor.commit(step)).durationMs;
+      for (const step of plan.steps) durationMs += await commit(step);
       const committed =
         plan.steps.length === 1
           ? plan.steps[0]
@@ -394,8 +475,8 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
         log(
           `table ${nf} iptlb is not as ${plan.partial ? "this in-memory instance's profiles say" : 'the state says'} (${(e as Error).message}); replacing its ${plan.next.size} profile(s) in one transaction and keeping the ${kept.vips.size} virtual address(es) of profiles ${plan.partial ? 'it was not told about' : 'this state file does not hold'}`,
         );
-        rebuild = planNftMergedRebuild(plan.next.values(), kept, nf, view);
-        durationMs += (await this.executor.commit(rebuild)).durationMs;
+        rebuild = await retake(planNftMergedRebuild(plan.next.values(), kept, nf, view));
+        durationMs += await commit(rebuild);
         return { durationMs, committed: rebuild };
       }
       log(
@@ -405,7 +486,8 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
             // someone deleted. Nothing of it is out of step; said plainly, not as drift.
             `table ${nf} iptlb does not exist yet (after a reboot, or deleted); creating it with all ${plan.next.size} profile(s) in one transaction`,
       );
-      durationMs += (await this.executor.commit(rebuild)).durationMs;
+      rebuild = await retake(rebuild);
+      durationMs += await commit(rebuild);
       return { durationMs, committed: rebuild };
     }
   }
@@ -586,10 +668,23 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
   }
 
   describeTransaction(tx: NftTransaction): string[] {
+    // The original iptlb's rules taken over (iptables-nft's table nat): said as such.
+    const jumps = new Map<string, string>();
+    for (const o of tx.ops)
+      if (o.op === 'deleteNatRule') jumps.set(`delete rule ${tx.family} nat ${o.chain} handle ${o.handle}`, o.target);
+    const chains = new Set(
+      tx.ops.flatMap((o) => (o.op === 'deleteNatChain' ? [`delete chain ${tx.family} nat ${o.name}`] : [])),
+    );
     return renderNft(tx)
       .trimEnd()
       .split('\n')
-      .map((line) => `[nft] ${line}`);
+      .map((line) =>
+        jumps.has(line)
+          ? `[nft] ${line} (the original iptlb's jump to ${jumps.get(line)}, no comment)`
+          : chains.has(line)
+            ? `[nft] ${line} (the original iptlb's chain)`
+            : `[nft] ${line}`,
+      );
   }
 
   describeProfile(p: Profile): string {

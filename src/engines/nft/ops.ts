@@ -247,9 +247,23 @@ export type NftOp =
   /** `add element ip iptlb be_P { v . p . i : d . q, … }` */
   | { op: 'addBackendElements'; proto: Protocol; elements: NftBackendElement[] }
   /** deletes by key `v . p . i`; `to` is ignored. */
-  | { op: 'deleteBackendElements'; proto: Protocol; elements: NftBackendElement[] };
+  | { op: 'deleteBackendElements'; proto: Protocol; elements: NftBackendElement[] }
+  /**
+   * `delete rule <family> nat <chain> handle N`: the original iptlb's jump (no comment) to chain `target` in
+   * iptables-nft's `table <family> nat`, taken over (see src/engines/nft/original.ts). Not of table iptlb: the only
+   * ops that are, with deleteNatChain. A handle gone by commit time fails the batch (ENOENT), nothing else deleted.
+   */
+  | { op: 'deleteNatRule'; chain: NftOriginalJump['chain']; handle: number; target: string }
+  /**
+   * `flush chain <family> nat <name>` and `delete chain <family> nat <name>`: the original iptlb's chain
+   * (`IPTLB_NAT_…`) whose jumps the same batch deletes; another rule still jumping to it fails the batch (EBUSY).
+   */
+  | { op: 'deleteNatChain'; name: string };
 
-/** One atomic change of table `<family> iptlb`: lands whole or not at all. */
+/**
+ * One atomic change of table `<family> iptlb` (and, for a takeover of the original iptlb's rules, of iptables-nft's
+ * `table <family> nat`: deleteNatRule, deleteNatChain): lands whole or not at all.
+ */
 export interface NftTransaction {
   /** The table's family: every address in `ops` is of it. */
   family: NftFamily;

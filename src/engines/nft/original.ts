@@ -1,16 +1,17 @@
 /**
  * The original iptlb's rules on a host whose iptables is the nf_tables one: its jumps (`-p P -d VIP --dport PORT -j
- * IPTLB_NAT_<X>`, no comment) in iptables-nft's `table ip nat` / `table ip6 nat`, chains OUTPUT and PREROUTING. iptlb
- * never changes them, and its own table's nat chains have their priority (-100): a profile of iptlb's at an address
- * one of them matches would be served by two tables' rules, the first the kernel registered winning. A state-file
- * instance's change that gives a profile such an address (a new one, or one moved to another address, protocol or
- * hook) is refused, as the legacy engine refuses it (src/engines/legacy/restore.ts originalTaken); one the state file
- * holds at that address already (the original's own profile, taken over through its state file) is not asked about.
+ * IPTLB_NAT_<X>`, no comment) in iptables-nft's `table ip nat` / `table ip6 nat`, chains OUTPUT and PREROUTING. Its
+ * own table's nat chains have their priority (-100): a profile of iptlb's at an address one of them matches would be
+ * served by two tables' rules, the first the kernel registered winning. A state-file instance's change that gives a
+ * profile such an address (a new one, or one moved to another address, protocol or hook) is refused, as the legacy
+ * engine refuses it (src/engines/legacy/restore.ts originalTaken). The jumps to the chain the original used for a
+ * profile of the state file the change applies or deletes, and that chain, are taken over instead: deleted in the
+ * same batch as iptlb's change (takeoverOps), as the legacy engine takes them over (restore.ts bareJumpsOf).
  */
 import { IptlbError } from '../../model/errors.js';
 import { canonicalIpv6 } from '../../model/address.js';
 import type { Profile } from '../../model/types.js';
-import type { NftFamily, NftOriginalJump } from './ops.js';
+import type { NftFamily, NftOp, NftOriginalJump, NftTransaction } from './ops.js';
 import { nftHookOf, profileEndpoint } from './plan.js';
 
 const PROTOCOLS: Record<number, string> = { 6: 'tcp', 17: 'udp', 132: 'sctp' };
@@ -143,4 +144,40 @@ export function parseOriginalJumpsJson(
     out.push(j);
   }
   return out;
+}
+
+/**
+ * The takeover of the original iptlb's rules: for each chain of `targets` (`IPTLB_NAT_…`, the chain the original used
+ * for a profile of the state file this change applies or deletes) one of `jumps` goes to, those jumps (by handle) and
+ * then that chain (flushed and deleted), in iptables-nft's `table <family> nat`; nothing else of that table. Ops of
+ * the same batch as iptlb's own change: a handle gone by commit time (ENOENT), or another rule still jumping to the
+ * chain (EBUSY), fails it whole.
+ */
+export function takeoverOps(jumps: readonly NftOriginalJump[], targets: ReadonlySet<string>): NftOp[] {
+  const ops: NftOp[] = [];
+  const chains = new Set<string>();
+  for (const j of jumps) {
+    if (!targets.has(j.target)) continue;
+    ops.push({ op: 'deleteNatRule', chain: j.chain, handle: j.handle, target: j.target });
+    chains.add(j.target);
+  }
+  for (const name of chains) ops.push({ op: 'deleteNatChain', name });
+  return ops;
+}
+
+/** Whether `tx` takes over the original iptlb's rules (see {@link takeoverOps}). */
+export function takesOver(tx: NftTransaction): boolean {
+  return tx.ops.some((o) => o.op === 'deleteNatRule' || o.op === 'deleteNatChain');
+}
+
+/**
+ * A takeover whose batch failed with EBUSY (a rule other than the original's jumps still jumps to one of its chains):
+ * the refusal, naming the chains and how to find that rule.
+ */
+export function takeoverBusyError(nf: NftFamily, p: string, chains: readonly string[]): IptlbError {
+  return new IptlbError(
+    'ECONFLICT',
+    `name: profile ${p}: the original iptlb's chain ${chains.join(', ')} in table ${nf} nat, whose jumps (no comment) this change deletes to take it over, is jumped to by another rule (another tool's, or one with a comment), which iptlb does not delete: nothing changed; remove that jump (\`nft -a list table ${nf} nat | grep -- '${chains[0]}'\` finds it), then apply again`,
+    { field: 'name' },
+  );
 }

@@ -59,6 +59,12 @@ export function renderNft(tx: NftTransaction): string {
       case 'flushChain':
         lines.push(`flush chain ${T} ${o.name}`);
         break;
+      case 'deleteNatRule':
+        lines.push(`delete rule ${f} nat ${o.chain} handle ${o.handle}`);
+        break;
+      case 'deleteNatChain':
+        lines.push(`flush chain ${f} nat ${o.name}`, `delete chain ${f} nat ${o.name}`);
+        break;
       case 'addRule':
         lines.push(`add rule ${T} ${o.chain} ${renderNftRule(o.rule, f)}`);
         break;
