@@ -135,14 +135,15 @@ export async function doctor(
     privileges.fix = `run iptlb as root (sudo) or grant ${missing.join(' and ')}${admin ? ' too' : ''} (systemd: AmbientCapabilities= and CapabilityBoundingSet=)`;
   if (warning) checks.push({ name: 'engines', ok: false, detail: warning, fix: warningFix });
   // The original iptlb's rules on a host whose iptables is the nf_tables flavour: in iptables-nft's nat
-  // tables, which iptlb never changes; they go on balancing their addresses (a new profile at one is refused).
+  // tables, which iptlb changes only to take over those of a profile of the state file it applies or deletes; they go
+  // on balancing their addresses (a new profile at one is refused).
   const original = admin ? await originalNftChains() : undefined;
   if (original?.length)
     checks.push({
       name: 'original rules',
       ok: false,
       detail: describeOriginalChains(original),
-      fix: 'delete them with the original (iptlb -run -delete -profile NAME) or by hand (iptables-nft -t nat: the OUTPUT/PREROUTING jumps with -D, then -F and -X the chain; ip6tables-nft for table ip6 nat); see docs/state-file.md',
+      fix: 'take them over with iptlb -use-state -run (the state file that holds their profiles), delete them with the original (iptlb -run -delete -profile NAME) or by hand (iptables-nft -t nat: the OUTPUT/PREROUTING jumps with -D, then -F and -X the chain; ip6tables-nft for table ip6 nat); see docs/state-file.md',
     });
   const ok = usable && privileges.ok && !warning && stateOk && !original?.length;
   if (o.json) {

@@ -95,8 +95,8 @@ export async function nftTablesViaCli(): Promise<('ip' | 'ip6')[]> {
 
 /**
  * Chains named as the original iptlb's (`IPTLB_NAT_…`) in iptables-nft's `table ip nat` and `table ip6 nat`:
- * the original's rules on a host whose iptables is the nf_tables flavour, which iptlb never changes (a change
- * that makes a profile new at an address their jumps match is refused: src/engines/nft/original.ts). Asked
+ * the original's rules on a host whose iptables is the nf_tables flavour, which iptlb changes only to take them over
+ * (a change that makes a profile new at an address their jumps match is refused: src/engines/nft/original.ts). Asked
  * natively (the addon's nftChains) or of `nft` (chain names only, read-only); undefined when it cannot tell (no
  * addon nor `nft`, no privileges).
  */
@@ -131,7 +131,7 @@ export async function originalNftChains(
 
 /** What {@link originalNftChains} found, in one line: where, and that iptlb leaves them be. */
 export function describeOriginalChains(found: readonly { table: string; chain: string }[]): string {
-  return `${found.map((o) => `table ${o.table}: chain ${o.chain}`).join(', ')}: the original iptlb's rules (iptables-nft), which iptlb never changes; the addresses they match still go where they say, and a new profile at one of them is refused`;
+  return `${found.map((o) => `table ${o.table}: chain ${o.chain}`).join(', ')}: the original iptlb's rules (iptables-nft), which iptlb takes over only when a change applies or deletes their profile through its state file; the addresses they match still go where they say, and a new profile at one of them is refused`;
 }
 
 /** The `IPTLB_NAT_…` chains of `table ip nat` / `table ip6 nat` in the text of `nft list chains`. */
