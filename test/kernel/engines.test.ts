@@ -650,22 +650,36 @@ for (const pair of PAIRS.filter((p) => p.engine === 'legacy')) {
   );
 }
 
+/**
+ * What the nft tests of the original iptlb's rules need per family: the VIP and the backends' host (IPv6: on lo, added
+ * by the test), an address at a port, iptables-nft (or ip6tables-nft) on table nat, and a YAML scalar quoted for IPv6.
+ */
+function iptablesNftFamily(family: 'IPv4' | 'IPv6') {
+  const v6 = family === 'IPv6';
+  const vip = v6 ? '2001:db8::10' : VIP;
+  const host = v6 ? '2001:db8::1' : '127.0.0.1';
+  const tool = v6 ? 'ip6tables-nft' : 'iptables-nft';
+  return {
+    v6,
+    vip,
+    host,
+    tool,
+    at: (port: number): string => (v6 ? `[${host}]:${port}` : `${host}:${port}`),
+    source: (port: number): string => (v6 ? `[${vip}]:${port}` : `${vip}:${port}`),
+    ipt: (...a: string[]): Step => ({ op: 'sh', argv: [tool, '-w', '-t', 'nat', ...a] }),
+    q: (text: string): string => (v6 ? `'${text}'` : text),
+  };
+}
+
 for (const pair of PAIRS.filter((p) => p.engine === 'nft')) {
   for (const family of ['IPv4', 'IPv6'] as const) {
     test(
       `${pair.name}, ${family}: a new profile at the address of the original iptlb's jump in iptables-nft's nat table is refused naming source and the command that deletes it; the ruleset and the state file unchanged, the original's rules still serving; once that jump is deleted it applies`,
       { skip: pair.skip },
       async () => {
-        const v6 = family === 'IPv6';
-        const vip = v6 ? '2001:db8::10' : VIP;
-        const host = v6 ? '2001:db8::1' : '127.0.0.1';
-        const at = (port: number): string => (v6 ? `[${host}]:${port}` : `${host}:${port}`);
-        const source = (port: number): string => (v6 ? `[${vip}]:${port}` : `${vip}:${port}`);
-        const tool = v6 ? 'ip6tables-nft' : 'iptables-nft';
-        const ipt = (...a: string[]): Step => ({ op: 'sh', argv: [tool, '-w', '-t', 'nat', ...a] });
+        const { v6, vip, host, at, source, tool, ipt, q } = iptablesNftFamily(family);
         const jump = ['-p', 'tcp', '-d', vip, '--dport', '8081', '-j', 'IPTLB_NAT_TEST'];
         const ruleset: Step = { op: 'sh', argv: ['nft', 'list', 'ruleset'] };
-        const q = (text: string): string => (v6 ? `'${text}'` : text);
         const other = `other:\n  destination:\n  - ${q(at(9002))}\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: ${q(source(8082))}\n`;
         const mine = [...pairFlags(pair), '-state-file=$WORK/mine.db'];
         const r = await runSteps([
@@ -730,15 +744,8 @@ for (const pair of PAIRS.filter((p) => p.engine === 'nft')) {
       `${pair.name}, ${family}: the original iptlb's rules in iptables-nft's nat table (its jump, no comment, and its chain) are taken over by -use-state -run and by a reset, in the batch of iptlb's change, and removed by a delete; nothing else of table nat touched`,
       { skip: pair.skip },
       async () => {
-        const v6 = family === 'IPv6';
+        const { v6, vip, host, at, source, ipt, q } = iptablesNftFamily(family);
         const nf = v6 ? 'ip6' : 'ip';
-        const vip = v6 ? '2001:db8::10' : VIP;
-        const host = v6 ? '2001:db8::1' : '127.0.0.1';
-        const at = (port: number): string => (v6 ? `[${host}]:${port}` : `${host}:${port}`);
-        const source = (port: number): string => (v6 ? `[${vip}]:${port}` : `${vip}:${port}`);
-        const tool = v6 ? 'ip6tables-nft' : 'iptables-nft';
-        const ipt = (...a: string[]): Step => ({ op: 'sh', argv: [tool, '-w', '-t', 'nat', ...a] });
-        const q = (text: string): string => (v6 ? `'${text}'` : text);
         // The original's rules for `name` (seed-behaviour.md), to at(9001), written by iptables-nft.
         const original = (name: string, port: number): Step[] => {
           const chain = `IPTLB_NAT_${name.toUpperCase()}`;

@@ -1808,6 +1808,10 @@ function originalRules(kernel: FakeLegacyKernel, family: 'ipv4' | 'ipv6', name: 
   kernel.tables.set(family, t);
 }
 
+/** The original iptlb's state file holding its profile `test` at 127.100.0.10:8081 (as originalRules writes it). */
+const ORIGINAL_STATE =
+  'test:\n  destination:\n  - 127.0.0.1:9001\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: 127.100.0.10:8081\n';
+
 /** A fake kernel's tables as text: equal texts mean nothing changed. */
 const tablesText = (k: FakeLegacyKernel | FakeNftKernel): string =>
   JSON.stringify([...k.tables], (_, v) => (v instanceof Map || v instanceof Set ? [...v] : v));
@@ -1863,10 +1867,7 @@ test("legacy: a new profile at the address of the original iptlb's jump (no comm
     // The original's own profile, from its state file: taken over, its jump deleted with the chain refilled.
     const B = coreOn('legacy', kernels);
     try {
-      writeFileSync(
-        B.file,
-        'test:\n  destination:\n  - 127.0.0.1:9001\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: 127.100.0.10:8081\n',
-      );
+      writeFileSync(B.file, ORIGINAL_STATE);
       await apply(B.core, { name: 'test', source: '127.100.0.10:8081', destination: ['127.0.0.1:9004'] });
       const out = kernels.legacy.tables.get('ipv4')!.hooks.OUTPUT;
       assert.deepEqual(
@@ -1930,8 +1931,7 @@ test("legacy: a profile the state file holds whose chain another tool's chain ju
   t.chains.set('MYCHAIN', [{ matches: [], target: { name: 'jump', chain: 'IPTLB_NAT_TEST' } }]);
   const A = coreOn('legacy', kernels);
   try {
-    const original =
-      'test:\n  destination:\n  - 127.0.0.1:9001\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: 127.100.0.10:8081\n';
+    const original = ORIGINAL_STATE;
     writeFileSync(A.file, original);
     const before = tablesText(kernels.legacy);
     await assert.rejects(
@@ -2061,10 +2061,7 @@ test("nft: the original iptlb's jumps are read only by a state-file instance's c
   // refused, and its rules in table ip nat taken over in the same transaction.
   const B = coreOn('nft', kernels);
   try {
-    writeFileSync(
-      B.file,
-      'test:\n  destination:\n  - 127.0.0.1:9001\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: 127.100.0.10:8081\n',
-    );
+    writeFileSync(B.file, ORIGINAL_STATE);
     await apply(B.core, { name: 'test', source: '127.100.0.10:8081', destination: ['127.0.0.1:9004'] });
     assert.deepEqual(await statuses(B.core), { test: 'in-sync' });
     assert.deepEqual(kernels.nft.originals.get('ip'), []);
