@@ -1808,9 +1808,17 @@ function originalRules(kernel: FakeLegacyKernel, family: 'ipv4' | 'ipv6', name: 
   kernel.tables.set(family, t);
 }
 
+/** A state file as the original iptlb wrote it: profiles `[name, source, destination]`, client, tcp. */
+const originalStateText = (profiles: string[][]): string =>
+  profiles
+    .map(
+      ([n, s, d]) =>
+        `${n}:\n  destination:\n  - ${d}\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: ${s}\n`,
+    )
+    .join('');
+
 /** The original iptlb's state file holding its profile `test` at 127.100.0.10:8081 (as originalRules writes it). */
-const ORIGINAL_STATE =
-  'test:\n  destination:\n  - 127.0.0.1:9001\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: 127.100.0.10:8081\n';
+const ORIGINAL_STATE = originalStateText([['test', '127.100.0.10:8081', '127.0.0.1:9001']]);
 
 /** A fake kernel's tables as text: equal texts mean nothing changed. */
 const tablesText = (k: FakeLegacyKernel | FakeNftKernel): string =>
@@ -1896,15 +1904,10 @@ test("legacy --verbose: the original iptlb's jumps a change deletes are listed (
   try {
     writeFileSync(
       A.file,
-      [
+      originalStateText([
         ['test', '127.100.0.10:8081', '127.0.0.1:9001'],
         ['six', '"[2001:db8::1]:8081"', '"[2001:db8::a]:9001"'],
-      ]
-        .map(
-          ([n, s, d]) =>
-            `${n}:\n  destination:\n  - ${d}\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: ${s}\n`,
-        )
-        .join(''),
+      ]),
     );
     const described = (): string[] =>
       A.core.commits.flatMap(({ engine, tx }) => engine.describeTransaction(tx)).filter((l) => l.includes('original'));
@@ -2069,6 +2072,27 @@ test("nft: the original iptlb's jumps are read only by a state-file instance's c
   } finally {
     B.done();
   }
+  // A change that creates the table (every profile of the state file written, after the change's commit found no
+  // table) takes over the original's rules of the untouched profiles too.
+  const rebuild = fakes();
+  originalNftJump(rebuild.nft, 'ip', 'test', '127.100.0.10', 8081);
+  originalNftJump(rebuild.nft, 'ip', 'keep', '127.100.0.11', 8081);
+  const C = coreOn('nft', rebuild);
+  try {
+    writeFileSync(
+      C.file,
+      originalStateText([
+        ['test', '127.100.0.10:8081', '127.0.0.1:9001'],
+        ['keep', '127.100.0.11:8081', '127.0.0.1:9001'],
+      ]),
+    );
+    await apply(C.core, { name: 'test', source: '127.100.0.10:8081', destination: ['127.0.0.1:9004'] });
+    assert.deepEqual(rebuild.nft.originals.get('ip'), [], 'both profiles of the state file taken over');
+    assert.deepEqual([...rebuild.nft.natChains.get('ip')!], []);
+    assert.deepEqual(await statuses(C.core), { test: 'in-sync', keep: 'in-sync' });
+  } finally {
+    C.done();
+  }
   // An in-memory instance takes the address (as it takes another state file's, and as on legacy).
   const memory = fakes();
   originalNftJump(memory.nft, 'ip', 'test', '127.100.0.10', 8081);
@@ -2151,15 +2175,6 @@ test("nft: the original iptlb's jump in PREROUTING refuses a proxy or server pro
     A.done();
   }
 });
-
-/** A state file as the original iptlb wrote it: profiles `[name, source, destination]`, client, tcp. */
-const originalStateText = (profiles: string[][]): string =>
-  profiles
-    .map(
-      ([n, s, d]) =>
-        `${n}:\n  destination:\n  - ${d}\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: ${s}\n`,
-    )
-    .join('');
 
 test("nft: a change that applies or deletes a profile of the state file takes the original iptlb's rules of that name over (its jumps by handle and its chain, in iptables-nft's table ip nat / ip6 nat) in the same transaction, IPv4 and IPv6; --verbose lists them; nothing else of table nat is touched", async () => {
   const kernels = fakes();
