@@ -14,6 +14,10 @@ async function* observe(source, tally) {
   for await (const event of source) {
     const { type, data } = event;
     if (type === 'test:start') stack[data.nesting] = data.name;
+    // A file's own test (the runner's, named by its path; only a test:complete) ends with the file: its
+    // duration is the file's.
+    if (type === 'test:complete' && data.nesting === 0 && data.file && data.name === data.file)
+      tally.files.push([data.file, data.details?.duration_ms ?? 0]);
     const skipped = data?.skip !== undefined;
     // Leaf tests, and suites skipped whole (their tests are never reported).
     if ((type === 'test:pass' || type === 'test:fail') && (data.details?.type !== 'suite' || skipped)) {
@@ -40,6 +44,16 @@ function summaryLines(tally) {
   const lines = [
     `kernel cases per pair: ${pairs.length ? pairs.map(([p, t]) => `${p} ${t.ran} ran, ${t.skipped} skipped`).join('; ') : 'none ran'}`,
   ];
+  // The slowest files, where a shorter run would have to come from (their time counts waits for the
+  // xtables lock and for the CPU: files run side by side).
+  const slow = [...tally.files].sort((a, b) => b[1] - a[1]).slice(0, 8);
+  if (slow.length) {
+    const total = tally.files.reduce((t, [, ms]) => t + ms, 0);
+    const name = (f) => f.replace(/^.*\/dist\/test\//, '');
+    lines.push(
+      `file time ${Math.round(total / 1000)} s in ${tally.files.length} files; slowest: ${slow.map(([f, ms]) => `${name(f)} ${Math.round(ms / 1000)} s`).join(', ')}`,
+    );
+  }
   for (const s of tally.skips) lines.push(`skipped: ${s}`);
   if (tally.skips.length && tally.root)
     lines.push(`FAIL: ${tally.skips.length} test(s) skipped as root, where every test can run`);
@@ -47,7 +61,7 @@ function summaryLines(tally) {
 }
 
 export default async function* reporter(source) {
-  const tally = { pairs: {}, skips: [], root: process.getuid?.() === 0 };
+  const tally = { pairs: {}, skips: [], files: [], root: process.getuid?.() === 0 };
   yield* tap(observe(source, tally));
   const verdict = process.env.IPTLB_TEST_VERDICT;
   if (verdict) writeFileSync(verdict, JSON.stringify({ ...tally, failed: tally.root && tally.skips.length > 0 }));
