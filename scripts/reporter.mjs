@@ -45,8 +45,8 @@ function summaryLines(tally) {
     `kernel cases per pair: ${pairs.length ? pairs.map(([p, t]) => `${p} ${t.ran} ran, ${t.skipped} skipped`).join('; ') : 'none ran'}`,
   ];
   // The slowest files, where a shorter run would have to come from (their time counts waits for the
-  // xtables lock and for the CPU: files run side by side).
-  const slow = [...tally.files].sort((a, b) => b[1] - a[1]).slice(0, 8);
+  // xtables lock and for the CPU: files run side by side). IPTLB_TEST_SLOWEST=N names N of them.
+  const slow = [...tally.files].sort((a, b) => b[1] - a[1]).slice(0, Number(process.env.IPTLB_TEST_SLOWEST) || 8);
   if (slow.length) {
     const total = tally.files.reduce((t, [, ms]) => t + ms, 0);
     const name = (f) => f.replace(/^.*\/dist\/test\//, '');
