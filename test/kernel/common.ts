@@ -67,6 +67,18 @@ export function aboveExecutor(pair: Pick<Pair, 'executor'>): boolean {
   return SOAK || pair.executor === 'native';
 }
 
+/**
+ * Whether `pair` runs a test of what the kernel does with a profile's rules once committed (how
+ * connections split, rotate, stick): on the native pairs, and on the spawn pairs too with
+ * IPTLB_SOAK=1, as {@link aboveExecutor}. Each engine's executors commit the same rules: test/native
+ * compares the tables both leave (iptables-legacy-save and ip6tables-legacy-save of random profile
+ * sets; nft's tables, IPv4 and IPv6, after the same op lists including weights, round-robin and
+ * affinity), and the spawn pairs' other tests carry traffic through what they commit.
+ */
+export function rulesOnly(pair: Pick<Pair, 'executor'>): boolean {
+  return aboveExecutor(pair);
+}
+
 /** The pairs that run the tests of layers above the executor ({@link aboveExecutor}). */
 export const ABOVE_EXECUTOR_PAIRS: Pair[] = PAIRS.filter(aboveExecutor);
 

@@ -3,6 +3,7 @@
  * and returns the JSON object it prints on its last stdout line. Nothing that touches netfilter runs
  * in the test process itself, and the namespace (with every rule in it) dies with the child.
  */
+import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { chmodSync, mkdtempSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -75,4 +76,33 @@ export function runInNetns<T = any>(script: string, args: string[] = [], opts: N
       }
     });
   });
+}
+
+/**
+ * What the equivalence fixture's random profile sets must have included (it counts each profile's
+ * features): each at least 3 times, so that a run with few sets still compares every form of rule.
+ */
+export function assertEquivalenceCovered(seen: Record<string, number>): void {
+  for (const feature of [
+    'mode client',
+    'mode proxy',
+    'mode server',
+    'protocol tcp',
+    'protocol udp',
+    'protocol sctp',
+    'scheduler random',
+    'scheduler round-robin',
+    'weights',
+    'a drained destination',
+    'affinity',
+    'affinity with round-robin',
+    'logging',
+    'masquerade',
+    'one destination',
+    'over 32 destinations',
+  ])
+    assert.ok(
+      (seen[feature] ?? 0) >= 3,
+      `only ${seen[feature] ?? 0} profile(s) with ${feature}: ${JSON.stringify(seen)}`,
+    );
 }

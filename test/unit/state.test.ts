@@ -9,6 +9,7 @@ import { Core, upsertChange } from '../../src/core/core.js';
 import { validateProfile } from '../../src/model/profile.js';
 import { IptlbError } from '../../src/model/errors.js';
 import { FakeNftKernel } from '../harness/fake-kernel.js';
+import { seeded } from '../harness/random.js';
 
 // Written by the original Go iptlb (its README).
 const ORIGINAL = `test:
@@ -232,8 +233,7 @@ test('files: missing is empty, symlink/directory refused, written 0600 in a 0700
 test('fast canonical parser agrees with the full YAML parser on what the serializer writes', async () => {
   const { parseCanonical } = await import('../../src/core/state.js');
   const YAML = await import('yaml');
-  let seed = 7;
-  const rnd = (n: number): number => ((seed = (seed * 1103515245 + 12345) % 2147483648), seed % n);
+  const rnd = seeded(7);
   const names = ['a', 'web', 'yes', '123', 'x-y', 'A_B1', 'null', 'on', '1e3', 'test2', 'n'];
   for (let round = 0; round < 200; round++) {
     const profiles = [];
