@@ -266,12 +266,12 @@ test('nft: sync, and migrate --to nft, with a rule iptlb did not write in a base
       const reports = await core.status();
       const rule = reports.find((r) => r.name.startsWith('foreign:output:'));
       assert.equal(rule?.status, 'orphaned');
-      assert.match(rule.detail!, /iptlb does not remove it/);
+      assert.match(rule.detail!, /iptlb does not remove it.*\(`nft -a list chain ip iptlb output` shows its handle\)$/);
       await assert.rejects(
         core.sync(),
         (e: IptlbError) =>
           e.code === 'ECONFLICT' &&
-          /^table ip iptlb holds rules iptlb did not write in its base chain output; .*delete those rules first$/.test(
+          /^table ip iptlb holds rules iptlb did not write in its base chain output; .*delete those rules first \(`nft -a list chain ip iptlb output` shows each rule's handle; `nft delete rule ip iptlb output handle <N>` deletes one\)$/.test(
             e.message,
           ),
       );
@@ -320,7 +320,7 @@ test('nft: a change that would rewrite a base chain holding a rule iptlb did not
       }),
       (e: IptlbError) =>
         e.code === 'ECONFLICT' &&
-        /holds rules iptlb did not write in its base chain output; this change rewrites it, which would remove them: delete those rules first$/.test(
+        /holds rules iptlb did not write in its base chain output; this change rewrites it, which would remove them: delete those rules first \(`nft -a list chain ip iptlb output` shows/.test(
           e.message,
         ),
     );

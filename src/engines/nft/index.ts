@@ -653,9 +653,10 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
 
   /** A change refused because base chains `chains` hold rules another tool wrote: `what` would remove them. */
   private foreignRulesRefusal(f: Family, chains: string[], what: string): IptlbError {
+    const t = `${nftTableFamily(f)} iptlb`;
     return new IptlbError(
       'ECONFLICT',
-      `${this.where(f)} holds rules iptlb did not write in its base chain${chains.length > 1 ? 's' : ''} ${chains.join(', ')}; ${what}: delete those rules first`,
+      `${this.where(f)} holds rules iptlb did not write in its base chain${chains.length > 1 ? 's' : ''} ${chains.join(', ')}; ${what}: delete those rules first (${chains.map((c) => `\`nft -a list chain ${t} ${c}\``).join(', ')} shows each rule's handle; \`nft delete rule ${t} ${chains[0]} handle <N>\` deletes one)`,
     );
   }
 

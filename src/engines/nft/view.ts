@@ -309,7 +309,7 @@ function orphansOf(state: Map<string, Profile>, view: NftView, idx: ViewIndex, c
       if (r.kind === 'foreign')
         orphans.set(
           `foreign:${c.name}:${withoutCounts(r.text)}`,
-          `a rule iptlb did not write in its chain ${c.name}: iptlb does not remove it, and refuses a change or sync that rewrites the chain until it is deleted`,
+          `a rule iptlb did not write in its chain ${c.name}: iptlb does not remove it, and refuses a change or sync that rewrites the chain until it is deleted (\`nft -a list chain ${view.family ?? 'ip'} iptlb ${c.name}\` shows its handle)`,
         );
     }
   }
