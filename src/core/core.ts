@@ -1739,6 +1739,11 @@ export class Core {
        * or the kernel is read, and again under the lock (the CLI's `sync`): else it reads as no profiles.
        */
       requireFile?: boolean;
+      /**
+       * Where the lines that name what is out of step (`sync <name>: <status> (…)`) go, instead of the
+       * log: watch mode holds them back while a sync keeps failing the same way (see core/watch.ts).
+       */
+      driftLog?: (line: string) => void;
     } = {},
   ): Promise<{
     before: ProfileReport[];
@@ -1817,7 +1822,8 @@ export class Core {
                 reports = this.compareMine(provider, profiles, keep(), view, contestedOf(family));
                 drifted = reports.filter((r) => r.status !== 'in-sync' && !(leaveUnknown() && r.status === 'orphaned'));
                 if (attempt === 1)
-                  for (const r of drifted) this.log(`sync ${r.name}: ${r.status}${r.detail ? ` (${r.detail})` : ''}`);
+                  for (const r of drifted)
+                    (opts.driftLog ?? this.log)(`sync ${r.name}: ${r.status}${r.detail ? ` (${r.detail})` : ''}`);
                 return drifted.length > 0;
               },
               { keep: () => ({ keep: keep(), keepUnknown: leaveUnknown() }), update: () => others.update() },

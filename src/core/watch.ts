@@ -112,7 +112,10 @@ class StateFileWatcher {
   private holdApplied = false;
   /** The profiles of the last version of the file applied (the kernel was brought in step with them). */
   private applied: ReadonlyMap<string, Profile> | undefined;
-  /** The last sync's error message, until a sync succeeds: logged once while it repeats. */
+  /**
+   * The last sync's failure (its drift lines and error message), until a sync succeeds: logged once
+   * while it repeats.
+   */
   private lastError: string | undefined;
 
   get lastApplied(): ReadonlyMap<string, Profile> | undefined {
@@ -217,6 +220,8 @@ class StateFileWatcher {
    * version applied, and drift is repaired toward that version (nothing, before one was applied).
    */
   private async syncOnce(reason: string): Promise<void> {
+    // What the sync found out of step, logged with its outcome (see lastError).
+    const drift: string[] = [];
     try {
       const only = this.applyOnly;
       const file = this.holdApplied ? { version: null, why: 'held' } : await this.readFile();
@@ -227,6 +232,7 @@ class StateFileWatcher {
       if (!held && only !== undefined && file.version !== only) return;
       const r = await this.core.sync({
         quietWhenInSync: true,
+        driftLog: (l) => drift.push(l),
         ...(held
           ? { profiles: held }
           : {
@@ -235,6 +241,7 @@ class StateFileWatcher {
               guard: async () => (await this.versionOrUnreadable()) === file.version,
             }),
       });
+      for (const l of drift) this.opts.log(l);
       if (r.skipped) return;
       const previous = this.applied;
       if (!held && r.state) this.applied = r.state;
@@ -252,10 +259,15 @@ class StateFileWatcher {
       this.lastError = undefined;
     } catch (e) {
       this.opts.onSync?.(e as Error);
-      // Said once while it repeats (a check every few seconds that meets the same refusal), again when it changes.
+      // Said once while it repeats (a check every few seconds that meets the same refusal, over the same
+      // drift: a rule of another tool in iptlb's nft base chain refuses every repair), again when it changes.
       const message = (e as Error).message;
-      if (message !== this.lastError) this.opts.log(`watch: ${reason}: ${message}`);
-      this.lastError = message;
+      const failure = [...drift, message].join('\n');
+      if (failure !== this.lastError) {
+        for (const l of drift) this.opts.log(l);
+        this.opts.log(`watch: ${reason}: ${message}`);
+      }
+      this.lastError = failure;
     }
   }
 

@@ -284,7 +284,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       ...(opts.keepConntrack !== undefined ? { keepConntrack: opts.keepConntrack } : {}),
       // While a failing commit is retried, the core's lines of each attempt are held back, and dropped when
       // the attempt fails as the one before (see commitNow).
-      log: (l) => (this.coreLines ? this.coreLines.push(l) : this.log(l)),
+      log: (l) => this.coreLog(l),
     };
     this.core = new Core(coreOpts, opts.executorInstance);
     // A profile of the store's whose address or name a local state file's profile holds is applied, as
@@ -783,6 +783,11 @@ export class Agent extends EventEmitter<AgentEvents> {
   private commitFailure?: string;
   /** The core's log lines of a retried commit, held back until its outcome is known. */
   private coreLines?: string[];
+  /** Where the core's lines go: held back while a failing commit is retried (see commitNow), else the log. */
+  private coreLog(l: string): void {
+    if (this.coreLines) this.coreLines.push(l);
+    else this.log(l);
+  }
 
   /** Commits the mirror's difference with what the agent owns, as one transaction. */
   private async commitNow(): Promise<void> {
@@ -921,13 +926,25 @@ export class Agent extends EventEmitter<AgentEvents> {
    * re-listing.
    */
   private repairing = false;
+  /**
+   * The last repair's failure (its drift lines and error), until a repair succeeds or finds nothing to
+   * do: said once while it repeats (a rule of another tool in iptlb's nft base chain refuses every
+   * repair), again when it changes.
+   */
+  private driftFailure: string | undefined;
   async repairDrift(report = false): Promise<boolean | undefined> {
     if (this.repairing || this.stopped) return report ? undefined : false;
     this.repairing = true;
+    const drift: string[] = [];
     try {
       const reports = await this.core.status();
-      if (!reports.some((r) => r.status === 'missing' || r.status === 'modified')) return false;
-      const r = await this.core.sync({ quietWhenInSync: true });
+      if (!reports.some((r) => r.status === 'missing' || r.status === 'modified')) {
+        this.driftFailure = undefined;
+        return false;
+      }
+      const r = await this.core.sync({ quietWhenInSync: true, driftLog: (l) => drift.push(l) });
+      this.driftFailure = undefined;
+      for (const l of drift) this.coreLog(l);
       if (r.committed)
         this.log(
           `agent: drift repaired: ${r.before
@@ -937,7 +954,12 @@ export class Agent extends EventEmitter<AgentEvents> {
         );
       return r.committed;
     } catch (e) {
-      this.log(`agent: drift check: ${(e as Error).message}`);
+      const failure = [...drift, (e as Error).message].join('\n');
+      if (failure !== this.driftFailure) {
+        for (const l of drift) this.coreLog(l);
+        this.log(`agent: drift check: ${(e as Error).message}`);
+      }
+      this.driftFailure = failure;
       return report ? undefined : false;
     } finally {
       this.repairing = false;

@@ -672,6 +672,40 @@ describe('fleet: agent against a fake store and the fake nft kernel', () => {
     await a.stop();
   });
 
+  test('a drift repair refused the same way at every check (a rule of another tool in a base chain) is said once, again when it changes; the repair once the rule is gone', async () => {
+    const store = new FakeStore();
+    const kernel = new FakeNftKernel();
+    const lines: string[] = [];
+    const a = makeAgent(store, kernel, stateFile(), { log: (l) => lines.push(l) });
+    putProf(store, 'a', 1);
+    putProf(store, 'b', 2);
+    await a.start();
+    await a.ready;
+    assert.deepEqual(await inKernel(a), ['a', 'b']);
+    const t = kernel.tables.get('ip')!;
+    const set = [...t.sets.values()].find((x) => x.size === 2)!;
+    const [first, second] = [...set];
+    set.delete(first!); // one profile's address gone from its dispatch set: drift
+    t.chains.get('output')!.unshift({ kind: 'foreign', text: 'tcp dport 22 counter' }); // and no rebuild
+    const count = (re: RegExp): number => lines.filter((l) => re.test(l)).length;
+    for (let i = 0; i < 5; i++) assert.equal(await a.repairDrift(), false);
+    assert.equal(count(/^agent: drift check: .*did not write in its base chain output/), 1, lines.join('\n'));
+    assert.equal(count(/^sync [ab]: modified/), 1, lines.join('\n'));
+    // The drift changes: said again, once.
+    set.delete(second!);
+    for (let i = 0; i < 3; i++) assert.equal(await a.repairDrift(), false);
+    assert.equal(count(/^agent: drift check: /), 2, lines.join('\n'));
+    assert.equal(count(/^sync [ab]: modified/), 3, lines.join('\n'));
+    // The rule is deleted: the repair goes through, its drift said with it.
+    t.chains.get('output')!.splice(0, 1);
+    lines.length = 0;
+    assert.equal(await a.repairDrift(), true);
+    assert.deepEqual(await inKernel(a), ['a', 'b']);
+    assert.equal(count(/^sync [ab]: modified/), 2, lines.join('\n'));
+    assert.equal(count(/^agent: drift repaired: a modified, b modified/), 1, lines.join('\n'));
+    await a.stop();
+  });
+
   test('a kernel refusal changes nothing and is retried; the rest of the fleet logic goes on', async () => {
     const store = new FakeStore();
     const kernel = new FakeNftKernel();

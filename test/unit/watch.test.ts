@@ -210,3 +210,55 @@ test('driftedProfiles: an orphan of a profile of the version synced or the one b
   assert.equal(driftedProfiles([r('127.100.0.9:80', 'orphaned'), r('127.100.0.9:80', 'orphaned')], web), 1);
   assert.equal(driftedProfiles([r('web', 'in-sync'), r('set:aff_1', 'orphaned'), r('other', 'orphaned')], web), 2);
 });
+
+test('watch: a sync that keeps failing the same way over the same drift (a rule of another tool in an nft base chain refuses every repair) logs its drift lines and error once; again when either changes; its drift with a repair that succeeds (mock timers)', async (t) => {
+  t.mock.timers.enable({ apis: ['setTimeout', 'setInterval', 'Date'], now: 1_000_000 });
+  const { startWatch } = await import('../../src/core/watch.js');
+  const v1 = new Map([['web', prof('127.0.0.1:9001')]]);
+  const logs: string[] = [];
+  // What each sync finds out of step, and whether it fails: set by the test between checks.
+  let drift = ['sync web: modified (its address is missing from set out_tcp_1)', 'sync foreign:output:x: orphaned'];
+  let refusal: string | undefined = 'table ip iptlb holds rules iptlb did not write in its base chain output';
+  let syncs = 0;
+  const core = {
+    statePath: '/nonexistent-iptlb-dir/state.db',
+    async readState() {
+      return v1;
+    },
+    async sync(o: SyncOpts & { driftLog?: (l: string) => void } = {}) {
+      syncs++;
+      for (const l of drift) (o.driftLog ?? ((x: string) => logs.push(`core: ${x}`)))(l);
+      if (refusal) throw new Error(refusal);
+      return { before: [], committed: drift.length > 0, commitMs: 1, state: o.profiles ?? v1 };
+    },
+  };
+  const w = startWatch(core as never, {
+    intervalMs: 200,
+    settleMs: 0,
+    log: (l) => logs.push(l),
+    version: async () => 'v1',
+  });
+  await flush();
+  await advanceClock(t, 2000);
+  assert.ok(syncs >= 5, `${syncs} checks`);
+  const count = (re: RegExp): number => logs.filter((l) => re.test(l)).length;
+  assert.equal(count(/^sync web: modified/), 1, logs.join('\n'));
+  assert.equal(count(/^sync foreign:output:x/), 1, logs.join('\n'));
+  assert.equal(count(/did not write in its base chain/), 1, logs.join('\n'));
+  assert.equal(count(/^core: /), 0, 'the drift lines go through the watch, not the core');
+  // The drift changes (another profile out of step too): said again, once.
+  drift = [...drift, 'sync api: missing'];
+  await advanceClock(t, 1000);
+  assert.equal(count(/^sync api: missing/), 1, logs.join('\n'));
+  assert.equal(count(/did not write in its base chain/), 2, logs.join('\n'));
+  // The rule is deleted: the repair goes through, its drift logged with it; then nothing more.
+  refusal = undefined;
+  await advanceClock(t, 200);
+  drift = [];
+  const after = logs.length;
+  await advanceClock(t, 1000);
+  assert.equal(count(/^sync web: modified/), 3, logs.join('\n'));
+  assert.equal(count(/kernel brought in step/), 1, logs.join('\n'));
+  assert.deepEqual(logs.slice(after), []);
+  await w.stop();
+});
