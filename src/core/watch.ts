@@ -220,8 +220,15 @@ class StateFileWatcher {
    * version applied, and drift is repaired toward that version (nothing, before one was applied).
    */
   private async syncOnce(reason: string): Promise<void> {
-    // What the sync found out of step, logged with its outcome (see lastError).
+    // What the sync found out of step: logged as found, unless the last sync failed, when it is held
+    // back with its outcome (see lastError).
     const drift: string[] = [];
+    const heldBack: string[] = [];
+    const driftLog = (l: string): void => {
+      drift.push(l);
+      if (this.lastError === undefined) this.opts.log(l);
+      else heldBack.push(l);
+    };
     try {
       const only = this.applyOnly;
       const file = this.holdApplied ? { version: null, why: 'held' } : await this.readFile();
@@ -232,7 +239,7 @@ class StateFileWatcher {
       if (!held && only !== undefined && file.version !== only) return;
       const r = await this.core.sync({
         quietWhenInSync: true,
-        driftLog: (l) => drift.push(l),
+        driftLog,
         ...(held
           ? { profiles: held }
           : {
@@ -241,7 +248,7 @@ class StateFileWatcher {
               guard: async () => (await this.versionOrUnreadable()) === file.version,
             }),
       });
-      for (const l of drift) this.opts.log(l);
+      for (const l of heldBack) this.opts.log(l);
       if (r.skipped) return;
       const previous = this.applied;
       if (!held && r.state) this.applied = r.state;
@@ -264,7 +271,7 @@ class StateFileWatcher {
       const message = (e as Error).message;
       const failure = [...drift, message].join('\n');
       if (failure !== this.lastError) {
-        for (const l of drift) this.opts.log(l);
+        for (const l of heldBack) this.opts.log(l);
         this.opts.log(`watch: ${reason}: ${message}`);
       }
       this.lastError = failure;

@@ -935,16 +935,24 @@ export class Agent extends EventEmitter<AgentEvents> {
   async repairDrift(report = false): Promise<boolean | undefined> {
     if (this.repairing || this.stopped) return report ? undefined : false;
     this.repairing = true;
+    // What the sync finds out of step: logged as found, unless the last repair failed, when it is held
+    // back with its outcome (see driftFailure).
     const drift: string[] = [];
+    const held: string[] = [];
+    const driftLog = (l: string): void => {
+      drift.push(l);
+      if (this.driftFailure === undefined) this.coreLog(l);
+      else held.push(l);
+    };
     try {
       const reports = await this.core.status();
       if (!reports.some((r) => r.status === 'missing' || r.status === 'modified')) {
         this.driftFailure = undefined;
         return false;
       }
-      const r = await this.core.sync({ quietWhenInSync: true, driftLog: (l) => drift.push(l) });
+      const r = await this.core.sync({ quietWhenInSync: true, driftLog });
       this.driftFailure = undefined;
-      for (const l of drift) this.coreLog(l);
+      for (const l of held) this.coreLog(l);
       if (r.committed)
         this.log(
           `agent: drift repaired: ${r.before
@@ -956,7 +964,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     } catch (e) {
       const failure = [...drift, (e as Error).message].join('\n');
       if (failure !== this.driftFailure) {
-        for (const l of drift) this.coreLog(l);
+        for (const l of held) this.coreLog(l);
         this.log(`agent: drift check: ${(e as Error).message}`);
       }
       this.driftFailure = failure;
