@@ -79,10 +79,30 @@ export function runInNetns<T = any>(script: string, args: string[] = [], opts: N
 }
 
 /**
- * What the equivalence fixture's random profile sets must have included (it counts each profile's
- * features): each at least 3 times, so that a run with few sets still compares every form of rule.
+ * Random profile sets the equivalence tests compare (IPTLB_SOAK: 200). The seed is fixed, so every
+ * run compares the same sets; {@link checkEquivalence} checks that they hold every form of rule. 40
+ * sets are about 6,000 rules.
  */
-export function assertEquivalenceCovered(seen: Record<string, number>): void {
+export const EQUIVALENCE_SETS = process.env.IPTLB_SOAK ? 200 : 40;
+
+/**
+ * Runs the equivalence fixture on {@link EQUIVALENCE_SETS} random profile sets of `family` in a fresh
+ * namespace: no mismatch, and every form of rule compared. The fixture counts each profile's features;
+ * each must be in 3 profiles or more, so that a run with few sets still compares every form of rule.
+ */
+export async function checkEquivalence(family: 'ipv4' | 'ipv6'): Promise<void> {
+  const r = await runInNetns<{
+    sets: number;
+    rules: number;
+    seen: Record<string, number>;
+    mismatches: string[];
+    mismatchCount: number;
+  }>(fixture('equivalence'), [String(EQUIVALENCE_SETS), ...(family === 'ipv6' ? ['ipv6'] : [])], {
+    timeoutMs: 300_000,
+  });
+  assert.equal(r.sets, EQUIVALENCE_SETS);
+  assert.ok(r.rules > 10 * EQUIVALENCE_SETS, `only ${r.rules} rules compared`);
+  assert.equal(r.mismatchCount, 0, r.mismatches.join('\n'));
   for (const feature of [
     'mode client',
     'mode proxy',
@@ -102,7 +122,7 @@ export function assertEquivalenceCovered(seen: Record<string, number>): void {
     'over 32 destinations',
   ])
     assert.ok(
-      (seen[feature] ?? 0) >= 3,
-      `only ${seen[feature] ?? 0} profile(s) with ${feature}: ${JSON.stringify(seen)}`,
+      (r.seen[feature] ?? 0) >= 3,
+      `only ${r.seen[feature] ?? 0} profile(s) with ${feature}: ${JSON.stringify(r.seen)}`,
     );
 }
