@@ -142,6 +142,9 @@ Rule DecodeRule(Family family, const nftnl_rule *r) {
   out = Rule();
   out.kind = Rule::Kind::kForeign;
   out.text = Describe(x, has_comment, comment);
+  // Its handle first, as the spawn executor's read says it: what `nft delete rule … handle N` takes.
+  if (nftnl_rule_is_set(r, NFTNL_RULE_HANDLE))
+    out.text = "handle " + std::to_string(nftnl_rule_get_u64(r, NFTNL_RULE_HANDLE)) + ": " + out.text;
   return out;
 }
 
