@@ -699,40 +699,29 @@ class Encoder {
     b_->Finish(nlh);
   }
 
-  // flush chain <f> iptlb <chain>
-  void FlushChain(const Op &op, int i) {
+  // One DELRULE message: the rule of <f> <table> <chain> with `handle`, or, without one, every rule of the
+  // chain (a flush). A handle that is gone fails the batch (ENOENT): the kernel deletes a rule by its handle only.
+  void DelRules(const char *table, const char *chain, const uint64_t *handle, int i) {
     RulePtr r = Own<RulePtr>(nftnl_rule_alloc());
     nftnl_rule_set_u32(r.get(), NFTNL_RULE_FAMILY, l_.nfproto);
-    nftnl_rule_set_str(r.get(), NFTNL_RULE_TABLE, kTable);
-    nftnl_rule_set_str(r.get(), NFTNL_RULE_CHAIN, ChainName(op.chain));
+    nftnl_rule_set_str(r.get(), NFTNL_RULE_TABLE, table);
+    nftnl_rule_set_str(r.get(), NFTNL_RULE_CHAIN, chain);
+    if (handle) nftnl_rule_set_u64(r.get(), NFTNL_RULE_HANDLE, *handle);
     auto *nlh = Msg(NFT_MSG_DELRULE, 0, 256, i);
     nftnl_rule_nlmsg_build_payload(nlh, r.get());
     b_->Finish(nlh);
   }
 
-  // delete rule <f> nat <OUTPUT|PREROUTING> handle N (iptables-nft's table: the original iptlb's jump). A handle that
-  // is gone fails the batch (ENOENT): the kernel deletes a rule by its handle only, never another one.
-  void DeleteNatRule(const Op &op, int i) {
-    RulePtr r = Own<RulePtr>(nftnl_rule_alloc());
-    nftnl_rule_set_u32(r.get(), NFTNL_RULE_FAMILY, l_.nfproto);
-    nftnl_rule_set_str(r.get(), NFTNL_RULE_TABLE, kNatTable);
-    nftnl_rule_set_str(r.get(), NFTNL_RULE_CHAIN, op.nat_chain.c_str());
-    nftnl_rule_set_u64(r.get(), NFTNL_RULE_HANDLE, op.handle);
-    auto *nlh = Msg(NFT_MSG_DELRULE, 0, 256, i);
-    nftnl_rule_nlmsg_build_payload(nlh, r.get());
-    b_->Finish(nlh);
-  }
+  // flush chain <f> iptlb <chain>
+  void FlushChain(const Op &op, int i) { DelRules(kTable, ChainName(op.chain), nullptr, i); }
+
+  // delete rule <f> nat <OUTPUT|PREROUTING> handle N (iptables-nft's table: the original iptlb's jump)
+  void DeleteNatRule(const Op &op, int i) { DelRules(kNatTable, op.nat_chain.c_str(), &op.handle, i); }
 
   // flush chain <f> nat IPTLB_NAT_…; delete chain <f> nat IPTLB_NAT_… (the original iptlb's chain, its jumps deleted
   // before in the batch). A rule still jumping to it fails the batch (EBUSY).
   void DeleteNatChain(const Op &op, int i) {
-    RulePtr r = Own<RulePtr>(nftnl_rule_alloc());
-    nftnl_rule_set_u32(r.get(), NFTNL_RULE_FAMILY, l_.nfproto);
-    nftnl_rule_set_str(r.get(), NFTNL_RULE_TABLE, kNatTable);
-    nftnl_rule_set_str(r.get(), NFTNL_RULE_CHAIN, op.nat_chain.c_str());
-    auto *flush = Msg(NFT_MSG_DELRULE, 0, 256, i);
-    nftnl_rule_nlmsg_build_payload(flush, r.get());
-    b_->Finish(flush);
+    DelRules(kNatTable, op.nat_chain.c_str(), nullptr, i);
     ChainPtr c = Own<ChainPtr>(nftnl_chain_alloc());
     nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_FAMILY, l_.nfproto);
     nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TABLE, kNatTable);

@@ -1820,6 +1820,16 @@ const originalStateText = (profiles: string[][]): string =>
 /** The original iptlb's state file holding its profile `test` at 127.100.0.10:8081 (as originalRules writes it). */
 const ORIGINAL_STATE = originalStateText([['test', '127.100.0.10:8081', '127.0.0.1:9001']]);
 
+/** The original's state file with `test` (IPv4) and `six` (IPv6), as the --verbose takeover tests write it. */
+const ORIGINAL_TEST_AND_SIX = originalStateText([
+  ['test', '127.100.0.10:8081', '127.0.0.1:9001'],
+  ['six', '"[2001:db8::1]:8081"', '"[2001:db8::a]:9001"'],
+]);
+
+/** What --verbose says of `core`'s last change (its commits described), the lines `keep` accepts. */
+const describedCommits = (core: Core, keep: (line: string) => boolean): string[] =>
+  core.commits.flatMap(({ engine, tx }) => engine.describeTransaction(tx)).filter(keep);
+
 /** A fake kernel's tables as text: equal texts mean nothing changed. */
 const tablesText = (k: FakeLegacyKernel | FakeNftKernel): string =>
   JSON.stringify([...k.tables], (_, v) => (v instanceof Map || v instanceof Set ? [...v] : v));
@@ -1902,15 +1912,8 @@ test("legacy --verbose: the original iptlb's jumps a change deletes are listed (
   originalRules(kernels.legacy, 'ipv6', 'six', '2001:db8::1', 8081);
   const A = coreOn('legacy', kernels);
   try {
-    writeFileSync(
-      A.file,
-      originalStateText([
-        ['test', '127.100.0.10:8081', '127.0.0.1:9001'],
-        ['six', '"[2001:db8::1]:8081"', '"[2001:db8::a]:9001"'],
-      ]),
-    );
-    const described = (): string[] =>
-      A.core.commits.flatMap(({ engine, tx }) => engine.describeTransaction(tx)).filter((l) => l.includes('original'));
+    writeFileSync(A.file, ORIGINAL_TEST_AND_SIX);
+    const described = (): string[] => describedCommits(A.core, (l) => l.includes('original'));
     await apply(A.core, { name: 'test', source: '127.100.0.10:8081', destination: ['127.0.0.1:9004'] });
     assert.deepEqual(described(), [
       "[delete] nat/OUTPUT: -d 127.100.0.10/32 -p tcp -m tcp --dport 8081 -j IPTLB_NAT_TEST (the original iptlb's jump, no comment)",
@@ -2183,15 +2186,8 @@ test("nft: a change that applies or deletes a profile of the state file takes th
   originalNftJump(kernels.nft, 'ip6', 'six', '2001:db8::1', 8081);
   const A = coreOn('nft', kernels);
   try {
-    writeFileSync(
-      A.file,
-      originalStateText([
-        ['test', '127.100.0.10:8081', '127.0.0.1:9001'],
-        ['six', '"[2001:db8::1]:8081"', '"[2001:db8::a]:9001"'],
-      ]),
-    );
-    const described = (): string[] =>
-      A.core.commits.flatMap(({ engine, tx }) => engine.describeTransaction(tx)).filter((l) => / ip6? nat /.test(l));
+    writeFileSync(A.file, ORIGINAL_TEST_AND_SIX);
+    const described = (): string[] => describedCommits(A.core, (l) => / ip6? nat /.test(l));
     // Applied (as -run -reset does): the jump and the chain go in the commit that writes the profile.
     await apply(A.core, { name: 'test', source: '127.100.0.10:8081', destination: ['127.0.0.1:9004'] });
     const tx = kernels.nft.commits.at(-1)!;
@@ -2243,7 +2239,7 @@ test("nft: the original's chain that another rule jumps to is not taken over: re
   kernels.nft.natJumpers.set('ip', ['IPTLB_NAT_TEST']);
   const A = coreOn('nft', kernels);
   try {
-    writeFileSync(A.file, originalStateText([['test', '127.100.0.10:8081', '127.0.0.1:9001']]));
+    writeFileSync(A.file, ORIGINAL_STATE);
     const state = readFileSync(A.file, 'utf8');
     await assert.rejects(
       apply(A.core, { name: 'test', source: '127.100.0.10:8081', destination: ['127.0.0.1:9004'] }),
