@@ -845,6 +845,9 @@ export class Agent extends EventEmitter<AgentEvents> {
         this.ownedCount = owned.size;
         this.applyRevision = revision;
         this.applyKeys = keys;
+        // A progress notification that came while this commit was under way (fold does not apply one then): no
+        // event since (an event makes the agent dirty), so the mirror this commit applied is complete up to it.
+        if (!this.dirty && this.mirrorRevision > revision) this.applyRevision = this.mirrorRevision;
         this.logRefusals(this.refused, refused);
         this.refused = refused;
         if (this.error?.startsWith('kernel:')) this.error = undefined;

@@ -577,6 +577,45 @@ describe('fleet: agent against a fake store and the fake nft kernel', () => {
     await a.stop();
   });
 
+  test('a progress notification that comes while a commit is under way advances the applied revision once it lands', async () => {
+    const store = new FakeStore();
+    const kernel = new FakeNftKernel();
+    let handlers: import('../../src/fleet/store.js').WatchHandlers | undefined;
+    const watch = store.watch.bind(store);
+    store.watch = async (s, e, from, h) => {
+      handlers = h;
+      return watch(s, e, from, { events: () => {}, failed: h.failed });
+    };
+    const a = makeAgent(store, kernel, stateFile());
+    putProf(store, 'a', 1);
+    await a.start();
+    await a.ready;
+    await until(() => handlers !== undefined, 'watch created');
+    // The kernel holds the next commit until released.
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    let started = false;
+    const commit = kernel.commit.bind(kernel);
+    kernel.commit = async (tx) => {
+      started = true;
+      await held;
+      return commit(tx);
+    };
+    const L = store.rev;
+    putProf(store, 'x', 2);
+    store.put('/elsewhere/k', '1');
+    handlers!.events(
+      [{ type: 'put', key: profileKey(P, 'x'), value: JSON.stringify(prof('x', 2)), modRevision: L + 1 }],
+      L + 1,
+    );
+    await until(() => started, 'the commit of x under way');
+    handlers!.events([], L + 2); // a progress notification meanwhile
+    release();
+    await until(async () => (await inKernel(a)).join() === 'a,x', 'x applied');
+    await until(() => a.status().revision === L + 2, 'the applied revision is the notification');
+    await a.stop();
+  });
+
   test('the events of one transaction share its revision (fleet apply --file, fleet delete a b): every one is applied', async () => {
     const store = new FakeStore();
     const kernel = new FakeNftKernel();
