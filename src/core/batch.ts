@@ -139,6 +139,8 @@ function applyOp(working: Working, op: Op): void {
 export class CommitQueue {
   private pending: Call[] = [];
   private running = false;
+  /** The drain under way (a later drain replaces it): what idle() waits for, without polling a clock. */
+  private draining?: Promise<void>;
   /**
    * The working set (profiles and index) left by the last successful commit, valid while the core's
    * profiles (in memory, or cached from the state file) are still the ones that commit produced;
@@ -154,13 +156,13 @@ export class CommitQueue {
   submit(op: Op): Promise<TransactionResult> {
     return new Promise((resolve, reject) => {
       this.pending.push({ op, resolve, reject });
-      if (!this.running) void this.drain();
+      if (!this.running) this.draining = this.drain();
     });
   }
 
   /** Resolves when everything submitted so far has settled. */
   async idle(): Promise<void> {
-    while (this.running || this.pending.length) await new Promise((r) => setTimeout(r, 1));
+    while (this.draining && (this.running || this.pending.length)) await this.draining;
   }
 
   private async drain(): Promise<void> {
@@ -193,7 +195,7 @@ export class CommitQueue {
       else await this.core.releasePrefetch();
       this.running = false;
       // Calls that came while the lock or the prefetch was given back: a drain of their own.
-      if (this.pending.length) void this.drain();
+      if (this.pending.length) this.draining = this.drain();
     }
   }
 

@@ -225,6 +225,8 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
   private timerAt = Infinity;
   private running = false;
   private committing = false;
+  /** The flush under way while `committing`: what stop() waits for (no polling: a mocked clock would never fire it). */
+  private flushing?: Promise<void>;
   private flushAgain = false;
   private flushTimer?: NodeJS.Timeout;
   private readonly windows: boolean;
@@ -360,7 +362,7 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
       const prober = this.prober;
       this.prober = undefined;
       prober?.close();
-      while (this.committing) await new Promise((r) => setTimeout(r, 5));
+      while (this.flushing) await this.flushing;
       if (this.restoreOnStop) {
         for (const name of this.byProfile.keys()) this.host.core.health.forget(name);
         if (this.host.core.health.hasPending) {
@@ -802,8 +804,16 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     if (this.running) this.scheduleFlush();
   }
 
-  private async flush(): Promise<void> {
-    if (!this.host.core.health.hasPending) return;
+  private flush(): Promise<void> {
+    if (!this.host.core.health.hasPending) return Promise.resolve();
+    const p: Promise<void> = this.commitPending().finally(() => {
+      if (this.flushing === p) this.flushing = undefined;
+    });
+    this.flushing = p;
+    return p;
+  }
+
+  private async commitPending(): Promise<void> {
     this.committing = true;
     this.flushAgain = false;
     try {

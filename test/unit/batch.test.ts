@@ -1,4 +1,4 @@
-import { test } from 'node:test';
+import { mock, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { readState } from '../../src/core/state.js';
@@ -334,4 +334,22 @@ test('engine and executor left out come from IPTLB_ENGINE / IPTLB_EXECUTOR, and 
       if (v === undefined) delete process.env[k];
       else process.env[k] = v;
   }
+});
+
+test('close() waits for the drain to end without polling a clock: under mocked timers it still resolves', async (t) => {
+  mock.timers.enable({ apis: ['setTimeout', 'setInterval', 'Date'], now: 1_000_000 });
+  t.after(() => mock.timers.reset());
+  // Commits that finish on real I/O (a setImmediate), not on the mocked clock.
+  const ex = new (class extends FakeExecutor {
+    override async commit(tx: Transaction) {
+      await new Promise((r) => setImmediate(r));
+      this.txs.push(tx);
+      return { durationMs: 0 };
+    }
+  })();
+  const lb = await open({ stateFile: false }, ex);
+  const calls = [lb.apply(prof('a', 1001)), lb.apply(prof('b', 1002))];
+  await Promise.all(calls);
+  await lb.close();
+  assert.equal(ex.txs.length >= 1, true);
 });

@@ -967,6 +967,52 @@ test('a health file whose writer died but was not reaped yet (a zombie) is not f
   }
 });
 
+test('stop() during a commit waits for that commit, not for a clock (under mocked timers it resolves once the commit does)', async (t) => {
+  mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_000_000 });
+  t.after(() => mock.timers.reset());
+  const ex = new FakeExecutor();
+  const core = new Core({ stateFile: false }, ex);
+  await core.transact(
+    () => ({
+      upsert: [validateProfile({ name: 'web', source: '127.100.0.10:80', destination: D, health })],
+      remove: [],
+    }),
+    { run: true },
+  );
+  // The host's commit finishes on real I/O (a setImmediate here), after stop() was called.
+  let started = 0;
+  let release!: () => void;
+  const host = coreHost(core);
+  const slow = {
+    ...host,
+    commit: async () => {
+      started++;
+      await new Promise<void>((r) => (release = r));
+      await new Promise((r) => setImmediate(r));
+      return host.commit();
+    },
+  };
+  const probes = new Probes();
+  const checker = new HealthChecker(slow, {
+    probe: probes.probe,
+    random: () => 0.5,
+    log: () => {},
+    restoreOnStop: false,
+  });
+  await checker.start();
+  probes.outcome.set(D[1], false);
+  await advance(400);
+  assert.equal(started, 1, 'the drain is being committed');
+  let stopped = false;
+  const stopping = checker.stop().then(() => (stopped = true));
+  await settle();
+  assert.equal(stopped, false, 'stop() waits for the commit under way');
+  release();
+  await stopping;
+  assert.ok(stopped);
+  assert.equal(ex.txs.length, 2, 'the commit under way landed before stop() returned');
+});
+
 test('watch mode (heldHost): checks and drains follow the version applied; a state file ahead of it is not carried into the kernel', async (t) => {
   mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_000_000 });
   t.after(() => mock.timers.reset());
