@@ -61,3 +61,35 @@ test('agent metrics: each committed batch is a sync (commits counted, last sync 
   agent.emit('applied', { upserted: 0, removed: 0, commitMs: 0 });
   assert.deepEqual([stats.commits, stats.lastSync?.ok], [1, true]);
 });
+
+test('agent: a metrics address that cannot be listened on fails before the agent connects or lists (nothing reaches the kernel or the state file)', async () => {
+  const { mock } = await import('node:test');
+  const net = await import('node:net');
+  const { mkdtempSync, existsSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  const { Agent } = await import('../../src/fleet/agent.js');
+  const { main } = await import('../../src/cli/main.js');
+  const busy = net.createServer();
+  await new Promise<void>((r) => busy.listen(0, '127.0.0.1', r));
+  const port = (busy.address() as import('node:net').AddressInfo).port;
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-agent-'));
+  const stateFile = path.join(dir, 'state.db');
+  const start = mock.method(Agent.prototype, 'start', async () => {});
+  try {
+    let err = '';
+    const code = await main(
+      ['agent', '--etcd', '127.0.0.1:1', '--state-file', stateFile, '--metrics-address', `127.0.0.1:${port}`, '-q'],
+      { out: () => {}, err: (s) => (err += s + '\n') },
+    );
+    assert.notEqual(code, 0);
+    assert.match(err, new RegExp(`127\\.0\\.0\\.1:${port}`), err);
+    assert.equal(err.trim().split('\n').length, 1, err);
+    assert.equal(start.mock.callCount(), 0, 'the agent was not started');
+    assert.equal(existsSync(stateFile), false, 'no state file written');
+  } finally {
+    start.mock.restore();
+    await new Promise((r) => busy.close(r));
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

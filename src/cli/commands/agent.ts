@@ -82,8 +82,8 @@ export function register(program: Command, io: Out): void {
       const { etcd, prefix } = etcdOptions(o);
       const { parseListenAddress } = await import('../../metrics/server.js');
       if (o.metricsAddress !== undefined) parseListenAddress(o.metricsAddress); // bad input: before any connection
-      const { runAgent } = await import('../../fleet/agent.js');
-      const agent = await runAgent({
+      const { Agent } = await import('../../fleet/agent.js');
+      const agent = new Agent({
         etcd,
         prefix,
         ...(o.host !== undefined ? { host: o.host } : {}),
@@ -111,7 +111,17 @@ export function register(program: Command, io: Out): void {
       });
       agent.attachments.close = () => services.stop();
       wireAgentSyncs(agent, services.onSync);
-      await services.start(); // at once, not after the first list: /healthz answers while etcd is unreachable too
+      // The services first, before the agent connects or lists: a metrics address that cannot be listened on,
+      // or another process checking this state file's destinations, fails with one line before anything
+      // reaches the kernel or the state file (as in `iptlb watch`). /healthz then answers while etcd is
+      // unreachable too.
+      await services.start();
+      try {
+        await agent.start();
+      } catch (e) {
+        await services.stop();
+        throw e;
+      }
       await agentSignals(agent, process);
     });
 }
