@@ -124,7 +124,10 @@ function buildProgram(io: Out, version: string, commands: typeof COMMANDS = COMM
     .exitOverride()
     // Extra arguments are refused by refuseExcessArguments (commander's own message names no command).
     .allowExcessArguments(true)
-    .hook('preAction', (_program, cmd) => refuseExcessArguments(cmd))
+    .hook('preAction', (_program, cmd) => {
+      refuseExcessArguments(cmd);
+      refuseOptionsOfTheProgram(cmd);
+    })
     .addHelpText(
       'after',
       `
@@ -176,6 +179,31 @@ function refuseExcessArguments(cmd: Command): void {
     ? `it takes ${declared.length === 1 ? 'one' : declared.length}: ${declared.map((a) => a.description || a.name()).join(', ')}`
     : 'it takes none';
   throw new IptlbError('EUSAGE', `${name}: ${got}; ${takes}`, { field: 'arguments' });
+}
+
+/**
+ * A flag of the program itself (the original's form: `--profile`, `--run`, `--delete`, `--json`, …) given
+ * to a command that does not take it: commander gives a flag the program knows to the program wherever
+ * it stands on the line, so the command never saw it and it did nothing (`iptlb apply --delete --profile
+ * web …` created web; `iptlb top --profile web` showed every profile). Refused, one line naming the flag
+ * and the command, exit 2, before anything is read or changed.
+ */
+function refuseOptionsOfTheProgram(cmd: Command): void {
+  const name = commandPath(cmd);
+  if (name === null) return; // the original's form: every flag of the program is its own
+  let root: Command = cmd;
+  while (root.parent) root = root.parent;
+  const own = new Set(cmd.options.map((o) => o.attributeName()));
+  const foreign = root.options.find(
+    (o) => root.getOptionValueSource(o.attributeName()) === 'cli' && !own.has(o.attributeName()),
+  );
+  if (foreign === undefined) return;
+  const flag = foreign.long ?? foreign.flags;
+  throw new IptlbError(
+    'EUSAGE',
+    `${name}: ${flag} is not an option of ${name} (\`iptlb ${name} --help\` lists the options it takes)`,
+    { field: flag.replace(/^-+/, '') },
+  );
 }
 
 /**

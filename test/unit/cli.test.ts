@@ -376,3 +376,34 @@ test('a name starting with - : refused for a new profile, taken from a state fil
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("a flag of the original's form after a command that does not take it is refused, not ignored: one line naming both, exit 2", async () => {
+  // Commander gives a flag the program knows to the program wherever it stands: the command never saw
+  // it (`iptlb apply --delete --profile web …` created web, `iptlb top --profile web` showed every profile).
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-foreign-'));
+  try {
+    const st = path.join(dir, 'state.db');
+    for (const [args, command, flag] of [
+      [['list', '--src-addr', '127.0.0.1:80'], 'list', '--src-addr'],
+      [['sync', '--run'], 'sync', '--run'],
+      [['-profile=web', 'migrate', '--to', 'nft'], 'migrate', '--profile'],
+      [['delete', '--all', '-delete'], 'delete', '--delete'],
+      [['completion', 'bash', '--json'], 'completion', '--json'],
+    ] as const) {
+      const r = await cli(command === 'completion' ? [...args] : [...args, `--state-file=${st}`]);
+      assert.equal(r.code, 2, `${args.join(' ')}: ${r.err}`);
+      assert.equal(r.out, '');
+      assert.equal(
+        r.err,
+        `iptlb: error: ${command}: ${flag} is not an option of ${command} (\`iptlb ${command} --help\` lists the options it takes)\n`,
+      );
+    }
+    assert.deepEqual(readdirSync(dir), []);
+    // The flags a command takes are its own, before or after it.
+    const listed = await cli(['--json', 'list', '-q', `--state-file=${st}`]);
+    assert.equal(listed.code, 0, listed.err);
+    assert.equal(listed.out, '[]\n');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
