@@ -16,7 +16,13 @@ import type { GlobalOpts } from './flags.js';
  * reader of stdout or stderr has gone away: `top` and `status --watch` then stop as on SIGTERM (the
  * daemons, watch and agent, go on without their log).
  */
-export type Out = { out: (s: string) => void; err: (s: string) => void; closed?: AbortSignal };
+export type Out = {
+  out: (s: string) => void;
+  err: (s: string) => void;
+  closed?: AbortSignal;
+  /** The code of a write to stdout that failed for another reason than its reader going away (ENOSPC…). */
+  failed?: () => string | undefined;
+};
 
 /** Calls `stop` once the output of `io` is gone (at once when it already is); returns the unsubscribe. */
 export function onClosed(io: Out, stop: () => void): () => void {

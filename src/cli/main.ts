@@ -213,8 +213,20 @@ function refuseOptionsOfTheProgram(cmd: Command): void {
  */
 const LONG_RUNNING = new Set<string | null>(['top', 'watch', 'agent', 'fleet', 'demo']);
 
-/** Runs the CLI; resolves with the exit code. */
+/**
+ * Runs the CLI; resolves with the exit code. Output lost to a failed write to stdout (a full disk) is
+ * one line on stderr and exit 1 where the command ended with 0: a script must not take a truncated
+ * `status --json > f` as the status.
+ */
 export async function main(argv: string[], io: Out = processOut()): Promise<number> {
+  const code = await run(argv, io);
+  const failed = io.failed?.();
+  if (failed === undefined) return code;
+  io.err(`iptlb: error: stdout: a write failed (${failed}); the output is incomplete`);
+  return code === 0 ? 1 : code;
+}
+
+async function run(argv: string[], io: Out): Promise<number> {
   const wasSync = syncFs();
   try {
     if (argv.length === 0) return (buildProgram(io, packageVersion()).outputHelp(), 0); // a bare `iptlb` shows the help

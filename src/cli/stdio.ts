@@ -11,6 +11,10 @@
  * delivered: that line and every later one of the descriptor are dropped, and `closed` is aborted, so
  * that a long-running command (top, status --watch, watch, agent) stops as on SIGTERM, without a stack,
  * as a Unix tool dies of SIGPIPE. A one-shot command finishes and keeps its exit status.
+ *
+ * Any other failure of a write to stdout (a full disk, ENOSPC; EIO; a file over its size limit, EFBIG)
+ * lost output the reader is there to get: `failed` gives its code, and the run ends with one line saying
+ * so and exit 1 (src/cli/main.ts), not a silent 0 over a truncated `status --json > f` or completion file.
  */
 import { writeSync } from 'node:fs';
 
@@ -20,7 +24,12 @@ type Stream = Pick<NodeJS.WritableStream, 'write'> & Partial<Pick<NodeJS.Writabl
  * One descriptor's lines: written to `fd` directly until that fails, then (and from then on) to
  * `stream()`; dropped once the reader is gone (EPIPE, or any error of the stream), which calls `gone`.
  */
-export function lineWriter(fd: number, stream: () => Stream, gone: () => void = () => {}): (s: string) => void {
+export function lineWriter(
+  fd: number,
+  stream: () => Stream,
+  gone: () => void = () => {},
+  failed: (code: string) => void = () => {},
+): (s: string) => void {
   let viaStream = false;
   let closed = false;
   const close = (): void => {
@@ -46,7 +55,10 @@ export function lineWriter(fd: number, stream: () => Stream, gone: () => void = 
         while (done < buf.length) done += writeSync(fd, buf, done, buf.length - done);
         return;
       } catch (e) {
-        if ((e as NodeJS.ErrnoException)?.code === 'EPIPE') return close();
+        const code = (e as NodeJS.ErrnoException)?.code;
+        if (code === 'EPIPE') return close();
+        // EAGAIN (a full non-blocking pipe) is what the stream is for; anything else lost this line.
+        if (code !== 'EAGAIN') failed(code ?? String(e));
         viaStream = true;
         sink().write(buf.subarray(done));
         return;
@@ -60,12 +72,24 @@ export function lineWriter(fd: number, stream: () => Stream, gone: () => void = 
  * The default output of `iptlb`: lines to stdout and stderr; `closed` is aborted once the reader of
  * either has gone away.
  */
-export function processOut(): { out: (s: string) => void; err: (s: string) => void; closed: AbortSignal } {
+export function processOut(): {
+  out: (s: string) => void;
+  err: (s: string) => void;
+  closed: AbortSignal;
+  failed: () => string | undefined;
+} {
   const ac = new AbortController();
   const gone = (): void => ac.abort();
+  let outFailure: string | undefined;
   return {
-    out: lineWriter(1, () => process.stdout, gone),
+    out: lineWriter(
+      1,
+      () => process.stdout,
+      gone,
+      (code) => (outFailure ??= code),
+    ),
     err: lineWriter(2, () => process.stderr, gone),
     closed: ac.signal,
+    failed: () => outFailure,
   };
 }

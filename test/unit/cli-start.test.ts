@@ -108,6 +108,43 @@ io.err('stderr still works after ' + n + ' lines; closed ' + io.closed.aborted +
   }
 });
 
+test('a direct write that fails for another reason than EAGAIN or EPIPE (ENOSPC) is reported through failed', () => {
+  const fd = openSync('/dev/full', 'w');
+  try {
+    const failures: string[] = [];
+    const streamed: string[] = [];
+    const write = lineWriter(
+      fd,
+      () => ({ write: (c: string | Uint8Array) => (streamed.push(String(c)), true) }),
+      () => {},
+      (code) => failures.push(code),
+    );
+    write('one');
+    assert.deepEqual(failures, ['ENOSPC']);
+    assert.deepEqual(streamed, ['one\n'], 'the line still goes to the stream, as before');
+  } finally {
+    closeSync(fd);
+  }
+});
+
+test('output lost to a full disk (stdout on /dev/full): one line on stderr and exit 1, not a silent 0; a reader gone away (| head) is still 0', () => {
+  for (const args of ['completion bash', '--version', 'list --state-file /nonexistent-iptlb-dir/state.db']) {
+    const r = spawnSync('bash', ['-c', `"${process.execPath}" "${CLI_PATH}" ${args} >/dev/full`], {
+      encoding: 'utf8',
+      env: { ...process.env, NODE_OPTIONS: '' },
+    });
+    assert.equal(r.status, 1, `${args}: ${r.stderr}`);
+    assert.equal(r.stderr, 'iptlb: error: stdout: a write failed (ENOSPC); the output is incomplete\n', args);
+  }
+  const piped = spawnSync(
+    'bash',
+    ['-c', `"${process.execPath}" "${CLI_PATH}" completion bash | head -1 >/dev/null; exit \${PIPESTATUS[0]}`],
+    { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '' } },
+  );
+  assert.equal(piped.status, 0, piped.stderr);
+  assert.equal(piped.stderr, '');
+});
+
 const COMMANDS = ['apply', 'delete', 'list', 'show', 'plan', 'status', 'top', 'sync', 'watch', 'migrate', 'agent'];
 const MORE = ['fleet', 'doctor', 'demo', 'completion'];
 
