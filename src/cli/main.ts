@@ -231,8 +231,9 @@ async function run(argv: string[], io: Out): Promise<number> {
   try {
     if (argv.length === 0) return (buildProgram(io, packageVersion()).outputHelp(), 0); // a bare `iptlb` shows the help
     let args = normalizeArgv(argv);
-    // `iptlb help [command]`: the help of the program or of that command.
-    if (args[0] === 'help') args = args.length > 1 ? [args[1], '--help'] : ['--help'];
+    // `iptlb help [command]`: the help of the program or of that command (`help fleet apply`: of fleet's
+    // apply, not of fleet).
+    if (args[0] === 'help') args = [...args.slice(1), '--help'];
     // A word first is a command: the original's flags take no arguments of their own.
     const first = args[0];
     if (first !== undefined && !first.startsWith('-') && !COMMANDS.some(([n]) => n === first))

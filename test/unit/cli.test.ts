@@ -113,6 +113,11 @@ test('a mistyped command, a suggestion, a missing argument or command and `help`
   const applyHelp = await cli(['help', 'apply']);
   assert.equal(applyHelp.code, 0);
   assert.match(applyHelp.out, /^Usage: iptlb apply \[options\]/);
+  // A command of a group: its own help, as `iptlb fleet help apply` and `iptlb fleet apply --help` give.
+  const fleetApply = await cli(['help', 'fleet', 'apply']);
+  assert.equal(fleetApply.code, 0);
+  assert.equal(fleetApply.out, (await cli(['fleet', 'apply', '--help'])).out);
+  assert.match(fleetApply.out, /^Usage: iptlb fleet apply \[options\]/);
 });
 
 test('apply --file: what is wrong in the file is a usage error naming it (exit 2), and so is a file without profiles', async () => {
