@@ -1490,3 +1490,33 @@ function originalRules(
     ipt('-I', 'OUTPUT', '1', ...match, '-j', chain),
   ];
 }
+
+for (const pair of PAIRS.filter((p) => p.engine === 'legacy')) {
+  test(
+    `plan on the legacy engine (${pair.executor}) where x_tables has no nat table creates none (asking for a table by name would); apply then does`,
+    { skip: pair.skip },
+    async () => {
+      // `|| true`: the list is absent while ip_tables / ip6_tables are not loaded (no table anywhere).
+      const tables: Step = {
+        op: 'sh',
+        argv: ['sh', '-c', 'cat /proc/net/ip_tables_names /proc/net/ip6_tables_names 2>/dev/null || true'],
+      };
+      const [plan4, plan6, planUse, after, apply, applied] = await runSteps([
+        cli(pair, 'plan', '-profile=web', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001'),
+        cli(pair, 'plan', '-profile=six', '-src-addr=[2001:db8::10]:80', '-dest-addr=[::1]:9001'),
+        cli(pair, 'plan', '--delete', '-profile=web'),
+        tables,
+        cli(pair, '-q', '-run', '-profile=web', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001'),
+        tables,
+      ]);
+      ok(plan4, 'plan of an IPv4 profile');
+      assert.match(plan4.stdout, /^-A IPTLB_NAT_WEB .*--to-destination 127\.0\.0\.1:9001$/m, plan4.stdout);
+      ok(plan6, 'plan of an IPv6 profile');
+      assert.match(plan6.stdout, /^-A IPTLB_NAT_SIX .*--to-destination \[::1\]:9001$/m, plan6.stdout);
+      assert.equal(planUse.code, 1, planUse.stderr);
+      assert.doesNotMatch(after.stdout, /^nat$/m, 'plan made no nat table');
+      ok(apply, 'apply');
+      assert.match(applied.stdout, /^nat$/m, 'the first commit makes it');
+    },
+  );
+}

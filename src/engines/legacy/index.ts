@@ -15,7 +15,7 @@ import {
   planProfile,
   planTransaction,
 } from './plan.js';
-import { deletedOriginals, renderRule } from './restore.js';
+import { deletedOriginals, renderRestore, renderRule } from './restore.js';
 import { DISPATCH, isGatedHook, physicalChain } from './gate.js';
 import type { Family } from '../../model/address.js';
 import type { AfterCommit, KernelView, Profile, Transaction } from '../../model/types.js';
@@ -162,8 +162,14 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
     return (await this.executor.commit(tx)).durationMs;
   }
 
+  /**
+   * Read-only: the executor's render reads the nat table (libiptc, or `iptables-legacy-save -t nat`),
+   * and asking for a table by name creates it. Where x_tables has no nat table of this family yet,
+   * the text is rendered against the empty view {@link read} gives (`iptlb plan --engine legacy` on a
+   * host without one created it).
+   */
   render(tx: Transaction): Promise<string> {
-    return this.executor.render(tx);
+    return this.mayHold(tx.family) ? this.executor.render(tx) : Promise.resolve(renderRestore(tx, EMPTY));
   }
 
   /**
