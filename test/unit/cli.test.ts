@@ -79,6 +79,34 @@ test('usage errors exit 2 with one line; help exits 0 and lists the original fla
   assert.match(noRun.err, /-delete needs -run/);
 });
 
+test('-use-state -delete with a -profile (the original form and plan): refused as usage (exit 2, one line naming -profile), not every profile of the state file deleted with the profile ignored', async () => {
+  const absent = ['--state-file', '/nonexistent-iptlb-dir/state.db'];
+  for (const args of [
+    ['-run', '-delete', '-use-state', '-profile=web'],
+    ['-use-state', '-run', '-delete', '--profile', 'web'],
+    ['plan', '--use-state', '--delete', '-profile=web'],
+  ]) {
+    const r = await cli([...args, ...absent]);
+    assert.equal(r.code, 2, r.err);
+    assert.equal(r.err.trim().split('\n').length, 1, r.err);
+    assert.match(
+      r.err,
+      /^iptlb: error: -use-state with -delete removes every profile of the state file, not only -profile "web"/,
+    );
+  }
+  // Without -profile (its default is not a choice), or without -delete (every profile applied, web too):
+  // as before.
+  for (const args of [
+    ['-run', '-delete', '-use-state'],
+    ['-run', '-use-state', '-profile=web'],
+    ['plan', '--use-state', '--delete'],
+  ]) {
+    const r = await cli([...args, ...absent]);
+    assert.equal(r.code, 1, r.err);
+    assert.match(r.err, /^iptlb: error: state-file: \/nonexistent-iptlb-dir\/state\.db does not exist/);
+  }
+});
+
 test('a mistyped command, a suggestion, a missing argument or command and `help`: one line and exit 2, or the help', async () => {
   for (const word of ['aply', 'frobnicate']) {
     const r = await cli([word, '-q']);

@@ -7,7 +7,7 @@ import { addGlobal, addProfileFlags, profileInput, type LegacyOpts } from '../fl
 import { makeCore, report, transact, verboseRules, type Out } from '../context.js';
 
 /** The original's behaviour: flags decide create / reset / delete / use-state, `-run` touches the kernel. */
-async function legacyAction(o: LegacyOpts, io: Out): Promise<void> {
+async function legacyAction(o: LegacyOpts, io: Out, profileGiven = false): Promise<void> {
   if (o.useState && (o.srcAddr !== undefined || o.destAddr !== undefined)) {
     throw new IptlbError('EUSAGE', '-use-state cannot be combined with -src-addr or -dest-addr', {
       field: 'use-state',
@@ -21,6 +21,9 @@ async function legacyAction(o: LegacyOpts, io: Out): Promise<void> {
     throw new IptlbError('EUSAGE', '-use-state needs -run (it applies the state file to the kernel)', {
       field: 'use-state',
     });
+  // -use-state -delete removes every profile of the state file: a -profile beside it was ignored, so a
+  // teardown of one profile with a -use-state left in the line removed them all.
+  if (o.useState && o.delete && profileGiven) throw useStateDeleteProfile(o.profile);
   // A profile given by flags is checked before the lock is taken: bad input leaves nothing behind,
   // not even the lock's files. (Without -src-addr and -dest-addr, what to do depends on the state.)
   if (!o.useState && !o.delete && (o.srcAddr !== undefined || o.destAddr !== undefined)) {
@@ -58,6 +61,24 @@ async function legacyAction(o: LegacyOpts, io: Out): Promise<void> {
   report(result, o, io, verboseRules(core, io));
 }
 
+/**
+ * `-use-state -delete` (or `plan --use-state --delete`) with a `-profile`: the profile would be ignored
+ * and every profile of the state file deleted. Refused as usage, exit 2.
+ */
+export function useStateDeleteProfile(name: string): IptlbError {
+  return new IptlbError(
+    'EUSAGE',
+    `-use-state with -delete removes every profile of the state file, not only -profile ${JSON.stringify(name)}: leave out -use-state to delete that profile, or -profile to delete them all`,
+    { field: 'profile' },
+  );
+}
+
+/** Whether `-profile` was given on the command line (not its default), to `cmd` or a command above it. */
+export function profileGiven(cmd: Command): boolean {
+  for (let c: Command | null = cmd; c; c = c.parent) if (c.getOptionValueSource('profile') === 'cli') return true;
+  return false;
+}
+
 /** The original's flags on the program itself (no subcommand). */
 export function register(program: Command, io: Out): void {
   addGlobal(addProfileFlags(program))
@@ -68,5 +89,5 @@ export function register(program: Command, io: Out): void {
       '--use-state',
       'apply (or with -delete remove) every profile of the state file (refused when it does not exist)',
     )
-    .action(async (o: LegacyOpts) => legacyAction(o, io));
+    .action(async (o: LegacyOpts, cmd: Command) => legacyAction(o, io, profileGiven(cmd)));
 }

@@ -4,9 +4,11 @@ import { deleteChange, upsertChange } from '../../core/core.js';
 import { validateName } from '../../model/profile.js';
 import { addGlobal, addProfileFlags, profileInput, withGlobals, type LegacyOpts } from '../flags.js';
 import { describeDestinations, makeCore, type Out } from '../context.js';
+import { profileGiven, useStateDeleteProfile } from './original.js';
 
 /** `iptlb plan`: what `apply` would commit, planned by the same code with the same kernel reads; changes nothing. */
-async function planCommand(o: LegacyOpts, io: Out): Promise<void> {
+async function planCommand(o: LegacyOpts, io: Out, profileGiven = false): Promise<void> {
+  if (o.useState && o.delete && profileGiven) throw useStateDeleteProfile(o.profile);
   const core = makeCore({ ...o, quiet: true }, io);
   const { provider, change, plans } = await core.plan(
     (state) => {
@@ -60,5 +62,5 @@ export function register(program: Command, io: Out): void {
   )
     .option('--delete', 'plan the deletion of -profile')
     .option('--use-state', 'plan applying (or with --delete removing) every profile of the state file')
-    .action(async (o: LegacyOpts, cmd: Command) => planCommand(withGlobals(o, cmd), io));
+    .action(async (o: LegacyOpts, cmd: Command) => planCommand(withGlobals(o, cmd), io, profileGiven(cmd)));
 }
