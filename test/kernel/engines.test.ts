@@ -1520,3 +1520,23 @@ for (const pair of PAIRS.filter((p) => p.engine === 'legacy')) {
     },
   );
 }
+
+test(
+  "status of a state file without profiles while another state file's profile is in the kernel: it does not say the kernel holds no iptlb rules",
+  { skip: nftNative.skip },
+  async () => {
+    const pair = nftNative;
+    const [applied, absent, empty] = await runSteps([
+      cli(pair, '-q', '-run', '-profile=web', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001'),
+      cli(pair, '-state-file=$WORK/none.db', 'status'),
+      { op: 'write', file: '$WORK/empty.db', text: '{}\n' },
+      cli(pair, '-state-file=$WORK/empty.db', 'status'),
+    ]).then((r) => [r[0], r[1], r[3]]);
+    ok(applied, 'apply');
+    for (const r of [absent, empty]) {
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stderr, /^iptlb: not listed here, other state files' profiles: \/\S*\/state\.db \(web\)$/m);
+      assert.match(r.stdout, /^no profiles .* and no iptlb rules in the kernel but other state files' profiles$/m);
+    }
+  },
+);

@@ -60,10 +60,14 @@ async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
   if (o.json) {
     io.out(JSON.stringify(report));
   } else if (!reports.length) {
+    // The kernel may hold other state files' profiles (named on stderr above): not "no iptlb rules".
+    const kernel = others
+      ? "no iptlb rules in the kernel but other state files' profiles"
+      : 'no iptlb rules in the kernel';
     io.out(
       absent
-        ? `no profiles (the state file ${core.statePath} does not exist) and no iptlb rules in the kernel`
-        : `no profiles in ${core.statePath} and no iptlb rules in the kernel`,
+        ? `no profiles (the state file ${core.statePath} does not exist) and ${kernel}`
+        : `no profiles in ${core.statePath} and ${kernel}`,
     );
   } else {
     const withHealth = reports.some((r) => r.destinations.some((d) => d.health !== undefined));
