@@ -1587,6 +1587,9 @@ export class Core {
   ): Promise<StatusReport> {
     const { reports, others, foreign } = await this.statusOf();
     const split = await this.engineSplit(reports.some((r) => r.status !== 'missing'));
+    // An engine asked for (--engine, IPTLB_ENGINE) while iptlb's rules are in the other: the profiles read as
+    // missing there; the line a change through it is refused with says where they are (known from selection).
+    const asked = split || (this.injected && !this.supplied) ? undefined : (await this.selectionNow()).refusal;
     // Two netlink dumps of chain names when the addon's nft part loads; `doctor` also asks `nft` (a process).
     const original =
       this.injected || opts.original === false
@@ -1595,6 +1598,7 @@ export class Core {
     return {
       inSync: !split && reports.every((r) => r.status === 'in-sync'),
       ...(split ? { split } : {}),
+      ...(asked ? { otherEngine: asked } : {}),
       profiles: reports,
       ...(others.length ? { otherStateFiles: others } : {}),
       ...(foreign.length ? { foreignObjects: foreign } : {}),

@@ -59,6 +59,12 @@ export interface StatusReport {
   inSync: boolean;
   /** Set when iptlb's rules are in both engines (traffic may use the copy no change reaches): what to run. */
   split?: string;
+  /**
+   * Set when the engine asked for (`--engine`, `IPTLB_ENGINE`, the `engine` option) is not the one holding
+   * iptlb's rules (the other holds them, or `iptlb migrate` moved them): the profiles read as missing in it;
+   * the line a change through it is refused with, naming the engine and the fix.
+   */
+  otherEngine?: string;
   /** This state file's profiles, then the kernel's rules no state file owns (`orphaned`). */
   profiles: ProfileReport[];
   /** The other state files (in the registry) whose profiles the kernel holds; absent when there are none. */

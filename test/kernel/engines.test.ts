@@ -1540,3 +1540,27 @@ test(
     }
   },
 );
+
+test(
+  "status through the engine that does not hold iptlb's rules (--engine legacy while they are in nft): the profiles are missing there, and one line says where the rules are and what to run (--json: otherEngine)",
+  { skip: nftNative.skip || legacySpawn.skip },
+  async () => {
+    const pair = nftNative;
+    const [applied, text, json, auto] = await runSteps([
+      cli(pair, '-q', '-run', '-profile=web', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001'),
+      cli(pair, '--engine=legacy', '--executor=spawn', 'status'),
+      cli(pair, '--engine=legacy', '--executor=spawn', 'status', '--json'),
+      cli(pair, 'status', '--json'),
+    ]);
+    ok(applied, 'apply');
+    const line =
+      /^iptlb: engine: legacy was asked for .*but iptlb's rules are in the nft engine: run `iptlb migrate --to legacy`/m;
+    assert.equal(text.code, 3, text.stderr);
+    assert.match(text.stdout, /^web\tmissing/m);
+    assert.match(text.stderr, line);
+    assert.equal(json.code, 3, json.stderr);
+    assert.match(`iptlb: ${JSON.parse(json.stdout).otherEngine}`, line);
+    ok(auto, 'status in the engine holding them');
+    assert.equal(JSON.parse(auto.stdout).otherEngine, undefined);
+  },
+);

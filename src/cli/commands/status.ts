@@ -40,6 +40,7 @@ async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
   const report = await core.statusReport();
   const { profiles: reports, split, otherStateFiles: others } = report;
   if (split) io.err(`iptlb: ${split}`);
+  if (report.otherEngine && !o.json) io.err(`iptlb: ${report.otherEngine}`);
   // The original's rules in iptables-nft's nat tables still balance the addresses they match, whatever iptlb
   // does (a profile taken into iptlb's table and deleted there keeps them). Not drift: they are not iptlb's to
   // change, so the exit status stays.
