@@ -555,7 +555,9 @@ export class Agent extends EventEmitter<AgentEvents> {
             .then((w) => {
               if (session !== this.session || this.stopped || id !== current) return void w.cancel();
               watch = w;
-              this.error = undefined;
+              // The store answers again: its failure is over. A kernel refusal of the listed set (retried by
+              // commitNow) is not: the host key goes on saying it until a commit goes through.
+              if (!this.error?.startsWith('kernel:')) this.error = undefined;
               this.watchingSince ??= performance.now();
               this.setWatch('watching');
               this.refusalOver();

@@ -469,6 +469,21 @@ describe('a kernel refusal that persists', () => {
     await unmoved(() => attempts === 2, 'retried within 100 mocked ms');
     assert.equal(said().length, 3);
   });
+
+  test("the listed set refused at a session's start: the host key says kernel: … once the watch is open, not no error", async (t) => {
+    mockTimers(t);
+    const store = new FakeStore();
+    const kernel = new FakeNftKernel();
+    kernel.fail = () => new IptlbError('EKERNEL', 'fake refusal');
+    const a = makeAgent(store, { backoffMs: 5_000, backoffMaxMs: 10_000 }, kernel);
+    putProf(store, 'a', 1);
+    await a.start();
+    await until(() => a.status().watch === 'watching' && hostStatus(store)?.watch === 'watching', 'watching', 2_000);
+    // The retry (2.5-5 s away) has not run yet: the refusal still holds.
+    assert.equal(await inKernel(a), '');
+    assert.match(a.status().error ?? '', /^kernel: fake refusal/);
+    assert.match(hostStatus(store)?.error ?? '', /^kernel: fake refusal/);
+  });
 });
 
 test('"host status not written" says the store error as the other store errors do: its first line, without the client\'s empty "Resolution note:"', async (t) => {
