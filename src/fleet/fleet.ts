@@ -294,10 +294,17 @@ export async function fleetStatus(
     const host = kv.key.slice(hostsBase.length);
     try {
       const st = JSON.parse(kv.value) as HostStatus;
-      if (typeof st !== 'object' || st === null || typeof st.revision !== 'number') throw new Error('no revision');
-      // Written by another version or tool: what the rows show is read defensively.
-      if (!Array.isArray(st.refused)) st.refused = [];
-      if (typeof st.refusedCount !== 'number') st.refusedCount = st.refused.length;
+      if (typeof st !== 'object' || st === null || Array.isArray(st)) throw new Error('not a JSON object');
+      if (!Number.isSafeInteger(st.revision) || st.revision < 0)
+        throw new Error(`revision: must be a whole number, got ${oneLine(JSON.stringify(st.revision) ?? 'none', 40)}`);
+      // Written by another version or tool: what the rows show is read defensively (a refusal without a name
+      // is counted, not listed).
+      const listed: unknown[] = Array.isArray(st.refused) ? st.refused : [];
+      st.refused = listed.filter(
+        (r): r is Refusal => typeof r === 'object' && r !== null && typeof (r as Refusal).name === 'string',
+      );
+      if (!Number.isSafeInteger(st.refusedCount) || st.refusedCount < st.refused.length)
+        st.refusedCount = listed.length;
       if (typeof st.profiles !== 'number') st.profiles = 0;
       rows.set(host, { host, status: st, converged: st.revision >= target, lag: Math.max(0, target - st.revision) });
     } catch (e) {
@@ -355,7 +362,6 @@ export async function fleetStatus(
   for (const h of hosts) {
     if (!h.converged || !h.status) continue;
     for (const r of h.status.refused) {
-      if (typeof r?.name !== 'string') continue;
       const e = byName.get(r.name) ?? { name: r.name, code: String(r.code), hosts: [], kept: [] };
       e.hosts.push(h.host);
       if (r.kept === true) e.kept.push(h.host);

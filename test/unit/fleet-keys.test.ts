@@ -271,3 +271,25 @@ describe('fleet status without --revision after a deletion (the newest stored ke
     assert.equal(r.code, 0, r.out + r.err);
   });
 });
+
+describe('fleet status over host keys another tool or version wrote', () => {
+  test('a refused entry that is not an object with a string name, or a revision that is no whole number, is one row, not an internal error', async () => {
+    const store = new FakeStore();
+    const r1 = putProf(store, 'a', 1);
+    const st = { revision: r1, profiles: 1, watch: 'watching', engine: 'nft', executor: 'native' };
+    store.leased.set(`${P}hosts/n1`, JSON.stringify({ ...st, refused: [null, { name: 5 }, 'x'], refusedCount: 3 }));
+    store.leased.set(`${P}hosts/n2`, JSON.stringify({ ...st, revision: 1e20, refused: [] }));
+    store.leased.set(`${P}hosts/n3`, JSON.stringify({ ...st, revision: -1, refused: [] }));
+    const r = await cli(store, 'fleet', 'status', '--etcd', '127.0.0.1:1');
+    assert.equal(r.code, 3, r.out + r.err);
+    assert.doesNotMatch(r.err, /internal error/);
+    // n1 applied the target; the entries it lists cannot be read, but it counts 3 refused profiles.
+    assert.match(r.out, /^n1\t\d+\tcurrent\twatching\tnft\/native\t1\t… 3 more\t-$/m);
+    for (const h of ['n2', 'n3'])
+      assert.match(
+        r.out,
+        new RegExp(`^${h}\\t-\\tunknown\\t.*unreadable host key \\(revision: must be a whole number`, 'm'),
+      );
+    assert.match(r.out, /NOT converged \(n2, n3\)/);
+  });
+});

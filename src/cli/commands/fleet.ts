@@ -128,11 +128,10 @@ function hostLine(row: FleetStatus['hosts'][number]): string {
       ? `lagging (holds ${st.profileKeys} profile key(s), the store fewer: a deletion not applied)`
       : `lagging by ${row.lag}`;
   const more = (st.refusedCount ?? st.refused.length) - st.refused.length;
-  const refused = st.refused.length
-    ? st.refused.map((x) => `${x.name}:${x.code}${x.kept === true ? '(previous version kept)' : ''}`).join(',') +
-      (more > 0 ? `,… ${more} more` : '')
-    : '-';
-  return `${row.host}\t${st.revision}\t${state}\t${st.watch}\t${st.engine ?? '-'}/${st.executor ?? '-'}\t${st.profiles}\t${refused}\t${st.error ?? '-'}`;
+  const names = st.refused.map((x) => `${x.name}:${x.code}${x.kept === true ? '(previous version kept)' : ''}`);
+  if (more > 0) names.push(`… ${more} more`);
+  const refused = names.length ? names.join(',') : '-';
+  return `${row.host}\t${st.revision}\t${state}\t${st.watch ?? '-'}\t${st.engine ?? '-'}/${st.executor ?? '-'}\t${st.profiles}\t${refused}\t${st.error ?? '-'}`;
 }
 
 function convergenceLine(r: FleetStatus): string {
