@@ -424,7 +424,18 @@ export class EtcdStore implements FleetStore {
       fail(why);
     });
     // Before creation, etcd3 reconnects by itself (bounded below); after, the agent decides.
-    w.on('disconnected', (e: Error) => created && fail(`watch disconnected: ${e?.message ?? ''}`, true));
+    // A response over the client's receive limit ends the stream as a lost connection would, but opening the watch
+    // again from the same revision brings the same response: a watch catching up (after a lost connection) gets many
+    // revisions' events in one response, and large values (etcd takes up to 1.5 MiB per request) pass 4 MiB. The
+    // agent re-lists instead, in pages that are halved until they fit.
+    w.on(
+      'disconnected',
+      (e: Error) =>
+        created &&
+        (isResponseTooLarge(e)
+          ? fail(`watch response too large: ${e?.message ?? ''} (re-listing in pages)`)
+          : fail(`watch disconnected: ${e?.message ?? ''}`, true)),
+    );
     w.on('end', () => created && fail('watch ended'));
     // Bounded like a call, so that a stalled member is noticed.
     let timer: NodeJS.Timeout | undefined;

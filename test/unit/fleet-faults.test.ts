@@ -6,6 +6,7 @@
  */
 import { afterEach, describe, mock, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
+import { EventEmitter } from 'node:events';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -706,5 +707,45 @@ describe('a TLS failure or refused credentials that persist', () => {
     store.setDown(true);
     await advance(3_000);
     assert.equal(lines.filter((l) => /refused this agent's credentials/.test(l)).length, 1, lines.join('\n'));
+  });
+});
+
+describe('a watch response over the client receive limit (a watch catching up on large values)', () => {
+  /** An EtcdStore over a client whose one watcher the test drives as etcd3 would. */
+  function storeWithWatcher(): { etcd: EtcdStore; watcher: EventEmitter } {
+    const watcher = Object.assign(new EventEmitter(), { cancel: async () => {} });
+    const builder = { inRange: () => builder, startRevision: () => builder, watcher: () => watcher };
+    const client = { namespace: () => ({ watch: () => builder }), close: () => {} };
+    const Ctor = EtcdStore as unknown as new (client: unknown, timeout: number) => EtcdStore;
+    return { etcd: new Ctor(client, 5000), watcher };
+  }
+
+  test('ends the watch as not resumable (the agent re-lists in pages), not as a lost connection opened again alike', async () => {
+    const { etcd, watcher } = storeWithWatcher();
+    const failed: [string, boolean | undefined][] = [];
+    const created = etcd.watch(`${P}profiles/`, `${P}profiles0`, 10, {
+      events: () => {},
+      failed: (why, resumable) => failed.push([why, resumable]),
+    });
+    watcher.emit('connected');
+    await created;
+    watcher.emit(
+      'disconnected',
+      new Error('8 RESOURCE_EXHAUSTED: Received message larger than max (8400305 vs 4194304)'),
+    );
+    assert.equal(failed.length, 1);
+    assert.match(failed[0]![0], /^watch response too large: 8 RESOURCE_EXHAUSTED: .*\(re-listing in pages\)$/);
+    assert.ok(!failed[0]![1], 'not resumable');
+    // A lost connection still is.
+    const other = storeWithWatcher();
+    const lost: [string, boolean | undefined][] = [];
+    const w2 = other.etcd.watch(`${P}profiles/`, `${P}profiles0`, 10, {
+      events: () => {},
+      failed: (why, resumable) => lost.push([why, resumable]),
+    });
+    other.watcher.emit('connected');
+    await w2;
+    other.watcher.emit('disconnected', new Error('14 UNAVAILABLE: Connection dropped'));
+    assert.deepEqual(lost, [['watch disconnected: 14 UNAVAILABLE: Connection dropped', true]]);
   });
 });
