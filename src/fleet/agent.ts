@@ -463,13 +463,22 @@ export class Agent extends EventEmitter<AgentEvents> {
     let revision = 0;
     let from = start;
     let pages = 0;
+    // A key whose modification revision is the one the mirror holds is not parsed again, unless etcd was restored
+    // from a snapshot (noticed before, or by this list's revision): the new history may have written the key at a
+    // revision the agent saw, with another value.
+    let fresh = this.wentBackSaid;
     for (;;) {
       const page = await store.range(from, end, { limit: this.o.pageSize, ...(revision ? { revision } : {}) });
-      if (!revision) revision = page.revision;
+      if (!revision) {
+        revision = page.revision;
+        if (revision < this.mirrorRevision) fresh = true;
+      }
       pages++;
       for (const kv of page.kvs)
         listed.set(kv.key.slice(start.length), {
-          ...this.parse(kv.key.slice(start.length), kv.value, kv.modRevision),
+          ...(fresh
+            ? parseStored(kv.key.slice(start.length), kv.value)
+            : this.parse(kv.key.slice(start.length), kv.value, kv.modRevision)),
           modRevision: kv.modRevision,
           createRevision: kv.createRevision,
         });

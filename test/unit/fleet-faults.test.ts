@@ -151,6 +151,21 @@ describe('fleet agent: etcd restored from a snapshot (its revision goes back)', 
       await until(async () => (await inKernel(a)) === 'a,d,e', 'e by the watch');
     });
 
+  test('the re-list after a restore applies what the store holds now, also a key the new history wrote at a revision the agent saw with another value', async (t) => {
+    const { store, lines, a } = await startedWithA(t);
+    await until(async () => (await inKernel(a)) === 'a' && hostStatus(store)?.watch === 'watching', 'a applied');
+    const snapshot = store.rev;
+    const b = putProf(store, 'b', 2, 9000);
+    const c = putProf(store, 'c', 3);
+    await until(async () => (await inKernel(a)) === 'a,b,c' && hostStatus(store)?.revision === c, 'b, c');
+    // Restored; the first write of the new history is b, at the revision b had, with other destinations.
+    store.restore(snapshot);
+    assert.equal(putProf(store, 'b', 2, 9100), b);
+    await until(() => lines.some((l) => /re-listing/.test(l)) && hostStatus(store)?.watch === 'watching', 're-listed');
+    await until(async () => (await inKernel(a)) === 'a,b', 'c gone');
+    assert.deepEqual((await a.core.readState()).get('b')?.destination, ['127.0.0.1:9100', '127.0.0.1:9101']);
+  });
+
   // Restored, then written past every revision the agent saw before it looks: the store's revision does not go
   // back, but its history no longer holds the newest write the agent saw.
   for (const leasedRevisions of [true, false])
