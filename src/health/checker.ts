@@ -295,10 +295,19 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
       }
       this.checkerLock = lock;
     }
-    this.prober ??= createProber(
-      { prober: this.proberKind, ...(this.probeFn ? { probe: this.probeFn } : {}) },
-      this.log,
-    );
+    try {
+      this.prober ??= createProber(
+        { prober: this.proberKind, ...(this.probeFn ? { probe: this.probeFn } : {}) },
+        this.log,
+      );
+    } catch (e) {
+      // Not started (the native prober asked for is unavailable): the checker lock goes back now, as
+      // stop() would give it back (stop() of a checker that never ran does nothing). Kept, it refused
+      // every later checker of this state file, and without the addon its flock child kept the process alive.
+      this.checkerLock?.release();
+      this.checkerLock = undefined;
+      throw e;
+    }
     this.running = true;
     // This process decides the health now: stop following another's published file.
     this.host.core.health.follow(undefined);

@@ -10,6 +10,7 @@ import { ipv4Problem, ipv6Groups } from '../model/address.js';
 import { nodeOs } from '../platform/builtins.js';
 import { loadAddon, PROBE_JOB_BYTES, type NativeHealthProber } from '../platform/addon.js';
 import { probe as nodeProbe, type Probe, type ProbeTarget } from './probe.js';
+import { IptlbError } from '../model/errors.js';
 
 /** Sends probes for the scheduler: start() queues one, flush() (end of a scheduler tick) sends what was queued. */
 export interface Prober {
@@ -162,7 +163,10 @@ export function createProber(
   const ctor = loaded.ok ? loaded.addon.HealthProber : undefined;
   if (ctor) return new NativeProber(ctor);
   const why = loaded.ok ? 'the addon has no HealthProber' : `${loaded.reason}: ${loaded.detail}`;
-  if (want === 'native') throw new Error(`health: the native prober is unavailable (${why})`);
+  if (want === 'native')
+    throw new IptlbError('ENATIVE', `health.prober: the native prober is unavailable (${why})`, {
+      field: 'health.prober',
+    });
   if (!fallbackLogged) {
     fallbackLogged = true;
     log(`health: native prober unavailable (${why}); tcp checks use Node sockets (more CPU per probe)`);

@@ -161,11 +161,38 @@ test('after close() nothing of the handle keeps the process alive: drift check, 
   assert.deepEqual(JSON.parse(r.stdout), []);
 });
 
+test('open({ health: { prober: native } }) without the addon: ENATIVE naming health.prober; the checker lock is given back', () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-close-'));
+  const r = inChild(
+    `const o = { stateFile: ${JSON.stringify(path.join(dir, 'state.db'))}, stateRegistry: false };
+       const out = {};
+       out.native = await open({ ...o, health: { prober: 'native' } }, new FakeLegacyKernel()).then(
+         () => 'opened',
+         (e) => [e.code, e.field],
+       );
+       // The refused checker's lock is not kept: a checker of this state file starts, and closes. (Without the
+       // addon a lock is a flock child, gone a moment after its release: tried again while refused, a while.)
+       let lb;
+       for (let i = 0; i < 500; i++) {
+         lb = await open({ ...o, health: true }, new FakeLegacyKernel()).catch((e) => e);
+         if (lb.code !== 'ELOCK') break;
+         await new Promise((r) => setTimeout(r, 10));
+       }
+       out.second = lb.code ?? 'opened';
+       if (!lb.code) await lb.close();
+       process.stdout.write(JSON.stringify(out));`,
+    60_000, // (a guard against a hang: without the addon the lock is a flock child, which kept the process alive)
+    { IPTLB_NO_NATIVE: '1' },
+  );
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), { native: ['ENATIVE', 'health.prober'], second: 'opened' });
+});
+
 /**
  * Runs `body` as an ES module in a child Node, `open` and `FakeLegacyKernel` imported (from the built
  * tree); `timeoutMs` only guards against a hang.
  */
-function inChild(body: string, timeoutMs?: number): SpawnSyncReturns<string> {
+function inChild(body: string, timeoutMs?: number, env?: Record<string, string>): SpawnSyncReturns<string> {
   const root = pathToFileURL(PROJECT_ROOT + '/').href;
   return spawnSync(
     process.execPath,
@@ -176,6 +203,10 @@ function inChild(body: string, timeoutMs?: number): SpawnSyncReturns<string> {
        const { FakeLegacyKernel } = await import(${JSON.stringify(root + 'dist/test/harness/fake-kernel.js')});
        ${body}`,
     ],
-    { encoding: 'utf8', ...(timeoutMs ? { timeout: timeoutMs } : {}) },
+    {
+      encoding: 'utf8',
+      ...(timeoutMs ? { timeout: timeoutMs } : {}),
+      ...(env ? { env: { ...process.env, ...env } } : {}),
+    },
   );
 }

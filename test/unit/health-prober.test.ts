@@ -136,5 +136,8 @@ test('createProber: native when the addon loads, else Node sockets with one log 
   assert.deepEqual(logs, [
     'health: native prober unavailable (not-built: build/Release/iptlb_core.node does not exist); tcp checks use Node sockets (more CPU per probe)',
   ]);
-  assert.throws(() => createProber({ prober: 'native' }, () => {}, missing), /the native prober is unavailable/);
+  assert.throws(() => createProber({ prober: 'native' }, () => {}, missing), {
+    code: 'ENATIVE',
+    field: 'health.prober',
+  });
 });
