@@ -1623,12 +1623,13 @@ export class Core {
   /**
    * The periodic drift check: {@link status} under the state-file lock, taken without waiting. Null
    * (no verdict) when another process holds the lock: its commit may be in flight, and the kernel
-   * and the state file may disagree until it ends.
+   * and the state file may disagree until it ends. Like status, without the lock when the state file's
+   * directory does not exist (a read makes no directory or lock file).
    */
   driftCheck(): Promise<ProfileReport[] | null> {
     return this.serial(async () => {
       let lock: { release(): void } | undefined;
-      if (this.statePath !== null && !this.window) {
+      if (this.statePath !== null && !this.window && existsSync(path.dirname(this.statePath))) {
         try {
           lock = await lockStateFile(this.statePath, 0, undefined, { readOnly: true });
         } catch (e) {

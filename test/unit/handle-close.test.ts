@@ -100,6 +100,20 @@ test('open(), list(), status() and close() of a state file not yet created leave
   assert.equal(existsSync(path.dirname(dir)), false);
 });
 
+test('the drift check of a state file not yet created leaves the disk as it was, as status() does', async (t) => {
+  const dir = path.join(mkdtempSync(path.join(tmpdir(), 'iptlb-close-')), 'not', 'yet');
+  t.mock.timers.enable({ apis: ['setInterval'] });
+  const k = new FakeLegacyKernel();
+  let reads = 0;
+  const read = k.read.bind(k);
+  k.read = (f) => (reads++, read(f));
+  const lb = await open({ stateFile: path.join(dir, 'state.db'), stateRegistry: false, driftCheckMs: 10 }, k);
+  t.mock.timers.tick(10); // one check, in flight: close() waits for it
+  await lb.close();
+  assert.ok(reads > 0, 'the drift check ran');
+  assert.equal(existsSync(path.dirname(dir)), false);
+});
+
 test('a call whose rejection nobody handles is still an unhandled rejection (close() waits for it without handling it)', () => {
   const r = inChild(
     `const seen = [];
