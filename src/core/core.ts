@@ -883,7 +883,14 @@ export class Core {
     return this.serial(async () => {
       this.commits = [];
       await this.requireStateFile(opts.requireFile);
-      if (opts.decideFirst && this.statePath !== null && !this.cached && !stateFileExists(this.statePath))
+      // (The state is the YAML and its journal: a library handle's first changes are only in the journal.)
+      if (
+        opts.decideFirst &&
+        this.statePath !== null &&
+        !this.cached &&
+        !stateFileExists(this.statePath) &&
+        !stateFileExists(journalPath(this.statePath))
+      )
         decide(new Map());
       if (opts.run) this.checkPrivileges((await this.select()).provider.name);
       const lock = await this.lock(true);

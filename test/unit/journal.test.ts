@@ -278,6 +278,20 @@ test('the CLI core (stateFoldMs 0) writes the YAML whole and removes a journal a
   assert.equal(statSync(file).mode & 0o777, 0o600);
 });
 
+test('the CLI deletes a profile of a state that is only a journal (a handle not folded yet, or killed before it)', async () => {
+  const { deleteChange } = await import('../../src/core/core.js');
+  const file = stateFile();
+  const lb = await open({ stateFile: file, stateFoldMs: 60_000 }, new FakeLegacyKernel());
+  await lb.apply([prof('a', 1001), prof('b', 1002)]);
+  assert.equal(existsSync(file), false, 'no YAML before the first fold');
+  // What `iptlb delete a` does: its decide is tried first against no profiles only where no state exists yet.
+  const cli = new Core({ stateFile: file }, new FakeLegacyKernel());
+  const r = await cli.transact((state) => deleteChange(state, ['a']), { run: false, decideFirst: true });
+  assert.deepEqual(r.deleted, ['a']);
+  assert.deepEqual(names(await parseState(readFileSync(file, 'utf8'))), ['b']);
+  await lb.close();
+});
+
 test('a journal that is not a regular file, or writable by others, is refused like the YAML', async () => {
   const file = stateFile();
   const lb = await open({ stateFile: file, stateFoldMs: 60_000 }, new FakeLegacyKernel());
