@@ -116,7 +116,7 @@ class Working {
 const ONE: ReadonlySet<string> = new Set();
 
 /** Applies one call onto `working`, or throws why it cannot be applied (before changing anything). */
-function applyOp(working: Working, op: Op): void {
+function applyOp(working: Working, op: Op, where: string): void {
   if (op.kind === 'apply') {
     if (!working.fits(op.profiles, op.profiles.length === 1 ? ONE : new Set(op.profiles.map((p) => p.name)))) {
       // Some profile conflicts: find and report the first, exactly as checked one by one.
@@ -128,7 +128,7 @@ function applyOp(working: Working, op: Op): void {
   } else {
     for (const n of op.names) {
       if (!working.profiles.has(n))
-        throw new IptlbError('ENOTFOUND', `name: profile ${show(n)} does not exist in the state file`, {
+        throw new IptlbError('ENOTFOUND', `name: profile ${show(n)} does not exist ${where}`, {
           field: 'name',
         });
     }
@@ -211,11 +211,13 @@ export class CommitQueue {
           refused.length = 0;
           const reuse = this.cached?.generation === this.core.stateGeneration;
           const working = reuse ? this.cached!.working : new Working(state);
+          // A handle without a state file (`stateFile: false`) has only the profiles it was given.
+          const where = this.core.statePath === null ? "among this handle's profiles" : 'in the state file';
           this.cached = undefined;
           used = working;
           for (const call of batch) {
             try {
-              applyOp(working, call.op); // checks everything before it changes anything
+              applyOp(working, call.op, where); // checks everything before it changes anything
             } catch (e) {
               refused.push([call, e]);
               continue;

@@ -261,6 +261,22 @@ test('under churn the queue prefetches the next legacy commit, and gives what it
   await lb.close();
 });
 
+test('an unknown name to delete: ENOTFOUND naming name, said of the state file or of an in-memory handle', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-batch-'));
+  for (const [stateFile, where] of [
+    [false, "among this handle's profiles"],
+    [path.join(dir, 'state.db'), 'in the state file'],
+  ] as const) {
+    const lb = await open({ stateFile, stateRegistry: false }, new FakeExecutor(undefined, 0));
+    await assert.rejects(lb.delete('missing'), {
+      code: 'ENOTFOUND',
+      field: 'name',
+      message: `name: profile "missing" does not exist ${where}`,
+    });
+    await lb.close();
+  }
+});
+
 test('commit events: one per kernel transaction, none for a batch that reached no kernel', async () => {
   const ex = new FakeExecutor(undefined, 0);
   const lb = await open({ stateFile: false }, ex);
