@@ -20,6 +20,7 @@ import type { Executor } from './engines/engine.js';
 import type { NftView } from './engines/nft/ops.js';
 import type { ProfileReport, StatusReport } from './model/report.js';
 import { HealthChecker, type HealthCheckerOptions, type HealthEvent, type HealthHost } from './health/checker.js';
+import { healthFileOf } from './health/effective.js';
 export { HealthChecker } from './health/checker.js';
 export type { HealthCheckerOptions, HealthEvent, DestinationHealthState } from './health/checker.js';
 export type { HealthConfig, HealthInput } from './health/config.js';
@@ -360,6 +361,11 @@ export async function open(options: IptlbOptions = {}, executor?: Executor): Pro
   options ??= {};
   const core = new Core({ ...options, stateFoldMs: options.stateFoldMs ?? DEFAULT_STATE_FOLD_MS }, executor);
   await core.select(); // choose (and validate) the engine and executor now, so a forced `native` fails here
+  // Another process may check this state file's destinations (watch, agent, a handle opened with
+  // `health`): follow what it publishes, as the CLI does, so that this handle's apply, sync and status
+  // keep its drains (an apply put a drained destination back in the kernel). A checker started on this
+  // handle stops following: it decides the health itself.
+  if (core.statePath !== null) core.health.follow(healthFileOf(core.statePath));
   const lb = new Iptlb(core, options.coalesce ?? true, options.driftCheckMs);
   if (options.health) {
     lb.healthChecker = new HealthChecker(lb, {

@@ -919,6 +919,47 @@ test('a health file is followed only while its writer runs: a pid given to anoth
   }
 });
 
+test("a library handle follows another process's published health: its apply keeps the drain, its status shows it", async () => {
+  const { open } = await import('../../src/index.js');
+  const { pidIdentity } = await import('../../src/platform/pid.js');
+  const { spawn } = await import('node:child_process');
+  const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-hf-'));
+  // The process that checks the state file (watch, an agent, a handle opened with `health`), as its file says.
+  const other = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' });
+  try {
+    const stateFile = path.join(dir, 'state.db');
+    const pidStart = pidIdentity(other.pid!);
+    assert.ok(pidStart, 'the running process has an identity');
+    writeFileSync(
+      `${stateFile}.health.json`,
+      JSON.stringify({ version: 1, pid: other.pid, pidStart, updatedAt: 0, profiles: { web: { drained: [D[1]] } } }),
+    );
+    const k = new FakeLegacyKernel();
+    const lb = await open({ stateFile, stateRegistry: false }, k);
+    await lb.apply({ name: 'web', source: '127.100.0.1:80', destination: [D[0], D[1]], health });
+    const dnat = ((await lb.kernel()) as KernelView).chains.flatMap((c) =>
+      c.rules.flatMap((r) => (r.rule.target.name === 'DNAT' ? [r.rule.target.toDestination] : [])),
+    );
+    assert.deepEqual(dnat, [D[0]], 'the drained destination is not put back');
+    const [web] = await lb.status();
+    assert.equal(web!.status, 'in-sync');
+    assert.deepEqual(
+      web!.destinations.map((d) => [d.destination, d.effectiveWeight]),
+      [
+        [D[0], undefined],
+        [D[1], 0],
+      ],
+    );
+    await lb.close();
+  } finally {
+    other.kill();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('a health file whose writer died but was not reaped yet (a zombie) is not followed', async () => {
   const { HealthOverlay } = await import('../../src/health/effective.js');
   const { pidAlive } = await import('../../src/platform/pid.js');
