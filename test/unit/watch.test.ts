@@ -4,6 +4,7 @@
  * version is synced with the previous one, for the conntrack cleanup of removed destinations.
  */
 import { test } from 'node:test';
+import { EventEmitter } from 'node:events';
 import assert from 'node:assert/strict';
 import { validateProfile } from '../../src/index.js';
 import type { Profile } from '../../src/model/types.js';
@@ -261,4 +262,65 @@ test('watch: a sync that keeps failing the same way over the same drift (a rule 
   assert.equal(count(/kernel brought in step/), 1, logs.join('\n'));
   assert.deepEqual(logs.slice(after), []);
   await w.stop();
+});
+
+test('watch command: SIGHUP, SIGTERM and SIGINT have a listener while the health checks and the metrics server start and while they stop (a SIGHUP there killed it, exit 129, which systemd does not restart); SIGTERM while they start stops them, the watcher not started', async () => {
+  const { runWatch } = await import('../../src/cli/commands/watch.js');
+  // A real process with no listener for a signal dies of it; emit() says whether one took it.
+  const proc = new EventEmitter() as EventEmitter & Pick<NodeJS.Process, 'on' | 'removeListener'>;
+  const gate = () => {
+    let open!: () => void;
+    const p = new Promise<void>((r) => (open = r));
+    return { p, open };
+  };
+  const signals = ['SIGHUP', 'SIGTERM', 'SIGINT'];
+
+  // 1. SIGHUP, then SIGTERM while the services start.
+  let starting = gate();
+  const calls: string[] = [];
+  const services = {
+    start: async () => {
+      calls.push('start');
+      await starting.p;
+    },
+    stop: async () => void calls.push('stop'),
+  };
+  let done = runWatch(proc, services, () => {
+    calls.push('watch');
+    return { stop: async () => {}, done: new Promise<void>(() => {}) };
+  });
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(calls, ['start']);
+  assert.ok(proc.emit('SIGHUP'), 'SIGHUP while the services start');
+  assert.ok(proc.emit('SIGTERM'), 'SIGTERM while the services start');
+  starting.open();
+  await done;
+  assert.deepEqual(calls, ['start', 'stop'], 'stopped once started; the watcher not started');
+  for (const s of signals) assert.equal(proc.listenerCount(s), 0, `${s} listener removed`);
+
+  // 2. Running; SIGTERM; SIGHUP while the services stop (the checker restores weights).
+  calls.length = 0;
+  starting = gate();
+  starting.open();
+  const stopping = gate();
+  let endWatch!: () => void;
+  services.stop = async () => {
+    calls.push('stop');
+    await stopping.p;
+  };
+  done = runWatch(proc, services, () => {
+    calls.push('watch');
+    return { stop: async () => endWatch(), done: new Promise<void>((r) => (endWatch = r)) };
+  });
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(calls, ['start', 'watch']);
+  assert.ok(proc.emit('SIGTERM'));
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(calls, ['start', 'watch', 'stop']);
+  assert.ok(proc.emit('SIGHUP'), 'SIGHUP while the services stop');
+  assert.ok(proc.emit('SIGINT'), 'SIGINT while the services stop');
+  stopping.open();
+  await done;
+  assert.deepEqual(calls, ['start', 'watch', 'stop']);
+  for (const s of signals) assert.equal(proc.listenerCount(s), 0, `${s} listener removed`);
 });

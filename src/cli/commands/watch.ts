@@ -47,18 +47,54 @@ export function register(program: Command, io: Out): void {
         });
         // The services first: a metrics address that cannot be listened on fails before the watch
         // starts (one line, nothing left behind).
-        await services.start();
-        const w = startWatch(core, { intervalMs: interval, settleMs: settle, log, onSync: services.onSync });
-        started.watch = w;
-        io.err(`iptlb: watch: watching ${core.statePath} (check every ${interval} ms)`);
-        w.done.then(() => services.stop()).catch(() => {});
-        const stop = (): void => void w.stop().then(() => services.stop());
-        process.once('SIGTERM', stop);
-        process.once('SIGINT', stop);
-        // The reader of its output gone (a log pipe that broke): it goes on, its lines dropped. It keeps
-        // the kernel in step; under `Restart=on-failure` a watch that ended with 0 would not come back.
-        await w.done;
-        await services.stop();
+        await runWatch(process, services, () => {
+          const w = startWatch(core, { intervalMs: interval, settleMs: settle, log, onSync: services.onSync });
+          started.watch = w;
+          io.err(`iptlb: watch: watching ${core.statePath} (check every ${interval} ms)`);
+          return w;
+        });
       },
     );
+}
+
+/**
+ * The watch's life: its services (health checks, metrics) started, then the watcher, until SIGTERM or
+ * SIGINT; then both stopped. The three signals are taken from the start to the end: a SIGHUP (`systemctl
+ * reload`) while the services start (a second or so with health checks) or while they stop (the checker
+ * giving drained destinations their weights back) killed the process with exit 129, which systemd's
+ * `Restart=on-failure` takes for a clean stop and does not restart; a SIGHUP before the watcher runs needs
+ * nothing (its first check reads the file), and once it runs the watcher's own listener checks. SIGTERM or
+ * SIGINT while the services start stops them once started, and the watcher is not started. The reader of
+ * its output gone (a log pipe that broke): it goes on, its lines dropped. It keeps the kernel in step;
+ * under `Restart=on-failure` a watch that ended with 0 would not come back.
+ */
+export async function runWatch(
+  proc: Pick<NodeJS.Process, 'on' | 'removeListener'>,
+  services: { start(): Promise<void>; stop(): Promise<void> },
+  start: () => { stop(): Promise<void>; done: Promise<void> },
+): Promise<void> {
+  let w: { stop(): Promise<void>; done: Promise<void> } | undefined;
+  let stopping = false;
+  const hup = (): void => {};
+  const stop = (): void => {
+    stopping = true;
+    void w?.stop();
+  };
+  proc.on('SIGHUP', hup);
+  proc.on('SIGTERM', stop);
+  proc.on('SIGINT', stop);
+  try {
+    await services.start();
+    try {
+      if (stopping) return;
+      w = start();
+      await w.done;
+    } finally {
+      await services.stop();
+    }
+  } finally {
+    proc.removeListener('SIGHUP', hup);
+    proc.removeListener('SIGTERM', stop);
+    proc.removeListener('SIGINT', stop);
+  }
 }
