@@ -1914,7 +1914,11 @@ export class Core {
       const lock = await this.lock();
       try {
         await this.requireStateFile(opts.requireFile);
-        const state = await this.readState();
+        // The profiles as the kernel holds them: a destination that health checks drained (this process's, or
+        // those of the process that publishes them, a watch) stays drained in `to`, and its rules in `from` are
+        // the profile's, not another state file's.
+        this.health.refresh();
+        const state = this.health.kernelState(await this.readState());
         const target = this.engineFor(to).engine;
         const from: EngineName = to === 'nft' ? 'legacy' : 'nft';
         const source = this.engineFor(from).engine;

@@ -2276,3 +2276,47 @@ test("nft: the original's chain that another rule jumps to is not taken over: re
     A.done();
   }
 });
+
+for (const [from, to] of [
+  ['legacy', 'nft'],
+  ['nft', 'legacy'],
+] as const) {
+  test(`migrate ${from} → ${to} while a watch's health checks drain a destination: moves the profile as the kernel holds it, drained (it was refused on nft as rules of another state file, or installed the down destination back at its weight)`, async () => {
+    const { spawn } = await import('node:child_process');
+    const { pidIdentity } = await import('../../src/platform/pid.js');
+    const { healthFileOf } = await import('../../src/health/effective.js');
+    const kernels = fakes();
+    const a = coreOn(from, kernels);
+    // The process checking health (a watch): alive, its published file names 127.0.0.1:9002 drained.
+    const checker = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' });
+    try {
+      await apply(a.core, { ...web(1), health: { kind: 'tcp' } });
+      writeFileSync(
+        healthFileOf(a.file),
+        JSON.stringify({
+          version: 1,
+          pid: checker.pid,
+          pidStart: pidIdentity(checker.pid!),
+          updatedAt: 0,
+          profiles: { web1: { drained: ['127.0.0.1:9002'], destinations: {} } },
+        }),
+      );
+      // As the CLI's commands do: they follow the published health (src/cli/context.ts).
+      const following = (engine: EngineName) => {
+        const c = new Core({ stateFile: a.file, engine }, kernels as unknown as Record<EngineName, Executor>);
+        c.health.follow(healthFileOf(a.file));
+        return c;
+      };
+      await following(from).sync(); // the watch's drain, in the kernel
+      assert.deepEqual(await statuses(following(from)), { web1: 'in-sync' });
+      await following(from).migrate(to);
+      assert.deepEqual(await statuses(following(to)), { web1: 'in-sync' }, 'moved drained');
+      const target = new Core({ stateFile: a.file, engine: to }, kernels as unknown as Record<EngineName, Executor>);
+      assert.equal((await statuses(target)).web1, 'modified', 'not at the configured weights');
+      assert.deepEqual(await statuses(following(from)), { web1: 'missing' }, `${from} emptied`);
+    } finally {
+      checker.kill();
+      a.done();
+    }
+  });
+}
