@@ -93,6 +93,8 @@ class StateFileWatcher {
   private readonly file: string;
   private running: Promise<void> | null = null;
   private again = false;
+  /** Why the next sync runs: the last check asked for (`start`, `SIGHUP`, `periodic check`, …). */
+  private reason = 'start';
   private stopped = false;
   private debounce: NodeJS.Timeout | null = null;
   private settleTimer: NodeJS.Timeout | null = null;
@@ -197,6 +199,8 @@ class StateFileWatcher {
     if (this.stopped) return;
     this.applyOnly = settledVersion;
     this.holdApplied = holdApplied;
+    // The sync that runs next is told by the name of the last check asked for (the log line says why it ran).
+    this.reason = reason;
     if (this.running) {
       this.again = true;
       return this.running;
@@ -204,7 +208,7 @@ class StateFileWatcher {
     this.running = (async () => {
       do {
         this.again = false;
-        await this.syncOnce(reason);
+        await this.syncOnce(this.reason);
       } while (this.again && !this.stopped);
     })();
     try {

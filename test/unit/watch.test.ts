@@ -324,3 +324,37 @@ test('watch command: SIGHUP, SIGTERM and SIGINT have a listener while the health
   assert.deepEqual(calls, ['start', 'watch', 'stop']);
   for (const s of signals) assert.equal(proc.listenerCount(s), 0, `${s} listener removed`);
 });
+
+test('watch: a check asked for while a sync runs (SIGHUP, the periodic check) runs after it under its own name in the log, not the name of the sync it waited for', async () => {
+  const { startWatch } = await import('../../src/core/watch.js');
+  const v1 = new Map([['web', prof('127.0.0.1:9001')]]);
+  const logs: string[] = [];
+  let release!: () => void;
+  const first = new Promise<void>((r) => (release = r));
+  let syncs = 0;
+  let synced!: () => void;
+  const twice = new Promise<void>((r) => (synced = r));
+  const core = {
+    statePath: '/nonexistent-iptlb-dir/state.db',
+    readState: async () => v1,
+    async sync(o: SyncOpts = {}) {
+      if (++syncs === 1) await first;
+      if (syncs === 2) synced();
+      return { before: [], committed: true, commitMs: 1, state: o.profiles ?? v1 };
+    },
+  };
+  const w = startWatch(core as never, {
+    intervalMs: 86_400_000,
+    settleMs: 0,
+    log: (l) => logs.push(l),
+    version: async () => 'v1',
+  });
+  while (syncs === 0) await new Promise((r) => setImmediate(r));
+  const hup = w.check('SIGHUP'); // the start's sync is under way
+  release();
+  await twice;
+  await hup;
+  await w.stop();
+  const steps = logs.filter((l) => /kernel brought/.test(l)).map((l) => l.split(':')[1]!.trim());
+  assert.deepEqual(steps, ['start', 'SIGHUP'], logs.join('\n'));
+});
