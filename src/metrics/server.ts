@@ -311,6 +311,13 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
   return {
     host: a.address,
     port: a.port,
-    close: () => new Promise<void>((r) => server.close(() => r())),
+    // The connections still open are ended too: one without a request yet, or part way through one (a
+    // scraper's, a port scan's), kept close() waiting for its client, and a watch's stop with it (its
+    // health checker gives drained destinations their weights back after).
+    close: () =>
+      new Promise<void>((r) => {
+        server.close(() => r());
+        server.closeAllConnections();
+      }),
   };
 }

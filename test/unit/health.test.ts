@@ -1367,3 +1367,26 @@ test("close() whose health checker's stop() throws still ends the calls, folds t
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test(
+  'metrics server close() ends the connections still open (one without a request, one part way through its request): a stop of watch waited for their clients, delaying the return of drained weights',
+  {
+    timeout: 30_000,
+  },
+  async () => {
+    const { startMetricsServer } = await import('../../src/metrics/server.js');
+    const net = await import('node:net');
+    const server = await startMetricsServer({ address: '127.0.0.1:0', core: {} as never });
+    const open = async (first?: string) => {
+      const s = net.connect(server.port, '127.0.0.1');
+      s.on('error', () => {});
+      await new Promise((r) => s.once('connect', r));
+      if (first) s.write(first);
+      return { closed: new Promise<void>((r) => s.once('close', () => r())) };
+    };
+    const closed = [(await open()).closed, (await open('GET /metrics HTTP/1.1\r\nHost: x\r\n')).closed];
+    await new Promise((r) => setImmediate(r));
+    await server.close();
+    await Promise.all(closed);
+  },
+);
