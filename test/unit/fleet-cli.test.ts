@@ -93,3 +93,83 @@ test('agent: a metrics address that cannot be listened on fails before the agent
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('agent command: SIGHUP, SIGTERM and SIGINT have a listener while the services and the agent start and while the agent stops (a SIGHUP there killed it, exit 129); SIGTERM while they start stops them, the agent not started', async () => {
+  const { EventEmitter } = await import('node:events');
+  const { runAgentCommand } = await import('../../src/cli/commands/agent.js');
+  // A real process with no listener for a signal dies of it; emit() says whether one took it.
+  const proc = new EventEmitter() as InstanceType<typeof EventEmitter> & Pick<NodeJS.Process, 'on' | 'removeListener'>;
+  const gate = () => {
+    let open!: () => void;
+    const p = new Promise<void>((r) => (open = r));
+    return { p, open };
+  };
+  const signals = ['SIGHUP', 'SIGTERM', 'SIGINT'];
+  const calls: string[] = [];
+  let starting = gate();
+  let agentStarting = gate();
+  let agentStopping = gate();
+  const services = {
+    start: async () => {
+      calls.push('services start');
+      await starting.p;
+    },
+    stop: async () => void calls.push('services stop'),
+  };
+  const agent = {
+    start: async () => {
+      calls.push('agent start');
+      await agentStarting.p;
+    },
+    stop: async (why?: string) => {
+      calls.push(`agent stop ${why}`);
+      await agentStopping.p;
+    },
+    checkNow: async (why?: string) => void calls.push(`check ${why}`),
+  };
+  const tick = () => new Promise((r) => setImmediate(r));
+
+  // 1. SIGHUP, then SIGTERM while the services start: they stop once started; the agent never starts.
+  let done = runAgentCommand(proc, services, agent);
+  await tick();
+  assert.ok(proc.emit('SIGHUP'), 'SIGHUP while the services start');
+  assert.ok(proc.emit('SIGTERM'), 'SIGTERM while the services start');
+  starting.open();
+  await done;
+  assert.deepEqual(calls, ['services start', 'services stop']);
+  for (const s of signals) assert.equal(proc.listenerCount(s), 0, `${s} listener removed`);
+
+  // 2. SIGINT while the agent starts: it is stopped once started.
+  calls.length = 0;
+  starting = gate();
+  starting.open();
+  agentStarting = gate();
+  agentStopping = gate();
+  agentStopping.open();
+  done = runAgentCommand(proc, services, agent);
+  await tick();
+  assert.deepEqual(calls, ['services start', 'agent start']);
+  assert.ok(proc.emit('SIGHUP'), 'SIGHUP while the agent starts');
+  assert.ok(proc.emit('SIGINT'), 'SIGINT while the agent starts');
+  agentStarting.open();
+  await done;
+  assert.deepEqual(calls, ['services start', 'agent start', 'agent stop SIGINT']);
+  for (const s of signals) assert.equal(proc.listenerCount(s), 0, `${s} listener removed`);
+
+  // 3. Running: SIGHUP checks; SIGTERM stops; SIGHUP and SIGTERM while it stops are taken, not fatal.
+  calls.length = 0;
+  agentStarting = gate();
+  agentStarting.open();
+  agentStopping = gate();
+  done = runAgentCommand(proc, services, agent);
+  await tick();
+  assert.ok(proc.emit('SIGHUP'));
+  assert.ok(proc.emit('SIGTERM'));
+  await tick();
+  assert.ok(proc.emit('SIGHUP'), 'SIGHUP while the agent stops');
+  assert.ok(proc.emit('SIGTERM'), 'SIGTERM while the agent stops');
+  agentStopping.open();
+  await done;
+  assert.deepEqual(calls, ['services start', 'agent start', 'check SIGHUP', 'agent stop SIGTERM']);
+  for (const s of signals) assert.equal(proc.listenerCount(s), 0, `${s} listener removed`);
+});

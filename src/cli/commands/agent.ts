@@ -111,19 +111,53 @@ export function register(program: Command, io: Out): void {
       });
       agent.attachments.close = () => services.stop();
       wireAgentSyncs(agent, services.onSync);
-      // The services first, before the agent connects or lists: a metrics address that cannot be listened on,
-      // or another process checking this state file's destinations, fails with one line before anything
-      // reaches the kernel or the state file (as in `iptlb watch`). /healthz then answers while etcd is
-      // unreachable too.
-      await services.start();
+      await runAgentCommand(process, services, agent);
+    });
+}
+
+/**
+ * The agent's life: its services (health checks, metrics) started, then the agent, until SIGTERM or SIGINT.
+ * The services first, before the agent connects or lists: a metrics address that cannot be listened on, or
+ * another process checking this state file's destinations, fails with one line before anything reaches the
+ * kernel or the state file (as in `iptlb watch`); /healthz then answers while etcd is unreachable too. The
+ * three signals are taken from the start to the end (a SIGHUP, `systemctl reload`, found no listener while
+ * they started and killed the agent with exit 129, which `Restart=on-failure` does not restart): a SIGHUP
+ * before the agent runs needs nothing (its first list reads the store); a SIGTERM or SIGINT then stops what
+ * started once it has, and the agent is not started.
+ */
+export async function runAgentCommand(
+  proc: Pick<NodeJS.Process, 'on' | 'removeListener'>,
+  services: { start(): Promise<void>; stop(): Promise<void> },
+  agent: { start(): Promise<void>; stop(why?: string): Promise<void>; checkNow(why?: string): Promise<void> },
+): Promise<void> {
+  let early: string | undefined;
+  const hup = (): void => {};
+  const term = (): void => void (early ??= 'SIGTERM');
+  const int = (): void => void (early ??= 'SIGINT');
+  proc.on('SIGHUP', hup);
+  proc.on('SIGTERM', term);
+  proc.on('SIGINT', int);
+  let started = false;
+  try {
+    await services.start();
+    if (early === undefined) {
       try {
         await agent.start();
+        started = true;
       } catch (e) {
         await services.stop();
         throw e;
       }
-      await agentSignals(agent, process);
-    });
+    }
+  } finally {
+    proc.removeListener('SIGHUP', hup);
+    proc.removeListener('SIGTERM', term);
+    proc.removeListener('SIGINT', int);
+  }
+  // (No await between the listeners above going and agentSignals' coming: no signal finds none.)
+  if (early === undefined) return agentSignals(agent, proc);
+  if (started) await agent.stop(early);
+  else await services.stop();
 }
 
 /**
@@ -138,12 +172,24 @@ export function agentSignals(
   proc: Pick<NodeJS.Process, 'on' | 'removeListener'>,
 ): Promise<void> {
   return new Promise<void>((resolve) => {
-    const hup = (): void => void agent.checkNow('SIGHUP');
+    // The listeners stay until the agent has stopped (its checker gives drained destinations their
+    // weights back meanwhile): a SIGHUP then is ignored, not the end of the process (exit 129).
+    let stopping = false;
+    const hup = (): void => {
+      if (!stopping) void agent.checkNow('SIGHUP');
+    };
     const stop = (sig: string) => (): void => {
-      proc.removeListener('SIGHUP', hup);
-      proc.removeListener('SIGTERM', term);
-      proc.removeListener('SIGINT', int);
-      void agent.stop(sig).then(resolve, resolve);
+      if (stopping) return;
+      stopping = true;
+      void agent
+        .stop(sig)
+        .catch(() => {})
+        .then(() => {
+          proc.removeListener('SIGHUP', hup);
+          proc.removeListener('SIGTERM', term);
+          proc.removeListener('SIGINT', int);
+          resolve();
+        });
     };
     const term = stop('SIGTERM');
     const int = stop('SIGINT');
