@@ -188,12 +188,19 @@ function refuseExcessArguments(cmd: Command): void {
  * web …` created web; `iptlb top --profile web` showed every profile). Refused, one line naming the flag
  * and the command, exit 2, before anything is read or changed.
  */
+/**
+ * The original's change flags that a command's change implies, taken as they are: `apply` creates or replaces
+ * and commits, and `plan` prints what that change would commit, so an original command line with `-run` and
+ * `-reset` kept in it (`iptlb plan -run -reset -profile=web …`) means the same change.
+ */
+const ORIGINAL_CHANGE_FLAGS: Record<string, string[]> = { apply: ['reset', 'run'], plan: ['reset', 'run'] };
+
 function refuseOptionsOfTheProgram(cmd: Command): void {
   const name = commandPath(cmd);
   if (name === null) return; // the original's form: every flag of the program is its own
   let root: Command = cmd;
   while (root.parent) root = root.parent;
-  const own = new Set(cmd.options.map((o) => o.attributeName()));
+  const own = new Set([...cmd.options.map((o) => o.attributeName()), ...(ORIGINAL_CHANGE_FLAGS[name] ?? [])]);
   const foreign = root.options.find(
     (o) => root.getOptionValueSource(o.attributeName()) === 'cli' && !own.has(o.attributeName()),
   );
