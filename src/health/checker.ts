@@ -228,6 +228,8 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
   /** The flush under way while `committing`: what stop() waits for (no polling: a mocked clock would never fire it). */
   private flushing?: Promise<void>;
   private flushAgain = false;
+  /** The check of a transition decided while a commit was in flight: it opens (and bounds) the next window. */
+  private flushAgainOpener?: HealthConfig;
   private flushTimer?: NodeJS.Timeout;
   private readonly windows: boolean;
   /** The open commit window: the targets still part way through a streak, and its deadline. */
@@ -487,7 +489,7 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
       this.counters.failures.delete(name);
       changed = true;
     }
-    if (changed && this.host.core.health.hasPending) this.requestFlush(false);
+    if (changed && this.host.core.health.hasPending) this.requestFlush();
   }
 
   private syncInfo(profile: string): void {
@@ -727,7 +729,7 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
                     : 'drained (weight 0: no new connections)'
               : 'back at its configured weight'),
         );
-        this.requestFlush();
+        this.requestFlush(e.cfg);
       }
       // (unchecked -> up changes nothing in the kernel and is not logged: at start it is every destination.)
       this.host.emit?.(ev);
@@ -746,15 +748,25 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
 
   // --- commits -------------------------------------------------------------------------------
 
-  /** A commit is needed: after the commit in flight, or when the commit window closes (`windowed`), or at once. */
-  private requestFlush(windowed = true): void {
+  /**
+   * A commit is needed: after the commit in flight, or when the commit window closes, or at once. `opener`: the check
+   * of a destination whose transition asks for it, which opens a commit window and bounds it ({@link windowSpan});
+   * without it (a profile added, changed or removed) the commit goes at once.
+   */
+  private requestFlush(opener?: HealthConfig): void {
     if (!this.running) return;
     if (this.committing) {
       this.flushAgain = true;
+      // The transitions decided meanwhile open a window after the commit, bounded by the tightest of their checks.
+      if (
+        opener &&
+        (!this.flushAgainOpener || windowSpan(opener, this.jitter) < windowSpan(this.flushAgainOpener, this.jitter))
+      )
+        this.flushAgainOpener = opener;
       return;
     }
     if (this.flushTimer || this.window) return;
-    if (windowed && this.windows) this.openWindow();
+    if (opener && this.windows) this.openWindow(opener);
     if (!this.window) this.scheduleFlush();
   }
 
@@ -783,19 +795,25 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
   /**
    * Opens a commit window when some destinations are part way through a streak: the commit waits until each has
    * crossed its threshold or broken its streak, at most the checks each still needs (interval + jitter each, plus a
-   * timeout). Scans every target once per window.
+   * timeout). Scans every target once per window. The window never outlasts what one of the transition's own
+   * destinations (checked as `cfg` says) could need: (max(fall, rise) - 1) intervals + jitter, plus its timeout. So a
+   * profile checked every hour, part way through a streak, does not hold back for an hour the drain of a destination
+   * checked every second (a target not checked again within that bound is not waited for).
    */
-  private openWindow(): void {
+  private openWindow(cfg: HealthConfig): void {
     const now = Date.now();
+    const cap = now + windowSpan(cfg, this.jitter);
     const waiting = new Set<Target>();
     let until = now;
     for (const t of this.targets.values()) {
       const n = this.unsettled(t);
       if (n === 0) continue;
-      waiting.add(t);
       const next = t.heap >= 0 ? Math.max(now, t.due) : now; // in flight: its result is due within the timeout
+      if (next > cap) continue;
+      waiting.add(t);
       until = Math.max(until, next + (n - 1) * t.cfg.intervalMs * (1 + this.jitter) + t.cfg.timeoutMs + 1);
     }
+    until = Math.min(until, cap);
     if (waiting.size === 0) return;
     this.window = { waiting, opened: now, timer: setTimeout(() => this.closeWindow(), until - now) };
   }
@@ -825,6 +843,7 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
   private async commitPending(): Promise<void> {
     this.committing = true;
     this.flushAgain = false;
+    this.flushAgainOpener = undefined;
     try {
       const r = await this.host.commit();
       this.counters.commits++;
@@ -844,7 +863,9 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
       return;
     }
     this.committing = false;
-    if (this.flushAgain || this.host.core.health.hasPending) this.requestFlush();
+    const opener = this.flushAgainOpener;
+    this.flushAgainOpener = undefined;
+    if (this.flushAgain || this.host.core.health.hasPending) this.requestFlush(opener);
   }
 
   private async publishNow(): Promise<void> {
@@ -856,6 +877,15 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
       this.log(`health: cannot write ${this.publishFile} (${(e as Error).message})`);
     }
   }
+}
+
+/**
+ * The longest a commit window opened by a transition of a destination checked as `cfg` says may last, ms: what another
+ * destination of that check part way through a streak could still need, (max(fall, rise) - 1) intervals + jitter and a
+ * timeout.
+ */
+function windowSpan(cfg: HealthConfig, jitter: number): number {
+  return (Math.max(cfg.fall, cfg.rise) - 1) * cfg.intervalMs * (1 + jitter) + cfg.timeoutMs + 1;
 }
 
 /**

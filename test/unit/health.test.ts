@@ -1390,3 +1390,29 @@ test(
     await Promise.all(closed);
   },
 );
+
+test("a commit window is bounded by the transition's own check: a profile checked every 10 s, part way through a streak, does not hold back for seconds the drain of one checked every 100 ms", async (t) => {
+  const slowDest = '127.0.0.1:9101';
+  const { ex, probes, checker, events } = await setup(t, [
+    { name: 'fast', source: '127.100.0.10:80', destination: D, health: { ...health, fall: 2 } },
+    {
+      name: 'slow',
+      source: '127.100.0.11:80',
+      destination: [slowDest, '127.0.0.1:9102'],
+      health: { ...health, intervalMs: 10_000 },
+    },
+  ]);
+  // slow's first check (at 5 s, random 0.5) fails once: 1 of its fall 3, part way; its next check is 10 s later.
+  probes.outcome.set(slowDest, false);
+  await advance(5100, 50);
+  assert.equal(checker.states().find((s) => s.destination === slowDest)?.failures, 1);
+  probes.outcome.delete(slowDest);
+  const before = ex.txs.length;
+  probes.outcome.set(D[0], false);
+  await advance(400);
+  assert.ok(events.includes(`fast ${D[0]} up->down`), events.join(', '));
+  // Bounded by fast's own (fall - 1) intervals ×1.1 plus its timeout, not by slow's next check 10 s later.
+  assert.equal(ex.txs.length, before + 1, 'the drain is committed within fast intervals');
+  assert.deepEqual(dnats(ex.txs.at(-1)!, 'fast'), D.slice(1));
+  await checker.stop();
+});
