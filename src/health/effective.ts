@@ -327,19 +327,27 @@ export class HealthOverlay {
       typeof data.pid !== 'number' ||
       data.pid === process.pid ||
       !writerRuns(data.pid, data.pidStart) ||
-      typeof data.profiles !== 'object'
+      !isRecord(data.profiles)
     )
       return;
     this.writerPid = data.pid;
     this.writerStart = data.pidStart;
-    for (const [name, p] of Object.entries(data.profiles)) {
-      if (Array.isArray(p.drained) && p.drained.length) {
-        const s = new Set(p.drained.map(String));
+    // Written by iptlb, but read defensively: a part of a wrong shape (a hand edit, another version) is
+    // ignored rather than failing every command that reads the file.
+    for (const [name, p] of Object.entries(data.profiles as Record<string, unknown>)) {
+      if (!isRecord(p)) continue;
+      const drained = Array.isArray(p.drained) ? p.drained.filter((d): d is string => typeof d === 'string') : [];
+      if (drained.length) {
+        const s = new Set(drained);
         this.committed.set(name, s);
         this.desired.set(name, s);
       }
       const m = new Map<string, DestinationHealthInfo>();
-      for (const [d, i] of Object.entries(p.destinations ?? {})) m.set(d, i);
+      if (isRecord(p.destinations))
+        for (const [d, i] of Object.entries(p.destinations)) {
+          const info = healthInfoOf(i);
+          if (info) m.set(d, info);
+        }
       this.info.set(name, m);
     }
   }
@@ -348,6 +356,26 @@ export class HealthOverlay {
 }
 
 let ownIdentity: string | undefined;
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** A time (ms since the epoch) a Date can show. */
+function isTime(v: unknown): v is number {
+  return typeof v === 'number' && Number.isFinite(v) && Math.abs(v) <= 8.64e15;
+}
+
+/** A destination's info as a published file holds it, or undefined when it is not of that shape. */
+function healthInfoOf(i: unknown): DestinationHealthInfo | undefined {
+  if (!isRecord(i) || (i.state !== 'up' && i.state !== 'down' && i.state !== 'unchecked')) return undefined;
+  return {
+    state: i.state,
+    ...(isTime(i.since) ? { since: i.since } : {}),
+    ...(isTime(i.lastCheck) ? { lastCheck: i.lastCheck } : {}),
+    ...(typeof i.lastError === 'string' ? { lastError: i.lastError } : {}),
+  };
+}
 
 /**
  * Whether the process that wrote the file still runs: its pid is alive and, when the file says when

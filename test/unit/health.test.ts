@@ -20,6 +20,7 @@ import { HealthChecker, coreHost, heldHost } from '../../src/health/checker.js';
 import { effectiveProfile } from '../../src/health/effective.js';
 import { ProcessStats, parseListenAddress } from '../../src/metrics/server.js';
 import type { ProbeTarget } from '../../src/health/probe.js';
+import type { DestinationCounters } from '../../src/model/report.js';
 
 /** Records transactions; commits resolve at once (no timers), or when `hold` is released. */
 class FakeExecutor implements LegacyExecutor {
@@ -1415,4 +1416,48 @@ test("a commit window is bounded by the transition's own check: a profile checke
   assert.equal(ex.txs.length, before + 1, 'the drain is committed within fast intervals');
   assert.deepEqual(dnats(ex.txs.at(-1)!, 'fast'), D.slice(1));
   await checker.stop();
+});
+
+test('a health file of a live writer with a malformed body (hand-edited, another version): the bad parts are ignored, not a crash of every command', async () => {
+  const { HealthOverlay } = await import('../../src/health/effective.js');
+  const { spawn } = await import('node:child_process');
+  const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-hf-'));
+  const other = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' });
+  try {
+    const file = path.join(dir, 'state.db.health.json');
+    const web = validateProfile({ name: 'web', source: '127.100.0.10:80', destination: D, health });
+    const state = new Map([['web', web]]);
+    const follow = (profiles: unknown) => {
+      writeFileSync(file, JSON.stringify({ version: 1, pid: other.pid, updatedAt: 0, profiles }));
+      const o = new HealthOverlay();
+      o.follow(file);
+      o.refresh();
+      const destinations: DestinationCounters[] = D.map((d) => ({ destination: d, packets: 0, bytes: 0 }));
+      const report = { name: 'web', destinations };
+      const [r] = o.annotate([report], state, o.kernelState(state), () => report);
+      return { drained: [...(o.committedDown('web') ?? [])], health: r!.destinations.map((d) => d.health) };
+    };
+    for (const profiles of [null, [], 'x', { web: null }, { web: 'x' }, { web: { drained: 'x', destinations: 5 } }])
+      assert.deepEqual(follow(profiles), { drained: [], health: ['unchecked', 'unchecked', 'unchecked'] });
+    // The valid parts are kept; a destination's info of a wrong shape is dropped.
+    assert.deepEqual(
+      follow({
+        web: {
+          drained: [D[0], 5, null],
+          destinations: {
+            [D[0]]: { state: 'down', lastCheck: 'yesterday', since: 1e300, lastError: 7 },
+            [D[1]]: null,
+            [D[2]]: { state: 'sideways' },
+          },
+        },
+      }),
+      { drained: [D[0]], health: ['down', 'unchecked', 'unchecked'] },
+    );
+  } finally {
+    other.kill();
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
