@@ -314,6 +314,9 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     // This process decides the health now: stop following another's published file.
     this.host.core.health.follow(undefined);
     await this.refresh();
+    // Stopped while the profiles were read: stop() has removed the file and given the lock back; arm nothing,
+    // publish nothing (a file written now would name this live process as the checker of the state file).
+    if (!this.running) return;
     if (!this.probeFn)
       this.log(
         this.prober.kind === 'native'

@@ -1461,3 +1461,39 @@ test('a health file of a live writer with a malformed body (hand-edited, another
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('stop() while start() still reads the profiles: start then neither publishes a health file after the stop nor leaves timers', async () => {
+  const { mkdtempSync, rmSync, existsSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-checker-race-'));
+  const file = path.join(dir, 'state.db');
+  const core = new Core({ stateFile: file, engine: 'legacy' }, new FakeLegacyKernel());
+  const web = validateProfile({ name: 'web', source: '127.0.0.10:80', destination: ['127.0.0.1:9001'], health: {} });
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  const probes = new Probes();
+  const c = new HealthChecker(
+    {
+      core,
+      commit: () => core.transact(() => ({ upsert: [], remove: [] }), { run: true }),
+      profiles: async () => (await gate, new Map([['web', web]])),
+    },
+    { probe: probes.probe, random: () => 0 },
+  );
+  try {
+    const starting = c.start();
+    await settle();
+    await c.stop();
+    assert.ok(!existsSync(`${file}.health.json`), 'stopped: no file');
+    release();
+    await starting;
+    await new Promise((r) => setTimeout(r, 50));
+    assert.ok(!existsSync(`${file}.health.json`), 'the start that ends after the stop publishes nothing');
+    assert.equal(probes.calls.length, 0, 'and probes nothing');
+    assert.equal(c.probing, undefined);
+  } finally {
+    await c.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
