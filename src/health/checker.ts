@@ -236,6 +236,8 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
   private window?: { waiting: Set<Target>; timer: NodeJS.Timeout; opened: number };
   private refreshTimer?: NodeJS.Timeout;
   private publishTimer?: NodeJS.Timeout;
+  /** The write of the health file under way (stop() waits for it before removing the file). */
+  private publishing?: Promise<void>;
   private dirty = false;
   private inFlight = 0;
   /** Counts the stops: an answer to a probe of an earlier run is ignored. */
@@ -391,7 +393,9 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
         }
       }
     } finally {
-      // Whatever failed above, this process checks the state file no more: its file and lock go.
+      // Whatever failed above, this process checks the state file no more: its file and lock go (after a write of
+      // it under way, which would otherwise put it back).
+      while (this.publishing) await this.publishing;
       if (this.publishFile) await fsp.unlink(this.publishFile).catch(() => {});
       this.checkerLock?.release();
       this.checkerLock = undefined;
@@ -871,14 +875,20 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     if (this.flushAgain || this.host.core.health.hasPending) this.requestFlush(opener);
   }
 
-  private async publishNow(): Promise<void> {
-    if (!this.publishFile) return;
+  private publishNow(): Promise<void> {
+    const file = this.publishFile;
+    if (!file || !this.running) return Promise.resolve();
     this.dirty = false;
-    try {
-      await this.host.core.health.publish(this.publishFile);
-    } catch (e) {
-      this.log(`health: cannot write ${this.publishFile} (${(e as Error).message})`);
-    }
+    // One write at a time, each after the one before (an older snapshot never renamed over a newer one); stop()
+    // waits for the last before it removes the file, so a write under way does not put it back after the stop.
+    const p: Promise<void> = (this.publishing ?? Promise.resolve())
+      .then(() => this.host.core.health.publish(file))
+      .catch((e: Error) => this.log(`health: cannot write ${file} (${e.message})`))
+      .finally(() => {
+        if (this.publishing === p) this.publishing = undefined;
+      });
+    this.publishing = p;
+    return p;
   }
 }
 

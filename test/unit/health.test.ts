@@ -1497,3 +1497,40 @@ test('stop() while start() still reads the profiles: start then neither publishe
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('stop() while the health file is being refreshed: the refresh does not land after the stop removed the file', async () => {
+  const { mkdtempSync, rmSync, existsSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-checker-pub-'));
+  const file = path.join(dir, 'state.db');
+  const core = new Core({ stateFile: file, engine: 'legacy' }, new FakeLegacyKernel());
+  const web = validateProfile({ name: 'web', source: '127.0.0.10:80', destination: ['127.0.0.1:9001'], health: {} });
+  await core.transact(() => ({ upsert: [web], remove: [] }), { run: true });
+  const c = new HealthChecker(coreHost(core), { probe: new Probes().probe, random: () => 0, publishMs: 10 });
+  try {
+    await c.start();
+    assert.ok(existsSync(`${file}.health.json`));
+    // The next refresh of the file hangs part way (a slow disk) until released.
+    const publish = core.health.publish.bind(core.health);
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let entered!: () => void;
+    const inPublish = new Promise<void>((r) => (entered = r));
+    core.health.publish = async (f: string) => {
+      entered();
+      await gate;
+      return publish(f);
+    };
+    await inPublish;
+    const stopping = c.stop();
+    await new Promise((r) => setTimeout(r, 20));
+    release();
+    await stopping;
+    await new Promise((r) => setTimeout(r, 20));
+    assert.ok(!existsSync(`${file}.health.json`), 'no health file once stopped');
+  } finally {
+    await c.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
