@@ -245,4 +245,107 @@ void DestroyGateSet(Family family) {
   }
 }
 
+namespace {
+
+struct DumpState {
+  std::vector<SetElement> *out;
+};
+
+// One element (IPSET_ATTR_DATA inside IPSET_ATTR_ADT) as it is parsed: its address, port and protocol.
+struct ElementParse {
+  SetElement e{};
+  bool has_ip = false;
+};
+
+int ElementIpAttr(const struct nlattr *a, void *data) {
+  auto *p = static_cast<ElementParse *>(data);
+  const uint16_t t = mnl_attr_get_type(a);
+  if (t == IPSET_ATTR_IPADDR_IPV4 && mnl_attr_get_payload_len(a) == 4) {
+    std::memcpy(&p->e.addr.ip, mnl_attr_get_payload(a), 4);
+    p->has_ip = true;
+  } else if (t == IPSET_ATTR_IPADDR_IPV6 && mnl_attr_get_payload_len(a) == 16) {
+    std::memcpy(&p->e.addr.in6, mnl_attr_get_payload(a), 16);
+    p->has_ip = true;
+  }
+  return MNL_CB_OK;
+}
+
+int ElementAttr(const struct nlattr *a, void *data) {
+  auto *p = static_cast<ElementParse *>(data);
+  switch (mnl_attr_get_type(a)) {
+    case IPSET_ATTR_IP:
+      return mnl_attr_parse_nested(a, ElementIpAttr, p) < 0 ? MNL_CB_ERROR : MNL_CB_OK;
+    case IPSET_ATTR_PORT:
+      if (mnl_attr_get_payload_len(a) >= 2) p->e.port = ntohs(mnl_attr_get_u16(a));
+      break;
+    case IPSET_ATTR_PROTO:
+      if (mnl_attr_get_payload_len(a) >= 1) p->e.proto = mnl_attr_get_u8(a);
+      break;
+    default:
+      break;
+  }
+  return MNL_CB_OK;
+}
+
+int AdtAttr(const struct nlattr *a, void *data) {
+  if (mnl_attr_get_type(a) != IPSET_ATTR_DATA) return MNL_CB_OK;
+  ElementParse p;
+  if (mnl_attr_parse_nested(a, ElementAttr, &p) < 0) return MNL_CB_ERROR;
+  if (p.has_ip) static_cast<DumpState *>(data)->out->push_back(p.e);
+  return MNL_CB_OK;
+}
+
+int DumpAttr(const struct nlattr *attr, void *data) {
+  if (mnl_attr_get_type(attr) != IPSET_ATTR_ADT) return MNL_CB_OK;  // the set's header, its name…
+  return mnl_attr_parse_nested(attr, AdtAttr, data) < 0 ? MNL_CB_ERROR : MNL_CB_OK;
+}
+
+int DumpMessage(const struct nlmsghdr *nlh, void *data) {
+  return mnl_attr_parse(nlh, sizeof(struct nfgenmsg), DumpAttr, data) < 0 ? MNL_CB_ERROR : MNL_CB_OK;
+}
+
+}  // namespace
+
+bool ListGateSet(Family family, std::vector<SetElement> *out) {
+  out->clear();
+  const char *name = GateSetName(family);
+  if (SetIndexByName(name) == IPSET_INVALID_ID) return false;
+  // A socket of its own: whatever a dump leaves unread never reaches the kept socket's next answer.
+  std::unique_ptr<struct mnl_socket, SocketCloser> sock(mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC));
+  if (!sock || mnl_socket_bind(sock.get(), 0, MNL_SOCKET_AUTOPID) < 0) {
+    Throw(IpsetError("ipset netlink socket", errno));
+  }
+  const unsigned portid = mnl_socket_get_portid(sock.get());
+  std::unique_ptr<char[]> buf(new char[kMessageBuffer]);
+  struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf.get());
+  nlh->nlmsg_type = (NFNL_SUBSYS_IPSET << 8) | IPSET_CMD_LIST;
+  nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  nlh->nlmsg_seq = static_cast<uint32_t>(time(nullptr));
+  auto *nfg = static_cast<struct nfgenmsg *>(mnl_nlmsg_put_extra_header(nlh, sizeof(struct nfgenmsg)));
+  nfg->nfgen_family = family == Family::kIpv6 ? NFPROTO_IPV6 : NFPROTO_IPV4;
+  nfg->version = NFNETLINK_V0;
+  nfg->res_id = htons(0);
+  mnl_attr_put_u8(nlh, IPSET_ATTR_PROTOCOL, IPSET_PROTOCOL);
+  mnl_attr_put_strz(nlh, IPSET_ATTR_SETNAME, name);
+  const uint32_t seq = nlh->nlmsg_seq;
+  if (mnl_socket_sendto(sock.get(), nlh, nlh->nlmsg_len) < 0) {
+    Throw(IpsetError(std::string("listing ipset ") + name, errno));
+  }
+  DumpState st{out};
+  for (;;) {
+    const ssize_t n = mnl_socket_recvfrom(sock.get(), buf.get(), kMessageBuffer);
+    if (n < 0) Throw(IpsetError(std::string("listing ipset ") + name, errno));
+    const int r = mnl_cb_run(buf.get(), n, seq, portid, DumpMessage, &st);
+    if (r == MNL_CB_STOP) return true;
+    if (r == MNL_CB_ERROR) {
+      const int err = errno;
+      if (err == ENOENT) {  // destroyed since its index was asked
+        out->clear();
+        return false;
+      }
+      Throw(IpsetError(std::string("listing ipset ") + name, err));
+    }
+  }
+}
+
 }  // namespace iptlb

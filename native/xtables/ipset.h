@@ -44,4 +44,9 @@ void ChangeGateSet(Family family, const std::vector<SetElement> &elements, bool 
 // Destroys the family's gate set; a missing set is no error.
 void DestroyGateSet(Family family);
 
+// The elements of the family's gate set (a dump, IPSET_CMD_LIST, over a socket of its own), or false
+// when the set does not exist. For `status` and `sync`: an element deleted by hand (`ipset del`) sends
+// its address past iptlb's rules while the x_tables rules are all there.
+bool ListGateSet(Family family, std::vector<SetElement> *out);
+
 }  // namespace iptlb

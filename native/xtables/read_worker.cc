@@ -212,6 +212,14 @@ void ReadWorker::ReadTable() {
       view.rules.push_back(DecodeRule<F>(e, h.get()));
     chains_.push_back(std::move(view));
   }
+  if (dispatch_.empty()) return;
+  // The set's elements: a profile whose address is not in it is not reached by its rules (status).
+  try {
+    ListGateSet(F::kFamily, &members_);
+    members_known_ = true;
+  } catch (const NativeFailure &) {
+    members_.clear();  // not known: nothing is compared (the x_tables read stands)
+  }
 }
 
 void ReadWorker::OnOK() {
@@ -252,6 +260,19 @@ void ReadWorker::OnOK() {
     for (uint32_t i = 0; i < dispatch_.size(); i++) dispatch.Set(i, dispatch_[i]);
     gate.Set("gates", gates);
     gate.Set("dispatch", dispatch);
+    if (members_known_) {
+      Napi::Array members = Napi::Array::New(env, members_.size());
+      for (uint32_t i = 0; i < members_.size(); i++) {
+        const SetElement &e = members_[i];
+        const char *proto = e.proto == IPPROTO_TCP    ? "tcp"
+                            : e.proto == IPPROTO_UDP  ? "udp"
+                            : e.proto == IPPROTO_SCTP ? "sctp"
+                                                      : nullptr;
+        const std::string p = proto ? proto : std::to_string(e.proto);
+        members.Set(i, AddressText(family_, e.addr) + "," + p + ":" + std::to_string(e.port));
+      }
+      gate.Set("members", members);
+    }
     view.Set("gate", gate);
   }
   if (!bare_.empty()) {

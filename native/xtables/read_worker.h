@@ -3,14 +3,16 @@
 // built-in chains whose comment starts with "iptlb:", decoded, with their counters. In the shape
 // parseSave gives (src/gate.ts): rules of the dispatch chains IPTLB_OUTPUT/IPTLB_PREROUTING are hook
 // rules of OUTPUT/PREROUTING, those in the built-in chains themselves `direct`; `gate` says which
-// gates and dispatch chains exist. Like
-// iptables-save it takes no xtables lock (the kernel hands out a consistent copy of the table).
+// gates and dispatch chains exist, `gate.members` the elements of the gate set (read while a
+// dispatch chain exists). Like iptables-save it takes no xtables lock (the kernel hands out a
+// consistent copy of the table).
 #pragma once
 #include <napi.h>
 
 #include <string>
 #include <vector>
 
+#include "ipset.h"
 #include "job_thread.h"
 #include "rule_decoder.h"
 
@@ -47,6 +49,9 @@ class ReadWorker : public ThreadJob {
   std::vector<HookView> hooks_;
   std::vector<std::string> gates_;     // hooks whose gate rule exists
   std::vector<std::string> dispatch_;  // hooks whose dispatch chain exists
+  // The gate set's elements (read when a dispatch chain exists; not known when the set could not be read).
+  bool members_known_ = false;
+  std::vector<SetElement> members_;
   // The original iptlb's jumps: no comment, in a built-in chain, to a profile's chain.
   struct BareJump {
     std::string hook;

@@ -246,6 +246,11 @@ export interface KernelView {
     gates: ('OUTPUT' | 'PREROUTING')[];
     dispatch: ('OUTPUT' | 'PREROUTING')[];
     foreign?: ('OUTPUT' | 'PREROUTING')[];
+    /**
+     * The elements of the gate's set (`ip,proto:port`, ipset's text), read for `status` and `sync`
+     * when a dispatch chain exists; absent when not read (then nothing is compared with them).
+     */
+    members?: string[];
   };
 }
 

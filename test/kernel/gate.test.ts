@@ -125,6 +125,38 @@ for (const pair of PAIRS.filter((p) => p.engine === 'legacy')) {
       assert.equal(JSON.parse(r[22].stdout).inSync, true);
     });
 
+    test("an address deleted from the gate's set by hand (ipset del) is modified in status, and sync re-adds it", async () => {
+      const sh = (cmd: string) => ({ op: 'sh' as const, argv: ['bash', '-c', cmd] });
+      const r = await runSteps([
+        { op: 'backends', tcp: [9001, 9002, 9003] }, // 0
+        cli(pair, '-q', '-run', '-profile=a', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001,127.0.0.1:9002'), // 1
+        cli(pair, '-q', '-run', '-profile=b', `-src-addr=${VIP}:81`, '-dest-addr=127.0.0.1:9003'), // 2
+        sh(`ipset del iptlb-vip-inet ${VIP},tcp:80`), // 3
+        { op: 'tcp', vip: VIP, port: 80, count: 10 }, // 4: past iptlb's rules: refused
+        cli(pair, 'status', '--json'), // 5
+        cli(pair, 'sync'), // 6
+        sh('ipset save iptlb-vip-inet'), // 7
+        cli(pair, 'status', '--json'), // 8
+        { op: 'tcp', vip: VIP, port: 80, count: 40 }, // 9
+        { op: 'tcp', vip: VIP, port: 81, count: 10 }, // 10
+      ]);
+      for (const i of [1, 2, 6]) ok(r[i]);
+      assert.equal(r[3].code, 0, r[3].stderr);
+      assert.equal(r[4].failures, 10, `the rules are not reached without the element: ${JSON.stringify(r[4])}`);
+      assert.equal(r[5].code, 3, 'status exits 3: the kernel does not balance a');
+      const before = JSON.parse(r[5].stdout) as { profiles: { name: string; status: string; detail?: string }[] };
+      const a = before.profiles.find((p) => p.name === 'a')!;
+      assert.equal(a.status, 'modified', JSON.stringify(a));
+      assert.match(a.detail ?? '', /127\.100\.0\.10,tcp:80 is missing from the gate's set iptlb-vip-inet/);
+      assert.equal(before.profiles.find((p) => p.name === 'b')!.status, 'in-sync');
+      assert.match(r[6].stderr, /sync a: modified/);
+      assert.ok(r[7].stdout.includes(`add iptlb-vip-inet ${VIP},tcp:80`), r[7].stdout);
+      assert.equal(JSON.parse(r[8].stdout).inSync, true, r[8].stdout);
+      const [x, y] = countsFor(r[9], [9001, 9002]);
+      assert.equal(x + y, 40, JSON.stringify(r[9]));
+      assert.equal(countsFor(r[10], [9003])[0], 10, JSON.stringify(r[10]));
+    });
+
     test("a chain in the layout before 2026-12-05 (the port in every rule, -j RETURN last) is in sync and balances; the profile's next change rewrites it", async () => {
       const sh = (cmd: string) => ({ op: 'sh' as const, argv: ['bash', '-c', cmd] });
       const older = [

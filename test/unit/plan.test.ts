@@ -295,6 +295,46 @@ test('gate: a profile whose rules sit behind a missing gate is modified, and syn
   assert.equal(compare(new Map([['a', a]]), parseSave(installed))[0].status, 'in-sync');
 });
 
+test("gate: a profile whose address is missing from the gate's set (ipset del by hand) is modified, and sync re-adds it", async () => {
+  const { compare, syncTransaction } = await import('../../src/engines/legacy/drift.js');
+  const a = validateProfile({ name: 'a', source: '127.100.0.10:8081', destination: ['127.0.0.1:9001'] });
+  const b = validateProfile({ name: 'b', source: '127.100.0.11:8081', destination: ['127.0.0.1:9002'] });
+  const v6 = validateProfile({ name: 'c', source: '[::102:304]:80', destination: ['[::1]:9003'] });
+  const installed = parseSave(renderRestore(planTransaction([a, b], []), empty).replace(/-I (\S+) \d+/g, '-A $1'));
+  const withMembers = (members: string[]): KernelView => ({ ...installed, gate: { ...installed.gate!, members } });
+  const state = new Map([
+    ['a', a],
+    ['b', b],
+  ]);
+  // Every element there, or the set not read: in sync.
+  assert.deepEqual(
+    compare(state, withMembers(['127.100.0.10,tcp:8081', '127.100.0.11,tcp:8081'])).map((r) => r.status),
+    ['in-sync', 'in-sync'],
+  );
+  assert.deepEqual(
+    compare(state, installed).map((r) => r.status),
+    ['in-sync', 'in-sync'],
+  );
+  // a's element deleted by hand: its connections never reach IPTLB_OUTPUT, so it is not in sync.
+  const [ra, rb] = compare(state, withMembers(['127.100.0.11,tcp:8081']));
+  assert.equal(ra.status, 'modified');
+  assert.match(ra.detail ?? '', /127\.100\.0\.10,tcp:8081 is missing from the gate's set iptlb-vip-inet/);
+  assert.equal(rb.status, 'in-sync');
+  // sync's transaction installs a again, and the commit adds the element of every rule it installs.
+  const tx = syncTransaction(state, withMembers(['127.100.0.11,tcp:8081']));
+  assert.ok(planGate(tx, withMembers([])).add.includes('127.100.0.10,tcp:8081'));
+  // IPv6: ipset prints an IPv4-compatible address with a dotted tail; the same element.
+  const six = parseSave(renderRestore(planTransaction([v6], [], 'ipv6'), empty).replace(/-I (\S+) \d+/g, '-A $1'));
+  const elem = elementOf(six.hookRules[0].rule)!;
+  assert.equal(compare(new Map([['c', v6]]), { ...six, gate: { ...six.gate!, members: [elem] } })[0].status, 'in-sync');
+  assert.equal(
+    compare(new Map([['c', v6]]), { ...six, gate: { ...six.gate!, members: ['::1.2.3.4,tcp:80'] } })[0].status,
+    'in-sync',
+  );
+  const [r6] = compare(new Map([['c', v6]]), { ...six, gate: { ...six.gate!, members: [] } });
+  assert.match(r6.detail ?? '', /missing from the gate's set iptlb-vip-inet6/);
+});
+
 test("a chain in an older iptlb's layout (the port checked in every rule, -j RETURN last) is in sync; anything else in it is not", async () => {
   const { compare, syncTransaction } = await import('../../src/engines/legacy/drift.js');
   for (const p of [

@@ -1,8 +1,9 @@
 /**
  * Drift: comparing the state file with the kernel. Pure functions over a {@link KernelView}.
  */
-import { isGatedHook, type GatedHook } from './gate.js';
-import { chainName, profilesOf, weightOf } from '../../model/profile.js';
+import { GATE_SET, elementOf, isGatedHook, type GatedHook } from './gate.js';
+import { canonicalIpv6 } from '../../model/address.js';
+import { chainName, familyOfProfile, profilesOf, weightOf } from '../../model/profile.js';
 import { earlierChainRules, planProfile, planTransaction, CHAIN_PREFIX } from './plan.js';
 import { canonicalRule } from './restore.js';
 import type { Family, KernelView, Profile, Transaction } from '../../model/types.js';
@@ -21,6 +22,29 @@ function missingGate(hooks: KernelView['hookRules'], view: KernelView): string |
     (x) => isGatedHook(x.chain) && !x.direct && !(view.gate?.gates ?? []).includes(x.chain as GatedHook),
   );
   return h ? h.chain : null;
+}
+
+/** A gate element's key: `ip,proto:port` with an IPv6 address in RFC 5952 text (ipset prints `::1.2.3.4`). */
+function elementKey(e: string): string {
+  const comma = e.lastIndexOf(',');
+  const ip = e.slice(0, comma);
+  return ip.includes(':') ? `${canonicalIpv6(ip) ?? ip}${e.slice(comma)}` : e;
+}
+
+/**
+ * The gate element of a profile's rule behind the gate that the gate's set lacks (its packets never
+ * reach the dispatch chain), or null; null too when the set's elements were not read.
+ */
+function missingElement(hooks: KernelView['hookRules'], view: KernelView): string | null {
+  const members = view.gate?.members;
+  if (!members) return null;
+  const have = new Set(members.map(elementKey));
+  for (const h of hooks) {
+    if (!isGatedHook(h.chain) || h.direct) continue;
+    const e = elementOf(h.rule);
+    if (e && !have.has(elementKey(e))) return e;
+  }
+  return null;
 }
 
 /**
@@ -79,6 +103,8 @@ export function compare(allState: Map<string, Profile>, view: KernelView, family
       detail = `its rules in the built-in chains differ (${haveHooks.length} found, ${wantHooks.length} planned)`;
     else if ((gateless = missingGate(hooks, view)))
       detail = `the gate in nat ${gateless} that leads to its rules is missing: \`iptlb sync\` restores it`;
+    else if ((gateless = missingElement(hooks, view)))
+      detail = `its address ${gateless} is missing from the gate's set ${GATE_SET[familyOfProfile(p)]}, so its rules are not reached: \`iptlb sync\` restores it`;
     else if (hooks.some((h) => h.direct))
       detail =
         'its jump sits in nat OUTPUT/PREROUTING itself (the layout before the gate): `iptlb sync` or its next change moves it behind the gate';

@@ -41,6 +41,12 @@ export interface LegacyExecutor {
    * libiptc's parse of the whole table, about 150 ms at 20,000 foreign rules).
    */
   holds?(family: Family): Promise<boolean>;
+  /**
+   * The elements of the gate's set of `family` (`ip,proto:port`), [] when the set does not exist,
+   * undefined when they cannot be read. Spawn only: the native executor's read has them
+   * (`gate.members`).
+   */
+  gateMembers?(family: Family): Promise<string[] | undefined>;
   /** The exact text an iptables-restore would be fed for this transaction against the current kernel (read-only). */
   render(tx: Transaction): Promise<string>;
   /**

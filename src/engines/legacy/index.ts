@@ -66,7 +66,13 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
    */
   async read(f: Family): Promise<KernelView> {
     if (!this.mayHold(f)) return EMPTY;
-    const view = await this.executor.read(f);
+    let view = await this.executor.read(f);
+    // The gate set's elements (the native read has them): a profile whose address is not among them
+    // is not reached by its rules, which `compare` reports and `sync` repairs.
+    if (view.gate?.dispatch.length && !view.gate.members && this.executor.gateMembers) {
+      const members = await this.executor.gateMembers(f);
+      if (members) view = { ...view, gate: { ...view.gate, members } };
+    }
     return view.chains.every((c) => OWN_CHAIN.test(c.name))
       ? view
       : { ...view, chains: view.chains.filter((c) => OWN_CHAIN.test(c.name)) };

@@ -148,6 +148,20 @@ export class SpawnExecutor implements LegacyExecutor {
     return { durationMs: performance.now() - t0 };
   }
 
+  async gateMembers(family: Family): Promise<string[] | undefined> {
+    const ipset = findBinary('ipset');
+    if (!ipset) return undefined;
+    const set = GATE_SET[family];
+    const r = await run(ipset, ['save', set]);
+    if (r.code !== 0) return /does not exist/i.test(r.stderr) ? [] : undefined;
+    const members: string[] = [];
+    for (const line of r.stdout.split('\n')) {
+      const m = /^add (\S+) (\S+)/.exec(line);
+      if (m && m[1] === set) members.push(m[2]!);
+    }
+    return members;
+  }
+
   private async setExists(set: string): Promise<boolean> {
     const r = await run(this.ipsetPath(), ['-n', 'list', set]);
     return r.code === 0;
