@@ -220,6 +220,9 @@ export function shapesOf(profiles: ReadonlyMap<string, Profile>): [Profile, numb
   return typeof shapes === 'function' ? shapes.call(profiles) : null;
 }
 
+/** What ReadonlyMap<string, Profile>'s entries() returns, in whichever TypeScript lib reads the declarations. */
+type MapEntries = ReturnType<ReadonlyMap<string, Profile>['entries']>;
+
 /** The profiles after a change, as a read-only view over the profiles before it: building it costs O(change). */
 export class ChangedProfiles implements ReadonlyMap<string, Profile> {
   private readonly upsert = new Map<string, Profile>();
@@ -246,23 +249,35 @@ export class ChangedProfiles implements ReadonlyMap<string, Profile> {
   has(name: string): boolean {
     return this.get(name) !== undefined;
   }
-  *entries(): IterableIterator<[string, Profile]> {
+  // Typed as ReadonlyMap's own methods (not IterableIterator): the declarations ship to users, whose
+  // TypeScript (5.6+) types them MapIterator, and with esnext.disposable (which @types/node 22+ and
+  // target esnext bring) an IterableIterator lacks [Symbol.dispose]: their tsc refused this class.
+  entries(): MapEntries {
+    return this.walk() as MapEntries;
+  }
+  keys(): ReturnType<ReadonlyMap<string, Profile>['keys']> {
+    return this.names() as ReturnType<ReadonlyMap<string, Profile>['keys']>;
+  }
+  values(): ReturnType<ReadonlyMap<string, Profile>['values']> {
+    return this.profiles() as ReturnType<ReadonlyMap<string, Profile>['values']>;
+  }
+  [Symbol.iterator](): MapEntries {
+    return this.entries();
+  }
+  private *walk(): Generator<[string, Profile], void, undefined> {
     for (const [n, p] of this.base) {
       if (this.upsert.has(n)) yield [n, this.upsert.get(n)!];
       else if (!this.removed.has(n)) yield [n, p];
     }
     for (const [n, p] of this.upsert) if (!this.base.has(n)) yield [n, p];
   }
-  *keys(): IterableIterator<string> {
-    for (const [n] of this.entries()) yield n;
+  private *names(): Generator<string, void, undefined> {
+    for (const [n] of this.walk()) yield n;
   }
-  *values(): IterableIterator<Profile> {
-    for (const [, p] of this.entries()) yield p;
-  }
-  [Symbol.iterator](): IterableIterator<[string, Profile]> {
-    return this.entries();
+  private *profiles(): Generator<Profile, void, undefined> {
+    for (const [, p] of this.walk()) yield p;
   }
   forEach(fn: (value: Profile, key: string, map: ReadonlyMap<string, Profile>) => void): void {
-    for (const [n, p] of this.entries()) fn(p, n, this);
+    for (const [n, p] of this.walk()) fn(p, n, this);
   }
 }

@@ -6,7 +6,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -52,4 +53,47 @@ test('dist/index.mjs exports what src/index.ts exports, as the CommonJS bundle: 
     [...text.matchAll(/createRequire\(import\.meta\.url\)\(['"]([^'"]+)['"]\)/g)].map((m) => m[1]),
     ['./index.cjs'],
   );
+});
+
+test('the shipped declarations type-check in a user project whose lib has esnext.disposable (target esnext, @types/node 22+)', () => {
+  // TypeScript 5.6+ types ReadonlyMap's iterators MapIterator, which esnext.disposable (brought by target esnext,
+  // and by @types/node 22+, which npm hoists into every project installing iptlb through etcd3's protobufjs) makes
+  // need [Symbol.dispose]: a class declared `implements ReadonlyMap` with IterableIterator methods was refused.
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-types-'));
+  try {
+    mkdirSync(path.join(dir, 'node_modules'));
+    symlinkSync(PROJECT_ROOT, path.join(dir, 'node_modules', 'iptlb'));
+    writeFileSync(
+      path.join(dir, 'esm.mts'),
+      "import { open, type Profile } from 'iptlb';\nexport const f: typeof open = open;\nexport type P = Profile;\n",
+    );
+    writeFileSync(
+      path.join(dir, 'cjs.cts'),
+      "import iptlb = require('iptlb');\nexport const f: typeof iptlb.open = iptlb.open;\n",
+    );
+    writeFileSync(
+      path.join(dir, 'tsconfig.json'),
+      JSON.stringify({
+        compilerOptions: {
+          module: 'node16',
+          moduleResolution: 'node16',
+          lib: ['esnext'],
+          strict: true,
+          noEmit: true,
+          skipLibCheck: false,
+          types: ['node'],
+          typeRoots: [path.join(PROJECT_ROOT, 'node_modules', '@types')],
+        },
+        files: ['esm.mts', 'cjs.cts'],
+      }),
+    );
+    const tsc = spawnSync(
+      process.execPath,
+      [path.join(PROJECT_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', dir],
+      { cwd: dir, encoding: 'utf8' },
+    );
+    assert.equal(tsc.status, 0, tsc.stdout + tsc.stderr);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
