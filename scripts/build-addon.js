@@ -22,7 +22,6 @@ import {
   statSync,
   writeFileSync,
 } from 'node:fs';
-import { createRequire } from 'node:module';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -62,17 +61,17 @@ function writeLog(text) {
  * an engine runs natively when core and its own part load, else its spawn executor.
  */
 function instead() {
-  const req = createRequire(import.meta.url);
   const dirs = [path.join('build', 'Release'), path.join('prebuilds', `${process.platform}-${process.arch}`)];
   const from = {};
   for (const part of ['core', 'xt', 'nft']) {
+    // Loaded in a child process: a damaged file (cut short, garbled) can kill the process that
+    // dlopens it (SIGBUS, SIGSEGV), and this script must still say what will be used.
     from[part] = dirs.find((d) => {
-      try {
-        req(path.join(root, d, `iptlb_${part}.node`));
-        return true;
-      } catch {
-        return false;
-      }
+      const file = path.join(root, d, `iptlb_${part}.node`);
+      return (
+        existsSync(file) &&
+        spawnSync(process.execPath, ['-e', 'require(process.argv[1])', file], { stdio: 'ignore' }).status === 0
+      );
     });
   }
   const what = (d) =>

@@ -53,15 +53,17 @@ function build() {
 
 if (fromSource || !parts.every((p) => existsSync(path.join(dir, `iptlb_${p}.node`)))) build();
 
-// Load each prebuilt file here (this is the node that will run iptlb).
-const req = createRequire(import.meta.url);
+// Load each prebuilt file with this node (the one that will run iptlb), in a child process: a damaged
+// file (cut short, garbled) can kill the process that dlopens it (SIGBUS, SIGSEGV), and this script
+// must then go on to build from source, not fail the install.
+const LOAD = `try { require(process.argv[1]); } catch (e) { process.stdout.write(String(e?.message ?? e).split('\\n')[0]); process.exit(3); }`;
 const failed = [];
 for (const p of parts) {
-  try {
-    req(path.join(dir, `iptlb_${p}.node`));
-  } catch (e) {
-    failed.push([p, String(e?.message ?? e).split('\n')[0]]);
-  }
+  const file = path.join(dir, `iptlb_${p}.node`);
+  const r = spawnSync(process.execPath, ['-e', LOAD, file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+  if (r.status === 0) continue;
+  const why = r.status === 3 ? r.stdout : `loading it ${r.signal ? `was killed by ${r.signal}` : `exited ${r.status}`}`;
+  failed.push([p, r.status === 3 ? why : `${file}: ${why} (damaged?)`]);
 }
 if (failed.length === 0) {
   console.error(

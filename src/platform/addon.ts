@@ -9,7 +9,7 @@
  * with the reason and a command that fixes it where the user is (a consumer project or this repo).
  */
 import { createRequire } from 'node:module';
-import { existsSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
 import * as path from 'node:path';
 import type { AfterCommit, Family, KernelView, Rule, Transaction } from '../model/types.js';
 import type { NftEndpoint, NftFamily, NftOriginalJump, NftTransaction, NftView } from '../engines/nft/ops.js';
@@ -338,6 +338,50 @@ export function addonPath(part: AddonPart = 'core'): string {
 }
 
 /**
+ * Why the ELF file `file` cannot be handed to dlopen, or undefined when nothing is found (also for a file that is
+ * no ELF at all, or too short for a header: dlopen says so itself). A file cut short (an interrupted copy or
+ * install, a full disk) still has its headers, and dlopen maps its segments past the end: the first page read there
+ * killed the process with SIGBUS, no message, no fallback. The program headers say how long the file must be.
+ */
+export function truncatedElf(file: string): string | undefined {
+  let fd: number;
+  try {
+    fd = openSync(file, 'r');
+  } catch {
+    return undefined;
+  }
+  try {
+    const size = fstatSync(fd).size;
+    const head = Buffer.alloc(Math.min(size, 4096));
+    const got = readSync(fd, head, 0, head.length, 0);
+    if (got < 64 || head.readUInt32BE(0) !== 0x7f454c46) return undefined;
+    const is64 = head[4] === 2;
+    const le = head[5] === 1;
+    const u16 = (o: number): number => (le ? head.readUInt16LE(o) : head.readUInt16BE(o));
+    const u32 = (o: number): number => (le ? head.readUInt32LE(o) : head.readUInt32BE(o));
+    const word = (o: number): number =>
+      is64 ? Number(le ? head.readBigUInt64LE(o) : head.readBigUInt64BE(o)) : u32(o);
+    const phoff = word(is64 ? 0x20 : 0x1c);
+    const phentsize = u16(is64 ? 0x36 : 0x2a);
+    const phnum = u16(is64 ? 0x38 : 0x2c);
+    let need = phoff + phentsize * phnum;
+    if (need <= got) {
+      for (let i = 0; i < phnum; i++) {
+        const ph = phoff + i * phentsize;
+        if (u32(ph) !== 1) continue; // PT_LOAD: what dlopen maps
+        need = Math.max(need, word(ph + (is64 ? 8 : 4)) + word(ph + (is64 ? 32 : 16)));
+      }
+    }
+    if (size >= need) return undefined;
+    return `${file}: damaged: ${size} bytes, shorter than the ${need} its ELF headers give (cut short by an interrupted copy or install?)`;
+  } catch {
+    return undefined;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
  * Loads the addon file `file` (not memoised; for tests and diagnostics). Never throws. The object is the
  * file's own: its table operations return job numbers for its `start(n)`, unordered ({@link loadAddonPart}
  * orders them).
@@ -348,6 +392,8 @@ export function loadAddonFrom(file: string): LoadResult {
     const why = log ? `; the last build failed or was skipped, see ${log.path}` : '';
     return { ok: false, reason: 'not-built', detail: `${file} does not exist${why}`, fix: BUILD_FIX };
   }
+  const damaged = truncatedElf(file);
+  if (damaged) return { ok: false, reason: 'load-failed', detail: damaged, fix: BUILD_FIX };
   let addon: NativeAddon;
   try {
     addon = createRequire(import.meta.url)(file) as NativeAddon;

@@ -181,3 +181,43 @@ test(
     }
   },
 );
+
+test(
+  'a prebuilt file cut short (an interrupted download or copy) does not kill the install script (SIGBUS): it builds from source, and says the other engine keeps the prebuilt addon',
+  { skip, timeout: 120_000 },
+  () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-build-cut-'));
+    try {
+      const pkg = installCopy(dir, true);
+      const nft = path.join(pkg, 'prebuilds', `${process.platform}-${process.arch}`, 'iptlb_nft.node');
+      const whole = readFileSync(nft);
+      writeFileSync(nft, whole.subarray(0, Math.floor(whole.length / 3)));
+      const bin = path.join(dir, 'bin');
+      mkdirSync(bin);
+      writeFileSync(path.join(bin, 'make'), '#!/bin/sh\necho "make: failed" >&2\nexit 2\n');
+      chmodSync(path.join(bin, 'make'), 0o755);
+      const r = spawnSync(process.execPath, [path.join(pkg, 'scripts', 'install.js')], {
+        cwd: pkg,
+        encoding: 'utf8',
+        timeout: 100_000,
+        env: { ...process.env, PATH: `${bin}:${process.env.PATH}`, npm_config_node_gyp: gyp },
+      });
+      assert.equal(r.signal, null, r.stderr);
+      assert.equal(r.status, 0, r.stderr);
+      const lines = r.stderr.trim().split('\n');
+      assert.equal(
+        lines[0],
+        `iptlb: the prebuilt native addon does not load here (iptlb_nft.node: ${nft}: loading it was killed by SIGBUS (damaged?)); building from source`,
+      );
+      assert.match(
+        lines[1] ?? '',
+        new RegExp(
+          `^iptlb: native addon not built \\(compilation failed: .*\\); the legacy engine will use the prebuilt native addon \\(prebuilds/${process.platform}-${process.arch}/\\), the nft engine its spawn executor \\(nft\\)\\. Fix: `,
+        ),
+      );
+      assert.equal(lines.length, 2, r.stderr);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);

@@ -33,6 +33,7 @@ import {
   loadAddonFrom,
   loadAddonPart,
   rebuildCommand,
+  truncatedElf,
 } from '../../src/platform/addon.js';
 import { mapNativeError, NativeExecutor } from '../../src/engines/legacy/native.js';
 import { IptlbError } from '../../src/model/errors.js';
@@ -41,6 +42,12 @@ import { NATIVE_READ_MIN_BYTES, readStateFull, serializeState } from '../../src/
 import { IndexedState, indexStateBytes } from '../../src/core/state-index.js';
 
 const loaded = loadAddon();
+/** The file of `part` that loaded. */
+const addonPathOf = (part: 'core' | 'nft'): string => {
+  const r = loadAddonPart(part);
+  assert.ok(r.ok);
+  return r.path;
+};
 const NO_ADDON = loaded.ok ? false : `native addon unavailable: ${loaded.reason}: ${loaded.detail}`;
 
 describe('loader', () => {
@@ -176,6 +183,44 @@ describe('loader', () => {
         assert.deepEqual(JSON.parse(c.out), { kind: 'spawn', broken: null });
       } finally {
         rmSync(root, { recursive: true, force: true });
+      }
+    },
+  );
+  test(
+    'a file cut short (an interrupted copy or install) is load-failed, said damaged, without being dlopened (SIGBUS)',
+    { skip: NO_ADDON },
+    () => {
+      const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-cut-'));
+      try {
+        const whole = readFileSync(addonPathOf('nft'));
+        const cut = path.join(dir, 'iptlb_nft.node');
+        for (const bytes of [1000, Math.floor(whole.length / 3)]) {
+          writeFileSync(cut, whole.subarray(0, bytes));
+          // In a child: dlopen maps the segments the headers name past the file's end, and the first read
+          // there kills the process with SIGBUS.
+          const addon = new URL('../../src/platform/addon.js', import.meta.url).href;
+          const r = spawnSync(
+            process.execPath,
+            [
+              '--input-type=module',
+              '-e',
+              `import { loadAddonFrom } from ${JSON.stringify(addon)};
+               process.stdout.write(JSON.stringify(loadAddonFrom(${JSON.stringify(cut)})));`,
+            ],
+            { encoding: 'utf8' },
+          );
+          assert.equal(r.signal, null, `${bytes} bytes: the loader was killed by ${r.signal}`);
+          assert.equal(r.status, 0, r.stderr);
+          const out = JSON.parse(r.stdout) as { ok: boolean; reason: string; detail: string; fix: string };
+          assert.equal(out.ok, false);
+          assert.equal(out.reason, 'load-failed');
+          assert.ok(out.detail.startsWith(`${cut}: damaged: ${bytes} bytes, shorter than the `), out.detail);
+          assert.match(out.detail, / its ELF headers give \(cut short by an interrupted copy or install\?\)$/);
+          assert.equal(out.fix, BUILD_FIX);
+        }
+        assert.equal(truncatedElf(addonPathOf('core')), undefined);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
       }
     },
   );
