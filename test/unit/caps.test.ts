@@ -6,6 +6,9 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { hasCap } from '../../src/platform/caps.js';
+import { findBinary } from '../../src/platform/spawn.js';
 import { capsMessage, effectiveCapsOf, missingCaps, type Capability } from '../../src/platform/caps.js';
 import { legacyPermissionMessage } from '../../src/engines/legacy/executor.js';
 import { engineNeeds } from '../../src/engines/registry.js';
@@ -55,6 +58,36 @@ test('a permission failure of x_tables names the capability that is missing, not
     'permission denied: changing netfilter rules needs CAP_NET_ADMIN (run iptlb as root)',
   );
 });
+
+// Without capabilities: as root, through setpriv (util-linux).
+const setpriv = hasCap('CAP_NET_ADMIN') ? findBinary('setpriv') : null;
+const noSetpriv = hasCap('CAP_NET_ADMIN') && !setpriv ? 'setpriv is not installed (util-linux)' : false;
+
+test(
+  'a permission failure of the nft native executor names CAP_NET_ADMIN alone, never CAP_NET_RAW',
+  { skip: noSetpriv },
+  () => {
+    // What the addon rejects with when netlink refuses (native/common/errors.h's hint).
+    const message =
+      'reading the nftables generation id: Operation not permitted (permission denied: changing netfilter rules needs CAP_NET_ADMIN (run as root))';
+    // In a child without capabilities (as a non-root user runs iptlb): the executor maps the addon's rejection.
+    const script = `import { NftNativeExecutor } from ${JSON.stringify(new URL('../../src/engines/nft/native.js', import.meta.url).href)};
+    const e = Object.assign(new Error(${JSON.stringify(message)}), { code: 'EPERM', errno: 1 });
+    const x = new NftNativeExecutor({ nftRead: () => Promise.reject(e) });
+    x.read().then(() => process.exit(5), (err) => process.stdout.write(JSON.stringify({ code: err.code, message: err.message })));`;
+    const argv = [process.execPath, '--input-type=module', '-e', script];
+    const r = setpriv
+      ? spawnSync(setpriv, ['--inh-caps=-all', '--bounding-set=-all', ...argv], { encoding: 'utf8' })
+      : spawnSync(argv[0]!, argv.slice(1), { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    const out = JSON.parse(r.stdout) as { code: string; message: string };
+    assert.equal(out.code, 'EPERM');
+    assert.equal(
+      out.message,
+      'reading the nftables generation id: Operation not permitted (permission denied: changing netfilter rules needs CAP_NET_ADMIN (run iptlb as root))',
+    );
+  },
+);
 
 const host = (h: Partial<HostFacts> = {}): HostFacts => ({
   xtables: [],

@@ -12,9 +12,14 @@ export const LEGACY_CAPABILITIES: readonly Capability[] = ['CAP_NET_ADMIN', 'CAP
 /**
  * The message of a permission failure of x_tables: `message` with its hint replaced by one naming the
  * capability this process lacks; `message` as it is when it lacks none (the failure is something else's).
+ * `needs`: what the engine takes (the nft engine's native executor passes CAP_NET_ADMIN alone).
  */
-export function legacyPermissionMessage(message: string, has?: (c: Capability) => boolean): string {
-  const missing = missingCaps(LEGACY_CAPABILITIES, has);
+export function legacyPermissionMessage(
+  message: string,
+  has?: (c: Capability) => boolean,
+  needs: readonly Capability[] = LEGACY_CAPABILITIES,
+): string {
+  const missing = missingCaps(needs, has);
   if (missing.length === 0) return message;
   const hint = capsMessage(missing);
   // The addon's "<call>: <strerror> (permission denied: …)", the spawn executor's "<tool>: permission denied: …".

@@ -18,11 +18,20 @@ import {
 import { findBinary, run } from '../../platform/spawn.js';
 import type { NativeAddon } from '../../platform/addon.js';
 import type { AfterCommit, CommitResult, Family, KernelView, Transaction } from '../../model/types.js';
-import { legacyPermissionMessage, type LegacyExecutor } from './executor.js';
+import { LEGACY_CAPABILITIES, legacyPermissionMessage, type LegacyExecutor } from './executor.js';
+import type { Capability } from '../../platform/caps.js';
 import { HELD_HINT, MOVED_AT, MOVED_HINT } from '../engine.js';
 
-/** Maps what the addon throws or rejects with to an {@link IptlbError}, keeping the code, errno and message. */
-export function mapNativeError(e: unknown): IptlbError {
+/**
+ * Maps what the addon throws or rejects with to an {@link IptlbError}, keeping the code, errno and message.
+ * `needs`: the capabilities of the engine that failed, named when missing in a permission failure (default
+ * the legacy engine's; the nft engine needs CAP_NET_ADMIN alone); `has` answers for one (this process's).
+ */
+export function mapNativeError(
+  e: unknown,
+  needs: readonly Capability[] = LEGACY_CAPABILITIES,
+  has?: (c: Capability) => boolean,
+): IptlbError {
   if (e instanceof IptlbError) return e;
   const err = (e ?? {}) as { code?: unknown; errno?: unknown; message?: unknown };
   const message = typeof err.message === 'string' ? err.message : String(e);
@@ -55,7 +64,7 @@ export function mapNativeError(e: unknown): IptlbError {
   const opts = typeof err.errno === 'number' ? { errno: err.errno, cause: e } : { cause: e };
   const inUse = err.errno === 31 ? /^deleting chain (\S+):/.exec(message) : null; // EMLINK
   // A permission failure names the capability that is missing (CAP_NET_RAW under a unit granting CAP_NET_ADMIN only).
-  if (code === 'EPERM') return new IptlbError(code, legacyPermissionMessage(message), opts);
+  if (code === 'EPERM') return new IptlbError(code, legacyPermissionMessage(message, has, needs), opts);
   return new IptlbError(code, inUse ? `${message}; ${chainInUse(inUse[1]!)}` : message, opts);
 }
 

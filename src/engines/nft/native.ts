@@ -9,6 +9,19 @@ import type { NativeAddon } from '../../platform/addon.js';
 import type { CommitResult } from '../../model/types.js';
 import type { NftExecutor } from './executor.js';
 import { mapNativeError } from '../legacy/native.js';
+import type { IptlbError } from '../../model/errors.js';
+import type { Capability } from '../../platform/caps.js';
+
+/** What the nft engine takes: CAP_NET_ADMIN alone (no raw socket, unlike x_tables). */
+const NFT_CAPABILITIES: readonly Capability[] = ['CAP_NET_ADMIN'];
+
+/**
+ * {@link mapNativeError} for the nft engine: a permission failure names CAP_NET_ADMIN only (the legacy engine's
+ * mapping said CAP_NET_RAW was needed too, which a unit granting CAP_NET_ADMIN for nft does not need).
+ */
+export function mapNftNativeError(e: unknown, has?: (c: Capability) => boolean): IptlbError {
+  return mapNativeError(e, NFT_CAPABILITIES, has);
+}
 
 export class NftNativeExecutor implements NftExecutor {
   readonly kind = 'native' as const;
@@ -21,7 +34,7 @@ export class NftNativeExecutor implements NftExecutor {
       const r = await this.addon.nftCommit(tx);
       return { durationMs: r.durationMs };
     } catch (e) {
-      throw mapNativeError(e);
+      throw mapNftNativeError(e);
     }
   }
 
@@ -30,7 +43,7 @@ export class NftNativeExecutor implements NftExecutor {
       // Without an argument for ip: the addon's default, as before.
       return await (family === 'ip' ? this.addon.nftRead() : this.addon.nftRead(family));
     } catch (e) {
-      throw mapNativeError(e);
+      throw mapNftNativeError(e);
     }
   }
 
@@ -38,7 +51,7 @@ export class NftNativeExecutor implements NftExecutor {
     try {
       return await this.addon.nftRead(family, addresses);
     } catch (e) {
-      throw mapNativeError(e);
+      throw mapNftNativeError(e);
     }
   }
 
@@ -51,7 +64,7 @@ export class NftNativeExecutor implements NftExecutor {
       const jumps = await this.addon.nftOriginalJumps(family);
       return jumps.map(({ proto, ...j }) => (proto === undefined ? j : { ...j, proto: protoName(proto) }));
     } catch (e) {
-      throw mapNativeError(e);
+      throw mapNftNativeError(e);
     }
   }
 
