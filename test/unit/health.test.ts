@@ -49,6 +49,22 @@ function dnats(tx: Transaction, name: string): string[] | null {
 }
 
 const D = ['127.0.0.1:9001', '127.0.0.1:9002', '127.0.0.1:9003'];
+
+/** A directory of its own and a live process (the checker a health file names), for `fn`; both go after it. */
+async function withLiveWriter(fn: (dir: string, pid: number) => Promise<void>): Promise<void> {
+  const { spawn } = await import('node:child_process');
+  const { mkdtempSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-hf-'));
+  const other = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' });
+  try {
+    await fn(dir, other.pid!);
+  } finally {
+    other.kill();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
 const health = { kind: 'tcp', intervalMs: 100, timeoutMs: 50, rise: 2, fall: 3 };
 
 /** Probe outcomes by destination (`ip:port`): true ok, false fail, 'hang' never settles until released. */
@@ -880,20 +896,16 @@ test('watch services: a metrics address that cannot be listened on fails before 
 test('a health file is followed only while its writer runs: a pid given to another process is not that writer', async () => {
   const { HealthOverlay } = await import('../../src/health/effective.js');
   const { pidIdentity } = await import('../../src/platform/pid.js');
-  const { spawn } = await import('node:child_process');
-  const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
-  const { tmpdir } = await import('node:os');
+  const { writeFileSync } = await import('node:fs');
   const path = await import('node:path');
-  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-hf-'));
-  const other = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' });
-  try {
+  await withLiveWriter(async (dir, pid) => {
     const file = path.join(dir, 'state.db.health');
     const write = (pidStart?: string) =>
       writeFileSync(
         file,
         JSON.stringify({
           version: 1,
-          pid: other.pid,
+          pid: pid,
           ...(pidStart !== undefined ? { pidStart } : {}),
           updatedAt: 0,
           profiles: { web: { drained: [D[0]], destinations: {} } },
@@ -905,7 +917,7 @@ test('a health file is followed only while its writer runs: a pid given to anoth
       o.refresh();
       return [...(o.committedDown('web') ?? [])];
     };
-    const own = pidIdentity(other.pid!);
+    const own = pidIdentity(pid);
     assert.ok(own, 'the running process has an identity');
     write(own);
     assert.deepEqual(follow(), [D[0]], 'its writer runs: followed');
@@ -914,29 +926,22 @@ test('a health file is followed only while its writer runs: a pid given to anoth
     write(); // a file of an older version, without the start time: the pid alone decides
     assert.deepEqual(follow(), [D[0]]);
     assert.match(JSON.stringify(new HealthOverlay().snapshot()), /"pidStart":"[0-9a-f-]+:[0-9]+"/);
-  } finally {
-    other.kill();
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test("a library handle follows another process's published health: its apply keeps the drain, its status shows it", async () => {
   const { open } = await import('../../src/index.js');
   const { pidIdentity } = await import('../../src/platform/pid.js');
-  const { spawn } = await import('node:child_process');
-  const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
-  const { tmpdir } = await import('node:os');
+  const { writeFileSync } = await import('node:fs');
   const path = await import('node:path');
-  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-hf-'));
   // The process that checks the state file (watch, an agent, a handle opened with `health`), as its file says.
-  const other = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' });
-  try {
+  await withLiveWriter(async (dir, pid) => {
     const stateFile = path.join(dir, 'state.db');
-    const pidStart = pidIdentity(other.pid!);
+    const pidStart = pidIdentity(pid);
     assert.ok(pidStart, 'the running process has an identity');
     writeFileSync(
       `${stateFile}.health.json`,
-      JSON.stringify({ version: 1, pid: other.pid, pidStart, updatedAt: 0, profiles: { web: { drained: [D[1]] } } }),
+      JSON.stringify({ version: 1, pid, pidStart, updatedAt: 0, profiles: { web: { drained: [D[1]] } } }),
     );
     const k = new FakeLegacyKernel();
     const lb = await open({ stateFile, stateRegistry: false }, k);
@@ -955,10 +960,7 @@ test("a library handle follows another process's published health: its apply kee
       ],
     );
     await lb.close();
-  } finally {
-    other.kill();
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('a health file whose writer died but was not reaped yet (a zombie) is not followed', async () => {
@@ -1420,18 +1422,14 @@ test("a commit window is bounded by the transition's own check: a profile checke
 
 test('a health file of a live writer with a malformed body (hand-edited, another version): the bad parts are ignored, not a crash of every command', async () => {
   const { HealthOverlay } = await import('../../src/health/effective.js');
-  const { spawn } = await import('node:child_process');
-  const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
-  const { tmpdir } = await import('node:os');
+  const { writeFileSync } = await import('node:fs');
   const path = await import('node:path');
-  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-hf-'));
-  const other = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' });
-  try {
+  await withLiveWriter(async (dir, pid) => {
     const file = path.join(dir, 'state.db.health.json');
     const web = validateProfile({ name: 'web', source: '127.100.0.10:80', destination: D, health });
     const state = new Map([['web', web]]);
     const follow = (profiles: unknown) => {
-      writeFileSync(file, JSON.stringify({ version: 1, pid: other.pid, updatedAt: 0, profiles }));
+      writeFileSync(file, JSON.stringify({ version: 1, pid: pid, updatedAt: 0, profiles }));
       const o = new HealthOverlay();
       o.follow(file);
       o.refresh();
@@ -1456,10 +1454,7 @@ test('a health file of a live writer with a malformed body (hand-edited, another
       }),
       { drained: [D[0]], health: ['down', 'unchecked', 'unchecked'] },
     );
-  } finally {
-    other.kill();
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('stop() while start() still reads the profiles: start then neither publishes a health file after the stop nor leaves timers', async () => {
