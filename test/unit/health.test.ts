@@ -905,7 +905,7 @@ test('a health file is followed only while its writer runs: a pid given to anoth
         file,
         JSON.stringify({
           version: 1,
-          pid: pid,
+          pid,
           ...(pidStart !== undefined ? { pidStart } : {}),
           updatedAt: 0,
           profiles: { web: { drained: [D[0]], destinations: {} } },
@@ -1429,7 +1429,7 @@ test('a health file of a live writer with a malformed body (hand-edited, another
     const web = validateProfile({ name: 'web', source: '127.100.0.10:80', destination: D, health });
     const state = new Map([['web', web]]);
     const follow = (profiles: unknown) => {
-      writeFileSync(file, JSON.stringify({ version: 1, pid: pid, updatedAt: 0, profiles }));
+      writeFileSync(file, JSON.stringify({ version: 1, pid, updatedAt: 0, profiles }));
       const o = new HealthOverlay();
       o.follow(file);
       o.refresh();
