@@ -539,7 +539,11 @@ describe('fleet: agent against a fake store and the fake nft kernel', () => {
     await a.stop();
   });
 
-  test('a watcher catching up sends older events under a newer header revision: none is skipped', async () => {
+  /**
+   * An agent (profile a applied) whose store watch delivers nothing by itself: the test sends events and
+   * progress notifications through the watch's handlers.
+   */
+  async function agentWithHeldWatch() {
     const store = new FakeStore();
     const kernel = new FakeNftKernel();
     let handlers: import('../../src/fleet/store.js').WatchHandlers | undefined;
@@ -553,6 +557,13 @@ describe('fleet: agent against a fake store and the fake nft kernel', () => {
     await a.start();
     await a.ready;
     await until(() => handlers !== undefined, 'watch created');
+    // (The live handlers: a watch opened again replaces them.)
+    const events: import('../../src/fleet/store.js').WatchHandlers['events'] = (...args) => handlers!.events(...args);
+    return { store, kernel, a, handlers: { events } };
+  }
+
+  test('a watcher catching up sends older events under a newer header revision: none is skipped', async () => {
+    const { store, a, handlers } = await agentWithHeldWatch();
     const L = store.rev;
     // The store reaches L + 5, x and y written at L + 1 and L + 3 (as the events below say: the agent's checks
     // verify the newest write it saw) and other keys between: the agent's check takes a store behind its mirror
@@ -567,30 +578,18 @@ describe('fleet: agent against a fake store and the fake nft kernel', () => {
       value: JSON.stringify(prof(name, port)),
       modRevision: rev,
     });
-    handlers!.events([ev('x', 2, L + 1)], L + 5);
-    handlers!.events([ev('y', 3, L + 3)], L + 5);
-    handlers!.events([ev('x', 2, L + 1)], L + 5); // a duplicate is ignored
+    handlers.events([ev('x', 2, L + 1)], L + 5);
+    handlers.events([ev('y', 3, L + 3)], L + 5);
+    handlers.events([ev('x', 2, L + 1)], L + 5); // a duplicate is ignored
     await until(async () => (await inKernel(a)).join() === 'a,x,y', 'x and y applied');
     await until(() => a.status().revision === L + 3, 'the applied revision is the newest event, not the header');
-    handlers!.events([], L + 5); // a progress notification
+    handlers.events([], L + 5); // a progress notification
     await until(() => a.status().revision === L + 5, 'progress notification advances the applied revision');
     await a.stop();
   });
 
   test('a progress notification that comes while a commit is under way advances the applied revision once it lands', async () => {
-    const store = new FakeStore();
-    const kernel = new FakeNftKernel();
-    let handlers: import('../../src/fleet/store.js').WatchHandlers | undefined;
-    const watch = store.watch.bind(store);
-    store.watch = async (s, e, from, h) => {
-      handlers = h;
-      return watch(s, e, from, { events: () => {}, failed: h.failed });
-    };
-    const a = makeAgent(store, kernel, stateFile());
-    putProf(store, 'a', 1);
-    await a.start();
-    await a.ready;
-    await until(() => handlers !== undefined, 'watch created');
+    const { store, kernel, a, handlers } = await agentWithHeldWatch();
     // The kernel holds the next commit until released.
     let release!: () => void;
     const held = new Promise<void>((r) => (release = r));
@@ -604,12 +603,12 @@ describe('fleet: agent against a fake store and the fake nft kernel', () => {
     const L = store.rev;
     putProf(store, 'x', 2);
     store.put('/elsewhere/k', '1');
-    handlers!.events(
+    handlers.events(
       [{ type: 'put', key: profileKey(P, 'x'), value: JSON.stringify(prof('x', 2)), modRevision: L + 1 }],
       L + 1,
     );
     await until(() => started, 'the commit of x under way');
-    handlers!.events([], L + 2); // a progress notification meanwhile
+    handlers.events([], L + 2); // a progress notification meanwhile
     release();
     await until(async () => (await inKernel(a)).join() === 'a,x', 'x applied');
     await until(() => a.status().revision === L + 2, 'the applied revision is the notification');
