@@ -951,8 +951,9 @@ export class Core {
           const why =
             e instanceof IptlbError ? e.message : fsFailure(e, 'write the state file', this.statePath!).message;
           let undone = true;
+          const keep = committed ? await this.heldByOthers(state, change) : new Set<string>();
           for (const d of [...done].reverse())
-            undone = (await this.undoFamily(engine!, d, 'the state file could not be written')) && undone;
+            undone = (await this.undoFamily(engine!, d, 'the state file could not be written', keep)) && undone;
           if (!committed) throw new IptlbError('ESTATE', `${why}; nothing was changed`, { cause: e });
           throw new IptlbError(
             'ESTATE',
@@ -1478,18 +1479,47 @@ export class Core {
   }
 
   /**
+   * The profiles a change created (names `state` lacks) that another state file on this host holds
+   * exactly so: the kernel held them as planned before the change (it refuses a name it holds
+   * otherwise), and they are that file's. Undoing the change leaves them. Asked only when a change's
+   * state write failed after its commit; without a registry (in memory, or none) nothing is known.
+   */
+  private async heldByOthers(state: ReadonlyMap<string, Profile>, change: Change): Promise<Set<string>> {
+    const keep = new Set<string>();
+    const created = change.upsert.filter((p) => !state.has(p.name));
+    if (!created.length || this.statePath === null || this.registry === null) return keep;
+    try {
+      const others = await this.othersOf(state, false);
+      others.release();
+      for (const p of created) {
+        const theirs = others.profiles.get(p.name);
+        if (theirs && sameProfile(theirs, p)) keep.add(p.name);
+      }
+    } catch {
+      /* unknown: the undo removes them, as before */
+    }
+    return keep;
+  }
+
+  /**
    * Puts back the profiles of one family as they were before a change (after a later family's
    * commit failed). Best effort: if this fails too, the error is logged and the next change or
    * `sync` repairs the kernel.
    */
-  private async undoFamily(engine: Engine, d: DoneFamily, because: string): Promise<boolean> {
+  private async undoFamily(
+    engine: Engine,
+    d: DoneFamily,
+    because: string,
+    keep: ReadonlySet<string> = new Set(),
+  ): Promise<boolean> {
     const touched = new Set([...d.change.upsert.map((p) => p.name), ...d.change.remove]);
     const undo: Change = { upsert: [], remove: [] };
     for (const n of touched) {
       const old = d.state.get(n);
       if (old) undo.upsert.push(old);
-      else undo.remove.push(n);
+      else if (!keep.has(n)) undo.remove.push(n);
     }
+    if (!undo.upsert.length && !undo.remove.length) return true;
     try {
       await this.commitPlan(
         engine,

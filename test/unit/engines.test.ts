@@ -4,7 +4,7 @@
  * migrate between the engines, group commit with a batch the kernel refuses, and `plan` giving
  * exactly what `apply` commits.
  */
-import { describe, test } from 'node:test';
+import { describe, mock, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -18,6 +18,7 @@ import { otherStateFiles, registerStateFile } from '../../src/core/registry.js';
 import type { EngineName, ProfileInput } from '../../src/model/types.js';
 import type { Executor } from '../../src/engines/engine.js';
 import { NftEngine } from '../../src/engines/nft/index.js';
+import { FileHandle } from '../../src/platform/fsp.js';
 
 const web = (n: number, dests = 3, source = `127.100.0.${10 + n}:80`): ProfileInput => ({
   name: `web${n}`,
@@ -707,6 +708,64 @@ for (const engine of ['legacy', 'nft'] as const) {
     } finally {
       A.done();
       B.done();
+    }
+  });
+}
+
+for (const engine of ['legacy', 'nft'] as const) {
+  test(`${engine}: a change that takes in another state file's profile as it is (the same name, exactly as planned) and cannot write its state file leaves that profile in the kernel when it undoes itself`, async () => {
+    const kernels = fakes();
+    const reg = mkdtempSync(path.join(tmpdir(), 'iptlb-reg-'));
+    const A = coreOn(engine, kernels, [], { stateRegistry: reg });
+    const B = coreOn(engine, kernels, [], { stateRegistry: reg });
+    const kernel = engine === 'legacy' ? kernels.legacy : kernels.nft;
+    // Rules in the hook chains in any order (they select different addresses): a change that takes a
+    // profile in rewrites its rules there, where they may come back in another order.
+    const dump = (): string =>
+      JSON.stringify([...kernel.tables], (k, v) =>
+        v instanceof Map || v instanceof Set
+          ? [...v]
+          : k === 'hooks'
+            ? Object.fromEntries(
+                Object.entries(v as Record<string, unknown[]>).map(([c, rules]) => [
+                  c,
+                  rules.map((r) => JSON.stringify(r)).sort(),
+                ]),
+              )
+            : v,
+      );
+    try {
+      const shared: ProfileInput[] = [
+        { name: 'done', source: '127.100.0.5:80', destination: ['127.0.0.1:9001', '127.0.0.1:9002'], logEnabled: true },
+        { name: 'done6', source: '[2001:db8::5]:80', destination: ['[2001:db8::a]:9001'], logEnabled: true },
+      ];
+      await apply(A.core, ...shared);
+      await apply(B.core, { name: 'own', source: '127.100.0.6:80', destination: ['127.0.0.1:9003'] });
+      const before = dump();
+      // B's next change takes in A's two profiles as they are and adds one of its own; its state write fails.
+      const write = mock.method(FileHandle.prototype, 'write', async () => {
+        throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', errno: -28 });
+      });
+      const writeFile = mock.method(FileHandle.prototype, 'writeFile', async () => {
+        throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', errno: -28 });
+      });
+      try {
+        await assert.rejects(
+          apply(B.core, ...shared, { name: 'more', source: '127.100.0.7:80', destination: ['127.0.0.1:9004'] }),
+          (e: IptlbError) =>
+            e.code === 'ESTATE' && /the kernel change was undone, nothing was changed$/.test(e.message),
+        );
+      } finally {
+        write.mock.restore();
+        writeFile.mock.restore();
+      }
+      assert.equal(dump(), before, "the kernel is as before: A's profiles kept, B's new one gone");
+      assert.deepEqual(await statuses(A.core), { done: 'in-sync', done6: 'in-sync' });
+      assert.deepEqual(Object.keys(await statuses(B.core)), ['own']);
+    } finally {
+      A.done();
+      B.done();
+      rmSync(reg, { recursive: true, force: true });
     }
   });
 }
