@@ -9,7 +9,7 @@ import type { Profile } from '../model/types.js';
 import { ProcessStats, parseListenAddress, startMetricsServer, type MetricsServer } from '../metrics/server.js';
 
 export interface WatchServices {
-  onSync: (r: { drifted: number; committed: boolean; commitMs: number } | Error) => void;
+  onSync: (r: { drifted: number; committed: boolean; commitMs: number } | Error, drifted?: number) => void;
   start(): Promise<void>;
   stop(): Promise<void>;
 }
@@ -43,7 +43,7 @@ export async function startWatchServices(
   let server: MetricsServer | undefined;
   let stopped: Promise<void> | undefined;
   return {
-    onSync: (r) => stats.observeSync(r),
+    onSync: (r, drifted) => stats.observeSync(r, drifted),
     async start() {
       // The address first: one that cannot be listened on (in use, not local) fails before the
       // checks start, so no health file is left behind.

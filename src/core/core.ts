@@ -1786,6 +1786,11 @@ export class Core {
        * log: watch mode holds them back while a sync keeps failing the same way (see core/watch.ts).
        */
       driftLog?: (line: string) => void;
+      /**
+       * Told of each report out of step as it is found (before the repair is committed): what a sync
+       * that then fails found (watch mode's drift counter).
+       */
+      onDrift?: (r: Pick<ProfileReport, 'name' | 'status'>) => void;
     } = {},
   ): Promise<{
     before: ProfileReport[];
@@ -1864,8 +1869,10 @@ export class Core {
                 reports = this.compareMine(provider, profiles, keep(), view, contestedOf(family));
                 drifted = reports.filter((r) => r.status !== 'in-sync' && !(leaveUnknown() && r.status === 'orphaned'));
                 if (attempt === 1)
-                  for (const r of drifted)
+                  for (const r of drifted) {
+                    opts.onDrift?.(r);
                     (opts.driftLog ?? this.log)(`sync ${r.name}: ${r.status}${r.detail ? ` (${r.detail})` : ''}`);
+                  }
                 return drifted.length > 0;
               },
               { keep: () => ({ keep: keep(), keepUnknown: leaveUnknown() }), update: () => others.update() },

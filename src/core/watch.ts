@@ -31,8 +31,11 @@ export interface WatchOptions {
   log: (line: string) => void;
   /** The file's identity (tests); default: device, inode, size, times and mode, null when absent. */
   version?: (file: string) => Promise<string | null>;
-  /** Told of every sync: how many profiles were out of step and whether it committed, or its error (metrics). */
-  onSync?: (r: { drifted: number; committed: boolean; commitMs: number } | Error) => void;
+  /**
+   * Told of every sync: how many profiles were out of step and whether it committed, or its error and
+   * how many profiles it had found out of step before it failed (metrics).
+   */
+  onSync?: (r: { drifted: number; committed: boolean; commitMs: number } | Error, drifted?: number) => void;
 }
 
 export const DEFAULT_SETTLE_MS = 1000;
@@ -227,6 +230,9 @@ class StateFileWatcher {
     // What the sync found out of step: logged as found, unless the last sync failed, when it is held
     // back with its outcome (see lastError).
     const drift: string[] = [];
+    const found: Pick<ProfileReport, 'name' | 'status'>[] = [];
+    // The profiles the sync compares with, and the version applied before it (to count what it found).
+    let counted: { profiles: ReadonlyMap<string, Profile>; previous?: ReadonlyMap<string, Profile> } | undefined;
     const heldBack: string[] = [];
     const driftLog = (l: string): void => {
       drift.push(l);
@@ -241,9 +247,11 @@ class StateFileWatcher {
       // The version read is applied only while it is the file (asked under the lock), and, after a
       // settle, only if it is the version that settled: one rewritten since waits for its own settle.
       if (!held && only !== undefined && file.version !== only) return;
+      counted = { profiles: held ?? file.profiles!, ...(this.applied ? { previous: this.applied } : {}) };
       const r = await this.core.sync({
         quietWhenInSync: true,
         driftLog,
+        onDrift: (d) => found.push(d),
         ...(held
           ? { profiles: held }
           : {
@@ -269,7 +277,10 @@ class StateFileWatcher {
         );
       this.lastError = undefined;
     } catch (e) {
-      this.opts.onSync?.(e as Error);
+      this.opts.onSync?.(
+        e as Error,
+        counted && found.length ? driftedProfiles(found, counted.profiles, counted.previous) : 0,
+      );
       // Said once while it repeats (a check every few seconds that meets the same refusal, over the same
       // drift: a rule of another tool in iptlb's nft base chain refuses every repair), again when it changes.
       const message = (e as Error).message;

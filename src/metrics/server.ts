@@ -35,10 +35,15 @@ export class ProcessStats {
     });
   }
 
-  /** The result of a sync: what it found out of step (`drifted` profiles) and whether it repaired it, or its error. */
-  observeSync(r: { drifted: number; committed: boolean; commitMs: number } | Error): void {
+  /**
+   * The result of a sync: what it found out of step (`drifted` profiles) and whether it repaired it,
+   * or its error and what it had found out of step before it failed (`drifted`: a repair the kernel
+   * refuses still counts the drift it found, at every sync that finds it).
+   */
+  observeSync(r: { drifted: number; committed: boolean; commitMs: number } | Error, drifted = 0): void {
     if (r instanceof Error) {
       this.syncFailures++;
+      this.driftDetected += drifted;
       this.lastSync = { ok: false, at: Date.now(), error: r.message };
       return;
     }

@@ -8,6 +8,8 @@ import { EventEmitter } from 'node:events';
 import assert from 'node:assert/strict';
 import { validateProfile } from '../../src/index.js';
 import type { Profile } from '../../src/model/types.js';
+import type { ProfileReport } from '../../src/model/report.js';
+import { ProcessStats } from '../../src/metrics/server.js';
 import { advance as advanceClock, flush } from '../harness/mock-clock.js';
 
 type SyncOpts = {
@@ -226,18 +228,33 @@ test('watch: a sync that keeps failing the same way over the same drift (a rule 
     async readState() {
       return v1;
     },
-    async sync(o: SyncOpts & { driftLog?: (l: string) => void } = {}) {
+    async sync(
+      o: SyncOpts & {
+        driftLog?: (l: string) => void;
+        onDrift?: (r: { name: string; status: ProfileReport['status'] }) => void;
+      } = {},
+    ) {
       syncs++;
-      for (const l of drift) (o.driftLog ?? ((x: string) => logs.push(`core: ${x}`)))(l);
+      const found = drift.map((l) => {
+        const [, name, status] = /^sync (.*): ([a-z-]+)/.exec(l)!;
+        return { name: name!, status: status as ProfileReport['status'] };
+      });
+      for (const [i, l] of drift.entries()) {
+        o.onDrift?.(found[i]!);
+        (o.driftLog ?? ((x: string) => logs.push(`core: ${x}`)))(l);
+      }
       if (refusal) throw new Error(refusal);
-      return { before: [], committed: drift.length > 0, commitMs: 1, state: o.profiles ?? v1 };
+      return { before: found, committed: drift.length > 0, commitMs: 1, state: o.profiles ?? v1 };
     },
   };
+  // The metrics' counters, fed as iptlb watch feeds them.
+  const stats = new ProcessStats();
   const w = startWatch(core as never, {
     intervalMs: 200,
     settleMs: 0,
     log: (l) => logs.push(l),
     version: async () => 'v1',
+    onSync: (r, drifted) => stats.observeSync(r, drifted),
   });
   await flush();
   await advanceClock(t, 2000);
@@ -247,6 +264,11 @@ test('watch: a sync that keeps failing the same way over the same drift (a rule 
   assert.equal(count(/^sync foreign:output:x/), 1, logs.join('\n'));
   assert.equal(count(/did not write in its base chain/), 1, logs.join('\n'));
   assert.equal(count(/^core: /), 0, 'the drift lines go through the watch, not the core');
+  // Every failed sync found the drift (web modified, one leftover): iptlb_drift_detected_total counts it
+  // each time (it stayed 0 while the repairs failed), none repaired.
+  assert.equal(stats.syncFailures, syncs);
+  assert.equal(stats.driftDetected, 2 * syncs);
+  assert.equal(stats.driftRepaired, 0);
   // The drift changes (another profile out of step too): said again, once.
   drift = [...drift, 'sync api: missing'];
   await advanceClock(t, 1000);
