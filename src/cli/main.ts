@@ -239,8 +239,11 @@ async function run(argv: string[], io: Out): Promise<number> {
     if (argv.length === 0) return (buildProgram(io, packageVersion()).outputHelp(), 0); // a bare `iptlb` shows the help
     let args = normalizeArgv(argv);
     // `iptlb help [command]`: the help of the program or of that command (`help fleet apply`: of fleet's
-    // apply, not of fleet).
-    if (args[0] === 'help') args = [...args.slice(1), '--help'];
+    // apply, not of fleet). `help help` is the program's help, as `help` alone.
+    if (args[0] === 'help') {
+      while (args[0] === 'help') args = args.slice(1);
+      args = [...args, '--help'];
+    }
     // A word first is a command: the original's flags take no arguments of their own.
     const first = args[0];
     if (first !== undefined && !first.startsWith('-') && !COMMANDS.some(([n]) => n === first))

@@ -146,6 +146,10 @@ test('a mistyped command, a suggestion, a missing argument or command and `help`
   assert.equal(fleetApply.code, 0);
   assert.equal(fleetApply.out, (await cli(['fleet', 'apply', '--help'])).out);
   assert.match(fleetApply.out, /^Usage: iptlb fleet apply \[options\]/);
+  // `help help`: the program's help (it said "unknown command help", exit 2).
+  const helpHelp = await cli(['help', 'help']);
+  assert.equal(helpHelp.code, 0, helpHelp.err);
+  assert.equal(helpHelp.out, help.out);
 });
 
 test('apply --file: what is wrong in the file is a usage error naming it (exit 2), and so is a file without profiles', async () => {
