@@ -7,7 +7,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { VIP, cli, describePairs, ok, runSteps, type Proc } from './common.js';
+import { VIP, aboveExecutor, cli, describePairs, ok, runSteps, type Proc } from './common.js';
 
 const DEST = '127.0.0.1:9001,127.0.0.1:9002';
 /** The `--verbose` lines of a run (the rules, indented under `iptlb:`). */
@@ -211,6 +211,42 @@ describePairs('the CLI on what it committed', (pair) => {
     });
     assert.equal(record as unknown as string, `${pair.engine}\n`);
   });
+  // The original's -run and -reset after the command (`apply`, `plan`): parsing, above the executor.
+  if (aboveExecutor(pair))
+    test("the original's -run and -reset after the command: plan -run commits nothing and writes no state; apply -reset replaces the destinations", async () => {
+      const r = await runSteps([
+        cli(pair, 'apply', '-profile=web', `-src-addr=${VIP}:8081`, `-dest-addr=${DEST}`),
+        { op: 'sh', argv: [...KERNEL] },
+        { op: 'read', file: '$WORK/state.db' },
+        cli(pair, 'plan', '-run', '-profile=two', '-src-addr=127.100.0.11:8081', `-dest-addr=${DEST}`),
+        cli(pair, 'plan', '-reset', '-profile=web', `-src-addr=${VIP}:8081`, '-dest-addr=127.0.0.1:9009'),
+        { op: 'sh', argv: [...KERNEL] },
+        { op: 'read', file: '$WORK/state.db' },
+        cli(pair, 'apply', '-reset', '-profile=web', `-src-addr=${VIP}:8081`, '-dest-addr=127.0.0.1:9009'),
+        cli(pair, 'apply', '-run', '-profile=two', '-src-addr=127.100.0.11:8081', '-dest-addr=127.0.0.1:9001'),
+        cli(pair, 'status', '--json'),
+      ]);
+      const [applied, k0, s0, planRun, planReset, k1, s1, reset, run, status] = r as Proc[];
+      for (const p of [applied, planRun, planReset, reset, run, status]) ok(p, p.stderr);
+      assert.match(planRun.stdout, /127\.100\.0\.11/, 'the plan of the new profile is printed');
+      assert.match(planReset.stdout, /127\.0\.0\.1:9009|127\.0\.0\.1 \. 9009/, planReset.stdout);
+      assert.equal(k1.stdout, k0.stdout, 'plan -run and plan -reset committed nothing');
+      assert.equal(s1 as unknown as string, s0 as unknown as string, 'nor wrote the state file');
+      const st = JSON.parse(status.stdout) as {
+        inSync: boolean;
+        profiles: { name: string; destinations: { destination: string }[] }[];
+      };
+      assert.equal(st.inSync, true, status.stdout);
+      assert.deepEqual(
+        st.profiles.map((p) => [p.name, p.destinations.map((d) => d.destination)]).sort(),
+        [
+          ['two', ['127.0.0.1:9001']],
+          ['web', ['127.0.0.1:9009']],
+        ],
+        status.stdout,
+      );
+    });
+
   test('delete --all: every profile in one commit; again: says the state file holds none, exit 0; a state file that does not exist: refused, nothing made', async () => {
     const r = await runSteps([
       cli(pair, 'apply', '-profile=web', `-src-addr=${VIP}:8081`, `-dest-addr=${DEST}`),
