@@ -134,9 +134,9 @@ function buildProgram(io: Out, version: string, commands: typeof COMMANDS = COMM
 Original flags (one or two dashes, -flag=value or -flag value):
   iptlb -run -profile=web -src-addr=127.100.0.10:8081 -dest-addr=127.0.0.1:9001,127.0.0.1:9002
   iptlb -run -reset -profile=web -src-addr=127.100.0.10:8081 -dest-addr=127.0.0.1:9003
-  iptlb -run -profile=web -src-addr=127.100.0.10:8081 -dest-addr=127.0.0.1:9001*3,127.0.0.1:9002*0
+  iptlb -run -reset -profile=web -src-addr=127.100.0.10:8081 -dest-addr=127.0.0.1:9001*3,127.0.0.1:9002*0
                                    weights: 9001 takes every new connection, 9002 is drained
-  iptlb -run -profile=web -src-addr=127.100.0.10:8081 -dest-addr=127.0.0.1:9001,127.0.0.1:9002 -scheduler=round-robin
+  iptlb -run -reset -profile=web -src-addr=127.100.0.10:8081 -dest-addr=127.0.0.1:9001,127.0.0.1:9002 -scheduler=round-robin
   iptlb -run -delete -profile=web
   iptlb -use-state -run            apply every profile of the state file (it must exist) in one transaction
   iptlb top                        connections per second per destination, refreshed every second

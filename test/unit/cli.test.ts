@@ -444,3 +444,22 @@ test("a flag of the original's form after a command that does not take it is ref
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("the original flags' examples of --help, run in the order given, each succeed (without -run: the state file alone)", async () => {
+  const help = (await cli(['--help'])).out;
+  const section = help.slice(help.indexOf('Original flags'));
+  // The examples that change one profile; -delete needs -run (the kernel), so it is left out.
+  const examples = [...section.matchAll(/^ {2}iptlb (-run .*-profile=.*)$/gm)]
+    .map((m) => m[1]!.split(/\s+/).filter((w) => w !== '-run'))
+    .filter((args) => !args.includes('-delete'));
+  assert.ok(examples.length >= 4, section);
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-cli-'));
+  try {
+    for (const args of examples) {
+      const r = await cli([...args, `-state-file=${path.join(dir, 's.db')}`, '-q']);
+      assert.equal(r.code, 0, `iptlb ${args.join(' ')}: ${r.err}`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
