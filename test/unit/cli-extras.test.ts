@@ -252,16 +252,20 @@ test('completion and demo refuse bad input by field, exit 2, nothing run', async
   }
 });
 
-test('the man page (dist/iptlb.1, made by npm run build) holds the help of every command', async () => {
+test('the man page (dist/iptlb.1, made by npm run build) holds the help of every command and fleet subcommand', async () => {
   const man = readFileSync(path.join(PROJECT_ROOT, 'dist', 'iptlb.1'), 'utf8');
   assert.match(man, /^\.TH IPTLB 1 /);
+  const fleet = ['apply', 'delete', 'list', 'status'].map((s) => `fleet ${s}`);
   assert.deepEqual(
-    [...man.matchAll(/^\.SS (\S+)$/gm)].map((m) => m[1]),
-    COMMANDS,
+    [...man.matchAll(/^\.SS (.+)$/gm)].map((m) => m[1]),
+    COMMANDS.flatMap((c) => (c === 'fleet' ? [c, ...fleet] : [c])),
   );
-  // Verbatim help text (dashes escaped for roff).
-  const doctorHelp = (await run(['doctor', '--help'])).out.split('\n')[0]!;
-  assert.ok(man.includes(doctorHelp.replace(/-/g, '\\-')), doctorHelp);
+  // Verbatim help text (dashes escaped for roff): a subcommand's options too (the page had none of fleet's).
+  for (const argv of [['doctor'], ['fleet', 'apply']]) {
+    const lines = (await run([...argv, '--help'])).out.split('\n');
+    for (const line of [lines[0]!, lines.find((l) => l.includes('--etcd-timeout-ms')) ?? lines[0]!])
+      assert.ok(man.includes(line.replace(/-/g, '\\-')), line);
+  }
 });
 
 test('migrate --to names --to on a bad engine (it said `engine: "bogus"`), auto included; nothing is read or changed', async () => {
