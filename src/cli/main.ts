@@ -146,7 +146,9 @@ Without -run only the state file is written. A state file that does not exist is
 Engine auto: the one \`iptlb migrate\` recorded beside the state file (also after a reboot), else the
 one already holding iptlb's rules, else nft when the host's iptables is the nf_tables flavour or
 x_tables is missing, else legacy (see doctor).
-Exit status: 0 done, 1 refused (conflict, kernel, state, lock), 2 bad input or usage, 3 drift found by status.`,
+Exit status: 0 done, 1 refused (conflict, kernel, state, lock; doctor: not ready), 2 bad input or usage,
+3 drift found by status or fleet status (also sync, apply, delete and -run after committing while
+iptlb's rules are in both engines).`,
     );
   for (const [, command] of commands) command.register(program, io);
   return program;
