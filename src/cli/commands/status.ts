@@ -96,7 +96,7 @@ export function register(program: Command, io: Out): void {
     { changes: false },
   )
     .option('--watch', 'refresh per-destination connection rates every --interval ms (the same as iptlb top)')
-    .option('--interval <ms>', 'with --watch: refresh period', '1000')
+    .option('--interval <ms>', 'with --watch: refresh period (100-86400000)', '1000')
     .option('--count <n>', 'with --watch: stop after n refreshes')
     .action(async (o: GlobalOpts & { watch?: boolean; interval?: string; count?: string }, cmd: Command) => {
       if (o.watch) return topCommand(withGlobals(o, cmd), io);

@@ -129,7 +129,7 @@ export function register(program: Command, io: Out): void {
       .description('per-destination new connections per second, refreshed every second, as you would watch a rollout'),
     { changes: false },
   )
-    .option('--interval <ms>', 'refresh period', '1000')
+    .option('--interval <ms>', 'refresh period (100-86400000)', '1000')
     .option('--count <n>', 'stop after n refreshes')
     .action(async (o: GlobalOpts & { interval?: string; count?: string }, cmd: Command) =>
       topCommand(withGlobals(o, cmd), io),

@@ -11,10 +11,10 @@ export function register(program: Command, io: Out): void {
         'keep the kernel in step with the state file (for a systemd unit); SIGHUP checks at once, SIGTERM stops and leaves the rules (health-drained destinations get their weights back)',
       ),
   )
-    .option('--interval <ms>', 'periodic drift check', '5000')
+    .option('--interval <ms>', 'periodic drift check (100-86400000)', '5000')
     .option(
       '--settle <ms>',
-      'apply a changed state file only once it has not changed for this long and parses as a whole (writers: write a temporary file and rename it)',
+      'apply a changed state file only once it has not changed for this long and parses as a whole (writers: write a temporary file and rename it; 0-600000)',
       '1000',
     )
     .option(
