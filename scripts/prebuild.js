@@ -5,7 +5,7 @@
 // the addon is built from source first. Run by `prepack`, so a packed tarball always carries the
 // binaries of the tree it was packed from; the binaries are not committed to git.
 // libstdc++ stays a shared library: linking it statically (-static-libstdc++ -static-libgcc) was
-// measured here to raise the glibc the files need from 2.33 to 2.36 (Debian 12's libstdc++.a calls
+// measured here to raise the glibc the files need from 2.34 to 2.36 (Debian 12's libstdc++.a calls
 // arc4random) and to grow them 2-3x; docs/install.md lists what the prebuilt files need.
 import { spawnSync } from 'node:child_process';
 import { copyFileSync, cpSync, mkdirSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
