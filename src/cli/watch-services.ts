@@ -28,6 +28,8 @@ export async function startWatchServices(
     who?: string;
     /** Watch mode: the profiles the kernel was last brought in step with; the health checks follow them (heldHost). */
     held?: () => ReadonlyMap<string, Profile> | undefined;
+    /** Watch mode: why the state file is not applied while it does not exist (/healthz answers 503 with it). */
+    stateMissing?: () => string | undefined;
   },
 ): Promise<WatchServices> {
   if (o.metricsAddress !== undefined) parseListenAddress(o.metricsAddress); // bad input: fail before anything starts
@@ -54,6 +56,7 @@ export async function startWatchServices(
           stats,
           ...(checker ? { checker } : {}),
           ...(o.extra ? { extra: o.extra } : {}),
+          ...(o.stateMissing ? { stateMissing: o.stateMissing } : {}),
         });
       }
       try {

@@ -68,6 +68,8 @@ export interface Watcher {
   done: Promise<void>;
   /** The profiles of the last version of the file applied (what the kernel should hold); undefined before one was. */
   applied(): ReadonlyMap<string, Profile> | undefined;
+  /** Why the file is not applied while its last read found it absent (/healthz says it); undefined when it exists. */
+  missing(): string | undefined;
 }
 
 type WatchedCore = Pick<Core, 'statePath' | 'sync' | 'readState'>;
@@ -81,6 +83,7 @@ export function startWatch(core: WatchedCore, opts: WatchOptions): Watcher {
     stop: () => w.stop(),
     done: w.done,
     applied: () => w.lastApplied,
+    missing: () => w.missing,
   };
 }
 
@@ -110,6 +113,8 @@ class StateFileWatcher {
   private seenAt = -Infinity;
   /** The identity of a file that did not parse (logged once per version). */
   private unparsed: string | null | undefined;
+  /** Set while the last read of the file found it absent: why it is not applied. */
+  missing: string | undefined;
   /** The file version the next sync may apply (set by a settled check); undefined: any (start, SIGHUP). */
   private applyOnly: string | null | undefined;
   private readonly onHup = (): void => void this.hup();
@@ -310,15 +315,16 @@ class StateFileWatcher {
       } catch (e) {
         why = `${(e as Error).message} (write a temporary file and rename it over the state file)`;
       }
+    const kept = this.applied ? 'the kernel keeps the last version applied' : 'the kernel is left as it is';
+    // Absent: /healthz says so (a status read takes an absent file for "no profiles", and answered 200).
+    this.missing = version === null ? `state file ${this.file} is not applied: ${why}; ${kept}` : undefined;
     if (why === undefined) {
       this.unparsed = undefined;
       return { version, profiles: profiles! };
     }
     if (this.unparsed !== version) {
       this.unparsed = version;
-      this.opts.log(
-        `watch: ${this.file} is not applied: ${why}; ${this.applied ? 'the kernel keeps the last version applied' : 'the kernel is left as it is'}`,
-      );
+      this.opts.log(`watch: ${this.file} is not applied: ${why}; ${kept}`);
     }
     return { version, why };
   }

@@ -69,6 +69,12 @@ export interface MetricsServerOptions {
    * TYPE.
    */
   extra?: () => string | Promise<string>;
+  /**
+   * @internal `iptlb watch`: why its state file is not applied when it does not exist (a wrong path, a file not
+   * copied in yet); /healthz is 503 with it. A status read would take the absent file for "no profiles" and answer
+   * 200 while the watch applies nothing.
+   */
+  stateMissing?: () => string | undefined;
 }
 
 export interface MetricsServer {
@@ -252,6 +258,8 @@ export async function healthz(
 ): Promise<{ ok: boolean; reason: string; profiles?: string[] }> {
   const last = opts.stats?.lastSync;
   if (last && !last.ok) return { ok: false, reason: `last sync failed: ${last.error}` };
+  const missing = opts.stateMissing?.();
+  if (missing !== undefined) return { ok: false, reason: missing };
   try {
     const report = await opts.core.statusReport({ original: false });
     if (report.split) return { ok: false, reason: report.split };

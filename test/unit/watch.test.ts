@@ -380,3 +380,67 @@ test('watch: a check asked for while a sync runs (SIGHUP, the periodic check) ru
   const steps = logs.filter((l) => /kernel brought/.test(l)).map((l) => l.split(':')[1]!.trim());
   assert.deepEqual(steps, ['start', 'SIGHUP'], logs.join('\n'));
 });
+
+test("watch's /healthz: 503 while its state file does not exist (at start, a wrong path: it was 200, the absent file read as no profiles while nothing was applied), 200 once applied, 503 again when it is removed", async () => {
+  const { startWatch } = await import('../../src/core/watch.js');
+  const { startWatchServices } = await import('../../src/cli/watch-services.js');
+  const v1 = new Map([['web', prof('127.0.0.1:9001')]]);
+  let exists = false;
+  let synced = 0;
+  const core = {
+    statePath: '/nonexistent-iptlb-dir/state.db',
+    readState: async () => (exists ? v1 : new Map()), // as the core reads an absent file: no profiles
+    async sync(o: SyncOpts = {}) {
+      synced++;
+      return { before: [], committed: false, commitMs: 0, state: o.profiles ?? v1 };
+    },
+    // The kernel holds what the file says, or nothing while it is absent: in step either way.
+    statusReport: async () => ({ profiles: exists ? [{ name: 'web', status: 'in-sync', destinations: [] }] : [] }),
+  };
+  const logs: string[] = [];
+  const started: { watch?: ReturnType<typeof startWatch> } = {};
+  const services = await startWatchServices(core as never, {
+    metricsAddress: '127.0.0.1:0',
+    health: false,
+    log: (l) => logs.push(l),
+    held: () => started.watch?.applied(),
+    stateMissing: () => started.watch?.missing(),
+  });
+  await services.start();
+  const w = startWatch(core as never, {
+    intervalMs: 86_400_000,
+    settleMs: 0,
+    log: (l) => logs.push(l),
+    onSync: services.onSync,
+    version: async () => (exists ? 'v1' : null),
+  });
+  started.watch = w;
+  try {
+    const port = /serving \/metrics and \/healthz on 127\.0\.0\.1:(\d+)/.exec(logs.join('\n'))?.[1];
+    assert.ok(port, logs.join('\n'));
+    const healthz = async () => {
+      const r = await fetch(`http://127.0.0.1:${port}/healthz`);
+      return { code: r.status, body: (await r.json()) as { ok: boolean; reason: string } };
+    };
+    await w.check('start');
+    assert.equal(synced, 0, 'an absent file is not applied');
+    let h = await healthz();
+    assert.equal(h.code, 503, JSON.stringify(h.body));
+    assert.match(
+      h.body.reason,
+      /state file \/nonexistent-iptlb-dir\/state\.db is not applied: it does not exist .*the kernel is left as it is/,
+    );
+    exists = true;
+    await w.check('SIGHUP');
+    h = await healthz();
+    assert.deepEqual(h, { code: 200, body: { ok: true, reason: 'kernel matches the state file' } });
+    exists = false;
+    await w.check('SIGHUP');
+    h = await healthz();
+    assert.equal(h.code, 503);
+    assert.match(h.body.reason, /is not applied: it does not exist .*the kernel keeps the last version applied/);
+  } finally {
+    await w.stop();
+    await services.stop();
+  }
+});

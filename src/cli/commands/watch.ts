@@ -44,6 +44,7 @@ export function register(program: Command, io: Out): void {
           health: o.healthChecks,
           log,
           held: () => started.watch?.applied(),
+          stateMissing: () => started.watch?.missing(),
         });
         // The services first: a metrics address that cannot be listened on fails before the watch
         // starts (one line, nothing left behind).
