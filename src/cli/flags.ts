@@ -124,9 +124,13 @@ export interface LegacyOpts extends ProfileOpts {
 /**
  * The flags every command takes. `changes: false` (a command that removes no destination: list, show,
  * status, top, doctor, plan, migrate) still accepts --keep-conntrack, as scripts pass global flags
- * everywhere, but leaves it out of its --help, where it would do nothing.
+ * everywhere, but leaves it out of its --help, where it would do nothing. `result: false` (watch: it
+ * runs until stopped and prints no result) does the same with --json.
  */
-export function addGlobal(cmd: Command, { changes = true }: { changes?: boolean } = {}): Command {
+export function addGlobal(
+  cmd: Command,
+  { changes = true, result = true }: { changes?: boolean; result?: boolean } = {},
+): Command {
   return cmd
     .option(
       '--state-file <path>',
@@ -139,7 +143,7 @@ export function addGlobal(cmd: Command, { changes = true }: { changes?: boolean 
         'legacy (x_tables nat tables), nft (tables ip/ip6 iptlb) or auto: the engine iptlb migrate recorded, else the one holding the rules (env IPTLB_ENGINE; default auto); a change through the engine the rules are not in is refused',
       ),
     )
-    .option('--json', 'print the result as JSON on stdout')
+    .addOption(new Option('--json', 'print the result as JSON on stdout').hideHelp(!result))
     .option('-q, --quiet', 'print no log lines')
     .addOption(
       new Option(

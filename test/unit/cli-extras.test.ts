@@ -360,6 +360,14 @@ test('demo runs its scenario only in a namespace other than the one it was start
   assert.equal(inOwnNamespace({ IPTLB_DEMO_IN_NETNS: 'net:[4026532000]' }, ''), false, '/proc cannot tell');
 });
 
+test('--json is in the --help of every command but watch, which prints no result (its help said "print the result as JSON", and it printed nothing)', async () => {
+  for (const c of ['apply', 'delete', 'list', 'show', 'plan', 'status', 'top', 'sync', 'migrate', 'doctor', 'watch']) {
+    const help = await run([c, '--help']);
+    assert.equal(help.code, 0, c);
+    assert.equal(help.out.includes('--json'), c !== 'watch', c);
+  }
+});
+
 test('--keep-conntrack is in the --help of the commands that remove destinations only; the others accept it', async () => {
   const changes = ['apply', 'delete', 'sync', 'watch'];
   for (const c of [...changes, 'list', 'show', 'status', 'top', 'doctor', 'plan', 'migrate']) {

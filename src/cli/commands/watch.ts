@@ -10,6 +10,7 @@ export function register(program: Command, io: Out): void {
       .description(
         'keep the kernel in step with the state file (for a systemd unit); SIGHUP checks at once, SIGTERM stops and leaves the rules (health-drained destinations get their weights back)',
       ),
+    { result: false },
   )
     .option('--interval <ms>', 'periodic drift check (100-86400000)', '5000')
     .option(
