@@ -444,3 +444,33 @@ test("watch's /healthz: 503 while its state file does not exist (at start, a wro
     await services.stop();
   }
 });
+
+test('watch -q prints no log line: its "watch: watching FILE" line was printed with -q too (a state file that does not exist: nothing is read of the kernel)', async () => {
+  const { main } = await import('../../src/cli/main.js');
+  const { mkdtempSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-watch-q-'));
+  try {
+    for (const quiet of [true, false]) {
+      const err: string[] = [];
+      const io = { out: () => {}, err: (l: string) => err.push(l) };
+      const args = [
+        'watch',
+        '--no-health-checks',
+        '--state-file',
+        path.join(dir, 'absent.db'),
+        ...(quiet ? ['-q'] : []),
+      ];
+      const run = main(args, io);
+      while (!quiet && !err.some((l) => /is not applied/.test(l))) await new Promise((r) => setTimeout(r, 10));
+      if (quiet) await new Promise((r) => setTimeout(r, 300));
+      process.emit('SIGTERM');
+      assert.equal(await run, 0, err.join('\n'));
+      if (quiet) assert.deepEqual(err, []);
+      else assert.match(err.join('\n'), /watch: watching .*absent\.db/);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -52,7 +52,7 @@ export function register(program: Command, io: Out): void {
         await runWatch(process, services, () => {
           const w = startWatch(core, { intervalMs: interval, settleMs: settle, log, onSync: services.onSync });
           started.watch = w;
-          io.err(`iptlb: watch: watching ${core.statePath} (check every ${interval} ms)`);
+          log(`watch: watching ${core.statePath} (check every ${interval} ms)`);
           return w;
         });
       },
