@@ -41,6 +41,57 @@ export function staleFlows(old: Profile, next: Profile | undefined): StaleFlows[
 }
 
 /**
+ * The destinations the kernel served (`before`: every virtual address, protocol and destination iptlb's rules DNATed
+ * to, as {@link Engine.served} reads them) that a replacement of the kernel's objects took out: `iptlb sync` and a
+ * profile applied again (`-use-state -run`), which make the kernel match the state file whatever it held, not an
+ * earlier version of the profile. A pair goes when the profile now at its address and protocol (in `profiles`) does
+ * not list its destination (a destination it drains, weight 0, keeps its flows), or when no profile is there now,
+ * unless `only` is set (then only the addresses of `profiles` are looked at: what the replacement did not touch stays).
+ * Pairs at an address of `keep` (another state file's profiles, left as the kernel holds them) never go.
+ */
+export function replacedFlows(
+  before: readonly StaleFlows[],
+  profiles: Iterable<Profile>,
+  opts: { keep?: Iterable<Profile>; only?: boolean } = {},
+): (StaleFlows & { profile: string })[] {
+  const mine = new Map<string, Profile>();
+  for (const p of profiles) mine.set(`${p.protocol} ${p.source}`, p);
+  const theirs = new Set<string>();
+  for (const p of opts.keep ?? []) theirs.add(`${p.protocol} ${p.source}`);
+  const out: (StaleFlows & { profile: string })[] = [];
+  const seen = new Set<string>();
+  for (const b of before) {
+    const key = `${b.protocol} ${b.source}`;
+    if (theirs.has(key) || b.destination === b.source) continue;
+    const now = mine.get(key);
+    if (now ? now.destination.includes(b.destination) : opts.only) continue;
+    const pair = `${key} ${b.destination}`;
+    if (seen.has(pair)) continue;
+    seen.add(pair);
+    out.push({ protocol: b.protocol, source: b.source, destination: b.destination, profile: now?.name ?? '' });
+  }
+  return out;
+}
+
+/**
+ * The pairs the kernel served before a commit (`before`, as {@link Engine.served} reads them) that it does not serve
+ * after it (`after`), for the conntrack cleanup of profiles applied again as the state file has them (`-use-state
+ * -run`, a profile recorded without `-run`): the kernel may have held another version of them, which no version of
+ * the state file names. A destination the profile now at that address (in `profiles`) still lists (drained, weight 0)
+ * keeps its flows.
+ */
+export function unservedFlows(
+  before: readonly StaleFlows[],
+  after: readonly StaleFlows[],
+  profiles: () => Iterable<Profile>,
+): (StaleFlows & { profile: string })[] {
+  const key = (f: StaleFlows): string => `${f.protocol} ${f.source} ${f.destination}`;
+  const still = new Set(after.map(key));
+  const gone = before.filter((f) => !still.has(key(f)));
+  return gone.length ? replacedFlows(gone, profiles()) : [];
+}
+
+/**
  * Flows of `p`'s virtual address that no rule translated: made while the kernel held no rule for it
  * (before a first apply, while a profile was deleted or drained whole, before a reboot's `-use-state
  * -run` or a sync's repair). A UDP client that keeps sending would match such an entry for as long as

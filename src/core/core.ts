@@ -59,7 +59,15 @@ import {
 } from './journal.js';
 import { capsMessage, missingCaps } from '../platform/caps.js';
 import { noteChange } from '../platform/heap.js';
-import { ConntrackJanitor, changeFlows, staleFlows, untranslatedFlows } from './conntrack.js';
+import {
+  ConntrackJanitor,
+  changeFlows,
+  replacedFlows,
+  staleFlows,
+  unservedFlows,
+  untranslatedFlows,
+  type StaleFlows,
+} from './conntrack.js';
 import type { ForeignObjects, OtherStateFile, ProfileReport, StatusReport } from '../model/report.js';
 import {
   ChangedProfiles,
@@ -81,7 +89,7 @@ import type {
   Profile,
   ProfileInput,
 } from '../model/types.js';
-import type { AnyTransaction, AnyView, Executor, KeepOthers } from '../engines/engine.js';
+import type { AnyTransaction, AnyView, Executor, KeepOthers, ServedPair } from '../engines/engine.js';
 import { HealthOverlay } from '../health/effective.js';
 
 export { FAMILIES, type Change } from '../engines/engine.js';
@@ -927,6 +935,20 @@ export class Core {
         // file holds is one the kernel held. (Writing the journal's record beside the commit saved one
         // pool trip per commit under churn, but a process killed between the two left a change in the
         // state file that the kernel never had.)
+        // Profiles applied again as the state has them (`-use-state -run`, a profile recorded without
+        // `-run`): the kernel may hold another version of them (the state file was changed without
+        // -run), whose destinations no version of the state names. What the kernel serves before and
+        // after the commit tells them (one read per family each, only for such changes).
+        const again =
+          engine && !opts.holds && !this.keepConntrack && !this.injected
+            ? change.upsert.filter((p) => {
+                const old = state.get(p.name);
+                return old !== undefined && (old === p || sameProfile(old, p));
+              })
+            : [];
+        const againFamilies = new Set(again.map(familyOfProfile));
+        const servedBefore =
+          again.length && this.conntrack.needed() ? await this.servedIn(engine!, againFamilies) : undefined;
         // The journal's record, handed to the executor to write right after the kernel accepted it.
         const ahead = engine && !opts.holds ? this.journalAhead(state, change) : null;
         const done: (DoneFamily & { ms: number })[] = engine
@@ -940,6 +962,12 @@ export class Core {
           committed && !this.keepConntrack && !this.injected && this.conntrack.needed()
             ? changeFlows(change, state, next, k).map((f) => ({ ...f, native: engine!.executor.kind === 'native' }))
             : [];
+        if (committed && servedBefore?.length) {
+          const servedAfter = await this.servedIn(engine!, againFamilies);
+          if (servedAfter)
+            for (const f of unservedFlows(servedBefore, servedAfter, () => next.values()))
+              stale.push({ ...f, native: engine!.executor.kind === 'native' });
+        }
         let stateWritten: boolean;
         try {
           const appended = done.find((d) => d.appended)?.appended;
@@ -1280,6 +1308,20 @@ export class Core {
       if (address !== undefined) theirs.add(address);
     }
     return engine.compare(all, view).filter((r) => profiles.has(r.name) || !theirs.has(r.name));
+  }
+
+  /**
+   * What the kernel serves in families `fs` ({@link Engine.served}), for the conntrack cleanup; undefined when it
+   * cannot be read (the cleanup is then skipped: the change itself stands).
+   */
+  private async servedIn(engine: Engine, fs: ReadonlySet<Family>): Promise<ServedPair[] | undefined> {
+    try {
+      const out: ServedPair[] = [];
+      for (const f of fs) if (engine.mayHold(f)) out.push(...engine.served(await engine.read(f)));
+      return out;
+    } catch {
+      return undefined;
+    }
   }
 
   /** The change's one log line per profile (when logging) and its summary line. */
@@ -1823,6 +1865,8 @@ export class Core {
         let commitMs = 0;
         // Profiles the kernel lacked or held otherwise: their virtual addresses may have flows no rule translated.
         const repaired: Profile[] = [];
+        // Virtual addresses and destinations the kernel served before the sync and no longer does.
+        const dropped: (StaleFlows & { profile: string })[] = [];
         // Another state file's profiles are not leftovers of this one's: kept as they are. Their
         // files stay locked until this sync is committed; while one of them is changing (its lock
         // held), nothing beyond the files is removed: it may be that change's.
@@ -1860,12 +1904,15 @@ export class Core {
           for (const { family, profiles } of families) {
             let reports: ProfileReport[] = [];
             let drifted: ProfileReport[] = [];
+            // The view the replacement was planned against: what the kernel served before it.
+            let replaced: unknown;
             const keep = (): ReadonlyMap<string, Profile> => this.ofFamily(others.profiles, family);
             const ms = await this.replaceFamily(
               provider,
               family,
               profiles,
               (view, attempt) => {
+                replaced = view;
                 reports = this.compareMine(provider, profiles, keep(), view, contestedOf(family));
                 drifted = reports.filter((r) => r.status !== 'in-sync' && !(leaveUnknown() && r.status === 'orphaned'));
                 if (attempt === 1)
@@ -1883,6 +1930,15 @@ export class Core {
               const p = r.status === 'missing' || r.status === 'modified' ? state.get(r.name) : undefined;
               if (p) repaired.push(p);
             }
+            // Destinations the kernel served that it no longer does: the state file was changed without
+            // -run (or by hand), so no earlier version of the profile names them; the view does.
+            if (!this.keepConntrack && !this.injected)
+              dropped.push(
+                ...replacedFlows(provider.served(replaced), profiles.values(), {
+                  keep: keep().values(),
+                  only: leaveUnknown(),
+                }),
+              );
             const counted = countDrifted(drifted, profiles);
             this.log(
               `committed the sync of ${counted.profiles} profile(s)${counted.leftovers ? ` and ${counted.leftovers} leftover(s) no profile of the state file owns` : ''} in one transaction (${provider.where(family)}, ${provider.name}/${provider.executor.kind}, ${ms.toFixed(2)} ms)`,
@@ -1907,6 +1963,7 @@ export class Core {
             staleFlows(old, read.get(name)).map((f) => ({ ...f, profile: name, native })),
           );
           for (const p of repaired) stale.push({ ...untranslatedFlows(p), profile: p.name, native });
+          for (const f of dropped) stale.push({ ...f, native });
           if (stale.length) this.conntrack.add(stale);
         }
         return { before, committed, commitMs, state: read };

@@ -9,7 +9,15 @@
  */
 import type { Family } from '../model/address.js';
 import type { ProfileReport } from '../model/report.js';
-import type { AfterCommit, CommitResult, EngineName, KernelView, Profile, Transaction } from '../model/types.js';
+import type {
+  AfterCommit,
+  CommitResult,
+  EngineName,
+  KernelView,
+  Profile,
+  Protocol,
+  Transaction,
+} from '../model/types.js';
 import type { NftTransaction, NftView } from './nft/ops.js';
 import type { LegacyExecutor } from './legacy/executor.js';
 import type { NftExecutor } from './nft/executor.js';
@@ -48,6 +56,13 @@ export const MOVED_AT = ' holds a profile of that name at another address than t
  */
 export const MOVED_HINT =
   ": another state file's profile of that name (delete it there, or give this one another name; -delete without -run removes this one from this state file only), or one an interrupted change of this state file moved (`iptlb sync` puts back this state file's)";
+
+/** A virtual address (`ip:port` or `[v6]:port`) and protocol, and a destination the kernel sends it to. */
+export interface ServedPair {
+  protocol: Protocol;
+  source: string;
+  destination: string;
+}
 
 /** The address families, in the order a change commits them. */
 export const FAMILIES: readonly Family[] = ['ipv4', 'ipv6'];
@@ -152,6 +167,12 @@ export interface Engine<View = unknown, Tx = unknown> {
   holdsObjects(): Promise<boolean>;
   /** Each profile (all of family `f`) compared with `view`, plus the view's orphans, with counters. */
   compare(profiles: ReadonlyMap<string, Profile>, view: View): ProfileReport[];
+  /**
+   * Every virtual address, protocol and destination `view`'s objects DNAT new connections to (whichever profile,
+   * state file or leftover they belong to; canonical endpoint text): what a replacement of them may take out, for the
+   * conntrack cleanup of `sync` and of a profile applied again.
+   */
+  served(view: View): ServedPair[];
   /**
    * Objects of another tool that `view` holds where iptlb keeps its own (nft: a chain, set or map in table
    * `<family> iptlb`), which iptlb leaves as they are: not drift, not orphans (`status` lists them apart).

@@ -383,7 +383,7 @@ describePairs('core', (ex) => {
       const fx = new URL('./fixtures/conntrack.js', import.meta.url).pathname;
       return (await runJsonInFreshNetns(fx, [ex.name, scenario, keep], { timeoutMs: 120_000 })) as Record<string, any>;
     };
-    for (const scenario of ['reset', 'delete', 'watch'] as const) {
+    for (const scenario of ['reset', 'delete', 'watch', 'sync', 'usestate'] as const) {
       test(`udp, ${scenario}: a client sending throughout reaches the removed destination no more; kept, it still does`, async () => {
         const f = await run(scenario, 'flush');
         assert.equal(f.code, 0, f.log);

@@ -2,7 +2,7 @@
  * src/core/conntrack.ts without a kernel: which flows a change leaves stale, and the log lines of both ways of deleting
  * them.
  */
-import { test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import {
@@ -13,12 +13,18 @@ import {
   conntrackEntries,
   flushStaleFlows,
   listedClients,
+  replacedFlows,
   staleFlows,
+  unservedFlows,
   type StaleFlows,
   type StalePair,
 } from '../../src/core/conntrack.js';
 import { validateProfile } from '../../src/model/profile.js';
-import type { Profile } from '../../src/model/types.js';
+import type { Profile, ProfileInput } from '../../src/model/types.js';
+import { Core, deleteChange, upsertChange } from '../../src/core/core.js';
+import { engineOver } from '../../src/engines/registry.js';
+import type { Executor } from '../../src/engines/engine.js';
+import { FakeLegacyKernel, FakeNftKernel } from '../harness/fake-kernel.js';
 
 const p = (over: Partial<Profile> = {}): Profile => ({
   name: 'dns',
@@ -644,4 +650,91 @@ test('janitor: a drained pair is dropped once its destination takes connections 
     'conntrack: removed 2 flow(s) of 127.100.0.10:5353/udp to 127.0.0.1:9002 (drained: its health check failed)',
     'conntrack: removed 1 flow(s) of 127.100.0.10:5353/udp made before its rules (never balanced)',
   ]);
+});
+
+describe('served: what the kernel DNATs to, read from either engine (fake kernels); replacedFlows and unservedFlows', () => {
+  const inputs: ProfileInput[] = [
+    { name: 'plain', source: '127.100.0.10:80', destination: ['127.0.0.1:9001', '127.0.0.1:9002'] },
+    {
+      name: 'weighted',
+      source: '127.100.0.10:53',
+      protocol: 'udp',
+      destination: ['127.0.0.1:9001*2', '127.0.0.1:9002*0', '127.0.0.1:9003'],
+    },
+    {
+      name: 'rot',
+      source: '127.100.0.11:80',
+      destination: ['127.0.0.1:9001', '127.0.0.1:9002*2'],
+      scheduler: 'round-robin',
+    },
+    { name: 'sticky', source: '127.100.0.12:80', destination: ['127.0.0.1:9001', '127.0.0.1:9003'], affinity: 60 },
+    { name: 'six', source: '[2001:DB8::10]:80', destination: ['[2001:db8:0::1]:9001', '[2001:db8::2]:9002'] },
+  ];
+  // Drained destinations (weight 0) take no new connection: the kernel serves them nothing.
+  const expected = [
+    'tcp 127.100.0.10:80 127.0.0.1:9001',
+    'tcp 127.100.0.10:80 127.0.0.1:9002',
+    'udp 127.100.0.10:53 127.0.0.1:9001',
+    'udp 127.100.0.10:53 127.0.0.1:9003',
+    'tcp 127.100.0.11:80 127.0.0.1:9001',
+    'tcp 127.100.0.11:80 127.0.0.1:9002',
+    'tcp 127.100.0.12:80 127.0.0.1:9001',
+    'tcp 127.100.0.12:80 127.0.0.1:9003',
+    'tcp [2001:db8::10]:80 [2001:db8::1]:9001',
+    'tcp [2001:db8::10]:80 [2001:db8::2]:9002',
+  ].sort();
+  const text = (fs: readonly StaleFlows[]) =>
+    [...new Set(fs.map((f) => `${f.protocol} ${f.source} ${f.destination}`))].sort();
+
+  for (const name of ['legacy', 'nft'] as const) {
+    test(`${name}: every profile kind, IPv4 and IPv6, as committed through the core`, async () => {
+      const kernel = name === 'legacy' ? new FakeLegacyKernel() : new FakeNftKernel();
+      const core = new Core({ stateFile: false }, kernel as Executor);
+      await core.transact((state) => upsertChange(state, inputs), { run: true });
+      const engine = engineOver(kernel as Executor);
+      const served = [...engine.served(await engine.read('ipv4')), ...engine.served(await engine.read('ipv6'))];
+      assert.deepEqual(text(served), expected);
+      // After a delete, nothing of it is served.
+      await core.transact((state) => deleteChange(state, ['plain', 'six']), { run: true });
+      const after = [...engine.served(await engine.read('ipv4')), ...engine.served(await engine.read('ipv6'))];
+      assert.deepEqual(
+        text(after),
+        expected.filter((l) => !l.startsWith('tcp 127.100.0.10:80 ') && !l.includes('2001')),
+      );
+    });
+  }
+
+  test('replacedFlows: a destination the profile at that address no longer lists goes (a drained one stays); one of no profile goes unless only; another state file’s stays', () => {
+    const before: StaleFlows[] = [
+      flow('127.0.0.1:9001'),
+      flow('127.0.0.1:9002'),
+      flow('127.0.0.1:9002'), // the same pair twice (round-robin slots): once
+      { protocol: 'udp', source: '127.100.0.10:5354', destination: '127.0.0.1:9001' }, // a leftover's
+      { protocol: 'udp', source: '127.100.0.10:5355', destination: '127.0.0.1:9001' }, // another state file's
+      { protocol: 'tcp', source: '127.100.0.10:5353', destination: '127.0.0.1:9001' }, // tcp at the same address
+    ];
+    const now = [
+      p({ destination: ['127.0.0.1:9003', '127.0.0.1:9002'], weights: { '127.0.0.1:9002': 0 } }),
+      p({ name: 'web', protocol: 'tcp', destination: ['127.0.0.1:9001'] }),
+    ];
+    const keep = [p({ name: 'theirs', source: '127.100.0.10:5355', destination: ['127.0.0.1:9009'] })];
+    assert.deepEqual(replacedFlows(before, now, { keep }), [
+      { ...flow('127.0.0.1:9001'), profile: 'dns' },
+      { protocol: 'udp', source: '127.100.0.10:5354', destination: '127.0.0.1:9001', profile: '' },
+    ]);
+    assert.deepEqual(replacedFlows(before, now, { keep, only: true }), [{ ...flow('127.0.0.1:9001'), profile: 'dns' }]);
+  });
+
+  test('unservedFlows: only what the commit took out, and not a destination the profile still lists', () => {
+    const before = [flow('127.0.0.1:9001'), flow('127.0.0.1:9002'), flow('127.0.0.1:9003')];
+    const after = [flow('127.0.0.1:9003')];
+    let asked = 0;
+    const profiles = () => (
+      asked++,
+      [p({ destination: ['127.0.0.1:9002', '127.0.0.1:9003'], weights: { '127.0.0.1:9002': 0 } })]
+    );
+    assert.deepEqual(unservedFlows(before, after, profiles), [{ ...flow('127.0.0.1:9001'), profile: 'dns' }]);
+    assert.deepEqual(unservedFlows(before, before, profiles), []);
+    assert.equal(asked, 1, 'the profiles are walked only when something was taken out');
+  });
 });

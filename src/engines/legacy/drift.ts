@@ -2,13 +2,13 @@
  * Drift: comparing the state file with the kernel. Pure functions over a {@link KernelView}.
  */
 import { GATE_SET, elementOf, isGatedHook, type GatedHook } from './gate.js';
-import { canonicalIpv6 } from '../../model/address.js';
+import { canonicalIpv6, formatEndpoint, parseEndpoint } from '../../model/address.js';
 import { chainName, familyOfProfile, profilesOf, weightOf } from '../../model/profile.js';
 import { earlierChainRules, planProfile, planTransaction, CHAIN_PREFIX } from './plan.js';
 import { canonicalRule } from './restore.js';
 import type { Family, KernelView, Profile, Transaction } from '../../model/types.js';
 import type { DestinationCounters, ProfileReport } from '../../model/report.js';
-import type { KeepOthers } from '../engine.js';
+import type { KeepOthers, ServedPair } from '../engine.js';
 
 export { canonicalRule } from './restore.js';
 
@@ -136,6 +136,31 @@ export function compare(allState: Map<string, Profile>, view: KernelView, family
     });
   }
   return reports;
+}
+
+/**
+ * Every virtual address, protocol and destination the table's iptlb rules DNAT to: per jump of a built-in
+ * chain to an iptlb chain (its address, protocol and port), the DNAT targets of that chain.
+ */
+export function served(view: KernelView): ServedPair[] {
+  const chains = new Map(view.chains.map((c) => [c.name, c.rules]));
+  const out: ServedPair[] = [];
+  for (const h of view.hookRules) {
+    const { rule } = h;
+    if (rule.target.name !== 'jump' || !rule.dst || !rule.proto) continue;
+    const proto = rule.proto;
+    const port = rule.matches.find((m) => m.name === proto);
+    if (!port || !('dport' in port)) continue;
+    const ip = rule.dst.replace(/\/(32|128)$/, '');
+    const source = formatEndpoint({ ip: ip.includes(':') ? (canonicalIpv6(ip) ?? ip) : ip, port: port.dport });
+    for (const k of chains.get(rule.target.chain) ?? []) {
+      if (k.rule.target.name !== 'DNAT') continue;
+      const to = parseEndpoint(k.rule.target.toDestination);
+      if (typeof to === 'string') continue;
+      out.push({ protocol: proto, source, destination: formatEndpoint(to) });
+    }
+  }
+  return out;
 }
 
 /**

@@ -4,7 +4,7 @@
  * (src/engines/legacy/plan.ts) writes it as data, the executor commits it through libiptc or iptables-restore.
  */
 import { xtablesTables, ip6tablesTables } from '../select.js';
-import { compare, syncTransaction } from './drift.js';
+import { compare, served, syncTransaction } from './drift.js';
 import { chainName, familyOfProfile } from '../../model/profile.js';
 import {
   OWN_CHAIN,
@@ -89,6 +89,10 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
 
   compare(profiles: ReadonlyMap<string, Profile>, view: KernelView) {
     return compare(profiles as Map<string, Profile>, view);
+  }
+
+  served(view: KernelView) {
+    return served(view);
   }
 
   /** A legacy plan touches only the chains and jumps of the profiles it names: nothing of others is ever at stake. */

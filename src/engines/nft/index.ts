@@ -52,7 +52,7 @@ import {
   takeoverOps,
   takesOver,
 } from './original.js';
-import { compareNft, strayRoundRobin } from './view.js';
+import { compareNft, servedNft, strayRoundRobin } from './view.js';
 import type { Family } from '../../model/address.js';
 import type { Profile } from '../../model/types.js';
 import type { NftExecutor } from './executor.js';
@@ -207,6 +207,10 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
 
   compare(profiles: ReadonlyMap<string, Profile>, view: NftView) {
     return compareNft(profiles as Map<string, Profile>, view);
+  }
+
+  served(view: NftView) {
+    return servedNft(view);
   }
 
   /** Profiles per dispatch set of `state`: O(1) for a long-lived map once counted, else a scan. */

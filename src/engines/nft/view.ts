@@ -5,7 +5,8 @@
  */
 import type { DestinationCounters, ProfileReport } from '../../model/report.js';
 import type { Profile, Protocol } from '../../model/types.js';
-import { formatEndpoint } from '../../model/address.js';
+import { canonicalIpv6, formatEndpoint } from '../../model/address.js';
+import type { ServedPair } from '../engine.js';
 import { weightOf } from '../../model/profile.js';
 import {
   NFT_BASE_CHAINS,
@@ -334,6 +335,22 @@ const withoutCounts = (text: string): string => text.replace(/\b(pkts|packets|by
  * Each profile of the state compared with table `<view.family> iptlb`, plus what no profile owns,
  * with counters. `state` holds the profiles of that family only.
  */
+/**
+ * Every virtual address, protocol and destination the table DNATs to: the backend maps' elements (the
+ * dispatch sets' and round-robin rules' slots) and the affinity rules' targets.
+ */
+export function servedNft(view: NftView): ServedPair[] {
+  const text = (e: NftEndpoint): string =>
+    formatEndpoint({ ip: e.ip.includes(':') ? (canonicalIpv6(e.ip) ?? e.ip) : e.ip, port: e.port });
+  const out: ServedPair[] = [];
+  for (const m of view.backendMaps)
+    for (const e of m.elements) out.push({ protocol: m.proto, source: text(e.vip), destination: text(e.to) });
+  for (const c of view.chains)
+    for (const r of c.rules)
+      if (r.kind === 'aff') out.push({ protocol: r.proto, source: text(r.vip), destination: text(r.to) });
+  return out;
+}
+
 export function compareNft(state: Map<string, Profile>, view: NftView): ProfileReport[] {
   const idx = indexView(view);
   const claims: Claims = { dispatch: new Set(), backends: new Set(), affSets: new Set() };
