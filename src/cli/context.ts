@@ -49,7 +49,8 @@ const cores = new Set<Core>();
 /** A change, and its conntrack cleanup done before it returns: the CLI exits right after. */
 export async function transact(core: Core, ...args: Parameters<Core['transact']>): Promise<TransactionResult> {
   // The CLI's changes are decided by pure functions: bad input is refused before the lock's files are made.
-  const result = await core.transact(args[0], { ...args[1], decideFirst: true });
+  // And profiles applied again as the state has them clean up the flows of what the kernel held for them.
+  const result = await core.transact(args[0], { ...args[1], decideFirst: true, cleanAgain: true });
   await core.conntrackIdle();
   return result;
 }

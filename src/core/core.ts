@@ -886,6 +886,14 @@ export class Core {
        * file that is not a file is refused then too, as a read would refuse it.
        */
       decideFirst?: boolean;
+      /**
+       * Profiles applied again as the state has them (the CLI's `-use-state -run`, a profile recorded
+       * without `-run`): the kernel is read before and after the commit (when conntrack holds entries),
+       * and the flows of destinations it served for them and no longer does are deleted (see
+       * docs/conntrack.md). The kernel may have held another version of them, which no version of the
+       * state file names.
+       */
+      cleanAgain?: boolean;
     },
   ): Promise<TransactionResult> {
     return this.serial(async () => {
@@ -938,9 +946,11 @@ export class Core {
         // Profiles applied again as the state has them (`-use-state -run`, a profile recorded without
         // `-run`): the kernel may hold another version of them (the state file was changed without
         // -run), whose destinations no version of the state names. What the kernel serves before and
-        // after the commit tells them (one read per family each, only for such changes).
+        // after the commit tells them (one read per family each, only for such changes of the CLI's:
+        // a library handle applies a profile unchanged many times over, and a read of a table of
+        // 10,000 profiles costs 0.3-1 s).
         const again =
-          engine && !opts.holds && !this.keepConntrack && !this.injected
+          engine && opts.cleanAgain && !opts.holds && !this.keepConntrack && !this.injected
             ? change.upsert.filter((p) => {
                 const old = state.get(p.name);
                 return old !== undefined && (old === p || sameProfile(old, p));
