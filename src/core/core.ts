@@ -951,10 +951,10 @@ export class Core {
         // 10,000 profiles costs 0.3-1 s).
         const again =
           engine && opts.cleanAgain && !opts.holds && !this.keepConntrack && !this.injected
-            ? change.upsert.filter((p) => {
-                const old = state.get(p.name);
-                return old !== undefined && (old === p || sameProfile(old, p));
-              })
+            ? // The state's own profile (`-use-state -run`, `-run -profile=N` without addresses): not one
+              // given again with the same settings (`-run -reset` of an unchanged profile, as a
+              // configuration tool re-runs it), whose kernel is, but for drift, already that profile.
+              change.upsert.filter((p) => state.get(p.name) === p)
             : [];
         const againFamilies = new Set(again.map(familyOfProfile));
         const servedBefore =
