@@ -503,8 +503,29 @@ async function parseYaml(text: string, file: string): Promise<unknown> {
   } catch (e) {
     throw stateError(file, `is not valid YAML (${yamlProblem(e)})`);
   }
-  if (doc.errors.length > 0) throw stateError(file, `is not valid YAML (${yamlProblem(doc.errors[0])})`);
+  // Where the parser stopped: the line, or the end of the file (a quote never closed runs to it).
+  const at = (offset: number | undefined): string =>
+    offset === undefined
+      ? ''
+      : offset >= text.length
+        ? 'at the end of the file: '
+        : `line ${lines.linePos(offset).line}: `;
+  if (doc.errors.length > 0)
+    throw stateError(file, `is not valid YAML (${at(doc.errors[0].pos?.[0])}${yamlProblem(doc.errors[0])})`);
   keysAsText(YAML, doc.contents, [], file, (offset) => lines.linePos(offset).line);
+  // An alias (`*x`, or a merge `<<: *x`) is refused with its line, before toJS says only that aliases are off.
+  let alias: { source: string; offset?: number } | undefined;
+  YAML.visit(doc, {
+    Alias(_, node) {
+      alias = { source: node.source, offset: node.range?.[0] };
+      return YAML.visit.BREAK;
+    },
+  });
+  if (alias)
+    throw stateError(
+      file,
+      `is not usable YAML (${at(alias.offset)}an alias, *${alias.source}: a state file holds every profile written out; copy it there)`,
+    );
   try {
     return doc.toJS({ maxAliasCount: 0 });
   } catch (e) {

@@ -176,8 +176,8 @@ test('apply --file: what is wrong in the file is a usage error naming it (exit 2
   const multi = file('multi.yaml', 'a: 1\n---\nb: 2\n');
   const deep = file('deep.yaml', `a: ${'['.repeat(5000)}${']'.repeat(5000)}\n`);
   for (const [f, why] of [
-    [multi, 'more than one document; a state file is one mapping'],
-    [deep, 'nested too deeply'],
+    [multi, 'line 2: more than one document; a state file is one mapping'],
+    [deep, 'line 1: nested too deeply'],
   ]) {
     const e = await cli(['apply', '--file', f, '--state-file', state]);
     assert.equal(e.code, 2);

@@ -140,6 +140,24 @@ test('wrong types, unknown keys, aliases, garbage are refused with one line', as
   await refused(two, /already belongs to profile/);
 });
 
+test('a file that is not valid YAML is refused naming the line where the parser stopped, and an alias its line', async () => {
+  const lines = ORIGINAL.split('\n');
+  // A tab for indentation (line 3), a key out of column (line 5), a second document (line 9).
+  await refused(
+    lines.map((l, i) => (i === 2 ? l.replace(/^  /, '\t') : l)).join('\n'),
+    /^state file f: is not valid YAML \(line 3: Tabs are not allowed as indentation\)$/,
+  );
+  await refused(
+    lines.map((l, i) => (i === 4 ? l.slice(1) : l)).join('\n'),
+    /^state file f: is not valid YAML \(line 5: .*\)$/,
+  );
+  await refused(ORIGINAL + '---\nb: 1\n', /^state file f: is not valid YAML \(line 9: more than one document/);
+  // A quote never closed runs to the end of the file.
+  await refused(ORIGINAL.replace('"4"', '"4'), /^state file f: is not valid YAML \(at the end of the file: .*quote\)$/);
+  await refused('a: &x [1,2]\nb: *x\n', /^state file f: is not usable YAML \(line 2: an alias, \*x: /);
+  await refused(ORIGINAL + 'b:\n  <<: *x\n', /is not usable YAML \(line 10: an alias, \*x: /);
+});
+
 /** A plain profile's block under the key `key` as written (a hand edit). */
 const block = (key: string, port: number): string =>
   `${key}:\n  destination:\n  - 127.0.0.1:81\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: 127.0.0.1:${port}\n`;
