@@ -326,6 +326,8 @@ interface DoneFamily {
   change: Change;
   /** The executor wrote the journal's record after this commit (see {@link Core.journalAhead}). */
   appended?: FamilyCommit['appended'];
+  /** The commit created the table with every profile of the state (see {@link FamilyCommit.created}). */
+  created?: true;
 }
 
 /**
@@ -1143,6 +1145,7 @@ export class Core {
           change: changeF,
           ms: r.ms,
           ...(r.appended ? { appended: r.appended } : {}),
+          ...(r.created ? { created: r.created } : {}),
         });
       } catch (e) {
         for (const d of done.reverse()) await this.undoFamily(engine, d, 'the next part failed');
@@ -1156,11 +1159,11 @@ export class Core {
     engine: Engine,
     plan: FamilyPlan,
     after?: AfterCommit,
-  ): Promise<{ ms: number; appended?: FamilyCommit['appended'] }> {
+  ): Promise<{ ms: number; appended?: FamilyCommit['appended']; created?: true }> {
     this.register();
-    const { durationMs, committed, appended } = await engine.commitPlan(plan, (line) => this.log(line), after);
+    const { durationMs, committed, appended, created } = await engine.commitPlan(plan, (line) => this.log(line), after);
     this.commits.push({ engine, tx: committed as AnyTransaction });
-    return { ms: durationMs, appended };
+    return { ms: durationMs, appended, created };
   }
 
   /**
@@ -1565,18 +1568,23 @@ export class Core {
     keep: ReadonlySet<string> = new Set(),
   ): Promise<boolean> {
     const touched = new Set([...d.change.upsert.map((p) => p.name), ...d.change.remove]);
+    const after = new ChangedProfiles(d.state, d.change);
     const undo: Change = { upsert: [], remove: [] };
-    for (const n of touched) {
-      const old = d.state.get(n);
-      if (old) undo.upsert.push(old);
-      else if (!keep.has(n)) undo.remove.push(n);
+    if (d.created) {
+      // The commit created the table with every profile of the state (profiles written without -run
+      // among them): before it there was no table, so every one of them goes (none was another state
+      // file's in the kernel either).
+      for (const n of after.keys()) undo.remove.push(n);
+    } else {
+      for (const n of touched) {
+        const old = d.state.get(n);
+        if (old) undo.upsert.push(old);
+        else if (!keep.has(n)) undo.remove.push(n);
+      }
     }
     if (!undo.upsert.length && !undo.remove.length) return true;
     try {
-      await this.commitPlan(
-        engine,
-        await engine.planChange(d.family, new ChangedProfiles(d.state, d.change), undo, this.planContext()),
-      );
+      await this.commitPlan(engine, await engine.planChange(d.family, after, undo, this.planContext()));
       this.log(`undid the ${engine.where(d.family)} part of the change, because ${because}`);
       return true;
     } catch (e) {

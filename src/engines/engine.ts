@@ -129,6 +129,12 @@ export interface FamilyCommit<Tx = unknown> {
   committed: Tx;
   /** The executor wrote the plan's {@link AfterCommit} bytes after its last commit (see CommitResult). */
   appended?: CommitResult['appended'];
+  /**
+   * The commit created the engine's table, which did not exist, with every profile of the state
+   * (nft, after a reboot or a deleted table): undoing the change means removing all of them, not only
+   * the changed ones.
+   */
+  created?: true;
 }
 
 /** A profile's objects in the kernel, as `iptlb show` prints them. */

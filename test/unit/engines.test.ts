@@ -6,7 +6,7 @@
  */
 import { describe, mock, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { Core, upsertChange, deleteChange } from '../../src/core/core.js';
@@ -1277,6 +1277,43 @@ test('nft: a table someone deleted is replaced whole by the next change, with ev
       lines.join('\n'),
     );
     assert.deepEqual(await statuses(core), { web1: 'in-sync', web2: 'in-sync', web3: 'in-sync' });
+  } finally {
+    done();
+  }
+});
+
+test('nft: a change that created the table with every profile of the state, then could not write the state file, is undone whole: no table, as before', async () => {
+  const { core, kernels, lines, file, done } = coreOn('nft');
+  try {
+    // Written without -run: the kernel holds no table.
+    await core.transact((state) => upsertChange(state, [web(1)]), { run: false });
+    assert.equal(kernels.nft.tables.size, 0);
+    const text = readFileSync(file, 'utf8');
+    // The state write fails after the commit (the file turned into a directory: refused before the rename).
+    const commit = kernels.nft.commit.bind(kernels.nft);
+    let once = true;
+    kernels.nft.commit = async (tx) => {
+      const r = await commit(tx);
+      if (once) {
+        once = false;
+        rmSync(file);
+        mkdirSync(file);
+      }
+      return r;
+    };
+    await assert.rejects(apply(core, web(2)), (e: IptlbError) => {
+      assert.match(e.message, /the kernel change was undone, nothing was changed$/);
+      return true;
+    });
+    assert.ok(
+      lines.some((l) => /does not exist yet .*creating it with all 2 profile\(s\)/.test(l)),
+      lines.join('\n'),
+    );
+    // Before: web1 (never applied) stayed in the kernel, the table with it.
+    assert.deepEqual([...kernels.nft.tables.keys()], [], 'the kernel is as before: no table');
+    rmSync(file, { recursive: true });
+    writeFileSync(file, text, { mode: 0o600 });
+    assert.deepEqual(await statuses(core), { web1: 'missing' });
   } finally {
     done();
   }

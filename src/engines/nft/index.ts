@@ -492,7 +492,7 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
       );
       rebuild = await retake(rebuild);
       durationMs += await commit(rebuild);
-      return { durationMs, committed: rebuild };
+      return { durationMs, committed: rebuild, ...(view.exists ? {} : { created: true as const }) };
     }
   }
 
