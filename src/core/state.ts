@@ -490,10 +490,36 @@ export function parseExactProfiles(text: string): Map<string, Profile> | null {
 }
 
 async function parseRaw(text: string, file: string): Promise<unknown> {
-  return parseCanonical(text) ?? (await parseYaml(text, file));
+  const lines = parseCanonical(text);
+  if (lines !== null) return lines;
+  const tidied = tidy(text);
+  return (tidied !== null ? parseCanonical(tidied) : null) ?? (await parseYaml(text, file));
 }
 
+/**
+ * The text without what a hand edit adds and YAML ignores: a byte-order mark, the CR of CRLF line
+ * ends (an editor on Windows), blank and comment lines, trailing spaces and comments, a missing last
+ * newline. Null when there is none of them. Only for the line reader ({@link parseCanonical}), which
+ * takes nothing but one-line scalars without a quote left open, a space or a `#` in them, so what it
+ * reads of the tidied text is what YAML reads of the text; anything else it leaves to the `yaml`
+ * package, with the text as it is. (That package takes some 20 times the time and 50 times the
+ * memory of the file: a 64 MiB file with one comment ran Node out of its heap.)
+ */
+function tidy(text: string): string | null {
+  let t = text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
+  t = t
+    .replace(/\r\n/g, '\n')
+    .replace(/[ \t]+(?:#.*)?$/gm, '')
+    .replace(/^(?:#.*)?\n/gm, '');
+  if (t !== '' && !t.endsWith('\n')) t += '\n';
+  return t === text ? null : t;
+}
+
+/** How often the `yaml` package read a state (for the tests: which files the line reader leaves to it). */
+export const yamlReads = { count: 0 };
+
 async function parseYaml(text: string, file: string): Promise<unknown> {
+  yamlReads.count++;
   const YAML = await import('yaml');
   let doc;
   const lines = new YAML.LineCounter();

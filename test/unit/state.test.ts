@@ -3,7 +3,15 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync, readFileSync, symlinkSync, mkdirSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { parseState, serializeState, readState, readStateFull, writeState } from '../../src/core/state.js';
+import {
+  parseState,
+  parseStateReference,
+  serializeState,
+  readState,
+  readStateFull,
+  writeState,
+  yamlReads,
+} from '../../src/core/state.js';
 import { indexStateBytes } from '../../src/core/state-index.js';
 import { Core, upsertChange } from '../../src/core/core.js';
 import { validateProfile } from '../../src/model/profile.js';
@@ -156,6 +164,43 @@ test('a file that is not valid YAML is refused naming the line where the parser 
   await refused(ORIGINAL.replace('"4"', '"4'), /^state file f: is not valid YAML \(at the end of the file: .*quote\)$/);
   await refused('a: &x [1,2]\nb: *x\n', /^state file f: is not usable YAML \(line 2: an alias, \*x: /);
   await refused(ORIGINAL + 'b:\n  <<: *x\n', /is not usable YAML \(line 10: an alias, \*x: /);
+});
+
+test('a hand edit YAML ignores (CRLF, a BOM, comments, blank lines, trailing spaces, no last newline) is read without the yaml package, as it reads it', async () => {
+  const two =
+    ORIGINAL +
+    'web:\n  destination:\n  - 127.0.0.1:9001\n  - 127.0.0.1:9002\n  logEnabled: false\n  logLevel: "4"\n' +
+    '  protocol: udp\n  rulesBackend: proxy\n  scheduler: round-robin\n  source: 127.100.0.1:53\n' +
+    '  weights:\n    127.0.0.1:9002: 3\n';
+  const edits: [string, string][] = [
+    ['CRLF', two.replace(/\n/g, '\r\n')],
+    ['a BOM', '\ufeff' + two],
+    ['comment lines', '# written by hand\n' + two.replace('  protocol: udp\n', '  # udp for DNS\n  protocol: udp\n')],
+    [
+      'trailing comments',
+      two.replace('  - 127.0.0.1:9001\n', '  - 127.0.0.1:9001   # the first\n').replace('web:\n', 'web: # x\n'),
+    ],
+    ['blank lines', '\n' + two.replace('web:\n', '\n\nweb:\n') + '\n'],
+    ['trailing spaces and tabs', two.replace(/\n/g, ' \t\n')],
+    ['no last newline', two.slice(0, -1)],
+    ['all of them', '\ufeff# hi\r\n' + two.replace(/\n/g, '  # c\r\n').slice(0, -2)],
+  ];
+  const expected = await parseStateReference(two);
+  for (const [what, text] of edits) {
+    const before = yamlReads.count;
+    const got = await parseState(text, 'f');
+    assert.equal(yamlReads.count, before, `${what}: read by the line reader`);
+    assert.deepEqual(got, expected, what);
+    assert.deepEqual(got, await parseStateReference(text), `${what}: as the yaml package reads it`);
+  }
+  // What only looks like one is left to the yaml package, and read as it reads it: a '#' in a quoted
+  // name or value is no comment, a comment without a space before it is part of the value.
+  const quoted = two.replace('web:\n', '"web #1":\n');
+  await assert.rejects(parseState(quoted), /profile "web #1": name:/);
+  await assert.rejects(parseState(two.replace('source: 127.100.0.1:53', 'source: 127.100.0.1:53#x'), 'f'), /source/);
+  await assert.rejects(parseState(two.replace('logLevel: "4"', 'logLevel: "4 # x"'), 'f'), /logLevel/);
+  // The errors are the yaml package's, with the file's lines.
+  await refused(two.replace(/\n/g, '\r\n').replace('  logEnabled: false', '  owner: me'), /unknown key "owner"/);
 });
 
 /** A plain profile's block under the key `key` as written (a hand edit). */
