@@ -85,6 +85,12 @@ export interface DecodedJournal {
   records: JournalRecord[];
   /** Bytes up to the end of the last good record (0 when not valid). */
   validEnd: number;
+  /**
+   * Intact records after the first bad one (0: none). A killed append leaves its torn record last,
+   * and the next append cuts it first: a good record after a bad one means the journal was damaged
+   * (or edited), not cut short, and reading its good start would silently drop the changes after.
+   */
+  intactAfter: number;
 }
 
 function isRecord(v: unknown): v is JournalRecord {
@@ -102,26 +108,40 @@ function isRecord(v: unknown): v is JournalRecord {
 /** Decodes a journal's text (see the module comment): the good records before the first bad one. */
 export function decodeJournal(text: string, base: string): DecodedJournal {
   const nl = text.indexOf('\n');
-  if (nl < 0 || text.slice(0, nl) !== `${MAGIC}${base}`) return { valid: false, records: [], validEnd: 0 };
+  if (nl < 0 || text.slice(0, nl) !== `${MAGIC}${base}`)
+    return { valid: false, records: [], validEnd: 0, intactAfter: 0 };
   const records: JournalRecord[] = [];
   let at = nl + 1;
   while (at < text.length) {
     const end = text.indexOf('\n', at);
     if (end < 0) break;
-    const line = text.slice(at, end);
-    const json = line.slice(17);
-    if (line.charCodeAt(16) !== 32 || digest(json) !== line.slice(0, 16)) break;
-    let rec: unknown;
-    try {
-      rec = JSON.parse(json);
-    } catch {
-      break;
-    }
-    if (!isRecord(rec)) break;
+    const rec = decodeLine(text.slice(at, end));
+    if (rec === null) break;
     records.push(rec);
     at = end + 1;
   }
-  return { valid: true, records, validEnd: Buffer.byteLength(text.slice(0, at)) };
+  // What follows the first bad record: only a torn tail, unless a good record comes after it.
+  let intactAfter = 0;
+  for (let from = text.indexOf('\n', at) + 1; from > 0 && from < text.length;) {
+    const end = text.indexOf('\n', from);
+    if (end < 0) break;
+    if (decodeLine(text.slice(from, end)) !== null) intactAfter++;
+    from = end + 1;
+  }
+  return { valid: true, records, validEnd: Buffer.byteLength(text.slice(0, at)), intactAfter };
+}
+
+/** One record's line: the record, or null when its digest or shape is wrong. */
+function decodeLine(line: string): JournalRecord | null {
+  const json = line.slice(17);
+  if (line.charCodeAt(16) !== 32 || digest(json) !== line.slice(0, 16)) return null;
+  let rec: unknown;
+  try {
+    rec = JSON.parse(json);
+  } catch {
+    return null;
+  }
+  return isRecord(rec) ? rec : null;
 }
 
 /** Applies records in order to a raw mapping (a copy without prototype: a profile may be named `__proto__`). */

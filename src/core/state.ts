@@ -928,6 +928,14 @@ export async function readStateFull(
   let replayed: { yaml: RawState; records: JournalRecord[] } | undefined;
   if (j) {
     const decoded = decodeJournal(journalText!, base);
+    if (decoded.valid && decoded.intactAfter > 0) {
+      const jf = journalPath(file);
+      const n = decoded.records.length + 1;
+      throw new IptlbError(
+        'ESTATE',
+        `state journal ${jf}: record ${n} (line ${n + 1}) is damaged and ${decoded.intactAfter} intact record(s) follow it, which a crash does not leave (it cuts only the last); nothing was read or changed: \`truncate -s ${decoded.validEnd} ${jf}\` keeps the ${n - 1} record(s) before it and drops the changes after, moving the journal aside drops all (\`iptlb sync\` then makes the kernel match)`,
+      );
+    }
     if (decoded.valid) {
       journal = { base, validEnd: decoded.validEnd, ino: j.st.ino };
       records = decoded.records.length;

@@ -77,6 +77,48 @@ test('decodeJournal: records up to the first torn or corrupt one; another base v
   assert.equal(decodeJournal(other, 'x').records.length, 0);
 });
 
+test('a journal damaged before its last record (good records after a bad one) is refused, not read up to the damage: a crash cuts only the last', async () => {
+  const file = stateFile();
+  const lb = await open({ stateFile: file, stateFoldMs: 60_000 }, new FakeLegacyKernel());
+  await lb.apply(prof('a', 1001));
+  await lb.close(); // the YAML holds a
+  const lb2 = await open({ stateFile: file, stateFoldMs: 60_000 }, new FakeLegacyKernel());
+  for (const [n, port] of [
+    ['b', 1002],
+    ['c', 1003],
+    ['d', 1004],
+  ] as const)
+    await lb2.apply(prof(n, port));
+  const good = readFileSync(journalPath(file), 'utf8');
+  const lines = good.split('\n');
+  // One byte of record 2 (c) flipped: b before it, d after it.
+  const damaged = [...lines.slice(0, 2), lines[2].replace('1003', '1013'), ...lines.slice(3)].join('\n');
+  writeFileSync(journalPath(file), damaged);
+  const cut = Buffer.byteLength(lines.slice(0, 2).join('\n') + '\n');
+  const lb3 = await open({ stateFile: file, stateFoldMs: 60_000 }, new FakeLegacyKernel());
+  for (const read of [() => readState(file), () => lb3.list(), () => lb3.apply(prof('e', 1005))])
+    await assert.rejects(read(), (e: IptlbError) => {
+      assert.equal(e.code, 'ESTATE');
+      assert.ok(!e.message.includes('\n'));
+      assert.equal(
+        e.message,
+        `state journal ${journalPath(file)}: record 2 (line 3) is damaged and 1 intact record(s) follow it, which a crash does not leave (it cuts only the last); nothing was read or changed: \`truncate -s ${cut} ${journalPath(file)}\` keeps the 1 record(s) before it and drops the changes after, moving the journal aside drops all (\`iptlb sync\` then makes the kernel match)`,
+      );
+      return true;
+    });
+  assert.equal(readFileSync(journalPath(file), 'utf8'), damaged, 'the journal is as it was');
+  // The cut the line gives reads the records before the damage.
+  truncateSync(journalPath(file), cut);
+  assert.deepEqual(names(await readState(file)), ['a', 'b']);
+  // Damage in the last record is what a torn append leaves: read up to it, as before.
+  writeFileSync(journalPath(file), [...lines.slice(0, 3), lines[3].replace('1004', '1014'), ''].join('\n'));
+  assert.deepEqual(names(await readState(file)), ['a', 'b', 'c']);
+  writeFileSync(journalPath(file), good);
+  assert.deepEqual(names(await readState(file)), ['a', 'b', 'c', 'd']);
+  await lb3.close();
+  await lb2.close();
+});
+
 test('a handle journals each change (the YAML stays the older complete version) and folds it at close', async () => {
   const file = stateFile();
   const lb = await open({ stateFile: file, stateFoldMs: 60_000 }, new FakeLegacyKernel());
