@@ -789,30 +789,34 @@ export function stateFileExists(file: string): boolean {
 
 /** Opens one of the state's files for reading, checked; null when absent. */
 async function openChecked(file: string, what: string): Promise<{ fh: fsp.FileHandle; st: BigIntStats } | null> {
+  // Said of the file it is about: the YAML, or its journal.
+  const fault = (message: string): IptlbError => new IptlbError('ESTATE', `${what} ${file}: ${message}`);
   let fh: fsp.FileHandle;
   try {
     fh = await fsp.open(file, C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK);
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
-    if (err.code === 'ENOENT') return null;
-    if (err.code === 'ELOOP') throw stateError(file, 'is a symbolic link; refusing to follow it');
+    // (The journal's directory not a directory: the YAML beside it says so, of itself.)
+    if (err.code === 'ENOENT' || (err.code === 'ENOTDIR' && what !== 'state file')) return null;
+    if (err.code === 'ELOOP') throw fault('is a symbolic link; refusing to follow it');
     if (err.code === 'EACCES' || err.code === 'EPERM')
       throw new IptlbError('EPERM', `${what} ${file}: permission denied`);
-    throw stateError(file, `cannot be opened (${err.code ?? err.message})`);
+    throw fault(`cannot be opened (${err.code ?? err.message})`);
   }
   try {
     const st = await fh.stat({ bigint: true });
-    if (!st.isFile()) throw stateError(file, st.isDirectory() ? 'is a directory' : 'is not a regular file');
+    if (!st.isFile()) throw fault(st.isDirectory() ? 'is a directory' : 'is not a regular file');
     // The file opened is the file checked (fstat of the descriptor), and so is the way to it.
     checkTrusted(file, { uid: Number(st.uid), mode: Number(st.mode) }, what);
     checkDirChain(file);
-    if (st.size > BigInt(MAX_STATE_BYTES)) throw tooBig(file);
+    if (st.size > BigInt(MAX_STATE_BYTES))
+      throw fault(`is larger than ${MAX_STATE_BYTES} bytes (64 MiB, the limit of a state file)`);
     return { fh, st };
   } catch (e) {
     await fh.close();
     if (e instanceof IptlbError) throw e;
     const err = e as NodeJS.ErrnoException;
-    throw stateError(file, `cannot be read (${err.code ?? err.message})`);
+    throw fault(`cannot be read (${err.code ?? err.message})`);
   }
 }
 

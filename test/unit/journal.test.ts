@@ -10,12 +10,15 @@ import fs, {
   copyFileSync,
   existsSync,
   lstatSync,
+  mkdirSync,
   mkdtempSync,
   readFileSync,
   readdirSync,
   readlinkSync,
   renameSync,
+  rmdirSync,
   statSync,
+  symlinkSync,
   truncateSync,
   unlinkSync,
   writeFileSync,
@@ -343,6 +346,28 @@ test('a journal that is not a regular file, or writable by others, is refused li
   await assert.rejects(readState(file), (e: IptlbError) => e.code === 'ESTATE' && /journal.*writable/.test(e.message));
   chmodSync(journalPath(file), 0o600);
   await lb.close();
+});
+
+test('a journal that is a directory or a symbolic link is named as the journal; a path through a file is named as the state file', async () => {
+  const file = stateFile();
+  writeFileSync(file, '{}\n', { mode: 0o600 });
+  mkdirSync(journalPath(file));
+  await assert.rejects(readState(file), (e: IptlbError) => {
+    assert.equal(e.message, `state journal ${journalPath(file)}: is a directory`);
+    return true;
+  });
+  rmdirSync(journalPath(file));
+  symlinkSync(file, journalPath(file));
+  await assert.rejects(readState(file), (e: IptlbError) => {
+    assert.equal(e.message, `state journal ${journalPath(file)}: is a symbolic link; refusing to follow it`);
+    return true;
+  });
+  // A directory of the path that is a file: said of the state file, not of a journal the user never made.
+  const through = path.join(file, 'state.db');
+  await assert.rejects(readState(through), (e: IptlbError) => {
+    assert.equal(e.message, `state file ${through}: cannot be opened (ENOTDIR)`);
+    return true;
+  });
 });
 
 test('stateFoldMs is validated: a bad value is one EUSAGE line naming it', async () => {
