@@ -502,8 +502,8 @@ async function parseRaw(text: string, file: string): Promise<unknown> {
  * newline. Null when there is none of them. Only for the line reader ({@link parseCanonical}), which
  * takes nothing but one-line scalars without a quote left open, a space or a `#` in them, so what it
  * reads of the tidied text is what YAML reads of the text; anything else it leaves to the `yaml`
- * package, with the text as it is. (That package takes some 20 times the time and 50 times the
- * memory of the file: a 64 MiB file with one comment ran Node out of its heap.)
+ * package, with the text as it is. (That package takes 10 to 30 times the time, and 50 to 100 times the
+ * file's size in memory: a 64 MiB file with one comment ran Node out of its heap.)
  */
 function tidy(text: string): string | null {
   let t = text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
