@@ -132,6 +132,15 @@ function scalar(s: string): string {
   return s;
 }
 
+/**
+ * A string of a profile's `health` as written: single-quoted when it holds a ':' (an IPv6 address, an http path),
+ * its own single quotes doubled as YAML wants (a path such as `/a:'b` quoted as it was made the whole state file
+ * unreadable); else as {@link scalar}.
+ */
+function healthScalar(s: string): string {
+  return s.includes(':') ? `'${s.replace(/'/g, "''")}'` : scalar(s);
+}
+
 const chunks = new WeakMap<Profile, string>();
 /** The text of a profile's logLevel as the file had it, where that is a level's name (see toProfiles). */
 const levelText = new WeakMap<Profile, string>();
@@ -173,10 +182,7 @@ export function serializeOne(p: Profile): string {
       out.push('  health:');
       const h = p.health as unknown as Record<string, string | number | undefined>;
       for (const k of HEALTH_KEYS_SORTED)
-        if (h[k] !== undefined)
-          out.push(
-            `    ${k}: ${typeof h[k] === 'number' ? h[k] : String(h[k]).includes(':') ? `'${h[k]}'` : scalar(String(h[k]))}`,
-          );
+        if (h[k] !== undefined) out.push(`    ${k}: ${typeof h[k] === 'number' ? h[k] : healthScalar(String(h[k]))}`);
     }
     out.push(`  logEnabled: ${p.logEnabled ? 'true' : 'false'}`);
     const level = levelText.get(p);

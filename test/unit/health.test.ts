@@ -585,6 +585,44 @@ test('health config: defaults, state file round trip, files without it byte-iden
   );
 });
 
+test("an http check's path with a ':' and a quote is written as YAML reads it: the state file stays readable", async () => {
+  // Quoted as it was (`path: '/a:'b'`), one such profile made every later read of the file fail (ESTATE).
+  for (const p of ["/a:'b", "/a:''", "/:'", "/x?q='1:2'"]) {
+    const h = validateProfile({
+      name: 'web',
+      source: '127.100.0.10:80',
+      destination: D,
+      health: { kind: 'http', path: p },
+    });
+    assert.deepEqual((await parseState(serializeState([h]))).get('web'), h, p);
+  }
+  const { mkdtempSync, readFileSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  const { open } = await import('../../src/index.js');
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-hq-'));
+  try {
+    const stateFile = path.join(dir, 'state.db');
+    const lb = await open({ stateFile }, new FakeLegacyKernel());
+    await lb.apply({ name: 'api', source: '127.100.0.11:80', destination: D });
+    await lb.apply({ name: 'web', source: '127.100.0.10:80', destination: D, health: { kind: 'http', path: "/a:'b" } });
+    await lb.close();
+    assert.match(readFileSync(stateFile, 'utf8'), /^    path: '\/a:''b'$/m);
+    const again = await open({ stateFile }, new FakeLegacyKernel());
+    const list = await again.list();
+    await again.close();
+    assert.deepEqual(
+      list.map((x) => [x.name, x.health?.path]),
+      [
+        ['api', undefined],
+        ['web', "/a:'b"],
+      ],
+    );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('metrics helpers: listen address parsing, commit histogram and sync counters', () => {
   assert.deepEqual(parseListenAddress('127.0.0.1:9469'), { host: '127.0.0.1', port: 9469 });
   assert.deepEqual(parseListenAddress('[::1]:0'), { host: '::1', port: 0 });
