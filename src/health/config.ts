@@ -154,7 +154,11 @@ export function normalizeHealth(input: unknown, family: Family): HealthConfig | 
     const path = h.path ?? HEALTH_DEFAULTS.path;
     if (typeof path !== 'string' || !/^\/[\x21-\x7e]{0,1023}$/.test(path))
       throw invalid('health.path', `${q(path)} must start with / and hold printable characters without spaces`);
-    const expect = h.expect === undefined ? HEALTH_DEFAULTS.expect : String(h.expect);
+    // A string, or a number (a status code a hand-written YAML left unquoted); not anything String() turns into
+    // one (`[200]` read as "200").
+    const e = h.expect;
+    const expect =
+      e === undefined ? HEALTH_DEFAULTS.expect : typeof e === 'string' || typeof e === 'number' ? String(e) : '';
     if (!parseExpect(expect))
       throw invalid('health.expect', `${q(h.expect)} must be a status code or range such as 200-399`);
     out.path = path;

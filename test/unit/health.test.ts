@@ -535,6 +535,11 @@ test('health config: defaults, state file round trip, files without it byte-iden
   );
   assert.deepEqual((await parseState(text)).get('web'), h);
   assert.equal(
+    validateProfile({ name: 'web', source: '127.100.0.10:80', destination: D, health: { kind: 'http', expect: 204 } })
+      .health?.expect,
+    '204',
+  );
+  assert.equal(
     validateProfile({ name: 'web', source: '127.100.0.10:80', destination: D, health: { kind: 'none' } }).health,
     undefined,
   );
@@ -567,6 +572,10 @@ test('health config: defaults, state file round trip, files without it byte-iden
     [{ kind: 'tcp', path: '/x' }, /^health\.path: only applies/],
     [{ kind: 'http', path: 'x' }, /^health\.path: /],
     [{ kind: 'http', expect: '399-200' }, /^health\.expect: /],
+    // Not a string made of whatever String() makes of it: an array, an object.
+    [{ kind: 'http', expect: [200] }, /^health\.expect: \[200\] must be a status code/],
+    [{ kind: 'http', expect: ['200-399'] }, /^health\.expect: \["200-399"\] must be/],
+    [{ kind: 'http', expect: { toString: () => '200' } }, /^health\.expect: \{\} must be/],
     [{ allDown: 'never' }, /^health\.allDown: /],
     [{ kind: 'none', fall: 2 }, /^health\.fall: is set but health\.kind is "none"/],
     [{ colour: 1 }, /^health\.colour: is not a health field/],
