@@ -407,6 +407,15 @@ export class Core {
    */
   constructor(opts: OpenOptions = {}, injected?: Executor | Partial<Record<EngineName, Executor>>) {
     validateOpenOptions(opts, true);
+    // `open(options, 'native')` (the choice belongs in options.executor): a typed error, not the `in` operator's.
+    if (injected !== undefined && injected !== null && (typeof injected !== 'object' || Array.isArray(injected))) {
+      const got = Array.isArray(injected) ? 'an array' : (JSON.stringify(injected) ?? typeof injected);
+      throw new IptlbError(
+        'EUSAGE',
+        `executor: the second argument must be an Executor object, got ${got} (to choose one: options.executor)`,
+        { field: 'executor' },
+      );
+    }
     if (injected && 'commit' in injected) {
       const by = 'executor supplied by the caller';
       this.selected = {

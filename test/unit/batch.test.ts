@@ -324,6 +324,21 @@ test('kernel(family) takes ipv4 or ipv6 only: anything else is EUSAGE naming fam
   await lb.close();
 });
 
+test("open()'s second argument is an Executor object: a string or number is EUSAGE naming executor, not a TypeError", async () => {
+  for (const bad of ['native', 'spawn', 42, true, [new FakeExecutor(undefined, 0)]])
+    await assert.rejects(
+      open({ stateFile: false }, bad as never),
+      (e: IptlbError) =>
+        e instanceof IptlbError &&
+        e.code === 'EUSAGE' &&
+        e.field === 'executor' &&
+        /^executor: the second argument must be an Executor object, got .* \(to choose one: options\.executor\)$/.test(
+          e.message,
+        ),
+      String(bad),
+    );
+});
+
 test('engine and executor left out come from IPTLB_ENGINE / IPTLB_EXECUTOR, and a bad value names the variable', async () => {
   const saved = { e: process.env.IPTLB_ENGINE, x: process.env.IPTLB_EXECUTOR };
   try {
