@@ -508,14 +508,24 @@ function validateDestinations(
 function mergeWeights(w: unknown, destinations: ReadonlySet<string>, weightMap: Map<string, number>): void {
   if (w === null || typeof w !== 'object' || Array.isArray(w))
     throw invalid('weights', `must be a map of "ip:port" to integer weights, got ${show(w)}`);
+  // The key of `weights` each destination got its weight from (two spellings of one IPv6 address are one key).
+  const spelt = new Map<string, string>();
   for (const [k, v] of Object.entries(w as Record<string, unknown>)) {
     const parsed = parseEndpoint(k);
     const key = typeof parsed === 'string' ? k : formatEndpoint(parsed);
     if (!destinations.has(key)) throw invalid('weights', `${show(k)} is not one of the destinations`);
     const value = weightValue('weights', v, show(k));
-    if (weightMap.has(key) && weightMap.get(key) !== value)
-      throw invalid('weights', `${show(k)} has weight ${weightMap.get(key)} in destination and ${value} in weights`);
+    if (weightMap.has(key) && weightMap.get(key) !== value) {
+      const other = spelt.get(key);
+      throw invalid(
+        'weights',
+        other === undefined
+          ? `${show(k)} has weight ${weightMap.get(key)} in destination and ${value} in weights`
+          : `${show(other)} and ${show(k)} are one destination, with weights ${weightMap.get(key)} and ${value}`,
+      );
+    }
     weightMap.set(key, value);
+    spelt.set(key, k);
   }
 }
 

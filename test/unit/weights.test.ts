@@ -79,6 +79,17 @@ test('weights: bad values are one-line errors naming the field', () => {
     'weights',
     /weight 2 in destination and 3 in weights/,
   );
+  // Two spellings of one IPv6 destination in `weights`: said as such (neither weight came from destination).
+  refused(
+    {
+      ...base,
+      source: '[2001:db8::1]:80',
+      destination: ['[2001:db8::2]:80', '[2001:db8::3]:80'],
+      weights: { '[2001:db8::2]:80': 2, '[2001:DB8:0::2]:80': 3 },
+    },
+    'weights',
+    /^weights: "\[2001:db8::2\]:80" and "\[2001:DB8:0::2\]:80" are one destination, with weights 2 and 3$/,
+  );
   refused(
     { ...base, destination: ['127.0.0.1:9001*1000', '127.0.0.1:9002*999'] },
     'weights',
