@@ -261,7 +261,7 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
     });
   }
 
-  /** The profiles recorded in the state file, sorted by name. */
+  /** The profiles recorded in the state file, sorted by name (frozen: see {@link Profile}). */
   list(): Promise<Profile[]> {
     return this.call(async () => {
       const state = await this.core.readState();

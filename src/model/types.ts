@@ -21,7 +21,11 @@ export const PROTOCOLS: readonly Protocol[] = ['tcp', 'udp', 'sctp'];
 export const SCHEDULERS: readonly Scheduler[] = ['random', 'round-robin'];
 export const RULES_BACKENDS: readonly RulesBackend[] = ['client', 'proxy', 'server'];
 
-/** A validated, normalised profile: exactly what the state file stores. */
+/**
+ * A validated, normalised profile: exactly what the state file stores. The profiles iptlb returns (`list()`,
+ * `applied`, `validateProfile`) are frozen, their destination list too: change one as a copy,
+ * `{ ...p, destination: [...] }`, which `apply()` takes.
+ */
 export interface Profile {
   /**
    * Profile name: 1-63 of `A-Za-z0-9_-`, not starting with `-`; a profile read from the state file, or looked up by
@@ -31,7 +35,7 @@ export interface Profile {
   /** Virtual address, `ipv4:port` or `[ipv6]:port` (canonical RFC 5952 text). */
   source: string;
   /** Destinations, `ip:port` each in the family of `source`, at least one, no duplicates. */
-  destination: string[];
+  destination: readonly string[];
   /** Default `tcp`. */
   protocol: Protocol;
   /** Default `client`. */
@@ -71,7 +75,7 @@ export interface ProfileInput {
   name: string;
   source: string;
   /** `ip:port` items; an item may carry its weight as `ip:port*W` (normalised into `weights`). */
-  destination: string[] | string;
+  destination: readonly string[] | string;
   protocol?: string;
   rulesBackend?: string;
   logEnabled?: boolean;

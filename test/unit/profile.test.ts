@@ -187,3 +187,20 @@ test('a number that is not finite is named as it is (NaN, Infinity), not as JSON
       field,
     );
 });
+
+test('a profile iptlb returns is frozen, and its type says so: changing its destination in place is a compile error', async () => {
+  const { open } = await import('../../src/index.js');
+  const { FakeLegacyKernel } = await import('../harness/fake-kernel.js');
+  const lb = await open({ stateFile: false }, new FakeLegacyKernel());
+  await lb.apply({ name: 'web', source: '127.100.0.10:80', destination: ['127.0.0.1:9001'] });
+  const [p] = await lb.list();
+  assert.ok(p && Object.isFrozen(p) && Object.isFrozen(p.destination));
+  // Typed string[], this compiled and threw at run time (an agent adding an instance to the list it got).
+  // @ts-expect-error destination is readonly: the profile is frozen
+  assert.throws(() => p.destination.push('127.0.0.1:9002'), TypeError);
+  // The way to change one: a copy, which apply() takes back (a Profile is a ProfileInput).
+  await lb.apply({ ...p, destination: [...p.destination, '127.0.0.1:9002'] });
+  await lb.apply(p);
+  assert.deepEqual((await lb.list())[0]?.destination, ['127.0.0.1:9001']);
+  await lb.close();
+});
