@@ -123,6 +123,8 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
   private readonly core: Core;
   private readonly queue: CommitQueue;
   private closed = false;
+  /** Set by close() once the attached checker stopped: no checker commits through this handle after. */
+  private healthEnded = false;
   /** The first `close()`'s promise: a later (or concurrent) `close()` settles with it. */
   private closing?: Promise<void>;
   /** Calls (and the periodic drift check) in flight, and who waits for none to be: `close()`. */
@@ -138,9 +140,13 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
    * through the group commit (an empty call: the health changes ride along), and the `health` event.
    */
   healthHost(): HealthHost {
+    // A checker (or a metrics server) of a closed handle is refused, as any call on it; one made before and not
+    // stopped has its commits refused once close() has stopped the attached checker (the handle's last commit).
+    this.check();
     return {
       core: this.core,
-      commit: () => this.queue.submit({ kind: 'apply', profiles: [] }),
+      commit: () =>
+        this.healthEnded ? Promise.reject(this.closedError()) : this.queue.submit({ kind: 'apply', profiles: [] }),
       emit: (e) => this.emitApart('health', e),
     };
   }
@@ -228,7 +234,11 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
   }
 
   private check(): void {
-    if (this.closed) throw new IptlbError('EUSAGE', 'handle: this iptlb handle is closed', { field: 'handle' });
+    if (this.closed) throw this.closedError();
+  }
+
+  private closedError(): IptlbError {
+    return new IptlbError('EUSAGE', 'handle: this iptlb handle is closed', { field: 'handle' });
   }
 
   /**
@@ -343,6 +353,7 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
       } catch (e) {
         stopFailed = { error: e };
       }
+    this.healthEnded = true;
     while (this.inFlight > 0) await new Promise<void>((r) => this.idleWaiters.push(r));
     await this.queue.idle();
     // The journal is durable already: a fold that fails (lock held too long, disk full) is logged, not thrown.

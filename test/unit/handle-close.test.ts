@@ -202,6 +202,38 @@ test('open({ health: { prober: native } }) without the addon: ENATIVE naming hea
   assert.deepEqual(JSON.parse(r.stdout), { native: ['ENATIVE', 'health.prober'], second: 'opened' });
 });
 
+test('a health checker of a closed handle: made after close() it is refused (as a metrics server); made before and left running, it commits nothing once close() resolved', async (t) => {
+  const { HealthChecker, startMetricsServer, IptlbError } = await import('../../src/index.js');
+  const k = new FakeLegacyKernel();
+  const lb = await open({ stateFile: false }, k);
+  const health = { kind: 'tcp', intervalMs: 10, timeoutMs: 5, rise: 1, fall: 1 };
+  await lb.apply({ ...prof, destination: ['127.0.0.1:9000', '127.0.0.1:9001'], health });
+  const down = new Set<string>();
+  const log: string[] = [];
+  const early = new HealthChecker(lb, {
+    probe: (t) => (down.has(`${t.host}:${t.port}`) ? Promise.reject(new Error('ECONNREFUSED')) : Promise.resolve()),
+    publish: false,
+    log: (l) => log.push(l),
+  });
+  await early.start();
+  t.after(() => early.stop()); // (its timers keep the process alive: stopped whatever fails)
+  await lb.close();
+  const closed = (e: unknown): boolean => e instanceof IptlbError && e.code === 'EUSAGE' && e.field === 'handle';
+  assert.throws(() => new HealthChecker(lb), closed);
+  await assert.rejects(startMetricsServer({ address: '127.0.0.1:0', iptlb: lb }), closed);
+  // The checker left running decides a drain: before, it was committed through the closed handle.
+  const commits = k.commits.length;
+  down.add('127.0.0.1:9000');
+  for (let i = 0; i < 100 && !log.some((l) => /commit failed/.test(l)); i++)
+    await new Promise((r) => setTimeout(r, 10));
+  await early.stop();
+  assert.equal(k.commits.length, commits, 'no commit after close() resolved');
+  assert.ok(
+    log.some((l) => /health: commit failed \(handle: this iptlb handle is closed\)/.test(l)),
+    log.join('\n'),
+  );
+});
+
 /**
  * Runs `body` as an ES module in a child Node, `open` and `FakeLegacyKernel` imported (from the built
  * tree); `timeoutMs` only guards against a hang.
