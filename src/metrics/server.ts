@@ -284,8 +284,29 @@ export async function healthz(
   return { ok: true, reason: 'kernel matches the state file' };
 }
 
+const METRICS_OPTIONS = ['address', 'iptlb', 'core', 'stats', 'checker', 'extra'];
+
+/** The options of {@link startMetricsServer} checked as open()'s are: an object of known keys, each of its kind. */
+function checkMetricsOptions(o: unknown): asserts o is MetricsServerOptions {
+  const usage = (field: string, message: string): IptlbError =>
+    new IptlbError('EUSAGE', `${field}: ${message}`, { field });
+  if (o === null || typeof o !== 'object' || Array.isArray(o))
+    throw usage('options', `startMetricsServer takes an object, got ${o === null ? 'null' : typeof o}`);
+  const v = o as Record<string, unknown>;
+  for (const k of Object.keys(v))
+    if (!METRICS_OPTIONS.includes(k)) throw usage(k, `unknown option (known: ${METRICS_OPTIONS.join(', ')})`);
+  const kind = (field: string, ok: boolean, what: string): void => {
+    if (v[field] !== undefined && !ok) throw usage(field, `must be ${what}`);
+  };
+  kind('iptlb', typeof (v.iptlb as { healthHost?: unknown })?.healthHost === 'function', 'a handle of open()');
+  kind('stats', v.stats instanceof ProcessStats, 'a ProcessStats');
+  kind('checker', typeof (v.checker as { states?: unknown })?.states === 'function', 'a HealthChecker');
+  kind('extra', typeof v.extra === 'function', 'a function returning exposition text');
+}
+
 /** Serves `/metrics` and `/healthz` on `address`. Resolves once listening. */
 export async function startMetricsServer(options: MetricsServerOptions): Promise<MetricsServer> {
+  checkMetricsOptions(options);
   const { host, port } = parseListenAddress(options.address);
   const core = options.core ?? options.iptlb?.healthHost().core;
   if (!core) throw new IptlbError('EUSAGE', 'startMetricsServer: give iptlb (a handle) or core', { field: 'iptlb' });

@@ -880,6 +880,21 @@ test('metrics text and /healthz from a core: families, labels escaped, 503 with 
     await server.close();
   }
   await assert.rejects(startMetricsServer({ address: '127.0.0.1:x', core }), /metrics-address: /);
+  // Its options are checked as open()'s: an object of known keys, each of its kind (a TypeError, or ignored, before).
+  const badOptions: [unknown, string, RegExp][] = [
+    [null, 'options', /^options: startMetricsServer takes an object, got null$/],
+    [{ address: '127.0.0.1:0', core, checkr: undefined }, 'checkr', /^checkr: unknown option \(known: address, /],
+    [{ address: '127.0.0.1:0', iptlb: {} }, 'iptlb', /^iptlb: must be a handle of open\(\)$/],
+    [{ address: '127.0.0.1:0', core, stats: {} }, 'stats', /^stats: must be a ProcessStats$/],
+    [{ address: '127.0.0.1:0', core, checker: {} }, 'checker', /^checker: must be a HealthChecker$/],
+    [{ address: '127.0.0.1:0', core, extra: 'x' }, 'extra', /^extra: must be a function/],
+  ];
+  for (const [o, field, re] of badOptions)
+    await assert.rejects(
+      startMetricsServer(o as never),
+      (e: IptlbError) => e instanceof IptlbError && e.code === 'EUSAGE' && e.field === field && re.test(e.message),
+      field,
+    );
 });
 
 test('/healthz and /metrics of a core whose rules are in both engines: 503 with the split line, iptlb_engines_split 1', async (t) => {
