@@ -34,6 +34,7 @@ import type { Probe } from './probe.js';
 import { createProber, type Prober } from './native-probe.js';
 import * as fsp from '../platform/fsp.js';
 import { IptlbError } from '../model/errors.js';
+import { show } from '../model/profile.js';
 
 export interface HealthCheckerOptions {
   /** One line per transition and per failed commit. Default: none. */
@@ -124,7 +125,7 @@ export function validateCheckerOptions(opts: unknown, prefix = ''): void {
     if (v === undefined) continue;
     const why = check(v);
     if (why)
-      throw new IptlbError('EUSAGE', `${prefix}${k}: ${why}, got ${JSON.stringify(v) ?? typeof v}`, {
+      throw new IptlbError('EUSAGE', `${prefix}${k}: ${why}, got ${show(v)}`, {
         field: `${prefix}${k}`,
       });
   }
@@ -258,6 +259,12 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
   constructor(target: { healthHost(): HealthHost } | HealthHost, opts: HealthCheckerOptions = {}) {
     super();
     validateCheckerOptions(opts);
+    // (`in` on null or a string was a TypeError; `{}` failed on its missing core.)
+    const t = target as unknown as Record<string, unknown> | null;
+    if (typeof t?.healthHost !== 'function' && (typeof t?.core !== 'object' || typeof t?.commit !== 'function'))
+      throw new IptlbError('EUSAGE', `iptlb: HealthChecker takes a handle of open(), got ${show(target)}`, {
+        field: 'iptlb',
+      });
     this.host = 'healthHost' in target ? target.healthHost() : target;
     this.log = opts.log ?? (() => {});
     if (opts.probe) this.probeFn = opts.probe;

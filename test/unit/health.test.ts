@@ -1389,6 +1389,29 @@ test('errors name their field: open({ health }) refused because another process 
   rmSync(dir, { recursive: true, force: true });
 });
 
+test('new HealthChecker(target, options): a target that is not a handle, or an option that is not a number, is EUSAGE naming it as given', () => {
+  for (const target of [null, 'web', 42, {}])
+    assert.throws(
+      () => new HealthChecker(target as never),
+      (e: IptlbError) =>
+        e instanceof IptlbError &&
+        e.code === 'EUSAGE' &&
+        e.field === 'iptlb' &&
+        /^iptlb: HealthChecker takes a handle of open\(\), got /.test(e.message),
+      String(target),
+    );
+  const host = coreHost(new Core({ stateFile: false }, new FakeLegacyKernel()));
+  for (const [k, v, got] of [
+    ['batchMs', NaN, 'NaN'],
+    ['tickMs', Infinity, 'Infinity'],
+  ] as const)
+    assert.throws(
+      () => new HealthChecker(host, { [k]: v }),
+      (e: IptlbError) => e.code === 'EUSAGE' && e.field === k && e.message.endsWith(`, got ${got}`),
+      k,
+    );
+});
+
 test("close() whose health checker's stop() throws still ends the calls, folds the journal and releases the checker's lock, then rejects with that error", async () => {
   const { open } = await import('../../src/index.js');
   const { mkdtempSync, rmSync, existsSync, readFileSync } = await import('node:fs');
