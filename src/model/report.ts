@@ -65,7 +65,10 @@ export interface StatusReport {
    * the line a change through it is refused with, naming the engine and the fix.
    */
   otherEngine?: string;
-  /** This state file's profiles, then the kernel's rules no state file owns (`orphaned`). */
+  /**
+   * Per address family, IPv4 first: this state file's profiles of it, then the kernel's rules of it that no state
+   * file owns (`orphaned`); so an IPv4 orphan comes before the IPv6 profiles.
+   */
   profiles: ProfileReport[];
   /** The other state files (in the registry) whose profiles the kernel holds; absent when there are none. */
   otherStateFiles?: OtherStateFile[];
