@@ -242,8 +242,9 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
   }
 
   /**
-   * Creates or replaces profiles, all in one kernel transaction, then records them in the state
-   * file. Rejects with EINVAL_PROFILE / ECONFLICT (nothing changed) or EKERNEL (nothing changed).
+   * Creates or replaces profiles, all in one kernel transaction per address family (IPv4 first, undone when the
+   * IPv6 one fails), then records them in the state file. Rejects with EINVAL_PROFILE / ECONFLICT (nothing
+   * changed) or EKERNEL (nothing changed).
    */
   apply(profiles: ProfileInput | ProfileInput[]): Promise<TransactionResult> {
     return this.call(() => {
@@ -262,7 +263,7 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
     });
   }
 
-  /** Deletes profiles by name in one kernel transaction. Unknown names reject with ENOTFOUND. */
+  /** Deletes profiles by name in one kernel transaction (per address family). Unknown names reject with ENOTFOUND. */
   delete(names: string | string[]): Promise<TransactionResult> {
     return this.call(() => {
       const list = Array.isArray(names) ? names : [names];
