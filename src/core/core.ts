@@ -6,7 +6,7 @@
  */
 import { existsSync } from 'node:fs';
 import * as path from 'node:path';
-import { IptlbError } from '../model/errors.js';
+import { apart, IptlbError } from '../model/errors.js';
 import { validateOpenOptions } from './options.js';
 import { fsFailure } from '../platform/fsafety.js';
 import { executorChoiceOf } from '../engines/executors.js';
@@ -440,7 +440,7 @@ export class Core {
         ? null
         : opts.stateRegistry;
     this.foldMs = opts.stateFoldMs ?? 0;
-    this.log = opts.log ?? (() => {});
+    this.log = opts.log ? apart(opts.log) : () => {};
     this.logging = opts.log !== undefined;
     this.conntrack = new ConntrackJanitor({
       log: (line) => this.log(line),

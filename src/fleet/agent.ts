@@ -17,7 +17,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { Core, type OpenOptions } from '../core/core.js';
-import { IptlbError } from '../model/errors.js';
+import { apart, IptlbError } from '../model/errors.js';
 import type { EngineChoice, ExecutorChoice, EngineName, Profile } from '../model/types.js';
 import type { Executor } from '../engines/engine.js';
 import {
@@ -275,7 +275,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       backoffMs: int(opts.backoffMs ?? 200, 'backoffMs', 1, MAX_AGENT_MS),
       backoffMaxMs: int(opts.backoffMaxMs ?? 10000, 'backoffMaxMs', 1, MAX_AGENT_MS),
     };
-    this.log = opts.log ?? (() => {});
+    this.log = opts.log ? apart(opts.log) : () => {};
     const coreOpts: OpenOptions = {
       stateFile: opts.stateFile ?? DEFAULT_AGENT_STATE_FILE,
       ...(opts.engine ? { engine: opts.engine } : {}),

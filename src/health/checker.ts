@@ -33,7 +33,7 @@ import { tryLockBeside, type HeldLock } from '../platform/lock.js';
 import type { Probe } from './probe.js';
 import { createProber, type Prober } from './native-probe.js';
 import * as fsp from '../platform/fsp.js';
-import { IptlbError } from '../model/errors.js';
+import { apart, IptlbError } from '../model/errors.js';
 import { show } from '../model/profile.js';
 
 export interface HealthCheckerOptions {
@@ -266,7 +266,7 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
         field: 'iptlb',
       });
     this.host = 'healthHost' in target ? target.healthHost() : target;
-    this.log = opts.log ?? (() => {});
+    this.log = opts.log ? apart(opts.log) : () => {};
     if (opts.probe) this.probeFn = opts.probe;
     this.proberKind = opts.prober ?? 'auto';
     this.random = opts.random ?? Math.random;

@@ -46,3 +46,20 @@ export function fieldLabel(key: string): string {
 export function invalid(field: string, message: string): IptlbError {
   return new IptlbError('EINVAL_PROFILE', `${field}: ${message}`, { field });
 }
+
+/**
+ * `fn` (a caller's `log` option) made safe to call from iptlb's own paths: a throw is thrown again on its own, as an
+ * uncaught exception (as a throwing event listener's is), instead of failing the change it was logging (a `log` that
+ * threw on "committed …" rejected the apply after its kernel commit, before its state write: an orphan).
+ */
+export function apart(fn: (line: string) => void): (line: string) => void {
+  return (line) => {
+    try {
+      fn(line);
+    } catch (e) {
+      process.nextTick(() => {
+        throw e;
+      });
+    }
+  };
+}

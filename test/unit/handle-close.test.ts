@@ -157,6 +157,31 @@ test("a `drift`, `error` or `health` listener's throw does not change the call's
   });
 });
 
+test("a `log` option that throws does not change a call's outcome either: the apply is committed and recorded, the throw is thrown again on its own", () => {
+  const r = inChild(
+    `const thrown = [];
+       process.on('uncaughtException', (e) => thrown.push(e.message));
+       const { mkdtempSync, rmSync } = await import('node:fs');
+       const { tmpdir } = await import('node:os');
+       const dir = mkdtempSync(tmpdir() + '/iptlb-log-');
+       const k = new FakeLegacyKernel();
+       const log = (l) => { if (/^committed/.test(l)) throw new Error('log: ' + l.slice(0, 9)); };
+       const lb = await open({ stateFile: dir + '/state.db', stateRegistry: false, log }, k);
+       const out = {};
+       out.apply = await lb.apply({ name: 'a', source: '127.100.0.1:1000', destination: ['127.0.0.1:9000'] })
+         .then((r) => [r.committed, r.stateWritten], (e) => e.message);
+       await lb.close();
+       const again = await open({ stateFile: dir + '/state.db', stateRegistry: false }, k);
+       out.status = (await again.status()).map((x) => x.name + ' ' + x.status);
+       await again.close();
+       rmSync(dir, { recursive: true, force: true });
+       setImmediate(() => process.stdout.write(JSON.stringify({ ...out, thrown })));`,
+  );
+  assert.equal(r.status, 0, r.stderr);
+  // Before, the apply rejected with the log's error after its kernel commit, before its state write: an orphan.
+  assert.deepEqual(JSON.parse(r.stdout), { apply: [true, true], status: ['a in-sync'], thrown: ['log: committed'] });
+});
+
 test('after close() nothing of the handle keeps the process alive: drift check, health checker, state file', () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-close-'));
   const r = inChild(
