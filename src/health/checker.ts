@@ -747,7 +747,7 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
       }
       // (unchecked -> up changes nothing in the kernel and is not logged: at start it is every destination.)
       this.host.emit?.(ev);
-      this.emit('health', ev);
+      this.emitApart('health', ev);
     }
     // What status and the published file show, updated in place (O(1) per check).
     const i = info?.get(e.destination);
@@ -854,6 +854,21 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     return p;
   }
 
+  /**
+   * Emits an event of the checker without letting a listener's throw stop it: thrown again on its own, as an
+   * uncaught exception (as the handle's listeners' are). A `health` listener that threw stopped every later
+   * transition and commit, with an unhandled rejection per check.
+   */
+  private emitApart<K extends 'health' | 'error'>(event: K, arg: K extends 'health' ? HealthEvent : Error): void {
+    try {
+      (this.emit as (e: K, a: typeof arg) => boolean)(event, arg);
+    } catch (e) {
+      process.nextTick(() => {
+        throw e;
+      });
+    }
+  }
+
   private async commitPending(): Promise<void> {
     this.committing = true;
     this.flushAgain = false;
@@ -871,7 +886,7 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
       if ((e as Error).message !== this.commitFailure)
         this.log(`health: commit failed (${(e as Error).message}); retrying every second`);
       this.commitFailure = (e as Error).message;
-      if (this.listenerCount('error') > 0) this.emit('error', e as Error);
+      if (this.listenerCount('error') > 0) this.emitApart('error', e as Error);
       this.committing = false;
       if (this.running) this.flushTimer = setTimeout(() => ((this.flushTimer = undefined), void this.flush()), 1000);
       return;

@@ -182,6 +182,34 @@ test("a `log` option that throws does not change a call's outcome either: the ap
   assert.deepEqual(JSON.parse(r.stdout), { apply: [true, true], status: ['a in-sync'], thrown: ['log: committed'] });
 });
 
+test("a HealthChecker's own `health` listener that throws does not stop the checks: the drains are still committed, the throw is thrown again on its own", () => {
+  const r = inChild(
+    `const thrown = [];
+       process.on('uncaughtException', (e) => thrown.push(e.message));
+       const { HealthChecker } = await import(${JSON.stringify(pathToFileURL(PROJECT_ROOT + '/dist/src/index.js').href)});
+       const k = new FakeLegacyKernel();
+       const lb = await open({ stateFile: false }, k);
+       const health = { kind: 'tcp', intervalMs: 10, timeoutMs: 5, rise: 1, fall: 1 };
+       await lb.apply({ name: 'a', source: '127.100.0.1:1000', destination: ['127.0.0.1:9000', '127.0.0.1:9001'], health });
+       const down = new Set();
+       const c = new HealthChecker(lb, { publish: false, probe: (t) => down.has(t.port) ? Promise.reject(new Error('refused')) : Promise.resolve() });
+       c.on('health', (e) => { throw new Error('listener ' + e.state); });
+       await c.start();
+       for (let i = 0; i < 200 && !thrown.includes('listener up'); i++) await new Promise((r) => setTimeout(r, 5));
+       down.add(9000);
+       const drained = () => k.commits.length > 1;
+       for (let i = 0; i < 200 && !drained(); i++) await new Promise((r) => setTimeout(r, 5));
+       const out = { drained: drained(), weight: (await lb.status())[0].destinations[0].effectiveWeight };
+       await c.stop();
+       await lb.close();
+       setImmediate(() => process.stdout.write(JSON.stringify({ ...out, thrown: [...new Set(thrown)].sort() })));`,
+    60_000,
+  );
+  assert.equal(r.status, 0, r.stderr);
+  // Before, the first throw (at the first check) left every later transition undecided: nothing was drained.
+  assert.deepEqual(JSON.parse(r.stdout), { drained: true, weight: 0, thrown: ['listener down', 'listener up'] });
+});
+
 test('after close() nothing of the handle keeps the process alive: drift check, health checker, state file', () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-close-'));
   const r = inChild(
