@@ -868,7 +868,7 @@ export class Agent extends EventEmitter<AgentEvents> {
             `agent: revision ${revision}: ${r.applied.length} applied, ${r.deleted.length} removed as one change (${families.size > 1 ? `a kernel transaction per address family, ${[...families].sort().join(' and ')}` : `one kernel transaction, ${[...families][0] ?? 'ipv4'}`}; ${r.commitMs.toFixed(2)} ms kernel, ${totalMs.toFixed(1)} ms in all)`,
           );
         this.readyResolve();
-        this.emit('applied', {
+        this.emitApart('applied', {
           revision,
           upserted: r.applied.length,
           removed: r.deleted.length,
@@ -1003,9 +1003,25 @@ export class Agent extends EventEmitter<AgentEvents> {
   /** A refusal of the host key write alone was said (see {@link writeStatus}). */
   private statusRefusalSaid = false;
 
+  /**
+   * Emits an event without letting a listener's throw change the agent's work: thrown again on its own, as an
+   * uncaught exception (as the handle's listeners' are). An `applied` listener that threw was reported as the
+   * revision not applied (retried with backoff, the host key saying a kernel error); a `status` one skipped the
+   * host key's write, with an unhandled rejection.
+   */
+  private emitApart<K extends keyof AgentEvents>(event: K, ...args: AgentEvents[K]): void {
+    try {
+      (this.emit as (e: K, ...a: AgentEvents[K]) => boolean)(event, ...args);
+    } catch (e) {
+      process.nextTick(() => {
+        throw e;
+      });
+    }
+  }
+
   private writeStatus(): void {
     const st = this.status();
-    this.emit('status', st);
+    this.emitApart('status', st);
     if (!this.store || this.stopped) return;
     if (this.statusWriting) {
       this.statusAgain = true;

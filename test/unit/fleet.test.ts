@@ -967,3 +967,43 @@ describe('fleet: CLI bad input (no etcd needed: refused before any call)', () =>
     }
   });
 });
+
+test("an agent's `applied` or `status` listener that throws changes nothing of its work: thrown again on its own", async () => {
+  const { spawnSync } = await import('node:child_process');
+  const { pathToFileURL } = await import('node:url');
+  const { PROJECT_ROOT } = await import('../harness/env.js');
+  const url = (f: string): string => JSON.stringify(pathToFileURL(path.join(PROJECT_ROOT, 'dist', f)).href);
+  const r = spawnSync(
+    process.execPath,
+    [
+      '--input-type=module',
+      '-e',
+      `const thrown = [];
+       process.on('uncaughtException', (e) => thrown.push(e.message));
+       const { FakeNftKernel } = await import(${url('test/harness/fake-kernel.js')});
+       const { FakeStore } = await import(${url('test/harness/fake-store.js')});
+       const { fastAgent, putProf, stateFile, until, P } = await import(${url('test/harness/fleet-agents.js')});
+       const store = new FakeStore();
+       putProf(store, 'web', 8080);
+       const a = fastAgent(store, new FakeNftKernel(), stateFile());
+       a.on('applied', () => { throw new Error('applied listener'); });
+       a.on('status', () => { throw new Error('status listener'); });
+       await a.start();
+       await a.ready;
+       await until(() => store.leased.has(P + 'hosts/h1'), 'host key written');
+       const host = JSON.parse(store.leased.get(P + 'hosts/h1'));
+       const out = { error: host.error ?? null, status: (await a.core.status()).map((x) => x.name + ' ' + x.status) };
+       await a.stop();
+       setImmediate(() => process.stdout.write(JSON.stringify({ ...out, thrown: [...new Set(thrown)].sort() })));`,
+    ],
+    { encoding: 'utf8', timeout: 60_000 },
+  );
+  assert.equal(r.status, 0, r.stderr);
+  // Before, the applied listener's throw was said as the revision not applied (a kernel error on the host key,
+  // retried with backoff), and the status listener's kept the host key from being written at all.
+  assert.deepEqual(JSON.parse(r.stdout), {
+    error: null,
+    status: ['web in-sync'],
+    thrown: ['applied listener', 'status listener'],
+  });
+});
