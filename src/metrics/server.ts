@@ -294,7 +294,9 @@ function checkMetricsOptions(o: unknown): asserts o is MetricsServerOptions {
     throw usage('options', `startMetricsServer takes an object, got ${o === null ? 'null' : typeof o}`);
   const v = o as Record<string, unknown>;
   for (const k of Object.keys(v))
-    if (!METRICS_OPTIONS.includes(k)) throw usage(k, `unknown option (known: ${METRICS_OPTIONS.join(', ')})`);
+    // stateMissing: iptlb watch's own (internal, not listed).
+    if (!METRICS_OPTIONS.includes(k) && k !== 'stateMissing')
+      throw usage(k, `unknown option (known: ${METRICS_OPTIONS.join(', ')})`);
   const kind = (field: string, ok: boolean, what: string): void => {
     if (v[field] !== undefined && !ok) throw usage(field, `must be ${what}`);
   };
@@ -302,6 +304,7 @@ function checkMetricsOptions(o: unknown): asserts o is MetricsServerOptions {
   kind('stats', v.stats instanceof ProcessStats, 'a ProcessStats');
   kind('checker', typeof (v.checker as { states?: unknown })?.states === 'function', 'a HealthChecker');
   kind('extra', typeof v.extra === 'function', 'a function returning exposition text');
+  kind('stateMissing', typeof v.stateMissing === 'function', 'a function');
 }
 
 /** Serves `/metrics` and `/healthz` on `address`. Resolves once listening. */
