@@ -332,10 +332,6 @@ function orphansOf(state: Map<string, Profile>, view: NftView, idx: ViewIndex, c
 const withoutCounts = (text: string): string => text.replace(/\b(pkts|packets|bytes)(["\s:]+)\d+/g, '$1$2N');
 
 /**
- * Each profile of the state compared with table `<view.family> iptlb`, plus what no profile owns,
- * with counters. `state` holds the profiles of that family only.
- */
-/**
  * Every virtual address, protocol and destination the table DNATs to: the backend maps' elements (the
  * dispatch sets' and round-robin rules' slots) and the affinity rules' targets.
  */
@@ -351,6 +347,10 @@ export function servedNft(view: NftView): ServedPair[] {
   return out;
 }
 
+/**
+ * Each profile of the state compared with table `<view.family> iptlb`, plus what no profile owns,
+ * with counters. `state` holds the profiles of that family only.
+ */
 export function compareNft(state: Map<string, Profile>, view: NftView): ProfileReport[] {
   const idx = indexView(view);
   const claims: Claims = { dispatch: new Set(), backends: new Set(), affSets: new Set() };
