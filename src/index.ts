@@ -13,7 +13,7 @@ import { EventEmitter } from 'node:events';
 import { Core, DEFAULT_STATE_FOLD_MS, type OpenOptions, type TransactionResult } from './core/core.js';
 import { CommitQueue, type CommitEvent } from './core/batch.js';
 import { validateName, validateProfile } from './model/profile.js';
-import { IptlbError } from './model/errors.js';
+import { callApart, IptlbError } from './model/errors.js';
 import { validateOpenOptions } from './core/options.js';
 import type { EngineName, Family, KernelView, Profile, ProfileInput } from './model/types.js';
 import type { Executor } from './engines/engine.js';
@@ -188,13 +188,7 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
    * (as the queue does for `commit`).
    */
   private emitApart<K extends 'drift' | 'error' | 'health'>(event: K, ...args: IptlbEvents[K]): void {
-    try {
-      (this.emit as (e: K, ...a: IptlbEvents[K]) => boolean)(event, ...args);
-    } catch (e) {
-      process.nextTick(() => {
-        throw e;
-      });
-    }
+    callApart(() => (this.emit as (e: K, ...a: IptlbEvents[K]) => boolean)(event, ...args));
   }
 
   /**

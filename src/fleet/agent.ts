@@ -17,7 +17,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { Core, type OpenOptions } from '../core/core.js';
-import { apart, IptlbError } from '../model/errors.js';
+import { apart, callApart, IptlbError } from '../model/errors.js';
 import type { EngineChoice, ExecutorChoice, EngineName, Profile } from '../model/types.js';
 import type { Executor } from '../engines/engine.js';
 import {
@@ -1010,13 +1010,7 @@ export class Agent extends EventEmitter<AgentEvents> {
    * host key's write, with an unhandled rejection.
    */
   private emitApart<K extends keyof AgentEvents>(event: K, ...args: AgentEvents[K]): void {
-    try {
-      (this.emit as (e: K, ...a: AgentEvents[K]) => boolean)(event, ...args);
-    } catch (e) {
-      process.nextTick(() => {
-        throw e;
-      });
-    }
+    callApart(() => (this.emit as (e: K, ...a: AgentEvents[K]) => boolean)(event, ...args));
   }
 
   private writeStatus(): void {

@@ -33,7 +33,7 @@ import { tryLockBeside, type HeldLock } from '../platform/lock.js';
 import type { Probe } from './probe.js';
 import { createProber, type Prober } from './native-probe.js';
 import * as fsp from '../platform/fsp.js';
-import { apart, IptlbError } from '../model/errors.js';
+import { apart, callApart, IptlbError } from '../model/errors.js';
 import { show } from '../model/profile.js';
 
 export interface HealthCheckerOptions {
@@ -860,13 +860,7 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
    * transition and commit, with an unhandled rejection per check.
    */
   private emitApart<K extends 'health' | 'error'>(event: K, arg: K extends 'health' ? HealthEvent : Error): void {
-    try {
-      (this.emit as (e: K, a: typeof arg) => boolean)(event, arg);
-    } catch (e) {
-      process.nextTick(() => {
-        throw e;
-      });
-    }
+    callApart(() => (this.emit as (e: K, a: typeof arg) => boolean)(event, arg));
   }
 
   private async commitPending(): Promise<void> {

@@ -53,13 +53,19 @@ export function invalid(field: string, message: string): IptlbError {
  * threw on "committed …" rejected the apply after its kernel commit, before its state write: an orphan).
  */
 export function apart(fn: (line: string) => void): (line: string) => void {
-  return (line) => {
-    try {
-      fn(line);
-    } catch (e) {
-      process.nextTick(() => {
-        throw e;
-      });
-    }
-  };
+  return (line) => callApart(() => fn(line));
+}
+
+/**
+ * Calls `fn` (a caller's code: an event's listeners, a `log` option) so that its throw cannot change
+ * iptlb's own work: thrown again on its own, as an uncaught exception.
+ */
+export function callApart(fn: () => void): void {
+  try {
+    fn();
+  } catch (e) {
+    process.nextTick(() => {
+      throw e;
+    });
+  }
 }
