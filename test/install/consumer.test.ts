@@ -27,6 +27,7 @@ import {
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { PROJECT_ROOT, registryEnv } from '../harness/env.js';
+import { typeCheckConsumer } from '../harness/types-project.js';
 import { findBinary } from '../../src/platform/spawn.js';
 
 const prebuilt = path.join(PROJECT_ROOT, 'prebuilds', `${process.platform}-${process.arch}`);
@@ -174,35 +175,8 @@ test(
       assert.match(cjsUse.out, /^true \S+/);
 
       // Types for both: a .mts importing and a .cts requiring, checked with node16 resolution.
-      writeFileSync(
-        path.join(app, 'esm.mts'),
-        "import { open, type Profile } from 'iptlb';\nexport const f: typeof open = open;\nexport type P = Profile;\n",
-      );
-      writeFileSync(
-        path.join(app, 'cjs.cts'),
-        "import iptlb = require('iptlb');\nexport const f: typeof iptlb.open = iptlb.open;\nexport type P = iptlb.Profile;\n",
-      );
-      writeFileSync(
-        path.join(app, 'tsconfig.json'),
-        JSON.stringify({
-          compilerOptions: {
-            module: 'node16',
-            moduleResolution: 'node16',
-            strict: true,
-            noEmit: true,
-            types: ['node'],
-            skipLibCheck: false,
-            typeRoots: [path.join(PROJECT_ROOT, 'node_modules', '@types')],
-          },
-          files: ['esm.mts', 'cjs.cts'],
-        }),
-      );
-      const tsc = sh(
-        process.execPath,
-        [path.join(PROJECT_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', app],
-        { cwd: app },
-      );
-      assert.equal(tsc.status, 0, tsc.out + tsc.err);
+      const tsc = typeCheckConsumer(app);
+      assert.equal(tsc.status, 0, tsc.output);
 
       // The bin.
       const iptlb = path.join(app, 'node_modules', '.bin', 'iptlb');

@@ -6,12 +6,13 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { PROJECT_ROOT } from '../harness/env.js';
+import { typeCheckConsumer } from '../harness/types-project.js';
 import * as source from '../../src/index.js';
 
 test('package.json: import gives dist/index.mjs, require dist/index.cjs, both shipped', () => {
@@ -63,36 +64,8 @@ test('the shipped declarations type-check in a user project whose lib has esnext
   try {
     mkdirSync(path.join(dir, 'node_modules'));
     symlinkSync(PROJECT_ROOT, path.join(dir, 'node_modules', 'iptlb'));
-    writeFileSync(
-      path.join(dir, 'esm.mts'),
-      "import { open, type Profile } from 'iptlb';\nexport const f: typeof open = open;\nexport type P = Profile;\n",
-    );
-    writeFileSync(
-      path.join(dir, 'cjs.cts'),
-      "import iptlb = require('iptlb');\nexport const f: typeof iptlb.open = iptlb.open;\n",
-    );
-    writeFileSync(
-      path.join(dir, 'tsconfig.json'),
-      JSON.stringify({
-        compilerOptions: {
-          module: 'node16',
-          moduleResolution: 'node16',
-          lib: ['esnext'],
-          strict: true,
-          noEmit: true,
-          skipLibCheck: false,
-          types: ['node'],
-          typeRoots: [path.join(PROJECT_ROOT, 'node_modules', '@types')],
-        },
-        files: ['esm.mts', 'cjs.cts'],
-      }),
-    );
-    const tsc = spawnSync(
-      process.execPath,
-      [path.join(PROJECT_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', dir],
-      { cwd: dir, encoding: 'utf8' },
-    );
-    assert.equal(tsc.status, 0, tsc.stdout + tsc.stderr);
+    const tsc = typeCheckConsumer(dir, { lib: ['esnext'] });
+    assert.equal(tsc.status, 0, tsc.output);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
