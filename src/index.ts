@@ -148,6 +148,7 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
       commit: () =>
         this.healthEnded ? Promise.reject(this.closedError()) : this.queue.submit({ kind: 'apply', profiles: [] }),
       emit: (e) => this.emitApart('health', e),
+      closed: () => this.closed,
     };
   }
 

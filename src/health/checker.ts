@@ -164,6 +164,8 @@ export interface HealthHost {
    */
   profiles?(): Promise<ReadonlyMap<string, Profile>>;
   emit?(e: HealthEvent): void;
+  /** Whether the handle this host belongs to is closed (a metrics server then reads nothing through it). */
+  closed?(): boolean;
 }
 
 interface Entry {

@@ -60,7 +60,7 @@ export interface MetricsServerOptions {
   /** `host:port` to listen on, e.g. `127.0.0.1:9469` (`[::1]:9469` for IPv6). */
   address: string;
   /** What to report on: an {@link Iptlb} handle (its checker is used when `checker` is not given) or a core. */
-  iptlb?: { healthHost(): { core: Core }; healthChecker?: HealthChecker };
+  iptlb?: { healthHost(): { core: Core; closed?(): boolean }; healthChecker?: HealthChecker };
   core?: Core;
   stats?: ProcessStats;
   checker?: HealthChecker;
@@ -284,6 +284,8 @@ export async function healthz(
   return { ok: true, reason: 'kernel matches the state file' };
 }
 
+const CLOSED = 'the iptlb handle this server reports on is closed: close the server with it';
+
 const METRICS_OPTIONS = ['address', 'iptlb', 'core', 'stats', 'checker', 'extra'];
 
 /** The options of {@link startMetricsServer} checked as open()'s are: an object of known keys, each of its kind. */
@@ -311,7 +313,8 @@ function checkMetricsOptions(o: unknown): asserts o is MetricsServerOptions {
 export async function startMetricsServer(options: MetricsServerOptions): Promise<MetricsServer> {
   checkMetricsOptions(options);
   const { host, port } = parseListenAddress(options.address);
-  const core = options.core ?? options.iptlb?.healthHost().core;
+  const handle = options.core ? undefined : options.iptlb?.healthHost();
+  const core = options.core ?? handle?.core;
   if (!core) throw new IptlbError('EUSAGE', 'startMetricsServer: give iptlb (a handle) or core', { field: 'iptlb' });
   const checker = options.checker ?? options.iptlb?.healthChecker;
   const opts = { ...options, core, ...(checker ? { checker } : {}) };
@@ -321,7 +324,13 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
       res.writeHead(405, { allow: 'GET, HEAD' }).end();
       return;
     }
-    if (url === '/metrics') {
+    // close() promises that the handle reaches the kernel no more: a server started on it and not closed
+    // with it reads nothing through it, and says so (a scraper or probe sees the process stopped balancing).
+    if ((url === '/metrics' || url === '/healthz') && handle?.closed?.()) {
+      res
+        .writeHead(503, { 'content-type': url === '/healthz' ? 'application/json' : 'text/plain' })
+        .end(url === '/healthz' ? JSON.stringify({ ok: false, reason: CLOSED }) + '\n' : `iptlb: ${CLOSED}\n`);
+    } else if (url === '/metrics') {
       renderMetrics(opts).then(
         (text) => res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' }).end(text),
         (e: Error) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`${e.message}\n`),

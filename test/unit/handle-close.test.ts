@@ -309,3 +309,31 @@ function inChild(body: string, timeoutMs?: number, env?: Record<string, string>)
     },
   );
 }
+
+test('a metrics server started before close() and left open reads nothing through the closed handle: /metrics and /healthz answer 503 saying so', async () => {
+  const { startMetricsServer } = await import('../../src/index.js');
+  const { FakeNftKernel } = await import('../harness/fake-kernel.js');
+  const k = new FakeNftKernel();
+  const lb = await open({ stateFile: false }, k);
+  await lb.apply(prof);
+  const server = await startMetricsServer({ address: '127.0.0.1:0', iptlb: lb });
+  try {
+    const get = async (p: string): Promise<[number, string]> => {
+      const r = await fetch(`http://127.0.0.1:${server.port}${p}`);
+      return [r.status, await r.text()];
+    };
+    assert.equal((await get('/healthz'))[0], 200);
+    assert.match((await get('/metrics'))[1], /^iptlb_profiles 1$/m);
+    await lb.close();
+    const reads = k.asked.reads;
+    const [hs, hb] = await get('/healthz');
+    assert.equal(hs, 503);
+    assert.match(JSON.parse(hb).reason, /handle this server reports on is closed/);
+    const [ms, mb] = await get('/metrics');
+    assert.equal(ms, 503);
+    assert.match(mb, /^iptlb: the iptlb handle this server reports on is closed/);
+    assert.equal(k.asked.reads, reads, 'no kernel read after close()');
+  } finally {
+    await server.close();
+  }
+});
