@@ -136,12 +136,17 @@ function parseEndpointUncached(text: string): Endpoint | string {
     if (port <= 65535) return { ip: m[1], port, family: 'ipv4' };
   }
   if (text.startsWith('[')) return parseIpv6Endpoint(text);
-  if (text.length > 21) return 'is not an ipv4:port or [ipv6]:port address';
   const colon = text.lastIndexOf(':');
-  if (colon < 0) return 'is not an ipv4:port address (no port)';
   const ip = text.slice(0, colon);
+  if (text.length > 21 || ip.includes(':')) {
+    // Only text that holds an IPv6 address is told to bracket it (not `1.2.3.4:80:80`).
+    const v6 = canonicalIpv6(text) !== null || (colon > 0 && canonicalIpv6(ip) !== null);
+    return v6
+      ? 'is an IPv6 address without brackets; write it as [ipv6]:port'
+      : 'is not an ipv4:port or [ipv6]:port address';
+  }
+  if (colon < 0) return 'is not an ipv4:port address (no port)';
   const portText = text.slice(colon + 1);
-  if (ip.includes(':')) return 'is an IPv6 address without brackets; write it as [ipv6]:port';
   const ipErr = ipv4Problem(ip);
   if (ipErr) return ipErr;
   const portErr = portProblem(portText);

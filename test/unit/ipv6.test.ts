@@ -117,6 +117,13 @@ test('IPv6 profiles validate like IPv4 ones; families never mix; unusable addres
     'source',
     /without brackets; write it as \[ipv6\]:port/,
   );
+  // Without brackets, however long; but text that holds no IPv6 address is not told to bracket it.
+  for (const s of ['2001:db8::1', '2001:db8:0:0:1234:5678:9abc:def0:80', '::1:80'])
+    rejects({ name: 'x', source: s, destination: ['[2001:db8::1]:80'] }, 'source', /without brackets/);
+  for (const s of ['127.0.0.10:80:80', '10.0.0.1:80:', 'localhost:80:80']) {
+    rejects({ name: 'x', source: s, destination: ['127.0.0.1:80'] }, 'source', /is not an ipv4:port or \[ipv6\]:port/);
+    assert.doesNotMatch(String(parseEndpoint(s)), /without brackets/, s);
+  }
   rejects({ name: 'x', source: '[::]:80', destination: ['[2001:db8::1]:80'] }, 'source', /unspecified/);
   rejects({ name: 'x', source: '[ff02::1]:80', destination: ['[2001:db8::1]:80'] }, 'source', /multicast/);
   rejects({ name: 'x', source: '[2001:db8::10]:80', destination: ['[fe80::1]:80'] }, 'destination[0]', /link-local/);
