@@ -314,6 +314,7 @@ export function validateProfile(input: ProfileInput | unknown, opts: { existing?
   if (masquerade && rulesBackend !== 'proxy') {
     throw invalid('masquerade', `only applies to rulesBackend "proxy", not ${show(rulesBackend)}`);
   }
+  if (rulesBackend !== 'client' && !opts.existing) checkIpv6Loopback(rulesBackend, src, destination);
   const profile: Profile = {
     name,
     source: formatEndpoint(src),
@@ -339,6 +340,23 @@ export function validateProfile(input: ProfileInput | unknown, opts: { existing?
   Object.freeze(destination);
   sealValidated(profile);
   return profile;
+}
+
+/**
+ * Refuses `::1` in a proxy or server profile: those rules sit in nat PREROUTING, which never balances a connection to
+ * or from it. The kernel drops a packet for ::1 that arrives on another interface before PREROUTING, and drops one
+ * whose destination PREROUTING turned into ::1 (IPv6 has no route_localnet); this host's own connections to ::1 pass
+ * nat OUTPUT only. (127.0.0.0/8 is left alone: `route_localnet` lets PREROUTING send to it.) Profiles already in the
+ * state file are not checked, so that such a file still loads.
+ */
+function checkIpv6Loopback(rulesBackend: RulesBackend, src: Endpoint, destination: readonly string[]): void {
+  if (src.family !== 'ipv6') return;
+  const why =
+    `rulesBackend "${rulesBackend}" balances in nat PREROUTING, and the kernel never routes a packet from another ` +
+    `host to ::1; use a global address, or rulesBackend "client" for this host's own connections`;
+  if (src.ip === '::1') throw invalid('source', `${show(formatEndpoint(src))} is the IPv6 loopback address: ${why}`);
+  const i = destination.findIndex((d) => d.startsWith('[::1]:'));
+  if (i >= 0) throw invalid(`destination[${i}]`, `${show(destination[i])} is the IPv6 loopback address: ${why}`);
 }
 
 /**

@@ -270,3 +270,27 @@ test('a change of both families is two commits, IPv4 first; when the IPv6 one fa
   );
   await lb.close();
 });
+
+test('::1 in a proxy or server profile is refused (nat PREROUTING never balances to or from it); client takes it, and a state file that has one still loads', async () => {
+  for (const rulesBackend of ['proxy', 'server']) {
+    rejects(
+      { name: 'x', source: '[::1]:80', destination: ['[2001:db8::1]:80'], rulesBackend },
+      'source',
+      new RegExp(
+        `"\\[::1\\]:80" is the IPv6 loopback address: rulesBackend "${rulesBackend}" balances in nat PREROUTING`,
+      ),
+    );
+    rejects(
+      { name: 'x', source: '[2001:db8::10]:80', destination: ['[2001:db8::1]:80', '[0:0::1]:9001'], rulesBackend },
+      'destination[1]',
+      /"\[::1\]:9001" is the IPv6 loopback address: .*never routes a packet from another host to ::1/,
+    );
+  }
+  assert.equal(validateProfile({ name: 'x', source: '[::1]:80', destination: ['[::1]:9001'] }).source, '[::1]:80');
+  const text =
+    'srv:\n  destination:\n  - \'[::1]:8080\'\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n' +
+    "  rulesBackend: server\n  source: '[2001:db8::20]:80'\n";
+  const state = await parseState(text);
+  assert.deepEqual(state.get('srv')!.destination, ['[::1]:8080']);
+  assert.equal(serializeState(state.values()), text);
+});

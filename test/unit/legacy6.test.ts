@@ -30,8 +30,8 @@ const proxy6 = validateProfile({
 });
 const server6 = validateProfile({
   name: 'srv',
-  source: '[::1]:80',
-  destination: ['[::1]:8080'],
+  source: '[2001:db8::20]:80',
+  destination: ['[2001:db8::2]:8080'],
   protocol: 'sctp',
   rulesBackend: 'server',
   scheduler: 'round-robin',
