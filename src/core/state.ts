@@ -542,8 +542,13 @@ async function parseYaml(text: string, file: string): Promise<unknown> {
       : offset >= text.length
         ? 'at the end of the file: '
         : `line ${lines.linePos(offset).line}: `;
-  if (doc.errors.length > 0)
-    throw stateError(file, `is not valid YAML (${at(doc.errors[0].pos?.[0])}${yamlProblem(doc.errors[0])})`);
+  if (doc.errors.length > 0) {
+    const offset = doc.errors[0].pos?.[0];
+    throw stateError(
+      file,
+      `is not valid YAML (${at(offset)}${yamlProblem(doc.errors[0])}${bracketHint(text, lines, offset)})`,
+    );
+  }
   keysAsText(YAML, doc.contents, [], file, (offset) => lines.linePos(offset).line);
   // An alias (`*x`, or a merge `<<: *x`) is refused with its line, before toJS says only that aliases are off.
   let alias: { source: string; offset?: number } | undefined;
@@ -621,6 +626,22 @@ function keysAsText(
     }
     keysAsText(YAML, pair.value, name === undefined ? where : [...where, name], file, lineOf);
   }
+}
+
+/**
+ * What to do when the line the parser stopped at holds an IPv6 endpoint written plain: YAML reads its `[` as the
+ * start of a list (`- [2001:db8::1]:80` is a list followed by `:80`), so it needs quotes, as iptlb writes it.
+ */
+function bracketHint(
+  text: string,
+  lines: { lineStarts: number[]; linePos(o: number): { line: number } },
+  offset?: number,
+): string {
+  if (offset === undefined || offset >= text.length) return '';
+  const start = lines.lineStarts[lines.linePos(offset).line - 1] ?? 0;
+  const end = text.indexOf('\n', start);
+  const m = /(?:^|[\s:-])(\[[^\]\s'"]*\]:[0-9]+)/.exec(text.slice(start, end < 0 ? text.length : end));
+  return m ? `; an IPv6 endpoint is written in quotes: '${m[1]}'` : '';
 }
 
 /** The parser's complaint in the file's terms, not the library's (its API, its stack). */

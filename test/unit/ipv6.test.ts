@@ -294,3 +294,33 @@ test('::1 in a proxy or server profile is refused (nat PREROUTING never balances
   assert.deepEqual(state.get('srv')!.destination, ['[::1]:8080']);
   assert.equal(serializeState(state.values()), text);
 });
+
+test('a hand-edited state file with an IPv6 endpoint left unquoted: the line says to quote it', async () => {
+  const body = (src: string, dst: string, extra = ''): string =>
+    `w6:\n  destination:\n  - ${dst}\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n` +
+    `  rulesBackend: client\n  source: ${src}\n${extra}`;
+  const cases: [string, RegExp][] = [
+    [
+      body('[2001:DB8::10]:80', "'[2001:db8::1]:9001'"),
+      /line 8: .*; an IPv6 endpoint is written in quotes: '\[2001:DB8::10\]:80'\)$/,
+    ],
+    [
+      body("'[2001:db8::10]:80'", '[2001:db8::1]:9001'),
+      /line 3: .*; an IPv6 endpoint is written in quotes: '\[2001:db8::1\]:9001'\)$/,
+    ],
+    [
+      body("'[2001:db8::10]:80'", "'[2001:db8::1]:9001'", '  weights:\n    [2001:db8::1]:9001: 2\n'),
+      /line 10: .*; an IPv6 endpoint is written in quotes: '\[2001:db8::1\]:9001'\)$/,
+    ],
+  ];
+  for (const [text, re] of cases) {
+    await assert.rejects(parseState(text, 'F'), (e: unknown) => {
+      assert.ok(e instanceof IptlbError);
+      assert.match(e.message, /^state file F: is not valid YAML \(/);
+      assert.match(e.message, re);
+      return true;
+    });
+  }
+  // Another YAML mistake gets no such hint.
+  await assert.rejects(parseState('a: [\n', 'F'), (e: unknown) => !String((e as Error).message).includes('IPv6'));
+});
