@@ -138,7 +138,8 @@ export function normalizeHealth(input: unknown, family: Family): HealthConfig | 
     const a = h.address;
     if (typeof a !== 'string') throw invalid('health.address', `must be an IP address, got ${q(a)}`);
     if (family === 'ipv6') {
-      const c = canonicalIpv6(a);
+      // In brackets too, as IPv6 is written everywhere else (`[2001:db8::1]`; the port is health.port).
+      const c = canonicalIpv6(a.length > 2 && a[0] === '[' && a.endsWith(']') ? a.slice(1, -1) : a);
       if (c === null) throw invalid('health.address', `${q(a)} is not an IPv6 address (the profile is IPv6)`);
       out.address = c;
     } else {

@@ -559,6 +559,18 @@ test('health config: defaults, state file round trip, files without it byte-iden
     address: '::1',
   });
   assert.deepEqual((await parseState(serializeState([v6]))).get('v6'), v6);
+  // In brackets, as IPv6 is written everywhere else: the same address, stored once, without them.
+  for (const address of ['[::1]', '[0:0::1]', '[2001:DB8::1]'])
+    assert.equal(
+      validateProfile({ ...v6, health: { ...v6.health, address } }).health!.address,
+      address === '[2001:DB8::1]' ? '2001:db8::1' : '::1',
+    );
+  assert.deepEqual(validateProfile({ ...v6, health: { ...v6.health, address: '[0::1]' } }).health, v6.health);
+  for (const address of ['[::1]:81', '[::1', '[]', '[fe80::1%lo]'])
+    assert.throws(
+      () => validateProfile({ ...v6, health: { ...v6.health, address } }),
+      /^IptlbError: health\.address: .* is not an IPv6 address \(the profile is IPv6\)$/,
+    );
   const bad: [object, RegExp][] = [
     [{ kind: 'udp' }, /^health\.kind: "udp" must be tcp, http or none$/],
     [{ intervalMs: 5 }, /^health\.intervalMs: /],
