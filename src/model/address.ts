@@ -135,6 +135,8 @@ function parseEndpointUncached(text: string): Endpoint | string {
     const port = Number(m[6]);
     if (port <= 65535) return { ip: m[1], port, family: 'ipv4' };
   }
+  // What a shell variable or a file read may leave around it: said so, not reported as a bad octet or port.
+  if (/^\s|\s$/.test(text)) return 'has white space before or after the address';
   if (text.startsWith('[')) return parseIpv6Endpoint(text);
   const colon = text.lastIndexOf(':');
   const ip = text.slice(0, colon);

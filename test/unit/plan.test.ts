@@ -485,7 +485,8 @@ test("every kind of profile: its chain in an older iptlb's layout reads back in 
 test('a bad port says what is wrong with it: not a number, a leading zero, none, or out of range', () => {
   const cases: [string, string][] = [
     ['127.1.1.1:8a', 'has a port "8a" that is not a number (1-65535)'],
-    ['127.1.1.1:80 ', 'has a port "80 " that is not a number (1-65535)'],
+    ['127.1.1.1:8 0', 'has a port "8 0" that is not a number (1-65535)'],
+    ['127.1.1.1:80 ', 'has white space before or after the address'],
     ['[::1]:x', 'has a port "x" that is not a number (1-65535)'],
     ['127.1.1.1:080', 'has a port "080" with a leading zero'],
     ['127.1.1.1:', 'has no port after the colon'],

@@ -74,6 +74,25 @@ test('IPv4 validation is strict (the original stopped at the first bad octet)', 
   rejects({ ...base, source: '' }, 'source', /required/);
 });
 
+test('white space around an address is named as such, not as a bad octet or port', () => {
+  for (const s of [' 127.100.0.10:80', '127.100.0.10:80 ', '127.100.0.10:80\n', '\t[2001:db8::10]:80', '[::1]:80 '])
+    rejects(
+      { name: 'x', source: s, destination: ['127.0.0.1:80'] },
+      'source',
+      /has white space before or after the address$/,
+    );
+  rejects(
+    { name: 'x', source: '127.100.0.10:80', destination: ['127.0.0.1:80', ' 127.0.0.2:80'] },
+    'destination[1]',
+    /^destination\[1\]: " 127\.0\.0\.2:80" has white space before or after the address$/,
+  );
+  // The CLI's comma-separated list (and the API's string form) trims each item, as it always did.
+  assert.deepEqual(
+    validateProfile({ name: 'x', source: '127.100.0.10:80', destination: '127.0.0.1:80, 127.0.0.2:80' }).destination,
+    ['127.0.0.1:80', '127.0.0.2:80'],
+  );
+});
+
 test('destinations: empty, duplicate, malformed, the VIP itself, too many', () => {
   rejects({ ...base, destination: [] }, 'destination', /at least one/);
   rejects({ ...base, destination: '' }, 'destination', /at least one/);
