@@ -48,6 +48,25 @@ function findTools(family: Family): Tools | null {
   return save && restore ? { save, restore } : null;
 }
 
+/** How many times a commit is rendered and restored when the table changes under it. */
+const COMMIT_ATTEMPTS = 3;
+
+/** The restore refused the text (the error to report), as opposed to a failure before it. */
+class RestoreRefused extends Error {
+  constructor(readonly error: IptlbError) {
+    super(error.message);
+  }
+}
+
+/** A save's text without its counters and comment lines (dates): what a change of the rules changes. */
+function withoutCounters(save: string): string {
+  return save
+    .split('\n')
+    .filter((l) => !l.startsWith('#'))
+    .map((l) => l.replace(/\[\d+:\d+\]/g, ''))
+    .join('\n');
+}
+
 export class SpawnExecutor implements LegacyExecutor {
   readonly kind = 'spawn' as const;
   readonly engine = 'legacy' as const;
@@ -78,9 +97,14 @@ export class SpawnExecutor implements LegacyExecutor {
   }
 
   async read(family: Family = 'ipv4'): Promise<KernelView> {
+    return parseSave(await this.save(family));
+  }
+
+  /** The nat table as `iptables-legacy-save -c` prints it. */
+  private async save(family: Family): Promise<string> {
     const r = await run(this.toolsOf(family).save, ['-t', 'nat', '-c']);
     if (r.code !== 0) throw restoreError(r.stderr || r.stdout, '', TOOL_NAMES[family].save);
-    return parseSave(r.stdout);
+    return r.stdout;
   }
 
   async render(tx: Transaction): Promise<string> {
@@ -105,10 +129,35 @@ export class SpawnExecutor implements LegacyExecutor {
     if (r.code !== 0) throw restoreError(r.stderr || r.stdout, text, 'ipset restore');
   }
 
+  /**
+   * Reads the table, renders the transaction against it and feeds it to one restore. The read and the
+   * restore are two processes, and the xtables lock is held by the restore only: another tool that
+   * rewrote the table in between (`iptables -t nat -F`, a restore of the whole table by a firewall
+   * reload) makes the restore fail on a rule it no longer has (`-D` of a flushed jump). Then the
+   * table is read again and, when it changed meanwhile, the transaction is rendered against what it
+   * holds now and committed again (as the native executor, which holds the lock from its read to its
+   * commit, would have), at most {@link COMMIT_ATTEMPTS} times; a refusal of an unchanged table is
+   * the commit's error.
+   */
   async commit(tx: Transaction): Promise<CommitResult> {
     const t0 = performance.now();
+    let before = await this.save(tx.family);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.commitOnce(tx, parseSave(before));
+        return { durationMs: performance.now() - t0 };
+      } catch (e) {
+        if (!(e instanceof RestoreRefused)) throw e;
+        if (attempt >= COMMIT_ATTEMPTS) throw e.error;
+        const now = await this.save(tx.family).catch(() => null);
+        if (now === null || withoutCounters(now) === withoutCounters(before)) throw e.error;
+        before = now;
+      }
+    }
+  }
+
+  private async commitOnce(tx: Transaction, view: KernelView): Promise<void> {
     const restore = this.toolsOf(tx.family).restore;
-    const view = await this.read(tx.family);
     const gate = planGate(tx, view);
     const set = GATE_SET[tx.family];
     const setExists = (view.gate?.gates.length ?? 0) > 0 || (await this.setExists(set));
@@ -130,7 +179,7 @@ export class SpawnExecutor implements LegacyExecutor {
           ? [`destroy ${set}`]
           : gate.add.filter((e) => !live.has(e)).map((e) => `del ${set} ${e}`);
       await this.ipset(undo).catch(() => {});
-      throw restoreError(r.stderr, text, TOOL_NAMES[tx.family].restore);
+      throw new RestoreRefused(restoreError(r.stderr, text, TOOL_NAMES[tx.family].restore));
     }
     // 2. After it: elements no rule needs any more, and the set once no gate refers to it.
     const after: string[] = [];
@@ -145,7 +194,6 @@ export class SpawnExecutor implements LegacyExecutor {
         tx,
         originals.map((b) => ({ chain: b.chain, rule: b.rule ? renderRuleOf(b.rule, tx.family) : (b.raw ?? '') })),
       );
-    return { durationMs: performance.now() - t0 };
   }
 
   async gateMembers(family: Family): Promise<string[] | undefined> {

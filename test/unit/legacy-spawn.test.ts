@@ -1,0 +1,119 @@
+/**
+ * The legacy spawn executor against fake `iptables-legacy-save`/`-restore` and `ipset` (shell scripts
+ * first in PATH, the table a file): what it does when another tool rewrites the nat table between its
+ * read and its restore.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { SpawnExecutor } from '../../src/engines/legacy/spawn.js';
+import { planTransaction } from '../../src/engines/legacy/plan.js';
+import { validateProfile } from '../../src/model/profile.js';
+import { IptlbError } from '../../src/model/errors.js';
+
+const HEAD = '*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n';
+/** Profile web (127.100.0.10:8081 → 127.0.0.1:9001) as iptlb wrote it, and that table after `iptables -t nat -F`. */
+const WEB = `${HEAD}:IPTLB_NAT_WEB - [0:0]\n:IPTLB_OUTPUT - [0:0]
+[5:300] -A OUTPUT -m set --match-set iptlb-vip-inet dst,dst -j IPTLB_OUTPUT
+[5:300] -A IPTLB_NAT_WEB -d 127.100.0.10/32 -p tcp -j DNAT --to-destination 127.0.0.1:9001
+[5:300] -A IPTLB_OUTPUT -d 127.100.0.10/32 -p tcp -m comment --comment "iptlb:web" -m tcp --dport 8081 -j IPTLB_NAT_WEB
+COMMIT\n`;
+const FLUSHED = `${HEAD}:IPTLB_NAT_WEB - [0:0]\n:IPTLB_OUTPUT - [0:0]\nCOMMIT\n`;
+
+/**
+ * A directory of fake tools: save prints `table`; restore records its input (`restore.N`) and fails
+ * as iptables-restore does on a `-D` of a rule the table lacks, after running `before-restore` once
+ * (the other tool, racing); ipset records its input and says the set exists.
+ */
+function fakeTools(table: string): { dir: string; restores: () => string[]; setTable: (t: string) => void } {
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-fake-legacy-'));
+  const tool = (name: string, body: string): void => {
+    writeFileSync(path.join(dir, name), `#!/bin/bash\nD=${dir}\n${body}\n`);
+    chmodSync(path.join(dir, name), 0o755);
+  };
+  writeFileSync(path.join(dir, 'table'), table);
+  tool('iptables-legacy-save', 'cat "$D/table"');
+  tool(
+    'iptables-legacy-restore',
+    `if [ -f "$D/before-restore" ]; then cp "$D/before-restore" "$D/table"; rm "$D/before-restore"; fi
+N=$(ls "$D" | grep -c '^restore\\.'); cat > "$D/restore.$N"
+L=0; while IFS= read -r line; do L=$((L+1)); case "$line" in -D*) rule="-A \${line#-D }"; if ! sed 's/^\\[[0-9]*:[0-9]*\\] //' "$D/table" | grep -qxF -- "$rule"; then echo "iptables-restore: line $L failed" >&2; exit 1; fi;; esac; done < "$D/restore.$N"
+exit 0`,
+  );
+  tool('ipset', 'if [ "$2" = restore ]; then cat >> "$D/ipset.in"; fi; exit 0');
+  return {
+    dir,
+    restores: () =>
+      readdirSync(dir)
+        .filter((f) => f.startsWith('restore.'))
+        .sort()
+        .map((f) => readFileSync(path.join(dir, f), 'utf8')),
+    setTable: (t) => writeFileSync(path.join(dir, 'before-restore'), t),
+  };
+}
+
+async function withPath<T>(dir: string, f: () => Promise<T>): Promise<T> {
+  const saved = process.env.PATH;
+  process.env.PATH = `${dir}:${saved ?? ''}`;
+  try {
+    return await f();
+  } finally {
+    process.env.PATH = saved;
+  }
+}
+
+const web2 = validateProfile({
+  name: 'web',
+  source: '127.100.0.10:8081',
+  destination: ['127.0.0.1:9001', '127.0.0.1:9002'],
+});
+
+test('legacy spawn: a nat table flushed by another tool between the read and the restore: the change is rendered against the flushed table and committed (before: refused, "line 3 failed" on the -D of a flushed jump)', async () => {
+  const fake = fakeTools(WEB);
+  try {
+    await withPath(fake.dir, async () => {
+      const ex = new SpawnExecutor();
+      fake.setTable(FLUSHED); // iptables -t nat -F, run while iptlb spawns its restore
+      await ex.commit(planTransaction([web2], [], 'ipv4'));
+    });
+    const r = fake.restores();
+    assert.equal(r.length, 2, 'one refused restore, then one against the table as it is now');
+    assert.match(r[0]!, /^-D IPTLB_OUTPUT .*iptlb:web/m);
+    assert.doesNotMatch(r[1]!, /^-D /m, 'nothing of the flushed rules is deleted again');
+    assert.match(r[1]!, /^-I OUTPUT 1 -m set --match-set iptlb-vip-inet dst,dst -j IPTLB_OUTPUT$/m, 'the gate back');
+    assert.match(r[1]!, /--comment "iptlb:web" -m tcp --dport 8081 -j IPTLB_NAT_WEB$/m);
+    assert.match(r[1]!, /--to-destination 127\.0\.0\.1:9002$/m);
+    assert.match(readFileSync(path.join(fake.dir, 'ipset.in'), 'utf8'), /add iptlb-vip-inet 127\.100\.0\.10,tcp:8081/);
+  } finally {
+    rmSync(fake.dir, { recursive: true, force: true });
+  }
+});
+
+test('legacy spawn: a restore refused while the table stays as read is the error, once (no retry), naming the line', async () => {
+  // The table lacks the jump the read saw only in what restore checks: the kernel refuses the same text again.
+  const fake = fakeTools(WEB);
+  try {
+    writeFileSync(path.join(fake.dir, 'table'), WEB);
+    const err = await withPath(fake.dir, async () => {
+      const ex = new SpawnExecutor();
+      // The save shows web; the restore checks against a table without it: refused, and a re-read shows no change.
+      writeFileSync(
+        path.join(fake.dir, 'iptables-legacy-restore'),
+        `#!/bin/bash\nD=${fake.dir}\nN=$(ls "$D" | grep -c '^restore\\.'); cat > "$D/restore.$N"\necho "iptables-restore: line 3 failed" >&2; exit 1\n`,
+      );
+      return ex.commit(planTransaction([web2], [], 'ipv4')).then(
+        () => null,
+        (e: unknown) => e,
+      );
+    });
+    assert.ok(err instanceof IptlbError, String(err));
+    assert.equal(err.code, 'EKERNEL');
+    assert.match(err.message, /line 3 failed at line 3: -D IPTLB_OUTPUT/);
+    assert.equal(fake.restores().length, 1);
+    assert.ok(!existsSync(path.join(fake.dir, 'before-restore')));
+  } finally {
+    rmSync(fake.dir, { recursive: true, force: true });
+  }
+});
