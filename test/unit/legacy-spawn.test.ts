@@ -27,22 +27,42 @@ const FLUSHED = `${HEAD}:IPTLB_NAT_WEB - [0:0]\n:IPTLB_OUTPUT - [0:0]\nCOMMIT\n`
  * as iptables-restore does on a `-D` of a rule the table lacks, after running `before-restore` once
  * (the other tool, racing); ipset records its input and says the set exists.
  */
-function fakeTools(table: string): { dir: string; restores: () => string[]; setTable: (t: string) => void } {
+function fakeTools(table: string): {
+  dir: string;
+  restores: () => string[];
+  setTable: (t: string) => void;
+  destroySet: () => void;
+} {
   const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-fake-legacy-'));
   const tool = (name: string, body: string): void => {
     writeFileSync(path.join(dir, name), `#!/bin/bash\nD=${dir}\n${body}\n`);
     chmodSync(path.join(dir, name), 0o755);
   };
   writeFileSync(path.join(dir, 'table'), table);
+  writeFileSync(path.join(dir, 'set'), ''); // the gate's set exists
   tool('iptables-legacy-save', 'cat "$D/table"');
   tool(
     'iptables-legacy-restore',
     `if [ -f "$D/before-restore" ]; then cp "$D/before-restore" "$D/table"; rm "$D/before-restore"; fi
+if [ -f "$D/destroy-set" ]; then rm -f "$D/set" "$D/destroy-set"; fi
 N=$(ls "$D" | grep -c '^restore\\.'); cat > "$D/restore.$N"
+if grep -q -- '--match-set' "$D/restore.$N" && [ ! -f "$D/set" ]; then
+  echo "iptables-restore v1.8.9 (legacy): Set iptlb-vip-inet doesn't exist." >&2; exit 2; fi
 L=0; while IFS= read -r line; do L=$((L+1)); case "$line" in -D*) rule="-A \${line#-D }"; if ! sed 's/^\\[[0-9]*:[0-9]*\\] //' "$D/table" | grep -qxF -- "$rule"; then echo "iptables-restore: line $L failed" >&2; exit 1; fi;; esac; done < "$D/restore.$N"
 exit 0`,
   );
-  tool('ipset', 'if [ "$2" = restore ]; then cat >> "$D/ipset.in"; fi; exit 0');
+  tool(
+    'ipset',
+    `case "$1 $2" in
+"-n list") [ -f "$D/set" ]; exit $?;;
+"-exist restore") while read -r a rest; do case $a in
+  create) touch "$D/set";;
+  add|del) [ -f "$D/set" ] || { echo "ipset v7.17: Error in line 1: The set with the given name does not exist" >&2; exit 1; };;
+  destroy) rm -f "$D/set";;
+  esac; echo "$a $rest" >> "$D/ipset.in"; done; exit 0;;
+esac
+exit 0`,
+  );
   return {
     dir,
     restores: () =>
@@ -51,6 +71,7 @@ exit 0`,
         .sort()
         .map((f) => readFileSync(path.join(dir, f), 'utf8')),
     setTable: (t) => writeFileSync(path.join(dir, 'before-restore'), t),
+    destroySet: () => writeFileSync(path.join(dir, 'destroy-set'), ''),
   };
 }
 
@@ -113,6 +134,26 @@ test('legacy spawn: a restore refused while the table stays as read is the error
     assert.match(err.message, /line 3 failed at line 3: -D IPTLB_OUTPUT/);
     assert.equal(fake.restores().length, 1);
     assert.ok(!existsSync(path.join(fake.dir, 'before-restore')));
+  } finally {
+    rmSync(fake.dir, { recursive: true, force: true });
+  }
+});
+
+test('legacy spawn: the gate\'s set destroyed by another tool between the read and the restore (after a flush left no rule referring to it): the set is made again and the change committed (before: refused, "Set iptlb-vip-inet doesn\'t exist")', async () => {
+  // `iptables -t nat -F; iptables -t nat -X; ipset destroy iptlb-vip-inet`, with iptlb's read after the -X.
+  const fake = fakeTools(`${HEAD}COMMIT\n`);
+  try {
+    await withPath(fake.dir, async () => {
+      const ex = new SpawnExecutor();
+      fake.destroySet();
+      await ex.commit(planTransaction([web2], [], 'ipv4'));
+    });
+    const r = fake.restores();
+    assert.equal(r.length, 2, 'one refused restore, then one after the set was made again');
+    assert.equal(r[0], r[1], 'the same text: only the set was missing');
+    const ipset = readFileSync(path.join(fake.dir, 'ipset.in'), 'utf8');
+    assert.match(ipset, /^create iptlb-vip-inet hash:ip,port family inet/m);
+    assert.ok(existsSync(path.join(fake.dir, 'set')));
   } finally {
     rmSync(fake.dir, { recursive: true, force: true });
   }

@@ -53,7 +53,11 @@ const COMMIT_ATTEMPTS = 3;
 
 /** The restore refused the text (the error to report), as opposed to a failure before it. */
 class RestoreRefused extends Error {
-  constructor(readonly error: IptlbError) {
+  constructor(
+    readonly error: IptlbError,
+    /** Whether the gate's set existed when the text was rendered (then it is not created before the restore). */
+    readonly setExisted: boolean,
+  ) {
     super(error.message);
   }
 }
@@ -134,7 +138,8 @@ export class SpawnExecutor implements LegacyExecutor {
    * restore are two processes, and the xtables lock is held by the restore only: another tool that
    * rewrote the table in between (`iptables -t nat -F`, a restore of the whole table by a firewall
    * reload) makes the restore fail on a rule it no longer has (`-D` of a flushed jump). Then the
-   * table is read again and, when it changed meanwhile, the transaction is rendered against what it
+   * table is read again and, when it changed meanwhile (or the gate's set that was there is gone:
+   * `ipset destroy` after the flush), the transaction is rendered against what it
    * holds now and committed again (as the native executor, which holds the lock from its read to its
    * commit, would have), at most {@link COMMIT_ATTEMPTS} times; a refusal of an unchanged table is
    * the commit's error.
@@ -150,7 +155,11 @@ export class SpawnExecutor implements LegacyExecutor {
         if (!(e instanceof RestoreRefused)) throw e;
         if (attempt >= COMMIT_ATTEMPTS) throw e.error;
         const now = await this.save(tx.family).catch(() => null);
-        if (now === null || withoutCounters(now) === withoutCounters(before)) throw e.error;
+        if (now === null) throw e.error;
+        // The gate's set is not in the save: one destroyed after the read (`ipset destroy` once a
+        // flush left no rule referring to it) fails the restore that refers to it.
+        const setGone = e.setExisted && !(await this.setExists(GATE_SET[tx.family]));
+        if (!setGone && withoutCounters(now) === withoutCounters(before)) throw e.error;
         before = now;
       }
     }
@@ -168,7 +177,10 @@ export class SpawnExecutor implements LegacyExecutor {
     if (gate.needSet && !setExists)
       before.push(`create ${set} hash:ip,port family ${SET_FAMILY[tx.family]} maxelem 1048576`);
     if (gate.needSet) for (const e of gate.add) before.push(`add ${set} ${e}`);
-    await this.ipset(before);
+    // A set that was there and is gone by now (`ipset destroy` after a flush): made again by a retry.
+    await this.ipset(before).catch((e: unknown) => {
+      throw setExists && e instanceof IptlbError ? new RestoreRefused(e, true) : e;
+    });
     const r = await run(restore, ['--noflush', `--wait=${this.lockWaitSeconds}`], text);
     if (r.code !== 0) {
       // Refused: the elements added for it go again (those no rule in the kernel selects), and the
@@ -179,7 +191,7 @@ export class SpawnExecutor implements LegacyExecutor {
           ? [`destroy ${set}`]
           : gate.add.filter((e) => !live.has(e)).map((e) => `del ${set} ${e}`);
       await this.ipset(undo).catch(() => {});
-      throw new RestoreRefused(restoreError(r.stderr, text, TOOL_NAMES[tx.family].restore));
+      throw new RestoreRefused(restoreError(r.stderr, text, TOOL_NAMES[tx.family].restore), setExists);
     }
     // 2. After it: elements no rule needs any more, and the set once no gate refers to it.
     const after: string[] = [];
