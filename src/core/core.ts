@@ -1817,7 +1817,9 @@ export class Core {
         this.commits.push({ engine: engine as Engine, tx: tx as AnyTransaction });
         return ms;
       } catch (e) {
-        if (e instanceof IptlbError && e.code === 'ERESTART' && attempt < 5) continue;
+        // The kernel changed under the plan (a generation id that moved, or, with `nft -f`, which has
+        // none, a table another tool deleted or flushed meanwhile): read it again and plan anew.
+        if (e instanceof IptlbError && (e.code === 'ERESTART' || engine.stale?.(e)) && attempt < 5) continue;
         throw e;
       }
     }

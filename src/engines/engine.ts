@@ -209,6 +209,12 @@ export interface Engine<View = unknown, Tx = unknown> {
   planRemoveAll(f: Family): Promise<Tx | undefined>;
   /** Commits one transaction. */
   commit(tx: Tx): Promise<number>;
+  /**
+   * True when a commit failed because the kernel no longer holds what the transaction was planned
+   * against (another tool deleted or flushed iptlb's objects between the read and the commit, where no
+   * generation id caught it): read again and plan anew. Absent: only `ERESTART` says so.
+   */
+  stale?(e: unknown): boolean;
   /** The text the spawn executor would feed its tool for `tx` (`iptables-restore` or `nft -f` dialect). */
   render(tx: Tx): Promise<string>;
   /** The rules a committed transaction wrote, one line each (`--verbose`). */

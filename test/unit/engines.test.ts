@@ -2416,3 +2416,30 @@ for (const [from, to] of [
     }
   });
 }
+
+test('nft: a sync whose table another tool deletes between its read and its commit (nft -f: no generation id to catch it) reads again and rebuilds it (before: failed, ENOENT)', async () => {
+  const { core, kernels, lines, done } = coreOn('nft');
+  try {
+    await apply(
+      core,
+      { name: 'a', source: '127.100.0.1:80', destination: ['127.0.0.1:9001', '127.0.0.1:9002'] },
+      { name: 'b', source: '127.100.0.2:80', destination: ['127.0.0.1:9003'], scheduler: 'round-robin' },
+    );
+    kernels.nft.tables.get('ip')!.sets.get('out_tcp_2')!.clear(); // drift: a sync has something to repair
+    assert.equal((await statuses(core)).a, 'modified');
+    let raced = 0;
+    kernels.nft.fail = () => {
+      // `nft flush ruleset` as the sync's batch goes in; the generation is not what the spawn executor checks.
+      if (raced++ === 0) kernels.nft.tables.delete('ip');
+      return undefined;
+    };
+    const r = await core.sync();
+    kernels.nft.fail = undefined;
+    assert.equal(r.committed, true);
+    assert.equal(raced, 2, 'the batch planned against the deleted table, then one planned against none');
+    assert.deepEqual(await statuses(core), { a: 'in-sync', b: 'in-sync' });
+    assert.equal(lines.filter((l) => l.startsWith('sync a: ')).length, 1, 'the drift is logged once');
+  } finally {
+    done();
+  }
+});

@@ -668,6 +668,10 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     return (await this.executor.commit(tx)).durationMs;
   }
 
+  stale(e: unknown): boolean {
+    return outOfStep(e);
+  }
+
   render(tx: NftTransaction): Promise<string> {
     return this.executor.render(tx);
   }
