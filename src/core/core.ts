@@ -1936,19 +1936,22 @@ export class Core {
             // The view the replacement was planned against: what the kernel served before it.
             let replaced: unknown;
             const keep = (): ReadonlyMap<string, Profile> => this.ofFamily(others.profiles, family);
+            // Said once each; a retry (the kernel changed under the first plan) may find more out of step.
+            const said = new Set<string>();
             const ms = await this.replaceFamily(
               provider,
               family,
               profiles,
-              (view, attempt) => {
+              (view) => {
                 replaced = view;
                 reports = this.compareMine(provider, profiles, keep(), view, contestedOf(family));
                 drifted = reports.filter((r) => r.status !== 'in-sync' && !(leaveUnknown() && r.status === 'orphaned'));
-                if (attempt === 1)
-                  for (const r of drifted) {
-                    opts.onDrift?.(r);
-                    (opts.driftLog ?? this.log)(`sync ${r.name}: ${r.status}${r.detail ? ` (${r.detail})` : ''}`);
-                  }
+                for (const r of drifted) {
+                  if (said.has(r.name)) continue;
+                  said.add(r.name);
+                  opts.onDrift?.(r);
+                  (opts.driftLog ?? this.log)(`sync ${r.name}: ${r.status}${r.detail ? ` (${r.detail})` : ''}`);
+                }
                 return drifted.length > 0;
               },
               { keep: () => ({ keep: keep(), keepUnknown: leaveUnknown() }), update: () => others.update() },
