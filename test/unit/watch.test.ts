@@ -474,3 +474,37 @@ test('watch -q prints no log line: its "watch: watching FILE" line was printed w
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('watch on a state file that is a symbolic link (a Kubernetes ConfigMap volume: state.db -> ..data/state.db) is refused at start, exit 1, one line naming the file to give; it ran on applying nothing', async () => {
+  const { main } = await import('../../src/cli/main.js');
+  const { mkdtempSync, mkdirSync, copyFileSync, rmSync, symlinkSync, writeFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-watch-link-'));
+  try {
+    mkdirSync(path.join(dir, '..2026_12_07_01'), { mode: 0o755 });
+    writeFileSync(path.join(dir, 'v'), 'web:\n  destination:\n  - 127.0.0.1:9001\n  source: 127.100.0.10:80\n');
+    copyFileSync(path.join(dir, 'v'), path.join(dir, '..2026_12_07_01', 'state.db'));
+    symlinkSync('..2026_12_07_01', path.join(dir, '..data'));
+    symlinkSync('..data/state.db', path.join(dir, 'state.db'));
+    const err: string[] = [];
+    const run = main(['watch', '--no-health-checks', '--state-file', path.join(dir, 'state.db')], {
+      out: () => {},
+      err: (l: string) => err.push(l),
+    });
+    const outcome = await Promise.race([run, new Promise((r) => setTimeout(() => r('still running'), 3000))]);
+    if (outcome === 'still running') {
+      process.emit('SIGTERM');
+      await run;
+    }
+    assert.equal(outcome, 1, err.join('\n'));
+    assert.equal(err.length, 1, err.join('\n'));
+    assert.match(
+      err[0]!,
+      /state file .*state\.db is a symbolic link \(to \.\.data\/state\.db\), which iptlb never follows/,
+    );
+    assert.match(err[0]!, /-state-file=.*iptlb-watch-link-[^/]*\/\.\.data\/state\.db/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

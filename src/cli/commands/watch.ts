@@ -2,6 +2,9 @@
 import type { Command } from 'commander';
 import { addGlobal, wholeMs, withGlobals, type GlobalOpts } from '../flags.js';
 import { makeCore, type Out } from '../context.js';
+import { lstatSync, readlinkSync } from 'node:fs';
+import * as path from 'node:path';
+import { IptlbError } from '../../model/errors.js';
 
 export function register(program: Command, io: Out): void {
   addGlobal(
@@ -33,6 +36,7 @@ export function register(program: Command, io: Out): void {
         const interval = wholeMs(o.interval, 'interval', 100, 86_400_000);
         const settle = wholeMs(o.settle, 'settle', 0, 600_000);
         const core = makeCore(g, io);
+        if (core.statePath !== null) refuseSymlink(core.statePath);
         const { startWatch } = await import('../../core/watch.js');
         const { startWatchServices } = await import('../watch-services.js');
         const log = g.quiet ? () => {} : (l: string) => io.err(`iptlb: ${l}`);
@@ -57,6 +61,29 @@ export function register(program: Command, io: Out): void {
         });
       },
     );
+}
+
+/**
+ * A state file that is a symbolic link is never read (O_NOFOLLOW): a watch started on one would run on,
+ * applying nothing, with /healthz 503, until someone read its log (a Kubernetes ConfigMap or Secret volume,
+ * whose `state.db` is a link to `..data/state.db`). Refused at start instead, exit 1, naming the file to
+ * give; a file that becomes a link later is not applied, as one that does not parse.
+ */
+function refuseSymlink(file: string): void {
+  let target: string;
+  try {
+    if (!lstatSync(file).isSymbolicLink()) return;
+    target = readlinkSync(file);
+  } catch {
+    return; // absent (waited for) or unreadable: the watch says so
+  }
+  const hint = /^\.\.data\//.test(target)
+    ? ` (a Kubernetes ConfigMap or Secret volume: -state-file=${path.join(path.dirname(file), target)}, which follows its updates)`
+    : '';
+  throw new IptlbError(
+    'ESTATE',
+    `state file ${file} is a symbolic link (to ${target}), which iptlb never follows: name the file itself with -state-file${hint}`,
+  );
 }
 
 /**
