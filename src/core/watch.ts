@@ -12,7 +12,7 @@
  * the last version applied, and the periodic check and SIGHUP repair drift toward that version; the
  * flows of destinations a new version removes are cleaned up as a change's are.
  */
-import { lstatSync, watch, type FSWatcher } from 'node:fs';
+import { lstatSync, statSync, watch, type FSWatcher } from 'node:fs';
 import * as path from 'node:path';
 import type { Core } from './core.js';
 import type { Profile } from '../model/types.js';
@@ -106,6 +106,8 @@ class StateFileWatcher {
   private settleTimer: NodeJS.Timeout | null = null;
   private timer: NodeJS.Timeout | null = null;
   private fsw: FSWatcher | null = null;
+  /** The identity (device, inode, birth time) of the directory `fsw` watches (symbolic links followed). */
+  private dirId: string | null = null;
   private stopResolve!: () => void;
   readonly done = new Promise<void>((r) => (this.stopResolve = r));
   /** The file's identity as last observed, and since when (Date.now()) it has been so. */
@@ -146,19 +148,7 @@ class StateFileWatcher {
 
   /** Watches the directory, arms the periodic check and SIGHUP, and applies the file as it is. */
   start(): void {
-    const base = path.basename(this.file);
-    const journalName = path.basename(journalPath(this.file));
-    try {
-      this.fsw = watch(path.dirname(this.file), { persistent: true }, (_event, name) => {
-        // The YAML, or its journal (a library handle's appends: see journal.ts).
-        if (name !== null && name !== base && name !== journalName) return;
-        this.changed();
-      });
-    } catch (e) {
-      this.opts.log(
-        `watch: cannot watch ${path.dirname(this.file)} (${(e as Error).message}); relying on the ${this.intervalMs} ms check`,
-      );
-    }
+    this.watchDir(true);
     this.timer = setInterval(() => void this.settled('periodic check'), this.intervalMs);
     process.on('SIGHUP', this.onHup);
     // At start the file is what the last writer left, settled unless it (or its journal) changed
@@ -200,6 +190,54 @@ class StateFileWatcher {
     if (wait === 0) return this.check('SIGHUP', version);
     this.armSettle(wait);
     if (this.applied) await this.check('SIGHUP', undefined, true);
+  }
+
+  /**
+   * Watches the state file's directory, again when it is no longer the one watched: a directory removed
+   * and made again (config management), or a symbolic link in the path swapped to another (a Kubernetes
+   * ConfigMap volume's `..data`). The watch of the old one saw nothing more, and each change waited for
+   * the periodic check. Called at start and by every look at the file (a file event, the periodic check).
+   */
+  private watchDir(first = false): void {
+    if (this.stopped) return;
+    const dir = path.dirname(this.file);
+    let id: string | null = null;
+    try {
+      const st = statSync(dir);
+      id = `${st.dev}:${st.ino}:${st.birthtimeMs}`;
+    } catch {
+      /* absent for now: the periodic check looks again */
+    }
+    if (this.fsw && id === this.dirId) return;
+    this.fsw?.close();
+    this.fsw = null;
+    this.dirId = id;
+    if (id === null && !first) return;
+    const base = path.basename(this.file);
+    const journalName = path.basename(journalPath(this.file));
+    try {
+      const fsw = watch(dir, { persistent: true }, (_event, name) => {
+        // The YAML, or its journal (a library handle's appends: see journal.ts); or the directory itself
+        // (removed, or renamed): looked at again at once.
+        if (name !== null && name !== base && name !== journalName && name !== path.basename(dir)) return;
+        // The directory itself went: a new one (which may have the inode number back) is watched at the next look.
+        if (name === path.basename(dir) && this.fsw === fsw) {
+          this.fsw = null;
+          fsw.close();
+        }
+        this.changed();
+      });
+      fsw.on('error', () => {
+        if (this.fsw === fsw) this.fsw = null;
+        fsw.close();
+      });
+      this.fsw = fsw;
+    } catch (e) {
+      if (first)
+        this.opts.log(
+          `watch: cannot watch ${dir} (${(e as Error).message}); relying on the ${this.intervalMs} ms check`,
+        );
+    }
   }
 
   /** One sync at a time; a check while one runs makes it run again (for the latest version asked for). */
@@ -342,6 +380,7 @@ class StateFileWatcher {
    * as settled (0: settled).
    */
   private async observe(): Promise<{ version: string | null; wait: number }> {
+    this.watchDir();
     const v = await this.versionOrUnreadable();
     const now = Date.now();
     if (v !== this.seen) {

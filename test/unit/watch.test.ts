@@ -508,3 +508,77 @@ test('watch on a state file that is a symbolic link (a Kubernetes ConfigMap volu
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('watch: a state directory removed and made again (config management), or swapped under a symbolic link (a ConfigMap volume), is watched again: a version written there is applied on its file event, not only by the periodic check (mock timers)', async (t) => {
+  t.mock.timers.enable({ apis: ['setTimeout', 'setInterval', 'Date'], now: 1_000_000 });
+  const { startWatch } = await import('../../src/core/watch.js');
+  const fs = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  const root = fs.mkdtempSync(path.join(tmpdir(), 'iptlb-watch-dir-'));
+  const write = (dir: string, dest: string): void => {
+    fs.writeFileSync(path.join(dir, '.tmp'), dest);
+    fs.renameSync(path.join(dir, '.tmp'), path.join(dir, 'state.db'));
+  };
+  const applied: string[] = [];
+  const core = {
+    statePath: '',
+    async readState() {
+      return new Map([['web', prof(fs.readFileSync(core.statePath, 'utf8'))]]);
+    },
+    async sync(o: SyncOpts = {}) {
+      if (o.guard && !(await o.guard())) return { before: [], committed: false, commitMs: 0, skipped: true };
+      const state = o.profiles ?? (await core.readState());
+      if (o.guard) applied.push(state.get('web')!.destination[0]!);
+      return { before: [], committed: true, commitMs: 1, state };
+    },
+  };
+  // Real file events arrive on their own; the mocked debounce and settle timers are advanced meanwhile.
+  const until = async (done: () => boolean): Promise<void> => {
+    for (let i = 0; i < 200 && !done(); i++) {
+      await advanceClock(t, 25);
+      await fs.promises.stat(root);
+    }
+  };
+  for (const layout of ['directory', 'symlink'] as const) {
+    const top = path.join(root, layout);
+    fs.mkdirSync(top);
+    // directory: <top>/d/state.db; symlink: <top>/..data/state.db, ..data -> ..v1
+    const dirOf = (n: number): string => path.join(top, layout === 'directory' ? 'd' : `..v${n}`);
+    const make = (n: number): void => {
+      fs.mkdirSync(dirOf(n));
+      if (layout === 'symlink') {
+        fs.symlinkSync(`..v${n}`, path.join(top, '..data_tmp'));
+        fs.renameSync(path.join(top, '..data_tmp'), path.join(top, '..data'));
+      }
+    };
+    make(1);
+    write(dirOf(1), '127.0.0.1:9001');
+    core.statePath = path.join(top, layout === 'directory' ? 'd' : '..data', 'state.db');
+    applied.length = 0;
+    const w = startWatch(core as never, { intervalMs: 86_400_000, settleMs: 0, log: () => {} });
+    try {
+      await until(() => applied.length === 1);
+      assert.deepEqual(applied, ['127.0.0.1:9001'], layout);
+      // The directory goes: its file is absent (seen on the event of the removal), and a new one is made.
+      if (layout === 'directory') {
+        fs.rmSync(dirOf(1), { recursive: true });
+        make(2);
+      } else {
+        make(2);
+        fs.rmSync(dirOf(1), { recursive: true });
+      }
+      await until(() => w.missing() !== undefined);
+      assert.ok(w.missing(), `${layout}: the removal was seen`);
+      write(dirOf(2), '127.0.0.1:9002');
+      await until(() => applied.length === 2);
+      assert.deepEqual(applied, ['127.0.0.1:9001', '127.0.0.1:9002'], `${layout}: applied on its file event`);
+      write(dirOf(2), '127.0.0.1:9003');
+      await until(() => applied.length === 3);
+      assert.deepEqual(applied.slice(2), ['127.0.0.1:9003'], layout);
+    } finally {
+      await w.stop();
+    }
+  }
+  fs.rmSync(root, { recursive: true, force: true });
+});
