@@ -1876,8 +1876,14 @@ export class Core {
       const requireFile = opts.requireFile && !opts.profiles;
       await this.requireStateFile(requireFile);
       this.checkPrivileges((await this.select()).provider.name);
-      // A sync writes nothing to the state file.
-      const lock = await this.lock(true);
+      // A sync writes nothing to the state file. Of profiles given (watch mode holding the kernel to the
+      // version it applied while the file is gone), none is read from it: without the lock when its
+      // directory is gone too, as status does, so that the directory is not made again (0700, with lock
+      // files) before whoever removed it makes it.
+      const lock =
+        opts.profiles && this.statePath !== null && !this.window && !existsSync(path.dirname(this.statePath))
+          ? { release() {} }
+          : await this.lock(true);
       if (lock.unlocked) this.withoutLock();
       try {
         await this.requireStateFile(requireFile);

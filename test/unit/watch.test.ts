@@ -582,3 +582,34 @@ test('watch: a state directory removed and made again (config management), or sw
   }
   fs.rmSync(root, { recursive: true, force: true });
 });
+
+test('watch (fake kernel): while its state directory is gone (removed before config management makes it again), the kernel is held to the last version applied and the directory is not made again by the watch (its lock made it, 0700, with lock files)', async (t) => {
+  const fs = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  const { Core } = await import('../../src/core/core.js');
+  const { FakeNftKernel } = await import('../harness/fake-kernel.js');
+  const { startWatch } = await import('../../src/core/watch.js');
+  const root = fs.mkdtempSync(path.join(tmpdir(), 'iptlb-gone-'));
+  t.after(() => fs.rmSync(root, { recursive: true, force: true }));
+  const dir = path.join(root, 'd');
+  const file = path.join(dir, 'state.db');
+  const kernel = new FakeNftKernel();
+  const core = new Core({ stateFile: file }, kernel);
+  await core.transact(() => ({ upsert: [prof('127.0.0.1:9001')], remove: [] }), { run: true });
+  const logs: string[] = [];
+  const w = startWatch(core, { intervalMs: 600_000, settleMs: 0, log: (l) => logs.push(l) });
+  t.after(() => w.stop());
+  await w.check('start');
+  assert.equal(w.applied()?.get('web')?.destination[0], '127.0.0.1:9001');
+  fs.rmSync(dir, { recursive: true });
+  await w.check('SIGHUP');
+  await w.check('periodic check');
+  assert.match(logs.join('\n'), /is not applied: it does not exist .*the kernel keeps the last version applied/);
+  assert.equal(fs.existsSync(dir), false, `the watch made ${dir} again: ${fs.readdirSync(root).join(', ')}`);
+  // Made again with a new version: applied.
+  fs.mkdirSync(dir, { mode: 0o700 });
+  fs.writeFileSync(file, '{}\n', { mode: 0o600 });
+  await w.check('SIGHUP');
+  assert.equal(w.applied()?.size, 0, 'the new version (no profiles) applied');
+});
