@@ -12,7 +12,7 @@
  * the last version applied, and the periodic check and SIGHUP repair drift toward that version; the
  * flows of destinations a new version removes are cleaned up as a change's are.
  */
-import { lstatSync, statSync, watch, type FSWatcher } from 'node:fs';
+import { existsSync, lstatSync, statSync, watch, type FSWatcher } from 'node:fs';
 import * as path from 'node:path';
 import type { Core } from './core.js';
 import type { Profile } from '../model/types.js';
@@ -206,26 +206,49 @@ class StateFileWatcher {
       const st = statSync(dir);
       id = `${st.dev}:${st.ino}:${st.birthtimeMs}`;
     } catch {
-      /* absent for now: the periodic check looks again */
+      /* absent for now: the directory above is watched for it */
     }
     if (this.fsw && id === this.dirId) return;
     this.fsw?.close();
     this.fsw = null;
     this.dirId = id;
-    if (id === null && !first) return;
+    if (id === null) return this.watchAbove(dir);
     const base = path.basename(this.file);
     const journalName = path.basename(journalPath(this.file));
+    this.arm(
+      dir,
+      (name) => {
+        // The YAML, or its journal (a library handle's appends: see journal.ts); or the directory itself
+        // (removed, or renamed): looked at again at once, and a new one (which may have the inode number
+        // back) watched then.
+        if (name === path.basename(dir)) this.unarm();
+        return name === null || name === base || name === journalName || name === path.basename(dir);
+      },
+      first,
+    );
+  }
+
+  /**
+   * The state file's directory is gone: the nearest directory above it that exists is watched for the
+   * next one down to appear (config management making it again), then the directory itself.
+   */
+  private watchAbove(dir: string): void {
+    let child = dir;
+    let up = path.dirname(dir);
+    while (!existsSync(up) && path.dirname(up) !== up) {
+      child = up;
+      up = path.dirname(up);
+    }
+    this.arm(up, (name) => name === null || name === path.basename(child), false);
+    // Made between the look and the watch: looked at again.
+    if (existsSync(child)) this.changed();
+  }
+
+  /** Watches `dir`; a name `relevant` says is of the state file makes a look at it. */
+  private arm(dir: string, relevant: (name: string | null) => boolean, first: boolean): void {
     try {
       const fsw = watch(dir, { persistent: true }, (_event, name) => {
-        // The YAML, or its journal (a library handle's appends: see journal.ts); or the directory itself
-        // (removed, or renamed): looked at again at once.
-        if (name !== null && name !== base && name !== journalName && name !== path.basename(dir)) return;
-        // The directory itself went: a new one (which may have the inode number back) is watched at the next look.
-        if (name === path.basename(dir) && this.fsw === fsw) {
-          this.fsw = null;
-          fsw.close();
-        }
-        this.changed();
+        if (relevant(name)) this.changed();
       });
       fsw.on('error', () => {
         if (this.fsw === fsw) this.fsw = null;
@@ -238,6 +261,12 @@ class StateFileWatcher {
           `watch: cannot watch ${dir} (${(e as Error).message}); relying on the ${this.intervalMs} ms check`,
         );
     }
+  }
+
+  /** Stops the watch of a directory that went: the next look watches what is there then. */
+  private unarm(): void {
+    this.fsw?.close();
+    this.fsw = null;
   }
 
   /** One sync at a time; a check while one runs makes it run again (for the latest version asked for). */

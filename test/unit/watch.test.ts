@@ -563,13 +563,15 @@ test('watch: a state directory removed and made again (config management), or sw
       // The directory goes: its file is absent (seen on the event of the removal), and a new one is made.
       if (layout === 'directory') {
         fs.rmSync(dirOf(1), { recursive: true });
+        await until(() => w.missing() !== undefined);
+        assert.ok(w.missing(), `${layout}: the removal was seen`);
         make(2);
       } else {
         make(2);
         fs.rmSync(dirOf(1), { recursive: true });
+        await until(() => w.missing() !== undefined);
+        assert.ok(w.missing(), `${layout}: the removal was seen`);
       }
-      await until(() => w.missing() !== undefined);
-      assert.ok(w.missing(), `${layout}: the removal was seen`);
       write(dirOf(2), '127.0.0.1:9002');
       await until(() => applied.length === 2);
       assert.deepEqual(applied, ['127.0.0.1:9001', '127.0.0.1:9002'], `${layout}: applied on its file event`);
