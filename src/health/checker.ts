@@ -893,6 +893,9 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     if (this.flushAgain || this.host.core.health.hasPending) this.requestFlush(opener);
   }
 
+  /** The last failure to write the health file, until a write succeeds: said once while it repeats. */
+  private publishFailure: string | undefined;
+
   private publishNow(): Promise<void> {
     const file = this.publishFile;
     if (!file || !this.running) return Promise.resolve();
@@ -901,7 +904,14 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     // waits for the last before it removes the file, so a write under way does not put it back after the stop.
     const p: Promise<void> = (this.publishing ?? Promise.resolve())
       .then(() => this.host.core.health.publish(file))
-      .catch((e: Error) => this.log(`health: cannot write ${file} (${e.message})`))
+      .then(
+        () => (this.publishFailure = undefined),
+        (e: Error) => {
+          // Refreshed every publishMs: said once per reason (a read-only state directory failed every 2 s, forever).
+          if (e.message !== this.publishFailure) this.log(`health: cannot write ${file} (${e.message})`);
+          this.publishFailure = e.message;
+        },
+      )
       .finally(() => {
         if (this.publishing === p) this.publishing = undefined;
       });

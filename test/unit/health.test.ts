@@ -1626,3 +1626,45 @@ test('stop() while the health file is being refreshed: the refresh does not land
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a health file that cannot be written (a read-only state directory: a ConfigMap volume) is said once, not at every refresh (every 2 s, forever); again after a write that succeeded', async () => {
+  const { mkdtempSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-checker-erofs-'));
+  const file = path.join(dir, 'state.db');
+  const core = new Core({ stateFile: file, engine: 'legacy' }, new FakeLegacyKernel());
+  const web = validateProfile({ name: 'web', source: '127.0.0.10:80', destination: ['127.0.0.1:9001'], health: {} });
+  await core.transact(() => ({ upsert: [web], remove: [] }), { run: true });
+  const log: string[] = [];
+  const c = new HealthChecker(coreHost(core), {
+    probe: new Probes().probe,
+    random: () => 0,
+    publishMs: 86_400_000,
+    log: (l) => log.push(l),
+  });
+  const publish = core.health.publish.bind(core.health);
+  let readOnly = true;
+  core.health.publish = async (f: string) => {
+    if (readOnly) throw new Error(`EROFS: read-only file system, open '${f}.tmp'`);
+    return publish(f);
+  };
+  const refresh = (c as unknown as { publishNow(): Promise<void> }).publishNow.bind(c);
+  const said = (): number => log.filter((l) => /health: cannot write/.test(l)).length;
+  try {
+    await c.start();
+    for (let i = 0; i < 5; i++) await refresh();
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(said(), 1, log.join('\n'));
+    readOnly = false;
+    await refresh();
+    readOnly = true;
+    await refresh();
+    await refresh();
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(said(), 2, log.join('\n'));
+  } finally {
+    await c.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
