@@ -380,7 +380,10 @@ class StateFileWatcher {
       try {
         profiles = await this.core.readState();
       } catch (e) {
-        why = `${(e as Error).message} (write a temporary file and rename it over the state file)`;
+        // The writer's advice fits a file read part way through its writing, not the refusal of the file
+        // whatever it holds: its mode, its owner, a symbolic link ("refusing to use it", "… to follow it").
+        const m = (e as Error).message;
+        why = /; refusing to /.test(m) ? m : `${m} (write a temporary file and rename it over the state file)`;
       }
     const kept = this.applied ? 'the kernel keeps the last version applied' : 'the kernel is left as it is';
     // Absent: /healthz says so (a status read takes an absent file for "no profiles", and answered 200).

@@ -25,14 +25,14 @@ test('watch: an absent or unparsable file is not applied; the kernel is held to 
   t.mock.timers.enable({ apis: ['setTimeout', 'setInterval', 'Date'], now: 1_000_000 });
   const { startWatch } = await import('../../src/core/watch.js');
   // The file: absent (null), or a version with its profiles, or one that does not parse.
-  let file: { v: string; profiles?: Map<string, Profile> } | null = null;
+  let file: { v: string; profiles?: Map<string, Profile>; error?: string } | null = null;
   const syncs: SyncOpts[] = [];
   const logs: string[] = [];
   const core = {
     statePath: '/nonexistent-iptlb-dir/state.db',
     async readState() {
       if (file === null) return new Map(); // as the core reads an absent file: no profiles
-      if (!file.profiles) throw new Error('state file x: is not valid YAML');
+      if (!file.profiles) throw new Error(file.error ?? 'state file x: is not valid YAML');
       return file.profiles;
     },
     async sync(o: SyncOpts = {}) {
@@ -90,6 +90,15 @@ test('watch: an absent or unparsable file is not applied; the kernel is held to 
   assert.ok(syncs.length > m);
   assert.ok(syncs.slice(m).every((o) => o.profiles === v2 && o.guard === undefined));
   assert.equal(logs.filter((l) => /is not applied: state file x: is not valid YAML/.test(l)).length, 1);
+  assert.match(logs.join('\n'), /is not valid YAML \(write a temporary file and rename it over the state file\)/);
+  // Refused whatever it holds (its mode): said without the advice to writers, which does not fit it.
+  const modeError = 'state file x is writable by group (mode 0664); refusing to use it (chmod go-w x)';
+  file = { v: 'mode', error: modeError };
+  w.changed();
+  await advance(1000);
+  const said = logs.filter((l) => l.includes(modeError));
+  assert.equal(said.length, 1, logs.join('\n'));
+  assert.doesNotMatch(said[0]!, /write a temporary file/);
   // Fixed: applied, with v2 as the previous version.
   const v3 = new Map([['web', prof('127.0.0.1:9003')]]);
   file = { v: 'v3', profiles: v3 };
