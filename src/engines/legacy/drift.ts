@@ -33,12 +33,11 @@ function elementKey(e: string): string {
 
 /**
  * The gate element of a profile's rule behind the gate that the gate's set lacks (its packets never
- * reach the dispatch chain), or null; null too when the set's elements were not read.
+ * reach the dispatch chain), or null; null too when the set's elements were not read (`have`: their keys, made
+ * once per comparison by the caller: per profile, it made the comparison quadratic in the table).
  */
-function missingElement(hooks: KernelView['hookRules'], view: KernelView): string | null {
-  const members = view.gate?.members;
-  if (!members) return null;
-  const have = new Set(members.map(elementKey));
+function missingElement(hooks: KernelView['hookRules'], have: ReadonlySet<string> | null): string | null {
+  if (!have) return null;
   for (const h of hooks) {
     if (!isGatedHook(h.chain) || h.direct) continue;
     const e = elementOf(h.rule);
@@ -59,11 +58,20 @@ export function compare(allState: Map<string, Profile>, view: KernelView, family
   const reports: ProfileReport[] = [];
   const chainsByName = new Map(view.chains.map((c) => [c.name, c]));
   const claimedChains = new Set<string>();
+  // Each profile's rules in the built-in chains and the gate's elements, indexed once: looked up per
+  // profile, they made a comparison quadratic in the table (36 s for `status` at 10,000 profiles).
+  const hooksByOwner = new Map<string, KernelView['hookRules']>();
+  for (const h of view.hookRules) {
+    const list = hooksByOwner.get(h.owner);
+    if (list) list.push(h);
+    else hooksByOwner.set(h.owner, [h]);
+  }
+  const members = view.gate?.members ? new Set(view.gate.members.map(elementKey)) : null;
   for (const p of [...state.values()].sort((a, b) => (a.name < b.name ? -1 : 1))) {
     const plan = planProfile(p);
     const chain = chainsByName.get(plan.chain.name);
     claimedChains.add(plan.chain.name);
-    const hooks = view.hookRules.filter((h) => h.owner === p.name);
+    const hooks = hooksByOwner.get(p.name) ?? [];
     const jump = hooks.find((h) => h.rule.target.name === 'jump');
     // A destination with several slots (round-robin with weights) has several rules: their counters add up.
     const destinations: DestinationCounters[] = p.destination.map((d) => {
@@ -103,16 +111,16 @@ export function compare(allState: Map<string, Profile>, view: KernelView, family
       detail = `its rules in the built-in chains differ (${haveHooks.length} found, ${wantHooks.length} planned)`;
     else if ((gateless = missingGate(hooks, view)))
       detail = `the gate in nat ${gateless} that leads to its rules is missing: \`iptlb sync\` restores it`;
-    else if ((gateless = missingElement(hooks, view)))
+    else if ((gateless = missingElement(hooks, members)))
       detail = `its address ${gateless} is missing from the gate's set ${GATE_SET[familyOfProfile(p)]}, so its rules are not reached: \`iptlb sync\` restores it`;
     else if (hooks.some((h) => h.direct))
       detail =
         'its jump sits in nat OUTPUT/PREROUTING itself (the layout before the gate): `iptlb sync` or its next change moves it behind the gate';
     reports.push(detail ? { ...base, status: 'modified', detail } : { ...base, status: 'in-sync' });
   }
-  const orphanOwners = new Set(view.hookRules.map((h) => h.owner).filter((o) => !state.has(o)));
-  const orphanChains = view.chains.map((c) => c.name).filter((c) => !claimedChains.has(c));
-  for (const o of [...orphanOwners].sort()) {
+  const orphanOwners = [...hooksByOwner.keys()].filter((o) => !state.has(o));
+  const orphanChains = new Set(view.chains.map((c) => c.name).filter((c) => !claimedChains.has(c)));
+  for (const o of orphanOwners.sort()) {
     const chain = chainName(o);
     reports.push({
       name: o,
@@ -122,10 +130,9 @@ export function compare(allState: Map<string, Profile>, view: KernelView, family
       packets: 0,
       bytes: 0,
     });
-    const i = orphanChains.indexOf(chain);
-    if (i >= 0) orphanChains.splice(i, 1);
+    orphanChains.delete(chain);
   }
-  for (const c of orphanChains.sort()) {
+  for (const c of [...orphanChains].sort()) {
     reports.push({
       name: c,
       status: 'orphaned',
@@ -179,13 +186,11 @@ export function syncTransaction(
   const theirs = (o: string): boolean => !!keepUnknown || (!!keep?.has(o) && !state.has(o));
   const orphanOwners = [...new Set(view.hookRules.map((h) => h.owner).filter((o) => !state.has(o) && !theirs(o)))];
   const tx = planTransaction(profiles, orphanOwners, family);
-  const claimed = new Set(profiles.map((p) => chainName(p.name)));
+  const claimed = new Set([...profiles.map((p) => chainName(p.name)), ...tx.deleteChains]);
   for (const n of keep?.keys() ?? []) if (theirs(n)) claimed.add(chainName(n));
   const extra = keepUnknown
     ? []
-    : view.chains
-        .map((c) => c.name)
-        .filter((c) => c.startsWith(CHAIN_PREFIX) && !claimed.has(c) && !tx.deleteChains.includes(c));
+    : view.chains.map((c) => c.name).filter((c) => c.startsWith(CHAIN_PREFIX) && !claimed.has(c));
   tx.deleteChains.push(...extra);
   return tx;
 }

@@ -1,0 +1,73 @@
+/**
+ * Tables of many profiles: what the code does per profile must not grow with the table. No clock is
+ * read here: the work is counted (reads of the kernel view's lists), so a quadratic walk fails at
+ * any machine's speed.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { planTransaction } from '../../src/engines/legacy/plan.js';
+import { compare, syncTransaction } from '../../src/engines/legacy/drift.js';
+import { elementOf } from '../../src/engines/legacy/gate.js';
+import { validateProfile } from '../../src/model/profile.js';
+import { FakeLegacyKernel } from '../harness/fake-kernel.js';
+import type { KernelView, Profile } from '../../src/model/types.js';
+
+const N = 3000;
+
+function profiles(n: number): Map<string, Profile> {
+  const out = new Map<string, Profile>();
+  for (let i = 0; i < n; i++) {
+    const p = validateProfile({
+      name: `p${String(i).padStart(5, '0')}`,
+      source: `127.100.${i >> 8}.${i & 255}:80`,
+      destination: ['127.0.0.1:9001', '127.0.0.1:9002'],
+    });
+    out.set(p.name, p);
+  }
+  return out;
+}
+
+/** `list` behind a proxy that counts the reads of its elements into `reads.n`. */
+function counted<T>(list: T[], reads: { n: number }): T[] {
+  return new Proxy(list, {
+    get(target, key, receiver) {
+      if (typeof key === 'string' && /^\d+$/.test(key)) reads.n++;
+      return Reflect.get(target, key, receiver) as unknown;
+    },
+  });
+}
+
+test('legacy compare: reads the view once per table, not once per profile (status, sync and top at 10,000)', async () => {
+  const state = profiles(N);
+  const kernel = new FakeLegacyKernel();
+  await kernel.commit(planTransaction([...state.values()], [], 'ipv4'));
+  const real = await kernel.read('ipv4');
+  // As the native read gives it: the gate's set holds the address of every rule behind the gate.
+  const members = real.hookRules.map((h) => elementOf(h.rule)).filter((e): e is string => !!e);
+  assert.equal(members.length, N);
+  const reads = { n: 0 };
+  const view: KernelView = {
+    ...real,
+    hookRules: counted(real.hookRules, reads),
+    chains: counted(real.chains, reads),
+    gate: { gates: ['OUTPUT'], dispatch: ['OUTPUT'], members: counted(members, reads) },
+  };
+  const reports = compare(state, view);
+  assert.equal(reports.length, N);
+  assert.deepEqual(new Set(reports.map((r) => r.status)), new Set(['in-sync']));
+  // Each list is walked a few times in all (3 lists of N); per profile, it was N × N.
+  assert.ok(reads.n <= 10 * N, `compare read the view's lists ${reads.n} times for ${N} profiles`);
+
+  // Half the profiles gone from the state: their rules and chains are orphans, each reported once.
+  const half = new Map([...state].slice(0, N / 2));
+  reads.n = 0;
+  const orphans = compare(half, view).filter((r) => r.status === 'orphaned');
+  assert.equal(orphans.length, N / 2);
+  assert.equal(new Set(orphans.map((r) => r.name)).size, N / 2);
+  assert.ok(reads.n <= 10 * N, `compare read the view's lists ${reads.n} times for ${N} profiles`);
+
+  // A sync of an empty state removes every chain once.
+  const tx = syncTransaction(new Map(), real);
+  assert.equal(tx.deleteChains.length, N);
+  assert.equal(new Set(tx.deleteChains).size, N);
+});
