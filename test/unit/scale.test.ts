@@ -71,3 +71,22 @@ test('legacy compare: reads the view once per table, not once per profile (statu
   assert.equal(tx.deleteChains.length, N);
   assert.equal(new Set(tx.deleteChains).size, N);
 });
+
+test('legacy compare: a profile of 1,024 destinations is one walk of its chain, not one per destination', async () => {
+  const destination = Array.from({ length: 1024 }, (_, i) => `127.0.0.1:${10000 + i}`);
+  const p = validateProfile({ name: 'wide', source: '127.100.0.1:80', destination, scheduler: 'round-robin' });
+  const state = new Map([[p.name, p]]);
+  const kernel = new FakeLegacyKernel();
+  await kernel.commit(planTransaction([p], [], 'ipv4'));
+  const real = await kernel.read('ipv4');
+  const reads = { n: 0 };
+  const view: KernelView = {
+    ...real,
+    chains: real.chains.map((c) => ({ ...c, rules: counted(c.rules, reads) })),
+  };
+  const [report] = compare(state, view);
+  assert.equal(report?.status, 'in-sync');
+  assert.equal(report?.destinations.length, 1024);
+  // Per destination, every rule of the chain was read: 1,024 × 1,024.
+  assert.ok(reads.n <= 10 * 1024, `compare read the chain's rules ${reads.n} times for 1,024 destinations`);
+});
