@@ -9,18 +9,22 @@ import { planTransaction } from '../../src/engines/legacy/plan.js';
 import { compare, syncTransaction } from '../../src/engines/legacy/drift.js';
 import { elementOf } from '../../src/engines/legacy/gate.js';
 import { validateProfile } from '../../src/model/profile.js';
-import { FakeLegacyKernel } from '../harness/fake-kernel.js';
+import { planNftRebuild } from '../../src/engines/nft/plan.js';
+import { compareNft } from '../../src/engines/nft/view.js';
+import { FakeLegacyKernel, FakeNftKernel } from '../harness/fake-kernel.js';
+import type { NftView } from '../../src/engines/nft/ops.js';
 import type { KernelView, Profile } from '../../src/model/types.js';
 
 const N = 3000;
 
-function profiles(n: number): Map<string, Profile> {
+function profiles(n: number, extra: Record<string, unknown> = {}): Map<string, Profile> {
   const out = new Map<string, Profile>();
   for (let i = 0; i < n; i++) {
     const p = validateProfile({
       name: `p${String(i).padStart(5, '0')}`,
       source: `127.100.${i >> 8}.${i & 255}:80`,
       destination: ['127.0.0.1:9001', '127.0.0.1:9002'],
+      ...extra,
     });
     out.set(p.name, p);
   }
@@ -89,4 +93,22 @@ test('legacy compare: a profile of 1,024 destinations is one walk of its chain, 
   assert.equal(report?.destinations.length, 1024);
   // Per destination, every rule of the chain was read: 1,024 × 1,024.
   assert.ok(reads.n <= 10 * 1024, `compare read the chain's rules ${reads.n} times for 1,024 destinations`);
+});
+
+test('nft compare: round-robin and affinity profiles find their rules in one walk of the base chains', async () => {
+  // Each has rules of its own in a base chain; per profile, every rule of the chains was read.
+  for (const extra of [{ scheduler: 'round-robin' }, { affinity: 60 }]) {
+    const state = profiles(N / 2, extra);
+    const kernel = new FakeNftKernel();
+    await kernel.commit(planNftRebuild([...state.values()], kernel.genid));
+    const real = await kernel.read('ip');
+    const reads = { n: 0 };
+    const view: NftView = { ...real, chains: real.chains.map((c) => ({ ...c, rules: counted(c.rules, reads) })) };
+    const rules = real.chains.reduce((n, c) => n + c.rules.length, 0);
+    assert.ok(rules >= N / 2);
+    const reports = compareNft(state, view);
+    assert.equal(reports.length, N / 2);
+    assert.deepEqual(new Set(reports.map((r) => r.status)), new Set(['in-sync']));
+    assert.ok(reads.n <= 10 * rules, `compareNft read ${reads.n} rules for ${rules} rules (${JSON.stringify(extra)})`);
+  }
 });

@@ -119,6 +119,11 @@ interface ViewIndex {
   affSets: Map<string, number>;
   haveRules: Set<string>;
   dispatchRules: Set<string>;
+  /**
+   * Each profile's own rules (round-robin, affinity, logging, masquerade) in the base chains, by owner: looked
+   * for per profile in every chain, they made a comparison quadratic in the table (10,000 round-robin profiles).
+   */
+  ownRules: Map<string, OwnRule[]>;
   ruleKey(chain: string, r: NftRule | { kind: 'foreign'; text: string }): string;
 }
 
@@ -148,6 +153,14 @@ function indexView(view: NftView): ViewIndex {
   for (const m of view.backendMaps)
     for (const e of m.elements)
       backends.set(`${m.proto}/${key(e.vip)}/${e.index}`, { to: key(e.to), packets: e.packets, bytes: e.bytes });
+  const ownRules: ViewIndex['ownRules'] = new Map();
+  for (const c of view.chains)
+    for (const r of c.rules) {
+      if (!isOwnRule(r)) continue;
+      const list = ownRules.get(r.owner);
+      if (list) list.push(r);
+      else ownRules.set(r.owner, [r]);
+    }
   const ruleKey: ViewIndex['ruleKey'] = (chain, r) =>
     `${chain} ${r.kind === 'foreign' ? r.text : renderNftRule(r, family)}`;
   return {
@@ -160,6 +173,7 @@ function indexView(view: NftView): ViewIndex {
     dispatchRules: new Set(
       view.chains.flatMap((c) => c.rules.filter((r) => r.kind === 'dispatch').map((r) => ruleKey(c.name, r))),
     ),
+    ownRules,
     ruleKey,
   };
 }
@@ -171,7 +185,6 @@ function indexView(view: NftView): ViewIndex {
 function countersOf(
   p: Profile,
   plan: ReturnType<typeof planNftProfile>,
-  view: NftView,
   idx: ViewIndex,
   claims: Claims,
 ): { destinations: DestinationCounters[]; packets: bigint; bytes: bigint } {
@@ -198,9 +211,8 @@ function countersOf(
     if (have) add(perDest.get(key(b.to)), have.packets, have.bytes);
   }
   if (p.affinity) {
-    for (const c of view.chains)
-      for (const r of c.rules)
-        if (r.kind === 'aff' && r.owner === p.name) add(perDest.get(key(r.to)), r.packets ?? 0n, r.bytes ?? 0n);
+    for (const r of idx.ownRules.get(p.name) ?? [])
+      if (r.kind === 'aff') add(perDest.get(key(r.to)), r.packets ?? 0n, r.bytes ?? 0n);
     for (const s of plan.affinitySets) claims.affSets.add(s.name);
   }
   return { destinations: [...perDest.values()], packets, bytes };
@@ -254,7 +266,7 @@ function compareProfile(p: Profile, view: NftView, idx: ViewIndex, claims: Claim
   const vip = key(plan.vip);
   const found = idx.dispatch.get(`${plan.proto}/${vip}`) ?? [];
   claims.dispatch.add(`${plan.proto}/${vip}`);
-  const c = countersOf(p, plan, view, idx, claims);
+  const c = countersOf(p, plan, idx, claims);
   // A round-robin (or affinity) profile has no dispatch element: its connections are the sum of its slots (rules).
   const mine = found.find((f) => f.set === plan.set);
   const base =
@@ -272,10 +284,7 @@ function compareProfile(p: Profile, view: NftView, idx: ViewIndex, claims: Claim
           packets: Number(mine?.packets ?? 0n),
           bytes: Number(mine?.bytes ?? 0n),
         };
-  const ownRulesHere = view.chains.reduce(
-    (n, ch) => n + ch.rules.filter((r) => isOwnRule(r) && r.owner === p.name).length,
-    0,
-  );
+  const ownRulesHere = idx.ownRules.get(p.name)?.length ?? 0;
   const haveBackends = plan.backends.filter(
     (b) => idx.backends.get(`${plan.proto}/${vip}/${b.index}`)?.to === key(b.to),
   ).length;
