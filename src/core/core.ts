@@ -24,6 +24,7 @@ import {
 import { DEFAULT_LOCK_WAIT_MS, lockStateFile, lockWaiters, type HeldLock } from '../platform/lock.js';
 import {
   checkConflicts,
+  ConflictIndex,
   familyOfProfile,
   profilesOf,
   sameProfile,
@@ -2316,12 +2317,18 @@ export function upsertChange(state: Map<string, Profile>, inputs: (ProfileInput 
       throw new IptlbError('EUSAGE', `name: ${show(p.name)} is given twice in one change`, { field: 'name' });
     names.add(p.name);
   }
+  // Looked up by chain and source; a profile that hits is checked again one by one, so that the error is
+  // the one checkConflicts gives (the first profile it meets).
+  let inState: ConflictIndex | undefined;
+  const earlier = new ConflictIndex();
   upsert.forEach((p, i) => {
     // The CLI's index of the state file answers without building every profile.
     const indexed = state instanceof IndexedState ? state.conflictOf(p, names) : undefined;
     if (indexed) throw indexed;
-    if (indexed === undefined) checkConflicts(p, state.values(), names);
-    checkConflicts(p, upsert.slice(0, i));
+    if (indexed === undefined && (inState ??= new ConflictIndex(state.values(), names)).hits(p))
+      checkConflicts(p, state.values(), names);
+    if (earlier.hits(p)) checkConflicts(p, upsert.slice(0, i));
+    earlier.add(p);
   });
   // Replacement needs no explicit removal: every upserted profile's old objects are owned by its name.
   return { upsert, remove: [] };
