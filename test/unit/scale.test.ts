@@ -11,6 +11,7 @@ import { elementOf } from '../../src/engines/legacy/gate.js';
 import { validateProfile } from '../../src/model/profile.js';
 import { parseCanonical, parseState, serializeState } from '../../src/core/state.js';
 import { upsertChange } from '../../src/core/core.js';
+import { indexState } from '../../src/core/state-index.js';
 import { planNftRebuild } from '../../src/engines/nft/plan.js';
 import { compareNft } from '../../src/engines/nft/view.js';
 import { FakeLegacyKernel, FakeNftKernel } from '../harness/fake-kernel.js';
@@ -185,4 +186,35 @@ test('a change of many profiles checks their conflicts by lookup, not each again
     (e: Error & { code?: string }) =>
       e.code === 'ECONFLICT' && /maps to chain .* already used by profile "p00001"/.test(e.message),
   );
+});
+
+test("re-applying many profiles of the CLI's indexed state file does not search the file once per profile", () => {
+  // IndexedState.conflictOf searches the file's text for the profile's source line: for every profile of
+  // `apply --file` replacing what the file holds, that was quadratic (20,000 profiles: 20 s).
+  const list = [...profiles(N).values()];
+  const state = indexState(serializeState(list));
+  assert.ok(state, 'the canonical file is indexed');
+  let searches = 0;
+  const conflictOf = state.conflictOf.bind(state);
+  state.conflictOf = (...args) => {
+    searches++;
+    return conflictOf(...args);
+  };
+  const change = upsertChange(
+    state,
+    list.map((p) => ({ ...p })),
+  );
+  assert.equal(change.upsert.length, N);
+  assert.ok(searches <= 16, `the file's text was searched ${searches} times for ${N} profiles`);
+  // A conflict in such a change is still found, with checkConflicts' error.
+  const taken = { name: 'other', source: '127.100.0.9:80', destination: ['127.0.0.1:9001'] };
+  assert.throws(
+    () => upsertChange(state, [...list.slice(100).map((p) => ({ ...p })), taken]),
+    (e: Error & { code?: string }) =>
+      e.code === 'ECONFLICT' && e.message.includes('already belongs to profile "p00009"'),
+  );
+  // A few profiles still ask the index.
+  searches = 0;
+  upsertChange(state, [{ ...list[3]! }]);
+  assert.equal(searches, 1);
 });
