@@ -1590,15 +1590,25 @@ test('stop() while start() still reads the profiles: start then neither publishe
   }
 });
 
-test('stop() while the health file is being refreshed: the refresh does not land after the stop removed the file', async () => {
-  const { mkdtempSync, rmSync, existsSync } = await import('node:fs');
+/**
+ * A state file in a new temporary directory (`prefix`) and a core on the fake legacy kernel that has applied
+ * `web`, a profile with a health check: what a checker that publishes its health file needs.
+ */
+async function publishingCore(prefix: string): Promise<{ dir: string; file: string; core: Core }> {
+  const { mkdtempSync } = await import('node:fs');
   const { tmpdir } = await import('node:os');
   const path = await import('node:path');
-  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-checker-pub-'));
+  const dir = mkdtempSync(path.join(tmpdir(), prefix));
   const file = path.join(dir, 'state.db');
   const core = new Core({ stateFile: file, engine: 'legacy' }, new FakeLegacyKernel());
   const web = validateProfile({ name: 'web', source: '127.0.0.10:80', destination: ['127.0.0.1:9001'], health: {} });
   await core.transact(() => ({ upsert: [web], remove: [] }), { run: true });
+  return { dir, file, core };
+}
+
+test('stop() while the health file is being refreshed: the refresh does not land after the stop removed the file', async () => {
+  const { rmSync, existsSync } = await import('node:fs');
+  const { dir, file, core } = await publishingCore('iptlb-checker-pub-');
   const c = new HealthChecker(coreHost(core), { probe: new Probes().probe, random: () => 0, publishMs: 10 });
   try {
     await c.start();
@@ -1628,14 +1638,8 @@ test('stop() while the health file is being refreshed: the refresh does not land
 });
 
 test('a health file that cannot be written (a read-only state directory: a ConfigMap volume) is said once, not at every refresh (every 2 s, forever); again after a write that succeeded', async () => {
-  const { mkdtempSync, rmSync } = await import('node:fs');
-  const { tmpdir } = await import('node:os');
-  const path = await import('node:path');
-  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-checker-erofs-'));
-  const file = path.join(dir, 'state.db');
-  const core = new Core({ stateFile: file, engine: 'legacy' }, new FakeLegacyKernel());
-  const web = validateProfile({ name: 'web', source: '127.0.0.10:80', destination: ['127.0.0.1:9001'], health: {} });
-  await core.transact(() => ({ upsert: [web], remove: [] }), { run: true });
+  const { rmSync } = await import('node:fs');
+  const { dir, core } = await publishingCore('iptlb-checker-erofs-');
   const log: string[] = [];
   const c = new HealthChecker(coreHost(core), {
     probe: new Probes().probe,
