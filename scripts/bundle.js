@@ -8,6 +8,7 @@ import { cpSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { STAMP, buildDigest } from './build-sources.js';
 
 // node:child_process (with net, stream, dgram… behind it) costs a start-up ~10% of Node's own, and
 // is needed only to spawn a process (commander's executable subcommands, the flock fallback,
@@ -48,6 +49,10 @@ const ownRequire = {
 
 const { BUNDLE_WRAPPER_HEAD, BUNDLE_WRAPPER_TAIL } = createRequire(import.meta.url)('../bin/load-bundle.cjs');
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+// What this build is made of (scripts/build-sources.js), taken before anything is written; recorded
+// once everything is, so that a build that fails half-way leaves no record of itself.
+const digest = buildDigest(root);
+rmSync(path.join(root, STAMP), { force: true });
 await build({
   entryPoints: [path.join(root, 'src', 'cli', 'main.ts')],
   outfile: path.join(root, 'dist', 'iptlb.cjs'),
@@ -76,7 +81,7 @@ await build({
 });
 
 // V8's code cache for the bundle, made in a fresh process (see scripts/code-cache.cjs).
-spawnSync(process.execPath, [path.join(root, 'scripts', 'code-cache.cjs')], { stdio: 'inherit' });
+const cached = spawnSync(process.execPath, [path.join(root, 'scripts', 'code-cache.cjs')], { stdio: 'inherit' });
 
 // The library as CommonJS (dist/index.cjs), for require('iptlb'): the same sources, dependencies left
 // to require(). Its types are the ESM declarations copied under dist/cjs/, whose package.json says
@@ -133,4 +138,5 @@ cpSync(path.join(root, 'dist', 'src'), cjsTypes, { recursive: true, filter: (f) 
 writeFileSync(path.join(cjsTypes, 'package.json'), '{ "type": "commonjs" }\n');
 
 // The man page, from the CLI's own --help texts (scripts/man.js).
-spawnSync(process.execPath, [path.join(root, 'scripts', 'man.js')], { stdio: 'inherit' });
+const man = spawnSync(process.execPath, [path.join(root, 'scripts', 'man.js')], { stdio: 'inherit' });
+if (cached.status === 0 && man.status === 0) writeFileSync(path.join(root, STAMP), `${digest}\n`);

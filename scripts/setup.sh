@@ -32,4 +32,6 @@ fi
 if [ ! -f build/Release/iptlb_core.node ] || [ ! -f build/Release/iptlb_xt.node ] || [ ! -f build/Release/iptlb_nft.node ]; then
   npm run --silent build:addon
 fi
-npm run --silent build
+# TypeScript and the bundle: built again only when a source (or node) changed since the last build
+# (scripts/build-sources.js).
+node scripts/build-sources.js --current || npm run --silent build
