@@ -26,6 +26,7 @@ import {
   effectiveProfile,
   healthFileOf,
   publisherOf,
+  publishingHere,
   type DestinationHealth,
   type DestinationHealthInfo,
 } from './effective.js';
@@ -322,6 +323,8 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
       throw e;
     }
     this.running = true;
+    // Another handle of this process on the state file follows the file like another process's.
+    if (this.checkerLock && this.publishFile) publishingHere(this.publishFile, true);
     // This process decides the health now: stop following another's published file.
     this.host.core.health.follow(undefined);
     await this.refresh();
@@ -405,7 +408,10 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
       // Whatever failed above, this process checks the state file no more: its file and lock go (after a write of
       // it under way, which would otherwise put it back).
       while (this.publishing) await this.publishing;
-      if (this.publishFile) await fsp.unlink(this.publishFile).catch(() => {});
+      if (this.publishFile) {
+        publishingHere(this.publishFile, false);
+        await fsp.unlink(this.publishFile).catch(() => {});
+      }
       this.checkerLock?.release();
       this.checkerLock = undefined;
     }

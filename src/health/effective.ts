@@ -62,6 +62,20 @@ export function publisherOf(file: string): number | undefined {
   }
 }
 
+/**
+ * The files a running checker of this process publishes (its checker lock held). Another handle of
+ * this process on the same state file follows such a file as it follows another process's: its
+ * `apply` and `sync` keep that checker's drains. A file that names this process and that no running
+ * checker of it publishes (one left by a checker that could not remove it) is ignored.
+ */
+const publishedHere = new Set<string>();
+
+/** Records that a checker of this process publishes `file` (`on`), or no longer does. */
+export function publishingHere(file: string, on: boolean): void {
+  if (on) publishedHere.add(file);
+  else publishedHere.delete(file);
+}
+
 type DownSets = Map<string, ReadonlySet<string>>;
 
 const effCache = new WeakMap<Profile, { down: ReadonlySet<string>; eff: Profile | null }>();
@@ -294,7 +308,8 @@ export class HealthOverlay {
 
   /**
    * Follow mode: loads the published file when it changed. A file whose writer is no longer running
-   * (or is this process) is ignored: nobody checks health then, and the configured weights hold.
+   * (or is this process, where no checker of it publishes the file now) is ignored: nobody checks
+   * health then, and the configured weights hold.
    */
   refresh(): void {
     if (!this.followFile) return;
@@ -325,7 +340,7 @@ export class HealthOverlay {
     if (
       data?.version !== 1 ||
       typeof data.pid !== 'number' ||
-      data.pid === process.pid ||
+      (data.pid === process.pid && !publishedHere.has(this.followFile)) ||
       !writerRuns(data.pid, data.pidStart) ||
       !isRecord(data.profiles)
     )

@@ -1037,6 +1037,53 @@ test("a library handle follows another process's published health: its apply kee
   });
 });
 
+test("a second handle in the checker's own process follows its drains: its sync and apply keep them; a file of this process no checker publishes is ignored", async (t) => {
+  const { open } = await import('../../src/index.js');
+  const { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_000_000 });
+  t.after(() => mock.timers.reset());
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-hf-own-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const stateFile = path.join(dir, 'state.db');
+  const kernel = new FakeLegacyKernel();
+  const web = { name: 'web', source: '127.100.0.1:80', destination: [D[0], D[1]], health };
+  const first = new Core({ stateFile, stateRegistry: false, engine: 'legacy' }, kernel);
+  await first.transact(() => ({ upsert: [validateProfile(web)], remove: [] }), { run: true });
+  const probes = new Probes();
+  const checker = new HealthChecker(coreHost(first), { probe: probes.probe, random: () => 0.5, publishMs: 10 });
+  await checker.start();
+  probes.outcome.set(D[1], false);
+  await advance(600);
+  const dnat = async () =>
+    (await kernel.read()).chains.flatMap((c) =>
+      c.rules.flatMap((r) => (r.rule.target.name === 'DNAT' ? [r.rule.target.toDestination] : [])),
+    );
+  assert.deepEqual(await dnat(), [D[0]], 'drained by the checker');
+  const file = `${stateFile}.health.json`;
+  assert.match(readFileSync(file, 'utf8'), /"drained":\["127\.0\.0\.1:9002"\]/, 'published');
+  // Another handle of this process on the same state file, as an agent's request handler may open.
+  const second = await open({ stateFile, stateRegistry: false }, kernel);
+  const synced = await second.sync();
+  assert.deepEqual(await dnat(), [D[0]], "its sync keeps the checker's drain");
+  assert.equal(synced.committed, false, 'nothing taken for drift');
+  await second.apply({ ...web, destination: [D[1], D[0]] });
+  assert.deepEqual(await dnat(), [D[0]], "its apply keeps the checker's drain");
+  const [st] = await second.status();
+  assert.equal(st!.status, 'in-sync');
+  await checker.stop();
+  assert.ok(!existsSync(file), 'the file goes with the checker');
+  // A file naming this process that no checker of it publishes (one a checker could not remove).
+  writeFileSync(
+    file,
+    JSON.stringify({ version: 1, pid: process.pid, updatedAt: 0, profiles: { web: { drained: [D[0]] } } }),
+  );
+  await second.sync();
+  assert.deepEqual(await dnat(), [D[1], D[0]], 'not followed: the configured weights hold');
+  await second.close();
+});
+
 test('a health file whose writer died but was not reaped yet (a zombie) is not followed', async () => {
   const { HealthOverlay } = await import('../../src/health/effective.js');
   const { pidAlive } = await import('../../src/platform/pid.js');
