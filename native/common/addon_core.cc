@@ -2,13 +2,20 @@
 // conntrack flushes (ctnetlink over libmnl), the health checks' TCP prober (health/prober.h) and the
 // reading of a large state file (read_text.h). Arguments are checked on the JS thread (synchronous
 // TypeErrors naming the field); the work runs in AsyncWorkers and comes back as promises, but for
-// flockBusy and readText, which are synchronous.
+// flockBusy, readText and netnsCookie, which are synchronous.
 #include <fcntl.h>
 #include <napi.h>
 #include <sys/file.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
+#include <string>
+
+#ifndef SO_NETNS_COOKIE
+#define SO_NETNS_COOKIE 71  // Linux 5.14 (asm-generic/socket.h)
+#endif
 
 #include "addon_args.h"
 #include "conntrack_worker.h"
@@ -87,6 +94,22 @@ Napi::Value ReduceMemory(const Napi::CallbackInfo &info) {
   return Napi::Boolean::New(env, MemoryPressure(level));
 }
 
+// netnsCookie(): string | null — the cookie of this thread's network namespace (SO_NETNS_COOKIE of a
+// socket made for the question), in decimal; null when it cannot be had (Linux before 5.14:
+// ENOPROTOOPT). Unlike the namespace's inode, which the kernel gives to a new namespace once the old
+// one is gone, a cookie is never reused while the system runs (src/core/registry.ts keys on both).
+Napi::Value NetnsCookie(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  const int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return env.Null();
+  uint64_t cookie = 0;
+  socklen_t len = sizeof cookie;
+  const int r = getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len);
+  close(fd);
+  if (r != 0 || len != sizeof cookie) return env.Null();
+  return Napi::String::New(env, std::to_string(cookie));
+}
+
 }  // namespace
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -99,6 +122,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("flockBusy", Napi::Function::New(env, FlockBusy, "flockBusy"));
   exports.Set("reduceMemory", Napi::Function::New(env, ReduceMemory, "reduceMemory"));
   exports.Set("readText", Napi::Function::New(env, ReadText, "readText"));
+  exports.Set("netnsCookie", Napi::Function::New(env, NetnsCookie, "netnsCookie"));
   return exports;
 }
 

@@ -201,6 +201,12 @@ export interface NativeAddon {
    * the usual way. A read error throws an Error whose `code` is the errno's name; bad arguments a TypeError.
    */
   readText(fd: number, size: number): { text: string; bytes: Buffer } | null;
+  /**
+   * The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE` of a socket made for the
+   * question), in decimal: unlike the namespace's inode, never given to another namespace while the
+   * system runs. null on kernels before 5.14. Absent from addons built before it: see {@link netnsCookie}.
+   */
+  netnsCookie?(): string | null;
 }
 
 /** Bytes of one job of {@link NativeHealthProber.probe}. */
@@ -580,4 +586,20 @@ export function loadAddon(use: 'all' | 'core' | 'legacy' | 'nft' = 'all'): LoadR
   }
   assembled.set(use, r);
   return r;
+}
+
+/**
+ * The cookie of this process's network namespace (see {@link NativeAddon.netnsCookie}), or null when it
+ * cannot be had: no core addon (not built, `IPTLB_NO_NATIVE=1`), one built before it, or a kernel
+ * before 5.14. Never throws.
+ */
+export function netnsCookie(): string | null {
+  const loaded = loadAddon('core');
+  if (!loaded.ok || typeof loaded.addon.netnsCookie !== 'function') return null;
+  try {
+    const c = loaded.addon.netnsCookie();
+    return typeof c === 'string' && /^[0-9]+$/.test(c) ? c : null;
+  } catch {
+    return null;
+  }
 }
