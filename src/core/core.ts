@@ -1245,7 +1245,7 @@ export class Core {
       update: async (): Promise<boolean> => {
         if (this.registry === null) return false;
         let added = false;
-        for (const { file, entry, exists } of otherStateFiles(this.statePath!, this.registry)) {
+        for (const { file, entries, exists } of otherStateFiles(this.statePath!, this.registry)) {
           if (seen.has(file)) continue;
           seen.add(file);
           added = true;
@@ -1260,12 +1260,12 @@ export class Core {
                 l.release();
                 if (still !== null)
                   seen.delete(file); // written meanwhile: read on the next update
-                else dropEntry(entry);
+                else dropEntry(entries);
               } catch (e) {
                 if (!(e instanceof IptlbError && e.code === 'ELOCK')) continue;
                 others.busy = true;
               }
-            } else dropEntry(entry);
+            } else dropEntry(entries);
             continue;
           }
           let theirs: Map<string, Profile>;

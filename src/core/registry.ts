@@ -2,12 +2,25 @@
  * The state files that changed this network namespace's NAT rules, so that one state file's `sync`
  * and `status` tell the profiles of another from leftovers of their own interrupted changes.
  *
- * One small file per state file in `/run/iptlb/state-files/<network namespace>/` (tmpfs: gone at a
- * reboot, as the rules are), holding the state file's absolute path. A state-file instance writes
+ * One small file per state file in `/run/iptlb/state-files/<network namespace inode>/` (tmpfs: gone
+ * at a reboot, as the rules are), holding the state file's absolute path. A state-file instance writes
  * its entry before its first commit (one read of the entry per process and state file when it is
  * there already); a reader drops an entry whose state file no longer exists. Best effort both ways:
  * a registry that cannot be written or read is no other state file, as before it existed.
  * `IPTLB_REGISTRY_DIR` (or the `stateRegistry` option) puts it elsewhere.
+ *
+ * The kernel gives a namespace's inode to a new namespace once the old one is gone, so a directory
+ * can hold entries of a dead namespace whose state files still exist. The entry's name says whose it
+ * is: `<hash of the path>.<namespace cookie>.path`, the cookie (SO_NETNS_COOKIE, through the core
+ * addon) never being reused while the system runs. A reader with a cookie drops an entry of another
+ * cookie (a dead namespace's) and keeps one without (`<hash>.path`: an older iptlb's, or a process's
+ * without the addon or on a kernel before 5.14, whose namespace cannot be told); a reader without a
+ * cookie takes every entry, so there a dead namespace's entries still count for the new one. The
+ * directory stays keyed by the inode, the entry's content stays the path alone: older iptlb versions
+ * and processes without a cookie share the directory and read every entry as before (a directory
+ * split by cookie would hide each one's profiles from the other's sync, which would remove them).
+ * Directories of namespaces that are gone are not removed (an empty one, or one whose entries the
+ * next namespace of that inode drops).
  */
 import {
   closeSync,
@@ -23,6 +36,7 @@ import {
 } from 'node:fs';
 import * as path from 'node:path';
 import { journalPath } from './journal.js';
+import { netnsCookie } from '../platform/addon.js';
 
 const DEFAULT_DIR = '/run/iptlb/state-files';
 
@@ -44,24 +58,47 @@ export function registryDir(base?: string): string | null {
   return ns === null ? null : path.join(base ?? (process.env.IPTLB_REGISTRY_DIR || DEFAULT_DIR), ns);
 }
 
-/** An entry's file name: a 64-bit FNV-1a of the path, in hex (no crypto module for a one-shot CLI). */
-function entryName(file: string): string {
+/**
+ * A 64-bit FNV-1a of the path, in hex: the start of its entry's name (no crypto module for a one-shot
+ * CLI).
+ */
+function pathHash(file: string): string {
   let h = 0xcbf29ce484222325n;
   for (const b of Buffer.from(file, 'utf8')) h = BigInt.asUintN(64, (h ^ BigInt(b)) * 0x100000001b3n);
-  return `${h.toString(16).padStart(16, '0')}.path`;
+  return h.toString(16).padStart(16, '0');
+}
+
+/** An entry's file name: `<hash>.<cookie>.path`, or `<hash>.path` for a writer without a cookie. */
+function entryName(file: string, cookie: string | null): string {
+  return cookie === null ? `${pathHash(file)}.path` : `${pathHash(file)}.${cookie}.path`;
+}
+
+/** The namespace cookie in an entry's name: a string, null for none, undefined for no entry's name. */
+function entryCookie(name: string): string | null | undefined {
+  const m = /^[0-9a-f]{16}(?:\.([0-9]+))?\.path$/.exec(name);
+  return m ? (m[1] ?? null) : undefined;
+}
+
+/** The cookie of this network namespace (see the top of this file), or null when it cannot be had. */
+function ownCookie(): string | null {
+  return netnsCookie();
 }
 
 const registered = new Set<string>();
 
-/** Records `stateFile` (absolute) in the registry, once per process; errors are ignored. */
-export function registerStateFile(stateFile: string, base?: string): string | undefined {
+/**
+ * Records `stateFile` (absolute) in the registry, once per process; errors are ignored. `cookie`: this
+ * network namespace's when left out (tests give one, or null for none).
+ */
+export function registerStateFile(stateFile: string, base?: string, cookie?: string | null): string | undefined {
   // Asked before every commit: answered from memory after the first time (a process that moves to
   // another network namespace registers again only for another state file or registry).
-  const key = `${base ?? ''}\0${stateFile}`;
+  const key = `${base ?? ''}\0${cookie === undefined ? 'own' : (cookie ?? 'none')}\0${stateFile}`;
   if (registered.has(key)) return;
+  if (cookie === undefined) cookie = ownCookie();
   const dir = registryDir(base);
   if (dir === null) return;
-  const entry = path.join(dir, entryName(stateFile));
+  const entry = path.join(dir, entryName(stateFile, cookie));
   try {
     try {
       if (readFileSync(entry, 'utf8') === `${stateFile}\n`) {
@@ -92,19 +129,24 @@ export function registerStateFile(stateFile: string, base?: string): string | un
   return undefined;
 }
 
-/** A state file of the registry: its path, its entry, and whether it exists (its YAML or its journal). */
+/**
+ * A state file of the registry: its path, its entries (one, or two when it was registered with and
+ * without a namespace cookie), and whether it exists (its YAML or its journal).
+ */
 export interface Registered {
   file: string;
-  entry: string;
+  entries: string[];
   exists: boolean;
 }
 
 /**
  * The state files of the registry other than `stateFile` (compared by path and by identity: a link
- * to it is itself). One that does not exist may be another process's first change in flight (it
- * registers before its first commit and writes the file after it): see {@link dropEntry}.
+ * to it is itself), each once. One that does not exist may be another process's first change in
+ * flight (it registers before its first commit and writes the file after it): see {@link dropEntry}.
+ * With a `cookie` (this namespace's; tests give one, null for none), an entry of another cookie is a
+ * namespace's that is gone (of the same inode): it is dropped, not listed.
  */
-export function otherStateFiles(stateFile: string, base?: string): Registered[] {
+export function otherStateFiles(stateFile: string, base?: string, cookie: string | null = ownCookie()): Registered[] {
   const dir = registryDir(base);
   if (dir === null) return [];
   let names: string[];
@@ -119,9 +161,16 @@ export function otherStateFiles(stateFile: string, base?: string): Registered[] 
   } catch {
     own = undefined;
   }
-  const out: Registered[] = [];
+  const byFile = new Map<string, Registered>();
   for (const n of names) {
     const entry = path.join(dir, n);
+    if (cookie !== null) {
+      const theirs = entryCookie(n);
+      if (theirs !== undefined && theirs !== null && theirs !== cookie) {
+        dropEntry(entry);
+        continue;
+      }
+    }
     let file: string;
     try {
       file = readFileSync(entry, 'utf8').replace(/\n$/, '');
@@ -129,25 +178,34 @@ export function otherStateFiles(stateFile: string, base?: string): Registered[] 
       continue;
     }
     if (!path.isAbsolute(file) || file === stateFile) continue;
+    const known = byFile.get(file);
+    if (known) {
+      // One state file under two entries (one without a cookie, written by an older iptlb or a process
+      // without the addon, and one with): listed once, and dropped as one.
+      known.entries.push(entry);
+      continue;
+    }
     let st: { dev: number; ino: number } | undefined;
     try {
       st = statSync(file);
     } catch {
       // A state file is its YAML or its journal alone (a handle that has not folded yet).
-      out.push({ file, entry, exists: existsSync(journalPath(file)) });
+      byFile.set(file, { file, entries: [entry], exists: existsSync(journalPath(file)) });
       continue;
     }
     if (own && st.dev === own.dev && st.ino === own.ino) continue;
-    out.push({ file, entry, exists: true });
+    byFile.set(file, { file, entries: [entry], exists: true });
   }
-  return out.sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : 0));
+  return [...byFile.values()].sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : 0));
 }
 
-/** Removes a registry entry (its state file is gone); errors are ignored. */
-export function dropEntry(entry: string): void {
-  try {
-    unlinkSync(entry);
-  } catch {
-    // another reader removed it
+/** Removes registry entries (their state file is gone, or their namespace); errors are ignored. */
+export function dropEntry(entries: string | readonly string[]): void {
+  for (const entry of typeof entries === 'string' ? [entries] : entries) {
+    try {
+      unlinkSync(entry);
+    } catch {
+      // another reader removed it
+    }
   }
 }
