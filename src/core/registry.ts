@@ -79,11 +79,6 @@ function entryCookie(name: string): string | null | undefined {
   return m ? (m[1] ?? null) : undefined;
 }
 
-/** The cookie of this network namespace (see the top of this file), or null when it cannot be had. */
-function ownCookie(): string | null {
-  return netnsCookie();
-}
-
 const registered = new Set<string>();
 
 /**
@@ -95,7 +90,7 @@ export function registerStateFile(stateFile: string, base?: string, cookie?: str
   // another network namespace registers again only for another state file or registry).
   const key = `${base ?? ''}\0${cookie === undefined ? 'own' : (cookie ?? 'none')}\0${stateFile}`;
   if (registered.has(key)) return;
-  if (cookie === undefined) cookie = ownCookie();
+  if (cookie === undefined) cookie = netnsCookie(); // null without the addon or before Linux 5.14
   const dir = registryDir(base);
   if (dir === null) return;
   const entry = path.join(dir, entryName(stateFile, cookie));
@@ -146,7 +141,7 @@ export interface Registered {
  * With a `cookie` (this namespace's; tests give one, null for none), an entry of another cookie is a
  * namespace's that is gone (of the same inode): it is dropped, not listed.
  */
-export function otherStateFiles(stateFile: string, base?: string, cookie: string | null = ownCookie()): Registered[] {
+export function otherStateFiles(stateFile: string, base?: string, cookie: string | null = netnsCookie()): Registered[] {
   const dir = registryDir(base);
   if (dir === null) return [];
   let names: string[];
