@@ -6,7 +6,7 @@
  */
 import { pidAlive } from './pid.js';
 import { childProcess } from './builtins.js';
-import { existsSync, fstatSync, futimesSync, lstatSync, statSync, utimesSync, type Stats } from 'node:fs';
+import { existsSync, fstatSync, futimesSync, lstatSync, readdirSync, statSync, utimesSync, type Stats } from 'node:fs';
 import * as fsp from './fsp.js';
 import * as path from 'node:path';
 import { checkDirChain, checkTrusted, fsFailure } from './fsafety.js';
@@ -16,6 +16,12 @@ import { ensureStateDir } from '../core/state.js';
 
 export interface HeldLock {
   release(): void;
+  /**
+   * Whether the lock file's path still names the file this lock holds (one lstat, no more): false once
+   * the file was removed or another file renamed over it, when a newcomer locks the file now at the
+   * path at once, whatever this holder holds. Absent where that cannot be told (the flock(1) fallback).
+   */
+  stillAtPath?(): boolean;
   /**
    * No lock was taken: the state file's directory is on a file system mounted read-only here (see
    * {@link lockStateFile}'s `readOnly`), so the state file cannot be written by this process.
@@ -133,25 +139,48 @@ async function flockOne(
   const deadline = Date.now() + waitMs;
   const turn = await processTurn(path.resolve(lockPath), waitMs);
   if (!turn) throw lockTimeout(reportAs, totalMs);
-  let held: HeldLock & { fd: number };
+  let held: (HeldLock & { fd: number }) | undefined;
   try {
-    held = await flockFile(lockPath, Math.max(0, deadline - Date.now()), reportAs, totalMs, inherit);
+    // The file locked is no longer the one at the path (removed, or replaced, while this taker opened or
+    // waited for it): its lock excludes nobody who opens the path now, so the file at the path is locked
+    // instead, within the same wait (and a few tries more where there is no wait, or none left).
+    for (let tries = 0; ; tries++) {
+      held = await flockFile(lockPath, Math.max(0, deadline - Date.now()), reportAs, totalMs, inherit);
+      if (held) break;
+      if (tries >= STALE_TRIES && Date.now() >= deadline) throw lockTimeout(reportAs, totalMs);
+      checkLockPath(lockPath);
+    }
   } catch (e) {
     turn();
     throw e;
   }
+  const h = held;
   return {
-    fd: held.fd,
+    fd: h.fd,
+    ...(h.stillAtPath ? { stillAtPath: h.stillAtPath } : {}),
     release() {
-      held.release();
+      h.release();
       turn();
     },
   };
 }
 
+/** How many times a lock file found replaced is locked again once the wait is spent (see {@link flockOne}). */
+const STALE_TRIES = 3;
+
+/**
+ * Whether `lockPath` names the file `held` (the held descriptor's fstat): the same device and inode,
+ * so still linked there. One lstat (never through a symbolic link: a link there is not the file).
+ */
+function namesFile(lockPath: string, held: { dev: number; ino: number }): boolean {
+  const st = lstatSync(lockPath, { throwIfNoEntry: false });
+  return st !== undefined && st.dev === held.dev && st.ino === held.ino;
+}
+
 /**
  * {@link flockOne} without the turn: the flock itself, natively or through flock(1). With `inherit`,
- * the children the spawn executors start hold it too ({@link inheritedLockFds}).
+ * the children the spawn executors start hold it too ({@link inheritedLockFds}). Undefined, nothing
+ * held, when the file locked is not (or no longer) the one at `lockPath` (see {@link namesFile}).
  */
 async function flockFile(
   lockPath: string,
@@ -159,7 +188,7 @@ async function flockFile(
   reportAs: string,
   totalMs: number,
   inherit = true,
-): Promise<HeldLock & { fd: number }> {
+): Promise<(HeldLock & { fd: number }) | undefined> {
   const loaded = loadAddon('core');
   if (loaded.ok) {
     let lock;
@@ -175,16 +204,29 @@ async function flockFile(
       throw new IptlbError('ELOCK', `cannot lock ${lockPath}: ${err.message}`);
     }
     const fd = lock.fd;
+    let id: { dev: number; ino: number } | undefined;
     // What was locked is what was checked: the descriptor's own file (no race with a rename in between).
+    // And the path must still name it: a file removed or replaced while it was opened or waited for is
+    // locked by nobody else, but a newcomer locks the file now at the path. (The same fstat, and one lstat.)
     try {
-      if (fd >= 0) checkTrusted(lockPath, fstatSync(fd), 'lock file');
+      if (fd >= 0) {
+        const st = fstatSync(fd);
+        if (st.nlink === 0 || !namesFile(lockPath, st)) {
+          lock.release();
+          return undefined;
+        }
+        checkTrusted(lockPath, st, 'lock file');
+        id = { dev: st.dev, ino: st.ino };
+      }
     } catch (e) {
       lock.release();
       throw e;
     }
     if (fd >= 0 && inherit) heldFds.add(fd);
+    const held = id;
     return {
       fd,
+      ...(held ? { stillAtPath: () => namesFile(lockPath, held) } : {}),
       release() {
         heldFds.delete(fd);
         lock.release();
@@ -192,7 +234,36 @@ async function flockFile(
     };
   }
   const child = await flockChild(lockPath, waitMs, reportAs, totalMs);
-  return { ...child, fd: -1 };
+  if (!childHoldsPath(child.pid, lockPath)) {
+    child.release();
+    return undefined;
+  }
+  return { release: child.release, fd: -1 };
+}
+
+/**
+ * Whether the flock(1) process `pid` holds the file now at `lockPath` open (its lock descriptor: it
+ * has no other file open but its pipes), as {@link namesFile} asks of a native lock. Read through
+ * /proc: a readdir and an lstat of the path, and a stat per descriptor it has past its standard three.
+ * Where /proc cannot be read (not mounted, another user's process), it cannot be told: taken as held.
+ */
+function childHoldsPath(pid: number | undefined, lockPath: string): boolean {
+  if (pid === undefined) return true;
+  const dir = `/proc/${pid}/fd`;
+  let fds: string[];
+  try {
+    fds = readdirSync(dir);
+  } catch {
+    return true;
+  }
+  const at = lstatSync(lockPath, { throwIfNoEntry: false });
+  if (!at) return false;
+  for (const n of fds) {
+    if (n === '0' || n === '1' || n === '2') continue;
+    const st = statSync(`${dir}/${n}`, { throwIfNoEntry: false });
+    if (st && st.dev === at.dev && st.ino === at.ino) return true;
+  }
+  return false;
 }
 
 const ERRNO_CODES: Record<number, string> = {
@@ -412,7 +483,12 @@ export async function removeStaleTemps(
   return removed;
 }
 
-function flockChild(lockPath: string, waitMs: number, reportAs: string, totalMs: number): Promise<HeldLock> {
+function flockChild(
+  lockPath: string,
+  waitMs: number,
+  reportAs: string,
+  totalMs: number,
+): Promise<HeldLock & { pid: number | undefined }> {
   return new Promise((resolve, reject) => {
     const seconds = Math.max(0.001, waitMs / 1000).toFixed(3);
     const child = childProcess().spawn(
@@ -435,6 +511,7 @@ function flockChild(lockPath: string, waitMs: number, reportAs: string, totalMs:
         (child.stdin as unknown as { unref?: () => void }).unref?.();
         let released = false;
         resolve({
+          pid: child.pid,
           release() {
             if (released) return;
             released = true;

@@ -1,0 +1,231 @@
+/**
+ * A lock file removed or replaced while its lock is held or waited for (`rm state.db.lock` by a
+ * configuration-management tool, a tmp cleaner, a person): a taker that was waiting on the old file
+ * gets that file's lock when its holder lets go, but a newcomer opening the path locks the new file at
+ * once, and the two would both "hold" the lock. The taker checks, once granted, that the path still
+ * names the file it locked (fstat of its descriptor, lstat of the path) and else locks the file now at
+ * the path, within the same wait.
+ *
+ * No root: flocks on a temporary directory. "Another process" is another open file of this process
+ * (the addon's own flock, which knows nothing of this process's turns) or a child without the addon.
+ * The sequencing is explicit: a taker is known to wait on a file when /proc/locks shows it blocked on
+ * that file's inode; the polls below end on such an event, their long limits only guard against a hang.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import {
+  existsSync,
+  mkdtempSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  unlinkSync,
+  writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { loadAddon } from '../../src/platform/addon.js';
+import { lockStateFile } from '../../src/platform/lock.js';
+import { PROJECT_ROOT } from '../harness/env.js';
+
+const native = loadAddon('core');
+const skip = native.ok && typeof native.addon.flockBusy === 'function' ? false : 'the native addon is not built';
+const addon = () => {
+  if (!native.ok) throw new Error('unreachable');
+  return native.addon;
+};
+const tmp = (): string => mkdtempSync(path.join(tmpdir(), 'iptlb-moved-'));
+
+/** How many takers /proc/locks shows blocked on inode `ino` (an flock waiting for it). */
+function blockedOn(ino: number): number {
+  let n = 0;
+  for (const line of readFileSync('/proc/locks', 'utf8').split('\n')) {
+    const f = line.trim().split(/\s+/);
+    if (f[1] !== '->') continue;
+    const id = f.find((x) => /^[0-9a-f]+:[0-9a-f]+:\d+$/.test(x));
+    if (id && Number(id.split(':')[2]) === ino) n++;
+  }
+  return n;
+}
+
+/** Polls `cond` until it holds (the limit only guards against a hang). */
+async function until(cond: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 5000; i++) {
+    if (cond()) return;
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  throw new Error(`never happened: ${what}`);
+}
+
+/** A promise's state, readable synchronously. */
+function track<T>(p: Promise<T>): { p: Promise<T>; settled: () => boolean } {
+  let done = false;
+  const q = p.finally(() => (done = true));
+  return { p: q, settled: () => done };
+}
+
+/** Another process's lock attempt on `f` without waiting: 'free' (taken and given back) or 'busy'. */
+async function newcomer(f: string): Promise<'free' | 'busy'> {
+  try {
+    (await addon().flock(f, 0)).release();
+    return 'free';
+  } catch (e) {
+    if ((e as { errno?: number }).errno === 11) return 'busy';
+    throw e;
+  }
+}
+
+test(
+  'the lock file removed while a taker waits on it: once the holder lets go, the taker holds the file at the path, and a newcomer waits for it',
+  { skip },
+  async () => {
+    const dir = tmp();
+    try {
+      const state = path.join(dir, 'state.db');
+      const lockPath = `${state}.lock`;
+      const a = await addon().flock(lockPath, 0); // the holder: another open file
+      const old = statSync(lockPath).ino;
+      const b = track(lockStateFile(state, 30_000));
+      await until(() => blockedOn(old) === 1, 'the taker waits on the lock file');
+      unlinkSync(lockPath);
+      a.release();
+      const held = await b.p;
+      try {
+        assert.ok(existsSync(lockPath), 'the taker made the lock file again');
+        assert.equal(
+          await newcomer(lockPath),
+          'busy',
+          "a newcomer opening the path is refused: the taker's lock is on it",
+        );
+      } finally {
+        held.release();
+      }
+      assert.equal(await newcomer(lockPath), 'free');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);
+
+test(
+  'the lock file replaced (renamed over) while a taker waits, and the new file locked by a newcomer: the taker waits for that newcomer too',
+  { skip },
+  async () => {
+    const dir = tmp();
+    try {
+      const state = path.join(dir, 'state.db');
+      const lockPath = `${state}.lock`;
+      const a = await addon().flock(lockPath, 0);
+      const old = statSync(lockPath).ino;
+      const b = track(lockStateFile(state, 30_000));
+      await until(() => blockedOn(old) === 1, 'the taker waits on the lock file');
+      writeFileSync(`${dir}/other`, '', { mode: 0o600 });
+      renameSync(`${dir}/other`, lockPath);
+      const fresh = statSync(lockPath).ino;
+      // The newcomer locks the new file at once: the holder of the old one is not in its way (what no
+      // check of the taker's can change; see docs/state-file.md).
+      const c = await addon().flock(lockPath, 0);
+      a.release();
+      await until(() => b.settled() || blockedOn(fresh) === 1, 'the taker holds a lock, or waits on the new file');
+      assert.equal(b.settled(), false, 'the taker did not take the old file (as the newcomer holds the new one)');
+      c.release();
+      const held = await b.p;
+      try {
+        assert.equal(await newcomer(lockPath), 'busy');
+      } finally {
+        held.release();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);
+
+test(
+  'the queue lock file removed while a taker waits on it: the taker holds the new one while it waits for the lock, and a window holder sees it waiting',
+  { skip },
+  async () => {
+    const dir = tmp();
+    try {
+      const state = path.join(dir, 'state.db');
+      const lockPath = `${state}.lock`;
+      const queuePath = `${lockPath}.queue`;
+      const h = await addon().flock(lockPath, 0); // holds the lock
+      const q = await addon().flock(queuePath, 0); // holds the queue lock (a waiter before ours)
+      const lockIno = statSync(lockPath).ino;
+      const old = statSync(queuePath).ino;
+      const b = track(lockStateFile(state, 30_000));
+      await until(() => blockedOn(old) === 1, 'the taker waits on the queue lock file');
+      unlinkSync(queuePath);
+      q.release();
+      await until(() => blockedOn(lockIno) === 1, 'the taker waits for the lock under the queue lock');
+      assert.equal(addon().flockBusy!(queuePath), true, 'the holder of a kept lock sees a waiter (flockBusy)');
+      assert.equal(await newcomer(queuePath), 'busy', 'a newcomer queues behind the taker');
+      h.release();
+      (await b.p).release();
+      assert.equal(await newcomer(queuePath), 'free');
+      assert.equal(await newcomer(lockPath), 'free');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);
+
+test(
+  'without the addon (flock(1)): the lock file removed while a taker waits on it, the taker holds the file at the path',
+  { skip },
+  async () => {
+    const dir = tmp();
+    try {
+      const state = path.join(dir, 'state.db');
+      const lockPath = `${state}.lock`;
+      const a = await addon().flock(lockPath, 0);
+      const old = statSync(lockPath).ino;
+      const root = pathToFileURL(PROJECT_ROOT + '/').href;
+      // The child takes the lock through flock(1), says so, and lets go when its stdin ends.
+      const child = spawn(
+        process.execPath,
+        [
+          '--input-type=module',
+          '-e',
+          `const { lockStateFile } = await import(${JSON.stringify(root + 'dist/src/platform/lock.js')});
+         const held = await lockStateFile(${JSON.stringify(state)}, 30000);
+         process.stdout.write('held\\n');
+         process.stdin.on('data', () => {}).on('end', () => { held.release(); process.stdout.write('released\\n'); });`,
+        ],
+        { env: { ...process.env, IPTLB_NO_NATIVE: '1' }, stdio: ['pipe', 'pipe', 'inherit'] },
+      );
+      let out = '';
+      child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+      const exited = new Promise((r) => child.on('exit', r));
+      try {
+        await until(() => blockedOn(old) === 1, "the child's flock(1) waits on the lock file");
+        unlinkSync(lockPath);
+        a.release();
+        await until(() => out.includes('held'), 'the child holds the lock');
+        assert.ok(existsSync(lockPath), 'the child made the lock file again');
+        assert.equal(
+          await newcomer(lockPath),
+          'busy',
+          "a newcomer is refused: the child's flock(1) holds the file at the path",
+        );
+        child.stdin.end();
+        await until(() => out.includes('released'), 'the child let go');
+        // flock(1) exits a moment after its stdin ends.
+        await until(
+          () => !readFileSync('/proc/locks', 'utf8').includes(`:${statSync(lockPath).ino} `),
+          'flock(1) gone',
+        );
+        assert.equal(await newcomer(lockPath), 'free');
+      } finally {
+        child.kill();
+        await exited;
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);
