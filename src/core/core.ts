@@ -1613,7 +1613,15 @@ export class Core {
   private async lock(readOnly = false): Promise<{ release(): void; unlocked?: true; kept?: true }> {
     if (this.statePath === null) return { release() {} };
     // Kept since an earlier transaction of this run took it: nothing another process writes under it changed.
-    if (this.window) return { release() {}, kept: true };
+    // Unless its lock file was removed or replaced meanwhile (one lstat): a newcomer may then hold the file
+    // now at the path, so the window is given up and the lock taken again, behind that newcomer.
+    if (this.window) {
+      if (this.window.lock.stillAtPath?.() !== false) return { release() {}, kept: true };
+      this.log(
+        `the lock file ${this.statePath}.lock was removed or replaced while this process held it: taking the lock again (never remove it while iptlb may run)`,
+      );
+      await this.closeWindow();
+    }
     const held = await lockStateFile(this.statePath, this.lockWaitMs, this.log, { readOnly });
     if (!this.keepLock || held.unlocked) return held;
     // A run of commits: kept (see beginLockWindow); given up between two of its commits.

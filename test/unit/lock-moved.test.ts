@@ -4,14 +4,15 @@
  * gets that file's lock when its holder lets go, but a newcomer opening the path locks the new file at
  * once, and the two would both "hold" the lock. The taker checks, once granted, that the path still
  * names the file it locked (fstat of its descriptor, lstat of the path) and else locks the file now at
- * the path, within the same wait.
+ * the path, within the same wait. A library handle keeping the lock across a run of commits checks it
+ * before each commit it makes under the kept lock.
  *
  * No root: flocks on a temporary directory. "Another process" is another open file of this process
  * (the addon's own flock, which knows nothing of this process's turns) or a child without the addon.
  * The sequencing is explicit: a taker is known to wait on a file when /proc/locks shows it blocked on
  * that file's inode; the polls below end on such an event, their long limits only guard against a hang.
  */
-import { test } from 'node:test';
+import { test, mock } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import {
@@ -27,8 +28,10 @@ import {
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { loadAddon } from '../../src/platform/addon.js';
-import { lockStateFile } from '../../src/platform/lock.js';
+import { open, IptlbError, type LegacyExecutor, type Transaction, type KernelView } from '../../src/index.js';
+import { loadAddon, type FileLock } from '../../src/platform/addon.js';
+import { lockStateFile, type HeldLock } from '../../src/platform/lock.js';
+import { readStateFull } from '../../src/core/state.js';
 import { PROJECT_ROOT } from '../harness/env.js';
 
 const native = loadAddon('core');
@@ -225,6 +228,98 @@ test(
         await exited;
       }
     } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);
+
+/** Commits that wait for the test's word (a gate per commit), recorded. */
+class Gated implements LegacyExecutor {
+  readonly kind = 'native' as const;
+  readonly engine = 'legacy' as const;
+  txs: Transaction[] = [];
+  gates: Array<() => void> = [];
+  /** Set once the test is over: commits no longer wait. */
+  open = false;
+  async commit(tx: Transaction) {
+    if (!this.open) await new Promise<void>((r) => this.gates.push(r));
+    this.txs.push(tx);
+    return { durationMs: 0 };
+  }
+  async read(): Promise<KernelView> {
+    return { chains: [], hookRules: [] };
+  }
+  async render(): Promise<string> {
+    return '';
+  }
+}
+
+const prof = (name: string, port: number) => ({
+  name,
+  source: `127.100.0.1:${port}`,
+  destination: ['127.0.0.1:9000'],
+});
+
+test(
+  'a handle keeping the lock across a run of commits: its lock file removed and the new one locked by a newcomer, the next commit waits for that newcomer',
+  { skip },
+  async (t) => {
+    // The window's age is read from Date: frozen, the window is not given up for its age (100 ms) meanwhile.
+    mock.timers.enable({ apis: ['Date'], now: Date.now() });
+    t.after(() => mock.timers.reset());
+    const dir = tmp();
+    const state = path.join(dir, 'state.db');
+    const lockPath = `${state}.lock`;
+    const ex = new Gated();
+    const log: string[] = [];
+    const lb = await open({ stateFile: state, stateFoldMs: 60_000, stateRegistry: false, log: (l) => log.push(l) }, ex);
+    let c: FileLock | undefined;
+    const next = async (n: number): Promise<void> => {
+      await until(() => ex.gates.length === 1, `commit ${n} is in flight`);
+    };
+    try {
+      // A run of commits: a lone call, then batches of two; the lock is kept from the third commit on
+      // (the run keeps it once a batch of several calls has been committed: see Core.beginLockWindow).
+      const calls = [track(lb.apply(prof('a', 1001)))];
+      await next(1);
+      calls.push(track(lb.apply(prof('b', 1002))), track(lb.apply(prof('c', 1003))));
+      ex.gates.shift()!();
+      await next(2);
+      calls.push(track(lb.apply(prof('d', 1004))), track(lb.apply(prof('e', 1005))));
+      ex.gates.shift()!();
+      await next(3);
+      const core = (lb as unknown as { core: { window?: { lock: HeldLock } } }).core;
+      assert.ok(core.window, 'the run keeps the lock');
+      const later = track(lb.apply(prof('f', 1006))); // the next commit of the run
+      await Promise.all(calls.slice(0, 3).map((x) => x.p));
+      unlinkSync(lockPath);
+      // The newcomer: gets the new file at once (the commit in flight is not in its way).
+      c = await addon().flock(lockPath, 0);
+      const fresh = statSync(lockPath).ino;
+      ex.gates.shift()!();
+      await Promise.all(calls.map((x) => x.p));
+      await until(
+        () => ex.gates.length === 1 || later.settled() || blockedOn(fresh) === 1,
+        'the next commit is under way, or waits for the lock',
+      );
+      assert.equal(ex.gates.length, 0, 'the next commit did not start under the lock kept on the removed file');
+      assert.equal(blockedOn(fresh), 1, 'it waits for the newcomer');
+      assert.ok(
+        log.some((l) => /lock file .*state\.db\.lock was removed or replaced/.test(l)),
+        log.join('\n'),
+      );
+      c.release();
+      c = undefined;
+      await until(() => ex.gates.length === 1, 'the next commit is in flight');
+      assert.equal(await newcomer(lockPath), 'busy', 'under the lock taken again, on the file at the path');
+      ex.gates.shift()!();
+      await later.p;
+      assert.deepEqual([...(await readStateFull(state)).profiles.keys()], ['a', 'b', 'c', 'd', 'e', 'f']);
+    } finally {
+      c?.release();
+      ex.open = true;
+      for (const g of ex.gates) g();
+      await lb.close().catch((e: IptlbError) => e);
       rmSync(dir, { recursive: true, force: true });
     }
   },
