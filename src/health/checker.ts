@@ -339,7 +339,8 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
       );
     const tick = (): void => {
       if (!this.running) return;
-      this.refresh()
+      this.keepCheckerLock()
+        .then(() => this.refresh())
         .then(
           () => {
             if (this.readFailure !== undefined && this.byProfile.size > 0)
@@ -370,6 +371,42 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
       this.publishTimer = setTimeout(pub, this.publishMs);
       await this.publishNow();
     }
+  }
+
+  /** Said once while the checker lock's file at the path is another checker's (see {@link keepCheckerLock}). */
+  private saidLockTaken = false;
+
+  /**
+   * Before each refresh: the checker lock's file removed or replaced while this checker holds it (a tmp
+   * cleaner, a person) would let a checker started now lock the new file and check the same state file.
+   * So each refresh asks whether the path still names the file held (one lstat) and, when not, locks the
+   * file now at the path instead (creating it). When another checker got there first, that is said once,
+   * and the lock is asked for again at each refresh until it is free.
+   */
+  private async keepCheckerLock(): Promise<void> {
+    const sp = this.host.core.statePath;
+    if (!this.publishFile || sp === null) return;
+    const held = this.checkerLock;
+    if (held && held.stillAtPath?.() !== false) return;
+    // (This process's turn at the path is the held lock's: given back first, or the new file would look busy.)
+    held?.release();
+    this.checkerLock = undefined;
+    const again = await tryLockBeside(sp, CHECKER_LOCK_SUFFIX).catch(() => undefined);
+    if (!this.running || this.checkerLock) {
+      again?.release(); // stopped meanwhile
+      return;
+    }
+    if (again) {
+      this.checkerLock = again;
+      this.saidLockTaken = false;
+      this.log(`health: ${checkerLockOf(sp)} was removed or replaced while this checker held it; locked it again`);
+      return;
+    }
+    if (this.saidLockTaken) return;
+    this.saidLockTaken = true;
+    this.log(
+      `health: ${checkerLockOf(sp)} was removed or replaced while this checker held it, and another checker holds the new file: two checkers of one state file undo each other's drains; stop one (this one takes the lock again once it is free)`,
+    );
   }
 
   /** Stops checking, waits for probes in flight; by default gives the kernel back the configured weights. */

@@ -5,7 +5,7 @@
  * once, and the two would both "hold" the lock. The taker checks, once granted, that the path still
  * names the file it locked (fstat of its descriptor, lstat of the path) and else locks the file now at
  * the path, within the same wait. A library handle keeping the lock across a run of commits checks it
- * before each commit it makes under the kept lock.
+ * before each commit it makes under the kept lock, and a health checker its checker lock at each refresh.
  *
  * No root: flocks on a temporary directory. "Another process" is another open file of this process
  * (the addon's own flock, which knows nothing of this process's turns) or a child without the addon.
@@ -320,6 +320,48 @@ test(
       ex.open = true;
       for (const g of ex.gates) g();
       await lb.close().catch((e: IptlbError) => e);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);
+
+test(
+  "a health checker's lock file removed while it runs: it locks the file at the path again; when another checker got there first, it says so and takes the lock once that one lets go",
+  { skip },
+  async () => {
+    const { FakeLegacyKernel } = await import('../harness/fake-kernel.js');
+    const dir = tmp();
+    const state = path.join(dir, 'state.db');
+    const lockPath = `${state}.health.lock`;
+    const log: string[] = [];
+    const lb = await open(
+      { stateFile: state, stateRegistry: false, health: { refreshMs: 10 }, log: (l) => log.push(l) },
+      new FakeLegacyKernel(),
+    );
+    let c: FileLock | undefined;
+    try {
+      assert.equal(await newcomer(lockPath), 'busy', 'the checker holds its lock');
+      // Removed: a checker started now would lock a new file. The running one locks it first, at its next refresh.
+      unlinkSync(lockPath);
+      await until(
+        () => log.some((l) => /health\.lock was removed or replaced .*; locked it again$/.test(l)),
+        'locked again',
+      );
+      assert.equal(await newcomer(lockPath), 'busy', 'a checker started now is refused');
+      // Replaced, and the new file locked by another checker before the next refresh: said once.
+      writeFileSync(`${dir}/other`, '', { mode: 0o600 });
+      renameSync(`${dir}/other`, lockPath);
+      c = await addon().flock(lockPath, 0);
+      await until(() => log.some((l) => /another checker holds the new file/.test(l)), 'said');
+      c.release();
+      c = undefined;
+      await until(() => log.filter((l) => /locked it again$/.test(l)).length === 2, 'locked again once free');
+      assert.equal(await newcomer(lockPath), 'busy');
+      await lb.close();
+      assert.equal(await newcomer(lockPath), 'free', 'closed: the checker let go');
+    } finally {
+      c?.release();
+      await lb.close();
       rmSync(dir, { recursive: true, force: true });
     }
   },
