@@ -27,7 +27,7 @@ const skip =
 
 test(
   "a namespace given a dead namespace's inode does not take the dead one's state files as its own: its leftover is orphaned and removed",
-  { skip, timeout: 180_000 },
+  { skip, timeout: 240_000 },
   async (ctx) => {
     const work = mkdtempSync(path.join(tmpdir(), 'iptlb-reuse-'));
     // One registry base for every namespace here (the harness gives each topology its own).
@@ -63,10 +63,27 @@ test(
       // a namespace of an earlier test still being cleaned up when the dead one was made) is kept
       // until then, so that the next gets the next inode; one of a higher inode is deleted and tried
       // again a moment later.
+      // Test files run side by side: another file's new namespace may get the inode first and keep it
+      // for its test's length. While a namespace under /run/netns has it, this waits (up to 150 s of
+      // the test's 240, a kernel test's namespaces seldom live longer) instead of trying.
+      const heldElsewhere = (): boolean =>
+        readdirSync('/run/netns').some((n) => {
+          try {
+            return statSync(path.join('/run/netns', n)).ino === ino;
+          } catch {
+            return false;
+          }
+        });
       const got: number[] = [];
       const lower: NetnsTopology[] = [];
+      const deadline = Date.now() + 150_000;
       try {
-        for (let i = 0; i < 60 && !t; i++) {
+        for (let i = 0; i < 60 && !t && Date.now() < deadline;) {
+          if (heldElsewhere()) {
+            await sleep(500);
+            continue;
+          }
+          i++;
           const c = await NetnsTopology.create(['h']);
           const n = inode(c);
           if (n === ino) t = c;
@@ -84,7 +101,7 @@ test(
       }
       assert.ok(
         t,
-        `no new namespace got the inode ${ino} of the deleted one in 60 tries (got ${[...new Set(got)].join(', ')}): another process on this host took it?`,
+        `no new namespace got the inode ${ino} of the deleted one in ${got.length} tries (got ${[...new Set(got)].join(', ')}): another process on this host took it?`,
       );
       ctx.diagnostic(
         `inode ${ino} given again to new namespace ${got.length + 1}${got.length ? ` (before: ${got.join(', ')})` : ''}`,
