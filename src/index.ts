@@ -12,7 +12,7 @@
 import { EventEmitter } from 'node:events';
 import { Core, DEFAULT_STATE_FOLD_MS, type OpenOptions, type TransactionResult } from './core/core.js';
 import { CommitQueue, type CommitEvent } from './core/batch.js';
-import { validateName, validateProfile } from './model/profile.js';
+import { show, validateName, validateProfile } from './model/profile.js';
 import { callApart, IptlbError } from './model/errors.js';
 import { validateOpenOptions } from './core/options.js';
 import type { EngineName, Family, KernelView, Profile, ProfileInput } from './model/types.js';
@@ -114,6 +114,21 @@ export {
   type WatchHandlers,
 } from './fleet/store.js';
 export { fleetApply, fleetDelete, fleetList, fleetStatus } from './fleet/fleet.js';
+
+/**
+ * A profile's validation error as one of a list of several: the same code and field, the message ending with the
+ * item's index and its name when the item has a plain string `name` (read without calling a getter).
+ */
+function inListItem(e: unknown, i: number, p: unknown): unknown {
+  if (!(e instanceof IptlbError)) return e;
+  const name = typeof p === 'object' && p !== null ? Object.getOwnPropertyDescriptor(p, 'name')?.value : undefined;
+  const which = `profile [${i}] of the list${typeof name === 'string' ? `, ${show(name)}` : ''}`;
+  return new IptlbError(e.code, `${e.message} (${which})`, {
+    ...(e.field !== undefined ? { field: e.field } : {}),
+    ...(e.errno !== undefined ? { errno: e.errno } : {}),
+    cause: e,
+  });
+}
 
 /**
  * A handle on one state file and one executor. Calls made while a commit is in flight are coalesced
@@ -245,7 +260,15 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
     return this.call(() => {
       const list = Array.isArray(profiles) ? profiles : [profiles];
       // Array.from, not map: a hole of a sparse array is a profile that is not an object, not skipped.
-      const valid = Array.from(list, (p) => validateProfile(p));
+      // In a list of several, the error says which item it is about (`protocol: …` alone left an agent
+      // applying fifty profiles to guess which one).
+      const valid = Array.from(list, (p, i) => {
+        try {
+          return validateProfile(p);
+        } catch (e) {
+          throw list.length > 1 ? inListItem(e, i, p) : e;
+        }
+      });
       const names = new Set<string>();
       for (const p of valid) {
         if (names.has(p.name))

@@ -1,0 +1,58 @@
+/**
+ * The library's answers to bad input and misuse, as an agent embedding it sees them (docs/api.md): typed errors
+ * whose message says where the fault is, and nothing changed.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { open, IptlbError } from '../../src/index.js';
+import { FakeLegacyKernel } from '../harness/fake-kernel.js';
+
+const good = { name: 'a', source: '127.100.0.1:80', destination: ['127.0.0.1:9000'] };
+
+test('apply() of a list: a bad profile is named by its index (and its name) in the list, nothing is committed', async () => {
+  const k = new FakeLegacyKernel();
+  const lb = await open({ stateFile: false, stateRegistry: false }, k);
+  try {
+    const bad = { name: 'b', source: '127.100.0.2:80', destination: ['127.0.0.1:9000'], protocol: 'icmp' };
+    await assert.rejects(lb.apply([good, bad]), (e: IptlbError) => {
+      assert.ok(e instanceof IptlbError);
+      assert.equal(e.code, 'EINVAL_PROFILE');
+      assert.equal(e.field, 'protocol');
+      assert.equal(e.message, 'protocol: "icmp" is not one of tcp, udp, sctp (profile [1] of the list, "b")');
+      return true;
+    });
+    // A typo'd key, a hole of a sparse array, a name that is no string: the index alone where there is no name.
+    await assert.rejects(lb.apply([good, { ...good, name: 'c', destinations: [] } as never]), {
+      message: /^destinations: is not a profile field \(known: .*\) \(profile \[1\] of the list, "c"\)$/,
+    });
+    // eslint-disable-next-line no-sparse-arrays
+    await assert.rejects(lb.apply([good, , good] as never), {
+      field: 'profile',
+      message: 'profile: must be an object, got undefined (profile [1] of the list)',
+    });
+    await assert.rejects(lb.apply([{ ...good, name: 7 as never }, good]), {
+      field: 'name',
+      message: 'name: must be a string, got 7 (profile [0] of the list)',
+    });
+    // The name is taken only from a plain data property: the error's formatting calls no getter of the caller's.
+    const getter = Object.defineProperty({ source: 'x', destination: good.destination }, 'name', {
+      enumerable: true,
+      get: () => 'g',
+    });
+    await assert.rejects(lb.apply([good, getter as never]), {
+      field: 'source',
+      message: 'source: "x" is not an ipv4:port address (no port) (profile [1] of the list)',
+    });
+    // One profile, alone or in a list of one, keeps the message as it was.
+    await assert.rejects(lb.apply({ ...good, protocol: 'icmp' }), {
+      message: 'protocol: "icmp" is not one of tcp, udp, sctp',
+    });
+    await assert.rejects(lb.apply([{ ...good, protocol: 'icmp' }]), {
+      message: 'protocol: "icmp" is not one of tcp, udp, sctp',
+    });
+    assert.equal(k.commits.length, 0, 'nothing reached the kernel');
+    assert.deepEqual(await lb.list(), []);
+  } finally {
+    await lb.close();
+  }
+});
