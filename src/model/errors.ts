@@ -18,8 +18,12 @@ export type ErrorCode =
 
 export class IptlbError extends Error {
   readonly code: ErrorCode;
-  readonly field?: string;
-  readonly errno?: number;
+  // `declare`: set only when given. As plain class fields (ES2022) they were own properties holding undefined on
+  // every error without them (`'errno' in e`, `Object.keys(e)`, `errno: undefined` in a printed error).
+  /** The offending input: a profile's key, an option of `open()`, … (absent when there is none). */
+  declare readonly field?: string;
+  /** The kernel's errno, where it gave one (absent otherwise). */
+  declare readonly errno?: number;
   /** Exit status for the CLI: 2 for usage errors (bad input), 1 for refusals. */
   readonly exitCode: 1 | 2;
   constructor(code: ErrorCode, message: string, opts: { field?: string; errno?: number; cause?: unknown } = {}) {

@@ -56,3 +56,21 @@ test('apply() of a list: a bad profile is named by its index (and its name) in t
     await lb.close();
   }
 });
+
+test('an IptlbError has `field` and `errno` only when it has one (no own property holding undefined)', async () => {
+  const bare = new IptlbError('EUSAGE', 'x: y');
+  assert.equal(Object.hasOwn(bare, 'field'), false);
+  assert.equal(Object.hasOwn(bare, 'errno'), false);
+  assert.deepEqual(Object.keys(new IptlbError('EKERNEL', 'refused', { errno: 22 })).sort(), [
+    'code',
+    'errno',
+    'exitCode',
+    'name',
+  ]);
+  const lb = await open({ stateFile: false, stateRegistry: false }, new FakeLegacyKernel());
+  await lb.close();
+  const closed = await lb.list().catch((e: IptlbError) => e);
+  assert.ok(closed instanceof IptlbError);
+  assert.equal(closed.field, 'handle');
+  assert.equal('errno' in closed, false, 'no errno: the kernel gave none');
+});
