@@ -74,3 +74,34 @@ test('an IptlbError has `field` and `errno` only when it has one (no own propert
   assert.equal(closed.field, 'handle');
   assert.equal('errno' in closed, false, 'no errno: the kernel gave none');
 });
+
+test('group commit: a refusal that is not a kernel one (here EPERM) rejects every call of its batch, EKERNEL only the culprit', async () => {
+  const k = new FakeLegacyKernel();
+  const lb = await open({ stateFile: false, stateRegistry: false }, k);
+  try {
+    const chains = (tx: unknown): string => JSON.stringify(tx);
+    k.fail = (tx) =>
+      chains(tx).includes('IPTLB_NAT_B')
+        ? new IptlbError('EPERM', 'kernel: operation not permitted')
+        : chains(tx).includes('IPTLB_NAT_D')
+          ? new IptlbError('EKERNEL', 'kernel: refused (errno 22)', { errno: 22 })
+          : undefined;
+    const p = (name: string, n: number) => ({ ...good, name, source: `127.100.0.${n}:80` });
+    // The first call commits alone, at once; the calls made in the same tick behind it are one batch.
+    const outcome = (c: Promise<unknown>) =>
+      c.then(
+        () => 'ok',
+        (e: IptlbError) => e.code,
+      );
+    const first = [outcome(lb.apply(p('a', 1))), outcome(lb.apply(p('b', 2))), outcome(lb.apply(p('c', 3)))];
+    assert.deepEqual(await Promise.all(first), ['ok', 'EPERM', 'EPERM'], 'c is refused with b');
+    const second = [outcome(lb.apply(p('x', 4))), outcome(lb.apply(p('d', 5))), outcome(lb.apply(p('e', 6)))];
+    assert.deepEqual(await Promise.all(second), ['ok', 'EKERNEL', 'ok'], 'e lands without d');
+    assert.deepEqual(
+      (await lb.list()).map((q) => q.name),
+      ['a', 'e', 'x'],
+    );
+  } finally {
+    await lb.close();
+  }
+});
