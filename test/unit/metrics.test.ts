@@ -1,6 +1,7 @@
 /**
  * /metrics as a demanding scraper sees it: the exposition read by a strict parser of the text format 0.0.4
- * (test/harness/prom-text.ts). No root: a core on the fake kernel.
+ * (test/harness/prom-text.ts), and the server's behaviour under scrapes that come together, pipelined requests
+ * and clients that never read. No root: a core on the fake kernel, or a core whose status reads are counted.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -111,3 +112,109 @@ test('the exposition of a core with profiles, health, orphans with quotes, backs
   assert.equal(families.get('iptlb_health_checks_total')!.samples[0].value, 7);
   assert.equal(families.get('iptlb_agent_watch_state')!.samples.length, 4);
 });
+
+/** A core whose status reads wait for `release()`, counted. */
+function gatedCore(profiles: number): { core: Core; reads: () => number; release: () => void } {
+  const reports: ProfileReport[] = Array.from({ length: profiles }, (_, i) => ({
+    name: `p${i}`,
+    status: 'in-sync',
+    packets: i,
+    bytes: i,
+    destinations: [{ destination: `127.0.0.1:${9000 + (i % 100)}`, packets: i, bytes: 60 * i }],
+  }));
+  let reads = 0;
+  let open!: () => void;
+  let gate = new Promise<void>((r) => (open = r));
+  const core = {
+    statusReport: async () => {
+      reads++;
+      await gate;
+      return { inSync: true, profiles: reports };
+    },
+  } as unknown as Core;
+  return {
+    core,
+    reads: () => reads,
+    release: () => {
+      open();
+      gate = new Promise<void>((r) => (open = r));
+    },
+  };
+}
+
+/** Returns a wait for the servers of this process to have been handed `n` more requests (their handlers run). */
+async function requestsSeen(n: number): Promise<() => Promise<void>> {
+  const http = await import('node:http');
+  const emit = http.Server.prototype.emit as (...a: unknown[]) => boolean;
+  let seen = 0;
+  let done!: () => void;
+  const all = new Promise<void>((r) => (done = r));
+  http.Server.prototype.emit = function (this: unknown, ...args: unknown[]) {
+    const r = emit.apply(this, args);
+    if (args[0] === 'request' && ++seen === n) done();
+    return r;
+  };
+  return async () => {
+    await all;
+    http.Server.prototype.emit = emit as typeof http.Server.prototype.emit;
+  };
+}
+
+/** Sends `requests` on one connection at once, reads all until the server closes it (the last one says close). */
+async function rawExchange(port: number, requests: string): Promise<string> {
+  const net = await import('node:net');
+  return new Promise((resolve, reject) => {
+    const c = net.connect(port, '127.0.0.1');
+    const chunks: Buffer[] = [];
+    c.on('data', (d) => chunks.push(d));
+    c.on('error', reject);
+    c.on('close', () => resolve(Buffer.concat(chunks).toString('latin1')));
+    c.write(requests); // not end(): the server drops the requests of a connection its client half-closed
+  });
+}
+
+test('scrapes and /healthz requests that come together, pipelined or not, share one status read and one body', async () => {
+  const { startMetricsServer } = await import('../../src/metrics/server.js');
+  const g = gatedCore(2000);
+  const stats = new ProcessStats();
+  stats.observeSync({ drifted: 0, committed: false, commitMs: 0 });
+  const server = await startMetricsServer({ address: '127.0.0.1:0', core: g.core, stats });
+  try {
+    // 10 scrapes pipelined on one connection, 4 more on their own, and 6 /healthz pipelined: 20 requests.
+    const stop = await requestsSeen(20);
+    const get = (p: string, last = false) =>
+      `GET ${p} HTTP/1.1\r\nHost: x\r\n${last ? 'Connection: close\r\n' : ''}\r\n`;
+    const pipelined = rawExchange(port(server), get('/metrics').repeat(9) + get('/metrics', true));
+    const health = rawExchange(port(server), get('/healthz').repeat(5) + get('/healthz', true));
+    const alone = Array.from({ length: 4 }, () =>
+      fetch(`http://127.0.0.1:${server.port}/metrics`).then(async (r) => {
+        assert.equal(r.status, 200);
+        return r.text();
+      }),
+    );
+    await stop();
+    // Every request has been handed to the server and is waiting: one read for /metrics, one for /healthz.
+    assert.equal(g.reads(), 2, 'one status read per path, not one per request');
+    g.release();
+    const bodies = await Promise.all(alone);
+    assert.ok(bodies.every((b) => b === bodies[0]));
+    parsePromText(bodies[0]);
+    const raw = await pipelined;
+    const statuses = raw.match(/^HTTP\/1\.1 \d+/gm) ?? [];
+    assert.deepEqual(statuses, Array(10).fill('HTTP/1.1 200'));
+    assert.equal(raw.split(bodies[0]).length - 1, 10, 'each pipelined response is the whole text');
+    assert.match(raw, new RegExp(`content-length: ${Buffer.byteLength(bodies[0])}\r\n`, 'i'));
+    const h = await health;
+    assert.equal((h.match(/^HTTP\/1\.1 200/gm) ?? []).length, 6);
+    assert.equal((h.match(/\{"ok":true,"reason":"kernel matches the state file"\}\n/g) ?? []).length, 6);
+    // A scrape after those is read afresh.
+    const next = fetch(`http://127.0.0.1:${server.port}/metrics`);
+    while (g.reads() < 3) await new Promise((r) => setImmediate(r));
+    g.release();
+    assert.equal((await next).status, 200);
+  } finally {
+    await server.close();
+  }
+});
+
+const port = (s: { port: number }): number => s.port;
