@@ -75,7 +75,15 @@ export interface MetricsServerOptions {
    * 200 while the watch applies nothing.
    */
   stateMissing?: () => string | undefined;
+  /**
+   * @internal Milliseconds a connection may hold a response it does not read (no byte taken) before it is closed;
+   * {@link STALL_MS} by default. Tests shorten it.
+   */
+  stallMs?: number;
 }
+
+/** A response not read for this long (no progress at all) is dropped with its connection. */
+export const STALL_MS = 30_000;
 
 export interface MetricsServer {
   /** Where it listens. */
@@ -296,8 +304,8 @@ function checkMetricsOptions(o: unknown): asserts o is MetricsServerOptions {
     throw usage('options', `startMetricsServer takes an object, got ${o === null ? 'null' : typeof o}`);
   const v = o as Record<string, unknown>;
   for (const k of Object.keys(v))
-    // stateMissing: iptlb watch's own (internal, not listed).
-    if (!METRICS_OPTIONS.includes(k) && k !== 'stateMissing')
+    // stateMissing: iptlb watch's own; stallMs: tests' (internal, not listed).
+    if (!METRICS_OPTIONS.includes(k) && k !== 'stateMissing' && k !== 'stallMs')
       throw usage(k, `unknown option (known: ${METRICS_OPTIONS.join(', ')})`);
   const kind = (field: string, ok: boolean, what: string): void => {
     if (v[field] !== undefined && !ok) throw usage(field, `must be ${what}`);
@@ -307,6 +315,7 @@ function checkMetricsOptions(o: unknown): asserts o is MetricsServerOptions {
   kind('checker', typeof (v.checker as { states?: unknown })?.states === 'function', 'a HealthChecker');
   kind('extra', typeof v.extra === 'function', 'a function returning exposition text');
   kind('stateMissing', typeof v.stateMissing === 'function', 'a function');
+  kind('stallMs', Number.isInteger(v.stallMs) && (v.stallMs as number) > 0, 'a positive whole number of ms');
 }
 
 /** Serves `/metrics` and `/healthz` on `address`. Resolves once listening. */
@@ -384,6 +393,18 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
       res.writeHead(404, { 'content-type': 'text/plain' }).end('iptlb: /metrics or /healthz\n');
     }
   });
+  // A client that asks and never reads (a stuck scraper, a port scan, a slow-loris) kept its connection and the part
+  // of the response its socket buffers did not take (a body of 32 MiB: most of it) for as long as it stayed
+  // connected: Node times out no socket by default, and its keep-alive timeout starts only once a response is
+  // written out. A connection whose response makes no progress for stallMs is closed (Node's socket timeout is
+  // not raised while a write progresses, so a slow reader is kept); a request still being answered (a long
+  // status read) is not cut. Set on the response, not the server: a server 'timeout' listener would take the
+  // keep-alive timeout's closing of idle connections away from Node.
+  server.on('request', (_req: unknown, res: import('node:http').ServerResponse) =>
+    res.setTimeout(options.stallMs ?? STALL_MS, () => {
+      if (res.socket && res.socket.writableLength > 0) res.socket.destroy();
+    }),
+  );
   await new Promise<void>((resolve, reject) => {
     server.once('error', (e: NodeJS.ErrnoException) =>
       reject(

@@ -218,3 +218,45 @@ test('scrapes and /healthz requests that come together, pipelined or not, share 
 });
 
 const port = (s: { port: number }): number => s.port;
+
+test(
+  'a client that asks for /metrics and never reads is disconnected once its response makes no progress; others are answered meanwhile',
+  { timeout: 60_000 },
+  async () => {
+    const { startMetricsServer } = await import('../../src/metrics/server.js');
+    const http = await import('node:http');
+    const net = await import('node:net');
+    // 32 MiB of comment lines after the families: more than loopback's socket buffers hold, so a part stays queued.
+    const big = `# ${'x'.repeat(1022)}\n`.repeat(32 * 1024);
+    const core = { statusReport: async () => ({ inSync: true, profiles: [] }) } as unknown as Core;
+    const server = await startMetricsServer({ address: '127.0.0.1:0', core, extra: () => big, stallMs: 200 });
+    // The server's side of each connection, in the order they came.
+    const accepted: import('node:net').Socket[] = [];
+    const emit = http.Server.prototype.emit as (...a: unknown[]) => boolean;
+    http.Server.prototype.emit = function (this: unknown, ...args: unknown[]) {
+      if (args[0] === 'connection') accepted.push(args[1] as import('node:net').Socket);
+      return emit.apply(this, args);
+    };
+    try {
+      const stuck = net.connect(server.port, '127.0.0.1');
+      stuck.on('error', () => {});
+      stuck.pause(); // never reads
+      stuck.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n');
+      while (accepted.length < 1) await new Promise((r) => setImmediate(r));
+      const serverSide = accepted[0];
+      // The response is written (part of it still queued, the client reading nothing) …
+      while (serverSide.writableLength === 0) await new Promise((r) => setImmediate(r));
+      // … and a scraper that reads is answered whole meanwhile.
+      const r = await fetch(`http://127.0.0.1:${server.port}/metrics`);
+      assert.equal(r.status, 200);
+      assert.equal((await r.text()).length, Number(r.headers.get('content-length')));
+      // The stuck connection is closed by the server, its queued response with it (it stayed open, before).
+      if (!serverSide.destroyed) await new Promise((r) => serverSide.once('close', r));
+      assert.equal(serverSide.destroyed, true);
+      stuck.destroy();
+    } finally {
+      http.Server.prototype.emit = emit as typeof http.Server.prototype.emit;
+      await server.close();
+    }
+  },
+);
