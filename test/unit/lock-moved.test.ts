@@ -42,6 +42,17 @@ const addon = () => {
 };
 const tmp = (): string => mkdtempSync(path.join(tmpdir(), 'iptlb-moved-'));
 
+/** Runs `fn` with a temporary directory, its state file's path and its lock file's, then removes the directory. */
+async function inStateDir(fn: (dir: string, state: string, lockPath: string) => Promise<void>): Promise<void> {
+  const dir = tmp();
+  try {
+    const state = path.join(dir, 'state.db');
+    await fn(dir, state, `${state}.lock`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 /** How many takers /proc/locks shows blocked on inode `ino` (an flock waiting for it). */
 function blockedOn(ino: number): number {
   let n = 0;
@@ -85,10 +96,7 @@ test(
   'the lock file removed while a taker waits on it: once the holder lets go, the taker holds the file at the path, and a newcomer waits for it',
   { skip },
   async () => {
-    const dir = tmp();
-    try {
-      const state = path.join(dir, 'state.db');
-      const lockPath = `${state}.lock`;
+    await inStateDir(async (dir, state, lockPath) => {
       const a = await addon().flock(lockPath, 0); // the holder: another open file
       const old = statSync(lockPath).ino;
       const b = track(lockStateFile(state, 30_000));
@@ -107,9 +115,7 @@ test(
         held.release();
       }
       assert.equal(await newcomer(lockPath), 'free');
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   },
 );
 
@@ -117,10 +123,7 @@ test(
   'the lock file replaced (renamed over) while a taker waits, and the new file locked by a newcomer: the taker waits for that newcomer too',
   { skip },
   async () => {
-    const dir = tmp();
-    try {
-      const state = path.join(dir, 'state.db');
-      const lockPath = `${state}.lock`;
+    await inStateDir(async (dir, state, lockPath) => {
       const a = await addon().flock(lockPath, 0);
       const old = statSync(lockPath).ino;
       const b = track(lockStateFile(state, 30_000));
@@ -141,9 +144,7 @@ test(
       } finally {
         held.release();
       }
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   },
 );
 
@@ -151,10 +152,7 @@ test(
   'the queue lock file removed while a taker waits on it: the taker holds the new one while it waits for the lock, and a window holder sees it waiting',
   { skip },
   async () => {
-    const dir = tmp();
-    try {
-      const state = path.join(dir, 'state.db');
-      const lockPath = `${state}.lock`;
+    await inStateDir(async (dir, state, lockPath) => {
       const queuePath = `${lockPath}.queue`;
       const h = await addon().flock(lockPath, 0); // holds the lock
       const q = await addon().flock(queuePath, 0); // holds the queue lock (a waiter before ours)
@@ -171,9 +169,7 @@ test(
       (await b.p).release();
       assert.equal(await newcomer(queuePath), 'free');
       assert.equal(await newcomer(lockPath), 'free');
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   },
 );
 
@@ -181,10 +177,7 @@ test(
   'without the addon (flock(1)): the lock file removed while a taker waits on it, the taker holds the file at the path',
   { skip },
   async () => {
-    const dir = tmp();
-    try {
-      const state = path.join(dir, 'state.db');
-      const lockPath = `${state}.lock`;
+    await inStateDir(async (dir, state, lockPath) => {
       const a = await addon().flock(lockPath, 0);
       const old = statSync(lockPath).ino;
       const root = pathToFileURL(PROJECT_ROOT + '/').href;
@@ -227,9 +220,7 @@ test(
         child.kill();
         await exited;
       }
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   },
 );
 
