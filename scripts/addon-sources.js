@@ -10,7 +10,8 @@ import * as path from 'node:path';
 
 export const STAMP = path.join('build', 'Release', 'iptlb-sources.sha256');
 
-function walk(root, rel) {
+/** The files under `rel` (a file or a directory of `root`), sorted, as paths relative to `root`. */
+export function walk(root, rel) {
   const p = path.join(root, rel);
   if (!statSync(p).isDirectory()) return [rel];
   return readdirSync(p)

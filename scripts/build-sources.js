@@ -6,9 +6,10 @@
 // `node scripts/build-sources.js --current` and builds only when it fails, instead of running tsc and
 // the bundler again over sources they have just built (about 15 s of CPU on a 2-core machine).
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { walk } from './addon-sources.js';
 
 export const STAMP = path.join('dist', '.build-sources.sha256');
 
@@ -30,25 +31,11 @@ const INPUTS = [
 /** What `npm run build` makes that the tests and the CLI use: a dist/ without one is not built. */
 const OUTPUTS = ['dist/iptlb.cjs', 'dist/iptlb.cjs.cache', 'dist/index.cjs', 'dist/index.mjs', 'dist/iptlb.1'];
 
-function walk(root, rel) {
-  const p = path.join(root, rel);
-  let st;
-  try {
-    st = statSync(p);
-  } catch {
-    return [];
-  }
-  if (!st.isDirectory()) return [rel];
-  return readdirSync(p)
-    .sort()
-    .flatMap((f) => walk(root, path.join(rel, f)));
-}
-
 /** The digest of what a build of dist/ in `root` depends on. */
 export function buildDigest(root) {
   const h = createHash('sha256');
   h.update(`${process.version}\0`);
-  for (const f of INPUTS.flatMap((i) => walk(root, i))) {
+  for (const f of INPUTS.filter((i) => existsSync(path.join(root, i))).flatMap((i) => walk(root, i))) {
     h.update(`${f}\0`);
     h.update(readFileSync(path.join(root, f)));
     h.update('\0');
