@@ -3,7 +3,7 @@
  * for the legacy engine) and read both engines' rules the same way.
  */
 import { execFileSync } from 'node:child_process';
-import { CLI_PATH } from './env.js';
+import { runCli } from './cli.js';
 import { normalizeNft, normalizeSave } from './iptables.js';
 import { parseNftJson } from '../../src/engines/nft/view.js';
 import { backendOffset, parseDispatchSetName, rrOffset } from '../../src/engines/nft/ops.js';
@@ -29,19 +29,14 @@ export interface CliRun {
   stderr: string;
 }
 
-/** Runs the CLI on `pair` with the state file `state`, synchronously. */
-export function pairCli(pair: PairArg, state: string): (...args: string[]) => CliRun {
-  return (...args) => {
-    try {
-      const stdout = execFileSync(process.execPath, [CLI_PATH, ...pair.flags, `-state-file=${state}`, ...args], {
-        encoding: 'utf8',
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
-      return { code: 0, stdout, stderr: '' };
-    } catch (e) {
-      const x = e as { status: number; stdout: string; stderr: string };
-      return { code: x.status ?? -1, stdout: String(x.stdout ?? ''), stderr: String(x.stderr ?? '') };
-    }
+/**
+ * Runs the CLI on `pair` with the state file `state`: in this process, one call after another, as
+ * test/harness/cli.ts says (a code of null, a process killed by a signal, reads as -1).
+ */
+export function pairCli(pair: PairArg, state: string): (...args: string[]) => Promise<CliRun> {
+  return async (...args) => {
+    const r = await runCli([...pair.flags, `-state-file=${state}`, ...args]);
+    return { code: r.code ?? -1, stdout: r.stdout, stderr: r.stderr };
   };
 }
 
