@@ -62,13 +62,10 @@ export function cliInProcess(args: string[]): Promise<CliResult> {
   return p;
 }
 
-/** Runs `node bin/iptlb.cjs args…` as a process, stdin from /dev/null, with `env` added to this process's. */
-export function cliProcess(args: string[], env?: Record<string, string>): Promise<CliResult> {
+/** Runs `argv` as a process, stdin from /dev/null, with `env` added to this process's; never rejects. */
+export function runProcess(argv: string[], env?: Record<string, string>): Promise<CliResult> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CLI_PATH, ...args], {
-      env: { ...process.env, ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const child = spawn(argv[0], argv.slice(1), { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
@@ -76,6 +73,11 @@ export function cliProcess(args: string[], env?: Record<string, string>): Promis
     child.on('error', (e) => resolve({ code: -1, stdout, stderr: stderr + e.message }));
     child.on('close', (code) => resolve({ code, stdout, stderr }));
   });
+}
+
+/** Runs `node bin/iptlb.cjs args…` as a process ({@link runProcess}). */
+export function cliProcess(args: string[], env?: Record<string, string>): Promise<CliResult> {
+  return runProcess([process.execPath, CLI_PATH, ...args], env);
 }
 
 /**
