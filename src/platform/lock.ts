@@ -13,6 +13,7 @@ import { checkDirChain, checkTrusted, fsFailure } from './fsafety.js';
 import { IptlbError } from '../model/errors.js';
 import { loadAddon } from './addon.js';
 import { ensureStateDir } from '../core/state.js';
+import { heldLockFds } from './held-fds.js';
 
 export interface HeldLock {
   release(): void;
@@ -35,17 +36,6 @@ export function onReadOnlyFs(e: unknown): boolean {
 }
 
 export const DEFAULT_LOCK_WAIT_MS = 10_000;
-
-/**
- * Descriptors of the state-file locks this process holds (native locks only). Every child the spawn
- * executors start gets a copy (see executors/spawn.ts), so a lock outlives a holder killed while its
- * `iptables-legacy-restore` or `nft -f` child is still committing: the next iptlb waits for that
- * child instead of planning against a kernel about to change under it.
- */
-const heldFds = new Set<number>();
-export function inheritedLockFds(): number[] {
-  return [...heldFds];
-}
 
 /**
  * Refuses a lock path that is a symlink, not a regular file, or that another user owns or could replace; the locker
@@ -179,7 +169,7 @@ function namesFile(lockPath: string, held: { dev: number; ino: number }): boolea
 
 /**
  * {@link flockOne} without the turn: the flock itself, natively or through flock(1). With `inherit`,
- * the children the spawn executors start hold it too ({@link inheritedLockFds}). Undefined, nothing
+ * the children the spawn executors start hold it too ({@link heldLockFds}). Undefined, nothing
  * held, when the file locked is not (or no longer) the one at `lockPath` (see {@link namesFile}).
  */
 async function flockFile(
@@ -222,13 +212,13 @@ async function flockFile(
       lock.release();
       throw e;
     }
-    if (fd >= 0 && inherit) heldFds.add(fd);
+    if (fd >= 0 && inherit) heldLockFds.add(fd);
     const held = id;
     return {
       fd,
       ...(held ? { stillAtPath: () => namesFile(lockPath, held) } : {}),
       release() {
-        heldFds.delete(fd);
+        heldLockFds.delete(fd);
         lock.release();
       },
     };

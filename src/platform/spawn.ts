@@ -6,7 +6,7 @@ import type { ChildProcessWithoutNullStreams } from 'node:child_process';
 import { childProcess } from './builtins.js';
 import { accessSync, constants as C } from 'node:fs';
 import * as path from 'node:path';
-import { inheritedLockFds } from './lock.js';
+import { inheritedLockFds } from './held-fds.js';
 
 const SBIN = ['/usr/sbin', '/sbin', '/usr/local/sbin'];
 
