@@ -6,12 +6,10 @@ import { loadAddon } from '../../src/platform/addon.js';
 import { findBinary } from '../../src/platform/spawn.js';
 import { pairOf } from '../harness/pair.js';
 import type { Step } from './fixtures/steps.js';
+import type { CliResult } from '../harness/cli.js';
 
-export interface Proc {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
+/** What one run of a step printed, and its exit code (the harness's CLI and process runs give it). */
+export type Proc = CliResult;
 
 const support = kernelTestSupport();
 /** `false` when kernel tests can run, else the reason they are skipped. */
