@@ -292,6 +292,8 @@ export async function healthz(
   return { ok: true, reason: 'kernel matches the state file' };
 }
 
+const METRICS_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
+
 const CLOSED = 'the iptlb handle this server reports on is closed: close the server with it';
 
 const METRICS_OPTIONS = ['address', 'iptlb', 'core', 'stats', 'checker', 'extra'];
@@ -346,8 +348,13 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
   };
   const server = nodeHttp().createServer((req, res) => {
     const url = (req.url ?? '/').split('?')[0];
-    if (req.method !== 'GET' && req.method !== 'HEAD') {
-      res.writeHead(405, { allow: 'GET, HEAD' }).end();
+    // A HEAD reads nothing (it ran GET's status read and extra(), before 2026-12-07, for a body it did not send).
+    // /metrics answers it with GET's status and Content-Type, without the Content-Length only the read would give
+    // (RFC 9110 9.3.2 lets a HEAD omit it). /healthz's answer is its status, which takes the read: it refuses HEAD
+    // (405, Allow: GET) rather than give a status it did not check.
+    const allow = url === '/healthz' ? 'GET' : 'GET, HEAD';
+    if (req.method !== 'GET' && (req.method !== 'HEAD' || url === '/healthz')) {
+      res.writeHead(405, { allow }).end();
       return;
     }
     // close() promises that the handle reaches the kernel no more: a server started on it and not closed
@@ -356,6 +363,8 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
       res
         .writeHead(503, { 'content-type': url === '/healthz' ? 'application/json' : 'text/plain' })
         .end(url === '/healthz' ? JSON.stringify({ ok: false, reason: CLOSED }) + '\n' : `iptlb: ${CLOSED}\n`);
+    } else if (url === '/metrics' && req.method === 'HEAD') {
+      res.writeHead(200, { 'content-type': METRICS_TYPE }).end();
     } else if (url === '/metrics') {
       shared(
         () => metricsBody,
@@ -365,7 +374,7 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
         (body) =>
           res
             .writeHead(200, {
-              'content-type': 'text/plain; version=0.0.4; charset=utf-8',
+              'content-type': METRICS_TYPE,
               'content-length': body.length,
             })
             .end(body),

@@ -260,3 +260,60 @@ test(
     }
   },
 );
+
+test('HEAD reads nothing: /metrics answers with GET status and type, no Content-Length; /healthz refuses it (405, Allow: GET)', async () => {
+  const { startMetricsServer } = await import('../../src/metrics/server.js');
+  const g = gatedCore(10);
+  let extras = 0;
+  const server = await startMetricsServer({
+    address: '127.0.0.1:0',
+    core: g.core,
+    extra: () => {
+      extras++;
+      return '';
+    },
+  });
+  try {
+    const req = (method: string, p: string, last = false) =>
+      `${method} ${p} HTTP/1.1\r\nHost: x\r\n${last ? 'Connection: close\r\n' : ''}\r\n`;
+    // On one connection: HEADs, then a POST to /healthz, then a GET that does read (the connection stays usable).
+    const stop = await requestsSeen(6);
+    const exchange = rawExchange(
+      port(server),
+      req('HEAD', '/metrics') +
+        req('HEAD', '/metrics') +
+        req('HEAD', '/healthz') +
+        req('POST', '/healthz') +
+        req('HEAD', '/nothing') +
+        req('GET', '/metrics', true),
+    );
+    await stop();
+    // Every request has been handed to the server: their reads, if any, have started.
+    assert.equal(g.reads(), 1, 'only the GET read the kernel');
+    g.release();
+    const raw = await exchange;
+    const responses = raw.split(/(?=^HTTP\/1\.1 )/m);
+    assert.equal(responses.length, 6, raw);
+    const [head1, head2, headHealth, postHealth, headOther, get] = responses;
+    for (const h of [head1, head2]) {
+      assert.match(h, /^HTTP\/1\.1 200 /);
+      assert.match(h, /\r\ncontent-type: text\/plain; version=0\.0\.4; charset=utf-8\r\n/i);
+      assert.doesNotMatch(h, /content-length|transfer-encoding/i);
+      assert.match(h, /\r\n\r\n$/, 'no body');
+    }
+    assert.match(headHealth, /^HTTP\/1\.1 405 /);
+    assert.match(headHealth, /\r\nallow: GET\r\n/i);
+    assert.match(postHealth, /^HTTP\/1\.1 405 /);
+    assert.match(postHealth, /\r\nallow: GET\r\n/i);
+    assert.match(headOther, /^HTTP\/1\.1 404 /);
+    assert.match(get, /^HTTP\/1\.1 200 /);
+    assert.match(get, /\r\ncontent-type: text\/plain; version=0\.0\.4; charset=utf-8\r\n/i);
+    const body = get.slice(get.indexOf('\r\n\r\n') + 4);
+    assert.match(get, new RegExp(`\r\ncontent-length: ${Buffer.byteLength(body)}\r\n`, 'i'));
+    parsePromText(body);
+    assert.equal(g.reads(), 1);
+    assert.equal(extras, 1, 'extra() ran for the GET only');
+  } finally {
+    await server.close();
+  }
+});
