@@ -76,6 +76,11 @@ export interface MetricsServerOptions {
    */
   stateMissing?: () => string | undefined;
   /**
+   * Connections held at once ({@link MAX_CONNECTIONS} by default): one more is closed as soon as it is accepted,
+   * unanswered, until one of those held closes.
+   */
+  maxConnections?: number;
+  /**
    * @internal Milliseconds a connection may hold a response it does not read (no byte taken) before it is closed;
    * {@link STALL_MS} by default. Tests shorten it.
    */
@@ -84,6 +89,14 @@ export interface MetricsServerOptions {
 
 /** A response not read for this long (no progress at all) is dropped with its connection. */
 export const STALL_MS = 30_000;
+
+/**
+ * Connections the server holds at once by default. Scrapers are few (a Prometheus pair, a probe, a curl); a flood
+ * was held whole before: 5,000 connections were 5,000 descriptors and 44 MiB more RSS in the balancing process,
+ * whose descriptor limit Node raises to the hard one, and that also needs descriptors for its kernel and health
+ * checks.
+ */
+export const MAX_CONNECTIONS = 64;
 
 export interface MetricsServer {
   /** Where it listens. */
@@ -296,7 +309,7 @@ const METRICS_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
 
 const CLOSED = 'the iptlb handle this server reports on is closed: close the server with it';
 
-const METRICS_OPTIONS = ['address', 'iptlb', 'core', 'stats', 'checker', 'extra'];
+const METRICS_OPTIONS = ['address', 'iptlb', 'core', 'stats', 'checker', 'extra', 'maxConnections'];
 
 /** The options of {@link startMetricsServer} checked as open()'s are: an object of known keys, each of its kind. */
 function checkMetricsOptions(o: unknown): asserts o is MetricsServerOptions {
@@ -316,6 +329,11 @@ function checkMetricsOptions(o: unknown): asserts o is MetricsServerOptions {
   kind('stats', v.stats instanceof ProcessStats, 'a ProcessStats');
   kind('checker', typeof (v.checker as { states?: unknown })?.states === 'function', 'a HealthChecker');
   kind('extra', typeof v.extra === 'function', 'a function returning exposition text');
+  kind(
+    'maxConnections',
+    Number.isSafeInteger(v.maxConnections) && (v.maxConnections as number) > 0,
+    'a whole number of connections, 1 or more',
+  );
   kind('stateMissing', typeof v.stateMissing === 'function', 'a function');
   kind('stallMs', Number.isInteger(v.stallMs) && (v.stallMs as number) > 0, 'a positive whole number of ms');
 }
@@ -414,6 +432,11 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
       if (res.socket && res.socket.writableLength > 0) res.socket.destroy();
     }),
   );
+  // A flood of connections (a port scan, a misbehaving client, connections opened and left) was held whole: each a
+  // descriptor and about 9 KB. Past the cap Node closes a new connection as soon as it is accepted, unanswered (its
+  // client sees the connection closed or reset), so what a flood costs is bounded; it can keep scrapes out while
+  // it lasts, not take the process's descriptors or memory.
+  server.maxConnections = options.maxConnections ?? MAX_CONNECTIONS;
   await new Promise<void>((resolve, reject) => {
     server.once('error', (e: NodeJS.ErrnoException) =>
       reject(

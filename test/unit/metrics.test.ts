@@ -317,3 +317,143 @@ test('HEAD reads nothing: /metrics answers with GET status and type, no Content-
     await server.close();
   }
 });
+
+/**
+ * What becomes of each connection the servers of this process are offered, in order: 'held' (the server took it:
+ * 'connection', with its server side) or 'dropped' (closed unanswered at accept, over the cap: 'drop').
+ */
+async function connectionWatcher(): Promise<{
+  next: () => Promise<{ fate: 'held' | 'dropped'; socket?: import('node:net').Socket }>;
+  restore: () => void;
+}> {
+  const http = await import('node:http');
+  type Fate = { fate: 'held' | 'dropped'; socket?: import('node:net').Socket };
+  const emit = http.Server.prototype.emit as (...a: unknown[]) => boolean;
+  const waiting: ((f: Fate) => void)[] = [];
+  const seen: Fate[] = [];
+  http.Server.prototype.emit = function (this: unknown, ...args: unknown[]) {
+    const f: Fate | undefined =
+      args[0] === 'connection'
+        ? { fate: 'held', socket: args[1] as import('node:net').Socket }
+        : args[0] === 'drop'
+          ? { fate: 'dropped' }
+          : undefined;
+    if (f) {
+      const w = waiting.shift();
+      if (w) w(f);
+      else seen.push(f);
+    }
+    return emit.apply(this, args);
+  };
+  return {
+    next: () => (seen.length ? Promise.resolve(seen.shift()!) : new Promise((r) => waiting.push(r))),
+    restore: () => {
+      http.Server.prototype.emit = emit as typeof http.Server.prototype.emit;
+    },
+  };
+}
+
+/** A client connection that records what it received and when the server closed it. */
+async function client(
+  port: number,
+): Promise<{ c: import('node:net').Socket; got: () => string; closed: Promise<void> }> {
+  const net = await import('node:net');
+  const c = net.connect(port, '127.0.0.1');
+  const chunks: Buffer[] = [];
+  c.on('data', (d) => chunks.push(d));
+  c.on('error', () => {}); // a reset is a close too
+  const closed = new Promise<void>((r) => c.on('close', () => r()));
+  return { c, got: () => Buffer.concat(chunks).toString('latin1'), closed };
+}
+
+/** One GET on a connection kept open; resolves with the status line once the whole response came. */
+function getOn(k: { c: import('node:net').Socket; got: () => string }, p: string): Promise<string> {
+  const from = k.got().length;
+  k.c.write(`GET ${p} HTTP/1.1\r\nHost: x\r\n\r\n`);
+  return new Promise((resolve) => {
+    const check = () => {
+      const r = k.got().slice(from);
+      const head = r.indexOf('\r\n\r\n');
+      const len = /\r\ncontent-length: (\d+)\r\n/i.exec(r);
+      if (head >= 0 && len && r.length >= head + 4 + Number(len[1])) {
+        k.c.off('data', check);
+        resolve(r.slice(0, r.indexOf('\r\n')));
+      }
+    };
+    k.c.on('data', check);
+    check();
+  });
+}
+
+test('connections past the cap are closed at accept, unanswered; those held are answered, and a freed slot takes the next', async () => {
+  const { startMetricsServer } = await import('../../src/metrics/server.js');
+  const core = { statusReport: async () => ({ inSync: true, profiles: [] }) } as unknown as Core;
+  const w = await connectionWatcher();
+  const server = await startMetricsServer({ address: '127.0.0.1:0', core, maxConnections: 3 });
+  const clients: Awaited<ReturnType<typeof client>>[] = [];
+  try {
+    const held: import('node:net').Socket[] = [];
+    for (let i = 0; i < 3; i++) {
+      clients.push(await client(server.port));
+      const f = await w.next();
+      assert.equal(f.fate, 'held', `connection ${i + 1} of 3`);
+      held.push(f.socket!);
+    }
+    // A flood past the cap: each closed as soon as it is accepted, with no response.
+    for (let i = 0; i < 5; i++) {
+      const k = await client(server.port);
+      assert.equal((await w.next()).fate, 'dropped', `connection ${4 + i}, over the cap of 3`);
+      await k.closed;
+      assert.equal(k.got(), '', 'no bytes: the connection is closed unanswered');
+    }
+    // The connections held are served meanwhile.
+    assert.equal(await getOn(clients[0], '/metrics'), 'HTTP/1.1 200 OK');
+    // One of them goes: the next connection takes its place and is answered.
+    clients[1].c.destroy();
+    await new Promise((r) => held[1].once('close', r));
+    clients.push(await client(server.port));
+    assert.equal((await w.next()).fate, 'held');
+    assert.equal(await getOn(clients[3], '/healthz'), 'HTTP/1.1 200 OK');
+  } finally {
+    w.restore();
+    for (const k of clients) k.c.destroy();
+    await server.close();
+  }
+});
+
+test('by default the server holds MAX_CONNECTIONS connections at once, and closes the next at accept', async () => {
+  const { startMetricsServer, MAX_CONNECTIONS } = await import('../../src/metrics/server.js');
+  assert.equal(MAX_CONNECTIONS, 64);
+  const core = { statusReport: async () => ({ inSync: true, profiles: [] }) } as unknown as Core;
+  const w = await connectionWatcher();
+  const server = await startMetricsServer({ address: '127.0.0.1:0', core });
+  const clients: Awaited<ReturnType<typeof client>>[] = [];
+  try {
+    for (let i = 0; i < MAX_CONNECTIONS; i++) {
+      clients.push(await client(server.port));
+      assert.equal((await w.next()).fate, 'held', `connection ${i + 1}`);
+    }
+    clients.push(await client(server.port));
+    assert.equal((await w.next()).fate, 'dropped', `connection ${MAX_CONNECTIONS + 1}`);
+    await clients[MAX_CONNECTIONS].closed;
+    assert.equal(await getOn(clients[0], '/metrics'), 'HTTP/1.1 200 OK');
+  } finally {
+    w.restore();
+    for (const k of clients) k.c.destroy();
+    await server.close();
+  }
+});
+
+test('a maxConnections that is not a whole number of 1 or more is a one-line EUSAGE naming it', async () => {
+  const { startMetricsServer } = await import('../../src/metrics/server.js');
+  const core = { statusReport: async () => ({ inSync: true, profiles: [] }) } as unknown as Core;
+  for (const bad of [0, -1, 1.5, NaN, Infinity, '64', null])
+    await assert.rejects(
+      startMetricsServer({ address: '127.0.0.1:0', core, maxConnections: bad as number }),
+      (e: Error & { code?: string; field?: string }) =>
+        e.code === 'EUSAGE' &&
+        e.field === 'maxConnections' &&
+        /^maxConnections: must be a whole number of connections, 1 or more$/.test(e.message),
+      String(bad),
+    );
+});
