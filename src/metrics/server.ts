@@ -85,6 +85,11 @@ export interface MetricsServerOptions {
    * {@link STALL_MS} by default. Tests shorten it.
    */
   stallMs?: number;
+  /**
+   * @internal Milliseconds a connection may take to send a request's headers ({@link HEADERS_MS} by default). Tests
+   * shorten it.
+   */
+  headersMs?: number;
 }
 
 /** A response not read for this long (no progress at all) is dropped with its connection. */
@@ -97,6 +102,12 @@ export const STALL_MS = 30_000;
  * checks.
  */
 export const MAX_CONNECTIONS = 64;
+
+/**
+ * A request whose headers have not all come in this long is answered 408 and its connection closed (Node's own
+ * default is 60 s, checked every 30 s: a flood of connections that send nothing kept scrapes out that long).
+ */
+export const HEADERS_MS = 10_000;
 
 export interface MetricsServer {
   /** Where it listens. */
@@ -319,8 +330,8 @@ function checkMetricsOptions(o: unknown): asserts o is MetricsServerOptions {
     throw usage('options', `startMetricsServer takes an object, got ${o === null ? 'null' : typeof o}`);
   const v = o as Record<string, unknown>;
   for (const k of Object.keys(v))
-    // stateMissing: iptlb watch's own; stallMs: tests' (internal, not listed).
-    if (!METRICS_OPTIONS.includes(k) && k !== 'stateMissing' && k !== 'stallMs')
+    // stateMissing: iptlb watch's own; stallMs, headersMs: tests' (internal, not listed).
+    if (!METRICS_OPTIONS.includes(k) && k !== 'stateMissing' && k !== 'stallMs' && k !== 'headersMs')
       throw usage(k, `unknown option (known: ${METRICS_OPTIONS.join(', ')})`);
   const kind = (field: string, ok: boolean, what: string): void => {
     if (v[field] !== undefined && !ok) throw usage(field, `must be ${what}`);
@@ -336,6 +347,7 @@ function checkMetricsOptions(o: unknown): asserts o is MetricsServerOptions {
   );
   kind('stateMissing', typeof v.stateMissing === 'function', 'a function');
   kind('stallMs', Number.isInteger(v.stallMs) && (v.stallMs as number) > 0, 'a positive whole number of ms');
+  kind('headersMs', Number.isInteger(v.headersMs) && (v.headersMs as number) > 0, 'a positive whole number of ms');
 }
 
 /** Serves `/metrics` and `/healthz` on `address`. Resolves once listening. */
@@ -364,15 +376,22 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
     }
     return p;
   };
-  const server = nodeHttp().createServer((req, res) => {
+  // A connection that sends no request, or part of one, holds one of the maxConnections places until this closes
+  // it: HEADERS_MS for the headers (and the whole request: a scrape has no body), checked every second.
+  const headersMs = options.headersMs ?? HEADERS_MS;
+  const serverOptions = {
+    headersTimeout: headersMs,
+    requestTimeout: headersMs,
+    connectionsCheckingInterval: Math.min(1000, headersMs),
+  };
+  const server = nodeHttp().createServer(serverOptions, (req, res) => {
     const url = (req.url ?? '/').split('?')[0];
-    // A HEAD reads nothing (it ran GET's status read and extra(), before 2026-12-07, for a body it did not send).
-    // /metrics answers it with GET's status and Content-Type, without the Content-Length only the read would give
-    // (RFC 9110 9.3.2 lets a HEAD omit it). /healthz's answer is its status, which takes the read: it refuses HEAD
-    // (405, Allow: GET) rather than give a status it did not check.
-    const allow = url === '/healthz' ? 'GET' : 'GET, HEAD';
-    if (req.method !== 'GET' && (req.method !== 'HEAD' || url === '/healthz')) {
-      res.writeHead(405, { allow }).end();
+    // HEAD /metrics reads nothing (it ran GET's status read and extra(), before 2026-12-07, for a body it did not
+    // send): GET's status and Content-Type, without the Content-Length only the read would give (RFC 9110 9.3.2 lets
+    // a HEAD omit it). HEAD /healthz is answered as GET (its answer is its status, which takes the read: load
+    // balancers' checks often use HEAD), Node leaving the body out.
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.writeHead(405, { allow: 'GET, HEAD' }).end();
       return;
     }
     // close() promises that the handle reaches the kernel no more: a server started on it and not closed

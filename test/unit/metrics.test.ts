@@ -229,7 +229,9 @@ test(
     // 32 MiB of comment lines after the families: more than loopback's socket buffers hold, so a part stays queued.
     const big = `# ${'x'.repeat(1022)}\n`.repeat(32 * 1024);
     const core = { statusReport: async () => ({ inSync: true, profiles: [] }) } as unknown as Core;
-    const server = await startMetricsServer({ address: '127.0.0.1:0', core, extra: () => big, stallMs: 200 });
+    // stallMs: long enough that the reading scraper, in this same process, is not taken for stuck when the machine
+    // is loaded (200 ms cut it once, at a load average of 10).
+    const server = await startMetricsServer({ address: '127.0.0.1:0', core, extra: () => big, stallMs: 2000 });
     // The server's side of each connection, in the order they came.
     const accepted: import('node:net').Socket[] = [];
     const emit = http.Server.prototype.emit as (...a: unknown[]) => boolean;
@@ -261,7 +263,7 @@ test(
   },
 );
 
-test('HEAD reads nothing: /metrics answers with GET status and type, no Content-Length; /healthz refuses it (405, Allow: GET)', async () => {
+test('HEAD /metrics reads nothing: GET status and type, no Content-Length; HEAD /healthz is GET /healthz without the body, sharing its read', async () => {
   const { startMetricsServer } = await import('../../src/metrics/server.js');
   const g = gatedCore(10);
   let extras = 0;
@@ -276,8 +278,8 @@ test('HEAD reads nothing: /metrics answers with GET status and type, no Content-
   try {
     const req = (method: string, p: string, last = false) =>
       `${method} ${p} HTTP/1.1\r\nHost: x\r\n${last ? 'Connection: close\r\n' : ''}\r\n`;
-    // On one connection: HEADs, then a POST to /healthz, then a GET that does read (the connection stays usable).
-    const stop = await requestsSeen(6);
+    // On one connection: HEADs, a POST to /healthz, then GETs that do read (the connection stays usable).
+    const stop = await requestsSeen(7);
     const exchange = rawExchange(
       port(server),
       req('HEAD', '/metrics') +
@@ -285,33 +287,42 @@ test('HEAD reads nothing: /metrics answers with GET status and type, no Content-
         req('HEAD', '/healthz') +
         req('POST', '/healthz') +
         req('HEAD', '/nothing') +
+        req('GET', '/healthz') +
         req('GET', '/metrics', true),
     );
     await stop();
     // Every request has been handed to the server: their reads, if any, have started.
-    assert.equal(g.reads(), 1, 'only the GET read the kernel');
+    assert.equal(g.reads(), 2, "the GETs read the kernel, HEAD /healthz with GET /healthz's read");
     g.release();
     const raw = await exchange;
     const responses = raw.split(/(?=^HTTP\/1\.1 )/m);
-    assert.equal(responses.length, 6, raw);
-    const [head1, head2, headHealth, postHealth, headOther, get] = responses;
+    assert.equal(responses.length, 7, raw);
+    const [head1, head2, headHealth, postHealth, headOther, getHealth, get] = responses;
     for (const h of [head1, head2]) {
       assert.match(h, /^HTTP\/1\.1 200 /);
       assert.match(h, /\r\ncontent-type: text\/plain; version=0\.0\.4; charset=utf-8\r\n/i);
       assert.doesNotMatch(h, /content-length|transfer-encoding/i);
       assert.match(h, /\r\n\r\n$/, 'no body');
     }
-    assert.match(headHealth, /^HTTP\/1\.1 405 /);
-    assert.match(headHealth, /\r\nallow: GET\r\n/i);
+    const healthHead = getHealth.slice(0, getHealth.indexOf('\r\n\r\n') + 4);
+    assert.match(getHealth, /^HTTP\/1\.1 (200|503) .*\r\ncontent-type: application\/json\r\ncontent-length: [1-9]/is);
+    assert.ok(getHealth.length > healthHead.length, 'GET /healthz has a body');
+    const statusAndType = (h: string) => h.split('\r\n').filter((l) => /^(HTTP|content-)/i.test(l));
+    assert.deepEqual(
+      statusAndType(headHealth),
+      statusAndType(healthHead),
+      'HEAD /healthz: the status and headers of GET',
+    );
+    assert.match(headHealth, /\r\n\r\n$/, 'no body');
     assert.match(postHealth, /^HTTP\/1\.1 405 /);
-    assert.match(postHealth, /\r\nallow: GET\r\n/i);
+    assert.match(postHealth, /\r\nallow: GET, HEAD\r\n/i);
     assert.match(headOther, /^HTTP\/1\.1 404 /);
     assert.match(get, /^HTTP\/1\.1 200 /);
     assert.match(get, /\r\ncontent-type: text\/plain; version=0\.0\.4; charset=utf-8\r\n/i);
     const body = get.slice(get.indexOf('\r\n\r\n') + 4);
     assert.match(get, new RegExp(`\r\ncontent-length: ${Buffer.byteLength(body)}\r\n`, 'i'));
     parsePromText(body);
-    assert.equal(g.reads(), 1);
+    assert.equal(g.reads(), 2);
     assert.equal(extras, 1, 'extra() ran for the GET only');
   } finally {
     await server.close();
@@ -456,4 +467,34 @@ test('a maxConnections that is not a whole number of 1 or more is a one-line EUS
         /^maxConnections: must be a whole number of connections, 1 or more$/.test(e.message),
       String(bad),
     );
+});
+
+test('a connection that sends no request or part of one is answered 408 and closed after headersMs; a slow answer is not cut', async () => {
+  const { startMetricsServer, HEADERS_MS } = await import('../../src/metrics/server.js');
+  assert.equal(HEADERS_MS, 10_000);
+  const g = gatedCore(10);
+  const server = await startMetricsServer({ address: '127.0.0.1:0', core: g.core, headersMs: 200 });
+  try {
+    const net = await import('node:net');
+    // A scrape whose status read waits (the gate) from before the others connect until after they are closed.
+    const stop = await requestsSeen(1);
+    const scrape = rawExchange(port(server), 'GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    await stop();
+    const closed = (first: string) =>
+      new Promise<string>((resolve, reject) => {
+        const c = net.connect(port(server), '127.0.0.1', () => c.write(first));
+        let got = '';
+        c.on('data', (d) => (got += d.toString('latin1')));
+        c.on('error', reject);
+        c.on('close', () => resolve(got));
+      });
+    const [silent, partial] = await Promise.all([closed(''), closed('GET /metrics HTTP/1.1\r\nHo')]);
+    assert.match(silent, /^HTTP\/1\.1 408 /);
+    assert.match(partial, /^HTTP\/1\.1 408 /);
+    assert.equal(g.reads(), 1, 'neither reached the handler');
+    g.release();
+    assert.match(await scrape, /^HTTP\/1\.1 200 /, 'the scrape waiting since before them is answered');
+  } finally {
+    await server.close();
+  }
 });
