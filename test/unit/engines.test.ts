@@ -18,6 +18,7 @@ import { otherStateFiles, registerStateFile } from '../../src/core/registry.js';
 import type { EngineName, ProfileInput } from '../../src/model/types.js';
 import type { Executor } from '../../src/engines/engine.js';
 import { NftEngine } from '../../src/engines/nft/index.js';
+import { planNftChange } from '../../src/engines/nft/plan.js';
 import { FileHandle } from '../../src/platform/fsp.js';
 
 const web = (n: number, dests = 3, source = `127.100.0.${10 + n}:80`): ProfileInput => ({
@@ -86,6 +87,94 @@ test('nft: with the table gone (a process killed after deleting the last profile
     assert.deepEqual(await statuses(core), { a: 'in-sync', c: 'in-sync' });
   } finally {
     done();
+  }
+});
+
+test('nft: a delete after a move interrupted between its two steps, or after its kernel commit, leaves nothing of the profile in the kernel (CLI path and library handle)', async () => {
+  const d = (n: number): string[] => Array.from({ length: n }, (_, i) => `127.0.0.1:${9001 + i}`);
+  const A = { name: 'a', source: '127.100.0.1:80' };
+  // Each a two-step move (planNftChange gives two transactions): a slot-count change, scheduler and mode switches.
+  const moves: [string, ProfileInput, ProfileInput][] = [
+    ['slot count 2 -> 3', { ...A, destination: d(2) }, { ...A, destination: d(3) }],
+    ['random -> round-robin', { ...A, destination: d(2) }, { ...A, destination: d(2), scheduler: 'round-robin' }],
+    ['round-robin -> random', { ...A, destination: d(2), scheduler: 'round-robin' }, { ...A, destination: d(2) }],
+    [
+      'round-robin 2 -> 3',
+      { ...A, destination: d(2), scheduler: 'round-robin' },
+      { ...A, destination: d(3), scheduler: 'round-robin' },
+    ],
+    [
+      'round-robin -> affinity',
+      { ...A, destination: d(2), scheduler: 'round-robin' },
+      { ...A, destination: d(2), affinity: 3 },
+    ],
+    ['random -> affinity', { ...A, destination: d(2) }, { ...A, destination: d(2), affinity: 3 }],
+    ['affinity -> random', { ...A, destination: d(2), affinity: 3 }, { ...A, destination: d(2) }],
+    ['client -> server', { ...A, destination: d(2) }, { ...A, destination: d(2), rulesBackend: 'server' }],
+  ];
+  // Another profile: in the old version's dispatch set, in the new one's, or none (the table goes with a).
+  const others: ProfileInput[][] = [
+    [],
+    [{ name: 'b', source: '127.100.0.2:80', destination: d(2) }],
+    [{ name: 'b', source: '127.100.0.2:80', destination: d(3) }],
+  ];
+  for (const [label, from, to] of moves) {
+    const steps = planNftChange(new Map([['a', validateProfile(from)]]), new Map([['a', validateProfile(to)]]), ['a']);
+    assert.equal(steps.length, 2, `${label}: a two-step move`);
+    for (const other of others) {
+      for (const when of ['between the steps', 'after the kernel commit'] as const) {
+        for (const via of ['core', 'library'] as const) {
+          const what = `${label}, ${when}, with ${other.length ? other[0]!.destination.length : 'no'} other, via ${via}`;
+          const { core, kernels, done, file } = coreOn('nft');
+          try {
+            await apply(core, from, ...other);
+            const prev = new Map([from, ...other].map((p) => [p.name!, validateProfile(p)] as const));
+            const next = new Map(prev).set('a', validateProfile(to));
+            if (when === 'between the steps') {
+              // The process was killed after the first step: the kernel holds both versions, the state file the old.
+              await kernels.nft.commit(planNftChange(prev, next, ['a'])[0]!);
+            } else {
+              // Both steps committed, the state write never happened.
+              const bytes = readFileSync(file);
+              await apply(core, to);
+              writeFileSync(file, bytes);
+              rmSync(`${file}.journal`, { force: true });
+            }
+            if (via === 'core') await core.transact((state) => deleteChange(state, ['a']), { run: true });
+            else {
+              const lb = await open({ stateFile: file, engine: 'nft' }, kernels.nft as Executor);
+              try {
+                await lb.delete('a');
+              } finally {
+                await lb.close();
+              }
+            }
+            const t = kernels.nft.tables.get('ip');
+            const vip = '127.100.0.1 . 80';
+            const left = t
+              ? [
+                  ...[...t.sets].flatMap(([n, els]) => (els.has(vip) ? [`element of ${n}`] : [])),
+                  ...[...t.maps].flatMap(([n, m]) =>
+                    [...m.keys()].filter((k) => k.startsWith(`${vip} . `)).map((k) => `${n} ${k}`),
+                  ),
+                  ...[...t.chains].flatMap(([c, rules]) =>
+                    rules
+                      .filter((r) => r.kind !== 'foreign' && r.kind !== 'dispatch' && r.owner === 'a')
+                      .map((r) => `${r.kind} rule in ${c}`),
+                  ),
+                  ...[...t.affinitySets.keys()].map((n) => `affinity set ${n}`),
+                ]
+              : [];
+            assert.deepEqual(left, [], `${what}: left in the kernel`);
+            assert.equal(t !== undefined, other.length > 0, `${what}: the table stays only with another profile`);
+            assert.deepEqual(await statuses(core), other.length ? { b: 'in-sync' } : {}, what);
+            assert.ok(!(await core.readState()).has('a'), `${what}: the state file holds a`);
+          } finally {
+            done();
+          }
+        }
+      }
+    }
   }
 });
 

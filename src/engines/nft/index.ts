@@ -52,7 +52,7 @@ import {
   takeoverOps,
   takesOver,
 } from './original.js';
-import { compareNft, servedNft, strayRoundRobin } from './view.js';
+import { compareNft, heldBeyondPlan, servedNft, strayRoundRobin } from './view.js';
 import type { Family } from '../../model/address.js';
 import type { Profile } from '../../model/types.js';
 import type { NftExecutor } from './executor.js';
@@ -287,7 +287,7 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     // second only for such profiles. An in-memory instance's profiles are the ones it committed.
     const readd = new Set(partial ? [] : change.upsert.filter((p) => !ownsRules(p)).map((p) => p.name));
     const lookUp = partial ? [] : change.upsert.filter((p) => ownsRules(p) && samePlan(state.get(p.name), p));
-    const view = all || baseChanges || next.size === 0 || lookUp.length ? await this.executor.read(nf) : undefined;
+    let view = all || baseChanges || next.size === 0 || lookUp.length ? await this.executor.read(nf) : undefined;
     // The profiles this change knows of: those after it, and the old versions of those it touches.
     // The table may hold others: another state file's in the same table, an in-memory instance's
     // unknowns (its own before a restart, another agent's), or leftovers of an interrupted change
@@ -344,15 +344,36 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
         return { family: f, steps: taking([planNftClear(view, nf)]), next, note, known };
       }
     }
+    // A profile this change deletes whose address the kernel holds more of than the state file's version plans: a
+    // move of it (a slot-count change, a scheduler or mode switch: two steps) was interrupted between its steps, so
+    // the kernel holds both versions, and the state file the old one. Deleting the old version's objects would leave
+    // the new one's (an orphan, still serving the address): the table is replaced instead, which drops everything at
+    // the address. Asked of the table when the plan read it, else of a narrow read of the deleted addresses
+    // (NftExecutor.lookup; without it, a whole read), and read whole when it finds something.
+    const gone = change.remove.flatMap((n) => {
+      const p = state.get(n);
+      return p && familyOfProfile(p) === f && !next.has(n) ? [p] : [];
+    });
+    let leftover: string[] = [];
+    if (gone.length && next.size > 0) {
+      const v =
+        view ??
+        (this.executor.lookup
+          ? await this.executor.lookup(nf, gone.map(profileEndpoint))
+          : await this.executor.read(nf));
+      leftover = gone.filter((p) => heldBeyondPlan(p, v).length > 0).map((p) => p.name);
+      if (leftover.length && (!view || view.narrow)) view = v.narrow ? await this.executor.read(nf) : v;
+    }
     const fresh = view !== undefined && !view.exists;
     const kernelSets =
       view?.exists && baseChanges ? new Map(view.dispatchSets.map((d) => [d.name, d.elements.length])) : undefined;
-    const kept = view?.exists && (baseChanges || lookUp.length) ? others() : undefined;
+    const kept = view?.exists && (baseChanges || lookUp.length || leftover.length) ? others() : undefined;
     // A round-robin rule the state does not explain (a process killed between its commit and its
     // state write, or between the two steps of a move) would be dropped by the rewrite and leave its
     // backends behind; a dispatch element of a round-robin profile's address would shadow its rule.
-    // Either way the incremental plan is wrong: replace the table instead.
-    const stray = view?.exists && baseChanges && !fresh ? strayRoundRobin(state, view) : [];
+    // Either way the incremental plan is wrong: replace the table instead. (Not when no profile is left: the table goes
+    // whole, see above; a replacement with no profiles left an empty table behind.)
+    const stray = view?.exists && baseChanges && !fresh && next.size > 0 ? strayRoundRobin(state, view) : [];
     const absent =
       view?.exists && lookUp.length
         ? compareNft(new Map(lookUp.map((p) => [p.name, p])), view)
@@ -364,13 +385,18 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     // An incremental rewrite of the base chains keeps the dispatch rules of the sets the kernel still
     // fills (kernelSets), but not the rules of others' profiles (round-robin, affinity, logging,
     // masquerade): with those, or a table to replace, the plan carries everything over instead.
-    const merged = !!kept && ((baseChanges && (kept.rules.length > 0 || stray.length > 0)) || absent.length > 0);
+    const merged =
+      !!kept &&
+      ((baseChanges && (kept.rules.length > 0 || stray.length > 0)) || absent.length > 0 || leftover.length > 0);
     if (merged) {
       steps = [planNftMergedRebuild(next.values(), kept!, nf, view)];
       note = keptNote(kept!);
     } else if (absent.length) {
       steps = [planNftRebuild(next.values(), view!.genid || undefined, nf, view)];
       note = `${this.where(f)} does not hold ${absent.length > 1 ? 'profiles' : 'profile'} ${absent.slice(0, 3).join(', ')}${absent.length > 3 ? ', …' : ''} as the state file does (written without -run?); replacing it with all ${next.size} profile(s) in one transaction`;
+    } else if (leftover.length) {
+      steps = [planNftRebuild(next.values(), view!.genid || undefined, nf, view)];
+      note = `${this.where(f)} holds more of ${leftover.length > 1 ? 'profiles' : 'profile'} ${leftover.slice(0, 3).join(', ')}${leftover.length > 3 ? ', …' : ''} than the state file does (a change interrupted between the two steps of a move); replacing it with all ${next.size} profile(s) in one transaction`;
     } else if (stray.length) {
       steps = [planNftRebuild(next.values(), undefined, nf, view)];
       note = `${this.where(f)} holds objects of round-robin profiles the state does not explain (${stray.slice(0, 3).join(', ')}); replacing it with all ${next.size} profile(s) in one transaction`;
@@ -382,7 +408,11 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     } else steps = planNftChange(state, next, touched, usage, kernelSets, nf, readd);
     // A plan that writes every profile of the table (a rebuild) applies the state file's untouched profiles too: the
     // original's rules of those are taken over as well (one more read, only for such a plan).
-    if (exclusive && this.executor.originalJumps && (merged || absent.length || stray.length || fresh)) {
+    if (
+      exclusive &&
+      this.executor.originalJumps &&
+      (merged || absent.length || leftover.length || stray.length || fresh)
+    ) {
       const all = takeoverTargets(f, state, [...next.keys()]);
       for (const [t, c] of takeover) all.set(t, c);
       if (all.size > takeover.size)

@@ -408,3 +408,41 @@ export function strayRoundRobin(profiles: ReadonlyMap<string, Profile>, view: Nf
   }
   return out;
 }
+
+/**
+ * What table `<view.family> iptlb` holds at the address of `p` beyond what `p` plans: its address in a
+ * dispatch set other than `p`'s, a rule of that address (round-robin, affinity, logging, masquerade)
+ * `p` does not plan, a backend element of that address at an index `p` does not use. A process killed
+ * between the two steps of a move (a slot-count change, a scheduler or mode switch) leaves the new
+ * version's objects beside the old ones, and the state file holds the old version: a change planned
+ * from it (a delete) would remove the old version's objects only. A narrow view (NftExecutor.lookup
+ * for `p`'s address) has no backend elements; the dispatch elements and rules are enough to find what
+ * such a move leaves (its new version's dispatch element or rule; its backends come with one of them).
+ */
+export function heldBeyondPlan(p: Profile, view: NftView): string[] {
+  if (!view.exists) return [];
+  const family = view.family ?? 'ip';
+  const plan = planNftProfile(p);
+  const at = (e: NftEndpoint): boolean => e.ip === plan.vip.ip && e.port === plan.vip.port;
+  const out: string[] = [];
+  for (const s of view.dispatchSets) {
+    const d = parseDispatchSetName(s.name);
+    if (!d || d.proto !== plan.proto || s.name === plan.set) continue;
+    if (s.elements.some((e) => at(e.key))) out.push(`element ${key(plan.vip)} of set ${s.name}`);
+  }
+  const planned = new Set(plan.rules.map((r) => `${r.chain} ${renderNftRule(r.rule, family)}`));
+  for (const c of view.chains) {
+    for (const r of c.rules) {
+      if (r.kind === 'foreign' || r.kind === 'dispatch' || r.proto !== plan.proto || !at(r.vip)) continue;
+      if (!planned.has(`${c.name} ${renderNftRule(r, family)}`))
+        out.push(`a ${r.kind} rule of ${r.owner} in ${c.name}`);
+    }
+  }
+  const indices = new Set(plan.backends.map((b) => b.index));
+  for (const m of view.backendMaps) {
+    if (m.proto !== plan.proto) continue;
+    const extra = m.elements.filter((e) => at(e.vip) && !indices.has(e.index)).length;
+    if (extra) out.push(`${extra} backend element(s) of ${key(plan.vip)} in map be_${m.proto}`);
+  }
+  return out;
+}
