@@ -7,6 +7,9 @@ import assert from 'node:assert/strict';
 import { runJsonInFreshNetns } from '../harness/netns.js';
 import { VIP, cli, describePairs, ok, runSteps, type Proc } from './common.js';
 import { pairOf } from '../harness/pair.js';
+import { planNftChange } from '../../src/engines/nft/plan.js';
+import { renderNft } from '../../src/engines/nft/render.js';
+import { validateProfile } from '../../src/model/profile.js';
 
 const SOAK = !!process.env.IPTLB_SOAK;
 const fixture = (f: string): string => new URL(`./fixtures/${f}`, import.meta.url).pathname;
@@ -59,6 +62,63 @@ describePairs('reliability', ({ name: ex }) => {
     assert.equal(r.problemCount, 0, `${r.problems.join('\n')}\nfirst: ${JSON.stringify(r.firstProblem, null, 1)}`);
     assert.ok(r.killed > kills / 4, `only ${r.killed} of ${kills} runs were killed mid-way`);
   });
+
+  if (pairOf(ex).engine === 'nft')
+    test('a delete after a move killed between its two steps leaves nothing of the profile (-run -delete and delete), the other profile keeps serving', async () => {
+      const two = '127.0.0.1:9001,127.0.0.1:9002';
+      const at = (n: string, vip: string, dest: string, ...more: string[]): ReturnType<typeof cli> =>
+        cli(ex, '-run', `-profile=${n}`, `-src-addr=${vip}:80`, `-dest-addr=${dest}`, ...more);
+      // The first step of two moves (a: 2 -> 3 destinations; c: random -> round-robin), as a process killed after
+      // committing it leaves the kernel; the state file keeps the old versions.
+      const v = (name: string, source: string, destination: string, scheduler?: string) =>
+        validateProfile({ name, source, destination: destination.split(','), ...(scheduler ? { scheduler } : {}) });
+      const b = v('b', '127.100.0.2:80', two);
+      const prev = new Map([
+        ['a', v('a', '127.100.0.1:80', two)],
+        ['b', b],
+        ['c', v('c', '127.100.0.3:80', two)],
+      ]);
+      const next = new Map([
+        ['a', v('a', '127.100.0.1:80', `${two},127.0.0.1:9003`)],
+        ['b', b],
+        ['c', v('c', '127.100.0.3:80', two, 'round-robin')],
+      ]);
+      const steps = planNftChange(prev, next, ['a', 'c']);
+      assert.equal(steps.length, 2, 'a two-step move');
+      const r = await runSteps([
+        { op: 'backends', tcp: [9001, 9002, 9003] },
+        at('a', '127.100.0.1', two),
+        at('b', '127.100.0.2', two),
+        at('c', '127.100.0.3', two),
+        { op: 'write', file: '$WORK/step1.nft', text: renderNft(steps[0]!) },
+        { op: 'sh', argv: ['nft', '-f', '$WORK/step1.nft'] },
+        { op: 'sh', argv: ['nft', 'list', 'table', 'ip', 'iptlb'] },
+        cli(ex, '-run', '-delete', '-profile=a'),
+        cli(ex, 'delete', 'c'),
+        { op: 'sh', argv: ['nft', 'list', 'table', 'ip', 'iptlb'] },
+        cli(ex, 'status', '--json'),
+        { op: 'tcp', vip: '127.100.0.1', port: 80, count: 5 },
+        { op: 'tcp', vip: '127.100.0.3', port: 80, count: 5 },
+        { op: 'tcp', vip: '127.100.0.2', port: 80, count: 20 },
+      ]);
+      for (const i of [1, 2, 3, 5, 7, 8]) ok(r[i], `step ${i}`);
+      // Both versions were in the kernel: a in two dispatch sets, c's round-robin rule beside its element.
+      assert.match(r[6].stdout, /set out_tcp_2 [^}]*127\.100\.0\.1 \. 80/s);
+      assert.match(r[6].stdout, /set out_tcp_3 [^}]*127\.100\.0\.1 \. 80/s);
+      assert.match(r[6].stdout, /comment "iptlb:c"/);
+      assert.doesNotMatch(r[9].stdout, /127\.100\.0\.[13]\b|iptlb:[ac]"/, 'nothing of a or c left');
+      assert.equal(r[10].code, 0, `status exited ${r[10].code} (3: drift): ${r[10].stdout}`);
+      const st = JSON.parse(r[10].stdout) as { inSync: boolean; profiles: { name: string; status: string }[] };
+      assert.equal(st.inSync, true, r[10].stdout);
+      assert.deepEqual(
+        st.profiles.map((p) => `${p.name}:${p.status}`),
+        ['b:in-sync'],
+      );
+      // Nothing serves the deleted addresses (no listener on port 80: refused); b's does.
+      assert.equal(r[11].failures, 5, 'a deleted address still served');
+      assert.equal(r[12].failures, 5, 'a deleted address still served');
+      assert.equal(r[13].failures, 0, JSON.stringify(r[13].errors));
+    });
 
   // The lock's doing, a layer above the executor (aboveExecutor in common.ts): native pairs in CI.
   if (SOAK || !spawned)
