@@ -8,19 +8,21 @@ namespace iptlb {
 
 // Bumped whenever the JS-visible interface changes; src/native/addon.ts checks it. All three
 // .node files (iptlb_core, iptlb_xt, iptlb_nft) export the same number.
-// 25: an nft transaction's deleteNatRule and deleteNatChain ops (iptables-nft's table nat: the original iptlb's jumps
-// and chain, taken over in the batch of iptlb's change); 24: nftOriginalJumps(family) (the original iptlb's jumps in
-// iptables-nft's nat OUTPUT and PREROUTING, with their match: a new profile at such an address is refused on the nft
-// engine too); 23: the legacy read()'s bareJumps carry their rule (address, protocol, port: a profile's change at the
-// address of the original's jump is refused, as the commit does); 22: the legacy read() reports the original iptlb's
-// jumps (bareJumps: chain, target); 21: a legacy transaction's `was` as gate elements, holds(family); 20: a legacy
-// transaction's `held` (a profile the state file holds whose name the table has at another address is refused); 19:
-// nftChains; 18: a legacy transaction's `created` (a profile name another state file holds is refused); 17: a legacy
-// transaction's `exclusive`, nftRead(family, addresses) (a narrow read); 16: readText (iptlb_core); 15: the merge of
-// 12, 13 and 14; 14: reduceMemory (iptlb_core); 13: table operations return a job number for start(n) (JavaScript
-// orders them), the legacy plan crosses as JSON text only (commit(json)); 12: the health prober (iptlb_core
-// HealthProber); 11: three parts (10) and the legacy gate.
-constexpr int kAbiVersion = 25;
+// 26: a legacy transaction's `strays` (elements of the gate's set no rule selects, deleted after the commit), the
+// legacy read()'s gate.foreign (dispatch chains holding another tool's rules); 25: an nft transaction's deleteNatRule
+// and deleteNatChain ops (iptables-nft's table nat: the original iptlb's jumps and chain, taken over in the batch of
+// iptlb's change); 24: nftOriginalJumps(family) (the original iptlb's jumps in iptables-nft's nat OUTPUT and
+// PREROUTING, with their match: a new profile at such an address is refused on the nft engine too); 23: the legacy
+// read()'s bareJumps carry their rule (address, protocol, port: a profile's change at the address of the original's
+// jump is refused, as the commit does); 22: the legacy read() reports the original iptlb's jumps (bareJumps: chain,
+// target); 21: a legacy transaction's `was` as gate elements, holds(family); 20: a legacy transaction's `held` (a
+// profile the state file holds whose name the table has at another address is refused); 19: nftChains; 18: a legacy
+// transaction's `created` (a profile name another state file holds is refused); 17: a legacy transaction's `exclusive`,
+// nftRead(family, addresses) (a narrow read); 16: readText (iptlb_core); 15: the merge of 12, 13 and 14; 14:
+// reduceMemory (iptlb_core); 13: table operations return a job number for start(n) (JavaScript orders them), the legacy
+// plan crosses as JSON text only (commit(json)); 12: the health prober (iptlb_core HealthProber); 11: three parts (10)
+// and the legacy gate.
+constexpr int kAbiVersion = 26;
 
 constexpr int kDefaultLockWaitMs = 10000;
 // The longest plan text commit() takes (UTF-16 units, 128 Mi): 10,000 profiles are about 6 MB.

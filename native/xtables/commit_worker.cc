@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
@@ -166,12 +167,23 @@ void CommitWorker::Run(XtHandle<F> *prepared) {
       gate.created = true;
       ChangeGateSet(F::kFamily, LiveGateElements<F>(h.get()), false);
     }
+    // The transaction's strays (`iptlb sync`) that no dispatch rule of the table it commits selects.
+    std::vector<SetElement> stale = gate.stale;
+    if (gate.need_set && !tx_.strays.empty()) {
+      const std::vector<SetElement> live = LiveGateElements<F>(h.get());
+      for (const Rule &r : tx_.strays) {
+        SetElement el;
+        if (ElementOfRule(r, &el) && !std::binary_search(live.begin(), live.end(), el) &&
+            std::find(stale.begin(), stale.end(), el) == stale.end())
+          stale.push_back(el);
+      }
+    }
     if (F::Commit(h.get())) {
       // The rules are committed. A failure to tidy the set is not the commit's: an element too many
       // only sends its packets through the dispatch chain and back; the next commit tidies again.
       try {
         if (gate.need_set)
-          ChangeGateSet(F::kFamily, gate.stale, true);
+          ChangeGateSet(F::kFamily, stale, true);
         else
           DestroyGateSet(F::kFamily);
       } catch (const NativeFailure &) {

@@ -370,6 +370,13 @@ Transaction TransactionFrom(const V &value) {
     tx.was.reserve(was.Length());
     for (uint32_t i = 0; i < was.Length(); i++) tx.was.push_back(WasFrom(tx.family, was.At(i), wf.Index(i)));
   }
+  const Path sf = root.Key("strays");
+  V strays = o.Get("strays");
+  if (!strays.IsUndefined()) {
+    Arr(strays, sf);
+    tx.strays.reserve(strays.Length());
+    for (uint32_t i = 0; i < strays.Length(); i++) tx.strays.push_back(WasFrom(tx.family, strays.At(i), sf.Index(i)));
+  }
   const Path of = root.Key("owners");
   V owners = Arr(o.Get("owners"), of);
   for (uint32_t i = 0; i < owners.Length(); i++) tx.owners.push_back(Owner(owners.At(i), of.Index(i)));

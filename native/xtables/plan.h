@@ -106,6 +106,10 @@ struct Transaction {
   // rule carries at an address neither planned nor here, or whose chain a rule of a profile not
   // among the owners jumps to (another state file's profile, which the change would take over).
   std::vector<Rule> was;
+  // Elements of the gate's set that no rule behind the gate selected when the table was read (`iptlb
+  // sync`: added by hand or by another tool), in the same form as `was`: deleted after the commit, each
+  // unless a dispatch rule of the committed table selects it.
+  std::vector<Rule> strays;
   std::vector<std::string> owners;
   std::vector<std::string> delete_chains;
   std::vector<Chain> chains;

@@ -202,7 +202,11 @@ void ReadWorker::ReadTable() {
       for (const auto *e = F::FirstRule(c, h.get()); e; e = F::NextRule(e, h.get())) {
         pos++;
         const std::string comment = CommentOf<F>(e);
-        if (comment.compare(0, 6, "iptlb:") != 0) continue;
+        if (comment.compare(0, 6, "iptlb:") != 0) {
+          // Another tool's rule behind the gate: it keeps the chain and its gate (as the spawn read says).
+          if (foreign_.empty() || foreign_.back() != c + 6) foreign_.push_back(c + 6);
+          continue;
+        }
         hooks_.push_back({c + 6, comment.substr(6), pos, DecodeRule<F>(e, h.get())});
       }
       continue;
@@ -260,6 +264,11 @@ void ReadWorker::OnOK() {
     for (uint32_t i = 0; i < dispatch_.size(); i++) dispatch.Set(i, dispatch_[i]);
     gate.Set("gates", gates);
     gate.Set("dispatch", dispatch);
+    if (!foreign_.empty()) {
+      Napi::Array foreign = Napi::Array::New(env, foreign_.size());
+      for (uint32_t i = 0; i < foreign_.size(); i++) foreign.Set(i, foreign_[i]);
+      gate.Set("foreign", foreign);
+    }
     if (members_known_) {
       Napi::Array members = Napi::Array::New(env, members_.size());
       for (uint32_t i = 0; i < members_.size(); i++) {

@@ -49,6 +49,7 @@ class ReadWorker : public ThreadJob {
   std::vector<HookView> hooks_;
   std::vector<std::string> gates_;     // hooks whose gate rule exists
   std::vector<std::string> dispatch_;  // hooks whose dispatch chain exists
+  std::vector<std::string> foreign_;   // hooks whose dispatch chain holds a rule iptlb did not write
   // The gate set's elements (read when a dispatch chain exists; not known when the set could not be read).
   bool members_known_ = false;
   std::vector<SetElement> members_;

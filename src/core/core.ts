@@ -2220,8 +2220,9 @@ export class Core {
     for (const { family, profiles } of this.familiesOf(engine, state)) {
       const reports = engine.compare(profiles, await engine.read(family));
       // Not a profile's: another tool's objects (`foreign:…`, which the move keeps or refuses on its
-      // own) and an affinity set without its rule (`set:…`, no address is served by it).
-      const orphans = reports.filter((r) => r.status === 'orphaned' && !/^(foreign|set):/.test(r.name));
+      // own), an affinity set without its rule (`set:…`, no address is served by it) and an element of
+      // the legacy gate's set without a rule (`gate:…`: the set goes with iptlb's last rule).
+      const orphans = reports.filter((r) => r.status === 'orphaned' && !/^(foreign|set|gate):/.test(r.name));
       others.push(...orphans.map((r) => r.name));
     }
     if (!others.length) return;

@@ -193,6 +193,12 @@ export interface Transaction {
    * then applied, would take it over), or one an interrupted change of this state file moved.
    */
   was?: string[];
+  /**
+   * Elements of the gate's set (`ip,proto:port`, ipset's text) that no rule behind the gate selected
+   * when the table was read: added by hand or by another tool (`iptlb sync`, see drift.ts
+   * strayElements). Deleted after the commit, each unless a rule of the committed table selects it.
+   */
+  strays?: string[];
   owners: string[];
   deleteChains: string[];
   chains: ChainPlan[];

@@ -157,6 +157,63 @@ for (const pair of PAIRS.filter((p) => p.engine === 'legacy')) {
       assert.equal(countsFor(r[10], [9003])[0], 10, JSON.stringify(r[10]));
     });
 
+    test("an element another tool added to the gate's set (ipset add) is orphaned in status (exit 3), sync deletes it and keeps the profiles'; one beside another tool's rule behind the gate is left", async () => {
+      const sh = (cmd: string) => ({ op: 'sh' as const, argv: ['bash', '-c', cmd] });
+      const members = (t: { stdout: string }): string[] =>
+        t.stdout
+          .split('\n')
+          .filter((l) => l.startsWith('add '))
+          .sort();
+      const r = await runSteps([
+        { op: 'backends', tcp: [9001, 9002, 9003] }, // 0
+        cli(pair, '-q', '-run', '-profile=a', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001,127.0.0.1:9002'), // 1
+        cli(pair, '-q', '-run', '-profile=six', '-src-addr=[2001:db8::10]:80', '-dest-addr=[2001:db8::1]:9001'), // 2
+        sh('ipset add iptlb-vip-inet 127.100.0.99,tcp:443 && ipset add iptlb-vip-inet6 2001:db8::99,udp:53'), // 3
+        cli(pair, 'status', '--json'), // 4
+        cli(pair, 'sync'), // 5
+        sh('ipset save iptlb-vip-inet; ipset save iptlb-vip-inet6'), // 6
+        cli(pair, 'status', '--json'), // 7
+        { op: 'tcp', vip: VIP, port: 80, count: 40 }, // 8
+        // Another tool's rule behind the gate, with its element: that element is the other tool's.
+        sh(
+          'iptables-legacy -t nat -A IPTLB_OUTPUT -d 127.100.0.98/32 -p tcp --dport 444 -j DNAT --to-destination 127.0.0.1:9003' +
+            ' && ipset add iptlb-vip-inet 127.100.0.98,tcp:444',
+        ), // 9
+        cli(pair, 'status', '--json'), // 10
+        cli(pair, 'sync'), // 11
+        sh('ipset save iptlb-vip-inet'), // 12
+        { op: 'tcp', vip: '127.100.0.98', port: 444, count: 10 }, // 13
+      ]);
+      for (const i of [1, 2, 5, 11]) ok(r[i]);
+      for (const i of [3, 9]) assert.equal(r[i].code, 0, r[i].stderr);
+      assert.equal(r[4].code, 3, `status exits 3 on the stray elements: ${r[4].stdout}`);
+      const before = JSON.parse(r[4].stdout) as {
+        inSync: boolean;
+        profiles: { name: string; status: string; detail?: string }[];
+      };
+      assert.equal(before.inSync, false);
+      const status = (name: string): string | undefined => before.profiles.find((p) => p.name === name)?.status;
+      assert.equal(status('a'), 'in-sync');
+      assert.equal(status('six'), 'in-sync');
+      assert.equal(status('gate:127.100.0.99,tcp:443'), 'orphaned', r[4].stdout);
+      assert.equal(status('gate:2001:db8::99,udp:53'), 'orphaned', r[4].stdout);
+      assert.match(r[5].stderr, /sync gate:127\.100\.0\.99,tcp:443: orphaned/);
+      assert.match(r[5].stderr, /sync gate:2001:db8::99,udp:53: orphaned/);
+      assert.deepEqual(members(r[6]), [
+        'add iptlb-vip-inet 127.100.0.10,tcp:80',
+        'add iptlb-vip-inet6 2001:db8::10,tcp:80',
+      ]);
+      assert.equal(r[7].code, 0, r[7].stdout);
+      assert.equal(JSON.parse(r[7].stdout).inSync, true, r[7].stdout);
+      const [x, y] = countsFor(r[8], [9001, 9002]);
+      assert.equal(x + y, 40, JSON.stringify(r[8]));
+      assert.equal(r[10].code, 0, `another tool's rule behind the gate explains its element: ${r[10].stdout}`);
+      assert.ok(!JSON.parse(r[10].stdout).profiles.some((p: { name: string }) => p.name.startsWith('gate:')));
+      assert.match(r[11].stderr, /nothing to do/);
+      assert.ok(members(r[12]).includes('add iptlb-vip-inet 127.100.0.98,tcp:444'), r[12].stdout);
+      assert.equal(countsFor(r[13], [9003])[0], 10, JSON.stringify(r[13]));
+    });
+
     test("a chain in the layout before 2026-12-05 (the port in every rule, -j RETURN last) is in sync and balances; the profile's next change rewrites it", async () => {
       const sh = (cmd: string) => ({ op: 'sh' as const, argv: ['bash', '-c', cmd] });
       const older = [

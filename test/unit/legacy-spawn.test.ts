@@ -9,6 +9,7 @@ import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { SpawnExecutor } from '../../src/engines/legacy/spawn.js';
+import { LegacyEngine } from '../../src/engines/legacy/index.js';
 import { planTransaction } from '../../src/engines/legacy/plan.js';
 import { validateProfile } from '../../src/model/profile.js';
 import { IptlbError } from '../../src/model/errors.js';
@@ -55,6 +56,7 @@ exit 0`,
     'ipset',
     `case "$1 $2" in
 "-n list") [ -f "$D/set" ]; exit $?;;
+"save iptlb-vip-inet") [ -f "$D/members" ] && sed 's/^/add iptlb-vip-inet /' "$D/members"; exit 0;;
 "-exist restore") while read -r a rest; do case $a in
   create) touch "$D/set";;
   add|del) [ -f "$D/set" ] || { echo "ipset v7.17: Error in line 1: The set with the given name does not exist" >&2; exit 1; };;
@@ -154,6 +156,35 @@ test('legacy spawn: the gate\'s set destroyed by another tool between the read a
     const ipset = readFileSync(path.join(fake.dir, 'ipset.in'), 'utf8');
     assert.match(ipset, /^create iptlb-vip-inet hash:ip,port family inet/m);
     assert.ok(existsSync(path.join(fake.dir, 'set')));
+  } finally {
+    rmSync(fake.dir, { recursive: true, force: true });
+  }
+});
+
+test("legacy spawn: an element another tool added to the gate's set (ipset add) is orphaned in status and deleted by sync, the profiles' elements kept (before: in sync, and left)", async () => {
+  const fake = fakeTools(WEB);
+  // `ipset save iptlb-vip-inet`: web's element and another tool's.
+  writeFileSync(path.join(fake.dir, 'members'), '127.100.0.10,tcp:8081\n127.100.0.99,tcp:443\n');
+  const web = validateProfile({ name: 'web', source: '127.100.0.10:8081', destination: ['127.0.0.1:9001'] });
+  const state = new Map([['web', web]]);
+  try {
+    await withPath(fake.dir, async () => {
+      const engine = new LegacyEngine(new SpawnExecutor());
+      const view = await engine.read('ipv4');
+      const reports = engine.compare(state, view);
+      assert.deepEqual(
+        reports.map((r) => [r.name, r.status]),
+        [
+          ['web', 'in-sync'],
+          ['gate:127.100.0.99,tcp:443', 'orphaned'],
+        ],
+      );
+      await engine.commit(engine.planReplace('ipv4', state, view));
+    });
+    const ipset = readFileSync(path.join(fake.dir, 'ipset.in'), 'utf8');
+    assert.match(ipset, /^del iptlb-vip-inet 127\.100\.0\.99,tcp:443$/m, ipset);
+    assert.doesNotMatch(ipset, /^del iptlb-vip-inet 127\.100\.0\.10/m, ipset);
+    assert.doesNotMatch(ipset, /^destroy/m, ipset);
   } finally {
     rmSync(fake.dir, { recursive: true, force: true });
   }

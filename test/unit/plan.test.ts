@@ -335,6 +335,74 @@ test("gate: a profile whose address is missing from the gate's set (ipset del by
   assert.match(r6.detail ?? '', /missing from the gate's set iptlb-vip-inet6/);
 });
 
+test("gate: an element of the gate's set no rule of iptlb's is at (ipset add by another tool) is orphaned in status, and sync deletes it", async () => {
+  const { compare, syncTransaction } = await import('../../src/engines/legacy/drift.js');
+  const a = validateProfile({ name: 'a', source: '127.100.0.10:8081', destination: ['127.0.0.1:9001'] });
+  const b = validateProfile({ name: 'b', source: '127.100.0.11:8081', destination: ['127.0.0.1:9002'] });
+  const installed = parseSave(renderRestore(planTransaction([a, b], []), empty).replace(/-I (\S+) \d+/g, '-A $1'));
+  const withMembers = (members: string[], v: KernelView = installed): KernelView => ({
+    ...v,
+    gate: { ...v.gate!, members },
+  });
+  const state = new Map([['a', a]]); // b: a leftover (or another state file's profile) with its rules in the table
+  const mine = ['127.100.0.10,tcp:8081', '127.100.0.11,tcp:8081'];
+  const foreign = '127.100.0.99,tcp:443';
+  // Every element is some iptlb rule's (b's too: its rules explain it): no element is reported.
+  assert.deepEqual(
+    compare(state, withMembers(mine)).map((r) => r.name),
+    ['a', 'b'],
+  );
+  // Another tool's element: orphaned, named, and status is not in sync (exit 3).
+  const reports = compare(state, withMembers([...mine, foreign]));
+  const stray = reports.find((r) => r.name === `gate:${foreign}`);
+  assert.ok(stray, JSON.stringify(reports));
+  assert.equal(stray.status, 'orphaned');
+  assert.match(stray.detail ?? '', /element 127\.100\.0\.99,tcp:443 is in the gate's set iptlb-vip-inet/);
+  // sync deletes it after its commit; an element a rule selects is never among those deleted.
+  const tx = syncTransaction(state, withMembers([...mine, foreign]));
+  assert.deepEqual(tx.strays, [foreign]);
+  const gate = planGate(tx, withMembers([...mine, foreign]));
+  assert.ok(gate.del.includes(foreign), JSON.stringify(gate));
+  assert.ok(!gate.del.includes('127.100.0.10,tcp:8081'));
+  assert.ok(!planGate({ ...tx, strays: ['127.100.0.10,tcp:8081'] }, installed).del.includes('127.100.0.10,tcp:8081'));
+  // A state-file profile whose rules are gone: reported missing; its element is its own, not a stray.
+  const d = validateProfile({ name: 'd', source: '127.100.0.12:8081', destination: ['127.0.0.1:9003'] });
+  const withD = new Map([...state, ['d', d]]);
+  assert.deepEqual(
+    compare(withD, withMembers([...mine, '127.100.0.12,tcp:8081'])).map((r) => [r.name, r.status]),
+    [
+      ['a', 'in-sync'],
+      ['d', 'missing'],
+      ['b', 'orphaned'],
+    ],
+  );
+  assert.equal(syncTransaction(withD, withMembers([...mine, '127.100.0.12,tcp:8081'])).strays, undefined);
+  // An in-memory handle (keepUnknown) leaves what is not its profiles' alone.
+  assert.equal(
+    syncTransaction(state, withMembers([...mine, foreign]), 'ipv4', { keepUnknown: true }).strays,
+    undefined,
+  );
+  // Not read: nothing to compare. Another tool's rule in a dispatch chain: its element may be that tool's.
+  assert.equal(syncTransaction(state, installed).strays, undefined);
+  const shared = withMembers([...mine, foreign], { ...installed, gate: { ...installed.gate!, foreign: ['OUTPUT'] } });
+  assert.ok(!compare(state, shared).some((r) => r.name.startsWith('gate:')));
+  assert.equal(syncTransaction(state, shared).strays, undefined);
+  // IPv6: named in RFC 5952 text; ipset's `::1.2.3.4` for a profile's address is that profile's.
+  const v6 = validateProfile({ name: 'c', source: '[::102:304]:80', destination: ['[::1]:9003'] });
+  const six = parseSave(renderRestore(planTransaction([v6], [], 'ipv6'), empty).replace(/-I (\S+) \d+/g, '-A $1'));
+  const six6 = withMembers(['::1.2.3.4,tcp:80', '2001:db8::0:1,udp:53'], six);
+  const r6 = compare(new Map([['c', v6]]), six6);
+  assert.deepEqual(
+    r6.map((r) => [r.name, r.status]),
+    [
+      ['c', 'in-sync'],
+      ['gate:2001:db8::1,udp:53', 'orphaned'],
+    ],
+  );
+  assert.match(r6[1].detail ?? '', /gate's set iptlb-vip-inet6/);
+  assert.deepEqual(syncTransaction(new Map([['c', v6]]), six6, 'ipv6').strays, ['2001:db8::1,udp:53']);
+});
+
 test("a chain in an older iptlb's layout (the port checked in every rule, -j RETURN last) is in sync; anything else in it is not", async () => {
   const { compare, syncTransaction } = await import('../../src/engines/legacy/drift.js');
   for (const p of [

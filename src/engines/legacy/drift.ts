@@ -1,10 +1,10 @@
 /**
  * Drift: comparing the state file with the kernel. Pure functions over a {@link KernelView}.
  */
-import { GATE_SET, elementOf, isGatedHook, type GatedHook } from './gate.js';
+import { GATE_SET, elementKey, elementOf, isGatedHook, type GatedHook } from './gate.js';
 import { canonicalIpv6, formatEndpoint, parseEndpoint } from '../../model/address.js';
 import { chainName, familyOfProfile, profilesOf, weightOf } from '../../model/profile.js';
-import { earlierChainRules, planProfile, planTransaction, CHAIN_PREFIX } from './plan.js';
+import { addressElement, earlierChainRules, planProfile, planTransaction, CHAIN_PREFIX } from './plan.js';
 import { canonicalRule } from './restore.js';
 import type { Family, KernelView, Profile, Transaction } from '../../model/types.js';
 import type { DestinationCounters, ProfileReport } from '../../model/report.js';
@@ -24,13 +24,6 @@ function missingGate(hooks: KernelView['hookRules'], view: KernelView): string |
   return h ? h.chain : null;
 }
 
-/** A gate element's key: `ip,proto:port` with an IPv6 address in RFC 5952 text (ipset prints `::1.2.3.4`). */
-function elementKey(e: string): string {
-  const comma = e.lastIndexOf(',');
-  const ip = e.slice(0, comma);
-  return ip.includes(':') ? `${canonicalIpv6(ip) ?? ip}${e.slice(comma)}` : e;
-}
-
 /**
  * The gate element of a profile's rule behind the gate that the gate's set lacks (its packets never
  * reach the dispatch chain), or null; null too when the set's elements were not read (`have`: their keys, made
@@ -45,6 +38,36 @@ function missingElement(hooks: KernelView['hookRules'], have: ReadonlySet<string
   }
   return null;
 }
+
+/**
+ * The elements of the gate's set (their keys, sorted) that no iptlb rule of the table selects: added by
+ * hand or by another tool (`ipset add`), or left by a commit whose tidying of the set failed. The set
+ * is iptlb's (it makes and destroys it): `status` reports each one and `sync` deletes it. [] when the
+ * set's elements were not read, and when a dispatch chain also holds another tool's rules: that tool
+ * may have put its element there for them (its rules need it to be reached), so they are left alone.
+ * Every iptlb rule of the table explains its element, whichever state file's profile it is, a
+ * leftover's too (the leftover is reported, and its element goes with it); so does the address of each
+ * of `profiles` (the state files' profiles: one whose rules are gone is reported missing, and the sync
+ * that installs it again keeps its element).
+ */
+export function strayElements(
+  view: Pick<KernelView, 'hookRules' | 'gate'>,
+  profiles: Iterable<Profile> = [],
+): string[] {
+  const members = view.gate?.members;
+  if (!members?.length || view.gate?.foreign?.length) return [];
+  const explained = new Set<string>();
+  for (const p of profiles) explained.add(elementKey(addressElement(p)));
+  for (const h of view.hookRules) {
+    if (!isGatedHook(h.chain)) continue;
+    const e = elementOf(h.rule);
+    if (e) explained.add(elementKey(e));
+  }
+  return [...new Set(members.map(elementKey))].filter((k) => !explained.has(k)).sort();
+}
+
+/** The report name of a stray element of the gate's set: `gate:` is no profile name (NAME_PATTERN). */
+export const STRAY_PREFIX = 'gate:';
 
 /**
  * Compares every profile of `state` with `view`, a nat table, and lists the table's iptlb objects no
@@ -149,6 +172,17 @@ export function compare(allState: Map<string, Profile>, view: KernelView, family
       bytes: 0,
     });
   }
+  for (const e of strayElements(view, state.values())) {
+    const set = GATE_SET[e.slice(0, e.lastIndexOf(',')).includes(':') ? 'ipv6' : 'ipv4'];
+    reports.push({
+      name: `${STRAY_PREFIX}${e}`,
+      status: 'orphaned',
+      detail: `element ${e} is in the gate's set ${set}, but no rule of iptlb's is at that address (added by another tool or by hand): \`iptlb sync\` deletes it`,
+      destinations: [],
+      packets: 0,
+      bytes: 0,
+    });
+  }
   return reports;
 }
 
@@ -193,6 +227,10 @@ export function syncTransaction(
   const theirs = (o: string): boolean => !!keepUnknown || (!!keep?.has(o) && !state.has(o));
   const orphanOwners = [...new Set(view.hookRules.map((h) => h.owner).filter((o) => !state.has(o) && !theirs(o)))];
   const tx = planTransaction(profiles, orphanOwners, family);
+  // Elements of the gate's set no rule selects: iptlb's set, so they go (an in-memory handle, or a
+  // sync while another state file is changing, leaves what is not its profiles' alone).
+  const strays = keepUnknown ? [] : strayElements(view, [...profiles, ...(keep?.values() ?? [])]);
+  if (strays.length) tx.strays = strays;
   const claimed = new Set([...profiles.map((p) => chainName(p.name)), ...tx.deleteChains]);
   for (const n of keep?.keys() ?? []) if (theirs(n)) claimed.add(chainName(n));
   const extra = keepUnknown

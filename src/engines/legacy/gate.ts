@@ -22,6 +22,7 @@
  * `status` reports the profile as modified and the next commit of it (or `iptlb sync`) moves them
  * behind the gate.
  */
+import { canonicalIpv6 } from '../../model/address.js';
 import type { Family, HookChain, KernelView, Rule } from '../../model/types.js';
 
 /** The ipset of each family's virtual address:port pairs. */
@@ -68,6 +69,13 @@ export function elementOf(r: Rule): string | null {
   return `${ip},${r.proto}:${port.dport}`;
 }
 
+/** A gate element's key: `ip,proto:port` with an IPv6 address in RFC 5952 text (ipset prints `::1.2.3.4`). */
+export function elementKey(e: string): string {
+  const comma = e.lastIndexOf(',');
+  const ip = e.slice(0, comma);
+  return ip.includes(':') ? `${canonicalIpv6(ip) ?? ip}${e.slice(comma)}` : e;
+}
+
 /** What the gate layout of one family looks like in a kernel view. */
 export interface GateView {
   /** Hooks whose gate rule exists. */
@@ -80,7 +88,7 @@ export interface GateView {
 export interface GatePlan {
   /** Elements to add before the commit (those of the transaction's planned hook rules). */
   add: string[];
-  /** Elements to delete after the commit (of removed rules, that no remaining rule needs). */
+  /** Elements to delete after the commit (of removed rules and the tx's strays) that no remaining rule needs. */
   del: string[];
   /** Dispatch rules per hook after the commit. */
   remaining: Record<GatedHook, number>;
@@ -89,7 +97,7 @@ export interface GatePlan {
 }
 
 export function planGate(
-  tx: { owners: string[]; hookRules: { chain: HookChain; rule: Rule }[] },
+  tx: { owners: string[]; hookRules: { chain: HookChain; rule: Rule }[]; strays?: string[] },
   view: Pick<KernelView, 'hookRules' | 'gate'>,
 ): GatePlan {
   const owners = new Set(tx.owners);
@@ -119,5 +127,10 @@ export function planGate(
     }
   }
   const del = [...removed].filter((e) => !live.has(e));
+  // Elements no rule selected when the table was read (`iptlb sync`): deleted unless a rule selects them now.
+  if (tx.strays?.length) {
+    const keys = new Set([...live, ...del].map(elementKey));
+    for (const e of tx.strays) if (!keys.has(elementKey(e))) del.push(e);
+  }
   return { add: [...add], del, remaining, needSet: remaining.OUTPUT + remaining.PREROUTING > 0 };
 }
