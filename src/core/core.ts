@@ -443,6 +443,7 @@ export class Core {
     this.foldMs = opts.stateFoldMs ?? 0;
     this.log = opts.log ? apart(opts.log) : () => {};
     this.logging = opts.log !== undefined;
+    if (this.logging) this.health.log = (line) => this.log(line);
     this.conntrack = new ConntrackJanitor({
       log: (line) => this.log(line),
       // As the kernel has them: a destination a health check drained has weight 0 there.

@@ -58,7 +58,11 @@ export interface HealthCheckerOptions {
    * per state file ({@link HealthChecker.start} refuses a second with ELOCK).
    */
   publish?: boolean;
-  /** How often the published file is refreshed with new check times, ms. Default 2000 (at once after a transition). */
+  /**
+   * How often the published file is written again, ms, with new check times or none (at once after a transition too).
+   * Default 2000. Followers stop following a file not written for {@link staleAfterOf}(publishMs): its checker is
+   * stopped or hung.
+   */
   publishMs?: number;
   /** On stop, give the kernel back the configured weights (nobody checks any more). Default true. */
   restoreOnStop?: boolean;
@@ -217,6 +221,10 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
   private readonly batchMs: number;
   private readonly refreshMs: number;
   private readonly publishMs: number;
+  /** What the published file promises: written again within this long while this checker runs (staleAfterOf). */
+  readonly staleAfterMs: number;
+  /** When the publish timer last ran (Date.now()): a longer gap than staleAfterMs is a process that did not run. */
+  private beatAt = 0;
   private readonly restoreOnStop: boolean;
   private readonly publishFile?: string;
   /** Held from start() to the end of stop() by a checker that publishes ({@link checkerLockOf}). */
@@ -279,6 +287,7 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     this.windows = opts.windows ?? true;
     this.refreshMs = opts.refreshMs ?? 1000;
     this.publishMs = opts.publishMs ?? 2000;
+    this.staleAfterMs = staleAfterOf(this.publishMs);
     this.restoreOnStop = opts.restoreOnStop ?? true;
     const sp = this.host.core.statePath;
     if ((opts.publish ?? true) && sp !== null) this.publishFile = healthFileOf(sp);
@@ -363,14 +372,33 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     };
     this.refreshTimer = setTimeout(tick, this.refreshMs);
     if (this.publishFile) {
+      // Written every publishMs, changed or not: the file's updatedAt says that this checker runs. One that stops
+      // running (SIGSTOP, a frozen cgroup, a hung event loop) while its pid lives leaves a file that ages, and
+      // followers stop following it after staleAfterMs.
       const pub = (): void => {
         if (!this.running) return;
-        if (this.dirty) void this.publishNow();
+        const now = Date.now();
+        if (now - this.beatAt > this.staleAfterMs) this.resumed(now - this.beatAt);
+        this.beatAt = now;
+        void this.publishNow();
         this.publishTimer = setTimeout(pub, this.publishMs);
       };
+      this.beatAt = Date.now();
       this.publishTimer = setTimeout(pub, this.publishMs);
       await this.publishNow();
     }
+  }
+
+  /**
+   * The publish timer ran `gapMs` after its last run, more than staleAfterMs: this process did not run meanwhile
+   * (stopped, frozen, hung), its file went stale, and other processes stopped following it: a sync or apply of theirs
+   * may have given the kernel back the weights this checker drained. Said; a drift check of the kernel (iptlb watch's
+   * periodic check, `sync()`) commits the drains again.
+   */
+  private resumed(gapMs: number): void {
+    this.log(
+      `health: this process did not run for ${(gapMs / 1000).toFixed(1)} s (stopped, frozen or hung): its health file was stale and other processes did not follow it meanwhile; a sync of theirs may have undone its drains until the next drift check`,
+    );
   }
 
   /** Said once while the checker lock's file at the path is another checker's (see {@link keepCheckerLock}). */
@@ -946,7 +974,7 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     // One write at a time, each after the one before (an older snapshot never renamed over a newer one); stop()
     // waits for the last before it removes the file, so a write under way does not put it back after the stop.
     const p: Promise<void> = (this.publishing ?? Promise.resolve())
-      .then(() => this.host.core.health.publish(file))
+      .then(() => this.host.core.health.publish(file, this.staleAfterMs))
       .then(
         () => (this.publishFailure = undefined),
         (e: Error) => {
@@ -961,6 +989,17 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     this.publishing = p;
     return p;
   }
+}
+
+/** The floor of {@link staleAfterOf}: a loaded machine's event loop may lag seconds behind its timers. */
+export const STALE_FLOOR_MS = 10_000;
+
+/**
+ * How long a published health file is followed after it was written: five publish periods, at least
+ * {@link STALE_FLOOR_MS} (10 s with the default publishMs of 2 s).
+ */
+export function staleAfterOf(publishMs: number): number {
+  return Math.max(STALE_FLOOR_MS, 5 * publishMs);
 }
 
 /**

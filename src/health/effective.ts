@@ -128,6 +128,10 @@ export class HealthOverlay {
   readonly info = new Map<string, Map<string, DestinationHealthInfo>>();
   private followFile?: string;
   private followVersion?: string;
+  /** Where a follower says that it stops following a stale file ({@link refresh}); set by the core that logs. */
+  log?: (line: string) => void;
+  /** The version of the followed file last said to be stale (said once per version). */
+  private saidStale?: string;
 
   /** Whether anything is drained or about to be (nothing to do for the core otherwise). */
   get active(): boolean {
@@ -280,7 +284,7 @@ export class HealthOverlay {
   // --- publishing and following -----------------------------------------------------------
 
   /** The overlay as the published file holds it: what the kernel holds, and what the checks found. */
-  snapshot(): PublishedHealth {
+  snapshot(staleAfterMs?: number): PublishedHealth {
     const profiles: PublishedHealth['profiles'] = Object.create(null); // a profile may be named `__proto__`
     for (const [name, m] of this.info) {
       const destinations: Record<string, DestinationHealthInfo> = {};
@@ -290,13 +294,23 @@ export class HealthOverlay {
     for (const [name, down] of this.committed)
       if (!profiles[name]) profiles[name] = { drained: [...down], destinations: {} };
     const start = (ownIdentity ??= pidIdentity(process.pid) ?? '');
-    return { version: 1, pid: process.pid, ...(start ? { pidStart: start } : {}), updatedAt: Date.now(), profiles };
+    return {
+      version: 1,
+      pid: process.pid,
+      ...(start ? { pidStart: start } : {}),
+      updatedAt: Date.now(),
+      ...(staleAfterMs !== undefined ? { staleAfterMs } : {}),
+      profiles,
+    };
   }
 
-  /** Writes {@link snapshot} to `file` atomically (temp file + rename). */
-  async publish(file: string): Promise<void> {
+  /**
+   * Writes {@link snapshot} to `file` atomically (temp file + rename). `staleAfterMs`: the writer promises to write
+   * the file again within this long while it runs; a follower stops following a file older than that.
+   */
+  async publish(file: string, staleAfterMs?: number): Promise<void> {
     const tmp = path.join(path.dirname(file), `.${path.basename(file)}.tmp-${process.pid}`);
-    await fsp.writeFile(tmp, JSON.stringify(this.snapshot()) + '\n', { mode: 0o644 });
+    await fsp.writeFile(tmp, JSON.stringify(this.snapshot(staleAfterMs)) + '\n', { mode: 0o644 });
     await fsp.rename(tmp, file);
   }
 
@@ -321,7 +335,8 @@ export class HealthOverlay {
       version = undefined;
     }
     if (version === this.followVersion && version !== undefined) {
-      if (this.writerPid === undefined || writerRuns(this.writerPid, this.writerStart)) return;
+      if (this.writerPid === undefined) return;
+      if (writerRuns(this.writerPid, this.writerStart) && !this.staleNow(version, this.writerPid)) return;
     }
     this.followVersion = version;
     this.committed = new Map();
@@ -330,6 +345,8 @@ export class HealthOverlay {
     this.info.clear();
     this.writerPid = undefined;
     this.writerStart = undefined;
+    this.writerUpdatedAt = undefined;
+    this.writerStaleAfterMs = undefined;
     if (version === undefined) return;
     let data: PublishedHealth;
     try {
@@ -345,6 +362,14 @@ export class HealthOverlay {
       !isRecord(data.profiles)
     )
       return;
+    // A writer that runs but has not written its file for longer than it promised (stopped by SIGSTOP, a frozen
+    // cgroup, a hung event loop): nobody checks the destinations now. Files of writers before 2026-12-07 have no
+    // staleAfterMs (and were written only when a check changed something): the pid alone decides for them.
+    if (isTime(data.updatedAt) && isStaleAfter(data.staleAfterMs)) {
+      this.writerUpdatedAt = data.updatedAt;
+      this.writerStaleAfterMs = data.staleAfterMs;
+      if (this.staleNow(version, data.pid)) return;
+    }
     this.writerPid = data.pid;
     this.writerStart = data.pidStart;
     // Written by iptlb, but read defensively: a part of a wrong shape (a hand edit, another version) is
@@ -368,6 +393,31 @@ export class HealthOverlay {
   }
   private writerPid?: number;
   private writerStart?: string;
+  private writerUpdatedAt?: number;
+  private writerStaleAfterMs?: number;
+
+  /**
+   * Whether the followed file (this version of it, by `pid`) is older than its writer promised: no more than
+   * `staleAfterMs` from its `updatedAt`, either way (a clock set back makes a file look new; its writer, when it runs,
+   * writes it again with the new time within its period). Said once per version of the file.
+   */
+  private staleNow(version: string, pid: number): boolean {
+    if (this.writerUpdatedAt === undefined || this.writerStaleAfterMs === undefined) return false;
+    const age = Date.now() - this.writerUpdatedAt;
+    if (Math.abs(age) <= this.writerStaleAfterMs) return false;
+    if (this.saidStale !== version) {
+      this.saidStale = version;
+      this.log?.(
+        `health: not following ${this.followFile}: process ${pid} runs but has not written it for ${(age / 1000).toFixed(1)} s (it writes it again within ${(this.writerStaleAfterMs / 1000).toFixed(1)} s while it checks: stopped, frozen or hung); nobody checks the destinations, the configured weights hold`,
+      );
+    }
+    return true;
+  }
+}
+
+/** A bound a writer promises ({@link PublishedHealth.staleAfterMs}): a whole number of ms, at least one. */
+function isStaleAfter(v: unknown): v is number {
+  return typeof v === 'number' && Number.isInteger(v) && v >= 1;
 }
 
 let ownIdentity: string | undefined;
@@ -406,7 +456,14 @@ export interface PublishedHealth {
   pid: number;
   /** The writer's boot id and start time ({@link pidIdentity}); absent from files of older versions. */
   pidStart?: string;
+  /** When it was written (ms since the epoch, the writer's clock). */
   updatedAt: number;
+  /**
+   * The writer writes the file again within this long (ms) while it runs and checks; a file not written for longer
+   * (by either clock's reading) is not followed: its writer is stopped or hung. Absent from files of older versions,
+   * which are followed while their writer's pid runs.
+   */
+  staleAfterMs?: number;
   profiles: Record<string, { drained: string[]; destinations: Record<string, DestinationHealthInfo> }>;
 }
 

@@ -67,6 +67,16 @@ async function withLiveWriter(fn: (dir: string, pid: number) => Promise<void>): 
 }
 const health = { kind: 'tcp', intervalMs: 100, timeoutMs: 50, rise: 2, fall: 3 };
 
+/**
+ * Waits 20 ms of real time (the mocked clock does not move): a follower tells a file written again by its stat (inode,
+ * mtime, size), and the kernel's file times move in ticks of a few ms, so a file rewritten within one tick at the same
+ * size (and inode) looks unchanged. A checker writes its file publishMs (10 ms at least) apart; a test's writes are
+ * not.
+ */
+function nextFileTimeTick(): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
+}
+
 /** Probe outcomes by destination (`ip:port`): true ok, false fail, 'hang' never settles until released. */
 class Probes {
   outcome = new Map<string, boolean | 'hang'>();
@@ -1134,6 +1144,164 @@ test('a health file whose writer died but was not reaped yet (a zombie) is not f
     parent.kill();
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('a health file its running writer stopped writing (SIGSTOP, a frozen cgroup, a hung loop) is followed for its staleAfterMs only; files without one by the pid alone', async (t) => {
+  const { HealthOverlay } = await import('../../src/health/effective.js');
+  const { pidIdentity } = await import('../../src/platform/pid.js');
+  const { writeFileSync } = await import('node:fs');
+  const path = await import('node:path');
+  await withLiveWriter(async (dir, pid) => {
+    mock.timers.enable({ apis: ['Date'], now: 5_000_000 });
+    t.after(() => mock.timers.reset());
+    const file = path.join(dir, 'state.db.health.json');
+    const pidStart = pidIdentity(pid);
+    const write = (extra: object) =>
+      writeFileSync(
+        file,
+        JSON.stringify({
+          version: 1,
+          pid,
+          pidStart,
+          profiles: { web: { drained: [D[0]], destinations: {} } },
+          ...extra,
+        }),
+      );
+    const lines: string[] = [];
+    const o = new HealthOverlay();
+    o.log = (l) => lines.push(l);
+    o.follow(file);
+    const down = () => (o.refresh(), [...(o.committedDown('web') ?? [])]);
+    write({ updatedAt: Date.now(), staleAfterMs: 10_000 });
+    assert.deepEqual(down(), [D[0]], 'written now: followed');
+    mock.timers.setTime(5_010_000);
+    assert.deepEqual(down(), [D[0]], 'as old as its writer allows: still followed');
+    mock.timers.setTime(5_010_001);
+    assert.deepEqual(
+      down(),
+      [],
+      'older: its writer runs but does not write it; not followed, the configured weights hold',
+    );
+    assert.equal(lines.length, 1);
+    assert.match(
+      lines[0]!,
+      /^health: not following \S+state\.db\.health\.json: process \d+ runs but has not written it for 10\.0 s \(it writes it again within 10\.0 s while it checks: stopped, frozen or hung\); nobody checks the destinations, the configured weights hold$/,
+    );
+    assert.deepEqual(down(), [], 'the same file again: still not followed');
+    assert.equal(lines.length, 1, 'said once per version of the file');
+    nextFileTimeTick();
+    write({ updatedAt: Date.now(), staleAfterMs: 10_000 });
+    assert.deepEqual(down(), [D[0]], 'its writer wrote it again: followed again');
+    write({ updatedAt: Date.now() + 10_001, staleAfterMs: 10_000 });
+    assert.deepEqual(down(), [], 'written in the future by more than the bound (a clock set back since): not followed');
+    // What writers before 2026-12-07 wrote: no staleAfterMs, written only when a check changed something.
+    write({ updatedAt: 0 });
+    assert.deepEqual(down(), [D[0]], 'a file without staleAfterMs: followed while its writer runs, as before');
+    for (const bad of [0, -1, 1.5, '10000', null])
+      assert.deepEqual(
+        (write({ updatedAt: 0, staleAfterMs: bad }), down()),
+        [D[0]],
+        `staleAfterMs ${JSON.stringify(bad)}: not a bound, the pid alone decides`,
+      );
+  });
+});
+
+/** A checker of `profiles` on a state file of its own, under mocked timers; its file, and how to wait for a write. */
+async function publishingChecker(t: TestContext, profiles: object[], log: string[]) {
+  const { existsSync, mkdtempSync, readFileSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_000_000 });
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-hf-stale-'));
+  const stateFile = path.join(dir, 'state.db');
+  const core = new Core({ stateFile, stateRegistry: false, engine: 'legacy' }, new FakeLegacyKernel());
+  await core.transact(() => ({ upsert: profiles.map((p) => validateProfile(p)), remove: [] }), { run: true });
+  const probes = new Probes();
+  const checker = new HealthChecker(coreHost(core), {
+    probe: probes.probe,
+    random: () => 0.5,
+    publishMs: 1000,
+    log: (l) => log.push(l),
+  });
+  // In this order: a write of the checker under way lands before the directory goes.
+  t.after(async () => {
+    await checker.stop();
+    rmSync(dir, { recursive: true, force: true });
+    mock.timers.reset();
+  });
+  const file = `${stateFile}.health.json`;
+  const read = () => (existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>) : {});
+  /** Lets the checker's write (through the thread pool, which the mocked clock does not wait for) land. */
+  const written = async (ok: () => boolean) => {
+    for (let i = 0; i < 100_000 && !ok(); i++) await new Promise((r) => setImmediate(r));
+    assert.ok(ok(), 'written');
+  };
+  return { checker, probes, file, read, written };
+}
+
+test('a checker writes its health file every publishMs with its staleAfterMs, also when no check ran since', async (t) => {
+  const idle = {
+    name: 'idle',
+    source: '127.100.0.2:80',
+    destination: [D[2]],
+    health: { kind: 'tcp', intervalMs: 3_600_000 },
+  };
+  const { checker, probes, read, written } = await publishingChecker(t, [idle], []);
+  assert.equal(checker.staleAfterMs, 10_000, 'five publish periods, at least 10 s');
+  await checker.start();
+  await written(() => read().updatedAt !== undefined);
+  assert.equal(read().staleAfterMs, 10_000);
+  const first = read().updatedAt as number;
+  for (let i = 0; i < 30; i++) await advance(1000, 100);
+  await written(() => (read().updatedAt as number) >= first + 29_000);
+  assert.equal(
+    probes.calls.length,
+    0,
+    'checked once an hour: no check in these 30 s, nothing new to write but the time',
+  );
+});
+
+test('a checker that stops running (no timer of it runs, as under SIGSTOP) is let go by its followers after staleAfterMs; running again it says so and is followed again', async (t) => {
+  const { HealthOverlay } = await import('../../src/health/effective.js');
+  const log: string[] = [];
+  const web = { name: 'web', source: '127.100.0.1:80', destination: [D[0], D[1]], health };
+  const { checker, probes, file, read, written } = await publishingChecker(t, [web], log);
+  await checker.start();
+  probes.outcome.set(D[1], false);
+  await advance(600);
+  await written(() => JSON.stringify(read().profiles ?? {}).includes(`"drained":["${D[1]}"]`));
+  const lines: string[] = [];
+  const follower = new HealthOverlay();
+  follower.log = (l) => lines.push(l);
+  follower.follow(file);
+  const down = () => (follower.refresh(), [...(follower.committedDown('web') ?? [])]);
+  assert.deepEqual(down(), [D[1]], 'followed');
+  await advance(3000, 100);
+  // Its writes under way land first (through the thread pool, which the mocked clock does not wait for): one landing
+  // after the stop would be a new version of the file, as old.
+  const priv = checker as unknown as { publishing?: Promise<void> };
+  while (priv.publishing) await priv.publishing;
+  assert.deepEqual(down(), [D[1]], 'followed while it runs');
+  // SIGSTOP: the clock moves on, no timer of the checker runs.
+  mock.timers.setTime(Date.now() + 10_500);
+  const resumedAt = Date.now();
+  assert.deepEqual(down(), [], 'stale: let go, the configured weights hold');
+  assert.equal(lines.length, 1, lines.join('\n'));
+  assert.match(lines[0]!, /runs but has not written it for 1\d\.\d s/);
+  // SIGCONT: the publish timer runs late, says so, and writes the file again.
+  nextFileTimeTick();
+  await advance(10, 10);
+  assert.ok(
+    log.some((l) =>
+      /^health: this process did not run for 1\d\.\d s \(stopped, frozen or hung\): its health file was stale and other processes did not follow it meanwhile/.test(
+        l,
+      ),
+    ),
+    log.join('\n'),
+  );
+  await written(() => (read().updatedAt as number) >= resumedAt);
+  assert.deepEqual(down(), [D[1]], 'followed again');
+  assert.equal(lines.length, 1, 'nothing more said');
 });
 
 test('stop() during a commit waits for that commit, not for a clock (under mocked timers it resolves once the commit does)', async (t) => {
