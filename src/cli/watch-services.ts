@@ -30,6 +30,8 @@ export async function startWatchServices(
     held?: () => ReadonlyMap<string, Profile> | undefined;
     /** Watch mode: why the state file is not applied while it does not exist (/healthz answers 503 with it). */
     stateMissing?: () => string | undefined;
+    /** Watch mode: the version applied while the file has not settled (/healthz compares the kernel with it then). */
+    settling?: () => Promise<ReadonlyMap<string, Profile> | undefined>;
   },
 ): Promise<WatchServices> {
   if (o.metricsAddress !== undefined) parseListenAddress(o.metricsAddress); // bad input: fail before anything starts
@@ -57,6 +59,7 @@ export async function startWatchServices(
           ...(checker ? { checker } : {}),
           ...(o.extra ? { extra: o.extra } : {}),
           ...(o.stateMissing ? { stateMissing: o.stateMissing } : {}),
+          ...(o.settling ? { settling: o.settling } : {}),
         });
       }
       try {

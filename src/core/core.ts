@@ -1699,9 +1699,14 @@ export class Core {
     opts: {
       /** Ask for the original iptlb's chains (`originalRules`); false for readers that do not show them (metrics). */
       original?: boolean;
+      /**
+       * Compare the kernel with these profiles instead of the state file's (iptlb watch's /healthz while the file has
+       * not settled: the version it applied last).
+       */
+      profiles?: ReadonlyMap<string, Profile>;
     } = {},
   ): Promise<StatusReport> {
-    const { reports, others, foreign } = await this.statusOf();
+    const { reports, others, foreign } = await this.statusOf(opts.profiles);
     const split = await this.engineSplit(reports.some((r) => r.status !== 'missing'));
     // An engine asked for (--engine, IPTLB_ENGINE) while iptlb's rules are in the other: the profiles read as
     // missing there; the line a change through it is refused with says where they are (known from selection).
@@ -1722,14 +1727,16 @@ export class Core {
     };
   }
 
-  private statusOf(): Promise<{ reports: ProfileReport[]; others: OtherStateFile[]; foreign: ForeignObjects[] }> {
+  private statusOf(
+    profiles?: ReadonlyMap<string, Profile>,
+  ): Promise<{ reports: ProfileReport[]; others: OtherStateFile[]; foreign: ForeignObjects[] }> {
     return this.serial(async () => {
       const lock =
         this.statePath !== null && !this.window && existsSync(path.dirname(this.statePath))
           ? await lockStateFile(this.statePath, this.lockWaitMs, this.log, { readOnly: true })
           : undefined;
       try {
-        return await this.statusNow();
+        return await this.statusNow(profiles);
       } finally {
         lock?.release();
       }
@@ -1761,13 +1768,13 @@ export class Core {
     });
   }
 
-  private async statusNow(): Promise<{
+  private async statusNow(profiles?: ReadonlyMap<string, Profile>): Promise<{
     reports: ProfileReport[];
     others: OtherStateFile[];
     foreign: ForeignObjects[];
   }> {
     const { provider } = await this.selectionNow();
-    const state = await this.readState();
+    const state = profiles ? new Map(profiles) : await this.readState();
     this.health.refresh();
     const kstate = this.health.kernelState(state);
     const { profiles: others, files, contested } = await this.othersOf(state, false);

@@ -70,6 +70,12 @@ export interface Watcher {
   applied(): ReadonlyMap<string, Profile> | undefined;
   /** Why the file is not applied while its last read found it absent (/healthz says it); undefined when it exists. */
   missing(): string | undefined;
+  /**
+   * While the file has changed since the watch last looked, or within its settle time of a change: the profiles of the
+   * version last applied, which the kernel holds until the file settles (/healthz compares the kernel with them then);
+   * undefined otherwise, and before a version was applied.
+   */
+  unsettled(): Promise<ReadonlyMap<string, Profile> | undefined>;
 }
 
 type WatchedCore = Pick<Core, 'statePath' | 'sync' | 'readState'>;
@@ -84,6 +90,7 @@ export function startWatch(core: WatchedCore, opts: WatchOptions): Watcher {
     done: w.done,
     applied: () => w.lastApplied,
     missing: () => w.missing,
+    unsettled: () => w.unsettled(),
   };
 }
 
@@ -420,6 +427,13 @@ class StateFileWatcher {
       this.seenAt = now;
     }
     return { version: v, wait: Math.max(0, this.settleMs - (now - this.seenAt)) };
+  }
+
+  /** See {@link Watcher.unsettled}. Looks at the file's version (one stat) without counting it as seen. */
+  async unsettled(): Promise<ReadonlyMap<string, Profile> | undefined> {
+    if (!this.applied || this.stopped) return undefined;
+    const v = await this.versionOrUnreadable();
+    return v !== this.seen || Date.now() - this.seenAt < this.settleMs ? this.applied : undefined;
   }
 
   private armSettle(ms: number): void {

@@ -9,6 +9,7 @@ import { IptlbError } from '../model/errors.js';
 import { canonicalIpv6, ipv4Problem } from '../model/address.js';
 import type { Core } from '../core/core.js';
 import type { ProfileReport } from '../model/report.js';
+import type { Profile } from '../model/types.js';
 import type { HealthChecker } from '../health/checker.js';
 
 /** Upper bounds of the commit duration histogram, seconds. */
@@ -80,6 +81,12 @@ export interface MetricsServerOptions {
    * unanswered, until one of those held closes.
    */
   maxConnections?: number;
+  /**
+   * @internal `iptlb watch`: the profiles of the version of its state file applied last while the file has changed
+   * since and not settled (`--settle`), else undefined. /healthz compares the kernel with them then: the kernel holds
+   * that version until the file settles, and a half-written file is not read.
+   */
+  settling?: () => Promise<ReadonlyMap<string, Profile> | undefined>;
   /**
    * @internal Milliseconds a connection may hold a response it does not read (no byte taken) before it is closed;
    * {@link STALL_MS} by default. Tests shorten it.
@@ -293,7 +300,11 @@ export async function healthz(
   const missing = opts.stateMissing?.();
   if (missing !== undefined) return { ok: false, reason: missing };
   try {
-    const report = await opts.core.statusReport({ original: false });
+    const held = await opts.settling?.();
+    const what = held
+      ? 'the version of the state file applied (the file changed since and has not settled)'
+      : 'the state file';
+    const report = await opts.core.statusReport({ original: false, ...(held ? { profiles: held } : {}) });
     if (report.split) return { ok: false, reason: report.split };
     const seen = new Set<string>(); // an orphan may be in both address families' tables: once
     const drifted = report.profiles.filter(
@@ -302,18 +313,18 @@ export async function healthz(
     if (drifted.length)
       return {
         ok: false,
-        reason: `kernel does not match the state file: ${drifted.length} profile(s) ${drifted
+        reason: `kernel does not match ${what}: ${drifted.length} profile(s) ${drifted
           .slice(0, 5)
           .map((r) => `${r.name} ${r.status}`)
           .join(', ')}`,
         profiles: drifted.map((r) => r.name),
       };
+    return { ok: true, reason: `kernel matches ${what}` };
   } catch (e) {
     if (e instanceof IptlbError && e.code === 'ESTATE')
       return { ok: false, reason: `cannot read the state file: ${e.message}` };
     return { ok: false, reason: `cannot read the kernel: ${(e as Error).message}` };
   }
-  return { ok: true, reason: 'kernel matches the state file' };
 }
 
 const METRICS_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
@@ -330,8 +341,14 @@ function checkMetricsOptions(o: unknown): asserts o is MetricsServerOptions {
     throw usage('options', `startMetricsServer takes an object, got ${o === null ? 'null' : typeof o}`);
   const v = o as Record<string, unknown>;
   for (const k of Object.keys(v))
-    // stateMissing: iptlb watch's own; stallMs, headersMs: tests' (internal, not listed).
-    if (!METRICS_OPTIONS.includes(k) && k !== 'stateMissing' && k !== 'stallMs' && k !== 'headersMs')
+    // stateMissing, settling: iptlb watch's own; stallMs, headersMs: tests' (internal, not listed).
+    if (
+      !METRICS_OPTIONS.includes(k) &&
+      k !== 'stateMissing' &&
+      k !== 'settling' &&
+      k !== 'stallMs' &&
+      k !== 'headersMs'
+    )
       throw usage(k, `unknown option (known: ${METRICS_OPTIONS.join(', ')})`);
   const kind = (field: string, ok: boolean, what: string): void => {
     if (v[field] !== undefined && !ok) throw usage(field, `must be ${what}`);
@@ -346,6 +363,7 @@ function checkMetricsOptions(o: unknown): asserts o is MetricsServerOptions {
     'a whole number of connections, 1 or more',
   );
   kind('stateMissing', typeof v.stateMissing === 'function', 'a function');
+  kind('settling', typeof v.settling === 'function', 'a function');
   kind('stallMs', Number.isInteger(v.stallMs) && (v.stallMs as number) > 0, 'a positive whole number of ms');
   kind('headersMs', Number.isInteger(v.headersMs) && (v.headersMs as number) > 0, 'a positive whole number of ms');
 }

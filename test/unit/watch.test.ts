@@ -454,6 +454,93 @@ test("watch's /healthz: 503 while its state file does not exist (at start, a wro
   }
 });
 
+test("watch's /healthz while its state file settles (--settle): compares the kernel with the version applied, not with the file changed since or half written; with the file once it has settled", async (t) => {
+  const { startWatch } = await import('../../src/core/watch.js');
+  const { startWatchServices } = await import('../../src/cli/watch-services.js');
+  const { Core } = await import('../../src/core/core.js');
+  const { FakeLegacyKernel } = await import('../harness/fake-kernel.js');
+  const { mkdtempSync, rmSync, writeFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  // Date only: the settle time passes on it; the server, the file and the fake kernel run on real timers and I/O.
+  t.mock.timers.enable({ apis: ['Date'], now: 1_000_000 });
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-hz-settle-'));
+  const stateFile = path.join(dir, 'state.db');
+  const core = new Core({ stateFile, stateRegistry: false, engine: 'legacy' }, new FakeLegacyKernel());
+  await core.transact(() => ({ upsert: [prof('127.0.0.1:9001')], remove: [] }), { run: true });
+  // The file's version as the watch sees it (its stat): set by the test as it writes the file; `looks` counts them.
+  let version = 'v1';
+  let looks = 0;
+  const logs: string[] = [];
+  const started: { watch?: ReturnType<typeof startWatch> } = {};
+  const services = await startWatchServices(core, {
+    metricsAddress: '127.0.0.1:0',
+    health: false,
+    log: (l) => logs.push(l),
+    held: () => started.watch?.applied(),
+    stateMissing: () => started.watch?.missing(),
+    settling: () => started.watch?.unsettled() ?? Promise.resolve(undefined),
+  });
+  await services.start();
+  const w = startWatch(core, {
+    intervalMs: 86_400_000,
+    settleMs: 60_000,
+    debounceMs: 1,
+    log: (l) => logs.push(l),
+    onSync: services.onSync,
+    version: async () => (looks++, version),
+  });
+  started.watch = w;
+  /** A file event, and the watch's look at the file that follows it (after its debounce, on real timers). */
+  const looked = async () => {
+    const before = looks;
+    w.changed();
+    while (looks === before) await new Promise((r) => setTimeout(r, 1));
+    await flush();
+  };
+  try {
+    const port = /serving \/metrics and \/healthz on 127\.0\.0\.1:(\d+)/.exec(logs.join('\n'))?.[1];
+    assert.ok(port, logs.join('\n'));
+    const healthz = async () => {
+      const r = await fetch(`http://127.0.0.1:${port}/healthz`);
+      return { code: r.status, body: (await r.json()) as { ok: boolean; reason: string } };
+    };
+    await w.check('SIGHUP');
+    assert.ok(w.applied()?.has('web'), 'v1 applied');
+    await looked();
+    t.mock.timers.setTime(Date.now() + 60_000);
+    assert.deepEqual(await healthz(), { code: 200, body: { ok: true, reason: 'kernel matches the state file' } });
+    const settling = {
+      code: 200,
+      body: {
+        ok: true,
+        reason: 'kernel matches the version of the state file applied (the file changed since and has not settled)',
+      },
+    };
+    // A new version written (the kernel holds v1 until it has settled).
+    await core.transact(() => ({ upsert: [prof('127.0.0.1:9002')], remove: [] }), { run: false });
+    version = 'v2';
+    assert.deepEqual(await healthz(), settling, 'changed, not looked at yet by the watch');
+    await looked();
+    t.mock.timers.setTime(Date.now() + 59_000);
+    assert.deepEqual(await healthz(), settling, 'looked at, within its settle time');
+    // Half written (an editor that truncates and writes in place).
+    writeFileSync(stateFile, 'web:\n  destination:\n  - 127.0');
+    version = 'v3';
+    assert.deepEqual(await healthz(), settling, 'a half-written file is not read');
+    // Left so for the settle time: the watch does not apply it (it does not parse), and /healthz says so.
+    await looked();
+    t.mock.timers.setTime(Date.now() + 60_000);
+    const h = await healthz();
+    assert.equal(h.code, 503, JSON.stringify(h.body));
+    assert.match(h.body.reason, /^cannot read the state file: /);
+  } finally {
+    await w.stop();
+    await services.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('watch -q prints no log line: its "watch: watching FILE" line was printed with -q too (a state file that does not exist: nothing is read of the kernel)', async () => {
   const { main } = await import('../../src/cli/main.js');
   const { mkdtempSync, rmSync } = await import('node:fs');

@@ -50,6 +50,7 @@ export function register(program: Command, io: Out): void {
           log,
           held: () => started.watch?.applied(),
           stateMissing: () => started.watch?.missing(),
+          settling: () => started.watch?.unsettled() ?? Promise.resolve(undefined),
         });
         // The services first: a metrics address that cannot be listened on fails before the watch
         // starts (one line, nothing left behind).
