@@ -9,6 +9,7 @@ import { runJsonInFreshNetns } from '../harness/netns.js';
 import { ABOVE_EXECUTOR_PAIRS } from './common.js';
 
 const FX = new URL('./fixtures/health.js', import.meta.url).pathname;
+const STOPPED = new URL('./fixtures/health-stopped.js', import.meta.url).pathname;
 const ok = (r: { code: number; stderr: string }, what: string): void => assert.equal(r.code, 0, `${what}: ${r.stderr}`);
 
 for (const pair of ABOVE_EXECUTOR_PAIRS) {
@@ -102,6 +103,33 @@ for (const pair of ABOVE_EXECUTOR_PAIRS) {
         ),
       );
       assert.equal(r.drAfterStop, 'backend:9401');
+    });
+
+    test('a watch stopped by SIGSTOP (pid alive, no timer running): once its health file is older than it promised, status and sync no longer follow its drain, and say so; continued, it says it did not run', async () => {
+      const r: any = await runJsonInFreshNetns(STOPPED, [pair.name], { timeoutMs: 120_000 });
+      const ctx = `\n--- watch log:\n${r.log}`;
+      ok(r.apply, 'apply');
+      assert.equal(r.drained.status, 'in-sync', 'drained while it runs' + ctx);
+      // Stale: the kernel still holds the drain, the configured weights are the truth again.
+      assert.equal(r.stopped.status, 'modified', JSON.stringify(r.stopped) + ctx);
+      assert.ok(
+        r.stopped.destinations.every((d: any) => d.health === 'unchecked'),
+        JSON.stringify(r.stopped),
+      );
+      assert.match(
+        r.stopped.stderr,
+        /iptlb: health: not following \S+\.health\.json: process \d+ runs but has not written it for \d+\.\d s \(it writes it again within 10\.0 s while it checks: stopped, frozen or hung\); nobody checks the destinations, the configured weights hold\n/,
+      );
+      assert.equal(r.staleAfterMs, 10_000, 'the default publishMs (2 s): 10 s');
+      ok(r.sync, 'sync');
+      assert.equal(
+        r.afterSync.status,
+        'in-sync',
+        'sync gave 9002 its configured weight back' + JSON.stringify(r.afterSync),
+      );
+      assert.ok(r.afterSync.destinations.every((d: any) => d.effectiveWeight === undefined));
+      assert.match(r.log, /health: this process did not run for \d+\.\d s \(stopped, frozen or hung\)/);
+      assert.equal(r.exit, 0, ctx);
     });
   });
 }
