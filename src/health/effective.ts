@@ -408,7 +408,9 @@ export class HealthOverlay {
     if (this.saidStale !== version) {
       this.saidStale = version;
       this.log?.(
-        `health: not following ${this.followFile}: process ${pid} runs but has not written it for ${(age / 1000).toFixed(1)} s (it writes it again within ${(this.writerStaleAfterMs / 1000).toFixed(1)} s while it checks: stopped, frozen or hung); nobody checks the destinations, the configured weights hold`,
+        age > 0
+          ? `health: not following ${this.followFile}: process ${pid} runs but has not written it for ${(age / 1000).toFixed(1)} s (it writes it again within ${(this.writerStaleAfterMs / 1000).toFixed(1)} s while it checks: stopped, frozen or hung); nobody checks the destinations, the configured weights hold`
+          : `health: not following ${this.followFile}: process ${pid} wrote it ${(-age / 1000).toFixed(1)} s ahead of this clock (the clock was set back since, and it has not written it again within ${(this.writerStaleAfterMs / 1000).toFixed(1)} s); the configured weights hold`,
       );
     }
     return true;

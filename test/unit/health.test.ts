@@ -1194,6 +1194,7 @@ test('a health file its running writer stopped writing (SIGSTOP, a frozen cgroup
     assert.deepEqual(down(), [D[0]], 'its writer wrote it again: followed again');
     write({ updatedAt: Date.now() + 10_001, staleAfterMs: 10_000 });
     assert.deepEqual(down(), [], 'written in the future by more than the bound (a clock set back since): not followed');
+    assert.match(lines.at(-1)!, /process \d+ wrote it 10\.0 s ahead of this clock \(the clock was set back since/);
     // What writers before 2026-12-07 wrote: no staleAfterMs, written only when a check changed something.
     write({ updatedAt: 0 });
     assert.deepEqual(down(), [D[0]], 'a file without staleAfterMs: followed while its writer runs, as before');
