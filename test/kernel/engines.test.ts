@@ -176,7 +176,9 @@ for (const pair of PAIRS) {
     { skip: pair.skip },
     async () => {
       const B = '-state-file=$WORK/b.db';
-      const served = { op: 'tcp' as const, vip: VIP, port: 80, count: 12 };
+      // 40 connections to a profile of two destinations: one alone (which the assertions take for a wrong split) once
+      // in about 10^11 runs; with 12, once in 2,048, which a run saw.
+      const served = { op: 'tcp' as const, vip: VIP, port: 80, count: 40 };
       const rr = { op: 'tcp' as const, vip: VIP, port: 82, count: 12 };
       const r = await runSteps([
         { op: 'backends', tcp: [9001, 9002, 9003] },
@@ -238,7 +240,7 @@ for (const pair of PAIRS) {
         cli(pair, B, '-run', '-profile=b', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9003'),
         // 6: moving B's own profile onto it is refused the same way.
         cli(pair, B, '-run', '-reset', '-profile=bb', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9003'),
-        { op: 'tcp', vip: VIP, port: 80, count: 12 },
+        { op: 'tcp', vip: VIP, port: 80, count: 40 }, // two destinations: 40 (see above)
         { op: 'tcp', vip: VIP, port: 82, count: 6 },
         { op: 'tcp', vip: VIP, port: 84, count: 6 },
         cli(pair, 'status', '--json'),
@@ -390,7 +392,7 @@ for (const pair of PAIRS) {
         // 6-7: B's profiles of the same names, at other addresses: refused.
         cli(pair, B, '-run', '-profile=web', `-src-addr=${VIP}:81`, '-dest-addr=127.0.0.1:9003'),
         cli(pair, B, '-run', '-profile=web6', `-src-addr=[${V6}]:81`, '-dest-addr=[2001:db8::1]:9004'),
-        { op: 'tcp', vip: VIP, port: 80, count: 12 },
+        { op: 'tcp', vip: VIP, port: 80, count: 40 }, // two destinations: 40 (see above)
         { op: 'tcp', vip: V6, port: 80, count: 6 },
         cli(pair, 'status', '--json'),
         cli(pair, B, 'list'),
@@ -415,7 +417,7 @@ for (const pair of PAIRS) {
         ),
         cli(pair, B, '-use-state', '-run'),
         cli(pair, B, '-run', '-delete', '-profile=web'),
-        { op: 'tcp', vip: VIP, port: 80, count: 12 },
+        { op: 'tcp', vip: VIP, port: 80, count: 40 }, // two destinations: 40 (see above)
         cli(pair, 'status', '--json'),
         // 22-23 (legacy): E records a name that shares the chain of A's web (IPTLB_NAT_WEB), then applies it.
         ...(pair.engine === 'legacy'
