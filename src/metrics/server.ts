@@ -163,7 +163,7 @@ class Text {
 
 /** The exposition text: kernel counters (one status read), health, and the process counters. */
 export async function renderMetrics(
-  opts: Omit<MetricsServerOptions, 'address' | 'core'> & { core: Core },
+  opts: Omit<MetricsServerOptions, 'address' | 'core'> & { core: Core; connectionsDropped?: () => number },
 ): Promise<string> {
   const t = new Text();
   let reports: ProfileReport[] = [];
@@ -280,6 +280,14 @@ export async function renderMetrics(
     t.family('iptlb_last_sync_success', 'gauge', 'Whether the last sync succeeded (1) or failed (0).');
     t.sample('iptlb_last_sync_success', {}, s.lastSync?.ok ? 1 : 0);
   }
+  if (opts.connectionsDropped) {
+    t.family(
+      'iptlb_metrics_connections_dropped_total',
+      'counter',
+      'Connections to this metrics server closed at accept, unanswered, because it held its maximum of connections.',
+    );
+    t.sample('iptlb_metrics_connections_dropped_total', {}, opts.connectionsDropped());
+  }
   let text = t.lines.join('\n') + '\n';
   if (opts.extra) {
     const more = await opts.extra();
@@ -376,7 +384,9 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
   const core = options.core ?? handle?.core;
   if (!core) throw new IptlbError('EUSAGE', 'startMetricsServer: give iptlb (a handle) or core', { field: 'iptlb' });
   const checker = options.checker ?? options.iptlb?.healthChecker;
-  const opts = { ...options, core, ...(checker ? { checker } : {}) };
+  // Connections closed at accept over maxConnections, counted for /metrics (a scraper refused sees only a reset).
+  let dropped = 0;
+  const opts = { ...options, core, ...(checker ? { checker } : {}), connectionsDropped: () => dropped };
   // Requests that come while one of the same path is being answered share its answer: one status read and one
   // body for all of them. Each took its own before: 5 requests pipelined by each of 20 clients that did not read
   // were 105 status reads of 10,000 profiles and 2.1 GiB more RSS, each response its own 9 MB copy of the text.
@@ -474,6 +484,7 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
   // client sees the connection closed or reset), so what a flood costs is bounded; it can keep scrapes out while
   // it lasts, not take the process's descriptors or memory.
   server.maxConnections = options.maxConnections ?? MAX_CONNECTIONS;
+  server.on('drop', () => dropped++);
   await new Promise<void>((resolve, reject) => {
     server.once('error', (e: NodeJS.ErrnoException) =>
       reject(

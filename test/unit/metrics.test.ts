@@ -417,8 +417,10 @@ test('connections past the cap are closed at accept, unanswered; those held are 
       await k.closed;
       assert.equal(k.got(), '', 'no bytes: the connection is closed unanswered');
     }
-    // The connections held are served meanwhile.
+    // The connections held are served meanwhile, and the scrape counts the dropped ones.
     assert.equal(await getOn(clients[0], '/metrics'), 'HTTP/1.1 200 OK');
+    assert.match(clients[0].got(), /\n# TYPE iptlb_metrics_connections_dropped_total counter\n/);
+    assert.match(clients[0].got(), /\niptlb_metrics_connections_dropped_total 5\n/);
     // One of them goes: the next connection takes its place and is answered.
     clients[1].c.destroy();
     await new Promise((r) => held[1].once('close', r));
