@@ -425,12 +425,7 @@ test("watch's /healthz: 503 while its state file does not exist (at start, a wro
   });
   started.watch = w;
   try {
-    const port = /serving \/metrics and \/healthz on 127\.0\.0\.1:(\d+)/.exec(logs.join('\n'))?.[1];
-    assert.ok(port, logs.join('\n'));
-    const healthz = async () => {
-      const r = await fetch(`http://127.0.0.1:${port}/healthz`);
-      return { code: r.status, body: (await r.json()) as { ok: boolean; reason: string } };
-    };
+    const healthz = healthzOf(logs);
     await w.check('start');
     assert.equal(synced, 0, 'an absent file is not applied');
     let h = await healthz();
@@ -499,12 +494,7 @@ test("watch's /healthz while its state file settles (--settle): compares the ker
     await flush();
   };
   try {
-    const port = /serving \/metrics and \/healthz on 127\.0\.0\.1:(\d+)/.exec(logs.join('\n'))?.[1];
-    assert.ok(port, logs.join('\n'));
-    const healthz = async () => {
-      const r = await fetch(`http://127.0.0.1:${port}/healthz`);
-      return { code: r.status, body: (await r.json()) as { ok: boolean; reason: string } };
-    };
+    const healthz = healthzOf(logs);
     await w.check('SIGHUP');
     assert.ok(w.applied()?.has('web'), 'v1 applied');
     await looked();
@@ -711,3 +701,13 @@ test('watch (fake kernel): while its state directory is gone (removed before con
   await w.check('SIGHUP');
   assert.equal(w.applied()?.size, 0, 'the new version (no profiles) applied');
 });
+
+/** GET /healthz of the watch services whose start line is in `logs`: its status code and JSON body. */
+function healthzOf(logs: string[]): () => Promise<{ code: number; body: { ok: boolean; reason: string } }> {
+  const port = /serving \/metrics and \/healthz on 127\.0\.0\.1:(\d+)/.exec(logs.join('\n'))?.[1];
+  assert.ok(port, logs.join('\n'));
+  return async () => {
+    const r = await fetch(`http://127.0.0.1:${port}/healthz`);
+    return { code: r.status, body: (await r.json()) as { ok: boolean; reason: string } };
+  };
+}
