@@ -363,20 +363,17 @@ Transaction TransactionFrom(const V &value) {
       tx.created.push_back(std::move(entry));
     }
   }
-  const Path wf = root.Key("was");
-  V was = o.Get("was");
-  if (!was.IsUndefined()) {
-    Arr(was, wf);
-    tx.was.reserve(was.Length());
-    for (uint32_t i = 0; i < was.Length(); i++) tx.was.push_back(WasFrom(tx.family, was.At(i), wf.Index(i)));
-  }
-  const Path sf = root.Key("strays");
-  V strays = o.Get("strays");
-  if (!strays.IsUndefined()) {
-    Arr(strays, sf);
-    tx.strays.reserve(strays.Length());
-    for (uint32_t i = 0; i < strays.Length(); i++) tx.strays.push_back(WasFrom(tx.family, strays.At(i), sf.Index(i)));
-  }
+  // `was` and `strays`: optional lists of gate elements (`ip,proto:port`), read alike.
+  const auto elements = [&](const char *key, std::vector<Rule> *out) {
+    const Path kf = root.Key(key);
+    V list = o.Get(key);
+    if (list.IsUndefined()) return;
+    Arr(list, kf);
+    out->reserve(list.Length());
+    for (uint32_t i = 0; i < list.Length(); i++) out->push_back(WasFrom(tx.family, list.At(i), kf.Index(i)));
+  };
+  elements("was", &tx.was);
+  elements("strays", &tx.strays);
   const Path of = root.Key("owners");
   V owners = Arr(o.Get("owners"), of);
   for (uint32_t i = 0; i < owners.Length(); i++) tx.owners.push_back(Owner(owners.At(i), of.Index(i)));
