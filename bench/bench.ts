@@ -24,6 +24,7 @@ import { renderNft } from '../src/engines/nft/render.js';
 import { connect, createServer, type Server } from 'node:net';
 import type { CommitResult, KernelView, Profile } from '../src/model/types.js';
 import type { LegacyExecutor } from '../src/engines/legacy/executor.js';
+import { benchAffinity } from './affinity.js';
 import { benchHealth } from './health.js';
 import { benchMetrics } from './metrics.js';
 import { benchStateFile } from './statefile.js';
@@ -43,6 +44,7 @@ const SIZES = (flag('--sizes') ?? '0,1000,10000').split(',').map(Number);
 const RUNS = Number(flag('--runs') ?? 31);
 // A flag's value is no scenario (`--cli-engines nft` does not run the nft scenario).
 const VALUE_FLAGS = [
+  '--affinity-profiles',
   '--background',
   '--baseline-cli',
   '--churn-runs',
@@ -58,6 +60,7 @@ const scenarios = args.filter(
   (a, i) =>
     !VALUE_FLAGS.includes(args[i - 1]) &&
     [
+      'affinity',
       'apply',
       'churn',
       'cli',
@@ -1010,6 +1013,13 @@ if (wanted('dataplane'))
     log,
     runs: Math.min(RUNS, Number(flag('--runs') ?? 5)),
     profile: (i) => profile(i),
+  });
+if (wanted('affinity'))
+  results.affinity = await benchAffinity({
+    log,
+    runs: Math.min(RUNS, Number(flag('--runs') ?? 3)),
+    n: Number(flag('--affinity-profiles') ?? 100),
+    dests: 3,
   });
 if (wanted('fleet')) await (await import('./fleet.js')).benchFleet(log, results);
 if (JSON_OUT) process.stdout.write(JSON.stringify(results, null, 2) + '\n');

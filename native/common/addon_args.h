@@ -8,7 +8,8 @@ namespace iptlb {
 
 // Bumped whenever the JS-visible interface changes; src/native/addon.ts checks it. All three
 // .node files (iptlb_core, iptlb_xt, iptlb_nft) export the same number.
-// 26: a legacy transaction's `strays` (elements of the gate's set no rule selects, deleted after the commit), the
+// 27: an nft addAffinitySet's size 0 (no limit) and sizeByUpdate (made without a size, then given it); 26: a legacy
+// transaction's `strays` (elements of the gate's set no rule selects, deleted after the commit), the
 // legacy read()'s gate.foreign (dispatch chains holding another tool's rules); 25: an nft transaction's deleteNatRule
 // and deleteNatChain ops (iptables-nft's table nat: the original iptlb's jumps and chain, taken over in the batch of
 // iptlb's change); 24: nftOriginalJumps(family) (the original iptlb's jumps in iptables-nft's nat OUTPUT and
@@ -22,7 +23,7 @@ namespace iptlb {
 // reduceMemory (iptlb_core); 13: table operations return a job number for start(n) (JavaScript orders them), the legacy
 // plan crosses as JSON text only (commit(json)); 12: the health prober (iptlb_core HealthProber); 11: three parts (10)
 // and the legacy gate.
-constexpr int kAbiVersion = 26;
+constexpr int kAbiVersion = 27;
 
 constexpr int kDefaultLockWaitMs = 10000;
 // The longest plan text commit() takes (UTF-16 units, 128 Mi): 10,000 profiles are about 6 MB.

@@ -403,7 +403,12 @@ Op OpFromJs(const Napi::Value &v, Family f, const std::string &path) {
         Bad(env, path + ".name", "not an affinity set name (aff_<NAME>_…_<seconds>)");
       op.timeout = static_cast<uint32_t>(Int(o.Get("timeout"), 1, 86400, [&] { return path + ".timeout"; }));
       if (!o.Get("size").IsUndefined())
-        op.size = static_cast<uint32_t>(Int(o.Get("size"), 1, 1 << 24, [&] { return path + ".size"; }));
+        op.size = static_cast<uint32_t>(Int(o.Get("size"), 0, 1 << 24, [&] { return path + ".size"; }));
+      if (!o.Get("sizeByUpdate").IsUndefined()) {
+        const Napi::Value v = o.Get("sizeByUpdate");
+        if (!v.IsBoolean()) Bad(env, path + ".sizeByUpdate", "must be a boolean");
+        op.size_by_update = v.As<Napi::Boolean>().Value();
+      }
       break;
     case Op::Kind::kDeleteSet:
       op.name = Str(o.Get("name"), path + ".name");
@@ -652,23 +657,32 @@ class Encoder {
     set_ids_.clear();
   }
 
+  // type ipv4_addr (ipv6_addr); [size <size>;] flags dynamic,timeout; timeout <s>s; (size 0: none). With
+  // size_by_update, first without a size, then the same set again with it: the kernel (6.5 and later) takes the size
+  // of an existing set as its limit only, so the hash table is sized by the elements, not by the limit.
   void AddAffinitySet(const Op &op, int i) {
-    // type ipv4_addr (ipv6_addr); size <size>; flags dynamic,timeout; timeout <s>s;
-    SetPtr s = NewSet(op.name);
+    const bool later = op.size_by_update && op.size != 0;
     const uint32_t id = next_set_id_++;
+    NewAffinitySet(op, later ? 0 : op.size, id, i);
+    // The kernel wants an id in every NEWSET; the rules refer to the first (the set's own).
+    if (later) NewAffinitySet(op, op.size, next_set_id_++, i);
+    set_ids_[op.name] = id;
+  }
+
+  void NewAffinitySet(const Op &op, uint32_t size, uint32_t id, int i) {
+    SetPtr s = NewSet(op.name);
     Udata ud;
     ud.U32(kUdKeyByteorder, kByteorderBigEndian);
     nftnl_set_set_u32(s.get(), NFTNL_SET_FLAGS, NFT_SET_TIMEOUT | NFT_SET_EVAL);
     nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_TYPE, l_.addr_type);
     nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_LEN, l_.addr_len);
     nftnl_set_set_u64(s.get(), NFTNL_SET_TIMEOUT, static_cast<uint64_t>(op.timeout) * 1000);
-    nftnl_set_set_u32(s.get(), NFTNL_SET_DESC_SIZE, op.size);
+    if (size != 0) nftnl_set_set_u32(s.get(), NFTNL_SET_DESC_SIZE, size);
     nftnl_set_set_u32(s.get(), NFTNL_SET_ID, id);
     ud.Set(s.get());
     auto *nlh = Msg(NFT_MSG_NEWSET, NLM_F_CREATE, 1024, i);
     nftnl_set_nlmsg_build_payload(nlh, s.get());
     b_->Finish(nlh);
-    set_ids_[op.name] = id;
   }
 
   // delete set <f> iptlb <name>

@@ -113,9 +113,10 @@ struct Op {
   };
   Kind kind = Kind::kAddTable;
   Proto proto = Proto::kTcp;
-  std::string name;       // set name (dispatch sets, deleteSet, element ops on dispatch sets, affinity sets)
-  uint32_t timeout = 0;   // addAffinitySet: seconds
-  uint32_t size = 65535;  // addAffinitySet: most elements
+  std::string name;             // set name (dispatch sets, deleteSet, element ops on dispatch sets, affinity sets)
+  uint32_t timeout = 0;         // addAffinitySet: seconds
+  uint32_t size = 65535;        // addAffinitySet: most elements (0: no limit)
+  bool size_by_update = false;  // addAffinitySet: made without a size, then given it (see AddAffinitySet)
   BaseChain chain = BaseChain::kOutput;
   Rule rule;
   std::vector<Endpoint> dispatch;

@@ -16,7 +16,7 @@ import type { NftEndpoint, NftFamily, NftOriginalJump, NftTransaction, NftView }
 import { packageRoot } from './paths.js';
 
 /** ABI of the addon this TypeScript expects (native/common/addon_args.h: kAbiVersion). */
-export const EXPECTED_ABI = 26;
+export const EXPECTED_ABI = 27;
 
 /**
  * Conntrack entries to delete: original destination `vip`, protocol, reply source `destination` (flows DNATed to it).

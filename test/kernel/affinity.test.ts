@@ -10,7 +10,8 @@ import { runJsonInFreshNetns } from '../harness/netns.js';
 import { PAIRS } from './common.js';
 
 const FX = new URL('./fixtures/affinity.js', import.meta.url).pathname;
-const run = (pair: string, mode: string): Promise<any> => runJsonInFreshNetns(FX, [pair, mode], { timeoutMs: 180_000 });
+const run = (pair: string, mode: string, arg?: string): Promise<any> =>
+  runJsonInFreshNetns(FX, [pair, mode, ...(arg === undefined ? [] : [arg])], { timeoutMs: 180_000 });
 const ok = (r: { code: number; stderr: string }, what: string): void => assert.equal(r.code, 0, `${what}: ${r.stderr}`);
 
 for (const pair of PAIRS) {
@@ -77,26 +78,43 @@ for (const pair of PAIRS) {
     });
   });
 
-  test('a full affinity set (nft: 6 clients) refuses no client: 60 clients all connect over both backends, the first 6 keep theirs', async () => {
-    const r = await run(pair.name, 'full');
-    ok(r.apply, 'apply');
-    const firsts: (number | string)[] = r.firsts;
-    const bad = firsts.map((v, i) => [i, v]).filter(([, v]) => v !== 9001 && v !== 9002);
-    assert.deepEqual(bad, [], 'every client connected');
-    // beyond the limit clients are balanced at 1:1 unremembered: both backends take some of the 54 (all on one:
-    // probability 2 * 2^-54)
-    assert.equal(new Set(firsts.slice(6)).size, 2, firsts.join(','));
-    const known: (number | string)[][] = r.known;
-    for (const [i, seq] of known.entries())
-      assert.ok(
-        seq.every((v) => v === firsts[i]),
-        `client ${i} kept ${firsts[i]}: ${seq.join(',')}`,
+  // nft: with the sets made without a size and given it in the same transaction (Linux 6.6 and later), and as on an
+  // older kernel (the client set made with its size, the destinations' sets without one)
+  for (const update of pair.name.startsWith('nft') ? ['1', '0'] : [undefined])
+    test(`a full affinity set (nft: 6 clients) refuses no client: 60 clients all connect over both backends, the first 6 keep theirs${update === undefined ? '' : update === '1' ? ' (sets sized by an update)' : ' (as on a kernel before 6.6)'}`, async () => {
+      const r = await run(pair.name, 'full', update);
+      ok(r.apply, 'apply');
+      const firsts: (number | string)[] = r.firsts;
+      const bad = firsts.map((v, i) => [i, v]).filter(([, v]) => v !== 9001 && v !== 9002);
+      assert.deepEqual(bad, [], 'every client connected');
+      // beyond the limit clients are balanced at 1:1 unremembered: both backends take some of the 54 (all on one:
+      // probability 2 * 2^-54)
+      assert.equal(new Set(firsts.slice(6)).size, 2, firsts.join(','));
+      const known: (number | string)[][] = r.known;
+      for (const [i, seq] of known.entries())
+        assert.ok(
+          seq.every((v) => v === firsts[i]),
+          `client ${i} kept ${firsts[i]}: ${seq.join(',')}`,
+        );
+      assert.equal(r.status.inSync, true, JSON.stringify(r.status));
+      assert.equal(
+        r.status.profiles[0].destinations.reduce((a: number, d: any) => a + d.packets, 0),
+        60 + 6 * 3,
+        'status counts every connection once',
       );
-    assert.equal(r.status.inSync, true, JSON.stringify(r.status));
-    assert.equal(
-      r.status.profiles[0].destinations.reduce((a: number, d: any) => a + d.packets, 0),
-      60 + 6 * 3,
-      'status counts every connection once',
-    );
-  });
+      if (update === undefined) return;
+      // the kernel holds the limits: the client set 6 (full), the destinations' sets 12 (sized by the update) or the
+      // kernel's own 65,535 for a set rules update (made without a size), holding the 6 known clients between them
+      const sets: { name: string; size: number; elements: number }[] = r.sets;
+      const client = sets.filter((x) => x.name === 'aff_WEB_C_600');
+      assert.deepEqual(client, [{ name: 'aff_WEB_C_600', size: 6, elements: 6 }], JSON.stringify(sets));
+      const dests = sets.filter((x) => x.name !== 'aff_WEB_C_600');
+      assert.equal(dests.length, 2, JSON.stringify(sets));
+      for (const d of dests) assert.equal(d.size, update === '1' ? 12 : 65535, JSON.stringify(sets));
+      assert.equal(
+        dests.reduce((a, d) => a + d.elements, 0),
+        6,
+        JSON.stringify(sets),
+      );
+    });
 }

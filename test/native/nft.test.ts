@@ -23,7 +23,7 @@ describe('nftables executor in the kernel (fresh network namespaces)', { skip: S
   test('op lists committed natively and via nft -f give the same table; nftRead round-trips; missing table; foreign objects', async () => {
     const r = await runInNetns<Record<string, any>>(fixture('nft'), ['equivalence'], { timeoutMs: 120_000 });
     assert.deepEqual(r.failures, []);
-    assert.equal(r.steps, 10);
+    assert.equal(r.steps, 11);
     assert.ok(r.genidsIncrease, 'each commit returns a newer generation');
     assert.deepEqual(r.missing, {
       genid: 'number',
@@ -198,7 +198,7 @@ describe('nftables executor in the kernel (fresh network namespaces)', { skip: S
   test('ip6: op lists committed natively and via nft -f give the same table ip6 iptlb; both reads round-trip; missing table; foreign objects', async () => {
     const r = await runInNetns<Record<string, any>>(fixture('nft'), ['equivalence', '--ip6'], { timeoutMs: 120_000 });
     assert.deepEqual(r.failures, []);
-    assert.equal(r.steps, 10);
+    assert.equal(r.steps, 11);
     assert.ok(r.genidsIncrease, 'each commit returns a newer generation');
     assert.deepEqual(r.missing, {
       genid: 'number',

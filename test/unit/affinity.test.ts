@@ -208,7 +208,7 @@ test('legacy status: an affinity profile read back as planned is in-sync and cou
 // nft engine
 
 import { planNftChange, planNftProfile, planNftRebuild } from '../../src/engines/nft/plan.js';
-import { type NftRule, type NftView } from '../../src/engines/nft/ops.js';
+import { kernelUpdatesSetSize, type NftRule, type NftView } from '../../src/engines/nft/ops.js';
 import { renderNft, renderNftRule } from '../../src/engines/nft/render.js';
 import { compareNft, decodeRuleJson, parseNftJson } from '../../src/engines/nft/view.js';
 
@@ -257,7 +257,9 @@ test('nft planner: an affinity profile has per-destination sets, a client set an
   );
 });
 
-test('nft planner: sets are added before the rules that use them and deleted after; a timeout change renames them; the original profiles plan as before', () => {
+test('nft planner: sets are added before the rules that use them and deleted after; a timeout change renames them; the original profiles plan as before', (t) => {
+  process.env.IPTLB_TEST_NFT_SET_SIZE_UPDATE = '1';
+  t.after(() => delete process.env.IPTLB_TEST_NFT_SET_SIZE_UPDATE);
   const plain = validateProfile({ name: 'old', source: '127.100.0.11:80', destination: D });
   const a = validateProfile({ ...base, destination: D, affinity: 2 });
   const steps = planNftChange(pm(plain), pm(plain, a), ['web']);
@@ -391,4 +393,48 @@ test('nft view: affinity rules and sets decode from nft -j (elements the kernel 
   );
   const extra = { ...view, affinitySets: [...view.affinitySets!, { name: 'aff_OLD_127_0_0_1_1_9', timeout: 9 }] };
   assert.ok(compareNft(pm(p), extra).some((x) => x.status === 'orphaned' && /aff_OLD/.test(x.detail ?? '')));
+});
+
+test('nft affinity sets take no memory before clients come: made without a size, then given their limit (Linux 6.6 and later); older kernels: the client set sized at creation, the destinations sets without a size', (t) => {
+  t.after(() => delete process.env.IPTLB_TEST_NFT_SET_SIZE_UPDATE);
+  const plain = validateProfile({ name: 'old', source: '127.100.0.11:80', destination: D });
+  const a = validateProfile({ ...base, destination: D.slice(0, 2), affinity: 2 });
+  const sets = (): string[] =>
+    renderNft(planNftChange(pm(plain), pm(plain, a), ['web'])[0])
+      .split('\n')
+      .filter((l) => l.startsWith('add set ip iptlb aff_'));
+  const line = (name: string, size: number): string =>
+    `add set ip iptlb ${name} { type ipv4_addr; ${size ? `size ${size}; ` : ''}flags dynamic,timeout; timeout 2s; }`;
+  const C = 'aff_WEB_C_2';
+  const [d1, d2] = ['aff_WEB_127_0_0_1_9001_2', 'aff_WEB_127_0_0_1_9002_2'];
+  // the kernel sizes a set's hash table by the size it is made with (2 MB for 65,535, empty); a second `add set`
+  // with a size only sets the limit of the set the first one made
+  process.env.IPTLB_TEST_NFT_SET_SIZE_UPDATE = '1';
+  assert.deepEqual(
+    sets().sort(),
+    [C, C, d1, d1, d2, d2].map((n, i) => line(n, i % 2 ? (n === C ? 65535 : 131070) : 0)).sort(),
+  );
+  const ops = planNftRebuild([a]).ops.filter((o) => o.op === 'addAffinitySet');
+  assert.deepEqual(
+    ops.find((o) => o.name === C),
+    { op: 'addAffinitySet', name: C, timeout: 2, size: 65535, sizeByUpdate: true },
+  );
+  // in that order: the set first, its size after
+  const text = renderNft(planNftRebuild([a]));
+  assert.ok(text.indexOf(line(C, 0)) < text.indexOf(line(C, 65535)), text);
+  process.env.IPTLB_TEST_NFT_SET_SIZE_UPDATE = '0';
+  assert.deepEqual(sets().sort(), [line(C, 65535), line(d1, 0), line(d2, 0)].sort());
+  // the kernel's release decides without the override: 6.5 took the size of an existing set (checked from 6.6)
+  delete process.env.IPTLB_TEST_NFT_SET_SIZE_UPDATE;
+  for (const [release, yes] of [
+    ['6.1.0-28-amd64', false],
+    ['5.14.0-427.el9.x86_64', false],
+    ['6.5.0-1', false],
+    ['6.6.0', true],
+    ['6.18.44-fc-v1272', true],
+    ['7.0.1', true],
+    ['', false],
+    ['x', false],
+  ] as const)
+    assert.equal(kernelUpdatesSetSize(release), yes, release);
 });

@@ -171,7 +171,9 @@ test('ip6: a planner with no profiles takes the family it is given; mixing famil
   assert.throws(() => planNftChange(new Map(), m(web6), ['web6'], undefined, undefined, 'ip'), /not of table ip iptlb/);
 });
 
-test('ip6: rules of their own render with ip6 daddr/saddr, ct original ip6 daddr and dnat to [v6]:port', () => {
+test('ip6: rules of their own render with ip6 daddr/saddr, ct original ip6 daddr and dnat to [v6]:port', (t) => {
+  process.env.IPTLB_TEST_NFT_SET_SIZE_UPDATE = '1';
+  t.after(() => delete process.env.IPTLB_TEST_NFT_SET_SIZE_UPDATE);
   const all = [dns6, px6, rr6, aff6];
   const text = renderNft(
     planNftChange(

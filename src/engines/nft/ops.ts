@@ -20,6 +20,7 @@
  * `ip6 saddr`, keys `ipv6_addr . inet_service [. index]` and data `ipv6_addr . inet_service`. The two
  * tables are independent: each transaction and each read is of one of them.
  */
+import { release as osRelease } from 'node:os';
 import { ipv6Groups, type Family } from '../../model/address.js';
 import type { Protocol } from '../../model/types.js';
 
@@ -106,9 +107,10 @@ export function isAffinityClientSet(name: string): boolean {
 }
 /**
  * Client addresses a session-affinity profile remembers at once (the size of its client set). A destination's set
- * holds at most the clients of the client set (both are refreshed together) and is made twice as large, so it is never
- * the one that fills. Elements are allocated as clients come: a full IPv6 set of 65,535 takes about 9 MB of kernel
- * memory (docs/balancing.md). IPTLB_TEST_AFFINITY_CLIENTS sets a smaller size for tests.
+ * holds at most the clients of the client set (every rule that adds to it updates the client set first, and both are
+ * refreshed together) and is made twice as large, so it is never the one that fills. Elements are allocated as
+ * clients come: a full IPv6 set of 65,535 takes about 9 MB of kernel memory (docs/balancing.md).
+ * IPTLB_TEST_AFFINITY_CLIENTS sets a smaller size for tests.
  */
 export const AFFINITY_CLIENTS = 65535;
 export function affinityClients(): number {
@@ -116,9 +118,33 @@ export function affinityClients(): number {
   const n = v === undefined ? NaN : Number(v);
   return Number.isInteger(n) && n >= 1 && n <= AFFINITY_CLIENTS ? n : AFFINITY_CLIENTS;
 }
-/** The size an affinity set is made with: the client limit for a client set, twice that for a destination's. */
+/** The limit of an affinity set: the client limit for a client set, twice that for a destination's. */
 export function affinitySetSize(name: string): number {
   return isAffinityClientSet(name) ? affinityClients() : 2 * affinityClients();
+}
+let release: string | undefined;
+/**
+ * Whether this kernel takes a new size for an existing set (Linux 6.5, "permit update of set size"; checked as 6.6
+ * or later). The kernel sizes a set's hash table by the size the set is made with, at once and empty (about 2 MB for
+ * 65,535); a set made without one grows with its elements. IPTLB_TEST_NFT_SET_SIZE_UPDATE=0/1 overrides the kernel's
+ * release for tests.
+ */
+export function kernelUpdatesSetSize(kernel: string = (release ??= osRelease())): boolean {
+  const o = process.env.IPTLB_TEST_NFT_SET_SIZE_UPDATE;
+  if (o === '0' || o === '1') return o === '1';
+  const m = /^(\d+)\.(\d+)/.exec(kernel);
+  return !!m && (Number(m[1]) > 6 || (Number(m[1]) === 6 && Number(m[2]) >= 6));
+}
+/**
+ * The op that makes an affinity set. On a kernel that updates a set's size ({@link kernelUpdatesSetSize}) every set is
+ * made without a size and given its limit in the same transaction (no memory before clients come). On an older one
+ * the client set is made with its limit (its 2 MB at once: it is what bounds the profile's memory), a destination's
+ * set without one (the client set bounds it; the kernel gives a set that rules update 65,535).
+ */
+export function affinitySetOp(name: string, timeout: number): Extract<NftOp, { op: 'addAffinitySet' }> {
+  const size = affinitySetSize(name);
+  if (kernelUpdatesSetSize()) return { op: 'addAffinitySet', name, timeout, size, sizeByUpdate: true };
+  return { op: 'addAffinitySet', name, timeout, size: isAffinityClientSet(name) ? size : 0 };
 }
 export const AFFINITY_SET_PATTERN = /^aff_[A-Z0-9_]+_([1-9][0-9]*)$/;
 /** The timeout (seconds) of an affinity set, from its name; null when the name is not one. */
@@ -233,9 +259,11 @@ export type NftOp =
   | { op: 'deleteSet'; name: string }
   /**
    * `add set ip iptlb <name> { type ipv4_addr; size <size>; flags dynamic,timeout; timeout <s>s; }` (no-op when it
-   * exists). The planner gives `size` ({@link affinitySetSize}); absent means 65535.
+   * exists; a new size replaces the old one on a kernel that takes it). `size` 0: no `size` (no limit); absent: 65535
+   * (plans of older versions). `sizeByUpdate`: the set is first added without a size, then again with it (the kernel
+   * then sizes its hash table by its elements, not by the limit; {@link kernelUpdatesSetSize}).
    */
-  | { op: 'addAffinitySet'; name: string; timeout: number; size?: number }
+  | { op: 'addAffinitySet'; name: string; timeout: number; size?: number; sizeByUpdate?: boolean }
   /** `add chain ip iptlb <name> { type nat hook <hook> priority <prio>; policy accept; }` */
   | { op: 'addBaseChain'; name: NftBaseChain }
   | { op: 'flushChain'; name: NftBaseChain }

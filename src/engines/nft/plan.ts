@@ -16,7 +16,7 @@ import type { Profile, Protocol } from '../../model/types.js';
 export { backendOffset } from './ops.js';
 import {
   affinitySetName,
-  affinitySetSize,
+  affinitySetOp,
   affinitySetTimeout,
   affinityClientSetName,
   backendOffset,
@@ -497,8 +497,7 @@ export function planNftChange(
     skeleton(first);
     for (const name of newSets) first.push({ op: 'addDispatchSet', name });
     // Affinity sets are added (a no-op when they exist, so their clients stay) before the rules that use them.
-    for (const [name, timeout] of affinitySetsOf(middle))
-      first.push({ op: 'addAffinitySet', name, timeout, size: affinitySetSize(name) });
+    for (const [name, timeout] of affinitySetsOf(middle)) first.push(affinitySetOp(name, timeout));
   }
   dels.emit('delete', first);
   adds.emit('add', first);
@@ -614,8 +613,7 @@ export function planNftRebuild(
   skeleton(ops);
   const content = baseContent(list);
   for (const name of content.sets) ops.push({ op: 'addDispatchSet', name });
-  for (const [name, timeout] of affinitySetsOf(content))
-    ops.push({ op: 'addAffinitySet', name, timeout, size: affinitySetSize(name) });
+  for (const [name, timeout] of affinitySetsOf(content)) ops.push(affinitySetOp(name, timeout));
   const adds = new ElementOps();
   for (const p of list) adds.add(planNftProfile(p));
   adds.emit('add', ops);
@@ -873,8 +871,7 @@ export function planNftMergedRebuild(
   const content = baseContent(list, [], kept.dispatch.keys());
   for (const name of content.sets) ops.push({ op: 'addDispatchSet', name });
   const affinity = new Map([...affinitySetsOf(content), ...kept.affinitySets]);
-  for (const [name, timeout] of affinity)
-    ops.push({ op: 'addAffinitySet', name, timeout, size: affinitySetSize(name) });
+  for (const [name, timeout] of affinity) ops.push(affinitySetOp(name, timeout));
   const adds = new ElementOps();
   for (const p of list) adds.add(planNftProfile(p));
   for (const [set, vips] of kept.dispatch) for (const v of vips) adds.addDispatch(set, v);

@@ -43,11 +43,14 @@ export function renderNft(tx: NftTransaction): string {
       case 'addDispatchSet':
         lines.push(`add set ${T} ${o.name} { type ${addr} . inet_service; counter; }`);
         break;
-      case 'addAffinitySet':
-        lines.push(
-          `add set ${T} ${o.name} { type ${addr}; size ${o.size ?? 65535}; flags dynamic,timeout; timeout ${o.timeout}s; }`,
-        );
+      case 'addAffinitySet': {
+        const set = (size: number): string =>
+          `add set ${T} ${o.name} { type ${addr}; ${size ? `size ${size}; ` : ''}flags dynamic,timeout; timeout ${o.timeout}s; }`;
+        const size = o.size ?? 65535;
+        if (o.sizeByUpdate && size) lines.push(set(0));
+        lines.push(set(size));
         break;
+      }
       case 'deleteSet':
         lines.push(`delete set ${T} ${o.name}`);
         break;
