@@ -2,7 +2,7 @@
  * Validation of the options of `open()` (and of the core's): every option is checked before anything
  * is chosen or touched, and a bad one is a typed EUSAGE error naming it.
  */
-import { IptlbError } from '../model/errors.js';
+import { inheritedKey, INHERITED, IptlbError } from '../model/errors.js';
 import { validateCheckerOptions } from '../health/checker.js';
 
 function usage(field: string, message: string): IptlbError {
@@ -55,6 +55,8 @@ export function validateOpenOptions(options: unknown, handle: boolean): void {
   for (const k of Object.keys(o)) {
     if (!known.includes(k)) throw usage(k, `unknown option (known: ${known.join(', ')})`);
   }
+  const inherited = inheritedKey(o, known);
+  if (inherited !== undefined) throw usage(inherited, INHERITED);
   const v = o;
   if (v.stateFile !== undefined && v.stateFile !== false) {
     if (typeof v.stateFile !== 'string')

@@ -34,7 +34,7 @@ import { tryLockBeside, type HeldLock } from '../platform/lock.js';
 import type { Probe } from './probe.js';
 import { createProber, type Prober } from './native-probe.js';
 import * as fsp from '../platform/fsp.js';
-import { apart, callApart, IptlbError } from '../model/errors.js';
+import { apart, callApart, inheritedKey, INHERITED, IptlbError } from '../model/errors.js';
 import { show } from '../model/profile.js';
 
 export interface HealthCheckerOptions {
@@ -119,6 +119,9 @@ export function validateCheckerOptions(opts: unknown, prefix = ''): void {
     throw new IptlbError('EUSAGE', `${prefix || 'options'}: must be an object of HealthChecker options`, {
       field: prefix ? prefix.replace(/\.$/, '') : 'options',
     });
+  const inherited = inheritedKey(opts, Object.keys(CHECKER_OPTIONS));
+  if (inherited !== undefined)
+    throw new IptlbError('EUSAGE', `${prefix}${inherited}: ${INHERITED}`, { field: `${prefix}${inherited}` });
   for (const [k, v] of Object.entries(opts)) {
     const check = (CHECKER_OPTIONS as Record<string, ((v: unknown) => string | undefined) | undefined>)[k];
     if (!check)

@@ -3,7 +3,7 @@
  * with `kind: none`) nothing is probed and the state file is byte-identical to one without health.
  */
 import { canonicalIpv6, ipv4Problem, unicastProblem, type Endpoint } from '../model/address.js';
-import { fieldLabel, invalid } from '../model/errors.js';
+import { fieldLabel, inheritedKey, INHERITED, invalid } from '../model/errors.js';
 import type { Family } from '../model/address.js';
 
 export type HealthKind = 'tcp' | 'http';
@@ -115,6 +115,8 @@ export function normalizeHealth(input: unknown, family: Family): HealthConfig | 
     if (!(HEALTH_KEYS as readonly string[]).includes(k))
       throw invalid(`health.${fieldLabel(k)}`, `is not a health field (known: ${HEALTH_KEYS.join(', ')})`);
   }
+  const inherited = inheritedKey(h, HEALTH_KEYS);
+  if (inherited !== undefined) throw invalid(`health.${inherited}`, INHERITED);
   const kind = h.kind ?? 'tcp';
   if (kind === 'none') {
     const others = Object.keys(h).filter((k) => k !== 'kind' && h[k] !== undefined);

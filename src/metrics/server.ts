@@ -5,7 +5,7 @@
  * few metric families below need no registry, and the process then loads no extra dependency.
  */
 import { nodeHttp } from '../platform/builtins.js';
-import { IptlbError } from '../model/errors.js';
+import { inheritedKey, INHERITED, IptlbError } from '../model/errors.js';
 import { canonicalIpv6, ipv4Problem } from '../model/address.js';
 import type { Core } from '../core/core.js';
 import type { ProfileReport } from '../model/report.js';
@@ -358,6 +358,8 @@ function checkMetricsOptions(o: unknown): asserts o is MetricsServerOptions {
       k !== 'headersMs'
     )
       throw usage(k, `unknown option (known: ${METRICS_OPTIONS.join(', ')})`);
+  const inherited = inheritedKey(v, [...METRICS_OPTIONS, 'stateMissing', 'settling', 'stallMs', 'headersMs']);
+  if (inherited !== undefined) throw usage(inherited, INHERITED);
   const kind = (field: string, ok: boolean, what: string): void => {
     if (v[field] !== undefined && !ok) throw usage(field, `must be ${what}`);
   };

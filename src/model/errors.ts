@@ -47,6 +47,20 @@ export function fieldLabel(key: string): string {
   return q.length > 44 ? `${q.slice(0, 40)}..."` : q;
 }
 
+/**
+ * The first of `keys` that `o` holds only through its prototype chain (a getter of a class, or a property another
+ * module put on `Object.prototype`), with a value; undefined when there is none. iptlb reads its inputs' own
+ * properties only: a field inherited from a polluted `Object.prototype` would otherwise reach every profile and
+ * option object of the process, silently (`Object.prototype.affinity = 600` gave every profile affinity).
+ */
+export function inheritedKey(o: object, keys: Iterable<string>): string | undefined {
+  for (const k of keys) if (!Object.hasOwn(o, k) && (o as Record<string, unknown>)[k] !== undefined) return k;
+  return undefined;
+}
+/** What a field {@link inheritedKey} found is told. */
+export const INHERITED =
+  "is inherited (a property of the object's prototype, not of the object): iptlb reads an object's own properties only; pass a plain object";
+
 export function invalid(field: string, message: string): IptlbError {
   return new IptlbError('EINVAL_PROFILE', `${field}: ${message}`, { field });
 }

@@ -4,7 +4,7 @@
  */
 import { formatEndpoint, parseEndpoint, unicastProblem, type Endpoint, type Family } from './address.js';
 import { nodeCrypto } from '../platform/builtins.js';
-import { fieldLabel, IptlbError, invalid } from './errors.js';
+import { fieldLabel, inheritedKey, INHERITED, IptlbError, invalid } from './errors.js';
 import { normalizeHealth, sameHealth } from '../health/config.js';
 import {
   PROTOCOLS,
@@ -293,6 +293,8 @@ export function validateProfile(input: ProfileInput | unknown, opts: { existing?
     if (!KNOWN_KEYS.has(key))
       throw invalid(fieldLabel(key), `is not a profile field (known: ${[...KNOWN_KEYS].join(', ')})`);
   }
+  const inherited = inheritedKey(p, KNOWN_KEYS);
+  if (inherited !== undefined) throw invalid(inherited, INHERITED);
   const name = validateName(p.name, 'name', opts);
   if (p.source === undefined || p.source === '')
     throw invalid('source', 'is required (the virtual ipv4:port or [ipv6]:port)');
@@ -370,6 +372,12 @@ export function plainInput(p: Record<string, unknown>, existing: boolean): Profi
   if (typeof name !== 'string' || typeof source !== 'string' || !Array.isArray(destination)) return null;
   if (!existing && !NAME_PATTERN.test(name)) return null;
   for (const key in p) if (!PLAIN_KEYS.has(key)) return null;
+  // Own properties only (an inherited one goes to the full path, which refuses it): the three every profile has,
+  // and an optional one only when it has a value.
+  const own = (k: string, v: unknown): boolean => v === undefined || Object.hasOwn(p, k);
+  if (!Object.hasOwn(p, 'name') || !Object.hasOwn(p, 'source') || !Object.hasOwn(p, 'destination')) return null;
+  if (!own('protocol', protocol) || !own('rulesBackend', rulesBackend) || !own('logEnabled', logEnabled)) return null;
+  if (!own('logLevel', logLevel) || !own('masquerade', masquerade)) return null;
   for (let i = 0; i < destination.length; i++) if (typeof destination[i] !== 'string') return null;
   const proto = protocol ?? DEFAULTS.protocol;
   const backend = rulesBackend ?? DEFAULTS.rulesBackend;

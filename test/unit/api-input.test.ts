@@ -4,7 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { open, IptlbError } from '../../src/index.js';
+import { open, IptlbError, HealthChecker, startMetricsServer } from '../../src/index.js';
 import { FakeLegacyKernel } from '../harness/fake-kernel.js';
 
 const good = { name: 'a', source: '127.100.0.1:80', destination: ['127.0.0.1:9000'] };
@@ -104,4 +104,58 @@ test('group commit: a refusal that is not a kernel one (here EPERM) rejects ever
   } finally {
     await lb.close();
   }
+});
+
+test("only an object's own properties count: a field inherited from its prototype (a class's, or a polluted Object.prototype) is refused naming it, nothing changed", async (t) => {
+  const k = new FakeLegacyKernel();
+  const lb = await open({ stateFile: false, stateRegistry: false }, k);
+  t.after(() => lb.close());
+  const refused = (field: string) => ({
+    field,
+    message: new RegExp(`^${field.replace('.', '\\.')}: is inherited \\(`),
+  });
+  // a profile whose fields come from its prototype, plain-looking (the fast path) and with a field of the full path
+  await assert.rejects(lb.apply(Object.create(good)), refused('name'));
+  await assert.rejects(lb.apply(Object.assign(Object.create({ affinity: 600 }), good)), refused('affinity'));
+  await assert.rejects(lb.apply(Object.assign(Object.create({ protocol: 'udp' }), good)), refused('protocol'));
+  await assert.rejects(
+    lb.apply({ ...good, health: Object.assign(Object.create({ port: 1234 }), { kind: 'tcp' }) }),
+    refused('health.port'),
+  );
+  await assert.rejects(open(Object.create({ engine: 'nft' }), k), {
+    code: 'EUSAGE',
+    ...refused('engine'),
+  });
+  assert.throws(() => new HealthChecker(lb, Object.create({ publishMs: 50 })), refused('publishMs'));
+  await assert.rejects(
+    async () => startMetricsServer(Object.assign(Object.create({ maxConnections: 1 }), { iptlb: lb })),
+    refused('maxConnections'),
+  );
+  assert.deepEqual(await lb.list(), [], 'nothing applied');
+  // Object.prototype polluted (as a merge of untrusted JSON with "__proto__" does): every object of the process
+  // inherits the field; a profile must not silently get it
+  const proto = Object.prototype as Record<string, unknown>;
+  for (const [key, value, field] of [
+    ['affinity', 600, 'affinity'],
+    ['masquerade', true, 'masquerade'],
+    ['protocol', 'udp', 'protocol'],
+  ] as const) {
+    proto[key] = value;
+    try {
+      await assert.rejects(lb.apply({ ...good }), refused(field));
+    } finally {
+      delete proto[key];
+    }
+  }
+  proto.port = 1234;
+  try {
+    await assert.rejects(lb.apply({ ...good, health: { kind: 'tcp' } }), refused('health.port'));
+  } finally {
+    delete proto.port;
+  }
+  assert.deepEqual(await lb.list(), [], 'nothing applied');
+  assert.equal(k.commits.length, 0, 'nothing committed');
+  // not polluted any more: the same profiles apply
+  await lb.apply({ ...good, health: { kind: 'tcp' } });
+  assert.equal((await lb.list()).length, 1);
 });
