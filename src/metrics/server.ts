@@ -83,8 +83,8 @@ export interface MetricsServerOptions {
   maxConnections?: number;
   /**
    * @internal `iptlb watch`: the profiles of the version of its state file applied last while the file has changed
-   * since and not settled (`--settle`), else undefined. /healthz compares the kernel with them then: the kernel holds
-   * that version until the file settles, and a half-written file is not read.
+   * since and not settled (`--settle`), else undefined. /healthz and /metrics compare the kernel with them then: the
+   * kernel holds that version until the file settles, and a half-written file is not read.
    */
   settling?: () => Promise<ReadonlyMap<string, Profile> | undefined>;
   /**
@@ -171,8 +171,11 @@ export async function renderMetrics(
   let stateOk = 1;
   let split = 0;
   try {
-    // One status pass, and the other engine asked once (not per profile) whether it holds iptlb's rules too.
-    const r = await opts.core.statusReport({ original: false });
+    // One status pass, and the other engine asked once (not per profile) whether it holds iptlb's rules too. While
+    // watch's state file has changed and not settled, the kernel holds the version applied last: compared with that
+    // (as /healthz does), so an edit or a half-written file is no read failure; once settled, the file is read as is.
+    const held = await opts.settling?.();
+    const r = await opts.core.statusReport({ original: false, ...(held ? { profiles: held } : {}) });
     reports = r.profiles;
     split = r.split ? 1 : 0;
   } catch (e) {

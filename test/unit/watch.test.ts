@@ -449,7 +449,7 @@ test("watch's /healthz: 503 while its state file does not exist (at start, a wro
   }
 });
 
-test("watch's /healthz while its state file settles (--settle): compares the kernel with the version applied, not with the file changed since or half written; with the file once it has settled", async (t) => {
+test("watch's /healthz and /metrics while its state file settles (--settle): compare the kernel with the version applied, not with the file changed since or half written; with the file once it has settled", async (t) => {
   const { startWatch } = await import('../../src/core/watch.js');
   const { startWatchServices } = await import('../../src/cli/watch-services.js');
   const { Core } = await import('../../src/core/core.js');
@@ -495,11 +495,22 @@ test("watch's /healthz while its state file settles (--settle): compares the ker
   };
   try {
     const healthz = healthzOf(logs);
+    const metrics = metricsOf(logs);
     await w.check('SIGHUP');
     assert.ok(w.applied()?.has('web'), 'v1 applied');
     await looked();
     t.mock.timers.setTime(Date.now() + 60_000);
     assert.deepEqual(await healthz(), { code: 200, body: { ok: true, reason: 'kernel matches the state file' } });
+    // What /metrics says of the state file and web: the version applied (9001) is the one the kernel holds.
+    const applied = {
+      state: '1',
+      kernel: '1',
+      profiles: '1',
+      web: '1',
+      weight9001: '1',
+      weight9002: undefined,
+    };
+    assert.deepEqual(await metrics(), applied, 'settled: the file');
     const settling = {
       code: 200,
       body: {
@@ -511,19 +522,28 @@ test("watch's /healthz while its state file settles (--settle): compares the ker
     await core.transact(() => ({ upsert: [prof('127.0.0.1:9002')], remove: [] }), { run: false });
     version = 'v2';
     assert.deepEqual(await healthz(), settling, 'changed, not looked at yet by the watch');
+    assert.deepEqual(await metrics(), applied, 'changed, not looked at yet by the watch: the version applied');
     await looked();
     t.mock.timers.setTime(Date.now() + 59_000);
     assert.deepEqual(await healthz(), settling, 'looked at, within its settle time');
+    assert.deepEqual(await metrics(), applied, 'within its settle time: the version applied');
     // Half written (an editor that truncates and writes in place).
     writeFileSync(stateFile, 'web:\n  destination:\n  - 127.0');
     version = 'v3';
     assert.deepEqual(await healthz(), settling, 'a half-written file is not read');
+    assert.deepEqual(await metrics(), applied, 'a half-written file is not read by /metrics either');
     // Left so for the settle time: the watch does not apply it (it does not parse), and /healthz says so.
     await looked();
     t.mock.timers.setTime(Date.now() + 60_000);
     const h = await healthz();
     assert.equal(h.code, 503, JSON.stringify(h.body));
     assert.match(h.body.reason, /^cannot read the state file: /);
+    // And /metrics: a file that stays unreadable once settled is a read failure (nothing else is read).
+    assert.deepEqual(
+      await metrics(),
+      { state: '0', kernel: '0', profiles: '0', web: undefined, weight9001: undefined, weight9002: undefined },
+      'settled and unreadable',
+    );
   } finally {
     await w.stop();
     await services.stop();
@@ -703,6 +723,30 @@ test('watch (fake kernel): while its state directory is gone (removed before con
 });
 
 /** GET /healthz of the watch services whose start line is in `logs`: its status code and JSON body. */
+/** A scrape of watch's /metrics: the state-file and kernel read gauges, and web's series. */
+function metricsOf(logs: string[]): () => Promise<Record<string, string | undefined>> {
+  const port = /serving \/metrics and \/healthz on 127\.0\.0\.1:(\d+)/.exec(logs.join('\n'))?.[1];
+  assert.ok(port, logs.join('\n'));
+  return async () => {
+    const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+    const value = (series: string): string | undefined =>
+      text
+        .split('\n')
+        .find((l) => l.startsWith(`${series} `))
+        ?.slice(series.length + 1);
+    const weight = (d: string): string | undefined =>
+      value(`iptlb_destination_weight{profile="web",destination="${d}"}`);
+    return {
+      state: value('iptlb_state_read_success'),
+      kernel: value('iptlb_kernel_read_success'),
+      profiles: value('iptlb_profiles'),
+      web: value('iptlb_profile_in_sync{profile="web"}'),
+      weight9001: weight('127.0.0.1:9001'),
+      weight9002: weight('127.0.0.1:9002'),
+    };
+  };
+}
+
 function healthzOf(logs: string[]): () => Promise<{ code: number; body: { ok: boolean; reason: string } }> {
   const port = /serving \/metrics and \/healthz on 127\.0\.0\.1:(\d+)/.exec(logs.join('\n'))?.[1];
   assert.ok(port, logs.join('\n'));
