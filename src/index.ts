@@ -34,6 +34,7 @@ export type {
   StatusReport,
   OtherStateFile,
   ForeignObjects,
+  HealthFileStatus,
 } from './model/report.js';
 
 export { IptlbError } from './model/errors.js';

@@ -1692,8 +1692,9 @@ export class Core {
   /**
    * {@link status} with what `iptlb status --json` adds: whether iptlb's rules are in both engines
    * (`split`, drift too: traffic may use the copy no change reaches; only the engine not selected is
-   * asked, the reports say whether the selected one holds anything), and the other state files whose
-   * profiles the kernel holds, read in the same pass.
+   * asked, the reports say whether the selected one holds anything), the other state files whose
+   * profiles the kernel holds, read in the same pass, and the health file another process publishes, followed or
+   * not (`healthFile`, from the same read's refresh).
    */
   async statusReport(
     opts: {
@@ -1707,6 +1708,8 @@ export class Core {
     } = {},
   ): Promise<StatusReport> {
     const { reports, others, foreign } = await this.statusOf(opts.profiles);
+    // The health file as the status read just found it (the refresh of that read): followed, or not and why.
+    const healthFile = this.health.fileStatus();
     const split = await this.engineSplit(reports.some((r) => r.status !== 'missing'));
     // An engine asked for (--engine, IPTLB_ENGINE) while iptlb's rules are in the other: the profiles read as
     // missing there; the line a change through it is refused with says where they are (known from selection).
@@ -1724,6 +1727,7 @@ export class Core {
       ...(others.length ? { otherStateFiles: others } : {}),
       ...(foreign.length ? { foreignObjects: foreign } : {}),
       ...(original?.length ? { originalRules: original } : {}),
+      ...(healthFile ? { healthFile } : {}),
     };
   }
 

@@ -20,7 +20,7 @@ import { readFileSync, statSync } from 'node:fs';
 import * as fsp from '../platform/fsp.js';
 import * as path from 'node:path';
 import type { Profile } from '../model/types.js';
-import type { DestinationCounters } from '../model/report.js';
+import type { DestinationCounters, HealthFileStatus } from '../model/report.js';
 
 export type DestinationHealth = 'up' | 'down' | 'unchecked';
 
@@ -335,7 +335,12 @@ export class HealthOverlay {
       version = undefined;
     }
     if (version === this.followVersion && version !== undefined) {
-      if (this.writerPid === undefined) return;
+      if (this.writerPid === undefined) {
+        // Not followed: a stale file's writer that has died since is said so (one pid check, for such files only).
+        const seen = this.seen;
+        if (seen?.state === 'stale' && !writerRuns(seen.pid, seen.pidStart)) seen.state = 'not-running';
+        return;
+      }
       if (writerRuns(this.writerPid, this.writerStart) && !this.staleNow(version, this.writerPid)) return;
     }
     this.followVersion = version;
@@ -347,6 +352,7 @@ export class HealthOverlay {
     this.writerStart = undefined;
     this.writerUpdatedAt = undefined;
     this.writerStaleAfterMs = undefined;
+    this.seen = undefined;
     if (version === undefined) return;
     let data: PublishedHealth;
     try {
@@ -354,13 +360,17 @@ export class HealthOverlay {
     } catch {
       return;
     }
-    if (
-      data?.version !== 1 ||
-      typeof data.pid !== 'number' ||
-      (data.pid === process.pid && !publishedHere.has(this.followFile)) ||
-      !writerRuns(data.pid, data.pidStart) ||
-      !isRecord(data.profiles)
-    )
+    if (data?.version !== 1 || typeof data.pid !== 'number' || !isRecord(data.profiles)) return;
+    const seen: SeenFile = {
+      state: 'not-running',
+      pid: data.pid,
+      pidStart: data.pidStart,
+      ...(isTime(data.updatedAt) ? { updatedAt: data.updatedAt } : {}),
+      ...(isStaleAfter(data.staleAfterMs) ? { staleAfterMs: data.staleAfterMs } : {}),
+      profiles: data.profiles,
+    };
+    this.seen = seen;
+    if ((data.pid === process.pid && !publishedHere.has(this.followFile)) || !writerRuns(data.pid, data.pidStart))
       return;
     // A writer that runs but has not written its file for longer than it promised (stopped by SIGSTOP, a frozen
     // cgroup, a hung event loop): nobody checks the destinations now. Files of writers before 2026-12-07 have no
@@ -368,8 +378,10 @@ export class HealthOverlay {
     if (isTime(data.updatedAt) && isStaleAfter(data.staleAfterMs)) {
       this.writerUpdatedAt = data.updatedAt;
       this.writerStaleAfterMs = data.staleAfterMs;
+      seen.state = 'stale';
       if (this.staleNow(version, data.pid)) return;
     }
+    seen.state = 'followed';
     this.writerPid = data.pid;
     this.writerStart = data.pidStart;
     // Written by iptlb, but read defensively: a part of a wrong shape (a hand edit, another version) is
@@ -393,6 +405,38 @@ export class HealthOverlay {
   }
   private writerPid?: number;
   private writerStart?: string;
+  /** The followed file as last read (whether followed or not), for {@link fileStatus}. */
+  private seen?: SeenFile;
+
+  /**
+   * The followed file as the last {@link refresh} found it: followed, or not and why (`iptlb status --json`'s
+   * `healthFile`, the metrics' `iptlb_health_file_*`); undefined when this overlay follows no file, or there is none
+   * of iptlb's shape. Costs nothing more than that refresh (its age is taken from the clock now).
+   */
+  fileStatus(): HealthFileStatus | undefined {
+    const s = this.seen;
+    if (!s || !this.followFile) return undefined;
+    const out: HealthFileStatus = { file: this.followFile, state: s.state, pid: s.pid };
+    if (s.updatedAt !== undefined) {
+      out.updatedAt = new Date(s.updatedAt).toISOString();
+      out.ageMs = Date.now() - s.updatedAt;
+    }
+    if (s.staleAfterMs !== undefined) out.staleAfterMs = s.staleAfterMs;
+    if (s.state !== 'followed') {
+      const drained: Record<string, string[]> = {};
+      let any = false;
+      for (const [name, p] of Object.entries(s.profiles)) {
+        if (!isRecord(p) || !Array.isArray(p.drained)) continue;
+        const d = p.drained.filter((x): x is string => typeof x === 'string');
+        if (!d.length) continue;
+        // A plain object for the API's callers; defined, not assigned: a profile may be named `__proto__`.
+        Object.defineProperty(drained, name, { value: d, enumerable: true, writable: true, configurable: true });
+        any = true;
+      }
+      if (any) out.drained = drained;
+    }
+    return out;
+  }
   private writerUpdatedAt?: number;
   private writerStaleAfterMs?: number;
 
@@ -415,6 +459,16 @@ export class HealthOverlay {
     }
     return true;
   }
+}
+
+/** The followed file as {@link HealthOverlay.refresh} last read it. */
+interface SeenFile {
+  state: HealthFileStatus['state'];
+  pid: number;
+  pidStart: unknown;
+  updatedAt?: number;
+  staleAfterMs?: number;
+  profiles: Record<string, unknown>;
 }
 
 /** A bound a writer promises ({@link PublishedHealth.staleAfterMs}): a whole number of ms, at least one. */

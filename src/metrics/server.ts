@@ -8,7 +8,7 @@ import { nodeHttp } from '../platform/builtins.js';
 import { inheritedKey, INHERITED, IptlbError } from '../model/errors.js';
 import { canonicalIpv6, ipv4Problem } from '../model/address.js';
 import type { Core } from '../core/core.js';
-import type { ProfileReport } from '../model/report.js';
+import type { HealthFileStatus, ProfileReport } from '../model/report.js';
 import type { Profile } from '../model/types.js';
 import type { HealthChecker } from '../health/checker.js';
 
@@ -170,6 +170,7 @@ export async function renderMetrics(
   let readOk = 1;
   let stateOk = 1;
   let split = 0;
+  let healthFile: HealthFileStatus | undefined;
   try {
     // One status pass, and the other engine asked once (not per profile) whether it holds iptlb's rules too. While
     // watch's state file has changed and not settled, the kernel holds the version applied last: compared with that
@@ -178,6 +179,7 @@ export async function renderMetrics(
     const r = await opts.core.statusReport({ original: false, ...(held ? { profiles: held } : {}) });
     reports = r.profiles;
     split = r.split ? 1 : 0;
+    healthFile = r.healthFile;
   } catch (e) {
     // An unreadable state file is not a kernel that cannot be read: the kernel is not read then.
     if (e instanceof IptlbError && e.code === 'ESTATE') stateOk = 0;
@@ -263,6 +265,21 @@ export async function renderMetrics(
   if (c) for (const [p, n] of c.checks) t.sample('iptlb_health_checks_total', { profile: p }, n);
   t.family('iptlb_health_check_failures_total', 'counter', 'Health checks that failed, per profile.');
   if (c) for (const [p, n] of c.failures) t.sample('iptlb_health_check_failures_total', { profile: p }, n);
+  // The health file of another process that checks this state file (a watch with --no-health-checks, a library
+  // handle without a checker follow one): whether its drains count. No series when there is none (or this process
+  // runs the checks itself).
+  t.family(
+    'iptlb_health_file_followed',
+    'gauge',
+    'Whether the health file another process publishes beside the state file is followed (1) or not (0: its writer is stopped, hung or gone; the configured weights hold).',
+  );
+  if (healthFile) t.sample('iptlb_health_file_followed', {}, healthFile.state === 'followed' ? 1 : 0);
+  t.family(
+    'iptlb_health_file_age_seconds',
+    'gauge',
+    "Seconds since that health file was written, by this process's clock (negative: written ahead of it).",
+  );
+  if (healthFile?.ageMs !== undefined) t.sample('iptlb_health_file_age_seconds', {}, healthFile.ageMs / 1000);
   const s = opts.stats;
   if (s) {
     t.family('iptlb_commits_total', 'counter', 'Kernel commits made by this process (syncs and health changes).');

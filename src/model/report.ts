@@ -53,6 +53,37 @@ export interface ForeignObjects {
   objects: string[];
 }
 
+/**
+ * The health file another process publishes beside the state file (`<state file>.health.json`: the process that runs
+ * the health checks, iptlb watch or agent), as this process read it. Whether its drains count here (`followed`) or
+ * not: a file not followed means that nobody drives the weights from health checks now, and the configured weights
+ * hold (a drain the kernel still has from it is reported `modified`, and `sync` gives the destination its weight back).
+ */
+export interface HealthFileStatus {
+  /** The file. */
+  file: string;
+  /**
+   * `followed`: its writer runs and wrote it recently: its drains count. `stale`: its writer's pid runs but it has not
+   * written the file within `staleAfterMs` (stopped, frozen or hung; `ageMs` negative: written ahead of this clock, a
+   * clock set back). `not-running`: the process that wrote it does not run (killed without stopping its checks, a pid
+   * given to another process) or, for a file naming this process, no checker of it publishes the file.
+   */
+  state: 'followed' | 'stale' | 'not-running';
+  /** The process that wrote it. */
+  pid: number;
+  /** When it was written (ISO 8601, the writer's clock); absent when the file says no valid time. */
+  updatedAt?: string;
+  /** How long ago, by this process's clock, in ms (negative: ahead of it). */
+  ageMs?: number;
+  /** How long its writer may leave it unwritten while it runs (absent from files of versions before 2026-12-07). */
+  staleAfterMs?: number;
+  /**
+   * Not followed only: the destinations it says drained, per profile (the kernel may still hold those drains); absent
+   * when none.
+   */
+  drained?: Record<string, string[]>;
+}
+
 /** What `status` finds, whole: `iptlb status --json` prints it, `statusReport()` returns it. */
 export interface StatusReport {
   /** Every profile in sync, and iptlb's rules in one engine only. */
@@ -80,4 +111,11 @@ export interface StatusReport {
    * process); absent when none, or when it cannot ask.
    */
   originalRules?: { table: string; chain: string }[];
+  /**
+   * The health file of the process that checks this state file's destinations, when there is one and this process
+   * follows such files (the CLI, library handles without a checker of their own): whether its drains count
+   * (`state: 'followed'`) or not (`stale`, `not-running`: nobody drives the weights from health checks). Not drift:
+   * `inSync` does not depend on it.
+   */
+  healthFile?: HealthFileStatus;
 }

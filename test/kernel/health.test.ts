@@ -121,6 +121,23 @@ for (const pair of ABOVE_EXECUTOR_PAIRS) {
         /iptlb: health: not following \S+\.health\.json: process \d+ runs but has not written it for \d+\.\d s \(it writes it again within 10\.0 s while it checks: stopped, frozen or hung\); nobody checks the destinations, the configured weights hold\n/,
       );
       assert.equal(r.staleAfterMs, 10_000, 'the default publishMs (2 s): 10 s');
+      // status --json says the file is not followed, and which drain no longer counts; the human status says it on
+      // stdout under the table; drift is exit 3 because of the drain the kernel kept, not because of the file.
+      assert.equal(r.stopped.code, 3);
+      assert.equal(r.stopped.healthFile.state, 'stale', JSON.stringify(r.stopped.healthFile));
+      assert.match(r.stopped.healthFile.file, /state\.db\.health\.json$/);
+      assert.equal(r.stopped.healthFile.staleAfterMs, 10_000);
+      assert.ok(r.stopped.healthFile.ageMs > 10_000, JSON.stringify(r.stopped.healthFile));
+      assert.deepEqual(r.stopped.healthFile.drained, { web: ['127.0.0.1:9002'] });
+      assert.match(
+        r.stoppedText.stdout,
+        /\nhealth: not following \S+\.health\.json: process \d+ runs but has not written it for \d+\.\d s \(it writes it within 10\.0 s while it checks: stopped, frozen or hung\); nobody checks the destinations, the configured weights hold; its drains no longer count: web 127\.0\.0\.1:9002\n$/,
+      );
+      // After the sync: in step with the configured weights; the file is still not followed (said, exit 0).
+      assert.equal(r.afterSync.code, 0);
+      assert.equal(r.afterSync.healthFile.state, 'stale');
+      assert.equal(r.afterSyncText.code, 0, r.afterSyncText.stdout);
+      assert.match(r.afterSyncText.stdout, /\nhealth: not following /);
       ok(r.sync, 'sync');
       assert.equal(
         r.afterSync.status,

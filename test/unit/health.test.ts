@@ -1207,6 +1207,119 @@ test('a health file its running writer stopped writing (SIGSTOP, a frozen cgroup
   });
 });
 
+test('status and /metrics say whether the health file is followed: stale (its writer stopped writing it) or its writer gone, with the drains that no longer count; not drift by itself', async (t) => {
+  const { spawn } = await import('node:child_process');
+  const { pidIdentity } = await import('../../src/platform/pid.js');
+  const { healthFileOf } = await import('../../src/health/effective.js');
+  const { renderMetrics } = await import('../../src/metrics/server.js');
+  const { healthFileLine } = await import('../../src/cli/commands/status.js');
+  const { writeFileSync, rmSync } = await import('node:fs');
+  const path = await import('node:path');
+  await withLiveWriter(async (dir, pid) => {
+    mock.timers.enable({ apis: ['Date'], now: 5_000_000 });
+    t.after(() => mock.timers.reset());
+    const stateFile = path.join(dir, 'state.db');
+    const file = healthFileOf(stateFile);
+    const write = (writer: number, drained: string[]) =>
+      writeFileSync(
+        file,
+        JSON.stringify({
+          version: 1,
+          pid: writer,
+          pidStart: pidIdentity(writer),
+          updatedAt: Date.now(),
+          staleAfterMs: 10_000,
+          profiles: { web: { drained, destinations: {} } },
+        }),
+      );
+    const core = new Core({ stateFile, stateRegistry: false, engine: 'legacy' }, new FakeLegacyKernel());
+    core.health.follow(file);
+    const web = validateProfile({ name: 'web', source: '127.100.0.1:80', destination: [D[0], D[1]], health });
+    await core.transact(() => ({ upsert: [web], remove: [] }), { run: true });
+    const gauges = async () => {
+      const text = await renderMetrics({ core });
+      const v = (n: string) => new RegExp(`^${n} (\\S+)$`, 'm').exec(text)?.[1];
+      return { followed: v('iptlb_health_file_followed'), age: v('iptlb_health_file_age_seconds') };
+    };
+
+    // No health file: nothing said.
+    let r = await core.statusReport({ original: false });
+    assert.equal(r.healthFile, undefined);
+    assert.deepEqual(await gauges(), { followed: undefined, age: undefined });
+
+    // Written now by a running checker that drained D[1]: followed (the kernel has the drain after a sync).
+    write(pid, [D[1]]);
+    await core.sync();
+    mock.timers.setTime(5_002_000);
+    r = await core.statusReport({ original: false });
+    assert.deepEqual(r.healthFile, {
+      file,
+      state: 'followed',
+      pid,
+      updatedAt: new Date(5_000_000).toISOString(),
+      ageMs: 2_000,
+      staleAfterMs: 10_000,
+    });
+    assert.equal(r.inSync, true);
+    assert.equal(healthFileLine(r.healthFile), undefined, 'followed: no line');
+    assert.deepEqual(await gauges(), { followed: '1', age: '2' });
+
+    // Not written again for longer than it promised: stale; its drain no longer counts (the kernel still has it).
+    mock.timers.setTime(5_010_001);
+    r = await core.statusReport({ original: false });
+    assert.deepEqual(r.healthFile, {
+      file,
+      state: 'stale',
+      pid,
+      updatedAt: new Date(5_000_000).toISOString(),
+      ageMs: 10_001,
+      staleAfterMs: 10_000,
+      drained: { web: [D[1]] },
+    });
+    assert.equal(r.profiles[0]!.status, 'modified', 'the drain the kernel kept is drift, as before');
+    assert.equal(
+      healthFileLine(r.healthFile),
+      `health: not following ${file}: process ${pid} runs but has not written it for 10.0 s (it writes it within 10.0 s while it checks: stopped, frozen or hung); nobody checks the destinations, the configured weights hold; its drains no longer count: web ${D[1]}`,
+    );
+    assert.deepEqual(await gauges(), { followed: '0', age: '10.001' });
+    // Stale with nothing drained in the kernel: said, but no drift (inSync, status exit 0).
+    await core.sync();
+    r = await core.statusReport({ original: false });
+    assert.equal(r.healthFile?.state, 'stale');
+    assert.equal(r.inSync, true, 'a file not followed is not drift by itself');
+
+    // A stale file whose writer has died since: not-running (the same version of the file).
+    const other = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' });
+    try {
+      await new Promise((res) => other.once('spawn', res));
+      nextFileTimeTick();
+      write(other.pid!, [D[0]]);
+      mock.timers.setTime(5_030_000);
+      assert.equal((await core.statusReport({ original: false })).healthFile?.state, 'stale');
+    } finally {
+      other.kill('SIGKILL');
+      await new Promise((res) => other.once('exit', res));
+    }
+    r = await core.statusReport({ original: false });
+    assert.equal(r.healthFile?.state, 'not-running');
+    assert.deepEqual(r.healthFile?.drained, { web: [D[0]] });
+    assert.match(
+      healthFileLine(r.healthFile)!,
+      /^health: not following \S+: process \d+, which wrote it, does not run \(its checks ended without removing it\); nobody checks the destinations, the configured weights hold; its drains no longer count: web 127\.0\.0\.1:9001$/,
+    );
+    // Written ahead of this clock by more than the bound (a clock set back): stale, a negative age.
+    write(pid, []);
+    mock.timers.setTime(5_030_000 - 10_001);
+    r = await core.statusReport({ original: false });
+    assert.equal(r.healthFile?.state, 'stale');
+    assert.equal(r.healthFile?.ageMs, -10_001);
+    assert.equal(r.healthFile?.drained, undefined);
+    assert.match(healthFileLine(r.healthFile)!, /wrote it 10\.0 s ahead of this clock \(a clock set back\)/);
+    rmSync(file);
+    assert.equal((await core.statusReport({ original: false })).healthFile, undefined, 'removed: nothing said');
+  });
+});
+
 /** A checker of `profiles` on a state file of its own, under mocked timers; its file, and how to wait for a write. */
 async function publishingChecker(t: TestContext, profiles: object[], log: string[]) {
   const { existsSync, mkdtempSync, readFileSync, rmSync } = await import('node:fs');

@@ -1,6 +1,6 @@
 /** `iptlb status`: the state file compared with the kernel, with counters and health (exit 3 on drift). */
 import type { Command } from 'commander';
-import type { OtherStateFile } from '../../model/report.js';
+import type { HealthFileStatus, OtherStateFile } from '../../model/report.js';
 import { IptlbError } from '../../model/errors.js';
 import { addGlobal, withGlobals, type GlobalOpts } from '../flags.js';
 import { ExitCode, makeCore, type Out } from '../context.js';
@@ -32,6 +32,25 @@ export function othersLine(others: readonly OtherStateFile[]): string {
   const names = (n: readonly string[]): string =>
     n.length <= 4 ? n.join(', ') : `${n.slice(0, 3).join(', ')} and ${n.length - 3} more`;
   return `not listed here, other state files' profiles: ${others.map((f) => `${f.stateFile} (${names(f.profiles)})`).join('; ')}`;
+}
+
+/**
+ * `health: not following FILE: process 42 has not written it for 12.3 s (…); the configured weights hold; its drains
+ * no longer count: web 127.0.0.1:9002`: a health file that does not drive the weights; undefined when it does.
+ */
+export function healthFileLine(h: HealthFileStatus | undefined): string | undefined {
+  if (!h || h.state === 'followed') return undefined;
+  const s = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;
+  const why =
+    h.state === 'not-running'
+      ? `process ${h.pid}, which wrote it, does not run (its checks ended without removing it)`
+      : h.ageMs !== undefined && h.ageMs < 0
+        ? `process ${h.pid} wrote it ${s(-h.ageMs)} ahead of this clock (a clock set back) and not again within ${s(h.staleAfterMs ?? 0)}`
+        : `process ${h.pid} runs but has not written it for ${s(h.ageMs ?? 0)} (it writes it within ${s(h.staleAfterMs ?? 0)} while it checks: stopped, frozen or hung)`;
+  const drained = Object.entries(h.drained ?? {}).flatMap(([p, ds]) => ds.map((d) => `${p} ${d}`));
+  const list =
+    drained.length <= 5 ? drained.join(', ') : `${drained.slice(0, 5).join(', ')} and ${drained.length - 5} more`;
+  return `health: not following ${h.file}: ${why}; nobody checks the destinations, the configured weights hold${drained.length ? `; its drains no longer count: ${list}` : ''}`;
 }
 
 async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
@@ -83,6 +102,10 @@ async function statusCommand(o: GlobalOpts, io: Out): Promise<number> {
         );
     }
   }
+  // A health file not followed is no drift (the configured weights are what the kernel should have): said, not an
+  // exit status. On stdout with the table (stderr has had the follower's warning, unless --quiet).
+  const hf = o.json ? undefined : healthFileLine(report.healthFile);
+  if (hf) io.out(hf);
   return report.inSync ? 0 : 3;
 }
 
