@@ -19,8 +19,12 @@
  * directory stays keyed by the inode, the entry's content stays the path alone: older iptlb versions
  * and processes without a cookie share the directory and read every entry as before (a directory
  * split by cookie would hide each one's profiles from the other's sync, which would remove them).
- * Directories of namespaces that are gone are not removed (an empty one, or one whose entries the
- * next namespace of that inode drops).
+ * A process that writes its entry (the first change of a state file in this namespace) drops the
+ * entries of other cookies in the directory then, as a reader does: a namespace holds its inode until it
+ * dies, so those are a dead namespace's. Directories of inodes no namespace holds now are not removed:
+ * from user space (Linux 6.18, no listns(2), no nsfs file handles) a namespace cannot be proved gone by
+ * its inode or cookie; a scan of /proc misses the references of sockets, descriptors in flight and
+ * mount namespaces without a process, and of processes of other pid namespaces (docs/state-file.md).
  */
 import {
   closeSync,
@@ -113,6 +117,9 @@ export function registerStateFile(stateFile: string, base?: string, cookie?: str
     }
     renameSync(tmp, entry);
     registered.add(key);
+    // A new entry (the first change of this state file in this namespace): the directory's entries of other cookies
+    // are a dead namespace's, the kernel having given its inode to this one (one namespace holds an inode at a time).
+    if (cookie !== null) dropDead(dir, cookie);
   } catch (e) {
     // A registry that cannot be written: this state file's profiles look orphaned to another's
     // status, and another's sync removes them. Not tried again by this process (it is asked before
@@ -192,6 +199,24 @@ export function otherStateFiles(stateFile: string, base?: string, cookie: string
     byFile.set(file, { file, entries: [entry], exists: true });
   }
   return [...byFile.values()].sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : 0));
+}
+
+/**
+ * Removes the entries of `dir` (this namespace's directory) that name another cookie than `cookie` (this namespace's):
+ * their namespace had this inode and is gone, since a live namespace holds its inode until it dies and this one holds
+ * it now. Entries without a cookie are kept (their namespace cannot be told). One readdir; errors are ignored.
+ */
+function dropDead(dir: string, cookie: string): void {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const n of names) {
+    const theirs = entryCookie(n);
+    if (theirs !== undefined && theirs !== null && theirs !== cookie) dropEntry(path.join(dir, n));
+  }
 }
 
 /** Removes registry entries (their state file is gone, or their namespace); errors are ignored. */

@@ -79,6 +79,12 @@ test(
       assert.deepEqual(entries(), deadEntries, "the dead namespace's entry, in the new namespace's directory");
       // 3. In it, C applies the same profile, and C's state file is lost: a leftover of no state file.
       ok(await cli(t, C, 'apply', ...profile));
+      // C's registration (its first change here) dropped the dead namespace's entry: no status or sync needed.
+      assert.deepEqual(
+        entries().filter((n) => deadEntries.includes(n)),
+        [],
+        "the dead namespace's entry is dropped when C registers",
+      );
       rmSync(path.dirname(C), { recursive: true, force: true });
       // 4. B's status: web is orphaned (exit 3); A, the dead namespace's, is not named.
       const st = await cli(t, B, 'status', '--json');

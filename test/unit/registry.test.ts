@@ -6,7 +6,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { dropEntry, otherStateFiles, registerStateFile, registryDir } from '../../src/core/registry.js';
@@ -53,6 +53,35 @@ test("an entry of another cookie (a dead namespace of the same inode) is dropped
       "the dead namespace's entry is removed",
     );
     assert.deepEqual(files(f.base, f.b, '2002'), [f.c], 'and stays out');
+  } finally {
+    f.done();
+  }
+});
+
+test("a new entry's registration drops the entries of other cookies in its directory (dead namespaces of its inode) at once, without a reader; entries without a cookie, and other inodes' directories, stay", () => {
+  const f = fixture();
+  try {
+    // Entries of namespaces of this inode that are gone (as their registrations left them), and one without a cookie.
+    mkdirSync(f.dir, { recursive: true });
+    writeFileSync(path.join(f.dir, 'aaaaaaaaaaaaaaaa.1001.path'), `${f.a}\n`);
+    writeFileSync(path.join(f.dir, 'bbbbbbbbbbbbbbbb.1002.path'), `${f.b}\n`);
+    registerStateFile(f.b, f.base, null);
+    // Another inode's directory (a namespace this process cannot tell alive or dead): left alone.
+    const otherDir = path.join(f.base, '4026599999');
+    mkdirSync(otherDir, { recursive: true });
+    writeFileSync(path.join(otherDir, 'aaaaaaaaaaaaaaaa.1001.path'), `${f.a}\n`);
+    assert.equal(readdirSync(f.dir).length, 3);
+    // This namespace (cookie 2002) registers c: no status or sync reads the registry.
+    registerStateFile(f.c, f.base, '2002');
+    assert.deepEqual(
+      readdirSync(f.dir)
+        .map((n) => n.split('.').slice(1, -1).join('.') || 'none')
+        .sort(),
+      ['2002', 'none'],
+      "the dead namespaces' entries are gone; the one without a cookie and this namespace's stay",
+    );
+    assert.deepEqual(readdirSync(otherDir), ['aaaaaaaaaaaaaaaa.1001.path'], "another inode's directory is not touched");
+    assert.deepEqual(files(f.base, f.a, '2002'), [f.b, f.c]);
   } finally {
     f.done();
   }
