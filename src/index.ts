@@ -165,6 +165,7 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
         this.healthEnded ? Promise.reject(this.closedError()) : this.queue.submit({ kind: 'apply', profiles: [] }),
       emit: (e) => this.emitApart('health', e),
       closed: () => this.closed,
+      resync: () => (this.closed || this.healthEnded ? Promise.resolve() : this.sync()),
     };
   }
 

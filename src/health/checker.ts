@@ -174,6 +174,12 @@ export interface HealthHost {
   emit?(e: HealthEvent): void;
   /** Whether the handle this host belongs to is closed (a metrics server then reads nothing through it). */
   closed?(): boolean;
+  /**
+   * Makes the kernel match the profiles with this checker's drains again (a handle's `sync()`): asked when this
+   * process runs again after not running for longer than its file's staleAfterMs, during which other processes did
+   * not follow the file and a sync of theirs may have given the kernel back the weights it drained.
+   */
+  resync?(): Promise<unknown>;
 }
 
 interface Entry {
@@ -395,12 +401,20 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
   /**
    * The publish timer ran `gapMs` after its last run, more than staleAfterMs: this process did not run meanwhile
    * (stopped, frozen, hung), its file went stale, and other processes stopped following it: a sync or apply of theirs
-   * may have given the kernel back the weights this checker drained. Said; a drift check of the kernel (iptlb watch's
+   * may have given the kernel back the weights this checker drained. Said; a host that can ({@link HealthHost.resync}:
+   * a handle's checker) brings the kernel back in step at once, else a drift check of the kernel (iptlb watch's
    * periodic check, `sync()`) commits the drains again.
    */
   private resumed(gapMs: number): void {
+    const resync = this.host.resync;
     this.log(
-      `health: this process did not run for ${(gapMs / 1000).toFixed(1)} s (stopped, frozen or hung): its health file was stale and other processes did not follow it meanwhile; a sync of theirs may have undone its drains until the next drift check`,
+      `health: this process did not run for ${(gapMs / 1000).toFixed(1)} s (stopped, frozen or hung): its health file was stale and other processes did not follow it meanwhile; ${resync ? 'a sync of theirs may have undone its drains: syncing the kernel' : 'a sync of theirs may have undone its drains until the next drift check'}`,
+    );
+    if (!resync) return;
+    resync.call(this.host).then(
+      () => this.log('health: kernel in step with the checks again after the pause'),
+      (e: Error) =>
+        this.log(`health: could not sync after the pause (${e.message}); the next drift check or \`iptlb sync\` will`),
     );
   }
 

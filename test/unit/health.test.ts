@@ -1418,6 +1418,57 @@ test('a checker that stops running (no timer of it runs, as under SIGSTOP) is le
   assert.equal(lines.length, 1, 'nothing more said');
 });
 
+test("a handle's checker that runs again after a pause longer than staleAfterMs syncs the kernel: a drain another process's sync undid meanwhile is back at once", async (t) => {
+  const { mkdtempSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  const { open } = await import('../../src/index.js');
+  mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_000_000 });
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-hf-resync-'));
+  const stateFile = path.join(dir, 'state.db');
+  const kernel = new FakeLegacyKernel();
+  const lb = await open({ stateFile, stateRegistry: false, engine: 'legacy', stateFoldMs: 0 }, kernel);
+  const log: string[] = [];
+  const probes = new Probes();
+  const checker = new HealthChecker(lb, {
+    probe: probes.probe,
+    random: () => 0.5,
+    publishMs: 1000,
+    log: (l) => log.push(l),
+  });
+  t.after(async () => {
+    await checker.stop();
+    await lb.close();
+    rmSync(dir, { recursive: true, force: true });
+    mock.timers.reset();
+  });
+  const web = { name: 'web', source: '127.100.0.1:80', destination: [D[0], D[1]], health };
+  await lb.apply(web);
+  const inKernel = (): string[] | null => dnats(kernel.commits.at(-1)!, 'web');
+  await checker.start();
+  probes.outcome.set(D[1], false);
+  await advance(600);
+  assert.deepEqual(inKernel(), [D[0]], 'drained');
+  // SIGSTOP: the clock moves past staleAfterMs; another process (a Core of the same state file) no longer follows
+  // the stale file, and its sync gives the kernel back the configured weights.
+  mock.timers.setTime(Date.now() + 10_500);
+  const other = new Core({ stateFile, stateRegistry: false, engine: 'legacy' }, kernel);
+  await other.sync();
+  assert.deepEqual(inKernel(), [D[0], D[1]], "the other process's sync undid the drain");
+  const commits = kernel.commits.length;
+  // SIGCONT: the publish timer runs late; the checker syncs through its handle.
+  nextFileTimeTick();
+  await advance(10, 10);
+  for (let i = 0; i < 1000 && kernel.commits.length === commits; i++) await settle();
+  assert.deepEqual(inKernel(), [D[0]], 'drained again, without waiting for a drift check');
+  for (let i = 0; i < 1000 && !log.some((l) => l.includes('in step with the checks again')); i++) await settle();
+  assert.ok(
+    log.some((l) => /did not run for 1\d\.\d s .*: syncing the kernel$/.test(l)),
+    log.join('\n'),
+  );
+  assert.ok(log.includes('health: kernel in step with the checks again after the pause'), log.join('\n'));
+});
+
 test('stop() during a commit waits for that commit, not for a clock (under mocked timers it resolves once the commit does)', async (t) => {
   mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_000_000 });
   t.after(() => mock.timers.reset());
