@@ -17,6 +17,11 @@ import {
   engineRecordVersion,
   movingMarkerExists,
   movingMarkerOf,
+  nftMoveMarkerExists,
+  nftMoveMarkerOf,
+  nftMoveMarkerText,
+  readNftMoveMarker,
+  writeNftMoveMarker,
   readEngineRecord,
   writeEngineRecord,
   writeMovingMarker,
@@ -652,6 +657,28 @@ export class Core {
   /** Whether the move marker of a killed migrate was there at the last look (see movingMarkerOf). */
   private markerSeen = false;
 
+  /**
+   * Whether the nft move marker (see nftMoveMarkerOf) was there at the last look, or this instance wrote it and has
+   * not removed it (a two-step change of its own that failed after its first transaction).
+   */
+  private nftMoveLeft = false;
+
+  /**
+   * The versions of profiles the nft move marker holds (see PlanContext.interrupted): those that are profiles still
+   * (a line that is not is skipped).
+   */
+  private interruptedVersions(): Profile[] {
+    const out: Profile[] = [];
+    for (const raw of readNftMoveMarker(this.statePath!)) {
+      try {
+        out.push(validateProfile(raw, { existing: true }));
+      } catch {
+        // not a profile: skipped
+      }
+    }
+    return out;
+  }
+
   /** The engine the last selection chose (to say when a later one follows a migrate elsewhere). */
   private followed?: EngineName;
 
@@ -933,6 +960,11 @@ export class Core {
         // One lstat; none while the lock was kept since the last look (no migrate could come in between).
         if (engine && this.statePath !== null && !lock.kept) this.markerSeen = movingMarkerExists(this.statePath);
         const moving = engine !== undefined && this.markerSeen;
+        // A change of this state file that the nft engine commits in two transactions, interrupted after the first
+        // (see nftMoveMarkerOf): the versions it may have left are looked for by this change's plan. One lstat, and
+        // none while the lock was kept since the last look (only this instance could have left it: it knows).
+        if (engine && this.statePath !== null && !lock.kept) this.nftMoveLeft = nftMoveMarkerExists(this.statePath);
+        const interrupted = engine && this.nftMoveLeft ? this.interruptedVersions() : undefined;
         // The long-lived map itself, in memory or cached from the file (decide never changes it; `next`
         // is a view): no copy per batch. `record` changes it once the change is recorded.
         const state = opts.holds ? await this.heldBase(engine, opts.holds) : await this.currentState();
@@ -975,7 +1007,7 @@ export class Core {
         // The journal's record, handed to the executor to write right after the kernel accepted it.
         const ahead = engine && !opts.holds ? this.journalAhead(state, change) : null;
         const done: (DoneFamily & { ms: number })[] = engine
-          ? await this.commitChange(engine, k.state, k.change, ahead ?? undefined)
+          ? await this.commitChange(engine, k.state, k.change, ahead ?? undefined, interrupted)
           : [];
         const committed = done.length > 0;
         const commitMs = done.reduce((ms, d) => ms + d.ms, 0);
@@ -1016,6 +1048,13 @@ export class Core {
         }
         // The health changes it carried are now in the kernel (not when the state write undid them).
         if (engine) k.done();
+        // The change is recorded, and its plan looked for what an interrupted one left (and replaced it): the nft move
+        // marker goes (this change's own, or the one it found). Best effort: left, the next change reads once more.
+        if (engine && this.nftMoveLeft && this.statePath !== null)
+          await writeNftMoveMarker(this.statePath, null).then(
+            () => (this.nftMoveLeft = false),
+            () => {},
+          );
         // Handed to the janitor, not awaited: the next change need not wait for the cleanup of this
         // one (over netlink when it went through the native executor, else `conntrack -D`).
         if (stale.length) this.conntrack.add(stale);
@@ -1133,23 +1172,28 @@ export class Core {
     state: ReadonlyMap<string, Profile>,
     change: Change,
     after?: AfterCommit,
+    /** See PlanContext.interrupted: a family with one of them is planned even when the change leaves it alone. */
+    interrupted?: readonly Profile[],
   ): Promise<(DoneFamily & { ms: number })[]> {
     const done: (DoneFamily & { ms: number })[] = [];
+    const left = new Set(interrupted?.map(familyOfProfile));
     const parts = FAMILIES.map((f) => [f, changeOfFamily(change, state, f)] as const).filter(
-      ([, c]) => c.upsert.length > 0 || c.remove.length > 0,
+      ([f, c]) => c.upsert.length > 0 || c.remove.length > 0 || left.has(f),
     );
     // Every family planned before any is committed: a plan the engine refuses (another tool's rule
     // in a base chain, say) changes nothing, not even for a moment in the other family.
     const plans: [Family, ReadonlyMap<string, Profile>, Change, FamilyPlan][] = [];
     for (const [f, changeF] of parts) {
       const stateF = this.ofFamily(state, f);
-      plans.push([f, stateF, changeF, await engine.planChange(f, stateF, changeF, this.planContext(stateF))]);
+      const ctx = this.planContext(stateF);
+      if (left.has(f)) ctx.interrupted = interrupted!.filter((p) => familyOfProfile(p) === f);
+      plans.push([f, stateF, changeF, await engine.planChange(f, stateF, changeF, ctx)]);
     }
     for (const [f, stateF, changeF, plan] of plans) {
       try {
         if (!plan.steps.length) continue;
         // `after` only with a change of one family: written once the whole change is in the kernel.
-        const r = await this.commitPlan(engine, plan, parts.length === 1 ? after : undefined);
+        const r = await this.commitPlan(engine, plan, parts.length === 1 ? after : undefined, interrupted);
         done.push({
           family: f,
           state: stateF,
@@ -1170,8 +1214,26 @@ export class Core {
     engine: Engine,
     plan: FamilyPlan,
     after?: AfterCommit,
+    interrupted?: readonly Profile[],
   ): Promise<{ ms: number; appended?: FamilyCommit['appended']; created?: true }> {
     this.register();
+    // A change committed in two transactions (nft: a profile moving to another dispatch set, mode or address) is
+    // marked first, with the versions its profiles get (and those of a marker found): a process killed after the
+    // first leaves the kernel holding them beside the state file's, and the next change finds them (see
+    // nftMoveMarkerOf). Removed once the change is recorded (transact). Only with a state file: an in-memory
+    // instance's profiles die with it. One file written and removed per such change; nothing for any other.
+    if (plan.steps.length > 1 && this.statePath !== null && plan.known?.touched) {
+      const versions = [
+        ...(interrupted ?? []),
+        ...plan.known.touched.flatMap((n) => (plan.next.has(n) ? [plan.next.get(n)!] : [])),
+      ];
+      try {
+        await writeNftMoveMarker(this.statePath, nftMoveMarkerText(versions));
+      } catch (e) {
+        throw fsFailure(e, 'write the nft move marker', nftMoveMarkerOf(this.statePath));
+      }
+      this.nftMoveLeft = true;
+    }
     const { durationMs, committed, appended, created } = await engine.commitPlan(plan, (line) => this.log(line), after);
     this.commits.push({ engine, tx: committed as AnyTransaction });
     return { ms: durationMs, appended, created };

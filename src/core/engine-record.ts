@@ -109,3 +109,63 @@ export function movingMarkerExists(statePath: string): boolean {
 export function writeMovingMarker(statePath: string, move: { from: EngineName; to: EngineName } | null): Promise<void> {
   return writeBeside(statePath, movingMarkerOf(statePath), move && `${move.from} ${move.to}\n`);
 }
+
+/**
+ * The nft move marker: `<state file>.nft-move`, written under the lock before the first transaction of a change the
+ * nft engine commits in two (a profile moving to another dispatch set, scheduler, mode or address: see
+ * docs/engines.md), and removed once the change is recorded in the state file. It holds the new versions of the
+ * change's profiles, as the kernel was to hold them (JSON, one profile a line). A process killed in between (after
+ * the first transaction, or after the second before its state write) leaves it, and the kernel holding a version of
+ * those profiles the state file does not: the next change under the lock sees it (one lstat, only when the lock was
+ * not kept since the last look) and has the engine look for them (see PlanContext.interrupted).
+ */
+export function nftMoveMarkerOf(statePath: string): string {
+  return `${statePath}.nft-move`;
+}
+
+/** Whether the nft move marker is there (one lstat; false when it cannot be read). */
+export function nftMoveMarkerExists(statePath: string): boolean {
+  try {
+    return lstatSync(nftMoveMarkerOf(statePath), { throwIfNoEntry: false }) !== undefined;
+  } catch {
+    return false;
+  }
+}
+
+/** The marker's text for `profiles` (what {@link readNftMoveMarker} reads back). */
+export function nftMoveMarkerText(profiles: Iterable<unknown>): string {
+  let text = '';
+  for (const p of profiles) text += JSON.stringify(p) + '\n';
+  return text;
+}
+
+/**
+ * The profiles the nft move marker holds, as written (each line parsed; a line that does not parse, or a marker that
+ * cannot be read, gives none of its profiles: the marker is still removed by the next recorded change).
+ */
+export function readNftMoveMarker(statePath: string): unknown[] {
+  let text: string;
+  try {
+    const st = lstatSync(nftMoveMarkerOf(statePath), { throwIfNoEntry: false });
+    // A planted symlink or a directory is not read (and a marker is a few lines).
+    if (!st?.isFile() || st.size > 1 << 20) return [];
+    text = readFileSync(nftMoveMarkerOf(statePath), 'utf8');
+  } catch {
+    return [];
+  }
+  const out: unknown[] = [];
+  for (const line of text.split('\n')) {
+    if (!line) continue;
+    try {
+      out.push(JSON.parse(line));
+    } catch {
+      // a torn line: skipped
+    }
+  }
+  return out;
+}
+
+/** Writes the nft move marker atomically ({@link writeBeside}), or removes it when `text` is null. Under the lock. */
+export function writeNftMoveMarker(statePath: string, text: string | null): Promise<void> {
+  return writeBeside(statePath, nftMoveMarkerOf(statePath), text);
+}

@@ -120,6 +120,14 @@ export interface PlanContext {
    * `!partial` (a state file's profiles).
    */
   exclusive?: boolean;
+  /**
+   * Versions of profiles of this family that a change of this state file, interrupted after its first kernel
+   * transaction (killed between the two of a move, or after them before its state write), may have left in the
+   * kernel beside (or instead of) the state's: the nft move marker's (src/core/engine-record.ts). The engine looks
+   * for them in a read of the table and, when the kernel holds one, plans a replacement that drops them; planned
+   * even when the change touches none of them (an empty change of the family).
+   */
+  interrupted?: readonly Profile[];
 }
 
 /** What a commit of a {@link FamilyPlan} did. */

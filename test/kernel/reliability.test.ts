@@ -10,6 +10,7 @@ import { pairOf } from '../harness/pair.js';
 import { planNftChange } from '../../src/engines/nft/plan.js';
 import { renderNft } from '../../src/engines/nft/render.js';
 import { validateProfile } from '../../src/model/profile.js';
+import { nftMoveMarkerText } from '../../src/core/engine-record.js';
 
 const SOAK = !!process.env.IPTLB_SOAK;
 const fixture = (f: string): string => new URL(`./fixtures/${f}`, import.meta.url).pathname;
@@ -118,6 +119,105 @@ describePairs('reliability', ({ name: ex }) => {
       assert.equal(r[11].failures, 5, 'a deleted address still served');
       assert.equal(r[12].failures, 5, 'a deleted address still served');
       assert.equal(r[13].failures, 0, JSON.stringify(r[13].errors));
+    });
+
+  if (pairOf(ex).engine === 'nft')
+    test("a reset after a move killed between its two steps leaves one version of the profile, in sync (-run -reset, IPv4 and IPv6): the reset destinations serve, the interrupted move's do not", async () => {
+      const V6 = '2001:db8::10';
+      const v = (name: string, source: string, destination: string[], scheduler?: string) =>
+        validateProfile({ name, source, destination, ...(scheduler ? { scheduler } : {}) });
+      const d4 = (...ports: number[]) => ports.map((p) => `127.0.0.1:${p}`);
+      const d6 = (...ports: number[]) => ports.map((p) => `[2001:db8::1]:${p}`);
+      // The first step of three moves (a: 2 -> 3 destinations; c: random -> round-robin; e, IPv6: 2 -> 3), as a
+      // process killed after committing it leaves the kernel, and the marker it wrote before (its profiles' new
+      // versions); the state file keeps the old versions.
+      const b = v('b', '127.100.0.2:80', d4(9001, 9002));
+      const prev4 = new Map([
+        ['a', v('a', '127.100.0.1:80', d4(9001, 9002))],
+        ['b', b],
+        ['c', v('c', '127.100.0.3:80', d4(9001, 9002))],
+      ]);
+      const next4 = new Map([
+        ['a', v('a', '127.100.0.1:80', d4(9001, 9002, 9003))],
+        ['b', b],
+        ['c', v('c', '127.100.0.3:80', d4(9001, 9002), 'round-robin')],
+      ]);
+      const prev6 = new Map([['e', v('e', `[${V6}]:80`, d6(9001, 9002))]]);
+      const next6 = new Map([['e', v('e', `[${V6}]:80`, d6(9001, 9002, 9003))]]);
+      const steps4 = planNftChange(prev4, next4, ['a', 'c']);
+      const steps6 = planNftChange(prev6, next6, ['e']);
+      assert.equal(steps4.length, 2, 'a two-step move');
+      assert.equal(steps6.length, 2, 'a two-step move');
+      const reset = (n: string, vip: string, dest: string[]): ReturnType<typeof cli> =>
+        cli(ex, '-run', '-reset', `-profile=${n}`, `-src-addr=${vip}:80`, `-dest-addr=${dest.join(',')}`);
+      const r = await runSteps([
+        { op: 'backends', tcp: [9001, 9002, 9003] },
+        { op: 'sh', argv: ['ip', '-6', 'addr', 'add', `${V6}/128`, 'dev', 'lo', 'nodad'] },
+        { op: 'sh', argv: ['ip', '-6', 'addr', 'add', '2001:db8::1/128', 'dev', 'lo', 'nodad'] },
+        { op: 'backends', tcp: [9001, 9002, 9003], host: '2001:db8::1' },
+        // 4-7: the old versions.
+        reset('a', '127.100.0.1', d4(9001, 9002)),
+        reset('b', '127.100.0.2', d4(9001, 9002)),
+        reset('c', '127.100.0.3', d4(9001, 9002)),
+        reset('e', `[${V6}]`, d6(9001, 9002)),
+        // 8-13: the first steps, and the marker.
+        { op: 'write', file: '$WORK/step4.nft', text: renderNft(steps4[0]!) },
+        { op: 'sh', argv: ['nft', '-f', '$WORK/step4.nft'] },
+        { op: 'write', file: '$WORK/step6.nft', text: renderNft(steps6[0]!) },
+        { op: 'sh', argv: ['nft', '-f', '$WORK/step6.nft'] },
+        {
+          op: 'write',
+          file: '$WORK/state.db.nft-move',
+          text: nftMoveMarkerText([next4.get('a'), next4.get('c'), next6.get('e')]),
+        },
+        { op: 'sh', argv: ['nft', 'list', 'ruleset'] },
+        // 14-16: resets with other destinations (a as its old version's shape, c and e as theirs).
+        reset('a', '127.100.0.1', d4(9001, 9003)),
+        reset('c', '127.100.0.3', d4(9003)),
+        reset('e', `[${V6}]`, d6(9002, 9003)),
+        // 17-19.
+        { op: 'sh', argv: ['nft', 'list', 'ruleset'] },
+        cli(ex, 'status', '--json'),
+        { op: 'sh', argv: ['ls', '$WORK'] },
+        // 20-23: traffic.
+        { op: 'tcp', vip: '127.100.0.1', port: 80, count: 40 },
+        { op: 'tcp', vip: '127.100.0.3', port: 80, count: 10 },
+        { op: 'tcp', vip: V6, port: 80, count: 40 },
+        { op: 'tcp', vip: '127.100.0.2', port: 80, count: 20 },
+      ]);
+      for (const i of [4, 5, 6, 7, 9, 11, 14, 15, 16]) ok(r[i], `step ${i}`);
+      // Both versions were in the kernel: a and e in two dispatch sets, c's round-robin rule beside its element.
+      assert.match(r[13].stdout, /set out_tcp_2 [^}]*127\.100\.0\.1 \. 80/s);
+      assert.match(r[13].stdout, /set out_tcp_3 [^}]*127\.100\.0\.1 \. 80/s);
+      assert.match(r[13].stdout, /set out_tcp_3 [^}]*2001:db8::10 \. 80/s);
+      assert.match(r[13].stdout, /comment "iptlb:c"/);
+      // One version now: a in out_tcp_2 only, e in out_tcp_2 only, no rule of c.
+      assert.doesNotMatch(r[17].stdout, /set out_tcp_3 [^}]*(127\.100\.0\.1|2001:db8::10) \. 80/s, r[17].stdout);
+      assert.doesNotMatch(r[17].stdout, /iptlb:c"/, r[17].stdout);
+      assert.equal(r[18].code, 0, `status exited ${r[18].code} (3: drift): ${r[18].stdout}`);
+      const st = JSON.parse(r[18].stdout) as { inSync: boolean; profiles: { name: string; status: string }[] };
+      assert.equal(st.inSync, true, r[18].stdout);
+      assert.deepEqual(st.profiles.map((p) => `${p.name}:${p.status}`).sort(), [
+        'a:in-sync',
+        'b:in-sync',
+        'c:in-sync',
+        'e:in-sync',
+      ]);
+      assert.doesNotMatch(r[19].stdout, /nft-move/, 'the marker is removed');
+      // The reset destinations only: none to 9002 (the interrupted move's third destination 9003 of a is the
+      // reset's too, so a's old 9002 tells).
+      const only = (i: number, ports: number[]) => {
+        assert.equal(r[i].failures, 0, JSON.stringify(r[i].errors));
+        assert.deepEqual(
+          Object.keys(r[i].counts).sort(),
+          ports.map((p) => `backend:${p}`),
+          JSON.stringify(r[i].counts),
+        );
+      };
+      only(20, [9001, 9003]);
+      only(21, [9003]);
+      only(22, [9002, 9003]);
+      assert.equal(r[23].failures, 0, JSON.stringify(r[23].errors));
     });
 
   // The lock's doing, a layer above the executor (aboveExecutor in common.ts): native pairs in CI.

@@ -18,7 +18,7 @@ import { otherStateFiles, registerStateFile } from '../../src/core/registry.js';
 import type { EngineName, ProfileInput } from '../../src/model/types.js';
 import type { Executor } from '../../src/engines/engine.js';
 import { NftEngine } from '../../src/engines/nft/index.js';
-import { planNftChange } from '../../src/engines/nft/plan.js';
+import { planNftChange, planNftProfile } from '../../src/engines/nft/plan.js';
 import { FileHandle } from '../../src/platform/fsp.js';
 
 const web = (n: number, dests = 3, source = `127.100.0.${10 + n}:80`): ProfileInput => ({
@@ -175,6 +175,150 @@ test('nft: a delete after a move interrupted between its two steps, or after its
         }
       }
     }
+  }
+});
+
+/**
+ * A core over the same fakes whose nft executor commits the first transaction of a two-step change and then "dies":
+ * its change throws, the state file is not written, the lock is let go, and the marker it wrote stays (a process
+ * killed between the two transactions of a move leaves exactly this).
+ */
+async function killedAfterFirstStep(
+  kernels: ReturnType<typeof fakes>,
+  file: string,
+  ...inputs: ProfileInput[]
+): Promise<void> {
+  let commits = 0;
+  const dying = new Proxy(kernels.nft, {
+    get(t, k) {
+      if (k === 'commit')
+        return async (tx: Parameters<FakeNftKernel['commit']>[0]) => {
+          if (++commits === 2) throw new Error('killed');
+          return t.commit(tx);
+        };
+      const v = Reflect.get(t, k) as unknown;
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
+    },
+  });
+  const dead = new Core({ stateFile: file, engine: 'nft', log: () => {} }, {
+    legacy: kernels.legacy,
+    nft: dying,
+  } as unknown as Record<EngineName, Executor>);
+  await assert.rejects(apply(dead, ...inputs), /killed/);
+  assert.equal(commits, 2, 'a two-step change, killed after its first transaction');
+}
+
+/** What table `<nf> iptlb` of the fake holds at `vip` (`ip . port`): dispatch elements, backends, rules of profiles. */
+function heldAt(kernels: ReturnType<typeof fakes>, vip: string, nf: 'ip' | 'ip6' = 'ip'): string[] {
+  const t = kernels.nft.tables.get(nf);
+  if (!t) return [];
+  return [
+    ...[...t.sets].flatMap(([n, els]) => (els.has(vip) ? [`element of ${n}`] : [])),
+    ...[...t.maps].flatMap(([n, m]) => [...m.keys()].filter((k) => k.startsWith(`${vip} . `)).map((k) => `${n} ${k}`)),
+    ...[...t.chains].flatMap(([c, rules]) =>
+      rules.flatMap((r) =>
+        r.kind !== 'foreign' && r.kind !== 'dispatch' && `${r.vip.ip} . ${r.vip.port}` === vip
+          ? [`${r.kind} rule of ${r.owner} in ${c}`]
+          : [],
+      ),
+    ),
+  ];
+}
+
+test('nft: a reset after a move interrupted between its two steps leaves one version of the profile, in sync (CLI path and library handle, IPv4 and IPv6)', async () => {
+  for (const v6 of [false, true]) {
+    const d = (n: number, base = 9001): string[] =>
+      Array.from({ length: n }, (_, i) => (v6 ? `[2001:db8::1]:${base + i}` : `127.0.0.1:${base + i}`));
+    const A = { name: 'a', source: v6 ? '[2001:db8::a]:80' : '127.100.0.1:80' };
+    const vip = v6 ? '2001:db8::a . 80' : '127.100.0.1 . 80';
+    const nf = v6 ? 'ip6' : 'ip';
+    // The moves of the delete test above: a slot-count change, scheduler and mode switches.
+    const moves: [string, ProfileInput, ProfileInput][] = [
+      ['slot count 2 -> 3', { ...A, destination: d(2) }, { ...A, destination: d(3) }],
+      ['random -> round-robin', { ...A, destination: d(2) }, { ...A, destination: d(2), scheduler: 'round-robin' }],
+      ['round-robin -> random', { ...A, destination: d(2), scheduler: 'round-robin' }, { ...A, destination: d(2) }],
+      ['random -> affinity', { ...A, destination: d(2) }, { ...A, destination: d(2), affinity: 3 }],
+      ['affinity -> random', { ...A, destination: d(2), affinity: 3 }, { ...A, destination: d(2) }],
+      ['client -> server', { ...A, destination: d(2) }, { ...A, destination: d(2), rulesBackend: 'server' }],
+    ];
+    const other: ProfileInput = {
+      name: 'b',
+      source: v6 ? '[2001:db8::b]:80' : '127.100.0.2:80',
+      destination: d(2),
+    };
+    for (const [label, from, to] of moves) {
+      // The reset: the old version's shape with other destinations, or the new version's.
+      for (const [shape, reset] of [
+        ['as the old version', { ...from, destination: d(from.destination.length, 9101) }],
+        ['as the new version', { ...to, destination: d(to.destination.length, 9101) }],
+      ] as const) {
+        for (const via of ['core', 'library'] as const) {
+          const what = `${v6 ? 'IPv6' : 'IPv4'}, ${label}, reset ${shape}, via ${via}`;
+          const { core, kernels, done, file } = coreOn('nft');
+          try {
+            await apply(core, from, other);
+            await killedAfterFirstStep(kernels, file, to);
+            if (via === 'core') await apply(core, reset);
+            else {
+              const lb = await open({ stateFile: file, engine: 'nft' }, kernels.nft as Executor);
+              try {
+                await lb.apply(reset);
+              } finally {
+                await lb.close();
+              }
+            }
+            assert.deepEqual(await statuses(core), { a: 'in-sync', b: 'in-sync' }, what);
+            // Exactly one version: the address in one dispatch set or one rule, and the reset's backends only.
+            const held = heldAt(kernels, vip, nf);
+            const plan = planNftProfile(validateProfile(reset));
+            const count = (what: (h: string) => boolean) => held.filter(what).length;
+            const all = `${what}: ${held.join(', ')}`;
+            assert.equal(
+              count((h) => h.startsWith('element of')),
+              plan.set ? 1 : 0,
+              all,
+            );
+            assert.equal(
+              count((h) => h.includes(' rule of ')),
+              plan.rules.length,
+              all,
+            );
+            assert.equal(
+              count((h) => h.startsWith('be_')),
+              plan.backends.length,
+              all,
+            );
+            assert.ok(!existsSync(`${file}.nft-move`), `${what}: the marker is removed`);
+          } finally {
+            done();
+          }
+        }
+      }
+    }
+  }
+});
+
+test('nft: a change committed in two transactions writes the move marker before the first and removes it once recorded; a change in one writes none', async () => {
+  const { core, kernels, done, file } = coreOn('nft');
+  try {
+    const seen: boolean[] = [];
+    const commit = kernels.nft.commit.bind(kernels.nft);
+    kernels.nft.commit = async (tx) => {
+      seen.push(existsSync(`${file}.nft-move`));
+      return commit(tx);
+    };
+    await apply(core, { name: 'a', source: '127.100.0.1:80', destination: ['127.0.0.1:9001', '127.0.0.1:9002'] });
+    await apply(core, { name: 'a', source: '127.100.0.1:80', destination: ['127.0.0.1:9001', '127.0.0.1:9003'] });
+    assert.deepEqual(seen, [false, false], 'one-step changes: no marker');
+    await apply(core, {
+      name: 'a',
+      source: '127.100.0.1:80',
+      destination: ['127.0.0.1:9001', '127.0.0.1:9002', '127.0.0.1:9003'],
+    });
+    assert.deepEqual(seen.slice(2), [true, true], 'the move: marked during both transactions');
+    assert.ok(!existsSync(`${file}.nft-move`), 'removed once recorded');
+  } finally {
+    done();
   }
 });
 

@@ -287,7 +287,14 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     // second only for such profiles. An in-memory instance's profiles are the ones it committed.
     const readd = new Set(partial ? [] : change.upsert.filter((p) => !ownsRules(p)).map((p) => p.name));
     const lookUp = partial ? [] : change.upsert.filter((p) => ownsRules(p) && samePlan(state.get(p.name), p));
-    let view = all || baseChanges || next.size === 0 || lookUp.length ? await this.executor.read(nf) : undefined;
+    // Versions of profiles that a change of this state file, interrupted after its first kernel transaction, may have
+    // left in the kernel (the nft move marker, see PlanContext.interrupted): looked for in a read of the table. Only a
+    // change after such an interruption has any (the marker is one lstat, when the state-file lock was not kept).
+    const interrupted = partial ? [] : (ctx.interrupted ?? []).filter((p) => familyOfProfile(p) === f);
+    let view =
+      all || baseChanges || next.size === 0 || lookUp.length || interrupted.length
+        ? await this.executor.read(nf)
+        : undefined;
     // The profiles this change knows of: those after it, and the old versions of those it touches.
     // The table may hold others: another state file's in the same table, an in-memory instance's
     // unknowns (its own before a restart, another agent's), or leftovers of an interrupted change
@@ -364,6 +371,23 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
       leftover = gone.filter((p) => heldBeyondPlan(p, v).length > 0).map((p) => p.name);
       if (leftover.length && (!view || view.narrow)) view = v.narrow ? await this.executor.read(nf) : v;
     }
+    // A version an interrupted change of this state file left (the marker's) at an address the state has a profile at,
+    // where the kernel holds more than that profile plans: the incremental plan (from the state's versions) would leave
+    // it (a second version beside the state's, or instead of it): the table is replaced instead, which drops everything
+    // at that address.
+    const halfDone = new Set<string>();
+    if (interrupted.length && view?.exists && next.size > 0) {
+      const at = new Map<string, Profile>();
+      for (const p of state.values()) at.set(profileVipKey(p), p);
+      for (const m of interrupted) {
+        const s = at.get(profileVipKey(m));
+        if (s && heldBeyondPlan(s, view).length > 0) halfDone.add(m.name);
+      }
+      for (const n of halfDone) if (!leftover.includes(n)) leftover.push(n);
+      // Nothing left behind, and nothing asked of this family: no commit.
+      if (!leftover.length && !touched.length)
+        return { family: f, steps: [], next, known, ...(partial ? { partial } : {}) };
+    }
     const fresh = view !== undefined && !view.exists;
     const kernelSets =
       view?.exists && baseChanges ? new Map(view.dispatchSets.map((d) => [d.name, d.elements.length])) : undefined;
@@ -395,7 +419,9 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
       steps = [planNftRebuild(next.values(), view!.genid || undefined, nf, view)];
       note = `${this.where(f)} does not hold ${absent.length > 1 ? 'profiles' : 'profile'} ${absent.slice(0, 3).join(', ')}${absent.length > 3 ? ', …' : ''} as the state file does (written without -run?); replacing it with all ${next.size} profile(s) in one transaction`;
     } else if (leftover.length) {
-      steps = [planNftRebuild(next.values(), view!.genid || undefined, nf, view)];
+      // (Not bound to the read's generation when the marker asked: the change may plan the other family's table
+      // too, whose commit comes first and moves the generation on.)
+      steps = [planNftRebuild(next.values(), halfDone.size ? undefined : view!.genid || undefined, nf, view)];
       note = `${this.where(f)} holds more of ${leftover.length > 1 ? 'profiles' : 'profile'} ${leftover.slice(0, 3).join(', ')}${leftover.length > 3 ? ', …' : ''} than the state file does (a change interrupted between the two steps of a move); replacing it with all ${next.size} profile(s) in one transaction`;
     } else if (stray.length) {
       steps = [planNftRebuild(next.values(), undefined, nf, view)];
