@@ -220,6 +220,70 @@ describePairs('reliability', ({ name: ex }) => {
       assert.equal(r[23].failures, 0, JSON.stringify(r[23].errors));
     });
 
+  if (pairOf(ex).engine === 'nft')
+    test('a move to another address killed between its two steps leaves nothing at the new address after a delete or a reset (a profile without rules of its own, and a round-robin one)', async () => {
+      const v = (name: string, source: string, destination: string[], scheduler?: string) =>
+        validateProfile({ name, source, destination, ...(scheduler ? { scheduler } : {}) });
+      const d4 = (...ports: number[]) => ports.map((p) => `127.0.0.1:${p}`);
+      // The first step of two moves to another address (d: elements only, 127.100.0.4 -> .5; f: round-robin, .6 ->
+      // .7), as a process killed after committing it leaves the kernel, and the marker it wrote before.
+      const b = v('b', '127.100.0.2:80', d4(9001, 9002));
+      const prev = new Map([
+        ['b', b],
+        ['d', v('d', '127.100.0.4:80', d4(9001, 9002))],
+        ['f', v('f', '127.100.0.6:80', d4(9001, 9002), 'round-robin')],
+      ]);
+      const next = new Map([
+        ['b', b],
+        ['d', v('d', '127.100.0.5:80', d4(9001, 9002))],
+        ['f', v('f', '127.100.0.7:80', d4(9001, 9002), 'round-robin')],
+      ]);
+      const steps = planNftChange(prev, next, ['d', 'f']);
+      assert.equal(steps.length, 2, 'a two-step move');
+      const at = (n: string, vip: string, dest: string[], ...more: string[]): ReturnType<typeof cli> =>
+        cli(ex, '-run', '-reset', `-profile=${n}`, `-src-addr=${vip}:80`, `-dest-addr=${dest.join(',')}`, ...more);
+      const r = await runSteps([
+        { op: 'backends', tcp: [9001, 9002, 9003] },
+        // 1-3: the old versions.
+        at('b', '127.100.0.2', d4(9001, 9002)),
+        at('d', '127.100.0.4', d4(9001, 9002)),
+        at('f', '127.100.0.6', d4(9001, 9002), '-scheduler=round-robin'),
+        // 4-7: the first step, and the marker.
+        { op: 'write', file: '$WORK/step1.nft', text: renderNft(steps[0]!) },
+        { op: 'sh', argv: ['nft', '-f', '$WORK/step1.nft'] },
+        { op: 'write', file: '$WORK/state.db.nft-move', text: nftMoveMarkerText([next.get('d'), next.get('f')]) },
+        { op: 'sh', argv: ['nft', 'list', 'table', 'ip', 'iptlb'] },
+        // 8-9: d deleted; f reset at its old address with another destination.
+        cli(ex, '-run', '-delete', '-profile=d'),
+        at('f', '127.100.0.6', d4(9003), '-scheduler=round-robin'),
+        // 10-11.
+        { op: 'sh', argv: ['nft', 'list', 'table', 'ip', 'iptlb'] },
+        cli(ex, 'status', '--json'),
+        // 12-15: traffic (no listener on port 80: an address nothing serves refuses).
+        { op: 'tcp', vip: '127.100.0.5', port: 80, count: 5 },
+        { op: 'tcp', vip: '127.100.0.7', port: 80, count: 5 },
+        { op: 'tcp', vip: '127.100.0.6', port: 80, count: 10 },
+        { op: 'tcp', vip: '127.100.0.2', port: 80, count: 20 },
+      ]);
+      for (const i of [1, 2, 3, 5, 8]) ok(r[i], `step ${i}`);
+      // Both addresses were served: d's new element, f's new rule.
+      assert.match(r[7].stdout, /set out_tcp_2 [^}]*127\.100\.0\.5 \. 80/s);
+      assert.match(r[7].stdout, /127\.100\.0\.7 .*comment "iptlb:f"/);
+      // d (elements only) first: its objects at the new address carry no name.
+      assert.doesNotMatch(r[10].stdout, /127\.100\.0\.[45]\b/, 'something of d left');
+      assert.equal(r[12].failures, 5, 'the new address of d still served');
+      ok(r[9], 'step 9');
+      assert.doesNotMatch(r[10].stdout, /127\.100\.0\.[457]\b/, 'nothing at the new addresses, nothing of d');
+      assert.equal(r[11].code, 0, `status exited ${r[11].code} (3: drift): ${r[11].stdout}`);
+      const st = JSON.parse(r[11].stdout) as { inSync: boolean; profiles: { name: string; status: string }[] };
+      assert.equal(st.inSync, true, r[11].stdout);
+      assert.deepEqual(st.profiles.map((p) => `${p.name}:${p.status}`).sort(), ['b:in-sync', 'f:in-sync']);
+      assert.equal(r[13].failures, 5, 'the new address of f still served');
+      assert.equal(r[14].failures, 0, JSON.stringify(r[14].errors));
+      assert.deepEqual(Object.keys(r[14].counts), ['backend:9003'], JSON.stringify(r[14].counts));
+      assert.equal(r[15].failures, 0, JSON.stringify(r[15].errors));
+    });
+
   // The lock's doing, a layer above the executor (aboveExecutor in common.ts): native pairs in CI.
   if (SOAK || !spawned)
     test('concurrent resets of one profile: the kernel and the state file agree at the end', async () => {

@@ -298,6 +298,47 @@ test('nft: a reset after a move interrupted between its two steps leaves one ver
   }
 });
 
+test('nft: a move to another address interrupted between its two steps leaves nothing at the new address after a delete or a reset (a profile without rules of its own, and one with)', async () => {
+  const d = (n: number, base = 9001): string[] => Array.from({ length: n }, (_, i) => `127.0.0.1:${base + i}`);
+  const X = '127.100.0.1:80';
+  const Y = '127.100.0.5:80';
+  const other: ProfileInput = { name: 'b', source: '127.100.0.2:80', destination: d(2) };
+  const moves: [string, ProfileInput, ProfileInput][] = [
+    ['same set', { name: 'a', source: X, destination: d(2) }, { name: 'a', source: Y, destination: d(2, 9101) }],
+    ['another set', { name: 'a', source: X, destination: d(2) }, { name: 'a', source: Y, destination: d(3) }],
+    [
+      'round-robin',
+      { name: 'a', source: X, destination: d(2), scheduler: 'round-robin' },
+      { name: 'a', source: Y, destination: d(2), scheduler: 'round-robin' },
+    ],
+  ];
+  for (const [label, from, to] of moves) {
+    for (const then of ['delete', 'reset at the old address', 'reset at the new address'] as const) {
+      for (const others of [[other], []]) {
+        const what = `${label}, then ${then}, ${others.length ? 'with' : 'without'} another profile`;
+        const { core, kernels, done, file } = coreOn('nft');
+        try {
+          await apply(core, from, ...others);
+          await killedAfterFirstStep(kernels, file, to);
+          assert.ok(heldAt(kernels, '127.100.0.5 . 80').length > 0, `${what}: the first step put a at Y`);
+          if (then === 'delete') await core.transact((state) => deleteChange(state, ['a']), { run: true });
+          else await apply(core, { ...(then === 'reset at the old address' ? from : to), destination: d(2, 9201) });
+          const expect: Record<string, string> = others.length ? { b: 'in-sync' } : {};
+          if (then !== 'delete') expect.a = 'in-sync';
+          assert.deepEqual(await statuses(core), expect, what);
+          if (then !== 'reset at the new address')
+            assert.deepEqual(heldAt(kernels, '127.100.0.5 . 80'), [], `${what}: left at the new address`);
+          if (then !== 'reset at the old address')
+            assert.deepEqual(heldAt(kernels, '127.100.0.1 . 80'), [], `${what}: left at the old address`);
+          assert.ok(!existsSync(`${file}.nft-move`), `${what}: the marker is removed`);
+        } finally {
+          done();
+        }
+      }
+    }
+  }
+});
+
 test('nft: a change committed in two transactions writes the move marker before the first and removes it once recorded; a change in one writes none', async () => {
   const { core, kernels, done, file } = coreOn('nft');
   try {

@@ -304,7 +304,8 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     const old = touched.flatMap((n) => (state.get(n) ? [state.get(n)!] : []));
     const others = (): ReturnType<typeof unknownObjects> | undefined => {
       if (!view?.exists) return undefined;
-      const kept = unknownObjects(view, [...next.values(), ...old], touchedSet);
+      // (The versions an interrupted change left are this state file's: not carried over, see `halfDone` below.)
+      const kept = unknownObjects(view, [...next.values(), ...old, ...interrupted], touchedSet);
       return keepsAnything(kept) ? kept : undefined;
     };
     const keptNote = (kept: { vips: Set<string> }): string =>
@@ -312,7 +313,7 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
         ? `${this.where(f)} holds ${kept.vips.size} virtual address(es) this in-memory instance was not told about: kept as they are`
         : `${this.where(f)} holds ${kept.vips.size} virtual address(es) of profiles this state file does not hold (another state file's, or left by an interrupted change): kept as they are`;
     const known = { old, touched };
-    if (exclusive) await this.refuseTaken(f, next, known, view);
+    if (exclusive) await this.refuseTaken(f, next, known, view, interrupted);
     const jumps = originals ? await originals : [];
     const targets = new Set(takeover.keys());
     // A jump this change takes over serves no address after it: not in the way of a profile new there.
@@ -371,17 +372,18 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
       leftover = gone.filter((p) => heldBeyondPlan(p, v).length > 0).map((p) => p.name);
       if (leftover.length && (!view || view.narrow)) view = v.narrow ? await this.executor.read(nf) : v;
     }
-    // A version an interrupted change of this state file left (the marker's) at an address the state has a profile at,
-    // where the kernel holds more than that profile plans: the incremental plan (from the state's versions) would leave
-    // it (a second version beside the state's, or instead of it): the table is replaced instead, which drops everything
-    // at that address.
+    // A version an interrupted change of this state file left (the marker's): at an address the state has a profile
+    // at, the kernel holds more there than that profile plans; at another address (a move to another address), the
+    // kernel holds anything there. Either way the incremental plan (from the state's versions) would leave it (an
+    // orphan, still serving its address, or a second version beside the state's): the table is replaced instead,
+    // which drops everything at those addresses (they are known, see others()).
     const halfDone = new Set<string>();
     if (interrupted.length && view?.exists && next.size > 0) {
       const at = new Map<string, Profile>();
       for (const p of state.values()) at.set(profileVipKey(p), p);
       for (const m of interrupted) {
         const s = at.get(profileVipKey(m));
-        if (s && heldBeyondPlan(s, view).length > 0) halfDone.add(m.name);
+        if (s ? heldBeyondPlan(s, view).length > 0 : servesAddress(view, m)) halfDone.add(m.name);
       }
       for (const n of halfDone) if (!leftover.includes(n)) leftover.push(n);
       // Nothing left behind, and nothing asked of this family: no commit.
@@ -571,6 +573,7 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     next: ReadonlyMap<string, Profile>,
     known: { old: Profile[]; touched?: string[] },
     view: NftView | undefined,
+    interrupted: readonly Profile[] = [],
   ): Promise<void> {
     // (Another profile of this state file cannot hold the address: the core refused that already.)
     const before = new Set(known.old.map((p) => profileVipKey(p)));
@@ -592,6 +595,13 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     for (const o of known.old) {
       const p = next.get(o.name);
       addresses.set(o.name, new Set([profileVipKey(o), ...(p ? [profileVipKey(p)] : [])]));
+    }
+    // Where an interrupted change of this state file moved a profile (the move marker's versions): its rules and its
+    // address there are this state file's, replaced by the plan (see planChange), not another's.
+    const left = new Set<string>();
+    for (const m of interrupted) {
+      addresses.get(m.name)?.add(profileVipKey(m));
+      left.add(`${m.name} ${profileVipKey(m)}`);
     }
     const refuseElsewhere = (v: NftView): void => {
       const r = addresses.size ? ruleElsewhere(v, addresses) : undefined;
@@ -633,7 +643,7 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
       }
     }
     for (const p of moved) {
-      if (!servesAddress(v, p)) continue;
+      if (left.has(`${p.name} ${profileVipKey(p)}`) || !servesAddress(v, p)) continue;
       if (v.narrow) v = await this.executor.read(nf);
       if (!servesAddress(v, p) || (await asPlanned(p))) continue;
       throw new IptlbError(
