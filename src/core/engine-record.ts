@@ -74,15 +74,15 @@ export function writeEngineRecord(statePath: string, text: string | null): Promi
 /**
  * Writes `file`, beside state file `statePath`, atomically (a temporary file named as the state file's,
  * which a killed writer's cleanup removes, fsync, rename, directory fsync), or removes it (and fsyncs the
- * directory) when `text` is null.
+ * directory) when `text` is null; `sync` false: neither fsync.
  */
-async function writeBeside(statePath: string, file: string, text: string | null): Promise<void> {
+async function writeBeside(statePath: string, file: string, text: string | null, sync = true): Promise<void> {
   if (text === null) {
     await fsp.unlink(file).catch((e: NodeJS.ErrnoException) => {
       if (e.code !== 'ENOENT') throw e;
     });
-    await fsp.syncDir(path.dirname(file));
-  } else await fsp.replaceFile(file, (fh) => fh.writeFile(text, 'utf8'), { tmpName: path.basename(statePath) });
+    if (sync) await fsp.syncDir(path.dirname(file));
+  } else await fsp.replaceFile(file, (fh) => fh.writeFile(text, 'utf8'), { tmpName: path.basename(statePath), sync });
 }
 
 /**
@@ -165,7 +165,11 @@ export function readNftMoveMarker(statePath: string): unknown[] {
   return out;
 }
 
-/** Writes the nft move marker atomically ({@link writeBeside}), or removes it when `text` is null. Under the lock. */
+/**
+ * Writes the nft move marker atomically ({@link writeBeside}), or removes it when `text` is null. Under the lock.
+ * Without fsync: it describes what the kernel holds, which a crash of the machine empties too (a marker lost then
+ * is not missed; one left, empty or not, costs the next change one read); a killed process loses nothing.
+ */
 export function writeNftMoveMarker(statePath: string, text: string | null): Promise<void> {
-  return writeBeside(statePath, nftMoveMarkerOf(statePath), text);
+  return writeBeside(statePath, nftMoveMarkerOf(statePath), text, false);
 }

@@ -181,11 +181,13 @@ export async function syncDir(dir: string): Promise<void> {
  * `.<tmpName>.tmp-<pid>-<random>` (a killed writer's cleanup removes those of the state file's name),
  * which is fsynced, `beforeRename` may still refuse the replacement, then the rename and a directory
  * fsync. The temporary file is removed on any failure. Returns the new file's stat (taken after its fsync).
+ * `sync: false`: atomic for other processes, without either fsync (a file whose content matters only while
+ * this boot's kernel holds what it describes: after a crash of the machine it may be empty or gone).
  */
 export async function replaceFile(
   file: string,
   write: (fh: FileHandle) => Promise<void>,
-  opts: { tmpName?: string; beforeRename?: () => Promise<void> } = {},
+  opts: { tmpName?: string; beforeRename?: () => Promise<void>; sync?: boolean } = {},
 ): Promise<fs.BigIntStats> {
   const dir = path.dirname(file);
   const tmp = path.join(
@@ -197,7 +199,7 @@ export async function replaceFile(
   let st: fs.BigIntStats;
   try {
     await write(fh);
-    await fh.sync();
+    if (opts.sync !== false) await fh.sync();
     st = await fh.stat({ bigint: true });
   } catch (e) {
     await fh.close().catch(() => {});
@@ -212,6 +214,6 @@ export async function replaceFile(
     await unlink(tmp).catch(() => {});
     throw e;
   }
-  await syncDir(dir);
+  if (opts.sync !== false) await syncDir(dir);
   return st;
 }
