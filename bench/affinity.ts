@@ -4,7 +4,7 @@
  * an affinity profile has a client set and one set per destination. Three ways of making the sets, side by side in
  * one run, each loaded with one `nft -f` into table ip iptlb of this namespace:
  *  - every set made with its limit (iptlb until 2026-12-07);
- *  - the client set made with its limit, the destinations' sets without a size (kernels before 6.6:
+ *  - every set made without a size, the kernel giving it 65,535 when a rule updates it (kernels before 6.6:
  *    IPTLB_TEST_NFT_SET_SIZE_UPDATE=0);
  *  - every set made without a size and given its limit by a second `add set` in the same transaction (6.6 and
  *    later: IPTLB_TEST_NFT_SET_SIZE_UPDATE=1).
@@ -37,7 +37,12 @@ function profiles(n: number, dests: number): Profile[] {
 
 const MODES = [
   { key: 'atCreation', label: 'every set made with its limit (until 2026-12-07)', update: '1', old: true },
-  { key: 'clientSized', label: 'client set made with its limit (kernels before 6.6)', update: '0', old: false },
+  {
+    key: 'kernelLimit',
+    label: "sets made without a size, the kernel's limit (kernels before 6.6)",
+    update: '0',
+    old: false,
+  },
   { key: 'byUpdate', label: 'sets made without a size, then given it (6.6 and later)', update: '1', old: false },
 ] as const;
 

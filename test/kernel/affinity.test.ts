@@ -78,6 +78,24 @@ for (const pair of PAIRS) {
     });
   });
 
+  if (pair.name.startsWith('nft'))
+    test(`${pair.name}: affinity sets at the production limit: made without a size and given it (client 65,535, destinations 131,070), or, as on a kernel before 6.6, given the kernel's 65,535`, async () => {
+      for (const update of ['1', '0']) {
+        const r = await run(pair.name, 'sizes', update);
+        ok(r.apply, 'apply');
+        assert.deepEqual(
+          r.sets.map((x: { name: string; size: number }) => [x.name, x.size]),
+          [
+            ['aff_WEB_127_0_0_1_9001_600', update === '1' ? 131070 : 65535],
+            ['aff_WEB_127_0_0_1_9002_600', update === '1' ? 131070 : 65535],
+            ['aff_WEB_C_600', 65535],
+          ],
+          update,
+        );
+        assert.equal(r.status.inSync, true, JSON.stringify(r.status));
+      }
+    });
+
   // nft: with the sets made without a size and given it in the same transaction (Linux 6.6 and later), and as on an
   // older kernel (the client set made with its size, the destinations' sets without one)
   for (const update of pair.name.startsWith('nft') ? ['1', '0'] : [undefined])

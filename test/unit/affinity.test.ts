@@ -395,7 +395,7 @@ test('nft view: affinity rules and sets decode from nft -j (elements the kernel 
   assert.ok(compareNft(pm(p), extra).some((x) => x.status === 'orphaned' && /aff_OLD/.test(x.detail ?? '')));
 });
 
-test('nft affinity sets take no memory before clients come: made without a size, then given their limit (Linux 6.6 and later); older kernels: the client set sized at creation, the destinations sets without a size', (t) => {
+test("nft affinity sets take no memory before clients come: made without a size, then given their limit (Linux 6.6 and later), or given the kernel's own limit for a set rules update (older kernels)", (t) => {
   t.after(() => delete process.env.IPTLB_TEST_NFT_SET_SIZE_UPDATE);
   const plain = validateProfile({ name: 'old', source: '127.100.0.11:80', destination: D });
   const a = validateProfile({ ...base, destination: D.slice(0, 2), affinity: 2 });
@@ -422,8 +422,14 @@ test('nft affinity sets take no memory before clients come: made without a size,
   // in that order: the set first, its size after
   const text = renderNft(planNftRebuild([a]));
   assert.ok(text.indexOf(line(C, 0)) < text.indexOf(line(C, 65535)), text);
+  // an older kernel: no size; the kernel gives a set that rules update 65,535, the client limit; a client set of
+  // another limit is made with it
   process.env.IPTLB_TEST_NFT_SET_SIZE_UPDATE = '0';
-  assert.deepEqual(sets().sort(), [line(C, 65535), line(d1, 0), line(d2, 0)].sort());
+  assert.deepEqual(sets().sort(), [line(C, 0), line(d1, 0), line(d2, 0)].sort());
+  process.env.IPTLB_TEST_AFFINITY_CLIENTS = '6';
+  t.after(() => delete process.env.IPTLB_TEST_AFFINITY_CLIENTS);
+  assert.deepEqual(sets().sort(), [line(C, 6), line(d1, 0), line(d2, 0)].sort());
+  delete process.env.IPTLB_TEST_AFFINITY_CLIENTS;
   // the kernel's release decides without the override: 6.5 took the size of an existing set (checked from 6.6)
   delete process.env.IPTLB_TEST_NFT_SET_SIZE_UPDATE;
   for (const [release, yes] of [

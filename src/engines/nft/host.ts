@@ -18,7 +18,7 @@ export function nftHostChecks(): HostCheck[] {
       ok: true,
       detail: kernelUpdatesSetSize()
         ? 'made without a size, then given their limit (Linux 6.6 or later): memory grows with the clients'
-        : 'made with the client limit (Linux before 6.6): about 2 MB of kernel memory per affinity profile, from its first commit',
+        : "made without a size (Linux before 6.6): the kernel's limit for them, 65,535 clients, and memory grows with the clients",
     },
   ];
 }

@@ -136,15 +136,24 @@ export function kernelUpdatesSetSize(kernel: string = (release ??= osRelease()))
   return !!m && (Number(m[1]) > 6 || (Number(m[1]) === 6 && Number(m[2]) >= 6));
 }
 /**
- * The op that makes an affinity set. On a kernel that updates a set's size ({@link kernelUpdatesSetSize}) every set is
- * made without a size and given its limit in the same transaction (no memory before clients come). On an older one
- * the client set is made with its limit (its 2 MB at once: it is what bounds the profile's memory), a destination's
- * set without one (the client set bounds it; the kernel gives a set that rules update 65,535).
+ * The limit the kernel gives a set without a size when a rule updates it (nft_dynset_init; seen in kernels from 4.x
+ * to 6.18): 65,535. The set keeps the small hash table it was made with.
+ */
+export const KERNEL_DYNSET_SIZE = 65535;
+/**
+ * The op that makes an affinity set, none of them sized at creation when it can be helped (the kernel would give
+ * its hash table the size at once, empty: 2 MB for 65,535). On a kernel that updates a set's size
+ * ({@link kernelUpdatesSetSize}) every set is made without a size and given its limit in the same transaction. On an
+ * older one a set is made without a size and gets the kernel's limit for a set that rules update
+ * ({@link KERNEL_DYNSET_SIZE}): the client set's own limit by default (a destination's set then has that limit too,
+ * not twice it; the client set still bounds it); a client set of another limit (IPTLB_TEST_AFFINITY_CLIENTS) is made
+ * with it.
  */
 export function affinitySetOp(name: string, timeout: number): Extract<NftOp, { op: 'addAffinitySet' }> {
   const size = affinitySetSize(name);
   if (kernelUpdatesSetSize()) return { op: 'addAffinitySet', name, timeout, size, sizeByUpdate: true };
-  return { op: 'addAffinitySet', name, timeout, size: isAffinityClientSet(name) ? size : 0 };
+  const sized = isAffinityClientSet(name) && size !== KERNEL_DYNSET_SIZE;
+  return { op: 'addAffinitySet', name, timeout, size: sized ? size : 0 };
 }
 export const AFFINITY_SET_PATTERN = /^aff_[A-Z0-9_]+_([1-9][0-9]*)$/;
 /** The timeout (seconds) of an affinity set, from its name; null when the name is not one. */
