@@ -664,6 +664,13 @@ export class Core {
   private nftMoveLeft = false;
 
   /**
+   * The profile versions the nft move marker holds for the change in flight: those of a marker found, then those of
+   * every two-step plan committed since (each family's, and an undo's): each write holds them all, so the second
+   * family's move (or an undo) does not drop the first family's from the marker.
+   */
+  private nftMoveVersions: Profile[] = [];
+
+  /**
    * The versions of profiles the nft move marker holds (see PlanContext.interrupted): those that are profiles still
    * (a line that is not is skipped).
    */
@@ -965,6 +972,7 @@ export class Core {
         // none while the lock was kept since the last look (only this instance could have left it: it knows).
         if (engine && this.statePath !== null && !lock.kept) this.nftMoveLeft = nftMoveMarkerExists(this.statePath);
         const interrupted = engine && this.nftMoveLeft ? this.interruptedVersions() : undefined;
+        this.nftMoveVersions = [...(interrupted ?? [])];
         // The long-lived map itself, in memory or cached from the file (decide never changes it; `next`
         // is a view): no copy per batch. `record` changes it once the change is recorded.
         const state = opts.holds ? await this.heldBase(engine, opts.holds) : await this.currentState();
@@ -1222,13 +1230,13 @@ export class Core {
     // first leaves the kernel holding them beside the state file's, and the next change finds them (see
     // nftMoveMarkerOf). Removed once the change is recorded (transact). Only with a state file: an in-memory
     // instance's profiles die with it. One file written and removed per such change; nothing for any other.
+    // (Every version marked so far in this change stays: a change of both families moves a profile in each, or an
+    // undo moves one back, and the kernel may hold any of them.)
     if (plan.steps.length > 1 && this.statePath !== null && plan.known?.touched) {
-      const versions = [
-        ...(interrupted ?? []),
-        ...plan.known.touched.flatMap((n) => (plan.next.has(n) ? [plan.next.get(n)!] : [])),
-      ];
+      for (const n of plan.known.touched) if (plan.next.has(n)) this.nftMoveVersions.push(plan.next.get(n)!);
+      const versions = new Map([...(interrupted ?? []), ...this.nftMoveVersions].map((v) => [JSON.stringify(v), v]));
       try {
-        await writeNftMoveMarker(this.statePath, nftMoveMarkerText(versions));
+        await writeNftMoveMarker(this.statePath, nftMoveMarkerText(versions.values()));
       } catch (e) {
         throw fsFailure(e, 'write the nft move marker', nftMoveMarkerOf(this.statePath));
       }

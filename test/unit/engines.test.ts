@@ -188,12 +188,27 @@ async function killedAfterFirstStep(
   file: string,
   ...inputs: ProfileInput[]
 ): Promise<void> {
+  await killedAtCommit(kernels, file, 2, ...inputs);
+}
+
+/** As {@link killedAfterFirstStep}, the process dying at its `at`-th kernel transaction (the ones before committed). */
+async function killedAtCommit(
+  kernels: ReturnType<typeof fakes>,
+  file: string,
+  at: number,
+  ...inputs: ProfileInput[]
+): Promise<void> {
   let commits = 0;
+  let marker: string | null | undefined;
   const dying = new Proxy(kernels.nft, {
     get(t, k) {
       if (k === 'commit')
         return async (tx: Parameters<FakeNftKernel['commit']>[0]) => {
-          if (++commits === 2) throw new Error('killed');
+          // Dead from then on: nothing after it reaches the kernel (not even an undo of an earlier family), and the
+          // marker stays as it was then (see below).
+          if (++commits === at)
+            marker = existsSync(`${file}.nft-move`) ? readFileSync(`${file}.nft-move`, 'utf8') : null;
+          if (commits >= at) throw new Error('killed');
           return t.commit(tx);
         };
       const v = Reflect.get(t, k) as unknown;
@@ -205,7 +220,10 @@ async function killedAfterFirstStep(
     nft: dying,
   } as unknown as Record<EngineName, Executor>);
   await assert.rejects(apply(dead, ...inputs), /killed/);
-  assert.equal(commits, 2, 'a two-step change, killed after its first transaction');
+  assert.ok(commits >= at, `killed at transaction ${at}`);
+  // What the killed process left (the code after the kill here, an undo, may have written it again).
+  if (marker === null) rmSync(`${file}.nft-move`, { force: true });
+  else writeFileSync(`${file}.nft-move`, marker!);
 }
 
 /** What table `<nf> iptlb` of the fake holds at `vip` (`ip . port`): dispatch elements, backends, rules of profiles. */
@@ -358,6 +376,30 @@ test('nft: a change committed in two transactions writes the move marker before 
     });
     assert.deepEqual(seen.slice(2), [true, true], 'the move: marked during both transactions');
     assert.ok(!existsSync(`${file}.nft-move`), 'removed once recorded');
+  } finally {
+    done();
+  }
+});
+
+test('nft: a change moving a profile to another address in each family, killed in the second family, leaves the marker naming both: a delete then leaves nothing at either new address', async () => {
+  const d4 = (...ports: number[]) => ports.map((p) => `127.0.0.1:${p}`);
+  const d6 = (...ports: number[]) => ports.map((p) => `[2001:db8::1]:${p}`);
+  const a = (source: string): ProfileInput => ({ name: 'a', source, destination: d4(9001, 9002) });
+  const e = (source: string): ProfileInput => ({ name: 'e', source, destination: d6(9001, 9002) });
+  const other: ProfileInput = { name: 'b', source: '127.100.0.2:80', destination: d4(9001, 9002) };
+  const { core, kernels, done, file } = coreOn('nft');
+  try {
+    await apply(core, a('127.100.0.1:80'), e('[2001:db8::a]:80'), other);
+    // Both moves are two-step: table ip's two transactions, then table ip6's first; killed at ip6's second.
+    await killedAtCommit(kernels, file, 4, a('127.100.0.5:80'), e('[2001:db8::e]:80'));
+    assert.notDeepEqual(heldAt(kernels, '127.100.0.5 . 80'), [], 'the IPv4 move went through');
+    const marker = readFileSync(`${file}.nft-move`, 'utf8');
+    assert.match(marker, /"127\.100\.0\.5:80"/, `the marker names the IPv4 move too: ${marker}`);
+    await core.transact((state) => deleteChange(state, ['a', 'e']), { run: true });
+    assert.deepEqual(heldAt(kernels, '127.100.0.5 . 80'), [], 'left at the IPv4 new address');
+    assert.deepEqual(heldAt(kernels, '2001:db8::e . 80', 'ip6'), [], 'left at the IPv6 new address');
+    assert.deepEqual(await statuses(core), { b: 'in-sync' });
+    assert.ok(!existsSync(`${file}.nft-move`), 'the marker is removed');
   } finally {
     done();
   }
