@@ -1190,18 +1190,38 @@ export class Core {
     );
     // Every family planned before any is committed: a plan the engine refuses (another tool's rule
     // in a base chain, say) changes nothing, not even for a moment in the other family.
-    const plans: [Family, ReadonlyMap<string, Profile>, Change, FamilyPlan][] = [];
+    const plans: [Family, ReadonlyMap<string, Profile>, Change, FamilyPlan, () => Promise<FamilyPlan>][] = [];
     for (const [f, changeF] of parts) {
       const stateF = this.ofFamily(state, f);
-      const ctx = this.planContext(stateF);
-      if (left.has(f)) ctx.interrupted = interrupted!.filter((p) => familyOfProfile(p) === f);
-      plans.push([f, stateF, changeF, await engine.planChange(f, stateF, changeF, ctx)]);
+      const plan = (): Promise<FamilyPlan> => {
+        const ctx = this.planContext(stateF);
+        if (left.has(f)) ctx.interrupted = interrupted!.filter((p) => familyOfProfile(p) === f);
+        return engine.planChange(f, stateF, changeF, ctx);
+      };
+      plans.push([f, stateF, changeF, await plan(), plan]);
     }
-    for (const [f, stateF, changeF, plan] of plans) {
+    for (const [f, stateF, changeF, first, replan] of plans) {
       try {
-        if (!plan.steps.length) continue;
+        if (!first.steps.length) continue;
         // `after` only with a change of one family: written once the whole change is in the kernel.
-        const r = await this.commitPlan(engine, plan, parts.length === 1 ? after : undefined, interrupted);
+        const commit = (plan: FamilyPlan) =>
+          this.commitPlan(engine, plan, parts.length === 1 ? after : undefined, interrupted);
+        // A plan bound to the generation it read (nft: a replacement of the table) is refused with ERESTART when the
+        // ruleset changed since: by another writer, or by this change's own commit of the family before (both plans
+        // read the generation before either commit). Planned again from a new read, as sync does (replaceFamily);
+        // before 2026-12-07 such a change of both families failed every time on the native executor.
+        let r: Awaited<ReturnType<typeof commit>> | undefined;
+        for (let attempt = 1, plan = first; !r; attempt++) {
+          try {
+            r = await commit(plan);
+          } catch (e) {
+            // (A plan of one transaction only: a second step is never planned again after its first committed.)
+            if (!(e instanceof IptlbError && e.code === 'ERESTART' && plan.steps.length === 1 && attempt < 5)) throw e;
+            plan = await replan();
+            if (!plan.steps.length) break;
+          }
+        }
+        if (!r) continue;
         done.push({
           family: f,
           state: stateF,

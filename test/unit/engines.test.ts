@@ -405,6 +405,38 @@ test('nft: a change moving a profile to another address in each family, killed i
   }
 });
 
+test('nft: a change that replaces both tables ip and ip6 (profiles with rules of their own the tables lack) commits both: the second table is not refused for the generation the first one moved', async () => {
+  const { core, kernels, done } = coreOn('nft');
+  try {
+    const r4: ProfileInput = {
+      name: 'r4',
+      source: '127.100.0.3:80',
+      destination: ['127.0.0.1:9003', '127.0.0.1:9004'],
+      scheduler: 'round-robin',
+    };
+    const r6: ProfileInput = {
+      name: 'r6',
+      source: '[2001:db8::3]:80',
+      destination: ['[2001:db8::1]:9003', '[2001:db8::1]:9004'],
+      scheduler: 'round-robin',
+    };
+    await apply(
+      core,
+      { name: 'a', source: '127.100.0.1:80', destination: ['127.0.0.1:9001'] },
+      { name: 'b', source: '[2001:db8::1]:80', destination: ['[2001:db8::1]:9001'] },
+    );
+    // Written without -run: both tables exist, without them.
+    await core.transact((state) => upsertChange(state, [r4, r6]), { run: false });
+    assert.deepEqual(await statuses(core), { a: 'in-sync', b: 'in-sync', r4: 'missing', r6: 'missing' });
+    const before = kernels.nft.commits.length;
+    await apply(core, r4, r6);
+    assert.deepEqual(await statuses(core), { a: 'in-sync', b: 'in-sync', r4: 'in-sync', r6: 'in-sync' });
+    assert.ok(kernels.nft.commits.length >= before + 2);
+  } finally {
+    done();
+  }
+});
+
 test('nft: profiles written to the state file without -run are committed when applied unchanged with -run (a table without them, or none)', async () => {
   for (const tableFirst of [false, true]) {
     const { core, done, lines } = coreOn('nft');
