@@ -674,7 +674,7 @@ export class Core {
    * The versions of profiles the nft move marker holds (see PlanContext.interrupted): those that are profiles still
    * (a line that is not is skipped).
    */
-  private interruptedVersions(): Profile[] {
+  private async interruptedVersions(): Promise<Profile[]> {
     const out: Profile[] = [];
     for (const raw of readNftMoveMarker(this.statePath!)) {
       try {
@@ -683,7 +683,21 @@ export class Core {
         // not a profile: skipped
       }
     }
-    return out;
+    // A version at an address another state file's profile holds now is not looked for: what the kernel holds there
+    // is that profile's (the version never reached the kernel, its process killed or refused before the first
+    // transaction, or a sync removed it since; a state file does not take an address the kernel serves for another).
+    // Looked for, it was taken for this state file's and the replacement dropped the other's profile.
+    if (!out.length || this.registry === null) return out;
+    const taken = new Set<string>();
+    for (const { file, exists } of otherStateFiles(this.statePath!, this.registry)) {
+      if (!exists) continue;
+      try {
+        for (const p of (await readStateFile(file)).values()) taken.add(`${p.protocol} ${p.source}`);
+      } catch {
+        // unreadable: its profiles are not known here, as for a status
+      }
+    }
+    return out.filter((p) => !taken.has(`${p.protocol} ${p.source}`));
   }
 
   /** The engine the last selection chose (to say when a later one follows a migrate elsewhere). */
@@ -971,7 +985,7 @@ export class Core {
         // (see nftMoveMarkerOf): the versions it may have left are looked for by this change's plan. One lstat, and
         // none while the lock was kept since the last look (only this instance could have left it: it knows).
         if (engine && this.statePath !== null && !lock.kept) this.nftMoveLeft = nftMoveMarkerExists(this.statePath);
-        const interrupted = engine && this.nftMoveLeft ? this.interruptedVersions() : undefined;
+        const interrupted = engine && this.nftMoveLeft ? await this.interruptedVersions() : undefined;
         this.nftMoveVersions = [...(interrupted ?? [])];
         // The long-lived map itself, in memory or cached from the file (decide never changes it; `next`
         // is a view): no copy per batch. `record` changes it once the change is recorded.

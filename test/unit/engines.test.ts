@@ -405,6 +405,35 @@ test('nft: a change moving a profile to another address in each family, killed i
   }
 });
 
+test("nft: a move marker naming an address another state file's profile holds now (the move never reached the kernel) does not make the next change drop that profile", async () => {
+  const kernels = fakes();
+  const reg = mkdtempSync(path.join(tmpdir(), 'iptlb-reg-'));
+  const A = coreOn('nft', kernels, [], { stateRegistry: reg });
+  const B = coreOn('nft', kernels, [], { stateRegistry: reg });
+  try {
+    await apply(A.core, { name: 'a', source: '127.100.0.1:80', destination: ['127.0.0.1:9001', '127.0.0.1:9002'] });
+    // A's process killed after writing the marker of a move of a to 127.100.0.5, before its first transaction (or
+    // refused by the kernel there, or a sync since): the kernel never held that version.
+    const moved = validateProfile({
+      name: 'a',
+      source: '127.100.0.5:80',
+      destination: ['127.0.0.1:9001', '127.0.0.1:9002'],
+    });
+    writeFileSync(`${A.file}.nft-move`, JSON.stringify(moved) + '\n');
+    // Another state file takes that address, then A changes anything.
+    await apply(B.core, { name: 'z', source: '127.100.0.5:80', destination: ['127.0.0.1:9005'] });
+    await apply(A.core, { name: 'c', source: '127.100.0.3:80', destination: ['127.0.0.1:9003'] });
+    assert.deepEqual(await statuses(B.core), { z: 'in-sync' }, "B's profile is still in the kernel");
+    assert.notDeepEqual(heldAt(kernels, '127.100.0.5 . 80'), [], 'z still served');
+    assert.deepEqual(await statuses(A.core), { a: 'in-sync', c: 'in-sync' });
+    assert.ok(!existsSync(`${A.file}.nft-move`), 'the marker is removed');
+  } finally {
+    A.done();
+    B.done();
+    rmSync(reg, { recursive: true, force: true });
+  }
+});
+
 test('nft: a change that replaces both tables ip and ip6 (profiles with rules of their own the tables lack) commits both: the second table is not refused for the generation the first one moved', async () => {
   const { core, kernels, done } = coreOn('nft');
   try {
