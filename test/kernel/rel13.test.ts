@@ -64,7 +64,14 @@ describePairs('issue 13', (pair) => {
         /^iptlb: error: cannot write the state file .*: no space left on the device \(ENOSPC\); the kernel change was undone, nothing was changed$/m,
       );
     }
-    for (const err of [err1, err2]) {
+    // nft: keep's reset from one destination to two moves it to another dispatch set, two transactions, and such a
+    // change writes the nft move marker beside the state file first: refused there, before the kernel is touched.
+    if (pair.engine === 'nft')
+      assert.match(
+        err2,
+        /^iptlb: error: cannot write the nft move marker .*\.nft-move: no space left on the device \(ENOSPC\)$/m,
+      );
+    for (const err of pair.engine === 'nft' ? [err1] : [err1, err2]) {
       assert.match(err, /undid the .* part of the change, because the state file could not be written/);
       assert.match(
         err,
