@@ -70,7 +70,8 @@ describePairs('reliability', ({ name: ex }) => {
       const at = (n: string, vip: string, dest: string, ...more: string[]): ReturnType<typeof cli> =>
         cli(ex, '-run', `-profile=${n}`, `-src-addr=${vip}:80`, `-dest-addr=${dest}`, ...more);
       // The first step of two moves (a: 2 -> 3 destinations; c: random -> round-robin), as a process killed after
-      // committing it leaves the kernel; the state file keeps the old versions.
+      // committing it leaves the kernel, and the nft move marker it wrote before; the state file keeps the old
+      // versions.
       const v = (name: string, source: string, destination: string, scheduler?: string) =>
         validateProfile({ name, source, destination: destination.split(','), ...(scheduler ? { scheduler } : {}) });
       const b = v('b', '127.100.0.2:80', two);
@@ -93,6 +94,7 @@ describePairs('reliability', ({ name: ex }) => {
         at('c', '127.100.0.3', two),
         { op: 'write', file: '$WORK/step1.nft', text: renderNft(steps[0]!) },
         { op: 'sh', argv: ['nft', '-f', '$WORK/step1.nft'] },
+        { op: 'write', file: '$WORK/state.db.nft-move', text: nftMoveMarkerText([next.get('a'), next.get('c')]) },
         { op: 'sh', argv: ['nft', 'list', 'table', 'ip', 'iptlb'] },
         cli(ex, '-run', '-delete', '-profile=a'),
         cli(ex, 'delete', 'c'),
@@ -102,23 +104,23 @@ describePairs('reliability', ({ name: ex }) => {
         { op: 'tcp', vip: '127.100.0.3', port: 80, count: 5 },
         { op: 'tcp', vip: '127.100.0.2', port: 80, count: 20 },
       ]);
-      for (const i of [1, 2, 3, 5, 7, 8]) ok(r[i], `step ${i}`);
+      for (const i of [1, 2, 3, 5, 8, 9]) ok(r[i], `step ${i}`);
       // Both versions were in the kernel: a in two dispatch sets, c's round-robin rule beside its element.
-      assert.match(r[6].stdout, /set out_tcp_2 [^}]*127\.100\.0\.1 \. 80/s);
-      assert.match(r[6].stdout, /set out_tcp_3 [^}]*127\.100\.0\.1 \. 80/s);
-      assert.match(r[6].stdout, /comment "iptlb:c"/);
-      assert.doesNotMatch(r[9].stdout, /127\.100\.0\.[13]\b|iptlb:[ac]"/, 'nothing of a or c left');
-      assert.equal(r[10].code, 0, `status exited ${r[10].code} (3: drift): ${r[10].stdout}`);
-      const st = JSON.parse(r[10].stdout) as { inSync: boolean; profiles: { name: string; status: string }[] };
-      assert.equal(st.inSync, true, r[10].stdout);
+      assert.match(r[7].stdout, /set out_tcp_2 [^}]*127\.100\.0\.1 \. 80/s);
+      assert.match(r[7].stdout, /set out_tcp_3 [^}]*127\.100\.0\.1 \. 80/s);
+      assert.match(r[7].stdout, /comment "iptlb:c"/);
+      assert.doesNotMatch(r[10].stdout, /127\.100\.0\.[13]\b|iptlb:[ac]"/, 'nothing of a or c left');
+      assert.equal(r[11].code, 0, `status exited ${r[11].code} (3: drift): ${r[11].stdout}`);
+      const st = JSON.parse(r[11].stdout) as { inSync: boolean; profiles: { name: string; status: string }[] };
+      assert.equal(st.inSync, true, r[11].stdout);
       assert.deepEqual(
         st.profiles.map((p) => `${p.name}:${p.status}`),
         ['b:in-sync'],
       );
       // Nothing serves the deleted addresses (no listener on port 80: refused); b's does.
-      assert.equal(r[11].failures, 5, 'a deleted address still served');
       assert.equal(r[12].failures, 5, 'a deleted address still served');
-      assert.equal(r[13].failures, 0, JSON.stringify(r[13].errors));
+      assert.equal(r[13].failures, 5, 'a deleted address still served');
+      assert.equal(r[14].failures, 0, JSON.stringify(r[14].errors));
     });
 
   if (pairOf(ex).engine === 'nft')

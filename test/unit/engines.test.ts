@@ -20,6 +20,7 @@ import type { Executor } from '../../src/engines/engine.js';
 import { NftEngine } from '../../src/engines/nft/index.js';
 import { planNftChange, planNftProfile } from '../../src/engines/nft/plan.js';
 import { FileHandle } from '../../src/platform/fsp.js';
+import { nftMoveMarkerOf, nftMoveMarkerText } from '../../src/core/engine-record.js';
 
 const web = (n: number, dests = 3, source = `127.100.0.${10 + n}:80`): ProfileInput => ({
   name: `web${n}`,
@@ -128,17 +129,17 @@ test('nft: a delete after a move interrupted between its two steps, or after its
           const { core, kernels, done, file } = coreOn('nft');
           try {
             await apply(core, from, ...other);
-            const prev = new Map([from, ...other].map((p) => [p.name!, validateProfile(p)] as const));
-            const next = new Map(prev).set('a', validateProfile(to));
             if (when === 'between the steps') {
-              // The process was killed after the first step: the kernel holds both versions, the state file the old.
-              await kernels.nft.commit(planNftChange(prev, next, ['a'])[0]!);
+              // The process was killed after the first step: the kernel holds both versions, the state file the old,
+              // and the nft move marker it wrote before is there.
+              await killedAfterFirstStep(kernels, file, to);
             } else {
-              // Both steps committed, the state write never happened.
+              // Both steps committed, the state write never happened: the marker written before them is left.
               const bytes = readFileSync(file);
               await apply(core, to);
               writeFileSync(file, bytes);
               rmSync(`${file}.journal`, { force: true });
+              writeFileSync(nftMoveMarkerOf(file), nftMoveMarkerText([validateProfile(to)]));
             }
             if (via === 'core') await core.transact((state) => deleteChange(state, ['a']), { run: true });
             else {

@@ -291,7 +291,7 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
     // left in the kernel (the nft move marker, see PlanContext.interrupted): looked for in a read of the table. Only a
     // change after such an interruption has any (the marker is one lstat, when the state-file lock was not kept).
     const interrupted = partial ? [] : (ctx.interrupted ?? []).filter((p) => familyOfProfile(p) === f);
-    let view =
+    const view =
       all || baseChanges || next.size === 0 || lookUp.length || interrupted.length
         ? await this.executor.read(nf)
         : undefined;
@@ -352,26 +352,10 @@ export class NftEngine implements Engine<NftView, NftTransaction> {
         return { family: f, steps: taking([planNftClear(view, nf)]), next, note, known };
       }
     }
-    // A profile this change deletes whose address the kernel holds more of than the state file's version plans: a
-    // move of it (a slot-count change, a scheduler or mode switch: two steps) was interrupted between its steps, so
-    // the kernel holds both versions, and the state file the old one. Deleting the old version's objects would leave
-    // the new one's (an orphan, still serving the address): the table is replaced instead, which drops everything at
-    // the address. Asked of the table when the plan read it, else of a narrow read of the deleted addresses
-    // (NftExecutor.lookup; without it, a whole read), and read whole when it finds something.
-    const gone = change.remove.flatMap((n) => {
-      const p = state.get(n);
-      return p && familyOfProfile(p) === f && !next.has(n) ? [p] : [];
-    });
-    let leftover: string[] = [];
-    if (gone.length && next.size > 0) {
-      const v =
-        view ??
-        (this.executor.lookup
-          ? await this.executor.lookup(nf, gone.map(profileEndpoint))
-          : await this.executor.read(nf));
-      leftover = gone.filter((p) => heldBeyondPlan(p, v).length > 0).map((p) => p.name);
-      if (leftover.length && (!view || view.narrow)) view = v.narrow ? await this.executor.read(nf) : v;
-    }
+    // What an interrupted change of this state file left in the kernel (a move killed between its two transactions, or
+    // after them before its state write: both versions of a profile at its address, or its new address served) is
+    // found through the nft move marker below, by a delete as by any change: a delete reads nothing more of the table.
+    const leftover: string[] = [];
     // A version an interrupted change of this state file left (the marker's): at an address the state has a profile
     // at, the kernel holds more there than that profile plans; at another address (a move to another address), the
     // kernel holds anything there. Either way the incremental plan (from the state's versions) would leave it (an
