@@ -1762,22 +1762,42 @@ export class Core {
   plan(
     decide: (state: Map<string, Profile>) => Change,
     opts: { requireFile?: boolean } = {},
-  ): Promise<{ provider: Engine; change: Change; plans: FamilyPlan[] }> {
+  ): Promise<{
+    provider: Engine;
+    change: Change;
+    plans: FamilyPlan[];
+    /**
+     * The nft move marker when it is there (a change of this state file interrupted between the two transactions of
+     * a move, see nftMoveMarkerOf): the next change looks for the versions it names (`profiles`, by name), and the
+     * plans are those it will commit (a family it names is planned even when the change leaves it alone).
+     */
+    marker?: { file: string; profiles: string[] };
+  }> {
     return this.serial(async () => {
       await this.requireStateFile(opts.requireFile);
       const { provider } = await this.selectionNow();
       const state = await this.readState();
       const change = decide(state);
+      // The nft move marker, looked at as the next change looks at it (transact; read only: the change removes it).
+      // (The nft engine's alone: the legacy engine commits every change in one transaction and writes none.)
+      const markerThere = provider.name === 'nft' && this.statePath !== null && nftMoveMarkerExists(this.statePath);
+      const interrupted = markerThere ? await this.interruptedVersions() : undefined;
+      const left = new Set(interrupted?.map(familyOfProfile));
       // The kernel's part, as transact computes it (health overlay included); nothing is marked done.
       this.health.refresh();
       const k = this.health.begin(state, change);
       const plans: FamilyPlan[] = [];
       for (const f of FAMILIES) {
         const changeF = changeOfFamily(k.change, k.state, f);
-        if (changeF.upsert.length === 0 && changeF.remove.length === 0) continue;
-        plans.push(await provider.planChange(f, this.ofFamily(k.state, f), changeF, this.planContext()));
+        if (changeF.upsert.length === 0 && changeF.remove.length === 0 && !left.has(f)) continue;
+        const ctx = this.planContext();
+        if (left.has(f)) ctx.interrupted = interrupted!.filter((p) => familyOfProfile(p) === f);
+        plans.push(await provider.planChange(f, this.ofFamily(k.state, f), changeF, ctx));
       }
-      return { provider, change, plans };
+      const marker = markerThere
+        ? { file: nftMoveMarkerOf(this.statePath!), profiles: [...new Set(interrupted!.map((p) => p.name))] }
+        : undefined;
+      return { provider, change, plans, ...(marker ? { marker } : {}) };
     });
   }
 

@@ -124,6 +124,51 @@ describePairs('reliability', ({ name: ex }) => {
     });
 
   if (pairOf(ex).engine === 'nft')
+    test('plan after a move killed between its two steps says the next change finds it and replaces the table, and changes nothing (the kernel, the state file, the marker)', async () => {
+      const two = '127.0.0.1:9001,127.0.0.1:9002';
+      const v = (name: string, source: string, destination: string) =>
+        validateProfile({ name, source, destination: destination.split(',') });
+      const prev = new Map([
+        ['a', v('a', '127.100.0.1:80', two)],
+        ['b', v('b', '127.100.0.2:80', two)],
+      ]);
+      const next = new Map([...prev, ['a', v('a', '127.100.0.1:80', `${two},127.0.0.1:9003`)]]);
+      const steps = planNftChange(prev, next, ['a']);
+      assert.equal(steps.length, 2, 'a two-step move');
+      const look = (): { op: 'sh'; argv: string[] } => ({
+        op: 'sh',
+        argv: ['sh', '-c', 'nft list ruleset; cat $WORK/state.db $WORK/state.db.nft-move; ls $WORK'],
+      });
+      const r = await runSteps([
+        { op: 'backends', tcp: [9001, 9002, 9003] },
+        cli(ex, '-run', '-profile=a', '-src-addr=127.100.0.1:80', `-dest-addr=${two}`),
+        cli(ex, '-run', '-profile=b', '-src-addr=127.100.0.2:80', `-dest-addr=${two}`),
+        { op: 'write', file: '$WORK/step1.nft', text: renderNft(steps[0]!) },
+        { op: 'sh', argv: ['nft', '-f', '$WORK/step1.nft'] },
+        { op: 'write', file: '$WORK/state.db.nft-move', text: nftMoveMarkerText([next.get('a')]) },
+        // 6-8: what plan says, and that it changed nothing.
+        look(),
+        cli(ex, 'plan', '-reset', '-profile=a', '-src-addr=127.100.0.1:80', '-dest-addr=127.0.0.1:9001'),
+        look(),
+        // 9: status with the marker there: the leftover shows as drift.
+        cli(ex, 'status'),
+      ]);
+      for (const i of [1, 2, 4, 6, 7, 8]) ok(r[i], `step ${i}`);
+      assert.match(
+        r[7].stdout,
+        /^# the nft move marker \S+\/state\.db\.nft-move is there \(a change of this state file was interrupted between the two steps of a move, of profile\(s\) a\): the next change reads the table for what it left and removes the marker$/m,
+        r[7].stdout,
+      );
+      assert.match(r[7].stdout, /^# table ip iptlb holds more of profile a than the state file does/m, r[7].stdout);
+      // The replacement: the interrupted move's set goes, a at its one destination and b are put back.
+      assert.match(r[7].stdout, /^delete set ip iptlb out_tcp_3$/m, r[7].stdout);
+      assert.match(r[7].stdout, /^add element ip iptlb out_tcp_1 \{ 127\.100\.0\.1 \. 80 \}$/m, r[7].stdout);
+      assert.equal(r[8].stdout, r[6].stdout, 'plan changed the kernel, the state file or the marker');
+      assert.equal(r[9].code, 3, `status: ${r[9].stdout}`);
+      assert.match(r[9].stdout, /\ba\b.*modified/, r[9].stdout);
+    });
+
+  if (pairOf(ex).engine === 'nft')
     test("a reset after a move killed between its two steps leaves one version of the profile, in sync (-run -reset, IPv4 and IPv6): the reset destinations serve, the interrupted move's do not", async () => {
       const V6 = '2001:db8::10';
       const v = (name: string, source: string, destination: string[], scheduler?: string) =>

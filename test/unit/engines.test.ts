@@ -317,6 +317,54 @@ test('nft: a reset after a move interrupted between its two steps leaves one ver
   }
 });
 
+test('nft: plan after a move interrupted between its two steps gives what the next change commits (the table replaced, also for a change of the other family), names the marker, and changes nothing', async () => {
+  const d4 = (n: number, base = 9001): string[] => Array.from({ length: n }, (_, i) => `127.0.0.1:${base + i}`);
+  const a = (dests: string[]): ProfileInput => ({ name: 'a', source: '127.100.0.1:80', destination: dests });
+  const b: ProfileInput = { name: 'b', source: '127.100.0.2:80', destination: d4(2) };
+  const e: ProfileInput = { name: 'e', source: '[2001:db8::e]:80', destination: ['[2001:db8::1]:9001'] };
+  const changes: [string, ProfileInput][] = [
+    ['a reset of a', a(d4(2, 9101))],
+    ['a change of the other family only', { ...e, destination: ['[2001:db8::1]:9002'] }],
+  ];
+  for (const [what, change] of changes) {
+    const { core, kernels, done, file } = coreOn('nft');
+    try {
+      await apply(core, a(d4(2)), b, e);
+      await killedAfterFirstStep(kernels, file, a(d4(3)));
+      const marker = readFileSync(`${file}.nft-move`, 'utf8');
+      const bytes = readFileSync(file);
+      const tables = JSON.stringify(
+        [...kernels.nft.tables.keys()].map((nf) => heldAt(kernels, '127.100.0.1 . 80', nf)),
+      );
+      const n = kernels.nft.commits.length;
+      const planned = await core.plan((state) => upsertChange(state, [change]));
+      // Read-only: the kernel, the state file and the marker as they were.
+      assert.equal(kernels.nft.commits.length, n, `${what}: plan committed`);
+      assert.equal(readFileSync(`${file}.nft-move`, 'utf8'), marker, `${what}: the marker is kept`);
+      assert.deepEqual(readFileSync(file), bytes, `${what}: the state file is unchanged`);
+      assert.equal(
+        JSON.stringify([...kernels.nft.tables.keys()].map((nf) => heldAt(kernels, '127.100.0.1 . 80', nf))),
+        tables,
+      );
+      await apply(core, change);
+      assert.deepEqual(
+        kernels.nft.commits.slice(n),
+        planned.plans.flatMap((p) => p.steps),
+        `${what}: plan gives what the change commits`,
+      );
+      const ip = planned.plans.find((p) => p.family === 'ipv4');
+      assert.match(ip?.note ?? '', /holds more of profile a than the state file does/, what);
+      assert.deepEqual(planned.marker, { file: `${file}.nft-move`, profiles: ['a'] }, what);
+      assert.deepEqual(await statuses(core), { a: 'in-sync', b: 'in-sync', e: 'in-sync' }, what);
+      assert.ok(!existsSync(`${file}.nft-move`), `${what}: the change removes the marker`);
+      // With no marker, plan names none.
+      assert.equal((await core.plan((state) => upsertChange(state, [b]))).marker, undefined);
+    } finally {
+      done();
+    }
+  }
+});
+
 test('nft: a move to another address interrupted between its two steps leaves nothing at the new address after a delete or a reset (a profile without rules of its own, and one with)', async () => {
   const d = (n: number, base = 9001): string[] => Array.from({ length: n }, (_, i) => `127.0.0.1:${base + i}`);
   const X = '127.100.0.1:80';

@@ -10,7 +10,7 @@ import { profileGiven, useStateDeleteProfile } from './original.js';
 async function planCommand(o: LegacyOpts, io: Out, profileGiven = false): Promise<void> {
   if (o.useState && o.delete && profileGiven) throw useStateDeleteProfile(o.profile);
   const core = makeCore({ ...o, quiet: true }, io);
-  const { provider, change, plans } = await core.plan(
+  const { provider, change, plans, marker } = await core.plan(
     (state) => {
       if (o.useState)
         return o.delete ? { upsert: [], remove: [...state.keys()] } : { upsert: [...state.values()], remove: [] };
@@ -27,12 +27,24 @@ async function planCommand(o: LegacyOpts, io: Out, profileGiven = false): Promis
         `# profile ${p.name}: ${describeDestinations(p)}, scheduler ${p.scheduler ?? 'random'}${p.affinity ? `, affinity ${p.affinity}s` : ''}\n`,
     )
     .join('');
+  // What the next change will really do beside the change asked: the nft move marker of an interrupted move (that
+  // change reads the table for the versions it names and removes it), and what the engine says of a plan (the table
+  // replaced whole, another state file's profiles kept), as the change itself says it.
+  const notes: string[] = [];
+  if (marker)
+    notes.push(
+      `the nft move marker ${marker.file} is there (a change of this state file was interrupted between the two steps of a move${marker.profiles.length ? `, of profile(s) ${marker.profiles.join(', ')}` : ''}): the next change reads the table${marker.profiles.length ? ' for what it left' : ''} and removes the marker${plans.some((p) => p.steps.length) ? '' : '; it leaves the kernel as it is'}`,
+    );
+  for (const p of plans) if (p.note) notes.push(p.note);
+  const noteLines = notes.map((n) => `# ${n}\n`).join('');
   const steps = plans.flatMap((plan) => plan.steps.map((tx) => ({ family: plan.family, tx })));
   const texts = await Promise.all(steps.map((s) => provider.render(s.tx)));
   if (o.json) {
     io.out(
       JSON.stringify({
         engine: provider.name,
+        ...(notes.length ? { notes } : {}),
+        ...(marker ? { moveMarker: marker } : {}),
         transactions: steps.map((s, i) => ({
           family: s.family,
           where: provider.where(s.family),
@@ -43,10 +55,10 @@ async function planCommand(o: LegacyOpts, io: Out, profileGiven = false): Promis
     );
     return;
   }
-  if (!steps.length) return io.out(`${header}# nothing to commit: the kernel already holds this`);
+  if (!steps.length) return io.out(`${header}${noteLines}# nothing to commit: the kernel already holds this`);
   const label = (i: number): string =>
     steps.length > 1 ? `# ${provider.where(steps[i].family)}, transaction ${i + 1} of ${steps.length}\n` : '';
-  io.out(header + texts.map((t, i) => label(i) + t.trimEnd()).join('\n'));
+  io.out(header + noteLines + texts.map((t, i) => label(i) + t.trimEnd()).join('\n'));
 }
 
 export function register(program: Command, io: Out): void {
@@ -55,7 +67,7 @@ export function register(program: Command, io: Out): void {
       program
         .command('plan')
         .description(
-          'print the exact text a change would commit (iptables-restore for legacy, nft -f for nft); changes nothing',
+          'print the exact text a change would commit (iptables-restore for legacy, nft -f for nft), with # lines for what it does beyond the change asked (an interrupted nft move found: the table replaced); changes nothing',
         ),
     ),
     { changes: false },
