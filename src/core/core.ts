@@ -2025,10 +2025,9 @@ export class Core {
       // version it applied while the file is gone), none is read from it: without the lock when its
       // directory is gone too, as status does, so that the directory is not made again (0700, with lock
       // files) before whoever removed it makes it.
-      const lock =
-        opts.profiles && this.statePath !== null && !this.window && !existsSync(path.dirname(this.statePath))
-          ? { release() {} }
-          : await this.lock(true);
+      const noLock =
+        opts.profiles && this.statePath !== null && !this.window && !existsSync(path.dirname(this.statePath));
+      const lock = noLock ? { release() {} } : await this.lock(true);
       if (lock.unlocked) this.withoutLock();
       try {
         await this.requireStateFile(requireFile);
@@ -2138,6 +2137,24 @@ export class Core {
             'another state file was being changed: what the kernel holds beyond the state files is left for the next sync',
           );
         this.saidBusy = others.busy;
+        // The nft move marker (see nftMoveMarkerOf) names versions an interrupted move of this state file may have left
+        // in the kernel. The kernel now holds exactly the profiles (a version beside the state's was `modified`, one at
+        // another address `orphaned`: both replaced), so the marker is stale: removed, or the next change would read
+        // the table for it again. Not while another state file was changing (what the kernel holds beyond the state
+        // files was left then), nor without the lock it is written under. One lstat (none while the lock was kept).
+        if (provider.name === 'nft' && this.statePath !== null && !noLock && !lock.unlocked && !others.busy) {
+          if (!lock.kept) this.nftMoveLeft = nftMoveMarkerExists(this.statePath);
+          if (this.nftMoveLeft)
+            await writeNftMoveMarker(this.statePath, null).then(
+              () => {
+                this.nftMoveLeft = false;
+                this.log(
+                  `removed the nft move marker ${nftMoveMarkerOf(this.statePath!)}: the kernel matches the state file, so nothing an interrupted move left is there`,
+                );
+              },
+              () => {},
+            );
+        }
         if (!committed && !opts.quietWhenInSync) this.log('kernel already matches the state file; nothing to do');
         if (committed && !this.injected) noteChange(state.size);
         if (committed && !this.keepConntrack && !this.injected && this.conntrack.needed()) {

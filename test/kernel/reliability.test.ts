@@ -124,7 +124,7 @@ describePairs('reliability', ({ name: ex }) => {
     });
 
   if (pairOf(ex).engine === 'nft')
-    test('plan after a move killed between its two steps says the next change finds it and replaces the table, and changes nothing (the kernel, the state file, the marker)', async () => {
+    test('plan after a move killed between its two steps says the next change finds it and replaces the table, and changes nothing (the kernel, the state file, the marker); sync then repairs it and removes the marker', async () => {
       const two = '127.0.0.1:9001,127.0.0.1:9002';
       const v = (name: string, source: string, destination: string) =>
         validateProfile({ name, source, destination: destination.split(',') });
@@ -152,8 +152,12 @@ describePairs('reliability', ({ name: ex }) => {
         look(),
         // 9: status with the marker there: the leftover shows as drift.
         cli(ex, 'status'),
+        // 10-12: sync repairs it, and the marker goes with it.
+        cli(ex, 'sync'),
+        { op: 'sh', argv: ['ls', '$WORK'] },
+        cli(ex, 'status', '--json'),
       ]);
-      for (const i of [1, 2, 4, 6, 7, 8]) ok(r[i], `step ${i}`);
+      for (const i of [1, 2, 4, 6, 7, 8, 10, 11]) ok(r[i], `step ${i}`);
       assert.match(
         r[7].stdout,
         /^# the nft move marker \S+\/state\.db\.nft-move is there \(a change of this state file was interrupted between the two steps of a move, of profile\(s\) a\): the next change reads the table for what it left and removes the marker$/m,
@@ -166,6 +170,9 @@ describePairs('reliability', ({ name: ex }) => {
       assert.equal(r[8].stdout, r[6].stdout, 'plan changed the kernel, the state file or the marker');
       assert.equal(r[9].code, 3, `status: ${r[9].stdout}`);
       assert.match(r[9].stdout, /\ba\b.*modified/, r[9].stdout);
+      assert.match(r[10].stderr, /^iptlb: removed the nft move marker \S+\/state\.db\.nft-move: /m, r[10].stderr);
+      assert.doesNotMatch(r[11].stdout, /nft-move/, 'sync left the marker');
+      assert.equal(r[12].code, 0, r[12].stdout);
     });
 
   if (pairOf(ex).engine === 'nft')

@@ -365,6 +365,48 @@ test('nft: plan after a move interrupted between its two steps gives what the ne
   }
 });
 
+test('nft: a sync after a move interrupted between its two steps removes the move marker once the kernel matches (the next change reads no table), and keeps it when its commit fails', async () => {
+  const d4 = (n: number, base = 9001): string[] => Array.from({ length: n }, (_, i) => `127.0.0.1:${base + i}`);
+  const a = (dests: string[]): ProfileInput => ({ name: 'a', source: '127.100.0.1:80', destination: dests });
+  const b: ProfileInput = { name: 'b', source: '127.100.0.2:80', destination: d4(2) };
+  for (const to of ['the same address', 'another address'] as const) {
+    const moved = to === 'the same address' ? a(d4(3)) : { ...a(d4(2)), source: '127.100.0.5:80' };
+    const { core, kernels, lines, done, file } = coreOn('nft');
+    try {
+      await apply(core, a(d4(2)), b);
+      await killedAfterFirstStep(kernels, file, moved);
+      assert.ok(existsSync(`${file}.nft-move`), `${to}: the marker is left`);
+      assert.notDeepEqual(
+        (await core.status()).filter((r) => r.status !== 'in-sync').map((r) => r.status),
+        [],
+        `${to}: status finds the leftover`,
+      );
+      // A sync the kernel refuses has not made the kernel match: the marker stays.
+      kernels.nft.fail = () => kernelError(1, 'refused');
+      await assert.rejects(core.sync());
+      kernels.nft.fail = undefined;
+      assert.ok(existsSync(`${file}.nft-move`), `${to}: a failed sync keeps the marker`);
+      await core.sync();
+      assert.deepEqual(await statuses(core), { a: 'in-sync', b: 'in-sync' }, to);
+      assert.ok(!existsSync(`${file}.nft-move`), `${to}: the sync removes the marker`);
+      assert.ok(
+        lines.some((l) => l.startsWith(`removed the nft move marker ${file}.nft-move`)),
+        `${to}: said: ${lines.join('\n')}`,
+      );
+      // The next change (one step, elements only) reads no table: nothing to look for.
+      const reads = kernels.nft.asked.reads;
+      await apply(core, { ...b, destination: d4(2, 9101) });
+      assert.equal(kernels.nft.asked.reads, reads, `${to}: the change after the sync read the table`);
+      // A sync with nothing to do and no marker says nothing of one.
+      lines.length = 0;
+      await core.sync();
+      assert.ok(!lines.some((l) => l.includes('move marker')), lines.join('\n'));
+    } finally {
+      done();
+    }
+  }
+});
+
 test('nft: a move to another address interrupted between its two steps leaves nothing at the new address after a delete or a reset (a profile without rules of its own, and one with)', async () => {
   const d = (n: number, base = 9001): string[] => Array.from({ length: n }, (_, i) => `127.0.0.1:${base + i}`);
   const X = '127.100.0.1:80';
