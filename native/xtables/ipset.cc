@@ -249,6 +249,7 @@ namespace {
 
 struct DumpState {
   std::vector<SetElement> *out;
+  uint32_t *references;  // the header's IPSET_ATTR_REFERENCES (rules of x_tables that use the set), or null
 };
 
 // One element (IPSET_ATTR_DATA inside IPSET_ATTR_ADT) as it is parsed: its address, port and protocol.
@@ -295,8 +296,19 @@ int AdtAttr(const struct nlattr *a, void *data) {
   return MNL_CB_OK;
 }
 
+// One attribute of the set's header data: its references (how many kernel components, x_tables rules, use it).
+int HeaderAttr(const struct nlattr *a, void *data) {
+  auto *st = static_cast<DumpState *>(data);
+  if (mnl_attr_get_type(a) == IPSET_ATTR_REFERENCES && mnl_attr_get_payload_len(a) >= 4 && st->references)
+    *st->references = ntohl(mnl_attr_get_u32(a));
+  return MNL_CB_OK;
+}
+
 int DumpAttr(const struct nlattr *attr, void *data) {
-  if (mnl_attr_get_type(attr) != IPSET_ATTR_ADT) return MNL_CB_OK;  // the set's header, its name…
+  const uint16_t t = mnl_attr_get_type(attr);
+  if (t == IPSET_ATTR_DATA)  // the set's header (sent with its first message)
+    return mnl_attr_parse_nested(attr, HeaderAttr, data) < 0 ? MNL_CB_ERROR : MNL_CB_OK;
+  if (t != IPSET_ATTR_ADT) return MNL_CB_OK;  // its name, type…
   return mnl_attr_parse_nested(attr, AdtAttr, data) < 0 ? MNL_CB_ERROR : MNL_CB_OK;
 }
 
@@ -306,8 +318,9 @@ int DumpMessage(const struct nlmsghdr *nlh, void *data) {
 
 }  // namespace
 
-bool ListGateSet(Family family, std::vector<SetElement> *out) {
+bool ListGateSet(Family family, std::vector<SetElement> *out, uint32_t *references) {
   out->clear();
+  if (references) *references = 0;
   const char *name = GateSetName(family);
   if (SetIndexByName(name) == IPSET_INVALID_ID) return false;
   // A socket of its own: whatever a dump leaves unread never reaches the kept socket's next answer.
@@ -331,7 +344,7 @@ bool ListGateSet(Family family, std::vector<SetElement> *out) {
   if (mnl_socket_sendto(sock.get(), nlh, nlh->nlmsg_len) < 0) {
     Throw(IpsetError(std::string("listing ipset ") + name, errno));
   }
-  DumpState st{out};
+  DumpState st{out, references};
   for (;;) {
     const ssize_t n = mnl_socket_recvfrom(sock.get(), buf.get(), kMessageBuffer);
     if (n < 0) Throw(IpsetError(std::string("listing ipset ") + name, errno));

@@ -47,6 +47,7 @@ void DestroyGateSet(Family family);
 // The elements of the family's gate set (a dump, IPSET_CMD_LIST, over a socket of its own), or false
 // when the set does not exist. For `status` and `sync`: an element deleted by hand (`ipset del`) sends
 // its address past iptlb's rules while the x_tables rules are all there.
-bool ListGateSet(Family family, std::vector<SetElement> *out);
+// `references`, when given: how many kernel components (x_tables rules' set matches) use the set.
+bool ListGateSet(Family family, std::vector<SetElement> *out, uint32_t *references = nullptr);
 
 }  // namespace iptlb

@@ -216,7 +216,18 @@ void ReadWorker::ReadTable() {
       view.rules.push_back(DecodeRule<F>(e, h.get()));
     chains_.push_back(std::move(view));
   }
-  if (dispatch_.empty()) return;
+  if (dispatch_.empty()) {
+    // No dispatch chain, so no gate: a gate set still there is left over (its profiles deleted by another
+    // means, its gate and chain removed by hand). Said with its references (another tool's rule may use it).
+    try {
+      left_set_ = ListGateSet(F::kFamily, &members_, &left_references_);
+      if (!left_set_) members_.clear();
+    } catch (const NativeFailure &) {
+      left_set_ = false;
+      members_.clear();  // not known: nothing is reported
+    }
+    return;
+  }
   // The set's elements: a profile whose address is not in it is not reached by its rules (status).
   try {
     ListGateSet(F::kFamily, &members_);
@@ -224,6 +235,20 @@ void ReadWorker::ReadTable() {
   } catch (const NativeFailure &) {
     members_.clear();  // not known: nothing is compared (the x_tables read stands)
   }
+}
+
+Napi::Array ReadWorker::MembersToJs(Napi::Env env) const {
+  Napi::Array members = Napi::Array::New(env, members_.size());
+  for (uint32_t i = 0; i < members_.size(); i++) {
+    const SetElement &e = members_[i];
+    const char *proto = e.proto == IPPROTO_TCP    ? "tcp"
+                        : e.proto == IPPROTO_UDP  ? "udp"
+                        : e.proto == IPPROTO_SCTP ? "sctp"
+                                                  : nullptr;
+    const std::string p = proto ? proto : std::to_string(e.proto);
+    members.Set(i, AddressText(family_, e.addr) + "," + p + ":" + std::to_string(e.port));
+  }
+  return members;
 }
 
 void ReadWorker::OnOK() {
@@ -269,20 +294,14 @@ void ReadWorker::OnOK() {
       for (uint32_t i = 0; i < foreign_.size(); i++) foreign.Set(i, foreign_[i]);
       gate.Set("foreign", foreign);
     }
-    if (members_known_) {
-      Napi::Array members = Napi::Array::New(env, members_.size());
-      for (uint32_t i = 0; i < members_.size(); i++) {
-        const SetElement &e = members_[i];
-        const char *proto = e.proto == IPPROTO_TCP    ? "tcp"
-                            : e.proto == IPPROTO_UDP  ? "udp"
-                            : e.proto == IPPROTO_SCTP ? "sctp"
-                                                      : nullptr;
-        const std::string p = proto ? proto : std::to_string(e.proto);
-        members.Set(i, AddressText(family_, e.addr) + "," + p + ":" + std::to_string(e.port));
-      }
-      gate.Set("members", members);
-    }
+    if (members_known_) gate.Set("members", MembersToJs(env));
     view.Set("gate", gate);
+  }
+  if (left_set_) {
+    Napi::Object left = Napi::Object::New(env);
+    left.Set("members", MembersToJs(env));
+    left.Set("references", left_references_);
+    view.Set("leftSet", left);
   }
   if (!bare_.empty()) {
     Napi::Array bare = Napi::Array::New(env, bare_.size());

@@ -53,6 +53,11 @@ class ReadWorker : public ThreadJob {
   // The gate set's elements (read when a dispatch chain exists; not known when the set could not be read).
   bool members_known_ = false;
   std::vector<SetElement> members_;
+  // No dispatch chain, and the gate set there all the same (left over): members_ are its elements, and
+  // left_references_ how many kernel components (another tool's set match) use it.
+  bool left_set_ = false;
+  uint32_t left_references_ = 0;
+  Napi::Array MembersToJs(Napi::Env env) const;
   // The original iptlb's jumps: no comment, in a built-in chain, to a profile's chain.
   struct BareJump {
     std::string hook;

@@ -262,6 +262,12 @@ export interface KernelView {
      */
     members?: string[];
   };
+  /**
+   * Legacy engine: the gate's set, there while no dispatch chain is (so no gate refers to it: left over when the
+   * profiles were deleted by another means, or the gate and the chain removed by hand), read for `status` and
+   * `sync`: its name, elements (`ip,proto:port`) and references (x_tables rules of another tool that use it).
+   */
+  leftSet?: { set: string; members: string[]; references: number };
 }
 
 export interface CommitResult {

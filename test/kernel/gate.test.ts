@@ -214,6 +214,50 @@ for (const pair of PAIRS.filter((p) => p.engine === 'legacy')) {
       assert.equal(countsFor(r[13], [9003])[0], 10, JSON.stringify(r[13]));
     });
 
+    test("the gate's set left with no rule of iptlb's (the profile deleted by another means) is orphaned in status (exit 3) and destroyed by sync; one another tool's rule uses is left", async () => {
+      const sh = (cmd: string) => ({ op: 'sh' as const, argv: ['bash', '-c', cmd] });
+      const ipt = 'iptables-legacy -t nat';
+      const r = await runSteps([
+        { op: 'backends', tcp: [9001] }, // 0
+        cli(pair, '-q', '-run', '-profile=a', `-src-addr=${VIP}:80`, '-dest-addr=127.0.0.1:9001'), // 1
+        // Deleted by another means: its rules, gate and chains by hand, the profile from the state file (emptied).
+        sh(
+          `${ipt} -D OUTPUT -m set --match-set iptlb-vip-inet dst,dst -j IPTLB_OUTPUT && ${ipt} -F IPTLB_OUTPUT && ` +
+            `${ipt} -X IPTLB_OUTPUT && ${ipt} -F IPTLB_NAT_A && ${ipt} -X IPTLB_NAT_A`,
+        ), // 2
+        sh('printf "{}\\n" > $WORK/state.db && rm -f $WORK/state.db.journal'), // 3
+        cli(pair, 'status', '--json'), // 4
+        cli(pair, 'sync'), // 5
+        sh('ipset -n list'), // 6
+        cli(pair, 'status', '--json'), // 7
+        // Another tool's rule uses the set: it is that tool's now, and ipset would not destroy it.
+        sh(
+          `ipset create iptlb-vip-inet hash:ip,port family inet && ${ipt} -A OUTPUT -m set --match-set iptlb-vip-inet dst,dst -j ACCEPT`,
+        ), // 8
+        cli(pair, 'status', '--json'), // 9
+        cli(pair, 'sync'), // 10
+        sh('ipset -n list'), // 11
+      ]);
+      for (const i of [1, 5, 10]) ok(r[i], `step ${i}`);
+      for (const i of [2, 3, 6, 8, 11]) assert.equal(r[i].code, 0, `step ${i}: ${r[i].stderr}`);
+      assert.equal(r[4].code, 3, `status exits 3 on the set left: ${r[4].stdout}`);
+      const left = (JSON.parse(r[4].stdout) as { profiles: { name: string; status: string; detail?: string }[] })
+        .profiles;
+      assert.deepEqual(
+        left.map((p) => `${p.name}:${p.status}`),
+        ['gate:iptlb-vip-inet:orphaned'],
+        r[4].stdout,
+      );
+      assert.match(left[0]!.detail ?? '', /the gate's set iptlb-vip-inet is there \(1 element\(s\)\)/);
+      assert.match(r[5].stderr, /sync gate:iptlb-vip-inet: orphaned/);
+      assert.doesNotMatch(r[6].stdout, /iptlb-vip-inet/, 'sync left the set');
+      assert.equal(r[7].code, 0, r[7].stdout);
+      assert.equal(JSON.parse(r[7].stdout).inSync, true, r[7].stdout);
+      assert.equal(r[9].code, 0, `a set another tool's rule uses is not iptlb's leftover: ${r[9].stdout}`);
+      assert.match(r[10].stderr, /nothing to do/);
+      assert.match(r[11].stdout, /^iptlb-vip-inet$/m, 'sync destroyed a set in use');
+    });
+
     test("a chain in the layout before 2026-12-05 (the port in every rule, -j RETURN last) is in sync and balances; the profile's next change rewrites it", async () => {
       const sh = (cmd: string) => ({ op: 'sh' as const, argv: ['bash', '-c', cmd] });
       const older = [

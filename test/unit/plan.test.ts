@@ -335,6 +335,50 @@ test("gate: a profile whose address is missing from the gate's set (ipset del by
   assert.match(r6.detail ?? '', /missing from the gate's set iptlb-vip-inet6/);
 });
 
+test("gate: the gate's set with no dispatch chain (no rule of iptlb's uses it) is orphaned unless a profile of its family is in the state or another tool's rule uses it; the engine's read names it", async () => {
+  const { compare, syncTransaction } = await import('../../src/engines/legacy/drift.js');
+  const { LegacyEngine } = await import('../../src/engines/legacy/index.js');
+  const a = validateProfile({ name: 'a', source: '127.100.0.10:8081', destination: ['127.0.0.1:9001'] });
+  const six = validateProfile({ name: 'c', source: '[2001:db8::c]:80', destination: ['[::1]:9003'] });
+  const left = (set: string, references: number): KernelView => ({
+    chains: [],
+    hookRules: [],
+    leftSet: { set, members: ['127.100.0.10,tcp:8081'], references },
+  });
+  const names = (r: { name: string; status: string }[]) => r.map((x) => `${x.name}:${x.status}`);
+  assert.deepEqual(names(compare(new Map(), left('iptlb-vip-inet', 0))), ['gate:iptlb-vip-inet:orphaned']);
+  assert.match(
+    compare(new Map(), left('iptlb-vip-inet', 0))[0]!.detail ?? '',
+    /^the gate's set iptlb-vip-inet is there \(1 element\(s\)\) but no rule of iptlb's is in the nat table/,
+  );
+  // Another tool's rule uses it: not iptlb's leftover (and ipset would not destroy it).
+  assert.deepEqual(names(compare(new Map(), left('iptlb-vip-inet', 1))), []);
+  // A profile of its family in the state: missing, and the sync installing it uses the set again.
+  assert.deepEqual(names(compare(new Map([['a', a]]), left('iptlb-vip-inet', 0))), ['a:missing']);
+  // A profile of the other family does not explain it.
+  assert.deepEqual(names(compare(new Map([['c', six]]), left('iptlb-vip-inet6', 0), 'ipv6')), ['c:missing']);
+  assert.deepEqual(names(compare(new Map([['a', a]]), left('iptlb-vip-inet6', 0), 'ipv6')), [
+    'gate:iptlb-vip-inet6:orphaned',
+  ]);
+  // sync commits a transaction of nothing for it: the commit destroys a set no gate refers to (both executors).
+  const tx = syncTransaction(new Map(), left('iptlb-vip-inet', 0));
+  assert.equal(planGate(tx, left('iptlb-vip-inet', 0)).needSet, false);
+  // The engine asks a spawn executor for the set only while no dispatch chain exists, and names it.
+  const asked: string[] = [];
+  const executor = {
+    kind: 'spawn',
+    read: async () => ({ chains: [], hookRules: [] }),
+    leftGateSet: async (f: string) => {
+      asked.push(f);
+      return f === 'ipv6' ? undefined : { members: [], references: 0 };
+    },
+  };
+  const engine = new LegacyEngine(executor as never);
+  assert.deepEqual((await engine.read('ipv4')).leftSet, { set: 'iptlb-vip-inet', members: [], references: 0 });
+  assert.equal((await engine.read('ipv6')).leftSet, undefined);
+  assert.deepEqual(asked, ['ipv4', 'ipv6']);
+});
+
 test("gate: an element of the gate's set no rule of iptlb's is at (ipset add by another tool) is orphaned in status, and sync deletes it", async () => {
   const { compare, syncTransaction } = await import('../../src/engines/legacy/drift.js');
   const a = validateProfile({ name: 'a', source: '127.100.0.10:8081', destination: ['127.0.0.1:9001'] });

@@ -172,6 +172,20 @@ export function compare(allState: Map<string, Profile>, view: KernelView, family
       bytes: 0,
     });
   }
+  // The gate's set with no dispatch chain, so no gate, referring to it (its profiles deleted by another means, the
+  // gate and chain removed by hand): iptlb's, and of no use. Not while a profile of its family is in the state (a sync
+  // installing it uses the set again), nor while another tool's rule uses it (ipset would not destroy it).
+  const left = view.leftSet;
+  const leftFamily: Family | undefined = left ? (left.set === GATE_SET.ipv6 ? 'ipv6' : 'ipv4') : undefined;
+  if (left && left.references === 0 && ![...state.values()].some((p) => familyOfProfile(p) === leftFamily))
+    reports.push({
+      name: `${STRAY_PREFIX}${left.set}`,
+      status: 'orphaned',
+      detail: `the gate's set ${left.set} is there (${left.members.length} element(s)) but no rule of iptlb's is in the ${leftFamily === 'ipv6' ? 'ip6tables ' : ''}nat table, so nothing uses it (its profiles deleted by another means, or its gate and dispatch chain removed by hand): \`iptlb sync\` destroys it`,
+      destinations: [],
+      packets: 0,
+      bytes: 0,
+    });
   for (const e of strayElements(view, state.values())) {
     const set = GATE_SET[e.slice(0, e.lastIndexOf(',')).includes(':') ? 'ipv6' : 'ipv4'];
     reports.push({

@@ -52,6 +52,11 @@ export interface LegacyExecutor {
    * (`gate.members`).
    */
   gateMembers?(family: Family): Promise<string[] | undefined>;
+  /**
+   * The gate's set of `family` when it is there (read while no dispatch chain exists: see KernelView.leftSet),
+   * undefined when it is not or cannot be read. Spawn only: the native executor's read has it (`leftSet`).
+   */
+  leftGateSet?(family: Family): Promise<{ members: string[]; references: number } | undefined>;
   /** The exact text an iptables-restore would be fed for this transaction against the current kernel (read-only). */
   render(tx: Transaction): Promise<string>;
   /**

@@ -16,7 +16,7 @@ import {
   planTransaction,
 } from './plan.js';
 import { deletedOriginals, renderRestore, renderRule } from './restore.js';
-import { DISPATCH, isGatedHook, physicalChain } from './gate.js';
+import { DISPATCH, GATE_SET, isGatedHook, physicalChain } from './gate.js';
 import type { Family } from '../../model/address.js';
 import type { AfterCommit, KernelView, Profile, Transaction } from '../../model/types.js';
 import type { LegacyExecutor } from './executor.js';
@@ -64,7 +64,7 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
    * An absent nat table is read as empty: asking the kernel for it by name would create it. Only
    * iptlb's own chains are in the view ({@link OWN_CHAIN}): what is not read is never removed.
    */
-  async read(f: Family): Promise<KernelView> {
+  async read(f: Family, opts: { leftSet?: boolean } = {}): Promise<KernelView> {
     if (!this.mayHold(f)) return EMPTY;
     let view = await this.executor.read(f);
     // The gate set's elements (the native read has them): a profile whose address is not among them
@@ -72,6 +72,12 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
     if (view.gate?.dispatch.length && !view.gate.members && this.executor.gateMembers) {
       const members = await this.executor.gateMembers(f);
       if (members) view = { ...view, gate: { ...view.gate, members } };
+    }
+    // No dispatch chain: the gate's set, when it is there all the same, is left over (see KernelView.leftSet).
+    // (One `ipset list` with the spawn executor: not for holdsObjects, which asks about rules only.)
+    if (!view.gate?.dispatch.length && opts.leftSet !== false) {
+      const left = view.leftSet ?? (await this.executor.leftGateSet?.(f));
+      if (left) view = { ...view, leftSet: { ...left, set: GATE_SET[f] } };
     }
     return view.chains.every((c) => OWN_CHAIN.test(c.name))
       ? view
@@ -82,7 +88,8 @@ export class LegacyEngine implements Engine<KernelView, Transaction> {
     for (const f of ['ipv4', 'ipv6'] as const) {
       if (!this.mayHold(f)) continue;
       // The native executor asks without libiptc's parse of the whole table (someone else's rules included).
-      if (this.executor.holds ? await this.executor.holds(f) : holdsAny(await this.read(f))) return true;
+      if (this.executor.holds ? await this.executor.holds(f) : holdsAny(await this.read(f, { leftSet: false })))
+        return true;
     }
     return false;
   }

@@ -222,6 +222,19 @@ export class SpawnExecutor implements LegacyExecutor {
     return members;
   }
 
+  async leftGateSet(family: Family): Promise<{ members: string[]; references: number } | undefined> {
+    const ipset = findBinary('ipset');
+    if (!ipset) return undefined;
+    const r = await run(ipset, ['list', GATE_SET[family]]);
+    // (Not there: "The set with the given name does not exist", exit 1.)
+    if (r.code !== 0) return undefined;
+    const refs = /^References: (\d+)$/m.exec(r.stdout);
+    if (!refs) return undefined;
+    const list = r.stdout.split(/^Members:$/m)[1] ?? '';
+    const members = list.split('\n').filter((l) => /^\S+,\S+:\d+/.test(l));
+    return { members: members.map((l) => l.split(' ')[0]!), references: Number(refs[1]) };
+  }
+
   private async setExists(set: string): Promise<boolean> {
     const r = await run(this.ipsetPath(), ['-n', 'list', set]);
     return r.code === 0;
