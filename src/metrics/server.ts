@@ -4,6 +4,7 @@
  * `status` reads, read on each scrape (no timer). Written by hand rather than with prom-client: the
  * few metric families below need no registry, and the process then loads no extra dependency.
  */
+import type { Socket } from 'node:net';
 import { nodeHttp } from '../platform/builtins.js';
 import { inheritedKey, INHERITED, IptlbError } from '../model/errors.js';
 import { canonicalIpv6, ipv4Problem } from '../model/address.js';
@@ -77,8 +78,10 @@ export interface MetricsServerOptions {
    */
   stateMissing?: () => string | undefined;
   /**
-   * Connections held at once ({@link MAX_CONNECTIONS} by default): one more is closed as soon as it is accepted,
-   * unanswered, until one of those held closes.
+   * Connections held at once ({@link MAX_CONNECTIONS} by default). One more takes the place of one held that has no
+   * request being answered: first the oldest that has sent no complete request (past {@link YOUNG_MS}), then the one
+   * idle longest between requests; when each one held has a request being answered, it is closed as soon as it is
+   * accepted, unanswered.
    */
   maxConnections?: number;
   /**
@@ -97,6 +100,11 @@ export interface MetricsServerOptions {
    * shorten it.
    */
   headersMs?: number;
+  /**
+   * @internal Milliseconds a connection that has sent no complete request is young ({@link YOUNG_MS} by default):
+   * closed for a new one only after those held that are not, and those idle between requests. Tests set it.
+   */
+  youngMs?: number;
 }
 
 /** A response not read for this long (no progress at all) is dropped with its connection. */
@@ -115,6 +123,13 @@ export const MAX_CONNECTIONS = 64;
  * default is 60 s, checked every 30 s: a flood of connections that send nothing kept scrapes out that long).
  */
 export const HEADERS_MS = 10_000;
+
+/**
+ * A connection is young for this long after it came (and for two turns of the event loop): its client may not have
+ * sent its request yet, or the server not read it. At the cap, a young one that sent nothing is closed for a new
+ * connection only after the others that sent nothing and those idle between requests.
+ */
+export const YOUNG_MS = 100;
 
 export interface MetricsServer {
   /** Where it listens. */
@@ -163,7 +178,11 @@ class Text {
 
 /** The exposition text: kernel counters (one status read), health, and the process counters. */
 export async function renderMetrics(
-  opts: Omit<MetricsServerOptions, 'address' | 'core'> & { core: Core; connectionsDropped?: () => number },
+  opts: Omit<MetricsServerOptions, 'address' | 'core'> & {
+    core: Core;
+    connectionsDropped?: () => number;
+    connectionsEvicted?: () => number;
+  },
 ): Promise<string> {
   const t = new Text();
   let reports: ProfileReport[] = [];
@@ -304,9 +323,17 @@ export async function renderMetrics(
     t.family(
       'iptlb_metrics_connections_dropped_total',
       'counter',
-      'Connections to this metrics server closed at accept, unanswered, because it held its maximum of connections.',
+      'Connections to this metrics server closed at accept, unanswered, because it held its maximum of connections, each answering a request.',
     );
     t.sample('iptlb_metrics_connections_dropped_total', {}, opts.connectionsDropped());
+  }
+  if (opts.connectionsEvicted) {
+    t.family(
+      'iptlb_metrics_connections_evicted_total',
+      'counter',
+      'Connections to this metrics server closed to make room for a new one at its maximum of connections: one that had sent no complete request, or was idle between requests.',
+    );
+    t.sample('iptlb_metrics_connections_evicted_total', {}, opts.connectionsEvicted());
   }
   let text = t.lines.join('\n') + '\n';
   if (opts.extra) {
@@ -369,16 +396,24 @@ function checkMetricsOptions(o: unknown): asserts o is MetricsServerOptions {
     throw usage('options', `startMetricsServer takes an object, got ${o === null ? 'null' : typeof o}`);
   const v = o as Record<string, unknown>;
   for (const k of Object.keys(v))
-    // stateMissing, settling: iptlb watch's own; stallMs, headersMs: tests' (internal, not listed).
+    // stateMissing, settling: iptlb watch's own; stallMs, headersMs, youngMs: tests' (internal, not listed).
     if (
       !METRICS_OPTIONS.includes(k) &&
       k !== 'stateMissing' &&
       k !== 'settling' &&
       k !== 'stallMs' &&
-      k !== 'headersMs'
+      k !== 'headersMs' &&
+      k !== 'youngMs'
     )
       throw usage(k, `unknown option (known: ${METRICS_OPTIONS.join(', ')})`);
-  const inherited = inheritedKey(v, [...METRICS_OPTIONS, 'stateMissing', 'settling', 'stallMs', 'headersMs']);
+  const inherited = inheritedKey(v, [
+    ...METRICS_OPTIONS,
+    'stateMissing',
+    'settling',
+    'stallMs',
+    'headersMs',
+    'youngMs',
+  ]);
   if (inherited !== undefined) throw usage(inherited, INHERITED);
   const kind = (field: string, ok: boolean, what: string): void => {
     if (v[field] !== undefined && !ok) throw usage(field, `must be ${what}`);
@@ -396,6 +431,7 @@ function checkMetricsOptions(o: unknown): asserts o is MetricsServerOptions {
   kind('settling', typeof v.settling === 'function', 'a function');
   kind('stallMs', Number.isInteger(v.stallMs) && (v.stallMs as number) > 0, 'a positive whole number of ms');
   kind('headersMs', Number.isInteger(v.headersMs) && (v.headersMs as number) > 0, 'a positive whole number of ms');
+  kind('youngMs', Number.isInteger(v.youngMs) && (v.youngMs as number) >= 0, 'a whole number of ms');
 }
 
 /** Serves `/metrics` and `/healthz` on `address`. Resolves once listening. */
@@ -406,9 +442,17 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
   const core = options.core ?? handle?.core;
   if (!core) throw new IptlbError('EUSAGE', 'startMetricsServer: give iptlb (a handle) or core', { field: 'iptlb' });
   const checker = options.checker ?? options.iptlb?.healthChecker;
-  // Connections closed at accept over maxConnections, counted for /metrics (a scraper refused sees only a reset).
+  // Connections closed at accept over maxConnections (a scraper refused sees only a reset), and connections held
+  // that were closed to make room for a new one; counted for /metrics.
   let dropped = 0;
-  const opts = { ...options, core, ...(checker ? { checker } : {}), connectionsDropped: () => dropped };
+  let evicted = 0;
+  const opts = {
+    ...options,
+    core,
+    ...(checker ? { checker } : {}),
+    connectionsDropped: () => dropped,
+    connectionsEvicted: () => evicted,
+  };
   // Requests that come while one of the same path is being answered share its answer: one status read and one
   // body for all of them. Each took its own before: 5 requests pipelined by each of 20 clients that did not read
   // were 105 status reads of 10,000 profiles and 2.1 GiB more RSS, each response its own 9 MB copy of the text.
@@ -502,10 +546,76 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
     }),
   );
   // A flood of connections (a port scan, a misbehaving client, connections opened and left) was held whole: each a
-  // descriptor and about 9 KB. Past the cap Node closes a new connection as soon as it is accepted, unanswered (its
-  // client sees the connection closed or reset), so what a flood costs is bounded; it can keep scrapes out while
-  // it lasts, not take the process's descriptors or memory.
-  server.maxConnections = options.maxConnections ?? MAX_CONNECTIONS;
+  // descriptor and about 9 KB. It is capped at maxConnections. Until 2026-12-07 Node closed every new connection
+  // past the cap at accept: 64 connections that sent nothing held every place for headersMs, and a scrape that sent
+  // its request at once was refused for as long as such a flood lasted. Now a new connection past the cap takes the
+  // place of one held, in this order: the oldest that has sent no complete request (nothing, or part of one) and is
+  // no longer young; the one idle longest between requests (keep-alive; Node closes it after 5 s idle anyway); the
+  // oldest young one. A connection is young for youngMs after it came, and until the event loop has turned twice:
+  // a scraper's request, sent with its connection, is read in the turn after the accept, while the connections
+  // behind it in the listen backlog are accepted in the same turn as it. A connection with a request being answered
+  // is never closed for a new one; when every one held has, the new one is closed at accept, unanswered.
+  const cap = options.maxConnections ?? MAX_CONNECTIONS;
+  const youngMs = options.youngMs ?? YOUNG_MS;
+  // Each connection held, in the order they came: when (turn of the loop, ms), requests seen on it, responses not
+  // finished, and when the last one finished (a count of responses finished, for the order of idle ones).
+  const held = new Map<Socket, { turn: number; at: number; requests: number; answering: number; idleSince: number }>();
+  let finished = 0;
+  let turn = 0;
+  let lastTurn = -2; // the turn the last connection came in; the turns are counted while it is young
+  let turning = false;
+  const nextTurn = (): void => {
+    turn++;
+    turning = turn - lastTurn < 2;
+    if (turning) setImmediate(nextTurn);
+  };
+  server.on('connection', (socket: Socket) => {
+    const now = performance.now();
+    held.set(socket, { turn, at: now, requests: 0, answering: 0, idleSince: 0 });
+    socket.once('close', () => held.delete(socket));
+    lastTurn = turn;
+    if (!turning) {
+      turning = true;
+      setImmediate(nextTurn);
+    }
+    if (held.size <= cap) return;
+    for (const s of held.keys()) if (s.destroyed) held.delete(s); // closed, its 'close' not yet emitted
+    if (held.size <= cap) return;
+    let victim: Socket | undefined;
+    let idle: Socket | undefined;
+    let young: Socket | undefined;
+    let idleSince = Infinity;
+    for (const [s, c] of held) {
+      if (s === socket || c.answering > 0) continue;
+      if (c.requests === 0) {
+        if (turn - c.turn < 2 || now - c.at < youngMs) {
+          young ??= s; // its request may have come and not been read yet
+          continue;
+        }
+        victim = s; // the oldest that sent no complete request
+        break;
+      }
+      if (c.idleSince < idleSince) [idle, idleSince] = [s, c.idleSince];
+    }
+    victim ??= idle ?? young;
+    if (victim) evicted++;
+    else dropped++;
+    held.delete(victim ?? socket);
+    (victim ?? socket).destroy();
+  });
+  server.on('request', (req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse) => {
+    const c = held.get(req.socket);
+    if (!c) return;
+    c.requests++;
+    c.answering++;
+    res.once('close', () => {
+      c.answering--;
+      c.idleSince = ++finished;
+    });
+  });
+  // The one over the cap is taken in before one held is closed: Node's own cap, one above, is a bound should the
+  // listener above ever fail to close one.
+  server.maxConnections = cap + 1;
   server.on('drop', () => dropped++);
   await new Promise<void>((resolve, reject) => {
     server.once('error', (e: NodeJS.ErrnoException) =>

@@ -330,8 +330,9 @@ test('HEAD /metrics reads nothing: GET status and type, no Content-Length; HEAD 
 });
 
 /**
- * What becomes of each connection the servers of this process are offered, in order: 'held' (the server took it:
- * 'connection', with its server side) or 'dropped' (closed unanswered at accept, over the cap: 'drop').
+ * What becomes of each connection the servers of this process are offered, in order: 'held' (the server took it and
+ * kept it: 'connection', with its server side) or 'dropped' (closed unanswered at accept, over the cap: Node's 'drop',
+ * or a 'connection' the server's own listeners closed at once).
  */
 async function connectionWatcher(): Promise<{
   next: () => Promise<{ fate: 'held' | 'dropped'; socket?: import('node:net').Socket }>;
@@ -343,9 +344,11 @@ async function connectionWatcher(): Promise<{
   const waiting: ((f: Fate) => void)[] = [];
   const seen: Fate[] = [];
   http.Server.prototype.emit = function (this: unknown, ...args: unknown[]) {
+    const r = emit.apply(this, args);
+    const socket = args[1] as import('node:net').Socket;
     const f: Fate | undefined =
       args[0] === 'connection'
-        ? { fate: 'held', socket: args[1] as import('node:net').Socket }
+        ? { fate: socket.destroyed ? 'dropped' : 'held', socket }
         : args[0] === 'drop'
           ? { fate: 'dropped' }
           : undefined;
@@ -354,7 +357,7 @@ async function connectionWatcher(): Promise<{
       if (w) w(f);
       else seen.push(f);
     }
-    return emit.apply(this, args);
+    return r;
   };
   return {
     next: () => (seen.length ? Promise.resolve(seen.shift()!) : new Promise((r) => waiting.push(r))),
@@ -377,15 +380,18 @@ async function client(
   return { c, got: () => Buffer.concat(chunks).toString('latin1'), closed };
 }
 
-/** One GET on a connection kept open; resolves with the status line once the whole response came. */
-function getOn(k: { c: import('node:net').Socket; got: () => string }, p: string): Promise<string> {
+/**
+ * One request on a connection kept open (written at once, before the connection is made if it is new); resolves with
+ * the status line once the whole response came (a GET's Content-Length, a HEAD's head).
+ */
+function getOn(k: { c: import('node:net').Socket; got: () => string }, p: string, method = 'GET'): Promise<string> {
   const from = k.got().length;
-  k.c.write(`GET ${p} HTTP/1.1\r\nHost: x\r\n\r\n`);
+  k.c.write(`${method} ${p} HTTP/1.1\r\nHost: x\r\n\r\n`);
   return new Promise((resolve) => {
     const check = () => {
       const r = k.got().slice(from);
       const head = r.indexOf('\r\n\r\n');
-      const len = /\r\ncontent-length: (\d+)\r\n/i.exec(r);
+      const len = method === 'HEAD' ? ['', '0'] : /\r\ncontent-length: (\d+)\r\n/i.exec(r);
       if (head >= 0 && len && r.length >= head + 4 + Number(len[1])) {
         k.c.off('data', check);
         resolve(r.slice(0, r.indexOf('\r\n')));
@@ -396,37 +402,86 @@ function getOn(k: { c: import('node:net').Socket; got: () => string }, p: string
   });
 }
 
-test('connections past the cap are closed at accept, unanswered; those held are answered, and a freed slot takes the next', async () => {
-  const { startMetricsServer } = await import('../../src/metrics/server.js');
+/**
+ * Lets the event loop turn twice: a connection the server took in before is no longer young then (one that sent
+ * nothing may make room for a new one).
+ */
+async function turns(): Promise<void> {
+  for (let i = 0; i < 2; i++) await new Promise((r) => setImmediate(r));
+}
+
+/** The value of an unlabelled sample in the last exposition a connection received. */
+function sampleIn(got: string, name: string): number {
+  const all = [...got.matchAll(new RegExp(`\n${name} (\\d+)\n`, 'g'))];
+  assert.ok(all.length > 0, `${name} in the exposition`);
+  return Number(all[all.length - 1][1]);
+}
+
+test('a flood of connections that send no complete request does not keep a scrape out: the oldest of them makes room for it', async () => {
+  const { startMetricsServer, MAX_CONNECTIONS } = await import('../../src/metrics/server.js');
+  assert.equal(MAX_CONNECTIONS, 64);
   const core = { statusReport: async () => ({ inSync: true, profiles: [] }) } as unknown as Core;
   const w = await connectionWatcher();
-  const server = await startMetricsServer({ address: '127.0.0.1:0', core, maxConnections: 3 });
+  // youngMs 0: a connection of the flood is young (not closed for a new one) for two turns of the loop only.
+  const server = await startMetricsServer({ address: '127.0.0.1:0', core, youngMs: 0 });
   const clients: Awaited<ReturnType<typeof client>>[] = [];
   try {
-    const held: import('node:net').Socket[] = [];
-    for (let i = 0; i < 3; i++) {
-      clients.push(await client(server.port));
-      const f = await w.next();
-      assert.equal(f.fate, 'held', `connection ${i + 1} of 3`);
-      held.push(f.socket!);
-    }
-    // A flood past the cap: each closed as soon as it is accepted, with no response.
-    for (let i = 0; i < 5; i++) {
-      const k = await client(server.port);
-      assert.equal((await w.next()).fate, 'dropped', `connection ${4 + i}, over the cap of 3`);
-      await k.closed;
-      assert.equal(k.got(), '', 'no bytes: the connection is closed unanswered');
-    }
-    // The connections held are served meanwhile, and the scrape counts the dropped ones.
-    assert.equal(await getOn(clients[0], '/metrics'), 'HTTP/1.1 200 OK');
-    assert.match(clients[0].got(), /\n# TYPE iptlb_metrics_connections_dropped_total counter\n/);
-    assert.match(clients[0].got(), /\niptlb_metrics_connections_dropped_total 5\n/);
-    // One of them goes: the next connection takes its place and is answered.
-    clients[1].c.destroy();
-    await new Promise((r) => held[1].once('close', r));
-    clients.push(await client(server.port));
+    // Every place taken by the flood: connections that send nothing, or part of a request, and stay.
+    const flood = async () => {
+      const held: import('node:net').Socket[] = [];
+      for (let i = 0; i < MAX_CONNECTIONS; i++) {
+        const k = await client(server.port);
+        if (i % 2) k.c.write('GET /metrics HTTP/1.1\r\nHo');
+        clients.push(k);
+        const f = await w.next();
+        assert.equal(f.fate, 'held', `flood connection ${i + 1}`);
+        held.push(f.socket!);
+        await turns();
+      }
+      return held;
+    };
+    const first = await flood();
+    // A scrape that sends its request at once is taken in, in place of the oldest of the flood, and answered.
+    const scrape = await client(server.port);
+    clients.push(scrape);
+    const answer = getOn(scrape, '/metrics');
+    assert.equal((await w.next()).fate, 'held', 'the scrape is taken in (it was closed at accept, before)');
+    assert.deepEqual(
+      first.map((s) => s.destroyed),
+      first.map((_, i) => i === 0),
+      'the oldest connection of the flood, and it only, is closed',
+    );
+    await clients[0].closed;
+    assert.equal(clients[0].got(), '', 'closed unanswered');
+    assert.equal(await answer, 'HTTP/1.1 200 OK');
+    assert.equal(sampleIn(scrape.got(), 'iptlb_metrics_connections_evicted_total'), 1);
+    assert.equal(sampleIn(scrape.got(), 'iptlb_metrics_connections_dropped_total'), 0);
+    // The flood goes on: each new connection of it takes the place of the oldest held that sent no request (the
+    // first flood's, then the second's own first), not the scraper's connection kept alive between its scrapes, which
+    // is answered again.
+    const second = await flood();
+    assert.ok(
+      first.every((s) => s.destroyed),
+      'the first flood made room for the second',
+    );
+    assert.deepEqual(
+      second.map((s) => s.destroyed),
+      second.map((_, i) => i === 0),
+    );
+    assert.ok(!scrape.c.destroyed);
+    assert.equal(await getOn(scrape, '/metrics'), 'HTTP/1.1 200 OK');
+    assert.equal(sampleIn(scrape.got(), 'iptlb_metrics_connections_evicted_total'), 1 + MAX_CONNECTIONS);
+    // So is a probe on a new connection.
+    const probe = await client(server.port);
+    clients.push(probe);
+    const probed = getOn(probe, '/healthz');
     assert.equal((await w.next()).fate, 'held');
-    assert.equal(await getOn(clients[3], '/healthz'), 'HTTP/1.1 200 OK');
+    assert.equal(await probed, 'HTTP/1.1 200 OK');
+    assert.deepEqual(
+      second.map((s) => s.destroyed),
+      second.map((_, i) => i <= 1),
+    );
+    assert.ok(!scrape.c.destroyed);
   } finally {
     w.restore();
     for (const k of clients) k.c.destroy();
@@ -434,26 +489,150 @@ test('connections past the cap are closed at accept, unanswered; those held are 
   }
 });
 
-test('by default the server holds MAX_CONNECTIONS connections at once, and closes the next at accept', async () => {
-  const { startMetricsServer, MAX_CONNECTIONS } = await import('../../src/metrics/server.js');
-  assert.equal(MAX_CONNECTIONS, 64);
-  const core = { statusReport: async () => ({ inSync: true, profiles: [] }) } as unknown as Core;
+test('at the cap, a new connection closes the oldest held that sent no complete request, else the one idle longest between requests, never one being answered', async () => {
+  const { startMetricsServer } = await import('../../src/metrics/server.js');
+  const g = gatedCore(10);
   const w = await connectionWatcher();
-  const server = await startMetricsServer({ address: '127.0.0.1:0', core });
+  const server = await startMetricsServer({ address: '127.0.0.1:0', core: g.core, maxConnections: 3, youngMs: 0 });
   const clients: Awaited<ReturnType<typeof client>>[] = [];
+  // A new connection, sending nothing or (head) a HEAD /metrics, which is answered at once, without a status read.
+  const connect = async (head = false) => {
+    const k = await client(server.port);
+    clients.push(k);
+    const answer = head ? getOn(k, '/metrics', 'HEAD') : undefined;
+    const f = await w.next();
+    assert.equal(f.fate, 'held');
+    await turns();
+    return { k, s: f.socket!, answer };
+  };
   try {
-    for (let i = 0; i < MAX_CONNECTIONS; i++) {
-      clients.push(await client(server.port));
-      assert.equal((await w.next()).fate, 'held', `connection ${i + 1}`);
-    }
-    clients.push(await client(server.port));
-    assert.equal((await w.next()).fate, 'dropped', `connection ${MAX_CONNECTIONS + 1}`);
-    await clients[MAX_CONNECTIONS].closed;
-    assert.equal(await getOn(clients[0], '/metrics'), 'HTTP/1.1 200 OK');
+    const a = await connect(true); // answered at once, then idle between requests
+    assert.equal(await a.answer, 'HTTP/1.1 200 OK');
+    const stop = await requestsSeen(1);
+    const b = await connect();
+    const bAnswer = getOn(b.k, '/metrics'); // a GET whose status read waits: being answered
+    await stop();
+    const c = await connect(); // sends nothing
+    const d = await connect(); // sends nothing: the oldest that sent no request, c, makes room
+    assert.deepEqual(
+      [a, b, c, d].map((x) => x.s.destroyed),
+      [false, false, true, false],
+    );
+    const e = await connect(true); // d goes, not a (idle) nor b (answered)
+    assert.deepEqual(
+      [a, b, d, e].map((x) => x.s.destroyed),
+      [false, false, true, false],
+    );
+    assert.equal(await e.answer, 'HTTP/1.1 200 OK');
+    // None held has sent no request: the one idle longest goes, a (idle since before e).
+    const f = await connect();
+    assert.deepEqual(
+      [a, b, e, f].map((x) => x.s.destroyed),
+      [true, false, false, false],
+    );
+    await a.k.closed;
+    g.release();
+    assert.equal(await bAnswer, 'HTTP/1.1 200 OK', 'the scrape being answered was kept throughout');
+    assert.equal(sampleIn(b.k.got(), 'iptlb_metrics_connections_evicted_total'), 3);
+    assert.equal(sampleIn(b.k.got(), 'iptlb_metrics_connections_dropped_total'), 0);
   } finally {
     w.restore();
     for (const k of clients) k.c.destroy();
     await server.close();
+  }
+});
+
+test('at the cap, one that came less than youngMs ago and sent nothing goes after those idle between requests; when all held are such, the oldest of them', async () => {
+  const { startMetricsServer, YOUNG_MS } = await import('../../src/metrics/server.js');
+  assert.equal(YOUNG_MS, 100);
+  const core = { statusReport: async () => ({ inSync: true, profiles: [] }) } as unknown as Core;
+  const w = await connectionWatcher();
+  // youngMs of an hour: every connection that sends nothing stays young throughout.
+  const server = await startMetricsServer({ address: '127.0.0.1:0', core, maxConnections: 3, youngMs: 3_600_000 });
+  const clients: Awaited<ReturnType<typeof client>>[] = [];
+  const connect = async (head = false) => {
+    const k = await client(server.port);
+    clients.push(k);
+    const answer = head ? getOn(k, '/metrics', 'HEAD') : undefined;
+    const f = await w.next();
+    assert.equal(f.fate, 'held');
+    if (answer) assert.equal(await answer, 'HTTP/1.1 200 OK');
+    await turns();
+    return f.socket!;
+  };
+  try {
+    const a = await connect(true); // idle between requests
+    const b = await connect(); // young, sent nothing (a client not yet through its connect, a request not yet read)
+    const c = await connect();
+    const d = await connect(); // the idle one goes, not the young b
+    assert.deepEqual(
+      [a, b, c, d].map((s) => s.destroyed),
+      [true, false, false, false],
+    );
+    const e = await connect(); // all held young: the oldest goes (the new one is not refused)
+    assert.deepEqual(
+      [b, c, d, e].map((s) => s.destroyed),
+      [true, false, false, false],
+    );
+    const last = clients[clients.length - 1];
+    assert.equal(await getOn(last, '/metrics'), 'HTTP/1.1 200 OK');
+    assert.equal(sampleIn(last.got(), 'iptlb_metrics_connections_evicted_total'), 2);
+    assert.equal(sampleIn(last.got(), 'iptlb_metrics_connections_dropped_total'), 0);
+  } finally {
+    w.restore();
+    for (const k of clients) k.c.destroy();
+    await server.close();
+  }
+});
+
+test('when every connection held is being answered, one more is closed at accept, unanswered; once they are answered, the next takes the place of the one idle longest', async () => {
+  const { startMetricsServer, MAX_CONNECTIONS } = await import('../../src/metrics/server.js');
+  for (const cap of [3, MAX_CONNECTIONS]) {
+    const g = gatedCore(10);
+    const w = await connectionWatcher();
+    const server = await startMetricsServer({
+      address: '127.0.0.1:0',
+      core: g.core,
+      ...(cap === MAX_CONNECTIONS ? {} : { maxConnections: cap }),
+    });
+    const clients: Awaited<ReturnType<typeof client>>[] = [];
+    try {
+      const held: import('node:net').Socket[] = [];
+      const answers: Promise<string>[] = [];
+      const stop = await requestsSeen(cap);
+      for (let i = 0; i < cap; i++) {
+        clients.push(await client(server.port));
+        answers.push(getOn(clients[i], '/metrics'));
+        const f = await w.next();
+        assert.equal(f.fate, 'held', `connection ${i + 1} of ${cap}`);
+        held.push(f.socket!);
+      }
+      await stop(); // every one held has its request being answered (one status read, shared)
+      // More connections: each closed as soon as it is accepted, with no response.
+      for (let i = 0; i < 5; i++) {
+        const k = await client(server.port);
+        assert.equal((await w.next()).fate, 'dropped', `connection ${cap + 1 + i}, over the cap of ${cap}`);
+        await k.closed;
+        assert.equal(k.got(), '', 'no bytes: the connection is closed unanswered');
+      }
+      assert.ok(held.every((s) => !s.destroyed));
+      g.release();
+      for (const a of answers) assert.equal(await a, 'HTTP/1.1 200 OK');
+      assert.match(clients[0].got(), /\n# TYPE iptlb_metrics_connections_dropped_total counter\n/);
+      assert.equal(sampleIn(clients[0].got(), 'iptlb_metrics_connections_dropped_total'), 5);
+      assert.equal(sampleIn(clients[0].got(), 'iptlb_metrics_connections_evicted_total'), 0);
+      // All answered, all idle between requests: the next one takes the place of the first answered.
+      const order = held.map((s, i) => ({ s, i }));
+      clients.push(await client(server.port));
+      const next = getOn(clients[cap], '/metrics', 'HEAD');
+      assert.equal((await w.next()).fate, 'held');
+      assert.equal(await next, 'HTTP/1.1 200 OK');
+      assert.equal(order.filter((x) => x.s.destroyed).length, 1, 'one of those held made room');
+    } finally {
+      w.restore();
+      for (const k of clients) k.c.destroy();
+      await server.close();
+    }
   }
 });
 
@@ -498,5 +677,62 @@ test('a connection that sends no request or part of one is answered 408 and clos
     assert.match(await scrape, /^HTTP\/1\.1 200 /, 'the scrape waiting since before them is answered');
   } finally {
     await server.close();
+  }
+});
+
+test('a scrape accepted in the same turn of the loop as the flood after it is not closed for the flood before its request is read', async () => {
+  // The server runs in a worker whose loop the test stops (Atomics.wait) while it connects: the scrape, which sends
+  // its request at once, then a connection of the flood wait in the listen backlog, and the server accepts both in
+  // one turn of its loop, before it has read either.
+  const { Worker } = await import('node:worker_threads');
+  const url = new URL('../../src/metrics/server.js', import.meta.url).href;
+  const flag = new Int32Array(new SharedArrayBuffer(4));
+  const worker = new Worker(
+    `const { parentPort, workerData } = require('node:worker_threads');
+    import(${JSON.stringify(url)}).then(async ({ startMetricsServer }) => {
+      const core = { statusReport: async () => ({ inSync: true, profiles: [] }) };
+      const server = await startMetricsServer({ address: '127.0.0.1:0', core, maxConnections: 3 });
+      parentPort.on('message', () => {
+        parentPort.postMessage('stopped');
+        Atomics.wait(workerData, 0, 0); // the worker's loop stops until the test sets the flag
+      });
+      parentPort.postMessage(server.port);
+    });`,
+    { eval: true, workerData: flag },
+  );
+  const clients: Awaited<ReturnType<typeof client>>[] = [];
+  const message = () => new Promise<unknown>((r) => worker.once('message', r));
+  try {
+    const port = (await message()) as number;
+    // Every place taken by keep-alive connections between their requests (HEAD /metrics: answered at once).
+    for (let i = 0; i < 3; i++) {
+      clients.push(await client(port));
+      assert.equal(await getOn(clients[i], '/metrics', 'HEAD'), 'HTTP/1.1 200 OK');
+    }
+    const stopped = message();
+    worker.postMessage('stop');
+    await stopped;
+    const connected = (k: { c: import('node:net').Socket }) => new Promise((r) => k.c.once('connect', r));
+    const scrape = await client(port);
+    clients.push(scrape);
+    const answer = getOn(scrape, '/metrics');
+    await connected(scrape);
+    await new Promise((r) => scrape.c.write('', r)); // its request is sent
+    const flood = await client(port);
+    clients.push(flood);
+    await connected(flood);
+    Atomics.store(flag, 0, 1);
+    Atomics.notify(flag, 0);
+    assert.equal(
+      await Promise.race([answer, scrape.closed.then(() => 'closed unanswered')]),
+      'HTTP/1.1 200 OK',
+      'the flood took the place of a keep-alive connection, not of the scrape',
+    );
+    assert.equal(sampleIn(scrape.got(), 'iptlb_metrics_connections_evicted_total'), 2);
+    await Promise.all([clients[0].closed, clients[1].closed]);
+    assert.equal(clients[2].c.destroyed, false);
+  } finally {
+    for (const k of clients) k.c.destroy();
+    await worker.terminate();
   }
 });
