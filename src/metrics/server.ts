@@ -384,6 +384,15 @@ export async function healthz(
 
 const METRICS_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
 
+/** The path of an absolute-form request target (`http://host:port/path?query`); the target itself if it is not a URL. */
+function absolutePath(target: string): string {
+  try {
+    return new URL(target).pathname;
+  } catch {
+    return target;
+  }
+}
+
 const CLOSED = 'the iptlb handle this server reports on is closed: close the server with it';
 
 const METRICS_OPTIONS = ['address', 'iptlb', 'core', 'stats', 'checker', 'extra', 'maxConnections'];
@@ -479,7 +488,10 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
     connectionsCheckingInterval: Math.min(1000, headersMs),
   };
   const server = nodeHttp().createServer(serverOptions, (req, res) => {
-    const url = (req.url ?? '/').split('?')[0];
+    // A request target in absolute form (`GET http://127.0.0.1:9469/metrics`), which a server must accept (RFC 9112
+    // 3.2.2), names the same path as `GET /metrics` (it was a 404 before 2026-12-07).
+    const target = req.url ?? '/';
+    const url = (/^https?:\/\//i.test(target) ? absolutePath(target) : target).split('?')[0];
     // HEAD /metrics reads nothing (it ran GET's status read and extra(), before 2026-12-07, for a body it did not
     // send): GET's status and Content-Type, without the Content-Length only the read would give (RFC 9110 9.3.2 lets
     // a HEAD omit it). HEAD /healthz is answered as GET (its answer is its status, which takes the read: load

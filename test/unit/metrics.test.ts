@@ -736,3 +736,32 @@ test('a scrape accepted in the same turn of the loop as the flood after it is no
     await worker.terminate();
   }
 });
+
+test('a request target in absolute form names the same path: GET http://host/metrics is a scrape, not a 404', async () => {
+  const { startMetricsServer } = await import('../../src/metrics/server.js');
+  const core = { statusReport: async () => ({ inSync: true, profiles: [] }) } as unknown as Core;
+  const server = await startMetricsServer({ address: '127.0.0.1:0', core });
+  try {
+    const origin = `http://127.0.0.1:${server.port}`;
+    const req = (target: string, last = false) =>
+      `GET ${target} HTTP/1.1\r\nHost: x\r\n${last ? 'Connection: close\r\n' : ''}\r\n`;
+    const raw = await rawExchange(
+      port(server),
+      req(`${origin}/metrics`) +
+        req(`HTTP://127.0.0.1/healthz?x=1`) +
+        req(`${origin}/nothing`) +
+        req(`${origin}`) +
+        req('/metrics', true),
+    );
+    const responses = raw.split(/(?=^HTTP\/1\.1 )/m);
+    assert.deepEqual(
+      responses.map((r) => r.slice(0, r.indexOf('\r\n'))),
+      ['HTTP/1.1 200 OK', 'HTTP/1.1 200 OK', 'HTTP/1.1 404 Not Found', 'HTTP/1.1 404 Not Found', 'HTTP/1.1 200 OK'],
+    );
+    const body = (r: string) => r.slice(r.indexOf('\r\n\r\n') + 4);
+    assert.equal(body(responses[0]), body(responses[4]), 'the same exposition');
+    assert.match(body(responses[1]), /^\{"ok":true,/);
+  } finally {
+    await server.close();
+  }
+});
