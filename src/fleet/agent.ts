@@ -36,6 +36,7 @@ import { familyOfProfile } from '../model/profile.js';
 import {
   CREDENTIALS_REFUSED,
   TLS_FAILURE,
+  WATCH_COMPACTED,
   EtcdStore,
   prefixEnd,
   storeErrorMessage,
@@ -531,6 +532,7 @@ export class Agent extends EventEmitter<AgentEvents> {
               },
               failed: (why, resumable) => {
                 if (session !== this.session || id !== current) return;
+                if (WATCH_COMPACTED.test(why)) return this.compacted(why);
                 const now = performance.now();
                 while (resumes.length && now - resumes[0]! > RESUME_WINDOW_MS) resumes.shift();
                 if (!resumable || this.stopped || resumes.length >= MAX_RESUMES) return this.sessionFailed?.(why);
@@ -561,16 +563,23 @@ export class Agent extends EventEmitter<AgentEvents> {
                   });
               },
             })
-            .then((w) => {
-              if (session !== this.session || this.stopped || id !== current) return void w.cancel();
-              watch = w;
-              // The store answers again: its failure is over. A kernel refusal of the listed set (retried by
-              // commitNow) is not: the host key goes on saying it until a commit goes through.
-              if (!this.error?.startsWith('kernel:')) this.error = undefined;
-              this.watchingSince ??= performance.now();
-              this.setWatch('watching');
-              this.refusalOver();
-            }, reject);
+            .then(
+              (w) => {
+                if (session !== this.session || this.stopped || id !== current) return void w.cancel();
+                watch = w;
+                // The store answers again: its failure is over. A kernel refusal of the listed set (retried by
+                // commitNow) is not: the host key goes on saying it until a commit goes through.
+                if (!this.error?.startsWith('kernel:')) this.error = undefined;
+                this.watchingSince ??= performance.now();
+                this.setWatch('watching');
+                this.refusalOver();
+              },
+              (e: unknown) => {
+                const why = storeErrorMessage(e);
+                if (WATCH_COMPACTED.test(why) && session === this.session && id === current) this.compacted(why);
+                else reject(e);
+              },
+            );
         };
         open(revision + 1);
       });
@@ -600,6 +609,17 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.restored(
       `the store no longer holds the ${w.deleted ? 'delete' : 'write'} of ${oneLine(w.key, 120)} at revision ${w.revision} this agent saw (${where})`,
     );
+  }
+  /**
+   * The watch's start revision is compacted (the agent was away, or its watch lagged, while etcd compacted): no
+   * outage, so no backoff and no `unreachable`: the session ends and a new one re-lists at once.
+   */
+  private compacted(why: string): void {
+    if (!this.relistHook) return;
+    this.log(
+      `agent: ${oneLine(why, MAX_ERROR_LENGTH)}: re-listing now (the kernel keeps the rules of revision ${this.applyRevision} meanwhile)`,
+    );
+    this.relistHook();
   }
   private restored(what: string): void {
     if (!this.relistHook) return;

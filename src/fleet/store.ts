@@ -26,7 +26,9 @@ export interface WatchHandlers {
   events(events: StoreEvent[], revision: number): void;
   /**
    * The watch is dead. `resumable`: only its connection was lost (a member went away), so a new watch
-   * from the last revision seen misses nothing; otherwise (cancelled, compacted start revision) re-list.
+   * from the last revision seen misses nothing; otherwise (cancelled, compacted start revision) re-list. A compacted
+   * start revision is a reason {@link WATCH_COMPACTED} matches (and the watch's creation fails with one, as etcd
+   * refuses such a watch at once).
    */
   failed(reason: string, resumable?: boolean): void;
 }
@@ -117,6 +119,15 @@ export const TLS_FAILURE = /^TLS: /;
  */
 export const CREDENTIALS_REFUSED =
   /authentication failed|invalid auth token|user name not found|auth: |permission denied|UNAUTHENTICATED|PERMISSION_DENIED/i;
+
+/**
+ * A watch whose start revision etcd has compacted: its history no longer holds the events from there, so the watcher
+ * re-lists (it is no outage). {@link watchCompacted} says it; etcd answers such a watch with `canceled` and
+ * `compact_revision` (the oldest revision it keeps), which etcd3 turns into an error "Watcher canceled: " without them.
+ */
+export const WATCH_COMPACTED = /^watch from revision \d+ compacted: /;
+export const watchCompacted = (from: number, compactRevision: number): string =>
+  `watch from revision ${from} compacted: etcd keeps revisions from ${compactRevision} on`;
 
 /**
  * A response over the client's gRPC receive limit (4 MiB): grpc-js says "8 RESOURCE_EXHAUSTED: Received
@@ -367,11 +378,16 @@ export class EtcdStore implements FleetStore {
     // this watch's stream, not the process.
     const ns = this.client.namespace('');
     const wm = (ns as unknown as { watchManager?: Record<string, unknown> }).watchManager;
+    // etcd's answer to a watch from a compacted revision (canceled, with the oldest revision it keeps), seen here:
+    // etcd3 emits it as an error "Watcher canceled: " that names neither (it read as an unexplained store failure).
+    let compactRevision = 0;
     if (wm && typeof wm.handleError === 'function')
       for (const name of ['handleResponse', 'handleCreatedResponse']) {
         const f = wm[name];
         if (typeof f === 'function')
           wm[name] = (res: unknown): unknown => {
+            const r = res as { canceled?: boolean; compact_revision?: unknown } | null;
+            if (r?.canceled && num(r.compact_revision) > 0) compactRevision = num(r.compact_revision);
             try {
               return f.call(wm, res);
             } catch (e) {
@@ -397,10 +413,8 @@ export class EtcdStore implements FleetStore {
     // Every listener from the start: an 'error' without one would be thrown.
     w.on('data', (res: any) => {
       if (dead) return;
-      if (res.canceled || res.compact_revision > 0)
-        return fail(
-          `watch cancelled${num(res.compact_revision) ? ` (compacted at revision ${res.compact_revision})` : ''}${res.cancel_reason ? `: ${res.cancel_reason}` : ''}`,
-        );
+      if (num(res.compact_revision) > 0) return fail(watchCompacted(fromRevision, num(res.compact_revision)));
+      if (res.canceled) return fail(`watch cancelled${res.cancel_reason ? `: ${res.cancel_reason}` : ''}`);
 
       const events: StoreEvent[] = (res.events ?? []).map((e: any) => ({
         type: e.type === 'Delete' || e.type === 1 ? 'delete' : 'put',
@@ -419,7 +433,9 @@ export class EtcdStore implements FleetStore {
       creation?.resolve();
     });
     w.on('error', (e: Error) => {
-      const why = `watch error: ${e?.message || e?.name || 'cancelled'}`;
+      const why = compactRevision
+        ? watchCompacted(fromRevision, compactRevision)
+        : `watch error: ${e?.message || e?.name || 'cancelled'}`;
       if (!created) creation?.reject(new Error(why));
       fail(why);
     });

@@ -14,6 +14,7 @@ import type {
   WatchHandle,
   WatchHandlers,
 } from '../../src/fleet/store.js';
+import { watchCompacted } from '../../src/fleet/store.js';
 
 interface Version {
   revision: number;
@@ -173,10 +174,9 @@ export class FakeStore implements FleetStore {
     await Promise.resolve();
     this.fail();
     const w = { start, end, h, dead: false };
-    if (fromRevision <= this.compacted) {
-      queueMicrotask(() => h.failed(`watch cancelled (compacted at revision ${this.compacted})`));
-      return { cancel: async () => {} };
-    }
+    // etcd refuses a watch from a compacted revision at once (created and cancelled in one answer): its creation
+    // fails, as EtcdStore.watch says it.
+    if (fromRevision <= this.compacted) throw new Error(watchCompacted(fromRevision, this.compacted));
     // Events between fromRevision and now, in order.
     const past: StoreEvent[] = [];
     for (const [key, versions] of this.history) {

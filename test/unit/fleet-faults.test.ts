@@ -13,7 +13,7 @@ import * as path from 'node:path';
 import type { Agent, AgentOptions, HostStatus } from '../../src/fleet/agent.js';
 import { profileKey } from '../../src/fleet/reconcile.js';
 import { fleetStatus, listPrefix } from '../../src/fleet/fleet.js';
-import { EtcdStore, fetchPageHalving } from '../../src/fleet/store.js';
+import { EtcdStore, fetchPageHalving, watchCompacted } from '../../src/fleet/store.js';
 import { FakeNftKernel } from '../harness/fake-kernel.js';
 import { FakeStore } from '../harness/fake-store.js';
 import { IptlbError } from '../../src/model/errors.js';
@@ -763,4 +763,77 @@ describe('a watch response over the client receive limit (a watch catching up on
     other.watcher.emit('disconnected', new Error('14 UNAVAILABLE: Connection dropped'));
     assert.deepEqual(lost, [['watch disconnected: 14 UNAVAILABLE: Connection dropped', true]]);
   });
+});
+
+describe('a watch whose start revision etcd compacted (the agent away, or its watch lagging, while etcd compacts)', () => {
+  test('EtcdStore says it from etcd\'s answer (canceled, compact_revision), which etcd3 reports as "Watcher canceled: "', async () => {
+    /** A client whose watch manager and watcher the test drives as etcd3 1.1.2 does with such an answer. */
+    const watcher = Object.assign(new EventEmitter(), { cancel: async () => {} });
+    const cancel = (res: { cancel_reason?: string }): void =>
+      void watcher.emit('error', new Error(`Watcher canceled: ${res.cancel_reason ?? ''}`));
+    const wm = { handleError: () => {}, handleCreatedResponse: cancel, handleResponse: cancel };
+    const builder = { inRange: () => builder, startRevision: () => builder, watcher: () => watcher };
+    const client = { namespace: () => ({ watch: () => builder, watchManager: wm }), close: () => {} };
+    const Ctor = EtcdStore as unknown as new (client: unknown, timeout: number) => EtcdStore;
+    const etcd = new Ctor(client, 5000);
+    const handlers = { events: () => {}, failed: () => {} };
+    // Refused at creation (etcd 3.4 answers created and canceled at once).
+    const refused = etcd.watch(`${P}profiles/`, `${P}profiles0`, 15, handlers);
+    wm.handleCreatedResponse({ created: true, canceled: true, compact_revision: '17', cancel_reason: '' } as never);
+    await assert.rejects(refused, (e: Error) => {
+      assert.equal(e.message, 'watch from revision 15 compacted: etcd keeps revisions from 17 on');
+      return true;
+    });
+    // Cancelled later (a watcher that lagged behind a compaction).
+    const failed: [string, boolean | undefined][] = [];
+    const later = etcd.watch(`${P}profiles/`, `${P}profiles0`, 20, {
+      events: () => {},
+      failed: (why, resumable) => failed.push([why, resumable]),
+    });
+    watcher.emit('connected');
+    await later;
+    wm.handleResponse({ canceled: true, compact_revision: '30', cancel_reason: '' } as never);
+    assert.deepEqual(failed, [['watch from revision 20 compacted: etcd keeps revisions from 30 on', false]]);
+  });
+
+  for (const when of ['at the watch opened again', 'after the watch was created'] as const)
+    test(`${when}: the agent says so and re-lists at once (no store failure, no backoff, never unreachable)`, async (t) => {
+      mockTimers(t);
+      const store = new FakeStore();
+      const lines: string[] = [];
+      // A backoff of a minute: a re-list after one would not come within the bound below.
+      const a = makeAgent(store, { log: (l) => lines.push(l), backoffMs: 60_000, backoffMaxMs: 60_000 });
+      const states = new Set<string>();
+      a.on('status', (st) => states.add(st.watch));
+      putProf(store, 'a', 1);
+      await a.start();
+      await until(async () => (await inKernel(a)) === 'a' && a.status().watch === 'watching', 'a applied');
+      states.clear();
+      const ranges = store.profileRanges;
+      const from = store.rev + 1;
+      if (when === 'at the watch opened again') {
+        // The connection is lost; meanwhile b is written and the store compacted past the agent's revision.
+        store.killWatches('watch disconnected: 14 UNAVAILABLE: Connection dropped', true);
+        putProf(store, 'b', 2);
+        store.compact();
+      } else {
+        putProf(store, 'b', 2);
+        store.compact();
+        store.killWatches(watchCompacted(from, store.rev));
+      }
+      await until(async () => (await inKernel(a)) === 'a,b', 'b by the re-list', 1_000);
+      assert.ok(store.profileRanges > ranges, 're-listed');
+      assert.ok(
+        lines.some((l) =>
+          /^agent: watch from revision \d+ compacted: etcd keeps revisions from \d+ on: re-listing now \(the kernel keeps the rules of revision \d+ meanwhile\)$/.test(
+            l,
+          ),
+        ),
+        lines.join('\n'),
+      );
+      assert.ok(!lines.some((l) => /^agent: store: /.test(l)), lines.join('\n'));
+      assert.ok(!states.has('unreachable'), [...states].join());
+      await until(() => a.status().watch === 'watching', 'watching again');
+      assert.equal(a.status().error, undefined);
+    });
 });
