@@ -47,8 +47,30 @@ import {
   type WatchHandle,
 } from './store.js';
 import { nodeOs } from '../platform/builtins.js';
+import { tryLockBeside, type HeldLock } from '../platform/lock.js';
+import { readFileSync, statSync } from 'node:fs';
 
 export const DEFAULT_AGENT_STATE_FILE = '/var/lib/iptlb/agent.db';
+/**
+ * The lock an agent holds beside its state file while it runs: `<state file>.agent.lock`. A second agent on one state
+ * file (another `--host` or `--prefix`, another etcd) would take the first one's profiles for its own orphans and
+ * remove them from the kernel, while the first goes on reporting them applied.
+ */
+export const AGENT_LOCK_SUFFIX = '.agent.lock';
+
+/** The pid of the process holding an flock on `file` (from /proc/locks), if it can be told. */
+function flockHolder(file: string): number | undefined {
+  try {
+    const ino = statSync(file).ino;
+    for (const line of readFileSync('/proc/locks', 'utf8').split('\n')) {
+      const m = /^\d+:\s+FLOCK\s+\S+\s+WRITE\s+(\d+)\s+[0-9a-f]+:[0-9a-f]+:(\d+)\s/.exec(line);
+      if (m && Number(m[2]) === ino) return Number(m[1]);
+    }
+  } catch {
+    /* not told: the message says "another process" */
+  }
+  return undefined;
+}
 /**
  * Longest duration option of the agent, ms (an hour, as the CLI's other ms options). Node's timers hold at most
  * 2^31-1 ms and turn a longer delay into 1 ms.
@@ -298,8 +320,37 @@ export class Agent extends EventEmitter<AgentEvents> {
     return `${this.prefix}profiles/`;
   }
 
-  /** Chooses the engine, connects, and starts the loop (returns once started, not once synced: see {@link ready}). */
+  /** Held from start() to the end of stop() (see {@link AGENT_LOCK_SUFFIX}). */
+  private agentLock?: HeldLock;
+
+  /**
+   * Takes the state file's agent lock, chooses the engine, connects, and starts the loop (returns once started, not
+   * once synced: see {@link ready}). Another agent on the state file: ELOCK naming `state-file`, nothing changed.
+   */
   async start(): Promise<void> {
+    const sp = this.core.statePath;
+    if (sp !== null && !this.agentLock) {
+      const lock = await tryLockBeside(sp, AGENT_LOCK_SUFFIX);
+      if (!lock) {
+        const pid = flockHolder(`${sp}${AGENT_LOCK_SUFFIX}`);
+        throw new IptlbError(
+          'ELOCK',
+          `state-file: ${pid === process.pid ? 'another agent of this process' : pid !== undefined ? `the agent of process ${pid}` : 'another agent'} already runs on ${sp} (it holds ${sp}${AGENT_LOCK_SUFFIX}); two agents on one state file remove each other's profiles: give each agent its own --state-file`,
+          { field: 'state-file' },
+        );
+      }
+      this.agentLock = lock;
+    }
+    try {
+      await this.begin();
+    } catch (e) {
+      this.agentLock?.release();
+      this.agentLock = undefined;
+      throw e;
+    }
+  }
+
+  private async begin(): Promise<void> {
     await this.core.select();
     // What the kernel keeps from the last run counts until the first list is committed (etcd may be down).
     this.ownedCount = (await this.core.readState()).size;
@@ -1101,6 +1152,8 @@ export class Agent extends EventEmitter<AgentEvents> {
     await this.core.conntrackIdle();
     // The host key goes with its lease: a missing key means "unknown", not "no rules".
     if (this.opts.etcd !== this.store) await this.store?.close();
+    this.agentLock?.release();
+    this.agentLock = undefined;
   }
 }
 

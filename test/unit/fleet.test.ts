@@ -5,6 +5,7 @@
 import { afterEach, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
+import { readFileSync } from 'node:fs';
 import { Agent, type AgentOptions, type HostStatus } from '../../src/fleet/agent.js';
 import { decide, parseStored, profileKey } from '../../src/fleet/reconcile.js';
 import { fleetApply, fleetDelete, fleetList, fleetStatus } from '../../src/fleet/fleet.js';
@@ -772,6 +773,43 @@ describe('fleet: agent against a fake store and the fake nft kernel', () => {
       () => new Agent({ etcd: store, host: 'h', minSyncMs: -1 }),
       (e: IptlbError) => e.field === 'minSyncMs',
     );
+  });
+});
+
+describe('fleet: two agents on one state file', () => {
+  test("the second is refused (ELOCK naming state-file, one line) and changes nothing: it would remove the first one's profiles as its own orphans", async () => {
+    const file = stateFile();
+    const kernel = new FakeNftKernel();
+    const store = new FakeStore();
+    putProf(store, 'a', 1);
+    putProf(store, 'b', 2);
+    const first = makeAgent(store, kernel, file);
+    await first.start();
+    await first.ready;
+    // Another store (another --prefix, another etcd) that holds nothing.
+    const other = new FakeStore();
+    const second = makeAgent(other, kernel, file, { host: 'h2' });
+    const commits = kernel.commits.length;
+    const stateBefore = readFileSync(file, 'utf8');
+    await assert.rejects(second.start(), (e: IptlbError) => {
+      assert.equal(e.code, 'ELOCK');
+      assert.equal(e.field, 'state-file');
+      assert.match(
+        e.message,
+        /^state-file: another agent of this process already runs on .*agent\.db \(it holds .*agent\.db\.agent\.lock\); two agents on one state file remove each other's profiles: give each agent its own --state-file$/,
+      );
+      return true;
+    });
+    await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(await inKernel(first), ['a', 'b'], "the first agent's profiles stay");
+    assert.equal(kernel.commits.length, commits, 'no kernel commit');
+    assert.equal(readFileSync(file, 'utf8'), stateBefore, 'the state file unchanged');
+    assert.equal(other.leased.size, 0, 'no host key written');
+    // Once the first has stopped, the second runs (and owns what the state file holds).
+    await first.stop();
+    await second.start();
+    await second.ready;
+    assert.deepEqual(await inKernel(second), [], 'its store holds nothing: the orphans are its own now');
   });
 });
 

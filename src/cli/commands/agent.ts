@@ -56,7 +56,7 @@ export function register(program: Command, io: Out): void {
     .option('--host <name>', 'this host in <prefix>hosts/<host> (default: the host name)')
     .option(
       '--state-file <path>',
-      `the agent's own state file: the profiles it owns (default ${DEFAULT_AGENT_STATE_FILE})`,
+      `the agent's own state file: the profiles it owns; one agent per state file (default ${DEFAULT_AGENT_STATE_FILE})`,
     )
     .addOption(new Option('--engine <engine>', 'legacy, nft or auto (env IPTLB_ENGINE; default auto)'))
     .addOption(new Option('--executor <kind>', 'native, spawn or auto (env IPTLB_EXECUTOR; default auto)'))
