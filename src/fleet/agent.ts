@@ -432,6 +432,17 @@ export class Agent extends EventEmitter<AgentEvents> {
     );
   }
 
+  /**
+   * What the kernel keeps, for the log lines: the rules of the revision this run applied, or, before its first commit
+   * (etcd unreachable at start), the profiles its state file holds from an earlier run ("revision 0" read as none).
+   */
+  private keeps(): string {
+    if (this.applyRevision > 0) return `the kernel keeps the rules of revision ${this.applyRevision}`;
+    return this.ownedCount > 0
+      ? `the kernel keeps the ${this.ownedCount} profile(s) of its state file (applied before this start; no revision listed yet)`
+      : 'the kernel holds no profile of this agent (its state file holds none; no revision listed yet)';
+  }
+
   private backoff(attempt: number): number {
     const cap = Math.min(this.o.backoffMaxMs, this.o.backoffMs * 2 ** Math.min(attempt, 20));
     return Math.round(cap / 2 + Math.random() * (cap / 2));
@@ -447,7 +458,7 @@ export class Agent extends EventEmitter<AgentEvents> {
   /** The line that says a refusal `msg` of kind `what` (see {@link refusal}). */
   private refusalLine(msg: string, what: 'credentials' | 'TLS'): string {
     const m = oneLine(msg, MAX_ERROR_LENGTH);
-    const keeps = `the kernel keeps the rules of revision ${this.applyRevision}`;
+    const keeps = this.keeps();
     return what === 'credentials'
       ? `agent: etcd refused this agent's credentials (${m}): check --etcd-user and IPTLB_ETCD_PASSWORD (or the client certificate) and the user's roles; ${keeps}; retrying with backoff until etcd accepts them (not logged again unless the failure changes)`
       : `agent: ${m}; ${keeps}; retrying with backoff until the TLS connection succeeds (not logged again unless the failure changes)`;
@@ -492,7 +503,7 @@ export class Agent extends EventEmitter<AgentEvents> {
         } else {
           this.refusal = undefined; // another failure (unreachable): logged at each retry, and a refusal said again
           this.log(
-            `agent: store: ${oneLine(msg, MAX_ERROR_LENGTH)}; kernel keeps the rules of revision ${this.applyRevision}; retrying in ${delay} ms (attempt ${attempt})`,
+            `agent: store: ${oneLine(msg, MAX_ERROR_LENGTH)}; ${this.keeps()}; retrying in ${delay} ms (attempt ${attempt})`,
           );
         }
         await sleep(delay, this.sleeper);
@@ -667,9 +678,7 @@ export class Agent extends EventEmitter<AgentEvents> {
    */
   private compacted(why: string): void {
     if (!this.relistHook) return;
-    this.log(
-      `agent: ${oneLine(why, MAX_ERROR_LENGTH)}: re-listing now (the kernel keeps the rules of revision ${this.applyRevision} meanwhile)`,
-    );
+    this.log(`agent: ${oneLine(why, MAX_ERROR_LENGTH)}: re-listing now (${this.keeps()} meanwhile)`);
     this.relistHook();
   }
   private restored(what: string): void {
@@ -961,7 +970,7 @@ export class Agent extends EventEmitter<AgentEvents> {
         if (msg !== this.commitFailure) {
           flush();
           this.log(
-            `agent: revision ${revision} not applied: ${msg}; the kernel keeps revision ${this.applyRevision}; retrying with backoff (said again when the failure changes)`,
+            `agent: revision ${revision} not applied: ${msg}; ${this.applyRevision > 0 ? `the kernel keeps revision ${this.applyRevision}` : this.keeps()}; retrying with backoff (said again when the failure changes)`,
           );
         } else this.coreLines = undefined; // the same failure again: its lines are dropped
         this.commitFailure = msg;
@@ -1136,9 +1145,13 @@ export class Agent extends EventEmitter<AgentEvents> {
   /** Stops watching; the kernel keeps the rules and the state file stays. Revokes the host key's lease. */
   async stop(why?: string): Promise<void> {
     if (this.stopped) return;
+    // A commit under way is finished first (all or nothing): what the kernel keeps is said once it is done.
+    const inFlight = this.committing !== undefined;
     if (why)
       this.log(
-        `agent: ${why}: stopping; the kernel keeps the rules of revision ${this.applyRevision}, the host key goes with its lease`,
+        inFlight
+          ? `agent: ${why}: stopping once the commit under way is done; the host key goes with its lease`
+          : `agent: ${why}: stopping; ${this.keeps()}, the host key goes with its lease`,
       );
     this.stopped = true;
     this.sleeper.wake?.();
@@ -1147,6 +1160,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     for (const t of [this.checkTimer, this.syncTimer]) if (t) clearInterval(t);
     await this.loop?.catch(() => {});
     await this.committing?.catch(() => {});
+    if (why && inFlight) this.log(`agent: ${why}: stopped after the commit under way; ${this.keeps()}`);
     this.watchState = 'stopped';
     await this.attachments.close?.().catch(() => {});
     await this.core.conntrackIdle();

@@ -297,7 +297,7 @@ test(
       await new Promise((r) => setTimeout(r, 1500)); // a few retries (backoff 200, 400, 800 ms): quiet
       saidOncePerSpell(
         bad.stderr(),
-        /agent: TLS: etcd's server certificate is not accepted \(unable to verify the first certificate\): check --etcd-ca .*; the kernel keeps the rules of revision 0; retrying with backoff/,
+        /agent: TLS: etcd's server certificate is not accepted \(unable to verify the first certificate\): check --etcd-ca .*; the kernel holds no profile of this agent \(its state file holds none; no revision listed yet\); retrying with backoff/,
       );
       assert.doesNotMatch(bad.stderr(), /(agent: store|host status not written): TLS: /, 'the retries are quiet');
       assert.equal((await bad.kill('SIGTERM')).code, 0);

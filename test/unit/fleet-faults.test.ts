@@ -664,7 +664,7 @@ describe('a TLS failure or refused credentials that persist', () => {
     assert.ok(calls >= 10, `${calls} attempts in 10 s`);
     // One line, saying what to check and that it keeps retrying; nothing at each retry.
     assert.deepEqual(lines.slice(1), [
-      "agent: TLS: etcd's server certificate is not accepted (unable to verify the first certificate): check --etcd-ca (the CA certificate that signed etcd's server certificate); the kernel keeps the rules of revision 0; retrying with backoff until the TLS connection succeeds (not logged again unless the failure changes)",
+      "agent: TLS: etcd's server certificate is not accepted (unable to verify the first certificate): check --etcd-ca (the CA certificate that signed etcd's server certificate); the kernel holds no profile of this agent (its state file holds none; no revision listed yet); retrying with backoff until the TLS connection succeeds (not logged again unless the failure changes)",
     ]);
     // The host status (as the metrics and `fleet status` read it) says the same as for refused credentials.
     assert.equal(a.status().watch, 'unreachable');

@@ -175,7 +175,7 @@ describe('agent: store backoff, SIGHUP, stop, log lines', () => {
     const store1 = lines.filter((l) => l.startsWith('agent: store: '));
     assert.equal(store1.length, 4);
     for (const l of store1) assert.doesNotMatch(l, /Resolution note/);
-    assert.match(store1[0]!, /ECONNREFUSED\.; kernel keeps/);
+    assert.match(store1[0]!, /ECONNREFUSED\.; the kernel holds no profile of this agent \(its state file holds none/);
     await until(() => a.status().watch === 'watching', 'watching');
     lines.length = 0;
     why = 'etcdserver: authentication failed, invalid user ID or password';
@@ -212,7 +212,11 @@ describe('agent: store backoff, SIGHUP, stop, log lines', () => {
     await until(() => lines.some((l) => /the kernel holds what the state file says/.test(l)), 'in sync said');
     proc.emit('SIGTERM');
     await stopped;
-    assert.match(lines.at(-1)!, /^agent: SIGTERM: stopping; the kernel keeps the rules of revision \d+/);
+    // (A commit of the last re-list may be under way: it is finished first, and the revision said after it.)
+    assert.match(
+      lines.at(-1)!,
+      /^agent: SIGTERM: (stopping|stopped after the commit under way); the kernel keeps the rules of revision \d+/,
+    );
     assert.equal(proc.listenerCount('SIGHUP'), 0);
   });
 

@@ -813,6 +813,67 @@ describe('fleet: two agents on one state file', () => {
   });
 });
 
+describe('fleet: what the agent says the kernel keeps', () => {
+  test('etcd unreachable at start: the profiles its state file holds from an earlier run, not "revision 0"', async () => {
+    const file = stateFile();
+    const kernel = new FakeNftKernel();
+    const store = new FakeStore();
+    putProf(store, 'a', 1);
+    putProf(store, 'b', 2);
+    const first = makeAgent(store, kernel, file);
+    await first.start();
+    await first.ready;
+    await first.stop();
+    store.setDown(true);
+    const lines: string[] = [];
+    const second = makeAgent(store, kernel, file, { log: (l) => lines.push(l) });
+    await second.start();
+    await until(() => lines.some((l) => /^agent: store: /.test(l)), 'a store failure logged');
+    await second.stop('SIGTERM');
+    const said = lines.filter((l) => /kernel keeps/.test(l));
+    assert.ok(said.length >= 2, lines.join('\n'));
+    for (const l of said) {
+      assert.match(
+        l,
+        /the kernel keeps the 2 profile\(s\) of its state file \(applied before this start; no revision listed yet\)/,
+      );
+      assert.doesNotMatch(l, /revision 0/);
+    }
+    assert.deepEqual(await inKernel(second), ['a', 'b']);
+  });
+
+  test('SIGTERM during a commit: the commit finishes (all or nothing), then the revision the kernel keeps is said', async () => {
+    const kernel = new FakeNftKernel();
+    const store = new FakeStore();
+    const lines: string[] = [];
+    const a = makeAgent(store, kernel, stateFile(), { log: (l) => lines.push(l) });
+    putProf(store, 'a', 1);
+    await a.start();
+    await a.ready;
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let entered!: () => void;
+    const inCommit = new Promise<void>((r) => (entered = r));
+    const commit = kernel.commit.bind(kernel);
+    kernel.commit = async (tx) => {
+      entered();
+      await gate;
+      return commit(tx);
+    };
+    const rb = putProf(store, 'b', 2);
+    await inCommit;
+    const stopping = a.stop('SIGTERM');
+    release();
+    await stopping;
+    assert.deepEqual(await inKernel(a), ['a', 'b']);
+    const said = lines.filter((l) => /SIGTERM/.test(l));
+    assert.deepEqual(said, [
+      'agent: SIGTERM: stopping once the commit under way is done; the host key goes with its lease',
+      `agent: SIGTERM: stopped after the commit under way; the kernel keeps the rules of revision ${rb}`,
+    ]);
+  });
+});
+
 describe('fleet: operators side against the fake store', () => {
   test('apply validates as the CLI does, refuses conflicts with stored profiles, one transaction; delete; list; status', async () => {
     const store = new FakeStore();
