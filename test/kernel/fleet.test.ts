@@ -679,3 +679,46 @@ test(
     });
   },
 );
+
+test(
+  'fleet (nft/native): etcd restarted while the agent was stopped, a profile deleted and another written, the revision compacted: the resumed watch is said compacted, the agent re-lists at once (no store failure) and applies both',
+  { skip: SKIP || nftNative.skip, timeout: 90_000 },
+  async () => {
+    await onHosts(['h1'], async (c, s, t) => {
+      const agent = startAgent(t, c, 'h1', 'm1', nftNative);
+      await fleetApply(s, P, [prof('a', '127.100.0.10')]);
+      const rb = (await fleetApply(s, P, [prof('b', '127.100.0.11')])).revision;
+      await waitApplied(s, 'h1', rb);
+      await waitFor('h1 watching', async () => (await hostStatus(s, 'h1'))?.watch === 'watching');
+      const mark = agent.stderr().length;
+      // Stopped (SIGSTOP) while etcd restarts, a is deleted, c written, and etcd compacts past its revision.
+      agent.child.kill('SIGSTOP');
+      let rc: number;
+      try {
+        await c.kill('m1');
+        c.run('m1');
+        await waitFor('a deleted', async () => (await fleetDelete(s, P, ['a'])).revision);
+        rc = await waitFor('c written', async () => (await fleetApply(s, P, [prof('c', '127.100.0.12')])).revision);
+        await execFileP('etcdctl', ['--endpoints', c.endpoint('m1'), 'compact', String(rc)], {
+          env: { ...process.env, ETCDCTL_API: '3' },
+        });
+      } finally {
+        agent.child.kill('SIGCONT');
+      }
+      await waitLog(
+        agent,
+        /agent: watch from revision \d+ compacted: etcd keeps revisions from \d+ on: re-listing now \(the kernel keeps the rules of revision \d+ meanwhile\)/,
+        'the compacted watch said as such',
+        15_000,
+        mark,
+      );
+      await waitApplied(s, 'h1', rc);
+      await gone(t, 'h1', '127.100.0.10');
+      await balanced(t, 'h1', '127.100.0.11');
+      await balanced(t, 'h1', '127.100.0.12');
+      const log = agent.stderr().slice(mark);
+      assert.doesNotMatch(log, /agent: store: /, `no store failure, no backoff:\n${log}`);
+      assert.doesNotMatch(log, /Watcher canceled/);
+    });
+  },
+);
