@@ -254,6 +254,11 @@ export class Agent extends EventEmitter<AgentEvents> {
   private error?: string;
   private stopped = false;
   private readonly sleeper: { stopped: boolean; wake?: () => void } = { stopped: false };
+  /** Rejects once stop() is called: a store call the loop waits for (a stalled etcd) does not hold back stop(). */
+  private readonly stopRequested: Promise<never>;
+  private requestStop!: () => void;
+  /** The start's read of the host key (who wrote it last), waited for by the first session before it lists. */
+  private holderRead?: Promise<void>;
   private session = 0;
   private dirty = false;
   private committing?: Promise<void>;
@@ -314,6 +319,13 @@ export class Agent extends EventEmitter<AgentEvents> {
     // before: refused, it would hold back every later revision (see Core.takesAddresses).
     this.core.takesAddresses = true;
     this.ready = new Promise((r) => (this.readyResolve = r));
+    this.stopRequested = new Promise<never>((_, reject) => (this.requestStop = () => reject(new Error('stopped'))));
+    this.stopRequested.catch(() => {});
+  }
+
+  /** `p`, or a rejection as soon as the agent stops (`p` is left to settle on its own). */
+  private orStop<T>(p: Promise<T>): Promise<T> {
+    return Promise.race([p, this.stopRequested]);
   }
 
   private get profilesPrefix(): string {
@@ -361,9 +373,12 @@ export class Agent extends EventEmitter<AgentEvents> {
       `agent ${this.host}: ${s.engine}/${s.executor.kind}, state file ${this.core.statePath}, prefix ${this.prefix}`,
     );
     const key = hostKey(this.prefix, this.host);
-    // (Not fatal: etcd may be down; the loop retries.)
-    const held = await this.store.range(key, `${key}\0`, { limit: 1 }).catch(() => undefined);
-    this.checkHostKeyOwner(held?.kvs[0]?.value, true);
+    // (Not fatal: etcd may be down; the loop retries.) Not waited for here: a stalled etcd would hold the start, and a
+    // SIGTERM meanwhile, for a call's deadline; the first session waits for it before anything writes the host key.
+    this.holderRead = this.store
+      .range(key, `${key}\0`, { limit: 1 })
+      .catch(() => undefined)
+      .then((held) => this.checkHostKeyOwner(held?.kvs[0]?.value, true));
     this.loop = this.run();
     if (this.o.syncMs > 0) {
       this.syncTimer = setInterval(() => void this.repairDrift(), this.o.syncMs);
@@ -516,6 +531,10 @@ export class Agent extends EventEmitter<AgentEvents> {
   /** One session: list, commit, watch until the watch or a check fails (then throws). */
   private async runSession(session: number): Promise<void> {
     const store = this.store!;
+    if (this.holderRead) {
+      await this.orStop(this.holderRead);
+      this.holderRead = undefined;
+    }
     this.checkFailingSince = undefined;
     this.setWatch('listing');
     const t0 = performance.now();
@@ -531,7 +550,9 @@ export class Agent extends EventEmitter<AgentEvents> {
     // revision the agent saw, with another value.
     let fresh = this.wentBackSaid;
     for (;;) {
-      const page = await store.range(from, end, { limit: this.o.pageSize, ...(revision ? { revision } : {}) });
+      const page = await this.orStop(
+        store.range(from, end, { limit: this.o.pageSize, ...(revision ? { revision } : {}) }),
+      );
       if (!revision) {
         revision = page.revision;
         if (revision < this.mirrorRevision) fresh = true;
@@ -651,7 +672,9 @@ export class Agent extends EventEmitter<AgentEvents> {
       this.sessionFailed = undefined;
       this.relistHook = undefined;
       this.session++; // events of this session's watch are ignored from now on
-      await watch?.cancel();
+      // (Stopping: not waited for, a stalled member never confirms it; the store's close ends the watch anyway.)
+      if (this.stopped) void watch?.cancel();
+      else await watch?.cancel();
     }
   }
   private stopHook?: () => void;
@@ -1154,6 +1177,7 @@ export class Agent extends EventEmitter<AgentEvents> {
           : `agent: ${why}: stopping; ${this.keeps()}, the host key goes with its lease`,
       );
     this.stopped = true;
+    this.requestStop();
     this.sleeper.wake?.();
     this.stopHook?.();
     for (const t of [this.commitTimer, this.statusTimer]) if (t) clearTimeout(t);

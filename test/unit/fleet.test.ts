@@ -874,6 +874,63 @@ describe('fleet: what the agent says the kernel keeps', () => {
   });
 });
 
+describe('fleet: stop with a stalled store', () => {
+  for (const stalled of ['the host key read at start', 'the list', 'the watch cancel'] as const)
+    test(`stop() (SIGTERM) does not wait for ${stalled} that a stalled etcd does not answer`, async () => {
+      const store = new FakeStore();
+      putProf(store, 'a', 1);
+      const range = store.range.bind(store);
+      let release: (() => void) | undefined;
+      let released = false;
+      const held = stalled === 'the list' ? `${P}profiles/` : `${P}hosts/`;
+      if (stalled === 'the watch cancel') {
+        const watch = store.watch.bind(store);
+        store.watch = async (s, e, from, h) => {
+          const w = await watch(s, e, from, h);
+          return {
+            cancel: () =>
+              new Promise<void>((r) => {
+                release = () => {
+                  released = true;
+                  void w.cancel().then(r);
+                };
+              }),
+          };
+        };
+      }
+      store.range = (s, e, o) =>
+        stalled !== 'the watch cancel' && s.startsWith(held)
+          ? new Promise((r) => {
+              release = () => {
+                released = true;
+                r(range(s, e, o));
+              };
+            })
+          : range(s, e, o);
+      const lines: string[] = [];
+      const a = makeAgent(store, new FakeNftKernel(), stateFile(), { log: (l) => lines.push(l) });
+      await a.start(); // returns although the host key read is not answered
+      if (stalled === 'the watch cancel') await until(() => a.status().watch === 'watching', 'watching');
+      else await until(() => release !== undefined, `${stalled} asked`);
+      const order: string[] = [];
+      const stopping = a.stop('SIGTERM').then(() => order.push('stopped'));
+      await until(() => release !== undefined || order.length > 0, 'the stop under way');
+      // Every chance to stop on its own (no clock: event-loop turns), then the store answers.
+      for (let i = 0; i < 2000 && !order.length; i++) await new Promise((r) => setImmediate(r));
+      order.push('answered');
+      release!();
+      await stopping;
+      assert.deepEqual(order, ['stopped', 'answered']);
+      assert.equal(released, true);
+      await new Promise((r) => setImmediate(r));
+      if (stalled !== 'the watch cancel')
+        assert.ok(
+          !lines.some((l) => /^agent: (listed|revision \d+: )/.test(l)),
+          'nothing listed or committed after the stop',
+        );
+    });
+});
+
 describe('fleet: operators side against the fake store', () => {
   test('apply validates as the CLI does, refuses conflicts with stored profiles, one transaction; delete; list; status', async () => {
     const store = new FakeStore();
