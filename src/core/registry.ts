@@ -29,7 +29,6 @@
 import {
   closeSync,
   existsSync,
-  mkdirSync,
   openSync,
   readFileSync,
   readdirSync,
@@ -41,6 +40,7 @@ import {
 import * as path from 'node:path';
 import { journalPath } from './journal.js';
 import { netnsCookie } from '../platform/addon.js';
+import { mkdirsSync } from '../platform/fsp.js';
 
 const DEFAULT_DIR = '/run/iptlb/state-files';
 
@@ -107,7 +107,7 @@ export function registerStateFile(stateFile: string, base?: string, cookie?: str
     } catch {
       // absent: written below
     }
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    mkdirsSync(dir, 0o700);
     const tmp = `${entry}.${process.pid}.tmp`;
     const fd = openSync(tmp, 'w', 0o600);
     try {

@@ -1040,7 +1040,7 @@ function journalFault(e: IptlbError, file: string, yaml: RawState, records: Jour
 
 /** Creates the state file's directory (0700) when missing. */
 export async function ensureStateDir(file: string): Promise<void> {
-  await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+  await fsp.mkdirs(path.dirname(file), 0o700);
 }
 
 /**

@@ -130,11 +130,45 @@ export function lstat(file: string, opts: StatOptions = {}): Promise<fs.Stats | 
   );
 }
 
-export function mkdir(dir: string, opts: fs.MakeDirectoryOptions & { recursive: true }): Promise<string | undefined> {
+/**
+ * Creates `dir` and the parents it lacks, each with `mode`, as `mkdir -p`; a directory there already is fine.
+ *
+ * Not Node's `{ recursive: true }`: on Node 20 it loops for ever when a directory's mkdir fails with ENOENT though
+ * its parent is there (under /proc: `--state-file /proc/x/state.db`), retrying parent and child in turn; in a
+ * one-shot CLI's synchronous mode that loop held the main thread, so that not even SIGTERM's handler ran (found
+ * 2026-12-07). Here each directory is made at most twice (before and after its parents), then its error is thrown.
+ */
+export function mkdirs(dir: string, mode: number): Promise<void> {
   return run(
-    () => fs.mkdirSync(dir, opts),
-    (cb) => fs.mkdir(dir, opts, cb),
+    () => mkdirsSync(dir, mode),
+    (cb) => mkdirsAsync(dir, mode, cb),
   );
+}
+
+/** {@link mkdirs}, synchronous (for callers on node:fs's synchronous API, such as the registry). */
+export function mkdirsSync(dir: string, mode: number): void {
+  for (let first = true; ; first = false) {
+    try {
+      fs.mkdirSync(dir, mode);
+      return;
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      if (err.code === 'EEXIST' && fs.statSync(dir).isDirectory()) return;
+      const parent = path.dirname(dir);
+      if (err.code !== 'ENOENT' || !first || parent === dir) throw err;
+      mkdirsSync(parent, mode);
+    }
+  }
+}
+
+function mkdirsAsync(dir: string, mode: number, cb: Callback<void>, first = true): void {
+  fs.mkdir(dir, mode, (err) => {
+    if (!err) return cb(null, undefined);
+    if (err.code === 'EEXIST') return fs.stat(dir, (e, st) => cb(e ?? (st.isDirectory() ? null : err), undefined));
+    const parent = path.dirname(dir);
+    if (err.code !== 'ENOENT' || !first || parent === dir) return cb(err, undefined);
+    mkdirsAsync(parent, mode, (e) => (e ? cb(e, undefined) : mkdirsAsync(dir, mode, cb, false)));
+  });
 }
 
 export function readdir(dir: string): Promise<string[]> {

@@ -11,6 +11,8 @@ import { mkdtempSync, promises as ref, readFileSync, rmSync, statSync } from 'no
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import * as fsp from '../../src/platform/fsp.js';
+import { spawnSync } from 'node:child_process';
+import { PROJECT_ROOT } from '../harness/env.js';
 import { main } from '../../src/cli/main.js';
 
 /** The error code a promise rejects with (it must reject, not throw). */
@@ -35,9 +37,13 @@ for (const sync of [false, true]) {
     try {
       assert.equal(fsp.syncFs(), sync);
       const file = path.join(dir, 'sub', 'a');
-      await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+      await fsp.mkdirs(path.dirname(file), 0o700);
       assert.equal(statSync(path.dirname(file)).mode & 0o777, 0o700);
-      await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 }); // exists: no error
+      await fsp.mkdirs(path.dirname(file), 0o700); // exists: no error
+      // Parents made too, each with the mode (as mkdir -p -m; the umask here leaves 0o700 whole).
+      await fsp.mkdirs(path.join(dir, 'p', 'q', 'r'), 0o700);
+      for (const d of ['p', 'p/q', 'p/q/r']) assert.equal(statSync(path.join(dir, d)).mode & 0o777, 0o700, d);
+      rmSync(path.join(dir, 'p'), { recursive: true });
 
       const fh = await fsp.open(file, 'wx', 0o600);
       await fh.writeFile('héllo\n', 'utf8');
@@ -83,7 +89,9 @@ for (const sync of [false, true]) {
       assert.equal(await codeOf(() => fsp.rename(missing, file)), 'ENOENT');
       assert.equal(await codeOf(() => fsp.readdir(missing)), 'ENOENT');
       assert.equal(await codeOf(() => fsp.open(file, 'wx')), 'EEXIST');
-      assert.equal(await codeOf(() => fsp.mkdir(path.join(file, 'x'), { recursive: true })), 'ENOTDIR');
+      assert.equal(await codeOf(() => fsp.mkdirs(path.join(file, 'x'), 0o700)), 'ENOTDIR');
+      assert.equal(await codeOf(() => fsp.mkdirs(file, 0o700)), 'EEXIST', 'a file where the directory goes');
+      assert.equal(await codeOf(() => ref.mkdir(file, { recursive: true })), 'EEXIST', 'the reference agrees');
       assert.equal(await codeOf(() => ref.open(missing, 'r')), 'ENOENT', 'the reference agrees');
       const closed = await fsp.open(file, 'r');
       await closed.close();
@@ -125,4 +133,48 @@ test('main() runs one-shot commands with synchronous file calls and gives the mo
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+// A directory under /proc: its mkdir fails with ENOENT though its parent is there. Node 20's `recursive: true` then
+// looped for ever (parent EEXIST, child ENOENT, again), which held a one-shot CLI's main thread: `--state-file
+// /proc/x/state.db` or IPTLB_REGISTRY_DIR under /proc never returned, and ignored SIGTERM. Each case runs in a child
+// process whose timeout only stops a hang (it is no time window): the call must fail with ENOENT, the CLI with one
+// line naming the state file and exit 1, nothing written.
+test('a directory that cannot be made under /proc fails with ENOENT at once, in both modes, and so do the CLI and the registry', () => {
+  const fspUrl = new URL('../../src/platform/fsp.js', import.meta.url).href;
+  const registryUrl = new URL('../../src/core/registry.js', import.meta.url).href;
+  const child = (args: string[], env: NodeJS.ProcessEnv = {}) =>
+    spawnSync(process.execPath, args, { encoding: 'utf8', timeout: 60_000, env: { ...process.env, ...env } });
+  for (const sync of [false, true]) {
+    const r = child([
+      '--input-type=module',
+      '-e',
+      `const f = await import(${JSON.stringify(fspUrl)}); f.useSyncFs(${sync});
+       await f.mkdirs('/proc/iptlb-nope/a/b', 0o700).then(() => console.log('made'), (e) => console.log(e.code));`,
+    ]);
+    assert.equal(r.signal, null, `${sync ? 'synchronous' : 'asynchronous'} mkdirs returned (no hang)`);
+    assert.equal(r.stdout.trim(), 'ENOENT', r.stderr);
+  }
+  const cli = child([
+    path.join(PROJECT_ROOT, 'bin', 'iptlb.cjs'),
+    '-profile=web',
+    '-src-addr=127.100.0.10:80',
+    '-dest-addr=127.0.0.1:9001',
+    '-state-file=/proc/iptlb-nope/state.db',
+  ]);
+  assert.equal(cli.signal, null, 'the CLI returned (no hang)');
+  assert.equal(cli.status, 1, cli.stderr);
+  assert.match(
+    cli.stderr,
+    /^iptlb: error: cannot create the directory of the state file \/proc\/iptlb-nope\/state\.db: .*\(ENOENT\)\n$/,
+  );
+  // The registry (written before a change reaches the kernel): it cannot be written, which is said and not fatal.
+  const reg = child([
+    '--input-type=module',
+    '-e',
+    `const r = await import(${JSON.stringify(registryUrl)});
+     console.log(String(r.registerStateFile('/tmp/iptlb-nope.db', '/proc/iptlb-nope/registry', '1')));`,
+  ]);
+  assert.equal(reg.signal, null, 'the registry returned (no hang)');
+  assert.equal(reg.status, 0, reg.stderr);
 });
