@@ -365,6 +365,44 @@ test('nft: plan after a move interrupted between its two steps gives what the ne
   }
 });
 
+test("nft: plan's line for a move marker says the table is read only when the change reads it (a marker naming no profile: the change reads nothing for it)", async () => {
+  const { moveMarkerNote } = await import('../../src/cli/commands/plan.js');
+  const b: ProfileInput = { name: 'b', source: '127.100.0.2:80', destination: ['127.0.0.1:9001'] };
+  const markers: [string, string][] = [
+    ['a torn line', '{"name":"b","sou\n'],
+    [
+      'a version of b',
+      nftMoveMarkerText([validateProfile({ ...b, destination: ['127.0.0.1:9001', '127.0.0.1:9003'] })]),
+    ],
+  ];
+  for (const [what, text] of markers) {
+    const { core, kernels, done, file } = coreOn('nft');
+    try {
+      await apply(core, b);
+      writeFileSync(nftMoveMarkerOf(file), text);
+      const change = { ...b, destination: ['127.0.0.1:9002'] };
+      const planned = await core.plan((state) => upsertChange(state, [change]));
+      assert.ok(planned.marker, what);
+      const note = moveMarkerNote(
+        planned.marker,
+        planned.plans.some((p) => p.steps.length > 0),
+      );
+      const reads = kernels.nft.asked.reads;
+      await apply(core, change);
+      const read = kernels.nft.asked.reads > reads;
+      assert.equal(
+        /reads the table/.test(note),
+        read,
+        `${what}: the change ${read ? 'read' : 'did not read'} the table: ${note}`,
+      );
+      assert.equal(/reads nothing for it/.test(note), !read, `${what}: ${note}`);
+      assert.ok(!existsSync(nftMoveMarkerOf(file)), `${what}: the change removes the marker`);
+    } finally {
+      done();
+    }
+  }
+});
+
 test('nft: a sync after a move interrupted between its two steps removes the move marker once the kernel matches (the next change reads no table), and keeps it when its commit fails', async () => {
   const d4 = (n: number, base = 9001): string[] => Array.from({ length: n }, (_, i) => `127.0.0.1:${base + i}`);
   const a = (dests: string[]): ProfileInput => ({ name: 'a', source: '127.100.0.1:80', destination: dests });

@@ -6,6 +6,18 @@ import { addGlobal, addProfileFlags, profileInput, withGlobals, type LegacyOpts 
 import { describeDestinations, makeCore, type Out } from '../context.js';
 import { profileGiven, useStateDeleteProfile } from './original.js';
 
+/**
+ * The `#` line of `iptlb plan` for an nft move marker found (see Core.plan): what the next change does with it. A
+ * marker that names no profile to look for (no line of it parses, or each version's address is another state
+ * file's profile's now) has the change read nothing for it: the change only removes it.
+ */
+export function moveMarkerNote(marker: { file: string; profiles: readonly string[] }, commits: boolean): string {
+  const kernel = commits ? '' : '; it leaves the kernel as it is';
+  if (!marker.profiles.length)
+    return `the nft move marker ${marker.file} is there but names no profile to look for (no line of it parses, or each version's address is another state file's profile's now): the next change reads nothing for it and removes the marker${kernel}`;
+  return `the nft move marker ${marker.file} is there (a change of this state file was interrupted between the two steps of a move, of profile(s) ${marker.profiles.join(', ')}): the next change reads the table for what it left and removes the marker${kernel}`;
+}
+
 /** `iptlb plan`: what `apply` would commit, planned by the same code with the same kernel reads; changes nothing. */
 async function planCommand(o: LegacyOpts, io: Out, profileGiven = false): Promise<void> {
   if (o.useState && o.delete && profileGiven) throw useStateDeleteProfile(o.profile);
@@ -33,7 +45,10 @@ async function planCommand(o: LegacyOpts, io: Out, profileGiven = false): Promis
   const notes: string[] = [];
   if (marker)
     notes.push(
-      `the nft move marker ${marker.file} is there (a change of this state file was interrupted between the two steps of a move${marker.profiles.length ? `, of profile(s) ${marker.profiles.join(', ')}` : ''}): the next change reads the table${marker.profiles.length ? ' for what it left' : ''} and removes the marker${plans.some((p) => p.steps.length) ? '' : '; it leaves the kernel as it is'}`,
+      moveMarkerNote(
+        marker,
+        plans.some((p) => p.steps.length > 0),
+      ),
     );
   for (const p of plans) if (p.note) notes.push(p.note);
   const noteLines = notes.map((n) => `# ${n}\n`).join('');
