@@ -379,6 +379,29 @@ test("gate: the gate's set with no dispatch chain (no rule of iptlb's uses it) i
   assert.deepEqual(asked, ['ipv4', 'ipv6']);
 });
 
+test("gate: the removal of every iptlb object of a family (migrate's second half) takes the gate's set left with no dispatch chain, not one another tool's rule uses", async () => {
+  const { LegacyEngine } = await import('../../src/engines/legacy/index.js');
+  // A read of each family: no rule of iptlb's; the set left in ipv4, one another tool's rule uses in ipv6.
+  const sets: Record<string, { members: string[]; references: number } | undefined> = {
+    ipv4: { members: ['127.100.0.10,tcp:8081'], references: 0 },
+    ipv6: { members: [], references: 1 },
+  };
+  const executor = {
+    kind: 'spawn',
+    read: async () => ({ chains: [], hookRules: [] }),
+    leftGateSet: async (f: string) => sets[f],
+  };
+  const engine = new LegacyEngine(executor as never);
+  const tx = await engine.planRemoveAll('ipv4');
+  assert.ok(tx, 'the set left is removed with the rest (a migrate to nft left it before)');
+  // A transaction of nothing: its commit destroys the set (no gate needs it), as the last profile's delete does.
+  assert.equal(planGate(tx, await engine.read('ipv4')).needSet, false);
+  assert.deepEqual([tx.chains, tx.hookRules, tx.deleteChains], [[], [], []]);
+  assert.equal(await engine.planRemoveAll('ipv6'), undefined, "a set another tool's rule uses is that tool's");
+  sets.ipv4 = undefined;
+  assert.equal(await engine.planRemoveAll('ipv4'), undefined, "nothing of iptlb's: no transaction");
+});
+
 test("gate: an element of the gate's set no rule of iptlb's is at (ipset add by another tool) is orphaned in status, and sync deletes it", async () => {
   const { compare, syncTransaction } = await import('../../src/engines/legacy/drift.js');
   const a = validateProfile({ name: 'a', source: '127.100.0.10:8081', destination: ['127.0.0.1:9001'] });
