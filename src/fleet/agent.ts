@@ -23,6 +23,7 @@ import type { Executor } from '../engines/engine.js';
 import {
   decide,
   DEFAULT_PREFIX,
+  EMPTY_STORE_ERROR,
   hostKey,
   parseStored,
   validateHost,
@@ -133,6 +134,12 @@ export interface AgentOptions {
   log?: (line: string) => void;
   lockWaitMs?: number;
   keepConntrack?: boolean;
+  /**
+   * Commit a list that holds no key under `<prefix>profiles/` as it is, removing every profile the agent owns (the
+   * behaviour before 2026-12-07). Default false: such a list, while the agent owns profiles, is taken for a wrong
+   * prefix or an empty etcd (a new cluster, a failover before the restore) and held back (see {@link Agent}).
+   */
+  allowEmptyStore?: boolean;
 }
 
 /** What `<prefix>hosts/<host>` holds (JSON). */
@@ -179,6 +186,13 @@ export interface AgentEvents {
   ];
   /** After each new host status. */
   status: [HostStatus];
+}
+
+/** Thrown by the commit's decision when an empty list would remove every owned profile (see allowEmptyStore). */
+class EmptyStoreHeld extends Error {
+  constructor(readonly owned: number) {
+    super('empty store held');
+  }
 }
 
 /** A profile of the store as the agent's mirror holds it. */
@@ -250,6 +264,14 @@ export class Agent extends EventEmitter<AgentEvents> {
   /** Keys of the mirror at applyRevision (see {@link HostStatus.profileKeys}); undefined before the first commit. */
   private applyKeys?: number;
   private refused: Refusal[] = [];
+  private readonly allowEmptyStore: boolean;
+  /** The last list held no key under profiles/, and no watch event has been folded since. */
+  private listedEmpty = false;
+  /**
+   * That list was held back: the agent owns profiles and commits nothing until a key appears (see
+   * {@link AgentOptions.allowEmptyStore}). Said once while it lasts.
+   */
+  private emptyHeld = false;
   private watchState: HostStatus['watch'] = 'listing';
   private error?: string;
   private stopped = false;
@@ -270,7 +292,10 @@ export class Agent extends EventEmitter<AgentEvents> {
   private statusAttempt = 0;
   private sessionFailed?: (why: string) => void;
   private loop?: Promise<void>;
-  /** Resolves when the first listed set has been committed. */
+  /**
+   * Resolves when the first listed set has been committed (not while an empty list is held back: see
+   * {@link AgentOptions.allowEmptyStore}).
+   */
   readonly ready: Promise<void>;
   private readyResolve!: () => void;
   /**
@@ -303,6 +328,11 @@ export class Agent extends EventEmitter<AgentEvents> {
       backoffMs: int(opts.backoffMs ?? 200, 'backoffMs', 1, MAX_AGENT_MS),
       backoffMaxMs: int(opts.backoffMaxMs ?? 10000, 'backoffMaxMs', 1, MAX_AGENT_MS),
     };
+    if (opts.allowEmptyStore !== undefined && typeof opts.allowEmptyStore !== 'boolean')
+      throw new IptlbError('EUSAGE', `allowEmptyStore: ${JSON.stringify(opts.allowEmptyStore)} must be true or false`, {
+        field: 'allowEmptyStore',
+      });
+    this.allowEmptyStore = opts.allowEmptyStore ?? false;
     this.log = opts.log ? apart(opts.log) : () => {};
     const coreOpts: OpenOptions = {
       stateFile: opts.stateFile ?? DEFAULT_AGENT_STATE_FILE,
@@ -454,7 +484,7 @@ export class Agent extends EventEmitter<AgentEvents> {
   private keeps(): string {
     if (this.applyRevision > 0) return `the kernel keeps the rules of revision ${this.applyRevision}`;
     return this.ownedCount > 0
-      ? `the kernel keeps the ${this.ownedCount} profile(s) of its state file (applied before this start; no revision listed yet)`
+      ? `the kernel keeps the ${this.ownedCount} profile(s) of its state file (applied before this start; ${this.emptyHeld ? 'kept: the store listed no profile key' : 'no revision listed yet'})`
       : 'the kernel holds no profile of this agent (its state file holds none; no revision listed yet)';
   }
 
@@ -576,6 +606,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       );
     this.wentBackSaid = false;
     this.mirror = listed;
+    this.listedEmpty = listed.size === 0;
     this.mirrorRevision = revision;
     this.eventRevision = revision;
     // The listed set replaces what the agent knew: the newest listed key is the write to verify from now on.
@@ -652,7 +683,8 @@ export class Agent extends EventEmitter<AgentEvents> {
                 watch = w;
                 // The store answers again: its failure is over. A kernel refusal of the listed set (retried by
                 // commitNow) is not: the host key goes on saying it until a commit goes through.
-                if (!this.error?.startsWith('kernel:')) this.error = undefined;
+                // Nor is an empty list held back: its error stays until a key appears.
+                if (!this.error?.startsWith('kernel:') && !this.emptyHeld) this.error = undefined;
                 this.watchingSince ??= performance.now();
                 this.setWatch('watching');
                 this.refusalOver();
@@ -860,6 +892,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     for (const e of events) {
       if (e.modRevision <= seen) continue;
       if (e.modRevision > this.eventRevision) this.eventRevision = e.modRevision;
+      this.listedEmpty = false; // a key appeared (or went): the store is no longer only an empty list
       this.saw({ key: e.key, revision: e.modRevision, ...(e.type === 'delete' ? { deleted: true } : {}) });
       const name = e.key.slice(start.length);
       if (e.type === 'delete') this.mirror.delete(name);
@@ -875,7 +908,13 @@ export class Agent extends EventEmitter<AgentEvents> {
     const complete = events.length ? this.eventRevision : revision;
     if (complete > this.mirrorRevision) this.mirrorRevision = complete;
     if (events.length) this.schedule();
-    else if (!this.committing && !this.commitTimer && !this.dirty && this.applyRevision < this.mirrorRevision) {
+    else if (
+      !this.committing &&
+      !this.commitTimer &&
+      !this.dirty &&
+      !this.emptyHeld &&
+      this.applyRevision < this.mirrorRevision
+    ) {
       // A progress notification: nothing changed up to `revision`.
       this.applyRevision = this.mirrorRevision;
       this.applyKeys = this.mirror.size;
@@ -933,6 +972,10 @@ export class Agent extends EventEmitter<AgentEvents> {
           (owned) => {
             revision = this.mirrorRevision;
             keys = this.mirror.size;
+            // A list with no key under profiles/ (a wrong --prefix, an empty or new etcd) would remove every
+            // profile this agent owns, on every host at once: held back until a key appears (a watch event).
+            if (this.listedEmpty && !this.allowEmptyStore && this.mirror.size === 0 && owned.size > 0)
+              throw new EmptyStoreHeld(owned.size);
             const d = decide(this.mirror, owned);
             refused = d.refused;
             families.clear();
@@ -951,6 +994,13 @@ export class Agent extends EventEmitter<AgentEvents> {
           { run: true },
         );
         flush();
+        if (this.emptyHeld) {
+          this.emptyHeld = false;
+          if (this.error?.startsWith(EMPTY_STORE_ERROR)) this.error = undefined;
+          this.log(
+            `agent: revision ${revision}: a key appeared under ${this.profilesPrefix}; the store is no longer held back as empty`,
+          );
+        }
         if (this.commitFailure !== undefined)
           this.log(`agent: revision ${revision} applied after ${this.commitFailures} failed attempt(s)`);
         this.commitFailures = 0;
@@ -985,6 +1035,25 @@ export class Agent extends EventEmitter<AgentEvents> {
           this.log(`agent: attachment: ${(e as Error).message}`);
         }
       } catch (e) {
+        if (e instanceof EmptyStoreHeld) {
+          // Nothing committed, the kernel and the state file as they were; nothing to retry: a watch event
+          // (a key put, or deleted after a put) commits as usual.
+          flush();
+          this.commitFailures = 0;
+          this.commitFailure = undefined;
+          this.ownedCount = e.owned;
+          const p = this.profilesPrefix;
+          this.error = oneLine(
+            `${EMPTY_STORE_ERROR} no key under ${p} at revision ${revision}; the ${e.owned} profile(s) this agent owns are kept (a wrong --prefix, or an empty or new etcd?); to remove them, write a profile and delete it through etcd while the agent runs, or restart it with --allow-empty-store`,
+            MAX_ERROR_LENGTH,
+          );
+          if (!this.emptyHeld)
+            this.log(
+              `agent: NOT removing the ${e.owned} profile(s) this agent owns: the store listed no key under ${p} (revision ${revision}); this looks like a wrong --prefix, or an empty or new etcd cluster (a failover before the restore), not a deliberate removal. The kernel and the state file keep them and the agent goes on watching: a key put under ${p} is applied as usual. To remove them: write a profile and delete it through etcd while the agent runs (\`iptlb fleet apply\`, then \`iptlb fleet delete\`: watch events are applied as usual), or restart the agent with --allow-empty-store`,
+            );
+          this.emptyHeld = true;
+          return;
+        }
         // Nothing changed (the core's transaction is all or nothing): retry the whole difference later, with
         // a growing backoff. Said once per run of identical failures (again when it changes, or after a success).
         const msg = (e as Error).message;

@@ -7,6 +7,7 @@ import { NAME_PATTERN, checkConflicts, show, validateName, validateProfile } fro
 import type { Profile, ProfileInput } from '../model/types.js';
 import {
   decide,
+  EMPTY_STORE_ERROR,
   hostKey,
   oneLine,
   parseStored,
@@ -243,6 +244,11 @@ export interface HostRow {
    * than the store holds now (`profileKeys`): a deletion after the target it has not applied. Not converged.
    */
   deletionPending?: boolean;
+  /**
+   * The host's agent listed no profile key and keeps the profiles it owns (its `error` says so: a wrong prefix, an
+   * empty etcd?). Not converged.
+   */
+  emptyStoreHeld?: boolean;
   /** Profiles revisions the host is behind the target (0 when converged; null when unknown). */
   lag: number | null;
   /** Why a key could not be read. */
@@ -352,6 +358,13 @@ export async function fleetStatus(
         r.lag = null;
         r.deletionPending = true;
       }
+    }
+  // An agent holding back an empty list keeps profiles the store does not hold, whatever its revision says.
+  for (const r of rows.values())
+    if (r.converged && typeof r.status?.error === 'string' && r.status.error.startsWith(EMPTY_STORE_ERROR)) {
+      r.converged = false;
+      r.lag = null;
+      r.emptyStoreHeld = true;
     }
   for (const h of opts.expect ?? [])
     if (!rows.has(h)) rows.set(h, { host: h, status: null, converged: false, lag: null });

@@ -9,6 +9,11 @@ import type { Profile, Protocol } from '../model/types.js';
 import type { Change } from '../core/core.js';
 
 export const DEFAULT_PREFIX = '/iptlb/v1/';
+/**
+ * How a host key's `error` begins while its agent holds back a list with no profile key (it keeps the profiles it owns:
+ * a wrong prefix, an empty etcd?); `fleet status` counts such a host as not converged.
+ */
+export const EMPTY_STORE_ERROR = 'empty store:';
 
 /** Key of profile `name` under `prefix` (which ends with `/`). */
 export const profileKey = (prefix: string, name: string): string => `${prefix}profiles/${name}`;

@@ -15,7 +15,7 @@ import { validateProfile } from '../../src/model/profile.js';
 import { IptlbError } from '../../src/model/errors.js';
 import { FakeNftKernel } from '../harness/fake-kernel.js';
 import { FakeStore } from '../harness/fake-store.js';
-import { P, fastAgent, prof, putProf, stateFile, until } from '../harness/fleet-agents.js';
+import { P, cliWithStore, fastAgent, prof, putProf, stateFile, until } from '../harness/fleet-agents.js';
 import type { NftTransaction } from '../../src/engines/nft/ops.js';
 
 /** The agents a test made: stopped after it, also when it failed (a running one keeps the file's process alive). */
@@ -788,7 +788,8 @@ describe('fleet: two agents on one state file', () => {
     await first.ready;
     // Another store (another --prefix, another etcd) that holds nothing.
     const other = new FakeStore();
-    const second = makeAgent(other, kernel, file, { host: 'h2' });
+    // (allowEmptyStore: its empty list removes what the state file holds, as the orphans it then owns, below.)
+    const second = makeAgent(other, kernel, file, { host: 'h2', allowEmptyStore: true });
     const commits = kernel.commits.length;
     const stateBefore = readFileSync(file, 'utf8');
     await assert.rejects(second.start(), (e: IptlbError) => {
@@ -810,6 +811,115 @@ describe('fleet: two agents on one state file', () => {
     await second.start();
     await second.ready;
     assert.deepEqual(await inKernel(second), [], 'its store holds nothing: the orphans are its own now');
+  });
+});
+
+describe('fleet: a list with no profile key while the agent owns profiles (a wrong --prefix, an empty etcd)', () => {
+  /** An agent's state file and the fake kernel holding profiles a and b, applied from another store. */
+  async function owning(): Promise<{ kernel: FakeNftKernel; file: string }> {
+    const kernel = new FakeNftKernel();
+    const file = stateFile();
+    const before = new FakeStore();
+    putProf(before, 'a', 1);
+    putProf(before, 'b', 2);
+    const a = makeAgent(before, kernel, file);
+    await a.start();
+    await a.ready;
+    await a.stop();
+    return { kernel, file };
+  }
+  const HELD =
+    /^agent: NOT removing the 2 profile\(s\) this agent owns: the store listed no key under \/iptlb\/v1\/profiles\/ \(revision \d+\); .*wrong --prefix, or an empty or new etcd cluster.*--allow-empty-store$/;
+  const hostKeyOf = (store: FakeStore): HostStatus | undefined => {
+    const v = store.leased.get(`${P}hosts/h1`);
+    return v === undefined ? undefined : (JSON.parse(v) as HostStatus);
+  };
+
+  test('kept: no kernel commit, the state file unchanged, the host key says why, one log line; a key put then is applied as usual', async () => {
+    const { kernel, file } = await owning();
+    const commits = kernel.commits.length;
+    const stateBefore = readFileSync(file, 'utf8');
+    const store = new FakeStore(); // a new, empty cluster
+    const lines: string[] = [];
+    const a = makeAgent(store, kernel, file, { log: (l) => lines.push(l) });
+    await a.start();
+    await until(() => lines.some((l) => HELD.test(l)), 'the empty list held back');
+    await until(() => /^empty store: /.test(hostKeyOf(store)?.error ?? ''), 'host key error');
+    await until(() => hostKeyOf(store)?.watch === 'watching', 'watching');
+    const host = hostKeyOf(store)!;
+    assert.match(host.error!, /no key under \/iptlb\/v1\/profiles\/ .*the 2 profile\(s\) this agent owns are kept/);
+    assert.equal(host.profiles, 2);
+    // What `fleet status` reads: the host's row carries the error.
+    const fs = await fleetStatus(store, P);
+    assert.match(fs.hosts[0]!.status!.error!, /^empty store: /);
+    assert.equal(fs.converged, false);
+    assert.equal(fs.hosts[0]!.emptyStoreHeld, true);
+    const cli = await cliWithStore(store, 'fleet', 'status', '--etcd', '127.0.0.1:1');
+    assert.equal(cli.code, 3, cli.err);
+    assert.match(
+      cli.out,
+      /^h1\t0\tnot applied \(keeps its 2 profile\(s\): the store listed no profile key; see ERROR\)\twatching\t.*\tempty store: no key under/m,
+    );
+    assert.match(cli.out, /NOT converged \(h1\)/);
+    // A re-list (SIGHUP) finds the store empty again: still kept, not said again.
+    await a.checkNow('SIGHUP');
+    await until(() => lines.filter((l) => /^agent: listed 0 profile\(s\)/.test(l)).length === 2, 'listed again');
+    await until(() => hostKeyOf(store)?.watch === 'watching', 'watching again');
+    assert.equal(lines.filter((l) => HELD.test(l)).length, 1, 'said once');
+    assert.equal(kernel.commits.length, commits, 'no kernel commit');
+    assert.equal(readFileSync(file, 'utf8'), stateBefore, 'the state file unchanged');
+    assert.deepEqual(await inKernel(a), ['a', 'b'], 'the kernel keeps them');
+    assert.ok(!lines.some((l) => /removed as one change/.test(l)), lines.join('\n'));
+    // A key appears (a watch event): the difference is committed as today, and the error goes.
+    const applied: { upserted: number; removed: number }[] = [];
+    a.on('applied', (x) => applied.push(x));
+    const r = putProf(store, 'c', 3);
+    await a.ready;
+    await until(() => a.status().revision >= r, 'c applied');
+    assert.deepEqual(await inKernel(a), ['c']);
+    assert.deepEqual(applied[0], { ...applied[0], upserted: 1, removed: 2 });
+    assert.equal(a.status().error, undefined);
+    await until(() => hostKeyOf(store)?.error === undefined && hostKeyOf(store)!.revision >= r, 'host key error gone');
+    assert.ok(
+      lines.some((l) => /a key appeared under \/iptlb\/v1\/profiles\/; the store is no longer held back/.test(l)),
+    );
+  });
+
+  test('allowEmptyStore: the empty list removes every owned profile, as before', async () => {
+    const { kernel, file } = await owning();
+    const lines: string[] = [];
+    const a = makeAgent(new FakeStore(), kernel, file, { allowEmptyStore: true, log: (l) => lines.push(l) });
+    const applied: { upserted: number; removed: number }[] = [];
+    a.on('applied', (x) => applied.push(x));
+    await a.start();
+    await a.ready;
+    assert.deepEqual(applied[0], { ...applied[0], upserted: 0, removed: 2 });
+    assert.deepEqual(await inKernel(a), []);
+    assert.deepEqual([...(await a.core.readState()).keys()], []);
+    assert.ok(!lines.some((l) => HELD.test(l)));
+    assert.throws(
+      () => fastAgent(new FakeStore(), kernel, file, { allowEmptyStore: 'yes' as unknown as boolean }),
+      (e: IptlbError) => e.code === 'EUSAGE' && e.field === 'allowEmptyStore',
+    );
+  });
+
+  test('a store emptied by watch events (fleet delete, one by one) is applied: explicit deletes', async () => {
+    const store = new FakeStore();
+    putProf(store, 'a', 1);
+    putProf(store, 'b', 2);
+    putProf(store, 'c', 3);
+    const lines: string[] = [];
+    const a = makeAgent(store, new FakeNftKernel(), stateFile(), { log: (l) => lines.push(l) });
+    await a.start();
+    await a.ready;
+    store.del(profileKey(P, 'a'));
+    await until(async () => !(await inKernel(a)).includes('a'), 'a removed');
+    const r = store.write([{ delete: profileKey(P, 'b') }, { delete: profileKey(P, 'c') }]);
+    await until(() => a.status().revision >= r, 'the last deletes applied');
+    assert.deepEqual(await inKernel(a), []);
+    assert.deepEqual([...(await a.core.readState()).keys()], []);
+    assert.equal(a.status().error, undefined);
+    assert.ok(!lines.some((l) => HELD.test(l)));
   });
 });
 

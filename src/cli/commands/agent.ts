@@ -32,6 +32,7 @@ interface AgentFlags extends EtcdFlags {
   keepConntrack?: boolean;
   metricsAddress?: string;
   healthChecks?: boolean;
+  allowEmptyStore?: boolean;
 }
 
 function whole(v: string, field: string, min: number, max = Number.MAX_SAFE_INTEGER, unit = ''): number {
@@ -70,6 +71,10 @@ export function register(program: Command, io: Out): void {
       `keys per page when listing (1-${MAX_PAGE_SIZE}: a page is one gRPC message of at most 4 MiB)`,
       '1000',
     )
+    .option(
+      '--allow-empty-store',
+      'a list with no key under <prefix>profiles/ removes every profile the agent owns (default: kept, and said: a wrong --prefix or an empty etcd?)',
+    )
     .option('--keep-conntrack', 'keep conntrack entries of flows to destinations a change removes')
     .option(
       '--metrics-address <host:port>',
@@ -97,6 +102,7 @@ export function register(program: Command, io: Out): void {
         pageSize: whole(o.pageSize, 'page-size', 1, MAX_PAGE_SIZE, ' of keys'),
         backoffMaxMs: whole(o.backoffMaxMs, 'backoff-max-ms', 1, MAX_AGENT_MS, ' of ms'),
         keepConntrack: !!o.keepConntrack,
+        allowEmptyStore: !!o.allowEmptyStore,
         log: o.quiet ? () => {} : (l) => io.err(`iptlb: ${l}`),
       });
       // Health checks of the owned profiles and /metrics, as in `iptlb watch`, on the agent's core; the

@@ -124,9 +124,11 @@ function hostLine(row: FleetStatus['hosts'][number]): string {
     ? row.unchangedSince !== undefined
       ? `current (no profile change after ${row.unchangedSince})`
       : 'current'
-    : row.deletionPending
-      ? `lagging (holds ${st.profileKeys} profile key(s), the store fewer: a deletion not applied)`
-      : `lagging by ${row.lag}`;
+    : row.emptyStoreHeld
+      ? `not applied (keeps its ${st.profiles} profile(s): the store listed no profile key; see ERROR)`
+      : row.deletionPending
+        ? `lagging (holds ${st.profileKeys} profile key(s), the store fewer: a deletion not applied)`
+        : `lagging by ${row.lag}`;
   const more = (st.refusedCount ?? st.refused.length) - st.refused.length;
   const names = st.refused.map((x) => `${x.name}:${x.code}${x.kept === true ? '(previous version kept)' : ''}`);
   if (more > 0) names.push(`… ${more} more`);
