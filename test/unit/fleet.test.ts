@@ -814,20 +814,21 @@ describe('fleet: two agents on one state file', () => {
   });
 });
 
+/** An agent's state file and the fake kernel holding profiles a and b, applied from another store (agent stopped). */
+async function owning(): Promise<{ kernel: FakeNftKernel; file: string }> {
+  const kernel = new FakeNftKernel();
+  const file = stateFile();
+  const before = new FakeStore();
+  putProf(before, 'a', 1);
+  putProf(before, 'b', 2);
+  const a = makeAgent(before, kernel, file);
+  await a.start();
+  await a.ready;
+  await a.stop();
+  return { kernel, file };
+}
+
 describe('fleet: a list with no profile key while the agent owns profiles (a wrong --prefix, an empty etcd)', () => {
-  /** An agent's state file and the fake kernel holding profiles a and b, applied from another store. */
-  async function owning(): Promise<{ kernel: FakeNftKernel; file: string }> {
-    const kernel = new FakeNftKernel();
-    const file = stateFile();
-    const before = new FakeStore();
-    putProf(before, 'a', 1);
-    putProf(before, 'b', 2);
-    const a = makeAgent(before, kernel, file);
-    await a.start();
-    await a.ready;
-    await a.stop();
-    return { kernel, file };
-  }
   const HELD =
     /^agent: NOT removing the 2 profile\(s\) this agent owns: the store listed no key under \/iptlb\/v1\/profiles\/ \(revision \d+\); .*wrong --prefix, or an empty or new etcd cluster.*--allow-empty-store$/;
   const hostKeyOf = (store: FakeStore): HostStatus | undefined => {
@@ -925,15 +926,8 @@ describe('fleet: a list with no profile key while the agent owns profiles (a wro
 
 describe('fleet: what the agent says the kernel keeps', () => {
   test('etcd unreachable at start: the profiles its state file holds from an earlier run, not "revision 0"', async () => {
-    const file = stateFile();
-    const kernel = new FakeNftKernel();
+    const { kernel, file } = await owning();
     const store = new FakeStore();
-    putProf(store, 'a', 1);
-    putProf(store, 'b', 2);
-    const first = makeAgent(store, kernel, file);
-    await first.start();
-    await first.ready;
-    await first.stop();
     store.setDown(true);
     const lines: string[] = [];
     const second = makeAgent(store, kernel, file, { log: (l) => lines.push(l) });
