@@ -704,8 +704,9 @@ export class Agent extends EventEmitter<AgentEvents> {
       this.sessionFailed = undefined;
       this.relistHook = undefined;
       this.session++; // events of this session's watch are ignored from now on
-      // (Stopping: not waited for, a stalled member never confirms it; the store's close ends the watch anyway.)
-      if (this.stopped) void watch?.cancel();
+      // (Stopping: not waited for, a stalled member never confirms it; the store's close ends the watch anyway. Its
+      // failure is caught all the same: a FleetStore of an embedder's may reject, and unhandled that ends the process.)
+      if (this.stopped) void watch?.cancel().catch(() => {});
       else await watch?.cancel();
     }
   }

@@ -1267,3 +1267,37 @@ test("an agent's `applied` or `status` listener that throws changes nothing of i
     thrown: ['applied listener', 'status listener'],
   });
 });
+
+describe('fleet: a store whose watch cancel fails (a FleetStore of an embedder)', () => {
+  test('stopping the agent leaves no unhandled rejection: the cancel it no longer waits for is still caught', async () => {
+    const kernel = new FakeNftKernel();
+    const store = new FakeStore();
+    putProf(store, 'a', 1);
+    // The same store, but its watch handles' cancel rejects (a store of the embedder's own, a member gone).
+    const watch = store.watch.bind(store);
+    store.watch = async (...args: Parameters<FakeStore['watch']>) => {
+      const w = await watch(...args);
+      return {
+        cancel: async () => {
+          await w.cancel();
+          throw new Error('cancel failed');
+        },
+      };
+    };
+    const unhandled: unknown[] = [];
+    const seen = (e: unknown): void => void unhandled.push(e);
+    process.on('unhandledRejection', seen);
+    try {
+      const a = makeAgent(store, kernel, stateFile());
+      await a.start();
+      await a.ready;
+      await until(() => a.status().watch === 'watching', 'watching');
+      await a.stop();
+      // Past the turns in which a rejection nobody handles is reported.
+      for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+      assert.deepEqual(unhandled, [], 'no unhandled rejection');
+    } finally {
+      process.off('unhandledRejection', seen);
+    }
+  });
+});
