@@ -169,6 +169,12 @@ export interface HostStatus {
   watch: 'listing' | 'watching' | 'unreachable' | 'stopped';
   /** The last failure (store or kernel), if the agent is retrying. */
   error?: string;
+  /**
+   * Present while the agent holds back a list with no profile key and keeps the profiles it owns (a wrong prefix, an
+   * empty etcd? see {@link AgentOptions.allowEmptyStore}); `fleet status` counts the host as not converged. Said by a
+   * field of its own, not only by `error`, which a store failure meanwhile replaces.
+   */
+  emptyStoreHeld?: true;
   /** When this status was written (ISO time). */
   updated: string;
   /**
@@ -435,6 +441,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       refusedCount: this.refused.length,
       watch: this.watchState,
       ...(this.error ? { error: this.error } : {}),
+      ...(this.emptyHeld ? { emptyStoreHeld: true as const } : {}),
       updated: new Date().toISOString(),
       instance: this.instance,
     };

@@ -7,7 +7,6 @@ import { NAME_PATTERN, checkConflicts, show, validateName, validateProfile } fro
 import type { Profile, ProfileInput } from '../model/types.js';
 import {
   decide,
-  EMPTY_STORE_ERROR,
   hostKey,
   oneLine,
   parseStored,
@@ -361,7 +360,7 @@ export async function fleetStatus(
     }
   // An agent holding back an empty list keeps profiles the store does not hold, whatever its revision says.
   for (const r of rows.values())
-    if (r.converged && typeof r.status?.error === 'string' && r.status.error.startsWith(EMPTY_STORE_ERROR)) {
+    if (r.converged && r.status?.emptyStoreHeld === true) {
       r.converged = false;
       r.lag = null;
       r.emptyStoreHeld = true;

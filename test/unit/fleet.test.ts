@@ -850,6 +850,7 @@ describe('fleet: a list with no profile key while the agent owns profiles (a wro
     const host = hostKeyOf(store)!;
     assert.match(host.error!, /no key under \/iptlb\/v1\/profiles\/ .*the 2 profile\(s\) this agent owns are kept/);
     assert.equal(host.profiles, 2);
+    assert.equal(host.emptyStoreHeld, true, 'said by a field of its own');
     // What `fleet status` reads: the host's row carries the error.
     const fs = await fleetStatus(store, P);
     assert.match(fs.hosts[0]!.status!.error!, /^empty store: /);
@@ -881,6 +882,8 @@ describe('fleet: a list with no profile key while the agent owns profiles (a wro
     assert.deepEqual(applied[0], { ...applied[0], upserted: 1, removed: 2 });
     assert.equal(a.status().error, undefined);
     await until(() => hostKeyOf(store)?.error === undefined && hostKeyOf(store)!.revision >= r, 'host key error gone');
+    assert.equal(hostKeyOf(store)!.emptyStoreHeld, undefined);
+    assert.equal(a.status().emptyStoreHeld, undefined);
     assert.ok(
       lines.some((l) => /a key appeared under \/iptlb\/v1\/profiles\/; the store is no longer held back/.test(l)),
     );
