@@ -368,7 +368,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     return `${this.prefix}profiles/`;
   }
 
-  /** Held from start() to the end of stop() (see {@link AGENT_LOCK_SUFFIX}). */
+  /** Held from lock() or start() to the end of stop() (see {@link AGENT_LOCK_SUFFIX}). */
   private agentLock?: HeldLock;
 
   /**
@@ -376,6 +376,22 @@ export class Agent extends EventEmitter<AgentEvents> {
    * once synced: see {@link ready}). Another agent on the state file: ELOCK naming `state-file`, nothing changed.
    */
   async start(): Promise<void> {
+    await this.lock();
+    try {
+      await this.begin();
+    } catch (e) {
+      this.agentLock?.release();
+      this.agentLock = undefined;
+      throw e;
+    }
+  }
+
+  /**
+   * Takes the state file's agent lock now, before {@link start} (which takes it otherwise): the CLI takes it before
+   * the health checker's lock, so a second agent is refused with the agent's own line. Idempotent; no state file, no
+   * lock. Another agent on the state file: ELOCK naming `state-file`.
+   */
+  async lock(): Promise<void> {
     const sp = this.core.statePath;
     if (sp !== null && !this.agentLock) {
       const lock = await tryLockBeside(sp, AGENT_LOCK_SUFFIX);
@@ -389,13 +405,13 @@ export class Agent extends EventEmitter<AgentEvents> {
       }
       this.agentLock = lock;
     }
-    try {
-      await this.begin();
-    } catch (e) {
-      this.agentLock?.release();
-      this.agentLock = undefined;
-      throw e;
-    }
+  }
+
+  /** Lets go of the agent lock {@link lock} took, for an agent that is not started (stop() lets go of it otherwise). */
+  unlock(): void {
+    if (this.loop !== undefined) return; // started: stop() lets go of it
+    this.agentLock?.release();
+    this.agentLock = undefined;
   }
 
   private async begin(): Promise<void> {

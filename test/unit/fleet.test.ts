@@ -812,6 +812,42 @@ describe('fleet: two agents on one state file', () => {
     await second.ready;
     assert.deepEqual(await inKernel(second), [], 'its store holds nothing: the orphans are its own now');
   });
+
+  test("the CLI's second agent, health checks on, is refused with the agent's own line, not the health checker's", async () => {
+    const { runAgentCommand } = await import('../../src/cli/commands/agent.js');
+    const { startWatchServices } = await import('../../src/cli/watch-services.js');
+    const { EventEmitter } = await import('node:events');
+    const file = stateFile();
+    const kernel = new FakeNftKernel();
+    const store = new FakeStore();
+    putProf(store, 'a', 1);
+    const proc = new EventEmitter() as InstanceType<typeof EventEmitter> &
+      Pick<NodeJS.Process, 'on' | 'removeListener'>;
+    const command = async (a: Agent, lines: string[]) => {
+      const services = await startWatchServices(a.core, { health: true, log: (l) => lines.push(l), who: 'agent' });
+      a.attachments.close = () => services.stop();
+      return runAgentCommand(proc, services, a);
+    };
+    const first = makeAgent(store, kernel, file);
+    const firstRuns = command(first, []);
+    await first.ready;
+    const lines: string[] = [];
+    const second = makeAgent(new FakeStore(), kernel, file, { host: 'h2' });
+    await assert.rejects(command(second, lines), (e: IptlbError) => {
+      assert.equal(e.code, 'ELOCK');
+      assert.match(e.message, /^state-file: another agent of this process already runs on .*agent\.db /);
+      return true;
+    });
+    assert.deepEqual(lines, [], 'its health checker never started');
+    proc.emit('SIGTERM');
+    await firstRuns;
+    // The first has stopped: its lock is free, and the refused one held none.
+    const third = makeAgent(store, kernel, file, { host: 'h3' });
+    await third.lock();
+    third.unlock();
+    await third.lock();
+    third.unlock();
+  });
 });
 
 /** An agent's state file and the fake kernel holding profiles a and b, applied from another store (agent stopped). */

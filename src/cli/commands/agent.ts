@@ -123,7 +123,8 @@ export function register(program: Command, io: Out): void {
 
 /**
  * The agent's life: its services (health checks, metrics) started, then the agent, until SIGTERM or SIGINT.
- * The services first, before the agent connects or lists: a metrics address that cannot be listened on, or
+ * The agent lock first (another agent on the state file: the agent's own line, not the health checker's), then the
+ * services, before the agent connects or lists: a metrics address that cannot be listened on, or
  * another process checking this state file's destinations, fails with one line before anything reaches the
  * kernel or the state file (as in `iptlb watch`); /healthz then answers while etcd is unreachable too. The
  * three signals are taken from the start to the end (a SIGHUP, `systemctl reload`, found no listener while
@@ -134,7 +135,13 @@ export function register(program: Command, io: Out): void {
 export async function runAgentCommand(
   proc: Pick<NodeJS.Process, 'on' | 'removeListener'>,
   services: { start(): Promise<void>; stop(): Promise<void> },
-  agent: { start(): Promise<void>; stop(why?: string): Promise<void>; checkNow(why?: string): Promise<void> },
+  agent: {
+    start(): Promise<void>;
+    stop(why?: string): Promise<void>;
+    checkNow(why?: string): Promise<void>;
+    lock?(): Promise<void>;
+    unlock?(): void;
+  },
 ): Promise<void> {
   let early: string | undefined;
   const hup = (): void => {};
@@ -145,7 +152,13 @@ export async function runAgentCommand(
   proc.on('SIGINT', int);
   let started = false;
   try {
-    await services.start();
+    await agent.lock?.();
+    try {
+      await services.start();
+    } catch (e) {
+      agent.unlock?.();
+      throw e;
+    }
     if (early === undefined) {
       try {
         await agent.start();
@@ -163,7 +176,10 @@ export async function runAgentCommand(
   // (No await between the listeners above going and agentSignals' coming: no signal finds none.)
   if (early === undefined) return agentSignals(agent, proc);
   if (started) await agent.stop(early);
-  else await services.stop();
+  else {
+    await services.stop();
+    agent.unlock?.();
+  }
 }
 
 /**
