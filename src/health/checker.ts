@@ -242,6 +242,9 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
   private byProfile = new Map<string, { cfg: HealthConfig; profile: Profile; entries: Entry[]; down: Set<string> }>();
   private heap: Target[] = [];
   private targets = new Map<string, Target>();
+  /** The wall clock at the scheduler's last reading, and how far it has been set back in all ({@link clock}). */
+  private wallAt = -Infinity;
+  private setBack = 0;
   private timer?: NodeJS.Timeout;
   private timerAt = Infinity;
   private running = false;
@@ -529,7 +532,7 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
   /** Re-reads the profiles: adds, changes and removes checks. */
   async refresh(): Promise<void> {
     const state = this.host.profiles ? await this.host.profiles() : await this.host.core.readState();
-    const now = Date.now();
+    const now = this.clock();
     const seen = new Set<string>();
     let changed = false;
     for (const p of state.values()) {
@@ -656,6 +659,19 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
 
   // --- scheduler: a binary min-heap on `due`, one timer for its head --------------------------
 
+  /**
+   * The scheduler's time (due times, the tick, commit windows): Date.now(), except that it never goes back. A wall
+   * clock set back (an NTP step, `date -s`) left every due time in the future by the step, and the timers (which are
+   * monotonic) waited that long: set back an hour, no destination was checked for an hour, and one that died meanwhile
+   * stayed in the kernel. Now the step is added back (the times shown, lastCheck and since, stay the wall clock's).
+   */
+  private clock(): number {
+    const wall = Date.now();
+    if (wall < this.wallAt) this.setBack += this.wallAt - wall;
+    this.wallAt = wall;
+    return wall + this.setBack;
+  }
+
   private schedule(e: Target): void {
     e.heap = this.heap.length;
     this.heap.push(e);
@@ -724,14 +740,14 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     if (this.timer && at >= this.timerAt) return;
     if (this.timer) clearTimeout(this.timer);
     this.timerAt = at;
-    this.timer = setTimeout(() => this.fire(), Math.max(0, at - Date.now()));
+    this.timer = setTimeout(() => this.fire(), Math.max(0, at - this.clock()));
   }
 
   private fire(): void {
     this.timer = undefined;
     this.timerAt = Infinity;
     if (!this.running) return;
-    const now = Date.now();
+    const now = this.clock();
     while (this.heap.length && this.heap[0].due <= now) this.check(this.popMin(), now);
     this.prober?.flush(); // the probes due in this tick, handed over in one call
     this.arm();
@@ -763,8 +779,9 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     this.inFlight--;
     if (t.removed || !this.running) return;
     this.counters.probes++;
-    const now = Date.now();
-    for (const e of t.entries) this.result(e, now, error);
+    const now = this.clock();
+    const wall = Date.now(); // (what status shows: the wall clock's time)
+    for (const e of t.entries) this.result(e, wall, error);
     if (this.window?.waiting.has(t) && !this.unsettled(t)) this.settled(t);
     // Next check: one interval after this one started, ±jitter, never before now.
     const j = 1 + this.jitter * (2 * this.random() - 1);
@@ -905,7 +922,7 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
    * checked every second (a target not checked again within that bound is not waited for).
    */
   private openWindow(cfg: HealthConfig): void {
-    const now = Date.now();
+    const now = this.clock();
     const cap = now + windowSpan(cfg, this.jitter);
     const waiting = new Set<Target>();
     let until = now;

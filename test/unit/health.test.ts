@@ -2056,3 +2056,41 @@ test('a health file that cannot be written (a read-only state directory: a Confi
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('the wall clock set back (an NTP step, date -s) does not stop the checks: they go on one interval apart', async (t) => {
+  // Timers are monotonic, Date is the wall clock: mocked apart (the mocked Date moves its timers with it).
+  mock.timers.enable({ apis: ['setTimeout'] });
+  t.after(() => mock.timers.reset());
+  let wall = 50_000_000;
+  t.mock.method(Date, 'now', () => wall);
+  const step = async (ms: number): Promise<void> => {
+    for (let i = 0; i < ms; i += 10) {
+      wall += 10;
+      mock.timers.tick(10);
+      await settle();
+    }
+  };
+  const ex = new FakeExecutor();
+  const core = new Core({ stateFile: false }, ex);
+  const p = validateProfile({ name: 'web', source: '127.100.0.10:80', destination: D, health });
+  await core.transact(() => ({ upsert: [p], remove: [] }), { run: true });
+  const probes = new Probes();
+  const checker = new HealthChecker(coreHost(core), { probe: probes.probe, random: () => 0.5 });
+  await checker.start();
+  await step(300);
+  assert.ok(probes.calls.length >= 6, `checks ran: ${probes.calls.length}`);
+  wall -= 3_600_000; // an hour back
+  probes.calls.length = 0;
+  await step(500);
+  assert.ok(probes.calls.length >= 3 * 4, `checks every 100 ms after the step: ${probes.calls.length}`);
+  probes.outcome.set(D[1], false);
+  await step(400);
+  assert.equal(checker.states()[1].state, 'down', 'a destination dead after the step is still found down');
+  assert.ok(ex.txs.length >= 2, 'and drained');
+  // Forward an hour: one round of checks, not a burst of every check the hour would have held.
+  probes.calls.length = 0;
+  wall += 3_600_000;
+  await step(200);
+  assert.ok(probes.calls.length <= 3 * 3, `no burst after a step forward: ${probes.calls.length}`);
+  await checker.stop();
+});
