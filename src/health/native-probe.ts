@@ -6,6 +6,7 @@
  * Node sockets ({@link probe}). Without the addon (not built, or IPTLB_NO_NATIVE=1), every probe
  * uses Node sockets, and the process logs that once.
  */
+import { setMaxListeners } from 'node:events';
 import { ipv4Problem, ipv6Groups } from '../model/address.js';
 import { nodeOs } from '../platform/builtins.js';
 import { loadAddon, PROBE_JOB_BYTES, type NativeHealthProber } from '../platform/addon.js';
@@ -30,7 +31,12 @@ export class PromiseProber implements Prober {
   private closed = false;
   /** Aborts the probes in flight when closed (their sockets and timers go at once). */
   private readonly stop = new AbortController();
-  constructor(private readonly fn: Probe = nodeProbe) {}
+  constructor(private readonly fn: Probe = nodeProbe) {
+    // Every probe in flight listens on this one signal: more than 10 at once (http checks, or tcp ones without the
+    // addon, of a dozen destinations) drew Node's "MaxListenersExceededWarning: Possible EventTarget memory leak
+    // detected" on stderr, though each probe removes its listener when it ends.
+    setMaxListeners(0, this.stop.signal);
+  }
   start(t: ProbeTarget, done: (error: string | undefined) => void): void {
     this.fn(t, this.stop.signal).then(
       () => !this.closed && done(undefined),

@@ -141,3 +141,36 @@ test('createProber: native when the addon loads, else Node sockets with one log 
     field: 'health.prober',
   });
 });
+
+test('PromiseProber: many probes in flight at once (more than 10) draw no MaxListenersExceededWarning ("memory leak detected")', async () => {
+  const warnings: string[] = [];
+  const onWarning = (w: Error): void => void warnings.push(`${w.name}: ${w.message}`);
+  process.on('warning', onWarning);
+  try {
+    // As the Node probe does: each probe listens for the abort of the prober's signal until it ends.
+    const ends: (() => void)[] = [];
+    const p = new PromiseProber(
+      (_t, signal) =>
+        new Promise<void>((resolve) => {
+          const abort = (): void => resolve();
+          signal?.addEventListener('abort', abort, { once: true });
+          ends.push(() => (signal?.removeEventListener('abort', abort), resolve()));
+        }),
+    );
+    let done = 0;
+    for (let i = 0; i < 200; i++)
+      p.start({ kind: 'http', host: '192.0.2.1', port: 1000 + i, timeoutMs: 500, path: '/' }, () => done++);
+    await new Promise((r) => setImmediate(r));
+    for (const end of ends) end();
+    await new Promise((r) => setImmediate(r));
+    assert.equal(done, 200);
+    p.close();
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(
+      warnings.filter((w) => /MaxListeners/.test(w)),
+      [],
+    );
+  } finally {
+    process.off('warning', onWarning);
+  }
+});
