@@ -344,6 +344,10 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
       throw e;
     }
     this.running = true;
+    // Started again after a stop(): afresh, as a new checker. What the last run knew was kept, and so nothing was
+    // checked again: its refresh found every profile known, scheduled nothing and armed no timer (and the targets of
+    // the probes stop() dropped were in no heap), while stop() had given the kernel back the weights of the drains.
+    this.forgetRun();
     // Another handle of this process on the state file follows the file like another process's.
     if (this.checkerLock && this.publishFile) publishingHere(this.publishFile, true);
     // This process decides the health now: stop following another's published file.
@@ -500,6 +504,18 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
       this.checkerLock?.release();
       this.checkerLock = undefined;
     }
+  }
+
+  /** Forgets the destinations, targets and counters of an earlier run ({@link states} shows them until a start). */
+  private forgetRun(): void {
+    for (const t of this.targets.values()) t.removed = true;
+    for (const e of this.entries.values()) e.removed = true;
+    this.heap = [];
+    this.targets.clear();
+    this.entries.clear();
+    this.byProfile.clear();
+    this.counters.checks.clear();
+    this.counters.failures.clear();
   }
 
   /** Who sends the tcp probes while running: `native` (the addon's prober) or `node`; undefined when stopped. */

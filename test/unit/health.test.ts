@@ -2094,3 +2094,32 @@ test('the wall clock set back (an NTP step, date -s) does not stop the checks: t
   assert.ok(probes.calls.length <= 3 * 3, `no burst after a step forward: ${probes.calls.length}`);
   await checker.stop();
 });
+
+test('a checker stopped and started again checks every destination again and drains a dead one again', async (t) => {
+  const { ex, probes, checker } = await setup(t, [{ name: 'web', source: '127.100.0.10:80', destination: D, health }]);
+  probes.outcome.set(D[2], false);
+  // A probe that hangs is in flight when the checker stops.
+  probes.outcome.set(D[0], 'hang');
+  await advance(400);
+  assert.deepEqual(dnats(ex.txs.at(-1)!, 'web'), D.slice(0, 2));
+  const stopping = checker.stop();
+  await advance(20);
+  await stopping;
+  assert.deepEqual(dnats(ex.txs.at(-1)!, 'web'), D, 'stop gave the weights back');
+  probes.outcome.set(D[0], true);
+  await checker.start();
+  probes.calls.length = 0;
+  await advance(500);
+  const checked = new Set(probes.calls.map((c) => c.key));
+  assert.deepEqual([...checked].sort(), [...D].sort(), 'every destination checked after the start');
+  assert.deepEqual(
+    checker.states().map((s) => [s.state, s.drained]),
+    [
+      ['up', false],
+      ['up', false],
+      ['down', true],
+    ],
+  );
+  assert.deepEqual(dnats(ex.txs.at(-1)!, 'web'), D.slice(0, 2), 'the dead destination drained again');
+  await checker.stop();
+});
