@@ -60,7 +60,9 @@ export const probe: Probe = (t, signal) =>
       // (The status line ends at CRLF; a bare LF, which some servers send and curl accepts, too.)
       const eol = head.indexOf('\n');
       if (eol < 0 && head.length < 512) return;
-      const m = /^HTTP\/1\.[01] ([0-9]{3})/.exec(head);
+      // The code is three digits and ends there: `HTTP/1.1 2000` was read as 200 (a healthy verdict for a server that
+      // does not speak HTTP right).
+      const m = /^HTTP\/1\.[01] ([0-9]{3})(?:[ \r\n]|$)/.exec(head);
       if (!m) return finish('answer is not HTTP');
       const code = Number(m[1]);
       finish(code >= lo && code <= hi ? undefined : `HTTP ${code} (expected ${t.expect ?? '200-399'})`);

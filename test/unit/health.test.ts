@@ -2123,3 +2123,21 @@ test('a checker stopped and started again checks every destination again and dra
   assert.deepEqual(dnats(ex.txs.at(-1)!, 'web'), D.slice(0, 2), 'the dead destination drained again');
   await checker.stop();
 });
+
+test('an http check reads the status code whole: a status line of 4 digits (HTTP/1.1 2000) is not taken for 200', async () => {
+  const { probe } = await import('../../src/health/probe.js');
+  const net = await import('node:net');
+  const answers = ['HTTP/1.1 2000 OK\r\n\r\n', 'HTTP/1.1 200OK\r\n\r\n', 'HTTP/1.1 200\r\n\r\n'];
+  let next = 0;
+  const srv = net.createServer((c) => c.on('error', () => {}).end(answers[next++]));
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  const port = (srv.address() as { port: number }).port;
+  const at = { kind: 'http' as const, host: '127.0.0.1', port, timeoutMs: 2000, path: '/', expect: '200-399' };
+  try {
+    await assert.rejects(probe(at), /^Error: answer is not HTTP$/);
+    await assert.rejects(probe(at), /^Error: answer is not HTTP$/);
+    await probe(at); // a status line without a reason phrase (nor the space before it) is one
+  } finally {
+    srv.close();
+  }
+});
