@@ -236,6 +236,8 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
   private beatAt = 0;
   private readonly restoreOnStop: boolean;
   private readonly publishFile?: string;
+  /** The health file the core followed before start() (it follows it again after stop()). */
+  private followedBefore?: string;
   /** Held from start() to the end of stop() by a checker that publishes ({@link checkerLockOf}). */
   private checkerLock?: HeldLock;
   private entries = new Map<string, Entry>();
@@ -350,7 +352,8 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
     this.forgetRun();
     // Another handle of this process on the state file follows the file like another process's.
     if (this.checkerLock && this.publishFile) publishingHere(this.publishFile, true);
-    // This process decides the health now: stop following another's published file.
+    // This process decides the health now: stop following another's published file (followed again after stop()).
+    this.followedBefore = this.host.core.health.following;
     this.host.core.health.follow(undefined);
     await this.refresh();
     // Stopped while the profiles were read: stop() has removed the file and given the lock back; arm nothing,
@@ -503,6 +506,10 @@ export class HealthChecker extends EventEmitter<{ health: [HealthEvent]; error: 
       }
       this.checkerLock?.release();
       this.checkerLock = undefined;
+      // This process checks nothing now: its handle follows the file another process publishes again, as one that
+      // never ran a checker does (it followed none, and its apply or sync undid the drains of a watch started since).
+      if (this.followedBefore !== undefined) this.host.core.health.follow(this.followedBefore);
+      this.followedBefore = undefined;
     }
   }
 

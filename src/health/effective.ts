@@ -314,6 +314,11 @@ export class HealthOverlay {
     await fsp.rename(tmp, file);
   }
 
+  /** The file followed ({@link follow}), if any. */
+  get following(): string | undefined {
+    return this.followFile;
+  }
+
   /** Follows the file another (live) process publishes: {@link refresh} loads it when it changed. */
   follow(file: string | undefined): void {
     this.followFile = file;

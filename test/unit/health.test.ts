@@ -2141,3 +2141,36 @@ test('an http check reads the status code whole: a status line of 4 digits (HTTP
     srv.close();
   }
 });
+
+test("a handle whose checker stopped follows another process's published health again: its apply keeps that drain", async () => {
+  const { open } = await import('../../src/index.js');
+  const { pidIdentity } = await import('../../src/platform/pid.js');
+  const { writeFileSync } = await import('node:fs');
+  const path = await import('node:path');
+  await withLiveWriter(async (dir, pid) => {
+    const stateFile = path.join(dir, 'state.db');
+    const k = new FakeLegacyKernel();
+    const lb = await open({ stateFile, stateRegistry: false }, k);
+    // A checker of this handle runs for a while (nothing down), then stops: this process checks nothing any more.
+    const checker = new HealthChecker(lb, { probe: new Probes().probe, random: () => 0 });
+    await checker.start();
+    await checker.stop();
+    // Another process (a watch started since) checks the state file and has drained D[1].
+    writeFileSync(
+      `${stateFile}.health.json`,
+      JSON.stringify({
+        version: 1,
+        pid,
+        pidStart: pidIdentity(pid),
+        updatedAt: 0,
+        profiles: { web: { drained: [D[1]] } },
+      }),
+    );
+    await lb.apply({ name: 'web', source: '127.100.0.1:80', destination: [D[0], D[1]], health });
+    const dnat = ((await lb.kernel()) as KernelView).chains.flatMap((c) =>
+      c.rules.flatMap((r) => (r.rule.target.name === 'DNAT' ? [r.rule.target.toDestination] : [])),
+    );
+    assert.deepEqual(dnat, [D[0]], "the other process's drain is kept");
+    await lb.close();
+  });
+});
