@@ -1831,9 +1831,9 @@ export class Core {
       profiles?: ReadonlyMap<string, Profile>;
     } = {},
   ): Promise<StatusReport> {
-    const { reports, others, foreign } = await this.statusOf(opts.profiles);
+    const { reports, others, foreign, state } = await this.statusOf(opts.profiles);
     // The health file as the status read just found it (the refresh of that read): followed, or not and why.
-    const healthFile = this.health.fileStatus();
+    const healthFile = this.health.fileStatus(state);
     const split = await this.engineSplit(reports.some((r) => r.status !== 'missing'));
     // An engine asked for (--engine, IPTLB_ENGINE) while iptlb's rules are in the other: the profiles read as
     // missing there; the line a change through it is refused with says where they are (known from selection).
@@ -1855,9 +1855,12 @@ export class Core {
     };
   }
 
-  private statusOf(
-    profiles?: ReadonlyMap<string, Profile>,
-  ): Promise<{ reports: ProfileReport[]; others: OtherStateFile[]; foreign: ForeignObjects[] }> {
+  private statusOf(profiles?: ReadonlyMap<string, Profile>): Promise<{
+    reports: ProfileReport[];
+    others: OtherStateFile[];
+    foreign: ForeignObjects[];
+    state: Map<string, Profile>;
+  }> {
     return this.serial(async () => {
       const lock =
         this.statePath !== null && !this.window && existsSync(path.dirname(this.statePath))
@@ -1900,6 +1903,8 @@ export class Core {
     reports: ProfileReport[];
     others: OtherStateFile[];
     foreign: ForeignObjects[];
+    /** The profiles compared with the kernel. */
+    state: Map<string, Profile>;
   }> {
     const { provider } = await this.selectionNow();
     const state = profiles ? new Map(profiles) : await this.readState();
@@ -1934,7 +1939,7 @@ export class Core {
       packets: 0,
       bytes: 0,
     }));
-    return { reports: annotated, others: files, foreign };
+    return { reports: annotated, others: files, foreign, state };
   }
 
   /**

@@ -416,9 +416,11 @@ export class HealthOverlay {
   /**
    * The followed file as the last {@link refresh} found it: followed, or not and why (`iptlb status --json`'s
    * `healthFile`, the metrics' `iptlb_health_file_*`); undefined when this overlay follows no file, or there is none
-   * of iptlb's shape. Costs nothing more than that refresh (its age is taken from the clock now).
+   * of iptlb's shape. Costs nothing more than that refresh (its age is taken from the clock now). With `state` (the
+   * profiles compared), `drained` lists only what the file's drains took out of the kernel: a file holds each profile's
+   * down destinations, also those every-destination-down kept (`allDown: keep`) and those configured at weight 0.
    */
-  fileStatus(): HealthFileStatus | undefined {
+  fileStatus(state?: ReadonlyMap<string, Profile>): HealthFileStatus | undefined {
     const s = this.seen;
     if (!s || !this.followFile) return undefined;
     const out: HealthFileStatus = { file: this.followFile, state: s.state, pid: s.pid };
@@ -432,7 +434,12 @@ export class HealthOverlay {
       let any = false;
       for (const [name, p] of Object.entries(s.profiles)) {
         if (!isRecord(p) || !Array.isArray(p.drained)) continue;
-        const d = p.drained.filter((x): x is string => typeof x === 'string');
+        let d = p.drained.filter((x): x is string => typeof x === 'string');
+        const profile = state?.get(name);
+        if (profile && d.length) {
+          const eff = effectiveProfile(profile, new Set(d));
+          d = eff === profile ? [] : d.filter((x) => tookOut(profile, eff, x));
+        }
         if (!d.length) continue;
         // A plain object for the API's callers; defined, not assigned: a profile may be named `__proto__`.
         Object.defineProperty(drained, name, { value: d, enumerable: true, writable: true, configurable: true });
@@ -464,6 +471,12 @@ export class HealthOverlay {
     }
     return true;
   }
+}
+
+/** Whether destination `d` of `p` takes connections and `eff`, the profile the kernel gets, gives it none. */
+function tookOut(p: Profile, eff: Profile | null, d: string): boolean {
+  if (!p.destination.includes(d) || (p.weights?.[d] ?? 1) === 0) return false;
+  return eff === null || (eff.weights?.[d] ?? 1) === 0;
 }
 
 /** The followed file as {@link HealthOverlay.refresh} last read it. */

@@ -2174,3 +2174,49 @@ test("a handle whose checker stopped follows another process's published health 
     await lb.close();
   });
 });
+
+test('a health file not followed lists as drains that no longer count only the destinations its drains took out: not those every-destination-down kept, nor those configured at weight 0', async (t) => {
+  const { pidIdentity } = await import('../../src/platform/pid.js');
+  const { healthFileOf } = await import('../../src/health/effective.js');
+  const { healthFileLine } = await import('../../src/cli/commands/status.js');
+  const { writeFileSync } = await import('node:fs');
+  const path = await import('node:path');
+  await withLiveWriter(async (dir, pid) => {
+    mock.timers.enable({ apis: ['Date'], now: 5_000_000 });
+    t.after(() => mock.timers.reset());
+    const stateFile = path.join(dir, 'state.db');
+    const file = healthFileOf(stateFile);
+    const core = new Core({ stateFile, stateRegistry: false, engine: 'legacy' }, new FakeLegacyKernel());
+    core.health.follow(file);
+    const kept = validateProfile({ name: 'kept', source: '127.100.0.1:80', destination: [D[0], D[1]], health });
+    const w0 = validateProfile({
+      name: 'w0',
+      source: '127.100.0.2:80',
+      destination: D,
+      weights: { [D[1]]: 0 },
+      health,
+    });
+    await core.transact(() => ({ upsert: [kept, w0], remove: [] }), { run: true });
+    // As a checker writes it: its down sets, whatever allDown and the configured weights made of them in the kernel.
+    // Written by a running checker 12 s ago: stale.
+    writeFileSync(
+      file,
+      JSON.stringify({
+        version: 1,
+        pid,
+        pidStart: pidIdentity(pid),
+        updatedAt: Date.now() - 12_000,
+        staleAfterMs: 10_000,
+        profiles: {
+          kept: { drained: [D[0], D[1]], destinations: {} },
+          w0: { drained: [D[1], D[2]], destinations: {} },
+        },
+      }),
+    );
+    const r = await core.statusReport({ original: false });
+    assert.equal(r.healthFile?.state, 'stale');
+    assert.deepEqual(r.healthFile?.drained, { w0: [D[2]] });
+    assert.match(healthFileLine(r.healthFile)!, /its drains no longer count: w0 127\.0\.0\.1:9003$/);
+    assert.ok(r.inSync, 'nothing was drained in the kernel: in step');
+  });
+});
