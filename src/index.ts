@@ -258,9 +258,10 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
    * IPv6 one fails), then records them in the state file. Rejects with EINVAL_PROFILE / ECONFLICT (nothing
    * changed) or EKERNEL (nothing changed).
    */
-  apply(profiles: ProfileInput | ProfileInput[]): Promise<TransactionResult> {
+  apply(profiles: ProfileInput | readonly ProfileInput[]): Promise<TransactionResult> {
     return this.call(() => {
-      const list = Array.isArray(profiles) ? profiles : [profiles];
+      // (Array.isArray does not narrow a readonly array type: the cast says what it tells.)
+      const list: readonly ProfileInput[] = Array.isArray(profiles) ? profiles : [profiles as ProfileInput];
       // Array.from, not map: a hole of a sparse array is a profile that is not an object, not skipped.
       // In a list of several, the error says which item it is about (`protocol: …` alone left an agent
       // applying fifty profiles to guess which one).
@@ -284,9 +285,9 @@ export class Iptlb extends EventEmitter<IptlbEvents> {
   }
 
   /** Deletes profiles by name in one kernel transaction (per address family). Unknown names reject with ENOTFOUND. */
-  delete(names: string | string[]): Promise<TransactionResult> {
+  delete(names: string | readonly string[]): Promise<TransactionResult> {
     return this.call(() => {
-      const list = Array.isArray(names) ? names : [names];
+      const list: readonly string[] = Array.isArray(names) ? names : [names as string];
       for (let i = 0; i < list.length; i++) validateName(list[i], 'name', { existing: true }); // holes too
       return this.queue.submit({ kind: 'delete', names: [...new Set(list)] });
     });

@@ -4,7 +4,14 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { open, IptlbError, HealthChecker, startMetricsServer } from '../../src/index.js';
+import {
+  open,
+  IptlbError,
+  HealthChecker,
+  startMetricsServer,
+  type Profile,
+  type ProfileInput,
+} from '../../src/index.js';
 import { FakeLegacyKernel } from '../harness/fake-kernel.js';
 
 const good = { name: 'a', source: '127.100.0.1:80', destination: ['127.0.0.1:9000'] };
@@ -158,4 +165,24 @@ test("only an object's own properties count: a field inherited from its prototyp
   // not polluted any more: the same profiles apply
   await lb.apply({ ...good, health: { kind: 'tcp' } });
   assert.equal((await lb.list()).length, 1);
+});
+
+test('apply() and delete() take readonly lists (a frozen list() result, a `readonly string[]`): typed so in the .d.ts', async () => {
+  // Typed `ProfileInput[]` and `string[]`, these calls did not compile against the shipped declarations, while the
+  // profiles iptlb returns are frozen and typed readonly: an agent re-applying what list() gave had to copy or cast.
+  const lb = await open({ stateFile: false, stateRegistry: false }, new FakeLegacyKernel());
+  try {
+    const profiles: readonly ProfileInput[] = Object.freeze([good, { ...good, name: 'b', source: '127.100.0.2:80' }]);
+    assert.deepEqual(
+      (await lb.apply(profiles)).applied.map((p) => p.name),
+      ['a', 'b'],
+    );
+    const listed: readonly Profile[] = Object.freeze(await lb.list());
+    assert.equal((await lb.apply(listed)).applied.length, 2);
+    const names: readonly string[] = Object.freeze(['a', 'b']);
+    assert.deepEqual((await lb.delete(names)).deleted, ['a', 'b']);
+    assert.deepEqual(await lb.list(), []);
+  } finally {
+    await lb.close();
+  }
 });
