@@ -243,8 +243,14 @@ export class CommitQueue {
     } catch (e) {
       // The kernel refused the batch, or the engine did before committing (a change it will not
       // make, such as one that would drop another tool's rules): find the culprit by halves. Other
-      // failures (the lock, the state file, privileges) are the batch's, not a call's.
-      if (e instanceof IptlbError && (e.code === 'EKERNEL' || e.code === 'ECONFLICT') && batch.length > 1) {
+      // failures (the lock, the state file, privileges, and the engine's refusal of any change: iptlb's
+      // rules in the other engine, field `engine`) are the batch's, not a call's: split, a batch of n
+      // calls took 2n-1 transactions to reject every call with that same error.
+      if (
+        e instanceof IptlbError &&
+        (e.code === 'EKERNEL' || (e.code === 'ECONFLICT' && e.field !== 'engine')) &&
+        batch.length > 1
+      ) {
         const half = Math.ceil(batch.length / 2);
         await this.commit(batch.slice(0, half));
         await this.commit(batch.slice(half));

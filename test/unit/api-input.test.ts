@@ -2,7 +2,10 @@
  * The library's answers to bad input and misuse, as an agent embedding it sees them (docs/api.md): typed errors
  * whose message says where the fault is, and nothing changed.
  */
-import { test } from 'node:test';
+import { mock, test } from 'node:test';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
 import assert from 'node:assert/strict';
 import {
   open,
@@ -12,7 +15,9 @@ import {
   type Profile,
   type ProfileInput,
 } from '../../src/index.js';
-import { FakeLegacyKernel } from '../harness/fake-kernel.js';
+import { FakeLegacyKernel, FakeNftKernel } from '../harness/fake-kernel.js';
+import { Core } from '../../src/core/core.js';
+import type { Executor } from '../../src/engines/engine.js';
 
 const good = { name: 'a', source: '127.100.0.1:80', destination: ['127.0.0.1:9000'] };
 
@@ -110,6 +115,43 @@ test('group commit: a refusal that is not a kernel one (here EPERM) rejects ever
     );
   } finally {
     await lb.close();
+  }
+});
+
+test("group commit: a batch refused because iptlb's rules are in the other engine (ECONFLICT naming engine) is one transaction, not split call by call", async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-engine-'));
+  const kernels = { legacy: new FakeLegacyKernel(), nft: new FakeNftKernel() } as unknown as Executor;
+  const file = path.join(dir, 'state.db');
+  const transact = mock.method(Core.prototype, 'transact');
+  try {
+    const legacy = await open({ stateFile: file, engine: 'legacy', stateRegistry: false }, kernels);
+    await legacy.apply(good);
+    await legacy.close();
+    const lb = await open({ stateFile: file, engine: 'nft', stateRegistry: false }, kernels);
+    try {
+      transact.mock.resetCalls();
+      const p = (i: number) => ({ ...good, name: `p${i}`, source: `127.100.1.${i}:80` });
+      // The first call commits alone, at once; the seven made in the same tick behind it are one batch.
+      const calls = Array.from({ length: 8 }, (_, i) => lb.apply(p(i)).catch((e: IptlbError) => e));
+      for (const e of await Promise.all(calls)) {
+        assert.ok(e instanceof IptlbError);
+        assert.equal(e.code, 'ECONFLICT');
+        assert.equal(e.field, 'engine');
+        assert.match(e.message, /^engine: nft was asked for .*but iptlb's rules are in the legacy engine/);
+      }
+      // Split in halves down to single calls, the batch of seven was 13 transactions (each taking the lock and
+      // asking the engines again) to give every call the error the first gave them all.
+      assert.equal(transact.mock.callCount(), 2, 'the lone first call and the batch: one transaction each');
+      assert.deepEqual(
+        (await lb.list()).map((q) => q.name),
+        ['a'],
+      );
+    } finally {
+      await lb.close();
+    }
+  } finally {
+    transact.mock.restore();
+    rmSync(dir, { recursive: true, force: true });
   }
 });
 
