@@ -49,7 +49,7 @@ import {
   stateVersionSync,
   writeState,
 } from './state.js';
-import { dropEntry, otherStateFiles, registerStateFile } from './registry.js';
+import { checkRegistryEnv, dropEntry, otherStateFiles, registerStateFile } from './registry.js';
 import { countDrifted, orphanAddress, orphanNames } from './orphans.js';
 import {
   appendRecord,
@@ -445,6 +445,7 @@ export class Core {
       this.statePath === null || opts.stateRegistry === false || (injected && opts.stateRegistry === undefined)
         ? null
         : opts.stateRegistry;
+    if (this.registry === undefined) checkRegistryEnv();
     this.foldMs = opts.stateFoldMs ?? 0;
     this.log = opts.log ? apart(opts.log) : () => {};
     this.logging = opts.log !== undefined;

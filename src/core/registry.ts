@@ -39,6 +39,7 @@ import {
 } from 'node:fs';
 import * as path from 'node:path';
 import { journalPath } from './journal.js';
+import { IptlbError } from '../model/errors.js';
 import { netnsCookie } from '../platform/addon.js';
 import { mkdirsSync } from '../platform/fsp.js';
 
@@ -51,6 +52,20 @@ function netnsId(): string | null {
   } catch {
     return null;
   }
+}
+
+/**
+ * Refuses an `IPTLB_REGISTRY_DIR` that is not an absolute path (EUSAGE naming the variable), as the `stateRegistry`
+ * option is refused: a relative one named another directory in each working directory, so two processes started
+ * from different directories did not see each other's state files, and each one's sync removed the other's
+ * profiles as orphans. Empty or unset: the default directory.
+ */
+export function checkRegistryEnv(): void {
+  const v = process.env.IPTLB_REGISTRY_DIR;
+  if (v && (!path.isAbsolute(v) || v.includes('\0')))
+    throw new IptlbError('EUSAGE', `IPTLB_REGISTRY_DIR: must be an absolute directory path, got ${JSON.stringify(v)}`, {
+      field: 'IPTLB_REGISTRY_DIR',
+    });
 }
 
 /**

@@ -1,7 +1,8 @@
 import { mock, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { readState } from '../../src/core/state.js';
+import { Core } from '../../src/core/core.js';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import fc from 'fast-check';
@@ -364,6 +365,36 @@ test('engine and executor left out come from IPTLB_ENGINE / IPTLB_EXECUTOR, and 
     ] as const)
       if (v === undefined) delete process.env[k];
       else process.env[k] = v;
+  }
+});
+
+test('IPTLB_REGISTRY_DIR must be absolute, as the stateRegistry option: a relative one is EUSAGE naming the variable, nothing made', async () => {
+  // Relative, it named another directory in each working directory: two agents started from different directories
+  // did not see each other's state files, and each one's sync() removed the other's profiles as orphans.
+  const saved = process.env.IPTLB_REGISTRY_DIR;
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-regenv-'));
+  try {
+    process.env.IPTLB_REGISTRY_DIR = 'run/iptlb';
+    await assert.rejects(
+      open({ stateFile: path.join(dir, 'sub', 'state.db'), executor: 'spawn' }),
+      (e: IptlbError) =>
+        e.code === 'EUSAGE' &&
+        e.field === 'IPTLB_REGISTRY_DIR' &&
+        e.message === 'IPTLB_REGISTRY_DIR: must be an absolute directory path, got "run/iptlb"',
+    );
+    assert.equal(existsSync(path.join(dir, 'sub')), false, 'nothing made');
+    assert.equal(existsSync(path.join(process.cwd(), 'run')), false, 'no registry made under the working directory');
+    // Not asked where no registry is used (no state file), nor when the option says where it is.
+    assert.doesNotThrow(() => new Core({ stateFile: false }));
+    assert.doesNotThrow(() => new Core({ stateFile: path.join(dir, 'state.db'), stateRegistry: path.join(dir, 'r') }));
+    await assert.rejects(
+      open({ stateFile: path.join(dir, 'state.db'), stateRegistry: 'run/iptlb' as never }),
+      (e: IptlbError) => e.field === 'stateRegistry',
+    );
+  } finally {
+    if (saved === undefined) delete process.env.IPTLB_REGISTRY_DIR;
+    else process.env.IPTLB_REGISTRY_DIR = saved;
+    rmSync(dir, { recursive: true, force: true });
   }
 });
 
