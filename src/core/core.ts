@@ -1844,8 +1844,11 @@ export class Core {
       this.injected || opts.original === false
         ? undefined
         : await originalNftChains({ spawn: false }).catch(() => undefined);
+    // An in-memory instance leaves what it was not given alone: its sync() removes no orphan and no `drift` event
+    // names one, so they are listed but do not count against inSync (which no sync() could make true otherwise).
+    const memory = this.statePath === null;
     return {
-      inSync: !split && reports.every((r) => r.status === 'in-sync'),
+      inSync: !split && reports.every((r) => r.status === 'in-sync' || (memory && r.status === 'orphaned')),
       ...(split ? { split } : {}),
       ...(asked ? { otherEngine: asked } : {}),
       profiles: reports,

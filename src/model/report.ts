@@ -86,7 +86,11 @@ export interface HealthFileStatus {
 
 /** What `status` finds, whole: `iptlb status --json` prints it, `statusReport()` returns it. */
 export interface StatusReport {
-  /** Every profile in sync, and iptlb's rules in one engine only. */
+  /**
+   * Every profile in sync, and iptlb's rules in one engine only. For a handle without a state file (`stateFile:
+   * false`), every profile it was given: the orphans it lists (profiles of others) are left alone by its `sync()` and
+   * do not count.
+   */
   inSync: boolean;
   /** Set when iptlb's rules are in both engines (traffic may use the copy no change reaches): what to run. */
   split?: string;

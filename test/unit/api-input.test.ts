@@ -228,3 +228,38 @@ test('apply() and delete() take readonly lists (a frozen list() result, a `reado
     await lb.close();
   }
 });
+
+test("statusReport() of a handle without a state file: the orphans it lists (others' profiles) do not make inSync false, its own drift does", async () => {
+  // They are not its to repair: its sync() leaves them and no drift event names them. inSync stayed false beside any
+  // other iptlb user of the host, and an agent calling sync() while !inSync called it for ever.
+  for (const kernel of [new FakeLegacyKernel(), new FakeNftKernel()]) {
+    const mine = await open({ stateFile: false, stateRegistry: false }, kernel as unknown as Executor);
+    const other = await open({ stateFile: false, stateRegistry: false }, kernel as unknown as Executor);
+    try {
+      const drift: string[] = [];
+      mine.on('drift', (reports) => drift.push(...reports.map((r) => r.name)));
+      await mine.apply(good);
+      await other.apply({ ...good, name: 'b', source: '127.100.0.2:80' });
+      const report = await mine.statusReport();
+      assert.deepEqual(
+        report.profiles.map((r) => r.status),
+        ['in-sync', 'orphaned'],
+        "the other handle's profile is listed, orphaned",
+      );
+      assert.equal(report.inSync, true, `${kernel.constructor.name}: ${JSON.stringify(report)}`);
+      assert.equal((await mine.sync()).committed, false, 'nothing for its sync() to repair');
+      assert.deepEqual(drift, []);
+      // Its own profile gone from the kernel (someone flushed the table): that is drift, not in sync.
+      kernel.tables.clear();
+      const flushed = await mine.statusReport();
+      assert.deepEqual(
+        flushed.profiles.map((r) => `${r.name}:${r.status}`),
+        ['a:missing'],
+      );
+      assert.equal(flushed.inSync, false);
+    } finally {
+      await mine.close();
+      await other.close();
+    }
+  }
+});
