@@ -245,7 +245,7 @@ export async function selectEngine(
   if (choice !== 'auto') {
     const requested = { engine: choice, reason: `${choice} engine requested` };
     const other: EngineName = choice === 'nft' ? 'legacy' : 'nft';
-    const asked = `engine: ${choice} was asked for (--engine or IPTLB_ENGINE)`;
+    const asked = `engine: ${choice} was asked for (--engine, IPTLB_ENGINE or the engine option)`;
     const fix = `run \`iptlb migrate --to ${choice}\` to move them, or leave the engine auto`;
     if (recorded)
       return recorded.engine === choice

@@ -106,7 +106,7 @@ describe('engine selection and nft repair', { skip: nftSpawn.skip || legacySpawn
     assert.equal(r[1].code, 1, r[1].stderr);
     assert.equal(
       r[1].stderr.trim(),
-      "iptlb: error: engine: nft was asked for (--engine or IPTLB_ENGINE), but iptlb's rules are in the legacy engine: run `iptlb migrate --to nft` to move them, or leave the engine auto",
+      "iptlb: error: engine: nft was asked for (--engine, IPTLB_ENGINE or the engine option), but iptlb's rules are in the legacy engine: run `iptlb migrate --to nft` to move them, or leave the engine auto",
     );
     assert.equal(r[2].stdout.trim(), '', 'nothing in nft');
     assert.equal(r[4].code, 3, r[4].stderr);

@@ -2055,7 +2055,7 @@ test("another process's migrate: a running writer (auto) follows it under the lo
     await assert.rejects(
       apply(pinned, web(5)),
       refusedByEngine(
-        /^engine: legacy was asked for \(--engine or IPTLB_ENGINE\), but `iptlb migrate` moved this state file's profiles to the nft engine \(.*state\.db\.engine\): run `iptlb migrate --to legacy` to move them, or leave the engine auto$/,
+        /^engine: legacy was asked for \(--engine, IPTLB_ENGINE or the engine option\), but `iptlb migrate` moved this state file's profiles to the nft engine \(.*state\.db\.engine\): run `iptlb migrate --to legacy` to move them, or leave the engine auto$/,
       ),
     );
     await assert.rejects(pinned.sync(), refusedByEngine(/^engine: legacy was asked for/));
@@ -2077,7 +2077,7 @@ test('an explicit engine while the other holds iptlb rules refuses changes (migr
     await assert.rejects(
       apply(nft, web(2)),
       refusedByEngine(
-        /^engine: nft was asked for \(--engine or IPTLB_ENGINE\), but iptlb's rules are in the legacy engine: run `iptlb migrate --to nft` to move them, or leave the engine auto$/,
+        /^engine: nft was asked for \(--engine, IPTLB_ENGINE or the engine option\), but iptlb's rules are in the legacy engine: run `iptlb migrate --to nft` to move them, or leave the engine auto$/,
       ),
     );
     assert.equal(kernels.nft.commits.length, 0);

@@ -329,14 +329,14 @@ test('engine choice: legacy, nft or auto, anything else names the field', async 
   assert.equal((await selectEngine('auto', never, recorded)).engine, 'legacy');
   assert.equal(
     (await selectEngine('nft', never, recorded)).refusal,
-    "engine: nft was asked for (--engine or IPTLB_ENGINE), but `iptlb migrate` moved this state file's profiles to the legacy engine (/s/state.db.engine): run `iptlb migrate --to nft` to move them, or leave the engine auto",
+    "engine: nft was asked for (--engine, IPTLB_ENGINE or the engine option), but `iptlb migrate` moved this state file's profiles to the legacy engine (/s/state.db.engine): run `iptlb migrate --to nft` to move them, or leave the engine auto",
   );
   // Without a record, an explicit engine asks only the other one, and refuses changes while it holds iptlb's rules.
   const nft = (has: boolean) => ({ ...never, natExists: () => true, nftHasRules: async () => has });
   assert.deepEqual(await selectEngine('legacy', nft(false)), { engine: 'legacy', reason: 'legacy engine requested' });
   assert.match(
     (await selectEngine('legacy', nft(true))).refusal ?? '',
-    /^engine: legacy was asked for \(--engine or IPTLB_ENGINE\), but iptlb's rules are in the nft engine: run `iptlb migrate --to legacy`/,
+    /^engine: legacy was asked for \(--engine, IPTLB_ENGINE or the engine option\), but iptlb's rules are in the nft engine: run `iptlb migrate --to legacy`/,
   );
 });
 
