@@ -356,14 +356,24 @@ export async function healthz(
   if (missing !== undefined) return { ok: false, reason: missing };
   try {
     const held = await opts.settling?.();
+    // A handle without a state file (stateFile: false) leaves the profiles it was not given alone (its sync removes
+    // no orphan, its statusReport().inSync does not count them): they are others' (another agent's, a state
+    // file's), no reason for its /healthz to fail.
+    const memory = opts.core.statePath === null;
     const what = held
       ? 'the version of the state file applied (the file changed since and has not settled)'
-      : 'the state file';
+      : memory
+        ? "this handle's profiles"
+        : 'the state file';
     const report = await opts.core.statusReport({ original: false, ...(held ? { profiles: held } : {}) });
     if (report.split) return { ok: false, reason: report.split };
     const seen = new Set<string>(); // an orphan may be in both address families' tables: once
     const drifted = report.profiles.filter(
-      (r) => r.status !== 'in-sync' && !seen.has(`${r.status}:${r.name}`) && !!seen.add(`${r.status}:${r.name}`),
+      (r) =>
+        r.status !== 'in-sync' &&
+        !(memory && r.status === 'orphaned') &&
+        !seen.has(`${r.status}:${r.name}`) &&
+        !!seen.add(`${r.status}:${r.name}`),
     );
     if (drifted.length)
       return {

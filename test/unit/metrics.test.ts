@@ -9,9 +9,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { validateProfile } from '../../src/index.js';
-import { Core } from '../../src/core/core.js';
+import { Core, upsertChange } from '../../src/core/core.js';
 import { FakeLegacyKernel } from '../harness/fake-kernel.js';
-import { ProcessStats, renderMetrics } from '../../src/metrics/server.js';
+import { healthz, ProcessStats, renderMetrics } from '../../src/metrics/server.js';
 import { agentMetrics } from '../../src/cli/commands/agent.js';
 import { labelSets, parsePromText } from '../harness/prom-text.js';
 import type { ProfileReport } from '../../src/model/report.js';
@@ -763,5 +763,40 @@ test('a request target in absolute form names the same path: GET http://host/met
     assert.match(body(responses[1]), /^\{"ok":true,/);
   } finally {
     await server.close();
+  }
+});
+
+test("/healthz of a handle without a state file: others' profiles in the kernel (orphans to it) are no 503, its own drift is", async () => {
+  // An in-memory handle leaves what it was not given alone (its sync removes no orphan): a second agent on the host
+  // made the first one's /healthz 503 for good ("kernel does not match the state file: … orphaned").
+  const kernel = new FakeLegacyKernel();
+  const mine = new Core({ stateFile: false }, kernel);
+  const other = new Core({ stateFile: false }, kernel);
+  const apply = (core: Core, name: string, source: string) =>
+    core.transact((state) => upsertChange(state, [{ name, source, destination: ['127.0.0.1:9001'] }]), {
+      run: true,
+    });
+  await apply(mine, 'a', '127.100.0.1:80');
+  await apply(other, 'b', '127.100.0.2:80');
+  assert.deepEqual(
+    (await mine.status()).map((r) => `${r.name}:${r.status}`),
+    ['a:in-sync', 'b:orphaned'],
+  );
+  assert.deepEqual(await healthz({ core: mine }), { ok: true, reason: "kernel matches this handle's profiles" });
+  kernel.tables.clear(); // its own profile gone from the kernel: that is drift
+  const gone = await healthz({ core: mine });
+  assert.equal(gone.ok, false);
+  assert.equal(gone.reason, "kernel does not match this handle's profiles: 1 profile(s) a missing");
+  // A core with a state file owns the whole table, as before: an orphan is a 503.
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-healthz-'));
+  try {
+    const filed = new Core({ stateFile: path.join(dir, 'state.db'), stateRegistry: false }, kernel);
+    await apply(filed, 'c', '127.100.0.3:80');
+    await apply(other, 'b', '127.100.0.2:80');
+    const r = await healthz({ core: filed });
+    assert.equal(r.ok, false);
+    assert.match(r.reason, /^kernel does not match the state file: 1 profile\(s\) b orphaned$/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });
