@@ -134,6 +134,21 @@ add(
 );
 add('source owned by another profile', { 'src-addr': `${VIP}:90` }, [], 1, /source.*already belongs/);
 add('chain-name collision', { profile: 'KEEP', 'src-addr': `${VIP}:91` }, [], 1, /name.*IPTLB_NAT_KEEP/);
+// -run without addresses re-applies a profile as the state file holds it: a profile flag beside it was ignored
+// (exit 0, keep applied without logging, as tcp).
+for (const [flag, field] of [
+  ['-log-custom-chain', 'log-custom-chain'],
+  ['-protocol=udp', 'protocol'],
+  ['-rules-backend=proxy', 'rules-backend'],
+  ['-log-level=7', 'log-level'],
+])
+  add(
+    `${flag} beside -run without addresses, which re-applies the profile as it is`,
+    { profile: 'keep', 'src-addr': null, 'dest-addr': null },
+    [flag],
+    2,
+    new RegExp(`^iptlb: error: ${field}: -${field} needs -src-addr and -dest-addr`),
+  );
 
 const GOOD_STATE =
   'keep:\n  destination:\n  - 127.0.0.1:9001\n  logEnabled: false\n  logLevel: "4"\n  protocol: tcp\n  rulesBackend: client\n  source: 127.100.0.10:90\n';

@@ -107,6 +107,34 @@ test('-use-state -delete with a -profile (the original form and plan): refused a
   }
 });
 
+test('-run without addresses (which re-applies the profile as the state file holds it) beside another profile flag: refused as usage naming that flag, before the lock, not the flag ignored', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-cli-'));
+  try {
+    const st = path.join(dir, 'state.db');
+    for (const [flag, field] of [
+      ['-log-custom-chain', 'log-custom-chain'],
+      ['--protocol=udp', 'protocol'],
+      ['-rules-backend', 'rules-backend'],
+      ['-health=tcp', 'health'],
+      ['-scheduler=round-robin', 'scheduler'],
+    ]) {
+      const args = ['-run', '-profile=web', flag, ...(flag === '-rules-backend' ? ['proxy'] : []), `-state-file=${st}`];
+      const r = await cli(args);
+      assert.equal(r.code, 2, `${args.join(' ')}: ${r.err}`);
+      assert.equal(r.err.trim().split('\n').length, 1, r.err);
+      assert.match(
+        r.err,
+        new RegExp(
+          `^iptlb: error: ${field}: -${field} needs -src-addr and -dest-addr \\(without them, -run re-applies profile "web" as the state file holds it`,
+        ),
+      );
+      assert.deepEqual(readdirSync(dir), [], args.join(' '));
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('a mistyped command, a suggestion, a missing argument or command and `help`: one line and exit 2, or the help', async () => {
   for (const word of ['aply', 'frobnicate']) {
     const r = await cli([word, '-q']);

@@ -3,11 +3,11 @@ import type { Command } from 'commander';
 import { IptlbError } from '../../model/errors.js';
 import { deleteChange, upsertChange } from '../../core/core.js';
 import { sameProfile, show, validateName, validateProfile } from '../../model/profile.js';
-import { addGlobal, addProfileFlags, profileInput, type LegacyOpts } from '../flags.js';
+import { addGlobal, addProfileFlags, profileFlagsGiven, profileInput, type LegacyOpts } from '../flags.js';
 import { makeCore, report, transact, verboseRules, type Out } from '../context.js';
 
 /** The original's behaviour: flags decide create / reset / delete / use-state, `-run` touches the kernel. */
-async function legacyAction(o: LegacyOpts, io: Out, profileGiven = false): Promise<void> {
+async function legacyAction(o: LegacyOpts, io: Out, profileGiven = false, given: string[] = []): Promise<void> {
   if (o.useState && (o.srcAddr !== undefined || o.destAddr !== undefined)) {
     throw new IptlbError('EUSAGE', '-use-state cannot be combined with -src-addr or -dest-addr', {
       field: 'use-state',
@@ -24,6 +24,15 @@ async function legacyAction(o: LegacyOpts, io: Out, profileGiven = false): Promi
   // -use-state -delete removes every profile of the state file: a -profile beside it was ignored, so a
   // teardown of one profile with a -use-state left in the line removed them all.
   if (o.useState && o.delete && profileGiven) throw useStateDeleteProfile(o.profile);
+  // -run without addresses re-applies the profile as the state file holds it: another profile flag beside it
+  // (-log-custom-chain, -protocol…) was ignored, and the profile applied without it, exit 0.
+  const ignored = given.filter((f) => f !== 'profile');
+  if (o.run && !o.useState && !o.delete && o.srcAddr === undefined && o.destAddr === undefined && ignored.length)
+    throw new IptlbError(
+      'EUSAGE',
+      `${ignored[0]}: -${ignored[0]} needs -src-addr and -dest-addr (without them, -run re-applies profile ${show(o.profile)} as the state file holds it, and -${ignored[0]} would be ignored): to change the profile, give all its flags with -reset`,
+      { field: ignored[0]! },
+    );
   // A profile given by flags is checked before the lock is taken: bad input leaves nothing behind,
   // not even the lock's files. (Without -src-addr and -dest-addr, what to do depends on the state.)
   if (!o.useState && !o.delete && (o.srcAddr !== undefined || o.destAddr !== undefined)) {
@@ -89,5 +98,5 @@ export function register(program: Command, io: Out): void {
       '--use-state',
       'apply (or with -delete remove) every profile of the state file (refused when it does not exist)',
     )
-    .action(async (o: LegacyOpts, cmd: Command) => legacyAction(o, io, profileGiven(cmd)));
+    .action(async (o: LegacyOpts, cmd: Command) => legacyAction(o, io, profileGiven(cmd), profileFlagsGiven(cmd)));
 }
