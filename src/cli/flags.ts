@@ -91,6 +91,23 @@ export function normalizeArgv(argv: string[]): string[] {
   return out;
 }
 
+/**
+ * The boolean flags whose last occurrence sets them false (`-run=false`, `--reset=0`): {@link normalizeArgv}
+ * drops them, as the flag absent means the same, so a command that would ignore the flag asks here.
+ */
+export function falseFlags(argv: readonly string[]): Set<string> {
+  const out = new Set<string>();
+  for (const a of argv) {
+    if (a === '--') break;
+    const m = /^--?([a-z][a-z-]*)(?:=([\s\S]*))?$/.exec(a);
+    if (!m || !BOOL_FLAGS.has(m[1])) continue;
+    const v = m[2]?.toLowerCase();
+    if (v === 'false' || v === '0' || v === 'f') out.add(m[1]);
+    else out.delete(m[1]);
+  }
+  return out;
+}
+
 export interface GlobalOpts {
   keepConntrack?: boolean;
   stateFile?: string;

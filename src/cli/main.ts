@@ -7,7 +7,7 @@ import { Command, CommanderError, type HelpContext } from 'commander';
 import { IptlbError } from '../model/errors.js';
 import { show } from '../model/profile.js';
 import { packageVersion } from '../platform/paths.js';
-import { normalizeArgv } from './flags.js';
+import { falseFlags, normalizeArgv } from './flags.js';
 import { ExitCode, coresIdle, type Out } from './context.js';
 import { processOut } from './stdio.js';
 import { syncFs, useSyncFs } from '../platform/fsp.js';
@@ -101,6 +101,9 @@ class NamedCommand extends Command {
   /** The command line this program parses (set by main). */
   userArgs?: readonly string[];
 
+  /** The boolean flags the command line set to false (set by main: normalizeArgv drops them). */
+  falseFlags?: ReadonlySet<string>;
+
   /** The first of `args` that names a command of this one. */
   private commandIn(args: readonly string[] | undefined): string | null {
     const names = new Set(this.commands.map((c) => c.name()));
@@ -127,6 +130,7 @@ function buildProgram(io: Out, version: string, commands: typeof COMMANDS = COMM
     .hook('preAction', (_program, cmd) => {
       refuseExcessArguments(cmd);
       refuseOptionsOfTheProgram(cmd);
+      refuseFalseChangeFlags(cmd);
     })
     .addHelpText(
       'after',
@@ -216,6 +220,32 @@ function refuseOptionsOfTheProgram(cmd: Command): void {
 }
 
 /**
+ * The original's change flags set to false that a command would ignore: `apply` commits and replaces whatever
+ * they say, so `iptlb apply -run=false …` (an original command line with apply put in front, say) changed the
+ * kernel where the original's form writes the state file only, and `-reset=false` replaced a profile that the
+ * original's form refuses to change. Refused, one line naming the flag and the command, exit 2.
+ */
+const IGNORED_WHEN_FALSE: Record<string, Record<string, string>> = {
+  apply: {
+    run: 'apply always commits to the kernel (the original form, without apply, writes only the state file without -run)',
+    reset:
+      'apply replaces a profile that exists (the original form, without apply, refuses to change one without -reset)',
+  },
+};
+
+function refuseFalseChangeFlags(cmd: Command): void {
+  const name = commandPath(cmd);
+  const ignored = name === null ? undefined : IGNORED_WHEN_FALSE[name];
+  if (ignored === undefined) return;
+  let root: Command = cmd;
+  while (root.parent) root = root.parent;
+  const given = (root as NamedCommand).falseFlags;
+  for (const [flag, why] of Object.entries(ignored))
+    if (given?.has(flag))
+      throw new IptlbError('EUSAGE', `${name}: -${flag}=false would be ignored: ${why}`, { field: flag });
+}
+
+/**
  * Commands that keep running (they serve, watch or refresh): their file calls stay asynchronous, so an
  * fsync never stalls them. Every other command does one thing and exits: its file calls run on the
  * main thread (see platform/fsp.ts).
@@ -258,6 +288,7 @@ async function run(argv: string[], io: Out): Promise<number> {
     useSyncFs(!commands.some(([name]) => LONG_RUNNING.has(name)));
     const program = buildProgram(io, packageVersion(), commands);
     program.userArgs = args;
+    program.falseFlags = falseFlags(argv);
     await program.parseAsync(args, { from: 'user' });
     return 0;
   } catch (e) {

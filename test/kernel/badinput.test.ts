@@ -230,6 +230,29 @@ for (const { name: ex, skip } of PAIRS) {
       });
     });
 
+    test('apply with -run=false or -reset=false, which it would ignore: exit 2, one line naming the flag, nothing changed', async () => {
+      const cases: [string[], string][] = [
+        [['apply', '-run=false', '-profile=new', `-src-addr=${VIP}:95`, '-dest-addr=127.0.0.1:9005'], 'run'],
+        [['apply', '--reset=false', '-profile=keep', `-src-addr=${VIP}:90`, '-dest-addr=127.0.0.1:9002'], 'reset'],
+      ];
+      const steps: Step[] = [
+        cli(ex, '-run', '-profile=keep', `-src-addr=${VIP}:90`, '-dest-addr=127.0.0.1:9001'),
+        { op: 'save' },
+        { op: 'read', file: '$WORK/state.db' },
+      ];
+      for (const [args] of cases) steps.push(cli(ex, ...args), { op: 'save' }, { op: 'read', file: '$WORK/state.db' });
+      const r = await runSteps(steps);
+      ok(r[0]);
+      cases.forEach(([args, flag], i) => {
+        const p: Proc = r[3 + 3 * i];
+        assert.equal(p.code, 2, `${args.join(' ')}: exit ${p.code}, ${p.stderr}`);
+        assert.equal(p.stderr.trim().split('\n').length, 1, p.stderr);
+        assert.match(p.stderr, new RegExp(`^iptlb: error: apply: -${flag}=false would be ignored: `));
+        assert.equal(r[4 + 3 * i], r[1], `${args.join(' ')}: kernel unchanged`);
+        assert.equal(r[5 + 3 * i], r[2], `${args.join(' ')}: state file unchanged`);
+      });
+    });
+
     test(`${stateCases.length} hand-edited state files: exit 1, one line, file never overwritten, kernel unchanged`, async () => {
       const steps: Step[] = [
         cli(ex, '-run', '-profile=keep', `-src-addr=${VIP}:90`, '-dest-addr=127.0.0.1:9001'),

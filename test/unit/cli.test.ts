@@ -135,6 +135,38 @@ test('-run without addresses (which re-applies the profile as the state file hol
   }
 });
 
+test('apply with -run=false or -reset=false (which apply would ignore: it commits and replaces): refused as usage naming the flag, before the input is read', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-cli-'));
+  try {
+    const st = path.join(dir, 'state.db');
+    // A bad destination too: without the refusal the command stops there, before any kernel.
+    const input = ['--profile', 'x', '--src-addr', '1.2.3.4:80', '--dest-addr', 'bad', `-state-file=${st}`];
+    for (const [flags, flag] of [
+      [['-run=false'], 'run'],
+      [['-run', '--run=0'], 'run'],
+      [['-reset=FALSE'], 'reset'],
+      [['-run', '-reset=f'], 'reset'],
+    ] as const) {
+      const r = await cli(['apply', ...flags, ...input]);
+      assert.equal(r.code, 2, `${flags.join(' ')}: ${r.err}`);
+      assert.equal(r.err.trim().split('\n').length, 1, r.err);
+      assert.match(r.err, new RegExp(`^iptlb: error: apply: -${flag}=false would be ignored: apply `));
+      assert.deepEqual(readdirSync(dir), []);
+    }
+    // Set true last, or not given: the input is read (and here refused).
+    for (const flags of [['-run=false', '-run'], ['-reset=false', '-reset=true'], ['-delete=false']]) {
+      const r = await cli(['apply', ...flags, ...input]);
+      assert.equal(r.code, 2, r.err);
+      assert.match(r.err, /^iptlb: error: destination/);
+    }
+    // The original's form takes -run=false as no -run (the state file only), as Go's flag package does.
+    const orig = await cli(['-run=false', ...input]);
+    assert.match(orig.err, /^iptlb: error: destination/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('a mistyped command, a suggestion, a missing argument or command and `help`: one line and exit 2, or the help', async () => {
   for (const word of ['aply', 'frobnicate']) {
     const r = await cli([word, '-q']);
