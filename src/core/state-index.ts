@@ -28,24 +28,47 @@ import {
 } from './state.js';
 
 const TAIL = `  logEnabled: [a-z]+\\n  logLevel: "[0-7]"\\n(?:  masquerade: true\\n)?  protocol: [a-z]+\\n  rulesBackend: [a-z]+\\n  source: `;
+/** A block of the index's patterns, with `destinations` the pattern of its destination lines (capture 4). */
+const blockPattern = (destinations: string): RegExp =>
+  new RegExp(
+    `(?:(?![-+.0-9~yYnNtTfFoO])(?=[a-z0-9]{1,15}:|[a-z0-9]{17,18}:)([a-z0-9]+)|("?)(${EXISTING_NAME})\\2):\\n  destination:\\n` +
+      `(${destinations})` +
+      `(  logEnabled: (?:true|false)\\n  logLevel: "[0-7]"\\n(?:  masquerade: true\\n(?=  protocol: [a-z]+\\n  rulesBackend: proxy\\n))?` +
+      `  protocol: (?:tcp|udp|sctp)\\n  rulesBackend: (?:client|proxy|server)\\n)  source: (${PLAIN_UNICAST_V4_LINE})`,
+    'y',
+  );
+/** The most destinations a block {@link INDEX_BLOCK} takes. */
+const NARROW = 32;
 /**
  * {@link PLAIN_BLOCK} with plainProfile's checks between fields in it (no destination twice or the
  * source itself: each destination line is looked for among the lines after it and on the source
  * line; masquerade only with proxy), so that the regular expression engine runs them, not cold
  * JavaScript (per block, every call an interpreted loop makes costs). It matches the same span as
- * PLAIN_BLOCK does from the same place, or nothing. Captures: 1 an ordinary name (letters `a-z`
+ * PLAIN_BLOCK does from the same place, or nothing, for a block of at most {@link NARROW} destinations:
+ * those checks cost the square of their count (a file of 100 profiles of 1,024 destinations took 5.5 s to
+ * index, against 0.14 s for the general reading; one profile of 32,000, which the file is refused for,
+ * 41 s), so a block of more (seen by a look at its first lines) is matched by {@link WIDE_BLOCK} and
+ * checked in JavaScript. Captures: 1 an ordinary name (letters `a-z`
  * and digits, 1 to 15 or 17 to 18 of them, not quoted and not starting as a YAML 1.1 non-string
  * may: the common case, which needs no check of its quoting or of its chain suffix), else 2 the
  * name's quote and 3 the name; 4 the destination lines, 5 (one of them); 6 the fields between the
  * destinations and the source (with the number of destinations: the shape); 7 the source line.
  */
-const INDEX_BLOCK = new RegExp(
-  `(?:(?![-+.0-9~yYnNtTfFoO])(?=[a-z0-9]{1,15}:|[a-z0-9]{17,18}:)([a-z0-9]+)|("?)(${EXISTING_NAME})\\2):\\n  destination:\\n` +
-    `((?:  - (${PLAIN_UNICAST_V4_LINE})(?!(?:  - [^\\n]*\\n)*  - \\5)(?!(?:  - [^\\n]*\\n)*${TAIL}\\5))+)` +
-    `(  logEnabled: (?:true|false)\\n  logLevel: "[0-7]"\\n(?:  masquerade: true\\n(?=  protocol: [a-z]+\\n  rulesBackend: proxy\\n))?` +
-    `  protocol: (?:tcp|udp|sctp)\\n  rulesBackend: (?:client|proxy|server)\\n)  source: (${PLAIN_UNICAST_V4_LINE})`,
-  'y',
+const INDEX_BLOCK = blockPattern(
+  `(?!(?:  - [^\\n]*\\n){${NARROW + 1}})(?:  - (${PLAIN_UNICAST_V4_LINE})(?!(?:  - [^\\n]*\\n)*  - \\5)(?!(?:  - [^\\n]*\\n)*${TAIL}\\5)){1,${NARROW}}`,
 );
+/**
+ * {@link INDEX_BLOCK} for the blocks of more than {@link NARROW} destinations (and at most MAX_DESTINATIONS:
+ * a file with more is left to the general reading, which refuses it), without the checks between destinations
+ * and the source, which {@link wideBlockChecked} makes. Same captures.
+ */
+const WIDE_BLOCK = blockPattern(`(?:  - (${PLAIN_UNICAST_V4_LINE})){${NARROW + 1},${MAX_DESTINATIONS}}`);
+
+/** Whether a {@link WIDE_BLOCK} match has no destination twice and none equal to its source (plainProfile's checks). */
+function wideBlockChecked(m: RegExpExecArray): boolean {
+  const lines = m[4].slice(4).split('  - ');
+  return new Set(lines).size === lines.length && !lines.includes(m[7]);
+}
 
 /** The first of the sorted `names` not below `name` (in the writer's order). */
 function lowerBound(names: readonly string[], name: string): number {
@@ -357,8 +380,13 @@ export function indexState(text: string, bytes?: Buffer): IndexedState | null {
   INDEX_BLOCK.lastIndex = 0;
   while (INDEX_BLOCK.lastIndex < text.length) {
     const at = INDEX_BLOCK.lastIndex;
-    const m = INDEX_BLOCK.exec(subject);
-    if (m === null) return null;
+    let m = INDEX_BLOCK.exec(subject);
+    if (m === null) {
+      WIDE_BLOCK.lastIndex = at;
+      m = WIDE_BLOCK.exec(subject);
+      if (m === null || !wideBlockChecked(m)) return null;
+      INDEX_BLOCK.lastIndex = WIDE_BLOCK.lastIndex;
+    }
     let name = m[1];
     if (name === undefined) {
       name = m[3];

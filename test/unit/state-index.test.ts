@@ -8,6 +8,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import fc from 'fast-check';
@@ -392,4 +393,57 @@ test('the spliced bytes are written whole whatever each vectored write takes', a
     await writeAll(fh as never, chunks);
     assert.equal(written, 'abcdefghijklmnopq', `at most ${most} byte(s) per call`);
   }
+});
+
+/** A plain profile of `n` destinations (127.1.x.y:80, y from 1 to 128), named `name`, at source 127.100.0.`s`:80. */
+function wideProfile(name: string, n: number, s: number): Profile {
+  const destination = Array.from({ length: n }, (_, i) => `127.1.${i >> 7}.${(i & 127) + 1}:80`);
+  return validateProfile({ name, source: `127.100.0.${s}:80`, destination });
+}
+
+test('profiles of many destinations: indexed as the reference reads them, a destination twice or equal to the source anywhere among them refused (the general path says so)', async () => {
+  const profiles = [
+    wideProfile('a', 1, 1),
+    wideProfile('b', 32, 2),
+    wideProfile('c', 33, 3),
+    wideProfile('d', 200, 4),
+    wideProfile('e', 1024, 5),
+    wideProfile('f', 3, 6),
+  ];
+  const text = serializeState(profiles);
+  const reference = await parseStateReference(text);
+  const change: Change = { upsert: [wideProfile('cc', 40, 7)], remove: ['d'] };
+  assert.equal(indexState(text)!.spliced(change), serializeState(new ChangedProfiles(reference, change).values()));
+  // (Iterated, it builds every profile: no longer the text as read, it splices nothing.)
+  assert.deepEqual(new Map(indexState(text)!), reference);
+  // The checks of a wide block: the first destination again as the last, or the source among them.
+  for (const n of [32, 33, 200, 1024]) {
+    const p = serializeState([wideProfile('w', n, 9)]);
+    const first = '  - 127.1.0.1:80\n';
+    const last = /  - [^\n]*\n(?=  logEnabled)/.exec(p)![0];
+    for (const bad of [p.replace(last, first), p.replace(last, '  - 127.100.0.9:80\n')]) {
+      assert.equal(indexState(bad), null, `${n} destinations`);
+      await assert.rejects(parseStateReference(bad), /destination/);
+    }
+  }
+  // More than 1,024: left to the general path, which refuses it.
+  const tooMany = serializeState([wideProfile('w', 1024, 9)]).replace('  logEnabled', '  - 127.2.0.1:80\n  logEnabled');
+  assert.equal(indexState(tooMany), null);
+  await assert.rejects(parseStateReference(tooMany), /at most 1024/);
+});
+
+// The index's check of a block looked for each destination among all the lines after it: the square of their
+// number. A file of one profile of 200,000 destinations (refused: at most 1,024) took about half an hour to
+// index, at every CLI change; it is given up at the 1,025th line. Run in a child process, killed after a minute:
+// a hang guard (the index is synchronous), not a measure.
+test('a profile of 200,000 destinations is not indexed in time that grows with their square', () => {
+  const module = new URL('../../src/core/state-index.js', import.meta.url).href;
+  const script = `import { indexState } from ${JSON.stringify(module)};
+const lines = Array.from({ length: 200000 }, (_, i) => \`  - 10.\${i >> 14}.\${(i >> 7) & 127}.\${(i & 127) + 1}:80\\n\`);
+const text = \`big:\\n  destination:\\n\${lines.join('')}  logEnabled: false\\n  logLevel: "4"\\n  protocol: tcp\\n  rulesBackend: client\\n  source: 10.200.0.1:80\\n\`;
+process.stdout.write(String(indexState(text)));`;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(r.error, undefined, 'indexing did not end within a minute');
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout, 'null');
 });
