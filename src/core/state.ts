@@ -513,8 +513,9 @@ async function parseRaw(text: string, file: string): Promise<unknown> {
 
 /**
  * The text without what a hand edit adds and YAML ignores: a byte-order mark, the CR of CRLF line
- * ends (an editor on Windows), blank and comment lines, trailing spaces and comments, a missing last
- * newline. Null when there is none of them. Only for the line reader ({@link parseCanonical}), which
+ * ends (an editor on Windows; a CR alone, an old Mac's line end, is a line end too), blank and comment
+ * lines, trailing spaces and comments, a missing last newline. Null when there is none of them. Only
+ * for the line reader ({@link parseCanonical}), which
  * takes nothing but one-line scalars without a quote left open, a space or a `#` in them, so what it
  * reads of the tidied text is what YAML reads of the text; anything else it leaves to the `yaml`
  * package, with the text as it is. (That package takes 10 to 30 times the time, and 50 to 100 times the
@@ -523,7 +524,7 @@ async function parseRaw(text: string, file: string): Promise<unknown> {
 function tidy(text: string): string | null {
   let t = text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
   t = t
-    .replace(/\r\n/g, '\n')
+    .replace(/\r\n?/g, '\n')
     .replace(/[ \t]+(?:#.*)?$/gm, '')
     .replace(/^(?:#.*)?\n/gm, '');
   if (t !== '' && !t.endsWith('\n')) t += '\n';
@@ -535,6 +536,10 @@ export const yamlReads = { count: 0 };
 
 async function parseYaml(text: string, file: string): Promise<unknown> {
   yamlReads.count++;
+  // A line break is CRLF, LF or a CR alone (YAML 1.1 and 1.2; Go's yaml.v2 reads them so), and reads as LF
+  // wherever it is. The `yaml` package takes a CR alone for no break: a file with the old Mac line ends, which
+  // the original read, was refused with a message about nested mappings on line 1.
+  if (text.includes('\r')) text = text.replace(/\r\n?/g, '\n');
   const YAML = await import('yaml');
   let doc;
   const lines = new YAML.LineCounter();

@@ -166,7 +166,7 @@ test('a file that is not valid YAML is refused naming the line where the parser 
   await refused(ORIGINAL + 'b:\n  <<: *x\n', /is not usable YAML \(line 10: an alias, \*x: /);
 });
 
-test('a hand edit YAML ignores (CRLF, a BOM, comments, blank lines, trailing spaces, no last newline) is read without the yaml package, as it reads it', async () => {
+test('a hand edit YAML ignores (CRLF or CR line ends, a BOM, comments, blank lines, trailing spaces, no last newline) is read without the yaml package, as it reads it', async () => {
   const two =
     ORIGINAL +
     'web:\n  destination:\n  - 127.0.0.1:9001\n  - 127.0.0.1:9002\n  logEnabled: false\n  logLevel: "4"\n' +
@@ -174,6 +174,8 @@ test('a hand edit YAML ignores (CRLF, a BOM, comments, blank lines, trailing spa
     '  weights:\n    127.0.0.1:9002: 3\n';
   const edits: [string, string][] = [
     ['CRLF', two.replace(/\n/g, '\r\n')],
+    // YAML's third line end, which Go's yaml.v2 reads (the yaml package did not: refused, "Nested mappings").
+    ['CR alone', two.replace(/\n/g, '\r')],
     ['a BOM', '\ufeff' + two],
     ['comment lines', '# written by hand\n' + two.replace('  protocol: udp\n', '  # udp for DNS\n  protocol: udp\n')],
     [
@@ -201,6 +203,11 @@ test('a hand edit YAML ignores (CRLF, a BOM, comments, blank lines, trailing spa
   await assert.rejects(parseState(two.replace('logLevel: "4"', 'logLevel: "4 # x"'), 'f'), /logLevel/);
   // The errors are the yaml package's, with the file's lines.
   await refused(two.replace(/\n/g, '\r\n').replace('  logEnabled: false', '  owner: me'), /unknown key "owner"/);
+  // A file the line reader leaves to the yaml package (quoted values), with CR line ends: read as with LF.
+  const quotedValues = two.replace('source: 127.100.0.1:53', 'source: "127.100.0.1:53"');
+  assert.deepEqual(await parseState(quotedValues.replace(/\n/g, '\r'), 'f'), expected);
+  assert.deepEqual(await parseStateReference(quotedValues.replace(/\n/g, '\r')), expected);
+  await refused(two.replace(/\n/g, '\r').replace('  logEnabled: false', '  owner: me'), /unknown key "owner"/);
 });
 
 /** A plain profile's block under the key `key` as written (a hand edit). */
