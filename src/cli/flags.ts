@@ -47,6 +47,9 @@ const BOOL_FLAGS = new Set([
   'keep-conntrack',
 ]);
 
+/** The one-letter forms of boolean flags. */
+const SHORT_BOOLS: Record<string, string> = { q: 'quiet', h: 'help' };
+
 /** Whether the command line takes flag `--name` with one dash too (`-name`, `-name=value`): the original's flags. */
 export function takesOneDash(name: string): boolean {
   return VALUE_FLAGS.has(name) || BOOL_FLAGS.has(name);
@@ -62,6 +65,9 @@ export function normalizeArgv(argv: string[]): string[] {
       break;
     }
     const m = /^--?([a-z][a-z-]*)(?:=([\s\S]*))?$/.exec(a);
+    // `-q=false`, `-h=true`: a short flag with a value, as Go's flag package takes one (commander read
+    // `-q=false` as -q then `-=false`, and said "unknown option '-=false'").
+    if (m && m[2] !== undefined && a[1] !== '-' && m[1] in SHORT_BOOLS) m[1] = SHORT_BOOLS[m[1]]!;
     if (!m || (!VALUE_FLAGS.has(m[1]) && !BOOL_FLAGS.has(m[1]))) {
       out.push(a);
       continue;
@@ -72,7 +78,10 @@ export function normalizeArgv(argv: string[]): string[] {
       if (v === 'true' || v === '1' || v === 't') out.push(`--${name}`);
       else if (v === 'false' || v === '0' || v === 'f') {
         // Go semantics: the last occurrence wins, so a later -flag=false cancels an earlier -flag.
-        for (let k = out.length - 1; k >= 0; k--) if (out[k] === `--${name}`) out.splice(k, 1);
+        // (`-q` too, which commander takes for --quiet.)
+        const short = Object.keys(SHORT_BOOLS).find((c) => SHORT_BOOLS[c] === name);
+        for (let k = out.length - 1; k >= 0; k--)
+          if (out[k] === `--${name}` || (short !== undefined && out[k] === `-${short}`)) out.splice(k, 1);
         continue;
       } else
         throw new IptlbError('EUSAGE', `-${name}: ${show(value)} is not a boolean (true or false)`, { field: name });

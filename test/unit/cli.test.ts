@@ -19,6 +19,21 @@ test('Go-style flags: one or two dashes, =value or a space, booleans with =true/
   assert.throws(() => normalizeArgv(['-run=maybe']), /run/);
 });
 
+test('-q=false and -q=true (a one-letter boolean with a value, as Go takes one): --quiet or not, last wins; not "unknown option \'-=false\'"', async () => {
+  assert.deepEqual(normalizeArgv(['-q=false']), []);
+  assert.deepEqual(normalizeArgv(['-q=true']), ['--quiet']);
+  assert.deepEqual(normalizeArgv(['-q', '-q=0']), []);
+  assert.deepEqual(normalizeArgv(['-q=false', '-q']), ['-q']);
+  assert.deepEqual(normalizeArgv(['-quiet', '-q=f']), []);
+  assert.throws(
+    () => normalizeArgv(['-q=maybe']),
+    (e: Error & { field?: string }) => e.field === 'quiet',
+  );
+  const r = await cli(['list', '-q=false', '--state-file', '/nonexistent-iptlb-dir/state.db']);
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.out, /^no profiles: the state file \/nonexistent-iptlb-dir\/state\.db does not exist/);
+});
+
 test('a flag whose value was left out, followed by another flag: EUSAGE naming it (not "too many arguments", nor the flag as its value)', async () => {
   for (const [args, field, next] of [
     [['apply', '--src-addr', '--dest-addr', '127.0.0.1:9001'], 'src-addr', '--dest-addr'],
