@@ -32,8 +32,23 @@ const log = path.join(root, 'build', 'build-addon.log');
 const consumer = root.split(path.sep).includes('node_modules');
 // A build forced over prebuilt files that load (scripts/install.js): a plain rebuild would take those again.
 const forced = process.env.IPTLB_BUILD_FROM_SOURCE === '1' || process.env.npm_config_build_from_source === 'true';
+// A global install (`npm install -g`: <prefix>/lib/node_modules/iptlb, no project's package.json in
+// <prefix>/lib) is rebuilt with -g (and its --prefix unless npm's default): a plain `npm rebuild iptlb`
+// looks in the current directory's project, rebuilds nothing and exits 0. As src/platform/addon.ts.
+const lib = path.dirname(path.dirname(root));
+const globalPrefix =
+  path.basename(path.dirname(root)) === 'node_modules' &&
+  path.basename(lib) === 'lib' &&
+  !existsSync(path.join(lib, 'package.json'))
+    ? path.dirname(lib)
+    : undefined;
+const quote = (s) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, "'\\''")}'`);
+const globalFlags =
+  globalPrefix === undefined
+    ? ''
+    : ` -g${path.dirname(path.dirname(process.execPath)) === globalPrefix ? '' : ` --prefix ${quote(globalPrefix)}`}`;
 const rebuild = consumer
-  ? `${forced ? 'IPTLB_BUILD_FROM_SOURCE=1 ' : ''}npm rebuild iptlb --foreground-scripts`
+  ? `${forced ? 'IPTLB_BUILD_FROM_SOURCE=1 ' : ''}npm rebuild${globalFlags} iptlb --foreground-scripts`
   : 'npm run build:addon';
 const BUILD_PACKAGES = 'libiptc-dev libxtables-dev libnftnl-dev libmnl-dev pkg-config g++ make python3';
 const FIX = `apt-get install -y ${BUILD_PACKAGES} && ${rebuild}`;

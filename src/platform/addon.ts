@@ -265,9 +265,31 @@ function safeRoot(): string | undefined {
   }
 }
 
-/** The command that rebuilds the addon from source, where the user is. */
-export function rebuildCommand(consumer = installedAsDependency()): string {
-  return consumer ? 'npm rebuild iptlb --foreground-scripts' : 'npm run build:addon';
+/**
+ * The npm prefix of a global install (`npm install -g`: `<prefix>/lib/node_modules/iptlb`, with no project's
+ * package.json in `<prefix>/lib`), else undefined. There a plain `npm rebuild iptlb` rebuilds nothing: it looks
+ * in the project of the current directory, says "rebuilt dependencies successfully" and exits 0.
+ */
+export function globalInstallPrefix(root = safeRoot()): string | undefined {
+  if (!root) return undefined;
+  const lib = path.dirname(path.dirname(root));
+  if (path.basename(path.dirname(root)) !== 'node_modules' || path.basename(lib) !== 'lib') return undefined;
+  return existsSync(path.join(lib, 'package.json')) ? undefined : path.dirname(lib);
+}
+
+/**
+ * The command that rebuilds the addon from source, where the user is: a clone, a project's dependency, or a global
+ * install (`-g`, and `--prefix` unless it is npm's default one, beside the running node).
+ */
+export function rebuildCommand(
+  consumer = installedAsDependency(),
+  globalPrefix = consumer ? globalInstallPrefix() : undefined,
+): string {
+  if (!consumer) return 'npm run build:addon';
+  if (globalPrefix === undefined) return 'npm rebuild iptlb --foreground-scripts';
+  const own = path.dirname(path.dirname(process.execPath)) === globalPrefix;
+  const quoted = /^[\w@%+=:,./-]+$/.test(globalPrefix) ? globalPrefix : `'${globalPrefix.replace(/'/g, "'\\''")}'`;
+  return `npm rebuild -g${own ? '' : ` --prefix ${quoted}`} iptlb --foreground-scripts`;
 }
 
 /** Installing the build dependencies, then rebuilding (Debian/Ubuntu package names). */

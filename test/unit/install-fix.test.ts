@@ -1,0 +1,96 @@
+/**
+ * The fix that the loader, `doctor` and the install script give for an addon that does not load must work where
+ * the package is installed. In a global install (`npm install -g`: <prefix>/lib/node_modules/iptlb) a plain
+ * `npm rebuild iptlb` looks for iptlb in the project of the current directory, rebuilds nothing, says "rebuilt
+ * dependencies successfully" and exits 0: there the fix is `npm rebuild -g` (with `--prefix` unless npm's default).
+ * No root, no compiler, no addon needed: the package is copied (dist/src, the scripts) into scratch layouts.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, cpSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { PROJECT_ROOT } from '../harness/env.js';
+import { globalInstallPrefix, rebuildCommand } from '../../src/platform/addon.js';
+
+const npmDefaultPrefix = path.dirname(path.dirname(process.execPath));
+
+test('a global install is told apart from a project dependency and a clone', () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-global-'));
+  try {
+    const global = path.join(dir, 'g', 'lib', 'node_modules', 'iptlb');
+    mkdirSync(global, { recursive: true });
+    assert.equal(globalInstallPrefix(global), path.join(dir, 'g'));
+    // A project that happens to be named lib has its package.json there: a dependency, not a global install.
+    const project = path.join(dir, 'srv', 'lib', 'node_modules', 'iptlb');
+    mkdirSync(project, { recursive: true });
+    writeFileSync(path.join(dir, 'srv', 'lib', 'package.json'), '{}');
+    assert.equal(globalInstallPrefix(project), undefined);
+    assert.equal(globalInstallPrefix(path.join(dir, 'app', 'node_modules', 'iptlb')), undefined);
+    assert.equal(globalInstallPrefix(path.join(dir, 'iptlb')), undefined);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  assert.equal(rebuildCommand(false, '/opt/g'), 'npm run build:addon');
+  assert.equal(rebuildCommand(true, undefined), 'npm rebuild iptlb --foreground-scripts');
+  assert.equal(rebuildCommand(true, npmDefaultPrefix), 'npm rebuild -g iptlb --foreground-scripts');
+  assert.equal(
+    rebuildCommand(true, '/opt/npm-global'),
+    'npm rebuild -g --prefix /opt/npm-global iptlb --foreground-scripts',
+  );
+  assert.equal(
+    rebuildCommand(true, "/home/o'neil/npm global"),
+    "npm rebuild -g --prefix '/home/o'\\''neil/npm global' iptlb --foreground-scripts",
+  );
+});
+
+/** A copy of the package (declarations and code of dist/src, the install scripts) at `pkg`, without any addon file. */
+function packageCopy(pkg: string): void {
+  mkdirSync(path.join(pkg, 'scripts'), { recursive: true });
+  cpSync(path.join(PROJECT_ROOT, 'dist', 'src'), path.join(pkg, 'dist', 'src'), { recursive: true });
+  for (const f of ['package.json', 'scripts/install.js', 'scripts/build-addon.js'])
+    copyFileSync(path.join(PROJECT_ROOT, f), path.join(pkg, f));
+  symlinkSync(path.join(PROJECT_ROOT, 'node_modules'), path.join(pkg, 'node_modules'));
+}
+
+test('in a global install, the loader (doctor) and the install script give `npm rebuild -g` as the fix', () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-global-'));
+  try {
+    const prefix = path.join(dir, 'g');
+    const pkg = path.join(prefix, 'lib', 'node_modules', 'iptlb');
+    packageCopy(pkg);
+    const rebuild = `npm rebuild -g --prefix ${prefix} iptlb --foreground-scripts`;
+    // The loader, as doctor and every command report a part that does not load (here: none built).
+    const env = { ...process.env, IPTLB_NO_NATIVE: '', IPTLB_BUILD_FROM_SOURCE: '', npm_config_build_from_source: '' };
+    const r = spawnSync(
+      process.execPath,
+      [
+        '--input-type=module',
+        '-e',
+        `import { loadAddonPart } from './dist/src/platform/addon.js';
+         process.stdout.write(JSON.stringify(loadAddonPart('xt')));`,
+      ],
+      { cwd: pkg, encoding: 'utf8', env },
+    );
+    assert.equal(r.status, 0, r.stderr);
+    const xt = JSON.parse(r.stdout) as { ok: boolean; reason: string; fix: string };
+    assert.equal(xt.ok, false);
+    assert.equal(xt.reason, 'not-built');
+    assert.ok(xt.fix.endsWith(` && ${rebuild}`), xt.fix);
+    // The install script with no prebuilt file and no compiler on PATH: the build is skipped, and its fix
+    // rebuilds this global copy.
+    const bin = path.join(dir, 'bin');
+    mkdirSync(bin);
+    const i = spawnSync(process.execPath, [path.join(pkg, 'scripts', 'install.js')], {
+      cwd: dir,
+      encoding: 'utf8',
+      env: { ...env, PATH: bin },
+    });
+    assert.equal(i.status, 0, i.stderr);
+    assert.match(i.stderr, /^iptlb: native addon not built \(missing to build it: [^)]*g\+\+ make python3\); /);
+    assert.ok(i.stderr.includes(` && ${rebuild}. Log: `), i.stderr);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
