@@ -8,7 +8,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, cpSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync,
+  cpSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { PROJECT_ROOT } from '../harness/env.js';
@@ -94,3 +103,25 @@ test('in a global install, the loader (doctor) and the install script give `npm 
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+for (const unit of ['iptlb', 'iptlb-agent'])
+  test(`systemd/${unit}.service: its comment says how to run it when iptlb is not on systemd's PATH, with the same command`, () => {
+    // `/usr/bin/env iptlb` finds iptlb only on systemd's PATH: not in a project's node_modules (as `npm install iptlb`
+    // puts it), nor under nvm or another npm prefix, where the unit failed with status 127 and restarted in a loop.
+    const text = readFileSync(path.join(PROJECT_ROOT, 'systemd', `${unit}.service`), 'utf8');
+    const exec = /^ExecStart=\/usr\/bin\/env iptlb (.+)$/m.exec(text);
+    assert.ok(exec, 'ExecStart runs iptlb through /usr/bin/env');
+    assert.match(text, /systemd's PATH \(\/usr\/local\/sbin:\/usr\/local\/bin:\n# \/usr\/sbin:\/usr\/bin\)/);
+    assert.ok(text.includes(`systemctl edit ${unit}\``), 'names the drop-in to write');
+    const override = /^#   ExecStart=(\/\S+\/node) (\/\S+\/node_modules\/iptlb\/bin\/iptlb\.cjs) (.+)$/m.exec(text);
+    assert.ok(override, 'gives an ExecStart= with the paths of node and of the package');
+    assert.match(text, /^#   ExecStart=$/m, "resets the unit's ExecStart first");
+    assert.equal(override[3], exec[1], 'the same command as the unit');
+    // That command, with this package's bin, is one iptlb takes.
+    const args = override[3].split(' ');
+    const r = spawnSync(process.execPath, [path.join(PROJECT_ROOT, 'bin', 'iptlb.cjs'), ...args, '--help'], {
+      encoding: 'utf8',
+    });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, new RegExp(`^Usage: iptlb ${args[0]} `));
+  });
