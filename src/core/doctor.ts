@@ -3,7 +3,7 @@
  */
 import { existsSync } from 'node:fs';
 import { hasCap } from '../platform/caps.js';
-import { buildLogTail, loadAddonPart, type AddonPart } from '../platform/addon.js';
+import { buildLogTail, libraryFix, loadAddonPart, type AddonPart } from '../platform/addon.js';
 import { executorChoiceOf } from '../engines/executors.js';
 import { describeOriginalChains, engineChoiceOf, originalNftChains } from '../engines/select.js';
 import { ENGINE_NAMES, engineNeeds } from '../engines/registry.js';
@@ -174,11 +174,13 @@ export function nativeReport(): {
 } {
   const one = (part: AddonPart): EngineNative => {
     const files: string[] = [];
-    for (const p of ['core', part] as AddonPart[]) {
-      const r = loadAddonPart(p);
+    const results = (['core', part] as AddonPart[]).map((p) => [p, loadAddonPart(p)] as const);
+    for (const [p, r] of results) {
       if (!r.ok) {
         const detail = r.detail.includes(`iptlb_${p}.node`) ? r.detail : `iptlb_${p}.node: ${r.detail}`;
-        return { executor: 'spawn', files: [], reason: `${r.reason}: ${detail}`, fix: r.fix };
+        // Libraries missing: those of both parts, not only of the first that fails.
+        const fix = r.reason === 'library-missing' ? (libraryFix(results.map(([, x]) => x)) ?? r.fix) : r.fix;
+        return { executor: 'spawn', files: [], reason: `${r.reason}: ${detail}`, fix };
       }
       files.push(r.path);
     }

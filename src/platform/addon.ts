@@ -576,6 +576,19 @@ export function loadAddonPart(part: AddonPart): LoadResult {
 }
 
 /**
+ * The fix of a use whose parts do not load for want of libraries: the packages of every such part, not only of the
+ * first. Each part names the one library dlopen stopped at: with libmnl0 and libip4tc2 missing (a minimal
+ * container), core's `apt-get install -y libmnl0` alone left the legacy engine falling back once it was installed.
+ * Undefined when no part misses a library.
+ */
+export function libraryFix(results: readonly LoadResult[]): string | undefined {
+  const pkgs = results.flatMap((r) =>
+    !r.ok && r.reason === 'library-missing' ? (/^apt-get install -y (.+)$/.exec(r.fix)?.[1]?.split(' ') ?? []) : [],
+  );
+  return pkgs.length ? `apt-get install -y ${[...new Set(pkgs)].join(' ')}` : undefined;
+}
+
+/**
  * The addon for a use: 'legacy' needs core + xt, 'nft' core + nft, 'core' core alone, 'all' every part
  * (the default: what the addon's own tests and benches use). The object has the functions of the
  * parts needed, and only those are loaded; the failure is that of the first part needed that did not
@@ -591,6 +604,7 @@ export function loadAddon(use: 'all' | 'core' | 'legacy' | 'nft' = 'all'): LoadR
   for (const [p, res] of results) {
     if (!needed.includes(p) || res.ok) continue;
     r = res.detail.includes(`iptlb_${p}.node`) ? res : { ...res, detail: `iptlb_${p}.node: ${res.detail}` };
+    if (res.reason === 'library-missing') r = { ...r, fix: libraryFix(results.map(([, x]) => x)) ?? res.fix };
     break;
   }
   if (!r) {

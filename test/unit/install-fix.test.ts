@@ -21,7 +21,7 @@ import {
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { PROJECT_ROOT } from '../harness/env.js';
-import { globalInstallPrefix, rebuildCommand } from '../../src/platform/addon.js';
+import { globalInstallPrefix, loadAddon, rebuildCommand } from '../../src/platform/addon.js';
 
 const npmDefaultPrefix = path.dirname(path.dirname(process.execPath));
 
@@ -125,3 +125,45 @@ for (const unit of ['iptlb', 'iptlb-agent'])
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, new RegExp(`^Usage: iptlb ${args[0]} `));
   });
+
+test(
+  'libmnl0 and libip4tc2 missing (a minimal container): doctor and the executor name the packages of both parts an engine needs',
+  { skip: loadAddon('all').ok ? false : 'the native addon is not built (npm run build:addon or npm run prebuilds)' },
+  () => {
+    // Empty files where the dynamic linker looks first (LD_LIBRARY_PATH): dlopen says "<lib>: file too short",
+    // as for a missing library; each part names only the first library it stops at.
+    const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-libs-'));
+    try {
+      for (const so of ['libmnl.so.0', 'libip4tc.so.2']) writeFileSync(path.join(dir, so), '');
+      const r = spawnSync(
+        process.execPath,
+        [
+          '--input-type=module',
+          '-e',
+          `import { nativeReport } from './dist/src/core/doctor.js';
+           import { loadAddon } from './dist/src/platform/addon.js';
+           const engines = nativeReport().engines;
+           process.stdout.write(JSON.stringify({ doctor: { legacy: engines.legacy.fix, nft: engines.nft.fix },
+             legacy: loadAddon('legacy'), nft: loadAddon('nft') }));`,
+        ],
+        { cwd: PROJECT_ROOT, encoding: 'utf8', env: { ...process.env, IPTLB_NO_NATIVE: '', LD_LIBRARY_PATH: dir } },
+      );
+      assert.equal(r.status, 0, r.stderr);
+      const out = JSON.parse(r.stdout) as {
+        doctor: { legacy: string; nft: string };
+        legacy: { ok: boolean; reason: string; detail: string; fix: string };
+        nft: { ok: boolean; reason: string; fix: string };
+      };
+      assert.equal(out.legacy.ok, false);
+      assert.equal(out.legacy.reason, 'library-missing');
+      assert.match(out.legacy.detail, /^iptlb_core\.node: .*libmnl\.so\.0: file too short$/);
+      // Before: `apt-get install -y libmnl0` (core's), and once done, the legacy engine still fell back (libip4tc).
+      assert.equal(out.legacy.fix, 'apt-get install -y libmnl0 libip4tc2 libip6tc2');
+      assert.equal(out.doctor.legacy, 'apt-get install -y libmnl0 libip4tc2 libip6tc2');
+      assert.equal(out.nft.fix, 'apt-get install -y libmnl0 libnftnl11');
+      assert.equal(out.doctor.nft, 'apt-get install -y libmnl0 libnftnl11');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);
