@@ -47,8 +47,16 @@ const globalFlags =
   globalPrefix === undefined
     ? ''
     : ` -g${path.dirname(path.dirname(process.execPath)) === globalPrefix ? '' : ` --prefix ${quote(globalPrefix)}`}`;
+// A project's copy: `npm rebuild` acts on the project of the directory it runs in; npm ran this script for one
+// started elsewhere (INIT_CWD: `npm install --prefix /srv/app iptlb` from /root), so the project is named then.
+const parts = root.split(path.sep);
+const project = parts.indexOf('node_modules') > 0 ? parts.slice(0, parts.indexOf('node_modules')).join(path.sep) : '';
+const projectFlags =
+  globalPrefix === undefined && project && process.env.INIT_CWD && process.env.INIT_CWD !== project
+    ? ` --prefix ${quote(project)}`
+    : '';
 const rebuild = consumer
-  ? `${forced ? 'IPTLB_BUILD_FROM_SOURCE=1 ' : ''}npm rebuild${globalFlags} iptlb --foreground-scripts`
+  ? `${forced ? 'IPTLB_BUILD_FROM_SOURCE=1 ' : ''}npm rebuild${globalFlags}${projectFlags} iptlb --foreground-scripts`
   : 'npm run build:addon';
 const BUILD_PACKAGES = 'libiptc-dev libxtables-dev libnftnl-dev libmnl-dev pkg-config g++ make python3';
 const FIX = `apt-get install -y ${BUILD_PACKAGES} && ${rebuild}`;

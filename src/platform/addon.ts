@@ -277,19 +277,44 @@ export function globalInstallPrefix(root = safeRoot()): string | undefined {
   return existsSync(path.join(lib, 'package.json')) ? undefined : path.dirname(lib);
 }
 
+/** The project whose node_modules holds this package: the directory above the first node_modules of its path. */
+export function projectDir(root = safeRoot()): string | undefined {
+  const parts = root?.split(path.sep) ?? [];
+  const i = parts.indexOf('node_modules');
+  return i > 0 ? parts.slice(0, i).join(path.sep) || path.sep : undefined;
+}
+
+function shellQuote(s: string): string {
+  return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, "'\\''")}'`;
+}
+
+function cwdOrUndefined(): string | undefined {
+  try {
+    return process.cwd();
+  } catch {
+    return undefined; // the directory was removed
+  }
+}
+
 /**
  * The command that rebuilds the addon from source, where the user is: a clone, a project's dependency, or a global
- * install (`-g`, and `--prefix` unless it is npm's default one, beside the running node).
+ * install (`-g`, and `--prefix` unless it is npm's default one, beside the running node). `npm rebuild` acts on the
+ * project of the current directory: run from another one (a shell elsewhere reading a systemd unit's journal) it
+ * rebuilds nothing and exits 0, so the project is named (`--prefix`) unless it is the current directory.
  */
 export function rebuildCommand(
   consumer = installedAsDependency(),
   globalPrefix = consumer ? globalInstallPrefix() : undefined,
+  project = consumer && globalPrefix === undefined ? projectDir() : undefined,
+  cwd = cwdOrUndefined(),
 ): string {
   if (!consumer) return 'npm run build:addon';
-  if (globalPrefix === undefined) return 'npm rebuild iptlb --foreground-scripts';
-  const own = path.dirname(path.dirname(process.execPath)) === globalPrefix;
-  const quoted = /^[\w@%+=:,./-]+$/.test(globalPrefix) ? globalPrefix : `'${globalPrefix.replace(/'/g, "'\\''")}'`;
-  return `npm rebuild -g${own ? '' : ` --prefix ${quoted}`} iptlb --foreground-scripts`;
+  if (globalPrefix !== undefined) {
+    const own = path.dirname(path.dirname(process.execPath)) === globalPrefix;
+    return `npm rebuild -g${own ? '' : ` --prefix ${shellQuote(globalPrefix)}`} iptlb --foreground-scripts`;
+  }
+  if (project === undefined || project === cwd) return 'npm rebuild iptlb --foreground-scripts';
+  return `npm rebuild --prefix ${shellQuote(project)} iptlb --foreground-scripts`;
 }
 
 /** Installing the build dependencies, then rebuilding (Debian/Ubuntu package names). */

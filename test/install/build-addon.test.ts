@@ -88,6 +88,7 @@ for (const withPrebuilds of [true, false]) {
             PATH: `${bin}:${process.env.PATH}`,
             IPTLB_BUILD_FROM_SOURCE: '1',
             npm_config_node_gyp: gyp,
+            INIT_CWD: dir, // npm run in the project's directory (where npm's own run of the tests is not)
           },
         });
         assert.equal(r.status, 0, r.stderr);

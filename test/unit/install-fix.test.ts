@@ -21,7 +21,7 @@ import {
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { PROJECT_ROOT } from '../harness/env.js';
-import { globalInstallPrefix, loadAddon, rebuildCommand } from '../../src/platform/addon.js';
+import { globalInstallPrefix, loadAddon, projectDir, rebuildCommand } from '../../src/platform/addon.js';
 
 const npmDefaultPrefix = path.dirname(path.dirname(process.execPath));
 
@@ -167,3 +167,55 @@ test(
     }
   },
 );
+
+test('in a project, the fix names the project (--prefix) when the command ran in another directory', () => {
+  assert.equal(projectDir('/srv/app/node_modules/iptlb'), '/srv/app');
+  assert.equal(projectDir('/srv/app/node_modules/.pnpm/iptlb@0.1.0/node_modules/iptlb'), '/srv/app');
+  assert.equal(projectDir('/work/iptlb'), undefined);
+  assert.equal(rebuildCommand(true, undefined, '/srv/app', '/srv/app'), 'npm rebuild iptlb --foreground-scripts');
+  // From elsewhere a plain `npm rebuild iptlb` rebuilds nothing, says "rebuilt dependencies successfully", exits 0.
+  assert.equal(
+    rebuildCommand(true, undefined, '/srv/app', '/root'),
+    'npm rebuild --prefix /srv/app iptlb --foreground-scripts',
+  );
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-project-'));
+  try {
+    const app = path.join(dir, 'app');
+    const pkg = path.join(app, 'node_modules', 'iptlb');
+    packageCopy(pkg);
+    writeFileSync(path.join(app, 'package.json'), '{"name":"app"}');
+    const env = { ...process.env, IPTLB_NO_NATIVE: '', IPTLB_BUILD_FROM_SOURCE: '', npm_config_build_from_source: '' };
+    const loaderFix = (cwd: string): string => {
+      const r = spawnSync(
+        process.execPath,
+        [
+          '--input-type=module',
+          '-e',
+          `import { loadAddonPart } from ${JSON.stringify(path.join(pkg, 'dist', 'src', 'platform', 'addon.js'))};
+           process.stdout.write(loadAddonPart('core').fix);`,
+        ],
+        { cwd, encoding: 'utf8', env },
+      );
+      assert.equal(r.status, 0, r.stderr);
+      return r.stdout;
+    };
+    assert.ok(loaderFix(app).endsWith(' && npm rebuild iptlb --foreground-scripts'), loaderFix(app));
+    assert.ok(loaderFix(dir).endsWith(` && npm rebuild --prefix ${app} iptlb --foreground-scripts`), loaderFix(dir));
+    // The install script: npm says where it was run (INIT_CWD), `npm install --prefix <app>` from elsewhere.
+    const bin = path.join(dir, 'bin');
+    mkdirSync(bin);
+    const installFix = (initCwd: string): string => {
+      const r = spawnSync(process.execPath, [path.join(pkg, 'scripts', 'install.js')], {
+        cwd: pkg,
+        encoding: 'utf8',
+        env: { ...env, PATH: bin, INIT_CWD: initCwd },
+      });
+      assert.equal(r.status, 0, r.stderr);
+      return r.stderr;
+    };
+    assert.ok(installFix(app).includes(' && npm rebuild iptlb --foreground-scripts. Log: '), installFix(app));
+    assert.ok(installFix(dir).includes(` && npm rebuild --prefix ${app} iptlb --foreground-scripts. Log: `));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
