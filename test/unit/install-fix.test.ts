@@ -219,3 +219,14 @@ test('in a project, the fix names the project (--prefix) when the command ran in
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("docs/install.md: the install script's lines are said to show with --foreground-scripts (npm hides them otherwise)", () => {
+  // A plain `npm install iptlb` (npm 7+) shows none of a dependency's install script output unless it fails, which
+  // this one never does: the table of what `npm install iptlb` prints promised lines nobody saw.
+  const text = readFileSync(path.join(PROJECT_ROOT, 'docs', 'install.md'), 'utf8');
+  assert.ok(text.includes('| host | `npm install iptlb --foreground-scripts` prints | then |'));
+  assert.match(
+    text,
+    /npm \(7 and later\) shows a dependency's install\nscript output only with `--foreground-scripts`/,
+  );
+});
