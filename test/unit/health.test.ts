@@ -94,6 +94,15 @@ class Probes {
 async function settle(): Promise<void> {
   for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
 }
+/**
+ * Lets promises and the thread pool's I/O settle until `done()` holds: a hang guard of 60 s of real time (the
+ * mocked clock does not move), not a measure. A bound in turns of the loop failed under load (the state file's
+ * lock and read go through the thread pool, which can take longer than any fixed number of turns).
+ */
+async function settleUntil(done: () => boolean): Promise<void> {
+  const t0 = performance.now();
+  while (!done() && performance.now() - t0 < 60_000) await new Promise((r) => setImmediate(r));
+}
 /** Advances the mocked clock by `ms` in `step` ms steps, letting promises settle after each. */
 async function advance(ms: number, step = 10): Promise<void> {
   for (let t = 0; t < ms; t += step) {
@@ -1459,9 +1468,9 @@ test("a handle's checker that runs again after a pause longer than staleAfterMs 
   // SIGCONT: the publish timer runs late; the checker syncs through its handle.
   nextFileTimeTick();
   await advance(10, 10);
-  for (let i = 0; i < 1000 && kernel.commits.length === commits; i++) await settle();
+  await settleUntil(() => kernel.commits.length !== commits);
   assert.deepEqual(inKernel(), [D[0]], 'drained again, without waiting for a drift check');
-  for (let i = 0; i < 1000 && !log.some((l) => l.includes('in step with the checks again')); i++) await settle();
+  await settleUntil(() => log.some((l) => l.includes('in step with the checks again')));
   assert.ok(
     log.some((l) => /did not run for 1\d\.\d s .*: syncing the kernel$/.test(l)),
     log.join('\n'),
