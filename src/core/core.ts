@@ -795,6 +795,14 @@ export class Core {
   }
 
   /**
+   * One profile of the state file (`iptlb show`): with the CLI's index (see state-index.ts), the file is
+   * checked whole but only this profile is built, as a change builds only those it touches.
+   */
+  async stateProfile(name: string): Promise<Profile | undefined> {
+    return (await this.currentState(false, true)).get(name);
+  }
+
+  /**
    * Whether the state file exists (the YAML or its journal); true for an instance that keeps its
    * profiles in memory.
    */
@@ -814,14 +822,14 @@ export class Core {
    * cache: a reader beside them (list, the conntrack janitor, health) must not swap the map a
    * transaction has decided on.
    */
-  private async currentState(store = true): Promise<Map<string, Profile>> {
+  private async currentState(store = true, indexed = store): Promise<Map<string, Profile>> {
     if (this.statePath === null) return this.memory;
     // Within a lock window (a run of commits keeping the lock) without the thread pool's round trip.
     const version = await (
       this.window ? Promise.resolve().then(() => stateVersionSync(this.statePath!)) : stateVersion(this.statePath)
     ).catch(() => undefined);
     if (version !== undefined && this.cached && this.cached.version === version) return this.cached.state;
-    const r = await readStateFull(this.statePath, this.indexedReads && store ? indexStateBytes : undefined);
+    const r = await readStateFull(this.statePath, this.indexedReads && indexed ? indexStateBytes : undefined);
     if (!store) return r.profiles;
     // The version is taken before the read: if the files changed in between, the next call reads again.
     closeJournal(this.cached?.journal);
@@ -1777,7 +1785,9 @@ export class Core {
     return this.serial(async () => {
       await this.requireStateFile(opts.requireFile);
       const { provider } = await this.selectionNow();
-      const state = await this.readState();
+      // As a change reads it (not copied; with the CLI's index, only the profiles the change touches are built; decide
+      // never changes it), but not cached: a plan takes no lock.
+      const state = await this.currentState(false, true);
       const change = decide(state);
       // The nft move marker, looked at as the next change looks at it (transact; read only: the change removes it).
       // (The nft engine's alone: the legacy engine commits every change in one transaction and writes none.)

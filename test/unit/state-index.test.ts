@@ -20,7 +20,7 @@ import { ChangedProfiles, type Change } from '../../src/engines/engine.js';
 import { Core, upsertChange, deleteChange } from '../../src/core/core.js';
 import { IptlbError } from '../../src/model/errors.js';
 import type { Profile } from '../../src/model/types.js';
-import { FakeNftKernel } from '../harness/fake-kernel.js';
+import { FakeLegacyKernel, FakeNftKernel } from '../harness/fake-kernel.js';
 import { profileOfKind } from './state-checks.js';
 
 // Small pools, so that names collide by chain (case, `-` and `_`) and sources by address.
@@ -447,3 +447,43 @@ process.stdout.write(String(indexState(text)));`;
   assert.equal(r.status, 0, r.stderr);
   assert.equal(r.stdout, 'null');
 });
+
+// `iptlb plan` and `iptlb show NAME` read the state file as a change does: one profile of 10,000 planned or shown
+// built that profile alone (they built every profile of the file, and plan counted every profile's dispatch set).
+for (const engine of ['nft', 'legacy'] as const)
+  test(`a CLI-like Core's plan and stateProfile (${engine}) build only the profiles they look up`, async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-index-'));
+    const file = path.join(dir, 'state.db');
+    const profiles = Array.from({ length: 300 }, (_, i) =>
+      validateProfile({
+        name: `p${i + 1}`,
+        source: `127.100.${i >> 8}.${i & 255}:8081`,
+        destination: ['127.0.0.1:9001', '127.0.0.1:9002', '127.0.0.1:9003'],
+      }),
+    );
+    writeFileSync(file, serializeState(profiles), { mode: 0o600 });
+    const kernel = engine === 'nft' ? new FakeNftKernel() : new FakeLegacyKernel();
+    await new Core({ stateFile: file }, kernel).transact((s) => ({ upsert: [...s.values()], remove: [] }), {
+      run: true,
+    });
+    const core = new Core({ stateFile: file }, kernel);
+    core.indexedReads = true;
+    let seen: Map<string, Profile> | undefined;
+    const reset = validateProfile({
+      ...profiles[6],
+      destination: ['127.0.0.1:9004', '127.0.0.1:9005', '127.0.0.1:9006'],
+    });
+    const { plans } = await core.plan((state) => {
+      seen = state;
+      return upsertChange(state, [reset]);
+    });
+    assert.ok(seen instanceof IndexedState);
+    assert.equal((seen as IndexedState).materialized, false, 'plan: no profile but those looked up was built');
+    assert.equal(plans.length, 1);
+    assert.ok(plans[0].steps.length > 0);
+    assert.deepEqual(await core.stateProfile('p7'), profiles[6]);
+    assert.equal(await core.stateProfile('nope'), undefined);
+    // The planned change is the one the change commits.
+    await core.transact((s) => upsertChange(s, [reset]), { run: true });
+    assert.deepEqual(await new Core({ stateFile: file }, kernel).stateProfile('p7'), reset);
+  });

@@ -13,8 +13,7 @@ function jsonSafe(v: unknown): unknown {
 async function showCommand(name: string, o: GlobalOpts, io: Out): Promise<void> {
   validateName(name, 'name', { existing: true });
   const core = makeCore(o, io);
-  const state = await core.readState();
-  const profile = state.get(name);
+  const profile = await core.stateProfile(name);
   const { provider } = await core.select();
   // The profile's family; a name only the kernel knows (an orphan) is looked for in both.
   const shown = await provider.show(name, profile, profile ? [familyOfProfile(profile)] : FAMILIES);
