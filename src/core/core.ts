@@ -784,6 +784,12 @@ export class Core {
   private serialPending = 0;
 
   private cached?: CachedState;
+  /**
+   * What a reader (store false) read last, by the files' version: `top` and `status --watch` refresh every second, and
+   * a file that did not change is not parsed again for each refresh. Never a transaction's map; dropped when one is
+   * cached.
+   */
+  private readerCache?: { version: string; state: Map<string, Profile> };
 
   /**
    * The state file's profiles (the YAML and its journal). Parsed once and cached by the files'
@@ -829,8 +835,14 @@ export class Core {
       this.window ? Promise.resolve().then(() => stateVersionSync(this.statePath!)) : stateVersion(this.statePath)
     ).catch(() => undefined);
     if (version !== undefined && this.cached && this.cached.version === version) return this.cached.state;
+    if (!store && version && this.readerCache?.version === version) return this.readerCache.state;
     const r = await readStateFull(this.statePath, this.indexedReads && indexed ? indexStateBytes : undefined);
-    if (!store) return r.profiles;
+    if (!store) {
+      // (The version is taken before the read: if the files changed in between, the next call reads again.)
+      if (version) this.readerCache = { version, state: r.profiles };
+      return r.profiles;
+    }
+    this.readerCache = undefined;
     // The version is taken before the read: if the files changed in between, the next call reads again.
     closeJournal(this.cached?.journal);
     this.cached = {

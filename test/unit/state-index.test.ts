@@ -487,3 +487,34 @@ for (const engine of ['nft', 'legacy'] as const)
     await core.transact((s) => upsertChange(s, [reset]), { run: true });
     assert.deepEqual(await new Core({ stateFile: file }, kernel).stateProfile('p7'), reset);
   });
+
+// `iptlb top` and `status --watch` refresh every second: a state file that did not change is not parsed again for
+// each refresh (it was: every frame built every profile again, 1.6 s of CPU a frame at 10,000 mixed profiles).
+test('a Core reading a state file that did not change between two reads parses it once', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'iptlb-index-'));
+  const file = path.join(dir, 'state.db');
+  const profiles = Array.from({ length: 50 }, (_, i) =>
+    validateProfile({
+      name: `p${i + 1}`,
+      source: i % 2 ? `[2001:db8::${i + 1}]:8081` : `127.100.0.${i + 1}:8081`,
+      destination: i % 2 ? ['[::1]:9001'] : ['127.0.0.1:9001', '127.0.0.1:9002'],
+    }),
+  );
+  writeFileSync(file, serializeState(profiles), { mode: 0o600 });
+  const kernel = new FakeNftKernel();
+  for (const indexed of [false, true]) {
+    const core = new Core({ stateFile: file }, kernel);
+    core.indexedReads = indexed;
+    const a = await core.readState();
+    const b = await core.readState();
+    assert.notEqual(a, b, 'each caller gets its own map');
+    assert.equal(a.get('p2'), b.get('p2'), 'the same profile: not parsed again');
+    await core.status();
+    assert.equal((await core.readState()).get('p2'), a.get('p2'));
+    // Changed by another process: read again.
+    const changed = validateProfile({ ...profiles[1], destination: ['[::1]:9002'] });
+    await new Core({ stateFile: file }, kernel).transact((s) => upsertChange(s, [changed]), { run: false });
+    assert.deepEqual((await core.readState()).get('p2'), changed);
+    await new Core({ stateFile: file }, kernel).transact((s) => upsertChange(s, [profiles[1]]), { run: false });
+  }
+});
