@@ -65,6 +65,17 @@ async function withLiveWriter(fn: (dir: string, pid: number) => Promise<void>): 
     rmSync(dir, { recursive: true, force: true });
   }
 }
+
+/** Writes a health file as the checker of the live process `pid` publishes it (its pid and the pid's start time). */
+async function publishAs(
+  file: string,
+  pid: number,
+  fields: { updatedAt: number; staleAfterMs?: number; profiles: object },
+) {
+  const { pidIdentity } = await import('../../src/platform/pid.js');
+  const { writeFileSync } = await import('node:fs');
+  writeFileSync(file, JSON.stringify({ version: 1, pid, pidStart: pidIdentity(pid), ...fields }));
+}
 const health = { kind: 'tcp', intervalMs: 100, timeoutMs: 50, rise: 2, fall: 3 };
 
 /**
@@ -1218,11 +1229,10 @@ test('a health file its running writer stopped writing (SIGSTOP, a frozen cgroup
 
 test('status and /metrics say whether the health file is followed: stale (its writer stopped writing it) or its writer gone, with the drains that no longer count; not drift by itself', async (t) => {
   const { spawn } = await import('node:child_process');
-  const { pidIdentity } = await import('../../src/platform/pid.js');
   const { healthFileOf } = await import('../../src/health/effective.js');
   const { renderMetrics } = await import('../../src/metrics/server.js');
   const { healthFileLine } = await import('../../src/cli/commands/status.js');
-  const { writeFileSync, rmSync } = await import('node:fs');
+  const { rmSync } = await import('node:fs');
   const path = await import('node:path');
   await withLiveWriter(async (dir, pid) => {
     mock.timers.enable({ apis: ['Date'], now: 5_000_000 });
@@ -1230,17 +1240,11 @@ test('status and /metrics say whether the health file is followed: stale (its wr
     const stateFile = path.join(dir, 'state.db');
     const file = healthFileOf(stateFile);
     const write = (writer: number, drained: string[]) =>
-      writeFileSync(
-        file,
-        JSON.stringify({
-          version: 1,
-          pid: writer,
-          pidStart: pidIdentity(writer),
-          updatedAt: Date.now(),
-          staleAfterMs: 10_000,
-          profiles: { web: { drained, destinations: {} } },
-        }),
-      );
+      publishAs(file, writer, {
+        updatedAt: Date.now(),
+        staleAfterMs: 10_000,
+        profiles: { web: { drained, destinations: {} } },
+      });
     const core = new Core({ stateFile, stateRegistry: false, engine: 'legacy' }, new FakeLegacyKernel());
     core.health.follow(file);
     const web = validateProfile({ name: 'web', source: '127.100.0.1:80', destination: [D[0], D[1]], health });
@@ -1257,7 +1261,7 @@ test('status and /metrics say whether the health file is followed: stale (its wr
     assert.deepEqual(await gauges(), { followed: undefined, age: undefined });
 
     // Written now by a running checker that drained D[1]: followed (the kernel has the drain after a sync).
-    write(pid, [D[1]]);
+    await write(pid, [D[1]]);
     await core.sync();
     mock.timers.setTime(5_002_000);
     r = await core.statusReport({ original: false });
@@ -1302,7 +1306,7 @@ test('status and /metrics say whether the health file is followed: stale (its wr
     try {
       await new Promise((res) => other.once('spawn', res));
       nextFileTimeTick();
-      write(other.pid!, [D[0]]);
+      await write(other.pid!, [D[0]]);
       mock.timers.setTime(5_030_000);
       assert.equal((await core.statusReport({ original: false })).healthFile?.state, 'stale');
     } finally {
@@ -1317,7 +1321,7 @@ test('status and /metrics say whether the health file is followed: stale (its wr
       /^health: not following \S+: process \d+, which wrote it, does not run \(its checks ended without removing it\); nobody checks the destinations, the configured weights hold; its drains no longer count: web 127\.0\.0\.1:9001$/,
     );
     // Written ahead of this clock by more than the bound (a clock set back): stale, a negative age.
-    write(pid, []);
+    await write(pid, []);
     mock.timers.setTime(5_030_000 - 10_001);
     r = await core.statusReport({ original: false });
     assert.equal(r.healthFile?.state, 'stale');
@@ -2153,8 +2157,6 @@ test('an http check reads the status code whole: a status line of 4 digits (HTTP
 
 test("a handle whose checker stopped follows another process's published health again: its apply keeps that drain", async () => {
   const { open } = await import('../../src/index.js');
-  const { pidIdentity } = await import('../../src/platform/pid.js');
-  const { writeFileSync } = await import('node:fs');
   const path = await import('node:path');
   await withLiveWriter(async (dir, pid) => {
     const stateFile = path.join(dir, 'state.db');
@@ -2165,16 +2167,7 @@ test("a handle whose checker stopped follows another process's published health 
     await checker.start();
     await checker.stop();
     // Another process (a watch started since) checks the state file and has drained D[1].
-    writeFileSync(
-      `${stateFile}.health.json`,
-      JSON.stringify({
-        version: 1,
-        pid,
-        pidStart: pidIdentity(pid),
-        updatedAt: 0,
-        profiles: { web: { drained: [D[1]] } },
-      }),
-    );
+    await publishAs(`${stateFile}.health.json`, pid, { updatedAt: 0, profiles: { web: { drained: [D[1]] } } });
     await lb.apply({ name: 'web', source: '127.100.0.1:80', destination: [D[0], D[1]], health });
     const dnat = ((await lb.kernel()) as KernelView).chains.flatMap((c) =>
       c.rules.flatMap((r) => (r.rule.target.name === 'DNAT' ? [r.rule.target.toDestination] : [])),
@@ -2185,10 +2178,8 @@ test("a handle whose checker stopped follows another process's published health 
 });
 
 test('a health file not followed lists as drains that no longer count only the destinations its drains took out: not those every-destination-down kept, nor those configured at weight 0', async (t) => {
-  const { pidIdentity } = await import('../../src/platform/pid.js');
   const { healthFileOf } = await import('../../src/health/effective.js');
   const { healthFileLine } = await import('../../src/cli/commands/status.js');
-  const { writeFileSync } = await import('node:fs');
   const path = await import('node:path');
   await withLiveWriter(async (dir, pid) => {
     mock.timers.enable({ apis: ['Date'], now: 5_000_000 });
@@ -2208,20 +2199,14 @@ test('a health file not followed lists as drains that no longer count only the d
     await core.transact(() => ({ upsert: [kept, w0], remove: [] }), { run: true });
     // As a checker writes it: its down sets, whatever allDown and the configured weights made of them in the kernel.
     // Written by a running checker 12 s ago: stale.
-    writeFileSync(
-      file,
-      JSON.stringify({
-        version: 1,
-        pid,
-        pidStart: pidIdentity(pid),
-        updatedAt: Date.now() - 12_000,
-        staleAfterMs: 10_000,
-        profiles: {
-          kept: { drained: [D[0], D[1]], destinations: {} },
-          w0: { drained: [D[1], D[2]], destinations: {} },
-        },
-      }),
-    );
+    await publishAs(file, pid, {
+      updatedAt: Date.now() - 12_000,
+      staleAfterMs: 10_000,
+      profiles: {
+        kept: { drained: [D[0], D[1]], destinations: {} },
+        w0: { drained: [D[1], D[2]], destinations: {} },
+      },
+    });
     const r = await core.statusReport({ original: false });
     assert.equal(r.healthFile?.state, 'stale');
     assert.deepEqual(r.healthFile?.drained, { w0: [D[2]] });
