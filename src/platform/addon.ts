@@ -604,13 +604,21 @@ export function loadAddonPart(part: AddonPart): LoadResult {
  * The fix of a use whose parts do not load for want of libraries: the packages of every such part, not only of the
  * first. Each part names the one library dlopen stopped at: with libmnl0 and libip4tc2 missing (a minimal
  * container), core's `apt-get install -y libmnl0` alone left the legacy engine falling back once it was installed.
- * Undefined when no part misses a library.
+ * A part stopped at a library no package is known for keeps its own fix ("install the package that provides …")
+ * after the packages: dropped, the fix no longer named the library that part still missed. Undefined when no part
+ * misses a library.
  */
 export function libraryFix(results: readonly LoadResult[]): string | undefined {
-  const pkgs = results.flatMap((r) =>
-    !r.ok && r.reason === 'library-missing' ? (/^apt-get install -y (.+)$/.exec(r.fix)?.[1]?.split(' ') ?? []) : [],
-  );
-  return pkgs.length ? `apt-get install -y ${[...new Set(pkgs)].join(' ')}` : undefined;
+  const pkgs: string[] = [];
+  const others: string[] = [];
+  for (const r of results) {
+    if (r.ok || r.reason !== 'library-missing') continue;
+    const m = /^apt-get install -y (.+)$/.exec(r.fix);
+    if (m) pkgs.push(...m[1]!.split(' '));
+    else if (!others.includes(r.fix)) others.push(r.fix);
+  }
+  const fixes = [...(pkgs.length ? [`apt-get install -y ${[...new Set(pkgs)].join(' ')}`] : []), ...others];
+  return fixes.length ? fixes.join('; ') : undefined;
 }
 
 /**

@@ -21,7 +21,7 @@ import {
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { PROJECT_ROOT } from '../harness/env.js';
-import { globalInstallPrefix, loadAddon, projectDir, rebuildCommand } from '../../src/platform/addon.js';
+import { globalInstallPrefix, libraryFix, loadAddon, projectDir, rebuildCommand } from '../../src/platform/addon.js';
 
 const npmDefaultPrefix = path.dirname(path.dirname(process.execPath));
 
@@ -228,5 +228,39 @@ test("docs/install.md: the install script's lines are said to show with --foregr
   assert.match(
     text,
     /npm \(7 and later\) shows a dependency's install\nscript output only with `--foreground-scripts`/,
+  );
+});
+
+test('a part missing a library no package is known for keeps its fix beside the packages of the others', () => {
+  // A container without libstdc++6: core stops at libstdc++.so.6 (no package known: "install the package that
+  // provides"), xt at libip4tc.so.2, listed before it. The fix named xt's packages alone: once installed, core
+  // still failed for libstdc++, which the fix no longer named (core's own fix, before both parts were merged, did).
+  const fix = libraryFix([
+    {
+      ok: false,
+      reason: 'library-missing',
+      detail: 'libstdc++.so.6: cannot open',
+      fix: 'install the package that provides libstdc++.so.6',
+    },
+    {
+      ok: false,
+      reason: 'library-missing',
+      detail: 'libip4tc.so.2: cannot open',
+      fix: 'apt-get install -y libip4tc2 libip6tc2',
+    },
+  ]);
+  assert.equal(fix, 'apt-get install -y libip4tc2 libip6tc2; install the package that provides libstdc++.so.6');
+  assert.equal(
+    libraryFix([
+      { ok: false, reason: 'library-missing', detail: '', fix: 'install the package that provides libx.so.1' },
+    ]),
+    'install the package that provides libx.so.1',
+  );
+  assert.equal(
+    libraryFix([
+      { ok: false, reason: 'library-missing', detail: '', fix: 'apt-get install -y libmnl0' },
+      { ok: false, reason: 'library-missing', detail: '', fix: 'apt-get install -y libmnl0 libnftnl11' },
+    ]),
+    'apt-get install -y libmnl0 libnftnl11',
   );
 });
