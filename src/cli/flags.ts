@@ -55,8 +55,12 @@ export function takesOneDash(name: string): boolean {
   return VALUE_FLAGS.has(name) || BOOL_FLAGS.has(name);
 }
 
-/** Rewrites Go-style flags (`-src-addr=x`, `-run=true`) into the `--src-addr=x` form commander parses. */
-export function normalizeArgv(argv: string[]): string[] {
+/**
+ * Rewrites Go-style flags (`-src-addr=x`, `-run=true`) into the `--src-addr=x` form commander parses. A boolean set
+ * false (`-run=false`, `--reset=0`) is dropped, as the flag absent means the same: `falses`, when given, gets the
+ * booleans whose last occurrence set them false, for a command that would ignore such a flag to refuse it.
+ */
+export function normalizeArgv(argv: string[], falses?: Set<string>): string[] {
   const out: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -75,8 +79,11 @@ export function normalizeArgv(argv: string[]): string[] {
     const [, name, value] = m;
     if (BOOL_FLAGS.has(name) && value !== undefined) {
       const v = value.toLowerCase();
-      if (v === 'true' || v === '1' || v === 't') out.push(`--${name}`);
-      else if (v === 'false' || v === '0' || v === 'f') {
+      if (v === 'true' || v === '1' || v === 't') {
+        out.push(`--${name}`);
+        falses?.delete(name);
+      } else if (v === 'false' || v === '0' || v === 'f') {
+        falses?.add(name);
         // Go semantics: the last occurrence wins, so a later -flag=false cancels an earlier -flag.
         // (`-q` too, which commander takes for --quiet.)
         const short = Object.keys(SHORT_BOOLS).find((c) => SHORT_BOOLS[c] === name);
@@ -94,25 +101,9 @@ export function normalizeArgv(argv: string[]): string[] {
         throw new IptlbError('EUSAGE', `${name}: the value is missing (the next argument, ${show(next!)}, is a flag)`, {
           field: name,
         });
+      if (BOOL_FLAGS.has(name)) falses?.delete(name);
       out.push(value === undefined ? `--${name}` : `--${name}=${value}`);
     }
-  }
-  return out;
-}
-
-/**
- * The boolean flags whose last occurrence sets them false (`-run=false`, `--reset=0`): {@link normalizeArgv}
- * drops them, as the flag absent means the same, so a command that would ignore the flag asks here.
- */
-export function falseFlags(argv: readonly string[]): Set<string> {
-  const out = new Set<string>();
-  for (const a of argv) {
-    if (a === '--') break;
-    const m = /^--?([a-z][a-z-]*)(?:=([\s\S]*))?$/.exec(a);
-    if (!m || !BOOL_FLAGS.has(m[1])) continue;
-    const v = m[2]?.toLowerCase();
-    if (v === 'false' || v === '0' || v === 'f') out.add(m[1]);
-    else out.delete(m[1]);
   }
   return out;
 }

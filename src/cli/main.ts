@@ -7,7 +7,7 @@ import { Command, CommanderError, type HelpContext } from 'commander';
 import { IptlbError } from '../model/errors.js';
 import { show } from '../model/profile.js';
 import { packageVersion } from '../platform/paths.js';
-import { falseFlags, normalizeArgv } from './flags.js';
+import { normalizeArgv } from './flags.js';
 import { ExitCode, coresIdle, type Out } from './context.js';
 import { processOut } from './stdio.js';
 import { syncFs, useSyncFs } from '../platform/fsp.js';
@@ -269,7 +269,8 @@ async function run(argv: string[], io: Out): Promise<number> {
   const wasSync = syncFs();
   try {
     if (argv.length === 0) return (buildProgram(io, packageVersion()).outputHelp(), 0); // a bare `iptlb` shows the help
-    let args = normalizeArgv(argv);
+    const falses = new Set<string>();
+    let args = normalizeArgv(argv, falses);
     // `iptlb help [command]`: the help of the program or of that command (`help fleet apply`: of fleet's
     // apply, not of fleet). `help help` is the program's help, as `help` alone.
     if (args[0] === 'help') {
@@ -288,7 +289,7 @@ async function run(argv: string[], io: Out): Promise<number> {
     useSyncFs(!commands.some(([name]) => LONG_RUNNING.has(name)));
     const program = buildProgram(io, packageVersion(), commands);
     program.userArgs = args;
-    program.falseFlags = falseFlags(argv);
+    program.falseFlags = falses;
     await program.parseAsync(args, { from: 'user' });
     return 0;
   } catch (e) {
